@@ -1,0 +1,61 @@
+// The local functions gateway on :54321, standing in for Supabase's API gateway:
+//   /functions/v1/<name>/…           → supabase/functions/<name>/index.ts (sees /<name>/…)
+//   /auth/v1/.well-known/jwks.json   → the local auth key set (.local/auth/jwks.json)
+// A function folder added later is found by name on first request; nothing to register.
+// All functions share this one process (Supabase gives each its own isolate).
+
+type FetchHandler = { fetch: (req: Request) => Response | Promise<Response> };
+
+const port = Number(Deno.env.get('GATEWAY_PORT') ?? 54321);
+const functionsDir = new URL('../../supabase/functions/', import.meta.url);
+const authDir = Deno.env.get('LOCAL_AUTH_DIR') ?? '.local/auth';
+const functionName = /^[a-z][a-z0-9-]*$/;
+const loaded = new Map<string, Promise<FetchHandler | null>>();
+
+function load(name: string): Promise<FetchHandler | null> {
+  let mod = loaded.get(name);
+  if (!mod) {
+    const entry = new URL(`${name}/index.ts`, functionsDir);
+    mod = Deno.stat(entry).then(
+      async () => (await import(entry.href)).default as FetchHandler,
+      () => null,
+    );
+    mod.catch(() => loaded.delete(name)); // a function that failed to start is retried next time
+    loaded.set(name, mod);
+  }
+  return mod;
+}
+
+function json(status: number, code: string, message: string): Response {
+  const type = status === 404 ? 'not_found' : 'server';
+  return Response.json(
+    { error: { type, code, message, retryable: status >= 500 }, metadata: { timestamp: new Date().toISOString() } },
+    { status },
+  );
+}
+
+Deno.serve({ port, hostname: '127.0.0.1', onListen: () => console.log(`gateway on :${port}`) }, async (req, info) => {
+  const url = new URL(req.url);
+  if (url.pathname === '/auth/v1/.well-known/jwks.json') {
+    return new Response(await Deno.readTextFile(`${authDir}/jwks.json`), {
+      headers: { 'content-type': 'application/json', 'cache-control': 'public, max-age=600' },
+    });
+  }
+  const match = url.pathname.match(/^\/functions\/v1\/([^/]+)(\/.*)?$/);
+  if (!match || !functionName.test(match[1])) return json(404, 'NOT_FOUND', 'No such route.');
+  let fn: FetchHandler | null;
+  try {
+    fn = await load(match[1]);
+  } catch (err) {
+    console.error(`function ${match[1]} failed to start:`, err instanceof Error ? err.message : err);
+    return json(503, 'FUNCTION_BOOT_ERROR', 'The function failed to start.');
+  }
+  if (!fn) return json(404, 'FUNCTION_NOT_FOUND', 'No such function.');
+
+  url.pathname = `/${match[1]}${match[2] ?? ''}`;
+  const headers = new Headers(req.headers);
+  // Supabase's gateway puts the client address first in X-Forwarded-For.
+  const remote = (info.remoteAddr as Deno.NetAddr).hostname;
+  headers.set('x-forwarded-for', [headers.get('x-forwarded-for'), remote].filter(Boolean).join(', '));
+  return fn.fetch(new Request(url, { method: req.method, headers, body: req.body, signal: req.signal }));
+});

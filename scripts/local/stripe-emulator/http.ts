@@ -1,0 +1,105 @@
+// Stripe's HTTP conventions: error bodies, API-key auth, idempotency-key replay.
+import { type FormObject, parseForm } from './form.ts';
+import { config } from './state.ts';
+
+export class StripeApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly type: string,
+    message: string,
+    readonly code?: string,
+    readonly param?: string,
+  ) {
+    super(message);
+  }
+  body() {
+    return { error: { type: this.type, message: this.message, code: this.code, param: this.param } };
+  }
+}
+
+export const missing = (what: string, id: string) =>
+  new StripeApiError(404, 'invalid_request_error', `No such ${what}: '${id}'`, 'resource_missing', 'id');
+
+export const invalid = (message: string, param?: string) =>
+  new StripeApiError(400, 'invalid_request_error', message, 'parameter_invalid', param);
+
+export interface Ctx {
+  params: Record<string, string>;
+  query: URLSearchParams;
+  body: FormObject;
+  json: () => unknown;
+}
+
+export type Handler = (ctx: Ctx) => unknown | Promise<unknown>;
+export interface Route {
+  method: string;
+  pattern: URLPattern;
+  handler: Handler;
+}
+
+export const route = (method: string, pathname: string, handler: Handler): Route => ({
+  method,
+  pattern: new URLPattern({ pathname }),
+  handler,
+});
+
+const idempotent = new Map<string, { fingerprint: string; status: number; body: string }>();
+
+export async function dispatch(routes: Route[], req: Request): Promise<Response> {
+  const url = new URL(req.url);
+  const text = req.method === 'POST' ? await req.text() : '';
+  const isApi = url.pathname.startsWith('/v1/');
+  try {
+    if (isApi && req.headers.get('authorization') !== `Bearer ${config.secretKey}`) {
+      throw new StripeApiError(401, 'invalid_request_error', 'Invalid API Key provided.');
+    }
+    const key = isApi && req.method === 'POST' ? req.headers.get('idempotency-key') : null;
+    const fingerprint = `${req.method} ${url.pathname} ${text}`;
+    if (key) {
+      const seen = idempotent.get(key);
+      if (seen && seen.fingerprint !== fingerprint) {
+        throw new StripeApiError(
+          400,
+          'idempotency_error',
+          `Keys for idempotent requests can only be used with the same parameters they were first used with.`,
+        );
+      }
+      if (seen) {
+        return new Response(seen.body, {
+          status: seen.status,
+          headers: { 'content-type': 'application/json', 'idempotent-replayed': 'true' },
+        });
+      }
+    }
+    for (const r of routes) {
+      const m = r.method === req.method && r.pattern.exec(url);
+      if (!m) continue;
+      const params = Object.fromEntries(
+        Object.entries(m.pathname.groups).map(([k, v]) => [k, v ?? '']),
+      );
+      const ctx: Ctx = {
+        params,
+        query: url.searchParams,
+        body: req.headers.get('content-type')?.includes('json') ? {} : parseForm(text),
+        json: () => (text ? JSON.parse(text) : {}),
+      };
+      const result = await r.handler(ctx);
+      const body = JSON.stringify(result);
+      if (key) idempotent.set(key, { fingerprint, status: 200, body });
+      return new Response(body, {
+        headers: { 'content-type': 'application/json', 'request-id': `req_${crypto.randomUUID()}` },
+      });
+    }
+    throw new StripeApiError(
+      404,
+      'invalid_request_error',
+      `Unrecognized request URL (${req.method}: ${url.pathname}).`,
+    );
+  } catch (err) {
+    const e = err instanceof StripeApiError
+      ? err
+      : new StripeApiError(500, 'api_error', 'An unknown error occurred in the emulator.');
+    if (!(err instanceof StripeApiError)) console.error(err);
+    return Response.json(e.body(), { status: e.status });
+  }
+}

@@ -1,0 +1,27 @@
+// A local stand-in for the parts of the Stripe API this project uses, for development and
+// tests only (Stripe cannot be reached from here). The project reaches it through the
+// official `stripe` SDK with STRIPE_API_BASE pointing here; objects are typed with the SDK's
+// own types. Test controls live outside /v1 under /_emulator. See docs/stripe-emulator.md.
+import type Stripe from 'stripe';
+import { dispatch, missing, type Route, route } from './http.ts';
+import { config, events } from './state.ts';
+
+const routes: Route[] = [
+  route('GET', '/_emulator/healthz', () => ({ status: 'ok' })),
+  route('GET', '/v1/events/:id', ({ params }) => {
+    const event = events.find((e) => e.id === params.id);
+    if (!event) throw missing('event', params.id);
+    return event;
+  }),
+  route('GET', '/v1/events', ({ query }): Stripe.ApiList<Stripe.Event> => {
+    const limit = Math.min(Number(query.get('limit') ?? 10), 100);
+    const type = query.get('type');
+    const matching = events.filter((e) => !type || e.type === type).reverse();
+    return { object: 'list', data: matching.slice(0, limit), has_more: matching.length > limit, url: '/v1/events' };
+  }),
+];
+
+Deno.serve(
+  { port: config.port, hostname: '127.0.0.1', onListen: () => console.log(`stripe emulator on :${config.port}`) },
+  (req) => dispatch(routes, req),
+);

@@ -1,0 +1,55 @@
+// Prints a JWT shaped like Supabase Auth's, signed with the local ES256 key, and makes sure
+// the user exists in auth.users.
+// Usage: scripts/token --user <uuid> [--email e] [--admin] [--ttl 3600]
+import { parseArgs } from 'node:util';
+import { importJWK, SignJWT } from 'jose';
+import postgres from 'postgres';
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    user: { type: 'string' },
+    email: { type: 'string' },
+    admin: { type: 'boolean', default: false },
+    ttl: { type: 'string', default: '3600' },
+  },
+});
+const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const user = values.user ?? crypto.randomUUID();
+if (!uuid.test(user)) throw new Error('--user must be a UUID');
+const ttl = Number(values.ttl);
+if (!Number.isInteger(ttl) || ttl <= 0) throw new Error('--ttl must be a positive number of seconds');
+
+const env = (name: string) => {
+  const v = Deno.env.get(name);
+  if (!v) throw new Error(`${name} is not set (run scripts/dev first)`);
+  return v;
+};
+const appMetadata = { provider: 'email', providers: ['email'], ...(values.admin ? { role: 'admin' } : {}) };
+
+const sql = postgres(env('SUPABASE_DB_URL'), { max: 1, onnotice: () => {} });
+await sql`
+  insert into auth.users (id, email, raw_app_meta_data)
+  values (${user}, ${values.email ?? null}, ${sql.json(appMetadata)})
+  on conflict (id) do update set raw_app_meta_data = excluded.raw_app_meta_data`;
+await sql.end();
+
+const jwk = JSON.parse(await Deno.readTextFile(`${env('LOCAL_AUTH_DIR')}/private.jwk.json`));
+const key = await importJWK(jwk, 'ES256');
+const token = await new SignJWT({
+  role: 'authenticated',
+  email: values.email,
+  app_metadata: appMetadata,
+  user_metadata: {},
+  aal: 'aal1',
+  session_id: crypto.randomUUID(),
+  is_anonymous: false,
+})
+  .setProtectedHeader({ alg: 'ES256', kid: jwk.kid, typ: 'JWT' })
+  .setIssuer(`${env('SUPABASE_URL')}/auth/v1`)
+  .setAudience('authenticated')
+  .setSubject(user)
+  .setIssuedAt()
+  .setExpirationTime(`${ttl}s`)
+  .sign(key);
+console.log(token);

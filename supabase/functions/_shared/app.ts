@@ -1,0 +1,93 @@
+// The app factory every function uses: Hono with basePath('/<name>'), request ids, CORS from
+// an allowlist, one JSON onError/notFound rendering the standard envelope, and request logs.
+import { type Context, Hono, type MiddlewareHandler } from 'hono';
+import { cors } from 'hono/cors';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { type AuthUser, bearerToken, verifyUserToken } from './auth.ts';
+import { baseEnv } from './env.ts';
+import { AppError, internalError } from './errors.ts';
+import { errorSummary, log } from './log.ts';
+
+export type AppEnv = { Variables: { requestId: string; user: AuthUser } };
+export type AppContext = Context<AppEnv>;
+
+const wellFormedRequestId = /^[A-Za-z0-9._:-]{8,128}$/;
+
+const metadata = (c: AppContext) => ({ requestId: c.get('requestId'), timestamp: new Date().toISOString() });
+
+/**
+ * A success in the envelope: `{data, metadata}`.
+ * @example return ok(c, { balance: '10' })
+ */
+export function ok<T>(c: AppContext, data: T, status: ContentfulStatusCode = 200, headers?: Record<string, string>) {
+  return c.json({ data, metadata: metadata(c) }, status, headers);
+}
+
+/** The failure envelope for any error; a 5xx never shows internals. */
+export function errorResponse(c: AppContext, err: unknown): Response {
+  let appError: AppError;
+  if (err instanceof AppError) appError = err;
+  else if (err instanceof HTTPException && err.status < 500) {
+    const code = err.status === 413 ? 'PAYLOAD_TOO_LARGE' : 'BAD_REQUEST';
+    appError = new AppError('validation', code, err.message || 'The request is not valid.', { status: err.status });
+  } else {
+    log.error('unhandled error', { requestId: c.get('requestId'), ...errorSummary(err) });
+    appError = internalError();
+  }
+  const headers = { ...appError.options.headers };
+  return c.json({ error: appError.toJSON(), metadata: metadata(c) }, appError.status as ContentfulStatusCode, headers);
+}
+
+/**
+ * Creates a function's app. Routes are declared on the result, relative to `/<name>`.
+ * @example const app = createApp('health'); app.get('/healthz', (c) => ok(c, { status: 'ok' }))
+ */
+export function createApp(name: string): Hono<AppEnv> {
+  const app = new Hono<AppEnv>().basePath(`/${name}`);
+  const allowed = new Set(baseEnv().CORS_ALLOWED_ORIGINS);
+
+  app.use('*', async function requestContext(c, next) {
+    const given = c.req.header('x-request-id');
+    const requestId = given && wellFormedRequestId.test(given) ? given : crypto.randomUUID();
+    c.set('requestId', requestId);
+    const started = performance.now();
+    await next();
+    c.header('X-Request-ID', requestId);
+    log.info('request', {
+      requestId,
+      function: name,
+      method: c.req.method,
+      route: c.req.routePath,
+      status: c.res.status,
+      durationMs: Math.round((performance.now() - started) * 10) / 10,
+    });
+  });
+  app.use(
+    '*',
+    cors({
+      origin: (origin) => (allowed.has(origin) ? origin : null),
+      allowHeaders: ['authorization', 'x-client-info', 'apikey', 'content-type', 'idempotency-key', 'x-request-id'],
+      allowMethods: ['GET', 'POST', 'DELETE', 'OPTIONS'],
+      exposeHeaders: ['X-Request-ID', 'Idempotent-Replayed', 'Retry-After', 'Location'],
+      maxAge: 600,
+    }),
+  );
+  app.onError((err, c) => errorResponse(c, err));
+  app.notFound((c) => errorResponse(c, new AppError('not_found', 'NOT_FOUND', 'No such route.')));
+  return app;
+}
+
+/** Requires a valid user JWT; the user is then `c.get('user')`. */
+export const requireUser: MiddlewareHandler<AppEnv> = async function requireUser(c, next) {
+  c.set('user', await verifyUserToken(bearerToken(c.req.header('authorization'))));
+  await next();
+};
+
+/** Requires a user JWT whose `app_metadata.role` is `admin`. */
+export const requireAdmin: MiddlewareHandler<AppEnv> = async function requireAdmin(c, next) {
+  const user = await verifyUserToken(bearerToken(c.req.header('authorization')));
+  if (!user.isAdmin) throw new AppError('forbidden', 'FORBIDDEN', 'This route is for administrators.');
+  c.set('user', user);
+  await next();
+};

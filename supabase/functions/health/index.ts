@@ -1,0 +1,30 @@
+// Liveness and readiness. Liveness has no dependencies; readiness is 200 only when the
+// database answers and the auth key set loads, else 503 naming the failing check.
+import { createApp, ok } from '../_shared/app.ts';
+import { keySet } from '../_shared/auth.ts';
+import { db } from '../_shared/db.ts';
+import { AppError } from '../_shared/errors.ts';
+import { runChecks } from './checks.ts';
+
+const app = createApp('health');
+
+app.get('/healthz', (c) => ok(c, { status: 'ok' }));
+
+app.get('/readyz', async (c) => {
+  const report = await runChecks({
+    database: async () => {
+      await db()`select 1`;
+    },
+    jwks: async () => {
+      await keySet().reload();
+    },
+  });
+  if (report.status !== 'ok') {
+    const failing = Object.entries(report.checks).filter(([, r]) => r.status !== 'ok').map(([k]) => k);
+    throw new AppError('unavailable', 'NOT_READY', `Not ready: ${failing.join(', ')}.`, { details: report });
+  }
+  return ok(c, report);
+});
+
+export default { fetch: app.fetch };
+if (import.meta.main) Deno.serve(app.fetch);

@@ -1,0 +1,90 @@
+// The shared app factory, in-process: envelope, request ids, CORS, errors.
+import assert from 'node:assert/strict';
+import { createApp, ok } from '../../supabase/functions/_shared/app.ts';
+import { AppError } from '../../supabase/functions/_shared/errors.ts';
+import health from '../../supabase/functions/health/index.ts';
+
+const app = createApp('probe');
+app.get('/ok', (c) => ok(c, { hello: 'world' }));
+app.get('/conflict', () => {
+  throw new AppError('conflict', 'SOMETHING_CONFLICTS', 'It conflicts.', { details: { id: 'x' } });
+});
+app.get('/boom', () => {
+  throw new Error('password=hunter2 at /srv/internal/path.ts:42');
+});
+
+const allowedOrigin = (Deno.env.get('CORS_ALLOWED_ORIGINS') ?? '').split(',')[0];
+
+Deno.test('a success is wrapped in {data, metadata} with the request id and a timestamp', async () => {
+  const res = await app.request('/probe/ok');
+  const body = await res.json();
+  assert.equal(res.status, 200);
+  assert.deepEqual(body.data, { hello: 'world' });
+  assert.equal(body.metadata.requestId, res.headers.get('x-request-id'));
+  assert.ok(!Number.isNaN(Date.parse(body.metadata.timestamp)));
+});
+
+Deno.test('a well-formed X-Request-ID from the caller is kept', async () => {
+  const res = await app.request('/probe/ok', { headers: { 'x-request-id': 'client-req-12345678' } });
+  assert.equal(res.headers.get('x-request-id'), 'client-req-12345678');
+  assert.equal((await res.json()).metadata.requestId, 'client-req-12345678');
+});
+
+Deno.test('a malformed X-Request-ID is replaced by a generated one', async () => {
+  const res = await app.request('/probe/ok', { headers: { 'x-request-id': 'bad id with spaces' } });
+  const id = res.headers.get('x-request-id') ?? '';
+  assert.match(id, /^[0-9a-f-]{36}$/);
+  await res.body?.cancel();
+});
+
+Deno.test('an AppError renders the error envelope with its status, code and details', async () => {
+  const res = await app.request('/probe/conflict');
+  const body = await res.json();
+  assert.equal(res.status, 409);
+  assert.deepEqual(body.error, {
+    type: 'conflict',
+    code: 'SOMETHING_CONFLICTS',
+    message: 'It conflicts.',
+    retryable: false,
+    details: { id: 'x' },
+  });
+  assert.ok(body.metadata.requestId);
+});
+
+Deno.test('an unexpected error is a 500 that shows no internals', async () => {
+  const res = await app.request('/probe/boom');
+  const text = await res.text();
+  assert.equal(res.status, 500);
+  assert.equal(JSON.parse(text).error.code, 'INTERNAL_ERROR');
+  assert.ok(!text.includes('hunter2') && !text.includes('/srv/internal'), 'internals leaked');
+});
+
+Deno.test('an unknown route is a 404 in the envelope', async () => {
+  const res = await app.request('/probe/nope');
+  assert.equal(res.status, 404);
+  assert.equal((await res.json()).error.code, 'NOT_FOUND');
+});
+
+Deno.test('CORS allows only listed origins', async () => {
+  const allowed = await app.request('/probe/ok', { headers: { origin: allowedOrigin } });
+  assert.equal(allowed.headers.get('access-control-allow-origin'), allowedOrigin);
+  await allowed.body?.cancel();
+  const other = await app.request('/probe/ok', { headers: { origin: 'https://evil.example' } });
+  assert.equal(other.headers.get('access-control-allow-origin'), null);
+  await other.body?.cancel();
+});
+
+Deno.test('a CORS preflight from a listed origin allows the Idempotency-Key header', async () => {
+  const res = await app.request('/probe/ok', {
+    method: 'OPTIONS',
+    headers: { origin: allowedOrigin, 'access-control-request-method': 'POST' },
+  });
+  assert.equal(res.status, 204);
+  assert.match(res.headers.get('access-control-allow-headers') ?? '', /idempotency-key/);
+});
+
+Deno.test('GET /health/healthz answers in-process without dependencies', async () => {
+  const res = await health.fetch(new Request('http://local/health/healthz'));
+  assert.equal(res.status, 200);
+  assert.deepEqual((await res.json()).data, { status: 'ok' });
+});
