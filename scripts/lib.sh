@@ -97,25 +97,35 @@ EOF
 
 # ---------------------------------------------------------------- processes
 
-# detach COMMAND…: runs a daemon in its own session with no inherited file descriptors
-# beyond 0-2, so it never holds a caller's pipe open (a pipeline into `tail` would hang).
-detach() {
+# without_inherited_fds COMMAND…: runs COMMAND with no file descriptors beyond 0-2, so a
+# daemon never holds a caller's pipe open (a pipeline into `tail` would hang forever).
+without_inherited_fds() {
   (
     for fd in /proc/$BASHPID/fd/*; do
       fd=${fd##*/}; [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"
     done
-    exec setsid "$@"
+    exec "$@"
   )
 }
 
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 pid_alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
-# start_deno NAME SCRIPT [ARGS…]: a Deno service in the background, logging to .local/logs.
+# start_deno NAME PORT SCRIPT: a Deno service in its own session, logging to .local/logs.
+# The backgrounded subshell execs setsid, which execs deno: the pid file names deno itself.
 start_deno() {
-  local name=$1; shift
+  local name=$1 port=$2 script=$3
   pid_alive "$name" && return 0
-  (cd "$ROOT" && detach "$DENO" run -A --env-file="$LOCAL/env" "$@" \
-    >>"$LOGS/$name.log" 2>&1 </dev/null & echo $! >"$RUN/$name.pid")
+  port_taken "$port" && die "port $port (for $name) is taken by another process; stop it first (./scripts/dev --stop)"
+  (
+    cd "$ROOT" || exit 1
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}; [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"
+    done
+    exec setsid "$DENO" run -A --env-file="$LOCAL/env" "$script"
+  ) >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
 }
 
 stop_pid() {
@@ -169,7 +179,7 @@ pg_start() {
   pg_init
   pg_ready && return 0
   say "starting Postgres on 127.0.0.1:$DB_PORT"
-  detach "${PG_OWNER[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start >"$LOGS/pg_ctl.log" 2>&1 </dev/null ||
+  without_inherited_fds "${PG_OWNER[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start >"$LOGS/pg_ctl.log" 2>&1 </dev/null ||
     die "Postgres did not start (see $PGDATA/server.log)"
 }
 
@@ -204,20 +214,16 @@ stack_start() {
   db_seed
   if ! redis_ping; then
     say "starting Redis on 127.0.0.1:$REDIS_PORT (nothing persisted)"
-    detach redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    without_inherited_fds redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
       --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log" >/dev/null 2>&1 </dev/null
     wait_for "Redis" redis_ping
   fi
-  start_deno redis-bridge scripts/local/redis-bridge.ts
-  start_deno stripe-emulator scripts/local/stripe-emulator/main.ts
-  start_deno gateway scripts/local/gateway.ts
+  start_deno redis-bridge "$REDIS_REST_PORT" scripts/local/redis-bridge.ts
+  start_deno stripe-emulator "$STRIPE_PORT" scripts/local/stripe-emulator/main.ts
+  start_deno gateway "$API_PORT" scripts/local/gateway.ts
   wait_for "the Redis REST bridge" curl -fs "http://127.0.0.1:$REDIS_REST_PORT/healthz"
   wait_for "the Stripe emulator" curl -fs "http://127.0.0.1:$STRIPE_PORT/_emulator/healthz"
   wait_for "the functions gateway" curl -fs "http://127.0.0.1:$API_PORT/functions/v1/health/healthz"
-  # A health answer could come from a stale process holding the port: make sure it is ours.
-  for s in redis-bridge stripe-emulator gateway; do
-    pid_alive "$s" || die "$s exited right after start (is its port taken by another process?) see $LOGS/$s.log"
-  done
 }
 
 redis_ping() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }

@@ -24,6 +24,13 @@ export function ok<T>(c: AppContext, data: T, status: ContentfulStatusCode = 200
   return c.json({ data, metadata: metadata(c) }, status, headers);
 }
 
+/** The success envelope as text, for responses that are stored and replayed byte for byte. */
+export const successBody = (c: AppContext, data: unknown) => JSON.stringify({ data, metadata: metadata(c) });
+
+/** The failure envelope of an AppError as text. */
+export const errorBody = (c: AppContext, err: AppError) =>
+  JSON.stringify({ error: err.toJSON(), metadata: metadata(c) });
+
 /** The failure envelope for any error; a 5xx never shows internals. */
 export function errorResponse(c: AppContext, err: unknown): Response {
   let appError: AppError;
@@ -35,8 +42,10 @@ export function errorResponse(c: AppContext, err: unknown): Response {
     log.error('unhandled error', { requestId: c.get('requestId'), ...errorSummary(err) });
     appError = internalError();
   }
-  const headers = { ...appError.options.headers };
-  return c.json({ error: appError.toJSON(), metadata: metadata(c) }, appError.status as ContentfulStatusCode, headers);
+  return c.body(errorBody(c, appError), appError.status as ContentfulStatusCode, {
+    'content-type': 'application/json',
+    ...appError.options.headers,
+  });
 }
 
 /**

@@ -26,13 +26,32 @@ export function db(): postgres.Sql {
   return pool;
 }
 
-/** SQL error tokens (raised as `message` with errcode P0001) and how each reaches the caller. */
-const sqlErrors: Record<string, { type: ErrorType; message: string; status?: number }> = {};
-
-/** Registers the tokens a domain's SQL functions raise. Each token is listed once, in docs/api.md. */
-export function registerSqlErrors(map: typeof sqlErrors): void {
-  Object.assign(sqlErrors, map);
-}
+/**
+ * SQL error tokens (raised as `message` with errcode P0001 and JSON `detail`) and how each
+ * reaches the caller. The one place tokens become HTTP; docs/api.md lists the same table.
+ */
+const sqlErrors: Record<string, { type: ErrorType; message: string; status?: number }> = {
+  INSUFFICIENT_CREDITS: { type: 'payment_required', message: 'Not enough credits for this request.' },
+  INVALID_AMOUNT: {
+    type: 'validation',
+    message: 'The amount must be a positive decimal with at most 18 decimal places.',
+  },
+  INVALID_TOKENS: { type: 'validation', message: 'Token counts must be non-negative integers.' },
+  INVALID_TTL: { type: 'validation', message: 'ttl_seconds must be between 1 and 86400.' },
+  INVALID_KIND: { type: 'validation', message: 'That kind of transfer is not allowed here.' },
+  UNKNOWN_MODEL: { type: 'validation', message: 'There is no rate card for that model.' },
+  HOLD_NOT_FOUND: { type: 'not_found', message: 'No such hold.' },
+  HOLD_EXPIRED: { type: 'conflict', message: 'The hold has expired; its credits were released.' },
+  HOLD_RELEASED: { type: 'conflict', message: 'The hold was released.' },
+  HOLD_ALREADY_CAPTURED: { type: 'conflict', message: 'The hold was already captured with another amount.' },
+  CAPTURE_EXCEEDS_HOLD: { type: 'validation', message: 'The capture amount is larger than the hold.' },
+  IDEMPOTENCY_KEY_REUSED: {
+    type: 'conflict',
+    message: 'This Idempotency-Key was already used for a different request.',
+  },
+  IDEMPOTENCY_KEY_REQUIRED: { type: 'validation', message: 'An idempotency key is required.' },
+  LEDGER_IMMUTABLE: { type: 'server', message: 'Ledger rows cannot be changed.', status: 500 },
+};
 
 const transientCodes = new Set(['40001', '40P01', '57P01', '57P02', '57P03', '08000', '08003', '08006', '53300']);
 

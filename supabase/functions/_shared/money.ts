@@ -1,0 +1,27 @@
+// Credit amounts: exact decimals, carried as strings in JSON, never JS floats.
+import { z } from 'zod';
+
+const positiveDecimal = /^(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?$/;
+
+/**
+ * A positive credit amount: a decimal string ("9990", "0.0075") or a safe JSON integer,
+ * normalised to a string. At most 20 integer and 18 fractional digits.
+ * @example CreditAmountSchema.parse('12.50') // '12.50'
+ */
+export const CreditAmountSchema = z
+  .union([z.string(), z.number().int().positive().max(Number.MAX_SAFE_INTEGER)])
+  .transform(String)
+  .pipe(
+    z.string()
+      .regex(positiveDecimal, 'must be a decimal string with at most 18 fractional digits')
+      .refine((s) => /[1-9]/.test(s), 'must be greater than zero'),
+  );
+
+/**
+ * Postgres numeric text without insignificant zeros: "50.000000000000000000" → "50".
+ * @example formatCredits('-0.500') // '-0.5'
+ */
+export function formatCredits(value: string): string {
+  const trimmed = value.includes('.') ? value.replace(/0+$/, '').replace(/\.$/, '') : value;
+  return trimmed === '-0' ? '0' : trimmed;
+}

@@ -1,0 +1,62 @@
+// Request and response shapes of the credits routes: one source for the handlers and the client.
+import { z } from 'zod';
+import { CreditAmountSchema } from '../_shared/money.ts';
+
+const printable = /^[\x20-\x7e]+$/;
+export const CorrelationIdSchema = z.string().min(1).max(128).regex(printable, 'must be printable ASCII');
+export const MetadataSchema = z
+  .record(z.string().max(64), z.union([z.string().max(500), z.number(), z.boolean(), z.null()]))
+  .refine((m) => Object.keys(m).length <= 20, 'at most 20 keys');
+
+const tokens = z.number().int().min(0).max(10_000_000);
+
+export const UsageRequestSchema = z.strictObject({
+  model: z.string().min(1).max(64).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name'),
+  input_tokens: tokens,
+  output_tokens: tokens,
+  correlation_id: CorrelationIdSchema.optional(),
+  metadata: MetadataSchema.optional(),
+});
+export type UsageRequest = z.infer<typeof UsageRequestSchema>;
+
+export const HoldRequestSchema = z.strictObject({
+  amount: CreditAmountSchema,
+  ttl_seconds: z.number().int().min(1).max(86_400).optional(),
+  correlation_id: CorrelationIdSchema.optional(),
+});
+export type HoldRequest = z.infer<typeof HoldRequestSchema>;
+
+export const CaptureRequestSchema = z.strictObject({ amount: CreditAmountSchema.optional() });
+export const ReleaseRequestSchema = z.strictObject({});
+
+export const GrantRequestSchema = z.strictObject({
+  user_id: z.uuid(),
+  amount: CreditAmountSchema,
+  reason: z.string().min(3).max(500),
+  kind: z.enum(['adjustment', 'promo_grant']).default('adjustment'),
+});
+export type GrantRequest = z.infer<typeof GrantRequestSchema>;
+
+export const LedgerQuerySchema = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(200).default(50),
+  cursor: z.string().regex(/^[1-9][0-9]{0,18}$/, 'must be a cursor from a previous page').optional(),
+  from: z.iso.datetime({ offset: true }).optional(),
+  to: z.iso.datetime({ offset: true }).optional(),
+  format: z.enum(['json', 'csv']).default('json'),
+});
+export type LedgerQuery = z.infer<typeof LedgerQuerySchema>;
+
+export interface Balance {
+  balance: string;
+  held: string;
+  available: string;
+}
+export interface LedgerEntry {
+  id: string;
+  created_at: string;
+  kind: string;
+  amount: string;
+  balance_after: string;
+  correlation_id: string | null;
+  reference: string | null;
+}
