@@ -68,3 +68,44 @@ export async function api(
   } catch { /* not JSON: the text is still returned */ }
   return { status: res.status, headers: res.headers, body, text };
 }
+
+/** Funds a user through the admin grants route (a real HTTP call with a real admin token). */
+export async function fund(userId: string, amount: string): Promise<void> {
+  const admin = await userToken(crypto.randomUUID(), { admin: true });
+  const res = await api('/credits/grants', {
+    token: admin,
+    body: { user_id: userId, amount, reason: 'test funding', kind: 'promo_grant' },
+    headers: { 'idempotency-key': crypto.randomUUID() },
+  });
+  if (res.status !== 201) throw new Error(`funding failed: ${res.status} ${res.text}`);
+}
+
+/**
+ * The ledger's invariants, checked over the whole database: Σ entries = 0, every transfer is
+ * two entries summing to zero, every user balance is Σ of its entries and its last
+ * balance_after, held is Σ of active holds, and no balance is negative without a reversal.
+ */
+export async function assertLedgerInvariants(): Promise<void> {
+  const [r] = await testDb`
+    select
+      (select coalesce(sum(amount), 0) from billing.entries)::text as total,
+      (select count(*) from (select transfer_id from billing.entries group by transfer_id
+                             having sum(amount) <> 0 or count(*) <> 2) t)::int as unbalanced_transfers,
+      (select count(*) from billing.accounts a where a.user_id is not null
+         and a.balance <> (select coalesce(sum(e.amount), 0) from billing.entries e where e.account_id = a.id))::int as balance_mismatch,
+      (select count(*) from billing.accounts a where a.version > 0
+         and a.balance <> (select e.balance_after from billing.entries e where e.account_id = a.id order by e.id desc limit 1))::int as last_entry_mismatch,
+      (select count(*) from billing.accounts a where a.user_id is not null
+         and a.held <> (select coalesce(sum(h.amount), 0) from billing.holds h where h.account_id = a.id and h.status = 'active'))::int as held_mismatch,
+      (select count(*) from billing.accounts a where a.balance < 0 and not exists (
+         select 1 from billing.transfers t where t.from_account_id = a.id and t.kind in ('refund_reversal', 'dispute_reversal')))::int as unexplained_debt`;
+  const problems = Object.entries({
+    'Σ entries ≠ 0': r.total !== '0.000000000000000000' && r.total !== '0',
+    'a transfer is not two entries summing to zero': r.unbalanced_transfers > 0,
+    'a balance ≠ Σ of its entries': r.balance_mismatch > 0,
+    'a balance ≠ its last balance_after': r.last_entry_mismatch > 0,
+    'held ≠ Σ active holds': r.held_mismatch > 0,
+    'a negative balance without a reversal': r.unexplained_debt > 0,
+  }).filter(([, bad]) => bad).map(([what]) => what);
+  if (problems.length) throw new Error(`ledger invariants broken: ${problems.join('; ')} (${JSON.stringify(r)})`);
+}
