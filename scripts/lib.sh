@@ -88,6 +88,11 @@ STRIPE_SECRET_KEY=$(local_secret stripe-secret-key sk_test_local)
 STRIPE_WEBHOOK_SECRET=$(local_secret stripe-webhook-secret whsec_local)
 STRIPE_API_BASE=http://127.0.0.1:$STRIPE_PORT
 STRIPE_WEBHOOK_URL=http://127.0.0.1:$API_PORT/functions/v1/stripe-webhook
+FEATURE_B2C_CREDITS=true
+CHECKOUT_REDIRECT_ORIGINS=http://localhost:3000,http://127.0.0.1:3000,http://127.0.0.1:$API_PORT
+CHECKOUT_SUCCESS_URL=http://127.0.0.1:$API_PORT/functions/v1/health/healthz
+CHECKOUT_CANCEL_URL=http://127.0.0.1:$API_PORT/functions/v1/health/healthz
+STRIPE_EMULATOR_BACKOFF_MS=100
 LOCAL_AUTH_DIR=$LOCAL/auth
 EOF
   # Lines a developer may add to override the defaults above.

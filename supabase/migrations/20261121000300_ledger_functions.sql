@@ -389,6 +389,31 @@ begin
 end;
 $$;
 
+create function billing.place_hold(
+  p_account_id bigint,
+  p_amount numeric,
+  p_idempotency_key text,
+  p_ttl interval,
+  p_correlation_id text default null,
+  p_metadata jsonb default null
+) returns billing.holds
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds;
+begin
+  -- The caller holds the account lock and has checked what may be held.
+  insert into billing.holds (account_id, amount, idempotency_key, correlation_id, metadata, expires_at)
+  values (p_account_id, p_amount, p_idempotency_key, p_correlation_id, p_metadata, now() + p_ttl)
+  returning * into v_hold;
+  update billing.accounts a set held = a.held + p_amount where a.id = p_account_id;
+  return v_hold;
+end;
+$$;
+comment on function billing.place_hold(bigint, numeric, text, interval, text, jsonb)
+  is 'Internal: writes a hold and adds it to the account''s held amount, under the caller''s account lock.';
+
 create function billing.reserve_credits(
   p_user uuid,
   p_amount numeric,
@@ -435,11 +460,8 @@ begin
       'debt', v_account.balance < 0));
   end if;
 
-  insert into billing.holds (account_id, amount, idempotency_key, correlation_id, metadata, expires_at)
-  values (v_account.id, p_amount, p_idempotency_key, p_correlation_id, p_metadata,
-          now() + make_interval(secs => p_ttl_seconds))
-  returning * into v_hold;
-  update billing.accounts a set held = a.held + p_amount where a.id = v_account.id;
+  v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, make_interval(secs => p_ttl_seconds),
+    p_correlation_id, p_metadata);
   return billing.hold_result_of(v_hold, false);
 end;
 $$;

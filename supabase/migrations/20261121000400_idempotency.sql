@@ -43,7 +43,9 @@ begin
   on conflict (user_id, action, key) do update
     set request_hash = excluded.request_hash, response_status = null, response_body = null,
         locked_at = now(), expires_at = now() + interval '24 hours'
-    where k.expires_at <= now()                   -- an expired key not yet swept starts over
+    -- An expired key not yet swept starts over; so does a claim abandoned mid-flight by a
+    -- crashed instance (only routes with an external call leave a claim uncommitted-free).
+    where k.expires_at <= now() or (k.response_status is null and k.locked_at < now() - interval '60 seconds')
   returning * into v_row;
   if found then
     return ('claimed', null, null)::billing.idempotency_claim;

@@ -50,8 +50,8 @@ select is(
 
 select is(
   (select array_agg(jobname::text order by jobname) from cron.job where jobname like 'billing-%'),
-  array['billing-delete-expired-idempotency-keys', 'billing-release-expired-holds'],
-  'pg_cron schedules the hold sweep and the idempotency-key cleanup');
+  array['billing-delete-expired-idempotency-keys', 'billing-expire-stale-purchases', 'billing-release-expired-holds'],
+  'pg_cron schedules the hold sweep, the idempotency-key cleanup and the stale-purchase expiry');
 
 -- The idempotency-key sweep deletes only expired keys, and at most its batch.
 insert into billing.idempotency_keys (user_id, action, key, request_hash, expires_at)

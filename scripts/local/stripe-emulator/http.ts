@@ -50,6 +50,8 @@ export async function dispatch(routes: Route[], req: Request): Promise<Response>
   const text = req.method === 'POST' ? await req.text() : '';
   const isApi = url.pathname.startsWith('/v1/');
   try {
+    if (isApi && config.latencyMs > 0) await new Promise((r) => setTimeout(r, config.latencyMs));
+    if (isApi && config.down) throw new StripeApiError(500, 'api_error', 'The emulator is set to be down.');
     if (isApi && req.headers.get('authorization') !== `Bearer ${config.secretKey}`) {
       throw new StripeApiError(401, 'invalid_request_error', 'Invalid API Key provided.');
     }

@@ -1,4 +1,4 @@
-// The emulator's in-memory world: Stripe objects by id, the event log, and config.
+// The emulator's in-memory world: Stripe objects by type and id, the event log, and config.
 import type Stripe from 'stripe';
 
 export const config = {
@@ -8,11 +8,21 @@ export const config = {
   webhookUrl: Deno.env.get('STRIPE_WEBHOOK_URL') ?? 'http://127.0.0.1:54321/functions/v1/stripe-webhook',
   deliveryAttempts: Number(Deno.env.get('STRIPE_EMULATOR_DELIVERY_ATTEMPTS') ?? 5),
   deliveryBackoffMs: Number(Deno.env.get('STRIPE_EMULATOR_BACKOFF_MS') ?? 200),
+  /** Test control: delay every /v1 answer by this many ms (simulates a slow Stripe). */
+  latencyMs: 0,
+  /** Test control: answer every /v1 request with 500 (simulates Stripe being down). */
+  down: false,
 };
 
-/** Objects by id, whatever their type; each route narrows what it reads. */
-export const objects = new Map<string, { object: string }>();
-export const events: Stripe.Event[] = [];
+export const store = {
+  sessions: new Map<string, Stripe.Checkout.Session>(),
+  paymentIntents: new Map<string, Stripe.PaymentIntent>(),
+  charges: new Map<string, Stripe.Charge>(),
+  balanceTransactions: new Map<string, Stripe.BalanceTransaction>(),
+  refunds: new Map<string, Stripe.Refund>(),
+  disputes: new Map<string, Stripe.Dispute>(),
+  events: [] as Stripe.Event[],
+};
 
 const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 /** An id with Stripe's prefix for the object type, e.g. `cs_test_…`, `pi_…`, `evt_…`. */
@@ -22,24 +32,3 @@ export function newId(prefix: string): string {
 }
 
 export const now = () => Math.floor(Date.now() / 1000);
-
-/** Records an event about `object` and returns it. */
-export function recordEvent<T extends Stripe.Event.Type>(
-  type: T,
-  object: Stripe.Event.Data.Object,
-  previous?: Partial<Stripe.Event.Data.Object>,
-): Stripe.Event {
-  const event = {
-    id: newId('evt'),
-    object: 'event',
-    api_version: '2025-01-27.acacia',
-    created: now(),
-    data: { object, ...(previous ? { previous_attributes: previous } : {}) },
-    livemode: false,
-    pending_webhooks: 1,
-    request: { id: null, idempotency_key: null },
-    type,
-  } as Stripe.Event;
-  events.push(event);
-  return event;
-}

@@ -45,6 +45,57 @@ export interface Effect {
   data: unknown;
 }
 
+interface Outcome {
+  status: number;
+  body: string;
+  replayed: boolean;
+}
+
+const respond = (o: Outcome) =>
+  new Response(o.body, {
+    status: o.status,
+    headers: { 'content-type': 'application/json', ...(o.replayed ? { 'Idempotent-Replayed': 'true' } : {}) },
+  });
+
+type Claim = { state: string; response_status: number | null; response_body: string | null };
+
+function stored(claim: Claim): Outcome | null {
+  if (claim.state === 'done') {
+    return { status: claim.response_status as number, body: claim.response_body as string, replayed: true };
+  }
+  if (claim.state === 'in_flight') {
+    throw new AppError(
+      'conflict',
+      'IDEMPOTENCY_KEY_IN_USE',
+      'A request with this Idempotency-Key is still in progress.',
+      {
+        retryable: true,
+      },
+    );
+  }
+  return null;
+}
+
+/** Runs `work` and renders its outcome; a 5xx is rethrown so nothing is stored. */
+async function render(c: AppContext, work: () => Promise<Effect>): Promise<Outcome> {
+  try {
+    const effect = await work();
+    return { status: effect.status, body: successBody(c, effect.data), replayed: false };
+  } catch (err) {
+    const failure = fromDbError(err);
+    if (failure.status >= 500) throw failure;
+    return { status: failure.status, body: errorBody(c, failure), replayed: false };
+  }
+}
+
+async function requestIdentity(c: AppContext, body: unknown) {
+  return {
+    key: idempotencyKey(c),
+    userId: c.get('user').id,
+    hash: await sha256(JSON.stringify([c.req.method, c.req.path, body])),
+  };
+}
+
 /**
  * Runs `work` at most once per (user, action, Idempotency-Key). `work` gets the transaction
  * and a key for the SQL function's own idempotency, and makes one SQL call. A 4xx outcome is
@@ -57,47 +108,50 @@ export async function idempotent(
   body: unknown,
   work: (tx: postgres.TransactionSql, sqlKey: string) => Promise<Effect>,
 ): Promise<Response> {
-  const key = idempotencyKey(c);
-  const userId = c.get('user').id;
-  const hash = await sha256(JSON.stringify([c.req.method, c.req.path, body]));
+  const { key, userId, hash } = await requestIdentity(c, body);
   const outcome = await call((sql) =>
     sql.begin(async (tx) => {
-      const [claim] = await tx<{ state: string; response_status: number | null; response_body: string | null }[]>`
-        select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`;
-      if (claim.state === 'done') {
-        return { status: claim.response_status as number, body: claim.response_body as string, replayed: true };
-      }
-      if (claim.state === 'in_flight') {
-        throw new AppError(
-          'conflict',
-          'IDEMPOTENCY_KEY_IN_USE',
-          'A request with this Idempotency-Key is still in progress.',
-          {
-            retryable: true,
-          },
-        );
-      }
-      let status: number;
-      let text: string;
-      try {
-        const effect = await tx.savepoint((sp) => work(sp, `http:${userId}:${action}:${key}`));
-        status = effect.status;
-        text = successBody(c, effect.data);
-      } catch (err) {
-        const failure = fromDbError(err);
-        if (failure.status >= 500) throw failure;
-        status = failure.status;
-        text = errorBody(c, failure);
-      }
-      await tx`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${status}, ${text})`;
-      return { status, body: text, replayed: false };
+      const [claim] = await tx<
+        Claim[]
+      >`select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`;
+      const replay = stored(claim);
+      if (replay) return replay;
+      const done = await render(c, () => tx.savepoint((sp) => work(sp, `http:${userId}:${action}:${key}`)));
+      await tx`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${done.status}, ${done.body})`;
+      return done;
     })
   );
-  return new Response(outcome.body, {
-    status: outcome.status,
-    headers: {
-      'content-type': 'application/json',
-      ...(outcome.replayed ? { 'Idempotent-Replayed': 'true' } : {}),
-    },
-  });
+  return respond(outcome);
+}
+
+/**
+ * The same contract for routes whose work spans an external call (Stripe), which cannot sit
+ * inside a database transaction: the claim commits first, so a concurrent duplicate sees it
+ * in flight (409 IDEMPOTENCY_KEY_IN_USE, retryable). On a 5xx the claim is dropped so a
+ * retry starts over; `work` must itself be safe to repeat (e.g. Stripe's own idempotency key).
+ * @example return idempotentExternal(c, 'checkout.sessions', body, (requestKey) => createSession(…))
+ */
+export async function idempotentExternal(
+  c: AppContext,
+  action: string,
+  body: unknown,
+  work: (requestKey: string) => Promise<Effect>,
+): Promise<Response> {
+  const { key, userId, hash } = await requestIdentity(c, body);
+  const [claim] = await call((sql) =>
+    sql<Claim[]>`select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`
+  );
+  const replay = stored(claim);
+  if (replay) return respond(replay);
+  let done: Outcome;
+  try {
+    done = await render(c, () => work(key));
+  } catch (err) {
+    await call((sql) => sql`select billing.abandon_idempotency_key(${userId}, ${action}, ${key})`).catch(() => {});
+    throw err;
+  }
+  await call((sql) =>
+    sql`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${done.status}, ${done.body})`
+  );
+  return respond(done);
 }

@@ -1,0 +1,90 @@
+// Payment intents, charges, refunds and disputes, and the test control that opens or
+// closes a dispute.
+import type Stripe from 'stripe';
+import { chargeEvent, disputeEvent, emit, refundEvent } from './events.ts';
+import { invalid, missing, route, StripeApiError } from './http.ts';
+import { balanceTransaction, dispute, refund } from './objects.ts';
+import { store } from './state.ts';
+
+function get<T>(map: Map<string, T>, what: string, id: string): T {
+  const o = map.get(id);
+  if (!o) throw missing(what, id);
+  return o;
+}
+
+function createRefund(body: Record<string, unknown>): { refund: Stripe.Refund; events: Stripe.Event[] } {
+  let chargeId = typeof body.charge === 'string' ? body.charge : null;
+  if (!chargeId && typeof body.payment_intent === 'string') {
+    const pi = get(store.paymentIntents, 'payment_intent', body.payment_intent);
+    chargeId = typeof pi.latest_charge === 'string' ? pi.latest_charge : null;
+  }
+  if (!chargeId) throw invalid('One of charge or payment_intent is required.', 'charge');
+  const ch = get(store.charges, 'charge', chargeId);
+  const remaining = ch.amount - ch.amount_refunded;
+  const amount = body.amount === undefined ? remaining : Number(body.amount);
+  if (!Number.isInteger(amount) || amount <= 0) throw invalid('amount must be a positive integer.', 'amount');
+  if (amount > remaining) {
+    throw new StripeApiError(
+      400,
+      'invalid_request_error',
+      `Refund amount (${amount}) is greater than unrefunded amount on charge (${remaining})`,
+      'amount_too_large',
+      'amount',
+    );
+  }
+  const txn = balanceTransaction(-amount, ch.currency, chargeId, 'refund');
+  store.balanceTransactions.set(txn.id, txn);
+  const re = refund(ch, amount, txn.id);
+  store.refunds.set(re.id, re);
+  ch.amount_refunded += amount;
+  ch.refunded = ch.amount_refunded === ch.amount;
+  return { refund: re, events: [refundEvent(re), chargeEvent('charge.refunded', ch)] };
+}
+
+type DisputeOutcome = 'open' | 'won' | 'lost';
+
+function disputeCharge(ch: Stripe.Charge, outcome: DisputeOutcome): Stripe.Event[] {
+  let dp = [...store.disputes.values()].find((d) => d.charge === ch.id);
+  const events: Stripe.Event[] = [];
+  if (!dp) {
+    dp = dispute(ch);
+    store.disputes.set(dp.id, dp);
+    ch.disputed = true;
+    events.push(disputeEvent('charge.dispute.created', dp));
+  }
+  if (outcome !== 'open') {
+    if (dp.status === 'won' || dp.status === 'lost') throw invalid(`The dispute is already ${dp.status}.`);
+    dp.status = outcome;
+    events.push(disputeEvent('charge.dispute.closed', dp));
+  }
+  return events;
+}
+
+export const chargeRoutes = [
+  route('GET', '/v1/payment_intents/:id', ({ params }) => get(store.paymentIntents, 'payment_intent', params.id)),
+  route('GET', '/v1/charges/:id', ({ params }) => get(store.charges, 'charge', params.id)),
+  route(
+    'GET',
+    '/v1/balance_transactions/:id',
+    ({ params }) => get(store.balanceTransactions, 'balance_transaction', params.id),
+  ),
+  route('GET', '/v1/refunds/:id', ({ params }) => get(store.refunds, 'refund', params.id)),
+  route('GET', '/v1/disputes/:id', ({ params }) => get(store.disputes, 'dispute', params.id)),
+  route('GET', '/v1/disputes', ({ query }): Stripe.ApiList<Stripe.Dispute> => {
+    const charge = query.get('charge');
+    const data = [...store.disputes.values()].filter((d) => !charge || d.charge === charge);
+    return { object: 'list', data, has_more: false, url: '/v1/disputes' };
+  }),
+  route('POST', '/v1/refunds', async ({ body }) => {
+    const { refund, events } = createRefund(body);
+    await emit(events, true);
+    return refund;
+  }),
+  route('POST', '/_emulator/charges/:id/dispute', ({ params, json }) => {
+    const { outcome = 'open', deliver = true } = json() as { outcome?: DisputeOutcome; deliver?: boolean };
+    if (!['open', 'won', 'lost'].includes(outcome)) {
+      throw new StripeApiError(400, 'invalid_request_error', `Unknown outcome ${outcome}.`);
+    }
+    return emit(disputeCharge(get(store.charges, 'charge', params.id), outcome), deliver);
+  }),
+];

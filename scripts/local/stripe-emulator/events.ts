@@ -1,0 +1,72 @@
+// Events: recorded in order, signed as Stripe signs them, delivered to the webhook URL.
+import type Stripe from 'stripe';
+import { config, newId, now, store } from './state.ts';
+import { deliver, type SignedEvent, signEvent } from './webhooks.ts';
+
+const base = () => ({
+  id: newId('evt'),
+  object: 'event' as const,
+  api_version: '2026-10-28.endive',
+  created: now(),
+  livemode: false,
+  pending_webhooks: 1,
+  request: { id: null, idempotency_key: null },
+});
+
+// Each event carries a snapshot of its object as it was when the event happened.
+const snapshot = <T>(o: T): T => structuredClone(o);
+
+export const sessionEvent = (
+  type:
+    | 'checkout.session.completed'
+    | 'checkout.session.async_payment_succeeded'
+    | 'checkout.session.async_payment_failed'
+    | 'checkout.session.expired',
+  session: Stripe.Checkout.Session,
+): Stripe.Event => ({ ...base(), type, data: { object: snapshot(session) } });
+
+export const paymentIntentEvent = (
+  type: 'payment_intent.succeeded' | 'payment_intent.payment_failed',
+  pi: Stripe.PaymentIntent,
+): Stripe.Event => ({ ...base(), type, data: { object: snapshot(pi) } });
+
+export const chargeEvent = (type: 'charge.succeeded' | 'charge.refunded', ch: Stripe.Charge): Stripe.Event => ({
+  ...base(),
+  type,
+  data: { object: snapshot(ch) },
+});
+
+export const refundEvent = (refund: Stripe.Refund): Stripe.Event => ({
+  ...base(),
+  type: 'refund.created',
+  data: { object: snapshot(refund) },
+});
+
+export const disputeEvent = (
+  type: 'charge.dispute.created' | 'charge.dispute.closed',
+  dp: Stripe.Dispute,
+): Stripe.Event => ({
+  ...base(),
+  type,
+  data: { object: snapshot(dp) },
+});
+
+/**
+ * Records events, signs them and, when asked, delivers them in order (each with Stripe-like
+ * retries). Returns exactly the bytes and signature headers it sends, so tests can replay,
+ * duplicate or reorder them.
+ */
+export async function emit(events: Stripe.Event[], shouldDeliver: boolean): Promise<{ events: SignedEvent[] }> {
+  store.events.push(...events);
+  const signed = await Promise.all(events.map((e) => signEvent(e, config.webhookSecret)));
+  if (shouldDeliver) {
+    for (const e of signed) {
+      await deliver(e, {
+        url: config.webhookUrl,
+        attempts: config.deliveryAttempts,
+        backoffMs: config.deliveryBackoffMs,
+      });
+    }
+  }
+  return { events: signed };
+}

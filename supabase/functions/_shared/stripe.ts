@@ -1,0 +1,79 @@
+// The Stripe client, configured from env. With STRIPE_API_BASE set (locally: the emulator)
+// the official SDK talks to that address; unset, to Stripe. Keys must match STRIPE_MODE.
+import Stripe from 'stripe';
+import { z } from 'zod';
+import { parseEnv } from './env.ts';
+import { AppError } from './errors.ts';
+
+const commaList = z.string().transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean));
+
+export const StripeEnvSchema = z
+  .object({
+    STRIPE_MODE: z.enum(['test', 'live']),
+    STRIPE_SECRET_KEY: z.string().regex(
+      /^(sk|rk)_(test|live)_[A-Za-z0-9]+$/,
+      'must be a Stripe secret or restricted key',
+    ),
+    STRIPE_WEBHOOK_SECRET: commaList.refine(
+      (l) => l.length > 0 && l.every((s) => s.startsWith('whsec_')),
+      'must be whsec_ secrets',
+    ),
+    STRIPE_API_BASE: z.url().optional(),
+    STRIPE_TIMEOUT_MS: z.coerce.number().int().positive().default(10_000),
+  })
+  .refine((e) => e.STRIPE_SECRET_KEY.split('_')[1] === e.STRIPE_MODE, {
+    message: "the key's mode does not match STRIPE_MODE",
+    path: ['STRIPE_SECRET_KEY'],
+  });
+export type StripeEnv = z.infer<typeof StripeEnvSchema>;
+
+let cached: { env: StripeEnv; client: Stripe } | undefined;
+
+/**
+ * The configured client and its env, created on first use.
+ * @example const session = await stripeCall(() => stripe().client.checkout.sessions.retrieve(id))
+ */
+export function stripe(): { env: StripeEnv; client: Stripe } {
+  if (!cached) {
+    const env = parseEnv(StripeEnvSchema);
+    const base = env.STRIPE_API_BASE ? new URL(env.STRIPE_API_BASE) : undefined;
+    const client = new Stripe(env.STRIPE_SECRET_KEY, {
+      httpClient: Stripe.createFetchHttpClient(),
+      timeout: env.STRIPE_TIMEOUT_MS,
+      maxNetworkRetries: 1,
+      ...(base
+        ? { host: base.hostname, port: Number(base.port), protocol: base.protocol.replace(':', '') as 'http' | 'https' }
+        : {}),
+    });
+    cached = { env, client };
+  }
+  return cached;
+}
+
+/** Runs a Stripe call; connection failures and Stripe's 5xx become a retryable 502/504. */
+export async function stripeCall<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof Stripe.errors.StripeError) {
+      const timeout = err.type === 'StripeConnectionError' && /timed? ?out/i.test(err.message);
+      if (err.type === 'StripeConnectionError' || err.type === 'StripeAPIError' || (err.statusCode ?? 0) >= 500) {
+        throw new AppError(
+          'unavailable',
+          'STRIPE_UNAVAILABLE',
+          'The payment provider is not answering. Please retry.',
+          {
+            status: timeout ? 504 : 502,
+            retryable: true,
+          },
+        );
+      }
+      throw new AppError('server', 'STRIPE_ERROR', 'The payment provider refused the request.', {
+        status: 502,
+        retryable: false,
+        details: { stripe_code: err.code ?? null },
+      });
+    }
+    throw err;
+  }
+}

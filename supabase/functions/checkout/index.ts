@@ -1,0 +1,118 @@
+// B2C purchases: packages, hosted Checkout Sessions, the success-page status poll, and
+// ops-initiated refunds. Credits move only in billing.sync_purchase (see _shared/purchases.ts).
+import type { MiddlewareHandler } from 'hono';
+import { type AppEnv, createApp, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { call } from '../_shared/db.ts';
+import { parseEnv } from '../_shared/env.ts';
+import { AppError } from '../_shared/errors.ts';
+import { idempotentExternal } from '../_shared/idempotency.ts';
+import { formatCredits } from '../_shared/money.ts';
+import { fetchPurchaseState } from '../_shared/purchases.ts';
+import { stripe, stripeCall } from '../_shared/stripe.ts';
+import { readJson } from '../_shared/validate.ts';
+import { CheckoutEnvSchema, CreateSessionSchema, RefundSchema } from './schemas.ts';
+import { createCheckout } from './sessions.ts';
+
+const env = parseEnv(CheckoutEnvSchema);
+stripe(); // parse the Stripe env at start: a bad or wrong-mode key stops start-up
+const app = createApp('checkout');
+
+const b2cEnabled: MiddlewareHandler<AppEnv> = async function b2cEnabled(_c, next) {
+  if (!env.FEATURE_B2C_CREDITS) {
+    throw new AppError('unavailable', 'FEATURE_DISABLED', 'Credit purchases are switched off.', { retryable: false });
+  }
+  await next();
+};
+app.use('*', b2cEnabled);
+
+type PurchaseRow = {
+  id: string;
+  user_id: string;
+  package_id: string;
+  status: string;
+  price_cents: number;
+  currency: string;
+  credits: string;
+  bonus_credits: string;
+  stripe_session_id: string | null;
+  stripe_charge_id: string | null;
+  amount_refunded_cents: number;
+  paid_at: Date | null;
+};
+
+app.get('/packages', requireUser, async (c) => {
+  const rows = await call((sql) =>
+    sql`select id, name, price_cents, currency, credits, bonus_credits from billing.credit_packages
+        where active order by sort_order`
+  );
+  return ok(c, {
+    packages: rows.map((p) => ({
+      ...p,
+      credits: formatCredits(p.credits),
+      bonus_credits: formatCredits(p.bonus_credits),
+    })),
+  });
+});
+
+app.post('/sessions', requireUser, async (c) => {
+  const body = await readJson(c, CreateSessionSchema);
+  return idempotentExternal(c, 'checkout.sessions', body, (key) => createCheckout(c.get('user').id, body, key, env));
+});
+
+app.get('/sessions/:id', requireUser, async (c) => {
+  const ref = c.req.param('id');
+  const userId = c.get('user').id;
+  const find = () =>
+    call((sql) => sql<PurchaseRow[]>`select * from billing.get_purchase(${userId}, ${ref}) where id is not null`);
+  let [p] = await find();
+  if (!p) throw new AppError('not_found', 'PURCHASE_NOT_FOUND', 'No such purchase.');
+  if (p.status === 'pending' && p.stripe_session_id) {
+    // fulfillCheckout: the same convergence the webhooks run, in case they are late.
+    const state = await fetchPurchaseState({ session: p.stripe_session_id });
+    if (state) await call((sql) => sql`select billing.sync_purchase(${sql.json(state)})`);
+    [p] = await find();
+  }
+  return ok(c, {
+    purchase_id: p.id,
+    status: p.status,
+    package_id: p.package_id,
+    price_cents: p.price_cents,
+    currency: p.currency,
+    credits: formatCredits(p.credits),
+    bonus_credits: formatCredits(p.bonus_credits),
+    amount_refunded_cents: p.amount_refunded_cents,
+    paid_at: p.paid_at?.toISOString() ?? null,
+  });
+});
+
+app.post('/refunds', requireAdmin, async (c) => {
+  const body = await readJson(c, RefundSchema);
+  return idempotentExternal(c, 'checkout.refunds', body, async (key) => {
+    const [p] = await call((sql) =>
+      sql<PurchaseRow[]>`select * from billing.get_purchase(null, ${body.purchase_id}) where id is not null`
+    );
+    if (!p) throw new AppError('not_found', 'PURCHASE_NOT_FOUND', 'No such purchase.');
+    if (p.status !== 'paid' || !p.stripe_charge_id) {
+      throw new AppError(
+        'conflict',
+        'PURCHASE_NOT_REFUNDABLE',
+        `The purchase is ${p.status}; only paid purchases can be refunded.`,
+      );
+    }
+    const charge = p.stripe_charge_id;
+    // Credits move when Stripe's charge.refunded arrives, not here.
+    const refund = await stripeCall(() =>
+      stripe().client.refunds.create(
+        { charge, ...(body.amount_cents ? { amount: body.amount_cents } : {}) },
+        { idempotencyKey: `refund:${p.id}:${key}` },
+      )
+    );
+    return {
+      status: 202,
+      data: { refund_id: refund.id, purchase_id: p.id, amount_cents: refund.amount, status: refund.status },
+    };
+  });
+});
+
+export default { fetch: app.fetch };
+if (import.meta.main) Deno.serve(app.fetch);

@@ -1,0 +1,26 @@
+// Request shapes and env of the checkout routes.
+import { z } from 'zod';
+
+const commaList = z.string().transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean));
+
+export const CheckoutEnvSchema = z.object({
+  FEATURE_B2C_CREDITS: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
+  CHECKOUT_REDIRECT_ORIGINS: commaList.default([]),
+  CHECKOUT_SUCCESS_URL: z.url(),
+  CHECKOUT_CANCEL_URL: z.url(),
+});
+export type CheckoutEnv = z.infer<typeof CheckoutEnvSchema>;
+
+export const CreateSessionSchema = z.strictObject({
+  package_id: z.string().min(1).max(64).regex(/^[a-z0-9_-]+$/, 'must be a package id'),
+  success_url: z.url().max(2000).optional(),
+  cancel_url: z.url().max(2000).optional(),
+  client_temp_id: z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/, 'must be printable ASCII').optional(),
+});
+export type CreateSession = z.infer<typeof CreateSessionSchema>;
+
+export const RefundSchema = z.strictObject({
+  purchase_id: z.uuid(),
+  amount_cents: z.number().int().positive().max(100_000_000).optional(),
+});
+export type RefundRequest = z.infer<typeof RefundSchema>;

@@ -1,0 +1,98 @@
+// Creating a hosted Checkout Session for a purchase. Card data never touches this service.
+import { call } from '../_shared/db.ts';
+import { AppError } from '../_shared/errors.ts';
+import type { Effect } from '../_shared/idempotency.ts';
+import { formatCredits } from '../_shared/money.ts';
+import { stripe, stripeCall } from '../_shared/stripe.ts';
+import type { CheckoutEnv, CreateSession } from './schemas.ts';
+
+type CheckoutRow = {
+  purchase_id: string;
+  status: string;
+  reused: boolean;
+  package_id: string;
+  package_name: string;
+  price_cents: number;
+  currency: string;
+  credits: string;
+  bonus_credits: string;
+  session_id: string | null;
+  session_url: string | null;
+  session_expires_at: Date | null;
+  client_temp_id: string | null;
+};
+
+export const checkoutJson = (r: CheckoutRow) => ({
+  purchase_id: r.purchase_id,
+  status: r.status,
+  package_id: r.package_id,
+  session_id: r.session_id,
+  url: r.session_url,
+  expires_at: r.session_expires_at?.toISOString() ?? null,
+  client_temp_id: r.client_temp_id,
+  price_cents: r.price_cents,
+  currency: r.currency,
+  credits: formatCredits(r.credits),
+  bonus_credits: formatCredits(r.bonus_credits),
+});
+
+/** A redirect URL from the caller must be on the allowlist; otherwise the configured default. */
+function redirectUrl(given: string | undefined, fallback: string, env: CheckoutEnv, field: string): string {
+  if (!given) return fallback;
+  if (!env.CHECKOUT_REDIRECT_ORIGINS.includes(new URL(given).origin)) {
+    throw new AppError('validation', 'REDIRECT_NOT_ALLOWED', `${field} must be on this service's redirect allowlist.`, {
+      field,
+    });
+  }
+  return given;
+}
+
+/** Session lifetime: Stripe's minimum, so an abandoned session soon stops blocking a new one. */
+const sessionTtlSeconds = 30 * 60;
+
+export async function createCheckout(
+  userId: string,
+  body: CreateSession,
+  requestKey: string,
+  env: CheckoutEnv,
+): Promise<Effect> {
+  const successUrl = redirectUrl(body.success_url, env.CHECKOUT_SUCCESS_URL, env, 'success_url');
+  const cancelUrl = redirectUrl(body.cancel_url, env.CHECKOUT_CANCEL_URL, env, 'cancel_url');
+  const [co] = await call((sql) =>
+    sql<CheckoutRow[]>`select * from billing.begin_checkout(${userId}, ${body.package_id}, ${requestKey},
+      ${body.client_temp_id ?? null})`
+  );
+  if (co.session_id) return { status: co.reused ? 200 : 201, data: checkoutJson(co) };
+
+  const metadata = { purchase_id: co.purchase_id, user_id: userId, package_id: co.package_id };
+  const separator = successUrl.includes('?') ? '&' : '?';
+  // Stripe's idempotency key is the purchase's: a retry of this request reaches the same
+  // purchase (by request key) and so the same session, never a second one.
+  const session = await stripeCall(() =>
+    stripe().client.checkout.sessions.create({
+      mode: 'payment',
+      line_items: [{
+        quantity: 1,
+        price_data: {
+          currency: co.currency,
+          unit_amount: co.price_cents,
+          product_data: { name: `${co.package_name}: ${formatCredits(co.credits)} credits` },
+        },
+      }],
+      client_reference_id: co.purchase_id,
+      metadata,
+      payment_intent_data: { metadata },
+      success_url: `${successUrl}${separator}session_id={CHECKOUT_SESSION_ID}`,
+      cancel_url: cancelUrl,
+      expires_at: Math.floor(Date.now() / 1000) + sessionTtlSeconds,
+    }, { idempotencyKey: `checkout-session:${co.purchase_id}` })
+  );
+  if (!session.url) {
+    throw new AppError('server', 'STRIPE_ERROR', 'Stripe returned a session without a URL.', { status: 502 });
+  }
+  const [attached] = await call((sql) =>
+    sql<CheckoutRow[]>`select * from billing.attach_checkout_session(${co.purchase_id}, ${session.id}, ${session.url},
+      ${new Date(session.expires_at * 1000)})`
+  );
+  return { status: 201, data: checkoutJson(attached) };
+}

@@ -1,0 +1,27 @@
+// Which Stripe events move a purchase, and where to start re-fetching its state.
+import type Stripe from 'stripe';
+import type { PurchaseRef } from '../_shared/purchases.ts';
+
+const idOf = (v: string | { id: string } | null) => (typeof v === 'string' ? v : v?.id ?? null);
+
+/** The purchase an event is about, or null for a type we record but do not act on. */
+export function purchaseRefOf(event: Stripe.Event): PurchaseRef | null {
+  switch (event.type) {
+    case 'checkout.session.completed':
+    case 'checkout.session.async_payment_succeeded':
+    case 'checkout.session.async_payment_failed':
+    case 'checkout.session.expired':
+      return { session: event.data.object.id };
+    case 'payment_intent.payment_failed':
+      return { paymentIntent: event.data.object.id };
+    case 'charge.refunded':
+      return { charge: event.data.object.id };
+    case 'charge.dispute.created':
+    case 'charge.dispute.closed': {
+      const charge = idOf(event.data.object.charge);
+      return charge ? { charge } : null;
+    }
+    default:
+      return null;
+  }
+}

@@ -1,0 +1,75 @@
+// Stripe webhooks. The signature is the authentication: verified on the raw body with the
+// SDK and SubtleCrypto, default tolerance, any of the rotation secrets. Each verified event
+// is recorded once by id and applied in one SQL transaction (billing.process_stripe_event)
+// with state re-fetched from Stripe; a transient failure answers 500 so Stripe retries.
+import Stripe from 'stripe';
+import { createApp, ok } from '../_shared/app.ts';
+import { call, db, fromDbError } from '../_shared/db.ts';
+import { AppError } from '../_shared/errors.ts';
+import { errorSummary, log } from '../_shared/log.ts';
+import { fetchPurchaseState } from '../_shared/purchases.ts';
+import { stripe } from '../_shared/stripe.ts';
+import { purchaseRefOf } from './events.ts';
+
+const app = createApp('stripe-webhook');
+stripe(); // parse the Stripe env at start: a bad or wrong-mode key stops start-up
+const maxBodyBytes = 512 * 1024;
+const cryptoProvider = Stripe.createSubtleCryptoProvider();
+
+async function verify(raw: string, signature: string | undefined): Promise<Stripe.Event> {
+  const { env, client } = stripe();
+  if (signature) {
+    for (const secret of env.STRIPE_WEBHOOK_SECRET) {
+      try {
+        return await client.webhooks.constructEventAsync(raw, signature, secret, undefined, cryptoProvider);
+      } catch { /* try the next secret (rotation) */ }
+    }
+  }
+  await call((sql) => sql`select billing.increment_counter('stripe_webhook_signature_failures')`).catch(() => {});
+  throw new AppError('validation', 'SIGNATURE_INVALID', 'The Stripe-Signature header is missing or does not verify.');
+}
+
+app.post('/', async (c) => {
+  const raw = await c.req.text();
+  if (raw.length > maxBodyBytes) {
+    throw new AppError('validation', 'PAYLOAD_TOO_LARGE', 'The webhook body is too large.', { status: 413 });
+  }
+  const event = await verify(raw, c.req.header('stripe-signature'));
+  const fields = { eventId: event.id, type: event.type, requestId: c.get('requestId') };
+  if (event.livemode !== (stripe().env.STRIPE_MODE === 'live')) {
+    log.warn('stripe event ignored: livemode does not match STRIPE_MODE', fields);
+    return ok(c, { received: true, ignored: 'livemode_mismatch' });
+  }
+  if ((await call((sql) => sql`select billing.stripe_event_done(${event.id}) as done`))[0].done) {
+    return ok(c, { received: true, duplicate: true });
+  }
+  const created = new Date(event.created * 1000);
+  const objectId = 'id' in event.data.object ? String(event.data.object.id) : null;
+  try {
+    const ref = purchaseRefOf(event);
+    const state = ref ? await fetchPurchaseState(ref) : null;
+    const [{ outcome }] = await db()`
+      select billing.process_stripe_event(${event.id}, ${event.type}, ${created}, ${event.livemode}, ${objectId},
+        ${state ? db().json(state) : null}) as outcome`;
+    log.info('stripe event', { ...fields, outcome });
+    return ok(c, { received: true, ...(outcome === 'duplicate' ? { duplicate: true } : { outcome }) });
+  } catch (err) {
+    const failure = err instanceof AppError ? err : fromDbError(err);
+    log.error('stripe event failed', { ...fields, code: failure.code, ...errorSummary(err) });
+    await db()`select billing.record_stripe_event_failure(${event.id}, ${event.type}, ${created}, ${event.livemode},
+      ${objectId}, ${failure.code})`.catch(() => {});
+    // Any failure here is worth Stripe's retry: answer 5xx.
+    throw new AppError(
+      'unavailable',
+      'WEBHOOK_PROCESSING_FAILED',
+      'The event could not be processed; Stripe will retry.',
+      {
+        status: 500,
+        retryable: true,
+      },
+    );
+  }
+});
+
+export default { fetch: app.fetch };
+if (import.meta.main) Deno.serve(app.fetch);
