@@ -80,6 +80,11 @@ export const chargeRoutes = [
     await emit(events, true);
     return refund;
   }),
+  // Like POST /v1/refunds, but returns the events and delivers them only when asked.
+  route('POST', '/_emulator/charges/:id/refund', ({ params, json }) => {
+    const { amount, deliver = true } = json() as { amount?: number; deliver?: boolean };
+    return emit(createRefund({ charge: params.id, amount }).events, deliver);
+  }),
   route('POST', '/_emulator/charges/:id/dispute', ({ params, json }) => {
     const { outcome = 'open', deliver = true } = json() as { outcome?: DisputeOutcome; deliver?: boolean };
     if (!['open', 'won', 'lost'].includes(outcome)) {

@@ -30,7 +30,7 @@ export function db(): postgres.Sql {
  * SQL error tokens (raised as `message` with errcode P0001 and JSON `detail`) and how each
  * reaches the caller. The one place tokens become HTTP; docs/api.md lists the same table.
  */
-const sqlErrors: Record<string, { type: ErrorType; message: string; status?: number }> = {
+const sqlErrors: Record<string, { type: ErrorType; message: string; status?: number; retryable?: boolean }> = {
   INSUFFICIENT_CREDITS: { type: 'payment_required', message: 'Not enough credits for this request.' },
   INVALID_AMOUNT: {
     type: 'validation',
@@ -51,6 +51,14 @@ const sqlErrors: Record<string, { type: ErrorType; message: string; status?: num
   },
   IDEMPOTENCY_KEY_REQUIRED: { type: 'validation', message: 'An idempotency key is required.' },
   LEDGER_IMMUTABLE: { type: 'server', message: 'Ledger rows cannot be changed.', status: 500 },
+  PACKAGE_NOT_FOUND: { type: 'not_found', message: 'No such credit package on sale.' },
+  PURCHASE_NOT_FOUND: { type: 'not_found', message: 'No such purchase.' },
+  CHECKOUT_IN_PROGRESS: {
+    type: 'conflict',
+    message: 'A checkout for this package is being created; retry in a moment.',
+    retryable: true,
+  },
+  PAYMENT_AMOUNT_MISMATCH: { type: 'server', message: 'The amount paid does not match the purchase.', status: 500 },
 };
 
 const transientCodes = new Set(['40001', '40P01', '57P01', '57P02', '57P03', '08000', '08003', '08006', '53300']);
@@ -65,7 +73,11 @@ export function fromDbError(err: unknown): AppError {
     try {
       details = e.detail ? JSON.parse(e.detail) : undefined;
     } catch { /* a plain-text detail is not shown */ }
-    return new AppError(known.type, e.message as string, known.message, { details, status: known.status });
+    return new AppError(known.type, e.message as string, known.message, {
+      details,
+      status: known.status,
+      retryable: known.retryable,
+    });
   }
   const connectionLost = typeof e.code === 'string' &&
     (transientCodes.has(e.code) ||

@@ -1,0 +1,66 @@
+// Helpers for purchase tests: drive Checkout through the real API and the Stripe emulator's
+// test controls, and deliver signed events to the webhook exactly as Stripe would.
+import { api, env, functionsUrl } from './helpers.ts';
+
+export const emulatorUrl = env('STRIPE_API_BASE');
+
+export interface SignedEvent {
+  id: string;
+  type: string;
+  payload: string;
+  signature: string;
+}
+
+/** Calls an emulator test control (outside /v1). */
+export async function emulator(path: string, body: unknown = {}): Promise<{ events: SignedEvent[] }> {
+  const res = await fetch(`${emulatorUrl}${path}`, { method: 'POST', body: JSON.stringify(body) });
+  if (!res.ok) throw new Error(`emulator ${path}: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+/** Calls the emulator's Stripe API as the SDK would. */
+export async function stripeApi(path: string): Promise<Record<string, unknown>> {
+  const res = await fetch(`${emulatorUrl}${path}`, {
+    headers: { authorization: `Bearer ${env('STRIPE_SECRET_KEY')}` },
+  });
+  return res.json();
+}
+
+/** POSTs an event's exact bytes with a signature header to the webhook. */
+export async function deliver(e: { payload: string; signature: string }) {
+  const res = await fetch(`${functionsUrl}/stripe-webhook`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'stripe-signature': e.signature },
+    body: e.payload,
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+/** Starts a checkout for a package and returns the purchase. */
+export async function startCheckout(token: string, packageId: string, key = crypto.randomUUID()) {
+  const r = await api('/checkout/sessions', {
+    token,
+    headers: { 'idempotency-key': key },
+    body: { package_id: packageId },
+  });
+  if (r.status !== 201 && r.status !== 200) throw new Error(`checkout failed: ${r.status} ${r.text}`);
+  return r.body.data as { purchase_id: string; session_id: string; url: string; status: string };
+}
+
+/** Buys a package end to end (checkout → customer pays → webhooks delivered). */
+export async function buy(token: string, packageId: string) {
+  const co = await startCheckout(token, packageId);
+  await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+  return co;
+}
+
+export async function balanceOf(token: string): Promise<{ balance: string; held: string; available: string }> {
+  return (await api('/credits/balance', { token })).body.data as { balance: string; held: string; available: string };
+}
+
+/** The charge behind a paid Checkout Session, as Stripe has it. */
+export async function chargeOf(sessionId: string): Promise<string> {
+  const session = await stripeApi(`/v1/checkout/sessions/${sessionId}`);
+  const pi = await stripeApi(`/v1/payment_intents/${session.payment_intent}`);
+  return String(pi.latest_charge);
+}
