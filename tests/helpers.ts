@@ -109,3 +109,32 @@ export async function assertLedgerInvariants(): Promise<void> {
   }).filter(([, bad]) => bad).map(([what]) => what);
   if (problems.length) throw new Error(`ledger invariants broken: ${problems.join('; ')} (${JSON.stringify(r)})`);
 }
+
+/**
+ * Runs `fn` against a second, throw-away gateway whose functions see `overrides` on top of
+ * the local env: for start-up checks and feature flags, which are read once per process.
+ */
+export async function withGateway(
+  overrides: Record<string, string>,
+  fn: (url: string) => Promise<void>,
+): Promise<void> {
+  const port = 54400 + Math.floor(Math.random() * 500);
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ['run', '-A', 'scripts/local/gateway.ts'],
+    env: { ...overrides, GATEWAY_PORT: String(port) },
+    stdout: 'null',
+    stderr: 'null',
+  }).spawn();
+  try {
+    const url = `http://127.0.0.1:${port}/functions/v1`;
+    for (let i = 0; i < 100; i++) {
+      const up = await fetch(`${url}/health/healthz`).then((r) => r.body?.cancel().then(() => true), () => false);
+      if (up) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await fn(url);
+  } finally {
+    child.kill();
+    await child.status;
+  }
+}

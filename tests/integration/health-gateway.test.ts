@@ -1,6 +1,6 @@
 // The skeleton end to end over real HTTP: the gateway, its JWKS, liveness and readiness.
 import assert from 'node:assert/strict';
-import { api, env, supabaseUrl } from '../helpers.ts';
+import { api, supabaseUrl, withGateway } from '../helpers.ts';
 
 Deno.test('GET /functions/v1/health/healthz answers 200 through the gateway', async () => {
   const { status, body, headers } = await api('/health/healthz');
@@ -32,21 +32,8 @@ Deno.test('an unknown function is a 404 in the envelope', async () => {
 });
 
 Deno.test('readyz is 503 naming the database when the database does not answer', async () => {
-  // A second gateway whose functions point at a port where no database listens.
-  const port = 54400 + Math.floor(Math.random() * 500);
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ['run', '-A', 'scripts/local/gateway.ts'],
-    env: { GATEWAY_PORT: String(port), SUPABASE_DB_URL: 'postgresql://postgres:postgres@127.0.0.1:1/postgres' },
-    stdout: 'null',
-    stderr: 'null',
-  }).spawn();
-  try {
-    let res: Response | undefined;
-    for (let i = 0; i < 100 && !res; i++) {
-      res = await fetch(`http://127.0.0.1:${port}/functions/v1/health/readyz`).catch(() => undefined);
-      if (!res) await new Promise((r) => setTimeout(r, 100));
-    }
-    assert.ok(res, 'the second gateway did not start');
+  await withGateway({ SUPABASE_DB_URL: 'postgresql://postgres:postgres@127.0.0.1:1/postgres' }, async (url) => {
+    const res = await fetch(`${url}/health/readyz`);
     const body = await res.json();
     assert.equal(res.status, 503);
     assert.equal(body.error.code, 'NOT_READY');
@@ -54,10 +41,5 @@ Deno.test('readyz is 503 naming the database when the database does not answer',
     assert.equal(body.error.retryable, true);
     assert.equal(body.error.details.checks.jwks.status, 'ok');
     assert.ok(!JSON.stringify(body).includes('postgres:postgres'), 'the connection string leaked');
-  } finally {
-    child.kill();
-    await child.status;
-  }
+  });
 });
-
-void env;
