@@ -19,7 +19,9 @@ const stripe = new Stripe(env('STRIPE_SECRET_KEY'), {
 
 const user = crypto.randomUUID();
 const token = new TextDecoder().decode(
-  (await new Deno.Command('scripts/token', { args: ['--user', user, '--email', 'demo.student@example.com'] }).output())
+  (await new Deno.Command('scripts/token', {
+    args: ['--user', user, '--email', `demo+${user.slice(0, 8)}@example.com`],
+  }).output())
     .stdout,
 ).trim();
 
