@@ -182,7 +182,10 @@ EOF
 
 pg_start() {
   pg_init
-  pg_ready && return 0
+  if pg_ready; then
+    [ -f "$PGDATA/postmaster.pid" ] && return 0
+    die "port $DB_PORT is taken by a Postgres that is not this checkout's (.local/pg); stop it first"
+  fi
   say "starting Postgres on 127.0.0.1:$DB_PORT"
   without_inherited_fds "${PG_OWNER[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start >"$LOGS/pg_ctl.log" 2>&1 </dev/null ||
     die "Postgres did not start (see $PGDATA/server.log)"
