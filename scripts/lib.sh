@@ -6,7 +6,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOCAL="$ROOT/.local"
 LOGS="$LOCAL/logs"
 RUN="$LOCAL/run"
-PGDATA="$LOCAL/pg/data"
+# The cluster lives in .local/pg, unless the checkout sits where the postgres OS user cannot
+# reach it (e.g. under a 0700 temp dir while running as root): then under /var/lib/postgresql,
+# in a folder named after the checkout's path.
+PG_HOME="$LOCAL/pg"
+if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -r "$ROOT/scripts/lib.sh"; then
+  PG_HOME="/var/lib/postgresql/scholarlink-$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)"
+fi
+PGDATA="$PG_HOME/data"
 PG_BIN=/usr/lib/postgresql/15/bin
 TOOLCHAIN="$ROOT/scripts/toolchain"
 DENO="$TOOLCHAIN/node_modules/.bin/deno"
@@ -159,11 +166,11 @@ pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$DB_PORT"; }
 
 pg_init() {
   [ -f "$PGDATA/PG_VERSION" ] && return 0
-  say "creating the local Postgres cluster in .local/pg"
+  say "creating the local Postgres cluster in $PG_HOME"
   mkdir -p "$PGDATA"
-  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$LOCAL/pg"
+  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PG_HOME"
   chmod 700 "$PGDATA"
-  local pwfile="$LOCAL/pg/pwfile"
+  local pwfile="$PG_HOME/pwfile"
   echo postgres >"$pwfile"; [ "$(id -u)" = 0 ] && chown postgres "$pwfile"
   pg_as_owner "$PG_BIN/initdb" -D "$PGDATA" -U postgres --pwfile="$pwfile" \
     --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$LOGS/initdb.log" 2>&1 ||
@@ -184,7 +191,7 @@ pg_start() {
   pg_init
   if pg_ready; then
     [ -f "$PGDATA/postmaster.pid" ] && return 0
-    die "port $DB_PORT is taken by a Postgres that is not this checkout's (.local/pg); stop it first"
+    die "port $DB_PORT is taken by a Postgres that is not this checkout's ($PG_HOME); stop it first"
   fi
   say "starting Postgres on 127.0.0.1:$DB_PORT"
   without_inherited_fds "${PG_OWNER[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start >"$LOGS/pg_ctl.log" 2>&1 </dev/null ||
