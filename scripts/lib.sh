@@ -100,6 +100,9 @@ CHECKOUT_REDIRECT_ORIGINS=http://localhost:3000,http://127.0.0.1:3000,http://127
 CHECKOUT_SUCCESS_URL=http://127.0.0.1:$API_PORT/functions/v1/health/healthz
 CHECKOUT_CANCEL_URL=http://127.0.0.1:$API_PORT/functions/v1/health/healthz
 STRIPE_EMULATOR_BACKOFF_MS=100
+# Every local client, the test suite included, arrives from 127.0.0.1: one shared IP budget
+# would throttle the suite. Rate-limit tests run a gateway with their own low limits.
+RATE_LIMIT_IP_PER_MIN=1000000
 LOCAL_AUTH_DIR=$LOCAL/auth
 EOF
   # Lines a developer may add to override the defaults above.

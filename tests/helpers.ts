@@ -118,7 +118,9 @@ export async function withGateway(
   overrides: Record<string, string>,
   fn: (url: string) => Promise<void>,
 ): Promise<void> {
-  const port = 54400 + Math.floor(Math.random() * 500);
+  const probe = Deno.listen({ hostname: '127.0.0.1', port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
   const child = new Deno.Command(Deno.execPath(), {
     args: ['run', '-A', 'scripts/local/gateway.ts'],
     env: { ...overrides, GATEWAY_PORT: String(port) },
@@ -127,14 +129,17 @@ export async function withGateway(
   }).spawn();
   try {
     const url = `http://127.0.0.1:${port}/functions/v1`;
-    for (let i = 0; i < 100; i++) {
-      const up = await fetch(`${url}/health/healthz`).then((r) => r.body?.cancel().then(() => true), () => false);
-      if (up) break;
-      await new Promise((r) => setTimeout(r, 100));
+    let up = false;
+    for (let i = 0; i < 100 && !up; i++) {
+      up = await fetch(`${url}/health/healthz`).then((r) => r.body?.cancel().then(() => true) ?? true, () => false);
+      if (!up) await new Promise((r) => setTimeout(r, 100));
     }
+    if (!up) throw new Error('the throw-away gateway did not start');
     await fn(url);
   } finally {
-    child.kill();
+    try {
+      child.kill();
+    } catch { /* it already exited */ }
     await child.status;
   }
 }

@@ -1,12 +1,12 @@
 // Every way a bearer token can be wrong gets 401 in the envelope; only a valid one passes.
 import assert from 'node:assert/strict';
 import { exportSPKI, generateKeyPair, importJWK, SignJWT } from 'jose';
-import { createApp, ok, requireAdmin, requireUser } from '../../supabase/functions/_shared/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireUser } from '../../supabase/functions/_shared/app.ts';
 import { env, supabaseUrl, userToken } from '../helpers.ts';
 
 const app = createApp('probe');
-app.get('/me', requireUser, (c) => ok(c, { id: c.get('user').id }));
-app.get('/admin', requireAdmin, (c) => ok(c, { id: c.get('user').id }));
+app.get('/me', requireUser, (c) => ok(c, { id: currentUser(c).id }));
+app.get('/admin', requireAdmin, (c) => ok(c, { id: currentUser(c).id }));
 
 const userId = crypto.randomUUID();
 const b64url = (o: unknown) => btoa(JSON.stringify(o)).replace(/=+$/, '').replace(/\+/g, '-').replace(/\//g, '_');

@@ -5,11 +5,12 @@ import { cors } from 'hono/cors';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { type AuthUser, bearerToken, verifyUserToken } from './auth.ts';
+import { rateLimit } from './ratelimit.ts';
 import { baseEnv } from './env.ts';
 import { AppError, internalError } from './errors.ts';
 import { errorSummary, log } from './log.ts';
 
-export type AppEnv = { Variables: { requestId: string; user: AuthUser } };
+export type AppEnv = { Variables: { requestId: string; user: AuthUser | undefined; authError: AppError | undefined } };
 export type AppContext = Context<AppEnv>;
 
 const wellFormedRequestId = /^[A-Za-z0-9._:-]{8,128}$/;
@@ -50,9 +51,10 @@ export function errorResponse(c: AppContext, err: unknown): Response {
 
 /**
  * Creates a function's app. Routes are declared on the result, relative to `/<name>`.
- * @example const app = createApp('health'); app.get('/healthz', (c) => ok(c, { status: 'ok' }))
+ * Every request is rate limited unless `rateLimited: false` (health checks, Stripe webhooks).
+ * @example const app = createApp('health', { rateLimited: false })
  */
-export function createApp(name: string): Hono<AppEnv> {
+export function createApp(name: string, opts: { rateLimited?: boolean } = {}): Hono<AppEnv> {
   const app = new Hono<AppEnv>().basePath(`/${name}`);
   const allowed = new Set(baseEnv().CORS_ALLOWED_ORIGINS);
 
@@ -82,21 +84,49 @@ export function createApp(name: string): Hono<AppEnv> {
       maxAge: 600,
     }),
   );
+  app.use('*', identify);
+  if (opts.rateLimited !== false) app.use('*', rateLimit);
   app.onError((err, c) => errorResponse(c, err));
   app.notFound((c) => errorResponse(c, new AppError('not_found', 'NOT_FOUND', 'No such route.')));
   return app;
 }
 
-/** Requires a valid user JWT; the user is then `c.get('user')`. */
+/**
+ * Verifies a bearer token when one is sent, before rate limiting, so limits key on a verified
+ * user id (a forged `sub` cannot spend someone else's quota). The outcome waits in the context
+ * for requireUser; a route that needs no user never sees it.
+ */
+const identify: MiddlewareHandler<AppEnv> = async function identify(c, next) {
+  const header = c.req.header('authorization');
+  if (header) {
+    try {
+      c.set('user', await verifyUserToken(bearerToken(header)));
+    } catch (err) {
+      if (!(err instanceof AppError)) throw err;
+      c.set('authError', err);
+    }
+  }
+  await next();
+};
+
+function signedInUser(c: AppContext): AuthUser {
+  const user = c.get('user');
+  if (user) return user;
+  throw c.get('authError') ??
+    new AppError('auth', 'UNAUTHORIZED', 'Sign in: an `Authorization: Bearer <token>` header is required.');
+}
+
+/** The signed-in user of a route behind requireUser or requireAdmin. */
+export const currentUser = (c: AppContext): AuthUser => signedInUser(c);
+
+/** Requires a valid user JWT; the user is then `currentUser(c)`. */
 export const requireUser: MiddlewareHandler<AppEnv> = async function requireUser(c, next) {
-  c.set('user', await verifyUserToken(bearerToken(c.req.header('authorization'))));
+  signedInUser(c);
   await next();
 };
 
 /** Requires a user JWT whose `app_metadata.role` is `admin`. */
 export const requireAdmin: MiddlewareHandler<AppEnv> = async function requireAdmin(c, next) {
-  const user = await verifyUserToken(bearerToken(c.req.header('authorization')));
-  if (!user.isAdmin) throw new AppError('forbidden', 'FORBIDDEN', 'This route is for administrators.');
-  c.set('user', user);
+  if (!signedInUser(c).isAdmin) throw new AppError('forbidden', 'FORBIDDEN', 'This route is for administrators.');
   await next();
 };

@@ -7,7 +7,9 @@ import { errorSummary, log } from './log.ts';
 let pool: postgres.Sql | undefined;
 
 /**
- * The shared postgres.js pool. `prepare: false` keeps it working through Supavisor's
+ * The shared postgres.js pool. JSON parameters go in as text cast in SQL
+ * (`${JSON.stringify(v)}::text::jsonb`): postgres.js's sql.json() generics push TypeScript
+ * past its instantiation-depth limit (TS2589) once the whole program is checked. `prepare: false` keeps it working through Supavisor's
  * transaction mode; numeric stays a string (exact decimals, never floats).
  * @example const [row] = await db()`select billing.get_balance(${userId}) as b`
  */

@@ -3,7 +3,7 @@
 // gets the stored bytes, a concurrent duplicate waits for the first and then gets them too.
 import type postgres from 'postgres';
 import type { AppContext } from './app.ts';
-import { errorBody, successBody } from './app.ts';
+import { currentUser, errorBody, successBody } from './app.ts';
 import { call, fromDbError } from './db.ts';
 import { AppError } from './errors.ts';
 
@@ -91,7 +91,7 @@ async function render(c: AppContext, work: () => Promise<Effect>): Promise<Outco
 async function requestIdentity(c: AppContext, body: unknown) {
   return {
     key: idempotencyKey(c),
-    userId: c.get('user').id,
+    userId: currentUser(c).id,
     hash: await sha256(JSON.stringify([c.req.method, c.req.path, body])),
   };
 }

@@ -4,7 +4,6 @@
 import type Stripe from 'stripe';
 import { stripe, stripeCall } from './stripe.ts';
 
-/** A type alias (not an interface) so it is a JSON value for postgres.js's sql.json. */
 export type PurchaseState = {
   session_id: string;
   session_status: string | null;

@@ -1,7 +1,7 @@
 // B2C purchases: packages, hosted Checkout Sessions, the success-page status poll, and
 // ops-initiated refunds. Credits move only in billing.sync_purchase (see _shared/purchases.ts).
 import type { MiddlewareHandler } from 'hono';
-import { type AppEnv, createApp, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { type AppEnv, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
 import { call } from '../_shared/db.ts';
 import { parseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
@@ -56,12 +56,12 @@ app.get('/packages', requireUser, async (c) => {
 
 app.post('/sessions', requireUser, async (c) => {
   const body = await readJson(c, CreateSessionSchema);
-  return idempotentExternal(c, 'checkout.sessions', body, (key) => createCheckout(c.get('user').id, body, key, env));
+  return idempotentExternal(c, 'checkout.sessions', body, (key) => createCheckout(currentUser(c).id, body, key, env));
 });
 
 app.get('/sessions/:id', requireUser, async (c) => {
   const ref = c.req.param('id');
-  const userId = c.get('user').id;
+  const userId = currentUser(c).id;
   const find = () =>
     call((sql) => sql<PurchaseRow[]>`select * from billing.get_purchase(${userId}, ${ref}) where id is not null`);
   let [p] = await find();
@@ -69,7 +69,7 @@ app.get('/sessions/:id', requireUser, async (c) => {
   if (p.status === 'pending' && p.stripe_session_id) {
     // fulfillCheckout: the same convergence the webhooks run, in case they are late.
     const state = await fetchPurchaseState({ session: p.stripe_session_id });
-    if (state) await call((sql) => sql`select billing.sync_purchase(${sql.json(state)})`);
+    if (state) await call((sql) => sql`select billing.sync_purchase(${JSON.stringify(state)}::text::jsonb)`);
     [p] = await find();
   }
   return ok(c, {

@@ -1,6 +1,6 @@
 // The credits API: balance, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds.
-import { createApp, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotent } from '../_shared/idempotency.ts';
@@ -49,7 +49,7 @@ function holdId(raw: string): string {
 }
 
 app.get('/balance', requireUser, async (c) => {
-  const [b] = await call((sql) => sql`select * from billing.get_balance(${c.get('user').id})`);
+  const [b] = await call((sql) => sql`select * from billing.get_balance(${currentUser(c).id})`);
   return ok(c, {
     balance: formatCredits(b.balance),
     held: formatCredits(b.held),
@@ -59,7 +59,7 @@ app.get('/balance', requireUser, async (c) => {
 
 app.get('/ledger', requireUser, async (c) => {
   const q = readQuery(c, LedgerQuerySchema);
-  const userId = c.get('user').id;
+  const userId = currentUser(c).id;
   if (q.format === 'csv') {
     return c.body(ledgerCsv(userId, q), 200, {
       'content-type': 'text/csv; charset=utf-8',
@@ -73,7 +73,7 @@ app.post('/usage', requireUser, async (c) => {
   const body = await readJson(c, UsageRequestSchema);
   return idempotent(c, 'credits.usage', body, async (tx, key) => {
     const [r] = await tx`
-      select * from billing.charge_usage(${c.get('user').id}, ${body.model}, ${body.input_tokens},
+      select * from billing.charge_usage(${currentUser(c).id}, ${body.model}, ${body.input_tokens},
         ${body.output_tokens}, ${key}, ${body.correlation_id ?? null}, ${
       body.metadata ? tx.json(body.metadata) : null
     })`;
@@ -94,7 +94,7 @@ app.post('/holds', requireUser, async (c) => {
   const body = await readJson(c, HoldRequestSchema);
   return idempotent(c, 'credits.holds', body, async (tx, key) => {
     const [h] = await tx<HoldRow[]>`
-      select * from billing.reserve_credits(${c.get('user').id}, ${body.amount}, ${key}, ${body.ttl_seconds ?? 900},
+      select * from billing.reserve_credits(${currentUser(c).id}, ${body.amount}, ${key}, ${body.ttl_seconds ?? 900},
         ${body.correlation_id ?? null}, null)`;
     return { status: 201, data: holdJson(h) };
   });
@@ -105,7 +105,7 @@ app.post('/holds/:id/capture', requireUser, async (c) => {
   const body = await readJson(c, CaptureRequestSchema);
   return idempotent(c, 'credits.holds.capture', body, async (tx) => {
     const [h] = await tx<HoldRow[]>`
-      select * from billing.capture_hold(${c.get('user').id}, ${id}, ${body.amount ?? null}, null)`;
+      select * from billing.capture_hold(${currentUser(c).id}, ${id}, ${body.amount ?? null}, null)`;
     return { status: 200, data: holdJson(h) };
   });
 });
@@ -114,18 +114,18 @@ app.post('/holds/:id/release', requireUser, async (c) => {
   const id = holdId(c.req.param('id'));
   const body = await readJson(c, ReleaseRequestSchema);
   return idempotent(c, 'credits.holds.release', body, async (tx) => {
-    const [h] = await tx<HoldRow[]>`select * from billing.release_hold(${c.get('user').id}, ${id})`;
+    const [h] = await tx<HoldRow[]>`select * from billing.release_hold(${currentUser(c).id}, ${id})`;
     return { status: 200, data: holdJson(h) };
   });
 });
 
 app.post('/grants', requireAdmin, async (c) => {
   const body = await readJson(c, GrantRequestSchema);
-  const admin = c.get('user');
+  const admin = currentUser(c);
   return idempotent(c, 'credits.grants', body, async (tx, key) => {
     const [r] = await tx`
       select * from billing.grant_credits(${body.user_id}, ${body.amount}, ${body.kind}, ${key}, null, null,
-        ${tx.json({ reason: body.reason, granted_by: admin.id })})`;
+        ${JSON.stringify({ reason: body.reason, granted_by: admin.id })}::text::jsonb)`;
     return {
       status: 201,
       data: { transfer_id: String(r.transfer_id), amount: formatCredits(r.amount), balance: formatCredits(r.balance) },

@@ -6,7 +6,7 @@ import { db } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { runChecks } from './checks.ts';
 
-const app = createApp('health');
+const app = createApp('health', { rateLimited: false });
 
 app.get('/healthz', (c) => ok(c, { status: 'ok' }));
 

@@ -11,7 +11,7 @@ import { fetchPurchaseState } from '../_shared/purchases.ts';
 import { stripe } from '../_shared/stripe.ts';
 import { purchaseRefOf } from './events.ts';
 
-const app = createApp('stripe-webhook');
+const app = createApp('stripe-webhook', { rateLimited: false });
 stripe(); // parse the Stripe env at start: a bad or wrong-mode key stops start-up
 const maxBodyBytes = 512 * 1024;
 const cryptoProvider = Stripe.createSubtleCryptoProvider();
@@ -50,7 +50,7 @@ app.post('/', async (c) => {
     const state = ref ? await fetchPurchaseState(ref) : null;
     const [{ outcome }] = await db()`
       select billing.process_stripe_event(${event.id}, ${event.type}, ${created}, ${event.livemode}, ${objectId},
-        ${state ? db().json(state) : null}) as outcome`;
+        ${state ? JSON.stringify(state) : null}::text::jsonb) as outcome`;
     log.info('stripe event', { ...fields, outcome });
     return ok(c, { received: true, ...(outcome === 'duplicate' ? { duplicate: true } : { outcome }) });
   } catch (err) {
