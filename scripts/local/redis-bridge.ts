@@ -16,13 +16,20 @@ const dec = new TextDecoder();
 const idle: RespConnection[] = [];
 
 async function withConnection<T>(use: (c: RespConnection) => Promise<T>): Promise<T> {
-  const conn = idle.pop() ?? await RespConnection.connect(redisUrl.hostname, Number(redisUrl.port));
+  const pooled = idle.pop();
+  const conn = pooled ?? await RespConnection.connect(redisUrl.hostname, Number(redisUrl.port));
   try {
     const out = await use(conn);
     idle.push(conn);
     return out;
   } catch (err) {
     conn.close(); // a connection that failed mid-reply may be out of step: never reuse it
+    // A pooled connection the server closed while idle (e.g. Redis restarted) carried
+    // nothing: retry once on a fresh one.
+    if (pooled && err instanceof Error && err.message === 'redis connection closed') {
+      idle.length = 0;
+      return withConnection(use);
+    }
     throw err;
   }
 }

@@ -32,7 +32,7 @@ function limiterFor(layer: Layer): Ratelimit {
     l = new Ratelimit({
       redis: redis().client,
       limiter: Ratelimit.fixedWindow(layer.limit, '60 s'),
-      prefix: `rl:${layer.name}`,
+      prefix: `rl:${layer.name}:${layer.limit}`, // a changed limit starts fresh windows
       timeout: 0, // our breaker owns timeouts; Ratelimit's would let requests through after 5 s
       ephemeralCache: false,
       analytics: false,

@@ -9,6 +9,7 @@ import { idempotentExternal } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
 import { fetchPurchaseState } from '../_shared/purchases.ts';
 import { stripe, stripeCall } from '../_shared/stripe.ts';
+import { clientIp } from '../_shared/ratelimit.ts';
 import { readJson } from '../_shared/validate.ts';
 import { CheckoutEnvSchema, CreateSessionSchema, RefundSchema } from './schemas.ts';
 import { createCheckout } from './sessions.ts';
@@ -56,7 +57,13 @@ app.get('/packages', requireUser, async (c) => {
 
 app.post('/sessions', requireUser, async (c) => {
   const body = await readJson(c, CreateSessionSchema);
-  return idempotentExternal(c, 'checkout.sessions', body, (key) => createCheckout(currentUser(c).id, body, key, env));
+  const ip = clientIp(c.req.header('x-forwarded-for'));
+  return idempotentExternal(
+    c,
+    'checkout.sessions',
+    body,
+    (key) => createCheckout(currentUser(c).id, ip, body, key, env),
+  );
 });
 
 app.get('/sessions/:id', requireUser, async (c) => {

@@ -4,6 +4,7 @@ import { AppError } from '../_shared/errors.ts';
 import type { Effect } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
 import { stripe, stripeCall } from '../_shared/stripe.ts';
+import { checkVelocity } from '../_shared/velocity.ts';
 import type { CheckoutEnv, CreateSession } from './schemas.ts';
 
 type CheckoutRow = {
@@ -52,12 +53,18 @@ const sessionTtlSeconds = 30 * 60;
 
 export async function createCheckout(
   userId: string,
+  ip: string,
   body: CreateSession,
   requestKey: string,
   env: CheckoutEnv,
 ): Promise<Effect> {
   const successUrl = redirectUrl(body.success_url, env.CHECKOUT_SUCCESS_URL, env, 'success_url');
   const cancelUrl = redirectUrl(body.cancel_url, env.CHECKOUT_CANCEL_URL, env, 'cancel_url');
+  const [pkg] = await call((sql) =>
+    sql<{ price_cents: number }[]>`
+    select price_cents from billing.credit_packages where id = ${body.package_id} and active`
+  );
+  if (pkg) await checkVelocity(userId, ip, pkg.price_cents);
   const [co] = await call((sql) =>
     sql<CheckoutRow[]>`select * from billing.begin_checkout(${userId}, ${body.package_id}, ${requestKey},
       ${body.client_temp_id ?? null})`

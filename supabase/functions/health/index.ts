@@ -4,6 +4,7 @@ import { createApp, ok } from '../_shared/app.ts';
 import { keySet } from '../_shared/auth.ts';
 import { db } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
+import { guarded, redisHealth } from '../_shared/redis.ts';
 import { runChecks } from './checks.ts';
 
 const app = createApp('health', { rateLimited: false });
@@ -19,11 +20,14 @@ app.get('/readyz', async (c) => {
       await keySet().reload();
     },
   });
+  // Redis is reported but never fails readiness: every Redis use fails open or soft.
+  await guarded((r) => r.ping(), (v) => v === 'PONG').catch(() => {});
+  const withRedis = { ...report, checks: { ...report.checks, redis: redisHealth() } };
   if (report.status !== 'ok') {
     const failing = Object.entries(report.checks).filter(([, r]) => r.status !== 'ok').map(([k]) => k);
-    throw new AppError('unavailable', 'NOT_READY', `Not ready: ${failing.join(', ')}.`, { details: report });
+    throw new AppError('unavailable', 'NOT_READY', `Not ready: ${failing.join(', ')}.`, { details: withRedis });
   }
-  return ok(c, report);
+  return ok(c, withRedis);
 });
 
 export default { fetch: app.fetch };

@@ -25,3 +25,15 @@ export function purchaseRefOf(event: Stripe.Event): PurchaseRef | null {
       return null;
   }
 }
+
+const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** The user whose payment failed (from our own metadata on the intent or session), if any. */
+export function failedPaymentUser(event: Stripe.Event): string | null {
+  const metadata =
+    event.type === 'payment_intent.payment_failed' || event.type === 'checkout.session.async_payment_failed'
+      ? event.data.object.metadata
+      : null;
+  const user = metadata?.user_id;
+  return user && uuid.test(user) ? user : null;
+}

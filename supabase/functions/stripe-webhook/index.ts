@@ -9,7 +9,8 @@ import { AppError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { fetchPurchaseState } from '../_shared/purchases.ts';
 import { stripe } from '../_shared/stripe.ts';
-import { purchaseRefOf } from './events.ts';
+import { recordFailedPayment } from '../_shared/velocity.ts';
+import { failedPaymentUser, purchaseRefOf } from './events.ts';
 
 const app = createApp('stripe-webhook', { rateLimited: false });
 stripe(); // parse the Stripe env at start: a bad or wrong-mode key stops start-up
@@ -52,6 +53,8 @@ app.post('/', async (c) => {
       select billing.process_stripe_event(${event.id}, ${event.type}, ${created}, ${event.livemode}, ${objectId},
         ${state ? JSON.stringify(state) : null}::text::jsonb) as outcome`;
     log.info('stripe event', { ...fields, outcome });
+    const failedPaymentOf = failedPaymentUser(event);
+    if (failedPaymentOf && outcome !== 'duplicate') await recordFailedPayment(failedPaymentOf);
     return ok(c, { received: true, ...(outcome === 'duplicate' ? { duplicate: true } : { outcome }) });
   } catch (err) {
     const failure = err instanceof AppError ? err : fromDbError(err);

@@ -1,0 +1,97 @@
+// Fraud velocity checks before a checkout, per user and per IP, in Redis: how many sessions
+// in 10 minutes, how many dollars in 24 hours, and a one-hour block after repeated failed
+// payments. They bound abuse of the payment form; they are not what keeps credits safe (the
+// ledger's own constraints make overspending impossible). If Redis is unreachable they are
+// skipped: the checkout route's fail-soft rate limit still bounds each instance.
+import { Ratelimit } from '@upstash/ratelimit';
+import { z } from 'zod';
+import { parseEnv } from './env.ts';
+import { AppError } from './errors.ts';
+import { log } from './log.ts';
+import { count } from './metrics.ts';
+import { guarded, redis, RedisUnavailable } from './redis.ts';
+
+const VelocityEnvSchema = z.object({
+  VELOCITY_SESSIONS_PER_10_MIN: z.coerce.number().int().positive().default(5),
+  VELOCITY_AMOUNT_CENTS_PER_24_H: z.coerce.number().int().positive().default(50_000),
+  VELOCITY_FAILED_PAYMENTS_PER_HOUR: z.coerce.number().int().positive().default(3),
+  VELOCITY_BLOCK_SECONDS: z.coerce.number().int().positive().default(3600),
+});
+const env = parseEnv(VelocityEnvSchema);
+
+let limiters: { sessions: Ratelimit; amount: Ratelimit } | undefined;
+function velocityLimiters() {
+  limiters ??= {
+    sessions: new Ratelimit({
+      redis: redis().client,
+      limiter: Ratelimit.fixedWindow(env.VELOCITY_SESSIONS_PER_10_MIN, '600 s'),
+      prefix: `velocity:sessions:${env.VELOCITY_SESSIONS_PER_10_MIN}`,
+      timeout: 0,
+      ephemeralCache: false,
+      analytics: false,
+    }),
+    amount: new Ratelimit({
+      redis: redis().client,
+      limiter: Ratelimit.fixedWindow(env.VELOCITY_AMOUNT_CENTS_PER_24_H, '86400 s'),
+      prefix: `velocity:amount:${env.VELOCITY_AMOUNT_CENTS_PER_24_H}`,
+      timeout: 0,
+      ephemeralCache: false,
+      analytics: false,
+    }),
+  };
+  return limiters;
+}
+
+const blockKey = (userId: string) => `velocity:blocked:${userId}`;
+const failuresKey = (userId: string) => `velocity:failed:${userId}`;
+
+function refuse(rule: string, status: number, message: string): never {
+  count('velocity_refusals', { rule });
+  log.warn('checkout refused by a velocity rule', { rule }); // no user, IP or amount in logs
+  throw new AppError('rate_limit', 'VELOCITY_LIMIT', message, { status, retryable: status === 429, details: { rule } });
+}
+
+/** Refuses a checkout that breaks a velocity rule; consumes the session and amount budgets. */
+export async function checkVelocity(userId: string, ip: string, priceCents: number): Promise<void> {
+  const { sessions, amount } = velocityLimiters();
+  let results;
+  try {
+    results = await guarded(
+      (client) =>
+        Promise.all([
+          client.exists(blockKey(userId)),
+          sessions.limit(`user:${userId}`),
+          sessions.limit(`ip:${ip}`),
+          amount.limit(`user:${userId}`, { rate: priceCents }),
+          amount.limit(`ip:${ip}`, { rate: priceCents }),
+        ]),
+      ([blocked, ...rest]) => typeof blocked === 'number' && rest.every((r) => typeof r.success === 'boolean'),
+    );
+  } catch (err) {
+    if (err instanceof RedisUnavailable) return;
+    throw err;
+  }
+  const [blocked, userSessions, ipSessions, userAmount, ipAmount] = results;
+  if (blocked) refuse('failed_payments', 403, 'Too many failed payments: new checkouts are paused for an hour.');
+  if (!userSessions.success || !ipSessions.success) {
+    refuse('sessions_per_10_min', 429, 'Too many checkouts in 10 minutes.');
+  }
+  if (!userAmount.success || !ipAmount.success) refuse('amount_per_24_h', 429, 'The daily purchase limit is reached.');
+}
+
+/** Counts a failed payment; past the hourly allowance, blocks new checkouts for a while. */
+export async function recordFailedPayment(userId: string): Promise<void> {
+  try {
+    await guarded(async (client) => {
+      const [failures] = await client.multi().incr(failuresKey(userId)).expire(failuresKey(userId), 3600, 'NX').exec<
+        [number, number]
+      >();
+      if (failures > env.VELOCITY_FAILED_PAYMENTS_PER_HOUR) {
+        await client.set(blockKey(userId), 1, { ex: env.VELOCITY_BLOCK_SECONDS });
+      }
+    });
+  } catch (err) {
+    if (!(err instanceof RedisUnavailable)) throw err;
+    log.warn('a failed payment could not be counted: Redis unavailable');
+  }
+}
