@@ -103,6 +103,8 @@ STRIPE_EMULATOR_BACKOFF_MS=100
 # Every local client, the test suite included, arrives from 127.0.0.1: one shared IP budget
 # would throttle the suite. Rate-limit tests run a gateway with their own low limits.
 RATE_LIMIT_IP_PER_MIN=1000000
+VELOCITY_IP_SESSIONS_PER_10_MIN=1000000
+VELOCITY_IP_AMOUNT_CENTS_PER_24_H=1000000000
 LOCAL_AUTH_DIR=$LOCAL/auth
 EOF
   # Lines a developer may add to override the defaults above.

@@ -14,30 +14,31 @@ import { guarded, redis, RedisUnavailable } from './redis.ts';
 const VelocityEnvSchema = z.object({
   VELOCITY_SESSIONS_PER_10_MIN: z.coerce.number().int().positive().default(5),
   VELOCITY_AMOUNT_CENTS_PER_24_H: z.coerce.number().int().positive().default(50_000),
+  // Per-IP budgets default to the per-user ones; raise them where many users share an address.
+  VELOCITY_IP_SESSIONS_PER_10_MIN: z.coerce.number().int().positive().optional(),
+  VELOCITY_IP_AMOUNT_CENTS_PER_24_H: z.coerce.number().int().positive().optional(),
   VELOCITY_FAILED_PAYMENTS_PER_HOUR: z.coerce.number().int().positive().default(3),
   VELOCITY_BLOCK_SECONDS: z.coerce.number().int().positive().default(3600),
 });
 const env = parseEnv(VelocityEnvSchema);
 
-let limiters: { sessions: Ratelimit; amount: Ratelimit } | undefined;
+const window = (limit: number, seconds: number, name: string) =>
+  new Ratelimit({
+    redis: redis().client,
+    limiter: Ratelimit.fixedWindow(limit, `${seconds} s`),
+    prefix: `velocity:${name}:${limit}`,
+    timeout: 0,
+    ephemeralCache: false,
+    analytics: false,
+  });
+
+let limiters: Record<'userSessions' | 'ipSessions' | 'userAmount' | 'ipAmount', Ratelimit> | undefined;
 function velocityLimiters() {
   limiters ??= {
-    sessions: new Ratelimit({
-      redis: redis().client,
-      limiter: Ratelimit.fixedWindow(env.VELOCITY_SESSIONS_PER_10_MIN, '600 s'),
-      prefix: `velocity:sessions:${env.VELOCITY_SESSIONS_PER_10_MIN}`,
-      timeout: 0,
-      ephemeralCache: false,
-      analytics: false,
-    }),
-    amount: new Ratelimit({
-      redis: redis().client,
-      limiter: Ratelimit.fixedWindow(env.VELOCITY_AMOUNT_CENTS_PER_24_H, '86400 s'),
-      prefix: `velocity:amount:${env.VELOCITY_AMOUNT_CENTS_PER_24_H}`,
-      timeout: 0,
-      ephemeralCache: false,
-      analytics: false,
-    }),
+    userSessions: window(env.VELOCITY_SESSIONS_PER_10_MIN, 600, 'sessions'),
+    ipSessions: window(env.VELOCITY_IP_SESSIONS_PER_10_MIN ?? env.VELOCITY_SESSIONS_PER_10_MIN, 600, 'ip-sessions'),
+    userAmount: window(env.VELOCITY_AMOUNT_CENTS_PER_24_H, 86_400, 'amount'),
+    ipAmount: window(env.VELOCITY_IP_AMOUNT_CENTS_PER_24_H ?? env.VELOCITY_AMOUNT_CENTS_PER_24_H, 86_400, 'ip-amount'),
   };
   return limiters;
 }
@@ -53,17 +54,17 @@ function refuse(rule: string, status: number, message: string): never {
 
 /** Refuses a checkout that breaks a velocity rule; consumes the session and amount budgets. */
 export async function checkVelocity(userId: string, ip: string, priceCents: number): Promise<void> {
-  const { sessions, amount } = velocityLimiters();
+  const l = velocityLimiters();
   let results;
   try {
     results = await guarded(
       (client) =>
         Promise.all([
           client.exists(blockKey(userId)),
-          sessions.limit(`user:${userId}`),
-          sessions.limit(`ip:${ip}`),
-          amount.limit(`user:${userId}`, { rate: priceCents }),
-          amount.limit(`ip:${ip}`, { rate: priceCents }),
+          l.userSessions.limit(userId),
+          l.ipSessions.limit(ip),
+          l.userAmount.limit(userId, { rate: priceCents }),
+          l.ipAmount.limit(ip, { rate: priceCents }),
         ]),
       ([blocked, ...rest]) => typeof blocked === 'number' && rest.every((r) => typeof r.success === 'boolean'),
     );

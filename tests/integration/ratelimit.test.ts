@@ -1,0 +1,233 @@
+// Rate limits on the real Redis through the bridge, and the circuit breaker when Redis fails.
+import assert from 'node:assert/strict';
+import { api, env, newUser, userToken, withGateway } from '../helpers.ts';
+
+type Res = { status: number; headers: Headers; body: Record<string, unknown> };
+async function get(url: string, init: RequestInit = {}): Promise<Res> {
+  const res = await fetch(url, init);
+  return { status: res.status, headers: res.headers, body: await res.json() };
+}
+
+Deno.test('checkout: 5 per minute per user; soft warning from the 4th; the 6th is 429 with Retry-After', async () => {
+  const token = await userToken(await newUser());
+  const packages = ['mini', 'starter', 'plus', 'pro', 'max', 'mini'];
+  const results = [];
+  for (const p of packages) {
+    results.push(
+      await api('/checkout/sessions', {
+        token,
+        headers: { 'idempotency-key': crypto.randomUUID() },
+        body: { package_id: p },
+      }),
+    );
+  }
+  assert.deepEqual(results.map((r) => r.status), [201, 201, 201, 201, 201, 429]);
+  assert.deepEqual(results.map((r) => r.headers.get('x-ratelimit-warning') !== null), [
+    false,
+    false,
+    false,
+    true,
+    true,
+    false,
+  ]);
+  assert.deepEqual(results.slice(0, 5).map((r) => r.headers.get('x-ratelimit-remaining')), ['4', '3', '2', '1', '0']);
+  const last = results[5];
+  assert.equal((last.body.error as Record<string, unknown>).code, 'RATE_LIMITED');
+  assert.equal((last.body.error as Record<string, unknown>).type, 'rate_limit');
+  assert.equal((last.body.error as Record<string, unknown>).retryable, true);
+  const windowEnd = Math.ceil(Date.now() / 60_000) * 60_000;
+  const expected = Math.ceil((windowEnd - Date.now()) / 1000);
+  assert.ok(
+    Math.abs(Number(last.headers.get('retry-after')) - expected) <= 1,
+    `Retry-After ${last.headers.get('retry-after')} vs ${expected}`,
+  );
+  assert.equal(last.headers.get('x-ratelimit-limit'), '5');
+
+  const other = await userToken(await newUser());
+  const r = await api('/checkout/sessions', {
+    token: other,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { package_id: 'mini' },
+  });
+  assert.equal(r.status, 201, 'another user has their own budget');
+});
+
+Deno.test('per-user default class, per-IP and global layers each refuse past their limit', async () => {
+  const overrides = {
+    RATE_LIMIT_DEFAULT_PER_MIN: '3',
+    RATE_LIMIT_IP_PER_MIN: '7',
+    RATE_LIMIT_GLOBAL_PER_MIN: '1000000',
+  };
+  const tokens = await Promise.all([1, 2, 3].map(async () => await userToken(await newUser())));
+  const ip = `198.51.100.${Math.floor(Math.random() * 250)}`;
+  await withGateway(overrides, async (url) => {
+    const call = (token: string, from = ip) =>
+      get(`${url}/credits/balance`, { headers: { authorization: `Bearer ${token}`, 'x-forwarded-for': from } });
+    const a = [];
+    for (let i = 0; i < 4; i++) a.push(await call(tokens[0]));
+    assert.deepEqual(a.map((r) => r.status), [200, 200, 200, 429]);
+    assert.equal(
+      (a[3].body.error as Record<string, unknown>).details &&
+        (a[3].body.error as { details: { layer: string } }).details.layer,
+      'route_default',
+    );
+    // Same IP, other users: the IP layer (7) runs out after 7 requests in all.
+    const b = [await call(tokens[1]), await call(tokens[1]), await call(tokens[2]), await call(tokens[2])];
+    assert.deepEqual(b.map((r) => r.status), [200, 200, 200, 429]);
+    assert.equal((b[3].body.error as { details: { layer: string } }).details.layer, 'ip');
+    assert.equal((await call(tokens[2], '192.0.2.55')).status, 200, 'another IP is not affected');
+  });
+  await withGateway({ RATE_LIMIT_GLOBAL_PER_MIN: '2', RATE_LIMIT_IP_PER_MIN: '1000000' }, async (url) => {
+    // The global window is shared by everything; a fresh limit value starts a fresh window.
+    const rs = [];
+    for (let i = 0; i < 3; i++) {
+      rs.push(await get(`${url}/credits/balance`, { headers: { authorization: `Bearer ${tokens[2]}` } }));
+    }
+    assert.equal(rs[2].status, 429);
+    assert.equal((rs[2].body.error as { details: { layer: string } }).details.layer, 'global');
+  });
+});
+
+Deno.test('health checks and the Stripe webhook are never rate limited', async () => {
+  await withGateway(
+    { RATE_LIMIT_GLOBAL_PER_MIN: '1', RATE_LIMIT_IP_PER_MIN: '1', RATE_LIMIT_DEFAULT_PER_MIN: '1' },
+    async (url) => {
+      for (let i = 0; i < 5; i++) assert.equal((await get(`${url}/health/healthz`)).status, 200);
+      for (let i = 0; i < 3; i++) {
+        const r = await get(`${url}/stripe-webhook`, {
+          method: 'POST',
+          body: '{}',
+          headers: { 'stripe-signature': 't=1,v1=00' },
+        });
+        assert.equal(r.status, 400, 'a bad signature, not a rate limit');
+      }
+    },
+  );
+});
+
+/** A stand-in for Upstash that misbehaves on demand, or forwards to the real bridge. */
+function flakyRedis() {
+  const state = { mode: 'proxy' as 'proxy' | 'hang' | 'error' | 'garbage' };
+  const upstream = env('UPSTASH_REDIS_REST_URL');
+  const server = Deno.serve({ hostname: '127.0.0.1', port: 0, onListen: () => {} }, async (req) => {
+    if (state.mode === 'hang') {
+      await new Promise((r) => setTimeout(r, 2000));
+      return new Response('late');
+    }
+    if (state.mode === 'error') return new Response('{"error":"boom"}', { status: 500 });
+    if (state.mode === 'garbage') return new Response('<html>not redis</html>', { status: 200 });
+    const url = new URL(req.url);
+    return fetch(`${upstream}${url.pathname}`, { method: req.method, headers: req.headers, body: await req.text() });
+  });
+  return { state, url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}
+
+Deno.test('Redis hanging, failing or answering garbage: requests still succeed fast; the breaker opens and closes', async () => {
+  const flaky = flakyRedis();
+  const token = await userToken(await newUser());
+  try {
+    await withGateway(
+      {
+        UPSTASH_REDIS_REST_URL: flaky.url,
+        REDIS_BREAKER_FAILURES: '3',
+        REDIS_BREAKER_COOLDOWN_MS: '700',
+        RATE_LIMIT_DEFAULT_PER_MIN: '1000',
+      },
+      async (url) => {
+        const balance = () => get(`${url}/credits/balance`, { headers: { authorization: `Bearer ${token}` } });
+        assert.ok((await balance()).headers.get('x-ratelimit-limit'), 'limits apply while Redis is healthy');
+        for (const mode of ['hang', 'error', 'garbage'] as const) {
+          flaky.state.mode = mode;
+          const started = performance.now();
+          const r = await balance();
+          assert.equal(r.status, 200, `${mode}: the request failed`);
+          assert.equal(
+            r.headers.get('x-ratelimit-limit'),
+            null,
+            `${mode}: no misleading limit headers when failing open`,
+          );
+          assert.ok(performance.now() - started < 1000, `${mode}: took ${performance.now() - started} ms`);
+        }
+        const ready = await get(`${url}/health/readyz`);
+        assert.equal(ready.status, 200, 'Redis alone never fails readiness');
+        assert.equal((ready.body.data as { checks: { redis: { status: string } } }).checks.redis.status, 'open');
+
+        flaky.state.mode = 'proxy';
+        await new Promise((r) => setTimeout(r, 800)); // past the cool-down: the next call is the probe
+        assert.ok((await balance()).headers.get('x-ratelimit-limit'), 'limits apply again');
+        const after = await get(`${url}/health/readyz`);
+        assert.equal((after.body.data as { checks: { redis: { status: string } } }).checks.redis.status, 'ok');
+      },
+    );
+  } finally {
+    await flaky.close();
+  }
+});
+
+Deno.test('with Redis down, checkout falls back to a per-instance limit instead of failing open', async () => {
+  const flaky = flakyRedis();
+  flaky.state.mode = 'error';
+  const token = await userToken(await newUser());
+  try {
+    await withGateway({ UPSTASH_REDIS_REST_URL: flaky.url, RATE_LIMIT_CHECKOUT_SESSIONS_PER_MIN: '2' }, async (url) => {
+      const statuses = [];
+      for (const p of ['mini', 'starter', 'plus']) {
+        const r = await get(`${url}/checkout/sessions`, {
+          method: 'POST',
+          headers: {
+            authorization: `Bearer ${token}`,
+            'idempotency-key': crypto.randomUUID(),
+            'content-type': 'application/json',
+          },
+          body: JSON.stringify({ package_id: p }),
+        });
+        statuses.push(r.status);
+        if (r.status === 429) {
+          assert.equal((r.body.error as { details: { layer: string } }).details.layer, 'local_fallback');
+        }
+      }
+      assert.deepEqual(statuses, [201, 201, 429]);
+    });
+  } finally {
+    await flaky.close();
+  }
+});
+
+Deno.test('redis-server stopped mid-test: requests keep succeeding; restarted, limits apply again', async () => {
+  const port = new URL(env('REDIS_URL')).port;
+  const token = await userToken(await newUser());
+  const balance = () => api('/credits/balance', { token });
+  assert.ok((await balance()).headers.get('x-ratelimit-limit'));
+  await new Deno.Command('redis-cli', { args: ['-p', port, 'shutdown', 'nosave'] }).output();
+  try {
+    for (let i = 0; i < 8; i++) {
+      const r = await balance();
+      assert.equal(r.status, 200, 'Redis being down must never fail a request');
+    }
+    const ready = await api('/health/readyz');
+    assert.equal(ready.status, 200);
+    assert.notEqual((ready.body.data as { checks: { redis: { status: string } } }).checks.redis.status, 'ok');
+  } finally {
+    await new Deno.Command('redis-server', {
+      args: [
+        '--port',
+        port,
+        '--bind',
+        '127.0.0.1',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--daemonize',
+        'yes',
+        '--logfile',
+        '/dev/null',
+      ],
+    }).output();
+  }
+  // The main gateway's breaker cools down after 30 s by default; a fresh gateway sees Redis at once.
+  await withGateway({}, async (url) => {
+    const r = await get(`${url}/credits/balance`, { headers: { authorization: `Bearer ${token}` } });
+    assert.ok(r.headers.get('x-ratelimit-limit'), 'limits apply again after the restart');
+  });
+});
