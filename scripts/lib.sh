@@ -105,6 +105,8 @@ STRIPE_EMULATOR_BACKOFF_MS=100
 RATE_LIMIT_IP_PER_MIN=1000000
 VELOCITY_IP_SESSIONS_PER_10_MIN=1000000
 VELOCITY_IP_AMOUNT_CENTS_PER_24_H=1000000000
+JOBS_CRON_SECRET=$(local_secret jobs-cron-secret)
+AI_PROVIDER=local
 LOCAL_AUTH_DIR=$LOCAL/auth
 EOF
   # Lines a developer may add to override the defaults above.
@@ -129,12 +131,13 @@ port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 pid_alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
-# start_deno NAME PORT SCRIPT: a Deno service in its own session, logging to .local/logs.
+# start_deno NAME PORT SCRIPT: a Deno service in its own session, logging to .local/logs
+# (PORT empty for a service that listens on none).
 # The backgrounded subshell execs setsid, which execs deno: the pid file names deno itself.
 start_deno() {
   local name=$1 port=$2 script=$3
   pid_alive "$name" && return 0
-  port_taken "$port" && die "port $port (for $name) is taken by another process; stop it first (./scripts/dev --stop)"
+  [ -n "$port" ] && port_taken "$port" && die "port $port (for $name) is taken by another process; stop it first (./scripts/dev --stop)"
   (
     cd "$ROOT" || exit 1
     for fd in /proc/$BASHPID/fd/*; do
@@ -223,7 +226,7 @@ db_seed() { psql_db -f "$ROOT/supabase/seed.sql" >/dev/null; }
 
 # ---------------------------------------------------------------- the stack
 
-stack_up() { pg_ready && redis_ping && pid_alive gateway && pid_alive redis-bridge && pid_alive stripe-emulator; }
+stack_up() { pg_ready && redis_ping && pid_alive gateway && pid_alive redis-bridge && pid_alive stripe-emulator && pid_alive ticker; }
 
 stack_start() {
   mkdir -p "$LOGS" "$RUN"
@@ -244,12 +247,13 @@ stack_start() {
   wait_for "the Redis REST bridge" curl -fs "http://127.0.0.1:$REDIS_REST_PORT/healthz"
   wait_for "the Stripe emulator" curl -fs "http://127.0.0.1:$STRIPE_PORT/_emulator/healthz"
   wait_for "the functions gateway" curl -fs "http://127.0.0.1:$API_PORT/functions/v1/health/healthz"
+  start_deno ticker "" scripts/local/ticker.ts
 }
 
 redis_ping() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 
 stack_stop() {
-  for s in gateway stripe-emulator redis-bridge; do stop_pid "$s"; done
+  for s in ticker gateway stripe-emulator redis-bridge; do stop_pid "$s"; done
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   rm -f "$RUN/redis.pid"
   pg_stop

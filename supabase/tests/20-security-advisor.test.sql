@@ -48,10 +48,10 @@ select is(
    where has_table_privilege(r, t, priv)),
   null, 'the ledger tables are append-only for every API role (only the ledger functions write)');
 
-select is(
-  (select array_agg(jobname::text order by jobname) from cron.job where jobname like 'billing-%'),
-  array['billing-delete-expired-idempotency-keys', 'billing-expire-stale-purchases', 'billing-release-expired-holds'],
-  'pg_cron schedules the hold sweep, the idempotency-key cleanup and the stale-purchase expiry');
+select ok(
+  (select array_agg(jobname::text) from cron.job) @> array['billing-delete-expired-idempotency-keys',
+    'billing-expire-stale-purchases', 'billing-release-expired-holds', 'billing-expire-jobs'],
+  'pg_cron schedules the hold sweep, key cleanup, stale-purchase expiry and job expiry');
 
 -- The idempotency-key sweep deletes only expired keys, and at most its batch.
 insert into billing.idempotency_keys (user_id, action, key, request_hash, expires_at)

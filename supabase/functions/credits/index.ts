@@ -6,7 +6,7 @@ import { AppError } from '../_shared/errors.ts';
 import { idempotent } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
 import { readJson, readQuery } from '../_shared/validate.ts';
-import { ledgerCsv, ledgerPage } from './ledger.ts';
+import { ledgerCsv, ledgerPage } from '../_shared/ledger.ts';
 import {
   CaptureRequestSchema,
   GrantRequestSchema,

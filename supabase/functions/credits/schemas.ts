@@ -51,12 +51,3 @@ export interface Balance {
   held: string;
   available: string;
 }
-export interface LedgerEntry {
-  id: string;
-  created_at: string;
-  kind: string;
-  amount: string;
-  balance_after: string;
-  correlation_id: string | null;
-  reference: string | null;
-}

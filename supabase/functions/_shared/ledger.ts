@@ -1,8 +1,25 @@
 // Reading a user's ledger: keyset pages for JSON, and a CSV stream that pages through any
 // range without holding it in memory.
-import { db } from '../_shared/db.ts';
-import { formatCredits } from '../_shared/money.ts';
-import type { LedgerEntry, LedgerQuery } from './schemas.ts';
+import { db } from './db.ts';
+import { formatCredits } from './money.ts';
+
+/** One ledger entry as the API shows it. */
+export interface LedgerEntry {
+  id: string;
+  created_at: string;
+  kind: string;
+  amount: string;
+  balance_after: string;
+  correlation_id: string | null;
+  reference: string | null;
+}
+
+/** Which entries: older than `cursor` (an entry id), created in [from, to). */
+export interface LedgerRange {
+  cursor?: string;
+  from?: string;
+  to?: string;
+}
 
 type Row = {
   id: string;
@@ -16,7 +33,7 @@ type Row = {
 
 export async function ledgerPage(
   userId: string,
-  q: Pick<LedgerQuery, 'cursor' | 'from' | 'to'>,
+  q: LedgerRange,
   limit: number,
 ): Promise<{ entries: LedgerEntry[]; next_cursor: string | null }> {
   const rows = await db()<Row[]>`
@@ -34,6 +51,7 @@ export async function ledgerPage(
 }
 
 const csvColumns = ['id', 'created_at', 'kind', 'amount', 'balance_after', 'correlation_id', 'reference'] as const;
+export const csvHeader = csvColumns.join(',') + '\r\n';
 
 function csvField(v: string | null): string {
   if (v === null) return '';
@@ -42,8 +60,12 @@ function csvField(v: string | null): string {
   return /[",\r\n]/.test(safe) ? `"${safe.replace(/"/g, '""')}"` : safe;
 }
 
+/** Entries as CSV lines. */
+export const csvLines = (entries: LedgerEntry[]) =>
+  entries.map((e) => csvColumns.map((k) => csvField(e[k])).join(',') + '\r\n').join('');
+
 /** The ledger as CSV, fetched 1,000 entries at a time as the client reads. */
-export function ledgerCsv(userId: string, q: Pick<LedgerQuery, 'cursor' | 'from' | 'to'>): ReadableStream<Uint8Array> {
+export function ledgerCsv(userId: string, q: LedgerRange): ReadableStream<Uint8Array> {
   const enc = new TextEncoder();
   let cursor = q.cursor;
   let started = false;
@@ -51,12 +73,11 @@ export function ledgerCsv(userId: string, q: Pick<LedgerQuery, 'cursor' | 'from'
     async pull(controller) {
       if (!started) {
         started = true;
-        controller.enqueue(enc.encode(csvColumns.join(',') + '\r\n'));
+        controller.enqueue(enc.encode(csvHeader));
         return;
       }
       const page = await ledgerPage(userId, { ...q, cursor }, 1000);
-      const lines = page.entries.map((e) => csvColumns.map((k) => csvField(e[k])).join(',') + '\r\n');
-      if (lines.length) controller.enqueue(enc.encode(lines.join('')));
+      if (page.entries.length) controller.enqueue(enc.encode(csvLines(page.entries)));
       if (!page.next_cursor) controller.close();
       cursor = page.next_cursor ?? undefined;
     },

@@ -1,0 +1,197 @@
+// Async jobs: 202 + polling. Create (reserving a metered job's estimate), poll with a growing
+// Retry-After, list, cancel, fetch the result; and the worker tick that drains due jobs.
+import { createApp, currentUser, ok, requireUser } from '../_shared/app.ts';
+import { call, db } from '../_shared/db.ts';
+import { parseEnv } from '../_shared/env.ts';
+import { AppError } from '../_shared/errors.ts';
+import { idempotent } from '../_shared/idempotency.ts';
+import { errorSummary, log } from '../_shared/log.ts';
+import { readJson, readQuery } from '../_shared/validate.ts';
+import { CreateJobSchema, ListJobsSchema, WorkerEnvSchema } from './schemas.ts';
+import { jobTypes } from './types/index.ts';
+import { runWorker } from './worker.ts';
+
+const env = parseEnv(WorkerEnvSchema);
+const app = createApp('jobs');
+const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+type JobRow = {
+  id: string;
+  type: string;
+  status: string;
+  progress: number;
+  checkpoints: unknown[];
+  result: unknown;
+  error: unknown;
+  client_temp_id: string | null;
+  created_at: Date;
+  started_at: Date | null;
+  completed_at: Date | null;
+  expires_at: Date;
+};
+
+const finished = (status: string) => ['completed', 'failed', 'cancelled'].includes(status);
+const pollUrl = (id: string) => `/functions/v1/jobs/${id}`;
+
+const jobJson = (j: JobRow) => ({
+  job_id: j.id,
+  type: j.type,
+  status: j.status,
+  progress: j.progress,
+  checkpoints: j.checkpoints,
+  ...(j.result !== null && j.type !== 'ledger_export' ? { result: j.result } : {}),
+  ...(j.result !== null && j.type === 'ledger_export'
+    ? { result: { ...(j.result as object), url: `${pollUrl(j.id)}/result` } }
+    : {}),
+  ...(j.error !== null ? { error: j.error } : {}),
+  client_temp_id: j.client_temp_id,
+  created_at: j.created_at.toISOString(),
+  started_at: j.started_at?.toISOString() ?? null,
+  completed_at: j.completed_at?.toISOString() ?? null,
+  expires_at: j.expires_at.toISOString(),
+});
+
+/** Poll interval that grows with the job's age, so clients back off: 2 s, 4 s, then 8 s. */
+const retryAfter = (created: Date) => {
+  const age = (Date.now() - created.getTime()) / 1000;
+  return age < 10 ? 2 : age < 30 ? 4 : 8;
+};
+
+/** Starts draining right away where the runtime allows work after the response. */
+function kickWorker() {
+  const work = runWorker({
+    workerId: `inline-${crypto.randomUUID()}`,
+    budgetMs: 5_000,
+    leaseSeconds: env.JOBS_LEASE_SECONDS,
+  })
+    .catch((err) => log.error('inline worker failed', errorSummary(err)));
+  const edge = (globalThis as { EdgeRuntime?: { waitUntil(p: Promise<unknown>): void } }).EdgeRuntime;
+  edge?.waitUntil(work);
+}
+
+async function findJob(userId: string, id: string): Promise<JobRow> {
+  if (!uuid.test(id)) throw new AppError('not_found', 'JOB_NOT_FOUND', 'No such job.');
+  const [j] = await call((sql) => sql<JobRow[]>`select * from billing.jobs where id = ${id} and user_id = ${userId}`);
+  if (!j) throw new AppError('not_found', 'JOB_NOT_FOUND', 'No such job.');
+  return j;
+}
+
+app.post('/', requireUser, async (c) => {
+  const body = await readJson(c, CreateJobSchema);
+  const type = jobTypes[body.type];
+  if (!type) {
+    throw new AppError(
+      'validation',
+      'UNKNOWN_JOB_TYPE',
+      `Unknown job type. Known: ${Object.keys(jobTypes).join(', ')}.`,
+      {
+        field: 'type',
+      },
+    );
+  }
+  const parsed = type.schema.safeParse(body.input);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const field = ['input', ...issue.path].join('.');
+    throw new AppError('validation', 'VALIDATION_FAILED', `${field}: ${issue.message}`, { field });
+  }
+  const estimate = type.estimate ? await call(() => type.estimate?.(parsed.data) ?? Promise.resolve(null)) : null;
+  const user = currentUser(c);
+  const res = await idempotent(c, 'jobs.create', body, async (tx, key) => {
+    const [j] = await tx<JobRow[]>`
+      select * from billing.enqueue_job(${user.id}, ${body.type}, ${JSON.stringify(parsed.data)}::text::jsonb, ${key},
+        ${body.client_temp_id ?? null}, ${estimate})`;
+    return {
+      status: 202,
+      data: { job_id: j.id, status: j.status, poll_url: pollUrl(j.id), client_temp_id: j.client_temp_id },
+    };
+  });
+  if (res.status === 202) {
+    const { data } = await res.clone().json();
+    res.headers.set('Location', data.poll_url);
+    if (!res.headers.get('idempotent-replayed')) kickWorker();
+  }
+  return res;
+});
+
+app.get('/', requireUser, async (c) => {
+  const q = readQuery(c, ListJobsSchema);
+  const [micros, lastId] = q.cursor?.split(':') ?? [null, null];
+  const rows = await call((sql) =>
+    sql<JobRow[]>`
+    select * from billing.jobs
+    where user_id = ${currentUser(c).id} and (${q.status ?? null}::text is null or status = ${q.status ?? null})
+      and (${micros}::bigint is null or (floor(extract(epoch from created_at) * 1000000)::bigint, id) < (${micros}::bigint, ${lastId}::uuid))
+    order by created_at desc, id desc limit ${q.limit + 1}`
+  );
+  const page = rows.slice(0, q.limit);
+  const last = page[page.length - 1];
+  const next = rows.length > q.limit && last ? `${Math.floor(last.created_at.getTime() * 1000)}:${last.id}` : null;
+  return ok(c, { jobs: page.map(jobJson), next_cursor: next });
+});
+
+app.get('/:id', requireUser, async (c) => {
+  const j = await findJob(currentUser(c).id, c.req.param('id'));
+  return ok(c, jobJson(j), 200, finished(j.status) ? {} : { 'Retry-After': String(retryAfter(j.created_at)) });
+});
+
+app.delete('/:id', requireUser, async (c) => {
+  const j = await findJob(currentUser(c).id, c.req.param('id'));
+  const [cancelled] = await call((sql) =>
+    sql<JobRow[]>`select * from billing.cancel_job(${currentUser(c).id}, ${j.id})`
+  );
+  return ok(c, jobJson(cancelled));
+});
+
+app.get('/:id/result', requireUser, async (c) => {
+  const j = await findJob(currentUser(c).id, c.req.param('id'));
+  if (j.status !== 'completed') {
+    throw new AppError(
+      'conflict',
+      'JOB_NOT_COMPLETED',
+      `The job is ${j.status}; its result is available once completed.`,
+    );
+  }
+  if (j.type !== 'ledger_export') return ok(c, j.result);
+  // Streamed from the saved pages, 50 at a time, never the whole export in memory.
+  let seq = 0;
+  const enc = new TextEncoder();
+  const stream = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const chunks = await db()<{ seq: number; content: string }[]>`
+        select seq, content from billing.job_result_chunks where job_id = ${j.id} and seq > ${seq} order by seq limit 50`;
+      for (const ch of chunks) controller.enqueue(enc.encode(ch.content));
+      if (chunks.length < 50) controller.close();
+      else seq = chunks[chunks.length - 1].seq;
+    },
+  });
+  return c.body(stream, 200, {
+    'content-type': 'text/csv; charset=utf-8',
+    'content-disposition': 'attachment; filename="ledger.csv"',
+  });
+});
+
+/** Constant-time comparison of the cron secret. */
+function sameSecret(given: string, expected: string): boolean {
+  const a = new TextEncoder().encode(given);
+  const b = new TextEncoder().encode(expected);
+  let diff = a.length ^ b.length;
+  for (let i = 0; i < Math.max(a.length, b.length); i++) diff |= (a[i] ?? 0) ^ (b[i] ?? 0);
+  return diff === 0;
+}
+
+app.post('/worker/tick', async (c) => {
+  const given = c.req.header('authorization')?.replace(/^Bearer /, '') ?? '';
+  if (!env.JOBS_CRON_SECRET || !sameSecret(given, env.JOBS_CRON_SECRET)) {
+    throw new AppError('auth', 'UNAUTHORIZED', 'The worker tick needs the cron secret.');
+  }
+  const ran = await runWorker({
+    workerId: `tick-${crypto.randomUUID()}`,
+    budgetMs: env.JOBS_TICK_BUDGET_MS,
+    leaseSeconds: env.JOBS_LEASE_SECONDS,
+  });
+  return ok(c, { ran });
+});
+
+export default { fetch: app.fetch };
+if (import.meta.main) Deno.serve(app.fetch);
