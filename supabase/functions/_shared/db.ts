@@ -60,6 +60,11 @@ const sqlErrors: Record<string, { type: ErrorType; message: string; status?: num
     message: 'A checkout for this package is being created; retry in a moment.',
     retryable: true,
   },
+  JOB_NOT_FOUND: { type: 'not_found', message: 'No such job.' },
+  JOB_FINISHED: { type: 'conflict', message: 'The job has already finished.' },
+  JOB_CANCELLED: { type: 'conflict', message: 'The job was cancelled.' },
+  LEASE_LOST: { type: 'conflict', message: 'Another worker owns this job now.' },
+  INVALID_JOB_TRANSITION: { type: 'conflict', message: 'That job status change is not allowed.' },
   PAYMENT_AMOUNT_MISMATCH: { type: 'server', message: 'The amount paid does not match the purchase.', status: 500 },
 };
 

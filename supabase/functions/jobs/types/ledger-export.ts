@@ -14,6 +14,9 @@ const Input = z.strictObject({
 
 const State = z.object({ cursor: z.string().nullable(), rows: z.number(), total: z.number() });
 
+/** A pause between pages, for demos and crash tests that need an export to be mid-way. */
+const pageDelayMs = Number(Deno.env.get('JOBS_EXPORT_PAGE_DELAY_MS') ?? 0);
+
 export const ledgerExport: JobType<typeof Input> = {
   schema: Input,
   async run({ job, input, resumeState, checkpoint }) {
@@ -41,6 +44,7 @@ export const ledgerExport: JobType<typeof Input> = {
       const progress = state.total ? Math.min(99, Math.floor((state.rows / state.total) * 100)) : 99;
       await checkpoint({ progress, state, label: `page through entry ${state.cursor}`, chunk: csvLines(page.entries) });
       if (!page.next_cursor) break;
+      if (pageDelayMs) await new Promise((r) => setTimeout(r, pageDelayMs));
     }
     return { result: { format: 'csv', rows: state.rows } };
   },

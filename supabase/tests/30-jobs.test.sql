@@ -1,0 +1,49 @@
+-- Jobs: the status machine, leases, metered holds across complete/fail/cancel.
+begin;
+select plan(12);
+
+insert into auth.users (id) values ('cccccccc-0000-4000-8000-000000000003');
+select billing.grant_credits('cccccccc-0000-4000-8000-000000000003', 10, 'promo_grant', 'jobs-test-grant');
+
+create function pg_temp.err(p_sql text) returns text language plpgsql as $$
+begin
+  execute p_sql;
+  return 'no error';
+exception when others then
+  return sqlerrm;
+end;
+$$;
+
+create temp table j as select * from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion',
+  '{"model": "gpt-4o", "prompt": "x", "max_tokens": 10}', 'jobs-test-1', null, 4);
+select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 4.0::numeric, 'enqueue reserves the estimate as a hold');
+select is((select id from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion', '{}', 'jobs-test-1')),
+  (select id from j), 'the same request key returns the same job');
+select is(pg_temp.err($$update billing.jobs set status = 'completed', completed_at = now() where id = (select id from j)$$),
+  'INVALID_JOB_TRANSITION', 'queued → completed is not a transition');
+
+-- Claim it (by lease), as worker w1.
+update billing.jobs set run_after = now() - interval '1 hour' where id = (select id from j);
+select is((select count(*)::int from billing.jobs x where x.id = (select id from j) and x.status = 'queued'), 1, 'the job waits, queued');
+update billing.jobs set status = 'processing', locked_by = 'w1', locked_until = now() + interval '30 seconds', attempts = 1
+  where id = (select id from j);
+select is(pg_temp.err($$select billing.checkpoint_job((select id from j), 'w2', 50, '{}')$$), 'LEASE_LOST',
+  'a worker without the lease cannot checkpoint');
+select is((billing.checkpoint_job((select id from j), 'w1', 50, '{"cursor": 1}', 'half')).progress, 50, 'the lease holder checkpoints');
+select is((billing.complete_job((select id from j), 'w1', '{"ok": true}',
+  '{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}')).status, 'completed', 'complete_job finishes the job');
+select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).balance, 6.0::numeric,
+  'completion captures the usage, capped at the hold (50 credits priced, 4 held)');
+select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 0.0::numeric, 'and leaves no hold behind');
+select is(pg_temp.err($$update billing.jobs set status = 'processing' where id = (select id from j)$$),
+  'INVALID_JOB_TRANSITION', 'a finished job never runs again');
+
+create temp table k as select * from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion', '{}', 'jobs-test-2', null, 2);
+update billing.jobs set status = 'processing', locked_by = 'w1', locked_until = now() + interval '30 seconds', attempts = 3
+  where id = (select id from k);
+select is((billing.fail_job((select id from k), 'w1', '{"code": "X"}', true)).status, 'failed',
+  'a failure after the last attempt fails the job');
+select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 0.0::numeric, 'a failed job releases its hold');
+
+select * from finish();
+rollback;

@@ -1,0 +1,354 @@
+// Async jobs over real HTTP: lifecycle, progress, cancellation, crash recovery, retries,
+// parallel claims, metered holds, expiry, idempotency and isolation.
+import assert from 'node:assert/strict';
+import { api, assertLedgerInvariants, env, functionsUrl, fund, newUser, testDb, userToken } from '../helpers.ts';
+
+type Json = Record<string, unknown>;
+const data = (r: { body: Json }) => r.body.data as Json;
+
+async function student(credits?: string) {
+  const id = await newUser();
+  if (credits) await fund(id, credits);
+  return { id, token: await userToken(id) };
+}
+
+async function createJob(token: string, body: unknown, base = functionsUrl, key = crypto.randomUUID()) {
+  const res = await fetch(`${base}/jobs`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'idempotency-key': key, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return { status: res.status, headers: res.headers, body: await res.json() as Json };
+}
+
+async function getJob(token: string, id: string, base = functionsUrl) {
+  const res = await fetch(`${base}/jobs/${id}`, { headers: { authorization: `Bearer ${token}` } });
+  return { status: res.status, headers: res.headers, body: await res.json() as Json };
+}
+
+async function tick(base = functionsUrl) {
+  const res = await fetch(`${base}/jobs/worker/tick`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${env('JOBS_CRON_SECRET')}` },
+  });
+  assert.equal(res.status, 200, await res.text());
+}
+
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** A gateway process of its own (so a test can kill it), with extra env. */
+function spawnGateway(overrides: Record<string, string>) {
+  const probe = Deno.listen({ hostname: '127.0.0.1', port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ['run', '-A', 'scripts/local/gateway.ts'],
+    env: { ...overrides, GATEWAY_PORT: String(port) },
+    stdout: 'null',
+    stderr: 'null',
+  }).spawn();
+  const url = `http://127.0.0.1:${port}/functions/v1`;
+  return {
+    url,
+    ready: () =>
+      until(
+        'the gateway',
+        () => fetch(`${url}/health/healthz`).then((r) => r.body?.cancel().then(() => true), () => false),
+      ),
+    kill: async () => {
+      try {
+        child.kill('SIGKILL');
+      } catch { /* already gone */ }
+      await child.status;
+    },
+  };
+}
+
+const aiJob = {
+  type: 'ai_completion',
+  input: { model: 'gpt-4o', prompt: 'one two three four five six seven eight', max_tokens: 100 },
+};
+
+Deno.test('lifecycle: 202 with Location → polling → completed with the result; the usage is captured', async () => {
+  const s = await student('10');
+  const created = await createJob(s.token, aiJob);
+  assert.equal(created.status, 202);
+  const job = created.body.data as { job_id: string; status: string; poll_url: string };
+  assert.equal(job.status, 'queued');
+  assert.equal(created.headers.get('location'), job.poll_url);
+  const done = await until('completion', async () => {
+    const r = await getJob(s.token, job.job_id);
+    return (data(r).status === 'completed') && r;
+  });
+  assert.equal(done.headers.get('retry-after'), null, 'no Retry-After once finished');
+  const result = data(done).result as { text: string; usage: { input_tokens: number; output_tokens: number } };
+  assert.equal(result.text, 'eight seven six five four three two one');
+  assert.deepEqual(result.usage, { input_tokens: 8, output_tokens: 8 });
+  // 8 in × $5/M + 8 out × $15/M, × 4, in credits: 0.64. The rest of the hold is released.
+  assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+    balance: '9.36',
+    held: '0',
+    available: '9.36',
+  });
+  const [t] =
+    await testDb`select t.kind, t.amount::text from billing.transfers t join billing.holds h on h.id = t.hold_id
+    join billing.jobs j on j.hold_id = h.id where j.id = ${job.job_id}`;
+  assert.deepEqual({ ...t }, { kind: 'hold_capture', amount: '0.640000000000000000' });
+  await assertLedgerInvariants();
+});
+
+Deno.test('a metered job the user cannot afford is 402 and creates no job', async () => {
+  const s = await student('0.01');
+  const r = await createJob(s.token, aiJob);
+  assert.equal(r.status, 402);
+  assert.equal((r.body.error as Json).code, 'INSUFFICIENT_CREDITS');
+  const [{ n }] = await testDb`select count(*)::int as n from billing.jobs where user_id = ${s.id}`;
+  assert.equal(n, 0);
+});
+
+Deno.test('an unknown type or invalid input is 400 and creates no job', async () => {
+  const s = await student('10');
+  const unknown = await createJob(s.token, { type: 'mine_bitcoin', input: {} });
+  assert.equal(unknown.status, 400);
+  assert.equal((unknown.body.error as Json).code, 'UNKNOWN_JOB_TYPE');
+  const bad = await createJob(s.token, {
+    type: 'ai_completion',
+    input: { model: 'gpt-4o', prompt: 'x', max_tokens: -5 },
+  });
+  assert.equal(bad.status, 400);
+  assert.equal((bad.body.error as Json).field, 'input.max_tokens');
+  const [{ n }] = await testDb`select count(*)::int as n from billing.jobs where user_id = ${s.id}`;
+  assert.equal(n, 0);
+});
+
+Deno.test('the same Idempotency-Key makes one job', async () => {
+  const s = await student('10');
+  const key = crypto.randomUUID();
+  const a = await createJob(s.token, aiJob, functionsUrl, key);
+  const b = await createJob(s.token, aiJob, functionsUrl, key);
+  assert.equal((a.body.data as Json).job_id, (b.body.data as Json).job_id);
+  assert.equal(b.headers.get('idempotent-replayed'), 'true');
+  const [{ n }] = await testDb`select count(*)::int as n from billing.jobs where user_id = ${s.id}`;
+  assert.equal(n, 1);
+});
+
+Deno.test("Retry-After grows with a waiting job's age: 2 s, 4 s, 8 s", async () => {
+  const s = await student();
+  const [job] =
+    await testDb`select id from billing.enqueue_job(${s.id}, 'ledger_export', '{}'::jsonb, ${crypto.randomUUID()})`;
+  const after = async (ageSeconds: number) => {
+    await testDb`update billing.jobs set created_at = now() - make_interval(secs => ${ageSeconds}) where id = ${job.id}`;
+    return (await getJob(s.token, job.id)).headers.get('retry-after');
+  };
+  assert.deepEqual([await after(1), await after(15), await after(120)], ['2', '4', '8']);
+  await api(`/jobs/${job.id}`, { token: s.token, method: 'DELETE' });
+});
+
+Deno.test('cancelling a queued job releases its hold at once', async () => {
+  const s = await student('10');
+  const [job] = await testDb`select id from billing.enqueue_job(${s.id}, 'ai_completion', ${
+    JSON.stringify(aiJob.input)
+  }::text::jsonb,
+    ${crypto.randomUUID()}, null, 5)`;
+  assert.equal(data(await api('/credits/balance', { token: s.token })).held, '5');
+  const r = await api(`/jobs/${job.id}`, { token: s.token, method: 'DELETE' });
+  assert.equal(r.status, 200);
+  assert.equal(data(r).status, 'cancelled');
+  assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+    balance: '10',
+    held: '0',
+    available: '10',
+  });
+  const again = await api(`/jobs/${job.id}`, { token: s.token, method: 'DELETE' });
+  assert.equal(again.status, 409);
+  assert.equal((again.body.error as Json).code, 'JOB_FINISHED');
+});
+
+Deno.test('cancelling a running job stops it at its next checkpoint; nothing is charged', async () => {
+  const s = await student('10');
+  const gw = spawnGateway({ AI_LOCAL_CHUNK_DELAY_MS: '400' });
+  try {
+    await gw.ready();
+    const job = (await createJob(s.token, aiJob, gw.url)).body.data as { job_id: string };
+    await until('the job to run', async () => data(await getJob(s.token, job.job_id, gw.url)).status === 'processing');
+    const r = await fetch(`${gw.url}/jobs/${job.job_id}`, {
+      method: 'DELETE',
+      headers: { authorization: `Bearer ${s.token}` },
+    });
+    assert.equal((await r.json()).data.status, 'cancelled');
+    await new Promise((res) => setTimeout(res, 1500)); // the handler's next checkpoints come and go
+    const final = data(await getJob(s.token, job.job_id, gw.url));
+    assert.equal(final.status, 'cancelled');
+    assert.equal(final.result, undefined);
+    assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+      balance: '10',
+      held: '0',
+      available: '10',
+    });
+  } finally {
+    await gw.kill();
+  }
+  await assertLedgerInvariants();
+});
+
+Deno.test('progress and checkpoints are visible while a job runs', async () => {
+  const s = await student('10');
+  const gw = spawnGateway({ AI_LOCAL_CHUNK_DELAY_MS: '300' });
+  try {
+    await gw.ready();
+    const job = (await createJob(s.token, aiJob, gw.url)).body.data as { job_id: string };
+    const mid = await until('progress mid-way', async () => {
+      const d = data(await getJob(s.token, job.job_id, gw.url));
+      return (d.progress as number) > 5 && (d.progress as number) < 100 && d;
+    });
+    assert.equal(mid.status, 'processing');
+    assert.deepEqual((mid.checkpoints as Json[]).map((c) => c.label), ['calling the model']);
+  } finally {
+    await gw.kill();
+  }
+});
+
+Deno.test('a worker process killed mid-export: another resumes from the checkpoint; the CSV is identical', async () => {
+  const s = await student('1000');
+  await Promise.all(
+    Array.from({ length: 12 }, (_, i) =>
+      api('/credits/usage', {
+        token: s.token,
+        headers: { 'idempotency-key': crypto.randomUUID() },
+        body: { model: 'gpt-4o', input_tokens: 50 * (i + 1), output_tokens: 0 },
+      })),
+  );
+  const gw = spawnGateway({ JOBS_EXPORT_PAGE_DELAY_MS: '300', JOBS_LEASE_SECONDS: '2' });
+  let jobId: string;
+  try {
+    await gw.ready();
+    jobId = ((await createJob(s.token, { type: 'ledger_export', input: { page_size: 2 } }, gw.url)).body.data as {
+      job_id: string;
+    }).job_id;
+    await until(
+      'a few pages',
+      async () => (data(await getJob(s.token, jobId, gw.url)).checkpoints as Json[]).length >= 3,
+    );
+  } finally {
+    await gw.kill(); // SIGKILL: no cleanup, the lease just stops being renewed
+  }
+  const before = data(await getJob(s.token, jobId));
+  assert.equal(before.status, 'processing');
+  await new Promise((r) => setTimeout(r, 2200)); // the dead worker's lease runs out
+  await tick();
+  const after = data(await getJob(s.token, jobId));
+  assert.equal(after.status, 'completed');
+  const labels = (after.checkpoints as Json[]).map((c) => String(c.label));
+  assert.equal(labels.filter((l) => l === 'started').length, 1, 'the export restarted from zero');
+  const [{ attempts }] = await testDb`select attempts from billing.jobs where id = ${jobId}`;
+  assert.equal(attempts, 2);
+
+  const resumed = await api(`/jobs/${jobId}/result`, { token: s.token });
+  const reference = await createJob(s.token, { type: 'ledger_export', input: { page_size: 2 } });
+  const refId = (reference.body.data as { job_id: string }).job_id;
+  await until('the reference export', async () => data(await getJob(s.token, refId)).status === 'completed');
+  const expected = await api(`/jobs/${refId}/result`, { token: s.token });
+  assert.equal(resumed.text, expected.text);
+  assert.equal(resumed.text.trim().split('\r\n').length, 1 + 13);
+});
+
+Deno.test('two workers never run the same job: parallel claims take each job once', async () => {
+  const s = await student();
+  await testDb`select billing.enqueue_job(${s.id}, 'ledger_export', '{}'::jsonb, 'parallel-' || i) from generate_series(1, 30) i`;
+  const claims = await Promise.all(
+    Array.from(
+      { length: 6 },
+      (_, w) => testDb`select id from billing.claim_jobs(${`claimer-${w}`}, 10, 30) where user_id = ${s.id}`,
+    ),
+  );
+  const ids = claims.flatMap((rows) => rows.map((r) => r.id));
+  assert.equal(new Set(ids).size, ids.length, 'a job was claimed twice');
+  const [{ twice }] =
+    await testDb`select count(*)::int as twice from billing.jobs where user_id = ${s.id} and attempts > 1`;
+  assert.equal(twice, 0);
+});
+
+Deno.test('a failing provider is retried with backoff, then the job fails and its hold is released', async () => {
+  const s = await student('10');
+  const gw = spawnGateway({ AI_PROVIDER: 'openai', AI_API_BASE: 'http://127.0.0.1:1', AI_API_KEY: 'test' });
+  try {
+    await gw.ready();
+    const job = (await createJob(s.token, aiJob, gw.url)).body.data as { job_id: string };
+    for (const wait of [0, 2200, 4200]) {
+      await new Promise((r) => setTimeout(r, wait));
+      await tick(gw.url);
+    }
+    const final = data(await getJob(s.token, job.job_id, gw.url));
+    assert.equal(final.status, 'failed');
+    assert.equal((final.error as Json).code, 'JOB_ERROR');
+    const [{ attempts }] = await testDb`select attempts from billing.jobs where id = ${job.job_id}`;
+    assert.equal(attempts, 3);
+    assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+      balance: '10',
+      held: '0',
+      available: '10',
+    });
+  } finally {
+    await gw.kill();
+  }
+});
+
+Deno.test('expired jobs are deleted by the pg_cron job, releasing any hold left open', async () => {
+  const s = await student('10');
+  const [job] = await testDb`select id from billing.enqueue_job(${s.id}, 'ai_completion', ${
+    JSON.stringify(aiJob.input)
+  }::text::jsonb,
+    ${crypto.randomUUID()}, null, 3)`;
+  await testDb`update billing.jobs set expires_at = now() - interval '1 second' where id = ${job.id}`;
+  await testDb`select billing.expire_jobs()`;
+  assert.equal((await getJob(s.token, job.id)).status, 404);
+  assert.equal(data(await api('/credits/balance', { token: s.token })).held, '0');
+});
+
+Deno.test("another student's job is 404 everywhere", async () => {
+  const owner = await student();
+  const other = await student();
+  const [job] =
+    await testDb`select id from billing.enqueue_job(${owner.id}, 'ledger_export', '{}'::jsonb, ${crypto.randomUUID()})`;
+  assert.equal((await getJob(other.token, job.id)).status, 404);
+  assert.equal((await api(`/jobs/${job.id}`, { token: other.token, method: 'DELETE' })).status, 404);
+  assert.equal((await api(`/jobs/${job.id}/result`, { token: other.token })).status, 404);
+  const list = data(await api('/jobs', { token: other.token })) as { jobs: Json[] };
+  assert.equal(list.jobs.length, 0);
+});
+
+Deno.test("GET /jobs lists the caller's jobs newest first, by status, with a cursor", async () => {
+  const s = await student();
+  for (let i = 0; i < 3; i++) {
+    await testDb`select billing.enqueue_job(${s.id}, 'ledger_export', '{}'::jsonb, ${'list-' + i})`;
+  }
+  const first = data(await api('/jobs?limit=2&status=queued', { token: s.token })) as {
+    jobs: Json[];
+    next_cursor: string;
+  };
+  assert.equal(first.jobs.length, 2);
+  const second = data(await api(`/jobs?limit=2&status=queued&cursor=${first.next_cursor}`, { token: s.token })) as {
+    jobs: Json[];
+    next_cursor: string | null;
+  };
+  assert.equal(second.jobs.length, 1);
+  assert.equal(second.next_cursor, null);
+  assert.equal(new Set([...first.jobs, ...second.jobs].map((j) => j.job_id)).size, 3);
+});
+
+Deno.test('the worker tick refuses a caller without the cron secret', async () => {
+  const r = await fetch(`${functionsUrl}/jobs/worker/tick`, {
+    method: 'POST',
+    headers: { authorization: 'Bearer nope' },
+  });
+  assert.equal(r.status, 401);
+  await r.body?.cancel();
+});
