@@ -72,6 +72,16 @@ function spawnGateway(overrides: Record<string, string>) {
   };
 }
 
+/** A job created straight in SQL and not due for an hour, so no worker takes it meanwhile. */
+async function waitingJob(userId: string, type = 'ledger_export', input: unknown = {}, reserve: number | null = null) {
+  const [job] = await testDb`select id from billing.enqueue_job(${userId}, ${type}, ${
+    JSON.stringify(input)
+  }::text::jsonb,
+    ${crypto.randomUUID()}, null, ${reserve})`;
+  await testDb`update billing.jobs set run_after = now() + interval '1 hour' where id = ${job.id}`;
+  return job.id as string;
+}
+
 const aiJob = {
   type: 'ai_completion',
   input: { model: 'gpt-4o', prompt: 'one two three four five six seven eight', max_tokens: 100 },
@@ -142,24 +152,20 @@ Deno.test('the same Idempotency-Key makes one job', async () => {
 
 Deno.test("Retry-After grows with a waiting job's age: 2 s, 4 s, 8 s", async () => {
   const s = await student();
-  const [job] =
-    await testDb`select id from billing.enqueue_job(${s.id}, 'ledger_export', '{}'::jsonb, ${crypto.randomUUID()})`;
+  const id = await waitingJob(s.id);
   const after = async (ageSeconds: number) => {
-    await testDb`update billing.jobs set created_at = now() - make_interval(secs => ${ageSeconds}) where id = ${job.id}`;
-    return (await getJob(s.token, job.id)).headers.get('retry-after');
+    await testDb`update billing.jobs set created_at = now() - make_interval(secs => ${ageSeconds}) where id = ${id}`;
+    return (await getJob(s.token, id)).headers.get('retry-after');
   };
   assert.deepEqual([await after(1), await after(15), await after(120)], ['2', '4', '8']);
-  await api(`/jobs/${job.id}`, { token: s.token, method: 'DELETE' });
+  await api(`/jobs/${id}`, { token: s.token, method: 'DELETE' });
 });
 
 Deno.test('cancelling a queued job releases its hold at once', async () => {
   const s = await student('10');
-  const [job] = await testDb`select id from billing.enqueue_job(${s.id}, 'ai_completion', ${
-    JSON.stringify(aiJob.input)
-  }::text::jsonb,
-    ${crypto.randomUUID()}, null, 5)`;
+  const id = await waitingJob(s.id, 'ai_completion', aiJob.input, 5);
   assert.equal(data(await api('/credits/balance', { token: s.token })).held, '5');
-  const r = await api(`/jobs/${job.id}`, { token: s.token, method: 'DELETE' });
+  const r = await api(`/jobs/${id}`, { token: s.token, method: 'DELETE' });
   assert.equal(r.status, 200);
   assert.equal(data(r).status, 'cancelled');
   assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
@@ -167,7 +173,7 @@ Deno.test('cancelling a queued job releases its hold at once', async () => {
     held: '0',
     available: '10',
   });
-  const again = await api(`/jobs/${job.id}`, { token: s.token, method: 'DELETE' });
+  const again = await api(`/jobs/${id}`, { token: s.token, method: 'DELETE' });
   assert.equal(again.status, 409);
   assert.equal((again.body.error as Json).code, 'JOB_FINISHED');
 });
@@ -303,33 +309,27 @@ Deno.test('a failing provider is retried with backoff, then the job fails and it
 
 Deno.test('expired jobs are deleted by the pg_cron job, releasing any hold left open', async () => {
   const s = await student('10');
-  const [job] = await testDb`select id from billing.enqueue_job(${s.id}, 'ai_completion', ${
-    JSON.stringify(aiJob.input)
-  }::text::jsonb,
-    ${crypto.randomUUID()}, null, 3)`;
-  await testDb`update billing.jobs set expires_at = now() - interval '1 second' where id = ${job.id}`;
+  const id = await waitingJob(s.id, 'ai_completion', aiJob.input, 3);
+  await testDb`update billing.jobs set expires_at = now() - interval '1 second' where id = ${id}`;
   await testDb`select billing.expire_jobs()`;
-  assert.equal((await getJob(s.token, job.id)).status, 404);
+  assert.equal((await getJob(s.token, id)).status, 404);
   assert.equal(data(await api('/credits/balance', { token: s.token })).held, '0');
 });
 
 Deno.test("another student's job is 404 everywhere", async () => {
   const owner = await student();
   const other = await student();
-  const [job] =
-    await testDb`select id from billing.enqueue_job(${owner.id}, 'ledger_export', '{}'::jsonb, ${crypto.randomUUID()})`;
-  assert.equal((await getJob(other.token, job.id)).status, 404);
-  assert.equal((await api(`/jobs/${job.id}`, { token: other.token, method: 'DELETE' })).status, 404);
-  assert.equal((await api(`/jobs/${job.id}/result`, { token: other.token })).status, 404);
+  const id = await waitingJob(owner.id);
+  assert.equal((await getJob(other.token, id)).status, 404);
+  assert.equal((await api(`/jobs/${id}`, { token: other.token, method: 'DELETE' })).status, 404);
+  assert.equal((await api(`/jobs/${id}/result`, { token: other.token })).status, 404);
   const list = data(await api('/jobs', { token: other.token })) as { jobs: Json[] };
   assert.equal(list.jobs.length, 0);
 });
 
 Deno.test("GET /jobs lists the caller's jobs newest first, by status, with a cursor", async () => {
   const s = await student();
-  for (let i = 0; i < 3; i++) {
-    await testDb`select billing.enqueue_job(${s.id}, 'ledger_export', '{}'::jsonb, ${'list-' + i})`;
-  }
+  for (let i = 0; i < 3; i++) await waitingJob(s.id);
   const first = data(await api('/jobs?limit=2&status=queued', { token: s.token })) as {
     jobs: Json[];
     next_cursor: string;

@@ -1,6 +1,6 @@
 // Rate limits on the real Redis through the bridge, and the circuit breaker when Redis fails.
 import assert from 'node:assert/strict';
-import { api, env, newUser, userToken, withGateway } from '../helpers.ts';
+import { env, newUser, userToken, withGateway } from '../helpers.ts';
 
 type Res = { status: number; headers: Headers; body: Record<string, unknown> };
 async function get(url: string, init: RequestInit = {}): Promise<Res> {
@@ -8,48 +8,48 @@ async function get(url: string, init: RequestInit = {}): Promise<Res> {
   return { status: res.status, headers: res.headers, body: await res.json() };
 }
 
+// Each test that asserts limiter behaviour gets a gateway of its own: a fresh Redis breaker,
+// untouched by the load earlier tests put on the shared one.
 Deno.test('checkout: 5 per minute per user; soft warning from the 4th; the 6th is 429 with Retry-After', async () => {
   const token = await userToken(await newUser());
-  const packages = ['mini', 'starter', 'plus', 'pro', 'max', 'mini'];
-  const results = [];
-  for (const p of packages) {
-    results.push(
-      await api('/checkout/sessions', {
-        token,
-        headers: { 'idempotency-key': crypto.randomUUID() },
-        body: { package_id: p },
-      }),
-    );
-  }
-  assert.deepEqual(results.map((r) => r.status), [201, 201, 201, 201, 201, 429]);
-  assert.deepEqual(results.map((r) => r.headers.get('x-ratelimit-warning') !== null), [
-    false,
-    false,
-    false,
-    true,
-    true,
-    false,
-  ]);
-  assert.deepEqual(results.slice(0, 5).map((r) => r.headers.get('x-ratelimit-remaining')), ['4', '3', '2', '1', '0']);
-  const last = results[5];
-  assert.equal((last.body.error as Record<string, unknown>).code, 'RATE_LIMITED');
-  assert.equal((last.body.error as Record<string, unknown>).type, 'rate_limit');
-  assert.equal((last.body.error as Record<string, unknown>).retryable, true);
-  const windowEnd = Math.ceil(Date.now() / 60_000) * 60_000;
-  const expected = Math.ceil((windowEnd - Date.now()) / 1000);
-  assert.ok(
-    Math.abs(Number(last.headers.get('retry-after')) - expected) <= 1,
-    `Retry-After ${last.headers.get('retry-after')} vs ${expected}`,
-  );
-  assert.equal(last.headers.get('x-ratelimit-limit'), '5');
-
   const other = await userToken(await newUser());
-  const r = await api('/checkout/sessions', {
-    token: other,
-    headers: { 'idempotency-key': crypto.randomUUID() },
-    body: { package_id: 'mini' },
+  await withGateway({}, async (url) => {
+    const checkout = (t: string, p: string) =>
+      get(`${url}/checkout/sessions`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${t}`,
+          'idempotency-key': crypto.randomUUID(),
+          'content-type': 'application/json',
+        },
+        body: JSON.stringify({ package_id: p }),
+      });
+    const results = [];
+    for (const p of ['mini', 'starter', 'plus', 'pro', 'max', 'mini']) results.push(await checkout(token, p));
+    assert.deepEqual(results.map((r) => r.status), [201, 201, 201, 201, 201, 429]);
+    assert.deepEqual(results.map((r) => r.headers.get('x-ratelimit-warning') !== null), [
+      false,
+      false,
+      false,
+      true,
+      true,
+      false,
+    ]);
+    assert.deepEqual(results.slice(0, 5).map((r) => r.headers.get('x-ratelimit-remaining')), ['4', '3', '2', '1', '0']);
+    const last = results[5];
+    const error = last.body.error as Record<string, unknown>;
+    assert.equal(error.code, 'RATE_LIMITED');
+    assert.equal(error.type, 'rate_limit');
+    assert.equal(error.retryable, true);
+    const windowEnd = Math.ceil(Date.now() / 60_000) * 60_000;
+    const expected = Math.ceil((windowEnd - Date.now()) / 1000);
+    assert.ok(
+      Math.abs(Number(last.headers.get('retry-after')) - expected) <= 1,
+      `Retry-After ${last.headers.get('retry-after')} vs ${expected}`,
+    );
+    assert.equal(last.headers.get('x-ratelimit-limit'), '5');
+    assert.equal((await checkout(other, 'mini')).status, 201, 'another user has their own budget');
   });
-  assert.equal(r.status, 201, 'another user has their own budget');
 });
 
 Deno.test('per-user default class, per-IP and global layers each refuse past their limit', async () => {
@@ -196,38 +196,37 @@ Deno.test('with Redis down, checkout falls back to a per-instance limit instead 
 Deno.test('redis-server stopped mid-test: requests keep succeeding; restarted, limits apply again', async () => {
   const port = new URL(env('REDIS_URL')).port;
   const token = await userToken(await newUser());
-  const balance = () => api('/credits/balance', { token });
-  assert.ok((await balance()).headers.get('x-ratelimit-limit'));
-  await new Deno.Command('redis-cli', { args: ['-p', port, 'shutdown', 'nosave'] }).output();
-  try {
-    for (let i = 0; i < 8; i++) {
-      const r = await balance();
-      assert.equal(r.status, 200, 'Redis being down must never fail a request');
+  await withGateway({ REDIS_BREAKER_COOLDOWN_MS: '500' }, async (url) => {
+    const balance = () => get(`${url}/credits/balance`, { headers: { authorization: `Bearer ${token}` } });
+    assert.ok((await balance()).headers.get('x-ratelimit-limit'), 'limits apply before');
+    await new Deno.Command('redis-cli', { args: ['-p', port, 'shutdown', 'nosave'] }).output();
+    try {
+      for (let i = 0; i < 8; i++) {
+        assert.equal((await balance()).status, 200, 'Redis being down must never fail a request');
+      }
+      const ready = await get(`${url}/health/readyz`);
+      assert.equal(ready.status, 200);
+      assert.notEqual((ready.body.data as { checks: { redis: { status: string } } }).checks.redis.status, 'ok');
+    } finally {
+      await new Deno.Command('redis-server', {
+        args: [
+          '--port',
+          port,
+          '--bind',
+          '127.0.0.1',
+          '--save',
+          '',
+          '--appendonly',
+          'no',
+          '--daemonize',
+          'yes',
+          '--logfile',
+          '/dev/null',
+        ],
+      }).output();
     }
-    const ready = await api('/health/readyz');
-    assert.equal(ready.status, 200);
-    assert.notEqual((ready.body.data as { checks: { redis: { status: string } } }).checks.redis.status, 'ok');
-  } finally {
-    await new Deno.Command('redis-server', {
-      args: [
-        '--port',
-        port,
-        '--bind',
-        '127.0.0.1',
-        '--save',
-        '',
-        '--appendonly',
-        'no',
-        '--daemonize',
-        'yes',
-        '--logfile',
-        '/dev/null',
-      ],
-    }).output();
-  }
-  // The main gateway's breaker cools down after 30 s by default; a fresh gateway sees Redis at once.
-  await withGateway({}, async (url) => {
-    const r = await get(`${url}/credits/balance`, { headers: { authorization: `Bearer ${token}` } });
-    assert.ok(r.headers.get('x-ratelimit-limit'), 'limits apply again after the restart');
+    await new Promise((r) => setTimeout(r, 700)); // past the cool-down: the next call probes
+    await balance();
+    assert.ok((await balance()).headers.get('x-ratelimit-limit'), 'limits apply again after the restart');
   });
 });

@@ -8,6 +8,7 @@ import { type AuthUser, bearerToken, verifyUserToken } from './auth.ts';
 import { rateLimit } from './ratelimit.ts';
 import { baseEnv } from './env.ts';
 import { AppError, internalError } from './errors.ts';
+import { recordLatency } from './latency.ts';
 import { errorSummary, log } from './log.ts';
 
 export type AppEnv = { Variables: { requestId: string; user: AuthUser | undefined; authError: AppError | undefined } };
@@ -65,14 +66,16 @@ export function createApp(name: string, opts: { rateLimited?: boolean } = {}): H
     const started = performance.now();
     await next();
     c.header('X-Request-ID', requestId);
+    const durationMs = Math.round((performance.now() - started) * 10) / 10;
     log.info('request', {
       requestId,
       function: name,
       method: c.req.method,
       route: c.req.routePath,
       status: c.res.status,
-      durationMs: Math.round((performance.now() - started) * 10) / 10,
+      durationMs,
     });
+    recordLatency(`${c.req.method} ${c.req.routePath}`, c.res.status, durationMs);
   });
   app.use(
     '*',

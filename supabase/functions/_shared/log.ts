@@ -1,9 +1,10 @@
-// Structured logs: one JSON object per line on stdout/stderr.
+// Structured logs: one JSON object per line on stdout/stderr, every string redacted.
+import { redactDeep } from './redact.ts';
 
 type Fields = Record<string, unknown>;
 
 function write(level: 'info' | 'warn' | 'error', msg: string, fields: Fields) {
-  const line = JSON.stringify({ level, time: new Date().toISOString(), msg, ...fields });
+  const line = JSON.stringify({ level, time: new Date().toISOString(), msg, ...(redactDeep(fields) as Fields) });
   if (level === 'error') console.error(line);
   else console.log(line);
 }

@@ -1,0 +1,67 @@
+// One redaction for every log line and for ai_logs: personal data and secrets become
+// placeholders, and newlines in user strings are escaped so one entry stays one line.
+
+const luhn = (digits: string): boolean => {
+  let sum = 0;
+  for (let i = 0; i < digits.length; i++) {
+    let d = Number(digits[digits.length - 1 - i]);
+    if (i % 2 === 1) {
+      d *= 2;
+      if (d > 9) d -= 9;
+    }
+    sum += d;
+  }
+  return sum % 10 === 0;
+};
+
+// Order matters: secrets and tokens before the looser number patterns.
+const rules: Array<[RegExp, string | ((m: string) => string)]> = [
+  [/\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*/g, '[JWT]'],
+  [/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/gi, '$1 [TOKEN]'],
+  [/\b(sk|rk|pk)_(test|live)_[A-Za-z0-9]{8,}/g, '[STRIPE_KEY]'],
+  [/\bwhsec_[A-Za-z0-9]{8,}/g, '[STRIPE_WEBHOOK_SECRET]'],
+  // Postmark server/account tokens are UUIDs, told apart from ids only by their label.
+  [
+    /\b(postmark[-_ ]?(server|account)?[-_ ]?token|x-postmark-(server|account)-token)(["'\s:=]+)[0-9a-f-]{36}/gi,
+    '$1$4[POSTMARK_TOKEN]',
+  ],
+  [/[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}/g, '[EMAIL]'],
+  // Card numbers: 13–19 digits, optionally grouped by spaces or dashes, Luhn-valid.
+  [/\b\d(?:[ -]?\d){12,18}\b/g, (m) => (luhn(m.replace(/[ -]/g, '')) ? '[CARD]' : m)],
+  [/\b\d{3}-\d{2}-\d{4}\b/g, '[SSN]'],
+  [/\b(passport(?:\s*(?:no\.?|number|#))?\s*[:#]?\s*)[A-Z0-9]{6,9}\b/gi, '$1[PASSPORT]'],
+  // Phone numbers: +country or (area) or 3-3-4 groupings; not ISO dates, not bare amounts.
+  [/(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\b\d{3})[ .-]\d{3}[ .-]\d{4}\b/g, '[PHONE]'],
+];
+
+/**
+ * Redacts personal data and secrets in a string.
+ * @example redact('My email is john@example.com') // 'My email is [EMAIL]'
+ */
+export function redact(text: string): string {
+  let out = text;
+  for (const [pattern, replacement] of rules) {
+    out = typeof replacement === 'string' ? out.replace(pattern, replacement) : out.replace(pattern, replacement);
+  }
+  return out.replace(/\r/g, '\\r').replace(/\n/g, '\\n');
+}
+
+/** Redacts every string in a JSON-like value, keeping its shape. */
+export function redactDeep(value: unknown): unknown {
+  if (typeof value === 'string') return redact(value);
+  if (Array.isArray(value)) return value.map(redactDeep);
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, redactDeep(v)]));
+  }
+  return value;
+}
+
+/** The patterns a log must never contain, for the suite's leak scan. */
+export const leakPatterns: Array<[string, RegExp]> = [
+  ['email', /[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}/],
+  ['jwt', /\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}/],
+  ['stripe key', /\b(sk|rk)_(test|live)_[A-Za-z0-9]{8,}/],
+  ['webhook secret', /\bwhsec_[A-Za-z0-9]{8,}/],
+  ['bearer token', /\bBearer\s+[A-Za-z0-9._~+/=-]{20,}/],
+  ['ssn', /\b\d{3}-\d{2}-\d{4}\b/],
+];
