@@ -26,6 +26,7 @@ DB_PORT=54322
 REDIS_PORT=54379
 REDIS_REST_PORT=54380
 STRIPE_PORT=12111
+MAIL_PORT=54324
 DB_URL="postgresql://postgres:postgres@127.0.0.1:$DB_PORT/postgres"
 
 APT_PACKAGES=(postgresql-15 postgresql-15-pgtap postgresql-15-cron
@@ -105,8 +106,13 @@ STRIPE_EMULATOR_BACKOFF_MS=100
 RATE_LIMIT_IP_PER_MIN=1000000
 VELOCITY_IP_SESSIONS_PER_10_MIN=1000000
 VELOCITY_IP_AMOUNT_CENTS_PER_24_H=1000000000
-JOBS_CRON_SECRET=$(local_secret jobs-cron-secret)
+CRON_SECRET=$(local_secret cron-secret)
 AI_PROVIDER=local
+POSTMARK_SERVER_TOKEN=$(local_secret postmark-token)
+POSTMARK_API_BASE=http://127.0.0.1:$MAIL_PORT
+NOTIFY_WEBHOOK_SECRET=$(local_secret notify-secret)
+ALERT_EMAIL=ops@scholarlink.invalid
+METRICS_TOKEN=$(local_secret metrics-token)
 LOCAL_AUTH_DIR=$LOCAL/auth
 EOF
   # Lines a developer may add to override the defaults above.
@@ -226,7 +232,9 @@ db_seed() { psql_db -f "$ROOT/supabase/seed.sql" >/dev/null; }
 
 # ---------------------------------------------------------------- the stack
 
-stack_up() { pg_ready && redis_ping && pid_alive gateway && pid_alive redis-bridge && pid_alive stripe-emulator; }
+stack_up() {
+  pg_ready && redis_ping && pid_alive gateway && pid_alive redis-bridge && pid_alive stripe-emulator && pid_alive mail-catcher
+}
 
 stack_start() {
   mkdir -p "$LOGS" "$RUN"
@@ -243,9 +251,11 @@ stack_start() {
   fi
   start_deno redis-bridge "$REDIS_REST_PORT" scripts/local/redis-bridge.ts
   start_deno stripe-emulator "$STRIPE_PORT" scripts/local/stripe-emulator/main.ts
+  start_deno mail-catcher "$MAIL_PORT" scripts/local/mail-catcher.ts
   start_deno gateway "$API_PORT" scripts/local/gateway.ts
   wait_for "the Redis REST bridge" curl -fs "http://127.0.0.1:$REDIS_REST_PORT/healthz"
   wait_for "the Stripe emulator" curl -fs "http://127.0.0.1:$STRIPE_PORT/_emulator/healthz"
+  wait_for "the mail catcher" curl -fs "http://127.0.0.1:$MAIL_PORT/_catcher/healthz"
   wait_for "the functions gateway" curl -fs "http://127.0.0.1:$API_PORT/functions/v1/health/healthz"
   # The test run drives the worker tick itself (deterministic jobs tests): no ticker there.
   [ "${STACK_TICKER:-1}" = 1 ] && start_deno ticker "" scripts/local/ticker.ts
@@ -255,7 +265,7 @@ stack_start() {
 redis_ping() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 
 stack_stop() {
-  for s in ticker gateway stripe-emulator redis-bridge; do stop_pid "$s"; done
+  for s in ticker gateway mail-catcher stripe-emulator redis-bridge; do stop_pid "$s"; done
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   rm -f "$RUN/redis.pid"
   pg_stop

@@ -29,7 +29,7 @@ async function getJob(token: string, id: string, base = functionsUrl) {
 async function tick(base = functionsUrl) {
   const res = await fetch(`${base}/jobs/worker/tick`, {
     method: 'POST',
-    headers: { authorization: `Bearer ${env('JOBS_CRON_SECRET')}` },
+    headers: { authorization: `Bearer ${env('CRON_SECRET')}` },
   });
   assert.equal(res.status, 200, await res.text());
 }

@@ -60,7 +60,19 @@ function disputeCharge(ch: Stripe.Charge, outcome: DisputeOutcome): Stripe.Event
   return events;
 }
 
+/** Net of every balance transaction, all of it still pending (the emulator never pays out). */
+function balance(): Stripe.Balance {
+  const net = [...store.balanceTransactions.values()].reduce((n, t) => n + t.net, 0);
+  return {
+    object: 'balance',
+    available: [{ amount: 0, currency: 'usd' }],
+    pending: [{ amount: net, currency: 'usd' }],
+    livemode: false,
+  };
+}
+
 export const chargeRoutes = [
+  route('GET', '/v1/balance', () => balance()),
   route('GET', '/v1/payment_intents/:id', ({ params }) => get(store.paymentIntents, 'payment_intent', params.id)),
   route('GET', '/v1/charges/:id', ({ params }) => get(store.charges, 'charge', params.id)),
   route(

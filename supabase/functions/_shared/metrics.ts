@@ -7,8 +7,9 @@ const counters = new Map<string, number>();
  * @example count('rate_limit_hits', { layer: 'ip' })
  */
 export function count(name: string, labels: Record<string, string> = {}, by = 1): void {
+  const escape = (v: string) => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
   const key = Object.keys(labels).length
-    ? `${name}{${Object.entries(labels).map(([k, v]) => `${k}="${v}"`).join(',')}}`
+    ? `${name}{${Object.entries(labels).map(([k, v]) => `${k}="${escape(v)}"`).join(',')}}`
     : name;
   counters.set(key, (counters.get(key) ?? 0) + by);
 }

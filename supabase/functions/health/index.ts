@@ -1,13 +1,37 @@
-// Liveness and readiness. Liveness has no dependencies; readiness is 200 only when the
-// database answers and the auth key set loads, else 503 naming the failing check.
-import { createApp, ok } from '../_shared/app.ts';
+// Health and operations: liveness, readiness, SLOs, Prometheus metrics, open alerts, and the
+// deep health check. Liveness has no dependencies; readiness is 200 only when the database
+// answers, the auth key set loads and the Stripe configuration is valid.
+import { z } from 'zod';
+import { complete } from '../_shared/ai.ts';
+import { type AppContext, createApp, currentUser, ok } from '../_shared/app.ts';
 import { keySet } from '../_shared/auth.ts';
-import { db } from '../_shared/db.ts';
+import { call, db } from '../_shared/db.ts';
+import { parseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { guarded, redisHealth } from '../_shared/redis.ts';
+import { bucketBounds } from '../_shared/latency.ts';
+import { guarded, redis, redisHealth } from '../_shared/redis.ts';
+import { constantTimeEqual, hasCronSecret } from '../_shared/secrets.ts';
+import { stripe, StripeEnvSchema } from '../_shared/stripe.ts';
 import { runChecks } from './checks.ts';
+import { Exposition } from './prometheus.ts';
+import { burnRate, readWindows, statsByRoute } from './slo.ts';
 
+const env = parseEnv(z.object({
+  SLO_AVAILABILITY: z.coerce.number().gt(0).lt(1).default(0.995),
+  SLO_P95_MS: z.coerce.number().positive().default(120),
+  METRICS_TOKEN: z.string().min(16).optional(),
+  OUTBOX_BACKLOG_WARN: z.coerce.number().int().positive().default(100),
+  AI_HEALTH_DAILY_CALLS: z.coerce.number().int().min(0).default(24),
+}));
+const slo = { availability: env.SLO_AVAILABILITY, p95Ms: env.SLO_P95_MS };
 const app = createApp('health', { rateLimited: false });
+
+/** Admin JWT, or (for scrapers and schedulers) a bearer secret. */
+function requireAdminOr(c: AppContext, secretOk: boolean): void {
+  if (secretOk) return;
+  if (!currentUser(c).isAdmin) throw new AppError('forbidden', 'FORBIDDEN', 'This route is for administrators.');
+}
+const bearer = (c: AppContext) => c.req.header('authorization')?.replace(/^Bearer /, '') ?? '';
 
 app.get('/healthz', (c) => ok(c, { status: 'ok' }));
 
@@ -19,15 +43,157 @@ app.get('/readyz', async (c) => {
     jwks: async () => {
       await keySet().reload();
     },
+    stripe_config: () => {
+      StripeEnvSchema.parse(Deno.env.toObject()); // keys present and of STRIPE_MODE; no network call
+      return Promise.resolve();
+    },
   });
-  // Redis is reported but never fails readiness: every Redis use fails open or soft.
+  // Reported, never failing readiness on their own: Redis (every use fails open or soft) and
+  // the outbox backlog (a late email never blocks a payment).
   await guarded((r) => r.ping(), (v) => v === 'PONG').catch(() => {});
-  const withRedis = { ...report, checks: { ...report.checks, redis: redisHealth() } };
+  const [{ m }] = await db()`select billing.ops_metrics() -> 'outbox' as m`.catch(() => [{ m: null }]);
+  const outbox = m
+    ? { status: m.pending > env.OUTBOX_BACKLOG_WARN ? 'degraded' : 'ok', pending: m.pending, failed: m.failed }
+    : { status: 'unknown' };
+  const full = { ...report, checks: { ...report.checks, redis: redisHealth(), outbox } };
   if (report.status !== 'ok') {
     const failing = Object.entries(report.checks).filter(([, r]) => r.status !== 'ok').map(([k]) => k);
-    throw new AppError('unavailable', 'NOT_READY', `Not ready: ${failing.join(', ')}.`, { details: withRedis });
+    throw new AppError('unavailable', 'NOT_READY', `Not ready: ${failing.join(', ')}.`, { details: full });
   }
-  return ok(c, withRedis);
+  return ok(c, full);
+});
+
+app.get('/slo', async (c) => {
+  requireAdminOr(c, false);
+  const windows = await readWindows().catch(() => {
+    throw new AppError('unavailable', 'METRICS_UNAVAILABLE', 'Latency data is in Redis, which is not answering.');
+  });
+  const out = Object.fromEntries(
+    Object.entries(windows).map(([w, fields]) => {
+      const stats = statsByRoute(fields, slo);
+      return [
+        w,
+        Object.fromEntries(Object.entries(stats).map(([route, s]) => [route, { ...s, burn_rate: burnRate(s, slo) }])),
+      ];
+    }),
+  );
+  return ok(c, { objectives: { availability: slo.availability, p95_ms: slo.p95Ms }, windows: out });
+});
+
+app.get('/metrics', async (c) => {
+  requireAdminOr(c, !!env.METRICS_TOKEN && constantTimeEqual(bearer(c), env.METRICS_TOKEN));
+  const [{ m }] = await call((sql) => sql`select billing.ops_metrics() as m`);
+  const x = new Exposition();
+  const hour = await readWindows().then((w) => w['1h']).catch(() => ({} as Record<string, number>));
+  const byRoute: Record<string, number[]> = {};
+  let requests = 0;
+  let errors = 0;
+  for (const [field, v] of Object.entries(hour)) {
+    const [route, kind] = field.split('|');
+    byRoute[route] ??= bucketBounds.map(() => 0);
+    if (kind === 'n') requests += v;
+    else if (kind === 'e') errors += v;
+    else byRoute[route][Number(kind.slice(1))] += v;
+  }
+  x.histogram('scholarlink_http_request_duration_ms', 'Request latency over the last hour, all instances.', byRoute)
+    .metric('scholarlink_http_requests_last_hour', 'gauge', 'Requests in the last hour, all instances.', [[
+      {},
+      requests,
+    ]])
+    .metric('scholarlink_http_errors_last_hour', 'gauge', '5xx answers in the last hour, all instances.', [[
+      {},
+      errors,
+    ]])
+    .metric('scholarlink_redis_breaker_open', 'gauge', "1 while this instance's Redis circuit breaker is open.", [[
+      {},
+      redis().breaker.state === 'open' ? 1 : 0,
+    ]])
+    .metric(
+      'scholarlink_webhook_events',
+      'gauge',
+      'Stripe events recorded, by type and outcome.',
+      (m.webhook_events as Array<
+        { type: string; status: string; count: number }
+      >).map((e) => [{ type: e.type, status: e.status }, e.count]),
+    )
+    .metric('scholarlink_webhook_failing', 'gauge', 'Stripe events whose processing is failing.', [[
+      {},
+      m.webhook_failing,
+    ]])
+    .metric('scholarlink_webhook_signature_failures_total', 'counter', 'Webhook deliveries with a bad signature.', [[
+      {},
+      m.webhook_signature_failures,
+    ]])
+    .metric('scholarlink_outbox_backlog', 'gauge', 'Notifications waiting to be sent.', [[{}, m.outbox.pending]])
+    .metric('scholarlink_outbox_failed', 'gauge', 'Notifications that failed after every retry.', [[
+      {},
+      m.outbox.failed,
+    ]])
+    .metric(
+      'scholarlink_ledger_platform_balance',
+      'gauge',
+      'Platform account balances (credits).',
+      Object.entries(
+        m.platform_balances as Record<string, string>,
+      ).map(([account, v]) => [{ account }, Number(v)]),
+    )
+    .metric('scholarlink_ledger_user_balance_total', 'gauge', 'Credits held by users (the unspent liability).', [[
+      {},
+      Number(m.user_balance_total),
+    ]])
+    .metric('scholarlink_charge_failure_ratio', 'gauge', 'Failed ÷ attempted charges over the last hour.', [[
+      {},
+      m.charges_last_hour ? m.charge_failures_last_hour / m.charges_last_hour : 0,
+    ]])
+    .metric('scholarlink_alerts_open', 'gauge', 'Open alerts.', [[{}, m.open_alerts]])
+    .counters();
+  return c.body(x.toString(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
+});
+
+app.get('/alerts', async (c) => {
+  requireAdminOr(c, false);
+  const alerts = await call((sql) =>
+    sql`select condition, severity, summary, details, opened_at, last_seen_at from billing.open_alerts()`
+  );
+  return ok(c, { alerts });
+});
+
+app.post('/deep', async (c) => {
+  requireAdminOr(c, hasCronSecret(c));
+  const day = new Date().toISOString().slice(0, 10);
+  const checks: Record<string, () => Promise<void>> = {
+    database: async () => {
+      await db()`select 1`;
+    },
+    jwks: async () => {
+      await keySet().reload();
+    },
+    upstash: async () => {
+      await guarded((r) => r.ping(), (v) => v === 'PONG');
+    },
+    stripe: async () => {
+      await stripe().client.balance.retrieve();
+    },
+    postmark: async () => {
+      const base = Deno.env.get('POSTMARK_API_BASE') ?? 'https://api.postmarkapp.com';
+      const res = await fetch(`${base}/server`, {
+        headers: { accept: 'application/json', 'X-Postmark-Server-Token': Deno.env.get('POSTMARK_SERVER_TOKEN') ?? '' },
+      });
+      await res.body?.cancel();
+      if (!res.ok) throw new Error(`postmark ${res.status}`);
+    },
+    ai_provider: async () => {
+      // Spend guardrail: at most AI_HEALTH_DAILY_CALLS real calls a day; past that, skipped.
+      const used = await guarded((r) => r.incr(`deep-health:ai:${day}`), (v) => typeof v === 'number');
+      if (used > env.AI_HEALTH_DAILY_CALLS) return;
+      await complete({ model: 'gpt-4o-mini', prompt: 'ping', maxTokens: 1, onProgress: () => Promise.resolve() });
+    },
+  };
+  const report = await runChecks(checks, 5000);
+  await call((sql) =>
+    sql`select billing.record_health_check(${JSON.stringify(report.checks)}::text::jsonb, ${report.status === 'ok'})`
+  );
+  return ok(c, report, report.status === 'ok' ? 200 : 503);
 });
 
 export default { fetch: app.fetch };

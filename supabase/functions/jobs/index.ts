@@ -6,6 +6,7 @@ import { parseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotent } from '../_shared/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
+import { requireCronSecret } from '../_shared/secrets.ts';
 import { readJson, readQuery } from '../_shared/validate.ts';
 import { CreateJobSchema, ListJobsSchema, WorkerEnvSchema } from './schemas.ts';
 import { jobTypes } from './types/index.ts';
@@ -171,20 +172,8 @@ app.get('/:id/result', requireUser, async (c) => {
   });
 });
 
-/** Constant-time comparison of the cron secret. */
-function sameSecret(given: string, expected: string): boolean {
-  const a = new TextEncoder().encode(given);
-  const b = new TextEncoder().encode(expected);
-  let diff = a.length ^ b.length;
-  for (let i = 0; i < Math.max(a.length, b.length); i++) diff |= (a[i] ?? 0) ^ (b[i] ?? 0);
-  return diff === 0;
-}
-
 app.post('/worker/tick', async (c) => {
-  const given = c.req.header('authorization')?.replace(/^Bearer /, '') ?? '';
-  if (!env.JOBS_CRON_SECRET || !sameSecret(given, env.JOBS_CRON_SECRET)) {
-    throw new AppError('auth', 'UNAUTHORIZED', 'The worker tick needs the cron secret.');
-  }
+  requireCronSecret(c);
   const ran = await runWorker({
     workerId: `tick-${crypto.randomUUID()}`,
     budgetMs: env.JOBS_TICK_BUDGET_MS,

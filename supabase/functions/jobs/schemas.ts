@@ -15,7 +15,6 @@ export const ListJobsSchema = z.strictObject({
 });
 
 export const WorkerEnvSchema = z.object({
-  JOBS_CRON_SECRET: z.string().min(16).optional(),
   JOBS_LEASE_SECONDS: z.coerce.number().int().positive().default(30),
   JOBS_TICK_BUDGET_MS: z.coerce.number().int().positive().default(20_000),
 });

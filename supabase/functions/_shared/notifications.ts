@@ -1,0 +1,106 @@
+// Notification templates and the outbox dispatcher. Rows are written in the same transaction
+// as their cause (a receipt with the purchase, an alert with its condition); sending happens
+// here, later, with retries: a failed email never affects what caused it.
+import { z } from 'zod';
+import { db } from './db.ts';
+import { parseEnv } from './env.ts';
+import { errorSummary, log } from './log.ts';
+import { count } from './metrics.ts';
+import { sendEmail } from './postmark.ts';
+
+const NotifyEnvSchema = z.object({
+  ALERT_EMAIL: z.email().optional(),
+  ALERT_WEBHOOK_URL: z.url().optional(),
+  OUTBOX_MAX_ATTEMPTS: z.coerce.number().int().positive().default(5),
+});
+
+export const templates = ['purchase_receipt', 'refund_notice', 'low_balance', 'alert'] as const;
+export type Template = typeof templates[number];
+
+type Payload = Record<string, unknown>;
+
+/** Subject and body of each template; data comes from the outbox row, never from a user. */
+export function render(template: Template, data: Payload): { subject: string; text: string } {
+  switch (template) {
+    case 'purchase_receipt':
+      return {
+        subject: 'Your ScholarLink credits receipt',
+        text:
+          `Thank you. ${data.credits} credits${Number(data.bonus_credits) ? ` + ${data.bonus_credits} bonus` : ''} ` +
+          `were added (${(Number(data.price_cents) / 100).toFixed(2)} ${String(data.currency).toUpperCase()}). ` +
+          `Purchase ${data.purchase_id}.`,
+      };
+    case 'refund_notice':
+      return {
+        subject: 'Your refund',
+        text: `A refund of ${data.amount ?? ''} was issued for purchase ${data.purchase_id ?? ''}.`,
+      };
+    case 'low_balance':
+      return { subject: 'Your credit balance is low', text: `You have ${data.balance ?? 'few'} credits left.` };
+    case 'alert':
+      return { subject: `[ScholarLink alert] ${data.condition}`, text: String(data.summary ?? data.condition) };
+  }
+}
+
+interface OutboxRow {
+  id: string;
+  template: Template;
+  user_id: string | null;
+  payload: Payload;
+  attempts: number;
+}
+
+async function recipient(row: OutboxRow, alertEmail: string | undefined): Promise<string | null> {
+  if (typeof row.payload.to === 'string') return row.payload.to;
+  if (row.template === 'alert') return alertEmail ?? null;
+  if (!row.user_id) return null;
+  const [u] = await db()`select email from auth.users where id = ${row.user_id}`;
+  return u?.email ?? null;
+}
+
+async function deliver(row: OutboxRow, env: z.infer<typeof NotifyEnvSchema>): Promise<void> {
+  const data = (row.payload.data as Payload | undefined) ?? row.payload;
+  const { subject, text } = render(row.template, data);
+  if (row.template === 'alert' && env.ALERT_WEBHOOK_URL) {
+    const res = await fetch(env.ALERT_WEBHOOK_URL, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ text: `${subject}: ${text}` }),
+      signal: AbortSignal.timeout(10_000),
+    });
+    await res.body?.cancel();
+    if (!res.ok) throw new Error(`alert webhook answered ${res.status}`);
+  }
+  const to = await recipient(row, env.ALERT_EMAIL);
+  if (to) await sendEmail({ to, subject, text, tag: row.template });
+}
+
+/** Sends up to `limit` due notifications; returns how many were sent and failed for good. */
+export async function dispatchOutbox(limit = 50): Promise<{ sent: number; failed: number; retrying: number }> {
+  const env = parseEnv(NotifyEnvSchema);
+  const rows = await db()<OutboxRow[]>`select * from billing.claim_outbox(${limit})`;
+  const outcome = { sent: 0, failed: 0, retrying: 0 };
+  for (const row of rows) {
+    try {
+      await deliver(row, env);
+      await db()`select billing.finish_outbox(${row.id}, true)`;
+      outcome.sent++;
+    } catch (err) {
+      log.warn('notification not sent', {
+        outboxId: row.id,
+        template: row.template,
+        attempt: row.attempts,
+        ...errorSummary(err),
+      });
+      const [{ status }] = await db()`select billing.finish_outbox(${row.id}, false, ${
+        String(errorSummary(err).errorMessage ?? 'error')
+      },
+        ${env.OUTBOX_MAX_ATTEMPTS}) as status`;
+      if (status === 'failed') {
+        outcome.failed++;
+        count('outbox_failed', { template: row.template });
+      } else outcome.retrying++;
+    }
+  }
+  return outcome;
+}

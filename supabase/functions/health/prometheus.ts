@@ -1,0 +1,58 @@
+// Renders metrics in Prometheus' text exposition format.
+import { bucketBounds } from '../_shared/latency.ts';
+import { snapshot } from '../_shared/metrics.ts';
+
+const esc = (v: string) => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+const labels = (l: Record<string, string>) =>
+  Object.keys(l).length ? `{${Object.entries(l).map(([k, v]) => `${k}="${esc(v)}"`).join(',')}}` : '';
+
+export class Exposition {
+  #lines: string[] = [];
+  #declared = new Set<string>();
+
+  metric(
+    name: string,
+    type: 'counter' | 'gauge' | 'histogram',
+    help: string,
+    samples: Array<[Record<string, string>, number]>,
+  ) {
+    if (!this.#declared.has(name)) {
+      this.#lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+      this.#declared.add(name);
+    }
+    for (const [l, v] of samples) this.#lines.push(`${name}${labels(l)} ${Number.isFinite(v) ? v : 0}`);
+    return this;
+  }
+
+  /** A histogram from bucket counts (cumulative `le` buckets, _sum unknown → omitted, _count). */
+  histogram(name: string, help: string, byRoute: Record<string, number[]>) {
+    this.#lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`);
+    for (const [route, buckets] of Object.entries(byRoute)) {
+      let cumulative = 0;
+      buckets.forEach((n, i) => {
+        cumulative += n;
+        const le = bucketBounds[i] === Infinity ? '+Inf' : String(bucketBounds[i]);
+        this.#lines.push(`${name}_bucket${labels({ route, le })} ${cumulative}`);
+      });
+      this.#lines.push(`${name}_count${labels({ route })} ${cumulative}`);
+    }
+    return this;
+  }
+
+  /** This instance's in-memory counters (per-instance, labelled as such). */
+  counters() {
+    for (const [key, value] of Object.entries(snapshot())) {
+      const name = `scholarlink_${key.split('{')[0]}`;
+      if (!this.#declared.has(name)) {
+        this.#lines.push(`# HELP ${name} Counted by this instance since it started.`, `# TYPE ${name} counter`);
+        this.#declared.add(name);
+      }
+      this.#lines.push(`scholarlink_${key} ${value}`);
+    }
+    return this;
+  }
+
+  toString() {
+    return this.#lines.join('\n') + '\n';
+  }
+}

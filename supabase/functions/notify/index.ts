@@ -1,0 +1,99 @@
+// Service-to-service notifications. Authenticated by an HMAC-SHA256 signature over
+// "<timestamp>.<body>" with NOTIFY_WEBHOOK_SECRET (several during rotation), 5-minute
+// tolerance, constant-time comparison: header `X-Signature: t=<unix>,v1=<hex>`. A plain
+// `X-Webhook-Secret` is accepted for older callers, also compared in constant time.
+import { z } from 'zod';
+import { type AppContext, createApp, ok } from '../_shared/app.ts';
+import { call } from '../_shared/db.ts';
+import { parseEnv } from '../_shared/env.ts';
+import { AppError } from '../_shared/errors.ts';
+import { dispatchOutbox, templates } from '../_shared/notifications.ts';
+import { constantTimeEqual, requireCronSecret } from '../_shared/secrets.ts';
+
+const env = parseEnv(z.object({
+  NOTIFY_WEBHOOK_SECRET: z.string().transform((s) => s.split(',').map((x) => x.trim()).filter((x) => x.length >= 16))
+    .refine((l) => l.length > 0, 'needs at least one secret of 16+ characters'),
+}));
+const app = createApp('notify', { rateLimited: false });
+const toleranceSeconds = 300;
+
+const SendSchema = z.strictObject({
+  template: z.enum(templates),
+  to: z.email().max(320),
+  data: z.record(z.string(), z.union([z.string().max(2000), z.number(), z.boolean(), z.null()])).default({}),
+  idempotency_key: z.string().min(1).max(255),
+});
+
+async function hmacHex(secret: string, message: string): Promise<string> {
+  const enc = new TextEncoder();
+  const key = await crypto.subtle.importKey('raw', enc.encode(secret), { name: 'HMAC', hash: 'SHA-256' }, false, [
+    'sign',
+  ]);
+  const mac = new Uint8Array(await crypto.subtle.sign('HMAC', key, enc.encode(message)));
+  return Array.from(mac, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function authenticate(
+  signature: string | undefined,
+  plainSecret: string | undefined,
+  body: string,
+): Promise<void> {
+  if (signature) {
+    const t = Number(signature.match(/(?:^|,)t=(\d+)/)?.[1]);
+    const given = [...signature.matchAll(/(?:^|,)v1=([0-9a-f]{64})/g)].map((m) => m[1]);
+    if (Number.isFinite(t) && Math.abs(Date.now() / 1000 - t) <= toleranceSeconds) {
+      for (const secret of env.NOTIFY_WEBHOOK_SECRET) {
+        const expected = await hmacHex(secret, `${t}.${body}`);
+        if (given.some((g) => constantTimeEqual(g, expected))) return;
+      }
+    }
+  } else if (plainSecret && env.NOTIFY_WEBHOOK_SECRET.some((s) => constantTimeEqual(plainSecret, s))) {
+    return;
+  }
+  throw new AppError('auth', 'SIGNATURE_INVALID', 'The request signature is missing, stale or does not verify.');
+}
+
+async function send(c: AppContext) {
+  const raw = await c.req.text();
+  if (raw.length > 64 * 1024) {
+    throw new AppError('validation', 'PAYLOAD_TOO_LARGE', 'The body is too large.', { status: 413 });
+  }
+  await authenticate(c.req.header('x-signature'), c.req.header('x-webhook-secret'), raw);
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {
+    throw new AppError('validation', 'INVALID_JSON', 'The body is not valid JSON.');
+  }
+  const parsed = SendSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const field = issue.path.join('.');
+    throw new AppError(
+      'validation',
+      issue.path[0] === 'template' ? 'UNKNOWN_TEMPLATE' : 'VALIDATION_FAILED',
+      `${field}: ${issue.message}`,
+      {
+        field,
+      },
+    );
+  }
+  const n = parsed.data;
+  const [{ id }] = await call((sql) =>
+    sql`select billing.enqueue_notification(${n.template}, null, ${'notify:' + n.idempotency_key},
+      ${JSON.stringify({ to: n.to, data: n.data })}::text::jsonb) as id`
+  );
+  const sent = await dispatchOutbox(20);
+  return ok(c, { notification_id: String(id), queued: true, dispatched: sent });
+}
+
+app.post('/send', send);
+app.post('/send-notification', send);
+
+app.post('/dispatch', async (c) => {
+  requireCronSecret(c);
+  return ok(c, await dispatchOutbox(100));
+});
+
+export default { fetch: app.fetch };
+if (import.meta.main) Deno.serve(app.fetch);
