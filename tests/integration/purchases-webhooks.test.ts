@@ -172,7 +172,7 @@ Deno.test('signatures: bad, stale, wrong secret, missing and re-serialised bodie
   const [{ before }] =
     await testDb`select coalesce((select value from billing.counters where name = 'stripe_webhook_signature_failures'), 0)::int as before`;
   const cases: Array<[string, string, string]> = [
-    ['a garbled signature', e.payload, e.signature.replace(/v1=[0-9a-f]{4}/, 'v1=0000')],
+    ['a garbled signature', e.payload, e.signature.slice(0, -1) + (e.signature.endsWith('0') ? '1' : '0')],
     ['a timestamp older than 300 s', e.payload, await sign(e.payload, secret, Math.floor(Date.now() / 1000) - 301)],
     ['the wrong secret', e.payload, await sign(e.payload, 'whsec_not_the_secret')],
     ['no signature', e.payload, ''],

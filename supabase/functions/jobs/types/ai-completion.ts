@@ -4,12 +4,15 @@
 import { z } from 'zod';
 import { complete, ProviderUnavailable } from '../../_shared/ai.ts';
 import { call } from '../../_shared/db.ts';
+import { redact } from '../../_shared/redact.ts';
 import type { JobType } from './types.ts';
 
 const Input = z.strictObject({
   model: z.string().min(1).max(64).regex(/^[A-Za-z0-9._:-]+$/),
   prompt: z.string().min(1).max(20_000),
   max_tokens: z.number().int().min(1).max(4096),
+  /** What ai_logs may keep: nothing but counts (none, metadata), or the redacted text (content). */
+  consent_level: z.enum(['none', 'metadata', 'content']).default('none'),
 });
 
 /** A rough input-token count for the estimate: about four characters a token. */
@@ -27,7 +30,7 @@ export const aiCompletion: JobType<typeof Input> = {
     );
     return price.amount;
   },
-  async run({ input, checkpoint }) {
+  async run({ job, input, checkpoint }) {
     const started = performance.now();
     await checkpoint({ progress: 5, state: null, label: 'calling the model' });
     const completion = await complete({
@@ -36,13 +39,14 @@ export const aiCompletion: JobType<typeof Input> = {
       maxTokens: input.max_tokens,
       onProgress: (f) => checkpoint({ progress: 5 + Math.floor(f * 90), state: null }),
     });
+    const durationMs = Math.round(performance.now() - started);
+    await call((sql) =>
+      sql`select billing.record_ai_log(${job.user_id}, ${job.id}, ${input.model}, ${completion.usage.input_tokens},
+        ${completion.usage.output_tokens}, ${durationMs}, ${input.consent_level}, ${redact(input.prompt)},
+        ${redact(completion.text)})`
+    );
     return {
-      result: {
-        text: completion.text,
-        usage: completion.usage,
-        model: input.model,
-        duration_ms: Math.round(performance.now() - started),
-      },
+      result: { text: completion.text, usage: completion.usage, model: input.model, duration_ms: durationMs },
       usage: { model: input.model, ...completion.usage },
     };
   },
