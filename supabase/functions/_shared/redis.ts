@@ -17,7 +17,7 @@ export const RedisEnvSchema = z.object({
 /** Thrown instead of waiting when Redis is down, slow or the breaker is open. */
 export class RedisUnavailable extends Error {}
 
-let cached: { client: Redis; breaker: CircuitBreaker; timeoutMs: number } | undefined;
+let cached: { client: Redis; opsClient: Redis; breaker: CircuitBreaker; timeoutMs: number } | undefined;
 
 export function redis() {
   if (!cached) {
@@ -30,8 +30,17 @@ export function redis() {
       // Each request aborts after the timeout, so a hung bridge costs at most that long.
       signal: () => AbortSignal.timeout(env.REDIS_TIMEOUT_MS),
     });
+    // Admin reads and diagnostics are off the request path: a patient client, no breaker.
+    const opsClient = new Redis({
+      url: env.UPSTASH_REDIS_REST_URL,
+      token: env.UPSTASH_REDIS_REST_TOKEN,
+      enableTelemetry: false,
+      retry: { retries: 0 },
+      signal: () => AbortSignal.timeout(3000),
+    });
     cached = {
       client,
+      opsClient,
       breaker: new CircuitBreaker(env.REDIS_BREAKER_FAILURES, env.REDIS_BREAKER_COOLDOWN_MS),
       timeoutMs: env.REDIS_TIMEOUT_MS,
     };

@@ -170,7 +170,7 @@ app.post('/deep', async (c) => {
     },
     // Deep checks bypass the circuit breaker: they are how an operator learns the truth.
     upstash: async () => {
-      if ((await redis().client.ping()) !== 'PONG') throw new Error('unexpected reply');
+      if ((await redis().opsClient.ping()) !== 'PONG') throw new Error('unexpected reply');
     },
     stripe: async () => {
       await stripe().client.balance.retrieve();
@@ -185,7 +185,7 @@ app.post('/deep', async (c) => {
     },
     ai_provider: async () => {
       // Spend guardrail: at most AI_HEALTH_DAILY_CALLS real calls a day; past that, skipped.
-      const used = await redis().client.incr(`deep-health:ai:${day}`);
+      const used = await redis().opsClient.incr(`deep-health:ai:${day}`);
       if (used > env.AI_HEALTH_DAILY_CALLS) return;
       await complete({ model: 'gpt-4o-mini', prompt: 'ping', maxTokens: 1, onProgress: () => Promise.resolve() });
     },

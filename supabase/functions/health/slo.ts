@@ -1,6 +1,6 @@
 // SLO arithmetic over the latency histograms: percentiles, error rate and error-budget burn.
 import { bucketBounds, hourKey, minuteKey } from '../_shared/latency.ts';
-import { guarded } from '../_shared/redis.ts';
+import { redis } from '../_shared/redis.ts';
 
 export interface RouteStats {
   requests: number;
@@ -84,9 +84,10 @@ export async function readWindows(now = Date.now()): Promise<Record<keyof typeof
     name,
     keys: Array.from({ length: w.n }, (_, i) => w.key(now - i * w.step)),
   }));
-  // One request: the client pipelines commands issued together.
-  const replies = await guarded((client) =>
-    Promise.all(plan.flatMap(({ keys }) => keys.map((k) => client.hgetall<Record<string, number>>(k))))
+  // One request (the client pipelines commands issued together), on the patient ops client.
+  const client = redis().opsClient;
+  const replies = await Promise.all(
+    plan.flatMap(({ keys }) => keys.map((k) => client.hgetall<Record<string, number>>(k))),
   );
   let at = 0;
   const out: Record<string, Record<string, number>> = {};
