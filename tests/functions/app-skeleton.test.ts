@@ -2,7 +2,6 @@
 import assert from 'node:assert/strict';
 import { createApp, ok } from '../../supabase/functions/_shared/app.ts';
 import { AppError } from '../../supabase/functions/_shared/errors.ts';
-import health from '../../supabase/functions/health/index.ts';
 
 const app = createApp('probe');
 app.get('/ok', (c) => ok(c, { hello: 'world' }));
@@ -81,10 +80,4 @@ Deno.test('a CORS preflight from a listed origin allows the Idempotency-Key head
   });
   assert.equal(res.status, 204);
   assert.match(res.headers.get('access-control-allow-headers') ?? '', /idempotency-key/);
-});
-
-Deno.test('GET /health/healthz answers in-process without dependencies', async () => {
-  const res = await health.fetch(new Request('http://local/health/healthz'));
-  assert.equal(res.status, 200);
-  assert.deepEqual((await res.json()).data, { status: 'ok' });
 });

@@ -9,6 +9,7 @@ import { rateLimit } from './ratelimit.ts';
 import { baseEnv } from './env.ts';
 import { AppError, internalError } from './errors.ts';
 import { recordLatency } from './latency.ts';
+import { constantTimeEqual } from './secrets.ts';
 import { errorSummary, log } from './log.ts';
 
 export type AppEnv = { Variables: { requestId: string; user: AuthUser | undefined; authError: AppError | undefined } };
@@ -125,6 +126,19 @@ export const currentUser = (c: AppContext): AuthUser => signedInUser(c);
 /** Requires a valid user JWT; the user is then `currentUser(c)`. */
 export const requireUser: MiddlewareHandler<AppEnv> = async function requireUser(c, next) {
   signedInUser(c);
+  await next();
+};
+
+/**
+ * Requires the service role: `Authorization: Bearer <SUPABASE_SERVICE_ROLE_KEY>`, for calls
+ * from the product's own backend.
+ */
+export const requireServiceRole: MiddlewareHandler<AppEnv> = async function requireServiceRole(c, next) {
+  const key = Deno.env.get('SUPABASE_SERVICE_ROLE_KEY') ?? '';
+  const given = c.req.header('authorization')?.replace(/^Bearer /, '') ?? '';
+  if (key.length < 16 || !constantTimeEqual(given, key)) {
+    throw new AppError('auth', 'UNAUTHORIZED', 'This route is for the service role.');
+  }
   await next();
 };
 

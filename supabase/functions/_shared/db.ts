@@ -60,6 +60,7 @@ const sqlErrors: Record<string, { type: ErrorType; message: string; status?: num
     message: 'A checkout for this package is being created; retry in a moment.',
     retryable: true,
   },
+  BATCH_TOO_LARGE: { type: 'validation', message: 'A batch holds at most 1,000 events.' },
   JOB_NOT_FOUND: { type: 'not_found', message: 'No such job.' },
   JOB_FINISHED: { type: 'conflict', message: 'The job has already finished.' },
   JOB_CANCELLED: { type: 'conflict', message: 'The job was cancelled.' },

@@ -14,6 +14,7 @@ export const RateLimitEnvSchema = z.object({
   RATE_LIMIT_CHECKOUT_SESSIONS_PER_MIN: perMinute(5),
   RATE_LIMIT_CREDITS_USAGE_PER_MIN: perMinute(600),
   RATE_LIMIT_JOBS_CREATE_PER_MIN: perMinute(20),
+  RATE_LIMIT_USAGE_BATCH_PER_MIN: perMinute(6_000),
   RATE_LIMIT_SOFT_RATIO: z.coerce.number().gt(0).lte(1).default(0.8),
 });
 export type RateLimitEnv = z.infer<typeof RateLimitEnvSchema>;
@@ -37,6 +38,9 @@ export function routeClass(method: string, path: string): RouteClass {
   }
   if (method === 'POST' && p === '/credits/usage') {
     return { name: 'credits_usage', limit: e.RATE_LIMIT_CREDITS_USAGE_PER_MIN, failSoft: false };
+  }
+  if (method === 'POST' && p === '/credits/usage/batch') {
+    return { name: 'usage_batch', limit: e.RATE_LIMIT_USAGE_BATCH_PER_MIN, failSoft: false };
   }
   if (method === 'POST' && p === '/jobs') {
     return { name: 'jobs_create', limit: e.RATE_LIMIT_JOBS_CREATE_PER_MIN, failSoft: false };

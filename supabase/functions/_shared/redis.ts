@@ -17,9 +17,15 @@ export const RedisEnvSchema = z.object({
 /** Thrown instead of waiting when Redis is down, slow or the breaker is open. */
 export class RedisUnavailable extends Error {}
 
-let cached: { client: Redis; opsClient: Redis; breaker: CircuitBreaker; timeoutMs: number } | undefined;
+interface RedisHandles {
+  client: Redis;
+  opsClient: Redis;
+  breaker: CircuitBreaker;
+  timeoutMs: number;
+}
+let cached: RedisHandles | undefined;
 
-export function redis() {
+export function redis(): RedisHandles {
   if (!cached) {
     const env = parseEnv(RedisEnvSchema);
     const client = new Redis({

@@ -3,7 +3,7 @@ import type { z } from 'zod';
 import type { AppContext } from './app.ts';
 import { AppError } from './errors.ts';
 
-const maxBodyBytes = 64 * 1024;
+const defaultMaxBytes = 64 * 1024;
 
 function invalid(error: z.ZodError): AppError {
   const first = error.issues[0];
@@ -18,10 +18,14 @@ function invalid(error: z.ZodError): AppError {
  * Parses the JSON body with `schema`; a missing, oversized, non-JSON or invalid body is a 400.
  * @example const body = await readJson(c, UsageRequestSchema)
  */
-export async function readJson<S extends z.ZodType>(c: AppContext, schema: S): Promise<z.infer<S>> {
+export async function readJson<S extends z.ZodType>(
+  c: AppContext,
+  schema: S,
+  maxBytes = defaultMaxBytes,
+): Promise<z.infer<S>> {
   const text = await c.req.text();
-  if (new TextEncoder().encode(text).length > maxBodyBytes) {
-    throw new AppError('validation', 'PAYLOAD_TOO_LARGE', `The body is larger than ${maxBodyBytes} bytes.`, {
+  if (new TextEncoder().encode(text).length > maxBytes) {
+    throw new AppError('validation', 'PAYLOAD_TOO_LARGE', `The body is larger than ${maxBytes} bytes.`, {
       status: 413,
     });
   }

@@ -1,6 +1,6 @@
 // The credits API: balance, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds.
-import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireServiceRole, requireUser } from '../_shared/app.ts';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotent } from '../_shared/idempotency.ts';
@@ -13,6 +13,7 @@ import {
   HoldRequestSchema,
   LedgerQuerySchema,
   ReleaseRequestSchema,
+  UsageBatchSchema,
   UsageRequestSchema,
 } from './schemas.ts';
 
@@ -88,6 +89,15 @@ app.post('/usage', requireUser, async (c) => {
       },
     };
   });
+});
+
+// The product's backend reports usage in bulk; each event_id is its own idempotency key.
+app.post('/usage/batch', requireServiceRole, async (c) => {
+  const body = await readJson(c, UsageBatchSchema, 1024 * 1024); // 1,000 events fit in well under 1 MiB
+  const [{ outcomes }] = await call((sql) =>
+    sql`select billing.charge_usage_batch(${JSON.stringify(body.events)}::text::jsonb) as outcomes`
+  );
+  return ok(c, { outcomes });
 });
 
 app.post('/holds', requireUser, async (c) => {

@@ -51,3 +51,14 @@ export interface Balance {
   held: string;
   available: string;
 }
+
+export const UsageEventSchema = z.strictObject({
+  event_id: z.string().min(1).max(200).regex(printable, 'must be printable ASCII'),
+  user_id: z.uuid(),
+  model: z.string().min(1).max(64).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name'),
+  input_tokens: tokens,
+  output_tokens: tokens,
+  occurred_at: z.iso.datetime({ offset: true }),
+  correlation_id: CorrelationIdSchema.optional(),
+});
+export const UsageBatchSchema = z.strictObject({ events: z.array(UsageEventSchema).min(1).max(1000) });

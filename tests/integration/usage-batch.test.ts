@@ -1,0 +1,98 @@
+// Batched usage ingestion: one set-based call, per-event outcomes, idempotent by event_id.
+import assert from 'node:assert/strict';
+import { api, assertLedgerInvariants, env, fund, newUser, testDb, userToken } from '../helpers.ts';
+
+const service = { authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}` };
+const now = () => new Date().toISOString();
+const event = (user: string, tokens: number, id = crypto.randomUUID()) => ({
+  event_id: id,
+  user_id: user,
+  model: 'gpt-4o',
+  input_tokens: tokens,
+  output_tokens: 0,
+  occurred_at: now(),
+});
+type Outcome = { event_id: string; status: string; charged?: string; transfer_id?: string | null };
+const outcomes = (r: { body: Record<string, unknown> }) => (r.body.data as { outcomes: Outcome[] }).outcomes;
+
+Deno.test('a batch prices and debits each event, refuses a short user alone, and reports in order', async () => {
+  const rich = await newUser();
+  const poor = await newUser();
+  await fund(rich, '100');
+  await fund(poor, '1');
+  const events = [event(rich, 50), event(poor, 100), event(rich, 500), event(poor, 50), event(rich, 50)];
+  const r = await api('/credits/usage/batch', { headers: service, body: { events } });
+  assert.equal(r.status, 200, r.text);
+  const o = outcomes(r);
+  assert.deepEqual(o.map((x) => x.event_id), events.map((e) => e.event_id));
+  // 50 gpt-4o input tokens = 1 credit. poor's 2-credit event is short; its 1-credit one fits.
+  assert.deepEqual(o.map((x) => [x.status, x.charged ?? null]), [
+    ['applied', '1'],
+    ['insufficient', null],
+    ['applied', '10'],
+    ['applied', '1'],
+    ['applied', '1'],
+  ]);
+  const [{ balance }] = await testDb`select balance::text from billing.accounts where user_id = ${rich}`;
+  assert.equal(Number(balance), 88);
+  const [{ versions }] =
+    await testDb`select array_agg(e.account_version order by e.id)::text as versions from billing.entries e
+    join billing.accounts a on a.id = e.account_id where a.user_id = ${rich}`;
+  assert.equal(versions, '{1,2,3,4}', 'one version per entry, in order');
+  await assertLedgerInvariants();
+});
+
+Deno.test('replayed event ids are duplicates that change nothing, within and across batches', async () => {
+  const u = await newUser();
+  await fund(u, '10');
+  const e = event(u, 50);
+  const first = outcomes(await api('/credits/usage/batch', { headers: service, body: { events: [e, e] } }));
+  assert.deepEqual(first.map((x) => x.status), ['applied', 'duplicate']);
+  assert.equal(first[1].transfer_id, first[0].transfer_id);
+  const again = outcomes(await api('/credits/usage/batch', { headers: service, body: { events: [e] } }));
+  assert.deepEqual(again.map((x) => [x.status, x.transfer_id]), [['duplicate', first[0].transfer_id]]);
+  const [{ balance }] = await testDb`select balance::text from billing.accounts where user_id = ${u}`;
+  assert.equal(Number(balance), 9);
+});
+
+Deno.test('parallel batches over the same users never overdraw and apply each event once', async () => {
+  const users = await Promise.all(Array.from({ length: 5 }, async () => {
+    const u = await newUser();
+    await fund(u, '20');
+    return u;
+  }));
+  const shared = users.flatMap((u) => Array.from({ length: 10 }, () => event(u, 50)));
+  const batches = Array.from({ length: 6 }, () => [...shared].sort(() => Math.random() - 0.5).slice(0, 40));
+  const results = await Promise.all(
+    batches.map((events) => api('/credits/usage/batch', { headers: service, body: { events } })),
+  );
+  assert.ok(results.every((r) => r.status === 200));
+  const [{ n }] = await testDb`select count(*)::int as n from billing.transfers where idempotency_key = any(${
+    shared.map((e) => 'usage-event:' + e.event_id)
+  })`;
+  const applied = new Set(results.flatMap(outcomes).filter((o) => o.status === 'applied').map((o) => o.event_id));
+  assert.equal(n, applied.size, 'each event applied at most once');
+  const balances = await testDb`select balance::numeric as b from billing.accounts where user_id = any(${users})`;
+  assert.ok(balances.every((b) => Number(b.b) >= 0));
+  await assertLedgerInvariants();
+});
+
+Deno.test('the batch route is for the service role only, and a malformed batch is 400 with nothing written', async () => {
+  const u = await newUser();
+  await fund(u, '10');
+  const student = await userToken(u);
+  assert.equal((await api('/credits/usage/batch', { token: student, body: { events: [event(u, 50)] } })).status, 401);
+  const bad = await api('/credits/usage/batch', {
+    headers: service,
+    body: { events: [event(u, 50), { ...event(u, 50), input_tokens: -1 }] },
+  });
+  assert.equal(bad.status, 400);
+  assert.equal((bad.body.error as { field: string }).field, 'events.1.input_tokens');
+  const tooMany = await api('/credits/usage/batch', {
+    headers: service,
+    body: { events: Array.from({ length: 1001 }, () => event(u, 1)) },
+  });
+  assert.equal(tooMany.status, 400);
+  const [{ balance }] = await testDb`select balance::text from billing.accounts where user_id = ${u}`;
+  assert.equal(Number(balance), 10);
+});
