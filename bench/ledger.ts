@@ -1,0 +1,256 @@
+// Benchmarks of the ledger's hot paths, each against a baseline measured in the same run:
+//   1. SQL debit (debit_credits, idempotent, entries + balance) vs a bare guarded UPDATE, at
+//      1/16/64 clients, spread over 1,000 accounts and on one hot account; bytes per debit.
+//   2. Batched ingestion over HTTP at batch sizes 1, 100, 1,000 over 10,000 users.
+//   3. HTTP usage debit (JWT + rate limit + idempotency) at 16 and 64 connections vs (1).
+//   4. Cold start of the functions gateway to a first 200, and its peak RSS under (3).
+// Every run ends by checking the ledger's invariants; a fast wrong answer fails the run.
+import { importJWK, SignJWT } from 'jose';
+import postgres from 'postgres';
+
+const env = (k: string) => {
+  const v = Deno.env.get(k);
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
+const dbUrl = env('SUPABASE_DB_URL');
+const admin = postgres(dbUrl, { max: 2, onnotice: () => {} });
+const report: Record<string, unknown> = { date: new Date().toISOString(), seconds };
+const lines: string[] = [];
+const say = (s: string) => {
+  console.log(s);
+  lines.push(s);
+};
+
+// ---------------------------------------------------------------- fixtures
+
+const accountCount = 1000;
+console.error('setting up 1,000 funded accounts and a baseline table …');
+const users: string[] = (await admin`
+  with ins as (insert into auth.users (id) select gen_random_uuid() from generate_series(1, ${accountCount}) returning id)
+  select id from ins`).map((r) => r.id);
+await admin`select billing.grant_credits(u, 1000000000, 'adjustment', 'bench-fund:' || u) from unnest(${users}::uuid[]) u`;
+await admin`create schema if not exists bench`;
+await admin`drop table if exists bench.accounts`;
+await admin`create table bench.accounts (id integer primary key, balance numeric(38, 18) not null)`;
+await admin`insert into bench.accounts select g, 1000000000 from generate_series(1, ${accountCount}) g`;
+
+async function timed(clients: number, op: (sql: postgres.Sql, i: number) => Promise<void>) {
+  const pool = postgres(dbUrl, { max: clients, prepare: false, onnotice: () => {} });
+  await Promise.all(Array.from({ length: clients }, () => pool`select 1`)); // open every connection first
+  let done = 0;
+  const until = performance.now() + seconds * 1000;
+  await Promise.all(Array.from({ length: clients }, async (_, c) => {
+    let i = c;
+    while (performance.now() < until) {
+      await op(pool, i);
+      i += clients;
+      done++;
+    }
+  }));
+  await pool.end();
+  return done / seconds;
+}
+
+// ---------------------------------------------------------------- 1. SQL debit
+
+say('\n### 1. SQL debit vs bare guarded UPDATE (ops/s)\n');
+say('| clients | accounts | baseline | debit_credits | ratio | target |');
+say('| --- | --- | --- | --- | --- | --- |');
+const [{ before }] =
+  await admin`select (pg_total_relation_size('billing.transfers') + pg_total_relation_size('billing.entries'))::bigint as before`;
+let debits = 0;
+const sql1: Record<string, unknown> = {};
+for (const clients of [1, 16, 64]) {
+  for (const hot of [false, true]) {
+    const pick = (i: number) => (hot ? 0 : i % accountCount);
+    const baseline = await timed(clients, async (sql, i) => {
+      await sql`update bench.accounts set balance = balance - 1 where id = ${pick(i) + 1} and balance >= 1`;
+    });
+    const run = crypto.randomUUID().slice(0, 8);
+    const ledger = await timed(clients, async (sql, i) => {
+      await sql`select billing.debit_credits(${users[pick(i)]}, 1, ${`bench:${run}:${i}`})`;
+      debits++;
+    });
+    const target = hot ? 0.8 : 0.6;
+    const ratio = ledger / baseline;
+    sql1[`c${clients}${hot ? '_hot' : ''}`] = { baseline, ledger, ratio };
+    say(
+      `| ${clients} | ${hot ? '1 (hot)' : '1,000'} | ${baseline.toFixed(0)} | ${ledger.toFixed(0)} | ${
+        ratio.toFixed(2)
+      }× | ≥ ${target}× ${ratio >= target ? 'met' : 'MISSED'} |`,
+    );
+  }
+}
+const [{ after }] =
+  await admin`select (pg_total_relation_size('billing.transfers') + pg_total_relation_size('billing.entries'))::bigint as after`;
+const bytesPerDebit = (Number(after) - Number(before)) / debits;
+say(
+  `\nBytes per debit (transfers + entries, tables and indexes): ${
+    bytesPerDebit.toFixed(0)
+  } B (target ≤ 800 B) over ${debits} debits.`,
+);
+report.sql_debit = { ...sql1, bytesPerDebit };
+const perEventSql = (sql1.c16 as { ledger: number }).ledger;
+
+// ---------------------------------------------------------------- gateway for the HTTP benches
+
+const probe = Deno.listen({ hostname: '127.0.0.1', port: 0 });
+const port = (probe.addr as Deno.NetAddr).port;
+probe.close();
+const started = performance.now();
+const gateway = new Deno.Command(Deno.execPath(), {
+  args: ['run', '-A', `--env-file=${Deno.cwd()}/.local/env`, 'scripts/local/gateway.ts'],
+  env: {
+    GATEWAY_PORT: String(port),
+    RATE_LIMIT_CREDITS_USAGE_PER_MIN: '100000000',
+    RATE_LIMIT_USAGE_BATCH_PER_MIN: '100000000',
+    RATE_LIMIT_GLOBAL_PER_MIN: '100000000',
+    DB_POOL_MAX: '20',
+  },
+  stdout: 'null',
+  stderr: 'null',
+}).spawn();
+const base = `http://127.0.0.1:${port}/functions/v1`;
+for (;;) {
+  const up = await fetch(`${base}/health/healthz`).then((r) => r.body?.cancel().then(() => r.ok) ?? r.ok, () => false);
+  if (up) break;
+  await new Promise((r) => setTimeout(r, 5));
+}
+const coldMs = performance.now() - started;
+const peakRss = async () => {
+  const status = await Deno.readTextFile(`/proc/${gateway.pid}/status`);
+  return Number(status.match(/VmHWM:\s+(\d+)/)?.[1] ?? 0) / 1024;
+};
+
+try {
+  // ---------------------------------------------------------------- 2. batched ingestion
+  say('\n### 2. Batched ingestion over HTTP (events/s)\n');
+  const batchUsers: string[] = (await admin`
+    with ins as (insert into auth.users (id) select gen_random_uuid() from generate_series(1, 10000) returning id) select id from ins`)
+    .map((r) => r.id);
+  await admin`select billing.grant_credits(u, 1000000, 'adjustment', 'bench-fund:' || u) from unnest(${batchUsers}::uuid[]) u`;
+  const service = env('SUPABASE_SERVICE_ROLE_KEY');
+  say('| batch size | events/s | vs SQL debit per event (16 clients) | target |');
+  say('| --- | --- | --- | --- |');
+  const batchReport: Record<string, number> = {};
+  for (const size of [1, 100, 1000]) {
+    let events = 0;
+    const until = performance.now() + seconds * 1000;
+    await Promise.all(Array.from({ length: 4 }, async () => {
+      while (performance.now() < until) {
+        const batch = Array.from({ length: size }, () => ({
+          event_id: crypto.randomUUID(),
+          user_id: batchUsers[Math.floor(Math.random() * batchUsers.length)],
+          model: 'gpt-4o-mini',
+          input_tokens: 1000,
+          output_tokens: 100,
+          occurred_at: new Date().toISOString(),
+        }));
+        const res = await fetch(`${base}/credits/usage/batch`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${service}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ events: batch }),
+        });
+        await res.body?.cancel();
+        if (res.status !== 200) throw new Error(`batch answered ${res.status}`);
+        events += size;
+      }
+    }));
+    const rate = events / seconds;
+    batchReport[`b${size}`] = rate;
+    say(
+      `| ${size} | ${rate.toFixed(0)} | ${(rate / perEventSql).toFixed(2)}× | ${
+        size === 1000 ? `≥ 20,000/s ${rate >= 20000 ? 'met' : 'MISSED'}` : ''
+      } |`,
+    );
+  }
+  report.batch = batchReport;
+
+  // ---------------------------------------------------------------- 3. HTTP usage debit
+  say('\n### 3. HTTP usage debit (POST /credits/usage: JWT + rate limit + idempotency)\n');
+  const jwk = JSON.parse(await Deno.readTextFile(`${env('LOCAL_AUTH_DIR')}/private.jwk.json`));
+  const key = await importJWK(jwk, 'ES256');
+  const tokenFor = (sub: string) =>
+    new SignJWT({ role: 'authenticated', aud: 'authenticated', iss: `${env('SUPABASE_URL')}/auth/v1` })
+      .setProtectedHeader({ alg: 'ES256', kid: jwk.kid }).setSubject(sub).setIssuedAt().setExpirationTime('1h').sign(
+        key,
+      );
+  const tokens = await Promise.all(users.slice(0, 64).map(tokenFor));
+  say('| connections | req/s | p50 / p95 / p99 (ms) | vs SQL debit (same clients) | target |');
+  say('| --- | --- | --- | --- | --- |');
+  const httpReport: Record<string, unknown> = {};
+  for (const connections of [16, 64]) {
+    const latencies: number[] = [];
+    let errors = 0;
+    const until = performance.now() + seconds * 1000;
+    await Promise.all(Array.from({ length: connections }, async (_, c) => {
+      while (performance.now() < until) {
+        const t0 = performance.now();
+        const res = await fetch(`${base}/credits/usage`, {
+          method: 'POST',
+          headers: {
+            authorization: `Bearer ${tokens[c]}`,
+            'idempotency-key': crypto.randomUUID(),
+            'content-type': 'application/json',
+          },
+          body: '{"model":"gpt-4o-mini","input_tokens":100,"output_tokens":10}',
+        });
+        await res.body?.cancel();
+        latencies.push(performance.now() - t0);
+        if (res.status !== 201) errors++;
+      }
+    }));
+    latencies.sort((a, b) => a - b);
+    const q = (p: number) => latencies[Math.floor(p * (latencies.length - 1))];
+    const rps = latencies.length / seconds;
+    const sqlRate = (sql1[`c${connections}`] as { ledger: number }).ledger;
+    httpReport[`c${connections}`] = { rps, p50: q(0.5), p95: q(0.95), p99: q(0.99), errors };
+    const target = connections === 16
+      ? ` p95 ≤ 5 ms ${q(0.95) <= 5 ? 'met' : 'MISSED'}, ≥ 2,000 req/s ${rps >= 2000 ? 'met' : 'MISSED'}`
+      : '';
+    say(
+      `| ${connections} | ${rps.toFixed(0)} | ${q(0.5).toFixed(1)} / ${q(0.95).toFixed(1)} / ${q(0.99).toFixed(1)} | ${
+        (rps / sqlRate).toFixed(2)
+      }× | ${target} (non-201: ${errors}) |`,
+    );
+  }
+  report.http_usage = httpReport;
+
+  // ---------------------------------------------------------------- 4. cold start and memory
+  const rss = await peakRss();
+  report.cold_start_ms = coldMs;
+  report.peak_rss_mb = rss;
+  say(`\n### 4. Cold start and memory\n`);
+  say(
+    `Gateway process start to first 200: ${coldMs.toFixed(0)} ms (target ≤ 150 ms). Peak RSS after (2) and (3): ${
+      rss.toFixed(0)
+    } MB (target ≤ 200 MB).`,
+  );
+} finally {
+  gateway.kill();
+  await gateway.status;
+}
+
+// ---------------------------------------------------------------- correctness after the load
+
+const [inv] = await admin`
+  select (select coalesce(sum(amount), 0) from billing.entries)::text as total,
+         (select count(*) from billing.accounts a where a.user_id is not null
+            and a.balance <> (select coalesce(sum(e.amount), 0) from billing.entries e where e.account_id = a.id))::int as mismatched,
+         (select count(*) from billing.accounts where balance < 0)::int as negative,
+         (select count(*) from (select idempotency_key, kind from billing.transfers group by 1, 2 having count(*) > 1) d)::int as dup`;
+await admin`drop schema bench cascade`;
+await admin.end();
+const okAfter = Number(inv.total) === 0 && inv.mismatched === 0 && inv.negative === 0 && inv.dup === 0;
+say(
+  `\nInvariants after the load: Σ entries = ${inv.total}, balances ≠ Σ entries: ${inv.mismatched}, negative: ${inv.negative}, duplicate effects: ${inv.dup} → ${
+    okAfter ? 'OK' : 'BROKEN'
+  }`,
+);
+report.invariants = inv;
+await Deno.mkdir('bench/results', { recursive: true });
+await Deno.writeTextFile(`bench/results/ledger-${report.date}.json`, JSON.stringify(report, null, 2));
+await Deno.writeTextFile('bench/results/ledger-latest.md', lines.join('\n') + '\n');
+if (!okAfter) Deno.exit(1);
