@@ -90,7 +90,9 @@ create table billing.entries (
   constraint entries_tracked_together check ((balance_after is null) = (account_version is null))
 );
 comment on table billing.entries is 'Immutable. Two per transfer, summing to zero.';
-create index entries_account_id on billing.entries (account_id, id desc);
+-- User entries only: the platform side of every transfer would make this index's hottest page
+-- a point of contention for all writers, and platform balances are summed, not paged.
+create index entries_user_account on billing.entries (account_id, id desc) where balance_after is not null;
 create index entries_transfer_id on billing.entries (transfer_id);
 
 -- ============================================================ holds

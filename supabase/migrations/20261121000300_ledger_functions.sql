@@ -149,17 +149,16 @@ begin
     perform billing.raise_error('IDEMPOTENCY_KEY_REQUIRED', jsonb_build_object('rule', '1 to 300 characters'));
   end if;
 
-  if p_direction > 0 then
-    v_account_id := billing.ensure_user_account(p_user);
-  else
-    select a.id into v_account_id from billing.accounts a where a.user_id = p_user;
-    if v_account_id is null and p_mode <> 'reverse' then
+  -- Find and lock the account in one statement; create it first only when it must exist.
+  select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  if not found then
+    if p_direction < 0 and p_mode <> 'reverse' then
       perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0'));
     end if;
-    v_account_id := coalesce(v_account_id, billing.ensure_user_account(p_user));
+    perform billing.ensure_user_account(p_user);
+    select * into v_account from billing.accounts a where a.user_id = p_user for update;
   end if;
-
-  select * into v_account from billing.accounts a where a.id = v_account_id for update;
+  v_account_id := v_account.id;
 
   -- Checked after the lock: a concurrent call with the same key has committed by now.
   select * into v_existing from billing.transfers t where t.idempotency_key = p_idempotency_key and t.kind = p_kind;
@@ -210,8 +209,12 @@ begin
     (v_transfer_id, v_account_id, v_delta, v_account.balance, v_account.version),
     (v_transfer_id, v_platform_id, -v_delta, null, null);
 
-  v_bal := billing.balance_of(v_account_id);
-  return (v_transfer_id, p_amount, v_bal.balance, v_bal.held, v_bal.available, false)::billing.transfer_result;
+  -- Overdue holds were expired above when spending; otherwise held is as locked.
+  if v_account.held > 0 then
+    v_bal := billing.balance_of(v_account_id);
+    return (v_transfer_id, p_amount, v_bal.balance, v_bal.held, v_bal.available, false)::billing.transfer_result;
+  end if;
+  return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
 end;
 $$;
 comment on function billing.post_user_transfer(uuid, integer, text, numeric, billing.transfer_kind, text, text, text, text, jsonb, bigint, uuid)
@@ -606,6 +609,7 @@ as $$
   join billing.entries e on e.account_id = a.id
   join billing.transfers t on t.id = e.transfer_id
   where a.user_id = p_user
+    and e.balance_after is not null -- always true for user entries; lets the partial index serve
     and (p_before_id is null or e.id < p_before_id)
     and (p_from is null or e.created_at >= p_from)
     and (p_to is null or e.created_at < p_to)
