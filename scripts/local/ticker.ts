@@ -1,12 +1,15 @@
-// Stands in for the hosted pg_cron + pg_net schedule: calls the jobs worker tick and the
-// notification dispatcher every few seconds.
+// Stands in for the hosted pg_cron + pg_net schedule (billing.call_function): calls the jobs
+// worker tick and the notification dispatcher every few seconds, the deep health check hourly.
 const base = `${Deno.env.get('SUPABASE_URL')}/functions/v1`;
 const urls = [`${base}/jobs/worker/tick`, `${base}/notify/dispatch`];
+let lastDeep = 0;
 const secret = Deno.env.get('CRON_SECRET') ?? '';
 const everyMs = Number(Deno.env.get('JOBS_TICK_INTERVAL_MS') ?? 2000);
 
 for (;;) {
-  for (const url of urls) {
+  const due = Date.now() - lastDeep >= 3_600_000 ? [`${base}/health/deep`] : [];
+  if (due.length) lastDeep = Date.now();
+  for (const url of [...urls, ...due]) {
     try {
       const res = await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${secret}` } });
       await res.body?.cancel();
