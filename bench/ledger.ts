@@ -237,8 +237,9 @@ try {
 
 const [inv] = await admin`
   select (select coalesce(sum(amount), 0) from billing.entries)::text as total,
-         (select count(*) from billing.accounts a where a.user_id is not null
-            and a.balance <> (select coalesce(sum(e.amount), 0) from billing.entries e where e.account_id = a.id))::int as mismatched,
+         (select count(*) from billing.accounts a
+            left join (select account_id, sum(amount) as total from billing.entries group by account_id) s on s.account_id = a.id
+            where a.user_id is not null and a.balance <> coalesce(s.total, 0))::int as mismatched,
          (select count(*) from billing.accounts where balance < 0)::int as negative,
          (select count(*) from (select idempotency_key, kind from billing.transfers group by 1, 2 having count(*) > 1) d)::int as dup`;
 await admin`drop schema bench cascade`;

@@ -96,8 +96,8 @@ select is((billing.get_balance('aaaaaaaa-0000-4000-8000-000000000001')).held, 0.
   'a hold past its TTL no longer counts, even before the sweep');
 select is(pg_temp.err($$select billing.capture_hold(null, h.id) from billing.holds h where h.idempotency_key = 'h-3'$$),
   'HOLD_EXPIRED', 'an expired hold cannot be captured');
-select is(billing.release_expired_holds(), 1, 'the pg_cron sweep releases the expired hold');
-select is(billing.release_expired_holds(), 0, 'running the sweep again changes nothing');
+select ok(billing.release_expired_holds(1000000) >= 1, 'the pg_cron sweep releases the expired hold (and any other overdue one)');
+select is(billing.release_expired_holds(1000000), 0, 'running the sweep again changes nothing');
 select results_eq(
   $$select h.status, a.held from billing.holds h join billing.accounts a on a.id = h.account_id where h.idempotency_key = 'h-3'$$,
   $$values ('expired'::text, 0.0::numeric(38,18))$$, 'the swept hold is expired and the account holds nothing');
@@ -119,10 +119,13 @@ select is(pg_temp.err($$select billing.reverse_credits('aaaaaaaa-0000-4000-8000-
 
 select is((select sum(amount) from billing.entries), 0.0::numeric, 'Σ of all entries is zero');
 select is((select count(*) from billing.accounts a
-           where a.user_id is not null and a.balance <> (select coalesce(sum(e.amount), 0) from billing.entries e where e.account_id = a.id))::int,
+           left join (select account_id, sum(amount) as total from billing.entries group by account_id) s on s.account_id = a.id
+           where a.user_id is not null and a.balance <> coalesce(s.total, 0))::int,
   0, 'every user balance equals the sum of its entries');
 select is((select count(*) from billing.accounts a
-           where a.user_id is not null and a.version > 0 and a.balance <> (select e.balance_after from billing.entries e where e.account_id = a.id order by e.id desc limit 1))::int,
+           join (select distinct on (account_id) account_id, balance_after from billing.entries
+                 where balance_after is not null order by account_id, id desc) l on l.account_id = a.id
+           where a.balance <> l.balance_after)::int,
   0, 'every user balance equals its last entry''s balance_after');
 select is((select count(*) from (select transfer_id from billing.entries group by transfer_id having sum(amount) <> 0 or count(*) <> 2) t)::int,
   0, 'every transfer has two entries summing to zero');

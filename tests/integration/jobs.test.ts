@@ -1,7 +1,17 @@
 // Async jobs over real HTTP: lifecycle, progress, cancellation, crash recovery, retries,
 // parallel claims, metered holds, expiry, idempotency and isolation.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, env, functionsUrl, fund, newUser, testDb, userToken } from '../helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  env,
+  functionsUrl,
+  fund,
+  newUser,
+  spawnGateway,
+  testDb,
+  userToken,
+} from '../helpers.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;
@@ -42,34 +52,6 @@ async function until<T>(what: string, fn: () => Promise<T | undefined | false>, 
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-}
-
-/** A gateway process of its own (so a test can kill it), with extra env. */
-function spawnGateway(overrides: Record<string, string>) {
-  const probe = Deno.listen({ hostname: '127.0.0.1', port: 0 });
-  const port = (probe.addr as Deno.NetAddr).port;
-  probe.close();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ['run', '-A', 'scripts/local/gateway.ts'],
-    env: { ...overrides, GATEWAY_PORT: String(port) },
-    stdout: 'null',
-    stderr: 'null',
-  }).spawn();
-  const url = `http://127.0.0.1:${port}/functions/v1`;
-  return {
-    url,
-    ready: () =>
-      until(
-        'the gateway',
-        () => fetch(`${url}/health/healthz`).then((r) => r.body?.cancel().then(() => true), () => false),
-      ),
-    kill: async () => {
-      try {
-        child.kill('SIGKILL');
-      } catch { /* already gone */ }
-      await child.status;
-    },
-  };
 }
 
 /** A job created straight in SQL and not due for an hour, so no worker takes it meanwhile. */
