@@ -109,19 +109,42 @@ export async function idempotent(
   work: (tx: postgres.TransactionSql, sqlKey: string) => Promise<Effect>,
 ): Promise<Response> {
   const { key, userId, hash } = await requestIdentity(c, body);
+  const claim = (tx: postgres.TransactionSql) =>
+    tx<Claim[]>`select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`.then(([r]) => r);
+  const store = (tx: postgres.TransactionSql, o: Outcome) =>
+    tx`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${o.status}, ${o.body})`.then(() => o);
+
+  // The happy path is one transaction of three statements: claim, the work, the stored answer.
+  let refusal: AppError | undefined;
   const outcome = await call((sql) =>
     sql.begin(async (tx) => {
-      const [claim] = await tx<
-        Claim[]
-      >`select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`;
-      const replay = stored(claim);
+      const replay = stored(await claim(tx));
       if (replay) return replay;
-      const done = await render(c, () => tx.savepoint((sp) => work(sp, `http:${userId}:${action}:${key}`)));
-      await tx`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${done.status}, ${done.body})`;
-      return done;
+      try {
+        const effect = await work(tx, `http:${userId}:${action}:${key}`);
+        return await store(tx, { status: effect.status, body: successBody(c, effect.data), replayed: false });
+      } catch (err) {
+        const failure = fromDbError(err);
+        if (failure.status < 500) refusal = failure;
+        throw failure; // rolls back: a refused piece of work changed nothing
+      }
     })
+  ).catch((err) => {
+    if (refusal && err === refusal) return null;
+    throw err;
+  });
+  if (outcome) return respond(outcome);
+
+  // A refusal (4xx) is stored by a second short transaction, so the first needs no savepoint.
+  const refused = refusal as AppError;
+  return respond(
+    await call((sql) =>
+      sql.begin(async (tx) => {
+        const replay = stored(await claim(tx)); // a concurrent duplicate finished first: its answer stands
+        return replay ?? await store(tx, { status: refused.status, body: errorBody(c, refused), replayed: false });
+      })
+    ),
   );
-  return respond(outcome);
 }
 
 /**
