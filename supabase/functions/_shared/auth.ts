@@ -3,6 +3,7 @@
 import { createRemoteJWKSet, decodeProtectedHeader, type JWTPayload, jwtVerify } from 'jose';
 import { AppError } from './errors.ts';
 import { baseEnv } from './env.ts';
+import { isUuid } from './validate.ts';
 
 export interface AuthUser {
   id: string;
@@ -10,7 +11,6 @@ export interface AuthUser {
   isAdmin: boolean;
 }
 
-const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 let jwks: ReturnType<typeof createRemoteJWKSet> | undefined;
 
 /** The project's remote key set, shared by every request of this instance. */
@@ -54,7 +54,7 @@ export async function verifyUserToken(token: string): Promise<AuthUser> {
     const expired = (err as { code?: string }).code === 'ERR_JWT_EXPIRED';
     throw unauthorized(expired ? 'The access token has expired.' : 'The access token is not valid.');
   }
-  if (typeof payload.sub !== 'string' || !uuid.test(payload.sub) || payload.role !== 'authenticated') {
+  if (typeof payload.sub !== 'string' || !isUuid(payload.sub) || payload.role !== 'authenticated') {
     throw unauthorized('The access token does not name a signed-in user.');
   }
   const appMetadata = payload.app_metadata as { role?: unknown } | undefined;

@@ -2,13 +2,14 @@
 // variable stops start-up with a message naming it, never its value.
 import { z } from 'zod';
 
-const commaList = z.string().transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean));
+/** A comma-separated list, trimmed, without empty items. */
+export const CommaListSchema = z.string().transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean));
 
 /** Variables every function reads. */
 export const BaseEnvSchema = z.object({
   SUPABASE_URL: z.url(),
   SUPABASE_DB_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL'),
-  CORS_ALLOWED_ORIGINS: commaList.refine((l) => !l.includes('*'), 'must list origins, not *').default([]),
+  CORS_ALLOWED_ORIGINS: CommaListSchema.refine((l) => !l.includes('*'), 'must list origins, not *').default([]),
   // Legacy HS256 tokens are accepted only when this is set.
   SUPABASE_JWT_SECRET: z.string().min(32).optional(),
   DB_POOL_MAX: z.coerce.number().int().positive().default(10),

@@ -2,10 +2,8 @@
 // the official SDK talks to that address; unset, to Stripe. Keys must match STRIPE_MODE.
 import Stripe from 'stripe';
 import { z } from 'zod';
-import { parseEnv } from './env.ts';
+import { CommaListSchema, parseEnv } from './env.ts';
 import { AppError } from './errors.ts';
-
-const commaList = z.string().transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean));
 
 export const StripeEnvSchema = z
   .object({
@@ -14,7 +12,7 @@ export const StripeEnvSchema = z
       /^(sk|rk)_(test|live)_[A-Za-z0-9]+$/,
       'must be a Stripe secret or restricted key',
     ),
-    STRIPE_WEBHOOK_SECRET: commaList.refine(
+    STRIPE_WEBHOOK_SECRET: CommaListSchema.refine(
       (l) => l.length > 0 && l.every((s) => s.startsWith('whsec_')),
       'must be whsec_ secrets',
     ),

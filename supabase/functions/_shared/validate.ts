@@ -5,6 +5,9 @@ import { AppError } from './errors.ts';
 
 const defaultMaxBytes = 64 * 1024;
 
+/** Whether a string is a UUID (any version), e.g. an id taken from a path. */
+export const isUuid = (s: string) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s);
+
 function invalid(error: z.ZodError): AppError {
   const first = error.issues[0];
   const field = first?.path.join('.') || undefined;

@@ -1,11 +1,10 @@
 // Request shapes and env of the checkout routes.
 import { z } from 'zod';
-
-const commaList = z.string().transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean));
+import { CommaListSchema } from '../_shared/env.ts';
 
 export const CheckoutEnvSchema = z.object({
   FEATURE_B2C_CREDITS: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
-  CHECKOUT_REDIRECT_ORIGINS: commaList.default([]),
+  CHECKOUT_REDIRECT_ORIGINS: CommaListSchema.default([]),
   CHECKOUT_SUCCESS_URL: z.url(),
   CHECKOUT_CANCEL_URL: z.url(),
 });

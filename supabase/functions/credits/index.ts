@@ -5,7 +5,7 @@ import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotent } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
-import { readJson, readQuery } from '../_shared/validate.ts';
+import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import { ledgerCsv, ledgerPage } from '../_shared/ledger.ts';
 import {
   CaptureRequestSchema,
@@ -18,7 +18,6 @@ import {
 } from './schemas.ts';
 
 const app = createApp('credits');
-const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 type HoldRow = {
   hold_id: string;
@@ -45,7 +44,7 @@ const holdJson = (h: HoldRow) => ({
 
 /** A hold id from the path; anything that is not a UUID cannot be the caller's hold. */
 function holdId(raw: string): string {
-  if (!uuid.test(raw)) throw new AppError('not_found', 'HOLD_NOT_FOUND', 'No such hold.');
+  if (!isUuid(raw)) throw new AppError('not_found', 'HOLD_NOT_FOUND', 'No such hold.');
   return raw;
 }
 

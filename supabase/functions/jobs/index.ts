@@ -7,14 +7,13 @@ import { AppError } from '../_shared/errors.ts';
 import { idempotent } from '../_shared/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { requireCronSecret } from '../_shared/secrets.ts';
-import { readJson, readQuery } from '../_shared/validate.ts';
+import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import { CreateJobSchema, ListJobsSchema, WorkerEnvSchema } from './schemas.ts';
 import { jobTypes } from './types/index.ts';
 import { runWorker } from './worker.ts';
 
 const env = parseEnv(WorkerEnvSchema);
 const app = createApp('jobs');
-const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 type JobRow = {
   id: string;
@@ -71,7 +70,7 @@ function kickWorker() {
 }
 
 async function findJob(userId: string, id: string): Promise<JobRow> {
-  if (!uuid.test(id)) throw new AppError('not_found', 'JOB_NOT_FOUND', 'No such job.');
+  if (!isUuid(id)) throw new AppError('not_found', 'JOB_NOT_FOUND', 'No such job.');
   const [j] = await call((sql) => sql<JobRow[]>`select * from billing.jobs where id = ${id} and user_id = ${userId}`);
   if (!j) throw new AppError('not_found', 'JOB_NOT_FOUND', 'No such job.');
   return j;

@@ -1,6 +1,7 @@
 // Which Stripe events move a purchase, and where to start re-fetching its state.
 import type Stripe from 'stripe';
 import type { PurchaseRef } from '../_shared/purchases.ts';
+import { isUuid } from '../_shared/validate.ts';
 
 const idOf = (v: string | { id: string } | null) => (typeof v === 'string' ? v : v?.id ?? null);
 
@@ -26,8 +27,6 @@ export function purchaseRefOf(event: Stripe.Event): PurchaseRef | null {
   }
 }
 
-const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
 /** The user whose payment failed (from our own metadata on the intent or session), if any. */
 export function failedPaymentUser(event: Stripe.Event): string | null {
   const metadata =
@@ -35,5 +34,5 @@ export function failedPaymentUser(event: Stripe.Event): string | null {
       ? event.data.object.metadata
       : null;
   const user = metadata?.user_id;
-  return user && uuid.test(user) ? user : null;
+  return user && isUuid(user) ? user : null;
 }

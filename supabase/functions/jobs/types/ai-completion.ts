@@ -2,7 +2,7 @@
 // card, calls the provider, then the worker captures the actual usage and releases the rest.
 // Only token counts, model and duration are kept; never the prompt or the answer in logs.
 import { z } from 'zod';
-import { complete, ProviderUnavailable } from '../../_shared/ai.ts';
+import { complete } from '../../_shared/ai.ts';
 import { call } from '../../_shared/db.ts';
 import { redact } from '../../_shared/redact.ts';
 import type { JobType } from './types.ts';
@@ -17,8 +17,6 @@ const Input = z.strictObject({
 
 /** A rough input-token count for the estimate: about four characters a token. */
 const estimatedInputTokens = (prompt: string) => Math.ceil(prompt.length / 4);
-
-export { ProviderUnavailable };
 
 export const aiCompletion: JobType<typeof Input> = {
   schema: Input,
