@@ -39,7 +39,18 @@ const functions: Record<string, Spec> = {
       ...limits,
     ],
   },
-  'stripe-webhook': { required: [...redis, ...stripe], optional: ['STRIPE_API_BASE'] },
+  'stripe-webhook': { required: [...redis, ...stripe], optional: ['STRIPE_API_BASE', 'STRIPE_CONNECT_WEBHOOK_SECRET'] },
+  providers: {
+    required: [
+      ...redis,
+      ...stripe,
+      'CHECKOUT_SUCCESS_URL',
+      'CHECKOUT_CANCEL_URL',
+      'PROVIDER_ONBOARDING_RETURN_URL',
+      'PROVIDER_ONBOARDING_REFRESH_URL',
+    ],
+    optional: ['FEATURE_B2B_PROVIDER_PAYMENTS', 'PLATFORM_FEE_BPS', 'CRON_SECRET', 'STRIPE_API_BASE', ...limits],
+  },
   jobs: {
     required: [...redis, 'CRON_SECRET'],
     optional: ['AI_PROVIDER', 'AI_API_BASE', 'AI_API_KEY', 'JOBS_LEASE_SECONDS', ...limits],

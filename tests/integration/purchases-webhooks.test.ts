@@ -1,20 +1,11 @@
 // Stripe webhooks: signatures, duplicates, any order, refunds, disputes and debt.
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, env, newUser, testDb, userToken } from '../helpers.ts';
-import { balanceOf, buy, chargeOf, deliver, emulator, type SignedEvent, startCheckout } from '../purchases.ts';
+import { balanceOf, buy, chargeOf, deliver, emulator, sign, type SignedEvent, startCheckout } from '../purchases.ts';
 
 async function student() {
   const id = await newUser();
   return { id, token: await userToken(id) };
-}
-
-async function sign(payload: string, secret: string, timestamp = Math.floor(Date.now() / 1000)) {
-  const enc = new TextEncoder();
-  const key = await crypto.subtle.importKey('raw', enc.encode(secret), { name: 'HMAC', hash: 'SHA-256' }, false, [
-    'sign',
-  ]);
-  const mac = new Uint8Array(await crypto.subtle.sign('HMAC', key, enc.encode(`${timestamp}.${payload}`)));
-  return `t=${timestamp},v1=${Array.from(mac, (b) => b.toString(16).padStart(2, '0')).join('')}`;
 }
 
 const completed = (events: SignedEvent[]) => {

@@ -3,6 +3,7 @@
 import type Stripe from 'stripe';
 import { chargeEvent, disputeEvent, emit, refundEvent } from './events.ts';
 import { invalid, missing, route, StripeApiError } from './http.ts';
+import { refundDestinationCharge } from './connect.ts';
 import { balanceTransaction, dispute, refund } from './objects.ts';
 import { store } from './state.ts';
 
@@ -38,7 +39,10 @@ function createRefund(body: Record<string, unknown>): { refund: Stripe.Refund; e
   store.refunds.set(re.id, re);
   ch.amount_refunded += amount;
   ch.refunded = ch.amount_refunded === ch.amount;
-  return { refund: re, events: [refundEvent(re), chargeEvent('charge.refunded', ch)] };
+  // Refunding a destination charge takes the money back from the connected account; with
+  // refund_application_fee the platform's fee goes back pro rata (this service always asks).
+  const feeEvents = refundDestinationCharge(ch, amount, body.refund_application_fee === 'true');
+  return { refund: re, events: [refundEvent(re), chargeEvent('charge.refunded', ch), ...feeEvents] };
 }
 
 type DisputeOutcome = 'open' | 'won' | 'lost';
@@ -60,19 +64,24 @@ function disputeCharge(ch: Stripe.Charge, outcome: DisputeOutcome): Stripe.Event
   return events;
 }
 
-/** Net of every balance transaction, all of it still pending (the emulator never pays out). */
-function balance(): Stripe.Balance {
-  const net = [...store.balanceTransactions.values()].reduce((n, t) => n + t.net, 0);
+/**
+ * The platform's balance: the net of every balance transaction, all of it still pending (the
+ * platform never pays out here). With Stripe-Account, that connected account's balance.
+ */
+function balance(stripeAccount: string | null): Stripe.Balance {
+  const net = stripeAccount
+    ? store.connectedBalances.get(stripeAccount) ?? 0
+    : [...store.balanceTransactions.values()].reduce((n, t) => n + t.net, 0);
   return {
     object: 'balance',
-    available: [{ amount: 0, currency: 'usd' }],
-    pending: [{ amount: net, currency: 'usd' }],
+    available: [{ amount: stripeAccount ? net : 0, currency: 'usd' }],
+    pending: [{ amount: stripeAccount ? 0 : net, currency: 'usd' }],
     livemode: false,
   };
 }
 
 export const chargeRoutes = [
-  route('GET', '/v1/balance', () => balance()),
+  route('GET', '/v1/balance', ({ stripeAccount }) => balance(stripeAccount)),
   route('GET', '/v1/payment_intents/:id', ({ params }) => get(store.paymentIntents, 'payment_intent', params.id)),
   route('GET', '/v1/charges/:id', ({ params }) => get(store.charges, 'charge', params.id)),
   route(
@@ -94,8 +103,15 @@ export const chargeRoutes = [
   }),
   // Like POST /v1/refunds, but returns the events and delivers them only when asked.
   route('POST', '/_emulator/charges/:id/refund', ({ params, json }) => {
-    const { amount, deliver = true } = json() as { amount?: number; deliver?: boolean };
-    return emit(createRefund({ charge: params.id, amount }).events, deliver);
+    const { amount, deliver = true, refund_application_fee = true } = json() as {
+      amount?: number;
+      deliver?: boolean;
+      refund_application_fee?: boolean;
+    };
+    return emit(
+      createRefund({ charge: params.id, amount, refund_application_fee: String(refund_application_fee) }).events,
+      deliver,
+    );
   }),
   route('POST', '/_emulator/charges/:id/dispute', ({ params, json }) => {
     const { outcome = 'open', deliver = true } = json() as { outcome?: DisputeOutcome; deliver?: boolean };

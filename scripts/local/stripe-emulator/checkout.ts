@@ -3,6 +3,7 @@ import type Stripe from 'stripe';
 import { chargeEvent, emit, paymentIntentEvent, sessionEvent } from './events.ts';
 import type { FormObject } from './form.ts';
 import { invalid, missing, route, StripeApiError } from './http.ts';
+import { checkDestination, settleDestinationCharge } from './connect.ts';
 import { balanceTransaction, charge, checkoutSession, paymentIntent } from './objects.ts';
 import { config, newId, now, store } from './state.ts';
 
@@ -39,7 +40,16 @@ function createSession(body: FormObject): Stripe.Checkout.Session {
     expiresAt,
     baseUrl: `http://127.0.0.1:${config.port}`,
   });
+  const intentData = obj(body.payment_intent_data);
+  const fee = str(intentData.application_fee_amount);
+  const payment = {
+    applicationFeeAmount: fee === null ? null : Number(fee),
+    destination: str(obj(intentData.transfer_data).destination),
+    metadata: Object.fromEntries(Object.entries(obj(intentData.metadata)).map(([k, v]) => [k, String(v)])),
+  };
+  checkDestination(payment.destination, payment.applicationFeeAmount, amount);
   store.sessions.set(session.id, session);
+  store.sessionPayments.set(session.id, payment);
   return session;
 }
 
@@ -54,7 +64,9 @@ type Outcome = 'succeeded' | 'failed' | 'async_succeeded' | 'async_failed';
 /** Completes a session as a customer would, creating the payment intent, charge and fee. */
 function pay(session: Stripe.Checkout.Session, outcome: Outcome): Stripe.Event[] {
   if (session.status !== 'open') throw invalid(`The session is ${session.status}.`);
+  const intended = store.sessionPayments.get(session.id);
   const pi = paymentIntent(session);
+  if (intended && Object.keys(intended.metadata).length) pi.metadata = { ...intended.metadata };
   store.paymentIntents.set(pi.id, pi);
   session.payment_intent = pi.id;
   if (outcome === 'failed') {
@@ -87,7 +99,10 @@ function pay(session: Stripe.Checkout.Session, outcome: Outcome): Stripe.Event[]
   pi.amount_received = pi.amount;
   pi.latest_charge = ch.id;
   session.payment_status = 'paid';
-  events.push(chargeEvent('charge.succeeded', ch), paymentIntentEvent('payment_intent.succeeded', pi));
+  const feeEvents = intended?.destination
+    ? settleDestinationCharge(ch, pi, intended.destination, intended.applicationFeeAmount)
+    : [];
+  events.push(chargeEvent('charge.succeeded', ch), paymentIntentEvent('payment_intent.succeeded', pi), ...feeEvents);
   events.push(
     sessionEvent(
       outcome === 'async_succeeded' ? 'checkout.session.async_payment_succeeded' : 'checkout.session.completed',

@@ -51,6 +51,25 @@ export const disputeEvent = (
   data: { object: snapshot(dp) },
 });
 
+export const applicationFeeEvent = (
+  type: 'application_fee.created' | 'application_fee.refunded',
+  fee: Stripe.ApplicationFee,
+): Stripe.Event => ({ ...base(), type, data: { object: snapshot(fee) } });
+
+/** Connect events happen on a connected account and say which one in `account`. */
+export const accountEvent = (account: Stripe.Account): Stripe.Event => ({
+  ...base(),
+  account: account.id,
+  type: 'account.updated',
+  data: { object: snapshot(account) },
+});
+
+export const payoutEvent = (
+  type: 'payout.created' | 'payout.paid' | 'payout.failed',
+  account: string,
+  payout: Stripe.Payout,
+): Stripe.Event => ({ ...base(), account, type, data: { object: snapshot(payout) } });
+
 /**
  * Records events, signs them and, when asked, delivers them in order (each with Stripe-like
  * retries). Returns exactly the bytes and signature headers it sends, so tests can replay,
@@ -58,7 +77,8 @@ export const disputeEvent = (
  */
 export async function emit(events: Stripe.Event[], shouldDeliver: boolean): Promise<{ events: SignedEvent[] }> {
   store.events.push(...events);
-  const signed = await Promise.all(events.map((e) => signEvent(e, config.webhookSecret)));
+  const secretOf = (e: Stripe.Event) => (e.account && config.connectWebhookSecret) || config.webhookSecret;
+  const signed = await Promise.all(events.map((e) => signEvent(e, secretOf(e))));
   if (shouldDeliver) {
     for (const e of signed) {
       await deliver(e, {

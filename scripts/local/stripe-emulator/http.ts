@@ -28,6 +28,8 @@ export interface Ctx {
   query: URLSearchParams;
   body: FormObject;
   json: () => unknown;
+  /** The connected account a request acts for (Stripe's `Stripe-Account` header), if any. */
+  stripeAccount: string | null;
 }
 
 export type Handler = (ctx: Ctx) => unknown | Promise<unknown>;
@@ -84,8 +86,10 @@ export async function dispatch(routes: Route[], req: Request): Promise<Response>
         query: url.searchParams,
         body: req.headers.get('content-type')?.includes('json') ? {} : parseForm(text),
         json: () => (text ? JSON.parse(text) : {}),
+        stripeAccount: req.headers.get('stripe-account'),
       };
       const result = await r.handler(ctx);
+      if (result instanceof Response) return result;
       const body = JSON.stringify(result);
       if (key) idempotent.set(key, { fingerprint, status: 200, body });
       return new Response(body, {

@@ -5,6 +5,7 @@
 import type Stripe from 'stripe';
 import { chargeRoutes } from './charges.ts';
 import { checkoutRoutes } from './checkout.ts';
+import { connectRoutes } from './connect.ts';
 import { dispatch, missing, type Route, route } from './http.ts';
 import { config, store } from './state.ts';
 
@@ -29,6 +30,7 @@ const routes: Route[] = [
   }),
   ...checkoutRoutes,
   ...chargeRoutes,
+  ...connectRoutes,
 ];
 
 Deno.serve(

@@ -135,7 +135,7 @@ export function balanceTransaction(
   amount: number,
   currency: string,
   source: string,
-  type: 'charge' | 'refund',
+  type: 'charge' | 'refund' | 'application_fee',
 ): Stripe.BalanceTransaction {
   const fee = type === 'charge' ? stripeFee(amount) : 0;
   return {
@@ -153,7 +153,7 @@ export function balanceTransaction(
       ? [{ amount: fee, application: null, currency, description: 'Stripe processing fees', type: 'stripe_fee' }]
       : [],
     net: amount - fee,
-    reporting_category: type,
+    reporting_category: type === 'application_fee' ? 'platform_earning' : type,
     source,
     status: 'pending',
     type,

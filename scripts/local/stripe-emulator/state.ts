@@ -5,6 +5,8 @@ export const config = {
   port: Number(Deno.env.get('STRIPE_EMULATOR_PORT') ?? 12111),
   secretKey: Deno.env.get('STRIPE_SECRET_KEY') ?? '',
   webhookSecret: (Deno.env.get('STRIPE_WEBHOOK_SECRET') ?? '').split(',')[0].trim(),
+  /** Connect events (those carrying `account`) are signed with this one when it is set. */
+  connectWebhookSecret: (Deno.env.get('STRIPE_CONNECT_WEBHOOK_SECRET') ?? '').split(',')[0].trim(),
   webhookUrl: Deno.env.get('STRIPE_WEBHOOK_URL') ?? 'http://127.0.0.1:54321/functions/v1/stripe-webhook',
   deliveryAttempts: Number(Deno.env.get('STRIPE_EMULATOR_DELIVERY_ATTEMPTS') ?? 5),
   deliveryBackoffMs: Number(Deno.env.get('STRIPE_EMULATOR_BACKOFF_MS') ?? 200),
@@ -14,6 +16,12 @@ export const config = {
   down: false,
 };
 
+export interface SessionPayment {
+  applicationFeeAmount: number | null;
+  destination: string | null;
+  metadata: Record<string, string>;
+}
+
 export const store = {
   sessions: new Map<string, Stripe.Checkout.Session>(),
   paymentIntents: new Map<string, Stripe.PaymentIntent>(),
@@ -21,6 +29,16 @@ export const store = {
   balanceTransactions: new Map<string, Stripe.BalanceTransaction>(),
   refunds: new Map<string, Stripe.Refund>(),
   disputes: new Map<string, Stripe.Dispute>(),
+  accounts: new Map<string, Stripe.Account>(),
+  applicationFees: new Map<string, Stripe.ApplicationFee>(),
+  transfers: new Map<string, Stripe.Transfer>(),
+  payouts: new Map<string, Stripe.Payout>(),
+  /** The connected account each payout belongs to. */
+  payoutAccounts: new Map<string, string>(),
+  /** Each connected account's balance in cents (one currency per account here). */
+  connectedBalances: new Map<string, number>(),
+  /** What a Checkout Session's `payment_intent_data` asked for (Stripe keeps it off the session). */
+  sessionPayments: new Map<string, SessionPayment>(),
   events: [] as Stripe.Event[],
 };
 

@@ -67,6 +67,14 @@ const sqlErrors: Record<string, { type: ErrorType; message: string; status?: num
   LEASE_LOST: { type: 'conflict', message: 'Another worker owns this job now.' },
   INVALID_JOB_TRANSITION: { type: 'conflict', message: 'That job status change is not allowed.' },
   PAYMENT_AMOUNT_MISMATCH: { type: 'server', message: 'The amount paid does not match the purchase.', status: 500 },
+  USER_NOT_FOUND: { type: 'not_found', message: 'No such user.' },
+  PROVIDER_NOT_FOUND: { type: 'not_found', message: 'No such provider.' },
+  PROVIDER_NOT_READY: {
+    type: 'conflict',
+    message: 'The provider cannot take payments until Stripe onboarding is complete.',
+  },
+  PAYMENT_NOT_FOUND: { type: 'not_found', message: 'No such payment.' },
+  MONEY_UNBALANCED: { type: 'server', message: 'A money transfer did not balance.', status: 500 },
 };
 
 const transientCodes = new Set(['40001', '40P01', '57P01', '57P02', '57P03', '08000', '08003', '08006', '53300']);

@@ -1,10 +1,13 @@
 // fulfillCheckout: one path for every webhook and the success-page poll. It re-fetches the
-// purchase's current state from Stripe (session, payment intent, charge, dispute) rather
-// than trusting an event's payload or order, and hands it to billing.sync_purchase.
+// current state of a Checkout payment from Stripe (session, payment intent, charge, its
+// application fee, dispute) rather than trusting an event's payload or order, and hands it to
+// SQL: billing.sync_purchase for credit purchases, billing.sync_provider_payment for payments
+// to providers (billing.process_stripe_event tells them apart by session).
 import type Stripe from 'stripe';
 import { stripe, stripeCall } from './stripe.ts';
 
 export type PurchaseState = {
+  kind: 'checkout';
   session_id: string;
   session_status: string | null;
   payment_status: string;
@@ -13,9 +16,15 @@ export type PurchaseState = {
   payment_intent: string | null;
   payment_intent_status: string | null;
   charge_id: string | null;
+  charge_created: number | null;
   amount_refunded: number;
   dispute_id: string | null;
   dispute_status: string | null;
+  /** Destination charges (provider payments) only: the connected account and the platform's fee. */
+  destination: string | null;
+  application_fee_id: string | null;
+  application_fee_amount: number | null;
+  application_fee_refunded: number;
 };
 
 const idOf = (v: string | { id: string } | null | undefined) => (typeof v === 'string' ? v : v?.id ?? null);
@@ -49,6 +58,7 @@ export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseStat
   let pi: Stripe.PaymentIntent | null = null;
   let charge: Stripe.Charge | null = null;
   let dispute: Stripe.Dispute | null = null;
+  let fee: Stripe.ApplicationFee | null = null;
   if (paymentIntentId) {
     const id = paymentIntentId;
     pi = await stripeCall(() => client.paymentIntents.retrieve(id));
@@ -59,9 +69,12 @@ export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseStat
         const disputes = await stripeCall(() => client.disputes.list({ charge: chargeId, limit: 1 }));
         dispute = disputes.data[0] ?? null;
       }
+      const feeId = idOf(charge.application_fee);
+      if (feeId) fee = await stripeCall(() => client.applicationFees.retrieve(feeId));
     }
   }
   return {
+    kind: 'checkout',
     session_id: session.id,
     session_status: session.status,
     payment_status: session.payment_status,
@@ -70,8 +83,13 @@ export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseStat
     payment_intent: paymentIntentId,
     payment_intent_status: pi?.status ?? null,
     charge_id: charge?.id ?? null,
+    charge_created: charge?.created ?? null,
     amount_refunded: charge?.amount_refunded ?? 0,
     dispute_id: dispute?.id ?? null,
     dispute_status: dispute?.status ?? null,
+    destination: idOf(charge?.transfer_data?.destination),
+    application_fee_id: fee?.id ?? null,
+    application_fee_amount: fee?.amount ?? null,
+    application_fee_refunded: fee?.amount_refunded ?? 0,
   };
 }

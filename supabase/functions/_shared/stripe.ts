@@ -16,6 +16,11 @@ export const StripeEnvSchema = z
       (l) => l.length > 0 && l.every((s) => s.startsWith('whsec_')),
       'must be whsec_ secrets',
     ),
+    // Connect events (payouts, account.updated) come signed with their endpoint's own secret.
+    STRIPE_CONNECT_WEBHOOK_SECRET: CommaListSchema.refine(
+      (l) => l.every((s) => s.startsWith('whsec_')),
+      'must be whsec_ secrets',
+    ).default([]),
     STRIPE_API_BASE: z.url().optional(),
     STRIPE_TIMEOUT_MS: z.coerce.number().int().positive().default(10_000),
   })

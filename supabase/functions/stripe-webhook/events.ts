@@ -1,12 +1,17 @@
-// Which Stripe events move a purchase, and where to start re-fetching its state.
+// Which Stripe events move money or state here, and the current state to converge on,
+// re-fetched from Stripe (an event's payload only says where to look).
 import type Stripe from 'stripe';
-import type { PurchaseRef } from '../_shared/purchases.ts';
+import { fetchAccountState, fetchPayoutState } from '../_shared/connect.ts';
+import { fetchPurchaseState, type PurchaseRef } from '../_shared/purchases.ts';
 import { isUuid } from '../_shared/validate.ts';
 
 const idOf = (v: string | { id: string } | null) => (typeof v === 'string' ? v : v?.id ?? null);
 
-/** The purchase an event is about, or null for a type we record but do not act on. */
-export function purchaseRefOf(event: Stripe.Event): PurchaseRef | null {
+/** Where an event's state lives: a Checkout payment, a Connect account, or a payout on one. */
+export type EventRef = PurchaseRef | { account: string } | { payout: string; account: string };
+
+/** What an event is about, or null for a type we record but do not act on. */
+export function refOf(event: Stripe.Event): EventRef | null {
   switch (event.type) {
     case 'checkout.session.completed':
     case 'checkout.session.async_payment_succeeded':
@@ -17,14 +22,30 @@ export function purchaseRefOf(event: Stripe.Event): PurchaseRef | null {
       return { paymentIntent: event.data.object.id };
     case 'charge.refunded':
       return { charge: event.data.object.id };
+    case 'application_fee.created':
+    case 'application_fee.refunded':
     case 'charge.dispute.created':
     case 'charge.dispute.closed': {
       const charge = idOf(event.data.object.charge);
       return charge ? { charge } : null;
     }
+    case 'account.updated':
+      return { account: event.data.object.id };
+    case 'payout.created':
+    case 'payout.paid':
+    case 'payout.failed':
+    case 'payout.canceled':
+      return event.account ? { payout: event.data.object.id, account: event.account } : null;
     default:
       return null;
   }
+}
+
+/** The state SQL converges on (billing.process_stripe_event dispatches on its `kind`). */
+export function fetchState(ref: EventRef) {
+  if ('payout' in ref) return fetchPayoutState(ref.payout, ref.account);
+  if ('account' in ref) return fetchAccountState(ref.account);
+  return fetchPurchaseState(ref);
 }
 
 /** The user whose payment failed (from our own metadata on the intent or session), if any. */

@@ -1,16 +1,17 @@
 // Stripe webhooks. The signature is the authentication: verified on the raw body with the
-// SDK and SubtleCrypto, default tolerance, any of the rotation secrets. Each verified event
-// is recorded once by id and applied in one SQL transaction (billing.process_stripe_event)
-// with state re-fetched from Stripe; a transient failure answers 500 so Stripe retries.
+// SDK and SubtleCrypto, default tolerance, any of the rotation secrets. Connect events (those
+// carrying `account`) must verify with STRIPE_CONNECT_WEBHOOK_SECRET when it is set, platform
+// events with STRIPE_WEBHOOK_SECRET. Each verified event is recorded once by id and applied
+// in one SQL transaction (billing.process_stripe_event) with state re-fetched from Stripe; a
+// transient failure answers 500 so Stripe retries.
 import Stripe from 'stripe';
 import { createApp, ok } from '../_shared/app.ts';
 import { call, db, fromDbError } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
-import { fetchPurchaseState } from '../_shared/purchases.ts';
 import { stripe } from '../_shared/stripe.ts';
 import { recordFailedPayment } from '../_shared/velocity.ts';
-import { failedPaymentUser, purchaseRefOf } from './events.ts';
+import { failedPaymentUser, fetchState, refOf } from './events.ts';
 
 const app = createApp('stripe-webhook', { rateLimited: false });
 stripe(); // parse the Stripe env at start: a bad or wrong-mode key stops start-up
@@ -19,11 +20,23 @@ const cryptoProvider = Stripe.createSubtleCryptoProvider();
 
 async function verify(raw: string, signature: string | undefined): Promise<Stripe.Event> {
   const { env, client } = stripe();
+  const connectSecrets = env.STRIPE_CONNECT_WEBHOOK_SECRET;
+  const endpoints = [
+    { secrets: env.STRIPE_WEBHOOK_SECRET, connect: false },
+    { secrets: connectSecrets, connect: true },
+  ];
   if (signature) {
-    for (const secret of env.STRIPE_WEBHOOK_SECRET) {
-      try {
-        return await client.webhooks.constructEventAsync(raw, signature, secret, undefined, cryptoProvider);
-      } catch { /* try the next secret (rotation) */ }
+    for (const { secrets, connect } of endpoints) {
+      for (const secret of secrets) {
+        let event: Stripe.Event;
+        try {
+          event = await client.webhooks.constructEventAsync(raw, signature, secret, undefined, cryptoProvider);
+        } catch {
+          continue; // try the next secret (rotation, or the other endpoint's)
+        }
+        // With a separate Connect endpoint, each secret vouches only for its own kind of event.
+        if (connectSecrets.length === 0 || Boolean(event.account) === connect) return event;
+      }
     }
   }
   await call((sql) => sql`select billing.increment_counter('stripe_webhook_signature_failures')`).catch(() => {});
@@ -47,8 +60,8 @@ app.post('/', async (c) => {
   const created = new Date(event.created * 1000);
   const objectId = 'id' in event.data.object ? String(event.data.object.id) : null;
   try {
-    const ref = purchaseRefOf(event);
-    const state = ref ? await fetchPurchaseState(ref) : null;
+    const ref = refOf(event);
+    const state = ref ? await fetchState(ref) : null;
     const [{ outcome }] = await db()`
       select billing.process_stripe_event(${event.id}, ${event.type}, ${created}, ${event.livemode}, ${objectId},
         ${state ? JSON.stringify(state) : null}::text::jsonb) as outcome`;

@@ -1,0 +1,227 @@
+// B2B provider payments through Stripe Connect: providers and their Express onboarding,
+// payments to a provider as destination charges with the platform's fee, refunds, payouts,
+// and the daily reconciliation. Money moves only in SQL, from webhooks (see stripe-webhook).
+import type { MiddlewareHandler } from 'hono';
+import { type AppContext, type AppEnv, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { accountState } from '../_shared/connect.ts';
+import { call } from '../_shared/db.ts';
+import { parseEnv } from '../_shared/env.ts';
+import { AppError } from '../_shared/errors.ts';
+import { idempotentExternal } from '../_shared/idempotency.ts';
+import { hasCronSecret } from '../_shared/secrets.ts';
+import { stripe, stripeCall } from '../_shared/stripe.ts';
+import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
+import { createPayment, paymentJson, type PaymentRow, providerJson, type ProviderRow } from './payments.ts';
+import {
+  CreatePaymentSchema,
+  CreateProviderSchema,
+  ListSchema,
+  ProvidersEnvSchema,
+  ReconciliationQuerySchema,
+  ReconciliationRunSchema,
+  RefundPaymentSchema,
+} from './schemas.ts';
+import { fetchStripeDay } from './stripe-day.ts';
+
+const env = parseEnv(ProvidersEnvSchema);
+stripe(); // parse the Stripe env at start: a bad or wrong-mode key stops start-up
+const app = createApp('providers');
+
+const b2bEnabled: MiddlewareHandler<AppEnv> = async function b2bEnabled(_c, next) {
+  if (!env.FEATURE_B2B_PROVIDER_PAYMENTS) {
+    throw new AppError('unavailable', 'FEATURE_DISABLED', 'Provider payments are switched off.', { retryable: false });
+  }
+  await next();
+};
+app.use('*', b2bEnabled);
+
+const notFound = () => new AppError('not_found', 'PROVIDER_NOT_FOUND', 'No such provider.');
+
+/** The provider in the path, if the caller owns it or is an admin; anyone else gets a 404. */
+async function providerOf(c: AppContext): Promise<ProviderRow> {
+  const id = c.req.param('id') ?? '';
+  if (!isUuid(id)) throw notFound();
+  const user = currentUser(c);
+  const [p] = await call((sql) =>
+    sql<ProviderRow[]>`select * from billing.provider_for(${id}, ${user.id}, ${user.isAdmin}) where id is not null`
+  );
+  if (!p) throw notFound();
+  return p;
+}
+
+app.post('/', requireUser, async (c) => {
+  const body = await readJson(c, CreateProviderSchema);
+  const user = currentUser(c);
+  if (body.owner_user_id && body.owner_user_id !== user.id && !user.isAdmin) {
+    throw new AppError('forbidden', 'FORBIDDEN', 'Only administrators create providers for other users.');
+  }
+  return idempotentExternal(c, 'providers.create', body, async (key) => {
+    let [p] = await call((sql) =>
+      sql<ProviderRow[]>`select * from billing.begin_provider(${body.owner_user_id ?? user.id}, ${key}, ${body.name},
+        ${body.email}, ${body.country})`
+    );
+    if (!p.stripe_account_id) {
+      const provider = p;
+      // Stripe's idempotency key is the provider's: a retry reaches the same account.
+      const account = await stripeCall(() =>
+        stripe().client.accounts.create({
+          type: 'express',
+          country: provider.country,
+          email: provider.email,
+          capabilities: { card_payments: { requested: true }, transfers: { requested: true } },
+          metadata: { provider_id: provider.id },
+        }, { idempotencyKey: `connect-account:${provider.id}` })
+      );
+      await call((sql) => sql`select billing.attach_provider_account(${provider.id}, ${account.id})`);
+      const state = JSON.stringify(accountState(account));
+      await call((sql) => sql`select billing.sync_provider_account(${state}::text::jsonb)`);
+      [p] = await call((sql) => sql<ProviderRow[]>`select * from billing.providers where id = ${provider.id}`);
+    }
+    return { status: 201, data: providerJson(p) };
+  });
+});
+
+// Reconciliation routes come before /:id.
+app.get('/reconciliation', requireAdmin, async (c) => {
+  const { date } = readQuery(c, ReconciliationQuerySchema);
+  const [{ result }] = await call((sql) => sql`select billing.reconciliation_of(${date}::date) as result`);
+  if (!result) {
+    throw new AppError('not_found', 'RECONCILIATION_NOT_FOUND', `No reconciliation has run for ${date}.`);
+  }
+  return ok(c, result);
+});
+
+/** Scheduled daily (pg_cron → pg_net with the cron secret) for yesterday; admins may run any day. */
+const cronOrAdmin: MiddlewareHandler<AppEnv> = (c, next) => (hasCronSecret(c) ? next() : requireAdmin(c, next));
+
+app.post('/reconciliation/run', cronOrAdmin, async (c) => {
+  const body = await readJson(c, ReconciliationRunSchema);
+  const date = body.date ?? new Date(Date.now() - 86_400_000).toISOString().slice(0, 10);
+  const accounts = await call((sql) =>
+    sql<{ stripe_account_id: string }[]>`select stripe_account_id from billing.providers
+      where stripe_account_id is not null order by created_at`
+  );
+  const day = await fetchStripeDay(date, accounts.map((a) => a.stripe_account_id));
+  const [{ result }] = await call((sql) =>
+    sql`select billing.reconcile_providers(${date}::date, ${JSON.stringify(day)}::text::jsonb),
+        billing.reconciliation_of(${date}::date) as result`
+  );
+  return ok(c, result);
+});
+
+app.get('/:id', requireUser, async (c) => {
+  const p = await providerOf(c);
+  const balances = await call((sql) =>
+    sql<{ currency: string; amount_cents: string }[]>`
+      select currency, billing.provider_balance_cents(${p.id}, currency)::text as amount_cents
+      from (select distinct currency from billing.provider_payments where provider_id = ${p.id}) c order by currency`
+  );
+  return ok(c, { ...providerJson(p), balances: balances.map((b) => ({ ...b, amount_cents: Number(b.amount_cents) })) });
+});
+
+app.post('/:id/onboarding-link', requireUser, async (c) => {
+  const p = await providerOf(c);
+  if (!p.stripe_account_id) throw notFound();
+  const account = p.stripe_account_id;
+  const link = await stripeCall(() =>
+    stripe().client.accountLinks.create({
+      account,
+      type: 'account_onboarding',
+      return_url: env.PROVIDER_ONBOARDING_RETURN_URL,
+      refresh_url: env.PROVIDER_ONBOARDING_REFRESH_URL,
+    })
+  );
+  return ok(c, { url: link.url, expires_at: new Date(link.expires_at * 1000).toISOString() }, 201);
+});
+
+app.post('/:id/payments', requireUser, async (c) => {
+  const p = await providerOf(c);
+  const body = await readJson(c, CreatePaymentSchema);
+  return idempotentExternal(
+    c,
+    'providers.payments',
+    { provider_id: p.id, ...body },
+    (key) => createPayment(p, currentUser(c).id, body, key, env),
+  );
+});
+
+app.get('/:id/payments', requireUser, async (c) => {
+  const p = await providerOf(c);
+  const q = readQuery(c, ListSchema);
+  const rows = await call((sql) =>
+    sql<PaymentRow[]>`select * from billing.list_provider_payments(${p.id}, ${q.limit}, ${q.before ?? null})`
+  );
+  return ok(c, { payments: rows.map(paymentJson) });
+});
+
+app.get('/:id/payouts', requireUser, async (c) => {
+  const p = await providerOf(c);
+  const q = readQuery(c, ListSchema);
+  const rows = await call((sql) =>
+    sql<
+      {
+        id: string;
+        status: string;
+        amount_cents: string;
+        currency: string;
+        failure_code: string | null;
+        arrival_date: Date | null;
+        stripe_created_at: Date;
+      }[]
+    >`
+      select * from billing.list_provider_payouts(${p.id}, ${q.limit}, ${q.before ?? null})`
+  );
+  return ok(c, {
+    payouts: rows.map((r) => ({
+      payout_id: r.id,
+      status: r.status,
+      amount_cents: Number(r.amount_cents),
+      currency: r.currency,
+      failure_code: r.failure_code,
+      arrival_date: r.arrival_date?.toISOString() ?? null,
+      created_at: r.stripe_created_at.toISOString(),
+    })),
+  });
+});
+
+/** Ops refund a provider payment: the fee goes back pro rata and the transfer is reversed. */
+app.post('/:id/payments/:paymentId/refunds', requireAdmin, async (c) => {
+  const p = await providerOf(c);
+  const paymentId = c.req.param('paymentId');
+  const body = await readJson(c, RefundPaymentSchema);
+  return idempotentExternal(c, 'providers.refunds', { paymentId, ...body }, async (key) => {
+    const [pay] = isUuid(paymentId)
+      ? await call((sql) =>
+        sql<PaymentRow[]>`select * from billing.provider_payment_by_id(${p.id}, ${paymentId}) where id is not null`
+      )
+      : [];
+    if (!pay) throw new AppError('not_found', 'PAYMENT_NOT_FOUND', 'No such payment.');
+    if (pay.status !== 'paid' || !pay.stripe_charge_id) {
+      throw new AppError(
+        'conflict',
+        'PAYMENT_NOT_REFUNDABLE',
+        `The payment is ${pay.status}; only paid payments can be refunded.`,
+      );
+    }
+    const charge = pay.stripe_charge_id;
+    // Money moves when Stripe's charge.refunded / application_fee.refunded arrive, not here.
+    const refund = await stripeCall(() =>
+      stripe().client.refunds.create(
+        {
+          charge,
+          refund_application_fee: true,
+          reverse_transfer: true,
+          ...(body.amount_cents ? { amount: body.amount_cents } : {}),
+        },
+        { idempotencyKey: `provider-refund:${pay.id}:${key}` },
+      )
+    );
+    return {
+      status: 202,
+      data: { refund_id: refund.id, payment_id: pay.id, amount_cents: refund.amount, status: refund.status },
+    };
+  });
+});
+
+export default { fetch: app.fetch };
+if (import.meta.main) Deno.serve(app.fetch);

@@ -1,0 +1,46 @@
+// Request shapes and env of the provider routes.
+import { z } from 'zod';
+
+export const ProvidersEnvSchema = z.object({
+  FEATURE_B2B_PROVIDER_PAYMENTS: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
+  PLATFORM_FEE_BPS: z.coerce.number().int().min(0).max(10_000).default(300),
+  PROVIDER_ONBOARDING_RETURN_URL: z.url(),
+  PROVIDER_ONBOARDING_REFRESH_URL: z.url(),
+  CHECKOUT_SUCCESS_URL: z.url(),
+  CHECKOUT_CANCEL_URL: z.url(),
+});
+export type ProvidersEnv = z.infer<typeof ProvidersEnvSchema>;
+
+const text = (max: number) =>
+  z.string().trim().min(1).max(max).regex(/^[^\p{Cc}]*$/u, 'must not contain control characters');
+
+export const CreateProviderSchema = z.strictObject({
+  name: text(200),
+  email: z.email().max(254),
+  country: z.string().regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 country code, e.g. US'),
+  /** Admins may create a provider for another user; everyone else owns what they create. */
+  owner_user_id: z.uuid().optional(),
+});
+
+// Stripe's limits for a card payment: at least 50 (USD, EUR) or 30 (GBP) of the minor unit, at
+// most 99,999,999. 50 everywhere keeps one rule.
+export const CreatePaymentSchema = z.strictObject({
+  amount_cents: z.number().int().min(50).max(99_999_999),
+  currency: z.enum(['usd', 'eur', 'gbp']),
+  description: text(500),
+  payer_reference: text(200).optional(),
+});
+export type CreatePayment = z.infer<typeof CreatePaymentSchema>;
+
+export const RefundPaymentSchema = z.strictObject({
+  amount_cents: z.number().int().positive().max(99_999_999).optional(),
+});
+
+export const ListSchema = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  before: z.iso.datetime({ offset: true }).optional(),
+});
+
+export const DateSchema = z.iso.date();
+export const ReconciliationQuerySchema = z.strictObject({ date: DateSchema });
+export const ReconciliationRunSchema = z.strictObject({ date: DateSchema.optional() });

@@ -1,0 +1,718 @@
+-- B2B provider payments through Stripe Connect. Scholarship providers get an Express
+-- account; payers pay them through hosted Checkout as destination charges, and the platform
+-- keeps an application fee (PLATFORM_FEE_BPS, 3% by default, rounded half to even).
+-- Money in cents is kept in its own double-entry ledger (money_transfers / money_entries),
+-- apart from credits; every posting mirrors a fact re-fetched from Stripe. A daily
+-- reconciliation compares what was recorded with what Stripe reports.
+
+-- ============================================================ providers and their payments
+
+create table billing.providers (
+  id uuid primary key default gen_random_uuid(),
+  owner_user_id uuid not null references auth.users (id) on delete restrict,
+  request_key text not null,                      -- the HTTP Idempotency-Key that created it
+  name text not null,
+  email text not null,
+  country text not null,
+  stripe_account_id text unique,
+  charges_enabled boolean not null default false,
+  payouts_enabled boolean not null default false,
+  details_submitted boolean not null default false,
+  requirements_due text[] not null default '{}',
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint providers_request unique (owner_user_id, request_key),
+  constraint providers_name check (length(name) between 1 and 200),
+  constraint providers_country check (country ~ '^[A-Z]{2}$')
+);
+comment on table billing.providers is 'A scholarship provider and its Stripe Connect Express account; status mirrors account.updated.';
+create index providers_owner on billing.providers (owner_user_id);
+
+create table billing.provider_payments (
+  id uuid primary key default gen_random_uuid(),
+  provider_id uuid not null references billing.providers (id),
+  created_by uuid not null,
+  request_key text not null,
+  amount_cents bigint not null,
+  currency text not null,
+  fee_bps integer not null,                       -- the fee rate when created: later changes never touch it
+  platform_fee_cents bigint not null,             -- expected fee: round-half-even(amount × bps / 10,000)
+  description text not null,
+  payer_reference text,
+  status text not null default 'pending',
+  stripe_session_id text unique,
+  session_url text,
+  session_expires_at timestamptz,
+  stripe_payment_intent_id text,
+  stripe_charge_id text unique,
+  charge_created_at timestamptz,
+  application_fee_id text,
+  fee_collected_cents bigint not null default 0,  -- Stripe's application fee, as posted to the money ledger
+  amount_refunded_cents bigint not null default 0,
+  fee_refunded_cents bigint not null default 0,
+  created_at timestamptz not null default now(),
+  paid_at timestamptz,
+  updated_at timestamptz not null default now(),
+  constraint provider_payments_request unique (created_by, request_key),
+  constraint provider_payments_status check (status in ('pending', 'paid', 'failed', 'expired')),
+  constraint provider_payments_amount check (amount_cents > 0),
+  constraint provider_payments_fee check (fee_bps between 0 and 10000 and platform_fee_cents between 0 and amount_cents)
+);
+comment on table billing.provider_payments is 'A payment to a provider: a hosted Checkout Session as a destination charge with an application fee.';
+create index provider_payments_provider on billing.provider_payments (provider_id, created_at desc);
+create index provider_payments_charged on billing.provider_payments (charge_created_at) where stripe_charge_id is not null;
+
+create table billing.provider_payouts (
+  id text primary key,                            -- Stripe's payout id
+  provider_id uuid not null references billing.providers (id),
+  amount_cents bigint not null,
+  currency text not null,
+  status text not null,                           -- Stripe's: pending | in_transit | paid | failed | canceled
+  failure_code text,
+  arrival_date timestamptz,
+  stripe_created_at timestamptz not null,
+  posted boolean not null default false,          -- whether the money ledger shows it leaving the provider's balance
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+comment on table billing.provider_payouts is 'Payouts from providers'' connected accounts to their banks, as Stripe reports them.';
+create index provider_payouts_provider on billing.provider_payouts (provider_id, stripe_created_at desc);
+
+-- ============================================================ the money ledger (cents)
+
+-- Accounts: `payers` (money arriving from outside), `platform_fees` (the platform's revenue),
+-- `provider:<uuid>` (what Stripe holds for a provider's connected account) and
+-- `provider_payouts` (money paid out to providers' banks). Σ of every transfer's entries = 0.
+create table billing.money_transfers (
+  id uuid primary key default gen_random_uuid(),
+  kind text not null,
+  idempotency_key text not null unique,
+  currency text not null,
+  provider_id uuid references billing.providers (id),
+  payment_id uuid references billing.provider_payments (id),
+  stripe_id text,
+  created_at timestamptz not null default now(),
+  constraint money_transfers_kind check (kind in ('provider_payment', 'fee_adjustment', 'provider_refund', 'payout', 'payout_reversal'))
+);
+comment on table billing.money_transfers is 'Immutable money movements in cents (B2B), each mirroring a Stripe fact; never credits.';
+
+create table billing.money_entries (
+  id bigint generated always as identity primary key,
+  transfer_id uuid not null references billing.money_transfers (id),
+  account text not null,
+  currency text not null,
+  amount_cents bigint not null,
+  created_at timestamptz not null default now(),
+  constraint money_entries_account check (account in ('payers', 'platform_fees', 'provider_payouts')
+    or account ~ '^provider:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'),
+  constraint money_entries_nonzero check (amount_cents <> 0)
+);
+comment on table billing.money_entries is 'Immutable double entries of money_transfers (Σ per transfer = 0). Positive: the account gains.';
+create index money_entries_account on billing.money_entries (account, currency);
+create index money_entries_transfer on billing.money_entries (transfer_id);
+
+create trigger money_transfers_immutable before update or delete on billing.money_transfers
+  for each row execute function billing.refuse_ledger_change();
+create trigger money_transfers_no_truncate before truncate on billing.money_transfers
+  for each statement execute function billing.refuse_ledger_change();
+create trigger money_entries_immutable before update or delete on billing.money_entries
+  for each row execute function billing.refuse_ledger_change();
+create trigger money_entries_no_truncate before truncate on billing.money_entries
+  for each statement execute function billing.refuse_ledger_change();
+
+-- ============================================================ reconciliation results
+
+create table billing.reconciliation_runs (
+  day date primary key,
+  ran_at timestamptz not null default now(),
+  stripe_charges integer not null,
+  stripe_fees integer not null,
+  stripe_payouts integer not null,
+  mismatches integer not null
+);
+comment on table billing.reconciliation_runs is 'The latest provider reconciliation of each day (re-running a day replaces it).';
+
+create table billing.reconciliation_mismatches (
+  id bigint generated always as identity primary key,
+  day date not null references billing.reconciliation_runs (day) on delete cascade,
+  provider_id uuid references billing.providers (id),
+  kind text not null,
+  currency text,
+  expected_cents bigint,
+  actual_cents bigint,
+  payment_id uuid,
+  stripe_ids text[] not null default '{}',
+  detected_at timestamptz not null default now(),
+  constraint reconciliation_mismatches_kind check (kind in ('payment_missing', 'charge_missing', 'amount_mismatch',
+    'duplicate_charge', 'fee_missing', 'fee_mismatch', 'payout_missing', 'payout_mismatch', 'payout_unknown',
+    'balance_mismatch'))
+);
+comment on table billing.reconciliation_mismatches is 'Each difference a reconciliation found: its kind, the amounts and the Stripe ids to look at.';
+create index reconciliation_mismatches_day on billing.reconciliation_mismatches (day);
+
+revoke all on billing.providers, billing.provider_payments, billing.provider_payouts, billing.money_transfers,
+  billing.money_entries, billing.reconciliation_runs, billing.reconciliation_mismatches
+  from public, anon, authenticated, service_role;
+alter table billing.providers enable row level security;
+alter table billing.provider_payments enable row level security;
+alter table billing.provider_payouts enable row level security;
+alter table billing.money_transfers enable row level security;
+alter table billing.money_entries enable row level security;
+alter table billing.reconciliation_runs enable row level security;
+alter table billing.reconciliation_mismatches enable row level security;
+grant select on billing.providers, billing.provider_payments, billing.provider_payouts, billing.money_transfers,
+  billing.money_entries, billing.reconciliation_runs, billing.reconciliation_mismatches to service_role;
+
+-- ============================================================ money
+
+create function billing.platform_fee_cents(p_amount_cents bigint, p_fee_bps integer) returns bigint
+language sql immutable strict
+set search_path = ''
+as $$
+  -- amount × bps / 10,000, rounded half to even (banker's rounding), in integer arithmetic.
+  select case when r > 5000 or (r = 5000 and q % 2 = 1) then q + 1 else q end
+  from (select (p_amount_cents * p_fee_bps) / 10000 as q, (p_amount_cents * p_fee_bps) % 10000 as r) x
+$$;
+comment on function billing.platform_fee_cents(bigint, integer) is 'The platform fee: round-half-even(amount × bps / 10,000).';
+
+-- Posts one money transfer once per key; p_entries: [{account, amount_cents}] summing to 0.
+create function billing.post_money(
+  p_kind text, p_key text, p_currency text, p_provider uuid, p_payment uuid, p_stripe_id text, p_entries jsonb
+) returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id uuid;
+begin
+  if (select coalesce(sum((e ->> 'amount_cents')::bigint), 0) from jsonb_array_elements(p_entries) e) <> 0 then
+    perform billing.raise_error('MONEY_UNBALANCED', jsonb_build_object('key', p_key));
+  end if;
+  insert into billing.money_transfers (kind, idempotency_key, currency, provider_id, payment_id, stripe_id)
+  values (p_kind, p_key, p_currency, p_provider, p_payment, p_stripe_id)
+  on conflict (idempotency_key) do nothing
+  returning id into v_id;
+  if v_id is null then
+    return false;
+  end if;
+  insert into billing.money_entries (transfer_id, account, currency, amount_cents)
+  select v_id, e ->> 'account', p_currency, (e ->> 'amount_cents')::bigint
+  from jsonb_array_elements(p_entries) e where (e ->> 'amount_cents')::bigint <> 0;
+  return true;
+end;
+$$;
+comment on function billing.post_money(text, text, text, uuid, uuid, text, jsonb)
+  is 'Internal: posts a balanced money transfer once per idempotency key.';
+
+create function billing.money_entry(p_account text, p_cents bigint) returns jsonb
+language sql immutable
+set search_path = ''
+as $$ select jsonb_build_object('account', p_account, 'amount_cents', p_cents) $$;
+
+create function billing.provider_balance_cents(p_provider uuid, p_currency text) returns bigint
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(sum(e.amount_cents), 0)::bigint from billing.money_entries e
+  where e.account = 'provider:' || p_provider and e.currency = p_currency
+$$;
+comment on function billing.provider_balance_cents(uuid, text) is 'What Stripe should hold for a provider''s connected account in a currency, per the money ledger.';
+
+-- ============================================================ providers
+
+create function billing.begin_provider(p_owner uuid, p_request_key text, p_name text, p_email text, p_country text)
+returns billing.providers
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v billing.providers;
+begin
+  if not exists (select 1 from auth.users u where u.id = p_owner) then
+    perform billing.raise_error('USER_NOT_FOUND', jsonb_build_object('user_id', p_owner));
+  end if;
+  insert into billing.providers (owner_user_id, request_key, name, email, country)
+  values (p_owner, p_request_key, p_name, p_email, p_country)
+  on conflict (owner_user_id, request_key) do nothing
+  returning * into v;
+  if not found then
+    select * into v from billing.providers x where x.owner_user_id = p_owner and x.request_key = p_request_key;
+  end if;
+  return v;
+end;
+$$;
+comment on function billing.begin_provider(uuid, text, text, text, text)
+  is 'Creates a provider record (before its Stripe account), or returns the one this request key made.';
+
+create function billing.attach_provider_account(p_provider uuid, p_account text) returns billing.providers
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v billing.providers;
+begin
+  update billing.providers x set stripe_account_id = p_account, updated_at = now()
+  where x.id = p_provider and (x.stripe_account_id is null or x.stripe_account_id = p_account)
+  returning * into v;
+  if not found then
+    perform billing.raise_error('PROVIDER_NOT_FOUND', jsonb_build_object('provider_id', p_provider));
+  end if;
+  return v;
+end;
+$$;
+comment on function billing.attach_provider_account(uuid, text) is 'Records the Connect account made for a provider.';
+
+create function billing.provider_for(p_provider uuid, p_user uuid, p_is_admin boolean) returns billing.providers
+language sql stable
+security definer
+set search_path = ''
+as $$ select * from billing.providers x where x.id = p_provider and (p_is_admin or x.owner_user_id = p_user) $$;
+comment on function billing.provider_for(uuid, uuid, boolean) is 'A provider, if p_user owns it or is an admin (else no row: callers answer 404).';
+
+-- p_state (re-fetched from Stripe): account_id, charges_enabled, payouts_enabled, details_submitted, requirements_due
+create function billing.sync_provider_account(p_state jsonb) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  update billing.providers x
+  set charges_enabled = (p_state ->> 'charges_enabled')::boolean,
+      payouts_enabled = (p_state ->> 'payouts_enabled')::boolean,
+      details_submitted = (p_state ->> 'details_submitted')::boolean,
+      requirements_due = array(select jsonb_array_elements_text(coalesce(p_state -> 'requirements_due', '[]'))),
+      updated_at = now()
+  where x.stripe_account_id = p_state ->> 'account_id';
+  return case when found then 'account_updated' else 'unknown_provider' end;
+end;
+$$;
+comment on function billing.sync_provider_account(jsonb) is 'Brings a provider''s status in line with its Connect account (account.updated).';
+
+-- ============================================================ payments
+
+create function billing.begin_provider_payment(
+  p_provider uuid, p_user uuid, p_request_key text, p_amount_cents bigint, p_currency text, p_description text,
+  p_payer_reference text, p_fee_bps integer
+) returns billing.provider_payments
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v billing.provider_payments;
+  v_provider billing.providers;
+begin
+  select * into v from billing.provider_payments x where x.created_by = p_user and x.request_key = p_request_key;
+  if found then
+    if v.provider_id <> p_provider or v.amount_cents <> p_amount_cents or v.currency <> p_currency then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'provider_payment'));
+    end if;
+    return v;
+  end if;
+  select * into v_provider from billing.providers x where x.id = p_provider;
+  if not found then
+    perform billing.raise_error('PROVIDER_NOT_FOUND', jsonb_build_object('provider_id', p_provider));
+  end if;
+  if v_provider.stripe_account_id is null or not v_provider.charges_enabled then
+    perform billing.raise_error('PROVIDER_NOT_READY', jsonb_build_object('provider_id', p_provider,
+      'requirements_due', to_jsonb(v_provider.requirements_due)));
+  end if;
+  insert into billing.provider_payments (provider_id, created_by, request_key, amount_cents, currency, fee_bps,
+    platform_fee_cents, description, payer_reference)
+  values (p_provider, p_user, p_request_key, p_amount_cents, p_currency, p_fee_bps,
+    billing.platform_fee_cents(p_amount_cents, p_fee_bps), p_description, p_payer_reference)
+  returning * into v;
+  return v;
+end;
+$$;
+comment on function billing.begin_provider_payment(uuid, uuid, text, bigint, text, text, text, integer)
+  is 'Creates a pending provider payment with its fee fixed at creation, or returns the one this request key made.';
+
+create function billing.attach_provider_payment_session(p_payment uuid, p_session_id text, p_url text, p_expires_at timestamptz)
+returns billing.provider_payments
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v billing.provider_payments;
+begin
+  update billing.provider_payments x
+  set stripe_session_id = p_session_id, session_url = p_url, session_expires_at = p_expires_at, updated_at = now()
+  where x.id = p_payment and (x.stripe_session_id is null or x.stripe_session_id = p_session_id)
+  returning * into v;
+  if not found then
+    perform billing.raise_error('PAYMENT_NOT_FOUND', jsonb_build_object('payment_id', p_payment));
+  end if;
+  return v;
+end;
+$$;
+
+-- p_state: the checkout state (see _shared/purchases.ts) with the charge's application fee and
+-- destination. Converges: payment, fee changes and (cumulative, forward-only) refunds.
+create function billing.sync_provider_payment(p_state jsonb) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  p billing.provider_payments;
+  v_account text;
+  v_destination text;
+  v_fee bigint := coalesce((p_state ->> 'application_fee_amount')::bigint, 0);
+  v_refunded bigint;
+  v_fee_refunded bigint;
+  v_key text;
+begin
+  select * into p from billing.provider_payments x where x.stripe_session_id = p_state ->> 'session_id' for update;
+  if not found then
+    return 'unknown_payment';
+  end if;
+  v_account := 'provider:' || p.provider_id;
+  select x.stripe_account_id into v_destination from billing.providers x where x.id = p.provider_id;
+
+  if p.status <> 'paid' and p_state ->> 'payment_status' = 'paid' then
+    if (p_state ->> 'amount_total')::bigint <> p.amount_cents or lower(p_state ->> 'currency') <> p.currency
+       or p_state ->> 'destination' is distinct from v_destination then
+      perform billing.raise_error('PAYMENT_AMOUNT_MISMATCH', jsonb_build_object('payment_id', p.id,
+        'expected_cents', p.amount_cents, 'paid_cents', p_state ->> 'amount_total', 'currency', p_state ->> 'currency'));
+    end if;
+    perform billing.post_money('provider_payment', 'provider-payment:' || p.id, p.currency, p.provider_id, p.id,
+      p_state ->> 'charge_id', jsonb_build_array(
+        billing.money_entry('payers', -p.amount_cents),
+        billing.money_entry(v_account, p.amount_cents - v_fee),
+        billing.money_entry('platform_fees', v_fee)));
+    update billing.provider_payments x set status = 'paid', paid_at = now(), fee_collected_cents = v_fee, updated_at = now()
+    where x.id = p.id returning * into p;
+  elsif p.status = 'pending' and p_state ->> 'session_status' = 'expired' then
+    update billing.provider_payments x set status = 'expired', updated_at = now() where x.id = p.id returning * into p;
+  elsif p.status = 'pending' and p_state ->> 'session_status' = 'complete' and p_state ->> 'payment_status' = 'unpaid'
+        and p_state ->> 'payment_intent_status' in ('requires_payment_method', 'canceled') then
+    update billing.provider_payments x set status = 'failed', updated_at = now() where x.id = p.id returning * into p;
+  end if;
+
+  update billing.provider_payments x
+  set stripe_payment_intent_id = coalesce(x.stripe_payment_intent_id, p_state ->> 'payment_intent'),
+      stripe_charge_id = coalesce(x.stripe_charge_id, p_state ->> 'charge_id'),
+      charge_created_at = coalesce(x.charge_created_at, to_timestamp((p_state ->> 'charge_created')::bigint)),
+      application_fee_id = coalesce(p_state ->> 'application_fee_id', x.application_fee_id)
+  where x.id = p.id returning * into p;
+  if p.status <> 'paid' then
+    return p.status;
+  end if;
+
+  -- Stripe's fee changed since it was posted (created late, or corrected): follow Stripe.
+  if v_fee <> p.fee_collected_cents then
+    perform billing.post_money('fee_adjustment', 'provider-fee:' || p.id || ':' || p.fee_collected_cents || '>' || v_fee,
+      p.currency, p.provider_id, p.id, p_state ->> 'application_fee_id', jsonb_build_array(
+        billing.money_entry(v_account, p.fee_collected_cents - v_fee),
+        billing.money_entry('platform_fees', v_fee - p.fee_collected_cents)));
+    update billing.provider_payments x set fee_collected_cents = v_fee where x.id = p.id returning * into p;
+  end if;
+
+  -- Refunds: Stripe reports cumulative amounts; a stale state never moves them back.
+  v_refunded := greatest(coalesce((p_state ->> 'amount_refunded')::bigint, 0), p.amount_refunded_cents);
+  v_fee_refunded := greatest(coalesce((p_state ->> 'application_fee_refunded')::bigint, 0), p.fee_refunded_cents);
+  if v_refunded > p.amount_refunded_cents or v_fee_refunded > p.fee_refunded_cents then
+    v_key := 'provider-refund:' || p.id || ':' || v_refunded || ':' || v_fee_refunded;
+    perform billing.post_money('provider_refund', v_key, p.currency, p.provider_id, p.id, p_state ->> 'charge_id',
+      jsonb_build_array(
+        billing.money_entry('payers', v_refunded - p.amount_refunded_cents),
+        billing.money_entry(v_account, -((v_refunded - p.amount_refunded_cents) - (v_fee_refunded - p.fee_refunded_cents))),
+        billing.money_entry('platform_fees', -(v_fee_refunded - p.fee_refunded_cents))));
+    update billing.provider_payments x
+    set amount_refunded_cents = v_refunded, fee_refunded_cents = v_fee_refunded, updated_at = now()
+    where x.id = p.id returning * into p;
+  end if;
+  return p.status;
+end;
+$$;
+comment on function billing.sync_provider_payment(jsonb)
+  is 'Converges a provider payment on Stripe''s current state: paid → money posted with the fee; fee and refund changes follow.';
+
+-- ============================================================ payouts
+
+-- p_state (re-fetched from the connected account): payout_id, account_id, amount, currency,
+-- status, failure_code, arrival_date, created (unix seconds). Stripe takes a payout out of the
+-- balance when it is created and puts it back if it fails or is cancelled.
+create function billing.sync_provider_payout(p_state jsonb) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_provider billing.providers;
+  po billing.provider_payouts;
+  v_out boolean := p_state ->> 'status' in ('pending', 'in_transit', 'paid');
+begin
+  select * into v_provider from billing.providers x where x.stripe_account_id = p_state ->> 'account_id';
+  if not found then
+    return 'unknown_provider';
+  end if;
+  insert into billing.provider_payouts as x (id, provider_id, amount_cents, currency, status, failure_code, arrival_date,
+    stripe_created_at)
+  values (p_state ->> 'payout_id', v_provider.id, (p_state ->> 'amount')::bigint, lower(p_state ->> 'currency'),
+    p_state ->> 'status', p_state ->> 'failure_code', to_timestamp((p_state ->> 'arrival_date')::bigint),
+    to_timestamp((p_state ->> 'created')::bigint))
+  on conflict (id) do update set status = excluded.status, failure_code = excluded.failure_code,
+    arrival_date = excluded.arrival_date, updated_at = now();
+  select * into po from billing.provider_payouts x where x.id = p_state ->> 'payout_id' for update;
+
+  if v_out and not po.posted then
+    perform billing.post_money('payout', 'payout:' || po.id, po.currency, po.provider_id, null, po.id, jsonb_build_array(
+      billing.money_entry('provider:' || po.provider_id, -po.amount_cents),
+      billing.money_entry('provider_payouts', po.amount_cents)));
+    update billing.provider_payouts x set posted = true where x.id = po.id;
+  elsif not v_out and po.posted then
+    perform billing.post_money('payout_reversal', 'payout-reversal:' || po.id, po.currency, po.provider_id, null, po.id,
+      jsonb_build_array(
+        billing.money_entry('provider:' || po.provider_id, po.amount_cents),
+        billing.money_entry('provider_payouts', -po.amount_cents)));
+    update billing.provider_payouts x set posted = false where x.id = po.id;
+  end if;
+  return 'payout_' || (p_state ->> 'status');
+end;
+$$;
+comment on function billing.sync_provider_payout(jsonb) is 'Records a provider''s payout as Stripe reports it now; the money ledger follows (out on create, back on failure).';
+
+-- ============================================================ the webhook pipeline
+
+-- Replaces the B2C-only version: the state says what it describes (kind), and a checkout
+-- state goes to the provider payment or the credit purchase its session belongs to.
+create or replace function billing.process_stripe_event(
+  p_event_id text,
+  p_type text,
+  p_created timestamptz,
+  p_livemode boolean,
+  p_object_id text,
+  p_state jsonb
+) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_outcome text;
+begin
+  -- Claims the event; a concurrent delivery of the same id waits here for the first.
+  insert into billing.stripe_events as e (id, type, api_created, livemode, object_id, status)
+  values (p_event_id, p_type, p_created, p_livemode, p_object_id, 'failed')
+  on conflict (id) do update set attempts = e.attempts + 1
+    where e.status = 'failed';
+  if not found then
+    return 'duplicate';
+  end if;
+  if p_state is null then
+    update billing.stripe_events e set status = 'ignored', processed_at = now(), last_error = null where e.id = p_event_id;
+    return 'ignored';
+  end if;
+  v_outcome := case p_state ->> 'kind'
+    when 'account' then billing.sync_provider_account(p_state)
+    when 'payout' then billing.sync_provider_payout(p_state)
+    else case when exists (select 1 from billing.provider_payments x where x.stripe_session_id = p_state ->> 'session_id')
+      then billing.sync_provider_payment(p_state) else billing.sync_purchase(p_state) end
+  end;
+  update billing.stripe_events e set status = 'processed', processed_at = now(), last_error = null where e.id = p_event_id;
+  return v_outcome;
+end;
+$$;
+
+-- ============================================================ reads
+
+create function billing.list_provider_payments(p_provider uuid, p_limit integer, p_before timestamptz default null)
+returns setof billing.provider_payments
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select * from billing.provider_payments x
+  where x.provider_id = p_provider and (p_before is null or x.created_at < p_before)
+  order by x.created_at desc limit least(greatest(p_limit, 1), 100)
+$$;
+
+create function billing.list_provider_payouts(p_provider uuid, p_limit integer, p_before timestamptz default null)
+returns setof billing.provider_payouts
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select * from billing.provider_payouts x
+  where x.provider_id = p_provider and (p_before is null or x.stripe_created_at < p_before)
+  order by x.stripe_created_at desc limit least(greatest(p_limit, 1), 100)
+$$;
+
+create function billing.provider_payment_by_id(p_provider uuid, p_payment uuid) returns billing.provider_payments
+language sql stable
+security definer
+set search_path = ''
+as $$ select * from billing.provider_payments x where x.provider_id = p_provider and x.id = p_payment $$;
+
+-- ============================================================ reconciliation
+
+-- p_stripe (fetched for the day from Stripe by the providers function):
+--   charges: [{id, amount, currency, destination, payment_id, created, application_fee_amount}]
+--            (application_fee_amount from the application fee's own object; null: no fee)
+--   payouts: [{id, account, amount, currency, status, created}]   (created on the day)
+--   balances: [{account, currency, amount}]                       (connected accounts, now)
+create function billing.reconcile_providers(p_day date, p_stripe jsonb) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_from timestamptz := p_day::timestamp at time zone 'UTC';
+  v_to timestamptz := (p_day + 1)::timestamp at time zone 'UTC';
+  v_count integer;
+begin
+  perform pg_advisory_xact_lock(hashtextextended('reconcile-providers:' || p_day, 0)); -- one run of a day at a time
+  delete from billing.reconciliation_runs r where r.day = p_day;
+  insert into billing.reconciliation_runs (day, stripe_charges, stripe_fees, stripe_payouts, mismatches)
+  values (p_day, jsonb_array_length(coalesce(p_stripe -> 'charges', '[]')),
+    (select count(*) from jsonb_array_elements(coalesce(p_stripe -> 'charges', '[]')) c where c ->> 'application_fee_amount' is not null),
+    jsonb_array_length(coalesce(p_stripe -> 'payouts', '[]')), 0);
+
+  insert into billing.reconciliation_mismatches (day, provider_id, kind, currency, expected_cents, actual_cents, payment_id, stripe_ids)
+  with rc_charges as (
+    select c ->> 'id' as id, (c ->> 'amount')::bigint as amount, lower(c ->> 'currency') as currency,
+           pr.id as provider_id, nullif(c ->> 'payment_id', '') as payment_ref,
+           (c ->> 'application_fee_amount')::bigint as fee
+    from jsonb_array_elements(coalesce(p_stripe -> 'charges', '[]')) c
+    join billing.providers pr on pr.stripe_account_id = c ->> 'destination'
+  )
+  -- A Stripe charge with no payment recorded for it: a second charge for a recorded payment is a duplicate.
+  select p_day, c.provider_id,
+         case when p.id is not null then 'duplicate_charge' else 'payment_missing' end,
+         c.currency, p.amount_cents, c.amount, p.id, array_remove(array[c.id, p.stripe_charge_id], null)
+  from rc_charges c
+  left join billing.provider_payments p on p.id::text = c.payment_ref
+  where not exists (select 1 from billing.provider_payments x where x.stripe_charge_id = c.id)
+  union all
+  -- Recorded payments: the charge must exist at Stripe with the same amount and the expected fee.
+  select p_day, p.provider_id,
+         case when c.id is null then 'charge_missing'
+              when c.amount <> p.amount_cents or c.currency <> p.currency then 'amount_mismatch'
+              when c.fee is null and p.platform_fee_cents > 0 then 'fee_missing'
+              else 'fee_mismatch' end,
+         p.currency,
+         case when c.id is null or c.amount <> p.amount_cents then p.amount_cents else p.platform_fee_cents end,
+         case when c.id is null then null when c.amount <> p.amount_cents then c.amount else c.fee end,
+         p.id, array_remove(array[p.stripe_charge_id, p.application_fee_id], null)
+  from billing.provider_payments p
+  left join rc_charges c on c.id = p.stripe_charge_id
+  where p.status = 'paid' and p.charge_created_at >= v_from and p.charge_created_at < v_to
+    and (c.id is null or c.amount <> p.amount_cents or c.currency <> p.currency
+         or coalesce(c.fee, 0) <> p.platform_fee_cents)
+  union all
+  -- Payouts Stripe made on the day, against the ones recorded (and the other way round).
+  select p_day, pr.id,
+         case when po.id is null then 'payout_missing' else 'payout_mismatch' end,
+         lower(s ->> 'currency'), po.amount_cents, (s ->> 'amount')::bigint, null, array[s ->> 'id']
+  from jsonb_array_elements(coalesce(p_stripe -> 'payouts', '[]')) s
+  join billing.providers pr on pr.stripe_account_id = s ->> 'account'
+  left join billing.provider_payouts po on po.id = s ->> 'id'
+  where po.id is null or po.amount_cents <> (s ->> 'amount')::bigint or po.status <> s ->> 'status'
+  union all
+  select p_day, po.provider_id, 'payout_unknown', po.currency, po.amount_cents, null, null, array[po.id]
+  from billing.provider_payouts po
+  where po.stripe_created_at >= v_from and po.stripe_created_at < v_to
+    and not exists (select 1 from jsonb_array_elements(coalesce(p_stripe -> 'payouts', '[]')) s where s ->> 'id' = po.id)
+  union all
+  -- What Stripe holds for each connected account, against the money ledger.
+  select p_day, pr.id, 'balance_mismatch', lower(b ->> 'currency'), billing.provider_balance_cents(pr.id, lower(b ->> 'currency')),
+         (b ->> 'amount')::bigint, null, array[pr.stripe_account_id]
+  from jsonb_array_elements(coalesce(p_stripe -> 'balances', '[]')) b
+  join billing.providers pr on pr.stripe_account_id = b ->> 'account'
+  where billing.provider_balance_cents(pr.id, lower(b ->> 'currency')) <> (b ->> 'amount')::bigint;
+
+  get diagnostics v_count = row_count;
+  update billing.reconciliation_runs r set mismatches = v_count where r.day = p_day;
+  return v_count;
+end;
+$$;
+comment on function billing.reconcile_providers(date, jsonb)
+  is 'Compares a day of provider payments, fees and payouts with Stripe''s records; replaces that day''s mismatch rows.';
+
+create function billing.reconciliation_of(p_day date) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select jsonb_build_object('date', r.day, 'ran_at', r.ran_at, 'stripe_charges', r.stripe_charges,
+    'stripe_fees', r.stripe_fees, 'stripe_payouts', r.stripe_payouts, 'mismatch_count', r.mismatches,
+    'mismatches', coalesce((select jsonb_agg(jsonb_build_object('kind', m.kind, 'provider_id', m.provider_id,
+        'currency', m.currency, 'expected_cents', m.expected_cents, 'actual_cents', m.actual_cents,
+        'payment_id', m.payment_id, 'stripe_ids', to_jsonb(m.stripe_ids)) order by m.id)
+      from billing.reconciliation_mismatches m where m.day = r.day), '[]'::jsonb))
+  from billing.reconciliation_runs r where r.day = p_day
+$$;
+
+-- ============================================================ alerts
+
+-- The core conditions keep their function; evaluate_alerts now adds the providers' own.
+alter function billing.evaluate_alerts() rename to evaluate_core_alerts;
+
+create function billing.evaluate_alerts() returns setof billing.alerts
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_mismatches integer;
+  v_days text;
+  v_late integer;
+  v_failed integer;
+begin
+  perform billing.evaluate_core_alerts();
+
+  -- Any mismatch in the last week's reconciliations (a clean re-run of the day clears it).
+  select coalesce(sum(r.mismatches), 0), string_agg(r.day::text, ', ' order by r.day)
+  into v_mismatches, v_days
+  from billing.reconciliation_runs r where r.day > current_date - 7 and r.mismatches > 0;
+  perform billing.set_alert('reconciliation_mismatch', v_mismatches > 0,
+    format('%s provider reconciliation mismatches (days: %s)', v_mismatches, v_days),
+    jsonb_build_object('mismatches', v_mismatches, 'days', v_days));
+
+  -- Payouts past their arrival date by a day and not paid, and payouts that failed this week.
+  select count(*) filter (where po.status in ('pending', 'in_transit') and po.arrival_date < now() - interval '1 day'),
+         count(*) filter (where po.status = 'failed' and po.updated_at > now() - interval '7 days')
+  into v_late, v_failed
+  from billing.provider_payouts po where po.status in ('pending', 'in_transit', 'failed');
+  perform billing.set_alert('payout_delay', v_late > 0 or v_failed > 0,
+    format('%s provider payouts overdue, %s failed in the last 7 days', v_late, v_failed),
+    jsonb_build_object('overdue', v_late, 'failed', v_failed));
+
+  return query select * from billing.alerts a where a.status = 'open' order by a.opened_at;
+end;
+$$;
+comment on function billing.evaluate_alerts()
+  is 'pg_cron: evaluates every alert condition (core, then providers: reconciliation_mismatch, payout_delay).';
+
+-- ============================================================ schedules and grants
+
+-- After midnight UTC the providers function reconciles the day before (hosted: pg_net).
+select cron.schedule('billing-reconcile-providers', '30 0 * * *', $$select billing.call_function('/providers/reconciliation/run')$$);
+
+revoke execute on all functions in schema billing from public, anon, authenticated;
+grant execute on function
+  billing.platform_fee_cents(bigint, integer),
+  billing.provider_balance_cents(uuid, text),
+  billing.begin_provider(uuid, text, text, text, text),
+  billing.attach_provider_account(uuid, text),
+  billing.provider_for(uuid, uuid, boolean),
+  billing.sync_provider_account(jsonb),
+  billing.begin_provider_payment(uuid, uuid, text, bigint, text, text, text, integer),
+  billing.attach_provider_payment_session(uuid, text, text, timestamptz),
+  billing.sync_provider_payment(jsonb),
+  billing.sync_provider_payout(jsonb),
+  billing.list_provider_payments(uuid, integer, timestamptz),
+  billing.list_provider_payouts(uuid, integer, timestamptz),
+  billing.provider_payment_by_id(uuid, uuid),
+  billing.reconcile_providers(date, jsonb),
+  billing.reconciliation_of(date),
+  billing.evaluate_alerts()
+to service_role;
+-- Functions an earlier migration granted keep their grants; re-grant what the line above revoked.
+grant execute on function billing.balance_of(bigint) to authenticated, service_role;
