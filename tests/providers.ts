@@ -1,7 +1,7 @@
 // Helpers for provider-payment tests: a provider taken through Stripe Connect onboarding, a
 // payment made and paid through the emulator, and the money ledger's invariants.
 import { api, newUser, testDb, userToken } from './helpers.ts';
-import { emulator } from './purchases.ts';
+import { chargeOf, emulator } from './purchases.ts';
 
 export interface Provider {
   id: string;
@@ -51,9 +51,7 @@ export async function paidPayment(p: Provider, amountCents: number, deliver = tr
     outcome: 'succeeded',
     deliver,
   });
-  const [row] = await testDb<{ stripe_charge_id: string | null }[]>`
-    select stripe_charge_id from billing.provider_payments where id = ${pay.payment_id}`;
-  return { pay, events, charge: row.stripe_charge_id };
+  return { pay, events, charge: await chargeOf(pay.session_id) };
 }
 
 /** The money ledger of one provider: its balance and the platform's fees from its payments. */

@@ -102,10 +102,9 @@ app.post('/reconciliation/run', cronOrAdmin, async (c) => {
       where stripe_account_id is not null order by created_at`
   );
   const day = await fetchStripeDay(date, accounts.map((a) => a.stripe_account_id));
-  const [{ result }] = await call((sql) =>
-    sql`select billing.reconcile_providers(${date}::date, ${JSON.stringify(day)}::text::jsonb),
-        billing.reconciliation_of(${date}::date) as result`
-  );
+  await call((sql) => sql`select billing.reconcile_providers(${date}::date, ${JSON.stringify(day)}::text::jsonb)`);
+  // A statement of its own: in the same one, the stable read would see the day before this run.
+  const [{ result }] = await call((sql) => sql`select billing.reconciliation_of(${date}::date) as result`);
   return ok(c, result);
 });
 
