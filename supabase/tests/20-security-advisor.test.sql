@@ -42,7 +42,7 @@ select is(
 
 select is(
   (select string_agg(r || ' ' || priv || ' ' || t, ', ')
-   from unnest(array['billing.transfers', 'billing.entries']) t,
+   from unnest(array['billing.transfers', 'billing.entries', 'billing.money_transfers', 'billing.money_entries']) t,
         unnest(array['anon', 'authenticated', 'service_role']) r,
         unnest(array['insert', 'update', 'delete', 'truncate']) priv
    where has_table_privilege(r, t, priv)),
@@ -50,8 +50,9 @@ select is(
 
 select ok(
   (select array_agg(jobname::text) from cron.job) @> array['billing-delete-expired-idempotency-keys',
-    'billing-expire-stale-purchases', 'billing-release-expired-holds', 'billing-expire-jobs'],
-  'pg_cron schedules the hold sweep, key cleanup, stale-purchase expiry and job expiry');
+    'billing-expire-stale-purchases', 'billing-release-expired-holds', 'billing-expire-jobs',
+    'billing-reconcile-providers'],
+  'pg_cron schedules the hold sweep, key cleanup, stale-purchase expiry, job expiry and the provider reconciliation');
 
 -- The idempotency-key sweep deletes only expired keys, and at most its batch.
 insert into billing.idempotency_keys (user_id, action, key, request_hash, expires_at)
