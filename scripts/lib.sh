@@ -30,7 +30,7 @@ MAIL_PORT=54324
 DB_URL="postgresql://postgres:postgres@127.0.0.1:$DB_PORT/postgres"
 
 APT_PACKAGES=(postgresql-15 postgresql-15-pgtap postgresql-15-cron
-  libtap-parser-sourcehandler-pgtap-perl redis-server curl)
+  libtap-parser-sourcehandler-pgtap-perl redis-server curl chromium)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
