@@ -27,6 +27,7 @@ REDIS_PORT=54379
 REDIS_REST_PORT=54380
 STRIPE_PORT=12111
 MAIL_PORT=54324
+STUDENT_PORT=54330
 DB_URL="postgresql://postgres:postgres@127.0.0.1:$DB_PORT/postgres"
 
 APT_PACKAGES=(postgresql-15 postgresql-15-pgtap postgresql-15-cron
@@ -87,7 +88,7 @@ write_env() {
   cat >"$LOCAL/env" <<EOF
 SUPABASE_URL=http://127.0.0.1:$API_PORT
 SUPABASE_DB_URL=$DB_URL
-CORS_ALLOWED_ORIGINS=http://localhost:3000,http://127.0.0.1:3000,http://127.0.0.1:$API_PORT
+CORS_ALLOWED_ORIGINS=http://localhost:3000,http://127.0.0.1:3000,http://127.0.0.1:$API_PORT,http://127.0.0.1:$STUDENT_PORT
 UPSTASH_REDIS_REST_URL=http://127.0.0.1:$REDIS_REST_PORT
 UPSTASH_REDIS_REST_TOKEN=$(local_secret redis-rest-token)
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT
@@ -102,7 +103,7 @@ FEATURE_B2B_PROVIDER_PAYMENTS=true
 PLATFORM_FEE_BPS=300
 PROVIDER_ONBOARDING_RETURN_URL=http://127.0.0.1:$API_PORT/functions/v1/health/healthz
 PROVIDER_ONBOARDING_REFRESH_URL=http://127.0.0.1:$API_PORT/functions/v1/health/healthz
-CHECKOUT_REDIRECT_ORIGINS=http://localhost:3000,http://127.0.0.1:3000,http://127.0.0.1:$API_PORT
+CHECKOUT_REDIRECT_ORIGINS=http://localhost:3000,http://127.0.0.1:3000,http://127.0.0.1:$API_PORT,http://127.0.0.1:$STUDENT_PORT
 CHECKOUT_SUCCESS_URL=http://127.0.0.1:$API_PORT/functions/v1/health/healthz
 CHECKOUT_CANCEL_URL=http://127.0.0.1:$API_PORT/functions/v1/health/healthz
 STRIPE_EMULATOR_BACKOFF_MS=100
@@ -116,6 +117,8 @@ SUPABASE_SERVICE_ROLE_KEY=$(local_secret service-role-key)
 AI_PROVIDER=local
 POSTMARK_SERVER_TOKEN=$(local_secret postmark-token)
 POSTMARK_API_BASE=http://127.0.0.1:$MAIL_PORT
+STUDENT_PAGE_PORT=$STUDENT_PORT
+STUDENT_PAGE_URL=http://127.0.0.1:$STUDENT_PORT/
 NOTIFY_WEBHOOK_SECRET=$(local_secret notify-secret)
 ALERT_EMAIL=ops@scholarlink.invalid
 METRICS_TOKEN=$(local_secret metrics-token)
@@ -239,7 +242,8 @@ db_seed() { psql_db -f "$ROOT/supabase/seed.sql" >/dev/null; }
 # ---------------------------------------------------------------- the stack
 
 stack_up() {
-  pg_ready && redis_ping && pid_alive gateway && pid_alive redis-bridge && pid_alive stripe-emulator && pid_alive mail-catcher
+  pg_ready && redis_ping && pid_alive gateway && pid_alive redis-bridge && pid_alive stripe-emulator && pid_alive mail-catcher &&
+    pid_alive student-page
 }
 
 stack_start() {
@@ -259,10 +263,12 @@ stack_start() {
   start_deno stripe-emulator "$STRIPE_PORT" scripts/local/stripe-emulator/main.ts
   start_deno mail-catcher "$MAIL_PORT" scripts/local/mail-catcher.ts
   start_deno gateway "$API_PORT" scripts/local/gateway.ts
+  start_deno student-page "$STUDENT_PORT" scripts/local/student-page.ts
   wait_for "the Redis REST bridge" curl -fs "http://127.0.0.1:$REDIS_REST_PORT/healthz"
   wait_for "the Stripe emulator" curl -fs "http://127.0.0.1:$STRIPE_PORT/_emulator/healthz"
   wait_for "the mail catcher" curl -fs "http://127.0.0.1:$MAIL_PORT/_catcher/healthz"
   wait_for "the functions gateway" curl -fs "http://127.0.0.1:$API_PORT/functions/v1/health/healthz"
+  wait_for "the example student page" curl -fs "http://127.0.0.1:$STUDENT_PORT/"
   # The test run drives the worker tick itself (deterministic jobs tests): no ticker there.
   [ "${STACK_TICKER:-1}" = 1 ] && start_deno ticker "" scripts/local/ticker.ts
   return 0
@@ -271,7 +277,7 @@ stack_start() {
 redis_ping() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 
 stack_stop() {
-  for s in ticker gateway mail-catcher stripe-emulator redis-bridge; do stop_pid "$s"; done
+  for s in ticker student-page gateway mail-catcher stripe-emulator redis-bridge; do stop_pid "$s"; done
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   rm -f "$RUN/redis.pid"
   pg_stop

@@ -39,6 +39,8 @@ create table billing.purchases (
 );
 comment on table billing.purchases is 'A credit package bought through a hosted Stripe Checkout Session. Stripe ids only: no card data.';
 create index purchases_open on billing.purchases (user_id, package_id) where status = 'pending';
+-- A client's temporary id names one purchase per user (optimistic UIs retry with it).
+create unique index purchases_client_temp_id on billing.purchases (user_id, client_temp_id) where client_temp_id is not null;
 create index purchases_pending_age on billing.purchases (created_at) where status = 'pending';
 
 create table billing.stripe_events (
@@ -150,6 +152,14 @@ begin
 
   -- One checkout at a time per user, so two tabs cannot open two sessions for one package.
   perform pg_advisory_xact_lock(hashtextextended('checkout:' || p_user::text, 0));
+  if p_client_temp_id is not null then
+    select * into v_purchase from billing.purchases p where p.user_id = p_user and p.client_temp_id = p_client_temp_id;
+    if found and v_purchase.package_id <> p_package_id then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'checkout', 'client_temp_id', p_client_temp_id));
+    elsif found then
+      return billing.checkout_of(v_purchase, true);  -- the same optimistic operation, sent again under another key
+    end if;
+  end if;
   select * into v_purchase from billing.purchases p
   where p.user_id = p_user and p.package_id = p_package_id and p.status = 'pending'
     and (p.session_expires_at > now() + interval '1 minute' or (p.stripe_session_id is null and p.created_at > now() - interval '2 minutes'))

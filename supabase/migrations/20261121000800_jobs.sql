@@ -37,6 +37,8 @@ comment on table billing.jobs is 'Background work a client polls: queued → pro
 create index jobs_due on billing.jobs (run_after) where status in ('queued', 'processing');
 create index jobs_user on billing.jobs (user_id, created_at desc, id);
 create index jobs_expiry on billing.jobs (expires_at);
+-- A client's temporary id names one job per user (optimistic UIs retry with it).
+create unique index jobs_client_temp_id on billing.jobs (user_id, client_temp_id) where client_temp_id is not null;
 
 create table billing.job_result_chunks (
   job_id uuid not null references billing.jobs (id) on delete cascade,
@@ -97,7 +99,12 @@ begin
   end if;
   insert into billing.jobs (user_id, type, input, request_key, client_temp_id)
   values (p_user, p_type, p_input, p_request_key, p_client_temp_id)
+  on conflict (user_id, client_temp_id) where client_temp_id is not null do nothing
   returning * into v_job;
+  if not found then -- the same optimistic operation, sent again under another key
+    select * into v_job from billing.jobs j where j.user_id = p_user and j.client_temp_id = p_client_temp_id;
+    return v_job;
+  end if;
   if p_reserve is not null and p_reserve > 0 then
     -- Short → INSUFFICIENT_CREDITS, and the job above rolls back with it.
     v_hold := billing.reserve_credits(p_user, p_reserve, 'job:' || v_job.id, p_hold_ttl_seconds, 'job:' || v_job.id);
@@ -107,7 +114,7 @@ begin
 end;
 $$;
 comment on function billing.enqueue_job(uuid, text, jsonb, text, text, numeric, integer)
-  is 'Creates a job (idempotent by request key), reserving its cost estimate as a hold in the same transaction.';
+  is 'Creates a job (idempotent by request key and by client_temp_id), reserving its cost estimate as a hold in the same transaction.';
 
 -- ============================================================ workers
 

@@ -118,7 +118,50 @@ function expire(session: Stripe.Checkout.Session): Stripe.Event[] {
   return [sessionEvent('checkout.session.expired', session)];
 }
 
+const escape = (s: string) =>
+  s.replace(
+    /[&<>"']/g,
+    (ch) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[ch] as string,
+  );
+
+/** The hosted payment page a session's `url` points at: Pay or Decline, as a customer would. */
+function hostedPage(session: Stripe.Checkout.Session): Response {
+  const amount = ((session.amount_total ?? 0) / 100).toFixed(2);
+  const open = session.status === 'open';
+  const html = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Checkout (Stripe emulator)</title>
+<style>body{font:16px system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}
+button{font-size:1rem;padding:.6rem 1.2rem;margin-right:.5rem}</style></head>
+<body><p>Local Stripe emulator: no real payment is made.</p>
+<h1>Pay ${escape(session.currency?.toUpperCase() ?? '')} <span id="amount">${amount}</span></h1>
+${
+    open
+      ? `<form method="post"><button name="outcome" value="succeeded" id="pay">Pay</button>
+<button name="outcome" value="failed" id="decline">Decline</button></form>`
+      : `<p id="closed">This checkout is ${escape(session.status ?? '')}.</p>`
+  }
+</body></html>`;
+  return new Response(html, { headers: { 'content-type': 'text/html; charset=utf-8' } });
+}
+
+/** The customer pressed Pay or Decline: the events are delivered, then the browser goes back. */
+async function submitHostedPage(session: Stripe.Checkout.Session, outcome: string | null): Promise<Response> {
+  if (outcome !== 'succeeded' && outcome !== 'failed') throw invalid('outcome must be succeeded or failed.', 'outcome');
+  await emit(pay(session, outcome), true);
+  const back = outcome === 'succeeded'
+    ? session.success_url?.replace('{CHECKOUT_SESSION_ID}', session.id)
+    : session.cancel_url;
+  return back ? Response.redirect(back, 303) : hostedPage(session);
+}
+
 export const checkoutRoutes = [
+  route('GET', '/_emulator/checkout/:id', ({ params }) => hostedPage(getSession(params.id))),
+  route(
+    'POST',
+    '/_emulator/checkout/:id',
+    ({ params, body }) => submitHostedPage(getSession(params.id), str(body.outcome)),
+  ),
   route('POST', '/v1/checkout/sessions', ({ body }) => createSession(body)),
   route('GET', '/v1/checkout/sessions/:id', ({ params }) => getSession(params.id)),
   route('GET', '/v1/checkout/sessions', ({ query }): Stripe.ApiList<Stripe.Checkout.Session> => {

@@ -1,5 +1,6 @@
 // Typed failures with stable codes. Handlers throw AppError; app.ts's onError renders the
 // envelope. Every code is listed in docs/api.md.
+import type { ErrorBody } from './contract.ts';
 
 export type ErrorType =
   | 'validation'
@@ -51,7 +52,7 @@ export class AppError extends Error {
   }
 
   /** The `error` member of the envelope. */
-  toJSON() {
+  toJSON(): ErrorBody {
     const { field, details } = this.options;
     return {
       type: this.type,

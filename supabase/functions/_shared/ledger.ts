@@ -3,16 +3,7 @@
 import { db } from './db.ts';
 import { formatCredits } from './money.ts';
 
-/** One ledger entry as the API shows it. */
-export interface LedgerEntry {
-  id: string;
-  created_at: string;
-  kind: string;
-  amount: string;
-  balance_after: string;
-  correlation_id: string | null;
-  reference: string | null;
-}
+import type { LedgerEntry, LedgerPage } from './contract.ts';
 
 /** Which entries: older than `cursor` (an entry id), created in [from, to). */
 export interface LedgerRange {
@@ -35,7 +26,7 @@ export async function ledgerPage(
   userId: string,
   q: LedgerRange,
   limit: number,
-): Promise<{ entries: LedgerEntry[]; next_cursor: string | null }> {
+): Promise<LedgerPage> {
   const rows = await db()<Row[]>`
     select * from billing.get_ledger(${userId}, ${q.cursor ?? null}, ${limit + 1}, ${q.from ?? null}, ${q.to ?? null})`;
   const entries = rows.slice(0, limit).map((r) => ({

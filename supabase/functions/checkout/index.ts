@@ -2,6 +2,7 @@
 // ops-initiated refunds. Credits move only in billing.sync_purchase (see _shared/purchases.ts).
 import type { MiddlewareHandler } from 'hono';
 import { type AppEnv, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import type { CreditPackage, PurchaseStatus } from '../_shared/contract.ts';
 import { call } from '../_shared/db.ts';
 import { parseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
@@ -43,10 +44,10 @@ type PurchaseRow = {
 
 app.get('/packages', requireUser, async (c) => {
   const rows = await call((sql) =>
-    sql`select id, name, price_cents, currency, credits, bonus_credits from billing.credit_packages
+    sql<CreditPackage[]>`select id, name, price_cents, currency, credits, bonus_credits from billing.credit_packages
         where active order by sort_order`
   );
-  return ok(c, {
+  return ok<{ packages: CreditPackage[] }>(c, {
     packages: rows.map((p) => ({
       ...p,
       credits: formatCredits(p.credits),
@@ -79,9 +80,9 @@ app.get('/sessions/:id', requireUser, async (c) => {
     if (state) await call((sql) => sql`select billing.sync_purchase(${JSON.stringify(state)}::text::jsonb)`);
     [p] = await find();
   }
-  return ok(c, {
+  return ok<PurchaseStatus>(c, {
     purchase_id: p.id,
-    status: p.status,
+    status: p.status as PurchaseStatus['status'],
     package_id: p.package_id,
     price_cents: p.price_cents,
     currency: p.currency,

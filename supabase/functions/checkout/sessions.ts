@@ -1,4 +1,5 @@
 // Creating a hosted Checkout Session for a purchase. Card data never touches this service.
+import type { CheckoutSession } from '../_shared/contract.ts';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import type { Effect } from '../_shared/idempotency.ts';
@@ -23,7 +24,7 @@ type CheckoutRow = {
   client_temp_id: string | null;
 };
 
-export const checkoutJson = (r: CheckoutRow) => ({
+export const checkoutJson = (r: CheckoutRow): CheckoutSession => ({
   purchase_id: r.purchase_id,
   status: r.status,
   package_id: r.package_id,

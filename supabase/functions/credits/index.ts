@@ -1,5 +1,6 @@
 // The credits API: balance, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds.
+import type { Balance, Hold, UsageCharge } from '../_shared/contract.ts';
 import { createApp, currentUser, ok, requireAdmin, requireServiceRole, requireUser } from '../_shared/app.ts';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
@@ -30,7 +31,7 @@ type HoldRow = {
   balance: string;
   available: string;
 };
-const holdJson = (h: HoldRow) => ({
+const holdJson = (h: HoldRow): Hold => ({
   hold_id: h.hold_id,
   status: h.status,
   amount: formatCredits(h.amount),
@@ -50,7 +51,7 @@ function holdId(raw: string): string {
 
 app.get('/balance', requireUser, async (c) => {
   const [b] = await call((sql) => sql`select * from billing.get_balance(${currentUser(c).id})`);
-  return ok(c, {
+  return ok<Balance>(c, {
     balance: formatCredits(b.balance),
     held: formatCredits(b.held),
     available: formatCredits(b.available),
@@ -77,16 +78,14 @@ app.post('/usage', requireUser, async (c) => {
         ${body.output_tokens}, ${key}, ${body.correlation_id ?? null}, ${
       body.metadata ? tx.json(body.metadata) : null
     })`;
-    return {
-      status: 201,
-      data: {
-        transfer_id: r.transfer_id === null ? null : String(r.transfer_id),
-        charged: formatCredits(r.charged),
-        balance: formatCredits(r.balance),
-        available: formatCredits(r.available),
-        rate_card_version: r.rate_card_version,
-      },
+    const data: UsageCharge = {
+      transfer_id: r.transfer_id === null ? null : String(r.transfer_id),
+      charged: formatCredits(r.charged),
+      balance: formatCredits(r.balance),
+      available: formatCredits(r.available),
+      rate_card_version: r.rate_card_version,
     };
+    return { status: 201, data };
   });
 });
 

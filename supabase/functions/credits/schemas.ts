@@ -1,4 +1,4 @@
-// Request and response shapes of the credits routes: one source for the handlers and the client.
+// Request shapes of the credits routes (their responses are in _shared/contract.ts).
 import { z } from 'zod';
 import { CreditAmountSchema } from '../_shared/money.ts';
 
@@ -45,12 +45,6 @@ export const LedgerQuerySchema = z.strictObject({
   format: z.enum(['json', 'csv']).default('json'),
 });
 export type LedgerQuery = z.infer<typeof LedgerQuerySchema>;
-
-export interface Balance {
-  balance: string;
-  held: string;
-  available: string;
-}
 
 export const UsageEventSchema = z.strictObject({
   event_id: z.string().min(1).max(200).regex(printable, 'must be printable ASCII'),

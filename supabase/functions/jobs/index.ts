@@ -1,5 +1,6 @@
 // Async jobs: 202 + polling. Create (reserving a metered job's estimate), poll with a growing
 // Retry-After, list, cancel, fetch the result; and the worker tick that drains due jobs.
+import type { Job, JobAccepted, JobList, JobStatus } from '../_shared/contract.ts';
 import { createApp, currentUser, ok, requireUser } from '../_shared/app.ts';
 import { call, db } from '../_shared/db.ts';
 import { parseEnv } from '../_shared/env.ts';
@@ -18,7 +19,7 @@ const app = createApp('jobs');
 type JobRow = {
   id: string;
   type: string;
-  status: string;
+  status: JobStatus;
   progress: number;
   checkpoints: unknown[];
   result: unknown;
@@ -33,7 +34,7 @@ type JobRow = {
 const finished = (status: string) => ['completed', 'failed', 'cancelled'].includes(status);
 const pollUrl = (id: string) => `/functions/v1/jobs/${id}`;
 
-const jobJson = (j: JobRow) => ({
+const jobJson = (j: JobRow): Job => ({
   job_id: j.id,
   type: j.type,
   status: j.status,
@@ -101,10 +102,13 @@ app.post('/', requireUser, async (c) => {
     const [j] = await tx<JobRow[]>`
       select * from billing.enqueue_job(${user.id}, ${body.type}, ${JSON.stringify(parsed.data)}::text::jsonb, ${key},
         ${body.client_temp_id ?? null}, ${estimate})`;
-    return {
-      status: 202,
-      data: { job_id: j.id, status: j.status, poll_url: pollUrl(j.id), client_temp_id: j.client_temp_id },
+    const data: JobAccepted = {
+      job_id: j.id,
+      status: j.status,
+      poll_url: pollUrl(j.id),
+      client_temp_id: j.client_temp_id,
     };
+    return { status: 202, data };
   });
   if (res.status === 202) {
     const { data } = await res.clone().json();
@@ -127,7 +131,7 @@ app.get('/', requireUser, async (c) => {
   const page = rows.slice(0, q.limit);
   const last = page[page.length - 1];
   const next = rows.length > q.limit && last ? `${Math.floor(last.created_at.getTime() * 1000)}:${last.id}` : null;
-  return ok(c, { jobs: page.map(jobJson), next_cursor: next });
+  return ok<JobList>(c, { jobs: page.map(jobJson), next_cursor: next });
 });
 
 app.get('/:id', requireUser, async (c) => {

@@ -1,0 +1,139 @@
+// A typed client for ScholarLink Billing over supabase-js: `supabase.functions.invoke`
+// carries the signed-in user's token as in every Supabase app. Each mutating call gets one
+// Idempotency-Key, reused on its retries; failures are BillingErrors with the service's code.
+//
+//   const billing = createBillingClient(supabase);
+//   const { balance } = await billing.balance();
+import type {
+  Balance,
+  CaptureRequest,
+  CheckoutRequest,
+  CheckoutSession,
+  CreditPackage,
+  Hold,
+  HoldRequest,
+  Job,
+  JobAccepted,
+  JobList,
+  JobRequest,
+  JobStatus,
+  LedgerPage,
+  PurchaseStatus,
+  UsageCharge,
+  UsageRequest,
+} from '../supabase/functions/_shared/contract.ts';
+import { BillingError, toBillingError } from './errors.ts';
+import { type RetryOptions, sleep, withRetries } from './retry.ts';
+
+export type * from '../supabase/functions/_shared/contract.ts';
+export { BillingError } from './errors.ts';
+export type { RetryOptions } from './retry.ts';
+
+/** What the client needs of a Supabase client: `functions.invoke` (supabase-js ≥ 2.4x). */
+export interface SupabaseLike {
+  functions: {
+    invoke(
+      name: string,
+      options?: {
+        method?: 'GET' | 'POST' | 'DELETE';
+        body?: Record<string, unknown>;
+        headers?: Record<string, string>;
+        signal?: AbortSignal;
+      },
+    ): Promise<{ data: unknown; error: unknown; response?: Response }>;
+  };
+}
+
+/** An operation the UI can show at once under `tempId`; `done` brings the server's answer. */
+export interface Pending<T> {
+  tempId: string;
+  done: Promise<T>;
+}
+
+export interface WatchOptions {
+  signal?: AbortSignal;
+  onProgress?: (job: Job) => void;
+}
+
+const finished = (s: JobStatus) => s === 'completed' || s === 'failed' || s === 'cancelled';
+const newTempId = () => `temp_${crypto.randomUUID()}`;
+
+export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions = {}) {
+  /** One logical operation: one Idempotency-Key (if it mutates) for all of its attempts. */
+  async function call<T>(
+    method: 'GET' | 'POST' | 'DELETE',
+    path: string,
+    body?: Record<string, unknown>,
+    signal?: AbortSignal,
+  ): Promise<{ data: T; response?: Response }> {
+    const headers: Record<string, string> = method === 'GET' ? {} : { 'Idempotency-Key': crypto.randomUUID() };
+    return await withRetries(
+      async () => {
+        const r = await supabase.functions.invoke(path, { method, body, headers, signal });
+        if (r.error) throw await toBillingError(r.error, r.response);
+        return { data: (r.data as { data: T }).data, response: r.response };
+      },
+      retry,
+      signal,
+    );
+  }
+  const get = async <T>(path: string, signal?: AbortSignal) => (await call<T>('GET', path, undefined, signal)).data;
+  const post = async <T>(path: string, body: object = {}) =>
+    (await call<T>('POST', path, body as Record<string, unknown>)).data;
+  const query = (params: Record<string, string | number | undefined>) => {
+    const q = new URLSearchParams(
+      Object.entries(params).filter(([, v]) => v !== undefined).map(([k, v]) => [k, String(v)]),
+    ).toString();
+    return q ? `?${q}` : '';
+  };
+  const optimistic = <T>(send: (tempId: string) => Promise<T>, tempId?: string): Pending<T> => {
+    const id = tempId ?? newTempId();
+    return { tempId: id, done: send(id) };
+  };
+
+  return {
+    packages: async () => (await get<{ packages: CreditPackage[] }>('checkout/packages')).packages,
+    /** Opens a hosted Checkout Session; redirect the browser to `url`. */
+    startCheckout: (req: CheckoutRequest): Pending<CheckoutSession> =>
+      optimistic(
+        (id) => post<CheckoutSession>('checkout/sessions', { ...req, client_temp_id: id }),
+        req.client_temp_id,
+      ),
+    /** A purchase by id or Checkout Session id; asks Stripe when still pending. */
+    purchase: (id: string) => get<PurchaseStatus>(`checkout/sessions/${encodeURIComponent(id)}`),
+    balance: () => get<Balance>('credits/balance'),
+    ledger: (page: { limit?: number; cursor?: string } = {}) => get<LedgerPage>(`credits/ledger${query(page)}`),
+    recordUsage: (req: UsageRequest) => post<UsageCharge>('credits/usage', req),
+    createHold: (req: HoldRequest) => post<Hold>('credits/holds', req),
+    captureHold: (holdId: string, req: CaptureRequest = {}) =>
+      post<Hold>(`credits/holds/${encodeURIComponent(holdId)}/capture`, req),
+    releaseHold: (holdId: string) => post<Hold>(`credits/holds/${encodeURIComponent(holdId)}/release`),
+    createJob: (req: JobRequest): Pending<JobAccepted> =>
+      optimistic((id) => post<JobAccepted>('jobs', { ...req, client_temp_id: id }), req.client_temp_id),
+    job: (jobId: string) => get<Job>(`jobs/${encodeURIComponent(jobId)}`),
+    jobs: (page: { status?: JobStatus; limit?: number; cursor?: string } = {}) => get<JobList>(`jobs${query(page)}`),
+    cancelJob: async (jobId: string) => (await call<Job>('DELETE', `jobs/${encodeURIComponent(jobId)}`)).data,
+
+    /**
+     * Polls a job at the pace the server asks (Retry-After: 2 s, then 4 s, then 8 s) until it
+     * completes, fails or is cancelled (resolving with it) or `signal` aborts (ABORTED).
+     */
+    async watchJob(jobId: string, opts: WatchOptions = {}): Promise<Job> {
+      for (let polls = 0;; polls++) {
+        const { data: job, response } = await call<Job>(
+          'GET',
+          `jobs/${encodeURIComponent(jobId)}`,
+          undefined,
+          opts.signal,
+        );
+        opts.onProgress?.(job);
+        if (finished(job.status)) return job;
+        const asked = Number(response?.headers.get('retry-after'));
+        await sleep((asked > 0 ? asked : Math.min(8, 2 ** (polls + 1))) * 1000, opts.signal);
+      }
+    },
+  };
+}
+
+export type BillingClient = ReturnType<typeof createBillingClient>;
+export const isBillingError = (e: unknown): e is BillingError => e instanceof BillingError;

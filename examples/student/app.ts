@@ -1,0 +1,200 @@
+// The example student page: balance, packages (bought through hosted Checkout), the purchase
+// polled after the redirect back, recent ledger entries, and a metered AI job with progress
+// and cancel. Everything goes through the typed client over supabase-js.
+/// <reference lib="dom" />
+import { createClient } from '@supabase/supabase-js';
+import { type BillingClient, createBillingClient, isBillingError, type Job } from '../../client/mod.ts';
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+const store = globalThis.sessionStorage;
+const params = new URLSearchParams(location.search);
+
+// Locally the page is told where the API is (?api=) and takes a pasted token; both are kept
+// for the tab, so they survive the round trip through Checkout.
+if (params.get('api')) store.setItem('api', params.get('api') as string);
+const api = store.getItem('api') ?? 'http://127.0.0.1:54321';
+
+/** 9990.5 → "9,990.5": credits are decimal strings, grouped without ever becoming floats. */
+export function formatCredits(amount: string): string {
+  const [whole, fraction] = amount.split('.');
+  const grouped = whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+  return fraction ? `${grouped}.${fraction}` : grouped;
+}
+const money = (cents: number, currency: string) =>
+  new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(cents / 100);
+
+function show(id: 'error' | 'notice', text: string | null) {
+  const el = $(id);
+  el.textContent = text ?? '';
+  el.hidden = !text;
+}
+function fail(err: unknown) {
+  const text = isBillingError(err)
+    ? `${err.message} (${err.code}${err.requestId ? `, request ${err.requestId}` : ''})`
+    : String(err);
+  show('error', text);
+}
+
+async function refreshBalance(billing: BillingClient) {
+  const b = await billing.balance();
+  $('balance').textContent = formatCredits(b.balance);
+  $('available').textContent = formatCredits(b.available);
+  $('held').textContent = formatCredits(b.held);
+}
+
+async function refreshLedger(billing: BillingClient) {
+  const { entries } = await billing.ledger({ limit: 10 });
+  const list = $('ledger');
+  list.replaceChildren();
+  if (entries.length === 0) {
+    list.innerHTML = '<li class="muted">No activity yet: buy a package to start.</li>';
+    return;
+  }
+  for (const e of entries) {
+    const li = document.createElement('li');
+    li.textContent = `${new Date(e.created_at).toLocaleString()} · ${e.kind.replace(/_/g, ' ')} · ${
+      e.amount.startsWith('-') ? '' : '+'
+    }${formatCredits(e.amount)}`;
+    list.append(li);
+  }
+}
+
+async function showPackages(billing: BillingClient) {
+  const packages = await billing.packages();
+  const box = $('packages');
+  box.replaceChildren();
+  if (packages.length === 0) box.innerHTML = '<span class="muted">No packages on sale right now.</span>';
+  for (const p of packages) {
+    const card = document.createElement('div');
+    card.className = 'package';
+    const bonus = p.bonus_credits !== '0' ? ` + ${formatCredits(p.bonus_credits)} bonus` : '';
+    card.innerHTML = `<strong></strong><div class="muted"></div>`;
+    (card.querySelector('strong') as HTMLElement).textContent = `${p.name} · ${money(p.price_cents, p.currency)}`;
+    (card.querySelector('.muted') as HTMLElement).textContent = `${formatCredits(p.credits)} credits${bonus}`;
+    const buy = document.createElement('button');
+    buy.textContent = 'Buy';
+    buy.dataset.package = p.id;
+    buy.onclick = async () => {
+      buy.disabled = true;
+      buy.textContent = 'Opening checkout…';
+      try {
+        const here = `${location.origin}${location.pathname}`;
+        const session = await billing.startCheckout({
+          package_id: p.id,
+          success_url: here,
+          cancel_url: `${here}?cancelled=1`,
+        })
+          .done;
+        if (session.url) location.assign(session.url);
+      } catch (err) {
+        fail(err);
+        buy.disabled = false;
+        buy.textContent = 'Buy';
+      }
+    };
+    card.append(buy);
+    box.append(card);
+  }
+}
+
+/** Back from Checkout: the purchase is polled until Stripe's answer is in (webhooks may lag). */
+async function followPurchase(billing: BillingClient, sessionId: string) {
+  show('notice', 'Confirming your payment…');
+  for (let i = 0; i < 30; i++) {
+    const p = await billing.purchase(sessionId);
+    if (p.status === 'paid') {
+      const total = (BigInt(p.credits.split('.')[0]) + BigInt(p.bonus_credits.split('.')[0])).toString();
+      show('notice', `Payment received: ${formatCredits(total)} credits added.`);
+      return;
+    }
+    if (p.status !== 'pending') {
+      show('notice', null);
+      show('error', `The payment did not go through (${p.status}).`);
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  show('notice', 'Your payment is still being confirmed; the balance will update shortly.');
+}
+
+function wireJobs(billing: BillingClient) {
+  const start = $<HTMLButtonElement>('start-job');
+  const cancel = $<HTMLButtonElement>('cancel-job');
+  const bar = $<HTMLProgressElement>('job-progress');
+  const status = $('job-status');
+  let running: { id: string; abort: AbortController } | null = null;
+  const render = (job: Job) => {
+    bar.value = job.progress;
+    status.textContent = `${job.status} · ${job.progress}%`;
+  };
+  start.onclick = async () => {
+    show('error', null);
+    start.disabled = true;
+    bar.hidden = false;
+    bar.value = 0;
+    $('job-result').textContent = '';
+    const pending = billing.createJob({
+      type: 'ai_completion',
+      input: { model: 'gpt-4o-mini', prompt: $<HTMLTextAreaElement>('prompt').value, max_tokens: 256 },
+    });
+    status.textContent = 'queued';
+    try {
+      const accepted = await pending.done;
+      running = { id: accepted.job_id, abort: new AbortController() };
+      cancel.hidden = false;
+      const job = await billing.watchJob(accepted.job_id, { signal: running.abort.signal, onProgress: render });
+      render(job);
+      if (job.status === 'completed') {
+        $('job-result').textContent = String((job.result as { text?: string })?.text ?? '');
+      }
+      await Promise.all([refreshBalance(billing), refreshLedger(billing)]);
+    } catch (err) {
+      if (!(isBillingError(err) && err.code === 'ABORTED')) fail(err);
+    } finally {
+      running = null;
+      start.disabled = false;
+      cancel.hidden = true;
+    }
+  };
+  cancel.onclick = async () => {
+    if (!running) return;
+    cancel.disabled = true;
+    try {
+      const job = await billing.cancelJob(running.id);
+      running.abort.abort();
+      render(job);
+      await refreshBalance(billing);
+    } catch (err) {
+      fail(err);
+    } finally {
+      cancel.disabled = false;
+    }
+  };
+}
+
+async function main() {
+  const token = store.getItem('token');
+  if (!token) {
+    $('signin').hidden = false;
+    $('sign-in').onclick = () => {
+      store.setItem('token', $<HTMLInputElement>('token').value.trim());
+      location.reload();
+    };
+    return;
+  }
+  const supabase = createClient(api, 'local-anon-key', { accessToken: () => Promise.resolve(token) });
+  const billing = createBillingClient(supabase);
+  $('app').hidden = false;
+  wireJobs(billing);
+  try {
+    const sessionId = params.get('session_id');
+    if (sessionId) await followPurchase(billing, sessionId);
+    if (params.get('cancelled')) show('notice', 'Checkout was cancelled; nothing was charged.');
+    await Promise.all([refreshBalance(billing), showPackages(billing), refreshLedger(billing)]);
+  } catch (err) {
+    fail(err);
+  }
+  document.body.dataset.ready = 'true';
+}
+
+main();

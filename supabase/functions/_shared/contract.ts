@@ -1,0 +1,131 @@
+// The user routes' contract, shared by the functions (their JSON builders are typed with it)
+// and by the client in client/ (type-only imports, erased from browser bundles). Request
+// bodies are the zod schemas' input types, so a changed route breaks the client's check.
+import type { z } from 'zod';
+import type { CreateSessionSchema } from '../checkout/schemas.ts';
+import type { CaptureRequestSchema, HoldRequestSchema, UsageRequestSchema } from '../credits/schemas.ts';
+import type { CreateJobSchema } from '../jobs/schemas.ts';
+
+export type UsageRequest = z.input<typeof UsageRequestSchema>;
+export type HoldRequest = z.input<typeof HoldRequestSchema>;
+export type CaptureRequest = z.input<typeof CaptureRequestSchema>;
+export type CheckoutRequest = z.input<typeof CreateSessionSchema>;
+export type JobRequest = z.input<typeof CreateJobSchema>;
+
+/** Credit amounts are exact decimal strings, never JS numbers. */
+export type Credits = string;
+
+export interface Balance {
+  balance: Credits;
+  held: Credits;
+  available: Credits;
+}
+
+export interface LedgerEntry {
+  id: string;
+  created_at: string;
+  kind: string;
+  amount: Credits;
+  balance_after: Credits;
+  correlation_id: string | null;
+  reference: string | null;
+}
+
+export interface LedgerPage {
+  entries: LedgerEntry[];
+  next_cursor: string | null;
+}
+
+export interface UsageCharge {
+  transfer_id: string | null;
+  charged: Credits;
+  balance: Credits;
+  available: Credits;
+  rate_card_version: number;
+}
+
+export interface Hold {
+  hold_id: string;
+  status: string;
+  amount: Credits;
+  captured: Credits;
+  released: Credits;
+  transfer_id: string | null;
+  expires_at: string;
+  balance: Credits;
+  available: Credits;
+}
+
+export interface CreditPackage {
+  id: string;
+  name: string;
+  price_cents: number;
+  currency: string;
+  credits: Credits;
+  bonus_credits: Credits;
+}
+
+export interface CheckoutSession {
+  purchase_id: string;
+  status: string;
+  package_id: string;
+  session_id: string | null;
+  url: string | null;
+  expires_at: string | null;
+  client_temp_id: string | null;
+  price_cents: number;
+  currency: string;
+  credits: Credits;
+  bonus_credits: Credits;
+}
+
+export interface PurchaseStatus {
+  purchase_id: string;
+  status: 'pending' | 'paid' | 'failed' | 'expired';
+  package_id: string;
+  price_cents: number;
+  currency: string;
+  credits: Credits;
+  bonus_credits: Credits;
+  amount_refunded_cents: number;
+  paid_at: string | null;
+}
+
+export type JobStatus = 'queued' | 'processing' | 'completed' | 'failed' | 'cancelled';
+
+export interface JobAccepted {
+  job_id: string;
+  status: JobStatus;
+  poll_url: string;
+  client_temp_id: string | null;
+}
+
+export interface Job {
+  job_id: string;
+  type: string;
+  status: JobStatus;
+  progress: number;
+  checkpoints: unknown[];
+  result?: unknown;
+  error?: unknown;
+  client_temp_id: string | null;
+  created_at: string;
+  started_at: string | null;
+  completed_at: string | null;
+  expires_at: string;
+}
+
+export interface JobList {
+  jobs: Job[];
+  next_cursor: string | null;
+}
+
+/** The failure envelope's `error`. */
+export interface ErrorBody {
+  type: string;
+  code: string;
+  message: string;
+  retryable: boolean;
+  field?: string;
+  details?: Record<string, unknown>;
+}

@@ -1,0 +1,191 @@
+// The typed client against a local server that fails on purpose, through real supabase-js:
+// which failures are retried, that one Idempotency-Key serves every attempt of one operation,
+// the backoff's bounds, typed errors, optimistic temp ids, and watchJob's pacing and abort.
+import assert from 'node:assert/strict';
+import { createClient } from '@supabase/supabase-js';
+import { BillingError, createBillingClient, type RetryOptions } from '../../client/mod.ts';
+import { backoffMs } from '../../client/retry.ts';
+
+type Seen = { method: string; path: string; key: string | null; auth: string | null; body: string };
+type Reply = { status: number; body?: unknown; headers?: Record<string, string> };
+
+/** A server answering from `script` in order (the last answer repeats), recording each request. */
+function failingServer(script: Reply[]) {
+  const seen: Seen[] = [];
+  const server = Deno.serve({ hostname: '127.0.0.1', port: 0, onListen: () => {} }, async (req) => {
+    const url = new URL(req.url);
+    seen.push({
+      method: req.method,
+      path: url.pathname + url.search,
+      key: req.headers.get('idempotency-key'),
+      auth: req.headers.get('authorization'),
+      body: await req.text(),
+    });
+    const r = script[Math.min(seen.length - 1, script.length - 1)];
+    return new Response(JSON.stringify(r.body ?? {}), {
+      status: r.status,
+      headers: { 'content-type': 'application/json', ...r.headers },
+    });
+  });
+  const base = `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
+  return { base, seen, close: () => server.shutdown() };
+}
+
+const envelope = (code: string, retryable: boolean) => ({
+  error: { type: 'x', code, message: `${code} on purpose`, retryable, details: { why: 'test' } },
+  metadata: { requestId: 'req-test-1234', timestamp: new Date().toISOString() },
+});
+const success = (data: unknown) => ({ data, metadata: { requestId: 'req-ok-1234', timestamp: '' } });
+const charge = { transfer_id: '1', charged: '0.5', balance: '9.5', available: '9.5', rate_card_version: 1 };
+const fast = { baseDelayMs: 5, maxDelayMs: 20 };
+
+function client(base: string, opts: RetryOptions = fast, fetchImpl?: typeof fetch) {
+  const supabase = createClient(base, 'anon-key', {
+    accessToken: () => Promise.resolve('user-token'),
+    global: fetchImpl ? { fetch: fetchImpl } : {},
+  });
+  return createBillingClient(supabase, opts);
+}
+
+Deno.test('a retryable 503 and a 409 IDEMPOTENCY_KEY_IN_USE are retried with the same key, then succeed', async () => {
+  const s = failingServer([
+    { status: 503, body: envelope('DATABASE_UNAVAILABLE', true) },
+    { status: 409, body: envelope('IDEMPOTENCY_KEY_IN_USE', true) },
+    { status: 201, body: success(charge) },
+  ]);
+  try {
+    const result = await client(s.base).recordUsage({ model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
+    assert.deepEqual(result, charge);
+    assert.equal(s.seen.length, 3);
+    assert.equal(new Set(s.seen.map((r) => r.key)).size, 1, 'one key for every attempt');
+    assert.match(s.seen[0].key ?? '', /^[0-9a-f-]{36}$/);
+    assert.equal(s.seen[0].auth, 'Bearer user-token', "the user's token travels as supabase-js sends it");
+    assert.equal(s.seen[0].path, '/functions/v1/credits/usage');
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test('a non-retryable error is thrown at once as a typed BillingError', async () => {
+  const s = failingServer([{ status: 400, body: envelope('VALIDATION_FAILED', false) }]);
+  try {
+    const err = await client(s.base).recordUsage({ model: 'gpt-4o', input_tokens: -1, output_tokens: 1 }).then(
+      () => null,
+      (e) => e,
+    );
+    assert.ok(err instanceof BillingError);
+    assert.equal(err.status, 400);
+    assert.equal(err.code, 'VALIDATION_FAILED');
+    assert.equal(err.retryable, false);
+    assert.deepEqual(err.details, { why: 'test' });
+    assert.equal(err.requestId, 'req-test-1234');
+    assert.equal(s.seen.length, 1, 'never retried');
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test('a network error is retried with the same key; attempts stop at maxAttempts', async () => {
+  const s = failingServer([{ status: 201, body: success(charge) }]);
+  let calls = 0;
+  const flaky: typeof fetch = (input, init) => {
+    calls++;
+    return calls === 1 ? Promise.reject(new TypeError('connection reset')) : fetch(input, init);
+  };
+  try {
+    await client(s.base, fast, flaky).recordUsage({ model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
+    assert.equal(calls, 2);
+    assert.equal(s.seen.length, 1);
+  } finally {
+    await s.close();
+  }
+
+  const down = failingServer([{ status: 503, body: envelope('DATABASE_UNAVAILABLE', true) }]);
+  try {
+    const err = await client(down.base, { ...fast, maxAttempts: 3 }).balance().catch((e) => e);
+    assert.equal(err.code, 'DATABASE_UNAVAILABLE');
+    assert.equal(down.seen.length, 3);
+    assert.equal(down.seen[0].key, null, 'reads carry no Idempotency-Key');
+  } finally {
+    await down.close();
+  }
+});
+
+Deno.test('two logical operations get two keys', async () => {
+  const s = failingServer([{ status: 201, body: success(charge) }]);
+  try {
+    const c = client(s.base);
+    await c.recordUsage({ model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
+    await c.recordUsage({ model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
+    assert.notEqual(s.seen[0].key, s.seen[1].key);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test('backoff: full jitter under a doubling ceiling, capped, and never shorter than Retry-After', () => {
+  const err = (retryAfter?: number) =>
+    new BillingError(503, { type: 'x', code: 'X', message: '', retryable: true }, undefined, retryAfter);
+  const top = { random: () => 0.999999 };
+  assert.deepEqual([0, 1, 2, 3, 4, 5, 6].map((a) => Math.round(backoffMs(a, err(), top))), [
+    250,
+    500,
+    1000,
+    2000,
+    4000,
+    8000,
+    8000,
+  ]);
+  assert.equal(backoffMs(3, err(), { random: () => 0 }), 0, 'full jitter reaches down to zero');
+  assert.equal(backoffMs(0, err(3), { random: () => 0 }), 3000, 'Retry-After is a floor');
+  assert.equal(backoffMs(0, err(60), { random: () => 0 }), 8000, 'and the cap still holds');
+});
+
+Deno.test('optimistic create: a temp id at once, the canonical id later; retries resend the same temp id', async () => {
+  const s = failingServer([
+    { status: 503, body: envelope('DATABASE_UNAVAILABLE', true) },
+    { status: 202, body: success({ job_id: 'job-1', status: 'queued', poll_url: '/x', client_temp_id: 'echo' }) },
+  ]);
+  try {
+    const pending = client(s.base).createJob({ type: 'ai_completion', input: {} });
+    assert.match(pending.tempId, /^temp_[0-9a-f-]{36}$/);
+    const accepted = await pending.done;
+    assert.equal(accepted.job_id, 'job-1');
+    const sent = s.seen.map((r) => JSON.parse(r.body).client_temp_id);
+    assert.deepEqual(sent, [pending.tempId, pending.tempId]);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("watchJob follows the server's Retry-After, reports progress, and stops when finished or aborted", async () => {
+  const job = (status: string, progress: number) =>
+    success({ job_id: 'j', type: 'ai_completion', status, progress, checkpoints: [], client_temp_id: null });
+  const s = failingServer([
+    { status: 200, body: job('queued', 0), headers: { 'retry-after': '1' } },
+    { status: 200, body: job('processing', 40), headers: { 'retry-after': '1' } },
+    { status: 200, body: job('completed', 100) },
+  ]);
+  try {
+    const progress: number[] = [];
+    const started = Date.now();
+    const done = await client(s.base).watchJob('j', { onProgress: (j) => progress.push(j.progress) });
+    assert.equal(done.status, 'completed');
+    assert.deepEqual(progress, [0, 40, 100]);
+    assert.ok(Date.now() - started >= 1900, 'waited Retry-After (1 s) twice');
+  } finally {
+    await s.close();
+  }
+
+  const slow = failingServer([{ status: 200, body: job('processing', 10), headers: { 'retry-after': '8' } }]);
+  try {
+    const abort = new AbortController();
+    const started = Date.now();
+    setTimeout(() => abort.abort(), 200);
+    const err = await client(slow.base).watchJob('j', { signal: abort.signal }).catch((e) => e);
+    assert.equal(err.code, 'ABORTED');
+    assert.ok(Date.now() - started < 2000, 'the abort ends the 8 s wait at once');
+  } finally {
+    await slow.close();
+  }
+});
