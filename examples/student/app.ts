@@ -142,6 +142,7 @@ function wireJobs(billing: BillingClient) {
       const accepted = await pending.done;
       running = { id: accepted.job_id, abort: new AbortController() };
       cancel.hidden = false;
+      await refreshBalance(billing); // the job's estimate is now held
       const job = await billing.watchJob(accepted.job_id, { signal: running.abort.signal, onProgress: render });
       render(job);
       if (job.status === 'completed') {

@@ -1,0 +1,91 @@
+// The example student page in Debian's Chromium (headless, playwright-core), against the
+// local stack: sign in with a local token, buy `starter` through the emulator's hosted
+// Checkout page, see 9,990 credits; start a metered job and cancel it; and the error state.
+// Screenshots go to artifacts/ (git-ignored).
+import assert from 'node:assert/strict';
+import { type Browser, chromium, type Page } from 'playwright-core';
+import { api, env, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
+
+const pageUrl = env('STUDENT_PAGE_URL');
+const artifacts = new URL('../../artifacts/', import.meta.url);
+await Deno.mkdir(artifacts, { recursive: true });
+
+const browserTest = (name: string, fn: (browser: Browser) => Promise<void>) =>
+  Deno.test({
+    name,
+    // Chromium is a child process with its own pipes: not leaks of this test.
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const browser = await chromium.launch({
+        executablePath: '/usr/bin/chromium',
+        headless: true,
+        args: ['--no-sandbox', '--disable-dev-shm-usage'],
+      });
+      try {
+        await fn(browser);
+      } finally {
+        await browser.close();
+      }
+    },
+  });
+
+async function signIn(page: Page, apiBase: string, token: string) {
+  await page.goto(`${pageUrl}?api=${encodeURIComponent(apiBase)}`);
+  await page.locator('#token').fill(token);
+  await page.locator('#sign-in').click();
+  await page.waitForSelector('body[data-ready="true"]');
+}
+
+const text = async (page: Page, selector: string) => (await page.locator(selector).textContent())?.trim();
+
+browserTest(
+  'a student buys starter through Checkout and sees 9,990 credits; a job starts and is cancelled',
+  async (browser) => {
+    // A gateway of its own whose local AI model is slow, so the job can be seen running and cancelled.
+    const gateway = spawnGateway({ AI_LOCAL_CHUNK_DELAY_MS: '1500' });
+    await gateway.ready();
+    try {
+      const user = await newUser();
+      const token = await userToken(user);
+      const page = await browser.newPage();
+      await signIn(page, gateway.url.replace(/\/functions\/v1$/, ''), token);
+      assert.equal(await text(page, '#balance'), '0');
+      assert.match((await text(page, '#ledger')) ?? '', /No activity yet/, 'the empty state is shown');
+
+      await page.locator('button[data-package="starter"]').click();
+      await page.waitForURL(/\/_emulator\/checkout\/cs_test_/);
+      await page.locator('#pay').click();
+      await page.waitForURL((u) => u.href.startsWith(pageUrl) && u.searchParams.has('session_id'));
+      await page.waitForSelector('body[data-ready="true"]');
+      await page.locator('#notice', { hasText: 'Payment received' }).waitFor();
+      assert.equal(await text(page, '#balance'), '9,990');
+      const fromApi = (await api('/credits/balance', { token })).body.data as { balance: string };
+      assert.equal(fromApi.balance, '9990', 'the page shows what the API says');
+      assert.match((await text(page, '#ledger')) ?? '', /purchase · \+9,990/);
+      await page.screenshot({ path: new URL('student-after-purchase.png', artifacts).pathname, fullPage: true });
+
+      await page.locator('#start-job').click();
+      await page.locator('#cancel-job').waitFor({ state: 'visible' });
+      await page.locator('#job-status', { hasText: 'processing' }).waitFor({ timeout: 15_000 });
+      assert.equal(await text(page, '#available') === '9,990', false, 'the running job holds its estimate');
+      await page.locator('#cancel-job').click();
+      await page.locator('#job-status', { hasText: 'cancelled' }).waitFor();
+      await page.locator('#available', { hasText: '9,990' }).waitFor();
+      await page.screenshot({ path: new URL('student-job-cancelled.png', artifacts).pathname, fullPage: true });
+      const [job] = await testDb`select status from billing.jobs where user_id = ${user}`;
+      assert.equal(job.status, 'cancelled');
+    } finally {
+      await gateway.kill();
+    }
+  },
+);
+
+browserTest('an invalid token shows the error state, not a blank page', async (browser) => {
+  const page = await browser.newPage();
+  await signIn(page, env('SUPABASE_URL'), 'not-a-real-token');
+  const error = page.locator('#error');
+  await error.waitFor({ state: 'visible' });
+  assert.match((await error.textContent()) ?? '', /UNAUTHORIZED/);
+  await page.screenshot({ path: new URL('student-error.png', artifacts).pathname });
+});
