@@ -22,7 +22,7 @@ const bundle = await new Deno.Command(Deno.execPath(), {
   stderr: 'inherit',
 }).output();
 if (!bundle.success) throw new Error('bundling examples/student/app.ts failed');
-const files: Record<string, { body: Uint8Array; type: string }> = {
+const files: Record<string, { body: Uint8Array<ArrayBuffer>; type: string }> = {
   '/': { body: await Deno.readFile(new URL('index.html', page)), type: 'text/html; charset=utf-8' },
   '/app.js': { body: await Deno.readFile(bundled), type: 'text/javascript; charset=utf-8' },
 };
