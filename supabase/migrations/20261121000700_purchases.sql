@@ -23,6 +23,7 @@ create table billing.purchases (
   session_expires_at timestamptz,
   stripe_payment_intent_id text,
   stripe_charge_id text unique,
+  stripe_fee_cents integer,                       -- Stripe's processing fee on the charge (its balance transaction)
   amount_refunded_cents integer not null default 0,
   credits_refund_reversed numeric(38, 18) not null default 0,
   bonus_refund_reversed numeric(38, 18) not null default 0,
@@ -279,7 +280,8 @@ begin
 
   update billing.purchases x
   set stripe_payment_intent_id = coalesce(x.stripe_payment_intent_id, p_state ->> 'payment_intent'),
-      stripe_charge_id = coalesce(x.stripe_charge_id, v_charge)
+      stripe_charge_id = coalesce(x.stripe_charge_id, v_charge),
+      stripe_fee_cents = coalesce(x.stripe_fee_cents, (p_state ->> 'stripe_fee')::integer)
   where x.id = p.id returning * into p;
 
   if p.status <> 'paid' then

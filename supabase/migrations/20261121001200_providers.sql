@@ -81,8 +81,9 @@ create index provider_payouts_provider on billing.provider_payouts (provider_id,
 -- ============================================================ the money ledger (cents)
 
 -- Accounts: `payers` (money arriving from outside), `platform_fees` (the platform's revenue),
--- `provider:<uuid>` (what Stripe holds for a provider's connected account) and
--- `provider_payouts` (money paid out to providers' banks). Σ of every transfer's entries = 0.
+-- `provider:<uuid>` (what Stripe holds for a provider's connected account),
+-- `provider_payouts` (money paid out to providers' banks), and for credit purchases
+-- `b2c_revenue` and `stripe_fees` (see the revenue migration). Σ of every transfer's entries = 0.
 create table billing.money_transfers (
   id uuid primary key default gen_random_uuid(),
   kind text not null,
@@ -91,9 +92,13 @@ create table billing.money_transfers (
   provider_id uuid references billing.providers (id),
   payment_id uuid references billing.provider_payments (id),
   stripe_id text,
+  -- When it happened at Stripe (the event's time, when known), so a late event counts on its day.
+  occurred_at timestamptz not null default now(),
   created_at timestamptz not null default now(),
-  constraint money_transfers_kind check (kind in ('provider_payment', 'fee_adjustment', 'provider_refund', 'payout', 'payout_reversal'))
+  constraint money_transfers_kind check (kind in ('provider_payment', 'fee_adjustment', 'provider_refund', 'payout',
+    'payout_reversal', 'credit_purchase', 'credit_refund', 'credit_dispute_lost', 'stripe_fee'))
 );
+create index money_transfers_occurred on billing.money_transfers (occurred_at);
 comment on table billing.money_transfers is 'Immutable money movements in cents (B2B), each mirroring a Stripe fact; never credits.';
 
 create table billing.money_entries (
@@ -103,7 +108,7 @@ create table billing.money_entries (
   currency text not null,
   amount_cents bigint not null,
   created_at timestamptz not null default now(),
-  constraint money_entries_account check (account in ('payers', 'platform_fees', 'provider_payouts')
+  constraint money_entries_account check (account in ('payers', 'platform_fees', 'provider_payouts', 'b2c_revenue', 'stripe_fees')
     or account ~ '^provider:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'),
   constraint money_entries_nonzero check (amount_cents <> 0)
 );
@@ -188,8 +193,10 @@ begin
   if (select coalesce(sum((e ->> 'amount_cents')::bigint), 0) from jsonb_array_elements(p_entries) e) <> 0 then
     perform billing.raise_error('MONEY_UNBALANCED', jsonb_build_object('key', p_key));
   end if;
-  insert into billing.money_transfers (kind, idempotency_key, currency, provider_id, payment_id, stripe_id)
-  values (p_kind, p_key, p_currency, p_provider, p_payment, p_stripe_id)
+  insert into billing.money_transfers (kind, idempotency_key, currency, provider_id, payment_id, stripe_id, occurred_at)
+  values (p_kind, p_key, p_currency, p_provider, p_payment, p_stripe_id,
+    -- billing.event_time: set by process_stripe_event to the Stripe event's time.
+    coalesce(nullif(current_setting('billing.event_time', true), '')::timestamptz, now()))
   on conflict (idempotency_key) do nothing
   returning id into v_id;
   if v_id is null then
@@ -509,6 +516,7 @@ begin
     update billing.stripe_events e set status = 'ignored', processed_at = now(), last_error = null where e.id = p_event_id;
     return 'ignored';
   end if;
+  perform set_config('billing.event_time', p_created::text, true); -- money postings are dated by the event
   v_outcome := case p_state ->> 'kind'
     when 'account' then billing.sync_provider_account(p_state)
     when 'payout' then billing.sync_provider_payout(p_state)

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { bucketBounds, bucketOf } from '../../supabase/functions/_shared/latency.ts';
-import { burnRate, quantile, statsByRoute } from '../../supabase/functions/health/slo.ts';
+import { burnRate, quantile, statsByRoute } from '../../supabase/functions/_shared/slo.ts';
 
 const slo = { availability: 0.995, p95Ms: 120 };
 

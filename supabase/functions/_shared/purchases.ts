@@ -17,6 +17,8 @@ export type PurchaseState = {
   payment_intent_status: string | null;
   charge_id: string | null;
   charge_created: number | null;
+  /** Stripe's processing fee on the charge, from its balance transaction. */
+  stripe_fee: number | null;
   amount_refunded: number;
   dispute_id: string | null;
   dispute_status: string | null;
@@ -59,6 +61,7 @@ export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseStat
   let charge: Stripe.Charge | null = null;
   let dispute: Stripe.Dispute | null = null;
   let fee: Stripe.ApplicationFee | null = null;
+  let txn: Stripe.BalanceTransaction | null = null;
   if (paymentIntentId) {
     const id = paymentIntentId;
     pi = await stripeCall(() => client.paymentIntents.retrieve(id));
@@ -69,6 +72,8 @@ export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseStat
         const disputes = await stripeCall(() => client.disputes.list({ charge: chargeId, limit: 1 }));
         dispute = disputes.data[0] ?? null;
       }
+      const txnId = idOf(charge.balance_transaction);
+      if (txnId) txn = await stripeCall(() => client.balanceTransactions.retrieve(txnId));
       const feeId = idOf(charge.application_fee);
       if (feeId) fee = await stripeCall(() => client.applicationFees.retrieve(feeId));
     }
@@ -84,6 +89,7 @@ export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseStat
     payment_intent_status: pi?.status ?? null,
     charge_id: charge?.id ?? null,
     charge_created: charge?.created ?? null,
+    stripe_fee: txn?.fee ?? null,
     amount_refunded: charge?.amount_refunded ?? 0,
     dispute_id: dispute?.id ?? null,
     dispute_status: dispute?.status ?? null,

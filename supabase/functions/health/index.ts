@@ -14,16 +14,14 @@ import { constantTimeEqual, hasCronSecret } from '../_shared/secrets.ts';
 import { stripe, StripeEnvSchema } from '../_shared/stripe.ts';
 import { runChecks } from './checks.ts';
 import { Exposition } from './prometheus.ts';
-import { burnRate, readWindows, statsByRoute } from './slo.ts';
+import { burnRate, readWindows, sloConfig, statsByRoute } from '../_shared/slo.ts';
 
 const env = parseEnv(z.object({
-  SLO_AVAILABILITY: z.coerce.number().gt(0).lt(1).default(0.995),
-  SLO_P95_MS: z.coerce.number().positive().default(120),
   METRICS_TOKEN: z.string().min(16).optional(),
   OUTBOX_BACKLOG_WARN: z.coerce.number().int().positive().default(100),
   AI_HEALTH_DAILY_CALLS: z.coerce.number().int().min(0).default(24),
 }));
-const slo = { availability: env.SLO_AVAILABILITY, p95Ms: env.SLO_P95_MS };
+const slo = sloConfig();
 const app = createApp('health', { rateLimited: false });
 
 /** Admin JWT, or (for scrapers and schedulers) a bearer secret. */

@@ -1,6 +1,8 @@
 // SLO arithmetic over the latency histograms: percentiles, error rate and error-budget burn.
-import { bucketBounds, hourKey, minuteKey } from '../_shared/latency.ts';
-import { redis } from '../_shared/redis.ts';
+import { z } from 'zod';
+import { parseEnv } from './env.ts';
+import { bucketBounds, hourKey, minuteKey } from './latency.ts';
+import { redis } from './redis.ts';
 
 export interface RouteStats {
   requests: number;
@@ -15,6 +17,17 @@ export interface RouteStats {
 export interface SloConfig {
   availability: number; // e.g. 0.995
   p95Ms: number; // e.g. 120
+}
+
+const SloEnvSchema = z.object({
+  SLO_AVAILABILITY: z.coerce.number().gt(0).lt(1).default(0.995),
+  SLO_P95_MS: z.coerce.number().positive().default(120),
+});
+
+/** The objectives, from SLO_AVAILABILITY and SLO_P95_MS. */
+export function sloConfig(): SloConfig {
+  const env = parseEnv(SloEnvSchema);
+  return { availability: env.SLO_AVAILABILITY, p95Ms: env.SLO_P95_MS };
 }
 
 /**
@@ -100,4 +113,16 @@ export async function readWindows(now = Date.now()): Promise<Record<keyof typeof
     out[name] = merged;
   }
   return out as Record<keyof typeof windows, Record<string, number>>;
+}
+
+/** Error-budget burn of every route together, hour by hour over the last 24 hours (oldest first). */
+export async function hourlyBurn(slo: SloConfig, now = Date.now()) {
+  const hours = Array.from({ length: 24 }, (_, i) => now - (23 - i) * 3_600_000);
+  const client = redis().opsClient;
+  const replies = await Promise.all(hours.map((t) => client.hgetall<Record<string, number>>(hourKey(t))));
+  return hours.map((t, i) => {
+    const fields = Object.fromEntries(Object.entries(replies[i] ?? {}).map(([k, v]) => [k, Number(v)]));
+    const all = statsByRoute(fields, slo)['*'];
+    return { hour: new Date(t - (t % 3_600_000)).toISOString(), requests: all.requests, burn_rate: burnRate(all, slo) };
+  });
 }
