@@ -51,6 +51,7 @@ const functions: Record<string, Spec> = {
     ],
     optional: ['FEATURE_B2B_PROVIDER_PAYMENTS', 'PLATFORM_FEE_BPS', 'CRON_SECRET', 'STRIPE_API_BASE', ...limits],
   },
+  admin: { required: [...redis], optional: ['SLO_AVAILABILITY', 'SLO_P95_MS', 'SUPABASE_ANON_KEY', ...limits] },
   jobs: {
     required: [...redis, 'CRON_SECRET'],
     optional: ['AI_PROVIDER', 'AI_API_BASE', 'AI_API_KEY', 'JOBS_LEASE_SECONDS', ...limits],

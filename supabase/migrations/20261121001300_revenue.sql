@@ -139,6 +139,45 @@ $$;
 comment on function billing.revenue_metrics(timestamptz, timestamptz)
   is 'Every revenue, user, conversion, credit and webhook metric for [from, to). One definition each: docs/metrics.md.';
 
+-- Periods of a day, ISO week or month, clipped to [p_from, p_to), each with its metrics.
+create function billing.metrics_series(p_from date, p_to date, p_granularity text) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(billing.revenue_metrics(
+      greatest(s, p_from::timestamp) at time zone 'UTC',
+      least(s + ('1 ' || p_granularity)::interval, p_to::timestamp) at time zone 'UTC') order by s), '[]'::jsonb)
+  from generate_series(date_trunc(p_granularity, p_from::timestamp), p_to::timestamp - interval '1 microsecond',
+    ('1 ' || p_granularity)::interval) s
+$$;
+comment on function billing.metrics_series(date, date, text) is 'revenue_metrics per day, week or month over [from, to).';
+
+-- What the people on call look at: reconciliation per provider, open alerts, webhook health.
+create function billing.ops_overview() returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'reconciliation', coalesce((
+      select jsonb_agg(jsonb_build_object('provider_id', p.id, 'name', p.name, 'last_day', r.last_day,
+          'mismatches', coalesce(m.n, 0), 'kinds', coalesce(m.kinds, '[]'::jsonb)) order by coalesce(m.n, 0) desc, p.name)
+      from billing.providers p
+      cross join (select max(day) as last_day from billing.reconciliation_runs) r
+      left join lateral (select count(*) as n, jsonb_agg(distinct x.kind) as kinds from billing.reconciliation_mismatches x
+                         where x.provider_id = p.id and x.day = r.last_day) m on true
+      where p.stripe_account_id is not null), '[]'::jsonb),
+    'alerts', coalesce((select jsonb_agg(jsonb_build_object('condition', a.condition, 'summary', a.summary,
+        'opened_at', a.opened_at, 'last_seen_at', a.last_seen_at) order by a.opened_at)
+      from billing.alerts a where a.status = 'open'), '[]'::jsonb),
+    'webhooks_24h', (select jsonb_build_object('received', count(*), 'processed', count(*) filter (where e.status = 'processed'),
+        'ignored', count(*) filter (where e.status = 'ignored'), 'failed', count(*) filter (where e.status = 'failed'),
+        'success_rate', case when count(*) > 0 then round(count(*) filter (where e.status <> 'failed')::numeric / count(*), 6) end)
+      from billing.stripe_events e where e.received_at > now() - interval '24 hours'))
+$$;
+comment on function billing.ops_overview() is 'Reconciliation status per provider (latest run), open alerts and the last 24 hours of webhooks.';
+
 -- ============================================================ the daily table
 
 create table billing.daily_revenue (
@@ -190,6 +229,8 @@ select cron.schedule('billing-daily-revenue', '15 0 * * *', $$select billing.run
 revoke execute on all functions in schema billing from public, anon, authenticated;
 grant execute on function
   billing.revenue_metrics(timestamptz, timestamptz),
+  billing.metrics_series(date, date, text),
+  billing.ops_overview(),
   billing.refresh_daily_revenue(date),
   billing.run_daily_revenue()
 to service_role;

@@ -14,7 +14,7 @@ const NotifyEnvSchema = z.object({
   OUTBOX_MAX_ATTEMPTS: z.coerce.number().int().positive().default(5),
 });
 
-export const templates = ['purchase_receipt', 'refund_notice', 'low_balance', 'alert'] as const;
+export const templates = ['purchase_receipt', 'refund_notice', 'low_balance', 'alert', 'daily_report'] as const;
 export type Template = typeof templates[number];
 
 type Payload = Record<string, unknown>;
@@ -39,7 +39,34 @@ export function render(template: Template, data: Payload): { subject: string; te
       return { subject: 'Your credit balance is low', text: `You have ${data.balance ?? 'few'} credits left.` };
     case 'alert':
       return { subject: `[ScholarLink alert] ${data.condition}`, text: String(data.summary ?? data.condition) };
+    case 'daily_report':
+      return { subject: `ScholarLink daily report, ${data.day}`, text: dailyReportText(data) };
   }
+}
+
+const cents = (n: unknown, currency: string) => `${(Number(n ?? 0) / 100).toFixed(2)} ${currency.toUpperCase()}`;
+
+/** The morning email: the day's headline numbers; the dashboard has the rest. */
+function dailyReportText(data: Payload): string {
+  const m = (data.metrics ?? {}) as {
+    by_currency?: { currency: string; gmv_cents: number; net_revenue_cents: number; take_rate: number | null }[];
+    users?: { active: number; paying: number };
+    conversion?: { checkout_rate: number | null };
+    credits?: { outstanding: string };
+  };
+  const lines = (m.by_currency ?? []).map((c) =>
+    `${c.currency.toUpperCase()}: GMV ${cents(c.gmv_cents, c.currency)}, net revenue ${
+      cents(c.net_revenue_cents, c.currency)
+    }, take rate ${c.take_rate === null ? 'n/a' : `${(c.take_rate * 100).toFixed(2)}%`}`
+  );
+  return [
+    `Numbers for ${data.day} (UTC).`,
+    ...(lines.length ? lines : ['No payments.']),
+    `Active users ${m.users?.active ?? 0}, paying ${m.users?.paying ?? 0}; checkout conversion ${
+      m.conversion?.checkout_rate == null ? 'n/a' : `${(m.conversion.checkout_rate * 100).toFixed(1)}%`
+    }.`,
+    `Outstanding credits: ${m.credits?.outstanding ?? '0'}.`,
+  ].join('\n');
 }
 
 interface OutboxRow {
@@ -52,7 +79,7 @@ interface OutboxRow {
 
 async function recipient(row: OutboxRow, alertEmail: string | undefined): Promise<string | null> {
   if (typeof row.payload.to === 'string') return row.payload.to;
-  if (row.template === 'alert') return alertEmail ?? null;
+  if (row.template === 'alert' || row.template === 'daily_report') return alertEmail ?? null; // the ops/admin list
   if (!row.user_id) return null;
   const [u] = await db()`select email from auth.users where id = ${row.user_id}`;
   return u?.email ?? null;

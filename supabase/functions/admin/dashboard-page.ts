@@ -1,0 +1,208 @@
+// The dashboard's HTML, CSS and script, served by the function itself (no CDN, no bundle):
+// KPI tiles, SVG charts, the reconciliation table, open alerts and webhook health. The script
+// reads the admin token from the sl_admin_token cookie and calls this function's JSON routes.
+
+const style = `
+:root{font:15px/1.45 system-ui,sans-serif;color:#1d2330;background:#f4f5f7}
+body{margin:0 auto;max-width:72rem;padding:1rem}
+h1{font-size:1.35rem;margin:.2rem 0 1rem}h2{font-size:1rem;margin:0 0 .6rem}
+.controls{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin-bottom:1rem}
+.controls label{display:flex;flex-direction:column;font-size:.8rem;color:#556}
+input,select,button{font:inherit;padding:.35rem .5rem}
+.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(10.5rem,1fr));gap:.7rem;margin-bottom:1rem}
+.tile{background:#fff;border-radius:.6rem;padding:.8rem 1rem;box-shadow:0 1px 2px #0001}
+.tile .label{font-size:.8rem;color:#667}.tile .value{font-size:1.45rem;font-weight:650;overflow-wrap:anywhere}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,21rem),1fr));gap:.7rem}
+section{background:#fff;border-radius:.6rem;padding:.9rem 1rem;box-shadow:0 1px 2px #0001;min-width:0}
+svg{width:100%;height:auto;display:block}
+table{width:100%;border-collapse:collapse;font-size:.88rem}td,th{text-align:left;padding:.3rem .4rem;border-bottom:1px solid #eef}
+.ok{color:#1b7a3a}.bad{color:#b3261e}.muted{color:#778;font-size:.85rem}
+#error{background:#fde8e8;color:#8a1c1c;padding:.6rem 1rem;border-radius:.5rem;margin-bottom:1rem}
+.legend span{display:inline-block;width:.7rem;height:.7rem;border-radius:2px;margin:0 .25rem 0 .6rem}
+[hidden]{display:none!important}`;
+
+const script = `
+const token = (document.cookie.match(/(?:^|; )sl_admin_token=([^;]+)/) || [])[1];
+const $ = (id) => document.getElementById(id);
+const fmtInt = new Intl.NumberFormat('en-US');
+const money = (cents, currency) => new Intl.NumberFormat('en-US', { style: 'currency', currency: currency.toUpperCase() }).format(cents / 100);
+const pct = (x) => x === null || x === undefined ? '–' : (x * 100).toFixed(x < 0.1 ? 2 : 1) + '%';
+const credits = (s) => { const [w, f] = String(s).split('.'); return w.replace(/\\B(?=(\\d{3})+(?!\\d))/g, ',') + (f ? '.' + f : ''); };
+const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
+
+async function get(path) {
+  const res = await fetch(path, { headers: { authorization: 'Bearer ' + token } });
+  const body = res.headers.get('content-type')?.includes('json') ? await res.json() : await res.text();
+  if (!res.ok) throw new Error(body?.error ? body.error.code + ': ' + body.error.message : 'HTTP ' + res.status);
+  return body;
+}
+
+function tile(kpi, label, value, raw) {
+  return '<div class="tile" data-kpi="' + kpi + '" data-value="' + esc(raw) + '"><div class="label">' + label +
+    '</div><div class="value">' + esc(value) + '</div></div>';
+}
+
+function bars(series, keys, colors, format) {
+  const w = 640, h = 200, pad = 28, n = series.length || 1, bw = (w - pad) / n;
+  const max = Math.max(1, ...series.map((s) => keys.reduce((a, k) => a + Math.max(0, s[k] || 0), 0)));
+  let out = '<svg viewBox="0 0 ' + w + ' ' + (h + 18) + '" role="img">';
+  series.forEach((s, i) => {
+    let y = h;
+    keys.forEach((k, j) => {
+      const v = Math.max(0, s[k] || 0), bh = (v / max) * (h - 10);
+      y -= bh;
+      out += '<rect x="' + (pad + i * bw + 1) + '" y="' + y + '" width="' + Math.max(1, bw - 2) + '" height="' + bh +
+        '" fill="' + colors[j] + '"><title>' + esc(s.label + ' ' + k + ': ' + format(v)) + '</title></rect>';
+    });
+    if (n <= 16 || i % Math.ceil(n / 8) === 0) out += '<text x="' + (pad + i * bw) + '" y="' + (h + 14) + '" font-size="10" fill="#667">' + esc(s.label) + '</text>';
+  });
+  out += '<text x="0" y="10" font-size="10" fill="#667">' + esc(format(max)) + '</text></svg>';
+  return out;
+}
+
+function line(series, key, format) {
+  const w = 640, h = 160, pad = 28, n = Math.max(1, series.length - 1);
+  const vals = series.map((s) => s[key]);
+  const max = Math.max(0.0001, ...vals.filter((v) => v !== null));
+  const pts = series.map((s, i) => s[key] === null ? null : [pad + (i / n) * (w - pad - 4), h - (s[key] / max) * (h - 12)]);
+  const d = pts.filter(Boolean).map((p, i) => (i ? 'L' : 'M') + p[0].toFixed(1) + ' ' + p[1].toFixed(1)).join(' ');
+  return '<svg viewBox="0 0 ' + w + ' ' + (h + 4) + '" role="img"><path d="' + d + '" fill="none" stroke="#3558c9" stroke-width="2"/>' +
+    pts.filter(Boolean).map((p) => '<circle cx="' + p[0] + '" cy="' + p[1] + '" r="2.5" fill="#3558c9"/>').join('') +
+    '<text x="0" y="10" font-size="10" fill="#667">' + esc(format(max)) + '</text></svg>';
+}
+
+function render(metrics, ops) {
+  const cur = metrics.total.by_currency.find((c) => c.currency === $('currency').value) || metrics.total.by_currency[0];
+  const currency = cur ? cur.currency : 'usd';
+  const t = metrics.total;
+  $('tiles').innerHTML = [
+    tile('gmv', 'GMV', money(cur ? cur.gmv_cents : 0, currency), cur ? cur.gmv_cents : 0),
+    tile('net_revenue', 'Net revenue', money(cur ? cur.net_revenue_cents : 0, currency), cur ? cur.net_revenue_cents : 0),
+    tile('take_rate', 'Take rate (B2B)', pct(cur ? cur.b2b_provider_fees.take_rate : null), cur ? cur.b2b_provider_fees.take_rate : ''),
+    tile('arpu', 'ARPU', cur && cur.arpu_cents !== null ? money(cur.arpu_cents, currency) : '–', cur ? cur.arpu_cents : ''),
+    tile('conversion', 'Checkout conversion', pct(t.conversion.checkout_rate), t.conversion.checkout_rate ?? ''),
+    tile('outstanding', 'Outstanding credits', credits(t.credits.outstanding), t.credits.outstanding),
+    tile('active_users', 'Active users', fmtInt.format(t.users.active), t.users.active),
+  ].join('');
+  const per = metrics.series.map((m) => {
+    const c = m.by_currency.find((x) => x.currency === currency);
+    return { label: m.from.slice(5, 10), b2c: c ? c.b2c_credits.net_revenue_cents : 0, b2b: c ? c.b2b_provider_fees.net_revenue_cents : 0,
+      rate: m.conversion.checkout_rate };
+  });
+  $('revenue-chart').innerHTML = bars(per, ['b2c', 'b2b'], ['#3558c9', '#2bb08c'], (v) => money(v, currency));
+  $('conversion-chart').innerHTML = line(per, 'rate', pct);
+  const hourly = ops.error_budget.hourly;
+  $('burn-chart').innerHTML = hourly
+    ? bars(hourly.map((h) => ({ label: h.hour.slice(11, 13) + 'h', burn: h.burn_rate.availability })), ['burn'], ['#d9822b'], (v) => v.toFixed(2) + '×')
+    : '<p class="muted">Latency data (Redis) is not answering.</p>';
+  $('recon').innerHTML = ops.reconciliation.length
+    ? '<table><tr><th>Provider</th><th>Last run</th><th>Status</th></tr>' + ops.reconciliation.map((r) =>
+      '<tr><td>' + esc(r.name) + '</td><td>' + esc(r.last_day ?? 'never') + '</td><td class="' + (r.mismatches ? 'bad' : 'ok') + '">' +
+      (r.mismatches ? esc(r.mismatches + ' mismatches: ' + r.kinds.join(', ')) : 'reconciled') + '</td></tr>').join('') + '</table>'
+    : '<p class="muted">No providers yet.</p>';
+  $('alerts').innerHTML = ops.alerts.length
+    ? '<table>' + ops.alerts.map((a) => '<tr><td class="bad">' + esc(a.condition) + '</td><td>' + esc(a.summary) + '</td></tr>').join('') + '</table>'
+    : '<p class="ok">No open alerts.</p>';
+  const w = ops.webhooks_24h;
+  $('webhooks').innerHTML = '<div class="value" data-kpi="webhook_success" data-value="' + esc(w.success_rate ?? '') + '">' + pct(w.success_rate) +
+    '</div><p class="muted">' + fmtInt.format(w.received) + ' events in 24 h: ' + fmtInt.format(w.processed) + ' processed, ' +
+    fmtInt.format(w.ignored) + ' ignored, ' + fmtInt.format(w.failed) + ' failed</p>';
+  const currencies = metrics.total.by_currency.map((c) => c.currency);
+  if ($('currency').options.length !== currencies.length) {
+    $('currency').innerHTML = (currencies.length ? currencies : ['usd']).map((c) => '<option>' + c + '</option>').join('');
+    $('currency').value = currency;
+  }
+}
+
+async function load() {
+  $('error').hidden = true;
+  document.body.dataset.ready = 'false';
+  const q = 'from=' + $('from').value + '&to=' + $('to').value + '&granularity=' + $('granularity').value;
+  try {
+    const [metrics, ops] = await Promise.all([get('./metrics?' + q), get('./ops')]);
+    window.lastMetrics = metrics.data;
+    render(metrics.data, ops.data);
+  } catch (e) {
+    $('error').textContent = String(e.message || e);
+    $('error').hidden = false;
+  }
+  document.body.dataset.ready = 'true';
+}
+
+async function downloadCsv() {
+  const q = 'from=' + $('from').value + '&to=' + $('to').value + '&granularity=' + $('granularity').value + '&format=csv';
+  const blob = new Blob([await get('./metrics?' + q)], { type: 'text/csv' });
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = 'metrics.csv';
+  a.click();
+}
+
+const today = new Date(Date.now() + 86400000).toISOString().slice(0, 10);
+$('to').value = today;
+$('from').value = new Date(Date.now() - 29 * 86400000).toISOString().slice(0, 10);
+for (const id of ['from', 'to', 'granularity', 'currency']) $(id).onchange = load;
+$('csv').onclick = downloadCsv;
+$('sign-out').onclick = () => { document.cookie = 'sl_admin_token=; Max-Age=0; path=' + location.pathname.replace(/[^/]*$/, ''); location.reload(); };
+load();`;
+
+const head = (title: string) =>
+  `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>${title}</title><style>${style}</style></head>`;
+
+export const dashboardPage = () =>
+  `${head('ScholarLink · Operations')}<body>
+<h1>ScholarLink · Operations</h1>
+<div class="controls">
+  <label>From <input type="date" id="from"></label><label>To (exclusive) <input type="date" id="to"></label>
+  <label>Granularity <select id="granularity"><option>day</option><option>week</option><option>month</option></select></label>
+  <label>Currency <select id="currency"><option>usd</option></select></label>
+  <button id="csv">Download CSV</button><button id="sign-out">Sign out</button>
+</div>
+<div id="error" role="alert" hidden></div>
+<div class="tiles" id="tiles"><div class="tile"><div class="label">Loading…</div></div></div>
+<div class="grid">
+  <section><h2>Net revenue by product line</h2><div class="legend muted"><span style="background:#3558c9"></span>B2C credits<span style="background:#2bb08c"></span>B2B provider fees</div><div id="revenue-chart"></div></section>
+  <section><h2>Checkout conversion</h2><div id="conversion-chart"></div></section>
+  <section><h2>Error-budget burn (availability, last 24 h)</h2><div id="burn-chart"></div></section>
+  <section><h2>Provider reconciliation</h2><div id="recon"></div></section>
+  <section><h2>Open alerts</h2><div id="alerts"></div></section>
+  <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>
+</div>
+<script>${script}</script></body></html>`;
+
+/**
+ * Sign-in: in production, Supabase Auth's password grant (SUPABASE_ANON_KEY); locally, or
+ * for any project, a pasted access token. The token goes into a cookie scoped to this function.
+ */
+export function signInPage(message?: string): string {
+  const url = Deno.env.get('SUPABASE_URL') ?? '';
+  const anon = Deno.env.get('SUPABASE_ANON_KEY') ?? '';
+  return `${head('ScholarLink · Sign in')}<body>
+<h1>ScholarLink · Operations</h1>
+${message ? `<div id="error" role="alert">${message}</div>` : ''}
+<section style="max-width:26rem">
+${
+    anon
+      ? `<h2>Sign in</h2><form id="password"><p><input id="email" type="email" placeholder="email" required style="width:100%"></p>
+<p><input id="pw" type="password" placeholder="password" required style="width:100%"></p><button>Sign in</button></form>
+<p class="muted">Or paste an access token:</p>`
+      : '<h2>Sign in with an access token</h2><p class="muted">Locally: <code>./scripts/token --admin</code>.</p>'
+  }
+<form id="paste"><p><input id="token" placeholder="access token" autocomplete="off" style="width:100%"></p><button id="use-token">Open the dashboard</button></form>
+</section>
+<script>
+const path = location.pathname.replace(/[^/]*$/, '');
+const keep = (t) => { document.cookie = 'sl_admin_token=' + t + '; path=' + path + '; SameSite=Strict' + (location.protocol === 'https:' ? '; Secure' : ''); location.reload(); };
+document.getElementById('paste').onsubmit = (e) => { e.preventDefault(); keep(document.getElementById('token').value.trim()); };
+const pw = document.getElementById('password');
+if (pw) pw.onsubmit = async (e) => {
+  e.preventDefault();
+  const res = await fetch(${JSON.stringify(url)} + '/auth/v1/token?grant_type=password', { method: 'POST',
+    headers: { apikey: ${JSON.stringify(anon)}, 'content-type': 'application/json' },
+    body: JSON.stringify({ email: document.getElementById('email').value, password: document.getElementById('pw').value }) });
+  const body = await res.json();
+  if (res.ok) keep(body.access_token); else alert(body.error_description || body.msg || 'Sign-in failed');
+};
+</script></body></html>`;
+}
