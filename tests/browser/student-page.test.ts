@@ -3,32 +3,12 @@
 // Checkout page, see 9,990 credits; start a metered job and cancel it; and the error state.
 // Screenshots go to artifacts/ (git-ignored).
 import assert from 'node:assert/strict';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
+import { browserTest } from '../browser.ts';
 import { api, env, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
 const artifacts = new URL('../../artifacts/', import.meta.url);
-await Deno.mkdir(artifacts, { recursive: true });
-
-const browserTest = (name: string, fn: (browser: Browser) => Promise<void>) =>
-  Deno.test({
-    name,
-    // Chromium is a child process with its own pipes: not leaks of this test.
-    sanitizeOps: false,
-    sanitizeResources: false,
-    async fn() {
-      const browser = await chromium.launch({
-        executablePath: '/usr/bin/chromium',
-        headless: true,
-        args: ['--no-sandbox', '--disable-dev-shm-usage'],
-      });
-      try {
-        await fn(browser);
-      } finally {
-        await browser.close();
-      }
-    },
-  });
 
 async function signIn(page: Page, apiBase: string, token: string) {
   await page.goto(`${pageUrl}?api=${encodeURIComponent(apiBase)}`);

@@ -98,7 +98,7 @@ function render(metrics, ops) {
   $('recon').innerHTML = ops.reconciliation.length
     ? '<table><tr><th>Provider</th><th>Last run</th><th>Status</th></tr>' + ops.reconciliation.map((r) =>
       '<tr><td>' + esc(r.name) + '</td><td>' + esc(r.last_day ?? 'never') + '</td><td class="' + (r.mismatches ? 'bad' : 'ok') + '">' +
-      (r.mismatches ? esc(r.mismatches + ' mismatches: ' + r.kinds.join(', ')) : 'reconciled') + '</td></tr>').join('') + '</table>'
+      (r.mismatches ? esc(r.mismatches + (r.mismatches === 1 ? ' mismatch: ' : ' mismatches: ') + r.kinds.join(', ')) : 'reconciled') + '</td></tr>').join('') + '</table>'
     : '<p class="muted">No providers yet.</p>';
   $('alerts').innerHTML = ops.alerts.length
     ? '<table>' + ops.alerts.map((a) => '<tr><td class="bad">' + esc(a.condition) + '</td><td>' + esc(a.summary) + '</td></tr>').join('') + '</table>'
