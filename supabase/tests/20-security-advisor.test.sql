@@ -51,7 +51,7 @@ select is(
 select ok(
   (select array_agg(jobname::text) from cron.job) @> array['billing-delete-expired-idempotency-keys',
     'billing-expire-stale-purchases', 'billing-release-expired-holds', 'billing-expire-jobs',
-    'billing-reconcile-providers'],
+    'billing-reconcile-providers', 'billing-daily-revenue'],
   'pg_cron schedules the hold sweep, key cleanup, stale-purchase expiry, job expiry and the provider reconciliation');
 
 -- The idempotency-key sweep deletes only expired keys, and at most its batch.
