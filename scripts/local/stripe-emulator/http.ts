@@ -1,5 +1,6 @@
 // Stripe's HTTP conventions: error bodies, API-key auth, idempotency-key replay.
 import { type FormObject, parseForm } from './form.ts';
+import { expand, expandPaths } from './expand.ts';
 import { config } from './state.ts';
 
 export class StripeApiError extends Error {
@@ -90,7 +91,7 @@ export async function dispatch(routes: Route[], req: Request): Promise<Response>
       };
       const result = await r.handler(ctx);
       if (result instanceof Response) return result;
-      const body = JSON.stringify(result);
+      const body = JSON.stringify(expand(result, expandPaths(url.searchParams)));
       if (key) idempotent.set(key, { fingerprint, status: 200, body });
       return new Response(body, {
         headers: { 'content-type': 'application/json', 'request-id': `req_${crypto.randomUUID()}` },

@@ -34,49 +34,37 @@ const idOf = (v: string | { id: string } | null | undefined) => (typeof v === 's
 /** Where to start: a Checkout Session, a payment intent, or a charge. */
 export type PurchaseRef = { session: string } | { paymentIntent: string } | { charge: string };
 
+// One round trip to Stripe brings the session with its payment intent, charge, the charge's
+// balance transaction (Stripe's fee) and application fee (provider payments).
+const expand = ['payment_intent.latest_charge.balance_transaction', 'payment_intent.latest_charge.application_fee'];
+const expanded = <T>(v: string | T | null | undefined): T | null => (v && typeof v === 'object' ? v : null);
+
 /** Stripe's current state of the purchase behind `ref`, or null when no session is behind it. */
 export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseState | null> {
   const client = stripe().client;
-  let paymentIntentId: string | null = null;
   let session: Stripe.Checkout.Session | undefined;
   if ('session' in ref) {
-    session = await stripeCall(() => client.checkout.sessions.retrieve(ref.session));
-    paymentIntentId = idOf(session.payment_intent);
+    session = await stripeCall(() => client.checkout.sessions.retrieve(ref.session, { expand }));
   } else {
-    if ('charge' in ref) {
-      const charge = await stripeCall(() => client.charges.retrieve(ref.charge));
-      paymentIntentId = idOf(charge.payment_intent);
-    } else {
-      paymentIntentId = ref.paymentIntent;
-    }
-    if (!paymentIntentId) return null;
+    const paymentIntent = 'charge' in ref
+      ? idOf((await stripeCall(() => client.charges.retrieve(ref.charge))).payment_intent)
+      : ref.paymentIntent;
+    if (!paymentIntent) return null;
     const found = await stripeCall(() =>
-      client.checkout.sessions.list({ payment_intent: paymentIntentId ?? undefined, limit: 1 })
+      client.checkout.sessions.list({ payment_intent: paymentIntent, limit: 1, expand: expand.map((e) => `data.${e}`) })
     );
     session = found.data[0];
   }
   if (!session) return null;
 
-  let pi: Stripe.PaymentIntent | null = null;
-  let charge: Stripe.Charge | null = null;
+  const pi = expanded<Stripe.PaymentIntent>(session.payment_intent);
+  const charge = expanded<Stripe.Charge>(pi?.latest_charge);
+  const txn = expanded<Stripe.BalanceTransaction>(charge?.balance_transaction);
+  const fee = expanded<Stripe.ApplicationFee>(charge?.application_fee);
   let dispute: Stripe.Dispute | null = null;
-  let fee: Stripe.ApplicationFee | null = null;
-  let txn: Stripe.BalanceTransaction | null = null;
-  if (paymentIntentId) {
-    const id = paymentIntentId;
-    pi = await stripeCall(() => client.paymentIntents.retrieve(id));
-    const chargeId = idOf(pi.latest_charge);
-    if (chargeId) {
-      charge = await stripeCall(() => client.charges.retrieve(chargeId));
-      if (charge.disputed) {
-        const disputes = await stripeCall(() => client.disputes.list({ charge: chargeId, limit: 1 }));
-        dispute = disputes.data[0] ?? null;
-      }
-      const txnId = idOf(charge.balance_transaction);
-      if (txnId) txn = await stripeCall(() => client.balanceTransactions.retrieve(txnId));
-      const feeId = idOf(charge.application_fee);
-      if (feeId) fee = await stripeCall(() => client.applicationFees.retrieve(feeId));
-    }
+  if (charge?.disputed) {
+    const chargeId = charge.id;
+    dispute = (await stripeCall(() => client.disputes.list({ charge: chargeId, limit: 1 }))).data[0] ?? null;
   }
   return {
     kind: 'checkout',
@@ -85,7 +73,7 @@ export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseStat
     payment_status: session.payment_status,
     amount_total: session.amount_total,
     currency: session.currency,
-    payment_intent: paymentIntentId,
+    payment_intent: idOf(session.payment_intent),
     payment_intent_status: pi?.status ?? null,
     charge_id: charge?.id ?? null,
     charge_created: charge?.created ?? null,
