@@ -95,6 +95,10 @@ export function fromDbError(err: unknown): AppError {
       retryable: known.retryable,
     });
   }
+  // A valid token for a user deleted since it was issued (Supabase tokens live until they expire).
+  if (e.code === '23503' && /is not present in table "users"/.test(e.detail ?? '')) {
+    return new AppError('auth', 'UNAUTHORIZED', 'The signed-in user no longer exists.');
+  }
   const connectionLost = typeof e.code === 'string' &&
     (transientCodes.has(e.code) ||
       ['ECONNREFUSED', 'ECONNRESET', 'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED']
