@@ -8,6 +8,7 @@ import Stripe from 'stripe';
 import { createApp, ok } from '../_shared/app.ts';
 import { call, db, fromDbError } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
+import { failpoint } from '../_shared/failpoint.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { stripe } from '../_shared/stripe.ts';
 import { recordFailedPayment } from '../_shared/velocity.ts';
@@ -62,9 +63,11 @@ app.post('/', async (c) => {
   try {
     const ref = refOf(event);
     const state = ref ? await fetchState(ref) : null;
+    failpoint('webhook.before_commit');
     const [{ outcome }] = await db()`
       select billing.process_stripe_event(${event.id}, ${event.type}, ${created}, ${event.livemode}, ${objectId},
         ${state ? JSON.stringify(state) : null}::text::jsonb) as outcome`;
+    failpoint('webhook.after_commit');
     log.info('stripe event', { ...fields, outcome });
     const failedPaymentOf = failedPaymentUser(event);
     if (failedPaymentOf && outcome !== 'duplicate') await recordFailedPayment(failedPaymentOf);
