@@ -167,3 +167,24 @@ export async function withGateway(
     await gw.kill();
   }
 }
+
+/** Runs the jobs worker tick as pg_cron would (the test run has no ticker). */
+export async function tick(base = functionsUrl): Promise<void> {
+  const res = await fetch(`${base}/jobs/worker/tick`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${env('CRON_SECRET')}` },
+  });
+  const text = await res.text();
+  if (res.status !== 200) throw new Error(`the worker tick answered ${res.status}: ${text}`);
+}
+
+/** Polls `fn` every 100 ms until it returns something truthy, or fails after `timeoutMs`. */
+export async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

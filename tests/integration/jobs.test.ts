@@ -10,6 +10,8 @@ import {
   newUser,
   spawnGateway,
   testDb,
+  tick,
+  until,
   userToken,
 } from '../helpers.ts';
 
@@ -34,24 +36,6 @@ async function createJob(token: string, body: unknown, base = functionsUrl, key 
 async function getJob(token: string, id: string, base = functionsUrl) {
   const res = await fetch(`${base}/jobs/${id}`, { headers: { authorization: `Bearer ${token}` } });
   return { status: res.status, headers: res.headers, body: await res.json() as Json };
-}
-
-async function tick(base = functionsUrl) {
-  const res = await fetch(`${base}/jobs/worker/tick`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${env('CRON_SECRET')}` },
-  });
-  assert.equal(res.status, 200, await res.text());
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** A job created straight in SQL and not due for an hour, so no worker takes it meanwhile. */

@@ -2,7 +2,17 @@
 // commit, and Postgres restarted under load. Each scenario proves money is neither lost nor
 // double-counted and that the service recovers with no manual step.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, functionsUrl, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  functionsUrl,
+  newUser,
+  spawnGateway,
+  testDb,
+  tick,
+  until,
+  userToken,
+} from '../helpers.ts';
 import { balanceOf, deliver, emulator, type SignedEvent, startCheckout } from '../purchases.ts';
 
 const completion = (events: SignedEvent[]) =>
@@ -111,5 +121,90 @@ Deno.test({
     const ready = await fetch(`${functionsUrl}/health/readyz`);
     assert.equal(ready.status, 200);
     await ready.body?.cancel();
+  },
+});
+
+Deno.test({
+  name: 'a worker killed mid-way through a metered job: another resumes it and the hold is captured once',
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const user = await newUser();
+    const token = await userToken(user);
+    await testDb`select billing.grant_credits(${user}, 100, 'adjustment', ${'job-crash:' + user})`;
+    const gw = spawnGateway({ AI_LOCAL_CHUNK_DELAY_MS: '500', JOBS_LEASE_SECONDS: '2' });
+    let jobId = '';
+    try {
+      await gw.ready();
+      const res = await fetch(`${gw.url}/jobs`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${token}`,
+          'content-type': 'application/json',
+          'idempotency-key': crypto.randomUUID(),
+        },
+        body: JSON.stringify({
+          type: 'ai_completion',
+          input: { model: 'gpt-4o', prompt: 'one two three four', max_tokens: 50 },
+        }),
+      });
+      jobId = (await res.json()).data.job_id;
+      await until('the job to be running', async () => {
+        const [j] = await testDb`select status, progress from billing.jobs where id = ${jobId}`;
+        return j.status === 'processing' && j.progress > 5;
+      });
+    } finally {
+      await gw.kill(); // SIGKILL mid-job: its lease stops being renewed
+    }
+    await new Promise((ok) => setTimeout(ok, 2200));
+    await tick();
+    const [job] = await until('the resumed job to finish', async () => {
+      const rows = await testDb`select status, attempts, hold_id from billing.jobs where id = ${jobId}`;
+      return rows[0].status === 'completed' ? rows : (await tick(), false);
+    });
+    assert.equal(job.attempts, 2);
+    const [{ captures }] = await testDb`select count(*)::int as captures from billing.transfers
+      where kind = 'hold_capture' and hold_id = ${job.hold_id}`;
+    assert.equal(captures, 1, 'captured once');
+    const b = (await api('/credits/balance', { token })).body.data as { held: string };
+    assert.equal(b.held, '0', 'the rest of the hold was released');
+    await assertLedgerInvariants();
+  },
+});
+
+Deno.test({
+  name: 'Stripe slow at checkout: 504 STRIPE_UNAVAILABLE (retryable); the same key later makes one session',
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const user = await newUser();
+    const token = await userToken(user);
+    const key = crypto.randomUUID();
+    const gw = spawnGateway({ STRIPE_TIMEOUT_MS: '300' });
+    try {
+      await gw.ready();
+      await emulator('/_emulator/faults', { latency_ms: 1500 });
+      const slow = await fetch(`${gw.url}/checkout/sessions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'idempotency-key': key },
+        body: JSON.stringify({ package_id: 'mini' }),
+      });
+      const body = await slow.json();
+      assert.equal(slow.status, 504);
+      assert.equal(body.error.code, 'STRIPE_UNAVAILABLE');
+      assert.equal(body.error.retryable, true);
+    } finally {
+      await emulator('/_emulator/faults', { latency_ms: 0 });
+      await gw.kill();
+    }
+    const again = await api('/checkout/sessions', {
+      token,
+      headers: { 'idempotency-key': key },
+      body: { package_id: 'mini' },
+    });
+    assert.equal(again.status, 201, again.text);
+    const [{ n, sessions }] = await testDb`select count(*)::int as n, count(distinct stripe_session_id)::int as sessions
+      from billing.purchases where user_id = ${user}`;
+    assert.deepEqual({ n, sessions }, { n: 1, sessions: 1 });
   },
 });

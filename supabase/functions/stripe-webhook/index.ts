@@ -18,6 +18,7 @@ const app = createApp('stripe-webhook', { rateLimited: false });
 stripe(); // parse the Stripe env at start: a bad or wrong-mode key stops start-up
 const maxBodyBytes = 512 * 1024;
 const cryptoProvider = Stripe.createSubtleCryptoProvider();
+const toleranceSeconds = 300;
 
 async function verify(raw: string, signature: string | undefined): Promise<Stripe.Event> {
   const { env, client } = stripe();
@@ -26,7 +27,9 @@ async function verify(raw: string, signature: string | undefined): Promise<Strip
     { secrets: env.STRIPE_WEBHOOK_SECRET, connect: false },
     { secrets: connectSecrets, connect: true },
   ];
-  if (signature) {
+  // The SDK refuses timestamps older than 300 s; a timestamp from the future is refused here.
+  const signedAt = Number(signature?.match(/(?:^|,)\s*t=(\d+)/)?.[1] ?? NaN);
+  if (signature && signedAt <= Date.now() / 1000 + toleranceSeconds) {
     for (const { secrets, connect } of endpoints) {
       for (const secret of secrets) {
         let event: Stripe.Event;
