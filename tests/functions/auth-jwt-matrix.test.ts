@@ -72,6 +72,10 @@ const badTokens: Array<[string, () => Promise<string | undefined>]> = [
     return signWithLocalKey(claims);
   }],
   ['an anon-role token (like the anon key)', () => signWithLocalKey({ ...standardClaims(), role: 'anon' })],
+  [
+    'a service_role token (like the legacy service key)',
+    () => signWithLocalKey({ ...standardClaims(), role: 'service_role' }),
+  ],
 ];
 
 for (const [name, make] of badTokens) {
