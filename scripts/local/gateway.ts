@@ -6,6 +6,14 @@
 
 type FetchHandler = { fetch: (req: Request) => Response | Promise<Response> };
 
+// Supabase's own gateway keeps accepting when one socket fails; so does this one. Under
+// overload `accept` can fail (EMFILE) as an unhandled rejection inside Deno.serve: logged,
+// and serving goes on instead of the whole local stack going down.
+globalThis.addEventListener('unhandledrejection', (event) => {
+  event.preventDefault();
+  console.error('gateway: unhandled rejection kept from stopping the gateway:', String(event.reason).slice(0, 300));
+});
+
 const port = Number(Deno.env.get('GATEWAY_PORT') ?? 54321);
 const functionsDir = new URL('../../supabase/functions/', import.meta.url);
 const authDir = Deno.env.get('LOCAL_AUTH_DIR') ?? '.local/auth';

@@ -4,7 +4,6 @@ import assert from 'node:assert/strict';
 import {
   api,
   assertLedgerInvariants,
-  env,
   functionsUrl,
   fund,
   newUser,

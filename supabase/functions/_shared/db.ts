@@ -7,6 +7,20 @@ import { errorSummary, log } from './log.ts';
 let pool: postgres.Sql | undefined;
 
 /**
+ * postgres.js (3.4.9, under Deno's node compat) can throw from a timer when the server closes a
+ * connection under a pending write (`socket.write` on a null socket): uncaught, it would take
+ * the whole instance down with every request in flight. That one error is logged and dropped;
+ * the pool replaces the connection. Anything else still crashes loudly.
+ */
+function survivePostgresSocketRace(event: ErrorEvent) {
+  const err = event.error as Error | undefined;
+  if (err instanceof TypeError && /reading 'write'/.test(err.message) && /postgres/.test(err.stack ?? '')) {
+    event.preventDefault();
+    log.warn('database connection closed under a write', errorSummary(err));
+  }
+}
+
+/**
  * The shared postgres.js pool. JSON parameters go in as text cast in SQL
  * (`${JSON.stringify(v)}::text::jsonb`): postgres.js's sql.json() generics push TypeScript
  * past its instantiation-depth limit (TS2589) once the whole program is checked. `prepare: false` keeps it working through Supavisor's
@@ -15,6 +29,7 @@ let pool: postgres.Sql | undefined;
  */
 export function db(): postgres.Sql {
   if (!pool) {
+    globalThis.addEventListener('error', survivePostgresSocketRace);
     const env = baseEnv();
     pool = postgres(env.SUPABASE_DB_URL, {
       prepare: false,
