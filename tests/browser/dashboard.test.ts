@@ -88,7 +88,8 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
   assert.equal(conversion.text, pct(total.conversion.checkout_rate));
   const outstanding = await tile(page, 'outstanding');
   assert.equal(outstanding.value, total.credits.outstanding);
-  assert.equal(outstanding.text, total.credits.outstanding.replace(/\B(?=(\d{3})+(?!\d))/g, ','));
+  const [whole, fraction] = total.credits.outstanding.split('.');
+  assert.equal(outstanding.text, whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',') + (fraction ? `.${fraction}` : ''));
   assert.equal(Number((await tile(page, 'active_users')).value), total.users.active);
 
   assert.match((await page.locator('#recon').textContent()) ?? '', /mismatch(es)?: .*fee_mismatch/);

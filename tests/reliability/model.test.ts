@@ -8,7 +8,6 @@ import { api, assertLedgerInvariants, env, newUser, testDb, userToken } from '..
 import { chargeOf, deliver, emulator, startCheckout } from '../purchases.ts';
 
 const runs = Number(Deno.env.get('MODEL_RUNS') ?? 200);
-const admin = await userToken(await newUser(), { admin: true });
 const service = env('SUPABASE_SERVICE_ROLE_KEY');
 
 // ---------------------------------------------------------------- money in micro-credits
@@ -45,6 +44,8 @@ interface Model {
 interface Real {
   user: string;
   token: string;
+  /** An admin of this run's own (rate limits are per user). */
+  admin: string;
   purchases: { charge: string }[];
   holds: string[];
 }
@@ -161,7 +162,7 @@ class Grant implements Cmd {
   check = () => true;
   async run(m: Model, r: Real) {
     const res = await api('/credits/grants', {
-      token: admin,
+      token: r.admin,
       headers: { 'idempotency-key': crypto.randomUUID() },
       body: { user_id: r.user, amount: String(this.amount), reason: 'model test', kind: 'adjustment' },
     });
@@ -206,10 +207,17 @@ class Settle implements Cmd {
       headers: { 'idempotency-key': crypto.randomUUID() },
       body,
     });
-    assert.equal(res.status, 200, res.text);
-    if (this.how !== 'release') m.balance -= this.how === 'capture_part' && part > 0n ? part : hold.amount;
-    m.held -= hold.amount;
-    hold.open = false;
+    const capture = this.how === 'capture_part' && part > 0n ? part : hold.amount;
+    // A capture never creates debt: when a reversal has since taken the balance below the
+    // capture, it is refused and the hold stays until it is released or lapses.
+    if (this.how !== 'release' && m.balance < capture) {
+      assert.equal(res.status, 402, res.text);
+    } else {
+      assert.equal(res.status, 200, res.text);
+      if (this.how !== 'release') m.balance -= capture;
+      m.held -= hold.amount;
+      hold.open = false;
+    }
     await compare(m, r);
   }
   toString = () => `Settle(#${this.pick}, ${this.how})`;
@@ -314,7 +322,13 @@ Deno.test({
         fc.commands([...commands, ...commands, rare], { maxCommands: 8 }),
         async (cmds) => {
           const user = await newUser();
-          const real: Real = { user, token: await userToken(user), purchases: [], holds: [] };
+          const real: Real = {
+            user,
+            token: await userToken(user),
+            admin: await userToken(await newUser(), { admin: true }),
+            purchases: [],
+            holds: [],
+          };
           const model: Model = { balance: 0n, held: 0n, purchases: [], holds: [] };
           await fc.asyncModelRun(() => ({ model, real }), cmds);
           // Every credit the user ever got came from a paid session, a promotion or an admin grant.
