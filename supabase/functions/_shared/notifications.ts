@@ -44,7 +44,8 @@ export function render(template: Template, data: Payload): { subject: string; te
   }
 }
 
-const cents = (n: unknown, currency: string) => `${(Number(n ?? 0) / 100).toFixed(2)} ${currency.toUpperCase()}`;
+const cents = (n: unknown, currency: string) =>
+  new Intl.NumberFormat('en-US', { style: 'currency', currency: currency.toUpperCase() }).format(Number(n ?? 0) / 100);
 
 /** The morning email: the day's headline numbers; the dashboard has the rest. */
 function dailyReportText(data: Payload): string {
