@@ -15,7 +15,7 @@ if (params.get('api')) store.setItem('api', params.get('api') as string);
 const api = store.getItem('api') ?? 'http://127.0.0.1:54321';
 
 /** 9990.5 → "9,990.5": credits are decimal strings, grouped without ever becoming floats. */
-export function formatCredits(amount: string): string {
+function formatCredits(amount: string): string {
   const [whole, fraction] = amount.split('.');
   const grouped = whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',');
   return fraction ? `${grouped}.${fraction}` : grouped;
@@ -103,8 +103,9 @@ async function followPurchase(billing: BillingClient, sessionId: string) {
   for (let i = 0; i < 30; i++) {
     const p = await billing.purchase(sessionId);
     if (p.status === 'paid') {
-      const total = (BigInt(p.credits.split('.')[0]) + BigInt(p.bonus_credits.split('.')[0])).toString();
-      show('notice', `Payment received: ${formatCredits(total)} credits added.`);
+      // The server's decimal strings, shown as they are: no arithmetic on credits here.
+      const bonus = p.bonus_credits !== '0' ? ` + ${formatCredits(p.bonus_credits)} bonus` : '';
+      show('notice', `Payment received: ${formatCredits(p.credits)} credits${bonus} added.`);
       return;
     }
     if (p.status !== 'pending') {

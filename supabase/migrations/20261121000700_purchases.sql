@@ -335,41 +335,8 @@ comment on function billing.sync_purchase(jsonb)
   is 'fulfillCheckout: converges a purchase on Stripe''s current state. Safe to run any number of times, concurrently, in any order.';
 
 -- ============================================================ the event log
-
-create function billing.process_stripe_event(
-  p_event_id text,
-  p_type text,
-  p_created timestamptz,
-  p_livemode boolean,
-  p_object_id text,
-  p_state jsonb
-) returns text
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_outcome text;
-begin
-  -- Claims the event; a concurrent delivery of the same id waits here for the first.
-  insert into billing.stripe_events as e (id, type, api_created, livemode, object_id, status)
-  values (p_event_id, p_type, p_created, p_livemode, p_object_id, 'failed')
-  on conflict (id) do update set attempts = e.attempts + 1
-    where e.status = 'failed';
-  if not found then
-    return 'duplicate';
-  end if;
-  if p_state is null then
-    update billing.stripe_events e set status = 'ignored', processed_at = now(), last_error = null where e.id = p_event_id;
-    return 'ignored';
-  end if;
-  v_outcome := billing.sync_purchase(p_state);
-  update billing.stripe_events e set status = 'processed', processed_at = now(), last_error = null where e.id = p_event_id;
-  return v_outcome;
-end;
-$$;
-comment on function billing.process_stripe_event(text, text, timestamptz, boolean, text, jsonb)
-  is 'Records a verified Stripe event once by id and applies it, in one transaction; a duplicate is reported, not applied.';
+-- (its entry point, billing.process_stripe_event, is in the providers migration: it dispatches
+-- purchases, provider payments, Connect accounts and payouts alike)
 
 create function billing.stripe_event_done(p_event_id text) returns boolean
 language sql stable
@@ -422,7 +389,6 @@ grant execute on function
   billing.attach_checkout_session(uuid, text, text, timestamptz),
   billing.expire_stale_purchases(integer),
   billing.sync_purchase(jsonb),
-  billing.process_stripe_event(text, text, timestamptz, boolean, text, jsonb),
   billing.stripe_event_done(text),
   billing.record_stripe_event_failure(text, text, timestamptz, boolean, text, text),
   billing.increment_counter(text, bigint),

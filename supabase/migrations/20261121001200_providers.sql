@@ -487,9 +487,10 @@ comment on function billing.sync_provider_payout(jsonb) is 'Records a provider''
 
 -- ============================================================ the webhook pipeline
 
--- Replaces the B2C-only version: the state says what it describes (kind), and a checkout
--- state goes to the provider payment or the credit purchase its session belongs to.
-create or replace function billing.process_stripe_event(
+-- The Stripe event log's entry point: records a verified event once by id and applies the
+-- state re-fetched from Stripe in the same transaction. The state says what it describes
+-- (kind); a checkout state goes to the provider payment or the credit purchase of its session.
+create function billing.process_stripe_event(
   p_event_id text,
   p_type text,
   p_created timestamptz,
@@ -527,6 +528,8 @@ begin
   return v_outcome;
 end;
 $$;
+comment on function billing.process_stripe_event(text, text, timestamptz, boolean, text, jsonb)
+  is 'Records a verified Stripe event once by id and applies it, in one transaction; a duplicate is reported, not applied.';
 
 -- ============================================================ reads
 
@@ -629,11 +632,12 @@ begin
     and not exists (select 1 from jsonb_array_elements(coalesce(p_stripe -> 'payouts', '[]')) s where s ->> 'id' = po.id)
   union all
   -- What Stripe holds for each connected account, against the money ledger.
-  select p_day, pr.id, 'balance_mismatch', lower(b ->> 'currency'), billing.provider_balance_cents(pr.id, lower(b ->> 'currency')),
-         (b ->> 'amount')::bigint, null, array[pr.stripe_account_id]
+  select p_day, pr.id, 'balance_mismatch', lower(b ->> 'currency'), ours.cents, (b ->> 'amount')::bigint, null,
+         array[pr.stripe_account_id]
   from jsonb_array_elements(coalesce(p_stripe -> 'balances', '[]')) b
   join billing.providers pr on pr.stripe_account_id = b ->> 'account'
-  where billing.provider_balance_cents(pr.id, lower(b ->> 'currency')) <> (b ->> 'amount')::bigint;
+  cross join lateral (select billing.provider_balance_cents(pr.id, lower(b ->> 'currency')) as cents) ours
+  where ours.cents <> (b ->> 'amount')::bigint;
 
   get diagnostics v_count = row_count;
   update billing.reconciliation_runs r set mismatches = v_count where r.day = p_day;
@@ -715,6 +719,7 @@ grant execute on function
   billing.attach_provider_payment_session(uuid, text, text, timestamptz),
   billing.sync_provider_payment(jsonb),
   billing.sync_provider_payout(jsonb),
+  billing.process_stripe_event(text, text, timestamptz, boolean, text, jsonb),
   billing.list_provider_payments(uuid, integer, timestamptz),
   billing.list_provider_payouts(uuid, integer, timestamptz),
   billing.provider_payment_by_id(uuid, uuid),

@@ -1,14 +1,11 @@
 // Checkout Sessions (the hosted payment page) and the test control that pays one.
 import type Stripe from 'stripe';
 import { chargeEvent, emit, paymentIntentEvent, sessionEvent } from './events.ts';
-import type { FormObject } from './form.ts';
+import { type FormObject, obj, str } from './form.ts';
 import { invalid, missing, route, StripeApiError } from './http.ts';
 import { checkDestination, settleDestinationCharge } from './connect.ts';
 import { balanceTransaction, charge, checkoutSession, paymentIntent } from './objects.ts';
 import { config, newId, now, store } from './state.ts';
-
-const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
-const obj = (v: unknown): FormObject => (v && typeof v === 'object' && !Array.isArray(v) ? v as FormObject : {});
 
 function createSession(body: FormObject): Stripe.Checkout.Session {
   if (body.mode !== 'payment') throw invalid('Only mode=payment is emulated.', 'mode');

@@ -73,7 +73,7 @@ export const accountLink = (url: string): Stripe.AccountLink => ({
 });
 
 export function applicationFee(
-  input: { amount: number; currency: string; account: string; charge: string; balanceTransaction: string },
+  input: { amount: number; currency: string; account: string; charge: string },
 ): Stripe.ApplicationFee {
   const id = newId('fee');
   return {
@@ -83,7 +83,7 @@ export function applicationFee(
     amount: input.amount,
     amount_refunded: 0,
     application: 'ca_scholarlink_local',
-    balance_transaction: input.balanceTransaction,
+    balance_transaction: null, // the caller attaches it once it exists
     charge: input.charge,
     created: now(),
     currency: input.currency,

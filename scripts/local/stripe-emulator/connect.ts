@@ -13,13 +13,10 @@ import {
   transfer,
 } from './connect-objects.ts';
 import { accountEvent, applicationFeeEvent, emit, payoutEvent } from './events.ts';
-import type { FormObject } from './form.ts';
+import { type FormObject, idOf, str } from './form.ts';
 import { invalid, missing, route, StripeApiError } from './http.ts';
 import { balanceTransaction, charge as newCharge, paymentIntent } from './objects.ts';
 import { config, newId, store } from './state.ts';
-
-const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
-const idOf = (v: string | { id: string } | null) => (typeof v === 'string' ? v : v?.id ?? null);
 
 export function getAccount(id: string): Stripe.Account {
   const a = store.accounts.get(id);
@@ -64,19 +61,10 @@ export function settleDestinationCharge(
   pi.application_fee_amount = feeAmount;
   addToBalance(destination, ch.amount - (feeAmount ?? 0));
   if (feeAmount === null) return [];
-  const feeId = newId('fee');
-  const txn = balanceTransaction(feeAmount, ch.currency, feeId, 'application_fee');
+  const fee = applicationFee({ amount: feeAmount, currency: ch.currency, account: destination, charge: ch.id });
+  const txn = balanceTransaction(feeAmount, ch.currency, fee.id, 'application_fee');
   store.balanceTransactions.set(txn.id, txn);
-  const fee = {
-    ...applicationFee({
-      amount: feeAmount,
-      currency: ch.currency,
-      account: destination,
-      charge: ch.id,
-      balanceTransaction: txn.id,
-    }),
-    id: feeId,
-  };
+  fee.balance_transaction = txn.id;
   store.applicationFees.set(fee.id, fee);
   ch.application_fee = fee.id;
   ch.application_fee_amount = feeAmount;
@@ -167,7 +155,6 @@ function tamperFee(ch: Stripe.Charge, amount: number | null): Stripe.Charge {
       currency: ch.currency,
       account: destination,
       charge: ch.id,
-      balanceTransaction: newId('txn'),
     });
     store.applicationFees.set(fee.id, fee);
     ch.application_fee = fee.id;

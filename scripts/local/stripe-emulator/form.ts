@@ -23,3 +23,12 @@ export function parseForm(body: string): FormObject {
   }
   return root;
 }
+
+/** A form value as a string, or null. */
+export const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+
+/** A form value as a nested object, or {}. */
+export const obj = (v: unknown): FormObject => (v && typeof v === 'object' && !Array.isArray(v) ? v as FormObject : {});
+
+/** The id of a reference that may hold an id or an object. */
+export const idOf = (v: string | { id: string } | null) => (typeof v === 'string' ? v : v?.id ?? null);

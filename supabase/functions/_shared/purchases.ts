@@ -4,7 +4,7 @@
 // SQL: billing.sync_purchase for credit purchases, billing.sync_provider_payment for payments
 // to providers (billing.process_stripe_event tells them apart by session).
 import type Stripe from 'stripe';
-import { stripe, stripeCall } from './stripe.ts';
+import { idOf, stripe, stripeCall } from './stripe.ts';
 
 export type PurchaseState = {
   kind: 'checkout';
@@ -28,8 +28,6 @@ export type PurchaseState = {
   application_fee_amount: number | null;
   application_fee_refunded: number;
 };
-
-const idOf = (v: string | { id: string } | null | undefined) => (typeof v === 'string' ? v : v?.id ?? null);
 
 /** Where to start: a Checkout Session, a payment intent, or a charge. */
 export type PurchaseRef = { session: string } | { paymentIntent: string } | { charge: string };

@@ -53,6 +53,10 @@ export function stripe(): { env: StripeEnv; client: Stripe } {
   return cached;
 }
 
+/** The id of a Stripe reference, whether Stripe sent the id or (expanded) the object. */
+export const idOf = (v: string | { id: string } | null | undefined): string | null =>
+  typeof v === 'string' ? v : v?.id ?? null;
+
 /** Runs a Stripe call; connection failures and Stripe's 5xx become a retryable 502/504. */
 export async function stripeCall<T>(fn: () => Promise<T>): Promise<T> {
   try {

@@ -1,9 +1,8 @@
 // What Stripe reports for one UTC day, for the providers' reconciliation: destination charges
 // with their application fees, each connected account's payouts, and each account's balance.
 import type Stripe from 'stripe';
-import { stripe, stripeCall } from '../_shared/stripe.ts';
+import { idOf, stripe, stripeCall } from '../_shared/stripe.ts';
 
-const idOf = (v: string | { id: string } | null | undefined) => (typeof v === 'string' ? v : v?.id ?? null);
 const most = { limit: 10_000 };
 
 export interface StripeDay {

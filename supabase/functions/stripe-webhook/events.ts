@@ -3,9 +3,8 @@
 import type Stripe from 'stripe';
 import { fetchAccountState, fetchPayoutState } from '../_shared/connect.ts';
 import { fetchPurchaseState, type PurchaseRef } from '../_shared/purchases.ts';
+import { idOf } from '../_shared/stripe.ts';
 import { isUuid } from '../_shared/validate.ts';
-
-const idOf = (v: string | { id: string } | null) => (typeof v === 'string' ? v : v?.id ?? null);
 
 /** Where an event's state lives: a Checkout payment, a Connect account, or a payout on one. */
 export type EventRef = PurchaseRef | { account: string } | { payout: string; account: string };
