@@ -8,12 +8,17 @@ LOGS="$LOCAL/logs"
 RUN="$LOCAL/run"
 # The cluster lives in .local/pg, unless the checkout sits where the postgres OS user cannot
 # reach it (e.g. under a 0700 temp dir while running as root): then under /var/lib/postgresql,
-# in a folder named after the checkout's path.
-PG_HOME="$LOCAL/pg"
-if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -r "$ROOT/scripts/lib.sh"; then
-  PG_HOME="/var/lib/postgresql/scholarlink-$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)"
+# in a folder named after the checkout's path. PG_HOME (and every port below) may be set in
+# the environment to drive a second, private stack beside the usual one.
+if [ -z "${PG_HOME:-}" ]; then
+  PG_HOME="$LOCAL/pg"
+  if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -r "$ROOT/scripts/lib.sh"; then
+    PG_HOME="/var/lib/postgresql/scholarlink-$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)"
+  fi
 fi
 PGDATA="$PG_HOME/data"
+# The transaction-mode pooler's config, log and pid file (regenerated at every start).
+POOLER_HOME="$PG_HOME/pgbouncer"
 PG_BIN=/usr/lib/postgresql/15/bin
 TOOLCHAIN="$ROOT/scripts/toolchain"
 DENO="$TOOLCHAIN/node_modules/.bin/deno"
@@ -21,17 +26,28 @@ SUPABASE="$TOOLCHAIN/node_modules/.bin/supabase"
 
 # Same ports as `supabase start` where Supabase has one; Redis and its bridge next to them,
 # the Stripe emulator on stripe-mock's port.
-API_PORT=54321
-DB_PORT=54322
-REDIS_PORT=54379
-REDIS_REST_PORT=54380
-STRIPE_PORT=12111
-MAIL_PORT=54324
-STUDENT_PORT=54330
-DB_URL="postgresql://postgres:postgres@127.0.0.1:$DB_PORT/postgres"
+API_PORT=${API_PORT:-54321}
+DB_PORT=${DB_PORT:-54322}
+# pgbouncer in transaction mode, as Supavisor's transaction mode (port 6543) on hosted.
+DB_POOLER_PORT=${DB_POOLER_PORT:-54329}
+REDIS_PORT=${REDIS_PORT:-54379}
+REDIS_REST_PORT=${REDIS_REST_PORT:-54380}
+STRIPE_PORT=${STRIPE_PORT:-12111}
+MAIL_PORT=${MAIL_PORT:-54324}
+STUDENT_PORT=${STUDENT_PORT:-54330}
+# Roles as on hosted Supabase: the migrations, tests and functions connect as postgres, which
+# is not a superuser; supabase_admin (initdb's bootstrap superuser) owns what the platform
+# owns and runs scripts/local/supabase-compat.sql. Local passwords only.
+PG_SUPERUSER=supabase_admin
+DB_PASSWORD=postgres
+DB_URL="postgresql://postgres:$DB_PASSWORD@127.0.0.1:$DB_PORT/postgres"
+DB_POOLER_URL="postgresql://postgres:$DB_PASSWORD@127.0.0.1:$DB_POOLER_PORT/postgres"
+# Bump when the cluster's shape changes in a way the idempotent bootstrap cannot apply to an
+# existing cluster: pg_start then rebuilds it (as ./scripts/dev --reset would).
+PG_LAYOUT=hosted-roles-1
 
 APT_PACKAGES=(postgresql-15 postgresql-15-pgtap postgresql-15-cron
-  libtap-parser-sourcehandler-pgtap-perl redis-server curl chromium)
+  libtap-parser-sourcehandler-pgtap-perl redis-server curl chromium pgbouncer)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -63,8 +79,20 @@ ensure_toolchain() {
   (cd "$ROOT" && "$DENO" install --quiet) >&2 || die "deno install failed"
 }
 
+# pg_net is not packaged for Debian: its local stand-in (scripts/local/pg_net) is installed as
+# an extension, so the migration's `create extension pg_net` works as on hosted.
+ensure_pg_net_standin() {
+  local dir; dir="$("$PG_BIN/pg_config" --sharedir 2>/dev/null || echo /usr/share/postgresql/15)/extension"
+  local f
+  for f in "$ROOT"/scripts/local/pg_net/pg_net*; do
+    cmp -s "$f" "$dir/${f##*/}" && continue
+    as_root install -m 644 "$f" "$dir/" || die "could not install the pg_net stand-in into $dir (run as root, or with sudo)"
+  done
+}
+
 ensure_installed() {
   ensure_apt_packages
+  ensure_pg_net_standin
   ensure_toolchain
   mkdir -p "$LOGS" "$RUN"
 }
@@ -88,6 +116,7 @@ write_env() {
   cat >"$LOCAL/env" <<EOF
 SUPABASE_URL=http://127.0.0.1:$API_PORT
 SUPABASE_DB_URL=$DB_URL
+DB_POOLER_URL=$DB_POOLER_URL
 CORS_ALLOWED_ORIGINS=http://localhost:3000,http://127.0.0.1:3000,http://127.0.0.1:$API_PORT,http://127.0.0.1:$STUDENT_PORT
 UPSTASH_REDIS_REST_URL=http://127.0.0.1:$REDIS_REST_PORT
 UPSTASH_REDIS_REST_TOKEN=$(local_secret redis-rest-token)
@@ -112,6 +141,8 @@ STRIPE_EMULATOR_BACKOFF_MS=100
 RATE_LIMIT_IP_PER_MIN=1000000
 VELOCITY_IP_SESSIONS_PER_10_MIN=1000000
 VELOCITY_IP_AMOUNT_CENTS_PER_24_H=1000000000
+RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN=1000000
+RATE_LIMIT_NOTIFY_PER_MIN=1000000
 CRON_SECRET=$(local_secret cron-secret)
 SUPABASE_SERVICE_ROLE_KEY=$(local_secret service-role-key)
 AI_PROVIDER=local
@@ -181,7 +212,7 @@ wait_for() { # wait_for DESCRIPTION COMMAND…
 
 # ---------------------------------------------------------------- postgres
 
-# Postgres server binaries run as the cluster's OS owner, never root.
+# Postgres server binaries (and pgbouncer) run as the cluster's OS owner, never root.
 PG_OWNER=(); [ "$(id -u)" = 0 ] && PG_OWNER=(runuser -u postgres --)
 pg_as_owner() { "${PG_OWNER[@]}" "$@"; }
 
@@ -194,23 +225,34 @@ pg_init() {
   [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PG_HOME"
   chmod 700 "$PGDATA"
   local pwfile="$PG_HOME/pwfile"
-  echo postgres >"$pwfile"; [ "$(id -u)" = 0 ] && chown postgres "$pwfile"
-  pg_as_owner "$PG_BIN/initdb" -D "$PGDATA" -U postgres --pwfile="$pwfile" \
+  echo "$DB_PASSWORD" >"$pwfile"; [ "$(id -u)" = 0 ] && chown postgres "$pwfile"
+  # The bootstrap superuser is supabase_admin; supabase-compat.sql creates postgres without it.
+  pg_as_owner "$PG_BIN/initdb" -D "$PGDATA" -U "$PG_SUPERUSER" --pwfile="$pwfile" \
     --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$LOGS/initdb.log" 2>&1 ||
     die "initdb failed (see $LOGS/initdb.log)"
   rm -f "$pwfile"
+  # pg_cron runs each job by connecting as the job's owner (postgres): over the socket, where
+  # local connections are trusted (it has no password to offer over TCP).
   cat >>"$PGDATA/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $DB_PORT
 unix_socket_directories = '$PGDATA'
-shared_preload_libraries = 'pg_cron'
+shared_preload_libraries = 'pg_cron,pg_stat_statements'
 cron.database_name = 'postgres'
+cron.host = '$PGDATA'
 max_connections = 200
 log_min_messages = warning
 EOF
+  echo "$PG_LAYOUT" >"$PG_HOME/layout"
 }
 
 pg_start() {
+  if [ -f "$PGDATA/PG_VERSION" ] && [ "$(cat "$PG_HOME/layout" 2>/dev/null)" != "$PG_LAYOUT" ]; then
+    say "the cluster in $PG_HOME predates $PG_LAYOUT (postgres was a superuser): rebuilding it from the migrations and seed"
+    pooler_stop
+    pg_stop
+    rm -rf "$PG_HOME"
+  fi
   pg_init
   if pg_ready; then
     [ -f "$PGDATA/postmaster.pid" ] && return 0
@@ -226,18 +268,78 @@ pg_stop() {
   return 0
 }
 
-psql_db() { PGPASSWORD=postgres psql -v ON_ERROR_STOP=1 -q -X -h 127.0.0.1 -p "$DB_PORT" -U postgres -d postgres "$@"; }
+# As postgres (the migrations', tests' and functions' role), and as the platform's superuser.
+psql_db() { PGPASSWORD=$DB_PASSWORD psql -v ON_ERROR_STOP=1 -q -X -h 127.0.0.1 -p "$DB_PORT" -U postgres -d postgres "$@"; }
+psql_admin() {
+  PGPASSWORD=$DB_PASSWORD psql -v ON_ERROR_STOP=1 -q -X -h 127.0.0.1 -p "$DB_PORT" -U "$PG_SUPERUSER" -d postgres "$@"
+}
 
 db_migrate() {
-  # Idempotent, so it runs every time and a change to it reaches an existing cluster.
-  psql_db -f "$ROOT/scripts/local/supabase-compat.sql" >/dev/null 2>"$LOGS/compat.log" ||
+  # The platform's part as the superuser: idempotent, so it runs every time and a change to
+  # it reaches an existing cluster. Then the migrations, pushed as postgres as on hosted.
+  psql_admin -v postgres_password="$DB_PASSWORD" -v functions_url="http://127.0.0.1:$API_PORT/functions/v1" \
+    -v cron_secret="$(local_secret cron-secret)" -f "$ROOT/scripts/local/supabase-compat.sql" >/dev/null 2>"$LOGS/compat.log" ||
     { cat "$LOGS/compat.log" >&2; die "the Supabase bootstrap failed"; }
-  say "applying migrations with the Supabase CLI"
+  say "applying migrations with the Supabase CLI (as postgres, not a superuser)"
   (cd "$ROOT" && "$SUPABASE" db push --remote="$DB_URL" --yes) >"$LOGS/migrate.log" 2>&1 ||
     { cat "$LOGS/migrate.log" >&2; die "supabase db push failed"; }
 }
 
 db_seed() { psql_db -f "$ROOT/supabase/seed.sql" >/dev/null; }
+
+# ---------------------------------------------------------------- the pooler
+
+# pgbouncer in transaction mode in front of Postgres, as Supavisor's transaction mode (port
+# 6543) is on hosted. The functions connect through it (DB_POOLER_URL), so a session-scoped
+# feature (a named prepared statement, SET without LOCAL, a session advisory lock, LISTEN)
+# misbehaves here as it would there. Tests and tools keep the direct SUPABASE_DB_URL.
+PGBOUNCER=/usr/sbin/pgbouncer
+pooler_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$DB_POOLER_PORT" -U postgres -d postgres; }
+pooler_alive() { [ -f "$POOLER_HOME/pgbouncer.pid" ] && kill -0 "$(cat "$POOLER_HOME/pgbouncer.pid")" 2>/dev/null; }
+
+pooler_start() {
+  pooler_alive && return 0
+  port_taken "$DB_POOLER_PORT" && die "port $DB_POOLER_PORT (for pgbouncer) is taken by another process; stop it first"
+  mkdir -p "$POOLER_HOME"
+  cat >"$POOLER_HOME/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=127.0.0.1 port=$DB_PORT dbname=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $DB_POOLER_PORT
+unix_socket_dir =
+pool_mode = transaction
+auth_type = scram-sha-256
+auth_file = $POOLER_HOME/userlist.txt
+stats_users = postgres
+default_pool_size = 40
+max_client_conn = 1000
+logfile = $POOLER_HOME/pgbouncer.log
+pidfile = $POOLER_HOME/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+log_stats = 0
+# After a Postgres restart (tests/reliability/faults.test.ts does one), retry logins after 1 s, not 15.
+server_login_retry = 1
+EOF
+  printf '"postgres" "%s"\n' "$DB_PASSWORD" >"$POOLER_HOME/userlist.txt"
+  chmod 600 "$POOLER_HOME/userlist.txt"
+  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$POOLER_HOME"
+  say "starting pgbouncer (transaction mode) on 127.0.0.1:$DB_POOLER_PORT"
+  without_inherited_fds "${PG_OWNER[@]}" "$PGBOUNCER" -d -q "$POOLER_HOME/pgbouncer.ini" >"$LOGS/pgbouncer.log" 2>&1 </dev/null ||
+    { cat "$LOGS/pgbouncer.log" "$POOLER_HOME/pgbouncer.log" >&2 2>/dev/null; die "pgbouncer did not start"; }
+  wait_for "pgbouncer" pooler_ready
+}
+
+pooler_stop() {
+  if pooler_alive; then
+    local pid; pid=$(cat "$POOLER_HOME/pgbouncer.pid")
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  return 0
+}
 
 # ---------------------------------------------------------------- the stack
 
@@ -253,17 +355,19 @@ stack_start() {
   pg_start
   db_migrate
   db_seed
+  pooler_start
   if ! redis_ping; then
     say "starting Redis on 127.0.0.1:$REDIS_PORT (nothing persisted)"
     without_inherited_fds redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
       --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log" >/dev/null 2>&1 </dev/null
     wait_for "Redis" redis_ping
   fi
-  start_deno redis-bridge "$REDIS_REST_PORT" scripts/local/redis-bridge.ts
-  start_deno stripe-emulator "$STRIPE_PORT" scripts/local/stripe-emulator/main.ts
-  start_deno mail-catcher "$MAIL_PORT" scripts/local/mail-catcher.ts
-  start_deno gateway "$API_PORT" scripts/local/gateway.ts
-  start_deno student-page "$STUDENT_PORT" scripts/local/student-page.ts
+  # Each service's own port variable, so a second stack on other ports needs no edits.
+  REDIS_REST_PORT=$REDIS_REST_PORT start_deno redis-bridge "$REDIS_REST_PORT" scripts/local/redis-bridge.ts
+  STRIPE_EMULATOR_PORT=$STRIPE_PORT start_deno stripe-emulator "$STRIPE_PORT" scripts/local/stripe-emulator/main.ts
+  MAIL_CATCHER_PORT=$MAIL_PORT start_deno mail-catcher "$MAIL_PORT" scripts/local/mail-catcher.ts
+  GATEWAY_PORT=$API_PORT start_deno gateway "$API_PORT" scripts/local/gateway.ts
+  STUDENT_PAGE_PORT=$STUDENT_PORT start_deno student-page "$STUDENT_PORT" scripts/local/student-page.ts
   wait_for "the Redis REST bridge" curl -fs "http://127.0.0.1:$REDIS_REST_PORT/healthz"
   wait_for "the Stripe emulator" curl -fs "http://127.0.0.1:$STRIPE_PORT/_emulator/healthz"
   wait_for "the mail catcher" curl -fs "http://127.0.0.1:$MAIL_PORT/_catcher/healthz"
@@ -280,5 +384,6 @@ stack_stop() {
   for s in ticker student-page gateway mail-catcher stripe-emulator redis-bridge; do stop_pid "$s"; done
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   rm -f "$RUN/redis.pid"
+  pooler_stop
   pg_stop
 }

@@ -48,6 +48,18 @@ export async function newUser(): Promise<string> {
   return id;
 }
 
+/** A fresh user with `app_metadata.role = admin` in auth.users (as Supabase stores it). */
+export async function newAdmin(): Promise<string> {
+  const id = crypto.randomUUID();
+  await testDb`insert into auth.users (id, raw_app_meta_data) values (${id}, '{"role": "admin"}'::jsonb)`;
+  return id;
+}
+
+/** A token for a fresh admin: the claim and the database agree. */
+export async function adminToken(): Promise<string> {
+  return userToken(await newAdmin(), { admin: true });
+}
+
 /** Calls a function through the gateway with a JSON body. */
 export async function api(
   path: string,
@@ -71,7 +83,7 @@ export async function api(
 
 /** Funds a user through the admin grants route (a real HTTP call with a real admin token). */
 export async function fund(userId: string, amount: string): Promise<void> {
-  const admin = await userToken(crypto.randomUUID(), { admin: true });
+  const admin = await adminToken();
   const res = await api('/credits/grants', {
     token: admin,
     body: { user_id: userId, amount, reason: 'test funding', kind: 'promo_grant' },

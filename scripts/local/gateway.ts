@@ -3,6 +3,11 @@
 //   /auth/v1/.well-known/jwks.json   → the local auth key set (.local/auth/jwks.json)
 // A function folder added later is found by name on first request; nothing to register.
 // All functions share this one process (Supabase gives each its own isolate).
+// Client address, as on the platform: Cloudflare sets `cf-connecting-ip` to the socket's
+// address, overwriting anything the client sent, and X-Forwarded-For keeps what the client
+// wrote with the address appended (so its first entry is the client's own claim). Functions
+// trust only the header named by CLIENT_IP_HEADER (default `cf-connecting-ip`); this gateway
+// sets that one too, the same way.
 
 type FetchHandler = { fetch: (req: Request) => Response | Promise<Response> };
 
@@ -18,6 +23,9 @@ const port = Number(Deno.env.get('GATEWAY_PORT') ?? 54321);
 const functionsDir = new URL('../../supabase/functions/', import.meta.url);
 const authDir = Deno.env.get('LOCAL_AUTH_DIR') ?? '.local/auth';
 const functionName = /^[a-z][a-z0-9-]*$/;
+const addressHeaders = [
+  ...new Set(['cf-connecting-ip', (Deno.env.get('CLIENT_IP_HEADER') || 'cf-connecting-ip').trim().toLowerCase()]),
+];
 const loaded = new Map<string, Promise<FetchHandler | null>>();
 
 function load(name: string): Promise<FetchHandler | null> {
@@ -62,8 +70,8 @@ Deno.serve({ port, hostname: '127.0.0.1', onListen: () => console.log(`gateway o
 
   url.pathname = `/${match[1]}${match[2] ?? ''}`;
   const headers = new Headers(req.headers);
-  // Supabase's gateway puts the client address first in X-Forwarded-For.
   const remote = (info.remoteAddr as Deno.NetAddr).hostname;
+  for (const name of addressHeaders) headers.set(name, remote); // overwrites the client's value
   headers.set('x-forwarded-for', [headers.get('x-forwarded-for'), remote].filter(Boolean).join(', '));
   return fn.fetch(new Request(url, { method: req.method, headers, body: req.body, signal: req.signal }));
 });

@@ -4,6 +4,9 @@
 //   POST /pipeline    [["INCR","a"],["GET","a"]] → [{"result": …} | {"error": …}, …]
 //   POST /multi-exec  same, run inside MULTI/EXEC
 // Bearer-token auth; with `Upstash-Encoding: base64` every string in a result is base64.
+// For measurements only (off by default), REDIS_BRIDGE_DELAY_MS delays every command request
+// like a network between an edge function and Upstash: `40` adds 40 ms; `40:150` draws each
+// delay from a log-normal distribution with a median of 40 ms and a 99th percentile of 150 ms.
 import { RedisError, type Reply, RespConnection, Simple } from './resp.ts';
 
 const port = Number(Deno.env.get('REDIS_REST_PORT') ?? 54380);
@@ -13,6 +16,23 @@ if (!token) throw new Error('UPSTASH_REDIS_REST_TOKEN is required');
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
+
+/** A delay in ms per request, from REDIS_BRIDGE_DELAY_MS (see the top of this file). */
+function delayFrom(spec: string): () => number {
+  if (spec === '' || spec === '0') return () => 0;
+  const m = spec.match(/^(\d+(?:\.\d+)?)(?::(\d+(?:\.\d+)?))?$/);
+  const [p50, p99] = [Number(m?.[1]), Number(m?.[2] ?? m?.[1])];
+  if (!m || p99 < p50 || (p99 > p50 && p50 <= 0)) {
+    throw new Error('REDIS_BRIDGE_DELAY_MS must be <ms> or <p50 ms>:<p99 ms> with 0 < p50 <= p99');
+  }
+  if (p99 === p50) return () => p50;
+  const sigma = Math.log(p99 / p50) / 2.3263; // z of the 99th percentile
+  return () => {
+    const z = Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random()); // Box–Muller
+    return p50 * Math.exp(sigma * z);
+  };
+}
+const networkDelay = delayFrom(Deno.env.get('REDIS_BRIDGE_DELAY_MS') ?? '');
 const idle: RespConnection[] = [];
 
 async function withConnection<T>(use: (c: RespConnection) => Promise<T>): Promise<T> {
@@ -135,6 +155,8 @@ Deno.serve(
   { port, hostname: '127.0.0.1', onListen: () => console.log(`redis REST bridge on :${port}`) },
   async (req) => {
     try {
+      const ms = networkDelay();
+      if (ms > 0) await new Promise((r) => setTimeout(r, ms));
       return await handle(req);
     } catch (err) {
       console.error('bridge error:', err instanceof Error ? err.message : err);

@@ -102,6 +102,9 @@ create table billing.holds (
   account_id bigint not null references billing.accounts (id),
   amount numeric(38, 18) not null,
   status text not null default 'active',
+  -- Who may finish it: 'user' (their own, through the API), 'job' (its job, through the worker or a
+  -- cancel), 'dispute' (a Stripe dispute, through the webhook). User routes act on 'user' holds only.
+  purpose text not null default 'user',
   captured_amount numeric(38, 18),
   capture_transfer_id bigint references billing.transfers (id),
   idempotency_key text not null unique,
@@ -112,6 +115,7 @@ create table billing.holds (
   finished_at timestamptz,
   constraint holds_amount_positive check (amount > 0),
   constraint holds_status check (status in ('active', 'captured', 'released', 'expired')),
+  constraint holds_purpose check (purpose in ('user', 'job', 'dispute')),
   constraint holds_captured_within check (captured_amount is null or (captured_amount > 0 and captured_amount <= amount)),
   constraint holds_finished check ((status = 'active') = (finished_at is null))
 );

@@ -396,7 +396,8 @@ create function billing.place_hold(
   p_account_id bigint,
   p_amount numeric,
   p_idempotency_key text,
-  p_ttl interval,
+  p_expires_at timestamptz,
+  p_purpose text,
   p_correlation_id text default null,
   p_metadata jsonb default null
 ) returns billing.holds
@@ -407,26 +408,26 @@ declare
   v_hold billing.holds;
 begin
   -- The caller holds the account lock and has checked what may be held.
-  insert into billing.holds (account_id, amount, idempotency_key, correlation_id, metadata, expires_at)
-  values (p_account_id, p_amount, p_idempotency_key, p_correlation_id, p_metadata, now() + p_ttl)
+  insert into billing.holds (account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose)
+  values (p_account_id, p_amount, p_idempotency_key, p_correlation_id, p_metadata, p_expires_at, p_purpose)
   returning * into v_hold;
   update billing.accounts a set held = a.held + p_amount where a.id = p_account_id;
   return v_hold;
 end;
 $$;
-comment on function billing.place_hold(bigint, numeric, text, interval, text, jsonb)
+comment on function billing.place_hold(bigint, numeric, text, timestamptz, text, text, jsonb)
   is 'Internal: writes a hold and adds it to the account''s held amount, under the caller''s account lock.';
 
-create function billing.reserve_credits(
+create function billing.reserve_hold(
   p_user uuid,
   p_amount numeric,
   p_idempotency_key text,
-  p_ttl_seconds integer default 900,
+  p_ttl_seconds integer,
+  p_purpose text,
   p_correlation_id text default null,
   p_metadata jsonb default null
 ) returns billing.hold_result
 language plpgsql
-security definer
 set search_path = ''
 as $$
 declare
@@ -447,7 +448,7 @@ begin
 
   select * into v_hold from billing.holds h where h.idempotency_key = p_idempotency_key;
   if found then
-    if v_hold.account_id <> v_account.id or v_hold.amount <> p_amount then
+    if v_hold.account_id <> v_account.id or v_hold.amount <> p_amount or v_hold.purpose <> p_purpose then
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', 'hold'));
     end if;
     return billing.hold_result_of(v_hold, true);
@@ -463,16 +464,35 @@ begin
       'debt', v_account.balance < 0));
   end if;
 
-  v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, make_interval(secs => p_ttl_seconds),
-    p_correlation_id, p_metadata);
+  v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
+    p_purpose, p_correlation_id, p_metadata);
   return billing.hold_result_of(v_hold, false);
 end;
 $$;
+comment on function billing.reserve_hold(uuid, numeric, text, integer, text, text, jsonb)
+  is 'Internal: reserves available credits as a hold of the given purpose (user or job), under the account lock.';
+
+create function billing.reserve_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_idempotency_key text,
+  p_ttl_seconds integer default 900,
+  p_correlation_id text default null,
+  p_metadata jsonb default null
+) returns billing.hold_result
+language sql
+security definer
+set search_path = ''
+as $$
+  select billing.reserve_hold(p_user, p_amount, p_idempotency_key, p_ttl_seconds, 'user', p_correlation_id, p_metadata)
+$$;
 comment on function billing.reserve_credits(uuid, numeric, text, integer, text, jsonb)
-  is 'Reserves credits for a while (default 15 min): they stay in the balance but cannot be spent elsewhere.';
+  is 'Reserves credits for a while (default 15 min) as the user''s own hold: they stay in the balance but cannot be spent elsewhere.';
 
 -- Locks the hold's account, then the hold; HOLD_NOT_FOUND unless it belongs to p_user
--- (p_user null: any owner, for service callers such as the jobs worker).
+-- (p_user null: any owner, for service callers such as the jobs worker and disputes).
+-- A user acts only on holds of their own making: a job's or a dispute's hold is finished by
+-- its job or its dispute, or a student could release a chargeback's hold and spend it.
 create function billing.lock_hold(p_user uuid, p_hold_id uuid) returns billing.holds
 language plpgsql
 set search_path = ''
@@ -489,6 +509,9 @@ begin
   end if;
   perform 1 from billing.accounts a where a.id = v_account_id for update;
   select * into v_hold from billing.holds h where h.id = p_hold_id for update;
+  if p_user is not null and v_hold.purpose <> 'user' then
+    perform billing.raise_error('HOLD_NOT_USER_MANAGED', jsonb_build_object('hold_id', p_hold_id, 'purpose', v_hold.purpose));
+  end if;
   return v_hold;
 end;
 $$;
@@ -508,6 +531,7 @@ declare
   v_capture numeric(38, 18) := coalesce(p_amount, v_hold.amount);
   v_transfer billing.transfer_result;
   v_user uuid;
+  v_unfrozen numeric(38, 18);
 begin
   if v_hold.status = 'captured' then
     if p_amount is not null and p_amount <> v_hold.captured_amount then
@@ -522,6 +546,19 @@ begin
   perform billing.check_amount(v_capture);
   if v_capture > v_hold.amount then
     perform billing.raise_error('CAPTURE_EXCEEDS_HOLD', jsonb_build_object('held', v_hold.amount::text, 'requested', v_capture::text));
+  end if;
+
+  -- A user's own capture never spends credits a dispute has frozen (a reversal of another
+  -- purchase can take the balance below what is held). A job's capture is work already done.
+  if p_user is not null then
+    select a.balance - coalesce(sum(h.amount), 0) into v_unfrozen
+    from billing.accounts a
+    left join billing.holds h on h.account_id = a.id and h.status = 'active' and h.purpose = 'dispute'
+    where a.id = v_hold.account_id group by a.balance;
+    if v_unfrozen < v_capture then
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(v_capture)::text,
+        'available', trim_scale(greatest(v_unfrozen, 0))::text, 'frozen_by_dispute', true));
+    end if;
   end if;
 
   -- The hold stops counting first, so the capture spends the reserved credits.
@@ -588,7 +625,9 @@ set search_path = ''
 as $$
   select coalesce(b.balance, 0), coalesce(b.held, 0), coalesce(b.available, 0)
   from (select 1) one
-  left join lateral (select (billing.balance_of(a.id)).* from billing.accounts a where a.user_id = p_user) b on true
+  -- balance_of in FROM, not `(balance_of(…)).*`, which would run it once per column.
+  left join lateral (select x.* from billing.accounts a cross join lateral billing.balance_of(a.id) x
+                     where a.user_id = p_user) b on true
 $$;
 comment on function billing.get_balance(uuid) is 'A user''s balance, held and available; zeros when the user has no account yet.';
 

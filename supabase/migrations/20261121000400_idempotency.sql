@@ -7,13 +7,22 @@ create table billing.idempotency_keys (
   action text not null,                           -- the route, e.g. 'credits.usage'
   key text not null,
   request_hash text not null,                     -- sha256 of method, path and body
-  response_status integer,                        -- null while in flight
-  response_body text,                             -- exactly the bytes sent
+  response_status integer,                        -- null while in flight (and for a stored refusal)
+  response_body text,                             -- routes with an external call: exactly the bytes sent
+  -- Routes answered by one statement (billing.run_money_request) store what the answer is and
+  -- the functions render it the same way every time: the data, or the refusal's token and
+  -- detail, with the first request's id and time.
+  response_data jsonb,
+  refusal_token text,
+  refusal_detail text,
+  request_id text,
+  responded_at timestamptz,
   locked_at timestamptz not null default now(),
   expires_at timestamptz not null default now() + interval '24 hours',
   primary key (user_id, action, key),
   constraint idempotency_keys_key_length check (length(key) between 1 and 255),
-  constraint idempotency_keys_response_whole check ((response_status is null) = (response_body is null))
+  constraint idempotency_keys_body_has_status check (response_body is null or response_status is not null),
+  constraint idempotency_keys_one_answer check (response_data is null or refusal_token is null)
 );
 comment on table billing.idempotency_keys is 'Stored responses of mutating HTTP routes by (user, action, Idempotency-Key), kept 24 hours.';
 create index idempotency_keys_expiry on billing.idempotency_keys (expires_at);
@@ -21,6 +30,30 @@ create index idempotency_keys_expiry on billing.idempotency_keys (expires_at);
 revoke all on billing.idempotency_keys from public, anon, authenticated, service_role;
 alter table billing.idempotency_keys enable row level security;
 -- No policies: nobody but the functions below reads or writes it.
+
+-- A token outlives the user and their role for up to an hour: money-moving and admin routes
+-- check the user's current state here, inside the SQL call they already make.
+create function billing.assert_user_standing(p_user uuid, p_admin boolean default false) returns void
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_role text;
+begin
+  select coalesce(u.raw_app_meta_data ->> 'role', '') into v_role
+  from auth.users u
+  where u.id = p_user and u.deleted_at is null and (u.banned_until is null or u.banned_until <= now());
+  if not found then
+    perform billing.raise_error('USER_NOT_ACTIVE', jsonb_build_object('rule', 'the user must exist and not be deleted or banned'));
+  end if;
+  if p_admin and v_role <> 'admin' then
+    perform billing.raise_error('ADMIN_REQUIRED', jsonb_build_object('rule', 'app_metadata.role must be admin now'));
+  end if;
+end;
+$$;
+comment on function billing.assert_user_standing(uuid, boolean)
+  is 'USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ADMIN_REQUIRED unless (when asked) they are an admin now.';
 
 create type billing.idempotency_claim as (
   state text,                                     -- 'claimed' | 'done' | 'in_flight'
@@ -37,6 +70,7 @@ as $$
 declare
   v_row billing.idempotency_keys;
 begin
+  perform billing.assert_user_standing(p_user);
   -- A concurrent claim of the same key blocks here until the first transaction ends.
   insert into billing.idempotency_keys as k (user_id, action, key, request_hash)
   values (p_user, p_action, p_key, p_request_hash)
@@ -61,7 +95,7 @@ begin
 end;
 $$;
 comment on function billing.claim_idempotency_key(uuid, text, text, text)
-  is 'Claims a key for a request, or returns the stored response; IDEMPOTENCY_KEY_REUSED for another request under the same key.';
+  is 'Claims a key for a request of a user in good standing, or returns the stored response; IDEMPOTENCY_KEY_REUSED for another request under the same key.';
 
 create function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_body text)
 returns void
@@ -85,6 +119,135 @@ $$;
 comment on function billing.abandon_idempotency_key(uuid, text, text)
   is 'Forgets an in-flight claim whose work failed before any effect (routes with an external call), so a retry starts over.';
 
+-- ============================================================ one statement per money request
+
+create function billing.json_time(p_at timestamptz) returns text
+language sql immutable
+set search_path = ''
+as $$ select to_char(p_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+comment on function billing.json_time(timestamptz) is 'A time as the API writes it (JavaScript''s toISOString).';
+
+create function billing.hold_json(h billing.hold_result) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_build_object('hold_id', h.hold_id, 'status', h.status, 'amount', trim_scale(h.amount)::text,
+    'captured', trim_scale(h.captured)::text, 'released', trim_scale(h.released)::text,
+    'transfer_id', h.transfer_id::text, 'expires_at', billing.json_time(h.expires_at),
+    'balance', trim_scale(h.balance)::text, 'available', trim_scale(h.available)::text)
+$$;
+comment on function billing.hold_json(billing.hold_result) is 'A hold as the API returns it (contract.ts Hold).';
+
+-- The work of each money route, returning its data in the API's shape (amounts as exact
+-- decimal strings). p_key is the ledger's own idempotency key for the effect.
+create function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  u billing.usage_result;
+  t billing.transfer_result;
+begin
+  case p_action
+  when 'credits.usage' then
+    u := billing.charge_usage(p_user, p_args ->> 'model', (p_args ->> 'input_tokens')::bigint,
+      (p_args ->> 'output_tokens')::bigint, p_key, p_args ->> 'correlation_id', p_args -> 'metadata');
+    return jsonb_build_object('transfer_id', u.transfer_id::text, 'charged', trim_scale(u.charged)::text,
+      'balance', trim_scale(u.balance)::text, 'available', trim_scale(u.available)::text,
+      'rate_card_version', u.rate_card_version);
+  when 'credits.holds' then
+    return billing.hold_json(billing.reserve_credits(p_user, (p_args ->> 'amount')::numeric, p_key,
+      coalesce((p_args ->> 'ttl_seconds')::integer, 900), p_args ->> 'correlation_id', null));
+  when 'credits.holds.capture' then
+    return billing.hold_json(billing.capture_hold(p_user, (p_args ->> 'hold_id')::uuid, (p_args ->> 'amount')::numeric, null));
+  when 'credits.holds.release' then
+    return billing.hold_json(billing.release_hold(p_user, (p_args ->> 'hold_id')::uuid));
+  when 'credits.grants' then
+    t := billing.grant_credits((p_args ->> 'user_id')::uuid, (p_args ->> 'amount')::numeric,
+      (p_args ->> 'kind')::billing.transfer_kind, p_key, null, null,
+      jsonb_build_object('reason', p_args ->> 'reason', 'granted_by', p_user));
+    return jsonb_build_object('transfer_id', t.transfer_id::text, 'amount', trim_scale(t.amount)::text,
+      'balance', trim_scale(t.balance)::text);
+  end case;
+end;
+$$;
+comment on function billing.perform_money_action(uuid, text, jsonb, text) is 'Internal: the one SQL call behind each money route.';
+
+create type billing.money_response as (
+  status integer,                                 -- the success status; null for a refusal
+  data jsonb,
+  refusal_token text,
+  refusal_detail text,
+  request_id text,
+  responded_at timestamptz,
+  replayed boolean
+);
+
+-- A money request in one statement: check the user, claim the key, do the work, store the
+-- answer and return it; or return the stored answer. A refusal (a client error token) is
+-- stored and replayed like a success; our own faults roll back and are not stored, so a
+-- retry runs again. The account's row lock is held only inside this call.
+create function billing.run_money_request(
+  p_user uuid,
+  p_action text,
+  p_key text,
+  p_request_hash text,
+  p_request_id text,
+  p_args jsonb,
+  p_success_status integer,
+  p_admin boolean default false
+) returns billing.money_response
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_row billing.idempotency_keys;
+  v_data jsonb;
+  v_token text;
+  v_detail text;
+begin
+  perform billing.assert_user_standing(p_user, p_admin);
+  -- A concurrent duplicate blocks here until the first commits, then reads its answer.
+  insert into billing.idempotency_keys as k (user_id, action, key, request_hash, request_id)
+  values (p_user, p_action, p_key, p_request_hash, p_request_id)
+  on conflict (user_id, action, key) do update
+    set request_hash = excluded.request_hash, request_id = excluded.request_id, response_status = null,
+        response_data = null, refusal_token = null, refusal_detail = null, responded_at = null,
+        locked_at = now(), expires_at = now() + interval '24 hours'
+    where k.expires_at <= now()
+  returning * into v_row;
+  if not found then
+    select * into v_row from billing.idempotency_keys k where k.user_id = p_user and k.action = p_action and k.key = p_key;
+    if v_row.request_hash <> p_request_hash then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', p_action));
+    end if;
+    return (v_row.response_status, v_row.response_data, v_row.refusal_token, v_row.refusal_detail, v_row.request_id,
+            v_row.responded_at, true)::billing.money_response;
+  end if;
+
+  begin
+    v_data := billing.perform_money_action(p_user, p_action, p_args,
+      'http:' || p_user::text || ':' || p_action || ':' || p_key);
+  exception when sqlstate 'P0001' then
+    -- Tokens that mean our fault are 5xx (db.ts): not stored, so a retry runs again.
+    if sqlerrm in ('LEDGER_IMMUTABLE', 'PAYMENT_AMOUNT_MISMATCH', 'MONEY_UNBALANCED') then
+      raise;
+    end if;
+    get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
+  end;
+  update billing.idempotency_keys k
+  set response_status = case when v_token is null then p_success_status end, response_data = v_data,
+      refusal_token = v_token, refusal_detail = v_detail, responded_at = now()
+  where k.user_id = p_user and k.action = p_action and k.key = p_key
+  returning * into v_row;
+  return (v_row.response_status, v_row.response_data, v_row.refusal_token, v_row.refusal_detail, v_row.request_id,
+          v_row.responded_at, false)::billing.money_response;
+end;
+$$;
+comment on function billing.run_money_request(uuid, text, text, text, text, jsonb, integer, boolean)
+  is 'One statement per money request: user check, idempotency claim, the work, the stored answer (or the stored one replayed).';
+
 create function billing.delete_expired_idempotency_keys(p_limit integer default 5000) returns integer
 language plpgsql
 security definer
@@ -103,6 +266,8 @@ comment on function billing.delete_expired_idempotency_keys(integer) is 'pg_cron
 
 revoke execute on all functions in schema billing from public, anon, authenticated;
 grant execute on function
+  billing.assert_user_standing(uuid, boolean),
+  billing.run_money_request(uuid, text, text, text, text, jsonb, integer, boolean),
   billing.claim_idempotency_key(uuid, text, text, text),
   billing.complete_idempotency_key(uuid, text, text, integer, text),
   billing.abandon_idempotency_key(uuid, text, text),

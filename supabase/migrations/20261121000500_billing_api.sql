@@ -22,7 +22,7 @@ create view billing_api.ledger_entries with (security_invoker = true) as
 comment on view billing_api.ledger_entries is 'The signed-in user''s ledger entries.';
 
 create view billing_api.holds with (security_invoker = true) as
-  select h.id, h.status, h.amount, h.captured_amount, h.expires_at, h.created_at, h.finished_at, h.correlation_id
+  select h.id, h.purpose, h.status, h.amount, h.captured_amount, h.expires_at, h.created_at, h.finished_at, h.correlation_id
   from billing.holds h;
 comment on view billing_api.holds is 'The signed-in user''s holds.';
 

@@ -1,7 +1,10 @@
 -- Scheduled upkeep with pg_cron (minute granularity). Each job calls one idempotent,
 -- batch-bounded function, so an overlapping or repeated run is harmless.
 
-create extension if not exists pg_cron;
+-- Where Supabase documents it: its catalogue in pg_catalog, its jobs in schema cron (a bare
+-- `create extension pg_cron` registers it in public, which the Security Advisor flags). On
+-- hosted, postgres may create it (an allowlisted extension); locally the bootstrap already has.
+create extension if not exists pg_cron with schema pg_catalog;
 
 select cron.schedule('billing-release-expired-holds', '* * * * *', $$select billing.release_expired_holds(500)$$);
 select cron.schedule('billing-delete-expired-idempotency-keys', '*/5 * * * *',

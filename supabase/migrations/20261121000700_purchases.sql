@@ -228,6 +228,64 @@ comment on function billing.expire_stale_purchases(integer)
 
 -- ============================================================ converging on Stripe's state
 
+-- A dispute freezes the disputed credits whatever else holds them. The user's own holds give
+-- way first (newest first: shrunk, or released when taken whole), so parking credits in a hold
+-- before filing a chargeback frees nothing. A job's hold is work already in flight: it keeps
+-- its claim and may overlap the dispute's (available goes below zero, so nothing else can be
+-- spent); if the job completes, what it spent becomes debt should the dispute be lost, like any
+-- credit spent before the dispute. The hold has no expiry: only the dispute's end releases it.
+create function billing.place_dispute_hold(p_user uuid, p_amount numeric, p_dispute_id text) returns uuid
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_freeze numeric(38, 18);
+  v_short numeric(38, 18);
+  v_take numeric(38, 18);
+  v_user_hold billing.holds;
+begin
+  select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  if not found then
+    return null;
+  end if;
+  if v_account.held > 0 then
+    perform billing.expire_overdue_holds(v_account.id);
+    select * into v_account from billing.accounts a where a.id = v_account.id;
+  end if;
+  -- What is left of the balance once earlier disputes have frozen theirs.
+  select least(p_amount, greatest(v_account.balance - coalesce(sum(h.amount), 0), 0)) into v_freeze
+  from billing.holds h where h.account_id = v_account.id and h.status = 'active' and h.purpose = 'dispute';
+  if v_freeze <= 0 then
+    return null;
+  end if;
+
+  v_short := v_freeze - greatest(v_account.balance - v_account.held, 0);
+  for v_user_hold in
+    select * from billing.holds h
+    where h.account_id = v_account.id and h.status = 'active' and h.purpose = 'user'
+    order by h.created_at desc, h.id
+    for update
+  loop
+    exit when v_short <= 0;
+    v_take := least(v_user_hold.amount, v_short);
+    update billing.holds h
+    set amount = h.amount - case when v_take < h.amount then v_take else 0 end,
+        status = case when v_take < h.amount then h.status else 'released' end,
+        finished_at = case when v_take < h.amount then null else now() end,
+        metadata = coalesce(h.metadata, '{}'::jsonb) || jsonb_build_object('given_to_dispute', p_dispute_id,
+          'given_amount', trim_scale(v_take)::text)
+    where h.id = v_user_hold.id;
+    update billing.accounts a set held = a.held - v_take where a.id = v_account.id;
+    v_short := v_short - v_take;
+  end loop;
+
+  return (billing.place_hold(v_account.id, v_freeze, 'dispute:' || p_dispute_id, 'infinity', 'dispute', p_dispute_id)).id;
+end;
+$$;
+comment on function billing.place_dispute_hold(uuid, numeric, text)
+  is 'Internal: freezes up to p_amount of a user''s credits for an open dispute, taking them back from the user''s own holds first.';
+
 -- p_state (all from Stripe, re-fetched, never from event payload order):
 --   session_id, session_status, payment_status, amount_total, currency, payment_intent,
 --   payment_intent_status, charge_id, amount_refunded, dispute_id, dispute_status
@@ -247,8 +305,6 @@ declare
   v_target_c numeric(38, 18);
   v_target_b numeric(38, 18);
   v_remaining numeric(38, 18);
-  v_account billing.accounts;
-  v_hold billing.holds;
 begin
   select * into p from billing.purchases x where x.stripe_session_id = p_state ->> 'session_id' for update;
   if not found then
@@ -311,13 +367,7 @@ begin
   if v_dispute is not null and coalesce(p.dispute_status, 'open') = 'open' then
     v_remaining := (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed);
     if p.dispute_hold_id is null and v_dispute = 'open' then
-      select * into v_account from billing.accounts a where a.user_id = p.user_id for update;
-      v_remaining := least(v_remaining, greatest(v_account.balance - v_account.held, 0));
-      if v_remaining > 0 then
-        v_hold := billing.place_hold(v_account.id, v_remaining, 'dispute:' || (p_state ->> 'dispute_id'),
-          interval '120 days', p_state ->> 'dispute_id');
-        p.dispute_hold_id := v_hold.id;
-      end if;
+      p.dispute_hold_id := billing.place_dispute_hold(p.user_id, v_remaining, p_state ->> 'dispute_id');
     elsif v_dispute in ('won', 'lost') and p.dispute_hold_id is not null then
       perform billing.release_hold(null, p.dispute_hold_id);
     end if;

@@ -4,6 +4,8 @@
 -- A metered job reserves its estimate as a ledger hold at enqueue; completion captures the
 -- actual usage and releases the rest; failure, cancellation or expiry release it. Every one
 -- of those steps is one SQL transaction, so no crash leaves a hold behind or charges twice.
+-- A long job runs in slices within the edge's limits: a slice checkpoints, then yield_job hands
+-- the job back for the next tick (see supabase/functions/jobs/worker.ts).
 
 create table billing.jobs (
   id uuid primary key default gen_random_uuid(),
@@ -107,7 +109,7 @@ begin
   end if;
   if p_reserve is not null and p_reserve > 0 then
     -- Short → INSUFFICIENT_CREDITS, and the job above rolls back with it.
-    v_hold := billing.reserve_credits(p_user, p_reserve, 'job:' || v_job.id, p_hold_ttl_seconds, 'job:' || v_job.id);
+    v_hold := billing.reserve_hold(p_user, p_reserve, 'job:' || v_job.id, p_hold_ttl_seconds, 'job', 'job:' || v_job.id);
     update billing.jobs j set hold_id = v_hold.hold_id where j.id = v_job.id returning * into v_job;
   end if;
   return v_job;
@@ -129,7 +131,7 @@ begin
 end;
 $$;
 
-create function billing.claim_jobs(p_worker text, p_limit integer default 1, p_lease_seconds integer default 30)
+create function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[])
 returns setof billing.jobs
 language plpgsql
 security definer
@@ -159,14 +161,23 @@ begin
     where c.run_after <= now()
       and (c.status = 'queued' or (c.status = 'processing' and (c.locked_until is null or c.locked_until < now())))
       and c.attempts < c.max_attempts
+      and c.id <> all (coalesce(p_skip, '{}'))
     order by c.run_after, c.created_at
     for update skip locked
     limit p_limit)
   returning j.*;
 end;
 $$;
-comment on function billing.claim_jobs(text, integer, integer)
-  is 'Claims due jobs with a lease: queued ones, and processing ones whose worker lost its lease (they resume from their checkpoint).';
+comment on function billing.claim_jobs(text, integer, integer, uuid[])
+  is 'Claims due jobs with a lease, except p_skip (a tick''s jobs that already had their slice): queued ones, yielded ones, and processing ones whose worker lost its lease (they resume from their checkpoint).';
+
+create function billing.claim_jobs(p_worker text, p_limit integer default 1, p_lease_seconds integer default 30)
+returns setof billing.jobs
+language sql
+security definer
+set search_path = ''
+as $$ select * from billing.claim_jobs(p_worker, p_limit, p_lease_seconds, '{}'::uuid[]) $$;
+comment on function billing.claim_jobs(text, integer, integer) is 'Claims due jobs with a lease (any job; see the four-argument form).';
 
 -- The worker still holds the lease and the job is still running; otherwise it must stop.
 create function billing.lock_leased_job(p_job uuid, p_worker text) returns billing.jobs
@@ -224,6 +235,25 @@ $$;
 comment on function billing.checkpoint_job(uuid, text, integer, jsonb, text, text, integer)
   is 'Saves progress, resume state and any result chunk atomically, and renews the lease; JOB_CANCELLED or LEASE_LOST tell the worker to stop.';
 
+-- A job that runs in slices (a ledger_export does one page per tick) hands itself back after
+-- each one, its progress already saved by checkpoint_job. The claim that took it gives its
+-- attempt back: attempts count the claims that failed or died, not the slices that ended well.
+create function billing.yield_job(p_job uuid, p_worker text) returns billing.jobs
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);
+begin
+  update billing.jobs j set locked_by = null, locked_until = null, run_after = now(), attempts = greatest(j.attempts - 1, 0)
+  where j.id = p_job returning * into v_job;
+  return v_job;
+end;
+$$;
+comment on function billing.yield_job(uuid, text)
+  is 'Ends a slice of a job that has more to do: releases the lease (due again at once, behind other due jobs) without counting an attempt.';
+
 create function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb default null)
 returns billing.jobs
 language plpgsql
@@ -235,6 +265,8 @@ declare
   v_price record;
   v_hold billing.holds;
   v_capture numeric(38, 18);
+  v_after billing.hold_result;
+  v_overage numeric(38, 18);
 begin
   if v_job.hold_id is not null then
     select * into v_hold from billing.holds h where h.id = v_job.hold_id;
@@ -242,10 +274,20 @@ begin
     if p_usage is not null then
       select * into v_price from billing.price_usage(p_usage ->> 'model', (p_usage ->> 'input_tokens')::bigint,
                                                      (p_usage ->> 'output_tokens')::bigint);
-      v_capture := least(v_price.amount, v_hold.amount); -- never more than was reserved
+      v_capture := least(v_price.amount, v_hold.amount);
     end if;
     if v_capture > 0 then
-      perform billing.capture_hold(null, v_job.hold_id, v_capture, 'job:' || p_job);
+      v_after := billing.capture_hold(null, v_job.hold_id, v_capture, 'job:' || p_job);
+      -- The reserve is the worst case the provider can bill; should it ever bill more, the rest
+      -- is charged from what is available, never into debt (what cannot be charged is recorded).
+      v_overage := least(v_price.amount - v_capture, greatest(v_after.available, 0));
+      if v_overage > 0 then
+        perform billing.post_user_transfer(v_job.user_id, -1, 'spend', v_overage, 'usage', 'usage_revenue',
+          'job-overage:' || p_job, 'job:' || p_job, null,
+          jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model', 'reserved', trim_scale(v_hold.amount)::text,
+            'priced', trim_scale(v_price.amount)::text, 'unbilled', trim_scale(v_price.amount - v_capture - v_overage)::text),
+          v_price.rate_card_id);
+      end if;
     else
       perform billing.release_hold(null, v_job.hold_id);
     end if;
@@ -258,7 +300,7 @@ begin
 end;
 $$;
 comment on function billing.complete_job(uuid, text, jsonb, jsonb)
-  is 'Completes a job; a metered one captures its priced usage (at most the hold) and releases the rest, in the same transaction.';
+  is 'Completes a job; a metered one captures its priced usage from the hold (any excess from the available balance, never into debt) and releases the rest, in the same transaction.';
 
 create function billing.fail_job(p_job uuid, p_worker text, p_error jsonb, p_retryable boolean) returns billing.jobs
 language plpgsql
@@ -337,7 +379,9 @@ revoke execute on all functions in schema billing from public, anon, authenticat
 grant execute on function
   billing.enqueue_job(uuid, text, jsonb, text, text, numeric, integer),
   billing.claim_jobs(text, integer, integer),
+  billing.claim_jobs(text, integer, integer, uuid[]),
   billing.checkpoint_job(uuid, text, integer, jsonb, text, text, integer),
+  billing.yield_job(uuid, text),
   billing.complete_job(uuid, text, jsonb, jsonb),
   billing.fail_job(uuid, text, jsonb, boolean),
   billing.cancel_job(uuid, uuid),

@@ -1,8 +1,12 @@
 -- Revenue reporting. Credit purchases post their money (cents) to the money ledger as they
 -- happen (paid, refunded, dispute lost, Stripe's fee), beside provider payments, so every
 -- revenue number is a sum over one ledger. One definition of each metric lives in
--- billing.revenue_metrics(from, to) (documented in docs/metrics.md); billing.daily_revenue
--- keeps each UTC day's numbers, refreshed by pg_cron after midnight and mailed to admins.
+-- billing.compute_revenue_metrics (documented in docs/metrics.md), built from parts that
+-- combine exactly across periods: sums, counts, and the two user sets as account bitmaps.
+-- billing.revenue_rollup keeps each UTC day's parts (today's up to a few minutes ago), so
+-- billing.revenue_metrics(from, to) reads them from there and only the rest (the last minutes,
+-- and any day not rolled up yet or changed since by a late event) from the raw rows.
+-- billing.daily_revenue keeps each day's numbers, refreshed after midnight and mailed to admins.
 
 -- ============================================================ B2C money postings
 
@@ -45,19 +49,257 @@ comment on function billing.post_purchase_money() is 'Trigger: posts a credit pu
 create trigger purchases_post_money after update on billing.purchases
   for each row execute function billing.post_purchase_money();
 
--- ============================================================ the metrics, defined once
 
--- Every number for [p_from, p_to): see docs/metrics.md for each definition.
-create function billing.revenue_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
+
+-- ============================================================ what the live part reads
+
+-- The credit ledger is append-only and dated by insertion, so its heap is in created_at order:
+-- a BRIN index finds a period's pages from a few kilobytes and costs writers next to nothing,
+-- where a B-tree on a timestamp would put every insert on its rightmost page. autosummarize
+-- keeps the unsummarised tail (which every BRIN scan reads) to the last few pages.
+create index transfers_created_brin on billing.transfers using brin (created_at)
+  with (pages_per_range = 32, autosummarize = on);
+create index entries_created_brin on billing.entries using brin (created_at)
+  with (pages_per_range = 32, autosummarize = on);
+-- Purchases, money postings and Stripe events are a few percent of the ledger's volume: B-trees.
+create index purchases_created on billing.purchases (created_at);
+create index purchases_paid on billing.purchases (paid_at) where paid_at is not null;
+create index purchases_first_paid on billing.purchases (user_id, paid_at) where status = 'paid';
+create index stripe_events_received on billing.stripe_events (received_at);
+
+-- What can change a rolled-up day afterwards (billing.revenue_rollup_is_current): what was
+-- recorded since, on the same UTC day (a few minutes' worth; purchases_paid serves too) ...
+create index money_transfers_created on billing.money_transfers (created_at, occurred_at);
+create index stripe_events_processed on billing.stripe_events (processed_at) where processed_at is not null;
+-- ... and on a later UTC day than the day it counts on: tiny, as such rows are rare ...
+create index money_transfers_late on billing.money_transfers (occurred_at, created_at)
+  where (created_at at time zone 'UTC')::date > (occurred_at at time zone 'UTC')::date;
+create index purchases_paid_late on billing.purchases (created_at, paid_at)
+  where (paid_at at time zone 'UTC')::date > (created_at at time zone 'UTC')::date;
+create index stripe_events_finished_late on billing.stripe_events (received_at, processed_at)
+  where (processed_at at time zone 'UTC')::date > (received_at at time zone 'UTC')::date;
+-- ... and the purchases still without a Checkout Session (attaching one changes a day's checkouts).
+create index purchases_sessionless on billing.purchases (created_at) where stripe_session_id is null;
+
+-- ============================================================ the roll-up
+
+-- The parts of every metric for each UTC day, over [the day's start, covered_until): the whole
+-- day once it has closed, today up to a few minutes ago. Internal: read by revenue_metrics.
+create table billing.revenue_rollup (
+  day date primary key,
+  covered_until timestamptz not null,             -- the day's end, or (today) computed_at − 5 minutes
+  money jsonb not null,                           -- [{kind, account, currency, cents}]: Σ money entries
+  credits jsonb not null,                         -- [{kind, model, amount, events}]: Σ credit transfers
+  active_accounts bit varying not null,           -- bit n set: account n had a credit ledger entry
+  paying_accounts bit varying not null,           -- bit n set: account n's user had a purchase paid
+  first_time_purchasers bigint not null,
+  checkouts_created bigint not null,
+  checkouts_paid bigint not null,
+  webhooks_received bigint not null,
+  webhooks_ok bigint not null,
+  outstanding_credits numeric(38, 18) not null,   -- Σ user entries before covered_until: the liability then
+  sessionless_purchases bigint not null,          -- purchases in the covered span without a Checkout Session
+  computed_at timestamptz not null default now()
+);
+comment on table billing.revenue_rollup
+  is 'Each UTC day''s metric parts (today''s up to a few minutes ago), which ranges combine exactly; recomputed when a late event reaches a day.';
+revoke all on billing.revenue_rollup from public, anon, authenticated, service_role;
+alter table billing.revenue_rollup enable row level security;
+grant select on billing.revenue_rollup to service_role;
+
+-- Each UTC day's numbers (revenue_metrics of the day), for the daily report and its email.
+create table billing.daily_revenue (
+  day date primary key,
+  metrics jsonb not null,                         -- billing.revenue_metrics for the UTC day
+  computed_at timestamptz not null default now()
+);
+comment on table billing.daily_revenue is 'Each UTC day''s metrics, replaced whenever the day is recomputed (late events are picked up then).';
+revoke all on billing.daily_revenue from public, anon, authenticated, service_role;
+alter table billing.daily_revenue enable row level security;
+grant select on billing.daily_revenue to service_role;
+
+-- ============================================================ the parts every metric is made of
+
+-- Σ of user entries in [p_from, p_to): how much the unspent liability moved.
+create function billing.user_credit_change(p_from timestamptz, p_to timestamptz) returns numeric
 language sql stable
-security definer
 set search_path = ''
 as $$
-  with money as (
-    select t.kind, e.account, e.currency, sum(e.amount_cents) as cents
-    from billing.money_transfers t join billing.money_entries e on e.transfer_id = t.id
-    where t.occurred_at >= p_from and t.occurred_at < p_to
-    group by t.kind, e.account, e.currency
+  select coalesce(sum(e.amount), 0) from billing.entries e
+  where p_from < p_to and e.balance_after is not null and e.created_at >= p_from and e.created_at < p_to
+$$;
+comment on function billing.user_credit_change(timestamptz, timestamptz) is 'Internal: Σ of user entries in [from, to).';
+
+-- The parts of [p_from, p_to), from the raw rows. Sums and counts add across disjoint periods;
+-- the user sets come back as account ids, so a union of periods counts each user once. Every
+-- paying user has an account: a purchase's credits are granted before it is marked paid.
+create function billing.revenue_parts(p_from timestamptz, p_to timestamptz)
+returns table (
+  money jsonb, credits jsonb, active_accounts bigint[], user_credit_change numeric, paying_accounts bigint[],
+  first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint
+)
+language plpgsql stable
+rows 1
+set search_path = ''
+set plan_cache_mode = force_custom_plan  -- a few minutes or a whole day: the plan depends on the span
+set jit = off
+set max_parallel_workers_per_gather = 0
+as $$
+begin
+  return query
+  select
+    (select coalesce(jsonb_agg(jsonb_build_object('kind', m.kind, 'account', m.account, 'currency', m.currency,
+        'cents', m.cents)), '[]'::jsonb)
+     from (select t.kind, case when e.account in ('payers', 'platform_fees', 'b2c_revenue', 'stripe_fees') then e.account
+                              else 'other' end as account, e.currency, sum(e.amount_cents) as cents
+           from billing.money_transfers t join billing.money_entries e on e.transfer_id = t.id
+           where t.occurred_at >= p_from and t.occurred_at < p_to
+           group by 1, 2, 3) m),
+    -- Grouped by rate card first, so the model lookup runs once per card, not per transfer.
+    (select coalesce(jsonb_agg(jsonb_build_object('kind', c.kind, 'model', c.model, 'amount', c.amount, 'events', c.events)),
+        '[]'::jsonb)
+     from (select g.kind, r.model, sum(g.amount) as amount, sum(g.events) as events
+           from (select t.kind, t.rate_card_id, sum(t.amount) as amount, count(*) as events from billing.transfers t
+                 where t.created_at >= p_from and t.created_at < p_to group by 1, 2) g
+           left join billing.rate_cards r on r.id = g.rate_card_id and g.kind = 'usage'
+           group by 1, 2) c),
+    u.accounts, u.credit_change,
+    array(select distinct a.id from billing.purchases p join billing.accounts a on a.user_id = p.user_id
+          where p.paid_at >= p_from and p.paid_at < p_to),
+    -- A user's first paid purchase is in the period when one is and none came before it.
+    (select count(distinct p.user_id) from billing.purchases p
+     where p.status = 'paid' and p.paid_at >= p_from and p.paid_at < p_to
+       and not exists (select 1 from billing.purchases q where q.user_id = p.user_id and q.status = 'paid' and q.paid_at < p_from)),
+    k.created, k.paid, w.received, w.ok
+  from
+    -- One pass over the user entries: who was active, and (as user_credit_change) what moved.
+    (select coalesce(array_agg(distinct e.account_id), '{}') as accounts, coalesce(sum(e.amount), 0) as credit_change
+     from billing.entries e where e.balance_after is not null and e.created_at >= p_from and e.created_at < p_to) u,
+    (select count(*) as created, count(*) filter (where p.status = 'paid') as paid from billing.purchases p
+     where p.created_at >= p_from and p.created_at < p_to and p.stripe_session_id is not null) k,
+    (select count(*) as received, count(*) filter (where e.status in ('processed', 'ignored')) as ok
+     from billing.stripe_events e where e.received_at >= p_from and e.received_at < p_to) w;
+end;
+$$;
+comment on function billing.revenue_parts(timestamptz, timestamptz)
+  is 'Internal: the combinable parts of every metric over [from, to), from the raw rows.';
+
+-- A set of account ids as a bitmap: bit n (counting from 0, left to right) is account n.
+create function billing.account_bitmap(p_ids bigint[]) returns bit varying
+language sql immutable
+set search_path = ''
+as $$
+  select coalesce(('x' || string_agg(lpad(to_hex(coalesce(b.v, 0)), 2, '0'), '' order by g.i))::bit varying, B'')
+  from generate_series(0::bigint, (select max(x) from unnest(p_ids) x) / 8) g(i)
+  left join (select x / 8 as i, bit_or(128 >> (x % 8)::integer) as v from unnest(p_ids) x group by 1) b on b.i = g.i
+$$;
+comment on function billing.account_bitmap(bigint[]) is 'Internal: account ids as a bitmap (bit n set for account n).';
+
+-- How many distinct accounts are in the union of stored bitmaps and live ids.
+create function billing.count_accounts(p_bitmaps bit varying[], p_ids bigint[]) returns bigint
+language plpgsql immutable
+set search_path = ''
+as $$
+declare
+  v_union bit varying;
+begin
+  -- bit_or needs equal lengths: a day's bitmap is as long as its highest account id.
+  select bit_or(b || repeat('0', m.n - length(b))::bit varying) into v_union
+  from unnest(p_bitmaps) b, (select max(length(x)) as n from unnest(p_bitmaps) x) m;
+  return coalesce(bit_count(v_union), 0) + (
+    select count(distinct x) from unnest(p_ids) x
+    where case when v_union is null or x >= length(v_union) then true else get_bit(v_union, x::integer) = 0 end);
+end;
+$$;
+comment on function billing.count_accounts(bit varying[], bigint[]) is 'Internal: |union of the bitmaps and the ids|.';
+
+-- Whether a roll-up row still equals the raw rows of its span [day start, covered_until): nothing
+-- that counts on that span changed since it was computed (less five minutes, for transactions in
+-- flight: a row is dated by its transaction's start). What can: a money posting dated in the span
+-- (Stripe's event time) recorded later; a checkout of the span paid later; a session attached to
+-- one of its purchases; a webhook of the span finished later. Each is looked up twice: recorded
+-- the same UTC day (a few minutes' worth, by time) or a later one (the tiny *_late indexes).
+-- Everything else a day counts, the credit ledger included, is dated by when it was recorded.
+create function billing.revenue_rollup_is_current(
+  p_day date, p_covered_until timestamptz, p_computed_at timestamptz, p_sessionless bigint
+) returns boolean
+language plpgsql stable
+set search_path = ''
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+  v_from timestamptz := p_day::timestamp at time zone 'UTC';
+  v_end timestamptz := (p_day + 1)::timestamp at time zone 'UTC';
+  v_since timestamptz := p_computed_at - interval '5 minutes';
+begin
+  return p_covered_until > v_from
+    and not exists (select 1 from billing.money_transfers t
+      where t.created_at > v_since and t.created_at < v_end and t.occurred_at >= v_from and t.occurred_at < p_covered_until)
+    and not exists (select 1 from billing.money_transfers t
+      where (t.created_at at time zone 'UTC')::date > (t.occurred_at at time zone 'UTC')::date
+        and t.occurred_at >= v_from and t.occurred_at < p_covered_until and t.created_at > v_since)
+    and not exists (select 1 from billing.purchases p
+      where p.paid_at > v_since and p.paid_at < v_end and p.created_at >= v_from and p.created_at < p_covered_until)
+    and not exists (select 1 from billing.purchases p
+      where (p.paid_at at time zone 'UTC')::date > (p.created_at at time zone 'UTC')::date
+        and p.created_at >= v_from and p.created_at < p_covered_until and p.paid_at > v_since)
+    and (select count(*) from billing.purchases p
+         where p.stripe_session_id is null and p.created_at >= v_from and p.created_at < p_covered_until) = p_sessionless
+    and not exists (select 1 from billing.stripe_events e
+      where e.processed_at > v_since and e.processed_at < v_end and e.received_at >= v_from and e.received_at < p_covered_until)
+    and not exists (select 1 from billing.stripe_events e
+      where (e.processed_at at time zone 'UTC')::date > (e.received_at at time zone 'UTC')::date
+        and e.received_at >= v_from and e.received_at < p_covered_until and e.processed_at > v_since);
+end;
+$$;
+comment on function billing.revenue_rollup_is_current(date, timestamptz, timestamptz, bigint)
+  is 'Internal: whether a revenue_rollup row still equals its span''s raw rows (no late event since it was computed).';
+
+-- ============================================================ the metrics, defined once
+
+-- Every number for [p_from, p_to) (finite bounds): see docs/metrics.md for each definition.
+-- With p_use_rollup, each UTC day's rolled-up span comes from revenue_rollup where it still
+-- equals the rows, and the rest of the day from the rows; without, everything comes from the
+-- rows (billing.revenue_metrics_live). Same answer. Generic plans, planned once per session; no
+-- JIT and no parallel workers: starting either costs more than the few milliseconds of work (a
+-- generic plan's estimates are a guess, and would sometimes ask for them).
+create function billing.compute_revenue_metrics(p_from timestamptz, p_to timestamptz, p_use_rollup boolean) returns jsonb
+language plpgsql stable
+set search_path = ''
+set plan_cache_mode = force_generic_plan
+set jit = off
+set max_parallel_workers_per_gather = 0
+as $$
+begin
+  return (
+  with stored as (
+    select r.* from billing.revenue_rollup r
+    where p_use_rollup and r.day >= (p_from at time zone 'UTC')::date and r.day <= (p_to at time zone 'UTC')::date
+      and r.day::timestamp at time zone 'UTC' >= p_from and r.covered_until <= p_to
+      and billing.revenue_rollup_is_current(r.day, r.covered_until, r.computed_at, r.sessionless_purchases)
+  ),
+  -- The rest, at most one piece per UTC day, from the rows.
+  live as (
+    select g.lo, p.* from (
+      select greatest(p_from, coalesce(s.covered_until, x::timestamp at time zone 'UTC')) as lo,
+             least(p_to, (x + interval '1 day')::timestamp at time zone 'UTC') as hi
+      from generate_series(date_trunc('day', p_from at time zone 'UTC'), p_to at time zone 'UTC', interval '1 day') x
+      left join stored s on s.day = x::date
+    ) g
+    cross join lateral billing.revenue_parts(g.lo, g.hi) p
+    where g.lo < g.hi
+  ),
+  parts as (
+    select s.money, s.credits, s.first_time_purchasers, s.checkouts_created, s.checkouts_paid, s.webhooks_received,
+           s.webhooks_ok from stored s
+    union all
+    select l.money, l.credits, l.first_time_purchasers, l.checkouts_created, l.checkouts_paid, l.webhooks_received,
+           l.webhooks_ok from live l
+  ),
+  money as (
+    select x.kind, x.account, x.currency, sum(x.cents) as cents
+    from parts p cross join lateral jsonb_to_recordset(p.money) x(kind text, account text, currency text, cents bigint)
+    group by x.kind, x.account, x.currency
   ),
   lines as (
     select currency,
@@ -70,35 +312,54 @@ as $$
       coalesce(-sum(cents) filter (where kind = 'provider_refund' and account = 'platform_fees'), 0) as b2b_fee_refunds
     from money group by currency
   ),
+  -- Distinct users: the union of the stored days' bitmaps and the live pieces' ids.
   users as (
     select
-      (select count(distinct a.user_id) from billing.entries e join billing.accounts a on a.id = e.account_id
-       where e.balance_after is not null and e.created_at >= p_from and e.created_at < p_to) as active,
-      (select count(distinct p.user_id) from billing.purchases p where p.paid_at >= p_from and p.paid_at < p_to) as paying,
-      (select count(*) from (select p.user_id from billing.purchases p where p.status = 'paid'
-         group by p.user_id having min(p.paid_at) >= p_from and min(p.paid_at) < p_to) f) as first_time
+      billing.count_accounts(array(select s.active_accounts from stored s),
+        array(select x from live l cross join lateral unnest(l.active_accounts) x)) as active,
+      billing.count_accounts(array(select s.paying_accounts from stored s),
+        array(select x from live l cross join lateral unnest(l.paying_accounts) x)) as paying,
+      (select coalesce(sum(p.first_time_purchasers), 0) from parts p) as first_time
   ),
   checkouts as (
-    select count(*) as created, count(*) filter (where p.status = 'paid') as paid
-    from billing.purchases p where p.created_at >= p_from and p.created_at < p_to and p.stripe_session_id is not null
+    select coalesce(sum(p.checkouts_created), 0) as created, coalesce(sum(p.checkouts_paid), 0) as paid from parts p
+  ),
+  by_kind as (
+    select x.kind, x.model, sum(x.amount) as amount, sum(x.events) as events
+    from parts p cross join lateral jsonb_to_recordset(p.credits) x(kind text, model text, amount numeric, events bigint)
+    group by x.kind, x.model
   ),
   credits as (
     select
-      coalesce(sum(t.amount) filter (where t.kind = 'purchase'), 0) as purchased,
-      coalesce(sum(t.amount) filter (where t.kind = 'promo_grant'), 0) as bonus,
-      coalesce(sum(t.amount) filter (where t.kind in ('usage', 'debit', 'hold_capture')), 0) as spent,
-      coalesce(sum(t.amount) filter (where t.kind in ('refund_reversal', 'dispute_reversal')), 0) as reversed
-    from billing.transfers t where t.created_at >= p_from and t.created_at < p_to
+      coalesce(sum(k.amount) filter (where k.kind = 'purchase'), 0) as purchased,
+      coalesce(sum(k.amount) filter (where k.kind = 'promo_grant'), 0) as bonus,
+      coalesce(sum(k.amount) filter (where k.kind in ('usage', 'debit', 'hold_capture')), 0) as spent,
+      coalesce(sum(k.amount) filter (where k.kind in ('refund_reversal', 'dispute_reversal')), 0) as reversed
+    from by_kind k
   ),
-  usage as (
-    select r.model, sum(t.amount) as credits, count(*) as events
-    from billing.transfers t join billing.rate_cards r on r.id = t.rate_card_id
-    where t.kind = 'usage' and t.created_at >= p_from and t.created_at < p_to
-    group by r.model
-  ),
+  usage as (select k.model, k.amount as credits, k.events from by_kind k where k.kind = 'usage' and k.model is not null),
   webhooks as (
-    select count(*) as received, count(*) filter (where e.status in ('processed', 'ignored')) as ok
-    from billing.stripe_events e where e.received_at >= p_from and e.received_at < p_to
+    select coalesce(sum(p.webhooks_received), 0) as received, coalesce(sum(p.webhooks_ok), 0) as ok from parts p
+  ),
+  -- The unspent liability at the end of the period (every user balance then): the running total
+  -- of the latest roll-up span ending by then (a whole day, or one read above), plus the user
+  -- entries after it: the live pieces from there on, and any gap before from.
+  carried as (
+    select c.covered_until as since, c.outstanding_credits from (
+      (select r.covered_until, r.outstanding_credits from billing.revenue_rollup r
+       where p_use_rollup and r.day < (p_to at time zone 'UTC')::date
+         and r.covered_until = (r.day + 1)::timestamp at time zone 'UTC' and r.covered_until <= p_to
+       order by r.day desc limit 1)
+      union all
+      select s.covered_until, s.outstanding_credits from stored s
+    ) c
+    order by c.covered_until desc limit 1
+  ),
+  outstanding as (
+    select coalesce(c.outstanding_credits, 0)
+      + coalesce((select sum(l.user_credit_change) from live l where l.lo >= coalesce(c.since, '-infinity')), 0)
+      + billing.user_credit_change(coalesce(c.since, '-infinity'), p_from) as credits
+    from (select 1) one left join carried c on true
   )
   select jsonb_build_object(
     'from', p_from, 'to', p_to,
@@ -126,18 +387,33 @@ as $$
       from checkouts c, users u),
     'credits', (select jsonb_build_object('purchased', trim_scale(c.purchased)::text, 'bonus', trim_scale(c.bonus)::text,
         'spent', trim_scale(c.spent)::text, 'reversed', trim_scale(c.reversed)::text,
-        -- The unspent liability at the end of the period: every user balance then.
-        'outstanding', (select trim_scale(coalesce(sum(e.amount), 0))::text from billing.entries e
-                        where e.balance_after is not null and e.created_at < p_to),
+        'outstanding', (select trim_scale(o.credits)::text from outstanding o),
         'usage_by_model', coalesce((select jsonb_agg(jsonb_build_object('model', x.model, 'credits', trim_scale(x.credits)::text,
           'events', x.events) order by x.model) from usage x), '[]'::jsonb))
       from credits c),
     'webhooks', (select jsonb_build_object('received', w.received, 'processed', w.ok,
         'success_rate', case when w.received > 0 then round(w.ok::numeric / w.received, 6) end) from webhooks w)
-  )
+  ));
+end;
 $$;
+comment on function billing.compute_revenue_metrics(timestamptz, timestamptz, boolean)
+  is 'Internal: every metric for [from, to), one definition each (docs/metrics.md); rolled-up spans from revenue_rollup when asked.';
+
+create function billing.revenue_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$ select billing.compute_revenue_metrics(p_from, p_to, true) $$;
 comment on function billing.revenue_metrics(timestamptz, timestamptz)
-  is 'Every revenue, user, conversion, credit and webhook metric for [from, to). One definition each: docs/metrics.md.';
+  is 'Every revenue, user, conversion, credit and webhook metric for [from, to): rolled-up days from revenue_rollup, the rest live.';
+
+create function billing.revenue_metrics_live(p_from timestamptz, p_to timestamptz) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$ select billing.compute_revenue_metrics(p_from, p_to, false) $$;
+comment on function billing.revenue_metrics_live(timestamptz, timestamptz)
+  is 'revenue_metrics computed from the raw rows only (slow on long ranges): a check on the roll-up.';
 
 -- Periods of a day, ISO week or month, clipped to [p_from, p_to), each with its metrics.
 create function billing.metrics_series(p_from date, p_to date, p_granularity text) returns jsonb
@@ -178,32 +454,111 @@ as $$
 $$;
 comment on function billing.ops_overview() is 'Reconciliation status per provider (latest run), open alerts and the last 24 hours of webhooks.';
 
--- ============================================================ the daily table
 
-create table billing.daily_revenue (
-  day date primary key,
-  metrics jsonb not null,                         -- billing.revenue_metrics for the UTC day
-  computed_at timestamptz not null default now()
-);
-comment on table billing.daily_revenue is 'Each UTC day''s metrics, replaced whenever the day is recomputed (late events are picked up then).';
-revoke all on billing.daily_revenue from public, anon, authenticated, service_role;
-alter table billing.daily_revenue enable row level security;
-grant select on billing.daily_revenue to service_role;
+-- ============================================================ keeping the roll-up and the daily table
 
+-- Computes (or recomputes) a day's roll-up row: its parts over [day start, covered_until), the
+-- whole day once it has closed (five minutes after midnight), else up to five minutes ago.
+create function billing.refresh_revenue_rollup(p_day date) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_from timestamptz := p_day::timestamp at time zone 'UTC';
+  v_until timestamptz := least((p_day + 1)::timestamp at time zone 'UTC', now() - interval '5 minutes');
+  v_prev_until timestamptz;
+  v_prev_outstanding numeric;
+  v_carried numeric;
+begin
+  if v_until <= v_from then
+    return;  -- nothing of the day can be rolled up yet
+  end if;
+  -- The liability carried in: the last whole day's running total, plus any user entries since.
+  select r.covered_until, r.outstanding_credits into v_prev_until, v_prev_outstanding from billing.revenue_rollup r
+  where r.day < p_day and r.covered_until = (r.day + 1)::timestamp at time zone 'UTC'
+  order by r.day desc limit 1;
+  v_carried := coalesce(v_prev_outstanding, 0) + billing.user_credit_change(coalesce(v_prev_until, '-infinity'), v_from);
+  insert into billing.revenue_rollup as d (day, covered_until, money, credits, active_accounts, paying_accounts,
+    first_time_purchasers, checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, outstanding_credits,
+    sessionless_purchases, computed_at)
+  select p_day, v_until, p.money, p.credits, billing.account_bitmap(p.active_accounts), billing.account_bitmap(p.paying_accounts),
+    p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
+    v_carried + p.user_credit_change,
+    (select count(*) from billing.purchases x where x.stripe_session_id is null and x.created_at >= v_from and x.created_at < v_until),
+    now()
+  from billing.revenue_parts(v_from, v_until) p
+  on conflict (day) do update set covered_until = excluded.covered_until, money = excluded.money, credits = excluded.credits,
+    active_accounts = excluded.active_accounts, paying_accounts = excluded.paying_accounts,
+    first_time_purchasers = excluded.first_time_purchasers, checkouts_created = excluded.checkouts_created,
+    checkouts_paid = excluded.checkouts_paid, webhooks_received = excluded.webhooks_received,
+    webhooks_ok = excluded.webhooks_ok, outstanding_credits = excluded.outstanding_credits,
+    sessionless_purchases = excluded.sessionless_purchases, computed_at = excluded.computed_at;
+end;
+$$;
+comment on function billing.refresh_revenue_rollup(date) is 'Computes (or recomputes) a day''s revenue_rollup row.';
+
+-- Computes (or recomputes) a day: its roll-up row, then its numbers in daily_revenue.
 create function billing.refresh_daily_revenue(p_day date) returns jsonb
 language plpgsql
 security definer
 set search_path = ''
 as $$
 declare
-  v_metrics jsonb := billing.revenue_metrics(p_day::timestamp at time zone 'UTC', (p_day + 1)::timestamp at time zone 'UTC');
+  v_metrics jsonb;
 begin
+  perform billing.refresh_revenue_rollup(p_day);
+  v_metrics := billing.revenue_metrics(p_day::timestamp at time zone 'UTC', (p_day + 1)::timestamp at time zone 'UTC');
   insert into billing.daily_revenue as d (day, metrics) values (p_day, v_metrics)
   on conflict (day) do update set metrics = excluded.metrics, computed_at = now();
   return v_metrics;
 end;
 $$;
-comment on function billing.refresh_daily_revenue(date) is 'Computes (or recomputes) a day''s row in daily_revenue.';
+comment on function billing.refresh_daily_revenue(date) is 'Computes (or recomputes) a day''s roll-up and its row in daily_revenue.';
+
+-- Closed days whose roll-up is missing, incomplete (computed before the day ended) or stale (a
+-- late event since), oldest first: from the first day anything was recorded to yesterday.
+create function billing.stale_revenue_days() returns setof date
+language sql stable
+set search_path = ''
+as $$
+  select g.day
+  from generate_series(
+    -- The credit ledger's first day by its first transfer (a BRIN index keeps no minimum).
+    (least((select t.created_at from billing.transfers t order by t.id limit 1),
+      (select min(t.occurred_at) from billing.money_transfers t), (select min(p.created_at) from billing.purchases p),
+      (select min(e.received_at) from billing.stripe_events e)) at time zone 'UTC')::date,
+    (now() at time zone 'UTC')::date - 1, interval '1 day') x
+  cross join lateral (select x::date as day) g
+  left join billing.revenue_rollup r on r.day = g.day
+  where r.day is null or r.covered_until < (g.day + 1)::timestamp at time zone 'UTC'
+     or not billing.revenue_rollup_is_current(r.day, r.covered_until, r.computed_at, r.sessionless_purchases)
+  order by g.day
+$$;
+comment on function billing.stale_revenue_days() is 'Closed days whose revenue_rollup row is missing, incomplete or stale.';
+
+-- Every ten minutes: today up to five minutes ago (so a read computes only the minutes since
+-- live), then up to p_limit stale closed days, their daily numbers included (late events reach
+-- the daily report too).
+create function billing.refresh_stale_revenue(p_limit integer default 31) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_day date;
+  v_count integer := 0;
+begin
+  perform billing.refresh_revenue_rollup((now() at time zone 'UTC')::date);
+  for v_day in select d from billing.stale_revenue_days() d limit p_limit loop
+    perform billing.refresh_daily_revenue(v_day);
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end;
+$$;
+comment on function billing.refresh_stale_revenue(integer)
+  is 'pg_cron: rolls up today so far, and closed days whose roll-up is missing, incomplete or stale (late events).';
 
 -- After midnight UTC: yesterday's numbers (and the day before, for late events), then the report.
 create function billing.run_daily_revenue() returns void
@@ -225,13 +580,16 @@ $$;
 comment on function billing.run_daily_revenue() is 'pg_cron: refreshes the last two days of daily_revenue and queues the daily report to admins.';
 
 select cron.schedule('billing-daily-revenue', '15 0 * * *', $$select billing.run_daily_revenue()$$);
+select cron.schedule('billing-revenue-rollup', '*/10 * * * *', $$select billing.refresh_stale_revenue(31)$$);
 
 revoke execute on all functions in schema billing from public, anon, authenticated;
 grant execute on function
   billing.revenue_metrics(timestamptz, timestamptz),
+  billing.revenue_metrics_live(timestamptz, timestamptz),
   billing.metrics_series(date, date, text),
   billing.ops_overview(),
   billing.refresh_daily_revenue(date),
+  billing.refresh_stale_revenue(integer),
   billing.run_daily_revenue()
 to service_role;
 grant execute on function billing.balance_of(bigint) to authenticated, service_role;

@@ -1,7 +1,7 @@
 -- Supabase Security Advisor's conditions, asserted over the catalogue, plus the pg_cron
 -- upkeep jobs and the idempotency-key sweep.
 begin;
-select plan(11);
+select plan(12);
 
 -- Schemas whose objects the Data API can reach, and our private ones.
 create temp table our_schemas as select unnest(array['public', 'billing_api', 'billing']) as nspname;
@@ -48,11 +48,16 @@ select is(
    where has_table_privilege(r, t, priv)),
   null, 'the ledger tables are append-only for every API role (only the ledger functions write)');
 
+select is(
+  (select string_agg(extname, ', ') from pg_extension where extnamespace = 'public'::regnamespace),
+  null, 'no extension is installed in public (extension_in_public)');
+
 select ok(
   (select array_agg(jobname::text) from cron.job) @> array['billing-delete-expired-idempotency-keys',
     'billing-expire-stale-purchases', 'billing-release-expired-holds', 'billing-expire-jobs',
-    'billing-reconcile-providers', 'billing-daily-revenue'],
-  'pg_cron schedules the hold sweep, key cleanup, stale-purchase expiry, job expiry and the provider reconciliation');
+    'billing-reconcile-providers', 'billing-daily-revenue', 'billing-jobs-tick', 'billing-notify-dispatch',
+    'billing-deep-health'],
+  'pg_cron schedules the hold sweep, key cleanup, stale-purchase and job expiry, the daily revenue, and the HTTP calls (jobs tick, outbox, deep health, provider reconciliation)');
 
 -- The idempotency-key sweep deletes only expired keys, and at most its batch.
 insert into billing.idempotency_keys (user_id, action, key, request_hash, expires_at)

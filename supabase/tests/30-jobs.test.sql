@@ -1,6 +1,6 @@
 -- Jobs: the status machine, leases, metered holds across complete/fail/cancel.
 begin;
-select plan(12);
+select plan(16);
 
 insert into auth.users (id) values ('cccccccc-0000-4000-8000-000000000003');
 select billing.grant_credits('cccccccc-0000-4000-8000-000000000003', 10, 'promo_grant', 'jobs-test-grant');
@@ -17,6 +17,11 @@ $$;
 create temp table j as select * from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion',
   '{"model": "gpt-4o", "prompt": "x", "max_tokens": 10}', 'jobs-test-1', null, 4);
 select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 4.0::numeric, 'enqueue reserves the estimate as a hold');
+select is((select purpose from billing.holds where id = (select hold_id from j)), 'job', 'a job''s hold is marked as the job''s');
+select is(pg_temp.err($$select billing.release_hold('cccccccc-0000-4000-8000-000000000003', (select hold_id from j))$$),
+  'HOLD_NOT_USER_MANAGED', 'its user cannot release a job''s hold (only the job, its cancel or its expiry can)');
+select is(pg_temp.err($$select billing.capture_hold('cccccccc-0000-4000-8000-000000000003', (select hold_id from j))$$),
+  'HOLD_NOT_USER_MANAGED', 'nor capture it');
 select is((select id from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion', '{}', 'jobs-test-1')),
   (select id from j), 'the same request key returns the same job');
 select is(pg_temp.err($$update billing.jobs set status = 'completed', completed_at = now() where id = (select id from j)$$),
@@ -32,12 +37,15 @@ select is(pg_temp.err($$select billing.checkpoint_job((select id from j), 'w2', 
 select is((billing.checkpoint_job((select id from j), 'w1', 50, '{"cursor": 1}', 'half')).progress, 50, 'the lease holder checkpoints');
 select is((billing.complete_job((select id from j), 'w1', '{"ok": true}',
   '{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}')).status, 'completed', 'complete_job finishes the job');
-select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).balance, 6.0::numeric,
-  'completion captures the usage, capped at the hold (50 credits priced, 4 held)');
+select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).balance, 0.0::numeric,
+  'completion captures the hold and charges the excess from what is available, never into debt (50 priced, 4 held, 6 more)');
+select is((select t.metadata ->> 'unbilled' from billing.transfers t where t.idempotency_key = 'job-overage:' || (select id from j)),
+  '40', 'what could not be charged is recorded on the overage transfer');
 select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 0.0::numeric, 'and leaves no hold behind');
 select is(pg_temp.err($$update billing.jobs set status = 'processing' where id = (select id from j)$$),
   'INVALID_JOB_TRANSITION', 'a finished job never runs again');
 
+select billing.grant_credits('cccccccc-0000-4000-8000-000000000003', 10, 'promo_grant', 'jobs-test-grant-2');
 create temp table k as select * from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion', '{}', 'jobs-test-2', null, 2);
 update billing.jobs set status = 'processing', locked_by = 'w1', locked_until = now() + interval '30 seconds', attempts = 3
   where id = (select id from k);

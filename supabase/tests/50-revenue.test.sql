@@ -1,7 +1,11 @@
 -- Revenue metrics on a planted dataset, each answer worked out by hand below. Everything is
 -- planted in this transaction, so its rows all carry this transaction's now(): the window
--- [now(), now() + 1 µs) holds exactly them, whatever else the database contains.
+-- [now(), now() + 1 µs) holds exactly them, whatever else the database contains. One snapshot
+-- for the whole file, so what other sessions commit meanwhile cannot land between two sides of
+-- a comparison; the roll-up tables are held so the 10-minute pg_cron job waits for this file.
 begin;
+set transaction isolation level repeatable read;
+lock table billing.revenue_rollup, billing.daily_revenue in exclusive mode;
 select plan(27);
 
 insert into auth.users (id) values

@@ -1,11 +1,14 @@
 // The ops dashboard in Chromium against the local stack, with a dataset planted through the
 // real flows (purchases, a partial refund, a lost dispute, provider payments with a fee refund,
 // a reconciliation mismatch): the tiles show the API's numbers, formatted for people; the
-// page works at phone width; a non-admin is refused. Screenshots go to artifacts/.
+// page works at phone width; a non-admin is refused. Sign-in is a server-side exchange: the
+// session cookie is HttpOnly (the page's script never sees the token), Secure (Chromium keeps
+// it on http://127.0.0.1, a secure context) and SameSite=Strict; the CSP stops injected
+// script, foreign connections and framing. Screenshots go to artifacts/.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
 import { browserTest } from '../browser.ts';
-import { api, env, newUser, userToken } from '../helpers.ts';
+import { adminToken, api, env, newUser, userToken } from '../helpers.ts';
 import { buy, chargeOf, emulator } from '../purchases.ts';
 import { newProvider, paidPayment } from '../providers.ts';
 
@@ -26,16 +29,27 @@ async function plant() {
   await emulator(`/_emulator/charges/${charge}/refund`, { amount: 23_456 });
   const wrong = await paidPayment(p, 5_000);
   await emulator(`/_emulator/charges/${wrong.charge}/tamper`, { application_fee_amount: 1 });
-  const admin = await userToken(await newUser(), { admin: true });
+  const admin = await adminToken();
   await api('/providers/reconciliation/run', { token: admin, body: { date: day(0) } });
   return admin;
+}
+
+/** Clicks `selector` and returns the document response that ends at `path` (after redirects). */
+async function navigateBy(page: Page, selector: string, path: string) {
+  const [res] = await Promise.all([
+    page.waitForResponse((r) => r.request().isNavigationRequest() && new URL(r.url()).pathname.endsWith(path)),
+    page.locator(selector).click(),
+  ]);
+  await page.waitForLoadState();
+  return res;
 }
 
 async function signIn(page: Page, token: string) {
   const res = await page.goto(dashboard);
   assert.equal(res?.status(), 401, 'no token: the sign-in form');
   await page.locator('#token').fill(token);
-  await page.locator('#use-token').click();
+  const landed = await navigateBy(page, '#use-token', '/admin/dashboard');
+  assert.equal(landed.status(), 200, 'the form post redirects to the dashboard');
   await page.waitForSelector('body[data-ready="true"]');
 }
 
@@ -108,11 +122,70 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
   await page.screenshot({ path: new URL('dashboard-phone.png', artifacts).pathname, fullPage: true });
 });
 
-browserTest('a non-admin who signs in gets 403, not the dashboard', async (browser) => {
+browserTest(
+  'a non-admin who signs in lands on the sign-in page (403) with the reason, and no cookie',
+  async (browser) => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(dashboard);
+    await page.locator('#token').fill(await userToken(await newUser()));
+    const res = await navigateBy(page, '#use-token', '/admin/session');
+    assert.equal(res.status(), 403);
+    assert.match((await page.locator('#error').textContent()) ?? '', /administrators/);
+    assert.equal(await page.locator('#token').isVisible(), true, 'a way back: the sign-in form');
+    assert.deepEqual((await context.cookies()).filter((c) => c.name === 'sl_admin_session'), []);
+  },
+);
+
+browserTest(
+  'the session cookie is HttpOnly, Secure and Strict; the page never sees the token; sign-out ends it',
+  async (browser) => {
+    const token = await adminToken();
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await signIn(page, token);
+    const [cookie] = (await context.cookies()).filter((c) => c.name === 'sl_admin_session');
+    assert.ok(cookie, 'Chromium kept the Secure cookie on http://127.0.0.1');
+    assert.equal(cookie.value, token);
+    assert.equal(cookie.httpOnly, true);
+    assert.equal(cookie.secure, true);
+    assert.equal(cookie.sameSite, 'Strict');
+    assert.equal(cookie.path, '/functions/v1/admin');
+    const visible = String(await page.evaluate('document.cookie'));
+    assert.ok(!visible.includes('sl_admin_session') && !visible.includes(token), 'document.cookie has no token');
+    assert.ok(!(await page.content()).includes(token), 'nor does the page');
+
+    const res = await navigateBy(page, '#sign-out', '/admin/dashboard');
+    assert.equal(res.status(), 401, 'signed out: the sign-in page');
+    assert.deepEqual((await context.cookies()).filter((c) => c.name === 'sl_admin_session'), []);
+  },
+);
+
+browserTest('the CSP stops injected script, connections to other hosts, and framing', async (browser) => {
   const page = await browser.newPage();
-  await page.goto(dashboard);
-  await page.locator('#token').fill(await userToken(await newUser()));
-  const [res] = await Promise.all([page.waitForNavigation(), page.locator('#use-token').click()]);
-  assert.equal(res?.status(), 403);
-  assert.match((await page.content()) ?? '', /FORBIDDEN/);
+  await signIn(page, await adminToken());
+  await page.evaluate(() => {
+    document.body.insertAdjacentHTML('beforeend', '<img src="x" onerror="window.pwnedByHandler = true">');
+    const s = document.createElement('script');
+    s.textContent = 'window.pwnedByScript = true';
+    document.body.append(s);
+  });
+  await page.waitForTimeout(300);
+  assert.equal(await page.evaluate('window.pwnedByHandler === undefined && window.pwnedByScript === undefined'), true);
+  const elsewhere = await page.evaluate(() => fetch('http://127.0.0.1:12111/').then(() => 'reached', () => 'blocked'));
+  assert.equal(elsewhere, 'blocked', 'connect-src is this origin only');
+  const same = await page.evaluate(() => fetch('./ops').then((r) => r.status));
+  assert.equal(same, 200, 'the page reaches its own API with the cookie alone');
+
+  // Framed by another page (here a blank one; any origin, even its own, is refused).
+  const framer = await browser.newPage();
+  const refused: string[] = [];
+  framer.on('console', (m) => refused.push(m.text()));
+  await framer.setContent(`<iframe id="f" src="${dashboard}"></iframe>`);
+  await framer.waitForTimeout(1000);
+  const framed = framer.frames().find((f) => f !== framer.mainFrame());
+  assert.ok(framed, 'the frame element exists');
+  assert.match(framed.url(), /^chrome-error:/, 'Chromium refused to load the dashboard in the frame');
+  assert.equal(await framed.locator('#paste, #tiles').count(), 0, 'nothing of the dashboard renders');
+  assert.ok(refused.some((m) => m.includes("frame-ancestors 'none'")), refused.join(' | '));
 });

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { exportSPKI, generateKeyPair, importJWK, SignJWT } from 'jose';
 import { createApp, currentUser, ok, requireAdmin, requireUser } from '../../supabase/functions/_shared/app.ts';
-import { env, supabaseUrl, userToken } from '../helpers.ts';
+import { env, newAdmin, supabaseUrl, userToken } from '../helpers.ts';
 
 const app = createApp('probe');
 app.get('/me', requireUser, (c) => ok(c, { id: currentUser(c).id }));
@@ -89,6 +89,12 @@ for (const [name, make] of badTokens) {
   });
 }
 
+Deno.test('an admin claim for a user the database does not know is 401 (deleted since the token was issued)', async () => {
+  const { status, body } = await call('/admin', await userToken(userId, { admin: true }));
+  assert.equal(status, 401);
+  assert.equal(body.error.code, 'UNAUTHORIZED');
+});
+
 Deno.test('an admin route refuses a non-admin user with 403', async () => {
   const { status, body } = await call('/admin', await userToken(userId));
   assert.equal(status, 403);
@@ -96,7 +102,8 @@ Deno.test('an admin route refuses a non-admin user with 403', async () => {
 });
 
 Deno.test('an admin route accepts app_metadata.role = admin, but not a role forged in user_metadata', async () => {
-  assert.equal((await call('/admin', await userToken(userId, { admin: true }))).status, 200);
-  const forged = await userToken(userId, { claims: { user_metadata: { role: 'admin' } } });
+  const adminId = await newAdmin();
+  assert.equal((await call('/admin', await userToken(adminId, { admin: true }))).status, 200);
+  const forged = await userToken(adminId, { claims: { user_metadata: { role: 'admin' } } });
   assert.equal((await call('/admin', forged)).status, 403);
 });

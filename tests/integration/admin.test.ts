@@ -1,11 +1,11 @@
 // The admin routes: 403 for every non-admin, 401 without a token; metrics that follow real
 // purchases and provider payments; CSV; the daily report, live or stored.
 import assert from 'node:assert/strict';
-import { api, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, newUser, testDb, userToken } from '../helpers.ts';
 import { buy, chargeOf, emulator } from '../purchases.ts';
 import { newProvider, paidPayment } from '../providers.ts';
 
-const admin = await userToken(await newUser(), { admin: true });
+const admin = await adminToken();
 const today = () => new Date().toISOString().slice(0, 10);
 const tomorrow = () => new Date(Date.now() + 86_400_000).toISOString().slice(0, 10);
 const routes = [
@@ -36,12 +36,19 @@ Deno.test('every admin route: 401 without a token, 403 for a signed-in non-admin
     assert.equal(anonymous.status, 401, path);
     const r = await api(path, { token: student });
     assert.equal(r.status, 403, path);
-    assert.equal((r.body.error as { code: string }).code, 'FORBIDDEN');
+    if (path === '/admin/dashboard') {
+      assert.match(r.text, /<form id="paste" method="post" action="\.\/session">/, 'the page: sign-in again');
+      assert.match(r.text, /This route is for administrators/);
+    } else assert.equal((r.body.error as { code: string }).code, 'FORBIDDEN');
   }
   const viaCookie = await fetch(`${Deno.env.get('SUPABASE_URL')}/functions/v1/admin/dashboard`, {
-    headers: { cookie: `sl_admin_token=${student}` },
+    headers: { cookie: `sl_admin_session=${student}` },
   });
   assert.equal(viaCookie.status, 403, 'the dashboard cookie is checked like a bearer token');
+  assert.ok(
+    viaCookie.headers.getSetCookie().some((c) => /^sl_admin_session=;.*Max-Age=0/.test(c)),
+    'a refused cookie is cleared, not sticky',
+  );
   await viaCookie.body?.cancel();
 });
 

@@ -32,7 +32,8 @@ Deno.test('an unknown function is a 404 in the envelope', async () => {
 });
 
 Deno.test('readyz is 503 naming the database when the database does not answer', async () => {
-  await withGateway({ SUPABASE_DB_URL: 'postgresql://postgres:postgres@127.0.0.1:1/postgres' }, async (url) => {
+  const nowhere = 'postgresql://postgres:postgres@127.0.0.1:1/postgres';
+  await withGateway({ SUPABASE_DB_URL: nowhere, DB_POOLER_URL: nowhere }, async (url) => {
     const res = await fetch(`${url}/health/readyz`);
     const body = await res.json();
     assert.equal(res.status, 503);

@@ -3,9 +3,9 @@
 import assert from 'node:assert/strict';
 import parsePrometheus from 'parse-prometheus-text-format';
 import { flushLatency, recordLatency } from '../../supabase/functions/_shared/latency.ts';
-import { api, env, fund, newUser, testDb, userToken, withGateway } from '../helpers.ts';
+import { adminToken, api, env, fund, newUser, testDb, userToken, withGateway } from '../helpers.ts';
 
-const admin = await userToken(crypto.randomUUID(), { admin: true });
+const admin = await adminToken();
 
 Deno.test('GET /health/metrics is Prometheus text a real parser accepts, for admins or the metrics token', async () => {
   const res = await fetch(`${env('SUPABASE_URL')}/functions/v1/health/metrics`, {

@@ -1,7 +1,7 @@
 // Providers: creation with a Connect Express account, onboarding links, status from
 // account.updated (duplicated and out of order), the Connect webhook secret, access and flags.
 import assert from 'node:assert/strict';
-import { api, env, newUser, testDb, userToken, withGateway } from '../helpers.ts';
+import { adminToken, api, env, newUser, testDb, userToken, withGateway } from '../helpers.ts';
 import { deliver, emulator, sign } from '../purchases.ts';
 import { createPayment, newProvider } from '../providers.ts';
 
@@ -74,7 +74,7 @@ Deno.test('a Connect event signed with the platform secret is refused when a Con
 Deno.test("another user's provider is a 404 on every route; an admin sees it", async () => {
   const p = await newProvider();
   const stranger = await userToken(await newUser());
-  const admin = await userToken(await newUser(), { admin: true });
+  const admin = await adminToken();
   for (
     const [path, body] of [
       [`/providers/${p.id}`, undefined],
@@ -123,7 +123,7 @@ Deno.test('bad input is a 400 in the envelope and creates nothing; owner_user_id
   const [{ n }] = await testDb`select count(*)::int as n from billing.providers where owner_user_id = ${owner}`;
   assert.equal(n, 0);
 
-  const admin = await userToken(await newUser(), { admin: true });
+  const admin = await adminToken();
   const byAdmin = await api('/providers', {
     token: admin,
     headers: { 'idempotency-key': crypto.randomUUID() },

@@ -1,7 +1,7 @@
 // Provider payments: destination charges with the platform's 3% fee (rounded half to even),
 // webhooks in any order and any number of times, refunds with the fee refund, and payouts.
 import assert from 'node:assert/strict';
-import { api, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, testDb } from '../helpers.ts';
 import { deliver, emulator, stripeApi } from '../purchases.ts';
 import { assertMoneyInvariants, createPayment, moneyOf, newProvider, paidPayment, type Payment } from '../providers.ts';
 
@@ -69,7 +69,7 @@ Deno.test('the same payment request retried (same key) makes one payment and one
 Deno.test('refund: part of a payment is refunded with the fee pro rata; the ledger follows Stripe', async () => {
   const p = await newProvider();
   const { pay, charge } = await paidPayment(p, 10_000);
-  const admin = await userToken(await newUser(), { admin: true });
+  const admin = await adminToken();
   const refund = await api(`/providers/${p.id}/payments/${pay.payment_id}/refunds`, {
     token: admin,
     headers: { 'idempotency-key': crypto.randomUUID() },

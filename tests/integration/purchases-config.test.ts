@@ -13,12 +13,23 @@ Deno.test('with FEATURE_B2C_CREDITS off, checkout routes answer 503 FEATURE_DISA
   });
 });
 
-Deno.test('start-up refuses a Stripe key of the other mode, naming the variable but not the key', async () => {
+Deno.test('a Stripe key of the other mode: the function starts and answers 503 CONFIG_MISSING naming the variable, not the key', async () => {
+  const token = await userToken(await newUser());
   await withGateway({ STRIPE_MODE: 'live' }, async (url) => {
-    const res = await fetch(`${url}/checkout/packages`);
+    const res = await fetch(`${url}/checkout/sessions`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${token}`,
+        'idempotency-key': crypto.randomUUID(),
+        'content-type': 'application/json',
+      },
+      body: JSON.stringify({ package_id: 'mini' }),
+    });
     const text = await res.text();
     assert.equal(res.status, 503);
-    assert.equal(JSON.parse(text).error.code, 'FUNCTION_BOOT_ERROR');
+    const error = JSON.parse(text).error;
+    assert.equal(error.code, 'CONFIG_MISSING');
+    assert.deepEqual(error.details.variables, ['STRIPE_SECRET_KEY']);
     assert.ok(!text.includes(env('STRIPE_SECRET_KEY')));
   });
 });

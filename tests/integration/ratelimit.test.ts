@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { env, newUser, userToken, withGateway } from '../helpers.ts';
 
 type Res = { status: number; headers: Headers; body: Record<string, unknown> };
-async function get(url: string, init: RequestInit = {}): Promise<Res> {
+async function get(url: string, init: RequestInit & { client?: Deno.HttpClient } = {}): Promise<Res> {
   const res = await fetch(url, init);
   return { status: res.status, headers: res.headers, body: await res.json() };
 }
@@ -52,6 +52,12 @@ Deno.test('checkout: 5 per minute per user; soft warning from the 4th; the 6th i
   });
 });
 
+/** A loopback address of its own (Linux routes all of 127/8 to lo): fresh limit windows. */
+const freshAddress = () =>
+  `127.${1 + Math.floor(Math.random() * 254)}.${Math.floor(Math.random() * 256)}.${
+    2 + Math.floor(Math.random() * 250)
+  }`;
+
 Deno.test('per-user default class, per-IP and global layers each refuse past their limit', async () => {
   const overrides = {
     RATE_LIMIT_DEFAULT_PER_MIN: '3',
@@ -59,24 +65,33 @@ Deno.test('per-user default class, per-IP and global layers each refuse past the
     RATE_LIMIT_GLOBAL_PER_MIN: '1000000',
   };
   const tokens = await Promise.all([1, 2, 3].map(async () => await userToken(await newUser())));
-  const ip = `198.51.100.${Math.floor(Math.random() * 250)}`;
-  await withGateway(overrides, async (url) => {
-    const call = (token: string, from = ip) =>
-      get(`${url}/credits/balance`, { headers: { authorization: `Bearer ${token}`, 'x-forwarded-for': from } });
-    const a = [];
-    for (let i = 0; i < 4; i++) a.push(await call(tokens[0]));
-    assert.deepEqual(a.map((r) => r.status), [200, 200, 200, 429]);
-    assert.equal(
-      (a[3].body.error as Record<string, unknown>).details &&
-        (a[3].body.error as { details: { layer: string } }).details.layer,
-      'route_default',
-    );
-    // Same IP, other users: the IP layer (7) runs out after 7 requests in all.
-    const b = [await call(tokens[1]), await call(tokens[1]), await call(tokens[2]), await call(tokens[2])];
-    assert.deepEqual(b.map((r) => r.status), [200, 200, 200, 429]);
-    assert.equal((b[3].body.error as { details: { layer: string } }).details.layer, 'ip');
-    assert.equal((await call(tokens[2], '192.0.2.55')).status, 200, 'another IP is not affected');
-  });
+  // Clients connect from addresses of their own: the gateway, like the platform, names the
+  // socket's address in cf-connecting-ip, whatever the client sends.
+  const [here, elsewhere] = [freshAddress(), freshAddress()].map((localAddress) =>
+    Deno.createHttpClient({ localAddress })
+  );
+  try {
+    await withGateway(overrides, async (url) => {
+      const call = (token: string, client = here) =>
+        get(`${url}/credits/balance`, { client, headers: { authorization: `Bearer ${token}` } });
+      const a = [];
+      for (let i = 0; i < 4; i++) a.push(await call(tokens[0]));
+      assert.deepEqual(a.map((r) => r.status), [200, 200, 200, 429]);
+      assert.equal(
+        (a[3].body.error as Record<string, unknown>).details &&
+          (a[3].body.error as { details: { layer: string } }).details.layer,
+        'route_default',
+      );
+      // Same address, other users: the IP layer (7) runs out after 7 requests in all.
+      const b = [await call(tokens[1]), await call(tokens[1]), await call(tokens[2]), await call(tokens[2])];
+      assert.deepEqual(b.map((r) => r.status), [200, 200, 200, 429]);
+      assert.equal((b[3].body.error as { details: { layer: string } }).details.layer, 'ip');
+      assert.equal((await call(tokens[2], elsewhere)).status, 200, 'another address is not affected');
+    });
+  } finally {
+    here.close();
+    elsewhere.close();
+  }
   await withGateway({ RATE_LIMIT_GLOBAL_PER_MIN: '2', RATE_LIMIT_IP_PER_MIN: '1000000' }, async (url) => {
     // The global window is shared by everything; a fresh limit value starts a fresh window.
     const rs = [];
@@ -88,7 +103,7 @@ Deno.test('per-user default class, per-IP and global layers each refuse past the
   });
 });
 
-Deno.test('health checks and the Stripe webhook are never rate limited', async () => {
+Deno.test('health checks, and the Stripe webhook, are outside the global, IP and route layers', async () => {
   await withGateway(
     { RATE_LIMIT_GLOBAL_PER_MIN: '1', RATE_LIMIT_IP_PER_MIN: '1', RATE_LIMIT_DEFAULT_PER_MIN: '1' },
     async (url) => {
@@ -229,4 +244,50 @@ Deno.test('redis-server stopped mid-test: requests keep succeeding; restarted, l
     await balance();
     assert.ok((await balance()).headers.get('x-ratelimit-limit'), 'limits apply again after the restart');
   });
+});
+
+/** A Redis REST bridge of its own that delays every call like a network (REDIS_BRIDGE_DELAY_MS). */
+async function delayedBridge(delay: string) {
+  const probe = Deno.listen({ hostname: '127.0.0.1', port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ['run', '-A', 'scripts/local/redis-bridge.ts'],
+    env: { REDIS_REST_PORT: String(port), REDIS_BRIDGE_DELAY_MS: delay },
+    stdout: 'null',
+    stderr: 'null',
+  }).spawn();
+  const url = `http://127.0.0.1:${port}`;
+  for (let up = false; !up;) {
+    up = await fetch(`${url}/healthz`).then((r) => r.body?.cancel().then(() => true) ?? true, () => false);
+    if (!up) await new Promise((r) => setTimeout(r, 100));
+  }
+  return { url, close: async () => (child.kill('SIGKILL'), await child.status) };
+}
+
+Deno.test('at edge-to-Upstash latency (median 40 ms, p99 150 ms) limits stay on and the breaker never opens', async () => {
+  const bridge = await delayedBridge('40:150');
+  const requests = 160;
+  try {
+    await withGateway({ UPSTASH_REDIS_REST_URL: bridge.url, RATE_LIMIT_DEFAULT_PER_MIN: '1000000' }, async (url) => {
+      let unlimited = 0;
+      let sent = 0;
+      // 8 connections from a cold start: the first wave also pays the script load.
+      await Promise.all(Array.from({ length: 8 }, async () => {
+        while (sent++ < requests) {
+          const res = await fetch(`${url}/credits/balance`);
+          await res.body?.cancel();
+          if (!res.headers.get('x-ratelimit-limit')) unlimited++;
+        }
+      }));
+      const redis = (await get(`${url}/health/readyz`)).body.data as {
+        checks: { redis: { status: string; opened: number } };
+      };
+      assert.equal(redis.checks.redis.opened, 0, 'the breaker opened: limits and fraud checks went off');
+      assert.equal(redis.checks.redis.status, 'ok');
+      assert.ok(unlimited <= requests * 0.02, `${unlimited} of ${requests} requests ran without limits`);
+    });
+  } finally {
+    await bridge.close();
+  }
 });

@@ -4,11 +4,11 @@
 // nothing. Then object-level authorization (another user's ids are 404) and tokens for users
 // deleted since the token was issued.
 import assert from 'node:assert/strict';
-import { env, functionsUrl, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, env, functionsUrl, newUser, testDb, userToken } from '../helpers.ts';
 import { newProvider } from '../providers.ts';
 import { startCheckout } from '../purchases.ts';
 
-const admin = await userToken(await newUser(), { admin: true });
+const admin = await adminToken();
 const service = env('SUPABASE_SERVICE_ROLE_KEY');
 
 interface Route {

@@ -4,7 +4,7 @@
 // of runs (200 here; ./scripts/soak runs thousands).
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { api, assertLedgerInvariants, env, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, assertLedgerInvariants, env, newUser, testDb, userToken } from '../helpers.ts';
 import { chargeOf, deliver, emulator, startCheckout } from '../purchases.ts';
 
 const runs = Number(Deno.env.get('MODEL_RUNS') ?? 200);
@@ -33,7 +33,8 @@ interface ModelPurchase {
   refunded: bigint; // cents
   creditsReversed: bigint; // micro (whole credits)
   bonusReversed: bigint;
-  disputed: boolean;
+  dispute: 'none' | 'open' | 'closed';
+  disputeHold: bigint; // what the open dispute froze
 }
 interface Model {
   balance: bigint;
@@ -95,7 +96,14 @@ class Buy implements Cmd {
     for (const e of order) assert.equal((await deliver(e)).status, 200);
     const p = packages[this.pkg];
     m.balance += p.credits + p.bonus;
-    m.purchases.push({ pkg: this.pkg, refunded: 0n, creditsReversed: 0n, bonusReversed: 0n, disputed: false });
+    m.purchases.push({
+      pkg: this.pkg,
+      refunded: 0n,
+      creditsReversed: 0n,
+      bonusReversed: 0n,
+      dispute: 'none',
+      disputeHold: 0n,
+    });
     r.purchases.push({ charge: await chargeOf(co.session_id) });
     await compare(m, r);
   }
@@ -208,9 +216,9 @@ class Settle implements Cmd {
       body,
     });
     const capture = this.how === 'capture_part' && part > 0n ? part : hold.amount;
-    // A capture never creates debt: when a reversal has since taken the balance below the
-    // capture, it is refused and the hold stays until it is released or lapses.
-    if (this.how !== 'release' && m.balance < capture) {
+    // A capture never creates debt nor spends what a dispute froze: when a reversal has since
+    // taken the balance below that, it is refused and the hold stays until released or lapsed.
+    if (this.how !== 'release' && m.balance - frozen(m) < capture) {
       assert.equal(res.status, 402, res.text);
     } else {
       assert.equal(res.status, 200, res.text);
@@ -243,10 +251,10 @@ class HoldExpires implements Cmd {
 
 class Refund implements Cmd {
   constructor(readonly pick: number, readonly fraction: number, readonly twice: boolean) {}
-  check = (m: Readonly<Model>) => m.purchases.some((p) => !p.disputed && p.refunded < packages[p.pkg].price);
+  check = (m: Readonly<Model>) => m.purchases.some((p) => p.dispute === 'none' && p.refunded < packages[p.pkg].price);
   async run(m: Model, r: Real) {
     const open = m.purchases.map((p, i) => [p, i] as const).filter(([p]) =>
-      !p.disputed && p.refunded < packages[p.pkg].price
+      p.dispute === 'none' && p.refunded < packages[p.pkg].price
     );
     const [p, i] = open[this.pick % open.length];
     const pkg = packages[p.pkg];
@@ -272,16 +280,51 @@ class Refund implements Cmd {
     })`;
 }
 
+/**
+ * An open dispute freezes what is left of the purchase, up to the balance not already frozen
+ * by other disputes; the user's own holds give way, newest first, as far as they must.
+ */
+function freeze(m: Model, p: ModelPurchase) {
+  const amount = min(remaining(p), max(m.balance - frozen(m), 0n));
+  if (amount <= 0n) return;
+  let short = amount - max(m.balance - m.held, 0n);
+  for (const h of [...m.holds].reverse()) {
+    if (short <= 0n) break;
+    if (!h.open) continue;
+    const take = min(h.amount, short);
+    h.amount -= take;
+    h.open = h.amount > 0n;
+    m.held -= take;
+    short -= take;
+  }
+  m.held += amount;
+  p.disputeHold = amount;
+}
+
+const frozen = (m: Model) => m.purchases.reduce((sum, x) => sum + (x.dispute === 'open' ? x.disputeHold : 0n), 0n);
+const remaining = (p: ModelPurchase) => {
+  const pkg = packages[p.pkg];
+  return (pkg.credits - p.creditsReversed) + (pkg.bonus - p.bonusReversed);
+};
+const min = (a: bigint, b: bigint) => (a < b ? a : b);
+const max = (a: bigint, b: bigint) => (a > b ? a : b);
+
 class Dispute implements Cmd {
-  constructor(readonly pick: number, readonly outcome: 'won' | 'lost') {}
-  check = (m: Readonly<Model>) => m.purchases.some((p) => !p.disputed);
+  constructor(readonly pick: number, readonly outcome: 'open' | 'won' | 'lost') {}
+  check = (m: Readonly<Model>) => m.purchases.some((p) => this.candidate(p));
+  candidate = (p: ModelPurchase) => (this.outcome === 'open' ? p.dispute === 'none' : p.dispute !== 'closed');
   async run(m: Model, r: Real) {
-    const open = m.purchases.map((p, i) => [p, i] as const).filter(([p]) => !p.disputed);
+    const open = m.purchases.map((p, i) => [p, i] as const).filter(([p]) => this.candidate(p));
     const [p, i] = open[this.pick % open.length];
     await emulator(`/_emulator/charges/${r.purchases[i].charge}/dispute`, { outcome: this.outcome });
-    const pkg = packages[p.pkg];
-    if (this.outcome === 'lost') m.balance -= (pkg.credits - p.creditsReversed) + (pkg.bonus - p.bonusReversed);
-    p.disputed = true;
+    if (this.outcome === 'open') {
+      freeze(m, p);
+      p.dispute = 'open';
+    } else {
+      m.held -= p.disputeHold;
+      if (this.outcome === 'lost') m.balance -= remaining(p);
+      p.dispute = 'closed';
+    }
     await compare(m, r);
   }
   toString = () => `Dispute(#${this.pick}, ${this.outcome})`;
@@ -308,7 +351,8 @@ const commands = [
   ).map(([i, h]) => new Settle(i, h)),
   fc.tuple(fc.nat(), fc.oneof(fc.constant(1), fc.double({ min: 0.05, max: 0.95, noNaN: true })), fc.boolean())
     .map(([i, f, t]) => new Refund(i, f, t)),
-  fc.tuple(fc.nat(), fc.constantFrom('won', 'lost') as fc.Arbitrary<'won' | 'lost'>).map(([i, o]) => new Dispute(i, o)),
+  fc.tuple(fc.nat(), fc.constantFrom('open', 'won', 'lost') as fc.Arbitrary<'open' | 'won' | 'lost'>)
+    .map(([i, o]) => new Dispute(i, o)),
 ];
 const rare = fc.integer({ min: 1, max: 500 }).map((a) => new HoldExpires(a));
 
@@ -325,7 +369,7 @@ Deno.test({
           const real: Real = {
             user,
             token: await userToken(user),
-            admin: await userToken(await newUser(), { admin: true }),
+            admin: await adminToken(),
             purchases: [],
             holds: [],
           };

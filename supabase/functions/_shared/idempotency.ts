@@ -1,11 +1,12 @@
 // HTTP idempotency for mutating routes (see the idempotency migration). The claim, the one
 // SQL call that does the work, and the stored response commit in one transaction: a retry
 // gets the stored bytes, a concurrent duplicate waits for the first and then gets them too.
+import { createHash } from 'node:crypto';
 import type postgres from 'postgres';
 import type { AppContext } from './app.ts';
 import { currentUser, errorBody, successBody } from './app.ts';
-import { call, fromDbError } from './db.ts';
-import { AppError } from './errors.ts';
+import { call, fromDbError, sqlRefusal } from './db.ts';
+import { AppError, internalError } from './errors.ts';
 
 const wellFormedKey = /^[\x21-\x7e]{1,255}$/;
 
@@ -35,10 +36,8 @@ export function idempotencyKey(c: AppContext): string {
   return key;
 }
 
-async function sha256(text: string): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text)));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
-}
+// node:crypto hashes synchronously: crypto.subtle.digest cost ~11% of the gateway's time under load.
+const sha256 = (text: string): string => createHash('sha256').update(text).digest('hex');
 
 export interface Effect {
   status: number;
@@ -88,11 +87,11 @@ async function render(c: AppContext, work: () => Promise<Effect>): Promise<Outco
   }
 }
 
-async function requestIdentity(c: AppContext, body: unknown) {
+function requestIdentity(c: AppContext, body: unknown) {
   return {
     key: idempotencyKey(c),
     userId: currentUser(c).id,
-    hash: await sha256(JSON.stringify([c.req.method, c.req.path, body])),
+    hash: sha256(JSON.stringify([c.req.method, c.req.path, body])),
   };
 }
 
@@ -108,7 +107,7 @@ export async function idempotent(
   body: unknown,
   work: (tx: postgres.TransactionSql, sqlKey: string) => Promise<Effect>,
 ): Promise<Response> {
-  const { key, userId, hash } = await requestIdentity(c, body);
+  const { key, userId, hash } = requestIdentity(c, body);
   const claim = (tx: postgres.TransactionSql) =>
     tx<Claim[]>`select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`.then(([r]) => r);
   const store = (tx: postgres.TransactionSql, o: Outcome) =>
@@ -160,7 +159,7 @@ export async function idempotentExternal(
   body: unknown,
   work: (requestKey: string) => Promise<Effect>,
 ): Promise<Response> {
-  const { key, userId, hash } = await requestIdentity(c, body);
+  const { key, userId, hash } = requestIdentity(c, body);
   const [claim] = await call((sql) =>
     sql<Claim[]>`select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`
   );
@@ -177,4 +176,44 @@ export async function idempotentExternal(
     sql`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${done.status}, ${done.body})`
   );
   return respond(done);
+}
+
+type MoneyResponse = {
+  status: number | null;
+  data: unknown;
+  refusal_token: string | null;
+  refusal_detail: string | null;
+  request_id: string;
+  responded_at: Date;
+  replayed: boolean;
+};
+
+/**
+ * A money route in one statement (billing.run_money_request): the user's standing, the
+ * Idempotency-Key claim, the work, and the stored answer all happen in one SQL call, so the
+ * account's row lock never waits on a network round trip. What SQL stores is rendered here
+ * the same way on every replay: byte for byte, with the first request's id and time.
+ * @example return moneyRequest(c, 'credits.usage', body, 201)
+ */
+export async function moneyRequest(
+  c: AppContext,
+  action: string,
+  args: Record<string, unknown>,
+  successStatus: number,
+  opts: { admin?: boolean } = {},
+): Promise<Response> {
+  const { key, userId, hash } = requestIdentity(c, args);
+  const [r] = await call((sql) =>
+    sql<MoneyResponse[]>`select * from billing.run_money_request(${userId}, ${action}, ${key}, ${hash},
+      ${c.get('requestId')}, ${sql.json(args as postgres.JSONValue)}, ${successStatus}, ${opts.admin ?? false})`
+  );
+  const metadata = { requestId: r.request_id, timestamp: r.responded_at.toISOString() };
+  const refusal = r.refusal_token === null
+    ? undefined
+    : sqlRefusal(r.refusal_token, r.refusal_detail) ?? internalError();
+  return respond(
+    refusal
+      ? { status: refusal.status, body: JSON.stringify({ error: refusal.toJSON(), metadata }), replayed: r.replayed }
+      : { status: r.status as number, body: JSON.stringify({ data: r.data, metadata }), replayed: r.replayed },
+  );
 }

@@ -1,10 +1,20 @@
 // Structured logs: one JSON object per line on stdout/stderr, every string redacted.
-import { redactDeep } from './redact.ts';
+// On the request path (one line per request) this is built field by field: strings that no
+// redaction rule can match are not copied or scanned twice (redact.ts's fast path).
+import { redact, redactDeep } from './redact.ts';
 
 type Fields = Record<string, unknown>;
 
 function write(level: 'info' | 'warn' | 'error', msg: string, fields: Fields) {
-  const line = JSON.stringify({ level, time: new Date().toISOString(), msg, ...(redactDeep(fields) as Fields) });
+  const entry: Fields = { level, time: new Date().toISOString(), msg };
+  for (const key of Object.keys(fields)) {
+    const v = fields[key];
+    const safe = typeof v === 'string' ? redact(v) : v !== null && typeof v === 'object' ? redactDeep(v) : v;
+    // An own property even for a key named __proto__, as object spread would make it.
+    if (key === '__proto__') Object.defineProperty(entry, key, { value: safe, enumerable: true, writable: true });
+    else entry[key] = safe;
+  }
+  const line = JSON.stringify(entry);
   if (level === 'error') console.error(line);
   else console.log(line);
 }

@@ -15,6 +15,10 @@ export const RateLimitEnvSchema = z.object({
   RATE_LIMIT_CREDITS_USAGE_PER_MIN: perMinute(600),
   RATE_LIMIT_JOBS_CREATE_PER_MIN: perMinute(20),
   RATE_LIMIT_USAGE_BATCH_PER_MIN: perMinute(6_000),
+  // Unauthenticated routes, per client address only. Stripe retries a 429 with backoff for
+  // three days, so a throttled genuine delivery arrives late, never lost.
+  RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN: perMinute(600),
+  RATE_LIMIT_NOTIFY_PER_MIN: perMinute(300),
   RATE_LIMIT_SOFT_RATIO: z.coerce.number().gt(0).lte(1).default(0.8),
 });
 export type RateLimitEnv = z.infer<typeof RateLimitEnvSchema>;
@@ -29,21 +33,50 @@ export interface RouteClass {
 let env: RateLimitEnv | undefined;
 export const rateLimitEnv = (): RateLimitEnv => (env ??= parseEnv(RateLimitEnvSchema));
 
+type ClassName =
+  | 'checkout_sessions'
+  | 'credits_usage'
+  | 'usage_batch'
+  | 'jobs_create'
+  | 'default'
+  | 'stripe_webhook'
+  | 'notify';
+let classes: Record<ClassName, RouteClass> | undefined;
+/** Every route class, built once from the settings (they are read once too). */
+function routeClasses(): Record<ClassName, RouteClass> {
+  if (classes) return classes;
+  const e = rateLimitEnv();
+  const of = (name: ClassName, limit: number, failSoft: boolean) => Object.freeze({ name, limit, failSoft });
+  return classes = {
+    checkout_sessions: of('checkout_sessions', e.RATE_LIMIT_CHECKOUT_SESSIONS_PER_MIN, true),
+    credits_usage: of('credits_usage', e.RATE_LIMIT_CREDITS_USAGE_PER_MIN, false),
+    usage_batch: of('usage_batch', e.RATE_LIMIT_USAGE_BATCH_PER_MIN, false),
+    jobs_create: of('jobs_create', e.RATE_LIMIT_JOBS_CREATE_PER_MIN, false),
+    default: of('default', e.RATE_LIMIT_DEFAULT_PER_MIN, false),
+    stripe_webhook: of('stripe_webhook', e.RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN, true),
+    notify: of('notify', e.RATE_LIMIT_NOTIFY_PER_MIN, true),
+  };
+}
+
+/** The per-address limit of an unauthenticated route (see `limitByAddress`). */
+export function addressRouteClass(name: 'stripe_webhook' | 'notify'): RouteClass {
+  return routeClasses()[name];
+}
+
 /** The limit class of a request: the routes the plan names, and everything else. */
 export function routeClass(method: string, path: string): RouteClass {
-  const e = rateLimitEnv();
-  const p = path.replace(/\/+$/, '');
-  if (method === 'POST' && p === '/checkout/sessions') {
-    return { name: 'checkout_sessions', limit: e.RATE_LIMIT_CHECKOUT_SESSIONS_PER_MIN, failSoft: true };
+  const c = routeClasses();
+  if (method !== 'POST') return c.default;
+  switch (path.endsWith('/') ? path.replace(/\/+$/, '') : path) {
+    case '/checkout/sessions':
+      return c.checkout_sessions;
+    case '/credits/usage':
+      return c.credits_usage;
+    case '/credits/usage/batch':
+      return c.usage_batch;
+    case '/jobs':
+      return c.jobs_create;
+    default:
+      return c.default;
   }
-  if (method === 'POST' && p === '/credits/usage') {
-    return { name: 'credits_usage', limit: e.RATE_LIMIT_CREDITS_USAGE_PER_MIN, failSoft: false };
-  }
-  if (method === 'POST' && p === '/credits/usage/batch') {
-    return { name: 'usage_batch', limit: e.RATE_LIMIT_USAGE_BATCH_PER_MIN, failSoft: false };
-  }
-  if (method === 'POST' && p === '/jobs') {
-    return { name: 'jobs_create', limit: e.RATE_LIMIT_JOBS_CREATE_PER_MIN, failSoft: false };
-  }
-  return { name: 'default', limit: e.RATE_LIMIT_DEFAULT_PER_MIN, failSoft: false };
 }

@@ -1,5 +1,9 @@
-// Upstash Redis behind a short timeout and a circuit breaker. Every call that can hang,
-// fail, or answer nonsense counts as a failure; callers get RedisUnavailable, never a wait.
+// Upstash Redis behind a timeout and a circuit breaker. Every call that can hang, fail, or
+// answer nonsense counts as a failure; callers get RedisUnavailable, never a long wait.
+// The defaults are measured (bench/redis-latency.ts, docs/rate-limits.md): an edge region can
+// be 25-100 ms from Upstash with a tail past 200 ms, and a cold isolate's first call also pays
+// the TLS handshake, so 300 ms lets healthy calls through while a hung Redis costs a few
+// requests 300 ms each before the breaker opens.
 import { Redis } from '@upstash/redis';
 import { z } from 'zod';
 import { CircuitBreaker } from './breaker.ts';
@@ -9,9 +13,9 @@ import { count } from './metrics.ts';
 export const RedisEnvSchema = z.object({
   UPSTASH_REDIS_REST_URL: z.url(),
   UPSTASH_REDIS_REST_TOKEN: z.string().min(1),
-  REDIS_TIMEOUT_MS: z.coerce.number().int().positive().default(50),
+  REDIS_TIMEOUT_MS: z.coerce.number().int().positive().default(300),
   REDIS_BREAKER_FAILURES: z.coerce.number().int().positive().default(5),
-  REDIS_BREAKER_COOLDOWN_MS: z.coerce.number().int().positive().default(30_000),
+  REDIS_BREAKER_COOLDOWN_MS: z.coerce.number().int().positive().default(10_000),
 });
 
 /** Thrown instead of waiting when Redis is down, slow or the breaker is open. */
@@ -25,6 +29,19 @@ interface RedisHandles {
 }
 let cached: RedisHandles | undefined;
 
+const timedOut = new RedisUnavailable('timeout');
+/**
+ * A signal that aborts after `ms`. AbortSignal.timeout does the same but builds a DOMException
+ * when its timer fires, which it does for every request, long after the answer came back: on
+ * the request path that was measurable (bench/README.md, request-path). The timer is unref'd,
+ * so it never keeps a process alive.
+ */
+function deadline(ms: number): AbortSignal {
+  const controller = new AbortController();
+  Deno.unrefTimer(setTimeout(() => controller.abort(timedOut), ms));
+  return controller.signal;
+}
+
 export function redis(): RedisHandles {
   if (!cached) {
     const env = parseEnv(RedisEnvSchema);
@@ -34,7 +51,7 @@ export function redis(): RedisHandles {
       enableTelemetry: false,
       retry: { retries: 0 },
       // Each request aborts after the timeout, so a hung bridge costs at most that long.
-      signal: () => AbortSignal.timeout(env.REDIS_TIMEOUT_MS),
+      signal: () => deadline(env.REDIS_TIMEOUT_MS),
     });
     // Admin reads and diagnostics are off the request path: a patient client, no breaker.
     const opsClient = new Redis({
@@ -61,6 +78,7 @@ export function redis(): RedisHandles {
 export async function guarded<T>(fn: (client: Redis) => Promise<T>, valid: (v: T) => boolean = () => true): Promise<T> {
   const { client, breaker, timeoutMs } = redis();
   if (!breaker.allow()) throw new RedisUnavailable('breaker open');
+  const started = Date.now();
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
     const result = await Promise.race([
@@ -73,7 +91,7 @@ export async function guarded<T>(fn: (client: Redis) => Promise<T>, valid: (v: T
     breaker.success();
     return result;
   } catch (err) {
-    breaker.failure();
+    breaker.failure(started);
     count('redis_failures');
     throw err instanceof RedisUnavailable ? err : new RedisUnavailable('redis call failed');
   } finally {

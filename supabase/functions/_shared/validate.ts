@@ -1,4 +1,6 @@
-// Request validation with zod: one place turns a bad body or query into a 400 envelope.
+// Request bodies and validation: one streaming reader that never holds more than a route's
+// limit in memory, and zod turning a bad body or query into a 400 envelope.
+import type { Context } from 'hono';
 import type { z } from 'zod';
 import type { AppContext } from './app.ts';
 import { AppError } from './errors.ts';
@@ -10,15 +12,53 @@ export const isUuid = (s: string) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 
 function invalid(error: z.ZodError): AppError {
   const first = error.issues[0];
-  const field = first?.path.join('.') || undefined;
+  // An unknown key (strict schemas) is named by the issue's `keys`, not its path.
+  const unknownKey = first?.code === 'unrecognized_keys' ? first.keys[0] : undefined;
+  const field = [...(first?.path ?? []), ...(unknownKey ? [unknownKey] : [])].join('.') || undefined;
   return new AppError('validation', 'VALIDATION_FAILED', field ? `${field}: ${first.message}` : first.message, {
     field,
     details: { issues: error.issues.slice(0, 10).map((i) => ({ path: i.path.join('.'), message: i.message })) },
   });
 }
 
+const tooLarge = (maxBytes: number) =>
+  new AppError('validation', 'PAYLOAD_TOO_LARGE', `The body is larger than ${maxBytes} bytes.`, { status: 413 });
+
 /**
- * Parses the JSON body with `schema`; a missing, oversized, non-JSON or invalid body is a 400.
+ * The raw body as text, with at most `maxBytes` ever read: a declared Content-Length over the
+ * limit is refused before reading anything, and a streamed body is cut off as soon as it
+ * passes the limit (the rest is never read). A 413 PAYLOAD_TOO_LARGE in the envelope either way.
+ * Every route that reads a body reads it through here.
+ * @example const raw = await readBody(c, 512 * 1024) // a webhook's bytes, exactly as signed
+ */
+export async function readBody(c: Context, maxBytes = defaultMaxBytes): Promise<string> {
+  if (Number(c.req.header('content-length')) > maxBytes) throw tooLarge(maxBytes);
+  const stream = c.req.raw.body;
+  if (!stream) return '';
+  const reader = stream.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge(maxBytes);
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return new TextDecoder().decode(bytes);
+}
+
+/**
+ * Parses the JSON body with `schema`: an oversized body is 413; a non-JSON or invalid one 400.
  * @example const body = await readJson(c, UsageRequestSchema)
  */
 export async function readJson<S extends z.ZodType>(
@@ -26,12 +66,7 @@ export async function readJson<S extends z.ZodType>(
   schema: S,
   maxBytes = defaultMaxBytes,
 ): Promise<z.infer<S>> {
-  const text = await c.req.text();
-  if (new TextEncoder().encode(text).length > maxBytes) {
-    throw new AppError('validation', 'PAYLOAD_TOO_LARGE', `The body is larger than ${maxBytes} bytes.`, {
-      status: 413,
-    });
-  }
+  const text = await readBody(c, maxBytes);
   let json: unknown;
   try {
     json = text === '' ? {} : JSON.parse(text);

@@ -1,6 +1,8 @@
 // The dashboard's HTML, CSS and script, served by the function itself (no CDN, no bundle):
 // KPI tiles, SVG charts, the reconciliation table, open alerts and webhook health. The script
-// reads the admin token from the sl_admin_token cookie and calls this function's JSON routes.
+// calls this function's JSON routes; the browser sends the HttpOnly session cookie, which the
+// script cannot read. One <style> and one <script>, each carrying the response's CSP nonce: no
+// inline style attributes or handlers, so the policy needs no 'unsafe-inline'.
 
 const style = `
 :root{font:15px/1.45 system-ui,sans-serif;color:#1d2330;background:#f4f5f7}
@@ -19,10 +21,11 @@ table{width:100%;border-collapse:collapse;font-size:.88rem}td,th{text-align:left
 .ok{color:#1b7a3a}.bad{color:#b3261e}.muted{color:#778;font-size:.85rem}
 #error{background:#fde8e8;color:#8a1c1c;padding:.6rem 1rem;border-radius:.5rem;margin-bottom:1rem}
 .legend span{display:inline-block;width:.7rem;height:.7rem;border-radius:2px;margin:0 .25rem 0 .6rem}
-[hidden]{display:none!important}`;
+[hidden]{display:none!important}
+.legend .b2c{background:#3558c9}.legend .b2b{background:#2bb08c}
+.narrow{max-width:26rem}.narrow input{width:100%;box-sizing:border-box}`;
 
 const script = `
-const token = (document.cookie.match(/(?:^|; )sl_admin_token=([^;]+)/) || [])[1];
 const $ = (id) => document.getElementById(id);
 const fmtInt = new Intl.NumberFormat('en-US');
 const money = (cents, currency) => new Intl.NumberFormat('en-US', { style: 'currency', currency: currency.toUpperCase() }).format(cents / 100);
@@ -31,7 +34,9 @@ const credits = (s) => { const [w, f] = String(s).split('.'); return w.replace(/
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 
 async function get(path) {
-  const res = await fetch(path, { headers: { authorization: 'Bearer ' + token } });
+  const res = await fetch(path);
+  // The session ended (expired, signed out elsewhere, no longer an admin): back to sign-in.
+  if (res.status === 401 || res.status === 403) { location.assign('./dashboard'); throw new Error('Signed out'); }
   const body = res.headers.get('content-type')?.includes('json') ? await res.json() : await res.text();
   if (!res.ok) throw new Error(body?.error ? body.error.code + ': ' + body.error.message : 'HTTP ' + res.status);
   return body;
@@ -143,15 +148,38 @@ $('to').value = today;
 $('from').value = new Date(Date.now() - 29 * 86400000).toISOString().slice(0, 10);
 for (const id of ['from', 'to', 'granularity', 'currency']) $(id).onchange = load;
 $('csv').onclick = downloadCsv;
-$('sign-out').onclick = () => { document.cookie = 'sl_admin_token=; Max-Age=0; path=' + location.pathname.replace(/[^/]*$/, ''); location.reload(); };
+$('sign-out').onclick = () => fetch('./session', { method: 'DELETE' }).finally(() => location.assign('./dashboard'));
 load();`;
 
-const head = (title: string) =>
-  `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${title}</title><style>${style}</style></head>`;
+/**
+ * The Content-Security-Policy of a page whose <style> (and <script>, if it has one) carry
+ * `nonce`: nothing else runs or loads, the script talks only to this origin, forms post only
+ * here, and no other page may frame it.
+ */
+export const contentSecurityPolicy = (nonce: string, withScript: boolean) =>
+  [
+    "default-src 'none'",
+    withScript ? `script-src 'nonce-${nonce}'` : "script-src 'none'",
+    `style-src 'nonce-${nonce}'`,
+    withScript ? "connect-src 'self'" : "connect-src 'none'",
+    "img-src 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+  ].join('; ');
 
-export const dashboardPage = () =>
-  `${head('ScholarLink · Operations')}<body>
+/** A fresh nonce: 128 random bits, base64. */
+export const newNonce = () => btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
+
+const escapeHtml = (s: string) =>
+  s.replace(/[&<>"']/g, (ch) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[ch] ?? ch);
+
+const head = (title: string, nonce: string) =>
+  `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>${title}</title><style nonce="${nonce}">${style}</style></head>`;
+
+export const dashboardPage = (nonce: string) =>
+  `${head('ScholarLink · Operations', nonce)}<body>
 <h1>ScholarLink · Operations</h1>
 <div class="controls">
   <label>From <input type="date" id="from"></label><label>To (exclusive) <input type="date" id="to"></label>
@@ -162,47 +190,35 @@ export const dashboardPage = () =>
 <div id="error" role="alert" hidden></div>
 <div class="tiles" id="tiles"><div class="tile"><div class="label">Loading…</div></div></div>
 <div class="grid">
-  <section><h2>Net revenue by product line</h2><div class="legend muted"><span style="background:#3558c9"></span>B2C credits<span style="background:#2bb08c"></span>B2B provider fees</div><div id="revenue-chart"></div></section>
+  <section><h2>Net revenue by product line</h2><div class="legend muted"><span class="b2c"></span>B2C credits<span class="b2b"></span>B2B provider fees</div><div id="revenue-chart"></div></section>
   <section><h2>Checkout conversion</h2><div id="conversion-chart"></div></section>
   <section><h2>Error-budget burn (availability, last 24 h)</h2><div id="burn-chart"></div></section>
   <section><h2>Provider reconciliation</h2><div id="recon"></div></section>
   <section><h2>Open alerts</h2><div id="alerts"></div></section>
   <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>
 </div>
-<script>${script}</script></body></html>`;
+<script nonce="${nonce}">${script}</script></body></html>`;
 
 /**
- * Sign-in: in production, Supabase Auth's password grant (SUPABASE_ANON_KEY); locally, or
- * for any project, a pasted access token. The token goes into a cookie scoped to this function.
+ * Sign-in, without any script: plain forms posted to ./session, which verifies the token (or
+ * runs Supabase Auth's password grant when the project has a publishable or anon key), requires
+ * an administrator, sets the HttpOnly session cookie and redirects to ./dashboard.
  */
-export function signInPage(message?: string): string {
-  const url = Deno.env.get('SUPABASE_URL') ?? '';
-  const anon = Deno.env.get('SUPABASE_ANON_KEY') ?? '';
-  return `${head('ScholarLink · Sign in')}<body>
+export function signInPage(nonce: string, opts: { message?: string; password: boolean }): string {
+  return `${head('ScholarLink · Sign in', nonce)}<body>
 <h1>ScholarLink · Operations</h1>
-${message ? `<div id="error" role="alert">${message}</div>` : ''}
-<section style="max-width:26rem">
+${opts.message ? `<div id="error" role="alert">${escapeHtml(opts.message)}</div>` : ''}
+<section class="narrow">
 ${
-    anon
-      ? `<h2>Sign in</h2><form id="password"><p><input id="email" type="email" placeholder="email" required style="width:100%"></p>
-<p><input id="pw" type="password" placeholder="password" required style="width:100%"></p><button>Sign in</button></form>
+    opts.password
+      ? `<h2>Sign in</h2><form id="password" method="post" action="./session">
+<p><input id="email" name="email" type="email" placeholder="email" autocomplete="username" required></p>
+<p><input id="pw" name="password" type="password" placeholder="password" autocomplete="current-password" required></p>
+<button id="sign-in">Sign in</button></form>
 <p class="muted">Or paste an access token:</p>`
       : '<h2>Sign in with an access token</h2><p class="muted">Locally: <code>./scripts/token --admin</code>.</p>'
   }
-<form id="paste"><p><input id="token" placeholder="access token" autocomplete="off" style="width:100%"></p><button id="use-token">Open the dashboard</button></form>
-</section>
-<script>
-const path = location.pathname.replace(/[^/]*$/, '');
-const keep = (t) => { document.cookie = 'sl_admin_token=' + t + '; path=' + path + '; SameSite=Strict' + (location.protocol === 'https:' ? '; Secure' : ''); location.reload(); };
-document.getElementById('paste').onsubmit = (e) => { e.preventDefault(); keep(document.getElementById('token').value.trim()); };
-const pw = document.getElementById('password');
-if (pw) pw.onsubmit = async (e) => {
-  e.preventDefault();
-  const res = await fetch(${JSON.stringify(url)} + '/auth/v1/token?grant_type=password', { method: 'POST',
-    headers: { apikey: ${JSON.stringify(anon)}, 'content-type': 'application/json' },
-    body: JSON.stringify({ email: document.getElementById('email').value, password: document.getElementById('pw').value }) });
-  const body = await res.json();
-  if (res.ok) keep(body.access_token); else alert(body.error_description || body.msg || 'Sign-in failed');
-};
-</script></body></html>`;
+<form id="paste" method="post" action="./session"><p><input id="token" name="access_token" placeholder="access token" autocomplete="off" required></p>
+<button id="use-token">Open the dashboard</button></form>
+</section></body></html>`;
 }

@@ -1,18 +1,55 @@
 // The people who run the business: daily reports, metrics over any range (JSON or CSV), an
-// ops overview, and the dashboard page that shows them. Admin JWT only: every route answers
-// 403 to a signed-in non-admin. The numbers are defined once, in SQL (docs/metrics.md).
-import { type AppContext, createApp, ok, requireAdmin } from '../_shared/app.ts';
-import { verifyUserToken } from '../_shared/auth.ts';
+// ops overview, and the dashboard page that shows them. Admin only: every route answers 403 to
+// a signed-in non-admin. The caller is a bearer token or the dashboard's HttpOnly session
+// cookie (session.ts), both checked by requireAdmin. The numbers are defined once, in SQL
+// (docs/metrics.md).
+import { type AppContext, createApp, currentUser, identifyWithSessionToken, ok, requireAdmin } from '../_shared/app.ts';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
+import { publishableKey } from '../_shared/keys.ts';
 import { hourlyBurn, sloConfig } from '../_shared/slo.ts';
 import { readQuery } from '../_shared/validate.ts';
 import { type Metrics, metricsCsv } from './csv.ts';
-import { dashboardPage, signInPage } from './dashboard-page.ts';
+import { contentSecurityPolicy, dashboardPage, newNonce, signInPage } from './dashboard-page.ts';
 import { DailyReportSchema, MetricsSchema } from './schemas.ts';
+import {
+  accessTokenFor,
+  endSession,
+  isFormPost,
+  readSignIn,
+  refuseCrossOrigin,
+  sessionToken,
+  startSession,
+} from './session.ts';
 
-const app = createApp('admin');
+const app = createApp('admin', { sessionToken });
 const slo = sloConfig();
+
+// Every answer, JSON included: never framed, never sniffed, never leaks its URL as a referrer.
+app.use('*', async function securityHeaders(c, next) {
+  await next();
+  c.header('X-Frame-Options', 'DENY');
+  c.header('X-Content-Type-Options', 'nosniff');
+  c.header('Referrer-Policy', 'no-referrer');
+  c.header('Cross-Origin-Opener-Policy', 'same-origin');
+  if (!c.res.headers.has('content-security-policy')) {
+    c.header('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'; base-uri 'none'");
+  }
+});
+
+/** An HTML page under a fresh nonce and its own policy; never cached (it is per admin). */
+function page(c: AppContext, status: number, withScript: boolean, render: (nonce: string) => string) {
+  const nonce = newNonce();
+  return c.html(render(nonce), status as ContentfulStatusCode, {
+    'content-security-policy': contentSecurityPolicy(nonce, withScript),
+    'cache-control': 'no-store',
+  });
+}
+
+/** The sign-in page (no script), with what went wrong if anything. */
+const signIn = (c: AppContext, status: number, message?: string) =>
+  page(c, status, false, (nonce) => signInPage(nonce, { message, password: publishableKey() !== undefined }));
 
 const csv = (c: AppContext, body: string, name: string) =>
   c.body(body, 200, {
@@ -57,26 +94,50 @@ app.get('/ops', requireAdmin, async (c) => {
 });
 
 /**
- * The dashboard. A browser cannot send a bearer header on navigation, so the page also
- * accepts the token from the `sl_admin_token` cookie its sign-in form sets; without one it
- * answers 401 with that sign-in form, and a non-admin gets 403.
+ * The dashboard, for an admin signed in with the session cookie (or a bearer header). Anyone
+ * else gets the sign-in page: 401 when signed out or the token is bad, 403 for a non-admin,
+ * and a cookie that failed is cleared so the next visit starts clean.
  */
 app.get('/dashboard', async (c) => {
-  const cookie = c.req.header('cookie')?.match(/(?:^|;\s*)sl_admin_token=([A-Za-z0-9._~+/=-]+)/)?.[1];
-  const token = c.req.header('authorization')?.replace(/^Bearer /, '') ?? cookie;
-  const page = (html: string, status: 200 | 401 | 403) =>
-    c.html(html, status, {
-      'content-security-policy':
-        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' https: http:; img-src data:; form-action 'self'",
-      'cache-control': 'no-store',
-    });
-  if (!token) return page(signInPage(), 401);
-  const user = await verifyUserToken(token).catch(() => null);
-  if (!user) return page(signInPage('That token is not valid or has expired.'), 401);
-  if (!user.isAdmin) {
-    throw new AppError('forbidden', 'FORBIDDEN', 'This page is for administrators.');
+  try {
+    await requireAdmin(c, () => Promise.resolve());
+  } catch (err) {
+    if (!(err instanceof AppError) || err.status >= 500) throw err;
+    if (sessionToken(c)) endSession(c);
+    const signedOut = !c.get('user') && !c.get('authError');
+    return signIn(c, err.status, signedOut ? undefined : err.message);
   }
-  return page(dashboardPage(), 200);
+  return page(c, 200, true, dashboardPage);
+});
+
+/**
+ * Sign-in: the token is verified and requireAdmin applied before the cookie is set. The form
+ * gets a redirect to the dashboard (or the sign-in page again with the reason); JSON callers
+ * get `{user_id, expires_at}` or the error envelope. The token never appears in a body.
+ */
+app.post('/session', async (c) => {
+  refuseCrossOrigin(c);
+  const form = isFormPost(c);
+  let token: string;
+  try {
+    token = await accessTokenFor(await readSignIn(c));
+    await identifyWithSessionToken(c, token);
+    await requireAdmin(c, () => Promise.resolve());
+  } catch (err) {
+    if (!form || !(err instanceof AppError)) throw err;
+    endSession(c);
+    return signIn(c, err.status, err.message);
+  }
+  const expiresAt = startSession(c, token);
+  if (form) return c.redirect('./dashboard', 303);
+  return ok(c, { user_id: currentUser(c).id, expires_at: expiresAt.toISOString() });
+});
+
+/** Sign-out: clears the cookie (the access token itself lives until it expires). */
+app.delete('/session', (c) => {
+  refuseCrossOrigin(c);
+  endSession(c);
+  return ok(c, { signed_out: true });
 });
 
 export default { fetch: app.fetch };

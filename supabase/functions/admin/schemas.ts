@@ -1,7 +1,8 @@
 // Query shapes of the admin routes.
 import { z } from 'zod';
+import { CalendarDateSchema } from '../_shared/query.ts';
 
-const day = z.iso.date();
+const day = CalendarDateSchema;
 const format = z.enum(['json', 'csv']).default('json');
 
 export const DailyReportSchema = z.strictObject({ date: day, format });
@@ -23,3 +24,16 @@ export const MetricsSchema = z
     message: 'at most 400 days at a time',
     path: ['to'],
   });
+
+/** POST /admin/session: a pasted access token, or email and password for Supabase Auth. */
+export const SessionRequestSchema = z
+  .strictObject({
+    access_token: z.string().trim().min(1).max(16_384).optional(),
+    email: z.email().max(254).optional(),
+    password: z.string().min(1).max(1_024).optional(),
+  })
+  .refine((b) => (b.access_token ? !b.email && !b.password : Boolean(b.email && b.password)), {
+    message: 'send access_token, or email and password',
+    path: ['access_token'],
+  });
+export type SessionRequest = z.infer<typeof SessionRequestSchema>;

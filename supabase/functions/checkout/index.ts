@@ -4,23 +4,23 @@ import type { MiddlewareHandler } from 'hono';
 import { type AppEnv, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
 import type { CreditPackage, PurchaseStatus } from '../_shared/contract.ts';
 import { call } from '../_shared/db.ts';
-import { parseEnv } from '../_shared/env.ts';
+import { lazyEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotentExternal } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
 import { fetchPurchaseState } from '../_shared/purchases.ts';
 import { stripe, stripeCall } from '../_shared/stripe.ts';
-import { clientIp } from '../_shared/ratelimit.ts';
+import { clientAddress } from '../_shared/client-address.ts';
 import { readJson } from '../_shared/validate.ts';
-import { CheckoutEnvSchema, CreateSessionSchema, RefundSchema } from './schemas.ts';
+import { CheckoutEnvSchema, CreateSessionSchema, PurchaseRefSchema, RefundSchema } from './schemas.ts';
 import { createCheckout } from './sessions.ts';
 
-const env = parseEnv(CheckoutEnvSchema);
-stripe(); // parse the Stripe env at start: a bad or wrong-mode key stops start-up
+const env = lazyEnv(CheckoutEnvSchema);
+reportAtStart(stripe); // a missing or wrong-mode key is logged at start and answered with 503
 const app = createApp('checkout');
 
 const b2cEnabled: MiddlewareHandler<AppEnv> = async function b2cEnabled(_c, next) {
-  if (!env.FEATURE_B2C_CREDITS) {
+  if (!env().FEATURE_B2C_CREDITS) {
     throw new AppError('unavailable', 'FEATURE_DISABLED', 'Credit purchases are switched off.', { retryable: false });
   }
   await next();
@@ -58,18 +58,22 @@ app.get('/packages', requireUser, async (c) => {
 
 app.post('/sessions', requireUser, async (c) => {
   const body = await readJson(c, CreateSessionSchema);
-  const ip = clientIp(c.req.header('x-forwarded-for'));
+  const ip = clientAddress(c);
   return idempotentExternal(
     c,
     'checkout.sessions',
     body,
-    (key) => createCheckout(currentUser(c).id, ip, body, key, env),
+    (key) => createCheckout(currentUser(c).id, ip, body, key, env()),
   );
 });
 
 app.get('/sessions/:id', requireUser, async (c) => {
   const ref = c.req.param('id');
   const userId = currentUser(c).id;
+  // Anything else (a NUL byte, 10 kB of text) cannot name a purchase and never reaches SQL.
+  if (!PurchaseRefSchema.safeParse(ref).success) {
+    throw new AppError('not_found', 'PURCHASE_NOT_FOUND', 'No such purchase.');
+  }
   const find = () =>
     call((sql) => sql<PurchaseRow[]>`select * from billing.get_purchase(${userId}, ${ref}) where id is not null`);
   let [p] = await find();

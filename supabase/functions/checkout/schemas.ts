@@ -1,6 +1,7 @@
 // Request shapes and env of the checkout routes.
 import { z } from 'zod';
 import { CommaListSchema } from '../_shared/env.ts';
+import { UuidSchema } from '../_shared/query.ts';
 
 export const CheckoutEnvSchema = z.object({
   FEATURE_B2C_CREDITS: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
@@ -23,3 +24,6 @@ export const RefundSchema = z.strictObject({
   amount_cents: z.number().int().positive().max(100_000_000).optional(),
 });
 export type RefundRequest = z.infer<typeof RefundSchema>;
+
+/** What GET /checkout/sessions/:id looks up: our purchase id or Stripe's Checkout Session id. */
+export const PurchaseRefSchema = z.union([UuidSchema, z.string().regex(/^cs_[A-Za-z0-9_]{1,250}$/)]);

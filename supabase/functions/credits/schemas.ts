@@ -1,6 +1,7 @@
 // Request shapes of the credits routes (their responses are in _shared/contract.ts).
 import { z } from 'zod';
 import { CreditAmountSchema } from '../_shared/money.ts';
+import { EntryIdSchema, InstantSchema, pageLimit } from '../_shared/query.ts';
 
 const printable = /^[\x20-\x7e]+$/;
 export const CorrelationIdSchema = z.string().min(1).max(128).regex(printable, 'must be printable ASCII');
@@ -38,10 +39,10 @@ export const GrantRequestSchema = z.strictObject({
 export type GrantRequest = z.infer<typeof GrantRequestSchema>;
 
 export const LedgerQuerySchema = z.strictObject({
-  limit: z.coerce.number().int().min(1).max(200).default(50),
-  cursor: z.string().regex(/^[1-9][0-9]{0,18}$/, 'must be a cursor from a previous page').optional(),
-  from: z.iso.datetime({ offset: true }).optional(),
-  to: z.iso.datetime({ offset: true }).optional(),
+  limit: pageLimit(200, 50),
+  cursor: EntryIdSchema.optional(),
+  from: InstantSchema.optional(),
+  to: InstantSchema.optional(),
   format: z.enum(['json', 'csv']).default('json'),
 });
 export type LedgerQuery = z.infer<typeof LedgerQuerySchema>;
@@ -52,7 +53,7 @@ export const UsageEventSchema = z.strictObject({
   model: z.string().min(1).max(64).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name'),
   input_tokens: tokens,
   output_tokens: tokens,
-  occurred_at: z.iso.datetime({ offset: true }),
+  occurred_at: InstantSchema,
   correlation_id: CorrelationIdSchema.optional(),
 });
 export const UsageBatchSchema = z.strictObject({ events: z.array(UsageEventSchema).min(1).max(1000) });

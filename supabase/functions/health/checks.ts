@@ -1,6 +1,7 @@
 // Runs dependency checks in parallel, each bounded by a timeout, into one report.
+import { ConfigError } from '../_shared/env.ts';
 
-export type CheckResult = { status: 'ok' | 'failing'; durationMs: number; error?: string };
+export type CheckResult = { status: 'ok' | 'failing'; durationMs: number; error?: string; variables?: string[] };
 export type Report = { status: 'ok' | 'failing'; checks: Record<string, CheckResult> };
 
 async function withTimeout(work: Promise<void>, ms: number): Promise<void> {
@@ -24,7 +25,16 @@ export async function runChecks(checks: Record<string, () => Promise<void>>, tim
         await withTimeout(check(), timeoutMs);
         return [name, { status: 'ok', durationMs: durationMs() }];
       } catch (err) {
-        // The check's name is what operators need; the error class says timeout vs refusal.
+        // The check's name is what operators need; the error class says timeout vs refusal;
+        // a configuration check names the missing variables (never their values).
+        if (err instanceof ConfigError) {
+          return [name, {
+            status: 'failing',
+            durationMs: durationMs(),
+            error: 'config_missing',
+            variables: err.variables,
+          }];
+        }
         const error = err instanceof Error && err.message.startsWith('timed out') ? 'timeout' : 'unreachable';
         return [name, { status: 'failing', durationMs: durationMs(), error }];
       }

@@ -4,12 +4,12 @@
 import { z } from 'zod';
 import { complete } from '../_shared/ai.ts';
 import { type AppContext, createApp, currentUser, ok } from '../_shared/app.ts';
-import { keySet } from '../_shared/auth.ts';
+import { reloadKeySet } from '../_shared/auth.ts';
 import { call, db } from '../_shared/db.ts';
 import { parseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { bucketBounds } from '../_shared/latency.ts';
-import { guarded, redis, redisHealth } from '../_shared/redis.ts';
+import { guarded, redis, RedisEnvSchema, redisHealth } from '../_shared/redis.ts';
 import { constantTimeEqual, hasCronSecret } from '../_shared/secrets.ts';
 import { stripe, StripeEnvSchema } from '../_shared/stripe.ts';
 import { runChecks } from './checks.ts';
@@ -39,12 +39,11 @@ app.get('/readyz', async (c) => {
       await db()`select 1`;
     },
     jwks: async () => {
-      await keySet().reload();
+      await reloadKeySet();
     },
-    stripe_config: () => {
-      StripeEnvSchema.parse(Deno.env.toObject()); // keys present and of STRIPE_MODE; no network call
-      return Promise.resolve();
-    },
+    // Secrets every function needs, checked without a network call (keys of STRIPE_MODE).
+    stripe_config: () => Promise.resolve(void parseEnv(StripeEnvSchema)),
+    redis_config: () => Promise.resolve(void parseEnv(RedisEnvSchema)),
   });
   // Reported, never failing readiness on their own: Redis (every use fails open or soft) and
   // the outbox backlog (a late email never blocks a payment).
@@ -164,7 +163,7 @@ app.post('/deep', async (c) => {
       await db()`select 1`;
     },
     jwks: async () => {
-      await keySet().reload();
+      await reloadKeySet();
     },
     // Deep checks bypass the circuit breaker: they are how an operator learns the truth.
     upstash: async () => {

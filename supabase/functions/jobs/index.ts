@@ -120,7 +120,8 @@ app.post('/', requireUser, async (c) => {
 
 app.get('/', requireUser, async (c) => {
   const q = readQuery(c, ListJobsSchema);
-  const [micros, lastId] = q.cursor?.split(':') ?? [null, null];
+  const micros = q.cursor?.micros ?? null;
+  const lastId = q.cursor?.id ?? null;
   const rows = await call((sql) =>
     sql<JobRow[]>`
     select * from billing.jobs

@@ -1,5 +1,6 @@
 // Request shapes of the jobs routes.
 import { z } from 'zod';
+import { maxBigint, pageLimit, UuidSchema } from '../_shared/query.ts';
 
 export const CreateJobSchema = z.strictObject({
   type: z.string().min(1).max(64),
@@ -8,13 +9,29 @@ export const CreateJobSchema = z.strictObject({
 });
 export type CreateJob = z.infer<typeof CreateJobSchema>;
 
+const notACursor = 'must be a cursor from a previous page';
+
+/**
+ * A page cursor `<created_at in µs since the epoch>:<job id>`, parsed: both halves are checked
+ * here (a bigint and a UUID), so no value reaches SQL that a cast would refuse.
+ */
+export const JobCursorSchema = z
+  .string()
+  .regex(/^[0-9]{1,19}:[^:]+$/, notACursor)
+  .transform((s) => {
+    const [micros, id] = s.split(':');
+    return { micros, id };
+  })
+  .refine((c) => BigInt(c.micros) <= maxBigint && UuidSchema.safeParse(c.id).success, notACursor);
+
 export const ListJobsSchema = z.strictObject({
   status: z.enum(['queued', 'processing', 'completed', 'failed', 'cancelled']).optional(),
-  limit: z.coerce.number().int().min(1).max(100).default(20),
-  cursor: z.string().regex(/^[0-9]+:[0-9a-f-]{36}$/, 'must be a cursor from a previous page').optional(),
+  limit: pageLimit(100, 20),
+  cursor: JobCursorSchema.optional(),
 });
 
 export const WorkerEnvSchema = z.object({
   JOBS_LEASE_SECONDS: z.coerce.number().int().positive().default(30),
-  JOBS_TICK_BUDGET_MS: z.coerce.number().int().positive().default(20_000),
+  // A tick answers within budget + 1 s: keep it well below the schedule's pg_net timeout (≤ 10 s).
+  JOBS_TICK_BUDGET_MS: z.coerce.number().int().positive().max(8_000).default(3_000),
 });

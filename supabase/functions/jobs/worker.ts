@@ -1,6 +1,10 @@
-// The job worker: claims due jobs with a lease, runs their handler, and completes or fails
-// them. Each step is one SQL call; a worker that dies mid-job simply stops renewing its lease
-// and another resumes from the last checkpoint.
+// The job worker: claims due jobs with a lease, runs one slice of each (a whole ai_completion,
+// one page of a ledger_export), and completes, yields or fails them. Each step is one SQL call;
+// a worker that dies mid-slice simply stops renewing its lease and another resumes from the last
+// checkpoint. A tick stays within the edge's limits: it stops claiming when its budget is spent,
+// gives each job at most one slice, and answers at most a second later, leaving a slice still
+// in flight to EdgeRuntime.waitUntil where the runtime has it.
+import { canOutliveResponse, outliveResponse, settleWithin } from '../_shared/background.ts';
 import { db, fromDbError } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
@@ -10,24 +14,28 @@ import type { JobRow } from './types/types.ts';
 
 export interface WorkerOptions {
   workerId: string;
-  /** Stop claiming new jobs after this long. */
+  /** Stop claiming jobs after this long (a tick's wall-clock budget). */
   budgetMs: number;
   leaseSeconds?: number;
 }
+
+/** How long past its budget a worker waits for the slice in flight before answering without it. */
+export const sliceGraceMs = 1_000;
 
 /** Stops a handler: the job was cancelled or its lease passed to another worker. */
 class Stop extends Error {}
 
 const stopCodes = new Set(['JOB_CANCELLED', 'LEASE_LOST', 'JOB_NOT_FOUND']);
 
-async function runJob(job: JobRow, workerId: string, leaseSeconds: number): Promise<void> {
+/** Runs one slice of a claimed job and records how it ended: completed, yielded, failed or stopped. */
+async function runSlice(job: JobRow, workerId: string, leaseSeconds: number): Promise<void> {
   const sql = db();
   const type = jobTypes[job.type];
   const fields = { jobId: job.id, type: job.type, attempt: job.attempts };
   try {
     if (!type) throw new AppError('validation', 'UNKNOWN_JOB_TYPE', 'This job type is no longer supported.');
     const input = type.schema.parse(job.input);
-    const { result, usage } = await type.run({
+    const outcome = await type.run({
       job,
       input,
       resumeState: job.resume_state,
@@ -44,8 +52,13 @@ async function runJob(job: JobRow, workerId: string, leaseSeconds: number): Prom
         }
       },
     });
-    await sql`select billing.complete_job(${job.id}, ${workerId}, ${JSON.stringify(result)}::text::jsonb,
-      ${usage ? JSON.stringify(usage) : null}::text::jsonb)`;
+    if ('more' in outcome) {
+      await sql`select billing.yield_job(${job.id}, ${workerId})`;
+      log.info('job slice done', fields);
+      return;
+    }
+    await sql`select billing.complete_job(${job.id}, ${workerId}, ${JSON.stringify(outcome.result)}::text::jsonb,
+      ${outcome.usage ? JSON.stringify(outcome.usage) : null}::text::jsonb)`;
     log.info('job completed', fields);
   } catch (err) {
     const code = err instanceof Stop ? err.message : fromDbError(err).code;
@@ -64,16 +77,30 @@ async function runJob(job: JobRow, workerId: string, leaseSeconds: number): Prom
   }
 }
 
-/** Drains due jobs until none is due or the budget is spent; returns how many it ran. */
+/**
+ * Gives each due job one slice until none is due or the budget is spent; returns how many slices
+ * it started. It answers by `budgetMs + sliceGraceMs` at the latest: a slice still running then
+ * goes on after the answer (its lease guards it; should the isolate end, another tick resumes it).
+ * @example const ran = await runWorker({ workerId: `tick-${crypto.randomUUID()}`, budgetMs: 3_000 })
+ */
 export async function runWorker(opts: WorkerOptions): Promise<number> {
   const leaseSeconds = opts.leaseSeconds ?? 30;
-  const deadline = Date.now() + opts.budgetMs;
-  let ran = 0;
-  while (Date.now() < deadline) {
-    const [job] = await db()<JobRow[]>`select * from billing.claim_jobs(${opts.workerId}, 1, ${leaseSeconds})`;
-    if (!job) break;
-    await runJob(job, opts.workerId, leaseSeconds);
-    ran++;
+  const started = performance.now();
+  const served: string[] = []; // this tick's jobs: one slice each, the next slice is the next tick's
+  const drain = async () => {
+    while (performance.now() - started < opts.budgetMs) {
+      const [job] = await db()<JobRow[]>`
+        select * from billing.claim_jobs(${opts.workerId}, 1, ${leaseSeconds}, ${`{${served.join(',')}}`}::uuid[])`;
+      if (!job) break;
+      served.push(job.id);
+      await runSlice(job, opts.workerId, leaseSeconds);
+    }
+  };
+  const work = drain();
+  const settled = await settleWithin(work, opts.budgetMs + sliceGraceMs - (performance.now() - started));
+  if (!settled.done) {
+    log.info('worker answered with a slice in flight', { workerId: opts.workerId, waitUntil: canOutliveResponse() });
+    outliveResponse(work.catch((err) => log.error('worker failed after answering', errorSummary(err))));
   }
-  return ran;
+  return served.length;
 }

@@ -1,20 +1,24 @@
 // Service-to-service notifications. Authenticated by an HMAC-SHA256 signature over
 // "<timestamp>.<body>" with NOTIFY_WEBHOOK_SECRET (several during rotation), 5-minute
 // tolerance, constant-time comparison: header `X-Signature: t=<unix>,v1=<hex>`. A plain
-// `X-Webhook-Secret` is accepted for older callers, also compared in constant time.
+// `X-Webhook-Secret` is accepted for older callers, also compared in constant time. Every
+// route is limited per client address before the body is read; bodies are read up to 64 KiB.
 import { z } from 'zod';
 import { type AppContext, createApp, ok } from '../_shared/app.ts';
 import { call } from '../_shared/db.ts';
-import { parseEnv } from '../_shared/env.ts';
+import { lazyEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { dispatchOutbox, templates } from '../_shared/notifications.ts';
+import { limitByAddress } from '../_shared/ratelimit.ts';
 import { constantTimeEqual, requireCronSecret } from '../_shared/secrets.ts';
+import { readBody } from '../_shared/validate.ts';
 
-const env = parseEnv(z.object({
+const env = lazyEnv(z.object({
   NOTIFY_WEBHOOK_SECRET: z.string().transform((s) => s.split(',').map((x) => x.trim()).filter((x) => x.length >= 16))
     .refine((l) => l.length > 0, 'needs at least one secret of 16+ characters'),
 }));
 const app = createApp('notify', { rateLimited: false });
+app.use('*', limitByAddress('notify'));
 const toleranceSeconds = 300;
 
 const SendSchema = z.strictObject({
@@ -42,22 +46,19 @@ async function authenticate(
     const t = Number(signature.match(/(?:^|,)t=(\d+)/)?.[1]);
     const given = [...signature.matchAll(/(?:^|,)v1=([0-9a-f]{64})/g)].map((m) => m[1]);
     if (Number.isFinite(t) && Math.abs(Date.now() / 1000 - t) <= toleranceSeconds) {
-      for (const secret of env.NOTIFY_WEBHOOK_SECRET) {
+      for (const secret of env().NOTIFY_WEBHOOK_SECRET) {
         const expected = await hmacHex(secret, `${t}.${body}`);
         if (given.some((g) => constantTimeEqual(g, expected))) return;
       }
     }
-  } else if (plainSecret && env.NOTIFY_WEBHOOK_SECRET.some((s) => constantTimeEqual(plainSecret, s))) {
+  } else if (plainSecret && env().NOTIFY_WEBHOOK_SECRET.some((s) => constantTimeEqual(plainSecret, s))) {
     return;
   }
   throw new AppError('auth', 'SIGNATURE_INVALID', 'The request signature is missing, stale or does not verify.');
 }
 
 async function send(c: AppContext) {
-  const raw = await c.req.text();
-  if (raw.length > 64 * 1024) {
-    throw new AppError('validation', 'PAYLOAD_TOO_LARGE', 'The body is too large.', { status: 413 });
-  }
+  const raw = await readBody(c, 64 * 1024);
   await authenticate(c.req.header('x-signature'), c.req.header('x-webhook-secret'), raw);
   let json: unknown;
   try {

@@ -5,7 +5,7 @@ import type { MiddlewareHandler } from 'hono';
 import { type AppContext, type AppEnv, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
 import { accountState } from '../_shared/connect.ts';
 import { call } from '../_shared/db.ts';
-import { parseEnv } from '../_shared/env.ts';
+import { lazyEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotentExternal } from '../_shared/idempotency.ts';
 import { hasCronSecret } from '../_shared/secrets.ts';
@@ -21,14 +21,14 @@ import {
   ReconciliationRunSchema,
   RefundPaymentSchema,
 } from './schemas.ts';
-import { fetchStripeDay } from './stripe-day.ts';
+import { advanceReconciliation } from './reconciliation.ts';
 
-const env = parseEnv(ProvidersEnvSchema);
-stripe(); // parse the Stripe env at start: a bad or wrong-mode key stops start-up
+const env = lazyEnv(ProvidersEnvSchema);
+reportAtStart(stripe); // a missing or wrong-mode key is logged at start and answered with 503
 const app = createApp('providers');
 
 const b2bEnabled: MiddlewareHandler<AppEnv> = async function b2bEnabled(_c, next) {
-  if (!env.FEATURE_B2B_PROVIDER_PAYMENTS) {
+  if (!env().FEATURE_B2B_PROVIDER_PAYMENTS) {
     throw new AppError('unavailable', 'FEATURE_DISABLED', 'Provider payments are switched off.', { retryable: false });
   }
   await next();
@@ -94,18 +94,12 @@ app.get('/reconciliation', requireAdmin, async (c) => {
 /** Scheduled daily (pg_cron → pg_net with the cron secret) for yesterday; admins may run any day. */
 const cronOrAdmin: MiddlewareHandler<AppEnv> = (c, next) => (hasCronSecret(c) ? next() : requireAdmin(c, next));
 
+/** Pages through Stripe for a few seconds: 200 with the result when done, else 202 and the next call resumes. */
 app.post('/reconciliation/run', cronOrAdmin, async (c) => {
   const body = await readJson(c, ReconciliationRunSchema);
-  const date = body.date ?? new Date(Date.now() - 86_400_000).toISOString().slice(0, 10);
-  const accounts = await call((sql) =>
-    sql<{ stripe_account_id: string }[]>`select stripe_account_id from billing.providers
-      where stripe_account_id is not null order by created_at`
-  );
-  const day = await fetchStripeDay(date, accounts.map((a) => a.stripe_account_id));
-  await call((sql) => sql`select billing.reconcile_providers(${date}::date, ${JSON.stringify(day)}::text::jsonb)`);
-  // A statement of its own: in the same one, the stable read would see the day before this run.
-  const [{ result }] = await call((sql) => sql`select billing.reconciliation_of(${date}::date) as result`);
-  return ok(c, result);
+  const outcome = await advanceReconciliation(body.date ?? null);
+  if (outcome.finished) return ok(c, outcome.result);
+  return ok(c, outcome.progress, 202, { 'Retry-After': '1' });
 });
 
 app.get('/:id', requireUser, async (c) => {
@@ -126,8 +120,8 @@ app.post('/:id/onboarding-link', requireUser, async (c) => {
     stripe().client.accountLinks.create({
       account,
       type: 'account_onboarding',
-      return_url: env.PROVIDER_ONBOARDING_RETURN_URL,
-      refresh_url: env.PROVIDER_ONBOARDING_REFRESH_URL,
+      return_url: env().PROVIDER_ONBOARDING_RETURN_URL,
+      refresh_url: env().PROVIDER_ONBOARDING_REFRESH_URL,
     })
   );
   return ok(c, { url: link.url, expires_at: new Date(link.expires_at * 1000).toISOString() }, 201);
@@ -140,7 +134,7 @@ app.post('/:id/payments', requireUser, async (c) => {
     c,
     'providers.payments',
     { provider_id: p.id, ...body },
-    (key) => createPayment(p, currentUser(c).id, body, key, env),
+    (key) => createPayment(p, currentUser(c).id, body, key, env()),
   );
 });
 

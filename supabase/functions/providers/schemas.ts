@@ -1,5 +1,6 @@
 // Request shapes and env of the provider routes.
 import { z } from 'zod';
+import { CalendarDateSchema, InstantSchema, pageLimit } from '../_shared/query.ts';
 
 export const ProvidersEnvSchema = z.object({
   FEATURE_B2B_PROVIDER_PAYMENTS: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
@@ -37,10 +38,10 @@ export const RefundPaymentSchema = z.strictObject({
 });
 
 export const ListSchema = z.strictObject({
-  limit: z.coerce.number().int().min(1).max(100).default(20),
-  before: z.iso.datetime({ offset: true }).optional(),
+  limit: pageLimit(100, 20),
+  before: InstantSchema.optional(),
 });
 
-export const DateSchema = z.iso.date();
+export const DateSchema = CalendarDateSchema;
 export const ReconciliationQuerySchema = z.strictObject({ date: DateSchema });
 export const ReconciliationRunSchema = z.strictObject({ date: DateSchema.optional() });

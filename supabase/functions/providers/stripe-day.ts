@@ -1,70 +1,108 @@
-// What Stripe reports for one UTC day, for the providers' reconciliation: destination charges
-// with their application fees, each connected account's payouts, and each account's balance.
+// What Stripe reports for one UTC day, for the providers' reconciliation, one list page at a
+// time: destination charges, application fees, and each connected account's payouts and
+// balance. A reader returns at most one page (100 objects) and where the next one starts, so a
+// run holds one page in memory and can stop and resume between any two.
 import type Stripe from 'stripe';
 import { idOf, stripe, stripeCall } from '../_shared/stripe.ts';
 
-const most = { limit: 10_000 };
-
-export interface StripeDay {
-  charges: {
-    id: string;
-    amount: number;
-    currency: string;
-    destination: string;
-    payment_id: string | null;
-    created: number;
-    application_fee_amount: number | null;
-  }[];
-  payouts: { id: string; account: string; amount: number; currency: string; status: string; created: number }[];
-  balances: { account: string; currency: string; amount: number }[];
+/** One Stripe record as billing.record_reconciliation_page saves it. */
+export interface StripeItem {
+  kind: 'charge' | 'fee' | 'payout' | 'balance';
+  stripe_id: string;
+  account: string | null;
+  charge_id?: string | null;
+  payment_ref?: string | null;
+  amount_cents: number;
+  currency: string;
+  status?: string | null;
 }
 
-/** Stripe's records of `day` (YYYY-MM-DD, UTC) for the given connected accounts. */
-export async function fetchStripeDay(day: string, accounts: string[]): Promise<StripeDay> {
-  const client = stripe().client;
+/** A page of records, and the `starting_after` of the next page (null: this was the last). */
+export interface StripePage {
+  items: StripeItem[];
+  next: string | null;
+}
+
+const pageSize = 100; // Stripe's largest
+
+const createdOn = (day: string) => {
   const gte = Date.parse(`${day}T00:00:00Z`) / 1000;
-  const created = { gte, lt: gte + 86_400 };
-  const charges = await stripeCall(() => client.charges.list({ created, limit: 100 }).autoPagingToArray(most));
-  const fees = await stripeCall(() => client.applicationFees.list({ created, limit: 100 }).autoPagingToArray(most));
-  const feeOf = new Map(fees.map((f) => [idOf(f.charge), f.amount]));
-  const ours = new Set(accounts);
+  return { gte, lt: gte + 86_400 };
+};
 
-  const payouts: StripeDay['payouts'] = [];
-  const balances: StripeDay['balances'] = [];
-  for (const account of accounts) {
-    const opts = { stripeAccount: account };
-    const list = await stripeCall(() => client.payouts.list({ created, limit: 100 }, opts).autoPagingToArray(most));
-    payouts.push(
-      ...list.map((p: Stripe.Payout) => ({
-        id: p.id,
-        account,
-        amount: p.amount,
-        currency: p.currency,
-        status: p.status,
-        created: p.created,
-      })),
-    );
-    const balance = await stripeCall(() => client.balance.retrieve({}, opts));
-    const byCurrency = new Map<string, number>();
-    for (const b of [...balance.available, ...balance.pending]) {
-      byCurrency.set(b.currency, (byCurrency.get(b.currency) ?? 0) + b.amount);
-    }
-    balances.push(...[...byCurrency].map(([currency, amount]) => ({ account, currency, amount })));
-  }
+const pageOf = <T extends { id: string }>(list: Stripe.ApiList<T>, items: StripeItem[]): StripePage => ({
+  items,
+  next: list.has_more && list.data.length ? list.data[list.data.length - 1].id : null,
+});
 
-  return {
-    charges: charges
-      .filter((c) => c.paid && ours.has(idOf(c.transfer_data?.destination) ?? ''))
+const listParams = (day: string, after: string | null) => ({
+  created: createdOn(day),
+  limit: pageSize,
+  ...(after ? { starting_after: after } : {}),
+});
+
+/** Paid destination charges created on `day` (the database keeps those of its own providers). */
+export async function chargesPage(day: string, after: string | null): Promise<StripePage> {
+  const list = await stripeCall(() => stripe().client.charges.list(listParams(day, after)));
+  return pageOf(
+    list,
+    list.data
+      .filter((c) => c.paid && idOf(c.transfer_data?.destination))
       .map((c) => ({
-        id: c.id,
-        amount: c.amount,
+        kind: 'charge',
+        stripe_id: c.id,
+        account: idOf(c.transfer_data?.destination),
+        payment_ref: c.metadata?.payment_id ?? null,
+        amount_cents: c.amount,
         currency: c.currency,
-        destination: idOf(c.transfer_data?.destination) as string,
-        payment_id: c.metadata?.payment_id ?? null,
-        created: c.created,
-        application_fee_amount: feeOf.get(c.id) ?? null,
       })),
-    payouts,
-    balances,
-  };
+  );
+}
+
+/** Application fees created on `day`, each with its charge. */
+export async function feesPage(day: string, after: string | null): Promise<StripePage> {
+  const list = await stripeCall(() => stripe().client.applicationFees.list(listParams(day, after)));
+  return pageOf(
+    list,
+    list.data.map((f) => ({
+      kind: 'fee',
+      stripe_id: f.id,
+      account: idOf(f.account),
+      charge_id: idOf(f.charge),
+      amount_cents: f.amount,
+      currency: f.currency,
+    })),
+  );
+}
+
+/** Payouts a connected account made on `day`. */
+export async function payoutsPage(day: string, account: string, after: string | null): Promise<StripePage> {
+  const list = await stripeCall(() => stripe().client.payouts.list(listParams(day, after), { stripeAccount: account }));
+  return pageOf(
+    list,
+    list.data.map((p) => ({
+      kind: 'payout',
+      stripe_id: p.id,
+      account,
+      amount_cents: p.amount,
+      currency: p.currency,
+      status: p.status,
+    })),
+  );
+}
+
+/** What Stripe holds for a connected account now, per currency (available + pending). */
+export async function balanceItems(account: string): Promise<StripeItem[]> {
+  const balance = await stripeCall(() => stripe().client.balance.retrieve({}, { stripeAccount: account }));
+  const byCurrency = new Map<string, number>();
+  for (const b of [...balance.available, ...balance.pending]) {
+    byCurrency.set(b.currency, (byCurrency.get(b.currency) ?? 0) + b.amount);
+  }
+  return [...byCurrency].map(([currency, amount]) => ({
+    kind: 'balance',
+    stripe_id: `${account}:${currency}`,
+    account,
+    amount_cents: amount,
+    currency,
+  }));
 }

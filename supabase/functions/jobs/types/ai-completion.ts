@@ -1,5 +1,6 @@
-// ai_completion: a metered job. It reserves max_tokens worth of credits at the model's rate
-// card, calls the provider, then the worker captures the actual usage and releases the rest.
+// ai_completion: a metered job. It reserves the worst case (every input byte a token, plus
+// max_tokens) at the model's rate card, calls the provider, then the worker captures the
+// actual usage and releases the rest.
 // Only token counts, model and duration are kept; never the prompt or the answer in logs.
 import { z } from 'zod';
 import { complete } from '../../_shared/ai.ts';
@@ -15,15 +16,22 @@ const Input = z.strictObject({
   consent_level: z.enum(['none', 'metadata', 'content']).default('none'),
 });
 
-/** A rough input-token count for the estimate: about four characters a token. */
-const estimatedInputTokens = (prompt: string) => Math.ceil(prompt.length / 4);
+const chatFramingTokens = 16;
+
+/**
+ * The most input tokens a provider can bill for a prompt. Byte-level BPE tokenizers (OpenAI's
+ * and most others) never make more tokens than the text has UTF-8 bytes, and a chat request
+ * adds a few framing tokens; a "4 characters a token" guess under-reserves adversarial text
+ * (one-letter words, emoji) by 2–4×, and a hold is all a job may charge without debt.
+ */
+const worstCaseInputTokens = (prompt: string) => new TextEncoder().encode(prompt).length + chatFramingTokens;
 
 export const aiCompletion: JobType<typeof Input> = {
   schema: Input,
   async estimate(input) {
     const [price] = await call((sql) =>
       sql`select amount::text from billing.price_usage(${input.model}, ${
-        estimatedInputTokens(input.prompt)
+        worstCaseInputTokens(input.prompt)
       }, ${input.max_tokens})`
     );
     return price.amount;

@@ -1,26 +1,29 @@
-// ledger_export: the caller's ledger for a date range as CSV, page by page; the cursor is the
-// checkpoint, and each page's CSV is saved with it, so a resumed export neither skips nor
-// repeats a line.
+// ledger_export: the caller's ledger for a date range as CSV, one page per slice (one slice per
+// tick). The cursor is the checkpoint, and each page's CSV is saved with it in one transaction,
+// so a resumed export neither skips nor repeats a line, whenever the worker dies.
 import { z } from 'zod';
 import { db } from '../../_shared/db.ts';
+import { failpoint } from '../../_shared/failpoint.ts';
 import { csvHeader, csvLines, ledgerPage } from '../../_shared/ledger.ts';
+import { InstantSchema } from '../../_shared/query.ts';
 import type { JobType } from './types.ts';
 
 const Input = z.strictObject({
-  from: z.iso.datetime({ offset: true }).optional(),
-  to: z.iso.datetime({ offset: true }).optional(),
+  from: InstantSchema.optional(),
+  to: InstantSchema.optional(),
   page_size: z.number().int().min(1).max(1000).default(500),
 });
 
 const State = z.object({ cursor: z.string().nullable(), rows: z.number(), total: z.number() });
 
-/** A pause between pages, for demos and crash tests that need an export to be mid-way. */
+/** A pause inside each page, before its checkpoint: for demos and crash tests that need a worker mid-page. */
 const pageDelayMs = Number(Deno.env.get('JOBS_EXPORT_PAGE_DELAY_MS') ?? 0);
 
 export const ledgerExport: JobType<typeof Input> = {
   schema: Input,
   async run({ job, input, resumeState, checkpoint }) {
-    let state = State.safeParse(resumeState).success ? State.parse(resumeState) : null;
+    const saved = State.safeParse(resumeState);
+    let state = saved.success ? saved.data : null;
     if (!state) {
       const [{ total }] = await db()`
         select count(*)::int as total from billing.get_ledger(${job.user_id}, null, 2147483647, ${
@@ -29,23 +32,22 @@ export const ledgerExport: JobType<typeof Input> = {
       state = { cursor: null, rows: 0, total };
       await checkpoint({ progress: 0, state, label: 'started', chunk: csvHeader });
     }
-    for (;;) {
-      const page = await ledgerPage(
-        job.user_id,
-        { cursor: state.cursor ?? undefined, from: input.from, to: input.to },
-        input.page_size,
-      );
-      if (page.entries.length === 0) break;
-      state = {
-        cursor: page.entries[page.entries.length - 1].id,
-        rows: state.rows + page.entries.length,
-        total: state.total,
-      };
-      const progress = state.total ? Math.min(99, Math.floor((state.rows / state.total) * 100)) : 99;
-      await checkpoint({ progress, state, label: `page through entry ${state.cursor}`, chunk: csvLines(page.entries) });
-      if (!page.next_cursor) break;
-      if (pageDelayMs) await new Promise((r) => setTimeout(r, pageDelayMs));
-    }
-    return { result: { format: 'csv', rows: state.rows } };
+    const page = await ledgerPage(
+      job.user_id,
+      { cursor: state.cursor ?? undefined, from: input.from, to: input.to },
+      input.page_size,
+    );
+    if (pageDelayMs) await new Promise((r) => setTimeout(r, pageDelayMs));
+    failpoint('ledger_export.before_checkpoint');
+    if (page.entries.length === 0) return { result: { format: 'csv', rows: state.rows } };
+    state = {
+      cursor: page.entries[page.entries.length - 1].id,
+      rows: state.rows + page.entries.length,
+      total: state.total,
+    };
+    const progress = state.total ? Math.min(99, Math.floor((state.rows / state.total) * 100)) : 99;
+    await checkpoint({ progress, state, label: `page through entry ${state.cursor}`, chunk: csvLines(page.entries) });
+    failpoint('ledger_export.after_checkpoint');
+    return page.next_cursor ? { more: true } : { result: { format: 'csv', rows: state.rows } };
   },
 };

@@ -1,5 +1,5 @@
 // What a job type is: an input schema, an optional cost estimate (reserved as a hold when the
-// job is created), and a handler that checkpoints as it goes.
+// job is created), and a handler that checkpoints as it goes and may run in slices.
 import type { z } from 'zod';
 
 export interface JobRow {
@@ -22,7 +22,7 @@ export interface Checkpoint {
 export interface JobContext<I> {
   job: JobRow;
   input: I;
-  /** The state saved by the last checkpoint of an earlier attempt, or null on a first run. */
+  /** The state saved by the last checkpoint (an earlier slice or attempt), or null on a first run. */
   resumeState: unknown;
   /** Saves progress atomically and renews the lease; throws if the job was cancelled. */
   checkpoint(c: Checkpoint): Promise<void>;
@@ -34,9 +34,24 @@ export interface Usage {
   output_tokens: number;
 }
 
+/** A handler that finished: the job completes with this result (and usage, if metered). */
+export interface Done {
+  result: unknown;
+  usage?: Usage;
+}
+
+/**
+ * A slice that saved its progress with `checkpoint` and has more to do: the worker hands the job
+ * back and the next tick runs the next slice from the saved state (edge requests are short).
+ */
+export interface More {
+  more: true;
+}
+
 export interface JobType<S extends z.ZodType = z.ZodType> {
   schema: S;
   /** Credits to reserve when the job is created; short → 402 and no job. */
   estimate?(input: z.infer<S>): Promise<string | null>;
-  run(ctx: JobContext<z.infer<S>>): Promise<{ result: unknown; usage?: Usage }>;
+  /** Runs the job, or one slice of it (then `resumeState` holds what the last slice saved). */
+  run(ctx: JobContext<z.infer<S>>): Promise<Done | More>;
 }

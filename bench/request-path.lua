@@ -1,0 +1,66 @@
+-- wrk script for bench/request-path.ts: rotates pre-signed user tokens and, for POST
+-- /credits/usage, sends a fresh Idempotency-Key with every request (a replay would skip the
+-- debit and flatter the figures). Prints one JSON line when the run ends.
+--   wrk -t2 -c16 -d10s -s bench/request-path.lua URL -- <usage|balance|plain> <tokens file|-> <run id>
+-- The tokens file holds one token per line; a file of one line is the one-account case.
+
+local mode, tokens_file, run_id = "plain", nil, "run"
+local tokens = {}
+local threads = {}
+local next_thread = 0
+
+local usage_body = '{"model":"gpt-4o-mini","input_tokens":100,"output_tokens":10}'
+
+local function read_tokens(path)
+  local list = {}
+  for line in io.lines(path) do
+    if #line > 0 then list[#list + 1] = line end
+  end
+  return list
+end
+
+-- Runs in the main Lua state once per thread, before the threads start.
+function setup(thread)
+  next_thread = next_thread + 1
+  thread:set("thread_id", next_thread)
+  threads[#threads + 1] = thread
+end
+
+local counter = 0
+local thread_id = 0
+local requests_made = 0
+
+function init(args)
+  mode = args[1] or "plain"
+  tokens_file = args[2]
+  run_id = args[3] or "run"
+  thread_id = wrk.thread:get("thread_id") or 0
+  if tokens_file and tokens_file ~= "-" then tokens = read_tokens(tokens_file) end
+  -- Threads start on different tokens so two threads do not walk the list in step.
+  counter = (thread_id - 1) * 7919
+end
+
+function request()
+  counter = counter + 1
+  requests_made = requests_made + 1
+  if mode == "plain" then return wrk.format("GET") end
+  local token = tokens[(counter % #tokens) + 1]
+  if mode == "balance" then
+    return wrk.format("GET", nil, { ["authorization"] = "Bearer " .. token })
+  end
+  return wrk.format("POST", nil, {
+    ["authorization"] = "Bearer " .. token,
+    ["content-type"] = "application/json",
+    ["idempotency-key"] = run_id .. "-" .. thread_id .. "-" .. requests_made,
+  }, usage_body)
+end
+
+-- Runs in the main Lua state after the run: latency percentiles are in microseconds.
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"p50_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d,' ..
+      '"non2xx":%d,"connect_errors":%d,"read_errors":%d,"write_errors":%d,"timeouts":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max, e.status, e.connect, e.read, e.write, e.timeout))
+end

@@ -1,0 +1,86 @@
+// Query-string and path values whose every accepted value Postgres accepts too, so a hostile
+// value is a 400 with a `field` and never reaches SQL to come back as a 500: bounded integers
+// (bigint ids, page sizes), real calendar dates and instants within one window, UUIDs.
+import { z } from 'zod';
+import { AppError } from './errors.ts';
+
+/** The window every date and instant must fall in (docs/api.md, "Query values"). */
+export const earliestDay = '1970-01-01';
+export const latestDay = '9999-12-31';
+const earliestMs = Date.parse(`${earliestDay}T00:00:00Z`);
+const afterLatestMs = Date.parse('+010000-01-01T00:00:00Z');
+const outOfWindow = `must be between ${earliestDay} and ${latestDay}`;
+
+/** Postgres' largest bigint, 2^63 - 1. */
+export const maxBigint = 9_223_372_036_854_775_807n;
+
+/**
+ * A positive bigint id as a decimal string (an entry id, a cursor): at most 2^63 - 1.
+ * @example LedgerQuerySchema.shape.cursor // EntryIdSchema.optional()
+ */
+export const EntryIdSchema = z
+  .string()
+  .regex(/^[1-9][0-9]{0,18}$/, 'must be a cursor from a previous page')
+  // zod runs refinements even after the regex failed: only digits reach BigInt.
+  .refine((s) => /^[0-9]+$/.test(s) && BigInt(s) <= maxBigint, 'must be a cursor from a previous page');
+
+/**
+ * A page size from the query string: decimal digits only (no `1e3`, `0x10`, spaces or signs),
+ * within [1, max], `fallback` when absent.
+ * @example limit: pageLimit(200, 50)
+ */
+export const pageLimit = (max: number, fallback: number) =>
+  z
+    .string()
+    .regex(/^[0-9]{1,6}$/, `must be a whole number from 1 to ${max}`)
+    .transform(Number)
+    .pipe(z.number().int().min(1, `must be a whole number from 1 to ${max}`).max(max))
+    .default(fallback);
+
+/**
+ * A calendar date `YYYY-MM-DD` that exists (no 2026-02-30) and lies in the window.
+ * @example DailyReportSchema = z.strictObject({ date: CalendarDateSchema })
+ */
+export const CalendarDateSchema = z.iso
+  .date()
+  .refine((s) => s >= earliestDay && s <= latestDay, outOfWindow);
+
+// Real offsets run from -12:00 to +14:00; Postgres refuses anything past ±15:59.
+const offsetMinutes = (s: string) => {
+  const m = s.match(/([+-])(\d{2}):(\d{2})$/);
+  return m ? Number(m[2]) * 60 + Number(m[3]) : 0;
+};
+
+/**
+ * An instant, RFC 3339 with `Z` or an offset of at most ±14:00, in the window. The text is
+ * passed on as given (microseconds kept); only its range is checked here.
+ * @example from: InstantSchema.optional()
+ */
+export const InstantSchema = z.iso
+  .datetime({ offset: true })
+  .refine((s) => offsetMinutes(s) <= 14 * 60, 'the UTC offset must be at most ±14:00')
+  .refine((s) => {
+    const ms = Date.parse(s);
+    return ms >= earliestMs && ms < afterLatestMs;
+  }, outOfWindow);
+
+/** A UUID in its canonical 8-4-4-4-12 hex form (any version). */
+export const UuidSchema = z
+  .string()
+  .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i, 'must be a UUID');
+
+/**
+ * The 400 envelope for a value that failed `schema`, naming the first bad field; for inputs
+ * that do not come through readJson/readQuery (form posts).
+ * @example const body = parseOr400(SessionRequestSchema, Object.fromEntries(new URLSearchParams(raw)))
+ */
+export function parseOr400<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
+  const parsed = schema.safeParse(input);
+  if (parsed.success) return parsed.data;
+  const first = parsed.error.issues[0];
+  const field = first?.path.join('.') || undefined;
+  throw new AppError('validation', 'VALIDATION_FAILED', field ? `${field}: ${first.message}` : first.message, {
+    field,
+    details: { issues: parsed.error.issues.slice(0, 10).map((i) => ({ path: i.path.join('.'), message: i.message })) },
+  });
+}

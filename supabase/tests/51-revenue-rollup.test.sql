@@ -1,0 +1,204 @@
+-- Reading rolled-up days from billing.revenue_rollup gives exactly what computing every row
+-- live gives (billing.revenue_metrics_live), for ranges of whole and partial days, for day, week
+-- and month series, across rolled-up days, today (rolled up to five minutes ago) and the live
+-- rest, and after late events reach closed days. The dataset is planted over the last nine days
+-- with explicit timestamps (only possible as the table owner, in this rolled-back transaction).
+-- One snapshot for the whole file, so other sessions' commits cannot land between the two sides
+-- of a comparison; the roll-up tables are held so the 10-minute pg_cron job waits for this file.
+begin;
+set transaction isolation level repeatable read;
+lock table billing.revenue_rollup, billing.daily_revenue in exclusive mode;
+select plan(30);
+
+create temp table t0 as select (now() at time zone 'UTC')::date as today;
+-- k days ago at hh:00 UTC.
+create function pg_temp.at(k integer, hh integer default 12) returns timestamptz language sql as $$
+  select ((select today from t0) - k + make_interval(hours => hh))::timestamp at time zone 'UTC'
+$$;
+create function pg_temp.uid(n integer) returns uuid language sql as $$
+  select ('ffffffff-0000-4000-8000-00000000000' || n)::uuid
+$$;
+-- A credit transfer of user n, with its two entries, at a given time.
+create function pg_temp.credit(n integer, k billing.transfer_kind, amount numeric, t_at timestamptz) returns void
+language sql as $$
+  with a as (select x.id from billing.accounts x where x.user_id = pg_temp.uid(n)),
+  p as (select billing.platform_account_id(case k when 'purchase' then 'purchases' when 'promo_grant' then 'promotions'
+          when 'adjustment' then 'adjustments' else 'usage_revenue' end) as id),
+  t as (
+    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, rate_card_id, created_at)
+    select k, case when k in ('purchase', 'promo_grant', 'adjustment') then p.id else a.id end,
+      case when k in ('purchase', 'promo_grant', 'adjustment') then a.id else p.id end, amount,
+      'rollup-test:' || gen_random_uuid(),
+      case when k = 'usage' then (select r.id from billing.rate_cards r where r.model = 'gpt-4o-mini' order by r.version desc limit 1) end,
+      t_at
+    from a, p returning *)
+  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version, created_at)
+  select t.id, s.account_id, s.amount, case when s.account_id = a.id then 0 end, case when s.account_id = a.id then 0 end, t_at
+  from t, a, lateral (values (t.to_account_id, t.amount), (t.from_account_id, -t.amount)) s(account_id, amount)
+$$;
+-- A money transfer with its entries ([account, cents] pairs), dated at occurred, recorded at recorded.
+create function pg_temp.money(k text, currency text, occurred timestamptz, recorded timestamptz, entries text[][]) returns void
+language sql as $$
+  with t as (insert into billing.money_transfers (kind, idempotency_key, currency, occurred_at, created_at)
+             values (k, 'rollup-test:' || gen_random_uuid(), currency, occurred, recorded) returning id)
+  insert into billing.money_entries (transfer_id, account, currency, amount_cents, created_at)
+  select t.id, entries[i][1], currency, entries[i][2]::bigint, recorded from t, generate_subscripts(entries, 1) i
+$$;
+create function pg_temp.purchase(n integer, pkg text, session text, created timestamptz, paid timestamptz) returns void
+language sql as $$
+  insert into billing.purchases (user_id, package_id, request_key, status, price_cents, currency, credits, bonus_credits,
+    stripe_session_id, created_at, paid_at)
+  select pg_temp.uid(n), k.id, 'rollup-test:' || gen_random_uuid(), case when paid is null then 'pending' else 'paid' end,
+    k.price_cents, k.currency, k.credits, k.bonus_credits, session, created, paid
+  from billing.credit_packages k where k.id = pkg
+$$;
+-- The live series: metrics_series's periods, each from revenue_metrics_live.
+create function pg_temp.live_series(p_from date, p_to date, p_granularity text) returns jsonb language sql as $$
+  select coalesce(jsonb_agg(billing.revenue_metrics_live(
+      greatest(s, p_from::timestamp) at time zone 'UTC',
+      least(s + ('1 ' || p_granularity)::interval, p_to::timestamp) at time zone 'UTC') order by s), '[]'::jsonb)
+  from generate_series(date_trunc(p_granularity, p_from::timestamp), p_to::timestamp - interval '1 microsecond',
+    ('1 ' || p_granularity)::interval) s
+$$;
+-- Whether revenue_metrics equals revenue_metrics_live over [k1 days ago h1:00, k2 days ago h2:00).
+create function pg_temp.same(k1 integer, h1 integer, k2 integer, h2 integer) returns boolean language sql as $$
+  select billing.revenue_metrics(pg_temp.at(k1, h1), pg_temp.at(k2, h2)) = billing.revenue_metrics_live(pg_temp.at(k1, h1), pg_temp.at(k2, h2))
+$$;
+create function pg_temp.current_days() returns integer language sql as $$
+  select count(*)::integer from billing.revenue_rollup r
+  where r.day between (select today - 9 from t0) and (select today - 2 from t0)
+    and billing.revenue_rollup_is_current(r.day, r.covered_until, r.computed_at, r.sessionless_purchases)
+$$;
+create function pg_temp.is_current(k integer) returns boolean language sql as $$
+  select billing.revenue_rollup_is_current(r.day, r.covered_until, r.computed_at, r.sessionless_purchases)
+  from billing.revenue_rollup r where r.day = (select today - k from t0)
+$$;
+
+-- ---------------------------------------------------------------- the planted days
+insert into auth.users (id) select pg_temp.uid(n) from generate_series(1, 4) n;
+insert into billing.accounts (user_id) select pg_temp.uid(n) from generate_series(1, 4) n;
+-- Today's rows are dated now(): earlier today may already be rolled up (the 10-minute job), and
+-- the credit ledger is dated by insertion.
+-- u1 uses credits every day, today included: one active user however many days are combined.
+select pg_temp.credit(1, 'adjustment', 500, pg_temp.at(9, 1));
+select pg_temp.credit(1, 'usage', 1.25 * (k + 1), pg_temp.at(k, 3 + k)) from generate_series(1, 9) k;
+select pg_temp.credit(1, 'usage', 1.25, now());
+-- u2 buys plus eight days ago (paid that day), spends three days ago.
+select pg_temp.purchase(2, 'plus', 'cs_rollup_2', pg_temp.at(8, 9), pg_temp.at(8, 10));
+select pg_temp.credit(2, 'purchase', 24990, pg_temp.at(8, 10)), pg_temp.credit(2, 'promo_grant', 1249.5, pg_temp.at(8, 10));
+select pg_temp.money('credit_purchase', 'usd', pg_temp.at(8, 10), pg_temp.at(8, 10), array[['payers', '-2499'], ['b2c_revenue', '2499']]);
+select pg_temp.money('stripe_fee', 'usd', pg_temp.at(8, 10), pg_temp.at(8, 10), array[['b2c_revenue', '-102'], ['stripe_fees', '102']]);
+select pg_temp.credit(2, 'debit', 7.5, pg_temp.at(3, 8));
+-- u3's checkout opens late on day 6 and is paid early on day 5 (a later day, before the roll-up).
+select pg_temp.purchase(3, 'mini', 'cs_rollup_3', pg_temp.at(6, 23), pg_temp.at(5, 1));
+select pg_temp.credit(3, 'purchase', 5000, pg_temp.at(5, 1));
+select pg_temp.money('credit_purchase', 'usd', pg_temp.at(5, 1), pg_temp.at(5, 1), array[['payers', '-500'], ['b2c_revenue', '500']]);
+select pg_temp.credit(3, 'promo_grant', 10, now());
+-- u1 opens a checkout four days ago and does not pay (yet); u4's purchase six days ago never got a session (yet).
+select pg_temp.purchase(1, 'starter', 'cs_rollup_1', pg_temp.at(4, 15), null);
+select pg_temp.purchase(4, 'mini', null, pg_temp.at(6, 16), null);
+-- A provider payment in eur two days ago, its fee partly refunded today.
+select pg_temp.money('provider_payment', 'eur', pg_temp.at(2, 14), pg_temp.at(2, 14),
+  array[['payers', '-10000'], ['provider:00000000-0000-4000-8000-000000000000', '9700'], ['platform_fees', '300']]);
+select pg_temp.money('provider_refund', 'eur', now(), now(),
+  array[['payers', '4000'], ['provider:00000000-0000-4000-8000-000000000000', '-3880'], ['platform_fees', '-120']]);
+-- u4 is only active today.
+select pg_temp.credit(4, 'adjustment', 3, now());
+-- Webhooks: one processed eight days ago, one failed five days ago (retried below).
+insert into billing.stripe_events (id, type, api_created, livemode, status, received_at, processed_at) values
+  ('evt_rollup_1', 'checkout.session.completed', pg_temp.at(8, 10), false, 'processed', pg_temp.at(8, 10), pg_temp.at(8, 10)),
+  ('evt_rollup_2', 'charge.refunded', pg_temp.at(5, 2), false, 'failed', pg_temp.at(5, 2), null);
+
+-- Today's roll-up (by the 10-minute job, committed) predates the days planted above, whose rows
+-- it carries on: set it aside in this transaction; today is rolled up again at the end.
+delete from billing.revenue_rollup where day = (select today from t0);
+-- The nightly job's work for the last nine days, oldest first (each carries the liability on),
+-- dated an hour ago: everything in this transaction happens at now().
+select count(billing.refresh_daily_revenue(day)) from (select today - k as day from t0, generate_series(9, 1, -1) k) d;
+update billing.revenue_rollup set computed_at = now() - interval '1 hour'
+where day between (select today - 9 from t0) and (select today - 1 from t0);
+select is(pg_temp.current_days(), 8, 'every rolled-up day that has closed stands for its rows');
+select is((select count(*)::int from billing.revenue_rollup where day between (select today - 9 from t0) and (select today - 2 from t0)
+             and covered_until = (day + 1)::timestamp at time zone 'UTC'), 8, 'a closed day is rolled up whole');
+
+-- ---------------------------------------------------------------- rolled-up == live
+select ok(pg_temp.same(9, 0, -1, 0), 'nine rolled-up days and today (live) equal the live computation');
+select ok(pg_temp.same(9, 0, 2, 0), 'whole rolled-up days only');
+select ok(pg_temp.same(7, 12, 2, 6), 'partial days at both ends, rolled-up days between');
+select ok(pg_temp.same(1, 13, 0, 6), 'a partial closed day and a partial today');
+select is(billing.metrics_series((select today - 9 from t0), (select today + 1 from t0), 'day'),
+  pg_temp.live_series((select today - 9 from t0), (select today + 1 from t0), 'day'), 'the daily series');
+select is(billing.metrics_series((select today - 9 from t0), (select today + 1 from t0), 'week'),
+  pg_temp.live_series((select today - 9 from t0), (select today + 1 from t0), 'week'), 'the weekly series');
+select is(billing.metrics_series((select today - 40 from t0), (select today + 1 from t0), 'month'),
+  pg_temp.live_series((select today - 40 from t0), (select today + 1 from t0), 'month'), 'the monthly series');
+select is((select metrics from billing.daily_revenue where day = (select today - 5 from t0)),
+  billing.revenue_metrics_live(pg_temp.at(5, 0), pg_temp.at(4, 0)), 'a stored day''s numbers are its live numbers');
+
+-- The parts combine without double counting: u1 is active on all ten days, u2 on two, u3 on three.
+select ok((billing.revenue_metrics(pg_temp.at(9, 0), pg_temp.at(-1, 0)) -> 'users' ->> 'active')::int
+  < (select sum((billing.revenue_metrics(pg_temp.at(k, 0), pg_temp.at(k - 1, 0)) -> 'users' ->> 'active')::int) from generate_series(0, 9) k),
+  'active users over a range are distinct users, not a sum of days');
+
+-- The closed days really are read from the table: a tampered row shows through.
+update billing.revenue_rollup set checkouts_created = checkouts_created + 1000 where day = (select today - 6 from t0);
+select is((billing.revenue_metrics(pg_temp.at(6, 0), pg_temp.at(5, 0)) -> 'conversion' ->> 'checkouts_created')::int,
+  (billing.revenue_metrics_live(pg_temp.at(6, 0), pg_temp.at(5, 0)) -> 'conversion' ->> 'checkouts_created')::int + 1000,
+  'a closed day comes from revenue_rollup');
+select count(billing.refresh_daily_revenue((select today - 6 from t0)));
+update billing.revenue_rollup set computed_at = now() - interval '1 hour' where day = (select today - 6 from t0);
+
+-- ---------------------------------------------------------------- late events
+create temp table before_late as select billing.revenue_metrics_live(pg_temp.at(3, 0), pg_temp.at(2, 0)) as v;
+create function pg_temp.usd_refunds(m jsonb) returns integer language sql as $$
+  select coalesce(sum((x -> 'b2c_credits' ->> 'refunds_cents')::int), 0)::int
+  from jsonb_array_elements(m -> 'by_currency') x where x ->> 'currency' = 'usd'
+$$;
+-- Ten minutes ago (after the roll-up), a Stripe event dated three days ago arrived: a money
+-- posting for a closed day.
+select pg_temp.money('credit_refund', 'usd', pg_temp.at(3, 20), now() - interval '10 minutes',
+  array[['b2c_revenue', '-250'], ['payers', '250']]);
+-- u1's checkout from four days ago was paid; u4's purchase from six days ago got its session.
+update billing.purchases set status = 'paid', paid_at = now() - interval '10 minutes' where stripe_session_id = 'cs_rollup_1';
+update billing.purchases set stripe_session_id = 'cs_rollup_4' where user_id = pg_temp.uid(4);
+-- The failed webhook from five days ago was retried and processed.
+update billing.stripe_events set status = 'processed', processed_at = now() - interval '10 minutes' where id = 'evt_rollup_2';
+
+select ok(not pg_temp.is_current(3), 'a late money posting makes its day stale');
+select ok(not pg_temp.is_current(4), 'a checkout paid on a later day makes its creation day stale');
+select ok(not pg_temp.is_current(5), 'a webhook that finished on a later day makes its day stale');
+select ok(not pg_temp.is_current(6), 'a session attached on a later day makes its purchase''s day stale');
+select is(pg_temp.current_days(), 4, 'the other closed days still stand');
+select ok(pg_temp.same(9, 0, -1, 0), 'late events show at once: stale days are computed live');
+select is(billing.metrics_series((select today - 9 from t0), (select today + 1 from t0), 'day'),
+  pg_temp.live_series((select today - 9 from t0), (select today + 1 from t0), 'day'), 'the daily series after late events');
+select is(pg_temp.usd_refunds(billing.revenue_metrics(pg_temp.at(3, 0), pg_temp.at(2, 0))) - (select pg_temp.usd_refunds(v) from before_late),
+  250, 'the late refund counts on the day it happened');
+
+-- The 10-minute job (billing.refresh_stale_revenue) finds exactly those four, and rolls them up again.
+select is(array(select d from billing.stale_revenue_days() d where d between (select today - 9 from t0) and (select today - 2 from t0)),
+  array(select today - k from t0, generate_series(6, 3, -1) k), 'the stale days are the four that late events reached');
+select count(billing.refresh_daily_revenue(d)) from billing.stale_revenue_days() d where d >= (select today - 9 from t0);
+select is(pg_temp.current_days(), 8, 'after which every closed day stands again');
+select ok(pg_temp.same(9, 0, -1, 0), 'and still equals the live computation');
+select is(billing.metrics_series((select today - 9 from t0), (select today + 1 from t0), 'week'),
+  pg_temp.live_series((select today - 9 from t0), (select today + 1 from t0), 'week'), 'the weekly series after the roll-up');
+
+-- Today, rolled up to five minutes ago (the 10-minute job's other half); the minutes since stay live.
+select billing.refresh_revenue_rollup((select today from t0));
+select ok((select covered_until = now() - interval '5 minutes' from billing.revenue_rollup where day = (select today from t0))
+  or now() < pg_temp.at(0, 0) + interval '5 minutes', 'today is rolled up to five minutes ago');
+select ok(pg_temp.same(9, 0, -1, 0), 'rolled-up days, today''s rolled-up part and the live minutes equal the live computation');
+select ok(pg_temp.same(0, 0, -1, 0), 'today alone');
+select is(billing.metrics_series((select today - 9 from t0), (select today + 1 from t0), 'day'),
+  pg_temp.live_series((select today - 9 from t0), (select today + 1 from t0), 'day'), 'the daily series with today rolled up');
+
+-- A posting dated within today's rolled-up span is recorded now (a webhook a few minutes late):
+-- today's row is stale until the job runs again, and today is computed live meanwhile.
+select pg_temp.money('stripe_fee', 'usd', greatest(pg_temp.at(0, 0), now() - interval '6 minutes'), now(),
+  array[['b2c_revenue', '-30'], ['stripe_fees', '30']]);
+select ok(not coalesce(pg_temp.is_current(0), false), 'a posting for today''s rolled-up span recorded since makes it stale');
+select ok(pg_temp.same(9, 0, -1, 0), 'and the range still equals the live computation');
+
+select * from finish();
+rollback;

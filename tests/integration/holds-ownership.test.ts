@@ -1,0 +1,156 @@
+// Holds have an owner and a purpose: a student acts only on their own holds, and a dispute
+// freezes the disputed credits whatever else holds them. Each test is an escape from a
+// chargeback (or from paying for a job) that worked before holds had a purpose.
+import assert from 'node:assert/strict';
+import { api, assertLedgerInvariants, fund, newUser, testDb, tick, until, userToken } from '../helpers.ts';
+import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
+
+type Json = Record<string, unknown>;
+
+async function student() {
+  const id = await newUser();
+  return { id, token: await userToken(id) };
+}
+
+const post = (token: string, path: string, body: unknown = {}) =>
+  api(path, { token, body, headers: { 'idempotency-key': crypto.randomUUID() } });
+
+/** Spends `credits` of gpt-4o input (0.02 credits a token). */
+const spend = (token: string, credits: number) =>
+  post(token, '/credits/usage', { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 });
+
+async function dispute(sessionId: string, outcome: 'open' | 'lost' | 'won') {
+  await emulator(`/_emulator/charges/${await chargeOf(sessionId)}/dispute`, { outcome });
+}
+
+async function holdsOf(userId: string) {
+  return await testDb`
+    select h.purpose, h.status, h.amount::float8 as amount from billing.holds h
+    join billing.accounts a on a.id = h.account_id where a.user_id = ${userId} order by h.created_at`;
+}
+
+Deno.test("a student cannot release a dispute's hold and spend the disputed credits (403, debt never)", async () => {
+  const s = await student();
+  const co = await buy(s.token, 'mini');
+  await dispute(co.session_id, 'open');
+  const [hold] = await testDb`select h.id from billing.holds h join billing.accounts a on a.id = h.account_id
+    where a.user_id = ${s.id} and h.purpose = 'dispute'`;
+  assert.ok(hold, 'the dispute placed a hold');
+
+  for (const action of ['release', 'capture']) {
+    const r = await post(s.token, `/credits/holds/${hold.id}/${action}`);
+    assert.equal(r.status, 403, `${action}: ${r.text}`);
+    assert.equal((r.body.error as Json).code, 'HOLD_NOT_USER_MANAGED');
+  }
+  assert.equal((await spend(s.token, 1)).status, 402, 'the disputed credits cannot be spent');
+  await dispute(co.session_id, 'lost');
+  assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test("credits parked in the student's own hold before a dispute are taken back by it", async () => {
+  const s = await student();
+  const co = await buy(s.token, 'mini');
+  const parked = await post(s.token, '/credits/holds', { amount: '5000', ttl_seconds: 3600 });
+  assert.equal(parked.status, 201);
+  await dispute(co.session_id, 'open');
+  assert.deepEqual(await balanceOf(s.token), { balance: '5000', held: '5000', available: '0' });
+  assert.deepEqual((await holdsOf(s.id)).map((h) => [h.purpose, h.status]), [
+    ['user', 'released'],
+    ['dispute', 'active'],
+  ]);
+
+  const holdId = (parked.body.data as Json).hold_id;
+  const release = await post(s.token, `/credits/holds/${holdId}/release`);
+  assert.equal(release.status, 200, 'releasing it again changes nothing');
+  assert.equal((release.body.data as Json).available, '0');
+  const capture = await post(s.token, `/credits/holds/${holdId}/capture`);
+  assert.equal(capture.status, 409, 'and it can no longer be captured');
+  assert.equal((await spend(s.token, 1)).status, 402);
+
+  await dispute(co.session_id, 'lost');
+  assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test("a dispute shrinks the student's newest holds only as far as it must", async () => {
+  const s = await student();
+  await fund(s.id, '3000'); // not part of the disputed purchase
+  const co = await buy(s.token, 'mini');
+  const older = await post(s.token, '/credits/holds', { amount: '2000', ttl_seconds: 3600 });
+  const newer = await post(s.token, '/credits/holds', { amount: '5000', ttl_seconds: 3600 });
+  assert.equal(newer.status, 201);
+  // 8,000 balance, 7,000 held: the 5,000 disputed take the 1,000 free and 4,000 of the newer hold.
+  await dispute(co.session_id, 'open');
+  assert.deepEqual(await balanceOf(s.token), { balance: '8000', held: '8000', available: '0' });
+  assert.deepEqual((await holdsOf(s.id)).map((h) => [h.purpose, h.status, h.amount]), [
+    ['user', 'active', 2000],
+    ['user', 'active', 1000],
+    ['dispute', 'active', 5000],
+  ]);
+  const captured = await post(s.token, `/credits/holds/${(newer.body.data as Json).hold_id}/capture`);
+  assert.equal(captured.status, 200);
+  assert.equal((captured.body.data as Json).captured, '1000', 'the shrunk hold captures what is left of it');
+  assert.equal((older.body.data as Json).amount, '2000');
+  await dispute(co.session_id, 'won');
+  assert.deepEqual(await balanceOf(s.token), { balance: '7000', held: '2000', available: '5000' });
+  await assertLedgerInvariants();
+});
+
+Deno.test("a student cannot release their job's hold; the job completes and is charged once", async () => {
+  const s = await student();
+  await fund(s.id, '10');
+  const created = await post(s.token, '/jobs', {
+    type: 'ai_completion',
+    input: { model: 'gpt-4o', prompt: 'one two three four', max_tokens: 10 },
+  });
+  assert.equal(created.status, 202);
+  const jobId = (created.body.data as Json).job_id as string;
+  const [job] = await testDb`select hold_id from billing.jobs where id = ${jobId}`;
+  const r = await post(s.token, `/credits/holds/${job.hold_id}/release`);
+  assert.equal(r.status, 403);
+  assert.equal((r.body.error as Json).code, 'HOLD_NOT_USER_MANAGED');
+
+  await tick();
+  const done = await until('completion', async () => {
+    const [j] = await testDb`select status from billing.jobs where id = ${jobId}`;
+    return j.status === 'completed' && j;
+  });
+  assert.ok(done);
+  const charges = await testDb`select kind, amount::text from billing.transfers where hold_id = ${job.hold_id}`;
+  assert.deepEqual(charges.map((t) => ({ ...t })), [{ kind: 'hold_capture', amount: '0.320000000000000000' }]);
+  await assertLedgerInvariants();
+});
+
+Deno.test('cancelling a job after a dispute opened does not free the disputed credits', async () => {
+  const s = await student();
+  const co = await buy(s.token, 'mini');
+  // A job reserving almost everything, waiting (not due), then the dispute.
+  const [job] = await testDb`select id from billing.enqueue_job(${s.id}, 'ai_completion', '{}'::jsonb,
+    ${crypto.randomUUID()}, null, 4999)`;
+  await testDb`update billing.jobs set run_after = now() + interval '1 hour' where id = ${job.id}`;
+  await dispute(co.session_id, 'open');
+  const cancelled = await api(`/jobs/${job.id}`, { token: s.token, method: 'DELETE' });
+  assert.equal(cancelled.status, 200, cancelled.text);
+  assert.deepEqual(await balanceOf(s.token), { balance: '5000', held: '5000', available: '0' });
+  assert.equal((await spend(s.token, 1)).status, 402);
+  await dispute(co.session_id, 'lost');
+  assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test("a student's capture never spends credits a dispute froze, even after another purchase is refunded", async () => {
+  const s = await student();
+  const disputed = await buy(s.token, 'mini');
+  const refunded = await buy(s.token, 'mini');
+  const parked = await post(s.token, '/credits/holds', { amount: '5000', ttl_seconds: 3600 });
+  await dispute(disputed.session_id, 'open'); // 10,000: 5,000 frozen, 5,000 in the student's hold
+  await emulator(`/_emulator/charges/${await chargeOf(refunded.session_id)}/refund`, {}); // −5,000
+  assert.deepEqual(await balanceOf(s.token), { balance: '5000', held: '10000', available: '-5000' });
+  const capture = await post(s.token, `/credits/holds/${(parked.body.data as Json).hold_id}/capture`);
+  assert.equal(capture.status, 402, capture.text);
+  assert.equal(((capture.body.error as Json).details as Json).frozen_by_dispute, true);
+  await dispute(disputed.session_id, 'lost');
+  assert.equal((await balanceOf(s.token)).balance, '0', 'the lost dispute takes back what it froze: no debt');
+  await assertLedgerInvariants();
+});

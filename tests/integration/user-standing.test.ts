@@ -1,0 +1,91 @@
+// A token outlives its user and its role for up to an hour. Admin and money-moving routes
+// check the user's current state in the database: a revoked admin gets 403 at once, and a
+// deleted, soft-deleted or banned user gets 401, with nothing changed.
+import assert from 'node:assert/strict';
+import { api, fund, newAdmin, newUser, testDb, userToken } from '../helpers.ts';
+
+type Json = Record<string, unknown>;
+const codeOf = (r: { body: Json }) => (r.body.error as Json).code;
+const post = (token: string, path: string, body: unknown) =>
+  api(path, { token, body, headers: { 'idempotency-key': crypto.randomUUID() } });
+
+async function grantsTo(userId: string) {
+  const [{ n }] = await testDb`select count(*)::int as n from billing.transfers t
+    join billing.accounts a on a.id = t.to_account_id where a.user_id = ${userId}`;
+  return n;
+}
+
+Deno.test('an admin whose role was removed gets 403 at once on admin routes and grants', async () => {
+  const adminId = await newAdmin();
+  const token = await userToken(adminId, { admin: true });
+  const student = await newUser();
+  assert.equal((await api('/admin/ops', { token })).status, 200);
+  await testDb`update auth.users set raw_app_meta_data = '{}' where id = ${adminId}`;
+
+  const ops = await api('/admin/ops', { token });
+  assert.equal(ops.status, 403);
+  assert.equal(codeOf(ops), 'FORBIDDEN');
+  const grant = await post(token, '/credits/grants', {
+    user_id: student,
+    amount: '100',
+    reason: 'a test grant',
+    kind: 'promo_grant',
+  });
+  assert.equal(grant.status, 403);
+  assert.equal(await grantsTo(student), 0, 'nothing was granted');
+});
+
+Deno.test('a deleted admin gets 401 on admin routes, grants and provider creation', async () => {
+  const adminId = await newAdmin();
+  const token = await userToken(adminId, { admin: true });
+  const student = await newUser();
+  await testDb`delete from auth.users where id = ${adminId}`;
+
+  for (
+    const r of [
+      await api('/admin/metrics', { token }),
+      await post(token, '/credits/grants', {
+        user_id: student,
+        amount: '100',
+        reason: 'a test grant',
+        kind: 'promo_grant',
+      }),
+      await post(token, '/providers', { name: 'Gone Foundation', email: 'gone@example.com', country: 'US' }),
+    ]
+  ) {
+    assert.equal(r.status, 401, r.text);
+    assert.equal(codeOf(r), 'UNAUTHORIZED');
+  }
+  assert.equal(await grantsTo(student), 0);
+  const [{ n }] = await testDb`select count(*)::int as n from billing.providers where owner_user_id = ${adminId}`;
+  assert.equal(n, 0, 'no provider was created');
+});
+
+Deno.test('a soft-deleted or banned user cannot move credits with a token issued before', async () => {
+  for (const change of ['deleted_at = now()', "banned_until = now() + interval '1 day'"]) {
+    const id = await newUser();
+    await fund(id, '10');
+    const token = await userToken(id);
+    await testDb.unsafe(`update auth.users set ${change} where id = $1`, [id]);
+    for (
+      const r of [
+        await post(token, '/credits/usage', { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 }),
+        await post(token, '/credits/holds', { amount: '1' }),
+        await post(token, '/jobs', { type: 'ledger_export', input: {} }),
+      ]
+    ) {
+      assert.equal(r.status, 401, `${change}: ${r.text}`);
+      assert.equal(codeOf(r), 'UNAUTHORIZED');
+    }
+    const [b] = await testDb`select balance::text, held::text from billing.accounts where user_id = ${id}`;
+    assert.deepEqual({ ...b }, { balance: '10.000000000000000000', held: '0.000000000000000000' }, change);
+  }
+});
+
+Deno.test('a ban that has ended lets the user spend again', async () => {
+  const id = await newUser();
+  await fund(id, '10');
+  await testDb`update auth.users set banned_until = now() - interval '1 minute' where id = ${id}`;
+  const r = await post(await userToken(id), '/credits/usage', { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 });
+  assert.equal(r.status, 201, r.text);
+});
