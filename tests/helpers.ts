@@ -126,6 +126,15 @@ export async function assertLedgerInvariants(): Promise<void> {
     'held ≠ Σ active holds': r.held_mismatch > 0,
     'a negative balance without a reversal': r.unexplained_debt > 0,
   }).filter(([, bad]) => bad).map(([what]) => what);
+  // Lots: each lot's remaining = granted − settled − drawn, Σ remaining = the balance (0 in
+  // debt), no transfer drew more than its amount, deferred revenue the same both ways.
+  const [{ lots }] = await testDb`select billing.check_lots() as lots`;
+  for (const list of ['lots', 'accounts', 'transfers'] as const) {
+    if (lots[list].length) problems.push(`lots disagree with the ledger (${list}: ${lots[list].slice(0, 5).join(', ')})`);
+  }
+  for (const [currency, d] of Object.entries(lots.deferred_revenue_cents as Record<string, Record<string, unknown>>)) {
+    if (d.from_lots !== d.from_flows) problems.push(`deferred revenue (${currency}) differs: ${JSON.stringify(d)}`);
+  }
   if (problems.length) throw new Error(`ledger invariants broken: ${problems.join('; ')} (${JSON.stringify(r)})`);
 }
 

@@ -1,5 +1,6 @@
 // Helpers for purchase tests: drive Checkout through the real API and the Stripe emulator's
 // test controls, and deliver signed events to the webhook exactly as Stripe would.
+import type { Balance } from '../supabase/functions/_shared/contract.ts';
 import { api, env, functionsUrl } from './helpers.ts';
 
 export const emulatorUrl = env('STRIPE_API_BASE');
@@ -64,8 +65,10 @@ export async function buy(token: string, packageId: string) {
   return co;
 }
 
+/** The caller's balance, held and available (the next expiry is asserted where lots are tested). */
 export async function balanceOf(token: string): Promise<{ balance: string; held: string; available: string }> {
-  return (await api('/credits/balance', { token })).body.data as { balance: string; held: string; available: string };
+  const { balance, held, available } = (await api('/credits/balance', { token })).body.data as Balance;
+  return { balance, held, available };
 }
 
 /** The charge behind a paid Checkout Session, as Stripe has it. */

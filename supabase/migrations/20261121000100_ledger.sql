@@ -123,6 +123,65 @@ comment on table billing.holds is 'Two-phase spending: reserve → capture (all 
 create index holds_active_expiry on billing.holds (expires_at) where status = 'active';
 create index holds_account on billing.holds (account_id, created_at desc);
 
+-- ============================================================ credit lots
+-- Every credit that enters a user account arrives as a lot (one per granting transfer) that
+-- knows its category, what it cost, its priority and its expiry. Debits draw from lots in
+-- spending order (billing.draw_lots) and record what they drew in lot_allocations, so any
+-- credit spent can be traced to the grant that paid for it. Invariant (per account):
+-- Σ remaining = the balance when it is not negative, 0 in debt.
+
+create table billing.lots (
+  id bigint generated always as identity primary key,
+  account_id bigint not null references billing.accounts (id),
+  grant_transfer_id bigint not null unique references billing.transfers (id),
+  purchase_id uuid,                                   -- the Checkout purchase it came with, if any
+  category text not null,
+  priority integer not null,                          -- lower is spent first
+  cost_cents numeric(38, 18) not null default 0,      -- paid for the whole lot; cost basis = cost_cents / amount
+  currency text not null default 'usd',
+  amount numeric(38, 18) not null,                    -- as granted
+  debt_settled numeric(38, 18) not null default 0,    -- the part that paid an existing debt on arrival
+  remaining numeric(38, 18) not null,
+  frozen boolean not null default false,              -- its purchase is disputed: spent last
+  granted_at timestamptz not null default now(),
+  expires_at timestamptz,
+  warned_days integer[] not null default '{}',        -- expiry warnings already queued (30, 7)
+  constraint lots_category check (category in ('paid', 'promotional')),
+  constraint lots_amount_positive check (amount > 0),
+  constraint lots_cost_not_negative check (cost_cents >= 0),
+  constraint lots_promotional_free check (category = 'paid' or cost_cents = 0),
+  constraint lots_remaining_within check (remaining >= 0 and remaining + debt_settled <= amount),
+  constraint lots_debt_settled_within check (debt_settled >= 0)
+);
+comment on table billing.lots is 'Where each credit came from: one lot per grant, drawn down in spending order. remaining is maintained under the account lock.';
+create index lots_open on billing.lots (account_id) where remaining > 0;
+create index lots_expiring on billing.lots (expires_at) where remaining > 0 and expires_at is not null;
+create index lots_purchase on billing.lots (purchase_id) where purchase_id is not null;
+
+create table billing.lot_allocations (
+  transfer_id bigint not null references billing.transfers (id),
+  lot_id bigint not null references billing.lots (id),
+  amount numeric(38, 18) not null,
+  created_at timestamptz not null default now(),
+  primary key (transfer_id, lot_id),
+  constraint lot_allocations_amount_positive check (amount > 0)
+);
+comment on table billing.lot_allocations is 'Immutable. What each debiting transfer drew from each lot; Σ per transfer ≤ its amount (the rest, if any, became debt).';
+create index lot_allocations_created_brin on billing.lot_allocations using brin (created_at);
+
+-- How long a new lot lives, per category (null: no expiry). Paid credits do not expire by
+-- default: some jurisdictions restrict expiring paid value (see docs/api.md, Credit lots).
+create table billing.credit_expiry_policy (
+  category text primary key,
+  expires_after interval,
+  priority integer not null,
+  constraint credit_expiry_policy_category check (category in ('paid', 'promotional')),
+  constraint credit_expiry_policy_positive check (expires_after is null or expires_after > interval '0')
+);
+comment on table billing.credit_expiry_policy is 'Defaults for new lots: lifetime and spending priority per category. An admin grant may override both.';
+insert into billing.credit_expiry_policy (category, expires_after, priority) values
+  ('promotional', interval '365 days', 10), ('paid', null, 20);
+
 -- ============================================================ immutability
 
 create function billing.refuse_ledger_change() returns trigger
@@ -145,6 +204,10 @@ create trigger entries_immutable before update or delete on billing.entries
   for each row execute function billing.refuse_ledger_change();
 create trigger entries_no_truncate before truncate on billing.entries
   for each statement execute function billing.refuse_ledger_change();
+create trigger lot_allocations_immutable before update or delete on billing.lot_allocations
+  for each row execute function billing.refuse_ledger_change();
+create trigger lot_allocations_no_truncate before truncate on billing.lot_allocations
+  for each statement execute function billing.refuse_ledger_change();
 
 -- ============================================================ privileges and RLS
 
@@ -153,11 +216,16 @@ alter table billing.accounts enable row level security;
 alter table billing.transfers enable row level security;
 alter table billing.entries enable row level security;
 alter table billing.holds enable row level security;
+alter table billing.lots enable row level security;
+alter table billing.lot_allocations enable row level security;
+alter table billing.credit_expiry_policy enable row level security;
 
 -- Reads for signed-in users go through billing_api's security_invoker views; these grants and
 -- policies are what those views run under.
 grant usage on schema billing to authenticated, service_role;
-grant select on billing.accounts, billing.transfers, billing.entries, billing.holds to authenticated, service_role;
+grant select on billing.accounts, billing.transfers, billing.entries, billing.holds, billing.lots, billing.lot_allocations
+  to authenticated, service_role;
+grant select on billing.credit_expiry_policy to service_role;
 
 create policy "Users can read their own account" on billing.accounts
   for select to authenticated using (user_id = (select auth.uid()));
@@ -170,3 +238,8 @@ create policy "Users can read transfers touching their own account" on billing.t
   );
 create policy "Users can read their own holds" on billing.holds
   for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
+create policy "Users can read their own lots" on billing.lots
+  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
+create policy "Users can read allocations of their own lots" on billing.lot_allocations
+  for select to authenticated using (lot_id in (select l.id from billing.lots l where l.account_id in
+    (select a.id from billing.accounts a where a.user_id = (select auth.uid()))));

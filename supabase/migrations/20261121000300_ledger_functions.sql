@@ -114,6 +114,87 @@ as $$
 $$;
 comment on function billing.balance_of(bigint) is 'Balance, live held amount (holds past their TTL no longer count) and available.';
 
+-- ============================================================ lots
+
+-- Draws each transfer's amount from its account's lots in spending order: the lots named in
+-- p_first (in that order: a refund takes back its own purchase's lots), then lots past their
+-- expiry (only a hold can have kept them from the sweep), then lots no dispute has frozen, by
+-- priority, earliest expiry, oldest. Several transfers of one account draw one after another in
+-- array order (batch ingestion). What the lots cannot cover stays unallocated: only a reversal
+-- can ask for more than the balance, and that part is debt. One statement, so the common debit
+-- (one open lot) costs one index probe, one row update and one insert.
+create function billing.draw_lots(p_transfer_ids bigint[], p_account_ids bigint[], p_amounts numeric[],
+  p_first bigint[] default '{}') returns void
+language sql
+set search_path = ''
+as $$
+  with d as (
+    select t.transfer_id, t.account_id, t.amount,
+      sum(t.amount) over (partition by t.account_id order by t.ord) as hi
+    from unnest(p_transfer_ids, p_account_ids, p_amounts) with ordinality as t(transfer_id, account_id, amount, ord)
+  ), l as (
+    select l.id, l.account_id, l.remaining,
+      sum(l.remaining) over (partition by l.account_id order by array_position(p_first, l.id) nulls last,
+        (l.expires_at <= now()) desc nulls last, l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+    from billing.lots l
+    where l.account_id = any(p_account_ids) and l.remaining > 0
+  ), a as (
+    select d.transfer_id, l.id as lot_id, least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
+    from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
+  ), ins as (
+    insert into billing.lot_allocations (transfer_id, lot_id, amount)
+    select a.transfer_id, a.lot_id, a.amount from a
+    returning lot_id, amount
+  )
+  update billing.lots x set remaining = x.remaining - s.total
+  from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
+  where x.id = s.lot_id
+$$;
+comment on function billing.draw_lots(bigint[], bigint[], numeric[], bigint[])
+  is 'Internal: allocates debiting transfers to lots in spending order, under the caller''s account locks.';
+
+-- p_lot (all optional): category ('paid' | 'promotional'; default paid for a purchase,
+-- promotional otherwise), priority and expires_at (default from billing.credit_expiry_policy;
+-- an explicit null expires_at never expires), cost_cents (what was paid for the whole lot),
+-- currency, purchase_id.
+create function billing.create_lot(p_account_id bigint, p_transfer_id bigint, p_kind billing.transfer_kind,
+  p_amount numeric, p_balance_after numeric, p_lot jsonb) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_lot jsonb := coalesce(p_lot, '{}'::jsonb);
+  v_category text := coalesce(v_lot ->> 'category', case p_kind when 'purchase' then 'paid' else 'promotional' end);
+  v_policy billing.credit_expiry_policy;
+  -- The part that pays a debt the account was in: min(amount, −balance before).
+  v_settled numeric(38, 18) := least(p_amount, greatest(p_amount - p_balance_after, 0));
+begin
+  select * into v_policy from billing.credit_expiry_policy c where c.category = v_category;
+  if not found then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
+  elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
+  elsif (v_lot ->> 'cost_cents')::numeric < 0 then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
+  elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
+  elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
+  end if;
+  insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency, amount,
+                            debt_settled, remaining, expires_at)
+  values (p_account_id, p_transfer_id, (v_lot ->> 'purchase_id')::uuid, v_category,
+          coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
+          coalesce(v_lot ->> 'currency', 'usd'), p_amount, v_settled, p_amount - v_settled,
+          -- A support adjustment does not expire unless the admin says so: a correction that
+          -- quietly vanishes would need correcting again.
+          case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
+               when p_kind <> 'adjustment' then now() + v_policy.expires_after end);
+end;
+$$;
+comment on function billing.create_lot(bigint, bigint, billing.transfer_kind, numeric, numeric, jsonb)
+  is 'Internal: the lot a granting transfer creates; what pays an existing debt is recorded as settled, not remaining.';
+
 -- The one place a transfer touching a user account is written.
 -- p_direction: +1 credits the user (from the platform account), −1 debits the user (to it).
 -- p_mode: 'credit' | 'spend' (needs available ≥ amount) | 'capture' (spends reserved credits,
@@ -130,7 +211,8 @@ create function billing.post_user_transfer(
   p_reference text default null,
   p_metadata jsonb default null,
   p_rate_card_id bigint default null,
-  p_hold_id uuid default null
+  p_hold_id uuid default null,
+  p_lot jsonb default null
 ) returns billing.transfer_result
 language plpgsql
 set search_path = ''
@@ -153,7 +235,8 @@ begin
   select * into v_account from billing.accounts a where a.user_id = p_user for update;
   if not found then
     if p_direction < 0 and p_mode <> 'reverse' then
-      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0'));
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0',
+        'debt', false));
     end if;
     perform billing.ensure_user_account(p_user);
     select * into v_account from billing.accounts a where a.user_id = p_user for update;
@@ -209,6 +292,13 @@ begin
     (v_transfer_id, v_account_id, v_delta, v_account.balance, v_account.version),
     (v_transfer_id, v_platform_id, -v_delta, null, null);
 
+  if p_direction > 0 then
+    perform billing.create_lot(v_account_id, v_transfer_id, p_kind, p_amount, v_account.balance, p_lot);
+  else
+    perform billing.draw_lots(array[v_transfer_id], array[v_account_id], array[p_amount],
+      case when p_lot ? 'first' then array(select jsonb_array_elements_text(p_lot -> 'first')::bigint) else '{}' end);
+  end if;
+
   -- Overdue holds were expired above when spending; otherwise held is as locked.
   if v_account.held > 0 then
     v_bal := billing.balance_of(v_account_id);
@@ -217,8 +307,8 @@ begin
   return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
 end;
 $$;
-comment on function billing.post_user_transfer(uuid, integer, text, numeric, billing.transfer_kind, text, text, text, text, jsonb, bigint, uuid)
-  is 'Internal: writes one transfer between a user account and a platform account, idempotently, under the account lock.';
+comment on function billing.post_user_transfer(uuid, integer, text, numeric, billing.transfer_kind, text, text, text, text, jsonb, bigint, uuid, jsonb)
+  is 'Internal: writes one transfer between a user account and a platform account, idempotently, under the account lock; a credit creates its lot, a debit draws from lots.';
 
 -- ============================================================ grant, debit, reverse
 
@@ -229,7 +319,8 @@ create function billing.grant_credits(
   p_idempotency_key text,
   p_reference text default null,
   p_correlation_id text default null,
-  p_metadata jsonb default null
+  p_metadata jsonb default null,
+  p_lot jsonb default null
 ) returns billing.transfer_result
 language plpgsql
 security definer
@@ -241,11 +332,11 @@ begin
   end if;
   return billing.post_user_transfer(p_user, 1, 'credit', p_amount, p_kind,
     case p_kind when 'purchase' then 'purchases' when 'promo_grant' then 'promotions' else 'adjustments' end,
-    p_idempotency_key, p_correlation_id, p_reference, p_metadata);
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, null, p_lot);
 end;
 $$;
-comment on function billing.grant_credits(uuid, numeric, billing.transfer_kind, text, text, text, jsonb)
-  is 'Adds credits to a user: a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
+comment on function billing.grant_credits(uuid, numeric, billing.transfer_kind, text, text, text, jsonb, jsonb)
+  is 'Adds credits to a user as a new lot (p_lot: see create_lot): a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
 
 create function billing.debit_credits(
   p_user uuid,
@@ -272,7 +363,8 @@ create function billing.reverse_credits(
   p_idempotency_key text,
   p_reference text default null,
   p_correlation_id text default null,
-  p_metadata jsonb default null
+  p_metadata jsonb default null,
+  p_first_lots bigint[] default null
 ) returns billing.transfer_result
 language plpgsql
 security definer
@@ -284,11 +376,12 @@ begin
   end if;
   return billing.post_user_transfer(p_user, -1, 'reverse', p_amount, p_kind,
     case p_kind when 'refund_reversal' then 'refunds' when 'dispute_reversal' then 'disputes' else 'expired' end,
-    p_idempotency_key, p_correlation_id, p_reference, p_metadata);
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, null,
+    jsonb_build_object('first', to_jsonb(coalesce(p_first_lots, '{}'))));
 end;
 $$;
-comment on function billing.reverse_credits(uuid, numeric, billing.transfer_kind, text, text, text, jsonb)
-  is 'Takes credits back after a refund or lost dispute. The only path that may make a balance negative (debt).';
+comment on function billing.reverse_credits(uuid, numeric, billing.transfer_kind, text, text, text, jsonb, bigint[])
+  is 'Takes credits back after a refund, a lost dispute or an expiry, from p_first_lots first. The only path that may make a balance negative (debt).';
 
 -- ============================================================ usage
 
@@ -443,7 +536,8 @@ begin
   end if;
   select * into v_account from billing.accounts a where a.user_id = p_user for update;
   if not found then
-    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0'));
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0',
+      'debt', false));
   end if;
 
   select * into v_hold from billing.holds h where h.idempotency_key = p_idempotency_key;
@@ -535,7 +629,8 @@ declare
 begin
   if v_hold.status = 'captured' then
     if p_amount is not null and p_amount <> v_hold.captured_amount then
-      perform billing.raise_error('HOLD_ALREADY_CAPTURED', jsonb_build_object('hold_id', p_hold_id, 'captured', v_hold.captured_amount::text));
+      perform billing.raise_error('HOLD_ALREADY_CAPTURED', jsonb_build_object('hold_id', p_hold_id,
+        'captured', trim_scale(v_hold.captured_amount)::text));
     end if;
     return billing.hold_result_of(v_hold, true);
   end if;
@@ -545,7 +640,8 @@ begin
   end if;
   perform billing.check_amount(v_capture);
   if v_capture > v_hold.amount then
-    perform billing.raise_error('CAPTURE_EXCEEDS_HOLD', jsonb_build_object('held', v_hold.amount::text, 'requested', v_capture::text));
+    perform billing.raise_error('CAPTURE_EXCEEDS_HOLD', jsonb_build_object('held', trim_scale(v_hold.amount)::text,
+      'requested', trim_scale(v_capture)::text));
   end if;
 
   -- A user's own capture never spends credits a dispute has frozen (a reversal of another
@@ -618,18 +714,25 @@ comment on function billing.release_expired_holds(integer) is 'pg_cron: releases
 
 -- ============================================================ reads
 
-create function billing.get_balance(p_user uuid) returns billing.balance
+create function billing.get_balance(p_user uuid)
+returns table (balance numeric(38, 18), held numeric(38, 18), available numeric(38, 18),
+               expiring_amount numeric(38, 18), expiring_at timestamptz)
 language sql stable
 security definer
 set search_path = ''
 as $$
-  select coalesce(b.balance, 0), coalesce(b.held, 0), coalesce(b.available, 0)
+  select coalesce(b.balance, 0), coalesce(b.held, 0), coalesce(b.available, 0), x.amount, x.expires_at
   from (select 1) one
   -- balance_of in FROM, not `(balance_of(…)).*`, which would run it once per column.
-  left join lateral (select x.* from billing.accounts a cross join lateral billing.balance_of(a.id) x
+  left join lateral (select a.id, y.* from billing.accounts a cross join lateral billing.balance_of(a.id) y
                      where a.user_id = p_user) b on true
+  -- The next expiry: the earliest date any open lot expires, and how much expires then.
+  left join lateral (select l.expires_at, sum(l.remaining) as amount from billing.lots l
+                     where l.account_id = b.id and l.remaining > 0 and l.expires_at is not null
+                     group by l.expires_at order by l.expires_at limit 1) x on true
 $$;
-comment on function billing.get_balance(uuid) is 'A user''s balance, held and available; zeros when the user has no account yet.';
+comment on function billing.get_balance(uuid)
+  is 'A user''s balance, held and available, and the next expiry (amount, time); zeros when the user has no account yet.';
 
 create function billing.get_ledger(
   p_user uuid,
@@ -638,15 +741,22 @@ create function billing.get_ledger(
   p_from timestamptz default null,
   p_to timestamptz default null
 ) returns table (id bigint, created_at timestamptz, kind billing.transfer_kind, amount numeric(38, 18),
-               balance_after numeric(38, 18), correlation_id text, reference text)
+               balance_after numeric(38, 18), correlation_id text, reference text, lots jsonb)
 language sql stable
 security definer
 set search_path = ''
 as $$
-  select e.id, e.created_at, t.kind, e.amount, e.balance_after, t.correlation_id, t.reference
+  select e.id, e.created_at, t.kind, e.amount, e.balance_after, t.correlation_id, t.reference,
+    -- The lot a grant created, or the lots a debit drew from.
+    coalesce(g.lots, x.lots, '[]')
   from billing.accounts a
   join billing.entries e on e.account_id = a.id
   join billing.transfers t on t.id = e.transfer_id
+  left join lateral (select jsonb_build_array(jsonb_build_object('lot_id', l.id::text, 'amount', trim_scale(l.amount)::text)) as lots
+                     from billing.lots l where l.grant_transfer_id = t.id) g on e.amount > 0
+  left join lateral (select jsonb_agg(jsonb_build_object('lot_id', la.lot_id::text, 'amount', trim_scale(la.amount)::text)
+                                      order by la.lot_id) as lots
+                     from billing.lot_allocations la where la.transfer_id = t.id) x on e.amount < 0
   where a.user_id = p_user
     and e.balance_after is not null -- always true for user entries; lets the partial index serve
     and (p_before_id is null or e.id < p_before_id)
@@ -656,15 +766,15 @@ as $$
   limit least(greatest(p_limit, 1), 1000)
 $$;
 comment on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz)
-  is 'A user''s entries in [p_from, p_to), newest first, keyset-paginated by entry id.';
+  is 'A user''s entries in [p_from, p_to), newest first, keyset-paginated by entry id, each with the lots it created or drew from.';
 
 -- ============================================================ grants
 
 revoke execute on all functions in schema billing from public, anon, authenticated;
 grant execute on function
-  billing.grant_credits(uuid, numeric, billing.transfer_kind, text, text, text, jsonb),
+  billing.grant_credits(uuid, numeric, billing.transfer_kind, text, text, text, jsonb, jsonb),
   billing.debit_credits(uuid, numeric, text, text, text, jsonb),
-  billing.reverse_credits(uuid, numeric, billing.transfer_kind, text, text, text, jsonb),
+  billing.reverse_credits(uuid, numeric, billing.transfer_kind, text, text, text, jsonb, bigint[]),
   billing.charge_usage(uuid, text, bigint, bigint, text, text, jsonb),
   billing.reserve_credits(uuid, numeric, text, integer, text, jsonb),
   billing.capture_hold(uuid, uuid, numeric, text),

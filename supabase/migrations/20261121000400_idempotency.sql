@@ -165,9 +165,10 @@ begin
   when 'credits.grants' then
     t := billing.grant_credits((p_args ->> 'user_id')::uuid, (p_args ->> 'amount')::numeric,
       (p_args ->> 'kind')::billing.transfer_kind, p_key, null, null,
-      jsonb_build_object('reason', p_args ->> 'reason', 'granted_by', p_user));
+      jsonb_build_object('reason', p_args ->> 'reason', 'granted_by', p_user), p_args -> 'lot');
     return jsonb_build_object('transfer_id', t.transfer_id::text, 'amount', trim_scale(t.amount)::text,
-      'balance', trim_scale(t.balance)::text);
+      'balance', trim_scale(t.balance)::text,
+      'lot_id', (select l.id::text from billing.lots l where l.grant_transfer_id = t.transfer_id));
   end case;
 end;
 $$;

@@ -286,6 +286,15 @@ $$;
 comment on function billing.place_dispute_hold(uuid, numeric, text)
   is 'Internal: freezes up to p_amount of a user''s credits for an open dispute, taking them back from the user''s own holds first.';
 
+create function billing.purchase_lots(p_purchase_id uuid, p_category text) returns bigint[]
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(array_agg(l.id order by l.category, l.id), '{}') from billing.lots l
+  where l.purchase_id = p_purchase_id and (p_category is null or l.category = p_category)
+$$;
+comment on function billing.purchase_lots(uuid, text) is 'Internal: the lots a purchase granted (paid before promotional), for its reversals to take back first.';
+
 -- p_state (all from Stripe, re-fetched, never from event payload order):
 --   session_id, session_status, payment_status, amount_total, currency, payment_intent,
 --   payment_intent_status, charge_id, amount_refunded, dispute_id, dispute_status
@@ -317,9 +326,12 @@ begin
       perform billing.raise_error('PAYMENT_AMOUNT_MISMATCH', jsonb_build_object('purchase_id', p.id,
         'expected_cents', p.price_cents, 'paid_cents', p_state ->> 'amount_total', 'currency', p_state ->> 'currency'));
     end if;
-    perform billing.grant_credits(p.user_id, p.credits, 'purchase', 'purchase:' || p.id, p.stripe_session_id);
+    -- The credits are a paid lot whose cost is the price; the bonus a promotional lot.
+    perform billing.grant_credits(p.user_id, p.credits, 'purchase', 'purchase:' || p.id, p.stripe_session_id, null, null,
+      jsonb_build_object('category', 'paid', 'cost_cents', p.price_cents, 'currency', p.currency, 'purchase_id', p.id));
     if p.bonus_credits > 0 then
-      perform billing.grant_credits(p.user_id, p.bonus_credits, 'promo_grant', 'purchase-bonus:' || p.id, p.stripe_session_id);
+      perform billing.grant_credits(p.user_id, p.bonus_credits, 'promo_grant', 'purchase-bonus:' || p.id, p.stripe_session_id,
+        null, null, jsonb_build_object('category', 'promotional', 'currency', p.currency, 'purchase_id', p.id));
     end if;
     update billing.purchases x set status = 'paid', paid_at = now(), updated_at = now() where x.id = p.id returning * into p;
     insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
@@ -349,13 +361,15 @@ begin
   if v_refunded > p.amount_refunded_cents then
     v_target_c := floor(p.credits * v_refunded / p.price_cents);
     v_target_b := floor(p.bonus_credits * v_refunded / p.price_cents);
+    -- Each reversal takes back its own lot first; what that lot no longer has was spent, and is
+    -- owed like any debt (settled from whatever the account holds, or carried as debt).
     if v_target_c > p.credits_refund_reversed then
       perform billing.reverse_credits(p.user_id, v_target_c - p.credits_refund_reversed, 'refund_reversal',
-        'refund:' || p.id || ':' || v_refunded, v_charge);
+        'refund:' || p.id || ':' || v_refunded, v_charge, null, null, billing.purchase_lots(p.id, 'paid'));
     end if;
     if v_target_b > p.bonus_refund_reversed then
       perform billing.reverse_credits(p.user_id, v_target_b - p.bonus_refund_reversed, 'refund_reversal',
-        'refund-bonus:' || p.id || ':' || v_refunded, v_charge);
+        'refund-bonus:' || p.id || ':' || v_refunded, v_charge, null, null, billing.purchase_lots(p.id, 'promotional'));
     end if;
     update billing.purchases x
     set amount_refunded_cents = v_refunded, credits_refund_reversed = greatest(v_target_c, x.credits_refund_reversed),
@@ -371,8 +385,11 @@ begin
     elsif v_dispute in ('won', 'lost') and p.dispute_hold_id is not null then
       perform billing.release_hold(null, p.dispute_hold_id);
     end if;
+    -- While disputed, the purchase's own lots are spent last (only a job's hold can reach them).
+    update billing.lots l set frozen = (v_dispute = 'open') where l.purchase_id = p.id and l.frozen <> (v_dispute = 'open');
     if v_dispute = 'lost' and v_remaining > 0 then
-      perform billing.reverse_credits(p.user_id, v_remaining, 'dispute_reversal', 'dispute:' || (p_state ->> 'dispute_id'), v_charge);
+      perform billing.reverse_credits(p.user_id, v_remaining, 'dispute_reversal', 'dispute:' || (p_state ->> 'dispute_id'), v_charge,
+        null, null, billing.purchase_lots(p.id, null));
     end if;
     update billing.purchases x
     set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute, dispute_hold_id = p.dispute_hold_id, updated_at = now()

@@ -131,6 +131,9 @@ begin
     update billing.accounts a set balance = a.balance - d.total, version = a.version + d.n
     from (select t.account, sum(t.amount) as total, count(*) as n from unnest(a_account, a_amount) as t(account, amount) group by t.account) d
     where a.id = d.account;
+
+    -- Each account's accepted events draw from its lots in event order.
+    perform billing.draw_lots(a_id, a_account, a_amount);
   end if;
 
   return to_jsonb(v_outcomes);

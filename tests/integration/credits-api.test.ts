@@ -1,6 +1,7 @@
 // The credits API over real HTTP through the gateway, against the real database.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { balanceOf } from '../purchases.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;
@@ -17,7 +18,7 @@ Deno.test('GET /credits/balance starts at zero for a new student', async () => {
   const s = await student();
   const r = await api('/credits/balance', { token: s.token });
   assert.equal(r.status, 200);
-  assert.deepEqual(data(r), { balance: '0', held: '0', available: '0' });
+  assert.deepEqual(data(r), { balance: '0', held: '0', available: '0', expiring: null });
 });
 
 Deno.test('POST /credits/usage charges exactly 50 credits for 1,000 + 500 gpt-4o tokens', async () => {
@@ -52,7 +53,7 @@ Deno.test('POST /credits/usage returns 402 INSUFFICIENT_CREDITS with required an
   assert.equal(error(r).code, 'INSUFFICIENT_CREDITS');
   assert.equal(error(r).type, 'payment_required');
   assert.deepEqual(error(r).details, { required: '50', available: '10', debt: false });
-  assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+  assert.deepEqual(await balanceOf(s.token), {
     balance: '10',
     held: '0',
     available: '10',
@@ -116,7 +117,7 @@ Deno.test('holds: reserve, capture part, and the rest is released', async () => 
   const id = String(data(hold).hold_id);
   assert.equal(data(hold).amount, '40');
   assert.ok(Date.parse(String(data(hold).expires_at)) > Date.now() + 100_000);
-  assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+  assert.deepEqual(await balanceOf(s.token), {
     balance: '100',
     held: '40',
     available: '60',
@@ -130,7 +131,7 @@ Deno.test('holds: reserve, capture part, and the rest is released', async () => 
   assert.equal(capture.status, 200);
   assert.equal(data(capture).captured, '25.5');
   assert.equal(data(capture).released, '14.5');
-  assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+  assert.deepEqual(await balanceOf(s.token), {
     balance: '74.5',
     held: '0',
     available: '74.5',
@@ -167,7 +168,7 @@ Deno.test("holds: another student's hold id is 404, and nothing moves", async ()
     (await api('/credits/holds/not-a-uuid/capture', { token: other.token, headers: key(), body: {} })).status,
     404,
   );
-  assert.deepEqual(data(await api('/credits/balance', { token: owner.token })), {
+  assert.deepEqual(await balanceOf(owner.token), {
     balance: '50',
     held: '50',
     available: '0',
@@ -226,10 +227,16 @@ Deno.test('GET /credits/ledger?format=csv streams every entry with correlation i
   assert.equal(r.status, 200);
   assert.match(r.headers.get('content-type') ?? '', /text\/csv/);
   const lines = r.text.trim().split('\r\n');
-  assert.equal(lines[0], 'id,created_at,kind,amount,balance_after,correlation_id,reference');
+  assert.equal(lines[0], 'id,created_at,kind,amount,balance_after,correlation_id,reference,lots');
   assert.equal(lines.length, 1 + 31);
   const ids = new Set(lines.slice(1).map((l) => l.split(',')[5]).filter((c) => c.startsWith('csv-')));
   assert.equal(ids.size, 30);
+  // Every usage line names the one lot it drew from, the grant's line the lot it created.
+  const [{ lot }] = await testDb`select l.id::text as lot from billing.lots l join billing.accounts a on a.id = l.account_id
+    where a.user_id = ${s.id}`;
+  const lots = lines.slice(1).map((l) => l.split(',')[7]);
+  assert.equal(lots.filter((x) => x.startsWith(`${lot}:`)).length, 31);
+  assert.equal(lots.at(-1), `${lot}:5000`);
 });
 
 Deno.test('POST /credits/grants is for admins only', async () => {

@@ -1,6 +1,7 @@
 // Concurrency claims, proven in parallel over real HTTP.
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { balanceOf } from '../purchases.ts';
 
 Deno.test('concurrent debits never overdraw: 200 parallel 1-credit debits on 100 credits → exactly 100 succeed', async () => {
   const id = await newUser();
@@ -17,7 +18,7 @@ Deno.test('concurrent debits never overdraw: 200 parallel 1-credit debits on 100
   assert.equal(statuses.filter((s) => s === 201).length, 100);
   assert.equal(statuses.filter((s) => s === 402).length, 100);
   const balance = (await api('/credits/balance', { token })).body.data as Record<string, string>;
-  assert.deepEqual(balance, { balance: '0', held: '0', available: '0' });
+  assert.deepEqual(balance, { balance: '0', held: '0', available: '0', expiring: null });
   const [{ min }] = await testDb`select min(balance_after)::text as min from billing.entries e
     join billing.accounts a on a.id = e.account_id where a.user_id = ${id}`;
   assert.equal(Number(min) >= 0, true, 'a balance went negative on the way');
@@ -88,6 +89,6 @@ Deno.test('parallel holds never reserve more than the balance', async () => {
     ),
   );
   assert.equal(results.filter((r) => r.status === 201).length, 10);
-  assert.deepEqual((await api('/credits/balance', { token })).body.data, { balance: '10', held: '10', available: '0' });
+  assert.deepEqual(await balanceOf(token), { balance: '10', held: '10', available: '0' });
   await assertLedgerInvariants();
 });

@@ -14,6 +14,7 @@ import {
   until,
   userToken,
 } from '../helpers.ts';
+import { balanceOf } from '../purchases.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;
@@ -69,7 +70,7 @@ Deno.test('lifecycle: 202 with Location → polling → completed with the resul
   assert.equal(result.text, 'eight seven six five four three two one');
   assert.deepEqual(result.usage, { input_tokens: 8, output_tokens: 8 });
   // 8 in × $5/M + 8 out × $15/M, × 4, in credits: 0.64. The rest of the hold is released.
-  assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+  assert.deepEqual(await balanceOf(s.token), {
     balance: '9.36',
     held: '0',
     available: '9.36',
@@ -134,7 +135,7 @@ Deno.test('cancelling a queued job releases its hold at once', async () => {
   const r = await api(`/jobs/${id}`, { token: s.token, method: 'DELETE' });
   assert.equal(r.status, 200);
   assert.equal(data(r).status, 'cancelled');
-  assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+  assert.deepEqual(await balanceOf(s.token), {
     balance: '10',
     held: '0',
     available: '10',
@@ -160,7 +161,7 @@ Deno.test('cancelling a running job stops it at its next checkpoint; nothing is 
     const final = data(await getJob(s.token, job.job_id, gw.url));
     assert.equal(final.status, 'cancelled');
     assert.equal(final.result, undefined);
-    assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+    assert.deepEqual(await balanceOf(s.token), {
       balance: '10',
       held: '0',
       available: '10',
@@ -297,7 +298,7 @@ Deno.test('a failing provider is retried with backoff, then the job fails and it
     assert.equal((final.error as Json).code, 'JOB_ERROR');
     const [{ attempts }] = await testDb`select attempts from billing.jobs where id = ${job.job_id}`;
     assert.equal(attempts, 3);
-    assert.deepEqual(data(await api('/credits/balance', { token: s.token })), {
+    assert.deepEqual(await balanceOf(s.token), {
       balance: '10',
       held: '0',
       available: '10',

@@ -19,6 +19,14 @@ export interface Balance {
   balance: Credits;
   held: Credits;
   available: Credits;
+  /** The next expiry of any open lot: how much expires, and when; null when nothing does. */
+  expiring: { amount: Credits; at: string } | null;
+}
+
+/** What a ledger entry did to lots: the lot a grant created, or what a debit drew from each. */
+export interface LotShare {
+  lot_id: string;
+  amount: Credits;
 }
 
 export interface LedgerEntry {
@@ -29,10 +37,30 @@ export interface LedgerEntry {
   balance_after: Credits;
   correlation_id: string | null;
   reference: string | null;
+  lots: LotShare[];
 }
 
 export interface LedgerPage {
   entries: LedgerEntry[];
+  next_cursor: string | null;
+}
+
+/** A credit lot: where credits came from, what is left of them, when they expire. */
+export interface Lot {
+  id: string;
+  source: 'purchase' | 'promo_grant' | 'adjustment';
+  category: 'paid' | 'promotional';
+  priority: number;
+  amount: Credits;
+  remaining: Credits;
+  granted_at: string;
+  expires_at: string | null;
+  /** Its purchase is disputed: spent last until the dispute ends. */
+  frozen: boolean;
+}
+
+export interface LotPage {
+  lots: Lot[];
   next_cursor: string | null;
 }
 

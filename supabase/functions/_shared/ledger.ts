@@ -20,6 +20,7 @@ type Row = {
   balance_after: string;
   correlation_id: string | null;
   reference: string | null;
+  lots: { lot_id: string; amount: string }[];
 };
 
 export async function ledgerPage(
@@ -37,12 +38,17 @@ export async function ledgerPage(
     balance_after: formatCredits(r.balance_after),
     correlation_id: r.correlation_id,
     reference: r.reference,
+    lots: r.lots,
   }));
   return { entries, next_cursor: rows.length > limit ? entries[entries.length - 1].id : null };
 }
 
-const csvColumns = ['id', 'created_at', 'kind', 'amount', 'balance_after', 'correlation_id', 'reference'] as const;
+const csvColumns = ['id', 'created_at', 'kind', 'amount', 'balance_after', 'correlation_id', 'reference', 'lots'] as const;
 export const csvHeader = csvColumns.join(',') + '\r\n';
+
+/** An entry's field as CSV text; lots read `lot_id:amount` joined by `;` (e.g. `12:5;13:0.5`). */
+const csvText = (e: LedgerEntry, k: typeof csvColumns[number]) =>
+  k === 'lots' ? e.lots.map((l) => `${l.lot_id}:${l.amount}`).join(';') : e[k];
 
 function csvField(v: string | null): string {
   if (v === null) return '';
@@ -53,7 +59,7 @@ function csvField(v: string | null): string {
 
 /** Entries as CSV lines. */
 export const csvLines = (entries: LedgerEntry[]) =>
-  entries.map((e) => csvColumns.map((k) => csvField(e[k])).join(',') + '\r\n').join('');
+  entries.map((e) => csvColumns.map((k) => csvField(csvText(e, k))).join(',') + '\r\n').join('');
 
 /** The ledger as CSV, fetched 1,000 entries at a time as the client reads. */
 export function ledgerCsv(userId: string, q: LedgerRange): ReadableStream<Uint8Array> {

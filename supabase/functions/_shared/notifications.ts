@@ -14,7 +14,14 @@ const NotifyEnvSchema = z.object({
   OUTBOX_MAX_ATTEMPTS: z.coerce.number().int().positive().default(5),
 });
 
-export const templates = ['purchase_receipt', 'refund_notice', 'low_balance', 'alert', 'daily_report'] as const;
+export const templates = [
+  'purchase_receipt',
+  'refund_notice',
+  'low_balance',
+  'credits_expiring',
+  'alert',
+  'daily_report',
+] as const;
 export type Template = typeof templates[number];
 
 type Payload = Record<string, unknown>;
@@ -37,12 +44,21 @@ export function render(template: Template, data: Payload): { subject: string; te
       };
     case 'low_balance':
       return { subject: 'Your credit balance is low', text: `You have ${data.balance ?? 'few'} credits left.` };
+    case 'credits_expiring':
+      return {
+        subject: `Credits expire in ${data.days} days`,
+        text: `${credits(data.amount)} of your credits expire on ${
+          String(data.expires_at).slice(0, 10)
+        } (UTC). Use them before then: whatever is left at that time expires.`,
+      };
     case 'alert':
       return { subject: `[ScholarLink alert] ${data.condition}`, text: String(data.summary ?? data.condition) };
     case 'daily_report':
       return { subject: `ScholarLink daily report, ${data.day}`, text: dailyReportText(data) };
   }
 }
+
+const credits = (n: unknown) => new Intl.NumberFormat('en-US', { maximumFractionDigits: 2 }).format(Number(n ?? 0));
 
 const cents = (n: unknown, currency: string) =>
   new Intl.NumberFormat('en-US', { style: 'currency', currency: currency.toUpperCase() }).format(Number(n ?? 0) / 100);

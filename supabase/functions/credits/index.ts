@@ -1,7 +1,7 @@
-// The credits API: balance, ledger, usage, holds, and admin grants. Each handler validates,
+// The credits API: balance, lots, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds; a money
 // route's one call also claims its Idempotency-Key and stores its answer (moneyRequest).
-import type { Balance } from '../_shared/contract.ts';
+import type { Balance, LotPage } from '../_shared/contract.ts';
 import { createApp, currentUser, ok, requireAdminToken, requireServiceRole, requireUser } from '../_shared/app.ts';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
@@ -14,6 +14,7 @@ import {
   GrantRequestSchema,
   HoldRequestSchema,
   LedgerQuerySchema,
+  LotsQuerySchema,
   ReleaseRequestSchema,
   UsageBatchSchema,
   UsageRequestSchema,
@@ -33,7 +34,29 @@ app.get('/balance', requireUser, async (c) => {
     balance: formatCredits(b.balance),
     held: formatCredits(b.held),
     available: formatCredits(b.available),
+    expiring: b.expiring_at
+      ? { amount: formatCredits(b.expiring_amount), at: (b.expiring_at as Date).toISOString() }
+      : null,
   });
+});
+
+app.get('/lots', requireUser, async (c) => {
+  const q = readQuery(c, LotsQuerySchema);
+  const rows = await call((sql) =>
+    sql`select * from billing.get_lots(${currentUser(c).id}, ${q.cursor ?? null}, ${q.limit + 1})`
+  );
+  const lots = rows.slice(0, q.limit).map((l) => ({
+    id: String(l.id),
+    source: l.source,
+    category: l.category,
+    priority: l.priority,
+    amount: formatCredits(l.amount),
+    remaining: formatCredits(l.remaining),
+    granted_at: (l.granted_at as Date).toISOString(),
+    expires_at: l.expires_at ? (l.expires_at as Date).toISOString() : null,
+    frozen: l.frozen,
+  }));
+  return ok<LotPage>(c, { lots, next_cursor: rows.length > q.limit ? lots[lots.length - 1].id : null });
 });
 
 app.get('/ledger', requireUser, async (c) => {

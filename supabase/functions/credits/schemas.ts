@@ -30,11 +30,25 @@ export type HoldRequest = z.infer<typeof HoldRequestSchema>;
 export const CaptureRequestSchema = z.strictObject({ amount: CreditAmountSchema.optional() });
 export const ReleaseRequestSchema = z.strictObject({});
 
+const CentsSchema = z.string().regex(/^(0|[1-9][0-9]{0,15})(\.[0-9]{1,18})?$/, 'must be a non-negative decimal string');
+
+/** The lot an admin grant creates; omitted fields take the category's defaults (expiry policy). */
+export const GrantLotSchema = z.strictObject({
+  category: z.enum(['paid', 'promotional']).optional(),
+  priority: z.number().int().min(0).max(1000).optional(),
+  expires_at: InstantSchema.nullable().optional(),
+  cost_cents: CentsSchema.optional(),
+}).refine((l) => l.category === 'paid' || l.cost_cents === undefined || /^0(\.0+)?$/.test(l.cost_cents), {
+  message: 'only paid credits have a cost',
+  path: ['cost_cents'],
+});
+
 export const GrantRequestSchema = z.strictObject({
   user_id: z.uuid(),
   amount: CreditAmountSchema,
   reason: z.string().min(3).max(500),
   kind: z.enum(['adjustment', 'promo_grant']).default('adjustment'),
+  lot: GrantLotSchema.optional(),
 });
 export type GrantRequest = z.infer<typeof GrantRequestSchema>;
 
@@ -46,6 +60,11 @@ export const LedgerQuerySchema = z.strictObject({
   format: z.enum(['json', 'csv']).default('json'),
 });
 export type LedgerQuery = z.infer<typeof LedgerQuerySchema>;
+
+export const LotsQuerySchema = z.strictObject({
+  limit: pageLimit(200, 50),
+  cursor: EntryIdSchema.optional(),
+});
 
 export const UsageEventSchema = z.strictObject({
   event_id: z.string().min(1).max(200).regex(printable, 'must be printable ASCII'),
