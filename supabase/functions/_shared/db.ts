@@ -102,6 +102,7 @@ const sqlErrors: Record<
   INVALID_TOKENS: { type: 'validation', message: 'Token counts must be non-negative integers.' },
   INVALID_TTL: { type: 'validation', message: 'ttl_seconds must be between 1 and 86400.' },
   INVALID_KIND: { type: 'validation', message: 'That kind of transfer is not allowed here.' },
+  INVALID_LOT: { type: 'validation', message: 'The lot is not valid: see details.field and details.rule.' },
   UNKNOWN_MODEL: { type: 'validation', message: 'There is no rate card for that model.' },
   HOLD_NOT_FOUND: { type: 'not_found', message: 'No such hold.' },
   HOLD_NOT_USER_MANAGED: {
