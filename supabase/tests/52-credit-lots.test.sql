@@ -1,0 +1,121 @@
+-- Credit lots: one per grant, drawn in spending order, immutable allocations, the migration of
+-- balances that predate lots (backfill), expiry, the integrity check, and RLS.
+begin;
+select plan(20);
+
+insert into auth.users (id) values
+  ('dddddddd-0000-4000-8000-000000000001'), ('dddddddd-0000-4000-8000-000000000002'),
+  ('dddddddd-0000-4000-8000-000000000003');
+
+create function pg_temp.err(p_sql text) returns text language plpgsql as $$
+begin
+  execute p_sql;
+  return 'no error';
+exception when others then
+  return sqlerrm;
+end;
+$$;
+create function pg_temp.remaining(p_transfer_key text) returns numeric language sql as $$
+  select l.remaining from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = p_transfer_key
+$$;
+
+-- ============================================================ grants make lots; debits draw in order
+
+select billing.grant_credits('dddddddd-0000-4000-8000-000000000001', 100, 'purchase', 'lot-paid', null, null, null,
+  '{"cost_cents": 1000}');
+select billing.grant_credits('dddddddd-0000-4000-8000-000000000001', 30, 'promo_grant', 'lot-promo');
+select billing.grant_credits('dddddddd-0000-4000-8000-000000000001', 20, 'adjustment', 'lot-adj', null, null, null,
+  '{"category": "promotional", "expires_at": null}');
+
+select results_eq(
+  $$select l.category, l.priority, l.cost_cents, l.expires_at is not null from billing.lots l
+    join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key like 'lot-%' order by l.id$$,
+  $$values ('paid', 20, 1000::numeric, false), ('promotional', 10, 0::numeric, true), ('promotional', 10, 0::numeric, false)$$,
+  'each grant is a lot: a purchase paid at its cost, a promotion expiring by policy, an adjustment as the admin chose');
+
+select billing.debit_credits('dddddddd-0000-4000-8000-000000000001', 40, 'lot-debit-1');
+select is(pg_temp.remaining('lot-promo'), 0::numeric, 'the expiring promotion is spent first');
+select is(pg_temp.remaining('lot-adj'), 10::numeric, 'then the promotion without expiry');
+select is(pg_temp.remaining('lot-paid'), 100::numeric, 'paid credits last');
+select results_eq(
+  $$select la.amount from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id
+    where t.idempotency_key = 'lot-debit-1' order by la.lot_id$$,
+  $$values (30::numeric), (10::numeric)$$,
+  'the debit records what it drew from each lot');
+
+select billing.debit_credits('dddddddd-0000-4000-8000-000000000001', 40, 'lot-debit-1');
+select is((select count(*)::int from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id
+  where t.idempotency_key = 'lot-debit-1'), 2, 'a replayed debit draws nothing again');
+
+-- Batch events draw in event order across lots.
+select billing.charge_usage_batch(jsonb_build_array(
+  jsonb_build_object('event_id', 'lot-ev-1', 'user_id', 'dddddddd-0000-4000-8000-000000000001', 'model', 'gpt-4o',
+    'input_tokens', 400, 'output_tokens', 0, 'occurred_at', now()),
+  jsonb_build_object('event_id', 'lot-ev-2', 'user_id', 'dddddddd-0000-4000-8000-000000000001', 'model', 'gpt-4o',
+    'input_tokens', 400, 'output_tokens', 0, 'occurred_at', now())));
+select results_eq(
+  $$select t.idempotency_key, la.amount from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id
+    where t.idempotency_key like 'usage-event:lot-ev-%' order by t.id, la.lot_id$$,
+  $$values ('usage-event:lot-ev-1', 8::numeric), ('usage-event:lot-ev-2', 6::numeric), ('usage-event:lot-ev-2', 2::numeric)$$,
+  'a batch draws event after event: the second event finishes one lot (2) and starts the next (6)');
+
+select is(pg_temp.err($$update billing.lot_allocations set amount = 1$$), 'LEDGER_IMMUTABLE', 'allocations cannot be changed');
+select is(pg_temp.err($$delete from billing.lot_allocations$$), 'LEDGER_IMMUTABLE', 'allocations cannot be deleted');
+
+-- ============================================================ debt
+
+select billing.reverse_credits('dddddddd-0000-4000-8000-000000000001', 150, 'refund_reversal', 'lot-refund', null, null, null,
+  billing.purchase_lots(null, null));
+select is((select sum(l.remaining) from billing.lots l join billing.accounts a on a.id = l.account_id
+  where a.user_id = 'dddddddd-0000-4000-8000-000000000001'), 0::numeric, 'a reversal beyond the balance empties every lot');
+select is((billing.get_balance('dddddddd-0000-4000-8000-000000000001')).balance, -56::numeric, 'and the rest is debt');
+select billing.grant_credits('dddddddd-0000-4000-8000-000000000001', 100, 'adjustment', 'lot-after-debt');
+select results_eq(
+  $$select l.debt_settled, l.remaining from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
+    where t.idempotency_key = 'lot-after-debt'$$,
+  $$values (56::numeric, 44::numeric)$$,
+  'the next grant settles the debt first; its lot holds the rest');
+
+-- ============================================================ expiry
+
+select billing.grant_credits('dddddddd-0000-4000-8000-000000000002', 50, 'promo_grant', 'lot-expiring', null, null, null,
+  jsonb_build_object('expires_at', now() + interval '1 hour'));
+update billing.lots set expires_at = now() - interval '1 minute'
+  where grant_transfer_id = (select id from billing.transfers where idempotency_key = 'lot-expiring');
+select is(billing.expire_lots(100000) >= 1, true, 'the sweep finds the overdue lot');
+select is((billing.get_balance('dddddddd-0000-4000-8000-000000000002')).balance, 0::numeric, 'its credits are gone');
+select is((select sum(e.amount) from billing.entries e where e.account_id = billing.platform_account_id('expired')
+  and e.transfer_id in (select la.transfer_id from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
+    join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'lot-expiring')), 50::numeric,
+  'into the breakage account');
+
+-- ============================================================ the migration of older balances
+
+-- An account as it was before lots: a balance from grants, and no lots.
+select billing.grant_credits('dddddddd-0000-4000-8000-000000000003', 70, 'purchase', 'old-1');
+select billing.grant_credits('dddddddd-0000-4000-8000-000000000003', 30, 'promo_grant', 'old-2');
+select billing.debit_credits('dddddddd-0000-4000-8000-000000000003', 80, 'old-3');
+alter table billing.lot_allocations disable trigger lot_allocations_immutable;
+delete from billing.lot_allocations where lot_id in (select l.id from billing.lots l join billing.accounts a on a.id = l.account_id
+  where a.user_id = 'dddddddd-0000-4000-8000-000000000003');
+alter table billing.lot_allocations enable trigger lot_allocations_immutable;
+delete from billing.lots l using billing.accounts a where a.id = l.account_id and a.user_id = 'dddddddd-0000-4000-8000-000000000003';
+select is(billing.backfill_lots(), 1, 'the backfill makes the lots an older balance needs');
+select results_eq(
+  $$select l.category, l.remaining from billing.lots l join billing.accounts a on a.id = l.account_id
+    where a.user_id = 'dddddddd-0000-4000-8000-000000000003'$$,
+  $$values ('promotional', 20::numeric)$$,
+  'reproducing the balance exactly from the newest grant back');
+select is(billing.backfill_lots(), 0, 'and is a no-op once every account has its lots');
+
+-- ============================================================ RLS
+
+set local request.jwt.claims = '{"sub": "dddddddd-0000-4000-8000-000000000002", "role": "authenticated"}';
+set local role authenticated;
+select is((select count(*)::int from billing_api.lots), 1, 'a student sees their own lots only');
+select is(pg_temp.err($$update billing.lots set remaining = 1000$$), 'permission denied for table lots',
+  'and cannot change them');
+reset role;
+
+select * from finish();
+rollback;
