@@ -36,11 +36,19 @@ interface ModelPurchase {
   dispute: 'none' | 'open' | 'closed';
   disputeHold: bigint; // what the open dispute froze
 }
+/** A credit lot as the model sees it (spending order: not frozen, priority, expiring first, oldest). */
+interface ModelLot {
+  priority: number; // promotional 10, paid 20
+  expires: boolean; // a purchase's bonus expires (365 days, so in grant order); credits and adjustments never
+  purchase?: number; // index into purchases
+  remaining: bigint;
+}
 interface Model {
   balance: bigint;
   held: bigint;
   purchases: ModelPurchase[];
   holds: { amount: bigint; open: boolean }[];
+  lots: ModelLot[]; // in grant order
 }
 interface Real {
   user: string;
@@ -65,9 +73,36 @@ async function compare(m: Model, r: Real) {
     assert.equal(micro(row.entries), micro(row.balance), 'Σ entries = balance');
     assert.equal(micro(row.active), m.held, 'held = Σ active holds');
   }
+  // Every lot as the model drew it; Σ remaining = the balance, 0 in debt.
+  const lots = (await api('/credits/lots?limit=200', { token: r.token })).body.data as { lots: { remaining: string }[] };
+  assert.deepEqual(lots.lots.map((l) => micro(l.remaining)).reverse(), m.lots.map((l) => l.remaining), 'lots');
+  assert.equal(m.lots.reduce((sum, l) => sum + l.remaining, 0n), max(m.balance, 0n), 'Σ lots = balance');
 }
 
 const available = (m: Model) => (m.balance < 0n ? -1n : m.balance - m.held);
+
+// ---------------------------------------------------------------- lots
+/** A grant's lot: what pays an existing debt is settled on arrival, the rest remains. Call before the balance moves. */
+function grantLot(m: Model, amount: bigint, lot: Omit<ModelLot, 'remaining'>) {
+  const settled = min(amount, max(-m.balance, 0n));
+  m.lots.push({ ...lot, remaining: amount - settled });
+}
+
+/** Draws `amount` from the lots: `first` (in that order), then in spending order; the rest is debt. */
+function drawLots(m: Model, amount: bigint, first: ModelLot[] = []) {
+  const isFrozen = (l: ModelLot) => l.purchase !== undefined && m.purchases[l.purchase].dispute === 'open';
+  const rest = m.lots.filter((l) => !first.includes(l)).map((l, seq) => ({ l, seq }))
+    .sort((a, b) =>
+      Number(isFrozen(a.l)) - Number(isFrozen(b.l)) || a.l.priority - b.l.priority ||
+      Number(b.l.expires) - Number(a.l.expires) || a.seq - b.seq
+    ).map((x) => x.l);
+  for (const l of [...first, ...rest]) {
+    const take = min(l.remaining, amount);
+    l.remaining -= take;
+    amount -= take;
+  }
+}
+const lotsOf = (m: Model, purchase: number) => m.lots.filter((l) => l.purchase === purchase);
 
 /** Charges a debit-like request and checks the answer against the model. */
 function expectDebit(m: Model, price: bigint, status: number) {
@@ -95,7 +130,11 @@ class Buy implements Cmd {
       : events;
     for (const e of order) assert.equal((await deliver(e)).status, 200);
     const p = packages[this.pkg];
-    m.balance += p.credits + p.bonus;
+    const index = m.purchases.length;
+    grantLot(m, p.credits, { priority: 20, expires: false, purchase: index });
+    m.balance += p.credits;
+    if (p.bonus > 0n) grantLot(m, p.bonus, { priority: 10, expires: true, purchase: index });
+    m.balance += p.bonus;
     m.purchases.push({
       pkg: this.pkg,
       refunded: 0n,
@@ -124,7 +163,10 @@ class Usage implements Cmd {
       });
     const key = crypto.randomUUID();
     const first = await send(key);
-    if (expectDebit(m, price, first.status)) m.balance -= price;
+    if (expectDebit(m, price, first.status)) {
+      m.balance -= price;
+      drawLots(m, price);
+    }
     if (this.replay) {
       const again = await send(key);
       assert.equal(again.status, first.status, 'a replayed key answers the same');
@@ -158,7 +200,10 @@ class BatchUsage implements Cmd {
       const price = BigInt(e.input) * 600n + BigInt(e.output) * 2400n;
       const ok = available(m) >= price;
       assert.equal(outcomes[i].status, ok ? 'applied' : 'insufficient', `event ${i}`);
-      if (ok) m.balance -= price;
+      if (ok) {
+        m.balance -= price;
+        drawLots(m, price);
+      }
     });
     await compare(m, r);
   }
@@ -175,6 +220,7 @@ class Grant implements Cmd {
       body: { user_id: r.user, amount: String(this.amount), reason: 'model test', kind: 'adjustment' },
     });
     assert.equal(res.status, 201, res.text);
+    grantLot(m, BigInt(this.amount) * M, { priority: 10, expires: false });
     m.balance += BigInt(this.amount) * M;
     await compare(m, r);
   }
@@ -222,7 +268,10 @@ class Settle implements Cmd {
       assert.equal(res.status, 402, res.text);
     } else {
       assert.equal(res.status, 200, res.text);
-      if (this.how !== 'release') m.balance -= capture;
+      if (this.how !== 'release') {
+        m.balance -= capture;
+        drawLots(m, capture);
+      }
       m.held -= hold.amount;
       hold.open = false;
     }
@@ -269,6 +318,10 @@ class Refund implements Cmd {
     p.refunded += cents;
     const targetC = floorDiv(pkg.credits * p.refunded, pkg.price * M) * M;
     const targetB = floorDiv(pkg.bonus * p.refunded, pkg.price * M) * M;
+    // Each reversal takes its own lot first; what that lot lacks is debt (settled from the rest).
+    const [creditsLot, bonusLot] = lotsOf(m, i);
+    drawLots(m, targetC - p.creditsReversed, [creditsLot]);
+    if (targetB > p.bonusReversed) drawLots(m, targetB - p.bonusReversed, [bonusLot]);
     m.balance -= (targetC - p.creditsReversed) + (targetB - p.bonusReversed);
     p.creditsReversed = targetC;
     p.bonusReversed = targetB;
@@ -322,8 +375,11 @@ class Dispute implements Cmd {
       p.dispute = 'open';
     } else {
       m.held -= p.disputeHold;
-      if (this.outcome === 'lost') m.balance -= remaining(p);
       p.dispute = 'closed';
+      if (this.outcome === 'lost') {
+        drawLots(m, remaining(p), lotsOf(m, i));
+        m.balance -= remaining(p);
+      }
     }
     await compare(m, r);
   }
@@ -373,7 +429,7 @@ Deno.test({
             purchases: [],
             holds: [],
           };
-          const model: Model = { balance: 0n, held: 0n, purchases: [], holds: [] };
+          const model: Model = { balance: 0n, held: 0n, purchases: [], holds: [], lots: [] };
           await fc.asyncModelRun(() => ({ model, real }), cmds);
           // Every credit the user ever got came from a paid session, a promotion or an admin grant.
           const [t] = await testDb`
