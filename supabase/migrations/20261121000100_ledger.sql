@@ -157,10 +157,12 @@ comment on table billing.lots is 'Where each credit came from: one lot per grant
 create index lots_open on billing.lots (account_id) where remaining > 0;
 create index lots_expiring on billing.lots (expires_at) where remaining > 0 and expires_at is not null;
 create index lots_purchase on billing.lots (purchase_id) where purchase_id is not null;
+create index lots_granted_brin on billing.lots using brin (granted_at);
 
 create table billing.lot_allocations (
   transfer_id bigint not null references billing.transfers (id),
   lot_id bigint not null references billing.lots (id),
+  kind billing.transfer_kind not null,                -- the transfer's, so reporting needs no join
   amount numeric(38, 18) not null,
   created_at timestamptz not null default now(),
   primary key (transfer_id, lot_id),

@@ -123,8 +123,8 @@ comment on function billing.balance_of(bigint) is 'Balance, live held amount (ho
 -- array order (batch ingestion). What the lots cannot cover stays unallocated: only a reversal
 -- can ask for more than the balance, and that part is debt. One statement, so the common debit
 -- (one open lot) costs one index probe, one row update and one insert.
-create function billing.draw_lots(p_transfer_ids bigint[], p_account_ids bigint[], p_amounts numeric[],
-  p_first bigint[] default '{}') returns void
+create function billing.draw_lots(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[],
+  p_amounts numeric[], p_first bigint[] default '{}') returns void
 language sql
 set search_path = ''
 as $$
@@ -142,15 +142,15 @@ as $$
     select d.transfer_id, l.id as lot_id, least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
     from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
   ), ins as (
-    insert into billing.lot_allocations (transfer_id, lot_id, amount)
-    select a.transfer_id, a.lot_id, a.amount from a
+    insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+    select a.transfer_id, a.lot_id, p_kind, a.amount from a
     returning lot_id, amount
   )
   update billing.lots x set remaining = x.remaining - s.total
   from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
   where x.id = s.lot_id
 $$;
-comment on function billing.draw_lots(bigint[], bigint[], numeric[], bigint[])
+comment on function billing.draw_lots(billing.transfer_kind, bigint[], bigint[], numeric[], bigint[])
   is 'Internal: allocates debiting transfers to lots in spending order, under the caller''s account locks.';
 
 -- p_lot (all optional): category ('paid' | 'promotional'; default paid for a purchase,
@@ -295,7 +295,7 @@ begin
   if p_direction > 0 then
     perform billing.create_lot(v_account_id, v_transfer_id, p_kind, p_amount, v_account.balance, p_lot);
   else
-    perform billing.draw_lots(array[v_transfer_id], array[v_account_id], array[p_amount],
+    perform billing.draw_lots(p_kind, array[v_transfer_id], array[v_account_id], array[p_amount],
       case when p_lot ? 'first' then array(select jsonb_array_elements_text(p_lot -> 'first')::bigint) else '{}' end);
   end if;
 

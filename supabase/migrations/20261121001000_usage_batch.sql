@@ -133,7 +133,7 @@ begin
     where a.id = d.account;
 
     -- Each account's accepted events draw from its lots in event order.
-    perform billing.draw_lots(a_id, a_account, a_amount);
+    perform billing.draw_lots('usage', a_id, a_account, a_amount);
   end if;
 
   return to_jsonb(v_outcomes);

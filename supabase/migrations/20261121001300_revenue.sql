@@ -90,6 +90,7 @@ create table billing.revenue_rollup (
   covered_until timestamptz not null,             -- the day's end, or (today) computed_at − 5 minutes
   money jsonb not null,                           -- [{kind, account, currency, cents}]: Σ money entries
   credits jsonb not null,                         -- [{kind, model, amount, events}]: Σ credit transfers
+  lots jsonb not null,                            -- [{currency, category, kind, credits, cents}]: lots granted and drawn
   active_accounts bit varying not null,           -- bit n set: account n had a credit ledger entry
   paying_accounts bit varying not null,           -- bit n set: account n's user had a purchase paid
   first_time_purchasers bigint not null,
@@ -135,7 +136,7 @@ comment on function billing.user_credit_change(timestamptz, timestamptz) is 'Int
 -- paying user has an account: a purchase's credits are granted before it is marked paid.
 create function billing.revenue_parts(p_from timestamptz, p_to timestamptz)
 returns table (
-  money jsonb, credits jsonb, active_accounts bigint[], user_credit_change numeric, paying_accounts bigint[],
+  money jsonb, credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric, paying_accounts bigint[],
   first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint
 )
 language plpgsql stable
@@ -163,6 +164,17 @@ begin
                  where t.created_at >= p_from and t.created_at < p_to group by 1, 2) g
            left join billing.rate_cards r on r.id = g.rate_card_id and g.kind = 'usage'
            group by 1, 2) c),
+    -- Credits and their cost by lot category: granted (net of debt settled on arrival), and
+    -- drawn by each kind of transfer (spent, expired, reversed), each at its lot's cost basis.
+    (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
+        'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
+     from (select l.currency, l.category, 'granted' as kind, sum(l.amount - l.debt_settled) as credits,
+                  sum(l.cost_cents * (l.amount - l.debt_settled) / l.amount) as cents
+           from billing.lots l where l.granted_at >= p_from and l.granted_at < p_to group by 1, 2
+           union all
+           select l.currency, l.category, a.kind::text, sum(a.amount), sum(l.cost_cents * a.amount / l.amount)
+           from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
+           where a.created_at >= p_from and a.created_at < p_to group by 1, 2, 3) x),
     u.accounts, u.credit_change,
     array(select distinct a.id from billing.purchases p join billing.accounts a on a.user_id = p.user_id
           where p.paid_at >= p_from and p.paid_at < p_to),
@@ -290,11 +302,29 @@ begin
     where g.lo < g.hi
   ),
   parts as (
-    select s.money, s.credits, s.first_time_purchasers, s.checkouts_created, s.checkouts_paid, s.webhooks_received,
+    select s.money, s.credits, s.lots, s.first_time_purchasers, s.checkouts_created, s.checkouts_paid, s.webhooks_received,
            s.webhooks_ok from stored s
     union all
-    select l.money, l.credits, l.first_time_purchasers, l.checkouts_created, l.checkouts_paid, l.webhooks_received,
+    select l.money, l.credits, l.lots, l.first_time_purchasers, l.checkouts_created, l.checkouts_paid, l.webhooks_received,
            l.webhooks_ok from live l
+  ),
+  lot_flows as (
+    select x.currency, x.category, x.kind, sum(x.credits) as credits, sum(x.cents) as cents
+    from parts p cross join lateral jsonb_to_recordset(p.lots) x(currency text, category text, kind text, credits numeric, cents numeric)
+    group by 1, 2, 3
+  ),
+  -- Paid credits: granted into deferred revenue, recognised when spent, breakage when they
+  -- expire, taken back by refunds and disputes. Promotional credits cost nothing: counted in credits.
+  lot_lines as (
+    select f.currency,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'granted'), 0)) as deferred_in,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('usage', 'debit', 'hold_capture')), 0)) as recognised,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'expiry'), 0)) as breakage,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('refund_reversal', 'dispute_reversal')), 0)) as reversed,
+      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'granted'), 0) as promo_granted,
+      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind in ('usage', 'debit', 'hold_capture')), 0) as promo_spent,
+      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'expiry'), 0) as promo_expired
+    from lot_flows f group by f.currency
   ),
   money as (
     select x.kind, x.account, x.currency, sum(x.cents) as cents
@@ -391,6 +421,12 @@ begin
         'usage_by_model', coalesce((select jsonb_agg(jsonb_build_object('model', x.model, 'credits', trim_scale(x.credits)::text,
           'events', x.events) order by x.model) from usage x), '[]'::jsonb))
       from credits c),
+    'credit_lots', coalesce((select jsonb_agg(jsonb_build_object('currency', x.currency,
+        'paid_granted_cents', x.deferred_in, 'recognised_revenue_cents', x.recognised, 'breakage_revenue_cents', x.breakage,
+        'paid_reversed_cents', x.reversed,
+        'promotional_credits', jsonb_build_object('granted', trim_scale(x.promo_granted)::text,
+          'spent', trim_scale(x.promo_spent)::text, 'expired', trim_scale(x.promo_expired)::text))
+      order by x.currency) from lot_lines x), '[]'::jsonb),
     'webhooks', (select jsonb_build_object('received', w.received, 'processed', w.ok,
         'success_rate', case when w.received > 0 then round(w.ok::numeric / w.received, 6) end) from webhooks w)
   ));
@@ -444,6 +480,14 @@ as $$
       left join lateral (select count(*) as n, jsonb_agg(distinct x.kind) as kinds from billing.reconciliation_mismatches x
                          where x.provider_id = p.id and x.day = r.last_day) m on true
       where p.stripe_account_id is not null), '[]'::jsonb),
+    -- The balance sheet of credits now: deferred revenue (paid credits not yet spent, at cost)
+    -- and what is outstanding of each category.
+    'credit_lots', coalesce((select jsonb_agg(jsonb_build_object('currency', d.currency, 'deferred_revenue_cents', d.cents,
+        'paid_credits', trim_scale(d.paid)::text, 'promotional_credits', trim_scale(d.promo)::text) order by d.currency)
+      from (select l.currency, round(coalesce(sum(l.cost_cents * l.remaining / l.amount) filter (where l.category = 'paid'), 0)) as cents,
+                   coalesce(sum(l.remaining) filter (where l.category = 'paid'), 0) as paid,
+                   coalesce(sum(l.remaining) filter (where l.category = 'promotional'), 0) as promo
+            from billing.lots l where l.remaining > 0 group by l.currency) d), '[]'::jsonb),
     'alerts', coalesce((select jsonb_agg(jsonb_build_object('condition', a.condition, 'summary', a.summary,
         'opened_at', a.opened_at, 'last_seen_at', a.last_seen_at) order by a.opened_at)
       from billing.alerts a where a.status = 'open'), '[]'::jsonb),
@@ -452,7 +496,7 @@ as $$
         'success_rate', case when count(*) > 0 then round(count(*) filter (where e.status <> 'failed')::numeric / count(*), 6) end)
       from billing.stripe_events e where e.received_at > now() - interval '24 hours'))
 $$;
-comment on function billing.ops_overview() is 'Reconciliation status per provider (latest run), open alerts and the last 24 hours of webhooks.';
+comment on function billing.ops_overview() is 'Reconciliation status per provider (latest run), deferred revenue and outstanding credits by lot category, open alerts and the last 24 hours of webhooks.';
 
 
 -- ============================================================ keeping the roll-up and the daily table
@@ -479,16 +523,17 @@ begin
   where r.day < p_day and r.covered_until = (r.day + 1)::timestamp at time zone 'UTC'
   order by r.day desc limit 1;
   v_carried := coalesce(v_prev_outstanding, 0) + billing.user_credit_change(coalesce(v_prev_until, '-infinity'), v_from);
-  insert into billing.revenue_rollup as d (day, covered_until, money, credits, active_accounts, paying_accounts,
+  insert into billing.revenue_rollup as d (day, covered_until, money, credits, lots, active_accounts, paying_accounts,
     first_time_purchasers, checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, outstanding_credits,
     sessionless_purchases, computed_at)
-  select p_day, v_until, p.money, p.credits, billing.account_bitmap(p.active_accounts), billing.account_bitmap(p.paying_accounts),
+  select p_day, v_until, p.money, p.credits, p.lots, billing.account_bitmap(p.active_accounts), billing.account_bitmap(p.paying_accounts),
     p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
     v_carried + p.user_credit_change,
     (select count(*) from billing.purchases x where x.stripe_session_id is null and x.created_at >= v_from and x.created_at < v_until),
     now()
   from billing.revenue_parts(v_from, v_until) p
   on conflict (day) do update set covered_until = excluded.covered_until, money = excluded.money, credits = excluded.credits,
+    lots = excluded.lots,
     active_accounts = excluded.active_accounts, paying_accounts = excluded.paying_accounts,
     first_time_purchasers = excluded.first_time_purchasers, checkouts_created = excluded.checkouts_created,
     checkouts_paid = excluded.checkouts_paid, webhooks_received = excluded.webhooks_received,

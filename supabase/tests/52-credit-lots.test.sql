@@ -1,11 +1,11 @@
 -- Credit lots: one per grant, drawn in spending order, immutable allocations, the migration of
 -- balances that predate lots (backfill), expiry, the integrity check, and RLS.
 begin;
-select plan(20);
+select plan(25);
 
 insert into auth.users (id) values
   ('dddddddd-0000-4000-8000-000000000001'), ('dddddddd-0000-4000-8000-000000000002'),
-  ('dddddddd-0000-4000-8000-000000000003');
+  ('dddddddd-0000-4000-8000-000000000003'), ('dddddddd-0000-4000-8000-000000000004');
 
 create function pg_temp.err(p_sql text) returns text language plpgsql as $$
 begin
@@ -107,6 +107,31 @@ select results_eq(
   $$values ('promotional', 20::numeric)$$,
   'reproducing the balance exactly from the newest grant back');
 select is(billing.backfill_lots(), 0, 'and is a no-op once every account has its lots');
+
+-- ============================================================ revenue: paid credits at their cost
+
+-- Everything this transaction writes is dated now(): the window [now(), now() + 1 µs) holds
+-- exactly it, so the difference a fourth student's flows make is theirs alone.
+create temp table before_lots as select billing.revenue_metrics_live(now(), now() + interval '1 microsecond') as m;
+create function pg_temp.lot_line(p_key text) returns numeric language sql as $$
+  select (billing.revenue_metrics_live(now(), now() + interval '1 microsecond') -> 'credit_lots' -> 0 ->> p_key)::numeric
+    - coalesce((select (b.m -> 'credit_lots' -> 0 ->> p_key)::numeric from before_lots b), 0)
+$$;
+select billing.grant_credits('dddddddd-0000-4000-8000-000000000004', 100, 'purchase', 'rev-paid', null, null, null,
+  '{"cost_cents": 1000}');
+select billing.debit_credits('dddddddd-0000-4000-8000-000000000004', 30, 'rev-spend');
+select billing.reverse_credits('dddddddd-0000-4000-8000-000000000004', 20, 'expiry', 'rev-expire', null, null, null,
+  array(select l.id from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'rev-paid'));
+select billing.reverse_credits('dddddddd-0000-4000-8000-000000000004', 10, 'refund_reversal', 'rev-refund', null, null, null,
+  array(select l.id from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'rev-paid'));
+select is(pg_temp.lot_line('paid_granted_cents'), 1000::numeric, '100 paid credits bought for $10 enter deferred revenue at 1,000 cents');
+select is(pg_temp.lot_line('recognised_revenue_cents'), 300::numeric, '30 spent are recognised at their cost: 300 cents');
+select is(pg_temp.lot_line('breakage_revenue_cents'), 200::numeric, '20 expired are breakage: 200 cents');
+select is(pg_temp.lot_line('paid_reversed_cents'), 100::numeric, '10 refunded leave at their cost: 100 cents');
+select is((select (c -> 'deferred_revenue_cents_from_lots')::numeric from (select 1) x,
+    lateral (select jsonb_build_object('deferred_revenue_cents_from_lots', round(sum(l.cost_cents * l.remaining / l.amount))) as c
+             from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'rev-paid') y),
+  400::numeric, 'and what is left (40 credits) is deferred: 1,000 − 300 − 200 − 100 cents');
 
 -- ============================================================ RLS
 
