@@ -130,7 +130,9 @@ export async function assertLedgerInvariants(): Promise<void> {
   // debt), no transfer drew more than its amount, deferred revenue the same both ways.
   const [{ lots }] = await testDb`select billing.check_lots() as lots`;
   for (const list of ['lots', 'accounts', 'transfers'] as const) {
-    if (lots[list].length) problems.push(`lots disagree with the ledger (${list}: ${lots[list].slice(0, 5).join(', ')})`);
+    if (lots[list].length) {
+      problems.push(`lots disagree with the ledger (${list}: ${lots[list].slice(0, 5).join(', ')})`);
+    }
   }
   for (const [currency, d] of Object.entries(lots.deferred_revenue_cents as Record<string, Record<string, unknown>>)) {
     if (d.from_lots !== d.from_flows) problems.push(`deferred revenue (${currency}) differs: ${JSON.stringify(d)}`);

@@ -142,6 +142,9 @@ create table billing.lots (
   amount numeric(38, 18) not null,                    -- as granted
   debt_settled numeric(38, 18) not null default 0,    -- the part that paid an existing debt on arrival
   remaining numeric(38, 18) not null,
+  -- Indexes filter on this, never on remaining: an update that leaves an index's columns as they
+  -- were is HOT (no new index entries), and a debit changes remaining only.
+  open boolean generated always as (remaining > 0) stored,
   frozen boolean not null default false,              -- its purchase is disputed: spent last
   granted_at timestamptz not null default now(),
   expires_at timestamptz,
@@ -152,10 +155,10 @@ create table billing.lots (
   constraint lots_promotional_free check (category = 'paid' or cost_cents = 0),
   constraint lots_remaining_within check (remaining >= 0 and remaining + debt_settled <= amount),
   constraint lots_debt_settled_within check (debt_settled >= 0)
-);
+) with (fillfactor = 50);                             -- room on the page for those HOT updates
 comment on table billing.lots is 'Where each credit came from: one lot per grant, drawn down in spending order. remaining is maintained under the account lock.';
-create index lots_open on billing.lots (account_id) where remaining > 0;
-create index lots_expiring on billing.lots (expires_at) where remaining > 0 and expires_at is not null;
+create index lots_open on billing.lots (account_id) where open;
+create index lots_expiring on billing.lots (expires_at) where open and expires_at is not null;
 create index lots_purchase on billing.lots (purchase_id) where purchase_id is not null;
 create index lots_granted_brin on billing.lots using brin (granted_at);
 

@@ -125,9 +125,12 @@ comment on function billing.balance_of(bigint) is 'Balance, live held amount (ho
 -- (one open lot) costs one index probe, one row update and one insert.
 create function billing.draw_lots(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[],
   p_amounts numeric[], p_first bigint[] default '{}') returns void
-language sql
+language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan  -- planned once per session: planning costs more than the work
 as $$
+begin
+  -- plpgsql, not sql: a sql function's statement is planned again on every call.
   with d as (
     select t.transfer_id, t.account_id, t.amount,
       sum(t.amount) over (partition by t.account_id order by t.ord) as hi
@@ -137,7 +140,7 @@ as $$
       sum(l.remaining) over (partition by l.account_id order by array_position(p_first, l.id) nulls last,
         (l.expires_at <= now()) desc nulls last, l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
     from billing.lots l
-    where l.account_id = any(p_account_ids) and l.remaining > 0
+    where l.account_id = any(p_account_ids) and l.open
   ), a as (
     select d.transfer_id, l.id as lot_id, least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
     from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
@@ -148,7 +151,8 @@ as $$
   )
   update billing.lots x set remaining = x.remaining - s.total
   from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
-  where x.id = s.lot_id
+  where x.id = s.lot_id;
+end;
 $$;
 comment on function billing.draw_lots(billing.transfer_kind, bigint[], bigint[], numeric[], bigint[])
   is 'Internal: allocates debiting transfers to lots in spending order, under the caller''s account locks.';
@@ -294,9 +298,26 @@ begin
 
   if p_direction > 0 then
     perform billing.create_lot(v_account_id, v_transfer_id, p_kind, p_amount, v_account.balance, p_lot);
+  elsif p_lot is null then
+    -- The common debit, in one statement: the first lot in spending order covers it (the order
+    -- is draw_lots'). Otherwise draw_lots spreads it over several lots.
+    with drawn as (
+      update billing.lots l set remaining = l.remaining - p_amount
+      where l.id = (select x.id from billing.lots x where x.account_id = v_account_id and x.open
+                    order by (x.expires_at <= now()) desc nulls last, x.frozen, x.priority, x.expires_at nulls last,
+                      x.granted_at, x.id
+                    limit 1)
+        and l.remaining >= p_amount
+      returning l.id
+    )
+    insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+    select v_transfer_id, drawn.id, p_kind, p_amount from drawn;
+    if not found then
+      perform billing.draw_lots(p_kind, array[v_transfer_id], array[v_account_id], array[p_amount]);
+    end if;
   else
     perform billing.draw_lots(p_kind, array[v_transfer_id], array[v_account_id], array[p_amount],
-      case when p_lot ? 'first' then array(select jsonb_array_elements_text(p_lot -> 'first')::bigint) else '{}' end);
+      array(select jsonb_array_elements_text(p_lot -> 'first')::bigint));
   end if;
 
   -- Overdue holds were expired above when spending; otherwise held is as locked.
@@ -728,7 +749,7 @@ as $$
                      where a.user_id = p_user) b on true
   -- The next expiry: the earliest date any open lot expires, and how much expires then.
   left join lateral (select l.expires_at, sum(l.remaining) as amount from billing.lots l
-                     where l.account_id = b.id and l.remaining > 0 and l.expires_at is not null
+                     where l.account_id = b.id and l.open and l.expires_at is not null
                      group by l.expires_at order by l.expires_at limit 1) x on true
 $$;
 comment on function billing.get_balance(uuid)

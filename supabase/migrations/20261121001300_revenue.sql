@@ -487,7 +487,7 @@ as $$
       from (select l.currency, round(coalesce(sum(l.cost_cents * l.remaining / l.amount) filter (where l.category = 'paid'), 0)) as cents,
                    coalesce(sum(l.remaining) filter (where l.category = 'paid'), 0) as paid,
                    coalesce(sum(l.remaining) filter (where l.category = 'promotional'), 0) as promo
-            from billing.lots l where l.remaining > 0 group by l.currency) d), '[]'::jsonb),
+            from billing.lots l where l.open group by l.currency) d), '[]'::jsonb),
     'alerts', coalesce((select jsonb_agg(jsonb_build_object('condition', a.condition, 'summary', a.summary,
         'opened_at', a.opened_at, 'last_seen_at', a.last_seen_at) order by a.opened_at)
       from billing.alerts a where a.status = 'open'), '[]'::jsonb),

@@ -24,7 +24,7 @@ declare
 begin
   for v_lot in
     select l.* from billing.lots l join billing.accounts a on a.id = l.account_id
-    where l.remaining > 0 and l.expires_at <= now() and a.balance > a.held
+    where l.open and l.expires_at <= now() and a.balance > a.held
     order by l.expires_at, l.id limit p_limit
   loop
     -- The account first, as everywhere; then the lot as it is now.
@@ -63,7 +63,7 @@ begin
     select l.id, a.user_id, l.remaining, l.expires_at,
       case when l.expires_at <= now() + interval '7 days' then 7 else 30 end as days
     from billing.lots l join billing.accounts a on a.id = l.account_id
-    where l.remaining > 0 and l.expires_at > now() and l.expires_at <= now() + interval '30 days'
+    where l.open and l.expires_at > now() and l.expires_at <= now() + interval '30 days'
       and not (case when l.expires_at <= now() + interval '7 days' then 7 else 30 end) = any (l.warned_days)
     order by l.expires_at, l.id limit p_limit
   ), marked as (

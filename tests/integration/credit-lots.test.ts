@@ -54,11 +54,14 @@ Deno.test('spending order: priority, then earliest expiry, then oldest; each ent
     [promoLater]: '0',
   }, 'promotional before paid; within a priority, the earliest expiry first, no expiry last');
   const [usage] = data<LedgerPage>(await api('/credits/ledger?limit=1', { token: s.token })).entries;
-  assert.deepEqual(usage.lots, [
-    { lot_id: promoSoon, amount: '30' },
-    { lot_id: promoLater, amount: '20' },
-    { lot_id: promoForever, amount: '10' },
-  ].sort((a, b) => Number(a.lot_id) - Number(b.lot_id)));
+  assert.deepEqual(
+    usage.lots,
+    [
+      { lot_id: promoSoon, amount: '30' },
+      { lot_id: promoLater, amount: '20' },
+      { lot_id: promoForever, amount: '10' },
+    ].sort((a, b) => Number(a.lot_id) - Number(b.lot_id)),
+  );
 
   // A lower priority number goes first whatever its category.
   const first = await grant(s.id, '5', { category: 'paid', priority: 0, cost_cents: '50' });
@@ -69,7 +72,7 @@ Deno.test('spending order: priority, then earliest expiry, then oldest; each ent
   await assertLedgerInvariants();
 });
 
-Deno.test('GET /credits/lots lists the caller\'s lots newest first with a cursor, and nobody else\'s', async () => {
+Deno.test("GET /credits/lots lists the caller's lots newest first with a cursor, and nobody else's", async () => {
   const s = await student();
   const other = await student();
   const ids = [];
@@ -89,7 +92,12 @@ Deno.test('a purchase makes a paid lot at its price and a promotional bonus lot 
   const s = await student();
   await buy(s.token, 'pro'); // $49.99: 49,990 credits + 4,999 bonus
   const [bonus, credits] = await lots(s.token);
-  assert.deepEqual([credits.source, credits.category, credits.amount, credits.expires_at], ['purchase', 'paid', '49990', null]);
+  assert.deepEqual([credits.source, credits.category, credits.amount, credits.expires_at], [
+    'purchase',
+    'paid',
+    '49990',
+    null,
+  ]);
   assert.deepEqual([bonus.source, bonus.category, bonus.amount], ['promo_grant', 'promotional', '4999']);
   const days = (Date.parse(bonus.expires_at ?? '') - Date.now()) / 86_400_000;
   assert.ok(days > 364 && days <= 365, `bonus expires in 365 days (${days})`);
@@ -99,7 +107,7 @@ Deno.test('a purchase makes a paid lot at its price and a promotional bonus lot 
   assert.deepEqual(b.expiring, { amount: '4999', at: bonus.expires_at });
 });
 
-Deno.test('a refund takes back its own purchase\'s lot, never another grant\'s bonus credits', async () => {
+Deno.test("a refund takes back its own purchase's lot, never another grant's bonus credits", async () => {
   const s = await student();
   const gift = await grant(s.id, '500', { category: 'promotional' });
   const co = await buy(s.token, 'starter'); // 9,990 paid credits, no bonus
@@ -113,7 +121,7 @@ Deno.test('a refund takes back its own purchase\'s lot, never another grant\'s b
   await assertLedgerInvariants();
 });
 
-Deno.test('a refund of spent credits is debt: other lots settle it, and the next purchase\'s lot pays the rest', async () => {
+Deno.test("a refund of spent credits is debt: other lots settle it, and the next purchase's lot pays the rest", async () => {
   const s = await student();
   const co = await buy(s.token, 'mini');
   await spend(s.token, 5000);
@@ -230,8 +238,7 @@ Deno.test('parallel debits, batch events, expiry sweeps and refunds on one accou
         token: s.token,
         headers: key(),
         body: { model: 'gpt-4o', input_tokens: 2500, output_tokens: 0 },
-      })
-    ),
+      })),
     batch(),
     batch(),
     testDb`select billing.expire_lots(100000)`,

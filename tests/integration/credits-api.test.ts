@@ -232,7 +232,8 @@ Deno.test('GET /credits/ledger?format=csv streams every entry with correlation i
   const ids = new Set(lines.slice(1).map((l) => l.split(',')[5]).filter((c) => c.startsWith('csv-')));
   assert.equal(ids.size, 30);
   // Every usage line names the one lot it drew from, the grant's line the lot it created.
-  const [{ lot }] = await testDb`select l.id::text as lot from billing.lots l join billing.accounts a on a.id = l.account_id
+  const [{ lot }] =
+    await testDb`select l.id::text as lot from billing.lots l join billing.accounts a on a.id = l.account_id
     where a.user_id = ${s.id}`;
   const lots = lines.slice(1).map((l) => l.split(',')[7]);
   assert.equal(lots.filter((x) => x.startsWith(`${lot}:`)).length, 31);

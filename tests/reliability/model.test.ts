@@ -74,7 +74,9 @@ async function compare(m: Model, r: Real) {
     assert.equal(micro(row.active), m.held, 'held = Σ active holds');
   }
   // Every lot as the model drew it; Σ remaining = the balance, 0 in debt.
-  const lots = (await api('/credits/lots?limit=200', { token: r.token })).body.data as { lots: { remaining: string }[] };
+  const lots = (await api('/credits/lots?limit=200', { token: r.token })).body.data as {
+    lots: { remaining: string }[];
+  };
   assert.deepEqual(lots.lots.map((l) => micro(l.remaining)).reverse(), m.lots.map((l) => l.remaining), 'lots');
   assert.equal(m.lots.reduce((sum, l) => sum + l.remaining, 0n), max(m.balance, 0n), 'Σ lots = balance');
 }

@@ -43,7 +43,16 @@ export async function ledgerPage(
   return { entries, next_cursor: rows.length > limit ? entries[entries.length - 1].id : null };
 }
 
-const csvColumns = ['id', 'created_at', 'kind', 'amount', 'balance_after', 'correlation_id', 'reference', 'lots'] as const;
+const csvColumns = [
+  'id',
+  'created_at',
+  'kind',
+  'amount',
+  'balance_after',
+  'correlation_id',
+  'reference',
+  'lots',
+] as const;
 export const csvHeader = csvColumns.join(',') + '\r\n';
 
 /** An entry's field as CSV text; lots read `lot_id:amount` joined by `;` (e.g. `12:5;13:0.5`). */

@@ -1,0 +1,111 @@
+// What credit lots cost a debit (issue #20): billing.debit_credits on accounts with 1, 5 and 50
+// open lots against today's debit without lots, in the same run, in a private cluster (the
+// baseline leaves its accounts' lots behind their balances, which the shared database must not
+// see). The baseline is the live post_user_transfer with its lot step cut out, read from the
+// database, so it is exactly the debit as it was before lots. Target: 1 lot ≤ 1.2× the baseline's
+// cost (throughput ratio ≥ 0.83).
+//   BENCH_SECONDS (5) per cell, BENCH_ROUNDS (3, cells interleaved, medians reported),
+//   BENCH_CLIENTS (16), BENCH_LOTS_PORT (55434)
+import postgres from 'postgres';
+import { privateCluster } from './private-cluster.ts';
+
+const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
+const rounds = Number(Deno.env.get('BENCH_ROUNDS') ?? 3);
+const clients = Number(Deno.env.get('BENCH_CLIENTS') ?? 16);
+const accounts = 1000;
+const cluster = privateCluster({
+  dir: '/tmp/scholarlink-lots-bench',
+  port: Number(Deno.env.get('BENCH_LOTS_PORT') ?? 55434),
+  conf: ['shared_buffers = 512MB', 'max_wal_size = 4GB'],
+  log: (s) => console.error(`[lots] ${s}`),
+});
+await cluster.start();
+const sql = postgres(cluster.url, { max: 4, onnotice: () => {} });
+
+try {
+  // ------------------------------------------------------------ fixtures
+  /** 1,000 users, each with `lots` open lots (promotional, no expiry) holding plenty. */
+  async function usersWithLots(lots: number): Promise<string[]> {
+    const users = (await sql`
+      with ins as (insert into auth.users (id) select gen_random_uuid() from generate_series(1, ${accounts}) returning id)
+      select id::text from ins`).map((r) => r.id as string);
+    await sql`select billing.grant_credits(u, 1000000000, 'adjustment', 'bench-lot:' || u || ':' || n,
+        null, null, null, '{"category": "promotional"}') from unnest(${users}::uuid[]) u, generate_series(1, ${lots}) n`;
+    return users;
+  }
+  console.error('[lots] fixtures: 4 × 1,000 users with 1, 1, 5 and 50 lots');
+  const fixtures = {
+    baseline: await usersWithLots(1),
+    '1 lot': await usersWithLots(1),
+    '5 lots': await usersWithLots(5),
+    '50 lots': await usersWithLots(50),
+  };
+  // Today's debit: the same function without the step that creates or draws lots.
+  const [{ def }] = await sql`select pg_get_functiondef('billing.post_user_transfer'::regproc) as def`;
+  // The block that starts `  if p_direction > 0 then` and ends at the `  end if;` of its own indentation.
+  const lotStep = /\n {2}if p_direction > 0 then\n {4}perform billing\.create_lot[\s\S]*?\n {2}end if;\n/;
+  if (!lotStep.test(def)) throw new Error('the lot step of post_user_transfer was not found: update bench/lots.ts');
+  await sql`create schema if not exists bench`;
+  await sql.unsafe(
+    def.replace(lotStep, '\n').replace(
+      'FUNCTION billing.post_user_transfer(',
+      'FUNCTION bench.post_user_transfer_without_lots(',
+    ),
+  );
+
+  // ------------------------------------------------------------ measuring
+  async function opsPerSecond(users: string[], baseline: boolean) {
+    const pool = postgres(cluster.url, { max: clients, prepare: true, onnotice: () => {} });
+    await Promise.all(Array.from({ length: clients }, () => pool`select 1`));
+    let done = 0;
+    const until = performance.now() + seconds * 1000;
+    await Promise.all(Array.from({ length: clients }, async (_, c) => {
+      for (let i = c; performance.now() < until; i += clients, done++) {
+        const user = users[i % users.length];
+        const key = `bench:${crypto.randomUUID()}`;
+        if (baseline) {
+          await pool`select bench.post_user_transfer_without_lots(${user}, -1, 'spend', 1, 'debit', 'usage_revenue', ${key})`;
+        } else await pool`select billing.debit_credits(${user}, 1, ${key})`;
+      }
+    }));
+    await pool.end();
+    return done / seconds;
+  }
+
+  const results: Record<string, number[]> = {};
+  for (let r = 0; r < rounds; r++) {
+    for (const [name, users] of Object.entries(fixtures)) {
+      (results[name] ??= []).push(await opsPerSecond(users, name === 'baseline'));
+      console.error(`[lots] round ${r + 1}/${rounds} ${name}: ${results[name].at(-1)?.toFixed(0)} debits/s`);
+    }
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const base = median(results.baseline);
+  console.log(
+    `\n### Credit lots: debit cost by open lots (${clients} clients, ${accounts} accounts, medians of ${rounds})\n`,
+  );
+  console.log('| debit | debits/s | cost vs today (baseline ÷ this) | target |');
+  console.log('| --- | --- | --- | --- |');
+  for (const [name, xs] of Object.entries(results)) {
+    const cost = base / median(xs);
+    const target = name === '1 lot' ? (cost <= 1.2 ? '≤ 1.2× ✓' : '≤ 1.2× ✗') : '';
+    console.log(
+      `| ${name === 'baseline' ? 'today (no lots)' : name} | ${median(xs).toFixed(0)} | ${
+        cost.toFixed(2)
+      }× | ${target} |`,
+    );
+  }
+
+  // A fast wrong answer fails the run: every account that uses lots still agrees with them.
+  const [{ check }] = await sql`select billing.check_lots() as check`;
+  const baselineAccounts = new Set((await sql`select a.id::text from billing.accounts a
+    where a.user_id = any(${fixtures.baseline}::uuid[])`).map((r) => r.id as string));
+  const wrong = (check.accounts as number[]).filter((id) => !baselineAccounts.has(String(id)));
+  if (wrong.length || check.lots.length || check.transfers.length) {
+    throw new Error(`lots disagree with the ledger after the run: ${JSON.stringify(check).slice(0, 500)}`);
+  }
+  console.log('\nlots agree with balances and allocations after the run (baseline accounts excepted, by design)');
+} finally {
+  await sql.end();
+  await cluster.stop();
+}
