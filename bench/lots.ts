@@ -22,17 +22,37 @@ const cluster = privateCluster({
 await cluster.start();
 const sql = postgres(cluster.url, { max: 4, onnotice: () => {} });
 
+// ------------------------------------------------------------ fixtures
+/** 1,000 users, each with `lots` open lots (promotional, no expiry) holding plenty. */
+async function usersWithLots(lots: number): Promise<string[]> {
+  const users = (await sql`
+    with ins as (insert into auth.users (id) select gen_random_uuid() from generate_series(1, ${accounts}) returning id)
+    select id::text from ins`).map((r) => r.id as string);
+  await sql`select billing.grant_credits(u, 1000000000, 'adjustment', 'bench-lot:' || u || ':' || n,
+      null, null, null, '{"category": "promotional"}') from unnest(${users}::uuid[]) u, generate_series(1, ${lots}) n`;
+  return users;
+}
+
+// ------------------------------------------------------------ measuring
+async function opsPerSecond(users: string[], baseline: boolean) {
+  const pool = postgres(cluster.url, { max: clients, prepare: true, onnotice: () => {} });
+  await Promise.all(Array.from({ length: clients }, () => pool`select 1`));
+  let done = 0;
+  const until = performance.now() + seconds * 1000;
+  await Promise.all(Array.from({ length: clients }, async (_, c) => {
+    for (let i = c; performance.now() < until; i += clients, done++) {
+      const user = users[i % users.length];
+      const key = `bench:${crypto.randomUUID()}`;
+      if (baseline) {
+        await pool`select bench.post_user_transfer_without_lots(${user}, -1, 'spend', 1, 'debit', 'usage_revenue', ${key})`;
+      } else await pool`select billing.debit_credits(${user}, 1, ${key})`;
+    }
+  }));
+  await pool.end();
+  return done / seconds;
+}
+
 try {
-  // ------------------------------------------------------------ fixtures
-  /** 1,000 users, each with `lots` open lots (promotional, no expiry) holding plenty. */
-  async function usersWithLots(lots: number): Promise<string[]> {
-    const users = (await sql`
-      with ins as (insert into auth.users (id) select gen_random_uuid() from generate_series(1, ${accounts}) returning id)
-      select id::text from ins`).map((r) => r.id as string);
-    await sql`select billing.grant_credits(u, 1000000000, 'adjustment', 'bench-lot:' || u || ':' || n,
-        null, null, null, '{"category": "promotional"}') from unnest(${users}::uuid[]) u, generate_series(1, ${lots}) n`;
-    return users;
-  }
   console.error('[lots] fixtures: 4 × 1,000 users with 1, 1, 5 and 50 lots');
   const fixtures = {
     baseline: await usersWithLots(1),
@@ -52,25 +72,6 @@ try {
       'FUNCTION bench.post_user_transfer_without_lots(',
     ),
   );
-
-  // ------------------------------------------------------------ measuring
-  async function opsPerSecond(users: string[], baseline: boolean) {
-    const pool = postgres(cluster.url, { max: clients, prepare: true, onnotice: () => {} });
-    await Promise.all(Array.from({ length: clients }, () => pool`select 1`));
-    let done = 0;
-    const until = performance.now() + seconds * 1000;
-    await Promise.all(Array.from({ length: clients }, async (_, c) => {
-      for (let i = c; performance.now() < until; i += clients, done++) {
-        const user = users[i % users.length];
-        const key = `bench:${crypto.randomUUID()}`;
-        if (baseline) {
-          await pool`select bench.post_user_transfer_without_lots(${user}, -1, 'spend', 1, 'debit', 'usage_revenue', ${key})`;
-        } else await pool`select billing.debit_credits(${user}, 1, ${key})`;
-      }
-    }));
-    await pool.end();
-    return done / seconds;
-  }
 
   const results: Record<string, number[]> = {};
   for (let r = 0; r < rounds; r++) {
