@@ -46,6 +46,7 @@ create table billing.accounts (
   balance numeric(38, 18) not null default 0,
   held numeric(38, 18) not null default 0,        -- Σ of this account's active holds
   version bigint not null default 0,              -- +1 per entry; entries record it
+  caps integer not null default 0,                -- how many spend caps it has (0: no cap check at all)
   created_at timestamptz not null default now(),
   constraint accounts_user_xor_platform check ((user_id is null) <> (code is null)),
   constraint accounts_held_not_negative check (held >= 0),

@@ -83,17 +83,25 @@ as $$
 declare
   v_count integer;
   v_total numeric(38, 18);
+  v_caps integer;
+  v_expired jsonb;
 begin
   -- The account is locked first, as everywhere else, then its holds.
-  perform 1 from billing.accounts a where a.id = p_account_id for update;
+  select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
   with expired as (
     update billing.holds h set status = 'expired', finished_at = now()
     where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now()
-    returning h.amount
+    returning h.amount, h.purpose, h.metadata ->> 'model' as model, h.created_at
   )
-  select count(*), coalesce(sum(amount), 0) into v_count, v_total from expired;
+  select count(*), coalesce(sum(e.amount), 0),
+         jsonb_agg(jsonb_build_object('amount', e.amount, 'model', e.model, 'at', e.created_at)) filter (where e.purpose <> 'dispute')
+    into v_count, v_total, v_expired from expired e;
   if v_count > 0 then
     update billing.accounts a set held = a.held - v_total where a.id = p_account_id;
+    if v_caps > 0 then
+      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz)
+      from jsonb_array_elements(coalesce(v_expired, '[]')) x;
+    end if;
   end if;
   return v_count;
 end;
@@ -268,6 +276,9 @@ begin
       perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
         'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text,
         'debt', v_account.balance < 0));
+    end if;
+    if v_account.caps > 0 then
+      perform billing.charge_caps(v_account_id, p_amount, p_metadata ->> 'model');
     end if;
   elsif p_mode = 'capture' and v_account.balance < p_amount then
     perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
@@ -579,6 +590,9 @@ begin
       'debt', v_account.balance < 0));
   end if;
 
+  if v_account.caps > 0 then
+    perform billing.charge_caps(v_account.id, p_amount, p_metadata ->> 'model');
+  end if;
   v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
     p_purpose, p_correlation_id, p_metadata);
   return billing.hold_result_of(v_hold, false);
@@ -630,6 +644,20 @@ begin
   return v_hold;
 end;
 $$;
+
+-- What a finished hold did not spend goes back to its caps (a dispute's hold never counted).
+create function billing.return_hold_cap_room(p_hold billing.holds, p_unspent numeric) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_hold.purpose <> 'dispute' and p_unspent > 0
+     and (select a.caps from billing.accounts a where a.id = p_hold.account_id) > 0 then
+    perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model', p_hold.created_at);
+  end if;
+end;
+$$;
+comment on function billing.return_hold_cap_room(billing.holds, numeric) is 'Internal: returns a finished hold''s unspent amount to its caps.';
 
 create function billing.capture_hold(
   p_user uuid,
@@ -685,6 +713,7 @@ begin
   update billing.holds h set status = 'captured', captured_amount = v_capture, capture_transfer_id = v_transfer.transfer_id,
     finished_at = now()
   where h.id = p_hold_id returning * into v_hold;
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount - v_capture);
   return billing.hold_result_of(v_hold, false);
 end;
 $$;
@@ -707,6 +736,7 @@ begin
   end if;
   update billing.accounts a set held = a.held - v_hold.amount where a.id = v_hold.account_id;
   update billing.holds h set status = 'released', finished_at = now() where h.id = p_hold_id returning * into v_hold;
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount);
   return billing.hold_result_of(v_hold, false);
 end;
 $$;

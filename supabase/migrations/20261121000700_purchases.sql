@@ -277,6 +277,7 @@ begin
           'given_amount', trim_scale(v_take)::text)
     where h.id = v_user_hold.id;
     update billing.accounts a set held = a.held - v_take where a.id = v_account.id;
+    perform billing.return_hold_cap_room(v_user_hold, v_take);
     v_short := v_short - v_take;
   end loop;
 

@@ -282,7 +282,8 @@ begin
       -- is charged from what is available, never into debt (what cannot be charged is recorded).
       v_overage := least(v_price.amount - v_capture, greatest(v_after.available, 0));
       if v_overage > 0 then
-        perform billing.post_user_transfer(v_job.user_id, -1, 'spend', v_overage, 'usage', 'usage_revenue',
+        -- Billed like a capture: work already done, counted against caps when its hold was placed.
+        perform billing.post_user_transfer(v_job.user_id, -1, 'capture', v_overage, 'usage', 'usage_revenue',
           'job-overage:' || p_job, 'job:' || p_job, null,
           jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model', 'reserved', trim_scale(v_hold.amount)::text,
             'priced', trim_scale(v_price.amount)::text, 'unbilled', trim_scale(v_price.amount - v_capture - v_overage)::text),

@@ -32,6 +32,7 @@ declare
   a_corr text[] := '{}';
   a_meta jsonb[] := '{}';
   v_id bigint;
+  v_cap jsonb;
 begin
   if v_count > 1000 then
     perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
@@ -75,7 +76,7 @@ begin
 
   -- Greedy per user in event order: each event is applied if it still fits.
   for e in
-    select b.*, a.balance as acct_balance, a.held as acct_held, a.version as acct_version
+    select b.*, a.balance as acct_balance, a.held as acct_held, a.version as acct_version, a.caps as acct_caps
     from pg_temp.usage_batch b left join billing.accounts a on a.id = b.account_id
     order by b.user_id, b.ord
   loop
@@ -101,6 +102,13 @@ begin
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'insufficient',
         'required', trim_scale(e.amount)::text, 'available', trim_scale(greatest(coalesce(v_available, 0), 0))::text);
     else
+      -- Over a cap: refused alone, like a short event (take_cap_room counted nothing then).
+      v_cap := case when e.acct_caps > 0 then billing.take_cap_room(e.account_id, e.amount, e.model) end;
+    end if;
+    if v_cap is not null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'cap_reached', 'cap', v_cap);
+      v_cap := null;
+    elsif v_outcomes[e.ord] is null then
       v_id := nextval(pg_get_serial_sequence('billing.transfers', 'id'));
       v_available := v_available - e.amount;
       v_balance := v_balance - e.amount;

@@ -59,6 +59,19 @@ export interface Lot {
   frozen: boolean;
 }
 
+/** A spend cap and its current period. */
+export interface SpendCap {
+  period: 'day' | 'week' | 'month';
+  time_zone: string;
+  /** null: all spending. */
+  model: string | null;
+  cap: Credits;
+  spent: Credits;
+  remaining: Credits;
+  period_started_at: string;
+  resets_at: string;
+}
+
 export interface LotPage {
   lots: Lot[];
   next_cursor: string | null;

@@ -95,6 +95,11 @@ const sqlErrors: Record<
   { type: ErrorType; message: string; code?: string; status?: number; retryable?: boolean }
 > = {
   INSUFFICIENT_CREDITS: { type: 'payment_required', message: 'Not enough credits for this request.' },
+  SPEND_CAP_REACHED: {
+    type: 'payment_required',
+    message: 'This would go over a spending cap: see details (cap, spent, resets_at).',
+  },
+  INVALID_CAP: { type: 'validation', message: 'The cap is not valid: see details.field and details.rule.' },
   INVALID_AMOUNT: {
     type: 'validation',
     message: 'The amount must be a positive decimal with at most 18 decimal places.',

@@ -1,8 +1,17 @@
 // The credits API: balance, lots, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds; a money
 // route's one call also claims its Idempotency-Key and stores its answer (moneyRequest).
-import type { Balance, LotPage } from '../_shared/contract.ts';
-import { createApp, currentUser, ok, requireAdminToken, requireServiceRole, requireUser } from '../_shared/app.ts';
+import type { Balance, LotPage, SpendCap } from '../_shared/contract.ts';
+import {
+  type AppContext,
+  createApp,
+  currentUser,
+  ok,
+  requireAdmin,
+  requireAdminToken,
+  requireServiceRole,
+  requireUser,
+} from '../_shared/app.ts';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { moneyRequest } from '../_shared/idempotency.ts';
@@ -10,6 +19,7 @@ import { formatCredits } from '../_shared/money.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import { ledgerCsv, ledgerPage } from '../_shared/ledger.ts';
 import {
+  CapRequestSchema,
   CaptureRequestSchema,
   GrantRequestSchema,
   HoldRequestSchema,
@@ -96,6 +106,29 @@ app.post('/holds/:id/capture', requireUser, async (c) => {
 app.post('/holds/:id/release', requireUser, async (c) => {
   const id = holdId(c.req.param('id'));
   return moneyRequest(c, 'credits.holds.release', { hold_id: id, ...await readJson(c, ReleaseRequestSchema) }, 200);
+});
+
+app.get('/caps', requireUser, async (c) => {
+  const [{ caps }] = await call((sql) => sql`select billing.get_spend_caps(${currentUser(c).id}) as caps`);
+  return ok<SpendCap[]>(c, caps);
+});
+
+/** Sets (or, amount null, removes) one of `userId`'s caps; answers with all of them. */
+async function setCap(c: AppContext, userId: string) {
+  const cap = await readJson(c, CapRequestSchema);
+  const [{ caps }] = await call((sql) =>
+    sql`select billing.set_spend_cap(${userId}, ${cap.period}, ${cap.time_zone}, ${cap.model}, ${cap.amount},
+      ${currentUser(c).id}) as caps`
+  );
+  return ok<SpendCap[]>(c, caps);
+}
+
+// A student caps their own spending; an admin caps anyone's.
+app.put('/caps', requireUser, (c) => setCap(c, currentUser(c).id));
+app.put('/caps/users/:user_id', requireAdmin, (c) => {
+  const userId = c.req.param('user_id');
+  if (!isUuid(userId)) throw new AppError('validation', 'VALIDATION_FAILED', 'user_id must be a UUID.');
+  return setCap(c, userId);
 });
 
 // The admin's role is checked in the database by the same statement that grants.

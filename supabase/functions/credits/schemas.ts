@@ -61,6 +61,15 @@ export const LedgerQuerySchema = z.strictObject({
 });
 export type LedgerQuery = z.infer<typeof LedgerQuerySchema>;
 
+/** A spend cap for a period (in a time zone), overall or for one model; amount null removes it. */
+export const CapRequestSchema = z.strictObject({
+  period: z.enum(['day', 'week', 'month']),
+  time_zone: z.string().min(1).max(64).default('UTC'),
+  model: z.string().min(1).max(64).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name').nullable().default(null),
+  amount: CreditAmountSchema.nullable(),
+});
+export type CapRequest = z.infer<typeof CapRequestSchema>;
+
 export const LotsQuerySchema = z.strictObject({
   limit: pageLimit(200, 50),
   cursor: EntryIdSchema.optional(),

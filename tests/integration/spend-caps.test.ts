@@ -1,0 +1,160 @@
+// Spend caps: exact under concurrency, holds count until released, per model, in batches and
+// jobs, set by the student or an admin, and refused with the cap, the spending and the reset.
+import assert from 'node:assert/strict';
+import type { SpendCap } from '../../supabase/functions/_shared/contract.ts';
+import { adminToken, api, assertLedgerInvariants, env, fund, newUser, userToken } from '../helpers.ts';
+import { balanceOf } from '../purchases.ts';
+
+const key = () => ({ 'idempotency-key': crypto.randomUUID() });
+
+async function student(credits = '1000') {
+  const id = await newUser();
+  await fund(id, credits);
+  return { id, token: await userToken(id) };
+}
+
+async function setCap(token: string, body: Record<string, unknown>, path = '/credits/caps') {
+  const r = await api(path, { method: 'PUT', token, body });
+  assert.equal(r.status, 200, r.text);
+  return r.body.data as SpendCap[];
+}
+
+/** gpt-4o input: 50 tokens = 1 credit; gpt-4o-mini: 1,000 input tokens = 0.6 credits. */
+const use = (token: string, credits: number, model = 'gpt-4o') =>
+  api('/credits/usage', {
+    token,
+    headers: key(),
+    body: { model, input_tokens: model === 'gpt-4o' ? credits * 50 : credits * 5000 / 3, output_tokens: 0 }, // mini: multiples of 3
+  });
+
+Deno.test('a daily cap refuses what would go over it with 402 SPEND_CAP_REACHED, the spending and the reset', async () => {
+  const s = await student();
+  const [cap] = await setCap(s.token, { period: 'day', amount: '100' });
+  assert.deepEqual([cap.period, cap.time_zone, cap.model, cap.cap, cap.spent, cap.remaining], [
+    'day',
+    'UTC',
+    null,
+    '100',
+    '0',
+    '100',
+  ]);
+  assert.equal((await use(s.token, 60)).status, 201);
+  assert.equal((await use(s.token, 40)).status, 201);
+  const refused = await use(s.token, 1);
+  assert.equal(refused.status, 402);
+  const error = refused.body.error as { code: string; details: Record<string, string> };
+  assert.equal(error.code, 'SPEND_CAP_REACHED');
+  assert.deepEqual([error.details.cap, error.details.spent, error.details.required, error.details.period], [
+    '100',
+    '100',
+    '1',
+    'day',
+  ]);
+  const tomorrow = new Date();
+  tomorrow.setUTCHours(24, 0, 0, 0);
+  assert.equal(error.details.resets_at, tomorrow.toISOString());
+  assert.equal((await balanceOf(s.token)).balance, '900', 'the refused request moved nothing');
+  const [after] = (await api('/credits/caps', { token: s.token })).body.data as SpendCap[];
+  assert.deepEqual([after.spent, after.remaining], ['100', '0']);
+});
+
+Deno.test('parallel requests never exceed a cap: 100 parallel 1-credit debits under a cap of 50 → exactly 50', async () => {
+  const s = await student();
+  await setCap(s.token, { period: 'month', amount: '50' });
+  const results = await Promise.all(Array.from({ length: 100 }, () => use(s.token, 1)));
+  const codes = results.map((r) => r.status === 201 ? 'ok' : (r.body.error as { code: string }).code);
+  assert.equal(codes.filter((c) => c === 'ok').length, 50);
+  assert.equal(codes.filter((c) => c === 'SPEND_CAP_REACHED').length, 50);
+  assert.equal((await balanceOf(s.token)).balance, '950');
+  await assertLedgerInvariants();
+});
+
+Deno.test('a hold counts against the cap until released; a partial capture gives back the rest', async () => {
+  const s = await student();
+  await setCap(s.token, { period: 'week', amount: '100' });
+  const hold = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '80' } });
+  assert.equal(hold.status, 201);
+  assert.equal((await use(s.token, 30)).status, 402, 'the hold counts');
+  const id = (hold.body.data as { hold_id: string }).hold_id;
+  const capture = await api(`/credits/holds/${id}/capture`, { token: s.token, headers: key(), body: { amount: '50' } });
+  assert.equal(capture.status, 200);
+  assert.equal((await use(s.token, 50)).status, 201, '80 − 30 unspent came back: 50 of 100 used');
+  assert.equal((await use(s.token, 1)).status, 402);
+  const hold2 = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '1' } });
+  assert.equal(hold2.status, 402, 'a hold over the cap is refused too');
+});
+
+Deno.test('a per-model cap limits that model only; the overall cap still counts every model', async () => {
+  const s = await student();
+  await setCap(s.token, { period: 'day', model: 'gpt-4o', amount: '10' });
+  await setCap(s.token, { period: 'day', amount: '20' });
+  assert.equal((await use(s.token, 10)).status, 201);
+  assert.equal((await use(s.token, 1)).status, 402);
+  assert.equal((await use(s.token, 6, 'gpt-4o-mini')).status, 201);
+  const caps = (await api('/credits/caps', { token: s.token })).body.data as SpendCap[];
+  assert.deepEqual(caps.map((c) => [c.model, c.spent]), [[null, '16'], ['gpt-4o', '10']]);
+  assert.equal((await use(s.token, 6, 'gpt-4o-mini')).status, 402, 'the overall cap: 16 + 6 > 20');
+});
+
+Deno.test('batch events over a cap are refused alone as cap_reached; the rest apply', async () => {
+  const s = await student();
+  await setCap(s.token, { period: 'day', amount: '10' });
+  const event = () => ({
+    event_id: crypto.randomUUID(),
+    user_id: s.id,
+    model: 'gpt-4o',
+    input_tokens: 200,
+    output_tokens: 0,
+    occurred_at: new Date().toISOString(),
+  });
+  const r = await api('/credits/usage/batch', {
+    token: env('SUPABASE_SERVICE_ROLE_KEY'),
+    body: { events: [event(), event(), event()] },
+  });
+  assert.equal(r.status, 200, r.text);
+  const outcomes = (r.body.data as { outcomes: { status: string; cap?: { cap: string } }[] }).outcomes;
+  assert.deepEqual(outcomes.map((o) => o.status), ['applied', 'applied', 'cap_reached']);
+  assert.equal(outcomes[2].cap?.cap, '10');
+  assert.equal((await balanceOf(s.token)).balance, '992');
+});
+
+Deno.test('a job whose reserve would pass the cap is 402 and creates no job', async () => {
+  const s = await student();
+  await setCap(s.token, { period: 'day', amount: '1' });
+  const r = await api('/jobs', {
+    token: s.token,
+    headers: key(),
+    body: { type: 'ai_completion', input: { model: 'gpt-4o', prompt: 'hello there', max_tokens: 2000 } },
+  });
+  assert.equal(r.status, 402, r.text);
+  assert.equal((r.body.error as { code: string }).code, 'SPEND_CAP_REACHED');
+});
+
+Deno.test('an admin caps any student; a student cannot cap another; a null amount removes a cap', async () => {
+  const s = await student();
+  const other = await student();
+  await setCap(await adminToken(), { period: 'day', amount: '5' }, `/credits/caps/users/${s.id}`);
+  assert.equal((await use(s.token, 6)).status, 402);
+  const denied = await api(`/credits/caps/users/${s.id}`, {
+    method: 'PUT',
+    token: other.token,
+    body: { period: 'day', amount: null },
+  });
+  assert.equal(denied.status, 403);
+  assert.deepEqual(await setCap(s.token, { period: 'day', amount: null }), []);
+  assert.equal((await use(s.token, 6)).status, 201);
+});
+
+Deno.test("periods follow the cap's time zone; a bad period or time zone is 400 and changes nothing", async () => {
+  const s = await student();
+  const [cap] = await setCap(s.token, { period: 'day', time_zone: 'Pacific/Kiritimati', amount: '5' });
+  const started = new Date(cap.period_started_at);
+  // Kiritimati is UTC+14: its midnight is 10:00 UTC.
+  assert.equal(started.getUTCHours(), 10);
+  assert.equal(Date.parse(cap.resets_at) - started.getTime(), 86_400_000);
+  for (const body of [{ period: 'year', amount: '5' }, { period: 'day', time_zone: 'Mars/Base', amount: '5' }]) {
+    const r = await api('/credits/caps', { method: 'PUT', token: s.token, body });
+    assert.equal(r.status, 400, r.text);
+  }
+  assert.equal(((await api('/credits/caps', { token: s.token })).body.data as SpendCap[]).length, 1);
+});
