@@ -191,6 +191,18 @@ export async function withGateway(
   }
 }
 
+/** Sends whatever is due in the outbox (earlier tests leave some), so a test then dispatches its own. */
+export async function drainOutbox(base = functionsUrl): Promise<void> {
+  for (let i = 0; i < 50; i++) {
+    const r = await fetch(`${base}/notify/dispatch`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${env('CRON_SECRET')}` },
+    });
+    const { data } = await r.json();
+    if (data.sent + data.failed + data.retrying === 0) return;
+  }
+}
+
 /** Runs the jobs worker tick as pg_cron would (the test run has no ticker). */
 export async function tick(base = functionsUrl): Promise<void> {
   const res = await fetch(`${base}/jobs/worker/tick`, {

@@ -83,6 +83,7 @@ begin
   from billing.spend_caps c cross join lateral billing.cap_period(c.period, c.time_zone, now()) p
   where c.account_id = p_account_id and (c.model is null or c.model = p_model)
   on conflict (cap_id, period_start) do update set spent = s.spent + excluded.spent;
+  perform billing.check_cap_alerts(p_account_id);
   return null;
 end;
 $$;

@@ -72,6 +72,12 @@ export interface SpendCap {
   resets_at: string;
 }
 
+/** The low-balance alert and each cap's percent alerts, with what has fired (and not re-armed). */
+export interface Alerts {
+  low_balance: { threshold: Credits; fired: boolean } | null;
+  caps: { period: SpendCap['period']; model: string | null; percents: number[]; fired: number[] }[];
+}
+
 export interface LotPage {
   lots: Lot[];
   next_cursor: string | null;

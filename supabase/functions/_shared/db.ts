@@ -100,6 +100,8 @@ const sqlErrors: Record<
     message: 'This would go over a spending cap: see details (cap, spent, resets_at).',
   },
   INVALID_CAP: { type: 'validation', message: 'The cap is not valid: see details.field and details.rule.' },
+  INVALID_ALERT: { type: 'validation', message: 'The alert is not valid: see details.field and details.rule.' },
+  CAP_NOT_FOUND: { type: 'not_found', message: 'There is no cap for that period and model: set the cap first.' },
   INVALID_AMOUNT: {
     type: 'validation',
     message: 'The amount must be a positive decimal with at most 18 decimal places.',

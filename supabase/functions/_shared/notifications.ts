@@ -1,6 +1,7 @@
 // Notification templates and the outbox dispatcher. Rows are written in the same transaction
 // as their cause (a receipt with the purchase, an alert with its condition); sending happens
 // here, later, with retries: a failed email never affects what caused it.
+import { createHmac } from 'node:crypto';
 import { z } from 'zod';
 import { db } from './db.ts';
 import { parseEnv } from './env.ts';
@@ -11,6 +12,9 @@ import { sendEmail } from './postmark.ts';
 const NotifyEnvSchema = z.object({
   ALERT_EMAIL: z.email().optional(),
   ALERT_WEBHOOK_URL: z.url().optional(),
+  // The product's own backend: balance and cap alerts, signed like Stripe's webhooks.
+  PRODUCT_WEBHOOK_URL: z.url().optional(),
+  PRODUCT_WEBHOOK_SECRET: z.string().min(32).optional(),
   OUTBOX_MAX_ATTEMPTS: z.coerce.number().int().positive().default(5),
 });
 
@@ -19,6 +23,8 @@ export const templates = [
   'refund_notice',
   'low_balance',
   'credits_expiring',
+  'balance_alert',
+  'product_webhook',
   'alert',
   'daily_report',
 ] as const;
@@ -51,6 +57,22 @@ export function render(template: Template, data: Payload): { subject: string; te
           String(data.expires_at).slice(0, 10)
         } (UTC). Use them before then: whatever is left at that time expires.`,
       };
+    case 'balance_alert':
+      return data.kind === 'balance_below'
+        ? {
+          subject: 'Your credit balance is low',
+          text: `You have ${credits(data.available)} credits available, below the ${
+            credits(data.threshold)
+          } you asked to be told about.`,
+        }
+        : {
+          subject: `You have used ${data.percent}% of your ${data.period}ly spending cap`,
+          text: `${credits(data.spent)} of ${credits(data.cap)} credits${
+            data.model ? ` on ${data.model}` : ''
+          } this ${data.period}.`,
+        };
+    case 'product_webhook':
+      return { subject: String(data.type ?? 'billing event'), text: '' };
     case 'alert':
       return { subject: `[ScholarLink alert] ${data.condition}`, text: String(data.summary ?? data.condition) };
     case 'daily_report':
@@ -102,7 +124,36 @@ async function recipient(row: OutboxRow, alertEmail: string | undefined): Promis
   return u?.email ?? null;
 }
 
+/**
+ * POSTs an event to the product's backend: `ScholarLink-Signature: t=<unix>,v1=<hex HMAC-SHA256
+ * of "t.body" with PRODUCT_WEBHOOK_SECRET>` (Stripe's scheme). Every attempt is logged.
+ */
+async function deliverProductWebhook(row: OutboxRow, env: z.infer<typeof NotifyEnvSchema>): Promise<void> {
+  if (!env.PRODUCT_WEBHOOK_URL || !env.PRODUCT_WEBHOOK_SECRET) return; // not configured: nothing to send
+  const body = JSON.stringify(row.payload);
+  const t = Math.floor(Date.now() / 1000);
+  const v1 = createHmac('sha256', env.PRODUCT_WEBHOOK_SECRET).update(`${t}.${body}`).digest('hex');
+  let status: number | null = null;
+  try {
+    const res = await fetch(env.PRODUCT_WEBHOOK_URL, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'scholarlink-signature': `t=${t},v1=${v1}` },
+      body,
+      signal: AbortSignal.timeout(10_000),
+    });
+    status = res.status;
+    await res.body?.cancel();
+    if (!res.ok) throw new Error(`product webhook answered ${res.status}`);
+    await db()`select billing.log_webhook_delivery(${row.id}, ${row.attempts}, ${status}, null)`;
+  } catch (err) {
+    const error = String(errorSummary(err).errorMessage ?? 'error');
+    await db()`select billing.log_webhook_delivery(${row.id}, ${row.attempts}, ${status}, ${error})`;
+    throw err;
+  }
+}
+
 async function deliver(row: OutboxRow, env: z.infer<typeof NotifyEnvSchema>): Promise<void> {
+  if (row.template === 'product_webhook') return deliverProductWebhook(row, env);
   const data = (row.payload.data as Payload | undefined) ?? row.payload;
   const { subject, text } = render(row.template, data);
   if (row.template === 'alert' && env.ALERT_WEBHOOK_URL) {

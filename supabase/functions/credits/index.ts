@@ -1,7 +1,7 @@
 // The credits API: balance, lots, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds; a money
 // route's one call also claims its Idempotency-Key and stores its answer (moneyRequest).
-import type { Balance, LotPage, SpendCap } from '../_shared/contract.ts';
+import type { Alerts, Balance, LotPage, SpendCap } from '../_shared/contract.ts';
 import {
   type AppContext,
   createApp,
@@ -19,12 +19,14 @@ import { formatCredits } from '../_shared/money.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import { ledgerCsv, ledgerPage } from '../_shared/ledger.ts';
 import {
+  CapAlertsSchema,
   CapRequestSchema,
   CaptureRequestSchema,
   GrantRequestSchema,
   HoldRequestSchema,
   LedgerQuerySchema,
   LotsQuerySchema,
+  LowBalanceAlertSchema,
   ReleaseRequestSchema,
   UsageBatchSchema,
   UsageRequestSchema,
@@ -129,6 +131,29 @@ app.put('/caps/users/:user_id', requireAdmin, (c) => {
   const userId = c.req.param('user_id');
   if (!isUuid(userId)) throw new AppError('validation', 'VALIDATION_FAILED', 'user_id must be a UUID.');
   return setCap(c, userId);
+});
+
+app.get('/alerts', requireUser, async (c) => {
+  const [{ alerts }] = await call((sql) => sql`select billing.get_alerts(${currentUser(c).id}) as alerts`);
+  return ok<Alerts>(c, alerts);
+});
+
+app.put('/alerts/low-balance', requireUser, async (c) => {
+  const { threshold } = await readJson(c, LowBalanceAlertSchema);
+  const [{ alerts }] = await call((sql) =>
+    sql`select billing.set_low_balance_alert(${currentUser(c).id}, ${threshold}) as alerts`
+  );
+  return ok<Alerts>(c, alerts);
+});
+
+app.put('/alerts/caps', requireUser, async (c) => {
+  const a = await readJson(c, CapAlertsSchema);
+  const [{ alerts }] = await call((sql) =>
+    sql`select billing.set_cap_alerts(${
+      currentUser(c).id
+    }, ${a.period}, ${a.model}, ${a.percents}::integer[]) as alerts`
+  );
+  return ok<Alerts>(c, alerts);
 });
 
 // The admin's role is checked in the database by the same statement that grants.

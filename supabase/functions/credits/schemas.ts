@@ -70,6 +70,13 @@ export const CapRequestSchema = z.strictObject({
 });
 export type CapRequest = z.infer<typeof CapRequestSchema>;
 
+export const LowBalanceAlertSchema = z.strictObject({ threshold: CreditAmountSchema.nullable() });
+export const CapAlertsSchema = z.strictObject({
+  period: z.enum(['day', 'week', 'month']),
+  model: CapRequestSchema.shape.model,
+  percents: z.array(z.number().int().min(1).max(100)).max(10),
+});
+
 export const LotsQuerySchema = z.strictObject({
   limit: pageLimit(200, 50),
   cursor: EntryIdSchema.optional(),
