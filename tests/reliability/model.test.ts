@@ -47,8 +47,12 @@ interface Model {
   balance: bigint;
   held: bigint;
   purchases: ModelPurchase[];
-  holds: { amount: bigint; open: boolean }[];
+  holds: { amount: bigint; open: boolean; capGen: number }[]; // capGen: the cap it counted against (−1: none)
   lots: ModelLot[]; // in grant order
+  /** A monthly spend cap (micro-credits) and what counted against it; a new cap is a new generation. */
+  cap: bigint | null;
+  capSpent: bigint;
+  capGen: number;
 }
 interface Real {
   user: string;
@@ -79,9 +83,22 @@ async function compare(m: Model, r: Real) {
   };
   assert.deepEqual(lots.lots.map((l) => micro(l.remaining)).reverse(), m.lots.map((l) => l.remaining), 'lots');
   assert.equal(m.lots.reduce((sum, l) => sum + l.remaining, 0n), max(m.balance, 0n), 'Σ lots = balance');
+  if (m.cap !== null) {
+    const caps = (await api('/credits/caps', { token: r.token })).body.data as { spent: string }[];
+    assert.equal(micro(caps[0].spent), m.capSpent, 'cap spending');
+  }
 }
 
 const available = (m: Model) => (m.balance < 0n ? -1n : m.balance - m.held);
+const fitsCap = (m: Model, amount: bigint) => m.cap === null || m.capSpent + amount <= m.cap;
+/** Counts a spend or a hold against the cap, if there is one. */
+const countCap = (m: Model, amount: bigint) => {
+  if (m.cap !== null) m.capSpent += amount;
+};
+/** What a hold did not spend goes back to the cap it counted against (a cap set since never counted it). */
+const returnCap = (m: Model, hold: { capGen: number }, amount: bigint) => {
+  if (m.cap !== null && hold.capGen === m.capGen) m.capSpent = max(m.capSpent - amount, 0n);
+};
 
 // ---------------------------------------------------------------- lots
 /** A grant's lot: what pays an existing debt is settled on arrival, the rest remains. Call before the balance moves. */
@@ -108,11 +125,12 @@ const lotsOf = (m: Model, purchase: number) => m.lots.filter((l) => l.purchase =
 
 /** Charges a debit-like request and checks the answer against the model. */
 function expectDebit(m: Model, price: bigint, status: number) {
-  if (available(m) >= price) {
-    assert.equal(status, 201, `expected success, available ${available(m)} ≥ ${price}`);
+  if (available(m) >= price && fitsCap(m, price)) {
+    assert.equal(status, 201, `expected success, available ${available(m)} ≥ ${price}, cap room`);
+    countCap(m, price);
     return true;
   }
-  assert.equal(status, 402, `expected 402, available ${available(m)} < ${price}`);
+  assert.equal(status, 402, `expected 402, available ${available(m)} < ${price} or over the cap`);
   return false;
 }
 
@@ -200,9 +218,11 @@ class BatchUsage implements Cmd {
     const outcomes = (res.body.data as { outcomes: { status: string }[] }).outcomes;
     this.events.forEach((e, i) => {
       const price = BigInt(e.input) * 600n + BigInt(e.output) * 2400n;
-      const ok = available(m) >= price;
-      assert.equal(outcomes[i].status, ok ? 'applied' : 'insufficient', `event ${i}`);
+      const ok = available(m) >= price && fitsCap(m, price);
+      const status = ok ? 'applied' : available(m) < price ? 'insufficient' : 'cap_reached';
+      assert.equal(outcomes[i].status, status, `event ${i}`);
       if (ok) {
+        countCap(m, price);
         m.balance -= price;
         drawLots(m, price);
       }
@@ -229,6 +249,31 @@ class Grant implements Cmd {
   toString = () => `Grant(${this.amount})`;
 }
 
+class SetCap implements Cmd {
+  constructor(readonly amount: number | null) {}
+  check = () => true;
+  async run(m: Model, r: Real) {
+    const res = await api('/credits/caps', {
+      method: 'PUT',
+      token: r.token,
+      body: { period: 'month', amount: this.amount === null ? null : String(this.amount) },
+    });
+    assert.equal(res.status, 200, res.text);
+    if (this.amount === null) m.cap = null;
+    else {
+      if (m.cap === null) {
+        m.capGen++;
+        m.capSpent = 0n; // a new cap counts from now
+      }
+      m.cap = BigInt(this.amount) * M;
+    }
+    const caps = res.body.data as { spent: string }[];
+    assert.deepEqual(caps.map((c) => micro(c.spent)), m.cap === null ? [] : [m.capSpent], 'cap spending');
+    await compare(m, r);
+  }
+  toString = () => `SetCap(${this.amount})`;
+}
+
 class Hold implements Cmd {
   constructor(readonly amount: number) {}
   check = () => true;
@@ -241,7 +286,7 @@ class Hold implements Cmd {
     });
     if (expectDebit(m, amount, res.status)) {
       m.held += amount;
-      m.holds.push({ amount, open: true });
+      m.holds.push({ amount, open: true, capGen: m.cap === null ? -1 : m.capGen });
       r.holds.push((res.body.data as { hold_id: string }).hold_id);
     }
     await compare(m, r);
@@ -274,6 +319,7 @@ class Settle implements Cmd {
         m.balance -= capture;
         drawLots(m, capture);
       }
+      returnCap(m, hold, this.how === 'release' ? hold.amount : hold.amount - capture);
       m.held -= hold.amount;
       hold.open = false;
     }
@@ -294,6 +340,7 @@ class HoldExpires implements Cmd {
     if (expectDebit(m, BigInt(this.amount) * M, res.status)) {
       await new Promise((ok) => setTimeout(ok, 1100));
       await testDb`select billing.release_expired_holds()`;
+      returnCap(m, { capGen: m.cap === null ? -1 : m.capGen }, BigInt(this.amount) * M);
     }
     await compare(m, r); // expired: back to where it was
   }
@@ -347,6 +394,7 @@ function freeze(m: Model, p: ModelPurchase) {
     if (short <= 0n) break;
     if (!h.open) continue;
     const take = min(h.amount, short);
+    returnCap(m, h, take);
     h.amount -= take;
     h.open = h.amount > 0n;
     m.held -= take;
@@ -401,6 +449,7 @@ const commands = [
     .map((e) => new BatchUsage(e)),
   fc.integer({ min: 1, max: 3000 }).map((a) => new Grant(a)),
   fc.integer({ min: 1, max: 8000 }).map((a) => new Hold(a)),
+  fc.option(fc.integer({ min: 1, max: 20000 }), { nil: null, freq: 3 }).map((a) => new SetCap(a)),
   fc.tuple(
     fc.nat(),
     fc.constantFrom('capture_all', 'capture_part', 'release') as fc.Arbitrary<
@@ -431,7 +480,16 @@ Deno.test({
             purchases: [],
             holds: [],
           };
-          const model: Model = { balance: 0n, held: 0n, purchases: [], holds: [], lots: [] };
+          const model: Model = {
+            balance: 0n,
+            held: 0n,
+            purchases: [],
+            holds: [],
+            lots: [],
+            cap: null,
+            capSpent: 0n,
+            capGen: 0,
+          };
           await fc.asyncModelRun(() => ({ model, real }), cmds);
           // Every credit the user ever got came from a paid session, a promotion or an admin grant.
           const [t] = await testDb`
