@@ -128,7 +128,8 @@ as $$
   from billing.credit_packages k where k.id = p.package_id
 $$;
 
-create function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text default null)
+create function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text default null,
+  p_save_card boolean default false)
 returns billing.checkout
 language plpgsql
 security definer
@@ -172,14 +173,15 @@ begin
     return billing.checkout_of(v_purchase, true);
   end if;
 
-  insert into billing.purchases (user_id, package_id, request_key, client_temp_id, price_cents, currency, credits, bonus_credits)
+  insert into billing.purchases (user_id, package_id, request_key, client_temp_id, price_cents, currency, credits, bonus_credits,
+                                 save_card)
   values (p_user, v_package.id, p_request_key, p_client_temp_id, v_package.price_cents, v_package.currency,
-          v_package.credits, v_package.bonus_credits)
+          v_package.credits, v_package.bonus_credits, coalesce(p_save_card, false))
   returning * into v_purchase;
   return billing.checkout_of(v_purchase, false);
 end;
 $$;
-comment on function billing.begin_checkout(uuid, text, text, text)
+comment on function billing.begin_checkout(uuid, text, text, text, boolean)
   is 'Creates a pending purchase, or returns the user''s open one for the same package, or the one this request key already made.';
 
 create function billing.attach_checkout_session(p_purchase_id uuid, p_session_id text, p_url text, p_expires_at timestamptz)
@@ -215,7 +217,7 @@ begin
   update billing.purchases p set status = 'expired', updated_at = now()
   where p.id in (
     select p2.id from billing.purchases p2
-    where p2.status = 'pending'
+    where p2.status = 'pending' and p2.origin = 'checkout' -- a recharge has no session: its webhook decides
       and ((p2.stripe_session_id is null and p2.created_at < now() - interval '1 hour')
            or p2.session_expires_at < now() - interval '1 hour')
     limit p_limit);
@@ -316,7 +318,13 @@ declare
   v_target_b numeric(38, 18);
   v_remaining numeric(38, 18);
 begin
-  select * into p from billing.purchases x where x.stripe_session_id = p_state ->> 'session_id' for update;
+  -- A Checkout purchase by its session; an off-session recharge (no session) by its purchase id.
+  if p_state ->> 'session_id' is not null then
+    select * into p from billing.purchases x where x.stripe_session_id = p_state ->> 'session_id' for update;
+  else
+    select * into p from billing.purchases x
+    where x.id = (p_state ->> 'purchase_id')::uuid and x.origin = 'auto_recharge' for update;
+  end if;
   if not found then
     return 'unknown_purchase';
   end if;
@@ -335,6 +343,15 @@ begin
         null, null, jsonb_build_object('category', 'promotional', 'currency', p.currency, 'purchase_id', p.id));
     end if;
     update billing.purchases x set status = 'paid', paid_at = now(), updated_at = now() where x.id = p.id returning * into p;
+    update billing.recharges r set status = 'succeeded', payment_intent_id = p_state ->> 'payment_intent', updated_at = now()
+    where r.purchase_id = p.id;
+    -- The card the student asked to keep, for auto-recharge (Stripe ids only).
+    if p.save_card and p_state ->> 'customer' is not null and p_state ->> 'payment_method' is not null then
+      insert into billing.saved_cards as c (user_id, customer_id, payment_method_id)
+      values (p.user_id, p_state ->> 'customer', p_state ->> 'payment_method')
+      on conflict (user_id) do update set customer_id = excluded.customer_id,
+        payment_method_id = excluded.payment_method_id, saved_at = now();
+    end if;
     insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
     values ('purchase_receipt', p.user_id, 'receipt:' || p.id, jsonb_build_object(
       'purchase_id', p.id, 'package_id', p.package_id, 'price_cents', p.price_cents, 'currency', p.currency,
@@ -345,6 +362,12 @@ begin
   elsif p.status = 'pending' and p_state ->> 'session_status' = 'complete' and p_state ->> 'payment_status' = 'unpaid'
         and p_state ->> 'payment_intent_status' in ('requires_payment_method', 'canceled') then
     update billing.purchases x set status = 'failed', updated_at = now() where x.id = p.id returning * into p;
+  elsif p.status = 'pending' and p.origin = 'auto_recharge'
+        and p_state ->> 'payment_intent_status' in ('requires_payment_method', 'requires_action', 'canceled') then
+    -- The off-session charge failed (the worker may have recorded it already: this converges).
+    perform billing.record_recharge(r.id, p_state ->> 'payment_intent', coalesce(p_state ->> 'failure_code', 'payment_failed'))
+    from billing.recharges r where r.purchase_id = p.id;
+    select * into p from billing.purchases x where x.id = p.id;
   end if;
 
   update billing.purchases x
@@ -453,7 +476,7 @@ select cron.schedule('billing-expire-stale-purchases', '*/10 * * * *', $$select 
 
 revoke execute on all functions in schema billing from public, anon, authenticated;
 grant execute on function
-  billing.begin_checkout(uuid, text, text, text),
+  billing.begin_checkout(uuid, text, text, text, boolean),
   billing.attach_checkout_session(uuid, text, text, timestamptz),
   billing.expire_stale_purchases(integer),
   billing.sync_purchase(jsonb),

@@ -5,6 +5,7 @@ import { type FormObject, obj, str } from './form.ts';
 import { invalid, missing, route, StripeApiError } from './http.ts';
 import { checkDestination, settleDestinationCharge } from './connect.ts';
 import { balanceTransaction, charge, checkoutSession, paymentIntent } from './objects.ts';
+import { saveCard } from './off-session.ts';
 import { config, newId, now, store } from './state.ts';
 
 function createSession(body: FormObject): Stripe.Checkout.Session {
@@ -43,6 +44,7 @@ function createSession(body: FormObject): Stripe.Checkout.Session {
     applicationFeeAmount: fee === null ? null : Number(fee),
     destination: str(obj(intentData.transfer_data).destination),
     metadata: Object.fromEntries(Object.entries(obj(intentData.metadata)).map(([k, v]) => [k, String(v)])),
+    saveCard: str(intentData.setup_future_usage) === 'off_session',
   };
   checkDestination(payment.destination, payment.applicationFeeAmount, amount);
   store.sessions.set(session.id, session);
@@ -72,6 +74,7 @@ function pay(session: Stripe.Checkout.Session, outcome: Outcome): Stripe.Event[]
   }
   const events: Stripe.Event[] = [];
   session.status = 'complete';
+  if (intended?.saveCard) saveCard(session, pi);
   if (outcome === 'async_succeeded' || outcome === 'async_failed') {
     pi.status = 'processing';
     events.push(sessionEvent('checkout.session.completed', session));

@@ -10,11 +10,13 @@ export class StripeApiError extends Error {
     message: string,
     readonly code?: string,
     readonly param?: string,
+    /** More of Stripe's error fields, e.g. a card error's decline_code and payment_intent. */
+    readonly extra: Record<string, unknown> = {},
   ) {
     super(message);
   }
   body() {
-    return { error: { type: this.type, message: this.message, code: this.code, param: this.param } };
+    return { error: { type: this.type, message: this.message, code: this.code, param: this.param, ...this.extra } };
   }
 }
 
@@ -107,6 +109,15 @@ export async function dispatch(routes: Route[], req: Request): Promise<Response>
       ? err
       : new StripeApiError(500, 'api_error', 'An unknown error occurred in the emulator.');
     if (!(err instanceof StripeApiError)) console.error(err);
+    // Stripe keeps a card error under its idempotency key too: a retry gets the same decline.
+    const key = req.method === 'POST' ? req.headers.get('idempotency-key') : null;
+    if (key && e.type === 'card_error') {
+      idempotent.set(key, {
+        fingerprint: `${req.method} ${url.pathname} ${text}`,
+        status: e.status,
+        body: JSON.stringify(e.body()),
+      });
+    }
     return Response.json(e.body(), { status: e.status });
   }
 }

@@ -6,6 +6,7 @@ import type Stripe from 'stripe';
 import { chargeRoutes } from './charges.ts';
 import { checkoutRoutes } from './checkout.ts';
 import { connectRoutes } from './connect.ts';
+import { offSessionRoutes } from './off-session.ts';
 import { dispatch, missing, type Route, route } from './http.ts';
 import { config, store } from './state.ts';
 
@@ -31,6 +32,7 @@ const routes: Route[] = [
   ...checkoutRoutes,
   ...chargeRoutes,
   ...connectRoutes,
+  ...offSessionRoutes,
 ];
 
 Deno.serve(

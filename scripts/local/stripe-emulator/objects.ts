@@ -81,12 +81,18 @@ export function checkoutSession(input: SessionInput): Stripe.Checkout.Session {
   };
 }
 
-export function paymentIntent(session: Stripe.Checkout.Session): Stripe.PaymentIntent {
+/** A payment intent: a Checkout Session's, or one created through the API (off-session charges). */
+export function paymentIntent(
+  source: Stripe.Checkout.Session | { amount: number; currency: string; metadata: Record<string, string> },
+): Stripe.PaymentIntent {
+  const { amount, currency, metadata } = 'object' in source
+    ? { amount: source.amount_total ?? 0, currency: source.currency ?? 'usd', metadata: source.metadata ?? {} }
+    : source;
   return {
     id: newId('pi'),
     object: 'payment_intent',
     allowed_payment_method_types: null,
-    amount: session.amount_total ?? 0,
+    amount,
     amount_capturable: 0,
     amount_received: 0,
     application: null,
@@ -98,7 +104,7 @@ export function paymentIntent(session: Stripe.Checkout.Session): Stripe.PaymentI
     client_secret: null,
     confirmation_method: 'automatic',
     created: now(),
-    currency: session.currency ?? 'usd',
+    currency,
     customer: null,
     customer_account: null,
     description: null,
@@ -107,7 +113,7 @@ export function paymentIntent(session: Stripe.Checkout.Session): Stripe.PaymentI
     latest_charge: null,
     livemode: false,
     managed_payments: null,
-    metadata: { ...session.metadata },
+    metadata: { ...metadata },
     next_action: null,
     on_behalf_of: null,
     payment_method: newId('pm'),

@@ -20,7 +20,12 @@ export interface SessionPayment {
   applicationFeeAmount: number | null;
   destination: string | null;
   metadata: Record<string, string>;
+  /** payment_intent_data.setup_future_usage = off_session: keep the card on a customer. */
+  saveCard?: boolean;
 }
+
+/** What charging a saved card off-session does (a test control sets it per payment method). */
+export type OffSessionOutcome = 'succeeded' | 'card_declined' | 'authentication_required';
 
 export const store = {
   sessions: new Map<string, Stripe.Checkout.Session>(),
@@ -37,6 +42,9 @@ export const store = {
   payoutAccounts: new Map<string, string>(),
   /** Each connected account's balance in cents (one currency per account here). */
   connectedBalances: new Map<string, number>(),
+  customers: new Map<string, Stripe.Customer>(),
+  paymentMethods: new Map<string, Stripe.PaymentMethod>(),
+  offSessionOutcomes: new Map<string, OffSessionOutcome>(),
   /** What a Checkout Session's `payment_intent_data` asked for (Stripe keeps it off the session). */
   sessionPayments: new Map<string, SessionPayment>(),
   events: [] as Stripe.Event[],

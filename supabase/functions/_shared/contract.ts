@@ -78,6 +78,25 @@ export interface Alerts {
   caps: { period: SpendCap['period']; model: string | null; percents: number[]; fired: number[] }[];
 }
 
+/** Auto-recharge: settings, whether a card is saved, why it turned itself off, the last recharges. */
+export interface AutoRecharge {
+  enabled: boolean;
+  package_id: string | null;
+  threshold: Credits | null;
+  monthly_max_count: number;
+  monthly_max_cents: number;
+  disabled_reason: string | null;
+  card_saved: boolean;
+  recent: {
+    id: string;
+    status: 'queued' | 'processing' | 'submitted' | 'succeeded' | 'failed';
+    package_id: string;
+    price_cents: number;
+    failure_code: string | null;
+    created_at: string;
+  }[];
+}
+
 export interface LotPage {
   lots: Lot[];
   next_cursor: string | null;

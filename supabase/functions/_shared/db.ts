@@ -102,6 +102,11 @@ const sqlErrors: Record<
   INVALID_CAP: { type: 'validation', message: 'The cap is not valid: see details.field and details.rule.' },
   INVALID_ALERT: { type: 'validation', message: 'The alert is not valid: see details.field and details.rule.' },
   CAP_NOT_FOUND: { type: 'not_found', message: 'There is no cap for that period and model: set the cap first.' },
+  NO_SAVED_CARD: {
+    type: 'conflict',
+    message: 'Auto-recharge needs a saved card: buy a package with save_card: true first.',
+  },
+  INVALID_AUTO_RECHARGE: { type: 'validation', message: 'The auto-recharge settings are not valid: see details.rule.' },
   INVALID_AMOUNT: {
     type: 'validation',
     message: 'The amount must be a positive decimal with at most 18 decimal places.',

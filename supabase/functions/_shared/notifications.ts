@@ -15,6 +15,8 @@ const NotifyEnvSchema = z.object({
   // The product's own backend: balance and cap alerts, signed like Stripe's webhooks.
   PRODUCT_WEBHOOK_URL: z.url().optional(),
   PRODUCT_WEBHOOK_SECRET: z.string().min(32).optional(),
+  /** Where a student buys credits on-session (linked from the auto-recharge emails). */
+  BILLING_PAGE_URL: z.url().optional(),
   OUTBOX_MAX_ATTEMPTS: z.coerce.number().int().positive().default(5),
 });
 
@@ -24,6 +26,7 @@ export const templates = [
   'low_balance',
   'credits_expiring',
   'balance_alert',
+  'auto_recharge',
   'product_webhook',
   'alert',
   'daily_report',
@@ -70,6 +73,26 @@ export function render(template: Template, data: Payload): { subject: string; te
           text: `${credits(data.spent)} of ${credits(data.cap)} credits${
             data.model ? ` on ${data.model}` : ''
           } this ${data.period}.`,
+        };
+    case 'auto_recharge':
+      return data.event === 'monthly_limit'
+        ? {
+          subject: 'Auto-recharge paused for this month',
+          text: `Auto-recharge reached its monthly limit (${data.count} recharges, ${
+            cents(data.cents, 'usd')
+          }). It resumes next month; you can buy credits yourself at any time.`,
+        }
+        : {
+          subject: 'Auto-recharge is off: your card was not charged',
+          text:
+            `Your bank ${
+              data.reason === 'authentication_required' ? 'asked you to confirm the payment' : 'declined the payment'
+            } of ${
+              cents(data.price_cents, String(data.currency ?? 'usd'))
+            } for the ${data.package_id} package, so auto-recharge is off. ` +
+            `Buy credits (and confirm the payment) on the credits page${
+              data.pay_url ? `: ${data.pay_url}` : ''
+            }, then turn auto-recharge back on there.`,
         };
     case 'product_webhook':
       return { subject: String(data.type ?? 'billing event'), text: '' };
@@ -154,7 +177,7 @@ async function deliverProductWebhook(row: OutboxRow, env: z.infer<typeof NotifyE
 
 async function deliver(row: OutboxRow, env: z.infer<typeof NotifyEnvSchema>): Promise<void> {
   if (row.template === 'product_webhook') return deliverProductWebhook(row, env);
-  const data = (row.payload.data as Payload | undefined) ?? row.payload;
+  const data = { ...(row.payload.data as Payload | undefined) ?? row.payload, pay_url: env.BILLING_PAGE_URL };
   const { subject, text } = render(row.template, data);
   if (row.template === 'alert' && env.ALERT_WEBHOOK_URL) {
     const res = await fetch(env.ALERT_WEBHOOK_URL, {

@@ -1,6 +1,7 @@
 // fulfillCheckout: one path for every webhook and the success-page poll. It re-fetches the
-// current state of a Checkout payment from Stripe (session, payment intent, charge, its
-// application fee, dispute) rather than trusting an event's payload or order, and hands it to
+// current state of a Checkout payment, or of an off-session recharge's payment intent, from
+// Stripe (session, payment intent, charge, its application fee, dispute) rather than trusting
+// an event's payload or order, and hands it to
 // SQL: billing.sync_purchase for credit purchases, billing.sync_provider_payment for payments
 // to providers (billing.process_stripe_event tells them apart by session).
 import type Stripe from 'stripe';
@@ -8,7 +9,9 @@ import { idOf, stripe, stripeCall } from './stripe.ts';
 
 export type PurchaseState = {
   kind: 'checkout';
-  session_id: string;
+  /** null for an off-session recharge: no session, found by `purchase_id` (our metadata on the intent). */
+  session_id: string | null;
+  purchase_id: string | null;
   session_status: string | null;
   payment_status: string;
   amount_total: number | null;
@@ -27,6 +30,10 @@ export type PurchaseState = {
   application_fee_id: string | null;
   application_fee_amount: number | null;
   application_fee_refunded: number;
+  /** The card Checkout kept for off-session use (setup_future_usage), and a failed charge's code. */
+  customer: string | null;
+  payment_method: string | null;
+  failure_code: string | null;
 };
 
 /** Where to start: a Checkout Session, a payment intent, or a charge. */
@@ -52,27 +59,60 @@ export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseStat
       client.checkout.sessions.list({ payment_intent: paymentIntent, limit: 1, expand: expand.map((e) => `data.${e}`) })
     );
     session = found.data[0];
+    if (!session) return await fetchRechargeState(paymentIntent);
   }
   if (!session) return null;
 
   const pi = expanded<Stripe.PaymentIntent>(session.payment_intent);
+  return {
+    ...await paymentState(pi),
+    session_id: session.id,
+    purchase_id: session.metadata?.purchase_id ?? null,
+    session_status: session.status,
+    payment_status: session.payment_status,
+    amount_total: session.amount_total,
+    currency: session.currency,
+    payment_intent: idOf(session.payment_intent),
+    customer: idOf(session.customer),
+  };
+}
+
+/** An off-session recharge's state: its payment intent (ours only: `origin` in our metadata). */
+async function fetchRechargeState(paymentIntent: string): Promise<PurchaseState | null> {
+  const pi = await stripeCall(() =>
+    stripe().client.paymentIntents.retrieve(paymentIntent, {
+      expand: expand.map((e) => e.replace('payment_intent.', '')),
+    })
+  );
+  if (pi.metadata?.origin !== 'auto_recharge') return null;
+  return {
+    ...await paymentState(pi),
+    session_id: null,
+    purchase_id: pi.metadata.purchase_id ?? null,
+    session_status: null,
+    payment_status: pi.status === 'succeeded' ? 'paid' : 'unpaid',
+    amount_total: pi.amount,
+    currency: pi.currency,
+    payment_intent: pi.id,
+    customer: idOf(pi.customer),
+  };
+}
+
+/** What a payment intent (expanded to its charge, fee and balance transaction) says, and its dispute. */
+async function paymentState(pi: Stripe.PaymentIntent | null) {
   const charge = expanded<Stripe.Charge>(pi?.latest_charge);
   const txn = expanded<Stripe.BalanceTransaction>(charge?.balance_transaction);
   const fee = expanded<Stripe.ApplicationFee>(charge?.application_fee);
   let dispute: Stripe.Dispute | null = null;
   if (charge?.disputed) {
     const chargeId = charge.id;
-    dispute = (await stripeCall(() => client.disputes.list({ charge: chargeId, limit: 1 }))).data[0] ?? null;
+    dispute = (await stripeCall(() => stripe().client.disputes.list({ charge: chargeId, limit: 1 }))).data[0] ?? null;
   }
   return {
-    kind: 'checkout',
-    session_id: session.id,
-    session_status: session.status,
-    payment_status: session.payment_status,
-    amount_total: session.amount_total,
-    currency: session.currency,
-    payment_intent: idOf(session.payment_intent),
+    kind: 'checkout' as const,
     payment_intent_status: pi?.status ?? null,
+    payment_method: idOf(pi?.payment_method),
+    failure_code: pi?.last_payment_error?.code ?? null,
     charge_id: charge?.id ?? null,
     charge_created: charge?.created ?? null,
     stripe_fee: txn?.fee ?? null,

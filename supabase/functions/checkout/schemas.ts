@@ -16,6 +16,8 @@ export const CreateSessionSchema = z.strictObject({
   success_url: z.url().max(2000).optional(),
   cancel_url: z.url().max(2000).optional(),
   client_temp_id: z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/, 'must be printable ASCII').optional(),
+  /** Keep the card (Stripe's setup_future_usage=off_session) so auto-recharge can charge it later. */
+  save_card: z.boolean().default(false),
 });
 export type CreateSession = z.infer<typeof CreateSessionSchema>;
 

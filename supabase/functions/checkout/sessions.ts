@@ -68,7 +68,7 @@ export async function createCheckout(
   if (pkg) await checkVelocity(userId, ip, pkg.price_cents);
   const [co] = await call((sql) =>
     sql<CheckoutRow[]>`select * from billing.begin_checkout(${userId}, ${body.package_id}, ${requestKey},
-      ${body.client_temp_id ?? null})`
+      ${body.client_temp_id ?? null}, ${body.save_card})`
   );
   if (co.session_id) return { status: co.reused ? 200 : 201, data: checkoutJson(co) };
 
@@ -89,7 +89,8 @@ export async function createCheckout(
       }],
       client_reference_id: co.purchase_id,
       metadata,
-      payment_intent_data: { metadata },
+      payment_intent_data: { metadata, ...(body.save_card ? { setup_future_usage: 'off_session' as const } : {}) },
+      ...(body.save_card ? { customer_creation: 'always' as const } : {}),
       success_url: `${successUrl}${separator}session_id={CHECKOUT_SESSION_ID}`,
       cancel_url: cancelUrl,
       expires_at: Math.floor(Date.now() / 1000) + sessionTtlSeconds,

@@ -1,7 +1,7 @@
 // The credits API: balance, lots, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds; a money
 // route's one call also claims its Idempotency-Key and stores its answer (moneyRequest).
-import type { Alerts, Balance, LotPage, SpendCap } from '../_shared/contract.ts';
+import type { Alerts, AutoRecharge, Balance, LotPage, SpendCap } from '../_shared/contract.ts';
 import {
   type AppContext,
   createApp,
@@ -19,6 +19,7 @@ import { formatCredits } from '../_shared/money.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import { ledgerCsv, ledgerPage } from '../_shared/ledger.ts';
 import {
+  AutoRechargeSchema,
   CapAlertsSchema,
   CapRequestSchema,
   CaptureRequestSchema,
@@ -154,6 +155,21 @@ app.put('/alerts/caps', requireUser, async (c) => {
     }, ${a.period}, ${a.model}, ${a.percents}::integer[]) as alerts`
   );
   return ok<Alerts>(c, alerts);
+});
+
+app.get('/auto-recharge', requireUser, async (c) => {
+  const [{ settings }] = await call((sql) => sql`select billing.get_auto_recharge(${currentUser(c).id}) as settings`);
+  return ok<AutoRecharge>(c, settings);
+});
+
+// Only the student turns it on (their card, their consent); turning it off is theirs too.
+app.put('/auto-recharge', requireUser, async (c) => {
+  const a = await readJson(c, AutoRechargeSchema);
+  const [{ settings }] = await call((sql) =>
+    sql`select billing.set_auto_recharge(${currentUser(c).id}, ${a.enabled}, ${a.package_id ?? null},
+      ${a.threshold ?? null}, ${a.monthly_max_count ?? null}, ${a.monthly_max_cents ?? null}) as settings`
+  );
+  return ok<AutoRecharge>(c, settings);
 });
 
 // The admin's role is checked in the database by the same statement that grants.

@@ -77,6 +77,15 @@ export const CapAlertsSchema = z.strictObject({
   percents: z.array(z.number().int().min(1).max(100)).max(10),
 });
 
+/** Auto-recharge settings; to turn it on, a package and a threshold (defaults: 5 a month, $100). */
+export const AutoRechargeSchema = z.strictObject({
+  enabled: z.boolean(),
+  package_id: z.string().min(1).max(64).regex(/^[a-z0-9_-]+$/, 'must be a package id').optional(),
+  threshold: CreditAmountSchema.optional(),
+  monthly_max_count: z.number().int().min(1).max(31).optional(),
+  monthly_max_cents: z.number().int().min(1).max(10_000_000).optional(),
+});
+
 export const LotsQuerySchema = z.strictObject({
   limit: pageLimit(200, 50),
   cursor: EntryIdSchema.optional(),

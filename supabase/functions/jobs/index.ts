@@ -11,6 +11,7 @@ import { requireCronSecret } from '../_shared/secrets.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import { CreateJobSchema, ListJobsSchema, WorkerEnvSchema } from './schemas.ts';
 import { jobTypes } from './types/index.ts';
+import { runRecharges } from './recharges.ts';
 import { runWorker } from './worker.ts';
 
 const env = parseEnv(WorkerEnvSchema);
@@ -178,12 +179,13 @@ app.get('/:id/result', requireUser, async (c) => {
 
 app.post('/worker/tick', async (c) => {
   requireCronSecret(c);
+  const recharges = await runRecharges();
   const ran = await runWorker({
     workerId: `tick-${crypto.randomUUID()}`,
     budgetMs: env.JOBS_TICK_BUDGET_MS,
     leaseSeconds: env.JOBS_LEASE_SECONDS,
   });
-  return ok(c, { ran });
+  return ok(c, { ran, recharges });
 });
 
 export default { fetch: app.fetch };

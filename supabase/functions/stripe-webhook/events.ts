@@ -19,6 +19,9 @@ export function refOf(event: Stripe.Event): EventRef | null {
       return { session: event.data.object.id };
     case 'payment_intent.payment_failed':
       return { paymentIntent: event.data.object.id };
+    // A Checkout payment's own events say it all; an off-session recharge has only this one.
+    case 'payment_intent.succeeded':
+      return event.data.object.metadata?.origin === 'auto_recharge' ? { paymentIntent: event.data.object.id } : null;
     case 'charge.refunded':
       return { charge: event.data.object.id };
     case 'application_fee.created':
