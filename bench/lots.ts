@@ -1,9 +1,10 @@
-// What credit lots cost a debit (issue #20): billing.debit_credits on accounts with 1, 5 and 50
-// open lots against today's debit without lots, in the same run, in a private cluster (the
+// What credit lots (issue #20), and spend caps with alerts (#21), cost a debit: billing.debit_credits
+// on accounts with 1, 5 and 50 open lots, and with 1 lot plus a cap, cap alerts and a low-balance
+// alert, against the debit without lots, in the same run, in a private cluster (the
 // baseline leaves its accounts' lots behind their balances, which the shared database must not
 // see). The baseline is the live post_user_transfer with its lot step cut out, read from the
-// database, so it is exactly the debit as it was before lots. Target: 1 lot ≤ 1.2× the baseline's
-// cost (throughput ratio ≥ 0.83).
+// database, so it is exactly the debit as it was before lots. Targets: 1 lot ≤ 1.2× the baseline's
+// cost; caps and alerts on ≤ 1.2× the debit without them (the 1-lot row).
 //   BENCH_SECONDS (5) per cell, BENCH_ROUNDS (3, cells interleaved, medians reported),
 //   BENCH_CLIENTS (16), BENCH_LOTS_PORT (55434)
 import postgres from 'postgres';
@@ -53,13 +54,17 @@ async function opsPerSecond(users: string[], baseline: boolean) {
 }
 
 try {
-  console.error('[lots] fixtures: 4 × 1,000 users with 1, 1, 5 and 50 lots');
+  console.error('[lots] fixtures: 5 × 1,000 users with 1, 1, 5, 50 and 1 lot(s), the last with a cap and alerts');
   const fixtures = {
     baseline: await usersWithLots(1),
     '1 lot': await usersWithLots(1),
     '5 lots': await usersWithLots(5),
     '50 lots': await usersWithLots(50),
+    '1 lot, cap + alerts': await usersWithLots(1),
   };
+  // A daily cap that never binds, its 50/80/100% alerts, and a low-balance alert: every check runs.
+  await sql`select billing.set_spend_cap(u, 'day', 'UTC', null, 1e15, u), billing.set_cap_alerts(u, 'day', null, '{50,80,100}'),
+      billing.set_low_balance_alert(u, 1) from unnest(${fixtures['1 lot, cap + alerts']}::uuid[]) u`;
   // Today's debit: the same function without the step that creates or draws lots.
   const [{ def }] = await sql`select pg_get_functiondef('billing.post_user_transfer'::regproc) as def`;
   // The block that starts `  if p_direction > 0 then` and ends at the `  end if;` of its own indentation.
@@ -89,7 +94,12 @@ try {
   console.log('| --- | --- | --- | --- |');
   for (const [name, xs] of Object.entries(results)) {
     const cost = base / median(xs);
-    const target = name === '1 lot' ? (cost <= 1.2 ? '≤ 1.2× ✓' : '≤ 1.2× ✗') : '';
+    const vsOneLot = median(results['1 lot']) / median(xs);
+    const target = name === '1 lot'
+      ? (cost <= 1.2 ? '≤ 1.2× ✓' : '≤ 1.2× ✗')
+      : name.includes('cap')
+      ? `${vsOneLot.toFixed(2)}× the 1-lot debit: ${vsOneLot <= 1.2 ? '≤ 1.2× ✓' : '≤ 1.2× ✗'}`
+      : '';
     console.log(
       `| ${name === 'baseline' ? 'today (no lots)' : name} | ${median(xs).toFixed(0)} | ${
         cost.toFixed(2)

@@ -103,7 +103,6 @@ begin
     if v_caps > 0 then
       perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz)
       from jsonb_array_elements(coalesce(v_expired, '[]')) x;
-      perform billing.check_cap_alerts(p_account_id);
     end if;
   end if;
   return v_count;
@@ -662,7 +661,6 @@ begin
   if p_hold.purpose <> 'dispute' and p_unspent > 0
      and (select a.caps from billing.accounts a where a.id = p_hold.account_id) > 0 then
     perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model', p_hold.created_at);
-    perform billing.check_cap_alerts(p_hold.account_id);
   end if;
 end;
 $$;

@@ -14,33 +14,24 @@ create table billing.spend_caps (
   time_zone text not null default 'UTC',
   model text,                                     -- null: all spending
   amount numeric(38, 18) not null,
+  -- What counted in the current period (the row rolls over to a new period when it starts).
+  period_start timestamptz,
+  spent numeric(38, 18) not null default 0,
   set_by uuid,                                    -- the student themself or an admin
   created_at timestamptz not null default now(),  -- holds placed before it never counted against it
   updated_at timestamptz not null default now(),
   constraint spend_caps_period check (period in ('day', 'week', 'month')),
   constraint spend_caps_amount_positive check (amount > 0),
+  constraint spend_caps_spent_not_negative check (spent >= 0),
   constraint spend_caps_one_per_scope unique nulls not distinct (account_id, period, model)
 );
-comment on table billing.spend_caps is 'Per-account spending limits per period (day, week, month; in a time zone), overall or per model.';
+comment on table billing.spend_caps is 'Per-account spending limits per period (day, week, month; in a time zone), overall or per model, with the current period''s spending.';
 
-create table billing.cap_spend (
-  cap_id bigint not null references billing.spend_caps (id) on delete cascade,
-  period_start timestamptz not null,
-  spent numeric(38, 18) not null,
-  primary key (cap_id, period_start),
-  constraint cap_spend_not_negative check (spent >= 0)
-);
-comment on table billing.cap_spend is 'What counted against each cap in each period, maintained under the account lock.';
-
-revoke all on billing.spend_caps, billing.cap_spend from public, anon, authenticated, service_role;
+revoke all on billing.spend_caps from public, anon, authenticated, service_role;
 alter table billing.spend_caps enable row level security;
-alter table billing.cap_spend enable row level security;
-grant select on billing.spend_caps, billing.cap_spend to authenticated, service_role;
+grant select on billing.spend_caps to authenticated, service_role;
 create policy "Users can read their own caps" on billing.spend_caps
   for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
-create policy "Users can read their own cap spending" on billing.cap_spend
-  for select to authenticated using (cap_id in (select c.id from billing.spend_caps c where c.account_id in
-    (select a.id from billing.accounts a where a.user_id = (select auth.uid()))));
 
 -- ============================================================ periods
 
@@ -56,35 +47,49 @@ comment on function billing.cap_period(text, text, timestamptz) is 'Internal: th
 -- ============================================================ counting (under the account lock)
 
 -- Counts p_amount against every cap of the account that applies (overall, and the model's),
--- when all have room; else counts nothing and returns the first cap it would exceed.
+-- when all have room; else counts nothing and returns the first cap it would exceed. The
+-- common case is one statement: each cap's period rolled over if a new one started, and the
+-- amount counted, only if every cap has room (the period expression is written out, not a
+-- function call, to keep it so).
 create function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text) returns jsonb
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_over jsonb;
+  c billing.spend_caps;
+  v_counted boolean := false;
 begin
-  select jsonb_build_object('cap_id', c.id::text, 'period', c.period, 'time_zone', c.time_zone, 'model', c.model,
-      'cap', trim_scale(c.amount)::text, 'spent', trim_scale(coalesce(s.spent, 0))::text,
-      'required', trim_scale(p_amount)::text, 'resets_at', billing.json_time(p.resets))
-    into v_over
-  from billing.spend_caps c
-  cross join lateral billing.cap_period(c.period, c.time_zone, now()) p
-  left join billing.cap_spend s on s.cap_id = c.id and s.period_start = p.starts
-  where c.account_id = p_account_id and (c.model is null or c.model = p_model)
-    and coalesce(s.spent, 0) + p_amount > c.amount
-  order by c.amount - coalesce(s.spent, 0), c.id
-  limit 1;
-  if v_over is not null then
-    return v_over;
+  for c in
+    with x as (
+      select x.id, x.amount,
+        case when x.period_start = date_trunc(x.period, now() at time zone x.time_zone) at time zone x.time_zone
+             then x.spent else 0 end + p_amount as spent_now,
+        date_trunc(x.period, now() at time zone x.time_zone) at time zone x.time_zone as starts
+      from billing.spend_caps x
+      where x.account_id = p_account_id and (x.model is null or x.model = p_model)
+    ), fits as (
+      select x.*, bool_and(x.spent_now <= x.amount) over () as all_fit from x
+    )
+    update billing.spend_caps s set period_start = f.starts, spent = f.spent_now
+    from fits f where s.id = f.id and f.all_fit
+    returning s.*
+  loop
+    v_counted := true;
+    if c.alert_percents <> '{}' then
+      perform billing.cap_alerts_after(c);
+    end if;
+  end loop;
+  if v_counted then
+    return null;
   end if;
-  insert into billing.cap_spend as s (cap_id, period_start, spent)
-  select c.id, p.starts, p_amount
-  from billing.spend_caps c cross join lateral billing.cap_period(c.period, c.time_zone, now()) p
-  where c.account_id = p_account_id and (c.model is null or c.model = p_model)
-  on conflict (cap_id, period_start) do update set spent = s.spent + excluded.spent;
-  perform billing.check_cap_alerts(p_account_id);
-  return null;
+  return (select jsonb_build_object('cap_id', x.id::text, 'period', x.period, 'time_zone', x.time_zone, 'model', x.model,
+      'cap', trim_scale(x.amount)::text, 'spent', trim_scale(case when x.period_start = p.starts then x.spent else 0 end)::text,
+      'required', trim_scale(p_amount)::text, 'resets_at', billing.json_time(p.resets))
+    from billing.spend_caps x cross join lateral billing.cap_period(x.period, x.time_zone, now()) p
+    where x.account_id = p_account_id and (x.model is null or x.model = p_model)
+      and case when x.period_start = p.starts then x.spent else 0 end + p_amount > x.amount
+    order by x.amount - case when x.period_start = p.starts then x.spent else 0 end, x.id
+    limit 1);
 end;
 $$;
 comment on function billing.take_cap_room(bigint, numeric, text)
@@ -105,16 +110,28 @@ end;
 $$;
 comment on function billing.charge_caps(bigint, numeric, text) is 'Internal: take_cap_room, refusing with SPEND_CAP_REACHED when a cap has no room.';
 
--- What a hold counted but will not spend goes back to the period the hold was placed in.
+-- What a hold counted but will not spend goes back to its caps, when the period it was placed
+-- in is still the current one (a period that has ended is closed).
 create function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamptz)
 returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
-  update billing.cap_spend s set spent = greatest(s.spent - p_amount, 0)
-  from billing.spend_caps c cross join lateral billing.cap_period(c.period, c.time_zone, p_placed_at) p
-  where p_amount > 0 and c.account_id = p_account_id and (c.model is null or c.model = p_model)
-    and c.created_at <= p_placed_at and s.cap_id = c.id and s.period_start = p.starts
+declare
+  c billing.spend_caps;
+begin
+  for c in
+    update billing.spend_caps x set spent = greatest(x.spent - p_amount, 0)
+    where p_amount > 0 and x.account_id = p_account_id and (x.model is null or x.model = p_model)
+      and x.created_at <= p_placed_at
+      and x.period_start = date_trunc(x.period, p_placed_at at time zone x.time_zone) at time zone x.time_zone
+    returning x.*
+  loop
+    if c.alert_percents <> '{}' then
+      perform billing.cap_alerts_after(c);
+    end if;
+  end loop;
+end;
 $$;
 comment on function billing.return_cap_room(bigint, numeric, text, timestamptz)
   is 'Internal: gives back what a hold counted against caps and did not spend, in the period it was placed.';
@@ -166,14 +183,14 @@ security definer
 set search_path = ''
 as $$
   select coalesce(jsonb_agg(jsonb_build_object('period', c.period, 'time_zone', c.time_zone, 'model', c.model,
-      'cap', trim_scale(c.amount)::text, 'spent', trim_scale(coalesce(s.spent, 0))::text,
-      'remaining', trim_scale(greatest(c.amount - coalesce(s.spent, 0), 0))::text,
+      'cap', trim_scale(c.amount)::text, 'spent', trim_scale(x.spent)::text,
+      'remaining', trim_scale(greatest(c.amount - x.spent, 0))::text,
       'period_started_at', billing.json_time(p.starts), 'resets_at', billing.json_time(p.resets))
     order by c.period, c.model nulls first), '[]'::jsonb)
   from billing.accounts a
   join billing.spend_caps c on c.account_id = a.id
   cross join lateral billing.cap_period(c.period, c.time_zone, now()) p
-  left join billing.cap_spend s on s.cap_id = c.id and s.period_start = p.starts
+  cross join lateral (select case when c.period_start = p.starts then c.spent else 0 end as spent) x
   where a.user_id = p_user
 $$;
 comment on function billing.get_spend_caps(uuid) is 'A user''s caps, each with what its current period has spent, what is left and when it resets.';

@@ -80,40 +80,36 @@ end;
 $$;
 comment on function billing.check_low_balance(bigint) is 'Internal: fires (once per crossing) or re-arms the low-balance alert of a locked account.';
 
--- A cap's percent alerts, after its period's spending moved: each percent fires once per period
--- when reached, and re-arms when spending falls back below it (a hold released) or a new period starts.
-create function billing.check_cap_alerts(p_account_id bigint) returns void
+-- A cap's percent alerts, after its period's spending moved (p_cap is the row as updated): each
+-- percent fires once per period when reached, and re-arms when spending falls back below it
+-- (a hold released) or a new period starts. No statement runs unless something changes.
+create function billing.cap_alerts_after(p_cap billing.spend_caps) returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
-  c record;
-  v_reached integer[];
+  v_starts timestamptz := date_trunc(p_cap.period, now() at time zone p_cap.time_zone) at time zone p_cap.time_zone;
+  v_spent numeric(38, 18) := case when p_cap.period_start = v_starts then p_cap.spent else 0 end;
+  v_fired integer[] := case when p_cap.alerts_period = v_starts then p_cap.alerts_fired else '{}' end;
+  v_reached integer[] := array(select pct from unnest(p_cap.alert_percents) pct where v_spent * 100 >= p_cap.amount * pct
+                               order by pct);
+  v_user uuid;
 begin
-  for c in
-    select x.*, p.starts, coalesce(s.spent, 0) as spent, a.user_id
-    from billing.spend_caps x
-    join billing.accounts a on a.id = x.account_id
-    cross join lateral billing.cap_period(x.period, x.time_zone, now()) p
-    left join billing.cap_spend s on s.cap_id = x.id and s.period_start = p.starts
-    where x.account_id = p_account_id and x.alert_percents <> '{}'
-  loop
-    v_reached := array(select pct from unnest(c.alert_percents) pct where c.spent * 100 >= c.amount * pct order by pct);
-    if c.alerts_period is distinct from c.starts then
-      c.alerts_fired := '{}';
-    end if;
+  if v_reached = v_fired and p_cap.alerts_period = v_starts then
+    return;
+  end if;
+  update billing.spend_caps x set alerts_fired = v_reached, alerts_period = v_starts where x.id = p_cap.id;
+  if exists (select 1 from unnest(v_reached) pct where not pct = any (v_fired)) then
+    select a.user_id into v_user from billing.accounts a where a.id = p_cap.account_id;
     -- Keyed by the transaction's time too: a percent re-armed and reached again fires again.
-    perform billing.queue_user_alert(c.user_id, 'cap:' || c.id || ':' || pct || ':' || billing.alert_time(),
-      jsonb_build_object('kind', 'cap_used', 'percent', pct, 'period', c.period, 'model', c.model,
-        'cap', trim_scale(c.amount)::text, 'spent', trim_scale(c.spent)::text))
-    from unnest(v_reached) pct where not pct = any (c.alerts_fired);
-    if v_reached is distinct from c.alerts_fired or c.alerts_period is distinct from c.starts then
-      update billing.spend_caps x set alerts_fired = v_reached, alerts_period = c.starts where x.id = c.id;
-    end if;
-  end loop;
+    perform billing.queue_user_alert(v_user, 'cap:' || p_cap.id || ':' || pct || ':' || billing.alert_time(),
+      jsonb_build_object('kind', 'cap_used', 'percent', pct, 'period', p_cap.period, 'model', p_cap.model,
+        'cap', trim_scale(p_cap.amount)::text, 'spent', trim_scale(v_spent)::text))
+    from unnest(v_reached) pct where not pct = any (v_fired);
+  end if;
 end;
 $$;
-comment on function billing.check_cap_alerts(bigint) is 'Internal: fires (once per period and crossing) or re-arms the percent alerts of an account''s caps.';
+comment on function billing.cap_alerts_after(billing.spend_caps) is 'Internal: fires (once per period and crossing) or re-arms the percent alerts of a cap whose spending moved.';
 
 -- ============================================================ settings
 
@@ -158,7 +154,8 @@ begin
   if not found then
     perform billing.raise_error('CAP_NOT_FOUND', jsonb_build_object('period', p_period, 'model', p_model));
   end if;
-  perform billing.check_cap_alerts(v_account_id);
+  perform billing.cap_alerts_after(c) from billing.spend_caps c
+  where c.account_id = v_account_id and c.period = p_period and c.model is not distinct from p_model;
   return billing.get_alerts(p_user);
 end;
 $$;
