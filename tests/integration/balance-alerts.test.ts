@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import type { Alerts } from '../../supabase/functions/_shared/contract.ts';
-import { api, drainOutbox, env, fund, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
+import { api, drainOutbox, fund, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
