@@ -98,7 +98,7 @@ begin
     into v_count, v_total, v_expired from expired e;
   if v_count > 0 then
     update billing.accounts a set held = a.held - v_total where a.id = p_account_id;
-    perform billing.on_available_change(p_account_id) from billing.accounts a
+    perform billing.on_available_change(a) from billing.accounts a
     where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
     if v_caps > 0 then
       perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz)
@@ -333,7 +333,7 @@ begin
       array(select jsonb_array_elements_text(p_lot -> 'first')::bigint));
   end if;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
-    perform billing.on_available_change(v_account_id);
+    perform billing.on_available_change(v_account);
   end if;
 
   -- Overdue holds were expired above when spending; otherwise held is as locked.
@@ -542,7 +542,7 @@ begin
   values (p_account_id, p_amount, p_idempotency_key, p_correlation_id, p_metadata, p_expires_at, p_purpose)
   returning * into v_hold;
   update billing.accounts a set held = a.held + p_amount where a.id = p_account_id;
-  perform billing.on_available_change(p_account_id) from billing.accounts a
+  perform billing.on_available_change(a) from billing.accounts a
   where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
   return v_hold;
 end;
@@ -744,7 +744,7 @@ begin
   update billing.accounts a set held = a.held - v_hold.amount where a.id = v_hold.account_id;
   update billing.holds h set status = 'released', finished_at = now() where h.id = p_hold_id returning * into v_hold;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount);
-  perform billing.on_available_change(v_hold.account_id) from billing.accounts a
+  perform billing.on_available_change(a) from billing.accounts a
   where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
   return billing.hold_result_of(v_hold, false);
 end;

@@ -55,19 +55,16 @@ comment on function billing.queue_user_alert(uuid, text, jsonb) is 'Internal: an
 
 -- The low-balance alert of a locked account, after its balance or held amount moved: fires on
 -- the way down through the threshold, re-arms on the way back up.
-create function billing.check_low_balance(p_account_id bigint) returns void
+create function billing.check_low_balance(a billing.accounts) returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
-  a billing.accounts;
-  v_available numeric(38, 18);
+  v_available numeric(38, 18) := a.balance - a.held;
 begin
-  select * into a from billing.accounts x where x.id = p_account_id;
   if a.low_balance_threshold is null then
     return;
   end if;
-  v_available := a.balance - a.held;
   if v_available < a.low_balance_threshold and not a.low_balance_fired then
     update billing.accounts x set low_balance_fired = true where x.id = a.id;
     perform billing.queue_user_alert(a.user_id, 'low-balance:' || a.id || ':' || billing.alert_time(),
@@ -78,7 +75,7 @@ begin
   end if;
 end;
 $$;
-comment on function billing.check_low_balance(bigint) is 'Internal: fires (once per crossing) or re-arms the low-balance alert of a locked account.';
+comment on function billing.check_low_balance(billing.accounts) is 'Internal: fires (once per crossing) or re-arms the low-balance alert of a locked account.';
 
 -- A cap's percent alerts, after its period's spending moved (p_cap is the row as updated): each
 -- percent fires once per period when reached, and re-arms when spending falls back below it
@@ -91,10 +88,16 @@ declare
   v_starts timestamptz := date_trunc(p_cap.period, now() at time zone p_cap.time_zone) at time zone p_cap.time_zone;
   v_spent numeric(38, 18) := case when p_cap.period_start = v_starts then p_cap.spent else 0 end;
   v_fired integer[] := case when p_cap.alerts_period = v_starts then p_cap.alerts_fired else '{}' end;
-  v_reached integer[] := array(select pct from unnest(p_cap.alert_percents) pct where v_spent * 100 >= p_cap.amount * pct
-                               order by pct);
+  v_reached integer[] := '{}';
+  v_pct integer;
   v_user uuid;
 begin
+  -- Plain expressions, no query: this runs on every capped debit of an account with cap alerts.
+  foreach v_pct in array p_cap.alert_percents loop
+    if v_spent * 100 >= p_cap.amount * v_pct then
+      v_reached := v_reached || v_pct;
+    end if;
+  end loop;
   if v_reached = v_fired and p_cap.alerts_period = v_starts then
     return;
   end if;
@@ -128,7 +131,7 @@ begin
   end if;
   perform 1 from billing.accounts a where a.id = v_account_id for update;
   update billing.accounts a set low_balance_threshold = p_threshold, low_balance_fired = false where a.id = v_account_id;
-  perform billing.check_low_balance(v_account_id);
+  perform billing.check_low_balance(a) from billing.accounts a where a.id = v_account_id;
   return billing.get_alerts(p_user);
 end;
 $$;

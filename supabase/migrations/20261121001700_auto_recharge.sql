@@ -86,19 +86,17 @@ create policy "Users can read their own recharges" on billing.recharges
 
 -- After a locked account's available amount moved: below the threshold and armed → one
 -- recharge (disarmed until available is back at or above it); the monthly limits apply.
-create function billing.check_auto_recharge(p_account_id bigint) returns void
+create function billing.check_auto_recharge(a billing.accounts) returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
-  a billing.accounts;
   s billing.auto_recharge;
   v_month timestamptz := date_trunc('month', now());
   v_count integer;
   v_cents bigint;
   v_price integer;
 begin
-  select * into a from billing.accounts x where x.id = p_account_id;
   if a.auto_recharge_below is null then
     return;
   elsif a.balance - a.held >= a.auto_recharge_below then
@@ -128,19 +126,20 @@ begin
   on conflict do nothing; -- one in flight already
 end;
 $$;
-comment on function billing.check_auto_recharge(bigint) is 'Internal: queues one recharge when a locked account''s available amount crosses below its threshold.';
+comment on function billing.check_auto_recharge(billing.accounts) is 'Internal: queues one recharge when a locked account''s available amount crosses below its threshold.';
 
 -- Everything that watches a locked account's available amount, after it moved.
-create function billing.on_available_change(p_account_id bigint) returns void
+-- (a is the locked row as it is now: no need to read it again.)
+create function billing.on_available_change(a billing.accounts) returns void
 language plpgsql
 set search_path = ''
 as $$
 begin
-  perform billing.check_low_balance(p_account_id);
-  perform billing.check_auto_recharge(p_account_id);
+  perform billing.check_low_balance(a);
+  perform billing.check_auto_recharge(a);
 end;
 $$;
-comment on function billing.on_available_change(bigint) is 'Internal: the low-balance alert and auto-recharge of a locked account whose available amount moved.';
+comment on function billing.on_available_change(billing.accounts) is 'Internal: the low-balance alert and auto-recharge of a locked account whose available amount moved.';
 
 -- ============================================================ settings
 
@@ -200,7 +199,7 @@ begin
   where a.id = v_account_id;
   insert into billing.auto_recharge_audit (user_id, actor, change)
   values (p_user, p_user, jsonb_build_object('before', v_before - 'recent', 'after', billing.auto_recharge_json(p_user) - 'recent'));
-  perform billing.check_auto_recharge(v_account_id);
+  perform billing.check_auto_recharge(a) from billing.accounts a where a.id = v_account_id;
   return billing.auto_recharge_json(p_user);
 end;
 $$;
