@@ -5,7 +5,12 @@
 //   const billing = createBillingClient(supabase);
 //   const { balance } = await billing.balance();
 import type {
+  Alerts,
+  AutoRecharge,
+  AutoRechargeRequest,
   Balance,
+  CapAlertsRequest,
+  CapRequest,
   CaptureRequest,
   CheckoutRequest,
   CheckoutSession,
@@ -18,7 +23,10 @@ import type {
   JobRequest,
   JobStatus,
   LedgerPage,
+  LotPage,
+  LowBalanceAlertRequest,
   PurchaseStatus,
+  SpendCap,
   UsageCharge,
   UsageRequest,
 } from '../supabase/functions/_shared/contract.ts';
@@ -35,7 +43,7 @@ export interface SupabaseLike {
     invoke(
       name: string,
       options?: {
-        method?: 'GET' | 'POST' | 'DELETE';
+        method?: 'GET' | 'POST' | 'PUT' | 'DELETE';
         body?: Record<string, unknown>;
         headers?: Record<string, string>;
         signal?: AbortSignal;
@@ -61,7 +69,7 @@ const newTempId = () => `temp_${crypto.randomUUID()}`;
 export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions = {}) {
   /** One logical operation: one Idempotency-Key (if it mutates) for all of its attempts. */
   async function call<T>(
-    method: 'GET' | 'POST' | 'DELETE',
+    method: 'GET' | 'POST' | 'PUT' | 'DELETE',
     path: string,
     body?: Record<string, unknown>,
     signal?: AbortSignal,
@@ -80,6 +88,8 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
   const get = async <T>(path: string, signal?: AbortSignal) => (await call<T>('GET', path, undefined, signal)).data;
   const post = async <T>(path: string, body: object = {}) =>
     (await call<T>('POST', path, body as Record<string, unknown>)).data;
+  const put = async <T>(path: string, body: object) =>
+    (await call<T>('PUT', path, body as Record<string, unknown>)).data;
   const query = (params: Record<string, string | number | undefined>) => {
     const q = new URLSearchParams(
       Object.entries(params).filter(([, v]) => v !== undefined).map(([k, v]) => [k, String(v)]),
@@ -103,6 +113,17 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     purchase: (id: string) => get<PurchaseStatus>(`checkout/sessions/${encodeURIComponent(id)}`),
     balance: () => get<Balance>('credits/balance'),
     ledger: (page: { limit?: number; cursor?: string } = {}) => get<LedgerPage>(`credits/ledger${query(page)}`),
+    /** Where the caller's credits came from, what is left of each lot and when it expires. */
+    lots: (page: { limit?: number; cursor?: string } = {}) => get<LotPage>(`credits/lots${query(page)}`),
+    caps: () => get<SpendCap[]>('credits/caps'),
+    /** Sets a cap for a period (and model); `amount: null` removes it. Answers with every cap. */
+    setCap: (req: CapRequest) => put<SpendCap[]>('credits/caps', req),
+    alerts: () => get<Alerts>('credits/alerts'),
+    setLowBalanceAlert: (req: LowBalanceAlertRequest) => put<Alerts>('credits/alerts/low-balance', req),
+    setCapAlerts: (req: CapAlertsRequest) => put<Alerts>('credits/alerts/caps', req),
+    autoRecharge: () => get<AutoRecharge>('credits/auto-recharge'),
+    /** Turns auto-recharge on (needs a card saved at Checkout: `startCheckout({…, save_card: true})`) or off. */
+    setAutoRecharge: (req: AutoRechargeRequest) => put<AutoRecharge>('credits/auto-recharge', req),
     recordUsage: (req: UsageRequest) => post<UsageCharge>('credits/usage', req),
     createHold: (req: HoldRequest) => post<Hold>('credits/holds', req),
     captureHold: (holdId: string, req: CaptureRequest = {}) =>

@@ -3,7 +3,15 @@
 // bodies are the zod schemas' input types, so a changed route breaks the client's check.
 import type { z } from 'zod';
 import type { CreateSessionSchema } from '../checkout/schemas.ts';
-import type { CaptureRequestSchema, HoldRequestSchema, UsageRequestSchema } from '../credits/schemas.ts';
+import type {
+  AutoRechargeSchema,
+  CapAlertsSchema,
+  CapRequestSchema,
+  CaptureRequestSchema,
+  HoldRequestSchema,
+  LowBalanceAlertSchema,
+  UsageRequestSchema,
+} from '../credits/schemas.ts';
 import type { CreateJobSchema } from '../jobs/schemas.ts';
 
 export type UsageRequest = z.input<typeof UsageRequestSchema>;
@@ -11,6 +19,10 @@ export type HoldRequest = z.input<typeof HoldRequestSchema>;
 export type CaptureRequest = z.input<typeof CaptureRequestSchema>;
 export type CheckoutRequest = z.input<typeof CreateSessionSchema>;
 export type JobRequest = z.input<typeof CreateJobSchema>;
+export type CapRequest = z.input<typeof CapRequestSchema>;
+export type LowBalanceAlertRequest = z.input<typeof LowBalanceAlertSchema>;
+export type CapAlertsRequest = z.input<typeof CapAlertsSchema>;
+export type AutoRechargeRequest = z.input<typeof AutoRechargeSchema>;
 
 /** Credit amounts are exact decimal strings, never JS numbers. */
 export type Credits = string;
