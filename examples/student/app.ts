@@ -3,7 +3,14 @@
 // and cancel. Everything goes through the typed client over supabase-js.
 /// <reference lib="dom" />
 import { createClient } from '@supabase/supabase-js';
-import { type BillingClient, createBillingClient, isBillingError, type Job } from '../../client/mod.ts';
+import {
+  type AutoRecharge,
+  type BillingClient,
+  createBillingClient,
+  isBillingError,
+  type Job,
+  type SpendCap,
+} from '../../client/mod.ts';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const store = globalThis.sessionStorage;
@@ -40,6 +47,80 @@ async function refreshBalance(billing: BillingClient) {
   $('balance').textContent = formatCredits(b.balance);
   $('available').textContent = formatCredits(b.available);
   $('held').textContent = formatCredits(b.held);
+  const expiring = $('expiring');
+  expiring.hidden = !b.expiring;
+  if (b.expiring) {
+    expiring.textContent = `${formatCredits(b.expiring.amount)} credits expire on ${
+      new Date(b.expiring.at).toLocaleDateString()
+    }.`;
+  }
+}
+
+const periodWord = { day: 'Today', week: 'This week', month: 'This month' } as const;
+
+function renderCaps(caps: SpendCap[]) {
+  const cap = caps.find((c) => c.model === null);
+  $('cap-status').textContent = cap
+    ? `${periodWord[cap.period]}: ${formatCredits(cap.spent)} of ${formatCredits(cap.cap)} credits spent (resets ${
+      new Date(cap.resets_at).toLocaleString()
+    }).`
+    : 'No limit set.';
+  $('cap-remove').hidden = !cap;
+  if (cap) $<HTMLSelectElement>('cap-period').value = cap.period;
+}
+
+function wireCaps(billing: BillingClient) {
+  const save = async (amount: string | null) => {
+    show('error', null);
+    try {
+      renderCaps(
+        await billing.setCap({ period: $<HTMLSelectElement>('cap-period').value as SpendCap['period'], amount }),
+      );
+    } catch (err) {
+      fail(err);
+    }
+  };
+  $('cap-save').onclick = () => save($<HTMLInputElement>('cap-amount').value.trim());
+  $('cap-remove').onclick = () => save(null);
+}
+
+function renderAutoRecharge(a: AutoRecharge) {
+  const reasons: Record<string, string> = {
+    card_declined: 'your bank declined the last recharge',
+    authentication_required: 'your bank asked to confirm the last recharge',
+  };
+  $('recharge-status').textContent = a.enabled
+    ? `On: the ${a.package_id} package when available falls below ${formatCredits(a.threshold ?? '0')} credits.`
+    : a.disabled_reason
+    ? `Off: ${reasons[a.disabled_reason] ?? a.disabled_reason}. Buy credits above, then turn it on again.`
+    : a.card_saved
+    ? 'Off.'
+    : 'Off. To use it, buy a package with "Keep my card for auto-recharge" ticked.';
+  $('recharge-on').hidden = a.enabled;
+  $('recharge-off').hidden = !a.enabled;
+}
+
+function wireAutoRecharge(billing: BillingClient) {
+  const set = async (enabled: boolean) => {
+    show('error', null);
+    try {
+      renderAutoRecharge(
+        await billing.setAutoRecharge(
+          enabled
+            ? {
+              enabled,
+              package_id: $<HTMLSelectElement>('recharge-package').value,
+              threshold: $<HTMLInputElement>('recharge-threshold').value.trim(),
+            }
+            : { enabled },
+        ),
+      );
+    } catch (err) {
+      fail(err);
+    }
+  };
+  $('recharge-on').onclick = () => set(true);
+  $('recharge-off').onclick = () => set(false);
 }
 
 async function refreshLedger(billing: BillingClient) {
@@ -61,6 +142,9 @@ async function refreshLedger(billing: BillingClient) {
 
 async function showPackages(billing: BillingClient) {
   const packages = await billing.packages();
+  $('recharge-package').replaceChildren(
+    ...packages.map((p) => new Option(`${p.name} · ${money(p.price_cents, p.currency)}`, p.id)),
+  );
   const box = $('packages');
   box.replaceChildren();
   if (packages.length === 0) box.innerHTML = '<span class="muted">No packages on sale right now.</span>';
@@ -83,6 +167,7 @@ async function showPackages(billing: BillingClient) {
           package_id: p.id,
           success_url: here,
           cancel_url: `${here}?cancelled=1`,
+          save_card: $<HTMLInputElement>('save-card').checked,
         })
           .done;
         if (session.url) location.assign(session.url);
@@ -188,11 +273,19 @@ async function main() {
   const billing = createBillingClient(supabase);
   $('app').hidden = false;
   wireJobs(billing);
+  wireCaps(billing);
+  wireAutoRecharge(billing);
   try {
     const sessionId = params.get('session_id');
     if (sessionId) await followPurchase(billing, sessionId);
     if (params.get('cancelled')) show('notice', 'Checkout was cancelled; nothing was charged.');
-    await Promise.all([refreshBalance(billing), showPackages(billing), refreshLedger(billing)]);
+    await Promise.all([
+      refreshBalance(billing),
+      showPackages(billing),
+      refreshLedger(billing),
+      billing.caps().then(renderCaps),
+      billing.autoRecharge().then(renderAutoRecharge),
+    ]);
   } catch (err) {
     fail(err);
   }

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
 import { browserTest } from '../browser.ts';
-import { api, env, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
+import { api, env, fund, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
 const artifacts = new URL('../../artifacts/', import.meta.url);
@@ -69,3 +69,56 @@ browserTest('an invalid token shows the error state, not a blank page', async (b
   assert.match((await error.textContent()) ?? '', /UNAUTHORIZED/);
   await page.screenshot({ path: new URL('student-error.png', artifacts).pathname });
 });
+
+browserTest(
+  'the page shows what expires when, sets a spending limit, and turns auto-recharge on and off',
+  async (browser) => {
+    const user = await newUser();
+    await fund(user, '100'); // a promotion: it expires by policy
+    const token = await userToken(user);
+    const page = await browser.newPage();
+    await signIn(page, env('SUPABASE_URL'), token);
+    assert.match((await text(page, '#expiring')) ?? '', /^100 credits expire on /);
+    assert.equal(
+      await text(page, '#recharge-status'),
+      'Off. To use it, buy a package with "Keep my card for auto-recharge" ticked.',
+    );
+
+    await page.locator('#cap-amount').fill('50');
+    await page.locator('#cap-period').selectOption('day');
+    await page.locator('#cap-save').click();
+    await page.locator('#cap-status', { hasText: 'Today: 0 of 50 credits spent' }).waitFor();
+    const [cap] = (await api('/credits/caps', { token })).body.data as { cap: string; period: string }[];
+    assert.deepEqual([cap.period, cap.cap], ['day', '50'], 'the page set what the API has');
+
+    await page.locator('#save-card').check();
+    await page.locator('button[data-package="starter"]').click();
+    await page.waitForURL(/\/_emulator\/checkout\/cs_test_/);
+    await page.locator('#pay').click();
+    await page.waitForURL((u) => u.href.startsWith(pageUrl) && u.searchParams.has('session_id'));
+    await page.waitForSelector('body[data-ready="true"]');
+    await page.locator('#recharge-status', { hasText: /^Off\.$/ }).waitFor();
+    await page.locator('#recharge-package').selectOption('mini');
+    await page.locator('#recharge-threshold').fill('1000');
+    await page.locator('#recharge-on').click();
+    await page.locator('#recharge-status', {
+      hasText: 'On: the mini package when available falls below 1,000 credits.',
+    })
+      .waitFor();
+    const settings = (await api('/credits/auto-recharge', { token })).body.data as {
+      enabled: boolean;
+      package_id: string;
+    };
+    assert.deepEqual([settings.enabled, settings.package_id], [true, 'mini']);
+    await page.screenshot({ path: new URL('student-controls.png', artifacts).pathname, fullPage: true });
+
+    await page.setViewportSize({ width: 390, height: 844 });
+    const overflow = Number(
+      await page.evaluate('document.documentElement.scrollWidth - document.documentElement.clientWidth'),
+    );
+    assert.ok(overflow <= 0, `no sideways scrolling at phone width (${overflow}px)`);
+    await page.screenshot({ path: new URL('student-controls-phone.png', artifacts).pathname, fullPage: true });
+    await page.locator('#recharge-off').click();
+    await page.locator('#recharge-status', { hasText: /^Off\.$/ }).waitFor();
+  },
+);

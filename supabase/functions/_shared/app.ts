@@ -89,7 +89,7 @@ export function createApp(
   const corsHeaders = cors({
     origin: (origin) => (allowed.has(origin) ? origin : null),
     allowHeaders: ['authorization', 'x-client-info', 'apikey', 'content-type', 'idempotency-key', 'x-request-id'],
-    allowMethods: ['GET', 'POST', 'DELETE', 'OPTIONS'],
+    allowMethods: ['GET', 'POST', 'PUT', 'DELETE', 'OPTIONS'],
     exposeHeaders: ['X-Request-ID', 'Idempotent-Replayed', 'Retry-After', 'Location'],
     maxAge: 600,
   });
