@@ -105,6 +105,19 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
   const [whole, fraction] = total.credits.outstanding.split('.');
   assert.equal(outstanding.text, whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',') + (fraction ? `.${fraction}` : ''));
   assert.equal(Number((await tile(page, 'active_users')).value), total.users.active);
+  // Credit lots: recognised and breakage revenue in the range, deferred revenue now.
+  const lines = (r.body.data as { total: { credit_lots: Record<string, number | string>[] } }).total.credit_lots
+    .find((x) => x.currency === 'usd');
+  const recognised = await tile(page, 'recognised_revenue');
+  assert.equal(Number(recognised.value), Number(lines?.recognised_revenue_cents ?? 0));
+  assert.equal(recognised.text, money(Number(lines?.recognised_revenue_cents ?? 0)));
+  const ops = (await api('/admin/ops', { token: admin })).body.data as {
+    credit_lots: Record<string, number | string>[];
+  };
+  const now = ops.credit_lots.find((x) => x.currency === 'usd');
+  const deferred = await tile(page, 'deferred_revenue');
+  assert.equal(Number(deferred.value), Number(now?.deferred_revenue_cents ?? 0));
+  assert.equal(deferred.text, money(Number(now?.deferred_revenue_cents ?? 0)));
 
   assert.match((await page.locator('#recon').textContent()) ?? '', /mismatch(es)?: .*fee_mismatch/);
   assert.equal(await page.locator('#revenue-chart svg rect').count() > 0, true, 'the revenue chart is drawn');

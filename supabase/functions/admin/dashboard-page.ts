@@ -80,6 +80,8 @@ function render(metrics, ops) {
   const cur = metrics.total.by_currency.find((c) => c.currency === $('currency').value) || metrics.total.by_currency[0];
   const currency = cur ? cur.currency : 'usd';
   const t = metrics.total;
+  const lots = (t.credit_lots || []).find((x) => x.currency === currency);
+  const lotsNow = (ops.credit_lots || []).find((x) => x.currency === currency);
   $('tiles').innerHTML = [
     tile('gmv', 'GMV', money(cur ? cur.gmv_cents : 0, currency), cur ? cur.gmv_cents : 0),
     tile('net_revenue', 'Net revenue', money(cur ? cur.net_revenue_cents : 0, currency), cur ? cur.net_revenue_cents : 0),
@@ -88,6 +90,13 @@ function render(metrics, ops) {
     tile('conversion', 'Checkout conversion', pct(t.conversion.checkout_rate), t.conversion.checkout_rate ?? ''),
     tile('outstanding', 'Outstanding credits', credits(t.credits.outstanding), t.credits.outstanding),
     tile('active_users', 'Active users', fmtInt.format(t.users.active), t.users.active),
+    // Paid credits at their cost: deferred (unspent, now), recognised (spent) and breakage (expired) in the range.
+    tile('deferred_revenue', 'Deferred revenue (now)', money(lotsNow ? lotsNow.deferred_revenue_cents : 0, currency),
+      lotsNow ? lotsNow.deferred_revenue_cents : 0),
+    tile('recognised_revenue', 'Recognised revenue', money(lots ? lots.recognised_revenue_cents : 0, currency),
+      lots ? lots.recognised_revenue_cents : 0),
+    tile('breakage_revenue', 'Breakage revenue', money(lots ? lots.breakage_revenue_cents : 0, currency),
+      lots ? lots.breakage_revenue_cents : 0),
   ].join('');
   const per = metrics.series.map((m) => {
     const c = m.by_currency.find((x) => x.currency === currency);
