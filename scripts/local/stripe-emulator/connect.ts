@@ -128,8 +128,7 @@ function createPayout(accountId: string, outcome: 'paid' | 'failed', amount?: nu
 /** A second charge for the same payment, made out of band (a double charge for reconciliation to find). */
 function duplicateCharge(original: Stripe.Charge): Stripe.Charge {
   const destination = idOf(original.transfer_data?.destination ?? null);
-  const session = { amount_total: original.amount, currency: original.currency, metadata: original.metadata };
-  const pi = paymentIntent(session as Stripe.Checkout.Session);
+  const pi = paymentIntent({ amount: original.amount, currency: original.currency, metadata: original.metadata });
   store.paymentIntents.set(pi.id, pi);
   const chargeId = newId('ch');
   const txn = balanceTransaction(pi.amount, pi.currency, chargeId, 'charge');
