@@ -120,7 +120,7 @@ export async function mixedLoad(rate: number, seconds: number, log = (_: string)
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
-    options: { rate: { type: 'string', default: '1000' }, seconds: { type: 'string', default: '300' } },
+    options: { rate: { type: 'string', default: '200' }, seconds: { type: 'string', default: '60' } },
   });
   const r = await mixedLoad(Number(values.rate), Number(values.seconds), (s) => console.error(s));
   console.log(`\n| route | requests | p50 / p95 / p99 (ms) | errors |\n| --- | --- | --- | --- |`);

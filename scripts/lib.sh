@@ -52,6 +52,30 @@ APT_PACKAGES=(postgresql-15 postgresql-15-pgtap postgresql-15-cron
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Every script's arguments, before it does anything: `--help`/`-h` prints USAGE and exits 0; an
+# option not in ALLOWED prints it with USAGE and exits 2. An allowed option ending in `=` takes
+# a value (`--rate 200` or `--rate=200`). Positional arguments pass.
+#   cli_args "$USAGE" --rate= --seconds= -- "$@"
+cli_args() {
+  local usage=$1 allowed=() takes_value=0 a f ok
+  shift
+  while [ "$1" != -- ]; do allowed+=("$1"); shift; done
+  shift
+  for a in "$@"; do
+    if [ $takes_value = 1 ]; then takes_value=0; continue; fi
+    case "$a" in
+      -h | --help) printf '%s\n' "$usage"; exit 0 ;;
+      -*)
+        ok=0
+        for f in "${allowed[@]}"; do
+          if [ "$f" = "$a" ] || [ "$f" = "${a%%=*}=" ]; then ok=1
+          elif [ "$f" = "$a=" ]; then ok=1; takes_value=1; fi
+        done
+        [ $ok = 1 ] || { printf 'unknown option: %s\n%s\n' "$a" "$usage" >&2; exit 2; } ;;
+    esac
+  done
+}
+
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
 
 # ---------------------------------------------------------------- install

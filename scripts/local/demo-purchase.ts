@@ -3,6 +3,16 @@
 // credits. Prints what happened at each step.
 import Stripe from 'stripe';
 
+/** Cents as people read them: 999 usd → $9.99. */
+const money = (cents: number, currency: string) =>
+  new Intl.NumberFormat('en-US', { style: 'currency', currency: currency.toUpperCase() }).format(cents / 100);
+/** An exact decimal string with thousands separators, never through a float: 9990 → 9,990. */
+const credits = (amount: string) => {
+  const [whole, fraction] = amount.replace(/^-/, '').split('.');
+  return (amount.startsWith('-') ? '-' : '') + whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',') +
+    (fraction ? `.${fraction}` : '');
+};
+
 const env = (name: string) => {
   const v = Deno.env.get(name);
   if (!v) throw new Error(`${name} is not set`);
@@ -58,15 +68,21 @@ const pi = await stripe.paymentIntents.retrieve(String(session.payment_intent));
 const charge = await stripe.charges.retrieve(String(pi.latest_charge));
 const txn = await stripe.balanceTransactions.retrieve(String(charge.balance_transaction));
 console.log(
-  `   Stripe charge ${charge.id}: ${charge.amount} ${charge.currency} ${charge.status}, fee ${txn.fee}, net ${txn.net}`,
+  `   Stripe charge ${charge.id}: ${money(charge.amount, charge.currency)} ${charge.status}, Stripe's fee ${
+    money(txn.fee, charge.currency)
+  }, net ${money(txn.net, charge.currency)}`,
 );
 
 const balance = await call('/credits/balance');
-console.log(`4. Balance: ${balance.balance} credits (available ${balance.available}).`);
+console.log(`4. Balance: ${credits(balance.balance)} credits (available ${credits(balance.available)}).`);
 const ledger = await call('/credits/ledger');
 console.log('5. Ledger entries:');
 for (const e of ledger.entries) {
-  console.log(`   #${e.id} ${e.created_at} ${e.kind} ${e.amount} → ${e.balance_after} (${e.reference})`);
+  console.log(
+    `   #${e.id} ${e.created_at} ${e.kind.replace(/_/g, ' ')} ${e.amount.startsWith('-') ? '' : '+'}${
+      credits(e.amount)
+    } credits → ${credits(e.balance_after)} (${e.reference})`,
+  );
 }
 if (balance.balance !== '9990') {
   console.error('expected 9990 credits');

@@ -58,7 +58,15 @@ const functions: Record<string, Spec> = {
   },
   notify: {
     required: ['NOTIFY_WEBHOOK_SECRET', 'POSTMARK_SERVER_TOKEN', 'CRON_SECRET'],
-    optional: ['POSTMARK_API_BASE', 'NOTIFY_FROM', 'ALERT_EMAIL', 'ALERT_WEBHOOK_URL'],
+    optional: [
+      'POSTMARK_API_BASE',
+      'NOTIFY_FROM',
+      'ALERT_EMAIL',
+      'ALERT_WEBHOOK_URL',
+      'PRODUCT_WEBHOOK_URL',
+      'PRODUCT_WEBHOOK_SECRET',
+      'BILLING_PAGE_URL',
+    ],
   },
 };
 
@@ -91,8 +99,8 @@ for (const name of names) {
     const okMode = !!keyMode && keyMode === mode;
     if (!okMode) missing++;
     console.log(
-      `  ${okMode ? 'ok     ' : 'MISMATCH'}  stripe    STRIPE_SECRET_KEY is a ${
-        keyMode ?? 'unrecognised'
+      `  ${okMode ? 'ok     ' : 'MISMATCH'}  stripe    STRIPE_SECRET_KEY is ${
+        keyMode ? `a ${keyMode}` : 'an unrecognised'
       } key; STRIPE_MODE is ${mode || 'unset'}`,
     );
   }

@@ -4,7 +4,7 @@ Deno.test('./scripts/demo-purchase runs the starter flow and prints the charge, 
   const out = await new Deno.Command('./scripts/demo-purchase', { stdout: 'piped', stderr: 'piped' }).output();
   const text = new TextDecoder().decode(out.stdout);
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-  assert.match(text, /Stripe charge ch_\w+: 999 usd succeeded, fee 59, net 940/);
-  assert.match(text, /Balance: 9990 credits/);
-  assert.match(text, /purchase 9990 → 9990/);
+  assert.match(text, /Stripe charge ch_\w+: \$9\.99 succeeded, Stripe's fee \$0\.59, net \$9\.40/);
+  assert.match(text, /Balance: 9,990 credits \(available 9,990\)/);
+  assert.match(text, /purchase \+9,990 credits → 9,990/);
 });
