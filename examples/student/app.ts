@@ -32,14 +32,23 @@ const money = (cents: number, currency: string) =>
 
 function show(id: 'error' | 'notice', text: string | null) {
   const el = $(id);
-  el.textContent = text ?? '';
+  (id === 'error' ? $('error-text') : el).textContent = text ?? '';
   el.hidden = !text;
 }
+
+/** Back to the sign-in form: the token is forgotten (and with it every error it caused). */
+function signOut() {
+  store.removeItem('token');
+  location.assign(`${location.origin}${location.pathname}`);
+}
+
 function fail(err: unknown) {
   const text = isBillingError(err)
     ? `${err.message} (${err.code}${err.requestId ? `, request ${err.requestId}` : ''})`
     : String(err);
   show('error', text);
+  // A token that is bad or expired will not get better: offer the way back.
+  $('sign-in-again').hidden = !(isBillingError(err) && err.status === 401);
 }
 
 async function refreshBalance(billing: BillingClient) {
@@ -272,6 +281,9 @@ async function main() {
   const supabase = createClient(api, 'local-anon-key', { accessToken: () => Promise.resolve(token) });
   const billing = createBillingClient(supabase);
   $('app').hidden = false;
+  $('sign-out').hidden = false;
+  $('sign-out').onclick = signOut;
+  $('sign-in-again').onclick = signOut;
   wireJobs(billing);
   wireCaps(billing);
   wireAutoRecharge(billing);

@@ -68,6 +68,10 @@ browserTest('an invalid token shows the error state, not a blank page', async (b
   await error.waitFor({ state: 'visible' });
   assert.match((await error.textContent()) ?? '', /UNAUTHORIZED/);
   await page.screenshot({ path: new URL('student-error.png', artifacts).pathname });
+  // Not a dead end: signing in again brings the form back, with the bad token forgotten.
+  await page.locator('#sign-in-again').click();
+  await page.locator('#token').waitFor({ state: 'visible' });
+  assert.equal(await page.locator('#error').isHidden(), true);
 });
 
 browserTest(
