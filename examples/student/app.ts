@@ -27,6 +27,36 @@ function formatCredits(amount: string): string {
   const grouped = whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',');
   return fraction ? `${grouped}.${fraction}` : grouped;
 }
+
+/**
+ * For reading, not for sums: rounded half up to 2 decimals with string arithmetic (the API and
+ * the CSV keep every digit); "less than 0.01" rather than a misleading 0.
+ * @example roundedCredits('-0.021') // '-0.02'
+ */
+function roundedCredits(amount: string): string {
+  const negative = amount.startsWith('-');
+  const [whole, fraction = ''] = amount.replace(/^-/, '').split('.');
+  const cents = BigInt(whole + (fraction + '00').slice(0, 2)) + (Number(fraction[2] ?? '0') >= 5 ? 1n : 0n);
+  if (cents === 0n && /[1-9]/.test(fraction)) return `${negative ? '-' : ''}less than 0.01`;
+  const text = cents.toString().padStart(3, '0');
+  const formatted = formatCredits(
+    `${text.slice(0, -2)}.${text.slice(-2)}`.replace(/\.00$/, '').replace(/(\.\d)0$/, '$1'),
+  );
+  return `${negative ? '-' : ''}${formatted}`;
+}
+
+/** What each kind of ledger entry means, in a student's words. */
+const entryWords: Record<string, string> = {
+  purchase: 'Bought credits',
+  promo_grant: 'Bonus credits',
+  adjustment: 'Added by support',
+  usage: 'AI usage',
+  debit: 'Charge',
+  hold_capture: 'AI job charged',
+  refund_reversal: 'Refunded payment taken back',
+  dispute_reversal: 'Disputed payment taken back',
+  expiry: 'Credits expired',
+};
 const money = (cents: number, currency: string) =>
   new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(cents / 100);
 
@@ -53,9 +83,9 @@ function fail(err: unknown) {
 
 async function refreshBalance(billing: BillingClient) {
   const b = await billing.balance();
-  $('balance').textContent = formatCredits(b.balance);
-  $('available').textContent = formatCredits(b.available);
-  $('held').textContent = formatCredits(b.held);
+  $('balance').textContent = roundedCredits(b.balance);
+  $('available').textContent = roundedCredits(b.available);
+  $('held').textContent = roundedCredits(b.held);
   const expiring = $('expiring');
   expiring.hidden = !b.expiring;
   if (b.expiring) {
@@ -142,9 +172,9 @@ async function refreshLedger(billing: BillingClient) {
   }
   for (const e of entries) {
     const li = document.createElement('li');
-    li.textContent = `${new Date(e.created_at).toLocaleString()} · ${e.kind.replace(/_/g, ' ')} · ${
+    li.textContent = `${new Date(e.created_at).toLocaleString()} · ${entryWords[e.kind] ?? e.kind} · ${
       e.amount.startsWith('-') ? '' : '+'
-    }${formatCredits(e.amount)}`;
+    }${roundedCredits(e.amount)}`;
     list.append(li);
   }
 }
@@ -245,7 +275,14 @@ function wireJobs(billing: BillingClient) {
       }
       await Promise.all([refreshBalance(billing), refreshLedger(billing)]);
     } catch (err) {
-      if (!(isBillingError(err) && err.code === 'ABORTED')) fail(err);
+      if (!(isBillingError(err) && err.code === 'ABORTED')) {
+        fail(err);
+        // Refused (402: not enough credits, or over the limit) or failed: it is not queued.
+        if (!running) {
+          status.textContent = 'not started';
+          bar.hidden = true;
+        }
+      }
     } finally {
       running = null;
       start.disabled = false;
@@ -290,7 +327,9 @@ async function main() {
   try {
     const sessionId = params.get('session_id');
     if (sessionId) await followPurchase(billing, sessionId);
-    if (params.get('cancelled')) show('notice', 'Checkout was cancelled; nothing was charged.');
+    if (params.get('cancelled')) show('notice', 'Checkout ended without a payment: nothing was charged.');
+    // Shown once: a reload must not announce the same payment again.
+    if (sessionId || params.get('cancelled')) history.replaceState(null, '', location.pathname);
     await Promise.all([
       refreshBalance(billing),
       showPackages(billing),

@@ -42,7 +42,9 @@ browserTest(
       assert.equal(await text(page, '#balance'), '9,990');
       const fromApi = (await api('/credits/balance', { token })).body.data as { balance: string };
       assert.equal(fromApi.balance, '9990', 'the page shows what the API says');
-      assert.match((await text(page, '#ledger')) ?? '', /purchase · \+9,990/);
+      assert.match((await text(page, '#ledger')) ?? '', /Bought credits · \+9,990/, "in a student's words");
+      // Shown once: the session id left the address, so a reload does not announce it again.
+      assert.equal(new URL(page.url()).searchParams.has('session_id'), false);
       await page.screenshot({ path: new URL('student-after-purchase.png', artifacts).pathname, fullPage: true });
 
       await page.locator('#start-job').click();
@@ -83,6 +85,7 @@ browserTest(
     const page = await browser.newPage();
     await signIn(page, env('SUPABASE_URL'), token);
     assert.match((await text(page, '#expiring')) ?? '', /^100 credits expire on /);
+    assert.match((await text(page, '#ledger')) ?? '', /Bonus credits · \+100/);
     assert.equal(
       await text(page, '#recharge-status'),
       'Off. To use it, buy a package with "Keep my card for auto-recharge" ticked.',
