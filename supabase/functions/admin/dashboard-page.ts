@@ -13,7 +13,9 @@ h1{font-size:1.35rem;margin:.2rem 0 1rem}h2{font-size:1rem;margin:0 0 .6rem}
 input,select,button{font:inherit;padding:.35rem .5rem}
 .tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(10.5rem,1fr));gap:.7rem;margin-bottom:1rem}
 .tile{background:#fff;border-radius:.6rem;padding:.8rem 1rem;box-shadow:0 1px 2px #0001}
-.tile .label{font-size:.8rem;color:#667}.tile .value{font-size:1.45rem;font-weight:650;overflow-wrap:anywhere}
+.tile .label{font-size:.8rem;color:#667}.tile .value{font-size:1.45rem;font-weight:650;white-space:nowrap}
+.tile .value.long{font-size:1.05rem}.headline{font-size:1.3rem;font-weight:650;margin:0 0 .3rem}
+.headline .muted{font-size:.8rem;font-weight:400}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,21rem),1fr));gap:.7rem}
 section{background:#fff;border-radius:.6rem;padding:.9rem 1rem;box-shadow:0 1px 2px #0001;min-width:0}
 svg{width:100%;height:auto;display:block}
@@ -42,15 +44,20 @@ async function get(path) {
   return body;
 }
 
+// A number never wraps in the middle: a long one is set smaller instead.
 function tile(kpi, label, value, raw) {
   return '<div class="tile" data-kpi="' + kpi + '" data-value="' + esc(raw) + '"><div class="label">' + label +
-    '</div><div class="value">' + esc(value) + '</div></div>';
+    '</div><div class="value' + (String(value).length > 11 ? ' long' : '') + '">' + esc(value) + '</div></div>';
 }
+
+const empty = '<p class="muted">Nothing in this range.</p>';
 
 function bars(series, keys, colors, format) {
   const w = 640, h = 200, pad = 28, n = series.length || 1, bw = (w - pad) / n;
-  const max = Math.max(1, ...series.map((s) => keys.reduce((a, k) => a + Math.max(0, s[k] || 0), 0)));
-  let out = '<svg viewBox="0 0 ' + w + ' ' + (h + 18) + '" role="img">';
+  const total = Math.max(0, ...series.map((s) => keys.reduce((a, k) => a + Math.max(0, s[k] || 0), 0)));
+  if (total === 0) return empty;
+  const max = total;
+  let out = '<svg viewBox="0 0 ' + w + ' ' + (h + 24) + '" role="img">';
   series.forEach((s, i) => {
     let y = h;
     keys.forEach((k, j) => {
@@ -59,21 +66,24 @@ function bars(series, keys, colors, format) {
       out += '<rect x="' + (pad + i * bw + 1) + '" y="' + y + '" width="' + Math.max(1, bw - 2) + '" height="' + bh +
         '" fill="' + colors[j] + '"><title>' + esc(s.label + ' ' + k + ': ' + format(v)) + '</title></rect>';
     });
-    if (n <= 16 || i % Math.ceil(n / 8) === 0) out += '<text x="' + (pad + i * bw) + '" y="' + (h + 14) + '" font-size="10" fill="#667">' + esc(s.label) + '</text>';
+    // Labels at 18/640 of the width: readable on a phone (about 10 px) and a desktop alike.
+    if (i % Math.ceil(n / 6) === 0) out += '<text x="' + (pad + i * bw) + '" y="' + (h + 20) + '" font-size="18" fill="#556">' + esc(s.label) + '</text>';
   });
-  out += '<text x="0" y="10" font-size="10" fill="#667">' + esc(format(max)) + '</text></svg>';
+  out += '<text x="' + pad + '" y="18" font-size="18" fill="#556">max ' + esc(format(max)) + '</text></svg>';
   return out;
 }
 
 function line(series, key, format) {
   const w = 640, h = 160, pad = 28, n = Math.max(1, series.length - 1);
-  const vals = series.map((s) => s[key]);
-  const max = Math.max(0.0001, ...vals.filter((v) => v !== null));
+  const vals = series.map((s) => s[key]).filter((v) => v !== null && v !== undefined);
+  if (vals.length === 0) return empty;
+  if (vals.length === 1) return '<p class="headline">' + esc(format(vals[0])) + '</p><p class="muted">Only one day in this range had checkouts.</p>';
+  const max = Math.max(...vals) || 1;
   const pts = series.map((s, i) => s[key] === null ? null : [pad + (i / n) * (w - pad - 4), h - (s[key] / max) * (h - 12)]);
   const d = pts.filter(Boolean).map((p, i) => (i ? 'L' : 'M') + p[0].toFixed(1) + ' ' + p[1].toFixed(1)).join(' ');
   return '<svg viewBox="0 0 ' + w + ' ' + (h + 4) + '" role="img"><path d="' + d + '" fill="none" stroke="#3558c9" stroke-width="2"/>' +
     pts.filter(Boolean).map((p) => '<circle cx="' + p[0] + '" cy="' + p[1] + '" r="2.5" fill="#3558c9"/>').join('') +
-    '<text x="0" y="10" font-size="10" fill="#667">' + esc(format(max)) + '</text></svg>';
+    '<text x="' + pad + '" y="18" font-size="18" fill="#556">max ' + esc(format(max)) + '</text></svg>';
 }
 
 function render(metrics, ops) {
@@ -88,6 +98,10 @@ function render(metrics, ops) {
     tile('take_rate', 'Take rate (B2B)', pct(cur ? cur.b2b_provider_fees.take_rate : null), cur ? cur.b2b_provider_fees.take_rate : ''),
     tile('arpu', 'ARPU', cur && cur.arpu_cents !== null ? money(cur.arpu_cents, currency) : '–', cur ? cur.arpu_cents : ''),
     tile('conversion', 'Checkout conversion', pct(t.conversion.checkout_rate), t.conversion.checkout_rate ?? ''),
+    tile('stripe_fees', 'Stripe fees (B2C)', money(cur ? cur.b2c_credits.stripe_fees_cents : 0, currency),
+      cur ? cur.b2c_credits.stripe_fees_cents : 0),
+    tile('platform_fees', 'Platform fees (B2B)', money(cur ? cur.b2b_provider_fees.platform_fees_cents : 0, currency),
+      cur ? cur.b2b_provider_fees.platform_fees_cents : 0),
     tile('outstanding', 'Outstanding credits', credits(t.credits.outstanding), t.credits.outstanding),
     tile('active_users', 'Active users', fmtInt.format(t.users.active), t.users.active),
     // Paid credits at their cost: deferred (unspent, now), recognised (spent) and breakage (expired) in the range.
@@ -106,12 +120,15 @@ function render(metrics, ops) {
   $('revenue-chart').innerHTML = bars(per, ['b2c', 'b2b'], ['#3558c9', '#2bb08c'], (v) => money(v, currency));
   $('conversion-chart').innerHTML = line(per, 'rate', pct);
   const hourly = ops.error_budget.hourly;
+  const worst = hourly ? Math.max(0, ...hourly.map((h) => h.burn_rate.availability)) : 0;
   $('burn-chart').innerHTML = hourly
-    ? bars(hourly.map((h) => ({ label: h.hour.slice(11, 13) + 'h', burn: h.burn_rate.availability })), ['burn'], ['#d9822b'], (v) => v.toFixed(2) + '×')
+    ? '<p class="headline" data-kpi="burn_worst" data-value="' + worst + '">' + worst.toFixed(2) +
+      '× <span class="muted">burn in the worst hour (1× spends the budget exactly over the SLO window)</span></p>' + bars(hourly.map((h) => ({ label: h.hour.slice(11, 13) + 'h', burn: h.burn_rate.availability })), ['burn'], ['#d9822b'], (v) => v.toFixed(2) + '×')
     : '<p class="muted">Latency data (Redis) is not answering.</p>';
   $('recon').innerHTML = ops.reconciliation.length
     ? '<table><tr><th>Provider</th><th>Last run</th><th>Status</th></tr>' + ops.reconciliation.map((r) =>
-      '<tr><td>' + esc(r.name) + '</td><td>' + esc(r.last_day ?? 'never') + '</td><td class="' + (r.mismatches ? 'bad' : 'ok') + '">' +
+      // Two providers may share a name: the id tells them apart.
+      '<tr><td>' + esc(r.name) + ' <span class="muted">' + esc(String(r.provider_id).slice(0, 8)) + '</span></td><td>' + esc(r.last_day ?? 'never') + '</td><td class="' + (r.mismatches ? 'bad' : 'ok') + '">' +
       (r.mismatches ? esc(r.mismatches + (r.mismatches === 1 ? ' mismatch: ' : ' mismatches: ') + r.kinds.join(', ')) : 'reconciled') + '</td></tr>').join('') + '</table>'
     : '<p class="muted">No providers yet.</p>';
   $('alerts').innerHTML = ops.alerts.length
