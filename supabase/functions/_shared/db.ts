@@ -123,7 +123,8 @@ const sqlErrors: Record<
   },
   HOLD_EXPIRED: { type: 'conflict', message: 'The hold has expired; its credits were released.' },
   HOLD_RELEASED: { type: 'conflict', message: 'The hold was released.' },
-  HOLD_ALREADY_CAPTURED: { type: 'conflict', message: 'The hold was already captured with another amount.' },
+  // Capturing again with another amount, or releasing a captured hold: details.captured says how much.
+  HOLD_ALREADY_CAPTURED: { type: 'conflict', message: 'The hold was already captured (details.captured).' },
   CAPTURE_EXCEEDS_HOLD: { type: 'validation', message: 'The capture amount is larger than the hold.' },
   IDEMPOTENCY_KEY_REUSED: {
     type: 'conflict',

@@ -13,6 +13,8 @@ export const CreditAmountSchema = z
   .transform(String)
   .pipe(
     z.string()
+      // A negative amount is told so first, not that its digits are malformed.
+      .refine((s) => !s.trim().startsWith('-'), { message: 'must be greater than zero', abort: true })
       .regex(positiveDecimal, 'must be a decimal string with at most 18 fractional digits')
       .refine((s) => /[1-9]/.test(s), 'must be greater than zero'),
   );

@@ -90,7 +90,9 @@ app.get('/ops', requireAdmin, async (c) => {
   const [{ overview }] = await call((sql) => sql`select billing.ops_overview() as overview`);
   // Latency data lives in Redis: without it the rest of the page still works.
   const burn = await hourlyBurn(slo).catch(() => null);
-  return ok(c, { ...overview, error_budget: { objectives: slo, hourly: burn } });
+  // The same field names as GET /health/slo.
+  const objectives = { availability: slo.availability, p95_ms: slo.p95Ms };
+  return ok(c, { ...overview, error_budget: { objectives, hourly: burn } });
 });
 
 /**
