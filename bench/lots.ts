@@ -5,7 +5,7 @@
 // see). The baseline is the live post_user_transfer with its lot step cut out, read from the
 // database, so it is exactly the debit as it was before lots. Targets: 1 lot ≤ 1.2× the baseline's
 // cost; caps and alerts on ≤ 1.2× the debit without them (the 1-lot row).
-//   BENCH_SECONDS (5) per cell, BENCH_ROUNDS (3, cells interleaved, medians reported),
+//   BENCH_SECONDS (5) per cell, BENCH_ROUNDS (3, cells interleaved, medians reported), BENCH_LOTS_KEEP=1,
 //   BENCH_CLIENTS (16), BENCH_LOTS_PORT (55434)
 import postgres from 'postgres';
 import { privateCluster } from './private-cluster.ts';
@@ -18,6 +18,7 @@ const cluster = privateCluster({
   dir: '/tmp/scholarlink-lots-bench',
   port: Number(Deno.env.get('BENCH_LOTS_PORT') ?? 55434),
   conf: ['shared_buffers = 512MB', 'max_wal_size = 4GB'],
+  keep: Deno.env.get('BENCH_LOTS_KEEP') === '1', // keep the cluster to look inside afterwards
   log: (s) => console.error(`[lots] ${s}`),
 });
 await cluster.start();
