@@ -148,7 +148,7 @@ begin
   ), l as (
     select l.id, l.account_id, l.remaining,
       sum(l.remaining) over (partition by l.account_id order by array_position(p_first, l.id) nulls last,
-        (l.expires_at <= now()) desc nulls last, l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+        coalesce(l.expires_at <= now(), false) desc, l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
     from billing.lots l
     where l.account_id = any(p_account_ids) and l.open
   ), a as (
@@ -317,7 +317,7 @@ begin
     with drawn as (
       update billing.lots l set remaining = l.remaining - p_amount
       where l.id = (select x.id from billing.lots x where x.account_id = v_account_id and x.open
-                    order by (x.expires_at <= now()) desc nulls last, x.frozen, x.priority, x.expires_at nulls last,
+                    order by coalesce(x.expires_at <= now(), false) desc, x.frozen, x.priority, x.expires_at nulls last,
                       x.granted_at, x.id
                     limit 1)
         and l.remaining >= p_amount

@@ -68,6 +68,7 @@ Deno.test({
     const outcomes = new Map<string, number>(); // key → final status
     const bad: string[] = [];
     let retried = 0;
+    let slowest = 0; // ms
     let stop = false;
     // Bounded by time, not by a count of operations: a fast machine would finish a fixed count
     // before the restart and the test would prove nothing. Out at the first surprise.
@@ -77,11 +78,13 @@ Deno.test({
         const key = crypto.randomUUID();
         // Like the client: the same key again after a retryable failure, a few times.
         for (let attempt = 0; attempt < 20; attempt++) {
+          const started = performance.now();
           const r = await api('/credits/usage', {
             token,
             headers: { 'idempotency-key': key },
             body: { model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 0 },
           }).catch(() => ({ status: 0, body: {}, text: 'connection error' }));
+          slowest = Math.max(slowest, performance.now() - started);
           outcomes.set(key, r.status);
           if (r.status === 201) break;
           const retryable = (r.body as { error?: { retryable?: boolean } }).error?.retryable;
@@ -107,7 +110,12 @@ Deno.test({
     await Promise.all(loops);
 
     assert.deepEqual(bad, [], 'only successes and retryable failures');
-    assert.ok(retried > 0, 'the restart was felt: some requests failed retryably');
+    // The restart is felt either as retryable failures or, through pgbouncer (which queues
+    // queries while its server is away), as requests held for the outage (Postgres is down ≥ 1 s).
+    assert.ok(
+      retried > 0 || slowest >= 1000,
+      `the restart was felt (retried ${retried}, slowest ${slowest.toFixed(0)} ms)`,
+    );
     const ok = [...outcomes].filter(([, s]) => s === 201).map(([k]) => k);
     assert.ok(ok.length > 10, 'load went through before and after the restart');
     // Every successful key moved money exactly once; a key that never succeeded moved nothing.
