@@ -130,7 +130,7 @@ const [check] = await db`
   from billing.purchases p join billing.accounts a on a.user_id = p.user_id
   where p.user_id = any(${users}::uuid[])`;
 await db.end();
-const ok = check.paid === events && check.wrong === 0 && failures === 0;
+const ok = check.paid === events && check.wrong === 0 && Number(check.off_balance) === 0 && failures === 0;
 
 say(`\n### 5. Webhook ingestion (${events} signed checkout.session.completed, each delivered twice, 16 connections)\n`);
 say('| what | events/s | p50 / p95 / p99 (ms) | webhook ÷ this |');
@@ -143,11 +143,13 @@ const row = (name: string, r: typeof hook) =>
   );
 row('baseline: GET /health/healthz', health);
 row('baseline: process_stripe_event alone (SQL)', sqlOnly);
-row('POST /stripe-webhook', hook);
+row('POST /stripe-webhook (deliveries, half of them repeats)', hook);
 say(
-  `\nTarget ≥ 1,000 events/s: ${hook.rate >= 1000 ? 'met' : 'MISSED'}; p95 ack ≤ 20 ms: ${
+  `\nTarget ≥ 1,000 events/s: ${hook.rate >= 1000 ? 'met' : 'MISSED'} (counting deliveries; distinct events: ${
+    (hook.rate / 2).toFixed(0)
+  }/s); p95 ack ≤ 20 ms: ${
     hook.p95 <= 20 ? 'met' : 'MISSED'
-  }. Non-200 answers: ${failures}. After the run: ${check.paid}/${events} purchases paid, ${check.wrong} credited ≠ once → ${
+  }. Non-200 answers: ${failures}. After the run: ${check.paid}/${events} purchases paid, ${check.wrong} credited ≠ once, balances ≠ the package's credits summing to ${check.off_balance} → ${
     ok ? 'OK' : 'BROKEN'
   }`,
 );
