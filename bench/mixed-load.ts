@@ -1,7 +1,7 @@
 // A mixed, open-loop workload on the local stack: balance reads, usage debits, jobs,
 // checkouts and signed Stripe webhooks, at a fixed total rate. Reports the error rate (429s
 // excluded), latency per route and the ledger's invariants after the run.
-//   ./scripts/load [--rate 1000] [--seconds 300]      (tests/reliability runs a short version)
+//   ./scripts/load [--rate 200] [--seconds 60]      (tests/reliability runs a short version)
 import { parseArgs } from 'node:util';
 import { api, assertLedgerInvariants, newUser, testDb, userToken } from '../tests/helpers.ts';
 import { deliver, emulator, startCheckout } from '../tests/purchases.ts';
@@ -84,16 +84,25 @@ export async function mixedLoad(rate: number, seconds: number, log = (_: string)
   log(`running ${rate} req/s for ${seconds} s …`);
   const inflight = new Set<Promise<void>>();
   const started = performance.now();
-  for (let i = 0; i < rate * seconds; i++) {
+  const total = rate * seconds;
+  let reported = started;
+  const errorsSoFar = () => Object.values(samples).reduce((n, s) => n + s.errors, 0);
+  for (let i = 0; i < total; i++) {
     const due = started + (i * 1000) / rate;
     const wait = due - performance.now();
     if (wait > 1) await new Promise((ok) => setTimeout(ok, wait));
+    if (performance.now() - reported >= 5000) {
+      reported = performance.now();
+      const at = Math.round((reported - started) / 1000);
+      log(`${at} s: sent ${sent}/${total}, in flight ${inflight.size}, errors ${errorsSoFar()}, 429s ${rateLimited}`);
+    }
     let pick = Math.random();
     const route = mix.find(([, share]) => (pick -= share) < 0)?.[0] ?? 'balance';
     const p = one(route).finally(() => inflight.delete(p));
     inflight.add(p);
     sent++;
   }
+  log(`all ${sent} sent; waiting for ${inflight.size} in flight, then checking the ledger …`);
   await Promise.all(inflight);
 
   await assertLedgerInvariants();
@@ -122,7 +131,12 @@ if (import.meta.main) {
     args: Deno.args,
     options: { rate: { type: 'string', default: '200' }, seconds: { type: 'string', default: '60' } },
   });
-  const r = await mixedLoad(Number(values.rate), Number(values.seconds), (s) => console.error(s));
+  const [rate, seconds] = [Number(values.rate), Number(values.seconds)];
+  if (!(Number.isInteger(rate) && rate > 0 && Number.isInteger(seconds) && seconds > 0)) {
+    console.error('--rate and --seconds must be positive whole numbers (./scripts/load --help)');
+    Deno.exit(2);
+  }
+  const r = await mixedLoad(rate, seconds, (s) => console.error(s));
   console.log(`\n| route | requests | p50 / p95 / p99 (ms) | errors |\n| --- | --- | --- | --- |`);
   for (const [name, s] of Object.entries(r.routes)) {
     console.log(

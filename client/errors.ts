@@ -1,5 +1,5 @@
 // BillingError: every failure the client reports, carrying the service's error envelope.
-import type { ErrorBody } from '../supabase/functions/_shared/contract.ts';
+import type { ErrorBody } from './contract.ts';
 
 export class BillingError extends Error {
   /** HTTP status; 0 when no answer arrived (network error). */

@@ -29,15 +29,15 @@ import type {
   SpendCap,
   UsageCharge,
   UsageRequest,
-} from '../supabase/functions/_shared/contract.ts';
+} from './contract.ts';
 import { BillingError, toBillingError } from './errors.ts';
 import { type RetryOptions, sleep, withRetries } from './retry.ts';
 
-export type * from '../supabase/functions/_shared/contract.ts';
+export type * from './contract.ts';
 export { BillingError } from './errors.ts';
 export type { RetryOptions } from './retry.ts';
 
-/** What the client needs of a Supabase client: `functions.invoke` (supabase-js ≥ 2.4x). */
+/** What the client needs of a Supabase client: `functions.invoke` with its `response` (supabase-js ≥ 2.50.3). */
 export interface SupabaseLike {
   functions: {
     invoke(

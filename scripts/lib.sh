@@ -52,29 +52,47 @@ APT_PACKAGES=(postgresql-15 postgresql-15-pgtap postgresql-15-cron
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Every script's arguments, before it does anything: `--help`/`-h` prints USAGE and exits 0; an
-# option not in ALLOWED prints it with USAGE and exits 2. An allowed option ending in `=` takes
-# a value (`--rate 200` or `--rate=200`). Positional arguments pass.
-#   cli_args "$USAGE" --rate= --seconds= -- "$@"
+# Every script's arguments, before it installs or starts anything: `--help`/`-h` prints USAGE
+# and exits 0; anything else wrong prints what, then USAGE, on stderr and exits 2 (usage_error).
+# ALLOWED: `--flag` (a switch), `--flag=` (takes a value: `--rate 200` or `--rate=200`),
+# `--flag=#` (a positive whole number), `ARGS` (positional arguments are accepted).
+#   cli_args "$USAGE" --rate=# --seconds=# -- "$@"
 cli_args() {
-  local usage=$1 allowed=() takes_value=0 a f ok
+  CLI_USAGE=$1
   shift
-  while [ "$1" != -- ]; do allowed+=("$1"); shift; done
+  local allowed=() positional=0 pending='' a f spec
+  while [ "$1" != -- ]; do
+    if [ "$1" = ARGS ]; then positional=1; else allowed+=("$1"); fi
+    shift
+  done
   shift
   for a in "$@"; do
-    if [ $takes_value = 1 ]; then takes_value=0; continue; fi
+    if [ -n "$pending" ]; then cli_value "$pending" "$a"; pending=''; continue; fi
     case "$a" in
-      -h | --help) printf '%s\n' "$usage"; exit 0 ;;
+      -h | --help) printf '%s\n' "$CLI_USAGE"; exit 0 ;;
       -*)
-        ok=0
+        spec=''
         for f in "${allowed[@]}"; do
-          if [ "$f" = "$a" ] || [ "$f" = "${a%%=*}=" ]; then ok=1
-          elif [ "$f" = "$a=" ]; then ok=1; takes_value=1; fi
+          if [ "$f" = "$a" ] || [ "${f%%=*}" = "${a%%=*}" ]; then spec=$f; fi
         done
-        [ $ok = 1 ] || { printf 'unknown option: %s\n%s\n' "$a" "$usage" >&2; exit 2; } ;;
+        [ -n "$spec" ] || usage_error "unknown option: $a"
+        if [ "$spec" = "${spec%%=*}" ]; then
+          [ "$a" = "${a%%=*}" ] || usage_error "${a%%=*} takes no value"
+        elif [ "$a" = "${a%%=*}" ]; then pending=$spec
+        else cli_value "$spec" "${a#*=}"; fi ;;
+      *) [ $positional = 1 ] || usage_error "unexpected argument: $a" ;;
     esac
   done
+  [ -z "$pending" ] || usage_error "${pending%%=*} needs a value"
 }
+# cli_value SPEC VALUE: VALUE for an option declared as SPEC (`--rate=#` wants a positive whole number).
+cli_value() {
+  if [ "${1#*=}" = '#' ] && ! [[ $2 =~ ^[1-9][0-9]{0,8}$ ]]; then
+    usage_error "${1%%=*} must be a positive whole number, not '$2'"
+  fi
+}
+# What was wrong, then the usage, on stderr; exit 2 (a usage error, as getopt-style tools do).
+usage_error() { printf '%s\n%s\n' "$1" "$CLI_USAGE" >&2; exit 2; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
 

@@ -1,6 +1,7 @@
 // Browser tests: Debian's Chromium, headless, driven by playwright-core. Screenshots and other
 // artifacts go to artifacts/ (git-ignored).
-import { type Browser, chromium } from 'playwright-core';
+import { type Browser, chromium, type Page } from 'playwright-core';
+import { testDb } from './helpers.ts';
 
 await Deno.mkdir(new URL('../artifacts/', import.meta.url), { recursive: true });
 
@@ -24,3 +25,50 @@ export const browserTest = (name: string, fn: (browser: Browser) => Promise<void
       }
     },
   });
+
+/** What a person can read: sideways scrolling, and the smallest visible text as drawn on screen. */
+export interface Legibility {
+  /** Pixels the page scrolls sideways (0: none). */
+  overflow: number;
+  /** The smallest visible text's rendered size in CSS px (SVG text as scaled with its drawing). */
+  smallestPx: number;
+  /** The visible texts under 12 px, for the assertion message. */
+  tooSmall: string[];
+  /** Elements whose text is cut off or spills out of its box sideways. */
+  spilled: string[];
+}
+
+/**
+ * Measures the page as it is drawn (a string, so the test files need no DOM types).
+ * @example const { overflow, smallestPx } = await legibility(page)
+ */
+export const legibility = (page: Page): Promise<Legibility> =>
+  page.evaluate(`(() => {
+    const tooSmall = [], spilled = [];
+    let smallestPx = Infinity;
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const el = node.parentElement;
+      if (!el || !node.textContent.trim() || !el.checkVisibility() || el.closest('script, style, title')) continue;
+      const px = el instanceof SVGElement
+        ? parseFloat(getComputedStyle(el).fontSize) * el.getScreenCTM().a
+        : parseFloat(getComputedStyle(el).fontSize);
+      smallestPx = Math.min(smallestPx, px);
+      if (px < 12) tooSmall.push(node.textContent.trim().slice(0, 40) + ' (' + px.toFixed(1) + 'px)');
+      if (!(el instanceof SVGElement) && el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== 'auto') {
+        spilled.push(node.textContent.trim().slice(0, 40));
+      }
+    }
+    const overflow = document.documentElement.scrollWidth - document.documentElement.clientWidth;
+    return { overflow, smallestPx, tooSmall, spilled };
+  })()`);
+
+/** A user who can sign in with a password: a bcrypt hash in auth.users, as Supabase Auth stores it. */
+export async function passwordUser(password: string) {
+  const email = `student-${crypto.randomUUID().slice(0, 8)}@example.com`;
+  const [{ id }] = await testDb`
+    insert into auth.users (id, email, encrypted_password, email_confirmed_at)
+    values (gen_random_uuid(), ${email}, extensions.crypt(${password}, extensions.gen_salt('bf')), now())
+    returning id`;
+  return { id: id as string, email };
+}

@@ -1,8 +1,9 @@
-// The example student page: balance, packages (bought through hosted Checkout), the purchase
-// polled after the redirect back, recent ledger entries, and a metered AI job with progress
-// and cancel. Everything goes through the typed client over supabase-js.
+// The example student page: sign-in (Supabase Auth's password grant, or a pasted access token),
+// balance, packages (bought through hosted Checkout), the purchase polled after the redirect
+// back, recent ledger entries, spend controls, and a metered AI job priced before it starts,
+// with progress and cancel. Everything goes through the typed client over supabase-js.
 /// <reference lib="dom" />
-import { createClient } from '@supabase/supabase-js';
+import { createClient, type SupabaseClient } from '@supabase/supabase-js';
 import {
   type AutoRecharge,
   type BillingClient,
@@ -11,39 +12,34 @@ import {
   type Job,
   type SpendCap,
 } from '../../client/mod.ts';
+import { jobPrice, type RateCard, roundedCredits } from './credits.ts';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const store = globalThis.sessionStorage;
 const params = new URLSearchParams(location.search);
 
-// Locally the page is told where the API is (?api=) and takes a pasted token; both are kept
-// for the tab, so they survive the round trip through Checkout.
-if (params.get('api')) store.setItem('api', params.get('api') as string);
+// Locally the page is told where the API is (?api=, and ?key= for a project's publishable
+// key); both are kept for the tab, so they survive the round trip through Checkout.
+for (const name of ['api', 'key']) if (params.get(name)) store.setItem(name, params.get(name) as string);
 const api = store.getItem('api') ?? 'http://127.0.0.1:54321';
+const apiKey = store.getItem('key') ?? 'local-anon-key';
+const isLocalStack = /^http:\/\/(127\.0\.0\.1|localhost)[:/]/.test(api);
 
-/** 9990.5 → "9,990.5": credits are decimal strings, grouped without ever becoming floats. */
-function formatCredits(amount: string): string {
-  const [whole, fraction] = amount.split('.');
-  const grouped = whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',');
-  return fraction ? `${grouped}.${fraction}` : grouped;
+// Supabase Auth's session lives in this tab's storage; supabase-js refreshes it.
+const auth = createClient(api, apiKey, {
+  auth: { storage: store, persistSession: true, autoRefreshToken: true, detectSessionInUrl: false },
+});
+
+/** The student's client: a pasted token wins (the local stack without Auth), else the Auth session. */
+async function signedInClient(): Promise<SupabaseClient | null> {
+  const pasted = store.getItem('token');
+  if (pasted) return createClient(api, apiKey, { accessToken: () => Promise.resolve(pasted) });
+  const { data } = await auth.auth.getSession();
+  return data.session ? auth : null;
 }
 
-/**
- * For reading, not for sums: rounded half up to 2 decimals with string arithmetic (the API and
- * the CSV keep every digit); "less than 0.01" rather than a misleading 0.
- * @example roundedCredits('-0.021') // '-0.02'
- */
-function roundedCredits(amount: string): string {
-  const negative = amount.startsWith('-');
-  const [whole, fraction = ''] = amount.replace(/^-/, '').split('.');
-  const cents = BigInt(whole + (fraction + '00').slice(0, 2)) + (Number(fraction[2] ?? '0') >= 5 ? 1n : 0n);
-  if (cents === 0n && /[1-9]/.test(fraction)) return `${negative ? '-' : ''}less than 0.01`;
-  const text = cents.toString().padStart(3, '0');
-  const formatted = formatCredits(
-    `${text.slice(0, -2)}.${text.slice(-2)}`.replace(/\.00$/, '').replace(/(\.\d)0$/, '$1'),
-  );
-  return `${negative ? '-' : ''}${formatted}`;
-}
+/** The AI job's model and answer length: what the page asks for and prices. */
+const job = { model: 'gpt-4o-mini', maxTokens: 256 };
 
 /** What each kind of ledger entry means, in a student's words. */
 const entryWords: Record<string, string> = {
@@ -64,21 +60,33 @@ function show(id: 'error' | 'notice', text: string | null) {
   const el = $(id);
   (id === 'error' ? $('error-text') : el).textContent = text ?? '';
   el.hidden = !text;
+  if (id === 'error' && !text) $('retry').hidden = $('sign-in-again').hidden = true;
 }
 
-/** Back to the sign-in form: the token is forgotten (and with it every error it caused). */
-function signOut() {
-  store.removeItem('token');
+/**
+ * Signs out and back to the sign-in form: the Auth session ends (its refresh token stops
+ * working) and everything this tab kept about the student is forgotten, even when Auth cannot
+ * be reached; only where the API is stays.
+ */
+async function signOut() {
+  if (!store.getItem('token')) await auth.auth.signOut().catch(() => {});
+  for (const name of Object.keys(store)) if (name !== 'api' && name !== 'key') store.removeItem(name);
   location.assign(`${location.origin}${location.pathname}`);
 }
 
-function fail(err: unknown) {
+/**
+ * Shows what went wrong with a way on: a bad or expired token (401) will not get better, so
+ * "Sign in again"; anything else can be tried again when `retry` is given.
+ */
+function fail(err: unknown, retry?: () => void) {
   const text = isBillingError(err)
     ? `${err.message} (${err.code}${err.requestId ? `, request ${err.requestId}` : ''})`
     : String(err);
   show('error', text);
-  // A token that is bad or expired will not get better: offer the way back.
-  $('sign-in-again').hidden = !(isBillingError(err) && err.status === 401);
+  const signedOut = isBillingError(err) && err.status === 401;
+  $('sign-in-again').hidden = !signedOut;
+  $('retry').hidden = signedOut || !retry;
+  if (retry) $('retry').onclick = retry;
 }
 
 async function refreshBalance(billing: BillingClient) {
@@ -89,7 +97,7 @@ async function refreshBalance(billing: BillingClient) {
   const expiring = $('expiring');
   expiring.hidden = !b.expiring;
   if (b.expiring) {
-    expiring.textContent = `${formatCredits(b.expiring.amount)} credits expire on ${
+    expiring.textContent = `${roundedCredits(b.expiring.amount)} credits expire on ${
       new Date(b.expiring.at).toLocaleDateString()
     }.`;
   }
@@ -100,7 +108,7 @@ const periodWord = { day: 'Today', week: 'This week', month: 'This month' } as c
 function renderCaps(caps: SpendCap[]) {
   const cap = caps.find((c) => c.model === null);
   $('cap-status').textContent = cap
-    ? `${periodWord[cap.period]}: ${formatCredits(cap.spent)} of ${formatCredits(cap.cap)} credits spent (resets ${
+    ? `${periodWord[cap.period]}: ${roundedCredits(cap.spent)} of ${roundedCredits(cap.cap)} credits spent (resets ${
       new Date(cap.resets_at).toLocaleString()
     }).`
     : 'No limit set.';
@@ -129,7 +137,7 @@ function renderAutoRecharge(a: AutoRecharge) {
     authentication_required: 'your bank asked to confirm the last recharge',
   };
   $('recharge-status').textContent = a.enabled
-    ? `On: the ${a.package_id} package when available falls below ${formatCredits(a.threshold ?? '0')} credits.`
+    ? `On: the ${a.package_id} package when available falls below ${roundedCredits(a.threshold ?? '0')} credits.`
     : a.disabled_reason
     ? `Off: ${reasons[a.disabled_reason] ?? a.disabled_reason}. Buy credits above, then turn it on again.`
     : a.card_saved
@@ -172,9 +180,10 @@ async function refreshLedger(billing: BillingClient) {
   }
   for (const e of entries) {
     const li = document.createElement('li');
-    li.textContent = `${new Date(e.created_at).toLocaleString()} · ${entryWords[e.kind] ?? e.kind} · ${
-      e.amount.startsWith('-') ? '' : '+'
-    }${roundedCredits(e.amount)}`;
+    const shown = roundedCredits(e.amount.replace(/^-/, ''));
+    // The words say which way a tiny amount went; otherwise a sign does.
+    const sign = shown === 'less than 0.01' ? '' : e.amount.startsWith('-') ? '−' : '+';
+    li.textContent = `${new Date(e.created_at).toLocaleString()} · ${entryWords[e.kind] ?? e.kind} · ${sign}${shown}`;
     list.append(li);
   }
 }
@@ -190,10 +199,10 @@ async function showPackages(billing: BillingClient) {
   for (const p of packages) {
     const card = document.createElement('div');
     card.className = 'package';
-    const bonus = p.bonus_credits !== '0' ? ` + ${formatCredits(p.bonus_credits)} bonus` : '';
+    const bonus = p.bonus_credits !== '0' ? ` + ${roundedCredits(p.bonus_credits)} bonus` : '';
     card.innerHTML = `<strong></strong><div class="muted"></div>`;
     (card.querySelector('strong') as HTMLElement).textContent = `${p.name} · ${money(p.price_cents, p.currency)}`;
-    (card.querySelector('.muted') as HTMLElement).textContent = `${formatCredits(p.credits)} credits${bonus}`;
+    (card.querySelector('.muted') as HTMLElement).textContent = `${roundedCredits(p.credits)} credits${bonus}`;
     const buy = document.createElement('button');
     buy.textContent = 'Buy';
     buy.dataset.package = p.id;
@@ -227,19 +236,47 @@ async function followPurchase(billing: BillingClient, sessionId: string) {
   for (let i = 0; i < 30; i++) {
     const p = await billing.purchase(sessionId);
     if (p.status === 'paid') {
-      // The server's decimal strings, shown as they are: no arithmetic on credits here.
-      const bonus = p.bonus_credits !== '0' ? ` + ${formatCredits(p.bonus_credits)} bonus` : '';
-      show('notice', `Payment received: ${formatCredits(p.credits)} credits${bonus} added.`);
+      const bonus = p.bonus_credits !== '0' ? ` + ${roundedCredits(p.bonus_credits)} bonus` : '';
+      show('notice', `Payment received: ${roundedCredits(p.credits)} credits${bonus} added.`);
       return;
     }
     if (p.status !== 'pending') {
       show('notice', null);
-      show('error', `The payment did not go through (${p.status}).`);
+      show('error', 'The payment did not go through: nothing was charged.');
       return;
     }
     await new Promise((r) => setTimeout(r, 1000));
   }
   show('notice', 'Your payment is still being confirmed; the balance will update shortly.');
+}
+
+/** A job's state in a student's words. */
+const jobWords: Record<Job['status'], string> = {
+  queued: 'Waiting to start',
+  processing: 'Working',
+  completed: 'Done',
+  failed: 'Failed: the held credits were released',
+  cancelled: 'Cancelled: you pay only for what it used',
+};
+
+/** The job's price, from the model's rate card (read through the Data API), shown before it starts. */
+async function wirePrice(supabase: SupabaseClient) {
+  const { data, error } = await supabase.schema('billing_api').from('rate_cards')
+    .select('usd_per_million_input::text, usd_per_million_output::text, markup::text')
+    .eq('model', job.model).maybeSingle<RateCard>();
+  if (error || !data) {
+    $('job-price').textContent = 'The price could not be loaded.';
+    throw new Error(error?.message ?? `no rate card for ${job.model}`);
+  }
+  const prompt = $<HTMLTextAreaElement>('prompt');
+  const render = () => {
+    const most = jobPrice(data, prompt.value, job.maxTokens);
+    $('job-price').textContent = `Costs at most ${
+      roundedCredits(most)
+    } credits: that much is held while it runs, you pay for what it uses, and the rest is released.`;
+  };
+  prompt.oninput = render;
+  render();
 }
 
 function wireJobs(billing: BillingClient) {
@@ -248,9 +285,9 @@ function wireJobs(billing: BillingClient) {
   const bar = $<HTMLProgressElement>('job-progress');
   const status = $('job-status');
   let running: { id: string; abort: AbortController } | null = null;
-  const render = (job: Job) => {
-    bar.value = job.progress;
-    status.textContent = `${job.status} · ${job.progress}%`;
+  const render = (j: Job) => {
+    bar.value = j.progress;
+    status.textContent = j.status === 'processing' ? `${jobWords[j.status]} · ${j.progress}%` : jobWords[j.status];
   };
   start.onclick = async () => {
     show('error', null);
@@ -260,26 +297,27 @@ function wireJobs(billing: BillingClient) {
     $('job-result').textContent = '';
     const pending = billing.createJob({
       type: 'ai_completion',
-      input: { model: 'gpt-4o-mini', prompt: $<HTMLTextAreaElement>('prompt').value, max_tokens: 256 },
+      input: { model: job.model, prompt: $<HTMLTextAreaElement>('prompt').value, max_tokens: job.maxTokens },
     });
-    status.textContent = 'queued';
+    status.textContent = 'Starting…';
     try {
       const accepted = await pending.done;
       running = { id: accepted.job_id, abort: new AbortController() };
       cancel.hidden = false;
-      await refreshBalance(billing); // the job's estimate is now held
-      const job = await billing.watchJob(accepted.job_id, { signal: running.abort.signal, onProgress: render });
-      render(job);
-      if (job.status === 'completed') {
-        $('job-result').textContent = String((job.result as { text?: string })?.text ?? '');
+      status.textContent = jobWords.queued;
+      await refreshBalance(billing); // the job's price is now held
+      const done = await billing.watchJob(accepted.job_id, { signal: running.abort.signal, onProgress: render });
+      render(done);
+      if (done.status === 'completed') {
+        $('job-result').textContent = String((done.result as { text?: string })?.text ?? '');
       }
       await Promise.all([refreshBalance(billing), refreshLedger(billing)]);
     } catch (err) {
       if (!(isBillingError(err) && err.code === 'ABORTED')) {
         fail(err);
-        // Refused (402: not enough credits, or over the limit) or failed: it is not queued.
+        // Refused (402: not enough credits, or over the limit): it never started.
         if (!running) {
-          status.textContent = 'not started';
+          status.textContent = 'Not started';
           bar.hidden = true;
         }
       }
@@ -293,10 +331,10 @@ function wireJobs(billing: BillingClient) {
     if (!running) return;
     cancel.disabled = true;
     try {
-      const job = await billing.cancelJob(running.id);
+      const cancelled = await billing.cancelJob(running.id);
       running.abort.abort();
-      render(job);
-      await refreshBalance(billing);
+      render(cancelled);
+      await Promise.all([refreshBalance(billing), refreshLedger(billing)]);
     } catch (err) {
       fail(err);
     } finally {
@@ -305,41 +343,85 @@ function wireJobs(billing: BillingClient) {
   };
 }
 
+/** The sign-in form: Supabase Auth's password grant, or (locally, without Auth) a pasted token. */
+function showSignIn() {
+  $('signin').hidden = false;
+  $<HTMLFormElement>('password-form').onsubmit = async (e) => {
+    e.preventDefault();
+    show('error', null);
+    const button = $<HTMLButtonElement>('sign-in');
+    button.disabled = true;
+    const { error } = await auth.auth.signInWithPassword({
+      email: $<HTMLInputElement>('email').value.trim(),
+      password: $<HTMLInputElement>('password').value,
+    });
+    button.disabled = false;
+    if (!error) return location.reload();
+    // A project without Supabase Auth (a bare local stack) answers 404, or nothing at all.
+    const unavailable = error.status === 404 || error.name === 'AuthRetryableFetchError';
+    show('error', unavailable ? 'Password sign-in is not available here: paste an access token below.' : error.message);
+  };
+  $<HTMLFormElement>('token-form').onsubmit = (e) => {
+    e.preventDefault();
+    store.setItem('token', $<HTMLInputElement>('token').value.trim());
+    location.reload();
+  };
+}
+
+/** What each part shows when it could not be loaded, instead of "…" or "Loading…" forever. */
+const unavailable = {
+  balance: () => ['balance', 'available', 'held'].forEach((id) => $(id).textContent = '—'),
+  packages: () => $('packages').textContent = 'Packages could not be loaded.',
+  ledger: () => $('ledger').innerHTML = '<li class="muted">Activity could not be loaded.</li>',
+  caps: () => $('cap-status').textContent = 'The limit could not be loaded.',
+  recharge: () => $('recharge-status').textContent = 'Auto-recharge could not be loaded.',
+  price: () => {},
+};
+
+/** Loads every part at once; a part that fails says so, and the first failure can be retried. */
+async function loadAll(billing: BillingClient, supabase: SupabaseClient) {
+  show('error', null);
+  const parts = {
+    balance: () => refreshBalance(billing),
+    packages: () => showPackages(billing),
+    ledger: () => refreshLedger(billing),
+    caps: () => billing.caps().then(renderCaps),
+    recharge: () => billing.autoRecharge().then(renderAutoRecharge),
+    price: () => wirePrice(supabase),
+  };
+  const names = Object.keys(parts) as (keyof typeof parts)[];
+  const results = await Promise.allSettled(names.map((name) => parts[name]()));
+  results.forEach((r, i) => r.status === 'rejected' && unavailable[names[i]]());
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (!failed) return;
+  fail(failed.reason, () => loadAll(billing, supabase));
+  // Signed out (a bad or expired token): nothing below can work until the student signs in again.
+  $('app').hidden = isBillingError(failed.reason) && failed.reason.status === 401;
+}
+
 async function main() {
-  const token = store.getItem('token');
-  if (!token) {
-    $('signin').hidden = false;
-    $('sign-in').onclick = () => {
-      store.setItem('token', $<HTMLInputElement>('token').value.trim());
-      location.reload();
-    };
+  $('sign-out').onclick = signOut;
+  $('sign-in-again').onclick = signOut;
+  $('standin-note').hidden = !isLocalStack;
+  const supabase = await signedInClient();
+  if (!supabase) {
+    showSignIn();
+    document.body.dataset.ready = 'true';
     return;
   }
-  const supabase = createClient(api, 'local-anon-key', { accessToken: () => Promise.resolve(token) });
   const billing = createBillingClient(supabase);
   $('app').hidden = false;
   $('sign-out').hidden = false;
-  $('sign-out').onclick = signOut;
-  $('sign-in-again').onclick = signOut;
   wireJobs(billing);
   wireCaps(billing);
   wireAutoRecharge(billing);
-  try {
-    const sessionId = params.get('session_id');
-    if (sessionId) await followPurchase(billing, sessionId);
-    if (params.get('cancelled')) show('notice', 'Checkout ended without a payment: nothing was charged.');
-    // Shown once: a reload must not announce the same payment again.
-    if (sessionId || params.get('cancelled')) history.replaceState(null, '', location.pathname);
-    await Promise.all([
-      refreshBalance(billing),
-      showPackages(billing),
-      refreshLedger(billing),
-      billing.caps().then(renderCaps),
-      billing.autoRecharge().then(renderAutoRecharge),
-    ]);
-  } catch (err) {
-    fail(err);
-  }
+  const sessionId = params.get('session_id');
+  if (sessionId) await followPurchase(billing, sessionId).catch((err) => fail(err));
+  // Hosted Checkout sends a student back here whether they cancelled or their card was declined.
+  if (params.get('cancelled')) show('notice', 'Checkout ended without a payment: nothing was charged.');
+  // Shown once: a reload must not announce the same payment again.
+  if (sessionId || params.get('cancelled')) history.replaceState(null, '', location.pathname);
+  await loadAll(billing, supabase);
   document.body.dataset.ready = 'true';
 }
 

@@ -29,7 +29,8 @@ const stripe = new Stripe(env('STRIPE_SECRET_KEY'), {
 
 const user = crypto.randomUUID();
 const token = new TextDecoder().decode(
-  (await new Deno.Command('scripts/token', {
+  // Beside this file, so the demo runs from any directory.
+  (await new Deno.Command(new URL('../token', import.meta.url), {
     args: ['--user', user, '--email', `demo+${user.slice(0, 8)}@example.com`],
   }).output())
     .stdout,

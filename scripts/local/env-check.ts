@@ -76,7 +76,7 @@ let missing = 0;
 for (const name of names) {
   const spec = functions[name];
   if (!spec) {
-    console.error(`unknown function ${name}; known: ${Object.keys(functions).join(', ')}`);
+    console.error(`unknown function ${name}; known: ${Object.keys(functions).join(', ')} (./scripts/env-check --help)`);
     Deno.exit(2);
   }
   console.log(`${name}`);

@@ -1,6 +1,9 @@
 // The local functions gateway on :54321, standing in for Supabase's API gateway:
 //   /functions/v1/<name>/…           → supabase/functions/<name>/index.ts (sees /<name>/…)
 //   /auth/v1/.well-known/jwks.json   → the local auth key set (.local/auth/jwks.json)
+//   /auth/v1/…, /rest/v1/…           → stand-ins for the subset of Supabase Auth and the Data API
+//                                      that supabase-js's sign-in and reads use (hosted runs the
+//                                      real services): auth-standin.ts, rest-standin.ts
 // A function folder added later is found by name on first request; nothing to register.
 // All functions share this one process (Supabase gives each its own isolate).
 // Client address, as on the platform: Cloudflare sets `cf-connecting-ip` to the socket's
@@ -56,6 +59,14 @@ Deno.serve({ port, hostname: '127.0.0.1', onListen: () => console.log(`gateway o
     return new Response(await Deno.readTextFile(`${authDir}/jwks.json`), {
       headers: { 'content-type': 'application/json', 'cache-control': 'public, max-age=600' },
     });
+  }
+  const standin = url.pathname.match(/^\/(auth|rest)\/v1\//)?.[1];
+  if (standin) {
+    const { platformCors } = await import('./rest-standin.ts');
+    const app = standin === 'auth'
+      ? (await import('./auth-standin.ts')).authStandin
+      : (await import('./rest-standin.ts')).restStandin;
+    return platformCors(req, app.fetch);
   }
   const match = url.pathname.match(/^\/functions\/v1\/([^/]+)(\/.*)?$/);
   if (!match || !functionName.test(match[1])) return json(404, 'NOT_FOUND', 'No such route.');

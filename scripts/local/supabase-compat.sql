@@ -77,6 +77,11 @@ create table if not exists auth.users (
   deleted_at timestamptz,
   banned_until timestamptz
 );
+-- The columns Supabase Auth keeps for password sign-in (the local auth stand-in uses them).
+alter table auth.users
+  add column if not exists encrypted_password varchar(255),
+  add column if not exists email_confirmed_at timestamptz,
+  add column if not exists last_sign_in_at timestamptz;
 alter table auth.users owner to supabase_auth_admin;
 
 create or replace function auth.jwt() returns jsonb
@@ -135,6 +140,8 @@ grant execute on function auth.jwt(), auth.uid(), auth.role(), auth.email()
 -- stand-in is marked trusted, so its migration really creates it as postgres.
 create extension if not exists pg_cron with schema pg_catalog;
 create extension if not exists pgtap with schema extensions;
+-- Hosted has pgcrypto on in `extensions`; the auth stand-in hashes passwords with it.
+create extension if not exists pgcrypto with schema extensions;
 -- Hosted projects have pg_stat_statements on (shared_preload_libraries in lib.sh's pg_init).
 create extension if not exists pg_stat_statements with schema extensions;
 

@@ -14,11 +14,16 @@ const { values } = parseArgs({
     ttl: { type: 'string', default: '3600' },
   },
 });
+/** A bad value is a usage error (exit 2), said in one line rather than a stack trace. */
+function usageError(message: string): never {
+  console.error(`${message} (./scripts/token --help)`);
+  Deno.exit(2);
+}
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const user = values.user ?? crypto.randomUUID();
-if (!uuid.test(user)) throw new Error('--user must be a UUID');
+if (!uuid.test(user)) usageError(`--user must be a UUID, not '${user}'`);
 const ttl = Number(values.ttl);
-if (!Number.isInteger(ttl) || ttl <= 0) throw new Error('--ttl must be a positive number of seconds');
+if (!Number.isInteger(ttl) || ttl <= 0) usageError('--ttl must be a positive number of seconds');
 
 const env = (name: string) => {
   const v = Deno.env.get(name);

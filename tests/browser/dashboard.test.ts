@@ -1,15 +1,17 @@
 // The ops dashboard in Chromium against the local stack, with a dataset planted through the
 // real flows (purchases, a partial refund, a lost dispute, provider payments with a fee refund,
-// a reconciliation mismatch): the tiles show the API's numbers, formatted for people; the
-// page works at phone width; a non-admin is refused. Sign-in is a server-side exchange: the
+// a reconciliation mismatch): the tiles show the API's numbers, formatted for people; every
+// text is readable (12 px or more as drawn, nothing cut off, no sideways scrolling) at desktop
+// and phone width; an empty range says so; a non-admin is refused. Sign-in is a server-side exchange: the
 // session cookie is HttpOnly (the page's script never sees the token), Secure (Chromium keeps
 // it on http://127.0.0.1, a secure context) and SameSite=Strict; the CSP stops injected
 // script, foreign connections and framing. Screenshots go to artifacts/.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest } from '../browser.ts';
+import { browserTest, legibility } from '../browser.ts';
 import { adminToken, api, env, newUser, userToken } from '../helpers.ts';
 import { buy, chargeOf, emulator } from '../purchases.ts';
+import { roundedCredits } from '../../examples/student/credits.ts';
 import { newProvider, paidPayment } from '../providers.ts';
 
 const dashboard = `${env('SUPABASE_URL')}/functions/v1/admin/dashboard`;
@@ -53,6 +55,16 @@ async function signIn(page: Page, token: string) {
   await page.waitForSelector('body[data-ready="true"]');
 }
 
+/** What a person sees at this width: no sideways scrolling, no text under 12 px, none cut off. */
+async function assertLegible(page: Page, width: number, name: string) {
+  await page.setViewportSize({ width, height: 900 });
+  const seen = await legibility(page);
+  assert.ok(seen.overflow <= 0, `${name}: scrolls sideways by ${seen.overflow}px`);
+  assert.deepEqual(seen.tooSmall, [], `${name}: text under 12 px`);
+  assert.deepEqual(seen.spilled, [], `${name}: text cut off`);
+  await page.screenshot({ path: new URL(`${name}.png`, artifacts).pathname, fullPage: true });
+}
+
 const tile = async (page: Page, kpi: string) => ({
   value: await page.locator(`[data-kpi="${kpi}"]`).getAttribute('data-value'),
   text: (await page.locator(`[data-kpi="${kpi}"] .value`).textContent())?.trim(),
@@ -73,7 +85,8 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
         gmv_cents: number;
         net_revenue_cents: number;
         arpu_cents: number;
-        b2b_provider_fees: { take_rate: number };
+        b2b_provider_fees: { take_rate: number; platform_fees_cents: number };
+        b2c_credits: { stripe_fees_cents: number };
       }[];
       conversion: { checkout_rate: number };
       credits: { outstanding: string };
@@ -98,12 +111,17 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
   assert.equal(take.text, pct(usd.b2b_provider_fees.take_rate));
   const arpu = await tile(page, 'arpu');
   assert.equal(Number(arpu.value), usd.arpu_cents);
+  const stripeFees = await tile(page, 'stripe_fees');
+  assert.equal(Number(stripeFees.value), usd.b2c_credits.stripe_fees_cents);
+  assert.equal(stripeFees.text, money(usd.b2c_credits.stripe_fees_cents));
+  const platformFees = await tile(page, 'platform_fees');
+  assert.equal(Number(platformFees.value), usd.b2b_provider_fees.platform_fees_cents);
+  assert.equal(platformFees.text, money(usd.b2b_provider_fees.platform_fees_cents));
   const conversion = await tile(page, 'conversion');
   assert.equal(conversion.text, pct(total.conversion.checkout_rate));
   const outstanding = await tile(page, 'outstanding');
   assert.equal(outstanding.value, total.credits.outstanding);
-  const [whole, fraction] = total.credits.outstanding.split('.');
-  assert.equal(outstanding.text, whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',') + (fraction ? `.${fraction}` : ''));
+  assert.equal(outstanding.text, roundedCredits(total.credits.outstanding), 'rounded for reading, exact in the API');
   assert.equal(Number((await tile(page, 'active_users')).value), total.users.active);
   // Credit lots: recognised and breakage revenue in the range, deferred revenue now.
   const lines = (r.body.data as { total: { credit_lots: Record<string, number | string>[] } }).total.credit_lots
@@ -119,20 +137,32 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
   assert.equal(Number(deferred.value), Number(now?.deferred_revenue_cents ?? 0));
   assert.equal(deferred.text, money(Number(now?.deferred_revenue_cents ?? 0)));
 
-  assert.match((await page.locator('#recon').textContent()) ?? '', /mismatch(es)?: .*fee_mismatch/);
+  assert.match((await page.locator('#recon').textContent()) ?? '', /mismatch(es)?: .*fee mismatch/);
+  const recon = (await api('/admin/ops', { token: admin })).body.data as { reconciliation: { provider_id: string }[] };
+  assert.equal(await page.locator('#recon tr').count(), recon.reconciliation.length + 1, 'a row per provider');
   assert.equal(await page.locator('#revenue-chart svg rect').count() > 0, true, 'the revenue chart is drawn');
-  await page.screenshot({ path: new URL('dashboard-desktop.png', artifacts).pathname, fullPage: true });
-
-  // A phone: no sideways scrolling, tiles still readable.
-  await page.setViewportSize({ width: 390, height: 844 });
-  await page.reload();
+  assert.match((await page.locator('#burn-chart .headline').textContent()) ?? '', /^\d+\.\d\d× burn in the worst hour/);
+  await assertLegible(page, 1280, 'dashboard-desktop');
+  await page.setViewportSize({ width: 390, height: 900 });
+  await page.reload(); // laid out afresh at phone width
   await page.waitForSelector('body[data-ready="true"]');
-  const overflow = Number(
-    await page.evaluate('document.documentElement.scrollWidth - document.documentElement.clientWidth'),
-  );
-  assert.ok(overflow <= 0, `the page scrolls sideways by ${overflow}px on a phone`);
+  await assertLegible(page, 390, 'dashboard-phone');
   assert.equal(await page.locator('[data-kpi="gmv"]').isVisible(), true);
-  await page.screenshot({ path: new URL('dashboard-phone.png', artifacts).pathname, fullPage: true });
+});
+
+browserTest('an empty range says so instead of drawing blank axes', async (browser) => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await signIn(page, await adminToken());
+  await page.locator('#from').fill('2020-01-01');
+  await page.locator('#to').fill('2020-02-01');
+  await page.locator('#to').dispatchEvent('change');
+  await page.waitForSelector('body[data-ready="true"]');
+  await page.locator('#revenue-chart', { hasText: 'Nothing in this range.' }).waitFor();
+  assert.equal(await page.locator('#error').isHidden(), true, 'the superseded load (from alone) reports nothing');
+  assert.equal(await page.locator('#conversion-chart').textContent(), 'Nothing in this range.');
+  assert.equal(await page.locator('#revenue-chart svg, #conversion-chart svg').count(), 0, 'no empty axes');
+  assert.equal((await tile(page, 'gmv')).text, '$0.00');
+  await assertLegible(page, 1280, 'dashboard-empty');
 });
 
 browserTest(
@@ -146,6 +176,7 @@ browserTest(
     assert.equal(res.status(), 403);
     assert.match((await page.locator('#error').textContent()) ?? '', /administrators/);
     assert.equal(await page.locator('#token').isVisible(), true, 'a way back: the sign-in form');
+    await assertLegible(page, 390, 'dashboard-refused-phone');
     assert.deepEqual((await context.cookies()).filter((c) => c.name === 'sl_admin_session'), []);
   },
 );
@@ -177,12 +208,12 @@ browserTest(
 browserTest('the CSP stops injected script, connections to other hosts, and framing', async (browser) => {
   const page = await browser.newPage();
   await signIn(page, await adminToken());
-  await page.evaluate(() => {
+  // A string, so this file needs no DOM types.
+  await page.evaluate(`
     document.body.insertAdjacentHTML('beforeend', '<img src="x" onerror="window.pwnedByHandler = true">');
     const s = document.createElement('script');
     s.textContent = 'window.pwnedByScript = true';
-    document.body.append(s);
-  });
+    document.body.append(s);`);
   await page.waitForTimeout(300);
   assert.equal(await page.evaluate('window.pwnedByHandler === undefined && window.pwnedByScript === undefined'), true);
   const elsewhere = await page.evaluate(() => fetch('http://127.0.0.1:12111/').then(() => 'reached', () => 'blocked'));

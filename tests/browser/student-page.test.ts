@@ -1,11 +1,14 @@
 // The example student page in Debian's Chromium (headless, playwright-core), against the
-// local stack: sign in with a local token, buy `starter` through the emulator's hosted
-// Checkout page, see 9,990 credits; start a metered job and cancel it; and the error state.
-// Screenshots go to artifacts/ (git-ignored).
+// local stack: sign in with a password (Supabase Auth's grant, the local stand-in) or a pasted
+// token, and sign out; buy `starter` through the emulator's hosted Checkout page, see 9,990
+// credits; a metered job priced before it starts, started and cancelled, or refused; and a way
+// back from every error. Each view is checked for what a person sees at desktop and phone
+// width. Screenshots go to artifacts/ (git-ignored).
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest } from '../browser.ts';
+import { browserTest, legibility, passwordUser } from '../browser.ts';
 import { api, env, fund, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
+import { roundedCredits } from '../../examples/student/credits.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
 const artifacts = new URL('../../artifacts/', import.meta.url);
@@ -13,8 +16,22 @@ const artifacts = new URL('../../artifacts/', import.meta.url);
 async function signIn(page: Page, apiBase: string, token: string) {
   await page.goto(`${pageUrl}?api=${encodeURIComponent(apiBase)}`);
   await page.locator('#token').fill(token);
-  await page.locator('#sign-in').click();
+  await page.locator('#use-token').click();
+  await page.waitForSelector('#app:not([hidden]), #error:not([hidden])');
   await page.waitForSelector('body[data-ready="true"]');
+}
+
+/** Readable at desktop and phone width: no sideways scrolling, no text under 12 px, none cut off. */
+async function assertLegible(page: Page, name: string) {
+  for (const [width, label] of [[1280, 'desktop'], [390, 'phone']] as const) {
+    await page.setViewportSize({ width, height: 844 });
+    const seen = await legibility(page);
+    assert.ok(seen.overflow <= 0, `${name}, ${label}: scrolls sideways by ${seen.overflow}px`);
+    assert.deepEqual(seen.tooSmall, [], `${name}, ${label}: text under 12 px`);
+    assert.deepEqual(seen.spilled, [], `${name}, ${label}: text cut off`);
+    await page.screenshot({ path: new URL(`student-${name}-${label}.png`, artifacts).pathname, fullPage: true });
+  }
+  await page.setViewportSize({ width: 1280, height: 844 });
 }
 
 const text = async (page: Page, selector: string) => (await page.locator(selector).textContent())?.trim();
@@ -45,14 +62,26 @@ browserTest(
       assert.match((await text(page, '#ledger')) ?? '', /Bought credits · \+9,990/, "in a student's words");
       // Shown once: the session id left the address, so a reload does not announce it again.
       assert.equal(new URL(page.url()).searchParams.has('session_id'), false);
-      await page.screenshot({ path: new URL('student-after-purchase.png', artifacts).pathname, fullPage: true });
+      await page.reload();
+      await page.waitForSelector('body[data-ready="true"]');
+      assert.equal(await page.locator('#notice').isHidden(), true, 'a reload does not announce the payment again');
+      await assertLegible(page, 'after-purchase');
 
+      // Priced before it starts, from the rate card; the price is what the job then holds.
+      const price = (await text(page, '#job-price')) ?? '';
+      const shown = price.match(/^Costs at most (.+) credits:/)?.[1];
+      assert.ok(shown, price);
+      assert.match((await text(page, '#standin-note')) ?? '', /stand-in answers.*reverse your prompt/s);
       await page.locator('#start-job').click();
       await page.locator('#cancel-job').waitFor({ state: 'visible' });
-      await page.locator('#job-status', { hasText: 'processing' }).waitFor({ timeout: 15_000 });
-      assert.equal(await text(page, '#available') === '9,990', false, 'the running job holds its estimate');
+      await page.locator('#job-status', { hasText: 'Working' }).waitFor({ timeout: 15_000 });
+      const [hold] = await testDb`
+        select h.amount::text from billing.holds h join billing.accounts a on a.id = h.account_id
+        where a.user_id = ${user} and h.status = 'active'`;
+      assert.equal(shown, roundedCredits(hold.amount), 'the price shown is the hold the job took');
+      assert.notEqual(await text(page, '#available'), '9,990', 'the running job holds its price');
       await page.locator('#cancel-job').click();
-      await page.locator('#job-status', { hasText: 'cancelled' }).waitFor();
+      await page.locator('#job-status', { hasText: 'Cancelled' }).waitFor();
       await page.locator('#available', { hasText: '9,990' }).waitFor();
       await page.screenshot({ path: new URL('student-job-cancelled.png', artifacts).pathname, fullPage: true });
       const [job] = await testDb`select status from billing.jobs where user_id = ${user}`;
@@ -63,17 +92,78 @@ browserTest(
   },
 );
 
-browserTest('an invalid token shows the error state, not a blank page', async (browser) => {
+browserTest('a bad or expired token is not a dead end: every part says so and Sign in again works', async (browser) => {
   const page = await browser.newPage();
-  await signIn(page, env('SUPABASE_URL'), 'not-a-real-token');
+  await signIn(page, env('SUPABASE_URL'), await userToken(await newUser(), { ttlSeconds: -60 }));
   const error = page.locator('#error');
   await error.waitFor({ state: 'visible' });
   assert.match((await error.textContent()) ?? '', /UNAUTHORIZED/);
-  await page.screenshot({ path: new URL('student-error.png', artifacts).pathname });
-  // Not a dead end: signing in again brings the form back, with the bad token forgotten.
+  assert.equal(await page.locator('#app').isHidden(), true, 'no "…" or "Loading packages…" forever');
+  assert.equal(await page.locator('#retry').isHidden(), true, 'a rejected token is not retried');
+  await assertLegible(page, 'error');
+  // Signing in again brings the form back, with the bad token forgotten.
   await page.locator('#sign-in-again').click();
   await page.locator('#token').waitFor({ state: 'visible' });
   assert.equal(await page.locator('#error').isHidden(), true);
+  assert.equal(await page.evaluate('sessionStorage.getItem("token")'), null);
+});
+
+browserTest('an API that cannot be reached says so in every part and offers Try again', async (browser) => {
+  const page = await browser.newPage();
+  // Nothing listens on port 9: every request fails before an answer.
+  await signIn(page, 'http://127.0.0.1:9', await userToken(await newUser()));
+  await page.locator('#retry').waitFor({ state: 'visible' });
+  assert.match((await text(page, '#error-text')) ?? '', /NETWORK_ERROR/);
+  assert.equal(await text(page, '#balance'), '—', 'no "…" forever');
+  assert.equal(await text(page, '#packages'), 'Packages could not be loaded.');
+  assert.equal(await text(page, '#ledger'), 'Activity could not be loaded.');
+  assert.equal(await text(page, '#job-price'), 'The price could not be loaded.');
+  await page.locator('#retry').click();
+  await page.locator('#retry').waitFor({ state: 'visible' });
+  await page.locator('#sign-out').click();
+  await page.locator('#token').waitFor({ state: 'visible' });
+});
+
+browserTest('a student signs in with a password, and signing out forgets the session', async (browser) => {
+  const password = 'correct horse battery staple';
+  const user = await passwordUser(password);
+  await fund(user.id, '12.3456');
+  const page = await browser.newPage();
+  await page.goto(`${pageUrl}?api=${encodeURIComponent(env('SUPABASE_URL'))}`);
+  await page.waitForSelector('body[data-ready="true"]');
+  await assertLegible(page, 'sign-in');
+  await page.locator('#email').fill(user.email);
+  await page.locator('#password').fill('wrong password');
+  await page.locator('#sign-in').click();
+  await page.locator('#error', { hasText: 'Invalid login credentials' }).waitFor();
+
+  await page.locator('#password').fill(password);
+  await page.locator('#sign-in').click();
+  await page.locator('#app').waitFor({ state: 'visible' });
+  await page.waitForSelector('body[data-ready="true"]');
+  assert.equal(await text(page, '#balance'), '12.35', 'rounded for reading');
+  assert.match((await text(page, '#ledger')) ?? '', /Bonus credits · \+12\.35/);
+
+  await page.locator('#sign-out').click();
+  await page.locator('#email').waitFor({ state: 'visible' });
+  const kept = await page.evaluate('Object.keys(sessionStorage).filter((k) => k !== "api")');
+  assert.deepEqual(kept, [], 'nothing of the session is left in the tab');
+  await page.reload();
+  await page.waitForSelector('body[data-ready="true"]');
+  assert.equal(await page.locator('#app').isHidden(), true, 'a reload stays signed out');
+});
+
+browserTest('a job the balance cannot cover is refused before it starts and says so', async (browser) => {
+  const page = await browser.newPage();
+  await signIn(page, env('SUPABASE_URL'), await userToken(await newUser()));
+  await page.locator('#job-price', { hasText: 'Costs at most' }).waitFor();
+  await page.locator('#prompt').fill('A longer question costs more: '.repeat(20));
+  assert.match((await text(page, '#job-price')) ?? '', /^Costs at most [\d.,]+ credits:/, 'priced as it is typed');
+  await page.locator('#start-job').click();
+  await page.locator('#error', { hasText: 'INSUFFICIENT_CREDITS' }).waitFor();
+  assert.equal(await text(page, '#job-status'), 'Not started');
+  assert.equal(await page.locator('#job-progress').isHidden(), true);
+  assert.equal(await page.locator('#start-job').isEnabled(), true, 'it can be tried again after buying credits');
 });
 
 browserTest(
@@ -117,14 +207,7 @@ browserTest(
       package_id: string;
     };
     assert.deepEqual([settings.enabled, settings.package_id], [true, 'mini']);
-    await page.screenshot({ path: new URL('student-controls.png', artifacts).pathname, fullPage: true });
-
-    await page.setViewportSize({ width: 390, height: 844 });
-    const overflow = Number(
-      await page.evaluate('document.documentElement.scrollWidth - document.documentElement.clientWidth'),
-    );
-    assert.ok(overflow <= 0, `no sideways scrolling at phone width (${overflow}px)`);
-    await page.screenshot({ path: new URL('student-controls-phone.png', artifacts).pathname, fullPage: true });
+    await assertLegible(page, 'controls');
     await page.locator('#recharge-off').click();
     await page.locator('#recharge-status', { hasText: /^Off\.$/ }).waitFor();
   },

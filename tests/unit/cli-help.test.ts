@@ -1,13 +1,15 @@
-// Every script answers --help with its usage (exit 0) and an unknown option with its usage on
-// stderr (exit 2), before it installs or starts anything.
+// Every script answers --help with its usage (exit 0) and a usage error (an unknown option, a
+// missing or malformed value, an unexpected argument) with what was wrong and its usage on
+// stderr (exit 2), before it installs or starts anything. dev and test are only ever given
+// --help or an unknown option here: anything else would start or stop the shared stack.
 import assert from 'node:assert/strict';
 
 const scripts = ['bench', 'demo-purchase', 'dev', 'env-check', 'load', 'soak', 'test', 'token'];
 const root = new URL('../../', import.meta.url).pathname;
 
-async function run(script: string, arg: string) {
+async function run(script: string, ...args: string[]) {
   const out = await new Deno.Command(`${root}scripts/${script}`, {
-    args: [arg],
+    args,
     stdin: 'null',
     stdout: 'piped',
     stderr: 'piped',
@@ -17,14 +19,42 @@ async function run(script: string, arg: string) {
   return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
 }
 
+async function assertUsageError(script: string, args: string[], says: RegExp) {
+  const r = await run(script, ...args);
+  assert.equal(r.code, 2, `${script} ${args.join(' ')}: ${r.stderr}`);
+  assert.match(r.stderr, says);
+  assert.match(r.stderr, new RegExp(`\nusage: \\./scripts/${script}`));
+  assert.equal(r.stdout, '');
+}
+
 for (const script of scripts) {
   Deno.test(`./scripts/${script} --help prints its usage and exits 0; an unknown option exits 2 with it`, async () => {
     const help = await run(script, '--help');
     assert.equal(help.code, 0, help.stderr);
     assert.match(help.stdout, new RegExp(`^usage: \\./scripts/${script}`));
-    const bad = await run(script, '--no-such-option');
-    assert.equal(bad.code, 2, bad.stderr);
-    assert.match(bad.stderr, /^unknown option: --no-such-option\nusage: /);
-    assert.equal(bad.stdout, '');
+    await assertUsageError(script, ['--no-such-option'], /^unknown option: --no-such-option\n/);
   });
 }
+
+const malformed: [string, string[], RegExp][] = [
+  ['token', ['--ttl', 'abc'], /^--ttl must be a positive whole number, not 'abc'\n/],
+  ['token', ['--ttl'], /^--ttl needs a value\n/],
+  ['token', ['--admin=yes'], /^--admin takes no value\n/],
+  ['token', ['someone'], /^unexpected argument: someone\n/],
+  ['load', ['--rate=0'], /^--rate must be a positive whole number, not '0'\n/],
+  ['load', ['--seconds', '1.5'], /^--seconds must be a positive whole number, not '1.5'\n/],
+  ['soak', ['many'], /^runs must be a positive whole number, not 'many'\n/],
+  ['bench', ['no-such-bench'], /^no benchmark named 'no-such-bench'\n/],
+  ['demo-purchase', ['starter'], /^unexpected argument: starter\n/],
+  ['env-check', ['--function'], /^--function needs a value\n/],
+];
+for (const [script, args, says] of malformed) {
+  Deno.test(`./scripts/${script} ${args.join(' ')} is a usage error: it says what is wrong, prints usage, exits 2`, () =>
+    assertUsageError(script, args, says));
+}
+
+Deno.test('./scripts/token --user with something not a UUID exits 2 in one line, without a stack trace', async () => {
+  const r = await run('token', '--user', 'not-a-uuid');
+  assert.equal(r.code, 2, r.stderr);
+  assert.equal(r.stderr, "--user must be a UUID, not 'not-a-uuid' (./scripts/token --help)\n");
+});

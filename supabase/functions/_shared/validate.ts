@@ -10,12 +10,24 @@ const defaultMaxBytes = 64 * 1024;
 /** Whether a string is a UUID (any version), e.g. an id taken from a path. */
 export const isUuid = (s: string) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s);
 
+// Fields with a code of their own (docs/api.md), the same one the SQL functions' guards raise
+// for the same input: a caller sees INVALID_AMOUNT for a bad amount whichever layer refused it.
+const fieldCodes = new Map([
+  ['amount', 'INVALID_AMOUNT'],
+  ['threshold', 'INVALID_AMOUNT'],
+  ['ttl_seconds', 'INVALID_TTL'],
+  ['input_tokens', 'INVALID_TOKENS'],
+  ['output_tokens', 'INVALID_TOKENS'],
+  ['kind', 'INVALID_KIND'],
+]);
+
 function invalid(error: z.ZodError): AppError {
   const first = error.issues[0];
   // An unknown key (strict schemas) is named by the issue's `keys`, not its path.
   const unknownKey = first?.code === 'unrecognized_keys' ? first.keys[0] : undefined;
   const field = [...(first?.path ?? []), ...(unknownKey ? [unknownKey] : [])].join('.') || undefined;
-  return new AppError('validation', 'VALIDATION_FAILED', field ? `${field}: ${first.message}` : first.message, {
+  const code = (!unknownKey && fieldCodes.get(String(first?.path.at(-1)))) || 'VALIDATION_FAILED';
+  return new AppError('validation', code, field ? `${field}: ${first.message}` : first.message, {
     field,
     details: { issues: error.issues.slice(0, 10).map((i) => ({ path: i.path.join('.'), message: i.message })) },
   });

@@ -12,9 +12,9 @@ h1{font-size:1.35rem;margin:.2rem 0 1rem}h2{font-size:1rem;margin:0 0 .6rem}
 .controls label{display:flex;flex-direction:column;font-size:.8rem;color:#556}
 input,select,button{font:inherit;padding:.35rem .5rem}
 .tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(10.5rem,1fr));gap:.7rem;margin-bottom:1rem}
-.tile{background:#fff;border-radius:.6rem;padding:.8rem 1rem;box-shadow:0 1px 2px #0001}
+.tile{background:#fff;border-radius:.6rem;padding:.8rem 1rem;box-shadow:0 1px 2px #0001;container-type:inline-size}
 .tile .label{font-size:.8rem;color:#667}.tile .value{font-size:1.45rem;font-weight:650;white-space:nowrap}
-.tile .value.long{font-size:1.05rem}.headline{font-size:1.3rem;font-weight:650;margin:0 0 .3rem}
+.tile .value.long{font-size:clamp(.95rem,11cqi,1.25rem)}.headline{font-size:1.3rem;font-weight:650;margin:0 0 .3rem}
 .headline .muted{font-size:.8rem;font-weight:400}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,21rem),1fr));gap:.7rem}
 section{background:#fff;border-radius:.6rem;padding:.9rem 1rem;box-shadow:0 1px 2px #0001;min-width:0}
@@ -25,14 +25,25 @@ table{width:100%;border-collapse:collapse;font-size:.88rem}td,th{text-align:left
 .legend span{display:inline-block;width:.7rem;height:.7rem;border-radius:2px;margin:0 .25rem 0 .6rem}
 [hidden]{display:none!important}
 .legend .b2c{background:#3558c9}.legend .b2b{background:#2bb08c}
-.narrow{max-width:26rem}.narrow input{width:100%;box-sizing:border-box}`;
+.narrow{max-width:26rem}.narrow input{width:100%;box-sizing:border-box}
+.chart .axis{font-size:.8rem;color:#556;margin:.2rem 0}.ticks{display:flex;justify-content:space-between;gap:.5rem}
+.nowrap{white-space:nowrap}`;
 
 const script = `
 const $ = (id) => document.getElementById(id);
 const fmtInt = new Intl.NumberFormat('en-US');
 const money = (cents, currency) => new Intl.NumberFormat('en-US', { style: 'currency', currency: currency.toUpperCase() }).format(cents / 100);
 const pct = (x) => x === null || x === undefined ? '–' : (x * 100).toFixed(x < 0.1 ? 2 : 1) + '%';
-const credits = (s) => { const [w, f] = String(s).split('.'); return w.replace(/\\B(?=(\\d{3})+(?!\\d))/g, ',') + (f ? '.' + f : ''); };
+// Credits for reading, as the student page rounds them: half up to 2 decimals with string
+// arithmetic, grouped; "less than 0.01" when tiny. The API and the CSV keep every digit.
+function credits(s) {
+  const neg = String(s).startsWith('-'), [w, f = ''] = String(s).replace(/^-/, '').split('.');
+  const cents = BigInt(w + (f + '00').slice(0, 2)) + (Number(f[2] || '0') >= 5 ? 1n : 0n);
+  if (cents === 0n && /[1-9]/.test(f)) return 'less than 0.01';
+  const t = cents.toString().padStart(3, '0');
+  const text = (t.slice(0, -2) + '.' + t.slice(-2)).replace(/\\.00$/, '').replace(/(\\.\\d)0$/, '$1');
+  return (neg && cents !== 0n ? '-' : '') + text.replace(/\\B(?=(\\d{3})+(?!\\d))/g, ',');
+}
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 
 async function get(path) {
@@ -47,43 +58,53 @@ async function get(path) {
 // A number never wraps in the middle: a long one is set smaller instead.
 function tile(kpi, label, value, raw) {
   return '<div class="tile" data-kpi="' + kpi + '" data-value="' + esc(raw) + '"><div class="label">' + label +
-    '</div><div class="value' + (String(value).length > 11 ? ' long' : '') + '">' + esc(value) + '</div></div>';
+    '</div><div class="value' + (String(value).length > 9 ? ' long' : '') + '">' + esc(value) + '</div></div>';
 }
 
 const empty = '<p class="muted">Nothing in this range.</p>';
 
-function bars(series, keys, colors, format) {
-  const w = 640, h = 200, pad = 28, n = series.length || 1, bw = (w - pad) / n;
-  const total = Math.max(0, ...series.map((s) => keys.reduce((a, k) => a + Math.max(0, s[k] || 0), 0)));
-  if (total === 0) return empty;
-  const max = total;
-  let out = '<svg viewBox="0 0 ' + w + ' ' + (h + 24) + '" role="img">';
+// Charts draw shapes only; every word and number around them is HTML at the page's own sizes,
+// so it reads the same on a phone and a desktop (SVG text shrinks with the drawing).
+function frame(top, svg, labels) {
+  const n = labels.length, picks = n <= 3 ? labels : [labels[0], labels[Math.floor((n - 1) / 2)], labels[n - 1]];
+  return '<div class="chart"><div class="axis">' + esc(top) + '</div>' + svg + '<div class="axis ticks">' +
+    picks.map((l) => '<span>' + esc(l) + '</span>').join('') + '</div></div>';
+}
+
+function bars(series, keys, colors, format, none) {
+  const w = 640, h = 180, n = series.length || 1, bw = w / n;
+  const max = Math.max(0, ...series.map((s) => keys.reduce((a, k) => a + Math.max(0, s[k] || 0), 0)));
+  if (max === 0) return none || empty;
+  let svg = '<svg viewBox="0 0 ' + w + ' ' + h + '" role="img" aria-label="bar chart">';
   series.forEach((s, i) => {
     let y = h;
     keys.forEach((k, j) => {
-      const v = Math.max(0, s[k] || 0), bh = (v / max) * (h - 10);
+      const v = Math.max(0, s[k] || 0), bh = (v / max) * (h - 4);
       y -= bh;
-      out += '<rect x="' + (pad + i * bw + 1) + '" y="' + y + '" width="' + Math.max(1, bw - 2) + '" height="' + bh +
+      svg += '<rect x="' + (i * bw + 1) + '" y="' + y + '" width="' + Math.max(1, bw - 2) + '" height="' + bh +
         '" fill="' + colors[j] + '"><title>' + esc(s.label + ' ' + k + ': ' + format(v)) + '</title></rect>';
     });
-    // Labels at 18/640 of the width: readable on a phone (about 10 px) and a desktop alike.
-    if (i % Math.ceil(n / 6) === 0) out += '<text x="' + (pad + i * bw) + '" y="' + (h + 20) + '" font-size="18" fill="#556">' + esc(s.label) + '</text>';
   });
-  out += '<text x="' + pad + '" y="18" font-size="18" fill="#556">max ' + esc(format(max)) + '</text></svg>';
-  return out;
+  return frame('max ' + format(max), svg + '</svg>', series.map((s) => s.label));
 }
 
 function line(series, key, format) {
-  const w = 640, h = 160, pad = 28, n = Math.max(1, series.length - 1);
+  const w = 640, h = 160, n = Math.max(1, series.length - 1);
   const vals = series.map((s) => s[key]).filter((v) => v !== null && v !== undefined);
   if (vals.length === 0) return empty;
   if (vals.length === 1) return '<p class="headline">' + esc(format(vals[0])) + '</p><p class="muted">Only one day in this range had checkouts.</p>';
   const max = Math.max(...vals) || 1;
-  const pts = series.map((s, i) => s[key] === null ? null : [pad + (i / n) * (w - pad - 4), h - (s[key] / max) * (h - 12)]);
+  const pts = series.map((s, i) => s[key] === null ? null : [4 + (i / n) * (w - 8), h - 4 - (s[key] / max) * (h - 8)]);
   const d = pts.filter(Boolean).map((p, i) => (i ? 'L' : 'M') + p[0].toFixed(1) + ' ' + p[1].toFixed(1)).join(' ');
-  return '<svg viewBox="0 0 ' + w + ' ' + (h + 4) + '" role="img"><path d="' + d + '" fill="none" stroke="#3558c9" stroke-width="2"/>' +
-    pts.filter(Boolean).map((p) => '<circle cx="' + p[0] + '" cy="' + p[1] + '" r="2.5" fill="#3558c9"/>').join('') +
-    '<text x="' + pad + '" y="18" font-size="18" fill="#556">max ' + esc(format(max)) + '</text></svg>';
+  const svg = '<svg viewBox="0 0 ' + w + ' ' + h + '" role="img" aria-label="line chart"><path d="' + d + '" fill="none" stroke="#3558c9" stroke-width="3"/>' +
+    pts.filter(Boolean).map((p) => '<circle cx="' + p[0] + '" cy="' + p[1] + '" r="4" fill="#3558c9"/>').join('') + '</svg>';
+  return frame('max ' + format(max), svg, series.map((s) => s.label));
+}
+
+/** A period's label: "Nov 3" for days and weeks, "Nov 2026" for months (UTC, as the API's periods). */
+function periodLabel(from) {
+  const month = $('granularity').value === 'month';
+  return new Date(from).toLocaleDateString('en-US', month ? { month: 'short', year: 'numeric', timeZone: 'UTC' } : { month: 'short', day: 'numeric', timeZone: 'UTC' });
 }
 
 function render(metrics, ops) {
@@ -114,7 +135,7 @@ function render(metrics, ops) {
   ].join('');
   const per = metrics.series.map((m) => {
     const c = m.by_currency.find((x) => x.currency === currency);
-    return { label: m.from.slice(5, 10), b2c: c ? c.b2c_credits.net_revenue_cents : 0, b2b: c ? c.b2b_provider_fees.net_revenue_cents : 0,
+    return { label: periodLabel(m.from), b2c: c ? c.b2c_credits.net_revenue_cents : 0, b2b: c ? c.b2b_provider_fees.net_revenue_cents : 0,
       rate: m.conversion.checkout_rate };
   });
   $('revenue-chart').innerHTML = bars(per, ['b2c', 'b2b'], ['#3558c9', '#2bb08c'], (v) => money(v, currency));
@@ -123,20 +144,22 @@ function render(metrics, ops) {
   const worst = hourly ? Math.max(0, ...hourly.map((h) => h.burn_rate.availability)) : 0;
   $('burn-chart').innerHTML = hourly
     ? '<p class="headline" data-kpi="burn_worst" data-value="' + worst + '">' + worst.toFixed(2) +
-      '× <span class="muted">burn in the worst hour (1× spends the budget exactly over the SLO window)</span></p>' + bars(hourly.map((h) => ({ label: h.hour.slice(11, 13) + 'h', burn: h.burn_rate.availability })), ['burn'], ['#d9822b'], (v) => v.toFixed(2) + '×')
+      '× <span class="muted">burn in the worst hour</span></p><p class="muted">1× spends the budget exactly over the SLO window.</p>' +
+      bars(hourly.map((h) => ({ label: h.hour.slice(11, 16) + ' UTC', burn: h.burn_rate.availability })), ['burn'], ['#d9822b'],
+        (v) => v.toFixed(2) + '×', '<p class="muted">No failed requests in the last 24 hours.</p>')
     : '<p class="muted">Latency data (Redis) is not answering.</p>';
   $('recon').innerHTML = ops.reconciliation.length
     ? '<table><tr><th>Provider</th><th>Last run</th><th>Status</th></tr>' + ops.reconciliation.map((r) =>
       // Two providers may share a name: the id tells them apart.
-      '<tr><td>' + esc(r.name) + ' <span class="muted">' + esc(String(r.provider_id).slice(0, 8)) + '</span></td><td>' + esc(r.last_day ?? 'never') + '</td><td class="' + (r.mismatches ? 'bad' : 'ok') + '">' +
-      (r.mismatches ? esc(r.mismatches + (r.mismatches === 1 ? ' mismatch: ' : ' mismatches: ') + r.kinds.join(', ')) : 'reconciled') + '</td></tr>').join('') + '</table>'
+      '<tr><td>' + esc(r.name) + ' <span class="muted">' + esc(String(r.provider_id).slice(0, 8)) + '</span></td><td class="nowrap">' + esc(r.last_day ?? 'never') + '</td><td class="' + (r.mismatches ? 'bad' : 'ok') + '">' +
+      (r.mismatches ? esc(r.mismatches + (r.mismatches === 1 ? ' mismatch: ' : ' mismatches: ') + r.kinds.join(', ').replaceAll('_', ' ')) : 'reconciled') + '</td></tr>').join('') + '</table>'
     : '<p class="muted">No providers yet.</p>';
   $('alerts').innerHTML = ops.alerts.length
-    ? '<table>' + ops.alerts.map((a) => '<tr><td class="bad">' + esc(a.condition) + '</td><td>' + esc(a.summary) + '</td></tr>').join('') + '</table>'
+    ? '<table>' + ops.alerts.map((a) => '<tr><td class="bad">' + esc(a.condition.replaceAll('_', ' ')) + '</td><td>' + esc(a.summary) + '</td></tr>').join('') + '</table>'
     : '<p class="ok">No open alerts.</p>';
   const w = ops.webhooks_24h;
-  $('webhooks').innerHTML = '<div class="value" data-kpi="webhook_success" data-value="' + esc(w.success_rate ?? '') + '">' + pct(w.success_rate) +
-    '</div><p class="muted">' + fmtInt.format(w.received) + ' events in 24 h: ' + fmtInt.format(w.processed) + ' processed, ' +
+  $('webhooks').innerHTML = '<p class="headline" data-kpi="webhook_success" data-value="' + esc(w.success_rate ?? '') + '">' + pct(w.success_rate) +
+    ' <span class="muted">handled without failure</span></p><p class="muted">' + fmtInt.format(w.received) + ' events in 24 h: ' + fmtInt.format(w.processed) + ' processed, ' +
     fmtInt.format(w.ignored) + ' ignored, ' + fmtInt.format(w.failed) + ' failed</p>';
   const currencies = metrics.total.by_currency.map((c) => c.currency);
   if ($('currency').options.length !== currencies.length) {
@@ -145,15 +168,20 @@ function render(metrics, ops) {
   }
 }
 
+// Changing both dates fires two loads: only the latest may draw or report an error.
+let latestLoad = 0;
 async function load() {
+  const mine = ++latestLoad;
   $('error').hidden = true;
   document.body.dataset.ready = 'false';
   const q = 'from=' + $('from').value + '&to=' + $('to').value + '&granularity=' + $('granularity').value;
   try {
     const [metrics, ops] = await Promise.all([get('./metrics?' + q), get('./ops')]);
+    if (mine !== latestLoad) return;
     window.lastMetrics = metrics.data;
     render(metrics.data, ops.data);
   } catch (e) {
+    if (mine !== latestLoad) return;
     $('error').textContent = String(e.message || e);
     $('error').hidden = false;
   }
