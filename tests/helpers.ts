@@ -111,11 +111,11 @@ export async function assertLedgerInvariants(): Promise<void> {
       (select count(*) from (select transfer_id from billing.entries group by transfer_id
                              having sum(amount) <> 0 or count(*) <> 2) t)::int as unbalanced_transfers,
       (select count(*) from billing.accounts a left join sums s on s.account_id = a.id
-         where a.user_id is not null and a.balance <> coalesce(s.total, 0))::int as balance_mismatch,
+         where a.code is null and a.balance <> coalesce(s.total, 0))::int as balance_mismatch,
       (select count(*) from billing.accounts a join last l on l.account_id = a.id
          where a.balance <> l.balance_after)::int as last_entry_mismatch,
       (select count(*) from billing.accounts a left join holds h on h.account_id = a.id
-         where a.user_id is not null and a.held <> coalesce(h.held, 0))::int as held_mismatch,
+         where a.code is null and a.held <> coalesce(h.held, 0))::int as held_mismatch,
       (select count(*) from billing.accounts a left join reversed v on v.account_id = a.id
          where a.balance < 0 and v.account_id is null)::int as unexplained_debt`;
   const problems = Object.entries({

@@ -117,6 +117,20 @@ const sqlErrors: Record<
   INVALID_LOT: { type: 'validation', message: 'The lot is not valid: see details.field and details.rule.' },
   UNKNOWN_MODEL: { type: 'validation', message: 'There is no rate card for that model.' },
   HOLD_NOT_FOUND: { type: 'not_found', message: 'No such hold.' },
+  ORG_NOT_FOUND: { type: 'not_found', message: 'No such organisation (or you are not a member).' },
+  ORG_FORBIDDEN: { type: 'forbidden', message: 'Only an owner or admin of the organisation may do this.' },
+  ORG_FUNDING_MODE: { type: 'conflict', message: 'The organisation is not funded that way: see details.funding.' },
+  INVALID_ORG: {
+    type: 'validation',
+    message: 'The organisation settings are not valid: see details.field and details.rule.',
+  },
+  MEMBER_NOT_FOUND: { type: 'not_found', message: 'No such active member of the organisation.' },
+  INVITATION_NOT_FOUND: { type: 'not_found', message: 'No such invitation for your email address.' },
+  INVITATION_CLOSED: {
+    type: 'conflict',
+    message: 'The invitation was already answered or has expired: see details.status.',
+  },
+  INVITATION_PENDING: { type: 'conflict', message: 'That address already has a pending invitation.' },
   HOLD_NOT_USER_MANAGED: {
     type: 'forbidden',
     message: 'This hold belongs to a job or a dispute: it is captured or released by them, not through this route.',

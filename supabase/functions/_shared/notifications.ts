@@ -27,6 +27,7 @@ export const templates = [
   'credits_expiring',
   'balance_alert',
   'auto_recharge',
+  'org_invitation',
   'product_webhook',
   'alert',
   'daily_report',
@@ -53,6 +54,13 @@ export function render(template: Template, data: Payload): { subject: string; te
       };
     case 'low_balance':
       return { subject: 'Your credit balance is low', text: `You have ${data.balance ?? 'few'} credits left.` };
+    case 'org_invitation':
+      return {
+        subject: `You are invited to ${data.org_name}'s ScholarLink credits`,
+        text: `${data.org_name} invites you to join as ${data.role}. Accept before ${
+          String(data.expires_at).slice(0, 10)
+        } (UTC): ${data.accept_url}`,
+      };
     case 'credits_expiring':
       return {
         subject: `Credits expire in ${data.days} days`,

@@ -1,0 +1,143 @@
+// School wallets over real HTTP: an organisation invites students by email, is granted credits,
+// funds allowances; members spend them through /credits/usage before their own; the usage
+// report shows an admin everyone and a member only themselves; removal takes effect at once;
+// a capped pool stays exact under parallel spending; the ledger's invariants hold throughout.
+import assert from 'node:assert/strict';
+import { adminToken, api, assertLedgerInvariants, fund, testDb, userToken } from '../helpers.ts';
+
+/** A user with an email address, and a token carrying it (as Supabase Auth issues it). */
+async function person(label: string) {
+  const id = crypto.randomUUID();
+  const email = `${label}-${id.slice(0, 8)}@school.test`;
+  await testDb`insert into auth.users (id, email) values (${id}, ${email})`;
+  return { id, email, token: await userToken(id, { claims: { email } }) };
+}
+
+const key = () => ({ 'idempotency-key': crypto.randomUUID() });
+const usage = (token: string) =>
+  api('/credits/usage', {
+    token,
+    body: { model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 },
+    headers: key(),
+  });
+const payer = async (transferId: string) =>
+  (await testDb`select a.org_id, a.member_id, a.user_id from billing.transfers t
+                join billing.accounts a on a.id = t.from_account_id where t.id = ${transferId}`)[0];
+
+/** An organisation owned by `owner` with `members` who accepted their emailed invitations. */
+async function school(owner: { token: string }, members: { token: string; email: string }[], funding = 'allowance') {
+  const created = await api('/orgs', { token: owner.token, body: { name: 'Lakeside School', funding } });
+  assert.equal(created.status, 201, created.text);
+  const org = (created.body.data as { id: string }).id;
+  for (const m of members) {
+    const invited = await api(`/orgs/${org}/invitations`, { token: owner.token, body: { email: m.email } });
+    assert.equal(invited.status, 201, invited.text);
+    const { token } = invited.body.data as { token: string };
+    const accepted = await api('/orgs/invitations/accept', { token: m.token, body: { token } });
+    assert.equal(accepted.status, 200, accepted.text);
+  }
+  const granted = await api(`/orgs/${org}/grants`, {
+    token: await adminToken(),
+    body: { amount: '100', reason: 'pilot' },
+    headers: key(),
+  });
+  assert.equal(granted.status, 201, granted.text);
+  return org;
+}
+
+Deno.test('an organisation invites, funds allowances, and its members spend them before their own', async () => {
+  const [owner, ada, bo, outsider] = await Promise.all(['owner', 'ada', 'bo', 'outsider'].map(person));
+  const org = await school(owner, [ada, bo]);
+
+  // An invitation answers only to its address; the email carries the link.
+  const invited = await api(`/orgs/${org}/invitations`, { token: owner.token, body: { email: 'late@school.test' } });
+  const [mail] = await testDb`select payload from billing.notification_outbox
+                              where template = 'org_invitation' and dedupe_key = ${
+    'org-invitation:' + (invited.body.data as { id: string }).id
+  }`;
+  assert.match(mail.payload.accept_url, /#invitation=[A-Za-z0-9_-]{43}$/);
+  const stolen = await api('/orgs/invitations/accept', {
+    token: outsider.token,
+    body: { token: (invited.body.data as { token: string }).token },
+  });
+  assert.equal(stolen.status, 404);
+  assert.equal((stolen.body.error as { code: string }).code, 'INVITATION_NOT_FOUND');
+
+  // Members cannot fund themselves or act as admins; another organisation's admin cannot see this one.
+  const self = await api(`/orgs/${org}/allowances`, { token: ada.token, body: { amount: '10' }, headers: key() });
+  assert.equal(self.status, 403);
+  assert.equal((self.body.error as { code: string }).code, 'ORG_FORBIDDEN');
+  const other = await person('other-admin');
+  await api('/orgs', { token: other.token, body: { name: 'Other Academy' } });
+  const foreign = await api(`/orgs/${org}/members`, { token: other.token });
+  assert.equal(foreign.status, 404);
+
+  const idem = key();
+  const funded = await api(`/orgs/${org}/allowances`, { token: owner.token, body: { amount: '40' }, headers: idem });
+  assert.equal(funded.status, 201, funded.text);
+  const again = await api(`/orgs/${org}/allowances`, { token: owner.token, body: { amount: '40' }, headers: idem });
+  assert.equal(
+    (again.body.data as { wallet: { available: string } }).wallet.available,
+    '20',
+    'a retry funds nobody twice',
+  );
+
+  await fund(ada.id, '5');
+  const charged = await usage(ada.token);
+  assert.equal(charged.status, 201, charged.text);
+  const paidBy = await payer((charged.body.data as { transfer_id: string }).transfer_id);
+  assert.deepEqual([paidBy.org_id, paidBy.member_id], [org, ada.id], 'the allowance paid, not her own credits');
+
+  // Reporting: the admin sees both members, a member only herself; CSV too.
+  await usage(bo.token);
+  const range = `from=2026-01-01T00:00:00Z&to=2100-01-01T00:00:00Z`;
+  const all = await api(`/orgs/${org}/usage?${range}`, { token: owner.token });
+  assert.deepEqual(
+    new Set((all.body.data as { member_id: string }[]).map((r) => r.member_id)),
+    new Set([ada.id, bo.id]),
+  );
+  const mine = await api(`/orgs/${org}/usage?${range}`, { token: ada.token });
+  assert.deepEqual((mine.body.data as { member_id: string }[]).map((r) => r.member_id), [ada.id]);
+  const csv = await api(`/orgs/${org}/usage?${range}&format=csv`, { token: owner.token });
+  assert.match(csv.text, /^period_start,member_id,model,credits,charges\n/);
+  assert.equal(csv.text.trim().split('\n').length, 3);
+  const ledger = await api(`/orgs/${org}/ledger`, { token: ada.token });
+  assert.equal(ledger.status, 403, 'the wallet ledger is for admins');
+
+  // Removal takes effect at once: the allowance sweeps back, the next charge is her own.
+  const removed = await api(`/orgs/${org}/members/${ada.id}`, { method: 'DELETE', token: owner.token });
+  assert.equal(removed.status, 200, removed.text);
+  const after = await usage(ada.token);
+  assert.equal(after.status, 201, after.text);
+  assert.equal((await payer((after.body.data as { transfer_id: string }).transfer_id)).user_id, ada.id);
+  const [{ n }] = await testDb`select count(*)::int as n from billing.org_members where user_id = ${ada.id} and active`;
+  assert.equal(n, 0);
+  await assertLedgerInvariants();
+});
+
+Deno.test('a pooled wallet keeps every member within their cap under parallel spending', async () => {
+  const owner = await person('owner');
+  const members = await Promise.all([1, 2, 3, 4, 5].map((i) => person(`m${i}`)));
+  const org = await school(owner, members, 'pool');
+  const [{ price }] = await testDb`select (billing.price_usage('gpt-4o-mini', 1000, 1000)).amount::text as price`;
+  // Each member may spend three charges a day from the pool (and has nothing of their own).
+  const cap = (Number(price) * 3).toFixed(18);
+  for (const m of members) {
+    const set = await api(`/orgs/${org}/members/${m.id}/cap`, {
+      method: 'PUT',
+      token: owner.token,
+      body: { period: 'day', amount: cap },
+    });
+    assert.equal(set.status, 200, set.text);
+  }
+  const results = await Promise.all(members.flatMap((m) => Array.from({ length: 6 }, () => usage(m.token))));
+  assert.equal(results.filter((r) => r.status === 201).length, 15, 'exactly three charges per member');
+  const refused = results.filter((r) => r.status === 402);
+  assert.equal(refused.length, 15);
+  const wallets = (refused[0].body.error as { details: { wallets: { cap?: unknown }[] } }).details.wallets;
+  assert.ok(wallets.some((w) => w.cap), 'the 402 names the cap that stopped the pool paying');
+  const [{ spent }] = await testDb`select count(*)::int as spent from billing.transfers t
+    join billing.accounts a on a.id = t.from_account_id where a.org_id = ${org} and t.kind = 'usage'`;
+  assert.equal(spent, 15);
+  await assertLedgerInvariants();
+});
