@@ -29,6 +29,7 @@ const functions: Record<string, Spec> = {
     ],
   },
   credits: { required: [...redis], optional: limits },
+  orgs: { required: [...redis], optional: [...limits, 'BILLING_PAGE_URL'] },
   checkout: {
     required: [...redis, ...stripe, 'CHECKOUT_SUCCESS_URL', 'CHECKOUT_CANCEL_URL'],
     optional: [

@@ -469,6 +469,41 @@ end;
 $$;
 
 
+create or replace function billing.set_spend_cap(p_user uuid, p_period text, p_time_zone text, p_model text, p_amount numeric,
+  p_actor uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_account_id bigint := billing.ensure_user_account(p_user);
+begin
+  if p_period is null or p_period not in ('day', 'week', 'month') then
+    perform billing.raise_error('INVALID_CAP', jsonb_build_object('field', 'period', 'rule', 'day, week or month'));
+  end if;
+  if not exists (select 1 from pg_catalog.pg_timezone_names z where z.name = p_time_zone) then
+    perform billing.raise_error('INVALID_CAP', jsonb_build_object('field', 'time_zone', 'rule', 'an IANA time zone, e.g. Europe/Berlin'));
+  end if;
+  if p_amount is not null then
+    perform billing.check_amount(p_amount);
+  end if;
+  perform 1 from billing.accounts a where a.id = v_account_id for update;
+  if p_amount is null then
+    delete from billing.spend_caps c
+    where c.account_id = v_account_id and c.period = p_period and c.model is not distinct from p_model;
+  else
+    insert into billing.spend_caps as c (account_id, period, time_zone, model, amount, set_by)
+    values (v_account_id, p_period, p_time_zone, p_model, p_amount, p_actor)
+    on conflict (account_id, member_id, period, model) do update
+      set amount = excluded.amount, time_zone = excluded.time_zone, set_by = excluded.set_by, updated_at = now();
+  end if;
+  update billing.accounts a set caps = (select count(*) from billing.spend_caps c where c.account_id = a.id)
+  where a.id = v_account_id;
+  return billing.get_spend_caps(p_user);
+end;
+$$;
+
+
 -- ============================================================ posting: the paying account
 drop function billing.post_user_transfer(uuid, integer, text, numeric, billing.transfer_kind, text, text, text, text, jsonb, bigint, uuid, jsonb);
 create function billing.post_user_transfer(

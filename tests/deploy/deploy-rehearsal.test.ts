@@ -26,6 +26,7 @@ const probes: Record<string, { method: string; path: string; status: number; cod
   credits: { method: 'GET', path: '/credits/balance', status: 401, code: 'UNAUTHORIZED' },
   health: { method: 'GET', path: '/health/healthz', status: 200 },
   jobs: { method: 'GET', path: '/jobs', status: 401, code: 'UNAUTHORIZED' },
+  orgs: { method: 'GET', path: '/orgs', status: 401, code: 'UNAUTHORIZED' },
   notify: { method: 'POST', path: '/notify/dispatch', status: 401, code: 'UNAUTHORIZED' },
   providers: { method: 'GET', path: '/providers/reconciliation', status: 401, code: 'UNAUTHORIZED' },
   // POST is the only route, and an unsigned POST counts a signature failure: a GET routes to 404.
