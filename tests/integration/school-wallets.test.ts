@@ -3,47 +3,12 @@
 // report shows an admin everyone and a member only themselves; removal takes effect at once;
 // a capped pool stays exact under parallel spending; the ledger's invariants hold throughout.
 import assert from 'node:assert/strict';
-import { adminToken, api, assertLedgerInvariants, fund, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, fund, testDb } from '../helpers.ts';
+import { key, person, school, usage } from '../orgs.ts';
 
-/** A user with an email address, and a token carrying it (as Supabase Auth issues it). */
-async function person(label: string) {
-  const id = crypto.randomUUID();
-  const email = `${label}-${id.slice(0, 8)}@school.test`;
-  await testDb`insert into auth.users (id, email) values (${id}, ${email})`;
-  return { id, email, token: await userToken(id, { claims: { email } }) };
-}
-
-const key = () => ({ 'idempotency-key': crypto.randomUUID() });
-const usage = (token: string) =>
-  api('/credits/usage', {
-    token,
-    body: { model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 },
-    headers: key(),
-  });
 const payer = async (transferId: string) =>
   (await testDb`select a.org_id, a.member_id, a.user_id from billing.transfers t
                 join billing.accounts a on a.id = t.from_account_id where t.id = ${transferId}`)[0];
-
-/** An organisation owned by `owner` with `members` who accepted their emailed invitations. */
-async function school(owner: { token: string }, members: { token: string; email: string }[], funding = 'allowance') {
-  const created = await api('/orgs', { token: owner.token, body: { name: 'Lakeside School', funding } });
-  assert.equal(created.status, 201, created.text);
-  const org = (created.body.data as { id: string }).id;
-  for (const m of members) {
-    const invited = await api(`/orgs/${org}/invitations`, { token: owner.token, body: { email: m.email } });
-    assert.equal(invited.status, 201, invited.text);
-    const { token } = invited.body.data as { token: string };
-    const accepted = await api('/orgs/invitations/accept', { token: m.token, body: { token } });
-    assert.equal(accepted.status, 200, accepted.text);
-  }
-  const granted = await api(`/orgs/${org}/grants`, {
-    token: await adminToken(),
-    body: { amount: '100', reason: 'pilot' },
-    headers: key(),
-  });
-  assert.equal(granted.status, 201, granted.text);
-  return org;
-}
 
 Deno.test('an organisation invites, funds allowances, and its members spend them before their own', async () => {
   const [owner, ada, bo, outsider] = await Promise.all(['owner', 'ada', 'bo', 'outsider'].map(person));

@@ -44,7 +44,9 @@ export function render(template: Template, data: Payload): { subject: string; te
         subject: 'Your ScholarLink credits receipt',
         text:
           `Thank you. ${data.credits} credits${Number(data.bonus_credits) ? ` + ${data.bonus_credits} bonus` : ''} ` +
-          `were added (${(Number(data.price_cents) / 100).toFixed(2)} ${String(data.currency).toUpperCase()}). ` +
+          `were added${data.org_name ? ` to ${data.org_name}'s wallet` : ''} (${
+            (Number(data.price_cents) / 100).toFixed(2)
+          } ${String(data.currency).toUpperCase()}). ` +
           `Purchase ${data.purchase_id}.`,
       };
     case 'refund_notice':

@@ -18,6 +18,11 @@ export const CreateSessionSchema = z.strictObject({
   client_temp_id: z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/, 'must be printable ASCII').optional(),
   /** Keep the card (Stripe's setup_future_usage=off_session) so auto-recharge can charge it later. */
   save_card: z.boolean().default(false),
+  /** Buy for this organisation's wallet (the caller must be its owner or an admin). */
+  org_id: UuidSchema.optional(),
+}).refine((b) => !(b.org_id && b.save_card), {
+  path: ['save_card'],
+  message: "an organisation purchase cannot keep a card (auto-recharge is a student's own)",
 });
 export type CreateSession = z.infer<typeof CreateSessionSchema>;
 

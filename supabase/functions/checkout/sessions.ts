@@ -68,11 +68,16 @@ export async function createCheckout(
   if (pkg) await checkVelocity(userId, ip, pkg.price_cents);
   const [co] = await call((sql) =>
     sql<CheckoutRow[]>`select * from billing.begin_checkout(${userId}, ${body.package_id}, ${requestKey},
-      ${body.client_temp_id ?? null}, ${body.save_card})`
+      ${body.client_temp_id ?? null}, ${body.save_card}, ${body.org_id ?? null})`
   );
   if (co.session_id) return { status: co.reused ? 200 : 201, data: checkoutJson(co) };
 
-  const metadata = { purchase_id: co.purchase_id, user_id: userId, package_id: co.package_id };
+  const metadata = {
+    purchase_id: co.purchase_id,
+    user_id: userId,
+    package_id: co.package_id,
+    ...(body.org_id ? { org_id: body.org_id } : {}),
+  };
   const separator = successUrl.includes('?') ? '&' : '?';
   // Stripe's idempotency key is the purchase's: a retry of this request reaches the same
   // purchase (by request key) and so the same session, never a second one.

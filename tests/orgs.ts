@@ -1,0 +1,60 @@
+// Helpers for organisation tests: people with email addresses, and a school whose members
+// accepted their emailed invitations, over the real API.
+import assert from 'node:assert/strict';
+import { adminToken, api, testDb, userToken } from './helpers.ts';
+
+export const key = () => ({ 'idempotency-key': crypto.randomUUID() });
+
+/** A user with an email address, and a token carrying it (as Supabase Auth issues it). */
+export async function person(label: string) {
+  const id = crypto.randomUUID();
+  const email = `${label}-${id.slice(0, 8)}@school.test`;
+  await testDb`insert into auth.users (id, email) values (${id}, ${email})`;
+  return { id, email, token: await userToken(id, { claims: { email } }) };
+}
+
+/** One metered charge on the caller's behalf (1,000 in / 1,000 out of gpt-4o-mini). */
+export const usage = (token: string) =>
+  api('/credits/usage', {
+    token,
+    body: { model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 },
+    headers: key(),
+  });
+
+/**
+ * An organisation owned by `owner` with `members` who accepted their emailed invitations,
+ * granted `grant` credits by a platform admin (none when null).
+ */
+export async function school(
+  owner: { token: string },
+  members: { token: string; email: string }[],
+  funding = 'allowance',
+  grant: string | null = '100',
+) {
+  const created = await api('/orgs', { token: owner.token, body: { name: 'Lakeside School', funding } });
+  assert.equal(created.status, 201, created.text);
+  const org = (created.body.data as { id: string }).id;
+  for (const m of members) {
+    const invited = await api(`/orgs/${org}/invitations`, { token: owner.token, body: { email: m.email } });
+    assert.equal(invited.status, 201, invited.text);
+    const { token } = invited.body.data as { token: string };
+    const accepted = await api('/orgs/invitations/accept', { token: m.token, body: { token } });
+    assert.equal(accepted.status, 200, accepted.text);
+  }
+  if (grant) {
+    const granted = await api(`/orgs/${org}/grants`, {
+      token: await adminToken(),
+      body: { amount: grant, reason: 'pilot' },
+      headers: key(),
+    });
+    assert.equal(granted.status, 201, granted.text);
+  }
+  return org;
+}
+
+/** The organisation's wallet as its admin sees it. */
+export async function walletOf(token: string, org: string) {
+  const r = await api(`/orgs/${org}`, { token });
+  assert.equal(r.status, 200, r.text);
+  return (r.body.data as { wallet: { balance: string; held: string; available: string } }).wallet;
+}
