@@ -3,7 +3,7 @@
 // report shows an admin everyone and a member only themselves; removal takes effect at once;
 // a capped pool stays exact under parallel spending; the ledger's invariants hold throughout.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, testDb } from '../helpers.ts';
+import { api, assertLedgerInvariants, env, fund, newUser, testDb } from '../helpers.ts';
 import { key, person, school, usage } from '../orgs.ts';
 
 const payer = async (transferId: string) =>
@@ -104,5 +104,100 @@ Deno.test('a pooled wallet keeps every member within their cap under parallel sp
   const [{ spent }] = await testDb`select count(*)::int as spent from billing.transfers t
     join billing.accounts a on a.id = t.from_account_id where a.org_id = ${org} and t.kind = 'usage'`;
   assert.equal(spent, 15);
+  await assertLedgerInvariants();
+});
+
+Deno.test("batch ingestion charges each member's events in their spending order, exactly as /credits/usage", async () => {
+  const owner = await person('owner');
+  const [ada, bo] = await Promise.all([person('ada'), person('bo')]);
+  const org = await school(owner, [ada, bo], 'pool', '100');
+  const [{ price }] =
+    await testDb`select trim_scale((billing.price_usage('gpt-4o-mini', 1000, 1000)).amount)::text as price`;
+  // Ada may spend two events' worth from the pool a day; Bo is uncapped; Ada has one of her own.
+  const cap = await api(`/orgs/${org}/members/${ada.id}/cap`, {
+    method: 'PUT',
+    token: owner.token,
+    body: { period: 'day', amount: (Number(price) * 2).toFixed(18) },
+  });
+  assert.equal(cap.status, 200, cap.text);
+  await fund(ada.id, price);
+  const plain = await newUser();
+  await fund(plain, '100');
+  const event = (user: string) => ({
+    event_id: crypto.randomUUID(),
+    user_id: user,
+    model: 'gpt-4o-mini',
+    input_tokens: 1000,
+    output_tokens: 1000,
+    occurred_at: new Date().toISOString(),
+  });
+  const events = [event(ada.id), event(bo.id), event(ada.id), event(plain), event(ada.id), event(ada.id)];
+  const service = { authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}` };
+  const r = await api('/credits/usage/batch', { headers: service, body: { events } });
+  assert.equal(r.status, 200, r.text);
+  type Outcome = { status: string; org_id?: string; balance?: string; wallets?: { wallet: string }[] };
+  const o = (r.body.data as { outcomes: Outcome[] }).outcomes;
+  // Ada: the pool twice (her cap), then her own credits, then nothing is left anywhere.
+  assert.deepEqual(o.map((x) => [x.status, x.org_id ?? (x.balance === undefined ? null : 'own')]), [
+    ['applied', org],
+    ['applied', org],
+    ['applied', org],
+    ['applied', 'own'],
+    ['applied', 'own'],
+    ['insufficient', null],
+  ]);
+  assert.deepEqual(o[5].wallets?.map((w) => w.wallet), ['organisation', 'personal']);
+  // The replay changes nothing and reports duplicates.
+  const again = await api('/credits/usage/batch', { headers: service, body: { events } });
+  assert.deepEqual(
+    (again.body.data as { outcomes: Outcome[] }).outcomes.map((x) => x.status),
+    ['duplicate', 'duplicate', 'duplicate', 'duplicate', 'duplicate', 'insufficient'],
+  );
+  const [{ pooled }] = await testDb`select count(*)::int as pooled from billing.transfers t
+    join billing.accounts a on a.id = t.from_account_id where a.org_id = ${org} and t.member_id = ${ada.id}`;
+  assert.equal(pooled, 2);
+  await assertLedgerInvariants();
+});
+
+Deno.test('parallel batches and single charges of pooled members keep every cap exact, without deadlocks', async () => {
+  const owner = await person('owner');
+  const members = await Promise.all([1, 2, 3, 4].map((i) => person(`p${i}`)));
+  const org = await school(owner, members, 'pool', '100');
+  const [{ price }] =
+    await testDb`select trim_scale((billing.price_usage('gpt-4o-mini', 1000, 1000)).amount)::text as price`;
+  for (const m of members) {
+    const set = await api(`/orgs/${org}/members/${m.id}/cap`, {
+      method: 'PUT',
+      token: owner.token,
+      body: { period: 'day', amount: (Number(price) * 3).toFixed(18) },
+    });
+    assert.equal(set.status, 200, set.text);
+  }
+  const service = { authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}` };
+  const batch = () =>
+    api('/credits/usage/batch', {
+      headers: service,
+      body: {
+        // Members in a different order in each batch: the locks are still taken in one order.
+        events: [...members].sort(() => Math.random() - 0.5).flatMap((m) =>
+          [1, 2].map(() => ({
+            event_id: crypto.randomUUID(),
+            user_id: m.id,
+            model: 'gpt-4o-mini',
+            input_tokens: 1000,
+            output_tokens: 1000,
+            occurred_at: new Date().toISOString(),
+          }))
+        ),
+      },
+    });
+  const results = await Promise.all([
+    ...[1, 2, 3, 4].map(batch),
+    ...members.flatMap((m) => [usage(m.token), usage(m.token)]),
+  ]);
+  for (const r of results) assert.ok(r.status === 200 || r.status === 201 || r.status === 402, r.text);
+  const spent = await testDb`select t.member_id, count(*)::int as n from billing.transfers t
+    join billing.accounts a on a.id = t.from_account_id where a.org_id = ${org} group by t.member_id`;
+  assert.deepEqual(spent.map((s) => s.n), [3, 3, 3, 3], 'three pooled charges per member, whoever asked');
   await assertLedgerInvariants();
 });
