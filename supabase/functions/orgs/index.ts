@@ -35,11 +35,14 @@ function pathId(c: AppContext, name: 'id' | 'user_id'): string {
 
 /** The one SQL call of a route: `billing.<fn>(args…)` answering jsonb. */
 async function one(fn: string, args: unknown[]): Promise<unknown> {
-  const [row] = await call((sql) =>
-    sql.unsafe(`select billing.${fn}(${args.map((_, i) => `$${i + 1}`).join(', ')}) as r`, args as never[])
-  );
+  // An object goes as JSON text cast to jsonb: given to a jsonb parameter as a string, the
+  // driver would encode it once more, as a JSON string.
+  const params = args.map((a, i) => (isJson(a) ? `$${i + 1}::text::jsonb` : `$${i + 1}`));
+  const values = args.map((a) => (isJson(a) ? JSON.stringify(a) : a));
+  const [row] = await call((sql) => sql.unsafe(`select billing.${fn}(${params.join(', ')}) as r`, values as never[]));
   return row.r;
 }
+const isJson = (a: unknown) => typeof a === 'object' && a !== null && !(a instanceof Date);
 
 function idempotencyKey(c: AppContext): string {
   const key = c.req.header('Idempotency-Key');
@@ -61,7 +64,7 @@ app.get('/', requireUser, async (c) => ok(c, await one('list_orgs', [currentUser
 app.get('/:id', requireUser, async (c) => ok(c, await one('get_org', [currentUser(c).id, pathId(c, 'id')])));
 app.patch('/:id', requireUser, async (c) => {
   const b = await readJson(c, UpdateOrgSchema);
-  return ok(c, await one('update_org', [currentUser(c).id, pathId(c, 'id'), JSON.stringify(b)]));
+  return ok(c, await one('update_org', [currentUser(c).id, pathId(c, 'id'), b]));
 });
 
 // Invitations: the token exists only in the email (and this answer to the admin who sent it,
