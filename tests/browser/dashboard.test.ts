@@ -13,6 +13,7 @@ import { adminToken, api, env, newUser, userToken } from '../helpers.ts';
 import { buy, chargeOf, emulator } from '../purchases.ts';
 import { roundedCredits } from '../../examples/student/credits.ts';
 import { newProvider, paidPayment } from '../providers.ts';
+import { key, person, school, usage } from '../orgs.ts';
 
 const dashboard = `${env('SUPABASE_URL')}/functions/v1/admin/dashboard`;
 const artifacts = new URL('../../artifacts/', import.meta.url);
@@ -33,6 +34,17 @@ async function plant() {
   await emulator(`/_emulator/charges/${wrong.charge}/tamper`, { application_fee_amount: 1 });
   const admin = await adminToken();
   await api('/providers/reconciliation/run', { token: admin, body: { date: day(0) } });
+  // An organisation that buys credits for its pool, which a member spends.
+  const [owner, member] = await Promise.all([person('dash-owner'), person('dash-member')]);
+  const org = await school(owner, [member], 'pool', null);
+  await api(`/orgs/${org}`, { method: 'PATCH', token: owner.token, body: { name: 'Dashboard Academy' } });
+  const co = await api('/checkout/sessions', {
+    token: owner.token,
+    body: { package_id: 'mini', org_id: org },
+    headers: key(),
+  });
+  await emulator(`/_emulator/checkout/sessions/${(co.body.data as { session_id: string }).session_id}/pay`);
+  assert.equal((await usage(member.token)).status, 201);
   return admin;
 }
 
@@ -138,6 +150,19 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
   assert.equal(deferred.text, money(Number(now?.deferred_revenue_cents ?? 0)));
 
   assert.match((await page.locator('#recon').textContent()) ?? '', /mismatch(es)?: .*fee mismatch/);
+  // Organisations (B2B2C): the tile sums their GMV; the table has the one planted above.
+  const orgs =
+    (r.body.data as { total: { organisations: { name: string; currency: string | null; gmv_cents: number }[] } })
+      .total.organisations;
+  const viaOrgs = orgs.filter((o) => o.currency === 'usd').reduce((n, o) => n + o.gmv_cents, 0);
+  assert.ok(viaOrgs >= 500, 'the planted purchase counts');
+  assert.equal(Number((await tile(page, 'b2b2c_gmv')).value), viaOrgs);
+  const row = page.locator('#orgs tr', { hasText: 'Dashboard Academy' }).first();
+  assert.match(
+    (await row.textContent()) ?? '',
+    /pool, [\d.,]+ credits spent1 of 1\$5\.00\$[\d.]+\$[\d.]+ ARPU/,
+    'spending, members, GMV, net revenue, ARPU',
+  );
   const recon = (await api('/admin/ops', { token: admin })).body.data as { reconciliation: { provider_id: string }[] };
   assert.equal(await page.locator('#recon tr').count(), recon.reconciliation.length + 1, 'a row per provider');
   assert.equal(await page.locator('#revenue-chart svg rect').count() > 0, true, 'the revenue chart is drawn');

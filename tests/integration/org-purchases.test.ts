@@ -89,5 +89,21 @@ Deno.test("a refund and a lost dispute take an organisation's credits back from 
     outcome: 'succeeded',
   });
   assert.equal((await walletOf(owner.token, org)).balance, '5990');
+
+  // The platform's numbers: the organisation's money in revenue_metrics, and its member's spending.
+  const [{ metrics }] =
+    await testDb`select billing.revenue_metrics(now() - interval '1 hour', now() + interval '1 minute') as metrics`;
+  const mine = (metrics.organisations as Record<string, unknown>[]).find((o) => o.org_id === org);
+  assert.ok(mine, 'the organisation is in revenue_metrics');
+  assert.deepEqual(
+    [mine.gmv_cents, mine.refunds_cents, mine.disputes_lost_cents, mine.active_members, mine.members],
+    [500 + 999, 100, 400, 1, 2],
+  );
+  assert.equal(
+    mine.net_revenue_cents,
+    1499 - 100 - 400 - (mine.stripe_fees_cents as number),
+    'net = GMV − refunds − lost disputes − Stripe fees',
+  );
+  assert.equal(Number(mine.arpu_cents), mine.net_revenue_cents, 'ARPU per member who spent');
   await assertLedgerInvariants();
 });

@@ -113,6 +113,8 @@ function render(metrics, ops) {
   const t = metrics.total;
   const lots = (t.credit_lots || []).find((x) => x.currency === currency);
   const lotsNow = (ops.credit_lots || []).find((x) => x.currency === currency);
+  // Organisations with activity in the range; money in this currency (or none: spending only).
+  const orgs = (metrics.total.organisations || []).filter((o) => o.currency === null || o.currency === currency);
   $('tiles').innerHTML = [
     tile('gmv', 'GMV', money(cur ? cur.gmv_cents : 0, currency), cur ? cur.gmv_cents : 0),
     tile('net_revenue', 'Net revenue', money(cur ? cur.net_revenue_cents : 0, currency), cur ? cur.net_revenue_cents : 0),
@@ -123,6 +125,8 @@ function render(metrics, ops) {
       cur ? cur.b2c_credits.stripe_fees_cents : 0),
     tile('platform_fees', 'Platform fees (B2B)', money(cur ? cur.b2b_provider_fees.platform_fees_cents : 0, currency),
       cur ? cur.b2b_provider_fees.platform_fees_cents : 0),
+    tile('b2b2c_gmv', 'GMV via organisations', money(orgs.reduce((n, o) => n + o.gmv_cents, 0), currency),
+      orgs.reduce((n, o) => n + o.gmv_cents, 0)),
     tile('outstanding', 'Outstanding credits', credits(t.credits.outstanding), t.credits.outstanding),
     tile('active_users', 'Active users', fmtInt.format(t.users.active), t.users.active),
     // Paid credits at their cost: deferred (unspent, now), recognised (spent) and breakage (expired) in the range.
@@ -154,6 +158,19 @@ function render(metrics, ops) {
       '<tr><td>' + esc(r.name) + ' <span class="muted">' + esc(String(r.provider_id).slice(0, 8)) + '</span></td><td class="nowrap">' + esc(r.last_day ?? 'never') + '</td><td class="' + (r.mismatches ? 'bad' : 'ok') + '">' +
       (r.mismatches ? esc(r.mismatches + (r.mismatches === 1 ? ' mismatch: ' : ' mismatches: ') + r.kinds.join(', ').replaceAll('_', ' ')) : 'reconciled') + '</td></tr>').join('') + '</table>'
     : '<p class="muted">No providers yet.</p>';
+  const standing = ops.organisations;
+  $('orgs').innerHTML = '<p class="muted">' + fmtInt.format(standing.count) + ' organisations, ' + fmtInt.format(standing.members) +
+    ' funded members; ' + credits(standing.wallet_credits) + ' credits in wallets, ' + credits(standing.allowance_credits) + ' in allowances (now).</p>' +
+    (orgs.length
+      // Four columns, so a phone shows them without scrolling: spending and ARPU sit under their headline.
+      ? '<table><tr><th>Organisation</th><th>Members spending</th><th>GMV</th><th>Net revenue</th></tr>' +
+        orgs.map((o) => '<tr><td>' + esc(o.name) + '<br><span class="muted">' + esc(o.funding) + ', ' + credits(o.credits_spent) +
+          ' credits spent</span></td><td>' + fmtInt.format(o.active_members) + ' of ' + fmtInt.format(o.members) +
+          '</td><td class="nowrap">' + money(o.gmv_cents, currency) + '</td><td><span class="nowrap">' +
+          money(o.net_revenue_cents, currency) + '</span><br><span class="muted nowrap">' +
+          (o.arpu_cents === null ? 'no ARPU' : money(o.arpu_cents, currency) + ' ARPU') + '</span></td></tr>').join('') +
+        '</table>'
+      : '<p class="muted">No organisation bought or spent credits in this range.</p>');
   $('alerts').innerHTML = ops.alerts.length
     ? '<table>' + ops.alerts.map((a) => '<tr><td class="bad">' + esc(a.condition.replaceAll('_', ' ')) + '</td><td>' + esc(a.summary) + '</td></tr>').join('') + '</table>'
     : '<p class="ok">No open alerts.</p>';
@@ -248,6 +265,7 @@ export const dashboardPage = (nonce: string) =>
   <section><h2>Checkout conversion</h2><div id="conversion-chart"></div></section>
   <section><h2>Error-budget burn (availability, last 24 h)</h2><div id="burn-chart"></div></section>
   <section><h2>Provider reconciliation</h2><div id="recon"></div></section>
+  <section><h2>Organisations (B2B2C)</h2><div id="orgs"></div></section>
   <section><h2>Open alerts</h2><div id="alerts"></div></section>
   <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>
 </div>
