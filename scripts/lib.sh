@@ -187,6 +187,9 @@ RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN=1000000
 RATE_LIMIT_NOTIFY_PER_MIN=1000000
 CRON_SECRET=$(local_secret cron-secret)
 SUPABASE_SERVICE_ROLE_KEY=$(local_secret service-role-key)
+# Hosted Supabase gives every function its project's anon key (the dashboard's password sign-in
+# sends it to Auth); locally any value does, as the Auth stand-in accepts any key.
+SUPABASE_ANON_KEY=$(local_secret anon-key)
 AI_PROVIDER=local
 POSTMARK_SERVER_TOKEN=$(local_secret postmark-token)
 POSTMARK_API_BASE=http://127.0.0.1:$MAIL_PORT

@@ -2,11 +2,15 @@
 import assert from 'node:assert/strict';
 import { createApp, ok } from '../../supabase/functions/_shared/app.ts';
 import { AppError } from '../../supabase/functions/_shared/errors.ts';
+import { HTTPException } from 'hono/http-exception';
 
 const app = createApp('probe');
 app.get('/ok', (c) => ok(c, { hello: 'world' }));
 app.get('/conflict', () => {
   throw new AppError('conflict', 'SOMETHING_CONFLICTS', 'It conflicts.', { details: { id: 'x' } });
+});
+app.get('/unreadable', () => {
+  throw new HTTPException(400, { message: 'Malformed request.' }); // as a Hono helper would
 });
 app.get('/boom', () => {
   throw new Error('password=hunter2 at /srv/internal/path.ts:42');
@@ -80,4 +84,11 @@ Deno.test('a CORS preflight from a listed origin allows the Idempotency-Key head
   });
   assert.equal(res.status, 204);
   assert.match(res.headers.get('access-control-allow-headers') ?? '', /idempotency-key/);
+});
+
+Deno.test("a framework's 4xx (HTTPException) is BAD_REQUEST in the envelope, with its status", async () => {
+  const res = await app.request('/probe/unreadable');
+  assert.equal(res.status, 400);
+  const { error } = await res.json();
+  assert.deepEqual([error.type, error.code, error.message], ['validation', 'BAD_REQUEST', 'Malformed request.']);
 });

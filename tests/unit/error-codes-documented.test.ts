@@ -1,5 +1,6 @@
 // docs/api.md and the service cannot drift: every code the service can answer with is in the
-// error-code table, and every code in the table is one the service can answer with.
+// error-code table, every code in the table is one the service can answer with, and every code
+// in the table is asserted by some test (most in tests/integration/error-codes-produced.test.ts).
 import assert from 'node:assert/strict';
 
 const root = new URL('../../', import.meta.url);
@@ -42,4 +43,29 @@ Deno.test('every error code the service can answer with is in docs/api.md, and e
   assert.ok(out.size > 40, `found ${out.size} codes: the extraction still works`);
   assert.deepEqual([...out].filter((c) => !doc.has(c)).sort(), [], 'produced but not documented');
   assert.deepEqual([...doc].filter((c) => !out.has(c)).sort(), [], 'documented but never produced');
+});
+
+// Every test file: TypeScript under tests/ and SQL under supabase/tests/, this file excepted.
+async function testTexts(): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (dir: string) => {
+    for await (const e of Deno.readDir(new URL(dir, root))) {
+      const path = `${dir}${e.name}`;
+      if (e.isDirectory) await walk(`${path}/`);
+      else if (/\.(ts|sql)$/.test(e.name) && !path.endsWith('error-codes-documented.test.ts')) {
+        out.push(await read(path));
+      }
+    }
+  };
+  await walk('tests/');
+  await walk('supabase/tests/');
+  return out;
+}
+
+Deno.test('every documented error code is asserted by some test (quoted, as an answer is checked)', async () => {
+  const texts = await testTexts();
+  const untested = [...await documented()].filter((code) =>
+    !texts.some((t) => new RegExp(`['"\`]${code}['"\`]`).test(t))
+  );
+  assert.deepEqual(untested.sort(), [], 'documented codes no test produces');
 });

@@ -1,0 +1,185 @@
+// Every documented error code that a request can cause, caused by a real request against the
+// local stack and checked against its row in docs/api.md (type and HTTP status). Codes only a
+// fault can cause run on a throw-away gateway with one thing broken; codes only reachable
+// inside SQL are in supabase/tests/65-error-codes.test.sql; BAD_REQUEST (a framework's own 4xx)
+// in tests/functions/app-skeleton.test.ts. tests/unit/error-codes-documented.test.ts checks
+// that every documented code is asserted somewhere.
+import assert from 'node:assert/strict';
+import { adminToken, api, functionsUrl, fund, newUser, testDb, userToken, withGateway } from '../helpers.ts';
+import { key, person, school } from '../orgs.ts';
+import { buy, startCheckout } from '../purchases.ts';
+import { createPayment, newProvider } from '../providers.ts';
+
+const table = await Deno.readTextFile(new URL('../../docs/api.md', import.meta.url));
+/** The documented type and status of a code. */
+function documented(code: string): { type: string; status: number } {
+  const row = new RegExp(`^\\| \`${code}\` \\| (\\w+) \\| (\\d{3}) \\|`, 'm').exec(table);
+  assert.ok(row, `${code} is in the error-code table`);
+  return { type: row[1], status: Number(row[2]) };
+}
+
+type Answer = { status: number; body: Record<string, unknown>; text?: string };
+/** Asserts that an answer is `code`, as documented. */
+function assertCode(r: Answer, code: string) {
+  const { type, status } = documented(code);
+  const error = r.body.error as { type: string; code: string } | undefined;
+  assert.equal(error?.code, code, JSON.stringify(r.body));
+  assert.equal(error.type, type, `${code}'s type`);
+  assert.equal(r.status, status, `${code}'s status`);
+}
+
+async function raw(base: string, path: string, init: RequestInit = {}): Promise<Answer> {
+  const res = await fetch(`${base}${path}`, init);
+  const text = await res.text();
+  return { status: res.status, body: JSON.parse(text), text };
+}
+const json = (body: unknown, headers: Record<string, string> = {}) => ({
+  method: 'POST',
+  headers: { 'content-type': 'application/json', ...headers },
+  body: typeof body === 'string' ? body : JSON.stringify(body),
+});
+
+Deno.test('sign-in: a wrong password, an unreadable body, and Auth down or not configured', async () => {
+  const email = `pw-${crypto.randomUUID().slice(0, 8)}@example.test`;
+  await testDb`insert into auth.users (id, email, encrypted_password, email_confirmed_at)
+    values (gen_random_uuid(), ${email}, extensions.crypt('the right one', extensions.gen_salt('bf')), now())`;
+  const wrong = json({ email, password: 'the wrong one' });
+  assertCode(await raw(functionsUrl, '/admin/session', wrong), 'INVALID_CREDENTIALS');
+  assertCode(await raw(functionsUrl, '/admin/session', json('{"email":')), 'INVALID_JSON');
+  // Hosted Supabase gives functions an anon key; a project without one has no password sign-in.
+  await withGateway({ SUPABASE_ANON_KEY: '', SUPABASE_PUBLISHABLE_KEYS: '' }, async (url) => {
+    assertCode(await raw(url, '/admin/session', wrong), 'PASSWORD_SIGN_IN_UNAVAILABLE');
+  });
+  // Auth itself not answering (its address refuses connections).
+  await withGateway({ SUPABASE_URL: 'http://127.0.0.1:9' }, async (url) => {
+    assertCode(await raw(url, '/admin/session', wrong), 'AUTH_UNAVAILABLE');
+  });
+});
+
+Deno.test('a function that throws while starting answers FUNCTION_BOOT_ERROR, and the others still work', async () => {
+  const name = `boot-test-${crypto.randomUUID().slice(0, 8)}`;
+  const dir = new URL(`../../supabase/functions/${name}/`, import.meta.url);
+  await Deno.mkdir(dir);
+  try {
+    await Deno.writeTextFile(new URL('index.ts', dir), "throw new Error('a missing secret at import time');\n");
+    assertCode(await raw(functionsUrl, `/${name}`), 'FUNCTION_BOOT_ERROR');
+    assert.equal((await raw(functionsUrl, '/health/healthz')).status, 200);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test('SLO figures with Redis down: METRICS_UNAVAILABLE', async () => {
+  await withGateway({ UPSTASH_REDIS_REST_URL: 'http://127.0.0.1:9' }, async (url) => {
+    const r = await raw(url, '/health/slo', { headers: { authorization: `Bearer ${await adminToken()}` } });
+    assertCode(r, 'METRICS_UNAVAILABLE');
+  });
+});
+
+Deno.test('credits: a malformed Idempotency-Key, caps, cap alerts, lots and captures', async () => {
+  const user = await newUser();
+  const token = await userToken(user);
+  await fund(user, '10');
+  const usage = { model: 'gpt-4o-mini', input_tokens: 10, output_tokens: 10 };
+  assertCode(
+    await api('/credits/usage', { token, body: usage, headers: { 'idempotency-key': 'has a space' } }),
+    'IDEMPOTENCY_KEY_INVALID',
+  );
+
+  const cap = (body: unknown) => api('/credits/caps', { method: 'PUT', token, body });
+  assertCode(await cap({ period: 'day', time_zone: 'Mars/Olympus_Mons', amount: '5' }), 'INVALID_CAP');
+  const alerts = (percents: number[]) =>
+    api('/credits/alerts/caps', { method: 'PUT', token, body: { period: 'week', model: null, percents } });
+  assertCode(await alerts([50]), 'CAP_NOT_FOUND');
+  assert.equal((await cap({ period: 'week', amount: '5' })).status, 200);
+  assertCode(await alerts([33]), 'INVALID_ALERT');
+
+  const grant = await api('/credits/grants', {
+    token: await adminToken(),
+    headers: key(),
+    body: { user_id: user, amount: '1', reason: 'an expired lot', lot: { expires_at: '2001-01-01T00:00:00Z' } },
+  });
+  assertCode(grant, 'INVALID_LOT');
+
+  const hold = await api('/credits/holds', { token, headers: key(), body: { amount: '2' } });
+  assert.equal(hold.status, 201, hold.text);
+  const id = (hold.body.data as { hold_id: string }).hold_id;
+  assertCode(
+    await api(`/credits/holds/${id}/capture`, { token, headers: key(), body: { amount: '3' } }),
+    'CAPTURE_EXCEEDS_HOLD',
+  );
+  const [{ n }] =
+    await testDb`select count(*)::int as n from billing.transfers t join billing.accounts a on a.id = t.from_account_id
+    where a.user_id = ${user}`;
+  assert.equal(n, 0, 'nothing was spent by any refused request');
+});
+
+Deno.test('orgs: the wrong funding mode, a bad term, an unknown member, a second invitation', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'pool', null);
+  assertCode(
+    await api(`/orgs/${org}/allowances`, { token: owner.token, headers: key(), body: { amount: '1' } }),
+    'ORG_FUNDING_MODE',
+  );
+  assertCode(
+    await api(`/orgs/${org}`, { method: 'PATCH', token: owner.token, body: { term_ends_at: '2001-01-01T00:00:00Z' } }),
+    'INVALID_ORG',
+  );
+  assertCode(
+    await api(`/orgs/${org}/members/${crypto.randomUUID()}`, { method: 'DELETE', token: owner.token }),
+    'MEMBER_NOT_FOUND',
+  );
+  const invite = () => api(`/orgs/${org}/invitations`, { token: owner.token, body: { email: 'twice@school.test' } });
+  assert.equal((await invite()).status, 201);
+  assertCode(await invite(), 'INVITATION_PENDING');
+});
+
+Deno.test('checkout: unknown and unrefundable purchases, a checkout in progress, Stripe refusing', async () => {
+  const user = await newUser();
+  const token = await userToken(user);
+  const admin = await adminToken();
+  assertCode(await api(`/checkout/sessions/${crypto.randomUUID()}`, { token }), 'PURCHASE_NOT_FOUND');
+  const pending = await startCheckout(token, 'mini');
+  assertCode(
+    await api('/checkout/refunds', { token: admin, headers: key(), body: { purchase_id: pending.purchase_id } }),
+    'PURCHASE_NOT_REFUNDABLE',
+  );
+  // Another request for the same package is still creating its Stripe session.
+  await testDb`select billing.begin_checkout(${user}, 'starter', ${'in-flight:' + user})`;
+  const second = await api('/checkout/sessions', { token, headers: key(), body: { package_id: 'starter' } });
+  assertCode(second, 'CHECKOUT_IN_PROGRESS');
+  // Stripe refuses a refund larger than the charge (a 400 from Stripe, passed on as a 502).
+  const paid = await buy(token, 'mini');
+  const tooMuch = await api('/checkout/refunds', {
+    token: admin,
+    headers: key(),
+    body: { purchase_id: paid.purchase_id, amount_cents: 501 },
+  });
+  assertCode(tooMuch, 'STRIPE_ERROR');
+});
+
+Deno.test('jobs: an unknown job, and a result asked for before it is ready', async () => {
+  const user = await newUser();
+  const token = await userToken(user);
+  await fund(user, '10');
+  assertCode(await api(`/jobs/${crypto.randomUUID()}`, { token }), 'JOB_NOT_FOUND');
+  const job = await api('/jobs', {
+    token,
+    headers: key(),
+    body: { type: 'ai_completion', input: { model: 'gpt-4o', prompt: 'one two three', max_tokens: 10 } },
+  });
+  assert.equal(job.status, 202, job.text);
+  assertCode(await api(`/jobs/${(job.body.data as { job_id: string }).job_id}/result`, { token }), 'JOB_NOT_COMPLETED');
+});
+
+Deno.test('providers: unknown and unrefundable payments, a day never reconciled', async () => {
+  const admin = await adminToken();
+  const p = await newProvider();
+  const refund = (id: string) =>
+    api(`/providers/${p.id}/payments/${id}/refunds`, { token: admin, headers: key(), body: {} });
+  assertCode(await refund(crypto.randomUUID()), 'PAYMENT_NOT_FOUND');
+  const pending = await createPayment(p, 1_000);
+  assert.equal(pending.status, 201, pending.text);
+  assertCode(await refund((pending.body.data as { payment_id: string }).payment_id), 'PAYMENT_NOT_REFUNDABLE');
+  assertCode(await api('/providers/reconciliation?date=2001-01-01', { token: admin }), 'RECONCILIATION_NOT_FOUND');
+});
