@@ -6,6 +6,8 @@
 //   const { balance } = await billing.balance();
 import type {
   Alerts,
+  AllowanceRequest,
+  AllowancesFunded,
   AutoRecharge,
   AutoRechargeRequest,
   Balance,
@@ -14,9 +16,12 @@ import type {
   CaptureRequest,
   CheckoutRequest,
   CheckoutSession,
+  CreateOrgRequest,
   CreditPackage,
   Hold,
   HoldRequest,
+  InvitationAnswer,
+  InviteRequest,
   Job,
   JobAccepted,
   JobList,
@@ -25,8 +30,18 @@ import type {
   LedgerPage,
   LotPage,
   LowBalanceAlertRequest,
+  MemberCap,
+  MemberCapRequest,
+  MemberRemoved,
+  Org,
+  OrgInvitation,
+  OrgLedgerEntry,
+  OrgMember,
+  OrgUsageQuery,
+  OrgUsageRow,
   PurchaseStatus,
   SpendCap,
+  UpdateOrgRequest,
   UsageCharge,
   UsageRequest,
 } from './contract.ts';
@@ -43,7 +58,7 @@ export interface SupabaseLike {
     invoke(
       name: string,
       options?: {
-        method?: 'GET' | 'POST' | 'PUT' | 'DELETE';
+        method?: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
         body?: Record<string, unknown>;
         headers?: Record<string, string>;
         signal?: AbortSignal;
@@ -69,7 +84,7 @@ const newTempId = () => `temp_${crypto.randomUUID()}`;
 export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions = {}) {
   /** One logical operation: one Idempotency-Key (if it mutates) for all of its attempts. */
   async function call<T>(
-    method: 'GET' | 'POST' | 'PUT' | 'DELETE',
+    method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE',
     path: string,
     body?: Record<string, unknown>,
     signal?: AbortSignal,
@@ -90,6 +105,10 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     (await call<T>('POST', path, body as Record<string, unknown>)).data;
   const put = async <T>(path: string, body: object) =>
     (await call<T>('PUT', path, body as Record<string, unknown>)).data;
+  const patch = async <T>(path: string, body: object) =>
+    (await call<T>('PATCH', path, body as Record<string, unknown>)).data;
+  const del = async <T>(path: string) => (await call<T>('DELETE', path)).data;
+  const org = (id: string, rest = '') => `orgs/${encodeURIComponent(id)}${rest}`;
   const query = (params: Record<string, string | number | undefined>) => {
     const q = new URLSearchParams(
       Object.entries(params).filter(([, v]) => v !== undefined).map(([k, v]) => [k, String(v)]),
@@ -134,6 +153,30 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     job: (jobId: string) => get<Job>(`jobs/${encodeURIComponent(jobId)}`),
     jobs: (page: { status?: JobStatus; limit?: number; cursor?: string } = {}) => get<JobList>(`jobs${query(page)}`),
     cancelJob: async (jobId: string) => (await call<Job>('DELETE', `jobs/${encodeURIComponent(jobId)}`)).data,
+
+    // Organisations (school wallets). Buying credits for one: startCheckout({ package_id, org_id }).
+    /** The caller's organisations, with their role in each. */
+    orgs: () => get<Org[]>('orgs'),
+    /** One organisation: its wallet for owners and admins, the caller's allowance for members. */
+    org: (id: string) => get<Org>(org(id)),
+    createOrg: (req: CreateOrgRequest) => post<Org>('orgs', req),
+    updateOrg: (id: string, req: UpdateOrgRequest) => patch<Org>(org(id), req),
+    /** Emails an invitation; the answer carries its token (the link's) once. */
+    invite: (id: string, req: InviteRequest) => post<OrgInvitation>(org(id, '/invitations'), req),
+    acceptInvitation: (token: string) => post<InvitationAnswer>('orgs/invitations/accept', { token }),
+    declineInvitation: (token: string) => post<InvitationAnswer>('orgs/invitations/decline', { token }),
+    members: (id: string) => get<OrgMember[]>(org(id, '/members')),
+    /** Removes a member at once; their allowance sweeps back to the wallet. */
+    removeMember: (id: string, userId: string) => del<MemberRemoved>(org(id, `/members/${encodeURIComponent(userId)}`)),
+    /** A member's cap on a pooled wallet for a period; `amount: null` removes it. */
+    setMemberCap: (id: string, userId: string, req: MemberCapRequest) =>
+      put<MemberCap[]>(org(id, `/members/${encodeURIComponent(userId)}/cap`), req),
+    /** Moves `amount` to one member's allowance (`user_id`) or to every member's: all or nothing. */
+    fundAllowances: (id: string, req: AllowanceRequest) => post<AllowancesFunded>(org(id, '/allowances'), req),
+    /** Org-funded spending per member, model and period (a member sees only their own). */
+    orgUsage: (id: string, q: OrgUsageQuery) => get<OrgUsageRow[]>(org(id, `/usage${query(q)}`)),
+    orgLedger: (id: string, page: { limit?: number; cursor?: string } = {}) =>
+      get<OrgLedgerEntry[]>(org(id, `/ledger${query(page)}`)),
 
     /**
      * Polls a job at the pace the server asks (Retry-After: 2 s, then 4 s, then 8 s) until it

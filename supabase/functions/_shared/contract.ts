@@ -13,6 +13,14 @@ import type {
   UsageRequestSchema,
 } from '../credits/schemas.ts';
 import type { CreateJobSchema } from '../jobs/schemas.ts';
+import type {
+  AllowanceSchema,
+  CreateOrgSchema,
+  InviteSchema,
+  MemberCapSchema,
+  UpdateOrgSchema,
+  UsageQuerySchema,
+} from '../orgs/schemas.ts';
 
 export type UsageRequest = z.input<typeof UsageRequestSchema>;
 export type HoldRequest = z.input<typeof HoldRequestSchema>;
@@ -23,6 +31,12 @@ export type CapRequest = z.input<typeof CapRequestSchema>;
 export type LowBalanceAlertRequest = z.input<typeof LowBalanceAlertSchema>;
 export type CapAlertsRequest = z.input<typeof CapAlertsSchema>;
 export type AutoRechargeRequest = z.input<typeof AutoRechargeSchema>;
+export type CreateOrgRequest = z.input<typeof CreateOrgSchema>;
+export type UpdateOrgRequest = z.input<typeof UpdateOrgSchema>;
+export type InviteRequest = z.input<typeof InviteSchema>;
+export type AllowanceRequest = z.input<typeof AllowanceSchema>;
+export type MemberCapRequest = z.input<typeof MemberCapSchema>;
+export type OrgUsageQuery = Omit<z.input<typeof UsageQuerySchema>, 'format'>;
 
 /** Credit amounts are exact decimal strings, never JS numbers. */
 export type Credits = string;
@@ -206,4 +220,94 @@ export interface ErrorBody {
   retryable: boolean;
   field?: string;
   details?: Record<string, unknown>;
+}
+
+// ---------------------------------------------------------------- organisations (school wallets)
+
+/** A wallet or an allowance: what it holds, what is held, what can be spent. */
+export interface Wallet {
+  balance: Credits;
+  held: Credits;
+  available: Credits;
+}
+
+export type OrgRole = 'owner' | 'admin' | 'member';
+
+export interface Org {
+  id: string;
+  name: string;
+  funding: 'allowance' | 'pool';
+  org_pays_first: boolean;
+  term_started_at: string;
+  term_ends_at: string | null;
+  created_at: string;
+  role: OrgRole;
+  /** The organisation's wallet: owners and admins only. */
+  wallet?: Wallet | null;
+  /** The caller's own allowance in it, once funded. */
+  allowance?: Wallet | null;
+}
+
+export interface OrgInvitation {
+  id: string;
+  org_id: string;
+  email: string;
+  role: 'admin' | 'member';
+  status: 'pending' | 'accepted' | 'declined' | 'expired';
+  expires_at: string;
+  /** The token the emailed link carries (answered once, to the admin who invited). */
+  token: string;
+}
+
+export interface InvitationAnswer {
+  org_id: string;
+  status: 'accepted' | 'declined';
+}
+
+export interface OrgMember {
+  user_id: string;
+  email: string;
+  role: OrgRole;
+  active: boolean;
+  joined_at: string;
+  removed_at: string | null;
+  allowance: Wallet | null;
+}
+
+export interface MemberRemoved {
+  org_id: string;
+  user_id: string;
+  active: false;
+}
+
+export interface MemberCap {
+  period: 'day' | 'week' | 'month' | 'term';
+  cap: Credits;
+  spent: Credits;
+  resets_at: string | null;
+}
+
+export interface AllowancesFunded {
+  org_id: string;
+  funded: { user_id: string; transfer_id: string; amount: Credits }[];
+  wallet: Wallet;
+}
+
+/** Org-funded spending of one member on one model in one period. */
+export interface OrgUsageRow {
+  member_id: string;
+  model: string | null;
+  period_start: string;
+  credits: Credits;
+  charges: number;
+}
+
+export interface OrgLedgerEntry {
+  id: string;
+  kind: string;
+  amount: Credits;
+  balance_after: Credits;
+  /** The member an org-funded movement was for (null: a grant, a purchase, a sweep's wallet side). */
+  member_id: string | null;
+  created_at: string;
 }
