@@ -1,7 +1,8 @@
 // The example student page: sign-in (Supabase Auth's password grant, or a pasted access token),
 // balance, packages (bought through hosted Checkout), the purchase polled after the redirect
-// back, recent ledger entries, spend controls, and a metered AI job priced before it starts,
-// with progress and cancel. Everything goes through the typed client over supabase-js.
+// back, recent ledger entries, spend controls, a metered AI job priced before it starts, with
+// progress and cancel, and the organisations that fund the student (orgs.ts). Everything goes
+// through the typed client over supabase-js.
 /// <reference lib="dom" />
 import { createClient, type SupabaseClient } from '@supabase/supabase-js';
 import {
@@ -13,6 +14,7 @@ import {
   type SpendCap,
 } from '../../client/mod.ts';
 import { jobPrice, type RateCard, roundedCredits } from './credits.ts';
+import { showOrgs } from './orgs.ts';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const store = globalThis.sessionStorage;
@@ -376,6 +378,10 @@ const unavailable = {
   caps: () => $('cap-status').textContent = 'The limit could not be loaded.',
   recharge: () => $('recharge-status').textContent = 'Auto-recharge could not be loaded.',
   price: () => {},
+  orgs: () => {
+    $('orgs').hidden = false;
+    $('orgs').querySelector('.orgs-body')!.textContent = 'Organisations could not be loaded.';
+  },
 };
 
 /** Loads every part at once; a part that fails says so, and the first failure can be retried. */
@@ -388,6 +394,7 @@ async function loadAll(billing: BillingClient, supabase: SupabaseClient) {
     caps: () => billing.caps().then(renderCaps),
     recharge: () => billing.autoRecharge().then(renderAutoRecharge),
     price: () => wirePrice(supabase),
+    orgs: () => showOrgs(billing, $('orgs'), fail),
   };
   const names = Object.keys(parts) as (keyof typeof parts)[];
   const results = await Promise.allSettled(names.map((name) => parts[name]()));
