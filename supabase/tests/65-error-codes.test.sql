@@ -1,6 +1,7 @@
 -- Error codes only SQL can reach: guards behind the HTTP layer's own checks (the request schema
--- refuses a batch over 1,000 first; the auth layer refuses a deleted user first), a worker's
--- stop signal, and invariants a correct caller never breaks. Each is raised, and nothing changes.
+-- refuses a batch over 1,000 first), a worker's stop signal, and invariants a correct caller
+-- never breaks; and USER_NOT_FOUND, which an admin's request can also cause. Each is raised,
+-- and nothing changes.
 begin;
 select plan(7);
 
@@ -45,7 +46,7 @@ select is(pg_temp.err($$select billing.set_auto_recharge('dddddddd-0000-4000-800
   'INVALID_AUTO_RECHARGE', 'a monthly count of 0 breaks the settings'' rule');
 
 select is(pg_temp.err($$select billing.begin_provider('dddddddd-0000-4000-8000-00000000dead', 'error-codes-provider', 'Fund',
-    'fund@example.org', 'US')$$), 'USER_NOT_FOUND', 'a provider needs an existing owner');
+    'fund@example.org', 'US')$$), 'USER_NOT_FOUND', 'a provider needs an existing owner (over HTTP: an admin naming one)');
 
 select * from finish();
 rollback;

@@ -1,13 +1,14 @@
 // Every documented error code that a request can cause, caused by a real request against the
 // local stack and checked against its row in docs/api.md (type and HTTP status). Codes only a
-// fault can cause run on a throw-away gateway with one thing broken; codes only reachable
-// inside SQL are in supabase/tests/65-error-codes.test.sql; BAD_REQUEST (a framework's own 4xx)
+// fault can cause run on a throw-away gateway with one thing broken (or, for a payment whose
+// amount is not the price, with the price changed under it); codes only reachable inside SQL
+// are in supabase/tests/65-error-codes.test.sql; BAD_REQUEST (a framework's own 4xx)
 // in tests/functions/app-skeleton.test.ts. tests/unit/error-codes-documented.test.ts checks
 // that every documented code is asserted somewhere.
 import assert from 'node:assert/strict';
 import { adminToken, api, functionsUrl, fund, newUser, testDb, userToken, withGateway } from '../helpers.ts';
 import { key, person, school } from '../orgs.ts';
-import { buy, startCheckout } from '../purchases.ts';
+import { balanceOf, buy, deliver, emulator, startCheckout } from '../purchases.ts';
 import { createPayment, newProvider } from '../providers.ts';
 
 const table = await Deno.readTextFile(new URL('../../docs/api.md', import.meta.url));
@@ -182,4 +183,46 @@ Deno.test('providers: unknown and unrefundable payments, a day never reconciled'
   assert.equal(pending.status, 201, pending.text);
   assertCode(await refund((pending.body.data as { payment_id: string }).payment_id), 'PAYMENT_NOT_REFUNDABLE');
   assertCode(await api('/providers/reconciliation?date=2001-01-01', { token: admin }), 'RECONCILIATION_NOT_FOUND');
+});
+
+Deno.test('POST /providers for an owner_user_id that names no user answers 404 USER_NOT_FOUND', async () => {
+  const owner = crypto.randomUUID();
+  const r = await api('/providers', {
+    token: await adminToken(),
+    headers: key(),
+    body: { name: 'Ada Lovelace Scholarship Fund', email: 'fund@example.org', country: 'US', owner_user_id: owner },
+  });
+  assertCode(r, 'USER_NOT_FOUND');
+  const [{ n }] = await testDb`select count(*)::int as n from billing.providers where owner_user_id = ${owner}`;
+  assert.equal(n, 0, 'no provider was created');
+});
+
+// Our price changed under a session the customer then paid: Stripe's amount is not the price.
+Deno.test('a paid amount that is not the price credits nothing: 500 PAYMENT_AMOUNT_MISMATCH on the status poll', async () => {
+  const token = await userToken(await newUser());
+  const co = await startCheckout(token, 'mini');
+  const [{ price }] =
+    await testDb`update billing.purchases set price_cents = price_cents - 1 where id = ${co.purchase_id}
+    returning price_cents + 1 as price`;
+  const { events } = await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { deliver: false });
+  const failures = events.filter((e) => e.type === 'checkout.session.completed');
+  assert.equal(failures.length, 1, 'Stripe sent checkout.session.completed');
+  try {
+    // The webhook answers Stripe with a retryable 500 and records why.
+    const hook = await deliver(failures[0]);
+    assert.equal(hook.status, 500, JSON.stringify(hook.body));
+    assert.equal((hook.body.error as { code: string }).code, 'WEBHOOK_PROCESSING_FAILED');
+    const [event] = await testDb`select status, last_error from billing.stripe_events where id = ${failures[0].id}`;
+    assert.deepEqual({ ...event }, { status: 'failed', last_error: 'PAYMENT_AMOUNT_MISMATCH' });
+    // The customer's status poll runs the same fulfilment and answers with the code itself.
+    assertCode(await api(`/checkout/sessions/${co.purchase_id}`, { token }), 'PAYMENT_AMOUNT_MISMATCH');
+    const [{ status }] = await testDb`select status from billing.purchases where id = ${co.purchase_id}`;
+    assert.equal(status, 'pending', 'the purchase stays pending');
+    assert.equal((await balanceOf(token)).balance, '0', 'no credits were granted');
+  } finally {
+    // Put the price back so no sweeper meets this purchase again; the next poll then converges.
+    await testDb`update billing.purchases set price_cents = ${price} where id = ${co.purchase_id}`;
+  }
+  const after = await api(`/checkout/sessions/${co.purchase_id}`, { token });
+  assert.equal((after.body.data as { status: string }).status, 'paid', after.text);
 });
