@@ -37,6 +37,7 @@ import type {
   OrgInvitation,
   OrgLedgerEntry,
   OrgMember,
+  OrgSummary,
   OrgUsageQuery,
   OrgUsageRow,
   PurchaseStatus,
@@ -156,7 +157,7 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
 
     // Organisations (school wallets). Buying credits for one: startCheckout({ package_id, org_id }).
     /** The caller's organisations, with their role in each. */
-    orgs: () => get<Org[]>('orgs'),
+    orgs: () => get<OrgSummary[]>('orgs'),
     /** One organisation: its wallet for owners and admins, the caller's allowance for members. */
     org: (id: string) => get<Org>(org(id)),
     createOrg: (req: CreateOrgRequest) => post<Org>('orgs', req),

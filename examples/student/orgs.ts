@@ -26,7 +26,7 @@ function table(head: string[], rows: string[][], testId: string) {
   for (const h of head) t.rows[0].append(el('th', h));
   for (const r of rows) {
     const tr = el('tr');
-    for (const c of r) tr.append(el('td', c));
+    r.forEach((c, i) => tr.append(el('td', c, { 'data-label': head[i] })));
     t.append(tr);
   }
   return t;
@@ -35,21 +35,21 @@ function table(head: string[], rows: string[][], testId: string) {
 const money = (cents: number, currency: string) =>
   new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(cents / 100);
 
-/** The last 30 days of org-funded spending, per member and model, with members' emails. */
+/** The last 30 days of org-funded spending, newest day first: per day, member and model. */
 function usageTable(rows: OrgUsageRow[], members: OrgMember[]) {
-  const email = new Map(members.map((m) => [m.user_id, m.email]));
-  const totals = new Map<string, { credits: number; charges: number }>();
-  for (const r of rows) {
-    const k = `${email.get(r.member_id) ?? r.member_id}\u0000${r.model ?? 'other'}`;
-    const t = totals.get(k) ?? { credits: 0, charges: 0 };
-    totals.set(k, { credits: t.credits + Number(r.credits), charges: t.charges + r.charges });
-  }
-  if (totals.size === 0) {
+  if (rows.length === 0) {
     return el('p', "No spending of the organisation's credits in the last 30 days.", { class: 'muted' });
   }
+  const who = new Map(members.map((m) => [m.user_id, m.email ?? m.user_id]));
   return table(
-    ['Member', 'Model', 'Credits', 'Charges'],
-    [...totals].map(([k, t]) => [...k.split('\u0000'), roundedCredits(t.credits.toFixed(18)), String(t.charges)]),
+    ['Day', 'Member', 'Model', 'Credits', 'Charges'],
+    [...rows].reverse().map((r) => [
+      r.period_start.slice(0, 10),
+      who.get(r.member_id) ?? r.member_id,
+      r.model ?? 'other',
+      roundedCredits(r.credits),
+      String(r.charges),
+    ]),
     'org-usage',
   );
 }
@@ -75,7 +75,7 @@ async function adminView(billing: BillingClient, org: Org, packages: CreditPacka
   const active = members.filter((m) => m.active);
   box.append(table(
     ['Member', 'Role', 'Allowance'],
-    active.map((m) => [m.email, m.role, m.allowance ? roundedCredits(m.allowance.available) : '—']),
+    active.map((m) => [m.email ?? m.user_id, m.role, m.allowance ? roundedCredits(m.allowance.available) : '—']),
     'org-members',
   ));
 

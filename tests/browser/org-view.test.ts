@@ -8,6 +8,7 @@ import type { Page } from 'playwright-core';
 import { browserTest, legibility } from '../browser.ts';
 import { api, env, functionsUrl, testDb } from '../helpers.ts';
 import { person, school, usage } from '../orgs.ts';
+import { roundedCredits } from '../../examples/student/credits.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
 const apiBase = functionsUrl.replace(/\/functions\/v1$/, '');
@@ -37,23 +38,32 @@ async function assertLegible(page: Page, name: string) {
 }
 
 const text = async (page: Page, selector: string) => (await page.locator(selector).first().textContent())?.trim() ?? '';
-const allowanceOf = async (org: string, member: string) =>
-  (await testDb`select trim_scale(balance)::text as b from billing.accounts where org_id = ${org} and member_id = ${member}`)[
-    0
-  ]
-    ?.b;
+/** What an organisation account holds in the database: its wallet (member null) or a member's allowance. */
+const balanceOf = async (org: string, member: string | null) =>
+  (await testDb`select trim_scale(balance)::text as b from billing.accounts
+                where org_id = ${org} and member_id is not distinct from ${member}::uuid`)[0]?.b;
+/** The cells of a table's body rows, as shown. */
+const cells = (page: Page, testId: string) =>
+  page.locator(`[data-testid="${testId}"] tr:has(td)`).evaluateAll((rows) =>
+    rows.map((r) => [...(r as unknown as { cells: { textContent: string }[] }).cells].map((c) => c.textContent))
+  );
 
 browserTest('an owner runs the organisation from the page; a member sees only their allowance', async (browser) => {
   const [owner, ada] = await Promise.all([person('page-owner'), person('page-ada')]);
   const org = await school(owner, [ada], 'allowance', '100');
-  await api(`/orgs/${org}`, { method: 'PATCH', token: owner.token, body: { name: 'Riverside College' } });
+  const renamed = await api(`/orgs/${org}`, {
+    method: 'PATCH',
+    token: owner.token,
+    body: { name: 'Riverside College' },
+  });
+  assert.equal(renamed.status, 200, renamed.text);
 
   const page = await browser.newPage();
   await signIn(page, owner.token);
   await page.locator('#orgs:not([hidden])').waitFor();
   assert.match(await text(page, '#orgs h3'), /Riverside College/);
   assert.equal(await text(page, '[data-testid="org-wallet"]'), 'Wallet: 100 credits available');
-  assert.match(await text(page, '[data-testid="org-members"]'), new RegExp(ada.email.replace('.', '\\.')));
+  assert.deepEqual(await cells(page, 'org-members'), [[owner.email, 'owner', '—'], [ada.email, 'member', '—']]);
 
   // Invite by email: the invitation exists, addressed to them.
   await page.getByLabel('email to invite').fill('newcomer@school.test');
@@ -67,15 +77,19 @@ browserTest('an owner runs the organisation from the page; a member sees only th
   await page.getByLabel('credits per member').fill('10');
   await page.getByRole('button', { name: 'Give every member' }).click();
   await page.locator('[data-testid="org-wallet"]', { hasText: 'Wallet: 90 credits available' }).waitFor();
-  assert.equal(await allowanceOf(org, ada.id), '10');
-  assert.match(await text(page, '[data-testid="org-members"]'), /10/);
+  assert.deepEqual([await balanceOf(org, null), await balanceOf(org, ada.id)], ['90', '10'], 'in the database too');
+  assert.deepEqual(await cells(page, 'org-members'), [[owner.email, 'owner', '—'], [ada.email, 'member', '10']]);
 
-  // Ada spends from her allowance; the owner's report shows it.
-  assert.equal((await usage(ada.token)).status, 201);
+  // Ada spends from her allowance; the owner's report shows it: one row for the day, her and the model.
+  const spent = await usage(ada.token);
+  assert.equal(spent.status, 201, spent.text);
+  const day = new Date().toISOString().slice(0, 10);
   await page.reload();
   await page.waitForSelector('body[data-ready="true"]');
-  const report = await text(page, '[data-testid="org-usage"]');
-  assert.match(report, new RegExp(`${ada.email.replace('.', '\\.')}gpt-4o-mini`));
+  const head = await page.locator('[data-testid="org-usage"] th').allTextContents();
+  assert.deepEqual(head, ['Day', 'Member', 'Model', 'Credits', 'Charges']);
+  const charged = roundedCredits((spent.body.data as { charged: string }).charged);
+  assert.deepEqual(await cells(page, 'org-usage'), [[day, ada.email, 'gpt-4o-mini', charged, '1']]);
   await assertLegible(page, 'owner');
 
   // Buy mini for the organisation through hosted Checkout: the wallet grows by 5,000.

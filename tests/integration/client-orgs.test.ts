@@ -1,12 +1,29 @@
 // The typed client's organisation methods (through real supabase-js) against the running stack:
 // an owner creates a school, invites, renames it, funds allowances, caps a pool, reads the
-// members, the usage report and the ledger; a student accepts and sees their allowance; each
-// answer has the shape the contract types say.
+// members, the usage report and the ledger, and buys credits for it through Checkout; a student
+// accepts and sees their allowance, another declines. Every answer is checked field by field
+// against its contract type: the same fields, no more, each of the JSON kind the type says.
 import assert from 'node:assert/strict';
 import { createClient } from '@supabase/supabase-js';
-import { BillingError, createBillingClient } from '../../client/mod.ts';
-import { adminToken, api, supabaseUrl, testDb } from '../helpers.ts';
+import {
+  type AllowancesFunded,
+  BillingError,
+  type CheckoutSession,
+  createBillingClient,
+  type InvitationAnswer,
+  type MemberCap,
+  type MemberRemoved,
+  type Org,
+  type OrgInvitation,
+  type OrgLedgerEntry,
+  type OrgMember,
+  type OrgSummary,
+  type OrgUsageRow,
+  type Wallet,
+} from '../../client/mod.ts';
+import { adminToken, api, newUser, supabaseUrl, testDb, userToken } from '../helpers.ts';
 import { key, person } from '../orgs.ts';
+import { emulator } from '../purchases.ts';
 
 const billingFor = (token: string) =>
   createBillingClient(createClient(supabaseUrl, 'anon-key', { accessToken: () => Promise.resolve(token) }), {
@@ -14,27 +31,154 @@ const billingFor = (token: string) =>
     maxDelayMs: 20,
   });
 
-Deno.test('the client runs an organisation: invitations, allowances, caps, members, usage and ledger', async () => {
-  const [owner, ada] = await Promise.all([person('client-owner'), person('client-ada')]);
-  const admin = billingFor(owner.token);
+// ------------------------------------------------------------------ the contract's shapes
+
+type Kind = 'string' | 'credits' | 'time' | 'number' | 'boolean' | 'object' | 'array' | 'null';
+/** Every field of T with the JSON kinds it may take: the compiler refuses a missing or extra field. */
+type Shape<T> = { [K in keyof T]-?: Kind | Kind[] };
+
+function kindOf(v: unknown): Kind[] {
+  if (v === null) return ['null'];
+  if (Array.isArray(v)) return ['array'];
+  if (typeof v !== 'string') return [typeof v as Kind];
+  const kinds: Kind[] = ['string'];
+  if (/^-?\d+(\.\d+)?$/.test(v)) kinds.push('credits'); // an exact decimal string
+  if (/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/.test(v)) kinds.push('time'); // as toISOString writes it
+  return kinds;
+}
+
+/** `value` has exactly the fields of its contract type, each of a kind the type allows. */
+function assertShape<T>(value: T, shape: Shape<T>, what: string) {
+  const fields = value as Record<string, unknown>;
+  assert.deepEqual(Object.keys(fields).sort(), Object.keys(shape).sort(), `${what}: the contract's fields`);
+  for (const [field, allowed] of Object.entries(shape) as [string, Kind | Kind[]][]) {
+    const seen = kindOf(fields[field]);
+    const ok = [allowed].flat().some((k) => seen.includes(k));
+    assert.ok(ok, `${what}.${field} is ${JSON.stringify(fields[field])}; the contract says ${allowed}`);
+  }
+}
+
+const WalletShape: Shape<Wallet> = { balance: 'credits', held: 'credits', available: 'credits' };
+const SummaryShape: Shape<OrgSummary> = {
+  id: 'string',
+  name: 'string',
+  funding: 'string',
+  org_pays_first: 'boolean',
+  term_started_at: 'time',
+  term_ends_at: ['time', 'null'],
+  created_at: 'time',
+  role: 'string',
+};
+const OrgShape: Shape<Org> = { ...SummaryShape, wallet: ['object', 'null'], allowance: ['object', 'null'] };
+const InvitationShape: Shape<OrgInvitation> = {
+  id: 'string',
+  org_id: 'string',
+  email: 'string',
+  role: 'string',
+  status: 'string',
+  expires_at: 'time',
+  token: 'string',
+};
+const AnswerShape: Shape<InvitationAnswer> = { org_id: 'string', status: 'string' };
+const MemberShape: Shape<OrgMember> = {
+  user_id: 'string',
+  email: ['string', 'null'],
+  role: 'string',
+  active: 'boolean',
+  joined_at: 'time',
+  removed_at: ['time', 'null'],
+  allowance: ['object', 'null'],
+};
+const RemovedShape: Shape<MemberRemoved> = { org_id: 'string', user_id: 'string', active: 'boolean' };
+const CapShape: Shape<MemberCap> = { period: 'string', cap: 'credits', spent: 'credits', resets_at: ['time', 'null'] };
+const FundedShape: Shape<AllowancesFunded> = { org_id: 'string', funded: 'array', wallet: 'object' };
+const FundingShape: Shape<AllowancesFunded['funded'][number]> = {
+  user_id: 'string',
+  transfer_id: 'string',
+  amount: 'credits',
+};
+const UsageShape: Shape<OrgUsageRow> = {
+  member_id: 'string',
+  model: ['string', 'null'],
+  period_start: 'time',
+  credits: 'credits',
+  charges: 'number',
+};
+const LedgerShape: Shape<OrgLedgerEntry> = {
+  id: 'string',
+  kind: 'string',
+  amount: 'credits',
+  balance_after: 'credits',
+  member_id: ['string', 'null'],
+  created_at: 'time',
+};
+const CheckoutShape: Shape<CheckoutSession> = {
+  purchase_id: 'string',
+  status: 'string',
+  package_id: 'string',
+  session_id: ['string', 'null'],
+  url: ['string', 'null'],
+  expires_at: ['time', 'null'],
+  client_temp_id: ['string', 'null'],
+  price_cents: 'number',
+  currency: 'string',
+  credits: 'credits',
+  bonus_credits: 'credits',
+};
+
+/** An org's answer with its wallet and allowance (when present) checked too. */
+function assertOrg(org: Org, what: string) {
+  assertShape(org, OrgShape, what);
+  if (org.wallet) assertShape(org.wallet, WalletShape, `${what}.wallet`);
+  if (org.allowance) assertShape(org.allowance, WalletShape, `${what}.allowance`);
+}
+
+// ------------------------------------------------------------------ the methods
+
+Deno.test('each organisation method of the client answers what its contract type says', async () => {
+  // The owner signed up without an email address (as a phone sign-in does): members() says null.
+  const ownerId = await newUser();
+  const [ada, bob] = await Promise.all([person('client-ada'), person('client-bob')]);
+  const admin = billingFor(await userToken(ownerId));
   const student = billingFor(ada.token);
 
   const org = await admin.createOrg({ name: 'Client Academy' });
-  assert.deepEqual([org.role, org.funding, org.org_pays_first, org.wallet?.balance], ['owner', 'allowance', true, '0']);
+  assertOrg(org, 'createOrg');
+  assert.deepEqual([org.role, org.funding, org.org_pays_first, org.wallet, org.allowance], [
+    'owner',
+    'allowance',
+    true,
+    { balance: '0', held: '0', available: '0' },
+    null,
+  ]);
   const renamed = await admin.updateOrg(org.id, { name: 'Client Academy II', org_pays_first: false });
+  assertOrg(renamed, 'updateOrg');
   assert.deepEqual([renamed.name, renamed.org_pays_first], ['Client Academy II', false]);
+  const listed = await admin.orgs();
+  listed.forEach((o, i) => assertShape(o, SummaryShape, `orgs[${i}]`));
+  assert.deepEqual(listed.map((o) => [o.id, o.role, o.name]), [[org.id, 'owner', 'Client Academy II']]);
 
+  // Invitations: Ada accepts hers; Bob declines his; nobody answers another's.
   const invitation = await admin.invite(org.id, { email: ada.email });
+  assertShape(invitation, InvitationShape, 'invite');
   assert.deepEqual([invitation.status, invitation.role, invitation.email], ['pending', 'member', ada.email]);
   assert.match(invitation.token, /^[A-Za-z0-9_-]{43}$/);
-  assert.deepEqual(await student.acceptInvitation(invitation.token), { org_id: org.id, status: 'accepted' });
-  const again = await admin.invite(org.id, { email: 'later@school.test' });
+  const accepted = await student.acceptInvitation(invitation.token);
+  assertShape(accepted, AnswerShape, 'acceptInvitation');
+  assert.deepEqual(accepted, { org_id: org.id, status: 'accepted' });
+  const toBob = await admin.invite(org.id, { email: bob.email, role: 'admin' });
   assert.equal(
-    (await billingFor((await person('later')).token).declineInvitation(again.token).catch((e) => e)).code,
+    (await student.declineInvitation(toBob.token).catch((e) => e)).code,
     'INVITATION_NOT_FOUND',
     'only the addressee can answer',
   );
+  const declined = await billingFor(bob.token).declineInvitation(toBob.token);
+  assertShape(declined, AnswerShape, 'declineInvitation');
+  assert.deepEqual(declined, { org_id: org.id, status: 'declined' });
+  const [bobs] = await testDb`select status from billing.org_invitations where id = ${toBob.id}`;
+  assert.equal(bobs.status, 'declined');
 
+  // A platform admin grants 100; the owner funds every member's allowance with 30.
   const granted = await api(`/orgs/${org.id}/grants`, {
     token: await adminToken(),
     body: { amount: '100', reason: 'client test' },
@@ -42,10 +186,22 @@ Deno.test('the client runs an organisation: invitations, allowances, caps, membe
   });
   assert.equal(granted.status, 201, granted.text);
   const funded = await admin.fundAllowances(org.id, { amount: '30' });
+  assertShape(funded, FundedShape, 'fundAllowances');
+  assertShape(funded.wallet, WalletShape, 'fundAllowances.wallet');
+  funded.funded.forEach((f, i) => assertShape(f, FundingShape, `fundAllowances.funded[${i}]`));
   assert.deepEqual(funded.funded.map((f) => [f.user_id, f.amount]), [[ada.id, '30']]);
   assert.equal(funded.wallet.available, '70');
-  assert.deepEqual((await student.org(org.id)).allowance, { balance: '30', held: '0', available: '30' });
-  assert.equal((await student.org(org.id)).wallet, null, 'a member does not see the wallet');
+  const [transfer] = await testDb`select idempotency_key from billing.transfers where id = ${
+    funded.funded[0].transfer_id
+  }`;
+  assert.match(transfer.idempotency_key, /^allowance:[0-9a-f-]{36}:/, 'the client sent an Idempotency-Key');
+  const seen = await student.org(org.id);
+  assertOrg(seen, 'org (as a member)');
+  assert.deepEqual([seen.role, seen.wallet, seen.allowance], ['member', null, {
+    balance: '30',
+    held: '0',
+    available: '30',
+  }], 'a member sees their allowance, not the wallet');
   await assert.rejects(
     student.fundAllowances(org.id, { amount: '1' }),
     (e: unknown) => e instanceof BillingError && e.code === 'ORG_FORBIDDEN' && e.status === 403,
@@ -54,27 +210,66 @@ Deno.test('the client runs an organisation: invitations, allowances, caps, membe
   // The organisation pays after the student's own credits (org_pays_first: false); she has none.
   const charged = await student.recordUsage({ model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 });
   const members = await admin.members(org.id);
-  const mine = members.find((m) => m.user_id === ada.id);
-  assert.equal(mine?.allowance?.balance, String(30 - Number(charged.charged)));
-  assert.deepEqual(members.map((m) => m.role).sort(), ['member', 'owner']);
+  members.forEach((m, i) => {
+    assertShape(m, MemberShape, `members[${i}]`);
+    if (m.allowance) assertShape(m.allowance, WalletShape, `members[${i}].allowance`);
+  });
+  assert.deepEqual(members.map((m) => [m.user_id, m.email, m.role]), [
+    [ownerId, null, 'owner'],
+    [ada.id, ada.email, 'member'],
+  ]);
+  assert.equal(members[1].allowance?.balance, String(30 - Number(charged.charged)));
   const usage = await admin.orgUsage(org.id, { from: '2026-01-01T00:00:00Z', to: '2100-01-01T00:00:00Z' });
+  usage.forEach((r, i) => assertShape(r, UsageShape, `orgUsage[${i}]`));
   assert.deepEqual(usage.map((r) => [r.member_id, r.model, r.credits, r.charges]), [[
     ada.id,
     'gpt-4o-mini',
     charged.charged,
     1,
   ]]);
+  const monthly = await admin.orgUsage(org.id, {
+    from: '2026-01-01T00:00:00Z',
+    to: '2100-01-01T00:00:00Z',
+    period: 'month',
+  });
+  assert.match(monthly[0].period_start, /^\d{4}-\d\d-01T00:00:00\.000Z$/, 'a month starts on its first day');
+  assert.equal(
+    (await student.orgUsage(org.id, { from: '2026-01-01T00:00:00Z', to: '2100-01-01T00:00:00Z' })).length,
+    1,
+  );
+
+  // The ledger, newest first, a page at a time (the cursor is the last entry's id).
   const ledger = await admin.orgLedger(org.id, { limit: 10 });
-  assert.deepEqual(ledger.map((e) => e.kind), ['allowance', 'adjustment']);
-  assert.equal(ledger[0].member_id, ada.id);
+  ledger.forEach((e, i) => assertShape(e, LedgerShape, `orgLedger[${i}]`));
+  assert.deepEqual(ledger.map((e) => [e.kind, e.amount, e.member_id]), [
+    ['allowance', '-30', ada.id],
+    ['adjustment', '100', null],
+  ]);
+  const [first] = await admin.orgLedger(org.id, { limit: 1 });
+  const next = await admin.orgLedger(org.id, { limit: 1, cursor: first.id });
+  assert.deepEqual([first.id, next.map((e) => e.id)], [ledger[0].id, [ledger[1].id]]);
+
+  // Buying for the organisation: startCheckout with org_id; paid, the credits land in its wallet.
+  const pending = admin.startCheckout({ package_id: 'mini', org_id: org.id });
+  const session = await pending.done;
+  assertShape(session, CheckoutShape, 'startCheckout (org)');
+  assert.equal(session.client_temp_id, pending.tempId);
+  const [purchase] = await testDb`select org_id, user_id from billing.purchases where id = ${session.purchase_id}`;
+  assert.deepEqual([purchase.org_id, purchase.user_id], [org.id, ownerId]);
+  await emulator(`/_emulator/checkout/sessions/${session.session_id}/pay`, { outcome: 'succeeded' });
+  const credits = Number(session.credits) + Number(session.bonus_credits);
+  assert.equal((await admin.org(org.id)).wallet?.balance, String(70 + credits));
+  assert.equal((await admin.balance()).balance, '0', "the buyer's own account gets nothing");
 
   // A pool caps each member.
-  await admin.updateOrg(org.id, { funding: 'pool' });
-  const [cap] = await admin.setMemberCap(org.id, ada.id, { period: 'week', amount: '5' });
-  assert.deepEqual([cap.period, cap.cap, cap.spent], ['week', '5', '0']);
-  assert.deepEqual((await admin.orgs()).map((o) => [o.id, o.role]), [[org.id, 'owner']]);
+  assertOrg(await admin.updateOrg(org.id, { funding: 'pool' }), 'updateOrg (pool)');
+  const caps = await admin.setMemberCap(org.id, ada.id, { period: 'week', amount: '5' });
+  caps.forEach((c, i) => assertShape(c, CapShape, `setMemberCap[${i}]`));
+  assert.deepEqual(caps.map((c) => [c.period, c.cap, c.spent]), [['week', '5', '0']]);
+  assert.deepEqual(await admin.setMemberCap(org.id, ada.id, { period: 'week', amount: null }), [], 'null removes it');
 
   const removed = await admin.removeMember(org.id, ada.id);
+  assertShape(removed, RemovedShape, 'removeMember');
   assert.deepEqual(removed, { org_id: org.id, user_id: ada.id, active: false });
   await assert.rejects(student.org(org.id), (e: unknown) => e instanceof BillingError && e.code === 'ORG_NOT_FOUND');
   const [{ n }] = await testDb`select count(*)::int as n from billing.org_members where org_id = ${org.id} and active`;

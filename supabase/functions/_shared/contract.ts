@@ -233,7 +233,8 @@ export interface Wallet {
 
 export type OrgRole = 'owner' | 'admin' | 'member';
 
-export interface Org {
+/** An organisation in the caller's list (GET /orgs): no balances. */
+export interface OrgSummary {
   id: string;
   name: string;
   funding: 'allowance' | 'pool';
@@ -242,10 +243,14 @@ export interface Org {
   term_ends_at: string | null;
   created_at: string;
   role: OrgRole;
-  /** The organisation's wallet: owners and admins only. */
-  wallet?: Wallet | null;
-  /** The caller's own allowance in it, once funded. */
-  allowance?: Wallet | null;
+}
+
+/** One organisation (GET /orgs/:id, and what creating or changing one answers). */
+export interface Org extends OrgSummary {
+  /** The organisation's wallet: null unless the caller is an owner or admin. */
+  wallet: Wallet | null;
+  /** The caller's own allowance in it: null until one is funded. */
+  allowance: Wallet | null;
 }
 
 export interface OrgInvitation {
@@ -266,7 +271,8 @@ export interface InvitationAnswer {
 
 export interface OrgMember {
   user_id: string;
-  email: string;
+  /** From Supabase Auth: null for a user who signed up without one (by phone, say). */
+  email: string | null;
   role: OrgRole;
   active: boolean;
   joined_at: string;
