@@ -1,7 +1,7 @@
 -- School wallets: organisations, invitations, allowances and their sweep, a capped pool, the
 -- member's spending order, holds on the paying wallet, removal, RLS, and the ledger's invariants.
 begin;
-select plan(35);
+select plan(37);
 
 insert into auth.users (id, email) values
   ('eeeeeeee-0000-4000-8000-000000000001', 'owner@school.test'),
@@ -83,6 +83,9 @@ select is(pg_temp.avail((select org from ids), null), 400::numeric, 'a retry wit
 select is((select l.cost_cents from billing.lots l join billing.accounts a on a.id = l.account_id
            where a.member_id = 'eeeeeeee-0000-4000-8000-000000000002'), 0::numeric,
   'the allowance lot carries the wallet''s cost basis (a free grant: 0)');
+select is((select l.expires_at from billing.lots l join billing.accounts a on a.id = l.account_id
+           where a.member_id = 'eeeeeeee-0000-4000-8000-000000000002'), null,
+  'an allowance funded from credits that never expire never expires');
 
 -- The member's spending order: the organisation first, then their own credits.
 select billing.grant_credits('eeeeeeee-0000-4000-8000-000000000002', 50, 'purchase', 'ada-own');
@@ -118,8 +121,13 @@ select is(billing.sweep_ended_terms(), 0, 'a second run has nothing to do');
 
 -- ============================================================ removal
 
+update billing.lots set expires_at = now() + interval '10 days'
+where account_id = (select id from billing.accounts where org_id = (select org from ids) and member_id is null);
 select billing.fund_allowances('eeeeeeee-0000-4000-8000-000000000001', (select org from ids),
   'eeeeeeee-0000-4000-8000-000000000003', 100, 'bo-extra');
+select is((select l.expires_at from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
+           where t.idempotency_key like 'allowance:bo-extra:%'), now() + interval '10 days',
+  'an allowance drawn from expiring credits expires with them');
 select billing.remove_member('eeeeeeee-0000-4000-8000-000000000001', (select org from ids), 'eeeeeeee-0000-4000-8000-000000000003');
 select is(pg_temp.avail((select org from ids), 'eeeeeeee-0000-4000-8000-000000000003'), 0::numeric,
   'a removed member''s allowance sweeps back at once');
