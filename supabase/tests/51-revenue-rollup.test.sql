@@ -8,7 +8,7 @@
 begin;
 set transaction isolation level repeatable read;
 lock table billing.revenue_rollup, billing.daily_revenue in exclusive mode;
-select plan(30);
+select plan(33);
 
 create temp table t0 as select (now() at time zone 'UTC')::date as today;
 -- k days ago at hh:00 UTC.
@@ -192,6 +192,17 @@ select ok(pg_temp.same(9, 0, -1, 0), 'rolled-up days, today''s rolled-up part an
 select ok(pg_temp.same(0, 0, -1, 0), 'today alone');
 select is(billing.metrics_series((select today - 9 from t0), (select today + 1 from t0), 'day'),
   pg_temp.live_series((select today - 9 from t0), (select today + 1 from t0), 'day'), 'the daily series with today rolled up');
+
+-- A checkout opened within today's rolled-up span is paid after the roll-up (checkouts are paid
+-- minutes after they open): today's row still stands, and counts that checkout paid at read time.
+select pg_temp.purchase(2, 'mini', 'cs_rollup_today', greatest(pg_temp.at(0, 0), now() - interval '6 minutes'), null);
+select billing.refresh_revenue_rollup((select today from t0));
+update billing.purchases set status = 'paid', paid_at = now() where stripe_session_id = 'cs_rollup_today';
+select ok(coalesce(pg_temp.is_current(0), true), 'a checkout of today''s rolled-up span paid since leaves the row current');
+select ok(pg_temp.same(0, 0, -1, 0), 'and today equals the live computation, that checkout counted paid');
+select is((billing.revenue_metrics(pg_temp.at(0, 0), pg_temp.at(-1, 0)) -> 'conversion' ->> 'checkouts_paid')::int,
+  (select count(*)::int from billing.purchases where created_at >= pg_temp.at(0, 0) and status = 'paid' and stripe_session_id is not null),
+  'today''s checkouts paid are every checkout of today paid so far');
 
 -- A posting dated within today's rolled-up span is recorded now (a webhook a few minutes late):
 -- today's row is stale until the job runs again, and today is computed live meanwhile.
