@@ -1,7 +1,7 @@
 -- School wallets: organisations, invitations, allowances and their sweep, a capped pool, the
 -- member's spending order, holds on the paying wallet, removal, RLS, and the ledger's invariants.
 begin;
-select plan(37);
+select plan(38);
 
 insert into auth.users (id, email) values
   ('eeeeeeee-0000-4000-8000-000000000001', 'owner@school.test'),
@@ -162,6 +162,10 @@ set local request.jwt.claims = '{"sub": "eeeeeeee-0000-4000-8000-000000000004", 
 select is((select count(*) from billing.org_members) + (select count(*) from billing.orgs), 0::bigint, 'an outsider sees nothing');
 reset role;
 
+select is((select (m ->> 'user_balance_total')::numeric + (m ->> 'org_balance_total')::numeric
+                  + (select sum(v::numeric) from jsonb_each_text(m -> 'platform_balances') x(k, v))
+           from (select billing.ops_metrics() as m) o), 0::numeric,
+  'the liability in ops metrics counts organisations: users + organisations + platform accounts = 0');
 select is(billing.check_lots() -> 'accounts', '[]'::jsonb, 'every account''s lots add up to its balance, wallets and allowances included');
 
 select * from finish();

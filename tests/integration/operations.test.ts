@@ -23,6 +23,7 @@ Deno.test('GET /health/metrics is Prometheus text a real parser accepts, for adm
       'scholarlink_outbox_backlog',
       'scholarlink_ledger_platform_balance',
       'scholarlink_ledger_user_balance_total',
+      'scholarlink_ledger_org_balance_total',
       'scholarlink_charge_failure_ratio',
       'scholarlink_redis_breaker_open',
       'scholarlink_alerts_open',

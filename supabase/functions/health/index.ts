@@ -138,6 +138,12 @@ app.get('/metrics', async (c) => {
       {},
       Number(m.user_balance_total),
     ]])
+    .metric(
+      'scholarlink_ledger_org_balance_total',
+      'gauge',
+      "Credits held by organisations: wallets and members' allowances (the rest of the liability).",
+      [[{}, Number(m.org_balance_total)]],
+    )
     .metric('scholarlink_charge_failure_ratio', 'gauge', 'Failed ÷ attempted charges over the last hour.', [[
       {},
       m.charges_last_hour ? m.charge_failures_last_hour / m.charges_last_hour : 0,
