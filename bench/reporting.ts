@@ -387,7 +387,7 @@ try {
       'purchases_first_paid',
     ],
     ...['stripe_events_received', 'money_transfers_created', 'stripe_events_processed', 'money_transfers_late'],
-    ...['purchases_paid_late', 'stripe_events_finished_late', 'purchases_sessionless'],
+    ...['purchases_paid_late', 'stripe_events_finished_late_day', 'purchases_sessionless'],
   ];
   const newIndexes = await sql`
     select c.relname as name, pg_relation_size(c.oid)::bigint as size from pg_class c
