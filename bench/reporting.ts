@@ -1,10 +1,10 @@
 // Reporting at scale (issue #18): what GET /admin/metrics runs for its default 30 days
-// (billing.revenue_metrics for the range plus billing.metrics_series by day), on ~10 million
+// (billing.metrics_report: the range's total and its series by day), on ~10 million
 // generated credit transfers, in a private Postgres cluster this script creates and deletes.
 //   old:  the pre-#18 functions (bench/reporting-baseline.sql): every period from the raw rows
 //   live: billing.revenue_metrics_live, the new code with the roll-up bypassed
-//   new:  billing.revenue_metrics / metrics_series: rolled-up days (today's up to the last
-//         roll-up) from billing.revenue_rollup, the minutes since from the rows
+//   new:  billing.metrics_report: rolled-up days (today's up to the last roll-up) from
+//         billing.revenue_rollup, the minutes since from the rows, once for total and series
 // The three answers must be identical (a fast wrong answer fails the run). Then the write-path
 // cost of the indexes the reads need: WAL per debit and per paid purchase, and debits/s, with
 // and without them, and against a B-tree on created_at. Ratios against same-run baselines.
@@ -318,9 +318,13 @@ async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
 const fmtMs = (ms: number) => (ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(1)} ms`);
 const mb = (b: number) => `${(b / 1024 / 1024).toFixed(0)} MB`;
 
-// What GET /admin/metrics runs (supabase/functions/admin/index.ts), for the default range.
-const request = (schema: string, granularity: string, range: { from: string; to: string }) => `
-  select ${schema}.revenue_metrics('${range.from}'::timestamp at time zone 'UTC', '${range.to}'::timestamp at time zone 'UTC') as total,
+// What GET /admin/metrics runs (supabase/functions/admin/index.ts) for the default range; the
+// pre-#18 functions answered it with two calls.
+const request = (schema: string, granularity: string, range: { from: string; to: string }) =>
+  schema === 'billing'
+    ? `select r -> 'total' as total, r -> 'series' as series
+       from billing.metrics_report('${range.from}'::date, '${range.to}'::date, '${granularity}') r`
+    : `select ${schema}.revenue_metrics('${range.from}'::timestamp at time zone 'UTC', '${range.to}'::timestamp at time zone 'UTC') as total,
          ${schema}.metrics_series('${range.from}'::date, '${range.to}'::date, '${granularity}') as series`;
 
 try {

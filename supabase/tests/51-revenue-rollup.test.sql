@@ -8,7 +8,7 @@
 begin;
 set transaction isolation level repeatable read;
 lock table billing.revenue_rollup, billing.daily_revenue in exclusive mode;
-select plan(33);
+select plan(38);
 
 create temp table t0 as select (now() at time zone 'UTC')::date as today;
 -- k days ago at hh:00 UTC.
@@ -59,6 +59,14 @@ create function pg_temp.live_series(p_from date, p_to date, p_granularity text) 
       least(s + ('1 ' || p_granularity)::interval, p_to::timestamp) at time zone 'UTC') order by s), '[]'::jsonb)
   from generate_series(date_trunc(p_granularity, p_from::timestamp), p_to::timestamp - interval '1 microsecond',
     ('1 ' || p_granularity)::interval) s
+$$;
+-- Whether GET /admin/metrics's one call (billing.metrics_report: the range and its series from one
+-- set of parts) equals the live computation, from k days ago to tomorrow.
+create function pg_temp.report_is_live(k integer, p_granularity text) returns boolean language sql as $$
+  select billing.metrics_report(t.today - k, t.today + 1, p_granularity) = jsonb_build_object(
+    'total', billing.revenue_metrics_live(pg_temp.at(k, 0), pg_temp.at(-1, 0)),
+    'series', pg_temp.live_series(t.today - k, t.today + 1, p_granularity))
+  from t0 t
 $$;
 -- Whether revenue_metrics equals revenue_metrics_live over [k1 days ago h1:00, k2 days ago h2:00).
 create function pg_temp.same(k1 integer, h1 integer, k2 integer, h2 integer) returns boolean language sql as $$
@@ -132,6 +140,8 @@ select is(billing.metrics_series((select today - 9 from t0), (select today + 1 f
   pg_temp.live_series((select today - 9 from t0), (select today + 1 from t0), 'week'), 'the weekly series');
 select is(billing.metrics_series((select today - 40 from t0), (select today + 1 from t0), 'month'),
   pg_temp.live_series((select today - 40 from t0), (select today + 1 from t0), 'month'), 'the monthly series');
+select ok(pg_temp.report_is_live(9, 'day') and pg_temp.report_is_live(9, 'week') and pg_temp.report_is_live(40, 'month'),
+  'the report (range and series in one call) by day, week and month');
 select is((select metrics from billing.daily_revenue where day = (select today - 5 from t0)),
   billing.revenue_metrics_live(pg_temp.at(5, 0), pg_temp.at(4, 0)), 'a stored day''s numbers are its live numbers');
 
@@ -172,6 +182,7 @@ select is(pg_temp.current_days(), 4, 'the other closed days still stand');
 select ok(pg_temp.same(9, 0, -1, 0), 'late events show at once: stale days are computed live');
 select is(billing.metrics_series((select today - 9 from t0), (select today + 1 from t0), 'day'),
   pg_temp.live_series((select today - 9 from t0), (select today + 1 from t0), 'day'), 'the daily series after late events');
+select ok(pg_temp.report_is_live(9, 'day'), 'the report after late events');
 select is(pg_temp.usd_refunds(billing.revenue_metrics(pg_temp.at(3, 0), pg_temp.at(2, 0))) - (select pg_temp.usd_refunds(v) from before_late),
   250, 'the late refund counts on the day it happened');
 
@@ -192,6 +203,7 @@ select ok(pg_temp.same(9, 0, -1, 0), 'rolled-up days, today''s rolled-up part an
 select ok(pg_temp.same(0, 0, -1, 0), 'today alone');
 select is(billing.metrics_series((select today - 9 from t0), (select today + 1 from t0), 'day'),
   pg_temp.live_series((select today - 9 from t0), (select today + 1 from t0), 'day'), 'the daily series with today rolled up');
+select ok(pg_temp.report_is_live(9, 'day') and pg_temp.report_is_live(0, 'day'), 'the report with today rolled up');
 
 -- A checkout opened within today's rolled-up span is paid after the roll-up (checkouts are paid
 -- minutes after they open): today's row still stands, and counts that checkout paid at read time.
@@ -203,6 +215,7 @@ select ok(pg_temp.same(0, 0, -1, 0), 'and today equals the live computation, tha
 select is((billing.revenue_metrics(pg_temp.at(0, 0), pg_temp.at(-1, 0)) -> 'conversion' ->> 'checkouts_paid')::int,
   (select count(*)::int from billing.purchases where created_at >= pg_temp.at(0, 0) and status = 'paid' and stripe_session_id is not null),
   'today''s checkouts paid are every checkout of today paid so far');
+select ok(pg_temp.report_is_live(9, 'day'), 'the report counts that checkout paid too');
 
 -- A posting dated within today's rolled-up span is recorded now (a webhook a few minutes late):
 -- today's row is stale until the job runs again, and today is computed live meanwhile.
@@ -210,6 +223,7 @@ select pg_temp.money('stripe_fee', 'usd', greatest(pg_temp.at(0, 0), now() - int
   array[['b2c_revenue', '-30'], ['stripe_fees', '30']]);
 select ok(not coalesce(pg_temp.is_current(0), false), 'a posting for today''s rolled-up span recorded since makes it stale');
 select ok(pg_temp.same(9, 0, -1, 0), 'and the range still equals the live computation');
+select ok(pg_temp.report_is_live(9, 'week'), 'and so does the report');
 
 select * from finish();
 rollback;

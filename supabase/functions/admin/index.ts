@@ -77,13 +77,13 @@ app.get('/reports/daily', requireAdmin, async (c) => {
 
 app.get('/metrics', requireAdmin, async (c) => {
   const q = readQuery(c, MetricsSchema);
-  const [row] = await call((sql) =>
-    sql<{ total: Metrics; series: Metrics[] }[]>`
-      select billing.revenue_metrics(${q.from}::timestamp at time zone 'UTC', ${q.to}::timestamp at time zone 'UTC') as total,
-             billing.metrics_series(${q.from}::date, ${q.to}::date, ${q.granularity}) as series`
+  const [{ report }] = await call((sql) =>
+    sql<{ report: { total: Metrics; series: Metrics[] } }[]>`
+      select billing.metrics_report(${q.from}::date, ${q.to}::date, ${q.granularity}) as report`
   );
-  if (q.format === 'csv') return csv(c, metricsCsv(row.series), `metrics-${q.from}-${q.to}-${q.granularity}.csv`);
-  return ok(c, { from: q.from, to: q.to, granularity: q.granularity, total: row.total, series: row.series });
+  const { total, series } = report;
+  if (q.format === 'csv') return csv(c, metricsCsv(series), `metrics-${q.from}-${q.to}-${q.granularity}.csv`);
+  return ok(c, { from: q.from, to: q.to, granularity: q.granularity, total, series });
 });
 
 app.get('/ops', requireAdmin, async (c) => {
