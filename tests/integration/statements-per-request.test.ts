@@ -1,7 +1,8 @@
 // A money request is one SQL statement: the user's standing, the Idempotency-Key claim, the
 // ledger work and the stored answer happen in one call, so the account's row lock never waits
 // on a network round trip. Counted by pg_stat_statements for a gateway of its own that
-// connects as a role of its own (the statistics are kept per role).
+// connects as a role of its own (the statistics are kept per role). And that statement is one
+// round trip: counted at a proxy between that gateway and Postgres, which reads the protocol.
 import assert from 'node:assert/strict';
 import { adminToken, api, env, fund, newUser, testDb, userToken, withGateway } from '../helpers.ts';
 
@@ -22,12 +23,62 @@ async function statements(): Promise<number> {
   return n;
 }
 
-Deno.test('each money route runs exactly one SQL statement per request (pg_stat_statements)', async () => {
+/**
+ * A proxy in front of Postgres counting what the client sends: a Sync (or a simple Query) ends
+ * a flight the client then waits on; a Flush asks for answers mid-flight, and so is a round
+ * trip of its own (a statement with parameters and no prepared statement: Parse, Describe,
+ * Flush, then Bind, Execute, Sync).
+ */
+function countingPostgres(upstream: URL) {
+  const seen = { flights: 0, flushes: 0 };
+  const listener = Deno.listen({ hostname: '127.0.0.1', port: 0 });
+  const reader = () => {
+    let pending = new Uint8Array(0);
+    let started = false;
+    return new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, out) {
+        out.enqueue(chunk);
+        const buf = new Uint8Array(pending.length + chunk.length);
+        buf.set(pending);
+        buf.set(chunk, pending.length);
+        const view = new DataView(buf.buffer);
+        let at = 0;
+        for (;;) {
+          // Before start-up: untyped messages (an SSL or GSS request, then the start-up itself).
+          const head = started ? 1 : 0;
+          if (buf.length - at < head + 4) break;
+          const length = view.getInt32(at + head);
+          if (buf.length - at < head + length) break;
+          if (!started) started = ![80877103, 80877104].includes(view.getInt32(at + 4));
+          else if (buf[at] === 0x53 || buf[at] === 0x51) seen.flights++;
+          else if (buf[at] === 0x48) seen.flushes++;
+          at += head + length;
+        }
+        pending = buf.slice(at);
+      },
+    });
+  };
+  (async () => {
+    for await (const client of listener) {
+      const server = await Deno.connect({ hostname: upstream.hostname, port: Number(upstream.port) });
+      server.readable.pipeTo(client.writable).catch(() => {});
+      client.readable.pipeThrough(reader()).pipeTo(server.writable).catch(() => {});
+    }
+  })().catch(() => {});
+  const url = new URL(upstream.href);
+  url.hostname = '127.0.0.1';
+  url.port = String((listener.addr as Deno.NetAddr).port);
+  return { seen, url: url.href, close: () => listener.close() };
+}
+
+Deno.test('each money route runs exactly one SQL statement per request, in one round trip', async () => {
   const user = await newUser();
   await fund(user, '100');
   const token = await userToken(user);
   const admin = await adminToken();
-  await withGateway({ SUPABASE_DB_URL: direct.href, DB_POOLER_URL: direct.href, DB_POOL_MAX: '1' }, async (url) => {
+  const proxy = countingPostgres(direct);
+  const env = { SUPABASE_DB_URL: proxy.url, DB_POOLER_URL: proxy.url, DB_POOL_MAX: '1' };
+  await withGateway(env, async (url) => {
     const post = async (path: string, body: unknown, bearer = token) => {
       const r = await fetch(`${url}${path}`, {
         method: 'POST',
@@ -45,8 +96,14 @@ Deno.test('each money route runs exactly one SQL statement per request (pg_stat_
 
     const counted = async (what: string, fn: () => Promise<{ status: number; body: Record<string, unknown> }>) => {
       const before = await statements();
+      const trips = { ...proxy.seen };
       const r = await fn();
       assert.equal(await statements() - before, 1, `${what} (${r.status}) ran one statement`);
+      assert.deepEqual(
+        { flights: proxy.seen.flights - trips.flights, flushes: proxy.seen.flushes - trips.flushes },
+        { flights: 1, flushes: 0 },
+        `${what} was one round trip`,
+      );
       return r;
     };
     await counted('usage', () => post('/credits/usage', { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 }));
@@ -66,7 +123,11 @@ Deno.test('each money route runs exactly one SQL statement per request (pg_stat_
       'grant',
       () => post('/credits/grants', { user_id: user, amount: '1', reason: 'a test grant' }, admin),
     );
-  });
+    await counted('balance', async () => {
+      const r = await fetch(`${url}/credits/balance`, { headers: { authorization: `Bearer ${token}` } });
+      return { status: r.status, body: await r.json() };
+    });
+  }).finally(proxy.close);
   const balance = await api('/credits/balance', { token });
   assert.equal((balance.body.data as { balance: string }).balance, '98.98', 'and each moved what it should');
 });

@@ -86,6 +86,46 @@ export function db(): postgres.Sql {
   return pool;
 }
 
+/** What `inline` writes into a statement. */
+export type InlineValue = string | number | boolean | null;
+
+/**
+ * A statement with its values written in as SQL literals, for the hot routes: postgres.js sends
+ * it in one flight. Without prepared statements (`prepare: false`, for the transaction-mode
+ * pooler) postgres.js sends a statement that has parameters in two round trips (Parse +
+ * Describe, then, once the server has said the parameters' types, Bind + Execute); one without
+ * parameters goes as Parse + Bind + Execute + Sync at once. A string becomes an E'…' literal
+ * with its backslashes and quotes doubled (what libpq's PQescapeLiteral writes; the connection is
+ * UTF8, where no character's bytes can hold a quote or a backslash); a number must be a safe
+ * integer; anything else is refused. Cast in SQL where the type matters (`${json}::jsonb`).
+ * @example await oneTrip(sql, inline`select * from billing.get_balance(${userId})`)
+ */
+export function inline(strings: TemplateStringsArray, ...values: InlineValue[]): string {
+  return strings.reduce((text, s, i) => text + sqlLiteral(values[i - 1]) + s);
+}
+
+/**
+ * Sends a statement `inline` wrote as one flight of the extended protocol (Parse, Bind, Execute,
+ * Sync; one statement only, where the simple protocol would run several).
+ * @example const [b] = await oneTrip(sql, inline`select * from billing.get_balance(${userId})`)
+ */
+export function oneTrip<T extends postgres.Row[] = postgres.Row[]>(sql: postgres.Sql, statement: string) {
+  // `simple` is an option postgres.js reads but does not declare.
+  return sql.unsafe<T>(statement, [], { simple: false } as postgres.UnsafeQueryOptions);
+}
+
+function sqlLiteral(v: unknown): string {
+  if (v === null) return 'null';
+  if (typeof v === 'boolean') return v ? 'true' : 'false';
+  if (typeof v === 'number') {
+    if (!Number.isSafeInteger(v)) throw new TypeError('inline: a number must be a safe integer');
+    return v < 0 ? `(${v})` : String(v); // `x-${-1}` must not become a comment
+  }
+  if (typeof v !== 'string') throw new TypeError(`inline: cannot write a ${typeof v} as SQL`);
+  if (v.includes('\0')) throw new TypeError('inline: a string cannot hold NUL');
+  return `E'${v.replaceAll('\\', '\\\\').replaceAll("'", "''")}'`;
+}
+
 /**
  * SQL error tokens (raised as `message` with errcode P0001 and JSON `detail`) and how each
  * reaches the caller. The one place tokens become HTTP; docs/api.md lists the same table.

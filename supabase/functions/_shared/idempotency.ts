@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import type postgres from 'postgres';
 import type { AppContext } from './app.ts';
 import { currentUser, errorBody, successBody } from './app.ts';
-import { call, fromDbError, sqlRefusal } from './db.ts';
+import { call, fromDbError, inline, oneTrip, sqlRefusal } from './db.ts';
 import { AppError, internalError } from './errors.ts';
 
 const wellFormedKey = /^[\x21-\x7e]{1,255}$/;
@@ -203,9 +203,13 @@ export async function moneyRequest(
   opts: { admin?: boolean } = {},
 ): Promise<Response> {
   const { key, userId, hash } = requestIdentity(c, args);
+  // Values written in (inline): one round trip to the database, not two.
   const [r] = await call((sql) =>
-    sql<MoneyResponse[]>`select * from billing.run_money_request(${userId}, ${action}, ${key}, ${hash},
-      ${c.get('requestId')}, ${sql.json(args as postgres.JSONValue)}, ${successStatus}, ${opts.admin ?? false})`
+    oneTrip<MoneyResponse[]>(
+      sql,
+      inline`select * from billing.run_money_request(${userId}, ${action}, ${key}, ${hash},
+      ${c.get('requestId')}, ${JSON.stringify(args)}::jsonb, ${successStatus}, ${opts.admin ?? false})`,
+    )
   );
   const metadata = { requestId: r.request_id, timestamp: r.responded_at.toISOString() };
   const refusal = r.refusal_token === null

@@ -12,7 +12,7 @@ import {
   requireServiceRole,
   requireUser,
 } from '../_shared/app.ts';
-import { call } from '../_shared/db.ts';
+import { call, inline, oneTrip } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { moneyRequest } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
@@ -42,7 +42,7 @@ function holdId(raw: string): string {
 }
 
 app.get('/balance', requireUser, async (c) => {
-  const [b] = await call((sql) => sql`select * from billing.get_balance(${currentUser(c).id})`);
+  const [b] = await call((sql) => oneTrip(sql, inline`select * from billing.get_balance(${currentUser(c).id})`));
   return ok<Balance>(c, {
     balance: formatCredits(b.balance),
     held: formatCredits(b.held),
