@@ -3,8 +3,9 @@
 // string (quotes, backslashes, anything Unicode), and no value can end the literal early.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
+import postgres from 'postgres';
 import { inline, oneTrip } from '../../supabase/functions/_shared/db.ts';
-import { testDb } from '../helpers.ts';
+import { env, testDb } from '../helpers.ts';
 
 const readBack = async (v: string) => {
   const [{ v: back }] = await oneTrip<{ v: string }[]>(testDb, inline`select ${v}::text as v`);
@@ -46,6 +47,39 @@ Deno.test('values that try to end the literal stay values', async () => {
     inline`select 1-${-1} as n, ${true} as t, ${false} as f, ${null}::text as z`,
   );
   assert.deepEqual({ n, t, f, z }, { n: 2, t: true, f: false, z: null }, 'a negative number is not a comment');
+});
+
+Deno.test('the statement is ASCII whatever the values, and oneTrip runs one statement only', async () => {
+  const text = inline`select ${'é 😀 \ud800 ü'}::text as v`;
+  assert.match(text, /^[\x20-\x7e]*$/, 'non-ASCII is written as escapes');
+  assert.equal(await readBack('é 😀 \ud800 ü'), 'é 😀 \ufffd ü', 'a lone surrogate reads back as U+FFFD');
+  await assert.rejects(
+    oneTrip(testDb, inline`select 1; select ${2}`),
+    (e: { code?: string }) => e.code === '42601',
+    'two statements in one are refused (the extended protocol)',
+  );
+  // @ts-expect-error: a plain string is not an inline statement.
+  const typed = () => oneTrip(testDb, 'select 1');
+  assert.equal(typeof typed, 'function');
+});
+
+Deno.test('one-trip statements and statements with parameters share a pooled connection without hanging', async () => {
+  // One connection through the transaction-mode pooler, as the functions use it: postgres.js
+  // would pipeline one-trip statements, and a statement with parameters behind them got no answer.
+  const sql = postgres(env('DB_POOLER_URL'), { prepare: false, max: 1 });
+  await sql`select 1`; // one connection open: the next statements pipeline on it at once
+  const work: Promise<unknown>[] = [];
+  for (let i = 0; i < 10; i++) work.push(oneTrip(sql, inline`select pg_sleep(0.01), ${i} as i`));
+  work.push(sql`select ${'x'}::text as p, pg_sleep(0.01)`);
+  for (let i = 0; i < 10; i++) work.push(oneTrip(sql, inline`select ${i} as j`));
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const hung = new Promise((_, reject) => timer = setTimeout(() => reject(new Error('no answer in 10 s')), 10_000));
+  try {
+    await Promise.race([Promise.all(work), hung]);
+  } finally {
+    clearTimeout(timer);
+    await sql.end({ timeout: 1 });
+  }
 });
 
 Deno.test('inline refuses what it cannot write exactly', () => {

@@ -24,13 +24,13 @@ async function statements(): Promise<number> {
 }
 
 /**
- * A proxy in front of Postgres counting what the client sends: a Sync (or a simple Query) ends
- * a flight the client then waits on; a Flush asks for answers mid-flight, and so is a round
- * trip of its own (a statement with parameters and no prepared statement: Parse, Describe,
- * Flush, then Bind, Execute, Sync).
+ * A proxy in front of Postgres counting what the client sends: a Sync ends an extended-protocol
+ * flight the client then waits on; a Flush asks for answers mid-flight, and so is a round trip
+ * of its own (a statement with parameters and no prepared statement: Parse, Describe, Flush,
+ * then Bind, Execute, Sync); a Query is the simple protocol, which would run several statements.
  */
 function countingPostgres(upstream: URL) {
-  const seen = { flights: 0, flushes: 0 };
+  const seen = { syncs: 0, flushes: 0, queries: 0 };
   const listener = Deno.listen({ hostname: '127.0.0.1', port: 0 });
   const reader = () => {
     let pending = new Uint8Array(0);
@@ -50,7 +50,8 @@ function countingPostgres(upstream: URL) {
           const length = view.getInt32(at + head);
           if (buf.length - at < head + length) break;
           if (!started) started = ![80877103, 80877104].includes(view.getInt32(at + 4));
-          else if (buf[at] === 0x53 || buf[at] === 0x51) seen.flights++;
+          else if (buf[at] === 0x53) seen.syncs++;
+          else if (buf[at] === 0x51) seen.queries++;
           else if (buf[at] === 0x48) seen.flushes++;
           at += head + length;
         }
@@ -100,8 +101,12 @@ Deno.test('each money route runs exactly one SQL statement per request, in one r
       const r = await fn();
       assert.equal(await statements() - before, 1, `${what} (${r.status}) ran one statement`);
       assert.deepEqual(
-        { flights: proxy.seen.flights - trips.flights, flushes: proxy.seen.flushes - trips.flushes },
-        { flights: 1, flushes: 0 },
+        {
+          syncs: proxy.seen.syncs - trips.syncs,
+          flushes: proxy.seen.flushes - trips.flushes,
+          queries: proxy.seen.queries - trips.queries,
+        },
+        { syncs: 1, flushes: 0, queries: 0 },
         `${what} was one round trip`,
       );
       return r;
