@@ -8,6 +8,9 @@
 //                                      (summarise it with bench/cpu-profile.ts); BENCH_ONLY=<regex>
 //                                      runs only the matching cells (hello-world always runs);
 //                                      BENCH_GATEWAY_SCRIPT: another gateway (a patched copy, for what-ifs)
+//                                      BENCH_DB_DELAY_MS: the gateway reaches the database through a
+//                                      proxy that holds every packet this long each way (hosted: an
+//                                      edge region to the database's region)
 // Cells, each at 16 connections: hello-world; GET /health/healthz (the gateway's floor);
 // GET /credits/balance; POST /credits/usage over 256 accounts; POST /credits/usage with all 16
 // connections on one account. Every usage request carries a fresh Idempotency-Key.
@@ -119,6 +122,38 @@ const poolerPid = Deno.env.get('DB_POOLER_URL')
   : 0;
 const redisPid = await firstLineNumber('.local/run/redis.pid') || await redisServerOn(redisPort);
 
+/** A TCP proxy to `upstream` that delivers each packet `ms` after it arrived, in order, both ways. */
+function delayingProxy(upstream: URL, ms: number) {
+  const listener = Deno.listen({ hostname: '127.0.0.1', port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const delayed = () =>
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform: (chunk, out) => new Promise((r) => setTimeout(() => r(out.enqueue(chunk)), ms)),
+    });
+  (async () => {
+    for await (const client of listener) {
+      const server = await Deno.connect({ hostname: upstream.hostname, port: Number(upstream.port) });
+      conns.add(client).add(server);
+      client.readable.pipeThrough(delayed()).pipeTo(server.writable).catch(() => {});
+      server.readable.pipeThrough(delayed()).pipeTo(client.writable).catch(() => {});
+    }
+  })().catch(() => {});
+  const url = new URL(upstream.href);
+  url.hostname = '127.0.0.1';
+  url.port = String((listener.addr as Deno.NetAddr).port);
+  const close = () => {
+    listener.close();
+    for (const c of conns) {
+      try {
+        c.close();
+      } catch { /* already closed */ }
+    }
+  };
+  return { url: url.href, close };
+}
+const dbDelayMs = Number(Deno.env.get('BENCH_DB_DELAY_MS') ?? 0);
+const dbProxy = dbDelayMs > 0 ? delayingProxy(new URL(functionsDbUrl), dbDelayMs) : undefined;
+
 const gatewayPort = Number(Deno.env.get('BENCH_GATEWAY_PORT') ?? freePort());
 const helloPort = Number(Deno.env.get('BENCH_HELLO_PORT') ?? freePort());
 const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
@@ -160,6 +195,7 @@ const gateway = new Deno.Command(Deno.execPath(), {
     RATE_LIMIT_IP_PER_MIN: '50000000',
     RATE_LIMIT_DEFAULT_PER_MIN: '50000000',
     RATE_LIMIT_CREDITS_USAGE_PER_MIN: '50000000',
+    ...(dbProxy ? { DB_POOLER_URL: dbProxy.url } : {}),
   },
   stdout: 'null',
   stderr: 'null',
@@ -520,6 +556,7 @@ say(
   }`,
 );
 
+dbProxy?.close();
 await Deno.mkdir('bench/results', { recursive: true });
 const stamp = new Date().toISOString().slice(0, 19);
 await Deno.writeTextFile(`bench/results/request-path-${stamp}.md`, lines.join('\n') + '\n');
