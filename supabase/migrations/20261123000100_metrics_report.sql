@@ -4,9 +4,9 @@
 -- minutes of today since the last roll-up were read from the raw rows twice (30-40 ms each at
 -- 10 million transfers; bench/README.md, reporting). Now the parts of a range (a roll-up row per
 -- day where it is current, one live piece per day for the rest) are computed once, by
--- billing.metric_parts, and every metric is built from them (billing.metrics_of), for the range
--- and for each period of the series (the periods are whole days, so each takes its own days'
--- parts). billing.metrics_report returns both, for one call per request. Same answers: pgTAP
+-- billing.metric_parts, and every metric is built from them (billing.metrics_of, organisations
+-- included), for the range and for each period of the series (the periods are whole days, so
+-- each takes its own days' parts). billing.metrics_report returns both, for one call per request. Same answers: pgTAP
 -- (51-revenue-rollup) checks the report against revenue_metrics and metrics_series, and those
 -- against the raw rows.
 
@@ -218,17 +218,30 @@ begin
           'spent', trim_scale(x.promo_spent)::text, 'expired', trim_scale(x.promo_expired)::text))
       order by x.currency) from lot_lines x), '[]'::jsonb),
     'webhooks', (select jsonb_build_object('received', w.received, 'processed', w.ok,
-        'success_rate', case when w.received > 0 then round(w.ok::numeric / w.received, 6) end) from webhooks w)
+        'success_rate', case when w.received > 0 then round(w.ok::numeric / w.received, 6) end) from webhooks w),
+    -- Read from the rows for every period: an organisation's purchases and spending are few.
+    'organisations', billing.org_revenue(p_from, p_to)
   ));
 end;
 $$;
 comment on function billing.metrics_of(billing.metric_part[], timestamptz, timestamptz, boolean)
   is 'Internal: every metric for [from, to), one definition each (docs/metrics.md), from the parts billing.metric_parts made.';
 
-create or replace function billing.compute_revenue_metrics(p_from timestamptz, p_to timestamptz, p_use_rollup boolean) returns jsonb
+-- revenue_metrics and revenue_metrics_live are the two ways to make a range's parts; what
+-- compute_revenue_metrics did between them (and the organisations added after it) is metrics_of.
+create or replace function billing.revenue_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
 language sql stable
+security definer
 set search_path = ''
-as $$ select billing.metrics_of(billing.metric_parts(p_from, p_to, p_use_rollup), p_from, p_to, p_use_rollup) $$;
+as $$ select billing.metrics_of(billing.metric_parts(p_from, p_to, true), p_from, p_to, true) $$;
+
+create or replace function billing.revenue_metrics_live(p_from timestamptz, p_to timestamptz) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$ select billing.metrics_of(billing.metric_parts(p_from, p_to, false), p_from, p_to, false) $$;
+
+drop function billing.compute_revenue_metrics(timestamptz, timestamptz, boolean);
 
 -- Periods of a day, ISO week or month, clipped to [p_from, p_to), each with its metrics, from the
 -- parts of the whole range (each period takes the parts that start in it: they never straddle a day).
@@ -237,7 +250,7 @@ language sql stable
 set search_path = ''
 as $$
   select coalesce(jsonb_agg(billing.metrics_of(array(select x from unnest(p_parts) x where x.lo >= b.lo and x.lo < b.hi),
-        b.lo, b.hi, true) || jsonb_build_object('organisations', billing.org_revenue(b.lo, b.hi)) order by b.lo), '[]'::jsonb)
+        b.lo, b.hi, true) order by b.lo), '[]'::jsonb)
   from (select greatest(s, p_from::timestamp) at time zone 'UTC' as lo,
                least(s + ('1 ' || p_granularity)::interval, p_to::timestamp) at time zone 'UTC' as hi
         from generate_series(date_trunc(p_granularity, p_from::timestamp), p_to::timestamp - interval '1 microsecond',
@@ -268,7 +281,7 @@ declare
   v_parts billing.metric_part[] := billing.metric_parts(v_from, v_to, true);
 begin
   return jsonb_build_object(
-    'total', billing.metrics_of(v_parts, v_from, v_to, true) || jsonb_build_object('organisations', billing.org_revenue(v_from, v_to)),
+    'total', billing.metrics_of(v_parts, v_from, v_to, true),
     'series', billing.series_of(v_parts, p_from, p_to, p_granularity));
 end;
 $$;
