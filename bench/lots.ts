@@ -64,7 +64,7 @@ try {
     '1 lot, cap + alerts': await usersWithLots(1),
   };
   // A daily cap that never binds, its 50/80/100% alerts, and a low-balance alert: every check runs.
-  await sql`select billing.set_spend_cap(u, 'day', 'UTC', null, 1e15, u), billing.set_cap_alerts(u, 'day', null, '{50,80,100}'),
+  await sql`select billing.set_spend_cap(u, 'day', 'UTC', null, 1e15, u, 'self'), billing.set_cap_alerts(u, 'day', null, '{50,80,100}'),
       billing.set_low_balance_alert(u, 1) from unnest(${fixtures['1 lot, cap + alerts']}::uuid[]) u`;
   // Today's debit: the same function without the step that creates or draws lots.
   const [{ def }] = await sql`select pg_get_functiondef('billing.post_user_transfer'::regproc) as def`;

@@ -99,8 +99,9 @@ select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000002', 30, 'ada-de
 select is(pg_temp.own('eeeeeeee-0000-4000-8000-000000000002'), 20::numeric, 'a retry charges nothing again');
 select is(pg_temp.detail($$select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000002', 25, 'ada-debit-3')$$) -> 'wallets',
   jsonb_build_array(
-    jsonb_build_object('wallet', 'organisation', 'org_id', (select org from ids), 'available', '20', 'short_by', '5'),
-    jsonb_build_object('wallet', 'personal', 'available', '20', 'short_by', '5')),
+    jsonb_build_object('wallet', 'organisation', 'org_id', (select org from ids), 'available', '20', 'short_by', '5',
+      'reason', 'insufficient'),
+    jsonb_build_object('wallet', 'personal', 'available', '20', 'short_by', '5', 'reason', 'insufficient')),
   'a 402 names each wallet and what it lacked');
 
 -- A hold on the allowance, captured by the member.

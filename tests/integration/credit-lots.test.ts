@@ -39,6 +39,13 @@ const lots = async (token: string) => data<LotPage>(await api('/credits/lots', {
 const remaining = (all: Lot[]) => Object.fromEntries(all.map((l) => [l.id, l.remaining]));
 const inDays = (d: number) => new Date(Date.now() + d * 86_400_000).toISOString();
 
+/** Time passes for one lot: it is due (the ledger is immutable, lots and accounts are not). */
+async function backdate(lot: string) {
+  await testDb`with l as (update billing.lots set expires_at = now() - interval '1 second' where id = ${lot}
+                          returning account_id, expires_at)
+               update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id`;
+}
+
 Deno.test('spending order: priority, then earliest expiry, then oldest; each entry names the lots it drew', async () => {
   const s = await student();
   const paid = await grant(s.id, '100', { category: 'paid', cost_cents: '1000' });
@@ -155,7 +162,7 @@ Deno.test('while a purchase is disputed its lots are spent last; a lost dispute 
   await assertLedgerInvariants();
 });
 
-Deno.test('expiry: the sweep moves what is left to breakage, spares what a hold reserves, and warns first', async () => {
+Deno.test('expiry: the sweep moves what is left to breakage, held credits too (the hold gives way), and warns first', async () => {
   const s = await student();
   const lot = await grant(s.id, '100', { category: 'promotional', expires_at: inDays(5) });
   // The 7-day warning only (the lot never had 30 days), once.
@@ -168,23 +175,23 @@ Deno.test('expiry: the sweep moves what is left to breakage, spares what a hold 
 
   const hold = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '40' } });
   assert.equal(hold.status, 201, hold.text);
-  // Time passes: the lot is due (the ledger is immutable, lots are not: move its expiry back).
-  await testDb`update billing.lots set expires_at = now() - interval '1 second' where id = ${lot}`;
+  await backdate(lot);
   await testDb`select billing.expire_lots(100000)`;
-  assert.deepEqual(await balanceOf(s.token), { balance: '40', held: '40', available: '0' }, 'held credits stay');
+  assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' }, 'held credits expire too');
+  const [given] = await testDb`select status, metadata ->> 'given_amount' as given from billing.holds
+                               where id = ${data<{ hold_id: string }>(hold).hold_id}`;
+  assert.deepEqual(given, { status: 'released', given: '40' }, 'the hold gave way to the expiry');
   await testDb`select billing.expire_lots(100000)`; // a rerun changes nothing
-  assert.equal((await balanceOf(s.token)).balance, '40');
+  assert.equal((await balanceOf(s.token)).balance, '0');
   const release = await api(`/credits/holds/${data<{ hold_id: string }>(hold).hold_id}/release`, {
     token: s.token,
     headers: key(),
     body: {},
   });
-  assert.equal(release.status, 200);
-  await testDb`select billing.expire_lots(100000)`;
-  assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' });
+  assert.equal(release.status, 200, 'releasing it after is a no-op');
   const expiries = await testDb`select t.amount::text as amount, t.kind from billing.transfers t
     join billing.lot_allocations la on la.transfer_id = t.id where la.lot_id = ${lot} and t.kind = 'expiry' order by t.id`;
-  assert.deepEqual(expiries.map((e) => Number(e.amount)), [60, 40]);
+  assert.deepEqual(expiries.map((e) => Number(e.amount)), [100]);
   assert.equal(data<Balance>(await api('/credits/balance', { token: s.token })).expiring, null);
   await assertLedgerInvariants();
 });
@@ -216,7 +223,7 @@ Deno.test('parallel debits, batch events, expiry sweeps and refunds on one accou
   const co = await buy(s.token, 'starter');
   for (let i = 0; i < 5; i++) {
     const lot = await grant(s.id, '200', { category: 'promotional', expires_at: inDays(1 + i) });
-    if (i < 2) await testDb`update billing.lots set expires_at = now() - interval '1 second' where id = ${lot}`;
+    if (i < 2) await backdate(lot);
   }
   const batch = () =>
     api('/credits/usage/batch', {

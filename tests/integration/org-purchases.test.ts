@@ -1,6 +1,6 @@
 // An organisation buys credits through Stripe Checkout like a student: the credits land in its
-// wallet, the receipt names it, and refunds and disputes take them back from the wallet,
-// into debt when its members have already received them as allowances.
+// wallet, the receipt names it, and refunds and disputes take them back from wherever they were
+// moved (the wallet, members' allowances), into debt only for what was already spent.
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, testDb } from '../helpers.ts';
 import { key, person, school, usage, walletOf } from '../orgs.ts';
@@ -75,11 +75,14 @@ Deno.test("a refund and a lost dispute take an organisation's credits back from 
   await emulator(`/_emulator/charges/${charge}/refund`, { amount: 100 });
   assert.equal((await walletOf(owner.token, org)).balance, '0');
 
-  // The rest is disputed and lost: 4,000 more is owed, which the wallet carries as debt. The
-  // allowances already given stay with the members (they were the organisation's to give).
+  // The rest is disputed and lost: the 4,000 went to the members' allowances and is taken back
+  // from there (the credits follow their purchase); the wallet owes only what Ada spent (3).
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
-  assert.deepEqual(await walletOf(owner.token, org), { balance: '-4000', held: '0', available: '-4000' });
+  assert.deepEqual(await walletOf(owner.token, org), { balance: '-3', held: '0', available: '-3' });
+  const allowances = await testDb`select trim_scale(a.balance)::text as balance from billing.accounts a
+                                  where a.org_id = ${org} and a.member_id is not null`;
+  assert.deepEqual(allowances.map((a) => a.balance), ['0', '0']);
   const refused = await api(`/orgs/${org}/allowances`, { token: owner.token, body: { amount: '1' }, headers: key() });
   assert.equal(refused.status, 402, 'a wallet in debt funds nobody');
 
@@ -88,7 +91,7 @@ Deno.test("a refund and a lost dispute take an organisation's credits back from 
   await emulator(`/_emulator/checkout/sessions/${(again.body.data as { session_id: string }).session_id}/pay`, {
     outcome: 'succeeded',
   });
-  assert.equal((await walletOf(owner.token, org)).balance, '5990');
+  assert.equal((await walletOf(owner.token, org)).balance, '9987');
 
   // The platform's numbers: the organisation's money in revenue_metrics, and its member's spending.
   const [{ metrics }] =

@@ -130,10 +130,11 @@ Deno.test('a job whose reserve would pass the cap is 402 and creates no job', as
   assert.equal((r.body.error as { code: string }).code, 'SPEND_CAP_REACHED');
 });
 
-Deno.test('an admin caps any student; a student cannot cap another; a null amount removes a cap', async () => {
+Deno.test("an admin caps any student; a student cannot cap another nor remove the admin's cap; the admin's null removes it", async () => {
   const s = await student();
   const other = await student();
-  await setCap(await adminToken(), { period: 'day', amount: '5' }, `/credits/caps/users/${s.id}`);
+  const admin = await adminToken();
+  await setCap(admin, { period: 'day', amount: '5' }, `/credits/caps/users/${s.id}`);
   assert.equal((await use(s.token, 6)).status, 402);
   const denied = await api(`/credits/caps/users/${s.id}`, {
     method: 'PUT',
@@ -141,7 +142,14 @@ Deno.test('an admin caps any student; a student cannot cap another; a null amoun
     body: { period: 'day', amount: null },
   });
   assert.equal(denied.status, 403);
-  assert.deepEqual(await setCap(s.token, { period: 'day', amount: null }), []);
+  const own = await setCap(s.token, { period: 'day', amount: null });
+  assert.deepEqual(
+    own.map((c) => [c.set_by, c.cap]),
+    [['admin', '5']],
+    "the student's null removes only a cap of their own",
+  );
+  assert.equal((await use(s.token, 6)).status, 402);
+  assert.deepEqual(await setCap(admin, { period: 'day', amount: null }, `/credits/caps/users/${s.id}`), []);
   assert.equal((await use(s.token, 6)).status, 201);
 });
 

@@ -91,6 +91,8 @@ export interface SpendCap {
   time_zone: string;
   /** null: all spending. */
   model: string | null;
+  /** self: the student's own (they may change it); admin: only an admin changes it. Every cap applies. */
+  set_by: 'self' | 'admin';
   cap: Credits;
   spent: Credits;
   remaining: Credits;

@@ -116,22 +116,25 @@ app.get('/caps', requireUser, async (c) => {
   return ok<SpendCap[]>(c, caps);
 });
 
-/** Sets (or, amount null, removes) one of `userId`'s caps; answers with all of them. */
-async function setCap(c: AppContext, userId: string) {
+/**
+ * Sets (or, amount null, removes) one of `userId`'s caps of one owner; answers with all of them.
+ * A student's own caps and an admin's are separate rows: each may change only its own.
+ */
+async function setCap(c: AppContext, userId: string, owner: 'self' | 'admin') {
   const cap = await readJson(c, CapRequestSchema);
   const [{ caps }] = await call((sql) =>
     sql`select billing.set_spend_cap(${userId}, ${cap.period}, ${cap.time_zone}, ${cap.model}, ${cap.amount},
-      ${currentUser(c).id}) as caps`
+      ${currentUser(c).id}, ${owner}) as caps`
   );
   return ok<SpendCap[]>(c, caps);
 }
 
-// A student caps their own spending; an admin caps anyone's.
-app.put('/caps', requireUser, (c) => setCap(c, currentUser(c).id));
+// A student caps their own spending; an admin caps anyone's, and only an admin lifts that cap.
+app.put('/caps', requireUser, (c) => setCap(c, currentUser(c).id, 'self'));
 app.put('/caps/users/:user_id', requireAdmin, (c) => {
   const userId = c.req.param('user_id');
   if (!isUuid(userId)) throw new AppError('validation', 'VALIDATION_FAILED', 'user_id must be a UUID.');
-  return setCap(c, userId);
+  return setCap(c, userId, 'admin');
 });
 
 app.get('/alerts', requireUser, async (c) => {
