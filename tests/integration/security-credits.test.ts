@@ -156,7 +156,7 @@ Deno.test('a refund reaches credits moved into an allowance once the wallet has 
   await assertLedgerInvariants();
 });
 
-Deno.test('moving credits keeps each lot as it was, and reports do not count a move as new money', async () => {
+Deno.test('moving credits keeps each lot as it was: a paid lot moved into an allowance does not start to expire', async () => {
   const [me, alt] = await Promise.all(['me', 'alt'].map(person));
   const org = await school(me, [alt], 'allowance', null);
   // A free grant that expires (the promotional default) and paid credits that never do.
@@ -166,15 +166,7 @@ Deno.test('moving credits keeps each lot as it was, and reports do not count a m
     body: { amount: '10', reason: 'pilot', kind: 'promo_grant' },
   });
   assert.equal(g.status, 201, g.text);
-  const co = await api('/checkout/sessions', {
-    token: me.token,
-    body: { package_id: 'mini', org_id: org },
-    headers: key(),
-  });
-  const { session_id, purchase_id } = co.body.data as { session_id: string; purchase_id: string };
-  await emulator(`/_emulator/checkout/sessions/${session_id}/pay`, { outcome: 'succeeded' });
-
-  const [{ t0 }] = await testDb`select clock_timestamp() as t0`;
+  const purchase = await orgBuys(me.token, org);
   assert.equal(
     (await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5010' }, headers: key() })).status,
     201,
@@ -185,22 +177,37 @@ Deno.test('moving credits keeps each lot as it was, and reports do not count a m
     where a.org_id = ${org} and a.member_id = ${alt.id} order by l.category`;
   assert.deepEqual(
     lots.map((l) => [l.category, l.amount, l.expires_at === null, l.purchase_id, l.cost_cents]),
-    [['paid', '5000', true, purchase_id, '500'], ['promotional', '10', false, null, '0']],
+    [['paid', '5000', true, purchase, '500'], ['promotional', '10', false, null, '0']],
     'the paid lot still never expires; the free one keeps its own expiry',
   );
-
-  // Removed, the member's allowance is swept back: two moves, no new money.
-  const removed = await api(`/orgs/${org}/members/${alt.id}`, { method: 'DELETE', token: me.token });
-  assert.equal(removed.status, 200, removed.text);
-  assert.equal((await walletOf(me.token, org)).balance, '5010');
-  const [{ m }] = await testDb`select billing.revenue_metrics(${t0}, now() + interval '1 second') as m`;
-  const usd =
-    (m.credit_lots as { currency: string; paid_granted_cents: number; promotional_credits: { granted: string } }[])
-      .find((x) => x.currency === 'usd');
-  assert.equal(usd?.paid_granted_cents ?? 0, 0, 'no paid credits were granted by the moves');
-  assert.equal(usd?.promotional_credits.granted ?? '0', '0', 'nor free ones');
   await assertLedgerInvariants();
 });
+
+Deno.test('funding an allowance and sweeping it back counts no new money in the revenue report', async () => {
+  const [me, alt] = await Promise.all(['me', 'alt'].map(person));
+  const org = await school(me, [alt], 'allowance', null);
+  await orgBuys(me.token, org);
+  const [{ t0 }] = await testDb`select clock_timestamp() as t0`;
+  assert.equal(
+    (await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5000' }, headers: key() })).status,
+    201,
+  );
+  const removed = await api(`/orgs/${org}/members/${alt.id}`, { method: 'DELETE', token: me.token });
+  assert.equal(removed.status, 200, removed.text);
+  assert.equal((await walletOf(me.token, org)).balance, '5000', 'the allowance swept back');
+  const [{ m }] = await testDb`select billing.revenue_metrics(${t0}, now() + interval '1 second') as m`;
+  const usd = (m.credit_lots as { currency: string; paid_granted_cents: number }[]).find((x) => x.currency === 'usd');
+  assert.equal(usd?.paid_granted_cents ?? 0, 0, 'two moves, no paid credits granted');
+});
+
+/** The organisation's admin buys the mini package for it (5,000 credits for 5.00); its purchase id. */
+async function orgBuys(token: string, org: string) {
+  const co = await api('/checkout/sessions', { token, body: { package_id: 'mini', org_id: org }, headers: key() });
+  assert.equal(co.status, 201, co.text);
+  const { session_id, purchase_id } = co.body.data as { session_id: string; purchase_id: string };
+  await emulator(`/_emulator/checkout/sessions/${session_id}/pay`, { outcome: 'succeeded' });
+  return purchase_id;
+}
 
 Deno.test('credits of an expired lot cannot be spent by releasing and re-holding them, nor by capturing a hold', async () => {
   const s = { id: await newUser() };
