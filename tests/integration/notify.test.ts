@@ -71,7 +71,7 @@ Deno.test('bad, stale, future, unsigned or replayed-with-other-body requests are
     ['no signature', {}, body],
     ['a garbled signature', { 'x-signature': garble(await sign(body)) }, body],
     ['a stale timestamp', { 'x-signature': await sign(body, secrets[0], t - 301) }, body],
-    ['a timestamp from the future', { 'x-signature': await sign(body, secrets[0], t + 301) }, body],
+    ['a timestamp from the future', { 'x-signature': await sign(body, secrets[0], t + 330) }, body],
     ['the wrong secret', { 'x-signature': await sign(body, 'not-the-secret-at-all-0000') }, body],
     ['a signature for another body', { 'x-signature': await sign(body) }, message()],
     ['a wrong plain secret', { 'x-webhook-secret': 'wrong-secret-wrong-secret' }, body],
