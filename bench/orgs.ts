@@ -10,9 +10,9 @@
 //       1 client (no target) separates the work a pooled debit adds from the waiting.
 // Cells run interleaved, BENCH_ROUNDS times: medians of the rates, and of each round's ratio (its
 // two cells ran back to back); during each cell, pg_stat_activity is sampled for how many of its
-// connections wait on a lock. Members join through invite_member and answer_invitation, as in
-// the product (1,050 invitation emails to @bench-orgs.invalid are left pending in the outbox,
-// with the rest of the run's data under its own key prefix). The run fails if an allowance
+// connections wait on a lock. Members join through answer_invitation, as in the product, to
+// invitations written as invite_member writes them (which sends at most 20 a day per inviter;
+// no email is queued), the run's data under its own key prefix. The run fails if an allowance
 // funded from never-expiring credits was given an expiry, or the ledger, the lots or the caps of
 // its own accounts disagree afterwards, or a debit was paid from the wrong wallet.
 //   BENCH_SECONDS (10) per cell, BENCH_ROUNDS (3)
@@ -55,7 +55,8 @@ async function orgWithMembers(funding: 'allowance' | 'pool', members: number) {
     select billing.create_org(${owner}, ${`${tag} ${funding}`}, ${funding}, true) ->> 'id' as org`;
   await admin`select billing.grant_org_credits(${org}, 1e12, 'adjustment', ${`${tag}:org:${org}`}, 'bench/orgs.ts', ${owner})`;
   const users = await newUsers(members, `member-${funding}`);
-  await admin`select billing.invite_member(${owner}, ${org}, u.email, 'member', ${tag} || ':' || u.id, 86400, '')
+  await admin`insert into billing.org_invitations (org_id, email, role, token_hash, invited_by, expires_at)
+    select ${org}, u.email, 'member', ${tag} || ':' || u.id, ${owner}, now() + interval '1 day'
     from auth.users u where u.id = any(${users}::uuid[])`;
   await admin`select billing.answer_invitation(u.id, u.email, ${tag} || ':' || u.id, true)
     from auth.users u where u.id = any(${users}::uuid[])`;

@@ -20,7 +20,9 @@ import type {
   CreditPackage,
   Hold,
   HoldRequest,
+  Invitation,
   InvitationAnswer,
+  InvitationList,
   InviteRequest,
   Job,
   JobAccepted,
@@ -40,6 +42,7 @@ import type {
   OrgSummary,
   OrgUsageQuery,
   OrgUsageRow,
+  OwnershipTransferred,
   PurchaseStatus,
   SpendCap,
   UpdateOrgRequest,
@@ -164,6 +167,15 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     updateOrg: (id: string, req: UpdateOrgRequest) => patch<Org>(org(id), req),
     /** Emails an invitation; the answer carries its token (the link's) once. */
     invite: (id: string, req: InviteRequest) => post<OrgInvitation>(org(id, '/invitations'), req),
+    /** The organisation's invitations, newest first (admins). */
+    invitations: (id: string, page: { limit?: number; cursor?: string } = {}) =>
+      get<InvitationList>(org(id, `/invitations${query(page)}`)),
+    /** Revokes a pending invitation: its link stops working. */
+    revokeInvitation: (id: string, invitationId: string) =>
+      del<Invitation>(org(id, `/invitations/${encodeURIComponent(invitationId)}`)),
+    /** The owner makes an active member the owner, and becomes an admin. */
+    transferOwnership: (id: string, userId: string) =>
+      post<OwnershipTransferred>(org(id, '/owner'), { user_id: userId }),
     acceptInvitation: (token: string) => post<InvitationAnswer>('orgs/invitations/accept', { token }),
     declineInvitation: (token: string) => post<InvitationAnswer>('orgs/invitations/decline', { token }),
     members: (id: string) => get<OrgMember[]>(org(id, '/members')),

@@ -198,6 +198,7 @@ STUDENT_PAGE_URL=http://127.0.0.1:$STUDENT_PORT/
 NOTIFY_WEBHOOK_SECRET=$(local_secret notify-secret)
 ALERT_EMAIL=ops@scholarlink.invalid
 METRICS_TOKEN=$(local_secret metrics-token)
+INVITATION_TOKEN_SECRET=$(local_secret invitation-token-secret)
 LOCAL_AUTH_DIR=$LOCAL/auth
 EOF
   # Lines a developer may add to override the defaults above.

@@ -29,7 +29,7 @@ const functions: Record<string, Spec> = {
     ],
   },
   credits: { required: [...redis], optional: limits },
-  orgs: { required: [...redis], optional: [...limits, 'BILLING_PAGE_URL'] },
+  orgs: { required: [...redis, 'INVITATION_TOKEN_SECRET'], optional: [...limits, 'BILLING_PAGE_URL'] },
   checkout: {
     required: [...redis, ...stripe, 'CHECKOUT_SUCCESS_URL', 'CHECKOUT_CANCEL_URL'],
     optional: [
@@ -58,7 +58,7 @@ const functions: Record<string, Spec> = {
     optional: ['AI_PROVIDER', 'AI_API_BASE', 'AI_API_KEY', 'JOBS_LEASE_SECONDS', ...limits],
   },
   notify: {
-    required: ['NOTIFY_WEBHOOK_SECRET', 'POSTMARK_SERVER_TOKEN', 'CRON_SECRET'],
+    required: ['NOTIFY_WEBHOOK_SECRET', 'POSTMARK_SERVER_TOKEN', 'CRON_SECRET', 'INVITATION_TOKEN_SECRET'],
     optional: [
       'POSTMARK_API_BASE',
       'NOTIFY_FROM',

@@ -43,11 +43,11 @@ grant select on ids to authenticated;
 -- ============================================================ invitations
 
 select billing.invite_member('eeeeeeee-0000-4000-8000-000000000001', (select org from ids), 'ada@school.test', 'member',
-  'hash-ada', 86400, 'https://app.test/join');
+  'hash-ada', 86400);
 select billing.invite_member('eeeeeeee-0000-4000-8000-000000000001', (select org from ids), 'bo@school.test', 'member',
-  'hash-bo', 86400, 'https://app.test/join');
+  'hash-bo', 86400);
 select billing.invite_member('eeeeeeee-0000-4000-8000-000000000001', (select org from ids), 'late@school.test', 'member',
-  'hash-late', 86400, 'https://app.test/join');
+  'hash-late', 86400);
 update billing.org_invitations set expires_at = now() - interval '1 minute' where token_hash = 'hash-late';
 
 select is(pg_temp.err($$select billing.answer_invitation('eeeeeeee-0000-4000-8000-000000000004', 'outsider@else.test', 'hash-ada', true)$$),
@@ -63,7 +63,7 @@ select is(pg_temp.err($$select billing.answer_invitation('eeeeeeee-0000-4000-800
 select billing.answer_invitation('eeeeeeee-0000-4000-8000-000000000003', 'bo@school.test', 'hash-bo', true);
 select is((select orgs from billing.accounts where user_id = 'eeeeeeee-0000-4000-8000-000000000002'), 1,
   'a funded membership is counted on the member''s own account');
-select is(pg_temp.err($$select billing.invite_member('eeeeeeee-0000-4000-8000-000000000002', (select org from ids), 'x@y.test', 'member', 'h', 86400, '')$$),
+select is(pg_temp.err($$select billing.invite_member('eeeeeeee-0000-4000-8000-000000000002', (select org from ids), 'x@y.test', 'member', 'h', 86400)$$),
   'ORG_FORBIDDEN', 'a member cannot invite');
 select is(pg_temp.err($$select billing.get_org('eeeeeeee-0000-4000-8000-000000000005', (select org from ids))$$),
   'ORG_NOT_FOUND', 'an admin of another organisation does not see this one');

@@ -10,7 +10,9 @@ import {
   BillingError,
   type CheckoutSession,
   createBillingClient,
+  type Invitation,
   type InvitationAnswer,
+  type InvitationList,
   type MemberCap,
   type MemberRemoved,
   type Org,
@@ -19,6 +21,7 @@ import {
   type OrgMember,
   type OrgSummary,
   type OrgUsageRow,
+  type OwnershipTransferred,
   type Wallet,
 } from '../../client/mod.ts';
 import { adminToken, api, newUser, supabaseUrl, testDb, userToken } from '../helpers.ts';
@@ -70,14 +73,23 @@ const SummaryShape: Shape<OrgSummary> = {
   role: 'string',
 };
 const OrgShape: Shape<Org> = { ...SummaryShape, wallet: ['object', 'null'], allowance: ['object', 'null'] };
-const InvitationShape: Shape<OrgInvitation> = {
+const ListedInvitationShape: Shape<Invitation> = {
   id: 'string',
-  org_id: 'string',
   email: 'string',
   role: 'string',
   status: 'string',
+  invited_by: 'string',
+  created_at: 'time',
   expires_at: 'time',
-  token: 'string',
+  answered_at: ['time', 'null'],
+};
+const InvitationShape: Shape<OrgInvitation> = { ...ListedInvitationShape, org_id: 'string', token: 'string' };
+const InvitationListShape: Shape<InvitationList> = { invitations: 'array', next_cursor: ['string', 'null'] };
+const TransferredShape: Shape<OwnershipTransferred> = {
+  org_id: 'string',
+  owner_id: 'string',
+  previous_owner_id: 'string',
+  previous_owner_role: 'string',
 };
 const AnswerShape: Shape<InvitationAnswer> = { org_id: 'string', status: 'string' };
 const MemberShape: Shape<OrgMember> = {
@@ -178,6 +190,19 @@ Deno.test('each organisation method of the client answers what its contract type
   const [bobs] = await testDb`select status from billing.org_invitations where id = ${toBob.id}`;
   assert.equal(bobs.status, 'declined');
 
+  // The admin lists the invitations, newest first, and revokes one.
+  const toCarol = await admin.invite(org.id, { email: `carol-${crypto.randomUUID().slice(0, 8)}@school.test` });
+  const page = await admin.invitations(org.id, { limit: 2 });
+  assertShape(page, InvitationListShape, 'invitations');
+  page.invitations.forEach((i, n) => assertShape(i, ListedInvitationShape, `invitations[${n}]`));
+  assert.deepEqual(page.invitations.map((i) => [i.id, i.status]), [[toCarol.id, 'pending'], [toBob.id, 'declined']]);
+  assert.deepEqual((await admin.invitations(org.id, { cursor: page.next_cursor ?? '' })).invitations.map((i) => i.id), [
+    invitation.id,
+  ]);
+  const revoked = await admin.revokeInvitation(org.id, toCarol.id);
+  assertShape(revoked, ListedInvitationShape, 'revokeInvitation');
+  assert.equal(revoked.status, 'revoked');
+
   // A platform admin grants 100; the owner funds every member's allowance with 30.
   const granted = await api(`/orgs/${org.id}/grants`, {
     token: await adminToken(),
@@ -274,4 +299,11 @@ Deno.test('each organisation method of the client answers what its contract type
   await assert.rejects(student.org(org.id), (e: unknown) => e instanceof BillingError && e.code === 'ORG_NOT_FOUND');
   const [{ n }] = await testDb`select count(*)::int as n from billing.org_members where org_id = ${org.id} and active`;
   assert.equal(n, 1, 'only the owner is left');
+  await assert.rejects(
+    admin.transferOwnership(org.id, ada.id),
+    (e: unknown) => (e as BillingError).code === 'MEMBER_NOT_FOUND',
+  );
+  const kept = await admin.transferOwnership(org.id, ownerId);
+  assertShape(kept, TransferredShape, 'transferOwnership');
+  assert.deepEqual([kept.owner_id, kept.previous_owner_role], [ownerId, 'owner'], 'to themselves: nothing changes');
 });

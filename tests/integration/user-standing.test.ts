@@ -2,7 +2,7 @@
 // check the user's current state in the database: a revoked admin gets 403 at once, and a
 // deleted, soft-deleted or banned user gets 401, with nothing changed.
 import assert from 'node:assert/strict';
-import { api, fund, newAdmin, newUser, testDb, userToken } from '../helpers.ts';
+import { api, env, fund, newAdmin, newUser, testDb, userToken } from '../helpers.ts';
 
 type Json = Record<string, unknown>;
 const codeOf = (r: { body: Json }) => (r.body.error as Json).code;
@@ -59,6 +59,30 @@ Deno.test('a deleted admin gets 401 on admin routes, grants and provider creatio
   assert.equal(await grantsTo(student), 0);
   const [{ n }] = await testDb`select count(*)::int as n from billing.providers where owner_user_id = ${adminId}`;
   assert.equal(n, 0, 'no provider was created');
+});
+
+/** The /health routes for administrators. */
+const healthAdminRoutes = [
+  ['/health/alerts', 'GET'],
+  ['/health/slo', 'GET'],
+  ['/health/metrics', 'GET'],
+  ['/health/deep', 'POST'],
+] as const;
+
+Deno.test('the /health admin routes refuse a revoked admin (403) and a deleted one (401); the metrics token still scrapes', async () => {
+  const revoked = await newAdmin();
+  const deleted = await newAdmin();
+  const tokens = [await userToken(revoked, { admin: true }), await userToken(deleted, { admin: true })];
+  assert.equal((await api('/health/alerts', { token: tokens[0] })).status, 200, 'an admin in good standing');
+  await testDb`update auth.users set raw_app_meta_data = '{}' where id = ${revoked}`;
+  await testDb`delete from auth.users where id = ${deleted}`;
+  for (const [path, method] of healthAdminRoutes) {
+    const [r403, r401] = [await api(path, { method, token: tokens[0] }), await api(path, { method, token: tokens[1] })];
+    assert.deepEqual([r403.status, codeOf(r403)], [403, 'FORBIDDEN'], `${method} ${path}: ${r403.text}`);
+    assert.deepEqual([r401.status, codeOf(r401)], [401, 'UNAUTHORIZED'], `${method} ${path}: ${r401.text}`);
+  }
+  const scraped = await api('/health/metrics', { headers: { authorization: `Bearer ${env('METRICS_TOKEN')}` } });
+  assert.equal(scraped.status, 200, 'a Prometheus scrape needs no user');
 });
 
 Deno.test('a soft-deleted or banned user cannot move credits with a token issued before', async () => {

@@ -215,3 +215,14 @@ export const requireAdmin: MiddlewareHandler<AppEnv> = async function requireAdm
   });
   await next();
 };
+
+/**
+ * requireAdmin, unless `bypass` accepts the request first: a route an operator's machine also
+ * calls with a bearer secret of its own (a Prometheus scrape, a scheduled check).
+ * @example app.get('/metrics', requireAdminUnless(hasMetricsToken), handler)
+ */
+export const requireAdminUnless = (bypass: (c: AppContext) => boolean): MiddlewareHandler<AppEnv> =>
+  async function requireAdminUnless(c, next) {
+    if (bypass(c)) await next();
+    else await requireAdmin(c, next);
+  };

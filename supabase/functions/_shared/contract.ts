@@ -255,15 +255,37 @@ export interface Org extends OrgSummary {
   allowance: Wallet | null;
 }
 
-export interface OrgInvitation {
+/** An invitation as its organisation's admins see it (GET /orgs/:id/invitations): never its token. */
+export interface Invitation {
   id: string;
-  org_id: string;
   email: string;
   role: 'admin' | 'member';
-  status: 'pending' | 'accepted' | 'declined' | 'expired';
+  status: 'pending' | 'accepted' | 'declined' | 'expired' | 'revoked';
+  invited_by: string;
+  created_at: string;
   expires_at: string;
+  answered_at: string | null;
+}
+
+/** What inviting answers. */
+export interface OrgInvitation extends Invitation {
+  org_id: string;
   /** The token the emailed link carries (answered once, to the admin who invited). */
   token: string;
+}
+
+/** A page of invitations, newest first; `next_cursor` asks for the next page. */
+export interface InvitationList {
+  invitations: Invitation[];
+  next_cursor: string | null;
+}
+
+export interface OwnershipTransferred {
+  org_id: string;
+  owner_id: string;
+  previous_owner_id: string;
+  /** `admin`; `owner` when the owner named themselves (nothing changed). */
+  previous_owner_role: 'admin' | 'owner';
 }
 
 export interface InvitationAnswer {

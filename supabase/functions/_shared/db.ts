@@ -184,12 +184,18 @@ const sqlErrors: Record<
     message: 'The organisation settings are not valid: see details.field and details.rule.',
   },
   MEMBER_NOT_FOUND: { type: 'not_found', message: 'No such active member of the organisation.' },
-  INVITATION_NOT_FOUND: { type: 'not_found', message: 'No such invitation for your email address.' },
+  INVITATION_NOT_FOUND: { type: 'not_found', message: 'No such invitation (for your email address, when answering).' },
   INVITATION_CLOSED: {
     type: 'conflict',
     message: 'The invitation was already answered or has expired: see details.status.',
   },
   INVITATION_PENDING: { type: 'conflict', message: 'That address already has a pending invitation.' },
+  // A day's limit: not worth an automatic retry (a client's backoff would only meet it again).
+  INVITATION_LIMIT: {
+    type: 'rate_limit',
+    message: 'Too many invitations in the last 24 hours: see details (scope, limit, retry_at).',
+    retryable: false,
+  },
   HOLD_NOT_USER_MANAGED: {
     type: 'forbidden',
     message: 'This hold belongs to a job or a dispute: it is captured or released by them, not through this route.',

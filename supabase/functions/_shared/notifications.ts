@@ -5,6 +5,7 @@ import { createHmac } from 'node:crypto';
 import { z } from 'zod';
 import { db } from './db.ts';
 import { parseEnv } from './env.ts';
+import { invitationEmail } from './invitations.ts';
 import { errorSummary, log } from './log.ts';
 import { count } from './metrics.ts';
 import { sendEmail } from './postmark.ts';
@@ -57,11 +58,18 @@ export function render(template: Template, data: Payload): { subject: string; te
     case 'low_balance':
       return { subject: 'Your credit balance is low', text: `You have ${data.balance ?? 'few'} credits left.` };
     case 'org_invitation':
+      // Anyone may create an organisation and name it: the name is quoted, inert and out of the subject.
       return {
-        subject: `You are invited to ${data.org_name}'s ScholarLink credits`,
-        text: `${data.org_name} invites you to join as ${data.role}. Accept before ${
-          String(data.expires_at).slice(0, 10)
-        } (UTC): ${data.accept_url}`,
+        subject: 'You are invited to an organisation on ScholarLink',
+        text: [
+          `${inert(data.inviter_email ?? 'Someone')} invites you to join the organisation "${
+            inert(data.org_name)
+          }" on ScholarLink as ${data.role}.`,
+          'The name in quotes is the one its creator chose; ScholarLink has not checked it. ScholarLink never ' +
+          'asks for card details or passwords by email.',
+          `Accept before ${String(data.expires_at).slice(0, 10)} (UTC): ${data.accept_url}`,
+          'If you did not expect this invitation, ignore this email.',
+        ].join('\n\n'),
       };
     case 'credits_expiring':
       return {
@@ -111,6 +119,22 @@ export function render(template: Template, data: Payload): { subject: string; te
     case 'daily_report':
       return { subject: `ScholarLink daily report, ${data.day}`, text: dailyReportText(data) };
   }
+}
+
+/**
+ * Text a user chose (an organisation's name, an address) as an email shows it: one line, no
+ * control or invisible formatting characters, and nothing a mail client would make a link of:
+ * `://` becomes `[://]` and a dot between letters or digits `[.]` (no scheme, domain, `www.` or
+ * address is left to recognise). Emails are plain text (Postmark's TextBody): no HTML is read.
+ * @example inert('Pay at www.evil.example') // 'Pay at www[.]evil[.]example'
+ */
+export function inert(value: unknown): string {
+  return String(value)
+    .replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\s]+/gu, ' ')
+    .trim()
+    .replaceAll('://', '[://]')
+    // Fullwidth and ideographic full stops separate a domain's labels too.
+    .replace(/(?<=[\p{L}\p{N}_-])[.\u3002\uFF0E\uFF61](?=[\p{L}\p{N}_-])/gu, '[.]');
 }
 
 const credits = (n: unknown) => new Intl.NumberFormat('en-US', { maximumFractionDigits: 2 }).format(Number(n ?? 0));
@@ -187,6 +211,12 @@ async function deliverProductWebhook(row: OutboxRow, env: z.infer<typeof NotifyE
 
 async function deliver(row: OutboxRow, env: z.infer<typeof NotifyEnvSchema>): Promise<void> {
   if (row.template === 'product_webhook') return deliverProductWebhook(row, env);
+  if (row.template === 'org_invitation') {
+    // Read at send time: a revoked or answered invitation sends nothing; the link is derived here.
+    const invitation = await invitationEmail(row.payload.invitation_id);
+    if (invitation) await sendEmail({ to: invitation.to, ...render(row.template, invitation.data), tag: row.template });
+    return;
+  }
   const data = { ...(row.payload.data as Payload | undefined) ?? row.payload, pay_url: env.BILLING_PAGE_URL };
   const { subject, text } = render(row.template, data);
   if (row.template === 'alert' && env.ALERT_WEBHOOK_URL) {

@@ -3,7 +3,7 @@
 // answers, the auth key set loads and the Stripe configuration is valid.
 import { z } from 'zod';
 import { complete } from '../_shared/ai.ts';
-import { type AppContext, createApp, currentUser, ok } from '../_shared/app.ts';
+import { type AppContext, createApp, ok, requireAdmin, requireAdminUnless } from '../_shared/app.ts';
 import { reloadKeySet } from '../_shared/auth.ts';
 import { call, db } from '../_shared/db.ts';
 import { parseEnv } from '../_shared/env.ts';
@@ -24,12 +24,11 @@ const env = parseEnv(z.object({
 const slo = sloConfig();
 const app = createApp('health', { rateLimited: false });
 
-/** Admin JWT, or (for scrapers and schedulers) a bearer secret. */
-function requireAdminOr(c: AppContext, secretOk: boolean): void {
-  if (secretOk) return;
-  if (!currentUser(c).isAdmin) throw new AppError('forbidden', 'FORBIDDEN', 'This route is for administrators.');
-}
-const bearer = (c: AppContext) => c.req.header('authorization')?.replace(/^Bearer /, '') ?? '';
+// Admin routes check the user's standing in the database (requireAdmin), as admin/* does;
+// Prometheus and the scheduler use a bearer secret of their own instead.
+const hasMetricsToken = (c: AppContext) =>
+  !!env.METRICS_TOKEN &&
+  constantTimeEqual(c.req.header('authorization')?.replace(/^Bearer /, '') ?? '', env.METRICS_TOKEN);
 
 app.get('/healthz', (c) => ok(c, { status: 'ok' }));
 
@@ -60,8 +59,7 @@ app.get('/readyz', async (c) => {
   return ok(c, full);
 });
 
-app.get('/slo', async (c) => {
-  requireAdminOr(c, false);
+app.get('/slo', requireAdmin, async (c) => {
   const windows = await readWindows().catch(() => {
     throw new AppError('unavailable', 'METRICS_UNAVAILABLE', 'Latency data is in Redis, which is not answering.');
   });
@@ -77,8 +75,7 @@ app.get('/slo', async (c) => {
   return ok(c, { objectives: { availability: slo.availability, p95_ms: slo.p95Ms }, windows: out });
 });
 
-app.get('/metrics', async (c) => {
-  requireAdminOr(c, !!env.METRICS_TOKEN && constantTimeEqual(bearer(c), env.METRICS_TOKEN));
+app.get('/metrics', requireAdminUnless(hasMetricsToken), async (c) => {
   const [{ m }] = await call((sql) => sql`select billing.ops_metrics() as m`);
   const x = new Exposition();
   const hour = await readWindows().then((w) => w['1h']).catch(() => ({} as Record<string, number>));
@@ -153,16 +150,14 @@ app.get('/metrics', async (c) => {
   return c.body(x.toString(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
 });
 
-app.get('/alerts', async (c) => {
-  requireAdminOr(c, false);
+app.get('/alerts', requireAdmin, async (c) => {
   const alerts = await call((sql) =>
     sql`select condition, severity, summary, details, opened_at, last_seen_at from billing.open_alerts()`
   );
   return ok(c, { alerts });
 });
 
-app.post('/deep', async (c) => {
-  requireAdminOr(c, hasCronSecret(c));
+app.post('/deep', requireAdminUnless(hasCronSecret), async (c) => {
   const day = new Date().toISOString().slice(0, 10);
   const checks: Record<string, () => Promise<void>> = {
     database: async () => {

@@ -22,7 +22,8 @@ app.use('*', limitByAddress('notify'));
 const toleranceSeconds = 300;
 
 const SendSchema = z.strictObject({
-  template: z.enum(templates),
+  // An invitation's email is sent for an invitation only (billing.invite_member), never on request.
+  template: z.enum(templates).exclude(['org_invitation']),
   to: z.email().max(320),
   data: z.record(z.string(), z.union([z.string().max(2000), z.number(), z.boolean(), z.null()])).default({}),
   idempotency_key: z.string().min(1).max(255),

@@ -2,35 +2,39 @@
 // organisation's usage and ledger. Each handler validates, makes one SQL call (which checks the
 // caller's role in the organisation itself) and responds. The money moves in SQL
 // (billing.fund_allowances, the members' spending through the credits routes).
-import { Buffer } from 'node:buffer';
-import { createHash } from 'node:crypto';
 import { type AppContext, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
+import { newInvitation, tokenHash } from '../_shared/invitations.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import {
   AllowanceSchema,
   AnswerSchema,
   CreateOrgSchema,
+  InvitationsQuerySchema,
   InviteSchema,
   LedgerQuerySchema,
   MemberCapSchema,
   OrgGrantSchema,
+  OwnerSchema,
   UpdateOrgSchema,
   UsageQuerySchema,
 } from './schemas.ts';
 
 const app = createApp('orgs');
 
-const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+/** What a path id that is not a UUID answers: it cannot name anything the caller may see. */
+const notFound = {
+  id: () => new AppError('not_found', 'ORG_NOT_FOUND', 'No such organisation (or you are not a member).'),
+  user_id: () => new AppError('not_found', 'MEMBER_NOT_FOUND', 'No such active member of the organisation.'),
+  invitation_id: () => new AppError('not_found', 'INVITATION_NOT_FOUND', 'No such invitation.'),
+};
 
-/** A UUID from the path; anything else cannot name an organisation or member the caller may see. */
-function pathId(c: AppContext, name: 'id' | 'user_id'): string {
+/** A UUID from the path. */
+function pathId(c: AppContext, name: keyof typeof notFound): string {
   const raw = c.req.param(name) ?? '';
   if (isUuid(raw)) return raw;
-  throw name === 'id'
-    ? new AppError('not_found', 'ORG_NOT_FOUND', 'No such organisation (or you are not a member).')
-    : new AppError('not_found', 'MEMBER_NOT_FOUND', 'No such active member of the organisation.');
+  throw notFound[name]();
 }
 
 /** The one SQL call of a route: `billing.<fn>(args…)` answering jsonb. */
@@ -67,30 +71,35 @@ app.patch('/:id', requireUser, async (c) => {
   return ok(c, await one('update_org', [currentUser(c).id, pathId(c, 'id'), b]));
 });
 
-// Invitations: the token exists only in the email (and this answer to the admin who sent it,
-// so they can share the link another way); the database keeps its SHA-256.
+// Invitations: the token is derived from the invitation's id (_shared/invitations.ts) and exists
+// only in the email and in this answer to the admin who sent it (to share the link another way).
 app.post('/:id/invitations', requireUser, async (c) => {
   const b = await readJson(c, InviteSchema);
-  const token = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64url');
-  const acceptUrl = `${Deno.env.get('BILLING_PAGE_URL') ?? 'http://127.0.0.1:54330/'}#invitation=${token}`;
-  const invitation = await one('invite_member', [
-    currentUser(c).id,
-    pathId(c, 'id'),
-    b.email,
-    b.role,
-    sha256(token),
-    b.ttl_seconds,
-    acceptUrl,
-  ]);
-  return ok(c, { ...invitation as object, token }, 201);
+  const { id, token, hash } = newInvitation();
+  const args = [currentUser(c).id, pathId(c, 'id'), b.email, b.role, hash, b.ttl_seconds, id];
+  return ok(c, { ...await one('invite_member', args) as object, token }, 201);
+});
+app.get('/:id/invitations', requireUser, async (c) => {
+  const q = readQuery(c, InvitationsQuerySchema);
+  return ok(c, await one('list_org_invitations', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit]));
+});
+app.delete('/:id/invitations/:invitation_id', requireUser, async (c) => {
+  const args = [currentUser(c).id, pathId(c, 'id'), pathId(c, 'invitation_id')];
+  return ok(c, await one('revoke_invitation', args));
 });
 for (const [path, accept] of [['/invitations/accept', true], ['/invitations/decline', false]] as const) {
   app.post(path, requireUser, async (c) => {
     const { token } = await readJson(c, AnswerSchema);
     const user = currentUser(c);
-    return ok(c, await one('answer_invitation', [user.id, user.email ?? null, sha256(token), accept]));
+    return ok(c, await one('answer_invitation', [user.id, user.email ?? null, tokenHash(token), accept]));
   });
 }
+
+// Ownership moves only here, by the owner, to an active member; the old owner becomes an admin.
+app.post('/:id/owner', requireUser, async (c) => {
+  const b = await readJson(c, OwnerSchema);
+  return ok(c, await one('transfer_org_owner', [currentUser(c).id, pathId(c, 'id'), b.user_id]));
+});
 
 app.get(
   '/:id/members',

@@ -1,7 +1,7 @@
 // Request shapes of the organisation routes (school wallets).
 import { z } from 'zod';
 import { CreditAmountSchema } from '../_shared/money.ts';
-import { InstantSchema } from '../_shared/query.ts';
+import { InstantSchema, pageLimit, UuidSchema } from '../_shared/query.ts';
 
 export const CreateOrgSchema = z.strictObject({
   name: z.string().trim().min(1).max(200),
@@ -54,3 +54,11 @@ export const LedgerQuerySchema = z.strictObject({
   cursor: z.string().regex(/^[1-9][0-9]{0,18}$/).optional(),
   limit: z.coerce.number().int().min(1).max(200).default(50),
 });
+
+// A page of an organisation's invitations: the cursor is the last invitation id of the page before.
+export const InvitationsQuerySchema = z.strictObject({
+  cursor: UuidSchema.optional(),
+  limit: pageLimit(100, 50),
+});
+
+export const OwnerSchema = z.strictObject({ user_id: UuidSchema });

@@ -1,0 +1,349 @@
+-- Organisation invitations and roles (#30, items 4, 5, 9, 14):
+--
+-- * Removing a member revokes the pending invitations they sent and those sent to their address,
+--   and accepting re-checks that the inviter is still an owner or admin: a removed admin no
+--   longer comes back through an invitation of their own (to themselves or a second account).
+-- * Accepting never lowers a role (the upsert used to overwrite an owner with `member`); there
+--   is exactly one active owner, and ownership moves only by billing.transfer_org_owner. An
+--   organisation the old upsert left without one gets its creator back as owner.
+-- * Invitations are limited per inviter and per organisation per rolling day, counted from
+--   billing.org_invitations (revoked ones included, so revoke-and-resend gains nothing).
+-- * No row keeps an invitation token: the caller gives the invitation's id, whose token is an
+--   HMAC of the id with a secret only the functions hold (see _shared/invitations.ts); the
+--   database keeps its SHA-256, and the outbox only the invitation's id.
+-- * Admins list and revoke their organisation's invitations.
+
+-- ============================================================ constraints and indexes
+
+-- One token answers one invitation; accepting looks it up by its hash.
+create unique index org_invitations_token on billing.org_invitations (token_hash);
+-- The daily limits count by organisation and by inviter; the admin's list pages by organisation.
+create index org_invitations_org_created on billing.org_invitations (org_id, created_at);
+create index org_invitations_inviter_created on billing.org_invitations (invited_by, created_at);
+-- Ownership only moves, never multiplies.
+create unique index org_members_one_owner on billing.org_members (org_id) where role = 'owner' and active;
+
+-- Tokens written before this migration sit in outbox payloads (accept_url): keep only the id.
+-- An invitation of those not yet emailed cannot be derived again: its email fails, and its
+-- admin revokes it and invites again.
+update billing.notification_outbox o
+set payload = jsonb_build_object('invitation_id', substr(o.dedupe_key, length('org-invitation:') + 1))
+where o.template = 'org_invitation' and o.payload ? 'accept_url';
+
+-- ============================================================ roles
+
+-- Roles by rank: accepting an invitation keeps the higher of the current and the invited one.
+create function billing.org_role_rank(p_role text) returns integer
+language sql immutable
+set search_path = ''
+as $$
+  select case p_role when 'owner' then 3 when 'admin' then 2 when 'member' then 1 else 0 end
+$$;
+comment on function billing.org_role_rank(text) is 'Internal: owner 3, admin 2, member 1 (0 for none).';
+
+create function billing.set_member_role(p_org uuid, p_user uuid, p_role text) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_was_member boolean;
+begin
+  select m.active and m.role = 'member' into v_was_member from billing.org_members m
+  where m.org_id = p_org and m.user_id = p_user for update;
+  v_was_member := coalesce(v_was_member, false);
+  insert into billing.org_members (org_id, user_id, role) values (p_org, p_user, p_role)
+  on conflict (org_id, user_id) do update set role = excluded.role, active = true, removed_at = null,
+    joined_at = case when billing.org_members.active then billing.org_members.joined_at else now() end;
+  if p_role = 'member' then
+    delete from billing.org_admins x where x.org_id = p_org and x.user_id = p_user;
+  else
+    insert into billing.org_admins (org_id, user_id) values (p_org, p_user) on conflict do nothing;
+  end if;
+  if v_was_member <> (p_role = 'member') then
+    update billing.accounts a set orgs = a.orgs + case when v_was_member then -1 else 1 end where a.user_id = p_user;
+  end if;
+  -- An owner or admin spends their own credits: an allowance they had as a member goes back.
+  if v_was_member and p_role <> 'member' then
+    perform billing.sweep_allowance(p_org, p_user, 'promoted');
+  end if;
+end;
+$$;
+comment on function billing.set_member_role(uuid, uuid, text)
+  is 'Internal: makes p_user an active member of p_org as p_role, keeping org_admins, the count of funded memberships and the allowance in step. The caller decides the role (and holds the user''s own account lock).';
+
+-- Organisations the old upsert left without an owner: nothing else ever lowered an owner, so the
+-- creator is the owner again (active again if a co-admin had removed them).
+select billing.set_member_role(o.id, o.created_by, 'owner')
+from billing.orgs o
+where not exists (select 1 from billing.org_members m where m.org_id = o.id and m.role = 'owner' and m.active)
+  and exists (select 1 from auth.users u where u.id = o.created_by);
+
+-- Whether p_user is an active owner or admin of p_org now (locking the membership for share).
+create function billing.is_org_admin(p_org uuid, p_user uuid) returns boolean
+language sql
+set search_path = ''
+as $$
+  select exists (select 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_user and m.active
+                 and m.role in ('owner', 'admin') for share)
+$$;
+comment on function billing.is_org_admin(uuid, uuid)
+  is 'Internal: whether p_user is an active owner or admin of p_org, the membership locked until the transaction ends.';
+
+-- ============================================================ invitations
+
+drop function billing.invite_member(uuid, uuid, text, text, text, integer, text);
+
+create function billing.invite_member(p_user uuid, p_org uuid, p_email text, p_role text, p_token_hash text,
+  p_ttl_seconds integer, p_id uuid default gen_random_uuid()) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_limit constant jsonb := '{"inviter": 20, "organisation": 50}';
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
+  v_invitation billing.org_invitations;
+  v_scope text;
+  v_count integer;
+  v_oldest timestamptz;
+begin
+  if p_ttl_seconds not between 3600 and 30 * 86400 then
+    perform billing.raise_error('INVALID_ORG', jsonb_build_object('field', 'ttl_seconds', 'rule', '1 hour to 30 days'));
+  end if;
+  -- Counted under a lock per inviter, then per organisation (always in that order), so
+  -- concurrent invitations cannot both take the last place.
+  perform pg_advisory_xact_lock(hashtextextended('org-invitations:inviter:' || p_user, 0));
+  perform pg_advisory_xact_lock(hashtextextended('org-invitations:org:' || p_org, 0));
+  foreach v_scope in array array['inviter', 'organisation'] loop
+    select count(*), min(i.created_at) into v_count, v_oldest from billing.org_invitations i
+    where case v_scope when 'inviter' then i.invited_by = p_user else i.org_id = p_org end
+      and i.created_at > now() - interval '1 day';
+    if v_count >= (v_limit ->> v_scope)::integer then
+      perform billing.raise_error('INVITATION_LIMIT', jsonb_build_object('scope', v_scope,
+        'limit', (v_limit ->> v_scope)::integer, 'window', '24 hours',
+        'retry_at', billing.json_time(v_oldest + interval '1 day')));
+    end if;
+  end loop;
+  update billing.org_invitations i set status = 'expired', answered_at = now()
+  where i.org_id = p_org and lower(i.email) = lower(p_email) and i.status = 'pending' and i.expires_at <= now();
+  insert into billing.org_invitations (id, org_id, email, role, token_hash, invited_by, expires_at)
+  values (p_id, p_org, p_email, p_role, p_token_hash, p_user, now() + make_interval(secs => p_ttl_seconds))
+  on conflict (org_id, lower(email)) where status = 'pending' do nothing
+  returning * into v_invitation;
+  if v_invitation.id is null then
+    perform billing.raise_error('INVITATION_PENDING', jsonb_build_object('email', p_email));
+  end if;
+  -- Only the id: the sender derives the link's token from it and reads the rest when it sends.
+  perform billing.enqueue_notification('org_invitation', null, 'org-invitation:' || v_invitation.id,
+    jsonb_build_object('invitation_id', v_invitation.id));
+  return billing.invitation_json(v_invitation) || jsonb_build_object('org_id', v_org.id);
+end;
+$$;
+comment on function billing.invite_member(uuid, uuid, text, text, text, integer, uuid)
+  is 'An owner or admin invites an address (one pending invitation per address; at most 20 a day per inviter and 50 per organisation: INVITATION_LIMIT). p_token_hash is the SHA-256 of the token derived from p_id; the email is queued with the id only.';
+
+-- An invitation as the API shows it (never its token hash); a pending one past its expiry reads expired.
+create function billing.invitation_json(p_invitation billing.org_invitations) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('id', p_invitation.id, 'email', p_invitation.email, 'role', p_invitation.role,
+    'status', case when p_invitation.status = 'pending' and p_invitation.expires_at <= now() then 'expired'
+                   else p_invitation.status end,
+    'invited_by', p_invitation.invited_by, 'created_at', billing.json_time(p_invitation.created_at),
+    'expires_at', billing.json_time(p_invitation.expires_at), 'answered_at', billing.json_time(p_invitation.answered_at))
+$$;
+comment on function billing.invitation_json(billing.org_invitations) is 'Internal: an invitation as the API shows it.';
+
+create or replace function billing.answer_invitation(p_user uuid, p_email text, p_token_hash text, p_accept boolean)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_invitation billing.org_invitations;
+  v_current text;
+  v_answer text := case when p_accept then 'accepted' else 'declined' end;
+begin
+  select * into v_invitation from billing.org_invitations i where i.token_hash = p_token_hash for update;
+  if not found or lower(v_invitation.email) <> lower(coalesce(p_email, '')) then
+    perform billing.raise_error('INVITATION_NOT_FOUND', '{}');
+  end if;
+  if v_invitation.status = 'pending' and v_invitation.expires_at <= now() then
+    update billing.org_invitations i set status = 'expired', answered_at = now() where i.id = v_invitation.id;
+    v_invitation.status := 'expired';
+  end if;
+  if v_invitation.status <> 'pending' then
+    -- The same answer again is a retry; anything else is too late.
+    if v_invitation.answered_by = p_user and v_invitation.status = v_answer then
+      return jsonb_build_object('org_id', v_invitation.org_id, 'status', v_invitation.status);
+    end if;
+    perform billing.raise_error('INVITATION_CLOSED', jsonb_build_object('status', v_invitation.status));
+  end if;
+  -- An invitation speaks for its inviter: only while they are still an owner or admin.
+  if p_accept and not billing.is_org_admin(v_invitation.org_id, v_invitation.invited_by) then
+    perform billing.raise_error('INVITATION_CLOSED', jsonb_build_object('status', 'revoked'));
+  end if;
+  update billing.org_invitations i set status = v_answer,
+    answered_by = p_user, answered_at = now()
+  where i.id = v_invitation.id returning * into v_invitation;
+  if p_accept then
+    perform billing.ensure_user_account(p_user);
+    perform 1 from billing.accounts a where a.user_id = p_user for update;
+    select m.role into v_current from billing.org_members m
+    where m.org_id = v_invitation.org_id and m.user_id = p_user and m.active for update;
+    -- Accepting never lowers a role: an owner or admin invited as a member stays what they are.
+    if billing.org_role_rank(v_invitation.role) > billing.org_role_rank(v_current) then
+      perform billing.set_member_role(v_invitation.org_id, p_user, v_invitation.role);
+    end if;
+  end if;
+  return jsonb_build_object('org_id', v_invitation.org_id, 'status', v_invitation.status);
+end;
+$$;
+comment on function billing.answer_invitation(uuid, text, text, boolean)
+  is 'The invited address accepts or declines, once; accepting needs the inviter to be an owner or admin still, and never lowers the accepting member''s role.';
+
+create function billing.list_org_invitations(p_user uuid, p_org uuid, p_after uuid, p_limit integer) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_limit integer := least(greatest(p_limit, 1), 100);
+  v_page jsonb;
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  select coalesce(jsonb_agg(billing.invitation_json(x) order by x.created_at desc, x.id desc), '[]') into v_page
+  from (
+    select i.* from billing.org_invitations i
+    where i.org_id = p_org
+      and (p_after is null or (i.created_at, i.id) < (select c.created_at, c.id from billing.org_invitations c
+                                                      where c.id = p_after and c.org_id = p_org))
+    order by i.created_at desc, i.id desc limit v_limit + 1
+  ) x;
+  return jsonb_build_object(
+    'invitations', case when jsonb_array_length(v_page) > v_limit then v_page - v_limit else v_page end,
+    'next_cursor', case when jsonb_array_length(v_page) > v_limit then v_page -> (v_limit - 1) ->> 'id' end);
+end;
+$$;
+comment on function billing.list_org_invitations(uuid, uuid, uuid, integer)
+  is 'An owner or admin pages through the organisation''s invitations, newest first; p_after is the previous page''s next_cursor (an invitation id).';
+
+create function billing.revoke_invitation(p_user uuid, p_org uuid, p_invitation uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_invitation billing.org_invitations;
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  select * into v_invitation from billing.org_invitations i where i.id = p_invitation and i.org_id = p_org for update;
+  if not found then
+    perform billing.raise_error('INVITATION_NOT_FOUND', jsonb_build_object('id', p_invitation));
+  end if;
+  if v_invitation.status = 'pending' then
+    update billing.org_invitations i set status = 'revoked', answered_by = p_user, answered_at = now()
+    where i.id = v_invitation.id returning * into v_invitation;
+  elsif v_invitation.status <> 'revoked' then
+    perform billing.raise_error('INVITATION_CLOSED', jsonb_build_object('status', v_invitation.status));
+  end if;
+  return billing.invitation_json(v_invitation);
+end;
+$$;
+comment on function billing.revoke_invitation(uuid, uuid, uuid)
+  is 'An owner or admin revokes a pending invitation of the organisation (again: the same answer); an answered one is INVITATION_CLOSED.';
+
+-- ============================================================ members
+
+create or replace function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_member billing.org_members;
+  h record;
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  perform 1 from billing.accounts a where a.user_id = p_member for update;
+  select * into v_member from billing.org_members m where m.org_id = p_org and m.user_id = p_member for update;
+  if not found or not v_member.active then
+    perform billing.raise_error('MEMBER_NOT_FOUND', jsonb_build_object('user_id', p_member));
+  end if;
+  if v_member.role = 'owner' then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'the owner cannot be removed'));
+  end if;
+  update billing.org_members m set active = false, removed_at = now() where m.org_id = p_org and m.user_id = p_member;
+  delete from billing.org_admins x where x.org_id = p_org and x.user_id = p_member;
+  if v_member.role = 'member' then
+    update billing.accounts a set orgs = a.orgs - 1 where a.user_id = p_member;
+  end if;
+  -- Nothing they sent, and nothing sent to them, brings them (or anyone they chose) back.
+  update billing.org_invitations i set status = 'revoked', answered_by = p_user, answered_at = now()
+  where i.org_id = p_org and i.status = 'pending'
+    and (i.invited_by = p_member or lower(i.email) = (select lower(u.email) from auth.users u where u.id = p_member));
+  for h in
+    select x.id from billing.holds x join billing.accounts a on a.id = x.account_id
+    where a.org_id = p_org and x.member_id = p_member and x.status = 'active' and x.purpose = 'user'
+  loop
+    perform billing.release_hold(null, h.id);
+  end loop;
+  perform billing.sweep_allowance(p_org, p_member, 'removed');
+  return jsonb_build_object('org_id', p_org, 'user_id', p_member, 'active', false);
+end;
+$$;
+comment on function billing.remove_member(uuid, uuid, uuid)
+  is 'An owner or admin removes a member (never the owner): their org holds released, allowance swept back, and the pending invitations they sent or were sent revoked.';
+
+create function billing.transfer_org_owner(p_user uuid, p_org uuid, p_new_owner uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_role text;
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  -- Their own accounts first (as every path locks them), then the memberships.
+  perform 1 from billing.accounts a where a.user_id in (p_user, p_new_owner) order by a.id for update;
+  select m.role into v_role from billing.org_members m
+  where m.org_id = p_org and m.user_id = p_user and m.active for update;
+  if v_role is distinct from 'owner' then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'only the owner transfers ownership'));
+  end if;
+  perform 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_new_owner and m.active for update;
+  if not found then
+    perform billing.raise_error('MEMBER_NOT_FOUND', jsonb_build_object('user_id', p_new_owner));
+  end if;
+  if p_new_owner <> p_user then
+    perform billing.ensure_user_account(p_new_owner);
+    perform billing.set_member_role(p_org, p_user, 'admin');
+    perform billing.set_member_role(p_org, p_new_owner, 'owner');
+  end if;
+  return jsonb_build_object('org_id', p_org, 'owner_id', p_new_owner, 'previous_owner_id', p_user,
+    'previous_owner_role', case when p_new_owner = p_user then 'owner' else 'admin' end);
+end;
+$$;
+comment on function billing.transfer_org_owner(uuid, uuid, uuid)
+  is 'The owner makes another active member the owner and becomes an admin: the only way ownership moves.';
+
+-- ============================================================ grants
+
+revoke execute on function
+  billing.org_role_rank(text),
+  billing.set_member_role(uuid, uuid, text),
+  billing.is_org_admin(uuid, uuid),
+  billing.invitation_json(billing.org_invitations),
+  billing.invite_member(uuid, uuid, text, text, text, integer, uuid),
+  billing.list_org_invitations(uuid, uuid, uuid, integer),
+  billing.revoke_invitation(uuid, uuid, uuid),
+  billing.transfer_org_owner(uuid, uuid, uuid)
+from public, anon, authenticated;
+grant execute on function
+  billing.invite_member(uuid, uuid, text, text, text, integer, uuid),
+  billing.list_org_invitations(uuid, uuid, uuid, integer),
+  billing.revoke_invitation(uuid, uuid, uuid),
+  billing.transfer_org_owner(uuid, uuid, uuid)
+to service_role;
