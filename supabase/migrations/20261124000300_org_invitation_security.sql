@@ -166,6 +166,10 @@ declare
   v_current text;
   v_answer text := case when p_accept then 'accepted' else 'declined' end;
 begin
+  -- Membership changes of one organisation take its row first (accept, remove, transfer), so a
+  -- removal racing an acceptance waits instead of deadlocking.
+  perform 1 from billing.orgs o
+  where o.id = (select i.org_id from billing.org_invitations i where i.token_hash = p_token_hash) for no key update;
   select * into v_invitation from billing.org_invitations i where i.token_hash = p_token_hash for update;
   if not found or lower(v_invitation.email) <> lower(coalesce(p_email, '')) then
     perform billing.raise_error('INVITATION_NOT_FOUND', '{}');
@@ -267,6 +271,7 @@ declare
   h record;
 begin
   perform billing.require_org_role(p_org, p_user, true);
+  perform 1 from billing.orgs o where o.id = p_org for no key update; -- membership changes: the org first
   perform 1 from billing.accounts a where a.user_id = p_member for update;
   select * into v_member from billing.org_members m where m.org_id = p_org and m.user_id = p_member for update;
   if not found or not v_member.active then
@@ -306,7 +311,8 @@ declare
   v_role text;
 begin
   perform billing.require_org_role(p_org, p_user, true);
-  -- Their own accounts first (as every path locks them), then the memberships.
+  perform 1 from billing.orgs o where o.id = p_org for no key update; -- membership changes: the org first
+  -- Their own accounts next (as every path locks them), then the memberships.
   perform 1 from billing.accounts a where a.user_id in (p_user, p_new_owner) order by a.id for update;
   select m.role into v_role from billing.org_members m
   where m.org_id = p_org and m.user_id = p_user and m.active for update;
