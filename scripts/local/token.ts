@@ -20,8 +20,7 @@ function usageError(message: string): never {
   Deno.exit(2);
 }
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const user = values.user ?? crypto.randomUUID();
-if (!uuid.test(user)) usageError(`--user must be a UUID, not '${user}'`);
+if (values.user !== undefined && !uuid.test(values.user)) usageError(`--user must be a UUID, not '${values.user}'`);
 const ttl = Number(values.ttl);
 if (!Number.isInteger(ttl) || ttl <= 0) usageError('--ttl must be a positive number of seconds');
 
@@ -32,18 +31,28 @@ const env = (name: string) => {
 };
 const appMetadata = { provider: 'email', providers: ['email'], ...(values.admin ? { role: 'admin' } : {}) };
 
+// Every token carries its user's email, as Supabase Auth's do (accepting an invitation needs
+// it): an email already in use names its user; a user without one gets a local address.
 const sql = postgres(env('SUPABASE_DB_URL'), { max: 1, onnotice: () => {} });
+const [owner] = values.email ? await sql`select id from auth.users where lower(email) = lower(${values.email})` : [];
+if (owner && values.user && owner.id !== values.user) {
+  await sql.end();
+  usageError(`${values.email} already belongs to user ${owner.id}`);
+}
+const user: string = values.user ?? owner?.id ?? crypto.randomUUID();
+const [known] = await sql`select email from auth.users where id = ${user}`;
+const email: string = values.email ?? known?.email ?? `student-${user.slice(0, 8)}@example.test`;
 await sql`
   insert into auth.users (id, email, raw_app_meta_data)
-  values (${user}, ${values.email ?? null}, ${sql.json(appMetadata)})
-  on conflict (id) do update set raw_app_meta_data = excluded.raw_app_meta_data`;
+  values (${user}, ${email}, ${sql.json(appMetadata)})
+  on conflict (id) do update set raw_app_meta_data = excluded.raw_app_meta_data, email = excluded.email`;
 await sql.end();
 
 const jwk = JSON.parse(await Deno.readTextFile(`${env('LOCAL_AUTH_DIR')}/private.jwk.json`));
 const key = await importJWK(jwk, 'ES256');
 const token = await new SignJWT({
   role: 'authenticated',
-  email: values.email,
+  email,
   app_metadata: appMetadata,
   user_metadata: {},
   aal: 'aal1',
