@@ -7,15 +7,7 @@
 // These are also the only tests in which functions run isolated from one another.
 import assert from 'node:assert/strict';
 import type { Upload } from '../../scripts/local/management-api.ts';
-import {
-  deploy,
-  deployedUploads,
-  functionsDir,
-  platformEnv,
-  projectSecrets,
-  root,
-  startFunction,
-} from './rehearsal.ts';
+import { deploy, deployedUploads, functionsDir, platformEnv, projectSecrets, startFunction } from './rehearsal.ts';
 
 /** One cheap route per function: a 401/404 in the envelope proves it started and routed. */
 const probes: Record<string, { method: string; path: string; status: number; code?: string }> = {
@@ -150,26 +142,3 @@ Deno.test('every deployed function starts alone from only its uploaded files and
   });
   assert.deepEqual(problems, [], problems.join('\n\n'));
 });
-
-Deno.test('prod.env.example names every variable the functions read', async () => {
-  const example = await Deno.readTextFile(`${root}/prod.env.example`);
-  const read = new Set<string>();
-  for await (const file of walk(functionsDir)) {
-    const source = await Deno.readTextFile(file);
-    // zod env schemas (`NAME: z.…`, `NAME: SomeSchema`, `NAME: perMinute(…)`) and direct reads.
-    for (const m of source.matchAll(/^\s+([A-Z][A-Z0-9_]{2,}): (?:z\.|[A-Za-z]+Schema\b|perMinute\()/gm)) {
-      read.add(m[1]);
-    }
-    for (const m of source.matchAll(/Deno\.env\.get\('([A-Z0-9_]+)'\)/g)) read.add(m[1]);
-  }
-  assert.ok(read.has('STRIPE_SECRET_KEY') && read.has('SUPABASE_DB_URL'), 'the scan finds the env schemas');
-  const missing = [...read].filter((n) => !new RegExp(`\\b${n}\\b`).test(example)).sort();
-  assert.deepEqual(missing, [], `prod.env.example does not mention ${missing.join(', ')}`);
-});
-
-async function* walk(dir: string): AsyncGenerator<string> {
-  for await (const e of Deno.readDir(dir)) {
-    if (e.isDirectory) yield* walk(`${dir}/${e.name}`);
-    else if (e.name.endsWith('.ts')) yield `${dir}/${e.name}`;
-  }
-}

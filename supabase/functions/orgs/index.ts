@@ -5,6 +5,7 @@
 import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { type AppContext, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { billingPage } from '../_shared/billing-page.ts';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
@@ -72,7 +73,7 @@ app.patch('/:id', requireUser, async (c) => {
 app.post('/:id/invitations', requireUser, async (c) => {
   const b = await readJson(c, InviteSchema);
   const token = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64url');
-  const acceptUrl = `${Deno.env.get('BILLING_PAGE_URL') ?? 'http://127.0.0.1:54330/'}#invitation=${token}`;
+  const acceptUrl = `${billingPage().BILLING_PAGE_URL}#invitation=${token}`;
   const invitation = await one('invite_member', [
     currentUser(c).id,
     pathId(c, 'id'),
