@@ -1,4 +1,4 @@
-// Every shell command in docs/deploy.md and docs/runbook.md is one the pinned tools accept:
+// Every shell command in docs/deploy.md, docs/runbook.md and README.md is one the pinned tools accept:
 // each `supabase …` is parsed against the pinned CLI's own --help (the subcommand exists, every
 // flag exists and has its value, arguments only where it takes them), a command whose TARGET is
 // "Local by default" carries --remote (these docs act on the hosted project), `functions deploy`
@@ -10,7 +10,9 @@ import assert from 'node:assert/strict';
 
 const root = new URL('../../', import.meta.url).pathname;
 const supabaseCli = `${root}scripts/toolchain/node_modules/.bin/supabase`;
-const docs = ['docs/deploy.md', 'docs/runbook.md'];
+const docs = ['docs/deploy.md', 'docs/runbook.md', 'README.md'];
+/** Pinned here (scripts/toolchain): accepted as they are. */
+const pinned = new Set(['scripts/toolchain/node_modules/.bin/deno']);
 /** Programs these docs may run that nothing here pins; every other one is checked. */
 const unpinned = new Set([
   'cd',
@@ -26,6 +28,7 @@ const unpinned = new Set([
   'psql',
   'cat',
   'date',
+  'umask',
   '$EDITOR',
 ]);
 
@@ -209,23 +212,23 @@ async function checkScript(words: string[]): Promise<string[]> {
     .map((w) => `${words[0]} has no option ${w.split('=')[0]}`);
 }
 
-Deno.test('every command in docs/deploy.md and docs/runbook.md is one the pinned CLI and the scripts accept', async () => {
+Deno.test('every command in docs/deploy.md, docs/runbook.md and the README is one the pinned CLI and the scripts accept', async () => {
   const found = await documentedCommands();
   const supabase = found.filter((f) => f.words[0] === 'supabase');
   assert.ok(supabase.length >= 15, `the docs' supabase commands were found (${supabase.length})`);
-  // DISABLED
   const problems = (await Promise.all(found.map(async ({ doc, words }) => {
     const program = words[0];
     const wrong = program === 'supabase'
       ? await checkSupabase(words)
       : program.startsWith('./scripts/')
       ? await checkScript(words)
-      : unpinned.has(program)
+      : unpinned.has(program) || pinned.has(program)
       ? []
       : [`${program} is not a program these docs may use (pinned, or in this test's list)`];
     return wrong.map((w) => `${doc}: ${words.join(' ')}\n    ${w}`);
   }))).flat();
   assert.deepEqual(problems, [], `\n${problems.join('\n')}`);
+  assert.ok(found.some((f) => f.words[0] === './scripts/stripe-webhook-endpoint'), 'the endpoint script is documented');
 });
 
 Deno.test('the command reader splits lines as a shell does', () => {
@@ -235,4 +238,13 @@ Deno.test('the command reader splits lines as a shell does', () => {
   ]);
   assert.deepEqual(commandsOf('T=$(curl -s "$U" | jq -r .t)'), [['curl', '-s', '$U'], ['jq', '-r', '.t']]);
   assert.deepEqual(commandsOf('./scripts/x --url u >> prod.env'), [['./scripts/x', '--url', 'u']]);
+});
+
+Deno.test('docs/deploy.md has the webhook events set by the script, never listed by hand for Stripe', async () => {
+  const { connectEvents, platformEvents } = await import('../../supabase/functions/stripe-webhook/events.ts');
+  const deploy = await Deno.readTextFile(`${root}docs/deploy.md`);
+  const blocks = [...deploy.matchAll(/^```[\s\S]*?^```/gm)].map((m) => m[0]).join('\n');
+  const listed = [...platformEvents, ...connectEvents].filter((e) => blocks.includes(e));
+  assert.deepEqual(listed, [], 'event types in a command block: the script sets them from events.ts');
+  assert.ok(!deploy.includes('enabled_events['), 'no hand-made enabled_events list');
 });
