@@ -6,7 +6,7 @@
 // endpoints alone: nothing here calls a route that converges on read.
 import assert from 'node:assert/strict';
 import { connectEvents, platformEvents } from '../../supabase/functions/stripe-webhook/events.ts';
-import { env, newAdmin, newUser, testDb, until, userToken } from '../helpers.ts';
+import { env, newAdmin, newUser, testDb, tick, until, userToken } from '../helpers.ts';
 import {
   denoDir,
   deployedUploads,
@@ -176,6 +176,14 @@ Deno.test({
 
       const studentId = await newUser();
       const student = await userToken(studentId);
+      /** The student spends (gpt-4o input: 50 tokens a credit), then the tick runs, as pg_cron calls it. */
+      const spendThenTick = async (credits: number) => {
+        await call('credits', '/usage', {
+          token: student,
+          body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },
+        });
+        await tick(running.jobs.url);
+      };
       let bought = '';
       await t.step('a purchase: checkout.session.completed credits the student', async () => {
         bought = await buy(student, { package_id: 'starter', save_card: true });
@@ -192,15 +200,7 @@ Deno.test({
             token: student,
             body: { enabled: true, package_id: 'mini', threshold: '1000' },
           });
-          await call('credits', '/usage', {
-            token: student,
-            body: { model: 'gpt-4o', input_tokens: 9000 * 50, output_tokens: 0 },
-          });
-          const tick = await fetch(`${running.jobs.url}/jobs/worker/tick`, {
-            method: 'POST',
-            headers: { authorization: `Bearer ${env('CRON_SECRET')}` },
-          });
-          assert.equal(tick.status, 200, await tick.text());
+          await spendThenTick(9000);
           const [r] = await testDb`select status, purchase_id from billing.recharges where user_id = ${studentId}`;
           assert.equal(r?.status, 'succeeded');
           recharged = r.purchase_id;
@@ -266,15 +266,7 @@ Deno.test({
             body: new URLSearchParams(without.map((e, i) => [`enabled_events[${i}]`, e])),
             headers: { 'content-type': 'application/x-www-form-urlencoded' },
           });
-          await call('credits', '/usage', {
-            token: student,
-            body: { model: 'gpt-4o', input_tokens: 100 * 50, output_tokens: 0 },
-          });
-          const tick = await fetch(`${running.jobs.url}/jobs/worker/tick`, {
-            method: 'POST',
-            headers: { authorization: `Bearer ${env('CRON_SECRET')}` },
-          });
-          assert.equal(tick.status, 200, await tick.text());
+          await spendThenTick(100);
           const [last] = await testDb`select r.status, r.payment_intent_id is not null as charged, p.status as purchase
           from billing.recharges r join billing.purchases p on p.id = r.purchase_id
           where r.user_id = ${studentId} order by r.created_at desc limit 1`;
