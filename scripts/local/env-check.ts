@@ -6,13 +6,16 @@ import { everyFunction, functions, localOnly, markdownTable, platform } from './
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { function: { type: 'string' }, markdown: { type: 'boolean' } },
+  // --hosted: the platform provides its own variables (a project's secrets file is being checked).
+  options: { function: { type: 'string' }, markdown: { type: 'boolean' }, hosted: { type: 'boolean' } },
 });
 if (values.markdown) {
   console.log(markdownTable());
   Deno.exit(0);
 }
 const names = values.function ? [values.function] : Object.keys(functions);
+const providedByPlatform = (v: string) =>
+  values.hosted === true && [...platform.required, ...platform.optional].includes(v);
 const present = (v: string) => (Deno.env.get(v) ?? '') !== '';
 let failures = 0;
 for (const name of names) {
@@ -26,6 +29,10 @@ for (const name of names) {
   const optional = new Set([...platform.optional, ...everyFunction, ...spec.optional].filter((v) => !required.has(v)));
   for (const [kind, vars] of [['required', required], ['optional', optional]] as const) {
     for (const v of vars) {
+      if (providedByPlatform(v)) {
+        console.log(`  platform  ${kind.padEnd(8)}  ${v}`);
+        continue;
+      }
       if (kind === 'required' && !present(v)) failures++;
       const label = localOnly.includes(v) ? 'local' : kind;
       console.log(

@@ -57,22 +57,26 @@ Deno.test('a problem names the variable and why, never its value', () => {
   assert.ok(!text.includes('secret-host') && !text.includes('s3cr3t'), text);
 });
 
-Deno.test('./scripts/env-check in live mode exits 1 naming AI_PROVIDER=local and each unsafe URL, never a value', async () => {
+Deno.test('./scripts/env-check --env-file in live mode exits 1 naming AI_PROVIDER=local and each unsafe URL, never a value', async () => {
   const root = new URL('../../', import.meta.url).pathname;
-  const out = await new Deno.Command(`${root}scripts/env-check`, {
-    args: ['--function', 'jobs'],
-    env: {
-      ...safe,
-      AI_PROVIDER: 'local',
-      CHECKOUT_SUCCESS_URL: 'http://127.0.0.1:9/never-shown',
-      SUPABASE_URL: 'https://rehearsal.supabase.example', // set: env-check reads this environment, not .local/env
-    },
-    stdout: 'piped',
-    stderr: 'piped',
-  }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  assert.equal(out.code, 1, text);
-  assert.match(text, /UNSAFE +AI_PROVIDER is local/);
-  assert.match(text, /UNSAFE +CHECKOUT_SUCCESS_URL points at a loopback address/);
-  assert.ok(!text.includes('never-shown'), 'no value is printed');
+  const file = await Deno.makeTempFile({ suffix: '.env' });
+  const settings = { ...safe, AI_PROVIDER: 'local', CHECKOUT_SUCCESS_URL: 'http://127.0.0.1:9/never-shown' };
+  await Deno.writeTextFile(file, Object.entries(settings).map(([k, v]) => `${k}=${v}\n`).join(''));
+  try {
+    const out = await new Deno.Command(`${root}scripts/env-check`, {
+      args: ['--function', 'jobs', '--env-file', file],
+      clearEnv: true,
+      env: { PATH: Deno.env.get('PATH') ?? '/usr/bin:/bin', HOME: Deno.env.get('HOME') ?? '/tmp' },
+      stdout: 'piped',
+      stderr: 'piped',
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 1, text);
+    assert.match(text, /platform +required +SUPABASE_URL/, "the platform's variables are taken as provided");
+    assert.match(text, /UNSAFE +AI_PROVIDER is local/);
+    assert.match(text, /UNSAFE +CHECKOUT_SUCCESS_URL points at a loopback address/);
+    assert.ok(!text.includes('never-shown'), 'no value is printed');
+  } finally {
+    await Deno.remove(file);
+  }
 });
