@@ -195,6 +195,8 @@ POSTMARK_SERVER_TOKEN=$(local_secret postmark-token)
 POSTMARK_API_BASE=http://127.0.0.1:$MAIL_PORT
 STUDENT_PAGE_PORT=$STUDENT_PORT
 STUDENT_PAGE_URL=http://127.0.0.1:$STUDENT_PORT/
+# Invitation and pay links are built on it: the example student page stands in for the frontend.
+BILLING_PAGE_URL=http://127.0.0.1:$STUDENT_PORT/
 NOTIFY_WEBHOOK_SECRET=$(local_secret notify-secret)
 ALERT_EMAIL=ops@scholarlink.invalid
 METRICS_TOKEN=$(local_secret metrics-token)

@@ -6,18 +6,8 @@
 // not upload, or a variable the docs do not list fails here instead of on hosted Supabase.
 // These are also the only tests in which functions run isolated from one another.
 import assert from 'node:assert/strict';
-import {
-  cliProfile,
-  type ManagementApi,
-  rehearsalToken,
-  startManagementApi,
-  type Upload,
-  writeUpload,
-} from '../../scripts/local/management-api.ts';
-
-const root = new URL('../../', import.meta.url).pathname.replace(/\/$/, '');
-const supabaseCli = `${root}/scripts/toolchain/node_modules/.bin/supabase`;
-const functionsDir = `${root}/supabase/functions`;
+import type { Upload } from '../../scripts/local/management-api.ts';
+import { deploy, deployedUploads, functionsDir, platformEnv, projectSecrets, startFunction } from './rehearsal.ts';
 
 /** One cheap route per function: a 401/404 in the envelope proves it started and routed. */
 const probes: Record<string, { method: string; path: string; status: number; code?: string }> = {
@@ -33,9 +23,6 @@ const probes: Record<string, { method: string; path: string; status: number; cod
   'stripe-webhook': { method: 'GET', path: '/stripe-webhook', status: 404, code: 'NOT_FOUND' },
 };
 
-/** What the platform gives every hosted function; secrets are set on top of these. */
-const platformVariables = ['SUPABASE_URL', 'SUPABASE_DB_URL', 'SUPABASE_ANON_KEY', 'SUPABASE_SERVICE_ROLE_KEY'];
-
 const localFunctions = async () => {
   const names: string[] = [];
   for await (const e of Deno.readDir(functionsDir)) {
@@ -48,51 +35,6 @@ const localFunctions = async () => {
   }
   return names.sort();
 };
-
-interface Deploy {
-  code: number;
-  output: string;
-  api: Pick<ManagementApi, 'ref' | 'uploads' | 'requests' | 'activated'>;
-}
-
-let deployed: Promise<Deploy> | undefined;
-/** Runs the real CLI against the stand-in once for the whole file. */
-function deploy(): Promise<Deploy> {
-  return deployed ??= (async () => {
-    const api = startManagementApi({ port: 0 });
-    const home = await Deno.makeTempDir({ prefix: 'deploy-rehearsal-home-' });
-    try {
-      const profile = `${home}/profile.json`;
-      await Deno.writeTextFile(profile, JSON.stringify(cliProfile(api.url)));
-      const out = await new Deno.Command(supabaseCli, {
-        args: ['--profile', profile, 'functions', 'deploy', `--remote=${api.ref}`, '--use-api', '--yes'],
-        cwd: root,
-        clearEnv: true,
-        env: {
-          PATH: Deno.env.get('PATH') ?? '/usr/bin:/bin',
-          HOME: home,
-          SUPABASE_ACCESS_TOKEN: rehearsalToken,
-          DO_NOT_TRACK: '1',
-          SUPABASE_TELEMETRY_DISABLED: '1',
-          NO_COLOR: '1',
-        },
-        stdout: 'piped',
-        stderr: 'piped',
-      }).output();
-      const text = new TextDecoder();
-      return { code: out.code, output: text.decode(out.stdout) + text.decode(out.stderr), api };
-    } finally {
-      await api.close();
-      await Deno.remove(home, { recursive: true });
-    }
-  })();
-}
-
-async function deployedUploads(): Promise<Map<string, Upload>> {
-  const { code, output, api } = await deploy();
-  assert.equal(code, 0, `supabase functions deploy failed:\n${output}`);
-  return api.uploads;
-}
 
 /** Every module specifier a source file names: static and dynamic imports, re-exports. */
 function specifiers(source: string): string[] {
@@ -156,40 +98,6 @@ Deno.test('every uploaded import map pins, as npm: versions, every package its f
   }
 });
 
-/** The secrets prod.env.example sets (its uncommented names), with this machine's values. */
-async function projectSecrets(): Promise<Record<string, string>> {
-  const example = await Deno.readTextFile(`${root}/prod.env.example`);
-  const names = [...example.matchAll(/^([A-Z][A-Z0-9_]*)=/gm)].map((m) => m[1]);
-  assert.ok(names.length > 0, 'prod.env.example names no secrets');
-  const reserved = names.filter((n) => n.startsWith('SUPABASE_'));
-  assert.deepEqual(reserved, [], 'SUPABASE_ names cannot be set as secrets');
-  return Object.fromEntries(names.flatMap((n) => {
-    const value = Deno.env.get(n);
-    return value ? [[n, value]] : []; // unset on this machine: unset in the rehearsal too
-  }));
-}
-
-async function denoDir(): Promise<string> {
-  const out = await new Deno.Command(Deno.execPath(), { args: ['info', '--json'], stdout: 'piped' }).output();
-  return JSON.parse(new TextDecoder().decode(out.stdout)).denoDir;
-}
-
-/**
- * How this machine reaches npm, for the Deno that starts a function (the platform fetches npm
- * packages itself): the Deno cache, and the CA and proxy settings when set. Not the function's
- * configuration, though the function can see them.
- */
-function reachNpm(cache: string): Record<string, string> {
-  const names = ['NODE_EXTRA_CA_CERTS', 'DENO_CERT', 'DENO_TLS_CA_STORE', 'HTTPS_PROXY', 'HTTP_PROXY', 'NO_PROXY'];
-  return Object.fromEntries([
-    ['DENO_DIR', cache],
-    ...names.flatMap((n) => {
-      const value = Deno.env.get(n);
-      return value ? [[n, value]] : [];
-    }),
-  ]);
-}
-
 interface Answer {
   slug: string;
   status?: number;
@@ -197,72 +105,28 @@ interface Answer {
   failure?: string;
 }
 
-/**
- * Starts one uploaded function alone, as the platform would: its own process and folder, only
- * the uploaded files and import map, no deno.json, no lock file, no node_modules, and only
- * `env`. Then calls its probe route and stops it.
- */
-async function bootAndProbe(upload: Upload, env: Record<string, string>, cache: string): Promise<Answer> {
-  const { slug, metadata } = upload;
-  const dir = await Deno.makeTempDir({ prefix: `deploy-rehearsal-${slug}-` });
-  await writeUpload(upload, dir);
-  const listener = Deno.listen({ hostname: '127.0.0.1', port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      'run',
-      '--no-config',
-      ...(metadata.import_map_path ? [`--import-map=${dir}/${metadata.import_map_path}`] : []),
-      '--allow-net',
-      '--allow-env',
-      `--allow-read=${dir}`,
-      `${dir}/${metadata.entrypoint_path}`,
-    ],
-    cwd: dir,
-    clearEnv: true,
-    env: { ...env, ...reachNpm(cache), DENO_SERVE_ADDRESS: `tcp:127.0.0.1:${port}`, NO_COLOR: '1' },
-    stdout: 'piped',
-    stderr: 'piped',
-  }).spawn();
-  const output = Promise.all([child.stdout, child.stderr].map((s) => new Response(s).text())).then((t) => t.join(''));
-  let exited = false;
-  const status = child.status.then((s) => {
-    exited = true;
-    return s;
-  });
+/** Starts one uploaded function alone, calls its probe route, and stops it. */
+async function bootAndProbe(upload: Upload, env: Record<string, string>): Promise<Answer> {
+  const { slug } = upload;
+  const probe = probes[slug];
+  let running;
   try {
-    const probe = probes[slug];
-    for (let waited = 0;; waited += 100) {
-      if (exited) return { slug, failure: `exited ${(await status).code} before listening:\n${await output}` };
-      if (waited > 60_000) return { slug, failure: 'did not listen within 60 s' };
-      const conn = await Deno.connect({ hostname: '127.0.0.1', port }).catch(() => null);
-      if (conn) {
-        conn.close();
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const res = await fetch(`http://127.0.0.1:${port}${probe.path}`, { method: probe.method });
+    running = await startFunction(upload, env);
+  } catch (err) {
+    return { slug, failure: err instanceof Error ? err.message : String(err) };
+  }
+  try {
+    const res = await fetch(`${running.url}${probe.path}`, { method: probe.method });
     return { slug, status: res.status, body: await res.json().catch(() => null) };
   } finally {
-    if (!exited) child.kill('SIGTERM');
-    await status;
-    await output;
-    await Deno.remove(dir, { recursive: true });
+    await running.stop();
   }
 }
 
 Deno.test('every deployed function starts alone from only its uploaded files and answers its route', async () => {
   const uploads = await deployedUploads();
-  const secrets = await projectSecrets();
-  const hosted = Object.fromEntries(
-    platformVariables.map((n) => [n, Deno.env.get(n) ?? (n === 'SUPABASE_ANON_KEY' ? 'rehearsal-anon-key' : '')]),
-  );
-  const cache = await denoDir();
-  const answers = await Promise.all(
-    [...uploads.values()].map((u) => bootAndProbe(u, { ...hosted, ...secrets }, cache)),
-  );
+  const env = { ...platformEnv(), ...await projectSecrets() };
+  const answers = await Promise.all([...uploads.values()].map((u) => bootAndProbe(u, env)));
   const problems = answers.flatMap(({ slug, status, body, failure }) => {
     if (failure) return [`${slug}: ${failure}`];
     const probe = probes[slug];
@@ -278,26 +142,3 @@ Deno.test('every deployed function starts alone from only its uploaded files and
   });
   assert.deepEqual(problems, [], problems.join('\n\n'));
 });
-
-Deno.test('prod.env.example names every variable the functions read', async () => {
-  const example = await Deno.readTextFile(`${root}/prod.env.example`);
-  const read = new Set<string>();
-  for await (const file of walk(functionsDir)) {
-    const source = await Deno.readTextFile(file);
-    // zod env schemas (`NAME: z.…`, `NAME: SomeSchema`, `NAME: perMinute(…)`) and direct reads.
-    for (const m of source.matchAll(/^\s+([A-Z][A-Z0-9_]{2,}): (?:z\.|[A-Za-z]+Schema\b|perMinute\()/gm)) {
-      read.add(m[1]);
-    }
-    for (const m of source.matchAll(/Deno\.env\.get\('([A-Z0-9_]+)'\)/g)) read.add(m[1]);
-  }
-  assert.ok(read.has('STRIPE_SECRET_KEY') && read.has('SUPABASE_DB_URL'), 'the scan finds the env schemas');
-  const missing = [...read].filter((n) => !new RegExp(`\\b${n}\\b`).test(example)).sort();
-  assert.deepEqual(missing, [], `prod.env.example does not mention ${missing.join(', ')}`);
-});
-
-async function* walk(dir: string): AsyncGenerator<string> {
-  for await (const e of Deno.readDir(dir)) {
-    if (e.isDirectory) yield* walk(`${dir}/${e.name}`);
-    else if (e.name.endsWith('.ts')) yield `${dir}/${e.name}`;
-  }
-}

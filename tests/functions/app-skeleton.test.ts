@@ -86,6 +86,21 @@ Deno.test('a CORS preflight from a listed origin allows the Idempotency-Key head
   assert.match(res.headers.get('access-control-allow-headers') ?? '', /idempotency-key/);
 });
 
+Deno.test('a CORS preflight allows exactly the methods the routes answer', async () => {
+  const preflight = async (routes: Array<'get' | 'delete' | 'patch' | 'put'>) => {
+    const probe = createApp('probe');
+    for (const method of routes) probe[method]('/x', (c) => ok(c, {})); // after the middleware, as every route is
+    const res = await probe.request('/probe/x', {
+      method: 'OPTIONS',
+      headers: { origin: allowedOrigin, 'access-control-request-method': 'PATCH' },
+    });
+    await res.body?.cancel();
+    return res.headers.get('access-control-allow-methods')?.split(',') ?? [];
+  };
+  assert.deepEqual(await preflight(['get', 'delete']), ['DELETE', 'GET', 'OPTIONS']);
+  assert.deepEqual(await preflight(['get', 'patch', 'put']), ['GET', 'OPTIONS', 'PATCH', 'PUT']);
+});
+
 Deno.test("a framework's 4xx (HTTPException) is BAD_REQUEST in the envelope, with its status", async () => {
   const res = await app.request('/probe/unreadable');
   assert.equal(res.status, 400);

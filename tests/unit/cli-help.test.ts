@@ -4,7 +4,18 @@
 // --help or an unknown option here: anything else would start or stop the shared stack.
 import assert from 'node:assert/strict';
 
-const scripts = ['bench', 'demo-purchase', 'dev', 'env-check', 'load', 'soak', 'test', 'token'];
+const scripts = [
+  'bench',
+  'demo-purchase',
+  'dev',
+  'env-check',
+  'load',
+  'smoke-test',
+  'soak',
+  'stripe-webhook-endpoint',
+  'test',
+  'token',
+];
 const root = new URL('../../', import.meta.url).pathname;
 
 async function run(script: string, ...args: string[]) {
@@ -47,6 +58,8 @@ const malformed: [string, string[], RegExp][] = [
   ['bench', ['no-such-bench'], /^no benchmark named 'no-such-bench'\n/],
   ['demo-purchase', ['starter'], /^unexpected argument: starter\n/],
   ['env-check', ['--function'], /^--function needs a value\n/],
+  ['stripe-webhook-endpoint', [], /^--url is required\n/],
+  ['smoke-test', ['--functions-url'], /^--functions-url needs a value\n/],
 ];
 for (const [script, args, says] of malformed) {
   Deno.test(`./scripts/${script} ${args.join(' ')} is a usage error: it says what is wrong, prints usage, exits 2`, () =>

@@ -1,5 +1,7 @@
-// Events: recorded in order, signed as Stripe signs them, delivered to the webhook URL.
+// Events: recorded in order, signed as Stripe signs them, delivered to each webhook endpoint
+// that listens to them (endpoints.ts).
 import type Stripe from 'stripe';
+import { receivers } from './endpoints.ts';
 import { config, newId, now, store } from './state.ts';
 import { deliver, type SignedEvent, signEvent } from './webhooks.ts';
 
@@ -71,21 +73,25 @@ export const payoutEvent = (
 ): Stripe.Event => ({ ...base(), account, type, data: { object: snapshot(payout) } });
 
 /**
- * Records events, signs them and, when asked, delivers them in order (each with Stripe-like
- * retries). Returns exactly the bytes and signature headers it sends, so tests can replay,
- * duplicate or reorder them.
+ * Records events, signs them and, when asked, delivers them in order to every endpoint that
+ * listens to each (with Stripe-like retries; an event no endpoint lists goes nowhere). Returns
+ * each event's bytes with the signature the stack's configured secret makes (the default
+ * endpoints'), so tests can replay, duplicate or reorder them.
  */
 export async function emit(events: Stripe.Event[], shouldDeliver: boolean): Promise<{ events: SignedEvent[] }> {
   store.events.push(...events);
-  const secretOf = (e: Stripe.Event) => (e.account && config.connectWebhookSecret) || config.webhookSecret;
+  const secretOf = (e: Stripe.Event) =>
+    (e.account && config.connectWebhookSecret) || config.webhookSecret || receivers(e)[0]?.secret || 'whsec_none';
   const signed = await Promise.all(events.map((e) => signEvent(e, secretOf(e))));
   if (shouldDeliver) {
-    for (const e of signed) {
-      await deliver(e, {
-        url: config.webhookUrl,
-        attempts: config.deliveryAttempts,
-        backoffMs: config.deliveryBackoffMs,
-      });
+    for (const e of events) {
+      for (const { endpoint, secret } of receivers(e)) {
+        await deliver(await signEvent(e, secret), {
+          url: endpoint.url,
+          attempts: config.deliveryAttempts,
+          backoffMs: config.deliveryBackoffMs,
+        });
+      }
     }
   }
   return { events: signed };

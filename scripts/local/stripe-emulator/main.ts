@@ -6,6 +6,7 @@ import type Stripe from 'stripe';
 import { chargeRoutes } from './charges.ts';
 import { checkoutRoutes } from './checkout.ts';
 import { connectRoutes } from './connect.ts';
+import { createDefaultEndpoints, endpointRoutes } from './endpoints.ts';
 import { offSessionRoutes } from './off-session.ts';
 import { dispatch, missing, type Route, route } from './http.ts';
 import { config, store } from './state.ts';
@@ -33,7 +34,9 @@ const routes: Route[] = [
   ...chargeRoutes,
   ...connectRoutes,
   ...offSessionRoutes,
+  ...endpointRoutes,
 ];
+createDefaultEndpoints();
 
 Deno.serve(
   { port: config.port, hostname: '127.0.0.1', onListen: () => console.log(`stripe emulator on :${config.port}`) },

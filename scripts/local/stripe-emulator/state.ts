@@ -1,5 +1,6 @@
 // The emulator's in-memory world: Stripe objects by type and id, the event log, and config.
 import type Stripe from 'stripe';
+import type { Endpoint } from './endpoints.ts';
 
 export const config = {
   port: Number(Deno.env.get('STRIPE_EMULATOR_PORT') ?? 12111),
@@ -7,7 +8,8 @@ export const config = {
   webhookSecret: (Deno.env.get('STRIPE_WEBHOOK_SECRET') ?? '').split(',')[0].trim(),
   /** Connect events (those carrying `account`) are signed with this one when it is set. */
   connectWebhookSecret: (Deno.env.get('STRIPE_CONNECT_WEBHOOK_SECRET') ?? '').split(',')[0].trim(),
-  webhookUrl: Deno.env.get('STRIPE_WEBHOOK_URL') ?? 'http://127.0.0.1:54321/functions/v1/stripe-webhook',
+  /** Where the default endpoints deliver (the local gateway's stripe-webhook); none when unset. */
+  webhookUrl: Deno.env.get('STRIPE_WEBHOOK_URL') ?? '',
   deliveryAttempts: Number(Deno.env.get('STRIPE_EMULATOR_DELIVERY_ATTEMPTS') ?? 5),
   deliveryBackoffMs: Number(Deno.env.get('STRIPE_EMULATOR_BACKOFF_MS') ?? 200),
   /** Test control: delay every /v1 answer by this many ms (simulates a slow Stripe). */
@@ -48,6 +50,7 @@ export const store = {
   /** What a Checkout Session's `payment_intent_data` asked for (Stripe keeps it off the session). */
   sessionPayments: new Map<string, SessionPayment>(),
   events: [] as Stripe.Event[],
+  webhookEndpoints: new Map<string, Endpoint>(),
 };
 
 const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';

@@ -86,10 +86,13 @@ export function createApp(
     });
     recordLatency(`${c.req.method} ${c.req.routePath}`, c.res.status, durationMs);
   });
+  let methods: string[] | undefined; // routes are fixed once the first request is routed
   const corsHeaders = cors({
     origin: (origin) => (allowed.has(origin) ? origin : null),
     allowHeaders: ['authorization', 'x-client-info', 'apikey', 'content-type', 'idempotency-key', 'x-request-id'],
-    allowMethods: ['GET', 'POST', 'PUT', 'DELETE', 'OPTIONS'],
+    // Every method a route answers, read from the routes themselves when a browser asks, so a
+    // route added later (PATCH /orgs/:id was once refused by browsers) is never left out.
+    allowMethods: () => (methods ??= routeMethods(app)),
     exposeHeaders: ['X-Request-ID', 'Idempotent-Replayed', 'Retry-After', 'Location'],
     maxAge: 600,
   });
@@ -106,6 +109,15 @@ export function createApp(
   app.onError((err, c) => errorResponse(c, err));
   app.notFound((c) => errorResponse(c, new AppError('not_found', 'NOT_FOUND', 'No such route.')));
   return app;
+}
+
+/**
+ * The methods `app`'s routes answer, plus OPTIONS: what a CORS preflight allows. Middleware
+ * (registered for every method as `ALL`) adds none.
+ * @example routeMethods(app) // ['DELETE', 'GET', 'OPTIONS', 'PATCH', 'POST', 'PUT']
+ */
+export function routeMethods(app: Hono<AppEnv>): string[] {
+  return [...new Set([...app.routes.map((r) => r.method).filter((m) => m !== 'ALL'), 'OPTIONS'])].sort();
 }
 
 /** Sets a header on the response in place: c.header() after the handler copies the whole Response. */

@@ -17,7 +17,7 @@ export type BaseEnv = z.infer<typeof BaseEnvSchema>;
 
 /** A missing or malformed variable. It names them, never their values. */
 export class ConfigError extends Error {
-  constructor(readonly variables: string[], problems: string[]) {
+  constructor(readonly variables: string[], readonly problems: string[]) {
     super(`environment: ${problems.join('; ')}`);
   }
 
@@ -34,6 +34,9 @@ export class ConfigError extends Error {
     );
   }
 }
+
+/** Settings that are present but unsafe (live mode, live-config.ts): each problem names its variable, never a value. */
+export class UnsafeConfigError extends ConfigError {}
 
 /**
  * Parses `source` with `schema`, throwing a ConfigError that names each bad variable.

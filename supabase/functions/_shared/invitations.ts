@@ -5,6 +5,7 @@
 // the same link. Accepting needs no secret: the token given is hashed and looked up.
 import { createHash, createHmac } from 'node:crypto';
 import { z } from 'zod';
+import { billingPage } from './billing-page.ts';
 import { db } from './db.ts';
 import { CommaListSchema, lazyEnv } from './env.ts';
 import { isUuid } from './validate.ts';
@@ -16,8 +17,6 @@ const env = lazyEnv(z.object({
     (l) => l.length > 0 && l.every((s) => s.length >= 32),
     'needs one or more secrets of 32+ characters',
   ),
-  /** The page that answers invitations (the link is `<BILLING_PAGE_URL>#invitation=<token>`). */
-  BILLING_PAGE_URL: z.url().default('http://127.0.0.1:54330/'),
 }));
 
 /**
@@ -68,7 +67,7 @@ export async function invitationEmail(id: unknown): Promise<InvitationEmail | nu
       inviter_email: i.inviter_email,
       role: i.role,
       expires_at: (i.expires_at as Date).toISOString(),
-      accept_url: `${env().BILLING_PAGE_URL}#invitation=${token}`,
+      accept_url: `${billingPage().BILLING_PAGE_URL}#invitation=${token}`,
     },
   };
 }

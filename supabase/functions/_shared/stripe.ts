@@ -33,22 +33,29 @@ export type StripeEnv = z.infer<typeof StripeEnvSchema>;
 let cached: { env: StripeEnv; client: Stripe } | undefined;
 
 /**
+ * The official SDK for `key`, talking to `apiBase` when given (locally: the emulator), else to Stripe.
+ * @example const client = stripeClient('sk_test_…', Deno.env.get('STRIPE_API_BASE'))
+ */
+export function stripeClient(key: string, apiBase?: string, timeoutMs = 10_000): Stripe {
+  const base = apiBase ? new URL(apiBase) : undefined;
+  return new Stripe(key, {
+    httpClient: Stripe.createFetchHttpClient(),
+    timeout: timeoutMs,
+    maxNetworkRetries: 1,
+    ...(base
+      ? { host: base.hostname, port: Number(base.port), protocol: base.protocol.replace(':', '') as 'http' | 'https' }
+      : {}),
+  });
+}
+
+/**
  * The configured client and its env, created on first use.
  * @example const session = await stripeCall(() => stripe().client.checkout.sessions.retrieve(id))
  */
 export function stripe(): { env: StripeEnv; client: Stripe } {
   if (!cached) {
     const env = parseEnv(StripeEnvSchema);
-    const base = env.STRIPE_API_BASE ? new URL(env.STRIPE_API_BASE) : undefined;
-    const client = new Stripe(env.STRIPE_SECRET_KEY, {
-      httpClient: Stripe.createFetchHttpClient(),
-      timeout: env.STRIPE_TIMEOUT_MS,
-      maxNetworkRetries: 1,
-      ...(base
-        ? { host: base.hostname, port: Number(base.port), protocol: base.protocol.replace(':', '') as 'http' | 'https' }
-        : {}),
-    });
-    cached = { env, client };
+    cached = { env, client: stripeClient(env.STRIPE_SECRET_KEY, env.STRIPE_API_BASE, env.STRIPE_TIMEOUT_MS) };
   }
   return cached;
 }

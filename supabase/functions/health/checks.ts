@@ -1,7 +1,13 @@
 // Runs dependency checks in parallel, each bounded by a timeout, into one report.
-import { ConfigError } from '../_shared/env.ts';
+import { ConfigError, UnsafeConfigError } from '../_shared/env.ts';
 
-export type CheckResult = { status: 'ok' | 'failing'; durationMs: number; error?: string; variables?: string[] };
+export type CheckResult = {
+  status: 'ok' | 'failing';
+  durationMs: number;
+  error?: string;
+  variables?: string[];
+  problems?: string[];
+};
 export type Report = { status: 'ok' | 'failing'; checks: Record<string, CheckResult> };
 
 async function withTimeout(work: Promise<void>, ms: number): Promise<void> {
@@ -27,6 +33,10 @@ export async function runChecks(checks: Record<string, () => Promise<void>>, tim
       } catch (err) {
         // The check's name is what operators need; the error class says timeout vs refusal;
         // a configuration check names the missing variables (never their values).
+        if (err instanceof UnsafeConfigError) {
+          const { variables, problems } = err;
+          return [name, { status: 'failing', durationMs: durationMs(), error: 'config_unsafe', variables, problems }];
+        }
         if (err instanceof ConfigError) {
           return [name, {
             status: 'failing',

@@ -1,6 +1,7 @@
 // Health and operations: liveness, readiness, SLOs, Prometheus metrics, open alerts, and the
 // deep health check. Liveness has no dependencies; readiness is 200 only when the database
-// answers, the auth key set loads and the Stripe configuration is valid.
+// answers, the auth key set loads, the Stripe configuration is valid and, in live mode, no
+// setting is unsafe.
 import { z } from 'zod';
 import { complete } from '../_shared/ai.ts';
 import { type AppContext, createApp, ok, requireAdmin, requireAdminUnless } from '../_shared/app.ts';
@@ -9,6 +10,7 @@ import { call, db } from '../_shared/db.ts';
 import { parseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { bucketBounds } from '../_shared/latency.ts';
+import { assertLiveConfig } from '../_shared/live-config.ts';
 import { guarded, redis, RedisEnvSchema, redisHealth } from '../_shared/redis.ts';
 import { constantTimeEqual, hasCronSecret } from '../_shared/secrets.ts';
 import { stripe, StripeEnvSchema } from '../_shared/stripe.ts';
@@ -43,6 +45,8 @@ app.get('/readyz', async (c) => {
     // Secrets every function needs, checked without a network call (keys of STRIPE_MODE).
     stripe_config: () => Promise.resolve(void parseEnv(StripeEnvSchema)),
     redis_config: () => Promise.resolve(void parseEnv(RedisEnvSchema)),
+    // With STRIPE_MODE=live: nothing that takes real money unsafely (the local AI stand-in, loopback links, …).
+    live_config: () => Promise.resolve(assertLiveConfig()),
   });
   // Reported, never failing readiness on their own: Redis (every use fails open or soft) and
   // the outbox backlog (a late email never blocks a payment).

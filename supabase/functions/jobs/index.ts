@@ -3,11 +3,12 @@
 import type { Job, JobAccepted, JobList, JobStatus } from '../_shared/contract.ts';
 import { createApp, currentUser, ok, requireUser } from '../_shared/app.ts';
 import { call, db } from '../_shared/db.ts';
-import { parseEnv } from '../_shared/env.ts';
+import { parseEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotent } from '../_shared/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { requireCronSecret } from '../_shared/secrets.ts';
+import { stripe } from '../_shared/stripe.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import { CreateJobSchema, ListJobsSchema, WorkerEnvSchema } from './schemas.ts';
 import { jobTypes } from './types/index.ts';
@@ -15,6 +16,7 @@ import { runRecharges } from './recharges.ts';
 import { runWorker } from './worker.ts';
 
 const env = parseEnv(WorkerEnvSchema);
+reportAtStart(stripe); // the tick charges saved cards (auto-recharge): a missing or wrong-mode key is logged at start
 const app = createApp('jobs');
 
 type JobRow = {

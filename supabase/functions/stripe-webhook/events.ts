@@ -1,61 +1,73 @@
-// Which Stripe events move money or state here, and the current state to converge on,
-// re-fetched from Stripe (an event's payload only says where to look).
+// The Stripe events this service subscribes to, each with where its state lives. These maps
+// are the one list: refOf dispatches on them, ./scripts/stripe-webhook-endpoint gives Stripe
+// exactly their keys as an endpoint's `enabled_events`, and the local emulator's default
+// endpoints are made from them. A type left out here is never delivered (as on Stripe).
 import type Stripe from 'stripe';
-import { fetchAccountState, fetchPayoutState } from '../_shared/connect.ts';
-import { fetchPurchaseState, type PurchaseRef } from '../_shared/purchases.ts';
+import type { PurchaseRef } from '../_shared/purchases.ts';
 import { idOf } from '../_shared/stripe.ts';
-import { isUuid } from '../_shared/validate.ts';
 
 /** Where an event's state lives: a Checkout payment, a Connect account, or a payout on one. */
 export type EventRef = PurchaseRef | { account: string } | { payout: string; account: string };
 
-/** What an event is about, or null for a type we record but do not act on. */
+type Handler<T extends Stripe.Event.Type> = (event: Extract<Stripe.Event, { type: T }>) => EventRef | null;
+type Handlers = { [T in Stripe.Event.Type]?: Handler<T> };
+
+type About<O> = { account?: string; data: { object: O } };
+const session = (e: About<{ id: string }>) => ({ session: e.data.object.id });
+const chargeOf = (e: About<{ charge: string | Stripe.Charge | null }>) => {
+  const charge = idOf(e.data.object.charge);
+  return charge ? { charge } : null;
+};
+const payout = (e: About<{ id: string }>) => e.account ? { payout: e.data.object.id, account: e.account } : null;
+/** Recorded and answered, nothing converged: `charge_failure_rate` divides failures by these. */
+const recordOnly = () => null;
+
+/** Events on the platform's own account: its endpoint listens to "Your account". */
+export const platformHandlers = {
+  'checkout.session.completed': session,
+  'checkout.session.async_payment_succeeded': session,
+  'checkout.session.async_payment_failed': session,
+  'checkout.session.expired': session,
+  'payment_intent.payment_failed': (e) => ({ paymentIntent: e.data.object.id }),
+  // A Checkout payment's own events say it all; an off-session recharge has only this one,
+  // and it is what credits the recharge (jobs/recharges.ts never does).
+  'payment_intent.succeeded': (e) =>
+    e.data.object.metadata?.origin === 'auto_recharge' ? { paymentIntent: e.data.object.id } : null,
+  'charge.succeeded': recordOnly,
+  'charge.refunded': (e) => ({ charge: e.data.object.id }),
+  'charge.dispute.created': chargeOf,
+  'charge.dispute.closed': chargeOf,
+  // Provider payments are destination charges on the platform: their fees are platform events.
+  'application_fee.created': chargeOf,
+  'application_fee.refunded': chargeOf,
+} satisfies Handlers;
+
+/** Events on connected accounts (providers' Express accounts): the Connect endpoint's. */
+export const connectHandlers = {
+  'account.updated': (e) => ({ account: e.data.object.id }),
+  'payout.created': payout,
+  'payout.paid': payout,
+  'payout.failed': payout,
+  'payout.canceled': payout,
+} satisfies Handlers;
+
+export type PlatformEvent = keyof typeof platformHandlers;
+export type ConnectEvent = keyof typeof connectHandlers;
+/** The `enabled_events` of the platform endpoint. */
+export const platformEvents = Object.keys(platformHandlers) as PlatformEvent[];
+/** The `enabled_events` of the Connect endpoint. */
+export const connectEvents = Object.keys(connectHandlers) as ConnectEvent[];
+
+// Each handler reads only its own type's payload: refOf hands it only events of that type.
+const handlers = { ...platformHandlers, ...connectHandlers } as unknown as Record<
+  string,
+  (event: Stripe.Event) => EventRef | null
+>;
+
+/**
+ * What an event is about, or null for a type we record but do not act on.
+ * @example refOf(event) // { session: 'cs_test_…' }
+ */
 export function refOf(event: Stripe.Event): EventRef | null {
-  switch (event.type) {
-    case 'checkout.session.completed':
-    case 'checkout.session.async_payment_succeeded':
-    case 'checkout.session.async_payment_failed':
-    case 'checkout.session.expired':
-      return { session: event.data.object.id };
-    case 'payment_intent.payment_failed':
-      return { paymentIntent: event.data.object.id };
-    // A Checkout payment's own events say it all; an off-session recharge has only this one.
-    case 'payment_intent.succeeded':
-      return event.data.object.metadata?.origin === 'auto_recharge' ? { paymentIntent: event.data.object.id } : null;
-    case 'charge.refunded':
-      return { charge: event.data.object.id };
-    case 'application_fee.created':
-    case 'application_fee.refunded':
-    case 'charge.dispute.created':
-    case 'charge.dispute.closed': {
-      const charge = idOf(event.data.object.charge);
-      return charge ? { charge } : null;
-    }
-    case 'account.updated':
-      return { account: event.data.object.id };
-    case 'payout.created':
-    case 'payout.paid':
-    case 'payout.failed':
-    case 'payout.canceled':
-      return event.account ? { payout: event.data.object.id, account: event.account } : null;
-    default:
-      return null;
-  }
-}
-
-/** The state SQL converges on (billing.process_stripe_event dispatches on its `kind`). */
-export function fetchState(ref: EventRef) {
-  if ('payout' in ref) return fetchPayoutState(ref.payout, ref.account);
-  if ('account' in ref) return fetchAccountState(ref.account);
-  return fetchPurchaseState(ref);
-}
-
-/** The user whose payment failed (from our own metadata on the intent or session), if any. */
-export function failedPaymentUser(event: Stripe.Event): string | null {
-  const metadata =
-    event.type === 'payment_intent.payment_failed' || event.type === 'checkout.session.async_payment_failed'
-      ? event.data.object.metadata
-      : null;
-  const user = metadata?.user_id;
-  return user && isUuid(user) ? user : null;
+  return Object.hasOwn(handlers, event.type) ? handlers[event.type](event) : null;
 }

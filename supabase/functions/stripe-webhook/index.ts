@@ -16,7 +16,8 @@ import { reportAtStart } from '../_shared/env.ts';
 import { stripe } from '../_shared/stripe.ts';
 import { readBody } from '../_shared/validate.ts';
 import { recordFailedPayment } from '../_shared/velocity.ts';
-import { failedPaymentUser, fetchState, refOf } from './events.ts';
+import { refOf } from './events.ts';
+import { failedPaymentUser, fetchState } from './state.ts';
 import { countRefusal, signedTimestamp } from './signature.ts';
 
 const app = createApp('stripe-webhook', { rateLimited: false });

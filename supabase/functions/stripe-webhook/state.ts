@@ -1,0 +1,24 @@
+// What a verified event leads to: the current state to converge on, re-fetched from Stripe
+// (an event's payload only says where to look), and the user whose payment failed.
+import type Stripe from 'stripe';
+import { fetchAccountState, fetchPayoutState } from '../_shared/connect.ts';
+import { fetchPurchaseState } from '../_shared/purchases.ts';
+import { isUuid } from '../_shared/validate.ts';
+import type { EventRef } from './events.ts';
+
+/** The state SQL converges on (billing.process_stripe_event dispatches on its `kind`). */
+export function fetchState(ref: EventRef) {
+  if ('payout' in ref) return fetchPayoutState(ref.payout, ref.account);
+  if ('account' in ref) return fetchAccountState(ref.account);
+  return fetchPurchaseState(ref);
+}
+
+/** The user whose payment failed (from our own metadata on the intent or session), if any. */
+export function failedPaymentUser(event: Stripe.Event): string | null {
+  const metadata =
+    event.type === 'payment_intent.payment_failed' || event.type === 'checkout.session.async_payment_failed'
+      ? event.data.object.metadata
+      : null;
+  const user = metadata?.user_id;
+  return user && isUuid(user) ? user : null;
+}
