@@ -124,7 +124,7 @@ export const functions: Record<string, FunctionEnv> = {
       'OUTBOX_MAX_ATTEMPTS',
     ],
   },
-  orgs: { required: [...redis, 'INVITATION_TOKEN_SECRET'], optional: [] },
+  orgs: { required: [...redis, 'INVITATION_TOKEN_SECRET'], optional: ['BILLING_PAGE_URL'] },
   providers: {
     required: [
       ...redis,
