@@ -1,10 +1,10 @@
-// The hot routes write their values into the statement (`inline`, _shared/db.ts) so postgres.js
+// The hot routes write their values into the statement (`inline`, _shared/sql-literal.ts) so postgres.js
 // sends it in one round trip. What Postgres reads back must be exactly the value sent, for any
 // string (quotes, backslashes, anything Unicode), and no value can end the literal early.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import postgres from 'postgres';
-import { inline, oneTrip } from '../../supabase/functions/_shared/db.ts';
+import { inline, jsonb, oneTrip } from '../../supabase/functions/_shared/sql-literal.ts';
 import { env, testDb } from '../helpers.ts';
 
 const readBack = async (v: string) => {
@@ -20,7 +20,7 @@ Deno.test('any string written in by inline reads back as itself', async () => {
         fc.string({
           unit: fc.constantFrom("'", '\\', '"', '$', ';', '-', '/', '*', 'E', 'x', '\n', '\u00e9', '\u{1F600}'),
         }),
-      ).filter((s) => !s.includes('\0')),
+      ).filter((s) => !s.includes('\0') && s.isWellFormed()),
       async (s) => assert.equal(await readBack(s), s),
     ),
     { numRuns: 300 },
@@ -37,11 +37,9 @@ Deno.test('values that try to end the literal stay values', async () => {
     "'' or ''=''",
   ];
   for (const s of attacks) assert.equal(await readBack(s), s);
-  const [{ json }] = await oneTrip<{ json: unknown }[]>(
-    testDb,
-    inline`select ${JSON.stringify({ note: 'it\'s \\ "quoted"' })}::jsonb as json`,
-  );
-  assert.deepEqual(json, { note: 'it\'s \\ "quoted"' });
+  const note = { note: 'it\'s \\ "quoted" \u00e9 \u{1F600} \uffff', "k'ey": [1, -0, 1e300, null, true] };
+  const [{ json }] = await oneTrip<{ json: unknown }[]>(testDb, inline`select ${jsonb(note)} as json`);
+  assert.deepEqual(json, JSON.parse(JSON.stringify(note)));
   const [{ n, t, f, z }] = await oneTrip(
     testDb,
     inline`select 1-${-1} as n, ${true} as t, ${false} as f, ${null}::text as z`,
@@ -50,9 +48,9 @@ Deno.test('values that try to end the literal stay values', async () => {
 });
 
 Deno.test('the statement is ASCII whatever the values, and oneTrip runs one statement only', async () => {
-  const text = inline`select ${'é 😀 \ud800 ü'}::text as v`;
+  const text = inline`select ${'é 😀 \uffff ü'}::text as v`;
   assert.match(text, /^[\x20-\x7e]*$/, 'non-ASCII is written as escapes');
-  assert.equal(await readBack('é 😀 \ud800 ü'), 'é 😀 \ufffd ü', 'a lone surrogate reads back as U+FFFD');
+  assert.equal(await readBack('é 😀 \uffff ü'), 'é 😀 \uffff ü', 'a noncharacter reads back as itself');
   await assert.rejects(
     oneTrip(testDb, inline`select 1; select ${2}`),
     (e: { code?: string }) => e.code === '42601',
@@ -80,12 +78,4 @@ Deno.test('one-trip statements and statements with parameters share a pooled con
     clearTimeout(timer);
     await sql.end({ timeout: 1 });
   }
-});
-
-Deno.test('inline refuses what it cannot write exactly', () => {
-  assert.throws(() => inline`select ${'a\0b'}`, /NUL/);
-  assert.throws(() => inline`select ${1.5}`, /safe integer/);
-  assert.throws(() => inline`select ${2 ** 60}`, /safe integer/);
-  assert.throws(() => inline`select ${{} as unknown as string}`, /cannot write/);
-  assert.throws(() => inline`select ${undefined as unknown as string}`, /cannot write/);
 });

@@ -86,65 +86,6 @@ export function db(): postgres.Sql {
   return pool;
 }
 
-/** What `inline` writes into a statement. */
-export type InlineValue = string | number | boolean | null;
-declare const inlined: unique symbol;
-/** A statement `inline` wrote: the only kind `oneTrip` sends. */
-export type InlineStatement = string & { readonly [inlined]: true };
-
-/**
- * A statement with its values written in as SQL literals, for the hot routes: postgres.js sends
- * it in one flight. Without prepared statements (`prepare: false`, for the transaction-mode
- * pooler) postgres.js sends a statement that has parameters in two round trips (Parse +
- * Describe, then, once the server has said the parameters' types, Bind + Execute); one without
- * parameters goes as Parse + Bind + Execute + Sync at once. A string becomes an E'…' literal
- * with its backslashes and quotes doubled (what libpq's PQescapeLiteral writes) and every
- * character beyond ASCII written as a \u or \U escape, so the statement is ASCII whatever the
- * connection's encoding; a number must be a safe integer; anything else is refused. Values go
- * where an expression may stand (never inside a quoted string, a $$ body or a comment); cast in
- * SQL where the type matters (`${json}::jsonb`).
- * @example await oneTrip(sql, inline`select * from billing.get_balance(${userId})`)
- */
-export function inline(strings: TemplateStringsArray, ...values: InlineValue[]): InlineStatement {
-  return strings.reduce((text, s, i) => text + sqlLiteral(values[i - 1]) + s) as InlineStatement;
-}
-
-/**
- * Sends a statement `inline` wrote as one flight of the extended protocol (Parse, Bind, Execute,
- * Sync; one statement only, where the simple protocol would run several), and alone on its
- * connection until it is answered: postgres.js would otherwise pipeline the next statements
- * behind it, and a statement with parameters pipelined behind one through pgbouncer in
- * transaction mode never got its answer (found by the credit-lots parallel test).
- * @example const [b] = await oneTrip(sql, inline`select * from billing.get_balance(${userId})`)
- */
-export function oneTrip<T extends postgres.Row[] = postgres.Row[]>(sql: postgres.Sql, statement: InlineStatement) {
-  // Both are options postgres.js reads but does not declare.
-  const options = { simple: false, onexecute: () => false };
-  return sql.unsafe<T>(statement, [], options as postgres.UnsafeQueryOptions);
-}
-
-function sqlLiteral(v: unknown): string {
-  if (v === null) return 'null';
-  if (typeof v === 'boolean') return v ? 'true' : 'false';
-  if (typeof v === 'number') {
-    if (!Number.isSafeInteger(v)) throw new TypeError('inline: a number must be a safe integer');
-    return v < 0 ? `(${v})` : String(v); // `x-${-1}` must not become a comment
-  }
-  if (typeof v !== 'string') throw new TypeError(`inline: cannot write a ${typeof v} as SQL`);
-  let body = '';
-  for (const ch of v) {
-    const cp = ch.codePointAt(0) as number;
-    if (cp === 0) throw new TypeError('inline: a string cannot hold NUL');
-    if (ch === '\\' || ch === "'") body += ch + ch;
-    else if (cp < 0x80) body += ch;
-    // A lone surrogate is not a character: U+FFFD, as encoding it as UTF-8 would give.
-    else if (cp >= 0xd800 && cp <= 0xdfff) body += '\\uFFFD';
-    else if (cp <= 0xffff) body += '\\u' + cp.toString(16).padStart(4, '0');
-    else body += '\\U' + cp.toString(16).padStart(8, '0');
-  }
-  return `E'${body}'`;
-}
-
 /**
  * SQL error tokens (raised as `message` with errcode P0001 and JSON `detail`) and how each
  * reaches the caller. The one place tokens become HTTP; docs/api.md lists the same table.

@@ -5,8 +5,9 @@ import { createHash } from 'node:crypto';
 import type postgres from 'postgres';
 import type { AppContext } from './app.ts';
 import { currentUser, errorBody, successBody } from './app.ts';
-import { call, fromDbError, inline, oneTrip, sqlRefusal } from './db.ts';
+import { call, fromDbError, sqlRefusal } from './db.ts';
 import { AppError, internalError } from './errors.ts';
+import { inline, jsonb, oneTrip } from './sql-literal.ts';
 
 const wellFormedKey = /^[\x21-\x7e]{1,255}$/;
 
@@ -208,7 +209,7 @@ export async function moneyRequest(
     oneTrip<MoneyResponse[]>(
       sql,
       inline`select * from billing.run_money_request(${userId}, ${action}, ${key}, ${hash},
-      ${c.get('requestId')}, ${JSON.stringify(args)}::jsonb, ${successStatus}, ${opts.admin ?? false})`,
+      ${c.get('requestId')}, ${jsonb(args)}, ${successStatus}, ${opts.admin ?? false})`,
     )
   );
   const metadata = { requestId: r.request_id, timestamp: r.responded_at.toISOString() };

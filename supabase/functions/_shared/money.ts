@@ -1,5 +1,6 @@
 // Credit amounts: exact decimals, carried as strings in JSON, never JS floats.
 import { z } from 'zod';
+import { pgInt, pgText } from './pg-values.ts';
 
 const positiveDecimal = /^(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?$/;
 
@@ -9,7 +10,7 @@ const positiveDecimal = /^(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?$/;
  * @example CreditAmountSchema.parse('12.50') // '12.50'
  */
 export const CreditAmountSchema = z
-  .union([z.string(), z.number().int().positive().max(Number.MAX_SAFE_INTEGER)])
+  .union([pgText(64), pgInt(1, Number.MAX_SAFE_INTEGER)])
   .transform(String)
   .pipe(
     z.string()

@@ -1,8 +1,10 @@
 // Query-string and path values whose every accepted value Postgres accepts too, so a hostile
 // value is a 400 with a `field` and never reaches SQL to come back as a 500: bounded integers
-// (bigint ids, page sizes), real calendar dates and instants within one window, UUIDs.
+// (bigint ids, page sizes), real calendar dates and instants within one window, UUIDs. Built
+// from pg-values.ts's blocks.
 import { z } from 'zod';
 import { AppError } from './errors.ts';
+import { bigintText, pgText, queryInt } from './pg-values.ts';
 
 /** The window every date and instant must fall in (docs/api.md, "Query values"). */
 export const earliestDay = '1970-01-01';
@@ -11,39 +13,27 @@ const earliestMs = Date.parse(`${earliestDay}T00:00:00Z`);
 const afterLatestMs = Date.parse('+010000-01-01T00:00:00Z');
 const outOfWindow = `must be between ${earliestDay} and ${latestDay}`;
 
-/** Postgres' largest bigint, 2^63 - 1. */
-export const maxBigint = 9_223_372_036_854_775_807n;
-
 /**
  * A positive bigint id as a decimal string (an entry id, a cursor): at most 2^63 - 1.
  * @example LedgerQuerySchema.shape.cursor // EntryIdSchema.optional()
  */
-export const EntryIdSchema = z
-  .string()
-  .regex(/^[1-9][0-9]{0,18}$/, 'must be a cursor from a previous page')
-  // zod runs refinements even after the regex failed: only digits reach BigInt.
-  .refine((s) => /^[0-9]+$/.test(s) && BigInt(s) <= maxBigint, 'must be a cursor from a previous page');
+export const EntryIdSchema = bigintText('must be a cursor from a previous page');
 
 /**
  * A page size from the query string: decimal digits only (no `1e3`, `0x10`, spaces or signs),
  * within [1, max], `fallback` when absent.
  * @example limit: pageLimit(200, 50)
  */
-export const pageLimit = (max: number, fallback: number) =>
-  z
-    .string()
-    .regex(/^[0-9]{1,6}$/, `must be a whole number from 1 to ${max}`)
-    .transform(Number)
-    .pipe(z.number().int().min(1, `must be a whole number from 1 to ${max}`).max(max))
-    .default(fallback);
+export const pageLimit = (max: number, fallback: number) => queryInt(1, max).default(fallback);
 
 /**
  * A calendar date `YYYY-MM-DD` that exists (no 2026-02-30) and lies in the window.
  * @example DailyReportSchema = z.strictObject({ date: CalendarDateSchema })
  */
-export const CalendarDateSchema = z.iso
-  .date()
-  .refine((s) => s >= earliestDay && s <= latestDay, outOfWindow);
+export const CalendarDateSchema = pgText(10).pipe(
+  z.iso.date()
+    .refine((s) => s >= earliestDay && s <= latestDay, outOfWindow),
+);
 
 // Real offsets run from -12:00 to +14:00; Postgres refuses anything past ±15:59.
 const offsetMinutes = (s: string) => {
@@ -56,17 +46,18 @@ const offsetMinutes = (s: string) => {
  * passed on as given (microseconds kept); only its range is checked here.
  * @example from: InstantSchema.optional()
  */
-export const InstantSchema = z.iso
-  .datetime({ offset: true })
-  .refine((s) => offsetMinutes(s) <= 14 * 60, 'the UTC offset must be at most ±14:00')
-  .refine((s) => {
-    const ms = Date.parse(s);
-    return ms >= earliestMs && ms < afterLatestMs;
-  }, outOfWindow);
+export const InstantSchema = pgText(40).pipe(
+  z.iso
+    .datetime({ offset: true })
+    .refine((s) => offsetMinutes(s) <= 14 * 60, 'the UTC offset must be at most ±14:00')
+    .refine((s) => {
+      const ms = Date.parse(s);
+      return ms >= earliestMs && ms < afterLatestMs;
+    }, outOfWindow),
+);
 
 /** A UUID in its canonical 8-4-4-4-12 hex form (any version). */
-export const UuidSchema = z
-  .string()
+export const UuidSchema = pgText(36)
   .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i, 'must be a UUID');
 
 /**

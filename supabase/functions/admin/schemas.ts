@@ -1,5 +1,6 @@
 // Query shapes of the admin routes.
 import { z } from 'zod';
+import { pgText } from '../_shared/pg-values.ts';
 import { CalendarDateSchema } from '../_shared/query.ts';
 
 const day = CalendarDateSchema;
@@ -28,9 +29,9 @@ export const MetricsSchema = z
 /** POST /admin/session: a pasted access token, or email and password for Supabase Auth. */
 export const SessionRequestSchema = z
   .strictObject({
-    access_token: z.string().trim().min(1).max(16_384).optional(),
-    email: z.email().max(254).optional(),
-    password: z.string().min(1).max(1_024).optional(),
+    access_token: pgText(16_384).trim().min(1).optional(),
+    email: pgText(254).email().optional(),
+    password: pgText(1_024).min(1).optional(),
   })
   .refine((b) => (b.access_token ? !b.email && !b.password : Boolean(b.email && b.password)), {
     message: 'send access_token, or email and password',

@@ -12,12 +12,14 @@ import {
   requireServiceRole,
   requireUser,
 } from '../_shared/app.ts';
-import { call, inline, oneTrip } from '../_shared/db.ts';
+import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { moneyRequest } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import { ledgerCsv, ledgerPage } from '../_shared/ledger.ts';
+import { jsonText } from '../_shared/pg-values.ts';
+import { inline, oneTrip } from '../_shared/sql-literal.ts';
 import {
   AutoRechargeSchema,
   CapAlertsSchema,
@@ -92,7 +94,7 @@ app.post('/usage', requireUser, async (c) => {
 app.post('/usage/batch', requireServiceRole, async (c) => {
   const body = await readJson(c, UsageBatchSchema, 1024 * 1024); // 1,000 events fit in well under 1 MiB
   const [{ outcomes }] = await call((sql) =>
-    sql`select billing.charge_usage_batch(${JSON.stringify(body.events)}::text::jsonb) as outcomes`
+    sql`select billing.charge_usage_batch(${jsonText(body.events)}::text::jsonb) as outcomes`
   );
   return ok(c, { outcomes });
 });

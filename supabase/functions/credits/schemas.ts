@@ -1,18 +1,20 @@
 // Request shapes of the credits routes (their responses are in _shared/contract.ts).
 import { z } from 'zod';
 import { CreditAmountSchema } from '../_shared/money.ts';
-import { EntryIdSchema, InstantSchema, pageLimit } from '../_shared/query.ts';
+import { jsonObject, pgInt, pgText } from '../_shared/pg-values.ts';
+import { EntryIdSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/query.ts';
 
 const printable = /^[\x20-\x7e]+$/;
-export const CorrelationIdSchema = z.string().min(1).max(128).regex(printable, 'must be printable ASCII');
-export const MetadataSchema = z
-  .record(z.string().max(64), z.union([z.string().max(500), z.number(), z.boolean(), z.null()]))
-  .refine((m) => Object.keys(m).length <= 20, 'at most 20 keys');
+export const CorrelationIdSchema = pgText(128).min(1).regex(printable, 'must be printable ASCII');
+/** Free-form facts about a charge, kept with its transfer: plain values only (no nesting). */
+export const MetadataSchema = jsonObject({ depth: 1, entries: 20, key: 64, text: 500 });
+const ModelSchema = pgText(64).min(1).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name');
+const PackageIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a package id');
 
-const tokens = z.number().int().min(0).max(10_000_000);
+const tokens = pgInt(0, 10_000_000);
 
 export const UsageRequestSchema = z.strictObject({
-  model: z.string().min(1).max(64).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name'),
+  model: ModelSchema,
   input_tokens: tokens,
   output_tokens: tokens,
   correlation_id: CorrelationIdSchema.optional(),
@@ -22,7 +24,7 @@ export type UsageRequest = z.infer<typeof UsageRequestSchema>;
 
 export const HoldRequestSchema = z.strictObject({
   amount: CreditAmountSchema,
-  ttl_seconds: z.number().int().min(1).max(86_400).optional(),
+  ttl_seconds: pgInt(1, 86_400).optional(),
   correlation_id: CorrelationIdSchema.optional(),
 });
 export type HoldRequest = z.infer<typeof HoldRequestSchema>;
@@ -30,12 +32,12 @@ export type HoldRequest = z.infer<typeof HoldRequestSchema>;
 export const CaptureRequestSchema = z.strictObject({ amount: CreditAmountSchema.optional() });
 export const ReleaseRequestSchema = z.strictObject({});
 
-const CentsSchema = z.string().regex(/^(0|[1-9][0-9]{0,15})(\.[0-9]{1,18})?$/, 'must be a non-negative decimal string');
+const CentsSchema = pgText(40).regex(/^(0|[1-9][0-9]{0,15})(\.[0-9]{1,18})?$/, 'must be a non-negative decimal string');
 
 /** The lot an admin grant creates; omitted fields take the category's defaults (expiry policy). */
 export const GrantLotSchema = z.strictObject({
   category: z.enum(['paid', 'promotional']).optional(),
-  priority: z.number().int().min(0).max(1000).optional(),
+  priority: pgInt(0, 1000).optional(),
   expires_at: InstantSchema.nullable().optional(),
   cost_cents: CentsSchema.optional(),
 }).refine((l) => l.category === 'paid' || l.cost_cents === undefined || /^0(\.0+)?$/.test(l.cost_cents), {
@@ -44,9 +46,9 @@ export const GrantLotSchema = z.strictObject({
 });
 
 export const GrantRequestSchema = z.strictObject({
-  user_id: z.uuid(),
+  user_id: UuidSchema,
   amount: CreditAmountSchema,
-  reason: z.string().min(3).max(500),
+  reason: pgText(500).min(3),
   kind: z.enum(['adjustment', 'promo_grant']).default('adjustment'),
   lot: GrantLotSchema.optional(),
 });
@@ -64,8 +66,8 @@ export type LedgerQuery = z.infer<typeof LedgerQuerySchema>;
 /** A spend cap for a period (in a time zone), overall or for one model; amount null removes it. */
 export const CapRequestSchema = z.strictObject({
   period: z.enum(['day', 'week', 'month']),
-  time_zone: z.string().min(1).max(64).default('UTC'),
-  model: z.string().min(1).max(64).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name').nullable().default(null),
+  time_zone: pgText(64).min(1).default('UTC'),
+  model: ModelSchema.nullable().default(null),
   amount: CreditAmountSchema.nullable(),
 });
 export type CapRequest = z.infer<typeof CapRequestSchema>;
@@ -74,16 +76,16 @@ export const LowBalanceAlertSchema = z.strictObject({ threshold: CreditAmountSch
 export const CapAlertsSchema = z.strictObject({
   period: z.enum(['day', 'week', 'month']),
   model: CapRequestSchema.shape.model,
-  percents: z.array(z.number().int().min(1).max(100)).max(10),
+  percents: z.array(pgInt(1, 100)).max(10),
 });
 
 /** Auto-recharge settings; to turn it on, a package and a threshold (defaults: 5 a month, $100). */
 export const AutoRechargeSchema = z.strictObject({
   enabled: z.boolean(),
-  package_id: z.string().min(1).max(64).regex(/^[a-z0-9_-]+$/, 'must be a package id').optional(),
+  package_id: PackageIdSchema.optional(),
   threshold: CreditAmountSchema.optional(),
-  monthly_max_count: z.number().int().min(1).max(31).optional(),
-  monthly_max_cents: z.number().int().min(1).max(10_000_000).optional(),
+  monthly_max_count: pgInt(1, 31).optional(),
+  monthly_max_cents: pgInt(1, 10_000_000).optional(),
 });
 
 export const LotsQuerySchema = z.strictObject({
@@ -92,9 +94,9 @@ export const LotsQuerySchema = z.strictObject({
 });
 
 export const UsageEventSchema = z.strictObject({
-  event_id: z.string().min(1).max(200).regex(printable, 'must be printable ASCII'),
-  user_id: z.uuid(),
-  model: z.string().min(1).max(64).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name'),
+  event_id: pgText(200).min(1).regex(printable, 'must be printable ASCII'),
+  user_id: UuidSchema,
+  model: ModelSchema,
   input_tokens: tokens,
   output_tokens: tokens,
   occurred_at: InstantSchema,

@@ -7,6 +7,7 @@ import { parseEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotent } from '../_shared/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
+import { jsonText } from '../_shared/pg-values.ts';
 import { requireCronSecret } from '../_shared/secrets.ts';
 import { stripe } from '../_shared/stripe.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
@@ -103,7 +104,7 @@ app.post('/', requireUser, async (c) => {
   const user = currentUser(c);
   const res = await idempotent(c, 'jobs.create', body, async (tx, key) => {
     const [j] = await tx<JobRow[]>`
-      select * from billing.enqueue_job(${user.id}, ${body.type}, ${JSON.stringify(parsed.data)}::text::jsonb, ${key},
+      select * from billing.enqueue_job(${user.id}, ${body.type}, ${jsonText(parsed.data)}::text::jsonb, ${key},
         ${body.client_temp_id ?? null}, ${estimate})`;
     const data: JobAccepted = {
       job_id: j.id,

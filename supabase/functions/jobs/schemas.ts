@@ -1,11 +1,13 @@
 // Request shapes of the jobs routes.
 import { z } from 'zod';
-import { maxBigint, pageLimit, UuidSchema } from '../_shared/query.ts';
+import { jsonObject, maxBigint, pgText } from '../_shared/pg-values.ts';
+import { pageLimit, UuidSchema } from '../_shared/query.ts';
 
 export const CreateJobSchema = z.strictObject({
-  type: z.string().min(1).max(64),
-  input: z.record(z.string(), z.unknown()),
-  client_temp_id: z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/).optional(),
+  type: pgText(64).min(1),
+  // Checked again, field by field, by the job type's own schema (types/).
+  input: jsonObject({ depth: 8, entries: 1000, key: 64, text: 20_000 }),
+  client_temp_id: pgText(64).min(1).regex(/^[\x21-\x7e]+$/).optional(),
 });
 export type CreateJob = z.infer<typeof CreateJobSchema>;
 
@@ -15,8 +17,7 @@ const notACursor = 'must be a cursor from a previous page';
  * A page cursor `<created_at in µs since the epoch>:<job id>`, parsed: both halves are checked
  * here (a bigint and a UUID), so no value reaches SQL that a cast would refuse.
  */
-export const JobCursorSchema = z
-  .string()
+export const JobCursorSchema = pgText(56)
   .regex(/^[0-9]{1,19}:[^:]+$/, notACursor)
   .transform((s) => {
     const [micros, id] = s.split(':');

@@ -8,10 +8,12 @@ import { type AppContext, createApp, ok } from '../_shared/app.ts';
 import { call } from '../_shared/db.ts';
 import { lazyEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { dispatchOutbox, templates } from '../_shared/notifications.ts';
+import { dispatchOutbox } from '../_shared/notifications.ts';
+import { jsonText } from '../_shared/pg-values.ts';
 import { limitByAddress } from '../_shared/ratelimit.ts';
 import { constantTimeEqual, requireCronSecret } from '../_shared/secrets.ts';
 import { readBody } from '../_shared/validate.ts';
+import { SendSchema } from './schemas.ts';
 
 const env = lazyEnv(z.object({
   NOTIFY_WEBHOOK_SECRET: z.string().transform((s) => s.split(',').map((x) => x.trim()).filter((x) => x.length >= 16))
@@ -20,14 +22,6 @@ const env = lazyEnv(z.object({
 const app = createApp('notify', { rateLimited: false });
 app.use('*', limitByAddress('notify'));
 const toleranceSeconds = 300;
-
-const SendSchema = z.strictObject({
-  // An invitation's email is sent for an invitation only (billing.invite_member), never on request.
-  template: z.enum(templates).exclude(['org_invitation']),
-  to: z.email().max(320),
-  data: z.record(z.string(), z.union([z.string().max(2000), z.number(), z.boolean(), z.null()])).default({}),
-  idempotency_key: z.string().min(1).max(255),
-});
 
 async function hmacHex(secret: string, message: string): Promise<string> {
   const enc = new TextEncoder();
@@ -83,7 +77,7 @@ async function send(c: AppContext) {
   const n = parsed.data;
   const [{ id }] = await call((sql) =>
     sql`select billing.enqueue_notification(${n.template}, null, ${'notify:' + n.idempotency_key},
-      ${JSON.stringify({ to: n.to, data: n.data })}::text::jsonb) as id`
+      ${jsonText({ to: n.to, data: n.data })}::text::jsonb) as id`
   );
   const sent = await dispatchOutbox(20);
   return ok(c, { notification_id: String(id), queued: true, dispatched: sent });

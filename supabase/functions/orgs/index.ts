@@ -6,6 +6,7 @@ import { type AppContext, createApp, currentUser, ok, requireAdmin, requireUser 
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { newInvitation, tokenHash } from '../_shared/invitations.ts';
+import { jsonText } from '../_shared/pg-values.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import {
   AllowanceSchema,
@@ -42,7 +43,7 @@ async function one(fn: string, args: unknown[]): Promise<unknown> {
   // An object goes as JSON text cast to jsonb: given to a jsonb parameter as a string, the
   // driver would encode it once more, as a JSON string.
   const params = args.map((a, i) => (isJson(a) ? `$${i + 1}::text::jsonb` : `$${i + 1}`));
-  const values = args.map((a) => (isJson(a) ? JSON.stringify(a) : a));
+  const values = args.map((a) => (isJson(a) ? jsonText(a) : a));
   const [row] = await call((sql) => sql.unsafe(`select billing.${fn}(${params.join(', ')}) as r`, values as never[]));
   return row.r;
 }

@@ -1,6 +1,7 @@
 // Request shapes and env of the provider routes.
 import { z } from 'zod';
-import { CalendarDateSchema, InstantSchema, pageLimit } from '../_shared/query.ts';
+import { pgInt, pgText } from '../_shared/pg-values.ts';
+import { CalendarDateSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/query.ts';
 
 export const ProvidersEnvSchema = z.object({
   FEATURE_B2B_PROVIDER_PAYMENTS: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
@@ -12,21 +13,20 @@ export const ProvidersEnvSchema = z.object({
 });
 export type ProvidersEnv = z.infer<typeof ProvidersEnvSchema>;
 
-const text = (max: number) =>
-  z.string().trim().min(1).max(max).regex(/^[^\p{Cc}]*$/u, 'must not contain control characters');
+const text = (max: number) => pgText(max).trim().min(1).regex(/^[^\p{Cc}]*$/u, 'must not contain control characters');
 
 export const CreateProviderSchema = z.strictObject({
   name: text(200),
-  email: z.email().max(254),
-  country: z.string().regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 country code, e.g. US'),
+  email: pgText(254).email(),
+  country: pgText(2).regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 country code, e.g. US'),
   /** Admins may create a provider for another user; everyone else owns what they create. */
-  owner_user_id: z.uuid().optional(),
+  owner_user_id: UuidSchema.optional(),
 });
 
 // Stripe's limits for a card payment: at least 50 (USD, EUR) or 30 (GBP) of the minor unit, at
 // most 99,999,999. 50 everywhere keeps one rule.
 export const CreatePaymentSchema = z.strictObject({
-  amount_cents: z.number().int().min(50).max(99_999_999),
+  amount_cents: pgInt(50, 99_999_999),
   currency: z.enum(['usd', 'eur', 'gbp']),
   description: text(500),
   payer_reference: text(200).optional(),
@@ -34,7 +34,7 @@ export const CreatePaymentSchema = z.strictObject({
 export type CreatePayment = z.infer<typeof CreatePaymentSchema>;
 
 export const RefundPaymentSchema = z.strictObject({
-  amount_cents: z.number().int().positive().max(99_999_999).optional(),
+  amount_cents: pgInt(1, 99_999_999).optional(),
 });
 
 export const ListSchema = z.strictObject({

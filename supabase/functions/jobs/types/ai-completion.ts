@@ -5,13 +5,14 @@
 import { z } from 'zod';
 import { complete } from '../../_shared/ai.ts';
 import { call } from '../../_shared/db.ts';
+import { pgInt, pgText } from '../../_shared/pg-values.ts';
 import { redact } from '../../_shared/redact.ts';
 import type { JobType } from './types.ts';
 
 const Input = z.strictObject({
-  model: z.string().min(1).max(64).regex(/^[A-Za-z0-9._:-]+$/),
-  prompt: z.string().min(1).max(20_000),
-  max_tokens: z.number().int().min(1).max(4096),
+  model: pgText(64).min(1).regex(/^[A-Za-z0-9._:-]+$/),
+  prompt: pgText(20_000).min(1),
+  max_tokens: pgInt(1, 4096),
   /** What ai_logs may keep: nothing but counts (none, metadata), or the redacted text (content). */
   consent_level: z.enum(['none', 'metadata', 'content']).default('none'),
 });

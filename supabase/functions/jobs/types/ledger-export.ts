@@ -5,13 +5,14 @@ import { z } from 'zod';
 import { db } from '../../_shared/db.ts';
 import { failpoint } from '../../_shared/failpoint.ts';
 import { csvHeader, csvLines, ledgerPage } from '../../_shared/ledger.ts';
+import { pgInt } from '../../_shared/pg-values.ts';
 import { InstantSchema } from '../../_shared/query.ts';
 import type { JobType } from './types.ts';
 
 const Input = z.strictObject({
   from: InstantSchema.optional(),
   to: InstantSchema.optional(),
-  page_size: z.number().int().min(1).max(1000).default(500),
+  page_size: pgInt(1, 1000).default(500),
 });
 
 const State = z.object({ cursor: z.string().nullable(), rows: z.number(), total: z.number() });

@@ -1,0 +1,12 @@
+// Request shape of the notify routes.
+import { z } from 'zod';
+import { templates } from '../_shared/notifications.ts';
+import { jsonObject, pgText } from '../_shared/pg-values.ts';
+
+export const SendSchema = z.strictObject({
+  // An invitation's email is sent for an invitation only (billing.invite_member), never on request.
+  template: z.enum(templates).exclude(['org_invitation']),
+  to: pgText(320).email(),
+  data: jsonObject({ depth: 1, entries: 1000, key: 64, text: 2000 }).default({}),
+  idempotency_key: pgText(255).min(1),
+});

@@ -1,0 +1,126 @@
+// Every value a route takes reaches Postgres only through the blocks of _shared/pg-values.ts:
+// this walks every request schema (each route folder's schemas.ts, and each job type's input)
+// and fails on a string, number, array or record not built from them, so a new field cannot
+// bring back a 5xx (or a failed statement in the server log) by forgetting the rule.
+import assert from 'node:assert/strict';
+import { z } from 'zod';
+import { isJsonBlock, isPgText, jsonObject, pgInt, pgText } from '../../supabase/functions/_shared/pg-values.ts';
+import { jobTypes } from '../../supabase/functions/jobs/types/index.ts';
+
+type Check = { _zod: { def: { check: string; fn?: unknown; format?: string } } };
+type Def = {
+  type: string;
+  coerce?: boolean;
+  checks?: Check[];
+  shape?: Record<string, z.ZodType>;
+  catchall?: z.ZodType;
+  element?: z.ZodType;
+  options?: z.ZodType[];
+  innerType?: z.ZodType;
+  in?: z.ZodType;
+  out?: z.ZodType;
+};
+const defOf = (s: z.ZodType) => (s as unknown as { _zod: { def: Def } })._zod.def;
+const has = (d: Def, check: string, fn?: unknown) =>
+  (d.checks ?? []).some((c) => c._zod.def.check === check && (fn === undefined || c._zod.def.fn === fn));
+
+/** Where `schema` lets through a value not built from the blocks: a path and why, per problem. */
+function problems(schema: z.ZodType, path = '<root>'): string[] {
+  const d = defOf(schema);
+  switch (d.type) {
+    case 'boolean':
+    case 'null':
+    case 'enum':
+    case 'literal':
+    case 'never':
+    case 'transform': // only inside a pipe, whose input was checked
+      return [];
+    case 'string':
+      return [
+        ...(d.coerce ? [`${path}: a coerced string`] : []),
+        ...(has(d, 'custom', isPgText) ? [] : [`${path}: a string not built from pgText`]),
+        ...(has(d, 'max_length') ? [] : [`${path}: a string without a maximum length`]),
+      ];
+    case 'number':
+      // Coercion is Number(): it takes `1e2`, `0x10` and ` 1 ` (queryInt takes digits only).
+      return !d.coerce && has(d, 'number_format') && has(d, 'greater_than') && has(d, 'less_than')
+        ? []
+        : [`${path}: a number that is not a bounded integer (pgInt)`];
+    case 'record':
+      return isJsonBlock(schema) ? [] : [`${path}: a record not built from jsonObject`];
+    case 'array':
+      return [
+        ...(has(d, 'max_length') ? [] : [`${path}: an array without a maximum length`]),
+        ...problems(d.element as z.ZodType, `${path}[]`),
+      ];
+    case 'object':
+      return [
+        ...Object.entries(d.shape ?? {}).flatMap(([k, v]) => problems(v, `${path}.${k}`)),
+        ...(d.catchall && defOf(d.catchall).type !== 'never' ? problems(d.catchall, `${path}.*`) : []),
+      ];
+    case 'union':
+      return (d.options ?? []).flatMap((o, i) => problems(o, `${path}|${i}`));
+    case 'optional':
+    case 'nullable':
+    case 'default':
+    case 'prefault':
+    case 'catch':
+    case 'readonly':
+      return problems(d.innerType as z.ZodType, path);
+    case 'pipe': {
+      // What reaches SQL is the output: safe when the input was (the rest only narrows or is
+      // our own transform of it), or when the output is checked itself.
+      const input = problems(d.in as z.ZodType, path);
+      return input.length === 0 || problems(d.out as z.ZodType, path).length === 0 ? [] : input;
+    }
+    default:
+      return [`${path}: a ${d.type} (not built from the blocks)`];
+  }
+}
+
+/** Every request schema: exports of each route folder's schemas.ts (not its env), and job inputs. */
+async function requestSchemas(): Promise<Map<string, z.ZodType>> {
+  const found = new Map<string, z.ZodType>();
+  const root = new URL('../../supabase/functions/', import.meta.url);
+  for await (const dir of Deno.readDir(root)) {
+    const file = new URL(`${dir.name}/schemas.ts`, root);
+    if (!dir.isDirectory || !(await Deno.stat(file).catch(() => null))) continue;
+    for (const [name, value] of Object.entries(await import(file.href))) {
+      if (value instanceof z.ZodType && !name.endsWith('EnvSchema')) found.set(`${dir.name}/${name}`, value);
+    }
+  }
+  for (const [type, t] of Object.entries(jobTypes)) found.set(`jobs/types/${type}`, t.schema);
+  return found;
+}
+
+Deno.test('every route schema takes text, integers and JSON only through the pg-values blocks', async () => {
+  const schemas = await requestSchemas();
+  for (const folder of ['admin', 'checkout', 'credits', 'jobs', 'notify', 'orgs', 'providers']) {
+    assert.ok([...schemas.keys()].some((k) => k.startsWith(`${folder}/`)), `${folder}'s schemas are walked`);
+  }
+  const found = [...schemas].flatMap(([name, s]) => problems(s, name));
+  assert.deepEqual(found, []);
+});
+
+Deno.test('the walk catches raw strings, numbers, unbounded arrays and free-form values', () => {
+  const raw = {
+    'a raw string': z.strictObject({ s: z.string().max(5) }),
+    'an unbounded pgText-like string': z.strictObject({ s: z.string().refine(isPgText) }),
+    'a raw integer': z.strictObject({ n: z.number().int() }),
+    'a coerced query number': z.strictObject({ n: z.coerce.number().int().min(1).max(5) }),
+    'a record': z.strictObject({ r: z.record(pgText(5), pgText(5)) }),
+    'an unknown': z.strictObject({ u: z.unknown() }),
+    'an unbounded array': z.strictObject({ a: z.array(pgInt(1, 2)) }),
+    'a raw option': z.strictObject({ o: z.union([pgText(5), z.string()]).optional() }),
+    'an email format': z.strictObject({ e: z.email() }),
+  };
+  for (const [what, s] of Object.entries(raw)) assert.notDeepEqual(problems(s), [], what);
+  const blocks = z.strictObject({
+    s: pgText(5).trim().min(1).regex(/^[a-z]+$/).optional(),
+    n: pgInt(0, 9).default(1),
+    a: z.array(pgInt(1, 2)).max(3),
+    j: jsonObject({ depth: 2, entries: 3, key: 8, text: 8 }).optional(),
+    p: pgText(5).transform(Number).pipe(z.number()),
+  });
+  assert.deepEqual(problems(blocks), []);
+});
