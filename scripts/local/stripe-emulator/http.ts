@@ -61,6 +61,13 @@ export async function dispatch(routes: Route[], req: Request): Promise<Response>
       throw new StripeApiError(401, 'invalid_request_error', 'Invalid API Key provided.');
     }
     const key = isApi && req.method === 'POST' ? req.headers.get('idempotency-key') : null;
+    if (key !== null && (key.length < 1 || key.length > 255)) {
+      throw new StripeApiError(
+        400,
+        'invalid_request_error',
+        `Idempotent key length is ${key.length}, which is outside accepted lengths. Idempotent Keys must be 1-255 characters long.`,
+      );
+    }
     const fingerprint = `${req.method} ${url.pathname} ${text}`;
     if (key) {
       const seen = idempotent.get(key);

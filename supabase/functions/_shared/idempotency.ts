@@ -40,6 +40,16 @@ export function idempotencyKey(c: AppContext): string {
 // node:crypto hashes synchronously: crypto.subtle.digest cost ~11% of the gateway's time under load.
 const sha256 = (text: string): string => createHash('sha256').update(text).digest('hex');
 
+/**
+ * A key derived from a request's Idempotency-Key under `scope`, for a store that takes at most
+ * `max` characters (Stripe: 255): `scope + key` when that fits, else the key's SHA-256 in its
+ * place. The same rule as billing.scoped_key does for the ledger's keys, so every key the API
+ * takes (1–255 characters) works whatever the scope.
+ * @example { idempotencyKey: scopedKey(`refund:${purchaseId}:`, key, 255) }
+ */
+export const scopedKey = (scope: string, key: string, max: number): string =>
+  (scope + key).length <= max ? scope + key : `${scope}sha256:${sha256(key)}`;
+
 export interface Effect {
   status: number;
   data: unknown;

@@ -6,7 +6,7 @@ import type { CreditPackage, PurchaseStatus } from '../_shared/contract.ts';
 import { call } from '../_shared/db.ts';
 import { lazyEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { idempotentExternal } from '../_shared/idempotency.ts';
+import { idempotentExternal, scopedKey } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
 import { fetchPurchaseState } from '../_shared/purchases.ts';
 import { stripe, stripeCall } from '../_shared/stripe.ts';
@@ -116,7 +116,7 @@ app.post('/refunds', requireAdmin, async (c) => {
     const refund = await stripeCall(() =>
       stripe().client.refunds.create(
         { charge, ...(body.amount_cents ? { amount: body.amount_cents } : {}) },
-        { idempotencyKey: `refund:${p.id}:${key}` },
+        { idempotencyKey: scopedKey(`refund:${p.id}:`, key, 255) },
       )
     );
     return {

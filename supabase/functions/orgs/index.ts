@@ -6,6 +6,7 @@ import { type AppContext, createApp, currentUser, ok, requireAdmin, requireUser 
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { newInvitation, tokenHash } from '../_shared/invitations.ts';
+import { idempotencyKey } from '../_shared/idempotency.ts';
 import { jsonText } from '../_shared/pg-values.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import {
@@ -48,18 +49,6 @@ async function one(fn: string, args: unknown[]): Promise<unknown> {
   return row.r;
 }
 const isJson = (a: unknown) => typeof a === 'object' && a !== null && !(a instanceof Date);
-
-function idempotencyKey(c: AppContext): string {
-  const key = c.req.header('Idempotency-Key');
-  if (!key || !/^[\x21-\x7e]{1,200}$/.test(key)) {
-    throw new AppError(
-      'validation',
-      'IDEMPOTENCY_KEY_REQUIRED',
-      'Send an Idempotency-Key header (1 to 200 printable characters).',
-    );
-  }
-  return key;
-}
 
 app.post('/', requireUser, async (c) => {
   const b = await readJson(c, CreateOrgSchema);

@@ -7,7 +7,7 @@ import { accountState } from '../_shared/connect.ts';
 import { call } from '../_shared/db.ts';
 import { lazyEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { idempotentExternal } from '../_shared/idempotency.ts';
+import { idempotentExternal, scopedKey } from '../_shared/idempotency.ts';
 import { hasCronSecret } from '../_shared/secrets.ts';
 import { stripe, stripeCall } from '../_shared/stripe.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
@@ -206,7 +206,7 @@ app.post('/:id/payments/:paymentId/refunds', requireAdmin, async (c) => {
           reverse_transfer: true,
           ...(body.amount_cents ? { amount: body.amount_cents } : {}),
         },
-        { idempotencyKey: `provider-refund:${pay.id}:${key}` },
+        { idempotencyKey: scopedKey(`provider-refund:${pay.id}:`, key, 255) },
       )
     );
     return {
