@@ -123,3 +123,49 @@ begin
 end;
 $$;
 
+-- Every value a route's schema accepts is one its SQL function answers without failing: a
+-- package that does not exist, sent while turning auto-recharge off, was a foreign-key error.
+create or replace function billing.set_auto_recharge(p_user uuid, p_enabled boolean, p_package_id text, p_threshold numeric, p_monthly_max_count integer, p_monthly_max_cents integer) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_account_id bigint := billing.ensure_user_account(p_user);
+  v_before jsonb := billing.auto_recharge_json(p_user);
+begin
+  perform 1 from billing.accounts a where a.id = v_account_id for update;
+  if p_enabled then
+    if not exists (select 1 from billing.saved_cards c where c.user_id = p_user) then
+      perform billing.raise_error('NO_SAVED_CARD', jsonb_build_object('rule', 'buy a package with save_card: true first'));
+    end if;
+    if not exists (select 1 from billing.credit_packages k where k.id = p_package_id and k.active) then
+      perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));
+    end if;
+    perform billing.check_amount(p_threshold);
+  elsif p_package_id is not null and not exists (select 1 from billing.credit_packages k where k.id = p_package_id) then
+    -- Turning it off may name a package too: one that does not exist is the same 404, not a
+    -- foreign-key violation (a 500, with the value in the server log).
+    perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));
+  end if;
+  begin
+    insert into billing.auto_recharge as s (user_id, enabled, package_id, threshold, monthly_max_count, monthly_max_cents)
+    values (p_user, p_enabled, p_package_id, p_threshold, coalesce(p_monthly_max_count, 5), coalesce(p_monthly_max_cents, 10000))
+    on conflict (user_id) do update set enabled = excluded.enabled,
+      package_id = coalesce(excluded.package_id, s.package_id), threshold = coalesce(excluded.threshold, s.threshold),
+      monthly_max_count = coalesce(p_monthly_max_count, s.monthly_max_count),
+      monthly_max_cents = coalesce(p_monthly_max_cents, s.monthly_max_cents),
+      disabled_reason = case when excluded.enabled then null else s.disabled_reason end, updated_at = now();
+  exception when check_violation then
+    perform billing.raise_error('INVALID_AUTO_RECHARGE', jsonb_build_object(
+      'rule', 'monthly_max_count 1–31, monthly_max_cents > 0; a package and a threshold to turn it on'));
+  end;
+  update billing.accounts a
+  set auto_recharge_below = case when p_enabled then p_threshold end, auto_recharge_armed = true
+  where a.id = v_account_id;
+  insert into billing.auto_recharge_audit (user_id, actor, change)
+  values (p_user, p_user, jsonb_build_object('before', v_before - 'recent', 'after', billing.auto_recharge_json(p_user) - 'recent'));
+  perform billing.check_auto_recharge(a) from billing.accounts a where a.id = v_account_id;
+  return billing.auto_recharge_json(p_user);
+end;
+$$;

@@ -1,8 +1,18 @@
 -- Values the API takes never make a SQL function fail: the ledger keys a request's
 -- Idempotency-Key (1–255 characters) derives always fit the ledger's 300, keeping their old form
--- where it fitted.
+-- where it fitted; and turning auto-recharge off with a package that does not exist is a
+-- refusal, not a foreign-key error.
 begin;
-select plan(7);
+select plan(10);
+
+create function pg_temp.err(p_sql text) returns text language plpgsql as $$
+begin
+  execute p_sql;
+  return 'no error';
+exception when others then
+  return sqlerrm;
+end;
+$$;
 
 -- as the ledger
 select is(billing.scoped_key('http:u:credits.usage:', 'k-1'), 'http:u:credits.usage:k-1',
@@ -24,6 +34,13 @@ select is((select t.idempotency_key from billing.transfers t where t.id = ((sele
   'its transfer''s key is the derived one');
 select ok(exists (select 1 from billing.idempotency_keys k where k.key = repeat('~', 255)),
   'the request''s own key is kept as sent');
+
+select is(pg_temp.err($$select billing.set_auto_recharge('dddddddd-0000-4000-8000-000000000066', false, 'no-such-package',
+    null, null, null)$$), 'PACKAGE_NOT_FOUND', 'turning auto-recharge off with an unknown package is refused');
+select is((select count(*)::int from billing.auto_recharge s where s.user_id = 'dddddddd-0000-4000-8000-000000000066'), 0,
+  'and stores nothing');
+select is(pg_temp.err($$select billing.set_auto_recharge('dddddddd-0000-4000-8000-000000000066', false, 'mini', null, null, null)$$),
+  'no error', 'an existing package is taken while it is off');
 
 select * from finish();
 rollback;
