@@ -25,7 +25,7 @@ Deno.test('refused with 400 and nothing stored: future timestamps, a garbled dup
   const { token, e } = await completion();
   const now = Math.floor(Date.now() / 1000);
   const cases: [string, string, string[]][] = [
-    ['a timestamp 301 s in the future', e.payload, [await sign(e.payload, secret, now + 301)]],
+    ['a timestamp 330 s in the future', e.payload, [await sign(e.payload, secret, now + 330)]],
     ['a timestamp a day in the future', e.payload, [await sign(e.payload, secret, now + 86_400)]],
     ['two headers, both garbled', e.payload, [e.signature.replace(/v1=../, 'v1=00'), 't=1,v1=deadbeef']],
     ['a signed body that is not JSON', '{"id": "evt_x", ', [await sign('{"id": "evt_x", ', secret)]],
