@@ -9,6 +9,8 @@
 -- * A sweep leaves held credits behind; when the hold ended, what it gave back stayed in an
 --   allowance nobody could spend from (a removed member's job, a switch to a pool). The minute
 --   sweep now returns it to the wallet.
+-- * A removed member's queued jobs kept the organisation's credits held and then ran on them:
+--   removal cancels the org-funded jobs no worker has started.
 -- * Opening a dispute lowered what was available and so queued an auto-recharge: the disputed
 --   card was charged again off-session, and the new credits were spendable. A dispute turns
 --   auto-recharge off and forgets the saved card.
@@ -288,6 +290,63 @@ end;
 $function$;
 comment on function billing.sweep_ended_terms(integer) is
   'pg_cron: sweeps unspent allowances back to the wallet of each organisation whose term ended, and what holds gave back in allowances nobody spends from any more (member removed or promoted, organisation a pool). Idempotent.';
+
+-- ============================================================ a removed member starts nothing more
+create or replace FUNCTION billing.remove_member(p_user uuid, p_org uuid, p_member uuid)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_member billing.org_members;
+  h record;
+  j billing.jobs;
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  perform 1 from billing.orgs o where o.id = p_org for no key update; -- membership changes: the org first
+  perform 1 from billing.accounts a where a.user_id = p_member for update;
+  select * into v_member from billing.org_members m where m.org_id = p_org and m.user_id = p_member for update;
+  if not found or not v_member.active then
+    perform billing.raise_error('MEMBER_NOT_FOUND', jsonb_build_object('user_id', p_member));
+  end if;
+  if v_member.role = 'owner' then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'the owner cannot be removed'));
+  end if;
+  update billing.org_members m set active = false, removed_at = now() where m.org_id = p_org and m.user_id = p_member;
+  delete from billing.org_admins x where x.org_id = p_org and x.user_id = p_member;
+  if v_member.role = 'member' then
+    update billing.accounts a set orgs = a.orgs - 1 where a.user_id = p_member;
+  end if;
+  -- Nothing they sent, and nothing sent to them, brings them (or anyone they chose) back.
+  update billing.org_invitations i set status = 'revoked', answered_by = p_user, answered_at = now()
+  where i.org_id = p_org and i.status = 'pending'
+    and (i.invited_by = p_member or lower(i.email) = (select lower(u.email) from auth.users u where u.id = p_member));
+  for h in
+    select x.id from billing.holds x join billing.accounts a on a.id = x.account_id
+    where a.org_id = p_org and x.member_id = p_member and x.status = 'active' and x.purpose = 'user'
+  loop
+    perform billing.release_hold(null, h.id);
+  end loop;
+  -- Their jobs the organisation pays for that no worker has started are cancelled, their holds
+  -- released: once removed, nothing more starts on its credits. A job under way finishes.
+  for j in
+    select x.* from billing.jobs x
+    join billing.holds y on y.id = x.hold_id join billing.accounts a on a.id = y.account_id
+    where x.user_id = p_member and x.status = 'queued' and a.org_id = p_org
+    order by x.id for update of x
+  loop
+    perform billing.release_job_hold(j);
+    update billing.jobs x set status = 'cancelled', completed_at = now(), error = jsonb_build_object('code', 'MEMBER_REMOVED',
+      'message', 'The organisation paying for this job removed you before it started.')
+    where x.id = j.id;
+  end loop;
+  perform billing.sweep_allowance(p_org, p_member, 'removed');
+  return jsonb_build_object('org_id', p_org, 'user_id', p_member, 'active', false);
+end;
+$function$;
+comment on function billing.remove_member(uuid, uuid, uuid)
+  is 'An owner or admin removes a member (never the owner): their org holds released and org-funded jobs not yet started cancelled, allowance swept back, and the pending invitations they sent or were sent revoked.';
 
 -- ============================================================ disputes stop off-session charges
 create function billing.turn_off_auto_recharge(p_user uuid, p_reason text, p_audit jsonb)

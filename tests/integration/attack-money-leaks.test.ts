@@ -36,6 +36,27 @@ const accountOf = async (org: string, member: string | null) =>
   (await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held
     from billing.accounts a where a.org_id = ${org} and a.member_id is not distinct from ${member}`)[0];
 
+/** Starts an ai_completion job through `url` (a gateway whose provider may be slow); its id. */
+async function startJob(url: string, who: Person) {
+  const res = await fetch(`${url}/jobs`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${who.token}`, 'content-type': 'application/json', ...key() },
+    body: JSON.stringify({
+      type: 'ai_completion',
+      input: { model: 'gpt-4o', prompt: 'hello world', max_tokens: 1000 },
+    }),
+  });
+  assert.equal(res.status, 202);
+  return (await res.json()).data.job_id as string;
+}
+const jobOf = async (id: string) =>
+  (await testDb`select status, attempts, error from billing.jobs where id = ${id}`)[0];
+const finished = (id: string) =>
+  until('the job to finish', async () => {
+    const j = await jobOf(id);
+    return ['completed', 'failed', 'cancelled'].includes(j.status) && j;
+  });
+
 Deno.test("a member's answers from a pooled wallet never show its balance: usage, holds, captures, releases", async () => {
   const [admin, member] = await Promise.all(['admin', 'member'].map(person));
   const org = await school(admin, [member], 'pool', '12345.678');
@@ -82,22 +103,11 @@ Deno.test('credits a refund takes back from under a hold are no longer held: a j
   assert.equal(funded.status, 201, funded.text);
   // A slow provider keeps the job under its hold while the purchase is refunded in full.
   await withGateway({ AI_LOCAL_CHUNK_DELAY_MS: '400' }, async (url) => {
-    const res = await fetch(`${url}/jobs`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${member.token}`, 'content-type': 'application/json', ...key() },
-      body: JSON.stringify({
-        type: 'ai_completion',
-        input: { model: 'gpt-4o', prompt: 'hello world', max_tokens: 1000 },
-      }),
-    });
-    const job = (await res.json()).data.job_id as string;
+    const job = await startJob(url, member);
     await emulator(`/_emulator/charges/${await chargeOf(session)}/refund`, { amount: 500 });
     assert.deepEqual(await accountOf(org, member.id), { balance: '0', held: '0' }, 'nothing is held that is not there');
-    const done = await until('the job to finish', async () => {
-      const [j] = await testDb`select status, attempts from billing.jobs where id = ${job}`;
-      return ['completed', 'failed'].includes(j.status) && j;
-    });
-    assert.deepEqual({ ...done }, { status: 'completed', attempts: 1 }, 'the provider was called once');
+    const { status, attempts } = await finished(job);
+    assert.deepEqual({ status, attempts }, { status: 'completed', attempts: 1 }, 'the provider was called once');
   });
   assert.deepEqual(await accountOf(org, member.id), { balance: '0', held: '0' });
   await assertLedgerInvariants();
@@ -115,18 +125,38 @@ const sweepAsScheduled = () => testDb`select billing.sweep_ended_terms()`;
 Deno.test('what a hold gives back in an allowance its member removed can no longer spend goes back to the wallet', async () => {
   const [admin, member] = await Promise.all(['admin', 'member'].map(person));
   const org = await allowanceSchool(admin, member, '500');
-  // A job queued before the removal (the worker has not run yet) keeps its hold through it.
-  await testDb`select billing.enqueue_job(${member.id}, 'ai_completion',
-    '{"model": "gpt-4o", "prompt": "hello world", "max_tokens": 1000}'::jsonb, ${crypto.randomUUID()}, null, 60)`;
-  const removed = await api(`/orgs/${org}/members/${member.id}`, { method: 'DELETE', token: admin.token });
-  assert.equal(removed.status, 200, removed.text);
-  assert.deepEqual(await accountOf(org, member.id), { balance: '60', held: '60' }, 'the sweep left what was held');
-
-  await tick(); // the job runs and captures what it used; the rest of its hold is released
+  await withGateway({ AI_LOCAL_CHUNK_DELAY_MS: '300' }, async (url) => {
+    const job = await startJob(url, member); // under way (a slow provider) when the member is removed
+    const removed = await api(`/orgs/${org}/members/${member.id}`, { method: 'DELETE', token: admin.token });
+    assert.equal(removed.status, 200, removed.text);
+    assert.deepEqual(
+      await accountOf(org, member.id),
+      { balance: '60.54', held: '60.54' },
+      "the sweep left the job's hold",
+    );
+    assert.equal((await finished(job)).status, 'completed', 'work under way finishes');
+  });
   await sweepAsScheduled();
   assert.equal((await accountOf(org, member.id)).balance, '0', 'nothing stays behind in the allowance');
   const wallet = await walletOf(admin.token, org);
   assert.ok(Number(wallet.balance) > 999 && Number(wallet.balance) < 1000, `the wallet got it back: ${wallet.balance}`);
+  await assertLedgerInvariants();
+});
+
+Deno.test("a removed member's jobs that no worker has started are cancelled: the pool's credits are not held nor spent for them", async () => {
+  const [admin, member] = await Promise.all(['admin', 'member'].map(person));
+  const org = await school(admin, [member], 'pool', '1000');
+  // Queued behind a backlog: reserved from the pool, not yet claimed by a worker.
+  const [{ id }] = await testDb`select id from billing.enqueue_job(${member.id}, 'ai_completion',
+    '{"model": "gpt-4o", "prompt": "hello world", "max_tokens": 1000}'::jsonb, ${crypto.randomUUID()}, null, 60.54)`;
+  assert.deepEqual(await accountOf(org, null), { balance: '1000', held: '60.54' });
+  const removed = await api(`/orgs/${org}/members/${member.id}`, { method: 'DELETE', token: admin.token });
+  assert.equal(removed.status, 200, removed.text);
+  await tick();
+  const job = await jobOf(id);
+  assert.equal(job.status, 'cancelled');
+  assert.equal(job.error.code, 'MEMBER_REMOVED');
+  assert.deepEqual(await accountOf(org, null), { balance: '1000', held: '0' }, 'nothing held, nothing spent');
   await assertLedgerInvariants();
 });
 
