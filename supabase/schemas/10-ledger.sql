@@ -1,20 +1,20 @@
--- ============================================================ types
-
-create type billing.transfer_kind as enum (
-  'purchase',
-  'promo_grant',
-  'adjustment',
-  'usage',
-  'debit',
-  'hold_capture',
-  'refund_reversal',
-  'dispute_reversal',
-  'expiry',
-  'allowance',
-  'allowance_sweep'
-);
-comment on type billing.transfer_kind is 'Why money moved. Every transfer has exactly one.';
-
+-- The credit ledger: double-entry, append-only, exact decimals.
+--
+-- Money moves only through the SECURITY DEFINER functions below (EXECUTE for service_role
+-- only). A transfer moves an amount from one account to another and writes two entries whose
+-- amounts sum to zero, so Σ entries = 0 always. User accounts carry a locked balance, a held
+-- amount and a version; every user entry records balance_after and that version.
+--
+-- Platform accounts (purchases, usage_revenue, …) are the other side of every movement. They
+-- are never locked or updated in place: serialising every debit in the system on one
+-- usage_revenue row would cap throughput at one commit at a time. Their balance is Σ of their
+-- entries (billing.platform_balances), and their entries carry no balance_after/version.
+--
+-- Debt: user accounts never go below zero through spending. Only reverse_credits (a refund or
+-- dispute of credits already spent) may take a balance below zero; while it is negative every
+-- debit and hold is refused (available < 0), and the next purchase pays the debt first simply
+-- by adding to the negative balance.
+--
 -- The only write path to the ledger. Every function is SECURITY DEFINER with an empty
 -- search_path and fully qualified names; EXECUTE is for service_role only (the Edge Functions
 -- connect as the owner). Errors raise a stable token as the message with JSON detail; the
@@ -25,6 +25,24 @@ comment on type billing.transfer_kind is 'Why money moved. Every transfer has ex
 -- account and one of its holds, it locks the account first, then the hold; no function locks
 -- two user accounts, and if one ever must, it locks them in ascending id order. Idempotency
 -- keys are checked again after the lock, so N parallel identical calls make one transfer.
+
+-- ============================================================ types
+
+create type billing.transfer_kind as enum (
+  'purchase',          -- credits bought through Stripe Checkout
+  'promo_grant',       -- bonus or promotional credits
+  'adjustment',        -- a support correction by an admin
+  'usage',             -- metered usage, priced from a rate card
+  'debit',             -- a generic debit of a given amount
+  'hold_capture',      -- the captured part of a hold
+  'refund_reversal',   -- credits taken back after a Stripe refund
+  'dispute_reversal',  -- credits taken back after a lost dispute
+  'expiry',            -- credits that expired
+  'allowance',         -- a wallet funds a member's allowance
+  'allowance_sweep'    -- an allowance's rest returns to the wallet at the term's end
+);
+comment on type billing.transfer_kind is 'Why money moved. Every transfer has exactly one.';
+
 create type billing.balance as (
   balance numeric(38, 18),
   held numeric(38, 18),

@@ -1,3 +1,7 @@
+-- Money requests: what every money route runs, in one transaction. run_money_request checks
+-- the caller's standing, claims the Idempotency-Key, performs the action (perform_money_action)
+-- and stores the response, so a retry gets the stored answer and a concurrent duplicate waits.
+
 -- ============================================================ types
 
 create type billing.idempotency_claim as (
@@ -261,12 +265,10 @@ comment on function billing.delete_expired_idempotency_keys(p_limit integer) is 
 revoke execute on function billing.delete_expired_idempotency_keys(p_limit integer) from public;
 grant execute on function billing.delete_expired_idempotency_keys(p_limit integer) to service_role;
 
--- A money request's values are written into its statement since it became one round trip
--- (_shared/db.ts, inline), and Postgres logs the text of a statement that fails: a refusal raised
--- out of billing.run_money_request put the caller's request (usage metadata, a grant's reason)
--- in the server log. The three refusals it raised (the user's standing, a reused
--- Idempotency-Key) are now answered like the others, as a row: nothing is stored (as before,
--- when the raise rolled back), the answer is the same, and no error reaches the log.
+-- A money request's values are written into its one-round-trip statement (_shared/db.ts), and
+-- Postgres logs the text of a statement that fails. So run_money_request answers every refusal
+-- (the user's standing, a reused Idempotency-Key) as a row, never by raising: nothing is stored,
+-- and the caller's request (usage metadata, a grant's reason) never reaches the server log.
 -- Why a user may not move credits now, or null: {token, detail}.
 create or replace function billing.standing_refusal(p_user uuid, p_admin boolean default false) returns jsonb
 language plpgsql stable

@@ -1,3 +1,7 @@
+-- The notification outbox: every e-mail and product webhook is a row written in the same
+-- transaction as the fact it reports, then claimed and sent by the notify function; each
+-- product-webhook attempt is logged in webhook_deliveries.
+
 -- ============================================================ tables
 
 create table billing.notification_outbox (

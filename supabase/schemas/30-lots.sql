@@ -1,10 +1,11 @@
--- ============================================================ tables
-
 -- Every credit that enters a user account arrives as a lot (one per granting transfer) that
 -- knows its category, what it cost, its priority and its expiry. Debits draw from lots in
 -- spending order (billing.draw_lots) and record what they drew in lot_allocations, so any
 -- credit spent can be traced to the grant that paid for it. Invariant (per account):
 -- Σ remaining = the balance when it is not negative, 0 in debt.
+
+-- ============================================================ tables
+
 create table billing.lots (
   id bigint generated always as identity not null,
   account_id bigint not null,

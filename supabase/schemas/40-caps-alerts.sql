@@ -1,5 +1,3 @@
--- ============================================================ tables
-
 -- Spend caps: a limit on what an account may spend per day, week or month (in a time zone),
 -- overall or for one model. Checked inside the posting transaction, under the account's row
 -- lock like the balance, so parallel requests can never exceed a cap: usage and debits count
@@ -8,6 +6,9 @@
 -- period it was placed in. A hold's capture and a job's overage beyond its reserve do not count
 -- again: they spend what the hold already counted (the overage is work already done).
 -- An account without caps pays nothing for this: accounts.caps = 0 skips every step.
+
+-- ============================================================ tables
+
 create table billing.spend_caps (
   id bigint generated always as identity not null,
   account_id bigint not null,

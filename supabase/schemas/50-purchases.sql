@@ -1,3 +1,9 @@
+-- B2C credit purchases through Stripe Checkout: purchases, the Stripe event log, the
+-- notification outbox, and the one convergent function that brings a purchase in line with
+-- Stripe's current state (paid → credits; refunded → pro-rata reversal; disputed → hold,
+-- then release or reversal). Every webhook and the success-page poll call it with state
+-- re-fetched from Stripe, so events in any order, any number of times, end in the same place.
+
 -- ============================================================ types
 
 create type billing.checkout as (
@@ -18,11 +24,6 @@ create type billing.checkout as (
 
 -- ============================================================ tables
 
--- B2C credit purchases through Stripe Checkout: purchases, the Stripe event log, the
--- notification outbox, and the one convergent function that brings a purchase in line with
--- Stripe's current state (paid → credits; refunded → pro-rata reversal; disputed → hold,
--- then release or reversal). Every webhook and the success-page poll call it with state
--- re-fetched from Stripe, so events in any order, any number of times, end in the same place.
 create table billing.purchases (
   id uuid default gen_random_uuid() not null,
   user_id uuid not null,
@@ -115,13 +116,11 @@ create index stripe_events_received on billing.stripe_events (received_at);
 
 create index stripe_events_processed on billing.stripe_events (processed_at) where processed_at is not null;
 
--- GET /admin/metrics at scale (#18): each rolled-up day's currency check
--- (billing.revenue_rollup_is_current) looks for webhooks of the day finished on a later day in
--- a partial index that is tiny by design (such events are rare), but the planner, which cannot
--- know how few rows its predicate keeps, read the day's events through stripe_events_received
--- instead: ~2,200 rows a day at 10 million transfers, 0.74 ms of the check's 0.81 ms, and a
--- 30-day request checks every closed day twice (bench/README.md, reporting). Keyed by the UTC
--- day it counts on, the tiny index is the only one that can answer. Same answer.
+-- Each rolled-up day's currency check (billing.revenue_rollup_is_current) looks for webhooks of
+-- the day finished on a later day. Such events are rare, so this partial index is tiny; keyed by
+-- the UTC day it counts on, it is the only index that can answer, and the planner (which cannot
+-- know how few rows the predicate keeps) does not fall back to reading the day's events through
+-- stripe_events_received (bench/README.md, reporting).
 create index stripe_events_finished_late_day on billing.stripe_events (((received_at at time zone 'UTC')::date), processed_at)
   where (processed_at at time zone 'UTC')::date > (received_at at time zone 'UTC')::date;
 

@@ -1,3 +1,7 @@
+-- Auto-recharge: when a student's available balance falls below their threshold, a recharge
+-- of a chosen package is queued (on_available_change, under the account lock) and charged
+-- off-session to the card saved at Checkout, at most once per window.
+
 -- ============================================================ tables
 
 create table billing.saved_cards (

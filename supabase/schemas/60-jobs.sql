@@ -1,5 +1,3 @@
--- ============================================================ tables
-
 -- Async jobs: anything longer than a request runs as a job the client polls. Jobs live here;
 -- workers claim them with FOR UPDATE SKIP LOCKED and a lease, save checkpoints as they go,
 -- and a worker that dies loses its lease so another resumes from the last checkpoint.
@@ -8,6 +6,9 @@
 -- of those steps is one SQL transaction, so no crash leaves a hold behind or charges twice.
 -- A long job runs in slices within the edge's limits: a slice checkpoints, then yield_job hands
 -- the job back for the next tick (see supabase/functions/jobs/worker.ts).
+
+-- ============================================================ tables
+
 create table billing.jobs (
   id uuid primary key default gen_random_uuid(),
   user_id uuid not null references auth.users (id) on delete restrict,

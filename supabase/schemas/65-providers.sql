@@ -1,11 +1,12 @@
--- ============================================================ tables
-
 -- B2B provider payments through Stripe Connect. Scholarship providers get an Express
 -- account; payers pay them through hosted Checkout as destination charges, and the platform
 -- keeps an application fee (PLATFORM_FEE_BPS, 3% by default, rounded half to even).
 -- Money in cents is kept in its own double-entry ledger (money_transfers / money_entries),
 -- apart from credits; every posting mirrors a fact re-fetched from Stripe. A daily
 -- reconciliation compares what was recorded with what Stripe reports.
+
+-- ============================================================ tables
+
 create table billing.providers (
   id uuid primary key default gen_random_uuid(),
   owner_user_id uuid not null references auth.users (id) on delete restrict,

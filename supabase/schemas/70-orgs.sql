@@ -1,6 +1,25 @@
+-- School wallets: an organisation (a school, a course, a scholarship programme) buys or is
+-- granted credits once and funds its students with them.
+--
+-- An organisation has one wallet: an account with org_id set, tracked like a user's (balance,
+-- held, version, lots, debt). It funds its members one of two ways, chosen per organisation:
+--   allowance: transfers from the wallet to each member's allowance account (org_id and
+--              member_id set), which only that member spends from; at the term's end what is
+--              left sweeps back to the wallet (pg_cron, idempotent, in the ledger).
+--   pool:      members spend from the wallet itself, each within caps per day, week, month or
+--              term: spend_caps rows on the wallet with member_id set (the same mechanism and the
+--              same lock as a user's caps).
+-- A member's spending picks one wallet per charge, in order: organisations that pay first (by
+-- when the member joined), the member's own account, then organisations that pay after it. A
+-- charge is never split across wallets: each transfer, hold and job has exactly one account,
+-- as before. Every org-funded transfer and hold records the member (member_id), which is what
+-- the organisation's usage report reads.
+--
+-- Locks, so no two transactions wait on each other in a cycle: a user's own account is locked
+-- first (as everywhere); organisation accounts are locked after it, always in ascending id order.
+
 -- ============================================================ tables
 
--- an allowance's rest → the wallet
 create table billing.orgs (
   id uuid primary key default gen_random_uuid(),
   name text not null,
@@ -65,14 +84,13 @@ grant select on table billing.org_invitations to service_role;
 
 create unique index org_invitations_one_pending on billing.org_invitations (org_id, lower(email)) where status = 'pending';
 
--- Organisation invitations and roles (#30, items 4, 5, 9, 14):
+-- Organisation invitations and roles:
 --
 -- * Removing a member revokes the pending invitations they sent and those sent to their address,
 --   and accepting re-checks that the inviter is still an owner or admin: a removed admin no
 --   longer comes back through an invitation of their own (to themselves or a second account).
--- * Accepting never lowers a role (the upsert used to overwrite an owner with `member`); there
---   is exactly one active owner, and ownership moves only by billing.transfer_org_owner. An
---   organisation the old upsert left without one gets its creator back as owner.
+-- * Accepting never lowers a role; there is exactly one active owner, and ownership moves only
+--   by billing.transfer_org_owner.
 -- * Invitations are limited per inviter and per organisation per rolling day, counted from
 --   billing.org_invitations (revoked ones included, so revoke-and-resend gains nothing).
 -- * No row keeps an invitation token: the caller gives the invitation's id, whose token is an

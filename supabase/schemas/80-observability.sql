@@ -1,8 +1,9 @@
--- ============================================================ tables
-
 -- Operations: AI call logs with retention, deep-health results, alerts evaluated by pg_cron
 -- (deduplicated: one open alert per condition, resolved when it clears), and the outbox
 -- dispatcher's claim/mark functions.
+
+-- ============================================================ tables
+
 create table billing.ai_logs (
   id bigint generated always as identity primary key,
   user_id uuid,
@@ -127,9 +128,9 @@ end;
 $$;
 revoke execute on function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb) from public;
 
--- The unspent liability in /health/metrics counted users' accounts only: credits in organisation
--- wallets and members' allowances (#22) were in no gauge. ops_metrics reports them beside it, so
--- users + organisations + platform accounts = 0 (every transfer's entries sum to zero).
+-- The unspent liability in /health/metrics: users' accounts, and beside them the credits in
+-- organisation wallets and members' allowances, so users + organisations + platform accounts = 0
+-- (every transfer's entries sum to zero).
 create or replace function billing.ops_metrics() returns jsonb
 language sql stable
 security definer

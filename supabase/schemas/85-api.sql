@@ -1,3 +1,7 @@
+-- What a browser may read with supabase-js: security_invoker views in the exposed schema
+-- billing_api, so the caller's own RLS policies on billing.* decide what each row shows.
+-- Nothing here is writable.
+
 -- ============================================================ views
 
 create or replace view billing_api.balance with (security_invoker = true) as

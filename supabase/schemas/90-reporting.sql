@@ -1,15 +1,15 @@
+-- Revenue reporting: daily roll-ups of the ledger (revenue_rollup, daily_revenue) refreshed by
+-- pg_cron, and the metrics GET /admin/metrics reports, built from per-day parts computed once
+-- per request (metric_parts → metrics_of → metrics_report).
+
 -- ============================================================ types
 
--- GET /admin/metrics at scale (#18): one set of per-day parts per request. The request asked
--- revenue_metrics for the range and metrics_series for its days, weeks or months, and each
--- computed its own parts: every closed day's roll-up row was read and checked twice, and the
--- minutes of today since the last roll-up were read from the raw rows twice (30-40 ms each at
--- 10 million transfers; bench/README.md, reporting). Now the parts of a range (a roll-up row per
--- day where it is current, one live piece per day for the rest) are computed once, by
+-- GET /admin/metrics computes one set of per-day parts per request: the parts of a range (a
+-- roll-up row per day where it is current, one live piece per day for the rest) come from
 -- billing.metric_parts, and every metric is built from them (billing.metrics_of, organisations
--- included), for the range and for each period of the series (the periods are whole days, so
--- each takes its own days' parts). billing.metrics_report returns both, for one call per request. Same answers: pgTAP
--- (51-revenue-rollup) checks the report against revenue_metrics and metrics_series, and those
+-- included), for the range and for each period of the series (periods are whole days, so each
+-- takes its own days' parts). billing.metrics_report returns both in one call. pgTAP
+-- (90-reporting) checks the report against revenue_metrics and metrics_series, and those
 -- against the raw rows.
 -- One part of a range: a stored roll-up row (bitmaps of account ids, the liability at its end)
 -- or a live piece read from the rows (account ids, the liability's change over the piece).
