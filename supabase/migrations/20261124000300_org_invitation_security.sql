@@ -131,7 +131,7 @@ begin
   on conflict (org_id, lower(email)) where status = 'pending' do nothing
   returning * into v_invitation;
   if v_invitation.id is null then
-    perform billing.raise_error('INVITATION_PENDING', jsonb_build_object('email', p_email));
+    perform billing.raise_error('INVITATION_PENDING', '{}'); -- no address in the detail: refusals reach the Postgres log
   end if;
   -- Only the id: the sender derives the link's token from it and reads the rest when it sends.
   perform billing.enqueue_notification('org_invitation', null, 'org-invitation:' || v_invitation.id,

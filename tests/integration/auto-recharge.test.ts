@@ -156,3 +156,14 @@ Deno.test('Checkout with save_card keeps the Stripe customer and card (ids only)
   const t = await buyer(false);
   assert.equal((await testDb`select 1 from billing.saved_cards where user_id = ${t.id}`).length, 0);
 });
+
+Deno.test('a refund never starts an auto-recharge: the card refunded is not charged again at once', async () => {
+  const s = await buyer();
+  await setAutoRecharge(s.token, { enabled: true, package_id: 'mini', threshold: '1000' });
+  const [purchase] =
+    await testDb`select stripe_charge_id from billing.purchases where user_id = ${s.id} and status = 'paid'`;
+  await emulator(`/_emulator/charges/${purchase.stripe_charge_id}/refund`, {});
+  assert.equal((await balanceOf(s.token)).balance, '0', 'the refund took the credits back');
+  assert.equal((await recharges(s.id)).length, 0, 'and queued no recharge');
+  await assertLedgerInvariants();
+});

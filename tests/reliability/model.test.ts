@@ -309,8 +309,8 @@ class Settle implements Cmd {
       body,
     });
     const capture = this.how === 'capture_part' && part > 0n ? part : hold.amount;
-    // A capture never creates debt nor spends what a dispute froze: when a reversal has since
-    // taken the balance below that, it is refused and the hold stays until released or lapsed.
+    // A capture never creates debt nor spends what a dispute froze (a reversal makes holds give
+    // way first, so neither should be reachable): refused, the hold would stay.
     if (this.how !== 'release' && m.balance - frozen(m) < capture) {
       assert.equal(res.status, 402, res.text);
     } else {
@@ -374,6 +374,7 @@ class Refund implements Cmd {
     m.balance -= (targetC - p.creditsReversed) + (targetB - p.bonusReversed);
     p.creditsReversed = targetC;
     p.bonusReversed = targetB;
+    giveWay(m, m.held - max(m.balance, 0n));
     await compare(m, r);
   }
   toString = () =>
@@ -389,7 +390,13 @@ class Refund implements Cmd {
 function freeze(m: Model, p: ModelPurchase) {
   const amount = min(remaining(p), max(m.balance - frozen(m), 0n));
   if (amount <= 0n) return;
-  let short = amount - max(m.balance - m.held, 0n);
+  giveWay(m, amount - max(m.balance - m.held, 0n));
+  m.held += amount;
+  p.disputeHold = amount;
+}
+
+/** The user's own holds give way, newest first, by `short` at most (to a freeze or a reversal). */
+function giveWay(m: Model, short: bigint) {
   for (const h of [...m.holds].reverse()) {
     if (short <= 0n) break;
     if (!h.open) continue;
@@ -400,8 +407,6 @@ function freeze(m: Model, p: ModelPurchase) {
     m.held -= take;
     short -= take;
   }
-  m.held += amount;
-  p.disputeHold = amount;
 }
 
 const frozen = (m: Model) => m.purchases.reduce((sum, x) => sum + (x.dispute === 'open' ? x.disputeHold : 0n), 0n);
@@ -429,6 +434,7 @@ class Dispute implements Cmd {
       if (this.outcome === 'lost') {
         drawLots(m, remaining(p), lotsOf(m, i));
         m.balance -= remaining(p);
+        giveWay(m, m.held - max(m.balance, 0n));
       }
     }
     await compare(m, r);

@@ -136,6 +136,8 @@ export interface UsageCharge {
   balance: Credits;
   available: Credits;
   rate_card_version: number;
+  /** The organisation that paid; then `balance`/`available` are an allowance's, or for a pool the caller's own. */
+  org_id?: string;
 }
 
 export interface Hold {
@@ -148,6 +150,8 @@ export interface Hold {
   expires_at: string;
   balance: Credits;
   available: Credits;
+  /** The organisation whose wallet or allowance holds it (see UsageCharge). */
+  org_id?: string;
 }
 
 export interface CreditPackage {

@@ -6,7 +6,7 @@ import { type AppContext, createApp, currentUser, ok, requireAdmin, requireUser 
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { newInvitation, tokenHash } from '../_shared/invitations.ts';
-import { idempotencyKey } from '../_shared/idempotency.ts';
+import { idempotencyKey, scopedKey } from '../_shared/idempotency.ts';
 import { jsonText } from '../_shared/pg-values.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import {
@@ -137,7 +137,9 @@ app.get('/:id/ledger', requireUser, async (c) => {
 // A platform admin's grant to an organisation's wallet (Idempotency-Key: one grant per key).
 app.post('/:id/grants', requireAdmin, async (c) => {
   const b = await readJson(c, OrgGrantSchema);
-  const args = [pathId(c, 'id'), b.amount, b.kind, `org-grant:${idempotencyKey(c)}`, b.reason, currentUser(c).id];
+  // Scoped by organisation: one key used for two schools makes two grants, not a replay.
+  const key = scopedKey(`org-grant:${pathId(c, 'id')}:`, idempotencyKey(c), 300);
+  const args = [pathId(c, 'id'), b.amount, b.kind, key, b.reason, currentUser(c).id];
   return ok(c, await one('grant_org_credits', args), 201);
 });
 
