@@ -123,6 +123,8 @@ grant select on table billing.accounts to service_role;
 
 create unique index accounts_org_member on billing.accounts (org_id, member_id) nulls not distinct where org_id is not null;
 
+create index accounts_allowances on billing.accounts (id) where member_id is not null;
+
 create table billing.transfers (
   id bigint generated always as identity not null,
   kind billing.transfer_kind not null,
@@ -445,11 +447,11 @@ end;
 $$;
 revoke execute on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) from public;
 
-CREATE OR REPLACE FUNCTION billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text DEFAULT NULL::text, p_metadata jsonb DEFAULT NULL::jsonb)
- RETURNS billing.hold_result
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
+create or replace function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text default null::text, p_metadata jsonb default null::jsonb)
+returns billing.hold_result
+language plpgsql
+set search_path to ''
+as $$
 declare
   v_account billing.accounts;
   v_hold billing.holds;
@@ -495,7 +497,7 @@ begin
     p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end);
   return billing.hold_result_of(v_hold, false);
 end;
-$function$;
+$$;
 comment on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) is 'Internal: reserves available credits as a hold of the given purpose (user or job), under the account lock.';
 revoke execute on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) from public;
 
@@ -543,7 +545,7 @@ end;
 $$;
 revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
 
-CREATE OR REPLACE FUNCTION billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric DEFAULT NULL::numeric, p_correlation_id text DEFAULT NULL::text)
+create or replace function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric DEFAULT NULL::numeric, p_correlation_id text DEFAULT NULL::text)
  RETURNS billing.hold_result
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -555,6 +557,7 @@ declare
   v_transfer billing.transfer_result;
   v_user uuid;
   v_unfrozen numeric(38, 18);
+  v_pool boolean;
 begin
   -- Credits that expired under the hold are gone before it is captured (the hold gave way).
   if (select a.next_expiry <= now() from billing.accounts a where a.id = v_hold.account_id) then
@@ -582,13 +585,15 @@ begin
   -- A user's own capture never spends credits a dispute has frozen (a reversal of another
   -- purchase can take the balance below what is held). A job's capture is work already done.
   if p_user is not null then
-    select a.balance - coalesce(sum(h.amount), 0) into v_unfrozen
+    select a.balance - coalesce(sum(h.amount), 0), a.org_id is not null and a.member_id is null into v_unfrozen, v_pool
     from billing.accounts a
     left join billing.holds h on h.account_id = a.id and h.status = 'active' and h.purpose = 'dispute'
-    where a.id = v_hold.account_id group by a.balance;
+    where a.id = v_hold.account_id group by a.id;
     if v_unfrozen < v_capture then
-      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(v_capture)::text,
-        'available', trim_scale(greatest(v_unfrozen, 0))::text, 'frozen_by_dispute', true));
+      -- A member never reads a pool's balance, refused or not.
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
+        'required', trim_scale(v_capture)::text,
+        'available', case when not v_pool then trim_scale(greatest(v_unfrozen, 0))::text end, 'frozen_by_dispute', true)));
     end if;
   end if;
 
@@ -678,12 +683,12 @@ comment on function billing.get_balance(p_user uuid) is 'A user''s balance, held
 revoke execute on function billing.get_balance(p_user uuid) from public;
 grant execute on function billing.get_balance(p_user uuid) to service_role;
 
-CREATE OR REPLACE FUNCTION billing.get_ledger(p_user uuid, p_before_id bigint DEFAULT NULL::bigint, p_limit integer DEFAULT 50, p_from timestamp with time zone DEFAULT NULL::timestamp with time zone, p_to timestamp with time zone DEFAULT NULL::timestamp with time zone)
- RETURNS TABLE(id bigint, created_at timestamp with time zone, kind billing.transfer_kind, amount numeric, balance_after numeric, correlation_id text, reference text, lots jsonb)
- LANGUAGE sql
- STABLE SECURITY DEFINER
- SET search_path TO ''
-AS $function$
+create or replace function billing.get_ledger(p_user uuid, p_before_id bigint default null::bigint, p_limit integer default 50, p_from timestamp with time zone default null::timestamp with time zone, p_to timestamp with time zone default null::timestamp with time zone)
+returns table(id bigint, created_at timestamp with time zone, kind billing.transfer_kind, amount numeric, balance_after numeric, correlation_id text, reference text, lots jsonb)
+language sql
+stable security definer
+set search_path to ''
+as $$
   select e.id, e.created_at, t.kind, e.amount, e.balance_after, t.correlation_id, t.reference,
     -- The lots a grant or a move created, or the lots a debit drew from.
     coalesce(g.lots, x.lots, '[]')
@@ -703,17 +708,17 @@ AS $function$
     and (p_to is null or e.created_at < p_to)
   order by e.id desc
   limit least(greatest(p_limit, 1), 1000)
-$function$;
+$$;
 comment on function billing.get_ledger(p_user uuid, p_before_id bigint, p_limit integer, p_from timestamp with time zone, p_to timestamp with time zone) is 'A user''s entries in [p_from, p_to), newest first, keyset-paginated by entry id, each with the lots it created or drew from.';
 revoke execute on function billing.get_ledger(p_user uuid, p_before_id bigint, p_limit integer, p_from timestamp with time zone, p_to timestamp with time zone) from public;
 grant execute on function billing.get_ledger(p_user uuid, p_before_id bigint, p_limit integer, p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
 
-CREATE OR REPLACE FUNCTION billing.charge_usage_batch(p_events jsonb)
- RETURNS jsonb
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO ''
-AS $function$
+create or replace function billing.charge_usage_batch(p_events jsonb)
+returns jsonb
+language plpgsql
+security definer
+set search_path to ''
+as $$
 declare
   v_platform bigint := billing.platform_account_id('usage_revenue');
   v_count integer := jsonb_array_length(p_events);
@@ -863,7 +868,7 @@ begin
 
   return to_jsonb(v_outcomes);
 end;
-$function$;
+$$;
 comment on function billing.charge_usage_batch(p_events jsonb) is 'Prices and debits up to 1,000 usage events in one transaction; outcomes (applied, duplicate, insufficient, invalid) in input order.';
 revoke execute on function billing.charge_usage_batch(p_events jsonb) from public;
 grant execute on function billing.charge_usage_batch(p_events jsonb) to service_role;
@@ -934,11 +939,11 @@ $$;
 comment on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb) is 'Internal: a transfer between two tracked accounts (wallet ↔ allowance), the lots drawn mirrored on the receiving side.';
 revoke execute on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb) from public;
 
-CREATE OR REPLACE FUNCTION billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
- RETURNS billing.accounts
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
+create or replace function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
+returns billing.accounts
+language plpgsql
+set search_path to ''
+as $$
 declare
   v_existing billing.transfers;
   v_sources record;
@@ -1007,15 +1012,15 @@ begin
   perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
     'available', trim_scale(v_best)::text, 'debt', p_own.balance < 0, 'wallets', v_wallets));
 end;
-$function$;
+$$;
 comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';
 revoke execute on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) from public;
 
-CREATE OR REPLACE FUNCTION billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text DEFAULT NULL::text, p_reference text DEFAULT NULL::text, p_metadata jsonb DEFAULT NULL::jsonb, p_rate_card_id bigint DEFAULT NULL::bigint, p_hold_id uuid DEFAULT NULL::uuid, p_lot jsonb DEFAULT NULL::jsonb, p_account_id bigint DEFAULT NULL::bigint)
- RETURNS billing.transfer_result
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
+create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_hold_id uuid default null::uuid, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
+returns billing.transfer_result
+language plpgsql
+set search_path to ''
+as $$
 declare
   v_account billing.accounts;
   v_account_id bigint;
@@ -1111,7 +1116,7 @@ begin
     with drawn as (
       update billing.lots l set remaining = l.remaining - p_amount
       where l.id = (select x.id from billing.lots x where x.account_id = v_account_id and x.open
-                    order by coalesce(x.expires_at <= now(), false) desc, x.frozen, x.priority, x.expires_at nulls last,
+                    order by x.frozen, x.priority, x.expires_at nulls last,
                       x.granted_at, x.id
                     limit 1)
         and l.remaining >= p_amount
@@ -1126,7 +1131,13 @@ begin
     perform billing.draw_lots(p_kind, array[v_transfer_id], array[v_account_id], array[p_amount],
       array(select jsonb_array_elements_text(p_lot -> 'first')::bigint));
   end if;
-  if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
+  -- Auto-recharge follows spending: a refund, dispute or expiry never charges the card by itself
+  -- (a student refunded would be charged again at once); the low-balance alert still tells them.
+  if p_mode = 'reverse' then
+    if v_account.low_balance_threshold is not null then
+      perform billing.check_low_balance(v_account);
+    end if;
+  elsif v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
     perform billing.on_available_change(v_account);
   end if;
 
@@ -1137,7 +1148,7 @@ begin
   end if;
   return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
 end;
-$function$;
+$$;
 comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock.';
 revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) from public;
 
@@ -1317,6 +1328,25 @@ end;
 $$;
 comment on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) is 'Internal: freezes up to p_amount of the account for a dispute (the student''s own holds give way); idempotent by p_key.';
 revoke execute on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) from public;
+
+create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+begin
+  -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  if v_account.held > greatest(v_account.balance, 0) then
+    perform billing.shrink_holds(p_account_id, v_account.held - greatest(v_account.balance, 0), array['user', 'job'],
+      p_note);
+  end if;
+end;
+$$;
+comment on function billing.fit_holds(p_account_id bigint, p_note jsonb) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user and job holds give way, newest first, until they fit.';
+revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb) from public;
 
 -- ============================================================ views
 

@@ -152,30 +152,31 @@ $$;
 comment on function billing.hold_json(h billing.hold_result) is 'A hold as the API returns it (contract.ts Hold).';
 revoke execute on function billing.hold_json(h billing.hold_result) from public;
 
--- The work of each money route, returning its data in the API's shape (amounts as exact
--- decimal strings). p_key is the ledger's own idempotency key for the effect.
-create or replace function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) returns jsonb
-language plpgsql
-set search_path = ''
-as $$
+create or replace function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
 declare
   u billing.usage_result;
   t billing.transfer_result;
+  h billing.hold_result;
 begin
   case p_action
   when 'credits.usage' then
     u := billing.charge_usage(p_user, p_args ->> 'model', (p_args ->> 'input_tokens')::bigint,
       (p_args ->> 'output_tokens')::bigint, p_key, p_args ->> 'correlation_id', p_args -> 'metadata');
-    return jsonb_build_object('transfer_id', u.transfer_id::text, 'charged', trim_scale(u.charged)::text,
-      'balance', trim_scale(u.balance)::text, 'available', trim_scale(u.available)::text,
-      'rate_card_version', u.rate_card_version);
+    return billing.as_seen_by(p_user, (select x.from_account_id from billing.transfers x where x.id = u.transfer_id),
+      jsonb_build_object('transfer_id', u.transfer_id::text, 'charged', trim_scale(u.charged)::text,
+        'balance', trim_scale(u.balance)::text, 'available', trim_scale(u.available)::text,
+        'rate_card_version', u.rate_card_version));
   when 'credits.holds' then
-    return billing.hold_json(billing.reserve_credits(p_user, (p_args ->> 'amount')::numeric, p_key,
-      coalesce((p_args ->> 'ttl_seconds')::integer, 900), p_args ->> 'correlation_id', null));
+    h := billing.reserve_credits(p_user, (p_args ->> 'amount')::numeric, p_key,
+      coalesce((p_args ->> 'ttl_seconds')::integer, 900), p_args ->> 'correlation_id', null);
   when 'credits.holds.capture' then
-    return billing.hold_json(billing.capture_hold(p_user, (p_args ->> 'hold_id')::uuid, (p_args ->> 'amount')::numeric, null));
+    h := billing.capture_hold(p_user, (p_args ->> 'hold_id')::uuid, (p_args ->> 'amount')::numeric, null);
   when 'credits.holds.release' then
-    return billing.hold_json(billing.release_hold(p_user, (p_args ->> 'hold_id')::uuid));
+    h := billing.release_hold(p_user, (p_args ->> 'hold_id')::uuid);
   when 'credits.grants' then
     t := billing.grant_credits((p_args ->> 'user_id')::uuid, (p_args ->> 'amount')::numeric,
       (p_args ->> 'kind')::billing.transfer_kind, p_key, null, null,
@@ -184,8 +185,9 @@ begin
       'balance', trim_scale(t.balance)::text,
       'lot_id', (select l.id::text from billing.lots l where l.grant_transfer_id = t.transfer_id));
   end case;
+  return billing.as_seen_by(p_user, (select x.account_id from billing.holds x where x.id = h.hold_id), billing.hold_json(h));
 end;
-$$;
+$function$;
 comment on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) is 'Internal: the one SQL call behind each money route.';
 revoke execute on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) from public;
 
@@ -309,3 +311,24 @@ as $$
 $$;
 comment on function billing.scoped_key(p_scope text, p_key text) is 'Internal: a ledger idempotency key derived from a request''s key under p_scope, at most 300 characters (the key''s SHA-256 when the whole would not fit).';
 revoke execute on function billing.scoped_key(p_scope text, p_key text) from public;
+
+create or replace function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb)
+returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  -- Paid by an organisation: which one; its pool's balance never (the caller's own account's
+  -- instead, as GET /credits/balance shows it); an allowance is the member's own to see.
+  select coalesce((
+    select case when a.member_id is not null then p_answer || jsonb_build_object('org_id', a.org_id)
+                else p_answer || jsonb_build_object('org_id', a.org_id,
+                  'balance', trim_scale(coalesce(b.balance, 0))::text, 'available', trim_scale(coalesce(b.available, 0))::text)
+           end
+    from billing.accounts a
+    left join billing.accounts own on own.user_id = p_user
+    left join lateral billing.balance_of(own.id) b on true
+    where a.id = p_account_id and a.org_id is not null), p_answer)
+$$;
+comment on function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb) is 'Internal: a money answer as p_user may see it when p_account_id (the account that paid or holds) is an organisation''s: its org_id added, and for a pooled wallet the caller''s own balance and available instead of the pool''s.';
+revoke execute on function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb) from public;

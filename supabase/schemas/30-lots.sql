@@ -89,18 +89,11 @@ grant select on table billing.credit_expiry_policy to service_role;
 
 -- ============================================================ functions
 
--- Draws each transfer's amount from its account's lots in spending order: the lots named in
--- p_first (in that order: a refund takes back its own purchase's lots), then lots past their
--- expiry (only a hold can have kept them from the sweep), then lots no dispute has frozen, by
--- priority, earliest expiry, oldest. Several transfers of one account draw one after another in
--- array order (batch ingestion). What the lots cannot cover stays unallocated: only a reversal
--- can ask for more than the balance, and that part is debt. One statement, so the common debit
--- (one open lot) costs one index probe, one row update and one insert.
-create or replace function billing.draw_lots(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[],
-  p_amounts numeric[], p_first bigint[] default '{}') returns void
+create or replace function billing.draw_lots(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[], p_amounts numeric[], p_first bigint[] default '{}'::bigint[])
+returns void
 language plpgsql
-set search_path = ''
-set plan_cache_mode = force_generic_plan  -- planned once per session: planning costs more than the work
+set search_path to ''
+set plan_cache_mode to 'force_generic_plan'
 as $$
 begin
   -- plpgsql, not sql: a sql function's statement is planned again on every call.
@@ -111,7 +104,7 @@ begin
   ), l as (
     select l.id, l.account_id, l.remaining,
       sum(l.remaining) over (partition by l.account_id order by array_position(p_first, l.id) nulls last,
-        coalesce(l.expires_at <= now(), false) desc, l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+        l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
     from billing.lots l
     where l.account_id = any(p_account_ids) and l.open
   ), a as (
@@ -130,11 +123,11 @@ $$;
 comment on function billing.draw_lots(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[], p_amounts numeric[], p_first bigint[]) is 'Internal: allocates debiting transfers to lots in spending order, under the caller''s account locks.';
 revoke execute on function billing.draw_lots(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[], p_amounts numeric[], p_first bigint[]) from public;
 
-CREATE OR REPLACE FUNCTION billing.create_lot(p_account_id bigint, p_transfer_id bigint, p_kind billing.transfer_kind, p_amount numeric, p_balance_after numeric, p_lot jsonb)
- RETURNS void
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
+create or replace function billing.create_lot(p_account_id bigint, p_transfer_id bigint, p_kind billing.transfer_kind, p_amount numeric, p_balance_after numeric, p_lot jsonb)
+returns void
+language plpgsql
+set search_path to ''
+as $$
 declare
   v_lot jsonb := coalesce(p_lot, '{}'::jsonb);
   v_category text := coalesce(v_lot ->> 'category', case p_kind when 'purchase' then 'paid' else 'promotional' end);
@@ -169,7 +162,7 @@ begin
     update billing.accounts a set next_expiry = least(a.next_expiry, v_expires_at) where a.id = p_account_id;
   end if;
 end;
-$function$;
+$$;
 comment on function billing.create_lot(p_account_id bigint, p_transfer_id bigint, p_kind billing.transfer_kind, p_amount numeric, p_balance_after numeric, p_lot jsonb) is 'Internal: the lot a granting transfer creates; what pays an existing debt is recorded as settled, not remaining.';
 revoke execute on function billing.create_lot(p_account_id bigint, p_transfer_id bigint, p_kind billing.transfer_kind, p_amount numeric, p_balance_after numeric, p_lot jsonb) from public;
 
@@ -254,12 +247,12 @@ comment on function billing.get_lots(p_user uuid, p_before_id bigint, p_limit in
 revoke execute on function billing.get_lots(p_user uuid, p_before_id bigint, p_limit integer) from public;
 grant execute on function billing.get_lots(p_user uuid, p_before_id bigint, p_limit integer) to service_role;
 
-CREATE OR REPLACE FUNCTION billing.check_lots()
- RETURNS jsonb
- LANGUAGE sql
- STABLE SECURITY DEFINER
- SET search_path TO ''
-AS $function$
+create or replace function billing.check_lots()
+returns jsonb
+language sql
+stable security definer
+set search_path to ''
+as $$
   with drawn as (
     select la.lot_id, sum(la.amount) as total from billing.lot_allocations la group by la.lot_id
   ), bad_lots as (
@@ -291,7 +284,7 @@ AS $function$
     'expiry', coalesce((select jsonb_agg(id) from bad_expiry), '[]'),
     'deferred_revenue_cents', coalesce((select jsonb_object_agg(currency, jsonb_build_object(
       'from_lots', from_lots, 'from_flows', from_flows)) from deferred), '{}'))
-$function$;
+$$;
 comment on function billing.check_lots() is 'Proves lots, allocations and balances agree, and deferred revenue two ways. Empty lists when all is well.';
 revoke execute on function billing.check_lots() from public;
 grant execute on function billing.check_lots() to service_role;
@@ -368,10 +361,10 @@ comment on function billing.backfill_lots() is 'Migration: lots for balances tha
 revoke execute on function billing.backfill_lots() from public;
 
 create or replace function billing.expire_due_lots(p_account_id bigint)
-returns integer
-language plpgsql
-set search_path = ''
-as $$
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
 declare
   v_account billing.accounts;
   v_lot record;
@@ -395,13 +388,10 @@ begin
   set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
   where a.id = p_account_id returning * into v_account;
   -- Held credits expire too: holds that reserve more than is left give way, newest first.
-  if v_account.held > greatest(v_account.balance, 0) then
-    perform billing.shrink_holds(p_account_id, v_account.held - greatest(v_account.balance, 0), array['user', 'job'],
-      jsonb_build_object('given_to_expiry', true));
-  end if;
+  perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true));
   return v_count;
 end;
-$$;
+$function$;
 comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (held credits too; holds give way), then makes next_expiry exact.';
 revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
 

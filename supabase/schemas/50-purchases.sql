@@ -201,7 +201,7 @@ $$;
 comment on function billing.purchase_lots(p_purchase_id uuid, p_category text) is 'Internal: the lots a purchase granted (paid before promotional), for its reversals to take back first.';
 revoke execute on function billing.purchase_lots(p_purchase_id uuid, p_category text) from public;
 
-CREATE OR REPLACE FUNCTION billing.sync_purchase(p_state jsonb)
+create or replace function billing.sync_purchase(p_state jsonb)
  RETURNS text
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -316,6 +316,9 @@ begin
   if v_dispute is not null and coalesce(p.dispute_status, 'open') = 'open' then
     v_remaining := (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed);
     if v_dispute = 'open' then
+      -- The disputed card is charged off-session no more: before the holds below lower what is
+      -- available (which would queue a recharge), auto-recharge goes off and the card is forgotten.
+      perform billing.stop_off_session_charges(p.user_id, p_state ->> 'dispute_id');
       v_buyer := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p.user_id));
       v_moved := 0;
       perform 1 from billing.accounts a
@@ -480,12 +483,11 @@ comment on function billing.begin_checkout(p_user uuid, p_package_id text, p_req
 revoke execute on function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text, p_save_card boolean, p_org uuid) from public;
 grant execute on function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text, p_save_card boolean, p_org uuid) to service_role;
 
-create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text,
-                                           p_kind billing.transfer_kind, p_key text, p_reference text)
-returns void
-language plpgsql
-set search_path = ''
-as $$
+create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
 declare
   v_wallet bigint := case when p_purchase.org_id is not null then billing.org_wallet_id(p_purchase.org_id) end;
   v_buyer bigint := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p_purchase.user_id));
@@ -522,8 +524,14 @@ begin
     perform billing.reverse_credits(case when v_wallet is null then p_purchase.user_id end, p_amount, p_kind, p_key,
       p_reference, null, billing.purchase_metadata(p_purchase), v_lots, v_wallet);
   end if;
+  -- Credits taken back from under a hold: the hold gives way, as it does to expiry, so it never
+  -- reserves more than the account has (a job's capture would fail and run again unbilled).
+  perform billing.fit_holds(a.id, jsonb_build_object('given_to', p_kind))
+  from billing.accounts a
+  where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots))
+  order by a.id;
 end;
-$$;
+$function$;
 comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to, then the buyer''s other credits or debt.';
 revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
 

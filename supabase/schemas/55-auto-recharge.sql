@@ -240,14 +240,12 @@ comment on function billing.claim_recharges(p_limit integer) is 'Worker: claims 
 revoke execute on function billing.claim_recharges(p_limit integer) from public;
 grant execute on function billing.claim_recharges(p_limit integer) to service_role;
 
--- What Stripe answered the worker (or, for a failure, what its webhook says): submitted with
--- the payment intent, or failed with Stripe's code. A decline or a request for authentication
--- turns auto-recharge off until the student turns it on again, with an email and a pay link.
-create or replace function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) returns text
-language plpgsql
-security definer
-set search_path = ''
-as $$
+create or replace function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
 declare
   r billing.recharges;
 begin
@@ -265,12 +263,7 @@ begin
     payment_intent_id = coalesce(p_payment_intent, x.payment_intent_id), updated_at = now()
   where x.id = r.id;
   update billing.purchases p set status = 'failed', updated_at = now() where p.id = r.purchase_id and p.status = 'pending';
-  update billing.auto_recharge s set enabled = false, disabled_reason = p_failure_code, updated_at = now()
-  where s.user_id = r.user_id and s.enabled;
-  if found then
-    update billing.accounts a set auto_recharge_below = null where a.user_id = r.user_id;
-    insert into billing.auto_recharge_audit (user_id, actor, change)
-    values (r.user_id, null, jsonb_build_object('disabled', p_failure_code, 'recharge_id', r.id));
+  if billing.turn_off_auto_recharge(r.user_id, p_failure_code, jsonb_build_object('recharge_id', r.id)) then
     insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
     values ('auto_recharge', r.user_id, 'recharge-failed:' || r.id,
       jsonb_build_object('event', 'disabled', 'reason', p_failure_code, 'package_id', r.package_id,
@@ -279,7 +272,7 @@ begin
   end if;
   return 'failed';
 end;
-$$;
+$function$;
 comment on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) is 'Records what Stripe answered for a recharge; a failure turns auto-recharge off (audited, emailed).';
 revoke execute on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) from public;
 grant execute on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) to service_role;
@@ -292,6 +285,41 @@ as $$ select billing.auto_recharge_json(p_user) $$;
 comment on function billing.get_auto_recharge(p_user uuid) is 'A student''s auto-recharge settings, saved card, and last ten recharges.';
 revoke execute on function billing.get_auto_recharge(p_user uuid) from public;
 grant execute on function billing.get_auto_recharge(p_user uuid) to service_role;
+
+create or replace function billing.turn_off_auto_recharge(p_user uuid, p_reason text, p_audit jsonb)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+begin
+  update billing.auto_recharge s set enabled = false, disabled_reason = p_reason, updated_at = now()
+  where s.user_id = p_user and s.enabled;
+  if not found then
+    return false;
+  end if;
+  update billing.accounts a set auto_recharge_below = null where a.user_id = p_user;
+  insert into billing.auto_recharge_audit (user_id, actor, change)
+  values (p_user, null, jsonb_build_object('disabled', p_reason) || coalesce(p_audit, '{}'));
+  return true;
+end;
+$$;
+comment on function billing.turn_off_auto_recharge(p_user uuid, p_reason text, p_audit jsonb) is 'Internal: turns a user''s auto-recharge off for p_reason (audited); only their own PUT turns it on again. Returns whether it was on.';
+revoke execute on function billing.turn_off_auto_recharge(p_user uuid, p_reason text, p_audit jsonb) from public;
+
+create or replace function billing.stop_off_session_charges(p_user uuid, p_dispute_id text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform billing.turn_off_auto_recharge(p_user, 'dispute', jsonb_build_object('dispute_id', p_dispute_id));
+  -- Forgotten, so auto-recharge cannot be turned on again (NO_SAVED_CARD) until the student pays
+  -- on-session and saves a card again; a queued recharge fails when claimed (claim_recharges).
+  delete from billing.saved_cards c where c.user_id = p_user;
+end;
+$$;
+comment on function billing.stop_off_session_charges(p_user uuid, p_dispute_id text) is 'Internal: a dispute on one of p_user''s payments: auto-recharge off (reason dispute) and the saved card forgotten.';
+revoke execute on function billing.stop_off_session_charges(p_user uuid, p_dispute_id text) from public;
 
 -- ============================================================ policies
 

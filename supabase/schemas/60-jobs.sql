@@ -258,12 +258,12 @@ comment on function billing.yield_job(p_job uuid, p_worker text) is 'Ends a slic
 revoke execute on function billing.yield_job(p_job uuid, p_worker text) from public;
 grant execute on function billing.yield_job(p_job uuid, p_worker text) to service_role;
 
-CREATE OR REPLACE FUNCTION billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb DEFAULT NULL::jsonb)
- RETURNS billing.jobs
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO ''
-AS $function$
+create or replace function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb default null::jsonb)
+returns billing.jobs
+language plpgsql
+security definer
+set search_path to ''
+as $$
 declare
   v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);
   v_price record;
@@ -314,7 +314,7 @@ begin
   where j.id = p_job returning * into v_job;
   return v_job;
 end;
-$function$;
+$$;
 comment on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) is 'Completes a job; a metered one captures its priced usage from the hold (any excess from the available balance, never into debt) and releases the rest, in the same transaction.';
 revoke execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) from public;
 grant execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) to service_role;

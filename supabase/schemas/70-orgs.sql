@@ -372,14 +372,16 @@ $$;
 revoke execute on function billing.list_org_members(p_user uuid, p_org uuid) from public;
 grant execute on function billing.list_org_members(p_user uuid, p_org uuid) to service_role;
 
-create or replace function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) returns jsonb
+create or replace function billing.remove_member(p_user uuid, p_org uuid, p_member uuid)
+returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path to ''
 as $$
 declare
   v_member billing.org_members;
   h record;
+  j billing.jobs;
 begin
   perform billing.require_org_role(p_org, p_user, true);
   perform 1 from billing.orgs o where o.id = p_org for no key update; -- membership changes: the org first
@@ -406,18 +408,32 @@ begin
   loop
     perform billing.release_hold(null, h.id);
   end loop;
+  -- Their jobs the organisation pays for that no worker has started are cancelled, their holds
+  -- released: once removed, nothing more starts on its credits. A job under way finishes.
+  for j in
+    select x.* from billing.jobs x
+    join billing.holds y on y.id = x.hold_id join billing.accounts a on a.id = y.account_id
+    where x.user_id = p_member and x.status = 'queued' and a.org_id = p_org
+    order by x.id for update of x
+  loop
+    perform billing.release_job_hold(j);
+    update billing.jobs x set status = 'cancelled', completed_at = now(), error = jsonb_build_object('code', 'MEMBER_REMOVED',
+      'message', 'The organisation paying for this job removed you before it started.')
+    where x.id = j.id;
+  end loop;
   perform billing.sweep_allowance(p_org, p_member, 'removed');
   return jsonb_build_object('org_id', p_org, 'user_id', p_member, 'active', false);
 end;
 $$;
-comment on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) is 'An owner or admin removes a member (never the owner): their org holds released, allowance swept back, and the pending invitations they sent or were sent revoked.';
+comment on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) is 'An owner or admin removes a member (never the owner): their org holds released and org-funded jobs not yet started cancelled, allowance swept back, and the pending invitations they sent or were sent revoked.';
 revoke execute on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) from public;
 grant execute on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) to service_role;
 
-create or replace function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) returns jsonb
+create or replace function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text)
+returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path to ''
 as $$
 declare
   v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
@@ -443,7 +459,7 @@ begin
   order by a.id for update;
   -- Only members not yet funded under this key count (a retry after a partial network failure).
   select count(*) into v_new from unnest(v_members) x
-  where not exists (select 1 from billing.transfers t where t.idempotency_key = billing.scoped_key('allowance:', p_key || ':' || x)
+  where not exists (select 1 from billing.transfers t where t.idempotency_key = billing.scoped_key('allowance:' || p_org || ':', p_key || ':' || x)
                     and t.kind = 'allowance');
   select * into v_account from billing.accounts a where a.id = v_wallet;
   if v_account.held > 0 or v_account.next_expiry <= now() then
@@ -456,7 +472,7 @@ begin
   end if;
   foreach m in array v_members loop
     v_transfer := billing.move_credits(v_wallet, billing.allowance_account_id(p_org, m), p_amount, 'allowance',
-      billing.scoped_key('allowance:', p_key || ':' || m), m, jsonb_build_object('org_id', p_org, 'funded_by', p_user));
+      billing.scoped_key('allowance:' || p_org || ':', p_key || ':' || m), m, jsonb_build_object('org_id', p_org, 'funded_by', p_user));
     v_results := v_results || jsonb_build_object('user_id', m, 'transfer_id', v_transfer.id::text,
       'amount', trim_scale(v_transfer.amount)::text);
   end loop;
@@ -467,11 +483,11 @@ $$;
 revoke execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) from public;
 grant execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) to service_role;
 
-CREATE OR REPLACE FUNCTION billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text)
- RETURNS numeric
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
+create or replace function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text)
+returns numeric
+language plpgsql
+set search_path to ''
+as $$
 declare
   v_wallet bigint := billing.org_wallet_id(p_org);
   v_account billing.accounts;
@@ -492,15 +508,15 @@ begin
     jsonb_build_object('org_id', p_org, 'reason', p_reason));
   return v_take;
 end;
-$function$;
+$$;
 revoke execute on function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text) from public;
 
--- pg_cron: organisations whose term has ended get their members' unspent allowances back.
-create or replace function billing.sweep_ended_terms(p_limit integer default 100) returns integer
-language plpgsql
-security definer
-set search_path = ''
-as $$
+create or replace function billing.sweep_ended_terms(p_limit integer DEFAULT 100)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
 declare
   o record;
   a record;
@@ -517,10 +533,26 @@ begin
     update billing.orgs x set term_swept_at = now() where x.id = o.id;
     v_count := v_count + 1;
   end loop;
+  -- A sweep leaves what is held (a job under way, a hold its member may still capture). Once
+  -- such a hold ends in an allowance nobody spends from any more (its member removed or no
+  -- longer a member, the organisation now a pool), what it gave back goes to the wallet too.
+  for a in
+    select x.org_id, x.member_id from billing.accounts x join billing.orgs g on g.id = x.org_id
+    where x.member_id is not null and x.balance > 0
+      and (x.balance > x.held or exists (select 1 from billing.holds h where h.account_id = x.id and h.status = 'active'
+                                         and h.expires_at <= now()))
+      and (g.funding <> 'allowance' or not exists (select 1 from billing.org_members m where m.org_id = x.org_id
+                                                   and m.user_id = x.member_id and m.active and m.role = 'member'))
+    order by x.id limit p_limit
+  loop
+    if billing.sweep_allowance(a.org_id, a.member_id, 'closed') > 0 then
+      v_count := v_count + 1;
+    end if;
+  end loop;
   return v_count;
 end;
-$$;
-comment on function billing.sweep_ended_terms(p_limit integer) is 'pg_cron: sweeps unspent allowances back to the wallet of each organisation whose term ended. Idempotent.';
+$function$;
+comment on function billing.sweep_ended_terms(p_limit integer) is 'pg_cron: sweeps unspent allowances back to the wallet of each organisation whose term ended, and what holds gave back in allowances nobody spends from any more (member removed or promoted, organisation a pool). Idempotent.';
 revoke execute on function billing.sweep_ended_terms(p_limit integer) from public;
 grant execute on function billing.sweep_ended_terms(p_limit integer) to service_role;
 
@@ -740,7 +772,7 @@ begin
   on conflict (org_id, lower(email)) where status = 'pending' do nothing
   returning * into v_invitation;
   if v_invitation.id is null then
-    perform billing.raise_error('INVITATION_PENDING', jsonb_build_object('email', p_email));
+    perform billing.raise_error('INVITATION_PENDING', '{}'); -- no address in the detail: refusals reach the Postgres log
   end if;
   -- Only the id: the sender derives the link's token from it and reads the rest when it sends.
   perform billing.enqueue_notification('org_invitation', null, 'org-invitation:' || v_invitation.id,

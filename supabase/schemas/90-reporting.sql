@@ -82,15 +82,15 @@ $$;
 comment on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: Σ of user entries in [from, to).';
 revoke execute on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
-CREATE OR REPLACE FUNCTION billing.revenue_parts(p_from timestamp with time zone, p_to timestamp with time zone)
- RETURNS TABLE(money jsonb, credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
- LANGUAGE plpgsql
- STABLE ROWS 1
- SET search_path TO ''
- SET plan_cache_mode TO 'force_custom_plan'
- SET jit TO 'off'
- SET max_parallel_workers_per_gather TO '0'
-AS $function$
+create or replace function billing.revenue_parts(p_from timestamp with time zone, p_to timestamp with time zone)
+returns table(money jsonb, credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
+language plpgsql
+stable rows 1
+set search_path to ''
+set plan_cache_mode to 'force_custom_plan'
+set jit to 'off'
+set max_parallel_workers_per_gather to '0'
+as $$
 begin
   return query
   select
@@ -138,7 +138,7 @@ begin
     (select count(*) as received, count(*) filter (where e.status in ('processed', 'ignored')) as ok
      from billing.stripe_events e where e.received_at >= p_from and e.received_at < p_to) w;
 end;
-$function$;
+$$;
 comment on function billing.revenue_parts(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the combinable parts of every metric over [from, to), from the raw rows.';
 revoke execute on function billing.revenue_parts(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
@@ -414,13 +414,13 @@ comment on function billing.run_daily_revenue() is 'pg_cron: refreshes the last 
 revoke execute on function billing.run_daily_revenue() from public;
 grant execute on function billing.run_daily_revenue() to service_role;
 
-CREATE OR REPLACE FUNCTION billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone)
- RETURNS jsonb
- LANGUAGE plpgsql
- STABLE
- SET search_path TO ''
- SET plan_cache_mode TO 'force_generic_plan'
-AS $function$
+create or replace function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone)
+returns jsonb
+language plpgsql
+stable
+set search_path to ''
+set plan_cache_mode to 'force_generic_plan'
+as $$
 begin
   return (
     with money as (
@@ -462,7 +462,7 @@ begin
     where m.org_id is not null or s.org_id is not null
   );
 end;
-$function$;
+$$;
 comment on function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: per organisation with activity in [from, to): Checkout money (GMV, refunds, disputes, fees, net), members who spent its credits, credits spent, ARPU per active member.';
 revoke execute on function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 

@@ -109,7 +109,7 @@ where account_id = (select id from billing.accounts where org_id = (select org f
 select billing.fund_allowances('eeeeeeee-0000-4000-8000-000000000001', (select org from ids),
   'eeeeeeee-0000-4000-8000-000000000003', 100, 'bo-extra');
 select is((select l.expires_at from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
-           where t.idempotency_key like 'allowance:bo-extra:%'), now() + interval '10 days',
+           where t.idempotency_key like 'allowance:%:bo-extra:%'), now() + interval '10 days',
   'an allowance drawn from expiring credits expires with them');
 select billing.remove_member('eeeeeeee-0000-4000-8000-000000000001', (select org from ids), 'eeeeeeee-0000-4000-8000-000000000003');
 select is(pg_temp.avail((select org from ids), 'eeeeeeee-0000-4000-8000-000000000003'), 0::numeric,
