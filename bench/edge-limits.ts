@@ -12,17 +12,14 @@ import process from 'node:process';
 import { db } from '../supabase/functions/_shared/db.ts';
 import { runWorker } from '../supabase/functions/jobs/worker.ts';
 import { RunWorker } from '../supabase/functions/providers/reconciliation.ts';
+import { printer } from './lib.ts';
 
 const jobs = Number(Deno.env.get('BENCH_EDGE_JOBS') ?? 6);
 const rows = Number(Deno.env.get('BENCH_EDGE_ROWS') ?? 1_500);
 const pageSize = 500;
 const cpuLimitMs = 2_000;
 
-const lines: string[] = [];
-const say = (s: string) => {
-  console.log(s);
-  lines.push(s);
-};
+const { lines, say } = printer();
 
 const cpuMs = () => {
   const u = process.cpuUsage();

@@ -7,6 +7,7 @@
 // Every run ends by checking the ledger's invariants; a fast wrong answer fails the run.
 import { importJWK, SignJWT } from 'jose';
 import postgres from 'postgres';
+import { printer } from './lib.ts';
 
 const env = (k: string) => {
   const v = Deno.env.get(k);
@@ -17,11 +18,7 @@ const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 const dbUrl = env('SUPABASE_DB_URL');
 const admin = postgres(dbUrl, { max: 2, onnotice: () => {} });
 const report: Record<string, unknown> = { date: new Date().toISOString(), seconds };
-const lines: string[] = [];
-const say = (s: string) => {
-  console.log(s);
-  lines.push(s);
-};
+const { lines, say } = printer();
 
 // ---------------------------------------------------------------- fixtures
 

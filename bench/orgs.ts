@@ -17,6 +17,7 @@
 // its own accounts disagree afterwards, or a debit was paid from the wrong wallet.
 //   BENCH_SECONDS (10) per cell, BENCH_ROUNDS (3)
 import postgres from 'postgres';
+import { median as medianOf, printer } from './lib.ts';
 
 const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 10);
 const rounds = Number(Deno.env.get('BENCH_ROUNDS') ?? 3);
@@ -25,11 +26,7 @@ if (!dbUrl) throw new Error('SUPABASE_DB_URL is not set');
 const admin = postgres(dbUrl, { max: 2, onnotice: () => {} });
 const run = crypto.randomUUID().slice(0, 8);
 const tag = `bench-orgs:${run}`; // every key, token and name this run writes starts with it
-const lines: string[] = [];
-const say = (s: string) => {
-  console.log(s);
-  lines.push(s);
-};
+const { lines, say } = printer();
 const log = (s: string) => console.error(`[orgs] ${s}`);
 
 // ------------------------------------------------------------ fixtures
@@ -138,7 +135,6 @@ for (let r = 0; r < rounds; r++) {
     );
   }
 }
-const medianOf = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const median = (name: string, k: keyof Cell) => medianOf(results[name].map((c) => c[k]));
 const ops = (name: string) => median(name, 'ops').toFixed(0);
 const wait = (name: string) => median(name, 'waiting').toFixed(1);

@@ -6,6 +6,7 @@
 // how often the breaker opened, and request latency. Run with ./scripts/bench redis-latency.
 // BENCH_REDIS_REQUESTS (default 400) per cell; BENCH_REDIS_TIMEOUTS, BENCH_REDIS_PROFILES
 // (comma-separated) narrow the matrix.
+import { printer } from './lib.ts';
 
 const requests = Number(Deno.env.get('BENCH_REDIS_REQUESTS') ?? 400);
 const connections = 8;
@@ -39,11 +40,7 @@ function spawn(script: string, extra: Record<string, string>) {
 
 const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
 
-const rows: string[] = [];
-const say = (s: string) => {
-  console.log(s);
-  rows.push(s);
-};
+const { lines: rows, say } = printer();
 say(
   `| Redis latency (p50:p99 ms) | timeout (ms) | requests without limits | breaker opened | request p50 / p99 (ms) |`,
 );

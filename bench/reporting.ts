@@ -15,6 +15,7 @@
 // the new way, BENCH_SECONDS (5) per throughput cell.
 import postgres from 'postgres';
 import { privateCluster } from './private-cluster.ts';
+import { median, printer } from './lib.ts';
 
 const transfers = Number(Deno.env.get('BENCH_REPORTING_TRANSFERS') ?? 10_000_000);
 const port = Number(Deno.env.get('BENCH_REPORTING_PORT') ?? 55433);
@@ -30,11 +31,7 @@ const perDay = transfers / (closedDays + 1);
 const sinceRollup = Math.round(2 * perDay * 15 / 1440);
 const root = new URL('..', import.meta.url).pathname.replace(/\/$/, '');
 const report: Record<string, unknown> = { date: new Date().toISOString(), transfers, users, closedDays, sinceRollup };
-const lines: string[] = [];
-const say = (s: string) => {
-  console.log(s);
-  lines.push(s);
-};
+const { lines, say } = printer();
 const note = (s: string) => console.error(`[reporting] ${s}`);
 
 // ---------------------------------------------------------------- the private cluster
@@ -309,7 +306,6 @@ async function trafficSinceRollup(sql: postgres.Sql) {
 // ---------------------------------------------------------------- measuring
 
 const elapsed = (t0: number) => `${((performance.now() - t0) / 1000).toFixed(0)} s`;
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
   const t = performance.now();
   const r = await fn();

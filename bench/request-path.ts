@@ -16,6 +16,7 @@
 // connections on one account. Every usage request carries a fresh Idempotency-Key.
 import { importJWK, SignJWT } from 'jose';
 import postgres from 'postgres';
+import { fmt, median, printer } from './lib.ts';
 
 const env = (k: string) => {
   const v = Deno.env.get(k);
@@ -32,11 +33,7 @@ const connections = 16;
 const spreadAccounts = 256;
 const clockTicks = 100; // CLK_TCK on Linux x86-64: /proc/<pid>/stat counts CPU time in 1/100 s
 const runId = crypto.randomUUID().slice(0, 8);
-const lines: string[] = [];
-const say = (s: string) => {
-  console.log(s);
-  lines.push(s);
-};
+const { lines, say } = printer();
 
 if (!(await new Deno.Command('sh', { args: ['-c', 'command -v wrk'] }).output()).success) {
   throw new Error('wrk is not installed: apt-get install wrk (./scripts/bench installs it)');
@@ -447,13 +444,8 @@ const okAfter = debitsOk && inv.mismatched === 0 && inv.negative === 0;
 
 // ---------------------------------------------------------------- report
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const med = (i: number, f: (m: Measured) => number) => median(results[i].map(f));
 const verdict = (ok: boolean, by: string) => (ok ? 'met' : `MISSED by ${by}`);
-const fmt = (n: number, d = 0) => n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
 
 say(`\n### Request path (wrk -t2 -c${connections}, ${seconds} s per cell, ${rounds} rounds, median)\n`);
 say('| what | req/s | p50 / p95 / p99 (ms) | req/s ÷ hello-world | server CPU per request (ms) | errors |');

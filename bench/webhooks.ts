@@ -5,6 +5,7 @@
 // /health/healthz at 16 connections) and the SQL alone (process_stripe_event with the state
 // already in hand, 16 clients). After the run: each purchase credited exactly once.
 import postgres from 'postgres';
+import { printer } from './lib.ts';
 
 const env = (k: string) => {
   const v = Deno.env.get(k);
@@ -17,11 +18,7 @@ const base = `${env('SUPABASE_URL')}/functions/v1`;
 const stripe = env('STRIPE_API_BASE');
 const key = env('STRIPE_SECRET_KEY');
 const db = postgres(env('SUPABASE_DB_URL'), { max: 16, onnotice: () => {}, prepare: false });
-const lines: string[] = [];
-const say = (s: string) => {
-  console.log(s);
-  lines.push(s);
-};
+const { lines, say } = printer();
 
 /** Runs `op` over `items` from `connections` workers; returns per-op latencies (ms) and the wall time. */
 async function drive<T>(items: T[], op: (item: T) => Promise<void>) {

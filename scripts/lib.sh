@@ -23,6 +23,7 @@ PG_BIN=/usr/lib/postgresql/15/bin
 TOOLCHAIN="$ROOT/scripts/toolchain"
 DENO="$TOOLCHAIN/node_modules/.bin/deno"
 SUPABASE="$TOOLCHAIN/node_modules/.bin/supabase"
+MIGRA="$TOOLCHAIN/node_modules/.bin/migra"
 
 # Same ports as `supabase start` where Supabase has one; Redis and its bridge next to them,
 # the Stripe emulator on stripe-mock's port.
@@ -112,9 +113,9 @@ ensure_apt_packages() {
 
 ensure_toolchain() {
   command -v npm >/dev/null || die "npm is required (Node.js 20+)"
-  if [ ! -x "$DENO" ] || [ ! -x "$SUPABASE" ] ||
+  if [ ! -x "$DENO" ] || [ ! -x "$SUPABASE" ] || [ ! -x "$MIGRA" ] ||
     [ "$TOOLCHAIN/package-lock.json" -nt "$TOOLCHAIN/node_modules/.package-lock.json" ]; then
-    say "installing the pinned toolchain (Deno, Supabase CLI) from npm"
+    say "installing the pinned toolchain (Deno, Supabase CLI, migra) from npm"
     (cd "$TOOLCHAIN" && npm install --no-audit --no-fund --loglevel=error) >&2 || die "npm install failed"
   fi
   # Deno fetches the npm: imports of deno.json into ./node_modules on first use.
@@ -316,21 +317,66 @@ pg_stop() {
   return 0
 }
 
-# As postgres (the migrations', tests' and functions' role), and as the platform's superuser.
-psql_db() { PGPASSWORD=$DB_PASSWORD psql -v ON_ERROR_STOP=1 -q -X -h 127.0.0.1 -p "$DB_PORT" -U postgres -d postgres "$@"; }
+# As postgres (the migrations', tests' and functions' role), and as the platform's superuser,
+# on database PSQL_DB (default postgres).
+psql_db() { PGPASSWORD=$DB_PASSWORD psql -v ON_ERROR_STOP=1 -q -X -h 127.0.0.1 -p "$DB_PORT" -U postgres -d "${PSQL_DB:-postgres}" "$@"; }
 psql_admin() {
-  PGPASSWORD=$DB_PASSWORD psql -v ON_ERROR_STOP=1 -q -X -h 127.0.0.1 -p "$DB_PORT" -U "$PG_SUPERUSER" -d postgres "$@"
+  PGPASSWORD=$DB_PASSWORD psql -v ON_ERROR_STOP=1 -q -X -h 127.0.0.1 -p "$DB_PORT" -U "$PG_SUPERUSER" -d "${PSQL_DB:-postgres}" "$@"
+}
+db_url() { echo "postgresql://postgres:$DB_PASSWORD@127.0.0.1:$DB_PORT/$1"; }
+
+# db_bootstrap [DB]: what the platform has before any migration runs, as its superuser.
+# Idempotent, so it runs every time and a change to it reaches an existing cluster.
+db_bootstrap() {
+  PSQL_DB=${1:-postgres} psql_admin -v postgres_password="$DB_PASSWORD" \
+    -v functions_url="http://127.0.0.1:$API_PORT/functions/v1" -v cron_secret="$(local_secret cron-secret)" \
+    -f "$ROOT/scripts/local/supabase-compat.sql" >/dev/null 2>"$LOGS/compat.log" ||
+    { cat "$LOGS/compat.log" >&2; die "the Supabase bootstrap failed"; }
+}
+
+# db_push [DB]: the migrations, pushed with the Supabase CLI as postgres, as on hosted.
+db_push() {
+  (cd "$ROOT" && "$SUPABASE" db push --remote="$(db_url "${1:-postgres}")" --yes) >"$LOGS/migrate.log" 2>&1 ||
+    { cat "$LOGS/migrate.log" >&2; die "supabase db push failed"; }
 }
 
 db_migrate() {
-  # The platform's part as the superuser: idempotent, so it runs every time and a change to
-  # it reaches an existing cluster. Then the migrations, pushed as postgres as on hosted.
-  psql_admin -v postgres_password="$DB_PASSWORD" -v functions_url="http://127.0.0.1:$API_PORT/functions/v1" \
-    -v cron_secret="$(local_secret cron-secret)" -f "$ROOT/scripts/local/supabase-compat.sql" >/dev/null 2>"$LOGS/compat.log" ||
-    { cat "$LOGS/compat.log" >&2; die "the Supabase bootstrap failed"; }
+  db_bootstrap
   say "applying migrations with the Supabase CLI (as postgres, not a superuser)"
-  (cd "$ROOT" && "$SUPABASE" db push --remote="$DB_URL" --yes) >"$LOGS/migrate.log" 2>&1 ||
-    { cat "$LOGS/migrate.log" >&2; die "supabase db push failed"; }
+  db_push
+}
+
+# ---------------------------------------------------------------- scratch databases
+
+# scratch_db NAME: an empty database NAME in the local cluster, shaped as a new hosted project
+# (supabase-compat.sql). pg_cron installs only into the database its scheduler watches or into
+# one named contrib_regression (its own test escape), so the database is prepared under that
+# name and then renamed; its jobs are never run.
+scratch_db() {
+  scratch_drop "$1"
+  scratch_drop contrib_regression
+  psql_admin -c "create database contrib_regression owner postgres"
+  db_bootstrap contrib_regression
+  psql_admin -c "alter database contrib_regression rename to $1"
+}
+scratch_drop() { psql_admin -c "set client_min_messages = warning" -c "drop database if exists $1 with (force)"; }
+
+# scratch_from_schemas NAME: a scratch database built from supabase/schemas/*.sql in file order,
+# as postgres. Function bodies are checked at call time, as in a pg_dump restore, so a function
+# may name an object of a later file.
+scratch_from_schemas() {
+  scratch_db "$1"
+  local f
+  for f in "$ROOT"/supabase/schemas/*.sql; do
+    PGOPTIONS='-c check_function_bodies=off' PSQL_DB=$1 psql_db -f "$f" >/dev/null 2>"$LOGS/schemas.log" ||
+      { cat "$LOGS/schemas.log" >&2; die "${f#"$ROOT"/} does not apply"; }
+  done
+}
+
+# scratch_from_migrations NAME: a scratch database built from supabase/migrations, as db_migrate does.
+scratch_from_migrations() {
+  scratch_db "$1"
+  db_push "$1"
 }
 
 db_seed() { psql_db -f "$ROOT/supabase/seed.sql" >/dev/null; }

@@ -2,19 +2,11 @@
 -- holds and expiry, debt, and the invariants.
 begin;
 select plan(63);
+\ir helpers.psql
 
--- Two students and a helper that runs a statement and returns the error token it raised.
+-- Two students.
 insert into auth.users (id) values
   ('aaaaaaaa-0000-4000-8000-000000000001'), ('bbbbbbbb-0000-4000-8000-000000000002');
-
-create function pg_temp.err(p_sql text) returns text language plpgsql as $$
-begin
-  execute p_sql;
-  return 'no error';
-exception when others then
-  return sqlerrm;
-end;
-$$;
 
 -- ============================================================ pricing and grants
 

@@ -2,7 +2,7 @@
 // local stack and checked against its row in docs/api.md (type and HTTP status). Codes only a
 // fault can cause run on a throw-away gateway with one thing broken (or, for a payment whose
 // amount is not the price, with the price changed under it); codes only reachable inside SQL
-// are in supabase/tests/65-error-codes.test.sql; BAD_REQUEST (a framework's own 4xx)
+// are in supabase/tests/99-error-codes.test.sql; BAD_REQUEST (a framework's own 4xx)
 // in tests/functions/app-skeleton.test.ts. tests/unit/error-codes-documented.test.ts checks
 // that every documented code is asserted somewhere.
 import assert from 'node:assert/strict';

@@ -3,15 +3,7 @@
 -- page (a page saved twice counts once; only the lease holder writes).
 begin;
 select plan(14);
-
-create function pg_temp.err(p_sql text) returns text language plpgsql as $$
-begin
-  execute p_sql;
-  return 'no error';
-exception when others then
-  return sqlerrm;
-end;
-$$;
+\ir helpers.psql
 
 -- ============================================================ job slices
 insert into auth.users (id) values ('eeeeeeee-0000-4000-8000-000000000005');

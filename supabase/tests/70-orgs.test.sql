@@ -2,6 +2,7 @@
 -- member's spending order, holds on the paying wallet, removal, RLS, and the ledger's invariants.
 begin;
 select plan(38);
+\ir helpers.psql
 
 insert into auth.users (id, email) values
   ('eeeeeeee-0000-4000-8000-000000000001', 'owner@school.test'),
@@ -10,25 +11,6 @@ insert into auth.users (id, email) values
   ('eeeeeeee-0000-4000-8000-000000000004', 'outsider@else.test'),
   ('eeeeeeee-0000-4000-8000-000000000005', 'other-owner@else.test');
 
-create function pg_temp.err(p_sql text) returns text language plpgsql as $$
-begin
-  execute p_sql;
-  return 'no error';
-exception when others then
-  return sqlerrm;
-end;
-$$;
-create function pg_temp.detail(p_sql text) returns jsonb language plpgsql as $$
-declare
-  v_detail text;
-begin
-  execute p_sql;
-  return null;
-exception when others then
-  get stacked diagnostics v_detail = pg_exception_detail;
-  return v_detail::jsonb;
-end;
-$$;
 create function pg_temp.avail(p_org uuid, p_member uuid) returns numeric language sql as $$
   select (billing.balance_of(a.id)).available from billing.accounts a where a.org_id = p_org and a.member_id is not distinct from p_member
 $$;

@@ -3,6 +3,7 @@
 -- removal revokes what the member sent and was sent, daily limits, and no token in the outbox.
 begin;
 select plan(24);
+\ir helpers.psql
 
 insert into auth.users (id, email) values
   ('ffffffff-0000-4000-8000-000000000001', 'owner@roles.test'),
@@ -11,25 +12,6 @@ insert into auth.users (id, email) values
   ('ffffffff-0000-4000-8000-000000000004', 'alt@roles.test'),
   ('ffffffff-0000-4000-8000-000000000005', 'spammer@roles.test');
 
-create function pg_temp.err(p_sql text) returns text language plpgsql as $$
-begin
-  execute p_sql;
-  return 'no error';
-exception when others then
-  return sqlerrm;
-end;
-$$;
-create function pg_temp.detail(p_sql text) returns jsonb language plpgsql as $$
-declare
-  v_detail text;
-begin
-  execute p_sql;
-  return null;
-exception when others then
-  get stacked diagnostics v_detail = pg_exception_detail;
-  return v_detail::jsonb;
-end;
-$$;
 create temp table ids as
   select (billing.create_org('ffffffff-0000-4000-8000-000000000001', 'Roles School', 'allowance', true) ->> 'id')::uuid as org;
 create function pg_temp.role_of(p_user uuid) returns text language sql as $$

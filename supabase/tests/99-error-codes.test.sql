@@ -1,21 +1,11 @@
 -- Error codes only SQL can reach: guards behind the HTTP layer's own checks (the request schema
 -- refuses a batch over 1,000 first), a worker's stop signal, and invariants a correct caller
 -- never breaks; and USER_NOT_FOUND, which an admin's request can also cause. Each is raised,
--- and nothing changes. Last, the opposite: billing.run_money_request raises no refusal but
--- answers each as a row (its statement carries the request's values, one round trip,
--- _shared/db.ts inline, and Postgres logs the text of a statement that fails): a refusal before
--- the key is claimed stores nothing; a reused key leaves the first answer as it was.
+-- and nothing changes. (billing.run_money_request, which answers refusals as rows instead, is
+-- tested in 20-money-requests.test.sql.)
 begin;
-select plan(15);
-
-create function pg_temp.err(p_sql text) returns text language plpgsql as $$
-begin
-  execute p_sql;
-  return 'no error';
-exception when others then
-  return sqlerrm;
-end;
-$$;
+select plan(7);
+\ir helpers.psql
 
 insert into auth.users (id) values ('dddddddd-0000-4000-8000-000000000065');
 select billing.grant_credits('dddddddd-0000-4000-8000-000000000065', 10, 'promo_grant', 'error-codes-grant');
@@ -50,36 +40,6 @@ select is(pg_temp.err($$select billing.set_auto_recharge('dddddddd-0000-4000-800
 
 select is(pg_temp.err($$select billing.begin_provider('dddddddd-0000-4000-8000-00000000dead', 'error-codes-provider', 'Fund',
     'fund@example.org', 'US')$$), 'USER_NOT_FOUND', 'a provider needs an existing owner (over HTTP: an admin naming one)');
-
--- ---------------------------------------------------------------- money requests answer refusals as rows
-create function pg_temp.usage(p_user uuid, p_key text, p_tokens integer, p_admin boolean default false)
-returns billing.money_response language sql as $$
-  select * from billing.run_money_request(p_user, 'credits.usage', p_key, 'hash-' || p_tokens, 'req-' || p_key,
-    jsonb_build_object('model', 'gpt-4o', 'input_tokens', p_tokens, 'output_tokens', 0), 201, p_admin)
-$$;
-
-insert into auth.users (id) values ('dddddddd-0000-4000-8000-000000000066'), ('dddddddd-0000-4000-8000-000000000067');
-update auth.users set banned_until = now() + interval '1 day' where id = 'dddddddd-0000-4000-8000-000000000067';
-select billing.grant_credits('dddddddd-0000-4000-8000-000000000066', 10, 'promo_grant', 'refusals-grant');
-
-select is(pg_temp.err($$select pg_temp.usage('dddddddd-0000-4000-8000-000000000067', 'k-banned', 100)$$), 'no error',
-  'a banned user''s request raises nothing');
-select is((select refusal_token || ' ' || coalesce(status::text, 'no status') || ' ' || request_id
-           from pg_temp.usage('dddddddd-0000-4000-8000-000000000067', 'k-banned', 100)),
-  'USER_NOT_ACTIVE no status req-k-banned', 'it is answered USER_NOT_ACTIVE, with this request''s id');
-select is((select count(*)::int from billing.idempotency_keys where user_id = 'dddddddd-0000-4000-8000-000000000067'), 0,
-  'and nothing is stored');
-select is((select refusal_token from pg_temp.usage('dddddddd-0000-4000-8000-000000000066', 'k-admin', 100, true)),
-  'ADMIN_REQUIRED', 'a route for admins answers ADMIN_REQUIRED to a user who is not one');
-
-select is((select status from pg_temp.usage('dddddddd-0000-4000-8000-000000000066', 'k-1', 100)), 201,
-  'a usage request is charged');
-select is(pg_temp.err($$select pg_temp.usage('dddddddd-0000-4000-8000-000000000066', 'k-1', 999)$$), 'no error',
-  'the same key for another request raises nothing');
-select is((select refusal_token || ' ' || replayed::text from pg_temp.usage('dddddddd-0000-4000-8000-000000000066', 'k-1', 999)),
-  'IDEMPOTENCY_KEY_REUSED false', 'it is answered IDEMPOTENCY_KEY_REUSED');
-select is((select status || ' ' || replayed::text from pg_temp.usage('dddddddd-0000-4000-8000-000000000066', 'k-1', 100)),
-  '201 true', 'and the first answer is still the one replayed');
 
 select * from finish();
 rollback;

@@ -4,15 +4,7 @@
 -- refusal, not a foreign-key error.
 begin;
 select plan(10);
-
-create function pg_temp.err(p_sql text) returns text language plpgsql as $$
-begin
-  execute p_sql;
-  return 'no error';
-exception when others then
-  return sqlerrm;
-end;
-$$;
+\ir helpers.psql
 
 -- as the ledger
 select is(billing.scoped_key('http:u:credits.usage:', 'k-1'), 'http:u:credits.usage:k-1',

@@ -1,18 +1,10 @@
 -- Jobs: the status machine, leases, metered holds across complete/fail/cancel.
 begin;
 select plan(16);
+\ir helpers.psql
 
 insert into auth.users (id) values ('cccccccc-0000-4000-8000-000000000003');
 select billing.grant_credits('cccccccc-0000-4000-8000-000000000003', 10, 'promo_grant', 'jobs-test-grant');
-
-create function pg_temp.err(p_sql text) returns text language plpgsql as $$
-begin
-  execute p_sql;
-  return 'no error';
-exception when others then
-  return sqlerrm;
-end;
-$$;
 
 create temp table j as select * from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion',
   '{"model": "gpt-4o", "prompt": "x", "max_tokens": 10}', 'jobs-test-1', null, 4);

@@ -4,6 +4,7 @@
 -- the queued requests back.
 begin;
 select plan(10);
+\ir helpers.psql
 
 -- Runs a cron job's command as pg_cron would and returns what it returned (pg_net's request id);
 -- a command that fails returns null, so the assertions below name the job.
@@ -16,15 +17,6 @@ begin
 exception when others then
   raise warning '% failed: %', p_job, sqlerrm;
   return null;
-end;
-$$;
-
-create function pg_temp.err(p_sql text) returns text language plpgsql as $$
-begin
-  execute p_sql;
-  return 'no error';
-exception when others then
-  return sqlerrm;
 end;
 $$;
 

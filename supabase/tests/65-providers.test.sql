@@ -2,15 +2,7 @@
 -- convergence of payments and payouts on Stripe's state, and reconciliation on planted data.
 begin;
 select plan(23);
-
-create function pg_temp.err(p_sql text) returns text language plpgsql as $$
-begin
-  execute p_sql;
-  return 'no error';
-exception when others then
-  return sqlerrm;
-end;
-$$;
+\ir helpers.psql
 
 -- Fee: round-half-even(amount × bps / 10,000), in integers.
 select is(billing.platform_fee_cents(1, 300), 0::bigint, '1¢ → 0.03¢ → 0');

@@ -2,19 +2,12 @@
 -- balances that predate lots (backfill), expiry, the integrity check, and RLS.
 begin;
 select plan(25);
+\ir helpers.psql
 
 insert into auth.users (id) values
   ('dddddddd-0000-4000-8000-000000000001'), ('dddddddd-0000-4000-8000-000000000002'),
   ('dddddddd-0000-4000-8000-000000000003'), ('dddddddd-0000-4000-8000-000000000004');
 
-create function pg_temp.err(p_sql text) returns text language plpgsql as $$
-begin
-  execute p_sql;
-  return 'no error';
-exception when others then
-  return sqlerrm;
-end;
-$$;
 create function pg_temp.remaining(p_transfer_key text) returns numeric language sql as $$
   select l.remaining from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = p_transfer_key
 $$;

@@ -1,0 +1,1396 @@
+-- The credit ledger: double-entry, append-only, exact decimals.
+--
+-- Money moves only through the SECURITY DEFINER functions below (EXECUTE for service_role
+-- only). A transfer moves an amount from one account to another and writes two entries whose
+-- amounts sum to zero, so Σ entries = 0 always. User accounts carry a locked balance, a held
+-- amount and a version; every user entry records balance_after and that version.
+--
+-- Platform accounts (purchases, usage_revenue, …) are the other side of every movement. They
+-- are never locked or updated in place: serialising every debit in the system on one
+-- usage_revenue row would cap throughput at one commit at a time. Their balance is Σ of their
+-- entries (billing.platform_balances), and their entries carry no balance_after/version.
+--
+-- Debt: user accounts never go below zero through spending. Only reverse_credits (a refund or
+-- dispute of credits already spent) may take a balance below zero; while it is negative every
+-- debit and hold is refused (available < 0), and the next purchase pays the debt first simply
+-- by adding to the negative balance.
+--
+-- The only write path to the ledger. Every function is SECURITY DEFINER with an empty
+-- search_path and fully qualified names; EXECUTE is for service_role only (the Edge Functions
+-- connect as the owner). Errors raise a stable token as the message with JSON detail; the
+-- TypeScript side maps tokens to HTTP in one place (_shared/db.ts).
+--
+-- Concurrency: a user account row is locked (FOR UPDATE) before its balance is read, so
+-- parallel debits serialise per account and can never overdraw. When a function needs an
+-- account and one of its holds, it locks the account first, then the hold; no function locks
+-- two user accounts, and if one ever must, it locks them in ascending id order. Idempotency
+-- keys are checked again after the lock, so N parallel identical calls make one transfer.
+
+-- ============================================================ types
+
+create type billing.transfer_kind as enum (
+  'purchase',          -- credits bought through Stripe Checkout
+  'promo_grant',       -- bonus or promotional credits
+  'adjustment',        -- a support correction by an admin
+  'usage',             -- metered usage, priced from a rate card
+  'debit',             -- a generic debit of a given amount
+  'hold_capture',      -- the captured part of a hold
+  'refund_reversal',   -- credits taken back after a Stripe refund
+  'dispute_reversal',  -- credits taken back after a lost dispute
+  'expiry',            -- credits that expired
+  'allowance',         -- a wallet funds a member's allowance
+  'allowance_sweep'    -- an allowance's rest returns to the wallet at the term's end
+);
+comment on type billing.transfer_kind is 'Why money moved. Every transfer has exactly one.';
+
+create type billing.balance as (
+  balance numeric(38, 18),
+  held numeric(38, 18),
+  available numeric(38, 18)
+);
+comment on type billing.balance is 'A user account''s balance, its active holds, and what it may spend (balance − held).';
+
+create type billing.transfer_result as (
+  transfer_id bigint,
+  amount numeric(38, 18),
+  balance numeric(38, 18),
+  held numeric(38, 18),
+  available numeric(38, 18),
+  replayed boolean
+);
+comment on type billing.transfer_result is 'What a money-moving function returns: the transfer and the account after it.';
+
+create type billing.usage_result as (
+  transfer_id bigint,
+  charged numeric(38, 18),
+  rate_card_version integer,
+  balance numeric(38, 18),
+  held numeric(38, 18),
+  available numeric(38, 18),
+  replayed boolean
+);
+
+create type billing.hold_result as (
+  hold_id uuid,
+  status text,
+  amount numeric(38, 18),
+  captured numeric(38, 18),
+  released numeric(38, 18),
+  transfer_id bigint,
+  expires_at timestamptz,
+  balance numeric(38, 18),
+  held numeric(38, 18),
+  available numeric(38, 18),
+  replayed boolean
+);
+
+-- ============================================================ tables
+
+create table billing.accounts (
+  id bigint generated always as identity not null,
+  user_id uuid,
+  code text,
+  balance numeric(38,18) default 0 not null,
+  held numeric(38,18) default 0 not null,
+  version bigint default 0 not null,
+  caps integer default 0 not null,
+  created_at timestamp with time zone default now() not null,
+  low_balance_threshold numeric(38,18),
+  low_balance_fired boolean default false not null,
+  auto_recharge_below numeric(38,18),
+  auto_recharge_armed boolean default true not null,
+  org_id uuid,
+  member_id uuid,
+  orgs integer default 0 not null,
+  next_expiry timestamp with time zone,
+  constraint accounts_held_not_negative check ((held >= (0)::numeric)),
+  constraint accounts_low_balance_positive check (((low_balance_threshold is null) or (low_balance_threshold > (0)::numeric))),
+  constraint accounts_member_of_org check (((member_id is null) or (org_id is not null))),
+  constraint accounts_one_owner check ((num_nonnulls(user_id, code, org_id) = 1)),
+  constraint accounts_platform_not_tracked check (((code is null) or ((balance = (0)::numeric) and (held = (0)::numeric) and (version = 0)))),
+  constraint accounts_code_key unique (code),
+  constraint accounts_pkey primary key (id),
+  constraint accounts_user_id_key unique (user_id),
+  constraint accounts_member_id_fkey foreign key (member_id) references auth.users(id),
+  constraint accounts_user_id_fkey foreign key (user_id) references auth.users(id) on delete restrict
+);
+comment on table billing.accounts is 'One credit account per user (created on first use) plus platform accounts, the counterparties of every movement.';
+comment on column billing.accounts.org_id is 'An organisation''s wallet (member_id null) or a member''s allowance account (member_id set).';
+comment on column billing.accounts.next_expiry is 'No later than the earliest expires_at of the account''s open lots (a lower bound, exact after each expiry run): spending expires due lots first when it has passed.';
+alter table billing.accounts enable row level security;
+grant select on table billing.accounts to authenticated;
+grant select on table billing.accounts to service_role;
+
+create unique index accounts_org_member on billing.accounts (org_id, member_id) nulls not distinct where org_id is not null;
+
+create index accounts_allowances on billing.accounts (id) where member_id is not null;
+
+create table billing.transfers (
+  id bigint generated always as identity not null,
+  kind billing.transfer_kind not null,
+  from_account_id bigint not null,
+  to_account_id bigint not null,
+  amount numeric(38,18) not null,
+  idempotency_key text not null,
+  correlation_id text,
+  reference text,
+  rate_card_id bigint,
+  hold_id uuid,
+  metadata jsonb,
+  created_at timestamp with time zone default now() not null,
+  member_id uuid,
+  constraint transfers_amount_positive check ((amount > (0)::numeric)),
+  constraint transfers_distinct_accounts check ((from_account_id <> to_account_id)),
+  constraint transfers_key_length check (((length(idempotency_key) >= 1) and (length(idempotency_key) <= 300))),
+  constraint transfers_idempotency unique (idempotency_key, kind),
+  constraint transfers_pkey primary key (id),
+  constraint transfers_from_account_id_fkey foreign key (from_account_id) references billing.accounts(id),
+  constraint transfers_to_account_id_fkey foreign key (to_account_id) references billing.accounts(id)
+);
+comment on table billing.transfers is 'Immutable. A movement of credits between two accounts; a correction is a new transfer.';
+alter table billing.transfers enable row level security;
+grant select on table billing.transfers to authenticated;
+grant select on table billing.transfers to service_role;
+
+-- The credit ledger is append-only and dated by insertion, so its heap is in created_at order:
+-- a BRIN index finds a period's pages from a few kilobytes and costs writers next to nothing,
+-- where a B-tree on a timestamp would put every insert on its rightmost page. autosummarize
+-- keeps the unsummarised tail (which every BRIN scan reads) to the last few pages.
+create index transfers_created_brin on billing.transfers using brin (created_at)
+  with (pages_per_range = 32, autosummarize = on);
+
+create index transfers_org_member on billing.transfers (member_id, created_at) where member_id is not null;
+
+create table billing.entries (
+  id bigint generated always as identity primary key,
+  transfer_id bigint not null references billing.transfers (id),
+  account_id bigint not null references billing.accounts (id),
+  amount numeric(38, 18) not null,                -- signed: + credits the account, − debits it
+  balance_after numeric(38, 18),                  -- user accounts only (see header)
+  account_version bigint,                         -- user accounts only
+  created_at timestamptz not null default now(),
+  constraint entries_amount_nonzero check (amount <> 0),
+  constraint entries_tracked_together check ((balance_after is null) = (account_version is null))
+);
+comment on table billing.entries is 'Immutable. Two per transfer, summing to zero.';
+alter table billing.entries enable row level security;
+grant select on table billing.entries to authenticated;
+grant select on table billing.entries to service_role;
+
+-- User entries only: the platform side of every transfer would make this index's hottest page
+-- a point of contention for all writers, and platform balances are summed, not paged.
+create index entries_user_account on billing.entries (account_id, id desc) where balance_after is not null;
+
+create index entries_transfer_id on billing.entries (transfer_id);
+
+create index entries_created_brin on billing.entries using brin (created_at)
+  with (pages_per_range = 32, autosummarize = on);
+
+create table billing.holds (
+  id uuid default gen_random_uuid() not null,
+  account_id bigint not null,
+  amount numeric(38,18) not null,
+  status text default 'active'::text not null,
+  purpose text default 'user'::text not null,
+  captured_amount numeric(38,18),
+  capture_transfer_id bigint,
+  idempotency_key text not null,
+  correlation_id text,
+  metadata jsonb,
+  expires_at timestamp with time zone not null,
+  created_at timestamp with time zone default now() not null,
+  finished_at timestamp with time zone,
+  member_id uuid,
+  constraint holds_amount_positive check ((amount > (0)::numeric)),
+  constraint holds_captured_within check (((captured_amount is null) or ((captured_amount > (0)::numeric) and (captured_amount <= amount)))),
+  constraint holds_finished check (((status = 'active'::text) = (finished_at is null))),
+  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'dispute'::text]))),
+  constraint holds_status check ((status = any (array['active'::text, 'captured'::text, 'released'::text, 'expired'::text]))),
+  constraint holds_idempotency_key_key unique (idempotency_key),
+  constraint holds_pkey primary key (id),
+  constraint holds_account_id_fkey foreign key (account_id) references billing.accounts(id),
+  constraint holds_capture_transfer_id_fkey foreign key (capture_transfer_id) references billing.transfers(id)
+);
+comment on table billing.holds is 'Two-phase spending: reserve → capture (all or part) or release. available = balance − active holds.';
+alter table billing.holds enable row level security;
+grant select on table billing.holds to authenticated;
+grant select on table billing.holds to service_role;
+
+create index holds_active_expiry on billing.holds (expires_at) where status = 'active';
+
+create index holds_account on billing.holds (account_id, created_at desc);
+
+-- ============================================================ functions
+
+create or replace function billing.refuse_ledger_change() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  raise exception using errcode = 'P0001', message = 'LEDGER_IMMUTABLE',
+    detail = json_build_object('table', tg_table_name, 'operation', tg_op)::text,
+    hint = 'Ledger rows are never changed: record a correcting transfer instead.';
+end;
+$$;
+comment on function billing.refuse_ledger_change() is 'Trigger: refuses UPDATE, DELETE and TRUNCATE on ledger tables, for every role including the owner.';
+revoke execute on function billing.refuse_ledger_change() from public;
+
+create or replace function billing.raise_error(p_token text, p_detail jsonb default '{}'::jsonb) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  raise exception using errcode = 'P0001', message = p_token, detail = p_detail::text;
+end;
+$$;
+comment on function billing.raise_error(p_token text, p_detail jsonb) is 'Raises a stable error token with structured detail.';
+revoke execute on function billing.raise_error(p_token text, p_detail jsonb) from public;
+
+create or replace function billing.check_amount(p_amount numeric) returns void
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  if p_amount is null or p_amount <= 0 or scale(p_amount) > 18 or p_amount >= 1e20 then
+    perform billing.raise_error('INVALID_AMOUNT', jsonb_build_object('amount', p_amount::text,
+      'rule', 'a positive decimal below 1e20 with at most 18 fractional digits'));
+  end if;
+end;
+$$;
+comment on function billing.check_amount(p_amount numeric) is 'Refuses amounts that are not positive, too large, or finer than 18 decimal places.';
+revoke execute on function billing.check_amount(p_amount numeric) from public;
+
+create or replace function billing.platform_account_id(p_code text) returns bigint
+language sql stable
+set search_path = ''
+as $$ select a.id from billing.accounts a where a.code = p_code $$;
+comment on function billing.platform_account_id(p_code text) is 'The id of a platform account by its code.';
+revoke execute on function billing.platform_account_id(p_code text) from public;
+
+create or replace function billing.ensure_user_account(p_user uuid) returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+begin
+  select a.id into v_id from billing.accounts a where a.user_id = p_user;
+  if v_id is null then
+    insert into billing.accounts (user_id) values (p_user) on conflict (user_id) do nothing returning id into v_id;
+    if v_id is null then
+      select a.id into v_id from billing.accounts a where a.user_id = p_user;
+    end if;
+  end if;
+  return v_id;
+end;
+$$;
+comment on function billing.ensure_user_account(p_user uuid) is 'The user''s account id, creating the account on first use.';
+revoke execute on function billing.ensure_user_account(p_user uuid) from public;
+
+create or replace function billing.expire_overdue_holds(p_account_id bigint) returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_count integer;
+  v_total numeric(38, 18);
+  v_caps integer;
+  v_expired jsonb;
+begin
+  -- The account is locked first, as everywhere else, then its holds.
+  select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
+  with expired as (
+    update billing.holds h set status = 'expired', finished_at = now()
+    where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now()
+    returning h.amount, h.purpose, h.metadata ->> 'model' as model, h.created_at
+  )
+  select count(*), coalesce(sum(e.amount), 0),
+         jsonb_agg(jsonb_build_object('amount', e.amount, 'model', e.model, 'at', e.created_at)) filter (where e.purpose <> 'dispute')
+    into v_count, v_total, v_expired from expired e;
+  if v_count > 0 then
+    update billing.accounts a set held = a.held - v_total where a.id = p_account_id;
+    perform billing.on_available_change(a) from billing.accounts a
+    where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+    if v_caps > 0 then
+      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz)
+      from jsonb_array_elements(coalesce(v_expired, '[]')) x;
+    end if;
+  end if;
+  return v_count;
+end;
+$$;
+comment on function billing.expire_overdue_holds(p_account_id bigint) is 'Releases one account''s holds whose TTL has passed. Used by the spend path and the pg_cron sweep.';
+revoke execute on function billing.expire_overdue_holds(p_account_id bigint) from public;
+
+create or replace function billing.balance_of(p_account_id bigint)
+returns billing.balance
+language sql
+stable
+set search_path = ''
+as $$
+  -- As settle_account would leave it: overdue holds ended, due lots expired, holds no larger
+  -- than what is left.
+  select b.balance, b.held, b.balance - b.held
+  from (select a.balance - coalesce(x.due, 0) as balance,
+          case when x.due > 0 then least(a.held - coalesce(o.overdue, 0), greatest(a.balance - x.due, 0))
+               else a.held - coalesce(o.overdue, 0) end as held
+        from billing.accounts a
+        left join lateral (
+          select sum(h.amount) as overdue from billing.holds h
+          where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()
+        ) o on a.held > 0
+        left join lateral (
+          select sum(l.remaining) as due from billing.lots l
+          where l.account_id = a.id and l.open and not l.frozen and l.expires_at <= now()
+        ) x on a.next_expiry <= now()
+        where a.id = p_account_id) b
+$$;
+comment on function billing.balance_of(p_account_id bigint) is 'Balance, live held amount (holds past their TTL no longer count) and available.';
+revoke execute on function billing.balance_of(p_account_id bigint) from public;
+grant execute on function billing.balance_of(p_account_id bigint) to service_role;
+grant execute on function billing.balance_of(p_account_id bigint) to authenticated;
+
+create or replace function billing.debit_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_idempotency_key text,
+  p_correlation_id text default null,
+  p_reference text default null,
+  p_metadata jsonb default null
+) returns billing.transfer_result
+language sql
+security definer
+set search_path = ''
+as $$
+  select billing.post_user_transfer(p_user, -1, 'spend', p_amount, 'debit', 'usage_revenue',
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata)
+$$;
+comment on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) is 'Spends a given amount. Refused with INSUFFICIENT_CREDITS when available < amount (including while in debt).';
+revoke execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) from public;
+grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) to service_role;
+
+create or replace function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint)
+returns table (rate_card_id bigint, rate_card_version integer, amount numeric(38, 18))
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_card billing.rate_cards;
+begin
+  if p_input_tokens is null or p_output_tokens is null or p_input_tokens < 0 or p_output_tokens < 0 then
+    perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'non-negative integers'));
+  end if;
+  select * into v_card from billing.rate_cards r
+  where r.model = p_model and r.effective_from <= now()
+  order by r.effective_from desc, r.version desc limit 1;
+  if not found then
+    perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('model', p_model));
+  end if;
+  -- credits = USD × 1,000; USD = (tokens × USD per million) / 1e6 × markup
+  return query select v_card.id, v_card.version,
+    round((p_input_tokens * v_card.usd_per_million_input + p_output_tokens * v_card.usd_per_million_output)
+          * v_card.markup / 1000, 18)::numeric(38, 18);
+end;
+$$;
+comment on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint) is 'Prices tokens with the model''s current rate card, in credits.';
+revoke execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint) from public;
+grant execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint) to service_role;
+
+create or replace function billing.charge_usage(
+  p_user uuid,
+  p_model text,
+  p_input_tokens bigint,
+  p_output_tokens bigint,
+  p_idempotency_key text,
+  p_correlation_id text default null,
+  p_metadata jsonb default null
+) returns billing.usage_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_price record;
+  v_result billing.transfer_result;
+  v_bal billing.balance;
+begin
+  select * into v_price from billing.price_usage(p_model, p_input_tokens, p_output_tokens);
+  if v_price.amount = 0 then
+    -- Nothing to charge: no transfer is written.
+    v_bal := billing.balance_of(billing.ensure_user_account(p_user));
+    return (null, 0, v_price.rate_card_version, v_bal.balance, v_bal.held, v_bal.available, false)::billing.usage_result;
+  end if;
+  v_result := billing.post_user_transfer(p_user, -1, 'spend', v_price.amount, 'usage', 'usage_revenue',
+    p_idempotency_key, p_correlation_id, null,
+    coalesce(p_metadata, '{}'::jsonb) || jsonb_build_object('model', p_model, 'input_tokens', p_input_tokens,
+      'output_tokens', p_output_tokens),
+    v_price.rate_card_id);
+  return (v_result.transfer_id, v_result.amount, v_price.rate_card_version, v_result.balance, v_result.held,
+          v_result.available, v_result.replayed)::billing.usage_result;
+end;
+$$;
+comment on function billing.charge_usage(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_idempotency_key text, p_correlation_id text, p_metadata jsonb) is 'Prices model usage from the rate card and debits it; the transfer records the rate-card version.';
+revoke execute on function billing.charge_usage(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_idempotency_key text, p_correlation_id text, p_metadata jsonb) from public;
+grant execute on function billing.charge_usage(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_idempotency_key text, p_correlation_id text, p_metadata jsonb) to service_role;
+
+create or replace function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) returns billing.hold_result
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_bal billing.balance := billing.balance_of(p_hold.account_id);
+begin
+  return (p_hold.id, p_hold.status, p_hold.amount, coalesce(p_hold.captured_amount, 0),
+    case when p_hold.status = 'active' then 0 else p_hold.amount - coalesce(p_hold.captured_amount, 0) end,
+    p_hold.capture_transfer_id, p_hold.expires_at, v_bal.balance, v_bal.held, v_bal.available, p_replayed)::billing.hold_result;
+end;
+$$;
+revoke execute on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) from public;
+
+create or replace function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text default null::text, p_metadata jsonb default null::jsonb)
+returns billing.hold_result
+language plpgsql
+set search_path to ''
+as $$
+declare
+  v_account billing.accounts;
+  v_hold billing.holds;
+begin
+  perform billing.check_amount(p_amount);
+  if p_ttl_seconds is null or p_ttl_seconds not between 1 and 86400 then
+    perform billing.raise_error('INVALID_TTL', jsonb_build_object('rule', '1 to 86400 seconds'));
+  end if;
+  if p_idempotency_key is null or length(p_idempotency_key) not between 1 and 300 then
+    perform billing.raise_error('IDEMPOTENCY_KEY_REQUIRED', jsonb_build_object('rule', '1 to 300 characters'));
+  end if;
+  select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  if not found then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0',
+      'debt', false));
+  end if;
+
+  select * into v_hold from billing.holds h where h.idempotency_key = p_idempotency_key;
+  if found then
+    if (v_hold.account_id <> v_account.id and v_hold.member_id is distinct from p_user) or v_hold.amount <> p_amount
+       or v_hold.purpose <> p_purpose then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', 'hold'));
+    end if;
+    return billing.hold_result_of(v_hold, true);
+  end if;
+
+  if v_account.orgs > 0 then
+    v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, null);
+  end if;
+  if v_account.held > 0 or v_account.next_expiry <= now() then
+    v_account := billing.settle_account(v_account.id);
+  end if;
+  if v_account.balance - v_account.held < p_amount then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
+      'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text,
+      'debt', v_account.balance < 0));
+  end if;
+
+  if v_account.caps > 0 and v_account.org_id is null then
+    perform billing.charge_caps(v_account.id, p_amount, p_metadata ->> 'model');
+  end if;
+  v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
+    p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end);
+  return billing.hold_result_of(v_hold, false);
+end;
+$$;
+comment on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) is 'Internal: reserves available credits as a hold of the given purpose (user or job), under the account lock.';
+revoke execute on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) from public;
+
+create or replace function billing.reserve_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_idempotency_key text,
+  p_ttl_seconds integer default 900,
+  p_correlation_id text default null,
+  p_metadata jsonb default null
+) returns billing.hold_result
+language sql
+security definer
+set search_path = ''
+as $$
+  select billing.reserve_hold(p_user, p_amount, p_idempotency_key, p_ttl_seconds, 'user', p_correlation_id, p_metadata)
+$$;
+comment on function billing.reserve_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_correlation_id text, p_metadata jsonb) is 'Reserves credits for a while (default 15 min) as the user''s own hold: they stay in the balance but cannot be spent elsewhere.';
+revoke execute on function billing.reserve_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_correlation_id text, p_metadata jsonb) from public;
+grant execute on function billing.reserve_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_correlation_id text, p_metadata jsonb) to service_role;
+
+create or replace function billing.lock_hold(p_user uuid, p_hold_id uuid) returns billing.holds
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account_id bigint;
+  v_hold billing.holds;
+begin
+  select h.account_id into v_account_id from billing.holds h
+  join billing.accounts a on a.id = h.account_id
+  where h.id = p_hold_id and (p_user is null or a.user_id = p_user
+    or (h.member_id = p_user and exists (select 1 from billing.org_members m
+                                         where m.org_id = a.org_id and m.user_id = p_user and m.active)));
+  if v_account_id is null then
+    perform billing.raise_error('HOLD_NOT_FOUND', jsonb_build_object('hold_id', p_hold_id));
+  end if;
+  perform 1 from billing.accounts a where a.id = v_account_id for update;
+  select * into v_hold from billing.holds h where h.id = p_hold_id for update;
+  if p_user is not null and v_hold.purpose <> 'user' then
+    perform billing.raise_error('HOLD_NOT_USER_MANAGED', jsonb_build_object('hold_id', p_hold_id, 'purpose', v_hold.purpose));
+  end if;
+  return v_hold;
+end;
+$$;
+revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
+
+create or replace function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric DEFAULT NULL::numeric, p_correlation_id text DEFAULT NULL::text)
+ RETURNS billing.hold_result
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
+  v_capture numeric(38, 18);
+  v_transfer billing.transfer_result;
+  v_user uuid;
+  v_unfrozen numeric(38, 18);
+  v_pool boolean;
+begin
+  -- Credits that expired under the hold are gone before it is captured (the hold gave way).
+  if (select a.next_expiry <= now() from billing.accounts a where a.id = v_hold.account_id) then
+    perform billing.expire_due_lots(v_hold.account_id);
+    select * into v_hold from billing.holds h where h.id = p_hold_id;
+  end if;
+  v_capture := coalesce(p_amount, v_hold.amount);
+  if v_hold.status = 'captured' then
+    if p_amount is not null and p_amount <> v_hold.captured_amount then
+      perform billing.raise_error('HOLD_ALREADY_CAPTURED', jsonb_build_object('hold_id', p_hold_id,
+        'captured', trim_scale(v_hold.captured_amount)::text));
+    end if;
+    return billing.hold_result_of(v_hold, true);
+  end if;
+  if v_hold.status <> 'active' or v_hold.expires_at <= now() then
+    perform billing.raise_error(case when v_hold.status = 'released' then 'HOLD_RELEASED' else 'HOLD_EXPIRED' end,
+      jsonb_build_object('hold_id', p_hold_id, 'expires_at', v_hold.expires_at));
+  end if;
+  perform billing.check_amount(v_capture);
+  if v_capture > v_hold.amount then
+    perform billing.raise_error('CAPTURE_EXCEEDS_HOLD', jsonb_build_object('held', trim_scale(v_hold.amount)::text,
+      'requested', trim_scale(v_capture)::text));
+  end if;
+
+  -- A user's own capture never spends credits a dispute has frozen (a reversal of another
+  -- purchase can take the balance below what is held). A job's capture is work already done.
+  if p_user is not null then
+    select a.balance - coalesce(sum(h.amount), 0), a.org_id is not null and a.member_id is null into v_unfrozen, v_pool
+    from billing.accounts a
+    left join billing.holds h on h.account_id = a.id and h.status = 'active' and h.purpose = 'dispute'
+    where a.id = v_hold.account_id group by a.id;
+    if v_unfrozen < v_capture then
+      -- A member never reads a pool's balance, refused or not.
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
+        'required', trim_scale(v_capture)::text,
+        'available', case when not v_pool then trim_scale(greatest(v_unfrozen, 0))::text end, 'frozen_by_dispute', true)));
+    end if;
+  end if;
+
+  -- The hold stops counting first, so the capture spends the reserved credits.
+  update billing.accounts a set held = a.held - v_hold.amount where a.id = v_hold.account_id returning a.user_id into v_user;
+  v_transfer := billing.post_user_transfer(coalesce(v_user, v_hold.member_id), -1, 'capture', v_capture, 'hold_capture',
+    'usage_revenue', 'hold:' || p_hold_id::text, coalesce(p_correlation_id, v_hold.correlation_id), null, null, null, p_hold_id,
+    p_account_id => v_hold.account_id);
+  update billing.holds h set status = 'captured', captured_amount = v_capture, capture_transfer_id = v_transfer.transfer_id,
+    finished_at = now()
+  where h.id = p_hold_id returning * into v_hold;
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount - v_capture);
+  return billing.hold_result_of(v_hold, false);
+end;
+$function$;
+comment on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text) is 'Spends all or part of an active hold and releases the rest. Capturing a captured hold again replays the result.';
+revoke execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text) from public;
+grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text) to service_role;
+
+create or replace function billing.release_hold(p_user uuid, p_hold_id uuid) returns billing.hold_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
+begin
+  if v_hold.status = 'captured' then
+    perform billing.raise_error('HOLD_ALREADY_CAPTURED', jsonb_build_object('hold_id', p_hold_id, 'captured', v_hold.captured_amount::text));
+  end if;
+  if v_hold.status <> 'active' then
+    return billing.hold_result_of(v_hold, true); -- released or expired: nothing left to release
+  end if;
+  update billing.accounts a set held = a.held - v_hold.amount where a.id = v_hold.account_id;
+  update billing.holds h set status = 'released', finished_at = now() where h.id = p_hold_id returning * into v_hold;
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount);
+  perform billing.on_available_change(a) from billing.accounts a
+  where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+  return billing.hold_result_of(v_hold, false);
+end;
+$$;
+comment on function billing.release_hold(p_user uuid, p_hold_id uuid) is 'Releases an active hold in full. Releasing a released or expired hold is a no-op.';
+revoke execute on function billing.release_hold(p_user uuid, p_hold_id uuid) from public;
+grant execute on function billing.release_hold(p_user uuid, p_hold_id uuid) to service_role;
+
+create or replace function billing.release_expired_holds(p_limit integer default 500) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_account_id bigint;
+  v_total integer := 0;
+begin
+  for v_account_id in
+    select distinct h.account_id from billing.holds h
+    where h.status = 'active' and h.expires_at <= now()
+    order by h.account_id limit p_limit
+  loop
+    v_total := v_total + billing.expire_overdue_holds(v_account_id);
+  end loop;
+  return v_total;
+end;
+$$;
+comment on function billing.release_expired_holds(p_limit integer) is 'pg_cron: releases holds past their TTL, for at most p_limit accounts per run. Idempotent.';
+revoke execute on function billing.release_expired_holds(p_limit integer) from public;
+grant execute on function billing.release_expired_holds(p_limit integer) to service_role;
+
+create or replace function billing.get_balance(p_user uuid)
+returns table (balance numeric(38, 18), held numeric(38, 18), available numeric(38, 18),
+               expiring_amount numeric(38, 18), expiring_at timestamptz)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(b.balance, 0), coalesce(b.held, 0), coalesce(b.available, 0), x.amount, x.expires_at
+  from (select 1) one
+  -- balance_of in FROM, not `(balance_of(…)).*`, which would run it once per column.
+  left join lateral (select a.id, y.* from billing.accounts a cross join lateral billing.balance_of(a.id) y
+                     where a.user_id = p_user) b on true
+  -- The next expiry: the earliest date any open lot expires, and how much expires then.
+  left join lateral (select l.expires_at, sum(l.remaining) as amount from billing.lots l
+                     where l.account_id = b.id and l.open and l.expires_at is not null
+                     group by l.expires_at order by l.expires_at limit 1) x on true
+$$;
+comment on function billing.get_balance(p_user uuid) is 'A user''s balance, held and available, and the next expiry (amount, time); zeros when the user has no account yet.';
+revoke execute on function billing.get_balance(p_user uuid) from public;
+grant execute on function billing.get_balance(p_user uuid) to service_role;
+
+create or replace function billing.get_ledger(p_user uuid, p_before_id bigint default null::bigint, p_limit integer default 50, p_from timestamp with time zone default null::timestamp with time zone, p_to timestamp with time zone default null::timestamp with time zone)
+returns table(id bigint, created_at timestamp with time zone, kind billing.transfer_kind, amount numeric, balance_after numeric, correlation_id text, reference text, lots jsonb)
+language sql
+stable security definer
+set search_path to ''
+as $$
+  select e.id, e.created_at, t.kind, e.amount, e.balance_after, t.correlation_id, t.reference,
+    -- The lots a grant or a move created, or the lots a debit drew from.
+    coalesce(g.lots, x.lots, '[]')
+  from billing.accounts a
+  join billing.entries e on e.account_id = a.id
+  join billing.transfers t on t.id = e.transfer_id
+  left join lateral (select jsonb_agg(jsonb_build_object('lot_id', l.id::text, 'amount', trim_scale(l.amount)::text)
+                                      order by l.id) as lots
+                     from billing.lots l where l.grant_transfer_id = t.id) g on e.amount > 0
+  left join lateral (select jsonb_agg(jsonb_build_object('lot_id', la.lot_id::text, 'amount', trim_scale(la.amount)::text)
+                                      order by la.lot_id) as lots
+                     from billing.lot_allocations la where la.transfer_id = t.id) x on e.amount < 0
+  where a.user_id = p_user
+    and e.balance_after is not null -- always true for user entries; lets the partial index serve
+    and (p_before_id is null or e.id < p_before_id)
+    and (p_from is null or e.created_at >= p_from)
+    and (p_to is null or e.created_at < p_to)
+  order by e.id desc
+  limit least(greatest(p_limit, 1), 1000)
+$$;
+comment on function billing.get_ledger(p_user uuid, p_before_id bigint, p_limit integer, p_from timestamp with time zone, p_to timestamp with time zone) is 'A user''s entries in [p_from, p_to), newest first, keyset-paginated by entry id, each with the lots it created or drew from.';
+revoke execute on function billing.get_ledger(p_user uuid, p_before_id bigint, p_limit integer, p_from timestamp with time zone, p_to timestamp with time zone) from public;
+grant execute on function billing.get_ledger(p_user uuid, p_before_id bigint, p_limit integer, p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
+
+create or replace function billing.charge_usage_batch(p_events jsonb)
+returns jsonb
+language plpgsql
+security definer
+set search_path to ''
+as $$
+declare
+  v_platform bigint := billing.platform_account_id('usage_revenue');
+  v_count integer := jsonb_array_length(p_events);
+  e record;
+  v_user uuid;
+  v_available numeric(38, 18);
+  v_balance numeric(38, 18);
+  v_version bigint;
+  v_account bigint;
+  v_outcomes jsonb[] := array_fill(null::jsonb, array[v_count]);
+  -- accepted transfers, in order
+  a_ord integer[] := '{}';
+  a_id bigint[] := '{}';
+  a_account bigint[] := '{}';
+  a_amount numeric(38, 18)[] := '{}';
+  a_balance numeric(38, 18)[] := '{}';
+  a_version bigint[] := '{}';
+  a_key text[] := '{}';
+  a_card bigint[] := '{}';
+  a_corr text[] := '{}';
+  a_meta jsonb[] := '{}';
+  v_id bigint;
+  v_cap jsonb;
+begin
+  if v_count > 1000 then
+    perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
+  end if;
+
+  create temp table if not exists pg_temp.usage_batch (
+    ord integer, event_id text, user_id uuid, model text, input_tokens bigint, output_tokens bigint,
+    occurred_at timestamptz, correlation_id text, account_id bigint, amount numeric(38, 18), rate_card_id bigint,
+    existing_transfer bigint, existing_amount numeric(38, 18), first_ord integer, member boolean not null default false
+  ) on commit drop;
+  truncate pg_temp.usage_batch;
+
+  insert into pg_temp.usage_batch (ord, event_id, user_id, model, input_tokens, output_tokens, occurred_at, correlation_id)
+  select x.ord::integer, x.ev ->> 'event_id', (x.ev ->> 'user_id')::uuid, x.ev ->> 'model',
+         (x.ev ->> 'input_tokens')::bigint, (x.ev ->> 'output_tokens')::bigint,
+         (x.ev ->> 'occurred_at')::timestamptz, x.ev ->> 'correlation_id'
+  from jsonb_array_elements(p_events) with ordinality as x(ev, ord);
+
+  -- Price every event from its model's current rate card, set-based.
+  update pg_temp.usage_batch b set rate_card_id = r.id,
+    amount = round((b.input_tokens * r.usd_per_million_input + b.output_tokens * r.usd_per_million_output) * r.markup / 1000, 18)
+  from (select distinct on (rc.model) rc.* from billing.rate_cards rc where rc.effective_from <= now()
+        order by rc.model, rc.effective_from desc, rc.version desc) r
+  where r.model = b.model;
+
+  update pg_temp.usage_batch b set account_id = a.id, member = a.orgs > 0 from billing.accounts a where a.user_id = b.user_id;
+
+  -- One lock per account for the whole batch, in ascending id order (no deadlocks): the users'
+  -- own accounts, then the organisation accounts that may pay for members (after, as everywhere).
+  perform 1 from billing.accounts a where a.id in (select distinct b.account_id from pg_temp.usage_batch b) order by a.id for update;
+  if exists (select 1 from pg_temp.usage_batch b where b.member) then
+    perform 1 from billing.accounts a
+    join billing.org_members m on m.org_id = a.org_id and m.active and m.role = 'member'
+      and (a.member_id is null or a.member_id = m.user_id)
+    where m.user_id in (select b.user_id from pg_temp.usage_batch b where b.member)
+    order by a.id for update of a;
+  end if;
+  perform billing.settle_account(a.id) from billing.accounts a
+  where a.id in (select distinct b.account_id from pg_temp.usage_batch b) and (a.held > 0 or a.next_expiry <= now());
+
+  -- Replays, checked under the locks so a concurrent batch with the same events has committed:
+  -- an earlier batch already applied this event id.
+  update pg_temp.usage_batch b set existing_transfer = t.id, existing_amount = t.amount
+  from billing.transfers t where t.idempotency_key = 'usage-event:' || b.event_id and t.kind = 'usage';
+  -- Within the batch, only the first occurrence of an id counts.
+  update pg_temp.usage_batch b set first_ord = f.first_ord
+  from (select b2.event_id, min(b2.ord) as first_ord from pg_temp.usage_batch b2 group by b2.event_id) f
+  where f.event_id = b.event_id;
+
+  -- Greedy per user in event order: each event is applied if it still fits.
+  for e in
+    select b.*, a.balance as acct_balance, a.held as acct_held, a.version as acct_version, a.caps as acct_caps
+    from pg_temp.usage_batch b left join billing.accounts a on a.id = b.account_id
+    order by b.user_id, b.ord
+  loop
+    if v_user is distinct from e.user_id then
+      v_user := e.user_id;
+      v_available := coalesce(e.acct_balance - e.acct_held, 0);
+      v_balance := e.acct_balance;
+      v_version := e.acct_version;
+    end if;
+    if e.rate_card_id is null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', 'UNKNOWN_MODEL');
+    elsif e.existing_transfer is not null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'duplicate',
+        'transfer_id', e.existing_transfer::text, 'charged', trim_scale(e.existing_amount)::text);
+    elsif e.ord <> e.first_ord then
+      -- A repeat within the batch reports what its first occurrence did (sorted by user, then
+      -- order, the first was handled already when both name the same user).
+      v_outcomes[e.ord] := coalesce(v_outcomes[e.first_ord], '{}'::jsonb)
+        || jsonb_build_object('event_id', e.event_id, 'status', 'duplicate');
+    elsif e.amount = 0 then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied', 'charged', '0', 'transfer_id', null);
+    elsif e.member then
+      -- A member of funding organisations: the spending order picks the wallet (the same path as
+      -- /credits/usage, under the locks taken above).
+      v_outcomes[e.ord] := billing.charge_member_event(e.user_id, e.model, e.input_tokens, e.output_tokens, e.event_id,
+        e.correlation_id, e.occurred_at);
+    elsif e.account_id is null or v_available < e.amount then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'insufficient',
+        'required', trim_scale(e.amount)::text, 'available', trim_scale(greatest(coalesce(v_available, 0), 0))::text);
+    else
+      -- Over a cap: refused alone, like a short event (take_cap_room counted nothing then).
+      v_cap := case when e.acct_caps > 0 then billing.take_cap_room(e.account_id, e.amount, e.model) end;
+    end if;
+    if v_cap is not null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'cap_reached', 'cap', v_cap);
+      v_cap := null;
+    elsif v_outcomes[e.ord] is null then
+      v_id := nextval(pg_get_serial_sequence('billing.transfers', 'id'));
+      v_available := v_available - e.amount;
+      v_balance := v_balance - e.amount;
+      v_version := v_version + 1;
+      a_ord := a_ord || e.ord; a_id := a_id || v_id; a_account := a_account || e.account_id;
+      a_amount := a_amount || e.amount; a_balance := a_balance || v_balance; a_version := a_version || v_version;
+      a_key := a_key || ('usage-event:' || e.event_id); a_card := a_card || e.rate_card_id;
+      a_corr := a_corr || e.correlation_id;
+      a_meta := a_meta || jsonb_build_object('model', e.model, 'input_tokens', e.input_tokens,
+        'output_tokens', e.output_tokens, 'occurred_at', e.occurred_at, 'event_id', e.event_id);
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied', 'transfer_id', v_id::text,
+        'charged', trim_scale(e.amount)::text, 'balance', trim_scale(v_balance)::text);
+    end if;
+  end loop;
+
+  if array_length(a_id, 1) > 0 then
+    insert into billing.transfers (id, kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, rate_card_id, metadata)
+    overriding system value
+    select t.id, 'usage', t.account, v_platform, t.amount, t.key, t.corr, t.card, t.meta
+    from unnest(a_id, a_account, a_amount, a_key, a_corr, a_card, a_meta) as t(id, account, amount, key, corr, card, meta);
+
+    insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+    select t.id, t.account, -t.amount, t.balance, t.version
+    from unnest(a_id, a_account, a_amount, a_balance, a_version) as t(id, account, amount, balance, version)
+    union all
+    select t.id, v_platform, t.amount, null, null from unnest(a_id, a_amount) as t(id, amount);
+
+    update billing.accounts a set balance = a.balance - d.total, version = a.version + d.n
+    from (select t.account, sum(t.amount) as total, count(*) as n from unnest(a_account, a_amount) as t(account, amount) group by t.account) d
+    where a.id = d.account;
+
+    -- Each account's accepted events draw from its lots in event order.
+    perform billing.draw_lots('usage', a_id, a_account, a_amount);
+  end if;
+
+  return to_jsonb(v_outcomes);
+end;
+$$;
+comment on function billing.charge_usage_batch(p_events jsonb) is 'Prices and debits up to 1,000 usage events in one transaction; outcomes (applied, duplicate, insufficient, invalid) in input order.';
+revoke execute on function billing.charge_usage_batch(p_events jsonb) from public;
+grant execute on function billing.charge_usage_batch(p_events jsonb) to service_role;
+
+create or replace function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind,
+                                                p_key text, p_member uuid, p_metadata jsonb default null)
+returns billing.transfers
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_from billing.accounts;
+  v_to billing.accounts;
+  v_transfer billing.transfers;
+  v_debt numeric(38, 18);
+begin
+  perform billing.check_amount(p_amount);
+  perform 1 from billing.accounts a where a.id in (p_from, p_to) order by a.id for update;
+  select * into v_transfer from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
+  if found then
+    if v_transfer.amount <> p_amount or v_transfer.from_account_id <> p_from or v_transfer.to_account_id <> p_to then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
+    end if;
+    return v_transfer;
+  end if;
+  select * into v_from from billing.accounts a where a.id = p_from;
+  if v_from.held > 0 or v_from.next_expiry <= now() then
+    v_from := billing.settle_account(p_from);
+  end if;
+  if v_from.balance - v_from.held < p_amount then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
+      'available', trim_scale(greatest(v_from.balance - v_from.held, 0))::text, 'debt', v_from.balance < 0,
+      'wallet', 'organisation'));
+  end if;
+
+  insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, member_id, metadata)
+  values (p_kind, p_from, p_to, p_amount, p_key, p_member, p_metadata)
+  returning * into v_transfer;
+  perform billing.draw_lots(p_kind, array[v_transfer.id], array[p_from], array[p_amount]);
+  update billing.accounts a set balance = a.balance - p_amount, version = a.version + 1 where a.id = p_from
+  returning * into v_from;
+  update billing.accounts a set balance = a.balance + p_amount, version = a.version + 1,
+    next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lot_allocations x
+                                        join billing.lots l on l.id = x.lot_id where x.transfer_id = v_transfer.id))
+  where a.id = p_to
+  returning * into v_to;
+  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version) values
+    (v_transfer.id, p_from, -p_amount, v_from.balance, v_from.version),
+    (v_transfer.id, p_to, p_amount, v_to.balance, v_to.version);
+
+  -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
+  -- expiry, frozen, and its share of the cost basis. A debt the receiving account was in is
+  -- settled by the first parts, as any grant settles it.
+  v_debt := greatest(p_amount - v_to.balance, 0);
+  insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency, amount,
+                            debt_settled, remaining, frozen, expires_at, moved_from)
+  select p_to, v_transfer.id, l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount, l.currency, p.amount,
+    p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id
+  from (select x.lot_id, x.amount,
+          least(x.amount, greatest(v_debt - coalesce(sum(x.amount) over (order by x.lot_id rows between unbounded preceding
+                                                                          and 1 preceding), 0), 0)) as settled
+        from billing.lot_allocations x where x.transfer_id = v_transfer.id) p
+  join billing.lots l on l.id = p.lot_id
+  order by p.lot_id;
+  return v_transfer;
+end;
+$$;
+comment on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb) is 'Internal: a transfer between two tracked accounts (wallet ↔ allowance), the lots drawn mirrored on the receiving side.';
+revoke execute on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb) from public;
+
+create or replace function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
+returns billing.accounts
+language plpgsql
+set search_path to ''
+as $$
+declare
+  v_existing billing.transfers;
+  v_sources record;
+  v_account billing.accounts;
+  v_available numeric(38, 18);
+  v_cap jsonb;
+  v_wallets jsonb := '[]';
+  v_best numeric(38, 18) := 0;
+  v_pool boolean;
+  i integer;
+begin
+  if p_kind is not null then
+    select * into v_existing from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
+    if found and v_existing.member_id = p_user then
+      select * into v_account from billing.accounts a where a.id = v_existing.from_account_id for update;
+      return v_account;
+    elsif found then
+      return p_own;
+    end if;
+  end if;
+
+  -- Organisations that pay first (0), the member's own account (1), those that pay after (2);
+  -- by when the member joined. A member without an allowance account yet has nothing there.
+  select array_agg(s.account_id order by s.rank, s.joined_at) as accounts, array_agg(s.org_id order by s.rank, s.joined_at) as orgs
+  into v_sources
+  from (
+    select o.id as org_id, case when o.org_pays_first then 0 else 2 end as rank, m.joined_at,
+      case when o.funding = 'allowance'
+        then (select a.id from billing.accounts a where a.org_id = o.id and a.member_id = p_user)
+        else (select a.id from billing.accounts a where a.org_id = o.id and a.member_id is null)
+      end as account_id
+    from billing.org_members m join billing.orgs o on o.id = m.org_id
+    where m.user_id = p_user and m.active and m.role = 'member'
+    union all
+    select null, 1, null, p_own.id
+  ) s where s.account_id is not null;
+  perform 1 from billing.accounts a where a.id = any(v_sources.accounts) and a.id <> p_own.id order by a.id for update;
+
+  for i in 1 .. array_length(v_sources.accounts, 1) loop
+    select * into v_account from billing.accounts a where a.id = v_sources.accounts[i];
+    if v_account.held > 0 or v_account.next_expiry <= now() then
+      v_account := billing.settle_account(v_account.id);
+    end if;
+    v_available := greatest(v_account.balance - v_account.held, 0);
+    if v_available >= p_amount then
+      if v_account.org_id is null then
+        return v_account;                                 -- the member's own caps: the caller's, as for anyone
+      end if;
+      v_cap := case when v_account.caps > 0 then billing.take_cap_room(v_account.id, p_amount, p_model, p_user) end;
+      if v_cap is null then
+        return v_account;
+      end if;
+    end if;
+    -- A member sees what they may spend: their own account, their allowance, their cap's room;
+    -- never the balance of a pool the whole organisation shares.
+    v_pool := v_account.org_id is not null and v_account.member_id is null;
+    v_best := greatest(v_best, case when v_cap is null and not v_pool then v_available else 0 end);
+    v_wallets := v_wallets || jsonb_strip_nulls(jsonb_build_object(
+      'wallet', case when v_account.org_id is null then 'personal' else 'organisation' end,
+      'org_id', v_sources.orgs[i],
+      'available', case when not v_pool then trim_scale(v_available)::text end,
+      'short_by', case when not v_pool then trim_scale(greatest(p_amount - v_available, 0))::text end,
+      'reason', case when v_cap is not null then 'cap' else 'insufficient' end, 'cap', v_cap));
+    v_cap := null;
+  end loop;
+  perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
+    'available', trim_scale(v_best)::text, 'debt', p_own.balance < 0, 'wallets', v_wallets));
+end;
+$$;
+comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';
+revoke execute on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) from public;
+
+create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_hold_id uuid default null::uuid, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
+returns billing.transfer_result
+language plpgsql
+set search_path to ''
+as $$
+declare
+  v_account billing.accounts;
+  v_account_id bigint;
+  v_platform_id bigint := billing.platform_account_id(p_platform_code);
+  v_existing billing.transfers;
+  v_transfer_id bigint;
+  v_bal billing.balance;
+  v_delta numeric(38, 18);
+  v_member uuid;
+begin
+  perform billing.check_amount(p_amount);
+  if p_idempotency_key is null or length(p_idempotency_key) not between 1 and 300 then
+    perform billing.raise_error('IDEMPOTENCY_KEY_REQUIRED', jsonb_build_object('rule', '1 to 300 characters'));
+  end if;
+
+  -- Find and lock the account in one statement; create it first only when it must exist.
+  if p_account_id is not null then
+    select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  else
+    select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  end if;
+  if not found then
+    if p_direction < 0 and p_mode <> 'reverse' then
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0',
+        'debt', false));
+    end if;
+    perform billing.ensure_user_account(p_user);
+    select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  end if;
+  -- A member of organisations that fund them: the wallet that pays (orgs = 0 skips it all).
+  if v_account.orgs > 0 and p_mode = 'spend' and p_account_id is null then
+    v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, p_kind);
+  end if;
+  v_account_id := v_account.id;
+  v_member := case when v_account.org_id is not null then p_user end;
+
+  -- Checked after the lock: a concurrent call with the same key has committed by now.
+  select * into v_existing from billing.transfers t where t.idempotency_key = p_idempotency_key and t.kind = p_kind;
+  if found then
+    if v_existing.amount <> p_amount
+      or (p_direction > 0 and v_existing.to_account_id <> v_account_id)
+      or (p_direction < 0 and v_existing.from_account_id <> v_account_id) then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
+    end if;
+    v_bal := billing.balance_of(v_account_id);
+    return (v_existing.id, v_existing.amount, v_bal.balance, v_bal.held, v_bal.available, true)::billing.transfer_result;
+  end if;
+
+  if p_mode = 'spend' then
+    if v_account.held > 0 or v_account.next_expiry <= now() then
+      v_account := billing.settle_account(v_account_id);
+    end if;
+    if v_account.balance - v_account.held < p_amount then
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
+        'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text,
+        'debt', v_account.balance < 0));
+    end if;
+    if v_account.caps > 0 and v_account.org_id is null then  -- a pooled wallet's were counted choosing it
+      perform billing.charge_caps(v_account_id, p_amount, p_metadata ->> 'model');
+    end if;
+  elsif p_mode = 'capture' and v_account.balance < p_amount then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
+      'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance, 0))::text, 'debt', v_account.balance < 0));
+  end if;
+
+  begin
+    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                   reference, metadata, rate_card_id, hold_id, member_id)
+    values (p_kind,
+            case when p_direction > 0 then v_platform_id else v_account_id end,
+            case when p_direction > 0 then v_account_id else v_platform_id end,
+            p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, p_hold_id, v_member)
+    returning id into v_transfer_id;
+  exception when unique_violation then
+    -- The same key and kind was used for another account.
+    perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
+  end;
+
+  v_delta := p_direction * p_amount;
+  update billing.accounts a set balance = a.balance + v_delta, version = a.version + 1
+  where a.id = v_account_id
+  returning * into v_account;
+
+  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version) values
+    (v_transfer_id, v_account_id, v_delta, v_account.balance, v_account.version),
+    (v_transfer_id, v_platform_id, -v_delta, null, null);
+
+  if p_direction > 0 then
+    perform billing.create_lot(v_account_id, v_transfer_id, p_kind, p_amount, v_account.balance, p_lot);
+  elsif p_lot is null then
+    -- The common debit, in one statement: the first lot in spending order covers it (the order
+    -- is draw_lots'). Otherwise draw_lots spreads it over several lots.
+    with drawn as (
+      update billing.lots l set remaining = l.remaining - p_amount
+      where l.id = (select x.id from billing.lots x where x.account_id = v_account_id and x.open
+                    order by x.frozen, x.priority, x.expires_at nulls last,
+                      x.granted_at, x.id
+                    limit 1)
+        and l.remaining >= p_amount
+      returning l.id
+    )
+    insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+    select v_transfer_id, drawn.id, p_kind, p_amount from drawn;
+    if not found then
+      perform billing.draw_lots(p_kind, array[v_transfer_id], array[v_account_id], array[p_amount]);
+    end if;
+  else
+    perform billing.draw_lots(p_kind, array[v_transfer_id], array[v_account_id], array[p_amount],
+      array(select jsonb_array_elements_text(p_lot -> 'first')::bigint));
+  end if;
+  -- Auto-recharge follows spending: a refund, dispute or expiry never charges the card by itself
+  -- (a student refunded would be charged again at once); the low-balance alert still tells them.
+  if p_mode = 'reverse' then
+    if v_account.low_balance_threshold is not null then
+      perform billing.check_low_balance(v_account);
+    end if;
+  elsif v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
+    perform billing.on_available_change(v_account);
+  end if;
+
+  -- Overdue holds and due lots were settled above when spending; otherwise held is as locked.
+  if v_account.held > 0 then
+    v_bal := billing.balance_of(v_account_id);
+    return (v_transfer_id, p_amount, v_bal.balance, v_bal.held, v_bal.available, false)::billing.transfer_result;
+  end if;
+  return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
+end;
+$$;
+comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock.';
+revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) from public;
+
+create or replace function billing.place_hold(
+  p_account_id bigint,
+  p_amount numeric,
+  p_idempotency_key text,
+  p_expires_at timestamptz,
+  p_purpose text,
+  p_correlation_id text default null,
+  p_metadata jsonb default null,
+  p_member uuid default null
+) returns billing.holds
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds;
+begin
+  -- The caller holds the account lock and has checked what may be held.
+  insert into billing.holds (account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
+  values (p_account_id, p_amount, p_idempotency_key, p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)
+  returning * into v_hold;
+  update billing.accounts a set held = a.held + p_amount where a.id = p_account_id;
+  perform billing.on_available_change(a) from billing.accounts a
+  where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+  return v_hold;
+end;
+$$;
+revoke execute on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) from public;
+
+create or replace function billing.grant_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_kind billing.transfer_kind,
+  p_idempotency_key text,
+  p_reference text default null,
+  p_correlation_id text default null,
+  p_metadata jsonb default null,
+  p_lot jsonb default null,
+  p_account_id bigint default null                -- an organisation's wallet instead of p_user's account
+) returns billing.transfer_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_kind not in ('purchase', 'promo_grant', 'adjustment') then
+    perform billing.raise_error('INVALID_KIND', jsonb_build_object('kind', p_kind, 'allowed', 'purchase, promo_grant, adjustment'));
+  end if;
+  return billing.post_user_transfer(p_user, 1, 'credit', p_amount, p_kind,
+    case p_kind when 'purchase' then 'purchases' when 'promo_grant' then 'promotions' else 'adjustments' end,
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, null, p_lot, p_account_id);
+end;
+$$;
+comment on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) is 'Adds credits to a user (or the account p_account_id) as a new lot (p_lot: see create_lot): a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
+revoke execute on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) from public;
+grant execute on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) to service_role;
+
+create or replace function billing.reverse_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_kind billing.transfer_kind,
+  p_idempotency_key text,
+  p_reference text default null,
+  p_correlation_id text default null,
+  p_metadata jsonb default null,
+  p_first_lots bigint[] default null,
+  p_account_id bigint default null                -- an organisation's wallet instead of p_user's account
+) returns billing.transfer_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_kind not in ('refund_reversal', 'dispute_reversal', 'expiry') then
+    perform billing.raise_error('INVALID_KIND', jsonb_build_object('kind', p_kind, 'allowed', 'refund_reversal, dispute_reversal, expiry'));
+  end if;
+  return billing.post_user_transfer(p_user, -1, 'reverse', p_amount, p_kind,
+    case p_kind when 'refund_reversal' then 'refunds' when 'dispute_reversal' then 'disputes' else 'expired' end,
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, null,
+    jsonb_build_object('first', to_jsonb(coalesce(p_first_lots, '{}'))), p_account_id);
+end;
+$$;
+comment on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) is 'Takes credits back after a refund, a lost dispute or an expiry, from p_first_lots first. The only path that may make a balance negative (debt).';
+revoke execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) from public;
+grant execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) to service_role;
+
+create or replace function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  h billing.holds;
+  v_take numeric(38, 18);
+  v_left numeric(38, 18) := p_short;
+begin
+  -- The caller holds the account lock. The newest holds give way first.
+  for h in
+    select * from billing.holds x
+    where x.account_id = p_account_id and x.status = 'active' and x.purpose = any(p_purposes)
+    order by x.created_at desc, x.id
+    for update
+  loop
+    exit when v_left <= 0;
+    v_take := least(h.amount, v_left);
+    update billing.holds x
+    set amount = x.amount - case when v_take < x.amount then v_take else 0 end,
+        status = case when v_take < x.amount then x.status else 'released' end,
+        finished_at = case when v_take < x.amount then null else now() end,
+        metadata = coalesce(x.metadata, '{}'::jsonb) || p_note || jsonb_build_object('given_amount', trim_scale(v_take)::text)
+    where x.id = h.id;
+    update billing.accounts a set held = a.held - v_take where a.id = p_account_id;
+    perform billing.return_hold_cap_room(h, v_take);
+    v_left := v_left - v_take;
+  end loop;
+  return p_short - v_left;
+end;
+$$;
+comment on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) is 'Internal: takes p_short from the account''s active holds of the given purposes, newest first (cap room given back); returns what it took.';
+revoke execute on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) from public;
+
+create or replace function billing.settle_account(p_account_id bigint)
+returns billing.accounts
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+begin
+  select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  if v_account.held > 0 then
+    perform billing.expire_overdue_holds(p_account_id);
+  end if;
+  if v_account.next_expiry <= now() then
+    perform billing.expire_due_lots(p_account_id);
+  end if;
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  return v_account;
+end;
+$$;
+comment on function billing.settle_account(p_account_id bigint) is 'Internal: locks the account, ends its overdue holds and expires its due lots; returns it as it now is. Every path that spends, holds or moves credits calls it when held > 0 or next_expiry has passed.';
+revoke execute on function billing.settle_account(p_account_id bigint) from public;
+
+create or replace function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text)
+returns uuid
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts := billing.settle_account(p_account_id);
+  v_freeze numeric(38, 18);
+  v_short numeric(38, 18);
+  v_existing uuid;
+begin
+  if v_account.id is null then
+    return null;
+  end if;
+  select h.id into v_existing from billing.holds h where h.idempotency_key = p_key;
+  if found then
+    return v_existing;
+  end if;
+  -- What is left of the balance once earlier disputes have frozen theirs.
+  select least(p_amount, greatest(v_account.balance - coalesce(sum(h.amount), 0), 0)) into v_freeze
+  from billing.holds h where h.account_id = v_account.id and h.status = 'active' and h.purpose = 'dispute';
+  if v_freeze <= 0 then
+    return null;
+  end if;
+  -- A student's own holds give way; a job's is work under way.
+  v_short := v_freeze - greatest(v_account.balance - v_account.held, 0);
+  if v_short > 0 then
+    perform billing.shrink_holds(v_account.id, v_short, array['user'], jsonb_build_object('given_to_dispute', p_dispute_id));
+  end if;
+  return (billing.place_hold(v_account.id, v_freeze, p_key, 'infinity', 'dispute', p_dispute_id)).id;
+end;
+$$;
+comment on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) is 'Internal: freezes up to p_amount of the account for a dispute (the student''s own holds give way); idempotent by p_key.';
+revoke execute on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) from public;
+
+create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+begin
+  -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  if v_account.held > greatest(v_account.balance, 0) then
+    perform billing.shrink_holds(p_account_id, v_account.held - greatest(v_account.balance, 0), array['user', 'job'],
+      p_note);
+  end if;
+end;
+$$;
+comment on function billing.fit_holds(p_account_id bigint, p_note jsonb) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user and job holds give way, newest first, until they fit.';
+revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb) from public;
+
+-- ============================================================ views
+
+-- For operators: platform accounts' balances are Σ of their entries (they are not tracked in place).
+create or replace view billing.platform_balances with (security_invoker = true) as
+  select a.code, coalesce(sum(e.amount), 0)::numeric(38, 18) as balance, count(e.id) as entries
+  from billing.accounts a left join billing.entries e on e.account_id = a.id
+  where a.code is not null
+  group by a.code;
+comment on view billing.platform_balances is 'Each platform account''s balance as the sum of its entries.';
+grant select on table billing.platform_balances to service_role;
+
+-- ============================================================ triggers
+
+create trigger transfers_immutable before update or delete on billing.transfers
+  for each row execute function billing.refuse_ledger_change();
+
+create trigger transfers_no_truncate before truncate on billing.transfers
+  for each statement execute function billing.refuse_ledger_change();
+
+create trigger entries_immutable before update or delete on billing.entries
+  for each row execute function billing.refuse_ledger_change();
+
+create trigger entries_no_truncate before truncate on billing.entries
+  for each statement execute function billing.refuse_ledger_change();
+
+-- ============================================================ policies
+
+create policy "Users can read their own account" on billing.accounts
+  for select to authenticated using (user_id = (select auth.uid()));
+
+create policy "Users can read entries of their own account" on billing.entries
+  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
+
+create policy "Users can read transfers touching their own account" on billing.transfers
+  for select to authenticated using (
+    from_account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid()))
+    or to_account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid()))
+  );
+
+create policy "Users can read their own holds" on billing.holds
+  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
+
+-- ============================================================ reference rows
+
+insert into billing.accounts (code) values
+  ('purchases'), ('promotions'), ('adjustments'), ('usage_revenue'), ('refunds'), ('disputes'), ('expired');

@@ -1,0 +1,334 @@
+-- Money requests: what every money route runs, in one transaction. run_money_request checks
+-- the caller's standing, claims the Idempotency-Key, performs the action (perform_money_action)
+-- and stores the response, so a retry gets the stored answer and a concurrent duplicate waits.
+
+-- ============================================================ types
+
+create type billing.idempotency_claim as (
+  state text,                                     -- 'claimed' | 'done' | 'in_flight'
+  response_status integer,
+  response_body text
+);
+
+create type billing.money_response as (
+  status integer,                                 -- the success status; null for a refusal
+  data jsonb,
+  refusal_token text,
+  refusal_detail text,
+  request_id text,
+  responded_at timestamptz,
+  replayed boolean
+);
+
+-- ============================================================ tables
+
+-- HTTP idempotency: a mutating route's effect and its stored response commit in one
+-- transaction, so a retry with the same Idempotency-Key gets the stored response byte for
+-- byte, and a concurrent duplicate waits on the first's uncommitted row, then reads it.
+create table billing.idempotency_keys (
+  user_id uuid not null,
+  action text not null,                           -- the route, e.g. 'credits.usage'
+  key text not null,
+  request_hash text not null,                     -- sha256 of method, path and body
+  response_status integer,                        -- null while in flight (and for a stored refusal)
+  response_body text,                             -- routes with an external call: exactly the bytes sent
+  -- Routes answered by one statement (billing.run_money_request) store what the answer is and
+  -- the functions render it the same way every time: the data, or the refusal's token and
+  -- detail, with the first request's id and time.
+  response_data jsonb,
+  refusal_token text,
+  refusal_detail text,
+  request_id text,
+  responded_at timestamptz,
+  locked_at timestamptz not null default now(),
+  expires_at timestamptz not null default now() + interval '24 hours',
+  primary key (user_id, action, key),
+  constraint idempotency_keys_key_length check (length(key) between 1 and 255),
+  constraint idempotency_keys_body_has_status check (response_body is null or response_status is not null),
+  constraint idempotency_keys_one_answer check (response_data is null or refusal_token is null)
+);
+comment on table billing.idempotency_keys is 'Stored responses of mutating HTTP routes by (user, action, Idempotency-Key), kept 24 hours.';
+alter table billing.idempotency_keys enable row level security;
+
+create index idempotency_keys_expiry on billing.idempotency_keys (expires_at);
+
+-- ============================================================ functions
+
+create or replace function billing.assert_user_standing(p_user uuid, p_admin boolean default false) returns void
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_refusal jsonb := billing.standing_refusal(p_user, p_admin);
+begin
+  if v_refusal is not null then
+    perform billing.raise_error(v_refusal ->> 'token', v_refusal -> 'detail');
+  end if;
+end;
+$$;
+comment on function billing.assert_user_standing(p_user uuid, p_admin boolean) is 'USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ADMIN_REQUIRED unless (when asked) they are an admin now.';
+revoke execute on function billing.assert_user_standing(p_user uuid, p_admin boolean) from public;
+grant execute on function billing.assert_user_standing(p_user uuid, p_admin boolean) to service_role;
+
+create or replace function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text)
+returns billing.idempotency_claim
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_row billing.idempotency_keys;
+begin
+  perform billing.assert_user_standing(p_user);
+  -- A concurrent claim of the same key blocks here until the first transaction ends.
+  insert into billing.idempotency_keys as k (user_id, action, key, request_hash)
+  values (p_user, p_action, p_key, p_request_hash)
+  on conflict (user_id, action, key) do update
+    set request_hash = excluded.request_hash, response_status = null, response_body = null,
+        locked_at = now(), expires_at = now() + interval '24 hours'
+    -- An expired key not yet swept starts over; so does a claim abandoned mid-flight by a
+    -- crashed instance (only routes with an external call leave a claim uncommitted-free).
+    where k.expires_at <= now() or (k.response_status is null and k.locked_at < now() - interval '60 seconds')
+  returning * into v_row;
+  if found then
+    return ('claimed', null, null)::billing.idempotency_claim;
+  end if;
+  select * into v_row from billing.idempotency_keys k where k.user_id = p_user and k.action = p_action and k.key = p_key;
+  if v_row.request_hash <> p_request_hash then
+    perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', p_action));
+  end if;
+  if v_row.response_status is null then
+    return ('in_flight', null, null)::billing.idempotency_claim;
+  end if;
+  return ('done', v_row.response_status, v_row.response_body)::billing.idempotency_claim;
+end;
+$$;
+comment on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text) is 'Claims a key for a request of a user in good standing, or returns the stored response; IDEMPOTENCY_KEY_REUSED for another request under the same key.';
+revoke execute on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text) from public;
+grant execute on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text) to service_role;
+
+create or replace function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_body text)
+returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  update billing.idempotency_keys k set response_status = p_status, response_body = p_body
+  where k.user_id = p_user and k.action = p_action and k.key = p_key
+$$;
+comment on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_body text) is 'Stores the response of a claimed key.';
+revoke execute on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_body text) from public;
+grant execute on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_body text) to service_role;
+
+create or replace function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  delete from billing.idempotency_keys k
+  where k.user_id = p_user and k.action = p_action and k.key = p_key and k.response_status is null
+$$;
+comment on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) is 'Forgets an in-flight claim whose work failed before any effect (routes with an external call), so a retry starts over.';
+revoke execute on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) from public;
+grant execute on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) to service_role;
+
+create or replace function billing.json_time(p_at timestamptz) returns text
+language sql immutable
+set search_path = ''
+as $$ select to_char(p_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+comment on function billing.json_time(p_at timestamp with time zone) is 'A time as the API writes it (JavaScript''s toISOString).';
+revoke execute on function billing.json_time(p_at timestamp with time zone) from public;
+
+create or replace function billing.hold_json(h billing.hold_result) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_build_object('hold_id', h.hold_id, 'status', h.status, 'amount', trim_scale(h.amount)::text,
+    'captured', trim_scale(h.captured)::text, 'released', trim_scale(h.released)::text,
+    'transfer_id', h.transfer_id::text, 'expires_at', billing.json_time(h.expires_at),
+    'balance', trim_scale(h.balance)::text, 'available', trim_scale(h.available)::text)
+$$;
+comment on function billing.hold_json(h billing.hold_result) is 'A hold as the API returns it (contract.ts Hold).';
+revoke execute on function billing.hold_json(h billing.hold_result) from public;
+
+create or replace function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  u billing.usage_result;
+  t billing.transfer_result;
+  h billing.hold_result;
+begin
+  case p_action
+  when 'credits.usage' then
+    u := billing.charge_usage(p_user, p_args ->> 'model', (p_args ->> 'input_tokens')::bigint,
+      (p_args ->> 'output_tokens')::bigint, p_key, p_args ->> 'correlation_id', p_args -> 'metadata');
+    return billing.as_seen_by(p_user, (select x.from_account_id from billing.transfers x where x.id = u.transfer_id),
+      jsonb_build_object('transfer_id', u.transfer_id::text, 'charged', trim_scale(u.charged)::text,
+        'balance', trim_scale(u.balance)::text, 'available', trim_scale(u.available)::text,
+        'rate_card_version', u.rate_card_version));
+  when 'credits.holds' then
+    h := billing.reserve_credits(p_user, (p_args ->> 'amount')::numeric, p_key,
+      coalesce((p_args ->> 'ttl_seconds')::integer, 900), p_args ->> 'correlation_id', null);
+  when 'credits.holds.capture' then
+    h := billing.capture_hold(p_user, (p_args ->> 'hold_id')::uuid, (p_args ->> 'amount')::numeric, null);
+  when 'credits.holds.release' then
+    h := billing.release_hold(p_user, (p_args ->> 'hold_id')::uuid);
+  when 'credits.grants' then
+    t := billing.grant_credits((p_args ->> 'user_id')::uuid, (p_args ->> 'amount')::numeric,
+      (p_args ->> 'kind')::billing.transfer_kind, p_key, null, null,
+      jsonb_build_object('reason', p_args ->> 'reason', 'granted_by', p_user), p_args -> 'lot');
+    return jsonb_build_object('transfer_id', t.transfer_id::text, 'amount', trim_scale(t.amount)::text,
+      'balance', trim_scale(t.balance)::text,
+      'lot_id', (select l.id::text from billing.lots l where l.grant_transfer_id = t.transfer_id));
+  end case;
+  return billing.as_seen_by(p_user, (select x.account_id from billing.holds x where x.id = h.hold_id), billing.hold_json(h));
+end;
+$function$;
+comment on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) is 'Internal: the one SQL call behind each money route.';
+revoke execute on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) from public;
+
+create or replace function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean default false) returns billing.money_response
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_row billing.idempotency_keys;
+  v_data jsonb;
+  v_token text;
+  v_detail text;
+  v_refusal jsonb := billing.standing_refusal(p_user, p_admin);
+begin
+  -- Refused before anything is claimed: answered, not stored, not raised (see above).
+  if v_refusal is not null then
+    return (null, null, v_refusal ->> 'token', (v_refusal -> 'detail')::text, p_request_id, now(), false)::billing.money_response;
+  end if;
+  -- A concurrent duplicate blocks here until the first commits, then reads its answer.
+  insert into billing.idempotency_keys as k (user_id, action, key, request_hash, request_id)
+  values (p_user, p_action, p_key, p_request_hash, p_request_id)
+  on conflict (user_id, action, key) do update
+    set request_hash = excluded.request_hash, request_id = excluded.request_id, response_status = null,
+        response_data = null, refusal_token = null, refusal_detail = null, responded_at = null,
+        locked_at = now(), expires_at = now() + interval '24 hours'
+    where k.expires_at <= now()
+  returning * into v_row;
+  if not found then
+    select * into v_row from billing.idempotency_keys k where k.user_id = p_user and k.action = p_action and k.key = p_key;
+    if v_row.request_hash <> p_request_hash then
+      return (null, null, 'IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', p_action)::text, p_request_id, now(),
+              false)::billing.money_response;
+    end if;
+    return (v_row.response_status, v_row.response_data, v_row.refusal_token, v_row.refusal_detail, v_row.request_id,
+            v_row.responded_at, true)::billing.money_response;
+  end if;
+
+  begin
+    v_data := billing.perform_money_action(p_user, p_action, p_args,
+      billing.scoped_key('http:' || p_user::text || ':' || p_action || ':', p_key));
+  exception when sqlstate 'P0001' then
+    -- Tokens that mean our fault are 5xx (db.ts): not stored, so a retry runs again.
+    if sqlerrm in ('LEDGER_IMMUTABLE', 'PAYMENT_AMOUNT_MISMATCH', 'MONEY_UNBALANCED') then
+      raise;
+    end if;
+    get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
+  end;
+  update billing.idempotency_keys k
+  set response_status = case when v_token is null then p_success_status end, response_data = v_data,
+      refusal_token = v_token, refusal_detail = v_detail, responded_at = now()
+  where k.user_id = p_user and k.action = p_action and k.key = p_key
+  returning * into v_row;
+  return (v_row.response_status, v_row.response_data, v_row.refusal_token, v_row.refusal_detail, v_row.request_id,
+          v_row.responded_at, false)::billing.money_response;
+end;
+$$;
+comment on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean) is 'One statement per money request: user check, idempotency claim, the work, the stored answer (or the stored one replayed).';
+revoke execute on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean) from public;
+grant execute on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean) to service_role;
+
+create or replace function billing.delete_expired_idempotency_keys(p_limit integer default 5000) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  delete from billing.idempotency_keys k
+  where ctid = any (array(select k2.ctid from billing.idempotency_keys k2 where k2.expires_at <= now() limit p_limit));
+  get diagnostics v_count = row_count;
+  return v_count;
+end;
+$$;
+comment on function billing.delete_expired_idempotency_keys(p_limit integer) is 'pg_cron: deletes up to p_limit expired keys per run. Idempotent.';
+revoke execute on function billing.delete_expired_idempotency_keys(p_limit integer) from public;
+grant execute on function billing.delete_expired_idempotency_keys(p_limit integer) to service_role;
+
+-- A money request's values are written into its one-round-trip statement (_shared/db.ts), and
+-- Postgres logs the text of a statement that fails. So run_money_request answers every refusal
+-- (the user's standing, a reused Idempotency-Key) as a row, never by raising: nothing is stored,
+-- and the caller's request (usage metadata, a grant's reason) never reaches the server log.
+-- Why a user may not move credits now, or null: {token, detail}.
+create or replace function billing.standing_refusal(p_user uuid, p_admin boolean default false) returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_role text;
+begin
+  select coalesce(u.raw_app_meta_data ->> 'role', '') into v_role
+  from auth.users u
+  where u.id = p_user and u.deleted_at is null and (u.banned_until is null or u.banned_until <= now());
+  if not found then
+    return jsonb_build_object('token', 'USER_NOT_ACTIVE',
+      'detail', jsonb_build_object('rule', 'the user must exist and not be deleted or banned'));
+  end if;
+  if p_admin and v_role <> 'admin' then
+    return jsonb_build_object('token', 'ADMIN_REQUIRED', 'detail', jsonb_build_object('rule', 'app_metadata.role must be admin now'));
+  end if;
+  return null;
+end;
+$$;
+comment on function billing.standing_refusal(p_user uuid, p_admin boolean) is 'Internal: USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ADMIN_REQUIRED unless (when asked) they are an admin now; else null.';
+revoke execute on function billing.standing_refusal(p_user uuid, p_admin boolean) from public;
+
+-- Every Idempotency-Key the API takes (1–255 printable characters, docs/api.md) works on every
+-- money route. The keys a route derives from it for the ledger ('http:<user>:<action>:<key>',
+-- 'allowance:<key>:<member>') grew past the 300 characters transfers_key_length and the
+-- ledger functions allow, so keys of 237–255 characters were refused (by action). A derived
+-- key now always fits: as before when it does (so a retry across this change still finds its
+-- transfer), else with the key replaced by its SHA-256.
+-- `p_scope || p_key` when that fits in 300 characters, else `p_scope || 'sha256:' || hex`.
+create or replace function billing.scoped_key(p_scope text, p_key text) returns text
+language sql immutable
+set search_path = ''
+as $$
+  select case when length(p_scope || p_key) <= 300 then p_scope || p_key
+    else p_scope || 'sha256:' || encode(sha256(convert_to(p_key, 'UTF8')), 'hex') end
+$$;
+comment on function billing.scoped_key(p_scope text, p_key text) is 'Internal: a ledger idempotency key derived from a request''s key under p_scope, at most 300 characters (the key''s SHA-256 when the whole would not fit).';
+revoke execute on function billing.scoped_key(p_scope text, p_key text) from public;
+
+create or replace function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb)
+returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  -- Paid by an organisation: which one; its pool's balance never (the caller's own account's
+  -- instead, as GET /credits/balance shows it); an allowance is the member's own to see.
+  select coalesce((
+    select case when a.member_id is not null then p_answer || jsonb_build_object('org_id', a.org_id)
+                else p_answer || jsonb_build_object('org_id', a.org_id,
+                  'balance', trim_scale(coalesce(b.balance, 0))::text, 'available', trim_scale(coalesce(b.available, 0))::text)
+           end
+    from billing.accounts a
+    left join billing.accounts own on own.user_id = p_user
+    left join lateral billing.balance_of(own.id) b on true
+    where a.id = p_account_id and a.org_id is not null), p_answer)
+$$;
+comment on function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb) is 'Internal: a money answer as p_user may see it when p_account_id (the account that paid or holds) is an organisation''s: its org_id added, and for a pooled wallet the caller''s own balance and available instead of the pool''s.';
+revoke execute on function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb) from public;

@@ -1,0 +1,418 @@
+-- Every credit that enters a user account arrives as a lot (one per granting transfer) that
+-- knows its category, what it cost, its priority and its expiry. Debits draw from lots in
+-- spending order (billing.draw_lots) and record what they drew in lot_allocations, so any
+-- credit spent can be traced to the grant that paid for it. Invariant (per account):
+-- Σ remaining = the balance when it is not negative, 0 in debt.
+
+-- ============================================================ tables
+
+create table billing.lots (
+  id bigint generated always as identity not null,
+  account_id bigint not null,
+  grant_transfer_id bigint not null,
+  purchase_id uuid,
+  category text not null,
+  priority integer not null,
+  cost_cents numeric(38,18) default 0 not null,
+  currency text default 'usd'::text not null,
+  amount numeric(38,18) not null,
+  debt_settled numeric(38,18) default 0 not null,
+  remaining numeric(38,18) not null,
+  open boolean generated always as ((remaining > (0)::numeric)) stored,
+  frozen boolean default false not null,
+  granted_at timestamp with time zone default now() not null,
+  expires_at timestamp with time zone,
+  warned_days integer[] default '{}'::integer[] not null,
+  moved_from bigint,
+  constraint lots_amount_positive check ((amount > (0)::numeric)),
+  constraint lots_category check ((category = any (array['paid'::text, 'promotional'::text]))),
+  constraint lots_cost_not_negative check ((cost_cents >= (0)::numeric)),
+  constraint lots_debt_settled_within check ((debt_settled >= (0)::numeric)),
+  constraint lots_promotional_free check (((category = 'paid'::text) or (cost_cents = (0)::numeric))),
+  constraint lots_remaining_within check (((remaining >= (0)::numeric) and ((remaining + debt_settled) <= amount))),
+  constraint lots_one_per_grant unique nulls not distinct (grant_transfer_id, moved_from),
+  constraint lots_pkey primary key (id),
+  constraint lots_account_id_fkey foreign key (account_id) references billing.accounts(id),
+  constraint lots_grant_transfer_id_fkey foreign key (grant_transfer_id) references billing.transfers(id),
+  constraint lots_moved_from_fkey foreign key (moved_from) references billing.lots(id)
+) with (fillfactor = 50);
+comment on table billing.lots is 'Where each credit came from: one lot per grant, drawn down in spending order. remaining is maintained under the account lock.';
+comment on column billing.lots.moved_from is 'The lot these credits were moved out of (allowance, sweep): its provenance is this lot''s; null for a grant.';
+alter table billing.lots enable row level security;
+grant select on table billing.lots to authenticated;
+grant select on table billing.lots to service_role;
+
+create index lots_open on billing.lots (account_id) where open;
+
+create index lots_expiring on billing.lots (expires_at) where open and expires_at is not null;
+
+create index lots_purchase on billing.lots (purchase_id) where purchase_id is not null;
+
+create index lots_granted_brin on billing.lots using brin (granted_at);
+
+-- Credit lots over time (the lots themselves and how debits draw from them are in the ledger
+-- migrations): expiry into the breakage account, warnings before it, the caller's lots, the
+-- daily proof that lots and allocations agree (and so deferred revenue, to the cent), and the
+-- one-off migration of balances that predate lots.
+create index lots_account on billing.lots (account_id, id desc);
+
+create index lots_moved_from on billing.lots (moved_from) where moved_from is not null;
+
+create table billing.lot_allocations (
+  transfer_id bigint not null references billing.transfers (id),
+  lot_id bigint not null references billing.lots (id),
+  kind billing.transfer_kind not null,                -- the transfer's, so reporting needs no join
+  amount numeric(38, 18) not null,
+  created_at timestamptz not null default now(),
+  primary key (transfer_id, lot_id),
+  constraint lot_allocations_amount_positive check (amount > 0)
+);
+comment on table billing.lot_allocations is 'Immutable. What each debiting transfer drew from each lot; Σ per transfer ≤ its amount (the rest, if any, became debt).';
+alter table billing.lot_allocations enable row level security;
+grant select on table billing.lot_allocations to authenticated;
+grant select on table billing.lot_allocations to service_role;
+
+create index lot_allocations_created_brin on billing.lot_allocations using brin (created_at);
+
+-- How long a new lot lives, per category (null: no expiry). Paid credits do not expire by
+-- default: some jurisdictions restrict expiring paid value (see docs/api.md, Credit lots).
+create table billing.credit_expiry_policy (
+  category text primary key,
+  expires_after interval,
+  priority integer not null,
+  constraint credit_expiry_policy_category check (category in ('paid', 'promotional')),
+  constraint credit_expiry_policy_positive check (expires_after is null or expires_after > interval '0')
+);
+comment on table billing.credit_expiry_policy is 'Defaults for new lots: lifetime and spending priority per category. An admin grant may override both.';
+alter table billing.credit_expiry_policy enable row level security;
+grant select on table billing.credit_expiry_policy to service_role;
+
+-- ============================================================ functions
+
+create or replace function billing.draw_lots(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[], p_amounts numeric[], p_first bigint[] default '{}'::bigint[])
+returns void
+language plpgsql
+set search_path to ''
+set plan_cache_mode to 'force_generic_plan'
+as $$
+begin
+  -- plpgsql, not sql: a sql function's statement is planned again on every call.
+  with d as (
+    select t.transfer_id, t.account_id, t.amount,
+      sum(t.amount) over (partition by t.account_id order by t.ord) as hi
+    from unnest(p_transfer_ids, p_account_ids, p_amounts) with ordinality as t(transfer_id, account_id, amount, ord)
+  ), l as (
+    select l.id, l.account_id, l.remaining,
+      sum(l.remaining) over (partition by l.account_id order by array_position(p_first, l.id) nulls last,
+        l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+    from billing.lots l
+    where l.account_id = any(p_account_ids) and l.open
+  ), a as (
+    select d.transfer_id, l.id as lot_id, least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
+    from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
+  ), ins as (
+    insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+    select a.transfer_id, a.lot_id, p_kind, a.amount from a
+    returning lot_id, amount
+  )
+  update billing.lots x set remaining = x.remaining - s.total
+  from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
+  where x.id = s.lot_id;
+end;
+$$;
+comment on function billing.draw_lots(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[], p_amounts numeric[], p_first bigint[]) is 'Internal: allocates debiting transfers to lots in spending order, under the caller''s account locks.';
+revoke execute on function billing.draw_lots(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[], p_amounts numeric[], p_first bigint[]) from public;
+
+create or replace function billing.create_lot(p_account_id bigint, p_transfer_id bigint, p_kind billing.transfer_kind, p_amount numeric, p_balance_after numeric, p_lot jsonb)
+returns void
+language plpgsql
+set search_path to ''
+as $$
+declare
+  v_lot jsonb := coalesce(p_lot, '{}'::jsonb);
+  v_category text := coalesce(v_lot ->> 'category', case p_kind when 'purchase' then 'paid' else 'promotional' end);
+  v_policy billing.credit_expiry_policy;
+  v_expires_at timestamptz;
+  -- The part that pays a debt the account was in: min(amount, −balance before).
+  v_settled numeric(38, 18) := least(p_amount, greatest(p_amount - p_balance_after, 0));
+begin
+  select * into v_policy from billing.credit_expiry_policy c where c.category = v_category;
+  if not found then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
+  elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
+  elsif (v_lot ->> 'cost_cents')::numeric < 0 then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
+  elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
+  elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
+  end if;
+  insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency, amount,
+                            debt_settled, remaining, expires_at)
+  values (p_account_id, p_transfer_id, (v_lot ->> 'purchase_id')::uuid, v_category,
+          coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
+          coalesce(v_lot ->> 'currency', 'usd'), p_amount, v_settled, p_amount - v_settled,
+          -- A support adjustment does not expire unless the admin says so: a correction that
+          -- quietly vanishes would need correcting again.
+          case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
+               when p_kind <> 'adjustment' then now() + v_policy.expires_after end)
+  returning expires_at into v_expires_at;
+  if v_expires_at is not null then
+    update billing.accounts a set next_expiry = least(a.next_expiry, v_expires_at) where a.id = p_account_id;
+  end if;
+end;
+$$;
+comment on function billing.create_lot(p_account_id bigint, p_transfer_id bigint, p_kind billing.transfer_kind, p_amount numeric, p_balance_after numeric, p_lot jsonb) is 'Internal: the lot a granting transfer creates; what pays an existing debt is recorded as settled, not remaining.';
+revoke execute on function billing.create_lot(p_account_id bigint, p_transfer_id bigint, p_kind billing.transfer_kind, p_amount numeric, p_balance_after numeric, p_lot jsonb) from public;
+
+create or replace function billing.expire_lots(p_limit integer default 500)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_account_id bigint;
+  v_count integer := 0;
+begin
+  -- Accounts nobody spends from still see their credits expire on time.
+  for v_account_id in
+    select l.account_id from billing.lots l
+    where l.open and l.expires_at <= now() and not l.frozen
+    group by l.account_id order by min(l.expires_at) limit p_limit
+  loop
+    perform 1 from billing.accounts a where a.id = v_account_id for update;
+    perform billing.expire_overdue_holds(v_account_id);
+    v_count := v_count + billing.expire_due_lots(v_account_id);
+  end loop;
+  return v_count;
+end;
+$$;
+comment on function billing.expire_lots(p_limit integer) is 'Expires due lots (held credits too) in up to p_limit accounts; returns how many lots. Scheduled every minute; spending expires an account''s due lots itself.';
+revoke execute on function billing.expire_lots(p_limit integer) from public;
+grant execute on function billing.expire_lots(p_limit integer) to service_role;
+
+-- One warning per lot and threshold (30 days, then 7), through the outbox. A lot granted with
+-- less than 7 days to live gets only the 7-day warning.
+create or replace function billing.queue_expiry_warnings(p_limit integer default 1000) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  with due as (
+    select l.id, a.user_id, l.remaining, l.expires_at,
+      case when l.expires_at <= now() + interval '7 days' then 7 else 30 end as days
+    from billing.lots l join billing.accounts a on a.id = l.account_id
+    where l.open and l.expires_at > now() and l.expires_at <= now() + interval '30 days'
+      and not (case when l.expires_at <= now() + interval '7 days' then 7 else 30 end) = any (l.warned_days)
+    order by l.expires_at, l.id limit p_limit
+  ), marked as (
+    update billing.lots l set warned_days = case when due.days = 7 then '{30,7}'::integer[] else '{30}'::integer[] end
+    from due where l.id = due.id
+  )
+  insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
+  select 'credits_expiring', due.user_id, 'expiry-warning:' || due.id || ':' || due.days,
+    jsonb_build_object('lot_id', due.id::text, 'amount', trim_scale(due.remaining)::text,
+      'expires_at', billing.json_time(due.expires_at), 'days', due.days)
+  from due
+  on conflict (dedupe_key) do nothing;
+  get diagnostics v_count = row_count;
+  return v_count;
+end;
+$$;
+comment on function billing.queue_expiry_warnings(p_limit integer) is 'pg_cron: queues a credits_expiring email 30 and 7 days before a lot expires, once each.';
+revoke execute on function billing.queue_expiry_warnings(p_limit integer) from public;
+grant execute on function billing.queue_expiry_warnings(p_limit integer) to service_role;
+
+create or replace function billing.get_lots(p_user uuid, p_before_id bigint default null, p_limit integer default 50)
+returns table (id bigint, source billing.transfer_kind, category text, priority integer, amount numeric(38, 18),
+               remaining numeric(38, 18), granted_at timestamptz, expires_at timestamptz, frozen boolean, purchase_id uuid)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select l.id, t.kind, l.category, l.priority, l.amount, l.remaining, l.granted_at, l.expires_at, l.frozen, l.purchase_id
+  from billing.accounts a
+  join billing.lots l on l.account_id = a.id
+  join billing.transfers t on t.id = l.grant_transfer_id
+  where a.user_id = p_user and (p_before_id is null or l.id < p_before_id)
+  order by l.id desc
+  limit least(greatest(p_limit, 1), 1000)
+$$;
+comment on function billing.get_lots(p_user uuid, p_before_id bigint, p_limit integer) is 'A user''s lots, newest first, keyset-paginated by lot id.';
+revoke execute on function billing.get_lots(p_user uuid, p_before_id bigint, p_limit integer) from public;
+grant execute on function billing.get_lots(p_user uuid, p_before_id bigint, p_limit integer) to service_role;
+
+create or replace function billing.check_lots()
+returns jsonb
+language sql
+stable security definer
+set search_path to ''
+as $$
+  with drawn as (
+    select la.lot_id, sum(la.amount) as total from billing.lot_allocations la group by la.lot_id
+  ), bad_lots as (
+    select l.id from billing.lots l left join drawn d on d.lot_id = l.id
+    where l.remaining + l.debt_settled + coalesce(d.total, 0) <> l.amount
+  ), bad_accounts as (
+    select a.id from billing.accounts a left join billing.lots l on l.account_id = a.id
+    where a.code is null group by a.id, a.balance
+    having coalesce(sum(l.remaining), 0) <> greatest(a.balance, 0)
+  ), bad_transfers as (
+    select la.transfer_id from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id
+    group by la.transfer_id, t.amount having sum(la.amount) > t.amount
+  ), bad_expiry as (
+    -- next_expiry is a lower bound of every open lot's expiry.
+    select a.id from billing.accounts a join billing.lots l on l.account_id = a.id
+    where l.open and l.expires_at is not null and (a.next_expiry is null or l.expires_at < a.next_expiry)
+    group by a.id
+  ), deferred as (
+    select l.currency,
+      round(sum(l.cost_cents * l.remaining / l.amount)) as from_lots,
+      round(sum(l.cost_cents * (l.amount - l.debt_settled - coalesce(d.total, 0)) / l.amount)) as from_flows
+    from billing.lots l left join drawn d on d.lot_id = l.id
+    where l.category = 'paid' group by l.currency
+  )
+  select jsonb_build_object(
+    'lots', coalesce((select jsonb_agg(id) from bad_lots), '[]'),
+    'accounts', coalesce((select jsonb_agg(id) from bad_accounts), '[]'),
+    'transfers', coalesce((select jsonb_agg(transfer_id) from bad_transfers), '[]'),
+    'expiry', coalesce((select jsonb_agg(id) from bad_expiry), '[]'),
+    'deferred_revenue_cents', coalesce((select jsonb_object_agg(currency, jsonb_build_object(
+      'from_lots', from_lots, 'from_flows', from_flows)) from deferred), '{}'))
+$$;
+comment on function billing.check_lots() is 'Proves lots, allocations and balances agree, and deferred revenue two ways. Empty lists when all is well.';
+revoke execute on function billing.check_lots() from public;
+grant execute on function billing.check_lots() to service_role;
+
+create or replace function billing.reconcile_lots() returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_check jsonb := billing.check_lots();
+  v_bad boolean := jsonb_array_length(v_check -> 'lots') + jsonb_array_length(v_check -> 'accounts')
+    + jsonb_array_length(v_check -> 'transfers') > 0
+    or exists (select 1 from jsonb_each(v_check -> 'deferred_revenue_cents') c
+               where c.value -> 'from_lots' <> c.value -> 'from_flows');
+begin
+  perform billing.set_alert('lots_disagree', v_bad, 'Credit lots disagree with the ledger: run billing.check_lots()',
+    v_check);
+  return v_check;
+end;
+$$;
+comment on function billing.reconcile_lots() is 'pg_cron, daily: runs check_lots and opens (or resolves) the lots_disagree alert.';
+revoke execute on function billing.reconcile_lots() from public;
+grant execute on function billing.reconcile_lots() to service_role;
+
+-- Gives every account with a positive balance and no lots the lots that reproduce it exactly:
+-- its credits are attributed to its most recent grants (spending drew the older ones first),
+-- each lot keeping its grant's category, purchase and cost. Run once by this migration; a
+-- no-op where every account already has lots.
+create or replace function billing.backfill_lots() returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_grant record;
+  v_left numeric(38, 18);
+  v_take numeric(38, 18);
+  v_count integer := 0;
+begin
+  for v_account in
+    select a.* from billing.accounts a
+    where a.user_id is not null and a.balance > 0 and not exists (select 1 from billing.lots l where l.account_id = a.id)
+    order by a.id for update
+  loop
+    v_left := v_account.balance;
+    for v_grant in
+      select t.id, t.kind, t.amount, t.created_at, p.id as purchase_id, p.price_cents, p.currency, p.credits
+      from billing.transfers t
+      left join billing.purchases p on t.kind = 'purchase' and t.idempotency_key = 'purchase:' || p.id
+      where t.to_account_id = v_account.id and t.kind in ('purchase', 'promo_grant', 'adjustment')
+      order by t.id desc
+    loop
+      exit when v_left <= 0;
+      v_take := least(v_grant.amount, v_left);
+      insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                amount, debt_settled, remaining, granted_at)
+      select v_account.id, v_grant.id, v_grant.purchase_id, c.category, c.priority,
+        case when c.category = 'paid' then coalesce(v_grant.price_cents * v_grant.amount / v_grant.credits, 0) else 0 end,
+        coalesce(v_grant.currency, 'usd'), v_take, 0, v_take, v_grant.created_at
+      from billing.credit_expiry_policy c
+      where c.category = case when v_grant.kind = 'purchase' then 'paid' else 'promotional' end;
+      v_left := v_left - v_take;
+      v_count := v_count + 1;
+    end loop;
+    if v_left > 0 then
+      perform billing.raise_error('LOTS_BACKFILL_SHORT', jsonb_build_object('account_id', v_account.id, 'left', v_left::text));
+    end if;
+  end loop;
+  return v_count;
+end;
+$$;
+comment on function billing.backfill_lots() is 'Migration: lots for balances that predate lots, reproducing each balance exactly (newest grants first).';
+revoke execute on function billing.backfill_lots() from public;
+
+create or replace function billing.expire_due_lots(p_account_id bigint)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_account billing.accounts;
+  v_lot record;
+  v_count integer := 0;
+begin
+  select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  -- A disputed purchase's lots wait for the dispute: won, they expire; lost, they are reversed.
+  for v_lot in
+    select l.id, l.remaining, l.category from billing.lots l
+    where l.account_id = p_account_id and l.open and not l.frozen and l.expires_at <= now()
+    order by l.expires_at, l.id
+  loop
+    -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
+    perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
+      'expiry', 'expired', 'expiry:' || v_lot.id || ':' || trim_scale(v_lot.remaining), null, null,
+      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null, null,
+      jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
+    v_count := v_count + 1;
+  end loop;
+  update billing.accounts a
+  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
+  where a.id = p_account_id returning * into v_account;
+  -- Held credits expire too: holds that reserve more than is left give way, newest first.
+  perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true));
+  return v_count;
+end;
+$function$;
+comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (held credits too; holds give way), then makes next_expiry exact.';
+revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
+
+-- ============================================================ triggers
+
+create trigger lot_allocations_immutable before update or delete on billing.lot_allocations
+  for each row execute function billing.refuse_ledger_change();
+
+create trigger lot_allocations_no_truncate before truncate on billing.lot_allocations
+  for each statement execute function billing.refuse_ledger_change();
+
+-- ============================================================ policies
+
+create policy "Users can read their own lots" on billing.lots
+  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
+
+create policy "Users can read allocations of their own lots" on billing.lot_allocations
+  for select to authenticated using (lot_id in (select l.id from billing.lots l where l.account_id in
+    (select a.id from billing.accounts a where a.user_id = (select auth.uid()))));
+
+-- ============================================================ reference rows
+
+insert into billing.credit_expiry_policy (category, expires_after, priority) values
+  ('promotional', interval '365 days', 10), ('paid', null, 20);

@@ -1,0 +1,541 @@
+-- B2C credit purchases through Stripe Checkout: purchases, the Stripe event log, the
+-- notification outbox, and the one convergent function that brings a purchase in line with
+-- Stripe's current state (paid → credits; refunded → pro-rata reversal; disputed → hold,
+-- then release or reversal). Every webhook and the success-page poll call it with state
+-- re-fetched from Stripe, so events in any order, any number of times, end in the same place.
+
+-- ============================================================ types
+
+create type billing.checkout as (
+  purchase_id uuid,
+  status text,
+  reused boolean,
+  package_id text,
+  package_name text,
+  price_cents integer,
+  currency text,
+  credits numeric(38, 18),
+  bonus_credits numeric(38, 18),
+  session_id text,
+  session_url text,
+  session_expires_at timestamptz,
+  client_temp_id text
+);
+
+-- ============================================================ tables
+
+create table billing.purchases (
+  id uuid default gen_random_uuid() not null,
+  user_id uuid not null,
+  package_id text not null,
+  request_key text not null,
+  client_temp_id text,
+  status text default 'pending'::text not null,
+  price_cents integer not null,
+  currency text not null,
+  credits numeric(38,18) not null,
+  bonus_credits numeric(38,18) not null,
+  stripe_session_id text,
+  session_url text,
+  session_expires_at timestamp with time zone,
+  stripe_payment_intent_id text,
+  stripe_charge_id text,
+  stripe_fee_cents integer,
+  amount_refunded_cents integer default 0 not null,
+  credits_refund_reversed numeric(38,18) default 0 not null,
+  bonus_refund_reversed numeric(38,18) default 0 not null,
+  dispute_id text,
+  dispute_status text,
+  dispute_hold_id uuid,
+  created_at timestamp with time zone default now() not null,
+  paid_at timestamp with time zone,
+  updated_at timestamp with time zone default now() not null,
+  origin text default 'checkout'::text not null,
+  save_card boolean default false not null,
+  org_id uuid,
+  constraint purchases_dispute_status check (((dispute_status is null) or (dispute_status = any (array['open'::text, 'won'::text, 'lost'::text])))),
+  constraint purchases_origin check ((origin = any (array['checkout'::text, 'auto_recharge'::text]))),
+  constraint purchases_refund_within check (((amount_refunded_cents >= 0) and (amount_refunded_cents <= price_cents))),
+  constraint purchases_status check ((status = any (array['pending'::text, 'paid'::text, 'failed'::text, 'expired'::text]))),
+  constraint purchases_pkey primary key (id),
+  constraint purchases_request unique (user_id, request_key),
+  constraint purchases_stripe_charge_id_key unique (stripe_charge_id),
+  constraint purchases_stripe_session_id_key unique (stripe_session_id),
+  constraint purchases_dispute_hold_id_fkey foreign key (dispute_hold_id) references billing.holds(id),
+  constraint purchases_package_id_fkey foreign key (package_id) references billing.credit_packages(id),
+  constraint purchases_user_id_fkey foreign key (user_id) references auth.users(id) on delete restrict
+);
+comment on table billing.purchases is 'A credit package bought through a hosted Stripe Checkout Session. Stripe ids only: no card data.';
+comment on column billing.purchases.org_id is 'The organisation whose wallet the credits are for (null: the buyer''s own account).';
+alter table billing.purchases enable row level security;
+grant select on table billing.purchases to authenticated;
+grant select on table billing.purchases to service_role;
+
+create index purchases_open on billing.purchases (user_id, package_id) where status = 'pending';
+
+-- A client's temporary id names one purchase per user (optimistic UIs retry with it).
+create unique index purchases_client_temp_id on billing.purchases (user_id, client_temp_id) where client_temp_id is not null;
+
+create index purchases_pending_age on billing.purchases (created_at) where status = 'pending';
+
+-- Purchases, money postings and Stripe events are a few percent of the ledger's volume: B-trees.
+create index purchases_created on billing.purchases (created_at);
+
+create index purchases_paid on billing.purchases (paid_at) where paid_at is not null;
+
+create index purchases_first_paid on billing.purchases (user_id, paid_at) where status = 'paid';
+
+create index purchases_paid_late on billing.purchases (created_at, paid_at)
+  where (paid_at at time zone 'UTC')::date > (created_at at time zone 'UTC')::date;
+
+-- ... and the purchases still without a Checkout Session (attaching one changes a day's checkouts).
+create index purchases_sessionless on billing.purchases (created_at) where stripe_session_id is null;
+
+create index purchases_org on billing.purchases (org_id, created_at) where org_id is not null;
+
+create table billing.stripe_events (
+  id text primary key,                            -- Stripe's event id
+  type text not null,
+  api_created timestamptz not null,
+  livemode boolean not null,
+  object_id text,
+  status text not null,                           -- processed | ignored | failed
+  attempts integer not null default 1,
+  last_error text,
+  received_at timestamptz not null default now(),
+  processed_at timestamptz,
+  constraint stripe_events_status check (status in ('processed', 'ignored', 'failed'))
+);
+comment on table billing.stripe_events is 'Every verified Stripe event, once by id: type, timing, outcome. No customer data.';
+alter table billing.stripe_events enable row level security;
+grant select on table billing.stripe_events to service_role;
+
+create index stripe_events_type_time on billing.stripe_events (type, api_created);
+
+create index stripe_events_received on billing.stripe_events (received_at);
+
+create index stripe_events_processed on billing.stripe_events (processed_at) where processed_at is not null;
+
+-- Each rolled-up day's currency check (billing.revenue_rollup_is_current) looks for webhooks of
+-- the day finished on a later day. Such events are rare, so this partial index is tiny; keyed by
+-- the UTC day it counts on, it is the only index that can answer, and the planner (which cannot
+-- know how few rows the predicate keeps) does not fall back to reading the day's events through
+-- stripe_events_received (bench/README.md, reporting).
+create index stripe_events_finished_late_day on billing.stripe_events (((received_at at time zone 'UTC')::date), processed_at)
+  where (processed_at at time zone 'UTC')::date > (received_at at time zone 'UTC')::date;
+
+create table billing.counters (
+  name text primary key,
+  value bigint not null default 0
+);
+comment on table billing.counters is 'Monotonic operational counters (e.g. rejected webhook signatures).';
+alter table billing.counters enable row level security;
+grant select on table billing.counters to service_role;
+
+-- ============================================================ functions
+
+create or replace function billing.checkout_of(p billing.purchases, p_reused boolean) returns billing.checkout
+language sql stable
+set search_path = ''
+as $$
+  select p.id, p.status, p_reused, p.package_id, k.name, p.price_cents, p.currency, p.credits, p.bonus_credits,
+         p.stripe_session_id, p.session_url, p.session_expires_at, p.client_temp_id
+  from billing.credit_packages k where k.id = p.package_id
+$$;
+revoke execute on function billing.checkout_of(p billing.purchases, p_reused boolean) from public;
+
+create or replace function billing.attach_checkout_session(p_purchase_id uuid, p_session_id text, p_url text, p_expires_at timestamptz)
+returns billing.checkout
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_purchase billing.purchases;
+begin
+  update billing.purchases p
+  set stripe_session_id = p_session_id, session_url = p_url, session_expires_at = p_expires_at, updated_at = now()
+  where p.id = p_purchase_id and (p.stripe_session_id is null or p.stripe_session_id = p_session_id)
+  returning * into v_purchase;
+  if not found then
+    perform billing.raise_error('PURCHASE_NOT_FOUND', jsonb_build_object('purchase_id', p_purchase_id));
+  end if;
+  return billing.checkout_of(v_purchase, false);
+end;
+$$;
+comment on function billing.attach_checkout_session(p_purchase_id uuid, p_session_id text, p_url text, p_expires_at timestamp with time zone) is 'Records the Stripe Checkout Session made for a purchase.';
+revoke execute on function billing.attach_checkout_session(p_purchase_id uuid, p_session_id text, p_url text, p_expires_at timestamp with time zone) from public;
+grant execute on function billing.attach_checkout_session(p_purchase_id uuid, p_session_id text, p_url text, p_expires_at timestamp with time zone) to service_role;
+
+create or replace function billing.expire_stale_purchases(p_limit integer default 500) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  -- A pending purchase whose session never got created (Stripe was down) or has expired.
+  update billing.purchases p set status = 'expired', updated_at = now()
+  where p.id in (
+    select p2.id from billing.purchases p2
+    where p2.status = 'pending' and p2.origin = 'checkout' -- a recharge has no session: its webhook decides
+      and ((p2.stripe_session_id is null and p2.created_at < now() - interval '1 hour')
+           or p2.session_expires_at < now() - interval '1 hour')
+    limit p_limit);
+  get diagnostics v_count = row_count;
+  return v_count;
+end;
+$$;
+comment on function billing.expire_stale_purchases(p_limit integer) is 'pg_cron: expires pending purchases left without a session, or whose session expired an hour ago (Stripe''s own expiry event normally does this).';
+revoke execute on function billing.expire_stale_purchases(p_limit integer) from public;
+grant execute on function billing.expire_stale_purchases(p_limit integer) to service_role;
+
+create or replace function billing.purchase_lots(p_purchase_id uuid, p_category text) returns bigint[]
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(array_agg(l.id order by l.category, l.id), '{}') from billing.lots l
+  where l.purchase_id = p_purchase_id and (p_category is null or l.category = p_category)
+$$;
+comment on function billing.purchase_lots(p_purchase_id uuid, p_category text) is 'Internal: the lots a purchase granted (paid before promotional), for its reversals to take back first.';
+revoke execute on function billing.purchase_lots(p_purchase_id uuid, p_category text) from public;
+
+create or replace function billing.sync_purchase(p_state jsonb)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  p billing.purchases;
+  v_refunded integer := coalesce((p_state ->> 'amount_refunded')::integer, 0);
+  v_charge text := p_state ->> 'charge_id';
+  v_dispute text := case
+    when p_state ->> 'dispute_status' in ('won', 'warning_closed', 'prevented') then 'won'
+    when p_state ->> 'dispute_status' = 'lost' then 'lost'
+    when p_state ->> 'dispute_id' is not null then 'open' end;
+  v_target_c numeric(38, 18);
+  v_target_b numeric(38, 18);
+  v_remaining numeric(38, 18);
+  v_user uuid;        -- whose account the credits are in: the buyer's,
+  v_wallet bigint;    -- or, for an organisation's purchase, its wallet
+  v_buyer bigint;
+  v_moved numeric(38, 18);
+  v_elsewhere record;  -- an account the purchase's credits were moved to
+begin
+  -- A Checkout purchase by its session; an off-session recharge (no session) by its purchase id.
+  if p_state ->> 'session_id' is not null then
+    select * into p from billing.purchases x where x.stripe_session_id = p_state ->> 'session_id' for update;
+  else
+    select * into p from billing.purchases x
+    where x.id = (p_state ->> 'purchase_id')::uuid and x.origin = 'auto_recharge' for update;
+  end if;
+  if not found then
+    return 'unknown_purchase';
+  end if;
+  if p.org_id is not null then
+    v_wallet := billing.org_wallet_id(p.org_id);
+  else
+    v_user := p.user_id;
+  end if;
+
+  -- 1. Payment.
+  if p.status <> 'paid' and p_state ->> 'payment_status' = 'paid' then
+    if (p_state ->> 'amount_total')::integer <> p.price_cents or lower(p_state ->> 'currency') <> p.currency then
+      perform billing.raise_error('PAYMENT_AMOUNT_MISMATCH', jsonb_build_object('purchase_id', p.id,
+        'expected_cents', p.price_cents, 'paid_cents', p_state ->> 'amount_total', 'currency', p_state ->> 'currency'));
+    end if;
+    -- The credits are a paid lot whose cost is the price; the bonus a promotional lot.
+    perform billing.grant_credits(v_user, p.credits, 'purchase', 'purchase:' || p.id, p.stripe_session_id, null,
+      billing.purchase_metadata(p), jsonb_build_object('category', 'paid', 'cost_cents', p.price_cents, 'currency', p.currency,
+        'purchase_id', p.id), v_wallet);
+    if p.bonus_credits > 0 then
+      perform billing.grant_credits(v_user, p.bonus_credits, 'promo_grant', 'purchase-bonus:' || p.id, p.stripe_session_id,
+        null, billing.purchase_metadata(p), jsonb_build_object('category', 'promotional', 'currency', p.currency,
+          'purchase_id', p.id), v_wallet);
+    end if;
+    update billing.purchases x set status = 'paid', paid_at = now(), updated_at = now() where x.id = p.id returning * into p;
+    update billing.recharges r set status = 'succeeded', payment_intent_id = p_state ->> 'payment_intent', updated_at = now()
+    where r.purchase_id = p.id;
+    -- The card the student asked to keep, for auto-recharge (Stripe ids only).
+    if p.save_card and p_state ->> 'customer' is not null and p_state ->> 'payment_method' is not null then
+      insert into billing.saved_cards as c (user_id, customer_id, payment_method_id)
+      values (p.user_id, p_state ->> 'customer', p_state ->> 'payment_method')
+      on conflict (user_id) do update set customer_id = excluded.customer_id,
+        payment_method_id = excluded.payment_method_id, saved_at = now();
+    end if;
+    insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
+    values ('purchase_receipt', p.user_id, 'receipt:' || p.id, jsonb_build_object(
+      'purchase_id', p.id, 'package_id', p.package_id, 'price_cents', p.price_cents, 'currency', p.currency,
+      'credits', trim_scale(p.credits)::text, 'bonus_credits', trim_scale(p.bonus_credits)::text)
+      || coalesce(billing.purchase_metadata(p), '{}'))
+    on conflict (dedupe_key) do nothing;
+  elsif p.status = 'pending' and p_state ->> 'session_status' = 'expired' then
+    update billing.purchases x set status = 'expired', updated_at = now() where x.id = p.id returning * into p;
+  elsif p.status = 'pending' and p_state ->> 'session_status' = 'complete' and p_state ->> 'payment_status' = 'unpaid'
+        and p_state ->> 'payment_intent_status' in ('requires_payment_method', 'canceled') then
+    update billing.purchases x set status = 'failed', updated_at = now() where x.id = p.id returning * into p;
+  elsif p.status = 'pending' and p.origin = 'auto_recharge'
+        and p_state ->> 'payment_intent_status' in ('requires_payment_method', 'requires_action', 'canceled') then
+    -- The off-session charge failed (the worker may have recorded it already: this converges).
+    perform billing.record_recharge(r.id, p_state ->> 'payment_intent', coalesce(p_state ->> 'failure_code', 'payment_failed'))
+    from billing.recharges r where r.purchase_id = p.id;
+    select * into p from billing.purchases x where x.id = p.id;
+  end if;
+
+  update billing.purchases x
+  set stripe_payment_intent_id = coalesce(x.stripe_payment_intent_id, p_state ->> 'payment_intent'),
+      stripe_charge_id = coalesce(x.stripe_charge_id, v_charge),
+      stripe_fee_cents = coalesce(x.stripe_fee_cents, (p_state ->> 'stripe_fee')::integer)
+  where x.id = p.id returning * into p;
+
+  if p.status <> 'paid' then
+    return p.status;
+  end if;
+
+  -- 2. Refunds: Stripe reports the cumulative amount, so the reversal converges on
+  -- floor(credits × refunded / paid), for purchased and bonus credits alike.
+  if v_refunded > p.amount_refunded_cents then
+    v_target_c := floor(p.credits * v_refunded / p.price_cents);
+    v_target_b := floor(p.bonus_credits * v_refunded / p.price_cents);
+    -- Each reversal takes back its own lot first; what that lot no longer has was spent, and is
+    -- owed like any debt (settled from whatever the account holds, or carried as debt).
+    perform billing.take_back_purchase(p, v_target_c - p.credits_refund_reversed, 'paid', 'refund_reversal',
+      'refund:' || p.id || ':' || v_refunded, v_charge);
+    perform billing.take_back_purchase(p, v_target_b - p.bonus_refund_reversed, 'promotional', 'refund_reversal',
+      'refund-bonus:' || p.id || ':' || v_refunded, v_charge);
+    update billing.purchases x
+    set amount_refunded_cents = v_refunded, credits_refund_reversed = greatest(v_target_c, x.credits_refund_reversed),
+        bonus_refund_reversed = greatest(v_target_b, x.bonus_refund_reversed), updated_at = now()
+    where x.id = p.id returning * into p;
+  end if;
+
+  -- 3. Disputes: open → hold what is left of the purchase, in every account its credits are in;
+  -- won → release; lost → reverse it from wherever it is.
+  if v_dispute is not null and coalesce(p.dispute_status, 'open') = 'open' then
+    v_remaining := (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed);
+    if v_dispute = 'open' then
+      -- The disputed card is charged off-session no more: before the holds below lower what is
+      -- available (which would queue a recharge), auto-recharge goes off and the card is forgotten.
+      perform billing.stop_off_session_charges(p.user_id, p_state ->> 'dispute_id');
+      v_buyer := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p.user_id));
+      v_moved := 0;
+      perform 1 from billing.accounts a
+      where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open)
+      order by a.id for update;
+      -- In id order, as every lock is taken; the buyer's account holds the rest of the purchase.
+      for v_elsewhere in
+        select l.account_id, sum(l.remaining) as remaining from billing.lots l
+        where l.purchase_id = p.id and l.open and l.account_id <> v_buyer group by l.account_id order by l.account_id
+      loop
+        perform billing.place_dispute_hold(v_elsewhere.account_id, v_elsewhere.remaining, p_state ->> 'dispute_id',
+          'dispute:' || (p_state ->> 'dispute_id') || ':' || v_elsewhere.account_id);
+        v_moved := v_moved + v_elsewhere.remaining;
+      end loop;
+      if p.dispute_hold_id is null and v_remaining > v_moved then
+        p.dispute_hold_id := billing.place_dispute_hold(v_buyer, v_remaining - v_moved, p_state ->> 'dispute_id',
+          'dispute:' || (p_state ->> 'dispute_id'));
+      end if;
+    else
+      perform billing.release_hold(null, h.id) from billing.holds h
+      where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active'
+      order by h.account_id;
+    end if;
+    -- While disputed, the purchase's own lots are spent last (only a job's hold can reach them).
+    update billing.lots l set frozen = (v_dispute = 'open') where l.purchase_id = p.id and l.frozen <> (v_dispute = 'open');
+    if v_dispute = 'lost' then
+      perform billing.take_back_purchase(p, v_remaining, null, 'dispute_reversal', 'dispute:' || (p_state ->> 'dispute_id'),
+        v_charge);
+    end if;
+    update billing.purchases x
+    set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute, dispute_hold_id = p.dispute_hold_id, updated_at = now()
+    where x.id = p.id returning * into p;
+  end if;
+  return p.status;
+end;
+$function$;
+comment on function billing.sync_purchase(p_state jsonb) is 'fulfillCheckout: converges a purchase on Stripe''s current state (credits in the buyer''s account, or the organisation''s wallet). Safe to run any number of times, concurrently, in any order.';
+revoke execute on function billing.sync_purchase(p_state jsonb) from public;
+grant execute on function billing.sync_purchase(p_state jsonb) to service_role;
+
+-- (its entry point, billing.process_stripe_event, is in the providers migration: it dispatches
+-- purchases, provider payments, Connect accounts and payouts alike)
+create or replace function billing.stripe_event_done(p_event_id text) returns boolean
+language sql stable
+security definer
+set search_path = ''
+as $$ select exists (select 1 from billing.stripe_events e where e.id = p_event_id and e.status <> 'failed') $$;
+comment on function billing.stripe_event_done(p_event_id text) is 'Whether an event was already processed or ignored (a cheap pre-check before re-fetching from Stripe).';
+revoke execute on function billing.stripe_event_done(p_event_id text) from public;
+grant execute on function billing.stripe_event_done(p_event_id text) to service_role;
+
+create or replace function billing.record_stripe_event_failure(
+  p_event_id text, p_type text, p_created timestamptz, p_livemode boolean, p_object_id text, p_error text
+) returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  insert into billing.stripe_events as e (id, type, api_created, livemode, object_id, status, last_error)
+  values (p_event_id, p_type, p_created, p_livemode, p_object_id, 'failed', left(p_error, 500))
+  on conflict (id) do update set last_error = left(p_error, 500), attempts = e.attempts + 1
+    where e.status = 'failed'
+$$;
+comment on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) is 'Records that processing an event failed (after its transaction rolled back), so failures are visible and alertable.';
+revoke execute on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) from public;
+grant execute on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) to service_role;
+
+create or replace function billing.increment_counter(p_name text, p_by bigint default 1) returns bigint
+language sql
+security definer
+set search_path = ''
+as $$
+  insert into billing.counters as c (name, value) values (p_name, p_by)
+  on conflict (name) do update set value = c.value + p_by
+  returning value
+$$;
+comment on function billing.increment_counter(p_name text, p_by bigint) is 'Adds to an operational counter.';
+revoke execute on function billing.increment_counter(p_name text, p_by bigint) from public;
+grant execute on function billing.increment_counter(p_name text, p_by bigint) to service_role;
+
+create or replace function billing.get_purchase(p_user uuid, p_ref text) returns billing.purchases
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select * from billing.purchases p
+  where (p.stripe_session_id = p_ref or p.id::text = p_ref) and (p_user is null or p.user_id = p_user)
+$$;
+comment on function billing.get_purchase(p_user uuid, p_ref text) is 'A purchase by id or Checkout Session id, if it belongs to p_user (null: any).';
+revoke execute on function billing.get_purchase(p_user uuid, p_ref text) from public;
+grant execute on function billing.get_purchase(p_user uuid, p_ref text) to service_role;
+
+-- What an organisation's purchase adds to its ledger entries and receipt.
+create or replace function billing.purchase_metadata(p billing.purchases) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select case when p.org_id is not null then
+    jsonb_build_object('org_id', p.org_id, 'org_name', o.name, 'bought_by', p.user_id) end
+  from (select) x left join billing.orgs o on o.id = p.org_id
+$$;
+comment on function billing.purchase_metadata(p billing.purchases) is 'Internal: an organisation purchase''s organisation and buyer (null for a student''s own).';
+revoke execute on function billing.purchase_metadata(p billing.purchases) from public;
+
+create or replace function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text default null,
+  p_save_card boolean default false, p_org uuid default null)
+returns billing.checkout
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_package billing.credit_packages;
+  v_purchase billing.purchases;
+begin
+  select * into v_purchase from billing.purchases p where p.user_id = p_user and p.request_key = p_request_key;
+  if found then
+    if v_purchase.package_id <> p_package_id or v_purchase.org_id is distinct from p_org then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'checkout'));
+    end if;
+    return billing.checkout_of(v_purchase, false);  -- a retry of the same request
+  end if;
+
+  if p_org is not null then
+    perform billing.require_org_role(p_org, p_user, true);  -- only an owner or admin buys for the organisation
+  end if;
+  select * into v_package from billing.credit_packages k where k.id = p_package_id and k.active;
+  if not found then
+    perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));
+  end if;
+
+  -- One checkout at a time per user, so two tabs cannot open two sessions for one package.
+  perform pg_advisory_xact_lock(hashtextextended('checkout:' || p_user::text, 0));
+  if p_client_temp_id is not null then
+    select * into v_purchase from billing.purchases p where p.user_id = p_user and p.client_temp_id = p_client_temp_id;
+    if found and (v_purchase.package_id <> p_package_id or v_purchase.org_id is distinct from p_org) then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'checkout', 'client_temp_id', p_client_temp_id));
+    elsif found then
+      return billing.checkout_of(v_purchase, true);  -- the same optimistic operation, sent again under another key
+    end if;
+  end if;
+  select * into v_purchase from billing.purchases p
+  where p.user_id = p_user and p.package_id = p_package_id and p.org_id is not distinct from p_org and p.status = 'pending'
+    and (p.session_expires_at > now() + interval '1 minute' or (p.stripe_session_id is null and p.created_at > now() - interval '2 minutes'))
+  order by p.created_at desc limit 1;
+  if found then
+    if v_purchase.stripe_session_id is null then
+      perform billing.raise_error('CHECKOUT_IN_PROGRESS', jsonb_build_object('purchase_id', v_purchase.id));
+    end if;
+    return billing.checkout_of(v_purchase, true);
+  end if;
+
+  insert into billing.purchases (user_id, package_id, request_key, client_temp_id, price_cents, currency, credits, bonus_credits,
+                                 save_card, org_id)
+  values (p_user, v_package.id, p_request_key, p_client_temp_id, v_package.price_cents, v_package.currency,
+          v_package.credits, v_package.bonus_credits, coalesce(p_save_card, false) and p_org is null, p_org)
+  returning * into v_purchase;
+  return billing.checkout_of(v_purchase, false);
+end;
+$$;
+comment on function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text, p_save_card boolean, p_org uuid) is 'Creates a pending purchase (for p_org''s wallet when given: owners and admins only), or returns the user''s open one for the same package and organisation, or the one this request key already made.';
+revoke execute on function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text, p_save_card boolean, p_org uuid) from public;
+grant execute on function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text, p_save_card boolean, p_org uuid) to service_role;
+
+create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_wallet bigint := case when p_purchase.org_id is not null then billing.org_wallet_id(p_purchase.org_id) end;
+  v_buyer bigint := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p_purchase.user_id));
+  v_lots bigint[] := billing.purchase_lots(p_purchase.id, p_category);
+  v_beyond numeric(38, 18);
+  v_take numeric(38, 18);
+  r record;
+begin
+  if p_amount <= 0 then
+    return;
+  end if;
+  -- Every account involved, in id order (as everywhere), before anything moves.
+  perform 1 from billing.accounts a
+  where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
+  order by a.id for update;
+  -- The buyer's own lots of the purchase come first; what is beyond them comes from the lots its
+  -- credits were moved into; the rest from the buyer (other credits, then debt).
+  v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l
+                                   where l.id = any(v_lots) and l.account_id = v_buyer), 0);
+  for r in
+    select l.account_id, coalesce(a.user_id, a.member_id) as owner, sum(l.remaining) as remaining
+    from billing.lots l join billing.accounts a on a.id = l.account_id
+    where l.id = any(v_lots) and l.open and l.account_id <> v_buyer
+    group by l.account_id, a.user_id, a.member_id order by l.account_id
+  loop
+    exit when v_beyond <= 0;
+    v_take := least(v_beyond, r.remaining);
+    perform billing.reverse_credits(r.owner, v_take, p_kind, p_key || ':' || r.account_id, p_reference, null,
+      billing.purchase_metadata(p_purchase), v_lots, r.account_id);
+    v_beyond := v_beyond - v_take;
+    p_amount := p_amount - v_take;
+  end loop;
+  if p_amount > 0 then
+    perform billing.reverse_credits(case when v_wallet is null then p_purchase.user_id end, p_amount, p_kind, p_key,
+      p_reference, null, billing.purchase_metadata(p_purchase), v_lots, v_wallet);
+  end if;
+  -- Credits taken back from under a hold: the hold gives way, as it does to expiry, so it never
+  -- reserves more than the account has (a job's capture would fail and run again unbilled).
+  perform billing.fit_holds(a.id, jsonb_build_object('given_to', p_kind))
+  from billing.accounts a
+  where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots))
+  order by a.id;
+end;
+$function$;
+comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to, then the buyer''s other credits or debt.';
+revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
+
+-- ============================================================ policies
+
+create policy "Users can read their own purchases" on billing.purchases
+  for select to authenticated using (user_id = (select auth.uid()));

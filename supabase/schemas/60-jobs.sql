@@ -1,0 +1,404 @@
+-- Async jobs: anything longer than a request runs as a job the client polls. Jobs live here;
+-- workers claim them with FOR UPDATE SKIP LOCKED and a lease, save checkpoints as they go,
+-- and a worker that dies loses its lease so another resumes from the last checkpoint.
+-- A metered job reserves its estimate as a ledger hold at enqueue; completion captures the
+-- actual usage and releases the rest; failure, cancellation or expiry release it. Every one
+-- of those steps is one SQL transaction, so no crash leaves a hold behind or charges twice.
+-- A long job runs in slices within the edge's limits: a slice checkpoints, then yield_job hands
+-- the job back for the next tick (see supabase/functions/jobs/worker.ts).
+
+-- ============================================================ tables
+
+create table billing.jobs (
+  id uuid primary key default gen_random_uuid(),
+  user_id uuid not null references auth.users (id) on delete restrict,
+  type text not null,
+  status text not null default 'queued',
+  input jsonb not null,
+  request_key text not null,                      -- the Idempotency-Key that created it
+  client_temp_id text,
+  progress integer not null default 0,
+  checkpoints jsonb not null default '[]',        -- [{label, progress, at}], for the client
+  resume_state jsonb,                             -- the handler's last saved state
+  result jsonb,
+  error jsonb,                                    -- user-safe {code, message}
+  hold_id uuid references billing.holds (id),
+  attempts integer not null default 0,
+  max_attempts integer not null default 3,
+  locked_by text,
+  locked_until timestamptz,
+  run_after timestamptz not null default now(),
+  created_at timestamptz not null default now(),
+  started_at timestamptz,
+  completed_at timestamptz,
+  expires_at timestamptz not null default now() + interval '24 hours',
+  constraint jobs_status check (status in ('queued', 'processing', 'completed', 'failed', 'cancelled')),
+  constraint jobs_progress check (progress between 0 and 100),
+  constraint jobs_request unique (user_id, request_key),
+  constraint jobs_finished check ((status in ('completed', 'failed', 'cancelled')) = (completed_at is not null))
+);
+comment on table billing.jobs is 'Background work a client polls: queued → processing → completed | failed | cancelled.';
+alter table billing.jobs enable row level security;
+grant select on table billing.jobs to authenticated;
+grant select on table billing.jobs to service_role;
+
+create index jobs_due on billing.jobs (run_after) where status in ('queued', 'processing');
+
+create index jobs_user on billing.jobs (user_id, created_at desc, id);
+
+create index jobs_expiry on billing.jobs (expires_at);
+
+-- A client's temporary id names one job per user (optimistic UIs retry with it).
+create unique index jobs_client_temp_id on billing.jobs (user_id, client_temp_id) where client_temp_id is not null;
+
+create table billing.job_result_chunks (
+  job_id uuid not null references billing.jobs (id) on delete cascade,
+  seq integer not null,
+  content text not null,
+  primary key (job_id, seq)
+);
+comment on table billing.job_result_chunks is 'A job''s streamed result (e.g. CSV pages), written with the checkpoint that produced it.';
+alter table billing.job_result_chunks enable row level security;
+
+-- ============================================================ functions
+
+create or replace function billing.check_job_transition() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if old.status is distinct from new.status and not (
+    (old.status = 'queued' and new.status in ('processing', 'cancelled', 'failed'))
+    or (old.status = 'processing' and new.status in ('completed', 'failed', 'cancelled'))
+  ) then
+    raise exception using errcode = 'P0001', message = 'INVALID_JOB_TRANSITION',
+      detail = json_build_object('from', old.status, 'to', new.status)::text;
+  end if;
+  return new;
+end;
+$$;
+comment on function billing.check_job_transition() is 'Trigger: only queued → processing → completed | failed | cancelled (and queued → cancelled | failed).';
+revoke execute on function billing.check_job_transition() from public;
+
+create or replace function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text,
+  p_client_temp_id text default null, p_reserve numeric default null, p_hold_ttl_seconds integer default 3600)
+returns billing.jobs
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job billing.jobs;
+  v_hold billing.hold_result;
+begin
+  select * into v_job from billing.jobs j where j.user_id = p_user and j.request_key = p_request_key;
+  if found then
+    return v_job;
+  end if;
+  insert into billing.jobs (user_id, type, input, request_key, client_temp_id)
+  values (p_user, p_type, p_input, p_request_key, p_client_temp_id)
+  on conflict (user_id, client_temp_id) where client_temp_id is not null do nothing
+  returning * into v_job;
+  if not found then -- the same optimistic operation, sent again under another key
+    select * into v_job from billing.jobs j where j.user_id = p_user and j.client_temp_id = p_client_temp_id;
+    return v_job;
+  end if;
+  if p_reserve is not null and p_reserve > 0 then
+    -- Short → INSUFFICIENT_CREDITS, and the job above rolls back with it. The hold names the
+    -- job's model, so per-model caps count it (and get back what the capture does not use).
+    v_hold := billing.reserve_hold(p_user, p_reserve, 'job:' || v_job.id, p_hold_ttl_seconds, 'job', 'job:' || v_job.id,
+      jsonb_strip_nulls(jsonb_build_object('model', p_input ->> 'model')));
+    update billing.jobs j set hold_id = v_hold.hold_id where j.id = v_job.id returning * into v_job;
+  end if;
+  return v_job;
+end;
+$$;
+comment on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) is 'Creates a job (idempotent by request key and by client_temp_id), reserving its cost estimate as a hold in the same transaction.';
+revoke execute on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) from public;
+grant execute on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) to service_role;
+
+create or replace function billing.release_job_hold(p_job billing.jobs) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_job.hold_id is not null then
+    perform billing.release_hold(null, p_job.hold_id);
+  end if;
+end;
+$$;
+revoke execute on function billing.release_job_hold(p_job billing.jobs) from public;
+
+create or replace function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[])
+returns setof billing.jobs
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job billing.jobs;
+begin
+  -- Jobs that ran out of attempts (their last worker died) fail instead of running again.
+  for v_job in
+    select * from billing.jobs j
+    where j.status = 'processing' and j.locked_until < now() and j.attempts >= j.max_attempts
+    for update skip locked
+  loop
+    update billing.jobs j set status = 'failed', completed_at = now(), locked_by = null, locked_until = null,
+      error = '{"code": "JOB_ABANDONED", "message": "The job stopped responding too many times."}'
+    where j.id = v_job.id;
+    perform billing.release_job_hold(v_job);
+  end loop;
+
+  return query
+  update billing.jobs j
+  set status = 'processing', locked_by = p_worker, locked_until = now() + make_interval(secs => p_lease_seconds),
+      attempts = j.attempts + 1, started_at = coalesce(j.started_at, now())
+  where j.id in (
+    select c.id from billing.jobs c
+    where c.run_after <= now()
+      and (c.status = 'queued' or (c.status = 'processing' and (c.locked_until is null or c.locked_until < now())))
+      and c.attempts < c.max_attempts
+      and c.id <> all (coalesce(p_skip, '{}'))
+    order by c.run_after, c.created_at
+    for update skip locked
+    limit p_limit)
+  returning j.*;
+end;
+$$;
+comment on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[]) is 'Claims due jobs with a lease, except p_skip (a tick''s jobs that already had their slice): queued ones, yielded ones, and processing ones whose worker lost its lease (they resume from their checkpoint).';
+revoke execute on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[]) from public;
+grant execute on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[]) to service_role;
+
+create or replace function billing.claim_jobs(p_worker text, p_limit integer default 1, p_lease_seconds integer default 30)
+returns setof billing.jobs
+language sql
+security definer
+set search_path = ''
+as $$ select * from billing.claim_jobs(p_worker, p_limit, p_lease_seconds, '{}'::uuid[]) $$;
+comment on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer) is 'Claims due jobs with a lease (any job; see the four-argument form).';
+revoke execute on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer) from public;
+grant execute on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer) to service_role;
+
+-- The worker still holds the lease and the job is still running; otherwise it must stop.
+create or replace function billing.lock_leased_job(p_job uuid, p_worker text) returns billing.jobs
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_job billing.jobs;
+begin
+  select * into v_job from billing.jobs j where j.id = p_job for update;
+  if not found then
+    perform billing.raise_error('JOB_NOT_FOUND', jsonb_build_object('job_id', p_job));
+  end if;
+  if v_job.status = 'cancelled' then
+    perform billing.raise_error('JOB_CANCELLED', jsonb_build_object('job_id', p_job));
+  end if;
+  if v_job.status <> 'processing' or v_job.locked_by is distinct from p_worker then
+    perform billing.raise_error('LEASE_LOST', jsonb_build_object('job_id', p_job));
+  end if;
+  return v_job;
+end;
+$$;
+revoke execute on function billing.lock_leased_job(p_job uuid, p_worker text) from public;
+
+create or replace function billing.checkpoint_job(
+  p_job uuid,
+  p_worker text,
+  p_progress integer,
+  p_state jsonb,
+  p_label text default null,
+  p_chunk text default null,
+  p_lease_seconds integer default 30
+) returns billing.jobs
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);
+begin
+  if p_chunk is not null then
+    insert into billing.job_result_chunks (job_id, seq, content)
+    select p_job, coalesce(max(c.seq), 0) + 1, p_chunk from billing.job_result_chunks c where c.job_id = p_job;
+  end if;
+  update billing.jobs j
+  set progress = greatest(j.progress, least(greatest(p_progress, 0), 100)),
+      resume_state = p_state,
+      checkpoints = case when p_label is null then j.checkpoints
+                         else j.checkpoints || jsonb_build_array(jsonb_build_object('label', p_label, 'progress', p_progress, 'at', now())) end,
+      locked_until = now() + make_interval(secs => p_lease_seconds)
+  where j.id = p_job
+  returning * into v_job;
+  return v_job;
+end;
+$$;
+comment on function billing.checkpoint_job(p_job uuid, p_worker text, p_progress integer, p_state jsonb, p_label text, p_chunk text, p_lease_seconds integer) is 'Saves progress, resume state and any result chunk atomically, and renews the lease; JOB_CANCELLED or LEASE_LOST tell the worker to stop.';
+revoke execute on function billing.checkpoint_job(p_job uuid, p_worker text, p_progress integer, p_state jsonb, p_label text, p_chunk text, p_lease_seconds integer) from public;
+grant execute on function billing.checkpoint_job(p_job uuid, p_worker text, p_progress integer, p_state jsonb, p_label text, p_chunk text, p_lease_seconds integer) to service_role;
+
+-- A job that runs in slices (a ledger_export does one page per tick) hands itself back after
+-- each one, its progress already saved by checkpoint_job. The claim that took it gives its
+-- attempt back: attempts count the claims that failed or died, not the slices that ended well.
+create or replace function billing.yield_job(p_job uuid, p_worker text) returns billing.jobs
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);
+begin
+  update billing.jobs j set locked_by = null, locked_until = null, run_after = now(), attempts = greatest(j.attempts - 1, 0)
+  where j.id = p_job returning * into v_job;
+  return v_job;
+end;
+$$;
+comment on function billing.yield_job(p_job uuid, p_worker text) is 'Ends a slice of a job that has more to do: releases the lease (due again at once, behind other due jobs) without counting an attempt.';
+revoke execute on function billing.yield_job(p_job uuid, p_worker text) from public;
+grant execute on function billing.yield_job(p_job uuid, p_worker text) to service_role;
+
+create or replace function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb default null::jsonb)
+returns billing.jobs
+language plpgsql
+security definer
+set search_path to ''
+as $$
+declare
+  v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);
+  v_price record;
+  v_hold billing.holds;
+  v_capture numeric(38, 18);
+  v_after billing.hold_result;
+  v_overage numeric(38, 18);
+  v_available numeric(38, 18);
+  v_priced numeric(38, 18);
+begin
+  if v_job.hold_id is not null then
+    -- Settled first: a hold that gave way to expired credits captures only what it still holds.
+    perform billing.settle_account(h.account_id) from billing.holds h where h.id = v_job.hold_id;
+    select * into v_hold from billing.holds h where h.id = v_job.hold_id;
+    v_capture := 0;
+    v_priced := 0;
+    if p_usage is not null then
+      select * into v_price from billing.price_usage(p_usage ->> 'model', (p_usage ->> 'input_tokens')::bigint,
+                                                     (p_usage ->> 'output_tokens')::bigint);
+      v_priced := v_price.amount;
+      v_capture := case when v_hold.status = 'active' then least(v_priced, v_hold.amount) else 0 end;
+    end if;
+    if v_capture > 0 or (v_priced > 0 and v_hold.status <> 'active') then
+      if v_capture > 0 then
+        v_after := billing.capture_hold(null, v_job.hold_id, v_capture, 'job:' || p_job);
+        v_available := v_after.available;
+      else
+        v_available := (billing.balance_of(v_hold.account_id)).available;
+      end if;
+      -- The reserve is the worst case the provider can bill; should it ever bill more, the rest
+      -- is charged from what is available, never into debt (what cannot be charged is recorded).
+      v_overage := least(v_price.amount - v_capture, greatest(v_available, 0));
+      if v_overage > 0 then
+        -- Billed like a capture: work already done, counted against caps when its hold was placed.
+        perform billing.post_user_transfer(v_job.user_id, -1, 'capture', v_overage, 'usage', 'usage_revenue',
+          'job-overage:' || p_job, 'job:' || p_job, null,
+          jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model', 'reserved', trim_scale(v_hold.amount)::text,
+            'priced', trim_scale(v_price.amount)::text, 'unbilled', trim_scale(v_price.amount - v_capture - v_overage)::text),
+          v_price.rate_card_id, p_account_id => v_hold.account_id);
+      end if;
+    else
+      perform billing.release_hold(null, v_job.hold_id);
+    end if;
+  end if;
+  update billing.jobs j
+  set status = 'completed', progress = 100, result = p_result, completed_at = now(), locked_by = null, locked_until = null,
+      error = null
+  where j.id = p_job returning * into v_job;
+  return v_job;
+end;
+$$;
+comment on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) is 'Completes a job; a metered one captures its priced usage from the hold (any excess from the available balance, never into debt) and releases the rest, in the same transaction.';
+revoke execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) from public;
+grant execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) to service_role;
+
+create or replace function billing.fail_job(p_job uuid, p_worker text, p_error jsonb, p_retryable boolean) returns billing.jobs
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);
+begin
+  if p_retryable and v_job.attempts < v_job.max_attempts then
+    -- Stays processing without a lease; claimable again after a backoff of 2, 4, 8 … s.
+    update billing.jobs j set locked_by = null, locked_until = null, error = p_error,
+      run_after = now() + make_interval(secs => 2 ^ j.attempts)
+    where j.id = p_job returning * into v_job;
+    return v_job;
+  end if;
+  perform billing.release_job_hold(v_job);
+  update billing.jobs j set status = 'failed', error = p_error, completed_at = now(), locked_by = null, locked_until = null
+  where j.id = p_job returning * into v_job;
+  return v_job;
+end;
+$$;
+comment on function billing.fail_job(p_job uuid, p_worker text, p_error jsonb, p_retryable boolean) is 'Records a failure: retried with backoff while attempts remain, else failed with its hold released.';
+revoke execute on function billing.fail_job(p_job uuid, p_worker text, p_error jsonb, p_retryable boolean) from public;
+grant execute on function billing.fail_job(p_job uuid, p_worker text, p_error jsonb, p_retryable boolean) to service_role;
+
+create or replace function billing.cancel_job(p_user uuid, p_job uuid) returns billing.jobs
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job billing.jobs;
+begin
+  select * into v_job from billing.jobs j where j.id = p_job and j.user_id = p_user for update;
+  if not found then
+    perform billing.raise_error('JOB_NOT_FOUND', jsonb_build_object('job_id', p_job));
+  end if;
+  if v_job.status in ('completed', 'failed', 'cancelled') then
+    perform billing.raise_error('JOB_FINISHED', jsonb_build_object('job_id', p_job, 'status', v_job.status));
+  end if;
+  -- A running handler finds out at its next checkpoint (JOB_CANCELLED) and stops.
+  perform billing.release_job_hold(v_job);
+  update billing.jobs j set status = 'cancelled', completed_at = now(), locked_by = null, locked_until = null
+  where j.id = p_job returning * into v_job;
+  return v_job;
+end;
+$$;
+comment on function billing.cancel_job(p_user uuid, p_job uuid) is 'Cancels a queued or running job and releases its hold at once.';
+revoke execute on function billing.cancel_job(p_user uuid, p_job uuid) from public;
+grant execute on function billing.cancel_job(p_user uuid, p_job uuid) to service_role;
+
+create or replace function billing.expire_jobs(p_limit integer default 500) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job billing.jobs;
+  v_count integer := 0;
+begin
+  for v_job in
+    select * from billing.jobs j where j.expires_at <= now() order by j.expires_at limit p_limit for update skip locked
+  loop
+    if v_job.status not in ('completed', 'failed', 'cancelled') then
+      perform billing.release_job_hold(v_job);  -- never leave a hold behind
+    end if;
+    delete from billing.jobs j where j.id = v_job.id;
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end;
+$$;
+comment on function billing.expire_jobs(p_limit integer) is 'pg_cron: deletes jobs past expires_at (with their results), releasing any hold still open.';
+revoke execute on function billing.expire_jobs(p_limit integer) from public;
+grant execute on function billing.expire_jobs(p_limit integer) to service_role;
+
+-- ============================================================ triggers
+
+create trigger jobs_transition before update on billing.jobs for each row execute function billing.check_job_transition();
+
+-- ============================================================ policies
+
+create policy "Users can read their own jobs" on billing.jobs for select to authenticated using (user_id = (select auth.uid()));

@@ -1,0 +1,907 @@
+-- School wallets: an organisation (a school, a course, a scholarship programme) buys or is
+-- granted credits once and funds its students with them.
+--
+-- An organisation has one wallet: an account with org_id set, tracked like a user's (balance,
+-- held, version, lots, debt). It funds its members one of two ways, chosen per organisation:
+--   allowance: transfers from the wallet to each member's allowance account (org_id and
+--              member_id set), which only that member spends from; at the term's end what is
+--              left sweeps back to the wallet (pg_cron, idempotent, in the ledger).
+--   pool:      members spend from the wallet itself, each within caps per day, week, month or
+--              term: spend_caps rows on the wallet with member_id set (the same mechanism and the
+--              same lock as a user's caps).
+-- A member's spending picks one wallet per charge, in order: organisations that pay first (by
+-- when the member joined), the member's own account, then organisations that pay after it. A
+-- charge is never split across wallets: each transfer, hold and job has exactly one account,
+-- as before. Every org-funded transfer and hold records the member (member_id), which is what
+-- the organisation's usage report reads.
+--
+-- Locks, so no two transactions wait on each other in a cycle: a user's own account is locked
+-- first (as everywhere); organisation accounts are locked after it, always in ascending id order.
+
+-- ============================================================ tables
+
+create table billing.orgs (
+  id uuid primary key default gen_random_uuid(),
+  name text not null,
+  funding text not null default 'allowance',
+  org_pays_first boolean not null default true,      -- members spend org credits before their own
+  term_started_at timestamptz not null default now(),
+  term_ends_at timestamptz,                          -- allowances sweep back then; 'term' caps end then
+  term_swept_at timestamptz,                         -- the sweep of the term that ended then ran
+  created_by uuid not null references auth.users (id),
+  created_at timestamptz not null default now(),
+  constraint orgs_name_length check (length(name) between 1 and 200),
+  constraint orgs_funding check (funding in ('allowance', 'pool')),
+  constraint orgs_term_order check (term_ends_at is null or term_ends_at > term_started_at)
+);
+comment on table billing.orgs is 'An organisation that funds its members'' spending from one wallet: allowances or a capped shared pool.';
+alter table billing.orgs enable row level security;
+grant select on table billing.orgs to authenticated;
+grant select on table billing.orgs to service_role;
+
+create index orgs_term_due on billing.orgs (term_ends_at) where term_ends_at is not null and term_swept_at is null;
+
+create table billing.org_members (
+  org_id uuid not null references billing.orgs (id),
+  user_id uuid not null references auth.users (id),
+  role text not null,                                -- owner and admin manage; member is funded
+  active boolean not null default true,
+  joined_at timestamptz not null default now(),
+  removed_at timestamptz,
+  primary key (org_id, user_id),
+  constraint org_members_role check (role in ('owner', 'admin', 'member')),
+  constraint org_members_removed check (active = (removed_at is null))
+);
+comment on table billing.org_members is 'Who belongs to an organisation and as what. A removed member keeps the row (inactive) for the record.';
+alter table billing.org_members enable row level security;
+grant select on table billing.org_members to authenticated;
+grant select on table billing.org_members to service_role;
+
+create index org_members_user on billing.org_members (user_id) where active;
+
+-- Ownership only moves, never multiplies.
+create unique index org_members_one_owner on billing.org_members (org_id) where role = 'owner' and active;
+
+create table billing.org_invitations (
+  id uuid primary key default gen_random_uuid(),
+  org_id uuid not null references billing.orgs (id),
+  email text not null,
+  role text not null,
+  token_hash text not null unique,                   -- SHA-256 of the emailed token; the token is never stored
+  status text not null default 'pending',
+  invited_by uuid not null references auth.users (id),
+  answered_by uuid references auth.users (id),
+  expires_at timestamptz not null,
+  created_at timestamptz not null default now(),
+  answered_at timestamptz,
+  constraint org_invitations_role check (role in ('admin', 'member')),
+  constraint org_invitations_status check (status in ('pending', 'accepted', 'declined', 'expired', 'revoked'))
+);
+comment on table billing.org_invitations is 'An invitation by email to join an organisation; answered once with its token.';
+alter table billing.org_invitations enable row level security;
+grant select on table billing.org_invitations to authenticated;
+grant select on table billing.org_invitations to service_role;
+
+create unique index org_invitations_one_pending on billing.org_invitations (org_id, lower(email)) where status = 'pending';
+
+-- Organisation invitations and roles:
+--
+-- * Removing a member revokes the pending invitations they sent and those sent to their address,
+--   and accepting re-checks that the inviter is still an owner or admin: a removed admin no
+--   longer comes back through an invitation of their own (to themselves or a second account).
+-- * Accepting never lowers a role; there is exactly one active owner, and ownership moves only
+--   by billing.transfer_org_owner.
+-- * Invitations are limited per inviter and per organisation per rolling day, counted from
+--   billing.org_invitations (revoked ones included, so revoke-and-resend gains nothing).
+-- * No row keeps an invitation token: the caller gives the invitation's id, whose token is an
+--   HMAC of the id with a secret only the functions hold (see _shared/invitations.ts); the
+--   database keeps its SHA-256, and the outbox only the invitation's id.
+-- * Admins list and revoke their organisation's invitations.
+-- One token answers one invitation; accepting looks it up by its hash.
+create unique index org_invitations_token on billing.org_invitations (token_hash);
+
+-- The daily limits count by organisation and by inviter; the admin's list pages by organisation.
+create index org_invitations_org_created on billing.org_invitations (org_id, created_at);
+
+create index org_invitations_inviter_created on billing.org_invitations (invited_by, created_at);
+
+-- A member sees their own membership and their organisations; an org admin sees the
+-- organisation's members and invitations; nobody else sees anything. Writes go through the
+-- functions below only.
+-- Who administers what, kept beside org_members by the functions below: a policy on
+-- org_members that read org_members would recurse, and a definer-rights helper would be a
+-- function the API roles could call (both refused here, as Supabase's advisor refuses them).
+create table billing.org_admins (
+  org_id uuid not null references billing.orgs (id),
+  user_id uuid not null references auth.users (id),
+  primary key (org_id, user_id)
+);
+comment on table billing.org_admins is 'The active owners and admins of each organisation (for RLS); maintained with org_members.';
+alter table billing.org_admins enable row level security;
+grant select on table billing.org_admins to authenticated;
+grant select on table billing.org_admins to service_role;
+
+create index org_admins_user on billing.org_admins (user_id);
+
+-- ============================================================ functions
+
+-- The caller's role in the organisation, refusing when they have none that suffices: a
+-- non-member gets ORG_NOT_FOUND (the organisation's existence is not revealed), a member
+-- asking for an admin's action ORG_FORBIDDEN.
+create or replace function billing.require_org_role(p_org uuid, p_user uuid, p_admin boolean) returns billing.orgs
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs;
+  v_role text;
+begin
+  select m.role into v_role from billing.org_members m where m.org_id = p_org and m.user_id = p_user and m.active;
+  select * into v_org from billing.orgs o where o.id = p_org;
+  if v_role is null or v_org.id is null then
+    perform billing.raise_error('ORG_NOT_FOUND', jsonb_build_object('org_id', p_org));
+  end if;
+  if p_admin and v_role not in ('owner', 'admin') then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('org_id', p_org, 'role', v_role));
+  end if;
+  return v_org;
+end;
+$$;
+comment on function billing.require_org_role(p_org uuid, p_user uuid, p_admin boolean) is 'Internal: the organisation, when p_user is an active member (an owner or admin if p_admin).';
+revoke execute on function billing.require_org_role(p_org uuid, p_user uuid, p_admin boolean) from public;
+
+create or replace function billing.org_wallet_id(p_org uuid) returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+begin
+  select a.id into v_id from billing.accounts a where a.org_id = p_org and a.member_id is null;
+  if v_id is null then
+    insert into billing.accounts (org_id) values (p_org) on conflict do nothing returning id into v_id;
+    if v_id is null then
+      select a.id into v_id from billing.accounts a where a.org_id = p_org and a.member_id is null;
+    end if;
+  end if;
+  return v_id;
+end;
+$$;
+comment on function billing.org_wallet_id(p_org uuid) is 'Internal: the organisation''s wallet account, created on first use.';
+revoke execute on function billing.org_wallet_id(p_org uuid) from public;
+
+create or replace function billing.allowance_account_id(p_org uuid, p_member uuid) returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+begin
+  select a.id into v_id from billing.accounts a where a.org_id = p_org and a.member_id = p_member;
+  if v_id is null then
+    insert into billing.accounts (org_id, member_id) values (p_org, p_member) on conflict do nothing returning id into v_id;
+    if v_id is null then
+      select a.id into v_id from billing.accounts a where a.org_id = p_org and a.member_id = p_member;
+    end if;
+  end if;
+  return v_id;
+end;
+$$;
+comment on function billing.allowance_account_id(p_org uuid, p_member uuid) is 'Internal: a member''s allowance account in the organisation, created on first use.';
+revoke execute on function billing.allowance_account_id(p_org uuid, p_member uuid) from public;
+
+-- Each takes the caller's user id (from their verified token) and checks their role itself.
+create or replace function billing.org_json(p_org billing.orgs) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('id', p_org.id, 'name', p_org.name, 'funding', p_org.funding,
+    'org_pays_first', p_org.org_pays_first, 'term_started_at', billing.json_time(p_org.term_started_at),
+    'term_ends_at', billing.json_time(p_org.term_ends_at), 'created_at', billing.json_time(p_org.created_at))
+$$;
+revoke execute on function billing.org_json(p_org billing.orgs) from public;
+
+create or replace function billing.wallet_json(p_account_id bigint) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('balance', trim_scale(b.balance)::text, 'held', trim_scale(b.held)::text,
+    'available', trim_scale(b.available)::text)
+  from billing.balance_of(p_account_id) b
+$$;
+revoke execute on function billing.wallet_json(p_account_id bigint) from public;
+
+create or replace function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs;
+begin
+  insert into billing.orgs (name, funding, org_pays_first, created_by)
+  values (p_name, coalesce(p_funding, 'allowance'), coalesce(p_org_pays_first, true), p_user)
+  returning * into v_org;
+  insert into billing.org_members (org_id, user_id, role) values (v_org.id, p_user, 'owner');
+  insert into billing.org_admins (org_id, user_id) values (v_org.id, p_user);
+  perform billing.org_wallet_id(v_org.id);
+  return billing.get_org(p_user, v_org.id);
+end;
+$$;
+revoke execute on function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) from public;
+grant execute on function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) to service_role;
+
+create or replace function billing.get_org(p_user uuid, p_org uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, false);
+  v_role text := (select m.role from billing.org_members m where m.org_id = p_org and m.user_id = p_user);
+  v_allowance bigint := (select a.id from billing.accounts a where a.org_id = p_org and a.member_id = p_user);
+begin
+  return billing.org_json(v_org) || jsonb_build_object('role', v_role,
+    'wallet', case when v_role in ('owner', 'admin') then billing.wallet_json(billing.org_wallet_id(p_org)) end,
+    'allowance', case when v_allowance is not null then billing.wallet_json(v_allowance) end);
+end;
+$$;
+revoke execute on function billing.get_org(p_user uuid, p_org uuid) from public;
+grant execute on function billing.get_org(p_user uuid, p_org uuid) to service_role;
+
+create or replace function billing.list_orgs(p_user uuid) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(billing.org_json(o) || jsonb_build_object('role', m.role) order by m.joined_at), '[]')
+  from billing.org_members m join billing.orgs o on o.id = m.org_id where m.user_id = p_user and m.active
+$$;
+revoke execute on function billing.list_orgs(p_user uuid) from public;
+grant execute on function billing.list_orgs(p_user uuid) to service_role;
+
+create or replace function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
+  v_wallet bigint := billing.org_wallet_id(p_org);
+  v_ends timestamptz := (p_changes ->> 'term_ends_at')::timestamptz;
+  a record;
+begin
+  perform 1 from billing.orgs o where o.id = p_org for update;
+  select * into v_org from billing.orgs o where o.id = p_org;
+  if p_changes ? 'term_ends_at' and v_ends is not null and v_ends <= now() then
+    perform billing.raise_error('INVALID_ORG', jsonb_build_object('field', 'term_ends_at', 'rule', 'in the future'));
+  end if;
+  if p_changes ? 'term_ends_at' and (v_org.term_swept_at is not null or v_org.term_ends_at is null) then
+    -- A new term: 'term' caps start again from nothing.
+    update billing.orgs o set term_started_at = now(), term_ends_at = v_ends, term_swept_at = null where o.id = p_org;
+    update billing.spend_caps c set spent = 0, period_start = now() where c.account_id = v_wallet and c.period = 'term';
+  elsif p_changes ? 'term_ends_at' then
+    update billing.orgs o set term_ends_at = v_ends where o.id = p_org;
+  end if;
+  update billing.orgs o set name = coalesce(p_changes ->> 'name', o.name),
+    funding = coalesce(p_changes ->> 'funding', o.funding),
+    org_pays_first = coalesce((p_changes ->> 'org_pays_first')::boolean, o.org_pays_first)
+  where o.id = p_org returning * into v_org;
+  if v_org.funding = 'pool' then
+    -- Switching to a pool: allowances would be stranded (members now spend from the wallet).
+    for a in select x.member_id from billing.accounts x where x.org_id = p_org and x.member_id is not null loop
+      perform billing.sweep_allowance(p_org, a.member_id, 'funding-pool');
+    end loop;
+  end if;
+  return billing.get_org(p_user, p_org);
+end;
+$$;
+revoke execute on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) from public;
+grant execute on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) to service_role;
+
+create or replace function billing.answer_invitation(p_user uuid, p_email text, p_token_hash text, p_accept boolean)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_invitation billing.org_invitations;
+  v_current text;
+  v_answer text := case when p_accept then 'accepted' else 'declined' end;
+begin
+  -- Membership changes of one organisation take its row first (accept, remove, transfer), so a
+  -- removal racing an acceptance waits instead of deadlocking.
+  perform 1 from billing.orgs o
+  where o.id = (select i.org_id from billing.org_invitations i where i.token_hash = p_token_hash) for no key update;
+  select * into v_invitation from billing.org_invitations i where i.token_hash = p_token_hash for update;
+  if not found or lower(v_invitation.email) <> lower(coalesce(p_email, '')) then
+    perform billing.raise_error('INVITATION_NOT_FOUND', '{}');
+  end if;
+  if v_invitation.status = 'pending' and v_invitation.expires_at <= now() then
+    update billing.org_invitations i set status = 'expired', answered_at = now() where i.id = v_invitation.id;
+    v_invitation.status := 'expired';
+  end if;
+  if v_invitation.status <> 'pending' then
+    -- The same answer again is a retry; anything else is too late.
+    if v_invitation.answered_by = p_user and v_invitation.status = v_answer then
+      return jsonb_build_object('org_id', v_invitation.org_id, 'status', v_invitation.status);
+    end if;
+    perform billing.raise_error('INVITATION_CLOSED', jsonb_build_object('status', v_invitation.status));
+  end if;
+  -- An invitation speaks for its inviter: only while they are still an owner or admin.
+  if p_accept and not billing.is_org_admin(v_invitation.org_id, v_invitation.invited_by) then
+    perform billing.raise_error('INVITATION_CLOSED', jsonb_build_object('status', 'revoked'));
+  end if;
+  update billing.org_invitations i set status = v_answer,
+    answered_by = p_user, answered_at = now()
+  where i.id = v_invitation.id returning * into v_invitation;
+  if p_accept then
+    perform billing.ensure_user_account(p_user);
+    perform 1 from billing.accounts a where a.user_id = p_user for update;
+    select m.role into v_current from billing.org_members m
+    where m.org_id = v_invitation.org_id and m.user_id = p_user and m.active for update;
+    -- Accepting never lowers a role: an owner or admin invited as a member stays what they are.
+    if billing.org_role_rank(v_invitation.role) > billing.org_role_rank(v_current) then
+      perform billing.set_member_role(v_invitation.org_id, p_user, v_invitation.role);
+    end if;
+  end if;
+  return jsonb_build_object('org_id', v_invitation.org_id, 'status', v_invitation.status);
+end;
+$$;
+comment on function billing.answer_invitation(p_user uuid, p_email text, p_token_hash text, p_accept boolean) is 'The invited address accepts or declines, once; accepting needs the inviter to be an owner or admin still, and never lowers the accepting member''s role.';
+revoke execute on function billing.answer_invitation(p_user uuid, p_email text, p_token_hash text, p_accept boolean) from public;
+grant execute on function billing.answer_invitation(p_user uuid, p_email text, p_token_hash text, p_accept boolean) to service_role;
+
+create or replace function billing.list_org_members(p_user uuid, p_org uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  return coalesce((
+    select jsonb_agg(jsonb_build_object('user_id', m.user_id, 'email', u.email, 'role', m.role, 'active', m.active,
+      'joined_at', billing.json_time(m.joined_at), 'removed_at', billing.json_time(m.removed_at),
+      'allowance', case when a.id is not null then billing.wallet_json(a.id) end) order by m.joined_at, m.user_id)
+    from billing.org_members m join auth.users u on u.id = m.user_id
+    left join billing.accounts a on a.org_id = m.org_id and a.member_id = m.user_id
+    where m.org_id = p_org), '[]');
+end;
+$$;
+revoke execute on function billing.list_org_members(p_user uuid, p_org uuid) from public;
+grant execute on function billing.list_org_members(p_user uuid, p_org uuid) to service_role;
+
+create or replace function billing.remove_member(p_user uuid, p_org uuid, p_member uuid)
+returns jsonb
+language plpgsql
+security definer
+set search_path to ''
+as $$
+declare
+  v_member billing.org_members;
+  h record;
+  j billing.jobs;
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  perform 1 from billing.orgs o where o.id = p_org for no key update; -- membership changes: the org first
+  perform 1 from billing.accounts a where a.user_id = p_member for update;
+  select * into v_member from billing.org_members m where m.org_id = p_org and m.user_id = p_member for update;
+  if not found or not v_member.active then
+    perform billing.raise_error('MEMBER_NOT_FOUND', jsonb_build_object('user_id', p_member));
+  end if;
+  if v_member.role = 'owner' then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'the owner cannot be removed'));
+  end if;
+  update billing.org_members m set active = false, removed_at = now() where m.org_id = p_org and m.user_id = p_member;
+  delete from billing.org_admins x where x.org_id = p_org and x.user_id = p_member;
+  if v_member.role = 'member' then
+    update billing.accounts a set orgs = a.orgs - 1 where a.user_id = p_member;
+  end if;
+  -- Nothing they sent, and nothing sent to them, brings them (or anyone they chose) back.
+  update billing.org_invitations i set status = 'revoked', answered_by = p_user, answered_at = now()
+  where i.org_id = p_org and i.status = 'pending'
+    and (i.invited_by = p_member or lower(i.email) = (select lower(u.email) from auth.users u where u.id = p_member));
+  for h in
+    select x.id from billing.holds x join billing.accounts a on a.id = x.account_id
+    where a.org_id = p_org and x.member_id = p_member and x.status = 'active' and x.purpose = 'user'
+  loop
+    perform billing.release_hold(null, h.id);
+  end loop;
+  -- Their jobs the organisation pays for that no worker has started are cancelled, their holds
+  -- released: once removed, nothing more starts on its credits. A job under way finishes.
+  for j in
+    select x.* from billing.jobs x
+    join billing.holds y on y.id = x.hold_id join billing.accounts a on a.id = y.account_id
+    where x.user_id = p_member and x.status = 'queued' and a.org_id = p_org
+    order by x.id for update of x
+  loop
+    perform billing.release_job_hold(j);
+    update billing.jobs x set status = 'cancelled', completed_at = now(), error = jsonb_build_object('code', 'MEMBER_REMOVED',
+      'message', 'The organisation paying for this job removed you before it started.')
+    where x.id = j.id;
+  end loop;
+  perform billing.sweep_allowance(p_org, p_member, 'removed');
+  return jsonb_build_object('org_id', p_org, 'user_id', p_member, 'active', false);
+end;
+$$;
+comment on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) is 'An owner or admin removes a member (never the owner): their org holds released and org-funded jobs not yet started cancelled, allowance swept back, and the pending invitations they sent or were sent revoked.';
+revoke execute on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) from public;
+grant execute on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) to service_role;
+
+create or replace function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text)
+returns jsonb
+language plpgsql
+security definer
+set search_path to ''
+as $$
+declare
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
+  v_wallet bigint := billing.org_wallet_id(p_org);
+  v_members uuid[];
+  v_new integer;
+  v_account billing.accounts;
+  m uuid;
+  v_results jsonb := '[]';
+  v_transfer billing.transfers;
+begin
+  perform billing.check_amount(p_amount);
+  if v_org.funding <> 'allowance' then
+    perform billing.raise_error('ORG_FUNDING_MODE', jsonb_build_object('funding', v_org.funding, 'needs', 'allowance'));
+  end if;
+  select array_agg(x.user_id order by x.user_id) into v_members from billing.org_members x
+  where x.org_id = p_org and x.active and x.role = 'member' and (p_member is null or x.user_id = p_member);
+  if v_members is null then
+    perform billing.raise_error('MEMBER_NOT_FOUND', jsonb_build_object('user_id', p_member));
+  end if;
+  perform billing.allowance_account_id(p_org, x) from unnest(v_members) x;
+  perform 1 from billing.accounts a where a.id = v_wallet or (a.org_id = p_org and a.member_id = any(v_members))
+  order by a.id for update;
+  -- Only members not yet funded under this key count (a retry after a partial network failure).
+  select count(*) into v_new from unnest(v_members) x
+  where not exists (select 1 from billing.transfers t where t.idempotency_key = billing.scoped_key('allowance:' || p_org || ':', p_key || ':' || x)
+                    and t.kind = 'allowance');
+  select * into v_account from billing.accounts a where a.id = v_wallet;
+  if v_account.held > 0 or v_account.next_expiry <= now() then
+    v_account := billing.settle_account(v_wallet);
+  end if;
+  if v_account.balance - v_account.held < p_amount * v_new then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount * v_new)::text,
+      'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text, 'debt', v_account.balance < 0,
+      'wallet', 'organisation', 'org_id', p_org));
+  end if;
+  foreach m in array v_members loop
+    v_transfer := billing.move_credits(v_wallet, billing.allowance_account_id(p_org, m), p_amount, 'allowance',
+      billing.scoped_key('allowance:' || p_org || ':', p_key || ':' || m), m, jsonb_build_object('org_id', p_org, 'funded_by', p_user));
+    v_results := v_results || jsonb_build_object('user_id', m, 'transfer_id', v_transfer.id::text,
+      'amount', trim_scale(v_transfer.amount)::text);
+  end loop;
+  return jsonb_build_object('org_id', p_org, 'funded', v_results,
+    'wallet', billing.wallet_json(v_wallet));
+end;
+$$;
+revoke execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) from public;
+grant execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) to service_role;
+
+create or replace function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text)
+returns numeric
+language plpgsql
+set search_path to ''
+as $$
+declare
+  v_wallet bigint := billing.org_wallet_id(p_org);
+  v_account billing.accounts;
+  v_take numeric(38, 18);
+begin
+  select * into v_account from billing.accounts a where a.org_id = p_org and a.member_id = p_member;
+  if not found then
+    return 0;
+  end if;
+  perform 1 from billing.accounts a where a.id in (v_wallet, v_account.id) order by a.id for update;
+  v_account := billing.settle_account(v_account.id);
+  v_take := v_account.balance - v_account.held;
+  if v_take <= 0 then
+    return 0;
+  end if;
+  perform billing.move_credits(v_account.id, v_wallet, v_take, 'allowance_sweep',
+    'allowance-sweep:' || v_account.id || ':' || v_account.version, p_member,
+    jsonb_build_object('org_id', p_org, 'reason', p_reason));
+  return v_take;
+end;
+$$;
+revoke execute on function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text) from public;
+
+create or replace function billing.sweep_ended_terms(p_limit integer DEFAULT 100)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  o record;
+  a record;
+  v_count integer := 0;
+begin
+  for o in
+    select x.id, x.term_ends_at from billing.orgs x
+    where x.term_ends_at <= now() and x.term_swept_at is null order by x.term_ends_at limit p_limit
+    for update skip locked
+  loop
+    for a in select x.member_id from billing.accounts x where x.org_id = o.id and x.member_id is not null order by x.id loop
+      perform billing.sweep_allowance(o.id, a.member_id, 'term-ended');
+    end loop;
+    update billing.orgs x set term_swept_at = now() where x.id = o.id;
+    v_count := v_count + 1;
+  end loop;
+  -- A sweep leaves what is held (a job under way, a hold its member may still capture). Once
+  -- such a hold ends in an allowance nobody spends from any more (its member removed or no
+  -- longer a member, the organisation now a pool), what it gave back goes to the wallet too.
+  for a in
+    select x.org_id, x.member_id from billing.accounts x join billing.orgs g on g.id = x.org_id
+    where x.member_id is not null and x.balance > 0
+      and (x.balance > x.held or exists (select 1 from billing.holds h where h.account_id = x.id and h.status = 'active'
+                                         and h.expires_at <= now()))
+      and (g.funding <> 'allowance' or not exists (select 1 from billing.org_members m where m.org_id = x.org_id
+                                                   and m.user_id = x.member_id and m.active and m.role = 'member'))
+    order by x.id limit p_limit
+  loop
+    if billing.sweep_allowance(a.org_id, a.member_id, 'closed') > 0 then
+      v_count := v_count + 1;
+    end if;
+  end loop;
+  return v_count;
+end;
+$function$;
+comment on function billing.sweep_ended_terms(p_limit integer) is 'pg_cron: sweeps unspent allowances back to the wallet of each organisation whose term ended, and what holds gave back in allowances nobody spends from any more (member removed or promoted, organisation a pool). Idempotent.';
+revoke execute on function billing.sweep_ended_terms(p_limit integer) from public;
+grant execute on function billing.sweep_ended_terms(p_limit integer) to service_role;
+
+-- Org-funded spending in [p_from, p_to), per member, model and period (day, week or month): every
+-- member's for an admin, the caller's own for a member.
+create or replace function billing.org_usage(p_user uuid, p_org uuid, p_from timestamptz, p_to timestamptz, p_period text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_admin boolean;
+begin
+  perform billing.require_org_role(p_org, p_user, false);
+  v_admin := exists (select 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_user and m.active
+                     and m.role in ('owner', 'admin'));
+  if p_period not in ('day', 'week', 'month') then
+    perform billing.raise_error('INVALID_RANGE', jsonb_build_object('field', 'period', 'rule', 'day, week or month'));
+  end if;
+  return coalesce((
+    select jsonb_agg(jsonb_build_object('member_id', r.member_id, 'model', r.model, 'period_start', billing.json_time(r.starts),
+      'credits', trim_scale(r.credits)::text, 'charges', r.charges) order by r.starts, r.member_id, r.model)
+    from (
+      select t.member_id, coalesce(t.metadata ->> 'model', h.metadata ->> 'model') as model,
+        date_trunc(p_period, e.created_at, 'UTC') as starts, -sum(e.amount) as credits, count(*) as charges
+      from billing.accounts a
+      join billing.entries e on e.account_id = a.id and e.balance_after is not null and e.amount < 0
+      join billing.transfers t on t.id = e.transfer_id
+      left join billing.holds h on h.id = t.hold_id
+      where a.org_id = p_org and e.created_at >= p_from and e.created_at < p_to
+        and t.kind in ('usage', 'debit', 'hold_capture') and t.member_id is not null
+        and (v_admin or t.member_id = p_user)
+      group by 1, 2, 3
+    ) r), '[]');
+end;
+$$;
+revoke execute on function billing.org_usage(p_user uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_period text) from public;
+grant execute on function billing.org_usage(p_user uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_period text) to service_role;
+
+-- The wallet's entries, newest first (admins only).
+create or replace function billing.org_ledger(p_user uuid, p_org uuid, p_before_id bigint, p_limit integer) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  return coalesce((
+    select jsonb_agg(jsonb_build_object('id', x.id::text, 'kind', x.kind, 'amount', trim_scale(x.amount)::text,
+      'balance_after', trim_scale(x.balance_after)::text, 'member_id', x.member_id, 'created_at', billing.json_time(x.created_at))
+      order by x.id desc)
+    from (
+      select e.id, t.kind, e.amount, e.balance_after, t.member_id, e.created_at
+      from billing.entries e join billing.transfers t on t.id = e.transfer_id
+      where e.account_id = billing.org_wallet_id(p_org) and e.balance_after is not null
+        and (p_before_id is null or e.id < p_before_id)
+      order by e.id desc limit least(greatest(p_limit, 1), 200)
+    ) x), '[]');
+end;
+$$;
+revoke execute on function billing.org_ledger(p_user uuid, p_org uuid, p_before_id bigint, p_limit integer) from public;
+grant execute on function billing.org_ledger(p_user uuid, p_org uuid, p_before_id bigint, p_limit integer) to service_role;
+
+-- A platform admin's grant to an organisation's wallet (support, a pilot, a contract paid offline).
+create or replace function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text,
+  p_reason text, p_admin uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_result billing.transfer_result;
+begin
+  if not exists (select 1 from billing.orgs o where o.id = p_org) then
+    perform billing.raise_error('ORG_NOT_FOUND', jsonb_build_object('org_id', p_org));
+  end if;
+  if p_kind not in ('promo_grant', 'adjustment') then
+    perform billing.raise_error('INVALID_KIND', jsonb_build_object('kind', p_kind));
+  end if;
+  v_result := billing.post_user_transfer(null, 1, 'credit', p_amount, p_kind,
+    case p_kind when 'promo_grant' then 'promotions' else 'adjustments' end, p_key, null, null,
+    jsonb_build_object('reason', p_reason, 'admin', p_admin, 'org_id', p_org), p_account_id => billing.org_wallet_id(p_org));
+  return jsonb_build_object('transfer_id', v_result.transfer_id::text, 'amount', trim_scale(v_result.amount)::text,
+    'wallet', billing.wallet_json(billing.org_wallet_id(p_org)), 'replayed', v_result.replayed);
+end;
+$$;
+revoke execute on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid) from public;
+grant execute on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid) to service_role;
+
+-- Batched usage ingestion for members of organisations: each member's event is paid by the
+-- wallet their spending order picks (an allowance, a pooled wallet within caps, or their own
+-- account), exactly as /credits/usage would, so the batch and the single route cannot disagree.
+-- Other users' events keep the set-based path. A member's event runs in its own subtransaction
+-- (a refusal is that event's outcome, not the batch's), so a batch of members costs more per
+-- event than a batch of plain users.
+create or replace function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint,
+  p_event_id text, p_correlation_id text, p_occurred_at timestamptz) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_result billing.usage_result;
+  v_org uuid;
+  v_token text;
+  v_detail jsonb;
+begin
+  v_result := billing.charge_usage(p_user, p_model, p_input_tokens, p_output_tokens, 'usage-event:' || p_event_id,
+    p_correlation_id, jsonb_build_object('occurred_at', p_occurred_at, 'event_id', p_event_id));
+  select a.org_id into v_org from billing.transfers t join billing.accounts a on a.id = t.from_account_id
+  where t.id = v_result.transfer_id;
+  -- The member's own balance, or which organisation paid (never an organisation's balance).
+  return jsonb_build_object('event_id', p_event_id, 'status', 'applied', 'transfer_id', v_result.transfer_id::text,
+    'charged', trim_scale(v_result.charged)::text)
+    || case when v_org is null then jsonb_build_object('balance', trim_scale(v_result.balance)::text)
+            else jsonb_build_object('org_id', v_org) end;
+exception when sqlstate 'P0001' then
+  get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
+  if v_token = 'INSUFFICIENT_CREDITS' then
+    return jsonb_build_object('event_id', p_event_id, 'status', 'insufficient', 'required', v_detail -> 'required',
+      'available', v_detail -> 'available') || jsonb_strip_nulls(jsonb_build_object('wallets', v_detail -> 'wallets'));
+  elsif v_token = 'SPEND_CAP_REACHED' then
+    return jsonb_build_object('event_id', p_event_id, 'status', 'cap_reached', 'cap', v_detail);
+  end if;
+  raise;
+end;
+$$;
+comment on function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone) is 'Internal: one batch event of an organisation member, charged through the spending order; a refusal is its outcome.';
+revoke execute on function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone) from public;
+
+-- Roles by rank: accepting an invitation keeps the higher of the current and the invited one.
+create or replace function billing.org_role_rank(p_role text) returns integer
+language sql immutable
+set search_path = ''
+as $$
+  select case p_role when 'owner' then 3 when 'admin' then 2 when 'member' then 1 else 0 end
+$$;
+comment on function billing.org_role_rank(p_role text) is 'Internal: owner 3, admin 2, member 1 (0 for none).';
+revoke execute on function billing.org_role_rank(p_role text) from public;
+
+create or replace function billing.set_member_role(p_org uuid, p_user uuid, p_role text) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_was_member boolean;
+begin
+  select m.active and m.role = 'member' into v_was_member from billing.org_members m
+  where m.org_id = p_org and m.user_id = p_user for update;
+  v_was_member := coalesce(v_was_member, false);
+  insert into billing.org_members (org_id, user_id, role) values (p_org, p_user, p_role)
+  on conflict (org_id, user_id) do update set role = excluded.role, active = true, removed_at = null,
+    joined_at = case when billing.org_members.active then billing.org_members.joined_at else now() end;
+  if p_role = 'member' then
+    delete from billing.org_admins x where x.org_id = p_org and x.user_id = p_user;
+  else
+    insert into billing.org_admins (org_id, user_id) values (p_org, p_user) on conflict do nothing;
+  end if;
+  if v_was_member <> (p_role = 'member') then
+    update billing.accounts a set orgs = a.orgs + case when v_was_member then -1 else 1 end where a.user_id = p_user;
+  end if;
+  -- An owner or admin spends their own credits: an allowance they had as a member goes back.
+  if v_was_member and p_role <> 'member' then
+    perform billing.sweep_allowance(p_org, p_user, 'promoted');
+  end if;
+end;
+$$;
+comment on function billing.set_member_role(p_org uuid, p_user uuid, p_role text) is 'Internal: makes p_user an active member of p_org as p_role, keeping org_admins, the count of funded memberships and the allowance in step. The caller decides the role (and holds the user''s own account lock).';
+revoke execute on function billing.set_member_role(p_org uuid, p_user uuid, p_role text) from public;
+
+-- Whether p_user is an active owner or admin of p_org now (locking the membership for share).
+create or replace function billing.is_org_admin(p_org uuid, p_user uuid) returns boolean
+language sql
+set search_path = ''
+as $$
+  select exists (select 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_user and m.active
+                 and m.role in ('owner', 'admin') for share)
+$$;
+comment on function billing.is_org_admin(p_org uuid, p_user uuid) is 'Internal: whether p_user is an active owner or admin of p_org, the membership locked until the transaction ends.';
+revoke execute on function billing.is_org_admin(p_org uuid, p_user uuid) from public;
+
+create or replace function billing.invite_member(p_user uuid, p_org uuid, p_email text, p_role text, p_token_hash text,
+  p_ttl_seconds integer, p_id uuid default gen_random_uuid()) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_limit constant jsonb := '{"inviter": 20, "organisation": 50}';
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
+  v_invitation billing.org_invitations;
+  v_scope text;
+  v_count integer;
+  v_oldest timestamptz;
+begin
+  if p_ttl_seconds not between 3600 and 30 * 86400 then
+    perform billing.raise_error('INVALID_ORG', jsonb_build_object('field', 'ttl_seconds', 'rule', '1 hour to 30 days'));
+  end if;
+  -- Counted under a lock per inviter, then per organisation (always in that order), so
+  -- concurrent invitations cannot both take the last place.
+  perform pg_advisory_xact_lock(hashtextextended('org-invitations:inviter:' || p_user, 0));
+  perform pg_advisory_xact_lock(hashtextextended('org-invitations:org:' || p_org, 0));
+  foreach v_scope in array array['inviter', 'organisation'] loop
+    select count(*), min(i.created_at) into v_count, v_oldest from billing.org_invitations i
+    where case v_scope when 'inviter' then i.invited_by = p_user else i.org_id = p_org end
+      and i.created_at > now() - interval '1 day';
+    if v_count >= (v_limit ->> v_scope)::integer then
+      perform billing.raise_error('INVITATION_LIMIT', jsonb_build_object('scope', v_scope,
+        'limit', (v_limit ->> v_scope)::integer, 'window', '24 hours',
+        'retry_at', billing.json_time(v_oldest + interval '1 day')));
+    end if;
+  end loop;
+  update billing.org_invitations i set status = 'expired', answered_at = now()
+  where i.org_id = p_org and lower(i.email) = lower(p_email) and i.status = 'pending' and i.expires_at <= now();
+  insert into billing.org_invitations (id, org_id, email, role, token_hash, invited_by, expires_at)
+  values (p_id, p_org, p_email, p_role, p_token_hash, p_user, now() + make_interval(secs => p_ttl_seconds))
+  on conflict (org_id, lower(email)) where status = 'pending' do nothing
+  returning * into v_invitation;
+  if v_invitation.id is null then
+    perform billing.raise_error('INVITATION_PENDING', '{}'); -- no address in the detail: refusals reach the Postgres log
+  end if;
+  -- Only the id: the sender derives the link's token from it and reads the rest when it sends.
+  perform billing.enqueue_notification('org_invitation', null, 'org-invitation:' || v_invitation.id,
+    jsonb_build_object('invitation_id', v_invitation.id));
+  return billing.invitation_json(v_invitation) || jsonb_build_object('org_id', v_org.id);
+end;
+$$;
+comment on function billing.invite_member(p_user uuid, p_org uuid, p_email text, p_role text, p_token_hash text, p_ttl_seconds integer, p_id uuid) is 'An owner or admin invites an address (one pending invitation per address; at most 20 a day per inviter and 50 per organisation: INVITATION_LIMIT). p_token_hash is the SHA-256 of the token derived from p_id; the email is queued with the id only.';
+revoke execute on function billing.invite_member(p_user uuid, p_org uuid, p_email text, p_role text, p_token_hash text, p_ttl_seconds integer, p_id uuid) from public;
+grant execute on function billing.invite_member(p_user uuid, p_org uuid, p_email text, p_role text, p_token_hash text, p_ttl_seconds integer, p_id uuid) to service_role;
+
+-- An invitation as the API shows it (never its token hash); a pending one past its expiry reads expired.
+create or replace function billing.invitation_json(p_invitation billing.org_invitations) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('id', p_invitation.id, 'email', p_invitation.email, 'role', p_invitation.role,
+    'status', case when p_invitation.status = 'pending' and p_invitation.expires_at <= now() then 'expired'
+                   else p_invitation.status end,
+    'invited_by', p_invitation.invited_by, 'created_at', billing.json_time(p_invitation.created_at),
+    'expires_at', billing.json_time(p_invitation.expires_at), 'answered_at', billing.json_time(p_invitation.answered_at))
+$$;
+comment on function billing.invitation_json(p_invitation billing.org_invitations) is 'Internal: an invitation as the API shows it.';
+revoke execute on function billing.invitation_json(p_invitation billing.org_invitations) from public;
+
+create or replace function billing.list_org_invitations(p_user uuid, p_org uuid, p_after uuid, p_limit integer) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_limit integer := least(greatest(p_limit, 1), 100);
+  v_page jsonb;
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  select coalesce(jsonb_agg(billing.invitation_json(x) order by x.created_at desc, x.id desc), '[]') into v_page
+  from (
+    select i.* from billing.org_invitations i
+    where i.org_id = p_org
+      and (p_after is null or (i.created_at, i.id) < (select c.created_at, c.id from billing.org_invitations c
+                                                      where c.id = p_after and c.org_id = p_org))
+    order by i.created_at desc, i.id desc limit v_limit + 1
+  ) x;
+  return jsonb_build_object(
+    'invitations', case when jsonb_array_length(v_page) > v_limit then v_page - v_limit else v_page end,
+    'next_cursor', case when jsonb_array_length(v_page) > v_limit then v_page -> (v_limit - 1) ->> 'id' end);
+end;
+$$;
+comment on function billing.list_org_invitations(p_user uuid, p_org uuid, p_after uuid, p_limit integer) is 'An owner or admin pages through the organisation''s invitations, newest first; p_after is the previous page''s next_cursor (an invitation id).';
+revoke execute on function billing.list_org_invitations(p_user uuid, p_org uuid, p_after uuid, p_limit integer) from public;
+grant execute on function billing.list_org_invitations(p_user uuid, p_org uuid, p_after uuid, p_limit integer) to service_role;
+
+create or replace function billing.revoke_invitation(p_user uuid, p_org uuid, p_invitation uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_invitation billing.org_invitations;
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  select * into v_invitation from billing.org_invitations i where i.id = p_invitation and i.org_id = p_org for update;
+  if not found then
+    perform billing.raise_error('INVITATION_NOT_FOUND', jsonb_build_object('id', p_invitation));
+  end if;
+  if v_invitation.status = 'pending' then
+    update billing.org_invitations i set status = 'revoked', answered_by = p_user, answered_at = now()
+    where i.id = v_invitation.id returning * into v_invitation;
+  elsif v_invitation.status <> 'revoked' then
+    perform billing.raise_error('INVITATION_CLOSED', jsonb_build_object('status', v_invitation.status));
+  end if;
+  return billing.invitation_json(v_invitation);
+end;
+$$;
+comment on function billing.revoke_invitation(p_user uuid, p_org uuid, p_invitation uuid) is 'An owner or admin revokes a pending invitation of the organisation (again: the same answer); an answered one is INVITATION_CLOSED.';
+revoke execute on function billing.revoke_invitation(p_user uuid, p_org uuid, p_invitation uuid) from public;
+grant execute on function billing.revoke_invitation(p_user uuid, p_org uuid, p_invitation uuid) to service_role;
+
+create or replace function billing.transfer_org_owner(p_user uuid, p_org uuid, p_new_owner uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_role text;
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  perform 1 from billing.orgs o where o.id = p_org for no key update; -- membership changes: the org first
+  -- Their own accounts next (as every path locks them), then the memberships.
+  perform 1 from billing.accounts a where a.user_id in (p_user, p_new_owner) order by a.id for update;
+  select m.role into v_role from billing.org_members m
+  where m.org_id = p_org and m.user_id = p_user and m.active for update;
+  if v_role is distinct from 'owner' then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'only the owner transfers ownership'));
+  end if;
+  perform 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_new_owner and m.active for update;
+  if not found then
+    perform billing.raise_error('MEMBER_NOT_FOUND', jsonb_build_object('user_id', p_new_owner));
+  end if;
+  if p_new_owner <> p_user then
+    perform billing.ensure_user_account(p_new_owner);
+    perform billing.set_member_role(p_org, p_user, 'admin');
+    perform billing.set_member_role(p_org, p_new_owner, 'owner');
+  end if;
+  return jsonb_build_object('org_id', p_org, 'owner_id', p_new_owner, 'previous_owner_id', p_user,
+    'previous_owner_role', case when p_new_owner = p_user then 'owner' else 'admin' end);
+end;
+$$;
+comment on function billing.transfer_org_owner(p_user uuid, p_org uuid, p_new_owner uuid) is 'The owner makes another active member the owner and becomes an admin: the only way ownership moves.';
+revoke execute on function billing.transfer_org_owner(p_user uuid, p_org uuid, p_new_owner uuid) from public;
+grant execute on function billing.transfer_org_owner(p_user uuid, p_org uuid, p_new_owner uuid) to service_role;
+
+-- ============================================================ policies
+
+create policy "Members can read their organisations" on billing.orgs
+  for select to authenticated using (id in (select m.org_id from billing.org_members m where m.user_id = (select auth.uid()) and m.active));
+
+create policy "Members read their own membership, admins their organisation's" on billing.org_members
+  for select to authenticated
+  using (user_id = (select auth.uid()) or org_id in (select a.org_id from billing.org_admins a where a.user_id = (select auth.uid())));
+
+create policy "Admins read their organisation's invitations" on billing.org_invitations
+  for select to authenticated using (org_id in (select a.org_id from billing.org_admins a where a.user_id = (select auth.uid())));
+
+create policy "Admins read their own admin rows" on billing.org_admins
+  for select to authenticated using (user_id = (select auth.uid()));
+
+-- ============================================================ references into this domain
+
+alter table billing.accounts add constraint accounts_org_id_fkey foreign key (org_id) references billing.orgs(id);
+
+alter table billing.purchases add constraint purchases_org_id_fkey foreign key (org_id) references billing.orgs(id) on delete restrict;

@@ -1,0 +1,698 @@
+-- Revenue reporting: daily roll-ups of the ledger (revenue_rollup, daily_revenue) refreshed by
+-- pg_cron, and the metrics GET /admin/metrics reports, built from per-day parts computed once
+-- per request (metric_parts → metrics_of → metrics_report).
+
+-- ============================================================ types
+
+-- GET /admin/metrics computes one set of per-day parts per request: the parts of a range (a
+-- roll-up row per day where it is current, one live piece per day for the rest) come from
+-- billing.metric_parts, and every metric is built from them (billing.metrics_of, organisations
+-- included), for the range and for each period of the series (periods are whole days, so each
+-- takes its own days' parts). billing.metrics_report returns both in one call. pgTAP
+-- (90-reporting-rollup) checks the report against revenue_metrics and metrics_series, and those
+-- against the raw rows.
+-- One part of a range: a stored roll-up row (bitmaps of account ids, the liability at its end)
+-- or a live piece read from the rows (account ids, the liability's change over the piece).
+create type billing.metric_part as (
+  lo timestamptz,                   -- the part covers [lo, hi)
+  hi timestamptz,
+  stored boolean,                   -- a revenue_rollup row; else a live piece
+  money jsonb,
+  credits jsonb,
+  lots jsonb,
+  active_bitmap bit varying,        -- stored: accounts with a credit ledger entry
+  paying_bitmap bit varying,        -- stored: accounts whose user had a purchase paid
+  active_accounts bigint[],         -- live: the same, as ids
+  paying_accounts bigint[],
+  first_time_purchasers bigint,
+  checkouts_created bigint,
+  checkouts_paid bigint,
+  webhooks_received bigint,
+  webhooks_ok bigint,
+  user_credit_change numeric,       -- live: Σ user entries over the piece
+  outstanding_credits numeric       -- stored: Σ user entries before hi
+);
+comment on type billing.metric_part is 'Internal: one roll-up row or live piece of a range, as billing.metrics_of combines them.';
+
+-- ============================================================ tables
+
+-- The parts of every metric for each UTC day, over [the day's start, covered_until): the whole
+-- day once it has closed, today up to a few minutes ago. Internal: read by revenue_metrics.
+create table billing.revenue_rollup (
+  day date primary key,
+  covered_until timestamptz not null,             -- the day's end, or (today) computed_at − 5 minutes
+  money jsonb not null,                           -- [{kind, account, currency, cents}]: Σ money entries
+  credits jsonb not null,                         -- [{kind, model, amount, events}]: Σ credit transfers
+  lots jsonb not null,                            -- [{currency, category, kind, credits, cents}]: lots granted and drawn
+  active_accounts bit varying not null,           -- bit n set: account n had a credit ledger entry
+  paying_accounts bit varying not null,           -- bit n set: account n's user had a purchase paid
+  first_time_purchasers bigint not null,
+  checkouts_created bigint not null,
+  checkouts_paid bigint not null,
+  webhooks_received bigint not null,
+  webhooks_ok bigint not null,
+  outstanding_credits numeric(38, 18) not null,   -- Σ user entries before covered_until: the liability then
+  sessionless_purchases bigint not null,          -- purchases in the covered span without a Checkout Session
+  computed_at timestamptz not null default now()
+);
+comment on table billing.revenue_rollup is 'Each UTC day''s metric parts (today''s up to a few minutes ago), which ranges combine exactly; recomputed when a late event reaches a day.';
+alter table billing.revenue_rollup enable row level security;
+grant select on table billing.revenue_rollup to service_role;
+
+-- Each UTC day's numbers (revenue_metrics of the day), for the daily report and its email.
+create table billing.daily_revenue (
+  day date primary key,
+  metrics jsonb not null,                         -- billing.revenue_metrics for the UTC day
+  computed_at timestamptz not null default now()
+);
+comment on table billing.daily_revenue is 'Each UTC day''s metrics, replaced whenever the day is recomputed (late events are picked up then).';
+alter table billing.daily_revenue enable row level security;
+grant select on table billing.daily_revenue to service_role;
+
+-- ============================================================ functions
+
+-- Σ of user entries in [p_from, p_to): how much the unspent liability moved.
+create or replace function billing.user_credit_change(p_from timestamptz, p_to timestamptz) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(sum(e.amount), 0) from billing.entries e
+  where p_from < p_to and e.balance_after is not null and e.created_at >= p_from and e.created_at < p_to
+$$;
+comment on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: Σ of user entries in [from, to).';
+revoke execute on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+
+create or replace function billing.revenue_parts(p_from timestamp with time zone, p_to timestamp with time zone)
+returns table(money jsonb, credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
+language plpgsql
+stable rows 1
+set search_path to ''
+set plan_cache_mode to 'force_custom_plan'
+set jit to 'off'
+set max_parallel_workers_per_gather to '0'
+as $$
+begin
+  return query
+  select
+    (select coalesce(jsonb_agg(jsonb_build_object('kind', m.kind, 'account', m.account, 'currency', m.currency,
+        'cents', m.cents)), '[]'::jsonb)
+     from (select t.kind, case when e.account in ('payers', 'platform_fees', 'b2c_revenue', 'stripe_fees') then e.account
+                              else 'other' end as account, e.currency, sum(e.amount_cents) as cents
+           from billing.money_transfers t join billing.money_entries e on e.transfer_id = t.id
+           where t.occurred_at >= p_from and t.occurred_at < p_to
+           group by 1, 2, 3) m),
+    -- Grouped by rate card first, so the model lookup runs once per card, not per transfer.
+    (select coalesce(jsonb_agg(jsonb_build_object('kind', c.kind, 'model', c.model, 'amount', c.amount, 'events', c.events)),
+        '[]'::jsonb)
+     from (select g.kind, r.model, sum(g.amount) as amount, sum(g.events) as events
+           from (select t.kind, t.rate_card_id, sum(t.amount) as amount, count(*) as events from billing.transfers t
+                 where t.created_at >= p_from and t.created_at < p_to group by 1, 2) g
+           left join billing.rate_cards r on r.id = g.rate_card_id and g.kind = 'usage'
+           group by 1, 2) c),
+    -- Credits and their cost by lot category: granted (net of debt settled on arrival; a move is
+    -- not a grant), and
+    -- drawn by each kind of transfer (spent, expired, reversed), each at its lot's cost basis.
+    (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
+        'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
+     from (select l.currency, l.category, 'granted' as kind, sum(l.amount - l.debt_settled) as credits,
+                  sum(l.cost_cents * (l.amount - l.debt_settled) / l.amount) as cents
+           from billing.lots l where l.granted_at >= p_from and l.granted_at < p_to and l.moved_from is null group by 1, 2
+           union all
+           select l.currency, l.category, a.kind::text, sum(a.amount), sum(l.cost_cents * a.amount / l.amount)
+           from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
+           where a.created_at >= p_from and a.created_at < p_to group by 1, 2, 3) x),
+    u.accounts, u.credit_change,
+    array(select distinct a.id from billing.purchases p join billing.accounts a on a.user_id = p.user_id
+          where p.paid_at >= p_from and p.paid_at < p_to),
+    -- A user's first paid purchase is in the period when one is and none came before it.
+    (select count(distinct p.user_id) from billing.purchases p
+     where p.status = 'paid' and p.paid_at >= p_from and p.paid_at < p_to
+       and not exists (select 1 from billing.purchases q where q.user_id = p.user_id and q.status = 'paid' and q.paid_at < p_from)),
+    k.created, k.paid, w.received, w.ok
+  from
+    -- One pass over the user entries: who was active, and (as user_credit_change) what moved.
+    (select coalesce(array_agg(distinct e.account_id), '{}') as accounts, coalesce(sum(e.amount), 0) as credit_change
+     from billing.entries e where e.balance_after is not null and e.created_at >= p_from and e.created_at < p_to) u,
+    (select count(*) as created, count(*) filter (where p.status = 'paid') as paid from billing.purchases p
+     where p.created_at >= p_from and p.created_at < p_to and p.stripe_session_id is not null) k,
+    (select count(*) as received, count(*) filter (where e.status in ('processed', 'ignored')) as ok
+     from billing.stripe_events e where e.received_at >= p_from and e.received_at < p_to) w;
+end;
+$$;
+comment on function billing.revenue_parts(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the combinable parts of every metric over [from, to), from the raw rows.';
+revoke execute on function billing.revenue_parts(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+
+-- A set of account ids as a bitmap: bit n (counting from 0, left to right) is account n.
+create or replace function billing.account_bitmap(p_ids bigint[]) returns bit varying
+language sql immutable
+set search_path = ''
+as $$
+  select coalesce(('x' || string_agg(lpad(to_hex(coalesce(b.v, 0)), 2, '0'), '' order by g.i))::bit varying, B'')
+  from generate_series(0::bigint, (select max(x) from unnest(p_ids) x) / 8) g(i)
+  left join (select x / 8 as i, bit_or(128 >> (x % 8)::integer) as v from unnest(p_ids) x group by 1) b on b.i = g.i
+$$;
+comment on function billing.account_bitmap(p_ids bigint[]) is 'Internal: account ids as a bitmap (bit n set for account n).';
+revoke execute on function billing.account_bitmap(p_ids bigint[]) from public;
+
+-- How many distinct accounts are in the union of stored bitmaps and live ids.
+create or replace function billing.count_accounts(p_bitmaps bit varying[], p_ids bigint[]) returns bigint
+language plpgsql immutable
+set search_path = ''
+as $$
+declare
+  v_union bit varying;
+begin
+  -- bit_or needs equal lengths: a day's bitmap is as long as its highest account id.
+  select bit_or(b || repeat('0', m.n - length(b))::bit varying) into v_union
+  from unnest(p_bitmaps) b, (select max(length(x)) as n from unnest(p_bitmaps) x) m;
+  return coalesce(bit_count(v_union), 0) + (
+    select count(distinct x) from unnest(p_ids) x
+    where case when v_union is null or x >= length(v_union) then true else get_bit(v_union, x::integer) = 0 end);
+end;
+$$;
+comment on function billing.count_accounts(p_bitmaps bit varying[], p_ids bigint[]) is 'Internal: |union of the bitmaps and the ids|.';
+revoke execute on function billing.count_accounts(p_bitmaps bit varying[], p_ids bigint[]) from public;
+
+create or replace function billing.revenue_rollup_is_current(
+  p_day date, p_covered_until timestamptz, p_computed_at timestamptz, p_sessionless bigint
+) returns boolean
+language plpgsql stable
+set search_path = ''
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+  v_from timestamptz := p_day::timestamp at time zone 'UTC';
+  v_end timestamptz := (p_day + 1)::timestamp at time zone 'UTC';
+  v_since timestamptz := p_computed_at - interval '5 minutes';
+begin
+  return p_covered_until > v_from
+    and not exists (select 1 from billing.money_transfers t
+      where t.created_at > v_since and t.created_at < v_end and t.occurred_at >= v_from and t.occurred_at < p_covered_until)
+    and not exists (select 1 from billing.money_transfers t
+      where (t.created_at at time zone 'UTC')::date > (t.occurred_at at time zone 'UTC')::date
+        and t.occurred_at >= v_from and t.occurred_at < p_covered_until and t.created_at > v_since)
+    -- Today's row (covering part of its day) counts its checkouts paid at read time instead.
+    and (p_covered_until < v_end or (
+      not exists (select 1 from billing.purchases p
+        where p.paid_at > v_since and p.paid_at < v_end and p.created_at >= v_from and p.created_at < p_covered_until)
+      and not exists (select 1 from billing.purchases p
+        where (p.paid_at at time zone 'UTC')::date > (p.created_at at time zone 'UTC')::date
+          and p.created_at >= v_from and p.created_at < p_covered_until and p.paid_at > v_since)))
+    and (select count(*) from billing.purchases p
+         where p.stripe_session_id is null and p.created_at >= v_from and p.created_at < p_covered_until) = p_sessionless
+    and not exists (select 1 from billing.stripe_events e
+      where e.processed_at > v_since and e.processed_at < v_end and e.received_at >= v_from and e.received_at < p_covered_until)
+    and not exists (select 1 from billing.stripe_events e
+      where (e.processed_at at time zone 'UTC')::date > (e.received_at at time zone 'UTC')::date
+        and (e.received_at at time zone 'UTC')::date = p_day
+        and e.received_at < p_covered_until and e.processed_at > v_since);
+end;
+$$;
+comment on function billing.revenue_rollup_is_current(p_day date, p_covered_until timestamp with time zone, p_computed_at timestamp with time zone, p_sessionless bigint) is 'Internal: whether a revenue_rollup row still equals its span''s raw rows (no late event since it was computed).';
+revoke execute on function billing.revenue_rollup_is_current(p_day date, p_covered_until timestamp with time zone, p_computed_at timestamp with time zone, p_sessionless bigint) from public;
+
+-- revenue_metrics and revenue_metrics_live are the two ways to make a range's parts; what
+-- compute_revenue_metrics did between them (and the organisations added after it) is metrics_of.
+create or replace function billing.revenue_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$ select billing.metrics_of(billing.metric_parts(p_from, p_to, true), p_from, p_to, true) $$;
+comment on function billing.revenue_metrics(p_from timestamp with time zone, p_to timestamp with time zone) is 'Every revenue, user, conversion, credit and webhook metric for [from, to): rolled-up days from revenue_rollup, the rest live.';
+revoke execute on function billing.revenue_metrics(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+grant execute on function billing.revenue_metrics(p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
+
+create or replace function billing.revenue_metrics_live(p_from timestamptz, p_to timestamptz) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$ select billing.metrics_of(billing.metric_parts(p_from, p_to, false), p_from, p_to, false) $$;
+comment on function billing.revenue_metrics_live(p_from timestamp with time zone, p_to timestamp with time zone) is 'revenue_metrics computed from the raw rows only (slow on long ranges): a check on the roll-up.';
+revoke execute on function billing.revenue_metrics_live(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+grant execute on function billing.revenue_metrics_live(p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
+
+create or replace function billing.metrics_series(p_from date, p_to date, p_granularity text) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select billing.series_of(billing.metric_parts(p_from::timestamp at time zone 'UTC', p_to::timestamp at time zone 'UTC', true),
+    p_from, p_to, p_granularity)
+$$;
+comment on function billing.metrics_series(p_from date, p_to date, p_granularity text) is 'revenue_metrics per day, week or month over [from, to).';
+revoke execute on function billing.metrics_series(p_from date, p_to date, p_granularity text) from public;
+grant execute on function billing.metrics_series(p_from date, p_to date, p_granularity text) to service_role;
+
+-- What the people on call look at, now with the organisations' standing.
+create or replace function billing.ops_overview() returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'reconciliation', coalesce((
+      select jsonb_agg(jsonb_build_object('provider_id', p.id, 'name', p.name, 'last_day', r.last_day,
+          'mismatches', coalesce(m.n, 0), 'kinds', coalesce(m.kinds, '[]'::jsonb)) order by coalesce(m.n, 0) desc, p.name)
+      from billing.providers p
+      cross join (select max(day) as last_day from billing.reconciliation_runs) r
+      left join lateral (select count(*) as n, jsonb_agg(distinct x.kind) as kinds from billing.reconciliation_mismatches x
+                         where x.provider_id = p.id and x.day = r.last_day) m on true
+      where p.stripe_account_id is not null), '[]'::jsonb),
+    -- The balance sheet of credits now: deferred revenue (paid credits not yet spent, at cost)
+    -- and what is outstanding of each category.
+    'credit_lots', coalesce((select jsonb_agg(jsonb_build_object('currency', d.currency, 'deferred_revenue_cents', d.cents,
+        'paid_credits', trim_scale(d.paid)::text, 'promotional_credits', trim_scale(d.promo)::text) order by d.currency)
+      from (select l.currency, round(coalesce(sum(l.cost_cents * l.remaining / l.amount) filter (where l.category = 'paid'), 0)) as cents,
+                   coalesce(sum(l.remaining) filter (where l.category = 'paid'), 0) as paid,
+                   coalesce(sum(l.remaining) filter (where l.category = 'promotional'), 0) as promo
+            from billing.lots l where l.open group by l.currency) d), '[]'::jsonb),
+    -- Organisations now: how many, their members, and the credits in their wallets and allowances.
+    'organisations', (select jsonb_build_object('count', (select count(*) from billing.orgs),
+        'members', (select count(*) from billing.org_members m where m.active and m.role = 'member'),
+        'wallet_credits', trim_scale(coalesce(sum(a.balance) filter (where a.member_id is null), 0))::text,
+        'allowance_credits', trim_scale(coalesce(sum(a.balance) filter (where a.member_id is not null), 0))::text)
+      from billing.accounts a where a.org_id is not null),
+    'alerts', coalesce((select jsonb_agg(jsonb_build_object('condition', a.condition, 'summary', a.summary,
+        'opened_at', a.opened_at, 'last_seen_at', a.last_seen_at) order by a.opened_at)
+      from billing.alerts a where a.status = 'open'), '[]'::jsonb),
+    'webhooks_24h', (select jsonb_build_object('received', count(*), 'processed', count(*) filter (where e.status = 'processed'),
+        'ignored', count(*) filter (where e.status = 'ignored'), 'failed', count(*) filter (where e.status = 'failed'),
+        'success_rate', case when count(*) > 0 then round(count(*) filter (where e.status <> 'failed')::numeric / count(*), 6) end)
+      from billing.stripe_events e where e.received_at > now() - interval '24 hours'))
+$$;
+comment on function billing.ops_overview() is 'Reconciliation status per provider (latest run), deferred revenue and outstanding credits by lot category, organisations, open alerts and the last 24 hours of webhooks.';
+revoke execute on function billing.ops_overview() from public;
+grant execute on function billing.ops_overview() to service_role;
+
+-- Computes (or recomputes) a day's roll-up row: its parts over [day start, covered_until), the
+-- whole day once it has closed (five minutes after midnight), else up to five minutes ago.
+create or replace function billing.refresh_revenue_rollup(p_day date) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_from timestamptz := p_day::timestamp at time zone 'UTC';
+  v_until timestamptz := least((p_day + 1)::timestamp at time zone 'UTC', now() - interval '5 minutes');
+  v_prev_until timestamptz;
+  v_prev_outstanding numeric;
+  v_carried numeric;
+begin
+  if v_until <= v_from then
+    return;  -- nothing of the day can be rolled up yet
+  end if;
+  -- The liability carried in: the last whole day's running total, plus any user entries since.
+  select r.covered_until, r.outstanding_credits into v_prev_until, v_prev_outstanding from billing.revenue_rollup r
+  where r.day < p_day and r.covered_until = (r.day + 1)::timestamp at time zone 'UTC'
+  order by r.day desc limit 1;
+  v_carried := coalesce(v_prev_outstanding, 0) + billing.user_credit_change(coalesce(v_prev_until, '-infinity'), v_from);
+  insert into billing.revenue_rollup as d (day, covered_until, money, credits, lots, active_accounts, paying_accounts,
+    first_time_purchasers, checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, outstanding_credits,
+    sessionless_purchases, computed_at)
+  select p_day, v_until, p.money, p.credits, p.lots, billing.account_bitmap(p.active_accounts), billing.account_bitmap(p.paying_accounts),
+    p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
+    v_carried + p.user_credit_change,
+    (select count(*) from billing.purchases x where x.stripe_session_id is null and x.created_at >= v_from and x.created_at < v_until),
+    now()
+  from billing.revenue_parts(v_from, v_until) p
+  on conflict (day) do update set covered_until = excluded.covered_until, money = excluded.money, credits = excluded.credits,
+    lots = excluded.lots,
+    active_accounts = excluded.active_accounts, paying_accounts = excluded.paying_accounts,
+    first_time_purchasers = excluded.first_time_purchasers, checkouts_created = excluded.checkouts_created,
+    checkouts_paid = excluded.checkouts_paid, webhooks_received = excluded.webhooks_received,
+    webhooks_ok = excluded.webhooks_ok, outstanding_credits = excluded.outstanding_credits,
+    sessionless_purchases = excluded.sessionless_purchases, computed_at = excluded.computed_at;
+end;
+$$;
+comment on function billing.refresh_revenue_rollup(p_day date) is 'Computes (or recomputes) a day''s revenue_rollup row.';
+revoke execute on function billing.refresh_revenue_rollup(p_day date) from public;
+
+-- Computes (or recomputes) a day: its roll-up row, then its numbers in daily_revenue.
+create or replace function billing.refresh_daily_revenue(p_day date) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_metrics jsonb;
+begin
+  perform billing.refresh_revenue_rollup(p_day);
+  v_metrics := billing.revenue_metrics(p_day::timestamp at time zone 'UTC', (p_day + 1)::timestamp at time zone 'UTC');
+  insert into billing.daily_revenue as d (day, metrics) values (p_day, v_metrics)
+  on conflict (day) do update set metrics = excluded.metrics, computed_at = now();
+  return v_metrics;
+end;
+$$;
+comment on function billing.refresh_daily_revenue(p_day date) is 'Computes (or recomputes) a day''s roll-up and its row in daily_revenue.';
+revoke execute on function billing.refresh_daily_revenue(p_day date) from public;
+grant execute on function billing.refresh_daily_revenue(p_day date) to service_role;
+
+-- Closed days whose roll-up is missing, incomplete (computed before the day ended) or stale (a
+-- late event since), oldest first: from the first day anything was recorded to yesterday.
+create or replace function billing.stale_revenue_days() returns setof date
+language sql stable
+set search_path = ''
+as $$
+  select g.day
+  from generate_series(
+    -- The credit ledger's first day by its first transfer (a BRIN index keeps no minimum).
+    (least((select t.created_at from billing.transfers t order by t.id limit 1),
+      (select min(t.occurred_at) from billing.money_transfers t), (select min(p.created_at) from billing.purchases p),
+      (select min(e.received_at) from billing.stripe_events e)) at time zone 'UTC')::date,
+    (now() at time zone 'UTC')::date - 1, interval '1 day') x
+  cross join lateral (select x::date as day) g
+  left join billing.revenue_rollup r on r.day = g.day
+  where r.day is null or r.covered_until < (g.day + 1)::timestamp at time zone 'UTC'
+     or not billing.revenue_rollup_is_current(r.day, r.covered_until, r.computed_at, r.sessionless_purchases)
+  order by g.day
+$$;
+comment on function billing.stale_revenue_days() is 'Closed days whose revenue_rollup row is missing, incomplete or stale.';
+revoke execute on function billing.stale_revenue_days() from public;
+
+-- Every ten minutes: today up to five minutes ago (so a read computes only the minutes since
+-- live), then up to p_limit stale closed days, their daily numbers included (late events reach
+-- the daily report too).
+create or replace function billing.refresh_stale_revenue(p_limit integer default 31) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_day date;
+  v_count integer := 0;
+begin
+  perform billing.refresh_revenue_rollup((now() at time zone 'UTC')::date);
+  for v_day in select d from billing.stale_revenue_days() d limit p_limit loop
+    perform billing.refresh_daily_revenue(v_day);
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end;
+$$;
+comment on function billing.refresh_stale_revenue(p_limit integer) is 'pg_cron: rolls up today so far, and closed days whose roll-up is missing, incomplete or stale (late events).';
+revoke execute on function billing.refresh_stale_revenue(p_limit integer) from public;
+grant execute on function billing.refresh_stale_revenue(p_limit integer) to service_role;
+
+-- After midnight UTC: yesterday's numbers (and the day before, for late events), then the report.
+create or replace function billing.run_daily_revenue() returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_day date := (now() at time zone 'UTC')::date - 1;
+  v_metrics jsonb;
+begin
+  perform billing.refresh_daily_revenue(v_day - 1);
+  v_metrics := billing.refresh_daily_revenue(v_day);
+  insert into billing.notification_outbox (template, dedupe_key, payload)
+  values ('daily_report', 'daily-report:' || v_day, jsonb_build_object('day', v_day, 'metrics', v_metrics))
+  on conflict (dedupe_key) do nothing;
+end;
+$$;
+comment on function billing.run_daily_revenue() is 'pg_cron: refreshes the last two days of daily_revenue and queues the daily report to admins.';
+revoke execute on function billing.run_daily_revenue() from public;
+grant execute on function billing.run_daily_revenue() to service_role;
+
+create or replace function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone)
+returns jsonb
+language plpgsql
+stable
+set search_path to ''
+set plan_cache_mode to 'force_generic_plan'
+as $$
+begin
+  return (
+    with money as (
+      -- Each organisation purchase's postings in the period: the payment by its key (posted before
+      -- the charge id is known), refunds and fees by the charge, a lost dispute by the dispute.
+      select p.org_id, t.currency,
+        coalesce(sum(e.amount_cents) filter (where t.kind = 'credit_purchase'), 0) as gmv,
+        coalesce(-sum(e.amount_cents) filter (where t.kind = 'credit_refund'), 0) as refunds,
+        coalesce(-sum(e.amount_cents) filter (where t.kind = 'credit_dispute_lost'), 0) as disputes_lost,
+        coalesce(-sum(e.amount_cents) filter (where t.kind = 'stripe_fee'), 0) as stripe_fees,
+        coalesce(sum(e.amount_cents), 0) as net
+      from billing.purchases p
+      join billing.money_transfers t
+        on (t.idempotency_key = 'credit-purchase:' || p.id or t.stripe_id in (p.stripe_charge_id, p.dispute_id))
+        and t.kind in ('credit_purchase', 'credit_refund', 'credit_dispute_lost', 'stripe_fee')
+      join billing.money_entries e on e.transfer_id = t.id and e.account = 'b2c_revenue'
+      where p.org_id is not null and t.occurred_at >= p_from and t.occurred_at < p_to
+      group by 1, 2
+    ),
+    spending as (
+      -- Members' spending of the organisation's credits (from its wallet or their allowances).
+      select a.org_id, count(distinct t.member_id) as active_members, sum(t.amount) as credits
+      from billing.transfers t join billing.accounts a on a.id = t.from_account_id
+      where t.member_id is not null and t.created_at >= p_from and t.created_at < p_to
+        and a.org_id is not null and t.kind in ('usage', 'debit', 'hold_capture')
+      group by 1
+    )
+    select coalesce(jsonb_agg(jsonb_build_object('org_id', o.id, 'name', o.name, 'funding', o.funding,
+        'members', (select count(*) from billing.org_members m where m.org_id = o.id and m.active and m.role = 'member'),
+        'active_members', coalesce(s.active_members, 0), 'credits_spent', trim_scale(coalesce(s.credits, 0))::text,
+        'currency', m.currency, 'gmv_cents', coalesce(m.gmv, 0), 'refunds_cents', coalesce(m.refunds, 0),
+        'disputes_lost_cents', coalesce(m.disputes_lost, 0), 'stripe_fees_cents', coalesce(m.stripe_fees, 0),
+        'net_revenue_cents', coalesce(m.net, 0),
+        'arpu_cents', case when s.active_members > 0 then round(coalesce(m.net, 0)::numeric / s.active_members, 2) end)
+      order by coalesce(m.net, 0) desc, o.name, o.id), '[]'::jsonb)
+    from billing.orgs o
+    left join money m on m.org_id = o.id
+    left join spending s on s.org_id = o.id
+    where m.org_id is not null or s.org_id is not null
+  );
+end;
+$$;
+comment on function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: per organisation with activity in [from, to): Checkout money (GMV, refunds, disputes, fees, net), members who spent its credits, credits spent, ARPU per active member.';
+revoke execute on function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+
+-- The parts of [p_from, p_to): each UTC day's rolled-up span where its row still equals the rows
+-- (with p_use_rollup), and the rest of each day, at most one piece, from the rows.
+create or replace function billing.metric_parts(p_from timestamptz, p_to timestamptz, p_use_rollup boolean)
+returns billing.metric_part[]
+language plpgsql stable
+set search_path = ''
+set plan_cache_mode = force_generic_plan
+set jit = off
+set max_parallel_workers_per_gather = 0
+as $$
+begin
+  return array(
+    with stored as (
+      select r.* from billing.revenue_rollup r
+      where p_use_rollup and r.day >= (p_from at time zone 'UTC')::date and r.day <= (p_to at time zone 'UTC')::date
+        and r.day::timestamp at time zone 'UTC' >= p_from and r.covered_until <= p_to
+        and billing.revenue_rollup_is_current(r.day, r.covered_until, r.computed_at, r.sessionless_purchases)
+    ),
+    pieces as (
+      select greatest(p_from, coalesce(s.covered_until, x::timestamp at time zone 'UTC')) as lo,
+             least(p_to, (x + interval '1 day')::timestamp at time zone 'UTC') as hi
+      from generate_series(date_trunc('day', p_from at time zone 'UTC'), p_to at time zone 'UTC', interval '1 day') x
+      left join stored s on s.day = x::date
+    )
+    select u.part from (
+      select row(s.day::timestamp at time zone 'UTC', s.covered_until, true, s.money, s.credits, s.lots,
+          s.active_accounts, s.paying_accounts, null, null, s.first_time_purchasers, s.checkouts_created,
+          -- Today's row: its checkouts paid counted now (they are paid minutes after they open).
+          case when s.covered_until < (s.day + 1)::timestamp at time zone 'UTC'
+               then (select count(*) from billing.purchases p
+                     where p.created_at >= s.day::timestamp at time zone 'UTC' and p.created_at < s.covered_until
+                       and p.stripe_session_id is not null and p.status = 'paid')
+               else s.checkouts_paid end,
+          s.webhooks_received, s.webhooks_ok, null, s.outstanding_credits)::billing.metric_part as part
+      from stored s
+      union all
+      select row(g.lo, g.hi, false, p.money, p.credits, p.lots, null, null, p.active_accounts, p.paying_accounts,
+          p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
+          p.user_credit_change, null)::billing.metric_part
+      from pieces g cross join lateral billing.revenue_parts(g.lo, g.hi) p
+      where g.lo < g.hi
+    ) u
+    order by (u.part).lo
+  );
+end;
+$$;
+comment on function billing.metric_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) is 'Internal: the roll-up rows and live pieces [from, to) is made of; rolled-up spans from revenue_rollup when asked.';
+revoke execute on function billing.metric_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) from public;
+
+-- Every metric for [p_from, p_to) from its parts (docs/metrics.md): the parts of that range, or
+-- of a larger one cut at whole days. p_use_rollup as the parts were made (the liability at the
+-- end may start from a roll-up row before the range).
+create or replace function billing.metrics_of(p_parts billing.metric_part[], p_from timestamptz, p_to timestamptz, p_use_rollup boolean)
+returns jsonb
+language plpgsql stable
+set search_path = ''
+set plan_cache_mode = force_generic_plan
+set jit = off
+set max_parallel_workers_per_gather = 0
+as $$
+begin
+  return (
+  with parts as (select p.* from unnest(p_parts) p),
+  stored as (select p.* from parts p where p.stored),
+  live as (select p.* from parts p where not p.stored),
+  lot_flows as (
+    select x.currency, x.category, x.kind, sum(x.credits) as credits, sum(x.cents) as cents
+    from parts p cross join lateral jsonb_to_recordset(p.lots) x(currency text, category text, kind text, credits numeric, cents numeric)
+    group by 1, 2, 3
+  ),
+  -- Paid credits: granted into deferred revenue, recognised when spent, breakage when they
+  -- expire, taken back by refunds and disputes. Promotional credits cost nothing: counted in credits.
+  lot_lines as (
+    select f.currency,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'granted'), 0)) as deferred_in,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('usage', 'debit', 'hold_capture')), 0)) as recognised,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'expiry'), 0)) as breakage,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('refund_reversal', 'dispute_reversal')), 0)) as reversed,
+      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'granted'), 0) as promo_granted,
+      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind in ('usage', 'debit', 'hold_capture')), 0) as promo_spent,
+      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'expiry'), 0) as promo_expired
+    from lot_flows f group by f.currency
+  ),
+  money as (
+    select x.kind, x.account, x.currency, sum(x.cents) as cents
+    from parts p cross join lateral jsonb_to_recordset(p.money) x(kind text, account text, currency text, cents bigint)
+    group by x.kind, x.account, x.currency
+  ),
+  lines as (
+    select currency,
+      coalesce(sum(cents) filter (where kind = 'credit_purchase' and account = 'b2c_revenue'), 0) as b2c_gmv,
+      coalesce(-sum(cents) filter (where kind = 'credit_refund' and account = 'b2c_revenue'), 0) as b2c_refunds,
+      coalesce(-sum(cents) filter (where kind = 'credit_dispute_lost' and account = 'b2c_revenue'), 0) as b2c_disputes_lost,
+      coalesce(sum(cents) filter (where kind = 'stripe_fee' and account = 'stripe_fees'), 0) as b2c_stripe_fees,
+      coalesce(-sum(cents) filter (where kind = 'provider_payment' and account = 'payers'), 0) as b2b_gmv,
+      coalesce(sum(cents) filter (where kind in ('provider_payment', 'fee_adjustment') and account = 'platform_fees'), 0) as b2b_fees,
+      coalesce(-sum(cents) filter (where kind = 'provider_refund' and account = 'platform_fees'), 0) as b2b_fee_refunds
+    from money group by currency
+  ),
+  -- Distinct users: the union of the stored days' bitmaps and the live pieces' ids.
+  users as (
+    select
+      billing.count_accounts(array(select s.active_bitmap from stored s),
+        array(select x from live l cross join lateral unnest(l.active_accounts) x)) as active,
+      billing.count_accounts(array(select s.paying_bitmap from stored s),
+        array(select x from live l cross join lateral unnest(l.paying_accounts) x)) as paying,
+      (select coalesce(sum(p.first_time_purchasers), 0) from parts p) as first_time
+  ),
+  checkouts as (
+    select coalesce(sum(p.checkouts_created), 0) as created, coalesce(sum(p.checkouts_paid), 0) as paid from parts p
+  ),
+  by_kind as (
+    select x.kind, x.model, sum(x.amount) as amount, sum(x.events) as events
+    from parts p cross join lateral jsonb_to_recordset(p.credits) x(kind text, model text, amount numeric, events bigint)
+    group by x.kind, x.model
+  ),
+  credits as (
+    select
+      coalesce(sum(k.amount) filter (where k.kind = 'purchase'), 0) as purchased,
+      coalesce(sum(k.amount) filter (where k.kind = 'promo_grant'), 0) as bonus,
+      coalesce(sum(k.amount) filter (where k.kind in ('usage', 'debit', 'hold_capture')), 0) as spent,
+      coalesce(sum(k.amount) filter (where k.kind in ('refund_reversal', 'dispute_reversal')), 0) as reversed
+    from by_kind k
+  ),
+  usage as (select k.model, k.amount as credits, k.events from by_kind k where k.kind = 'usage' and k.model is not null),
+  webhooks as (
+    select coalesce(sum(p.webhooks_received), 0) as received, coalesce(sum(p.webhooks_ok), 0) as ok from parts p
+  ),
+  -- The unspent liability at the end of the period (every user balance then): the running total
+  -- of the latest roll-up span ending by then (a whole day, or one read above), plus the user
+  -- entries after it: the live pieces from there on, and any gap before from.
+  carried as (
+    select c.covered_until as since, c.outstanding_credits from (
+      (select r.covered_until, r.outstanding_credits from billing.revenue_rollup r
+       where p_use_rollup and r.day < (p_to at time zone 'UTC')::date
+         and r.covered_until = (r.day + 1)::timestamp at time zone 'UTC' and r.covered_until <= p_to
+       order by r.day desc limit 1)
+      union all
+      select s.hi, s.outstanding_credits from stored s
+    ) c
+    order by c.covered_until desc limit 1
+  ),
+  outstanding as (
+    select coalesce(c.outstanding_credits, 0)
+      + coalesce((select sum(l.user_credit_change) from live l where l.lo >= coalesce(c.since, '-infinity')), 0)
+      + billing.user_credit_change(coalesce(c.since, '-infinity'), p_from) as credits
+    from (select 1) one left join carried c on true
+  )
+  select jsonb_build_object(
+    'from', p_from, 'to', p_to,
+    'by_currency', coalesce((select jsonb_agg(jsonb_build_object(
+        'currency', l.currency,
+        'b2c_credits', jsonb_build_object('gmv_cents', l.b2c_gmv, 'refunds_cents', l.b2c_refunds,
+          'disputes_lost_cents', l.b2c_disputes_lost, 'stripe_fees_cents', l.b2c_stripe_fees,
+          'net_revenue_cents', l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees),
+        'b2b_provider_fees', jsonb_build_object('gmv_cents', l.b2b_gmv, 'platform_fees_cents', l.b2b_fees,
+          'fee_refunds_cents', l.b2b_fee_refunds, 'net_revenue_cents', l.b2b_fees - l.b2b_fee_refunds,
+          'take_rate', case when l.b2b_gmv > 0 then round(l.b2b_fees::numeric / l.b2b_gmv, 6) end),
+        'gmv_cents', l.b2c_gmv + l.b2b_gmv,
+        'net_revenue_cents', l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees + l.b2b_fees - l.b2b_fee_refunds,
+        'take_rate', case when l.b2c_gmv + l.b2b_gmv > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost
+          - l.b2c_stripe_fees + l.b2b_fees - l.b2b_fee_refunds)::numeric / (l.b2c_gmv + l.b2b_gmv), 6) end,
+        'arpu_cents', case when u.active > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees
+          + l.b2b_fees - l.b2b_fee_refunds)::numeric / u.active, 2) end,
+        'arpu_paying_cents', case when u.paying > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost
+          - l.b2c_stripe_fees)::numeric / u.paying, 2) end
+      ) order by l.currency) from lines l, users u), '[]'::jsonb),
+    'users', (select jsonb_build_object('active', u.active, 'paying', u.paying, 'first_time_purchasers', u.first_time) from users u),
+    'conversion', (select jsonb_build_object('checkouts_created', c.created, 'checkouts_paid', c.paid,
+        'checkout_rate', case when c.created > 0 then round(c.paid::numeric / c.created, 6) end,
+        'first_purchase_rate', case when u.active > 0 then round(u.first_time::numeric / u.active, 6) end)
+      from checkouts c, users u),
+    'credits', (select jsonb_build_object('purchased', trim_scale(c.purchased)::text, 'bonus', trim_scale(c.bonus)::text,
+        'spent', trim_scale(c.spent)::text, 'reversed', trim_scale(c.reversed)::text,
+        'outstanding', (select trim_scale(o.credits)::text from outstanding o),
+        'usage_by_model', coalesce((select jsonb_agg(jsonb_build_object('model', x.model, 'credits', trim_scale(x.credits)::text,
+          'events', x.events) order by x.model) from usage x), '[]'::jsonb))
+      from credits c),
+    'credit_lots', coalesce((select jsonb_agg(jsonb_build_object('currency', x.currency,
+        'paid_granted_cents', x.deferred_in, 'recognised_revenue_cents', x.recognised, 'breakage_revenue_cents', x.breakage,
+        'paid_reversed_cents', x.reversed,
+        'promotional_credits', jsonb_build_object('granted', trim_scale(x.promo_granted)::text,
+          'spent', trim_scale(x.promo_spent)::text, 'expired', trim_scale(x.promo_expired)::text))
+      order by x.currency) from lot_lines x), '[]'::jsonb),
+    'webhooks', (select jsonb_build_object('received', w.received, 'processed', w.ok,
+        'success_rate', case when w.received > 0 then round(w.ok::numeric / w.received, 6) end) from webhooks w),
+    -- Read from the rows for every period: an organisation's purchases and spending are few.
+    'organisations', billing.org_revenue(p_from, p_to)
+  ));
+end;
+$$;
+comment on function billing.metrics_of(p_parts billing.metric_part[], p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) is 'Internal: every metric for [from, to), one definition each (docs/metrics.md), from the parts billing.metric_parts made.';
+revoke execute on function billing.metrics_of(p_parts billing.metric_part[], p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) from public;
+
+-- Periods of a day, ISO week or month, clipped to [p_from, p_to), each with its metrics, from the
+-- parts of the whole range (each period takes the parts that start in it: they never straddle a day).
+create or replace function billing.series_of(p_parts billing.metric_part[], p_from date, p_to date, p_granularity text) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(billing.metrics_of(array(select x from unnest(p_parts) x where x.lo >= b.lo and x.lo < b.hi),
+        b.lo, b.hi, true) order by b.lo), '[]'::jsonb)
+  from (select greatest(s, p_from::timestamp) at time zone 'UTC' as lo,
+               least(s + ('1 ' || p_granularity)::interval, p_to::timestamp) at time zone 'UTC' as hi
+        from generate_series(date_trunc(p_granularity, p_from::timestamp), p_to::timestamp - interval '1 microsecond',
+          ('1 ' || p_granularity)::interval) s) b
+$$;
+comment on function billing.series_of(p_parts billing.metric_part[], p_from date, p_to date, p_granularity text) is 'Internal: revenue_metrics per day, week or month over [from, to), from the range''s parts.';
+revoke execute on function billing.series_of(p_parts billing.metric_part[], p_from date, p_to date, p_granularity text) from public;
+
+-- What GET /admin/metrics answers, in one call: revenue_metrics over [p_from, p_to) as `total`
+-- and metrics_series as `series`, both from one set of parts.
+create or replace function billing.metrics_report(p_from date, p_to date, p_granularity text) returns jsonb
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_from timestamptz := p_from::timestamp at time zone 'UTC';
+  v_to timestamptz := p_to::timestamp at time zone 'UTC';
+  v_parts billing.metric_part[] := billing.metric_parts(v_from, v_to, true);
+begin
+  return jsonb_build_object(
+    'total', billing.metrics_of(v_parts, v_from, v_to, true),
+    'series', billing.series_of(v_parts, p_from, p_to, p_granularity));
+end;
+$$;
+comment on function billing.metrics_report(p_from date, p_to date, p_granularity text) is 'GET /admin/metrics: revenue_metrics over [from, to) (total) and per day, week or month (series), from one set of parts.';
+revoke execute on function billing.metrics_report(p_from date, p_to date, p_granularity text) from public;
+grant execute on function billing.metrics_report(p_from date, p_to date, p_granularity text) to service_role;
