@@ -95,7 +95,8 @@ export async function fund(userId: string, amount: string): Promise<void> {
 /**
  * The ledger's invariants, checked over the whole database: Σ entries = 0, every transfer is
  * two entries summing to zero, every user balance is Σ of its entries and its last
- * balance_after, held is Σ of active holds, and no balance is negative without a reversal.
+ * balance_after, held is Σ of active holds, no balance is negative without a reversal, the lots
+ * agree with the ledger, and a moved lot keeps its source's provenance.
  */
 export async function assertLedgerInvariants(): Promise<void> {
   // Grouped once over all entries (not per account), so it stays fast on a large ledger.
@@ -128,8 +129,9 @@ export async function assertLedgerInvariants(): Promise<void> {
   }).filter(([, bad]) => bad).map(([what]) => what);
   // Lots: each lot's remaining = granted − settled − drawn, Σ remaining = the balance (0 in
   // debt), no transfer drew more than its amount, deferred revenue the same both ways.
+  // next_expiry is a lower bound of every open lot's expiry ('expiry').
   const [{ lots }] = await testDb`select billing.check_lots() as lots`;
-  for (const list of ['lots', 'accounts', 'transfers'] as const) {
+  for (const list of ['lots', 'accounts', 'transfers', 'expiry'] as const) {
     if (lots[list].length) {
       problems.push(`lots disagree with the ledger (${list}: ${lots[list].slice(0, 5).join(', ')})`);
     }
@@ -137,7 +139,32 @@ export async function assertLedgerInvariants(): Promise<void> {
   for (const [currency, d] of Object.entries(lots.deferred_revenue_cents as Record<string, Record<string, unknown>>)) {
     if (d.from_lots !== d.from_flows) problems.push(`deferred revenue (${currency}) differs: ${JSON.stringify(d)}`);
   }
+  const moved = await movedLotsOffProvenance();
+  if (moved.length) problems.push(`moved lots lost their provenance (${moved.slice(0, 5).join(', ')})`);
   if (problems.length) throw new Error(`ledger invariants broken: ${problems.join('; ')} (${JSON.stringify(r)})`);
+}
+
+/** Time passes for one lot: it is due (the ledger is immutable, lots and accounts are not). */
+export async function backdateLot(lot: string): Promise<void> {
+  await testDb`with l as (update billing.lots set expires_at = now() - interval '1 second' where id = ${lot}
+                          returning account_id, expires_at)
+               update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id`;
+}
+
+/**
+ * Lots made by a move (moved_from) that differ from their source in purchase, category,
+ * priority, currency, expiry or cost per credit, over the whole database or one organisation's accounts.
+ * A moved lot's cost is the source's cost × amount ÷ source amount, rounded to the column's 18
+ * decimals, so the cross products may differ by at most half a unit there × the source amount.
+ */
+export async function movedLotsOffProvenance(org: string | null = null): Promise<string[]> {
+  const rows = await testDb`
+    select l.id::text from billing.lots l join billing.lots s on s.id = l.moved_from
+    where (${org}::uuid is null or l.account_id in (select a.id from billing.accounts a where a.org_id = ${org}))
+      and (l.purchase_id is distinct from s.purchase_id or l.category <> s.category or l.priority <> s.priority
+           or l.currency <> s.currency or l.expires_at is distinct from s.expires_at
+           or abs(l.cost_cents * s.amount - s.cost_cents * l.amount) > s.amount * 0.5e-18)`;
+  return rows.map((r) => r.id);
 }
 
 /** A gateway process of its own, with extra env: for start-up checks, flags and crash tests. */

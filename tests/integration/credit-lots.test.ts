@@ -2,7 +2,7 @@
 // first, refunds and disputes that take back their own purchase's lots, and debt.
 import assert from 'node:assert/strict';
 import type { Balance, LedgerPage, Lot, LotPage } from '../../supabase/functions/_shared/contract.ts';
-import { adminToken, api, assertLedgerInvariants, env, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, assertLedgerInvariants, backdateLot, env, newUser, testDb, userToken } from '../helpers.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
@@ -38,13 +38,6 @@ async function spend(token: string, credits: number) {
 const lots = async (token: string) => data<LotPage>(await api('/credits/lots', { token })).lots;
 const remaining = (all: Lot[]) => Object.fromEntries(all.map((l) => [l.id, l.remaining]));
 const inDays = (d: number) => new Date(Date.now() + d * 86_400_000).toISOString();
-
-/** Time passes for one lot: it is due (the ledger is immutable, lots and accounts are not). */
-async function backdate(lot: string) {
-  await testDb`with l as (update billing.lots set expires_at = now() - interval '1 second' where id = ${lot}
-                          returning account_id, expires_at)
-               update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id`;
-}
 
 Deno.test('spending order: priority, then earliest expiry, then oldest; each entry names the lots it drew', async () => {
   const s = await student();
@@ -175,7 +168,7 @@ Deno.test('expiry: the sweep moves what is left to breakage, held credits too (t
 
   const hold = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '40' } });
   assert.equal(hold.status, 201, hold.text);
-  await backdate(lot);
+  await backdateLot(lot);
   await testDb`select billing.expire_lots(100000)`;
   assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' }, 'held credits expire too');
   const [given] = await testDb`select status, metadata ->> 'given_amount' as given from billing.holds
@@ -223,7 +216,7 @@ Deno.test('parallel debits, batch events, expiry sweeps and refunds on one accou
   const co = await buy(s.token, 'starter');
   for (let i = 0; i < 5; i++) {
     const lot = await grant(s.id, '200', { category: 'promotional', expires_at: inDays(1 + i) });
-    if (i < 2) await backdate(lot);
+    if (i < 2) await backdateLot(lot);
   }
   const batch = () =>
     api('/credits/usage/batch', {
