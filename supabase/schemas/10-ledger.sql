@@ -328,22 +328,27 @@ language sql
 stable
 set search_path = ''
 as $$
-  -- As settle_account would leave it: overdue holds ended, due lots expired, holds no larger
-  -- than what is left.
-  select b.balance, b.held, b.balance - b.held
-  from (select a.balance - coalesce(x.due, 0) as balance,
-          case when x.due > 0 then least(a.held - coalesce(o.overdue, 0), greatest(a.balance - x.due, 0))
-               else a.held - coalesce(o.overdue, 0) end as held
-        from billing.accounts a
-        left join lateral (
-          select sum(h.amount) as overdue from billing.holds h
-          where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()
-        ) o on a.held > 0
-        left join lateral (
-          select sum(l.remaining) as due from billing.lots l
-          where l.account_id = a.id and l.open and not l.frozen and l.expires_at <= now()
-        ) x on a.next_expiry <= now()
-        where a.id = p_account_id) b
+  -- As settle_account would leave it: overdue holds ended; once next_expiry has passed, due lots
+  -- expired and the user's and jobs' holds given way until what is held fits in what is left (a
+  -- dispute's hold stays whole, as fit_holds leaves it).
+  select b.balance, b.held - b.given, b.balance - b.held + b.given
+  from (select s.*, least(s.yielding, greatest(s.held - greatest(s.balance, 0), 0)) as given
+        from (select a.balance - coalesce(x.due, 0) as balance, a.held - coalesce(o.overdue, 0) as held,
+                coalesce(g.yielding, 0) as yielding
+              from billing.accounts a
+              left join lateral (
+                select sum(h.amount) as overdue from billing.holds h
+                where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()
+              ) o on a.held > 0
+              left join lateral (
+                select sum(l.remaining) as due from billing.lots l
+                where l.account_id = a.id and l.open and not l.frozen and l.expires_at <= now()
+              ) x on a.next_expiry <= now()
+              left join lateral (
+                select sum(h.amount) as yielding from billing.holds h
+                where h.account_id = a.id and h.status = 'active' and h.expires_at > now() and h.purpose in ('user', 'job')
+              ) g on a.held > 0 and a.next_expiry <= now()
+              where a.id = p_account_id) s) b
 $$;
 comment on function billing.balance_of(p_account_id bigint) is 'Balance, live held amount (holds past their TTL no longer count) and available.';
 revoke execute on function billing.balance_of(p_account_id bigint) from public;

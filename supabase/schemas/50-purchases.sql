@@ -223,6 +223,8 @@ declare
   v_buyer bigint;
   v_moved numeric(38, 18);
   v_elsewhere record;  -- an account the purchase's credits were moved to
+  v_reached bigint[];  -- every account a closing dispute reached
+  v_account bigint;
 begin
   -- A Checkout purchase by its session; an off-session recharge (no session) by its purchase id.
   if p_state ->> 'session_id' is not null then
@@ -338,6 +340,14 @@ begin
           'dispute:' || (p_state ->> 'dispute_id'));
       end if;
     else
+      -- Every account the dispute reached (its holds, the purchase's lots, the buyer), locked in
+      -- id order before anything moves.
+      v_buyer := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p.user_id));
+      select array_agg(a.id order by a.id) into v_reached from billing.accounts a
+      where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id)
+         or a.id in (select h.account_id from billing.holds h
+                     where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id');
+      perform 1 from billing.accounts a where a.id = any(v_reached) order by a.id for update;
       perform billing.release_hold(null, h.id) from billing.holds h
       where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active'
       order by h.account_id;
@@ -351,6 +361,10 @@ begin
     update billing.purchases x
     set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute, dispute_hold_id = p.dispute_hold_id, updated_at = now()
     where x.id = p.id returning * into p;
+    -- What this dispute held may have stood in for other disputes still open there.
+    foreach v_account in array coalesce(v_reached, '{}') loop
+      perform billing.refreeze_disputes(v_account);
+    end loop;
   end if;
   return p.status;
 end;
@@ -534,6 +548,76 @@ end;
 $function$;
 comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to, then the buyer''s other credits or debt.';
 revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
+
+create or replace function billing.refreeze_disputes(p_account_id bigint)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  d record;
+  v_room numeric(38, 18);
+  v_grow numeric(38, 18);
+  v_short numeric(38, 18);
+  v_key text;
+  v_hold uuid;
+begin
+  -- The caller holds the account lock (after another dispute closed here). A buyer's dispute
+  -- hold covers what is left of its purchase, spent credits included, so it may have held the
+  -- lots of a purchase disputed after it, which then held less than its own. Every dispute
+  -- still open here gets what it would hold if it opened now: as the buyer, what is left of the
+  -- purchase beyond its lots elsewhere; elsewhere, its lots here. Older purchases first, as far
+  -- as the balance not already frozen goes.
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  for d in
+    select p.id, p.dispute_id, x.buyer,
+      case when x.buyer
+        then (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
+             - coalesce((select sum(l.remaining) from billing.lots l
+                         where l.purchase_id = p.id and l.open and l.account_id <> p_account_id), 0)
+        else coalesce((select sum(l.remaining) from billing.lots l
+                       where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
+      end - coalesce((select sum(h.amount) from billing.holds h
+                      where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute'
+                        and h.correlation_id = p.dispute_id), 0) as missing
+    from billing.purchases p
+    cross join lateral (select coalesce((p.org_id is null and p.user_id = v_account.user_id)
+                                        or (p.org_id = v_account.org_id and v_account.member_id is null), false) as buyer) x
+    where p.dispute_status = 'open'
+      and (p.id in (select l.purchase_id from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
+           or (p.org_id is null and p.user_id = v_account.user_id)
+           or (p.org_id = v_account.org_id and v_account.member_id is null))
+    order by p.paid_at, p.id
+  loop
+    continue when d.missing <= 0;
+    select * into v_account from billing.accounts a where a.id = p_account_id;
+    select greatest(v_account.balance - coalesce(sum(h.amount), 0), 0) into v_room from billing.holds h
+    where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute';
+    v_grow := least(d.missing, v_room);
+    continue when v_grow <= 0;
+    -- A student's own holds give way, as when a dispute opens; a job's is work under way.
+    v_short := v_grow - greatest(v_account.balance - v_account.held, 0);
+    if v_short > 0 then
+      perform billing.shrink_holds(p_account_id, v_short, array['user'], jsonb_build_object('given_to_dispute', d.dispute_id));
+    end if;
+    -- Keyed as sync_purchase keys a dispute's holds: the buyer's, or one per account elsewhere.
+    v_key := 'dispute:' || d.dispute_id || case when d.buyer then '' else ':' || p_account_id end;
+    update billing.holds h set amount = h.amount + v_grow where h.idempotency_key = v_key and h.status = 'active'
+    returning h.id into v_hold;
+    if found then
+      update billing.accounts a set held = a.held + v_grow where a.id = p_account_id;
+    else
+      v_hold := (billing.place_hold(p_account_id, v_grow, v_key, 'infinity', 'dispute', d.dispute_id)).id;
+      if d.buyer then
+        update billing.purchases x set dispute_hold_id = v_hold where x.id = d.id and x.dispute_hold_id is null;
+      end if;
+    end if;
+  end loop;
+end;
+$$;
+comment on function billing.refreeze_disputes(p_account_id bigint) is 'Internal: after a dispute closed in an account, tops up the holds of the disputes still open there to what each would hold if it opened now (older purchases first; the student''s own holds give way).';
+revoke execute on function billing.refreeze_disputes(p_account_id bigint) from public;
 
 -- ============================================================ policies
 
