@@ -1,10 +1,13 @@
 // Model-based test of the ledger (fast-check): random command sequences run against the real
 // stack (HTTP, the Stripe emulator, signed webhooks) and against a small in-memory model,
-// compared after every step. A failure prints the shrunk sequence. MODEL_RUNS sets the number
-// of runs (200 here; ./scripts/soak runs thousands).
+// compared after every step. Caps are set by the student and by an admin (and the student tries
+// to lift the admin's); lots expire while held, before a spend, a capture or a re-hold. A failure
+// prints the shrunk sequence. MODEL_RUNS sets the number of runs (200 here; ./scripts/soak runs
+// thousands).
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { adminToken, api, assertLedgerInvariants, env, newUser, testDb, userToken } from '../helpers.ts';
+import type { SpendCap } from '../../supabase/functions/_shared/contract.ts';
+import { adminToken, api, assertLedgerInvariants, backdateLot, env, newUser, testDb, userToken } from '../helpers.ts';
 import { chargeOf, deliver, emulator, startCheckout } from '../purchases.ts';
 
 const runs = Number(Deno.env.get('MODEL_RUNS') ?? 200);
@@ -20,6 +23,12 @@ function micro(s: string): bigint {
   return BigInt(w) * M + sign * BigInt((f + '000000').slice(0, 6));
 }
 const floorDiv = (a: bigint, b: bigint) => (a >= 0n ? a / b : -((-a + b - 1n) / b));
+/** Micro-credits as the API's decimal string. */
+const credits = (x: bigint) => {
+  const f = (x % M).toString().padStart(6, '0').replace(/0+$/, '');
+  return `${x / M}${f ? `.${f}` : ''}`;
+};
+const DAY = 86_400_000;
 
 const packages = {
   mini: { price: 500n, credits: 5000n * M, bonus: 0n },
@@ -36,23 +45,38 @@ interface ModelPurchase {
   dispute: 'none' | 'open' | 'closed';
   disputeHold: bigint; // what the open dispute froze
 }
-/** A credit lot as the model sees it (spending order: not frozen, priority, expiring first, oldest). */
+/** A credit lot as the model sees it (spending order: not frozen, priority, earliest expiry, oldest). */
 interface ModelLot {
   priority: number; // promotional 10, paid 20
-  expires: boolean; // a purchase's bonus expires (365 days, so in grant order); credits and adjustments never
+  /** When it expires (ms): a purchase's bonus in 365 days, an expiring grant when it says; credits and adjustments never. */
+  expiresAt: number | null;
+  due: boolean; // its expires_at has passed (backdated): the next settle expires it
   purchase?: number; // index into purchases
   remaining: bigint;
+}
+type Owner = SpendCap['set_by'];
+/** A monthly spend cap (micro-credits) and what counted against it; `gen` numbers the caps in creation order. */
+interface ModelCap {
+  amount: bigint;
+  spent: bigint;
+  gen: number;
+}
+interface ModelHold {
+  amount: bigint;
+  open: boolean;
+  counted: number[]; // the caps (by gen) it counted against when placed
 }
 interface Model {
   balance: bigint;
   held: bigint;
   purchases: ModelPurchase[];
-  holds: { amount: bigint; open: boolean; capGen: number }[]; // capGen: the cap it counted against (−1: none)
+  holds: ModelHold[];
   lots: ModelLot[]; // in grant order
-  /** A monthly spend cap (micro-credits) and what counted against it; a new cap is a new generation. */
-  cap: bigint | null;
-  capSpent: bigint;
-  capGen: number;
+  /** The student's own cap and the one an admin set on them: both apply. */
+  caps: Record<Owner, ModelCap | null>;
+  gens: number;
+  /** next_expiry has passed: whatever settles the account first expires the due lots. */
+  expiryDue: boolean;
 }
 interface Real {
   user: string;
@@ -65,17 +89,31 @@ interface Real {
 
 // ---------------------------------------------------------------- checking a step
 async function compare(m: Model, r: Real) {
+  // The balance as settling would leave it, even before anything settled the account.
   const b = (await api('/credits/balance', { token: r.token })).body.data as { balance: string; held: string };
-  assert.equal(micro(b.balance), m.balance, 'balance');
-  assert.equal(micro(b.held), m.held, 'held');
+  const view = settled(m);
+  assert.equal(micro(b.balance), view.balance, 'balance');
+  assert.equal(micro(b.held), view.held, 'held');
+  // The minute sweep expires what is due (it may have already); the rows are compared after it.
+  if (m.lots.some((l) => l.due && l.remaining > 0n && !isFrozen(m, l))) {
+    await testDb`select billing.expire_lots(100000)`;
+    settle(m);
+  }
   // The user's own books: balance = Σ entries, held = Σ active holds.
   const [row] = await testDb`
     select a.balance::text as balance, coalesce((select sum(e.amount) from billing.entries e where e.account_id = a.id), 0)::text as entries,
-           coalesce((select sum(h.amount) from billing.holds h where h.account_id = a.id and h.status = 'active'), 0)::text as active
+           coalesce((select sum(h.amount) from billing.holds h where h.account_id = a.id and h.status = 'active'), 0)::text as active,
+           coalesce((select sum(h.amount) from billing.holds h where h.account_id = a.id and h.status = 'active'
+                     and h.purpose = 'dispute'), 0)::text as disputed,
+           coalesce((select sum(l.remaining) from billing.lots l where l.account_id = a.id and l.frozen), 0)::text as frozen
     from billing.accounts a where a.user_id = ${r.user}`;
   if (row) {
     assert.equal(micro(row.entries), micro(row.balance), 'Σ entries = balance');
     assert.equal(micro(row.active), m.held, 'held = Σ active holds');
+    assert.ok(
+      micro(row.frozen) <= micro(row.disputed),
+      `disputes hold every frozen credit (${row.frozen} > ${row.disputed})`,
+    );
   }
   // Every lot as the model drew it; Σ remaining = the balance, 0 in debt.
   const lots = (await api('/credits/lots?limit=200', { token: r.token })).body.data as {
@@ -83,22 +121,35 @@ async function compare(m: Model, r: Real) {
   };
   assert.deepEqual(lots.lots.map((l) => micro(l.remaining)).reverse(), m.lots.map((l) => l.remaining), 'lots');
   assert.equal(m.lots.reduce((sum, l) => sum + l.remaining, 0n), max(m.balance, 0n), 'Σ lots = balance');
-  if (m.cap !== null) {
-    const caps = (await api('/credits/caps', { token: r.token })).body.data as { spent: string }[];
-    assert.equal(micro(caps[0].spent), m.capSpent, 'cap spending');
-  }
+  const caps = (await api('/credits/caps', { token: r.token })).body.data as SpendCap[];
+  assert.deepEqual(capsSeen(caps), capsModelled(m), 'caps and their spending');
 }
 
-const available = (m: Model) => (m.balance < 0n ? -1n : m.balance - m.held);
-const fitsCap = (m: Model, amount: bigint) => m.cap === null || m.capSpent + amount <= m.cap;
-/** Counts a spend or a hold against the cap, if there is one. */
-const countCap = (m: Model, amount: bigint) => {
-  if (m.cap !== null) m.capSpent += amount;
-};
-/** What a hold did not spend goes back to the cap it counted against (a cap set since never counted it). */
-const returnCap = (m: Model, hold: { capGen: number }, amount: bigint) => {
-  if (m.cap !== null && hold.capGen === m.capGen) m.capSpent = max(m.capSpent - amount, 0n);
-};
+// ---------------------------------------------------------------- caps
+const owners = ['admin', 'self'] as const; // as GET /credits/caps lists them
+const capsOf = (m: Model) => owners.flatMap((o) => m.caps[o] ?? []);
+const capsSeen = (caps: SpendCap[]) => caps.map((c) => [c.set_by, micro(c.cap), micro(c.spent)]);
+const capsModelled = (m: Model) => owners.flatMap((o) => m.caps[o] ? [[o, m.caps[o].amount, m.caps[o].spent]] : []);
+
+const available = (m: Model) => m.balance - m.held;
+/** Every cap applies: a charge must fit all of them. */
+const fitsCap = (m: Model, amount: bigint) => capsOf(m).every((c) => c.spent + amount <= c.amount);
+/** Counts a spend or a hold against every cap. */
+const countCap = (m: Model, amount: bigint) => capsOf(m).forEach((c) => c.spent += amount);
+/** What a hold did not spend goes back to the caps it counted against (a cap set since never counted it). */
+const returnCap = (m: Model, hold: { counted: number[] }, amount: bigint) =>
+  capsOf(m).filter((c) => hold.counted.includes(c.gen)).forEach((c) => c.spent = max(c.spent - amount, 0n));
+/** The cap a refusal names: the least room left among those the charge would pass, the oldest first. */
+const tightest = (m: Model, amount: bigint) =>
+  capsOf(m).filter((c) => c.spent + amount > c.amount)
+    .sort((a, b) => Number(a.amount - a.spent - (b.amount - b.spent)) || a.gen - b.gen)[0];
+/** Setting a cap again keeps what was spent this period; a new one (or one set after removal) counts from now. */
+function setCap(m: Model, owner: Owner, amount: bigint | null) {
+  const cap = m.caps[owner];
+  if (amount === null) m.caps[owner] = null;
+  else if (cap) cap.amount = amount;
+  else m.caps[owner] = { amount, spent: 0n, gen: ++m.gens };
+}
 
 // ---------------------------------------------------------------- lots
 /** A grant's lot: what pays an existing debt is settled on arrival, the rest remains. Call before the balance moves. */
@@ -107,13 +158,13 @@ function grantLot(m: Model, amount: bigint, lot: Omit<ModelLot, 'remaining'>) {
   m.lots.push({ ...lot, remaining: amount - settled });
 }
 
+const isFrozen = (m: Model, l: ModelLot) => l.purchase !== undefined && m.purchases[l.purchase].dispute === 'open';
 /** Draws `amount` from the lots: `first` (in that order), then in spending order; the rest is debt. */
 function drawLots(m: Model, amount: bigint, first: ModelLot[] = []) {
-  const isFrozen = (l: ModelLot) => l.purchase !== undefined && m.purchases[l.purchase].dispute === 'open';
   const rest = m.lots.filter((l) => !first.includes(l)).map((l, seq) => ({ l, seq }))
     .sort((a, b) =>
-      Number(isFrozen(a.l)) - Number(isFrozen(b.l)) || a.l.priority - b.l.priority ||
-      Number(b.l.expires) - Number(a.l.expires) || a.seq - b.seq
+      Number(isFrozen(m, a.l)) - Number(isFrozen(m, b.l)) || a.l.priority - b.l.priority ||
+      (a.l.expiresAt ?? Infinity) - (b.l.expiresAt ?? Infinity) || a.seq - b.seq
     ).map((x) => x.l);
   for (const l of [...first, ...rest]) {
     const take = min(l.remaining, amount);
@@ -122,15 +173,67 @@ function drawLots(m: Model, amount: bigint, first: ModelLot[] = []) {
   }
 }
 const lotsOf = (m: Model, purchase: number) => m.lots.filter((l) => l.purchase === purchase);
+/** The lot that expires next and can: open, not frozen by a dispute (those wait for it), not due yet. */
+const nextToExpire = (m: Model) =>
+  m.lots.filter((l) => l.expiresAt !== null && !l.due && l.remaining > 0n && !isFrozen(m, l))
+    .sort((a, b) => (a.expiresAt ?? 0) - (b.expiresAt ?? 0))[0];
 
-/** Charges a debit-like request and checks the answer against the model. */
-function expectDebit(m: Model, price: bigint, status: number) {
-  if (available(m) >= price && fitsCap(m, price)) {
-    assert.equal(status, 201, `expected success, available ${available(m)} ≥ ${price}, cap room`);
+// ---------------------------------------------------------------- settling
+/** The user's own holds give way to `short`, newest first (their cap room goes back); returns what they gave. */
+function giveWay(m: Model, short: bigint) {
+  let given = 0n;
+  for (const h of [...m.holds].reverse()) {
+    if (given >= short) break;
+    if (!h.open) continue;
+    const take = min(h.amount, short - given);
+    returnCap(m, h, take);
+    h.amount -= take;
+    h.open = h.amount > 0n;
+    m.held -= take;
+    given += take;
+  }
+  return given;
+}
+
+/**
+ * What settle_account does before anything is spent, held, moved or captured once next_expiry
+ * has passed: every due lot (not frozen) expires in full, held or not; then the user's holds give
+ * way, newest first, until what is held fits in what is left.
+ */
+function settle(m: Model) {
+  if (!m.expiryDue) return;
+  for (const l of m.lots) {
+    if (l.due && !isFrozen(m, l)) {
+      m.balance -= l.remaining;
+      l.remaining = 0n;
+    }
+  }
+  m.expiryDue = m.lots.some((l) => l.due && l.remaining > 0n);
+  if (m.held > max(m.balance, 0n)) giveWay(m, m.held - max(m.balance, 0n));
+}
+/** The model as settling leaves it. A refused request rolls its settling back: commit it only on success. */
+function settled(m: Model): Model {
+  const s = structuredClone(m);
+  settle(s);
+  return s;
+}
+
+/** Judges a debit-like request on the settled model; on success the model becomes it, charged to the caps. */
+function expectDebit(m: Model, price: bigint, res: { status: number; body: Record<string, unknown>; text: string }) {
+  const s = settled(m);
+  if (available(s) >= price && fitsCap(s, price)) {
+    assert.equal(res.status, 201, `expected success, available ${available(s)} ≥ ${price}, cap room: ${res.text}`);
+    Object.assign(m, s);
     countCap(m, price);
     return true;
   }
-  assert.equal(status, 402, `expected 402, available ${available(m)} < ${price} or over the cap`);
+  assert.equal(res.status, 402, `expected 402, available ${available(s)} < ${price} or over a cap: ${res.text}`);
+  const error = res.body.error as { code: string; details: { cap?: string } };
+  if (available(s) < price) assert.equal(error.code, 'INSUFFICIENT_CREDITS');
+  else {
+    assert.equal(error.code, 'SPEND_CAP_REACHED');
+    assert.equal(micro(String(error.details.cap)), tightest(s, price).amount, 'the refusal names the strictest cap');
+  }
   return false;
 }
 
@@ -151,9 +254,11 @@ class Buy implements Cmd {
     for (const e of order) assert.equal((await deliver(e)).status, 200);
     const p = packages[this.pkg];
     const index = m.purchases.length;
-    grantLot(m, p.credits, { priority: 20, expires: false, purchase: index });
+    grantLot(m, p.credits, { priority: 20, expiresAt: null, due: false, purchase: index });
     m.balance += p.credits;
-    if (p.bonus > 0n) grantLot(m, p.bonus, { priority: 10, expires: true, purchase: index });
+    if (p.bonus > 0n) {
+      grantLot(m, p.bonus, { priority: 10, expiresAt: Date.now() + 365 * DAY, due: false, purchase: index });
+    }
     m.balance += p.bonus;
     m.purchases.push({
       pkg: this.pkg,
@@ -183,7 +288,7 @@ class Usage implements Cmd {
       });
     const key = crypto.randomUUID();
     const first = await send(key);
-    if (expectDebit(m, price, first.status)) {
+    if (expectDebit(m, price, first)) {
       m.balance -= price;
       drawLots(m, price);
     }
@@ -216,6 +321,7 @@ class BatchUsage implements Cmd {
     });
     assert.equal(res.status, 200, res.text);
     const outcomes = (res.body.data as { outcomes: { status: string }[] }).outcomes;
+    settle(m); // a batch settles its accounts first, whatever each event's outcome
     this.events.forEach((e, i) => {
       const price = BigInt(e.input) * 600n + BigInt(e.output) * 2400n;
       const ok = available(m) >= price && fitsCap(m, price);
@@ -233,73 +339,139 @@ class BatchUsage implements Cmd {
 }
 
 class Grant implements Cmd {
-  constructor(readonly amount: number) {}
+  /** `days`: a promotional lot that expires then; null: an adjustment, which never expires. */
+  constructor(readonly amount: number, readonly days: number | null) {}
   check = () => true;
   async run(m: Model, r: Real) {
+    const expiresAt = this.days === null ? null : Date.now() + this.days * DAY;
     const res = await api('/credits/grants', {
       token: r.admin,
       headers: { 'idempotency-key': crypto.randomUUID() },
-      body: { user_id: r.user, amount: String(this.amount), reason: 'model test', kind: 'adjustment' },
+      body: {
+        user_id: r.user,
+        amount: String(this.amount),
+        reason: 'model test',
+        kind: 'adjustment',
+        ...(expiresAt === null
+          ? {}
+          : { lot: { category: 'promotional', expires_at: new Date(expiresAt).toISOString() } }),
+      },
     });
     assert.equal(res.status, 201, res.text);
-    grantLot(m, BigInt(this.amount) * M, { priority: 10, expires: false });
+    grantLot(m, BigInt(this.amount) * M, { priority: 10, expiresAt, due: false });
     m.balance += BigInt(this.amount) * M;
     await compare(m, r);
   }
-  toString = () => `Grant(${this.amount})`;
+  toString = () => `Grant(${this.amount}${this.days === null ? '' : `, expires in ${this.days} days`})`;
 }
 
+/** A monthly cap, set or removed (null) by its owner: the student (PUT /credits/caps) or an admin. */
 class SetCap implements Cmd {
-  constructor(readonly amount: number | null) {}
+  constructor(readonly owner: Owner, readonly amount: number | null, readonly timeZone: string) {}
   check = () => true;
   async run(m: Model, r: Real) {
-    const res = await api('/credits/caps', {
+    const res = await api(this.owner === 'self' ? '/credits/caps' : `/credits/caps/users/${r.user}`, {
       method: 'PUT',
-      token: r.token,
-      body: { period: 'month', amount: this.amount === null ? null : String(this.amount) },
+      token: this.owner === 'self' ? r.token : r.admin,
+      body: { period: 'month', time_zone: this.timeZone, amount: this.amount === null ? null : String(this.amount) },
     });
     assert.equal(res.status, 200, res.text);
-    if (this.amount === null) m.cap = null;
-    else {
-      if (m.cap === null) {
-        m.capGen++;
-        m.capSpent = 0n; // a new cap counts from now
-      }
-      m.cap = BigInt(this.amount) * M;
-    }
-    const caps = res.body.data as { spent: string }[];
-    assert.deepEqual(caps.map((c) => micro(c.spent)), m.cap === null ? [] : [m.capSpent], 'cap spending');
+    setCap(m, this.owner, this.amount === null ? null : BigInt(this.amount) * M);
+    assert.deepEqual(capsSeen(res.body.data as SpendCap[]), capsModelled(m), 'caps and their spending');
     await compare(m, r);
   }
-  toString = () => `SetCap(${this.amount})`;
+  toString = () => `SetCap(${this.owner}, ${this.amount}, ${this.timeZone})`;
 }
+
+/**
+ * The student tries to lift the cap an admin set on them with their own token: raising or
+ * removing "the" monthly cap, re-sending it in another time zone, or calling the admin's route.
+ * Whatever they do to their own cap, the admin's keeps its amount and its spending.
+ */
+class LiftAdminCap implements Cmd {
+  constructor(readonly how: 'raise' | 'remove' | 'rezone' | 'admin_route') {}
+  check = (m: Readonly<Model>) => m.caps.admin !== null;
+  async run(m: Model, r: Real) {
+    const before = capsModelled(m).filter(([owner]) => owner === 'admin');
+    const amount = this.how === 'remove' ? null : '1000000';
+    const res = await api(this.how === 'admin_route' ? `/credits/caps/users/${r.user}` : '/credits/caps', {
+      method: 'PUT',
+      token: r.token,
+      body: { period: 'month', amount, ...(this.how === 'rezone' ? { time_zone: 'Pacific/Kiritimati' } : {}) },
+    });
+    if (this.how === 'admin_route') assert.equal(res.status, 403, res.text);
+    else {
+      assert.equal(res.status, 200, res.text);
+      setCap(m, 'self', amount === null ? null : BigInt(amount) * M);
+      assert.deepEqual(capsSeen(res.body.data as SpendCap[]), capsModelled(m), 'caps and their spending');
+    }
+    const after = (await api('/credits/caps', { token: r.token })).body.data as SpendCap[];
+    assert.deepEqual(capsSeen(after.filter((c) => c.set_by === 'admin')), before, "the admin's cap is as it was");
+    await compare(m, r);
+  }
+  toString = () => `LiftAdminCap(${this.how})`;
+}
+
+/** Places a hold of `amount` (ttl in seconds) and checks the answer against the model; its index, if placed. */
+async function placeHold(m: Model, r: Real, amount: bigint, ttl = 3600) {
+  const res = await api('/credits/holds', {
+    token: r.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { amount: credits(amount), ttl_seconds: ttl },
+  });
+  if (!expectDebit(m, amount, res)) return null;
+  m.held += amount;
+  m.holds.push({ amount, open: true, counted: capsOf(m).map((c) => c.gen) });
+  r.holds.push((res.body.data as { hold_id: string }).hold_id);
+  return m.holds.length - 1;
+}
+const openHolds = (m: Readonly<Model>) => m.holds.map((h, i) => [h, i] as const).filter(([h]) => h.open);
 
 class Hold implements Cmd {
   constructor(readonly amount: number) {}
   check = () => true;
   async run(m: Model, r: Real) {
-    const amount = BigInt(this.amount) * M;
-    const res = await api('/credits/holds', {
-      token: r.token,
-      headers: { 'idempotency-key': crypto.randomUUID() },
-      body: { amount: String(this.amount), ttl_seconds: 3600 },
-    });
-    if (expectDebit(m, amount, res.status)) {
-      m.held += amount;
-      m.holds.push({ amount, open: true, capGen: m.cap === null ? -1 : m.capGen });
-      r.holds.push((res.body.data as { hold_id: string }).hold_id);
-    }
+    await placeHold(m, r, BigInt(this.amount) * M);
     await compare(m, r);
   }
   toString = () => `Hold(${this.amount})`;
+}
+
+/**
+ * Releases a hold and holds the same amount again. Released, nothing settles; the new hold
+ * settles first, so credits that expired under the old hold are not held again.
+ */
+class Rehold implements Cmd {
+  constructor(readonly pick: number) {}
+  check = (m: Readonly<Model>) => m.holds.some((h) => h.open);
+  async run(m: Model, r: Real) {
+    const open = openHolds(m);
+    const [hold, i] = open[this.pick % open.length];
+    const res = await api(`/credits/holds/${r.holds[i]}/release`, {
+      token: r.token,
+      headers: { 'idempotency-key': crypto.randomUUID() },
+      body: {},
+    });
+    assert.equal(res.status, 200, res.text);
+    returnCap(m, hold, hold.amount);
+    m.held -= hold.amount;
+    hold.open = false;
+    if (await placeHold(m, r, hold.amount) !== null) {
+      const [{ due }] =
+        await testDb`select count(*)::int as due from billing.lots l join billing.accounts a on a.id = l.account_id
+        where a.user_id = ${r.user} and l.open and not l.frozen and l.expires_at <= now()`;
+      assert.equal(due, 0, 'no expired credit is held again');
+    }
+    await compare(m, r);
+  }
+  toString = () => `Rehold(#${this.pick})`;
 }
 
 class Settle implements Cmd {
   constructor(readonly pick: number, readonly how: 'capture_all' | 'capture_part' | 'release') {}
   check = (m: Readonly<Model>) => m.holds.some((h) => h.open);
   async run(m: Model, r: Real) {
-    const open = m.holds.map((h, i) => [h, i] as const).filter(([h]) => h.open);
-    const [hold, i] = open[this.pick % open.length];
+    const [hold, i] = openHolds(m)[this.pick % openHolds(m).length];
     const part = hold.amount / 2n / M * M; // whole credits
     const path = this.how === 'release' ? 'release' : 'capture';
     const body = this.how === 'capture_part' && part > 0n ? { amount: String(part / M) } : {};
@@ -308,20 +480,31 @@ class Settle implements Cmd {
       headers: { 'idempotency-key': crypto.randomUUID() },
       body,
     });
-    const capture = this.how === 'capture_part' && part > 0n ? part : hold.amount;
-    // A capture never creates debt nor spends what a dispute froze (a reversal makes holds give
-    // way first, so neither should be reachable): refused, the hold would stay.
-    if (this.how !== 'release' && m.balance - frozen(m) < capture) {
-      assert.equal(res.status, 402, res.text);
-    } else {
-      assert.equal(res.status, 200, res.text);
-      if (this.how !== 'release') {
-        m.balance -= capture;
-        drawLots(m, capture);
-      }
-      returnCap(m, hold, this.how === 'release' ? hold.amount : hold.amount - capture);
+    if (this.how === 'release') {
+      assert.equal(res.status, 200, res.text); // releasing settles nothing
+      returnCap(m, hold, hold.amount);
       m.held -= hold.amount;
       hold.open = false;
+      return await compare(m, r);
+    }
+    // A capture expires what is due first: the hold may have given way (then it captures less,
+    // or, given up entirely, is refused and the expiry rolls back with it).
+    const s = settled(m);
+    const h = s.holds[i];
+    const capture = this.how === 'capture_part' && part > 0n ? part : h.amount;
+    if (!h.open) assert.equal(res.status, 409, `a hold given up to expiry is not captured: ${res.text}`);
+    else if (capture > h.amount) assert.equal(res.status, 400, `more than the hold still holds: ${res.text}`);
+    // A capture never creates debt nor spends what a dispute froze (a reversal makes holds give
+    // way first, so neither should be reachable): refused, the hold would stay.
+    else if (s.balance - frozen(s) < capture) assert.equal(res.status, 402, res.text);
+    else {
+      assert.equal(res.status, 200, res.text);
+      Object.assign(m, s);
+      m.balance -= capture;
+      drawLots(m, capture);
+      returnCap(m, h, h.amount - capture);
+      m.held -= h.amount;
+      h.open = false;
     }
     await compare(m, r);
   }
@@ -332,15 +515,13 @@ class HoldExpires implements Cmd {
   constructor(readonly amount: number) {}
   check = () => true;
   async run(m: Model, r: Real) {
-    const res = await api('/credits/holds', {
-      token: r.token,
-      headers: { 'idempotency-key': crypto.randomUUID() },
-      body: { amount: String(this.amount), ttl_seconds: 1 },
-    });
-    if (expectDebit(m, BigInt(this.amount) * M, res.status)) {
+    const i = await placeHold(m, r, BigInt(this.amount) * M, 1);
+    if (i !== null) {
       await new Promise((ok) => setTimeout(ok, 1100));
       await testDb`select billing.release_expired_holds()`;
-      returnCap(m, { capGen: m.cap === null ? -1 : m.capGen }, BigInt(this.amount) * M);
+      returnCap(m, m.holds[i], m.holds[i].amount);
+      m.held -= m.holds[i].amount;
+      m.holds[i].open = false;
     }
     await compare(m, r); // expired: back to where it was
   }
@@ -395,17 +576,18 @@ function freeze(m: Model, p: ModelPurchase) {
   p.disputeHold = amount;
 }
 
-/** The user's own holds give way, newest first, by `short` at most (to a freeze or a reversal). */
-function giveWay(m: Model, short: bigint) {
-  for (const h of [...m.holds].reverse()) {
-    if (short <= 0n) break;
-    if (!h.open) continue;
-    const take = min(h.amount, short);
-    returnCap(m, h, take);
-    h.amount -= take;
-    h.open = h.amount > 0n;
-    m.held -= take;
-    short -= take;
+/**
+ * After a dispute closes, those still open hold again what they would if they opened now (an
+ * older purchase first): what the closed one held may have stood in for their frozen credits.
+ */
+function refreeze(m: Model) {
+  for (const p of m.purchases) {
+    if (p.dispute !== 'open') continue;
+    const grow = min(remaining(p) - p.disputeHold, max(m.balance - frozen(m), 0n));
+    if (grow <= 0n) continue;
+    giveWay(m, grow - max(m.balance - m.held, 0n));
+    m.held += grow;
+    p.disputeHold += grow;
   }
 }
 
@@ -426,6 +608,7 @@ class Dispute implements Cmd {
     const [p, i] = open[this.pick % open.length];
     await emulator(`/_emulator/charges/${r.purchases[i].charge}/dispute`, { outcome: this.outcome });
     if (this.outcome === 'open') {
+      if (remaining(p) > 0n) settle(m); // placing the dispute's hold settles the account first
       freeze(m, p);
       p.dispute = 'open';
     } else {
@@ -436,36 +619,127 @@ class Dispute implements Cmd {
         m.balance -= remaining(p);
         giveWay(m, m.held - max(m.balance, 0n));
       }
+      refreeze(m);
     }
     await compare(m, r);
   }
   toString = () => `Dispute(#${this.pick}, ${this.outcome})`;
 }
 
+/** Two purchases disputed at once, the older first (its hold may cover the other's credits); then the older closes. */
+class OverlappingDisputes implements Cmd {
+  constructor(readonly outcome: 'won' | 'lost') {}
+  check = (m: Readonly<Model>) => m.purchases.filter((p) => p.dispute === 'none').length >= 2;
+  async run(m: Model, r: Real) {
+    const [first, second] = m.purchases.map((p, i) => [p, i] as const).filter(([p]) => p.dispute === 'none');
+    for (const [, i] of [first, second]) await disputeOf(m, i, 'open').run(m, r);
+    await disputeOf(m, first[1], this.outcome).run(m, r);
+  }
+  toString = () => `OverlappingDisputes(${this.outcome})`;
+}
+/** The Dispute command that picks purchase `i`. */
+function disputeOf(m: Model, i: number, outcome: Dispute['outcome']) {
+  const d = new Dispute(0, outcome);
+  const pick = m.purchases.map((p, j) => [p, j] as const).filter(([p]) => d.candidate(p)).findIndex(([, j]) => j === i);
+  return new Dispute(pick, outcome);
+}
+
+/**
+ * Time passes for the lot that expires next (a bonus or an expiring grant): it is due, and the
+ * next command runs before any sweep. Whatever spends, holds or captures expires it first, in
+ * full, held or not, and the holds that reserved it give way; a refused request rolls that back
+ * (the balance still shows it expired) and the minute sweep then does it.
+ */
+class ExpireThen implements Cmd {
+  constructor(readonly then: Cmd) {}
+  check = (m: Readonly<Model>) => nextToExpire(m as Model) !== undefined && this.then.check(m);
+  async run(m: Model, r: Real) {
+    const lot = nextToExpire(m);
+    const ids = await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
+      where a.user_id = ${r.user} order by l.id`;
+    await backdateLot(ids[m.lots.indexOf(lot)].id);
+    lot.expiresAt = Date.now() - 1000;
+    lot.due = true;
+    m.expiryDue = true;
+    await this.then.run(m, r);
+  }
+  toString = () => `ExpireThen(${this.then})`;
+}
+
+/** A hold, then its credits expire before it is released and held again, captured or released. */
+class HoldAcrossExpiry implements Cmd {
+  constructor(readonly amount: number, readonly then: 'rehold' | Settle['how']) {}
+  check = (m: Readonly<Model>) => nextToExpire(m as Model) !== undefined;
+  async run(m: Model, r: Real) {
+    await new Hold(this.amount).run(m, r);
+    const newest = openHolds(m).length - 1;
+    const then = this.then === 'rehold' ? new Rehold(newest) : new Settle(newest, this.then);
+    const next = new ExpireThen(then);
+    if (next.check(m)) await next.run(m, r);
+  }
+  toString = () => `HoldAcrossExpiry(${this.amount}, ${this.then})`;
+}
+
 const tokens = fc.integer({ min: 1, max: 2_000_000 });
+const buy = fc.tuple(
+  fc.constantFrom<Pkg>('mini', 'starter', 'plus'),
+  fc.constantFrom<'in_order' | 'twice' | 'reversed'>('in_order', 'twice', 'reversed'),
+).map(([p, d]) => new Buy(p, d));
+const usage = fc.tuple(tokens, fc.integer({ min: 0, max: 500_000 }), fc.boolean())
+  .map(([i, o, rp]) => new Usage(i, o, rp));
+const batch = fc.array(fc.record({ input: tokens, output: fc.integer({ min: 0, max: 500_000 }) }), {
+  minLength: 1,
+  maxLength: 5,
+}).map((e) => new BatchUsage(e));
+// Expiring grants in 30, 200 or 500 days: before, between and after a bonus's 365.
+const grant = fc.tuple(
+  fc.integer({ min: 1, max: 3000 }),
+  fc.option(fc.constantFrom(30, 200, 500), { nil: null, freq: 3 }),
+)
+  .map(([a, d]) => new Grant(a, d));
+const hold = fc.integer({ min: 1, max: 8000 }).map((a) => new Hold(a));
+const cap = fc.tuple(
+  fc.constantFrom<Owner>('self', 'admin'),
+  fc.option(fc.integer({ min: 1, max: 20000 }), { nil: null, freq: 3 }),
+  fc.constantFrom('UTC', 'Atlantic/Reykjavik'),
+).map(([o, a, z]) => new SetCap(o, a, z));
+const lift = fc.constantFrom<LiftAdminCap['how']>('raise', 'remove', 'rezone', 'admin_route')
+  .map((h) => new LiftAdminCap(h));
+const settleHold = fc.tuple(
+  fc.nat(),
+  fc.constantFrom<Settle['how']>('capture_all', 'capture_part', 'release'),
+).map(([i, h]) => new Settle(i, h));
+const rehold = fc.nat().map((i) => new Rehold(i));
+const refund = fc.tuple(
+  fc.nat(),
+  fc.oneof(fc.constant(1), fc.double({ min: 0.05, max: 0.95, noNaN: true })),
+  fc.boolean(),
+)
+  .map(([i, f, t]) => new Refund(i, f, t));
+const dispute = fc.tuple(fc.nat(), fc.constantFrom<Dispute['outcome']>('open', 'won', 'lost'))
+  .map(([i, o]) => new Dispute(i, o));
+const overlapping = fc.constantFrom<OverlappingDisputes['outcome']>('won', 'lost').map((o) =>
+  new OverlappingDisputes(o)
+);
+const expireThen = fc.oneof(usage, batch, hold, settleHold, rehold, dispute, refund).map((c) => new ExpireThen(c));
+const holdAcrossExpiry = fc.tuple(
+  fc.integer({ min: 1, max: 3000 }),
+  fc.constantFrom<HoldAcrossExpiry['then']>('rehold', 'capture_all', 'capture_part', 'release'),
+).map(([a, t]) => new HoldAcrossExpiry(a, t));
 const commands = [
-  fc.tuple(
-    fc.constantFrom<Pkg>('mini', 'starter', 'plus'),
-    fc.constantFrom('in_order', 'twice', 'reversed') as fc.Arbitrary<
-      'in_order' | 'twice' | 'reversed'
-    >,
-  ).map(([p, d]) => new Buy(p, d)),
-  fc.tuple(tokens, fc.integer({ min: 0, max: 500_000 }), fc.boolean()).map(([i, o, rp]) => new Usage(i, o, rp)),
-  fc.array(fc.record({ input: tokens, output: fc.integer({ min: 0, max: 500_000 }) }), { minLength: 1, maxLength: 5 })
-    .map((e) => new BatchUsage(e)),
-  fc.integer({ min: 1, max: 3000 }).map((a) => new Grant(a)),
-  fc.integer({ min: 1, max: 8000 }).map((a) => new Hold(a)),
-  fc.option(fc.integer({ min: 1, max: 20000 }), { nil: null, freq: 3 }).map((a) => new SetCap(a)),
-  fc.tuple(
-    fc.nat(),
-    fc.constantFrom('capture_all', 'capture_part', 'release') as fc.Arbitrary<
-      'capture_all' | 'capture_part' | 'release'
-    >,
-  ).map(([i, h]) => new Settle(i, h)),
-  fc.tuple(fc.nat(), fc.oneof(fc.constant(1), fc.double({ min: 0.05, max: 0.95, noNaN: true })), fc.boolean())
-    .map(([i, f, t]) => new Refund(i, f, t)),
-  fc.tuple(fc.nat(), fc.constantFrom('open', 'won', 'lost') as fc.Arbitrary<'open' | 'won' | 'lost'>)
-    .map(([i, o]) => new Dispute(i, o)),
+  buy,
+  usage,
+  batch,
+  grant,
+  hold,
+  cap,
+  lift,
+  settleHold,
+  rehold,
+  refund,
+  dispute,
+  expireThen,
+  holdAcrossExpiry,
 ];
 const rare = fc.integer({ min: 1, max: 500 }).map((a) => new HoldExpires(a));
 
@@ -476,8 +750,17 @@ Deno.test({
   async fn() {
     await fc.assert(
       fc.asyncProperty(
-        fc.commands([...commands, ...commands, rare], { maxCommands: 8 }),
-        async (cmds) => {
+        // Every student starts with credits (a purchase or a grant, often one that expires), half
+        // of them under an admin's cap, some with a hold; the commands that wait for those come
+        // more often.
+        fc.option(fc.integer({ min: 1, max: 20000 }), { nil: null, freq: 2 }),
+        fc.array(fc.oneof(buy, grant), { minLength: 1, maxLength: 2 }),
+        fc.option(fc.integer({ min: 1, max: 3000 }).map((a) => new Hold(a)), { nil: null, freq: 2 }),
+        fc.commands([...commands, ...commands, expireThen, holdAcrossExpiry, lift, rehold, overlapping, rare], {
+          maxCommands: 12,
+          size: 'max',
+        }),
+        async (adminCap, start, startHold, cmds) => {
           const user = await newUser();
           const real: Real = {
             user,
@@ -492,10 +775,12 @@ Deno.test({
             purchases: [],
             holds: [],
             lots: [],
-            cap: null,
-            capSpent: 0n,
-            capGen: 0,
+            caps: { admin: null, self: null },
+            gens: 0,
+            expiryDue: false,
           };
+          if (adminCap !== null) await new SetCap('admin', adminCap, 'UTC').run(model, real);
+          for (const c of [...start, startHold ?? []].flat()) await c.run(model, real);
           await fc.asyncModelRun(() => ({ model, real }), cmds);
           // Every credit the user ever got came from a paid session, a promotion or an admin grant.
           const [t] = await testDb`
