@@ -25,6 +25,7 @@ import type {
   Invitation,
   InvitationAnswer,
   InvitationList,
+  InvitationPreview,
   InviteRequest,
   Job,
   JobAccepted,
@@ -44,8 +45,8 @@ import type {
   OrgSummary,
   OrgUsageQuery,
   OrgUsageRow,
-  Page,
   OwnershipTransferred,
+  Page,
   PurchaseStatus,
   SpendCap,
   UpdateOrgRequest,
@@ -193,6 +194,8 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     /** The owner makes an active member the owner, and becomes an admin. */
     transferOwnership: (id: string, userId: string) =>
       post<OwnershipTransferred>(org(id, '/owner'), { user_id: userId }),
+    /** Which organisation an invitation link is from, before signing in (no session needed). */
+    previewInvitation: (token: string) => post<InvitationPreview>('orgs/invitations/preview', { token }),
     acceptInvitation: (token: string) => post<InvitationAnswer>('orgs/invitations/accept', { token }),
     declineInvitation: (token: string) => post<InvitationAnswer>('orgs/invitations/decline', { token }),
     members: (id: string) => get<Page<OrgMember>>(org(id, '/members')),
@@ -221,7 +224,12 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     async watchJob(jobId: string, opts: WatchOptions = {}): Promise<BillingResult<Job>> {
       try {
         for (let polls = 0;; polls++) {
-          const { data: job, response } = await send<Job>('GET', `jobs/${encodeURIComponent(jobId)}`, undefined, opts.signal);
+          const { data: job, response } = await send<Job>(
+            'GET',
+            `jobs/${encodeURIComponent(jobId)}`,
+            undefined,
+            opts.signal,
+          );
           opts.onProgress?.(job);
           if (finished(job.status)) return { data: job, error: null };
           const asked = Number(response?.headers.get('retry-after'));

@@ -207,3 +207,38 @@ as $$
   where x.provider_id = p_provider and (p_before is null or x.stripe_created_at < p_before)
   order by x.stripe_created_at desc limit least(greatest(p_limit, 1), 101)
 $$;
+
+-- ============================================================================
+-- An invitation's card before signing in: which organisation it is from
+-- ============================================================================
+
+/**
+ * What the holder of an invitation link may know before signing in: the organisation's name,
+ * the role offered, and whether it can still be answered. The token is 256 random bits, so
+ * holding it is the proof; nothing about the invitee or the inviter is answered.
+ */
+create function billing.preview_invitation(p_token_hash text) returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_preview jsonb;
+begin
+  select jsonb_build_object('org_name', o.name, 'role', i.role,
+      'status', case when i.status = 'pending' and i.expires_at <= now() then 'expired' else i.status end,
+      'expires_at', billing.json_time(i.expires_at))
+  into v_preview
+  from billing.org_invitations i join billing.orgs o on o.id = i.org_id
+  where i.token_hash = p_token_hash;
+  if v_preview is null then
+    perform billing.raise_error('INVITATION_NOT_FOUND', '{}');
+  end if;
+  return v_preview;
+end;
+$$;
+comment on function billing.preview_invitation(text)
+  is 'The organisation''s name, role and status of the invitation whose link carries the token (hashed); for the page before sign-in.';
+revoke execute on function billing.preview_invitation(text) from public, anon, authenticated;
+grant execute on function billing.preview_invitation(text) to service_role;

@@ -296,6 +296,14 @@ export interface InvitationAnswer {
   status: 'accepted' | 'declined';
 }
 
+/** What an invitation link's holder may see before signing in (POST /orgs/invitations/preview). */
+export interface InvitationPreview {
+  org_name: string;
+  role: 'admin' | 'member';
+  status: Invitation['status'];
+  expires_at: string;
+}
+
 export interface OrgMember {
   user_id: string;
   /** From Supabase Auth: null for a user who signed up without one (by phone, say). */

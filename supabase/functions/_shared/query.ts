@@ -14,7 +14,6 @@ const earliestMs = Date.parse(`${earliestDay}T00:00:00Z`);
 const afterLatestMs = Date.parse('+010000-01-01T00:00:00Z');
 const outOfWindow = `must be between ${earliestDay} and ${latestDay}`;
 
-
 /**
  * A page size from the query string: decimal digits only (no `1e3`, `0x10`, spaces or signs),
  * within [1, max], `fallback` when absent.

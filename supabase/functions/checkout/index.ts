@@ -50,7 +50,9 @@ app.get('/packages', requireUser, async (c) => {
   );
   return ok<Page<CreditPackage>>(
     c,
-    whole(rows.map((p) => ({ ...p, credits: formatCredits(p.credits), bonus_credits: formatCredits(p.bonus_credits) }))),
+    whole(
+      rows.map((p) => ({ ...p, credits: formatCredits(p.credits), bonus_credits: formatCredits(p.bonus_credits) })),
+    ),
   );
 });
 

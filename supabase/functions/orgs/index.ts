@@ -89,6 +89,12 @@ for (const [path, accept] of [['/invitations/accept', true], ['/invitations/decl
   });
 }
 
+// Before signing in, the link's holder may see which organisation invites them (the page's card).
+app.post('/invitations/preview', async (c) => {
+  const { token } = await readJson(c, AnswerSchema);
+  return ok(c, await one('preview_invitation', [tokenHash(token)]));
+});
+
 // Ownership moves only here, by the owner, to an active member; the old owner becomes an admin.
 app.post('/:id/owner', requireUser, async (c) => {
   const b = await readJson(c, OwnerSchema);
@@ -126,7 +132,9 @@ app.get('/:id/usage', requireUser, async (c) => {
   if (q.format !== 'csv') return ok(c, whole(rows));
   const head = 'period_start,member_id,member_email,model,credits,charges';
   const lines = rows.map((r) =>
-    [r.period_start, r.member_id, r.member_email ?? '', r.model ?? '', r.credits, r.charges].map((v) => csvField(String(v)))
+    [r.period_start, r.member_id, r.member_email ?? '', r.model ?? '', r.credits, r.charges].map((v) =>
+      csvField(String(v))
+    )
       .join(',')
   );
   return c.body([head, ...lines].join('\n') + '\n', 200, {
