@@ -55,7 +55,10 @@ Deno.test("the Checkout Session is hosted, carries the purchase, and sets Stripe
   assert.deepEqual(session.metadata, { purchase_id: co.purchase_id, user_id: s.id, package_id: 'starter' });
   assert.equal(session.amount_total, 999);
   // The emulator this stack runs (STRIPE_API_BASE: each stack has its own port).
-  assert.ok(String(session.url).startsWith(`${env('STRIPE_API_BASE')}/_emulator/checkout/cs_test_`), session.url);
+  assert.ok(
+    String(session.url).startsWith(`${env('STRIPE_API_BASE')}/_emulator/checkout/cs_test_`),
+    String(session.url),
+  );
 });
 
 Deno.test('an open session for the same package is reused (200) instead of a second charge', async () => {

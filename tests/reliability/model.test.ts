@@ -79,13 +79,13 @@ async function compare(m: Model, r: Real) {
   }
   // Every lot as the model drew it; Σ remaining = the balance, 0 in debt.
   const lots = (await api('/credits/lots?limit=200', { token: r.token })).body.data as {
-    lots: { remaining: string }[];
+    items: { remaining: string }[];
   };
-  assert.deepEqual(lots.lots.map((l) => micro(l.remaining)).reverse(), m.lots.map((l) => l.remaining), 'lots');
+  assert.deepEqual(lots.items.map((l) => micro(l.remaining)).reverse(), m.lots.map((l) => l.remaining), 'lots');
   assert.equal(m.lots.reduce((sum, l) => sum + l.remaining, 0n), max(m.balance, 0n), 'Σ lots = balance');
   if (m.cap !== null) {
-    const caps = (await api('/credits/caps', { token: r.token })).body.data as { spent: string }[];
-    assert.equal(micro(caps[0].spent), m.capSpent, 'cap spending');
+    const caps = (await api('/credits/caps', { token: r.token })).body.data as { items: { spent: string }[] };
+    assert.equal(micro(caps.items[0].spent), m.capSpent, 'cap spending');
   }
 }
 
