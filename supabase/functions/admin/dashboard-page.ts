@@ -14,7 +14,7 @@ input,select,button{font:inherit;padding:.35rem .5rem}
 .tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(10.5rem,1fr));gap:.7rem;margin-bottom:1rem}
 .tile{background:#fff;border-radius:.6rem;padding:.8rem 1rem;box-shadow:0 1px 2px #0001;container-type:inline-size}
 .tile .label{font-size:.8rem;color:#667}.tile .value{font-size:1.45rem;font-weight:650;white-space:nowrap}
-.tile .value.long{font-size:clamp(.95rem,11cqi,1.25rem)}.headline{font-size:1.3rem;font-weight:650;margin:0 0 .3rem}
+.tile .value.long{font-size:clamp(.95rem,11cqi,1.25rem);white-space:normal;overflow-wrap:anywhere}.headline{font-size:1.3rem;font-weight:650;margin:0 0 .3rem}
 .headline .muted{font-size:.8rem;font-weight:400}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,21rem),1fr));gap:.7rem}
 section{background:#fff;border-radius:.6rem;padding:.9rem 1rem;box-shadow:0 1px 2px #0001;min-width:0}
@@ -55,7 +55,7 @@ async function get(path) {
   return body;
 }
 
-// A number never wraps in the middle: a long one is set smaller instead.
+// A long number is set smaller, and wraps rather than clips when even that is too wide.
 function tile(kpi, label, value, raw) {
   return '<div class="tile" data-kpi="' + kpi + '" data-value="' + esc(raw) + '"><div class="label">' + label +
     '</div><div class="value' + (String(value).length > 9 ? ' long' : '') + '">' + esc(value) + '</div></div>';
