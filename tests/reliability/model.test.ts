@@ -267,7 +267,7 @@ class SetCap implements Cmd {
       }
       m.cap = BigInt(this.amount) * M;
     }
-    const caps = res.body.data as { spent: string }[];
+    const caps = (res.body.data as { items: { spent: string }[] }).items;
     assert.deepEqual(caps.map((c) => micro(c.spent)), m.cap === null ? [] : [m.capSpent], 'cap spending');
     await compare(m, r);
   }
