@@ -18,10 +18,10 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..');
 const outDir = process.argv[2] ?? join(here, 'dist');
 const contractPath = join(root, 'supabase/functions/_shared/contract.ts');
-const sources = ['mod.ts', 'errors.ts', 'retry.ts'];
+const sources = ['mod.ts', 'errors.ts', 'error-codes.ts', 'retry.ts'];
 const manifest = {
   name: '@scholarlink/billing-client',
-  version: '0.1.0',
+  version: '0.2.0',
   description: 'Typed client for ScholarLink Billing over supabase-js: one Idempotency-Key per operation, ' +
     'retries, typed errors.',
   license: 'UNLICENSED',

@@ -1,14 +1,18 @@
-// BillingError: every failure the client reports, carrying the service's error envelope.
+// BillingError: every failure the client reports, carrying the service's error envelope. Like
+// supabase-js, the client never throws one: each method answers `{ data, error }`.
 import type { ErrorBody } from './contract.ts';
+import type { DetailsOf, ErrorCode } from './error-codes.ts';
 
-export class BillingError extends Error {
-  /** HTTP status; 0 when no answer arrived (network error). */
+export class BillingError<C extends ErrorCode = ErrorCode> extends Error {
+  /** HTTP status; 0 when no answer arrived (network error, abort). */
   readonly status: number;
-  readonly code: string;
+  readonly code: C;
   readonly type: string;
   readonly retryable: boolean;
   readonly field?: string;
-  readonly details?: Record<string, unknown>;
+  /** What docs/api.md documents for the code (`DetailsByCode`). */
+  readonly details?: DetailsOf<C>;
+  /** The request's id: quote it to support. */
   readonly requestId?: string;
   /** Seconds the server asked us to wait (Retry-After), if it did. */
   readonly retryAfter?: number;
@@ -17,17 +21,23 @@ export class BillingError extends Error {
     super(body.message);
     this.name = 'BillingError';
     this.status = status;
-    this.code = body.code;
+    this.code = body.code as C;
     this.type = body.type;
     this.retryable = body.retryable;
     this.field = body.field;
-    this.details = body.details;
+    this.details = body.details as DetailsOf<C> | undefined;
     this.requestId = requestId;
     this.retryAfter = retryAfter;
   }
 }
 
-const networkError = (message: string) =>
+/**
+ * A BillingError narrowed by its code: `if (error.code === 'INSUFFICIENT_CREDITS')` makes
+ * `error.details` that code's documented details.
+ */
+export type ApiError = { [C in ErrorCode]: BillingError<C> }[ErrorCode];
+
+export const networkError = (message: string) =>
   new BillingError(0, { type: 'unavailable', code: 'NETWORK_ERROR', message, retryable: true });
 
 export const abortedError = () =>
@@ -56,3 +66,11 @@ export async function toBillingError(error: unknown, response: Response | undefi
   };
   return new BillingError(response.status, body, requestId, retryAfter);
 }
+
+/** Anything thrown on the way (a BillingError, or a fetch that failed in an unexpected way) as a BillingError. */
+export const asBillingError = (err: unknown): BillingError =>
+  err instanceof BillingError
+    ? err
+    : (err as { name?: string })?.name === 'AbortError'
+    ? abortedError()
+    : networkError(err instanceof Error ? err.message : String(err));

@@ -1,9 +1,11 @@
 // A typed client for ScholarLink Billing over supabase-js: `supabase.functions.invoke`
-// carries the signed-in user's token as in every Supabase app. Each mutating call gets one
-// Idempotency-Key, reused on its retries; failures are BillingErrors with the service's code.
+// carries the signed-in user's token as in every Supabase app. Like supabase-js, every method
+// answers `{ data, error }` and never throws for an API or network failure; `error` is a
+// BillingError with the service's code. Each mutating call gets one Idempotency-Key, reused on
+// its retries.
 //
 //   const billing = createBillingClient(supabase);
-//   const { balance } = await billing.balance();
+//   const { data, error } = await billing.balance();
 import type {
   Alerts,
   AllowanceRequest,
@@ -23,6 +25,7 @@ import type {
   Invitation,
   InvitationAnswer,
   InvitationList,
+  InvitationPreview,
   InviteRequest,
   Job,
   JobAccepted,
@@ -43,18 +46,28 @@ import type {
   OrgUsageQuery,
   OrgUsageRow,
   OwnershipTransferred,
+  Page,
   PurchaseStatus,
   SpendCap,
   UpdateOrgRequest,
   UsageCharge,
   UsageRequest,
 } from './contract.ts';
-import { BillingError, toBillingError } from './errors.ts';
+import { type ApiError, asBillingError, BillingError, toBillingError } from './errors.ts';
 import { type RetryOptions, sleep, withRetries } from './retry.ts';
 
 export type * from './contract.ts';
 export { BillingError } from './errors.ts';
+export type { ApiError } from './errors.ts';
+export { documentedCodes } from './error-codes.ts';
+export type { DetailsByCode, DetailsOf, DocumentedCode, ErrorCode, WalletShortfall } from './error-codes.ts';
 export type { RetryOptions } from './retry.ts';
+
+/**
+ * What every method answers, as supabase-js does: the data, or the error (never both, never
+ * thrown). Narrow on `error.code` to read that code's documented `details`.
+ */
+export type BillingResult<T> = { data: T; error: null } | { data: null; error: ApiError };
 
 /** What the client needs of a Supabase client: `functions.invoke` with its `response` (supabase-js ≥ 2.50.3). */
 export interface SupabaseLike {
@@ -74,7 +87,7 @@ export interface SupabaseLike {
 /** An operation the UI can show at once under `tempId`; `done` brings the server's answer. */
 export interface Pending<T> {
   tempId: string;
-  done: Promise<T>;
+  done: Promise<BillingResult<T>>;
 }
 
 export interface WatchOptions {
@@ -85,33 +98,38 @@ export interface WatchOptions {
 const finished = (s: JobStatus) => s === 'completed' || s === 'failed' || s === 'cancelled';
 const newTempId = () => `temp_${crypto.randomUUID()}`;
 
+type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
+const failure = (err: unknown) => ({ data: null, error: asBillingError(err) as ApiError });
+
 export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions = {}) {
-  /** One logical operation: one Idempotency-Key (if it mutates) for all of its attempts. */
-  async function call<T>(
-    method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE',
-    path: string,
-    body?: Record<string, unknown>,
-    signal?: AbortSignal,
-  ): Promise<{ data: T; response?: Response }> {
+  /** One attempt chain of one logical operation: one Idempotency-Key (if it mutates) for all attempts. */
+  async function send<T>(method: Method, path: string, body?: Record<string, unknown>, signal?: AbortSignal) {
     const headers: Record<string, string> = method === 'GET' ? {} : { 'Idempotency-Key': crypto.randomUUID() };
     return await withRetries(
       async () => {
         const r = await supabase.functions.invoke(path, { method, body, headers, signal });
         if (r.error) throw await toBillingError(r.error, r.response);
-        return { data: (r.data as { data: T }).data, response: r.response };
+        // A CSV answer (format=csv) arrives as text, not in the envelope.
+        const data = typeof r.data === 'string' ? r.data : (r.data as { data: T }).data;
+        return { data: data as T, response: r.response };
       },
       retry,
       signal,
     );
   }
-  const get = async <T>(path: string, signal?: AbortSignal) => (await call<T>('GET', path, undefined, signal)).data;
-  const post = async <T>(path: string, body: object = {}) =>
-    (await call<T>('POST', path, body as Record<string, unknown>)).data;
-  const put = async <T>(path: string, body: object) =>
-    (await call<T>('PUT', path, body as Record<string, unknown>)).data;
-  const patch = async <T>(path: string, body: object) =>
-    (await call<T>('PATCH', path, body as Record<string, unknown>)).data;
-  const del = async <T>(path: string) => (await call<T>('DELETE', path)).data;
+  async function call<T>(method: Method, path: string, body?: object, signal?: AbortSignal): Promise<BillingResult<T>> {
+    try {
+      return { data: (await send<T>(method, path, body as Record<string, unknown>, signal)).data, error: null };
+    } catch (err) {
+      return failure(err);
+    }
+  }
+  const get = <T>(path: string, signal?: AbortSignal) => call<T>('GET', path, undefined, signal);
+  const post = <T>(path: string, body: object = {}) => call<T>('POST', path, body);
+  const put = <T>(path: string, body: object) => call<T>('PUT', path, body);
+  const patch = <T>(path: string, body: object) => call<T>('PATCH', path, body);
+  const del = <T>(path: string) => call<T>('DELETE', path);
   const org = (id: string, rest = '') => `orgs/${encodeURIComponent(id)}${rest}`;
   const query = (params: Record<string, string | number | undefined>) => {
     const q = new URLSearchParams(
@@ -119,13 +137,13 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     ).toString();
     return q ? `?${q}` : '';
   };
-  const optimistic = <T>(send: (tempId: string) => Promise<T>, tempId?: string): Pending<T> => {
+  const optimistic = <T>(send: (tempId: string) => Promise<BillingResult<T>>, tempId?: string): Pending<T> => {
     const id = tempId ?? newTempId();
     return { tempId: id, done: send(id) };
   };
 
   return {
-    packages: async () => (await get<{ packages: CreditPackage[] }>('checkout/packages')).packages,
+    packages: () => get<Page<CreditPackage>>('checkout/packages'),
     /** Opens a hosted Checkout Session; redirect the browser to `url`. */
     startCheckout: (req: CheckoutRequest): Pending<CheckoutSession> =>
       optimistic(
@@ -138,9 +156,9 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     ledger: (page: { limit?: number; cursor?: string } = {}) => get<LedgerPage>(`credits/ledger${query(page)}`),
     /** Where the caller's credits came from, what is left of each lot and when it expires. */
     lots: (page: { limit?: number; cursor?: string } = {}) => get<LotPage>(`credits/lots${query(page)}`),
-    caps: () => get<SpendCap[]>('credits/caps'),
+    caps: () => get<Page<SpendCap>>('credits/caps'),
     /** Sets a cap for a period (and model); `amount: null` removes it. Answers with every cap. */
-    setCap: (req: CapRequest) => put<SpendCap[]>('credits/caps', req),
+    setCap: (req: CapRequest) => put<Page<SpendCap>>('credits/caps', req),
     alerts: () => get<Alerts>('credits/alerts'),
     setLowBalanceAlert: (req: LowBalanceAlertRequest) => put<Alerts>('credits/alerts/low-balance', req),
     setCapAlerts: (req: CapAlertsRequest) => put<Alerts>('credits/alerts/caps', req),
@@ -156,11 +174,11 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
       optimistic((id) => post<JobAccepted>('jobs', { ...req, client_temp_id: id }), req.client_temp_id),
     job: (jobId: string) => get<Job>(`jobs/${encodeURIComponent(jobId)}`),
     jobs: (page: { status?: JobStatus; limit?: number; cursor?: string } = {}) => get<JobList>(`jobs${query(page)}`),
-    cancelJob: async (jobId: string) => (await call<Job>('DELETE', `jobs/${encodeURIComponent(jobId)}`)).data,
+    cancelJob: (jobId: string) => del<Job>(`jobs/${encodeURIComponent(jobId)}`),
 
     // Organisations (school wallets). Buying credits for one: startCheckout({ package_id, org_id }).
     /** The caller's organisations, with their role in each. */
-    orgs: () => get<OrgSummary[]>('orgs'),
+    orgs: () => get<Page<OrgSummary>>('orgs'),
     /** One organisation: its wallet for owners and admins, the caller's allowance for members. */
     org: (id: string) => get<Org>(org(id)),
     createOrg: (req: CreateOrgRequest) => post<Org>('orgs', req),
@@ -176,37 +194,49 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     /** The owner makes an active member the owner, and becomes an admin. */
     transferOwnership: (id: string, userId: string) =>
       post<OwnershipTransferred>(org(id, '/owner'), { user_id: userId }),
+    /** Which organisation an invitation link is from, before signing in (no session needed). */
+    previewInvitation: (token: string) => post<InvitationPreview>('orgs/invitations/preview', { token }),
     acceptInvitation: (token: string) => post<InvitationAnswer>('orgs/invitations/accept', { token }),
     declineInvitation: (token: string) => post<InvitationAnswer>('orgs/invitations/decline', { token }),
-    members: (id: string) => get<OrgMember[]>(org(id, '/members')),
+    members: (id: string) => get<Page<OrgMember>>(org(id, '/members')),
     /** Removes a member at once; their allowance sweeps back to the wallet. */
     removeMember: (id: string, userId: string) => del<MemberRemoved>(org(id, `/members/${encodeURIComponent(userId)}`)),
     /** A member's cap on a pooled wallet for a period; `amount: null` removes it. */
     setMemberCap: (id: string, userId: string, req: MemberCapRequest) =>
-      put<MemberCap[]>(org(id, `/members/${encodeURIComponent(userId)}/cap`), req),
+      put<Page<MemberCap>>(org(id, `/members/${encodeURIComponent(userId)}/cap`), req),
     /** Moves `amount` to one member's allowance (`user_id`) or to every member's: all or nothing. */
     fundAllowances: (id: string, req: AllowanceRequest) => post<AllowancesFunded>(org(id, '/allowances'), req),
-    /** Org-funded spending per member, model and period (a member sees only their own). */
-    orgUsage: (id: string, q: OrgUsageQuery) => get<OrgUsageRow[]>(org(id, `/usage${query(q)}`)),
+    /**
+     * Org-funded spending per member, model and period (a member sees only their own); the last
+     * 30 days unless `from`/`to` (dates or instants) say otherwise. `format: 'csv'` answers the
+     * CSV text.
+     */
+    orgUsage: <F extends 'json' | 'csv' = 'json'>(id: string, q: OrgUsageQuery & { format?: F } = {}) =>
+      get<F extends 'csv' ? string : Page<OrgUsageRow>>(org(id, `/usage${query(q)}`)),
     orgLedger: (id: string, page: { limit?: number; cursor?: string } = {}) =>
-      get<OrgLedgerEntry[]>(org(id, `/ledger${query(page)}`)),
+      get<Page<OrgLedgerEntry>>(org(id, `/ledger${query(page)}`)),
 
     /**
      * Polls a job at the pace the server asks (Retry-After: 2 s, then 4 s, then 8 s) until it
-     * completes, fails or is cancelled (resolving with it) or `signal` aborts (ABORTED).
+     * completes, fails or is cancelled (answering it as `data`), a poll fails, or `signal`
+     * aborts (`error.code` ABORTED).
      */
-    async watchJob(jobId: string, opts: WatchOptions = {}): Promise<Job> {
-      for (let polls = 0;; polls++) {
-        const { data: job, response } = await call<Job>(
-          'GET',
-          `jobs/${encodeURIComponent(jobId)}`,
-          undefined,
-          opts.signal,
-        );
-        opts.onProgress?.(job);
-        if (finished(job.status)) return job;
-        const asked = Number(response?.headers.get('retry-after'));
-        await sleep((asked > 0 ? asked : Math.min(8, 2 ** (polls + 1))) * 1000, opts.signal);
+    async watchJob(jobId: string, opts: WatchOptions = {}): Promise<BillingResult<Job>> {
+      try {
+        for (let polls = 0;; polls++) {
+          const { data: job, response } = await send<Job>(
+            'GET',
+            `jobs/${encodeURIComponent(jobId)}`,
+            undefined,
+            opts.signal,
+          );
+          opts.onProgress?.(job);
+          if (finished(job.status)) return { data: job, error: null };
+          const asked = Number(response?.headers.get('retry-after'));
+          await sleep((asked > 0 ? asked : Math.min(8, 2 ** (polls + 1))) * 1000, opts.signal);
+        }
+      } catch (err) {
+        return failure(err);
       }
     },
   };

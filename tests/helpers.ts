@@ -250,3 +250,16 @@ export async function until<T>(what: string, fn: () => Promise<T | undefined | f
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/**
+ * A client call's data, or its error thrown: for tests that only want the answer (the client
+ * itself never throws; tests/unit/client.test.ts holds its `{ data, error }` shape).
+ * @example const org = await must(admin.createOrg({ name: 'Lakeside' }))
+ */
+export async function must<R extends { data: unknown; error: Error | null }>(
+  result: Promise<R>,
+): Promise<Extract<R, { error: null }>['data']> {
+  const { data, error } = await result;
+  if (error) throw error;
+  return data;
+}

@@ -9,12 +9,15 @@ import {
   type AutoRecharge,
   type BillingClient,
   createBillingClient,
+  type CreditPackage,
   isBillingError,
   type Job,
+  type LedgerEntry,
   type SpendCap,
 } from '../../client/mod.ts';
 import { jobPrice, type RateCard, roundedCredits } from './credits.ts';
-import { showOrgs } from './orgs.ts';
+import { bonusText, got, packageName, studentMessage } from './messages.ts';
+import { invitationNotice, invitationToken, showOrgs } from './orgs.ts';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const store = globalThis.sessionStorage;
@@ -62,7 +65,10 @@ function show(id: 'error' | 'notice', text: string | null) {
   const el = $(id);
   (id === 'error' ? $('error-text') : el).textContent = text ?? '';
   el.hidden = !text;
-  if (id === 'error' && !text) $('retry').hidden = $('sign-in-again').hidden = true;
+  if (id === 'error') {
+    $('error-action').hidden = $('error-details').hidden = true;
+    if (!text) $('retry').hidden = $('sign-in-again').hidden = true;
+  }
 }
 
 /**
@@ -76,15 +82,30 @@ async function signOut() {
   location.assign(`${location.origin}${location.pathname}`);
 }
 
+/** Where the error box lives when no button caused the error: under the page's title. */
+const errorHome = document.createComment('error box');
+
 /**
- * Shows what went wrong with a way on: a bad or expired token (401) will not get better, so
- * "Sign in again"; anything else can be tried again when `retry` is given.
+ * Shows what went wrong in a student's words, with a way on: a link when there is one ("Buy
+ * credits"), "Sign in again" for a bad or expired token (401, which will not get better), and
+ * "Try again" when `retry` is given. The code and request id stay behind "Details" for support.
+ * The box appears next to the button that caused it (`near`), so a phone shows it where the
+ * student is looking, not at the top of a long page.
  */
-function fail(err: unknown, retry?: () => void) {
-  const text = isBillingError(err)
-    ? `${err.message} (${err.code}${err.requestId ? `, request ${err.requestId}` : ''})`
-    : String(err);
-  show('error', text);
+function fail(err: unknown, retry?: () => void, near?: HTMLElement) {
+  const box = $('error');
+  if (!errorHome.parentNode) box.before(errorHome);
+  if (near) (near.closest('.row, form') ?? near).after(box);
+  else errorHome.after(box);
+  const message = studentMessage(err);
+  show('error', message.text);
+  $('error-action').hidden = !message.action;
+  if (message.action) {
+    $<HTMLAnchorElement>('error-link').textContent = message.action.label;
+    $<HTMLAnchorElement>('error-link').href = message.action.href;
+  }
+  $('error-details').hidden = false;
+  $('error-details-text').textContent = message.details;
   const signedOut = isBillingError(err) && err.status === 401;
   $('sign-in-again').hidden = !signedOut;
   $('retry').hidden = signedOut || !retry;
@@ -92,7 +113,7 @@ function fail(err: unknown, retry?: () => void) {
 }
 
 async function refreshBalance(billing: BillingClient) {
-  const b = await billing.balance();
+  const b = await got(billing.balance());
   $('balance').textContent = roundedCredits(b.balance);
   $('available').textContent = roundedCredits(b.available);
   $('held').textContent = roundedCredits(b.held);
@@ -122,24 +143,30 @@ function wireCaps(billing: BillingClient) {
   const save = async (amount: string | null) => {
     show('error', null);
     try {
-      renderCaps(
-        await billing.setCap({ period: $<HTMLSelectElement>('cap-period').value as SpendCap['period'], amount }),
-      );
+      const period = $<HTMLSelectElement>('cap-period').value as SpendCap['period'];
+      renderCaps((await got(billing.setCap({ period, amount }))).items);
     } catch (err) {
-      fail(err);
+      fail(err, undefined, $('cap-save'));
     }
   };
   $('cap-save').onclick = () => save($<HTMLInputElement>('cap-amount').value.trim());
   $('cap-remove').onclick = () => save(null);
 }
 
+/** The packages on sale, once loaded: the page names them ("the Mini package"), never by id. */
+let onSale: CreditPackage[] = [];
+let lastRecharge: AutoRecharge | null = null;
+
 function renderAutoRecharge(a: AutoRecharge) {
+  lastRecharge = a;
   const reasons: Record<string, string> = {
     card_declined: 'your bank declined the last recharge',
     authentication_required: 'your bank asked to confirm the last recharge',
   };
   $('recharge-status').textContent = a.enabled
-    ? `On: the ${a.package_id} package when available falls below ${roundedCredits(a.threshold ?? '0')} credits.`
+    ? `On: ${packageName(a.package_id ?? '', onSale)} when available falls below ${
+      roundedCredits(a.threshold ?? '0')
+    } credits.`
     : a.disabled_reason
     ? `Off: ${reasons[a.disabled_reason] ?? a.disabled_reason}. Buy credits above, then turn it on again.`
     : a.card_saved
@@ -154,7 +181,7 @@ function wireAutoRecharge(billing: BillingClient) {
     show('error', null);
     try {
       renderAutoRecharge(
-        await billing.setAutoRecharge(
+        await got(billing.setAutoRecharge(
           enabled
             ? {
               enabled,
@@ -162,18 +189,26 @@ function wireAutoRecharge(billing: BillingClient) {
               threshold: $<HTMLInputElement>('recharge-threshold').value.trim(),
             }
             : { enabled },
-        ),
+        )),
       );
     } catch (err) {
-      fail(err);
+      fail(err, undefined, $(enabled ? 'recharge-on' : 'recharge-off'));
     }
   };
   $('recharge-on').onclick = () => set(true);
   $('recharge-off').onclick = () => set(false);
 }
 
+/** Who paid an entry, when it was not the student: their organisation, by name. */
+async function payers(billing: BillingClient, entries: LedgerEntry[]): Promise<Map<string, string>> {
+  if (entries.every((e) => e.paid_by === 'self')) return new Map();
+  const { items } = await got(billing.orgs());
+  return new Map(items.map((o) => [o.id, o.name]));
+}
+
 async function refreshLedger(billing: BillingClient) {
-  const { entries } = await billing.ledger({ limit: 10 });
+  const { items: entries } = await got(billing.ledger({ limit: 10 }));
+  const orgNames = await payers(billing, entries);
   const list = $('ledger');
   list.replaceChildren();
   if (entries.length === 0) {
@@ -185,13 +220,18 @@ async function refreshLedger(billing: BillingClient) {
     const shown = roundedCredits(e.amount.replace(/^-/, ''));
     // The words say which way a tiny amount went; otherwise a sign does.
     const sign = shown === 'less than 0.01' ? '' : e.amount.startsWith('-') ? '−' : '+';
-    li.textContent = `${new Date(e.created_at).toLocaleString()} · ${entryWords[e.kind] ?? e.kind} · ${sign}${shown}`;
+    const paidBy = e.paid_by === 'self' ? '' : ` · paid by ${orgNames.get(e.paid_by.org_id) ?? 'your organisation'}`;
+    li.textContent = `${new Date(e.created_at).toLocaleString()} · ${
+      entryWords[e.kind] ?? e.kind
+    } · ${sign}${shown}${paidBy}`;
     list.append(li);
   }
 }
 
 async function showPackages(billing: BillingClient) {
-  const packages = await billing.packages();
+  const { items: packages } = await got(billing.packages());
+  onSale = packages;
+  if (lastRecharge) renderAutoRecharge(lastRecharge);
   $('recharge-package').replaceChildren(
     ...packages.map((p) => new Option(`${p.name} · ${money(p.price_cents, p.currency)}`, p.id)),
   );
@@ -201,7 +241,7 @@ async function showPackages(billing: BillingClient) {
   for (const p of packages) {
     const card = document.createElement('div');
     card.className = 'package';
-    const bonus = p.bonus_credits !== '0' ? ` + ${roundedCredits(p.bonus_credits)} bonus` : '';
+    const bonus = bonusText(p) ? ` ${bonusText(p)}` : '';
     card.innerHTML = `<strong></strong><div class="muted"></div>`;
     (card.querySelector('strong') as HTMLElement).textContent = `${p.name} · ${money(p.price_cents, p.currency)}`;
     (card.querySelector('.muted') as HTMLElement).textContent = `${roundedCredits(p.credits)} credits${bonus}`;
@@ -213,16 +253,17 @@ async function showPackages(billing: BillingClient) {
       buy.textContent = 'Opening checkout…';
       try {
         const here = `${location.origin}${location.pathname}`;
-        const session = await billing.startCheckout({
-          package_id: p.id,
-          success_url: here,
-          cancel_url: `${here}?cancelled=1`,
-          save_card: $<HTMLInputElement>('save-card').checked,
-        })
-          .done;
+        const session = await got(
+          billing.startCheckout({
+            package_id: p.id,
+            success_url: here,
+            cancel_url: `${here}?cancelled=1`,
+            save_card: $<HTMLInputElement>('save-card').checked,
+          }).done,
+        );
         if (session.url) location.assign(session.url);
       } catch (err) {
-        fail(err);
+        fail(err, undefined, buy);
         buy.disabled = false;
         buy.textContent = 'Buy';
       }
@@ -236,9 +277,9 @@ async function showPackages(billing: BillingClient) {
 async function followPurchase(billing: BillingClient, sessionId: string) {
   show('notice', 'Confirming your payment…');
   for (let i = 0; i < 30; i++) {
-    const p = await billing.purchase(sessionId);
+    const p = await got(billing.purchase(sessionId));
     if (p.status === 'paid') {
-      const bonus = p.bonus_credits !== '0' ? ` + ${roundedCredits(p.bonus_credits)} bonus` : '';
+      const bonus = bonusText(p) ? ` ${bonusText(p)}` : '';
       show('notice', `Payment received: ${roundedCredits(p.credits)} credits${bonus} added.`);
       return;
     }
@@ -303,12 +344,12 @@ function wireJobs(billing: BillingClient) {
     });
     status.textContent = 'Starting…';
     try {
-      const accepted = await pending.done;
+      const accepted = await got(pending.done);
       running = { id: accepted.job_id, abort: new AbortController() };
       cancel.hidden = false;
       status.textContent = jobWords.queued;
       await refreshBalance(billing); // the job's price is now held
-      const done = await billing.watchJob(accepted.job_id, { signal: running.abort.signal, onProgress: render });
+      const done = await got(billing.watchJob(accepted.job_id, { signal: running.abort.signal, onProgress: render }));
       render(done);
       if (done.status === 'completed') {
         $('job-result').textContent = String((done.result as { text?: string })?.text ?? '');
@@ -316,7 +357,7 @@ function wireJobs(billing: BillingClient) {
       await Promise.all([refreshBalance(billing), refreshLedger(billing)]);
     } catch (err) {
       if (!(isBillingError(err) && err.code === 'ABORTED')) {
-        fail(err);
+        fail(err, undefined, start);
         // Refused (402: not enough credits, or over the limit): it never started.
         if (!running) {
           status.textContent = 'Not started';
@@ -333,12 +374,12 @@ function wireJobs(billing: BillingClient) {
     if (!running) return;
     cancel.disabled = true;
     try {
-      const cancelled = await billing.cancelJob(running.id);
+      const cancelled = await got(billing.cancelJob(running.id));
       running.abort.abort();
       render(cancelled);
       await Promise.all([refreshBalance(billing), refreshLedger(billing)]);
     } catch (err) {
-      fail(err);
+      fail(err, undefined, cancel);
     } finally {
       cancel.disabled = false;
     }
@@ -391,8 +432,8 @@ async function loadAll(billing: BillingClient, supabase: SupabaseClient) {
     balance: () => refreshBalance(billing),
     packages: () => showPackages(billing),
     ledger: () => refreshLedger(billing),
-    caps: () => billing.caps().then(renderCaps),
-    recharge: () => billing.autoRecharge().then(renderAutoRecharge),
+    caps: () => got(billing.caps()).then((caps) => renderCaps(caps.items)),
+    recharge: () => got(billing.autoRecharge()).then(renderAutoRecharge),
     price: () => wirePrice(supabase),
     orgs: () => showOrgs(billing, $('orgs'), fail),
   };
@@ -413,6 +454,9 @@ async function main() {
   const supabase = await signedInClient();
   if (!supabase) {
     showSignIn();
+    // From an invitation's link: which organisation invites them, and to sign in first.
+    const token = invitationToken();
+    if (token) $('signin').prepend(await invitationNotice(createBillingClient(auth), token));
     document.body.dataset.ready = 'true';
     return;
   }

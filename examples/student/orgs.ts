@@ -4,10 +4,18 @@
 // invites by email, funds every member's allowance, buys credits for the organisation through
 // Checkout, and reads the usage report. Everything through the typed client.
 /// <reference lib="dom" />
-import type { BillingClient, CreditPackage, Org, OrgMember, OrgUsageRow } from '../../client/mod.ts';
+import type {
+  BillingClient,
+  BillingResult,
+  CreditPackage,
+  InvitationPreview,
+  Org,
+  OrgUsageRow,
+} from '../../client/mod.ts';
 import { roundedCredits } from './credits.ts';
+import { got } from './messages.ts';
 
-type Fail = (err: unknown, retry?: () => void) => void;
+type Fail = (err: unknown, retry?: () => void, near?: HTMLElement) => void;
 
 /** What the last action in each organisation did, shown once the view is drawn again. */
 const notices = new Map<string, string>();
@@ -36,16 +44,15 @@ const money = (cents: number, currency: string) =>
   new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(cents / 100);
 
 /** The last 30 days of org-funded spending, newest day first: per day, member and model. */
-function usageTable(rows: OrgUsageRow[], members: OrgMember[]) {
+function usageTable(rows: OrgUsageRow[]) {
   if (rows.length === 0) {
     return el('p', "No spending of the organisation's credits in the last 30 days.", { class: 'muted' });
   }
-  const who = new Map(members.map((m) => [m.user_id, m.email ?? m.user_id]));
   return table(
     ['Day', 'Member', 'Model', 'Credits', 'Charges'],
     [...rows].reverse().map((r) => [
       r.period_start.slice(0, 10),
-      who.get(r.member_id) ?? r.member_id,
+      r.member_email ?? r.member_id,
       r.model ?? 'other',
       roundedCredits(r.credits),
       String(r.charges),
@@ -57,12 +64,9 @@ function usageTable(rows: OrgUsageRow[], members: OrgMember[]) {
 /** An owner's or admin's view of one organisation. */
 async function adminView(billing: BillingClient, org: Org, packages: CreditPackage[], reload: () => void, fail: Fail) {
   const box = el('div', '', { class: 'org', 'data-org': org.id });
-  const [members, usage] = await Promise.all([
-    billing.members(org.id),
-    billing.orgUsage(org.id, {
-      from: new Date(Date.now() - 30 * 86_400_000).toISOString(),
-      to: new Date(Date.now() + 60_000).toISOString(),
-    }),
+  const [{ items: members }, { items: usage }] = await Promise.all([
+    got(billing.members(org.id)),
+    got(billing.orgUsage(org.id)), // the last 30 days, today included
   ]);
   const funding = org.funding === 'allowance' ? 'each member spends their allowance' : 'members share the wallet';
   box.append(
@@ -80,14 +84,14 @@ async function adminView(billing: BillingClient, org: Org, packages: CreditPacka
   ));
 
   // Actions: invite, fund everyone (allowances), buy for the organisation.
-  const act = async (button: HTMLButtonElement, run: () => Promise<unknown>, done: string) => {
+  const act = async (button: HTMLButtonElement, run: () => Promise<BillingResult<unknown>>, done: string) => {
     button.disabled = true;
     try {
-      await run();
+      await got(run());
       notices.set(org.id, done);
       reload();
     } catch (err) {
-      fail(err);
+      fail(err, undefined, button);
     } finally {
       button.disabled = false;
     }
@@ -130,15 +134,17 @@ async function adminView(billing: BillingClient, org: Org, packages: CreditPacka
     buyButton.disabled = true;
     try {
       const here = `${location.origin}${location.pathname}`;
-      const session = await billing.startCheckout({ package_id: pkg.value, org_id: org.id, success_url: here }).done;
+      const session = await got(
+        billing.startCheckout({ package_id: pkg.value, org_id: org.id, success_url: here }).done,
+      );
       if (session.url) location.assign(session.url);
     } catch (err) {
-      fail(err);
+      fail(err, undefined, buyButton);
       buyButton.disabled = false;
     }
   };
   buy.append(pkg, buyButton);
-  box.append(buy, status, el('h4', 'Usage, last 30 days'), usageTable(usage, members));
+  box.append(buy, status, el('h4', 'Usage, last 30 days'), usageTable(usage));
   return box;
 }
 
@@ -157,38 +163,69 @@ function memberView(org: Org) {
   return box;
 }
 
+/** The invitation token in the address (#invitation=<token>, from the emailed link), if any. */
+export const invitationToken = () => /^#invitation=([A-Za-z0-9_-]{43})$/.exec(location.hash)?.[1];
+
+/** "You have been invited to join Lakeside School …", or why the link no longer works. */
+function invitationWords(preview: InvitationPreview | null): string {
+  if (!preview) return 'You have been invited to join an organisation that pays for your credits.';
+  const as = preview.role === 'admin' ? ' as an admin' : '';
+  if (preview.status !== 'pending') {
+    return `This invitation to ${preview.org_name} can no longer be answered: it was ${preview.status}.`;
+  }
+  return `${preview.org_name} has invited you to join${as}: it pays for your credits.`;
+}
+
+/**
+ * The invitation card for a signed-out student: which organisation invites them, and that they
+ * sign in first (with the address the invitation was sent to) to answer it.
+ */
+export async function invitationNotice(billing: BillingClient, token: string): Promise<HTMLElement> {
+  const { data } = await billing.previewInvitation(token);
+  const box = el('div', '', { class: 'invitation', 'data-testid': 'invitation' });
+  box.append(el('p', invitationWords(data)));
+  if (!data || data.status === 'pending') {
+    box.append(el('p', 'Sign in first, with the email address the invitation was sent to; then accept it here.', {
+      class: 'muted',
+    }));
+  }
+  return box;
+}
+
 /** An invitation from the emailed link: accept or decline, then it leaves the address bar. */
-function invitationPrompt(billing: BillingClient, token: string, reload: () => void, fail: Fail) {
+async function invitationPrompt(billing: BillingClient, token: string, reload: () => void, fail: Fail) {
+  const { data: preview } = await billing.previewInvitation(token);
   const box = el('div', '', { class: 'invitation', 'data-testid': 'invitation' });
   const accept = el('button', 'Accept');
   const decline = el('button', 'Decline', { class: 'secondary' });
-  const answer = (yes: boolean) => async () => {
+  const answer = (yes: boolean, button: HTMLElement) => async () => {
     try {
-      await (yes ? billing.acceptInvitation(token) : billing.declineInvitation(token));
+      await got(yes ? billing.acceptInvitation(token) : billing.declineInvitation(token));
       history.replaceState(null, '', location.pathname + location.search);
       reload();
     } catch (err) {
-      fail(err);
+      fail(err, undefined, button);
     }
   };
-  accept.onclick = answer(true);
-  decline.onclick = answer(false);
+  accept.onclick = answer(true, accept);
+  decline.onclick = answer(false, decline);
   const row = el('div', '', { class: 'row' });
   row.append(accept, decline);
-  box.append(el('p', 'You have been invited to join an organisation that pays for your credits.'), row);
+  box.append(el('p', invitationWords(preview)));
+  if (!preview || preview.status === 'pending') box.append(row);
   return box;
 }
 
 /** Renders the organisations section (hidden when the student belongs to none and has no invitation). */
 export async function showOrgs(billing: BillingClient, section: HTMLElement, fail: Fail): Promise<void> {
   const reload = () => void showOrgs(billing, section, fail).catch((err) => fail(err));
-  const token = /^#invitation=([A-Za-z0-9_-]{43})$/.exec(location.hash)?.[1];
-  const [orgs, packages] = await Promise.all([billing.orgs(), billing.packages()]);
+  const token = invitationToken();
+  const [{ items: orgs }, { items: packages }] = await Promise.all([got(billing.orgs()), got(billing.packages())]);
   const body = section.querySelector('.orgs-body') as HTMLElement;
   const views = await Promise.all(orgs.map(async (o) => {
-    const full = await billing.org(o.id); // with the wallet (admins) or the caller's allowance
+    const full = await got(billing.org(o.id)); // with the wallet (admins) or the caller's allowance
     return full.role === 'member' ? memberView(full) : adminView(billing, full, packages, reload, fail);
   }));
-  body.replaceChildren(...(token ? [invitationPrompt(billing, token, reload, fail)] : []), ...views);
+  body.replaceChildren(...(token ? [await invitationPrompt(billing, token, reload, fail)] : []), ...views);
   section.hidden = views.length === 0 && !token;
 }

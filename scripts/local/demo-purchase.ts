@@ -78,7 +78,7 @@ const balance = await call('/credits/balance');
 console.log(`4. Balance: ${credits(balance.balance)} credits (available ${credits(balance.available)}).`);
 const ledger = await call('/credits/ledger');
 console.log('5. Ledger entries:');
-for (const e of ledger.entries) {
+for (const e of ledger.items) {
   console.log(
     `   #${e.id} ${e.created_at} ${e.kind.replace(/_/g, ' ')} ${e.amount.startsWith('-') ? '' : '+'}${
       credits(e.amount)

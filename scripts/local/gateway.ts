@@ -45,11 +45,17 @@ function load(name: string): Promise<FetchHandler | null> {
   return mod;
 }
 
+// The gateway's own answers carry a request id like every function's (X-Request-ID and in the
+// envelope), so support can find a failed call however far it got.
 function json(status: number, code: string, message: string): Response {
   const type = status === 404 ? 'not_found' : 'server';
+  const requestId = crypto.randomUUID();
   return Response.json(
-    { error: { type, code, message, retryable: status >= 500 }, metadata: { timestamp: new Date().toISOString() } },
-    { status },
+    {
+      error: { type, code, message, retryable: status >= 500 },
+      metadata: { requestId, timestamp: new Date().toISOString() },
+    },
+    { status, headers: { 'X-Request-ID': requestId } },
   );
 }
 

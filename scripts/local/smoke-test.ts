@@ -58,7 +58,7 @@ report(
   signedIn.status === 200 ? '' : said(signedIn),
 );
 const packages = await call('/checkout/packages', { auth: true });
-const cheapest = (packages.body.data?.packages ?? [])
+const cheapest = (packages.body.data?.items ?? [])
   .sort((a: { price_cents: number }, b: { price_cents: number }) => a.price_cents - b.price_cents)[0];
 report(Boolean(cheapest), 'checkout    GET /checkout/packages', cheapest ? cheapest.id : said(packages));
 if (cheapest) {

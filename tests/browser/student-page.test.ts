@@ -97,7 +97,8 @@ browserTest('a bad or expired token is not a dead end: every part says so and Si
   await signIn(page, env('SUPABASE_URL'), await userToken(await newUser(), { ttlSeconds: -60 }));
   const error = page.locator('#error');
   await error.waitFor({ state: 'visible' });
-  assert.match((await error.textContent()) ?? '', /UNAUTHORIZED/);
+  assert.match((await text(page, '#error-text')) ?? '', /^You have been signed out\. Sign in again to continue\.$/);
+  assert.match((await text(page, '#error-details-text')) ?? '', /UNAUTHORIZED · request /, 'the code is for support');
   assert.equal(await page.locator('#app').isHidden(), true, 'no "…" or "Loading packages…" forever');
   assert.equal(await page.locator('#retry').isHidden(), true, 'a rejected token is not retried');
   await assertLegible(page, 'error');
@@ -113,7 +114,7 @@ browserTest('an API that cannot be reached says so in every part and offers Try 
   // Nothing listens on port 9: every request fails before an answer.
   await signIn(page, 'http://127.0.0.1:9', await userToken(await newUser()));
   await page.locator('#retry').waitFor({ state: 'visible' });
-  assert.match((await text(page, '#error-text')) ?? '', /NETWORK_ERROR/);
+  assert.equal(await text(page, '#error-text'), "We couldn't reach ScholarLink. Check your connection and try again.");
   assert.equal(await text(page, '#balance'), '—', 'no "…" forever');
   assert.equal(await text(page, '#packages'), 'Packages could not be loaded.');
   assert.equal(await text(page, '#ledger'), 'Activity could not be loaded.');
@@ -160,7 +161,7 @@ browserTest('a job the balance cannot cover is refused before it starts and says
   await page.locator('#prompt').fill('A longer question costs more: '.repeat(20));
   assert.match((await text(page, '#job-price')) ?? '', /^Costs at most [\d.,]+ credits:/, 'priced as it is typed');
   await page.locator('#start-job').click();
-  await page.locator('#error', { hasText: 'INSUFFICIENT_CREDITS' }).waitFor();
+  await page.locator('#error', { hasText: 'more credits' }).waitFor();
   assert.equal(await text(page, '#job-status'), 'Not started');
   assert.equal(await page.locator('#job-progress').isHidden(), true);
   assert.equal(await page.locator('#start-job').isEnabled(), true, 'it can be tried again after buying credits');
@@ -185,7 +186,8 @@ browserTest(
     await page.locator('#cap-period').selectOption('day');
     await page.locator('#cap-save').click();
     await page.locator('#cap-status', { hasText: 'Today: 0 of 50 credits spent' }).waitFor();
-    const [cap] = (await api('/credits/caps', { token })).body.data as { cap: string; period: string }[];
+    const [cap] = ((await api('/credits/caps', { token })).body.data as { items: { cap: string; period: string }[] })
+      .items;
     assert.deepEqual([cap.period, cap.cap], ['day', '50'], 'the page set what the API has');
 
     await page.locator('#save-card').check();
@@ -199,7 +201,7 @@ browserTest(
     await page.locator('#recharge-threshold').fill('1000');
     await page.locator('#recharge-on').click();
     await page.locator('#recharge-status', {
-      hasText: 'On: the mini package when available falls below 1,000 credits.',
+      hasText: 'On: the Mini package when available falls below 1,000 credits.',
     })
       .waitFor();
     const settings = (await api('/credits/auto-recharge', { token })).body.data as {

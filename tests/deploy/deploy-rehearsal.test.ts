@@ -20,7 +20,7 @@ const probes: Record<string, { method: string; path: string; status: number; cod
   notify: { method: 'POST', path: '/notify/dispatch', status: 401, code: 'UNAUTHORIZED' },
   providers: { method: 'GET', path: '/providers/reconciliation', status: 401, code: 'UNAUTHORIZED' },
   // POST is the only route, and an unsigned POST counts a signature failure: a GET routes to 404.
-  'stripe-webhook': { method: 'GET', path: '/stripe-webhook', status: 404, code: 'NOT_FOUND' },
+  'stripe-webhook': { method: 'GET', path: '/stripe-webhook', status: 405, code: 'METHOD_NOT_ALLOWED' },
 };
 
 const localFunctions = async () => {

@@ -24,7 +24,7 @@ import {
   type OwnershipTransferred,
   type Wallet,
 } from '../../client/mod.ts';
-import { adminToken, api, newUser, supabaseUrl, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, must, newUser, supabaseUrl, testDb, userToken } from '../helpers.ts';
 import { key, person } from '../orgs.ts';
 import { emulator } from '../purchases.ts';
 
@@ -84,7 +84,7 @@ const ListedInvitationShape: Shape<Invitation> = {
   answered_at: ['time', 'null'],
 };
 const InvitationShape: Shape<OrgInvitation> = { ...ListedInvitationShape, org_id: 'string', token: 'string' };
-const InvitationListShape: Shape<InvitationList> = { invitations: 'array', next_cursor: ['string', 'null'] };
+const InvitationListShape: Shape<InvitationList> = { items: 'array', next_cursor: ['string', 'null'] };
 const TransferredShape: Shape<OwnershipTransferred> = {
   org_id: 'string',
   owner_id: 'string',
@@ -111,6 +111,7 @@ const FundingShape: Shape<AllowancesFunded['funded'][number]> = {
 };
 const UsageShape: Shape<OrgUsageRow> = {
   member_id: 'string',
+  member_email: ['string', 'null'],
   model: ['string', 'null'],
   period_start: 'time',
   credits: 'credits',
@@ -154,7 +155,7 @@ Deno.test('each organisation method of the client answers what its contract type
   const admin = billingFor(await userToken(ownerId));
   const student = billingFor(ada.token);
 
-  const org = await admin.createOrg({ name: 'Client Academy' });
+  const org = await must(admin.createOrg({ name: 'Client Academy' }));
   assertOrg(org, 'createOrg');
   assert.deepEqual([org.role, org.funding, org.org_pays_first, org.wallet, org.allowance], [
     'owner',
@@ -163,43 +164,42 @@ Deno.test('each organisation method of the client answers what its contract type
     { balance: '0', held: '0', available: '0' },
     null,
   ]);
-  const renamed = await admin.updateOrg(org.id, { name: 'Client Academy II', org_pays_first: false });
+  const renamed = await must(admin.updateOrg(org.id, { name: 'Client Academy II', org_pays_first: false }));
   assertOrg(renamed, 'updateOrg');
   assert.deepEqual([renamed.name, renamed.org_pays_first], ['Client Academy II', false]);
-  const listed = await admin.orgs();
+  const { items: listed } = await must(admin.orgs());
   listed.forEach((o, i) => assertShape(o, SummaryShape, `orgs[${i}]`));
   assert.deepEqual(listed.map((o) => [o.id, o.role, o.name]), [[org.id, 'owner', 'Client Academy II']]);
 
   // Invitations: Ada accepts hers; Bob declines his; nobody answers another's.
-  const invitation = await admin.invite(org.id, { email: ada.email });
+  const invitation = await must(admin.invite(org.id, { email: ada.email }));
   assertShape(invitation, InvitationShape, 'invite');
   assert.deepEqual([invitation.status, invitation.role, invitation.email], ['pending', 'member', ada.email]);
   assert.match(invitation.token, /^[A-Za-z0-9_-]{43}$/);
-  const accepted = await student.acceptInvitation(invitation.token);
+  const accepted = await must(student.acceptInvitation(invitation.token));
   assertShape(accepted, AnswerShape, 'acceptInvitation');
   assert.deepEqual(accepted, { org_id: org.id, status: 'accepted' });
-  const toBob = await admin.invite(org.id, { email: bob.email, role: 'admin' });
+  const toBob = await must(admin.invite(org.id, { email: bob.email, role: 'admin' }));
   assert.equal(
-    (await student.declineInvitation(toBob.token).catch((e) => e)).code,
+    (await student.declineInvitation(toBob.token)).error?.code,
     'INVITATION_NOT_FOUND',
     'only the addressee can answer',
   );
-  const declined = await billingFor(bob.token).declineInvitation(toBob.token);
+  const declined = await must(billingFor(bob.token).declineInvitation(toBob.token));
   assertShape(declined, AnswerShape, 'declineInvitation');
   assert.deepEqual(declined, { org_id: org.id, status: 'declined' });
   const [bobs] = await testDb`select status from billing.org_invitations where id = ${toBob.id}`;
   assert.equal(bobs.status, 'declined');
 
   // The admin lists the invitations, newest first, and revokes one.
-  const toCarol = await admin.invite(org.id, { email: `carol-${crypto.randomUUID().slice(0, 8)}@school.test` });
-  const page = await admin.invitations(org.id, { limit: 2 });
+  const toCarol = await must(admin.invite(org.id, { email: `carol-${crypto.randomUUID().slice(0, 8)}@school.test` }));
+  const page = await must(admin.invitations(org.id, { limit: 2 }));
   assertShape(page, InvitationListShape, 'invitations');
-  page.invitations.forEach((i, n) => assertShape(i, ListedInvitationShape, `invitations[${n}]`));
-  assert.deepEqual(page.invitations.map((i) => [i.id, i.status]), [[toCarol.id, 'pending'], [toBob.id, 'declined']]);
-  assert.deepEqual((await admin.invitations(org.id, { cursor: page.next_cursor ?? '' })).invitations.map((i) => i.id), [
-    invitation.id,
-  ]);
-  const revoked = await admin.revokeInvitation(org.id, toCarol.id);
+  page.items.forEach((i, n) => assertShape(i, ListedInvitationShape, `invitations[${n}]`));
+  assert.deepEqual(page.items.map((i) => [i.id, i.status]), [[toCarol.id, 'pending'], [toBob.id, 'declined']]);
+  const rest = await must(admin.invitations(org.id, { cursor: page.next_cursor ?? '' }));
+  assert.deepEqual(rest.items.map((i) => i.id), [invitation.id]);
+  const revoked = await must(admin.revokeInvitation(org.id, toCarol.id));
   assertShape(revoked, ListedInvitationShape, 'revokeInvitation');
   assert.equal(revoked.status, 'revoked');
 
@@ -210,7 +210,7 @@ Deno.test('each organisation method of the client answers what its contract type
     headers: key(),
   });
   assert.equal(granted.status, 201, granted.text);
-  const funded = await admin.fundAllowances(org.id, { amount: '30' });
+  const funded = await must(admin.fundAllowances(org.id, { amount: '30' }));
   assertShape(funded, FundedShape, 'fundAllowances');
   assertShape(funded.wallet, WalletShape, 'fundAllowances.wallet');
   funded.funded.forEach((f, i) => assertShape(f, FundingShape, `fundAllowances.funded[${i}]`));
@@ -220,21 +220,20 @@ Deno.test('each organisation method of the client answers what its contract type
     funded.funded[0].transfer_id
   }`;
   assert.match(transfer.idempotency_key, /^allowance:[0-9a-f-]{36}:/, 'the client sent an Idempotency-Key');
-  const seen = await student.org(org.id);
+  const seen = await must(student.org(org.id));
   assertOrg(seen, 'org (as a member)');
   assert.deepEqual([seen.role, seen.wallet, seen.allowance], ['member', null, {
     balance: '30',
     held: '0',
     available: '30',
   }], 'a member sees their allowance, not the wallet');
-  await assert.rejects(
-    student.fundAllowances(org.id, { amount: '1' }),
-    (e: unknown) => e instanceof BillingError && e.code === 'ORG_FORBIDDEN' && e.status === 403,
-  );
+  const refused = await student.fundAllowances(org.id, { amount: '1' });
+  assert.deepEqual([refused.data, refused.error?.code, refused.error?.status], [null, 'ORG_FORBIDDEN', 403]);
+  assert.ok(refused.error instanceof BillingError);
 
   // The organisation pays after the student's own credits (org_pays_first: false); she has none.
-  const charged = await student.recordUsage({ model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 });
-  const members = await admin.members(org.id);
+  const charged = await must(student.recordUsage({ model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 }));
+  const { items: members } = await must(admin.members(org.id));
   members.forEach((m, i) => {
     assertShape(m, MemberShape, `members[${i}]`);
     if (m.allowance) assertShape(m.allowance, WalletShape, `members[${i}].allowance`);
@@ -244,66 +243,65 @@ Deno.test('each organisation method of the client answers what its contract type
     [ada.id, ada.email, 'member'],
   ]);
   assert.equal(members[1].allowance?.balance, String(30 - Number(charged.charged)));
-  const usage = await admin.orgUsage(org.id, { from: '2026-01-01T00:00:00Z', to: '2100-01-01T00:00:00Z' });
+  const { items: usage } = await must(admin.orgUsage(org.id, { from: '2026-01-01', to: '2100-01-01T00:00:00Z' }));
   usage.forEach((r, i) => assertShape(r, UsageShape, `orgUsage[${i}]`));
-  assert.deepEqual(usage.map((r) => [r.member_id, r.model, r.credits, r.charges]), [[
+  assert.deepEqual(usage.map((r) => [r.member_id, r.member_email, r.model, r.credits, r.charges]), [[
     ada.id,
+    ada.email,
     'gpt-4o-mini',
     charged.charged,
     1,
   ]]);
-  const monthly = await admin.orgUsage(org.id, {
+  const monthly = await must(admin.orgUsage(org.id, {
     from: '2026-01-01T00:00:00Z',
     to: '2100-01-01T00:00:00Z',
     period: 'month',
-  });
-  assert.match(monthly[0].period_start, /^\d{4}-\d\d-01T00:00:00\.000Z$/, 'a month starts on its first day');
-  assert.equal(
-    (await student.orgUsage(org.id, { from: '2026-01-01T00:00:00Z', to: '2100-01-01T00:00:00Z' })).length,
-    1,
-  );
+  }));
+  assert.match(monthly.items[0].period_start, /^\d{4}-\d\d-01T00:00:00\.000Z$/, 'a month starts on its first day');
+  assert.equal((await must(student.orgUsage(org.id))).items.length, 1, 'the last 30 days by default');
+  const csv = await must(admin.orgUsage(org.id, { format: 'csv' }));
+  assert.equal(csv.split('\n')[0], 'period_start,member_id,member_email,model,credits,charges');
+  assert.ok(csv.includes(`,${ada.id},${ada.email},gpt-4o-mini,`), csv);
 
   // The ledger, newest first, a page at a time (the cursor is the last entry's id).
-  const ledger = await admin.orgLedger(org.id, { limit: 10 });
+  const { items: ledger } = await must(admin.orgLedger(org.id, { limit: 10 }));
   ledger.forEach((e, i) => assertShape(e, LedgerShape, `orgLedger[${i}]`));
   assert.deepEqual(ledger.map((e) => [e.kind, e.amount, e.member_id]), [
     ['allowance', '-30', ada.id],
     ['adjustment', '100', null],
   ]);
-  const [first] = await admin.orgLedger(org.id, { limit: 1 });
-  const next = await admin.orgLedger(org.id, { limit: 1, cursor: first.id });
-  assert.deepEqual([first.id, next.map((e) => e.id)], [ledger[0].id, [ledger[1].id]]);
+  const first = await must(admin.orgLedger(org.id, { limit: 1 }));
+  const next = await must(admin.orgLedger(org.id, { limit: 1, cursor: first.next_cursor ?? '' }));
+  assert.deepEqual([first.items[0].id, next.items.map((e) => e.id)], [ledger[0].id, [ledger[1].id]]);
 
   // Buying for the organisation: startCheckout with org_id; paid, the credits land in its wallet.
   const pending = admin.startCheckout({ package_id: 'mini', org_id: org.id });
-  const session = await pending.done;
+  const session = await must(pending.done);
   assertShape(session, CheckoutShape, 'startCheckout (org)');
   assert.equal(session.client_temp_id, pending.tempId);
   const [purchase] = await testDb`select org_id, user_id from billing.purchases where id = ${session.purchase_id}`;
   assert.deepEqual([purchase.org_id, purchase.user_id], [org.id, ownerId]);
   await emulator(`/_emulator/checkout/sessions/${session.session_id}/pay`, { outcome: 'succeeded' });
   const credits = Number(session.credits) + Number(session.bonus_credits);
-  assert.equal((await admin.org(org.id)).wallet?.balance, String(70 + credits));
-  assert.equal((await admin.balance()).balance, '0', "the buyer's own account gets nothing");
+  assert.equal((await must(admin.org(org.id))).wallet?.balance, String(70 + credits));
+  assert.equal((await must(admin.balance())).balance, '0', "the buyer's own account gets nothing");
 
   // A pool caps each member.
-  assertOrg(await admin.updateOrg(org.id, { funding: 'pool' }), 'updateOrg (pool)');
-  const caps = await admin.setMemberCap(org.id, ada.id, { period: 'week', amount: '5' });
+  assertOrg(await must(admin.updateOrg(org.id, { funding: 'pool' })), 'updateOrg (pool)');
+  const { items: caps } = await must(admin.setMemberCap(org.id, ada.id, { period: 'week', amount: '5' }));
   caps.forEach((c, i) => assertShape(c, CapShape, `setMemberCap[${i}]`));
   assert.deepEqual(caps.map((c) => [c.period, c.cap, c.spent]), [['week', '5', '0']]);
-  assert.deepEqual(await admin.setMemberCap(org.id, ada.id, { period: 'week', amount: null }), [], 'null removes it');
+  const none = await must(admin.setMemberCap(org.id, ada.id, { period: 'week', amount: null }));
+  assert.deepEqual(none.items, [], 'null removes it');
 
-  const removed = await admin.removeMember(org.id, ada.id);
+  const removed = await must(admin.removeMember(org.id, ada.id));
   assertShape(removed, RemovedShape, 'removeMember');
   assert.deepEqual(removed, { org_id: org.id, user_id: ada.id, active: false });
-  await assert.rejects(student.org(org.id), (e: unknown) => e instanceof BillingError && e.code === 'ORG_NOT_FOUND');
+  assert.equal((await student.org(org.id)).error?.code, 'ORG_NOT_FOUND');
   const [{ n }] = await testDb`select count(*)::int as n from billing.org_members where org_id = ${org.id} and active`;
   assert.equal(n, 1, 'only the owner is left');
-  await assert.rejects(
-    admin.transferOwnership(org.id, ada.id),
-    (e: unknown) => (e as BillingError).code === 'MEMBER_NOT_FOUND',
-  );
-  const kept = await admin.transferOwnership(org.id, ownerId);
+  assert.equal((await admin.transferOwnership(org.id, ada.id)).error?.code, 'MEMBER_NOT_FOUND');
+  const kept = await must(admin.transferOwnership(org.id, ownerId));
   assertShape(kept, TransferredShape, 'transferOwnership');
   assert.deepEqual([kept.owner_id, kept.previous_owner_role], [ownerId, 'owner'], 'to themselves: nothing changes');
 });

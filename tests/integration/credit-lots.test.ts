@@ -35,7 +35,7 @@ async function spend(token: string, credits: number) {
   return r;
 }
 
-const lots = async (token: string) => data<LotPage>(await api('/credits/lots', { token })).lots;
+const lots = async (token: string) => data<LotPage>(await api('/credits/lots', { token })).items;
 const remaining = (all: Lot[]) => Object.fromEntries(all.map((l) => [l.id, l.remaining]));
 const inDays = (d: number) => new Date(Date.now() + d * 86_400_000).toISOString();
 
@@ -53,7 +53,7 @@ Deno.test('spending order: priority, then earliest expiry, then oldest; each ent
     [promoSoon]: '0',
     [promoLater]: '0',
   }, 'promotional before paid; within a priority, the earliest expiry first, no expiry last');
-  const [usage] = data<LedgerPage>(await api('/credits/ledger?limit=1', { token: s.token })).entries;
+  const [usage] = data<LedgerPage>(await api('/credits/ledger?limit=1', { token: s.token })).items;
   assert.deepEqual(
     usage.lots,
     [
@@ -79,11 +79,11 @@ Deno.test("GET /credits/lots lists the caller's lots newest first with a cursor,
   for (const amount of ['1', '2', '3']) ids.push(await grant(s.id, amount, { category: 'promotional' }));
   await grant(other.id, '9', {});
   const page1 = data<LotPage>(await api('/credits/lots?limit=2', { token: s.token }));
-  assert.deepEqual(page1.lots.map((l) => l.id), [ids[2], ids[1]]);
-  assert.equal(page1.lots[0].source, 'adjustment');
-  assert.equal(page1.lots[0].expires_at, null, 'an adjustment does not expire unless the admin says so');
+  assert.deepEqual(page1.items.map((l) => l.id), [ids[2], ids[1]]);
+  assert.equal(page1.items[0].source, 'adjustment');
+  assert.equal(page1.items[0].expires_at, null, 'an adjustment does not expire unless the admin says so');
   const page2 = data<LotPage>(await api(`/credits/lots?limit=2&cursor=${page1.next_cursor}`, { token: s.token }));
-  assert.deepEqual(page2.lots.map((l) => l.id), [ids[0]]);
+  assert.deepEqual(page2.items.map((l) => l.id), [ids[0]]);
   assert.equal(page2.next_cursor, null);
   assert.equal((await api('/credits/lots')).status, 401);
 });

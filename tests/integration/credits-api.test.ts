@@ -196,19 +196,19 @@ Deno.test("GET /credits/ledger pages newest first with a cursor, and only shows 
     });
   }
   const first = await api('/credits/ledger?limit=2', { token: s.token });
-  const page1 = data(first) as { entries: Json[]; next_cursor: string };
-  assert.equal(page1.entries.length, 2);
-  assert.deepEqual(page1.entries.map((e) => e.correlation_id), ['c-2', 'c-1']);
-  assert.deepEqual(page1.entries.map((e) => e.amount), ['-3', '-2']);
+  const page1 = data(first) as { items: Json[]; next_cursor: string };
+  assert.equal(page1.items.length, 2);
+  assert.deepEqual(page1.items.map((e) => e.correlation_id), ['c-2', 'c-1']);
+  assert.deepEqual(page1.items.map((e) => e.amount), ['-3', '-2']);
   const second = data(await api(`/credits/ledger?limit=2&cursor=${page1.next_cursor}`, { token: s.token })) as {
-    entries: Json[];
+    items: Json[];
     next_cursor: string | null;
   };
-  assert.deepEqual(second.entries.map((e) => e.kind), ['usage', 'promo_grant']);
+  assert.deepEqual(second.items.map((e) => e.kind), ['usage', 'promo_grant']);
   assert.equal(second.next_cursor, null);
-  assert.equal(second.entries[1].balance_after, '100');
+  assert.equal(second.items[1].balance_after, '100');
   const other = await student();
-  assert.deepEqual((data(await api('/credits/ledger', { token: other.token })) as { entries: Json[] }).entries, []);
+  assert.deepEqual((data(await api('/credits/ledger', { token: other.token })) as { items: Json[] }).items, []);
 });
 
 Deno.test('GET /credits/ledger?format=csv streams every entry with correlation ids', async () => {
@@ -227,7 +227,7 @@ Deno.test('GET /credits/ledger?format=csv streams every entry with correlation i
   assert.equal(r.status, 200);
   assert.match(r.headers.get('content-type') ?? '', /text\/csv/);
   const lines = r.text.trim().split('\r\n');
-  assert.equal(lines[0], 'id,created_at,kind,amount,balance_after,correlation_id,reference,lots');
+  assert.equal(lines[0], 'id,created_at,kind,amount,balance_after,correlation_id,reference,lots,paid_by');
   assert.equal(lines.length, 1 + 31);
   const ids = new Set(lines.slice(1).map((l) => l.split(',')[5]).filter((c) => c.startsWith('csv-')));
   assert.equal(ids.size, 30);

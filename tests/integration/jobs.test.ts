@@ -324,25 +324,25 @@ Deno.test("another student's job is 404 everywhere", async () => {
   assert.equal((await getJob(other.token, id)).status, 404);
   assert.equal((await api(`/jobs/${id}`, { token: other.token, method: 'DELETE' })).status, 404);
   assert.equal((await api(`/jobs/${id}/result`, { token: other.token })).status, 404);
-  const list = data(await api('/jobs', { token: other.token })) as { jobs: Json[] };
-  assert.equal(list.jobs.length, 0);
+  const list = data(await api('/jobs', { token: other.token })) as { items: Json[] };
+  assert.equal(list.items.length, 0);
 });
 
 Deno.test("GET /jobs lists the caller's jobs newest first, by status, with a cursor", async () => {
   const s = await student();
   for (let i = 0; i < 3; i++) await waitingJob(s.id);
   const first = data(await api('/jobs?limit=2&status=queued', { token: s.token })) as {
-    jobs: Json[];
+    items: Json[];
     next_cursor: string;
   };
-  assert.equal(first.jobs.length, 2);
+  assert.equal(first.items.length, 2);
   const second = data(await api(`/jobs?limit=2&status=queued&cursor=${first.next_cursor}`, { token: s.token })) as {
-    jobs: Json[];
+    items: Json[];
     next_cursor: string | null;
   };
-  assert.equal(second.jobs.length, 1);
+  assert.equal(second.items.length, 1);
   assert.equal(second.next_cursor, null);
-  assert.equal(new Set([...first.jobs, ...second.jobs].map((j) => j.job_id)).size, 3);
+  assert.equal(new Set([...first.items, ...second.items].map((j) => j.job_id)).size, 3);
 });
 
 Deno.test('the worker tick refuses a caller without the cron secret', async () => {

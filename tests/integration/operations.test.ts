@@ -78,7 +78,7 @@ Deno.test('an alert fires once for failing webhooks, is delivered through the ou
     assert.equal(outbox.template, 'alert');
     const listed = await api('/health/alerts', { token: admin });
     assert.ok(
-      (listed.body.data as { alerts: { condition: string }[] }).alerts.some((a) => a.condition === 'webhook_failures'),
+      (listed.body.data as { items: { condition: string }[] }).items.some((a) => a.condition === 'webhook_failures'),
     );
   } finally {
     await testDb`delete from billing.stripe_events where id = ${id}`;

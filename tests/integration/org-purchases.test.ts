@@ -52,7 +52,7 @@ Deno.test("an organisation's admin buys credits for its wallet; members and outs
 
   const ledger = await api(`/orgs/${org}/ledger`, { token: owner.token });
   assert.equal(ledger.status, 200, ledger.text);
-  const kinds = (ledger.body.data as { kind: string }[]).map((e) => e.kind).sort();
+  const kinds = (ledger.body.data as { items: { kind: string }[] }).items.map((e) => e.kind).sort();
   assert.deepEqual(kinds, ['promo_grant', 'purchase']);
   await assertLedgerInvariants();
 });

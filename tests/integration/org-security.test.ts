@@ -73,13 +73,13 @@ Deno.test("admins list their organisation's invitations page by page and revoke 
 
   const first = await api(`/orgs/${org}/invitations?limit=2`, { token: owner.token });
   assert.equal(first.status, 200, first.text);
-  const page1 = first.body.data as { invitations: Json[]; next_cursor: string | null };
-  assert.equal(page1.invitations.length, 2);
+  const page1 = first.body.data as { items: Json[]; next_cursor: string | null };
+  assert.equal(page1.items.length, 2);
   assert.ok(page1.next_cursor);
-  assert.ok(page1.invitations.every((i) => !('token' in i) && !('token_hash' in i)), 'no token, no hash');
+  assert.ok(page1.items.every((i) => !('token' in i) && !('token_hash' in i)), 'no token, no hash');
   const second = await api(`/orgs/${org}/invitations?limit=2&cursor=${page1.next_cursor}`, { token: owner.token });
-  const page2 = second.body.data as { invitations: Json[]; next_cursor: string | null };
-  assert.deepEqual(page2.invitations.map((i) => [i.email, i.status]), [[ada.email, 'accepted']], 'oldest last');
+  const page2 = second.body.data as { items: Json[]; next_cursor: string | null };
+  assert.deepEqual(page2.items.map((i) => [i.email, i.status]), [[ada.email, 'accepted']], 'oldest last');
   assert.equal(page2.next_cursor, null);
 
   const path = `/orgs/${org}/invitations/${toBo.id}`;
@@ -93,7 +93,7 @@ Deno.test("admins list their organisation's invitations page by page and revoke 
   assert.equal((revoked.body.data as { status: string }).status, 'revoked');
   assert.equal((await api(path, { method: 'DELETE', token: owner.token })).status, 200, 'revoking again is a retry');
   assert.equal(codeOf(await accept(bo, toBo.token)), 'INVITATION_CLOSED');
-  const accepted = page2.invitations[0].id as string;
+  const accepted = page2.items[0].id as string;
   assert.equal(
     codeOf(await api(`/orgs/${org}/invitations/${accepted}`, { method: 'DELETE', token: owner.token })),
     'INVITATION_CLOSED',

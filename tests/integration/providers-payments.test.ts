@@ -40,7 +40,7 @@ Deno.test('paid: the money ledger splits the amount between the provider and the
   assert.equal((stripeCharge.transfer_data as { destination: string }).destination, p.account);
 
   const listed = await api(`/providers/${p.id}/payments`, { token: p.token });
-  const [row] = (listed.body.data as { payments: Record<string, unknown>[] }).payments;
+  const [row] = (listed.body.data as { items: Record<string, unknown>[] }).items;
   assert.equal(row.status, 'paid');
   assert.equal(row.fee_collected_cents, fee);
   assert.equal(row.url, null, 'a paid payment no longer offers its checkout URL');
@@ -115,8 +115,8 @@ Deno.test('payouts: paid leaves the provider balance, failed puts it back; both 
 
   const listed = await api(`/providers/${p.id}/payouts`, { token: p.token });
   const payouts =
-    (listed.body.data as { payouts: { status: string; amount_cents: number; failure_code: string | null }[] })
-      .payouts;
+    (listed.body.data as { items: { status: string; amount_cents: number; failure_code: string | null }[] })
+      .items;
   assert.deepEqual(payouts.map((x) => [x.status, x.amount_cents]).sort(), [['failed', 4_400], ['paid', 15_000]]);
   assert.equal(payouts.find((x) => x.status === 'failed')?.failure_code, 'account_closed');
   await assertMoneyInvariants();

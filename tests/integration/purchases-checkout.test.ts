@@ -1,6 +1,6 @@
 // Buying credits through Stripe Checkout, end to end on the local stack.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, newUser, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, env, newUser, testDb, userToken } from '../helpers.ts';
 import { balanceOf, buy, emulator, startCheckout, stripeApi } from '../purchases.ts';
 
 async function student() {
@@ -28,15 +28,15 @@ Deno.test('the max package grants base credits plus a separate 20% promo_grant',
   await buy(s.token, 'max');
   assert.equal((await balanceOf(s.token)).balance, '119988');
   const ledger = (await api('/credits/ledger', { token: s.token })).body.data as {
-    entries: { kind: string; amount: string }[];
+    items: { kind: string; amount: string }[];
   };
-  assert.deepEqual(ledger.entries.map((e) => [e.kind, e.amount]), [['promo_grant', '19998'], ['purchase', '99990']]);
+  assert.deepEqual(ledger.items.map((e) => [e.kind, e.amount]), [['promo_grant', '19998'], ['purchase', '99990']]);
 });
 
 Deno.test('GET /checkout/packages lists the five tiers with credits as strings', async () => {
   const s = await student();
   const r = await api('/checkout/packages', { token: s.token });
-  const packages = (r.body.data as { packages: Record<string, unknown>[] }).packages;
+  const packages = (r.body.data as { items: Record<string, unknown>[] }).items;
   assert.deepEqual(packages.map((p) => [p.id, p.price_cents, p.credits, p.bonus_credits]), [
     ['mini', 500, '5000', '0'],
     ['starter', 999, '9990', '0'],
@@ -54,7 +54,11 @@ Deno.test("the Checkout Session is hosted, carries the purchase, and sets Stripe
   assert.equal(session.client_reference_id, co.purchase_id);
   assert.deepEqual(session.metadata, { purchase_id: co.purchase_id, user_id: s.id, package_id: 'starter' });
   assert.equal(session.amount_total, 999);
-  assert.match(String(session.url), /^http:\/\/127\.0\.0\.1:12111\/_emulator\/checkout\/cs_test_/);
+  // The emulator this stack runs (STRIPE_API_BASE: each stack has its own port).
+  assert.ok(
+    String(session.url).startsWith(`${env('STRIPE_API_BASE')}/_emulator/checkout/cs_test_`),
+    String(session.url),
+  );
 });
 
 Deno.test('an open session for the same package is reused (200) instead of a second charge', async () => {

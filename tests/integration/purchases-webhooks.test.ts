@@ -62,7 +62,7 @@ Deno.test('completion, refund and dispute events in every order converge to the 
   for (const e of inOrder.events) assert.equal((await deliver(e)).status, 200);
   const expected = await balanceOf(inOrder.s.token);
   const kinds = async (token: string) =>
-    ((await api('/credits/ledger', { token })).body.data as { entries: { kind: string; amount: string }[] }).entries
+    ((await api('/credits/ledger', { token })).body.data as { items: { kind: string; amount: string }[] }).items
       .map((e) => `${e.kind}:${e.amount}`).sort();
   const expectedKinds = await kinds(inOrder.s.token);
   // pro: 49,990 + 4,999 bonus; 10.00 of 49.99 refunded → −10,000 and −1,000; the lost dispute takes the rest.

@@ -57,13 +57,13 @@ Deno.test('an organisation invites, funds allowances, and its members spend them
   const range = `from=2026-01-01T00:00:00Z&to=2100-01-01T00:00:00Z`;
   const all = await api(`/orgs/${org}/usage?${range}`, { token: owner.token });
   assert.deepEqual(
-    new Set((all.body.data as { member_id: string }[]).map((r) => r.member_id)),
+    new Set((all.body.data as { items: { member_id: string }[] }).items.map((r) => r.member_id)),
     new Set([ada.id, bo.id]),
   );
   const mine = await api(`/orgs/${org}/usage?${range}`, { token: ada.token });
-  assert.deepEqual((mine.body.data as { member_id: string }[]).map((r) => r.member_id), [ada.id]);
+  assert.deepEqual((mine.body.data as { items: { member_id: string }[] }).items.map((r) => r.member_id), [ada.id]);
   const csv = await api(`/orgs/${org}/usage?${range}&format=csv`, { token: owner.token });
-  assert.match(csv.text, /^period_start,member_id,model,credits,charges\n/);
+  assert.match(csv.text, /^period_start,member_id,member_email,model,credits,charges\n/);
   assert.equal(csv.text.trim().split('\n').length, 3);
   const ledger = await api(`/orgs/${org}/ledger`, { token: ada.token });
   assert.equal(ledger.status, 403, 'the wallet ledger is for admins');

@@ -40,7 +40,7 @@ Deno.test('a student cannot lift, delete or reset a cap an admin set; their own 
     body: { period: 'day', amount: '1000', time_zone: 'Pacific/Kiritimati' },
   });
   assert.equal(moved.status, 200, moved.text);
-  const caps = moved.body.data as SpendCap[];
+  const caps = (moved.body.data as { items: SpendCap[] }).items;
   assert.deepEqual(caps.map((c) => [c.set_by, c.cap, c.spent]), [['admin', '50', '40'], ['self', '1000', '0']]);
 
   const refused = await spend(s.token, 20);
@@ -62,7 +62,7 @@ Deno.test('a student cannot lift, delete or reset a cap an admin set; their own 
     body: { period: 'day', amount: '50', time_zone: 'Asia/Tokyo' },
   });
   assert.equal(rezoned.status, 200, rezoned.text);
-  const adminCap = (rezoned.body.data as SpendCap[]).find((c) => c.set_by === 'admin');
+  const adminCap = (rezoned.body.data as { items: SpendCap[] }).items.find((c) => c.set_by === 'admin');
   assert.equal(adminCap?.spent, '40', 'a new time zone gives back no room');
   await assertLedgerInvariants();
 });
@@ -90,7 +90,7 @@ Deno.test('an ai_completion job counts against a per-model cap when its hold is 
   // gpt-4o cap: while held in full, once done as what it cost (the worker may finish it first).
   const small = await job(100);
   assert.equal(small.status, 202, small.text);
-  const caps = (await api('/credits/caps', { token: s.token })).body.data as SpendCap[];
+  const caps = ((await api('/credits/caps', { token: s.token })).body.data as { items: SpendCap[] }).items;
   assert.ok(Number(caps[0].spent) > 0, `the job counts against the model's cap: ${JSON.stringify(caps)}`);
 });
 

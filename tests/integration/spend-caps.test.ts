@@ -16,7 +16,7 @@ async function student(credits = '1000') {
 async function setCap(token: string, body: Record<string, unknown>, path = '/credits/caps') {
   const r = await api(path, { method: 'PUT', token, body });
   assert.equal(r.status, 200, r.text);
-  return r.body.data as SpendCap[];
+  return (r.body.data as { items: SpendCap[] }).items;
 }
 
 /** gpt-4o input: 50 tokens = 1 credit; gpt-4o-mini: 1,000 input tokens = 0.6 credits. */
@@ -54,7 +54,7 @@ Deno.test('a daily cap refuses what would go over it with 402 SPEND_CAP_REACHED,
   tomorrow.setUTCHours(24, 0, 0, 0);
   assert.equal(error.details.resets_at, tomorrow.toISOString());
   assert.equal((await balanceOf(s.token)).balance, '900', 'the refused request moved nothing');
-  const [after] = (await api('/credits/caps', { token: s.token })).body.data as SpendCap[];
+  const [after] = ((await api('/credits/caps', { token: s.token })).body.data as { items: SpendCap[] }).items;
   assert.deepEqual([after.spent, after.remaining], ['100', '0']);
 });
 
@@ -91,7 +91,7 @@ Deno.test('a per-model cap limits that model only; the overall cap still counts 
   assert.equal((await use(s.token, 10)).status, 201);
   assert.equal((await use(s.token, 1)).status, 402);
   assert.equal((await use(s.token, 6, 'gpt-4o-mini')).status, 201);
-  const caps = (await api('/credits/caps', { token: s.token })).body.data as SpendCap[];
+  const caps = ((await api('/credits/caps', { token: s.token })).body.data as { items: SpendCap[] }).items;
   assert.deepEqual(caps.map((c) => [c.model, c.spent]), [[null, '16'], ['gpt-4o', '10']]);
   assert.equal((await use(s.token, 6, 'gpt-4o-mini')).status, 402, 'the overall cap: 16 + 6 > 20');
 });
@@ -164,5 +164,5 @@ Deno.test("periods follow the cap's time zone; a bad period or time zone is 400 
     const r = await api('/credits/caps', { method: 'PUT', token: s.token, body });
     assert.equal(r.status, 400, r.text);
   }
-  assert.equal(((await api('/credits/caps', { token: s.token })).body.data as SpendCap[]).length, 1);
+  assert.equal(((await api('/credits/caps', { token: s.token })).body.data as { items: SpendCap[] }).items.length, 1);
 });

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { createClient, type SupabaseClient } from '@supabase/supabase-js';
 import { createBillingClient } from '../../client/mod.ts';
-import { fund, supabaseUrl, testDb } from '../helpers.ts';
+import { fund, must, supabaseUrl, testDb } from '../helpers.ts';
 
 const client = () =>
   createClient(supabaseUrl, 'local-anon-key', { auth: { persistSession: false, autoRefreshToken: false } });
@@ -42,7 +42,7 @@ Deno.test('a password sign-in gives a session the functions accept; getUser answ
   const { data } = await alice.supabase.auth.getUser();
   assert.equal(data.user?.id, alice.id);
   await fund(alice.id, '12.25');
-  const balance = await createBillingClient(alice.supabase).balance();
+  const balance = await must(createBillingClient(alice.supabase).balance());
   assert.equal(balance.available, '12.25');
   const [row] = await testDb`select last_sign_in_at from auth.users where id = ${alice.id}`;
   assert.ok(row.last_sign_in_at, 'the sign-in is recorded as Supabase Auth records it');

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { adminToken, api, newUser, userToken } from '../helpers.ts';
 import { newProvider } from '../providers.ts';
+import { encodeCursor } from '../../supabase/functions/_shared/page.ts';
 
 /** Values no parameter of ours accepts, each with what it tries. Sent as written (raw URL text). */
 const hostile: [string, string][] = [
@@ -43,6 +44,15 @@ const hostile: [string, string][] = [
   ['cursor with a short id', '1:00000000-0000'],
 ];
 
+/** A query value as the server reads it (an invalid escape such as %FF stays as sent). */
+const unescaped = (v: string) => {
+  try {
+    return decodeURIComponent(v);
+  } catch {
+    return v;
+  }
+};
+
 /** Every GET route's query parameters, with who may call it. */
 const provider = await newProvider();
 const queryRoutes: { path: string; params: string[]; auth: 'user' | 'admin' }[] = [
@@ -51,8 +61,8 @@ const queryRoutes: { path: string; params: string[]; auth: 'user' | 'admin' }[] 
   { path: '/admin/reports/daily', params: ['date', 'format'], auth: 'admin' },
   { path: '/admin/metrics', params: ['from', 'to', 'granularity', 'format'], auth: 'admin' },
   { path: '/providers/reconciliation', params: ['date'], auth: 'admin' },
-  { path: `/providers/${provider.id}/payments`, params: ['limit', 'before'], auth: 'admin' },
-  { path: `/providers/${provider.id}/payouts`, params: ['limit', 'before'], auth: 'admin' },
+  { path: `/providers/${provider.id}/payments`, params: ['limit', 'cursor'], auth: 'admin' },
+  { path: `/providers/${provider.id}/payouts`, params: ['limit', 'cursor'], auth: 'admin' },
 ];
 
 /** A fresh caller per parameter: the per-user limit (100 a minute) stays out of the way. */
@@ -77,7 +87,11 @@ for (const route of queryRoutes) {
     Deno.test(`GET ${route.path.replace(provider.id, ':id')}?${param}=<hostile>: 400 naming ${param}, never 5xx`, async () => {
       const token = await caller(route.auth);
       const extra = required[route.path] && param !== 'date' ? `&${required[route.path]}` : '';
-      for (const [what, value] of hostile) {
+      // A cursor is opaque: each hostile value also comes wrapped as one (base64url), as a forger would send it.
+      const values = param === 'cursor'
+        ? [...hostile, ...hostile.map(([what, v]) => [`${what}, as a cursor`, encodeCursor(unescaped(v))])]
+        : hostile;
+      for (const [what, value] of values) {
         const res = await api(`${route.path}?${param}=${value}${extra}`, { token });
         assertEnvelope4xx(res, `${param} = ${what}`);
         assert.equal(res.status, 400, `${param} = ${what}: ${res.text.slice(0, 200)}`);
@@ -94,10 +108,10 @@ Deno.test('the edges of every bound are still served: max bigint cursor, 1970 an
   const admin = await adminToken();
   for (
     const path of [
-      '/credits/ledger?cursor=9223372036854775807',
+      `/credits/ledger?cursor=${encodeCursor('9223372036854775807')}`,
       '/credits/ledger?from=1970-01-01T00:00:00Z&to=9999-12-31T23:59:59.999999Z',
       '/credits/ledger?from=2026-01-01T00:00:00%2B14:00&to=2026-01-02T00:00:00-12:00&limit=200',
-      '/jobs?cursor=9223372036854775807:00000000-0000-4000-8000-000000000000&limit=100',
+      `/jobs?cursor=${encodeCursor('9223372036854775807:00000000-0000-4000-8000-000000000000')}&limit=100`,
     ]
   ) {
     const res = await api(path, { token });
@@ -109,7 +123,7 @@ Deno.test('the edges of every bound are still served: max bigint cursor, 1970 an
       '/admin/reports/daily?date=9999-12-31',
       '/admin/metrics?from=9999-12-01&to=9999-12-31',
       '/providers/reconciliation?date=9999-12-31', // never ran: 404, not 500
-      `/providers/${provider.id}/payments?before=9999-12-31T23:59:59Z&limit=100`,
+      `/providers/${provider.id}/payments?cursor=${encodeCursor('9999-12-31T23:59:59Z')}&limit=100`,
     ]
   ) {
     const res = await api(path, { token: admin });

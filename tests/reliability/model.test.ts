@@ -117,11 +117,11 @@ async function compare(m: Model, r: Real) {
   }
   // Every lot as the model drew it; Σ remaining = the balance, 0 in debt.
   const lots = (await api('/credits/lots?limit=200', { token: r.token })).body.data as {
-    lots: { remaining: string }[];
+    items: { remaining: string }[];
   };
-  assert.deepEqual(lots.lots.map((l) => micro(l.remaining)).reverse(), m.lots.map((l) => l.remaining), 'lots');
+  assert.deepEqual(lots.items.map((l) => micro(l.remaining)).reverse(), m.lots.map((l) => l.remaining), 'lots');
   assert.equal(m.lots.reduce((sum, l) => sum + l.remaining, 0n), max(m.balance, 0n), 'Σ lots = balance');
-  const caps = (await api('/credits/caps', { token: r.token })).body.data as SpendCap[];
+  const caps = ((await api('/credits/caps', { token: r.token })).body.data as { items: SpendCap[] }).items;
   assert.deepEqual(capsSeen(caps), capsModelled(m), 'caps and their spending');
 }
 
@@ -377,7 +377,11 @@ class SetCap implements Cmd {
     });
     assert.equal(res.status, 200, res.text);
     setCap(m, this.owner, this.amount === null ? null : BigInt(this.amount) * M);
-    assert.deepEqual(capsSeen(res.body.data as SpendCap[]), capsModelled(m), 'caps and their spending');
+    assert.deepEqual(
+      capsSeen((res.body.data as { items: SpendCap[] }).items),
+      capsModelled(m),
+      'caps and their spending',
+    );
     await compare(m, r);
   }
   toString = () => `SetCap(${this.owner}, ${this.amount}, ${this.timeZone})`;
@@ -403,9 +407,13 @@ class LiftAdminCap implements Cmd {
     else {
       assert.equal(res.status, 200, res.text);
       setCap(m, 'self', amount === null ? null : BigInt(amount) * M);
-      assert.deepEqual(capsSeen(res.body.data as SpendCap[]), capsModelled(m), 'caps and their spending');
+      assert.deepEqual(
+        capsSeen((res.body.data as { items: SpendCap[] }).items),
+        capsModelled(m),
+        'caps and their spending',
+      );
     }
-    const after = (await api('/credits/caps', { token: r.token })).body.data as SpendCap[];
+    const after = ((await api('/credits/caps', { token: r.token })).body.data as { items: SpendCap[] }).items;
     assert.deepEqual(capsSeen(after.filter((c) => c.set_by === 'admin')), before, "the admin's cap is as it was");
     await compare(m, r);
   }

@@ -287,7 +287,7 @@ class SetCap implements Cmd {
       if (x.cap === null) x.capSpent = 0n; // a new cap counts from now
       x.cap = BigInt(this.amount) * M;
     }
-    const caps = res.body.data as { spent: string }[];
+    const caps = (res.body.data as { items: { spent: string }[] }).items;
     assert.deepEqual(caps.map((c) => micro(c.spent)), x.cap === null ? [] : [x.capSpent], 'cap spending');
     await compare(m, r);
   }

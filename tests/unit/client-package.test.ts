@@ -30,7 +30,9 @@ async function build() {
 async function contractMatches(packageContract: string) {
   const source = await Deno.readTextFile(`${root}supabase/functions/_shared/contract.ts`);
   const names = [...source.matchAll(/^export (?:type|interface) (\w+)/gm)].map((m) => m[1]);
-  const checks = names.map((n) => `same<Equal<Source.${n}, Package.${n}>>('${n}');`);
+  const generic = new Set([...source.matchAll(/^export (?:type|interface) (\w+)</gm)].map((m) => m[1]));
+  const arg = (n: string) => (generic.has(n) ? '<unknown>' : '');
+  const checks = names.map((n) => `same<Equal<Source.${n}${arg(n)}, Package.${n}${arg(n)}>>('${n}');`);
   const file = `${work}/contract-check.ts`;
   await Deno.writeTextFile(
     file,
@@ -56,6 +58,8 @@ Deno.test({
       'README.md',
       'contract.d.ts',
       'contract.js',
+      'error-codes.d.ts',
+      'error-codes.js',
       'errors.d.ts',
       'errors.js',
       'mod.d.ts',
@@ -86,14 +90,41 @@ Deno.test({
     await Deno.writeTextFile(
       `${work}/app.ts`,
       `import { createClient } from '@supabase/supabase-js';
-import { type Balance, BillingError, createBillingClient, type UsageRequest } from '@scholarlink/billing-client';
+import {
+  type Balance,
+  type BillingResult,
+  createBillingClient,
+  type ErrorCode,
+  type Page,
+  type OrgUsageRow,
+  type UsageRequest,
+} from '@scholarlink/billing-client';
 
 const supabase = createClient('http://127.0.0.1:54321', 'anon-key');
 const billing = createBillingClient(supabase, { maxAttempts: 3 });
-export const balance: Promise<Balance> = billing.balance();
+export const balance: Promise<BillingResult<Balance>> = billing.balance();
 const usage: UsageRequest = { model: 'gpt-4o-mini', input_tokens: 1200, output_tokens: 300 };
-export const charged: Promise<string> = billing.recordUsage(usage).then((c) => c.charged);
-export const code = (e: unknown) => (e instanceof BillingError ? e.code : 'unknown');
+export async function spend(): Promise<string> {
+  const { data, error } = await billing.recordUsage(usage);
+  if (error) {
+    // The code narrows details to what docs/api.md documents for it.
+    if (error.code === 'INSUFFICIENT_CREDITS') return error.details?.required ?? '';
+    if (error.code === 'SPEND_CAP_REACHED') return error.details?.resets_at ?? '';
+    // @ts-expect-error a code that is not documented is not a code
+    if (error.code === 'NO_SUCH_CODE') return '';
+    return error.requestId ?? error.message;
+  }
+  // Once error is ruled out, data is the answer (paid by the caller or an organisation).
+  return data.paid_by === 'self' ? data.charged : data.paid_by.org_id;
+}
+export async function report(org: string): Promise<number> {
+  const csv = await billing.orgUsage(org, { from: '2026-11-01', format: 'csv' });
+  const rows: { data: Page<OrgUsageRow> | null } = await billing.orgUsage(org);
+  return (csv.data ?? '').length + (rows.data?.items.length ?? 0);
+}
+export const known: ErrorCode = 'HTTP_502';
+// @ts-expect-error data is null until error is ruled out
+export const early = async () => (await billing.balance()).data.available;
 // @ts-expect-error credits are exact decimal strings, never numbers
 export const wrong: Balance['available'] = 12.5;
 // @ts-expect-error an unknown package field is refused

@@ -55,7 +55,7 @@ Deno.test('a retryable 503 and a 409 IDEMPOTENCY_KEY_IN_USE are retried with the
   ]);
   try {
     const result = await client(s.base).recordUsage({ model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
-    assert.deepEqual(result, charge);
+    assert.deepEqual(result, { data: charge, error: null });
     assert.equal(s.seen.length, 3);
     assert.equal(new Set(s.seen.map((r) => r.key)).size, 1, 'one key for every attempt');
     assert.match(s.seen[0].key ?? '', /^[0-9a-f-]{36}$/);
@@ -66,13 +66,15 @@ Deno.test('a retryable 503 and a 409 IDEMPOTENCY_KEY_IN_USE are retried with the
   }
 });
 
-Deno.test('a non-retryable error is thrown at once as a typed BillingError', async () => {
+Deno.test('a non-retryable error is answered at once as `{ data: null, error }`, never thrown', async () => {
   const s = failingServer([{ status: 400, body: envelope('VALIDATION_FAILED', false) }]);
   try {
-    const err = await client(s.base).recordUsage({ model: 'gpt-4o', input_tokens: -1, output_tokens: 1 }).then(
-      () => null,
-      (e) => e,
-    );
+    const { data, error: err } = await client(s.base).recordUsage({
+      model: 'gpt-4o',
+      input_tokens: -1,
+      output_tokens: 1,
+    });
+    assert.equal(data, null);
     assert.ok(err instanceof BillingError);
     assert.equal(err.status, 400);
     assert.equal(err.code, 'VALIDATION_FAILED');
@@ -93,7 +95,12 @@ Deno.test('a network error is retried with the same key; attempts stop at maxAtt
     return calls === 1 ? Promise.reject(new TypeError('connection reset')) : fetch(input, init);
   };
   try {
-    await client(s.base, fast, flaky).recordUsage({ model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
+    const { error } = await client(s.base, fast, flaky).recordUsage({
+      model: 'gpt-4o',
+      input_tokens: 1,
+      output_tokens: 1,
+    });
+    assert.equal(error, null);
     assert.equal(calls, 2);
     assert.equal(s.seen.length, 1);
   } finally {
@@ -102,8 +109,8 @@ Deno.test('a network error is retried with the same key; attempts stop at maxAtt
 
   const down = failingServer([{ status: 503, body: envelope('DATABASE_UNAVAILABLE', true) }]);
   try {
-    const err = await client(down.base, { ...fast, maxAttempts: 3 }).balance().catch((e) => e);
-    assert.equal(err.code, 'DATABASE_UNAVAILABLE');
+    const { error: err } = await client(down.base, { ...fast, maxAttempts: 3 }).balance();
+    assert.equal(err?.code, 'DATABASE_UNAVAILABLE');
     assert.equal(down.seen.length, 3);
     assert.equal(down.seen[0].key, null, 'reads carry no Idempotency-Key');
   } finally {
@@ -150,7 +157,7 @@ Deno.test('optimistic create: a temp id at once, the canonical id later; retries
     const pending = client(s.base).createJob({ type: 'ai_completion', input: {} });
     assert.match(pending.tempId, /^temp_[0-9a-f-]{36}$/);
     const accepted = await pending.done;
-    assert.equal(accepted.job_id, 'job-1');
+    assert.equal(accepted.data?.job_id, 'job-1');
     const sent = s.seen.map((r) => JSON.parse(r.body).client_temp_id);
     assert.deepEqual(sent, [pending.tempId, pending.tempId]);
   } finally {
@@ -170,7 +177,7 @@ Deno.test("watchJob follows the server's Retry-After, reports progress, and stop
     const progress: number[] = [];
     const started = Date.now();
     const done = await client(s.base).watchJob('j', { onProgress: (j) => progress.push(j.progress) });
-    assert.equal(done.status, 'completed');
+    assert.equal(done.data?.status, 'completed');
     assert.deepEqual(progress, [0, 40, 100]);
     assert.ok(Date.now() - started >= 1900, 'waited Retry-After (1 s) twice');
   } finally {
@@ -182,10 +189,28 @@ Deno.test("watchJob follows the server's Retry-After, reports progress, and stop
     const abort = new AbortController();
     const started = Date.now();
     setTimeout(() => abort.abort(), 200);
-    const err = await client(slow.base).watchJob('j', { signal: abort.signal }).catch((e) => e);
-    assert.equal(err.code, 'ABORTED');
+    const { data, error } = await client(slow.base).watchJob('j', { signal: abort.signal });
+    assert.deepEqual([data, error?.code], [null, 'ABORTED']);
     assert.ok(Date.now() - started < 2000, 'the abort ends the 8 s wait at once');
   } finally {
     await slow.close();
   }
+});
+
+Deno.test('nothing answering at all (no server) is `error.code` NETWORK_ERROR after the retries, never a throw', async () => {
+  const s = failingServer([{ status: 200, body: success({}) }]);
+  const base = s.base;
+  await s.close(); // the port is closed now: every attempt is refused
+  const { data, error } = await client(base, { ...fast, maxAttempts: 2 }).balance();
+  assert.equal(data, null);
+  assert.deepEqual([error?.code, error?.status, error?.retryable], ['NETWORK_ERROR', 0, true]);
+});
+
+Deno.test('a fetch that throws something unexpected is still answered as an error', async () => {
+  const broken: typeof fetch = () => {
+    throw new Error('not a fetch error');
+  };
+  const { data, error } = await client('http://127.0.0.1:9', { ...fast, maxAttempts: 1 }, broken).packages();
+  assert.equal(data, null);
+  assert.equal(error?.code, 'NETWORK_ERROR');
 });

@@ -2,7 +2,7 @@
 // the balance and ledger read straight from the billing_api views (RLS shows only the user's
 // own rows), buying a package through Checkout, and recording usage.
 import type { Session } from '@supabase/supabase-js';
-import { type Balance, BillingError, type CreditPackage } from '@scholarlink/billing-client';
+import type { ApiError, Balance, CreditPackage } from '@scholarlink/billing-client';
 import { type FormEvent, useCallback, useEffect, useState } from 'react';
 import { billing, billingApi, supabase } from './supabase.ts';
 
@@ -18,8 +18,8 @@ interface LedgerRow {
 /** An exact decimal string without trailing zeros ("100.500000" → "100.5"); never through a float. */
 const exact = (s: string) => (s.includes('.') ? s.replace(/\.?0+$/, '') : s);
 
-const describe = (e: unknown) =>
-  e instanceof BillingError ? `${e.code}: ${e.message}` : e instanceof Error ? e.message : String(e);
+// The client answers { data, error } as supabase-js does; a refusal is an error, never a throw.
+const describe = (e: ApiError | Error) => ('code' in e ? `${e.code}: ${e.message}` : e.message);
 
 export function App() {
   const [session, setSession] = useState<Session | null>(null);
@@ -70,36 +70,31 @@ function Wallet({ email }: { email: string }) {
           .order('id', { ascending: false })
           .limit(20),
       ]);
+      if (fromFunction.error) return setError(describe(fromFunction.error));
       if (fromView.error) throw new Error(fromView.error.message);
       if (entries.error) throw new Error(entries.error.message);
-      setBalance(fromFunction);
+      setBalance(fromFunction.data);
       setViewBalance(exact(fromView.data?.available ?? '0'));
       setLedger(entries.data as LedgerRow[]);
       setError('');
     } catch (e) {
-      setError(describe(e));
+      setError(describe(e instanceof Error ? e : new Error(String(e))));
     }
   }, []);
   useEffect(() => {
     refresh();
-    billing.packages().then(setPackages, (e) => setError(describe(e)));
+    billing.packages().then(({ data, error }) => (error ? setError(describe(error)) : setPackages(data.items)));
   }, [refresh]);
 
   async function buy(packageId: string) {
-    try {
-      const session = await billing.startCheckout({ package_id: packageId, success_url: location.href }).done;
-      if (session.url) location.assign(session.url);
-    } catch (e) {
-      setError(describe(e));
-    }
+    const { data, error } = await billing.startCheckout({ package_id: packageId, success_url: location.href }).done;
+    if (error) return setError(describe(error));
+    if (data.url) location.assign(data.url);
   }
   async function useCredits() {
-    try {
-      await billing.recordUsage({ model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 500 });
-      await refresh();
-    } catch (e) {
-      setError(describe(e));
-    }
+    const { error } = await billing.recordUsage({ model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 500 });
+    if (error) return setError(describe(error));
+    await refresh();
   }
 
   return (

@@ -107,8 +107,37 @@ export function createApp(
   if (opts.sessionToken) app.use('*', identifySession(opts.sessionToken));
   if (opts.rateLimited !== false) app.use('*', rateLimit);
   app.onError((err, c) => errorResponse(c, err));
-  app.notFound((c) => errorResponse(c, new AppError('not_found', 'NOT_FOUND', 'No such route.')));
+  app.notFound((c) => errorResponse(c, noRouteError(app, c)));
   return app;
+}
+
+/**
+ * Why nothing answered: 405 with `Allow` when the path is a route of other methods (read from
+ * the routes, as CORS's methods are), else 404.
+ */
+function noRouteError(app: Hono<AppEnv>, c: AppContext): AppError {
+  const allow = methodsAt(app, c.req.path);
+  if (allow.length === 0) return new AppError('not_found', 'NOT_FOUND', 'No such route.');
+  const listed = [...allow, 'OPTIONS'].join(', ');
+  return new AppError('validation', 'METHOD_NOT_ALLOWED', `${c.req.method} is not allowed here: use ${listed}.`, {
+    status: 405,
+    details: { allow: [...allow, 'OPTIONS'] },
+    headers: { Allow: listed },
+  });
+}
+
+/**
+ * The methods whose routes (not middleware) match `path`, HEAD with GET.
+ * @example methodsAt(app, '/credits/balance') // ['GET', 'HEAD']
+ */
+export function methodsAt(app: Hono<AppEnv>, path: string): string[] {
+  type Match = [[unknown, { method: string }], unknown][];
+  const found = routeMethods(app).filter((m) => {
+    if (m === 'OPTIONS') return false;
+    const [matches] = app.router.match(m, path) as unknown as [Match];
+    return matches.some(([[, route]]) => route.method === m);
+  });
+  return found.includes('GET') ? [...found, 'HEAD'].sort() : found;
 }
 
 /**

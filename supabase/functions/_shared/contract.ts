@@ -55,21 +55,32 @@ export interface LotShare {
   amount: Credits;
 }
 
+/**
+ * Every list answers this envelope. `next_cursor` is opaque: pass it back as `cursor` for the
+ * next page; null when there is none (or the list is never paged).
+ */
+export interface Page<T> {
+  items: T[];
+  next_cursor: string | null;
+}
+
+/** Who paid a charge: the caller's own credits, or an organisation (a wallet or an allowance). */
+export type PaidBy = 'self' | { org_id: string };
+
 export interface LedgerEntry {
   id: string;
   created_at: string;
   kind: string;
   amount: Credits;
-  balance_after: Credits;
+  /** The caller's balance after the entry; null on a charge an organisation paid (its balance is not shown). */
+  balance_after: Credits | null;
   correlation_id: string | null;
   reference: string | null;
   lots: LotShare[];
+  paid_by: PaidBy;
 }
 
-export interface LedgerPage {
-  entries: LedgerEntry[];
-  next_cursor: string | null;
-}
+export type LedgerPage = Page<LedgerEntry>;
 
 /** A credit lot: where credits came from, what is left of them, when they expire. */
 export interface Lot {
@@ -125,10 +136,7 @@ export interface AutoRecharge {
   }[];
 }
 
-export interface LotPage {
-  lots: Lot[];
-  next_cursor: string | null;
-}
+export type LotPage = Page<Lot>;
 
 export interface UsageCharge {
   transfer_id: string | null;
@@ -138,6 +146,7 @@ export interface UsageCharge {
   rate_card_version: number;
   /** The organisation that paid; then `balance`/`available` are an allowance's, or for a pool the caller's own. */
   org_id?: string;
+  paid_by: PaidBy;
 }
 
 export interface Hold {
@@ -213,10 +222,7 @@ export interface Job {
   expires_at: string;
 }
 
-export interface JobList {
-  jobs: Job[];
-  next_cursor: string | null;
-}
+export type JobList = Page<Job>;
 
 /** The failure envelope's `error`. */
 export interface ErrorBody {
@@ -278,11 +284,8 @@ export interface OrgInvitation extends Invitation {
   token: string;
 }
 
-/** A page of invitations, newest first; `next_cursor` asks for the next page. */
-export interface InvitationList {
-  invitations: Invitation[];
-  next_cursor: string | null;
-}
+/** A page of invitations, newest first. */
+export type InvitationList = Page<Invitation>;
 
 export interface OwnershipTransferred {
   org_id: string;
@@ -295,6 +298,14 @@ export interface OwnershipTransferred {
 export interface InvitationAnswer {
   org_id: string;
   status: 'accepted' | 'declined';
+}
+
+/** What an invitation link's holder may see before signing in (POST /orgs/invitations/preview). */
+export interface InvitationPreview {
+  org_name: string;
+  role: 'admin' | 'member';
+  status: Invitation['status'];
+  expires_at: string;
 }
 
 export interface OrgMember {
@@ -330,6 +341,8 @@ export interface AllowancesFunded {
 /** Org-funded spending of one member on one model in one period. */
 export interface OrgUsageRow {
   member_id: string;
+  /** The member's email address (null for a user who signed up without one). */
+  member_email: string | null;
   model: string | null;
   period_start: string;
   credits: Credits;

@@ -2,10 +2,11 @@
 // range without holding it in memory.
 import { db } from './db.ts';
 import { formatCredits } from './money.ts';
+import { pageOf } from './page.ts';
 
 import type { LedgerEntry, LedgerPage } from './contract.ts';
 
-/** Which entries: older than `cursor` (an entry id), created in [from, to). */
+/** Which entries: older than `cursor` (an entry id, decoded), created in [from, to). */
 export interface LedgerRange {
   cursor?: string;
   from?: string;
@@ -21,6 +22,7 @@ type Row = {
   correlation_id: string | null;
   reference: string | null;
   lots: { lot_id: string; amount: string }[];
+  paid_by_org: string | null;
 };
 
 export async function ledgerPage(
@@ -30,17 +32,18 @@ export async function ledgerPage(
 ): Promise<LedgerPage> {
   const rows = await db()<Row[]>`
     select * from billing.get_ledger(${userId}, ${q.cursor ?? null}, ${limit + 1}, ${q.from ?? null}, ${q.to ?? null})`;
-  const entries = rows.slice(0, limit).map((r) => ({
+  const entries = rows.map((r): LedgerEntry => ({
     id: String(r.id),
     created_at: r.created_at.toISOString(),
     kind: r.kind,
     amount: formatCredits(r.amount),
-    balance_after: formatCredits(r.balance_after),
+    balance_after: r.balance_after === null ? null : formatCredits(r.balance_after),
     correlation_id: r.correlation_id,
     reference: r.reference,
     lots: r.lots,
+    paid_by: r.paid_by_org ? { org_id: r.paid_by_org } : 'self',
   }));
-  return { entries, next_cursor: rows.length > limit ? entries[entries.length - 1].id : null };
+  return pageOf(entries, limit, (e) => e.id);
 }
 
 const csvColumns = [
@@ -52,14 +55,22 @@ const csvColumns = [
   'correlation_id',
   'reference',
   'lots',
+  'paid_by',
 ] as const;
 export const csvHeader = csvColumns.join(',') + '\r\n';
 
-/** An entry's field as CSV text; lots read `lot_id:amount` joined by `;` (e.g. `12:5;13:0.5`). */
-const csvText = (e: LedgerEntry, k: typeof csvColumns[number]) =>
-  k === 'lots' ? e.lots.map((l) => `${l.lot_id}:${l.amount}`).join(';') : e[k];
+/**
+ * An entry's field as CSV text; lots read `lot_id:amount` joined by `;` (e.g. `12:5;13:0.5`),
+ * paid_by `self` or the paying organisation's id.
+ */
+function csvText(e: LedgerEntry, k: typeof csvColumns[number]): string | null {
+  if (k === 'lots') return e.lots.map((l) => `${l.lot_id}:${l.amount}`).join(';');
+  if (k === 'paid_by') return e.paid_by === 'self' ? 'self' : e.paid_by.org_id;
+  return e[k];
+}
 
-function csvField(v: string | null): string {
+/** One CSV field: quoted when needed, never read by a spreadsheet as a formula. */
+export function csvField(v: string | null): string {
   if (v === null) return '';
   // Quote when needed; a leading =,+,-,@ is prefixed so spreadsheets never run it as a formula.
   const safe = /^[=+\-@\t\r]/.test(v) && !/^-?[0-9.]+$/.test(v) ? `'${v}` : v;
@@ -83,9 +94,9 @@ export function ledgerCsv(userId: string, q: LedgerRange): ReadableStream<Uint8A
         return;
       }
       const page = await ledgerPage(userId, { ...q, cursor }, 1000);
-      if (page.entries.length) controller.enqueue(enc.encode(csvLines(page.entries)));
+      if (page.items.length) controller.enqueue(enc.encode(csvLines(page.items)));
       if (!page.next_cursor) controller.close();
-      cursor = page.next_cursor ?? undefined;
+      cursor = page.items.at(-1)?.id;
     },
   });
 }

@@ -3,8 +3,9 @@
 // (bigint ids, page sizes), real calendar dates and instants within one window, UUIDs. Built
 // from pg-values.ts's blocks.
 import { z } from 'zod';
-import { AppError } from './errors.ts';
+import { invalid } from './validate.ts';
 import { bigintText, pgText, queryInt } from './pg-values.ts';
+import { cursorOf } from './page.ts';
 
 /** The window every date and instant must fall in (docs/api.md, "Query values"). */
 export const earliestDay = '1970-01-01';
@@ -12,12 +13,6 @@ export const latestDay = '9999-12-31';
 const earliestMs = Date.parse(`${earliestDay}T00:00:00Z`);
 const afterLatestMs = Date.parse('+010000-01-01T00:00:00Z');
 const outOfWindow = `must be between ${earliestDay} and ${latestDay}`;
-
-/**
- * A positive bigint id as a decimal string (an entry id, a cursor): at most 2^63 - 1.
- * @example LedgerQuerySchema.shape.cursor // EntryIdSchema.optional()
- */
-export const EntryIdSchema = bigintText('must be a cursor from a previous page');
 
 /**
  * A page size from the query string: decimal digits only (no `1e3`, `0x10`, spaces or signs),
@@ -68,10 +63,41 @@ export const UuidSchema = pgText(36)
 export function parseOr400<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
   const parsed = schema.safeParse(input);
   if (parsed.success) return parsed.data;
-  const first = parsed.error.issues[0];
-  const field = first?.path.join('.') || undefined;
-  throw new AppError('validation', 'VALIDATION_FAILED', field ? `${field}: ${first.message}` : first.message, {
-    field,
-    details: { issues: parsed.error.issues.slice(0, 10).map((i) => ({ path: i.path.join('.'), message: i.message })) },
-  });
+  throw invalid(parsed.error);
 }
+
+/**
+ * The cursor of a list paged by a bigint id (ledger entries, lots): opaque, its position at
+ * most 2^63 - 1.
+ * @example cursor: IdCursorSchema.optional()
+ */
+export const IdCursorSchema = cursorOf(bigintText('must be an id'));
+
+/** The cursor of a list paged by a UUID (an organisation's invitations). */
+export const UuidCursorSchema = cursorOf(UuidSchema);
+
+/** The cursor of a list paged by an instant (a provider's payments and payouts). */
+export const InstantCursorSchema = cursorOf(InstantSchema);
+
+/**
+ * A range's bound given as a calendar date (its midnight, UTC) or an instant, as an instant.
+ * @example from: DayOrInstantSchema.optional()
+ */
+export const DayOrInstantSchema = pgText(40).transform((s, ctx) => {
+  const isDay = /^[0-9]{4}-[0-9]{2}-[0-9]{2}$/.test(s);
+  const parsed = (isDay ? CalendarDateSchema : InstantSchema).safeParse(s);
+  if (parsed.success) return isDay ? `${parsed.data}T00:00:00Z` : parsed.data;
+  ctx.addIssue({ code: 'custom', message: 'must be a date (YYYY-MM-DD) or an instant (RFC 3339)' });
+  return z.NEVER;
+});
+
+/**
+ * Fills a range's missing bounds: `to` tomorrow (UTC), so today is in; `from` `days` before
+ * `to`. Reports default to the last 30 days this way (/admin/metrics, /orgs/:id/usage).
+ * @example z.strictObject({ from: day.optional(), to: day.optional() }).transform(lastDays(30))
+ */
+export const lastDays = (days: number) => <T extends { from?: string; to?: string }>(q: T) => {
+  const to = q.to ?? new Date(Date.now() + 86_400_000).toISOString().slice(0, 10);
+  const from = q.from ?? new Date(Date.parse(to) - days * 86_400_000).toISOString().slice(0, 10);
+  return { ...q, from, to };
+};

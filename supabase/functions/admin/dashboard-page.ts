@@ -55,7 +55,7 @@ async function get(path) {
   return body;
 }
 
-// A number never wraps in the middle: a long one is set smaller instead.
+// A long number is set smaller, and wraps rather than clips when even that is too wide.
 function tile(kpi, label, value, raw) {
   return '<div class="tile" data-kpi="' + kpi + '" data-value="' + esc(raw) + '"><div class="label">' + label +
     '</div><div class="value' + (String(value).length > 9 ? ' long' : '') + '">' + esc(value) + '</div></div>';

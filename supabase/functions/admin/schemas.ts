@@ -1,7 +1,7 @@
 // Query shapes of the admin routes.
 import { z } from 'zod';
 import { pgText } from '../_shared/pg-values.ts';
-import { CalendarDateSchema } from '../_shared/query.ts';
+import { CalendarDateSchema, lastDays } from '../_shared/query.ts';
 
 const day = CalendarDateSchema;
 const format = z.enum(['json', 'csv']).default('json');
@@ -15,11 +15,7 @@ export const MetricsSchema = z
     granularity: z.enum(['day', 'week', 'month']).default('day'),
     format,
   })
-  .transform((q) => {
-    const to = q.to ?? new Date(Date.now() + 86_400_000).toISOString().slice(0, 10);
-    const from = q.from ?? new Date(Date.parse(to) - 30 * 86_400_000).toISOString().slice(0, 10);
-    return { ...q, from, to };
-  })
+  .transform(lastDays(30))
   .refine((q) => q.from < q.to, { message: 'from must be before to', path: ['from'] })
   .refine((q) => Date.parse(q.to) - Date.parse(q.from) <= 400 * 86_400_000, {
     message: 'at most 400 days at a time',

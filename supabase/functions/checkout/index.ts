@@ -2,12 +2,13 @@
 // ops-initiated refunds. Credits move only in billing.sync_purchase (see _shared/purchases.ts).
 import type { MiddlewareHandler } from 'hono';
 import { type AppEnv, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
-import type { CreditPackage, PurchaseStatus } from '../_shared/contract.ts';
+import type { CreditPackage, Page, PurchaseStatus } from '../_shared/contract.ts';
 import { call } from '../_shared/db.ts';
 import { lazyEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotentExternal, scopedKey } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
+import { whole } from '../_shared/page.ts';
 import { fetchPurchaseState } from '../_shared/purchases.ts';
 import { stripe, stripeCall } from '../_shared/stripe.ts';
 import { clientAddress } from '../_shared/client-address.ts';
@@ -47,13 +48,12 @@ app.get('/packages', requireUser, async (c) => {
     sql<CreditPackage[]>`select id, name, price_cents, currency, credits, bonus_credits from billing.credit_packages
         where active order by sort_order`
   );
-  return ok<{ packages: CreditPackage[] }>(c, {
-    packages: rows.map((p) => ({
-      ...p,
-      credits: formatCredits(p.credits),
-      bonus_credits: formatCredits(p.bonus_credits),
-    })),
-  });
+  return ok<Page<CreditPackage>>(
+    c,
+    whole(
+      rows.map((p) => ({ ...p, credits: formatCredits(p.credits), bonus_credits: formatCredits(p.bonus_credits) })),
+    ),
+  );
 });
 
 app.post('/sessions', requireUser, async (c) => {

@@ -1,7 +1,7 @@
 // The credits API: balance, lots, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds; a money
 // route's one call also claims its Idempotency-Key and stores its answer (moneyRequest).
-import type { Alerts, AutoRecharge, Balance, LotPage, SpendCap } from '../_shared/contract.ts';
+import type { Alerts, AutoRecharge, Balance, Lot, LotPage, Page, SpendCap } from '../_shared/contract.ts';
 import {
   type AppContext,
   createApp,
@@ -18,6 +18,7 @@ import { moneyRequest } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import { ledgerCsv, ledgerPage } from '../_shared/ledger.ts';
+import { pageOf, whole } from '../_shared/page.ts';
 import { jsonText } from '../_shared/pg-values.ts';
 import { inline, oneTrip } from '../_shared/sql-literal.ts';
 import {
@@ -60,7 +61,7 @@ app.get('/lots', requireUser, async (c) => {
   const rows = await call((sql) =>
     sql`select * from billing.get_lots(${currentUser(c).id}, ${q.cursor ?? null}, ${q.limit + 1})`
   );
-  const lots = rows.slice(0, q.limit).map((l) => ({
+  const lots = rows.map((l): Lot => ({
     id: String(l.id),
     source: l.source,
     category: l.category,
@@ -71,7 +72,7 @@ app.get('/lots', requireUser, async (c) => {
     expires_at: l.expires_at ? (l.expires_at as Date).toISOString() : null,
     frozen: l.frozen,
   }));
-  return ok<LotPage>(c, { lots, next_cursor: rows.length > q.limit ? lots[lots.length - 1].id : null });
+  return ok<LotPage>(c, pageOf(lots, q.limit, (l) => l.id));
 });
 
 app.get('/ledger', requireUser, async (c) => {
@@ -115,7 +116,7 @@ app.post('/holds/:id/release', requireUser, async (c) => {
 
 app.get('/caps', requireUser, async (c) => {
   const [{ caps }] = await call((sql) => sql`select billing.get_spend_caps(${currentUser(c).id}) as caps`);
-  return ok<SpendCap[]>(c, caps);
+  return ok<Page<SpendCap>>(c, whole(caps));
 });
 
 /**
@@ -128,7 +129,7 @@ async function setCap(c: AppContext, userId: string, owner: 'self' | 'admin') {
     sql`select billing.set_spend_cap(${userId}, ${cap.period}, ${cap.time_zone}, ${cap.model}, ${cap.amount},
       ${currentUser(c).id}, ${owner}) as caps`
   );
-  return ok<SpendCap[]>(c, caps);
+  return ok<Page<SpendCap>>(c, whole(caps));
 }
 
 // A student caps their own spending; an admin caps anyone's, and only an admin lifts that cap.

@@ -2,7 +2,7 @@
 import { z } from 'zod';
 import { CreditAmountSchema } from '../_shared/money.ts';
 import { jsonObject, pgInt, pgText } from '../_shared/pg-values.ts';
-import { EntryIdSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/query.ts';
+import { IdCursorSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/query.ts';
 
 const printable = /^[\x20-\x7e]+$/;
 export const CorrelationIdSchema = pgText(128).min(1).regex(printable, 'must be printable ASCII');
@@ -56,7 +56,7 @@ export type GrantRequest = z.infer<typeof GrantRequestSchema>;
 
 export const LedgerQuerySchema = z.strictObject({
   limit: pageLimit(200, 50),
-  cursor: EntryIdSchema.optional(),
+  cursor: IdCursorSchema.optional(),
   from: InstantSchema.optional(),
   to: InstantSchema.optional(),
   format: z.enum(['json', 'csv']).default('json'),
@@ -90,7 +90,7 @@ export const AutoRechargeSchema = z.strictObject({
 
 export const LotsQuerySchema = z.strictObject({
   limit: pageLimit(200, 50),
-  cursor: EntryIdSchema.optional(),
+  cursor: IdCursorSchema.optional(),
 });
 
 export const UsageEventSchema = z.strictObject({

@@ -11,6 +11,7 @@ import { parseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { bucketBounds } from '../_shared/latency.ts';
 import { assertLiveConfig } from '../_shared/live-config.ts';
+import { whole } from '../_shared/page.ts';
 import { guarded, redis, RedisEnvSchema, redisHealth } from '../_shared/redis.ts';
 import { constantTimeEqual, hasCronSecret } from '../_shared/secrets.ts';
 import { stripe, StripeEnvSchema } from '../_shared/stripe.ts';
@@ -158,7 +159,7 @@ app.get('/alerts', requireAdmin, async (c) => {
   const alerts = await call((sql) =>
     sql`select condition, severity, summary, details, opened_at, last_seen_at from billing.open_alerts()`
   );
-  return ok(c, { alerts });
+  return ok(c, whole(alerts));
 });
 
 app.post('/deep', requireAdminUnless(hasCronSecret), async (c) => {

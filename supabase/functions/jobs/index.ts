@@ -3,6 +3,7 @@
 import type { Job, JobAccepted, JobList, JobStatus } from '../_shared/contract.ts';
 import { createApp, currentUser, ok, requireUser } from '../_shared/app.ts';
 import { call, db } from '../_shared/db.ts';
+import { pageOf } from '../_shared/page.ts';
 import { parseEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotent } from '../_shared/idempotency.ts';
@@ -133,10 +134,7 @@ app.get('/', requireUser, async (c) => {
       and (${micros}::bigint is null or (floor(extract(epoch from created_at) * 1000000)::bigint, id) < (${micros}::bigint, ${lastId}::uuid))
     order by created_at desc, id desc limit ${q.limit + 1}`
   );
-  const page = rows.slice(0, q.limit);
-  const last = page[page.length - 1];
-  const next = rows.length > q.limit && last ? `${Math.floor(last.created_at.getTime() * 1000)}:${last.id}` : null;
-  return ok<JobList>(c, { jobs: page.map(jobJson), next_cursor: next });
+  return ok<JobList>(c, pageOf(rows, q.limit, (j) => `${Math.floor(j.created_at.getTime() * 1000)}:${j.id}`, jobJson));
 });
 
 app.get('/:id', requireUser, async (c) => {

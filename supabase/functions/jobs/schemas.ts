@@ -1,6 +1,7 @@
 // Request shapes of the jobs routes.
 import { z } from 'zod';
 import { jsonObject, maxBigint, pgText } from '../_shared/pg-values.ts';
+import { cursorOf } from '../_shared/page.ts';
 import { pageLimit, UuidSchema } from '../_shared/query.ts';
 
 export const CreateJobSchema = z.strictObject({
@@ -11,19 +12,17 @@ export const CreateJobSchema = z.strictObject({
 });
 export type CreateJob = z.infer<typeof CreateJobSchema>;
 
-const notACursor = 'must be a cursor from a previous page';
-
-/**
- * A page cursor `<created_at in µs since the epoch>:<job id>`, parsed: both halves are checked
- * here (a bigint and a UUID), so no value reaches SQL that a cast would refuse.
- */
-export const JobCursorSchema = pgText(56)
-  .regex(/^[0-9]{1,19}:[^:]+$/, notACursor)
+/** A job's position in the list `<created_at in µs since the epoch>:<job id>`, parsed and checked. */
+const JobPositionSchema = pgText(56)
+  .regex(/^[0-9]{1,19}:[^:]+$/)
   .transform((s) => {
     const [micros, id] = s.split(':');
     return { micros, id };
   })
-  .refine((c) => BigInt(c.micros) <= maxBigint && UuidSchema.safeParse(c.id).success, notACursor);
+  .refine((c) => BigInt(c.micros) <= maxBigint && UuidSchema.safeParse(c.id).success);
+
+/** The opaque cursor of the jobs list. */
+export const JobCursorSchema = cursorOf(JobPositionSchema);
 
 export const ListJobsSchema = z.strictObject({
   status: z.enum(['queued', 'processing', 'completed', 'failed', 'cancelled']).optional(),

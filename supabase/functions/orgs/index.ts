@@ -7,6 +7,8 @@ import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { newInvitation, tokenHash } from '../_shared/invitations.ts';
 import { idempotencyKey, scopedKey } from '../_shared/idempotency.ts';
+import { csvField } from '../_shared/ledger.ts';
+import { encodeCursor, pageOf, whole } from '../_shared/page.ts';
 import { jsonText } from '../_shared/pg-values.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 import {
@@ -54,7 +56,7 @@ app.post('/', requireUser, async (c) => {
   const b = await readJson(c, CreateOrgSchema);
   return ok(c, await one('create_org', [currentUser(c).id, b.name, b.funding ?? null, b.org_pays_first ?? null]), 201);
 });
-app.get('/', requireUser, async (c) => ok(c, await one('list_orgs', [currentUser(c).id])));
+app.get('/', requireUser, async (c) => ok(c, whole(await one('list_orgs', [currentUser(c).id]) as unknown[])));
 app.get('/:id', requireUser, async (c) => ok(c, await one('get_org', [currentUser(c).id, pathId(c, 'id')])));
 app.patch('/:id', requireUser, async (c) => {
   const b = await readJson(c, UpdateOrgSchema);
@@ -71,7 +73,9 @@ app.post('/:id/invitations', requireUser, async (c) => {
 });
 app.get('/:id/invitations', requireUser, async (c) => {
   const q = readQuery(c, InvitationsQuerySchema);
-  return ok(c, await one('list_org_invitations', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit]));
+  const args = [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit];
+  const page = await one('list_org_invitations', args) as { invitations: unknown[]; next_cursor: string | null };
+  return ok(c, { items: page.invitations, next_cursor: page.next_cursor && encodeCursor(page.next_cursor) });
 });
 app.delete('/:id/invitations/:invitation_id', requireUser, async (c) => {
   const args = [currentUser(c).id, pathId(c, 'id'), pathId(c, 'invitation_id')];
@@ -85,6 +89,12 @@ for (const [path, accept] of [['/invitations/accept', true], ['/invitations/decl
   });
 }
 
+// Before signing in, the link's holder may see which organisation invites them (the page's card).
+app.post('/invitations/preview', async (c) => {
+  const { token } = await readJson(c, AnswerSchema);
+  return ok(c, await one('preview_invitation', [tokenHash(token)]));
+});
+
 // Ownership moves only here, by the owner, to an active member; the old owner becomes an admin.
 app.post('/:id/owner', requireUser, async (c) => {
   const b = await readJson(c, OwnerSchema);
@@ -94,7 +104,7 @@ app.post('/:id/owner', requireUser, async (c) => {
 app.get(
   '/:id/members',
   requireUser,
-  async (c) => ok(c, await one('list_org_members', [currentUser(c).id, pathId(c, 'id')])),
+  async (c) => ok(c, whole(await one('list_org_members', [currentUser(c).id, pathId(c, 'id')]) as unknown[])),
 );
 app.delete(
   '/:id/members/:user_id',
@@ -103,10 +113,8 @@ app.delete(
 );
 app.put('/:id/members/:user_id/cap', requireUser, async (c) => {
   const b = await readJson(c, MemberCapSchema);
-  return ok(
-    c,
-    await one('set_member_cap', [currentUser(c).id, pathId(c, 'id'), pathId(c, 'user_id'), b.period, b.amount]),
-  );
+  const args = [currentUser(c).id, pathId(c, 'id'), pathId(c, 'user_id'), b.period, b.amount];
+  return ok(c, whole(await one('set_member_cap', args) as unknown[]));
 });
 
 app.post('/:id/allowances', requireUser, async (c) => {
@@ -121,9 +129,14 @@ app.get('/:id/usage', requireUser, async (c) => {
     string,
     string | number
   >[];
-  if (q.format !== 'csv') return ok(c, rows);
-  const head = 'period_start,member_id,model,credits,charges';
-  const lines = rows.map((r) => [r.period_start, r.member_id, r.model ?? '', r.credits, r.charges].join(','));
+  if (q.format !== 'csv') return ok(c, whole(rows));
+  const head = 'period_start,member_id,member_email,model,credits,charges';
+  const lines = rows.map((r) =>
+    [r.period_start, r.member_id, r.member_email ?? '', r.model ?? '', r.credits, r.charges].map((v) =>
+      csvField(String(v))
+    )
+      .join(',')
+  );
   return c.body([head, ...lines].join('\n') + '\n', 200, {
     'content-type': 'text/csv; charset=utf-8',
     'content-disposition': 'attachment; filename="org-usage.csv"',
@@ -131,7 +144,8 @@ app.get('/:id/usage', requireUser, async (c) => {
 });
 app.get('/:id/ledger', requireUser, async (c) => {
   const q = readQuery(c, LedgerQuerySchema);
-  return ok(c, await one('org_ledger', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit]));
+  const rows = await one('org_ledger', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit + 1]);
+  return ok(c, pageOf(rows as { id: string }[], q.limit, (e) => e.id));
 });
 
 // A platform admin's grant to an organisation's wallet (Idempotency-Key: one grant per key).

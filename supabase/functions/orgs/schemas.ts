@@ -1,8 +1,16 @@
 // Request shapes of the organisation routes (school wallets).
 import { z } from 'zod';
 import { CreditAmountSchema } from '../_shared/money.ts';
-import { bigintText, pgInt, pgText, queryInt } from '../_shared/pg-values.ts';
-import { InstantSchema, pageLimit, UuidSchema } from '../_shared/query.ts';
+import { pgInt, pgText } from '../_shared/pg-values.ts';
+import {
+  DayOrInstantSchema,
+  IdCursorSchema,
+  InstantSchema,
+  lastDays,
+  pageLimit,
+  UuidCursorSchema,
+  UuidSchema,
+} from '../_shared/query.ts';
 
 export const CreateOrgSchema = z.strictObject({
   name: pgText(200).trim().min(1),
@@ -44,21 +52,24 @@ export const OrgGrantSchema = z.strictObject({
   reason: pgText(500).min(1),
 });
 
-export const UsageQuerySchema = z.strictObject({
-  from: InstantSchema,
-  to: InstantSchema,
-  period: z.enum(['day', 'week', 'month']).default('day'),
-  format: z.enum(['json', 'csv']).default('json'),
-});
+// Dates or instants, as /admin/metrics takes them; the last 30 days (today included) by default.
+export const UsageQuerySchema = z
+  .strictObject({
+    from: DayOrInstantSchema.optional(),
+    to: DayOrInstantSchema.optional(),
+    period: z.enum(['day', 'week', 'month']).default('day'),
+    format: z.enum(['json', 'csv']).default('json'),
+  })
+  .transform(lastDays(30))
+  .refine((q) => Date.parse(q.from) < Date.parse(q.to), { message: 'must be before to', path: ['from'] });
 
 export const LedgerQuerySchema = z.strictObject({
-  cursor: bigintText('must be a cursor from a previous page').optional(),
-  limit: queryInt(1, 200).default(50),
+  cursor: IdCursorSchema.optional(),
+  limit: pageLimit(200, 50),
 });
 
-// A page of an organisation's invitations: the cursor is the last invitation id of the page before.
 export const InvitationsQuerySchema = z.strictObject({
-  cursor: UuidSchema.optional(),
+  cursor: UuidCursorSchema.optional(),
   limit: pageLimit(100, 50),
 });
 

@@ -5,6 +5,7 @@ import type { MiddlewareHandler } from 'hono';
 import { type AppContext, type AppEnv, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
 import { accountState } from '../_shared/connect.ts';
 import { call } from '../_shared/db.ts';
+import { pageOf } from '../_shared/page.ts';
 import { lazyEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotentExternal, scopedKey } from '../_shared/idempotency.ts';
@@ -142,9 +143,9 @@ app.get('/:id/payments', requireUser, async (c) => {
   const p = await providerOf(c);
   const q = readQuery(c, ListSchema);
   const rows = await call((sql) =>
-    sql<PaymentRow[]>`select * from billing.list_provider_payments(${p.id}, ${q.limit}, ${q.before ?? null})`
+    sql<PaymentRow[]>`select * from billing.list_provider_payments(${p.id}, ${q.limit + 1}, ${q.cursor ?? null})`
   );
-  return ok(c, { payments: rows.map(paymentJson) });
+  return ok(c, pageOf(rows, q.limit, (r) => r.created_at.toISOString(), paymentJson));
 });
 
 app.get('/:id/payouts', requireUser, async (c) => {
@@ -162,10 +163,11 @@ app.get('/:id/payouts', requireUser, async (c) => {
         stripe_created_at: Date;
       }[]
     >`
-      select * from billing.list_provider_payouts(${p.id}, ${q.limit}, ${q.before ?? null})`
+      select * from billing.list_provider_payouts(${p.id}, ${q.limit + 1}, ${q.cursor ?? null})`
   );
-  return ok(c, {
-    payouts: rows.map((r) => ({
+  return ok(
+    c,
+    pageOf(rows, q.limit, (r) => r.stripe_created_at.toISOString(), (r) => ({
       payout_id: r.id,
       status: r.status,
       amount_cents: Number(r.amount_cents),
@@ -174,7 +176,7 @@ app.get('/:id/payouts', requireUser, async (c) => {
       arrival_date: r.arrival_date?.toISOString() ?? null,
       created_at: r.stripe_created_at.toISOString(),
     })),
-  });
+  );
 });
 
 /** Ops refund a provider payment: the fee goes back pro rata and the transfer is reversed. */

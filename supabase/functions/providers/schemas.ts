@@ -1,7 +1,7 @@
 // Request shapes and env of the provider routes.
 import { z } from 'zod';
 import { pgInt, pgText } from '../_shared/pg-values.ts';
-import { CalendarDateSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/query.ts';
+import { CalendarDateSchema, InstantCursorSchema, pageLimit, UuidSchema } from '../_shared/query.ts';
 
 export const ProvidersEnvSchema = z.object({
   FEATURE_B2B_PROVIDER_PAYMENTS: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
@@ -39,7 +39,7 @@ export const RefundPaymentSchema = z.strictObject({
 
 export const ListSchema = z.strictObject({
   limit: pageLimit(100, 20),
-  before: InstantSchema.optional(),
+  cursor: InstantCursorSchema.optional(),
 });
 
 export const DateSchema = CalendarDateSchema;

@@ -40,14 +40,14 @@ export const ledgerExport: JobType<typeof Input> = {
     );
     if (pageDelayMs) await new Promise((r) => setTimeout(r, pageDelayMs));
     failpoint('ledger_export.before_checkpoint');
-    if (page.entries.length === 0) return { result: { format: 'csv', rows: state.rows } };
+    if (page.items.length === 0) return { result: { format: 'csv', rows: state.rows } };
     state = {
-      cursor: page.entries[page.entries.length - 1].id,
-      rows: state.rows + page.entries.length,
+      cursor: page.items[page.items.length - 1].id,
+      rows: state.rows + page.items.length,
       total: state.total,
     };
     const progress = state.total ? Math.min(99, Math.floor((state.rows / state.total) * 100)) : 99;
-    await checkpoint({ progress, state, label: `page through entry ${state.cursor}`, chunk: csvLines(page.entries) });
+    await checkpoint({ progress, state, label: `page through entry ${state.cursor}`, chunk: csvLines(page.items) });
     failpoint('ledger_export.after_checkpoint');
     return page.next_cursor ? { more: true } : { result: { format: 'csv', rows: state.rows } };
   },

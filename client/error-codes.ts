@@ -1,0 +1,141 @@
+// The codes the service answers with: docs/api.md's error table, one for one
+// (tests/unit/client-error-codes.test.ts holds them equal), and what each documents in `details`.
+import type { Credits } from './contract.ts';
+
+export const documentedCodes = [
+  'AUTH_UNAVAILABLE',
+  'BAD_REQUEST',
+  'BATCH_TOO_LARGE',
+  'CAPTURE_EXCEEDS_HOLD',
+  'CAP_NOT_FOUND',
+  'CHECKOUT_IN_PROGRESS',
+  'CONFIG_MISSING',
+  'CROSS_ORIGIN_REQUEST',
+  'DATABASE_UNAVAILABLE',
+  'FEATURE_DISABLED',
+  'FORBIDDEN',
+  'FUNCTION_BOOT_ERROR',
+  'FUNCTION_NOT_FOUND',
+  'HOLD_ALREADY_CAPTURED',
+  'HOLD_EXPIRED',
+  'HOLD_NOT_FOUND',
+  'HOLD_NOT_USER_MANAGED',
+  'HOLD_RELEASED',
+  'IDEMPOTENCY_KEY_INVALID',
+  'IDEMPOTENCY_KEY_IN_USE',
+  'IDEMPOTENCY_KEY_REQUIRED',
+  'IDEMPOTENCY_KEY_REUSED',
+  'INSUFFICIENT_CREDITS',
+  'INTERNAL_ERROR',
+  'INVALID_ALERT',
+  'INVALID_AMOUNT',
+  'INVALID_AUTO_RECHARGE',
+  'INVALID_CAP',
+  'INVALID_CREDENTIALS',
+  'INVALID_JOB_TRANSITION',
+  'INVALID_JSON',
+  'INVALID_KIND',
+  'INVALID_LOT',
+  'INVALID_ORG',
+  'INVALID_TOKENS',
+  'INVALID_TTL',
+  'INVITATION_CLOSED',
+  'INVITATION_LIMIT',
+  'INVITATION_NOT_FOUND',
+  'INVITATION_PENDING',
+  'JOB_CANCELLED',
+  'JOB_FINISHED',
+  'JOB_NOT_COMPLETED',
+  'JOB_NOT_FOUND',
+  'LEASE_LOST',
+  'LEDGER_IMMUTABLE',
+  'MEMBER_NOT_FOUND',
+  'METHOD_NOT_ALLOWED',
+  'METRICS_UNAVAILABLE',
+  'MONEY_UNBALANCED',
+  'NOT_FOUND',
+  'NOT_READY',
+  'NO_SAVED_CARD',
+  'ORG_FORBIDDEN',
+  'ORG_FUNDING_MODE',
+  'ORG_NOT_FOUND',
+  'PACKAGE_NOT_FOUND',
+  'PASSWORD_SIGN_IN_UNAVAILABLE',
+  'PAYLOAD_TOO_LARGE',
+  'PAYMENT_AMOUNT_MISMATCH',
+  'PAYMENT_NOT_FOUND',
+  'PAYMENT_NOT_REFUNDABLE',
+  'PROVIDER_NOT_FOUND',
+  'PROVIDER_NOT_READY',
+  'PURCHASE_NOT_FOUND',
+  'PURCHASE_NOT_REFUNDABLE',
+  'RATE_LIMITED',
+  'RECONCILIATION_NOT_FOUND',
+  'REDIRECT_NOT_ALLOWED',
+  'SIGNATURE_INVALID',
+  'SPEND_CAP_REACHED',
+  'STRIPE_ERROR',
+  'STRIPE_UNAVAILABLE',
+  'UNAUTHORIZED',
+  'UNKNOWN_JOB_TYPE',
+  'UNKNOWN_MODEL',
+  'UNKNOWN_TEMPLATE',
+  'USER_NOT_FOUND',
+  'VALIDATION_FAILED',
+  'VELOCITY_LIMIT',
+  'WEBHOOK_PROCESSING_FAILED',
+] as const;
+
+/** A code from docs/api.md's table. */
+export type DocumentedCode = typeof documentedCodes[number];
+
+/** The client's own: nothing answered, the caller aborted, or something not the service answered. */
+export type ClientCode = 'NETWORK_ERROR' | 'ABORTED' | `HTTP_${number}`;
+
+export type ErrorCode = DocumentedCode | ClientCode;
+
+/** A wallet a 402 names for a member of organisations (docs/api.md, orgs: spending order). */
+export interface WalletShortfall {
+  wallet: 'organisation' | 'personal';
+  org_id?: string;
+  reason: 'insufficient' | 'cap';
+  available?: Credits;
+  short_by?: Credits;
+  cap?: Record<string, unknown>;
+}
+
+/** `details` as docs/api.md documents them, per code; other codes carry none or free-form ones. */
+export interface DetailsByCode {
+  INSUFFICIENT_CREDITS: {
+    required?: Credits;
+    available?: Credits;
+    debt?: boolean;
+    frozen_by_dispute?: Credits;
+    wallets?: WalletShortfall[];
+  };
+  SPEND_CAP_REACHED: {
+    cap: Credits;
+    spent: Credits;
+    required: Credits;
+    period: string;
+    model: string | null;
+    resets_at: string;
+  };
+  CONFIG_MISSING: { variables: string[] };
+  NOT_READY: Record<string, unknown>;
+  VALIDATION_FAILED: { issues?: { path: string; message: string }[] };
+  METHOD_NOT_ALLOWED: { allow: string[] };
+  INVALID_CAP: { field: string; rule: string };
+  INVALID_ORG: { field: string; rule: string };
+  INVALID_LOT: { field: string };
+  INVITATION_CLOSED: { status: 'accepted' | 'declined' | 'expired' | 'revoked' };
+  INVITATION_LIMIT: { scope: 'inviter' | 'organisation'; limit: number; retry_at: string };
+  HOLD_NOT_USER_MANAGED: { purpose: 'job' | 'dispute' };
+  HOLD_ALREADY_CAPTURED: { captured: Credits };
+  RATE_LIMITED: { layer: string };
+  VELOCITY_LIMIT: { rule: string };
+  PROVIDER_NOT_READY: { requirements_due: string[] };
+}
+
+/** The `details` of an error with code `C`. */
+export type DetailsOf<C extends string> = C extends keyof DetailsByCode ? DetailsByCode[C] : Record<string, unknown>;
