@@ -688,35 +688,52 @@ comment on function billing.get_balance(p_user uuid) is 'A user''s balance, held
 revoke execute on function billing.get_balance(p_user uuid) from public;
 grant execute on function billing.get_balance(p_user uuid) to service_role;
 
-create or replace function billing.get_ledger(p_user uuid, p_before_id bigint default null::bigint, p_limit integer default 50, p_from timestamp with time zone default null::timestamp with time zone, p_to timestamp with time zone default null::timestamp with time zone)
-returns table(id bigint, created_at timestamp with time zone, kind billing.transfer_kind, amount numeric, balance_after numeric, correlation_id text, reference text, lots jsonb)
+create or replace function billing.get_ledger(
+  p_user uuid, p_before_id bigint default null, p_limit integer default 50,
+  p_from timestamptz default null, p_to timestamptz default null
+) returns table (id bigint, created_at timestamptz, kind billing.transfer_kind, amount numeric,
+                 balance_after numeric, correlation_id text, reference text, lots jsonb, paid_by_org uuid)
 language sql
-stable security definer
-set search_path to ''
+stable
+security definer
+set search_path = ''
 as $$
-  select e.id, e.created_at, t.kind, e.amount, e.balance_after, t.correlation_id, t.reference,
-    -- The lots a grant or a move created, or the lots a debit drew from.
-    coalesce(g.lots, x.lots, '[]')
-  from billing.accounts a
-  join billing.entries e on e.account_id = a.id
-  join billing.transfers t on t.id = e.transfer_id
-  left join lateral (select jsonb_agg(jsonb_build_object('lot_id', l.id::text, 'amount', trim_scale(l.amount)::text)
-                                      order by l.id) as lots
-                     from billing.lots l where l.grant_transfer_id = t.id) g on e.amount > 0
-  left join lateral (select jsonb_agg(jsonb_build_object('lot_id', la.lot_id::text, 'amount', trim_scale(la.amount)::text)
-                                      order by la.lot_id) as lots
-                     from billing.lot_allocations la where la.transfer_id = t.id) x on e.amount < 0
-  where a.user_id = p_user
-    and e.balance_after is not null -- always true for user entries; lets the partial index serve
-    and (p_before_id is null or e.id < p_before_id)
-    and (p_from is null or e.created_at >= p_from)
-    and (p_to is null or e.created_at < p_to)
-  order by e.id desc
+  select x.id, x.created_at, x.kind, x.amount, x.balance_after, x.correlation_id, x.reference, x.lots, x.paid_by_org
+  from (
+    select e.id, e.created_at, t.kind, e.amount, e.balance_after, t.correlation_id, t.reference,
+      -- The lot a grant created, or the lots a debit drew from.
+      coalesce(g.lots, x.lots, '[]') as lots, null::uuid as paid_by_org
+    from billing.accounts a
+    join billing.entries e on e.account_id = a.id
+    join billing.transfers t on t.id = e.transfer_id
+    left join lateral (select jsonb_build_array(jsonb_build_object('lot_id', l.id::text, 'amount', trim_scale(l.amount)::text)) as lots
+                       from billing.lots l where l.grant_transfer_id = t.id) g on e.amount > 0
+    left join lateral (select jsonb_agg(jsonb_build_object('lot_id', la.lot_id::text, 'amount', trim_scale(la.amount)::text)
+                                        order by la.lot_id) as lots
+                       from billing.lot_allocations la where la.transfer_id = t.id) x on e.amount < 0
+    where a.user_id = p_user
+      and e.balance_after is not null -- always true for user entries; lets the partial index serve
+      and (p_before_id is null or e.id < p_before_id)
+      and (p_from is null or e.created_at >= p_from)
+      and (p_to is null or e.created_at < p_to)
+    union all
+    -- Spending an organisation paid for the member (transfers_org_member serves member_id).
+    select e.id, e.created_at, t.kind, e.amount, null, t.correlation_id, t.reference, '[]'::jsonb, a.org_id
+    from billing.transfers t
+    join billing.entries e on e.transfer_id = t.id and e.amount < 0
+    join billing.accounts a on a.id = e.account_id and a.org_id is not null
+    where t.member_id = p_user and t.kind in ('usage', 'debit', 'hold_capture')
+      and (p_before_id is null or e.id < p_before_id)
+      and (p_from is null or e.created_at >= p_from)
+      and (p_to is null or e.created_at < p_to)
+  ) x
+  order by x.id desc
   limit least(greatest(p_limit, 1), 1000)
 $$;
-comment on function billing.get_ledger(p_user uuid, p_before_id bigint, p_limit integer, p_from timestamp with time zone, p_to timestamp with time zone) is 'A user''s entries in [p_from, p_to), newest first, keyset-paginated by entry id, each with the lots it created or drew from.';
-revoke execute on function billing.get_ledger(p_user uuid, p_before_id bigint, p_limit integer, p_from timestamp with time zone, p_to timestamp with time zone) from public;
-grant execute on function billing.get_ledger(p_user uuid, p_before_id bigint, p_limit integer, p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
+comment on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz)
+  is 'A user''s entries in [p_from, p_to), newest first, keyset-paginated by entry id, each with the lots it created or drew from; charges an organisation paid for the user are included with paid_by_org and no balance_after.';
+revoke execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) from public, anon, authenticated;
+grant execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) to service_role;
 
 create or replace function billing.charge_usage_batch(p_events jsonb)
 returns jsonb

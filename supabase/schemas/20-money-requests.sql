@@ -153,23 +153,27 @@ comment on function billing.hold_json(h billing.hold_result) is 'A hold as the A
 revoke execute on function billing.hold_json(h billing.hold_result) from public;
 
 create or replace function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text)
- RETURNS jsonb
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
 declare
   u billing.usage_result;
   t billing.transfer_result;
   h billing.hold_result;
+  v_org uuid;
 begin
   case p_action
   when 'credits.usage' then
     u := billing.charge_usage(p_user, p_args ->> 'model', (p_args ->> 'input_tokens')::bigint,
       (p_args ->> 'output_tokens')::bigint, p_key, p_args ->> 'correlation_id', p_args -> 'metadata');
+    v_org := billing.transfer_paid_by_org(u.transfer_id);
+    -- Who paid, and never a pool's balance (as_seen_by).
     return billing.as_seen_by(p_user, (select x.from_account_id from billing.transfers x where x.id = u.transfer_id),
       jsonb_build_object('transfer_id', u.transfer_id::text, 'charged', trim_scale(u.charged)::text,
         'balance', trim_scale(u.balance)::text, 'available', trim_scale(u.available)::text,
-        'rate_card_version', u.rate_card_version));
+        'rate_card_version', u.rate_card_version,
+        'paid_by', case when v_org is null then to_jsonb('self'::text) else jsonb_build_object('org_id', v_org) end));
   when 'credits.holds' then
     h := billing.reserve_credits(p_user, (p_args ->> 'amount')::numeric, p_key,
       coalesce((p_args ->> 'ttl_seconds')::integer, 900), p_args ->> 'correlation_id', null);
@@ -187,7 +191,7 @@ begin
   end case;
   return billing.as_seen_by(p_user, (select x.account_id from billing.holds x where x.id = h.hold_id), billing.hold_json(h));
 end;
-$function$;
+$$;
 comment on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) is 'Internal: the one SQL call behind each money route.';
 revoke execute on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) from public;
 

@@ -601,26 +601,28 @@ grant execute on function billing.process_stripe_event(p_event_id text, p_type t
 
 create or replace function billing.list_provider_payments(p_provider uuid, p_limit integer, p_before timestamptz default null)
 returns setof billing.provider_payments
-language sql stable
+language sql
+stable
 security definer
 set search_path = ''
 as $$
   select * from billing.provider_payments x
   where x.provider_id = p_provider and (p_before is null or x.created_at < p_before)
-  order by x.created_at desc limit least(greatest(p_limit, 1), 100)
+  order by x.created_at desc limit least(greatest(p_limit, 1), 101)
 $$;
 revoke execute on function billing.list_provider_payments(p_provider uuid, p_limit integer, p_before timestamp with time zone) from public;
 grant execute on function billing.list_provider_payments(p_provider uuid, p_limit integer, p_before timestamp with time zone) to service_role;
 
 create or replace function billing.list_provider_payouts(p_provider uuid, p_limit integer, p_before timestamptz default null)
 returns setof billing.provider_payouts
-language sql stable
+language sql
+stable
 security definer
 set search_path = ''
 as $$
   select * from billing.provider_payouts x
   where x.provider_id = p_provider and (p_before is null or x.stripe_created_at < p_before)
-  order by x.stripe_created_at desc limit least(greatest(p_limit, 1), 100)
+  order by x.stripe_created_at desc limit least(greatest(p_limit, 1), 101)
 $$;
 revoke execute on function billing.list_provider_payouts(p_provider uuid, p_limit integer, p_before timestamp with time zone) from public;
 grant execute on function billing.list_provider_payouts(p_provider uuid, p_limit integer, p_before timestamp with time zone) to service_role;

@@ -574,8 +574,9 @@ begin
     perform billing.raise_error('INVALID_RANGE', jsonb_build_object('field', 'period', 'rule', 'day, week or month'));
   end if;
   return coalesce((
-    select jsonb_agg(jsonb_build_object('member_id', r.member_id, 'model', r.model, 'period_start', billing.json_time(r.starts),
-      'credits', trim_scale(r.credits)::text, 'charges', r.charges) order by r.starts, r.member_id, r.model)
+    select jsonb_agg(jsonb_build_object('member_id', r.member_id, 'member_email', u.email, 'model', r.model,
+      'period_start', billing.json_time(r.starts), 'credits', trim_scale(r.credits)::text, 'charges', r.charges)
+      order by r.starts, r.member_id, r.model)
     from (
       select t.member_id, coalesce(t.metadata ->> 'model', h.metadata ->> 'model') as model,
         date_trunc(p_period, e.created_at, 'UTC') as starts, -sum(e.amount) as credits, count(*) as charges
@@ -587,14 +588,16 @@ begin
         and t.kind in ('usage', 'debit', 'hold_capture') and t.member_id is not null
         and (v_admin or t.member_id = p_user)
       group by 1, 2, 3
-    ) r), '[]');
+    ) r
+    left join auth.users u on u.id = r.member_id), '[]');
 end;
 $$;
 revoke execute on function billing.org_usage(p_user uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_period text) from public;
 grant execute on function billing.org_usage(p_user uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_period text) to service_role;
 
 -- The wallet's entries, newest first (admins only).
-create or replace function billing.org_ledger(p_user uuid, p_org uuid, p_before_id bigint, p_limit integer) returns jsonb
+create or replace function billing.org_ledger(p_user uuid, p_org uuid, p_before_id bigint, p_limit integer)
+returns jsonb
 language plpgsql
 security definer
 set search_path = ''
@@ -610,7 +613,7 @@ begin
       from billing.entries e join billing.transfers t on t.id = e.transfer_id
       where e.account_id = billing.org_wallet_id(p_org) and e.balance_after is not null
         and (p_before_id is null or e.id < p_before_id)
-      order by e.id desc limit least(greatest(p_limit, 1), 200)
+      order by e.id desc limit least(greatest(p_limit, 1), 1000)
     ) x), '[]');
 end;
 $$;
@@ -905,3 +908,46 @@ create policy "Admins read their own admin rows" on billing.org_admins
 alter table billing.accounts add constraint accounts_org_id_fkey foreign key (org_id) references billing.orgs(id);
 
 alter table billing.purchases add constraint purchases_org_id_fkey foreign key (org_id) references billing.orgs(id) on delete restrict;
+
+
+-- Which organisation paid for a transfer (its wallet or an allowance), or null.
+create or replace function billing.transfer_paid_by_org(p_transfer bigint) returns uuid
+language sql
+stable
+set search_path = ''
+as $$
+  select a.org_id from billing.entries e join billing.accounts a on a.id = e.account_id
+  where e.transfer_id = p_transfer and e.amount < 0 and a.org_id is not null
+  limit 1
+$$;
+comment on function billing.transfer_paid_by_org(bigint)
+  is 'Internal: the organisation whose wallet or allowance a transfer debited (null: the user''s own account).';
+revoke execute on function billing.transfer_paid_by_org(bigint) from public, anon, authenticated;
+
+
+-- What an invitation link names before sign-in: the organisation and the role, never the address.
+create or replace function billing.preview_invitation(p_token_hash text) returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_preview jsonb;
+begin
+  select jsonb_build_object('org_name', o.name, 'role', i.role,
+      'status', case when i.status = 'pending' and i.expires_at <= now() then 'expired' else i.status end,
+      'expires_at', billing.json_time(i.expires_at))
+  into v_preview
+  from billing.org_invitations i join billing.orgs o on o.id = i.org_id
+  where i.token_hash = p_token_hash;
+  if v_preview is null then
+    perform billing.raise_error('INVITATION_NOT_FOUND', '{}');
+  end if;
+  return v_preview;
+end;
+$$;
+comment on function billing.preview_invitation(text)
+  is 'The organisation''s name, role and status of the invitation whose link carries the token (hashed); for the page before sign-in.';
+revoke execute on function billing.preview_invitation(text) from public, anon, authenticated;
+grant execute on function billing.preview_invitation(text) to service_role;
