@@ -17,6 +17,7 @@
 // its own accounts disagree afterwards, or a debit was paid from the wrong wallet.
 //   BENCH_SECONDS (10) per cell, BENCH_ROUNDS (3)
 import postgres from 'postgres';
+import { fixtures } from './fixtures.ts';
 import { median as medianOf, printer } from './lib.ts';
 
 const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 10);
@@ -30,35 +31,7 @@ const { lines, say } = printer();
 const log = (s: string) => console.error(`[orgs] ${s}`);
 
 // ------------------------------------------------------------ fixtures
-
-async function newUsers(n: number, label: string): Promise<string[]> {
-  const rows = await admin`
-    with ins as (insert into auth.users (id, email)
-      select id, ${label} || '-' || id || '@bench-orgs.invalid' from (select gen_random_uuid() as id from generate_series(1, ${n})) g
-      returning id)
-    select id::text from ins`;
-  return rows.map((r) => r.id as string);
-}
-
-async function fundUsers(users: string[]) {
-  await admin`select billing.grant_credits(u, 1000000000, 'adjustment', ${tag} || ':fund:' || u)
-    from unnest(${users}::uuid[]) u`;
-}
-
-/** An organisation with `members` members who joined by invitation, its wallet granted 1e12 credits. */
-async function orgWithMembers(funding: 'allowance' | 'pool', members: number) {
-  const [owner] = await newUsers(1, `owner-${funding}`);
-  const [{ org }] = await admin`
-    select billing.create_org(${owner}, ${`${tag} ${funding}`}, ${funding}, true) ->> 'id' as org`;
-  await admin`select billing.grant_org_credits(${org}, 1e12, 'adjustment', ${`${tag}:org:${org}`}, 'bench/orgs.ts', ${owner})`;
-  const users = await newUsers(members, `member-${funding}`);
-  await admin`insert into billing.org_invitations (org_id, email, role, token_hash, invited_by, expires_at)
-    select ${org}, u.email, 'member', ${tag} || ':' || u.id, ${owner}, now() + interval '1 day'
-    from auth.users u where u.id = any(${users}::uuid[])`;
-  await admin`select billing.answer_invitation(u.id, u.email, ${tag} || ':' || u.id, true)
-    from auth.users u where u.id = any(${users}::uuid[])`;
-  return { owner, org: org as string, users };
-}
+const { newUsers, fundUsers, orgWithMembers } = fixtures(admin, tag);
 
 // ------------------------------------------------------------ measuring
 

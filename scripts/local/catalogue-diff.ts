@@ -63,6 +63,9 @@ union all select 'default privileges', pg_get_userbyid(d.defaclrole) || ' ' || c
     d.defaclobjtype::text, '', array(select a::text from unnest(d.defaclacl) a order by 1)::text
   from pg_default_acl d left join ns on ns.oid = d.defaclnamespace
   where d.defaclnamespace = 0 or ns.oid is not null
+-- Storage options migra leaves out: a view that lost security_invoker would run as its owner.
+union all select 'options', c.oid::regclass::text, c.oid::regclass::text, array(select o from unnest(c.reloptions) o order by 1)::text
+  from pg_class c join ns on ns.oid = c.relnamespace where c.reloptions is not null
 `;
 
 // pg_cron's jobs, when the extension is there: schedule and command per job name.

@@ -1,14 +1,16 @@
 -- The credit ledger: double-entry, append-only, exact decimals.
 --
 -- Money moves only through the SECURITY DEFINER functions below (EXECUTE for service_role
--- only). A transfer moves an amount from one account to another and writes two entries whose
--- amounts sum to zero, so Σ entries = 0 always. User accounts carry a locked balance, a held
--- amount and a version; every user entry records balance_after and that version.
+-- only). A transfer moves an amount from one account to another: it is the double entry (−amount
+-- on from, +amount on to), so money is conserved by construction. Tracked accounts (users,
+-- organisation wallets, allowances) carry a locked balance, a held amount and a version, and get
+-- one entry per transfer that touches them, with balance_after and that version: their statement.
 --
 -- Platform accounts (purchases, usage_revenue, …) are the other side of every movement. They
 -- are never locked or updated in place: serialising every debit in the system on one
--- usage_revenue row would cap throughput at one commit at a time. Their balance is Σ of their
--- entries (billing.platform_balances), and their entries carry no balance_after/version.
+-- usage_revenue row would cap throughput at one commit at a time. Their balance is derived from
+-- the transfers (billing.platform_balances); they get no entries (transfers before
+-- 20261125000100 wrote one for them too, which every reader ignores).
 --
 -- Debt: user accounts never go below zero through spending. Only reverse_credits (a refund or
 -- dispute of credits already spent) may take a balance below zero; while it is negative every
@@ -18,7 +20,7 @@
 -- The only write path to the ledger. Every function is SECURITY DEFINER with an empty
 -- search_path and fully qualified names; EXECUTE is for service_role only (the Edge Functions
 -- connect as the owner). Errors raise a stable token as the message with JSON detail; the
--- TypeScript side maps tokens to HTTP in one place (_shared/db.ts).
+-- TypeScript side maps tokens to HTTP in one place (_shared/sql-errors.ts).
 --
 -- Concurrency: a user account row is locked (FOR UPDATE) before its balance is read, so
 -- parallel debits serialise per account and can never overdraw. When a function needs an
@@ -143,9 +145,10 @@ create table billing.transfers (
   constraint transfers_distinct_accounts check ((from_account_id <> to_account_id)),
   constraint transfers_key_length check (((length(idempotency_key) >= 1) and (length(idempotency_key) <= 300))),
   constraint transfers_idempotency unique (idempotency_key, kind),
-  constraint transfers_pkey primary key (id),
-  constraint transfers_from_account_id_fkey foreign key (from_account_id) references billing.accounts(id),
-  constraint transfers_to_account_id_fkey foreign key (to_account_id) references billing.accounts(id)
+  constraint transfers_pkey primary key (id)
+  -- No foreign keys to accounts: each would take a KEY SHARE lock on the platform account every
+  -- transfer names, one row all writers share (a MultiXact per concurrent pair). Accounts are
+  -- never deleted (accounts_never_deleted) and only the ledger's functions write transfers.
 );
 comment on table billing.transfers is 'Immutable. A movement of credits between two accounts; a correction is a new transfer.';
 alter table billing.transfers enable row level security;
@@ -163,8 +166,8 @@ create index transfers_org_member on billing.transfers (member_id, created_at) w
 
 create table billing.entries (
   id bigint generated always as identity primary key,
-  transfer_id bigint not null references billing.transfers (id),
-  account_id bigint not null references billing.accounts (id),
+  transfer_id bigint not null,                    -- no foreign key: written with its transfer, checked by the invariants
+  account_id bigint not null,                     -- no foreign key: see transfers
   amount numeric(38, 18) not null,                -- signed: + credits the account, − debits it
   balance_after numeric(38, 18),                  -- user accounts only (see header)
   account_version bigint,                         -- user accounts only
@@ -172,7 +175,7 @@ create table billing.entries (
   constraint entries_amount_nonzero check (amount <> 0),
   constraint entries_tracked_together check ((balance_after is null) = (account_version is null))
 );
-comment on table billing.entries is 'Immutable. Two per transfer, summing to zero.';
+comment on table billing.entries is 'Immutable. One per tracked side of a transfer (user, organisation and allowance accounts), with the balance after it; platform accounts have none since 20261125000100 (older transfers have both).';
 alter table billing.entries enable row level security;
 grant select on table billing.entries to authenticated;
 grant select on table billing.entries to service_role;
@@ -260,10 +263,13 @@ $$;
 comment on function billing.check_amount(p_amount numeric) is 'Refuses amounts that are not positive, too large, or finer than 18 decimal places.';
 revoke execute on function billing.check_amount(p_amount numeric) from public;
 
+-- PL/pgSQL, not SQL, for this and the other helpers every money request calls: a SQL function
+-- with a SET clause is never inlined, so each call would parse and plan its body again, where
+-- PL/pgSQL keeps its plans for the session.
 create or replace function billing.platform_account_id(p_code text) returns bigint
-language sql stable
+language plpgsql stable
 set search_path = ''
-as $$ select a.id from billing.accounts a where a.code = p_code $$;
+as $$ begin return (select a.id from billing.accounts a where a.code = p_code); end $$;
 comment on function billing.platform_account_id(p_code text) is 'The id of a platform account by its code.';
 revoke execute on function billing.platform_account_id(p_code text) from public;
 
@@ -324,10 +330,13 @@ revoke execute on function billing.expire_overdue_holds(p_account_id bigint) fro
 
 create or replace function billing.balance_of(p_account_id bigint)
 returns billing.balance
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
+declare
+  v billing.balance;
+begin
   -- As settle_account would leave it: overdue holds ended; once next_expiry has passed, due lots
   -- expired and the user's and jobs' holds given way until what is held fits in what is left (a
   -- dispute's hold stays whole, as fit_holds leaves it).
@@ -349,6 +358,9 @@ as $$
                 where h.account_id = a.id and h.status = 'active' and h.expires_at > now() and h.purpose in ('user', 'job')
               ) g on a.held > 0 and a.next_expiry <= now()
               where a.id = p_account_id) s) b
+  into v;
+  return v;
+end
 $$;
 comment on function billing.balance_of(p_account_id bigint) is 'Balance, live held amount (holds past their TTL no longer count) and available.';
 revoke execute on function billing.balance_of(p_account_id bigint) from public;
@@ -363,38 +375,40 @@ create or replace function billing.debit_credits(
   p_reference text default null,
   p_metadata jsonb default null
 ) returns billing.transfer_result
-language sql
+language plpgsql
 security definer
 set search_path = ''
 as $$
-  select billing.post_user_transfer(p_user, -1, 'spend', p_amount, 'debit', 'usage_revenue',
-    p_idempotency_key, p_correlation_id, p_reference, p_metadata)
+begin
+  return billing.post_user_transfer(p_user, -1, 'spend', p_amount, 'debit', 'usage_revenue',
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata);
+end
 $$;
 comment on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) is 'Spends a given amount. Refused with INSUFFICIENT_CREDITS when available < amount (including while in debt).';
 revoke execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) from public;
 grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) to service_role;
 
-create or replace function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint)
-returns table (rate_card_id bigint, rate_card_version integer, amount numeric(38, 18))
+-- One row, not a set: a caller assigns it (v := billing.price_usage(…)) without a table
+-- function's tuplestore.
+create or replace function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint,
+  out rate_card_id bigint, out rate_card_version integer, out amount numeric)
 language plpgsql stable
 set search_path = ''
 as $$
-declare
-  v_card billing.rate_cards;
 begin
   if p_input_tokens is null or p_output_tokens is null or p_input_tokens < 0 or p_output_tokens < 0 then
     perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'non-negative integers'));
   end if;
-  select * into v_card from billing.rate_cards r
+  -- credits = USD × 1,000; USD = (tokens × USD per million) / 1e6 × markup
+  select r.id, r.version,
+    round((p_input_tokens * r.usd_per_million_input + p_output_tokens * r.usd_per_million_output) * r.markup / 1000, 18)::numeric(38, 18)
+  into rate_card_id, rate_card_version, amount
+  from billing.rate_cards r
   where r.model = p_model and r.effective_from <= now()
   order by r.effective_from desc, r.version desc limit 1;
   if not found then
     perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('model', p_model));
   end if;
-  -- credits = USD × 1,000; USD = (tokens × USD per million) / 1e6 × markup
-  return query select v_card.id, v_card.version,
-    round((p_input_tokens * v_card.usd_per_million_input + p_output_tokens * v_card.usd_per_million_output)
-          * v_card.markup / 1000, 18)::numeric(38, 18);
 end;
 $$;
 comment on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint) is 'Prices tokens with the model''s current rate card, in credits.';
@@ -419,7 +433,7 @@ declare
   v_result billing.transfer_result;
   v_bal billing.balance;
 begin
-  select * into v_price from billing.price_usage(p_model, p_input_tokens, p_output_tokens);
+  v_price := billing.price_usage(p_model, p_input_tokens, p_output_tokens);
   if v_price.amount = 0 then
     -- Nothing to charge: no transfer is written.
     v_bal := billing.balance_of(billing.ensure_user_account(p_user));
@@ -514,11 +528,13 @@ create or replace function billing.reserve_credits(
   p_correlation_id text default null,
   p_metadata jsonb default null
 ) returns billing.hold_result
-language sql
+language plpgsql
 security definer
 set search_path = ''
 as $$
-  select billing.reserve_hold(p_user, p_amount, p_idempotency_key, p_ttl_seconds, 'user', p_correlation_id, p_metadata)
+begin
+  return billing.reserve_hold(p_user, p_amount, p_idempotency_key, p_ttl_seconds, 'user', p_correlation_id, p_metadata);
+end
 $$;
 comment on function billing.reserve_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_correlation_id text, p_metadata jsonb) is 'Reserves credits for a while (default 15 min) as the user''s own hold: they stay in the balance but cannot be spent elsewhere.';
 revoke execute on function billing.reserve_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_correlation_id text, p_metadata jsonb) from public;
@@ -670,10 +686,12 @@ grant execute on function billing.release_expired_holds(p_limit integer) to serv
 create or replace function billing.get_balance(p_user uuid)
 returns table (balance numeric(38, 18), held numeric(38, 18), available numeric(38, 18),
                expiring_amount numeric(38, 18), expiring_at timestamptz)
-language sql stable
+language plpgsql stable
 security definer
 set search_path = ''
 as $$
+begin
+  return query
   select coalesce(b.balance, 0), coalesce(b.held, 0), coalesce(b.available, 0), x.amount, x.expires_at
   from (select 1) one
   -- balance_of in FROM, not `(balance_of(…)).*`, which would run it once per column.
@@ -682,7 +700,8 @@ as $$
   -- The next expiry: the earliest date any open lot expires, and how much expires then.
   left join lateral (select l.expires_at, sum(l.remaining) as amount from billing.lots l
                      where l.account_id = b.id and l.open and l.expires_at is not null
-                     group by l.expires_at order by l.expires_at limit 1) x on true
+                     group by l.expires_at order by l.expires_at limit 1) x on true;
+end
 $$;
 comment on function billing.get_balance(p_user uuid) is 'A user''s balance, held and available, and the next expiry (amount, time); zeros when the user has no account yet.';
 revoke execute on function billing.get_balance(p_user uuid) from public;
@@ -876,9 +895,7 @@ begin
 
     insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
     select t.id, t.account, -t.amount, t.balance, t.version
-    from unnest(a_id, a_account, a_amount, a_balance, a_version) as t(id, account, amount, balance, version)
-    union all
-    select t.id, v_platform, t.amount, null, null from unnest(a_id, a_amount) as t(id, amount);
+    from unnest(a_id, a_account, a_amount, a_balance, a_version) as t(id, account, amount, balance, version);
 
     update billing.accounts a set balance = a.balance - d.total, version = a.version + d.n
     from (select t.account, sum(t.amount) as total, count(*) as n from unnest(a_account, a_amount) as t(account, amount) group by t.account) d
@@ -1079,9 +1096,19 @@ begin
   v_account_id := v_account.id;
   v_member := case when v_account.org_id is not null then p_user end;
 
-  -- Checked after the lock: a concurrent call with the same key has committed by now.
-  select * into v_existing from billing.transfers t where t.idempotency_key = p_idempotency_key and t.kind = p_kind;
-  if found then
+  -- The transfer first, keyed: a replay finds the one written before (a concurrent call with the
+  -- same key has committed by now: its account lock was ours to wait for, or the unique index
+  -- made this insert wait). A refusal below rolls this insert back with the rest.
+  insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                 reference, metadata, rate_card_id, hold_id, member_id)
+  values (p_kind,
+          case when p_direction > 0 then v_platform_id else v_account_id end,
+          case when p_direction > 0 then v_account_id else v_platform_id end,
+          p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, p_hold_id, v_member)
+  on conflict (idempotency_key, kind) do nothing
+  returning id into v_transfer_id;
+  if v_transfer_id is null then
+    select * into v_existing from billing.transfers t where t.idempotency_key = p_idempotency_key and t.kind = p_kind;
     if v_existing.amount <> p_amount
       or (p_direction > 0 and v_existing.to_account_id <> v_account_id)
       or (p_direction < 0 and v_existing.from_account_id <> v_account_id) then
@@ -1108,27 +1135,14 @@ begin
       'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance, 0))::text, 'debt', v_account.balance < 0));
   end if;
 
-  begin
-    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
-                                   reference, metadata, rate_card_id, hold_id, member_id)
-    values (p_kind,
-            case when p_direction > 0 then v_platform_id else v_account_id end,
-            case when p_direction > 0 then v_account_id else v_platform_id end,
-            p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, p_hold_id, v_member)
-    returning id into v_transfer_id;
-  exception when unique_violation then
-    -- The same key and kind was used for another account.
-    perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
-  end;
-
   v_delta := p_direction * p_amount;
   update billing.accounts a set balance = a.balance + v_delta, version = a.version + 1
   where a.id = v_account_id
   returning * into v_account;
 
-  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version) values
-    (v_transfer_id, v_account_id, v_delta, v_account.balance, v_account.version),
-    (v_transfer_id, v_platform_id, -v_delta, null, null);
+  -- The platform side needs no entry: its balance is never kept (platform_balances sums transfers).
+  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+  values (v_transfer_id, v_account_id, v_delta, v_account.balance, v_account.version);
 
   if p_direction > 0 then
     perform billing.create_lot(v_account_id, v_transfer_id, p_kind, p_amount, v_account.balance, p_lot);
@@ -1372,13 +1386,18 @@ revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb) 
 
 -- ============================================================ views
 
--- For operators: platform accounts' balances are Σ of their entries (they are not tracked in place).
+-- For operators: platform accounts' balances, derived from the transfers (they keep no balance
+-- and get no entries). Each transfer is −amount on its from side and +amount on its to side.
 create or replace view billing.platform_balances with (security_invoker = true) as
-  select a.code, coalesce(sum(e.amount), 0)::numeric(38, 18) as balance, count(e.id) as entries
-  from billing.accounts a left join billing.entries e on e.account_id = a.id
-  where a.code is not null
-  group by a.code;
-comment on view billing.platform_balances is 'Each platform account''s balance as the sum of its entries.';
+  select a.code, coalesce(s.balance, 0)::numeric(38, 18) as balance, coalesce(s.transfers, 0) as transfers
+  from billing.accounts a
+  left join (select x.account_id, sum(x.amount) as balance, count(*) as transfers
+             from billing.transfers t
+             cross join lateral (values (t.from_account_id, -t.amount), (t.to_account_id, t.amount)) x(account_id, amount)
+             where x.account_id in (select p.id from billing.accounts p where p.code is not null)
+             group by x.account_id) s on s.account_id = a.id
+  where a.code is not null;
+comment on view billing.platform_balances is 'Each platform account''s balance: Σ of the transfers to it minus Σ of those from it.';
 grant select on table billing.platform_balances to service_role;
 
 -- ============================================================ triggers
@@ -1387,6 +1406,14 @@ create trigger transfers_immutable before update or delete on billing.transfers
   for each row execute function billing.refuse_ledger_change();
 
 create trigger transfers_no_truncate before truncate on billing.transfers
+  for each statement execute function billing.refuse_ledger_change();
+
+-- Transfers and entries name accounts without foreign keys (see transfers): an account, once
+-- made, stays.
+create trigger accounts_never_deleted before delete on billing.accounts
+  for each row execute function billing.refuse_ledger_change();
+
+create trigger accounts_no_truncate before truncate on billing.accounts
   for each statement execute function billing.refuse_ledger_change();
 
 create trigger entries_immutable before update or delete on billing.entries

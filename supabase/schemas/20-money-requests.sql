@@ -134,20 +134,22 @@ revoke execute on function billing.abandon_idempotency_key(p_user uuid, p_action
 grant execute on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) to service_role;
 
 create or replace function billing.json_time(p_at timestamptz) returns text
-language sql immutable
+language plpgsql immutable
 set search_path = ''
-as $$ select to_char(p_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+as $$ begin return to_char(p_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'); end $$;
 comment on function billing.json_time(p_at timestamp with time zone) is 'A time as the API writes it (JavaScript''s toISOString).';
 revoke execute on function billing.json_time(p_at timestamp with time zone) from public;
 
 create or replace function billing.hold_json(h billing.hold_result) returns jsonb
-language sql immutable
+language plpgsql immutable
 set search_path = ''
 as $$
-  select jsonb_build_object('hold_id', h.hold_id, 'status', h.status, 'amount', trim_scale(h.amount)::text,
+begin
+  return jsonb_build_object('hold_id', h.hold_id, 'status', h.status, 'amount', trim_scale(h.amount)::text,
     'captured', trim_scale(h.captured)::text, 'released', trim_scale(h.released)::text,
     'transfer_id', h.transfer_id::text, 'expires_at', billing.json_time(h.expires_at),
-    'balance', trim_scale(h.balance)::text, 'available', trim_scale(h.available)::text)
+    'balance', trim_scale(h.balance)::text, 'available', trim_scale(h.available)::text);
+end
 $$;
 comment on function billing.hold_json(h billing.hold_result) is 'A hold as the API returns it (contract.ts Hold).';
 revoke execute on function billing.hold_json(h billing.hold_result) from public;
@@ -162,18 +164,21 @@ declare
   t billing.transfer_result;
   h billing.hold_result;
   v_org uuid;
+  v_account bigint;
+  v_answer jsonb;
 begin
   case p_action
   when 'credits.usage' then
     u := billing.charge_usage(p_user, p_args ->> 'model', (p_args ->> 'input_tokens')::bigint,
       (p_args ->> 'output_tokens')::bigint, p_key, p_args ->> 'correlation_id', p_args -> 'metadata');
-    v_org := billing.transfer_paid_by_org(u.transfer_id);
-    -- Who paid, and never a pool's balance (as_seen_by).
-    return billing.as_seen_by(p_user, (select x.from_account_id from billing.transfers x where x.id = u.transfer_id),
-      jsonb_build_object('transfer_id', u.transfer_id::text, 'charged', trim_scale(u.charged)::text,
-        'balance', trim_scale(u.balance)::text, 'available', trim_scale(u.available)::text,
-        'rate_card_version', u.rate_card_version,
-        'paid_by', case when v_org is null then to_jsonb('self'::text) else jsonb_build_object('org_id', v_org) end));
+    -- Who paid: the debited account's organisation, if any (a pool's balance never shown: as_seen_by).
+    select a.id, a.org_id into v_account, v_org
+    from billing.transfers x join billing.accounts a on a.id = x.from_account_id where x.id = u.transfer_id;
+    v_answer := jsonb_build_object('transfer_id', u.transfer_id::text, 'charged', trim_scale(u.charged)::text,
+      'balance', trim_scale(u.balance)::text, 'available', trim_scale(u.available)::text,
+      'rate_card_version', u.rate_card_version,
+      'paid_by', case when v_org is null then to_jsonb('self'::text) else jsonb_build_object('org_id', v_org) end);
+    return case when v_org is null then v_answer else billing.as_seen_by(p_user, v_account, v_answer) end;
   when 'credits.holds' then
     h := billing.reserve_credits(p_user, (p_args ->> 'amount')::numeric, p_key,
       coalesce((p_args ->> 'ttl_seconds')::integer, 900), p_args ->> 'correlation_id', null);
@@ -189,7 +194,9 @@ begin
       'balance', trim_scale(t.balance)::text,
       'lot_id', (select l.id::text from billing.lots l where l.grant_transfer_id = t.transfer_id));
   end case;
-  return billing.as_seen_by(p_user, (select x.account_id from billing.holds x where x.id = h.hold_id), billing.hold_json(h));
+  select a.id, a.org_id into v_account, v_org
+  from billing.holds x join billing.accounts a on a.id = x.account_id where x.id = h.hold_id;
+  return case when v_org is null then billing.hold_json(h) else billing.as_seen_by(p_user, v_account, billing.hold_json(h)) end;
 end;
 $$;
 comment on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) is 'Internal: the one SQL call behind each money route.';
@@ -271,7 +278,7 @@ comment on function billing.delete_expired_idempotency_keys(p_limit integer) is 
 revoke execute on function billing.delete_expired_idempotency_keys(p_limit integer) from public;
 grant execute on function billing.delete_expired_idempotency_keys(p_limit integer) to service_role;
 
--- A money request's values are written into its one-round-trip statement (_shared/db.ts), and
+-- A money request's values are written into its one-round-trip statement (_shared/sql-literal.ts), and
 -- Postgres logs the text of a statement that fails. So run_money_request answers every refusal
 -- (the user's standing, a reused Idempotency-Key) as a row, never by raising: nothing is stored,
 -- and the caller's request (usage metadata, a grant's reason) never reaches the server log.
@@ -307,32 +314,40 @@ revoke execute on function billing.standing_refusal(p_user uuid, p_admin boolean
 -- transfer), else with the key replaced by its SHA-256.
 -- `p_scope || p_key` when that fits in 300 characters, else `p_scope || 'sha256:' || hex`.
 create or replace function billing.scoped_key(p_scope text, p_key text) returns text
-language sql immutable
+language plpgsql immutable
 set search_path = ''
 as $$
-  select case when length(p_scope || p_key) <= 300 then p_scope || p_key
-    else p_scope || 'sha256:' || encode(sha256(convert_to(p_key, 'UTF8')), 'hex') end
+begin
+  return case when length(p_scope || p_key) <= 300 then p_scope || p_key
+    else p_scope || 'sha256:' || encode(sha256(convert_to(p_key, 'UTF8')), 'hex') end;
+end
 $$;
 comment on function billing.scoped_key(p_scope text, p_key text) is 'Internal: a ledger idempotency key derived from a request''s key under p_scope, at most 300 characters (the key''s SHA-256 when the whole would not fit).';
 revoke execute on function billing.scoped_key(p_scope text, p_key text) from public;
 
 create or replace function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb)
 returns jsonb
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
+declare
+  v_paid billing.accounts;
+  v_own billing.balance;
+begin
+  select * into v_paid from billing.accounts a where a.id = p_account_id;
+  if v_paid.org_id is null then
+    return p_answer;
+  end if;
   -- Paid by an organisation: which one; its pool's balance never (the caller's own account's
   -- instead, as GET /credits/balance shows it); an allowance is the member's own to see.
-  select coalesce((
-    select case when a.member_id is not null then p_answer || jsonb_build_object('org_id', a.org_id)
-                else p_answer || jsonb_build_object('org_id', a.org_id,
-                  'balance', trim_scale(coalesce(b.balance, 0))::text, 'available', trim_scale(coalesce(b.available, 0))::text)
-           end
-    from billing.accounts a
-    left join billing.accounts own on own.user_id = p_user
-    left join lateral billing.balance_of(own.id) b on true
-    where a.id = p_account_id and a.org_id is not null), p_answer)
+  if v_paid.member_id is not null then
+    return p_answer || jsonb_build_object('org_id', v_paid.org_id);
+  end if;
+  v_own := billing.balance_of((select a.id from billing.accounts a where a.user_id = p_user));
+  return p_answer || jsonb_build_object('org_id', v_paid.org_id,
+    'balance', trim_scale(coalesce(v_own.balance, 0))::text, 'available', trim_scale(coalesce(v_own.available, 0))::text);
+end
 $$;
 comment on function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb) is 'Internal: a money answer as p_user may see it when p_account_id (the account that paid or holds) is an organisation''s: its org_id added, and for a pooled wallet the caller''s own balance and available instead of the pool''s.';
 revoke execute on function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb) from public;

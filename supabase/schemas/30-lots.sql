@@ -74,6 +74,10 @@ grant select on table billing.lot_allocations to service_role;
 
 create index lot_allocations_created_brin on billing.lot_allocations using brin (created_at);
 
+-- What expired of a purchase's lots, for its refunds and disputes (billing.purchase_expiry_unforgiven):
+-- expiries are a small share of allocations.
+create index lot_allocations_expiry on billing.lot_allocations (lot_id) where kind = 'expiry';
+
 -- How long a new lot lives, per category (null: no expiry). Paid credits do not expire by
 -- default: some jurisdictions restrict expiring paid value (see docs/api.md, Credit lots).
 create table billing.credit_expiry_policy (

@@ -61,13 +61,16 @@ comment on function billing.return_hold_cap_room(p_hold billing.holds, p_unspent
 revoke execute on function billing.return_hold_cap_room(p_hold billing.holds, p_unspent numeric) from public;
 
 create or replace function billing.cap_period(p_period text, p_time_zone text, p_at timestamptz, out starts timestamptz, out resets timestamptz)
-language sql stable
+language plpgsql stable
 set search_path = ''
 as $$
+begin
   -- A term has no calendar: its start is on the cap row, its end on the organisation.
-  select case when p_period <> 'term' then date_trunc(p_period, p_at at time zone p_time_zone) at time zone p_time_zone end,
-         case when p_period <> 'term'
-              then (date_trunc(p_period, p_at at time zone p_time_zone) + ('1 ' || p_period)::interval) at time zone p_time_zone end
+  if p_period <> 'term' then
+    starts := date_trunc(p_period, p_at at time zone p_time_zone) at time zone p_time_zone;
+    resets := (date_trunc(p_period, p_at at time zone p_time_zone) + ('1 ' || p_period)::interval) at time zone p_time_zone;
+  end if;
+end
 $$;
 comment on function billing.cap_period(p_period text, p_time_zone text, p_at timestamp with time zone, out starts timestamp with time zone, out resets timestamp with time zone) is 'Internal: the cap period containing p_at (local midnight, ISO week from Monday, month), and when the next starts.';
 revoke execute on function billing.cap_period(p_period text, p_time_zone text, p_at timestamp with time zone, out starts timestamp with time zone, out resets timestamp with time zone) from public;
@@ -97,9 +100,9 @@ grant execute on function billing.get_spend_caps(p_user uuid) to service_role;
 -- The posting transaction's start in microseconds: one alert per crossing, and a transaction
 -- crosses a threshold at most once (the state it updates says it fired).
 create or replace function billing.alert_time() returns text
-language sql stable
+language plpgsql stable
 set search_path = ''
-as $$ select (extract(epoch from now()) * 1000000)::bigint::text $$;
+as $$ begin return (extract(epoch from now()) * 1000000)::bigint::text; end $$;
 revoke execute on function billing.alert_time() from public;
 
 -- Queues one alert: the student's email and the product webhook, deduplicated by p_key.

@@ -53,6 +53,8 @@ create table billing.purchases (
   origin text default 'checkout'::text not null,
   save_card boolean default false not null,
   org_id uuid,
+  bonus_expiry_forgiven numeric(38,18) default 0 not null,
+  credits_expiry_forgiven numeric(38,18) default 0 not null,
   constraint purchases_dispute_status check (((dispute_status is null) or (dispute_status = any (array['open'::text, 'won'::text, 'lost'::text])))),
   constraint purchases_origin check ((origin = any (array['checkout'::text, 'auto_recharge'::text]))),
   constraint purchases_refund_within check (((amount_refunded_cents >= 0) and (amount_refunded_cents <= price_cents))),
@@ -67,6 +69,8 @@ create table billing.purchases (
 );
 comment on table billing.purchases is 'A credit package bought through a hosted Stripe Checkout Session. Stripe ids only: no card data.';
 comment on column billing.purchases.org_id is 'The organisation whose wallet the credits are for (null: the buyer''s own account).';
+comment on column billing.purchases.bonus_expiry_forgiven is 'Bonus credits a refund or lost dispute did not take back because they had expired (already gone; never more than expired of the purchase''s lots).';
+comment on column billing.purchases.credits_expiry_forgiven is 'The same for the paid credits (their cost was breakage revenue when they expired).';
 alter table billing.purchases enable row level security;
 grant select on table billing.purchases to authenticated;
 grant select on table billing.purchases to service_role;
@@ -201,6 +205,22 @@ $$;
 comment on function billing.purchase_lots(p_purchase_id uuid, p_category text) is 'Internal: the lots a purchase granted (paid before promotional), for its reversals to take back first.';
 revoke execute on function billing.purchase_lots(p_purchase_id uuid, p_category text) from public;
 
+create or replace function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  -- Through the purchase's lots (wherever its credits were moved) to their expiry allocations
+  -- (lot_allocations_expiry): a refund reads a handful of rows, never the allocations table.
+  select coalesce((select sum(la.amount) from billing.lots l
+                   join billing.lot_allocations la on la.lot_id = l.id and la.kind = 'expiry'
+                   where l.purchase_id = p_purchase_id and (p_category is null or l.category = p_category)), 0)
+    - (select case p_category when 'paid' then p.credits_expiry_forgiven when 'promotional' then p.bonus_expiry_forgiven
+              else p.credits_expiry_forgiven + p.bonus_expiry_forgiven end
+       from billing.purchases p where p.id = p_purchase_id)
+$$;
+comment on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) is 'Internal: how many of a purchase''s credits (of one category; both when null) expired and were not yet forgiven by a refund or a lost dispute.';
+revoke execute on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) from public;
+
 create or replace function billing.sync_purchase(p_state jsonb)
  RETURNS text
  LANGUAGE plpgsql
@@ -218,6 +238,7 @@ declare
   v_target_c numeric(38, 18);
   v_target_b numeric(38, 18);
   v_remaining numeric(38, 18);
+  v_freeze numeric(38, 18);
   v_user uuid;        -- whose account the credits are in: the buyer's,
   v_wallet bigint;    -- or, for an organisation's purchase, its wallet
   v_buyer bigint;
@@ -301,8 +322,9 @@ begin
   if v_refunded > p.amount_refunded_cents then
     v_target_c := floor(p.credits * v_refunded / p.price_cents);
     v_target_b := floor(p.bonus_credits * v_refunded / p.price_cents);
-    -- Each reversal takes back its own lot first; what that lot no longer has was spent, and is
-    -- owed like any debt (settled from whatever the account holds, or carried as debt).
+    -- Each reversal takes back its own lot first; what that lot no longer has expired (forgiven:
+    -- it is breakage already) or was spent, and is owed like any debt (settled from whatever the
+    -- account holds, or carried as debt).
     perform billing.take_back_purchase(p, v_target_c - p.credits_refund_reversed, 'paid', 'refund_reversal',
       'refund:' || p.id || ':' || v_refunded, v_charge);
     perform billing.take_back_purchase(p, v_target_b - p.bonus_refund_reversed, 'promotional', 'refund_reversal',
@@ -326,6 +348,10 @@ begin
       perform 1 from billing.accounts a
       where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open)
       order by a.id for update;
+      -- Due lots expire before anything is frozen (the lots are frozen below, and frozen lots wait).
+      perform billing.settle_account(a.id) from billing.accounts a
+      where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open)
+      order by a.id;
       -- In id order, as every lock is taken; the buyer's account holds the rest of the purchase.
       for v_elsewhere in
         select l.account_id, sum(l.remaining) as remaining from billing.lots l
@@ -335,8 +361,10 @@ begin
           'dispute:' || (p_state ->> 'dispute_id') || ':' || v_elsewhere.account_id);
         v_moved := v_moved + v_elsewhere.remaining;
       end loop;
-      if p.dispute_hold_id is null and v_remaining > v_moved then
-        p.dispute_hold_id := billing.place_dispute_hold(v_buyer, v_remaining - v_moved, p_state ->> 'dispute_id',
+      -- What expired of the purchase is not held: a loss would not take it back (take_back_purchase).
+      v_freeze := v_remaining - v_moved - billing.purchase_expiry_unforgiven(p.id, null);
+      if p.dispute_hold_id is null and v_freeze > 0 then
+        p.dispute_hold_id := billing.place_dispute_hold(v_buyer, v_freeze, p_state ->> 'dispute_id',
           'dispute:' || (p_state ->> 'dispute_id'));
       end if;
     else
@@ -508,6 +536,8 @@ declare
   v_lots bigint[] := billing.purchase_lots(p_purchase.id, p_category);
   v_beyond numeric(38, 18);
   v_take numeric(38, 18);
+  v_forgive numeric(38, 18);
+  v_paid numeric(38, 18);
   r record;
 begin
   if p_amount <= 0 then
@@ -534,6 +564,22 @@ begin
     v_beyond := v_beyond - v_take;
     p_amount := p_amount - v_take;
   end loop;
+  -- What the purchase's lots lack (v_beyond) left them by expiry or by spending. Expired credits
+  -- already left the account as breakage: they are forgiven, not taken a second time from other
+  -- credits or as debt; only what was spent is owed. Expired before spent, so a refund ends the
+  -- same whether the expiry ran before it or after (a due lot not yet swept is taken back).
+  if v_beyond > 0 then
+    v_forgive := least(v_beyond, billing.purchase_expiry_unforgiven(p_purchase.id, p_category));
+    if v_forgive > 0 then
+      v_paid := case p_category when 'paid' then v_forgive when 'promotional' then 0
+                  else least(v_forgive, billing.purchase_expiry_unforgiven(p_purchase.id, 'paid')) end;
+      update billing.purchases x
+      set credits_expiry_forgiven = x.credits_expiry_forgiven + v_paid,
+          bonus_expiry_forgiven = x.bonus_expiry_forgiven + (v_forgive - v_paid)
+      where x.id = p_purchase.id;
+      p_amount := p_amount - v_forgive;
+    end if;
+  end if;
   if p_amount > 0 then
     perform billing.reverse_credits(case when v_wallet is null then p_purchase.user_id end, p_amount, p_kind, p_key,
       p_reference, null, billing.purchase_metadata(p_purchase), v_lots, v_wallet);
@@ -546,7 +592,7 @@ begin
   order by a.id;
 end;
 $function$;
-comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to, then the buyer''s other credits or debt.';
+comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to; of the rest, what expired is forgiven (recorded on the purchase), what was spent comes from the buyer''s other credits or is debt.';
 revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
 
 create or replace function billing.refreeze_disputes(p_account_id bigint)
@@ -567,8 +613,8 @@ begin
   -- hold covers what is left of its purchase, spent credits included, so it may have held the
   -- lots of a purchase disputed after it, which then held less than its own. Every dispute
   -- still open here gets what it would hold if it opened now: as the buyer, what is left of the
-  -- purchase beyond its lots elsewhere; elsewhere, its lots here. Older purchases first, as far
-  -- as the balance not already frozen goes.
+  -- purchase beyond its lots elsewhere and what expired of it; elsewhere, its lots here. Older
+  -- purchases first, as far as the balance not already frozen goes.
   select * into v_account from billing.accounts a where a.id = p_account_id;
   for d in
     select p.id, p.dispute_id, x.buyer,
@@ -576,6 +622,7 @@ begin
         then (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
              - coalesce((select sum(l.remaining) from billing.lots l
                          where l.purchase_id = p.id and l.open and l.account_id <> p_account_id), 0)
+             - billing.purchase_expiry_unforgiven(p.id, null)
         else coalesce((select sum(l.remaining) from billing.lots l
                        where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
       end - coalesce((select sum(h.amount) from billing.holds h

@@ -910,20 +910,6 @@ alter table billing.accounts add constraint accounts_org_id_fkey foreign key (or
 alter table billing.purchases add constraint purchases_org_id_fkey foreign key (org_id) references billing.orgs(id) on delete restrict;
 
 
--- Which organisation paid for a transfer (its wallet or an allowance), or null.
-create or replace function billing.transfer_paid_by_org(p_transfer bigint) returns uuid
-language sql
-stable
-set search_path = ''
-as $$
-  select a.org_id from billing.entries e join billing.accounts a on a.id = e.account_id
-  where e.transfer_id = p_transfer and e.amount < 0 and a.org_id is not null
-  limit 1
-$$;
-comment on function billing.transfer_paid_by_org(bigint)
-  is 'Internal: the organisation whose wallet or allowance a transfer debited (null: the user''s own account).';
-revoke execute on function billing.transfer_paid_by_org(bigint) from public, anon, authenticated;
-
 
 -- What an invitation link names before sign-in: the organisation and the role, never the address.
 create or replace function billing.preview_invitation(p_token_hash text) returns jsonb

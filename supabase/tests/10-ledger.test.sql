@@ -1,7 +1,7 @@
 -- The credit ledger: constraints, immutability, RLS, every function's happy and error paths,
 -- holds and expiry, debt, and the invariants.
 begin;
-select plan(63);
+select plan(65);
 \ir helpers.psql
 
 -- Two students.
@@ -109,7 +109,10 @@ select is(pg_temp.err($$select billing.reverse_credits('aaaaaaaa-0000-4000-8000-
 
 -- ============================================================ invariants
 
-select is((select sum(amount) from billing.entries), 0.0::numeric, 'Σ of all entries is zero');
+select is((select sum(balance) from billing.accounts where code is null) + (select sum(balance) from billing.platform_balances),
+  0.0::numeric, 'tracked balances and the platform balances derived from the transfers sum to zero');
+select is((select count(*) from billing.entries e join billing.accounts a on a.id = e.account_id where a.code is not null)::int,
+  0, 'platform accounts get no entries');
 select is((select count(*) from billing.accounts a
            left join (select account_id, sum(amount) as total from billing.entries group by account_id) s on s.account_id = a.id
            where a.user_id is not null and a.balance <> coalesce(s.total, 0))::int,
@@ -119,8 +122,14 @@ select is((select count(*) from billing.accounts a
                  where balance_after is not null order by account_id, id desc) l on l.account_id = a.id
            where a.balance <> l.balance_after)::int,
   0, 'every user balance equals its last entry''s balance_after');
-select is((select count(*) from (select transfer_id from billing.entries group by transfer_id having sum(amount) <> 0 or count(*) <> 2) t)::int,
-  0, 'every transfer has two entries summing to zero');
+select is((select count(*) from billing.transfers t
+           cross join lateral (values (t.from_account_id, -t.amount), (t.to_account_id, t.amount)) x(account_id, amount)
+           join billing.accounts a on a.id = x.account_id and a.code is null
+           where (select array_agg(e.amount) from billing.entries e where e.transfer_id = t.id and e.account_id = x.account_id)
+                 is distinct from array[x.amount])::int,
+  0, 'every tracked side of every transfer has exactly one entry, of the transfer''s amount');
+select is(pg_temp.err($$delete from billing.accounts where code = 'usage_revenue'$$), 'LEDGER_IMMUTABLE',
+  'an account is never deleted (transfers name accounts without foreign keys)');
 
 -- ============================================================ immutability, for every role
 

@@ -77,8 +77,8 @@ update billing.lots set expires_at = now() - interval '1 minute'
   where grant_transfer_id = (select id from billing.transfers where idempotency_key = 'lot-expiring');
 select is(billing.expire_lots(100000) >= 1, true, 'the sweep finds the overdue lot');
 select is((billing.get_balance('dddddddd-0000-4000-8000-000000000002')).balance, 0::numeric, 'its credits are gone');
-select is((select sum(e.amount) from billing.entries e where e.account_id = billing.platform_account_id('expired')
-  and e.transfer_id in (select la.transfer_id from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
+select is((select sum(x.amount) from billing.transfers x where x.to_account_id = billing.platform_account_id('expired')
+  and x.id in (select la.transfer_id from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
     join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'lot-expiring')), 50::numeric,
   'into the breakage account');
 

@@ -3,7 +3,7 @@
 // requests turn it off; monthly limits; every change audited.
 import assert from 'node:assert/strict';
 import type { AutoRecharge } from '../../supabase/functions/_shared/contract.ts';
-import { api, assertLedgerInvariants, newUser, testDb, tick, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, newUser, spend, testDb, tick, userToken } from '../helpers.ts';
 import { balanceOf, emulator } from '../purchases.ts';
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
@@ -22,16 +22,6 @@ async function buyer(saveCard = true) {
     outcome: 'succeeded',
   });
   return { id, token };
-}
-
-/** gpt-4o input: 50 tokens = 1 credit. */
-async function spend(token: string, credits: number) {
-  const r = await api('/credits/usage', {
-    token,
-    headers: key(),
-    body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },
-  });
-  assert.equal(r.status, 201, r.text);
 }
 
 async function setAutoRecharge(token: string, body: Record<string, unknown>) {

@@ -2,7 +2,17 @@
 // first, refunds and disputes that take back their own purchase's lots, and debt.
 import assert from 'node:assert/strict';
 import type { Balance, LedgerPage, Lot, LotPage } from '../../supabase/functions/_shared/contract.ts';
-import { adminToken, api, assertLedgerInvariants, backdateLot, env, newUser, testDb, userToken } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  backdateLot,
+  env,
+  newUser,
+  spend,
+  testDb,
+  userToken,
+} from '../helpers.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
@@ -22,17 +32,6 @@ async function grant(userId: string, amount: string, lot: Record<string, unknown
   });
   assert.equal(r.status, 201, r.text);
   return data<{ lot_id: string }>(r).lot_id;
-}
-
-/** Spends `credits` through /credits/usage (gpt-4o input: 50 tokens = 1 credit). */
-async function spend(token: string, credits: number) {
-  const r = await api('/credits/usage', {
-    token,
-    headers: key(),
-    body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },
-  });
-  assert.equal(r.status, 201, r.text);
-  return r;
 }
 
 const lots = async (token: string) => data<LotPage>(await api('/credits/lots', { token })).items;

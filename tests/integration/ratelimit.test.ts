@@ -1,6 +1,6 @@
 // Rate limits on the real Redis through the bridge, and the circuit breaker when Redis fails.
 import assert from 'node:assert/strict';
-import { env, newUser, userToken, withGateway } from '../helpers.ts';
+import { clearOfWindowEdge, counting, env, newUser, userToken, withGateway } from '../helpers.ts';
 
 type Res = { status: number; headers: Headers; body: Record<string, unknown> };
 async function get(url: string, init: RequestInit & { client?: Deno.HttpClient } = {}): Promise<Res> {
@@ -9,11 +9,13 @@ async function get(url: string, init: RequestInit & { client?: Deno.HttpClient }
 }
 
 // Each test that asserts limiter behaviour gets a gateway of its own: a fresh Redis breaker,
-// untouched by the load earlier tests put on the shared one.
+// untouched by the load earlier tests put on the shared one; those that count against a window
+// use `counting` and start clear of the window's edge (helpers.ts says why).
 Deno.test('checkout: 5 per minute per user; soft warning from the 4th; the 6th is 429 with Retry-After', async () => {
   const token = await userToken(await newUser());
   const other = await userToken(await newUser());
-  await withGateway({}, async (url) => {
+  await withGateway(counting, async (url) => {
+    await clearOfWindowEdge();
     const checkout = (t: string, p: string) =>
       get(`${url}/checkout/sessions`, {
         method: 'POST',
@@ -60,6 +62,7 @@ const freshAddress = () =>
 
 Deno.test('per-user default class, per-IP and global layers each refuse past their limit', async () => {
   const overrides = {
+    ...counting,
     RATE_LIMIT_DEFAULT_PER_MIN: '3',
     RATE_LIMIT_IP_PER_MIN: '7',
     RATE_LIMIT_GLOBAL_PER_MIN: '1000000',
@@ -72,6 +75,7 @@ Deno.test('per-user default class, per-IP and global layers each refuse past the
   );
   try {
     await withGateway(overrides, async (url) => {
+      await clearOfWindowEdge();
       const call = (token: string, client = here) =>
         get(`${url}/credits/balance`, { client, headers: { authorization: `Bearer ${token}` } });
       const a = [];
@@ -92,7 +96,8 @@ Deno.test('per-user default class, per-IP and global layers each refuse past the
     here.close();
     elsewhere.close();
   }
-  await withGateway({ RATE_LIMIT_GLOBAL_PER_MIN: '2', RATE_LIMIT_IP_PER_MIN: '1000000' }, async (url) => {
+  await withGateway({ ...counting, RATE_LIMIT_GLOBAL_PER_MIN: '2', RATE_LIMIT_IP_PER_MIN: '1000000' }, async (url) => {
+    await clearOfWindowEdge();
     // The global window is shared by everything; a fresh limit value starts a fresh window.
     const rs = [];
     for (let i = 0; i < 3; i++) {

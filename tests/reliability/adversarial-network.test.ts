@@ -5,7 +5,17 @@
 // while the SDK verified the last, whole bodies read before the 413, no limit on webhooks and
 // every refusal waiting on one counter row.
 import assert from 'node:assert/strict';
-import { env, functionsUrl, newUser, testDb, until, userToken, withGateway } from '../helpers.ts';
+import {
+  clearOfWindowEdge,
+  counting,
+  env,
+  functionsUrl,
+  newUser,
+  testDb,
+  until,
+  userToken,
+  withGateway,
+} from '../helpers.ts';
 import { balanceOf, emulator, sign, type SignedEvent, startCheckout } from '../purchases.ts';
 
 const webhookSecret = env('STRIPE_WEBHOOK_SECRET').split(',')[0];
@@ -48,8 +58,9 @@ async function completion(): Promise<{ token: string; e: SignedEvent }> {
 // ---------------------------------------------------------------- client address (point 2)
 
 Deno.test('per-IP limits key on the address the platform sets: a rotating X-Forwarded-For or a forged cf-connecting-ip buys nothing', async () => {
-  const overrides = { RATE_LIMIT_IP_PER_MIN: '5', RATE_LIMIT_DEFAULT_PER_MIN: '1000000' };
+  const overrides = { ...counting, RATE_LIMIT_IP_PER_MIN: '5', RATE_LIMIT_DEFAULT_PER_MIN: '1000000' };
   await withGateway(overrides, async (url) => {
+    await clearOfWindowEdge();
     const attacker = freshAddress();
     const statuses = await fromAddress(attacker, async (client) => {
       const out = [];
@@ -257,8 +268,10 @@ Deno.test('a 40 MB chunked body is refused while streaming: read no further than
 // ---------------------------------------------------------------- floods (point 6)
 
 Deno.test('bad-signature floods on /stripe-webhook and /notify/send are limited per address (429 with Retry-After); another address is not', async () => {
-  await withGateway({ RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN: '5', RATE_LIMIT_NOTIFY_PER_MIN: '5' }, async (url) => {
+  const overrides = { ...counting, RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN: '5', RATE_LIMIT_NOTIFY_PER_MIN: '5' };
+  await withGateway(overrides, async (url) => {
     for (const r of [webhook, notifySend]) {
+      await clearOfWindowEdge();
       const attacker = freshAddress();
       const rs = await fromAddress(attacker, async (client) => {
         const out = [];

@@ -1,8 +1,9 @@
 // Model-based test of the ledger (fast-check): random command sequences run against the real
 // stack (HTTP, the Stripe emulator, signed webhooks) and against a small in-memory model,
 // compared after every step. Caps are set by the student and by an admin (and the student tries
-// to lift the admin's); lots expire while held, before a spend, a capture or a re-hold. A failure
-// prints the shrunk sequence. MODEL_RUNS sets the number of runs (200 here; ./scripts/soak runs
+// to lift the admin's); lots expire while held, before a spend, a capture or a re-hold; a bonus
+// expires and its purchase is then refunded or disputed (what expired is forgiven, not taken
+// again). A failure prints the shrunk sequence. MODEL_RUNS sets the number of runs (200 here; ./scripts/soak runs
 // thousands).
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
@@ -36,6 +37,8 @@ const packages = {
   plus: { price: 2499n, credits: 24990n * M, bonus: 1249_500000n },
 } as const;
 type Pkg = keyof typeof packages;
+/** A purchase's two lots: its credits (paid) and its bonus (promotional). */
+type Part = 'credits' | 'bonus';
 
 interface ModelPurchase {
   pkg: Pkg;
@@ -44,6 +47,8 @@ interface ModelPurchase {
   bonusReversed: bigint;
   dispute: 'none' | 'open' | 'closed';
   disputeHold: bigint; // what the open dispute froze
+  expired: Record<Part, bigint>; // what expired of its lots
+  forgiven: Record<Part, bigint>; // what refunds and disputes did not take back because it had expired
 }
 /** A credit lot as the model sees it (spending order: not frozen, priority, earliest expiry, oldest). */
 interface ModelLot {
@@ -52,6 +57,7 @@ interface ModelLot {
   expiresAt: number | null;
   due: boolean; // its expires_at has passed (backdated): the next settle expires it
   purchase?: number; // index into purchases
+  part?: Part; // which of the purchase's lots
   remaining: bigint;
 }
 type Owner = SpendCap['set_by'];
@@ -204,6 +210,7 @@ function settle(m: Model) {
   if (!m.expiryDue) return;
   for (const l of m.lots) {
     if (l.due && !isFrozen(m, l)) {
+      if (l.purchase !== undefined && l.part) m.purchases[l.purchase].expired[l.part] += l.remaining;
       m.balance -= l.remaining;
       l.remaining = 0n;
     }
@@ -254,10 +261,16 @@ class Buy implements Cmd {
     for (const e of order) assert.equal((await deliver(e)).status, 200);
     const p = packages[this.pkg];
     const index = m.purchases.length;
-    grantLot(m, p.credits, { priority: 20, expiresAt: null, due: false, purchase: index });
+    grantLot(m, p.credits, { priority: 20, expiresAt: null, due: false, purchase: index, part: 'credits' });
     m.balance += p.credits;
     if (p.bonus > 0n) {
-      grantLot(m, p.bonus, { priority: 10, expiresAt: Date.now() + 365 * DAY, due: false, purchase: index });
+      grantLot(m, p.bonus, {
+        priority: 10,
+        expiresAt: Date.now() + 365 * DAY,
+        due: false,
+        purchase: index,
+        part: 'bonus',
+      });
     }
     m.balance += p.bonus;
     m.purchases.push({
@@ -267,6 +280,8 @@ class Buy implements Cmd {
       bonusReversed: 0n,
       dispute: 'none',
       disputeHold: 0n,
+      expired: { credits: 0n, bonus: 0n },
+      forgiven: { credits: 0n, bonus: 0n },
     });
     r.purchases.push({ charge: await chargeOf(co.session_id) });
     await compare(m, r);
@@ -536,13 +551,17 @@ class HoldExpires implements Cmd {
   toString = () => `HoldExpires(${this.amount})`;
 }
 
+/** The purchases a refund may pick, with their index: not disputed, not refunded in full. */
+const refundable = (m: Readonly<Model>) =>
+  m.purchases.map((p, i) => [p, i] as const).filter(([p]) =>
+    p.dispute === 'none' && p.refunded < packages[p.pkg].price
+  );
+
 class Refund implements Cmd {
   constructor(readonly pick: number, readonly fraction: number, readonly twice: boolean) {}
-  check = (m: Readonly<Model>) => m.purchases.some((p) => p.dispute === 'none' && p.refunded < packages[p.pkg].price);
+  check = (m: Readonly<Model>) => refundable(m).length > 0;
   async run(m: Model, r: Real) {
-    const open = m.purchases.map((p, i) => [p, i] as const).filter(([p]) =>
-      p.dispute === 'none' && p.refunded < packages[p.pkg].price
-    );
+    const open = refundable(m);
     const [p, i] = open[this.pick % open.length];
     const pkg = packages[p.pkg];
     const left = pkg.price - p.refunded;
@@ -556,11 +575,11 @@ class Refund implements Cmd {
     p.refunded += cents;
     const targetC = floorDiv(pkg.credits * p.refunded, pkg.price * M) * M;
     const targetB = floorDiv(pkg.bonus * p.refunded, pkg.price * M) * M;
-    // Each reversal takes its own lot first; what that lot lacks is debt (settled from the rest).
+    // Each reversal takes its own lot first; what that lot lacks expired (forgiven) or was spent
+    // (debt, settled from the rest).
     const [creditsLot, bonusLot] = lotsOf(m, i);
-    drawLots(m, targetC - p.creditsReversed, [creditsLot]);
-    if (targetB > p.bonusReversed) drawLots(m, targetB - p.bonusReversed, [bonusLot]);
-    m.balance -= (targetC - p.creditsReversed) + (targetB - p.bonusReversed);
+    takeBack(m, p, [creditsLot], targetC - p.creditsReversed, ['credits']);
+    if (bonusLot) takeBack(m, p, [bonusLot], targetB - p.bonusReversed, ['bonus']);
     p.creditsReversed = targetC;
     p.bonusReversed = targetB;
     giveWay(m, m.held - max(m.balance, 0n));
@@ -573,11 +592,33 @@ class Refund implements Cmd {
 }
 
 /**
- * An open dispute freezes what is left of the purchase, up to the balance not already frozen
+ * Takes `amount` of a purchase back: from its `lots` first; of what they lack, what expired of
+ * `parts` is forgiven (the credits first), the rest (spent) is owed, settled from the other lots.
+ */
+function takeBack(m: Model, p: ModelPurchase, lots: ModelLot[], amount: bigint, parts: Part[]) {
+  if (amount <= 0n) return;
+  const beyond = amount - lots.reduce((sum, l) => sum + l.remaining, 0n);
+  let forgive = min(max(beyond, 0n), unforgiven(p, parts));
+  const taken = amount - forgive;
+  for (const part of parts) {
+    const f = min(forgive, p.expired[part] - p.forgiven[part]);
+    p.forgiven[part] += f;
+    forgive -= f;
+  }
+  drawLots(m, taken, lots);
+  m.balance -= taken;
+}
+const unforgiven = (p: ModelPurchase, parts: Part[] = ['credits', 'bonus']) =>
+  parts.reduce((sum, part) => sum + p.expired[part] - p.forgiven[part], 0n);
+/** What a lost dispute would take back: what is left of the purchase, less what expired. */
+const toFreeze = (p: ModelPurchase) => remaining(p) - unforgiven(p);
+
+/**
+ * An open dispute freezes what a loss would take back, up to the balance not already frozen
  * by other disputes; the user's own holds give way, newest first, as far as they must.
  */
 function freeze(m: Model, p: ModelPurchase) {
-  const amount = min(remaining(p), max(m.balance - frozen(m), 0n));
+  const amount = min(toFreeze(p), max(m.balance - frozen(m), 0n));
   if (amount <= 0n) return;
   giveWay(m, amount - max(m.balance - m.held, 0n));
   m.held += amount;
@@ -591,7 +632,7 @@ function freeze(m: Model, p: ModelPurchase) {
 function refreeze(m: Model) {
   for (const p of m.purchases) {
     if (p.dispute !== 'open') continue;
-    const grow = min(remaining(p) - p.disputeHold, max(m.balance - frozen(m), 0n));
+    const grow = min(toFreeze(p) - p.disputeHold, max(m.balance - frozen(m), 0n));
     if (grow <= 0n) continue;
     giveWay(m, grow - max(m.balance - m.held, 0n));
     m.held += grow;
@@ -616,15 +657,14 @@ class Dispute implements Cmd {
     const [p, i] = open[this.pick % open.length];
     await emulator(`/_emulator/charges/${r.purchases[i].charge}/dispute`, { outcome: this.outcome });
     if (this.outcome === 'open') {
-      if (remaining(p) > 0n) settle(m); // placing the dispute's hold settles the account first
+      settle(m); // due lots expire before the dispute freezes anything
       freeze(m, p);
       p.dispute = 'open';
     } else {
       m.held -= p.disputeHold;
       p.dispute = 'closed';
       if (this.outcome === 'lost') {
-        drawLots(m, remaining(p), lotsOf(m, i));
-        m.balance -= remaining(p);
+        takeBack(m, p, lotsOf(m, i), remaining(p), ['credits', 'bonus']);
         giveWay(m, m.held - max(m.balance, 0n));
       }
       refreeze(m);
@@ -662,16 +702,19 @@ class ExpireThen implements Cmd {
   constructor(readonly then: Cmd) {}
   check = (m: Readonly<Model>) => nextToExpire(m as Model) !== undefined && this.then.check(m);
   async run(m: Model, r: Real) {
-    const lot = nextToExpire(m);
-    const ids = await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
-      where a.user_id = ${r.user} order by l.id`;
-    await backdateLot(ids[m.lots.indexOf(lot)].id);
-    lot.expiresAt = Date.now() - 1000;
-    lot.due = true;
-    m.expiryDue = true;
+    await makeDue(m, r, nextToExpire(m));
     await this.then.run(m, r);
   }
   toString = () => `ExpireThen(${this.then})`;
+}
+/** Time passes for one lot: due a second ago, in the model and in the rows (nothing expires it yet). */
+async function makeDue(m: Model, r: Real, lot: ModelLot) {
+  const ids = await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
+    where a.user_id = ${r.user} order by l.id`;
+  await backdateLot(ids[m.lots.indexOf(lot)].id);
+  lot.expiresAt = Date.now() - 1000;
+  lot.due = true;
+  m.expiryDue = true;
 }
 
 /** A hold, then its credits expire before it is released and held again, captured or released. */
@@ -688,11 +731,40 @@ class HoldAcrossExpiry implements Cmd {
   toString = () => `HoldAcrossExpiry(${this.amount}, ${this.then})`;
 }
 
+/**
+ * A purchase's bonus expires and the minute sweep runs (its rest goes to breakage); then that
+ * purchase is refunded (all or part) or disputed. The expired part is not taken back again.
+ * The purchase is the oldest whose bonus has credits left, or a new one (plus).
+ */
+class BonusExpiresThen implements Cmd {
+  constructor(readonly then: 'refund' | Dispute['outcome'], readonly fraction: number) {}
+  candidates = (m: Readonly<Model>) =>
+    (this.then === 'refund' ? refundable(m) : m.purchases.map((p, i) => [p, i] as const))
+      .filter(([p, i]) => {
+        const bonus = lotsOf(m as Model, i).find((l) => l.part === 'bonus');
+        return p.dispute === 'none' && bonus !== undefined && bonus.remaining > 0n && !bonus.due;
+      }).map(([, i]) => i);
+  check = (m: Readonly<Model>) => this.candidates(m).length > 0 || new Buy('plus', 'in_order').check(m);
+  async run(m: Model, r: Real) {
+    if (this.candidates(m).length === 0) await new Buy('plus', 'in_order').run(m, r);
+    const i = this.candidates(m)[0];
+    await makeDue(m, r, lotsOf(m, i).find((l) => l.part === 'bonus') as ModelLot);
+    await compare(m, r); // the sweep runs: the bonus expires
+    if (this.then === 'refund') {
+      await new Refund(refundable(m).findIndex(([, j]) => j === i), this.fraction, false).run(m, r);
+    } else await disputeOf(m, i, this.then).run(m, r);
+  }
+  toString = () => `BonusExpiresThen(${this.then}${this.then === 'refund' ? `, ${this.fraction.toFixed(2)}` : ''})`;
+}
+
 const tokens = fc.integer({ min: 1, max: 2_000_000 });
 const buy = fc.tuple(
   fc.constantFrom<Pkg>('mini', 'starter', 'plus'),
   fc.constantFrom<'in_order' | 'twice' | 'reversed'>('in_order', 'twice', 'reversed'),
 ).map(([p, d]) => new Buy(p, d));
+// A package with a bonus, so that bonuses expire before their purchase is refunded or disputed.
+const buyPlus = fc.constantFrom<'in_order' | 'twice' | 'reversed'>('in_order', 'twice', 'reversed')
+  .map((d) => new Buy('plus', d));
 const usage = fc.tuple(tokens, fc.integer({ min: 0, max: 500_000 }), fc.boolean())
   .map(([i, o, rp]) => new Usage(i, o, rp));
 const batch = fc.array(fc.record({ input: tokens, output: fc.integer({ min: 0, max: 500_000 }) }), {
@@ -734,6 +806,10 @@ const holdAcrossExpiry = fc.tuple(
   fc.integer({ min: 1, max: 3000 }),
   fc.constantFrom<HoldAcrossExpiry['then']>('rehold', 'capture_all', 'capture_part', 'release'),
 ).map(([a, t]) => new HoldAcrossExpiry(a, t));
+const bonusExpires = fc.tuple(
+  fc.constantFrom<BonusExpiresThen['then']>('refund', 'open', 'won', 'lost'),
+  fc.oneof(fc.constant(1), fc.double({ min: 0.05, max: 0.95, noNaN: true })),
+).map(([t, f]) => new BonusExpiresThen(t, f));
 const commands = [
   buy,
   usage,
@@ -748,6 +824,7 @@ const commands = [
   dispute,
   expireThen,
   holdAcrossExpiry,
+  bonusExpires,
 ];
 const rare = fc.integer({ min: 1, max: 500 }).map((a) => new HoldExpires(a));
 
@@ -762,9 +839,19 @@ Deno.test({
         // of them under an admin's cap, some with a hold; the commands that wait for those come
         // more often.
         fc.option(fc.integer({ min: 1, max: 20000 }), { nil: null, freq: 2 }),
-        fc.array(fc.oneof(buy, grant), { minLength: 1, maxLength: 2 }),
+        fc.array(fc.oneof(buy, grant, buyPlus), { minLength: 1, maxLength: 2 }),
         fc.option(fc.integer({ min: 1, max: 3000 }).map((a) => new Hold(a)), { nil: null, freq: 2 }),
-        fc.commands([...commands, ...commands, expireThen, holdAcrossExpiry, lift, rehold, overlapping, rare], {
+        fc.commands([
+          ...commands,
+          ...commands,
+          expireThen,
+          holdAcrossExpiry,
+          lift,
+          rehold,
+          overlapping,
+          bonusExpires,
+          rare,
+        ], {
           maxCommands: 12,
           size: 'max',
         }),

@@ -1,6 +1,6 @@
 // The morning email's text, from a daily_revenue row's metrics.
 import assert from 'node:assert/strict';
-import { render } from '../../supabase/functions/_shared/notifications.ts';
+import { render } from '../../supabase/functions/notify/notifications.ts';
 
 Deno.test('the daily report names the day, GMV, net revenue, take rate, users, conversion and outstanding credits', () => {
   const { subject, text } = render('daily_report', {

@@ -1,7 +1,7 @@
 // The invitation email a student can make the platform send: its organisation's name is theirs
 // to choose, so nothing in it may become a link, a new line or the subject.
 import assert from 'node:assert/strict';
-import { inert, render } from '../../supabase/functions/_shared/notifications.ts';
+import { inert, render } from '../../supabase/functions/notify/notifications.ts';
 
 const phishing = 'URGENT\r\n\r\nVerify your card: https://evil.example/pay, www.evil.example, evil\u3002example, ' +
   'help@evil.example, http://3232235777 \u202Eelpmaxe\u200B.evil';

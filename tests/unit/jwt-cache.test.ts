@@ -3,7 +3,8 @@
 // are never remembered; a different token, a tampered one included, is verified from scratch.
 import assert from 'node:assert/strict';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
-import { type AuthUser, keySet, VerifiedTokens, verifyUserToken } from '../../supabase/functions/_shared/auth.ts';
+import type { AuthUser } from '../../supabase/functions/_shared/app-env.ts';
+import { keySet, VerifiedTokens, verifyUserToken } from '../../supabase/functions/_shared/auth.ts';
 import { AppError } from '../../supabase/functions/_shared/errors.ts';
 
 const user = (id: string): AuthUser => ({ id, isAdmin: false });

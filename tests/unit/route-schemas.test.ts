@@ -1,5 +1,6 @@
 // Every value a route takes reaches Postgres only through the blocks of _shared/pg-values.ts:
-// this walks every request schema (each route folder's schemas.ts, and each job type's input)
+// this walks every request schema (each route folder's schemas.ts, the public ones in
+// _shared/contract/, and each job type's input)
 // and fails on a string, number, array or record not built from them, so a new field cannot
 // bring back a 5xx (or a failed statement in the server log) by forgetting the rule.
 import assert from 'node:assert/strict';
@@ -78,17 +79,24 @@ function problems(schema: z.ZodType, path = '<root>'): string[] {
   }
 }
 
-/** Every request schema: exports of each route folder's schemas.ts (not its env), and job inputs. */
+/**
+ * Every request schema: exports of each route folder's schemas.ts (not its env), of the
+ * contract's files (_shared/contract/<route>.ts, named here as the route's), and job inputs.
+ */
 async function requestSchemas(): Promise<Map<string, z.ZodType>> {
   const found = new Map<string, z.ZodType>();
   const root = new URL('../../supabase/functions/', import.meta.url);
+  const add = async (file: URL, folder: string) => {
+    for (const [name, value] of Object.entries(await import(file.href))) {
+      if (value instanceof z.ZodType && !name.endsWith('EnvSchema')) found.set(`${folder}/${name}`, value);
+    }
+  };
   for await (const dir of Deno.readDir(root)) {
     const file = new URL(`${dir.name}/schemas.ts`, root);
-    if (!dir.isDirectory || !(await Deno.stat(file).catch(() => null))) continue;
-    for (const [name, value] of Object.entries(await import(file.href))) {
-      if (value instanceof z.ZodType && !name.endsWith('EnvSchema')) found.set(`${dir.name}/${name}`, value);
-    }
+    if (dir.isDirectory && (await Deno.stat(file).catch(() => null))) await add(file, dir.name);
   }
+  const contract = new URL('_shared/contract/', root);
+  for await (const f of Deno.readDir(contract)) await add(new URL(f.name, contract), f.name.replace(/\.ts$/, ''));
   for (const [type, t] of Object.entries(jobTypes)) found.set(`jobs/types/${type}`, t.schema);
   return found;
 }

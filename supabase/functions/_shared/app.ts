@@ -1,10 +1,11 @@
 // The app factory every function uses: Hono with basePath('/<name>'), request ids, CORS from
 // an allowlist, one JSON onError/notFound rendering the standard envelope, and request logs.
-import { type Context, Hono, type MiddlewareHandler } from 'hono';
+import { Hono, type MiddlewareHandler } from 'hono';
 import { cors } from 'hono/cors';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { type AuthUser, bearerToken, verifyUserToken } from './auth.ts';
+import type { AppContext, AppEnv, AuthUser } from './app-env.ts';
+import { bearerToken, verifyUserToken } from './auth.ts';
 import { rateLimit } from './ratelimit.ts';
 import { baseEnv, ConfigError } from './env.ts';
 import { AppError, internalError } from './errors.ts';
@@ -13,9 +14,6 @@ import { call } from './db.ts';
 import { serviceKeys } from './keys.ts';
 import { constantTimeEqual } from './secrets.ts';
 import { errorSummary, log } from './log.ts';
-
-export type AppEnv = { Variables: { requestId: string; user: AuthUser | undefined; authError: AppError | undefined } };
-export type AppContext = Context<AppEnv>;
 
 const wellFormedRequestId = /^[A-Za-z0-9._:-]{8,128}$/;
 

@@ -2,7 +2,7 @@
 // and by the client in client/ (type-only imports, erased from browser bundles). Request
 // bodies are the zod schemas' input types, so a changed route breaks the client's check.
 import type { z } from 'zod';
-import type { CreateSessionSchema } from '../checkout/schemas.ts';
+import type { CreateSessionSchema } from './contract/checkout.ts';
 import type {
   AutoRechargeSchema,
   CapAlertsSchema,
@@ -11,8 +11,8 @@ import type {
   HoldRequestSchema,
   LowBalanceAlertSchema,
   UsageRequestSchema,
-} from '../credits/schemas.ts';
-import type { CreateJobSchema } from '../jobs/schemas.ts';
+} from './contract/credits.ts';
+import type { CreateJobSchema } from './contract/jobs.ts';
 import type {
   AllowanceSchema,
   CreateOrgSchema,
@@ -20,7 +20,7 @@ import type {
   MemberCapSchema,
   UpdateOrgSchema,
   UsageQuerySchema,
-} from '../orgs/schemas.ts';
+} from './contract/orgs.ts';
 
 export type UsageRequest = z.input<typeof UsageRequestSchema>;
 export type HoldRequest = z.input<typeof HoldRequestSchema>;

@@ -3,9 +3,10 @@
 // gets the stored bytes, a concurrent duplicate waits for the first and then gets them too.
 import { createHash } from 'node:crypto';
 import type postgres from 'postgres';
-import type { AppContext } from './app.ts';
+import type { AppContext } from './app-env.ts';
 import { currentUser, errorBody, successBody } from './app.ts';
-import { call, fromDbError, sqlRefusal } from './db.ts';
+import { call } from './db.ts';
+import { fromDbError, sqlRefusal } from './sql-errors.ts';
 import { AppError, internalError } from './errors.ts';
 import { inline, jsonb, oneTrip } from './sql-literal.ts';
 

@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from '@upstash/redis';
 import type { MiddlewareHandler, Next } from 'hono';
-import type { AppContext, AppEnv } from './app.ts';
+import type { AppContext, AppEnv } from './app-env.ts';
 import { clientAddress } from './client-address.ts';
 import { AppError } from './errors.ts';
 import { count } from './metrics.ts';

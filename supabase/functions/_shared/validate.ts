@@ -2,7 +2,7 @@
 // limit in memory, and zod turning a bad body or query into a 400 envelope.
 import type { Context } from 'hono';
 import type { z } from 'zod';
-import type { AppContext } from './app.ts';
+import type { AppContext } from './app-env.ts';
 import { AppError } from './errors.ts';
 
 const defaultMaxBytes = 64 * 1024;

@@ -3,7 +3,8 @@
 // a signed-in non-admin. The caller is a bearer token or the dashboard's HttpOnly session
 // cookie (session.ts), both checked by requireAdmin. The numbers are defined once, in SQL
 // (docs/metrics.md).
-import { type AppContext, createApp, currentUser, identifyWithSessionToken, ok, requireAdmin } from '../_shared/app.ts';
+import { createApp, currentUser, identifyWithSessionToken, ok, requireAdmin } from '../_shared/app.ts';
+import type { AppContext } from '../_shared/app-env.ts';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';

@@ -5,7 +5,7 @@
 // requireAdmin decides exactly as for a bearer header.
 import { getCookie, setCookie } from 'hono/cookie';
 import { decodeJwt } from 'jose';
-import type { AppContext } from '../_shared/app.ts';
+import type { AppContext } from '../_shared/app-env.ts';
 import { baseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { publishableKey } from '../_shared/keys.ts';

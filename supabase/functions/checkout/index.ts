@@ -1,7 +1,8 @@
 // B2C purchases: packages, hosted Checkout Sessions, the success-page status poll, and
 // ops-initiated refunds. Credits move only in billing.sync_purchase (see _shared/purchases.ts).
 import type { MiddlewareHandler } from 'hono';
-import { type AppEnv, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import type { AppEnv } from '../_shared/app-env.ts';
 import type { CreditPackage, Page, PurchaseStatus } from '../_shared/contract.ts';
 import { call } from '../_shared/db.ts';
 import { lazyEnv, reportAtStart } from '../_shared/env.ts';
@@ -13,7 +14,8 @@ import { fetchPurchaseState } from '../_shared/purchases.ts';
 import { stripe, stripeCall } from '../_shared/stripe.ts';
 import { clientAddress } from '../_shared/client-address.ts';
 import { readJson } from '../_shared/validate.ts';
-import { CheckoutEnvSchema, CreateSessionSchema, PurchaseRefSchema, RefundSchema } from './schemas.ts';
+import { CreateSessionSchema } from '../_shared/contract/checkout.ts';
+import { CheckoutEnvSchema, PurchaseRefSchema, RefundSchema } from './schemas.ts';
 import { createCheckout } from './sessions.ts';
 
 const env = lazyEnv(CheckoutEnvSchema);

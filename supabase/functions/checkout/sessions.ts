@@ -6,7 +6,8 @@ import type { Effect } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
 import { stripe, stripeCall } from '../_shared/stripe.ts';
 import { checkVelocity } from '../_shared/velocity.ts';
-import type { CheckoutEnv, CreateSession } from './schemas.ts';
+import type { CreateSession } from '../_shared/contract/checkout.ts';
+import type { CheckoutEnv } from './schemas.ts';
 
 type CheckoutRow = {
   purchase_id: string;

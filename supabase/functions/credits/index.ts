@@ -3,7 +3,6 @@
 // route's one call also claims its Idempotency-Key and stores its answer (moneyRequest).
 import type { Alerts, AutoRecharge, Balance, Lot, LotPage, Page, SpendCap } from '../_shared/contract.ts';
 import {
-  type AppContext,
   createApp,
   currentUser,
   ok,
@@ -12,6 +11,7 @@ import {
   requireServiceRole,
   requireUser,
 } from '../_shared/app.ts';
+import type { AppContext } from '../_shared/app-env.ts';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { moneyRequest } from '../_shared/idempotency.ts';
@@ -26,14 +26,16 @@ import {
   CapAlertsSchema,
   CapRequestSchema,
   CaptureRequestSchema,
-  GrantRequestSchema,
   HoldRequestSchema,
+  LowBalanceAlertSchema,
+  UsageRequestSchema,
+} from '../_shared/contract/credits.ts';
+import {
+  GrantRequestSchema,
   LedgerQuerySchema,
   LotsQuerySchema,
-  LowBalanceAlertSchema,
   ReleaseRequestSchema,
   UsageBatchSchema,
-  UsageRequestSchema,
 } from './schemas.ts';
 
 const app = createApp('credits');

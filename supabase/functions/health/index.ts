@@ -4,7 +4,8 @@
 // setting is unsafe.
 import { z } from 'zod';
 import { complete } from '../_shared/ai.ts';
-import { type AppContext, createApp, ok, requireAdmin, requireAdminUnless } from '../_shared/app.ts';
+import { createApp, ok, requireAdmin, requireAdminUnless } from '../_shared/app.ts';
+import type { AppContext } from '../_shared/app-env.ts';
 import { reloadKeySet } from '../_shared/auth.ts';
 import { call, db } from '../_shared/db.ts';
 import { parseEnv } from '../_shared/env.ts';

@@ -1,16 +1,8 @@
-// Request shapes of the jobs routes.
+// Request shapes and env of the jobs routes; POST /jobs's body is in _shared/contract/jobs.ts.
 import { z } from 'zod';
-import { jsonObject, maxBigint, pgText } from '../_shared/pg-values.ts';
+import { maxBigint, pgText } from '../_shared/pg-values.ts';
 import { cursorOf } from '../_shared/page.ts';
 import { pageLimit, UuidSchema } from '../_shared/query.ts';
-
-export const CreateJobSchema = z.strictObject({
-  type: pgText(64).min(1),
-  // Checked again, field by field, by the job type's own schema (types/).
-  input: jsonObject({ depth: 8, entries: 1000, key: 64, text: 20_000 }),
-  client_temp_id: pgText(64).min(1).regex(/^[\x21-\x7e]+$/).optional(),
-});
-export type CreateJob = z.infer<typeof CreateJobSchema>;
 
 /** A job's position in the list `<created_at in µs since the epoch>:<job id>`, parsed and checked. */
 const JobPositionSchema = pgText(56)

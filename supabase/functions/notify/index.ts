@@ -4,11 +4,12 @@
 // `X-Webhook-Secret` is accepted for older callers, also compared in constant time. Every
 // route is limited per client address before the body is read; bodies are read up to 64 KiB.
 import { z } from 'zod';
-import { type AppContext, createApp, ok } from '../_shared/app.ts';
+import { createApp, ok } from '../_shared/app.ts';
+import type { AppContext } from '../_shared/app-env.ts';
 import { call } from '../_shared/db.ts';
 import { lazyEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { dispatchOutbox } from '../_shared/notifications.ts';
+import { dispatchOutbox } from './notifications.ts';
 import { jsonText } from '../_shared/pg-values.ts';
 import { limitByAddress } from '../_shared/ratelimit.ts';
 import { constantTimeEqual, requireCronSecret } from '../_shared/secrets.ts';

@@ -1,6 +1,6 @@
 // Request shape of the notify routes.
 import { z } from 'zod';
-import { templates } from '../_shared/notifications.ts';
+import { templates } from './notifications.ts';
 import { jsonObject, pgText } from '../_shared/pg-values.ts';
 
 export const SendSchema = z.strictObject({

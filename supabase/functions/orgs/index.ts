@@ -2,7 +2,8 @@
 // organisation's usage and ledger. Each handler validates, makes one SQL call (which checks the
 // caller's role in the organisation itself) and responds. The money moves in SQL
 // (billing.fund_allowances, the members' spending through the credits routes).
-import { type AppContext, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import type { AppContext } from '../_shared/app-env.ts';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { newInvitation, tokenHash } from '../_shared/invitations.ts';
@@ -15,15 +16,12 @@ import {
   AllowanceSchema,
   AnswerSchema,
   CreateOrgSchema,
-  InvitationsQuerySchema,
   InviteSchema,
-  LedgerQuerySchema,
   MemberCapSchema,
-  OrgGrantSchema,
-  OwnerSchema,
   UpdateOrgSchema,
   UsageQuerySchema,
-} from './schemas.ts';
+} from '../_shared/contract/orgs.ts';
+import { InvitationsQuerySchema, LedgerQuerySchema, OrgGrantSchema, OwnerSchema } from './schemas.ts';
 
 const app = createApp('orgs');
 

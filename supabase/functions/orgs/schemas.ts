@@ -1,67 +1,9 @@
-// Request shapes of the organisation routes (school wallets).
+// Request shapes of the organisation routes (school wallets) not in the contract
+// (_shared/contract/orgs.ts).
 import { z } from 'zod';
 import { CreditAmountSchema } from '../_shared/money.ts';
-import { pgInt, pgText } from '../_shared/pg-values.ts';
-import {
-  DayOrInstantSchema,
-  IdCursorSchema,
-  InstantSchema,
-  lastDays,
-  pageLimit,
-  UuidCursorSchema,
-  UuidSchema,
-} from '../_shared/query.ts';
-
-export const CreateOrgSchema = z.strictObject({
-  name: pgText(200).trim().min(1),
-  funding: z.enum(['allowance', 'pool']).optional(),
-  org_pays_first: z.boolean().optional(),
-});
-
-export const UpdateOrgSchema = z.strictObject({
-  name: pgText(200).trim().min(1).optional(),
-  funding: z.enum(['allowance', 'pool']).optional(),
-  org_pays_first: z.boolean().optional(),
-  term_ends_at: InstantSchema.nullable().optional(),
-});
-
-export const InviteSchema = z.strictObject({
-  email: pgText(320).trim().email(),
-  role: z.enum(['admin', 'member']).default('member'),
-  ttl_seconds: pgInt(3600, 30 * 86_400).default(7 * 86_400),
-});
-
-// The token from the invitation email: 32 random bytes, base64url.
-export const AnswerSchema = z.strictObject({
-  token: pgText(43).regex(/^[A-Za-z0-9_-]{43}$/, 'must be an invitation token'),
-});
-
-export const AllowanceSchema = z.strictObject({
-  amount: CreditAmountSchema,
-  user_id: UuidSchema.optional(), // absent: every active member
-});
-
-export const MemberCapSchema = z.strictObject({
-  period: z.enum(['day', 'week', 'month', 'term']),
-  amount: CreditAmountSchema.nullable(), // null removes the cap
-});
-
-export const OrgGrantSchema = z.strictObject({
-  amount: CreditAmountSchema,
-  kind: z.enum(['promo_grant', 'adjustment']).default('adjustment'),
-  reason: pgText(500).min(1),
-});
-
-// Dates or instants, as /admin/metrics takes them; the last 30 days (today included) by default.
-export const UsageQuerySchema = z
-  .strictObject({
-    from: DayOrInstantSchema.optional(),
-    to: DayOrInstantSchema.optional(),
-    period: z.enum(['day', 'week', 'month']).default('day'),
-    format: z.enum(['json', 'csv']).default('json'),
-  })
-  .transform(lastDays(30))
-  .refine((q) => Date.parse(q.from) < Date.parse(q.to), { message: 'must be before to', path: ['from'] });
+import { pgText } from '../_shared/pg-values.ts';
+import { IdCursorSchema, pageLimit, UuidCursorSchema, UuidSchema } from '../_shared/query.ts';
 
 export const LedgerQuerySchema = z.strictObject({
   cursor: IdCursorSchema.optional(),
@@ -74,3 +16,9 @@ export const InvitationsQuerySchema = z.strictObject({
 });
 
 export const OwnerSchema = z.strictObject({ user_id: UuidSchema });
+
+export const OrgGrantSchema = z.strictObject({
+  amount: CreditAmountSchema,
+  kind: z.enum(['promo_grant', 'adjustment']).default('adjustment'),
+  reason: pgText(500).min(1),
+});

@@ -2,7 +2,8 @@
 // payments to a provider as destination charges with the platform's fee, refunds, payouts,
 // and the daily reconciliation. Money moves only in SQL, from webhooks (see stripe-webhook).
 import type { MiddlewareHandler } from 'hono';
-import { type AppContext, type AppEnv, createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import type { AppContext, AppEnv } from '../_shared/app-env.ts';
 import { accountState } from '../_shared/connect.ts';
 import { call } from '../_shared/db.ts';
 import { pageOf } from '../_shared/page.ts';

@@ -7,7 +7,8 @@
 // is read; the body is read up to 512 KiB and no further.
 import Stripe from 'stripe';
 import { createApp, ok } from '../_shared/app.ts';
-import { call, db, fromDbError } from '../_shared/db.ts';
+import { call, db } from '../_shared/db.ts';
+import { fromDbError } from '../_shared/sql-errors.ts';
 import { AppError } from '../_shared/errors.ts';
 import { failpoint } from '../_shared/failpoint.ts';
 import { errorSummary, log } from '../_shared/log.ts';

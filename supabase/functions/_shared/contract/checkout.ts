@@ -1,0 +1,19 @@
+// Request shape of POST /checkout/sessions: part of the contract (_shared/contract.ts).
+import { z } from 'zod';
+import { pgText } from '../pg-values.ts';
+import { UuidSchema } from '../query.ts';
+
+export const CreateSessionSchema = z.strictObject({
+  package_id: pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a package id'),
+  success_url: pgText(2000).pipe(z.url()).optional(),
+  cancel_url: pgText(2000).pipe(z.url()).optional(),
+  client_temp_id: pgText(64).min(1).regex(/^[\x21-\x7e]+$/, 'must be printable ASCII').optional(),
+  /** Keep the card (Stripe's setup_future_usage=off_session) so auto-recharge can charge it later. */
+  save_card: z.boolean().default(false),
+  /** Buy for this organisation's wallet (the caller must be its owner or an admin). */
+  org_id: UuidSchema.optional(),
+}).refine((b) => !(b.org_id && b.save_card), {
+  path: ['save_card'],
+  message: "an organisation purchase cannot keep a card (auto-recharge is a student's own)",
+});
+export type CreateSession = z.infer<typeof CreateSessionSchema>;

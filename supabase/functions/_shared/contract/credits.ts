@@ -1,0 +1,60 @@
+// Request shapes of the public credits routes: part of the contract (_shared/contract.ts),
+// parsed by credits/index.ts. Admin and service shapes stay in credits/schemas.ts.
+import { z } from 'zod';
+import { CreditAmountSchema } from '../money.ts';
+import { jsonObject, pgInt, pgText } from '../pg-values.ts';
+
+const printable = /^[\x20-\x7e]+$/;
+/** Printable ASCII, 1 to 128 characters, e.g. `'req-42'`. */
+export const CorrelationIdSchema = pgText(128).min(1).regex(printable, 'must be printable ASCII');
+/** Free-form facts about a charge, kept with its transfer: plain values only (no nesting). */
+export const MetadataSchema = jsonObject({ depth: 1, entries: 20, key: 64, text: 500 });
+/** A model name, e.g. `'gpt-4o-mini'`. */
+export const ModelSchema = pgText(64).min(1).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name');
+const PackageIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a package id');
+
+/** A token count, 0 to 10 million. */
+export const TokensSchema = pgInt(0, 10_000_000);
+
+export const UsageRequestSchema = z.strictObject({
+  model: ModelSchema,
+  input_tokens: TokensSchema,
+  output_tokens: TokensSchema,
+  correlation_id: CorrelationIdSchema.optional(),
+  metadata: MetadataSchema.optional(),
+});
+export type UsageRequest = z.infer<typeof UsageRequestSchema>;
+
+export const HoldRequestSchema = z.strictObject({
+  amount: CreditAmountSchema,
+  ttl_seconds: pgInt(1, 86_400).optional(),
+  correlation_id: CorrelationIdSchema.optional(),
+});
+export type HoldRequest = z.infer<typeof HoldRequestSchema>;
+
+export const CaptureRequestSchema = z.strictObject({ amount: CreditAmountSchema.optional() });
+
+/** A spend cap for a period (in a time zone), overall or for one model; amount null removes it. */
+export const CapRequestSchema = z.strictObject({
+  period: z.enum(['day', 'week', 'month']),
+  time_zone: pgText(64).min(1).default('UTC'),
+  model: ModelSchema.nullable().default(null),
+  amount: CreditAmountSchema.nullable(),
+});
+export type CapRequest = z.infer<typeof CapRequestSchema>;
+
+export const LowBalanceAlertSchema = z.strictObject({ threshold: CreditAmountSchema.nullable() });
+export const CapAlertsSchema = z.strictObject({
+  period: z.enum(['day', 'week', 'month']),
+  model: CapRequestSchema.shape.model,
+  percents: z.array(pgInt(1, 100)).max(10),
+});
+
+/** Auto-recharge settings; to turn it on, a package and a threshold (defaults: 5 a month, $100). */
+export const AutoRechargeSchema = z.strictObject({
+  enabled: z.boolean(),
+  package_id: PackageIdSchema.optional(),
+  threshold: CreditAmountSchema.optional(),
+  monthly_max_count: pgInt(1, 31).optional(),
+  monthly_max_cents: pgInt(1, 10_000_000).optional(),
+});

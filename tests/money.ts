@@ -1,0 +1,12 @@
+// Helpers for the money-path attacks: an answer's data and error code, a usage charge under a key.
+import { api } from './helpers.ts';
+
+export type Json = Record<string, unknown>;
+type Res = Awaited<ReturnType<typeof api>>;
+export const dataOf = (r: Res) => r.body.data as Json;
+export const codeOf = (r: Res) => (r.body.error as { code?: string } | undefined)?.code;
+
+/** gpt-4o input: 50 tokens = 1 credit. */
+export const usageBody = (credits: number) => ({ model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 });
+export const spendWith = (token: string, k: string, credits: number) =>
+  api('/credits/usage', { token, headers: { 'idempotency-key': k }, body: usageBody(credits) });
