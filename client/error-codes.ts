@@ -37,6 +37,7 @@ export const documentedCodes = [
   'INVALID_KIND',
   'INVALID_LOT',
   'INVALID_ORG',
+  'INVALID_RANGE',
   'INVALID_TOKENS',
   'INVALID_TTL',
   'INVITATION_CLOSED',
@@ -128,6 +129,7 @@ export interface DetailsByCode {
   INVALID_CAP: { field: string; rule: string };
   INVALID_ORG: { field: string; rule: string };
   INVALID_LOT: { field: string };
+  INVALID_RANGE: { field: string; rule: string };
   INVITATION_CLOSED: { status: 'accepted' | 'declined' | 'expired' | 'revoked' };
   INVITATION_LIMIT: { scope: 'inviter' | 'organisation'; limit: number; retry_at: string };
   HOLD_NOT_USER_MANAGED: { purpose: 'job' | 'dispute' };

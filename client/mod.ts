@@ -52,6 +52,8 @@ import type {
   UpdateOrgRequest,
   UsageCharge,
   UsageRequest,
+  UsageSummary,
+  UsageSummaryQuery,
 } from './contract.ts';
 import { type ApiError, asBillingError, BillingError, toBillingError } from './errors.ts';
 import { type RetryOptions, sleep, withRetries } from './retry.ts';
@@ -166,6 +168,11 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     /** Turns auto-recharge on (needs a card saved at Checkout: `startCheckout({…, save_card: true})`) or off. */
     setAutoRecharge: (req: AutoRechargeRequest) => put<AutoRecharge>('credits/auto-recharge', req),
     recordUsage: (req: UsageRequest) => post<UsageCharge>('credits/usage', req),
+    /**
+     * Where the caller's credits went, per model and day or week (the last 30 days unless
+     * `from`/`to` say otherwise), and how long the rest lasts at the last 7 days' pace.
+     */
+    usageSummary: (q: UsageSummaryQuery = {}) => get<UsageSummary>(`credits/usage/summary${query(q)}`),
     createHold: (req: HoldRequest) => post<Hold>('credits/holds', req),
     captureHold: (holdId: string, req: CaptureRequest = {}) =>
       post<Hold>(`credits/holds/${encodeURIComponent(holdId)}/capture`, req),
@@ -213,6 +220,9 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
      */
     orgUsage: <F extends 'json' | 'csv' = 'json'>(id: string, q: OrgUsageQuery & { format?: F } = {}) =>
       get<F extends 'csv' ? string : Page<OrgUsageRow>>(org(id, `/usage${query(q)}`)),
+    /** One member's org-funded usage, as `usageSummary` (admins: any member; a member: themselves). */
+    memberUsageSummary: (id: string, userId: string, q: UsageSummaryQuery = {}) =>
+      get<UsageSummary>(org(id, `/members/${encodeURIComponent(userId)}/usage/summary${query(q)}`)),
     orgLedger: (id: string, page: { limit?: number; cursor?: string } = {}) =>
       get<Page<OrgLedgerEntry>>(org(id, `/ledger${query(page)}`)),
 

@@ -11,6 +11,7 @@ import type {
   HoldRequestSchema,
   LowBalanceAlertSchema,
   UsageRequestSchema,
+  UsageSummaryQuerySchema,
 } from './contract/credits.ts';
 import type { CreateJobSchema } from './contract/jobs.ts';
 import type {
@@ -37,6 +38,7 @@ export type InviteRequest = z.input<typeof InviteSchema>;
 export type AllowanceRequest = z.input<typeof AllowanceSchema>;
 export type MemberCapRequest = z.input<typeof MemberCapSchema>;
 export type OrgUsageQuery = Omit<z.input<typeof UsageQuerySchema>, 'format'>;
+export type UsageSummaryQuery = z.input<typeof UsageSummaryQuerySchema>;
 
 /** Credit amounts are exact decimal strings, never JS numbers. */
 export type Credits = string;
@@ -347,6 +349,43 @@ export interface OrgUsageRow {
   period_start: string;
   credits: Credits;
   charges: number;
+}
+
+/** Tokens a model reported for the charges the ledger priced (GET /credits/usage/summary). */
+export interface TokenCounts {
+  input: number;
+  output: number;
+}
+
+/** One model's share of a summary or of one of its buckets. */
+export interface ModelUsage {
+  /** The model charged (`other` for a debit that named none). */
+  model: string;
+  credits: Credits;
+  requests: number;
+  /** On the summary's models, not on a bucket's. */
+  tokens?: TokenCounts;
+}
+
+/** How long the credits available last at the last 7 days' pace: "about `days` days". */
+export interface Runway {
+  days: number;
+  pace_per_day: Credits;
+  available: Credits;
+  basis_days: number;
+}
+
+/** Where credits went over a range, per model and per day or week (GET /credits/usage/summary). */
+export interface UsageSummary {
+  from: string;
+  to: string;
+  granularity: 'day' | 'week';
+  totals: { credits: Credits; school_funded: Credits; requests: number; tokens: TokenCounts };
+  models: ModelUsage[];
+  /** Every day or week of the range, oldest first, empty ones included. */
+  buckets: { start: string; credits: Credits; requests: number; models: ModelUsage[] }[];
+  /** Null when nothing was charged in the last 7 days (no pace to go by). */
+  runway: Runway | null;
 }
 
 export interface OrgLedgerEntry {

@@ -34,6 +34,7 @@ const sqlErrors: Record<
   INVALID_TTL: { type: 'validation', message: 'ttl_seconds must be between 1 and 86400.' },
   INVALID_KIND: { type: 'validation', message: 'That kind of transfer is not allowed here.' },
   INVALID_LOT: { type: 'validation', message: 'The lot is not valid: see details.field and details.rule.' },
+  INVALID_RANGE: { type: 'validation', message: 'The range is not valid: see details.field and details.rule.' },
   UNKNOWN_MODEL: { type: 'validation', message: 'There is no rate card for that model.' },
   HOLD_NOT_FOUND: { type: 'not_found', message: 'No such hold.' },
   ORG_NOT_FOUND: { type: 'not_found', message: 'No such organisation (or you are not a member).' },

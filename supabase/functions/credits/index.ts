@@ -1,7 +1,7 @@
 // The credits API: balance, lots, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds; a money
 // route's one call also claims its Idempotency-Key and stores its answer (moneyRequest).
-import type { Alerts, AutoRecharge, Balance, Lot, LotPage, Page, SpendCap } from '../_shared/contract.ts';
+import type { Alerts, AutoRecharge, Balance, Lot, LotPage, Page, SpendCap, UsageSummary } from '../_shared/contract.ts';
 import {
   createApp,
   currentUser,
@@ -29,6 +29,7 @@ import {
   HoldRequestSchema,
   LowBalanceAlertSchema,
   UsageRequestSchema,
+  UsageSummaryQuerySchema,
 } from '../_shared/contract/credits.ts';
 import {
   GrantRequestSchema,
@@ -91,6 +92,14 @@ app.get('/ledger', requireUser, async (c) => {
 
 app.post('/usage', requireUser, async (c) => {
   return moneyRequest(c, 'credits.usage', await readJson(c, UsageRequestSchema), 201);
+});
+
+app.get('/usage/summary', requireUser, async (c) => {
+  const q = readQuery(c, UsageSummaryQuerySchema);
+  const [{ summary }] = await call((sql) =>
+    sql`select billing.usage_summary(${currentUser(c).id}, ${q.from}, ${q.to}, ${q.granularity}) as summary`
+  );
+  return ok<UsageSummary>(c, summary);
 });
 
 // The product's backend reports usage in bulk; each event_id is its own idempotency key.

@@ -12,6 +12,7 @@ import { csvField } from '../_shared/ledger.ts';
 import { encodeCursor, pageOf, whole } from '../_shared/page.ts';
 import { jsonText } from '../_shared/pg-values.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
+import { UsageSummaryQuerySchema } from '../_shared/contract/credits.ts';
 import {
   AllowanceSchema,
   AnswerSchema,
@@ -140,6 +141,12 @@ app.get('/:id/usage', requireUser, async (c) => {
     'content-disposition': 'attachment; filename="org-usage.csv"',
   });
 });
+app.get('/:id/members/:user_id/usage/summary', requireUser, async (c) => {
+  const q = readQuery(c, UsageSummaryQuerySchema);
+  const args = [currentUser(c).id, pathId(c, 'id'), pathId(c, 'user_id'), q.from, q.to, q.granularity];
+  return ok(c, await one('org_member_usage_summary', args));
+});
+
 app.get('/:id/ledger', requireUser, async (c) => {
   const q = readQuery(c, LedgerQuerySchema);
   const rows = await one('org_ledger', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit + 1]);

@@ -1,0 +1,152 @@
+// GET /credits/usage/summary and GET /orgs/:id/members/:user_id/usage/summary over real HTTP:
+// the totals, models and buckets add up to the charges the ledger made, tokens come only from
+// charges it priced, the runway follows the last 7 days' pace, and nobody reads another's.
+import assert from 'node:assert/strict';
+import { api, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { key, person, school, usage } from '../orgs.ts';
+import type { UsageSummary } from '../../supabase/functions/_shared/contract.ts';
+
+const summaryOf = async (token: string, query = '') => {
+  const r = await api(`/credits/usage/summary${query}`, { token });
+  assert.equal(r.status, 200, r.text);
+  return r.body.data as unknown as UsageSummary;
+};
+
+const charge = async (token: string, model: string, input: number, output: number, metadata?: object) => {
+  const r = await api('/credits/usage', {
+    token,
+    body: { model, input_tokens: input, output_tokens: output, ...(metadata ? { metadata } : {}) },
+    headers: key(),
+  });
+  assert.equal(r.status, 201, r.text);
+  return (r.body.data as { charged: string }).charged;
+};
+
+/** Exact decimal sums of credit strings, by the database (no floats). */
+const sum = async (amounts: string[]) =>
+  (await testDb`select trim_scale(coalesce(sum(a::numeric), 0))::text as s from unnest(${amounts}::text[]) a`)[0].s;
+
+Deno.test('a student sees each model, day and token kind their charges add up to, and a runway', async () => {
+  const user = await newUser();
+  const token = await userToken(user);
+  await fund(user, '1000');
+  const empty = await summaryOf(token);
+  assert.equal(empty.runway, null, 'no pace without charges');
+  assert.equal(empty.totals.requests, 0);
+  assert.equal(empty.buckets.length, 30, 'the last 30 days, today included, one bucket each');
+
+  const gpt = [await charge(token, 'gpt-4o', 1000, 500), await charge(token, 'gpt-4o', 2000, 0)];
+  // Caller metadata cannot plant token counts: the ledger's own keys win.
+  const mini = [await charge(token, 'gpt-4o-mini', 1000, 1000, { input_tokens: 999999999, note: 'x' })];
+  const hold = await api('/credits/holds', { token, body: { amount: '2' }, headers: key() });
+  assert.equal(hold.status, 201, hold.text);
+  const holdId = (hold.body.data as { hold_id: string }).hold_id;
+  const captured = await api(`/credits/holds/${holdId}/capture`, { token, body: {}, headers: key() });
+  assert.equal(captured.status, 200, captured.text);
+
+  const s = await summaryOf(token);
+  assert.equal(s.granularity, 'day');
+  assert.equal(s.totals.requests, 4);
+  assert.equal(s.totals.credits, await sum([...gpt, ...mini, '2']));
+  assert.equal(s.totals.school_funded, '0');
+  assert.deepEqual(s.totals.tokens, { input: 4000, output: 1500 });
+  assert.deepEqual(
+    s.models.map((m) => [m.model, m.credits, m.requests, m.tokens]),
+    [
+      ['gpt-4o', await sum(gpt), 2, { input: 3000, output: 500 }],
+      ['other', '2', 1, { input: 0, output: 0 }],
+      ['gpt-4o-mini', await sum(mini), 1, { input: 1000, output: 1000 }],
+    ].sort((a, b) => Number(b[1]) - Number(a[1])),
+    'models by credits, most first; a capture of a hold that named no model is "other"',
+  );
+  const today = s.buckets.at(-1)!;
+  assert.equal(today.start, new Date().toISOString().slice(0, 10) + 'T00:00:00.000Z');
+  assert.equal(today.credits, s.totals.credits, 'all of it today');
+  assert.equal(today.requests, 4);
+  assert.ok(s.buckets.slice(0, -1).every((b) => b.credits === '0' && b.models.length === 0));
+
+  // The runway: available ÷ (the last 7 days' charges ÷ 7), whole days.
+  const [{ days, pace }] = await testDb`
+    select floor((1000 - ${s.totals.credits}::numeric) / round(${s.totals.credits}::numeric(38, 18) / 7, 18))::int as days,
+      trim_scale(round(${s.totals.credits}::numeric(38, 18) / 7, 18))::text as pace`;
+  assert.deepEqual(s.runway, {
+    days,
+    pace_per_day: pace,
+    available: await sum(['1000', `-${s.totals.credits}`]),
+    basis_days: 7,
+  });
+
+  // Weeks start on Monday (UTC); a range before the charges holds none of them.
+  const weekly = await summaryOf(token, '?granularity=week');
+  assert.ok(weekly.buckets.every((b) => new Date(b.start).getUTCDay() === 1));
+  assert.equal(weekly.buckets.at(-1)!.credits, s.totals.credits);
+  const before = await summaryOf(token, '?from=2026-01-01&to=2026-02-01');
+  assert.equal(before.totals.requests, 0);
+  assert.equal(before.buckets.length, 31);
+  assert.notEqual(before.runway, null, 'the runway is of now, whatever the range');
+
+  // Another student's summary holds none of this.
+  const other = await summaryOf(await userToken(await newUser()));
+  assert.equal(other.totals.requests, 0);
+});
+
+Deno.test('bad ranges are 400 and name the field', async () => {
+  const token = await userToken(await newUser());
+  for (
+    const q of [
+      '?from=2026-02-01&to=2026-01-01',
+      '?from=2025-01-01&to=2026-01-03',
+      '?granularity=month',
+      '?from=yesterday',
+      '?user_id=00000000-0000-4000-8000-000000000001',
+    ]
+  ) {
+    const r = await api(`/credits/usage/summary${q}`, { token });
+    assert.equal(r.status, 400, q);
+    assert.equal((r.body.error as { code: string }).code, 'VALIDATION_FAILED', q);
+  }
+  // The SQL function guards its own range too (a caller of SQL, not HTTP).
+  await assert.rejects(
+    testDb`select billing.usage_summary(gen_random_uuid(), now(), now() - interval '1 day', 'day')`,
+    /INVALID_RANGE/,
+  );
+});
+
+Deno.test('school-funded usage: the member sees it as school_funded; admins see any member, members only themselves', async () => {
+  const [owner, ada, bo, outsider] = await Promise.all(['owner', 'ada', 'bo', 'outsider'].map(person));
+  const org = await school(owner, [ada, bo]);
+  // 40 credits to each member's allowance.
+  const funded = await api(`/orgs/${org}/allowances`, { token: owner.token, body: { amount: '40' }, headers: key() });
+  assert.equal(funded.status, 201, funded.text);
+  const charged = await usage(ada.token);
+  assert.equal(charged.status, 201, charged.text);
+  const credits = (charged.body.data as { charged: string }).charged;
+
+  const own = await summaryOf(ada.token);
+  assert.equal(own.totals.credits, credits);
+  assert.equal(own.totals.school_funded, credits);
+  assert.equal(own.runway, null, 'her own account paid nothing: no pace of hers');
+
+  const path = (who: string) => `/orgs/${org}/members/${who}/usage/summary`;
+  const byAdmin = await api(path(ada.id), { token: owner.token });
+  assert.equal(byAdmin.status, 200, byAdmin.text);
+  const seen = byAdmin.body.data as unknown as UsageSummary;
+  assert.equal(seen.totals.credits, credits);
+  assert.deepEqual(seen.totals.tokens, { input: 1000, output: 1000 });
+  const [{ pace }] = await testDb`select trim_scale(round(${credits}::numeric(38, 18) / 7, 18))::text as pace`;
+  assert.equal(seen.runway?.pace_per_day, pace, 'the runway of her allowance');
+  assert.equal(seen.runway?.available, await sum(['40', `-${credits}`]));
+
+  const byHerself = await api(path(ada.id), { token: ada.token });
+  assert.equal(byHerself.status, 200);
+  const byPeer = await api(path(ada.id), { token: bo.token });
+  assert.equal(byPeer.status, 403);
+  assert.equal((byPeer.body.error as { code: string }).code, 'ORG_FORBIDDEN');
+  const byOutsider = await api(path(ada.id), { token: outsider.token });
+  assert.equal(byOutsider.status, 404);
+  // Another organisation's admin learns nothing about this one's members through their own.
+  const otherOrg = await school(outsider, [], 'allowance', null);
+  const across = await api(`/orgs/${otherOrg}/members/${ada.id}/usage/summary`, { token: outsider.token });
+  assert.equal(across.status, 200);
+  assert.equal((across.body.data as unknown as UsageSummary).totals.requests, 0);
+});
