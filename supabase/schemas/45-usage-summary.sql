@@ -1,28 +1,51 @@
--- What a student's credits went on: usage per model over a range, in day or week buckets, and
--- how long the credits left will last at the recent pace. Read-only: nothing here moves money.
--- A charge is a debiting transfer of kind usage, debit or hold_capture; its model is the
--- transfer's (usage) or its hold's (a job's capture). Tokens are counted from the charges the
--- ledger priced itself (kind usage), so a debit's caller-supplied metadata never reaches them.
+-- What a student's credits went on: usage per model over a range of days, in day or week
+-- buckets, and how long the credits left will last at the recent pace. Read-only over the
+-- ledger: nothing here moves money.
+--
+-- A charge is a debiting transfer of kind usage, debit or hold_capture, from the user's own
+-- account or, for a member, from a school's wallet or allowance (the transfer names the member).
+-- Its model is the transfer's (usage) or its hold's (a job's capture); `other` when neither
+-- names one. Tokens count only the charges the ledger priced itself (kind usage, whose token
+-- keys it writes over the caller's metadata), so a debit's caller-supplied metadata never
+-- reaches them.
+--
+-- Closed days are rolled up once into usage_daily (pg_cron, every 10 minutes): the ledger is
+-- append-only and dated by insertion, so a day an hour past its end never changes again (a
+-- transaction's timestamp is its start; none runs for an hour). A summary reads the rolled days
+-- and computes only the days after them live, so 90 days of a heavy student cost ~90 rows per
+-- model, not their 30,000 charges.
+
+-- ============================================================ tables
+
+create table billing.usage_daily (
+  user_id uuid not null,
+  org_id uuid,
+  day date not null,
+  model text not null,
+  credits numeric(38, 18) not null,
+  requests bigint not null,
+  input_tokens bigint not null,
+  output_tokens bigint not null,
+  constraint usage_daily_key unique nulls not distinct (user_id, day, model, org_id)
+);
+comment on table billing.usage_daily is 'Each user''s charges per UTC day and model (org_id: the organisation that paid; null: their own account), for days the roll-up has closed.';
+alter table billing.usage_daily enable row level security;
+
+create table billing.usage_rollup (
+  singleton boolean primary key default true,
+  rolled_through date not null,
+  constraint usage_rollup_singleton check (singleton)
+);
+comment on table billing.usage_rollup is 'The last UTC day usage_daily holds (days after it are summarised live).';
+alter table billing.usage_rollup enable row level security;
 
 -- ============================================================ functions
 
--- A token count the ledger recorded when it priced a charge; null for anything else.
-create or replace function billing.token_count(p_kind billing.transfer_kind, p_metadata jsonb, p_key text) returns bigint
-language sql immutable
-set search_path = ''
-as $$
-  select case when p_kind = 'usage' and jsonb_typeof(p_metadata -> p_key) = 'number'
-    then (p_metadata ->> p_key)::bigint end
-$$;
-comment on function billing.token_count(p_kind billing.transfer_kind, p_metadata jsonb, p_key text) is 'Internal: a token count a usage charge recorded (null for other charges).';
-revoke execute on function billing.token_count(p_kind billing.transfer_kind, p_metadata jsonb, p_key text) from public;
-
 -- An account's charges in [from, to), and those a school paid for a member (transfers naming
--- them as member; of one organisation when p_org is given), as rows. The account's entries are read newest first through
--- entries_user_account down to an entry written an hour before `from` (a transaction's
--- timestamp is its start, so an entry's id and time agree to within the longest transaction):
--- a summary reads the range it covers and what came after it, never the account's whole life,
--- and adds no index to the money path.
+-- them as member; of one organisation when p_org is given), as rows. The account's entries are
+-- read through entries_user_account from an entry written an hour before `from` (ids and
+-- times agree to within the longest transaction), found newest first: only the range and what
+-- came after it, which for the days after the roll-up is today and yesterday.
 create or replace function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamptz, p_to timestamptz)
 returns table (created_at timestamptz, model text, credits numeric, input_tokens bigint, output_tokens bigint, school boolean)
 language plpgsql stable
@@ -37,22 +60,32 @@ begin
       where e.account_id = p_account and e.balance_after is not null and e.created_at < p_from - interval '1 hour'
       order by e.id desc limit 1), 0);
   end if;
+  -- Token counts inline, not through a helper: a SQL function with a SET clause is never
+  -- inlined, and two such calls a row were half of a summary's time.
   return query
-    select e.created_at, coalesce(t.metadata ->> 'model', h.metadata ->> 'model'), -e.amount,
-      billing.token_count(t.kind, t.metadata, 'input_tokens'), billing.token_count(t.kind, t.metadata, 'output_tokens'),
+    select e.created_at,
+      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
+      -e.amount,
+      case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
+        then (t.metadata ->> 'input_tokens')::bigint end,
+      case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
+        then (t.metadata ->> 'output_tokens')::bigint end,
       false
     from billing.entries e
     join billing.transfers t on t.id = e.transfer_id
-    left join billing.holds h on h.id = t.hold_id
     where p_account is not null and e.account_id = p_account and e.balance_after is not null and e.id > v_floor
       and e.amount < 0 and e.created_at >= p_from and e.created_at < p_to
       and t.kind in ('usage', 'debit', 'hold_capture')
     union all
-    select t.created_at, coalesce(t.metadata ->> 'model', h.metadata ->> 'model'), t.amount,
-      billing.token_count(t.kind, t.metadata, 'input_tokens'), billing.token_count(t.kind, t.metadata, 'output_tokens'),
+    select t.created_at,
+      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
+      t.amount,
+      case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
+        then (t.metadata ->> 'input_tokens')::bigint end,
+      case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
+        then (t.metadata ->> 'output_tokens')::bigint end,
       true
     from billing.transfers t
-    left join billing.holds h on h.id = t.hold_id
     where p_member is not null and t.member_id = p_member and t.created_at >= p_from and t.created_at < p_to
       and t.kind in ('usage', 'debit', 'hold_capture')
       and (p_org is null or t.from_account_id in (select a.id from billing.accounts a where a.org_id = p_org));
@@ -61,8 +94,51 @@ $$;
 comment on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the charges of an account (and those paid for a member by a school) in [from, to).';
 revoke execute on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
--- How long `p_account`'s available credits last at the pace of its last 7 days' charges:
--- null when it charged nothing in that week (no pace), 0 days when nothing is available.
+-- pg_cron, every 10 minutes: rolls up to `p_days` closed days after the last one rolled (the
+-- first run starts at the ledger's first day), each in one statement, under the watermark's
+-- lock so two runs never roll a day twice. Answers the days rolled.
+create or replace function billing.roll_up_usage(p_days integer) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_last date := ((now() - interval '1 hour') at time zone 'UTC')::date - 1; -- closed for an hour
+  v_day date;
+  v_rolled integer := 0;
+begin
+  insert into billing.usage_rollup (rolled_through)
+    select coalesce((select (t.created_at at time zone 'UTC')::date from billing.transfers t order by t.id limit 1),
+      v_last + 1) - 1
+  on conflict do nothing;
+  select u.rolled_through + 1 into v_day from billing.usage_rollup u for update;
+  while v_day <= v_last and v_rolled < p_days loop
+    insert into billing.usage_daily (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens)
+    select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end, v_day,
+      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other'),
+      sum(t.amount), count(*),
+      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
+        then (t.metadata ->> 'input_tokens')::bigint end), 0),
+      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
+        then (t.metadata ->> 'output_tokens')::bigint end), 0)
+    from billing.transfers t
+    join billing.accounts a on a.id = t.from_account_id
+    where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
+      and t.kind in ('usage', 'debit', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
+    group by 1, 2, 4;
+    update billing.usage_rollup set rolled_through = v_day;
+    v_day := v_day + 1;
+    v_rolled := v_rolled + 1;
+  end loop;
+  return v_rolled;
+end;
+$$;
+comment on function billing.roll_up_usage(p_days integer) is 'pg_cron: rolls up to p_days closed UTC days of charges into usage_daily; answers how many.';
+revoke execute on function billing.roll_up_usage(p_days integer) from public;
+
+-- How long `p_account`'s available credits last at the pace of its charges over the last 7
+-- days (7 × 24 hours, live): null when it charged nothing then (no pace), 0 days when nothing
+-- is available.
 create or replace function billing.runway(p_account bigint) returns jsonb
 language plpgsql stable
 set search_path = ''
@@ -92,71 +168,84 @@ $$;
 comment on function billing.runway(p_account bigint) is 'Internal: days the account''s available credits last at its last 7 days'' pace (null without a pace).';
 revoke execute on function billing.runway(p_account bigint) from public;
 
--- The summary of one account's (and one member's school-paid) charges: totals, per model, one
--- bucket per day or week of the range (empty ones too, so a chart draws them), and the runway
--- of `p_runway_account`.
-create or replace function billing.summarize_usage(p_account bigint, p_member uuid, p_org uuid, p_from timestamptz,
-  p_to timestamptz, p_granularity text, p_runway_account bigint)
+-- The summary of a user's charges over the days [from, to): their own account's (p_account)
+-- and those schools paid for them (of p_org only, when given); totals, per model, one bucket per
+-- day or week (empty ones too, so a chart draws them), and the runway of `p_runway_account`.
+-- Rolled days come from usage_daily, the days after them from the ledger.
+create or replace function billing.summarize_usage(p_user uuid, p_account bigint, p_org uuid, p_from date,
+  p_to date, p_granularity text, p_runway_account bigint)
 returns jsonb
 language plpgsql stable
 set search_path = ''
 as $$
+declare
+  v_live_from date;
 begin
   if p_granularity is null or p_granularity not in ('day', 'week') then
     perform billing.raise_error('INVALID_RANGE', jsonb_build_object('field', 'granularity', 'rule', 'day or week'));
   end if;
-  if p_from is null or p_to is null or p_from >= p_to or p_to - p_from > interval '366 days' then
+  if p_from is null or p_to is null or p_from >= p_to or p_to - p_from > 366 then
     perform billing.raise_error('INVALID_RANGE', jsonb_build_object('field', 'from', 'rule', 'before to, at most 366 days'));
   end if;
+  v_live_from := greatest(p_from, least(p_to, coalesce((select u.rolled_through + 1 from billing.usage_rollup u), p_from)));
   return (
-    with charges as (
-      select date_trunc(p_granularity, c.created_at, 'UTC') as starts, coalesce(c.model, 'other') as model, c.credits,
-        c.input_tokens, c.output_tokens, c.school
-      from billing.usage_charges(p_account, p_member, p_org, p_from, p_to) c
+    with cells as ( -- one row per bucket and model
+      select date_trunc(p_granularity, d.day::timestamp)::date as starts, d.model, sum(d.credits) as credits,
+        sum(d.requests) as requests, coalesce(sum(d.credits) filter (where d.school), 0) as school,
+        sum(d.input_tokens) as input_tokens, sum(d.output_tokens) as output_tokens
+      from (
+        select r.day, r.model, r.credits, r.requests, r.org_id is not null as school, r.input_tokens, r.output_tokens
+        from billing.usage_daily r
+        where r.user_id = p_user and r.day >= p_from and r.day < v_live_from
+          and (p_org is null or r.org_id = p_org) and (p_account is not null or r.org_id is not null)
+        union all
+        select (c.created_at at time zone 'UTC')::date, coalesce(c.model, 'other'), c.credits, 1, c.school,
+          coalesce(c.input_tokens, 0), coalesce(c.output_tokens, 0)
+        from billing.usage_charges(p_account, p_user, p_org, v_live_from::timestamp at time zone 'UTC',
+          p_to::timestamp at time zone 'UTC') c
+        where v_live_from < p_to
+      ) d
+      group by 1, 2
     ),
-    per_model as (
-      select c.model, sum(c.credits) as credits, count(*) as requests,
-        coalesce(sum(c.input_tokens), 0) as input_tokens, coalesce(sum(c.output_tokens), 0) as output_tokens
-      from charges c group by c.model
-    ),
-    per_bucket as (
-      select c.starts, c.model, sum(c.credits) as credits, count(*) as requests
-      from charges c group by c.starts, c.model
+    models as (
+      select c.model, sum(c.credits) as credits, sum(c.requests) as requests,
+        sum(c.input_tokens) as input_tokens, sum(c.output_tokens) as output_tokens
+      from cells c group by c.model
     ),
     buckets as (
-      select s.starts from generate_series(date_trunc(p_granularity, p_from, 'UTC'), p_to - interval '1 microsecond',
+      select s.starts::date as starts, coalesce(sum(c.credits), 0) as credits, coalesce(sum(c.requests), 0) as requests,
+        coalesce(jsonb_agg(jsonb_build_object('model', c.model, 'credits', trim_scale(c.credits)::text,
+          'requests', c.requests) order by c.credits desc, c.model) filter (where c.model is not null), '[]') as models
+      from generate_series(date_trunc(p_granularity, p_from::timestamp), (p_to - 1)::timestamp,
         ('1 ' || p_granularity)::interval) s(starts)
+      left join cells c on c.starts = s.starts::date
+      group by s.starts
     )
     select jsonb_build_object(
-      'from', billing.json_time(p_from),
-      'to', billing.json_time(p_to),
+      'from', p_from,
+      'to', p_to,
       'granularity', p_granularity,
-      'totals', jsonb_build_object(
-        'credits', trim_scale(coalesce((select sum(c.credits) from charges c), 0))::text,
-        'school_funded', trim_scale(coalesce((select sum(c.credits) from charges c where c.school), 0))::text,
-        'requests', (select count(*) from charges),
-        'tokens', jsonb_build_object(
-          'input', coalesce((select sum(m.input_tokens) from per_model m), 0),
-          'output', coalesce((select sum(m.output_tokens) from per_model m), 0))),
+      'totals', (select jsonb_build_object(
+          'credits', trim_scale(coalesce(sum(c.credits), 0))::text,
+          'school_funded', trim_scale(coalesce(sum(c.school), 0))::text,
+          'requests', coalesce(sum(c.requests), 0),
+          'tokens', jsonb_build_object('input', coalesce(sum(c.input_tokens), 0),
+            'output', coalesce(sum(c.output_tokens), 0)))
+        from cells c),
       'models', coalesce((select jsonb_agg(jsonb_build_object('model', m.model, 'credits', trim_scale(m.credits)::text,
           'requests', m.requests, 'tokens', jsonb_build_object('input', m.input_tokens, 'output', m.output_tokens))
-          order by m.credits desc, m.model) from per_model m), '[]'),
-      'buckets', (select jsonb_agg(jsonb_build_object('start', billing.json_time(b.starts),
-          'credits', trim_scale(coalesce((select sum(p.credits) from per_bucket p where p.starts = b.starts), 0))::text,
-          'requests', coalesce((select sum(p.requests) from per_bucket p where p.starts = b.starts), 0),
-          'models', coalesce((select jsonb_agg(jsonb_build_object('model', p.model, 'credits', trim_scale(p.credits)::text,
-              'requests', p.requests) order by p.credits desc, p.model)
-            from per_bucket p where p.starts = b.starts), '[]'))
-          order by b.starts) from buckets b),
+          order by m.credits desc, m.model) from models m), '[]'),
+      'buckets', (select jsonb_agg(jsonb_build_object('start', b.starts, 'credits', trim_scale(b.credits)::text,
+          'requests', b.requests, 'models', b.models) order by b.starts) from buckets b),
       'runway', billing.runway(p_runway_account)));
 end;
 $$;
-comment on function billing.summarize_usage(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_granularity text, p_runway_account bigint) is 'Internal: the usage summary of an account and a member''s school-paid charges.';
-revoke execute on function billing.summarize_usage(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_granularity text, p_runway_account bigint) from public;
+comment on function billing.summarize_usage(p_user uuid, p_account bigint, p_org uuid, p_from date, p_to date, p_granularity text, p_runway_account bigint) is 'Internal: the usage summary of a user''s own account and of what schools paid for them.';
+revoke execute on function billing.summarize_usage(p_user uuid, p_account bigint, p_org uuid, p_from date, p_to date, p_granularity text, p_runway_account bigint) from public;
 
 -- GET /credits/usage/summary: the caller's own charges and those their schools paid for; the
 -- runway is their own account's (a school's wallet is shared, so its pace is not theirs).
-create or replace function billing.usage_summary(p_user uuid, p_from timestamptz, p_to timestamptz, p_granularity text)
+create or replace function billing.usage_summary(p_user uuid, p_from date, p_to date, p_granularity text)
 returns jsonb
 language plpgsql stable
 security definer
@@ -165,9 +254,9 @@ as $$
 declare
   v_account bigint := (select a.id from billing.accounts a where a.user_id = p_user);
 begin
-  return billing.summarize_usage(v_account, p_user, null, p_from, p_to, p_granularity, v_account);
+  return billing.summarize_usage(p_user, v_account, null, p_from, p_to, p_granularity, v_account);
 end;
 $$;
-comment on function billing.usage_summary(p_user uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_granularity text) is 'A user''s usage per model over [from, to) in day or week buckets, with their runway.';
-revoke execute on function billing.usage_summary(p_user uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_granularity text) from public;
-grant execute on function billing.usage_summary(p_user uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_granularity text) to service_role;
+comment on function billing.usage_summary(p_user uuid, p_from date, p_to date, p_granularity text) is 'A user''s usage per model over the UTC days [from, to) in day or week buckets, with their runway.';
+revoke execute on function billing.usage_summary(p_user uuid, p_from date, p_to date, p_granularity text) from public;
+grant execute on function billing.usage_summary(p_user uuid, p_from date, p_to date, p_granularity text) to service_role;

@@ -598,8 +598,8 @@ grant execute on function billing.org_usage(p_user uuid, p_org uuid, p_from time
 -- GET /orgs/:id/usage/summary: one member's charges the organisation paid for, as a student
 -- sees their own (admins: any member; a member: themselves). The runway is the member's
 -- allowance's, when the organisation gives allowances; a shared wallet's pace is no one member's.
-create or replace function billing.org_member_usage_summary(p_user uuid, p_org uuid, p_member uuid, p_from timestamptz,
-  p_to timestamptz, p_granularity text)
+create or replace function billing.org_member_usage_summary(p_user uuid, p_org uuid, p_member uuid, p_from date,
+  p_to date, p_granularity text)
 returns jsonb
 language plpgsql
 security definer
@@ -607,13 +607,13 @@ set search_path = ''
 as $$
 begin
   perform billing.require_org_role(p_org, p_user, p_member is distinct from p_user);
-  return billing.summarize_usage(null, p_member, p_org, p_from, p_to, p_granularity,
+  return billing.summarize_usage(p_member, null, p_org, p_from, p_to, p_granularity,
     (select a.id from billing.accounts a where a.org_id = p_org and a.member_id = p_member));
 end;
 $$;
-comment on function billing.org_member_usage_summary(p_user uuid, p_org uuid, p_member uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_granularity text) is 'A member''s usage the organisation paid for, per model and day or week, with their allowance''s runway.';
-revoke execute on function billing.org_member_usage_summary(p_user uuid, p_org uuid, p_member uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_granularity text) from public;
-grant execute on function billing.org_member_usage_summary(p_user uuid, p_org uuid, p_member uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_granularity text) to service_role;
+comment on function billing.org_member_usage_summary(p_user uuid, p_org uuid, p_member uuid, p_from date, p_to date, p_granularity text) is 'A member''s usage the organisation paid for, per model and day or week, with their allowance''s runway.';
+revoke execute on function billing.org_member_usage_summary(p_user uuid, p_org uuid, p_member uuid, p_from date, p_to date, p_granularity text) from public;
+grant execute on function billing.org_member_usage_summary(p_user uuid, p_org uuid, p_member uuid, p_from date, p_to date, p_granularity text) to service_role;
 
 -- The wallet's entries, newest first (admins only).
 create or replace function billing.org_ledger(p_user uuid, p_org uuid, p_before_id bigint, p_limit integer)

@@ -78,6 +78,8 @@ select cron.schedule('billing-daily-revenue', '15 0 * * *', $$select billing.run
 
 select cron.schedule('billing-revenue-rollup', '*/10 * * * *', $$select billing.refresh_stale_revenue(31)$$);
 
+select cron.schedule('billing-usage-rollup', '*/10 * * * *', $$select billing.roll_up_usage(31)$$);
+
 select cron.schedule('billing-expire-lots', '* * * * *', $$select billing.expire_lots(500)$$);
 
 select cron.schedule('billing-expiry-warnings', '23 * * * *', $$select billing.queue_expiry_warnings(1000)$$);

@@ -375,14 +375,15 @@ export interface Runway {
   basis_days: number;
 }
 
-/** Where credits went over a range, per model and per day or week (GET /credits/usage/summary). */
+/** Where credits went over the UTC days [from, to), per model and per day or week (GET /credits/usage/summary). */
 export interface UsageSummary {
+  /** Dates, YYYY-MM-DD. */
   from: string;
   to: string;
   granularity: 'day' | 'week';
   totals: { credits: Credits; school_funded: Credits; requests: number; tokens: TokenCounts };
   models: ModelUsage[];
-  /** Every day or week of the range, oldest first, empty ones included. */
+  /** Every day or week (from Monday) of the range by its first date, oldest first, empty ones included. */
   buckets: { start: string; credits: Credits; requests: number; models: ModelUsage[] }[];
   /** Null when nothing was charged in the last 7 days (no pace to go by). */
   runway: Runway | null;

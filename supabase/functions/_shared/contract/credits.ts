@@ -3,7 +3,7 @@
 import { z } from 'zod';
 import { CreditAmountSchema } from '../money.ts';
 import { jsonObject, pgInt, pgText } from '../pg-values.ts';
-import { DayOrInstantSchema, lastDays } from '../query.ts';
+import { CalendarDateSchema, lastDays } from '../query.ts';
 
 const printable = /^[\x20-\x7e]+$/;
 /** Printable ASCII, 1 to 128 characters, e.g. `'req-42'`. */
@@ -60,16 +60,16 @@ export const AutoRechargeSchema = z.strictObject({
   monthly_max_cents: pgInt(1, 10_000_000).optional(),
 });
 
-// GET /credits/usage/summary (and /orgs/:id/usage/summary): dates or instants, the last 30 days
-// (today included) by default, at most 366 days.
+// GET /credits/usage/summary (and /orgs/:id/members/:user_id/usage/summary): UTC days [from, to),
+// the last 30 days (today included) by default, at most 366 days.
 export const UsageSummaryQuerySchema = z
   .strictObject({
-    from: DayOrInstantSchema.optional(),
-    to: DayOrInstantSchema.optional(),
+    from: CalendarDateSchema.optional(),
+    to: CalendarDateSchema.optional(),
     granularity: z.enum(['day', 'week']).default('day'),
   })
   .transform(lastDays(30))
-  .refine((q) => Date.parse(q.from) < Date.parse(q.to), { message: 'must be before to', path: ['from'] })
+  .refine((q) => q.from < q.to, { message: 'must be before to', path: ['from'] })
   .refine((q) => Date.parse(q.to) - Date.parse(q.from) <= 366 * 86_400_000, {
     message: 'must be at most 366 days before to',
     path: ['from'],
