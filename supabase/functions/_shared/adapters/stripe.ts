@@ -2,8 +2,8 @@
 // the official SDK talks to that address; unset, to Stripe. Keys must match STRIPE_MODE.
 import Stripe from 'stripe';
 import { z } from 'zod';
-import { CommaListSchema, parseEnv } from './env.ts';
-import { AppError } from './errors.ts';
+import { CommaListSchema, parseEnv } from '../env.ts';
+import { AppError } from '../errors.ts';
 
 export const StripeEnvSchema = z
   .object({

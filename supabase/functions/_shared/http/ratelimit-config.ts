@@ -1,7 +1,7 @@
 // Rate-limit policy in one place: every number has a default from the product plan and an
 // environment override. Limits are per minute, in fixed windows.
 import { z } from 'zod';
-import { parseEnv } from './env.ts';
+import { parseEnv } from '../env.ts';
 
 const perMinute = (fallback: number) => z.coerce.number().int().positive().default(fallback);
 

@@ -1,10 +1,10 @@
 // Reading a user's ledger: keyset pages for JSON, and a CSV stream that pages through any
 // range without holding it in memory.
-import { db } from './db.ts';
-import { formatCredits } from './money.ts';
-import { pageOf } from './page.ts';
+import { db } from '../adapters/db.ts';
+import { formatCredits } from '../values/money.ts';
+import { pageOf } from '../values/page.ts';
 
-import type { LedgerEntry, LedgerPage } from './contract.ts';
+import type { LedgerEntry, LedgerPage } from '../contract/index.ts';
 
 /** Which entries: older than `cursor` (an entry id, decoded), created in [from, to). */
 export interface LedgerRange {

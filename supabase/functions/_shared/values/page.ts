@@ -2,7 +2,7 @@
 // opaque (base64url of the position of the page's last item) so a caller passes it back as
 // given and never builds one. A cursor that is not one of ours is a 400 naming `cursor`.
 import { z } from 'zod';
-import type { Page } from './contract.ts';
+import type { Page } from '../envelope.ts';
 import { pgText } from './pg-values.ts';
 
 const notOurs = 'must be the next_cursor of a previous page, passed back unchanged';

@@ -2,7 +2,8 @@
 // and by the client in client/ (type-only imports, erased from browser bundles). Request
 // bodies are the zod schemas' input types, so a changed route breaks the client's check.
 import type { z } from 'zod';
-import type { CreateSessionSchema } from './contract/checkout.ts';
+import type { ErrorBody, Page } from '../envelope.ts';
+import type { CreateSessionSchema } from './checkout.ts';
 import type {
   AutoRechargeSchema,
   CapAlertsSchema,
@@ -11,8 +12,8 @@ import type {
   HoldRequestSchema,
   LowBalanceAlertSchema,
   UsageRequestSchema,
-} from './contract/credits.ts';
-import type { CreateJobSchema } from './contract/jobs.ts';
+} from './credits.ts';
+import type { CreateJobSchema } from './jobs.ts';
 import type {
   AllowanceSchema,
   CreateOrgSchema,
@@ -20,7 +21,10 @@ import type {
   MemberCapSchema,
   UpdateOrgSchema,
   UsageQuerySchema,
-} from './contract/orgs.ts';
+} from './orgs.ts';
+
+/** The envelopes (envelope.ts, below every layer that builds them), part of the contract. */
+export type { ErrorBody, Page };
 
 export type UsageRequest = z.input<typeof UsageRequestSchema>;
 export type HoldRequest = z.input<typeof HoldRequestSchema>;
@@ -53,15 +57,6 @@ export interface Balance {
 export interface LotShare {
   lot_id: string;
   amount: Credits;
-}
-
-/**
- * Every list answers this envelope. `next_cursor` is opaque: pass it back as `cursor` for the
- * next page; null when there is none (or the list is never paged).
- */
-export interface Page<T> {
-  items: T[];
-  next_cursor: string | null;
 }
 
 /** Who paid a charge: the caller's own credits, or an organisation (a wallet or an allowance). */
@@ -223,16 +218,6 @@ export interface Job {
 }
 
 export type JobList = Page<Job>;
-
-/** The failure envelope's `error`. */
-export interface ErrorBody {
-  type: string;
-  code: string;
-  message: string;
-  retryable: boolean;
-  field?: string;
-  details?: Record<string, unknown>;
-}
 
 // ---------------------------------------------------------------- organisations (school wallets)
 

@@ -14,11 +14,11 @@ import {
   type JWTPayload,
   jwtVerify,
 } from 'jose';
-import type { AuthUser } from './app-env.ts';
-import { AppError } from './errors.ts';
-import { baseEnv } from './env.ts';
-import { inlineJwks } from './keys.ts';
-import { isUuid } from './validate.ts';
+import type { AuthUser } from '../app-env.ts';
+import { AppError } from '../errors.ts';
+import { baseEnv } from '../env.ts';
+import { inlineJwks } from '../keys.ts';
+import { isUuid } from '../values/query.ts';
 
 /** What jwtVerify asks for a key: the local set, the remote one, or the local one falling back. */
 type KeyResolver = (header: JWSHeaderParameters, token: FlattenedJWSInput) => Promise<CryptoKey>;

@@ -2,7 +2,7 @@
 // AI_API_KEY), or, with AI_PROVIDER=local, a deterministic stand-in so tests and the demo run
 // offline. The stand-in is NOT a model: it echoes the prompt's words in reverse order.
 import { z } from 'zod';
-import { parseEnv } from './env.ts';
+import { parseEnv } from '../env.ts';
 
 export const AiEnvSchema = z.object({
   AI_PROVIDER: z.enum(['openai', 'local']).default('local'),

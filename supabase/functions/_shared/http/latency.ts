@@ -1,8 +1,8 @@
 // Per-route latency histograms in Redis, shared by every instance: fixed buckets per minute
 // (kept 2 hours) and per hour (kept 26 hours). Requests add to an in-memory batch that is
 // flushed at most once a second, off the request path; a Redis failure loses only samples.
-import { count } from './metrics.ts';
-import { guarded } from './redis.ts';
+import { count } from '../metrics.ts';
+import { guarded } from '../adapters/redis.ts';
 
 /** Bucket upper bounds in ms; the last bucket is everything slower. */
 export const bucketBounds = [5, 10, 25, 50, 100, 120, 250, 500, 1000, 2500, 5000, Infinity];

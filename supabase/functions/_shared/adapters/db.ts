@@ -2,8 +2,8 @@
 // (sql-errors.ts). Values written into a statement's text go through sql-literal.ts.
 import postgres from 'postgres';
 import { z } from 'zod';
-import { baseEnv, parseEnv } from './env.ts';
-import { errorSummary, log } from './log.ts';
+import { baseEnv, parseEnv } from '../env.ts';
+import { errorSummary, log } from '../log.ts';
 import { connectionFailed, fromDbError } from './sql-errors.ts';
 
 let pool: postgres.Sql | undefined;

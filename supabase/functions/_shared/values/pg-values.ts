@@ -4,7 +4,7 @@
 // 400 before any SQL is sent: never a 5xx, never a failed statement whose text (with the
 // request's values) lands in the server log. docs/api.md, "Text, numbers and JSON".
 import { z } from 'zod';
-import { AppError } from './errors.ts';
+import { AppError } from '../errors.ts';
 
 /** Postgres' largest bigint, 2^63 - 1. */
 export const maxBigint = 9_223_372_036_854_775_807n;

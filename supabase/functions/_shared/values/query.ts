@@ -3,9 +3,9 @@
 // (bigint ids, page sizes), real calendar dates and instants within one window, UUIDs. Built
 // from pg-values.ts's blocks.
 import { z } from 'zod';
-import { invalid } from './validate.ts';
 import { bigintText, pgText, queryInt } from './pg-values.ts';
 import { cursorOf } from './page.ts';
+import { invalid } from './invalid.ts';
 
 /** The window every date and instant must fall in (docs/api.md, "Query values"). */
 export const earliestDay = '1970-01-01';
@@ -51,9 +51,13 @@ export const InstantSchema = pgText(40).pipe(
     }, outOfWindow),
 );
 
+const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Whether a string is a UUID (any version), e.g. an id taken from a path. */
+export const isUuid = (s: string) => uuid.test(s);
+
 /** A UUID in its canonical 8-4-4-4-12 hex form (any version). */
-export const UuidSchema = pgText(36)
-  .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i, 'must be a UUID');
+export const UuidSchema = pgText(36).regex(uuid, 'must be a UUID');
 
 /**
  * The 400 envelope for a value that failed `schema`, naming the first bad field; for inputs

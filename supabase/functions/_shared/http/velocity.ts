@@ -7,13 +7,13 @@
 import { Ratelimit } from '@upstash/ratelimit';
 import { z } from 'zod';
 import { unknownAddress } from './client-address.ts';
-import { call } from './db.ts';
-import { parseEnv } from './env.ts';
-import { AppError } from './errors.ts';
-import { log } from './log.ts';
-import { count } from './metrics.ts';
+import { call } from '../adapters/db.ts';
+import { parseEnv } from '../env.ts';
+import { AppError } from '../errors.ts';
+import { log } from '../log.ts';
+import { count } from '../metrics.ts';
 import { localWindow } from './ratelimit.ts';
-import { guarded, redis, RedisUnavailable } from './redis.ts';
+import { guarded, redis, RedisUnavailable } from '../adapters/redis.ts';
 
 const VelocityEnvSchema = z.object({
   VELOCITY_SESSIONS_PER_10_MIN: z.coerce.number().int().positive().default(5),

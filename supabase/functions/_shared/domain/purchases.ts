@@ -5,7 +5,7 @@
 // SQL: billing.sync_purchase for credit purchases, billing.sync_provider_payment for payments
 // to providers (billing.process_stripe_event tells them apart by session).
 import type Stripe from 'stripe';
-import { idOf, stripe, stripeCall } from './stripe.ts';
+import { idOf, stripe, stripeCall } from '../adapters/stripe.ts';
 
 export type PurchaseState = {
   kind: 'checkout';

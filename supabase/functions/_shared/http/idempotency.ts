@@ -3,12 +3,12 @@
 // gets the stored bytes, a concurrent duplicate waits for the first and then gets them too.
 import { createHash } from 'node:crypto';
 import type postgres from 'postgres';
-import type { AppContext } from './app-env.ts';
+import type { AppContext } from '../app-env.ts';
 import { currentUser, errorBody, successBody } from './app.ts';
-import { call } from './db.ts';
-import { fromDbError, sqlRefusal } from './sql-errors.ts';
-import { AppError, internalError } from './errors.ts';
-import { inline, jsonb, oneTrip } from './sql-literal.ts';
+import { call } from '../adapters/db.ts';
+import { fromDbError, sqlRefusal } from '../adapters/sql-errors.ts';
+import { AppError, internalError } from '../errors.ts';
+import { inline, jsonb, oneTrip } from '../adapters/sql-literal.ts';
 
 const wellFormedKey = /^[\x21-\x7e]{1,255}$/;
 

@@ -5,10 +5,10 @@
 // the same link. Accepting needs no secret: the token given is hashed and looked up.
 import { createHash, createHmac } from 'node:crypto';
 import { z } from 'zod';
-import { billingPage } from './billing-page.ts';
-import { db } from './db.ts';
-import { CommaListSchema, lazyEnv } from './env.ts';
-import { isUuid } from './validate.ts';
+import { billingPage } from '../billing-page.ts';
+import { db } from '../adapters/db.ts';
+import { CommaListSchema, lazyEnv } from '../env.ts';
+import { isUuid } from '../values/query.ts';
 
 const env = lazyEnv(z.object({
   // Comma-separated while rotating: the first makes new tokens; a queued email whose token an

@@ -1,7 +1,7 @@
 // Shared-secret checks for service-to-service calls: constant-time comparison, and the cron
 // secret that scheduled calls (worker tick, outbox dispatch, deep health) present.
-import type { AppContext } from './app-env.ts';
-import { AppError } from './errors.ts';
+import type { AppContext } from '../app-env.ts';
+import { AppError } from '../errors.ts';
 
 /** Compares two strings in time that depends only on their lengths. */
 export function constantTimeEqual(a: string, b: string): boolean {

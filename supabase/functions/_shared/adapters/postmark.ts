@@ -1,6 +1,6 @@
 // Email through Postmark's HTTP API (locally: the mail catcher, which speaks the same format).
 import { z } from 'zod';
-import { parseEnv } from './env.ts';
+import { parseEnv } from '../env.ts';
 
 export const PostmarkEnvSchema = z.object({
   POSTMARK_SERVER_TOKEN: z.string().min(1),

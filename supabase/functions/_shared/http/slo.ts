@@ -1,8 +1,8 @@
 // SLO arithmetic over the latency histograms: percentiles, error rate and error-budget burn.
 import { z } from 'zod';
-import { parseEnv } from './env.ts';
+import { parseEnv } from '../env.ts';
 import { bucketBounds, hourKey, minuteKey } from './latency.ts';
-import { redis } from './redis.ts';
+import { redis } from '../adapters/redis.ts';
 
 export interface RouteStats {
   requests: number;

@@ -1,9 +1,9 @@
 // The one place database failures become HTTP errors: SQL error tokens (P0001 with a JSON
 // detail) by the table below, lost connections as 503, anything else as 500. docs/api.md lists
 // the same codes (tests/unit/error-codes-documented.test.ts reads this table).
-import { AppError, type ErrorType } from './errors.ts';
-import { ConfigError } from './env.ts';
-import { errorSummary, log } from './log.ts';
+import { AppError, type ErrorType } from '../errors.ts';
+import { ConfigError } from '../env.ts';
+import { errorSummary, log } from '../log.ts';
 
 /**
  * SQL error tokens (raised as `message` with errcode P0001 and JSON `detail`) and how each

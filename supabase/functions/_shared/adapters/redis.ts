@@ -7,8 +7,8 @@
 import { Redis } from '@upstash/redis';
 import { z } from 'zod';
 import { CircuitBreaker } from './breaker.ts';
-import { parseEnv } from './env.ts';
-import { count } from './metrics.ts';
+import { parseEnv } from '../env.ts';
+import { count } from '../metrics.ts';
 
 export const RedisEnvSchema = z.object({
   UPSTASH_REDIS_REST_URL: z.url(),

@@ -11,12 +11,12 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from '@upstash/redis';
 import type { MiddlewareHandler, Next } from 'hono';
-import type { AppContext, AppEnv } from './app-env.ts';
+import type { AppContext, AppEnv } from '../app-env.ts';
 import { clientAddress } from './client-address.ts';
-import { AppError } from './errors.ts';
-import { count } from './metrics.ts';
+import { AppError } from '../errors.ts';
+import { count } from '../metrics.ts';
 import { addressRouteClass, rateLimitEnv, type RouteClass, routeClass } from './ratelimit-config.ts';
-import { guarded, RedisUnavailable } from './redis.ts';
+import { guarded, RedisUnavailable } from '../adapters/redis.ts';
 
 interface Layer {
   name: string;

@@ -4,16 +4,16 @@ import { Hono, type MiddlewareHandler } from 'hono';
 import { cors } from 'hono/cors';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import type { AppContext, AppEnv, AuthUser } from './app-env.ts';
+import type { AppContext, AppEnv, AuthUser } from '../app-env.ts';
 import { bearerToken, verifyUserToken } from './auth.ts';
 import { rateLimit } from './ratelimit.ts';
-import { baseEnv, ConfigError } from './env.ts';
-import { AppError, internalError } from './errors.ts';
+import { baseEnv, ConfigError } from '../env.ts';
+import { AppError, internalError } from '../errors.ts';
 import { recordLatency } from './latency.ts';
-import { call } from './db.ts';
-import { serviceKeys } from './keys.ts';
+import { call } from '../adapters/db.ts';
+import { serviceKeys } from '../keys.ts';
 import { constantTimeEqual } from './secrets.ts';
-import { errorSummary, log } from './log.ts';
+import { errorSummary, log } from '../log.ts';
 
 const wellFormedRequestId = /^[A-Za-z0-9._:-]{8,128}$/;
 

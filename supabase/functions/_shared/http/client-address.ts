@@ -5,9 +5,9 @@
 // bucket, `unknown`, so a misconfiguration makes limits tighter, never bypassable.
 import type { Context } from 'hono';
 import { z } from 'zod';
-import { parseEnv } from './env.ts';
-import { log } from './log.ts';
-import { count } from './metrics.ts';
+import { parseEnv } from '../env.ts';
+import { log } from '../log.ts';
+import { count } from '../metrics.ts';
 
 export const ClientAddressEnvSchema = z.object({
   CLIENT_IP_HEADER: z.string().trim().toLowerCase()

@@ -4,8 +4,8 @@
 // hold the whole statement, the request's values with it): what Postgres would refuse or
 // change is refused here first, as a 400, by the rule of pg-values.ts.
 import type postgres from 'postgres';
-import { AppError } from './errors.ts';
-import { isPgText, jsonText, textRefused } from './pg-values.ts';
+import { AppError } from '../errors.ts';
+import { isPgText, jsonText, textRefused } from '../values/pg-values.ts';
 
 /** A JSON value for `inline`, written as a jsonb literal (see `jsonb`). */
 class JsonbValue {
