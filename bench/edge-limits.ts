@@ -9,7 +9,7 @@
 //
 // The ticks claim any due job, as the schedule's do: due jobs other runs left are drained first.
 import process from 'node:process';
-import { db } from '../supabase/functions/_shared/db.ts';
+import { db } from '../supabase/functions/_shared/adapters/db.ts';
 import { runWorker } from '../supabase/functions/jobs/worker.ts';
 import { RunWorker } from '../supabase/functions/providers/reconciliation.ts';
 import { printer } from './lib.ts';

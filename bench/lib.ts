@@ -1,5 +1,5 @@
 // What every benchmark here shares: printing its report while keeping the lines for the results
-// file, and the few statistics the reports use.
+// file, the few statistics the reports use, and timing.
 
 /** A report printed as it is written and kept for bench/results/: `const { lines, say } = printer();` */
 export function printer(): { lines: string[]; say: (s: string) => void } {
@@ -22,3 +22,19 @@ export const median = (xs: number[]): number => {
 /** A number with thousands separators and `d` decimals: `fmt(12345.6, 1) === '12,345.6'`. */
 export const fmt = (n: number, d = 0): string =>
   n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
+
+/** How long `fn` took (ms) and what it answered: `const [ms, rows] = await timed(() => sql\`select 1\`)`. */
+export async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  const t = performance.now();
+  const r = await fn();
+  return [performance.now() - t, r];
+}
+
+/** Milliseconds with one decimal, as seconds from 10 s on: `fmtMs(12.34) === '12.3 ms'`, `fmtMs(12_340) === '12.3 s'`. */
+export const fmtMs = (ms: number): string => (ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(1)} ms`);
+
+/** Bytes as whole megabytes: `mb(3 * 1024 * 1024) === '3 MB'`. */
+export const mb = (bytes: number): string => `${(bytes / 1024 / 1024).toFixed(0)} MB`;
+
+/** Whole seconds since `t0` (a `performance.now()`): `elapsed(t0) === '12 s'`. */
+export const elapsed = (t0: number): string => `${((performance.now() - t0) / 1000).toFixed(0)} s`;

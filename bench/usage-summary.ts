@@ -40,9 +40,7 @@ try {
       if (d === 0) return; // today's charges stay as written
       // Backdate the day just written, in insertion order (the ledger is dated by insertion).
       await tx`set local session_replication_role = replica`;
-      await tx`update billing.transfers set created_at = now() - ${d} * interval '1 day' where idempotency_key like ${
-        `bench-summary:${d}:%`
-      }`;
+      await tx`update billing.transfers set created_at = now() - ${d} * interval '1 day' where idempotency_key like ${`bench-summary:${d}:%`}`;
       await tx`update billing.entries e set created_at = t.created_at from billing.transfers t
         where t.id = e.transfer_id and t.idempotency_key like ${`bench-summary:${d}:%`}`;
     });

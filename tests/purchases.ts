@@ -1,6 +1,6 @@
 // Helpers for purchase tests: drive Checkout through the real API and the Stripe emulator's
 // test controls, and deliver signed events to the webhook exactly as Stripe would.
-import type { Balance } from '../supabase/functions/_shared/contract.ts';
+import type { Balance } from '../supabase/functions/_shared/contract/index.ts';
 import { api, env, functionsUrl } from './helpers.ts';
 
 export const emulatorUrl = env('STRIPE_API_BASE');

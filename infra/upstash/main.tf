@@ -1,5 +1,5 @@
 # The Upstash Redis database behind rate limits, velocity checks and latency histograms
-# (supabase/functions/_shared/redis.ts). It holds nothing money depends on: every key expires
+# (supabase/functions/_shared/adapters/redis.ts). It holds nothing money depends on: every key expires
 # within 26 hours, and a fresh database loses nothing but open windows (docs/runbook.md).
 
 provider "upstash" {

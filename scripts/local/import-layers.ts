@@ -1,13 +1,17 @@
-// The one-way rule of supabase/functions (supabase/functions/_shared/README.md): a route folder
-// may import from _shared, never the reverse, and no file reaches itself through its imports.
-// Cheap on purpose (a regex over the relative import specifiers, no type resolution): it runs
-// beside fmt and lint in ./scripts/test. The layer rule counts type-only imports too (a type
-// from a route folder still makes _shared depend on it); cycles count the imports that run
-// (`import type` / `export type … from` are erased, so they cannot leave a module
-// half-evaluated): the contract's types are derived from the request schemas and describe the
-// envelope errors.ts and page.ts build, a type-level loop by design.
+// The layers of supabase/functions (supabase/functions/_shared/README.md): each module imports
+// only from its own layer or a lower one, and no module reaches itself through its imports.
+// The layers, lowest first: the files at the top of _shared/ (leaves), then _shared/values/,
+// contract/, adapters/, domain/, http/, and above them every route folder. Type-only imports
+// count for both rules: a type from a higher layer still makes a module depend on it, and a
+// loop of types is still a loop a reader has to untangle. Cheap on purpose (a regex over the
+// relative import specifiers, no type resolution): it runs beside fmt and lint in ./scripts/test.
 //   deno run --allow-read scripts/local/import-layers.ts [functions dir]   (default supabase/functions)
 import { dirname, join, relative, resolve } from 'node:path';
+
+/** The folders of `_shared/`, lowest first; '' is the top of `_shared/` itself (the leaves). */
+export const layers = ['', 'values', 'contract', 'adapters', 'domain', 'http'] as const;
+
+const order = [...layers.map((l) => (l === '' ? 'leaf' : `${l}/`)), 'route folders'].join(' < ');
 
 // Import and re-export statements start a line (so doc comments, whose lines start with ` *`,
 // never match); a dynamic import() with a literal specifier may sit anywhere.
@@ -39,25 +43,50 @@ async function tsFiles(dir: string): Promise<string[]> {
   return out.sort();
 }
 
+/** Where a module sits: its rank in `layers` (route folders above them all) and a name for it. */
+interface Place {
+  rank: number;
+  name: string;
+  /** The `_shared/` folder it sits in when that folder is not a layer. */
+  stray?: string;
+}
+
+/** The place of `path` (relative to the functions folder, e.g. `_shared/values/page.ts`). */
+function placeOf(path: string): Place {
+  const parts = path.split('/');
+  if (parts[0] !== '_shared') return { rank: layers.length, name: `the route folder ${parts[0]}/` };
+  const folder = parts.length === 2 ? '' : parts[1];
+  const rank = (layers as readonly string[]).indexOf(folder);
+  if (rank < 0) return { rank: layers.length, name: `_shared/${folder}/`, stray: folder };
+  return { rank, name: folder === '' ? 'the leaves (top of _shared/)' : `the layer ${folder}/` };
+}
+
 /**
- * Every breach of the rule under `root`, one sentence each naming the import; empty when clean.
+ * Every breach of the rules under `root`, one sentence each naming the import; empty when clean.
  * @example await importProblems('supabase/functions') // []
  */
 export async function importProblems(root: string): Promise<string[]> {
   root = resolve(root);
   const name = (file: string) => relative(root, file);
-  const shared = join(root, '_shared');
   const graph = new Map<string, string[]>();
   const problems: string[] = [];
   for (const file of await tsFiles(root)) {
+    const from = placeOf(name(file));
+    if (from.stray !== undefined) {
+      problems.push(`${name(file)} is in _shared/${from.stray}/, not a layer: move it to one of ${order}`);
+    }
     const edges: string[] = [];
-    for (const { spec, typeOnly } of relativeImports(await Deno.readTextFile(file))) {
+    for (const { spec } of relativeImports(await Deno.readTextFile(file))) {
       const target = resolve(dirname(file), spec);
       if (!target.startsWith(root + '/')) continue; // outside supabase/functions: not ours to judge
-      if (!typeOnly && !edges.includes(target)) edges.push(target);
-      const folder = name(target).split('/')[0];
-      if (file.startsWith(shared + '/') && !target.startsWith(shared + '/') && name(target).includes('/')) {
-        problems.push(`${name(file)} imports '${spec}' from the route folder ${folder}/: _shared must not`);
+      if (!edges.includes(target)) edges.push(target);
+      const to = placeOf(name(target));
+      if (from.rank < layers.length && to.rank === layers.length && to.stray === undefined) {
+        problems.push(`${name(file)} imports '${spec}' from ${to.name}: _shared must not`);
+      } else if (to.rank > from.rank) {
+        problems.push(
+          `${name(file)} imports '${spec}' from ${to.name}, above ${from.name}: imports point down (${order})`,
+        );
       }
     }
     graph.set(file, edges);

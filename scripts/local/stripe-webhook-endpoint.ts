@@ -4,7 +4,7 @@
 // NAME=value lines, shown only when Stripe creates an endpoint; everything else to stderr.
 import Stripe from 'stripe';
 import { parseArgs } from 'node:util';
-import { stripeClient } from '../../supabase/functions/_shared/stripe.ts';
+import { stripeClient } from '../../supabase/functions/_shared/adapters/stripe.ts';
 import { connectEvents, platformEvents } from '../../supabase/functions/stripe-webhook/events.ts';
 
 /** One endpoint this script keeps: which events, and where its signing secret goes. */

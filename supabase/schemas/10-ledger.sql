@@ -20,7 +20,7 @@
 -- The only write path to the ledger. Every function is SECURITY DEFINER with an empty
 -- search_path and fully qualified names; EXECUTE is for service_role only (the Edge Functions
 -- connect as the owner). Errors raise a stable token as the message with JSON detail; the
--- TypeScript side maps tokens to HTTP in one place (_shared/sql-errors.ts).
+-- TypeScript side maps tokens to HTTP in one place (_shared/adapters/sql-errors.ts).
 --
 -- Concurrency: a user account row is locked (FOR UPDATE) before its balance is read, so
 -- parallel debits serialise per account and can never overdraw. When a function needs an

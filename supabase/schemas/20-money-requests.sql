@@ -278,7 +278,7 @@ comment on function billing.delete_expired_idempotency_keys(p_limit integer) is 
 revoke execute on function billing.delete_expired_idempotency_keys(p_limit integer) from public;
 grant execute on function billing.delete_expired_idempotency_keys(p_limit integer) to service_role;
 
--- A money request's values are written into its one-round-trip statement (_shared/sql-literal.ts), and
+-- A money request's values are written into its one-round-trip statement (_shared/adapters/sql-literal.ts), and
 -- Postgres logs the text of a statement that fails. So run_money_request answers every refusal
 -- (the user's standing, a reused Idempotency-Key) as a row, never by raising: nothing is stored,
 -- and the caller's request (usage metadata, a grant's reason) never reaches the server log.

@@ -426,7 +426,7 @@ $$;
 revoke execute on function billing.attach_provider_payment_session(p_payment uuid, p_session_id text, p_url text, p_expires_at timestamp with time zone) from public;
 grant execute on function billing.attach_provider_payment_session(p_payment uuid, p_session_id text, p_url text, p_expires_at timestamp with time zone) to service_role;
 
--- p_state: the checkout state (see _shared/purchases.ts) with the charge's application fee and
+-- p_state: the checkout state (see _shared/domain/purchases.ts) with the charge's application fee and
 -- destination. Converges: payment, fee changes and (cumulative, forward-only) refunds.
 create or replace function billing.sync_provider_payment(p_state jsonb) returns text
 language plpgsql

@@ -94,7 +94,7 @@ create unique index org_invitations_one_pending on billing.org_invitations (org_
 -- * Invitations are limited per inviter and per organisation per rolling day, counted from
 --   billing.org_invitations (revoked ones included, so revoke-and-resend gains nothing).
 -- * No row keeps an invitation token: the caller gives the invitation's id, whose token is an
---   HMAC of the id with a secret only the functions hold (see _shared/invitations.ts); the
+--   HMAC of the id with a secret only the functions hold (see _shared/domain/invitations.ts); the
 --   database keeps its SHA-256, and the outbox only the invitation's id.
 -- * Admins list and revoke their organisation's invitations.
 -- One token answers one invitation; accepting looks it up by its hash.

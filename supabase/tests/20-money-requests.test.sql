@@ -1,5 +1,5 @@
 -- billing.run_money_request, what every money route runs: it raises no refusal but answers each
--- as a row (its statement carries the request's values, one round trip, _shared/sql-literal.ts inline, and
+-- as a row (its statement carries the request's values, one round trip, _shared/adapters/sql-literal.ts inline, and
 -- Postgres logs the text of a statement that fails): a refusal before the key is claimed stores
 -- nothing; a reused key leaves the first answer as it was.
 begin;

@@ -1,6 +1,6 @@
 // The shared app factory, in-process: envelope, request ids, CORS, errors.
 import assert from 'node:assert/strict';
-import { createApp, ok } from '../../supabase/functions/_shared/app.ts';
+import { createApp, ok } from '../../supabase/functions/_shared/http/app.ts';
 import { AppError } from '../../supabase/functions/_shared/errors.ts';
 import { HTTPException } from 'hono/http-exception';
 

@@ -1,7 +1,7 @@
 // Every way a bearer token can be wrong gets 401 in the envelope; only a valid one passes.
 import assert from 'node:assert/strict';
 import { exportSPKI, generateKeyPair, importJWK, SignJWT } from 'jose';
-import { createApp, currentUser, ok, requireAdmin, requireUser } from '../../supabase/functions/_shared/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireUser } from '../../supabase/functions/_shared/http/app.ts';
 import { env, newAdmin, supabaseUrl, userToken } from '../helpers.ts';
 
 const app = createApp('probe');

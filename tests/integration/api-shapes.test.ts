@@ -8,7 +8,7 @@ import { adminToken, api, functionsUrl, fund, newUser, userToken } from '../help
 import { key, person, school, usage } from '../orgs.ts';
 import { newProvider } from '../providers.ts';
 import { startCheckout } from '../purchases.ts';
-import { encodeCursor } from '../../supabase/functions/_shared/page.ts';
+import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
 
 const root = new URL('../../', import.meta.url);
 

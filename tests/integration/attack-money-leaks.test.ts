@@ -2,7 +2,7 @@
 // with students' tokens only (the operator's secrets for setup: grants, paying and disputing
 // through the Stripe emulator, the minute schedule). Each test failed before the fix it guards.
 import assert from 'node:assert/strict';
-import type { AutoRecharge } from '../../supabase/functions/_shared/contract.ts';
+import type { AutoRecharge } from '../../supabase/functions/_shared/contract/index.ts';
 import { api, assertLedgerInvariants, testDb, tick, until, withGateway } from '../helpers.ts';
 import { key, person, school, walletOf } from '../orgs.ts';
 import { chargeOf, emulator } from '../purchases.ts';

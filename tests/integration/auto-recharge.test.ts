@@ -2,7 +2,7 @@
 // charged off-session by the tick, credited only by the webhook; declines and authentication
 // requests turn it off; monthly limits; every change audited.
 import assert from 'node:assert/strict';
-import type { AutoRecharge } from '../../supabase/functions/_shared/contract.ts';
+import type { AutoRecharge } from '../../supabase/functions/_shared/contract/index.ts';
 import { api, assertLedgerInvariants, newUser, spend, testDb, tick, userToken } from '../helpers.ts';
 import { balanceOf, emulator } from '../purchases.ts';
 

@@ -2,7 +2,7 @@
 // transaction, delivered by email and as a signed webhook to the product's backend.
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import type { Alerts } from '../../supabase/functions/_shared/contract.ts';
+import type { Alerts } from '../../supabase/functions/_shared/contract/index.ts';
 import { api, drainOutbox, fund, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });

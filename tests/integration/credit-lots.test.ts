@@ -1,7 +1,7 @@
 // Credit lots: spending order, allocations in the ledger, expiry into breakage with warnings
 // first, refunds and disputes that take back their own purchase's lots, and debt.
 import assert from 'node:assert/strict';
-import type { Balance, LedgerPage, Lot, LotPage } from '../../supabase/functions/_shared/contract.ts';
+import type { Balance, LedgerPage, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import {
   adminToken,
   api,

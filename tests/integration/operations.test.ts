@@ -2,7 +2,7 @@
 // fire and resolve, deep health, readiness checks, ai_logs consent, env-check.
 import assert from 'node:assert/strict';
 import parsePrometheus from 'parse-prometheus-text-format';
-import { flushLatency, recordLatency } from '../../supabase/functions/_shared/latency.ts';
+import { flushLatency, recordLatency } from '../../supabase/functions/_shared/http/latency.ts';
 import { adminToken, api, env, fund, newUser, testDb, userToken, withGateway } from '../helpers.ts';
 
 const admin = await adminToken();

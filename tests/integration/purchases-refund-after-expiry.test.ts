@@ -5,7 +5,7 @@
 // student can try with their own token: moving an expiry, a hold over the expiring bonus, a
 // refund while that hold is active.
 import assert from 'node:assert/strict';
-import type { LotPage } from '../../supabase/functions/_shared/contract.ts';
+import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import { adminToken, api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
 import { key, person, school, usage, walletOf } from '../orgs.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';

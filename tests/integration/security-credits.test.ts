@@ -1,7 +1,7 @@
 // Attacks on credit lots, caps and school wallets, tried as a student would (their own tokens,
 // a second account of theirs, an organisation they create), each kept as a regression test.
 import assert from 'node:assert/strict';
-import type { SpendCap } from '../../supabase/functions/_shared/contract.ts';
+import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
 import { adminToken, api, assertLedgerInvariants, fund, newUser, testDb, userToken } from '../helpers.ts';
 import { key, person, school, walletOf } from '../orgs.ts';
 import { balanceOf, chargeOf, emulator } from '../purchases.ts';

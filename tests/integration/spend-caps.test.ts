@@ -1,7 +1,7 @@
 // Spend caps: exact under concurrency, holds count until released, per model, in batches and
 // jobs, set by the student or an admin, and refused with the cap, the spending and the reset.
 import assert from 'node:assert/strict';
-import type { SpendCap } from '../../supabase/functions/_shared/contract.ts';
+import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
 import { adminToken, api, assertLedgerInvariants, env, fund, newUser, userToken } from '../helpers.ts';
 import { balanceOf } from '../purchases.ts';
 

@@ -1,10 +1,10 @@
-// The hot routes write their values into the statement (`inline`, _shared/sql-literal.ts) so postgres.js
+// The hot routes write their values into the statement (`inline`, _shared/adapters/sql-literal.ts) so postgres.js
 // sends it in one round trip. What Postgres reads back must be exactly the value sent, for any
 // string (quotes, backslashes, anything Unicode), and no value can end the literal early.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import postgres from 'postgres';
-import { inline, jsonb, oneTrip } from '../../supabase/functions/_shared/sql-literal.ts';
+import { inline, jsonb, oneTrip } from '../../supabase/functions/_shared/adapters/sql-literal.ts';
 import { env, testDb } from '../helpers.ts';
 
 const readBack = async (v: string) => {

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { api, fund, newUser, testDb, userToken } from '../helpers.ts';
 import { key, person, school, usage } from '../orgs.ts';
-import type { UsageSummary } from '../../supabase/functions/_shared/contract.ts';
+import type { UsageSummary } from '../../supabase/functions/_shared/contract/index.ts';
 
 const summaryOf = async (token: string, query = '') => {
   const r = await api(`/credits/usage/summary${query}`, { token });

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { adminToken, api, newUser, userToken } from '../helpers.ts';
 import { newProvider } from '../providers.ts';
-import { encodeCursor } from '../../supabase/functions/_shared/page.ts';
+import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
 
 /** Values no parameter of ours accepts, each with what it tries. Sent as written (raw URL text). */
 const hostile: [string, string][] = [

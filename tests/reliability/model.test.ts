@@ -7,7 +7,7 @@
 // thousands).
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import type { SpendCap } from '../../supabase/functions/_shared/contract.ts';
+import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
 import { adminToken, api, assertLedgerInvariants, backdateLot, env, newUser, testDb, userToken } from '../helpers.ts';
 import { chargeOf, deliver, emulator, startCheckout } from '../purchases.ts';
 

@@ -1,6 +1,6 @@
 // The Redis circuit breaker: one slow moment is one failure; a real outage still opens it.
 import assert from 'node:assert/strict';
-import { CircuitBreaker } from '../../supabase/functions/_shared/breaker.ts';
+import { CircuitBreaker } from '../../supabase/functions/_shared/adapters/breaker.ts';
 
 function clocked(threshold = 5, cooldownMs = 10_000) {
   const clock = { t: 1_000 };

@@ -6,7 +6,7 @@ import {
   ClientAddressEnvSchema,
   normalizeAddress,
   unknownAddress,
-} from '../../supabase/functions/_shared/client-address.ts';
+} from '../../supabase/functions/_shared/http/client-address.ts';
 import { parseEnv } from '../../supabase/functions/_shared/env.ts';
 
 const app = new Hono();

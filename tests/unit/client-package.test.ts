@@ -28,7 +28,7 @@ async function build() {
 
 /** Whether a check file comparing each source contract type with the package's compiles under deno check. */
 async function contractMatches(packageContract: string) {
-  const source = await Deno.readTextFile(`${root}supabase/functions/_shared/contract.ts`);
+  const source = await Deno.readTextFile(`${root}supabase/functions/_shared/contract/index.ts`);
   const names = [...source.matchAll(/^export (?:type|interface) (\w+)/gm)].map((m) => m[1]);
   const generic = new Set([...source.matchAll(/^export (?:type|interface) (\w+)</gm)].map((m) => m[1]));
   const arg = (n: string) => (generic.has(n) ? '<unknown>' : '');
@@ -37,7 +37,7 @@ async function contractMatches(packageContract: string) {
   await Deno.writeTextFile(
     file,
     [
-      `import type * as Source from '${root}supabase/functions/_shared/contract.ts';`,
+      `import type * as Source from '${root}supabase/functions/_shared/contract/index.ts';`,
       `import type * as Package from '${packageContract}';`,
       '// Identical, not merely assignable: an optional field added or dropped is a difference.',
       'type Equal<X, Y> = (<T>() => T extends X ? 1 : 2) extends (<T>() => T extends Y ? 1 : 2) ? true : false;',

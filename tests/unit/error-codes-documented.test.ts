@@ -22,7 +22,7 @@ async function produced(): Promise<Set<string>> {
     for (const m of text.matchAll(/new AppError\(\s*'[a-z_]+',\s*'([A-Z_]+)'/g)) codes.add(m[1]);
     for (const m of text.matchAll(/\? '([A-Z_]{4,})' : '([A-Z_]{4,})'/g)) codes.add(m[1]).add(m[2]);
   }
-  const errors = await read('supabase/functions/_shared/sql-errors.ts');
+  const errors = await read('supabase/functions/_shared/adapters/sql-errors.ts');
   const start = errors.indexOf('const sqlErrors');
   const table = errors.slice(start, errors.indexOf('\n};', start));
   for (const m of table.matchAll(/^ {2}([A-Z_]+): \{([^}]*)\}/gm)) {

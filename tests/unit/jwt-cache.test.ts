@@ -1,10 +1,10 @@
-// The verified-token cache (VerifiedTokens in _shared/auth.ts): a token is verified once and
+// The verified-token cache (VerifiedTokens in _shared/http/auth.ts): a token is verified once and
 // remembered until it expires or the bound passes, least recently used out first; failures
 // are never remembered; a different token, a tampered one included, is verified from scratch.
 import assert from 'node:assert/strict';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import type { AuthUser } from '../../supabase/functions/_shared/app-env.ts';
-import { keySet, VerifiedTokens, verifyUserToken } from '../../supabase/functions/_shared/auth.ts';
+import { keySet, VerifiedTokens, verifyUserToken } from '../../supabase/functions/_shared/http/auth.ts';
 import { AppError } from '../../supabase/functions/_shared/errors.ts';
 
 const user = (id: string): AuthUser => ({ id, isAdmin: false });

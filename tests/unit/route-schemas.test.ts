@@ -1,11 +1,11 @@
-// Every value a route takes reaches Postgres only through the blocks of _shared/pg-values.ts:
+// Every value a route takes reaches Postgres only through the blocks of _shared/values/pg-values.ts:
 // this walks every request schema (each route folder's schemas.ts, the public ones in
 // _shared/contract/, and each job type's input)
 // and fails on a string, number, array or record not built from them, so a new field cannot
 // bring back a 5xx (or a failed statement in the server log) by forgetting the rule.
 import assert from 'node:assert/strict';
 import { z } from 'zod';
-import { isJsonBlock, isPgText, jsonObject, pgInt, pgText } from '../../supabase/functions/_shared/pg-values.ts';
+import { isJsonBlock, isPgText, jsonObject, pgInt, pgText } from '../../supabase/functions/_shared/values/pg-values.ts';
 import { jobTypes } from '../../supabase/functions/jobs/types/index.ts';
 
 type Check = { _zod: { def: { check: string; fn?: unknown; format?: string } } };

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { bucketBounds, bucketOf } from '../../supabase/functions/_shared/latency.ts';
-import { burnRate, quantile, statsByRoute } from '../../supabase/functions/_shared/slo.ts';
+import { bucketBounds, bucketOf } from '../../supabase/functions/_shared/http/latency.ts';
+import { burnRate, quantile, statsByRoute } from '../../supabase/functions/_shared/http/slo.ts';
 
 const slo = { availability: 0.995, p95Ms: 120 };
 

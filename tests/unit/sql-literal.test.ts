@@ -4,7 +4,7 @@
 // That what it does write reads back exactly is tests/integration/sql-inline.test.ts.
 import assert from 'node:assert/strict';
 import { AppError } from '../../supabase/functions/_shared/errors.ts';
-import { inline, jsonb } from '../../supabase/functions/_shared/sql-literal.ts';
+import { inline, jsonb } from '../../supabase/functions/_shared/adapters/sql-literal.ts';
 
 const refused = (e: unknown) => e instanceof AppError && e.status === 400 && e.code === 'VALIDATION_FAILED';
 const unpaired = ['\ud800', 'a\udbffb', '\udc00', 'x\udfff', '\udc00\ud800'];

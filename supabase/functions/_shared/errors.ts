@@ -1,6 +1,6 @@
 // Typed failures with stable codes. Handlers throw AppError; app.ts's onError renders the
 // envelope. Every code is listed in docs/api.md.
-import type { ErrorBody } from './contract.ts';
+import type { ErrorBody } from './envelope.ts';
 
 export type ErrorType =
   | 'validation'

@@ -3,14 +3,14 @@
 // a signed-in non-admin. The caller is a bearer token or the dashboard's HttpOnly session
 // cookie (session.ts), both checked by requireAdmin. The numbers are defined once, in SQL
 // (docs/metrics.md).
-import { createApp, currentUser, identifyWithSessionToken, ok, requireAdmin } from '../_shared/app.ts';
+import { createApp, currentUser, identifyWithSessionToken, ok, requireAdmin } from '../_shared/http/app.ts';
 import type { AppContext } from '../_shared/app-env.ts';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { call } from '../_shared/db.ts';
+import { call } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { publishableKey } from '../_shared/keys.ts';
-import { hourlyBurn, sloConfig } from '../_shared/slo.ts';
-import { readQuery } from '../_shared/validate.ts';
+import { hourlyBurn, sloConfig } from '../_shared/http/slo.ts';
+import { readQuery } from '../_shared/http/validate.ts';
 import { type Metrics, metricsCsv } from './csv.ts';
 import { contentSecurityPolicy, dashboardPage, newNonce, signInPage } from './dashboard-page.ts';
 import { DailyReportSchema, MetricsSchema } from './schemas.ts';

@@ -1,7 +1,7 @@
 // Query shapes of the admin routes.
 import { z } from 'zod';
-import { pgText } from '../_shared/pg-values.ts';
-import { CalendarDateSchema, lastDays } from '../_shared/query.ts';
+import { pgText } from '../_shared/values/pg-values.ts';
+import { CalendarDateSchema, lastDays } from '../_shared/values/query.ts';
 
 const day = CalendarDateSchema;
 const format = z.enum(['json', 'csv']).default('json');

@@ -9,8 +9,8 @@ import type { AppContext } from '../_shared/app-env.ts';
 import { baseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { publishableKey } from '../_shared/keys.ts';
-import { parseOr400 } from '../_shared/query.ts';
-import { readBody } from '../_shared/validate.ts';
+import { parseOr400 } from '../_shared/values/query.ts';
+import { readBody } from '../_shared/http/validate.ts';
 import { type SessionRequest, SessionRequestSchema } from './schemas.ts';
 
 export const sessionCookieName = 'sl_admin_session';

@@ -1,19 +1,19 @@
 // B2C purchases: packages, hosted Checkout Sessions, the success-page status poll, and
-// ops-initiated refunds. Credits move only in billing.sync_purchase (see _shared/purchases.ts).
+// ops-initiated refunds. Credits move only in billing.sync_purchase (see _shared/domain/purchases.ts).
 import type { MiddlewareHandler } from 'hono';
-import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/http/app.ts';
 import type { AppEnv } from '../_shared/app-env.ts';
-import type { CreditPackage, Page, PurchaseStatus } from '../_shared/contract.ts';
-import { call } from '../_shared/db.ts';
+import type { CreditPackage, Page, PurchaseStatus } from '../_shared/contract/index.ts';
+import { call } from '../_shared/adapters/db.ts';
 import { lazyEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { idempotentExternal, scopedKey } from '../_shared/idempotency.ts';
-import { formatCredits } from '../_shared/money.ts';
-import { whole } from '../_shared/page.ts';
-import { fetchPurchaseState } from '../_shared/purchases.ts';
-import { stripe, stripeCall } from '../_shared/stripe.ts';
-import { clientAddress } from '../_shared/client-address.ts';
-import { readJson } from '../_shared/validate.ts';
+import { idempotentExternal, scopedKey } from '../_shared/http/idempotency.ts';
+import { formatCredits } from '../_shared/values/money.ts';
+import { whole } from '../_shared/values/page.ts';
+import { fetchPurchaseState } from '../_shared/domain/purchases.ts';
+import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
+import { clientAddress } from '../_shared/http/client-address.ts';
+import { readJson } from '../_shared/http/validate.ts';
 import { CreateSessionSchema } from '../_shared/contract/checkout.ts';
 import { CheckoutEnvSchema, PurchaseRefSchema, RefundSchema } from './schemas.ts';
 import { createCheckout } from './sessions.ts';

@@ -1,8 +1,8 @@
 // Request shapes and env of the checkout routes; a session's body is in _shared/contract/checkout.ts.
 import { z } from 'zod';
 import { CommaListSchema } from '../_shared/env.ts';
-import { pgInt, pgText } from '../_shared/pg-values.ts';
-import { UuidSchema } from '../_shared/query.ts';
+import { pgInt, pgText } from '../_shared/values/pg-values.ts';
+import { UuidSchema } from '../_shared/values/query.ts';
 
 export const CheckoutEnvSchema = z.object({
   FEATURE_B2C_CREDITS: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),

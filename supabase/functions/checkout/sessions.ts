@@ -1,11 +1,11 @@
 // Creating a hosted Checkout Session for a purchase. Card data never touches this service.
-import type { CheckoutSession } from '../_shared/contract.ts';
-import { call } from '../_shared/db.ts';
+import type { CheckoutSession } from '../_shared/contract/index.ts';
+import { call } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
-import type { Effect } from '../_shared/idempotency.ts';
-import { formatCredits } from '../_shared/money.ts';
-import { stripe, stripeCall } from '../_shared/stripe.ts';
-import { checkVelocity } from '../_shared/velocity.ts';
+import type { Effect } from '../_shared/http/idempotency.ts';
+import { formatCredits } from '../_shared/values/money.ts';
+import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
+import { checkVelocity } from '../_shared/http/velocity.ts';
 import type { CreateSession } from '../_shared/contract/checkout.ts';
 import type { CheckoutEnv } from './schemas.ts';
 

@@ -1,7 +1,16 @@
 // The credits API: balance, lots, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds; a money
 // route's one call also claims its Idempotency-Key and stores its answer (moneyRequest).
-import type { Alerts, AutoRecharge, Balance, Lot, LotPage, Page, SpendCap, UsageSummary } from '../_shared/contract.ts';
+import type {
+  Alerts,
+  AutoRecharge,
+  Balance,
+  Lot,
+  LotPage,
+  Page,
+  SpendCap,
+  UsageSummary,
+} from '../_shared/contract/index.ts';
 import {
   createApp,
   currentUser,
@@ -10,17 +19,18 @@ import {
   requireAdminToken,
   requireServiceRole,
   requireUser,
-} from '../_shared/app.ts';
+} from '../_shared/http/app.ts';
 import type { AppContext } from '../_shared/app-env.ts';
-import { call } from '../_shared/db.ts';
+import { call } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
-import { moneyRequest } from '../_shared/idempotency.ts';
-import { formatCredits } from '../_shared/money.ts';
-import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
-import { ledgerCsv, ledgerPage } from '../_shared/ledger.ts';
-import { pageOf, whole } from '../_shared/page.ts';
-import { jsonText } from '../_shared/pg-values.ts';
-import { inline, oneTrip } from '../_shared/sql-literal.ts';
+import { moneyRequest } from '../_shared/http/idempotency.ts';
+import { formatCredits } from '../_shared/values/money.ts';
+import { readJson, readQuery } from '../_shared/http/validate.ts';
+import { isUuid } from '../_shared/values/query.ts';
+import { ledgerCsv, ledgerPage } from '../_shared/domain/ledger.ts';
+import { pageOf, whole } from '../_shared/values/page.ts';
+import { jsonText } from '../_shared/values/pg-values.ts';
+import { inline, oneTrip } from '../_shared/adapters/sql-literal.ts';
 import {
   AutoRechargeSchema,
   CapAlertsSchema,

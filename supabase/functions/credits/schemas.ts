@@ -2,9 +2,9 @@
 // contract (_shared/contract/credits.ts).
 import { z } from 'zod';
 import { CorrelationIdSchema, ModelSchema, TokensSchema } from '../_shared/contract/credits.ts';
-import { CreditAmountSchema } from '../_shared/money.ts';
-import { pgInt, pgText } from '../_shared/pg-values.ts';
-import { IdCursorSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/query.ts';
+import { CreditAmountSchema } from '../_shared/values/money.ts';
+import { pgInt, pgText } from '../_shared/values/pg-values.ts';
+import { IdCursorSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/values/query.ts';
 
 const printable = /^[\x20-\x7e]+$/;
 

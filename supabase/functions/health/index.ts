@@ -3,22 +3,22 @@
 // answers, the auth key set loads, the Stripe configuration is valid and, in live mode, no
 // setting is unsafe.
 import { z } from 'zod';
-import { complete } from '../_shared/ai.ts';
-import { createApp, ok, requireAdmin, requireAdminUnless } from '../_shared/app.ts';
+import { complete } from '../_shared/adapters/ai.ts';
+import { createApp, ok, requireAdmin, requireAdminUnless } from '../_shared/http/app.ts';
 import type { AppContext } from '../_shared/app-env.ts';
-import { reloadKeySet } from '../_shared/auth.ts';
-import { call, db } from '../_shared/db.ts';
+import { reloadKeySet } from '../_shared/http/auth.ts';
+import { call, db } from '../_shared/adapters/db.ts';
 import { parseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { bucketBounds } from '../_shared/latency.ts';
+import { bucketBounds } from '../_shared/http/latency.ts';
 import { assertLiveConfig } from '../_shared/live-config.ts';
-import { whole } from '../_shared/page.ts';
-import { guarded, redis, RedisEnvSchema, redisHealth } from '../_shared/redis.ts';
-import { constantTimeEqual, hasCronSecret } from '../_shared/secrets.ts';
-import { stripe, StripeEnvSchema } from '../_shared/stripe.ts';
+import { whole } from '../_shared/values/page.ts';
+import { guarded, redis, RedisEnvSchema, redisHealth } from '../_shared/adapters/redis.ts';
+import { constantTimeEqual, hasCronSecret } from '../_shared/http/secrets.ts';
+import { stripe, StripeEnvSchema } from '../_shared/adapters/stripe.ts';
 import { runChecks } from './checks.ts';
 import { Exposition } from './prometheus.ts';
-import { burnRate, readWindows, sloConfig, statsByRoute } from '../_shared/slo.ts';
+import { burnRate, readWindows, sloConfig, statsByRoute } from '../_shared/http/slo.ts';
 
 const env = parseEnv(z.object({
   METRICS_TOKEN: z.string().min(16).optional(),

@@ -1,5 +1,5 @@
 // Renders metrics in Prometheus' text exposition format.
-import { bucketBounds } from '../_shared/latency.ts';
+import { bucketBounds } from '../_shared/http/latency.ts';
 import { snapshot } from '../_shared/metrics.ts';
 
 const esc = (v: string) => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');

@@ -1,17 +1,18 @@
 // Async jobs: 202 + polling. Create (reserving a metered job's estimate), poll with a growing
 // Retry-After, list, cancel, fetch the result; and the worker tick that drains due jobs.
-import type { Job, JobAccepted, JobList, JobStatus } from '../_shared/contract.ts';
-import { createApp, currentUser, ok, requireUser } from '../_shared/app.ts';
-import { call, db } from '../_shared/db.ts';
-import { pageOf } from '../_shared/page.ts';
+import type { Job, JobAccepted, JobList, JobStatus } from '../_shared/contract/index.ts';
+import { createApp, currentUser, ok, requireUser } from '../_shared/http/app.ts';
+import { call, db } from '../_shared/adapters/db.ts';
+import { pageOf } from '../_shared/values/page.ts';
 import { parseEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { idempotent } from '../_shared/idempotency.ts';
+import { idempotent } from '../_shared/http/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
-import { jsonText } from '../_shared/pg-values.ts';
-import { requireCronSecret } from '../_shared/secrets.ts';
-import { stripe } from '../_shared/stripe.ts';
-import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
+import { jsonText } from '../_shared/values/pg-values.ts';
+import { requireCronSecret } from '../_shared/http/secrets.ts';
+import { stripe } from '../_shared/adapters/stripe.ts';
+import { readJson, readQuery } from '../_shared/http/validate.ts';
+import { isUuid } from '../_shared/values/query.ts';
 import { CreateJobSchema } from '../_shared/contract/jobs.ts';
 import { ListJobsSchema, WorkerEnvSchema } from './schemas.ts';
 import { jobTypes } from './types/index.ts';

@@ -2,9 +2,9 @@
 // card off-session through Stripe and record what Stripe answered. Credits come only from the
 // payment's webhook (billing.sync_purchase), never from here.
 import Stripe from 'stripe';
-import { db } from '../_shared/db.ts';
+import { db } from '../_shared/adapters/db.ts';
 import { errorSummary, log } from '../_shared/log.ts';
-import { stripe } from '../_shared/stripe.ts';
+import { stripe } from '../_shared/adapters/stripe.ts';
 
 type DueRecharge = {
   recharge_id: string;

@@ -1,8 +1,8 @@
 // Request shapes and env of the jobs routes; POST /jobs's body is in _shared/contract/jobs.ts.
 import { z } from 'zod';
-import { maxBigint, pgText } from '../_shared/pg-values.ts';
-import { cursorOf } from '../_shared/page.ts';
-import { pageLimit, UuidSchema } from '../_shared/query.ts';
+import { maxBigint, pgText } from '../_shared/values/pg-values.ts';
+import { cursorOf } from '../_shared/values/page.ts';
+import { pageLimit, UuidSchema } from '../_shared/values/query.ts';
 
 /** A job's position in the list `<created_at in µs since the epoch>:<job id>`, parsed and checked. */
 const JobPositionSchema = pgText(56)

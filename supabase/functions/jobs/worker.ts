@@ -5,11 +5,11 @@
 // gives each job at most one slice, and answers at most a second later, leaving a slice still
 // in flight to EdgeRuntime.waitUntil where the runtime has it.
 import { canOutliveResponse, outliveResponse, settleWithin } from '../_shared/background.ts';
-import { db } from '../_shared/db.ts';
-import { fromDbError } from '../_shared/sql-errors.ts';
+import { db } from '../_shared/adapters/db.ts';
+import { fromDbError } from '../_shared/adapters/sql-errors.ts';
 import { AppError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
-import { ProviderUnavailable } from '../_shared/ai.ts';
+import { ProviderUnavailable } from '../_shared/adapters/ai.ts';
 import { jobTypes } from './types/index.ts';
 import type { JobRow } from './types/types.ts';
 

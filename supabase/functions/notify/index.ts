@@ -4,16 +4,16 @@
 // `X-Webhook-Secret` is accepted for older callers, also compared in constant time. Every
 // route is limited per client address before the body is read; bodies are read up to 64 KiB.
 import { z } from 'zod';
-import { createApp, ok } from '../_shared/app.ts';
+import { createApp, ok } from '../_shared/http/app.ts';
 import type { AppContext } from '../_shared/app-env.ts';
-import { call } from '../_shared/db.ts';
+import { call } from '../_shared/adapters/db.ts';
 import { lazyEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { dispatchOutbox } from './notifications.ts';
-import { jsonText } from '../_shared/pg-values.ts';
-import { limitByAddress } from '../_shared/ratelimit.ts';
-import { constantTimeEqual, requireCronSecret } from '../_shared/secrets.ts';
-import { readBody } from '../_shared/validate.ts';
+import { jsonText } from '../_shared/values/pg-values.ts';
+import { limitByAddress } from '../_shared/http/ratelimit.ts';
+import { constantTimeEqual, requireCronSecret } from '../_shared/http/secrets.ts';
+import { readBody } from '../_shared/http/validate.ts';
 import { SendSchema } from './schemas.ts';
 
 const env = lazyEnv(z.object({

@@ -3,12 +3,12 @@
 // here, later, with retries: a failed email never affects what caused it.
 import { createHmac } from 'node:crypto';
 import { z } from 'zod';
-import { db } from '../_shared/db.ts';
+import { db } from '../_shared/adapters/db.ts';
 import { parseEnv } from '../_shared/env.ts';
-import { invitationEmail } from '../_shared/invitations.ts';
+import { invitationEmail } from '../_shared/domain/invitations.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { count } from '../_shared/metrics.ts';
-import { sendEmail } from '../_shared/postmark.ts';
+import { sendEmail } from '../_shared/adapters/postmark.ts';
 
 const NotifyEnvSchema = z.object({
   ALERT_EMAIL: z.email().optional(),

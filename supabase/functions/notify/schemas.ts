@@ -1,7 +1,7 @@
 // Request shape of the notify routes.
 import { z } from 'zod';
 import { templates } from './notifications.ts';
-import { jsonObject, pgText } from '../_shared/pg-values.ts';
+import { jsonObject, pgText } from '../_shared/values/pg-values.ts';
 
 export const SendSchema = z.strictObject({
   // An invitation's email is sent for an invitation only (billing.invite_member), never on request.

@@ -2,16 +2,17 @@
 // organisation's usage and ledger. Each handler validates, makes one SQL call (which checks the
 // caller's role in the organisation itself) and responds. The money moves in SQL
 // (billing.fund_allowances, the members' spending through the credits routes).
-import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/http/app.ts';
 import type { AppContext } from '../_shared/app-env.ts';
-import { call } from '../_shared/db.ts';
+import { call } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
-import { newInvitation, tokenHash } from '../_shared/invitations.ts';
-import { idempotencyKey, scopedKey } from '../_shared/idempotency.ts';
-import { csvField } from '../_shared/ledger.ts';
-import { encodeCursor, pageOf, whole } from '../_shared/page.ts';
-import { jsonText } from '../_shared/pg-values.ts';
-import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
+import { newInvitation, tokenHash } from '../_shared/domain/invitations.ts';
+import { idempotencyKey, scopedKey } from '../_shared/http/idempotency.ts';
+import { csvField } from '../_shared/domain/ledger.ts';
+import { encodeCursor, pageOf, whole } from '../_shared/values/page.ts';
+import { jsonText } from '../_shared/values/pg-values.ts';
+import { readJson, readQuery } from '../_shared/http/validate.ts';
+import { isUuid } from '../_shared/values/query.ts';
 import { UsageSummaryQuerySchema } from '../_shared/contract/credits.ts';
 import {
   AllowanceSchema,
@@ -62,7 +63,7 @@ app.patch('/:id', requireUser, async (c) => {
   return ok(c, await one('update_org', [currentUser(c).id, pathId(c, 'id'), b]));
 });
 
-// Invitations: the token is derived from the invitation's id (_shared/invitations.ts) and exists
+// Invitations: the token is derived from the invitation's id (_shared/domain/invitations.ts) and exists
 // only in the email and in this answer to the admin who sent it (to share the link another way).
 app.post('/:id/invitations', requireUser, async (c) => {
   const b = await readJson(c, InviteSchema);

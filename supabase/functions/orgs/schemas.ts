@@ -1,9 +1,9 @@
 // Request shapes of the organisation routes (school wallets) not in the contract
 // (_shared/contract/orgs.ts).
 import { z } from 'zod';
-import { CreditAmountSchema } from '../_shared/money.ts';
-import { pgText } from '../_shared/pg-values.ts';
-import { IdCursorSchema, pageLimit, UuidCursorSchema, UuidSchema } from '../_shared/query.ts';
+import { CreditAmountSchema } from '../_shared/values/money.ts';
+import { pgText } from '../_shared/values/pg-values.ts';
+import { IdCursorSchema, pageLimit, UuidCursorSchema, UuidSchema } from '../_shared/values/query.ts';
 
 export const LedgerQuerySchema = z.strictObject({
   cursor: IdCursorSchema.optional(),

@@ -2,17 +2,18 @@
 // payments to a provider as destination charges with the platform's fee, refunds, payouts,
 // and the daily reconciliation. Money moves only in SQL, from webhooks (see stripe-webhook).
 import type { MiddlewareHandler } from 'hono';
-import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/http/app.ts';
 import type { AppContext, AppEnv } from '../_shared/app-env.ts';
-import { accountState } from '../_shared/connect.ts';
-import { call } from '../_shared/db.ts';
-import { pageOf } from '../_shared/page.ts';
+import { accountState } from '../_shared/adapters/connect.ts';
+import { call } from '../_shared/adapters/db.ts';
+import { pageOf } from '../_shared/values/page.ts';
 import { lazyEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { idempotentExternal, scopedKey } from '../_shared/idempotency.ts';
-import { hasCronSecret } from '../_shared/secrets.ts';
-import { stripe, stripeCall } from '../_shared/stripe.ts';
-import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
+import { idempotentExternal, scopedKey } from '../_shared/http/idempotency.ts';
+import { hasCronSecret } from '../_shared/http/secrets.ts';
+import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
+import { readJson, readQuery } from '../_shared/http/validate.ts';
+import { isUuid } from '../_shared/values/query.ts';
 import { createPayment, paymentJson, type PaymentRow, providerJson, type ProviderRow } from './payments.ts';
 import {
   CreatePaymentSchema,

@@ -1,8 +1,8 @@
 // Rows and JSON of providers and their payments, and creating a payment: a hosted Checkout
 // Session as a destination charge, the platform's fee as its application fee.
-import { call } from '../_shared/db.ts';
-import type { Effect } from '../_shared/idempotency.ts';
-import { stripe, stripeCall } from '../_shared/stripe.ts';
+import { call } from '../_shared/adapters/db.ts';
+import type { Effect } from '../_shared/http/idempotency.ts';
+import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import type { CreatePayment, ProvidersEnv } from './schemas.ts';
 
 export type ProviderRow = {

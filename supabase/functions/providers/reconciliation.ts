@@ -7,7 +7,7 @@
 // goes on after the answer for up to RECONCILIATION_BACKGROUND_MS.
 import { z } from 'zod';
 import { canOutliveResponse, outliveResponse, settleWithin } from '../_shared/background.ts';
-import { call } from '../_shared/db.ts';
+import { call } from '../_shared/adapters/db.ts';
 import { lazyEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { failpoint } from '../_shared/failpoint.ts';

@@ -1,7 +1,7 @@
 // Request shapes and env of the provider routes.
 import { z } from 'zod';
-import { pgInt, pgText } from '../_shared/pg-values.ts';
-import { CalendarDateSchema, InstantCursorSchema, pageLimit, UuidSchema } from '../_shared/query.ts';
+import { pgInt, pgText } from '../_shared/values/pg-values.ts';
+import { CalendarDateSchema, InstantCursorSchema, pageLimit, UuidSchema } from '../_shared/values/query.ts';
 
 export const ProvidersEnvSchema = z.object({
   FEATURE_B2B_PROVIDER_PAYMENTS: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),

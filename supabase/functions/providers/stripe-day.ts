@@ -3,7 +3,7 @@
 // balance. A reader returns at most one page (100 objects) and where the next one starts, so a
 // run holds one page in memory and can stop and resume between any two.
 import type Stripe from 'stripe';
-import { idOf, stripe, stripeCall } from '../_shared/stripe.ts';
+import { idOf, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 
 /** One Stripe record as billing.record_reconciliation_page saves it. */
 export interface StripeItem {

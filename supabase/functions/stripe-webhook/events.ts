@@ -3,8 +3,8 @@
 // exactly their keys as an endpoint's `enabled_events`, and the local emulator's default
 // endpoints are made from them. A type left out here is never delivered (as on Stripe).
 import type Stripe from 'stripe';
-import type { PurchaseRef } from '../_shared/purchases.ts';
-import { idOf } from '../_shared/stripe.ts';
+import type { PurchaseRef } from '../_shared/domain/purchases.ts';
+import { idOf } from '../_shared/adapters/stripe.ts';
 
 /** Where an event's state lives: a Checkout payment, a Connect account, or a payout on one. */
 export type EventRef = PurchaseRef | { account: string } | { payout: string; account: string };

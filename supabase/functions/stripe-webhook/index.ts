@@ -6,17 +6,17 @@
 // transient failure answers 500 so Stripe retries. Limited per client address before the body
 // is read; the body is read up to 512 KiB and no further.
 import Stripe from 'stripe';
-import { createApp, ok } from '../_shared/app.ts';
-import { call, db } from '../_shared/db.ts';
-import { fromDbError } from '../_shared/sql-errors.ts';
+import { createApp, ok } from '../_shared/http/app.ts';
+import { call, db } from '../_shared/adapters/db.ts';
+import { fromDbError } from '../_shared/adapters/sql-errors.ts';
 import { AppError } from '../_shared/errors.ts';
 import { failpoint } from '../_shared/failpoint.ts';
 import { errorSummary, log } from '../_shared/log.ts';
-import { limitByAddress } from '../_shared/ratelimit.ts';
+import { limitByAddress } from '../_shared/http/ratelimit.ts';
 import { reportAtStart } from '../_shared/env.ts';
-import { stripe } from '../_shared/stripe.ts';
-import { readBody } from '../_shared/validate.ts';
-import { recordFailedPayment } from '../_shared/velocity.ts';
+import { stripe } from '../_shared/adapters/stripe.ts';
+import { readBody } from '../_shared/http/validate.ts';
+import { recordFailedPayment } from '../_shared/http/velocity.ts';
 import { refOf } from './events.ts';
 import { failedPaymentUser, fetchState } from './state.ts';
 import { countRefusal, signedTimestamp } from './signature.ts';

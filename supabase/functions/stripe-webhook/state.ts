@@ -1,9 +1,9 @@
 // What a verified event leads to: the current state to converge on, re-fetched from Stripe
 // (an event's payload only says where to look), and the user whose payment failed.
 import type Stripe from 'stripe';
-import { fetchAccountState, fetchPayoutState } from '../_shared/connect.ts';
-import { fetchPurchaseState } from '../_shared/purchases.ts';
-import { isUuid } from '../_shared/validate.ts';
+import { fetchAccountState, fetchPayoutState } from '../_shared/adapters/connect.ts';
+import { fetchPurchaseState } from '../_shared/domain/purchases.ts';
+import { isUuid } from '../_shared/values/query.ts';
 import type { EventRef } from './events.ts';
 
 /** The state SQL converges on (billing.process_stripe_event dispatches on its `kind`). */

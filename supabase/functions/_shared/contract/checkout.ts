@@ -1,7 +1,7 @@
-// Request shape of POST /checkout/sessions: part of the contract (_shared/contract.ts).
+// Request shape of POST /checkout/sessions: part of the contract (_shared/contract/index.ts).
 import { z } from 'zod';
-import { pgText } from '../pg-values.ts';
-import { UuidSchema } from '../query.ts';
+import { pgText } from '../values/pg-values.ts';
+import { UuidSchema } from '../values/query.ts';
 
 export const CreateSessionSchema = z.strictObject({
   package_id: pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a package id'),

@@ -1,9 +1,9 @@
-// Request shapes of the public credits routes: part of the contract (_shared/contract.ts),
+// Request shapes of the public credits routes: part of the contract (_shared/contract/index.ts),
 // parsed by credits/index.ts. Admin and service shapes stay in credits/schemas.ts.
 import { z } from 'zod';
-import { CreditAmountSchema } from '../money.ts';
-import { jsonObject, pgInt, pgText } from '../pg-values.ts';
-import { CalendarDateSchema, lastDays } from '../query.ts';
+import { CreditAmountSchema } from '../values/money.ts';
+import { jsonObject, pgInt, pgText } from '../values/pg-values.ts';
+import { CalendarDateSchema, lastDays } from '../values/query.ts';
 
 const printable = /^[\x20-\x7e]+$/;
 /** Printable ASCII, 1 to 128 characters, e.g. `'req-42'`. */

@@ -1,6 +1,6 @@
-// Request shape of POST /jobs: part of the contract (_shared/contract.ts).
+// Request shape of POST /jobs: part of the contract (_shared/contract/index.ts).
 import { z } from 'zod';
-import { jsonObject, pgText } from '../pg-values.ts';
+import { jsonObject, pgText } from '../values/pg-values.ts';
 
 export const CreateJobSchema = z.strictObject({
   type: pgText(64).min(1),

@@ -1,8 +1,8 @@
-// Request shapes of the public organisation routes: part of the contract (_shared/contract.ts).
+// Request shapes of the public organisation routes: part of the contract (_shared/contract/index.ts).
 import { z } from 'zod';
-import { CreditAmountSchema } from '../money.ts';
-import { pgInt, pgText } from '../pg-values.ts';
-import { DayOrInstantSchema, InstantSchema, lastDays, UuidSchema } from '../query.ts';
+import { CreditAmountSchema } from '../values/money.ts';
+import { pgInt, pgText } from '../values/pg-values.ts';
+import { DayOrInstantSchema, InstantSchema, lastDays, UuidSchema } from '../values/query.ts';
 
 export const CreateOrgSchema = z.strictObject({
   name: pgText(200).trim().min(1),

@@ -3,9 +3,9 @@
 // actual usage and releases the rest.
 // Only token counts, model and duration are kept; never the prompt or the answer in logs.
 import { z } from 'zod';
-import { complete } from '../../_shared/ai.ts';
-import { call } from '../../_shared/db.ts';
-import { pgInt, pgText } from '../../_shared/pg-values.ts';
+import { complete } from '../../_shared/adapters/ai.ts';
+import { call } from '../../_shared/adapters/db.ts';
+import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { redact } from '../../_shared/redact.ts';
 import type { JobType } from './types.ts';
 

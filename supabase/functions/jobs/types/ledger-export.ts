@@ -2,11 +2,11 @@
 // tick). The cursor is the checkpoint, and each page's CSV is saved with it in one transaction,
 // so a resumed export neither skips nor repeats a line, whenever the worker dies.
 import { z } from 'zod';
-import { db } from '../../_shared/db.ts';
+import { db } from '../../_shared/adapters/db.ts';
 import { failpoint } from '../../_shared/failpoint.ts';
-import { csvHeader, csvLines, ledgerPage } from '../../_shared/ledger.ts';
-import { pgInt } from '../../_shared/pg-values.ts';
-import { InstantSchema } from '../../_shared/query.ts';
+import { csvHeader, csvLines, ledgerPage } from '../../_shared/domain/ledger.ts';
+import { pgInt } from '../../_shared/values/pg-values.ts';
+import { InstantSchema } from '../../_shared/values/query.ts';
 import type { JobType } from './types.ts';
 
 const Input = z.strictObject({

@@ -1,0 +1,151 @@
+// What is measured: the cells (hello-world, the gateway's floor, balance, usage spread and on one
+// account, and the SQL alone), each driven by wrk or, for the SQL alone, a closed loop here.
+import postgres from 'postgres';
+import type { Fixtures } from './fixtures.ts';
+import type { Servers } from './servers.ts';
+import { connections, runId, spreadAccounts } from './settings.ts';
+
+/** wrk's figures for one run (bench/request-path.lua prints them as JSON). */
+export type Wrk = {
+  requests: number;
+  duration_us: number;
+  p50_us: number;
+  p95_us: number;
+  p99_us: number;
+  max_us: number;
+  non2xx: number;
+  connect_errors: number;
+  read_errors: number;
+  write_errors: number;
+  timeouts: number;
+};
+
+export async function wrk(url: string, args: string[], secs: number): Promise<Wrk> {
+  const out = await new Deno.Command('wrk', {
+    args: [
+      '-t2',
+      `-c${connections}`,
+      `-d${secs}s`,
+      '--timeout',
+      '5s',
+      '-s',
+      'bench/request-path.lua',
+      url,
+      '--',
+      ...args,
+    ],
+    stdout: 'piped',
+    stderr: 'piped',
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  const json = text.split('\n').find((l) => l.startsWith('{"requests"'));
+  if (!out.success || !json) throw new Error(`wrk failed: ${text}${new TextDecoder().decode(out.stderr)}`);
+  return JSON.parse(json);
+}
+
+export interface Cell {
+  name: string;
+  url: string;
+  args: string[];
+  pid: number;
+  usage?: boolean;
+  /** A cell without HTTP: this one SQL call per request, from this process (postgres.js, as the gateway). */
+  sql?: (sql: postgres.Sql, i: number) => Promise<unknown>;
+}
+
+/** The cells, hello-world first (every ratio is against it). */
+export function cellsFor(
+  { functions, helloPort, hello, gateway, spreadTokens, hotTokens }: Servers,
+  f: Fixtures,
+): Cell[] {
+  const { hotUser, spreadUsers } = f;
+  return [
+    { name: 'hello-world Deno.serve', url: `http://127.0.0.1:${helloPort}/`, args: ['plain', '-'], pid: hello.pid },
+    { name: 'GET /health/healthz', url: `${functions}/health/healthz`, args: ['plain', '-'], pid: gateway.pid },
+    {
+      name: 'GET /credits/balance',
+      url: `${functions}/credits/balance`,
+      args: ['balance', spreadTokens],
+      pid: gateway.pid,
+    },
+    {
+      name: `POST /credits/usage (${spreadAccounts} accounts)`,
+      url: `${functions}/credits/usage`,
+      args: ['usage', spreadTokens],
+      pid: gateway.pid,
+      usage: true,
+    },
+    {
+      name: 'POST /credits/usage (one account)',
+      url: `${functions}/credits/usage`,
+      args: ['usage', hotTokens],
+      pid: gateway.pid,
+      usage: true,
+    },
+    // The SQL each route makes, alone, 16 clients: the ceiling the HTTP path can approach.
+    {
+      name: 'SQL alone: get_balance',
+      url: '',
+      args: [],
+      pid: Deno.pid,
+      sql: (sql, i) => sql`select * from billing.get_balance(${spreadUsers[i % spreadAccounts]})`,
+    },
+    {
+      name: 'SQL alone: run_money_request (usage)',
+      url: '',
+      args: [],
+      pid: Deno.pid,
+      usage: true,
+      sql: (sql, i) => moneyRequestSql(sql, spreadUsers[i % spreadAccounts], i),
+    },
+    {
+      name: 'SQL alone: run_money_request (one account)',
+      url: '',
+      args: [],
+      pid: Deno.pid,
+      usage: true,
+      sql: (sql, i) => moneyRequestSql(sql, hotUser, i),
+    },
+  ];
+}
+/** What moneyRequest sends for POST /credits/usage (idempotency.ts), with a fresh key. */
+export const moneyRequestSql = (sql: postgres.Sql, user: string, i: number) =>
+  sql`select * from billing.run_money_request(${user}, 'credits.usage', ${`${runId}-sql-${i}`}, ${'0'.repeat(64)},
+    ${`${runId}-sql-${i}`}, ${usageArgs}::text::jsonb, 201, false)`;
+export const usageArgs = JSON.stringify({ model: 'gpt-4o-mini', input_tokens: 100, output_tokens: 10 });
+
+/** A closed loop of `connections` clients making `cell.sql` calls for `secs` against `dbUrl`; wrk's figures. */
+export async function sqlLoop(cell: Cell, secs: number, dbUrl: string): Promise<Wrk> {
+  const pool = postgres(dbUrl, { max: connections, prepare: false, onnotice: () => {} });
+  await Promise.all(Array.from({ length: connections }, () => pool`select 1`));
+  const latencies: number[] = [];
+  let next = sqlCalls;
+  const started = performance.now();
+  const until = started + secs * 1000;
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (performance.now() < until) {
+      const t0 = performance.now();
+      await (cell.sql as NonNullable<Cell['sql']>)(pool, next++);
+      latencies.push(performance.now() - t0);
+    }
+  }));
+  const duration = performance.now() - started;
+  sqlCalls = next;
+  await pool.end();
+  latencies.sort((a, b) => a - b);
+  const q = (p: number) => Math.round(1000 * latencies[Math.floor(p * (latencies.length - 1))]);
+  return {
+    requests: latencies.length,
+    duration_us: duration * 1000,
+    p50_us: q(0.5),
+    p95_us: q(0.95),
+    p99_us: q(0.99),
+    max_us: q(1),
+    non2xx: 0,
+    connect_errors: 0,
+    read_errors: 0,
+    write_errors: 0,
+    timeouts: 0,
+  };
+}
+let sqlCalls = 0;

@@ -1,0 +1,20 @@
+// The request-path benchmark's settings (bench/request-path.ts lists the variables) and the
+// report being written.
+import { printer } from '../lib.ts';
+
+export const env = (k: string) => {
+  const v = Deno.env.get(k);
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+export const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 10);
+export const rounds = Number(Deno.env.get('BENCH_ROUNDS') ?? 2);
+export const warmupSeconds = Number(Deno.env.get('BENCH_WARMUP_SECONDS') ?? 3);
+export const cpuProfDir = Deno.env.get('BENCH_CPU_PROF');
+export const only = Deno.env.get('BENCH_ONLY'); // a regex on cell names, for profiling one route
+export const gatewayScript = Deno.env.get('BENCH_GATEWAY_SCRIPT') ?? 'scripts/local/gateway.ts'; // what-if copies
+export const connections = 16;
+export const spreadAccounts = 256;
+export const runId = crypto.randomUUID().slice(0, 8);
+export const { lines, say } = printer();
+export const dbDelayMs = Number(Deno.env.get('BENCH_DB_DELAY_MS') ?? 0);

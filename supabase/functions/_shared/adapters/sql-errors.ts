@@ -1,0 +1,167 @@
+// The one place database failures become HTTP errors: SQL error tokens (P0001 with a JSON
+// detail) by the table below, lost connections as 503, anything else as 500. docs/api.md lists
+// the same codes (tests/unit/error-codes-documented.test.ts reads this table).
+import { AppError, type ErrorType } from '../errors.ts';
+import { ConfigError } from '../env.ts';
+import { errorSummary, log } from '../log.ts';
+
+/**
+ * SQL error tokens (raised as `message` with errcode P0001 and JSON `detail`) and how each
+ * reaches the caller. The one place tokens become HTTP; docs/api.md lists the same table.
+ */
+const sqlErrors: Record<
+  string,
+  { type: ErrorType; message: string; code?: string; status?: number; retryable?: boolean }
+> = {
+  INSUFFICIENT_CREDITS: { type: 'payment_required', message: 'Not enough credits for this request.' },
+  SPEND_CAP_REACHED: {
+    type: 'payment_required',
+    message: 'This would go over a spending cap: see details (cap, spent, resets_at).',
+  },
+  INVALID_CAP: { type: 'validation', message: 'The cap is not valid: see details.field and details.rule.' },
+  INVALID_ALERT: { type: 'validation', message: 'The alert is not valid: see details.field and details.rule.' },
+  CAP_NOT_FOUND: { type: 'not_found', message: 'There is no cap for that period and model: set the cap first.' },
+  NO_SAVED_CARD: {
+    type: 'conflict',
+    message: 'Auto-recharge needs a saved card: buy a package with save_card: true first.',
+  },
+  INVALID_AUTO_RECHARGE: { type: 'validation', message: 'The auto-recharge settings are not valid: see details.rule.' },
+  INVALID_AMOUNT: {
+    type: 'validation',
+    message: 'The amount must be a positive decimal with at most 18 decimal places.',
+  },
+  INVALID_TOKENS: { type: 'validation', message: 'Token counts must be non-negative integers.' },
+  INVALID_TTL: { type: 'validation', message: 'ttl_seconds must be between 1 and 86400.' },
+  INVALID_KIND: { type: 'validation', message: 'That kind of transfer is not allowed here.' },
+  INVALID_LOT: { type: 'validation', message: 'The lot is not valid: see details.field and details.rule.' },
+  INVALID_RANGE: { type: 'validation', message: 'The range is not valid: see details.field and details.rule.' },
+  UNKNOWN_MODEL: { type: 'validation', message: 'There is no rate card for that model.' },
+  HOLD_NOT_FOUND: { type: 'not_found', message: 'No such hold.' },
+  ORG_NOT_FOUND: { type: 'not_found', message: 'No such organisation (or you are not a member).' },
+  ORG_FORBIDDEN: { type: 'forbidden', message: 'Only an owner or admin of the organisation may do this.' },
+  ORG_FUNDING_MODE: { type: 'conflict', message: 'The organisation is not funded that way: see details.funding.' },
+  INVALID_ORG: {
+    type: 'validation',
+    message: 'The organisation settings are not valid: see details.field and details.rule.',
+  },
+  MEMBER_NOT_FOUND: { type: 'not_found', message: 'No such active member of the organisation.' },
+  INVITATION_NOT_FOUND: { type: 'not_found', message: 'No such invitation (for your email address, when answering).' },
+  INVITATION_CLOSED: {
+    type: 'conflict',
+    message: 'The invitation was already answered or has expired: see details.status.',
+  },
+  INVITATION_PENDING: { type: 'conflict', message: 'That address already has a pending invitation.' },
+  // A day's limit: not worth an automatic retry (a client's backoff would only meet it again).
+  INVITATION_LIMIT: {
+    type: 'rate_limit',
+    message: 'Too many invitations in the last 24 hours: see details (scope, limit, retry_at).',
+    retryable: false,
+  },
+  HOLD_NOT_USER_MANAGED: {
+    type: 'forbidden',
+    message: 'This hold belongs to a job or a dispute: it is captured or released by them, not through this route.',
+  },
+  HOLD_EXPIRED: { type: 'conflict', message: 'The hold has expired; its credits were released.' },
+  HOLD_RELEASED: { type: 'conflict', message: 'The hold was released.' },
+  // Capturing again with another amount, or releasing a captured hold: details.captured says how much.
+  HOLD_ALREADY_CAPTURED: { type: 'conflict', message: 'The hold was already captured (details.captured).' },
+  CAPTURE_EXCEEDS_HOLD: { type: 'validation', message: 'The capture amount is larger than the hold.' },
+  IDEMPOTENCY_KEY_REUSED: {
+    type: 'conflict',
+    message: 'This Idempotency-Key was already used for a different request.',
+  },
+  IDEMPOTENCY_KEY_REQUIRED: { type: 'validation', message: 'An idempotency key is required.' },
+  LEDGER_IMMUTABLE: { type: 'server', message: 'Ledger rows cannot be changed.', status: 500 },
+  PACKAGE_NOT_FOUND: { type: 'not_found', message: 'No such credit package on sale.' },
+  PURCHASE_NOT_FOUND: { type: 'not_found', message: 'No such purchase.' },
+  CHECKOUT_IN_PROGRESS: {
+    type: 'conflict',
+    message: 'A checkout for this package is being created; retry in a moment.',
+    retryable: true,
+  },
+  BATCH_TOO_LARGE: { type: 'validation', message: 'A batch holds at most 1,000 events.' },
+  JOB_NOT_FOUND: { type: 'not_found', message: 'No such job.' },
+  JOB_FINISHED: { type: 'conflict', message: 'The job has already finished.' },
+  JOB_CANCELLED: { type: 'conflict', message: 'The job was cancelled.' },
+  LEASE_LOST: { type: 'conflict', message: 'Another worker owns this job now.' },
+  INVALID_JOB_TRANSITION: { type: 'conflict', message: 'That job status change is not allowed.' },
+  PAYMENT_AMOUNT_MISMATCH: { type: 'server', message: 'The amount paid does not match the purchase.', status: 500 },
+  USER_NOT_FOUND: { type: 'not_found', message: 'No such user.' },
+  // The token is valid but its user is gone, banned, or no longer an admin: the same codes as
+  // a bad token or a non-admin token, so clients handle them one way.
+  USER_NOT_ACTIVE: {
+    type: 'auth',
+    code: 'UNAUTHORIZED',
+    message: 'The signed-in user no longer exists or is suspended. Sign in again.',
+  },
+  ADMIN_REQUIRED: { type: 'forbidden', code: 'FORBIDDEN', message: 'This route is for administrators.' },
+  PROVIDER_NOT_FOUND: { type: 'not_found', message: 'No such provider.' },
+  PROVIDER_NOT_READY: {
+    type: 'conflict',
+    message: 'The provider cannot take payments until Stripe onboarding is complete.',
+  },
+  PAYMENT_NOT_FOUND: { type: 'not_found', message: 'No such payment.' },
+  MONEY_UNBALANCED: { type: 'server', message: 'A money transfer did not balance.', status: 500 },
+};
+
+/**
+ * The AppError a SQL error token stands for, or undefined for a token this table does not know.
+ * @example sqlRefusal('INSUFFICIENT_CREDITS', '{"required":"5"}')?.status // 402
+ */
+export function sqlRefusal(token: string, detail: string | null | undefined): AppError | undefined {
+  const known = sqlErrors[token];
+  if (!known) return undefined;
+  let details: Record<string, unknown> | undefined;
+  try {
+    details = detail ? JSON.parse(detail) : undefined;
+  } catch { /* a plain-text detail is not shown */ }
+  return new AppError(known.type, known.code ?? token, known.message, {
+    details,
+    status: known.status,
+    retryable: known.retryable,
+  });
+}
+
+const transientCodes = new Set(['40001', '40P01', '57P01', '57P02', '57P03', '08000', '08003', '08006', '53300']);
+// What a pooler reports for itself while Postgres restarts behind it (pgbouncer: "server login
+// has been failing", "server conn crashed?"; Supavisor likewise).
+transientCodes.add('08P01');
+const clientCodes = [
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'CONNECT_TIMEOUT',
+  'CONNECTION_CLOSED',
+  'CONNECTION_ENDED',
+  'CONNECTION_DESTROYED',
+];
+
+/**
+ * Whether a connection failed (not a deadlock, a serialization failure or a full server): the
+ * pool that gave it is retired (db.ts).
+ * @example connectionFailed({ code: 'ECONNRESET' }) // true
+ */
+export function connectionFailed(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && (/^(08|57P0)/.test(code) || clientCodes.includes(code));
+}
+
+/** Turns a database failure into an AppError: known tokens keep their code, the rest are 5xx. */
+export function fromDbError(err: unknown): AppError {
+  if (err instanceof AppError) return err;
+  if (err instanceof ConfigError) return err.appError();
+  const e = err as { code?: string; message?: string; detail?: string; errno?: string };
+  const refusal = e.code === 'P0001' && e.message ? sqlRefusal(e.message, e.detail) : undefined;
+  if (refusal) return refusal;
+  // A valid token for a user deleted since it was issued (Supabase tokens live until they expire).
+  if (e.code === '23503' && /is not present in table "users"/.test(e.detail ?? '')) {
+    return new AppError('auth', 'UNAUTHORIZED', 'The signed-in user no longer exists.');
+  }
+  const connectionLost = typeof e.code === 'string' && (transientCodes.has(e.code) || clientCodes.includes(e.code));
+  log.error('database error', { code: e.code, ...errorSummary(err) });
+  if (connectionLost) {
+    return new AppError('unavailable', 'DATABASE_UNAVAILABLE', 'The database is briefly unavailable. Please retry.');
+  }
+  return new AppError('server', 'INTERNAL_ERROR', 'Something went wrong on our side. Please try again.', {
+    retryable: true,
+  });
+}

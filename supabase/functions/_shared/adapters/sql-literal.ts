@@ -1,0 +1,86 @@
+// The SQL literal encoder of the hot routes: values written into the statement text, so
+// postgres.js sends it in one round trip. Security-critical twice over: no value may end its
+// literal early, and no value may make the statement fail in Postgres (whose log would then
+// hold the whole statement, the request's values with it): what Postgres would refuse or
+// change is refused here first, as a 400, by the rule of pg-values.ts.
+import type postgres from 'postgres';
+import { AppError } from '../errors.ts';
+import { isPgText, jsonText, textRefused } from '../values/pg-values.ts';
+
+/** A JSON value for `inline`, written as a jsonb literal (see `jsonb`). */
+class JsonbValue {
+  constructor(readonly text: string) {}
+}
+
+/**
+ * `value` as a jsonb literal for `inline`: checked and stringified at once (jsonText), so a
+ * string or key jsonb would refuse is a 400 before the statement exists.
+ * @example inline`select billing.f(${jsonb({ metadata })})`
+ */
+export const jsonb = (value: unknown) => new JsonbValue(jsonText(value));
+
+/** What `inline` writes into a statement. */
+export type InlineValue = string | number | boolean | null | JsonbValue;
+declare const inlined: unique symbol;
+/** A statement `inline` wrote: the only kind `oneTrip` sends. */
+export type InlineStatement = string & { readonly [inlined]: true };
+
+/**
+ * A statement with its values written in as SQL literals, for the hot routes: postgres.js sends
+ * it in one flight. Without prepared statements (`prepare: false`, for the transaction-mode
+ * pooler) postgres.js sends a statement that has parameters in two round trips (Parse +
+ * Describe, then, once the server has said the parameters' types, Bind + Execute); one without
+ * parameters goes as Parse + Bind + Execute + Sync at once. A string becomes an E'…' literal
+ * with its backslashes and quotes doubled (what libpq's PQescapeLiteral writes) and every
+ * character beyond ASCII written as a \u or \U escape, so the statement is ASCII whatever the
+ * connection's encoding; a number must be a safe integer; JSON goes through `jsonb`. Text
+ * Postgres would refuse (NUL, an unpaired surrogate) or a number it cannot be written as is a
+ * 400 (VALIDATION_FAILED), thrown before anything is sent. Values go where an expression may
+ * stand (never inside a quoted string, a $$ body or a comment); cast in SQL where the type
+ * matters.
+ * @example await oneTrip(sql, inline`select * from billing.get_balance(${userId})`)
+ */
+export function inline(strings: TemplateStringsArray, ...values: InlineValue[]): InlineStatement {
+  return strings.reduce((text, s, i) => text + sqlLiteral(values[i - 1]) + s) as InlineStatement;
+}
+
+/**
+ * Sends a statement `inline` wrote as one flight of the extended protocol (Parse, Bind, Execute,
+ * Sync; one statement only, where the simple protocol would run several), and alone on its
+ * connection until it is answered: postgres.js would otherwise pipeline the next statements
+ * behind it, and a statement with parameters pipelined behind one through pgbouncer in
+ * transaction mode never got its answer (found by the credit-lots parallel test).
+ * @example const [b] = await oneTrip(sql, inline`select * from billing.get_balance(${userId})`)
+ */
+export function oneTrip<T extends postgres.Row[] = postgres.Row[]>(sql: postgres.Sql, statement: InlineStatement) {
+  // Both are options postgres.js reads but does not declare.
+  const options = { simple: false, onexecute: () => false };
+  return sql.unsafe<T>(statement, [], options as postgres.UnsafeQueryOptions);
+}
+
+function sqlLiteral(v: unknown): string {
+  if (v === null) return 'null';
+  if (typeof v === 'boolean') return v ? 'true' : 'false';
+  if (v instanceof JsonbValue) return `${stringLiteral(v.text)}::jsonb`;
+  if (typeof v === 'number') {
+    if (!Number.isSafeInteger(v)) {
+      throw new AppError('validation', 'VALIDATION_FAILED', 'Numbers here must be whole, within ±(2^53 − 1).');
+    }
+    return v < 0 ? `(${v})` : String(v); // `x-${-1}` must not become a comment
+  }
+  if (typeof v !== 'string') throw new TypeError(`inline: cannot write a ${typeof v} as SQL`);
+  return stringLiteral(v);
+}
+
+function stringLiteral(v: string): string {
+  if (!isPgText(v)) throw textRefused();
+  let body = '';
+  for (const ch of v) {
+    const cp = ch.codePointAt(0) as number;
+    if (ch === '\\' || ch === "'") body += ch + ch;
+    else if (cp < 0x80) body += ch;
+    else if (cp <= 0xffff) body += '\\u' + cp.toString(16).padStart(4, '0');
+    else body += '\\U' + cp.toString(16).padStart(8, '0');
+  }
+  return `E'${body}'`;
+}

@@ -1,0 +1,93 @@
+// The Stripe client, configured from env. With STRIPE_API_BASE set (locally: the emulator)
+// the official SDK talks to that address; unset, to Stripe. Keys must match STRIPE_MODE.
+import Stripe from 'stripe';
+import { z } from 'zod';
+import { CommaListSchema, parseEnv } from '../env.ts';
+import { AppError } from '../errors.ts';
+
+export const StripeEnvSchema = z
+  .object({
+    STRIPE_MODE: z.enum(['test', 'live']),
+    STRIPE_SECRET_KEY: z.string().regex(
+      /^(sk|rk)_(test|live)_[A-Za-z0-9]+$/,
+      'must be a Stripe secret or restricted key',
+    ),
+    STRIPE_WEBHOOK_SECRET: CommaListSchema.refine(
+      (l) => l.length > 0 && l.every((s) => s.startsWith('whsec_')),
+      'must be whsec_ secrets',
+    ),
+    // Connect events (payouts, account.updated) come signed with their endpoint's own secret.
+    STRIPE_CONNECT_WEBHOOK_SECRET: CommaListSchema.refine(
+      (l) => l.every((s) => s.startsWith('whsec_')),
+      'must be whsec_ secrets',
+    ).default([]),
+    STRIPE_API_BASE: z.url().optional(),
+    STRIPE_TIMEOUT_MS: z.coerce.number().int().positive().default(10_000),
+  })
+  .refine((e) => e.STRIPE_SECRET_KEY.split('_')[1] === e.STRIPE_MODE, {
+    message: "the key's mode does not match STRIPE_MODE",
+    path: ['STRIPE_SECRET_KEY'],
+  });
+export type StripeEnv = z.infer<typeof StripeEnvSchema>;
+
+let cached: { env: StripeEnv; client: Stripe } | undefined;
+
+/**
+ * The official SDK for `key`, talking to `apiBase` when given (locally: the emulator), else to Stripe.
+ * @example const client = stripeClient('sk_test_…', Deno.env.get('STRIPE_API_BASE'))
+ */
+export function stripeClient(key: string, apiBase?: string, timeoutMs = 10_000): Stripe {
+  const base = apiBase ? new URL(apiBase) : undefined;
+  return new Stripe(key, {
+    httpClient: Stripe.createFetchHttpClient(),
+    timeout: timeoutMs,
+    maxNetworkRetries: 1,
+    ...(base
+      ? { host: base.hostname, port: Number(base.port), protocol: base.protocol.replace(':', '') as 'http' | 'https' }
+      : {}),
+  });
+}
+
+/**
+ * The configured client and its env, created on first use.
+ * @example const session = await stripeCall(() => stripe().client.checkout.sessions.retrieve(id))
+ */
+export function stripe(): { env: StripeEnv; client: Stripe } {
+  if (!cached) {
+    const env = parseEnv(StripeEnvSchema);
+    cached = { env, client: stripeClient(env.STRIPE_SECRET_KEY, env.STRIPE_API_BASE, env.STRIPE_TIMEOUT_MS) };
+  }
+  return cached;
+}
+
+/** The id of a Stripe reference, whether Stripe sent the id or (expanded) the object. */
+export const idOf = (v: string | { id: string } | null | undefined): string | null =>
+  typeof v === 'string' ? v : v?.id ?? null;
+
+/** Runs a Stripe call; connection failures and Stripe's 5xx become a retryable 502/504. */
+export async function stripeCall<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof Stripe.errors.StripeError) {
+      const timeout = err.type === 'StripeConnectionError' && /timed? ?out/i.test(err.message);
+      if (err.type === 'StripeConnectionError' || err.type === 'StripeAPIError' || (err.statusCode ?? 0) >= 500) {
+        throw new AppError(
+          'unavailable',
+          'STRIPE_UNAVAILABLE',
+          'The payment provider is not answering. Please retry.',
+          {
+            status: timeout ? 504 : 502,
+            retryable: true,
+          },
+        );
+      }
+      throw new AppError('server', 'STRIPE_ERROR', 'The payment provider refused the request.', {
+        status: 502,
+        retryable: false,
+        details: { stripe_code: err.code ?? null },
+      });
+    }
+    throw err;
+  }
+}
