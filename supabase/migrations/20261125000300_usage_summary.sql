@@ -251,6 +251,30 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.check_low_balance(a billing.accounts)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_available numeric(38, 18) := a.balance - a.held;
+begin
+  if a.low_balance_threshold is null then
+    return;
+  end if;
+  if v_available < a.low_balance_threshold and not a.low_balance_fired then
+    update billing.accounts x set low_balance_fired = true where x.id = a.id;
+    -- The runway (days left at the last 7 days' pace) is read only when the alert fires.
+    perform billing.queue_user_alert(a.user_id, 'low-balance:' || a.id || ':' || billing.alert_time(),
+      jsonb_build_object('kind', 'balance_below', 'threshold', trim_scale(a.low_balance_threshold)::text,
+        'available', trim_scale(v_available)::text, 'runway_days', (billing.runway(a.id) ->> 'days')::bigint));
+  elsif v_available >= a.low_balance_threshold and a.low_balance_fired then
+    update billing.accounts x set low_balance_fired = false where x.id = a.id;
+  end if;
+end;
+$function$
+;
+
 
 
 comment on table billing.usage_daily is 'Each user''s charges per UTC day and model (org_id: the organisation that paid; null: their own account), for days the roll-up has closed.';

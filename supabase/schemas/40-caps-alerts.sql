@@ -133,9 +133,10 @@ begin
   end if;
   if v_available < a.low_balance_threshold and not a.low_balance_fired then
     update billing.accounts x set low_balance_fired = true where x.id = a.id;
+    -- The runway (days left at the last 7 days' pace) is read only when the alert fires.
     perform billing.queue_user_alert(a.user_id, 'low-balance:' || a.id || ':' || billing.alert_time(),
       jsonb_build_object('kind', 'balance_below', 'threshold', trim_scale(a.low_balance_threshold)::text,
-        'available', trim_scale(v_available)::text));
+        'available', trim_scale(v_available)::text, 'runway_days', (billing.runway(a.id) ->> 'days')::bigint));
   elsif v_available >= a.low_balance_threshold and a.low_balance_fired then
     update billing.accounts x set low_balance_fired = false where x.id = a.id;
   end if;

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import type { Alerts } from '../../supabase/functions/_shared/contract/index.ts';
 import { api, drainOutbox, fund, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
+import { render } from '../../supabase/functions/notify/notifications.ts';
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
@@ -41,6 +42,9 @@ Deno.test('a low-balance alert fires once per crossing and re-arms when the bala
   let rows = await alertsOf(s.id);
   assert.deepEqual(rows.map((r) => r.template), ['balance_alert', 'product_webhook'], 'once, by email and webhook');
   assert.deepEqual([rows[0].payload.kind, rows[0].payload.available], ['balance_below', '40']);
+  // 60 spent in the last 7 days: 40 ÷ (60 ÷ 7) = 4.67, about 4 days; the email says so.
+  assert.equal(rows[0].payload.runway_days, 4);
+  assert.match(render('balance_alert', rows[0].payload).text, /At your last 7 days' pace they last about 4 days\.$/);
   await fund(s.id, '100'); // 135: cleared, re-armed
   assert.equal(((await api('/credits/alerts', { token: s.token })).body.data as Alerts).low_balance?.fired, false);
   await spend(s.token, 100);
@@ -57,7 +61,10 @@ Deno.test('a hold that takes available below the threshold fires it; turning it 
 
   const t = await student('10');
   await put(t.token, '/credits/alerts/low-balance', { threshold: '20' });
-  assert.equal((await alertsOf(t.id)).length, 2, 'already below: fired when set');
+  const fired = await alertsOf(t.id);
+  assert.equal(fired.length, 2, 'already below: fired when set');
+  assert.equal(fired[0].payload.runway_days, null, 'no charges, no pace: no runway');
+  assert.doesNotMatch(render('balance_alert', fired[0].payload).text, /pace/);
   assert.equal((await put(t.token, '/credits/alerts/low-balance', { threshold: null })).low_balance, null);
 });
 

@@ -84,7 +84,7 @@ export function render(template: Template, data: Payload): { subject: string; te
           subject: 'Your credit balance is low',
           text: `You have ${credits(data.available)} credits available, below the ${
             credits(data.threshold)
-          } you asked to be told about.`,
+          } you asked to be told about.${runway(data.runway_days)}`,
         }
         : {
           subject: `You have used ${data.percent}% of your ${data.period}ly spending cap`,
@@ -138,6 +138,14 @@ export function inert(value: unknown): string {
 }
 
 const credits = (n: unknown) => new Intl.NumberFormat('en-US', { maximumFractionDigits: 2 }).format(Number(n ?? 0));
+
+/** The runway sentence of a low-balance email; nothing without a pace (no charges in 7 days). */
+const runway = (days: unknown) =>
+  typeof days !== 'number'
+    ? ''
+    : days === 0
+    ? " At your last 7 days' pace they will not last a day."
+    : ` At your last 7 days' pace they last about ${days} day${days === 1 ? '' : 's'}.`;
 
 const cents = (n: unknown, currency: string) =>
   new Intl.NumberFormat('en-US', { style: 'currency', currency: currency.toUpperCase() }).format(Number(n ?? 0) / 100);
