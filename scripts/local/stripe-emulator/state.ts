@@ -49,6 +49,13 @@ export const store = {
   offSessionOutcomes: new Map<string, OffSessionOutcome>(),
   /** What a Checkout Session's `payment_intent_data` asked for (Stripe keeps it off the session). */
   sessionPayments: new Map<string, SessionPayment>(),
+  /** Stripe Billing (subscriptions.ts): prices, subscriptions, invoices, portal sessions. */
+  prices: new Map<string, Stripe.Price>(),
+  subscriptions: new Map<string, Stripe.Subscription>(),
+  invoices: new Map<string, Stripe.Invoice>(),
+  portalSessions: new Map<string, Stripe.BillingPortal.Session>(),
+  /** What a subscription-mode Checkout Session will subscribe to (its price and metadata). */
+  sessionSubscriptions: new Map<string, { price: Stripe.Price; metadata: Record<string, string> }>(),
   events: [] as Stripe.Event[],
   webhookEndpoints: new Map<string, Endpoint>(),
 };
