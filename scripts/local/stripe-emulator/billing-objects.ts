@@ -8,7 +8,9 @@ import { newId, now } from './state.ts';
 
 export type Interval = 'month' | 'year';
 
-export function price(input: { currency: string; unitAmount: number; interval: Interval; product: string }): Stripe.Price {
+export function price(
+  input: { currency: string; unitAmount: number; interval: Interval; product: string },
+): Stripe.Price {
   return {
     id: newId('price'),
     object: 'price',
@@ -22,7 +24,13 @@ export function price(input: { currency: string; unitAmount: number; interval: I
     metadata: {},
     nickname: null,
     product: input.product,
-    recurring: { interval: input.interval, interval_count: 1, meter: null, trial_period_days: null, usage_type: 'licensed' },
+    recurring: {
+      interval: input.interval,
+      interval_count: 1,
+      meter: null,
+      trial_period_days: null,
+      usage_type: 'licensed',
+    },
     tax_behavior: 'unspecified',
     tiers_mode: null,
     transform_quantity: null,
@@ -126,7 +134,13 @@ export function subscription(input: {
     description: null,
     discounts: [],
     ended_at: null,
-    invoice_settings: { account_tax_ids: null, custom_fields: null, description: null, footer: null, issuer: { type: 'self' } },
+    invoice_settings: {
+      account_tax_ids: null,
+      custom_fields: null,
+      description: null,
+      footer: null,
+      issuer: { type: 'self' },
+    },
     items: { object: 'list', data: [item], has_more: false, url: `/v1/subscription_items?subscription=${id}` },
     latest_invoice: null,
     livemode: false,
@@ -280,7 +294,11 @@ export function invoice(input: InvoiceInput): Stripe.Invoice {
   };
 }
 
-export function portalSession(customer: string, returnUrl: string | null, baseUrl: string): Stripe.BillingPortal.Session {
+export function portalSession(
+  customer: string,
+  returnUrl: string | null,
+  baseUrl: string,
+): Stripe.BillingPortal.Session {
   const id = newId('bps');
   return {
     id,

@@ -40,7 +40,9 @@ function priceFrom(data: FormObject, product: string | null): Stripe.Price {
 }
 
 /** Checkout with mode=subscription: the price the session will subscribe to once paid. */
-export function prepareSubscription(body: FormObject): { price: Stripe.Price; metadata: Record<string, string>; name: string } {
+export function prepareSubscription(
+  body: FormObject,
+): { price: Stripe.Price; metadata: Record<string, string>; name: string } {
   const items = Array.isArray(body.line_items) ? body.line_items.map(obj) : [];
   if (items.length !== 1) throw invalid('Exactly one line item is emulated for subscriptions.', 'line_items');
   const data = obj(items[0].price_data);
@@ -110,7 +112,7 @@ export function startSubscription(session: Stripe.Checkout.Session): Stripe.Even
     reason: 'subscription_create',
     periodStart: item.current_period_start,
     periodEnd: item.current_period_end,
-    description: "Subscription",
+    description: 'Subscription',
   });
   const events: Stripe.Event[] = [subscriptionEvent('customer.subscription.created', sub)];
   events.push(...collect(inv, sub, 'paid'));
@@ -137,19 +139,27 @@ function getInvoice(id: string): Stripe.Invoice {
 }
 
 /** Time reaches the period's end: the subscription renews (or ends, if set to cancel). */
-function renew(sub: Stripe.Subscription, outcome: 'paid' | 'failed'): { events: Stripe.Event[]; invoice: string | null } {
+function renew(
+  sub: Stripe.Subscription,
+  outcome: 'paid' | 'failed',
+): { events: Stripe.Event[]; invoice: string | null } {
   if (sub.status === 'canceled') throw invalid('The subscription is canceled.');
   const item = itemOf(sub);
-  const at = now();
   if (sub.cancel_at_period_end) {
+    const at = now();
     item.current_period_end = at;
     sub.status = 'canceled';
     sub.ended_at = at;
     sub.canceled_at ??= at;
     return { events: [subscriptionEvent('customer.subscription.deleted', sub)], invoice: null };
   }
-  item.current_period_start = at;
-  item.current_period_end = periodEnd(at, item.price.recurring?.interval === 'year' ? 'year' : 'month');
+  // The next period starts where this one ends: the emulator's clock jumps there for the
+  // subscription (nothing waits a month), so each period has its own end, as on Stripe.
+  item.current_period_start = item.current_period_end;
+  item.current_period_end = periodEnd(
+    item.current_period_start,
+    item.price.recurring?.interval === 'year' ? 'year' : 'month',
+  );
   const inv = newInvoice({
     sub,
     amount: item.price.unit_amount ?? 0,
@@ -181,7 +191,7 @@ function update(sub: Stripe.Subscription, body: FormObject): { sub: Stripe.Subsc
     if (str(items[0].id) !== item.id) throw invalid('items[0][id] must name the subscription item.', 'items');
     const next = priceFrom(obj(items[0].price_data), item.price.product as string);
     const proration = str(body.proration_behavior) ?? 'create_prorations';
-    const at = now();
+    const at = Math.max(now(), item.current_period_start); // a renewed period may start ahead of the clock
     const share = (item.current_period_end - at) / Math.max(item.current_period_end - item.current_period_start, 1);
     const owed = Math.round(((next.unit_amount ?? 0) - (item.price.unit_amount ?? 0)) * share);
     if (proration === 'always_invoice' && owed > 0) {
@@ -226,7 +236,9 @@ export const subscriptionRoutes = [
   route('GET', '/v1/invoices/:id', ({ params }) => getInvoice(params.id)),
   route('GET', '/v1/invoices', ({ query }): Stripe.ApiList<Stripe.Invoice> => {
     const sub = query.get('subscription');
-    const data = [...store.invoices.values()].filter((i) => !sub || i.parent?.subscription_details?.subscription === sub)
+    const data = [...store.invoices.values()].filter((i) =>
+      !sub || i.parent?.subscription_details?.subscription === sub
+    )
       .reverse();
     return { object: 'list', data: data.slice(0, 100), has_more: data.length > 100, url: '/v1/invoices' };
   }),
@@ -253,7 +265,7 @@ export const subscriptionRoutes = [
     const { events, invoice } = renew(getSub(params.id), outcome);
     return { invoice, ...await emit(events, deliver) };
   }),
-  route('POST', '/_emulator/invoices/:id/pay', async ({ params, json }) => {
+  route('POST', '/_emulator/invoices/:id/pay', ({ params, json }) => {
     const { outcome = 'paid', deliver = true } = json() as { outcome?: 'paid' | 'failed'; deliver?: boolean };
     const inv = getInvoice(params.id);
     if (inv.status !== 'open') throw invalid(`The invoice is ${inv.status}.`);
@@ -265,7 +277,7 @@ export const subscriptionRoutes = [
     }
     return emit(events, deliver);
   }),
-  route('POST', '/_emulator/invoices/:id/void', async ({ params, json }) => {
+  route('POST', '/_emulator/invoices/:id/void', ({ params, json }) => {
     const { deliver = true } = json() as { deliver?: boolean };
     const inv = getInvoice(params.id);
     if (inv.status !== 'open') throw invalid(`The invoice is ${inv.status}; only open invoices can be voided.`);

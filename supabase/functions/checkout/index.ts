@@ -1,6 +1,7 @@
 // B2C purchases: packages, hosted Checkout Sessions, the success-page status poll, and
 // ops-initiated refunds. Credits move only in billing.sync_purchase (see _shared/purchases.ts).
 import type { MiddlewareHandler } from 'hono';
+import { z } from 'zod';
 import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
 import type { AppEnv } from '../_shared/app-env.ts';
 import type { CreditPackage, Page, PurchaseStatus } from '../_shared/contract.ts';
@@ -17,6 +18,19 @@ import { readJson } from '../_shared/validate.ts';
 import { CreateSessionSchema } from '../_shared/contract/checkout.ts';
 import { CheckoutEnvSchema, PurchaseRefSchema, RefundSchema } from './schemas.ts';
 import { createCheckout } from './sessions.ts';
+import {
+  cancelPlan,
+  changePlan,
+  ChangePlanSchema,
+  currentPlan,
+  listPlans,
+  planJson,
+  portal,
+  PortalSchema,
+  publicPlan,
+  subscribe,
+  SubscribeSchema,
+} from './plans.ts';
 
 const env = lazyEnv(CheckoutEnvSchema);
 reportAtStart(stripe); // a missing or wrong-mode key is logged at start and answered with 503
@@ -97,6 +111,31 @@ app.get('/sessions/:id', requireUser, async (c) => {
     amount_refunded_cents: p.amount_refunded_cents,
     paid_at: p.paid_at?.toISOString() ?? null,
   });
+});
+
+// Plans (checkout/plans.ts): credits come from invoice.paid only, never from these answers.
+app.get('/plans', requireUser, async (c) => ok(c, whole((await listPlans()).map(planJson))));
+
+app.post('/subscriptions', requireUser, async (c) => {
+  const body = await readJson(c, SubscribeSchema);
+  return idempotentExternal(c, 'checkout.subscriptions', body, (key) => subscribe(currentUser(c).id, body, key, env()));
+});
+
+app.get('/subscription', requireUser, async (c) => ok(c, publicPlan(await currentPlan(currentUser(c).id))));
+
+app.post('/subscription/change', requireUser, async (c) => {
+  const body = await readJson(c, ChangePlanSchema);
+  return idempotentExternal(c, 'checkout.plan_change', body, (key) => changePlan(currentUser(c).id, body.plan_id, key));
+});
+
+app.post('/subscription/cancel', requireUser, async (c) => {
+  const body = await readJson(c, z.strictObject({}));
+  return idempotentExternal(c, 'checkout.plan_cancel', body, (key) => cancelPlan(currentUser(c).id, key));
+});
+
+app.post('/portal', requireUser, async (c) => {
+  const body = await readJson(c, PortalSchema);
+  return ok(c, await portal(currentUser(c).id, body.return_url, env()));
 });
 
 app.post('/refunds', requireAdmin, async (c) => {

@@ -5,11 +5,13 @@ import { fetchAccountState, fetchPayoutState } from '../_shared/connect.ts';
 import { fetchPurchaseState } from '../_shared/purchases.ts';
 import { isUuid } from '../_shared/validate.ts';
 import type { EventRef } from './events.ts';
+import { fetchSubscriptionState } from './plans.ts';
 
 /** The state SQL converges on (billing.process_stripe_event dispatches on its `kind`). */
 export function fetchState(ref: EventRef) {
   if ('payout' in ref) return fetchPayoutState(ref.payout, ref.account);
   if ('account' in ref) return fetchAccountState(ref.account);
+  if ('subscription' in ref || 'invoice' in ref) return fetchSubscriptionState(ref);
   return fetchPurchaseState(ref);
 }
 

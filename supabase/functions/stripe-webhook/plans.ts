@@ -1,0 +1,81 @@
+// A plan's state, re-fetched from Stripe: the subscription (status, current period, plan in
+// its metadata, cancellation) and, for an invoice event, the invoice (status, amount, reason,
+// the period its line is for, and the plan it billed: the subscription's metadata as it was
+// when the invoice was made). billing.sync_subscription converges on it.
+import type Stripe from 'stripe';
+import { idOf, stripe, stripeCall } from '../_shared/stripe.ts';
+
+export type PlanRef = { subscription: string } | { invoice: string };
+
+export type SubscriptionState = {
+  kind: 'subscription';
+  subscription: {
+    id: string;
+    status: string;
+    customer: string | null;
+    cancel_at_period_end: boolean;
+    current_period_start: number;
+    current_period_end: number;
+    metadata: Record<string, string>;
+  };
+  invoice: {
+    id: string;
+    status: string | null;
+    billing_reason: string | null;
+    amount_paid: number;
+    amount_due: number;
+    currency: string;
+    attempted: boolean;
+    period_start: number;
+    period_end: number;
+    plan_id: string | null;
+  } | null;
+};
+
+function invoiceState(inv: Stripe.Invoice): NonNullable<SubscriptionState['invoice']> {
+  // The subscription line's period (the invoice's own period_* is the one billed before it).
+  const line = inv.lines.data.find((l) => l.parent?.type === 'subscription_item_details') ?? inv.lines.data[0];
+  return {
+    id: inv.id,
+    status: inv.status,
+    billing_reason: inv.billing_reason,
+    amount_paid: inv.amount_paid,
+    amount_due: inv.amount_due,
+    currency: inv.currency,
+    attempted: inv.attempted,
+    period_start: line?.period.start ?? inv.period_start,
+    period_end: line?.period.end ?? inv.period_end,
+    plan_id: inv.parent?.subscription_details?.metadata?.plan_id ?? null,
+  };
+}
+
+/** Stripe's current state of the plan behind a subscription or invoice event; null when not a plan's. */
+export async function fetchSubscriptionState(ref: PlanRef): Promise<SubscriptionState | null> {
+  const client = stripe().client;
+  let invoice: Stripe.Invoice | null = null;
+  let subscriptionId: string | null;
+  if ('invoice' in ref) {
+    invoice = await stripeCall(() => client.invoices.retrieve(ref.invoice));
+    subscriptionId = idOf(invoice.parent?.subscription_details?.subscription);
+  } else {
+    subscriptionId = ref.subscription;
+  }
+  if (!subscriptionId) return null;
+  const id = subscriptionId;
+  const sub = await stripeCall(() => client.subscriptions.retrieve(id));
+  const item = sub.items.data[0];
+  if (!item || !sub.metadata?.subscription_id) return null; // not one of our plans
+  return {
+    kind: 'subscription',
+    subscription: {
+      id: sub.id,
+      status: sub.status,
+      customer: idOf(sub.customer),
+      cancel_at_period_end: sub.cancel_at_period_end,
+      current_period_start: item.current_period_start,
+      current_period_end: item.current_period_end,
+      metadata: sub.metadata,
+    },
+    invoice: invoice ? invoiceState(invoice) : null,
+  };
+}
