@@ -1,7 +1,6 @@
 // B2C purchases: packages, hosted Checkout Sessions, the success-page status poll, and
 // ops-initiated refunds. Credits move only in billing.sync_purchase (see _shared/purchases.ts).
 import type { MiddlewareHandler } from 'hono';
-import { z } from 'zod';
 import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/app.ts';
 import type { AppEnv } from '../_shared/app-env.ts';
 import type { CreditPackage, Page, PurchaseStatus } from '../_shared/contract.ts';
@@ -16,21 +15,17 @@ import { stripe, stripeCall } from '../_shared/stripe.ts';
 import { clientAddress } from '../_shared/client-address.ts';
 import { readJson } from '../_shared/validate.ts';
 import { CreateSessionSchema } from '../_shared/contract/checkout.ts';
-import { CheckoutEnvSchema, PurchaseRefSchema, RefundSchema } from './schemas.ts';
-import { createCheckout } from './sessions.ts';
 import {
-  cancelPlan,
-  changePlan,
+  CancelPlanSchema,
   ChangePlanSchema,
-  currentPlan,
-  listPlans,
-  planJson,
-  portal,
+  CheckoutEnvSchema,
   PortalSchema,
-  publicPlan,
-  subscribe,
+  PurchaseRefSchema,
+  RefundSchema,
   SubscribeSchema,
-} from './plans.ts';
+} from './schemas.ts';
+import { createCheckout } from './sessions.ts';
+import { cancelPlan, changePlan, currentPlan, listPlans, planJson, portal, publicPlan, subscribe } from './plans.ts';
 
 const env = lazyEnv(CheckoutEnvSchema);
 reportAtStart(stripe); // a missing or wrong-mode key is logged at start and answered with 503
@@ -129,7 +124,7 @@ app.post('/subscription/change', requireUser, async (c) => {
 });
 
 app.post('/subscription/cancel', requireUser, async (c) => {
-  const body = await readJson(c, z.strictObject({}));
+  const body = await readJson(c, CancelPlanSchema);
   return idempotentExternal(c, 'checkout.plan_cancel', body, (key) => cancelPlan(currentUser(c).id, key));
 });
 

@@ -1,24 +1,12 @@
 // Plans: subscribing through Checkout (mode=subscription), changing plan, cancelling at the
 // period's end, and Stripe's customer portal. No credits move here: they come from invoice.paid
 // (billing.sync_subscription), never from a redirect or an answer of these routes.
-import { z } from 'zod';
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import type { Effect } from '../_shared/idempotency.ts';
 import { formatCredits } from '../_shared/money.ts';
-import { pgText } from '../_shared/pg-values.ts';
 import { stripe, stripeCall } from '../_shared/stripe.ts';
-import type { CheckoutEnv } from './schemas.ts';
-
-const PlanIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a plan id');
-export const SubscribeSchema = z.strictObject({
-  plan_id: PlanIdSchema,
-  success_url: pgText(2000).pipe(z.url()).optional(),
-  cancel_url: pgText(2000).pipe(z.url()).optional(),
-});
-export type Subscribe = z.infer<typeof SubscribeSchema>;
-export const ChangePlanSchema = z.strictObject({ plan_id: PlanIdSchema });
-export const PortalSchema = z.strictObject({ return_url: pgText(2000).pipe(z.url()).optional() });
+import type { CheckoutEnv, Subscribe } from './schemas.ts';
 
 type PlanRow = {
   id: string;
