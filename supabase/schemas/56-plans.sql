@@ -77,7 +77,15 @@ create table billing.plan_grants (
   lot_id bigint references billing.lots (id),
   rolled_over numeric(38, 18) not null default 0, -- credits carried into this period from the one before
   granted_at timestamptz not null default now(),
-  constraint plan_grants_credits check (credits >= 0 and rolled_over >= 0)
+  stripe_charge_id text,
+  amount_refunded_cents integer not null default 0,
+  credits_reversed numeric(38, 18) not null default 0,  -- taken back by refunds and a lost dispute
+  expiry_forgiven numeric(38, 18) not null default 0,   -- of those, what had expired already (not taken twice)
+  dispute_id text,
+  dispute_status text,
+  constraint plan_grants_credits check (credits >= 0 and rolled_over >= 0),
+  constraint plan_grants_refund_within check (amount_refunded_cents between 0 and amount_cents),
+  constraint plan_grants_dispute_status check (dispute_status is null or dispute_status in ('open', 'won', 'lost'))
 );
 comment on table billing.plan_grants is 'Immutable in effect: each paid plan invoice, once, and the credits it granted (0 when its period was over or a later one already granted).';
 alter table billing.plan_grants enable row level security;
@@ -331,6 +339,131 @@ $$;
 comment on function billing.sync_subscription(p_state jsonb) is 'Converges a plan on Stripe''s current subscription (status, period, plan, cancellation) and applies its invoice: paid → credits once, failed → an email. Safe in any order, any number of times.';
 revoke execute on function billing.sync_subscription(p_state jsonb) from public;
 grant execute on function billing.sync_subscription(p_state jsonb) to service_role;
+
+create or replace function billing.plan_grant_lots(p_grant billing.plan_grants) returns bigint[]
+language sql stable
+set search_path = ''
+as $$
+  -- The grant's lot and every lot its credits rolled into, period after period.
+  with recursive x as (
+    select l.id from billing.lots l where l.id = p_grant.lot_id
+    union all
+    select l.id from billing.lots l join x on l.moved_from = x.id
+  )
+  select coalesce(array_agg(x.id order by x.id), '{}') from x
+$$;
+comment on function billing.plan_grant_lots(p_grant billing.plan_grants) is 'Internal: the lots holding a plan grant''s credits (its own and its rollovers), for a refund or dispute to reach.';
+revoke execute on function billing.plan_grant_lots(p_grant billing.plan_grants) from public;
+
+create or replace function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric,
+  p_kind billing.transfer_kind, p_key text) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_lots bigint[] := billing.plan_grant_lots(p_grant);
+  v_account bigint := billing.ensure_user_account(p_user);
+  v_beyond numeric(38, 18);
+  v_forgive numeric(38, 18);
+begin
+  if p_amount <= 0 then
+    return;
+  end if;
+  perform 1 from billing.accounts a where a.id = v_account for update;
+  -- As for a package (take_back_purchase): the grant's own lots first, rollovers included; of
+  -- what they lack, what expired is forgiven (it left as breakage already), what was spent is
+  -- owed (other credits, then debt).
+  v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
+  if v_beyond > 0 then
+    v_forgive := least(v_beyond, coalesce((select sum(a.amount) from billing.lot_allocations a
+                                           where a.lot_id = any(v_lots) and a.kind = 'expiry'), 0) - p_grant.expiry_forgiven);
+    if v_forgive > 0 then
+      update billing.plan_grants g set expiry_forgiven = g.expiry_forgiven + v_forgive where g.invoice_id = p_grant.invoice_id;
+      p_amount := p_amount - v_forgive;
+    end if;
+  end if;
+  if p_amount > 0 then
+    perform billing.reverse_credits(p_user, p_amount, p_kind, p_key, p_grant.stripe_charge_id, p_grant.subscription_id::text,
+      jsonb_build_object('plan_id', p_grant.plan_id, 'invoice_id', p_grant.invoice_id), v_lots, v_account);
+  end if;
+  perform billing.fit_holds(v_account, jsonb_build_object('given_to', p_kind));
+end;
+$$;
+comment on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) is 'Internal: reverses p_amount of a plan grant''s credits, from its lots (rollovers included) first; what expired is forgiven, what was spent is owed.';
+revoke execute on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) from public;
+
+create or replace function billing.sync_plan_charge(p_state jsonb) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  g billing.plan_grants;
+  v_user uuid;
+  v_account bigint;
+  v_refunded integer := coalesce((p_state ->> 'amount_refunded')::integer, 0);
+  v_dispute text := case
+    when p_state ->> 'dispute_status' in ('won', 'warning_closed', 'prevented') then 'won'
+    when p_state ->> 'dispute_status' = 'lost' then 'lost'
+    when p_state ->> 'dispute_id' is not null then 'open' end;
+  v_target numeric(38, 18);
+  v_lots bigint[];
+  v_left numeric(38, 18);
+begin
+  select * into g from billing.plan_grants x where x.invoice_id = p_state ->> 'invoice_id' for update;
+  if not found then
+    return 'unknown_plan_invoice';  -- its invoice.paid has not arrived: that one will find this state
+  end if;
+  select s.user_id into v_user from billing.subscriptions s where s.id = g.subscription_id;
+  v_account := billing.ensure_user_account(v_user);
+  update billing.plan_grants x set stripe_charge_id = coalesce(x.stripe_charge_id, p_state ->> 'charge_id')
+  where x.invoice_id = g.invoice_id returning * into g;
+  -- Refunds: the cumulative amount, so the reversal converges on floor(credits × refunded / paid).
+  if v_refunded > g.amount_refunded_cents and g.amount_cents > 0 then
+    v_target := floor(g.credits * v_refunded / g.amount_cents);
+    perform billing.take_back_plan_credits(g, v_user, v_target - g.credits_reversed, 'refund_reversal',
+      'plan-refund:' || g.invoice_id || ':' || v_refunded);
+    perform billing.post_money('credit_refund', 'plan-refund:' || g.invoice_id || ':' || v_refunded, g.currency, null, null,
+      g.stripe_charge_id, jsonb_build_array(billing.money_entry('b2c_revenue', -(v_refunded - g.amount_refunded_cents)),
+        billing.money_entry('payers', v_refunded - g.amount_refunded_cents)));
+    update billing.plan_grants x set amount_refunded_cents = v_refunded, credits_reversed = greatest(v_target, x.credits_reversed)
+    where x.invoice_id = g.invoice_id returning * into g;
+  end if;
+  -- Disputes: open → what is left of the grant is frozen by a dispute hold (parking it in a hold
+  -- of one's own first frees nothing: those give way); won → released; lost → released and the
+  -- rest of the grant taken back.
+  if v_dispute is not null and coalesce(g.dispute_status, 'open') = 'open' then
+    v_lots := billing.plan_grant_lots(g);
+    perform 1 from billing.accounts a where a.id = v_account for update;
+    if v_dispute = 'open' then
+      perform billing.settle_account(v_account);
+      v_left := coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
+      if v_left > 0 then
+        perform billing.place_dispute_hold(v_account, v_left, p_state ->> 'dispute_id', 'dispute:' || (p_state ->> 'dispute_id'));
+      end if;
+    else
+      perform billing.release_hold(null, h.id) from billing.holds h
+      where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active';
+    end if;
+    update billing.lots l set frozen = (v_dispute = 'open') where l.id = any(v_lots) and l.frozen <> (v_dispute = 'open');
+    if v_dispute = 'lost' then
+      perform billing.take_back_plan_credits(g, v_user, g.credits - g.credits_reversed, 'dispute_reversal',
+        'plan-dispute:' || (p_state ->> 'dispute_id'));
+      perform billing.post_money('credit_dispute_lost', 'plan-dispute:' || g.invoice_id, g.currency, null, null,
+        p_state ->> 'dispute_id', jsonb_build_array(billing.money_entry('b2c_revenue', -(g.amount_cents - g.amount_refunded_cents)),
+          billing.money_entry('payers', g.amount_cents - g.amount_refunded_cents)))
+      where g.amount_cents > g.amount_refunded_cents;
+      update billing.plan_grants x set credits_reversed = x.credits where x.invoice_id = g.invoice_id;
+    end if;
+    update billing.plan_grants x set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute
+    where x.invoice_id = g.invoice_id;
+  end if;
+  return 'plan_charge_synced';
+end;
+$$;
+comment on function billing.sync_plan_charge(p_state jsonb) is 'Converges a plan invoice''s charge on Stripe: refunds take back floor(credits × refunded / paid), a dispute freezes what is left of the grant and a lost one takes the rest back, wherever the credits rolled.';
+revoke execute on function billing.sync_plan_charge(p_state jsonb) from public;
+grant execute on function billing.sync_plan_charge(p_state jsonb) to service_role;
 
 create or replace function billing.get_subscription(p_user uuid) returns jsonb
 language sql stable

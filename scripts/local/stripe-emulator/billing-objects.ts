@@ -315,3 +315,20 @@ export function portalSession(
     url: `${baseUrl}/_emulator/billing_portal/${id}`,
   };
 }
+
+export function invoicePayment(inv: Stripe.Invoice, paymentIntent: string): Stripe.InvoicePayment {
+  return {
+    id: newId('inpay'),
+    object: 'invoice_payment',
+    amount_paid: inv.amount_due,
+    amount_requested: inv.amount_due,
+    created: now(),
+    currency: inv.currency,
+    invoice: inv.id,
+    is_default: true,
+    livemode: false,
+    payment: { payment_intent: paymentIntent, type: 'payment_intent' },
+    status: 'paid',
+    status_transitions: { canceled_at: null, paid_at: now() },
+  };
+}

@@ -54,6 +54,8 @@ export const store = {
   subscriptions: new Map<string, Stripe.Subscription>(),
   invoices: new Map<string, Stripe.Invoice>(),
   portalSessions: new Map<string, Stripe.BillingPortal.Session>(),
+  /** How each invoice was paid (the way from a charge's payment intent back to its invoice). */
+  invoicePayments: new Map<string, Stripe.InvoicePayment>(),
   /** What a subscription-mode Checkout Session will subscribe to (its price and metadata). */
   sessionSubscriptions: new Map<string, { price: Stripe.Price; metadata: Record<string, string> }>(),
   events: [] as Stripe.Event[],

@@ -11,6 +11,7 @@ import {
   type Interval,
   invoice,
   type InvoiceInput,
+  invoicePayment,
   periodEnd,
   portalSession,
   price,
@@ -80,6 +81,8 @@ function collect(inv: Stripe.Invoice, sub: Stripe.Subscription, outcome: 'paid' 
   inv.amount_remaining = 0;
   inv.next_payment_attempt = null;
   inv.status_transitions.paid_at = now();
+  const payment = invoicePayment(inv, pi.id);
+  store.invoicePayments.set(payment.id, payment);
   return [chargeEvent('charge.succeeded', ch), invoiceEvent('invoice.paid', inv)];
 }
 
@@ -241,6 +244,14 @@ export const subscriptionRoutes = [
     )
       .reverse();
     return { object: 'list', data: data.slice(0, 100), has_more: data.length > 100, url: '/v1/invoices' };
+  }),
+  route('GET', '/v1/invoice_payments', ({ query }): Stripe.ApiList<Stripe.InvoicePayment> => {
+    const pi = query.get('payment[payment_intent]');
+    const inv = query.get('invoice');
+    const data = [...store.invoicePayments.values()].filter((p) =>
+      (!pi || p.payment.payment_intent === pi) && (!inv || p.invoice === inv)
+    ).reverse();
+    return { object: 'list', data: data.slice(0, 100), has_more: data.length > 100, url: '/v1/invoice_payments' };
   }),
   route('POST', '/v1/billing_portal/sessions', ({ body }) => {
     const customer = str(body.customer) ?? '';

@@ -79,3 +79,39 @@ export async function fetchSubscriptionState(ref: PlanRef): Promise<Subscription
     invoice: invoice ? invoiceState(invoice) : null,
   };
 }
+
+export type PlanChargeState = {
+  kind: 'plan_charge';
+  invoice_id: string;
+  charge_id: string;
+  amount_refunded: number;
+  dispute_id: string | null;
+  dispute_status: string | null;
+};
+
+/**
+ * A refund or dispute of a charge that paid a plan's invoice (found through Stripe's invoice
+ * payments), or null when the charge paid no invoice.
+ */
+export async function fetchPlanChargeState(chargeId: string): Promise<PlanChargeState | null> {
+  const client = stripe().client;
+  const charge = await stripeCall(() => client.charges.retrieve(chargeId));
+  const paymentIntent = idOf(charge.payment_intent);
+  if (!paymentIntent) return null;
+  const payments = await stripeCall(() =>
+    client.invoicePayments.list({ payment: { type: 'payment_intent', payment_intent: paymentIntent }, limit: 1 })
+  );
+  const invoice = idOf(payments.data[0]?.invoice);
+  if (!invoice) return null;
+  const dispute = charge.disputed
+    ? (await stripeCall(() => client.disputes.list({ charge: chargeId, limit: 1 }))).data[0] ?? null
+    : null;
+  return {
+    kind: 'plan_charge',
+    invoice_id: invoice,
+    charge_id: charge.id,
+    amount_refunded: charge.amount_refunded,
+    dispute_id: dispute?.id ?? null,
+    dispute_status: dispute?.status ?? null,
+  };
+}
