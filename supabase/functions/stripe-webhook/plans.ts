@@ -53,16 +53,19 @@ function invoiceState(inv: Stripe.Invoice): NonNullable<SubscriptionState['invoi
 export async function fetchSubscriptionState(ref: PlanRef): Promise<SubscriptionState | null> {
   const client = stripe().client;
   let invoice: Stripe.Invoice | null = null;
-  let subscriptionId: string | null;
+  let sub: Stripe.Subscription | null = null;
   if ('invoice' in ref) {
-    invoice = await stripeCall(() => client.invoices.retrieve(ref.invoice));
-    subscriptionId = idOf(invoice.parent?.subscription_details?.subscription);
+    // One round trip: the invoice with its subscription expanded.
+    invoice = await stripeCall(() =>
+      client.invoices.retrieve(ref.invoice, { expand: ['parent.subscription_details.subscription'] })
+    );
+    const expanded = invoice.parent?.subscription_details?.subscription;
+    sub = expanded && typeof expanded === 'object' ? expanded : null;
   } else {
-    subscriptionId = ref.subscription;
+    const id = ref.subscription;
+    sub = await stripeCall(() => client.subscriptions.retrieve(id));
   }
-  if (!subscriptionId) return null;
-  const id = subscriptionId;
-  const sub = await stripeCall(() => client.subscriptions.retrieve(id));
+  if (!sub) return null;
   const item = sub.items.data[0];
   if (!item || !sub.metadata?.subscription_id) return null; // not one of our plans
   return {
