@@ -152,6 +152,23 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
         (id) => post<CheckoutSession>('checkout/sessions', { ...req, client_temp_id: id }),
         req.client_temp_id,
       ),
+    /** The plans on sale (monthly or yearly, credits each period, rollover rule). */
+    plans: () => get<Page<Plan>>('checkout/plans'),
+    /** Opens a plan's hosted Checkout (mode=subscription); credits arrive with Stripe's invoice.paid. */
+    subscribe: (req: { plan_id: string; success_url?: string; cancel_url?: string }) =>
+      post<PlanCheckout>('checkout/subscriptions', req),
+    /** The caller's plan, or null. */
+    plan: () => get<PlanState | null>('checkout/subscription'),
+    /** Upgrade (the difference in credits now) or downgrade (from the next period). */
+    changePlan: (planId: string) =>
+      post<PlanState & { change: 'upgrade' | 'downgrade' }>('checkout/subscription/change', {
+        plan_id: planId,
+      }),
+    /** Cancels at the period's end; the credits last until then. */
+    cancelPlan: () => post<PlanState>('checkout/subscription/cancel', {}),
+    /** Stripe's customer portal (card, invoices, cancellation): redirect the browser to `url`. */
+    billingPortal: (returnUrl?: string) =>
+      post<{ url: string }>('checkout/portal', returnUrl ? { return_url: returnUrl } : {}),
     /** A purchase by id or Checkout Session id; asks Stripe when still pending. */
     purchase: (id: string) => get<PurchaseStatus>(`checkout/sessions/${encodeURIComponent(id)}`),
     balance: () => get<Balance>('credits/balance'),
@@ -254,3 +271,33 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
 
 export type BillingClient = ReturnType<typeof createBillingClient>;
 export const isBillingError = (e: unknown): e is BillingError => e instanceof BillingError;
+
+/** A plan on sale (GET /checkout/plans). */
+export interface Plan {
+  id: string;
+  name: string;
+  price_cents: number;
+  currency: string;
+  interval: 'month' | 'year';
+  credits: string;
+  rollover: { rule: 'none' | 'up_to_credits' | 'up_to_share'; limit: string | null };
+}
+/** A plan's Checkout (POST /checkout/subscriptions): open `url` in the browser. */
+export interface PlanCheckout {
+  subscription_id: string;
+  plan_id: string;
+  status: string;
+  session_id: string | null;
+  url: string | null;
+  expires_at: string | null;
+}
+/** The caller's plan (GET /checkout/subscription). */
+export interface PlanState {
+  subscription_id: string;
+  plan_id: string;
+  status: string;
+  current_period_start: string | null;
+  current_period_end: string | null;
+  cancel_at_period_end: boolean;
+  plan_credits_left: string;
+}

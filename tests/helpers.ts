@@ -183,7 +183,10 @@ export async function movedLotsOffProvenance(org: string | null = null): Promise
     select l.id::text from billing.lots l join billing.lots s on s.id = l.moved_from
     where (${org}::uuid is null or l.account_id in (select a.id from billing.accounts a where a.org_id = ${org}))
       and (l.purchase_id is distinct from s.purchase_id or l.category <> s.category or l.priority <> s.priority
-           or l.currency <> s.currency or l.expires_at is distinct from s.expires_at
+           or l.currency <> s.currency
+           -- A plan's rollover carries credits into the next period: a new expiry is its point.
+           or (l.expires_at is distinct from s.expires_at
+               and not exists (select 1 from billing.transfers t where t.id = l.grant_transfer_id and t.kind = 'plan_rollover'))
            or abs(l.cost_cents * s.amount - s.cost_cents * l.amount) > s.amount * 0.5e-18)`;
   return rows.map((r) => r.id);
 }

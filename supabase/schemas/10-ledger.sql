@@ -41,7 +41,9 @@ create type billing.transfer_kind as enum (
   'dispute_reversal',  -- credits taken back after a lost dispute
   'expiry',            -- credits that expired
   'allowance',         -- a wallet funds a member's allowance
-  'allowance_sweep'    -- an allowance's rest returns to the wallet at the term's end
+  'allowance_sweep',   -- an allowance's rest returns to the wallet at the term's end
+  'plan_grant',        -- a plan's included credits for a period (56-plans.sql)
+  'plan_rollover'      -- plan credits carried into the next period (out of the old lot, into a new one)
 );
 comment on type billing.transfer_kind is 'Why money moved. Every transfer has exactly one.';
 

@@ -74,6 +74,8 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
     '/admin/ops': { kind: 'object', path: '/admin/ops', token: f.admin },
     '/admin/reports/daily': { kind: 'object', path: `/admin/reports/daily?date=${today}`, token: f.admin },
     '/checkout/packages': { kind: 'whole', path: '/checkout/packages', token: f.token },
+    '/checkout/plans': { kind: 'whole', path: '/checkout/plans', token: f.token },
+    '/checkout/subscription': { kind: 'object', path: '/checkout/subscription', token: f.token },
     '/checkout/sessions/:id': { kind: 'object', path: `/checkout/sessions/${f.purchase.purchase_id}`, token: f.token },
     '/credits/alerts': { kind: 'object', path: '/credits/alerts', token: f.token },
     '/credits/auto-recharge': { kind: 'object', path: '/credits/auto-recharge', token: f.token },

@@ -6,10 +6,12 @@ import { invalid, missing, route, StripeApiError } from './http.ts';
 import { checkDestination, settleDestinationCharge } from './connect.ts';
 import { balanceTransaction, charge, checkoutSession, paymentIntent } from './objects.ts';
 import { saveCard } from './off-session.ts';
+import { prepareSubscription, startSubscription } from './subscriptions.ts';
 import { config, newId, now, store } from './state.ts';
 
 function createSession(body: FormObject): Stripe.Checkout.Session {
-  if (body.mode !== 'payment') throw invalid('Only mode=payment is emulated.', 'mode');
+  if (body.mode === 'subscription') return createSubscriptionSession(body);
+  if (body.mode !== 'payment') throw invalid('Only mode=payment and mode=subscription are emulated.', 'mode');
   const items = Array.isArray(body.line_items) ? body.line_items.map(obj) : [];
   if (items.length === 0) throw invalid('line_items is required.', 'line_items');
   let amount = 0;
@@ -52,6 +54,26 @@ function createSession(body: FormObject): Stripe.Checkout.Session {
   return session;
 }
 
+function createSubscriptionSession(body: FormObject): Stripe.Checkout.Session {
+  const prepared = prepareSubscription(body);
+  const session = checkoutSession({
+    amount: prepared.price.unit_amount ?? 0,
+    currency: prepared.price.currency,
+    name: prepared.name,
+    clientReferenceId: str(body.client_reference_id),
+    metadata: Object.fromEntries(Object.entries(obj(body.metadata)).map(([k, v]) => [k, String(v)])),
+    successUrl: str(body.success_url),
+    cancelUrl: str(body.cancel_url),
+    customerEmail: str(body.customer_email),
+    expiresAt: Number(str(body.expires_at) ?? now() + 24 * 3600),
+    baseUrl: `http://127.0.0.1:${config.port}`,
+    mode: 'subscription',
+  });
+  store.sessions.set(session.id, session);
+  store.sessionSubscriptions.set(session.id, { price: prepared.price, metadata: prepared.metadata });
+  return session;
+}
+
 function getSession(id: string): Stripe.Checkout.Session {
   const s = store.sessions.get(id);
   if (!s) throw missing('checkout.session', id);
@@ -63,6 +85,9 @@ type Outcome = 'succeeded' | 'failed' | 'async_succeeded' | 'async_failed';
 /** Completes a session as a customer would, creating the payment intent, charge and fee. */
 function pay(session: Stripe.Checkout.Session, outcome: Outcome): Stripe.Event[] {
   if (session.status !== 'open') throw invalid(`The session is ${session.status}.`);
+  if (session.mode === 'subscription' && outcome === 'succeeded') {
+    return [...startSubscription(session), sessionEvent('checkout.session.completed', session)];
+  }
   const intended = store.sessionPayments.get(session.id);
   const pi = paymentIntent(session);
   if (intended && Object.keys(intended.metadata).length) pi.metadata = { ...intended.metadata };

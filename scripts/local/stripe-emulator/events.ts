@@ -58,6 +58,16 @@ export const applicationFeeEvent = (
   fee: Stripe.ApplicationFee,
 ): Stripe.Event => ({ ...base(), type, data: { object: snapshot(fee) } });
 
+export const subscriptionEvent = (
+  type: 'customer.subscription.created' | 'customer.subscription.updated' | 'customer.subscription.deleted',
+  sub: Stripe.Subscription,
+): Stripe.Event => ({ ...base(), type, data: { object: snapshot(sub) } });
+
+export const invoiceEvent = (
+  type: 'invoice.paid' | 'invoice.payment_failed' | 'invoice.voided',
+  inv: Stripe.Invoice,
+): Stripe.Event => ({ ...base(), type, data: { object: snapshot(inv) } });
+
 /** Connect events happen on a connected account and say which one in `account`. */
 export const accountEvent = (account: Stripe.Account): Stripe.Event => ({
   ...base(),

@@ -12,6 +12,9 @@ const byPrefix: [string, Map<string, unknown>][] = [
   ['fee_', store.applicationFees],
   ['tr_', store.transfers],
   ['acct_', store.accounts],
+  ['sub_', store.subscriptions],
+  ['in_', store.invoices],
+  ['price_', store.prices],
 ];
 
 const lookup = (id: string) => byPrefix.find(([p]) => id.startsWith(p))?.[1].get(id);

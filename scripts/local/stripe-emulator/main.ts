@@ -8,6 +8,7 @@ import { checkoutRoutes } from './checkout.ts';
 import { connectRoutes } from './connect.ts';
 import { createDefaultEndpoints, endpointRoutes } from './endpoints.ts';
 import { offSessionRoutes } from './off-session.ts';
+import { subscriptionRoutes } from './subscriptions.ts';
 import { dispatch, missing, type Route, route } from './http.ts';
 import { config, store } from './state.ts';
 
@@ -35,6 +36,7 @@ const routes: Route[] = [
   ...connectRoutes,
   ...offSessionRoutes,
   ...endpointRoutes,
+  ...subscriptionRoutes,
 ];
 createDefaultEndpoints();
 

@@ -14,6 +14,8 @@ export interface SessionInput {
   customerEmail: string | null;
   expiresAt: number;
   baseUrl: string;
+  /** 'subscription': Checkout starts a subscription (subscriptions.ts) instead of one payment. */
+  mode?: 'payment' | 'subscription';
 }
 
 export function checkoutSession(input: SessionInput): Stripe.Checkout.Session {
@@ -54,7 +56,7 @@ export function checkoutSession(input: SessionInput): Stripe.Checkout.Session {
     locale: null,
     managed_payments: null,
     metadata: input.metadata,
-    mode: 'payment',
+    mode: input.mode ?? 'payment',
     origin_context: null,
     payment_intent: null,
     payment_link: null,

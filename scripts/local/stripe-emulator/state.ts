@@ -49,6 +49,15 @@ export const store = {
   offSessionOutcomes: new Map<string, OffSessionOutcome>(),
   /** What a Checkout Session's `payment_intent_data` asked for (Stripe keeps it off the session). */
   sessionPayments: new Map<string, SessionPayment>(),
+  /** Stripe Billing (subscriptions.ts): prices, subscriptions, invoices, portal sessions. */
+  prices: new Map<string, Stripe.Price>(),
+  subscriptions: new Map<string, Stripe.Subscription>(),
+  invoices: new Map<string, Stripe.Invoice>(),
+  portalSessions: new Map<string, Stripe.BillingPortal.Session>(),
+  /** How each invoice was paid (the way from a charge's payment intent back to its invoice). */
+  invoicePayments: new Map<string, Stripe.InvoicePayment>(),
+  /** What a subscription-mode Checkout Session will subscribe to (its price and metadata). */
+  sessionSubscriptions: new Map<string, { price: Stripe.Price; metadata: Record<string, string> }>(),
   events: [] as Stripe.Event[],
   webhookEndpoints: new Map<string, Endpoint>(),
 };

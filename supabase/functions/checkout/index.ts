@@ -15,8 +15,17 @@ import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import { clientAddress } from '../_shared/http/client-address.ts';
 import { readJson } from '../_shared/http/validate.ts';
 import { CreateSessionSchema } from '../_shared/contract/checkout.ts';
-import { CheckoutEnvSchema, PurchaseRefSchema, RefundSchema } from './schemas.ts';
+import {
+  CancelPlanSchema,
+  ChangePlanSchema,
+  CheckoutEnvSchema,
+  PortalSchema,
+  PurchaseRefSchema,
+  RefundSchema,
+  SubscribeSchema,
+} from './schemas.ts';
 import { createCheckout } from './sessions.ts';
+import { cancelPlan, changePlan, currentPlan, listPlans, planJson, portal, publicPlan, subscribe } from './plans.ts';
 
 const env = lazyEnv(CheckoutEnvSchema);
 reportAtStart(stripe); // a missing or wrong-mode key is logged at start and answered with 503
@@ -97,6 +106,31 @@ app.get('/sessions/:id', requireUser, async (c) => {
     amount_refunded_cents: p.amount_refunded_cents,
     paid_at: p.paid_at?.toISOString() ?? null,
   });
+});
+
+// Plans (checkout/plans.ts): credits come from invoice.paid only, never from these answers.
+app.get('/plans', requireUser, async (c) => ok(c, whole((await listPlans()).map(planJson))));
+
+app.post('/subscriptions', requireUser, async (c) => {
+  const body = await readJson(c, SubscribeSchema);
+  return idempotentExternal(c, 'checkout.subscriptions', body, (key) => subscribe(currentUser(c).id, body, key, env()));
+});
+
+app.get('/subscription', requireUser, async (c) => ok(c, publicPlan(await currentPlan(currentUser(c).id))));
+
+app.post('/subscription/change', requireUser, async (c) => {
+  const body = await readJson(c, ChangePlanSchema);
+  return idempotentExternal(c, 'checkout.plan_change', body, (key) => changePlan(currentUser(c).id, body.plan_id, key));
+});
+
+app.post('/subscription/cancel', requireUser, async (c) => {
+  const body = await readJson(c, CancelPlanSchema);
+  return idempotentExternal(c, 'checkout.plan_cancel', body, (key) => cancelPlan(currentUser(c).id, key));
+});
+
+app.post('/portal', requireUser, async (c) => {
+  const body = await readJson(c, PortalSchema);
+  return ok(c, await portal(currentUser(c).id, body.return_url, env()));
 });
 
 app.post('/refunds', requireAdmin, async (c) => {

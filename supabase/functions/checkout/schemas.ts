@@ -20,3 +20,15 @@ export type RefundRequest = z.infer<typeof RefundSchema>;
 
 /** What GET /checkout/sessions/:id looks up: our purchase id or Stripe's Checkout Session id. */
 export const PurchaseRefSchema = z.union([UuidSchema, pgText(253).regex(/^cs_[A-Za-z0-9_]{1,250}$/)]);
+
+const PlanIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a plan id');
+/** POST /checkout/subscriptions: a plan's Checkout (redirects on the allowlist, as for packages). */
+export const SubscribeSchema = z.strictObject({
+  plan_id: PlanIdSchema,
+  success_url: pgText(2000).pipe(z.url()).optional(),
+  cancel_url: pgText(2000).pipe(z.url()).optional(),
+});
+export type Subscribe = z.infer<typeof SubscribeSchema>;
+export const ChangePlanSchema = z.strictObject({ plan_id: PlanIdSchema });
+export const CancelPlanSchema = z.strictObject({});
+export const PortalSchema = z.strictObject({ return_url: pgText(2000).pipe(z.url()).optional() });

@@ -28,6 +28,7 @@ export const templates = [
   'credits_expiring',
   'balance_alert',
   'auto_recharge',
+  'plan_payment_failed',
   'org_invitation',
   'product_webhook',
   'alert',
@@ -112,6 +113,15 @@ export function render(template: Template, data: Payload): { subject: string; te
               data.pay_url ? `: ${data.pay_url}` : ''
             }, then turn auto-recharge back on there.`,
         };
+    case 'plan_payment_failed':
+      return {
+        subject: 'Your plan was not renewed: your card was not charged',
+        text: `We could not charge ${
+          cents(data.amount_cents, String(data.currency ?? 'usd'))
+        } for your ${data.plan_id} plan, so no credits were added for the new period. Update your card from the credits page${
+          data.pay_url ? `: ${data.pay_url}` : ''
+        } (Manage plan opens Stripe's secure portal); the renewal is retried once it is updated.`,
+      };
     case 'product_webhook':
       return { subject: String(data.type ?? 'billing event'), text: '' };
     case 'alert':

@@ -5,9 +5,10 @@
 import type Stripe from 'stripe';
 import type { PurchaseRef } from '../_shared/domain/purchases.ts';
 import { idOf } from '../_shared/adapters/stripe.ts';
+import type { PlanRef } from './plans.ts';
 
 /** Where an event's state lives: a Checkout payment, a Connect account, or a payout on one. */
-export type EventRef = PurchaseRef | { account: string } | { payout: string; account: string };
+export type EventRef = PurchaseRef | PlanRef | { account: string } | { payout: string; account: string };
 
 type Handler<T extends Stripe.Event.Type> = (event: Extract<Stripe.Event, { type: T }>) => EventRef | null;
 type Handlers = { [T in Stripe.Event.Type]?: Handler<T> };
@@ -40,6 +41,13 @@ export const platformHandlers = {
   // Provider payments are destination charges on the platform: their fees are platform events.
   'application_fee.created': chargeOf,
   'application_fee.refunded': chargeOf,
+  // Plans: credits from invoice.paid only; a failed renewal emails the student.
+  'customer.subscription.created': (e) => ({ subscription: e.data.object.id }),
+  'customer.subscription.updated': (e) => ({ subscription: e.data.object.id }),
+  'customer.subscription.deleted': (e) => ({ subscription: e.data.object.id }),
+  'invoice.paid': (e) => ({ invoice: e.data.object.id }),
+  'invoice.payment_failed': (e) => ({ invoice: e.data.object.id }),
+  'invoice.voided': (e) => ({ invoice: e.data.object.id }),
 } satisfies Handlers;
 
 /** Events on connected accounts (providers' Express accounts): the Connect endpoint's. */

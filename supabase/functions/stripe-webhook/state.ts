@@ -5,12 +5,20 @@ import { fetchAccountState, fetchPayoutState } from '../_shared/adapters/connect
 import { fetchPurchaseState } from '../_shared/domain/purchases.ts';
 import { isUuid } from '../_shared/values/query.ts';
 import type { EventRef } from './events.ts';
+import { fetchPlanChargeState, fetchSubscriptionState } from './plans.ts';
 
 /** The state SQL converges on (billing.process_stripe_event dispatches on its `kind`). */
 export function fetchState(ref: EventRef) {
   if ('payout' in ref) return fetchPayoutState(ref.payout, ref.account);
   if ('account' in ref) return fetchAccountState(ref.account);
+  if ('subscription' in ref || 'invoice' in ref) return fetchSubscriptionState(ref);
+  if ('charge' in ref) return fetchChargeState(ref.charge);
   return fetchPurchaseState(ref);
+}
+
+/** A refunded or disputed charge: a package purchase's, else a plan invoice's. */
+async function fetchChargeState(charge: string) {
+  return await fetchPurchaseState({ charge }) ?? await fetchPlanChargeState(charge);
 }
 
 /** The user whose payment failed (from our own metadata on the intent or session), if any. */

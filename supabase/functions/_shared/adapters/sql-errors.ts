@@ -74,6 +74,11 @@ const sqlErrors: Record<
   LEDGER_IMMUTABLE: { type: 'server', message: 'Ledger rows cannot be changed.', status: 500 },
   PACKAGE_NOT_FOUND: { type: 'not_found', message: 'No such credit package on sale.' },
   PURCHASE_NOT_FOUND: { type: 'not_found', message: 'No such purchase.' },
+  PLAN_NOT_FOUND: { type: 'not_found', message: 'No such plan on sale.' },
+  PLAN_ALREADY_ACTIVE: {
+    type: 'conflict',
+    message: 'You already have a plan: change it instead of subscribing again.',
+  },
   CHECKOUT_IN_PROGRESS: {
     type: 'conflict',
     message: 'A checkout for this package is being created; retry in a moment.',

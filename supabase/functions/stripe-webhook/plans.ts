@@ -1,0 +1,120 @@
+// A plan's state, re-fetched from Stripe: the subscription (status, current period, plan in
+// its metadata, cancellation) and, for an invoice event, the invoice (status, amount, reason,
+// the period its line is for, and the plan it billed: the subscription's metadata as it was
+// when the invoice was made). billing.sync_subscription converges on it.
+import type Stripe from 'stripe';
+import { idOf, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
+
+export type PlanRef = { subscription: string } | { invoice: string };
+
+export type SubscriptionState = {
+  kind: 'subscription';
+  subscription: {
+    id: string;
+    status: string;
+    customer: string | null;
+    cancel_at_period_end: boolean;
+    current_period_start: number;
+    current_period_end: number;
+    metadata: Record<string, string>;
+  };
+  invoice: {
+    id: string;
+    status: string | null;
+    billing_reason: string | null;
+    amount_paid: number;
+    amount_due: number;
+    currency: string;
+    attempted: boolean;
+    period_start: number;
+    period_end: number;
+    plan_id: string | null;
+  } | null;
+};
+
+function invoiceState(inv: Stripe.Invoice): NonNullable<SubscriptionState['invoice']> {
+  // The subscription line's period (the invoice's own period_* is the one billed before it).
+  const line = inv.lines.data.find((l) => l.parent?.type === 'subscription_item_details') ?? inv.lines.data[0];
+  return {
+    id: inv.id,
+    status: inv.status,
+    billing_reason: inv.billing_reason,
+    amount_paid: inv.amount_paid,
+    amount_due: inv.amount_due,
+    currency: inv.currency,
+    attempted: inv.attempted,
+    period_start: line?.period.start ?? inv.period_start,
+    period_end: line?.period.end ?? inv.period_end,
+    plan_id: inv.parent?.subscription_details?.metadata?.plan_id ?? null,
+  };
+}
+
+/** Stripe's current state of the plan behind a subscription or invoice event; null when not a plan's. */
+export async function fetchSubscriptionState(ref: PlanRef): Promise<SubscriptionState | null> {
+  const client = stripe().client;
+  let invoice: Stripe.Invoice | null = null;
+  let sub: Stripe.Subscription | null = null;
+  if ('invoice' in ref) {
+    // One round trip: the invoice with its subscription expanded.
+    invoice = await stripeCall(() =>
+      client.invoices.retrieve(ref.invoice, { expand: ['parent.subscription_details.subscription'] })
+    );
+    const expanded = invoice.parent?.subscription_details?.subscription;
+    sub = expanded && typeof expanded === 'object' ? expanded : null;
+  } else {
+    const id = ref.subscription;
+    sub = await stripeCall(() => client.subscriptions.retrieve(id));
+  }
+  if (!sub) return null;
+  const item = sub.items.data[0];
+  if (!item || !sub.metadata?.subscription_id) return null; // not one of our plans
+  return {
+    kind: 'subscription',
+    subscription: {
+      id: sub.id,
+      status: sub.status,
+      customer: idOf(sub.customer),
+      cancel_at_period_end: sub.cancel_at_period_end,
+      current_period_start: item.current_period_start,
+      current_period_end: item.current_period_end,
+      metadata: sub.metadata,
+    },
+    invoice: invoice ? invoiceState(invoice) : null,
+  };
+}
+
+export type PlanChargeState = {
+  kind: 'plan_charge';
+  invoice_id: string;
+  charge_id: string;
+  amount_refunded: number;
+  dispute_id: string | null;
+  dispute_status: string | null;
+};
+
+/**
+ * A refund or dispute of a charge that paid a plan's invoice (found through Stripe's invoice
+ * payments), or null when the charge paid no invoice.
+ */
+export async function fetchPlanChargeState(chargeId: string): Promise<PlanChargeState | null> {
+  const client = stripe().client;
+  const charge = await stripeCall(() => client.charges.retrieve(chargeId));
+  const paymentIntent = idOf(charge.payment_intent);
+  if (!paymentIntent) return null;
+  const payments = await stripeCall(() =>
+    client.invoicePayments.list({ payment: { type: 'payment_intent', payment_intent: paymentIntent }, limit: 1 })
+  );
+  const invoice = idOf(payments.data[0]?.invoice);
+  if (!invoice) return null;
+  const dispute = charge.disputed
+    ? (await stripeCall(() => client.disputes.list({ charge: chargeId, limit: 1 }))).data[0] ?? null
+    : null;
+  return {
+    kind: 'plan_charge',
+    invoice_id: invoice,
+    charge_id: charge.id,
+    amount_refunded: charge.amount_refunded,
+    dispute_id: dispute?.id ?? null,
+    dispute_status: dispute?.status ?? null,
+  };
+}

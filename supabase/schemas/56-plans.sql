@@ -1,0 +1,526 @@
+-- Plans: a monthly or yearly Stripe subscription that grants its included credits each period,
+-- as a paid lot (cost = the invoice's amount) expiring at the period's end and spent before
+-- package credits. Credits come from invoice.paid only, once per invoice (billing.plan_grants),
+-- whatever the order or number of deliveries; an invoice for a period that is over, or older
+-- than one already granted, grants nothing. At a renewal what is left of the ending period's
+-- plan credits, capped by the plan's rollover rule, moves into a lot of its own that expires
+-- at the new period's end (moved_from keeps the provenance); the rest expires as breakage. An
+-- upgrade's proration invoice grants the difference in credits for the current period; a
+-- downgrade takes effect at the next period (Stripe charges nothing back).
+
+-- ============================================================ tables
+
+create table billing.plans (
+  id text primary key,
+  name text not null,
+  stripe_price_id text,                           -- a Stripe Price to subscribe to; null: price_data from this row
+  price_cents integer not null,
+  currency text not null default 'usd',
+  billing_interval text not null,
+  credits numeric(38, 18) not null,               -- granted each period
+  rollover text not null default 'none',          -- none | up_to_credits | up_to_share
+  rollover_limit numeric(38, 18),                 -- credits (up_to_credits) or a share 0..1 of `credits` (up_to_share)
+  active boolean not null default true,
+  sort_order integer not null default 0,
+  constraint plans_interval check (billing_interval in ('month', 'year')),
+  constraint plans_price_positive check (price_cents > 0),
+  constraint plans_credits_positive check (credits > 0),
+  constraint plans_rollover check (
+    (rollover = 'none' and rollover_limit is null)
+    or (rollover = 'up_to_credits' and rollover_limit > 0)
+    or (rollover = 'up_to_share' and rollover_limit > 0 and rollover_limit <= 1))
+);
+comment on table billing.plans is 'The plan catalogue: price per interval, credits granted each period, and how many of them roll over.';
+alter table billing.plans enable row level security;
+grant select on table billing.plans to service_role;
+
+create table billing.subscriptions (
+  id uuid primary key default gen_random_uuid(),
+  user_id uuid not null references auth.users (id) on delete restrict,
+  plan_id text not null references billing.plans (id),
+  request_key text not null,
+  status text not null default 'incomplete',      -- Stripe's subscription status, as last fetched
+  stripe_session_id text unique,
+  session_url text,
+  session_expires_at timestamptz,
+  stripe_subscription_id text unique,
+  stripe_customer_id text,
+  current_period_start timestamptz,
+  current_period_end timestamptz,
+  cancel_at_period_end boolean not null default false,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint subscriptions_request unique (user_id, request_key),
+  constraint subscriptions_status check (status in ('incomplete', 'incomplete_expired', 'trialing', 'active', 'past_due',
+    'canceled', 'unpaid', 'paused'))
+);
+comment on table billing.subscriptions is 'A student''s plan: one Stripe subscription, its status and current period as Stripe last reported them.';
+comment on column billing.subscriptions.plan_id is 'The plan Stripe bills now (its metadata); a downgrade shows here at once and grants from the next period.';
+alter table billing.subscriptions enable row level security;
+grant select on table billing.subscriptions to authenticated;
+grant select on table billing.subscriptions to service_role;
+
+-- One live plan per student: a second Checkout for a plan is refused while one is under way.
+create unique index subscriptions_one_live on billing.subscriptions (user_id)
+  where status in ('active', 'past_due', 'trialing', 'unpaid', 'paused');
+
+create table billing.plan_grants (
+  invoice_id text primary key,                    -- Stripe's: one grant per invoice, ever
+  subscription_id uuid not null references billing.subscriptions (id),
+  plan_id text not null references billing.plans (id),
+  billing_reason text not null,
+  period_start timestamptz not null,
+  period_end timestamptz not null,                -- the period the credits are for
+  amount_cents integer not null,
+  currency text not null,
+  credits numeric(38, 18) not null default 0,     -- 0: paid for a period already over or superseded
+  lot_id bigint references billing.lots (id),
+  rolled_over numeric(38, 18) not null default 0, -- credits carried into this period from the one before
+  granted_at timestamptz not null default now(),
+  stripe_charge_id text,
+  amount_refunded_cents integer not null default 0,
+  credits_reversed numeric(38, 18) not null default 0,  -- taken back by refunds and a lost dispute
+  expiry_forgiven numeric(38, 18) not null default 0,   -- of those, what had expired already (not taken twice)
+  dispute_id text,
+  dispute_status text,
+  constraint plan_grants_credits check (credits >= 0 and rolled_over >= 0),
+  constraint plan_grants_refund_within check (amount_refunded_cents between 0 and amount_cents),
+  constraint plan_grants_dispute_status check (dispute_status is null or dispute_status in ('open', 'won', 'lost'))
+);
+comment on table billing.plan_grants is 'Immutable in effect: each paid plan invoice, once, and the credits it granted (0 when its period was over or a later one already granted).';
+alter table billing.plan_grants enable row level security;
+grant select on table billing.plan_grants to service_role;
+
+create index plan_grants_subscription on billing.plan_grants (subscription_id, period_end);
+
+create table billing.plan_lots (
+  lot_id bigint primary key references billing.lots (id),
+  subscription_id uuid not null references billing.subscriptions (id),
+  period_end timestamptz not null
+);
+comment on table billing.plan_lots is 'Every lot a plan put in an account (grants and rollovers), with the period it belongs to.';
+alter table billing.plan_lots enable row level security;
+grant select on table billing.plan_lots to service_role;
+
+create index plan_lots_subscription on billing.plan_lots (subscription_id, period_end);
+
+-- ============================================================ functions
+
+create or replace function billing.begin_subscription(p_user uuid, p_plan_id text, p_request_key text)
+returns billing.subscriptions
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_sub billing.subscriptions;
+begin
+  select * into v_sub from billing.subscriptions s where s.user_id = p_user and s.request_key = p_request_key;
+  if found then
+    if v_sub.plan_id <> p_plan_id then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'subscribe'));
+    end if;
+    return v_sub;
+  end if;
+  perform pg_advisory_xact_lock(hashtextextended('checkout:' || p_user::text, 0));
+  if not exists (select 1 from billing.plans p where p.id = p_plan_id and p.active) then
+    perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_plan_id));
+  end if;
+  if exists (select 1 from billing.subscriptions s where s.user_id = p_user
+             and s.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) then
+    perform billing.raise_error('PLAN_ALREADY_ACTIVE', '{}');
+  end if;
+  -- An open Checkout for the same plan is reused (two tabs, one session).
+  select * into v_sub from billing.subscriptions s
+  where s.user_id = p_user and s.plan_id = p_plan_id and s.status = 'incomplete' and s.stripe_subscription_id is null
+    and (s.session_expires_at > now() + interval '1 minute' or (s.stripe_session_id is null and s.created_at > now() - interval '2 minutes'))
+  order by s.created_at desc limit 1;
+  if found then
+    return v_sub;
+  end if;
+  insert into billing.subscriptions (user_id, plan_id, request_key) values (p_user, p_plan_id, p_request_key)
+  returning * into v_sub;
+  return v_sub;
+end;
+$$;
+comment on function billing.begin_subscription(p_user uuid, p_plan_id text, p_request_key text) is 'Starts subscribing a student to a plan (a pending subscription for Checkout), or returns the one this request key or an open Checkout for the plan already made. Refused while a plan is live.';
+revoke execute on function billing.begin_subscription(p_user uuid, p_plan_id text, p_request_key text) from public;
+grant execute on function billing.begin_subscription(p_user uuid, p_plan_id text, p_request_key text) to service_role;
+
+create or replace function billing.attach_subscription_session(p_id uuid, p_session_id text, p_url text, p_expires_at timestamptz)
+returns billing.subscriptions
+language sql
+security definer
+set search_path = ''
+as $$
+  update billing.subscriptions s
+  set stripe_session_id = p_session_id, session_url = p_url, session_expires_at = p_expires_at, updated_at = now()
+  where s.id = p_id and (s.stripe_session_id is null or s.stripe_session_id = p_session_id)
+  returning *
+$$;
+comment on function billing.attach_subscription_session(p_id uuid, p_session_id text, p_url text, p_expires_at timestamptz) is 'Records the Checkout Session made for a pending subscription.';
+revoke execute on function billing.attach_subscription_session(p_id uuid, p_session_id text, p_url text, p_expires_at timestamptz) from public;
+grant execute on function billing.attach_subscription_session(p_id uuid, p_session_id text, p_url text, p_expires_at timestamptz) to service_role;
+
+create or replace function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans,
+  p_period_end timestamptz, p_new_end timestamptz, p_key text) returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_cap numeric(38, 18) := case p_plan.rollover when 'up_to_credits' then p_plan.rollover_limit
+    when 'up_to_share' then floor(p_plan.credits * p_plan.rollover_limit) else 0 end;
+  v_left numeric(38, 18) := v_cap;
+  v_take numeric(38, 18);
+  v_total numeric(38, 18) := 0;
+  l record;
+  v_in bigint;
+begin
+  -- The ending period's plan lots (its grant and what rolled into it), soonest-spent first; only
+  -- what is open now rolls, and never a frozen (disputed) lot. Each part arrives as its own lot,
+  -- as a move does: same purchase, category, priority and cost basis, a new expiry.
+  for l in
+    select x.* from billing.plan_lots pl join billing.lots x on x.id = pl.lot_id
+    where pl.subscription_id = p_sub.id and pl.period_end = p_period_end and x.open and not x.frozen
+      and x.account_id = p_account_id
+    order by x.id
+  loop
+    exit when v_left <= 0;
+    v_take := least(l.remaining, v_left);
+    perform billing.post_user_transfer(null, -1, 'reverse', v_take, 'plan_rollover', 'plans', p_key || ':out:' || l.id,
+      p_sub.id::text, null, jsonb_build_object('lot_id', l.id::text), null, null,
+      jsonb_build_object('first', jsonb_build_array(l.id)), p_account_id);
+    v_in := (billing.post_user_transfer(null, 1, 'credit', v_take, 'plan_rollover', 'plans', p_key || ':in:' || l.id,
+      p_sub.id::text, null, jsonb_build_object('lot_id', l.id::text), null, null,
+      jsonb_build_object('category', l.category, 'cost_cents', l.cost_cents * v_take / l.amount, 'currency', l.currency,
+        'priority', l.priority, 'expires_at', p_new_end), p_account_id)).transfer_id;
+    update billing.lots x set moved_from = l.id where x.grant_transfer_id = v_in and x.moved_from is null
+    returning x.id into v_in;
+    insert into billing.plan_lots (lot_id, subscription_id, period_end) values (v_in, p_sub.id, p_new_end);
+    v_left := v_left - v_take;
+    v_total := v_total + v_take;
+  end loop;
+  -- The rest ends with its period (now, at the latest: the renewal says the period is over).
+  update billing.lots x set expires_at = least(x.expires_at, now())
+  from billing.plan_lots pl
+  where pl.lot_id = x.id and pl.subscription_id = p_sub.id and pl.period_end <= p_period_end and x.open;
+  perform billing.expire_due_lots(p_account_id);
+  return v_total;
+end;
+$$;
+comment on function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans, p_period_end timestamptz, p_new_end timestamptz, p_key text) is 'Internal: at a renewal, moves what the plan''s rollover rule allows of the ending period''s plan credits into lots expiring at the new period''s end; the rest expires now.';
+revoke execute on function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans, p_period_end timestamptz, p_new_end timestamptz, p_key text) from public;
+
+create or replace function billing.grant_plan_invoice(p_sub billing.subscriptions, p_invoice jsonb) returns text
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_plan billing.plans;
+  v_grant billing.plan_grants;
+  v_start timestamptz := to_timestamp((p_invoice ->> 'period_start')::bigint);
+  v_end timestamptz := to_timestamp((p_invoice ->> 'period_end')::bigint);
+  v_amount integer := (p_invoice ->> 'amount_paid')::integer;
+  v_reason text := p_invoice ->> 'billing_reason';
+  v_account bigint := billing.ensure_user_account(p_sub.user_id);
+  v_had numeric(38, 18);
+  v_credits numeric(38, 18) := 0;
+  v_prev timestamptz;
+  v_rolled numeric(38, 18) := 0;
+  v_lot bigint;
+begin
+  select * into v_plan from billing.plans p where p.id = coalesce(p_invoice ->> 'plan_id', p_sub.plan_id);
+  if not found then
+    perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_invoice ->> 'plan_id'));
+  end if;
+  if lower(p_invoice ->> 'currency') <> v_plan.currency
+     or (v_reason in ('subscription_create', 'subscription_cycle') and v_amount <> v_plan.price_cents) then
+    perform billing.raise_error('PAYMENT_AMOUNT_MISMATCH', jsonb_build_object('invoice', p_invoice ->> 'id',
+      'expected_cents', v_plan.price_cents, 'paid_cents', v_amount, 'currency', p_invoice ->> 'currency'));
+  end if;
+  -- Once per invoice, under the subscription's lock (the caller's): retries and replays stop here.
+  insert into billing.plan_grants (invoice_id, subscription_id, plan_id, billing_reason, period_start, period_end,
+                                   amount_cents, currency)
+  values (p_invoice ->> 'id', p_sub.id, v_plan.id, v_reason, v_start, v_end, v_amount, v_plan.currency)
+  on conflict (invoice_id) do nothing
+  returning * into v_grant;
+  if not found then
+    return 'plan_invoice_already_granted';
+  end if;
+  -- A period that is over, or older than one already granted (a late, reordered invoice), gets
+  -- nothing: its credits would expire at once or reopen a period the student has left.
+  if v_end <= now() or exists (select 1 from billing.plan_grants g where g.subscription_id = p_sub.id
+                               and g.period_end > v_end and g.credits > 0) then
+    return 'plan_invoice_stale';
+  end if;
+  -- What this period already got (the first invoice, or an earlier upgrade): only the difference.
+  select coalesce(sum(g.credits), 0) into v_had from billing.plan_grants g
+  where g.subscription_id = p_sub.id and g.period_end = v_end and g.invoice_id <> v_grant.invoice_id;
+  v_credits := greatest(v_plan.credits - v_had, 0);
+  if v_reason = 'subscription_cycle' then
+    select max(g.period_end) into v_prev from billing.plan_grants g
+    where g.subscription_id = p_sub.id and g.period_end < v_end and g.credits > 0;
+    if v_prev is not null then
+      v_rolled := billing.roll_over_plan_credits(p_sub, v_account, v_plan, v_prev, v_end, 'plan-rollover:' || v_grant.invoice_id);
+    end if;
+  end if;
+  if v_credits > 0 then
+    -- Paid credits whose cost is what this invoice charged: deferred revenue until spent or expired.
+    -- Spent before package credits (priority 5 < 20): they expire at the period's end.
+    perform billing.post_user_transfer(null, 1, 'credit', v_credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
+      p_sub.id::text, p_invoice ->> 'id', jsonb_build_object('plan_id', v_plan.id, 'subscription_id', p_sub.id), null, null,
+      jsonb_build_object('category', 'paid', 'cost_cents', v_amount, 'currency', v_plan.currency, 'priority', 5,
+        'expires_at', v_end), v_account);
+    select l.id into v_lot from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
+    where t.idempotency_key = 'plan:' || v_grant.invoice_id and t.kind = 'plan_grant';
+    insert into billing.plan_lots (lot_id, subscription_id, period_end) values (v_lot, p_sub.id, v_end);
+  end if;
+  update billing.plan_grants g set credits = v_credits, lot_id = v_lot, rolled_over = v_rolled
+  where g.invoice_id = v_grant.invoice_id;
+  perform billing.post_money('credit_purchase', 'plan-invoice:' || v_grant.invoice_id, v_plan.currency, null, null,
+    p_invoice ->> 'id', jsonb_build_array(billing.money_entry('payers', -v_amount), billing.money_entry('b2c_revenue', v_amount)))
+  where v_amount > 0;
+  return 'plan_credits_granted';
+end;
+$$;
+comment on function billing.grant_plan_invoice(p_sub billing.subscriptions, p_invoice jsonb) is 'Internal: grants a paid plan invoice''s credits once (the plan''s allowance for its period, less what the period already got), rolling the previous period over at a renewal.';
+revoke execute on function billing.grant_plan_invoice(p_sub billing.subscriptions, p_invoice jsonb) from public;
+
+create or replace function billing.sync_subscription(p_state jsonb) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_s jsonb := p_state -> 'subscription';
+  v_inv jsonb := p_state -> 'invoice';
+  v_sub billing.subscriptions;
+  v_outcome text := 'subscription_synced';
+begin
+  -- By Stripe's id, or (the first event about it) by ours, in the metadata we gave Checkout (only
+  -- we can set it). One statement: a concurrent first event, re-checked after the lock, still
+  -- finds the row by the Stripe id the other one recorded.
+  select * into v_sub from billing.subscriptions s
+  where s.stripe_subscription_id = v_s ->> 'id'
+     or (s.id::text = v_s -> 'metadata' ->> 'subscription_id' and s.user_id::text = v_s -> 'metadata' ->> 'user_id'
+         and s.stripe_subscription_id is null)
+  for update;
+  if not found then
+    return 'unknown_subscription';
+  end if;
+  update billing.subscriptions s
+  set stripe_subscription_id = v_s ->> 'id', stripe_customer_id = v_s ->> 'customer', status = v_s ->> 'status',
+      plan_id = coalesce((select p.id from billing.plans p where p.id = v_s -> 'metadata' ->> 'plan_id'), s.plan_id),
+      current_period_start = to_timestamp((v_s ->> 'current_period_start')::bigint),
+      current_period_end = to_timestamp((v_s ->> 'current_period_end')::bigint),
+      cancel_at_period_end = (v_s ->> 'cancel_at_period_end')::boolean, updated_at = now()
+  where s.id = v_sub.id
+  returning * into v_sub;
+  if v_inv is null then
+    return v_outcome;
+  end if;
+  if v_inv ->> 'status' = 'paid' then
+    v_outcome := billing.grant_plan_invoice(v_sub, v_inv);
+  elsif v_inv ->> 'status' = 'open' and (v_inv ->> 'attempted')::boolean then
+    -- A failed renewal grants nothing; the student is told to update their card (the link is
+    -- the billing page's, which opens Stripe's portal: a Stripe URL never goes in an email).
+    insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
+    values ('plan_payment_failed', v_sub.user_id, 'plan-payment-failed:' || (v_inv ->> 'id'), jsonb_build_object(
+      'plan_id', v_sub.plan_id, 'invoice_id', v_inv ->> 'id', 'amount_cents', (v_inv ->> 'amount_due')::integer,
+      'currency', v_inv ->> 'currency', 'period_end', billing.json_time(v_sub.current_period_end)))
+    on conflict (dedupe_key) do nothing;
+    v_outcome := 'plan_payment_failed';
+  else
+    v_outcome := 'plan_invoice_' || coalesce(v_inv ->> 'status', 'unknown');
+  end if;
+  return v_outcome;
+end;
+$$;
+comment on function billing.sync_subscription(p_state jsonb) is 'Converges a plan on Stripe''s current subscription (status, period, plan, cancellation) and applies its invoice: paid → credits once, failed → an email. Safe in any order, any number of times.';
+revoke execute on function billing.sync_subscription(p_state jsonb) from public;
+grant execute on function billing.sync_subscription(p_state jsonb) to service_role;
+
+create or replace function billing.plan_grant_lots(p_grant billing.plan_grants) returns bigint[]
+language sql stable
+set search_path = ''
+as $$
+  -- The grant's lot and every lot its credits rolled into, period after period.
+  with recursive x as (
+    select l.id from billing.lots l where l.id = p_grant.lot_id
+    union all
+    select l.id from billing.lots l join x on l.moved_from = x.id
+  )
+  select coalesce(array_agg(x.id order by x.id), '{}') from x
+$$;
+comment on function billing.plan_grant_lots(p_grant billing.plan_grants) is 'Internal: the lots holding a plan grant''s credits (its own and its rollovers), for a refund or dispute to reach.';
+revoke execute on function billing.plan_grant_lots(p_grant billing.plan_grants) from public;
+
+create or replace function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric,
+  p_kind billing.transfer_kind, p_key text) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_lots bigint[] := billing.plan_grant_lots(p_grant);
+  v_account bigint := billing.ensure_user_account(p_user);
+  v_beyond numeric(38, 18);
+  v_forgive numeric(38, 18);
+begin
+  if p_amount <= 0 then
+    return;
+  end if;
+  perform 1 from billing.accounts a where a.id = v_account for update;
+  -- As for a package (take_back_purchase): the grant's own lots first, rollovers included; of
+  -- what they lack, what expired is forgiven (it left as breakage already), what was spent is
+  -- owed (other credits, then debt).
+  v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
+  if v_beyond > 0 then
+    v_forgive := least(v_beyond, coalesce((select sum(a.amount) from billing.lot_allocations a
+                                           where a.lot_id = any(v_lots) and a.kind = 'expiry'), 0) - p_grant.expiry_forgiven);
+    if v_forgive > 0 then
+      update billing.plan_grants g set expiry_forgiven = g.expiry_forgiven + v_forgive where g.invoice_id = p_grant.invoice_id;
+      p_amount := p_amount - v_forgive;
+    end if;
+  end if;
+  if p_amount > 0 then
+    perform billing.reverse_credits(p_user, p_amount, p_kind, p_key, p_grant.stripe_charge_id, p_grant.subscription_id::text,
+      jsonb_build_object('plan_id', p_grant.plan_id, 'invoice_id', p_grant.invoice_id), v_lots, v_account);
+  end if;
+  perform billing.fit_holds(v_account, jsonb_build_object('given_to', p_kind));
+end;
+$$;
+comment on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) is 'Internal: reverses p_amount of a plan grant''s credits, from its lots (rollovers included) first; what expired is forgiven, what was spent is owed.';
+revoke execute on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) from public;
+
+create or replace function billing.sync_plan_charge(p_state jsonb) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  g billing.plan_grants;
+  v_user uuid;
+  v_account bigint;
+  v_refunded integer := coalesce((p_state ->> 'amount_refunded')::integer, 0);
+  v_dispute text := case
+    when p_state ->> 'dispute_status' in ('won', 'warning_closed', 'prevented') then 'won'
+    when p_state ->> 'dispute_status' = 'lost' then 'lost'
+    when p_state ->> 'dispute_id' is not null then 'open' end;
+  v_target numeric(38, 18);
+  v_lots bigint[];
+  v_left numeric(38, 18);
+begin
+  select * into g from billing.plan_grants x where x.invoice_id = p_state ->> 'invoice_id' for update;
+  if not found then
+    return 'unknown_plan_invoice';  -- its invoice.paid has not arrived: that one will find this state
+  end if;
+  select s.user_id into v_user from billing.subscriptions s where s.id = g.subscription_id;
+  v_account := billing.ensure_user_account(v_user);
+  update billing.plan_grants x set stripe_charge_id = coalesce(x.stripe_charge_id, p_state ->> 'charge_id')
+  where x.invoice_id = g.invoice_id returning * into g;
+  -- Refunds: the cumulative amount, so the reversal converges on floor(credits × refunded / paid).
+  if v_refunded > g.amount_refunded_cents and g.amount_cents > 0 then
+    v_target := floor(g.credits * v_refunded / g.amount_cents);
+    perform billing.take_back_plan_credits(g, v_user, v_target - g.credits_reversed, 'refund_reversal',
+      'plan-refund:' || g.invoice_id || ':' || v_refunded);
+    perform billing.post_money('credit_refund', 'plan-refund:' || g.invoice_id || ':' || v_refunded, g.currency, null, null,
+      g.stripe_charge_id, jsonb_build_array(billing.money_entry('b2c_revenue', -(v_refunded - g.amount_refunded_cents)),
+        billing.money_entry('payers', v_refunded - g.amount_refunded_cents)));
+    update billing.plan_grants x set amount_refunded_cents = v_refunded, credits_reversed = greatest(v_target, x.credits_reversed)
+    where x.invoice_id = g.invoice_id returning * into g;
+  end if;
+  -- Disputes: open → what is left of the grant is frozen by a dispute hold (parking it in a hold
+  -- of one's own first frees nothing: those give way); won → released; lost → released and the
+  -- rest of the grant taken back.
+  if v_dispute is not null and coalesce(g.dispute_status, 'open') = 'open' then
+    v_lots := billing.plan_grant_lots(g);
+    perform 1 from billing.accounts a where a.id = v_account for update;
+    if v_dispute = 'open' then
+      perform billing.settle_account(v_account);
+      v_left := coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
+      if v_left > 0 then
+        perform billing.place_dispute_hold(v_account, v_left, p_state ->> 'dispute_id', 'dispute:' || (p_state ->> 'dispute_id'));
+      end if;
+    else
+      perform billing.release_hold(null, h.id) from billing.holds h
+      where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active';
+    end if;
+    update billing.lots l set frozen = (v_dispute = 'open') where l.id = any(v_lots) and l.frozen <> (v_dispute = 'open');
+    if v_dispute = 'lost' then
+      perform billing.take_back_plan_credits(g, v_user, g.credits - g.credits_reversed, 'dispute_reversal',
+        'plan-dispute:' || (p_state ->> 'dispute_id'));
+      perform billing.post_money('credit_dispute_lost', 'plan-dispute:' || g.invoice_id, g.currency, null, null,
+        p_state ->> 'dispute_id', jsonb_build_array(billing.money_entry('b2c_revenue', -(g.amount_cents - g.amount_refunded_cents)),
+          billing.money_entry('payers', g.amount_cents - g.amount_refunded_cents)))
+      where g.amount_cents > g.amount_refunded_cents;
+      update billing.plan_grants x set credits_reversed = x.credits where x.invoice_id = g.invoice_id;
+    end if;
+    update billing.plan_grants x set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute
+    where x.invoice_id = g.invoice_id;
+  end if;
+  return 'plan_charge_synced';
+end;
+$$;
+comment on function billing.sync_plan_charge(p_state jsonb) is 'Converges a plan invoice''s charge on Stripe: refunds take back floor(credits × refunded / paid), a dispute freezes what is left of the grant and a lost one takes the rest back, wherever the credits rolled.';
+revoke execute on function billing.sync_plan_charge(p_state jsonb) from public;
+grant execute on function billing.sync_plan_charge(p_state jsonb) to service_role;
+
+create or replace function billing.get_subscription(p_user uuid) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select jsonb_build_object('subscription_id', s.id, 'plan_id', s.plan_id, 'status', s.status,
+    'current_period_start', billing.json_time(s.current_period_start), 'current_period_end', billing.json_time(s.current_period_end),
+    'cancel_at_period_end', s.cancel_at_period_end, 'stripe_subscription_id', s.stripe_subscription_id,
+    'stripe_customer_id', s.stripe_customer_id,
+    'plan_credits_left', trim_scale(coalesce((select sum(l.remaining) from billing.plan_lots pl join billing.lots l on l.id = pl.lot_id
+                                              where pl.subscription_id = s.id and l.open), 0))::text)
+  from billing.subscriptions s
+  where s.user_id = p_user and s.stripe_subscription_id is not null
+  order by (s.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) desc, s.created_at desc
+  limit 1
+$$;
+comment on function billing.get_subscription(p_user uuid) is 'The student''s plan: the live one, else the latest that reached Stripe; null when none.';
+revoke execute on function billing.get_subscription(p_user uuid) from public;
+grant execute on function billing.get_subscription(p_user uuid) to service_role;
+
+create or replace function billing.plan_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'subscribers', (select count(*) from billing.subscriptions s where s.status in ('active', 'past_due')),
+    -- Monthly recurring revenue: a yearly plan counts a twelfth of its price.
+    'mrr_cents', (select coalesce(round(sum(case p.billing_interval when 'year' then p.price_cents / 12.0 else p.price_cents end)), 0)
+                  from billing.subscriptions s join billing.plans p on p.id = s.plan_id where s.status in ('active', 'past_due')),
+    'churned', (select count(*) from billing.subscriptions s where s.status = 'canceled' and s.updated_at >= p_from and s.updated_at < p_to),
+    'credits_granted', (select trim_scale(coalesce(sum(g.credits), 0))::text from billing.plan_grants g
+                        where g.granted_at >= p_from and g.granted_at < p_to),
+    'credits_rolled_over', (select trim_scale(coalesce(sum(g.rolled_over), 0))::text from billing.plan_grants g
+                            where g.granted_at >= p_from and g.granted_at < p_to),
+    'credits_used', (select trim_scale(coalesce(sum(a.amount), 0))::text from billing.plan_lots pl
+                     join billing.lot_allocations a on a.lot_id = pl.lot_id
+                     where a.kind in ('usage', 'debit', 'hold_capture') and a.created_at >= p_from and a.created_at < p_to),
+    'credits_expired', (select trim_scale(coalesce(sum(a.amount), 0))::text from billing.plan_lots pl
+                        join billing.lot_allocations a on a.lot_id = pl.lot_id
+                        where a.kind = 'expiry' and a.created_at >= p_from and a.created_at < p_to))
+$$;
+comment on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) is 'Plans now (subscribers, MRR) and over [from, to): churn, and plan credits granted, used, expired and rolled over.';
+revoke execute on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) from public;
+grant execute on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) to service_role;
+
+-- ============================================================ policies
+
+create policy "Users can read their own subscriptions" on billing.subscriptions
+  for select to authenticated using (user_id = (select auth.uid()));
+
+-- ============================================================ reference rows
+
+insert into billing.accounts (code) values ('plans');
+
+insert into billing.plans (id, name, price_cents, currency, billing_interval, credits, rollover, rollover_limit, sort_order) values
+  ('basic_monthly', 'Basic', 999, 'usd', 'month', 10000, 'up_to_credits', 2000, 1),
+  ('pro_monthly', 'Pro', 2999, 'usd', 'month', 35000, 'up_to_share', 0.25, 2),
+  ('pro_yearly', 'Pro (yearly)', 29990, 'usd', 'year', 420000, 'none', null, 3);

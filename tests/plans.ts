@@ -1,0 +1,41 @@
+// Helpers for plan tests: subscribe through the real API and the emulator's hosted Checkout,
+// move a subscription through its periods with the emulator's test controls.
+import { api, testDb } from './helpers.ts';
+import { emulator, type SignedEvent, stripeApi } from './purchases.ts';
+
+export type Plan = { subscription_id: string; session_id: string; url: string; status: string };
+
+/** Starts a plan's Checkout (no payment yet). */
+export async function startPlan(token: string, planId: string, key = crypto.randomUUID()): Promise<Plan> {
+  const r = await api('/checkout/subscriptions', {
+    token,
+    headers: { 'idempotency-key': key },
+    body: { plan_id: planId },
+  });
+  if (r.status !== 201 && r.status !== 200) throw new Error(`subscribe failed: ${r.status} ${r.text}`);
+  return r.body.data as Plan;
+}
+
+/** Subscribes end to end (Checkout paid, webhooks delivered); returns the Stripe subscription id too. */
+export async function subscribeTo(token: string, planId: string) {
+  const plan = await startPlan(token, planId);
+  await emulator(`/_emulator/checkout/sessions/${plan.session_id}/pay`, { outcome: 'succeeded' });
+  const session = await stripeApi(`/v1/checkout/sessions/${plan.session_id}`);
+  return { ...plan, stripe_subscription: String(session.subscription) };
+}
+
+/** The period ends: the renewal invoice is paid or fails (events delivered unless told not to). */
+export function renew(sub: string, outcome: 'paid' | 'failed' = 'paid', deliver = true) {
+  return emulator(`/_emulator/subscriptions/${sub}/renew`, { outcome, deliver }) as Promise<
+    { invoice: string | null; events: SignedEvent[] }
+  >;
+}
+
+/** The plan lots of a user, oldest first: amount, remaining, whether rolled over. */
+export async function planLots(userId: string) {
+  return await testDb<{ id: string; amount: string; remaining: string; moved_from: string | null; expired: boolean }[]>`
+    select l.id::text, trim_scale(l.amount)::text as amount, trim_scale(l.remaining)::text as remaining,
+      l.moved_from::text, l.expires_at <= now() as expired
+    from billing.plan_lots pl join billing.lots l on l.id = pl.lot_id
+    join billing.accounts a on a.id = l.account_id where a.user_id = ${userId} order by l.id`;
+}
