@@ -1,8 +1,9 @@
 // The example student page: sign-in (Supabase Auth's password grant, or a pasted access token),
 // balance, packages (bought through hosted Checkout), the purchase polled after the redirect
 // back, recent ledger entries, spend controls, a metered AI job priced before it starts, with
-// progress and cancel, and the organisations that fund the student (orgs.ts). Everything goes
-// through the typed client over supabase-js.
+// progress and cancel, where the credits went and how long they last (usage.ts), and the
+// organisations that fund the student (orgs.ts). Everything goes through the typed client over
+// supabase-js.
 /// <reference lib="dom" />
 import { createClient, type SupabaseClient } from '@supabase/supabase-js';
 import {
@@ -18,6 +19,7 @@ import {
 import { jobPrice, type RateCard, roundedCredits } from './credits.ts';
 import { bonusText, got, packageName, studentMessage } from './messages.ts';
 import { invitationNotice, invitationToken, showOrgs } from './orgs.ts';
+import { showUsage } from './usage.ts';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const store = globalThis.sessionStorage;
@@ -419,6 +421,7 @@ const unavailable = {
   caps: () => $('cap-status').textContent = 'The limit could not be loaded.',
   recharge: () => $('recharge-status').textContent = 'Auto-recharge could not be loaded.',
   price: () => {},
+  usage: () => $('runway').textContent = 'Your usage could not be loaded.',
   orgs: () => {
     $('orgs').hidden = false;
     $('orgs').querySelector('.orgs-body')!.textContent = 'Organisations could not be loaded.';
@@ -436,6 +439,7 @@ async function loadAll(billing: BillingClient, supabase: SupabaseClient) {
     recharge: () => got(billing.autoRecharge()).then(renderAutoRecharge),
     price: () => wirePrice(supabase),
     orgs: () => showOrgs(billing, $('orgs'), fail),
+    usage: () => showUsage(billing, $('usage')),
   };
   const names = Object.keys(parts) as (keyof typeof parts)[];
   const results = await Promise.allSettled(names.map((name) => parts[name]()));

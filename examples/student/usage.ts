@@ -1,0 +1,65 @@
+// "Where your credits went": the last 30 days' charges as one bar a day (flex bars, so 30 of
+// them fit a phone's width), the models that cost most, and the runway in words. Bar heights
+// are worked out on scaled BigInts, like every other amount here: no credit passes a float.
+/// <reference lib="dom" />
+import type { BillingClient, Runway, UsageSummary } from '../../client/mod.ts';
+import { roundedCredits } from './credits.ts';
+import { got } from './messages.ts';
+
+/** An exact decimal string in millionths of a credit (finer digits do not change a bar). */
+const micros = (s: string) => {
+  const [whole, fraction = ''] = s.split('.');
+  return BigInt(whole + (fraction + '000000').slice(0, 6));
+};
+
+/** How tall `amount`'s bar is, in percent of the tallest (`max`), at least 2 when non-zero. */
+export function barPercent(amount: string, max: string): number {
+  const m = micros(max);
+  if (m === 0n || micros(amount) === 0n) return 0;
+  return Math.max(2, Number((micros(amount) * 100n) / m));
+}
+
+/** The runway in a student's words; null is "no pace" (nothing spent in the last 7 days). */
+export function runwayText(runway: Runway | null): string {
+  if (!runway) return 'You have not used credits in the last 7 days.';
+  if (runway.days === 0) return "At your last 7 days' pace your credits will not last a day.";
+  return `At your last 7 days' pace your credits last about ${runway.days} day${runway.days === 1 ? '' : 's'}.`;
+}
+
+const label = (day: string) =>
+  new Date(`${day}T00:00:00Z`).toLocaleDateString('en-GB', { day: 'numeric', month: 'short', timeZone: 'UTC' });
+
+/** Draws the summary into `section` (its #usage-chart, #usage-models and #runway). */
+export function renderUsage(section: HTMLElement, summary: UsageSummary) {
+  const find = (id: string) => section.querySelector<HTMLElement>(`#${id}`)!;
+  find('runway').textContent = runwayText(summary.runway);
+  const max = summary.buckets.reduce((m, b) => (micros(b.credits) > micros(m) ? b.credits : m), '0');
+  const chart = find('usage-chart');
+  chart.replaceChildren(...summary.buckets.map((b) => {
+    const bar = document.createElement('div');
+    bar.className = 'bar';
+    bar.style.height = `${barPercent(b.credits, max)}%`;
+    bar.title = `${label(b.start)}: ${roundedCredits(b.credits)} credits`;
+    return bar;
+  }));
+  chart.setAttribute(
+    'aria-label',
+    `Credits used per day, ${label(summary.from)} to today: ${roundedCredits(summary.totals.credits)} in all`,
+  );
+  const models = find('usage-models');
+  models.replaceChildren(
+    ...summary.models.slice(0, 5).map((m) => {
+      const li = document.createElement('li');
+      li.textContent = `${m.model}: ${roundedCredits(m.credits)} credits, ${m.requests} request${
+        m.requests === 1 ? '' : 's'
+      }`;
+      return li;
+    }),
+  );
+  if (summary.models.length === 0) models.innerHTML = '<li class="muted">Nothing used in the last 30 days.</li>';
+}
+
+/** Loads the last 30 days and draws them. */
+export async function showUsage(billing: BillingClient, section: HTMLElement) {
+  renderUsage(section, await got(billing.usageSummary()));
+}
