@@ -151,7 +151,7 @@ begin
     'balance', trim_scale(h.balance)::text, 'available', trim_scale(h.available)::text);
 end
 $$;
-comment on function billing.hold_json(h billing.hold_result) is 'A hold as the API returns it (contract.ts Hold).';
+comment on function billing.hold_json(h billing.hold_result) is 'A hold as the API returns it (Hold in _shared/contract/index.ts).';
 revoke execute on function billing.hold_json(h billing.hold_result) from public;
 
 create or replace function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text)
@@ -241,7 +241,7 @@ begin
     v_data := billing.perform_money_action(p_user, p_action, p_args,
       billing.scoped_key('http:' || p_user::text || ':' || p_action || ':', p_key));
   exception when sqlstate 'P0001' then
-    -- Tokens that mean our fault are 5xx (db.ts): not stored, so a retry runs again.
+    -- Tokens that mean our fault are 5xx (_shared/adapters/sql-errors.ts): not stored, so a retry runs again.
     if sqlerrm in ('LEDGER_IMMUTABLE', 'PAYMENT_AMOUNT_MISMATCH', 'MONEY_UNBALANCED') then
       raise;
     end if;
