@@ -202,6 +202,7 @@ NOTIFY_WEBHOOK_SECRET=$(local_secret notify-secret)
 ALERT_EMAIL=ops@scholarlink.invalid
 METRICS_TOKEN=$(local_secret metrics-token)
 INVITATION_TOKEN_SECRET=$(local_secret invitation-token-secret)
+CODE_SECRET=$(local_secret code-secret)
 LOCAL_AUTH_DIR=$LOCAL/auth
 EOF
   # Lines a developer may add to override the defaults above.

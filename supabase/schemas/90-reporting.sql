@@ -217,7 +217,10 @@ create or replace function billing.revenue_metrics(p_from timestamptz, p_to time
 language sql stable
 security definer
 set search_path = ''
-as $$ select billing.metrics_of(billing.metric_parts(p_from, p_to, true), p_from, p_to, true) $$;
+as $$
+  select billing.metrics_of(billing.metric_parts(p_from, p_to, true), p_from, p_to, true)
+    || jsonb_build_object('codes', billing.codes_report(p_from, p_to))
+$$;
 comment on function billing.revenue_metrics(p_from timestamp with time zone, p_to timestamp with time zone) is 'Every revenue, user, conversion, credit and webhook metric for [from, to): rolled-up days from revenue_rollup, the rest live.';
 revoke execute on function billing.revenue_metrics(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 grant execute on function billing.revenue_metrics(p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
@@ -226,7 +229,10 @@ create or replace function billing.revenue_metrics_live(p_from timestamptz, p_to
 language sql stable
 security definer
 set search_path = ''
-as $$ select billing.metrics_of(billing.metric_parts(p_from, p_to, false), p_from, p_to, false) $$;
+as $$
+  select billing.metrics_of(billing.metric_parts(p_from, p_to, false), p_from, p_to, false)
+    || jsonb_build_object('codes', billing.codes_report(p_from, p_to))
+$$;
 comment on function billing.revenue_metrics_live(p_from timestamp with time zone, p_to timestamp with time zone) is 'revenue_metrics computed from the raw rows only (slow on long ranges): a check on the roll-up.';
 revoke execute on function billing.revenue_metrics_live(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 grant execute on function billing.revenue_metrics_live(p_from timestamp with time zone, p_to timestamp with time zone) to service_role;

@@ -196,6 +196,16 @@ export interface PurchaseStatus {
   bonus_credits: Credits;
   amount_refunded_cents: number;
   paid_at: string | null;
+  /** A gift purchase only: its code (once paid) and whether it was redeemed. */
+  gift?: GiftStatus;
+}
+
+export interface GiftStatus {
+  code_id: string;
+  /** The code to give (null until the purchase is paid). */
+  code: string | null;
+  status: 'pending' | 'active' | 'redeemed' | 'void';
+  credits: Credits;
 }
 
 export type JobStatus = 'queued' | 'processing' | 'completed' | 'failed' | 'cancelled';

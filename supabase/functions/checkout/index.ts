@@ -17,6 +17,7 @@ import { readJson } from '../_shared/validate.ts';
 import { CreateSessionSchema } from '../_shared/contract/checkout.ts';
 import { CheckoutEnvSchema, PurchaseRefSchema, RefundSchema } from './schemas.ts';
 import { createCheckout } from './sessions.ts';
+import { giftOf } from './gifts.ts';
 
 const env = lazyEnv(CheckoutEnvSchema);
 reportAtStart(stripe); // a missing or wrong-mode key is logged at start and answered with 503
@@ -43,6 +44,7 @@ type PurchaseRow = {
   stripe_charge_id: string | null;
   amount_refunded_cents: number;
   paid_at: Date | null;
+  gift: boolean;
 };
 
 app.get('/packages', requireUser, async (c) => {
@@ -96,6 +98,7 @@ app.get('/sessions/:id', requireUser, async (c) => {
     bonus_credits: formatCredits(p.bonus_credits),
     amount_refunded_cents: p.amount_refunded_cents,
     paid_at: p.paid_at?.toISOString() ?? null,
+    ...(p.gift ? { gift: await giftOf(p.id) } : {}),
   });
 });
 
