@@ -206,6 +206,9 @@ begin
   if not found then
     select * into v_code from billing.codes c where c.purchase_id = p_purchase.id;
   end if;
+  -- The buyer's account exists from now on: a refund or dispute of the gift compares every lot's
+  -- account with it (take_back_purchase), and owes there what the redeemer spent.
+  perform billing.ensure_user_account(p_purchase.user_id);
   insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
   values ('gift_code', p_purchase.user_id, 'gift-code:' || v_code.id,
           jsonb_build_object('purchase_id', p_purchase.id, 'code_id', v_code.id))
@@ -1035,16 +1038,19 @@ comment on function billing.code_guess_limits() is 'Internal: failed code guesse
 comment on function billing.redeem_code(uuid,text,text) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption.';
 comment on function billing.record_code_attempt(uuid,jsonb,text) is 'Internal: audits a refused redemption (a hash prefix, never the code).';
 comment on function billing.codes_report(timestamp with time zone,timestamp with time zone) is 'Internal: promo credits granted and used, gift sales, sponsor funding in [from, to) (a part of revenue_metrics).';
-grant execute on function billing.revoke_sponsor_code(uuid,uuid,uuid) to service_role;
-grant execute on function billing.close_expired_sponsor_codes(integer) to service_role;
 grant execute on function billing.create_promo_code(uuid,text,jsonb,text) to service_role;
 grant execute on function billing.list_promo_codes(timestamp with time zone,integer) to service_role;
 grant execute on function billing.disable_promo_code(uuid) to service_role;
-grant execute on function billing.list_sponsor_codes(uuid,uuid) to service_role;
 grant execute on function billing.begin_gift_checkout(uuid,text,text,uuid,text) to service_role;
 grant execute on function billing.issue_sponsor_code(uuid,uuid,text,jsonb,text) to service_role;
+grant execute on function billing.list_sponsor_codes(uuid,uuid) to service_role;
+grant execute on function billing.revoke_sponsor_code(uuid,uuid,uuid) to service_role;
+grant execute on function billing.close_expired_sponsor_codes(integer) to service_role;
 
 -- Not written by migra: EXECUTE revoked from PUBLIC on every new function (the schema files' revokes).
+revoke execute on function billing.list_sponsor_codes(uuid,uuid) from public;
+revoke execute on function billing.revoke_sponsor_code(uuid,uuid,uuid) from public;
+revoke execute on function billing.close_expired_sponsor_codes(integer) from public;
 revoke execute on function billing.activate_gift_code(billing.purchases) from public;
 revoke execute on function billing.code_escrow_id(uuid) from public;
 revoke execute on function billing.code_guess_limits() from public;
@@ -1053,11 +1059,8 @@ revoke execute on function billing.codes_report(timestamp with time zone,timesta
 revoke execute on function billing.record_code_attempt(uuid,jsonb,text) from public;
 revoke execute on function billing.redeem_code(uuid,text,text) from public;
 revoke execute on function billing.return_sponsor_escrow(billing.codes,text) from public;
-revoke execute on function billing.revoke_sponsor_code(uuid,uuid,uuid) from public;
-revoke execute on function billing.close_expired_sponsor_codes(integer) from public;
 revoke execute on function billing.create_promo_code(uuid,text,jsonb,text) from public;
 revoke execute on function billing.list_promo_codes(timestamp with time zone,integer) from public;
 revoke execute on function billing.disable_promo_code(uuid) from public;
-revoke execute on function billing.list_sponsor_codes(uuid,uuid) from public;
 revoke execute on function billing.begin_gift_checkout(uuid,text,text,uuid,text) from public;
 revoke execute on function billing.issue_sponsor_code(uuid,uuid,text,jsonb,text) from public;

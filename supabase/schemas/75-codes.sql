@@ -276,6 +276,9 @@ begin
   if not found then
     select * into v_code from billing.codes c where c.purchase_id = p_purchase.id;
   end if;
+  -- The buyer's account exists from now on: a refund or dispute of the gift compares every lot's
+  -- account with it (take_back_purchase), and owes there what the redeemer spent.
+  perform billing.ensure_user_account(p_purchase.user_id);
   insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
   values ('gift_code', p_purchase.user_id, 'gift-code:' || v_code.id,
           jsonb_build_object('purchase_id', p_purchase.id, 'code_id', v_code.id))
