@@ -684,6 +684,182 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.metrics_of(p_parts billing.metric_part[], p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO ''
+ SET plan_cache_mode TO 'force_generic_plan'
+ SET jit TO 'off'
+ SET max_parallel_workers_per_gather TO '0'
+AS $function$
+begin
+  return (
+  with parts as (select p.* from unnest(p_parts) p),
+  stored as (select p.* from parts p where p.stored),
+  live as (select p.* from parts p where not p.stored),
+  lot_flows as (
+    select x.currency, x.category, x.kind, sum(x.credits) as credits, sum(x.cents) as cents
+    from parts p cross join lateral jsonb_to_recordset(p.lots) x(currency text, category text, kind text, credits numeric, cents numeric)
+    group by 1, 2, 3
+  ),
+  -- Paid credits: granted into deferred revenue, recognised when spent, breakage when they
+  -- expire, taken back by refunds and disputes. Promotional credits cost nothing: counted in credits.
+  lot_lines as (
+    select f.currency,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'granted'), 0)) as deferred_in,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('usage', 'debit', 'hold_capture')), 0)) as recognised,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'expiry'), 0)) as breakage,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('refund_reversal', 'dispute_reversal')), 0)) as reversed,
+      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'granted'), 0) as promo_granted,
+      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind in ('usage', 'debit', 'hold_capture')), 0) as promo_spent,
+      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'expiry'), 0) as promo_expired
+    from lot_flows f group by f.currency
+  ),
+  money as (
+    select x.kind, x.account, x.currency, sum(x.cents) as cents
+    from parts p cross join lateral jsonb_to_recordset(p.money) x(kind text, account text, currency text, cents bigint)
+    group by x.kind, x.account, x.currency
+  ),
+  lines as (
+    select currency,
+      coalesce(sum(cents) filter (where kind = 'credit_purchase' and account = 'b2c_revenue'), 0) as b2c_gmv,
+      coalesce(-sum(cents) filter (where kind = 'credit_refund' and account = 'b2c_revenue'), 0) as b2c_refunds,
+      coalesce(-sum(cents) filter (where kind = 'credit_dispute_lost' and account = 'b2c_revenue'), 0) as b2c_disputes_lost,
+      coalesce(sum(cents) filter (where kind = 'stripe_fee' and account = 'stripe_fees'), 0) as b2c_stripe_fees,
+      coalesce(-sum(cents) filter (where kind = 'provider_payment' and account = 'payers'), 0) as b2b_gmv,
+      coalesce(sum(cents) filter (where kind in ('provider_payment', 'fee_adjustment') and account = 'platform_fees'), 0) as b2b_fees,
+      coalesce(-sum(cents) filter (where kind = 'provider_refund' and account = 'platform_fees'), 0) as b2b_fee_refunds
+    from money group by currency
+  ),
+  -- Distinct users: the union of the stored days' bitmaps and the live pieces' ids.
+  users as (
+    select
+      billing.count_accounts(array(select s.active_bitmap from stored s),
+        array(select x from live l cross join lateral unnest(l.active_accounts) x)) as active,
+      billing.count_accounts(array(select s.paying_bitmap from stored s),
+        array(select x from live l cross join lateral unnest(l.paying_accounts) x)) as paying,
+      (select coalesce(sum(p.first_time_purchasers), 0) from parts p) as first_time
+  ),
+  checkouts as (
+    select coalesce(sum(p.checkouts_created), 0) as created, coalesce(sum(p.checkouts_paid), 0) as paid from parts p
+  ),
+  by_kind as (
+    select x.kind, x.model, sum(x.amount) as amount, sum(x.events) as events
+    from parts p cross join lateral jsonb_to_recordset(p.credits) x(kind text, model text, amount numeric, events bigint)
+    group by x.kind, x.model
+  ),
+  credits as (
+    select
+      coalesce(sum(k.amount) filter (where k.kind = 'purchase'), 0) as purchased,
+      coalesce(sum(k.amount) filter (where k.kind = 'promo_grant'), 0) as bonus,
+      coalesce(sum(k.amount) filter (where k.kind in ('usage', 'debit', 'hold_capture')), 0) as spent,
+      coalesce(sum(k.amount) filter (where k.kind in ('refund_reversal', 'dispute_reversal')), 0) as reversed
+    from by_kind k
+  ),
+  usage as (select k.model, k.amount as credits, k.events from by_kind k where k.kind = 'usage' and k.model is not null),
+  webhooks as (
+    select coalesce(sum(p.webhooks_received), 0) as received, coalesce(sum(p.webhooks_ok), 0) as ok from parts p
+  ),
+  -- The unspent liability at the end of the period (every user balance then): the running total
+  -- of the latest roll-up span ending by then (a whole day, or one read above), plus the user
+  -- entries after it: the live pieces from there on, and any gap before from.
+  carried as (
+    select c.covered_until as since, c.outstanding_credits from (
+      (select r.covered_until, r.outstanding_credits from billing.revenue_rollup r
+       where p_use_rollup and r.day < (p_to at time zone 'UTC')::date
+         and r.covered_until = (r.day + 1)::timestamp at time zone 'UTC' and r.covered_until <= p_to
+       order by r.day desc limit 1)
+      union all
+      select s.hi, s.outstanding_credits from stored s
+    ) c
+    order by c.covered_until desc limit 1
+  ),
+  outstanding as (
+    select coalesce(c.outstanding_credits, 0)
+      + coalesce((select sum(l.user_credit_change) from live l where l.lo >= coalesce(c.since, '-infinity')), 0)
+      + billing.user_credit_change(coalesce(c.since, '-infinity'), p_from) as credits
+    from (select 1) one left join carried c on true
+  )
+  select jsonb_build_object(
+    'from', p_from, 'to', p_to,
+    'by_currency', coalesce((select jsonb_agg(jsonb_build_object(
+        'currency', l.currency,
+        'b2c_credits', jsonb_build_object('gmv_cents', l.b2c_gmv, 'refunds_cents', l.b2c_refunds,
+          'disputes_lost_cents', l.b2c_disputes_lost, 'stripe_fees_cents', l.b2c_stripe_fees,
+          'net_revenue_cents', l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees),
+        'b2b_provider_fees', jsonb_build_object('gmv_cents', l.b2b_gmv, 'platform_fees_cents', l.b2b_fees,
+          'fee_refunds_cents', l.b2b_fee_refunds, 'net_revenue_cents', l.b2b_fees - l.b2b_fee_refunds,
+          'take_rate', case when l.b2b_gmv > 0 then round(l.b2b_fees::numeric / l.b2b_gmv, 6) end),
+        'gmv_cents', l.b2c_gmv + l.b2b_gmv,
+        'net_revenue_cents', l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees + l.b2b_fees - l.b2b_fee_refunds,
+        'take_rate', case when l.b2c_gmv + l.b2b_gmv > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost
+          - l.b2c_stripe_fees + l.b2b_fees - l.b2b_fee_refunds)::numeric / (l.b2c_gmv + l.b2b_gmv), 6) end,
+        'arpu_cents', case when u.active > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees
+          + l.b2b_fees - l.b2b_fee_refunds)::numeric / u.active, 2) end,
+        'arpu_paying_cents', case when u.paying > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost
+          - l.b2c_stripe_fees)::numeric / u.paying, 2) end
+      ) order by l.currency) from lines l, users u), '[]'::jsonb),
+    'users', (select jsonb_build_object('active', u.active, 'paying', u.paying, 'first_time_purchasers', u.first_time) from users u),
+    'conversion', (select jsonb_build_object('checkouts_created', c.created, 'checkouts_paid', c.paid,
+        'checkout_rate', case when c.created > 0 then round(c.paid::numeric / c.created, 6) end,
+        'first_purchase_rate', case when u.active > 0 then round(u.first_time::numeric / u.active, 6) end)
+      from checkouts c, users u),
+    'credits', (select jsonb_build_object('purchased', trim_scale(c.purchased)::text, 'bonus', trim_scale(c.bonus)::text,
+        'spent', trim_scale(c.spent)::text, 'reversed', trim_scale(c.reversed)::text,
+        'outstanding', (select trim_scale(o.credits)::text from outstanding o),
+        'usage_by_model', coalesce((select jsonb_agg(jsonb_build_object('model', x.model, 'credits', trim_scale(x.credits)::text,
+          'events', x.events) order by x.model) from usage x), '[]'::jsonb))
+      from credits c),
+    'credit_lots', coalesce((select jsonb_agg(jsonb_build_object('currency', x.currency,
+        'paid_granted_cents', x.deferred_in, 'recognised_revenue_cents', x.recognised, 'breakage_revenue_cents', x.breakage,
+        'paid_reversed_cents', x.reversed,
+        'promotional_credits', jsonb_build_object('granted', trim_scale(x.promo_granted)::text,
+          'spent', trim_scale(x.promo_spent)::text, 'expired', trim_scale(x.promo_expired)::text))
+      order by x.currency) from lot_lines x), '[]'::jsonb),
+    'webhooks', (select jsonb_build_object('received', w.received, 'processed', w.ok,
+        'success_rate', case when w.received > 0 then round(w.ok::numeric / w.received, 6) end) from webhooks w),
+    -- Read from the rows for every period: an organisation's purchases and spending are few.
+    'organisations', billing.org_revenue(p_from, p_to),
+    -- Promo, gift and sponsor codes, from their rows too (75-codes.sql): few, and indexed by time.
+    'codes', billing.codes_report(p_from, p_to)
+  ));
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.ops_metrics()
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+  select jsonb_build_object(
+    'webhook_events', (select coalesce(jsonb_agg(jsonb_build_object('type', type, 'status', status, 'count', n)), '[]')
+                       from (select type, status, count(*) n from billing.stripe_events group by type, status) e),
+    'webhook_signature_failures', coalesce((select value from billing.counters where name = 'stripe_webhook_signature_failures'), 0),
+    'webhook_failing', (select count(*) from billing.stripe_events where status = 'failed'),
+    'outbox', (select jsonb_build_object(
+                 'pending', count(*) filter (where status = 'pending'),
+                 'failed', count(*) filter (where status = 'failed'),
+                 'oldest_pending_seconds', coalesce(extract(epoch from now() - min(created_at) filter (where status = 'pending')), 0))
+               from billing.notification_outbox),
+    'platform_balances', (select coalesce(jsonb_object_agg(code, balance::text), '{}') from billing.platform_balances),
+    'user_balance_total', (select coalesce(sum(balance), 0)::text from billing.accounts where user_id is not null),
+    -- Organisation wallets and members' allowances: the rest of the unspent liability.
+    'org_balance_total', (select coalesce(sum(balance), 0)::text from billing.accounts where org_id is not null),
+    -- Gift and sponsor codes not yet redeemed: their escrow accounts (75-codes.sql).
+    'code_balance_total', (select coalesce(sum(balance), 0)::text from billing.accounts where code_id is not null),
+    'charges_last_hour', (select count(*) filter (where type in ('charge.succeeded', 'payment_intent.payment_failed'))
+                          from billing.stripe_events where api_created > now() - interval '1 hour'),
+    'charge_failures_last_hour', (select count(*) filter (where type = 'payment_intent.payment_failed')
+                                  from billing.stripe_events where api_created > now() - interval '1 hour'),
+    'open_alerts', (select count(*) from billing.alerts where status = 'open'),
+    'jobs', (select coalesce(jsonb_object_agg(status, n), '{}') from (select status, count(*) n from billing.jobs group by status) j)
+  )
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -730,28 +906,6 @@ begin
   from billing.holds x join billing.accounts a on a.id = x.account_id where x.id = h.hold_id;
   return case when v_org is null then billing.hold_json(h) else billing.as_seen_by(p_user, v_account, billing.hold_json(h)) end;
 end;
-$function$
-;
-
-CREATE OR REPLACE FUNCTION billing.revenue_metrics(p_from timestamp with time zone, p_to timestamp with time zone)
- RETURNS jsonb
- LANGUAGE sql
- STABLE SECURITY DEFINER
- SET search_path TO ''
-AS $function$
-  select billing.metrics_of(billing.metric_parts(p_from, p_to, true), p_from, p_to, true)
-    || jsonb_build_object('codes', billing.codes_report(p_from, p_to))
-$function$
-;
-
-CREATE OR REPLACE FUNCTION billing.revenue_metrics_live(p_from timestamp with time zone, p_to timestamp with time zone)
- RETURNS jsonb
- LANGUAGE sql
- STABLE SECURITY DEFINER
- SET search_path TO ''
-AS $function$
-  select billing.metrics_of(billing.metric_parts(p_from, p_to, false), p_from, p_to, false)
-    || jsonb_build_object('codes', billing.codes_report(p_from, p_to))
 $function$
 ;
 

@@ -217,10 +217,7 @@ create or replace function billing.revenue_metrics(p_from timestamptz, p_to time
 language sql stable
 security definer
 set search_path = ''
-as $$
-  select billing.metrics_of(billing.metric_parts(p_from, p_to, true), p_from, p_to, true)
-    || jsonb_build_object('codes', billing.codes_report(p_from, p_to))
-$$;
+as $$ select billing.metrics_of(billing.metric_parts(p_from, p_to, true), p_from, p_to, true) $$;
 comment on function billing.revenue_metrics(p_from timestamp with time zone, p_to timestamp with time zone) is 'Every revenue, user, conversion, credit and webhook metric for [from, to): rolled-up days from revenue_rollup, the rest live.';
 revoke execute on function billing.revenue_metrics(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 grant execute on function billing.revenue_metrics(p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
@@ -229,10 +226,7 @@ create or replace function billing.revenue_metrics_live(p_from timestamptz, p_to
 language sql stable
 security definer
 set search_path = ''
-as $$
-  select billing.metrics_of(billing.metric_parts(p_from, p_to, false), p_from, p_to, false)
-    || jsonb_build_object('codes', billing.codes_report(p_from, p_to))
-$$;
+as $$ select billing.metrics_of(billing.metric_parts(p_from, p_to, false), p_from, p_to, false) $$;
 comment on function billing.revenue_metrics_live(p_from timestamp with time zone, p_to timestamp with time zone) is 'revenue_metrics computed from the raw rows only (slow on long ranges): a check on the roll-up.';
 revoke execute on function billing.revenue_metrics_live(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 grant execute on function billing.revenue_metrics_live(p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
@@ -659,7 +653,9 @@ begin
     'webhooks', (select jsonb_build_object('received', w.received, 'processed', w.ok,
         'success_rate', case when w.received > 0 then round(w.ok::numeric / w.received, 6) end) from webhooks w),
     -- Read from the rows for every period: an organisation's purchases and spending are few.
-    'organisations', billing.org_revenue(p_from, p_to)
+    'organisations', billing.org_revenue(p_from, p_to),
+    -- Promo, gift and sponsor codes, from their rows too (75-codes.sql): few, and indexed by time.
+    'codes', billing.codes_report(p_from, p_to)
   ));
 end;
 $$;
