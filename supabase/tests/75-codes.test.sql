@@ -2,7 +2,7 @@
 -- same answer again, the failed-guess limits per user and per address, the audit, a sponsor
 -- code's escrow and who may redeem it, and what the API roles may read or call.
 begin;
-select plan(22);
+select plan(23);
 \ir helpers.psql
 
 insert into auth.users (id, email) values
@@ -39,6 +39,10 @@ select is(pg_temp.err($$select pg_temp.redeem('cccccccc-0000-4000-8000-000000000
 select throws_ok($$update billing.codes set redeemed_credits = 20 where code_hash = pg_temp.h('promo-a')$$, '23514', null,
   'the budget is a constraint too');
 
+select is(pg_temp.err($$select billing.create_promo_code('cccccccc-0000-4000-8000-000000000001', pg_temp.h('promo-late'),
+  jsonb_build_object('credits', '5', 'budget', '50', 'valid_until', now() + interval '10 days',
+                     'lot_expires_at', now() + interval '5 days'), 'k-late')$$), 'INVALID_CODE',
+  'a promo code whose credits would expire before it can be redeemed is refused');
 select billing.create_promo_code('cccccccc-0000-4000-8000-000000000001', pg_temp.h('promo-other'),
   '{"credits": "99", "max_redemptions": 1}', 'k-other');
 select billing.disable_promo_code((select id from billing.codes where code_hash = pg_temp.h('promo-other')));
