@@ -89,7 +89,7 @@ CREATE UNIQUE INDEX codes_purchase_id_key ON billing.codes USING btree (purchase
 
 CREATE UNIQUE INDEX codes_request ON billing.codes USING btree (created_by, request_key) WHERE (request_key IS NOT NULL);
 
-CREATE INDEX codes_window_closed ON billing.codes USING btree (valid_until) WHERE ((status = 'active'::text) AND (kind = 'sponsor'::text));
+CREATE INDEX codes_sponsor_open ON billing.codes USING btree (valid_until) WHERE ((status = 'active'::text) AND (kind = 'sponsor'::text));
 
 alter table "billing"."code_attempts" add constraint "code_attempts_pkey" PRIMARY KEY using index "code_attempts_pkey";
 
@@ -261,7 +261,9 @@ declare
   v_count integer := 0;
 begin
   for v_code in
-    select * from billing.codes c where c.kind = 'sponsor' and c.status = 'active' and c.valid_until <= now()
+    select * from billing.codes c where c.kind = 'sponsor' and c.status = 'active'
+      and (c.valid_until <= now()
+           or not exists (select 1 from billing.org_admins x where x.org_id = c.org_id and x.user_id = c.created_by))
     order by c.valid_until limit p_limit for update skip locked
   loop
     perform billing.return_sponsor_escrow(v_code, 'void');
@@ -422,6 +424,9 @@ begin
   if v_student is not null and not exists (select 1 from auth.users u where u.id = v_student) then
     perform billing.raise_error('USER_NOT_FOUND', '{}');
   end if;
+  if billing.is_org_admin(p_org, coalesce(v_student, (select u.id from auth.users u where lower(u.email) = v_email))) then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student, not an owner or admin'));
+  end if;
   insert into billing.codes (kind, code_hash, credits, max_redemptions, valid_until, org_id, for_user, for_email, note,
                              created_by, request_key)
   values ('sponsor', p_code_hash, (p_spec ->> 'credits')::numeric, 1,
@@ -534,6 +539,15 @@ begin
     perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'expired'));
   end if;
 
+  if v_code.kind = 'sponsor' then
+    -- A code speaks for its issuer only while they are an owner or admin (as an invitation does);
+    -- and it funds a student: an owner or admin spends their own credits, never the wallet's.
+    if not billing.is_org_admin(v_code.org_id, v_code.created_by) then
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'revoked'));
+    elsif billing.is_org_admin(v_code.org_id, p_user) then
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'for students only'));
+    end if;
+  end if;
   v_own := billing.ensure_user_account(p_user);
   if v_code.kind = 'promo' then
     v_amount := v_code.credits;
@@ -553,7 +567,8 @@ begin
     perform 1 from billing.accounts a where a.id in (v_own, billing.code_escrow_id(v_code.id)) order by a.id for update;
     v_escrow := billing.settle_account(billing.code_escrow_id(v_code.id));
     if v_escrow.held > 0 then
-      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'disputed'));
+      -- Not 'disputed': whoever redeems a gift need not learn that its buyer disputed the charge.
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'on hold'));
     elsif v_escrow.balance <= 0 then
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'refunded'));
     end if;
@@ -1151,6 +1166,81 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_wallet bigint := case when p_purchase.org_id is not null then billing.org_wallet_id(p_purchase.org_id) end;
+  v_buyer bigint := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p_purchase.user_id));
+  v_lots bigint[] := billing.purchase_lots(p_purchase.id, p_category);
+  v_beyond numeric(38, 18);
+  v_take numeric(38, 18);
+  v_forgive numeric(38, 18);
+  v_paid numeric(38, 18);
+  r record;
+begin
+  if p_amount <= 0 then
+    return;
+  end if;
+  -- Every account involved, in id order (as everywhere), before anything moves. A move of the
+  -- purchase's credits that committed while we waited (a gift redeemed, an allowance funded)
+  -- made lots we had not seen: lock their accounts too, until the list stands still.
+  loop
+    perform 1 from billing.accounts a
+    where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
+    order by a.id for update;
+    exit when v_lots = billing.purchase_lots(p_purchase.id, p_category);
+    v_lots := billing.purchase_lots(p_purchase.id, p_category);
+  end loop;
+  -- The buyer's own lots of the purchase come first; what is beyond them comes from the lots its
+  -- credits were moved into; the rest from the buyer (other credits, then debt).
+  v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l
+                                   where l.id = any(v_lots) and l.account_id = v_buyer), 0);
+  for r in
+    select l.account_id, coalesce(a.user_id, a.member_id) as owner, sum(l.remaining) as remaining
+    from billing.lots l join billing.accounts a on a.id = l.account_id
+    where l.id = any(v_lots) and l.open and l.account_id <> v_buyer
+    group by l.account_id, a.user_id, a.member_id order by l.account_id
+  loop
+    exit when v_beyond <= 0;
+    v_take := least(v_beyond, r.remaining);
+    perform billing.reverse_credits(r.owner, v_take, p_kind, p_key || ':' || r.account_id, p_reference, null,
+      billing.purchase_metadata(p_purchase), v_lots, r.account_id);
+    v_beyond := v_beyond - v_take;
+    p_amount := p_amount - v_take;
+  end loop;
+  -- What the purchase's lots lack (v_beyond) left them by expiry or by spending. Expired credits
+  -- already left the account as breakage: they are forgiven, not taken a second time from other
+  -- credits or as debt; only what was spent is owed. Expired before spent, so a refund ends the
+  -- same whether the expiry ran before it or after (a due lot not yet swept is taken back).
+  if v_beyond > 0 then
+    v_forgive := least(v_beyond, billing.purchase_expiry_unforgiven(p_purchase.id, p_category));
+    if v_forgive > 0 then
+      v_paid := case p_category when 'paid' then v_forgive when 'promotional' then 0
+                  else least(v_forgive, billing.purchase_expiry_unforgiven(p_purchase.id, 'paid')) end;
+      update billing.purchases x
+      set credits_expiry_forgiven = x.credits_expiry_forgiven + v_paid,
+          bonus_expiry_forgiven = x.bonus_expiry_forgiven + (v_forgive - v_paid)
+      where x.id = p_purchase.id;
+      p_amount := p_amount - v_forgive;
+    end if;
+  end if;
+  if p_amount > 0 then
+    perform billing.reverse_credits(case when v_wallet is null then p_purchase.user_id end, p_amount, p_kind, p_key,
+      p_reference, null, billing.purchase_metadata(p_purchase), v_lots, v_wallet);
+  end if;
+  -- Credits taken back from under a hold: the hold gives way, as it does to expiry, so it never
+  -- reserves more than the account has (a job's capture would fail and run again unbilled).
+  perform billing.fit_holds(a.id, jsonb_build_object('given_to', p_kind))
+  from billing.accounts a
+  where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots))
+  order by a.id;
+end;
+$function$
+;
+
 grant select on table "billing"."code_attempts" to "service_role";
 
 grant select on table "billing"."code_redemptions" to "authenticated";
@@ -1187,24 +1277,21 @@ comment on function billing.issue_sponsor_code(uuid,uuid,text,jsonb,text) is 'An
 comment on function billing.list_sponsor_codes(uuid,uuid) is 'An owner or admin lists the organisation''s sponsor codes, newest first (the last 500).';
 comment on function billing.return_sponsor_escrow(billing.codes,text) is 'Internal: moves what a sponsor code''s escrow holds (and no dispute holds) back to the wallet; the code gets p_status.';
 comment on function billing.revoke_sponsor_code(uuid,uuid,uuid) is 'An owner or admin revokes an unredeemed sponsor code: its escrow returns to the wallet (again: the same answer; redeemed: CODE_NOT_REDEEMABLE).';
-comment on function billing.close_expired_sponsor_codes(integer) is 'pg_cron: sponsor codes past their window, unredeemed, give their escrow back to the wallet. Idempotent.';
+comment on function billing.close_expired_sponsor_codes(integer) is 'pg_cron: unredeemed sponsor codes past their window, or whose issuer is no longer an owner or admin, give their escrow back to the wallet. Idempotent.';
 comment on function billing.code_guess_limits() is 'Internal: failed code guesses allowed per rolling hour, per user and per client address.';
 comment on function billing.redeem_code(uuid,text,text) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption.';
 comment on function billing.record_code_attempt(uuid,jsonb,text) is 'Internal: audits a refused redemption (a hash prefix, never the code).';
 comment on function billing.codes_report(timestamp with time zone,timestamp with time zone) is 'Internal: promo credits granted and used, gift sales, sponsor funding in [from, to) (a part of revenue_metrics).';
-grant execute on function billing.create_promo_code(uuid,text,jsonb,text) to service_role;
-grant execute on function billing.list_promo_codes(timestamp with time zone,integer) to service_role;
-grant execute on function billing.disable_promo_code(uuid) to service_role;
+grant execute on function billing.close_expired_sponsor_codes(integer) to service_role;
 grant execute on function billing.begin_gift_checkout(uuid,text,text,uuid,text) to service_role;
+grant execute on function billing.create_promo_code(uuid,text,jsonb,text) to service_role;
+grant execute on function billing.disable_promo_code(uuid) to service_role;
+grant execute on function billing.list_promo_codes(timestamp with time zone,integer) to service_role;
 grant execute on function billing.issue_sponsor_code(uuid,uuid,text,jsonb,text) to service_role;
 grant execute on function billing.list_sponsor_codes(uuid,uuid) to service_role;
 grant execute on function billing.revoke_sponsor_code(uuid,uuid,uuid) to service_role;
-grant execute on function billing.close_expired_sponsor_codes(integer) to service_role;
 
 -- Not written by migra: EXECUTE revoked from PUBLIC on every new function (the schema files' revokes).
-revoke execute on function billing.list_sponsor_codes(uuid,uuid) from public;
-revoke execute on function billing.revoke_sponsor_code(uuid,uuid,uuid) from public;
-revoke execute on function billing.close_expired_sponsor_codes(integer) from public;
 revoke execute on function billing.activate_gift_code(billing.purchases) from public;
 revoke execute on function billing.code_escrow_id(uuid) from public;
 revoke execute on function billing.code_guess_limits() from public;
@@ -1213,8 +1300,11 @@ revoke execute on function billing.codes_report(timestamp with time zone,timesta
 revoke execute on function billing.record_code_attempt(uuid,jsonb,text) from public;
 revoke execute on function billing.redeem_code(uuid,text,text) from public;
 revoke execute on function billing.return_sponsor_escrow(billing.codes,text) from public;
-revoke execute on function billing.create_promo_code(uuid,text,jsonb,text) from public;
-revoke execute on function billing.list_promo_codes(timestamp with time zone,integer) from public;
-revoke execute on function billing.disable_promo_code(uuid) from public;
+revoke execute on function billing.close_expired_sponsor_codes(integer) from public;
 revoke execute on function billing.begin_gift_checkout(uuid,text,text,uuid,text) from public;
+revoke execute on function billing.create_promo_code(uuid,text,jsonb,text) from public;
+revoke execute on function billing.disable_promo_code(uuid) from public;
+revoke execute on function billing.list_promo_codes(timestamp with time zone,integer) from public;
 revoke execute on function billing.issue_sponsor_code(uuid,uuid,text,jsonb,text) from public;
+revoke execute on function billing.list_sponsor_codes(uuid,uuid) from public;
+revoke execute on function billing.revoke_sponsor_code(uuid,uuid,uuid) from public;

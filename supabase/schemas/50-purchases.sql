@@ -548,10 +548,16 @@ begin
   if p_amount <= 0 then
     return;
   end if;
-  -- Every account involved, in id order (as everywhere), before anything moves.
-  perform 1 from billing.accounts a
-  where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
-  order by a.id for update;
+  -- Every account involved, in id order (as everywhere), before anything moves. A move of the
+  -- purchase's credits that committed while we waited (a gift redeemed, an allowance funded)
+  -- made lots we had not seen: lock their accounts too, until the list stands still.
+  loop
+    perform 1 from billing.accounts a
+    where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
+    order by a.id for update;
+    exit when v_lots = billing.purchase_lots(p_purchase.id, p_category);
+    v_lots := billing.purchase_lots(p_purchase.id, p_category);
+  end loop;
   -- The buyer's own lots of the purchase come first; what is beyond them comes from the lots its
   -- credits were moved into; the rest from the buyer (other credits, then debt).
   v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l

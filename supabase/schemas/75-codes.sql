@@ -79,7 +79,7 @@ create index codes_org on billing.codes (org_id, created_at desc) where org_id i
 
 create index codes_kind_created on billing.codes (kind, created_at desc);
 
-create index codes_window_closed on billing.codes (valid_until) where status = 'active' and kind = 'sponsor';
+create index codes_sponsor_open on billing.codes (valid_until) where status = 'active' and kind = 'sponsor';
 
 create table billing.code_redemptions (
   code_id uuid not null references billing.codes (id),
@@ -312,6 +312,9 @@ begin
   if v_student is not null and not exists (select 1 from auth.users u where u.id = v_student) then
     perform billing.raise_error('USER_NOT_FOUND', '{}');
   end if;
+  if billing.is_org_admin(p_org, coalesce(v_student, (select u.id from auth.users u where lower(u.email) = v_email))) then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student, not an owner or admin'));
+  end if;
   insert into billing.codes (kind, code_hash, credits, max_redemptions, valid_until, org_id, for_user, for_email, note,
                              created_by, request_key)
   values ('sponsor', p_code_hash, (p_spec ->> 'credits')::numeric, 1,
@@ -406,7 +409,9 @@ declare
   v_count integer := 0;
 begin
   for v_code in
-    select * from billing.codes c where c.kind = 'sponsor' and c.status = 'active' and c.valid_until <= now()
+    select * from billing.codes c where c.kind = 'sponsor' and c.status = 'active'
+      and (c.valid_until <= now()
+           or not exists (select 1 from billing.org_admins x where x.org_id = c.org_id and x.user_id = c.created_by))
     order by c.valid_until limit p_limit for update skip locked
   loop
     perform billing.return_sponsor_escrow(v_code, 'void');
@@ -415,7 +420,7 @@ begin
   return v_count;
 end;
 $$;
-comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: sponsor codes past their window, unredeemed, give their escrow back to the wallet. Idempotent.';
+comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: unredeemed sponsor codes past their window, or whose issuer is no longer an owner or admin, give their escrow back to the wallet. Idempotent.';
 revoke execute on function billing.close_expired_sponsor_codes(p_limit integer) from public, anon, authenticated;
 grant execute on function billing.close_expired_sponsor_codes(p_limit integer) to service_role;
 
@@ -483,6 +488,15 @@ begin
     perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'expired'));
   end if;
 
+  if v_code.kind = 'sponsor' then
+    -- A code speaks for its issuer only while they are an owner or admin (as an invitation does);
+    -- and it funds a student: an owner or admin spends their own credits, never the wallet's.
+    if not billing.is_org_admin(v_code.org_id, v_code.created_by) then
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'revoked'));
+    elsif billing.is_org_admin(v_code.org_id, p_user) then
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'for students only'));
+    end if;
+  end if;
   v_own := billing.ensure_user_account(p_user);
   if v_code.kind = 'promo' then
     v_amount := v_code.credits;
@@ -502,7 +516,8 @@ begin
     perform 1 from billing.accounts a where a.id in (v_own, billing.code_escrow_id(v_code.id)) order by a.id for update;
     v_escrow := billing.settle_account(billing.code_escrow_id(v_code.id));
     if v_escrow.held > 0 then
-      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'disputed'));
+      -- Not 'disputed': whoever redeems a gift need not learn that its buyer disputed the charge.
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'on hold'));
     elsif v_escrow.balance <= 0 then
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'refunded'));
     end if;
