@@ -18,6 +18,8 @@ import type {
   CaptureRequest,
   CheckoutRequest,
   CheckoutSession,
+  Code,
+  CodeRedemption,
   CreateOrgRequest,
   CreditPackage,
   Hold,
@@ -49,6 +51,7 @@ import type {
   Page,
   PurchaseStatus,
   SpendCap,
+  SponsorCodeRequest,
   UpdateOrgRequest,
   UsageCharge,
   UsageRequest,
@@ -150,6 +153,14 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
         (id) => post<CheckoutSession>('checkout/sessions', { ...req, client_temp_id: id }),
         req.client_temp_id,
       ),
+    /**
+     * Buys a gift: a Checkout Session whose credits, once paid, wait behind a code for someone
+     * else (read it with `purchase(purchase_id).gift.code`; it is also emailed to the buyer).
+     */
+    buyGift: (req: Omit<CheckoutRequest, 'gift' | 'org_id' | 'save_card' | 'client_temp_id'>) =>
+      post<CheckoutSession>('checkout/sessions', { ...req, gift: true }),
+    /** Redeems a promo, gift or sponsor code; the same code again answers the first redemption. */
+    redeemCode: (code: string) => post<CodeRedemption>('credits/codes/redeem', { code }),
     /** A purchase by id or Checkout Session id; asks Stripe when still pending. */
     purchase: (id: string) => get<PurchaseStatus>(`checkout/sessions/${encodeURIComponent(id)}`),
     balance: () => get<Balance>('credits/balance'),
@@ -213,6 +224,12 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
      */
     orgUsage: <F extends 'json' | 'csv' = 'json'>(id: string, q: OrgUsageQuery & { format?: F } = {}) =>
       get<F extends 'csv' ? string : Page<OrgUsageRow>>(org(id, `/usage${query(q)}`)),
+    /** Sets credits aside for one student (by user id or email): the code is in this answer only. */
+    issueSponsorCode: (id: string, req: SponsorCodeRequest) => post<Code>(org(id, '/sponsor-codes'), req),
+    sponsorCodes: (id: string) => get<Page<Code>>(org(id, '/sponsor-codes')),
+    /** Revokes an unredeemed sponsor code: its credits return to the wallet. */
+    revokeSponsorCode: (id: string, codeId: string) =>
+      del<Code>(org(id, `/sponsor-codes/${encodeURIComponent(codeId)}`)),
     orgLedger: (id: string, page: { limit?: number; cursor?: string } = {}) =>
       get<Page<OrgLedgerEntry>>(org(id, `/ledger${query(page)}`)),
 

@@ -13,6 +13,7 @@ import type {
   UsageRequestSchema,
 } from './contract/credits.ts';
 import type { CreateJobSchema } from './contract/jobs.ts';
+import type { PromoCodeSchema, RedeemCodeSchema, SponsorCodeSchema } from './contract/codes.ts';
 import type {
   AllowanceSchema,
   CreateOrgSchema,
@@ -36,6 +37,47 @@ export type UpdateOrgRequest = z.input<typeof UpdateOrgSchema>;
 export type InviteRequest = z.input<typeof InviteSchema>;
 export type AllowanceRequest = z.input<typeof AllowanceSchema>;
 export type MemberCapRequest = z.input<typeof MemberCapSchema>;
+export type RedeemCodeRequest = z.input<typeof RedeemCodeSchema>;
+export type PromoCodeRequest = z.input<typeof PromoCodeSchema>;
+export type SponsorCodeRequest = z.input<typeof SponsorCodeSchema>;
+
+/** What POST /credits/codes/redeem answers (the same again for a repeat of the same code). */
+export interface CodeRedemption {
+  code_id: string;
+  kind: 'promo' | 'gift' | 'sponsor';
+  credits: Credits;
+  transfer_id: string;
+  /** When the granted credits expire (promo codes), else null. */
+  expires_at: string | null;
+  /** The sponsoring organisation (sponsor codes), else null. */
+  org_id: string | null;
+  balance: Credits;
+  available: Credits;
+  redeemed_at: string;
+}
+
+/** A promo or sponsor code as its creator sees it; `code` only in the answer that made it. */
+export interface Code {
+  id: string;
+  kind: 'promo' | 'gift' | 'sponsor';
+  status: 'pending' | 'active' | 'disabled' | 'redeemed' | 'revoked' | 'void' | 'expired';
+  credits: Credits;
+  budget: Credits | null;
+  max_redemptions: number | null;
+  redeemed_count: number;
+  redeemed_credits: Credits;
+  valid_from: string;
+  valid_until: string | null;
+  lot_expires_at: string | null;
+  lot_expires_after_days: number | null;
+  org_id: string | null;
+  for_user: string | null;
+  for_email: string | null;
+  note: string | null;
+  created_at: string;
+  code?: string | null;
+  wallet?: { balance: Credits; held: Credits; available: Credits };
+}
 export type OrgUsageQuery = Omit<z.input<typeof UsageQuerySchema>, 'format'>;
 
 /** Credit amounts are exact decimal strings, never JS numbers. */
