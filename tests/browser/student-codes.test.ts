@@ -1,11 +1,14 @@
 // Codes on the example student page, in Chromium against the local stack: a student buys a gift
 // through the emulator's hosted Checkout and is shown its code (their balance unchanged); a
 // friend redeems it on their own page and sees the credits arrive; a mistyped code says so in a
-// student's words. Both views are checked at desktop and phone width.
+// student's words. An organisation's owner sponsors a student by email from the organisation view,
+// is shown the code once, revokes another; the student redeems theirs. Each view is checked at
+// desktop and phone width.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
 import { browserTest, legibility } from '../browser.ts';
 import { env, functionsUrl, newUser, userToken } from '../helpers.ts';
+import { person, school } from '../orgs.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
 const apiBase = functionsUrl.replace(/\/functions\/v1$/, '');
@@ -52,4 +55,35 @@ browserTest('a student gives a gift through Checkout; a friend redeems its code 
   await friend.locator('#balance', { hasText: '9,990' }).waitFor();
   assert.match((await text(friend, '#ledger')) ?? '', /Code redeemed · \+9,990/);
   await assertLegible(friend, 'gift-redeemed');
+});
+
+browserTest('an owner sponsors a student from the organisation view; the student redeems the code', async (browser) => {
+  const owner = await person('owner');
+  const student = await person('student');
+  const org = await school(owner, [], 'allowance', '100');
+  const page = await browser.newPage();
+  await signIn(page, owner.token);
+  const view = page.locator(`[data-org="${org}"]`);
+  const sponsor = async (email: string, credits: string) => {
+    await view.locator('input[aria-label="student to sponsor"]').fill(email);
+    await view.locator('input[aria-label="credits to give"]').fill(credits);
+    await view.locator('button', { hasText: 'Sponsor' }).click();
+    const status = page.locator(`[data-org="${org}"] [data-testid="org-status"]`, { hasText: 'Code for' });
+    return (await status.textContent() ?? '').match(/[0-9A-Z]{5}(-[0-9A-Z]{5}){3}/)?.[0] ?? '';
+  };
+  const code = await sponsor(student.email, '30');
+  assert.ok(code, 'the code is shown once');
+  await sponsor('someone-else@school.test', '20');
+  await page.locator(`[data-org="${org}"] [data-testid="org-wallet"]`, { hasText: '50 credits' }).waitFor();
+  await page.locator(`[data-org="${org}"] [data-testid="org-sponsor-codes"] button`, { hasText: 'Revoke' }).first()
+    .click();
+  await page.locator(`[data-org="${org}"] [data-testid="org-status"]`, { hasText: 'Code revoked' }).waitFor();
+  await page.locator(`[data-org="${org}"] [data-testid="org-wallet"]`, { hasText: '70 credits' }).waitFor();
+  await assertLegible(page, 'org-sponsor');
+
+  const mine = await browser.newPage();
+  await signIn(mine, student.token);
+  await mine.locator('#code').fill(code);
+  await mine.locator('#redeem').click();
+  await mine.locator('#notice', { hasText: '30 credits from your organisation were added' }).waitFor();
 });
