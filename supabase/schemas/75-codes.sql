@@ -522,7 +522,9 @@ begin
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'refunded'));
     end if;
     v_amount := v_escrow.balance;
-    v_transfer := (billing.move_credits(v_escrow.id, v_own, v_amount, 'code_redemption', 'code:' || v_code.id, p_user,
+    -- member_id names the student an organisation funded (sponsor codes), as for allowances.
+    v_transfer := (billing.move_credits(v_escrow.id, v_own, v_amount, 'code_redemption', 'code:' || v_code.id,
+      case when v_code.kind = 'sponsor' then p_user end,
       jsonb_build_object('code_id', v_code.id, 'kind', v_code.kind, 'org_id', v_code.org_id))).id;
   end if;
 
