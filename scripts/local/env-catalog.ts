@@ -77,7 +77,7 @@ export const functions: Record<string, FunctionEnv> = {
     required: [...redis, ...stripe, 'CHECKOUT_SUCCESS_URL', 'CHECKOUT_CANCEL_URL', 'CODE_SECRET'],
     optional: ['FEATURE_B2C_CREDITS', 'CHECKOUT_REDIRECT_ORIGINS', ...stripeTuning, ...velocity],
   },
-  credits: { required: [...redis, 'CODE_SECRET'], optional: [] },
+  credits: { required: [...redis, 'CODE_SECRET'], optional: ['CODE_GUESSES_PER_ADDRESS_PER_HOUR'] },
   health: {
     // Readiness checks the Stripe configuration, and in live mode what live-config.ts refuses.
     required: [...stripe],

@@ -443,15 +443,18 @@ end;
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION billing.list_promo_codes(p_before timestamp with time zone, p_limit integer)
+CREATE OR REPLACE FUNCTION billing.list_promo_codes(p_after uuid, p_limit integer)
  RETURNS jsonb
  LANGUAGE sql
  STABLE SECURITY DEFINER
  SET search_path TO ''
 AS $function$
   select coalesce(jsonb_agg(billing.code_json(c) order by c.created_at desc, c.id desc), '[]')
-  from (select * from billing.codes x where x.kind = 'promo' and (p_before is null or x.created_at < p_before)
-        order by x.created_at desc, x.id desc limit least(greatest(p_limit, 1), 100)) c
+  from (select * from billing.codes x
+        where x.kind = 'promo'
+          and (p_after is null or (x.created_at, x.id) < (select a.created_at, a.id from billing.codes a
+                                                          where a.id = p_after and a.kind = 'promo'))
+        order by x.created_at desc, x.id desc limit least(greatest(p_limit, 1), 101)) c
 $function$
 ;
 
@@ -482,7 +485,7 @@ AS $function$
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text)
+CREATE OR REPLACE FUNCTION billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer DEFAULT NULL::integer)
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO ''
@@ -493,6 +496,7 @@ declare
   v_scope text;
   v_failed integer;
   v_oldest timestamptz;
+  v_limit integer;
   v_amount numeric(38, 18);
   v_escrow billing.accounts;
   v_own bigint;
@@ -502,12 +506,15 @@ declare
   v_answer jsonb;
 begin
   -- Guessing stops here, counted from the audit (no Redis needed), before any code is looked up.
+  -- Many people may share an address (a school's network): its limit is the deployment's choice.
   foreach v_scope in array array['user', 'address'] loop
     continue when v_scope = 'address' and p_address_hash is null;
     select count(*), min(x.created_at) into v_failed, v_oldest from billing.code_attempts x
     where x.outcome = 'CODE_NOT_FOUND' and x.created_at > now() - interval '1 hour'
       and case v_scope when 'user' then x.user_id = p_user else x.address_hash = p_address_hash end;
-    if v_failed >= (billing.code_guess_limits() ->> v_scope)::integer then
+    v_limit := coalesce(case v_scope when 'address' then p_address_limit end,
+                        (billing.code_guess_limits() ->> v_scope)::integer);
+    if v_failed >= v_limit then
       perform billing.raise_error('CODE_ATTEMPTS_LIMIT', jsonb_build_object('scope', v_scope, 'window', '1 hour',
         'retry_at', billing.json_time(v_oldest + interval '1 hour')));
     end if;
@@ -910,7 +917,8 @@ begin
   when 'credits.holds.release' then
     h := billing.release_hold(p_user, (p_args ->> 'hold_id')::uuid);
   when 'credits.codes.redeem' then
-    return billing.redeem_code(p_user, p_args ->> 'code_hash', p_args ->> 'address_hash');
+    return billing.redeem_code(p_user, p_args ->> 'code_hash', p_args ->> 'address_hash',
+      (p_args ->> 'address_limit')::integer);
   when 'credits.grants' then
     t := billing.grant_credits((p_args ->> 'user_id')::uuid, (p_args ->> 'amount')::numeric,
       (p_args ->> 'kind')::billing.transfer_kind, p_key, null, null,
@@ -1271,7 +1279,7 @@ comment on table billing.code_attempts is 'Every redemption attempt: who, from w
 comment on function billing.code_json(billing.codes) is 'Internal: a code as the API shows it to its creator.';
 comment on function billing.code_escrow_id(uuid) is 'Internal: the account holding a gift or sponsor code''s credits until it is redeemed.';
 comment on function billing.create_promo_code(uuid,text,jsonb,text) is 'An admin creates a promo code (p_spec: credits, budget, max_redemptions, valid_from, valid_until, lot_expires_at or lot_expires_after_days, note); the same p_key again answers the code it made.';
-comment on function billing.list_promo_codes(timestamp with time zone,integer) is 'Promo codes, newest first, with how much of each was redeemed (admins).';
+comment on function billing.list_promo_codes(uuid,integer) is 'Promo codes, newest first, with how much of each was redeemed (admins); p_after is the last code of the previous page.';
 comment on function billing.disable_promo_code(uuid) is 'An admin stops a promo code: later redemptions are CODE_NOT_REDEEMABLE; credits already granted stay.';
 comment on function billing.begin_gift_checkout(uuid,text,text,uuid,text) is 'A pending gift purchase and its pending code (p_code_hash: the SHA-256 of the code derived from p_code_id); the same request key again answers the same purchase.';
 comment on function billing.activate_gift_code(billing.purchases) is 'Internal: a paid gift''s code becomes redeemable and its email is queued (the id only: the sender derives the code); returns the escrow account the purchase credits.';
@@ -1281,14 +1289,14 @@ comment on function billing.return_sponsor_escrow(billing.codes,text) is 'Intern
 comment on function billing.revoke_sponsor_code(uuid,uuid,uuid) is 'An owner or admin revokes an unredeemed sponsor code: its escrow returns to the wallet (again: the same answer; redeemed: CODE_NOT_REDEEMABLE).';
 comment on function billing.close_expired_sponsor_codes(integer) is 'pg_cron: unredeemed sponsor codes past their window, or whose issuer is no longer an owner or admin, give their escrow back to the wallet. Idempotent.';
 comment on function billing.code_guess_limits() is 'Internal: failed code guesses allowed per rolling hour, per user and per client address.';
-comment on function billing.redeem_code(uuid,text,text) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption.';
+comment on function billing.redeem_code(uuid,text,text,integer) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption. p_address_limit: failed guesses an hour per address (default code_guess_limits()).';
 comment on function billing.record_code_attempt(uuid,jsonb,text) is 'Internal: audits a refused redemption (a hash prefix, never the code).';
 comment on function billing.codes_report(timestamp with time zone,timestamp with time zone) is 'Internal: promo credits granted and used, gift sales, sponsor funding in [from, to) (a part of revenue_metrics).';
 grant execute on function billing.close_expired_sponsor_codes(integer) to service_role;
 grant execute on function billing.begin_gift_checkout(uuid,text,text,uuid,text) to service_role;
 grant execute on function billing.create_promo_code(uuid,text,jsonb,text) to service_role;
 grant execute on function billing.disable_promo_code(uuid) to service_role;
-grant execute on function billing.list_promo_codes(timestamp with time zone,integer) to service_role;
+grant execute on function billing.list_promo_codes(uuid,integer) to service_role;
 grant execute on function billing.issue_sponsor_code(uuid,uuid,text,jsonb,text) to service_role;
 grant execute on function billing.list_sponsor_codes(uuid,uuid) to service_role;
 grant execute on function billing.revoke_sponsor_code(uuid,uuid,uuid) to service_role;
@@ -1300,13 +1308,13 @@ revoke execute on function billing.code_guess_limits() from public;
 revoke execute on function billing.code_json(billing.codes) from public;
 revoke execute on function billing.codes_report(timestamp with time zone,timestamp with time zone) from public;
 revoke execute on function billing.record_code_attempt(uuid,jsonb,text) from public;
-revoke execute on function billing.redeem_code(uuid,text,text) from public;
+revoke execute on function billing.redeem_code(uuid,text,text,integer) from public;
 revoke execute on function billing.return_sponsor_escrow(billing.codes,text) from public;
 revoke execute on function billing.close_expired_sponsor_codes(integer) from public;
 revoke execute on function billing.begin_gift_checkout(uuid,text,text,uuid,text) from public;
 revoke execute on function billing.create_promo_code(uuid,text,jsonb,text) from public;
 revoke execute on function billing.disable_promo_code(uuid) from public;
-revoke execute on function billing.list_promo_codes(timestamp with time zone,integer) from public;
+revoke execute on function billing.list_promo_codes(uuid,integer) from public;
 revoke execute on function billing.issue_sponsor_code(uuid,uuid,text,jsonb,text) from public;
 revoke execute on function billing.list_sponsor_codes(uuid,uuid) from public;
 revoke execute on function billing.revoke_sponsor_code(uuid,uuid,uuid) from public;

@@ -187,7 +187,8 @@ begin
   when 'credits.holds.release' then
     h := billing.release_hold(p_user, (p_args ->> 'hold_id')::uuid);
   when 'credits.codes.redeem' then
-    return billing.redeem_code(p_user, p_args ->> 'code_hash', p_args ->> 'address_hash');
+    return billing.redeem_code(p_user, p_args ->> 'code_hash', p_args ->> 'address_hash',
+      (p_args ->> 'address_limit')::integer);
   when 'credits.grants' then
     t := billing.grant_credits((p_args ->> 'user_id')::uuid, (p_args ->> 'amount')::numeric,
       (p_args ->> 'kind')::billing.transfer_kind, p_key, null, null,

@@ -194,18 +194,21 @@ comment on function billing.create_promo_code(p_admin uuid, p_code_hash text, p_
 revoke execute on function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) from public, anon, authenticated;
 grant execute on function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) to service_role;
 
-create or replace function billing.list_promo_codes(p_before timestamptz, p_limit integer) returns jsonb
+create or replace function billing.list_promo_codes(p_after uuid, p_limit integer) returns jsonb
 language sql stable
 security definer
 set search_path = ''
 as $$
   select coalesce(jsonb_agg(billing.code_json(c) order by c.created_at desc, c.id desc), '[]')
-  from (select * from billing.codes x where x.kind = 'promo' and (p_before is null or x.created_at < p_before)
-        order by x.created_at desc, x.id desc limit least(greatest(p_limit, 1), 100)) c
+  from (select * from billing.codes x
+        where x.kind = 'promo'
+          and (p_after is null or (x.created_at, x.id) < (select a.created_at, a.id from billing.codes a
+                                                          where a.id = p_after and a.kind = 'promo'))
+        order by x.created_at desc, x.id desc limit least(greatest(p_limit, 1), 101)) c
 $$;
-comment on function billing.list_promo_codes(p_before timestamptz, p_limit integer) is 'Promo codes, newest first, with how much of each was redeemed (admins).';
-revoke execute on function billing.list_promo_codes(p_before timestamptz, p_limit integer) from public, anon, authenticated;
-grant execute on function billing.list_promo_codes(p_before timestamptz, p_limit integer) to service_role;
+comment on function billing.list_promo_codes(p_after uuid, p_limit integer) is 'Promo codes, newest first, with how much of each was redeemed (admins); p_after is the last code of the previous page.';
+revoke execute on function billing.list_promo_codes(p_after uuid, p_limit integer) from public, anon, authenticated;
+grant execute on function billing.list_promo_codes(p_after uuid, p_limit integer) to service_role;
 
 create or replace function billing.disable_promo_code(p_id uuid) returns jsonb
 language plpgsql
@@ -432,7 +435,8 @@ as $$ select '{"user": 10, "address": 30}'::jsonb $$;
 comment on function billing.code_guess_limits() is 'Internal: failed code guesses allowed per rolling hour, per user and per client address.';
 revoke execute on function billing.code_guess_limits() from public;
 
-create or replace function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text) returns jsonb
+create or replace function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text,
+  p_address_limit integer default null) returns jsonb
 language plpgsql
 set search_path = ''
 as $$
@@ -442,6 +446,7 @@ declare
   v_scope text;
   v_failed integer;
   v_oldest timestamptz;
+  v_limit integer;
   v_amount numeric(38, 18);
   v_escrow billing.accounts;
   v_own bigint;
@@ -451,12 +456,15 @@ declare
   v_answer jsonb;
 begin
   -- Guessing stops here, counted from the audit (no Redis needed), before any code is looked up.
+  -- Many people may share an address (a school's network): its limit is the deployment's choice.
   foreach v_scope in array array['user', 'address'] loop
     continue when v_scope = 'address' and p_address_hash is null;
     select count(*), min(x.created_at) into v_failed, v_oldest from billing.code_attempts x
     where x.outcome = 'CODE_NOT_FOUND' and x.created_at > now() - interval '1 hour'
       and case v_scope when 'user' then x.user_id = p_user else x.address_hash = p_address_hash end;
-    if v_failed >= (billing.code_guess_limits() ->> v_scope)::integer then
+    v_limit := coalesce(case v_scope when 'address' then p_address_limit end,
+                        (billing.code_guess_limits() ->> v_scope)::integer);
+    if v_failed >= v_limit then
       perform billing.raise_error('CODE_ATTEMPTS_LIMIT', jsonb_build_object('scope', v_scope, 'window', '1 hour',
         'retry_at', billing.json_time(v_oldest + interval '1 hour')));
     end if;
@@ -543,8 +551,8 @@ begin
   return v_answer;
 end;
 $$;
-comment on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption.';
-revoke execute on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text) from public;
+comment on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption. p_address_limit: failed guesses an hour per address (default code_guess_limits()).';
+revoke execute on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer) from public;
 
 -- A refused redemption rolls its work back; run_money_request records the attempt after that.
 create or replace function billing.record_code_attempt(p_user uuid, p_args jsonb, p_outcome text) returns void

@@ -7,6 +7,7 @@ import { CodesQuerySchema, PromoCodeSchema } from '../_shared/contract/codes.ts'
 import { call } from '../_shared/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotencyKey } from '../_shared/idempotency.ts';
+import { pageOf } from '../_shared/page.ts';
 import { jsonText } from '../_shared/pg-values.ts';
 import { isUuid, readJson, readQuery } from '../_shared/validate.ts';
 
@@ -28,9 +29,9 @@ export async function createPromoCode(c: AppContext): Promise<Response> {
 export async function listPromoCodes(c: AppContext): Promise<Response> {
   const q = readQuery(c, CodesQuerySchema);
   const [{ r }] = await call((sql) =>
-    sql<{ r: Code[] }[]>`select billing.list_promo_codes(${q.before ?? null}, ${q.limit}) as r`
+    sql<{ r: Code[] }[]>`select billing.list_promo_codes(${q.cursor ?? null}, ${q.limit + 1}) as r`
   );
-  return ok(c, { items: r, next_cursor: r.length === q.limit ? String(r[r.length - 1].created_at) : null });
+  return ok(c, pageOf(r, q.limit, (last) => String(last.id)));
 }
 
 export async function disablePromoCode(c: AppContext): Promise<Response> {

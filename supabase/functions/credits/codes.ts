@@ -9,6 +9,14 @@ import { RedeemCodeSchema } from '../_shared/contract/codes.ts';
 import { AppError } from '../_shared/errors.ts';
 import { moneyRequest } from '../_shared/idempotency.ts';
 import { readJson } from '../_shared/validate.ts';
+import { lazyEnv } from '../_shared/env.ts';
+import { z } from 'zod';
+
+const env = lazyEnv(z.object({
+  // Unknown codes tried from one client address in an hour before its attempts stop. Many
+  // students may share an address (a school's network): raise it where they do.
+  CODE_GUESSES_PER_ADDRESS_PER_HOUR: z.coerce.number().int().positive().default(30),
+}));
 
 export async function redeemCode(c: AppContext): Promise<Response> {
   const { code } = await readJson(c, RedeemCodeSchema);
@@ -19,6 +27,6 @@ export async function redeemCode(c: AppContext): Promise<Response> {
     });
   }
   return moneyRequest(c, 'credits.codes.redeem', { code_hash: codeHash(bare) }, 200, {
-    context: { address_hash: addressHash(clientAddress(c)) },
+    context: { address_hash: addressHash(clientAddress(c)), address_limit: env().CODE_GUESSES_PER_ADDRESS_PER_HOUR },
   });
 }

@@ -3,7 +3,7 @@
 import { z } from 'zod';
 import { CreditAmountSchema } from '../money.ts';
 import { pgInt, pgText } from '../pg-values.ts';
-import { InstantSchema, pageLimit, UuidSchema } from '../query.ts';
+import { InstantSchema, pageLimit, UuidCursorSchema, UuidSchema } from '../query.ts';
 
 /** A code as typed: letters, digits, spaces and hyphens (normalised by _shared/codes.ts). */
 export const RedeemCodeSchema = z.strictObject({
@@ -54,6 +54,6 @@ export const SponsorCodeSchema = z.strictObject({
 export type SponsorCode = z.infer<typeof SponsorCodeSchema>;
 
 export const CodesQuerySchema = z.strictObject({
-  before: InstantSchema.optional(),
+  cursor: UuidCursorSchema.optional(),
   limit: pageLimit(100, 50),
 });
