@@ -361,6 +361,12 @@ declare
 begin
   select * into v_code from billing.codes c where c.created_by = p_admin and c.request_key = p_key;
   if found then
+    -- The same key for another code is a mistake, not a retry.
+    if v_code.kind <> 'promo' or v_code.credits <> (p_spec ->> 'credits')::numeric
+       or v_code.budget is distinct from (p_spec ->> 'budget')::numeric
+       or v_code.max_redemptions is distinct from (p_spec ->> 'max_redemptions')::integer then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'promo code'));
+    end if;
     return billing.code_json(v_code) || jsonb_build_object('replayed', true);
   end if;
   perform billing.check_amount((p_spec ->> 'credits')::numeric);
@@ -415,7 +421,9 @@ declare
 begin
   select * into v_code from billing.codes c where c.created_by = p_user and c.request_key = p_key and c.kind = 'sponsor';
   if found then
-    if v_code.org_id <> p_org then
+    if v_code.org_id <> p_org or v_code.credits <> (p_spec ->> 'credits')::numeric
+       or v_code.for_user is distinct from v_student
+       or v_code.for_email is distinct from (case when v_student is null then v_email end) then
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'sponsor code'));
     end if;
     return billing.code_json(v_code) || jsonb_build_object('replayed', true);

@@ -162,3 +162,31 @@ Deno.test('codes and amounts Postgres refuses are 400, never 5xx, and nothing is
   const [{ n }] = await testDb`select count(*)::int as n from billing.codes where org_id = ${org}`;
   assert.equal(n, 0);
 });
+
+Deno.test('an Idempotency-Key names one code: the same key for another code is 409, for the same one its answer', async () => {
+  const owner = await person('owner');
+  const student = await person('student');
+  const org = await school(owner, [], 'allowance', '100');
+  const k = { 'idempotency-key': crypto.randomUUID() };
+  const first = await api(`/orgs/${org}/sponsor-codes`, {
+    token: owner.token,
+    headers: k,
+    body: { credits: '10', user_id: student.id },
+  });
+  assert.equal(first.status, 201, first.text);
+  const again = await api(`/orgs/${org}/sponsor-codes`, {
+    token: owner.token,
+    headers: k,
+    body: { credits: '10', user_id: student.id },
+  });
+  assert.equal(again.status, 200, again.text);
+  assert.equal(dataOf(again).code, null, 'the code is shown once');
+  assert.equal(dataOf(again).id, dataOf(first).id);
+  const other = await api(`/orgs/${org}/sponsor-codes`, {
+    token: owner.token,
+    headers: k,
+    body: { credits: '90', user_id: student.id },
+  });
+  assert.equal(codeOf(other), 'IDEMPOTENCY_KEY_REUSED', other.text);
+  assert.equal((await walletOf(owner.token, org)).balance, '90', 'one code set aside');
+});
