@@ -2,7 +2,7 @@
 -- same answer again, the failed-guess limits per user and per address, the audit, a sponsor
 -- code's escrow and who may redeem it, and what the API roles may read or call.
 begin;
-select plan(23);
+select plan(24);
 \ir helpers.psql
 
 insert into auth.users (id, email) values
@@ -21,8 +21,11 @@ $$;
 
 select billing.create_promo_code('cccccccc-0000-4000-8000-000000000001', pg_temp.h('promo-a'),
   '{"credits": "10", "budget": "15", "lot_expires_after_days": 30}', 'k-a');
-select is(billing.create_promo_code('cccccccc-0000-4000-8000-000000000001', pg_temp.h('promo-other'),
-  '{"credits": "99", "max_redemptions": 1}', 'k-a') ->> 'credits', '10', 'the same creation key answers the code it made');
+select is(billing.create_promo_code('cccccccc-0000-4000-8000-000000000001', pg_temp.h('promo-again'),
+  '{"credits": "10", "budget": "15", "lot_expires_after_days": 30}', 'k-a') ->> 'id',
+  (select id::text from billing.codes where code_hash = pg_temp.h('promo-a')), 'the same creation key answers the code it made');
+select is(pg_temp.err($$select billing.create_promo_code('cccccccc-0000-4000-8000-000000000001', pg_temp.h('promo-other'),
+  '{"credits": "99", "max_redemptions": 1}', 'k-a')$$), 'IDEMPOTENCY_KEY_REUSED', 'and refuses it for another code');
 
 select is(pg_temp.redeem('cccccccc-0000-4000-8000-000000000002', 'promo-a') ->> 'credits', '10',
   'a redemption grants the code''s credits');
