@@ -5,7 +5,8 @@
 // redeemer's account after it (what was spent is owed by the buyer, as for any moved credits).
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract.ts';
-import { api, assertLedgerInvariants, spend, testDb } from '../helpers.ts';
+import { api, assertLedgerInvariants, drainOutbox, env, spend, testDb } from '../helpers.ts';
+import { person } from '../orgs.ts';
 import { codeOf, dataOf } from '../money.ts';
 import { chargeOf, emulator } from '../purchases.ts';
 import { buyGift, redeem, student } from '../codes.ts';
@@ -112,4 +113,18 @@ Deno.test('the buyer reads the gift code again; nobody else can read the purchas
   assert.equal((again.body.data as { gift: { code: string } }).gift.code, g.code);
   const other = await api(`/checkout/sessions/${g.purchase_id}`, { token: (await student()).token });
   assert.equal(other.status, 404);
+});
+
+Deno.test('the gift email reaches the buyer only, with the code the buyer reads on the purchase', async () => {
+  const buyer = await person('gift-buyer');
+  const g = await buyGift(buyer.token, 'mini');
+  await drainOutbox();
+  const catcher = env('POSTMARK_API_BASE');
+  const { messages } = await (await fetch(`${catcher}/_catcher/messages`)).json();
+  const mine = (messages as Array<{ To: string; Subject: string; TextBody: string }>).filter((m) =>
+    m.To === buyer.email && m.Subject === 'Your ScholarLink gift code'
+  );
+  assert.equal(mine.length, 1, JSON.stringify(messages.slice(-3)));
+  assert.ok(mine[0].TextBody.includes(g.code), 'the code to give');
+  assert.match(mine[0].TextBody, /5,000 credits/);
 });
