@@ -1326,3 +1326,28 @@ revoke execute on function billing.list_promo_codes(uuid,integer) from public;
 revoke execute on function billing.issue_sponsor_code(uuid,uuid,text,jsonb,text) from public;
 revoke execute on function billing.list_sponsor_codes(uuid,uuid) from public;
 revoke execute on function billing.revoke_sponsor_code(uuid,uuid,uuid) from public;
+
+-- The redemption audit's retention (180 days).
+CREATE OR REPLACE FUNCTION billing.delete_old_code_attempts(p_limit integer DEFAULT 5000)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_count integer;
+begin
+  delete from billing.code_attempts x
+  where x.id = any (array(select y.id from billing.code_attempts y where y.created_at < now() - interval '180 days'
+                          order by y.id limit p_limit));
+  get diagnostics v_count = row_count;
+  return v_count;
+end;
+$function$
+;
+
+
+
+comment on function billing.delete_old_code_attempts(integer) is 'pg_cron: deletes up to p_limit code attempts older than 180 days per run. Idempotent.';
+grant execute on function billing.delete_old_code_attempts(integer) to service_role;
+revoke execute on function billing.delete_old_code_attempts(integer) from public;

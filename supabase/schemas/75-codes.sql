@@ -575,6 +575,27 @@ $$;
 comment on function billing.record_code_attempt(p_user uuid, p_args jsonb, p_outcome text) is 'Internal: audits a refused redemption (a hash prefix, never the code).';
 revoke execute on function billing.record_code_attempt(p_user uuid, p_args jsonb, p_outcome text) from public;
 
+-- The audit is kept 180 days: long enough to look into a campaign's abuse, and the guess limits
+-- read only its last hour.
+create or replace function billing.delete_old_code_attempts(p_limit integer default 5000) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  delete from billing.code_attempts x
+  where x.id = any (array(select y.id from billing.code_attempts y where y.created_at < now() - interval '180 days'
+                          order by y.id limit p_limit));
+  get diagnostics v_count = row_count;
+  return v_count;
+end;
+$$;
+comment on function billing.delete_old_code_attempts(p_limit integer) is 'pg_cron: deletes up to p_limit code attempts older than 180 days per run. Idempotent.';
+revoke execute on function billing.delete_old_code_attempts(p_limit integer) from public, anon, authenticated;
+grant execute on function billing.delete_old_code_attempts(p_limit integer) to service_role;
+
 -- What codes did in [p_from, p_to), for the reports.
 create or replace function billing.codes_report(p_from timestamptz, p_to timestamptz) returns jsonb
 language sql stable

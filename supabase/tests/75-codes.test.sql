@@ -2,7 +2,7 @@
 -- same answer again, the failed-guess limits per user and per address, the audit, a sponsor
 -- code's escrow and who may redeem it, and what the API roles may read or call.
 begin;
-select plan(24);
+select plan(25);
 \ir helpers.psql
 
 insert into auth.users (id, email) values
@@ -73,6 +73,11 @@ select is((billing.run_money_request('cccccccc-0000-4000-8000-000000000002', 'cr
   'a money request answers a refused redemption');
 select is((select outcome || ':' || hash_prefix from billing.code_attempts where address_hash = 'addr-9'),
   'CODE_NOT_FOUND:' || left(pg_temp.h('nope'), 12), 'and audits it with a hash prefix, after the rollback');
+
+insert into billing.code_attempts (user_id, hash_prefix, outcome, created_at)
+values ('cccccccc-0000-4000-8000-000000000003', 'bbbbbbbbbbbb', 'CODE_NOT_FOUND', now() - interval '181 days');
+select is(billing.delete_old_code_attempts(100000) >= 1 and not exists (select 1 from billing.code_attempts
+  where hash_prefix = 'bbbbbbbbbbbb'), true, 'the audit is kept 180 days');
 
 -- ============================================================ sponsor codes
 
