@@ -5,7 +5,7 @@
 // redeemer's account after it (what was spent is owed by the buyer, as for any moved credits).
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract.ts';
-import { api, assertLedgerInvariants, drainOutbox, env, spend, testDb } from '../helpers.ts';
+import { api, assertLedgerInvariants, drainOutbox, env, functionsUrl, spend, testDb } from '../helpers.ts';
 import { person } from '../orgs.ts';
 import { codeOf, dataOf } from '../money.ts';
 import { chargeOf, emulator } from '../purchases.ts';
@@ -127,4 +127,32 @@ Deno.test('the gift email reaches the buyer only, with the code the buyer reads 
   assert.equal(mine.length, 1, JSON.stringify(messages.slice(-3)));
   assert.ok(mine[0].TextBody.includes(g.code), 'the code to give');
   assert.match(mine[0].TextBody, /5,000 credits/);
+});
+
+Deno.test('nobody can have a gift code emailed on request: /notify/send refuses the gift_code template', async () => {
+  const body = JSON.stringify({
+    template: 'gift_code',
+    to: 'someone@example.test',
+    data: { code_id: crypto.randomUUID() },
+    idempotency_key: `gift-${crypto.randomUUID()}`,
+  });
+  const t = Math.floor(Date.now() / 1000);
+  const enc = new TextEncoder();
+  const key = await crypto.subtle.importKey(
+    'raw',
+    enc.encode(env('NOTIFY_WEBHOOK_SECRET').split(',')[0]),
+    { name: 'HMAC', hash: 'SHA-256' },
+    false,
+    ['sign'],
+  );
+  const mac = new Uint8Array(await crypto.subtle.sign('HMAC', key, enc.encode(`${t}.${body}`)));
+  const v1 = Array.from(mac, (b) => b.toString(16).padStart(2, '0')).join('');
+  const r = await fetch(`${functionsUrl}/notify/send`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-signature': `t=${t},v1=${v1}` },
+    body,
+  });
+  const answer = await r.json();
+  assert.equal(r.status, 400, JSON.stringify(answer));
+  assert.equal(answer.error.code, 'UNKNOWN_TEMPLATE');
 });

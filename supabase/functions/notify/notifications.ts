@@ -179,13 +179,17 @@ function dailyReportText(data: Payload): string {
   ].join('\n');
 }
 
-/** A paid gift's code and credits for its email, or null (no such gift, or no secret makes it). */
+/**
+ * A paid gift's code and credits for its email, and its buyer's address (the only recipient,
+ * whatever the outbox row says), or null (no such gift, or no secret makes its code).
+ */
 async function giftEmailData(codeId: unknown): Promise<Payload | null> {
   if (typeof codeId !== 'string' || !isUuid(codeId)) return null;
-  const [g] = await db()`select c.code_hash, c.credits from billing.codes c where c.id = ${codeId} and c.kind = 'gift'
-    and c.status <> 'pending'`;
+  const [g] =
+    await db()`select c.code_hash, c.credits, u.email from billing.codes c join auth.users u on u.id = c.created_by
+    where c.id = ${codeId} and c.kind = 'gift' and c.status <> 'pending'`;
   const code = g ? giftCode(codeId, g.code_hash) : null;
-  return code ? { code, credits: formatCredits(g.credits) } : null;
+  return code ? { code, credits: formatCredits(g.credits), to: g.email } : null;
 }
 
 interface OutboxRow {
@@ -243,8 +247,7 @@ async function deliver(row: OutboxRow, env: z.infer<typeof NotifyEnvSchema>): Pr
   if (row.template === 'gift_code') {
     // Derived here, at send time, from the code's id: the outbox never holds the code.
     const gift = await giftEmailData(row.payload.code_id);
-    const to = gift && await recipient(row, env.ALERT_EMAIL);
-    if (gift && to) await sendEmail({ to, ...render(row.template, gift), tag: row.template });
+    if (gift?.to) await sendEmail({ to: String(gift.to), ...render(row.template, gift), tag: row.template });
     return;
   }
   const data = { ...(row.payload.data as Payload | undefined) ?? row.payload, pay_url: env.BILLING_PAGE_URL };
