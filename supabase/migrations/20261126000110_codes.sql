@@ -87,7 +87,7 @@ CREATE UNIQUE INDEX codes_pkey ON billing.codes USING btree (id);
 
 CREATE UNIQUE INDEX codes_purchase_id_key ON billing.codes USING btree (purchase_id);
 
-CREATE UNIQUE INDEX codes_request ON billing.codes USING btree (created_by, request_key) WHERE (request_key IS NOT NULL);
+CREATE UNIQUE INDEX codes_request ON billing.codes USING btree (created_by, kind, request_key) WHERE (request_key IS NOT NULL);
 
 CREATE INDEX codes_sponsor_open ON billing.codes USING btree (valid_until) WHERE ((status = 'active'::text) AND (kind = 'sponsor'::text));
 
@@ -359,10 +359,10 @@ AS $function$
 declare
   v_code billing.codes;
 begin
-  select * into v_code from billing.codes c where c.created_by = p_admin and c.request_key = p_key;
+  select * into v_code from billing.codes c where c.created_by = p_admin and c.request_key = p_key and c.kind = 'promo';
   if found then
     -- The same key for another code is a mistake, not a retry.
-    if v_code.kind <> 'promo' or v_code.credits <> (p_spec ->> 'credits')::numeric
+    if v_code.credits <> (p_spec ->> 'credits')::numeric
        or v_code.budget is distinct from (p_spec ->> 'budget')::numeric
        or v_code.max_redemptions is distinct from (p_spec ->> 'max_redemptions')::integer then
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'promo code'));

@@ -73,7 +73,8 @@ grant select on table billing.codes to service_role;
 
 create unique index codes_hash on billing.codes (code_hash);
 
-create unique index codes_request on billing.codes (created_by, request_key) where request_key is not null;
+-- One code per creator, kind and Idempotency-Key (an admin's promo codes and sponsor codes are separate routes).
+create unique index codes_request on billing.codes (created_by, kind, request_key) where request_key is not null;
 
 create index codes_org on billing.codes (org_id, created_at desc) where org_id is not null;
 
@@ -169,10 +170,10 @@ as $$
 declare
   v_code billing.codes;
 begin
-  select * into v_code from billing.codes c where c.created_by = p_admin and c.request_key = p_key;
+  select * into v_code from billing.codes c where c.created_by = p_admin and c.request_key = p_key and c.kind = 'promo';
   if found then
     -- The same key for another code is a mistake, not a retry.
-    if v_code.kind <> 'promo' or v_code.credits <> (p_spec ->> 'credits')::numeric
+    if v_code.credits <> (p_spec ->> 'credits')::numeric
        or v_code.budget is distinct from (p_spec ->> 'budget')::numeric
        or v_code.max_redemptions is distinct from (p_spec ->> 'max_redemptions')::integer then
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'promo code'));

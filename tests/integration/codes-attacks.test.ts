@@ -3,7 +3,7 @@
 // a redemption, an organisation admin sponsoring themselves or coming back after removal, a
 // replay after the code changed, and the text and numbers Postgres refuses.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, testDb } from '../helpers.ts';
+import { adminToken, api, assertLedgerInvariants, newAdmin, testDb, userToken } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
 import { key, person, school, walletOf } from '../orgs.ts';
 import { chargeOf, emulator } from '../purchases.ts';
@@ -189,4 +189,28 @@ Deno.test('an Idempotency-Key names one code: the same key for another code is 4
   });
   assert.equal(codeOf(other), 'IDEMPOTENCY_KEY_REUSED', other.text);
   assert.equal((await walletOf(owner.token, org)).balance, '90', 'one code set aside');
+});
+
+Deno.test('one key for a promo code and a sponsor code by the same person makes two codes, never a 5xx', async () => {
+  const id = await newAdmin();
+  const token = await userToken(id, { admin: true });
+  const student = await person('student');
+  const created = await api('/orgs', { token, body: { name: 'Admin Academy' } });
+  const org = (created.body.data as { id: string }).id;
+  const grant = await api(`/orgs/${org}/grants`, {
+    token: await adminToken(),
+    headers: key(),
+    body: { amount: '50', reason: 'pilot' },
+  });
+  assert.equal(grant.status, 201, grant.text);
+  const k = { 'idempotency-key': crypto.randomUUID() };
+  const p = await api('/admin/codes', { token, headers: k, body: { credits: '5', budget: '50' } });
+  assert.equal(p.status, 201, p.text);
+  const sp = await api(`/orgs/${org}/sponsor-codes`, {
+    token,
+    headers: k,
+    body: { credits: '5', user_id: student.id },
+  });
+  assert.equal(sp.status, 201, sp.text);
+  assert.notEqual(dataOf(sp).id, dataOf(p).id);
 });
