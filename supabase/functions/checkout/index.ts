@@ -98,7 +98,7 @@ app.get('/sessions/:id', requireUser, async (c) => {
     bonus_credits: formatCredits(p.bonus_credits),
     amount_refunded_cents: p.amount_refunded_cents,
     paid_at: p.paid_at?.toISOString() ?? null,
-    ...(p.gift ? { gift: await giftOf(p.id) } : {}),
+    ...(p.gift ? { gift: await giftOf(p.id, p.status) } : {}),
   });
 });
 
