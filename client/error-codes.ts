@@ -9,6 +9,10 @@ export const documentedCodes = [
   'CAPTURE_EXCEEDS_HOLD',
   'CAP_NOT_FOUND',
   'CHECKOUT_IN_PROGRESS',
+  'CODE_ATTEMPTS_LIMIT',
+  'CODE_EXHAUSTED',
+  'CODE_NOT_FOUND',
+  'CODE_NOT_REDEEMABLE',
   'CONFIG_MISSING',
   'CROSS_ORIGIN_REQUEST',
   'DATABASE_UNAVAILABLE',
@@ -31,6 +35,7 @@ export const documentedCodes = [
   'INVALID_AMOUNT',
   'INVALID_AUTO_RECHARGE',
   'INVALID_CAP',
+  'INVALID_CODE',
   'INVALID_CREDENTIALS',
   'INVALID_JOB_TRANSITION',
   'INVALID_JSON',
@@ -131,6 +136,9 @@ export interface DetailsByCode {
   VALIDATION_FAILED: { issues?: { path: string; message: string }[] };
   METHOD_NOT_ALLOWED: { allow: string[] };
   INVALID_CAP: { field: string; rule: string };
+  CODE_NOT_REDEEMABLE: { reason: string; valid_from?: string };
+  CODE_ATTEMPTS_LIMIT: { scope: 'user' | 'address'; window: string; retry_at: string };
+  INVALID_CODE: { field: string; rule: string };
   INVALID_ORG: { field: string; rule: string };
   INVALID_LOT: { field: string };
   INVALID_RANGE: { field: string; rule: string };

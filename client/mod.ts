@@ -18,6 +18,8 @@ import type {
   CaptureRequest,
   CheckoutRequest,
   CheckoutSession,
+  Code,
+  CodeRedemption,
   CreateOrgRequest,
   CreditPackage,
   Hold,
@@ -49,6 +51,7 @@ import type {
   Page,
   PurchaseStatus,
   SpendCap,
+  SponsorCodeRequest,
   UpdateOrgRequest,
   UsageCharge,
   UsageRequest,
@@ -169,6 +172,14 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     /** Stripe's customer portal (card, invoices, cancellation): redirect the browser to `url`. */
     billingPortal: (returnUrl?: string) =>
       post<{ url: string }>('checkout/portal', returnUrl ? { return_url: returnUrl } : {}),
+    /**
+     * Buys a gift: a Checkout Session whose credits, once paid, wait behind a code for someone
+     * else (read it with `purchase(purchase_id).gift.code`; it is also emailed to the buyer).
+     */
+    buyGift: (req: Omit<CheckoutRequest, 'gift' | 'org_id' | 'save_card' | 'client_temp_id'>) =>
+      post<CheckoutSession>('checkout/sessions', { ...req, gift: true }),
+    /** Redeems a promo, gift or sponsor code; the same code again answers the first redemption. */
+    redeemCode: (code: string) => post<CodeRedemption>('credits/codes/redeem', { code }),
     /** A purchase by id or Checkout Session id; asks Stripe when still pending. */
     purchase: (id: string) => get<PurchaseStatus>(`checkout/sessions/${encodeURIComponent(id)}`),
     balance: () => get<Balance>('credits/balance'),
@@ -240,6 +251,12 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     /** One member's org-funded usage, as `usageSummary` (admins: any member; a member: themselves). */
     memberUsageSummary: (id: string, userId: string, q: UsageSummaryQuery = {}) =>
       get<UsageSummary>(org(id, `/members/${encodeURIComponent(userId)}/usage/summary${query(q)}`)),
+    /** Sets credits aside for one student (by user id or email): the code is in this answer only. */
+    issueSponsorCode: (id: string, req: SponsorCodeRequest) => post<Code>(org(id, '/sponsor-codes'), req),
+    sponsorCodes: (id: string) => get<Page<Code>>(org(id, '/sponsor-codes')),
+    /** Revokes an unredeemed sponsor code: its credits return to the wallet. */
+    revokeSponsorCode: (id: string, codeId: string) =>
+      del<Code>(org(id, `/sponsor-codes/${encodeURIComponent(codeId)}`)),
     orgLedger: (id: string, page: { limit?: number; cursor?: string } = {}) =>
       get<Page<OrgLedgerEntry>>(org(id, `/ledger${query(page)}`)),
 

@@ -184,6 +184,8 @@ STRIPE_EMULATOR_BACKOFF_MS=100
 RATE_LIMIT_IP_PER_MIN=1000000
 VELOCITY_IP_SESSIONS_PER_10_MIN=1000000
 VELOCITY_IP_AMOUNT_CENTS_PER_24_H=1000000000
+# Every local client is 127.0.0.1: the per-address limit on unknown codes would stop every test.
+CODE_GUESSES_PER_ADDRESS_PER_HOUR=1000000
 RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN=1000000
 RATE_LIMIT_NOTIFY_PER_MIN=1000000
 CRON_SECRET=$(local_secret cron-secret)
@@ -202,6 +204,7 @@ NOTIFY_WEBHOOK_SECRET=$(local_secret notify-secret)
 ALERT_EMAIL=ops@scholarlink.invalid
 METRICS_TOKEN=$(local_secret metrics-token)
 INVITATION_TOKEN_SECRET=$(local_secret invitation-token-secret)
+CODE_SECRET=$(local_secret code-secret)
 LOCAL_AUTH_DIR=$LOCAL/auth
 EOF
   # Lines a developer may add to override the defaults above.

@@ -20,6 +20,7 @@ import { jobPrice, type RateCard, roundedCredits } from './credits.ts';
 import { bonusText, got, packageName, studentMessage } from './messages.ts';
 import { invitationNotice, invitationToken, showOrgs } from './orgs.ts';
 import { showUsage } from './usage.ts';
+import { buyGift, giftText, wireRedeem } from './codes.ts';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const store = globalThis.sessionStorage;
@@ -59,6 +60,7 @@ const entryWords: Record<string, string> = {
   refund_reversal: 'Refunded payment taken back',
   dispute_reversal: 'Disputed payment taken back',
   expiry: 'Credits expired',
+  code_redemption: 'Code redeemed',
 };
 const money = (cents: number, currency: string) =>
   new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(cents / 100);
@@ -270,7 +272,20 @@ async function showPackages(billing: BillingClient) {
         buy.textContent = 'Buy';
       }
     };
-    card.append(buy);
+    const give = document.createElement('button');
+    give.className = 'secondary';
+    give.textContent = 'Give';
+    give.dataset.gift = p.id;
+    give.onclick = async () => {
+      give.disabled = true;
+      try {
+        await buyGift(billing, p.id);
+      } catch (err) {
+        fail(err, undefined, give);
+        give.disabled = false;
+      }
+    };
+    card.append(buy, give);
     box.append(card);
   }
 }
@@ -280,6 +295,10 @@ async function followPurchase(billing: BillingClient, sessionId: string) {
   show('notice', 'Confirming your payment…');
   for (let i = 0; i < 30; i++) {
     const p = await got(billing.purchase(sessionId));
+    if (p.status === 'paid' && p.gift) {
+      show('notice', giftText(p) ?? 'Payment received: your gift code is on its way by email.');
+      return;
+    }
     if (p.status === 'paid') {
       const bonus = bonusText(p) ? ` ${bonusText(p)}` : '';
       show('notice', `Payment received: ${roundedCredits(p.credits)} credits${bonus} added.`);
@@ -470,6 +489,7 @@ async function main() {
   wireJobs(billing);
   wireCaps(billing);
   wireAutoRecharge(billing);
+  wireRedeem(billing, (text) => show('notice', text), fail, () => loadAll(billing, supabase));
   const sessionId = params.get('session_id');
   if (sessionId) await followPurchase(billing, sessionId).catch((err) => fail(err));
   // Hosted Checkout sends a student back here whether they cancelled or their card was declined.

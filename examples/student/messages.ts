@@ -79,6 +79,24 @@ export function studentMessage(err: unknown): StudentMessage {
       return { text: 'That was a lot of requests at once. Wait a few seconds and try again.', details };
     case 'NO_SAVED_CARD':
       return { text: 'Auto-recharge needs a saved card: buy a package with "Keep my card" ticked first.', details };
+    case 'CODE_NOT_FOUND':
+      return { text: "We don't know that code. Check it (letters and digits, 20 of them) and try again.", details };
+    case 'CODE_EXHAUSTED':
+      return { text: 'This code has been used as many times as it allows.', details };
+    case 'CODE_NOT_REDEEMABLE': {
+      const reason = String(e.details?.reason ?? '');
+      const words: Record<string, string> = {
+        expired: 'This code has expired.',
+        'not yet valid': 'This code is not valid yet.',
+        'already redeemed': 'This code has already been redeemed.',
+        'for students only': 'This code is for a student: organisation admins spend their own credits.',
+      };
+      return { text: words[reason] ?? 'This code cannot be redeemed right now.', details };
+    }
+    case 'CODE_ATTEMPTS_LIMIT': {
+      const at = e.details?.retry_at ? ` after ${new Date(e.details.retry_at).toLocaleTimeString()}` : ' later';
+      return { text: `Too many codes that don't exist were tried. Try again${at}.`, details };
+    }
     case 'INVITATION_NOT_FOUND':
       return {
         text: 'This invitation is for another email address. Sign in with the address it was sent to.',

@@ -2,11 +2,13 @@
 // allowance, or the shared pool) and answers an invitation from its emailed link
 // (#invitation=<token>); an owner or admin sees the wallet, the members with their allowances,
 // invites by email, funds every member's allowance, buys credits for the organisation through
-// Checkout, and reads the usage report. Everything through the typed client.
+// Checkout, sponsors a student with a code (and revokes it), and reads the usage report.
+// Everything through the typed client.
 /// <reference lib="dom" />
 import type {
   BillingClient,
   BillingResult,
+  Code,
   CreditPackage,
   InvitationPreview,
   Org,
@@ -64,9 +66,10 @@ function usageTable(rows: OrgUsageRow[]) {
 /** An owner's or admin's view of one organisation. */
 async function adminView(billing: BillingClient, org: Org, packages: CreditPackage[], reload: () => void, fail: Fail) {
   const box = el('div', '', { class: 'org', 'data-org': org.id });
-  const [{ items: members }, { items: usage }] = await Promise.all([
+  const [{ items: members }, { items: usage }, { items: codes }] = await Promise.all([
     got(billing.members(org.id)),
     got(billing.orgUsage(org.id)), // the last 30 days, today included
+    got(billing.sponsorCodes(org.id)),
   ]);
   const funding = org.funding === 'allowance' ? 'each member spends their allowance' : 'members share the wallet';
   box.append(
@@ -84,11 +87,11 @@ async function adminView(billing: BillingClient, org: Org, packages: CreditPacka
   ));
 
   // Actions: invite, fund everyone (allowances), buy for the organisation.
-  const act = async (button: HTMLButtonElement, run: () => Promise<BillingResult<unknown>>, done: string) => {
+  const act: Act = async (button, run, done) => {
     button.disabled = true;
     try {
       await got(run());
-      notices.set(org.id, done);
+      notices.set(org.id, typeof done === 'string' ? done : done());
       reload();
     } catch (err) {
       fail(err, undefined, button);
@@ -126,6 +129,7 @@ async function adminView(billing: BillingClient, org: Org, packages: CreditPacka
     };
     box.append(fund);
   }
+  box.append(sponsorPart(billing, org, codes, act));
   const buy = el('div', '', { class: 'row' });
   const pkg = el('select', '', { 'aria-label': 'package for the organisation' });
   pkg.append(...packages.map((p) => new Option(`${p.name} · ${money(p.price_cents, p.currency)}`, p.id)));
@@ -146,6 +150,67 @@ async function adminView(billing: BillingClient, org: Org, packages: CreditPacka
   buy.append(pkg, buyButton);
   box.append(buy, status, el('h4', 'Usage, last 30 days'), usageTable(usage));
   return box;
+}
+
+type Act = (
+  button: HTMLButtonElement,
+  run: () => Promise<BillingResult<unknown>>,
+  done: string | (() => string),
+) => Promise<void>;
+
+/**
+ * Sponsor codes: credits set aside from the wallet for one student (by email), the code shown
+ * once in the status line; the codes issued so far, and Revoke for those not yet redeemed.
+ */
+function sponsorPart(billing: BillingClient, org: Org, codes: Code[], act: Act) {
+  const part = el('div', '', { 'data-testid': 'org-sponsor' });
+  const form = el('form', '', { class: 'row' });
+  const email = el('input', '', {
+    type: 'email',
+    placeholder: 'student@school.edu',
+    'aria-label': 'student to sponsor',
+  });
+  const credits = el('input', '', { inputmode: 'decimal', placeholder: 'credits', 'aria-label': 'credits to give' });
+  const issue = el('button', 'Sponsor', { class: 'secondary' });
+  form.append(email, credits, issue);
+  let made = '';
+  form.onsubmit = (e) => {
+    e.preventDefault();
+    const to = email.value.trim();
+    act(
+      issue,
+      async () => {
+        const r = await billing.issueSponsorCode(org.id, { email: to, credits: credits.value.trim() });
+        made = r.data?.code ?? '';
+        return r;
+      },
+      () => `Code for ${to}: ${made}. Shown once: give it to them.`,
+    );
+  };
+  part.append(el('h4', 'Sponsor a student'), form);
+  if (codes.length === 0) return part;
+  const rows = el('table', '', { 'data-testid': 'org-sponsor-codes' });
+  rows.append(el('tr'));
+  for (const h of ['For', 'Credits', 'Status', '']) rows.rows[0].append(el('th', h));
+  for (const c of codes) {
+    const tr = el('tr');
+    tr.append(
+      el('td', c.for_email ?? c.for_user ?? '', { 'data-label': 'For' }),
+      el('td', roundedCredits(c.credits), { 'data-label': 'Credits' }),
+      el('td', c.status, { 'data-label': 'Status' }),
+    );
+    const cell = el('td');
+    if (c.status === 'active') {
+      const revoke = el('button', 'Revoke', { class: 'secondary' });
+      revoke.onclick = () =>
+        act(revoke, () => billing.revokeSponsorCode(org.id, c.id), 'Code revoked: its credits are back.');
+      cell.append(revoke);
+    }
+    tr.append(cell);
+    rows.append(tr);
+  }
+  part.append(rows);
+  return part;
 }
 
 /** A member's view: who pays, and what is left of their allowance. */

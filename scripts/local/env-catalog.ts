@@ -52,6 +52,7 @@ export const everyFunction = [
   'RATE_LIMIT_CHECKOUT_SESSIONS_PER_MIN',
   'RATE_LIMIT_CREDITS_USAGE_PER_MIN',
   'RATE_LIMIT_JOBS_CREATE_PER_MIN',
+  'RATE_LIMIT_CODES_REDEEM_PER_MIN',
   'RATE_LIMIT_USAGE_BATCH_PER_MIN',
   'RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN',
   'RATE_LIMIT_NOTIFY_PER_MIN',
@@ -73,10 +74,10 @@ export interface FunctionEnv {
 export const functions: Record<string, FunctionEnv> = {
   admin: { required: [...redis], optional: ['SLO_AVAILABILITY', 'SLO_P95_MS'] },
   checkout: {
-    required: [...redis, ...stripe, 'CHECKOUT_SUCCESS_URL', 'CHECKOUT_CANCEL_URL'],
+    required: [...redis, ...stripe, 'CHECKOUT_SUCCESS_URL', 'CHECKOUT_CANCEL_URL', 'CODE_SECRET'],
     optional: ['FEATURE_B2C_CREDITS', 'CHECKOUT_REDIRECT_ORIGINS', ...stripeTuning, ...velocity],
   },
-  credits: { required: [...redis], optional: [] },
+  credits: { required: [...redis, 'CODE_SECRET'], optional: ['CODE_GUESSES_PER_ADDRESS_PER_HOUR'] },
   health: {
     // Readiness checks the Stripe configuration, and in live mode what live-config.ts refuses.
     required: [...stripe],
@@ -112,7 +113,14 @@ export const functions: Record<string, FunctionEnv> = {
     ],
   },
   notify: {
-    required: [...redis, 'NOTIFY_WEBHOOK_SECRET', 'POSTMARK_SERVER_TOKEN', 'CRON_SECRET', 'INVITATION_TOKEN_SECRET'],
+    required: [
+      ...redis,
+      'NOTIFY_WEBHOOK_SECRET',
+      'POSTMARK_SERVER_TOKEN',
+      'CRON_SECRET',
+      'INVITATION_TOKEN_SECRET',
+      'CODE_SECRET',
+    ],
     optional: [
       'POSTMARK_API_BASE',
       'NOTIFY_FROM',

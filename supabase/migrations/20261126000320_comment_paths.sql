@@ -46,6 +46,10 @@ begin
       raise;
     end if;
     get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
+    -- A refused redemption is audited after its work rolled back (75-codes.sql).
+    if p_action = 'credits.codes.redeem' then
+      perform billing.record_code_attempt(p_user, p_args, v_token);
+    end if;
   end;
   update billing.idempotency_keys k
   set response_status = case when v_token is null then p_success_status end, response_data = v_data,

@@ -42,6 +42,9 @@ create type billing.transfer_kind as enum (
   'expiry',            -- credits that expired
   'allowance',         -- a wallet funds a member's allowance
   'allowance_sweep',   -- an allowance's rest returns to the wallet at the term's end
+  'code_escrow',       -- an organisation's wallet sets credits aside for a sponsor code
+  'code_redemption',   -- a gift or sponsor code's credits move to the account that redeemed it
+  'code_return',       -- a revoked or expired sponsor code's credits return to the wallet
   'plan_grant',        -- a plan's included credits for a period (56-plans.sql)
   'plan_rollover'      -- plan credits carried into the next period (out of the old lot, into a new one)
 );
@@ -107,10 +110,11 @@ create table billing.accounts (
   member_id uuid,
   orgs integer default 0 not null,
   next_expiry timestamp with time zone,
+  code_id uuid,
   constraint accounts_held_not_negative check ((held >= (0)::numeric)),
   constraint accounts_low_balance_positive check (((low_balance_threshold is null) or (low_balance_threshold > (0)::numeric))),
   constraint accounts_member_of_org check (((member_id is null) or (org_id is not null))),
-  constraint accounts_one_owner check ((num_nonnulls(user_id, code, org_id) = 1)),
+  constraint accounts_one_owner check ((num_nonnulls(user_id, code, org_id, code_id) = 1)),
   constraint accounts_platform_not_tracked check (((code is null) or ((balance = (0)::numeric) and (held = (0)::numeric) and (version = 0)))),
   constraint accounts_code_key unique (code),
   constraint accounts_pkey primary key (id),
@@ -120,6 +124,7 @@ create table billing.accounts (
 );
 comment on table billing.accounts is 'One credit account per user (created on first use) plus platform accounts, the counterparties of every movement.';
 comment on column billing.accounts.org_id is 'An organisation''s wallet (member_id null) or a member''s allowance account (member_id set).';
+comment on column billing.accounts.code_id is 'A gift or sponsor code''s escrow: the credits it will give, tracked like a wallet until redeemed (billing.codes).';
 comment on column billing.accounts.next_expiry is 'No later than the earliest expires_at of the account''s open lots (a lower bound, exact after each expiry run): spending expires due lots first when it has passed.';
 alter table billing.accounts enable row level security;
 grant select on table billing.accounts to authenticated;

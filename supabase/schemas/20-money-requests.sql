@@ -186,6 +186,9 @@ begin
     h := billing.capture_hold(p_user, (p_args ->> 'hold_id')::uuid, (p_args ->> 'amount')::numeric, null);
   when 'credits.holds.release' then
     h := billing.release_hold(p_user, (p_args ->> 'hold_id')::uuid);
+  when 'credits.codes.redeem' then
+    return billing.redeem_code(p_user, p_args ->> 'code_hash', p_args ->> 'address_hash',
+      (p_args ->> 'address_limit')::integer);
   when 'credits.grants' then
     t := billing.grant_credits((p_args ->> 'user_id')::uuid, (p_args ->> 'amount')::numeric,
       (p_args ->> 'kind')::billing.transfer_kind, p_key, null, null,
@@ -246,6 +249,10 @@ begin
       raise;
     end if;
     get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
+    -- A refused redemption is audited after its work rolled back (75-codes.sql).
+    if p_action = 'credits.codes.redeem' then
+      perform billing.record_code_attempt(p_user, p_args, v_token);
+    end if;
   end;
   update billing.idempotency_keys k
   set response_status = case when v_token is null then p_success_status end, response_data = v_data,

@@ -55,6 +55,7 @@ create table billing.purchases (
   org_id uuid,
   bonus_expiry_forgiven numeric(38,18) default 0 not null,
   credits_expiry_forgiven numeric(38,18) default 0 not null,
+  gift boolean default false not null,
   constraint purchases_dispute_status check (((dispute_status is null) or (dispute_status = any (array['open'::text, 'won'::text, 'lost'::text])))),
   constraint purchases_origin check ((origin = any (array['checkout'::text, 'auto_recharge'::text]))),
   constraint purchases_refund_within check (((amount_refunded_cents >= 0) and (amount_refunded_cents <= price_cents))),
@@ -68,6 +69,7 @@ create table billing.purchases (
   constraint purchases_user_id_fkey foreign key (user_id) references auth.users(id) on delete restrict
 );
 comment on table billing.purchases is 'A credit package bought through a hosted Stripe Checkout Session. Stripe ids only: no card data.';
+comment on column billing.purchases.gift is 'Bought as a gift: paid, its credits go to its code''s escrow (billing.codes), not the buyer''s account.';
 comment on column billing.purchases.org_id is 'The organisation whose wallet the credits are for (null: the buyer''s own account).';
 comment on column billing.purchases.bonus_expiry_forgiven is 'Bonus credits a refund or lost dispute did not take back because they had expired (already gone; never more than expired of the purchase''s lots).';
 comment on column billing.purchases.credits_expiry_forgiven is 'The same for the paid credits (their cost was breakage revenue when they expired).';
@@ -241,6 +243,7 @@ declare
   v_freeze numeric(38, 18);
   v_user uuid;        -- whose account the credits are in: the buyer's,
   v_wallet bigint;    -- or, for an organisation's purchase, its wallet
+  v_credited bigint;  -- where the payment's credits go: the wallet, a gift's escrow, or (null) the buyer
   v_buyer bigint;
   v_moved numeric(38, 18);
   v_elsewhere record;  -- an account the purchase's credits were moved to
@@ -269,14 +272,16 @@ begin
       perform billing.raise_error('PAYMENT_AMOUNT_MISMATCH', jsonb_build_object('purchase_id', p.id,
         'expected_cents', p.price_cents, 'paid_cents', p_state ->> 'amount_total', 'currency', p_state ->> 'currency'));
     end if;
-    -- The credits are a paid lot whose cost is the price; the bonus a promotional lot.
+    -- The credits are a paid lot whose cost is the price; the bonus a promotional lot. A gift's
+    -- go into its code's escrow until someone redeems the code (75-codes.sql).
+    v_credited := case when p.gift then billing.activate_gift_code(p) else v_wallet end;
     perform billing.grant_credits(v_user, p.credits, 'purchase', 'purchase:' || p.id, p.stripe_session_id, null,
       billing.purchase_metadata(p), jsonb_build_object('category', 'paid', 'cost_cents', p.price_cents, 'currency', p.currency,
-        'purchase_id', p.id), v_wallet);
+        'purchase_id', p.id), v_credited);
     if p.bonus_credits > 0 then
       perform billing.grant_credits(v_user, p.bonus_credits, 'promo_grant', 'purchase-bonus:' || p.id, p.stripe_session_id,
         null, billing.purchase_metadata(p), jsonb_build_object('category', 'promotional', 'currency', p.currency,
-          'purchase_id', p.id), v_wallet);
+          'purchase_id', p.id), v_credited);
     end if;
     update billing.purchases x set status = 'paid', paid_at = now(), updated_at = now() where x.id = p.id returning * into p;
     update billing.recharges r set status = 'succeeded', payment_intent_id = p_state ->> 'payment_intent', updated_at = now()
@@ -503,7 +508,7 @@ begin
     end if;
   end if;
   select * into v_purchase from billing.purchases p
-  where p.user_id = p_user and p.package_id = p_package_id and p.org_id is not distinct from p_org and p.status = 'pending'
+  where p.user_id = p_user and p.package_id = p_package_id and p.org_id is not distinct from p_org and p.status = 'pending' and not p.gift
     and (p.session_expires_at > now() + interval '1 minute' or (p.stripe_session_id is null and p.created_at > now() - interval '2 minutes'))
   order by p.created_at desc limit 1;
   if found then
@@ -543,10 +548,16 @@ begin
   if p_amount <= 0 then
     return;
   end if;
-  -- Every account involved, in id order (as everywhere), before anything moves.
-  perform 1 from billing.accounts a
-  where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
-  order by a.id for update;
+  -- Every account involved, in id order (as everywhere), before anything moves. A move of the
+  -- purchase's credits that committed while we waited (a gift redeemed, an allowance funded)
+  -- made lots we had not seen: lock their accounts too, until the list stands still.
+  loop
+    perform 1 from billing.accounts a
+    where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
+    order by a.id for update;
+    exit when v_lots = billing.purchase_lots(p_purchase.id, p_category);
+    v_lots := billing.purchase_lots(p_purchase.id, p_category);
+  end loop;
   -- The buyer's own lots of the purchase come first; what is beyond them comes from the lots its
   -- credits were moved into; the rest from the buyer (other credits, then debt).
   v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l

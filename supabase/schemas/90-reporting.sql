@@ -653,7 +653,9 @@ begin
     'webhooks', (select jsonb_build_object('received', w.received, 'processed', w.ok,
         'success_rate', case when w.received > 0 then round(w.ok::numeric / w.received, 6) end) from webhooks w),
     -- Read from the rows for every period: an organisation's purchases and spending are few.
-    'organisations', billing.org_revenue(p_from, p_to)
+    'organisations', billing.org_revenue(p_from, p_to),
+    -- Promo, gift and sponsor codes, from their rows too (75-codes.sql): few, and indexed by time.
+    'codes', billing.codes_report(p_from, p_to)
   ));
 end;
 $$;

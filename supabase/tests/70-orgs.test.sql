@@ -146,9 +146,10 @@ select is((select count(*) from billing.org_members) + (select count(*) from bil
 reset role;
 
 select is((select (m ->> 'user_balance_total')::numeric + (m ->> 'org_balance_total')::numeric
+                  + (m ->> 'code_balance_total')::numeric
                   + (select sum(v::numeric) from jsonb_each_text(m -> 'platform_balances') x(k, v))
            from (select billing.ops_metrics() as m) o), 0::numeric,
-  'the liability in ops metrics counts organisations: users + organisations + platform accounts = 0');
+  'the liability in ops metrics counts organisations: users + organisations + codes + platform accounts = 0');
 select is(billing.check_lots() -> 'accounts', '[]'::jsonb, 'every account''s lots add up to its balance, wallets and allowances included');
 
 select * from finish();

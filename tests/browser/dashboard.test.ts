@@ -163,6 +163,16 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
     /pool, [\d.,]+ credits spent1 of 1\$5\.00\$[\d.]+\$[\d.]+ ARPU/,
     'spending, members, GMV, net revenue, ARPU',
   );
+  // Codes: the range's promo redemptions, gift sales and sponsor funding, as the API has them.
+  const codes = (r.body.data as { total: { codes: { promo_redemptions: number; gift_sales: number } } }).total.codes;
+  assert.match(
+    (await page.locator('#codes').textContent()) ?? '',
+    new RegExp(
+      `${codes.promo_redemptions.toLocaleString('en-US')} redemptions.*${
+        codes.gift_sales.toLocaleString('en-US')
+      } sold`,
+    ),
+  );
   const recon = (await api('/admin/ops', { token: admin })).body.data as { reconciliation: { provider_id: string }[] };
   assert.equal(await page.locator('#recon tr').count(), recon.reconciliation.length + 1, 'a row per provider');
   assert.equal(await page.locator('#revenue-chart svg rect').count() > 0, true, 'the revenue chart is drawn');

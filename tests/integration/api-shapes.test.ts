@@ -69,6 +69,7 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
   const f = await fixture();
   const today = new Date().toISOString().slice(0, 10);
   const cases: Record<string, Case> = {
+    '/admin/codes': { kind: 'paged', path: '/admin/codes?limit=1', token: f.admin },
     '/admin/dashboard': { kind: 'text', path: '/admin/dashboard', token: f.admin },
     '/admin/metrics': { kind: 'object', path: '/admin/metrics', token: f.admin },
     '/admin/ops': { kind: 'object', path: '/admin/ops', token: f.admin },
@@ -102,6 +103,7 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
       path: `/orgs/${f.org}/members/${f.owner.id}/usage/summary`,
       token: f.owner.token,
     },
+    '/orgs/:id/sponsor-codes': { kind: 'whole', path: `/orgs/${f.org}/sponsor-codes`, token: f.owner.token },
     '/orgs/:id/usage': { kind: 'whole', path: `/orgs/${f.org}/usage`, token: f.owner.token },
     '/providers/:id': { kind: 'object', path: `/providers/${f.provider.id}`, token: f.provider.token },
     '/providers/:id/payments': { kind: 'whole', path: `/providers/${f.provider.id}/payments`, token: f.provider.token },

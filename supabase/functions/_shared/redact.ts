@@ -98,4 +98,6 @@ export const leakPatterns: Array<[string, RegExp]> = [
   ['webhook secret', /\bwhsec_[A-Za-z0-9]{8,}/],
   ['bearer token', /\bBearer\s+[A-Za-z0-9._~+/=-]{20,}/],
   ['ssn', /\b\d{3}-\d{2}-\d{4}\b/],
+  // A promo, gift or sponsor code as it is shown (_shared/domain/codes.ts): nothing should ever log one.
+  ['code', /\b[0-9A-HJKMNP-TV-Z]{5}-[0-9A-HJKMNP-TV-Z]{5}-[0-9A-HJKMNP-TV-Z]{5}-[0-9A-HJKMNP-TV-Z]{5}\b/],
 ];

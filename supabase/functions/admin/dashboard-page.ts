@@ -171,6 +171,17 @@ function render(metrics, ops) {
           (o.arpu_cents === null ? 'no ARPU' : money(o.arpu_cents, currency) + ' ARPU') + '</span></td></tr>').join('') +
         '</table>'
       : '<p class="muted">No organisation bought or spent credits in this range.</p>');
+  // Promo, gift and sponsor codes in the range (billing.codes_report).
+  const codes = t.codes;
+  $('codes').innerHTML = codes
+    ? '<table><tr><th>Promo codes</th><th>Gifts</th><th>Sponsor codes</th></tr><tr><td>' +
+      fmtInt.format(codes.promo_redemptions) + ' redemptions<br><span class="muted">' + credits(codes.promo_credits_granted) +
+      ' credits granted, ' + credits(codes.promo_credits_used) + ' used</span></td><td>' + fmtInt.format(codes.gift_sales) +
+      ' sold<br><span class="muted nowrap">' + money(codes.gift_sales_cents, currency) + ', ' +
+      fmtInt.format(codes.gifts_redeemed) + ' redeemed</span></td><td>' + credits(codes.sponsor_credits_issued) +
+      ' credits set aside<br><span class="muted">' + credits(codes.sponsor_credits_redeemed) + ' redeemed, ' +
+      fmtInt.format(codes.sponsor_codes_closed) + ' codes closed</span></td></tr></table>'
+    : '<p class="muted">No code activity.</p>';
   $('alerts').innerHTML = ops.alerts.length
     ? '<table>' + ops.alerts.map((a) => '<tr><td class="bad">' + esc(a.condition.replaceAll('_', ' ')) + '</td><td>' + esc(a.summary) + '</td></tr>').join('') + '</table>'
     : '<p class="ok">No open alerts.</p>';
@@ -266,6 +277,7 @@ export const dashboardPage = (nonce: string) =>
   <section><h2>Error-budget burn (availability, last 24 h)</h2><div id="burn-chart"></div></section>
   <section><h2>Provider reconciliation</h2><div id="recon"></div></section>
   <section><h2>Organisations (B2B2C)</h2><div id="orgs"></div></section>
+  <section><h2>Codes</h2><div id="codes" data-testid="codes"></div></section>
   <section><h2>Open alerts</h2><div id="alerts"></div></section>
   <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>
 </div>

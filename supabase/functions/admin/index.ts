@@ -11,6 +11,7 @@ import { AppError } from '../_shared/errors.ts';
 import { publishableKey } from '../_shared/keys.ts';
 import { hourlyBurn, sloConfig } from '../_shared/http/slo.ts';
 import { readQuery } from '../_shared/http/validate.ts';
+import { createPromoCode, disablePromoCode, listPromoCodes } from './codes.ts';
 import { type Metrics, metricsCsv } from './csv.ts';
 import { contentSecurityPolicy, dashboardPage, newNonce, signInPage } from './dashboard-page.ts';
 import { DailyReportSchema, MetricsSchema } from './schemas.ts';
@@ -95,6 +96,10 @@ app.get('/ops', requireAdmin, async (c) => {
   const objectives = { availability: slo.availability, p95_ms: slo.p95Ms };
   return ok(c, { ...overview, error_budget: { objectives, hourly: burn } });
 });
+
+app.post('/codes', requireAdmin, createPromoCode);
+app.get('/codes', requireAdmin, listPromoCodes);
+app.post('/codes/:id/disable', requireAdmin, disablePromoCode);
 
 /**
  * The dashboard, for an admin signed in with the session cookie (or a bearer header). Anyone

@@ -26,6 +26,7 @@ import {
 } from './schemas.ts';
 import { createCheckout } from './sessions.ts';
 import { cancelPlan, changePlan, currentPlan, listPlans, planJson, portal, publicPlan, subscribe } from './plans.ts';
+import { giftOf } from './gifts.ts';
 
 const env = lazyEnv(CheckoutEnvSchema);
 reportAtStart(stripe); // a missing or wrong-mode key is logged at start and answered with 503
@@ -52,6 +53,7 @@ type PurchaseRow = {
   stripe_charge_id: string | null;
   amount_refunded_cents: number;
   paid_at: Date | null;
+  gift: boolean;
 };
 
 app.get('/packages', requireUser, async (c) => {
@@ -105,6 +107,7 @@ app.get('/sessions/:id', requireUser, async (c) => {
     bonus_credits: formatCredits(p.bonus_credits),
     amount_refunded_cents: p.amount_refunded_cents,
     paid_at: p.paid_at?.toISOString() ?? null,
+    ...(p.gift ? { gift: await giftOf(p.id, p.status) } : {}),
   });
 });
 

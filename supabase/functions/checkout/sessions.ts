@@ -6,6 +6,7 @@ import type { Effect } from '../_shared/http/idempotency.ts';
 import { formatCredits } from '../_shared/values/money.ts';
 import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import { checkVelocity } from '../_shared/http/velocity.ts';
+import { newGiftCode } from '../_shared/http/code-secrets.ts';
 import type { CreateSession } from '../_shared/contract/checkout.ts';
 import type { CheckoutEnv } from './schemas.ts';
 
@@ -67,9 +68,13 @@ export async function createCheckout(
     select price_cents from billing.credit_packages where id = ${body.package_id} and active`
   );
   if (pkg) await checkVelocity(userId, ip, pkg.price_cents);
+  const gift = body.gift ? newGiftCode() : null; // a retry finds the gift its key made, not this one
   const [co] = await call((sql) =>
-    sql<CheckoutRow[]>`select * from billing.begin_checkout(${userId}, ${body.package_id}, ${requestKey},
-      ${body.client_temp_id ?? null}, ${body.save_card}, ${body.org_id ?? null})`
+    gift
+      ? sql<CheckoutRow[]>`select * from billing.begin_gift_checkout(${userId}, ${body.package_id}, ${requestKey},
+        ${gift.id}, ${gift.hash})`
+      : sql<CheckoutRow[]>`select * from billing.begin_checkout(${userId}, ${body.package_id}, ${requestKey},
+        ${body.client_temp_id ?? null}, ${body.save_card}, ${body.org_id ?? null})`
   );
   if (co.session_id) return { status: co.reused ? 200 : 201, data: checkoutJson(co) };
 
@@ -78,6 +83,7 @@ export async function createCheckout(
     user_id: userId,
     package_id: co.package_id,
     ...(body.org_id ? { org_id: body.org_id } : {}),
+    ...(body.gift ? { gift: 'true' } : {}),
   };
   const separator = successUrl.includes('?') ? '&' : '?';
   // Stripe's idempotency key is the purchase's: a retry of this request reaches the same

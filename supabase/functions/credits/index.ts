@@ -31,6 +31,7 @@ import { ledgerCsv, ledgerPage } from '../_shared/domain/ledger.ts';
 import { pageOf, whole } from '../_shared/values/page.ts';
 import { jsonText } from '../_shared/values/pg-values.ts';
 import { inline, oneTrip } from '../_shared/adapters/sql-literal.ts';
+import { redeemCode } from './codes.ts';
 import {
   AutoRechargeSchema,
   CapAlertsSchema,
@@ -198,6 +199,9 @@ app.put('/auto-recharge', requireUser, async (c) => {
   );
   return ok<AutoRecharge>(c, settings);
 });
+
+// A promo, gift or sponsor code: once per account; the same code again answers the first redemption.
+app.post('/codes/redeem', requireUser, redeemCode);
 
 // The admin's role is checked in the database by the same statement that grants.
 app.post('/grants', requireAdminToken, async (c) => {

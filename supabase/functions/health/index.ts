@@ -147,6 +147,12 @@ app.get('/metrics', requireAdminUnless(hasMetricsToken), async (c) => {
       "Credits held by organisations: wallets and members' allowances (the rest of the liability).",
       [[{}, Number(m.org_balance_total)]],
     )
+    .metric(
+      'scholarlink_ledger_code_balance_total',
+      'gauge',
+      'Credits behind gift and sponsor codes not yet redeemed (the rest of the liability).',
+      [[{}, Number(m.code_balance_total)]],
+    )
     .metric('scholarlink_charge_failure_ratio', 'gauge', 'Failed ÷ attempted charges over the last hour.', [[
       {},
       m.charges_last_hour ? m.charge_failures_last_hour / m.charges_last_hour : 0,

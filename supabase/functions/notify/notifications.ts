@@ -6,6 +6,9 @@ import { z } from 'zod';
 import { db } from '../_shared/adapters/db.ts';
 import { parseEnv } from '../_shared/env.ts';
 import { invitationEmail } from '../_shared/domain/invitations.ts';
+import { giftCode } from '../_shared/http/code-secrets.ts';
+import { formatCredits } from '../_shared/values/money.ts';
+import { isUuid } from '../_shared/values/query.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { count } from '../_shared/metrics.ts';
 import { sendEmail } from '../_shared/adapters/postmark.ts';
@@ -30,6 +33,7 @@ export const templates = [
   'auto_recharge',
   'plan_payment_failed',
   'org_invitation',
+  'gift_code',
   'product_webhook',
   'alert',
   'daily_report',
@@ -70,6 +74,16 @@ export function render(template: Template, data: Payload): { subject: string; te
           'asks for card details or passwords by email.',
           `Accept before ${String(data.expires_at).slice(0, 10)} (UTC): ${data.accept_url}`,
           'If you did not expect this invitation, ignore this email.',
+        ].join('\n\n'),
+      };
+    case 'gift_code':
+      // To the buyer only (the outbox row's user): they choose whom to give it to.
+      return {
+        subject: 'Your ScholarLink gift code',
+        text: [
+          `Thank you for your gift of ${credits(data.credits)} credits. The code to give is:`,
+          String(data.code),
+          'Whoever redeems it on their billing page receives the credits (once). Keep it private until then.',
         ].join('\n\n'),
       };
     case 'credits_expiring':
@@ -183,6 +197,19 @@ function dailyReportText(data: Payload): string {
   ].join('\n');
 }
 
+/**
+ * A paid gift's code and credits for its email, and its buyer's address (the only recipient,
+ * whatever the outbox row says), or null (no such gift, or no secret makes its code).
+ */
+async function giftEmailData(codeId: unknown): Promise<Payload | null> {
+  if (typeof codeId !== 'string' || !isUuid(codeId)) return null;
+  const [g] =
+    await db()`select c.code_hash, c.credits, u.email from billing.codes c join auth.users u on u.id = c.created_by
+    where c.id = ${codeId} and c.kind = 'gift' and c.status <> 'pending'`;
+  const code = g ? giftCode(codeId, g.code_hash) : null;
+  return code ? { code, credits: formatCredits(g.credits), to: g.email } : null;
+}
+
 interface OutboxRow {
   id: string;
   template: Template;
@@ -233,6 +260,12 @@ async function deliver(row: OutboxRow, env: z.infer<typeof NotifyEnvSchema>): Pr
     // Read at send time: a revoked or answered invitation sends nothing; the link is derived here.
     const invitation = await invitationEmail(row.payload.invitation_id);
     if (invitation) await sendEmail({ to: invitation.to, ...render(row.template, invitation.data), tag: row.template });
+    return;
+  }
+  if (row.template === 'gift_code') {
+    // Derived here, at send time, from the code's id: the outbox never holds the code.
+    const gift = await giftEmailData(row.payload.code_id);
+    if (gift?.to) await sendEmail({ to: String(gift.to), ...render(row.template, gift), tag: row.template });
     return;
   }
   const data = { ...(row.payload.data as Payload | undefined) ?? row.payload, pay_url: env.BILLING_PAGE_URL };

@@ -4,8 +4,9 @@ import { templates } from './notifications.ts';
 import { jsonObject, pgText } from '../_shared/values/pg-values.ts';
 
 export const SendSchema = z.strictObject({
-  // An invitation's email is sent for an invitation only (billing.invite_member), never on request.
-  template: z.enum(templates).exclude(['org_invitation']),
+  // An invitation's email is sent for an invitation only (billing.invite_member), and a gift's
+  // code to its buyer only (billing.activate_gift_code): never on request, to any address.
+  template: z.enum(templates).exclude(['org_invitation', 'gift_code']),
   to: pgText(320).email(),
   data: jsonObject({ depth: 1, entries: 1000, key: 64, text: 2000 }).default({}),
   idempotency_key: pgText(255).min(1),

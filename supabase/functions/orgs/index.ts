@@ -14,6 +14,8 @@ import { jsonText } from '../_shared/values/pg-values.ts';
 import { readJson, readQuery } from '../_shared/http/validate.ts';
 import { isUuid } from '../_shared/values/query.ts';
 import { UsageSummaryQuerySchema } from '../_shared/contract/credits.ts';
+import { codeHash, newCode } from '../_shared/domain/codes.ts';
+import { SponsorCodeSchema } from '../_shared/contract/codes.ts';
 import {
   AllowanceSchema,
   AnswerSchema,
@@ -32,6 +34,7 @@ const notFound = {
   id: () => new AppError('not_found', 'ORG_NOT_FOUND', 'No such organisation (or you are not a member).'),
   user_id: () => new AppError('not_found', 'MEMBER_NOT_FOUND', 'No such active member of the organisation.'),
   invitation_id: () => new AppError('not_found', 'INVITATION_NOT_FOUND', 'No such invitation.'),
+  code_id: () => new AppError('not_found', 'CODE_NOT_FOUND', 'No such code.'),
 };
 
 /** A UUID from the path. */
@@ -152,6 +155,24 @@ app.get('/:id/ledger', requireUser, async (c) => {
   const q = readQuery(c, LedgerQuerySchema);
   const rows = await one('org_ledger', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit + 1]);
   return ok(c, pageOf(rows as { id: string }[], q.limit, (e) => e.id));
+});
+
+// Sponsor codes: the credits leave the wallet for the code's escrow at issue; the code is in
+// this answer only (a retry with the same Idempotency-Key answers the code made, without it).
+app.post('/:id/sponsor-codes', requireUser, async (c) => {
+  const b = await readJson(c, SponsorCodeSchema);
+  const code = newCode();
+  const args = [currentUser(c).id, pathId(c, 'id'), codeHash(code.replaceAll('-', '')), b, idempotencyKey(c)];
+  const { replayed, ...row } = await one('issue_sponsor_code', args) as { replayed: boolean };
+  return ok(c, { ...row, code: replayed ? null : code }, replayed ? 200 : 201);
+});
+app.get(
+  '/:id/sponsor-codes',
+  requireUser,
+  async (c) => ok(c, whole(await one('list_sponsor_codes', [currentUser(c).id, pathId(c, 'id')]) as unknown[])),
+);
+app.delete('/:id/sponsor-codes/:code_id', requireUser, async (c) => {
+  return ok(c, await one('revoke_sponsor_code', [currentUser(c).id, pathId(c, 'id'), pathId(c, 'code_id')]));
 });
 
 // A platform admin's grant to an organisation's wallet (Idempotency-Key: one grant per key).

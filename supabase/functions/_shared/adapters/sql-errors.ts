@@ -106,6 +106,19 @@ const sqlErrors: Record<
     message: 'The provider cannot take payments until Stripe onboarding is complete.',
   },
   PAYMENT_NOT_FOUND: { type: 'not_found', message: 'No such payment.' },
+  // Codes (75-codes.sql): a code the caller may not redeem does not exist for them.
+  CODE_NOT_FOUND: { type: 'not_found', message: 'No such code.' },
+  CODE_NOT_REDEEMABLE: {
+    type: 'conflict',
+    message: 'This code cannot be redeemed now: see details.reason (expired, disabled, refunded, …).',
+  },
+  CODE_EXHAUSTED: { type: 'conflict', message: 'This code has been redeemed as many times as it allows.' },
+  CODE_ATTEMPTS_LIMIT: {
+    type: 'rate_limit',
+    message: 'Too many codes that do not exist were tried: see details (scope, retry_at).',
+    retryable: false,
+  },
+  INVALID_CODE: { type: 'validation', message: 'The code settings are not valid: see details.field and details.rule.' },
   MONEY_UNBALANCED: { type: 'server', message: 'A money transfer did not balance.', status: 500 },
 };
 

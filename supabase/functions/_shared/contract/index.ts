@@ -15,6 +15,7 @@ import type {
   UsageSummaryQuerySchema,
 } from './credits.ts';
 import type { CreateJobSchema } from './jobs.ts';
+import type { PromoCodeSchema, RedeemCodeSchema, SponsorCodeSchema } from './codes.ts';
 import type {
   AllowanceSchema,
   CreateOrgSchema,
@@ -41,6 +42,47 @@ export type UpdateOrgRequest = z.input<typeof UpdateOrgSchema>;
 export type InviteRequest = z.input<typeof InviteSchema>;
 export type AllowanceRequest = z.input<typeof AllowanceSchema>;
 export type MemberCapRequest = z.input<typeof MemberCapSchema>;
+export type RedeemCodeRequest = z.input<typeof RedeemCodeSchema>;
+export type PromoCodeRequest = z.input<typeof PromoCodeSchema>;
+export type SponsorCodeRequest = z.input<typeof SponsorCodeSchema>;
+
+/** What POST /credits/codes/redeem answers (the same again for a repeat of the same code). */
+export interface CodeRedemption {
+  code_id: string;
+  kind: 'promo' | 'gift' | 'sponsor';
+  credits: Credits;
+  transfer_id: string;
+  /** When the granted credits expire (promo codes), else null. */
+  expires_at: string | null;
+  /** The sponsoring organisation (sponsor codes), else null. */
+  org_id: string | null;
+  balance: Credits;
+  available: Credits;
+  redeemed_at: string;
+}
+
+/** A promo or sponsor code as its creator sees it; `code` only in the answer that made it. */
+export interface Code {
+  id: string;
+  kind: 'promo' | 'gift' | 'sponsor';
+  status: 'pending' | 'active' | 'disabled' | 'redeemed' | 'revoked' | 'void' | 'expired';
+  credits: Credits;
+  budget: Credits | null;
+  max_redemptions: number | null;
+  redeemed_count: number;
+  redeemed_credits: Credits;
+  valid_from: string;
+  valid_until: string | null;
+  lot_expires_at: string | null;
+  lot_expires_after_days: number | null;
+  org_id: string | null;
+  for_user: string | null;
+  for_email: string | null;
+  note: string | null;
+  created_at: string;
+  code?: string | null;
+  wallet?: { balance: Credits; held: Credits; available: Credits };
+}
 export type OrgUsageQuery = Omit<z.input<typeof UsageQuerySchema>, 'format'>;
 export type UsageSummaryQuery = z.input<typeof UsageSummaryQuerySchema>;
 
@@ -193,6 +235,16 @@ export interface PurchaseStatus {
   bonus_credits: Credits;
   amount_refunded_cents: number;
   paid_at: string | null;
+  /** A gift purchase only: its code (once paid) and whether it was redeemed. */
+  gift?: GiftStatus;
+}
+
+export interface GiftStatus {
+  code_id: string;
+  /** The code to give (null until the purchase is paid). */
+  code: string | null;
+  status: 'pending' | 'active' | 'redeemed' | 'void';
+  credits: Credits;
 }
 
 export type JobStatus = 'queued' | 'processing' | 'completed' | 'failed' | 'cancelled';

@@ -205,6 +205,8 @@ type MoneyResponse = {
  * Idempotency-Key claim, the work, and the stored answer all happen in one SQL call, so the
  * account's row lock never waits on a network round trip. What SQL stores is rendered here
  * the same way on every replay: byte for byte, with the first request's id and time.
+ * `opts.context` reaches SQL with the arguments but is not part of the request's identity (a
+ * retry from another address is the same request).
  * @example return moneyRequest(c, 'credits.usage', body, 201)
  */
 export async function moneyRequest(
@@ -212,7 +214,7 @@ export async function moneyRequest(
   action: string,
   args: Record<string, unknown>,
   successStatus: number,
-  opts: { admin?: boolean } = {},
+  opts: { admin?: boolean; context?: Record<string, unknown> } = {},
 ): Promise<Response> {
   const { key, userId, hash } = requestIdentity(c, args);
   // Values written in (inline): one round trip to the database, not two.
@@ -220,7 +222,7 @@ export async function moneyRequest(
     oneTrip<MoneyResponse[]>(
       sql,
       inline`select * from billing.run_money_request(${userId}, ${action}, ${key}, ${hash},
-      ${c.get('requestId')}, ${jsonb(args)}, ${successStatus}, ${opts.admin ?? false})`,
+      ${c.get('requestId')}, ${jsonb({ ...args, ...opts.context })}, ${successStatus}, ${opts.admin ?? false})`,
     )
   );
   const metadata = { requestId: r.request_id, timestamp: r.responded_at.toISOString() };

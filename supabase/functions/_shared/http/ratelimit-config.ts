@@ -15,6 +15,8 @@ export const RateLimitEnvSchema = z.object({
   RATE_LIMIT_CREDITS_USAGE_PER_MIN: perMinute(600),
   RATE_LIMIT_JOBS_CREATE_PER_MIN: perMinute(20),
   RATE_LIMIT_USAGE_BATCH_PER_MIN: perMinute(6_000),
+  // Redeeming a code: a person redeems a handful; failed guesses are limited per hour in SQL too.
+  RATE_LIMIT_CODES_REDEEM_PER_MIN: perMinute(10),
   // Unauthenticated routes, per client address only. Stripe retries a 429 with backoff for
   // three days, so a throttled genuine delivery arrives late, never lost.
   RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN: perMinute(600),
@@ -38,6 +40,7 @@ type ClassName =
   | 'credits_usage'
   | 'usage_batch'
   | 'jobs_create'
+  | 'codes_redeem'
   | 'default'
   | 'stripe_webhook'
   | 'notify';
@@ -52,6 +55,7 @@ function routeClasses(): Record<ClassName, RouteClass> {
     credits_usage: of('credits_usage', e.RATE_LIMIT_CREDITS_USAGE_PER_MIN, false),
     usage_batch: of('usage_batch', e.RATE_LIMIT_USAGE_BATCH_PER_MIN, false),
     jobs_create: of('jobs_create', e.RATE_LIMIT_JOBS_CREATE_PER_MIN, false),
+    codes_redeem: of('codes_redeem', e.RATE_LIMIT_CODES_REDEEM_PER_MIN, true),
     default: of('default', e.RATE_LIMIT_DEFAULT_PER_MIN, false),
     stripe_webhook: of('stripe_webhook', e.RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN, true),
     notify: of('notify', e.RATE_LIMIT_NOTIFY_PER_MIN, true),
@@ -76,6 +80,8 @@ export function routeClass(method: string, path: string): RouteClass {
       return c.usage_batch;
     case '/jobs':
       return c.jobs_create;
+    case '/credits/codes/redeem':
+      return c.codes_redeem;
     default:
       return c.default;
   }

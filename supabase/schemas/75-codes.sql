@@ -1,0 +1,639 @@
+-- Promo, gift and sponsor codes: credits a person redeems with a code someone else made.
+--
+--   promo:   an admin's code: each redemption grants `credits` as a promotional lot (expiring at
+--            lot_expires_at, or lot_expires_after from the redemption), within a total budget,
+--            a cap on redemptions, one per account, and a valid window.
+--   gift:    bought through Checkout by one person (a purchase with gift = true) and redeemed by
+--            another. Paid, the purchase's credits go into the code's escrow account (a paid lot
+--            at the buyer's price, with its purchase) instead of the buyer's; redeemed, they move
+--            to the redeemer with their provenance (billing.move_credits). A refund or dispute
+--            of the purchase reaches them wherever they are (take_back_purchase follows the
+--            purchase's lots): in the escrow, the code gives only what is left; once redeemed,
+--            the redeemer's lots are taken back and what was spent is owed by the buyer.
+--   sponsor: an organisation's owner or admin sets credits aside for one named student (a user
+--            id, or an email address): they move from the wallet into the code's escrow at issue,
+--            so the promise holds whatever the wallet spends next, and the organisation's own
+--            refunds and disputes still reach them (moved lots keep their purchase). Revoked or
+--            past its window, the escrow goes back to the wallet.
+--
+-- No row holds a code: codes keep the SHA-256 of the normalised code (Crockford base32, ≥ 100
+-- bits). A promo or sponsor code is random and shown once; a gift code is an HMAC of the code's
+-- id with a secret only the functions hold, so the buyer can read it again and the email can
+-- carry it (_shared/codes.ts). Every attempt is audited in code_attempts (a hash prefix, never
+-- the code), and failed guesses are limited per user and per client address from that table.
+--
+-- Locks: a code's row first, then accounts in id order (move_credits). sync_purchase never
+-- takes a code's row after accounts: it creates the escrow while it holds the purchase only.
+
+-- ============================================================ tables
+
+create table billing.codes (
+  id uuid primary key default gen_random_uuid(),
+  kind text not null,
+  code_hash text not null,                           -- SHA-256 (hex) of the normalised code
+  status text not null default 'active',
+  credits numeric(38, 18) not null,                  -- per redemption (promo), or what the code gives
+  budget numeric(38, 18),                            -- promo: Σ credits all redemptions may grant
+  max_redemptions integer,                           -- promo: how many accounts may redeem it
+  redeemed_count integer not null default 0,
+  redeemed_credits numeric(38, 18) not null default 0,
+  valid_from timestamptz not null default now(),
+  valid_until timestamptz,
+  lot_expires_at timestamptz,                        -- promo: the granted lot's expiry, or
+  lot_expires_after interval,                        -- promo: its lifetime from the redemption
+  purchase_id uuid unique references billing.purchases (id),
+  org_id uuid references billing.orgs (id),
+  for_user uuid references auth.users (id),          -- sponsor: the only student who may redeem it,
+  for_email text,                                    -- or the address of that student
+  request_key text,                                  -- the creating request's Idempotency-Key
+  note text,
+  created_by uuid not null references auth.users (id),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint codes_kind check (kind in ('promo', 'gift', 'sponsor')),
+  constraint codes_status check (status in ('pending', 'active', 'disabled', 'redeemed', 'revoked', 'void')),
+  constraint codes_hash_shape check (code_hash ~ '^[0-9a-f]{64}$'),
+  constraint codes_credits_positive check (credits > 0),
+  constraint codes_budget_positive check (budget is null or budget > 0),
+  constraint codes_cap_positive check (max_redemptions is null or max_redemptions > 0),
+  constraint codes_within_cap check (max_redemptions is null or redeemed_count <= max_redemptions),
+  constraint codes_within_budget check (budget is null or redeemed_credits <= budget),
+  constraint codes_window check (valid_until is null or valid_until > valid_from),
+  constraint codes_lot_expiry check (lot_expires_after is null or lot_expires_after > interval '0'),
+  constraint codes_note_length check (note is null or length(note) <= 500),
+  constraint codes_gift_shape check ((kind = 'gift') = (purchase_id is not null)),
+  constraint codes_sponsor_shape check ((kind = 'sponsor') = (org_id is not null)
+                                        and (kind <> 'sponsor' or num_nonnulls(for_user, for_email) = 1)),
+  constraint codes_one_use check (kind = 'promo' or coalesce(max_redemptions, 1) = 1)
+);
+comment on table billing.codes is 'Promo, gift and sponsor codes: what each gives, to whom, within which limits. Only the code''s SHA-256 is kept.';
+comment on column billing.codes.redeemed_credits is 'Σ credits redemptions granted or moved; the budget holds because redemptions update it under the code''s row lock.';
+alter table billing.codes enable row level security;
+grant select on table billing.codes to service_role;
+
+create unique index codes_hash on billing.codes (code_hash);
+
+-- One code per creator, kind and Idempotency-Key (an admin's promo codes and sponsor codes are separate routes).
+create unique index codes_request on billing.codes (created_by, kind, request_key) where request_key is not null;
+
+create index codes_org on billing.codes (org_id, created_at desc) where org_id is not null;
+
+create index codes_kind_created on billing.codes (kind, created_at desc);
+
+create index codes_sponsor_open on billing.codes (valid_until) where status = 'active' and kind = 'sponsor';
+
+create table billing.code_redemptions (
+  code_id uuid not null references billing.codes (id),
+  user_id uuid not null references auth.users (id),
+  credits numeric(38, 18) not null,
+  transfer_id bigint not null,
+  answer jsonb not null,                             -- what the redemption answered, for a repeat
+  redeemed_at timestamptz not null default now(),
+  primary key (code_id, user_id),
+  constraint code_redemptions_credits_positive check (credits > 0)
+);
+comment on table billing.code_redemptions is 'Who redeemed which code, once per account: a repeat answers the first redemption.';
+alter table billing.code_redemptions enable row level security;
+grant select on table billing.code_redemptions to authenticated;
+grant select on table billing.code_redemptions to service_role;
+
+create index code_redemptions_user on billing.code_redemptions (user_id, redeemed_at desc);
+
+create index code_redemptions_time on billing.code_redemptions (redeemed_at);
+
+create table billing.code_attempts (
+  id bigint generated always as identity primary key,
+  user_id uuid not null,
+  hash_prefix text not null,                         -- the first 12 hex digits of the code's SHA-256
+  address_hash text,                                 -- a keyed hash of the client address (_shared/codes.ts)
+  outcome text not null,                             -- 'redeemed', 'repeated' or the refusal's token
+  code_id uuid,
+  created_at timestamptz not null default now()
+);
+comment on table billing.code_attempts is 'Every redemption attempt: who, from where (hashed), which code (a hash prefix) and how it ended. Never the code.';
+alter table billing.code_attempts enable row level security;
+grant select on table billing.code_attempts to service_role;
+
+create index code_attempts_failed_user on billing.code_attempts (user_id, created_at) where outcome = 'CODE_NOT_FOUND';
+
+create index code_attempts_failed_address on billing.code_attempts (address_hash, created_at)
+  where outcome = 'CODE_NOT_FOUND' and address_hash is not null;
+
+create index code_attempts_created_brin on billing.code_attempts using brin (created_at);
+
+-- ============================================================ functions
+
+-- A code as its creator sees it (never its hash).
+create or replace function billing.code_json(c billing.codes) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('id', c.id, 'kind', c.kind,
+    'status', case when c.status = 'active' and c.valid_until <= now() then 'expired' else c.status end,
+    'credits', trim_scale(c.credits)::text, 'budget', trim_scale(c.budget)::text, 'max_redemptions', c.max_redemptions,
+    'redeemed_count', c.redeemed_count, 'redeemed_credits', trim_scale(c.redeemed_credits)::text,
+    'valid_from', billing.json_time(c.valid_from), 'valid_until', billing.json_time(c.valid_until),
+    'lot_expires_at', billing.json_time(c.lot_expires_at),
+    'lot_expires_after_days', extract(epoch from c.lot_expires_after)::bigint / 86400,
+    'org_id', c.org_id, 'for_user', c.for_user, 'for_email', c.for_email, 'purchase_id', c.purchase_id,
+    'note', c.note, 'created_at', billing.json_time(c.created_at))
+$$;
+comment on function billing.code_json(c billing.codes) is 'Internal: a code as the API shows it to its creator.';
+revoke execute on function billing.code_json(c billing.codes) from public;
+
+-- A gift or sponsor code's escrow account, created on first use.
+create or replace function billing.code_escrow_id(p_code uuid) returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+begin
+  select a.id into v_id from billing.accounts a where a.code_id = p_code;
+  if v_id is null then
+    insert into billing.accounts (code_id) values (p_code) on conflict do nothing returning id into v_id;
+    if v_id is null then
+      select a.id into v_id from billing.accounts a where a.code_id = p_code;
+    end if;
+  end if;
+  return v_id;
+end;
+$$;
+comment on function billing.code_escrow_id(p_code uuid) is 'Internal: the account holding a gift or sponsor code''s credits until it is redeemed.';
+revoke execute on function billing.code_escrow_id(p_code uuid) from public;
+
+create or replace function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_code billing.codes;
+begin
+  select * into v_code from billing.codes c where c.created_by = p_admin and c.request_key = p_key and c.kind = 'promo';
+  if found then
+    -- The same key for another code is a mistake, not a retry.
+    if v_code.credits <> (p_spec ->> 'credits')::numeric
+       or v_code.budget is distinct from (p_spec ->> 'budget')::numeric
+       or v_code.max_redemptions is distinct from (p_spec ->> 'max_redemptions')::integer then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'promo code'));
+    end if;
+    return billing.code_json(v_code) || jsonb_build_object('replayed', true);
+  end if;
+  perform billing.check_amount((p_spec ->> 'credits')::numeric);
+  if (p_spec ->> 'lot_expires_at')::timestamptz <= coalesce((p_spec ->> 'valid_until')::timestamptz, now()) then
+    perform billing.raise_error('INVALID_CODE', jsonb_build_object('field', 'lot_expires_at', 'rule', 'after valid_until'));
+  end if;
+  if (p_spec ->> 'budget')::numeric < (p_spec ->> 'credits')::numeric then
+    perform billing.raise_error('INVALID_CODE', jsonb_build_object('field', 'budget', 'rule', 'at least credits'));
+  end if;
+  insert into billing.codes (kind, code_hash, credits, budget, max_redemptions, valid_from, valid_until, lot_expires_at,
+                             lot_expires_after, note, created_by, request_key)
+  values ('promo', p_code_hash, (p_spec ->> 'credits')::numeric, (p_spec ->> 'budget')::numeric,
+          (p_spec ->> 'max_redemptions')::integer, coalesce((p_spec ->> 'valid_from')::timestamptz, now()),
+          (p_spec ->> 'valid_until')::timestamptz, (p_spec ->> 'lot_expires_at')::timestamptz,
+          make_interval(days => (p_spec ->> 'lot_expires_after_days')::integer), p_spec ->> 'note', p_admin, p_key)
+  returning * into v_code;
+  return billing.code_json(v_code) || jsonb_build_object('replayed', false);
+end;
+$$;
+comment on function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) is 'An admin creates a promo code (p_spec: credits, budget, max_redemptions, valid_from, valid_until, lot_expires_at or lot_expires_after_days, note); the same p_key again answers the code it made.';
+revoke execute on function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) from public, anon, authenticated;
+grant execute on function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) to service_role;
+
+create or replace function billing.list_promo_codes(p_after uuid, p_limit integer) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(billing.code_json(c) order by c.created_at desc, c.id desc), '[]')
+  from (select * from billing.codes x
+        where x.kind = 'promo'
+          and (p_after is null or (x.created_at, x.id) < (select a.created_at, a.id from billing.codes a
+                                                          where a.id = p_after and a.kind = 'promo'))
+        order by x.created_at desc, x.id desc limit least(greatest(p_limit, 1), 101)) c
+$$;
+comment on function billing.list_promo_codes(p_after uuid, p_limit integer) is 'Promo codes, newest first, with how much of each was redeemed (admins); p_after is the last code of the previous page.';
+revoke execute on function billing.list_promo_codes(p_after uuid, p_limit integer) from public, anon, authenticated;
+grant execute on function billing.list_promo_codes(p_after uuid, p_limit integer) to service_role;
+
+create or replace function billing.disable_promo_code(p_id uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_code billing.codes;
+begin
+  update billing.codes c set status = 'disabled', updated_at = now()
+  where c.id = p_id and c.kind = 'promo' returning * into v_code;
+  if not found then
+    perform billing.raise_error('CODE_NOT_FOUND', '{}');
+  end if;
+  return billing.code_json(v_code);
+end;
+$$;
+comment on function billing.disable_promo_code(p_id uuid) is 'An admin stops a promo code: later redemptions are CODE_NOT_REDEEMABLE; credits already granted stay.';
+revoke execute on function billing.disable_promo_code(p_id uuid) from public, anon, authenticated;
+grant execute on function billing.disable_promo_code(p_id uuid) to service_role;
+
+-- A gift's code is made with its purchase (pending until paid), so its hash is known before
+-- the payment that activates it.
+create or replace function billing.begin_gift_checkout(p_user uuid, p_package_id text, p_request_key text, p_code_id uuid,
+  p_code_hash text) returns billing.checkout
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_package billing.credit_packages;
+  v_purchase billing.purchases;
+begin
+  select * into v_purchase from billing.purchases p where p.user_id = p_user and p.request_key = p_request_key;
+  if found then
+    if v_purchase.package_id <> p_package_id or not v_purchase.gift then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'gift checkout'));
+    end if;
+    return billing.checkout_of(v_purchase, false);
+  end if;
+  select * into v_package from billing.credit_packages k where k.id = p_package_id and k.active;
+  if not found then
+    perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));
+  end if;
+  insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits, gift)
+  values (p_user, v_package.id, p_request_key, v_package.price_cents, v_package.currency, v_package.credits,
+          v_package.bonus_credits, true)
+  returning * into v_purchase;
+  insert into billing.codes (id, kind, code_hash, status, credits, max_redemptions, purchase_id, created_by)
+  values (p_code_id, 'gift', p_code_hash, 'pending', v_package.credits + v_package.bonus_credits, 1, v_purchase.id, p_user);
+  return billing.checkout_of(v_purchase, false);
+end;
+$$;
+comment on function billing.begin_gift_checkout(p_user uuid, p_package_id text, p_request_key text, p_code_id uuid, p_code_hash text) is 'A pending gift purchase and its pending code (p_code_hash: the SHA-256 of the code derived from p_code_id); the same request key again answers the same purchase.';
+revoke execute on function billing.begin_gift_checkout(p_user uuid, p_package_id text, p_request_key text, p_code_id uuid, p_code_hash text) from public, anon, authenticated;
+grant execute on function billing.begin_gift_checkout(p_user uuid, p_package_id text, p_request_key text, p_code_id uuid, p_code_hash text) to service_role;
+
+-- Called by sync_purchase when a gift purchase is paid: the account its credits go to.
+create or replace function billing.activate_gift_code(p_purchase billing.purchases) returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_code billing.codes;
+begin
+  update billing.codes c set status = 'active', updated_at = now()
+  where c.purchase_id = p_purchase.id and c.status = 'pending' returning * into v_code;
+  if not found then
+    select * into v_code from billing.codes c where c.purchase_id = p_purchase.id;
+  end if;
+  -- The buyer's account exists from now on: a refund or dispute of the gift compares every lot's
+  -- account with it (take_back_purchase), and owes there what the redeemer spent.
+  perform billing.ensure_user_account(p_purchase.user_id);
+  insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
+  values ('gift_code', p_purchase.user_id, 'gift-code:' || v_code.id,
+          jsonb_build_object('purchase_id', p_purchase.id, 'code_id', v_code.id))
+  on conflict (dedupe_key) do nothing;
+  return billing.code_escrow_id(v_code.id);
+end;
+$$;
+comment on function billing.activate_gift_code(p_purchase billing.purchases) is 'Internal: a paid gift''s code becomes redeemable and its email is queued (the id only: the sender derives the code); returns the escrow account the purchase credits.';
+revoke execute on function billing.activate_gift_code(p_purchase billing.purchases) from public;
+
+create or replace function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
+  v_code billing.codes;
+  v_student uuid := (p_spec ->> 'user_id')::uuid;
+  v_email text := lower(p_spec ->> 'email');
+begin
+  select * into v_code from billing.codes c where c.created_by = p_user and c.request_key = p_key and c.kind = 'sponsor';
+  if found then
+    if v_code.org_id <> p_org or v_code.credits <> (p_spec ->> 'credits')::numeric
+       or v_code.for_user is distinct from v_student
+       or v_code.for_email is distinct from (case when v_student is null then v_email end) then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'sponsor code'));
+    end if;
+    return billing.code_json(v_code) || jsonb_build_object('replayed', true);
+  end if;
+  perform billing.check_amount((p_spec ->> 'credits')::numeric);
+  if v_student is not null and not exists (select 1 from auth.users u where u.id = v_student) then
+    perform billing.raise_error('USER_NOT_FOUND', '{}');
+  end if;
+  if billing.is_org_admin(p_org, coalesce(v_student, (select u.id from auth.users u where lower(u.email) = v_email))) then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student, not an owner or admin'));
+  end if;
+  insert into billing.codes (kind, code_hash, credits, max_redemptions, valid_until, org_id, for_user, for_email, note,
+                             created_by, request_key)
+  values ('sponsor', p_code_hash, (p_spec ->> 'credits')::numeric, 1,
+          coalesce((p_spec ->> 'valid_until')::timestamptz, now() + interval '90 days'), p_org, v_student,
+          case when v_student is null then v_email end, p_spec ->> 'note', p_user, p_key)
+  returning * into v_code;
+  -- Set aside now: the wallet's later spending cannot break the promise.
+  perform billing.move_credits(billing.org_wallet_id(p_org), billing.code_escrow_id(v_code.id), v_code.credits,
+    'code_escrow', 'code-escrow:' || v_code.id, null, jsonb_build_object('org_id', p_org, 'code_id', v_code.id,
+    'issued_by', p_user));
+  return billing.code_json(v_code) || jsonb_build_object('replayed', false,
+    'wallet', billing.wallet_json(billing.org_wallet_id(p_org)));
+end;
+$$;
+comment on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) is 'An owner or admin issues a sponsor code for one student (p_spec: credits, user_id or email, valid_until, note): its credits move from the wallet into the code''s escrow now (INSUFFICIENT_CREDITS when the wallet lacks them).';
+revoke execute on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) from public, anon, authenticated;
+grant execute on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) to service_role;
+
+create or replace function billing.list_sponsor_codes(p_user uuid, p_org uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  return coalesce((select jsonb_agg(billing.code_json(c) order by c.created_at desc, c.id desc)
+                   from (select * from billing.codes x where x.org_id = p_org and x.kind = 'sponsor'
+                         order by x.created_at desc, x.id desc limit 500) c), '[]');
+end;
+$$;
+comment on function billing.list_sponsor_codes(p_user uuid, p_org uuid) is 'An owner or admin lists the organisation''s sponsor codes, newest first (the last 500).';
+revoke execute on function billing.list_sponsor_codes(p_user uuid, p_org uuid) from public, anon, authenticated;
+grant execute on function billing.list_sponsor_codes(p_user uuid, p_org uuid) to service_role;
+
+-- A sponsor code's escrow goes back to the wallet (revoked, or its window closed unredeemed).
+create or replace function billing.return_sponsor_escrow(p_code billing.codes, p_status text) returns billing.codes
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_escrow billing.accounts;
+  v_wallet bigint := billing.org_wallet_id(p_code.org_id);
+  v_code billing.codes;
+begin
+  perform 1 from billing.accounts a where a.id in (v_wallet, billing.code_escrow_id(p_code.id)) order by a.id for update;
+  v_escrow := billing.settle_account(billing.code_escrow_id(p_code.id));
+  -- What a dispute holds stays for the dispute (its loss takes it from here).
+  if v_escrow.balance - v_escrow.held > 0 then
+    perform billing.move_credits(v_escrow.id, v_wallet, v_escrow.balance - v_escrow.held, 'code_return',
+      'code-return:' || p_code.id || ':' || v_escrow.version, null,
+      jsonb_build_object('org_id', p_code.org_id, 'code_id', p_code.id, 'reason', p_status));
+  end if;
+  update billing.codes c set status = p_status, updated_at = now() where c.id = p_code.id returning * into v_code;
+  return v_code;
+end;
+$$;
+comment on function billing.return_sponsor_escrow(p_code billing.codes, p_status text) is 'Internal: moves what a sponsor code''s escrow holds (and no dispute holds) back to the wallet; the code gets p_status.';
+revoke execute on function billing.return_sponsor_escrow(p_code billing.codes, p_status text) from public;
+
+create or replace function billing.revoke_sponsor_code(p_user uuid, p_org uuid, p_id uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_code billing.codes;
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  select * into v_code from billing.codes c where c.id = p_id and c.org_id = p_org and c.kind = 'sponsor' for update;
+  if not found then
+    perform billing.raise_error('CODE_NOT_FOUND', '{}');
+  end if;
+  if v_code.status = 'active' then
+    v_code := billing.return_sponsor_escrow(v_code, 'revoked');
+  elsif v_code.status <> 'revoked' then
+    perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('status', v_code.status));
+  end if;
+  return billing.code_json(v_code) || jsonb_build_object('wallet', billing.wallet_json(billing.org_wallet_id(p_org)));
+end;
+$$;
+comment on function billing.revoke_sponsor_code(p_user uuid, p_org uuid, p_id uuid) is 'An owner or admin revokes an unredeemed sponsor code: its escrow returns to the wallet (again: the same answer; redeemed: CODE_NOT_REDEEMABLE).';
+revoke execute on function billing.revoke_sponsor_code(p_user uuid, p_org uuid, p_id uuid) from public, anon, authenticated;
+grant execute on function billing.revoke_sponsor_code(p_user uuid, p_org uuid, p_id uuid) to service_role;
+
+create or replace function billing.close_expired_sponsor_codes(p_limit integer default 100) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_code billing.codes;
+  v_count integer := 0;
+begin
+  for v_code in
+    select * from billing.codes c where c.kind = 'sponsor' and c.status = 'active'
+      and (c.valid_until <= now()
+           or not exists (select 1 from billing.org_admins x where x.org_id = c.org_id and x.user_id = c.created_by))
+    order by c.valid_until limit p_limit for update skip locked
+  loop
+    perform billing.return_sponsor_escrow(v_code, 'void');
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end;
+$$;
+comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: unredeemed sponsor codes past their window, or whose issuer is no longer an owner or admin, give their escrow back to the wallet. Idempotent.';
+revoke execute on function billing.close_expired_sponsor_codes(p_limit integer) from public, anon, authenticated;
+grant execute on function billing.close_expired_sponsor_codes(p_limit integer) to service_role;
+
+-- The failed guesses allowed per rolling hour before every attempt is refused.
+create or replace function billing.code_guess_limits() returns jsonb
+language sql immutable
+set search_path = ''
+as $$ select '{"user": 10, "address": 30}'::jsonb $$;
+comment on function billing.code_guess_limits() is 'Internal: failed code guesses allowed per rolling hour, per user and per client address.';
+revoke execute on function billing.code_guess_limits() from public;
+
+create or replace function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text,
+  p_address_limit integer default null) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_code billing.codes;
+  v_prior billing.code_redemptions;
+  v_scope text;
+  v_failed integer;
+  v_oldest timestamptz;
+  v_limit integer;
+  v_amount numeric(38, 18);
+  v_escrow billing.accounts;
+  v_own bigint;
+  v_transfer bigint;
+  v_lot_expiry timestamptz;
+  v_bal billing.balance;
+  v_answer jsonb;
+begin
+  -- Guessing stops here, counted from the audit (no Redis needed), before any code is looked up.
+  -- Many people may share an address (a school's network): its limit is the deployment's choice.
+  foreach v_scope in array array['user', 'address'] loop
+    continue when v_scope = 'address' and p_address_hash is null;
+    select count(*), min(x.created_at) into v_failed, v_oldest from billing.code_attempts x
+    where x.outcome = 'CODE_NOT_FOUND' and x.created_at > now() - interval '1 hour'
+      and case v_scope when 'user' then x.user_id = p_user else x.address_hash = p_address_hash end;
+    v_limit := coalesce(case v_scope when 'address' then p_address_limit end,
+                        (billing.code_guess_limits() ->> v_scope)::integer);
+    if v_failed >= v_limit then
+      perform billing.raise_error('CODE_ATTEMPTS_LIMIT', jsonb_build_object('scope', v_scope, 'window', '1 hour',
+        'retry_at', billing.json_time(v_oldest + interval '1 hour')));
+    end if;
+  end loop;
+
+  -- The code's row lock serialises its redemptions: cap, budget and one-per-account hold exactly.
+  select * into v_code from billing.codes c where c.code_hash = p_code_hash for update;
+  if not found then
+    perform billing.raise_error('CODE_NOT_FOUND', '{}');
+  end if;
+  select * into v_prior from billing.code_redemptions r where r.code_id = v_code.id and r.user_id = p_user;
+  if found then
+    insert into billing.code_attempts (user_id, hash_prefix, address_hash, outcome, code_id)
+    values (p_user, left(p_code_hash, 12), p_address_hash, 'repeated', v_code.id);
+    return v_prior.answer;
+  end if;
+  -- Someone else's sponsor code does not exist for this caller.
+  if v_code.kind = 'sponsor' and v_code.for_user is distinct from p_user
+     and not exists (select 1 from auth.users u where u.id = p_user and lower(u.email) = v_code.for_email) then
+    perform billing.raise_error('CODE_NOT_FOUND', '{}');
+  end if;
+  if v_code.status <> 'active' then
+    perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason',
+      case v_code.status when 'redeemed' then 'already redeemed' when 'pending' then 'not paid yet' else v_code.status end));
+  elsif now() < v_code.valid_from then
+    perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'not yet valid',
+      'valid_from', billing.json_time(v_code.valid_from)));
+  elsif v_code.valid_until <= now() then
+    perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'expired'));
+  end if;
+
+  if v_code.kind = 'sponsor' then
+    -- A code speaks for its issuer only while they are an owner or admin (as an invitation does);
+    -- and it funds a student: an owner or admin spends their own credits, never the wallet's.
+    if not billing.is_org_admin(v_code.org_id, v_code.created_by) then
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'revoked'));
+    elsif billing.is_org_admin(v_code.org_id, p_user) then
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'for students only'));
+    end if;
+  end if;
+  v_own := billing.ensure_user_account(p_user);
+  if v_code.kind = 'promo' then
+    v_amount := v_code.credits;
+    if v_code.redeemed_count >= v_code.max_redemptions or v_code.redeemed_credits + v_amount > v_code.budget then
+      perform billing.raise_error('CODE_EXHAUSTED', '{}');
+    end if;
+    v_lot_expiry := coalesce(v_code.lot_expires_at, now() + v_code.lot_expires_after);
+    if v_lot_expiry <= now() then
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'expired'));
+    end if;
+    v_transfer := (billing.post_user_transfer(p_user, 1, 'credit', v_amount, 'promo_grant', 'promotions',
+      'code:' || v_code.id || ':' || p_user, null, null, jsonb_build_object('code_id', v_code.id), null, null,
+      jsonb_strip_nulls(jsonb_build_object('category', 'promotional', 'expires_at', v_lot_expiry)))).transfer_id;
+  else
+    -- A gift or sponsor code gives what its escrow has: less after a refund; nothing while a
+    -- dispute holds it (the dispute decides).
+    perform 1 from billing.accounts a where a.id in (v_own, billing.code_escrow_id(v_code.id)) order by a.id for update;
+    v_escrow := billing.settle_account(billing.code_escrow_id(v_code.id));
+    if v_escrow.held > 0 then
+      -- Not 'disputed': whoever redeems a gift need not learn that its buyer disputed the charge.
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'on hold'));
+    elsif v_escrow.balance <= 0 then
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'refunded'));
+    end if;
+    v_amount := v_escrow.balance;
+    -- member_id names the student an organisation funded (sponsor codes), as for allowances.
+    v_transfer := (billing.move_credits(v_escrow.id, v_own, v_amount, 'code_redemption', 'code:' || v_code.id,
+      case when v_code.kind = 'sponsor' then p_user end,
+      jsonb_build_object('code_id', v_code.id, 'kind', v_code.kind, 'org_id', v_code.org_id))).id;
+  end if;
+
+  update billing.codes c set redeemed_count = c.redeemed_count + 1, redeemed_credits = c.redeemed_credits + v_amount,
+    status = case when c.kind = 'promo' then c.status else 'redeemed' end, updated_at = now()
+  where c.id = v_code.id;
+  v_bal := billing.balance_of(v_own);
+  v_answer := jsonb_build_object('code_id', v_code.id, 'kind', v_code.kind, 'credits', trim_scale(v_amount)::text,
+    'transfer_id', v_transfer::text, 'expires_at', billing.json_time(v_lot_expiry), 'org_id', v_code.org_id,
+    'balance', trim_scale(v_bal.balance)::text, 'available', trim_scale(v_bal.available)::text,
+    'redeemed_at', billing.json_time(now()));
+  insert into billing.code_redemptions (code_id, user_id, credits, transfer_id, answer)
+  values (v_code.id, p_user, v_amount, v_transfer, v_answer);
+  insert into billing.code_attempts (user_id, hash_prefix, address_hash, outcome, code_id)
+  values (p_user, left(p_code_hash, 12), p_address_hash, 'redeemed', v_code.id);
+  return v_answer;
+end;
+$$;
+comment on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption. p_address_limit: failed guesses an hour per address (default code_guess_limits()).';
+revoke execute on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer) from public;
+
+-- A refused redemption rolls its work back; run_money_request records the attempt after that.
+create or replace function billing.record_code_attempt(p_user uuid, p_args jsonb, p_outcome text) returns void
+language sql
+set search_path = ''
+as $$
+  insert into billing.code_attempts (user_id, hash_prefix, address_hash, outcome, code_id)
+  select p_user, left(coalesce(p_args ->> 'code_hash', ''), 12), p_args ->> 'address_hash', p_outcome,
+    (select c.id from billing.codes c where c.code_hash = p_args ->> 'code_hash'
+       and (c.kind <> 'sponsor' or p_outcome <> 'CODE_NOT_FOUND'))
+$$;
+comment on function billing.record_code_attempt(p_user uuid, p_args jsonb, p_outcome text) is 'Internal: audits a refused redemption (a hash prefix, never the code).';
+revoke execute on function billing.record_code_attempt(p_user uuid, p_args jsonb, p_outcome text) from public;
+
+-- The audit is kept 180 days: long enough to look into a campaign's abuse, and the guess limits
+-- read only its last hour.
+create or replace function billing.delete_old_code_attempts(p_limit integer default 5000) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  delete from billing.code_attempts x
+  where x.id = any (array(select y.id from billing.code_attempts y where y.created_at < now() - interval '180 days'
+                          order by y.id limit p_limit));
+  get diagnostics v_count = row_count;
+  return v_count;
+end;
+$$;
+comment on function billing.delete_old_code_attempts(p_limit integer) is 'pg_cron: deletes up to p_limit code attempts older than 180 days per run. Idempotent.';
+revoke execute on function billing.delete_old_code_attempts(p_limit integer) from public, anon, authenticated;
+grant execute on function billing.delete_old_code_attempts(p_limit integer) to service_role;
+
+-- What codes did in [p_from, p_to), for the reports.
+create or replace function billing.codes_report(p_from timestamptz, p_to timestamptz) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'promo_credits_granted', trim_scale(coalesce((select sum(r.credits) from billing.code_redemptions r
+      join billing.codes c on c.id = r.code_id where c.kind = 'promo' and r.redeemed_at >= p_from and r.redeemed_at < p_to), 0))::text,
+    'promo_credits_used', trim_scale(coalesce((select sum(a.amount) from billing.code_redemptions r
+      join billing.codes c on c.id = r.code_id and c.kind = 'promo'
+      join billing.lots l on l.grant_transfer_id = r.transfer_id and l.moved_from is null
+      join billing.lot_allocations a on a.lot_id = l.id and a.kind in ('usage', 'debit', 'hold_capture')
+      where a.created_at >= p_from and a.created_at < p_to), 0))::text,
+    'promo_redemptions', (select count(*) from billing.code_redemptions r join billing.codes c on c.id = r.code_id
+      where c.kind = 'promo' and r.redeemed_at >= p_from and r.redeemed_at < p_to),
+    'gift_sales', (select count(*) from billing.purchases p where p.gift and p.paid_at >= p_from and p.paid_at < p_to),
+    'gift_sales_cents', (select coalesce(sum(p.price_cents), 0) from billing.purchases p
+      where p.gift and p.paid_at >= p_from and p.paid_at < p_to),
+    'gifts_redeemed', (select count(*) from billing.code_redemptions r join billing.codes c on c.id = r.code_id
+      where c.kind = 'gift' and r.redeemed_at >= p_from and r.redeemed_at < p_to),
+    'sponsor_credits_issued', trim_scale(coalesce((select sum(c.credits) from billing.codes c
+      where c.kind = 'sponsor' and c.created_at >= p_from and c.created_at < p_to), 0))::text,
+    'sponsor_credits_redeemed', trim_scale(coalesce((select sum(r.credits) from billing.code_redemptions r
+      join billing.codes c on c.id = r.code_id where c.kind = 'sponsor' and r.redeemed_at >= p_from and r.redeemed_at < p_to), 0))::text,
+    'sponsor_codes_closed', (select count(*) from billing.codes c
+      where c.kind = 'sponsor' and c.status in ('revoked', 'void') and c.updated_at >= p_from and c.updated_at < p_to))
+$$;
+comment on function billing.codes_report(p_from timestamptz, p_to timestamptz) is 'Internal: promo credits granted and used, gift sales, sponsor funding in [from, to) (a part of revenue_metrics).';
+revoke execute on function billing.codes_report(p_from timestamptz, p_to timestamptz) from public;
+
+-- ============================================================ policies
+
+create policy "Users can read their own redemptions" on billing.code_redemptions
+  for select to authenticated using (user_id = (select auth.uid()));
+
+-- ============================================================ references into this domain
+
+alter table billing.accounts add constraint accounts_code_id_fkey foreign key (code_id) references billing.codes(id);
+
+create unique index accounts_code_escrow on billing.accounts (code_id) where code_id is not null;

@@ -1,0 +1,89 @@
+// Codes on the example student page, in Chromium against the local stack: a student buys a gift
+// through the emulator's hosted Checkout and is shown its code (their balance unchanged); a
+// friend redeems it on their own page and sees the credits arrive; a mistyped code says so in a
+// student's words. An organisation's owner sponsors a student by email from the organisation view,
+// is shown the code once, revokes another; the student redeems theirs. Each view is checked at
+// desktop and phone width.
+import assert from 'node:assert/strict';
+import type { Page } from 'playwright-core';
+import { browserTest, legibility } from '../browser.ts';
+import { env, functionsUrl, newUser, userToken } from '../helpers.ts';
+import { person, school } from '../orgs.ts';
+
+const pageUrl = env('STUDENT_PAGE_URL');
+const apiBase = functionsUrl.replace(/\/functions\/v1$/, '');
+const text = async (page: Page, selector: string) => (await page.locator(selector).textContent())?.trim();
+
+async function signIn(page: Page, token: string) {
+  await page.goto(`${pageUrl}?api=${encodeURIComponent(apiBase)}`);
+  await page.locator('#token').fill(token);
+  await page.locator('#use-token').click();
+  await page.waitForSelector('body[data-ready="true"]');
+}
+
+async function assertLegible(page: Page, name: string) {
+  for (const [width, label] of [[1280, 'desktop'], [390, 'phone']] as const) {
+    await page.setViewportSize({ width, height: 844 });
+    const seen = await legibility(page);
+    assert.ok(seen.overflow <= 0, `${name}, ${label}: scrolls sideways by ${seen.overflow}px`);
+    assert.deepEqual(seen.tooSmall, [], `${name}, ${label}: text under 12 px`);
+  }
+}
+
+browserTest('a student gives a gift through Checkout; a friend redeems its code on their page', async (browser) => {
+  const buyer = await browser.newPage();
+  await signIn(buyer, await userToken(await newUser()));
+  await buyer.locator('button[data-gift="starter"]').click();
+  await buyer.waitForURL(/\/_emulator\/checkout\/cs_test_/);
+  await buyer.locator('#pay').click();
+  await buyer.waitForURL((u) => u.href.startsWith(pageUrl) && u.searchParams.has('session_id'));
+  await buyer.waitForSelector('body[data-ready="true"]');
+  const notice = await buyer.locator('#notice', { hasText: 'Your gift code' }).textContent() ?? '';
+  const code = notice.match(/[0-9A-Z]{5}(-[0-9A-Z]{5}){3}/)?.[0];
+  assert.ok(code, notice);
+  assert.equal(await text(buyer, '#balance'), '0', "a gift is not the buyer's credits");
+  await assertLegible(buyer, 'gift-bought');
+
+  const friend = await browser.newPage();
+  await signIn(friend, await userToken(await newUser()));
+  await friend.locator('#code').fill('not-a-code-at-all-xx');
+  await friend.locator('#redeem').click();
+  await friend.locator('#error', { hasText: 'A code is 20 letters' }).waitFor();
+  await friend.locator('#code').fill(code.toLowerCase());
+  await friend.locator('#redeem').click();
+  await friend.locator('#notice', { hasText: '9,990 credits from a gift were added' }).waitFor();
+  await friend.locator('#balance', { hasText: '9,990' }).waitFor();
+  assert.match((await text(friend, '#ledger')) ?? '', /Code redeemed · \+9,990/);
+  await assertLegible(friend, 'gift-redeemed');
+});
+
+browserTest('an owner sponsors a student from the organisation view; the student redeems the code', async (browser) => {
+  const owner = await person('owner');
+  const student = await person('student');
+  const org = await school(owner, [], 'allowance', '100');
+  const page = await browser.newPage();
+  await signIn(page, owner.token);
+  const view = page.locator(`[data-org="${org}"]`);
+  const sponsor = async (email: string, credits: string) => {
+    await view.locator('input[aria-label="student to sponsor"]').fill(email);
+    await view.locator('input[aria-label="credits to give"]').fill(credits);
+    await view.locator('button', { hasText: 'Sponsor' }).click();
+    const status = page.locator(`[data-org="${org}"] [data-testid="org-status"]`, { hasText: 'Code for' });
+    return (await status.textContent() ?? '').match(/[0-9A-Z]{5}(-[0-9A-Z]{5}){3}/)?.[0] ?? '';
+  };
+  const code = await sponsor(student.email, '30');
+  assert.ok(code, 'the code is shown once');
+  await sponsor('someone-else@school.test', '20');
+  await page.locator(`[data-org="${org}"] [data-testid="org-wallet"]`, { hasText: '50 credits' }).waitFor();
+  await page.locator(`[data-org="${org}"] [data-testid="org-sponsor-codes"] button`, { hasText: 'Revoke' }).first()
+    .click();
+  await page.locator(`[data-org="${org}"] [data-testid="org-status"]`, { hasText: 'Code revoked' }).waitFor();
+  await page.locator(`[data-org="${org}"] [data-testid="org-wallet"]`, { hasText: '70 credits' }).waitFor();
+  await assertLegible(page, 'org-sponsor');
+
+  const mine = await browser.newPage();
+  await signIn(mine, student.token);
+  await mine.locator('#code').fill(code);
+  await mine.locator('#redeem').click();
+  await mine.locator('#notice', { hasText: '30 credits from your organisation were added' }).waitFor();
+});
