@@ -1,0 +1,134 @@
+// Plans attacked through plan changes, with student tokens only (the emulator's test controls
+// stand in for Stripe and the card network). Tests marked FAILS reproduce a hole that is open on
+// main; the others are attacks that held, kept as regressions.
+import assert from 'node:assert/strict';
+import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
+import { codeOf } from '../money.ts';
+import { balanceOf, emulator, stripeApi } from '../purchases.ts';
+import { renew, subscribeTo } from '../plans.ts';
+
+async function student() {
+  const id = await newUser();
+  return { id, token: await userToken(id) };
+}
+const key = () => ({ 'idempotency-key': crypto.randomUUID() });
+const change = (token: string, plan_id: string, headers = key()) =>
+  api('/checkout/subscription/change', { token, headers, body: { plan_id } });
+
+type Invoice = { id: string; status: string; amount_paid: number; billing_reason: string };
+async function invoicesOf(sub: string): Promise<Invoice[]> {
+  const list = await stripeApi(`/v1/invoices?subscription=${sub}`) as { data: Invoice[] };
+  return list.data.reverse(); // oldest first
+}
+
+async function grantsOf(subscriptionId: string) {
+  return await testDb<{ invoice_id: string; billing_reason: string; credits: string; amount_cents: number }[]>`
+    select invoice_id, billing_reason, trim_scale(credits)::text as credits, amount_cents
+    from billing.plan_grants where subscription_id = ${subscriptionId} order by granted_at`;
+}
+
+Deno.test('FAILS: an upgrade while the renewal is unpaid (past_due) grants the whole new plan for the prorated difference', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly'); // $9.99 → 10,000
+  const failed = await renew(plan.stripe_subscription, 'failed'); // period 2's $9.99 not paid: past_due
+  assert.ok(failed.invoice);
+  const me = (await api('/checkout/subscription', { token: s.token })).body.data as Record<string, unknown>;
+  assert.equal(me.status, 'past_due');
+  // The student upgrades now: Stripe invoices only the difference (pro − basic) for period 2.
+  const up = await change(s.token, 'pro_monthly');
+  assert.equal(up.status, 202, up.text);
+  const invoices = await invoicesOf(plan.stripe_subscription);
+  const paidForPeriod2 = invoices.filter((i) => i.billing_reason !== 'subscription_create' && i.status === 'paid')
+    .reduce((t, i) => t + i.amount_paid, 0);
+  const grants = await grantsOf(plan.subscription_id);
+  const creditsForPeriod2 = grants.filter((g) => g.billing_reason !== 'subscription_create')
+    .reduce((t, g) => t + Number(g.credits), 0);
+  // Stripe then gives up on the renewal invoice: it is never paid.
+  await emulator(`/_emulator/invoices/${failed.invoice}/void`, {});
+  await assertLedgerInvariants();
+  // Paid $20.00 for period 2, so at most pro − basic = 25,000 credits may come with it; main grants
+  // pro's whole 35,000 (the renewal invoice that "already got" basic's 10,000 was never paid).
+  assert.equal(paidForPeriod2, 2000, invoices.map((i) => `${i.billing_reason} ${i.status} ${i.amount_paid}`).join(', '));
+  assert.ok(
+    creditsForPeriod2 <= 25000,
+    `period 2 granted ${creditsForPeriod2} credits for ${paidForPeriod2} cents: ${JSON.stringify(grants)}`,
+  );
+});
+
+Deno.test('FAILS: downgrading then upgrading back in one period charges the difference twice for no credits', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'pro_monthly'); // $29.99 → 35,000 for period 1
+  assert.equal((await change(s.token, 'basic_monthly')).status, 202); // from the next period: no refund
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202); // back: Stripe prorates basic → pro
+  const invoices = await invoicesOf(plan.stripe_subscription);
+  const paid = invoices.filter((i) => i.status === 'paid').reduce((t, i) => t + i.amount_paid, 0);
+  const grants = await grantsOf(plan.subscription_id);
+  assert.equal(grants.reduce((t, g) => t + Number(g.credits), 0), 35000, JSON.stringify(grants));
+  await assertLedgerInvariants();
+  // Period 1 was paid for at pro's price already; main charges a further ~$20.00 for nothing.
+  assert.equal(paid, 2999, `paid ${paid} cents for one period of pro: ${invoices.map((i) => `${i.billing_reason} ${i.amount_paid}`).join(', ')}`);
+});
+
+Deno.test('twenty upgrades at once charge one proration and grant the difference once', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const rs = await Promise.all(Array.from({ length: 20 }, () => change(s.token, 'pro_monthly')));
+  assert.ok(rs.every((r) => r.status === 202 || r.status === 200 || r.status === 409), rs.map((r) => r.status).join());
+  const invoices = await invoicesOf(plan.stripe_subscription);
+  assert.equal(invoices.filter((i) => i.billing_reason === 'subscription_update' && i.amount_paid > 0).length, 1);
+  assert.equal((await balanceOf(s.token)).balance, '35000');
+  await assertLedgerInvariants();
+});
+
+Deno.test('upgrade, downgrade, upgrade around a renewal grants each period its plan once', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202); // period 1: +25,000
+  assert.equal((await change(s.token, 'basic_monthly')).status, 202);
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202); // period 1 already had pro's 35,000
+  await spend(s.token, 35000);
+  await renew(plan.stripe_subscription); // period 2 on pro: 35,000, nothing left to roll
+  assert.equal((await change(s.token, 'basic_monthly')).status, 202);
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202);
+  const grants = await grantsOf(plan.subscription_id);
+  const credits = grants.reduce((t, g) => t + Number(g.credits), 0);
+  assert.equal(credits, 70000, JSON.stringify(grants));
+  assert.equal((await balanceOf(s.token)).balance, '35000');
+  await assertLedgerInvariants();
+});
+
+Deno.test('the upgrade credits spent, then the proration charge disputed and lost, leave the student owing them', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202);
+  await spend(s.token, 35000);
+  const upgrade = (await invoicesOf(plan.stripe_subscription)).find((i) => i.billing_reason === 'subscription_update');
+  assert.ok(upgrade);
+  const payments = await stripeApi(`/v1/invoice_payments?invoice=${upgrade.id}`) as {
+    data: { payment: { payment_intent: string } }[];
+  };
+  const pi = await stripeApi(`/v1/payment_intents/${payments.data[0].payment.payment_intent}`);
+  await emulator(`/_emulator/charges/${pi.latest_charge}/dispute`, { outcome: 'open' });
+  await emulator(`/_emulator/charges/${pi.latest_charge}/dispute`, { outcome: 'lost' });
+  const b = await balanceOf(s.token);
+  assert.equal(b.balance, '-25000', JSON.stringify(b));
+  // In debt, the student cannot spend.
+  const r = await api('/credits/usage', {
+    token: s.token,
+    headers: key(),
+    body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },
+  });
+  assert.equal(r.status, 402, r.text);
+  await assertLedgerInvariants();
+});
+
+Deno.test('a plan change reusing an idempotency key with another plan is refused', async () => {
+  const s = await student();
+  await subscribeTo(s.token, 'basic_monthly');
+  const h = key();
+  assert.equal((await change(s.token, 'pro_monthly', h)).status, 202);
+  const again = await change(s.token, 'basic_monthly', h);
+  assert.equal(again.status, 409, again.text);
+  assert.equal(codeOf(again), 'IDEMPOTENCY_KEY_REUSED');
+  assert.equal((await balanceOf(s.token)).balance, '35000');
+});
