@@ -132,3 +132,47 @@ Deno.test('a plan change reusing an idempotency key with another plan is refused
   assert.equal(codeOf(again), 'IDEMPOTENCY_KEY_REUSED');
   assert.equal((await balanceOf(s.token)).balance, '35000');
 });
+
+Deno.test('FAILS: an upgrade with one day left (Stripe prorates the charge to 1/30) still grants the whole difference', async () => {
+  // The emulator's clock cannot reach the end of a period, so Stripe's answer for an upgrade made
+  // one day before the period ends is given to billing.sync_subscription as the webhook would:
+  // the proration invoice for the last day, (29.99 − 9.99) × 1/30 = $0.67, paid.
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const [row] = await testDb<{ stripe_customer_id: string; start: number; end: number }[]>`
+    select stripe_customer_id, extract(epoch from current_period_start)::bigint as start,
+      extract(epoch from current_period_end)::bigint as end
+    from billing.subscriptions where id = ${plan.subscription_id}`;
+  const end = Number(row.end);
+  const state = {
+    kind: 'subscription',
+    subscription: {
+      id: plan.stripe_subscription,
+      status: 'active',
+      customer: row.stripe_customer_id,
+      cancel_at_period_end: false,
+      current_period_start: Number(row.start),
+      current_period_end: end,
+      metadata: { subscription_id: plan.subscription_id, user_id: s.id, plan_id: 'pro_monthly' },
+    },
+    invoice: {
+      id: `in_attack_${crypto.randomUUID().replaceAll('-', '')}`,
+      status: 'paid',
+      billing_reason: 'subscription_update',
+      amount_paid: 67,
+      amount_due: 67,
+      currency: 'usd',
+      attempted: true,
+      period_start: end - 86400,
+      period_end: end,
+      plan_id: 'pro_monthly',
+    },
+  };
+  const [{ outcome }] = await testDb`select billing.sync_subscription(${testDb.json(state)}) as outcome`;
+  assert.equal(outcome, 'plan_credits_granted');
+  const grants = await grantsOf(plan.subscription_id);
+  const upgrade = grants.find((g) => g.billing_reason === 'subscription_update');
+  await assertLedgerInvariants();
+  // $0.67 buys one day of pro: about 25,000 / 30 ≈ 834 credits, not 25,000 (= $20.00 of pro).
+  assert.ok(Number(upgrade?.credits) <= 834, `67 cents granted ${upgrade?.credits} credits`);
+});
