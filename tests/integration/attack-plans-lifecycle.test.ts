@@ -36,8 +36,10 @@ Deno.test('FAILS: two Checkouts for two plans, both paid: the second plan is cha
   for (const p of [basic, pro]) {
     const session = await stripeApi(`/v1/checkout/sessions/${p.session_id}`);
     const sub = await stripeApi(`/v1/subscriptions/${session.subscription}`);
-    const [row] = await testDb`select status, stripe_subscription_id from billing.subscriptions where id = ${p.subscription_id}`;
-    const [{ n }] = await testDb`select count(*)::int as n from billing.plan_grants where subscription_id = ${p.subscription_id}`;
+    const [row] =
+      await testDb`select status, stripe_subscription_id from billing.subscriptions where id = ${p.subscription_id}`;
+    const [{ n }] =
+      await testDb`select count(*)::int as n from billing.plan_grants where subscription_id = ${p.subscription_id}`;
     subs.push({ plan: p.subscription_id, stripe_status: sub.status, ours: row.status, grants: n });
   }
   await assertLedgerInvariants();
@@ -46,7 +48,10 @@ Deno.test('FAILS: two Checkouts for two plans, both paid: the second plan is cha
   // on subscriptions_one_live (Stripe retries them for days) and it renews every month.
   for (const x of subs) {
     if (x.stripe_status === 'active') {
-      assert.ok(x.ours === 'active' && x.grants === 1, `a paid Stripe subscription we do not honour: ${JSON.stringify(subs)}`);
+      assert.ok(
+        x.ours === 'active' && x.grants === 1,
+        `a paid Stripe subscription we do not honour: ${JSON.stringify(subs)}`,
+      );
     }
   }
 });
@@ -104,7 +109,9 @@ Deno.test('FAILS: a declined card on an upgrade answers 4xx, not a 5xx', async (
 
 Deno.test('FAILS (emulator fidelity): a declined upgrade leaves the plan as it was; the next renewal grants the old plan', async () => {
   const { s, plan } = await declinedUpgrade();
-  const after = await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`) as { metadata: Record<string, string> };
+  const after = await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`) as {
+    metadata: Record<string, string>;
+  };
   await spend(s.token, 10000);
   await renew(plan.stripe_subscription); // basic's $9.99 charged for period 2
   const grants = await testDb`select billing_reason, trim_scale(credits)::text as credits from billing.plan_grants
@@ -113,7 +120,11 @@ Deno.test('FAILS (emulator fidelity): a declined upgrade leaves the plan as it w
   // Stripe keeps a declined pending update (metadata included, API 2026-05-27 on) off the
   // subscription; the emulator applies the metadata before declining, so the renewal invoice
   // says pro_monthly at basic's price: PAYMENT_AMOUNT_MISMATCH, the student paid and got nothing.
-  assert.deepEqual(grants.map((g) => g.credits), ['10000', '10000'], `metadata after the decline: ${after.metadata.plan_id}`);
+  assert.deepEqual(
+    grants.map((g) => g.credits),
+    ['10000', '10000'],
+    `metadata after the decline: ${after.metadata.plan_id}`,
+  );
   assert.equal(after.metadata.plan_id, 'basic_monthly', 'the declined upgrade changed the plan in the metadata');
 });
 
@@ -122,7 +133,11 @@ Deno.test('cancelling does not let a student start a second plan in the same per
   await subscribeTo(s.token, 'basic_monthly');
   const cancel = await api('/checkout/subscription/cancel', { token: s.token, headers: key(), body: {} });
   assert.equal(cancel.status, 202, cancel.text);
-  const again = await api('/checkout/subscriptions', { token: s.token, headers: key(), body: { plan_id: 'pro_monthly' } });
+  const again = await api('/checkout/subscriptions', {
+    token: s.token,
+    headers: key(),
+    body: { plan_id: 'pro_monthly' },
+  });
   assert.equal(codeOf(again), 'PLAN_ALREADY_ACTIVE');
   // Nor upgrade to a fresh grant after cancelling and then changing their mind twice.
   assert.equal((await change(s.token, 'pro_monthly')).status, 202);
@@ -134,9 +149,12 @@ Deno.test('cancelling does not let a student start a second plan in the same per
 
 Deno.test('ten Checkouts for one plan at once share one session', async () => {
   const s = await student();
-  const rs = await Promise.all(Array.from({ length: 10 }, () =>
-    api('/checkout/subscriptions', { token: s.token, headers: key(), body: { plan_id: 'basic_monthly' } })
-  ));
+  const rs = await Promise.all(
+    Array.from(
+      { length: 10 },
+      () => api('/checkout/subscriptions', { token: s.token, headers: key(), body: { plan_id: 'basic_monthly' } }),
+    ),
+  );
   assert.ok(rs.every((r) => r.status === 200 || r.status === 201), rs.map((r) => `${r.status} ${r.text}`).join('\n'));
   assert.equal(new Set(rs.map((r) => (r.body.data as { session_id: string }).session_id)).size, 1);
 });
@@ -152,7 +170,12 @@ Deno.test('a subscribe key reused for another plan is refused', async () => {
 Deno.test('redirects off the allowlist are refused for Checkout and the portal, and no 5xx on odd URLs', async () => {
   const s = await student();
   for (
-    const url of ['https://evil.example/x', 'javascript:alert(1)', 'data:text/html,hi', 'http://127.0.0.1.evil.example/']
+    const url of [
+      'https://evil.example/x',
+      'javascript:alert(1)',
+      'data:text/html,hi',
+      'http://127.0.0.1.evil.example/',
+    ]
   ) {
     const r = await api('/checkout/subscriptions', {
       token: s.token,
@@ -198,4 +221,18 @@ Deno.test('a dispute after the renewal freezes what rolled over too; parked in a
   // 10,000 taken back: the 2,000 rolled over, 2,000 expired (forgiven), 6,000 spent (owed).
   assert.equal((await balanceOf(s.token)).balance, '4000');
   await assertLedgerInvariants();
+});
+
+Deno.test('a plan Checkout session is no package purchase: looked up by its owner or another student, it answers 404', async () => {
+  const a = await student();
+  const b = await student();
+  const plan = await subscribeTo(a.token, 'basic_monthly');
+  for (const who of [a, b]) {
+    const r = await api(`/checkout/sessions/${plan.session_id}`, { token: who.token });
+    assert.equal(r.status, 404, r.text);
+  }
+  assert.equal((await balanceOf(a.token)).balance, '10000');
+  assert.equal((await balanceOf(b.token)).balance, '0');
+  const mine = (await api('/checkout/subscription', { token: b.token })).body.data;
+  assert.equal(mine, null, 'B sees no plan of A');
 });

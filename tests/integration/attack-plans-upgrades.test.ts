@@ -48,7 +48,11 @@ Deno.test('FAILS: an upgrade while the renewal is unpaid (past_due) grants the w
   await assertLedgerInvariants();
   // Paid $20.00 for period 2, so at most pro − basic = 25,000 credits may come with it; main grants
   // pro's whole 35,000 (the renewal invoice that "already got" basic's 10,000 was never paid).
-  assert.equal(paidForPeriod2, 2000, invoices.map((i) => `${i.billing_reason} ${i.status} ${i.amount_paid}`).join(', '));
+  assert.equal(
+    paidForPeriod2,
+    2000,
+    invoices.map((i) => `${i.billing_reason} ${i.status} ${i.amount_paid}`).join(', '),
+  );
   assert.ok(
     creditsForPeriod2 <= 25000,
     `period 2 granted ${creditsForPeriod2} credits for ${paidForPeriod2} cents: ${JSON.stringify(grants)}`,
@@ -66,7 +70,13 @@ Deno.test('FAILS: downgrading then upgrading back in one period charges the diff
   assert.equal(grants.reduce((t, g) => t + Number(g.credits), 0), 35000, JSON.stringify(grants));
   await assertLedgerInvariants();
   // Period 1 was paid for at pro's price already; main charges a further ~$20.00 for nothing.
-  assert.equal(paid, 2999, `paid ${paid} cents for one period of pro: ${invoices.map((i) => `${i.billing_reason} ${i.amount_paid}`).join(', ')}`);
+  assert.equal(
+    paid,
+    2999,
+    `paid ${paid} cents for one period of pro: ${
+      invoices.map((i) => `${i.billing_reason} ${i.amount_paid}`).join(', ')
+    }`,
+  );
 });
 
 Deno.test('twenty upgrades at once charge one proration and grant the difference once', async () => {
