@@ -189,6 +189,9 @@ Deno.test('redirects off the allowlist are refused for Checkout and the portal, 
     const r = await api('/checkout/portal', { token: s.token, body: { return_url: url } });
     assert.ok(r.status >= 400 && r.status < 500, `${url}: ${r.status} ${r.text}`);
   }
+  // Someone else's Stripe ids cannot ride along: the bodies are strict.
+  const other = await api('/checkout/portal', { token: s.token, body: { customer: 'cus_someone_else' } });
+  assert.equal(other.status, 400, other.text);
   for (
     const body of [{ plan_id: 'basic_monthly\u0000' }, { plan_id: 'x'.repeat(65) }, { plan_id: 1e2 }, { plan_id: [] }, {
       plan_id: 'pro_monthly',

@@ -186,3 +186,17 @@ Deno.test('FAILS: an upgrade with one day left (Stripe prorates the charge to 1/
   // $0.67 buys one day of pro: about 25,000 / 30 ≈ 834 credits, not 25,000 (= $20.00 of pro).
   assert.ok(Number(upgrade?.credits) <= 834, `67 cents granted ${upgrade?.credits} credits`);
 });
+
+Deno.test('rollover after upgrades never exceeds the renewing plan rule, nor compounds over two renewals', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202); // 35,000 unspent in period 1
+  await renew(plan.stripe_subscription); // pro: floor(35,000 × 0.25) = 8,750 roll, + 35,000
+  assert.equal((await balanceOf(s.token)).balance, '43750');
+  await renew(plan.stripe_subscription); // still at most 8,750 in all, not 8,750 per lot
+  assert.equal((await balanceOf(s.token)).balance, '43750');
+  assert.equal((await change(s.token, 'basic_monthly')).status, 202);
+  await renew(plan.stripe_subscription); // basic: up to 2,000 roll, + 10,000
+  assert.equal((await balanceOf(s.token)).balance, '12000');
+  await assertLedgerInvariants();
+});
