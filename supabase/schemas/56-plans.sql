@@ -5,7 +5,7 @@
 -- than one already granted, grants nothing. At a renewal what is left of the ending period's
 -- plan credits, capped by the plan's rollover rule, moves into a lot of its own that expires
 -- at the new period's end (moved_from keeps the provenance); the rest expires as breakage. An
--- upgrade's proration invoice grants the difference in credits for the current period; a
+-- upgrade's proration invoice grants the share of the credit difference it paid for; a
 -- downgrade takes effect at the next period (Stripe charges nothing back).
 
 -- ============================================================ tables
@@ -217,6 +217,7 @@ set search_path = ''
 as $$
 declare
   v_plan billing.plans;
+  v_old billing.plans;
   v_grant billing.plan_grants;
   v_start timestamptz := to_timestamp((p_invoice ->> 'period_start')::bigint);
   v_end timestamptz := to_timestamp((p_invoice ->> 'period_end')::bigint);
@@ -257,6 +258,23 @@ begin
   select coalesce(sum(g.credits), 0) into v_had from billing.plan_grants g
   where g.subscription_id = p_sub.id and g.period_end = v_end and g.invoice_id <> v_grant.invoice_id;
   v_credits := greatest(v_plan.credits - v_had, 0);
+  if v_reason not in ('subscription_create', 'subscription_cycle') then
+    -- An upgrade's proration invoice buys the difference for what is left of the period, so it
+    -- grants that share of it: (new − old credits) × paid ÷ (new − old price), rounded down,
+    -- never more than the difference. The old plan is the last one a paid invoice granted
+    -- (this period's, or the last period's when this one's renewal is unpaid: the difference,
+    -- never the whole plan, for a prorated charge).
+    select * into v_old from billing.plans p where p.id = (
+      select g.plan_id from billing.plan_grants g
+      where g.subscription_id = p_sub.id and g.invoice_id <> v_grant.invoice_id and g.credits > 0 and g.period_end <= v_end
+      order by g.period_end desc, g.granted_at desc limit 1);
+    if not found or v_plan.price_cents <= v_old.price_cents or v_plan.credits <= v_old.credits then
+      v_credits := 0;
+    else
+      v_credits := least(v_credits, v_plan.credits - v_old.credits,
+        trunc((v_plan.credits - v_old.credits) * v_amount / (v_plan.price_cents - v_old.price_cents), 18));
+    end if;
+  end if;
   if v_reason = 'subscription_cycle' then
     select max(g.period_end) into v_prev from billing.plan_grants g
     where g.subscription_id = p_sub.id and g.period_end < v_end and g.credits > 0;

@@ -143,7 +143,7 @@ Deno.test('a plan change reusing an idempotency key with another plan is refused
   assert.equal((await balanceOf(s.token)).balance, '35000');
 });
 
-Deno.test('FAILS: an upgrade with one day left (Stripe prorates the charge to 1/30) still grants the whole difference', async () => {
+Deno.test('an upgrade with one day left (Stripe prorates the charge to 1/30) grants the share of the difference it paid for', async () => {
   // The emulator's clock cannot reach the end of a period, so Stripe's answer for an upgrade made
   // one day before the period ends is given to billing.sync_subscription as the webhook would:
   // the proration invoice for the last day, (29.99 − 9.99) × 1/30 = $0.67, paid.
@@ -183,8 +183,9 @@ Deno.test('FAILS: an upgrade with one day left (Stripe prorates the charge to 1/
   const grants = await grantsOf(plan.subscription_id);
   const upgrade = grants.find((g) => g.billing_reason === 'subscription_update');
   await assertLedgerInvariants();
-  // $0.67 buys one day of pro: about 25,000 / 30 ≈ 834 credits, not 25,000 (= $20.00 of pro).
-  assert.ok(Number(upgrade?.credits) <= 834, `67 cents granted ${upgrade?.credits} credits`);
+  // $0.67 buys one day of pro: 25,000 × 67 ÷ 2,000 = 837.5 credits (the cents paid over the full
+  // price difference: Stripe rounds the day's 66.67 cents up), not 25,000 (= $20.00 of pro).
+  assert.equal(upgrade?.credits, '837.5', `67 cents granted ${upgrade?.credits} credits`);
 });
 
 Deno.test('rollover after upgrades never exceeds the renewing plan rule, nor compounds over two renewals', async () => {
