@@ -100,11 +100,12 @@ async function declinedUpgrade() {
   return { s, plan, up };
 }
 
-Deno.test('FAILS: a declined card on an upgrade answers 4xx, not a 5xx', async () => {
+Deno.test('a declined card on an upgrade answers 402 CARD_DECLINED, not a 5xx', async () => {
   const { s, up } = await declinedUpgrade();
   assert.equal((await balanceOf(s.token)).balance, '10000');
-  // main: 502-class STRIPE_ERROR (type server) for the student's own declined card.
-  assert.ok(up.status >= 400 && up.status < 500, `${up.status} ${up.text}`);
+  // Before the fix: 502 STRIPE_ERROR (type server) for the student's own declined card.
+  assert.equal(up.status, 402, up.text);
+  assert.equal(codeOf(up), 'CARD_DECLINED');
 });
 
 Deno.test('FAILS (emulator fidelity): a declined upgrade leaves the plan as it was; the next renewal grants the old plan', async () => {

@@ -27,36 +27,29 @@ async function grantsOf(subscriptionId: string) {
     from billing.plan_grants where subscription_id = ${subscriptionId} order by granted_at`;
 }
 
-Deno.test('FAILS: an upgrade while the renewal is unpaid (past_due) grants the whole new plan for the prorated difference', async () => {
+Deno.test('an upgrade while the renewal is unpaid (past_due) is refused (409 PLAN_PAST_DUE): nothing charged, nothing granted', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly'); // $9.99 → 10,000
   const failed = await renew(plan.stripe_subscription, 'failed'); // period 2's $9.99 not paid: past_due
   assert.ok(failed.invoice);
   const me = (await api('/checkout/subscription', { token: s.token })).body.data as Record<string, unknown>;
   assert.equal(me.status, 'past_due');
-  // The student upgrades now: Stripe invoices only the difference (pro − basic) for period 2.
+  // Were the upgrade allowed, Stripe would invoice only the difference (pro − basic) for period 2,
+  // and before the fix its invoice granted pro's whole 35,000 (the renewal that "already got"
+  // basic's 10,000 was never paid). Now it is refused; the SQL grants at most the difference anyway.
   const up = await change(s.token, 'pro_monthly');
-  assert.equal(up.status, 202, up.text);
+  assert.equal(up.status, 409, up.text);
+  assert.equal(codeOf(up), 'PLAN_PAST_DUE');
   const invoices = await invoicesOf(plan.stripe_subscription);
   const paidForPeriod2 = invoices.filter((i) => i.billing_reason !== 'subscription_create' && i.status === 'paid')
     .reduce((t, i) => t + i.amount_paid, 0);
   const grants = await grantsOf(plan.subscription_id);
   const creditsForPeriod2 = grants.filter((g) => g.billing_reason !== 'subscription_create')
     .reduce((t, g) => t + Number(g.credits), 0);
-  // Stripe then gives up on the renewal invoice: it is never paid.
   await emulator(`/_emulator/invoices/${failed.invoice}/void`, {});
   await assertLedgerInvariants();
-  // Paid $20.00 for period 2, so at most pro − basic = 25,000 credits may come with it; main grants
-  // pro's whole 35,000 (the renewal invoice that "already got" basic's 10,000 was never paid).
-  assert.equal(
-    paidForPeriod2,
-    2000,
-    invoices.map((i) => `${i.billing_reason} ${i.status} ${i.amount_paid}`).join(', '),
-  );
-  assert.ok(
-    creditsForPeriod2 <= 25000,
-    `period 2 granted ${creditsForPeriod2} credits for ${paidForPeriod2} cents: ${JSON.stringify(grants)}`,
-  );
+  assert.equal(paidForPeriod2, 0, invoices.map((i) => `${i.billing_reason} ${i.status} ${i.amount_paid}`).join(', '));
+  assert.equal(creditsForPeriod2, 0, JSON.stringify(grants));
 });
 
 Deno.test('FAILS: downgrading then upgrading back in one period charges the difference twice for no credits', async () => {

@@ -158,6 +158,13 @@ export const publicPlan = (s: PlanState | null) =>
  */
 export async function changePlan(userId: string, planId: string, requestKey: string): Promise<Effect> {
   const s = await livePlan(userId);
+  // Until the period's invoice is paid, a plan change would buy a share of a period that is
+  // itself unpaid: the card is updated (portal) and the renewal paid first.
+  if (s.status !== 'active' && s.status !== 'trialing') {
+    throw new AppError('conflict', 'PLAN_PAST_DUE', 'Your plan has an unpaid invoice: update your card first.', {
+      details: { status: s.status },
+    });
+  }
   const [from, to] = [await planOf(s.plan_id), await planOf(planId)];
   if (from.id === to.id) return { status: 200, data: publicPlan(s) };
   if (from.billing_interval !== to.billing_interval || from.currency !== to.currency) {
