@@ -217,6 +217,7 @@ set search_path = ''
 as $$
 declare
   v_plan billing.plans;
+  v_plan_id text;
   v_old billing.plans;
   v_grant billing.plan_grants;
   v_start timestamptz := to_timestamp((p_invoice ->> 'period_start')::bigint);
@@ -230,7 +231,20 @@ declare
   v_rolled numeric(38, 18) := 0;
   v_lot bigint;
 begin
-  select * into v_plan from billing.plans p where p.id = coalesce(p_invoice ->> 'plan_id', p_sub.plan_id);
+  -- The plan it billed: an upgrade's is the plan its charged line's price belongs to (what was
+  -- bought, whatever the metadata says: the metadata of a declined or pending update is not it);
+  -- other invoices' is the subscription metadata Stripe snapshots onto them.
+  v_plan_id := coalesce(p_invoice ->> 'plan_id', p_sub.plan_id);
+  if jsonb_typeof(p_invoice -> 'price') = 'object' then
+    select coalesce(max(p.id) filter (where p.id = v_plan_id), case when count(*) = 1 then max(p.id) end, v_plan_id)
+    into v_plan_id
+    from billing.plans p
+    where p.stripe_price_id = p_invoice -> 'price' ->> 'id'
+       or (p.stripe_price_id is null and p.price_cents = (p_invoice -> 'price' ->> 'unit_amount')::integer
+           and p.currency = lower(p_invoice -> 'price' ->> 'currency')
+           and p.billing_interval = p_invoice -> 'price' ->> 'interval');
+  end if;
+  select * into v_plan from billing.plans p where p.id = v_plan_id;
   if not found then
     perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_invoice ->> 'plan_id'));
   end if;

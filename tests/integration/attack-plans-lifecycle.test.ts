@@ -108,7 +108,7 @@ Deno.test('a declined card on an upgrade answers 402 CARD_DECLINED, not a 5xx', 
   assert.equal(codeOf(up), 'CARD_DECLINED');
 });
 
-Deno.test('FAILS (emulator fidelity): a declined upgrade leaves the plan as it was; the next renewal grants the old plan', async () => {
+Deno.test('(emulator fidelity) a declined upgrade leaves the plan as it was; the next renewal grants the old plan', async () => {
   const { s, plan } = await declinedUpgrade();
   const after = await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`) as {
     metadata: Record<string, string>;

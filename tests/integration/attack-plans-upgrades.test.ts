@@ -181,6 +181,51 @@ Deno.test('an upgrade with one day left (Stripe prorates the charge to 1/30) gra
   assert.equal(upgrade?.credits, '837.5', `67 cents granted ${upgrade?.credits} credits`);
 });
 
+Deno.test('an upgrade invoice grants the plan its charged price belongs to, not the plan its metadata names', async () => {
+  // The emulator's clock cannot reach the end of a period, so Stripe's answer for an upgrade made
+  // one day before the period ends is given to billing.sync_subscription as the webhook would:
+  // the proration invoice for the last day, (29.99 − 9.99) × 1/30 = $0.67, paid.
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const [row] = await testDb<{ stripe_customer_id: string; start: number; end: number }[]>`
+    select stripe_customer_id, extract(epoch from current_period_start)::bigint as start,
+      extract(epoch from current_period_end)::bigint as end
+    from billing.subscriptions where id = ${plan.subscription_id}`;
+  const end = Number(row.end);
+  const state = {
+    kind: 'subscription',
+    subscription: {
+      id: plan.stripe_subscription,
+      status: 'active',
+      customer: row.stripe_customer_id,
+      cancel_at_period_end: false,
+      current_period_start: Number(row.start),
+      current_period_end: end,
+      metadata: { subscription_id: plan.subscription_id, user_id: s.id, plan_id: 'pro_monthly' },
+    },
+    invoice: {
+      id: `in_attack_${crypto.randomUUID().replaceAll('-', '')}`,
+      status: 'paid',
+      billing_reason: 'subscription_update',
+      amount_paid: 67,
+      amount_due: 67,
+      currency: 'usd',
+      attempted: true,
+      period_start: end - 86400,
+      period_end: end,
+      plan_id: 'pro_monthly', // the metadata says pro, but the line charged basic's price
+      price: { id: 'price_attack', unit_amount: 999, currency: 'usd', interval: 'month' },
+    },
+  };
+  const [{ outcome }] = await testDb`select billing.sync_subscription(${testDb.json(state)}) as outcome`;
+  assert.equal(outcome, 'plan_credits_granted');
+  const grants = await grantsOf(plan.subscription_id);
+  const upgrade = grants.find((g) => g.billing_reason === 'subscription_update');
+  await assertLedgerInvariants();
+  // Basic to basic is no upgrade: the 67 cents are recorded, no credits come with them.
+  assert.equal(upgrade?.credits, '0', `67 cents granted ${upgrade?.credits} credits`);
+});
+
 Deno.test('rollover after upgrades never exceeds the renewing plan rule, nor compounds over two renewals', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly');
