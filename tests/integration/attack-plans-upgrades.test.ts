@@ -52,7 +52,7 @@ Deno.test('an upgrade while the renewal is unpaid (past_due) is refused (409 PLA
   assert.equal(creditsForPeriod2, 0, JSON.stringify(grants));
 });
 
-Deno.test('FAILS: downgrading then upgrading back in one period charges the difference twice for no credits', async () => {
+Deno.test('downgrading then upgrading back in one period charges nothing more and grants nothing more', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'pro_monthly'); // $29.99 → 35,000 for period 1
   assert.equal((await change(s.token, 'basic_monthly')).status, 202); // from the next period: no refund
@@ -62,7 +62,7 @@ Deno.test('FAILS: downgrading then upgrading back in one period charges the diff
   const grants = await grantsOf(plan.subscription_id);
   assert.equal(grants.reduce((t, g) => t + Number(g.credits), 0), 35000, JSON.stringify(grants));
   await assertLedgerInvariants();
-  // Period 1 was paid for at pro's price already; main charges a further ~$20.00 for nothing.
+  // Period 1 was paid for at pro's price already; before the fix a further ~$20.00 was charged for nothing.
   assert.equal(
     paid,
     2999,

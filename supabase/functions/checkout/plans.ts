@@ -173,6 +173,15 @@ export async function changePlan(userId: string, planId: string, requestKey: str
     });
   }
   const upgrade = Number(to.credits) > Number(from.credits);
+  // Back up to a plan this period was already paid for (a downgrade waits for the renewal, so
+  // the period still has the credits): Stripe charges nothing now, and nothing is granted.
+  const [paid] = await call((sql) =>
+    sql<{ credits: string }[]>`select p.credits from billing.plan_grants g
+      join billing.subscriptions s on s.id = g.subscription_id join billing.plans p on p.id = g.plan_id
+      where s.id = ${s.subscription_id} and g.period_end = s.current_period_end and g.credits > 0
+      order by p.credits desc limit 1`
+  );
+  const charged = upgrade && !(paid && Number(to.credits) <= Number(paid.credits));
   const client = stripe().client;
   const current = await stripeCall(() => client.subscriptions.retrieve(s.stripe_subscription_id));
   const item = current.items.data[0];
@@ -188,9 +197,9 @@ export async function changePlan(userId: string, planId: string, requestKey: str
         },
       }],
       metadata: { plan_id: to.id },
-      proration_behavior: upgrade ? 'always_invoice' : 'none',
+      proration_behavior: charged ? 'always_invoice' : 'none',
       // An upgrade whose payment fails changes nothing (Stripe keeps the update pending).
-      ...(upgrade ? { payment_behavior: 'pending_if_incomplete' as const } : {}),
+      ...(charged ? { payment_behavior: 'pending_if_incomplete' as const } : {}),
     }, { idempotencyKey: `plan-change:${s.subscription_id}:${requestKey}` })
   );
   return { status: 202, data: { ...publicPlan(s), plan_id: to.id, change: upgrade ? 'upgrade' : 'downgrade' } };
