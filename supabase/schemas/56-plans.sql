@@ -48,6 +48,7 @@ create table billing.subscriptions (
   current_period_start timestamptz,
   current_period_end timestamptz,
   cancel_at_period_end boolean not null default false,
+  refused_at timestamptz,                         -- a second live plan paid anyway: cancelled at Stripe, its invoices refunded
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   constraint subscriptions_request unique (user_id, request_key),
@@ -62,7 +63,7 @@ grant select on table billing.subscriptions to service_role;
 
 -- One live plan per student: a second Checkout for a plan is refused while one is under way.
 create unique index subscriptions_one_live on billing.subscriptions (user_id)
-  where status in ('active', 'past_due', 'trialing', 'unpaid', 'paused');
+  where status in ('active', 'past_due', 'trialing', 'unpaid', 'paused') and refused_at is null;
 
 create table billing.plan_grants (
   invoice_id text primary key,                    -- Stripe's: one grant per invoice, ever
@@ -126,7 +127,7 @@ begin
   if not exists (select 1 from billing.plans p where p.id = p_plan_id and p.active) then
     perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_plan_id));
   end if;
-  if exists (select 1 from billing.subscriptions s where s.user_id = p_user
+  if exists (select 1 from billing.subscriptions s where s.user_id = p_user and s.refused_at is null
              and s.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) then
     perform billing.raise_error('PLAN_ALREADY_ACTIVE', '{}');
   end if;
@@ -161,6 +162,22 @@ $$;
 comment on function billing.attach_subscription_session(p_id uuid, p_session_id text, p_url text, p_expires_at timestamptz) is 'Records the Checkout Session made for a pending subscription.';
 revoke execute on function billing.attach_subscription_session(p_id uuid, p_session_id text, p_url text, p_expires_at timestamptz) from public;
 grant execute on function billing.attach_subscription_session(p_id uuid, p_session_id text, p_url text, p_expires_at timestamptz) to service_role;
+
+create or replace function billing.close_other_subscription_sessions(p_user uuid, p_keep uuid) returns setof text
+language sql
+security definer
+set search_path = ''
+as $$
+  -- Closed here first (never reused), then expired at Stripe by the caller: one open plan
+  -- Checkout per student, so two plans cannot both be paid from two tabs.
+  update billing.subscriptions s set session_expires_at = least(s.session_expires_at, now()), updated_at = now()
+  where s.user_id = p_user and s.id <> p_keep and s.status = 'incomplete' and s.stripe_subscription_id is null
+    and s.stripe_session_id is not null and s.session_expires_at > now()
+  returning s.stripe_session_id
+$$;
+comment on function billing.close_other_subscription_sessions(p_user uuid, p_keep uuid) is 'Closes a student''s other open plan Checkouts (returns their Stripe session ids, for the caller to expire at Stripe).';
+revoke execute on function billing.close_other_subscription_sessions(p_user uuid, p_keep uuid) from public;
+grant execute on function billing.close_other_subscription_sessions(p_user uuid, p_keep uuid) to service_role;
 
 create or replace function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans,
   p_period_end timestamptz, p_new_end timestamptz, p_key text) returns numeric
@@ -340,14 +357,25 @@ begin
   if not found then
     return 'unknown_subscription';
   end if;
+  -- A second plan paid while another is live (two Checkouts raced): recorded, never honoured;
+  -- the caller cancels it at Stripe and refunds its invoices.
+  if v_sub.refused_at is null and v_s ->> 'status' in ('active', 'past_due', 'trialing', 'unpaid', 'paused')
+     and exists (select 1 from billing.subscriptions o where o.user_id = v_sub.user_id and o.id <> v_sub.id
+                 and o.refused_at is null and o.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) then
+    v_sub.refused_at := now();
+  end if;
   update billing.subscriptions s
   set stripe_subscription_id = v_s ->> 'id', stripe_customer_id = v_s ->> 'customer', status = v_s ->> 'status',
+      refused_at = v_sub.refused_at,
       plan_id = coalesce((select p.id from billing.plans p where p.id = v_s -> 'metadata' ->> 'plan_id'), s.plan_id),
       current_period_start = to_timestamp((v_s ->> 'current_period_start')::bigint),
       current_period_end = to_timestamp((v_s ->> 'current_period_end')::bigint),
       cancel_at_period_end = (v_s ->> 'cancel_at_period_end')::boolean, updated_at = now()
   where s.id = v_sub.id
   returning * into v_sub;
+  if v_sub.refused_at is not null then
+    return 'plan_subscription_refused';
+  end if;
   if v_inv is null then
     return v_outcome;
   end if;
@@ -509,7 +537,7 @@ as $$
     'plan_credits_left', trim_scale(coalesce((select sum(l.remaining) from billing.plan_lots pl join billing.lots l on l.id = pl.lot_id
                                               where pl.subscription_id = s.id and l.open), 0))::text)
   from billing.subscriptions s
-  where s.user_id = p_user and s.stripe_subscription_id is not null
+  where s.user_id = p_user and s.stripe_subscription_id is not null and s.refused_at is null
   order by (s.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) desc, s.created_at desc
   limit 1
 $$;
@@ -523,10 +551,10 @@ security definer
 set search_path = ''
 as $$
   select jsonb_build_object(
-    'subscribers', (select count(*) from billing.subscriptions s where s.status in ('active', 'past_due')),
+    'subscribers', (select count(*) from billing.subscriptions s where s.status in ('active', 'past_due') and s.refused_at is null),
     -- Monthly recurring revenue: a yearly plan counts a twelfth of its price.
     'mrr_cents', (select coalesce(round(sum(case p.billing_interval when 'year' then p.price_cents / 12.0 else p.price_cents end)), 0)
-                  from billing.subscriptions s join billing.plans p on p.id = s.plan_id where s.status in ('active', 'past_due')),
+                  from billing.subscriptions s join billing.plans p on p.id = s.plan_id where s.status in ('active', 'past_due') and s.refused_at is null),
     'churned', (select count(*) from billing.subscriptions s where s.status = 'canceled' and s.updated_at >= p_from and s.updated_at < p_to),
     'credits_granted', (select trim_scale(coalesce(sum(g.credits), 0))::text from billing.plan_grants g
                         where g.granted_at >= p_from and g.granted_at < p_to),

@@ -81,6 +81,16 @@ export async function subscribe(
     sql<SubscriptionRow[]>`select * from billing.begin_subscription(${userId}, ${plan.id}, ${requestKey})`
   );
   if (sub.stripe_session_id) return { status: 200, data: subscriptionJson(sub) };
+  // One open plan Checkout per student: the others (another plan, another tab) expire first, so
+  // two plans cannot both be paid. One already completed is refused when its webhook comes.
+  const others = await call((sql) =>
+    sql<{ id: string }[]>`select billing.close_other_subscription_sessions(${userId}, ${sub.id}) as id`
+  );
+  for (const { id } of others) {
+    await stripeCall(() => stripe().client.checkout.sessions.expire(id)).catch((err) => {
+      if (!(err instanceof AppError) || err.code !== 'STRIPE_ERROR') throw err; // not open any more
+    });
+  }
   // Our ids ride on the subscription's metadata: every invoice snapshots it, so each says
   // which plan it billed. Only this service (the secret key) can set it.
   const metadata = { subscription_id: sub.id, user_id: userId, plan_id: plan.id };

@@ -132,3 +132,29 @@ export async function fetchPlanChargeState(chargeId: string): Promise<PlanCharge
     dispute_status: dispute?.status ?? null,
   };
 }
+
+/**
+ * A second plan paid while another was live (two Checkouts raced): billing.sync_subscription
+ * recorded it as refused; here it is cancelled at Stripe and its paid invoice refunded. Safe to
+ * repeat: every event of that subscription comes back here until it is cancelled and refunded.
+ */
+export async function refuseSubscription(state: SubscriptionState): Promise<void> {
+  const client = stripe().client;
+  const id = state.subscription.id;
+  if (state.subscription.status !== 'canceled') {
+    await stripeCall(() => client.subscriptions.cancel(id, {}, { idempotencyKey: `plan-refused:${id}` }));
+  }
+  const inv = state.invoice;
+  if (inv?.status !== 'paid' || inv.amount_paid <= 0) return;
+  const payments = await stripeCall(() => client.invoicePayments.list({ invoice: inv.id, limit: 1 }));
+  const paymentIntent = idOf(payments.data[0]?.payment?.payment_intent);
+  if (!paymentIntent) return;
+  const pi = await stripeCall(() => client.paymentIntents.retrieve(paymentIntent));
+  const charge = pi.latest_charge ? await stripeCall(() => client.charges.retrieve(idOf(pi.latest_charge) ?? '')) : null;
+  if (!charge || charge.refunded) return;
+  await stripeCall(() =>
+    client.refunds.create({ payment_intent: paymentIntent, reason: 'duplicate', metadata: { refused_plan: id } }, {
+      idempotencyKey: `plan-refused-refund:${inv.id}`,
+    })
+  );
+}
