@@ -174,3 +174,125 @@ $function$
 comment on function billing.close_other_subscription_sessions(uuid,uuid) is 'Closes a student''s other open plan Checkouts (returns their Stripe session ids, for the caller to expire at Stripe).';
 revoke execute on function billing.close_other_subscription_sessions(uuid,uuid) from public;
 grant execute on function billing.close_other_subscription_sessions(uuid,uuid) to service_role;
+
+-- The period's own invoice after a late upgrade: its plan less the other base grants, capped by the larger plan.
+set check_function_bodies = off;
+
+CREATE OR REPLACE FUNCTION billing.grant_plan_invoice(p_sub billing.subscriptions, p_invoice jsonb)
+ RETURNS text
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_plan billing.plans;
+  v_plan_id text;
+  v_old billing.plans;
+  v_grant billing.plan_grants;
+  v_start timestamptz := to_timestamp((p_invoice ->> 'period_start')::bigint);
+  v_end timestamptz := to_timestamp((p_invoice ->> 'period_end')::bigint);
+  v_amount integer := (p_invoice ->> 'amount_paid')::integer;
+  v_reason text := p_invoice ->> 'billing_reason';
+  v_account bigint := billing.ensure_user_account(p_sub.user_id);
+  v_had numeric(38, 18);
+  v_base_had numeric(38, 18);
+  v_top numeric(38, 18);
+  v_credits numeric(38, 18) := 0;
+  v_prev timestamptz;
+  v_rolled numeric(38, 18) := 0;
+  v_lot bigint;
+begin
+  -- The plan it billed: an upgrade's is the plan its charged line's price belongs to (what was
+  -- bought, whatever the metadata says: the metadata of a declined or pending update is not it);
+  -- other invoices' is the subscription metadata Stripe snapshots onto them.
+  v_plan_id := coalesce(p_invoice ->> 'plan_id', p_sub.plan_id);
+  if jsonb_typeof(p_invoice -> 'price') = 'object' then
+    select coalesce(max(p.id) filter (where p.id = v_plan_id), case when count(*) = 1 then max(p.id) end, v_plan_id)
+    into v_plan_id
+    from billing.plans p
+    where p.stripe_price_id = p_invoice -> 'price' ->> 'id'
+       or (p.stripe_price_id is null and p.price_cents = (p_invoice -> 'price' ->> 'unit_amount')::integer
+           and p.currency = lower(p_invoice -> 'price' ->> 'currency')
+           and p.billing_interval = p_invoice -> 'price' ->> 'interval');
+  end if;
+  select * into v_plan from billing.plans p where p.id = v_plan_id;
+  if not found then
+    perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_invoice ->> 'plan_id'));
+  end if;
+  if lower(p_invoice ->> 'currency') <> v_plan.currency
+     or (v_reason in ('subscription_create', 'subscription_cycle') and v_amount <> v_plan.price_cents) then
+    perform billing.raise_error('PAYMENT_AMOUNT_MISMATCH', jsonb_build_object('invoice', p_invoice ->> 'id',
+      'expected_cents', v_plan.price_cents, 'paid_cents', v_amount, 'currency', p_invoice ->> 'currency'));
+  end if;
+  -- Once per invoice, under the subscription's lock (the caller's): retries and replays stop here.
+  insert into billing.plan_grants (invoice_id, subscription_id, plan_id, billing_reason, period_start, period_end,
+                                   amount_cents, currency)
+  values (p_invoice ->> 'id', p_sub.id, v_plan.id, v_reason, v_start, v_end, v_amount, v_plan.currency)
+  on conflict (invoice_id) do nothing
+  returning * into v_grant;
+  if not found then
+    return 'plan_invoice_already_granted';
+  end if;
+  -- A period that is over, or older than one already granted (a late, reordered invoice), gets
+  -- nothing: its credits would expire at once or reopen a period the student has left.
+  if v_end <= now() or exists (select 1 from billing.plan_grants g where g.subscription_id = p_sub.id
+                               and g.period_end > v_end and g.credits > 0) then
+    return 'plan_invoice_stale';
+  end if;
+  -- What this period already got (the first invoice, or an earlier upgrade): only the difference.
+  select coalesce(sum(g.credits), 0) into v_had from billing.plan_grants g
+  where g.subscription_id = p_sub.id and g.period_end = v_end and g.invoice_id <> v_grant.invoice_id;
+  v_credits := greatest(v_plan.credits - v_had, 0);
+  if v_reason in ('subscription_create', 'subscription_cycle') then
+    -- The period's own invoice grants its plan less what another such invoice of the period got;
+    -- an upgrade paid before it (its webhooks late) granted only the difference, so together
+    -- they reach, and never pass, the larger plan's credits.
+    select coalesce(sum(g.credits) filter (where g.billing_reason in ('subscription_create', 'subscription_cycle')), 0),
+           greatest(coalesce(max(p.credits), 0), v_plan.credits)
+    into v_base_had, v_top
+    from billing.plan_grants g join billing.plans p on p.id = g.plan_id
+    where g.subscription_id = p_sub.id and g.period_end = v_end and g.invoice_id <> v_grant.invoice_id and g.credits > 0;
+    v_credits := greatest(least(v_plan.credits - v_base_had, v_top - v_had), 0);
+  else
+    -- An upgrade's proration invoice buys the difference for what is left of the period, so it
+    -- grants that share of it: (new − old credits) × paid ÷ (new − old price), rounded down,
+    -- never more than the difference. The old plan is the last one a paid invoice granted
+    -- (this period's, or the last period's when this one's renewal is unpaid: the difference,
+    -- never the whole plan, for a prorated charge).
+    select * into v_old from billing.plans p where p.id = (
+      select g.plan_id from billing.plan_grants g
+      where g.subscription_id = p_sub.id and g.invoice_id <> v_grant.invoice_id and g.credits > 0 and g.period_end <= v_end
+      order by g.period_end desc, g.granted_at desc limit 1);
+    if not found or v_plan.price_cents <= v_old.price_cents or v_plan.credits <= v_old.credits then
+      v_credits := 0;
+    else
+      v_credits := least(v_credits, v_plan.credits - v_old.credits,
+        trunc((v_plan.credits - v_old.credits) * v_amount / (v_plan.price_cents - v_old.price_cents), 18));
+    end if;
+  end if;
+  if v_reason = 'subscription_cycle' then
+    select max(g.period_end) into v_prev from billing.plan_grants g
+    where g.subscription_id = p_sub.id and g.period_end < v_end and g.credits > 0;
+    if v_prev is not null then
+      v_rolled := billing.roll_over_plan_credits(p_sub, v_account, v_plan, v_prev, v_end, 'plan-rollover:' || v_grant.invoice_id);
+    end if;
+  end if;
+  if v_credits > 0 then
+    -- Paid credits whose cost is what this invoice charged: deferred revenue until spent or expired.
+    -- Spent before package credits (priority 5 < 20): they expire at the period's end.
+    perform billing.post_user_transfer(null, 1, 'credit', v_credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
+      p_sub.id::text, p_invoice ->> 'id', jsonb_build_object('plan_id', v_plan.id, 'subscription_id', p_sub.id), null, null,
+      jsonb_build_object('category', 'paid', 'cost_cents', v_amount, 'currency', v_plan.currency, 'priority', 5,
+        'expires_at', v_end), v_account);
+    select l.id into v_lot from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
+    where t.idempotency_key = 'plan:' || v_grant.invoice_id and t.kind = 'plan_grant';
+    insert into billing.plan_lots (lot_id, subscription_id, period_end) values (v_lot, p_sub.id, v_end);
+  end if;
+  update billing.plan_grants g set credits = v_credits, lot_id = v_lot, rolled_over = v_rolled
+  where g.invoice_id = v_grant.invoice_id;
+  perform billing.post_money('credit_purchase', 'plan-invoice:' || v_grant.invoice_id, v_plan.currency, null, null,
+    p_invoice ->> 'id', jsonb_build_array(billing.money_entry('payers', -v_amount), billing.money_entry('b2c_revenue', v_amount)))
+  where v_amount > 0;
+  return 'plan_credits_granted';
+end;
+$function$
+;

@@ -243,6 +243,8 @@ declare
   v_reason text := p_invoice ->> 'billing_reason';
   v_account bigint := billing.ensure_user_account(p_sub.user_id);
   v_had numeric(38, 18);
+  v_base_had numeric(38, 18);
+  v_top numeric(38, 18);
   v_credits numeric(38, 18) := 0;
   v_prev timestamptz;
   v_rolled numeric(38, 18) := 0;
@@ -289,7 +291,17 @@ begin
   select coalesce(sum(g.credits), 0) into v_had from billing.plan_grants g
   where g.subscription_id = p_sub.id and g.period_end = v_end and g.invoice_id <> v_grant.invoice_id;
   v_credits := greatest(v_plan.credits - v_had, 0);
-  if v_reason not in ('subscription_create', 'subscription_cycle') then
+  if v_reason in ('subscription_create', 'subscription_cycle') then
+    -- The period's own invoice grants its plan less what another such invoice of the period got;
+    -- an upgrade paid before it (its webhooks late) granted only the difference, so together
+    -- they reach, and never pass, the larger plan's credits.
+    select coalesce(sum(g.credits) filter (where g.billing_reason in ('subscription_create', 'subscription_cycle')), 0),
+           greatest(coalesce(max(p.credits), 0), v_plan.credits)
+    into v_base_had, v_top
+    from billing.plan_grants g join billing.plans p on p.id = g.plan_id
+    where g.subscription_id = p_sub.id and g.period_end = v_end and g.invoice_id <> v_grant.invoice_id and g.credits > 0;
+    v_credits := greatest(least(v_plan.credits - v_base_had, v_top - v_had), 0);
+  else
     -- An upgrade's proration invoice buys the difference for what is left of the period, so it
     -- grants that share of it: (new − old credits) × paid ÷ (new − old price), rounded down,
     -- never more than the difference. The old plan is the last one a paid invoice granted

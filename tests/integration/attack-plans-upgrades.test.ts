@@ -1,6 +1,6 @@
 // Plans attacked through plan changes, with student tokens only (the emulator's test controls
-// stand in for Stripe and the card network). Tests marked FAILS reproduce a hole that is open on
-// main; the others are attacks that held, kept as regressions.
+// stand in for Stripe and the card network). The holes they found are fixed; they stay as
+// regressions with the attacks that held.
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
 import { codeOf } from '../money.ts';

@@ -42,7 +42,12 @@ async function chargedPrice(inv: Stripe.Invoice): Promise<NonNullable<Subscripti
   const id = idOf(line?.pricing?.price_details?.price);
   if (!id) return null;
   const price = await stripeCall(() => stripe().client.prices.retrieve(id));
-  return { id: price.id, unit_amount: price.unit_amount, currency: price.currency, interval: price.recurring?.interval ?? null };
+  return {
+    id: price.id,
+    unit_amount: price.unit_amount,
+    currency: price.currency,
+    interval: price.recurring?.interval ?? null,
+  };
 }
 
 async function invoiceState(inv: Stripe.Invoice): Promise<NonNullable<SubscriptionState['invoice']>> {
@@ -150,7 +155,9 @@ export async function refuseSubscription(state: SubscriptionState): Promise<void
   const paymentIntent = idOf(payments.data[0]?.payment?.payment_intent);
   if (!paymentIntent) return;
   const pi = await stripeCall(() => client.paymentIntents.retrieve(paymentIntent));
-  const charge = pi.latest_charge ? await stripeCall(() => client.charges.retrieve(idOf(pi.latest_charge) ?? '')) : null;
+  const charge = pi.latest_charge
+    ? await stripeCall(() => client.charges.retrieve(idOf(pi.latest_charge) ?? ''))
+    : null;
   if (!charge || charge.refunded) return;
   await stripeCall(() =>
     client.refunds.create({ payment_intent: paymentIntent, reason: 'duplicate', metadata: { refused_plan: id } }, {
