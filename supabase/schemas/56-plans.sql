@@ -5,7 +5,7 @@
 -- than one already granted, grants nothing. At a renewal what is left of the ending period's
 -- plan credits, capped by the plan's rollover rule, moves into a lot of its own that expires
 -- at the new period's end (moved_from keeps the provenance); the rest expires as breakage. An
--- upgrade's proration invoice grants the difference in credits for the current period; a
+-- upgrade's proration invoice grants the share of the credit difference it paid for; a
 -- downgrade takes effect at the next period (Stripe charges nothing back).
 
 -- ============================================================ tables
@@ -48,6 +48,7 @@ create table billing.subscriptions (
   current_period_start timestamptz,
   current_period_end timestamptz,
   cancel_at_period_end boolean not null default false,
+  refused_at timestamptz,                         -- a second live plan paid anyway: cancelled at Stripe, its invoices refunded
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   constraint subscriptions_request unique (user_id, request_key),
@@ -62,7 +63,7 @@ grant select on table billing.subscriptions to service_role;
 
 -- One live plan per student: a second Checkout for a plan is refused while one is under way.
 create unique index subscriptions_one_live on billing.subscriptions (user_id)
-  where status in ('active', 'past_due', 'trialing', 'unpaid', 'paused');
+  where status in ('active', 'past_due', 'trialing', 'unpaid', 'paused') and refused_at is null;
 
 create table billing.plan_grants (
   invoice_id text primary key,                    -- Stripe's: one grant per invoice, ever
@@ -126,7 +127,7 @@ begin
   if not exists (select 1 from billing.plans p where p.id = p_plan_id and p.active) then
     perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_plan_id));
   end if;
-  if exists (select 1 from billing.subscriptions s where s.user_id = p_user
+  if exists (select 1 from billing.subscriptions s where s.user_id = p_user and s.refused_at is null
              and s.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) then
     perform billing.raise_error('PLAN_ALREADY_ACTIVE', '{}');
   end if;
@@ -161,6 +162,22 @@ $$;
 comment on function billing.attach_subscription_session(p_id uuid, p_session_id text, p_url text, p_expires_at timestamptz) is 'Records the Checkout Session made for a pending subscription.';
 revoke execute on function billing.attach_subscription_session(p_id uuid, p_session_id text, p_url text, p_expires_at timestamptz) from public;
 grant execute on function billing.attach_subscription_session(p_id uuid, p_session_id text, p_url text, p_expires_at timestamptz) to service_role;
+
+create or replace function billing.close_other_subscription_sessions(p_user uuid, p_keep uuid) returns setof text
+language sql
+security definer
+set search_path = ''
+as $$
+  -- Closed here first (never reused), then expired at Stripe by the caller: one open plan
+  -- Checkout per student, so two plans cannot both be paid from two tabs.
+  update billing.subscriptions s set session_expires_at = least(s.session_expires_at, now()), updated_at = now()
+  where s.user_id = p_user and s.id <> p_keep and s.status = 'incomplete' and s.stripe_subscription_id is null
+    and s.stripe_session_id is not null and s.session_expires_at > now()
+  returning s.stripe_session_id
+$$;
+comment on function billing.close_other_subscription_sessions(p_user uuid, p_keep uuid) is 'Closes a student''s other open plan Checkouts (returns their Stripe session ids, for the caller to expire at Stripe).';
+revoke execute on function billing.close_other_subscription_sessions(p_user uuid, p_keep uuid) from public;
+grant execute on function billing.close_other_subscription_sessions(p_user uuid, p_keep uuid) to service_role;
 
 create or replace function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans,
   p_period_end timestamptz, p_new_end timestamptz, p_key text) returns numeric
@@ -217,6 +234,8 @@ set search_path = ''
 as $$
 declare
   v_plan billing.plans;
+  v_plan_id text;
+  v_old billing.plans;
   v_grant billing.plan_grants;
   v_start timestamptz := to_timestamp((p_invoice ->> 'period_start')::bigint);
   v_end timestamptz := to_timestamp((p_invoice ->> 'period_end')::bigint);
@@ -224,12 +243,27 @@ declare
   v_reason text := p_invoice ->> 'billing_reason';
   v_account bigint := billing.ensure_user_account(p_sub.user_id);
   v_had numeric(38, 18);
+  v_base_had numeric(38, 18);
+  v_top numeric(38, 18);
   v_credits numeric(38, 18) := 0;
   v_prev timestamptz;
   v_rolled numeric(38, 18) := 0;
   v_lot bigint;
 begin
-  select * into v_plan from billing.plans p where p.id = coalesce(p_invoice ->> 'plan_id', p_sub.plan_id);
+  -- The plan it billed: an upgrade's is the plan its charged line's price belongs to (what was
+  -- bought, whatever the metadata says: the metadata of a declined or pending update is not it);
+  -- other invoices' is the subscription metadata Stripe snapshots onto them.
+  v_plan_id := coalesce(p_invoice ->> 'plan_id', p_sub.plan_id);
+  if jsonb_typeof(p_invoice -> 'price') = 'object' then
+    select coalesce(max(p.id) filter (where p.id = v_plan_id), case when count(*) = 1 then max(p.id) end, v_plan_id)
+    into v_plan_id
+    from billing.plans p
+    where p.stripe_price_id = p_invoice -> 'price' ->> 'id'
+       or (p.stripe_price_id is null and p.price_cents = (p_invoice -> 'price' ->> 'unit_amount')::integer
+           and p.currency = lower(p_invoice -> 'price' ->> 'currency')
+           and p.billing_interval = p_invoice -> 'price' ->> 'interval');
+  end if;
+  select * into v_plan from billing.plans p where p.id = v_plan_id;
   if not found then
     perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_invoice ->> 'plan_id'));
   end if;
@@ -257,6 +291,33 @@ begin
   select coalesce(sum(g.credits), 0) into v_had from billing.plan_grants g
   where g.subscription_id = p_sub.id and g.period_end = v_end and g.invoice_id <> v_grant.invoice_id;
   v_credits := greatest(v_plan.credits - v_had, 0);
+  if v_reason in ('subscription_create', 'subscription_cycle') then
+    -- The period's own invoice grants its plan less what another such invoice of the period got;
+    -- an upgrade paid before it (its webhooks late) granted only the difference, so together
+    -- they reach, and never pass, the larger plan's credits.
+    select coalesce(sum(g.credits) filter (where g.billing_reason in ('subscription_create', 'subscription_cycle')), 0),
+           greatest(coalesce(max(p.credits), 0), v_plan.credits)
+    into v_base_had, v_top
+    from billing.plan_grants g join billing.plans p on p.id = g.plan_id
+    where g.subscription_id = p_sub.id and g.period_end = v_end and g.invoice_id <> v_grant.invoice_id and g.credits > 0;
+    v_credits := greatest(least(v_plan.credits - v_base_had, v_top - v_had), 0);
+  else
+    -- An upgrade's proration invoice buys the difference for what is left of the period, so it
+    -- grants that share of it: (new − old credits) × paid ÷ (new − old price), rounded down,
+    -- never more than the difference. The old plan is the last one a paid invoice granted
+    -- (this period's, or the last period's when this one's renewal is unpaid: the difference,
+    -- never the whole plan, for a prorated charge).
+    select * into v_old from billing.plans p where p.id = (
+      select g.plan_id from billing.plan_grants g
+      where g.subscription_id = p_sub.id and g.invoice_id <> v_grant.invoice_id and g.credits > 0 and g.period_end <= v_end
+      order by g.period_end desc, g.granted_at desc limit 1);
+    if not found or v_plan.price_cents <= v_old.price_cents or v_plan.credits <= v_old.credits then
+      v_credits := 0;
+    else
+      v_credits := least(v_credits, v_plan.credits - v_old.credits,
+        trunc((v_plan.credits - v_old.credits) * v_amount / (v_plan.price_cents - v_old.price_cents), 18));
+    end if;
+  end if;
   if v_reason = 'subscription_cycle' then
     select max(g.period_end) into v_prev from billing.plan_grants g
     where g.subscription_id = p_sub.id and g.period_end < v_end and g.credits > 0;
@@ -308,14 +369,25 @@ begin
   if not found then
     return 'unknown_subscription';
   end if;
+  -- A second plan paid while another is live (two Checkouts raced): recorded, never honoured;
+  -- the caller cancels it at Stripe and refunds its invoices.
+  if v_sub.refused_at is null and v_s ->> 'status' in ('active', 'past_due', 'trialing', 'unpaid', 'paused')
+     and exists (select 1 from billing.subscriptions o where o.user_id = v_sub.user_id and o.id <> v_sub.id
+                 and o.refused_at is null and o.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) then
+    v_sub.refused_at := now();
+  end if;
   update billing.subscriptions s
   set stripe_subscription_id = v_s ->> 'id', stripe_customer_id = v_s ->> 'customer', status = v_s ->> 'status',
+      refused_at = v_sub.refused_at,
       plan_id = coalesce((select p.id from billing.plans p where p.id = v_s -> 'metadata' ->> 'plan_id'), s.plan_id),
       current_period_start = to_timestamp((v_s ->> 'current_period_start')::bigint),
       current_period_end = to_timestamp((v_s ->> 'current_period_end')::bigint),
       cancel_at_period_end = (v_s ->> 'cancel_at_period_end')::boolean, updated_at = now()
   where s.id = v_sub.id
   returning * into v_sub;
+  if v_sub.refused_at is not null then
+    return 'plan_subscription_refused';
+  end if;
   if v_inv is null then
     return v_outcome;
   end if;
@@ -477,7 +549,7 @@ as $$
     'plan_credits_left', trim_scale(coalesce((select sum(l.remaining) from billing.plan_lots pl join billing.lots l on l.id = pl.lot_id
                                               where pl.subscription_id = s.id and l.open), 0))::text)
   from billing.subscriptions s
-  where s.user_id = p_user and s.stripe_subscription_id is not null
+  where s.user_id = p_user and s.stripe_subscription_id is not null and s.refused_at is null
   order by (s.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) desc, s.created_at desc
   limit 1
 $$;
@@ -491,10 +563,10 @@ security definer
 set search_path = ''
 as $$
   select jsonb_build_object(
-    'subscribers', (select count(*) from billing.subscriptions s where s.status in ('active', 'past_due')),
+    'subscribers', (select count(*) from billing.subscriptions s where s.status in ('active', 'past_due') and s.refused_at is null),
     -- Monthly recurring revenue: a yearly plan counts a twelfth of its price.
     'mrr_cents', (select coalesce(round(sum(case p.billing_interval when 'year' then p.price_cents / 12.0 else p.price_cents end)), 0)
-                  from billing.subscriptions s join billing.plans p on p.id = s.plan_id where s.status in ('active', 'past_due')),
+                  from billing.subscriptions s join billing.plans p on p.id = s.plan_id where s.status in ('active', 'past_due') and s.refused_at is null),
     'churned', (select count(*) from billing.subscriptions s where s.status = 'canceled' and s.updated_at >= p_from and s.updated_at < p_to),
     'credits_granted', (select trim_scale(coalesce(sum(g.credits), 0))::text from billing.plan_grants g
                         where g.granted_at >= p_from and g.granted_at < p_to),

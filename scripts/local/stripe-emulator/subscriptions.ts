@@ -182,7 +182,11 @@ function update(sub: Stripe.Subscription, body: FormObject): { sub: Stripe.Subsc
   if (sub.status === 'canceled') throw invalid('A canceled subscription cannot be updated.');
   const events: Stripe.Event[] = [];
   const item = itemOf(sub);
-  if (body.metadata !== undefined) sub.metadata = { ...sub.metadata, ...meta(body.metadata) };
+  // Applied once the update goes through: a declined pending_if_incomplete update changes
+  // nothing on the subscription (Stripe keeps it pending), metadata included.
+  const applyMetadata = () => {
+    if (body.metadata !== undefined) sub.metadata = { ...sub.metadata, ...meta(body.metadata) };
+  };
   const cancel = str(body.cancel_at_period_end);
   if (cancel !== null) {
     sub.cancel_at_period_end = cancel === 'true';
@@ -202,6 +206,7 @@ function update(sub: Stripe.Subscription, body: FormObject): { sub: Stripe.Subsc
       if (outcome !== 'succeeded' && str(body.payment_behavior) === 'pending_if_incomplete') {
         throw new StripeApiError(402, 'card_error', 'Your card was declined.', 'card_declined');
       }
+      applyMetadata();
       setItemPrice(item, next);
       const inv = newInvoice({
         sub,
@@ -217,6 +222,7 @@ function update(sub: Stripe.Subscription, body: FormObject): { sub: Stripe.Subsc
     }
     setItemPrice(item, next);
   }
+  applyMetadata();
   events.push(subscriptionEvent('customer.subscription.updated', sub));
   return { sub, events };
 }
@@ -235,6 +241,11 @@ export const subscriptionRoutes = [
     sub.canceled_at ??= now();
     await emit([subscriptionEvent('customer.subscription.deleted', sub)], true);
     return sub;
+  }),
+  route('GET', '/v1/prices/:id', ({ params }) => {
+    const p = store.prices.get(params.id);
+    if (!p) throw missing('price', params.id);
+    return p;
   }),
   route('GET', '/v1/invoices/:id', ({ params }) => getInvoice(params.id)),
   route('GET', '/v1/invoices', ({ query }): Stripe.ApiList<Stripe.Invoice> => {

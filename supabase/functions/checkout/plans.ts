@@ -81,6 +81,16 @@ export async function subscribe(
     sql<SubscriptionRow[]>`select * from billing.begin_subscription(${userId}, ${plan.id}, ${requestKey})`
   );
   if (sub.stripe_session_id) return { status: 200, data: subscriptionJson(sub) };
+  // One open plan Checkout per student: the others (another plan, another tab) expire first, so
+  // two plans cannot both be paid. One already completed is refused when its webhook comes.
+  const others = await call((sql) =>
+    sql<{ id: string }[]>`select billing.close_other_subscription_sessions(${userId}, ${sub.id}) as id`
+  );
+  for (const { id } of others) {
+    await stripeCall(() => stripe().client.checkout.sessions.expire(id)).catch((err) => {
+      if (!(err instanceof AppError) || err.code !== 'STRIPE_ERROR') throw err; // not open any more
+    });
+  }
   // Our ids ride on the subscription's metadata: every invoice snapshots it, so each says
   // which plan it billed. Only this service (the secret key) can set it.
   const metadata = { subscription_id: sub.id, user_id: userId, plan_id: plan.id };
@@ -158,6 +168,13 @@ export const publicPlan = (s: PlanState | null) =>
  */
 export async function changePlan(userId: string, planId: string, requestKey: string): Promise<Effect> {
   const s = await livePlan(userId);
+  // Until the period's invoice is paid, a plan change would buy a share of a period that is
+  // itself unpaid: the card is updated (portal) and the renewal paid first.
+  if (s.status !== 'active' && s.status !== 'trialing') {
+    throw new AppError('conflict', 'PLAN_PAST_DUE', 'Your plan has an unpaid invoice: update your card first.', {
+      details: { status: s.status },
+    });
+  }
   const [from, to] = [await planOf(s.plan_id), await planOf(planId)];
   if (from.id === to.id) return { status: 200, data: publicPlan(s) };
   if (from.billing_interval !== to.billing_interval || from.currency !== to.currency) {
@@ -166,6 +183,15 @@ export async function changePlan(userId: string, planId: string, requestKey: str
     });
   }
   const upgrade = Number(to.credits) > Number(from.credits);
+  // Back up to a plan this period was already paid for (a downgrade waits for the renewal, so
+  // the period still has the credits): Stripe charges nothing now, and nothing is granted.
+  const [paid] = await call((sql) =>
+    sql<{ credits: string }[]>`select p.credits from billing.plan_grants g
+      join billing.subscriptions s on s.id = g.subscription_id join billing.plans p on p.id = g.plan_id
+      where s.id = ${s.subscription_id} and g.period_end = s.current_period_end and g.credits > 0
+      order by p.credits desc limit 1`
+  );
+  const charged = upgrade && !(paid && Number(to.credits) <= Number(paid.credits));
   const client = stripe().client;
   const current = await stripeCall(() => client.subscriptions.retrieve(s.stripe_subscription_id));
   const item = current.items.data[0];
@@ -181,9 +207,9 @@ export async function changePlan(userId: string, planId: string, requestKey: str
         },
       }],
       metadata: { plan_id: to.id },
-      proration_behavior: upgrade ? 'always_invoice' : 'none',
+      proration_behavior: charged ? 'always_invoice' : 'none',
       // An upgrade whose payment fails changes nothing (Stripe keeps the update pending).
-      ...(upgrade ? { payment_behavior: 'pending_if_incomplete' as const } : {}),
+      ...(charged ? { payment_behavior: 'pending_if_incomplete' as const } : {}),
     }, { idempotencyKey: `plan-change:${s.subscription_id}:${requestKey}` })
   );
   return { status: 202, data: { ...publicPlan(s), plan_id: to.id, change: upgrade ? 'upgrade' : 'downgrade' } };

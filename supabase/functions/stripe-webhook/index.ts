@@ -19,6 +19,7 @@ import { readBody } from '../_shared/http/validate.ts';
 import { recordFailedPayment } from '../_shared/http/velocity.ts';
 import { refOf } from './events.ts';
 import { failedPaymentUser, fetchState } from './state.ts';
+import { refuseSubscription } from './plans.ts';
 import { countRefusal, signedTimestamp } from './signature.ts';
 
 const app = createApp('stripe-webhook', { rateLimited: false });
@@ -79,6 +80,10 @@ app.post('/', limitByAddress('stripe_webhook'), async (c) => {
         ${state ? JSON.stringify(state) : null}::text::jsonb) as outcome`;
     failpoint('webhook.after_commit');
     log.info('stripe event', { ...fields, outcome });
+    if (outcome === 'plan_subscription_refused' && state?.kind === 'subscription') {
+      log.warn('a second live plan was paid: cancelling it and refunding its invoice', fields);
+      await refuseSubscription(state);
+    }
     const failedPaymentOf = failedPaymentUser(event);
     if (failedPaymentOf && outcome !== 'duplicate') await recordFailedPayment(failedPaymentOf);
     return ok(c, { received: true, ...(outcome === 'duplicate' ? { duplicate: true } : { outcome }) });

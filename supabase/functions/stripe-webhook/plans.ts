@@ -29,10 +29,28 @@ export type SubscriptionState = {
     period_start: number;
     period_end: number;
     plan_id: string | null;
+    // An upgrade's proration: the price of its charged line (the new plan), which says what was
+    // bought whatever the metadata says.
+    price: { id: string; unit_amount: number | null; currency: string; interval: string | null } | null;
   } | null;
 };
 
-function invoiceState(inv: Stripe.Invoice): NonNullable<SubscriptionState['invoice']> {
+/** The price a proration invoice charged for: its positive subscription line's (the new plan). */
+async function chargedPrice(inv: Stripe.Invoice): Promise<NonNullable<SubscriptionState['invoice']>['price']> {
+  if (inv.billing_reason !== 'subscription_update') return null;
+  const line = inv.lines.data.find((l) => l.parent?.type === 'subscription_item_details' && l.amount > 0);
+  const id = idOf(line?.pricing?.price_details?.price);
+  if (!id) return null;
+  const price = await stripeCall(() => stripe().client.prices.retrieve(id));
+  return {
+    id: price.id,
+    unit_amount: price.unit_amount,
+    currency: price.currency,
+    interval: price.recurring?.interval ?? null,
+  };
+}
+
+async function invoiceState(inv: Stripe.Invoice): Promise<NonNullable<SubscriptionState['invoice']>> {
   // The subscription line's period (the invoice's own period_* is the one billed before it).
   const line = inv.lines.data.find((l) => l.parent?.type === 'subscription_item_details') ?? inv.lines.data[0];
   return {
@@ -46,6 +64,7 @@ function invoiceState(inv: Stripe.Invoice): NonNullable<SubscriptionState['invoi
     period_start: line?.period.start ?? inv.period_start,
     period_end: line?.period.end ?? inv.period_end,
     plan_id: inv.parent?.subscription_details?.metadata?.plan_id ?? null,
+    price: await chargedPrice(inv),
   };
 }
 
@@ -79,7 +98,7 @@ export async function fetchSubscriptionState(ref: PlanRef): Promise<Subscription
       current_period_end: item.current_period_end,
       metadata: sub.metadata,
     },
-    invoice: invoice ? invoiceState(invoice) : null,
+    invoice: invoice ? await invoiceState(invoice) : null,
   };
 }
 
@@ -117,4 +136,32 @@ export async function fetchPlanChargeState(chargeId: string): Promise<PlanCharge
     dispute_id: dispute?.id ?? null,
     dispute_status: dispute?.status ?? null,
   };
+}
+
+/**
+ * A second plan paid while another was live (two Checkouts raced): billing.sync_subscription
+ * recorded it as refused; here it is cancelled at Stripe and its paid invoice refunded. Safe to
+ * repeat: every event of that subscription comes back here until it is cancelled and refunded.
+ */
+export async function refuseSubscription(state: SubscriptionState): Promise<void> {
+  const client = stripe().client;
+  const id = state.subscription.id;
+  if (state.subscription.status !== 'canceled') {
+    await stripeCall(() => client.subscriptions.cancel(id, {}, { idempotencyKey: `plan-refused:${id}` }));
+  }
+  const inv = state.invoice;
+  if (inv?.status !== 'paid' || inv.amount_paid <= 0) return;
+  const payments = await stripeCall(() => client.invoicePayments.list({ invoice: inv.id, limit: 1 }));
+  const paymentIntent = idOf(payments.data[0]?.payment?.payment_intent);
+  if (!paymentIntent) return;
+  const pi = await stripeCall(() => client.paymentIntents.retrieve(paymentIntent));
+  const charge = pi.latest_charge
+    ? await stripeCall(() => client.charges.retrieve(idOf(pi.latest_charge) ?? ''))
+    : null;
+  if (!charge || charge.refunded) return;
+  await stripeCall(() =>
+    client.refunds.create({ payment_intent: paymentIntent, reason: 'duplicate', metadata: { refused_plan: id } }, {
+      idempotencyKey: `plan-refused-refund:${inv.id}`,
+    })
+  );
 }

@@ -64,7 +64,7 @@ export function stripe(): { env: StripeEnv; client: Stripe } {
 export const idOf = (v: string | { id: string } | null | undefined): string | null =>
   typeof v === 'string' ? v : v?.id ?? null;
 
-/** Runs a Stripe call; connection failures and Stripe's 5xx become a retryable 502/504. */
+/** Runs a Stripe call; connection failures and Stripe's 5xx become a retryable 502/504, a card error 402 CARD_DECLINED. */
 export async function stripeCall<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
@@ -81,6 +81,14 @@ export async function stripeCall<T>(fn: () => Promise<T>): Promise<T> {
             retryable: true,
           },
         );
+      }
+      // The customer's own card refused the charge (declined, needs authentication): theirs to fix.
+      if (err.type === 'StripeCardError') {
+        throw new AppError('payment_required', 'CARD_DECLINED', 'Your card was declined. Update it and retry.', {
+          status: 402,
+          retryable: false,
+          details: { stripe_code: err.code ?? null, decline_code: err.decline_code ?? null },
+        });
       }
       throw new AppError('server', 'STRIPE_ERROR', 'The payment provider refused the request.', {
         status: 502,

@@ -1,0 +1,241 @@
+// Plans attacked through plan changes, with student tokens only (the emulator's test controls
+// stand in for Stripe and the card network). The holes they found are fixed; they stay as
+// regressions with the attacks that held.
+import assert from 'node:assert/strict';
+import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
+import { codeOf } from '../money.ts';
+import { balanceOf, emulator, stripeApi } from '../purchases.ts';
+import { renew, subscribeTo } from '../plans.ts';
+
+async function student() {
+  const id = await newUser();
+  return { id, token: await userToken(id) };
+}
+const key = () => ({ 'idempotency-key': crypto.randomUUID() });
+const change = (token: string, plan_id: string, headers = key()) =>
+  api('/checkout/subscription/change', { token, headers, body: { plan_id } });
+
+type Invoice = { id: string; status: string; amount_paid: number; billing_reason: string };
+async function invoicesOf(sub: string): Promise<Invoice[]> {
+  const list = await stripeApi(`/v1/invoices?subscription=${sub}`) as { data: Invoice[] };
+  return list.data.reverse(); // oldest first
+}
+
+async function grantsOf(subscriptionId: string) {
+  return await testDb<{ invoice_id: string; billing_reason: string; credits: string; amount_cents: number }[]>`
+    select invoice_id, billing_reason, trim_scale(credits)::text as credits, amount_cents
+    from billing.plan_grants where subscription_id = ${subscriptionId} order by granted_at`;
+}
+
+Deno.test('an upgrade while the renewal is unpaid (past_due) is refused (409 PLAN_PAST_DUE): nothing charged, nothing granted', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly'); // $9.99 → 10,000
+  const failed = await renew(plan.stripe_subscription, 'failed'); // period 2's $9.99 not paid: past_due
+  assert.ok(failed.invoice);
+  const me = (await api('/checkout/subscription', { token: s.token })).body.data as Record<string, unknown>;
+  assert.equal(me.status, 'past_due');
+  // Were the upgrade allowed, Stripe would invoice only the difference (pro − basic) for period 2,
+  // and before the fix its invoice granted pro's whole 35,000 (the renewal that "already got"
+  // basic's 10,000 was never paid). Now it is refused; the SQL grants at most the difference anyway.
+  const up = await change(s.token, 'pro_monthly');
+  assert.equal(up.status, 409, up.text);
+  assert.equal(codeOf(up), 'PLAN_PAST_DUE');
+  const invoices = await invoicesOf(plan.stripe_subscription);
+  const paidForPeriod2 = invoices.filter((i) => i.billing_reason !== 'subscription_create' && i.status === 'paid')
+    .reduce((t, i) => t + i.amount_paid, 0);
+  const grants = await grantsOf(plan.subscription_id);
+  const creditsForPeriod2 = grants.filter((g) => g.billing_reason !== 'subscription_create')
+    .reduce((t, g) => t + Number(g.credits), 0);
+  await emulator(`/_emulator/invoices/${failed.invoice}/void`, {});
+  await assertLedgerInvariants();
+  assert.equal(paidForPeriod2, 0, invoices.map((i) => `${i.billing_reason} ${i.status} ${i.amount_paid}`).join(', '));
+  assert.equal(creditsForPeriod2, 0, JSON.stringify(grants));
+});
+
+Deno.test('downgrading then upgrading back in one period charges nothing more and grants nothing more', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'pro_monthly'); // $29.99 → 35,000 for period 1
+  assert.equal((await change(s.token, 'basic_monthly')).status, 202); // from the next period: no refund
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202); // back: Stripe prorates basic → pro
+  const invoices = await invoicesOf(plan.stripe_subscription);
+  const paid = invoices.filter((i) => i.status === 'paid').reduce((t, i) => t + i.amount_paid, 0);
+  const grants = await grantsOf(plan.subscription_id);
+  assert.equal(grants.reduce((t, g) => t + Number(g.credits), 0), 35000, JSON.stringify(grants));
+  await assertLedgerInvariants();
+  // Period 1 was paid for at pro's price already; before the fix a further ~$20.00 was charged for nothing.
+  assert.equal(
+    paid,
+    2999,
+    `paid ${paid} cents for one period of pro: ${
+      invoices.map((i) => `${i.billing_reason} ${i.amount_paid}`).join(', ')
+    }`,
+  );
+});
+
+Deno.test('twenty upgrades at once charge one proration and grant the difference once', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const rs = await Promise.all(Array.from({ length: 20 }, () => change(s.token, 'pro_monthly')));
+  assert.ok(rs.every((r) => r.status === 202 || r.status === 200 || r.status === 409), rs.map((r) => r.status).join());
+  const invoices = await invoicesOf(plan.stripe_subscription);
+  assert.equal(invoices.filter((i) => i.billing_reason === 'subscription_update' && i.amount_paid > 0).length, 1);
+  assert.equal((await balanceOf(s.token)).balance, '35000');
+  await assertLedgerInvariants();
+});
+
+Deno.test('upgrade, downgrade, upgrade around a renewal grants each period its plan once', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202); // period 1: +25,000
+  assert.equal((await change(s.token, 'basic_monthly')).status, 202);
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202); // period 1 already had pro's 35,000
+  await spend(s.token, 35000);
+  await renew(plan.stripe_subscription); // period 2 on pro: 35,000, nothing left to roll
+  assert.equal((await change(s.token, 'basic_monthly')).status, 202);
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202);
+  const grants = await grantsOf(plan.subscription_id);
+  const credits = grants.reduce((t, g) => t + Number(g.credits), 0);
+  assert.equal(credits, 70000, JSON.stringify(grants));
+  assert.equal((await balanceOf(s.token)).balance, '35000');
+  await assertLedgerInvariants();
+});
+
+Deno.test('the upgrade credits spent, then the proration charge disputed and lost, leave the student owing them', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202);
+  await spend(s.token, 35000);
+  const upgrade = (await invoicesOf(plan.stripe_subscription)).find((i) => i.billing_reason === 'subscription_update');
+  assert.ok(upgrade);
+  const payments = await stripeApi(`/v1/invoice_payments?invoice=${upgrade.id}`) as {
+    data: { payment: { payment_intent: string } }[];
+  };
+  const pi = await stripeApi(`/v1/payment_intents/${payments.data[0].payment.payment_intent}`);
+  await emulator(`/_emulator/charges/${pi.latest_charge}/dispute`, { outcome: 'open' });
+  await emulator(`/_emulator/charges/${pi.latest_charge}/dispute`, { outcome: 'lost' });
+  const b = await balanceOf(s.token);
+  assert.equal(b.balance, '-25000', JSON.stringify(b));
+  // In debt, the student cannot spend.
+  const r = await api('/credits/usage', {
+    token: s.token,
+    headers: key(),
+    body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },
+  });
+  assert.equal(r.status, 402, r.text);
+  await assertLedgerInvariants();
+});
+
+Deno.test('a plan change reusing an idempotency key with another plan is refused', async () => {
+  const s = await student();
+  await subscribeTo(s.token, 'basic_monthly');
+  const h = key();
+  assert.equal((await change(s.token, 'pro_monthly', h)).status, 202);
+  const again = await change(s.token, 'basic_monthly', h);
+  assert.equal(again.status, 409, again.text);
+  assert.equal(codeOf(again), 'IDEMPOTENCY_KEY_REUSED');
+  assert.equal((await balanceOf(s.token)).balance, '35000');
+});
+
+Deno.test('an upgrade with one day left (Stripe prorates the charge to 1/30) grants the share of the difference it paid for', async () => {
+  // The emulator's clock cannot reach the end of a period, so Stripe's answer for an upgrade made
+  // one day before the period ends is given to billing.sync_subscription as the webhook would:
+  // the proration invoice for the last day, (29.99 − 9.99) × 1/30 = $0.67, paid.
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const [row] = await testDb<{ stripe_customer_id: string; start: number; end: number }[]>`
+    select stripe_customer_id, extract(epoch from current_period_start)::bigint as start,
+      extract(epoch from current_period_end)::bigint as end
+    from billing.subscriptions where id = ${plan.subscription_id}`;
+  const end = Number(row.end);
+  const state = {
+    kind: 'subscription',
+    subscription: {
+      id: plan.stripe_subscription,
+      status: 'active',
+      customer: row.stripe_customer_id,
+      cancel_at_period_end: false,
+      current_period_start: Number(row.start),
+      current_period_end: end,
+      metadata: { subscription_id: plan.subscription_id, user_id: s.id, plan_id: 'pro_monthly' },
+    },
+    invoice: {
+      id: `in_attack_${crypto.randomUUID().replaceAll('-', '')}`,
+      status: 'paid',
+      billing_reason: 'subscription_update',
+      amount_paid: 67,
+      amount_due: 67,
+      currency: 'usd',
+      attempted: true,
+      period_start: end - 86400,
+      period_end: end,
+      plan_id: 'pro_monthly',
+    },
+  };
+  const [{ outcome }] = await testDb`select billing.sync_subscription(${testDb.json(state)}) as outcome`;
+  assert.equal(outcome, 'plan_credits_granted');
+  const grants = await grantsOf(plan.subscription_id);
+  const upgrade = grants.find((g) => g.billing_reason === 'subscription_update');
+  await assertLedgerInvariants();
+  // $0.67 buys one day of pro: 25,000 × 67 ÷ 2,000 = 837.5 credits (the cents paid over the full
+  // price difference: Stripe rounds the day's 66.67 cents up), not 25,000 (= $20.00 of pro).
+  assert.equal(upgrade?.credits, '837.5', `67 cents granted ${upgrade?.credits} credits`);
+});
+
+Deno.test('an upgrade invoice grants the plan its charged price belongs to, not the plan its metadata names', async () => {
+  // The emulator's clock cannot reach the end of a period, so Stripe's answer for an upgrade made
+  // one day before the period ends is given to billing.sync_subscription as the webhook would:
+  // the proration invoice for the last day, (29.99 − 9.99) × 1/30 = $0.67, paid.
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const [row] = await testDb<{ stripe_customer_id: string; start: number; end: number }[]>`
+    select stripe_customer_id, extract(epoch from current_period_start)::bigint as start,
+      extract(epoch from current_period_end)::bigint as end
+    from billing.subscriptions where id = ${plan.subscription_id}`;
+  const end = Number(row.end);
+  const state = {
+    kind: 'subscription',
+    subscription: {
+      id: plan.stripe_subscription,
+      status: 'active',
+      customer: row.stripe_customer_id,
+      cancel_at_period_end: false,
+      current_period_start: Number(row.start),
+      current_period_end: end,
+      metadata: { subscription_id: plan.subscription_id, user_id: s.id, plan_id: 'pro_monthly' },
+    },
+    invoice: {
+      id: `in_attack_${crypto.randomUUID().replaceAll('-', '')}`,
+      status: 'paid',
+      billing_reason: 'subscription_update',
+      amount_paid: 67,
+      amount_due: 67,
+      currency: 'usd',
+      attempted: true,
+      period_start: end - 86400,
+      period_end: end,
+      plan_id: 'pro_monthly', // the metadata says pro, but the line charged basic's price
+      price: { id: 'price_attack', unit_amount: 999, currency: 'usd', interval: 'month' },
+    },
+  };
+  const [{ outcome }] = await testDb`select billing.sync_subscription(${testDb.json(state)}) as outcome`;
+  assert.equal(outcome, 'plan_credits_granted');
+  const grants = await grantsOf(plan.subscription_id);
+  const upgrade = grants.find((g) => g.billing_reason === 'subscription_update');
+  await assertLedgerInvariants();
+  // Basic to basic is no upgrade: the 67 cents are recorded, no credits come with them.
+  assert.equal(upgrade?.credits, '0', `67 cents granted ${upgrade?.credits} credits`);
+});
+
+Deno.test('rollover after upgrades never exceeds the renewing plan rule, nor compounds over two renewals', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202); // 35,000 unspent in period 1
+  await renew(plan.stripe_subscription); // pro: floor(35,000 × 0.25) = 8,750 roll, + 35,000
+  assert.equal((await balanceOf(s.token)).balance, '43750');
+  await renew(plan.stripe_subscription); // still at most 8,750 in all, not 8,750 per lot
+  assert.equal((await balanceOf(s.token)).balance, '43750');
+  assert.equal((await change(s.token, 'basic_monthly')).status, 202);
+  await renew(plan.stripe_subscription); // basic: up to 2,000 roll, + 10,000
+  assert.equal((await balanceOf(s.token)).balance, '12000');
+  await assertLedgerInvariants();
+});
