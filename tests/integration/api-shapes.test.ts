@@ -62,6 +62,11 @@ async function fixture() {
   const purchase = await startCheckout(token, 'mini');
   const provider = await newProvider();
   const admin = await adminToken();
+  // Two promo codes, so the admin's code list has pages whichever tests ran before.
+  for (let i = 0; i < 2; i++) {
+    const r = await api('/admin/codes', { token: admin, body: { credits: '1', budget: '10' }, headers: key() });
+    assert.equal(r.status, 201, r.text);
+  }
   return { owner, ada, org, token, jobId, purchase, provider, admin };
 }
 
