@@ -43,7 +43,8 @@ create type billing.transfer_kind as enum (
   'allowance',         -- a wallet funds a member's allowance
   'allowance_sweep',   -- an allowance's rest returns to the wallet at the term's end
   'plan_grant',        -- a plan's included credits for a period (56-plans.sql)
-  'plan_rollover'      -- plan credits carried into the next period (out of the old lot, into a new one)
+  'plan_rollover',     -- plan credits carried into the next period (out of the old lot, into a new one)
+  'void'               -- a charge given back by an admin: usage_revenue → the account that paid (45-corrections.sql)
 );
 comment on type billing.transfer_kind is 'Why money moved. Every transfer has exactly one.';
 

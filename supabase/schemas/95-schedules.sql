@@ -87,3 +87,5 @@ select cron.schedule('billing-expiry-warnings', '23 * * * *', $$select billing.q
 select cron.schedule('billing-reconcile-lots', '45 0 * * *', $$select billing.reconcile_lots()$$);
 
 select cron.schedule('billing-sweep-ended-terms', '* * * * *', $$select billing.sweep_ended_terms()$$);
+
+select cron.schedule('billing-correction-runs', '* * * * *', $$select billing.process_correction_runs(1000)$$);
