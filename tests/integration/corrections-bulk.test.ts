@@ -54,7 +54,10 @@ Deno.test('a bulk correction is previewed (count, credits, who), then voids exac
   const to = new Date().toISOString();
   const admin = await adminToken();
 
-  const failed = await api('/admin/corrections/preview', { token: admin, body: { model: m, from, to, failed_only: true } });
+  const failed = await api('/admin/corrections/preview', {
+    token: admin,
+    body: { model: m, from, to, failed_only: true },
+  });
   assert.equal(failed.status, 200, failed.text);
   assert.deepEqual([dataOf(failed).charges, dataOf(failed).credits], [1, '5']);
   const all = await api('/admin/corrections/preview', { token: admin, body: { model: m, from, to } });
@@ -97,13 +100,18 @@ Deno.test('a run that crashes halfway resumes without voiding any charge twice',
   // A batch that dies before it commits: its server process is killed in the middle of the transaction.
   const app = `crash-${crypto.randomUUID().slice(0, 8)}`;
   const batch = new Deno.Command('psql', {
-    args: [env('SUPABASE_DB_URL'), '-c', `begin; select billing.process_correction_run('${run.id}', 3); select pg_sleep(60);`],
+    args: [
+      env('SUPABASE_DB_URL'),
+      '-c',
+      `begin; select billing.process_correction_run('${run.id}', 3); select pg_sleep(60);`,
+    ],
     env: { PGAPPNAME: app },
     stdout: 'null',
     stderr: 'null',
   }).spawn();
   await until('the batch is under way', async () => {
-    const [x] = await testDb`select pid from pg_stat_activity where application_name = ${app} and query like '%pg_sleep%'`;
+    const [x] =
+      await testDb`select pid from pg_stat_activity where application_name = ${app} and query like '%pg_sleep%'`;
     return x;
   });
   await testDb`select pg_terminate_backend(pid) from pg_stat_activity where application_name = ${app}`;
@@ -168,7 +176,10 @@ Deno.test('corrections refuse what they should: students, unknown runs, future r
   assert.deepEqual([unknown.status, codeOf(unknown)], [404, 'CORRECTION_NOT_FOUND']);
   const bad = await api('/admin/corrections/not-a-uuid', { token: admin });
   assert.deepEqual([bad.status, codeOf(bad)], [404, 'CORRECTION_NOT_FOUND']);
-  const future = await start(admin, crypto.randomUUID(), { ...body, to: new Date(Date.now() + 3_600_000).toISOString() });
+  const future = await start(admin, crypto.randomUUID(), {
+    ...body,
+    to: new Date(Date.now() + 3_600_000).toISOString(),
+  });
   assert.deepEqual([future.status, codeOf(future)], [400, 'INVALID_RANGE']);
   const reversed = await start(admin, crypto.randomUUID(), { ...body, from: body.to, to: body.from });
   assert.equal(reversed.status, 400, reversed.text);

@@ -54,7 +54,8 @@ Deno.test('twenty parallel voids of one charge make one void transfer and give i
   assert.deepEqual(answers.map((a) => a.status), Array(20).fill(200));
   assert.equal(answers.filter((a) => dataOf(a).replayed === false).length, 1);
   assert.equal(new Set(answers.map((a) => dataOf(a).void_transfer_id)).size, 1);
-  const [{ n }] = await testDb`select count(*)::int as n from billing.transfers where kind = 'void' and reference = ${id}`;
+  const [{ n }] =
+    await testDb`select count(*)::int as n from billing.transfers where kind = 'void' and reference = ${id}`;
   assert.equal(n, 1);
   assert.equal(await balance(s.token), '100');
   await assertLedgerInvariants();
@@ -95,7 +96,7 @@ Deno.test('a void returns the cap room to today and the summary nets the charge'
   await assertLedgerInvariants();
 });
 
-Deno.test('a student reading another student\'s summary gets only their own', async () => {
+Deno.test("a student reading another student's summary gets only their own", async () => {
   const a = await student('100');
   const b = await student('100');
   await voidCharge(await adminToken(), await charge(a.token, 10));
@@ -105,7 +106,7 @@ Deno.test('a student reading another student\'s summary gets only their own', as
   assert.equal((dataOf(own).totals as { requests: number }).requests, 0);
 });
 
-Deno.test('a school member\'s charge voided goes back to the wallet and the school\'s usage nets it', async () => {
+Deno.test("a school member's charge voided goes back to the wallet and the school's usage nets it", async () => {
   const owner = await person('owner');
   const member = await person('member');
   const org = await school(owner, [member], 'pool', '100');
