@@ -560,13 +560,14 @@ class VoidCharge implements Cmd {
   check = (m: Readonly<Model>) => m.charges.some((c) => !c.voided);
   async run(m: Model, r: Real) {
     const open = m.charges.map((c, i) => [c, i] as const).filter(([c]) => !c.voided);
-    const [c, i] = open[this.pick % open.length];
+    const i = open[this.pick % open.length][1];
     const both = await Promise.all(
       [0, 1].map(() => api(`/admin/charges/${r.charges[i]}/void`, { token: r.admin, body: { reason: 'model' } })),
     );
     assert.deepEqual(both.map((x) => x.status), [200, 200], both.map((x) => x.text).join(' | '));
     assert.equal(both.filter((x) => (x.body.data as { replayed: boolean }).replayed).length, 1, 'one void, one replay');
-    Object.assign(m, settled(m));
+    Object.assign(m, settled(m)); // a copy: the charge is read from it
+    const c = m.charges[i];
     let debt = max(-m.balance, 0n);
     m.balance += c.amount;
     for (const d of [...c.draws].sort((a, b) => a.lot - b.lot)) {
