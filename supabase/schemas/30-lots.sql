@@ -65,9 +65,10 @@ create table billing.lot_allocations (
   amount numeric(38, 18) not null,
   created_at timestamptz not null default now(),
   primary key (transfer_id, lot_id),
-  constraint lot_allocations_amount_positive check (amount > 0)
+  -- A void gives back what its charge drew, to the same lots: the one negative allocation.
+  constraint lot_allocations_amount_positive check (amount > 0 or (kind = 'void' and amount < 0))
 );
-comment on table billing.lot_allocations is 'Immutable. What each debiting transfer drew from each lot; Σ per transfer ≤ its amount (the rest, if any, became debt).';
+comment on table billing.lot_allocations is 'Immutable. What each debiting transfer drew from each lot; Σ per transfer ≤ its amount (the rest, if any, became debt). A void''s rows are negative: what it gave back to each lot its charge drew.';
 alter table billing.lot_allocations enable row level security;
 grant select on table billing.lot_allocations to authenticated;
 grant select on table billing.lot_allocations to service_role;

@@ -9,6 +9,10 @@
 -- keys it writes over the caller's metadata), so a debit's caller-supplied metadata never
 -- reaches them.
 --
+-- A void (45-corrections.sql) nets against its charge: the same model, the charge's day, its
+-- credits, tokens and request negative. It is read by when it was made (a void of an old charge
+-- made today is live today; rolled up with the day it was made, into its charge's day's row).
+--
 -- Closed days are rolled up once into usage_daily (pg_cron, every 10 minutes): the ledger is
 -- append-only and dated by insertion, so a day an hour past its end never changes again (a
 -- transaction's timestamp is its start; none runs for an hour). A summary reads the rolled days
@@ -47,7 +51,8 @@ alter table billing.usage_rollup enable row level security;
 -- times agree to within the longest transaction), found newest first: only the range and what
 -- came after it, which for the days after the roll-up is today and yesterday.
 create or replace function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamptz, p_to timestamptz)
-returns table (created_at timestamptz, model text, credits numeric, input_tokens bigint, output_tokens bigint, school boolean)
+returns table (created_at timestamptz, model text, credits numeric, input_tokens bigint, output_tokens bigint, school boolean,
+  requests integer)
 language plpgsql stable
 set search_path = ''
 as $$
@@ -62,36 +67,40 @@ begin
   end if;
   -- Token counts inline, not through a helper: a SQL function with a SET clause is never
   -- inlined, and two such calls a row were half of a summary's time.
+  -- A void's metadata is the ledger's own (charged_at, model, tokens): see the header.
   return query
-    select e.created_at,
+    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else e.created_at end,
       coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
       -e.amount,
-      case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
-        then (t.metadata ->> 'input_tokens')::bigint end,
-      case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
-        then (t.metadata ->> 'output_tokens')::bigint end,
-      false
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
+        then (t.metadata ->> 'input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
+        then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      false,
+      case when t.kind = 'void' then -1 else 1 end
     from billing.entries e
     join billing.transfers t on t.id = e.transfer_id
     where p_account is not null and e.account_id = p_account and e.balance_after is not null and e.id > v_floor
-      and e.amount < 0 and e.created_at >= p_from and e.created_at < p_to
-      and t.kind in ('usage', 'debit', 'hold_capture')
+      and e.created_at >= p_from and e.created_at < p_to
+      and ((e.amount < 0 and t.kind in ('usage', 'debit', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
     union all
-    select t.created_at,
+    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else t.created_at end,
       coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
-      t.amount,
-      case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
-        then (t.metadata ->> 'input_tokens')::bigint end,
-      case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
-        then (t.metadata ->> 'output_tokens')::bigint end,
-      true
+      case when t.kind = 'void' then -t.amount else t.amount end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
+        then (t.metadata ->> 'input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
+        then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      true,
+      case when t.kind = 'void' then -1 else 1 end
     from billing.transfers t
     where p_member is not null and t.member_id = p_member and t.created_at >= p_from and t.created_at < p_to
-      and t.kind in ('usage', 'debit', 'hold_capture')
-      and (p_org is null or t.from_account_id in (select a.id from billing.accounts a where a.org_id = p_org));
+      and t.kind in ('usage', 'debit', 'hold_capture', 'void')
+      and (p_org is null or case when t.kind = 'void' then t.to_account_id else t.from_account_id end
+                             in (select a.id from billing.accounts a where a.org_id = p_org));
 end;
 $$;
-comment on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the charges of an account (and those paid for a member by a school) in [from, to).';
+comment on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the charges of an account (and those paid for a member by a school) in [from, to), and the voids made then (negative, dated by their charge).';
 revoke execute on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
 -- pg_cron, every 10 minutes: rolls up to `p_days` closed days after the last one rolled (the
@@ -126,6 +135,20 @@ begin
     where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
       and t.kind in ('usage', 'debit', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
     group by 1, 2, 4;
+    -- The voids made that day, netted into their charges' days (earlier days' rows, or this one's).
+    insert into billing.usage_daily as d (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens)
+    select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end,
+      ((t.metadata ->> 'charged_at')::timestamptz at time zone 'UTC')::date, coalesce(t.metadata ->> 'model', 'other'),
+      -sum(t.amount), -count(*), -coalesce(sum((t.metadata ->> 'input_tokens')::bigint), 0),
+      -coalesce(sum((t.metadata ->> 'output_tokens')::bigint), 0)
+    from billing.transfers t
+    join billing.accounts a on a.id = t.to_account_id
+    where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
+      and t.kind = 'void' and (t.member_id is not null or a.user_id is not null)
+    group by 1, 2, 3, 4
+    on conflict on constraint usage_daily_key do update
+      set credits = d.credits + excluded.credits, requests = d.requests + excluded.requests,
+          input_tokens = d.input_tokens + excluded.input_tokens, output_tokens = d.output_tokens + excluded.output_tokens;
     update billing.usage_rollup set rolled_through = v_day;
     v_day := v_day + 1;
     v_rolled := v_rolled + 1;
@@ -199,11 +222,11 @@ begin
         where r.user_id = p_user and r.day >= p_from and r.day < v_live_from
           and (p_org is null or r.org_id = p_org) and (p_account is not null or r.org_id is not null)
         union all
-        select (c.created_at at time zone 'UTC')::date, coalesce(c.model, 'other'), c.credits, 1, c.school,
+        select (c.created_at at time zone 'UTC')::date, coalesce(c.model, 'other'), c.credits, c.requests, c.school,
           coalesce(c.input_tokens, 0), coalesce(c.output_tokens, 0)
         from billing.usage_charges(p_account, p_user, p_org, v_live_from::timestamp at time zone 'UTC',
           p_to::timestamp at time zone 'UTC') c
-        where v_live_from < p_to
+        where v_live_from < p_to and c.created_at >= p_from::timestamp at time zone 'UTC' -- a void of an earlier charge
       ) d
       group by 1, 2
     ),

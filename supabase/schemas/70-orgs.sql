@@ -578,14 +578,18 @@ begin
       'period_start', billing.json_time(r.starts), 'credits', trim_scale(r.credits)::text, 'charges', r.charges)
       order by r.starts, r.member_id, r.model)
     from (
+      -- A void (45-corrections.sql) nets against its charge's model and period.
       select t.member_id, coalesce(t.metadata ->> 'model', h.metadata ->> 'model') as model,
-        date_trunc(p_period, e.created_at, 'UTC') as starts, -sum(e.amount) as credits, count(*) as charges
+        date_trunc(p_period, case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else e.created_at end,
+          'UTC') as starts,
+        -sum(e.amount) as credits, sum(case when t.kind = 'void' then -1 else 1 end) as charges
       from billing.accounts a
-      join billing.entries e on e.account_id = a.id and e.balance_after is not null and e.amount < 0
+      join billing.entries e on e.account_id = a.id and e.balance_after is not null
       join billing.transfers t on t.id = e.transfer_id
       left join billing.holds h on h.id = t.hold_id
       where a.org_id = p_org and e.created_at >= p_from and e.created_at < p_to
-        and t.kind in ('usage', 'debit', 'hold_capture') and t.member_id is not null
+        and ((e.amount < 0 and t.kind in ('usage', 'debit', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
+        and t.member_id is not null
         and (v_admin or t.member_id = p_user)
       group by 1, 2, 3
     ) r

@@ -442,10 +442,13 @@ begin
     ),
     spending as (
       -- Members' spending of the organisation's credits (from its wallet or their allowances).
-      select a.org_id, count(distinct t.member_id) as active_members, sum(t.amount) as credits
-      from billing.transfers t join billing.accounts a on a.id = t.from_account_id
+      -- A void (45-corrections.sql) gives a charge back: netted here, by when it was made.
+      select a.org_id, count(distinct t.member_id) filter (where t.kind <> 'void') as active_members,
+        sum(case when t.kind = 'void' then -t.amount else t.amount end) as credits
+      from billing.transfers t
+      join billing.accounts a on a.id = case when t.kind = 'void' then t.to_account_id else t.from_account_id end
       where t.member_id is not null and t.created_at >= p_from and t.created_at < p_to
-        and a.org_id is not null and t.kind in ('usage', 'debit', 'hold_capture')
+        and a.org_id is not null and t.kind in ('usage', 'debit', 'hold_capture', 'void')
       group by 1
     )
     select coalesce(jsonb_agg(jsonb_build_object('org_id', o.id, 'name', o.name, 'funding', o.funding,
@@ -538,14 +541,16 @@ begin
   ),
   -- Paid credits: granted into deferred revenue, recognised when spent, breakage when they
   -- expire, taken back by refunds and disputes. Promotional credits cost nothing: counted in credits.
+  -- A void's allocations are negative (45-corrections.sql): it un-recognises what its charge did,
+  -- in the period the void is made.
   lot_lines as (
     select f.currency,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'granted'), 0)) as deferred_in,
-      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('usage', 'debit', 'hold_capture')), 0)) as recognised,
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('usage', 'debit', 'hold_capture', 'void')), 0)) as recognised,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'expiry'), 0)) as breakage,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('refund_reversal', 'dispute_reversal')), 0)) as reversed,
       coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'granted'), 0) as promo_granted,
-      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind in ('usage', 'debit', 'hold_capture')), 0) as promo_spent,
+      coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind in ('usage', 'debit', 'hold_capture', 'void')), 0) as promo_spent,
       coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'expiry'), 0) as promo_expired
     from lot_flows f group by f.currency
   ),
@@ -586,7 +591,8 @@ begin
     select
       coalesce(sum(k.amount) filter (where k.kind = 'purchase'), 0) as purchased,
       coalesce(sum(k.amount) filter (where k.kind = 'promo_grant'), 0) as bonus,
-      coalesce(sum(k.amount) filter (where k.kind in ('usage', 'debit', 'hold_capture')), 0) as spent,
+      coalesce(sum(k.amount) filter (where k.kind in ('usage', 'debit', 'hold_capture')), 0)
+        - coalesce(sum(k.amount) filter (where k.kind = 'void'), 0) as spent,
       coalesce(sum(k.amount) filter (where k.kind in ('refund_reversal', 'dispute_reversal')), 0) as reversed
     from by_kind k
   ),

@@ -92,3 +92,5 @@ select cron.schedule('billing-sweep-ended-terms', '* * * * *', $$select billing.
 select cron.schedule('billing-close-sponsor-codes', '*/5 * * * *', $$select billing.close_expired_sponsor_codes(100)$$);
 
 select cron.schedule('billing-delete-old-code-attempts', '41 3 * * *', $$select billing.delete_old_code_attempts(50000)$$);
+
+select cron.schedule('billing-correction-runs', '* * * * *', $$select billing.process_correction_runs(1000)$$);

@@ -67,7 +67,14 @@ async function fixture() {
     const r = await api('/admin/codes', { token: admin, body: { credits: '1', budget: '10' }, headers: key() });
     assert.equal(r.status, 201, r.text);
   }
-  return { owner, ada, org, token, jobId, purchase, provider, admin };
+  const run = await api('/admin/corrections', {
+    token: admin,
+    headers: key(),
+    body: { model: 'gpt-4o-mini', from: '2026-01-01T00:00:00Z', to: '2026-01-02T00:00:00Z', reason: 'shapes' },
+  });
+  assert.equal(run.status, 201, run.text);
+  const runId = (run.body.data as { id: string }).id;
+  return { owner, ada, org, token, jobId, purchase, provider, admin, runId };
 }
 
 Deno.test('every GET route answers one shape: lists are {items, next_cursor}, nothing is a bare array', async () => {
@@ -75,6 +82,7 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
   const today = new Date().toISOString().slice(0, 10);
   const cases: Record<string, Case> = {
     '/admin/codes': { kind: 'paged', path: '/admin/codes?limit=1', token: f.admin },
+    '/admin/corrections/:id': { kind: 'object', path: `/admin/corrections/${f.runId}`, token: f.admin },
     '/admin/dashboard': { kind: 'text', path: '/admin/dashboard', token: f.admin },
     '/admin/metrics': { kind: 'object', path: '/admin/metrics', token: f.admin },
     '/admin/ops': { kind: 'object', path: '/admin/ops', token: f.admin },

@@ -215,7 +215,31 @@ const payment = (await created(
     key: `${marker}-payment`,
   }),
 )).payment_id;
+const charge = (await created(
+  'a charge',
+  call(base, 'POST', '/credits/usage', {
+    who: 'student',
+    body: JSON.stringify({ model: 'gpt-4o-mini', input_tokens: 1, output_tokens: 1 }),
+    key: `${marker}-charge`,
+  }),
+)).transfer_id;
+const correctionBody = {
+  model: 'gpt-4o-mini',
+  from: '2026-01-01T00:00:00Z',
+  to: '2026-01-02T00:00:00Z',
+  failed_only: false,
+};
+const run = (await created(
+  'a correction run',
+  call(base, 'POST', '/admin/corrections', {
+    who: 'admin',
+    body: JSON.stringify({ ...correctionBody, reason: 'edge' }),
+    key: `${marker}-run`,
+  }),
+)).id;
 const ids: Record<string, string> = {
+  charge,
+  run,
   org,
   member: member.id,
   student: student.id,
@@ -267,6 +291,11 @@ const routes: Route[] = [
     body: { amount: '0.01', ttl_seconds: 86_400, correlation_id: 'c' },
   },
   { who: 'student', method: 'POST', path: '/credits/holds/{hold}/capture', key: true, body: { amount: '0.001' } },
+  { who: 'admin', method: 'POST', path: '/admin/charges/{charge}/void', body: { reason: 'edge' } },
+  { who: 'admin', method: 'POST', path: '/admin/corrections/preview', body: correctionBody },
+  { who: 'admin', method: 'POST', path: '/admin/corrections', key: true, body: { ...correctionBody, reason: 'edge' } },
+  { who: 'admin', method: 'GET', path: '/admin/corrections/{run}' },
+  { who: 'admin', method: 'POST', path: '/admin/corrections/{run}/continue', body: { batch: 10 } },
   { who: 'student', method: 'POST', path: '/credits/holds/{hold2}/release', key: true, body: {} },
   { who: 'student', method: 'PUT', path: '/credits/caps', body: capBody },
   { who: 'admin', method: 'PUT', path: '/credits/caps/users/{student}', body: capBody },

@@ -3,7 +3,8 @@
 // compared after every step. Caps are set by the student and by an admin (and the student tries
 // to lift the admin's); lots expire while held, before a spend, a capture or a re-hold; a bonus
 // expires and its purchase is then refunded or disputed (what expired is forgiven, not taken
-// again). A failure prints the shrunk sequence. MODEL_RUNS sets the number of runs (200 here; ./scripts/soak runs
+// again). An admin voids charges (twice at once), whose credits go back into the lots they drew
+// (an expired lot's share expires again), and their cap room back. A failure prints the shrunk sequence. MODEL_RUNS sets the number of runs (200 here; ./scripts/soak runs
 // thousands).
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
@@ -72,7 +73,15 @@ interface ModelHold {
   open: boolean;
   counted: number[]; // the caps (by gen) it counted against when placed
 }
+/** A usage charge: what it drew from each lot (by index) and the caps it counted against. */
+interface ModelCharge {
+  amount: bigint;
+  draws: { lot: number; take: bigint }[];
+  counted: number[];
+  voided: boolean;
+}
 interface Model {
+  charges: ModelCharge[];
   balance: bigint;
   held: bigint;
   purchases: ModelPurchase[];
@@ -91,6 +100,8 @@ interface Real {
   admin: string;
   purchases: { charge: string }[];
   holds: string[];
+  /** The usage charges' transfer ids, as m.charges. */
+  charges: string[];
 }
 
 // ---------------------------------------------------------------- checking a step
@@ -166,7 +177,8 @@ function grantLot(m: Model, amount: bigint, lot: Omit<ModelLot, 'remaining'>) {
 
 const isFrozen = (m: Model, l: ModelLot) => l.purchase !== undefined && m.purchases[l.purchase].dispute === 'open';
 /** Draws `amount` from the lots: `first` (in that order), then in spending order; the rest is debt. */
-function drawLots(m: Model, amount: bigint, first: ModelLot[] = []) {
+function drawLots(m: Model, amount: bigint, first: ModelLot[] = []): { lot: number; take: bigint }[] {
+  const draws: { lot: number; take: bigint }[] = [];
   const rest = m.lots.filter((l) => !first.includes(l)).map((l, seq) => ({ l, seq }))
     .sort((a, b) =>
       Number(isFrozen(m, a.l)) - Number(isFrozen(m, b.l)) || a.l.priority - b.l.priority ||
@@ -174,9 +186,11 @@ function drawLots(m: Model, amount: bigint, first: ModelLot[] = []) {
     ).map((x) => x.l);
   for (const l of [...first, ...rest]) {
     const take = min(l.remaining, amount);
+    if (take > 0n) draws.push({ lot: m.lots.indexOf(l), take });
     l.remaining -= take;
     amount -= take;
   }
+  return draws;
 }
 const lotsOf = (m: Model, purchase: number) => m.lots.filter((l) => l.purchase === purchase);
 /** The lot that expires next and can: open, not frozen by a dispute (those wait for it), not due yet. */
@@ -305,7 +319,9 @@ class Usage implements Cmd {
     const first = await send(key);
     if (expectDebit(m, price, first)) {
       m.balance -= price;
-      drawLots(m, price);
+      const draws = drawLots(m, price);
+      m.charges.push({ amount: price, draws, counted: capsOf(m).map((c) => c.gen), voided: false });
+      r.charges.push((first.body.data as { transfer_id: string }).transfer_id);
     }
     if (this.replay) {
       const again = await send(key);
@@ -532,6 +548,44 @@ class Settle implements Cmd {
     await compare(m, r);
   }
   toString = () => `Settle(#${this.pick}, ${this.how})`;
+}
+
+/**
+ * An admin voids a charge, twice at once: one void. It settles the account first; the credits go
+ * back into the lots the charge drew (paying a debt first, in lot order), an expired lot's share
+ * expires again at once, and the cap room goes back to the caps the charge counted against.
+ */
+class VoidCharge implements Cmd {
+  constructor(readonly pick: number) {}
+  check = (m: Readonly<Model>) => m.charges.some((c) => !c.voided);
+  async run(m: Model, r: Real) {
+    const open = m.charges.map((c, i) => [c, i] as const).filter(([c]) => !c.voided);
+    const i = open[this.pick % open.length][1];
+    const both = await Promise.all(
+      [0, 1].map(() => api(`/admin/charges/${r.charges[i]}/void`, { token: r.admin, body: { reason: 'model' } })),
+    );
+    assert.deepEqual(both.map((x) => x.status), [200, 200], both.map((x) => x.text).join(' | '));
+    assert.equal(both.filter((x) => (x.body.data as { replayed: boolean }).replayed).length, 1, 'one void, one replay');
+    Object.assign(m, settled(m)); // a copy: the charge is read from it
+    const c = m.charges[i];
+    let debt = max(-m.balance, 0n);
+    m.balance += c.amount;
+    for (const d of [...c.draws].sort((a, b) => a.lot - b.lot)) {
+      const l = m.lots[d.lot];
+      const paid = min(d.take, debt);
+      debt -= paid;
+      l.remaining += d.take - paid;
+      if (l.due && !isFrozen(m, l) && l.remaining > 0n) {
+        if (l.purchase !== undefined && l.part) m.purchases[l.purchase].expired[l.part] += l.remaining;
+        m.balance -= l.remaining;
+        l.remaining = 0n;
+      }
+    }
+    capsOf(m).filter((x) => c.counted.includes(x.gen)).forEach((x) => x.spent = max(x.spent - c.amount, 0n));
+    c.voided = true;
+    await compare(m, r);
+  }
+  toString = () => `VoidCharge(${this.pick})`;
 }
 
 class HoldExpires implements Cmd {
@@ -827,6 +881,7 @@ const commands = [
   bonusExpires,
 ];
 const rare = fc.integer({ min: 1, max: 500 }).map((a) => new HoldExpires(a));
+const voidCharge = fc.nat().map((i) => new VoidCharge(i));
 
 Deno.test({
   name: `ledger model: ${runs} random command sequences agree with the model after every step`,
@@ -851,6 +906,9 @@ Deno.test({
           overlapping,
           bonusExpires,
           rare,
+          voidCharge,
+          voidCharge,
+          usage,
         ], {
           maxCommands: 12,
           size: 'max',
@@ -863,8 +921,10 @@ Deno.test({
             admin: await adminToken(),
             purchases: [],
             holds: [],
+            charges: [],
           };
           const model: Model = {
+            charges: [],
             balance: 0n,
             held: 0n,
             purchases: [],

@@ -10,11 +10,20 @@ import { call } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { publishableKey } from '../_shared/keys.ts';
 import { hourlyBurn, sloConfig } from '../_shared/http/slo.ts';
-import { readQuery } from '../_shared/http/validate.ts';
+import { readJson, readQuery } from '../_shared/http/validate.ts';
+import { idempotencyKey } from '../_shared/http/idempotency.ts';
+import { isUuid } from '../_shared/values/query.ts';
 import { createPromoCode, disablePromoCode, listPromoCodes } from './codes.ts';
 import { type Metrics, metricsCsv } from './csv.ts';
 import { contentSecurityPolicy, dashboardPage, newNonce, signInPage } from './dashboard-page.ts';
-import { DailyReportSchema, MetricsSchema } from './schemas.ts';
+import {
+  ContinueRunSchema,
+  CorrectionPreviewSchema,
+  CorrectionRunSchema,
+  DailyReportSchema,
+  MetricsSchema,
+  VoidRequestSchema,
+} from './schemas.ts';
 import {
   accessTokenFor,
   endSession,
@@ -100,6 +109,71 @@ app.get('/ops', requireAdmin, async (c) => {
 app.post('/codes', requireAdmin, createPromoCode);
 app.get('/codes', requireAdmin, listPromoCodes);
 app.post('/codes/:id/disable', requireAdmin, disablePromoCode);
+
+// Corrections (docs/pricing.md § Corrections): the money moves in SQL (45-corrections.sql), which
+// checks the admin's standing again in the same statement.
+const chargeId = (raw: string): string => {
+  if (!/^[1-9][0-9]{0,17}$/.test(raw)) throw new AppError('not_found', 'CHARGE_NOT_FOUND', 'No such charge.');
+  return raw;
+};
+const runId = (raw: string): string => {
+  if (!isUuid(raw)) throw new AppError('not_found', 'CORRECTION_NOT_FOUND', 'No such correction run.');
+  return raw;
+};
+
+app.post('/charges/:id/void', requireAdmin, async (c) => {
+  const id = chargeId(c.req.param('id'));
+  const { reason } = await readJson(c, VoidRequestSchema);
+  const [{ voided }] = await call((sql) =>
+    sql`select billing.void_charge(${currentUser(c).id}, ${id}::bigint, ${reason}) as voided`
+  );
+  return ok(c, voided);
+});
+
+app.post('/corrections/preview', requireAdmin, async (c) => {
+  const f = await readJson(c, CorrectionPreviewSchema);
+  const [{ preview }] = await call((sql) =>
+    sql`select billing.preview_correction(${
+      currentUser(c).id
+    }, ${f.model}, ${f.from}::timestamptz, ${f.to}::timestamptz,
+          ${f.failed_only}) as preview`
+  );
+  return ok(c, preview);
+});
+
+// The run is recorded, then its first batch runs in a transaction of its own; pg_cron (or
+// /continue) does the rest, one batch a transaction.
+app.post('/corrections', requireAdmin, async (c) => {
+  const key = idempotencyKey(c);
+  const r = await readJson(c, CorrectionRunSchema);
+  const admin = currentUser(c).id;
+  const [{ run }] = await call((sql) =>
+    sql<{ run: { id: string; replayed: boolean } }[]>`
+      select billing.start_correction_run(${admin}, ${key}, ${r.model}, ${r.from}::timestamptz, ${r.to}::timestamptz,
+        ${r.failed_only}, ${r.reason}) as run`
+  );
+  const [{ state }] = await call((sql) =>
+    sql`select billing.continue_correction_run(${admin}, ${run.id}::uuid, 500) as state`
+  );
+  return ok(c, { ...state as object, replayed: run.replayed }, run.replayed ? 200 : 201);
+});
+
+app.get('/corrections/:id', requireAdmin, async (c) => {
+  const id = runId(c.req.param('id'));
+  const [{ run }] = await call((sql) =>
+    sql`select billing.get_correction_run(${currentUser(c).id}, ${id}::uuid) as run`
+  );
+  return ok(c, run);
+});
+
+app.post('/corrections/:id/continue', requireAdmin, async (c) => {
+  const id = runId(c.req.param('id'));
+  const { batch } = await readJson(c, ContinueRunSchema);
+  const [{ state }] = await call((sql) =>
+    sql`select billing.continue_correction_run(${currentUser(c).id}, ${id}::uuid, ${batch}) as state`
+  );
+  return ok(c, state);
+});
 
 /**
  * The dashboard, for an admin signed in with the session cookie (or a bearer header). Anyone

@@ -1,7 +1,7 @@
 // Query shapes of the admin routes.
 import { z } from 'zod';
-import { pgText } from '../_shared/values/pg-values.ts';
-import { CalendarDateSchema, lastDays } from '../_shared/values/query.ts';
+import { pgInt, pgText } from '../_shared/values/pg-values.ts';
+import { CalendarDateSchema, InstantSchema, lastDays } from '../_shared/values/query.ts';
 
 const day = CalendarDateSchema;
 const format = z.enum(['json', 'csv']).default('json');
@@ -34,3 +34,33 @@ export const SessionRequestSchema = z
     path: ['access_token'],
   });
 export type SessionRequest = z.infer<typeof SessionRequestSchema>;
+
+// Corrections (docs/pricing.md § Corrections): the admin's reason, and a bulk correction's filter.
+const reason = pgText(500).trim().min(1, 'a reason is required');
+
+/** POST /admin/charges/:id/void */
+export const VoidRequestSchema = z.strictObject({ reason });
+export type VoidRequest = z.infer<typeof VoidRequestSchema>;
+
+const filter = {
+  model: pgText(200).min(1),
+  from: InstantSchema,
+  to: InstantSchema,
+  failed_only: z.boolean().default(false),
+};
+const fromBeforeTo = (f: { from: string; to: string }) => Date.parse(f.from) < Date.parse(f.to);
+
+/** POST /admin/corrections/preview: which charges a run would void. */
+export const CorrectionPreviewSchema = z
+  .strictObject(filter)
+  .refine(fromBeforeTo, { message: 'from must be before to', path: ['from'] });
+export type CorrectionPreview = z.infer<typeof CorrectionPreviewSchema>;
+
+/** POST /admin/corrections: a run over the filter, with the reason every void records. */
+export const CorrectionRunSchema = z
+  .strictObject({ ...filter, reason })
+  .refine(fromBeforeTo, { message: 'from must be before to', path: ['from'] });
+export type CorrectionRun = z.infer<typeof CorrectionRunSchema>;
+
+/** POST /admin/corrections/:id/continue: the next batch now (at most `batch` charges). */
+export const ContinueRunSchema = z.strictObject({ batch: pgInt(1, 5000).default(500) });
