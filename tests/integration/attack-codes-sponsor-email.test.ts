@@ -80,3 +80,21 @@ Deno.test('FAILS: an account whose address is not confirmed does not redeem a sp
   assert.equal(await balance(squatter.token), '0', `an unconfirmed address was given the code: ${r.text}`);
   assert.notEqual(r.status, 200, r.text);
 });
+
+Deno.test('sponsor addresses and notes Postgres refuses, or that are not ASCII, are 400 and nothing is set aside', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', '100');
+  const bodies = [
+    { credits: '5', email: '\u212Aim@school.test' },
+    { credits: '5', email: 'kim@school.test\u0000' },
+    { credits: '5', email: 'kim\ud800@school.test' },
+    { credits: '5', email: `${'a'.repeat(330)}@school.test` },
+    { credits: '5', email: 'kim@school.test', note: 'hi\u0000' },
+    { credits: '5', email: 'kim@school.test', note: 'hi\ud800' },
+  ];
+  for (const body of bodies) {
+    const r = await issue(owner.token, org, body);
+    assert.equal(r.status, 400, `${JSON.stringify(body)}: ${r.text}`);
+  }
+  assert.equal((await walletOf(owner.token, org)).balance, '100');
+});

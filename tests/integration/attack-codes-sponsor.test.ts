@@ -41,7 +41,11 @@ async function parked() {
   const owner = await person('owner');
   const friend = await person('friend');
   const org = await school(owner, [], 'allowance', null);
-  const co = await api('/checkout/sessions', { token: owner.token, headers: key(), body: { package_id: 'mini', org_id: org } });
+  const co = await api('/checkout/sessions', {
+    token: owner.token,
+    headers: key(),
+    body: { package_id: 'mini', org_id: org },
+  });
   assert.equal(co.status, 201, co.text);
   const session = (co.body.data as { session_id: string }).session_id;
   await emulator(`/_emulator/checkout/sessions/${session}/pay`, { outcome: 'succeeded' });
@@ -53,7 +57,8 @@ async function parked() {
 }
 
 const escrowOf = async (codeId: string) => {
-  const [{ balance, held }] = await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held
+  const [{ balance, held }] =
+    await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held
     from billing.accounts a where a.code_id = ${codeId}`;
   return { balance, held };
 };
@@ -71,7 +76,11 @@ Deno.test('FAILS: a sponsor code revoked while a dispute holds its escrow gives 
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'won' });
   await testDb`select billing.close_expired_sponsor_codes(1000)`;
   const escrow = await escrowOf(p.id);
-  assert.equal((await walletOf(p.owner.token, p.org)).balance, '5000', `escrow after the won dispute: ${JSON.stringify(escrow)}`);
+  assert.equal(
+    (await walletOf(p.owner.token, p.org)).balance,
+    '5000',
+    `escrow after the won dispute: ${JSON.stringify(escrow)}`,
+  );
   assert.equal(escrow.balance, '0');
   await assertLedgerInvariants();
 });
