@@ -123,6 +123,15 @@ create index code_attempts_created_brin on billing.code_attempts using brin (cre
 
 -- ============================================================ functions
 
+-- Addresses are compared with ASCII-only case folding: lower() also folds look-alikes (U+212A
+-- KELVIN SIGN to 'k', U+0130 to 'i'), so an account registered under one would match another's.
+create or replace function billing.ascii_lower(p_text text) returns text
+language sql immutable strict parallel safe
+set search_path = ''
+as $$ select translate(p_text, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') $$;
+comment on function billing.ascii_lower(p_text text) is 'Internal: p_text with A-Z lower-cased and every other character as it is (how sponsor codes compare addresses).';
+revoke execute on function billing.ascii_lower(p_text text) from public;
+
 -- A code as its creator sees it (never its hash).
 create or replace function billing.code_json(c billing.codes) returns jsonb
 language sql stable
@@ -309,7 +318,7 @@ declare
   v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
   v_code billing.codes;
   v_student uuid := (p_spec ->> 'user_id')::uuid;
-  v_email text := lower(p_spec ->> 'email');
+  v_email text := billing.ascii_lower(p_spec ->> 'email');
 begin
   select * into v_code from billing.codes c where c.created_by = p_user and c.request_key = p_key and c.kind = 'sponsor';
   if found then
@@ -321,6 +330,10 @@ begin
     return billing.code_json(v_code) || jsonb_build_object('replayed', true);
   end if;
   perform billing.check_amount((p_spec ->> 'credits')::numeric);
+  -- Only printable ASCII addresses (as the route refuses others): no look-alike to match.
+  if v_student is null and (v_email is null or v_email !~ '^[\x21-\x7e]+$') then
+    perform billing.raise_error('INVALID_CODE', jsonb_build_object('field', 'email', 'rule', 'printable ASCII'));
+  end if;
   if v_student is not null and not exists (select 1 from auth.users u where u.id = v_student) then
     perform billing.raise_error('USER_NOT_FOUND', '{}');
   end if;
@@ -492,7 +505,7 @@ begin
   end if;
   -- Someone else's sponsor code does not exist for this caller.
   if v_code.kind = 'sponsor' and v_code.for_user is distinct from p_user
-     and not exists (select 1 from auth.users u where u.id = p_user and lower(u.email) = v_code.for_email) then
+     and not exists (select 1 from auth.users u where u.id = p_user and billing.ascii_lower(u.email) = v_code.for_email) then
     perform billing.raise_error('CODE_NOT_FOUND', '{}');
   end if;
   if v_code.status <> 'active' then
