@@ -337,7 +337,10 @@ begin
   if v_student is not null and not exists (select 1 from auth.users u where u.id = v_student) then
     perform billing.raise_error('USER_NOT_FOUND', '{}');
   end if;
-  if billing.is_org_admin(p_org, coalesce(v_student, (select u.id from auth.users u where lower(u.email) = v_email))) then
+  -- Every account the address may name (Auth does not make addresses unique once folded).
+  if billing.is_org_admin(p_org, v_student)
+     or exists (select 1 from auth.users u where v_student is null and billing.ascii_lower(u.email) = v_email
+                and billing.is_org_admin(p_org, u.id)) then
     perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student, not an owner or admin'));
   end if;
   insert into billing.codes (kind, code_hash, credits, max_redemptions, valid_until, org_id, for_user, for_email, note,
