@@ -506,9 +506,11 @@ begin
     values (p_user, left(p_code_hash, 12), p_address_hash, 'repeated', v_code.id);
     return v_prior.answer;
   end if;
-  -- Someone else's sponsor code does not exist for this caller.
+  -- Someone else's sponsor code does not exist for this caller. An address counts once its owner
+  -- confirmed it: where a project lets people in before that, anyone could register it.
   if v_code.kind = 'sponsor' and v_code.for_user is distinct from p_user
-     and not exists (select 1 from auth.users u where u.id = p_user and billing.ascii_lower(u.email) = v_code.for_email) then
+     and not exists (select 1 from auth.users u where u.id = p_user and billing.ascii_lower(u.email) = v_code.for_email
+                     and u.email_confirmed_at is not null) then
     perform billing.raise_error('CODE_NOT_FOUND', '{}');
   end if;
   if v_code.status <> 'active' then

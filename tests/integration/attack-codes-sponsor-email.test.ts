@@ -69,10 +69,11 @@ Deno.test('a look-alike account does not make issuing a sponsor code by email a 
   assert.equal(r.status, 201, r.text);
 });
 
-// Found by this test: redeem_code matches auth.users.email whether or not the address was
+// Found by this test: redeem_code matched auth.users.email whether or not the address was
 // confirmed. Where a project lets people in before they confirm (confirmations off, or an
-// identity provider that does not verify), anyone can register the named address and take it.
-Deno.test('FAILS: an account whose address is not confirmed does not redeem a sponsor code named for that address', async () => {
+// identity provider that does not verify), anyone could register the named address and take it.
+// The address now counts only once email_confirmed_at is set (the code is not found until then).
+Deno.test('an account whose address is not confirmed does not redeem a sponsor code named for that address', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', '100');
   const victim = `sam-${crypto.randomUUID().slice(0, 8)}@school.test`;
