@@ -395,7 +395,9 @@ begin
       'code-return:' || p_code.id || ':' || v_escrow.version, null,
       jsonb_build_object('org_id', p_code.org_id, 'code_id', p_code.id, 'reason', p_status));
   end if;
-  update billing.codes c set status = p_status, updated_at = now() where c.id = p_code.id returning * into v_code;
+  -- A closed code's later return (a dispute won after it closed) keeps when it closed.
+  update billing.codes c set status = p_status, updated_at = case when c.status = p_status then c.updated_at else now() end
+  where c.id = p_code.id returning * into v_code;
   return v_code;
 end;
 $$;
@@ -445,10 +447,21 @@ begin
     perform billing.return_sponsor_escrow(v_code, 'void');
     v_count := v_count + 1;
   end loop;
+  -- A code closed while a dispute held part of its escrow returned only the rest: once the
+  -- dispute is won (released, nothing taken), what it freed goes back too. Nobody can redeem or
+  -- revoke a closed code, and sync_purchase may not take a code's row after accounts (see top).
+  for v_code in
+    select c.* from billing.codes c join billing.accounts a on a.code_id = c.id
+    where c.kind = 'sponsor' and c.status in ('revoked', 'void') and a.balance > a.held
+    order by c.id limit p_limit for update of c skip locked
+  loop
+    perform billing.return_sponsor_escrow(v_code, v_code.status);
+    v_count := v_count + 1;
+  end loop;
   return v_count;
 end;
 $$;
-comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: unredeemed sponsor codes past their window, or whose issuer is no longer an owner or admin, give their escrow back to the wallet. Idempotent.';
+comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: unredeemed sponsor codes past their window, or whose issuer is no longer an owner or admin, give their escrow back to the wallet, and closed codes give back what a won dispute freed in theirs. Idempotent.';
 revoke execute on function billing.close_expired_sponsor_codes(p_limit integer) from public, anon, authenticated;
 grant execute on function billing.close_expired_sponsor_codes(p_limit integer) to service_role;
 

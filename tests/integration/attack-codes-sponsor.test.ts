@@ -64,10 +64,11 @@ const escrowOf = async (codeId: string) => {
 };
 
 // Found by this test: return_sponsor_escrow moves back only what no dispute holds and marks the
-// code revoked (or void); when the dispute is then won, the hold is released inside the escrow of
-// a code nobody can redeem or revoke again (and the sweep looks at active codes only): the
-// credits stay there for ever, counted in the liability, out of the organisation's wallet.
-Deno.test('FAILS: a sponsor code revoked while a dispute holds its escrow gives the credits back once the dispute is won', async () => {
+// code revoked (or void); when the dispute was then won, the hold was released inside the escrow
+// of a code nobody can redeem or revoke again (and the sweep looked at active codes only): the
+// credits stayed there for ever, counted in the liability, out of the organisation's wallet. The
+// sweep now also returns what is free in the escrows of closed codes.
+Deno.test('a sponsor code revoked while a dispute holds its escrow gives the credits back once the dispute is won', async () => {
   const p = await parked();
   const charge = await chargeOf(p.session);
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
