@@ -473,6 +473,24 @@ as $$ select '{"user": 10, "address": 30}'::jsonb $$;
 comment on function billing.code_guess_limits() is 'Internal: failed code guesses allowed per rolling hour, per user and per client address.';
 revoke execute on function billing.code_guess_limits() from public;
 
+-- The failed-guess count is read at the start of a redemption and a refusal is recorded after its
+-- work rolled back (run_money_request): without a lock, requests in flight together all read the
+-- same count. run_money_request takes these before the redemption, for the whole transaction, so
+-- a caller's (and an address's) redemptions count and record one after another. User first.
+create or replace function billing.lock_code_guesses(p_user uuid, p_address_hash text) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform pg_advisory_xact_lock(hashtextextended('code-guesses:user:' || p_user, 0));
+  if p_address_hash is not null then
+    perform pg_advisory_xact_lock(hashtextextended('code-guesses:address:' || p_address_hash, 0));
+  end if;
+end;
+$$;
+comment on function billing.lock_code_guesses(p_user uuid, p_address_hash text) is 'Internal: serialises a user''s and a client address''s code redemptions until the transaction ends, so the failed-guess limits hold under concurrency.';
+revoke execute on function billing.lock_code_guesses(p_user uuid, p_address_hash text) from public;
+
 create or replace function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text,
   p_address_limit integer default null) returns jsonb
 language plpgsql
@@ -493,7 +511,10 @@ declare
   v_bal billing.balance;
   v_answer jsonb;
 begin
-  -- Guessing stops here, counted from the audit (no Redis needed), before any code is looked up.
+  -- Guessing stops here, counted from the audit (no Redis needed), before any code is looked up,
+  -- under lock_code_guesses: run_money_request took it already, so that it also covers the refusal's
+  -- record; taking it again is a no-op there and guards any other caller.
+  perform billing.lock_code_guesses(p_user, p_address_hash);
   -- Many people may share an address (a school's network): its limit is the deployment's choice.
   foreach v_scope in array array['user', 'address'] loop
     continue when v_scope = 'address' and p_address_hash is null;

@@ -11,9 +11,11 @@ const wrong = (i: number) => `ZZZZZ-ZZZZZ-ZZZZZ-ZZZ${String(i).padStart(2, '0')}
 // Found by this test: redeem_code counts the caller's failed guesses from code_attempts, and a
 // refusal is recorded only after its transaction rolled back (run_money_request), so requests in
 // flight together all read the same count. With 9 failures on the record, 10 wrong codes sent at
-// once (the route's Redis limit allows 10 a minute) are all tried: 19 an hour where 10 are meant.
-// The per-address limit (30 an hour) falls the same way to many accounts sending together.
-Deno.test('FAILS: wrong codes sent at once never take a student past 10 failed guesses an hour', async () => {
+// once (the route's Redis limit allows 10 a minute) were all tried: 19 an hour where 10 are meant.
+// The per-address limit (30 an hour) fell the same way to many accounts sending together.
+// run_money_request now takes billing.lock_code_guesses (the user's, then the address's advisory
+// lock) before the redemption, held until the refusal's record commits.
+Deno.test('wrong codes sent at once never take a student past 10 failed guesses an hour', async () => {
   // Six students, each with 9 failed guesses on the record from earlier this hour (what nine wrong
   // redemptions record), each sending 10 wrong codes at once: enough requests in flight that they
   // overlap in the database (one student's 10 alone are often served one after another here).
