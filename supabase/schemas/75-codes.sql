@@ -588,7 +588,10 @@ begin
       -- Not 'disputed': whoever redeems a gift need not learn that its buyer disputed the charge.
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'on hold'));
     elsif v_escrow.balance <= 0 then
-      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'refunded'));
+      -- Emptied by its credits' expiry (settle_account just ran it), or else by a refund.
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason',
+        case when exists (select 1 from billing.lots l where l.account_id = v_escrow.id and l.expires_at <= now())
+             then 'expired' else 'refunded' end));
     end if;
     v_amount := v_escrow.balance;
     -- member_id names the student an organisation funded (sponsor codes), as for allowances.
