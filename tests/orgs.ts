@@ -5,11 +5,11 @@ import { adminToken, api, testDb, userToken } from './helpers.ts';
 
 export const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
-/** A user with an email address, and a token carrying it (as Supabase Auth issues it). */
+/** A user with a confirmed email address, and a token carrying it (as Supabase Auth issues it). */
 export async function person(label: string) {
   const id = crypto.randomUUID();
   const email = `${label}-${id.slice(0, 8)}@school.test`;
-  await testDb`insert into auth.users (id, email) values (${id}, ${email})`;
+  await testDb`insert into auth.users (id, email, email_confirmed_at) values (${id}, ${email}, now())`;
   return { id, email, token: await userToken(id, { claims: { email } }) };
 }
 

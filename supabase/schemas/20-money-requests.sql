@@ -240,6 +240,10 @@ begin
             v_row.responded_at, true)::billing.money_response;
   end if;
 
+  -- A redemption's failed-guess count and the record of its refusal, one caller at a time (75-codes.sql).
+  if p_action = 'credits.codes.redeem' then
+    perform billing.lock_code_guesses(p_user, p_args ->> 'address_hash');
+  end if;
   begin
     v_data := billing.perform_money_action(p_user, p_action, p_args,
       billing.scoped_key('http:' || p_user::text || ':' || p_action || ':', p_key));

@@ -123,6 +123,15 @@ create index code_attempts_created_brin on billing.code_attempts using brin (cre
 
 -- ============================================================ functions
 
+-- Addresses are compared with ASCII-only case folding: lower() also folds look-alikes (U+212A
+-- KELVIN SIGN to 'k', U+0130 to 'i'), so an account registered under one would match another's.
+create or replace function billing.ascii_lower(p_text text) returns text
+language sql immutable strict parallel safe
+set search_path = ''
+as $$ select translate(p_text, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') $$;
+comment on function billing.ascii_lower(p_text text) is 'Internal: p_text with A-Z lower-cased and every other character as it is (how sponsor codes compare addresses).';
+revoke execute on function billing.ascii_lower(p_text text) from public;
+
 -- A code as its creator sees it (never its hash).
 create or replace function billing.code_json(c billing.codes) returns jsonb
 language sql stable
@@ -309,7 +318,7 @@ declare
   v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
   v_code billing.codes;
   v_student uuid := (p_spec ->> 'user_id')::uuid;
-  v_email text := lower(p_spec ->> 'email');
+  v_email text := billing.ascii_lower(p_spec ->> 'email');
 begin
   select * into v_code from billing.codes c where c.created_by = p_user and c.request_key = p_key and c.kind = 'sponsor';
   if found then
@@ -321,10 +330,17 @@ begin
     return billing.code_json(v_code) || jsonb_build_object('replayed', true);
   end if;
   perform billing.check_amount((p_spec ->> 'credits')::numeric);
+  -- Only printable ASCII addresses (as the route refuses others): no look-alike to match.
+  if v_student is null and (v_email is null or v_email !~ '^[\x21-\x7e]+$') then
+    perform billing.raise_error('INVALID_CODE', jsonb_build_object('field', 'email', 'rule', 'printable ASCII'));
+  end if;
   if v_student is not null and not exists (select 1 from auth.users u where u.id = v_student) then
     perform billing.raise_error('USER_NOT_FOUND', '{}');
   end if;
-  if billing.is_org_admin(p_org, coalesce(v_student, (select u.id from auth.users u where lower(u.email) = v_email))) then
+  -- Every account the address may name (Auth does not make addresses unique once folded).
+  if billing.is_org_admin(p_org, v_student)
+     or exists (select 1 from auth.users u where v_student is null and billing.ascii_lower(u.email) = v_email
+                and billing.is_org_admin(p_org, u.id)) then
     perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student, not an owner or admin'));
   end if;
   insert into billing.codes (kind, code_hash, credits, max_redemptions, valid_until, org_id, for_user, for_email, note,
@@ -379,7 +395,9 @@ begin
       'code-return:' || p_code.id || ':' || v_escrow.version, null,
       jsonb_build_object('org_id', p_code.org_id, 'code_id', p_code.id, 'reason', p_status));
   end if;
-  update billing.codes c set status = p_status, updated_at = now() where c.id = p_code.id returning * into v_code;
+  -- A closed code's later return (a dispute won after it closed) keeps when it closed.
+  update billing.codes c set status = p_status, updated_at = case when c.status = p_status then c.updated_at else now() end
+  where c.id = p_code.id returning * into v_code;
   return v_code;
 end;
 $$;
@@ -429,10 +447,21 @@ begin
     perform billing.return_sponsor_escrow(v_code, 'void');
     v_count := v_count + 1;
   end loop;
+  -- A code closed while a dispute held part of its escrow returned only the rest: once the
+  -- dispute is won (released, nothing taken), what it freed goes back too. Nobody can redeem or
+  -- revoke a closed code, and sync_purchase may not take a code's row after accounts (see top).
+  for v_code in
+    select c.* from billing.codes c join billing.accounts a on a.code_id = c.id
+    where c.kind = 'sponsor' and c.status in ('revoked', 'void') and a.balance > a.held
+    order by c.id limit p_limit for update of c skip locked
+  loop
+    perform billing.return_sponsor_escrow(v_code, v_code.status);
+    v_count := v_count + 1;
+  end loop;
   return v_count;
 end;
 $$;
-comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: unredeemed sponsor codes past their window, or whose issuer is no longer an owner or admin, give their escrow back to the wallet. Idempotent.';
+comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: unredeemed sponsor codes past their window, or whose issuer is no longer an owner or admin, give their escrow back to the wallet, and closed codes give back what a won dispute freed in theirs. Idempotent.';
 revoke execute on function billing.close_expired_sponsor_codes(p_limit integer) from public, anon, authenticated;
 grant execute on function billing.close_expired_sponsor_codes(p_limit integer) to service_role;
 
@@ -443,6 +472,24 @@ set search_path = ''
 as $$ select '{"user": 10, "address": 30}'::jsonb $$;
 comment on function billing.code_guess_limits() is 'Internal: failed code guesses allowed per rolling hour, per user and per client address.';
 revoke execute on function billing.code_guess_limits() from public;
+
+-- The failed-guess count is read at the start of a redemption and a refusal is recorded after its
+-- work rolled back (run_money_request): without a lock, requests in flight together all read the
+-- same count. run_money_request takes these before the redemption, for the whole transaction, so
+-- a caller's (and an address's) redemptions count and record one after another. User first.
+create or replace function billing.lock_code_guesses(p_user uuid, p_address_hash text) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform pg_advisory_xact_lock(hashtextextended('code-guesses:user:' || p_user, 0));
+  if p_address_hash is not null then
+    perform pg_advisory_xact_lock(hashtextextended('code-guesses:address:' || p_address_hash, 0));
+  end if;
+end;
+$$;
+comment on function billing.lock_code_guesses(p_user uuid, p_address_hash text) is 'Internal: serialises a user''s and a client address''s code redemptions until the transaction ends, so the failed-guess limits hold under concurrency.';
+revoke execute on function billing.lock_code_guesses(p_user uuid, p_address_hash text) from public;
 
 create or replace function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text,
   p_address_limit integer default null) returns jsonb
@@ -464,7 +511,10 @@ declare
   v_bal billing.balance;
   v_answer jsonb;
 begin
-  -- Guessing stops here, counted from the audit (no Redis needed), before any code is looked up.
+  -- Guessing stops here, counted from the audit (no Redis needed), before any code is looked up,
+  -- under lock_code_guesses: run_money_request took it already, so that it also covers the refusal's
+  -- record; taking it again is a no-op there and guards any other caller.
+  perform billing.lock_code_guesses(p_user, p_address_hash);
   -- Many people may share an address (a school's network): its limit is the deployment's choice.
   foreach v_scope in array array['user', 'address'] loop
     continue when v_scope = 'address' and p_address_hash is null;
@@ -490,9 +540,11 @@ begin
     values (p_user, left(p_code_hash, 12), p_address_hash, 'repeated', v_code.id);
     return v_prior.answer;
   end if;
-  -- Someone else's sponsor code does not exist for this caller.
+  -- Someone else's sponsor code does not exist for this caller. An address counts once its owner
+  -- confirmed it: where a project lets people in before that, anyone could register it.
   if v_code.kind = 'sponsor' and v_code.for_user is distinct from p_user
-     and not exists (select 1 from auth.users u where u.id = p_user and lower(u.email) = v_code.for_email) then
+     and not exists (select 1 from auth.users u where u.id = p_user and billing.ascii_lower(u.email) = v_code.for_email
+                     and u.email_confirmed_at is not null) then
     perform billing.raise_error('CODE_NOT_FOUND', '{}');
   end if;
   if v_code.status <> 'active' then
@@ -536,7 +588,10 @@ begin
       -- Not 'disputed': whoever redeems a gift need not learn that its buyer disputed the charge.
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'on hold'));
     elsif v_escrow.balance <= 0 then
-      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'refunded'));
+      -- Emptied by its credits' expiry (settle_account just ran it), or else by a refund.
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason',
+        case when exists (select 1 from billing.lots l where l.account_id = v_escrow.id and l.expires_at <= now())
+             then 'expired' else 'refunded' end));
     end if;
     v_amount := v_escrow.balance;
     -- member_id names the student an organisation funded (sponsor codes), as for allowances.

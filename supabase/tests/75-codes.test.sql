@@ -5,12 +5,12 @@ begin;
 select plan(25);
 \ir helpers.psql
 
-insert into auth.users (id, email) values
-  ('cccccccc-0000-4000-8000-000000000001', 'admin@codes.test'),
-  ('cccccccc-0000-4000-8000-000000000002', 'ada@codes.test'),
-  ('cccccccc-0000-4000-8000-000000000003', 'bo@codes.test'),
-  ('cccccccc-0000-4000-8000-000000000004', 'owner@codes.test'),
-  ('cccccccc-0000-4000-8000-000000000005', 'cy@codes.test');
+insert into auth.users (id, email, email_confirmed_at) values
+  ('cccccccc-0000-4000-8000-000000000001', 'admin@codes.test', now()),
+  ('cccccccc-0000-4000-8000-000000000002', 'ada@codes.test', now()),
+  ('cccccccc-0000-4000-8000-000000000003', 'bo@codes.test', now()),
+  ('cccccccc-0000-4000-8000-000000000004', 'owner@codes.test', now()),
+  ('cccccccc-0000-4000-8000-000000000005', 'cy@codes.test', now());
 
 create function pg_temp.h(p text) returns text language sql as $$ select encode(sha256(convert_to(p, 'UTF8')), 'hex') $$;
 create function pg_temp.redeem(p_user uuid, p_code text, p_address text default null) returns jsonb language sql as $$

@@ -122,3 +122,19 @@ Deno.test("a refund of the organisation's purchase reaches credits parked in a s
   assert.equal((await walletOf(owner.token, org)).balance, '0');
   await assertLedgerInvariants();
 });
+
+Deno.test('a sponsor code whose escrowed credits expired is refused as expired, not refunded', async () => {
+  const owner = await person('owner');
+  const student = await person('student');
+  const org = await school(owner, [], 'allowance', null);
+  // Promotional credits that end in two seconds: they keep their expiry in the escrow.
+  await testDb`select billing.grant_credits(null, 30, 'promo_grant', ${'expiring:' + org}, null, null, '{}'::jsonb,
+    jsonb_build_object('category', 'promotional', 'expires_at', now() + interval '2 seconds'), billing.org_wallet_id(${org}))`;
+  const { code } = dataOf(await issue(owner.token, org, { credits: '30', user_id: student.id })) as { code: string };
+  await new Promise((done) => setTimeout(done, 2500));
+  const r = await redeem(student.token, code);
+  assert.equal(r.status, 409, r.text);
+  assert.equal(codeOf(r), 'CODE_NOT_REDEEMABLE');
+  assert.equal((r.body.error as { details: { reason: string } }).details.reason, 'expired');
+  await assertLedgerInvariants();
+});
