@@ -84,6 +84,7 @@ export const documentedCodes = [
   'UNAUTHORIZED',
   'UNKNOWN_JOB_TYPE',
   'UNKNOWN_MODEL',
+  'UNPRICED_USAGE',
   'UNKNOWN_TEMPLATE',
   'USER_NOT_FOUND',
   'VALIDATION_FAILED',

@@ -6,14 +6,26 @@ create table billing.rate_cards (
   id bigint generated always as identity primary key,
   model text not null,
   version integer not null,
-  usd_per_million_input numeric(20, 8) not null,
-  usd_per_million_output numeric(20, 8) not null,
+  usd_per_million_input numeric(38, 18) not null,
+  usd_per_million_output numeric(38, 18) not null,
   markup numeric(10, 4) not null,                 -- multiplier on the provider's price
   effective_from timestamptz not null,
   created_at timestamptz not null default now(),
-  constraint rate_cards_prices_not_negative check (usd_per_million_input >= 0 and usd_per_million_output >= 0),
+  usd_per_million_cached_input numeric(38, 18),   -- null: cached input is charged at the input price
+  usd_per_million_reasoning numeric(38, 18),      -- null: reasoning is charged at the output price
+  usd_per_image numeric(38, 18),                  -- null: images are refused (UNPRICED_USAGE)
+  usd_per_audio_second numeric(38, 18),           -- null: audio is refused (UNPRICED_USAGE)
+  draft_id uuid,                                  -- the draft it was published from (null: a reference row)
+  constraint rate_cards_prices_in_range check (
+    usd_per_million_input >= 0 and usd_per_million_input <= 1000000
+    and usd_per_million_output >= 0 and usd_per_million_output <= 1000000
+    and coalesce(usd_per_million_cached_input, 0) between 0 and 1000000
+    and coalesce(usd_per_million_reasoning, 0) between 0 and 1000000
+    and coalesce(usd_per_image, 0) between 0 and 1000000
+    and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
   constraint rate_cards_markup_positive check (markup > 0),
-  constraint rate_cards_model_version unique (model, version)
+  constraint rate_cards_model_version unique (model, version),
+  constraint rate_cards_draft unique (draft_id)
 );
 comment on table billing.rate_cards is 'Versioned prices per model. A new price is a new version with a later effective_from; rows are never edited.';
 alter table billing.rate_cards enable row level security;

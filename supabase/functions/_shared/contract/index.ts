@@ -337,9 +337,14 @@ export interface OrgUsageRow {
 }
 
 /** Tokens a model reported for the charges the ledger priced (GET /credits/usage/summary). */
+/** Usage by kind (docs/pricing.md): tokens, images and audio seconds. */
 export interface TokenCounts {
   input: number;
   output: number;
+  cached_input: number;
+  reasoning: number;
+  images: number;
+  audio_seconds: number;
 }
 
 /** One model's share of a summary or of one of its buckets. */
