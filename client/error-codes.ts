@@ -32,12 +32,14 @@ export const documentedCodes = [
   'INVALID_AUTO_RECHARGE',
   'INVALID_CAP',
   'INVALID_CREDENTIALS',
+  'INVALID_EFFECTIVE_FROM',
   'INVALID_JOB_TRANSITION',
   'INVALID_JSON',
   'INVALID_KIND',
   'INVALID_LOT',
   'INVALID_ORG',
   'INVALID_RANGE',
+  'INVALID_RATE_CARD',
   'INVALID_TOKENS',
   'INVALID_TTL',
   'INVITATION_CLOSED',
@@ -74,6 +76,8 @@ export const documentedCodes = [
   'PROVIDER_NOT_READY',
   'PURCHASE_NOT_FOUND',
   'PURCHASE_NOT_REFUNDABLE',
+  'RATE_CARD_DRAFT_CLOSED',
+  'RATE_CARD_DRAFT_NOT_FOUND',
   'RATE_LIMITED',
   'RECONCILIATION_NOT_FOUND',
   'REDIRECT_NOT_ALLOWED',
@@ -84,8 +88,8 @@ export const documentedCodes = [
   'UNAUTHORIZED',
   'UNKNOWN_JOB_TYPE',
   'UNKNOWN_MODEL',
-  'UNPRICED_USAGE',
   'UNKNOWN_TEMPLATE',
+  'UNPRICED_USAGE',
   'USER_NOT_FOUND',
   'VALIDATION_FAILED',
   'VELOCITY_LIMIT',
@@ -134,6 +138,8 @@ export interface DetailsByCode {
   INVALID_CAP: { field: string; rule: string };
   INVALID_ORG: { field: string; rule: string };
   INVALID_LOT: { field: string };
+  UNPRICED_USAGE: { model: string; kind: 'images' | 'audio_seconds' };
+  RATE_CARD_DRAFT_CLOSED: { status: 'published' | 'discarded' };
   INVALID_RANGE: { field: string; rule: string };
   INVITATION_CLOSED: { status: 'accepted' | 'declined' | 'expired' | 'revoked' };
   INVITATION_LIMIT: { scope: 'inviter' | 'organisation'; limit: number; retry_at: string };

@@ -1,7 +1,7 @@
 -- Rate-card drafts: drafted and audited, never priced by usage, simulated against past charges
 -- without moving money, published from a time not in the past, idempotently, and audited.
 begin;
-select plan(30);
+select plan(31);
 \ir helpers.psql
 
 insert into auth.users (id, email) values
@@ -82,6 +82,12 @@ select is((select jsonb_path_query_first(s, '$.distribution.buckets[*] ? (@.buck
   '3', 'the distribution of the change per student');
 select is((select s -> 'totals' ->> 'charges' from (select billing.simulate_rate_card((select (draft ->> 'id')::uuid from d),
   now() - interval '2 days', now() - interval '1 day') as s) x), '0', 'a range with no charges re-prices none');
+create temp table same as select (billing.draft_rate_card((select admin from ids),
+  '{"model": "draft-model", "usd_per_million_input": "1", "usd_per_million_output": "2", "markup": "1", "usd_per_image": "0.01"}',
+  'the same prices') ->> 'id')::uuid as id;
+select is((select billing.simulate_rate_card(same.id, now() - interval '1 hour', now() + interval '1 minute')
+  -> 'totals' ->> 'change' from same), '0',
+  'a draft with the card''s own prices changes nothing: the dry run prices as price_usage did');
 select is(pg_temp.err($$select billing.simulate_rate_card((select (draft ->> 'id')::uuid from d), '2025-01-01', '2026-06-01')$$),
   'INVALID_RANGE', 'a range over 366 days is refused');
 select is(pg_temp.err($$select billing.simulate_rate_card(gen_random_uuid(), now() - interval '1 day', now())$$),

@@ -1,7 +1,7 @@
 -- Rate cards by token kind: every kind priced exactly, the defaults for kinds a card leaves
 -- null, the refusals, and the kinds reaching the transfer's metadata through every path.
 begin;
-select plan(21);
+select plan(22);
 \ir helpers.psql
 
 insert into auth.users (id) values ('aaaaaaaa-0000-4000-8000-000000000001'), ('bbbbbbbb-0000-4000-8000-000000000002');
@@ -70,6 +70,11 @@ select is((select amount from billing.transfers where idempotency_key = 'usage-e
   'a batch event''s reasoning tokens are priced at the reasoning rate');
 select is((select metadata ->> 'reasoning_tokens' from billing.transfers where idempotency_key = 'usage-event:kinds-b1'), '1000',
   'a batch transfer records every kind');
+select is((select (o ->> 'charged')::numeric from jsonb_array_elements(billing.charge_usage_batch(jsonb_build_array(
+    jsonb_build_object('event_id', 'kinds-b4', 'user_id', 'aaaaaaaa-0000-4000-8000-000000000001', 'model', 'kinds-full',
+      'input_tokens', 1000, 'output_tokens', 500, 'cached_input_tokens', 4000, 'reasoning_tokens', 250, 'images', 3,
+      'audio_seconds', 10, 'occurred_at', now())))) o), (billing.price_usage('kinds-full', 1000, 500, 4000, 250, 3, 10)).amount,
+  'the batch prices every kind as price_usage does');
 select is(pg_temp.detail($$select billing.charge_usage('bbbbbbbb-0000-4000-8000-000000000002', 'kinds-full', 1000, 500, 'kinds-poor', null, null, 4000, 250, 3, 10)$$) ->> 'required',
   '382', 'the 402''s required prices every kind');
 

@@ -1,5 +1,5 @@
 // The people who run the business: daily reports, metrics over any range (JSON or CSV), an
-// ops overview, and the dashboard page that shows them. Admin only: every route answers 403 to
+// ops overview, rate cards (drafts, their dry run, publishing: rate-cards.ts), and the dashboard page that shows them. Admin only: every route answers 403 to
 // a signed-in non-admin. The caller is a bearer token or the dashboard's HttpOnly session
 // cookie (session.ts), both checked by requireAdmin. The numbers are defined once, in SQL
 // (docs/metrics.md).
@@ -13,6 +13,7 @@ import { hourlyBurn, sloConfig } from '../_shared/http/slo.ts';
 import { readQuery } from '../_shared/http/validate.ts';
 import { type Metrics, metricsCsv } from './csv.ts';
 import { contentSecurityPolicy, dashboardPage, newNonce, signInPage } from './dashboard-page.ts';
+import { rateCardRoutes } from './rate-cards.ts';
 import { DailyReportSchema, MetricsSchema } from './schemas.ts';
 import {
   accessTokenFor,
@@ -95,6 +96,8 @@ app.get('/ops', requireAdmin, async (c) => {
   const objectives = { availability: slo.availability, p95_ms: slo.p95Ms };
   return ok(c, { ...overview, error_budget: { objectives, hourly: burn } });
 });
+
+rateCardRoutes(app);
 
 /**
  * The dashboard, for an admin signed in with the session cookie (or a bearer header). Anyone

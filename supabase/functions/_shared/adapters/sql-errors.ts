@@ -36,6 +36,16 @@ const sqlErrors: Record<
   INVALID_LOT: { type: 'validation', message: 'The lot is not valid: see details.field and details.rule.' },
   INVALID_RANGE: { type: 'validation', message: 'The range is not valid: see details.field and details.rule.' },
   UNKNOWN_MODEL: { type: 'validation', message: 'There is no rate card for that model.' },
+  INVALID_RATE_CARD: { type: 'validation', message: 'The rate card is not valid: see details.rule.' },
+  INVALID_EFFECTIVE_FROM: {
+    type: 'validation',
+    message: 'A rate card takes effect from now to 366 days ahead, never in the past.',
+  },
+  RATE_CARD_DRAFT_NOT_FOUND: { type: 'not_found', message: 'No such rate-card draft.' },
+  RATE_CARD_DRAFT_CLOSED: {
+    type: 'conflict',
+    message: 'The draft was published or discarded already: see details.status.',
+  },
   UNPRICED_USAGE: {
     type: 'validation',
     message: "The model's rate card has no price for a kind sent: see details.kind.",
