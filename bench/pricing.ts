@@ -66,26 +66,35 @@ try {
   await sql`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
     effective_from, usd_per_million_cached_input, usd_per_million_reasoning, usd_per_image, usd_per_audio_second)
     values ('bench-kinds', 1, 2.5, 10, 4, now() - interval '1 day', 1.25, 12, 0.04, 0.006)`;
-  const [{ user }] = await sql`insert into auth.users (id) values (gen_random_uuid()) returning id::text as user`;
-  await sql`select billing.grant_credits(${user}, 1e15, 'adjustment', 'bench-pricing:grant')`;
+  // A fresh, funded student for each charge cell of each round: the same account history for both sides.
+  const fresh = async () => {
+    const [{ user }] = await sql`insert into auth.users (id) values (gen_random_uuid()) returning id::text as user`;
+    await sql`select billing.grant_credits(${user}, 1e15, 'adjustment', 'bench-pricing:' || ${user})`;
+    return user as string;
+  };
 
   // ------------------------------------------------------------ 1. pricing by kind
-  const cells: Record<string, (round: number) => Promise<unknown>> = {
+  const cells: Record<string, (user: string) => Promise<unknown>> = {
     'price_usage, input and output (before #36)': () =>
       sql`select count((billing.price_usage_v1('bench-kinds', 1000 + g, 500 + g)).amount) from generate_series(1, ${calls}) g`,
+    'price_usage, input and output (now)': () =>
+      sql`select count((billing.price_usage('bench-kinds', 1000 + g, 500 + g)).amount) from generate_series(1, ${calls}) g`,
     'price_usage, six kinds': () =>
       sql`select count((billing.price_usage('bench-kinds', 1000 + g, 500 + g, g, g, 1, 1)).amount)
         from generate_series(1, ${calls}) g`,
-    'charge_usage, input and output (before #36)': (r) =>
-      sql`select count(billing.charge_usage_v1(${user}, 'bench-kinds', 1000 + g, 500 + g, 'bench-v1:' || ${r} || ':' || g))
+    'charge_usage, input and output (before #36)': (user) =>
+      sql`select count(billing.charge_usage_v1(${user}, 'bench-kinds', 1000 + g, 500 + g, 'bench-v1:' || ${user} || g))
         from generate_series(1, ${calls / 20}) g`,
-    'charge_usage, six kinds': (r) =>
-      sql`select count(billing.charge_usage(${user}, 'bench-kinds', 1000 + g, 500 + g, 'bench-v2:' || ${r} || ':' || g,
+    'charge_usage, six kinds': (user) =>
+      sql`select count(billing.charge_usage(${user}, 'bench-kinds', 1000 + g, 500 + g, 'bench-v2:' || ${user} || g,
           null, null, g, g, 1, 1)) from generate_series(1, ${calls / 20}) g`,
   };
   const ms: Record<string, number[]> = {};
   for (let r = 0; r < rounds; r++) {
-    for (const [name, q] of Object.entries(cells)) (ms[name] ??= []).push((await timed(() => q(r)))[0]);
+    for (const [name, q] of Object.entries(cells)) {
+      const user = await fresh();
+      (ms[name] ??= []).push((await timed(() => q(user)))[0]);
+    }
   }
   const perCall = (name: string, n: number) => (median(ms[name]) * 1000) / n;
   say(`\n### Pricing a usage event by token kind (medians of ${rounds} rounds)\n`);

@@ -393,7 +393,7 @@ grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p
 -- One row, not a set: a caller assigns it (v := billing.price_usage(…)) without a table
 -- function's tuplestore. Every kind but input and output is optional (null counts as 0).
 --
--- The price formula, written out the same in price_usage, charge_usage_batch and
+-- The price formula, written out the same in price_usage (and its two-kind fast path), charge_usage_batch and
 -- simulate_rate_card (15-catalog-token-kinds.test.sql checks they agree): kinds are disjoint
 -- (input excludes cached input, output excludes reasoning); tokens are priced per million,
 -- images and audio per unit; credits = USD × 1,000, rounded to 18 places. A kind the card
@@ -411,31 +411,43 @@ as $$
 declare
   v_unpriced text;
 begin
-  p_cached_input_tokens := coalesce(p_cached_input_tokens, 0);
-  p_reasoning_tokens := coalesce(p_reasoning_tokens, 0);
-  p_images := coalesce(p_images, 0);
-  p_audio_seconds := coalesce(p_audio_seconds, 0);
+  -- As few statements as before the optional kinds (one guard, one query, one check): each
+  -- PL/pgSQL statement is a measurable share of pricing (bench/pricing.ts).
   if p_input_tokens is null or p_output_tokens is null
     or least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
     or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
       > 1000000000000 then
     perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
   end if;
-  select r.id, r.version,
-    round((p_input_tokens * r.usd_per_million_input + p_cached_input_tokens * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
-      + p_output_tokens * r.usd_per_million_output + p_reasoning_tokens * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)) * r.markup / 1000
-      + case when p_images = 0 then 0 else p_images * r.usd_per_image * r.markup * 1000 end
-      + case when p_audio_seconds = 0 then 0 else p_audio_seconds * r.usd_per_audio_second * r.markup * 1000 end, 18),
-    case when p_images > 0 and r.usd_per_image is null then 'images'
-         when p_audio_seconds > 0 and r.usd_per_audio_second is null then 'audio_seconds' end
-  into rate_card_id, rate_card_version, amount, v_unpriced
-  from billing.rate_cards r
-  where r.model = p_model and r.effective_from <= now()
-  order by r.effective_from desc, r.version desc limit 1;
-  if not found then
-    perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('model', p_model));
+  if coalesce(p_cached_input_tokens, 0) = 0 and coalesce(p_reasoning_tokens, 0) = 0 and coalesce(p_images, 0) = 0
+    and coalesce(p_audio_seconds, 0) = 0 then
+    -- Input and output only (most events): the formula with the other kinds at zero, as cheap
+    -- as pricing was before they existed.
+    select r.id, r.version, round((p_input_tokens * r.usd_per_million_input + p_output_tokens * r.usd_per_million_output)
+      * r.markup / 1000, 18)
+    into rate_card_id, rate_card_version, amount
+    from billing.rate_cards r
+    where r.model = p_model and r.effective_from <= now()
+    order by r.effective_from desc, r.version desc limit 1;
+  else
+    select r.id, r.version,
+      round((p_input_tokens * r.usd_per_million_input
+        + coalesce(p_cached_input_tokens, 0) * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
+        + p_output_tokens * r.usd_per_million_output
+        + coalesce(p_reasoning_tokens, 0) * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)) * r.markup / 1000
+        + case when coalesce(p_images, 0) = 0 then 0 else p_images * r.usd_per_image * r.markup * 1000 end
+        + case when coalesce(p_audio_seconds, 0) = 0 then 0 else p_audio_seconds * r.usd_per_audio_second * r.markup * 1000 end, 18),
+      case when p_images > 0 and r.usd_per_image is null then 'images'
+           when p_audio_seconds > 0 and r.usd_per_audio_second is null then 'audio_seconds' end
+    into rate_card_id, rate_card_version, amount, v_unpriced
+    from billing.rate_cards r
+    where r.model = p_model and r.effective_from <= now()
+    order by r.effective_from desc, r.version desc limit 1;
   end if;
-  if v_unpriced is not null then
+  if not found or v_unpriced is not null then
+    if v_unpriced is null then
+      perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('model', p_model));
+    end if;
     perform billing.raise_error('UNPRICED_USAGE', jsonb_build_object('model', p_model, 'kind', v_unpriced));
   end if;
 end;

@@ -217,3 +217,12 @@ Deno.test('rate-card drafts refuse bad prices, unknown drafts and missing reason
   });
   assert.equal(wideRange.status, 400);
 });
+
+Deno.test('the dashboard has the rate cards: the cards, the drafts with their dry run, and a form to draft', async () => {
+  const a = await admin();
+  const r = await api('/admin/dashboard', { token: a.token });
+  assert.equal(r.status, 200);
+  assert.match(r.text, /<div id="rate-cards"><\/div>/);
+  assert.match(r.text, /<form id="draft-form"/);
+  assert.match(r.text, /'\.\/rate-cards\/drafts\/' \+ encodeURIComponent/, 'its buttons call the admin routes');
+});
