@@ -102,6 +102,7 @@ try {
   say('| --- | --- | --- | --- |');
   for (
     const [base, kinds, n] of [
+      ['price_usage, input and output (before #36)', 'price_usage, input and output (now)', calls],
       ['price_usage, input and output (before #36)', 'price_usage, six kinds', calls],
       ['charge_usage, input and output (before #36)', 'charge_usage, six kinds', calls / 20],
     ] as const

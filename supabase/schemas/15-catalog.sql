@@ -291,11 +291,14 @@ grant execute on function billing.discard_rate_card_draft(p_admin uuid, p_draft 
 -- within 10^-18 credits a charge otherwise. Charges a draft cannot price (images or audio it leaves unpriced) are
 -- counted apart, not in the totals. Job captures are not re-priced (a job is charged from its
 -- hold; its overage records no tokens).
--- Grouped by the transfers' own columns first (hash aggregation, in parallel workers), with
--- the memory to hash a year of cells and no JIT (its compile time exceeds its gain here).
-create or replace function billing.simulate_rate_card(p_draft uuid, p_from timestamptz, p_to timestamptz) returns jsonb
+-- The dry run's heavy part: the draft's model's usage charges in [from, to), grouped by the
+-- transfers' own columns (hash aggregation, in parallel workers: RETURN QUERY may use them, a
+-- SELECT … INTO never does), then priced once per cell on its summed counts. With the memory to
+-- hash a year of cells, and no JIT (its compile time exceeds its gain here).
+create or replace function billing.reprice_usage(p_draft uuid, p_from timestamptz, p_to timestamptz)
+returns table (student uuid, org_id uuid, rate_card_id bigint, charges bigint, unpriced bigint, unpriced_before numeric,
+  before numeric, after numeric)
 language plpgsql stable
-security definer
 set search_path = ''
 set work_mem = '64MB'
 set jit = off
@@ -303,19 +306,11 @@ as $$
 declare
   r billing.rate_card_drafts;
   v_cards bigint[];
-  v_answer jsonb;
 begin
   select * into r from billing.rate_card_drafts d where d.id = p_draft;
-  if not found then
-    perform billing.raise_error('RATE_CARD_DRAFT_NOT_FOUND', jsonb_build_object('draft_id', p_draft));
-  end if;
-  if p_from is null or p_to is null or p_from >= p_to or p_to - p_from > interval '366 days' then
-    perform billing.raise_error('INVALID_RANGE', jsonb_build_object('field', 'from', 'rule', 'before to, at most 366 days'));
-  end if;
   v_cards := array(select c.id from billing.rate_cards c where c.model = r.model);
-  -- SELECT … INTO, with only parallel-safe functions inside, so the scan may run in parallel
-  -- workers (a RETURN expression never does): the draft's JSON and the times are added after.
-  with cells as materialized ( -- per paying account, member and card version replaced; then who they are
+  return query
+    with cells as materialized ( -- per paying account, member and card version replaced; then who they are
     select coalesce(g.member_id, a.user_id) as student, a.org_id, g.* from (
       select t.from_account_id, t.member_id, t.rate_card_id, count(*) as charges,
         count(*) filter (where k.unpriced) as unpriced,
@@ -348,7 +343,32 @@ begin
           + case when k.images = 0 then 0 else k.images * r.usd_per_image * r.markup * 1000 end
           + case when k.audio_seconds = 0 then 0 else k.audio_seconds * r.usd_per_audio_second * r.markup * 1000 end, 18) as after
       from cells k
-    ),
+    )
+    select p.student, p.org_id, p.rate_card_id, p.charges, p.unpriced, p.unpriced_before, p.before, p.after from priced p;
+end;
+$$;
+comment on function billing.reprice_usage(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the dry run''s usage charges of a draft''s model in [from, to), per student, organisation and card version, before and under the draft.';
+revoke execute on function billing.reprice_usage(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) from public;
+
+create or replace function billing.simulate_rate_card(p_draft uuid, p_from timestamptz, p_to timestamptz) returns jsonb
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  r billing.rate_card_drafts;
+  v_answer jsonb;
+begin
+  select * into r from billing.rate_card_drafts d where d.id = p_draft;
+  if not found then
+    perform billing.raise_error('RATE_CARD_DRAFT_NOT_FOUND', jsonb_build_object('draft_id', p_draft));
+  end if;
+  if p_from is null or p_to is null or p_from >= p_to or p_to - p_from > interval '366 days' then
+    perform billing.raise_error('INVALID_RANGE', jsonb_build_object('field', 'from', 'rule', 'before to, at most 366 days'));
+  end if;
+  with priced as materialized (
+    select * from billing.reprice_usage(p_draft, p_from, p_to)
+  ),
     students as materialized (
       select c.student, sum(c.charges) as charges, sum(c.before) as before, sum(c.after) as after,
         sum(c.after) - sum(c.before) as change,
