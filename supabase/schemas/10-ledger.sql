@@ -434,9 +434,9 @@ begin
       round((p_input_tokens * r.usd_per_million_input
         + coalesce(p_cached_input_tokens, 0) * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
         + p_output_tokens * r.usd_per_million_output
-        + coalesce(p_reasoning_tokens, 0) * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)) * r.markup / 1000
-        + case when coalesce(p_images, 0) = 0 then 0 else p_images * r.usd_per_image * r.markup * 1000 end
-        + case when coalesce(p_audio_seconds, 0) = 0 then 0 else p_audio_seconds * r.usd_per_audio_second * r.markup * 1000 end, 18),
+        + coalesce(p_reasoning_tokens, 0) * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)
+        + (case when coalesce(p_images, 0) = 0 then 0 else p_images * r.usd_per_image end
+           + case when coalesce(p_audio_seconds, 0) = 0 then 0 else p_audio_seconds * r.usd_per_audio_second end) * 1000000) * r.markup / 1000, 18),
       case when p_images > 0 and r.usd_per_image is null then 'images'
            when p_audio_seconds > 0 and r.usd_per_audio_second is null then 'audio_seconds' end
     into rate_card_id, rate_card_version, amount, v_unpriced
@@ -863,9 +863,9 @@ begin
   -- Price every event from its model's current rate card, set-based (null: a kind the card leaves unpriced).
   update pg_temp.usage_batch b set rate_card_id = r.id,
     amount = round((b.input_tokens * r.usd_per_million_input + b.cached_input_tokens * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
-        + b.output_tokens * r.usd_per_million_output + b.reasoning_tokens * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)) * r.markup / 1000
-        + case when b.images = 0 then 0 else b.images * r.usd_per_image * r.markup * 1000 end
-        + case when b.audio_seconds = 0 then 0 else b.audio_seconds * r.usd_per_audio_second * r.markup * 1000 end, 18)
+        + b.output_tokens * r.usd_per_million_output + b.reasoning_tokens * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)
+        + (case when b.images = 0 then 0 else b.images * r.usd_per_image end
+           + case when b.audio_seconds = 0 then 0 else b.audio_seconds * r.usd_per_audio_second end) * 1000000) * r.markup / 1000, 18)
   from (select distinct on (rc.model) rc.* from billing.rate_cards rc where rc.effective_from <= now()
         order by rc.model, rc.effective_from desc, rc.version desc) r
   where r.model = b.model and b.error is null;

@@ -339,9 +339,9 @@ begin
     priced as materialized ( -- the formula once per cell, on its summed counts
       select k.student, k.org_id, k.rate_card_id, k.charges, k.unpriced, k.unpriced_before, k.before,
         round((k.input_tokens * r.usd_per_million_input + k.cached_input_tokens * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
-          + k.output_tokens * r.usd_per_million_output + k.reasoning_tokens * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)) * r.markup / 1000
-          + case when k.images = 0 then 0 else k.images * r.usd_per_image * r.markup * 1000 end
-          + case when k.audio_seconds = 0 then 0 else k.audio_seconds * r.usd_per_audio_second * r.markup * 1000 end, 18) as after
+          + k.output_tokens * r.usd_per_million_output + k.reasoning_tokens * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)
+          + (case when k.images = 0 then 0 else k.images * r.usd_per_image end
+             + case when k.audio_seconds = 0 then 0 else k.audio_seconds * r.usd_per_audio_second end) * 1000000) * r.markup / 1000, 18) as after
       from cells k
     )
     select p.student, p.org_id, p.rate_card_id, p.charges, p.unpriced, p.unpriced_before, p.before, p.after from priced p;
