@@ -42,12 +42,14 @@ export const documentedCodes = [
   'INVALID_CODE',
   'INVALID_CORRECTION',
   'INVALID_CREDENTIALS',
+  'INVALID_EFFECTIVE_FROM',
   'INVALID_JOB_TRANSITION',
   'INVALID_JSON',
   'INVALID_KIND',
   'INVALID_LOT',
   'INVALID_ORG',
   'INVALID_RANGE',
+  'INVALID_RATE_CARD',
   'INVALID_TOKENS',
   'INVALID_TTL',
   'INVITATION_CLOSED',
@@ -85,6 +87,8 @@ export const documentedCodes = [
   'PROVIDER_NOT_READY',
   'PURCHASE_NOT_FOUND',
   'PURCHASE_NOT_REFUNDABLE',
+  'RATE_CARD_DRAFT_CLOSED',
+  'RATE_CARD_DRAFT_NOT_FOUND',
   'RATE_LIMITED',
   'RECONCILIATION_NOT_FOUND',
   'REDIRECT_NOT_ALLOWED',
@@ -96,6 +100,7 @@ export const documentedCodes = [
   'UNKNOWN_JOB_TYPE',
   'UNKNOWN_MODEL',
   'UNKNOWN_TEMPLATE',
+  'UNPRICED_USAGE',
   'USER_NOT_FOUND',
   'VALIDATION_FAILED',
   'VELOCITY_LIMIT',
@@ -147,6 +152,8 @@ export interface DetailsByCode {
   INVALID_CODE: { field: string; rule: string };
   INVALID_ORG: { field: string; rule: string };
   INVALID_LOT: { field: string };
+  UNPRICED_USAGE: { model: string; kind: 'images' | 'audio_seconds' };
+  RATE_CARD_DRAFT_CLOSED: { status: 'published' | 'discarded' };
   INVALID_RANGE: { field: string; rule: string };
   INVITATION_CLOSED: { status: 'accepted' | 'declined' | 'expired' | 'revoked' };
   INVITATION_LIMIT: { scope: 'inviter' | 'organisation'; limit: number; retry_at: string };

@@ -50,6 +50,11 @@ import type {
   OwnershipTransferred,
   Page,
   PurchaseStatus,
+  RateCardDraft,
+  RateCardDraftRequest,
+  RateCardPublished,
+  RateCardSimulation,
+  RateCardsOverview,
   SpendCap,
   SponsorCodeRequest,
   UpdateOrgRequest,
@@ -259,6 +264,19 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
       del<Code>(org(id, `/sponsor-codes/${encodeURIComponent(codeId)}`)),
     orgLedger: (id: string, page: { limit?: number; cursor?: string } = {}) =>
       get<Page<OrgLedgerEntry>>(org(id, `/ledger${query(page)}`)),
+
+    // Rate cards (admins only; docs/pricing.md).
+    /** The cards in effect and scheduled, the open drafts and the latest audited changes. */
+    rateCards: () => get<RateCardsOverview>('admin/rate-cards'),
+    draftRateCard: (req: RateCardDraftRequest) => post<RateCardDraft>('admin/rate-cards/drafts', req),
+    /** The dry run: past usage in [from, to) re-priced under the draft; moves no money. */
+    simulateRateCard: (draftId: string, q: { from?: string; to?: string } = {}) =>
+      get<RateCardSimulation>(`admin/rate-cards/drafts/${encodeURIComponent(draftId)}/simulation${query(q)}`),
+    /** Publishes a draft from `effective_from` (now by default; never in the past). Idempotent. */
+    publishRateCard: (draftId: string, req: { reason: string; effective_from?: string }) =>
+      post<RateCardPublished>(`admin/rate-cards/drafts/${encodeURIComponent(draftId)}/publish`, req),
+    discardRateCardDraft: (draftId: string, reason: string) =>
+      post<RateCardDraft>(`admin/rate-cards/drafts/${encodeURIComponent(draftId)}/discard`, { reason }),
 
     /**
      * Polls a job at the pace the server asks (Retry-After: 2 s, then 4 s, then 8 s) until it

@@ -397,31 +397,70 @@ revoke execute on function billing.debit_credits(p_user uuid, p_amount numeric, 
 grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) to service_role;
 
 -- One row, not a set: a caller assigns it (v := billing.price_usage(…)) without a table
--- function's tuplestore.
+-- function's tuplestore. Every kind but input and output is optional (null counts as 0).
+--
+-- The price formula, written out the same in price_usage (and its two-kind fast path), charge_usage_batch and
+-- simulate_rate_card (15-catalog-token-kinds.test.sql checks they agree): kinds are disjoint
+-- (input excludes cached input, output excludes reasoning); tokens are priced per million,
+-- images and audio per unit; credits = USD × 1,000, rounded to 18 places. A kind the card
+-- leaves null: cached input at the input price, reasoning at the output price, images and
+-- audio unpriced (null, refused as UNPRICED_USAGE when used). Inline, not a helper: a SQL
+-- function must fix its search_path (Security Advisor), and one that does is never inlined
+-- (13× slower over a million rows).
 create or replace function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint,
+  p_cached_input_tokens bigint default 0, p_reasoning_tokens bigint default 0, p_images bigint default 0,
+  p_audio_seconds bigint default 0,
   out rate_card_id bigint, out rate_card_version integer, out amount numeric)
 language plpgsql stable
 set search_path = ''
 as $$
+declare
+  v_unpriced text;
 begin
-  if p_input_tokens is null or p_output_tokens is null or p_input_tokens < 0 or p_output_tokens < 0 then
-    perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'non-negative integers'));
+  -- As few statements as before the optional kinds (one guard, one query, one check): each
+  -- PL/pgSQL statement is a measurable share of pricing (bench/pricing.ts).
+  if p_input_tokens is null or p_output_tokens is null
+    or least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
+    or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
+      > 1000000000000 then
+    perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
   end if;
-  -- credits = USD × 1,000; USD = (tokens × USD per million) / 1e6 × markup
-  select r.id, r.version,
-    round((p_input_tokens * r.usd_per_million_input + p_output_tokens * r.usd_per_million_output) * r.markup / 1000, 18)::numeric(38, 18)
-  into rate_card_id, rate_card_version, amount
-  from billing.rate_cards r
-  where r.model = p_model and r.effective_from <= now()
-  order by r.effective_from desc, r.version desc limit 1;
-  if not found then
-    perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('model', p_model));
+  if coalesce(p_cached_input_tokens, 0) = 0 and coalesce(p_reasoning_tokens, 0) = 0 and coalesce(p_images, 0) = 0
+    and coalesce(p_audio_seconds, 0) = 0 then
+    -- Input and output only (most events): the formula with the other kinds at zero, as cheap
+    -- as pricing was before they existed.
+    select r.id, r.version, round((p_input_tokens * r.usd_per_million_input + p_output_tokens * r.usd_per_million_output)
+      * r.markup / 1000, 18)
+    into rate_card_id, rate_card_version, amount
+    from billing.rate_cards r
+    where r.model = p_model and r.effective_from <= now()
+    order by r.effective_from desc, r.version desc limit 1;
+  else
+    select r.id, r.version,
+      round((p_input_tokens * r.usd_per_million_input
+        + coalesce(p_cached_input_tokens, 0) * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
+        + p_output_tokens * r.usd_per_million_output
+        + coalesce(p_reasoning_tokens, 0) * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)
+        + (case when coalesce(p_images, 0) = 0 then 0 else p_images * r.usd_per_image end
+           + case when coalesce(p_audio_seconds, 0) = 0 then 0 else p_audio_seconds * r.usd_per_audio_second end) * 1000000) * r.markup / 1000, 18),
+      case when p_images > 0 and r.usd_per_image is null then 'images'
+           when p_audio_seconds > 0 and r.usd_per_audio_second is null then 'audio_seconds' end
+    into rate_card_id, rate_card_version, amount, v_unpriced
+    from billing.rate_cards r
+    where r.model = p_model and r.effective_from <= now()
+    order by r.effective_from desc, r.version desc limit 1;
+  end if;
+  if not found or v_unpriced is not null then
+    if v_unpriced is null then
+      perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('model', p_model));
+    end if;
+    perform billing.raise_error('UNPRICED_USAGE', jsonb_build_object('model', p_model, 'kind', v_unpriced));
   end if;
 end;
 $$;
-comment on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint) is 'Prices tokens with the model''s current rate card, in credits.';
-revoke execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint) from public;
-grant execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint) to service_role;
+comment on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Prices usage by kind (tokens, images, audio seconds) with the model''s current rate card, in credits.';
+revoke execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
+grant execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) to service_role;
 
 create or replace function billing.charge_usage(
   p_user uuid,
@@ -430,7 +469,11 @@ create or replace function billing.charge_usage(
   p_output_tokens bigint,
   p_idempotency_key text,
   p_correlation_id text default null,
-  p_metadata jsonb default null
+  p_metadata jsonb default null,
+  p_cached_input_tokens bigint default 0,
+  p_reasoning_tokens bigint default 0,
+  p_images bigint default 0,
+  p_audio_seconds bigint default 0
 ) returns billing.usage_result
 language plpgsql
 security definer
@@ -441,24 +484,28 @@ declare
   v_result billing.transfer_result;
   v_bal billing.balance;
 begin
-  v_price := billing.price_usage(p_model, p_input_tokens, p_output_tokens);
+  v_price := billing.price_usage(p_model, p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens,
+    p_images, p_audio_seconds);
   if v_price.amount = 0 then
     -- Nothing to charge: no transfer is written.
     v_bal := billing.balance_of(billing.ensure_user_account(p_user));
     return (null, 0, v_price.rate_card_version, v_bal.balance, v_bal.held, v_bal.available, false)::billing.usage_result;
   end if;
+  -- Every kind is recorded (the dry run re-prices a charge from them), over the caller's keys.
   v_result := billing.post_user_transfer(p_user, -1, 'spend', v_price.amount, 'usage', 'usage_revenue',
     p_idempotency_key, p_correlation_id, null,
     coalesce(p_metadata, '{}'::jsonb) || jsonb_build_object('model', p_model, 'input_tokens', p_input_tokens,
-      'output_tokens', p_output_tokens),
+      'output_tokens', p_output_tokens, 'cached_input_tokens', coalesce(p_cached_input_tokens, 0),
+      'reasoning_tokens', coalesce(p_reasoning_tokens, 0), 'images', coalesce(p_images, 0),
+      'audio_seconds', coalesce(p_audio_seconds, 0)),
     v_price.rate_card_id);
   return (v_result.transfer_id, v_result.amount, v_price.rate_card_version, v_result.balance, v_result.held,
           v_result.available, v_result.replayed)::billing.usage_result;
 end;
 $$;
-comment on function billing.charge_usage(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_idempotency_key text, p_correlation_id text, p_metadata jsonb) is 'Prices model usage from the rate card and debits it; the transfer records the rate-card version.';
-revoke execute on function billing.charge_usage(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_idempotency_key text, p_correlation_id text, p_metadata jsonb) from public;
-grant execute on function billing.charge_usage(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_idempotency_key text, p_correlation_id text, p_metadata jsonb) to service_role;
+comment on function billing.charge_usage(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_idempotency_key text, p_correlation_id text, p_metadata jsonb, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Prices model usage by kind from the rate card and debits it; the transfer records the rate card and every kind.';
+revoke execute on function billing.charge_usage(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_idempotency_key text, p_correlation_id text, p_metadata jsonb, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
+grant execute on function billing.charge_usage(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_idempotency_key text, p_correlation_id text, p_metadata jsonb, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) to service_role;
 
 create or replace function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) returns billing.hold_result
 language plpgsql stable
@@ -799,22 +846,35 @@ begin
   create temp table if not exists pg_temp.usage_batch (
     ord integer, event_id text, user_id uuid, model text, input_tokens bigint, output_tokens bigint,
     occurred_at timestamptz, correlation_id text, account_id bigint, amount numeric(38, 18), rate_card_id bigint,
-    existing_transfer bigint, existing_amount numeric(38, 18), first_ord integer, member boolean not null default false
+    existing_transfer bigint, existing_amount numeric(38, 18), first_ord integer, member boolean not null default false,
+    cached_input_tokens bigint, reasoning_tokens bigint, images bigint, audio_seconds bigint, error text
   ) on commit drop;
   truncate pg_temp.usage_batch;
 
-  insert into pg_temp.usage_batch (ord, event_id, user_id, model, input_tokens, output_tokens, occurred_at, correlation_id)
+  insert into pg_temp.usage_batch (ord, event_id, user_id, model, input_tokens, output_tokens, occurred_at, correlation_id,
+    cached_input_tokens, reasoning_tokens, images, audio_seconds)
   select x.ord::integer, x.ev ->> 'event_id', (x.ev ->> 'user_id')::uuid, x.ev ->> 'model',
          (x.ev ->> 'input_tokens')::bigint, (x.ev ->> 'output_tokens')::bigint,
-         (x.ev ->> 'occurred_at')::timestamptz, x.ev ->> 'correlation_id'
+         (x.ev ->> 'occurred_at')::timestamptz, x.ev ->> 'correlation_id',
+         coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0), coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0),
+         coalesce((x.ev ->> 'images')::bigint, 0), coalesce((x.ev ->> 'audio_seconds')::bigint, 0)
   from jsonb_array_elements(p_events) with ordinality as x(ev, ord);
+  -- The same bounds as price_usage: an event out of them is refused alone.
+  update pg_temp.usage_batch b set error = 'INVALID_TOKENS'
+  where b.input_tokens is null or b.output_tokens is null
+    or least(b.input_tokens, b.output_tokens, b.cached_input_tokens, b.reasoning_tokens, b.images, b.audio_seconds) < 0
+    or greatest(b.input_tokens, b.output_tokens, b.cached_input_tokens, b.reasoning_tokens, b.images, b.audio_seconds)
+      > 1000000000000;
 
-  -- Price every event from its model's current rate card, set-based.
+  -- Price every event from its model's current rate card, set-based (null: a kind the card leaves unpriced).
   update pg_temp.usage_batch b set rate_card_id = r.id,
-    amount = round((b.input_tokens * r.usd_per_million_input + b.output_tokens * r.usd_per_million_output) * r.markup / 1000, 18)
+    amount = round((b.input_tokens * r.usd_per_million_input + b.cached_input_tokens * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
+        + b.output_tokens * r.usd_per_million_output + b.reasoning_tokens * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)
+        + (case when b.images = 0 then 0 else b.images * r.usd_per_image end
+           + case when b.audio_seconds = 0 then 0 else b.audio_seconds * r.usd_per_audio_second end) * 1000000) * r.markup / 1000, 18)
   from (select distinct on (rc.model) rc.* from billing.rate_cards rc where rc.effective_from <= now()
         order by rc.model, rc.effective_from desc, rc.version desc) r
-  where r.model = b.model;
+  where r.model = b.model and b.error is null;
 
   update pg_temp.usage_batch b set account_id = a.id, member = a.orgs > 0 from billing.accounts a where a.user_id = b.user_id;
 
@@ -852,8 +912,12 @@ begin
       v_balance := e.acct_balance;
       v_version := e.acct_version;
     end if;
-    if e.rate_card_id is null then
+    if e.error is not null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', e.error);
+    elsif e.rate_card_id is null then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', 'UNKNOWN_MODEL');
+    elsif e.amount is null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', 'UNPRICED_USAGE');
     elsif e.existing_transfer is not null then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'duplicate',
         'transfer_id', e.existing_transfer::text, 'charged', trim_scale(e.existing_amount)::text);
@@ -868,7 +932,7 @@ begin
       -- A member of funding organisations: the spending order picks the wallet (the same path as
       -- /credits/usage, under the locks taken above).
       v_outcomes[e.ord] := billing.charge_member_event(e.user_id, e.model, e.input_tokens, e.output_tokens, e.event_id,
-        e.correlation_id, e.occurred_at);
+        e.correlation_id, e.occurred_at, e.cached_input_tokens, e.reasoning_tokens, e.images, e.audio_seconds);
     elsif e.account_id is null or v_available < e.amount then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'insufficient',
         'required', trim_scale(e.amount)::text, 'available', trim_scale(greatest(coalesce(v_available, 0), 0))::text);
@@ -889,7 +953,9 @@ begin
       a_key := a_key || ('usage-event:' || e.event_id); a_card := a_card || e.rate_card_id;
       a_corr := a_corr || e.correlation_id;
       a_meta := a_meta || jsonb_build_object('model', e.model, 'input_tokens', e.input_tokens,
-        'output_tokens', e.output_tokens, 'occurred_at', e.occurred_at, 'event_id', e.event_id);
+        'output_tokens', e.output_tokens, 'cached_input_tokens', e.cached_input_tokens,
+        'reasoning_tokens', e.reasoning_tokens, 'images', e.images, 'audio_seconds', e.audio_seconds,
+        'occurred_at', e.occurred_at, 'event_id', e.event_id);
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied', 'transfer_id', v_id::text,
         'charged', trim_scale(e.amount)::text, 'balance', trim_scale(v_balance)::text);
     end if;

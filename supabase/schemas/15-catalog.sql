@@ -6,14 +6,26 @@ create table billing.rate_cards (
   id bigint generated always as identity primary key,
   model text not null,
   version integer not null,
-  usd_per_million_input numeric(20, 8) not null,
-  usd_per_million_output numeric(20, 8) not null,
+  usd_per_million_input numeric(38, 18) not null,
+  usd_per_million_output numeric(38, 18) not null,
   markup numeric(10, 4) not null,                 -- multiplier on the provider's price
   effective_from timestamptz not null,
   created_at timestamptz not null default now(),
-  constraint rate_cards_prices_not_negative check (usd_per_million_input >= 0 and usd_per_million_output >= 0),
+  usd_per_million_cached_input numeric(38, 18),   -- null: cached input is charged at the input price
+  usd_per_million_reasoning numeric(38, 18),      -- null: reasoning is charged at the output price
+  usd_per_image numeric(38, 18),                  -- null: images are refused (UNPRICED_USAGE)
+  usd_per_audio_second numeric(38, 18),           -- null: audio is refused (UNPRICED_USAGE)
+  draft_id uuid,                                  -- the draft it was published from (null: a reference row)
+  constraint rate_cards_prices_in_range check (
+    usd_per_million_input >= 0 and usd_per_million_input <= 1000000
+    and usd_per_million_output >= 0 and usd_per_million_output <= 1000000
+    and coalesce(usd_per_million_cached_input, 0) between 0 and 1000000
+    and coalesce(usd_per_million_reasoning, 0) between 0 and 1000000
+    and coalesce(usd_per_image, 0) between 0 and 1000000
+    and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
   constraint rate_cards_markup_positive check (markup > 0),
-  constraint rate_cards_model_version unique (model, version)
+  constraint rate_cards_model_version unique (model, version),
+  constraint rate_cards_draft unique (draft_id)
 );
 comment on table billing.rate_cards is 'Versioned prices per model. A new price is a new version with a later effective_from; rows are never edited.';
 alter table billing.rate_cards enable row level security;
@@ -21,6 +33,52 @@ grant select on table billing.rate_cards to authenticated;
 grant select on table billing.rate_cards to service_role;
 
 create index rate_cards_current on billing.rate_cards (model, effective_from desc);
+
+create table billing.rate_card_drafts (
+  id uuid primary key default gen_random_uuid(),
+  model text not null,
+  usd_per_million_input numeric(38, 18) not null,
+  usd_per_million_output numeric(38, 18) not null,
+  markup numeric(10, 4) not null,
+  usd_per_million_cached_input numeric(38, 18),   -- null: as on rate_cards (input price)
+  usd_per_million_reasoning numeric(38, 18),      -- null: as on rate_cards (output price)
+  usd_per_image numeric(38, 18),                  -- null: images refused
+  usd_per_audio_second numeric(38, 18),           -- null: audio refused
+  status text not null default 'draft',
+  created_by uuid not null,                       -- the admin who drafted it
+  created_at timestamptz not null default now(),
+  rate_card_id bigint references billing.rate_cards (id), -- the version it became, once published
+  constraint rate_card_drafts_status check (status in ('draft', 'published', 'discarded')),
+  constraint rate_card_drafts_published check ((status = 'published') = (rate_card_id is not null)),
+  constraint rate_card_drafts_model check (model ~ '^[A-Za-z0-9._:-]{1,64}$'),
+  constraint rate_card_drafts_prices_in_range check (
+    usd_per_million_input >= 0 and usd_per_million_input <= 1000000
+    and usd_per_million_output >= 0 and usd_per_million_output <= 1000000
+    and coalesce(usd_per_million_cached_input, 0) between 0 and 1000000
+    and coalesce(usd_per_million_reasoning, 0) between 0 and 1000000
+    and coalesce(usd_per_image, 0) between 0 and 1000000
+    and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
+  constraint rate_card_drafts_markup check (markup > 0)
+);
+comment on table billing.rate_card_drafts is 'Rate cards an admin is preparing: priced by the dry run, never by usage, until published as a new rate_cards version.';
+alter table billing.rate_card_drafts enable row level security;
+
+create table billing.rate_card_changes (
+  id bigint generated always as identity primary key,
+  draft_id uuid not null references billing.rate_card_drafts (id),
+  action text not null,
+  admin_id uuid not null,
+  reason text not null,
+  before jsonb,                                   -- the card in effect before (or the draft before discarding)
+  after jsonb,                                    -- the draft, or the card it became
+  created_at timestamptz not null default now(),
+  constraint rate_card_changes_action check (action in ('drafted', 'published', 'discarded')),
+  constraint rate_card_changes_reason check (length(reason) between 1 and 500)
+);
+comment on table billing.rate_card_changes is 'Audit of every rate-card change: who, why, and the card before and after. Append-only.';
+alter table billing.rate_card_changes enable row level security;
+
+create index rate_card_changes_recent on billing.rate_card_changes (id desc);
 
 create table billing.credit_packages (
   id text primary key,                            -- stable slug: 'starter'
@@ -40,9 +98,360 @@ alter table billing.credit_packages enable row level security;
 grant select on table billing.credit_packages to authenticated;
 grant select on table billing.credit_packages to service_role;
 
+-- ============================================================ functions
+
+-- A card (or draft) as the admin API shows it: prices as exact strings, nulls kept.
+create or replace function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric,
+  p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric)
+returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_build_object('model', p_model, 'usd_per_million_input', trim_scale(p_input)::text,
+    'usd_per_million_cached_input', trim_scale(p_cached_input)::text, 'usd_per_million_output', trim_scale(p_output)::text,
+    'usd_per_million_reasoning', trim_scale(p_reasoning)::text, 'usd_per_image', trim_scale(p_image)::text,
+    'usd_per_audio_second', trim_scale(p_audio_second)::text, 'markup', trim_scale(p_markup)::text)
+$$;
+comment on function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric, p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric) is 'Internal: a rate card''s prices as JSON (exact strings; null: the kind''s default, docs/pricing.md).';
+revoke execute on function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric, p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric) from public;
+
+create or replace function billing.rate_card_row_json(r billing.rate_cards) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('id', r.id::text, 'version', r.version, 'effective_from', billing.json_time(r.effective_from))
+    || billing.rate_card_json(r.model, r.usd_per_million_input, r.usd_per_million_cached_input, r.usd_per_million_output,
+      r.usd_per_million_reasoning, r.usd_per_image, r.usd_per_audio_second, r.markup)
+$$;
+comment on function billing.rate_card_row_json(r billing.rate_cards) is 'Internal: a published rate card as the admin API returns it.';
+revoke execute on function billing.rate_card_row_json(r billing.rate_cards) from public;
+
+-- The card of `p_model` in effect at `p_at` (other than `p_except`), as JSON; null when none.
+create or replace function billing.rate_card_at(p_model text, p_at timestamptz, p_except bigint default null)
+returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select billing.rate_card_row_json(r) from billing.rate_cards r
+  where r.model = p_model and r.effective_from <= p_at and r.id is distinct from p_except
+  order by r.effective_from desc, r.version desc limit 1
+$$;
+comment on function billing.rate_card_at(p_model text, p_at timestamp with time zone, p_except bigint) is 'Internal: the card of a model in effect at a time (other than p_except), as JSON; null when none.';
+revoke execute on function billing.rate_card_at(p_model text, p_at timestamp with time zone, p_except bigint) from public;
+
+create or replace function billing.rate_card_draft_json(d billing.rate_card_drafts) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('id', d.id, 'status', d.status, 'created_by', d.created_by,
+      'created_at', billing.json_time(d.created_at), 'rate_card_id', d.rate_card_id::text)
+    || billing.rate_card_json(d.model, d.usd_per_million_input, d.usd_per_million_cached_input, d.usd_per_million_output,
+      d.usd_per_million_reasoning, d.usd_per_image, d.usd_per_audio_second, d.markup)
+$$;
+comment on function billing.rate_card_draft_json(d billing.rate_card_drafts) is 'Internal: a draft as the admin API returns it.';
+revoke execute on function billing.rate_card_draft_json(d billing.rate_card_drafts) from public;
+
+-- POST /admin/rate-cards/drafts: an admin drafts a card for a model (new or priced already).
+-- Nothing prices with it until it is published; the audit row names the card it would replace.
+create or replace function billing.draft_rate_card(p_admin uuid, p_card jsonb, p_reason text) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_draft billing.rate_card_drafts;
+begin
+  if p_reason is null or length(p_reason) not between 1 and 500 then
+    perform billing.raise_error('INVALID_RATE_CARD', jsonb_build_object('field', 'reason', 'rule', '1 to 500 characters'));
+  end if;
+  begin
+    insert into billing.rate_card_drafts (model, usd_per_million_input, usd_per_million_cached_input, usd_per_million_output,
+      usd_per_million_reasoning, usd_per_image, usd_per_audio_second, markup, created_by)
+    values (p_card ->> 'model', (p_card ->> 'usd_per_million_input')::numeric,
+      (p_card ->> 'usd_per_million_cached_input')::numeric, (p_card ->> 'usd_per_million_output')::numeric,
+      (p_card ->> 'usd_per_million_reasoning')::numeric, (p_card ->> 'usd_per_image')::numeric,
+      (p_card ->> 'usd_per_audio_second')::numeric, (p_card ->> 'markup')::numeric, p_admin)
+    returning * into v_draft;
+  exception when check_violation or not_null_violation or numeric_value_out_of_range or invalid_text_representation then
+    perform billing.raise_error('INVALID_RATE_CARD', jsonb_build_object('rule',
+      'a model name, prices from 0 to 1,000,000 USD, a positive markup'));
+  end;
+  insert into billing.rate_card_changes (draft_id, action, admin_id, reason, before, after)
+  values (v_draft.id, 'drafted', p_admin, p_reason, billing.rate_card_at(v_draft.model, now()),
+    billing.rate_card_draft_json(v_draft));
+  return billing.rate_card_draft_json(v_draft);
+end;
+$$;
+comment on function billing.draft_rate_card(p_admin uuid, p_card jsonb, p_reason text) is 'Drafts a rate card (audited); it prices nothing until published.';
+revoke execute on function billing.draft_rate_card(p_admin uuid, p_card jsonb, p_reason text) from public;
+grant execute on function billing.draft_rate_card(p_admin uuid, p_card jsonb, p_reason text) to service_role;
+
+create or replace function billing.lock_rate_card_draft(p_draft uuid) returns billing.rate_card_drafts
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_draft billing.rate_card_drafts;
+begin
+  select * into v_draft from billing.rate_card_drafts d where d.id = p_draft for update;
+  if not found then
+    perform billing.raise_error('RATE_CARD_DRAFT_NOT_FOUND', jsonb_build_object('draft_id', p_draft));
+  end if;
+  return v_draft;
+end;
+$$;
+comment on function billing.lock_rate_card_draft(p_draft uuid) is 'Internal: a draft, locked; RATE_CARD_DRAFT_NOT_FOUND when none.';
+revoke execute on function billing.lock_rate_card_draft(p_draft uuid) from public;
+
+-- POST /admin/rate-cards/drafts/:id/publish: the draft becomes the model's next version, in
+-- effect from `p_effective_from` (now when null), never earlier than now: a price never
+-- reaches back to usage already charged. Publishing a published draft answers the version it
+-- made (replayed), whatever time is sent; a discarded draft cannot be published.
+create or replace function billing.publish_rate_card(p_admin uuid, p_draft uuid, p_effective_from timestamptz, p_reason text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_draft billing.rate_card_drafts := billing.lock_rate_card_draft(p_draft);
+  v_at timestamptz := coalesce(p_effective_from, now());
+  v_card billing.rate_cards;
+begin
+  if v_draft.status = 'published' then
+    select * into v_card from billing.rate_cards r where r.id = v_draft.rate_card_id;
+    return jsonb_build_object('rate_card', billing.rate_card_at(v_card.model, v_card.effective_from)
+      || jsonb_build_object('id', v_card.id::text, 'version', v_card.version), 'draft_id', p_draft, 'replayed', true);
+  elsif v_draft.status <> 'draft' then
+    perform billing.raise_error('RATE_CARD_DRAFT_CLOSED', jsonb_build_object('status', v_draft.status));
+  end if;
+  if p_reason is null or length(p_reason) not between 1 and 500 then
+    perform billing.raise_error('INVALID_RATE_CARD', jsonb_build_object('field', 'reason', 'rule', '1 to 500 characters'));
+  end if;
+  if v_at < now() or v_at > now() + interval '366 days' then
+    perform billing.raise_error('INVALID_EFFECTIVE_FROM', jsonb_build_object('effective_from', v_at,
+      'rule', 'from now to 366 days ahead: never in the past'));
+  end if;
+  -- One publisher per model at a time: the next version number is taken under this lock.
+  perform pg_advisory_xact_lock(hashtextextended('billing.rate_cards:' || v_draft.model, 0));
+  insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_cached_input, usd_per_million_output,
+    usd_per_million_reasoning, usd_per_image, usd_per_audio_second, markup, effective_from, draft_id)
+  select v_draft.model, coalesce(max(r.version), 0) + 1, v_draft.usd_per_million_input, v_draft.usd_per_million_cached_input,
+    v_draft.usd_per_million_output, v_draft.usd_per_million_reasoning, v_draft.usd_per_image, v_draft.usd_per_audio_second,
+    v_draft.markup, v_at, v_draft.id
+  from billing.rate_cards r where r.model = v_draft.model
+  returning * into v_card;
+  update billing.rate_card_drafts d set status = 'published', rate_card_id = v_card.id where d.id = p_draft;
+  insert into billing.rate_card_changes (draft_id, action, admin_id, reason, before, after)
+  values (p_draft, 'published', p_admin, p_reason, billing.rate_card_at(v_card.model, v_at, v_card.id),
+    billing.rate_card_row_json(v_card));
+  return jsonb_build_object('rate_card', billing.rate_card_row_json(v_card), 'draft_id', p_draft, 'replayed', false);
+end;
+$$;
+comment on function billing.publish_rate_card(p_admin uuid, p_draft uuid, p_effective_from timestamp with time zone, p_reason text) is 'Publishes a draft as the model''s next rate-card version from a time not in the past (audited); idempotent per draft.';
+revoke execute on function billing.publish_rate_card(p_admin uuid, p_draft uuid, p_effective_from timestamp with time zone, p_reason text) from public;
+grant execute on function billing.publish_rate_card(p_admin uuid, p_draft uuid, p_effective_from timestamp with time zone, p_reason text) to service_role;
+
+-- POST /admin/rate-cards/drafts/:id/discard: a draft no one will publish (audited). Discarding
+-- a discarded draft is a no-op; a published one is closed.
+create or replace function billing.discard_rate_card_draft(p_admin uuid, p_draft uuid, p_reason text) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_draft billing.rate_card_drafts := billing.lock_rate_card_draft(p_draft);
+begin
+  if v_draft.status = 'discarded' then
+    return billing.rate_card_draft_json(v_draft);
+  elsif v_draft.status <> 'draft' then
+    perform billing.raise_error('RATE_CARD_DRAFT_CLOSED', jsonb_build_object('status', v_draft.status));
+  end if;
+  if p_reason is null or length(p_reason) not between 1 and 500 then
+    perform billing.raise_error('INVALID_RATE_CARD', jsonb_build_object('field', 'reason', 'rule', '1 to 500 characters'));
+  end if;
+  update billing.rate_card_drafts d set status = 'discarded' where d.id = p_draft returning * into v_draft;
+  insert into billing.rate_card_changes (draft_id, action, admin_id, reason, before, after)
+  values (p_draft, 'discarded', p_admin, p_reason, billing.rate_card_draft_json(v_draft), null);
+  return billing.rate_card_draft_json(v_draft);
+end;
+$$;
+comment on function billing.discard_rate_card_draft(p_admin uuid, p_draft uuid, p_reason text) is 'Discards an open draft (audited); a discarded one again is a no-op.';
+revoke execute on function billing.discard_rate_card_draft(p_admin uuid, p_draft uuid, p_reason text) from public;
+grant execute on function billing.discard_rate_card_draft(p_admin uuid, p_draft uuid, p_reason text) to service_role;
+
+-- GET /admin/rate-cards/drafts/:id/simulation: what the draft would have charged for every
+-- usage charge of its model in [from, to), re-priced from the token counts the ledger recorded
+-- (price_usage's formula, under the draft's prices), against what was charged. One read-only
+-- statement, grouped: totals, per card version replaced, per organisation (null: students'
+-- own accounts), the distribution of the change per student, and the ten most affected.
+-- Moves no money. The formula is linear in the counts, so it runs once per (student,
+-- organisation, card version) on their summed counts rather than once per charge: the same sum
+-- exactly while prices have at most 14 fractional digits (no charge then needs rounding), and
+-- within 10^-18 credits a charge otherwise. Charges a draft cannot price (images or audio it leaves unpriced) are
+-- counted apart, not in the totals. Job captures are not re-priced (a job is charged from its
+-- hold; its overage records no tokens).
+-- The dry run's heavy part: the draft's model's usage charges in [from, to), grouped by the
+-- transfers' own columns (hash aggregation, in parallel workers: RETURN QUERY may use them, a
+-- SELECT … INTO never does), then priced once per cell on its summed counts. With the memory to
+-- hash a year of cells, and no JIT (its compile time exceeds its gain here).
+create or replace function billing.reprice_usage(p_draft uuid, p_from timestamptz, p_to timestamptz)
+returns table (student uuid, org_id uuid, rate_card_id bigint, charges bigint, unpriced bigint, unpriced_before numeric,
+  before numeric, after numeric)
+language plpgsql stable
+set search_path = ''
+set work_mem = '64MB'
+set jit = off
+as $$
+declare
+  r billing.rate_card_drafts;
+  v_cards bigint[];
+begin
+  select * into r from billing.rate_card_drafts d where d.id = p_draft;
+  v_cards := array(select c.id from billing.rate_cards c where c.model = r.model);
+  return query
+    with cells as materialized ( -- per paying account, member and card version replaced; then who they are
+    select coalesce(g.member_id, a.user_id) as student, a.org_id, g.* from (
+      select t.from_account_id, t.member_id, t.rate_card_id, count(*) as charges,
+        count(*) filter (where k.unpriced) as unpriced,
+        coalesce(sum(t.amount) filter (where k.unpriced), 0) as unpriced_before,
+        coalesce(sum(t.amount) filter (where not k.unpriced), 0) as before,
+        coalesce(sum(k.input_tokens) filter (where not k.unpriced), 0) as input_tokens,
+        coalesce(sum(k.cached_input_tokens) filter (where not k.unpriced), 0) as cached_input_tokens,
+        coalesce(sum(k.output_tokens) filter (where not k.unpriced), 0) as output_tokens,
+        coalesce(sum(k.reasoning_tokens) filter (where not k.unpriced), 0) as reasoning_tokens,
+        coalesce(sum(k.images) filter (where not k.unpriced), 0) as images,
+        coalesce(sum(k.audio_seconds) filter (where not k.unpriced), 0) as audio_seconds
+      from billing.transfers t
+      cross join lateral (select x.*, (x.images > 0 and r.usd_per_image is null)
+            or (x.audio_seconds > 0 and r.usd_per_audio_second is null) as unpriced
+          from (select (t.metadata ->> 'input_tokens')::bigint as input_tokens,
+            coalesce((t.metadata ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
+            (t.metadata ->> 'output_tokens')::bigint as output_tokens,
+            coalesce((t.metadata ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
+            coalesce((t.metadata ->> 'images')::bigint, 0) as images,
+            coalesce((t.metadata ->> 'audio_seconds')::bigint, 0) as audio_seconds) x) k
+      where t.created_at >= p_from and t.created_at < p_to and t.kind = 'usage' and t.rate_card_id = any(v_cards)
+        and t.metadata ? 'input_tokens'
+      group by 1, 2, 3) g
+    join billing.accounts a on a.id = g.from_account_id
+  ),
+    priced as materialized ( -- the formula once per cell, on its summed counts
+      select k.student, k.org_id, k.rate_card_id, k.charges, k.unpriced, k.unpriced_before, k.before,
+        round((k.input_tokens * r.usd_per_million_input + k.cached_input_tokens * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
+          + k.output_tokens * r.usd_per_million_output + k.reasoning_tokens * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)
+          + (case when k.images = 0 then 0 else k.images * r.usd_per_image end
+             + case when k.audio_seconds = 0 then 0 else k.audio_seconds * r.usd_per_audio_second end) * 1000000) * r.markup / 1000, 18) as after
+      from cells k
+    )
+    select p.student, p.org_id, p.rate_card_id, p.charges, p.unpriced, p.unpriced_before, p.before, p.after from priced p;
+end;
+$$;
+comment on function billing.reprice_usage(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the dry run''s usage charges of a draft''s model in [from, to), per student, organisation and card version, before and under the draft.';
+revoke execute on function billing.reprice_usage(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) from public;
+
+create or replace function billing.simulate_rate_card(p_draft uuid, p_from timestamptz, p_to timestamptz) returns jsonb
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  r billing.rate_card_drafts;
+  v_answer jsonb;
+begin
+  select * into r from billing.rate_card_drafts d where d.id = p_draft;
+  if not found then
+    perform billing.raise_error('RATE_CARD_DRAFT_NOT_FOUND', jsonb_build_object('draft_id', p_draft));
+  end if;
+  if p_from is null or p_to is null or p_from >= p_to or p_to - p_from > interval '366 days' then
+    perform billing.raise_error('INVALID_RANGE', jsonb_build_object('field', 'from', 'rule', 'before to, at most 366 days'));
+  end if;
+  with priced as materialized (
+    select * from billing.reprice_usage(p_draft, p_from, p_to)
+  ),
+    students as materialized (
+      select c.student, sum(c.charges) as charges, sum(c.before) as before, sum(c.after) as after,
+        sum(c.after) - sum(c.before) as change,
+        case when sum(c.before) > 0 then (sum(c.after) - sum(c.before)) / sum(c.before) end as ratio
+      from priced c group by c.student
+    )
+    select jsonb_build_object(
+      'totals', (select jsonb_build_object('charges', coalesce(sum(c.charges), 0), 'students', count(distinct c.student),
+          'organisations', count(distinct c.org_id), 'before', trim_scale(coalesce(sum(c.before), 0))::text,
+          'after', trim_scale(coalesce(sum(c.after), 0))::text,
+          'change', trim_scale(coalesce(sum(c.after) - sum(c.before), 0))::text,
+          'change_percent', case when sum(c.before) > 0
+            then trim_scale(round((sum(c.after) - sum(c.before)) * 100 / sum(c.before), 2))::text end,
+          'unpriced_charges', coalesce(sum(c.unpriced), 0),
+          'unpriced_before', trim_scale(coalesce(sum(c.unpriced_before), 0))::text) from priced c),
+      'by_rate_card', coalesce((select jsonb_agg(jsonb_build_object('rate_card_id', g.rate_card_id::text, 'model', rc.model,
+          'version', rc.version, 'charges', g.charges, 'before', trim_scale(g.before)::text,
+          'after', trim_scale(g.after)::text, 'change', trim_scale(g.after - g.before)::text) order by rc.version)
+        from (select c.rate_card_id, sum(c.charges) as charges, sum(c.before) as before, sum(c.after) as after
+              from priced c group by c.rate_card_id) g
+        join billing.rate_cards rc on rc.id = g.rate_card_id), '[]'),
+      'by_organisation', coalesce((select jsonb_agg(jsonb_build_object('org_id', o.org_id, 'students', o.students,
+          'charges', o.charges, 'before', trim_scale(o.before)::text, 'after', trim_scale(o.after)::text,
+          'change', trim_scale(o.after - o.before)::text) order by abs(o.after - o.before) desc, o.org_id nulls first)
+        from (select c.org_id, count(distinct c.student) as students, sum(c.charges) as charges, sum(c.before) as before, sum(c.after) as after
+              from priced c group by c.org_id order by abs(sum(c.after) - sum(c.before)) desc, c.org_id nulls first limit 20) o),
+        '[]'),
+      'distribution', jsonb_build_object(
+        'buckets', (select jsonb_agg(jsonb_build_object('bucket', b.label, 'students', coalesce(n.students, 0)) order by b.ord)
+          from (values (1, 'down more than 50%'), (2, 'down 10% to 50%'), (3, 'down less than 10%'), (4, 'unchanged'),
+                       (5, 'up less than 10%'), (6, 'up 10% to 50%'), (7, 'up more than 50%'), (8, 'new cost')) b(ord, label)
+          left join (select case when s.change = 0 then 4 when s.ratio is null then 8
+                        when s.ratio < -0.5 then 1 when s.ratio <= -0.1 then 2 when s.ratio < 0 then 3
+                        when s.ratio < 0.1 then 5 when s.ratio <= 0.5 then 6 else 7 end as ord, count(*) as students
+                      from students s group by 1) n on n.ord = b.ord),
+        'change_percentiles', (select jsonb_build_object(
+            'p10', trim_scale(percentile_disc(0.1) within group (order by s.change))::text,
+            'p50', trim_scale(percentile_disc(0.5) within group (order by s.change))::text,
+            'p90', trim_scale(percentile_disc(0.9) within group (order by s.change))::text,
+            'p99', trim_scale(percentile_disc(0.99) within group (order by s.change))::text) from students s)),
+      'most_affected', coalesce((select jsonb_agg(jsonb_build_object('user_id', m.student, 'charges', m.charges,
+          'before', trim_scale(m.before)::text, 'after', trim_scale(m.after)::text, 'change', trim_scale(m.change)::text,
+          'change_percent', trim_scale(round(m.ratio * 100, 2))::text) order by abs(m.change) desc, m.student)
+        from (select * from students s order by abs(s.change) desc, s.student limit 10) m), '[]'))
+  into v_answer;
+  return jsonb_build_object('draft', billing.rate_card_draft_json(r), 'from', billing.json_time(p_from),
+    'to', billing.json_time(p_to)) || v_answer;
+end;
+$$;
+comment on function billing.simulate_rate_card(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'The dry run: re-prices every usage charge of the draft''s model in [from, to) under the draft and reports the change (totals, per card version, organisation and student). Moves no money.';
+revoke execute on function billing.simulate_rate_card(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) from public;
+grant execute on function billing.simulate_rate_card(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
+
+-- GET /admin/rate-cards: every model's card in effect, those published to take effect later,
+-- the open drafts, and the latest changes (who, why, before and after).
+create or replace function billing.rate_cards_overview(p_changes integer default 50) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'current', coalesce((select jsonb_agg(billing.rate_card_row_json(r) order by r.model) from (
+        select distinct on (c.model) c.* from billing.rate_cards c where c.effective_from <= now()
+        order by c.model, c.effective_from desc, c.version desc) r), '[]'),
+    'scheduled', coalesce((select jsonb_agg(billing.rate_card_row_json(r) order by r.effective_from, r.model)
+        from billing.rate_cards r where r.effective_from > now()), '[]'),
+    'drafts', coalesce((select jsonb_agg(billing.rate_card_draft_json(d) order by d.created_at desc)
+        from billing.rate_card_drafts d where d.status = 'draft'), '[]'),
+    'changes', coalesce((select jsonb_agg(jsonb_build_object('id', c.id::text, 'draft_id', c.draft_id, 'action', c.action,
+        'admin_id', c.admin_id, 'reason', c.reason, 'before', c.before, 'after', c.after,
+        'at', billing.json_time(c.created_at)) order by c.id desc)
+        from (select * from billing.rate_card_changes x order by x.id desc limit least(greatest(p_changes, 1), 200)) c), '[]'))
+$$;
+comment on function billing.rate_cards_overview(p_changes integer) is 'The rate cards in effect and scheduled, the open drafts and the latest audited changes.';
+revoke execute on function billing.rate_cards_overview(p_changes integer) from public;
+grant execute on function billing.rate_cards_overview(p_changes integer) to service_role;
+
 -- ============================================================ triggers
 
 create trigger rate_cards_immutable before update or delete on billing.rate_cards
+  for each row execute function billing.refuse_ledger_change();
+
+create trigger rate_card_changes_immutable before update or delete on billing.rate_card_changes
   for each row execute function billing.refuse_ledger_change();
 
 -- ============================================================ policies

@@ -170,7 +170,9 @@ begin
   case p_action
   when 'credits.usage' then
     u := billing.charge_usage(p_user, p_args ->> 'model', (p_args ->> 'input_tokens')::bigint,
-      (p_args ->> 'output_tokens')::bigint, p_key, p_args ->> 'correlation_id', p_args -> 'metadata');
+      (p_args ->> 'output_tokens')::bigint, p_key, p_args ->> 'correlation_id', p_args -> 'metadata',
+      (p_args ->> 'cached_input_tokens')::bigint, (p_args ->> 'reasoning_tokens')::bigint, (p_args ->> 'images')::bigint,
+      (p_args ->> 'audio_seconds')::bigint);
     -- Who paid: the debited account's organisation, if any (a pool's balance never shown: as_seen_by).
     select a.id, a.org_id into v_account, v_org
     from billing.transfers x join billing.accounts a on a.id = x.from_account_id where x.id = u.transfer_id;

@@ -30,6 +30,10 @@ create table billing.usage_daily (
   requests bigint not null,
   input_tokens bigint not null,
   output_tokens bigint not null,
+  cached_input_tokens bigint not null default 0,
+  reasoning_tokens bigint not null default 0,
+  images bigint not null default 0,
+  audio_seconds bigint not null default 0,
   constraint usage_daily_key unique nulls not distinct (user_id, day, model, org_id)
 );
 comment on table billing.usage_daily is 'Each user''s charges per UTC day and model (org_id: the organisation that paid; null: their own account), for days the roll-up has closed.';
@@ -52,7 +56,7 @@ alter table billing.usage_rollup enable row level security;
 -- came after it, which for the days after the roll-up is today and yesterday.
 create or replace function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamptz, p_to timestamptz)
 returns table (created_at timestamptz, model text, credits numeric, input_tokens bigint, output_tokens bigint, school boolean,
-  requests integer)
+  requests integer, cached_input_tokens bigint, reasoning_tokens bigint, images bigint, audio_seconds bigint)
 language plpgsql stable
 set search_path = ''
 as $$
@@ -77,7 +81,15 @@ begin
       case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
         then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
       false,
-      case when t.kind = 'void' then -1 else 1 end
+      case when t.kind = 'void' then -1 else 1 end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
+        then (t.metadata ->> 'cached_input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
+        then (t.metadata ->> 'reasoning_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
+        then (t.metadata ->> 'images')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
+        then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
     from billing.entries e
     join billing.transfers t on t.id = e.transfer_id
     where p_account is not null and e.account_id = p_account and e.balance_after is not null and e.id > v_floor
@@ -92,7 +104,15 @@ begin
       case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
         then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
       true,
-      case when t.kind = 'void' then -1 else 1 end
+      case when t.kind = 'void' then -1 else 1 end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
+        then (t.metadata ->> 'cached_input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
+        then (t.metadata ->> 'reasoning_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
+        then (t.metadata ->> 'images')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
+        then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
     from billing.transfers t
     where p_member is not null and t.member_id = p_member and t.created_at >= p_from and t.created_at < p_to
       and t.kind in ('usage', 'debit', 'hold_capture', 'void')
@@ -122,25 +142,39 @@ begin
   on conflict do nothing;
   select u.rolled_through + 1 into v_day from billing.usage_rollup u for update;
   while v_day <= v_last and v_rolled < p_days loop
-    insert into billing.usage_daily (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens)
+    insert into billing.usage_daily (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens,
+      cached_input_tokens, reasoning_tokens, images, audio_seconds)
     select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end, v_day,
       coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other'),
       sum(t.amount), count(*),
       coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
         then (t.metadata ->> 'input_tokens')::bigint end), 0),
       coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
-        then (t.metadata ->> 'output_tokens')::bigint end), 0)
+        then (t.metadata ->> 'output_tokens')::bigint end), 0),
+      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
+        then (t.metadata ->> 'cached_input_tokens')::bigint end), 0),
+      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
+        then (t.metadata ->> 'reasoning_tokens')::bigint end), 0),
+      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'images') = 'number'
+        then (t.metadata ->> 'images')::bigint end), 0),
+      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
+        then (t.metadata ->> 'audio_seconds')::bigint end), 0)
     from billing.transfers t
     join billing.accounts a on a.id = t.from_account_id
     where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
       and t.kind in ('usage', 'debit', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
     group by 1, 2, 4;
     -- The voids made that day, netted into their charges' days (earlier days' rows, or this one's).
-    insert into billing.usage_daily as d (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens)
+    insert into billing.usage_daily as d (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens,
+      cached_input_tokens, reasoning_tokens, images, audio_seconds)
     select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end,
       ((t.metadata ->> 'charged_at')::timestamptz at time zone 'UTC')::date, coalesce(t.metadata ->> 'model', 'other'),
       -sum(t.amount), -count(*), -coalesce(sum((t.metadata ->> 'input_tokens')::bigint), 0),
-      -coalesce(sum((t.metadata ->> 'output_tokens')::bigint), 0)
+      -coalesce(sum((t.metadata ->> 'output_tokens')::bigint), 0),
+      -coalesce(sum((t.metadata ->> 'cached_input_tokens')::bigint), 0),
+      -coalesce(sum((t.metadata ->> 'reasoning_tokens')::bigint), 0),
+      -coalesce(sum((t.metadata ->> 'images')::bigint), 0),
+      -coalesce(sum((t.metadata ->> 'audio_seconds')::bigint), 0)
     from billing.transfers t
     join billing.accounts a on a.id = t.to_account_id
     where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
@@ -148,7 +182,10 @@ begin
     group by 1, 2, 3, 4
     on conflict on constraint usage_daily_key do update
       set credits = d.credits + excluded.credits, requests = d.requests + excluded.requests,
-          input_tokens = d.input_tokens + excluded.input_tokens, output_tokens = d.output_tokens + excluded.output_tokens;
+          input_tokens = d.input_tokens + excluded.input_tokens, output_tokens = d.output_tokens + excluded.output_tokens,
+          cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
+          reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens, images = d.images + excluded.images,
+          audio_seconds = d.audio_seconds + excluded.audio_seconds;
     update billing.usage_rollup set rolled_through = v_day;
     v_day := v_day + 1;
     v_rolled := v_rolled + 1;
@@ -215,15 +252,19 @@ begin
     with cells as ( -- one row per bucket and model
       select date_trunc(p_granularity, d.day::timestamp)::date as starts, d.model, sum(d.credits) as credits,
         sum(d.requests) as requests, coalesce(sum(d.credits) filter (where d.school), 0) as school,
-        sum(d.input_tokens) as input_tokens, sum(d.output_tokens) as output_tokens
+        sum(d.input_tokens) as input_tokens, sum(d.output_tokens) as output_tokens,
+        sum(d.cached_input_tokens) as cached_input_tokens, sum(d.reasoning_tokens) as reasoning_tokens,
+        sum(d.images) as images, sum(d.audio_seconds) as audio_seconds
       from (
-        select r.day, r.model, r.credits, r.requests, r.org_id is not null as school, r.input_tokens, r.output_tokens
+        select r.day, r.model, r.credits, r.requests, r.org_id is not null as school, r.input_tokens, r.output_tokens,
+          r.cached_input_tokens, r.reasoning_tokens, r.images, r.audio_seconds
         from billing.usage_daily r
         where r.user_id = p_user and r.day >= p_from and r.day < v_live_from
           and (p_org is null or r.org_id = p_org) and (p_account is not null or r.org_id is not null)
         union all
         select (c.created_at at time zone 'UTC')::date, coalesce(c.model, 'other'), c.credits, c.requests, c.school,
-          coalesce(c.input_tokens, 0), coalesce(c.output_tokens, 0)
+          coalesce(c.input_tokens, 0), coalesce(c.output_tokens, 0), coalesce(c.cached_input_tokens, 0),
+          coalesce(c.reasoning_tokens, 0), coalesce(c.images, 0), coalesce(c.audio_seconds, 0)
         from billing.usage_charges(p_account, p_user, p_org, v_live_from::timestamp at time zone 'UTC',
           p_to::timestamp at time zone 'UTC') c
         where v_live_from < p_to and c.created_at >= p_from::timestamp at time zone 'UTC' -- a void of an earlier charge
@@ -232,7 +273,9 @@ begin
     ),
     models as (
       select c.model, sum(c.credits) as credits, sum(c.requests) as requests,
-        sum(c.input_tokens) as input_tokens, sum(c.output_tokens) as output_tokens
+        sum(c.input_tokens) as input_tokens, sum(c.output_tokens) as output_tokens,
+        sum(c.cached_input_tokens) as cached_input_tokens, sum(c.reasoning_tokens) as reasoning_tokens,
+        sum(c.images) as images, sum(c.audio_seconds) as audio_seconds
       from cells c group by c.model
     ),
     buckets as (
@@ -253,10 +296,14 @@ begin
           'school_funded', trim_scale(coalesce(sum(c.school), 0))::text,
           'requests', coalesce(sum(c.requests), 0),
           'tokens', jsonb_build_object('input', coalesce(sum(c.input_tokens), 0),
-            'output', coalesce(sum(c.output_tokens), 0)))
+            'output', coalesce(sum(c.output_tokens), 0), 'cached_input', coalesce(sum(c.cached_input_tokens), 0),
+            'reasoning', coalesce(sum(c.reasoning_tokens), 0), 'images', coalesce(sum(c.images), 0),
+            'audio_seconds', coalesce(sum(c.audio_seconds), 0)))
         from cells c),
       'models', coalesce((select jsonb_agg(jsonb_build_object('model', m.model, 'credits', trim_scale(m.credits)::text,
-          'requests', m.requests, 'tokens', jsonb_build_object('input', m.input_tokens, 'output', m.output_tokens))
+          'requests', m.requests, 'tokens', jsonb_build_object('input', m.input_tokens, 'output', m.output_tokens,
+            'cached_input', m.cached_input_tokens, 'reasoning', m.reasoning_tokens, 'images', m.images,
+            'audio_seconds', m.audio_seconds))
           order by m.credits desc, m.model) from models m), '[]'),
       'buckets', (select jsonb_agg(jsonb_build_object('start', b.starts, 'credits', trim_scale(b.credits)::text,
           'requests', b.requests, 'models', b.models) order by b.starts) from buckets b),

@@ -172,12 +172,11 @@ begin
           v_charge.correlation_id, p_charge_id::text,
           -- What the summaries net the void against: the charge's model, day and tokens.
           jsonb_strip_nulls(jsonb_build_object('charge_id', p_charge_id::text, 'charge_kind', v_charge.kind,
-            'charged_at', v_charge.created_at, 'model', v_model,
-            'input_tokens', case when v_charge.kind = 'usage' and jsonb_typeof(v_charge.metadata -> 'input_tokens') = 'number'
-                                 then v_charge.metadata -> 'input_tokens' end,
-            'output_tokens', case when v_charge.kind = 'usage' and jsonb_typeof(v_charge.metadata -> 'output_tokens') = 'number'
-                                  then v_charge.metadata -> 'output_tokens' end,
-            'reason', p_reason, 'run_id', p_run_id)),
+            'charged_at', v_charge.created_at, 'model', v_model, 'reason', p_reason, 'run_id', p_run_id))
+            || case when v_charge.kind = 'usage' then (
+              select coalesce(jsonb_object_agg(k, v_charge.metadata -> k), '{}') from unnest(array['input_tokens',
+                'output_tokens', 'cached_input_tokens', 'reasoning_tokens', 'images', 'audio_seconds']) k
+              where jsonb_typeof(v_charge.metadata -> k) = 'number') else '{}' end,
           v_charge.rate_card_id, v_charge.member_id)
   returning * into v_void;
 

@@ -282,7 +282,8 @@ begin
     v_priced := 0;
     if p_usage is not null then
       select * into v_price from billing.price_usage(p_usage ->> 'model', (p_usage ->> 'input_tokens')::bigint,
-                                                     (p_usage ->> 'output_tokens')::bigint);
+        (p_usage ->> 'output_tokens')::bigint, (p_usage ->> 'cached_input_tokens')::bigint,
+        (p_usage ->> 'reasoning_tokens')::bigint, (p_usage ->> 'images')::bigint, (p_usage ->> 'audio_seconds')::bigint);
       v_priced := v_price.amount;
       v_capture := case when v_hold.status = 'active' then least(v_priced, v_hold.amount) else 0 end;
     end if;

@@ -677,7 +677,8 @@ grant execute on function billing.grant_org_credits(p_org uuid, p_amount numeric
 -- (a refusal is that event's outcome, not the batch's), so a batch of members costs more per
 -- event than a batch of plain users.
 create or replace function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint,
-  p_event_id text, p_correlation_id text, p_occurred_at timestamptz) returns jsonb
+  p_event_id text, p_correlation_id text, p_occurred_at timestamptz, p_cached_input_tokens bigint default 0,
+  p_reasoning_tokens bigint default 0, p_images bigint default 0, p_audio_seconds bigint default 0) returns jsonb
 language plpgsql
 set search_path = ''
 as $$
@@ -688,7 +689,8 @@ declare
   v_detail jsonb;
 begin
   v_result := billing.charge_usage(p_user, p_model, p_input_tokens, p_output_tokens, 'usage-event:' || p_event_id,
-    p_correlation_id, jsonb_build_object('occurred_at', p_occurred_at, 'event_id', p_event_id));
+    p_correlation_id, jsonb_build_object('occurred_at', p_occurred_at, 'event_id', p_event_id), p_cached_input_tokens,
+    p_reasoning_tokens, p_images, p_audio_seconds);
   select a.org_id into v_org from billing.transfers t join billing.accounts a on a.id = t.from_account_id
   where t.id = v_result.transfer_id;
   -- The member's own balance, or which organisation paid (never an organisation's balance).
@@ -707,8 +709,8 @@ exception when sqlstate 'P0001' then
   raise;
 end;
 $$;
-comment on function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone) is 'Internal: one batch event of an organisation member, charged through the spending order; a refusal is its outcome.';
-revoke execute on function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone) from public;
+comment on function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Internal: one batch event of an organisation member, charged through the spending order; a refusal is its outcome.';
+revoke execute on function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
 
 -- Roles by rank: accepting an invitation keeps the higher of the current and the invited one.
 create or replace function billing.org_role_rank(p_role text) returns integer

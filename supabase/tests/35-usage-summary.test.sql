@@ -2,7 +2,7 @@
 -- answers live (own and school-paid charges, tokens, models, day and week buckets), each day is
 -- rolled once, today stays live, caller metadata never counts as tokens, and the runway.
 begin;
-select plan(14);
+select plan(15);
 
 insert into auth.users (id, email) values
   ('45000000-0000-4000-8000-000000000001', 'student@usage.test'),
@@ -21,7 +21,8 @@ select billing.invite_member('45000000-0000-4000-8000-000000000002', (select org
 select billing.answer_invitation('45000000-0000-4000-8000-000000000003', 'member@usage.test', 'usage-test-hash', true);
 select billing.charge_usage((select u from t0), 'gpt-4o', 1000, 500, 'usage-test:a');
 select billing.charge_usage((select m from t0), 'gpt-4o', 1000, 0, 'usage-test:f');
-select billing.charge_usage((select u from t0), 'gpt-4o-mini', 2000, 1000, 'usage-test:b');
+-- b reports cached input and reasoning too (the other kinds: tests/15-catalog-token-kinds).
+select billing.charge_usage((select u from t0), 'gpt-4o-mini', 2000, 1000, 'usage-test:b', null, null, 1000, 500);
 -- A debit whose caller put token-like keys in its metadata: a charge, but no tokens.
 select billing.debit_credits((select u from t0), 2.5, 'usage-test:d', null, null,
   '{"model": "gpt-4o", "input_tokens": 77, "output_tokens": "many"}');
@@ -53,7 +54,9 @@ create temp table live as select
     (select today - 9 from t0), (select today + 1 from t0), 'day') as member;
 
 select is((live.own -> 'totals' ->> 'requests')::int, 5, 'live: five charges of the student') from live;
-select is(live.own -> 'totals' -> 'tokens', '{"input": 3500, "output": 1600}', 'live: tokens of the priced charges only')
+select is(live.own -> 'totals' -> 'tokens',
+  '{"input": 3500, "output": 1600, "cached_input": 1000, "reasoning": 500, "images": 0, "audio_seconds": 0}',
+  'live: tokens of the priced charges only, by kind')
 from live;
 select is(live.member -> 'totals' ->> 'school_funded', live.member -> 'totals' ->> 'credits',
   'live: the member''s charges were all school-paid') from live;
@@ -67,8 +70,12 @@ select is(
      || coalesce(d.org_id::text, 'own') order by d.day, d.model, d.org_id)
    from billing.usage_daily d, t0 where d.user_id = t0.u and d.day >= t0.today - 3),
   (select array_agg(x order by n) from t0, lateral (values
-     (1, 'gpt-4o:50:1:1000:own'), (2, 'gpt-4o:2.5:1:0:own'), (3, 'gpt-4o-mini:3.6:1:2000:own')) v(n, x)),
+     (1, 'gpt-4o:50:1:1000:own'), (2, 'gpt-4o:2.5:1:0:own'), (3, 'gpt-4o-mini:5.4:1:2000:own')) v(n, x)),
   'the rolled rows: per day and model, the debit''s planted tokens not counted');
+select is(
+  (select d.cached_input_tokens || ':' || d.reasoning_tokens || ':' || d.images || ':' || d.audio_seconds
+   from billing.usage_daily d, t0 where d.user_id = t0.u and d.model = 'gpt-4o-mini'),
+  '1000:500:0:0', 'the rolled rows keep every kind');
 select is(
   (select array_agg(d.day - t0.today || ':' || trim_scale(d.credits) order by d.day)
    from billing.usage_daily d, t0 where d.user_id = t0.m and d.org_id = t0.org),

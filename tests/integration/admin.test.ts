@@ -12,6 +12,7 @@ const routes = [
   `/admin/reports/daily?date=${today()}`,
   '/admin/metrics',
   '/admin/ops',
+  '/admin/rate-cards',
   '/admin/dashboard',
 ];
 

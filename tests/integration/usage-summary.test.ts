@@ -6,6 +6,16 @@ import { api, fund, newUser, testDb, userToken } from '../helpers.ts';
 import { key, person, school, usage } from '../orgs.ts';
 import type { UsageSummary } from '../../supabase/functions/_shared/contract/index.ts';
 
+/** Token counts by kind: input and output here, the other kinds none (tests/integration/pricing-token-kinds). */
+const kinds = (input: number, output: number) => ({
+  input,
+  output,
+  cached_input: 0,
+  reasoning: 0,
+  images: 0,
+  audio_seconds: 0,
+});
+
 const summaryOf = async (token: string, query = '') => {
   const r = await api(`/credits/usage/summary${query}`, { token });
   assert.equal(r.status, 200, r.text);
@@ -49,13 +59,13 @@ Deno.test('a student sees each model, day and token kind their charges add up to
   assert.equal(s.totals.requests, 4);
   assert.equal(s.totals.credits, await sum([...gpt, ...mini, '2']));
   assert.equal(s.totals.school_funded, '0');
-  assert.deepEqual(s.totals.tokens, { input: 4000, output: 1500 });
+  assert.deepEqual(s.totals.tokens, kinds(4000, 1500));
   assert.deepEqual(
     s.models.map((m) => [m.model, m.credits, m.requests, m.tokens]),
     [
-      ['gpt-4o', await sum(gpt), 2, { input: 3000, output: 500 }],
-      ['other', '2', 1, { input: 0, output: 0 }],
-      ['gpt-4o-mini', await sum(mini), 1, { input: 1000, output: 1000 }],
+      ['gpt-4o', await sum(gpt), 2, kinds(3000, 500)],
+      ['other', '2', 1, kinds(0, 0)],
+      ['gpt-4o-mini', await sum(mini), 1, kinds(1000, 1000)],
     ].sort((a, b) => Number(b[1]) - Number(a[1])),
     'models by credits, most first; a capture of a hold that named no model is "other"',
   );
@@ -133,7 +143,7 @@ Deno.test('school-funded usage: the member sees it as school_funded; admins see 
   assert.equal(byAdmin.status, 200, byAdmin.text);
   const seen = byAdmin.body.data as unknown as UsageSummary;
   assert.equal(seen.totals.credits, credits);
-  assert.deepEqual(seen.totals.tokens, { input: 1000, output: 1000 });
+  assert.deepEqual(seen.totals.tokens, kinds(1000, 1000));
   const [{ pace }] = await testDb`select trim_scale(round(${credits}::numeric(38, 18) / 7, 18))::text as pace`;
   assert.equal(seen.runway?.pace_per_day, pace, 'the runway of her allowance');
   assert.equal(seen.runway?.available, await sum(['40', `-${credits}`]));

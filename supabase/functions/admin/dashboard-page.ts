@@ -27,7 +27,9 @@ table{width:100%;border-collapse:collapse;font-size:.88rem}td,th{text-align:left
 .legend .b2c{background:#3558c9}.legend .b2b{background:#2bb08c}
 .narrow{max-width:26rem}.narrow input{width:100%;box-sizing:border-box}
 .chart .axis{font-size:.8rem;color:#556;margin:.2rem 0}.ticks{display:flex;justify-content:space-between;gap:.5rem}
-.nowrap{white-space:nowrap}`;
+.nowrap{white-space:nowrap}
+.wide{grid-column:1/-1}.cards{overflow-x:auto}.draft-form{display:flex;flex-wrap:wrap;gap:.4rem;align-items:end;margin:.6rem 0}
+.draft-form input{width:7.5rem}.draft-form label{display:flex;flex-direction:column;font-size:.75rem;color:#556}`;
 
 const script = `
 const $ = (id) => document.getElementById(id);
@@ -225,6 +227,85 @@ async function downloadCsv() {
   a.click();
 }
 
+// Rate cards (docs/pricing.md): what prices now and later, the open drafts with their dry run
+// over the range above, publishing and discarding (each asks why), and the audit.
+async function send(path, body) {
+  const res = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (res.status === 401) { location.assign('./dashboard'); throw new Error('Signed out'); }
+  const json = await res.json();
+  if (!res.ok) throw new Error(json.error ? json.error.code + ': ' + json.error.message : 'HTTP ' + res.status);
+  return json.data;
+}
+const price = (v) => v === null ? '<span class="muted">default</span>' : esc(v);
+function cardRows(cards, extra) {
+  return cards.map((c) => '<tr><td>' + esc(c.model) + '</td><td>' + (c.version ?? '–') + '</td><td>' + price(c.usd_per_million_input) +
+    '</td><td>' + price(c.usd_per_million_cached_input) + '</td><td>' + price(c.usd_per_million_output) + '</td><td>' +
+    price(c.usd_per_million_reasoning) + '</td><td>' + price(c.usd_per_image) + '</td><td>' + price(c.usd_per_audio_second) +
+    '</td><td>' + esc(c.markup) + '</td><td>' + extra(c) + '</td></tr>').join('');
+}
+const cardHead = '<tr><th>model</th><th>v</th><th>input /M</th><th>cached /M</th><th>output /M</th><th>reasoning /M</th><th>image</th><th>audio s</th><th>markup</th><th></th></tr>';
+async function loadRateCards() {
+  const o = (await get('./rate-cards')).data;
+  $('rate-cards').innerHTML = '<div class="cards"><table>' + cardHead +
+    cardRows(o.current, () => 'in effect') +
+    cardRows(o.scheduled, (c) => 'from ' + esc(c.effective_from.slice(0, 16).replace('T', ' '))) +
+    cardRows(o.drafts, (d) => '<button data-act="simulate" data-id="' + esc(d.id) + '">Dry run</button> ' +
+      '<button data-act="publish" data-id="' + esc(d.id) + '">Publish</button> ' +
+      '<button data-act="discard" data-id="' + esc(d.id) + '">Discard</button>') + '</table></div>' +
+    '<h2>Changes</h2><table>' + o.changes.slice(0, 10).map((c) => '<tr><td class="nowrap">' + esc(c.at.slice(0, 16).replace('T', ' ')) +
+      '</td><td>' + esc(c.action) + '</td><td>' + esc((c.after || c.before || {}).model) + '</td><td>' + esc(c.reason) +
+      '</td><td class="muted">' + esc(c.admin_id) + '</td></tr>').join('') + '</table>';
+}
+function renderSimulation(s) {
+  const t = s.totals;
+  $('simulation').innerHTML = '<h2>Dry run: ' + esc(s.draft.model) + ' (nothing charged)</h2><p>' + fmtInt.format(t.charges) +
+    ' charges of ' + fmtInt.format(t.students) + ' students: ' + credits(t.before) + ' → ' + credits(t.after) + ' credits (' +
+    (t.change_percent === null ? 'no cost before' : (Number(t.change_percent) > 0 ? '+' : '') + esc(t.change_percent) + '%') + ')' +
+    (t.unpriced_charges ? '; ' + fmtInt.format(t.unpriced_charges) + ' charges it cannot price' : '') + '</p><table>' +
+    s.distribution.buckets.map((b) => '<tr><td>' + esc(b.bucket) + '</td><td>' + fmtInt.format(b.students) + '</td></tr>').join('') +
+    '</table><h2>Most affected</h2><table><tr><th>student</th><th>before</th><th>after</th><th>change</th></tr>' +
+    s.most_affected.map((m) => '<tr><td class="muted">' + esc(m.user_id) + '</td><td>' + credits(m.before) + '</td><td>' +
+      credits(m.after) + '</td><td>' + credits(m.change) + '</td></tr>').join('') + '</table>';
+}
+async function rateCardAction(e) {
+  const b = e.target.closest('button[data-act]');
+  if (!b) return;
+  const path = './rate-cards/drafts/' + encodeURIComponent(b.dataset.id);
+  try {
+    if (b.dataset.act === 'simulate') {
+      const from = new Date($('from').value + 'T00:00:00Z').toISOString(), to = new Date($('to').value + 'T00:00:00Z').toISOString();
+      renderSimulation((await get(path + '/simulation?from=' + from + '&to=' + to)).data);
+      return;
+    }
+    const reason = prompt('Why? (kept in the audit)');
+    if (!reason) return;
+    if (b.dataset.act === 'publish') {
+      const at = prompt('Effective from (an ISO instant; empty: now)') || undefined;
+      await send(path + '/publish', { reason, effective_from: at });
+    } else await send(path + '/discard', { reason });
+    await loadRateCards();
+  } catch (err) {
+    $('error').textContent = String(err.message || err);
+    $('error').hidden = false;
+  }
+}
+async function draftRateCard(e) {
+  e.preventDefault();
+  const body = {};
+  for (const el of $('draft-form').querySelectorAll('input')) if (el.value !== '') body[el.name] = el.value;
+  try {
+    await send('./rate-cards/drafts', body);
+    $('draft-form').reset();
+    await loadRateCards();
+  } catch (err) {
+    $('error').textContent = String(err.message || err);
+    $('error').hidden = false;
+  }
+}
+$('rate-cards').onclick = rateCardAction;
+$('draft-form').onsubmit = draftRateCard;
+loadRateCards().catch((err) => { $('error').textContent = String(err.message || err); $('error').hidden = false; });
+
 const today = new Date(Date.now() + 86400000).toISOString().slice(0, 10);
 $('to').value = today;
 $('from').value = new Date(Date.now() - 29 * 86400000).toISOString().slice(0, 10);
@@ -280,6 +361,13 @@ export const dashboardPage = (nonce: string) =>
   <section><h2>Codes</h2><div id="codes" data-testid="codes"></div></section>
   <section><h2>Open alerts</h2><div id="alerts"></div></section>
   <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>
+  <section class="wide"><h2>Rate cards</h2><div id="rate-cards"></div>
+    <form id="draft-form" class="draft-form"><label>model<input name="model" required></label>
+      <label>input /M<input name="usd_per_million_input" required></label><label>cached /M<input name="usd_per_million_cached_input"></label>
+      <label>output /M<input name="usd_per_million_output" required></label><label>reasoning /M<input name="usd_per_million_reasoning"></label>
+      <label>image<input name="usd_per_image"></label><label>audio s<input name="usd_per_audio_second"></label>
+      <label>markup<input name="markup" required></label><label>why<input name="reason" required></label><button>Draft</button></form>
+    <div id="simulation"></div></section>
 </div>
 <script nonce="${nonce}">${script}</script></body></html>`;
 

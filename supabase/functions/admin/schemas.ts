@@ -1,7 +1,8 @@
 // Query shapes of the admin routes.
 import { z } from 'zod';
+import { ModelSchema } from '../_shared/contract/credits.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
-import { CalendarDateSchema, InstantSchema, lastDays } from '../_shared/values/query.ts';
+import { CalendarDateSchema, DayOrInstantSchema, InstantSchema, lastDays } from '../_shared/values/query.ts';
 
 const day = CalendarDateSchema;
 const format = z.enum(['json', 'csv']).default('json');
@@ -64,3 +65,57 @@ export type CorrectionRun = z.infer<typeof CorrectionRunSchema>;
 
 /** POST /admin/corrections/:id/continue: the next batch now (at most `batch` charges). */
 export const ContinueRunSchema = z.strictObject({ batch: pgInt(1, 5000).default(500) });
+
+// Rate cards (docs/pricing.md). A price in USD: a decimal string (or a JSON integer) from 0 to
+// 1,000,000 with at most 18 fractional digits; null or absent for an optional kind means its
+// default (cached input at the input price, reasoning at the output price, images and audio
+// refused).
+const usd = z
+  .union([pgText(40), pgInt(0, 1_000_000)])
+  .transform(String)
+  .pipe(
+    z.string()
+      .regex(/^(0|[1-9][0-9]{0,6})(\.[0-9]{1,18})?$/, 'must be a decimal string with at most 18 fractional digits')
+      .refine((s) => Number(s) <= 1_000_000, 'must be at most 1,000,000'),
+  );
+const markup = z
+  .union([pgText(20), pgInt(1, 999_999)])
+  .transform(String)
+  .pipe(
+    z.string()
+      .regex(/^(0|[1-9][0-9]{0,5})(\.[0-9]{1,4})?$/, 'must be a decimal string with at most 4 fractional digits')
+      .refine((s) => /[1-9]/.test(s), 'must be greater than zero'),
+  );
+
+/** POST /admin/rate-cards/drafts. */
+export const RateCardDraftSchema = z.strictObject({
+  model: ModelSchema,
+  usd_per_million_input: usd,
+  usd_per_million_output: usd,
+  markup,
+  usd_per_million_cached_input: usd.nullable().optional(),
+  usd_per_million_reasoning: usd.nullable().optional(),
+  usd_per_image: usd.nullable().optional(),
+  usd_per_audio_second: usd.nullable().optional(),
+  reason,
+});
+export type RateCardDraft = z.infer<typeof RateCardDraftSchema>;
+
+/** GET /admin/rate-cards/drafts/:id/simulation: past usage in [from, to), the last 30 days by default, at most 366. */
+export const SimulationQuerySchema = z
+  .strictObject({ from: DayOrInstantSchema.optional(), to: DayOrInstantSchema.optional() })
+  .transform((q) => {
+    const to = q.to ?? new Date().toISOString();
+    return { from: q.from ?? new Date(Date.parse(to) - 30 * 86_400_000).toISOString(), to };
+  })
+  .refine((q) => Date.parse(q.from) < Date.parse(q.to), { message: 'must be before to', path: ['from'] })
+  .refine((q) => Date.parse(q.to) - Date.parse(q.from) <= 366 * 86_400_000, {
+    message: 'must be at most 366 days before to',
+    path: ['from'],
+  });
+
+/** POST /admin/rate-cards/drafts/:id/publish: from now (default) or a later instant. */
+export const PublishRateCardSchema = z.strictObject({ effective_from: InstantSchema.optional(), reason });
+
+/** POST /admin/rate-cards/drafts/:id/discard. */
+export const DiscardRateCardSchema = z.strictObject({ reason });

@@ -1,7 +1,7 @@
 // Request shapes of the credits routes' admin and service side; the public ones are in the
 // contract (_shared/contract/credits.ts).
 import { z } from 'zod';
-import { CorrelationIdSchema, ModelSchema, TokensSchema } from '../_shared/contract/credits.ts';
+import { CorrelationIdSchema, ModelSchema, TokensSchema, UsageKindsSchema } from '../_shared/contract/credits.ts';
 import { CreditAmountSchema } from '../_shared/values/money.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
 import { IdCursorSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/values/query.ts';
@@ -52,6 +52,7 @@ export const UsageEventSchema = z.strictObject({
   model: ModelSchema,
   input_tokens: TokensSchema,
   output_tokens: TokensSchema,
+  ...UsageKindsSchema.shape,
   occurred_at: InstantSchema,
   correlation_id: CorrelationIdSchema.optional(),
 });

@@ -15,7 +15,8 @@ export const AiEnvSchema = z.object({
 
 export interface Completion {
   text: string;
-  usage: { input_tokens: number; output_tokens: number };
+  /** Disjoint kinds: input excludes cached input, output excludes reasoning (docs/pricing.md). */
+  usage: { input_tokens: number; output_tokens: number; cached_input_tokens?: number; reasoning_tokens?: number };
 }
 export interface CompletionRequest {
   model: string;
@@ -55,10 +56,35 @@ async function openAiCompatible(
   await req.onProgress(1);
   return {
     text: String(body.choices?.[0]?.message?.content ?? ''),
-    usage: {
-      input_tokens: Number(body.usage?.prompt_tokens ?? 0),
-      output_tokens: Number(body.usage?.completion_tokens ?? 0),
-    },
+    usage: disjointUsage(body.usage),
+  };
+}
+
+/** A count the provider reported, as a whole number ≥ 0 (anything else counts as 0). */
+const count = (x: unknown) => (typeof x === 'number' && Number.isFinite(x) ? Math.max(0, Math.trunc(x)) : 0);
+
+/**
+ * OpenAI-style usage, where prompt_tokens includes the cached ones and completion_tokens the
+ * reasoning ones, as the disjoint kinds the rate card prices.
+ * @example disjointUsage({ prompt_tokens: 10, prompt_tokens_details: { cached_tokens: 4 }, completion_tokens: 3 })
+ *   // { input_tokens: 6, cached_input_tokens: 4, output_tokens: 3, reasoning_tokens: 0 }
+ */
+export function disjointUsage(
+  u: {
+    prompt_tokens?: unknown;
+    completion_tokens?: unknown;
+    prompt_tokens_details?: { cached_tokens?: unknown };
+    completion_tokens_details?: { reasoning_tokens?: unknown };
+  } | undefined,
+): Completion['usage'] {
+  const prompt = count(u?.prompt_tokens), completion = count(u?.completion_tokens);
+  const cached = Math.min(prompt, count(u?.prompt_tokens_details?.cached_tokens));
+  const reasoning = Math.min(completion, count(u?.completion_tokens_details?.reasoning_tokens));
+  return {
+    input_tokens: prompt - cached,
+    cached_input_tokens: cached,
+    output_tokens: completion - reasoning,
+    reasoning_tokens: reasoning,
   };
 }
 

@@ -17,10 +17,24 @@ const PackageIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a pack
 /** A token count, 0 to 10 million. */
 export const TokensSchema = pgInt(0, 10_000_000);
 
+/**
+ * The kinds a provider may report beside input and output, each optional (0 when absent) and
+ * disjoint from the others: `input_tokens` excludes cached input, `output_tokens` excludes
+ * reasoning (docs/pricing.md). Images and audio seconds are counted per unit.
+ * @example UsageKindsSchema.parse({ cached_input_tokens: 1200, images: 2 })
+ */
+export const UsageKindsSchema = z.strictObject({
+  cached_input_tokens: TokensSchema.optional(),
+  reasoning_tokens: TokensSchema.optional(),
+  images: pgInt(0, 10_000).optional(),
+  audio_seconds: pgInt(0, 86_400).optional(),
+});
+
 export const UsageRequestSchema = z.strictObject({
   model: ModelSchema,
   input_tokens: TokensSchema,
   output_tokens: TokensSchema,
+  ...UsageKindsSchema.shape,
   correlation_id: CorrelationIdSchema.optional(),
   metadata: MetadataSchema.optional(),
 });

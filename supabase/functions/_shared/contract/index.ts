@@ -389,9 +389,14 @@ export interface OrgUsageRow {
 }
 
 /** Tokens a model reported for the charges the ledger priced (GET /credits/usage/summary). */
+/** Usage by kind (docs/pricing.md): tokens, images and audio seconds. */
 export interface TokenCounts {
   input: number;
   output: number;
+  cached_input: number;
+  reasoning: number;
+  images: number;
+  audio_seconds: number;
 }
 
 /** One model's share of a summary or of one of its buckets. */
@@ -434,4 +439,94 @@ export interface OrgLedgerEntry {
   /** The member an org-funded movement was for (null: a grant, a purchase, a sweep's wallet side). */
   member_id: string | null;
   created_at: string;
+}
+
+/** A rate card's prices (docs/pricing.md): USD decimal strings; null takes the kind's default. */
+export interface RateCardPrices {
+  model: string;
+  usd_per_million_input: string;
+  usd_per_million_cached_input: string | null;
+  usd_per_million_output: string;
+  usd_per_million_reasoning: string | null;
+  usd_per_image: string | null;
+  usd_per_audio_second: string | null;
+  markup: string;
+}
+
+/** A published rate card: a model's version, in effect from `effective_from`. */
+export interface RateCard extends RateCardPrices {
+  id: string;
+  version: number;
+  effective_from: string;
+}
+
+/** A draft (admin): priced by the dry run only, until published. */
+export interface RateCardDraft extends RateCardPrices {
+  id: string;
+  status: 'draft' | 'published' | 'discarded';
+  created_by: string;
+  created_at: string;
+  rate_card_id: string | null;
+}
+
+/** POST /admin/rate-cards/drafts: prices as decimal strings, and why. */
+export type RateCardDraftRequest =
+  & Pick<RateCardPrices, 'model' | 'usd_per_million_input' | 'usd_per_million_output' | 'markup'>
+  & Partial<Omit<RateCardPrices, 'model' | 'usd_per_million_input' | 'usd_per_million_output' | 'markup'>>
+  & { reason: string };
+
+/** One audited change of a rate card (who, why, before and after). */
+export interface RateCardChange {
+  id: string;
+  draft_id: string;
+  action: 'drafted' | 'published' | 'discarded';
+  admin_id: string;
+  reason: string;
+  before: Record<string, unknown> | null;
+  after: Record<string, unknown> | null;
+  at: string;
+}
+
+/** GET /admin/rate-cards. */
+export interface RateCardsOverview {
+  current: RateCard[];
+  scheduled: RateCard[];
+  drafts: RateCardDraft[];
+  changes: RateCardChange[];
+}
+
+/** Before and after a draft, for a group of re-priced charges. */
+export interface RepricedTotals {
+  charges: number;
+  before: Credits;
+  after: Credits;
+  change: Credits;
+}
+
+/** GET /admin/rate-cards/drafts/:id/simulation: the dry run over past usage (moves no money). */
+export interface RateCardSimulation {
+  draft: RateCardDraft;
+  from: string;
+  to: string;
+  totals: RepricedTotals & {
+    students: number;
+    organisations: number;
+    change_percent: string | null;
+    unpriced_charges: number;
+    unpriced_before: Credits;
+  };
+  by_rate_card: (RepricedTotals & { rate_card_id: string; model: string; version: number })[];
+  by_organisation: (RepricedTotals & { org_id: string | null; students: number })[];
+  distribution: {
+    buckets: { bucket: string; students: number }[];
+    change_percentiles: { p10: Credits | null; p50: Credits | null; p90: Credits | null; p99: Credits | null };
+  };
+  most_affected: (RepricedTotals & { user_id: string; change_percent: string | null })[];
+}
+
+/** POST /admin/rate-cards/drafts/:id/publish. */
+export interface RateCardPublished {
+  rate_card: RateCard;
+  draft_id: string;
+  replayed: boolean;
 }

@@ -12,6 +12,10 @@ const fieldCodes = new Map([
   ['ttl_seconds', 'INVALID_TTL'],
   ['input_tokens', 'INVALID_TOKENS'],
   ['output_tokens', 'INVALID_TOKENS'],
+  ['cached_input_tokens', 'INVALID_TOKENS'],
+  ['reasoning_tokens', 'INVALID_TOKENS'],
+  ['images', 'INVALID_TOKENS'],
+  ['audio_seconds', 'INVALID_TOKENS'],
   ['kind', 'INVALID_KIND'],
 ]);
 

@@ -30,10 +30,14 @@ const worstCaseInputTokens = (prompt: string) => new TextEncoder().encode(prompt
 export const aiCompletion: JobType<typeof Input> = {
   schema: Input,
   async estimate(input) {
+    // The provider may report input as cached and output as reasoning, each priced on its own:
+    // the hold covers the dearest way the same tokens can be billed.
+    const i = worstCaseInputTokens(input.prompt), o = input.max_tokens, m = input.model;
     const [price] = await call((sql) =>
-      sql`select amount::text from billing.price_usage(${input.model}, ${
-        worstCaseInputTokens(input.prompt)
-      }, ${input.max_tokens})`
+      sql`select greatest(
+        (billing.price_usage(${m}, ${i}, ${o})).amount, (billing.price_usage(${m}, 0, ${o}, ${i}, 0)).amount,
+        (billing.price_usage(${m}, ${i}, 0, 0, ${o})).amount, (billing.price_usage(${m}, 0, 0, ${i}, ${o})).amount
+      )::text as amount`
     );
     return price.amount;
   },
@@ -48,8 +52,11 @@ export const aiCompletion: JobType<typeof Input> = {
     });
     const durationMs = Math.round(performance.now() - started);
     await call((sql) =>
-      sql`select billing.record_ai_log(${job.user_id}, ${job.id}, ${input.model}, ${completion.usage.input_tokens},
-        ${completion.usage.output_tokens}, ${durationMs}, ${input.consent_level}, ${redact(input.prompt)},
+      sql`select billing.record_ai_log(${job.user_id}, ${job.id}, ${input.model}, ${
+        completion.usage.input_tokens + (completion.usage.cached_input_tokens ?? 0)
+      }, ${
+        completion.usage.output_tokens + (completion.usage.reasoning_tokens ?? 0)
+      }, ${durationMs}, ${input.consent_level}, ${redact(input.prompt)},
         ${redact(completion.text)})`
     );
     return {

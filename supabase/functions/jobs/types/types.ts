@@ -28,10 +28,15 @@ export interface JobContext<I> {
   checkpoint(c: Checkpoint): Promise<void>;
 }
 
+/** What a metered job used, by kind (disjoint, as POST /credits/usage takes them; docs/pricing.md). */
 export interface Usage {
   model: string;
   input_tokens: number;
   output_tokens: number;
+  cached_input_tokens?: number;
+  reasoning_tokens?: number;
+  images?: number;
+  audio_seconds?: number;
 }
 
 /** A handler that finished: the job completes with this result (and usage, if metered). */
