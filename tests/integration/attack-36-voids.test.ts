@@ -169,3 +169,31 @@ Deno.test("a school member cannot read another member's usage summary, nor an ou
   });
   assert.equal(admin.status, 403, admin.text);
 });
+
+Deno.test("FAILS: a removed member's voided allowance charge goes back to the school, not to an allowance no one can spend", async () => {
+  const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
+  const org = await school(owner, [ada], 'allowance', '1000');
+  const funded = await api(`/orgs/${org}/allowances`, {
+    token: owner.token,
+    headers: key(),
+    body: { user_id: ada.id, amount: '100' },
+  });
+  assert.equal(funded.status, 201, funded.text);
+  const used = await api('/credits/usage', {
+    token: ada.token,
+    headers: key(),
+    body: { model: 'gpt-4o', input_tokens: 1500, output_tokens: 0 }, // 30 credits
+  });
+  assert.equal(used.status, 201, used.text);
+  assert.deepEqual(dataOf(used).paid_by, { org_id: org }, used.text);
+  const removed = await api(`/orgs/${org}/members/${ada.id}`, { method: 'DELETE', token: owner.token });
+  assert.equal(removed.status, 200, removed.text);
+
+  const v = await voidCharge(dataOf(used).transfer_id as string);
+  assert.equal(v.status, 200, v.text);
+  const [stranded] = await testDb`select trim_scale(a.balance)::text as balance from billing.accounts a
+    where a.org_id = ${org} and a.member_id = ${ada.id}`;
+  await assertLedgerInvariants();
+  await checkLots();
+  assert.equal(stranded.balance, '0', `${stranded.balance} credits sit in a removed member's allowance`);
+});
