@@ -215,6 +215,14 @@ begin
   update billing.accounts a
   set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
   where a.id = v_account.id returning * into v_account;
+  -- A lot a dispute froze took its share back: the disputes open here hold what they would if
+  -- they opened now, so none of a purchase under dispute becomes spendable (a lost dispute then
+  -- takes it all, instead of leaving the spent part as debt).
+  if exists (select 1 from billing.lots l join billing.lot_allocations la on la.lot_id = l.id
+             where la.transfer_id = v_void.id and l.frozen) then
+    perform billing.refreeze_disputes(v_account.id);
+    select * into v_account from billing.accounts a where a.id = v_account.id;
+  end if;
 
   if v_account.caps > 0 then
     -- A capture counted its hold when the hold was placed (and a job's overage not at all).
