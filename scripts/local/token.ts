@@ -42,10 +42,13 @@ if (owner && values.user && owner.id !== values.user) {
 const user: string = values.user ?? owner?.id ?? crypto.randomUUID();
 const [known] = await sql`select email from auth.users where id = ${user}`;
 const email: string = values.email ?? known?.email ?? `student-${user.slice(0, 8)}@example.test`;
+// Confirmed, as Supabase Auth's email sign-in requires by default before it issues a session
+// (a sponsor code named by email is redeemed only by a confirmed address).
 await sql`
-  insert into auth.users (id, email, raw_app_meta_data)
-  values (${user}, ${email}, ${sql.json(appMetadata)})
-  on conflict (id) do update set raw_app_meta_data = excluded.raw_app_meta_data, email = excluded.email`;
+  insert into auth.users (id, email, raw_app_meta_data, email_confirmed_at)
+  values (${user}, ${email}, ${sql.json(appMetadata)}, now())
+  on conflict (id) do update set raw_app_meta_data = excluded.raw_app_meta_data, email = excluded.email,
+    email_confirmed_at = coalesce(auth.users.email_confirmed_at, excluded.email_confirmed_at)`;
 await sql.end();
 
 const jwk = JSON.parse(await Deno.readTextFile(`${env('LOCAL_AUTH_DIR')}/private.jwk.json`));

@@ -71,7 +71,16 @@ async function signIn(page: Page, token: string) {
 async function assertLegible(page: Page, width: number, name: string) {
   await page.setViewportSize({ width, height: 900 });
   const seen = await legibility(page);
-  assert.ok(seen.overflow <= 0, `${name}: scrolls sideways by ${seen.overflow}px`);
+  const wide = await page.evaluate(() =>
+    [...document.querySelectorAll('body *')].filter((e) => {
+      if (e.getBoundingClientRect().right <= innerWidth + 1) return false;
+      for (let p = e.parentElement; p; p = p.parentElement) {
+        if (getComputedStyle(p).overflowX !== 'visible') return false;
+      }
+      return true;
+    }).slice(0, 5).map((e) => `${e.tagName}#${e.id}.${e.className}<${e.parentElement?.id}`)
+  );
+  assert.ok(seen.overflow <= 0, `${name}: scrolls sideways by ${seen.overflow}px (${wide.join(', ')})`);
   assert.deepEqual(seen.tooSmall, [], `${name}: text under 12 px`);
   assert.deepEqual(seen.spilled, [], `${name}: text cut off`);
   await page.screenshot({ path: new URL(`${name}.png`, artifacts).pathname, fullPage: true });

@@ -32,8 +32,10 @@ async function use(token: string, m: string, credits: number, failed = false) {
 const start = (admin: string, key: string, body: Record<string, unknown>) =>
   api('/admin/corrections', { token: admin, headers: { 'idempotency-key': key }, body });
 
+// A run completes only 10 s after its `to`: poll twice a second, under the admin's 100/min limit.
 async function finish(admin: string, id: string) {
   return await until('the run completes', async () => {
+    await new Promise((r) => setTimeout(r, 500));
     const r = await api(`/admin/corrections/${id}/continue`, { token: admin, body: { batch: 2 } });
     assert.equal(r.status, 200, r.text);
     return dataOf(r).status === 'completed' ? dataOf(r) : undefined;
@@ -82,6 +84,7 @@ Deno.test('a bulk correction is previewed (count, credits, who), then voids exac
   const got = await api(`/admin/corrections/${run.id}`, { token: admin });
   assert.equal(dataOf(got).status, 'completed');
   const after = await api('/admin/corrections/preview', { token: admin, body: { model: m, from, to } });
+  assert.equal(after.status, 200, after.text);
   assert.deepEqual([dataOf(after).charges, dataOf(after).already_voided], [0, 3]);
   await assertLedgerInvariants();
 });

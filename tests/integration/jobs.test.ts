@@ -122,7 +122,10 @@ Deno.test("Retry-After grows with a waiting job's age: 2 s, 4 s, 8 s", async () 
   const id = await waitingJob(s.id);
   const after = async (ageSeconds: number) => {
     await testDb`update billing.jobs set created_at = now() - make_interval(secs => ${ageSeconds}) where id = ${id}`;
-    return (await getJob(s.token, id)).headers.get('retry-after');
+    const r = await getJob(s.token, id);
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.equal((r.body.data as Json).status, 'queued', JSON.stringify(r.body));
+    return r.headers.get('retry-after');
   };
   assert.deepEqual([await after(1), await after(15), await after(120)], ['2', '4', '8']);
   await api(`/jobs/${id}`, { token: s.token, method: 'DELETE' });

@@ -28,8 +28,8 @@ table{width:100%;border-collapse:collapse;font-size:.88rem}td,th{text-align:left
 .narrow{max-width:26rem}.narrow input{width:100%;box-sizing:border-box}
 .chart .axis{font-size:.8rem;color:#556;margin:.2rem 0}.ticks{display:flex;justify-content:space-between;gap:.5rem}
 .nowrap{white-space:nowrap}
-.wide{grid-column:1/-1}.cards{overflow-x:auto}.draft-form{display:flex;flex-wrap:wrap;gap:.4rem;align-items:end;margin:.6rem 0}
-.draft-form input{width:7.5rem}.draft-form label{display:flex;flex-direction:column;font-size:.75rem;color:#556}`;
+.wide{grid-column:1/-1;min-width:0}.cards{overflow-x:auto;max-width:100%}.draft-form{display:flex;flex-wrap:wrap;gap:.4rem;align-items:end;margin:.6rem 0}
+.draft-form input{width:7.5rem}.draft-form label{display:flex;flex-direction:column;font-size:.8rem;color:#556}`;
 
 const script = `
 const $ = (id) => document.getElementById(id);
@@ -252,20 +252,20 @@ async function loadRateCards() {
     cardRows(o.drafts, (d) => '<button data-act="simulate" data-id="' + esc(d.id) + '">Dry run</button> ' +
       '<button data-act="publish" data-id="' + esc(d.id) + '">Publish</button> ' +
       '<button data-act="discard" data-id="' + esc(d.id) + '">Discard</button>') + '</table></div>' +
-    '<h2>Changes</h2><table>' + o.changes.slice(0, 10).map((c) => '<tr><td class="nowrap">' + esc(c.at.slice(0, 16).replace('T', ' ')) +
+    '<h2>Changes</h2><div class="cards"><table>' + o.changes.slice(0, 10).map((c) => '<tr><td class="nowrap">' + esc(c.at.slice(0, 16).replace('T', ' ')) +
       '</td><td>' + esc(c.action) + '</td><td>' + esc((c.after || c.before || {}).model) + '</td><td>' + esc(c.reason) +
-      '</td><td class="muted">' + esc(c.admin_id) + '</td></tr>').join('') + '</table>';
+      '</td><td class="muted">' + esc(c.admin_id) + '</td></tr>').join('') + '</table></div>';
 }
 function renderSimulation(s) {
   const t = s.totals;
   $('simulation').innerHTML = '<h2>Dry run: ' + esc(s.draft.model) + ' (nothing charged)</h2><p>' + fmtInt.format(t.charges) +
     ' charges of ' + fmtInt.format(t.students) + ' students: ' + credits(t.before) + ' → ' + credits(t.after) + ' credits (' +
     (t.change_percent === null ? 'no cost before' : (Number(t.change_percent) > 0 ? '+' : '') + esc(t.change_percent) + '%') + ')' +
-    (t.unpriced_charges ? '; ' + fmtInt.format(t.unpriced_charges) + ' charges it cannot price' : '') + '</p><table>' +
+    (t.unpriced_charges ? '; ' + fmtInt.format(t.unpriced_charges) + ' charges it cannot price' : '') + '</p><div class="cards"><table>' +
     s.distribution.buckets.map((b) => '<tr><td>' + esc(b.bucket) + '</td><td>' + fmtInt.format(b.students) + '</td></tr>').join('') +
-    '</table><h2>Most affected</h2><table><tr><th>student</th><th>before</th><th>after</th><th>change</th></tr>' +
+    '</table></div><h2>Most affected</h2><div class="cards"><table><tr><th>student</th><th>before</th><th>after</th><th>change</th></tr>' +
     s.most_affected.map((m) => '<tr><td class="muted">' + esc(m.user_id) + '</td><td>' + credits(m.before) + '</td><td>' +
-      credits(m.after) + '</td><td>' + credits(m.change) + '</td></tr>').join('') + '</table>';
+      credits(m.after) + '</td><td>' + credits(m.change) + '</td></tr>').join('') + '</table></div>';
 }
 async function rateCardAction(e) {
   const b = e.target.closest('button[data-act]');
