@@ -65,10 +65,11 @@ create table billing.lot_allocations (
   amount numeric(38, 18) not null,
   created_at timestamptz not null default now(),
   primary key (transfer_id, lot_id),
-  -- A void gives back what its charge drew, to the same lots: the one negative allocation.
-  constraint lot_allocations_amount_positive check (amount > 0 or (kind = 'void' and amount < 0))
+  -- Negative allocations give back to a lot: a void what its charge drew, a plan rollover what
+  -- the sweep expired of a period's credits before its renewal was paid (roll_over_plan_credits).
+  constraint lot_allocations_amount_positive check (amount > 0 or (kind in ('void', 'expiry') and amount < 0))
 );
-comment on table billing.lot_allocations is 'Immutable. What each debiting transfer drew from each lot; Σ per transfer ≤ its amount (the rest, if any, became debt). A void''s rows are negative: what it gave back to each lot its charge drew.';
+comment on table billing.lot_allocations is 'Immutable. What each debiting transfer drew from each lot; Σ per transfer ≤ its amount (the rest, if any, became debt). A void''s rows are negative: what it gave back to each lot its charge drew; so is a plan rollover''s expiry row bringing a period''s expired credits back from breakage.';
 alter table billing.lot_allocations enable row level security;
 grant select on table billing.lot_allocations to authenticated;
 grant select on table billing.lot_allocations to service_role;

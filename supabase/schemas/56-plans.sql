@@ -179,6 +179,17 @@ comment on function billing.close_other_subscription_sessions(p_user uuid, p_kee
 revoke execute on function billing.close_other_subscription_sessions(p_user uuid, p_keep uuid) from public;
 grant execute on function billing.close_other_subscription_sessions(p_user uuid, p_keep uuid) to service_role;
 
+create or replace function billing.plan_rollover_grace() returns interval
+language sql immutable
+set search_path = ''
+as $$
+  -- Stripe charges a renewal about an hour after the period ends and retries a failed one for
+  -- days (Smart Retries): a renewal paid later than this rolls nothing over.
+  select interval '3 days'
+$$;
+comment on function billing.plan_rollover_grace() is 'Internal: how long after a period''s end its renewal may be paid and still roll its credits over.';
+revoke execute on function billing.plan_rollover_grace() from public;
+
 create or replace function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans,
   p_period_end timestamptz, p_new_end timestamptz, p_key text) returns numeric
 language plpgsql
@@ -190,20 +201,53 @@ declare
   v_left numeric(38, 18) := v_cap;
   v_take numeric(38, 18);
   v_total numeric(38, 18) := 0;
+  v_account billing.accounts;
+  v_settled numeric(38, 18);
+  v_back bigint;
   l record;
   v_in bigint;
 begin
-  -- The ending period's plan lots (its grant and what rolled into it), soonest-spent first; only
-  -- what is open now rolls, and never a frozen (disputed) lot. Each part arrives as its own lot,
-  -- as a move does: same purchase, category, priority and cost basis, a new expiry.
+  select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  -- The ending period's plan lots (its grant and what rolled into it), soonest-spent first. What
+  -- rolls is what each had left at its end, whenever the renewal is paid within the grace window
+  -- after it (Stripe charges a renewal about an hour after the period ends; a failed one is retried
+  -- for days): still open when the sweep has not reached it (nothing can be spent from a lot past
+  -- its expiry), or what the sweep expired. Never a frozen (disputed) lot: it waits for its dispute.
   for l in
-    select x.* from billing.plan_lots pl join billing.lots x on x.id = pl.lot_id
-    where pl.subscription_id = p_sub.id and pl.period_end = p_period_end and x.open and not x.frozen
-      and x.account_id = p_account_id
+    select x.*, coalesce((select sum(a.amount) from billing.lot_allocations a
+                          where a.lot_id = x.id and a.kind = 'expiry'), 0) as expired
+    from billing.plan_lots pl join billing.lots x on x.id = pl.lot_id
+    where pl.subscription_id = p_sub.id and pl.period_end = p_period_end and not x.frozen
+      and x.account_id = p_account_id and x.expires_at > now() - billing.plan_rollover_grace()
     order by x.id
   loop
     exit when v_left <= 0;
+    -- Not what a refund or dispute of the grant already forgave as expired (it took the rest).
+    if not l.open and l.expired > 0 and not exists (select 1 from billing.plan_grants g
+        where g.subscription_id = p_sub.id and (g.expiry_forgiven > 0 or g.credits_reversed > 0 or g.dispute_status is not null)
+          and l.id = any(billing.plan_grant_lots(g))) then
+      -- The sweep was first: the share that rolls comes back from breakage into the lot it
+      -- expired from (a negative expiry allocation, as a void gives back: breakage revenue and
+      -- deferred revenue stay exact), then moves on like the rest.
+      v_take := least(l.expired, v_left);
+      insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, metadata)
+      values ('expiry', billing.platform_account_id('expired'), p_account_id, v_take, p_key || ':unexpire:' || l.id,
+              p_sub.id::text, jsonb_build_object('lot_id', l.id::text, 'category', l.category, 'rolled_over', true))
+      on conflict (idempotency_key, kind) do nothing
+      returning id into v_back;
+      continue when v_back is null;
+      -- What pays a debt the account is in is settled, not remaining (as create_lot does).
+      v_settled := least(v_take, greatest(-v_account.balance, 0));
+      update billing.accounts a set balance = a.balance + v_take, version = a.version + 1
+      where a.id = p_account_id returning * into v_account;
+      insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+      values (v_back, p_account_id, v_take, v_account.balance, v_account.version);
+      insert into billing.lot_allocations (transfer_id, lot_id, kind, amount) values (v_back, l.id, 'expiry', -v_take);
+      update billing.lots x set remaining = x.remaining + v_take - v_settled, debt_settled = x.debt_settled + v_settled
+      where x.id = l.id returning x.remaining into l.remaining;
+    end if;
     v_take := least(l.remaining, v_left);
+    continue when v_take <= 0;
     perform billing.post_user_transfer(null, -1, 'reverse', v_take, 'plan_rollover', 'plans', p_key || ':out:' || l.id,
       p_sub.id::text, null, jsonb_build_object('lot_id', l.id::text), null, null,
       jsonb_build_object('first', jsonb_build_array(l.id)), p_account_id);
@@ -225,7 +269,7 @@ begin
   return v_total;
 end;
 $$;
-comment on function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans, p_period_end timestamptz, p_new_end timestamptz, p_key text) is 'Internal: at a renewal, moves what the plan''s rollover rule allows of the ending period''s plan credits into lots expiring at the new period''s end; the rest expires now.';
+comment on function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans, p_period_end timestamptz, p_new_end timestamptz, p_key text) is 'Internal: at a renewal paid within the grace window after the period''s end, moves what the plan''s rollover rule allows of what the ending period''s plan lots had left at their end (back from breakage if the sweep expired it) into lots expiring at the new period''s end; the rest expires now.';
 revoke execute on function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans, p_period_end timestamptz, p_new_end timestamptz, p_key text) from public;
 
 create or replace function billing.grant_plan_invoice(p_sub billing.subscriptions, p_invoice jsonb) returns text
@@ -318,7 +362,11 @@ begin
         trunc((v_plan.credits - v_old.credits) * v_amount / (v_plan.price_cents - v_old.price_cents), 18));
     end if;
   end if;
-  if v_reason = 'subscription_cycle' then
+  -- One rollover per period: a second renewal invoice for it (voided and reissued) rolls nothing
+  -- again, nor brings back from breakage what the first let expire.
+  if v_reason = 'subscription_cycle' and not exists (select 1 from billing.plan_grants g
+      where g.subscription_id = p_sub.id and g.period_end = v_end and g.billing_reason = 'subscription_cycle'
+        and g.invoice_id <> v_grant.invoice_id) then
     select max(g.period_end) into v_prev from billing.plan_grants g
     where g.subscription_id = p_sub.id and g.period_end < v_end and g.credits > 0;
     if v_prev is not null then

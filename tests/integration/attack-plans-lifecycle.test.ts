@@ -1,9 +1,9 @@
 // Plans attacked through their lifecycle, with student tokens only (the emulator's test controls
 // stand in for Stripe and the card network): two Checkouts at once, a failed renewal retried
 // late, a declined upgrade, cancelling and subscribing again, disputes after a rollover, redirect
-// targets. Tests marked KNOWN OPEN reproduce a hole still open (excluded); the others held or were fixed.
+// targets. Each held or was fixed.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, backdateLot, newUser, spend, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
 import { codeOf } from '../money.ts';
 import { balanceOf, deliver, emulator, stripeApi } from '../purchases.ts';
 import { planLots, renew, startPlan, subscribeTo } from '../plans.ts';
@@ -74,34 +74,61 @@ Deno.test('a second plan paid anyway (its Checkout completed before the other op
   await assertLedgerInvariants();
 });
 
-// KNOWN OPEN (plans-fix ran out of time, hole 4): the rollover is decided from what is open when
-// the renewal is paid, not from what was left at the period's end. Excluded until fixed.
-Deno.test({
-  ignore: true,
-  name:
-    'KNOWN OPEN: a renewal retried days after the period ended rolls over credits already past their expiry (sweep not run yet)',
-}, async () => {
-  const s = await student();
-  const plan = await subscribeTo(s.token, 'basic_monthly');
-  const failed = await renew(plan.stripe_subscription, 'failed');
-  // Days pass: period 1 is over (its lot is due; the minute sweep has not reached it), then the
-  // card works and Stripe's retry pays period 2.
-  const [lot] = await planLots(s.id);
-  await backdateLot(lot.id);
-  await emulator(`/_emulator/invoices/${failed.invoice}/pay`, {});
-  const b = await balanceOf(s.token);
-  await assertLedgerInvariants();
-  // The docs: "the last period's credits end with it". On main 2,000 expired credits roll into
-  // period 2 when the sweep is late, none when it was on time: the outcome is a race.
-  assert.equal(b.balance, '10000', `period 2 only, nothing of period 1: ${JSON.stringify(await planLots(s.id))}`);
+/** A lot's expiry moved into the past by `ago` (days after its period ended), as time would. */
+async function backdateBy(lot: string, ago: string): Promise<void> {
+  await testDb`with l as (update billing.lots set expires_at = now() - ${ago}::interval where id = ${lot}
+                          returning account_id, expires_at)
+               update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id`;
+}
+
+async function breakage(userId: string): Promise<string> {
+  const [r] = await testDb`select trim_scale(coalesce(sum(a.amount), 0))::text as n from billing.lot_allocations a
+    join billing.lots l on l.id = a.lot_id join billing.accounts x on x.id = l.account_id
+    where x.user_id = ${userId} and a.kind = 'expiry'`;
+  return r.n;
+}
+
+// Hole 4 (fixed): the rollover was decided from what was open when the renewal was paid, so a
+// late sweep rolled credits past their expiry and an on-time one rolled nothing. Now it is what
+// was left at the period's end, when the renewal is paid within the grace window (3 days).
+Deno.test('a renewal retried after the grace window rolls nothing over, whether the sweep ran or not', async () => {
+  for (const swept of [false, true]) {
+    const s = await student();
+    const plan = await subscribeTo(s.token, 'basic_monthly');
+    const failed = await renew(plan.stripe_subscription, 'failed');
+    // Four days pass: period 1 is over, then the card works and Stripe's retry pays period 2.
+    const [lot] = await planLots(s.id);
+    await backdateBy(lot.id, '4 days');
+    if (swept) await testDb`select billing.expire_lots(500)`;
+    await emulator(`/_emulator/invoices/${failed.invoice}/pay`, {});
+    const b = await balanceOf(s.token);
+    await assertLedgerInvariants();
+    assert.equal(b.balance, '10000', `period 2 only (swept: ${swept}): ${JSON.stringify(await planLots(s.id))}`);
+    assert.equal(await breakage(s.id), '10000', 'all of period 1 expired');
+  }
 });
 
-// KNOWN OPEN (hole 4, as above): the minute sweep expires the ending period's lots before Stripe
-// charges the renewal (~1 hour later), so nothing rolls. Excluded until fixed.
-Deno.test({
-  ignore: true,
-  name: 'KNOWN OPEN: a renewal paid an hour after the period ended (as Stripe charges renewals) rolls nothing over',
-}, async () => {
+Deno.test('a renewal retried within the grace window rolls what was left at the period end, swept or not, and expires the rest', async () => {
+  for (const swept of [false, true]) {
+    const s = await student();
+    const plan = await subscribeTo(s.token, 'basic_monthly');
+    await spend(s.token, 9000); // 1,000 left: all of it rolls (basic's cap is 2,000)
+    const failed = await renew(plan.stripe_subscription, 'failed');
+    const [lot] = await planLots(s.id);
+    await backdateBy(lot.id, '2 days');
+    if (swept) await testDb`select billing.expire_lots(500)`;
+    await emulator(`/_emulator/invoices/${failed.invoice}/pay`, {});
+    const b = await balanceOf(s.token);
+    await assertLedgerInvariants();
+    assert.equal(b.balance, '11000', `swept: ${swept}: ${JSON.stringify(await planLots(s.id))}`);
+    const lots = await planLots(s.id);
+    const rolled = lots.find((l) => l.moved_from === lot.id);
+    assert.equal(rolled?.amount, '1000', 'the rollover lot keeps its provenance');
+    assert.equal(await breakage(s.id), '0', 'nothing of period 1 stays expired');
+  }
+});
+
+Deno.test('a renewal paid an hour after the period ended (as Stripe charges renewals) rolls over what the sweep expired', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly');
   await spend(s.token, 6000); // 4,000 left: basic rolls over up to 2,000
@@ -109,13 +136,37 @@ Deno.test({
   // (the draft's finalisation delay); meanwhile the period is over and the minute sweep runs.
   const late = await renew(plan.stripe_subscription, 'paid', false);
   const [lot] = await planLots(s.id);
-  await backdateLot(lot.id);
+  await backdateBy(lot.id, '1 hour');
   await testDb`select billing.expire_lots(500)`; // the scheduled sweep (pg_cron, every minute)
+  assert.equal(await breakage(s.id), '4000');
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  // Replayed: nothing comes back twice.
   for (const e of late.events) assert.equal((await deliver(e)).status, 200);
   const b = await balanceOf(s.token);
   await assertLedgerInvariants();
-  // The plan promises 2,000 rolled over; on main the sweep expired them first, so none roll.
   assert.equal(b.balance, '12000', `rollover lost: ${JSON.stringify(await planLots(s.id))}`);
+  assert.equal(await breakage(s.id), '2000', 'what the cap leaves stays expired');
+  const lots = await planLots(s.id);
+  assert.equal(lots.find((l) => l.moved_from === lot.id)?.amount, '2000');
+});
+
+Deno.test("a refunded period's expired credits do not come back at its renewal", async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  await spend(s.token, 6000);
+  const late = await renew(plan.stripe_subscription, 'paid', false);
+  const [lot] = await planLots(s.id);
+  await backdateBy(lot.id, '1 hour');
+  await testDb`select billing.expire_lots(500)`;
+  // The period's invoice is refunded in full: the 4,000 that expired are forgiven, 6,000 owed.
+  const [g] = await testDb`select invoice_id from billing.plan_grants where subscription_id = ${plan.subscription_id}`;
+  await testDb`select billing.sync_plan_charge(${
+    testDb.json({ invoice_id: g.invoice_id, charge_id: 'ch_test_rollover', amount_refunded: 999 })
+  })`;
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  const b = await balanceOf(s.token);
+  await assertLedgerInvariants();
+  assert.equal(b.balance, '4000', `period 2 less the debt, nothing rolled: ${JSON.stringify(await planLots(s.id))}`);
 });
 
 async function declinedUpgrade() {
