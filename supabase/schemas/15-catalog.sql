@@ -98,6 +98,37 @@ alter table billing.credit_packages enable row level security;
 grant select on table billing.credit_packages to authenticated;
 grant select on table billing.credit_packages to service_role;
 
+-- What each model costs the platform, versioned like rate_cards (the same kinds, in USD, no
+-- markup). Nothing on the money path reads it: a charge's provider cost is derived from its
+-- token counts and the price in effect when it was made (billing.provider_cost, 35-usage-summary.sql).
+create table billing.provider_prices (
+  id bigint generated always as identity primary key,
+  model text not null,
+  version integer not null,
+  usd_per_million_input numeric(38, 18) not null,
+  usd_per_million_output numeric(38, 18) not null,
+  usd_per_million_cached_input numeric(38, 18),   -- null: cached input costs the input price
+  usd_per_million_reasoning numeric(38, 18),      -- null: reasoning costs the output price
+  usd_per_image numeric(38, 18),                  -- null: images cost nothing
+  usd_per_audio_second numeric(38, 18),           -- null: audio costs nothing
+  effective_from timestamptz not null,
+  created_at timestamptz not null default now(),
+  constraint provider_prices_in_range check (
+    usd_per_million_input >= 0 and usd_per_million_input <= 1000000
+    and usd_per_million_output >= 0 and usd_per_million_output <= 1000000
+    and coalesce(usd_per_million_cached_input, 0) between 0 and 1000000
+    and coalesce(usd_per_million_reasoning, 0) between 0 and 1000000
+    and coalesce(usd_per_image, 0) between 0 and 1000000
+    and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
+  constraint provider_prices_model check (model ~ '^[A-Za-z0-9._:-]{1,64}$'),
+  constraint provider_prices_model_version unique (model, version)
+);
+comment on table billing.provider_prices is 'Versioned provider prices per model (what a charge costs the platform). A new price is a new version with a later effective_from; rows are never edited.';
+alter table billing.provider_prices enable row level security;
+grant select on table billing.provider_prices to service_role;
+
+create index provider_prices_current on billing.provider_prices (model, effective_from desc);
+
 -- ============================================================ functions
 
 -- A card (or draft) as the admin API shows it: prices as exact strings, nulls kept.

@@ -34,6 +34,7 @@ create table billing.usage_daily (
   reasoning_tokens bigint not null default 0,
   images bigint not null default 0,
   audio_seconds bigint not null default 0,
+  cost_usd numeric(38, 18) not null default 0,    -- provider cost (billing.provider_cost), at each charge's time
   constraint usage_daily_key unique nulls not distinct (user_id, day, model, org_id)
 );
 comment on table billing.usage_daily is 'Each user''s charges per UTC day and model (org_id: the organisation that paid; null: their own account), for days the roll-up has closed.';
@@ -48,6 +49,30 @@ comment on table billing.usage_rollup is 'The last UTC day usage_daily holds (da
 alter table billing.usage_rollup enable row level security;
 
 -- ============================================================ functions
+
+-- What a charge cost the platform, in USD: its counts (the ledger's own metadata keys, as
+-- charge_usage and a void write them) times the provider price of `p_model` in effect at
+-- `p_at`, rounded to 18 places per charge like its credits; 0 without counts or without a
+-- provider price then (docs/pricing.md § Provider cost and margins).
+create or replace function billing.provider_cost(p_model text, p_at timestamptz, p_metadata jsonb) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select coalesce((
+    select round((coalesce((p_metadata ->> 'input_tokens')::numeric, 0) * p.usd_per_million_input
+        + coalesce((p_metadata ->> 'cached_input_tokens')::numeric, 0)
+          * coalesce(p.usd_per_million_cached_input, p.usd_per_million_input)
+        + coalesce((p_metadata ->> 'output_tokens')::numeric, 0) * p.usd_per_million_output
+        + coalesce((p_metadata ->> 'reasoning_tokens')::numeric, 0)
+          * coalesce(p.usd_per_million_reasoning, p.usd_per_million_output)) / 1000000
+      + coalesce((p_metadata ->> 'images')::numeric, 0) * coalesce(p.usd_per_image, 0)
+      + coalesce((p_metadata ->> 'audio_seconds')::numeric, 0) * coalesce(p.usd_per_audio_second, 0), 18)
+    from billing.provider_prices p
+    where p.model = p_model and p.effective_from <= p_at
+    order by p.effective_from desc, p.version desc limit 1), 0);
+$$;
+comment on function billing.provider_cost(p_model text, p_at timestamp with time zone, p_metadata jsonb) is 'Internal: the provider cost in USD of a charge''s counts at the provider price in effect at p_at (0 without one).';
+revoke execute on function billing.provider_cost(p_model text, p_at timestamp with time zone, p_metadata jsonb) from public;
 
 -- An account's charges in [from, to), and those a school paid for a member (transfers naming
 -- them as member; of one organisation when p_org is given), as rows. The account's entries are
@@ -143,7 +168,7 @@ begin
   select u.rolled_through + 1 into v_day from billing.usage_rollup u for update;
   while v_day <= v_last and v_rolled < p_days loop
     insert into billing.usage_daily (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens,
-      cached_input_tokens, reasoning_tokens, images, audio_seconds)
+      cached_input_tokens, reasoning_tokens, images, audio_seconds, cost_usd)
     select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end, v_day,
       coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other'),
       sum(t.amount), count(*),
@@ -158,7 +183,9 @@ begin
       coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'images') = 'number'
         then (t.metadata ->> 'images')::bigint end), 0),
       coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
-        then (t.metadata ->> 'audio_seconds')::bigint end), 0)
+        then (t.metadata ->> 'audio_seconds')::bigint end), 0),
+      coalesce(sum(case when t.kind = 'usage'
+        then billing.provider_cost(t.metadata ->> 'model', t.created_at, t.metadata) end), 0)
     from billing.transfers t
     join billing.accounts a on a.id = t.from_account_id
     where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
@@ -166,7 +193,7 @@ begin
     group by 1, 2, 4;
     -- The voids made that day, netted into their charges' days (earlier days' rows, or this one's).
     insert into billing.usage_daily as d (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens,
-      cached_input_tokens, reasoning_tokens, images, audio_seconds)
+      cached_input_tokens, reasoning_tokens, images, audio_seconds, cost_usd)
     select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end,
       ((t.metadata ->> 'charged_at')::timestamptz at time zone 'UTC')::date, coalesce(t.metadata ->> 'model', 'other'),
       -sum(t.amount), -count(*), -coalesce(sum((t.metadata ->> 'input_tokens')::bigint), 0),
@@ -174,7 +201,9 @@ begin
       -coalesce(sum((t.metadata ->> 'cached_input_tokens')::bigint), 0),
       -coalesce(sum((t.metadata ->> 'reasoning_tokens')::bigint), 0),
       -coalesce(sum((t.metadata ->> 'images')::bigint), 0),
-      -coalesce(sum((t.metadata ->> 'audio_seconds')::bigint), 0)
+      -coalesce(sum((t.metadata ->> 'audio_seconds')::bigint), 0),
+      -coalesce(sum(billing.provider_cost(t.metadata ->> 'model', (t.metadata ->> 'charged_at')::timestamptz,
+        t.metadata)), 0)
     from billing.transfers t
     join billing.accounts a on a.id = t.to_account_id
     where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
@@ -185,7 +214,7 @@ begin
           input_tokens = d.input_tokens + excluded.input_tokens, output_tokens = d.output_tokens + excluded.output_tokens,
           cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
           reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens, images = d.images + excluded.images,
-          audio_seconds = d.audio_seconds + excluded.audio_seconds;
+          audio_seconds = d.audio_seconds + excluded.audio_seconds, cost_usd = d.cost_usd + excluded.cost_usd;
     update billing.usage_rollup set rolled_through = v_day;
     v_day := v_day + 1;
     v_rolled := v_rolled + 1;
@@ -330,3 +359,103 @@ $$;
 comment on function billing.usage_summary(p_user uuid, p_from date, p_to date, p_granularity text) is 'A user''s usage per model over the UTC days [from, to) in day or week buckets, with their runway.';
 revoke execute on function billing.usage_summary(p_user uuid, p_from date, p_to date, p_granularity text) from public;
 grant execute on function billing.usage_summary(p_user uuid, p_from date, p_to date, p_granularity text) to service_role;
+
+-- ============================================================ margins
+
+-- Every user's charges made in [from, to) with their provider cost, one row a charge, and the
+-- voids made then (negative, dated and costed by their charge): what roll_up_usage writes to
+-- usage_daily, before it is grouped. The live part of the margins report.
+create or replace function billing.margin_charges(p_from timestamptz, p_to timestamptz)
+returns table (user_id uuid, org_id uuid, day date, model text, credits numeric, cost_usd numeric)
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end,
+    (t.created_at at time zone 'UTC')::date,
+    coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other'),
+    t.amount,
+    case when t.kind = 'usage' then billing.provider_cost(t.metadata ->> 'model', t.created_at, t.metadata) else 0 end
+  from billing.transfers t
+  join billing.accounts a on a.id = t.from_account_id
+  where t.created_at >= p_from and t.created_at < p_to
+    and t.kind in ('usage', 'debit', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
+  union all
+  select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end,
+    ((t.metadata ->> 'charged_at')::timestamptz at time zone 'UTC')::date, coalesce(t.metadata ->> 'model', 'other'),
+    -t.amount, -billing.provider_cost(t.metadata ->> 'model', (t.metadata ->> 'charged_at')::timestamptz, t.metadata)
+  from billing.transfers t
+  join billing.accounts a on a.id = t.to_account_id
+  where t.created_at >= p_from and t.created_at < p_to
+    and t.kind = 'void' and (t.member_id is not null or a.user_id is not null);
+$$;
+comment on function billing.margin_charges(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: each charge (and void) made in [from, to) with its user, paying organisation, day, model, credits and provider cost.';
+revoke execute on function billing.margin_charges(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+
+-- GET /admin/margins: revenue (credits and USD, 1 USD = 1,000 credits), provider cost and
+-- margin over the UTC days [from, to), per model, paying organisation (`org`: school-paid
+-- charges only) or student, with totals and one row a day. Rolled days from usage_daily, the
+-- days after them live (as summarize_usage). margin_percent: margin ÷ revenue × 100, 2 places;
+-- null without revenue.
+create or replace function billing.margins_report(p_from date, p_to date, p_by text) returns jsonb
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_live_from date;
+begin
+  if p_by is null or p_by not in ('model', 'org', 'student') then
+    perform billing.raise_error('INVALID_RANGE', jsonb_build_object('field', 'by', 'rule', 'model, org or student'));
+  end if;
+  if p_from is null or p_to is null or p_from >= p_to or p_to - p_from > 366 then
+    perform billing.raise_error('INVALID_RANGE', jsonb_build_object('field', 'from', 'rule', 'before to, at most 366 days'));
+  end if;
+  v_live_from := greatest(p_from, least(p_to, coalesce((select u.rolled_through + 1 from billing.usage_rollup u), p_from)));
+  return (
+    with charges as (
+      select r.day, case p_by when 'model' then r.model when 'org' then r.org_id::text else r.user_id::text end as key,
+        r.credits, r.cost_usd
+      from billing.usage_daily r
+      where r.day >= p_from and r.day < v_live_from and (p_by <> 'org' or r.org_id is not null)
+      union all
+      select m.day, case p_by when 'model' then m.model when 'org' then m.org_id::text else m.user_id::text end,
+        m.credits, m.cost_usd
+      from billing.margin_charges(v_live_from::timestamp at time zone 'UTC', p_to::timestamp at time zone 'UTC') m
+      where v_live_from < p_to and m.day >= p_from and (p_by <> 'org' or m.org_id is not null)
+    ),
+    groups as (
+      select c.key, sum(c.credits) as credits, sum(c.cost_usd) as cost from charges c group by c.key
+    ),
+    days as (
+      select s.day::date as day, coalesce(sum(c.credits), 0) as credits, coalesce(sum(c.cost_usd), 0) as cost
+      from generate_series(p_from::timestamp, (p_to - 1)::timestamp, interval '1 day') s(day)
+      left join charges c on c.day = s.day::date
+      group by s.day
+    )
+    select jsonb_build_object(
+      'from', p_from, 'to', p_to, 'by', p_by,
+      'totals', (select billing.margin_json(coalesce(sum(g.credits), 0), coalesce(sum(g.cost), 0)) from groups g),
+      'groups', coalesce((select jsonb_agg(jsonb_build_object('key', g.key) || billing.margin_json(g.credits, g.cost)
+          order by g.credits desc, g.key) from groups g), '[]'),
+      'days', (select jsonb_agg(jsonb_build_object('day', d.day) || billing.margin_json(d.credits, d.cost) order by d.day)
+          from days d)));
+end;
+$$;
+comment on function billing.margins_report(p_from date, p_to date, p_by text) is 'Revenue, provider cost and margin over the UTC days [from, to) per model, organisation or student, with totals and days.';
+revoke execute on function billing.margins_report(p_from date, p_to date, p_by text) from public;
+grant execute on function billing.margins_report(p_from date, p_to date, p_by text) to service_role;
+
+-- Revenue in credits and USD (exact: × 0.001), provider cost, margin and its percentage, as strings.
+create or replace function billing.margin_json(p_credits numeric, p_cost numeric) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'revenue_credits', trim_scale(p_credits)::text,
+    'revenue_usd', trim_scale(p_credits * 0.001)::text,
+    'cost_usd', trim_scale(p_cost)::text,
+    'margin_usd', trim_scale(p_credits * 0.001 - p_cost)::text,
+    'margin_percent', case when p_credits <> 0 then trim_scale(round((p_credits * 0.001 - p_cost) * 100 / (p_credits * 0.001), 2))::text end);
+$$;
+comment on function billing.margin_json(p_credits numeric, p_cost numeric) is 'Internal: a margins row''s revenue, cost and margin as JSON strings.';
+revoke execute on function billing.margin_json(p_credits numeric, p_cost numeric) from public;

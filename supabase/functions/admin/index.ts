@@ -1,5 +1,5 @@
 // The people who run the business: daily reports, metrics over any range (JSON or CSV), an
-// ops overview, rate cards (drafts, their dry run, publishing: rate-cards.ts), and the dashboard page that shows them. Admin only: every route answers 403 to
+// ops overview, margins, rate cards (drafts, their dry run, publishing: rate-cards.ts), and the dashboard page that shows them. Admin only: every route answers 403 to
 // a signed-in non-admin. The caller is a bearer token or the dashboard's HttpOnly session
 // cookie (session.ts), both checked by requireAdmin. The numbers are defined once, in SQL
 // (docs/metrics.md).
@@ -21,6 +21,7 @@ import {
   CorrectionPreviewSchema,
   CorrectionRunSchema,
   DailyReportSchema,
+  MarginsSchema,
   MetricsSchema,
   VoidRequestSchema,
 } from './schemas.ts';
@@ -96,6 +97,17 @@ app.get('/metrics', requireAdmin, async (c) => {
   const { total, series } = report;
   if (q.format === 'csv') return csv(c, metricsCsv(series), `metrics-${q.from}-${q.to}-${q.granularity}.csv`);
   return ok(c, { from: q.from, to: q.to, granularity: q.granularity, total, series });
+});
+
+// Revenue, provider cost and margin per model, organisation or student (docs/pricing.md § Provider cost and margins).
+app.get('/margins', requireAdmin, async (c) => {
+  const q = readQuery(c, MarginsSchema);
+  const [{ report }] = await call((sql) =>
+    sql<
+      { report: Record<string, unknown> }[]
+    >`select billing.margins_report(${q.from}::date, ${q.to}::date, ${q.by}) as report`
+  );
+  return ok(c, report);
 });
 
 app.get('/ops', requireAdmin, async (c) => {

@@ -23,6 +23,20 @@ export const MetricsSchema = z
     path: ['to'],
   });
 
+/** GET /admin/margins: revenue, provider cost and margin over UTC days [from, to) (default the last 30), by model, org or student. */
+export const MarginsSchema = z
+  .strictObject({
+    from: day.optional(),
+    to: day.optional(),
+    by: z.enum(['model', 'org', 'student']).default('model'),
+  })
+  .transform(lastDays(30))
+  .refine((q) => q.from < q.to, { message: 'from must be before to', path: ['from'] })
+  .refine((q) => Date.parse(q.to) - Date.parse(q.from) <= 366 * 86_400_000, {
+    message: 'at most 366 days at a time',
+    path: ['to'],
+  });
+
 /** POST /admin/session: a pasted access token, or email and password for Supabase Auth. */
 export const SessionRequestSchema = z
   .strictObject({
