@@ -84,6 +84,7 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
     '/admin/codes': { kind: 'paged', path: '/admin/codes?limit=1', token: f.admin },
     '/admin/corrections/:id': { kind: 'object', path: `/admin/corrections/${f.runId}`, token: f.admin },
     '/admin/dashboard': { kind: 'text', path: '/admin/dashboard', token: f.admin },
+    '/admin/margins': { kind: 'object', path: '/admin/margins', token: f.admin },
     '/admin/metrics': { kind: 'object', path: '/admin/metrics', token: f.admin },
     '/admin/ops': { kind: 'object', path: '/admin/ops', token: f.admin },
     '/admin/reports/daily': { kind: 'object', path: `/admin/reports/daily?date=${today}`, token: f.admin },
