@@ -38,3 +38,26 @@ export const mb = (bytes: number): string => `${(bytes / 1024 / 1024).toFixed(0)
 
 /** Whole seconds since `t0` (a `performance.now()`): `elapsed(t0) === '12 s'`. */
 export const elapsed = (t0: number): string => `${((performance.now() - t0) / 1000).toFixed(0)} s`;
+
+/**
+ * Runs `op` over `items` from `connections` workers at once; the rate (items per second of wall
+ * time) and latency quantiles (ms).
+ * @example const { rate, p99 } = await drive(events, 16, deliver);
+ */
+export async function drive<T>(items: T[], connections: number, op: (item: T) => Promise<void>) {
+  const latencies: number[] = [];
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (next < items.length) {
+      const item = items[next++];
+      const t0 = performance.now();
+      await op(item);
+      latencies.push(performance.now() - t0);
+    }
+  }));
+  const wall = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  const q = (p: number) => latencies[Math.floor(p * (latencies.length - 1))];
+  return { rate: items.length / wall, p50: q(0.5), p95: q(0.95), p99: q(0.99) };
+}

@@ -5,7 +5,7 @@
 // the local stack, in the same run. The target (#35): renewal ≤ 1.2× purchase (events/s ratio).
 //   set -a; source .local/env; set +a; deno run -A bench/plans.ts   (BENCH_PLAN_EVENTS, default 300)
 import postgres from 'postgres';
-import { printer } from './lib.ts';
+import { drive, printer } from './lib.ts';
 
 const env = (k: string) => {
   const v = Deno.env.get(k);
@@ -20,24 +20,6 @@ const key = env('STRIPE_SECRET_KEY');
 const db = postgres(env('SUPABASE_DB_URL'), { max: 16, onnotice: () => {}, prepare: false });
 const { lines, say } = printer();
 type Signed = { type: string; payload: string; signature: string };
-
-async function drive<T>(items: T[], op: (item: T) => Promise<void>) {
-  const latencies: number[] = [];
-  let next = 0;
-  const started = performance.now();
-  await Promise.all(Array.from({ length: connections }, async () => {
-    while (next < items.length) {
-      const item = items[next++];
-      const t0 = performance.now();
-      await op(item);
-      latencies.push(performance.now() - t0);
-    }
-  }));
-  const wall = (performance.now() - started) / 1000;
-  latencies.sort((a, b) => a - b);
-  const q = (p: number) => latencies[Math.floor(p * (latencies.length - 1))];
-  return { rate: items.length / wall, p50: q(0.5), p95: q(0.95) };
-}
 
 const api = async (path: string, body: Record<string, string>) => {
   const res = await fetch(`${stripe}${path}`, {
@@ -70,7 +52,7 @@ const users: string[] = (await db`
 const run = crypto.randomUUID().slice(0, 8);
 const purchases: Signed[] = [];
 const renewals: Signed[] = [];
-await drive(users.slice(0, n), async (user) => {
+await drive(users.slice(0, n), connections, async (user) => {
   const [co] = await db`select * from billing.begin_checkout(${user}, 'mini', ${`bench-${run}-${user}`})`;
   const s = await api('/v1/checkout/sessions', {
     mode: 'payment',
@@ -84,7 +66,7 @@ await drive(users.slice(0, n), async (user) => {
   const paid = await control(`/_emulator/checkout/sessions/${s.id}/pay`, { deliver: false });
   purchases.push(paid.events.find((e) => e.type === 'checkout.session.completed') as Signed);
 });
-await drive(users.slice(n), async (user) => {
+await drive(users.slice(n), connections, async (user) => {
   const [sub] = await db`select * from billing.begin_subscription(${user}, 'basic_monthly', ${`bench-${run}-${user}`})`;
   const meta = { 'subscription_data[metadata][subscription_id]': sub.id, 'subscription_data[metadata][user_id]': user };
   const s = await api('/v1/checkout/sessions', {
@@ -108,10 +90,10 @@ await drive(users.slice(n), async (user) => {
 
 // Alternated twice, so neither side gets only the warm or the cold half.
 const half = Math.floor(n / 2);
-const p1 = await drive(purchases.slice(0, half), deliver);
-const r1 = await drive(renewals.slice(0, half), deliver);
-const p2 = await drive(purchases.slice(half), deliver);
-const r2 = await drive(renewals.slice(half), deliver);
+const p1 = await drive(purchases.slice(0, half), connections, deliver);
+const r1 = await drive(renewals.slice(0, half), connections, deliver);
+const p2 = await drive(purchases.slice(half), connections, deliver);
+const r2 = await drive(renewals.slice(half), connections, deliver);
 const purchaseRate = (p1.rate + p2.rate) / 2;
 const renewalRate = (r1.rate + r2.rate) / 2;
 const [{ granted }] = await db`select count(*)::int as granted from billing.plan_grants g

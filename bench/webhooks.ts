@@ -5,7 +5,7 @@
 // /health/healthz at 16 connections) and the SQL alone (process_stripe_event with the state
 // already in hand, 16 clients). After the run: each purchase credited exactly once.
 import postgres from 'postgres';
-import { printer } from './lib.ts';
+import { drive, printer } from './lib.ts';
 
 const env = (k: string) => {
   const v = Deno.env.get(k);
@@ -20,25 +20,6 @@ const key = env('STRIPE_SECRET_KEY');
 const db = postgres(env('SUPABASE_DB_URL'), { max: 16, onnotice: () => {}, prepare: false });
 const { lines, say } = printer();
 
-/** Runs `op` over `items` from `connections` workers; returns per-op latencies (ms) and the wall time. */
-async function drive<T>(items: T[], op: (item: T) => Promise<void>) {
-  const latencies: number[] = [];
-  let next = 0;
-  const started = performance.now();
-  await Promise.all(Array.from({ length: connections }, async () => {
-    while (next < items.length) {
-      const item = items[next++];
-      const t0 = performance.now();
-      await op(item);
-      latencies.push(performance.now() - t0);
-    }
-  }));
-  const wall = (performance.now() - started) / 1000;
-  latencies.sort((a, b) => a - b);
-  const q = (p: number) => latencies[Math.floor(p * (latencies.length - 1))];
-  return { rate: items.length / wall, p50: q(0.5), p95: q(0.95), p99: q(0.99) };
-}
-
 // ---------------------------------------------------------------- fixtures: paid sessions
 console.error(`setting up ${events} purchases with paid Checkout Sessions in the emulator …`);
 const users: string[] = (await db`
@@ -48,7 +29,7 @@ const form = (o: Record<string, string>) => new URLSearchParams(o).toString();
 const signed: { payload: string; signature: string }[] = [];
 const sqlStates: { id: string; state: string }[] = [];
 const run = crypto.randomUUID().slice(0, 8);
-await drive(users, async (user) => {
+await drive(users, connections, async (user) => {
   const [co] = await db`select * from billing.begin_checkout(${user}, 'mini', ${`bench-${run}-${user}`})`;
   const res = await fetch(`${stripe}/v1/checkout/sessions`, {
     method: 'POST',
@@ -73,7 +54,7 @@ await drive(users, async (user) => {
 });
 
 // ---------------------------------------------------------------- baselines
-const health = await drive(Array.from({ length: events }), async () => {
+const health = await drive(Array.from({ length: events }), connections, async () => {
   const res = await fetch(`${base}/health/healthz`);
   await res.body?.cancel();
 });
@@ -100,7 +81,7 @@ for (const user of sqlUsers) {
     }),
   });
 }
-const sqlOnly = await drive(sqlStates, async (s) => {
+const sqlOnly = await drive(sqlStates, connections, async (s) => {
   await db`select billing.process_stripe_event(${s.id}, 'checkout.session.completed', now(), false, null,
     ${s.state}::text::jsonb)`;
 });
@@ -108,7 +89,7 @@ const sqlOnly = await drive(sqlStates, async (s) => {
 // ---------------------------------------------------------------- the run: every event twice
 let failures = 0;
 const deliveries = [...signed, ...signed].sort(() => Math.random() - 0.5);
-const hook = await drive(deliveries, async (e) => {
+const hook = await drive(deliveries, connections, async (e) => {
   const res = await fetch(`${base}/stripe-webhook`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', 'stripe-signature': e.signature },

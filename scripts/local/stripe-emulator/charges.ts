@@ -4,8 +4,21 @@ import type Stripe from 'stripe';
 import { chargeEvent, disputeEvent, emit, refundEvent } from './events.ts';
 import { invalid, missing, route, StripeApiError } from './http.ts';
 import { refundDestinationCharge } from './connect.ts';
-import { balanceTransaction, dispute, refund } from './objects.ts';
-import { store } from './state.ts';
+import { balanceTransaction, charge, dispute, refund } from './objects.ts';
+import { newId, store } from './state.ts';
+
+/** A payment intent's payment succeeds: its charge and balance transaction are stored; the charge. */
+export function succeed(pi: Stripe.PaymentIntent): Stripe.Charge {
+  const chargeId = newId('ch');
+  const txn = balanceTransaction(pi.amount, pi.currency, chargeId, 'charge');
+  store.balanceTransactions.set(txn.id, txn);
+  const ch = charge(pi, txn.id, chargeId);
+  store.charges.set(ch.id, ch);
+  pi.status = 'succeeded';
+  pi.amount_received = pi.amount;
+  pi.latest_charge = ch.id;
+  return ch;
+}
 
 function get<T>(map: Map<string, T>, what: string, id: string): T {
   const o = map.get(id);

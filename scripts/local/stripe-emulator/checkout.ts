@@ -4,10 +4,11 @@ import { chargeEvent, emit, paymentIntentEvent, sessionEvent } from './events.ts
 import { type FormObject, obj, str } from './form.ts';
 import { invalid, missing, route, StripeApiError } from './http.ts';
 import { checkDestination, settleDestinationCharge } from './connect.ts';
-import { balanceTransaction, charge, checkoutSession, paymentIntent } from './objects.ts';
+import { checkoutSession, paymentIntent } from './objects.ts';
+import { succeed } from './charges.ts';
 import { saveCard } from './off-session.ts';
 import { prepareSubscription, startSubscription } from './subscriptions.ts';
-import { config, newId, now, store } from './state.ts';
+import { config, now, store } from './state.ts';
 
 function createSession(body: FormObject): Stripe.Checkout.Session {
   if (body.mode === 'subscription') return createSubscriptionSession(body);
@@ -115,14 +116,7 @@ function pay(session: Stripe.Checkout.Session, outcome: Outcome): Stripe.Event[]
       return events;
     }
   }
-  const chargeId = newId('ch');
-  const txn = balanceTransaction(pi.amount, pi.currency, chargeId, 'charge');
-  store.balanceTransactions.set(txn.id, txn);
-  const ch = charge(pi, txn.id, chargeId);
-  store.charges.set(ch.id, ch);
-  pi.status = 'succeeded';
-  pi.amount_received = pi.amount;
-  pi.latest_charge = ch.id;
+  const ch = succeed(pi);
   session.payment_status = 'paid';
   const feeEvents = intended?.destination
     ? settleDestinationCharge(ch, pi, intended.destination, intended.applicationFeeAmount)

@@ -7,7 +7,8 @@ import type Stripe from 'stripe';
 import { chargeEvent, emit, paymentIntentEvent } from './events.ts';
 import { type FormObject, obj, str } from './form.ts';
 import { invalid, missing, route, StripeApiError } from './http.ts';
-import { balanceTransaction, charge, paymentIntent } from './objects.ts';
+import { paymentIntent } from './objects.ts';
+import { succeed } from './charges.ts';
 import { newId, now, type OffSessionOutcome, store } from './state.ts';
 
 function customer(email: string | null): Stripe.Customer {
@@ -106,14 +107,7 @@ async function createPaymentIntent(body: FormObject): Promise<Stripe.PaymentInte
       payment_intent: pi,
     });
   }
-  const chargeId = newId('ch');
-  const txn = balanceTransaction(pi.amount, pi.currency, chargeId, 'charge');
-  store.balanceTransactions.set(txn.id, txn);
-  const ch = charge(pi, txn.id, chargeId);
-  store.charges.set(ch.id, ch);
-  pi.status = 'succeeded';
-  pi.amount_received = pi.amount;
-  pi.latest_charge = ch.id;
+  const ch = succeed(pi);
   await emit([chargeEvent('charge.succeeded', ch), paymentIntentEvent('payment_intent.succeeded', pi)], true);
   return pi;
 }

@@ -18,7 +18,8 @@ import {
   setItemPrice,
   subscription,
 } from './billing-objects.ts';
-import { balanceTransaction, charge, paymentIntent } from './objects.ts';
+import { paymentIntent } from './objects.ts';
+import { succeed } from './charges.ts';
 import { saveCard } from './off-session.ts';
 import { config, newId, now, store } from './state.ts';
 
@@ -67,14 +68,7 @@ function collect(inv: Stripe.Invoice, sub: Stripe.Subscription, outcome: 'paid' 
   const pi = paymentIntent({ amount: inv.amount_due, currency: inv.currency, metadata: {} });
   pi.customer = sub.customer as string;
   pi.payment_method = sub.default_payment_method as string;
-  const chargeId = newId('ch');
-  const txn = balanceTransaction(pi.amount, pi.currency, chargeId, 'charge');
-  store.balanceTransactions.set(txn.id, txn);
-  const ch = charge(pi, txn.id, chargeId);
-  store.charges.set(ch.id, ch);
-  pi.status = 'succeeded';
-  pi.amount_received = pi.amount;
-  pi.latest_charge = ch.id;
+  const ch = succeed(pi);
   store.paymentIntents.set(pi.id, pi);
   inv.status = 'paid';
   inv.amount_paid = inv.amount_due;
