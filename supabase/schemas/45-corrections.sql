@@ -137,6 +137,7 @@ declare
   v_drawn numeric(38, 18);
   v_debt numeric(38, 18);
   v_lot record;
+  v_grow numeric(38, 18);
 begin
   select * into v_charge from billing.transfers t where t.id = p_charge_id;
   if not found or v_charge.kind not in ('usage', 'debit', 'hold_capture')
@@ -215,14 +216,37 @@ begin
   update billing.accounts a
   set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
   where a.id = v_account.id returning * into v_account;
-  -- A lot a dispute froze took its share back: the disputes open here hold what they would if
-  -- they opened now, so none of a purchase under dispute becomes spendable (a lost dispute then
-  -- takes it all, instead of leaving the spent part as debt).
-  if exists (select 1 from billing.lots l join billing.lot_allocations la on la.lot_id = l.id
-             where la.transfer_id = v_void.id and l.frozen) then
-    perform billing.refreeze_disputes(v_account.id);
+  -- Credits back in a lot a dispute froze stay frozen: that dispute's hold here grows by them (as
+  -- far as the balance not already frozen goes), so none of a purchase under dispute becomes
+  -- spendable and a lost dispute takes them, instead of leaving them spent as debt.
+  for v_lot in
+    select p.dispute_id, sum(-la.amount) as back
+    from billing.lot_allocations la
+    join billing.lots l on l.id = la.lot_id
+    join billing.purchases p on p.id = l.purchase_id
+    where la.transfer_id = v_void.id and l.frozen and p.dispute_status = 'open'
+    group by p.dispute_id, p.paid_at, p.id
+    order by p.paid_at, p.id
+  loop
     select * into v_account from billing.accounts a where a.id = v_account.id;
-  end if;
+    select least(v_lot.back, greatest(v_account.balance - coalesce(sum(h.amount), 0), 0)) into v_grow
+    from billing.holds h where h.account_id = v_account.id and h.status = 'active' and h.purpose = 'dispute';
+    continue when v_grow <= 0;
+    if v_grow > greatest(v_account.balance - v_account.held, 0) then
+      perform billing.shrink_holds(v_account.id, v_grow - greatest(v_account.balance - v_account.held, 0), array['user'],
+        jsonb_build_object('given_to_dispute', v_lot.dispute_id));
+    end if;
+    update billing.holds h set amount = h.amount + v_grow
+    where h.id = (select x.id from billing.holds x where x.account_id = v_account.id and x.status = 'active'
+                  and x.purpose = 'dispute' and x.correlation_id = v_lot.dispute_id order by x.created_at limit 1);
+    if found then
+      update billing.accounts a set held = a.held + v_grow where a.id = v_account.id;
+    else
+      perform billing.place_hold(v_account.id, v_grow, 'dispute:' || v_lot.dispute_id || ':void:' || v_void.id,
+        'infinity', 'dispute', v_lot.dispute_id);
+    end if;
+  end loop;
+  select * into v_account from billing.accounts a where a.id = v_account.id;
 
   if v_account.caps > 0 then
     -- A capture counted its hold when the hold was placed (and a job's overage not at all).
