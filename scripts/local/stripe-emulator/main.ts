@@ -20,6 +20,12 @@ const routes: Route[] = [
     config.down = down;
     return { latency_ms: config.latencyMs, down: config.down };
   }),
+  // Stripe Tax's rate for every address from now on (0: an exempt customer, say).
+  route('POST', '/_emulator/tax', ({ json }) => {
+    const { rate_bps } = json() as { rate_bps: number };
+    config.taxBps = rate_bps;
+    return { rate_bps: config.taxBps };
+  }),
   route('GET', '/v1/events/:id', ({ params }) => {
     const event = store.events.find((e) => e.id === params.id);
     if (!event) throw missing('event', params.id);

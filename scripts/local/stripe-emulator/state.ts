@@ -12,6 +12,8 @@ export const config = {
   webhookUrl: Deno.env.get('STRIPE_WEBHOOK_URL') ?? '',
   deliveryAttempts: Number(Deno.env.get('STRIPE_EMULATOR_DELIVERY_ATTEMPTS') ?? 5),
   deliveryBackoffMs: Number(Deno.env.get('STRIPE_EMULATOR_BACKOFF_MS') ?? 200),
+  /** Stripe Tax's rate for every address here, in basis points (test control: POST /_emulator/tax). */
+  taxBps: Number(Deno.env.get('STRIPE_EMULATOR_TAX_BPS') ?? 1000),
   /** Test control: delay every /v1 answer by this many ms (simulates a slow Stripe). */
   latencyMs: 0,
   /** Test control: answer every /v1 request with 500 (simulates Stripe being down). */

@@ -23,6 +23,9 @@ export const StripeEnvSchema = z
     ).default([]),
     STRIPE_API_BASE: z.url().optional(),
     STRIPE_TIMEOUT_MS: z.coerce.number().int().positive().default(10_000),
+    // Stripe Tax on Checkout, subscriptions and invoices (docs/plans-and-codes.md): on only once
+    // the account has registrations set up in Stripe's dashboard, else Stripe refuses the calls.
+    STRIPE_AUTOMATIC_TAX: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
   })
   .refine((e) => e.STRIPE_SECRET_KEY.split('_')[1] === e.STRIPE_MODE, {
     message: "the key's mode does not match STRIPE_MODE",
