@@ -605,31 +605,53 @@ comment on function billing.get_subscription(p_user uuid) is 'The student''s pla
 revoke execute on function billing.get_subscription(p_user uuid) from public;
 grant execute on function billing.get_subscription(p_user uuid) to service_role;
 
+-- Plans in [p_from, p_to), for the reports (docs/metrics.md). A subscriber at an instant is a plan
+-- whose paid period covers it, so the numbers come from the invoices Stripe was paid, not from a
+-- status that changes later: subscribers and MRR at the range's end (or now, if sooner), churn as
+-- those subscribed at its start and not at its end. A refused second plan, a period refunded in
+-- full and an invoice that granted nothing (its period over, or superseded) count for no one; an
+-- upgrade counts at its new plan (the period's latest paid invoice).
 create or replace function billing.plan_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
 language sql stable
-security definer
 set search_path = ''
 as $$
+  with covering as (
+    select distinct on (i.at, g.subscription_id) i.at, g.subscription_id, p.currency,
+           case p.billing_interval when 'year' then p.price_cents / 12.0 else p.price_cents end as monthly_cents
+    from (values ('start', p_from), ('end', least(p_to, now()) - interval '1 microsecond')) as i (at, t)
+    join billing.plan_grants g on g.period_start <= i.t and g.period_end > i.t
+    join billing.subscriptions s on s.id = g.subscription_id and s.refused_at is null
+    join billing.plans p on p.id = g.plan_id
+    where g.credits > 0 and not (g.amount_cents > 0 and g.amount_refunded_cents = g.amount_cents)
+    order by i.at, g.subscription_id, g.granted_at desc
+  ),
+  at_start as (select c.subscription_id from covering c where c.at = 'start'),
+  at_end as (select * from covering c where c.at = 'end'),
+  churned as (select count(*) as n from at_start a where a.subscription_id not in (select e.subscription_id from at_end e)),
+  in_range as (
+    select a.kind, a.amount from billing.plan_lots pl join billing.lot_allocations a on a.lot_id = pl.lot_id
+    where a.created_at >= p_from and a.created_at < p_to
+  )
   select jsonb_build_object(
-    'subscribers', (select count(*) from billing.subscriptions s where s.status in ('active', 'past_due') and s.refused_at is null),
-    -- Monthly recurring revenue: a yearly plan counts a twelfth of its price.
-    'mrr_cents', (select coalesce(round(sum(case p.billing_interval when 'year' then p.price_cents / 12.0 else p.price_cents end)), 0)
-                  from billing.subscriptions s join billing.plans p on p.id = s.plan_id where s.status in ('active', 'past_due') and s.refused_at is null),
-    'churned', (select count(*) from billing.subscriptions s where s.status = 'canceled' and s.updated_at >= p_from and s.updated_at < p_to),
+    'subscribers', (select count(*) from at_end),
+    'new_subscribers', (select count(*) from at_end e where e.subscription_id not in (select a.subscription_id from at_start a)),
+    'churned', (select n from churned),
+    'churn_rate', (select case when count(*) > 0 then round((select n from churned)::numeric / count(*), 6) end from at_start),
+    -- Monthly recurring revenue at the end, per currency: a yearly plan counts a twelfth of its price.
+    'mrr', coalesce((select jsonb_agg(jsonb_build_object('currency', m.currency, 'subscribers', m.n, 'mrr_cents', m.cents)
+                       order by m.currency)
+                     from (select e.currency, count(*) as n, round(sum(e.monthly_cents)) as cents from at_end e group by e.currency) m),
+                    '[]'::jsonb),
     'credits_granted', (select trim_scale(coalesce(sum(g.credits), 0))::text from billing.plan_grants g
                         where g.granted_at >= p_from and g.granted_at < p_to),
     'credits_rolled_over', (select trim_scale(coalesce(sum(g.rolled_over), 0))::text from billing.plan_grants g
                             where g.granted_at >= p_from and g.granted_at < p_to),
-    'credits_used', (select trim_scale(coalesce(sum(a.amount), 0))::text from billing.plan_lots pl
-                     join billing.lot_allocations a on a.lot_id = pl.lot_id
-                     where a.kind in ('usage', 'debit', 'hold_capture') and a.created_at >= p_from and a.created_at < p_to),
-    'credits_expired', (select trim_scale(coalesce(sum(a.amount), 0))::text from billing.plan_lots pl
-                        join billing.lot_allocations a on a.lot_id = pl.lot_id
-                        where a.kind = 'expiry' and a.created_at >= p_from and a.created_at < p_to))
+    'credits_used', (select trim_scale(coalesce(sum(r.amount), 0))::text from in_range r
+                     where r.kind in ('usage', 'debit', 'hold_capture')),
+    'credits_expired', (select trim_scale(coalesce(sum(r.amount), 0))::text from in_range r where r.kind = 'expiry'))
 $$;
-comment on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) is 'Plans now (subscribers, MRR) and over [from, to): churn, and plan credits granted, used, expired and rolled over.';
+comment on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) is 'Internal: plans at the end of [from, to) (subscribers, MRR) and over it (new, churned, plan credits granted, used, expired and rolled over): a part of revenue_metrics.';
 revoke execute on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) from public;
-grant execute on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) to service_role;
 
 -- ============================================================ policies
 

@@ -661,7 +661,9 @@ begin
     -- Read from the rows for every period: an organisation's purchases and spending are few.
     'organisations', billing.org_revenue(p_from, p_to),
     -- Promo, gift and sponsor codes, from their rows too (75-codes.sql): few, and indexed by time.
-    'codes', billing.codes_report(p_from, p_to)
+    'codes', billing.codes_report(p_from, p_to),
+    -- Plans, from the paid invoices (56-plans.sql): subscribers and MRR at the end, churn, plan credits.
+    'plans', billing.plan_metrics(p_from, p_to)
   ));
 end;
 $$;

@@ -182,6 +182,16 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
       } sold`,
     ),
   );
+  // Plans: MRR at the range's end in the chosen currency, subscribers and churn, as the API has them.
+  const plans = (r.body.data as {
+    total: { plans: { subscribers: number; churned: number; mrr: { currency: string; mrr_cents: number }[] } };
+  }).total.plans;
+  const mrr = plans.mrr.find((m) => m.currency === 'usd')?.mrr_cents ?? 0;
+  assert.equal(await page.locator('[data-kpi="mrr"]').getAttribute('data-value'), String(mrr));
+  assert.match(
+    (await page.locator('#plans').textContent()) ?? '',
+    new RegExp(`${plans.subscribers.toLocaleString('en-US')} subscribers, \\d+ new, ${plans.churned} churned`),
+  );
   const recon = (await api('/admin/ops', { token: admin })).body.data as { reconciliation: { provider_id: string }[] };
   assert.equal(await page.locator('#recon tr').count(), recon.reconciliation.length + 1, 'a row per provider');
   assert.equal(await page.locator('#revenue-chart svg rect').count() > 0, true, 'the revenue chart is drawn');

@@ -184,6 +184,7 @@ function render(metrics, ops) {
       ' credits set aside<br><span class="muted">' + credits(codes.sponsor_credits_redeemed) + ' redeemed, ' +
       fmtInt.format(codes.sponsor_codes_closed) + ' codes closed</span></td></tr></table>'
     : '<p class="muted">No code activity.</p>';
+  renderPlans(t.plans, currency);
   $('alerts').innerHTML = ops.alerts.length
     ? '<table>' + ops.alerts.map((a) => '<tr><td class="bad">' + esc(a.condition.replaceAll('_', ' ')) + '</td><td>' + esc(a.summary) + '</td></tr>').join('') + '</table>'
     : '<p class="ok">No open alerts.</p>';
@@ -196,6 +197,19 @@ function render(metrics, ops) {
     $('currency').innerHTML = (currencies.length ? currencies : ['usd']).map((c) => '<option>' + c + '</option>').join('');
     $('currency').value = currency;
   }
+}
+
+// Plans (billing.plan_metrics): subscribers and MRR at the range's end, who came and went in it,
+// and what became of the plan credits granted.
+function renderPlans(p, currency) {
+  if (!p) return;
+  const mrr = p.mrr.find((m) => m.currency === currency);
+  $('plans').innerHTML = '<p class="headline" data-kpi="mrr" data-value="' + (mrr ? mrr.mrr_cents : 0) + '">' +
+    money(mrr ? mrr.mrr_cents : 0, currency) + ' <span class="muted">MRR at the end</span></p><p class="muted">' +
+    fmtInt.format(p.subscribers) + ' subscribers, ' + fmtInt.format(p.new_subscribers) + ' new, ' + fmtInt.format(p.churned) +
+    ' churned (' + pct(p.churn_rate) + ')</p><table><tr><th>Plan credits granted</th><th>Used</th><th>Expired</th><th>Rolled over</th></tr><tr><td>' +
+    credits(p.credits_granted) + '</td><td>' + credits(p.credits_used) + '</td><td>' + credits(p.credits_expired) + '</td><td>' +
+    credits(p.credits_rolled_over) + '</td></tr></table>';
 }
 
 // Changing both dates fires two loads: only the latest may draw or report an error.
@@ -359,6 +373,7 @@ export const dashboardPage = (nonce: string) =>
   <section><h2>Provider reconciliation</h2><div id="recon"></div></section>
   <section><h2>Organisations (B2B2C)</h2><div id="orgs"></div></section>
   <section><h2>Codes</h2><div id="codes" data-testid="codes"></div></section>
+  <section><h2>Plans</h2><div id="plans" data-testid="plans"></div></section>
   <section><h2>Open alerts</h2><div id="alerts"></div></section>
   <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>
   <section class="wide"><h2>Rate cards</h2><div id="rate-cards"></div>
