@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
 import { codeOf } from '../money.ts';
 import { balanceOf, deliver, emulator, stripeApi } from '../purchases.ts';
-import { planLots, renew, startPlan, subscribeTo } from '../plans.ts';
+import { chargeOfInvoice, planLots, renew, startPlan, subscribeTo } from '../plans.ts';
 
 async function student() {
   const id = await newUser();
@@ -16,13 +16,6 @@ const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 const change = (token: string, plan_id: string) =>
   api('/checkout/subscription/change', { token, headers: key(), body: { plan_id } });
 
-async function chargeOfInvoice(invoice: string): Promise<string> {
-  const list = await stripeApi(`/v1/invoice_payments?invoice=${invoice}`) as {
-    data: { payment: { payment_intent: string } }[];
-  };
-  const pi = await stripeApi(`/v1/payment_intents/${list.data[0].payment.payment_intent}`);
-  return String(pi.latest_charge);
-}
 
 Deno.test('a second plan Checkout expires the first: two plans cannot both be paid from two tabs', async () => {
   const s = await student();

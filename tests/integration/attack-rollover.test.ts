@@ -3,8 +3,8 @@
 // expiry sweep, debt, holds, parallel spending, replays and reports. Each held or was fixed.
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
-import { balanceOf, buy, chargeOf, deliver, emulator } from '../purchases.ts';
-import { planLots, renew, subscribeTo } from '../plans.ts';
+import { balanceOf, buy, chargeOf, deliver, emulator, stripeApi } from '../purchases.ts';
+import { chargeOfInvoice, planLots, renew, subscribeTo } from '../plans.ts';
 
 async function student() {
   const id = await newUser();
@@ -12,13 +12,18 @@ async function student() {
 }
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
-/** Time passes: the period's plan lots are `ago` past their expiry, then the minute sweep runs. */
-async function periodEndsAndSweeps(userId: string, ago = '1 hour'): Promise<void> {
+/** Time passes: the period's open plan lots are `ago` past their expiry (the sweep has not run). */
+async function periodEnds(userId: string, ago = '1 hour'): Promise<void> {
   await testDb`with l as (update billing.lots x set expires_at = now() - ${ago}::interval
                           from billing.plan_lots pl join billing.accounts a on true
                           where pl.lot_id = x.id and a.id = x.account_id and a.user_id = ${userId} and x.open
                           returning x.account_id, x.expires_at)
                update billing.accounts a set next_expiry = (select min(expires_at) from l) from l where a.id = l.account_id`;
+}
+
+/** Time passes, then the minute sweep runs (as pg_cron does). */
+async function periodEndsAndSweeps(userId: string, ago = '1 hour'): Promise<void> {
+  await periodEnds(userId, ago);
   await testDb`select billing.expire_lots(500)`;
 }
 
@@ -50,4 +55,141 @@ Deno.test('a rollover that pays a debt counts what paid it against the cap', asy
   // 2,000 roll back from breakage and pay 2,000 of the debt; period 3's 10,000 pay the other 3,000.
   assert.equal((await balanceOf(s.token)).balance, '7000', JSON.stringify(await planLots(s.id)));
   assert.equal(await breakage(s.id), '18000', 'only the cap comes back from breakage');
+});
+
+/** A student with basic's 10,000 of period 1, 4,000 of them left; period 2 charged, its webhooks withheld. */
+async function fourThousandLeftAndLateRenewal() {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  await spend(s.token, 6000);
+  const late = await renew(plan.stripe_subscription, 'paid', false);
+  return { s, plan, late };
+}
+
+Deno.test('the renewal delivered while the sweep runs rolls the cap once, whichever commits first', async () => {
+  for (let i = 0; i < 4; i++) {
+    const { s, late } = await fourThousandLeftAndLateRenewal();
+    await periodEnds(s.id);
+    await Promise.all([
+      testDb`select billing.expire_lots(500)`,
+      ...late.events.map((e) => deliver(e)),
+      testDb`select billing.expire_lots(500)`,
+    ]);
+    await testDb`select billing.expire_lots(500)`;
+    await assertLedgerInvariants();
+    assert.equal((await balanceOf(s.token)).balance, '12000', `run ${i}: ${JSON.stringify(await planLots(s.id))}`);
+    assert.equal(await breakage(s.id), '2000', `run ${i}`);
+  }
+});
+
+Deno.test('twenty spends at once with a late renewal after the period end never spend more than was left plus the new period', async () => {
+  const { s, late } = await fourThousandLeftAndLateRenewal();
+  await periodEnds(s.id);
+  const spends = Array.from({ length: 20 }, () =>
+    api('/credits/usage', {
+      token: s.token,
+      headers: key(),
+      body: { model: 'gpt-4o', input_tokens: 700 * 50, output_tokens: 0 },
+    }));
+  const [results] = await Promise.all([Promise.all(spends), ...late.events.map((e) => deliver(e))]);
+  await testDb`select billing.expire_lots(500)`;
+  await assertLedgerInvariants();
+  const ok = results.filter((r) => r.status === 201).length;
+  assert.ok(results.every((r) => r.status === 201 || r.status === 402), results.map((r) => r.status).join(','));
+  // Period 1's 4,000 left are past their end: 2,000 roll, 2,000 expire; period 2 brings 10,000.
+  assert.equal(Number((await balanceOf(s.token)).balance) + ok * 700, 12000, `${ok} spends of 700 went through`);
+  assert.equal(await breakage(s.id), '2000');
+});
+
+Deno.test('credits held at the period end roll as what was left: sweep first or renewal first, nothing is created', async () => {
+  for (const sweepFirst of [true, false]) {
+    const { s, late } = await fourThousandLeftAndLateRenewal();
+    const h = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '3000', ttl_seconds: 3600 } });
+    assert.equal(h.status, 201, h.text);
+    const hold = (h.body.data as { hold_id: string }).hold_id;
+    if (sweepFirst) await periodEndsAndSweeps(s.id);
+    else await periodEnds(s.id);
+    for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+    await testDb`select billing.expire_lots(500)`;
+    const c = await api(`/credits/holds/${hold}/capture`, { token: s.token, headers: key(), body: { amount: '3000' } });
+    await testDb`select billing.expire_lots(500)`;
+    await assertLedgerInvariants();
+    const [{ captured }] = await testDb`select coalesce(sum(t.amount), 0)::int as captured from billing.transfers t
+      where t.hold_id = ${hold} and t.kind = 'hold_capture'`;
+    // What was left at the end (4,000) rolls up to the cap (2,000); the rest expires, held or not.
+    assert.equal(
+      Number((await balanceOf(s.token)).balance) + captured,
+      12000,
+      `sweep first: ${sweepFirst}, capture ${c.status} ${captured}: ${JSON.stringify(await planLots(s.id))}`,
+    );
+  }
+});
+
+Deno.test('cancelling while the renewal webhooks are late: the paid period is granted once with its rollover, then the plan ends', async () => {
+  const { s, plan, late } = await fourThousandLeftAndLateRenewal();
+  const cancel = await api('/checkout/subscription/cancel', { token: s.token, headers: key(), body: {} });
+  assert.equal(cancel.status, 202, cancel.text);
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  assert.equal((await balanceOf(s.token)).balance, '12000');
+  const end = await renew(plan.stripe_subscription); // the period ends: deleted, no invoice
+  assert.equal(end.invoice, null);
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  await assertLedgerInvariants();
+  assert.equal((await balanceOf(s.token)).balance, '12000');
+});
+
+Deno.test('reports count a rollover as no new money: not granted, and what comes back from breakage is breakage given back', async () => {
+  const { s, late } = await fourThousandLeftAndLateRenewal();
+  await periodEndsAndSweeps(s.id);
+  const [{ t0 }] = await testDb`select clock_timestamp() as t0`;
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  const [{ m, p }] = await testDb`select billing.revenue_metrics_live(${t0}, now() + interval '1 second') as m,
+    billing.plan_metrics(${t0}, now() + interval '1 second') as p`;
+  const usd = (m.credit_lots as Record<string, number>[]).find((x) => x.currency === 'usd');
+  assert.equal(usd?.paid_granted_cents, 999, 'only period 2 is new money');
+  assert.equal(usd?.breakage_revenue_cents, -200, '2,000 of the 4,000 expired (399.6 cents) come back');
+  assert.equal(p.credits_granted, '10000');
+  assert.equal(p.credits_rolled_over, '2000');
+  assert.equal(p.credits_expired, '-2000');
+  const [lot] = await testDb`select trim_scale(l.cost_cents)::text as cost, l.priority, l.category, l.expires_at = s.current_period_end as at_end
+    from billing.lots l join billing.subscriptions s on s.user_id = ${s.id}
+    where l.moved_from is not null and l.account_id = (select id from billing.accounts where user_id = ${s.id})`;
+  assert.deepEqual(lot, { cost: '199.8', priority: 5, category: 'paid', at_end: true });
+  await assertLedgerInvariants();
+});
+
+Deno.test('a period disputed across its renewal rolls nothing: won, its credits expire; lost, they are taken back', async () => {
+  for (const outcome of ['won', 'lost'] as const) {
+    const s = await student();
+    const plan = await subscribeTo(s.token, 'basic_monthly');
+    const invoice = String((await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`)).latest_invoice);
+    await spend(s.token, 6000);
+    const late = await renew(plan.stripe_subscription, 'paid', false);
+    const charge = await chargeOfInvoice(invoice);
+    await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' }); // 4,000 frozen
+    await periodEndsAndSweeps(s.id); // the sweep leaves a frozen lot for its dispute
+    for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+    assert.equal((await balanceOf(s.token)).balance, '14000', 'the frozen 4,000 did not roll');
+    await emulator(`/_emulator/charges/${charge}/dispute`, { outcome });
+    await testDb`select billing.expire_lots(500)`;
+    await assertLedgerInvariants();
+    // Won: the 4,000 are past their period and expire. Lost: 4,000 taken back, 6,000 spent owed.
+    assert.equal((await balanceOf(s.token)).balance, outcome === 'won' ? '10000' : '4000', outcome);
+  }
+});
+
+Deno.test("a period's renewal webhooks arriving after the next period's grant nothing and roll nothing", async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  await spend(s.token, 6000);
+  const period2 = await renew(plan.stripe_subscription, 'paid', false);
+  await periodEndsAndSweeps(s.id, '32 days'); // period 1 ended a month ago: past the grace window
+  const period3 = await renew(plan.stripe_subscription, 'paid', false);
+  for (const e of period3.events) assert.equal((await deliver(e)).status, 200);
+  for (const e of period2.events) assert.equal((await deliver(e)).status, 200);
+  for (const e of period3.events) assert.equal((await deliver(e)).status, 200);
+  await assertLedgerInvariants();
+  assert.equal((await balanceOf(s.token)).balance, '10000', JSON.stringify(await planLots(s.id)));
+  assert.equal(await breakage(s.id), '4000');
 });
