@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
 import { balanceOf, buy, chargeOf, deliver, emulator, stripeApi } from '../purchases.ts';
-import { chargeOfInvoice, planLots, renew, subscribeTo } from '../plans.ts';
+import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../plans.ts';
 
 async function student() {
   const id = await newUser();
@@ -25,14 +25,6 @@ async function periodEnds(userId: string, ago = '1 hour'): Promise<void> {
 async function periodEndsAndSweeps(userId: string, ago = '1 hour'): Promise<void> {
   await periodEnds(userId, ago);
   await testDb`select billing.expire_lots(500)`;
-}
-
-/** Net credits that left the user's lots as breakage (an un-expiry counts back). */
-async function breakage(userId: string): Promise<string> {
-  const [r] = await testDb`select trim_scale(coalesce(sum(a.amount), 0))::text as n from billing.lot_allocations a
-    join billing.lots l on l.id = a.lot_id join billing.accounts x on x.id = l.account_id
-    where x.user_id = ${userId} and a.kind = 'expiry'`;
-  return r.n;
 }
 
 // Hole (fixed): credits brought back from breakage that paid a debt were not counted against
@@ -104,7 +96,11 @@ Deno.test('twenty spends at once with a late renewal after the period end never 
 Deno.test('credits held at the period end roll as what was left: sweep first or renewal first, nothing is created', async () => {
   for (const sweepFirst of [true, false]) {
     const { s, late } = await fourThousandLeftAndLateRenewal();
-    const h = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '3000', ttl_seconds: 3600 } });
+    const h = await api('/credits/holds', {
+      token: s.token,
+      headers: key(),
+      body: { amount: '3000', ttl_seconds: 3600 },
+    });
     assert.equal(h.status, 201, h.text);
     const hold = (h.body.data as { hold_id: string }).hold_id;
     if (sweepFirst) await periodEndsAndSweeps(s.id);
@@ -146,13 +142,15 @@ Deno.test('reports count a rollover as no new money: not granted, and what comes
   for (const e of late.events) assert.equal((await deliver(e)).status, 200);
   const [{ m, p }] = await testDb`select billing.revenue_metrics_live(${t0}, now() + interval '1 second') as m,
     billing.plan_metrics(${t0}, now() + interval '1 second') as p`;
-  const usd = (m.credit_lots as Record<string, number>[]).find((x) => x.currency === 'usd');
+  const usd = (m.credit_lots as { currency: string; paid_granted_cents: number; breakage_revenue_cents: number }[])
+    .find((x) => x.currency === 'usd');
   assert.equal(usd?.paid_granted_cents, 999, 'only period 2 is new money');
   assert.equal(usd?.breakage_revenue_cents, -200, '2,000 of the 4,000 expired (399.6 cents) come back');
   assert.equal(p.credits_granted, '10000');
   assert.equal(p.credits_rolled_over, '2000');
   assert.equal(p.credits_expired, '-2000');
-  const [lot] = await testDb`select trim_scale(l.cost_cents)::text as cost, l.priority, l.category, l.expires_at = s.current_period_end as at_end
+  const [lot] =
+    await testDb`select trim_scale(l.cost_cents)::text as cost, l.priority, l.category, l.expires_at = s.current_period_end as at_end
     from billing.lots l join billing.subscriptions s on s.user_id = ${s.id}
     where l.moved_from is not null and l.account_id = (select id from billing.accounts where user_id = ${s.id})`;
   assert.deepEqual(lot, { cost: '199.8', priority: 5, category: 'paid', at_end: true });
@@ -192,4 +190,43 @@ Deno.test("a period's renewal webhooks arriving after the next period's grant no
   await assertLedgerInvariants();
   assert.equal((await balanceOf(s.token)).balance, '10000', JSON.stringify(await planLots(s.id)));
   assert.equal(await breakage(s.id), '4000');
+});
+
+Deno.test('a second renewal invoice for the same period (voided and reissued, paid after the sweep) rolls nothing again', async () => {
+  const { s, late } = await fourThousandLeftAndLateRenewal();
+  await periodEndsAndSweeps(s.id);
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200); // 2,000 back from breakage, rolled
+  await spend(s.token, 12000);
+  const [sub] = await testDb`select s.*, extract(epoch from s.current_period_start)::bigint as ps,
+    extract(epoch from s.current_period_end)::bigint as pe from billing.subscriptions s where s.user_id = ${s.id}`;
+  // Stripe's state for a reissued invoice of the same period (the emulator cannot reissue one).
+  const state = {
+    subscription: {
+      id: sub.stripe_subscription_id,
+      status: 'active',
+      customer: sub.stripe_customer_id,
+      cancel_at_period_end: false,
+      current_period_start: Number(sub.ps),
+      current_period_end: Number(sub.pe),
+      metadata: { subscription_id: sub.id, user_id: s.id, plan_id: 'basic_monthly' },
+    },
+    invoice: {
+      id: `in_reissued_${crypto.randomUUID()}`,
+      status: 'paid',
+      billing_reason: 'subscription_cycle',
+      amount_paid: 999,
+      amount_due: 999,
+      currency: 'usd',
+      attempted: true,
+      period_start: Number(sub.ps),
+      period_end: Number(sub.pe),
+      plan_id: 'basic_monthly',
+      price: null,
+    },
+  };
+  const [{ outcome }] = await testDb`select billing.sync_subscription(${testDb.json(state)}) as outcome`;
+  assert.equal(outcome, 'plan_credits_granted');
+  await assertLedgerInvariants();
+  assert.equal((await balanceOf(s.token)).balance, '0', JSON.stringify(await planLots(s.id)));
+  assert.equal(await breakage(s.id), '2000');
 });

@@ -10,7 +10,6 @@ async function student() {
   return { id, token: await userToken(id) };
 }
 
-
 const firstInvoice = async (sub: string) => String((await stripeApi(`/v1/subscriptions/${sub}`)).latest_invoice);
 
 Deno.test('a partial refund of a plan invoice takes back its share of the credits', async () => {
