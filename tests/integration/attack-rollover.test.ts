@@ -230,3 +230,20 @@ Deno.test('a second renewal invoice for the same period (voided and reissued, pa
   assert.equal((await balanceOf(s.token)).balance, '0', JSON.stringify(await planLots(s.id)));
   assert.equal(await breakage(s.id), '2000');
 });
+
+Deno.test("the renewal and a full refund of the ending period's invoice at once converge on the in-order balance", async () => {
+  for (let i = 0; i < 3; i++) {
+    const { s, plan, late } = await fourThousandLeftAndLateRenewal();
+    const [g] =
+      await testDb`select invoice_id from billing.plan_grants where subscription_id = ${plan.subscription_id}`;
+    await periodEndsAndSweeps(s.id);
+    const refund = await emulator(`/_emulator/charges/${await chargeOfInvoice(g.invoice_id)}/refund`, {
+      deliver: false,
+    });
+    await Promise.all([...late.events, ...refund.events].map((e) => deliver(e)));
+    await assertLedgerInvariants();
+    // Either order: the 4,000 that expired are forgiven or rolled then taken back, the 6,000
+    // spent are owed out of period 2's 10,000.
+    assert.equal((await balanceOf(s.token)).balance, '4000', `run ${i}: ${JSON.stringify(await planLots(s.id))}`);
+  }
+});
