@@ -245,6 +245,10 @@ begin
       insert into billing.lot_allocations (transfer_id, lot_id, kind, amount) values (v_back, l.id, 'expiry', -v_take);
       update billing.lots x set remaining = x.remaining + v_take - v_settled, debt_settled = x.debt_settled + v_settled
       where x.id = l.id returning x.remaining into l.remaining;
+      -- What paid the debt rolled over too: it counts against the cap (or each expired lot of
+      -- the period would pay up to a whole cap of debt out of breakage).
+      v_left := v_left - v_settled;
+      v_total := v_total + v_settled;
     end if;
     v_take := least(l.remaining, v_left);
     continue when v_take <= 0;

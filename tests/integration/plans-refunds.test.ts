@@ -3,20 +3,11 @@
 import assert from 'node:assert/strict';
 import { assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
 import { balanceOf, emulator, stripeApi } from '../purchases.ts';
-import { renew, subscribeTo } from '../plans.ts';
+import { chargeOfInvoice, renew, subscribeTo } from '../plans.ts';
 
 async function student() {
   const id = await newUser();
   return { id, token: await userToken(id) };
-}
-
-/** The charge that paid an invoice, as Stripe has it (through its invoice payment). */
-async function chargeOfInvoice(invoice: string): Promise<string> {
-  const list = await stripeApi(`/v1/invoice_payments?invoice=${invoice}`) as {
-    data: { payment: { payment_intent: string } }[];
-  };
-  const pi = await stripeApi(`/v1/payment_intents/${list.data[0].payment.payment_intent}`);
-  return String(pi.latest_charge);
 }
 
 const firstInvoice = async (sub: string) => String((await stripeApi(`/v1/subscriptions/${sub}`)).latest_invoice);
