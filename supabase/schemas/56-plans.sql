@@ -329,8 +329,13 @@ begin
   if not found then
     return 'plan_invoice_already_granted';
   end if;
+  -- The money came in, whatever it grants: a stale invoice's refund (below) nets it out.
+  perform billing.post_money('credit_purchase', 'plan-invoice:' || v_grant.invoice_id, v_plan.currency, null, null,
+    p_invoice ->> 'id', jsonb_build_array(billing.money_entry('payers', -v_amount), billing.money_entry('b2c_revenue', v_amount)))
+  where v_amount > 0;
   -- A period that is over, or older than one already granted (a late, reordered invoice), gets
-  -- nothing: its credits would expire at once or reopen a period the student has left.
+  -- nothing: its credits would expire at once or reopen a period the student has left. The
+  -- caller refunds the invoice (stripe-webhook; the plan_refund_due alert catches one it missed).
   if v_end <= now() or exists (select 1 from billing.plan_grants g where g.subscription_id = p_sub.id
                                and g.period_end > v_end and g.credits > 0) then
     return 'plan_invoice_stale';
@@ -390,9 +395,6 @@ begin
   end if;
   update billing.plan_grants g set credits = v_credits, lot_id = v_lot, rolled_over = v_rolled
   where g.invoice_id = v_grant.invoice_id;
-  perform billing.post_money('credit_purchase', 'plan-invoice:' || v_grant.invoice_id, v_plan.currency, null, null,
-    p_invoice ->> 'id', jsonb_build_array(billing.money_entry('payers', -v_amount), billing.money_entry('b2c_revenue', v_amount)))
-  where v_amount > 0;
   return 'plan_credits_granted';
 end;
 $$;
@@ -536,7 +538,14 @@ declare
 begin
   select * into g from billing.plan_grants x where x.invoice_id = p_state ->> 'invoice_id' for update;
   if not found then
-    return 'unknown_plan_invoice';  -- its invoice.paid has not arrived: that one will find this state
+    -- One of our plans' invoices whose invoice.paid is not applied yet (the events reordered):
+    -- failing makes Stripe retry, so the refund or dispute reaches the credits once they exist.
+    -- A refused plan's invoices never grant (their refunds are ours); other invoices are not ours.
+    if exists (select 1 from billing.subscriptions s where s.refused_at is null
+               and (s.stripe_subscription_id = p_state ->> 'subscription_id' or s.id::text = p_state ->> 'plan_subscription_id')) then
+      perform billing.raise_error('PLAN_INVOICE_PENDING', jsonb_build_object('invoice_id', p_state ->> 'invoice_id'));
+    end if;
+    return 'unknown_plan_invoice';
   end if;
   select s.user_id into v_user from billing.subscriptions s where s.id = g.subscription_id;
   v_account := billing.ensure_user_account(v_user);
