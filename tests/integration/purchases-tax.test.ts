@@ -18,7 +18,11 @@ async function student() {
 async function post(base: string, path: string, token: string, body: unknown): Promise<Json> {
   const res = await fetch(`${base}${path}`, {
     method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
+    headers: {
+      authorization: `Bearer ${token}`,
+      'content-type': 'application/json',
+      'idempotency-key': crypto.randomUUID(),
+    },
     body: JSON.stringify(body),
   });
   const text = await res.text();
@@ -45,7 +49,12 @@ Deno.test('with automatic tax on, a package purchase credits the net package, ke
   await withGateway(taxOn, async (url) => {
     const co = await post(url, '/checkout/sessions', s.token, { package_id: 'starter' });
     const session = await stripeApi(`/v1/checkout/sessions/${co.session_id}`);
-    assert.deepEqual(session.automatic_tax, { enabled: true, liability: { type: 'self' }, provider: 'stripe', status: 'complete' });
+    assert.deepEqual(session.automatic_tax, {
+      enabled: true,
+      liability: { type: 'self' },
+      provider: 'stripe',
+      status: 'complete',
+    });
     assert.equal(session.billing_address_collection, 'required');
     assert.equal(session.amount_subtotal, 999);
     assert.equal((session.total_details as Json).amount_tax, 100);
@@ -53,12 +62,24 @@ Deno.test('with automatic tax on, a package purchase credits the net package, ke
     await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
 
     const paid = await stripeApi(`/v1/checkout/sessions/${co.session_id}`);
-    assert.equal((await stripeApi(`/v1/payment_intents/${paid.payment_intent}`)).amount, 1099, 'the card paid the total');
+    assert.equal(
+      (await stripeApi(`/v1/payment_intents/${paid.payment_intent}`)).amount,
+      1099,
+      'the card paid the total',
+    );
     assert.equal((await balanceOf(s.token)).balance, '9990', 'the package, not a credit more for the tax');
-    const [p] = await testDb`select status, price_cents, tax_cents from billing.purchases where id = ${String(co.purchase_id)}`;
+    const [p] = await testDb`select status, price_cents, tax_cents from billing.purchases where id = ${
+      String(co.purchase_id)
+    }`;
     assert.deepEqual({ ...p }, { status: 'paid', price_cents: 999, tax_cents: 100 });
-    const [lot] = await testDb`select cost_cents::int as cost from billing.lots where purchase_id = ${String(co.purchase_id)}`;
+    const [lot] = await testDb`select cost_cents::int as cost from billing.lots where purchase_id = ${
+      String(co.purchase_id)
+    }`;
     assert.equal(lot.cost, 999, 'the cost basis is the net price');
+    const [receipt] = await testDb`select payload from billing.notification_outbox where dedupe_key = ${
+      'receipt:' + String(co.purchase_id)
+    }`;
+    assert.equal(receipt.payload.tax_cents, 100, 'the receipt shows the tax');
 
     const after = await usdToday();
     assert.equal(Number(after.gmv_cents) - Number(before.gmv_cents), 999, 'gmv counts the price only');
@@ -86,14 +107,18 @@ Deno.test('with automatic tax on, a plan subscription is taxed and its first inv
     assert.equal((session.automatic_tax as Json).enabled, true);
     assert.equal(session.amount_total, 999 + 100);
     await emulator(`/_emulator/checkout/sessions/${plan.session_id}/pay`, { outcome: 'succeeded' });
-    const sub = await stripeApi(`/v1/subscriptions/${(await stripeApi(`/v1/checkout/sessions/${plan.session_id}`)).subscription}`);
+    const sub = await stripeApi(
+      `/v1/subscriptions/${(await stripeApi(`/v1/checkout/sessions/${plan.session_id}`)).subscription}`,
+    );
     assert.equal((sub.automatic_tax as Json).enabled, true, 'the subscription keeps automatic tax');
     const invoice = await stripeApi(`/v1/invoices/${sub.latest_invoice}`);
     assert.deepEqual([invoice.subtotal, invoice.total, invoice.amount_paid], [999, 1099, 1099]);
     assert.equal((invoice.total_taxes as Json[])[0].amount, 100);
 
     assert.equal((await balanceOf(s.token)).balance, '10000', "the plan's credits arrive");
-    const [g] = await testDb`select amount_cents, tax_cents from billing.plan_grants where invoice_id = ${String(invoice.id)}`;
+    const [g] = await testDb`select amount_cents, tax_cents from billing.plan_grants where invoice_id = ${
+      String(invoice.id)
+    }`;
     assert.deepEqual({ ...g }, { amount_cents: 999, tax_cents: 100 });
   });
   await assertLedgerInvariants();
