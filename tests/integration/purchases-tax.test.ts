@@ -80,6 +80,8 @@ Deno.test('with automatic tax on, a package purchase credits the net package, ke
       'receipt:' + String(co.purchase_id)
     }`;
     assert.equal(receipt.payload.tax_cents, 100, 'the receipt shows the tax');
+    const status = await api(`/checkout/sessions/${co.purchase_id}`, { token: s.token });
+    assert.equal((status.body.data as Json).tax_cents, 100, 'the purchase status shows the tax');
 
     const after = await usdToday();
     assert.equal(Number(after.gmv_cents) - Number(before.gmv_cents), 999, 'gmv counts the price only');
