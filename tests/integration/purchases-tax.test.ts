@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { adminToken, api, assertLedgerInvariants, newUser, testDb, userToken, withGateway } from '../helpers.ts';
 import { balanceOf, emulator, stripeApi } from '../purchases.ts';
+import { renew } from '../plans.ts';
 
 type Json = Record<string, unknown>;
 const taxOn = { STRIPE_AUTOMATIC_TAX: 'true' };
@@ -26,7 +27,7 @@ async function post(base: string, path: string, token: string, body: unknown): P
     body: JSON.stringify(body),
   });
   const text = await res.text();
-  assert.ok(res.status === 201 || res.status === 200, `${path}: ${res.status} ${text}`);
+  assert.ok([200, 201, 202].includes(res.status), `${path}: ${res.status} ${text}`);
   return JSON.parse(text).data as Json;
 }
 
@@ -101,7 +102,7 @@ Deno.test('with automatic tax on, a package purchase credits the net package, ke
   await assertLedgerInvariants();
 });
 
-Deno.test('with automatic tax on, a plan subscription is taxed and its first invoice grants the plan', async () => {
+Deno.test('with automatic tax on, a plan subscription is taxed: its first invoice, renewal and upgrade grant the plan', async () => {
   const s = await student();
   await withGateway(taxOn, async (url) => {
     const plan = await post(url, '/checkout/subscriptions', s.token, { plan_id: 'basic_monthly' });
@@ -122,6 +123,25 @@ Deno.test('with automatic tax on, a plan subscription is taxed and its first inv
       String(invoice.id)
     }`;
     assert.deepEqual({ ...g }, { amount_cents: 999, tax_cents: 100 });
+
+    // The renewal is taxed too (the subscription kept automatic tax) and grants the next period.
+    const { invoice: renewal } = await renew(String(sub.id));
+    const renewed = await stripeApi(`/v1/invoices/${renewal}`);
+    assert.deepEqual([renewed.status, renewed.amount_paid], ['paid', 1099]);
+    const [r] = await testDb`select amount_cents, tax_cents, credits > 0 as granted from billing.plan_grants
+      where invoice_id = ${String(renewal)}`;
+    assert.deepEqual({ ...r }, { amount_cents: 999, tax_cents: 100, granted: true });
+
+    // An upgrade's proration invoice: taxed, its grant's cost the amount before tax.
+    await post(url, '/checkout/subscription/change', s.token, { plan_id: 'pro_monthly' });
+    const [u] = await testDb`select invoice_id, amount_cents, tax_cents from billing.plan_grants
+      where subscription_id = ${String(plan.subscription_id)} and billing_reason = 'subscription_update'`;
+    const proration = await stripeApi(`/v1/invoices/${u.invoice_id}`);
+    assert.ok(u.tax_cents > 0, 'the proration was taxed');
+    assert.deepEqual([u.amount_cents, u.tax_cents], [
+      proration.subtotal,
+      Number(proration.total) - Number(proration.subtotal),
+    ]);
   });
   await assertLedgerInvariants();
 });
