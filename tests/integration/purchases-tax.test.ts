@@ -3,7 +3,16 @@
 // started with it on (withGateway); Stripe's webhooks still reach the stack's own gateway, which
 // needs no setting to record what Stripe charged.
 import assert from 'node:assert/strict';
-import { adminToken, api, assertLedgerInvariants, newUser, testDb, userToken, withGateway } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  functionsUrl,
+  newUser,
+  testDb,
+  userToken,
+  withGateway,
+} from '../helpers.ts';
 import { balanceOf, emulator, stripeApi } from '../purchases.ts';
 import { renew } from '../plans.ts';
 
@@ -148,14 +157,14 @@ Deno.test('with automatic tax on, a plan subscription is taxed: its first invoic
 
 Deno.test('with automatic tax off, Checkout requests carry no automatic_tax and nothing is taxed', async () => {
   const s = await student();
-  const co = await post(Deno.env.get('SUPABASE_URL') + '/functions/v1', '/checkout/sessions', s.token, {
+  const co = await post(functionsUrl, '/checkout/sessions', s.token, {
     package_id: 'starter',
   });
   const session = await stripeApi(`/v1/checkout/sessions/${co.session_id}`);
   assert.equal((session.automatic_tax as Json).enabled, false);
   assert.equal(session.billing_address_collection, null);
   assert.deepEqual([session.amount_total, (session.total_details as Json).amount_tax], [999, 0]);
-  const plan = await post(Deno.env.get('SUPABASE_URL') + '/functions/v1', '/checkout/subscriptions', s.token, {
+  const plan = await post(functionsUrl, '/checkout/subscriptions', s.token, {
     plan_id: 'basic_monthly',
   });
   const planSession = await stripeApi(`/v1/checkout/sessions/${plan.session_id}`);
