@@ -72,8 +72,9 @@ create table billing.plan_grants (
   billing_reason text not null,
   period_start timestamptz not null,
   period_end timestamptz not null,                -- the period the credits are for
-  amount_cents integer not null,
+  amount_cents integer not null,                  -- what the invoice charged before tax (the credits' cost basis)
   currency text not null,
+  tax_cents integer not null default 0,           -- Stripe Tax on top (the invoice's total_taxes): owed, never revenue
   credits numeric(38, 18) not null default 0,     -- 0: paid for a period already over or superseded
   lot_id bigint references billing.lots (id),
   rolled_over numeric(38, 18) not null default 0, -- credits carried into this period from the one before
@@ -85,7 +86,8 @@ create table billing.plan_grants (
   dispute_id text,
   dispute_status text,
   constraint plan_grants_credits check (credits >= 0 and rolled_over >= 0),
-  constraint plan_grants_refund_within check (amount_refunded_cents between 0 and amount_cents),
+  constraint plan_grants_refund_within check (amount_refunded_cents between 0 and amount_cents + tax_cents),
+  constraint plan_grants_tax_cents check (tax_cents >= 0),
   constraint plan_grants_dispute_status check (dispute_status is null or dispute_status in ('open', 'won', 'lost'))
 );
 comment on table billing.plan_grants is 'Immutable in effect: each paid plan invoice, once, and the credits it granted (0 when its period was over or a later one already granted).';
@@ -287,7 +289,9 @@ declare
   v_grant billing.plan_grants;
   v_start timestamptz := to_timestamp((p_invoice ->> 'period_start')::bigint);
   v_end timestamptz := to_timestamp((p_invoice ->> 'period_end')::bigint);
-  v_amount integer := (p_invoice ->> 'amount_paid')::integer;
+  -- Paid = subtotal + Stripe Tax; the subtotal is what the plan costs, the tax is owed.
+  v_tax integer := coalesce((p_invoice ->> 'tax')::integer, 0);
+  v_amount integer := (p_invoice ->> 'amount_paid')::integer - v_tax;
   v_reason text := p_invoice ->> 'billing_reason';
   v_account bigint := billing.ensure_user_account(p_sub.user_id);
   v_had numeric(38, 18);
@@ -315,15 +319,18 @@ begin
   if not found then
     perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_invoice ->> 'plan_id'));
   end if;
-  if lower(p_invoice ->> 'currency') <> v_plan.currency
-     or (v_reason in ('subscription_create', 'subscription_cycle') and v_amount <> v_plan.price_cents) then
+  -- A period's own invoice: its subtotal is the plan's price and it was paid with the tax on top.
+  if lower(p_invoice ->> 'currency') <> v_plan.currency or v_tax < 0 or v_amount < 0
+     or (v_reason in ('subscription_create', 'subscription_cycle')
+         and (v_amount <> v_plan.price_cents or coalesce((p_invoice ->> 'subtotal')::integer, v_amount) <> v_plan.price_cents)) then
     perform billing.raise_error('PAYMENT_AMOUNT_MISMATCH', jsonb_build_object('invoice', p_invoice ->> 'id',
-      'expected_cents', v_plan.price_cents, 'paid_cents', v_amount, 'currency', p_invoice ->> 'currency'));
+      'expected_cents', v_plan.price_cents, 'paid_cents', p_invoice ->> 'amount_paid', 'tax_cents', v_tax,
+      'currency', p_invoice ->> 'currency'));
   end if;
   -- Once per invoice, under the subscription's lock (the caller's): retries and replays stop here.
   insert into billing.plan_grants (invoice_id, subscription_id, plan_id, billing_reason, period_start, period_end,
-                                   amount_cents, currency)
-  values (p_invoice ->> 'id', p_sub.id, v_plan.id, v_reason, v_start, v_end, v_amount, v_plan.currency)
+                                   amount_cents, currency, tax_cents)
+  values (p_invoice ->> 'id', p_sub.id, v_plan.id, v_reason, v_start, v_end, v_amount, v_plan.currency, v_tax)
   on conflict (invoice_id) do nothing
   returning * into v_grant;
   if not found then
@@ -331,8 +338,9 @@ begin
   end if;
   -- The money came in, whatever it grants: a stale invoice's refund (below) nets it out.
   perform billing.post_money('credit_purchase', 'plan-invoice:' || v_grant.invoice_id, v_plan.currency, null, null,
-    p_invoice ->> 'id', jsonb_build_array(billing.money_entry('payers', -v_amount), billing.money_entry('b2c_revenue', v_amount)))
-  where v_amount > 0;
+    p_invoice ->> 'id', jsonb_build_array(billing.money_entry('payers', -(v_amount + v_tax)),
+      billing.money_entry('b2c_revenue', v_amount), billing.money_entry('tax_payable', v_tax)))
+  where v_amount + v_tax > 0;
   -- A period that is over, or older than one already granted (a late, reordered invoice), gets
   -- nothing: its credits would expire at once or reopen a period the student has left. The
   -- caller refunds the invoice (stripe-webhook; the plan_refund_due alert catches one it missed).
@@ -535,6 +543,8 @@ declare
   v_target numeric(38, 18);
   v_lots bigint[];
   v_left numeric(38, 18);
+  v_total integer;
+  v_tax_back integer;
 begin
   select * into g from billing.plan_grants x where x.invoice_id = p_state ->> 'invoice_id' for update;
   if not found then
@@ -551,14 +561,19 @@ begin
   v_account := billing.ensure_user_account(v_user);
   update billing.plan_grants x set stripe_charge_id = coalesce(x.stripe_charge_id, p_state ->> 'charge_id')
   where x.invoice_id = g.invoice_id returning * into g;
-  -- Refunds: the cumulative amount, so the reversal converges on floor(credits × refunded / paid).
-  if v_refunded > g.amount_refunded_cents and g.amount_cents > 0 then
-    v_target := floor(g.credits * v_refunded / g.amount_cents);
+  -- Refunds: the cumulative amount, so the reversal converges on floor(credits × refunded / paid),
+  -- paid being what the charge took, tax included (a refund returns tax and price in proportion).
+  v_total := g.amount_cents + g.tax_cents;
+  if v_refunded > g.amount_refunded_cents and v_total > 0 then
+    v_target := floor(g.credits * v_refunded / v_total);
+    v_tax_back := billing.tax_refunded_cents(g.tax_cents, v_total, v_refunded)
+      - billing.tax_refunded_cents(g.tax_cents, v_total, g.amount_refunded_cents);
     perform billing.take_back_plan_credits(g, v_user, v_target - g.credits_reversed, 'refund_reversal',
       'plan-refund:' || g.invoice_id || ':' || v_refunded);
     perform billing.post_money('credit_refund', 'plan-refund:' || g.invoice_id || ':' || v_refunded, g.currency, null, null,
-      g.stripe_charge_id, jsonb_build_array(billing.money_entry('b2c_revenue', -(v_refunded - g.amount_refunded_cents)),
-        billing.money_entry('payers', v_refunded - g.amount_refunded_cents)));
+      g.stripe_charge_id, jsonb_build_array(
+        billing.money_entry('b2c_revenue', -((v_refunded - g.amount_refunded_cents) - v_tax_back)),
+        billing.money_entry('tax_payable', -v_tax_back), billing.money_entry('payers', v_refunded - g.amount_refunded_cents)));
     update billing.plan_grants x set amount_refunded_cents = v_refunded, credits_reversed = greatest(v_target, x.credits_reversed)
     where x.invoice_id = g.invoice_id returning * into g;
   end if;
@@ -582,10 +597,12 @@ begin
     if v_dispute = 'lost' then
       perform billing.take_back_plan_credits(g, v_user, g.credits - g.credits_reversed, 'dispute_reversal',
         'plan-dispute:' || (p_state ->> 'dispute_id'));
+      v_tax_back := g.tax_cents - billing.tax_refunded_cents(g.tax_cents, v_total, g.amount_refunded_cents);
       perform billing.post_money('credit_dispute_lost', 'plan-dispute:' || g.invoice_id, g.currency, null, null,
-        p_state ->> 'dispute_id', jsonb_build_array(billing.money_entry('b2c_revenue', -(g.amount_cents - g.amount_refunded_cents)),
-          billing.money_entry('payers', g.amount_cents - g.amount_refunded_cents)))
-      where g.amount_cents > g.amount_refunded_cents;
+        p_state ->> 'dispute_id', jsonb_build_array(
+          billing.money_entry('b2c_revenue', -(v_total - g.amount_refunded_cents - v_tax_back)),
+          billing.money_entry('tax_payable', -v_tax_back), billing.money_entry('payers', v_total - g.amount_refunded_cents)))
+      where v_total > g.amount_refunded_cents;
       update billing.plan_grants x set credits_reversed = x.credits where x.invoice_id = g.invoice_id;
     end if;
     update billing.plan_grants x set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute

@@ -2,9 +2,11 @@
 // sessions), typed with the SDK's own types so a missing or misspelt field fails the type check.
 // Shapes follow the current API: periods live on subscription items and invoice lines, an
 // invoice names its subscription under parent.subscription_details (with a snapshot of the
-// subscription's metadata), and Stripe Tax's fields are present (automatic tax off, no taxes).
+// subscription's metadata), and Stripe Tax's fields are present: a subscription with automatic
+// tax (started by a Checkout Session that had it) has every invoice taxed on top (tax.ts).
 import type Stripe from 'stripe';
 import { newId, now } from './state.ts';
+import { automaticTaxBlock, invoiceTaxes, taxOn } from './tax.ts';
 
 export type Interval = 'month' | 'year';
 
@@ -104,6 +106,7 @@ export function subscription(input: {
   price: Stripe.Price;
   paymentMethod: string;
   metadata: Record<string, string>;
+  automaticTax: boolean;
 }): Stripe.Subscription {
   const id = newId('sub');
   const start = now();
@@ -113,7 +116,11 @@ export function subscription(input: {
     object: 'subscription',
     application: null,
     application_fee_percent: null,
-    automatic_tax: { disabled_reason: null, enabled: false, liability: null },
+    automatic_tax: {
+      disabled_reason: null,
+      enabled: input.automaticTax,
+      liability: automaticTaxBlock(input.automaticTax).liability,
+    },
     billing_cycle_anchor: start,
     billing_cycle_anchor_config: null,
     billing_mode: { flexible: null, type: 'classic' },
@@ -177,6 +184,8 @@ export function invoice(input: InvoiceInput): Stripe.Invoice {
   const id = newId('in');
   const { sub, amount } = input;
   const item = sub.items.data[0];
+  const tax = taxOn(amount, sub.automatic_tax.enabled);
+  const taxes = invoiceTaxes(tax, amount);
   const line: Stripe.InvoiceLineItem = {
     id: newId('il'),
     object: 'line_item',
@@ -211,7 +220,7 @@ export function invoice(input: InvoiceInput): Stripe.Invoice {
     quantity_decimal: null,
     subscription: sub.id,
     subtotal: amount,
-    taxes: [],
+    taxes,
   };
   return {
     id,
@@ -219,15 +228,15 @@ export function invoice(input: InvoiceInput): Stripe.Invoice {
     account_country: 'US',
     account_name: 'ScholarLink',
     account_tax_ids: null,
-    amount_due: amount,
+    amount_due: amount + tax,
     amount_overpaid: 0,
     amount_paid: 0,
-    amount_remaining: amount,
+    amount_remaining: amount + tax,
     amount_shipping: 0,
     application: null,
     attempt_count: 0,
     attempted: false,
-    automatic_tax: { disabled_reason: null, enabled: false, liability: null, provider: null, status: null },
+    automatic_tax: { disabled_reason: null, ...automaticTaxBlock(sub.automatic_tax.enabled) },
     automatically_finalizes_at: null,
     billing_reason: input.reason,
     collection_method: 'charge_automatically',
@@ -285,11 +294,11 @@ export function invoice(input: InvoiceInput): Stripe.Invoice {
     subtotal: amount,
     subtotal_excluding_tax: amount,
     test_clock: null,
-    total: amount,
+    total: amount + tax,
     total_discount_amounts: [],
     total_excluding_tax: amount,
     total_pretax_credit_amounts: [],
-    total_taxes: [],
+    total_taxes: taxes,
     webhooks_delivered_at: null,
   };
 }

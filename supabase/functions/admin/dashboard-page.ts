@@ -125,6 +125,9 @@ function render(metrics, ops) {
     tile('conversion', 'Checkout conversion', pct(t.conversion.checkout_rate), t.conversion.checkout_rate ?? ''),
     tile('stripe_fees', 'Stripe fees (B2C)', money(cur ? cur.b2c_credits.stripe_fees_cents : 0, currency),
       cur ? cur.b2c_credits.stripe_fees_cents : 0),
+    // Stripe Tax charged on top of prices: owed to tax authorities, never in GMV or revenue.
+    tile('tax_collected', 'Tax collected (not revenue)', money(cur ? cur.b2c_credits.tax_collected_cents : 0, currency),
+      cur ? cur.b2c_credits.tax_collected_cents : 0),
     tile('platform_fees', 'Platform fees (B2B)', money(cur ? cur.b2b_provider_fees.platform_fees_cents : 0, currency),
       cur ? cur.b2b_provider_fees.platform_fees_cents : 0),
     tile('b2b2c_gmv', 'GMV via organisations', money(orgs.reduce((n, o) => n + o.gmv_cents, 0), currency),

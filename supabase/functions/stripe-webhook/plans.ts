@@ -24,6 +24,9 @@ export type SubscriptionState = {
     billing_reason: string | null;
     amount_paid: number;
     amount_due: number;
+    /** Before tax, and Stripe Tax's total on top (the invoice's total_taxes; 0 with automatic tax off). */
+    subtotal: number;
+    tax: number;
     currency: string;
     attempted: boolean;
     period_start: number;
@@ -59,6 +62,8 @@ async function invoiceState(inv: Stripe.Invoice): Promise<NonNullable<Subscripti
     billing_reason: inv.billing_reason,
     amount_paid: inv.amount_paid,
     amount_due: inv.amount_due,
+    subtotal: inv.subtotal,
+    tax: (inv.total_taxes ?? []).reduce((sum, t) => sum + t.amount, 0),
     currency: inv.currency,
     attempted: inv.attempted,
     period_start: line?.period.start ?? inv.period_start,
