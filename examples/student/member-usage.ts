@@ -25,12 +25,14 @@ function render(body: HTMLElement, summary: UsageSummary) {
   chart.className = 'bars mini';
   chart.setAttribute('role', 'img');
   drawBars(chart, summary);
-  body.replaceChildren(...memberUsageWords(summary).map((line, i) => {
-    const p = document.createElement('p');
-    p.textContent = line;
-    if (i > 0) p.className = 'muted';
-    return p;
-  }));
+  body.replaceChildren(
+    ...memberUsageWords(summary).map((line, i) => {
+      const p = document.createElement('p');
+      p.textContent = line;
+      if (i > 0) p.className = 'muted';
+      return p;
+    }),
+  );
   if (summary.totals.requests > 0) body.append(chart);
 }
 

@@ -63,8 +63,16 @@ browserTest('margins per model, the low one marked, and correction runs, on a de
   };
   const group = (model: string) => report.groups.find((g) => g.key === model);
   // 200,000 tokens: sold for 0.24 and 0.6 USD, costing 0.4 and 0.2.
-  assert.deepEqual([group(low)?.revenue_usd, group(low)?.cost_usd, group(low)?.margin_percent], ['0.24', '0.4', '-66.67']);
-  assert.deepEqual([group(fine)?.revenue_usd, group(fine)?.cost_usd, group(fine)?.margin_percent], ['0.6', '0.2', '66.67']);
+  assert.deepEqual([group(low)?.revenue_usd, group(low)?.cost_usd, group(low)?.margin_percent], [
+    '0.24',
+    '0.4',
+    '-66.67',
+  ]);
+  assert.deepEqual([group(fine)?.revenue_usd, group(fine)?.cost_usd, group(fine)?.margin_percent], [
+    '0.6',
+    '0.2',
+    '66.67',
+  ]);
 
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await signIn(page, admin);
@@ -72,7 +80,10 @@ browserTest('margins per model, the low one marked, and correction runs, on a de
   assert.equal(await rowText(page, low), `${low}$0.24$0.40-66.67% low`, 'revenue, cost, margin, marked low');
   assert.equal(await rowText(page, fine), `${fine}$0.60$0.20${'66.67'}%`, 'a healthy model is not marked');
   assert.equal(await page.locator(`#margins tr[data-model="${low}"]`).getAttribute('data-low'), 'true');
-  assert.match(await page.locator('#margins').textContent() ?? '', new RegExp(`Alert below ${report.alert_below_percent}%`));
+  assert.match(
+    await page.locator('#margins').textContent() ?? '',
+    new RegExp(`Alert below ${report.alert_below_percent}%`),
+  );
 
   // Corrections: the newest run first, ten a page, then the older ones.
   await page.locator('#corrections table').waitFor();
