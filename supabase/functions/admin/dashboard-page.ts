@@ -2,7 +2,9 @@
 // KPI tiles, SVG charts, the reconciliation table, open alerts and webhook health. The script
 // calls this function's JSON routes; the browser sends the HttpOnly session cookie, which the
 // script cannot read. One <style> and one <script>, each carrying the response's CSP nonce: no
-// inline style attributes or handlers, so the policy needs no 'unsafe-inline'.
+// inline style attributes or handlers, so the policy needs no 'unsafe-inline'. Sections with
+// their own module (dashboard-margins.ts) join the one style and script.
+import { marginsScript, marginsSections, marginsStyle } from './dashboard-margins.ts';
 
 const style = `
 :root{font:15px/1.45 system-ui,sans-serif;color:#1d2330;background:#f4f5f7}
@@ -356,7 +358,7 @@ const escapeHtml = (s: string) =>
 
 const head = (title: string, nonce: string) =>
   `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${title}</title><style nonce="${nonce}">${style}</style></head>`;
+<title>${title}</title><style nonce="${nonce}">${style}${marginsStyle}</style></head>`;
 
 export const dashboardPage = (nonce: string) =>
   `${head('ScholarLink · Operations', nonce)}<body>
@@ -378,7 +380,7 @@ export const dashboardPage = (nonce: string) =>
   <section><h2>Codes</h2><div id="codes" data-testid="codes"></div></section>
   <section><h2>Plans</h2><div id="plans" data-testid="plans"></div></section>
   <section><h2>Open alerts</h2><div id="alerts"></div></section>
-  <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>
+  <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>${marginsSections}
   <section class="wide"><h2>Rate cards</h2><div id="rate-cards"></div>
     <form id="draft-form" class="draft-form"><label>model<input name="model" required></label>
       <label>input /M<input name="usd_per_million_input" required></label><label>cached /M<input name="usd_per_million_cached_input"></label>
@@ -387,7 +389,7 @@ export const dashboardPage = (nonce: string) =>
       <label>markup<input name="markup" required></label><label>why<input name="reason" required></label><button>Draft</button></form>
     <div id="simulation"></div></section>
 </div>
-<script nonce="${nonce}">${script}</script></body></html>`;
+<script nonce="${nonce}">${script}${marginsScript}</script></body></html>`;
 
 /**
  * Sign-in, without any script: plain forms posted to ./session, which verifies the token (or
