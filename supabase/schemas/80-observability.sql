@@ -202,6 +202,7 @@ declare
   v_charges integer;
   v_failed integer;
   v_deep billing.health_checks;
+  v_unrefunded integer;
 begin
   -- Webhooks: any event that failed 3+ times, or failures older than 5 minutes not yet processed.
   select count(*) filter (where e.attempts >= 3), count(*) filter (where e.received_at < now() - interval '5 minutes')
@@ -219,6 +220,14 @@ begin
   perform billing.set_alert('charge_failure_rate', v_charges >= 20 and v_failed::numeric / v_charges > 0.005,
     format('%s of %s charges failed in the last hour', v_failed, v_charges),
     jsonb_build_object('failed', v_failed, 'attempts', v_charges));
+
+  -- A plan invoice paid for nothing (its period over, or the period already granted) that is
+  -- still not refunded an hour on: the webhook's refund did not reach Stripe. Refund it by hand.
+  select count(*) into v_unrefunded from billing.plan_grants g
+  where g.credits = 0 and g.amount_cents > 0 and g.amount_refunded_cents = 0 and g.granted_at < now() - interval '1 hour';
+  perform billing.set_alert('plan_refund_due', v_unrefunded > 0,
+    format('%s paid plan invoices granted nothing and are not refunded', v_unrefunded),
+    jsonb_build_object('invoices', v_unrefunded));
 
   -- Deep health: the latest run failed.
   select * into v_deep from billing.health_checks h order by h.checked_at desc limit 1;
