@@ -1,7 +1,8 @@
 // Browser tests: Debian's Chromium, headless, driven by playwright-core. Screenshots and other
 // artifacts go to artifacts/ (git-ignored).
 import { type Browser, chromium, type Page } from 'playwright-core';
-import { testDb } from './helpers.ts';
+import assert from 'node:assert/strict';
+import { env, functionsUrl, testDb } from './helpers.ts';
 
 await Deno.mkdir(new URL('../artifacts/', import.meta.url), { recursive: true });
 
@@ -71,4 +72,25 @@ export async function passwordUser(password: string) {
     values (gen_random_uuid(), ${email}, extensions.crypt(${password}, extensions.gen_salt('bf')), now())
     returning id`;
   return { id: id as string, email };
+}
+
+const studentPage = env('STUDENT_PAGE_URL');
+
+/** Signs in on the example student page by pasting a token (the local stack's stand-in for Auth). */
+export async function signInWithToken(page: Page, token: string) {
+  await page.goto(`${studentPage}?api=${encodeURIComponent(functionsUrl.replace(/\/functions\/v1$/, ''))}`);
+  await page.locator('#token').fill(token);
+  await page.locator('#use-token').click();
+  await page.waitForSelector('body[data-ready="true"]');
+}
+
+/** Readable at desktop and phone width: no sideways scrolling, no text under 12 px, none cut off. */
+export async function assertReadable(page: Page, name: string) {
+  for (const [width, label] of [[1280, 'desktop'], [390, 'phone']] as const) {
+    await page.setViewportSize({ width, height: 844 });
+    const seen = await legibility(page);
+    assert.ok(seen.overflow <= 0, `${name}, ${label}: scrolls sideways by ${seen.overflow}px`);
+    assert.deepEqual(seen.tooSmall, [], `${name}, ${label}: text under 12 px`);
+    assert.deepEqual(seen.spilled, [], `${name}, ${label}: text cut off`);
+  }
 }

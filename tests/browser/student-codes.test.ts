@@ -6,33 +6,16 @@
 // desktop and phone width.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest, legibility } from '../browser.ts';
-import { env, functionsUrl, newUser, userToken } from '../helpers.ts';
+import { assertReadable, browserTest, signInWithToken } from '../browser.ts';
+import { env, newUser, userToken } from '../helpers.ts';
 import { person, school } from '../orgs.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
-const apiBase = functionsUrl.replace(/\/functions\/v1$/, '');
 const text = async (page: Page, selector: string) => (await page.locator(selector).textContent())?.trim();
-
-async function signIn(page: Page, token: string) {
-  await page.goto(`${pageUrl}?api=${encodeURIComponent(apiBase)}`);
-  await page.locator('#token').fill(token);
-  await page.locator('#use-token').click();
-  await page.waitForSelector('body[data-ready="true"]');
-}
-
-async function assertLegible(page: Page, name: string) {
-  for (const [width, label] of [[1280, 'desktop'], [390, 'phone']] as const) {
-    await page.setViewportSize({ width, height: 844 });
-    const seen = await legibility(page);
-    assert.ok(seen.overflow <= 0, `${name}, ${label}: scrolls sideways by ${seen.overflow}px`);
-    assert.deepEqual(seen.tooSmall, [], `${name}, ${label}: text under 12 px`);
-  }
-}
 
 browserTest('a student gives a gift through Checkout; a friend redeems its code on their page', async (browser) => {
   const buyer = await browser.newPage();
-  await signIn(buyer, await userToken(await newUser()));
+  await signInWithToken(buyer, await userToken(await newUser()));
   await buyer.locator('button[data-gift="starter"]').click();
   await buyer.waitForURL(/\/_emulator\/checkout\/cs_test_/);
   await buyer.locator('#pay').click();
@@ -42,10 +25,10 @@ browserTest('a student gives a gift through Checkout; a friend redeems its code 
   const code = notice.match(/[0-9A-Z]{5}(-[0-9A-Z]{5}){3}/)?.[0];
   assert.ok(code, notice);
   assert.equal(await text(buyer, '#balance'), '0', "a gift is not the buyer's credits");
-  await assertLegible(buyer, 'gift-bought');
+  await assertReadable(buyer, 'gift-bought');
 
   const friend = await browser.newPage();
-  await signIn(friend, await userToken(await newUser()));
+  await signInWithToken(friend, await userToken(await newUser()));
   await friend.locator('#code').fill('not-a-code-at-all-xx');
   await friend.locator('#redeem').click();
   await friend.locator('#error', { hasText: 'A code is 20 letters' }).waitFor();
@@ -55,7 +38,7 @@ browserTest('a student gives a gift through Checkout; a friend redeems its code 
   await friend.locator('#balance', { hasText: '9,990' }).waitFor();
   // The page reloads its parts together after a redemption: the ledger may land after the balance.
   await friend.locator('#ledger', { hasText: /Code redeemed · \+9,990/ }).waitFor();
-  await assertLegible(friend, 'gift-redeemed');
+  await assertReadable(friend, 'gift-redeemed');
 });
 
 browserTest('an owner sponsors a student from the organisation view; the student redeems the code', async (browser) => {
@@ -63,7 +46,7 @@ browserTest('an owner sponsors a student from the organisation view; the student
   const student = await person('student');
   const org = await school(owner, [], 'allowance', '100');
   const page = await browser.newPage();
-  await signIn(page, owner.token);
+  await signInWithToken(page, owner.token);
   const view = page.locator(`[data-org="${org}"]`);
   const sponsor = async (email: string, credits: string) => {
     await view.locator('input[aria-label="student to sponsor"]').fill(email);
@@ -80,10 +63,10 @@ browserTest('an owner sponsors a student from the organisation view; the student
     .click();
   await page.locator(`[data-org="${org}"] [data-testid="org-status"]`, { hasText: 'Code revoked' }).waitFor();
   await page.locator(`[data-org="${org}"] [data-testid="org-wallet"]`, { hasText: '70 credits' }).waitFor();
-  await assertLegible(page, 'org-sponsor');
+  await assertReadable(page, 'org-sponsor');
 
   const mine = await browser.newPage();
-  await signIn(mine, student.token);
+  await signInWithToken(mine, student.token);
   await mine.locator('#code').fill(code);
   await mine.locator('#redeem').click();
   await mine.locator('#notice', { hasText: '30 credits from your organisation were added' }).waitFor();
