@@ -74,7 +74,7 @@ export async function showPlans(billing: BillingClient, box: HTMLElement, fail: 
   const actions = document.createElement('div');
   actions.className = 'row';
   box.replaceChildren(status, actions);
-  if (live(mine)) {
+  if (mine && live(mine)) {
     const current = plans.find((p) => p.id === mine.plan_id);
     status.textContent = planStatusText(mine, current);
     const portal = button(
