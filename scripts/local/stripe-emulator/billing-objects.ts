@@ -323,24 +323,27 @@ export function invoiceBase(customer: string, currency: string, reason: Stripe.I
 /** An invoice's amounts: `subtotal` of lines, `tax` on top (Stripe Tax, exclusive), nothing paid yet. */
 export function setAmounts(inv: Stripe.Invoice, subtotal: number, tax: number): void {
   const total = subtotal + tax;
-  Object.assign(inv, {
-    amount_due: total,
-    amount_remaining: total,
-    subtotal,
-    subtotal_excluding_tax: subtotal,
-    total,
-    total_excluding_tax: subtotal,
-    total_taxes: tax > 0
-      ? [{
-        amount: tax,
-        tax_behavior: 'exclusive',
-        tax_rate_details: { tax_rate: 'txr_emulator' },
-        taxability_reason: 'standard_rated',
-        taxable_amount: subtotal,
-        type: 'tax_rate_details',
-      }]
-      : [],
-  } satisfies Partial<Stripe.Invoice>);
+  Object.assign(
+    inv,
+    {
+      amount_due: total,
+      amount_remaining: total,
+      subtotal,
+      subtotal_excluding_tax: subtotal,
+      total,
+      total_excluding_tax: subtotal,
+      total_taxes: tax > 0
+        ? [{
+          amount: tax,
+          tax_behavior: 'exclusive',
+          tax_rate_details: { tax_rate: 'txr_emulator' },
+          taxability_reason: 'standard_rated',
+          taxable_amount: subtotal,
+          type: 'tax_rate_details',
+        }]
+        : [],
+    } satisfies Partial<Stripe.Invoice>,
+  );
 }
 
 export function portalSession(

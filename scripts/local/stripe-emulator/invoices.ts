@@ -5,7 +5,7 @@
 // control POST /_emulator/invoices/:id/pay (subscriptions.ts) pays one here by bank transfer
 // (customer_balance) or card. Tax: Stripe Tax's one rate (tax.ts) on the lines' subtotal.
 import type Stripe from 'stripe';
-import { emit, invoiceEvent, chargeEvent } from './events.ts';
+import { chargeEvent, emit, invoiceEvent } from './events.ts';
 import { type FormObject, obj, str } from './form.ts';
 import { invalid, missing, route } from './http.ts';
 import { invoiceBase, lineBase, setAmounts } from './billing-objects.ts';
@@ -102,7 +102,9 @@ function createInvoiceItem(body: FormObject): Stripe.InvoiceItem {
   if (cus !== inv.customer) throw invalid('The invoice belongs to another customer.', 'invoice');
   const amount = Number(str(body.amount));
   if (!Number.isInteger(amount) || amount <= 0) throw invalid('amount must be a positive integer.', 'amount');
-  if ((str(body.currency) ?? inv.currency) !== inv.currency) throw invalid('The currency must be the invoice\'s.', 'currency');
+  if ((str(body.currency) ?? inv.currency) !== inv.currency) {
+    throw invalid("The currency must be the invoice's.", 'currency');
+  }
   const description = str(body.description);
   const item: Stripe.InvoiceItem = {
     id: newId('ii'),
@@ -148,18 +150,21 @@ function finalize(inv: Stripe.Invoice): Stripe.Event[] {
   const days = store.invoiceDays.get(inv.id);
   const base = `http://127.0.0.1:${config.port}/_emulator/invoices/${inv.id}`;
   total(inv);
-  Object.assign(inv, {
-    status: 'open',
-    number: `EMU-${store.invoices.size}`,
-    customer_address: cus.address ?? null,
-    customer_email: cus.email,
-    customer_name: cus.name ?? null,
-    due_date: days == null ? null : now() + days * 86_400,
-    effective_at: now(),
-    ending_balance: 0,
-    hosted_invoice_url: `${base}/hosted`,
-    invoice_pdf: `${base}/pdf`,
-  } satisfies Partial<Stripe.Invoice>);
+  Object.assign(
+    inv,
+    {
+      status: 'open',
+      number: `EMU-${store.invoices.size}`,
+      customer_address: cus.address ?? null,
+      customer_email: cus.email,
+      customer_name: cus.name ?? null,
+      due_date: days == null ? null : now() + days * 86_400,
+      effective_at: now(),
+      ending_balance: 0,
+      hosted_invoice_url: `${base}/hosted`,
+      invoice_pdf: `${base}/pdf`,
+    } satisfies Partial<Stripe.Invoice>,
+  );
   inv.status_transitions.finalized_at = now();
   return [invoiceEvent('invoice.finalized', inv)];
 }
@@ -249,6 +254,9 @@ export const invoiceRoutes = [
       { headers: { 'content-type': 'text/html; charset=utf-8' } },
     );
   }),
-  route('GET', '/_emulator/invoices/:id/pdf', ({ params }) =>
-    new Response(pdf(getInvoice(params.id)), { headers: { 'content-type': 'application/pdf' } })),
+  route(
+    'GET',
+    '/_emulator/invoices/:id/pdf',
+    ({ params }) => new Response(pdf(getInvoice(params.id)), { headers: { 'content-type': 'application/pdf' } }),
+  ),
 ];

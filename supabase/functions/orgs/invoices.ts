@@ -23,7 +23,10 @@ const sql1 = async <T>(query: string, args: unknown[]): Promise<T> => {
 };
 
 /** Bank transfers settle to the customer balance in the invoice's currency: Stripe's type for it. */
-function bankTransfer(currency: string, country: string): Stripe.InvoiceCreateParams.PaymentSettings.PaymentMethodOptions {
+function bankTransfer(
+  currency: string,
+  country: string,
+): Stripe.InvoiceCreateParams.PaymentSettings.PaymentMethodOptions {
   const type = ({ usd: 'us_bank_transfer', gbp: 'gb_bank_transfer', eur: 'eu_bank_transfer' } as const)[currency];
   if (!type) return {};
   return {
@@ -98,7 +101,12 @@ async function invoiceAtStripe(row: Begun, body: Request): Promise<Stripe.Invoic
 }
 
 /** POST /orgs/:id/invoices: the invoice, open and sent (201), or what this request made before (200). */
-export async function requestInvoice(userId: string, orgId: string, body: Request, requestKey: string): Promise<Effect> {
+export async function requestInvoice(
+  userId: string,
+  orgId: string,
+  body: Request,
+  requestKey: string,
+): Promise<Effect> {
   const begun = await sql1<Begun>('select billing.begin_org_invoice($1, $2, $3, $4, $5, $6, $7) as r', [
     userId,
     orgId,
