@@ -6,6 +6,8 @@ import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_share
 import type { AppContext } from '../_shared/app-env.ts';
 import { call } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
+import { reportAtStart } from '../_shared/env.ts';
+import { stripe } from '../_shared/adapters/stripe.ts';
 import { newInvitation, tokenHash } from '../_shared/domain/invitations.ts';
 import { idempotencyKey, idempotentExternal, scopedKey } from '../_shared/http/idempotency.ts';
 import { csvField } from '../_shared/domain/ledger.ts';
@@ -36,6 +38,7 @@ import {
 import { requestInvoice } from './invoices.ts';
 
 const app = createApp('orgs');
+reportAtStart(stripe); // invoices: a missing or wrong-mode key is logged at start and answered with 503
 
 /** What a path id that is not a UUID answers: it cannot name anything the caller may see. */
 const notFound = {
