@@ -3,7 +3,7 @@
 // arrive; void and uncollectible credit nothing; a refund of the paid invoice reaches the credits.
 import assert from 'node:assert/strict';
 import type { OrgInvoice } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, assertLedgerInvariants, env, testDb, withGateway } from '../helpers.ts';
+import { api, assertLedgerInvariants, env, spawnGateway, testDb, withGateway } from '../helpers.ts';
 import { key, person, school, walletOf } from '../orgs.ts';
 import { deliver, emulator, sign, stripeApi } from '../purchases.ts';
 import { billing, chargeIn, openInvoice, pay, requestInvoice, stripePost } from '../invoices.ts';
@@ -185,4 +185,35 @@ Deno.test('Stripe down half-way: the request fails retryably, and its retry fini
   assert.equal(retried.status, 201, retried.text);
   const rows = await listed(owner.token, org);
   assert.deepEqual(rows.map((r) => r.status), ['open']);
+});
+
+Deno.test('a request that dies after Stripe sent the invoice loses nothing: the webhooks open it, a retry answers it', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const headers = key();
+  const gw = spawnGateway({ FAILPOINTS: 'org_invoice.after_stripe' });
+  try {
+    await gw.ready();
+    const died = await fetch(`${gw.url}/orgs/${org}/invoices`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${owner.token}`, 'content-type': 'application/json', ...headers },
+      body: JSON.stringify({ package_id: 'mini', ...billing }),
+    }).then((r) => r.status, () => 'connection lost');
+    assert.equal(died, 'connection lost');
+  } finally {
+    await gw.kill();
+  }
+  const [row] = await testDb`select id, status, stripe_invoice_id from billing.org_invoices where org_id = ${org}`;
+  assert.equal(row.status, 'open', 'invoice.finalized and invoice.sent recorded what the request could not');
+  // Its claim goes stale after a minute; then the same request answers the invoice it made.
+  await testDb`update billing.idempotency_keys set locked_at = now() - interval '2 minutes'
+               where user_id = ${owner.id} and action = 'orgs.invoices'`;
+  const retried = await requestInvoice(owner.token, org, {}, headers);
+  assert.equal(retried.status, 200, retried.text);
+  assert.deepEqual(
+    [(retried.body.data as OrgInvoice).id, (retried.body.data as OrgInvoice).stripe_invoice_id],
+    [row.id, row.stripe_invoice_id],
+  );
+  await pay(retried.body.data as OrgInvoice);
+  assert.equal((await walletOf(owner.token, org)).balance, '5000');
 });

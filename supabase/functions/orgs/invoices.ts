@@ -6,6 +6,7 @@
 // with invoice.paid (billing.sync_org_invoice).
 import type Stripe from 'stripe';
 import { call } from '../_shared/adapters/db.ts';
+import { failpoint } from '../_shared/failpoint.ts';
 import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import type { Effect } from '../_shared/http/idempotency.ts';
 import type { OrgInvoice } from '../_shared/contract/index.ts';
@@ -119,6 +120,7 @@ export async function requestInvoice(
   const { org_name: _n, package_name: _p, stripe_customer_id: _c, ...draft } = begun;
   if (begun.status !== 'draft') return { status: 200, data: draft };
   const sent = await invoiceAtStripe(begun, body);
+  failpoint('org_invoice.after_stripe'); // the reliability test dies here: the webhooks open it
   await sql1('select billing.sync_org_invoice($1::text::jsonb) as r', [JSON.stringify(orgInvoiceState(sent, null))]);
   const args = [userId, orgId, begun.id];
   return { status: 201, data: await sql1<OrgInvoice>('select billing.get_org_invoice($1, $2, $3) as r', args) };
