@@ -39,3 +39,20 @@ export async function planLots(userId: string) {
     from billing.plan_lots pl join billing.lots l on l.id = pl.lot_id
     join billing.accounts a on a.id = l.account_id where a.user_id = ${userId} order by l.id`;
 }
+
+/** The charge that paid an invoice, as Stripe has it (through its invoice payment). */
+export async function chargeOfInvoice(invoice: string): Promise<string> {
+  const list = await stripeApi(`/v1/invoice_payments?invoice=${invoice}`) as {
+    data: { payment: { payment_intent: string } }[];
+  };
+  const pi = await stripeApi(`/v1/payment_intents/${list.data[0].payment.payment_intent}`);
+  return String(pi.latest_charge);
+}
+
+/** Net credits that left the user's lots as breakage (an un-expiry counts back). */
+export async function breakage(userId: string): Promise<string> {
+  const [r] = await testDb`select trim_scale(coalesce(sum(a.amount), 0))::text as n from billing.lot_allocations a
+    join billing.lots l on l.id = a.lot_id join billing.accounts x on x.id = l.account_id
+    where x.user_id = ${userId} and a.kind = 'expiry'`;
+  return r.n;
+}

@@ -16,11 +16,12 @@ import {
   type LedgerEntry,
   type SpendCap,
 } from '../../client/mod.ts';
-import { jobPrice, type RateCard, roundedCredits } from './credits.ts';
+import { jobPrice, money, type RateCard, roundedCredits } from './credits.ts';
 import { bonusText, got, packageName, studentMessage } from './messages.ts';
 import { invitationNotice, invitationToken, showOrgs } from './orgs.ts';
 import { showUsage } from './usage.ts';
 import { buyGift, giftText, wireRedeem } from './codes.ts';
+import { followPlan, showPlans } from './plans.ts';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const store = globalThis.sessionStorage;
@@ -62,8 +63,6 @@ const entryWords: Record<string, string> = {
   expiry: 'Credits expired',
   code_redemption: 'Code redeemed',
 };
-const money = (cents: number, currency: string) =>
-  new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(cents / 100);
 
 function show(id: 'error' | 'notice', text: string | null) {
   const el = $(id);
@@ -441,6 +440,7 @@ const unavailable = {
   recharge: () => $('recharge-status').textContent = 'Auto-recharge could not be loaded.',
   price: () => {},
   usage: () => $('runway').textContent = 'Your usage could not be loaded.',
+  plans: () => $('plan-body').textContent = 'Plans could not be loaded.',
   orgs: () => {
     $('orgs').hidden = false;
     $('orgs').querySelector('.orgs-body')!.textContent = 'Organisations could not be loaded.';
@@ -459,6 +459,7 @@ async function loadAll(billing: BillingClient, supabase: SupabaseClient) {
     price: () => wirePrice(supabase),
     orgs: () => showOrgs(billing, $('orgs'), fail),
     usage: () => showUsage(billing, $('usage')),
+    plans: () => showPlans(billing, $('plan-body'), fail, (text) => show('notice', text)),
   };
   const names = Object.keys(parts) as (keyof typeof parts)[];
   const results = await Promise.allSettled(names.map((name) => parts[name]()));
@@ -492,10 +493,11 @@ async function main() {
   wireRedeem(billing, (text) => show('notice', text), fail, () => loadAll(billing, supabase));
   const sessionId = params.get('session_id');
   if (sessionId) await followPurchase(billing, sessionId).catch((err) => fail(err));
+  if (params.get('plan')) await followPlan(billing, (text) => show('notice', text)).catch((err) => fail(err));
   // Hosted Checkout sends a student back here whether they cancelled or their card was declined.
   if (params.get('cancelled')) show('notice', 'Checkout ended without a payment: nothing was charged.');
   // Shown once: a reload must not announce the same payment again.
-  if (sessionId || params.get('cancelled')) history.replaceState(null, '', location.pathname);
+  if (sessionId || params.get('plan') || params.get('cancelled')) history.replaceState(null, '', location.pathname);
   await loadAll(billing, supabase);
   document.body.dataset.ready = 'true';
 }

@@ -25,6 +25,10 @@ export function roundedCredits(amount: string): string {
   return `${negative && cents !== 0n ? '-' : ''}${formatted}`;
 }
 
+/** 999, 'usd' → "$9.99" in the reader's locale (cents are integers: no credit amount passes here). */
+export const money = (cents: number, currency: string) =>
+  new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(cents / 100);
+
 /** A non-negative decimal string as digits and a scale: '0.15' → { digits: 15n, scale: 2 }. */
 function decimal(s: string): { digits: bigint; scale: number } {
   const [whole, fraction = ''] = s.split('.');

@@ -11,6 +11,7 @@ import { roundedCredits } from './credits.ts';
 import { got } from './messages.ts';
 import { type Act, el, money, table } from './dom.ts';
 import { invoicePart } from './org-invoices.ts';
+import { memberUsage } from './member-usage.ts';
 
 type Fail = (err: unknown, retry?: () => void, near?: HTMLElement) => void;
 
@@ -53,11 +54,14 @@ async function adminView(billing: BillingClient, org: Org, packages: CreditPacka
     }),
   );
   const active = members.filter((m) => m.active);
-  box.append(table(
-    ['Member', 'Role', 'Allowance'],
-    active.map((m) => [m.email ?? m.user_id, m.role, m.allowance ? roundedCredits(m.allowance.available) : '—']),
-    'org-members',
-  ));
+  box.append(
+    table(
+      ['Member', 'Role', 'Allowance'],
+      active.map((m) => [m.email ?? m.user_id, m.role, m.allowance ? roundedCredits(m.allowance.available) : '—']),
+      'org-members',
+    ),
+    memberUsage(billing, org.id, active),
+  );
 
   // Actions: invite, fund everyone (allowances), buy for the organisation.
   const act: Act = async (button, run, done) => {

@@ -29,12 +29,9 @@ export function runwayText(runway: Runway | null): string {
 const label = (day: string) =>
   new Date(`${day}T00:00:00Z`).toLocaleDateString('en-GB', { day: 'numeric', month: 'short', timeZone: 'UTC' });
 
-/** Draws the summary into `section` (its #usage-chart, #usage-models and #runway). */
-export function renderUsage(section: HTMLElement, summary: UsageSummary) {
-  const find = (id: string) => section.querySelector<HTMLElement>(`#${id}`)!;
-  find('runway').textContent = runwayText(summary.runway);
+/** Draws one bar a bucket into `chart` (a `.bars` element), named for screen readers. */
+export function drawBars(chart: HTMLElement, summary: UsageSummary) {
   const max = summary.buckets.reduce((m, b) => (micros(b.credits) > micros(m) ? b.credits : m), '0');
-  const chart = find('usage-chart');
   chart.replaceChildren(...summary.buckets.map((b) => {
     const bar = document.createElement('div');
     bar.className = 'bar';
@@ -46,6 +43,13 @@ export function renderUsage(section: HTMLElement, summary: UsageSummary) {
     'aria-label',
     `Credits used per day, ${label(summary.from)} to today: ${roundedCredits(summary.totals.credits)} in all`,
   );
+}
+
+/** Draws the summary into `section` (its #usage-chart, #usage-models and #runway). */
+export function renderUsage(section: HTMLElement, summary: UsageSummary) {
+  const find = (id: string) => section.querySelector<HTMLElement>(`#${id}`)!;
+  find('runway').textContent = runwayText(summary.runway);
+  drawBars(find('usage-chart'), summary);
   const models = find('usage-models');
   models.replaceChildren(
     ...summary.models.slice(0, 5).map((m) => {

@@ -40,6 +40,11 @@ create table billing.usage_daily (
 comment on table billing.usage_daily is 'Each user''s charges per UTC day and model (org_id: the organisation that paid; null: their own account), for days the roll-up has closed.';
 alter table billing.usage_daily enable row level security;
 
+-- A day across every user (the margins report, the usage alerts each minute: 80-observability.sql)
+-- and an organisation's days (the cost_spike alert's history of a school).
+create index usage_daily_day on billing.usage_daily (day);
+create index usage_daily_org_day on billing.usage_daily (org_id, day) where org_id is not null;
+
 create table billing.usage_rollup (
   singleton boolean primary key default true,
   rolled_through date not null,
@@ -434,6 +439,8 @@ begin
     )
     select jsonb_build_object(
       'from', p_from, 'to', p_to, 'by', p_by,
+      -- The margin_low alert's threshold, so a reader can mark the models under it.
+      'alert_below_percent', (select trim_scale(s.margin_min_percent)::text from billing.alert_settings s),
       'totals', (select billing.margin_json(coalesce(sum(g.credits), 0), coalesce(sum(g.cost), 0)) from groups g),
       'groups', coalesce((select jsonb_agg(jsonb_build_object('key', g.key) || billing.margin_json(g.credits, g.cost)
           order by g.credits desc, g.key) from groups g), '[]'),

@@ -76,6 +76,7 @@ alter table billing.correction_runs enable row level security;
 grant select on table billing.correction_runs to service_role;
 
 create index correction_runs_running on billing.correction_runs (created_at) where status = 'running';
+create index correction_runs_newest on billing.correction_runs (created_at desc, id desc);
 
 -- ============================================================ functions
 
@@ -520,6 +521,24 @@ $$;
 comment on function billing.continue_correction_run(p_admin uuid, p_run_id uuid, p_batch integer) is 'POST /admin/corrections/:id/continue: an admin (checked now) runs the next batch of a run now rather than at the next pg_cron tick.';
 revoke execute on function billing.continue_correction_run(p_admin uuid, p_run_id uuid, p_batch integer) from public, anon, authenticated;
 grant execute on function billing.continue_correction_run(p_admin uuid, p_run_id uuid, p_batch integer) to service_role;
+
+-- GET /admin/corrections: the runs, newest first, a page of at most 100 after the run p_after.
+create or replace function billing.list_correction_runs(p_admin uuid, p_after uuid, p_limit integer) returns jsonb
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+begin
+  perform billing.assert_user_standing(p_admin, true);
+  return (select coalesce(jsonb_agg(billing.correction_run_json(r, false) - 'replayed' order by r.created_at desc, r.id desc), '[]')
+    from (select * from billing.correction_runs x
+          where p_after is null or (x.created_at, x.id) < (select a.created_at, a.id from billing.correction_runs a where a.id = p_after)
+          order by x.created_at desc, x.id desc limit least(greatest(p_limit, 1), 101)) r);
+end;
+$$;
+comment on function billing.list_correction_runs(p_admin uuid, p_after uuid, p_limit integer) is 'GET /admin/corrections: correction runs newest first with their status and progress, for an admin (checked now); p_after is the last run of the previous page.';
+revoke execute on function billing.list_correction_runs(p_admin uuid, p_after uuid, p_limit integer) from public, anon, authenticated;
+grant execute on function billing.list_correction_runs(p_admin uuid, p_after uuid, p_limit integer) to service_role;
 
 -- ============================================================ triggers
 

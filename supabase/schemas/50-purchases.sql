@@ -56,9 +56,11 @@ create table billing.purchases (
   bonus_expiry_forgiven numeric(38,18) default 0 not null,
   credits_expiry_forgiven numeric(38,18) default 0 not null,
   gift boolean default false not null,
+  tax_cents integer default 0 not null,
   constraint purchases_dispute_status check (((dispute_status is null) or (dispute_status = any (array['open'::text, 'won'::text, 'lost'::text])))),
   constraint purchases_origin check ((origin = any (array['checkout'::text, 'auto_recharge'::text, 'invoice'::text]))),
-  constraint purchases_refund_within check (((amount_refunded_cents >= 0) and (amount_refunded_cents <= price_cents))),
+  constraint purchases_refund_within check (((amount_refunded_cents >= 0) and (amount_refunded_cents <= (price_cents + tax_cents)))),
+  constraint purchases_tax_cents check ((tax_cents >= 0)),
   constraint purchases_status check ((status = any (array['pending'::text, 'paid'::text, 'failed'::text, 'expired'::text]))),
   constraint purchases_pkey primary key (id),
   constraint purchases_request unique (user_id, request_key),
@@ -69,6 +71,7 @@ create table billing.purchases (
   constraint purchases_user_id_fkey foreign key (user_id) references auth.users(id) on delete restrict
 );
 comment on table billing.purchases is 'A credit package bought through a hosted Stripe Checkout Session. Stripe ids only: no card data.';
+comment on column billing.purchases.tax_cents is 'Stripe Tax collected on top of the price (the session''s total_details.amount_tax): charged, owed to tax authorities, never revenue; the credits and their cost basis are the price''s.';
 comment on column billing.purchases.gift is 'Bought as a gift: paid, its credits go to its code''s escrow (billing.codes), not the buyer''s account.';
 comment on column billing.purchases.org_id is 'The organisation whose wallet the credits are for (null: the buyer''s own account).';
 comment on column billing.purchases.bonus_expiry_forgiven is 'Bonus credits a refund or lost dispute did not take back because they had expired (already gone; never more than expired of the purchase''s lots).';
@@ -139,6 +142,17 @@ alter table billing.counters enable row level security;
 grant select on table billing.counters to service_role;
 
 -- ============================================================ functions
+
+create or replace function billing.tax_refunded_cents(p_tax_cents integer, p_total_cents integer, p_refunded_cents integer)
+returns integer
+language sql immutable strict
+set search_path = ''
+as $$
+  -- floor(tax × refunded / total) in integer arithmetic: all of it once the whole charge is back.
+  select case when p_total_cents > 0 then (p_tax_cents::bigint * p_refunded_cents / p_total_cents)::integer else 0 end
+$$;
+comment on function billing.tax_refunded_cents(p_tax_cents integer, p_total_cents integer, p_refunded_cents integer) is 'Internal: of p_refunded_cents refunded (cumulative) of a charge of p_total_cents that included p_tax_cents of tax, the tax part: floor(tax × refunded / total).';
+revoke execute on function billing.tax_refunded_cents(p_tax_cents integer, p_total_cents integer, p_refunded_cents integer) from public;
 
 create or replace function billing.checkout_of(p billing.purchases, p_reused boolean) returns billing.checkout
 language sql stable
@@ -232,6 +246,7 @@ AS $function$
 declare
   p billing.purchases;
   v_refunded integer := coalesce((p_state ->> 'amount_refunded')::integer, 0);
+  v_tax integer := coalesce((p_state ->> 'amount_tax')::integer, 0);
   v_charge text := p_state ->> 'charge_id';
   v_dispute text := case
     when p_state ->> 'dispute_status' in ('won', 'warning_closed', 'prevented') then 'won'
@@ -269,9 +284,14 @@ begin
 
   -- 1. Payment.
   if p.status <> 'paid' and p_state ->> 'payment_status' = 'paid' then
-    if (p_state ->> 'amount_total')::integer <> p.price_cents or lower(p_state ->> 'currency') <> p.currency then
+    -- The price before tax must be ours, and the total that price plus Stripe Tax's amount (none
+    -- when automatic tax is off): anything else was not the package we sold.
+    if coalesce((p_state ->> 'amount_subtotal')::integer, (p_state ->> 'amount_total')::integer) <> p.price_cents
+       or (p_state ->> 'amount_total')::integer <> p.price_cents + v_tax or v_tax < 0
+       or lower(p_state ->> 'currency') <> p.currency then
       perform billing.raise_error('PAYMENT_AMOUNT_MISMATCH', jsonb_build_object('purchase_id', p.id,
-        'expected_cents', p.price_cents, 'paid_cents', p_state ->> 'amount_total', 'currency', p_state ->> 'currency'));
+        'expected_cents', p.price_cents, 'paid_cents', p_state ->> 'amount_total', 'tax_cents', v_tax,
+        'currency', p_state ->> 'currency'));
     end if;
     -- The credits are a paid lot whose cost is the price; the bonus a promotional lot. A gift's
     -- go into its code's escrow until someone redeems the code (75-codes.sql).
@@ -284,7 +304,8 @@ begin
         null, billing.purchase_metadata(p), jsonb_build_object('category', 'promotional', 'currency', p.currency,
           'purchase_id', p.id), v_credited);
     end if;
-    update billing.purchases x set status = 'paid', paid_at = now(), updated_at = now() where x.id = p.id returning * into p;
+    update billing.purchases x set status = 'paid', paid_at = now(), tax_cents = v_tax, updated_at = now()
+    where x.id = p.id returning * into p;
     update billing.recharges r set status = 'succeeded', payment_intent_id = p_state ->> 'payment_intent', updated_at = now()
     where r.purchase_id = p.id;
     -- The card the student asked to keep, for auto-recharge (Stripe ids only).
@@ -296,7 +317,8 @@ begin
     end if;
     insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
     values ('purchase_receipt', p.user_id, 'receipt:' || p.id, jsonb_build_object(
-      'purchase_id', p.id, 'package_id', p.package_id, 'price_cents', p.price_cents, 'currency', p.currency,
+      'purchase_id', p.id, 'package_id', p.package_id, 'price_cents', p.price_cents, 'tax_cents', p.tax_cents,
+      'currency', p.currency,
       'credits', trim_scale(p.credits)::text, 'bonus_credits', trim_scale(p.bonus_credits)::text)
       || coalesce(billing.purchase_metadata(p), '{}'))
     on conflict (dedupe_key) do nothing;
@@ -324,10 +346,12 @@ begin
   end if;
 
   -- 2. Refunds: Stripe reports the cumulative amount, so the reversal converges on
-  -- floor(credits × refunded / paid), for purchased and bonus credits alike.
+  -- floor(credits × refunded / paid), for purchased and bonus credits alike. Paid is what the
+  -- charge took, tax included: a refund returns tax and price in proportion, so refunding the
+  -- whole charge takes back every credit, and half of it half of them.
   if v_refunded > p.amount_refunded_cents then
-    v_target_c := floor(p.credits * v_refunded / p.price_cents);
-    v_target_b := floor(p.bonus_credits * v_refunded / p.price_cents);
+    v_target_c := floor(p.credits * v_refunded / (p.price_cents + p.tax_cents));
+    v_target_b := floor(p.bonus_credits * v_refunded / (p.price_cents + p.tax_cents));
     -- Each reversal takes back its own lot first; what that lot no longer has expired (forgiven:
     -- it is breakage already) or was spent, and is owed like any debt (settled from whatever the
     -- account holds, or carried as debt).

@@ -72,8 +72,9 @@ create table billing.plan_grants (
   billing_reason text not null,
   period_start timestamptz not null,
   period_end timestamptz not null,                -- the period the credits are for
-  amount_cents integer not null,
+  amount_cents integer not null,                  -- what the invoice charged before tax (the credits' cost basis)
   currency text not null,
+  tax_cents integer not null default 0,           -- Stripe Tax on top (the invoice's total_taxes): owed, never revenue
   credits numeric(38, 18) not null default 0,     -- 0: paid for a period already over or superseded
   lot_id bigint references billing.lots (id),
   rolled_over numeric(38, 18) not null default 0, -- credits carried into this period from the one before
@@ -85,7 +86,8 @@ create table billing.plan_grants (
   dispute_id text,
   dispute_status text,
   constraint plan_grants_credits check (credits >= 0 and rolled_over >= 0),
-  constraint plan_grants_refund_within check (amount_refunded_cents between 0 and amount_cents),
+  constraint plan_grants_refund_within check (amount_refunded_cents between 0 and amount_cents + tax_cents),
+  constraint plan_grants_tax_cents check (tax_cents >= 0),
   constraint plan_grants_dispute_status check (dispute_status is null or dispute_status in ('open', 'won', 'lost'))
 );
 comment on table billing.plan_grants is 'Immutable in effect: each paid plan invoice, once, and the credits it granted (0 when its period was over or a later one already granted).';
@@ -245,6 +247,10 @@ begin
       insert into billing.lot_allocations (transfer_id, lot_id, kind, amount) values (v_back, l.id, 'expiry', -v_take);
       update billing.lots x set remaining = x.remaining + v_take - v_settled, debt_settled = x.debt_settled + v_settled
       where x.id = l.id returning x.remaining into l.remaining;
+      -- What paid the debt rolled over too: it counts against the cap (or each expired lot of
+      -- the period would pay up to a whole cap of debt out of breakage).
+      v_left := v_left - v_settled;
+      v_total := v_total + v_settled;
     end if;
     v_take := least(l.remaining, v_left);
     continue when v_take <= 0;
@@ -283,7 +289,9 @@ declare
   v_grant billing.plan_grants;
   v_start timestamptz := to_timestamp((p_invoice ->> 'period_start')::bigint);
   v_end timestamptz := to_timestamp((p_invoice ->> 'period_end')::bigint);
-  v_amount integer := (p_invoice ->> 'amount_paid')::integer;
+  -- Paid = subtotal + Stripe Tax; the subtotal is what the plan costs, the tax is owed.
+  v_tax integer := coalesce((p_invoice ->> 'tax')::integer, 0);
+  v_amount integer := (p_invoice ->> 'amount_paid')::integer - v_tax;
   v_reason text := p_invoice ->> 'billing_reason';
   v_account bigint := billing.ensure_user_account(p_sub.user_id);
   v_had numeric(38, 18);
@@ -311,22 +319,31 @@ begin
   if not found then
     perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_invoice ->> 'plan_id'));
   end if;
-  if lower(p_invoice ->> 'currency') <> v_plan.currency
-     or (v_reason in ('subscription_create', 'subscription_cycle') and v_amount <> v_plan.price_cents) then
+  -- A period's own invoice: its subtotal is the plan's price and it was paid with the tax on top.
+  if lower(p_invoice ->> 'currency') <> v_plan.currency or v_tax < 0 or v_amount < 0
+     or (v_reason in ('subscription_create', 'subscription_cycle')
+         and (v_amount <> v_plan.price_cents or coalesce((p_invoice ->> 'subtotal')::integer, v_amount) <> v_plan.price_cents)) then
     perform billing.raise_error('PAYMENT_AMOUNT_MISMATCH', jsonb_build_object('invoice', p_invoice ->> 'id',
-      'expected_cents', v_plan.price_cents, 'paid_cents', v_amount, 'currency', p_invoice ->> 'currency'));
+      'expected_cents', v_plan.price_cents, 'paid_cents', p_invoice ->> 'amount_paid', 'tax_cents', v_tax,
+      'currency', p_invoice ->> 'currency'));
   end if;
   -- Once per invoice, under the subscription's lock (the caller's): retries and replays stop here.
   insert into billing.plan_grants (invoice_id, subscription_id, plan_id, billing_reason, period_start, period_end,
-                                   amount_cents, currency)
-  values (p_invoice ->> 'id', p_sub.id, v_plan.id, v_reason, v_start, v_end, v_amount, v_plan.currency)
+                                   amount_cents, currency, tax_cents)
+  values (p_invoice ->> 'id', p_sub.id, v_plan.id, v_reason, v_start, v_end, v_amount, v_plan.currency, v_tax)
   on conflict (invoice_id) do nothing
   returning * into v_grant;
   if not found then
     return 'plan_invoice_already_granted';
   end if;
+  -- The money came in, whatever it grants: a stale invoice's refund (below) nets it out.
+  perform billing.post_money('credit_purchase', 'plan-invoice:' || v_grant.invoice_id, v_plan.currency, null, null,
+    p_invoice ->> 'id', jsonb_build_array(billing.money_entry('payers', -(v_amount + v_tax)),
+      billing.money_entry('b2c_revenue', v_amount), billing.money_entry('tax_payable', v_tax)))
+  where v_amount + v_tax > 0;
   -- A period that is over, or older than one already granted (a late, reordered invoice), gets
-  -- nothing: its credits would expire at once or reopen a period the student has left.
+  -- nothing: its credits would expire at once or reopen a period the student has left. The
+  -- caller refunds the invoice (stripe-webhook; the plan_refund_due alert catches one it missed).
   if v_end <= now() or exists (select 1 from billing.plan_grants g where g.subscription_id = p_sub.id
                                and g.period_end > v_end and g.credits > 0) then
     return 'plan_invoice_stale';
@@ -386,9 +403,6 @@ begin
   end if;
   update billing.plan_grants g set credits = v_credits, lot_id = v_lot, rolled_over = v_rolled
   where g.invoice_id = v_grant.invoice_id;
-  perform billing.post_money('credit_purchase', 'plan-invoice:' || v_grant.invoice_id, v_plan.currency, null, null,
-    p_invoice ->> 'id', jsonb_build_array(billing.money_entry('payers', -v_amount), billing.money_entry('b2c_revenue', v_amount)))
-  where v_amount > 0;
   return 'plan_credits_granted';
 end;
 $$;
@@ -529,23 +543,37 @@ declare
   v_target numeric(38, 18);
   v_lots bigint[];
   v_left numeric(38, 18);
+  v_total integer;
+  v_tax_back integer;
 begin
   select * into g from billing.plan_grants x where x.invoice_id = p_state ->> 'invoice_id' for update;
   if not found then
-    return 'unknown_plan_invoice';  -- its invoice.paid has not arrived: that one will find this state
+    -- One of our plans' invoices whose invoice.paid is not applied yet (the events reordered):
+    -- failing makes Stripe retry, so the refund or dispute reaches the credits once they exist.
+    -- A refused plan's invoices never grant (their refunds are ours); other invoices are not ours.
+    if exists (select 1 from billing.subscriptions s where s.refused_at is null
+               and (s.stripe_subscription_id = p_state ->> 'subscription_id' or s.id::text = p_state ->> 'plan_subscription_id')) then
+      perform billing.raise_error('PLAN_INVOICE_PENDING', jsonb_build_object('invoice_id', p_state ->> 'invoice_id'));
+    end if;
+    return 'unknown_plan_invoice';
   end if;
   select s.user_id into v_user from billing.subscriptions s where s.id = g.subscription_id;
   v_account := billing.ensure_user_account(v_user);
   update billing.plan_grants x set stripe_charge_id = coalesce(x.stripe_charge_id, p_state ->> 'charge_id')
   where x.invoice_id = g.invoice_id returning * into g;
-  -- Refunds: the cumulative amount, so the reversal converges on floor(credits × refunded / paid).
-  if v_refunded > g.amount_refunded_cents and g.amount_cents > 0 then
-    v_target := floor(g.credits * v_refunded / g.amount_cents);
+  -- Refunds: the cumulative amount, so the reversal converges on floor(credits × refunded / paid),
+  -- paid being what the charge took, tax included (a refund returns tax and price in proportion).
+  v_total := g.amount_cents + g.tax_cents;
+  if v_refunded > g.amount_refunded_cents and v_total > 0 then
+    v_target := floor(g.credits * v_refunded / v_total);
+    v_tax_back := billing.tax_refunded_cents(g.tax_cents, v_total, v_refunded)
+      - billing.tax_refunded_cents(g.tax_cents, v_total, g.amount_refunded_cents);
     perform billing.take_back_plan_credits(g, v_user, v_target - g.credits_reversed, 'refund_reversal',
       'plan-refund:' || g.invoice_id || ':' || v_refunded);
     perform billing.post_money('credit_refund', 'plan-refund:' || g.invoice_id || ':' || v_refunded, g.currency, null, null,
-      g.stripe_charge_id, jsonb_build_array(billing.money_entry('b2c_revenue', -(v_refunded - g.amount_refunded_cents)),
-        billing.money_entry('payers', v_refunded - g.amount_refunded_cents)));
+      g.stripe_charge_id, jsonb_build_array(
+        billing.money_entry('b2c_revenue', -((v_refunded - g.amount_refunded_cents) - v_tax_back)),
+        billing.money_entry('tax_payable', -v_tax_back), billing.money_entry('payers', v_refunded - g.amount_refunded_cents)));
     update billing.plan_grants x set amount_refunded_cents = v_refunded, credits_reversed = greatest(v_target, x.credits_reversed)
     where x.invoice_id = g.invoice_id returning * into g;
   end if;
@@ -569,10 +597,12 @@ begin
     if v_dispute = 'lost' then
       perform billing.take_back_plan_credits(g, v_user, g.credits - g.credits_reversed, 'dispute_reversal',
         'plan-dispute:' || (p_state ->> 'dispute_id'));
+      v_tax_back := g.tax_cents - billing.tax_refunded_cents(g.tax_cents, v_total, g.amount_refunded_cents);
       perform billing.post_money('credit_dispute_lost', 'plan-dispute:' || g.invoice_id, g.currency, null, null,
-        p_state ->> 'dispute_id', jsonb_build_array(billing.money_entry('b2c_revenue', -(g.amount_cents - g.amount_refunded_cents)),
-          billing.money_entry('payers', g.amount_cents - g.amount_refunded_cents)))
-      where g.amount_cents > g.amount_refunded_cents;
+        p_state ->> 'dispute_id', jsonb_build_array(
+          billing.money_entry('b2c_revenue', -(v_total - g.amount_refunded_cents - v_tax_back)),
+          billing.money_entry('tax_payable', -v_tax_back), billing.money_entry('payers', v_total - g.amount_refunded_cents)))
+      where v_total > g.amount_refunded_cents;
       update billing.plan_grants x set credits_reversed = x.credits where x.invoice_id = g.invoice_id;
     end if;
     update billing.plan_grants x set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute
@@ -605,31 +635,53 @@ comment on function billing.get_subscription(p_user uuid) is 'The student''s pla
 revoke execute on function billing.get_subscription(p_user uuid) from public;
 grant execute on function billing.get_subscription(p_user uuid) to service_role;
 
+-- Plans in [p_from, p_to), for the reports (docs/metrics.md). A subscriber at an instant is a plan
+-- whose paid period covers it, so the numbers come from the invoices Stripe was paid, not from a
+-- status that changes later: subscribers and MRR at the range's end (or now, if sooner), churn as
+-- those subscribed at its start and not at its end. A refused second plan, a period refunded in
+-- full and an invoice that granted nothing (its period over, or superseded) count for no one; an
+-- upgrade counts at its new plan (the period's latest paid invoice).
 create or replace function billing.plan_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
 language sql stable
-security definer
 set search_path = ''
 as $$
+  with covering as (
+    select distinct on (i.at, g.subscription_id) i.at, g.subscription_id, p.currency,
+           case p.billing_interval when 'year' then p.price_cents / 12.0 else p.price_cents end as monthly_cents
+    from (values ('start', p_from), ('end', least(p_to, now()) - interval '1 microsecond')) as i (at, t)
+    join billing.plan_grants g on g.period_start <= i.t and g.period_end > i.t
+    join billing.subscriptions s on s.id = g.subscription_id and s.refused_at is null
+    join billing.plans p on p.id = g.plan_id
+    where g.credits > 0 and not (g.amount_cents > 0 and g.amount_refunded_cents = g.amount_cents)
+    order by i.at, g.subscription_id, g.granted_at desc
+  ),
+  at_start as (select c.subscription_id from covering c where c.at = 'start'),
+  at_end as (select * from covering c where c.at = 'end'),
+  churned as (select count(*) as n from at_start a where a.subscription_id not in (select e.subscription_id from at_end e)),
+  in_range as (
+    select a.kind, a.amount from billing.plan_lots pl join billing.lot_allocations a on a.lot_id = pl.lot_id
+    where a.created_at >= p_from and a.created_at < p_to
+  )
   select jsonb_build_object(
-    'subscribers', (select count(*) from billing.subscriptions s where s.status in ('active', 'past_due') and s.refused_at is null),
-    -- Monthly recurring revenue: a yearly plan counts a twelfth of its price.
-    'mrr_cents', (select coalesce(round(sum(case p.billing_interval when 'year' then p.price_cents / 12.0 else p.price_cents end)), 0)
-                  from billing.subscriptions s join billing.plans p on p.id = s.plan_id where s.status in ('active', 'past_due') and s.refused_at is null),
-    'churned', (select count(*) from billing.subscriptions s where s.status = 'canceled' and s.updated_at >= p_from and s.updated_at < p_to),
+    'subscribers', (select count(*) from at_end),
+    'new_subscribers', (select count(*) from at_end e where e.subscription_id not in (select a.subscription_id from at_start a)),
+    'churned', (select n from churned),
+    'churn_rate', (select case when count(*) > 0 then round((select n from churned)::numeric / count(*), 6) end from at_start),
+    -- Monthly recurring revenue at the end, per currency: a yearly plan counts a twelfth of its price.
+    'mrr', coalesce((select jsonb_agg(jsonb_build_object('currency', m.currency, 'subscribers', m.n, 'mrr_cents', m.cents)
+                       order by m.currency)
+                     from (select e.currency, count(*) as n, round(sum(e.monthly_cents)) as cents from at_end e group by e.currency) m),
+                    '[]'::jsonb),
     'credits_granted', (select trim_scale(coalesce(sum(g.credits), 0))::text from billing.plan_grants g
                         where g.granted_at >= p_from and g.granted_at < p_to),
     'credits_rolled_over', (select trim_scale(coalesce(sum(g.rolled_over), 0))::text from billing.plan_grants g
                             where g.granted_at >= p_from and g.granted_at < p_to),
-    'credits_used', (select trim_scale(coalesce(sum(a.amount), 0))::text from billing.plan_lots pl
-                     join billing.lot_allocations a on a.lot_id = pl.lot_id
-                     where a.kind in ('usage', 'debit', 'hold_capture') and a.created_at >= p_from and a.created_at < p_to),
-    'credits_expired', (select trim_scale(coalesce(sum(a.amount), 0))::text from billing.plan_lots pl
-                        join billing.lot_allocations a on a.lot_id = pl.lot_id
-                        where a.kind = 'expiry' and a.created_at >= p_from and a.created_at < p_to))
+    'credits_used', (select trim_scale(coalesce(sum(r.amount), 0))::text from in_range r
+                     where r.kind in ('usage', 'debit', 'hold_capture')),
+    'credits_expired', (select trim_scale(coalesce(sum(r.amount), 0))::text from in_range r where r.kind = 'expiry'))
 $$;
-comment on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) is 'Plans now (subscribers, MRR) and over [from, to): churn, and plan credits granted, used, expired and rolled over.';
+comment on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) is 'Internal: plans at the end of [from, to) (subscribers, MRR) and over it (new, churned, plan credits granted, used, expired and rolled over): a part of revenue_metrics.';
 revoke execute on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) from public;
-grant execute on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) to service_role;
 
 -- ============================================================ policies
 

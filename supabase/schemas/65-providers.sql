@@ -91,7 +91,8 @@ create index provider_payouts_provider on billing.provider_payouts (provider_id,
 -- Accounts: `payers` (money arriving from outside), `platform_fees` (the platform's revenue),
 -- `provider:<uuid>` (what Stripe holds for a provider's connected account),
 -- `provider_payouts` (money paid out to providers' banks), and for credit purchases
--- `b2c_revenue` and `stripe_fees` (see the revenue migration). Σ of every transfer's entries = 0.
+-- `b2c_revenue` and `stripe_fees` (see the revenue migration), and `tax_payable` (Stripe Tax
+-- collected on top of a price: owed to tax authorities, never revenue). Σ of every transfer's entries = 0.
 create table billing.money_transfers (
   id uuid primary key default gen_random_uuid(),
   kind text not null,
@@ -137,7 +138,8 @@ create table billing.money_entries (
   currency text not null,
   amount_cents bigint not null,
   created_at timestamptz not null default now(),
-  constraint money_entries_account check (account in ('payers', 'platform_fees', 'provider_payouts', 'b2c_revenue', 'stripe_fees')
+  constraint money_entries_account check (account in ('payers', 'platform_fees', 'provider_payouts', 'b2c_revenue', 'stripe_fees',
+    'tax_payable')
     or account ~ '^provider:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'),
   constraint money_entries_nonzero check (amount_cents <> 0)
 );
@@ -945,11 +947,17 @@ set search_path = ''
 as $$
 declare
   v_lost integer;
+  v_total integer := new.price_cents + new.tax_cents;
+  -- The tax part of what was refunded before and after this change (a refund returns tax and
+  -- price in proportion: billing.tax_refunded_cents).
+  v_tax_before integer := billing.tax_refunded_cents(old.tax_cents, old.price_cents + old.tax_cents, old.amount_refunded_cents);
+  v_tax_after integer := billing.tax_refunded_cents(new.tax_cents, v_total, new.amount_refunded_cents);
 begin
+  -- The payer paid price and tax; only the price is revenue, the tax is owed (tax_payable).
   if new.status = 'paid' and old.status <> 'paid' then
     perform billing.post_money('credit_purchase', 'credit-purchase:' || new.id, new.currency, null, null,
-      new.stripe_charge_id, jsonb_build_array(billing.money_entry('payers', -new.price_cents),
-        billing.money_entry('b2c_revenue', new.price_cents)));
+      new.stripe_charge_id, jsonb_build_array(billing.money_entry('payers', -v_total),
+        billing.money_entry('b2c_revenue', new.price_cents), billing.money_entry('tax_payable', new.tax_cents)));
   end if;
   if new.stripe_fee_cents is not null and old.stripe_fee_cents is null and new.stripe_fee_cents > 0 then
     perform billing.post_money('stripe_fee', 'stripe-fee:' || new.id, new.currency, null, null, new.stripe_charge_id,
@@ -959,14 +967,16 @@ begin
   if new.amount_refunded_cents > old.amount_refunded_cents then
     perform billing.post_money('credit_refund', 'credit-refund:' || new.id || ':' || new.amount_refunded_cents,
       new.currency, null, null, new.stripe_charge_id, jsonb_build_array(
-        billing.money_entry('b2c_revenue', -(new.amount_refunded_cents - old.amount_refunded_cents)),
+        billing.money_entry('b2c_revenue', -((new.amount_refunded_cents - old.amount_refunded_cents) - (v_tax_after - v_tax_before))),
+        billing.money_entry('tax_payable', -(v_tax_after - v_tax_before)),
         billing.money_entry('payers', new.amount_refunded_cents - old.amount_refunded_cents)));
   end if;
-  -- A lost dispute takes back what had not been refunded.
-  v_lost := new.price_cents - new.amount_refunded_cents;
+  -- A lost dispute takes back what had not been refunded, tax included.
+  v_lost := v_total - new.amount_refunded_cents;
   if new.dispute_status = 'lost' and old.dispute_status is distinct from 'lost' and v_lost > 0 then
     perform billing.post_money('credit_dispute_lost', 'credit-dispute:' || new.id, new.currency, null, null,
-      new.dispute_id, jsonb_build_array(billing.money_entry('b2c_revenue', -v_lost), billing.money_entry('payers', v_lost)));
+      new.dispute_id, jsonb_build_array(billing.money_entry('b2c_revenue', -(v_lost - (new.tax_cents - v_tax_after))),
+        billing.money_entry('tax_payable', -(new.tax_cents - v_tax_after)), billing.money_entry('payers', v_lost)));
   end if;
   return null;
 end;

@@ -14,8 +14,9 @@
 -- Paid, the invoice becomes a purchase of the organisation (billing.purchases, origin
 -- 'invoice', the same id) and billing.sync_purchase credits the wallet exactly as an
 -- organisation's Checkout purchase does: a paid lot whose cost is the invoice's amount before
--- tax, and the package's bonus as a promotional lot. Its refunds and disputes reach the credits
--- through that purchase (pro rata of what was paid, tax included: the purchase sees the net share).
+-- tax (the tax kept beside it, as for a taxed Checkout purchase), and the package's bonus as a
+-- promotional lot. Its refunds and disputes reach the credits through that purchase (pro rata
+-- of what was paid, tax included).
 -- An invoice marked uncollectible that is paid after all (Stripe allows it) credits like any
 -- other: the money arrived.
 
@@ -171,19 +172,19 @@ $$;
 comment on function billing.mark_org_invoice_uncollectible(p_id uuid) is 'Internal: open → uncollectible; credits nothing (a later payment still does: pay_org_invoice).';
 revoke execute on function billing.mark_org_invoice_uncollectible(p_id uuid) from public;
 
--- What billing.sync_purchase reads, from a paid org invoice's state: the purchase is the
--- invoice's net amount, so what Stripe reports of the charge (tax included) is scaled to it.
+-- What billing.sync_purchase reads, from a paid org invoice's state: its price before tax, the
+-- tax on top and the total paid, and its charge (refunds as Stripe reports them, tax included).
 create or replace function billing.org_invoice_purchase_state(p billing.org_invoices, p_state jsonb) returns jsonb
 language sql stable
 set search_path = ''
 as $$
-  select jsonb_build_object('purchase_id', p.id, 'payment_status', 'paid', 'amount_total', p.amount_cents,
-    'amount_subtotal', p.amount_cents, 'currency', p.currency, 'payment_intent', p_state ->> 'payment_intent',
-    'charge_id', p_state ->> 'charge_id', 'stripe_fee', p_state -> 'stripe_fee',
-    'amount_refunded', coalesce((p_state ->> 'amount_refunded')::bigint * p.amount_cents / nullif(p.total_cents, 0), 0),
+  select jsonb_build_object('purchase_id', p.id, 'payment_status', 'paid', 'amount_subtotal', p.amount_cents,
+    'amount_total', p.total_cents, 'amount_tax', p.tax_cents, 'currency', p.currency,
+    'payment_intent', p_state ->> 'payment_intent', 'charge_id', p_state ->> 'charge_id',
+    'stripe_fee', p_state -> 'stripe_fee', 'amount_refunded', coalesce((p_state ->> 'amount_refunded')::integer, 0),
     'dispute_id', p_state ->> 'dispute_id', 'dispute_status', p_state ->> 'dispute_status')
 $$;
-comment on function billing.org_invoice_purchase_state(p billing.org_invoices, p_state jsonb) is 'Internal: a paid org invoice''s charge as its purchase sees it (refunds scaled from the total to the amount before tax, rounded down).';
+comment on function billing.org_invoice_purchase_state(p billing.org_invoices, p_state jsonb) is 'Internal: a paid org invoice''s payment as its purchase sees it (the amounts the invoice recorded when paid, its charge as Stripe reports it).';
 revoke execute on function billing.org_invoice_purchase_state(p billing.org_invoices, p_state jsonb) from public;
 
 create or replace function billing.pay_org_invoice(p_id uuid, p_state jsonb) returns text

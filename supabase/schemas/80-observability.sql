@@ -55,6 +55,25 @@ grant select on table billing.alerts to service_role;
 
 create unique index alerts_one_open on billing.alerts (condition) where status = 'open';
 
+-- The thresholds of the usage alerts (margin_low, cost_spike), one row: the older conditions
+-- keep theirs in evaluate_core_alerts, but these are business choices an operator tunes
+-- (`update billing.alert_settings set margin_min_percent = 25;`), read at every evaluation.
+create table billing.alert_settings (
+  singleton boolean primary key default true,
+  margin_min_percent numeric(7, 2) not null default 20,      -- margin_low: a model's margin under this
+  margin_min_revenue_usd numeric(20, 6) not null default 1,  -- ... on a day it earned at least this (a few charges are noise)
+  cost_spike_sigmas numeric(6, 2) not null default 4,        -- cost_spike: the day above mean + this many σ of the 7 before
+  cost_spike_min_jump_usd numeric(20, 6) not null default 5, -- ... and above the mean by at least this much (the floor)
+  constraint alert_settings_singleton check (singleton),
+  constraint alert_settings_ranges check (margin_min_percent <= 100 and margin_min_revenue_usd >= 0
+    and cost_spike_sigmas > 0 and cost_spike_min_jump_usd > 0)
+);
+comment on table billing.alert_settings is 'Thresholds of the margin_low and cost_spike alerts (one row; docs/runbook.md). Changed in SQL by an operator.';
+alter table billing.alert_settings enable row level security;
+grant select on table billing.alert_settings to service_role;
+
+insert into billing.alert_settings default values;
+
 -- ============================================================ functions
 
 create or replace function billing.record_ai_log(
@@ -213,6 +232,117 @@ comment on function billing.evaluate_core_alerts() is 'pg_cron: evaluates every 
 revoke execute on function billing.evaluate_core_alerts() from public;
 grant execute on function billing.evaluate_core_alerts() to service_role;
 
+-- Opens an alert for each condition in `p_firing` (condition → {summary, details}) and resolves
+-- the open ones starting with `p_prefix` that are not in it: a family of conditions, one per
+-- model or day, evaluated together.
+create or replace function billing.set_alerts(p_prefix text, p_firing jsonb) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_condition text;
+begin
+  for v_condition in select a.condition from billing.alerts a
+    where a.status = 'open' and starts_with(a.condition, p_prefix) and not p_firing ? a.condition loop
+    perform billing.set_alert(v_condition, false, '');
+  end loop;
+  for v_condition in select k from jsonb_object_keys(p_firing) k order by k loop
+    perform billing.set_alert(v_condition, true, p_firing -> v_condition ->> 'summary', p_firing -> v_condition -> 'details');
+  end loop;
+end;
+$$;
+comment on function billing.set_alerts(p_prefix text, p_firing jsonb) is 'Internal: opens (or refreshes) each alert of p_firing and resolves the open ones of the family p_prefix that are not in it.';
+revoke execute on function billing.set_alerts(p_prefix text, p_firing jsonb) from public;
+
+-- The usage alerts, over the last closed day the roll-up holds (usage_daily, so a minute's
+-- evaluation reads one day's rows and a few accounts' history, never the ledger):
+--   margin_low:<model>: the model's margin that day, (revenue − provider cost) ÷ revenue, is
+--     under margin_min_percent while it earned at least margin_min_revenue_usd. One condition
+--     per model: each model opens (and emails) once and resolves on its own.
+--   cost_spike:<day>: students and organisations whose provider cost that day is above the
+--     mean + cost_spike_sigmas × σ (population) of their 7 days before (days without charges
+--     count as 0), by at least cost_spike_min_jump_usd, and who had charges 7 or more days
+--     before it (a short history has no pattern yet). One condition per day, listing the
+--     accounts by id (no personal data): one email for a day, however many accounts.
+-- A student's cost is all their charges (own and school-paid); an organisation's, what it paid.
+create or replace function billing.evaluate_usage_alerts() returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_day date := (select u.rolled_through from billing.usage_rollup u);
+  s billing.alert_settings;
+  v_margins jsonb;
+  v_spikes jsonb;
+begin
+  select * into s from billing.alert_settings;
+  if v_day is null or s is null then
+    perform billing.set_alerts('margin_low:', '{}');
+    perform billing.set_alerts('cost_spike:', '{}');
+    return;
+  end if;
+
+  select coalesce(jsonb_object_agg('margin_low:' || m.model, jsonb_build_object(
+      'summary', format('%s margin %s%% on %s (under %s%%): revenue %s USD, provider cost %s USD', m.model,
+        round(m.margin * 100 / m.revenue, 2), v_day, trim_scale(s.margin_min_percent), trim_scale(round(m.revenue, 2)),
+        trim_scale(round(m.cost, 2))),
+      'details', jsonb_build_object('model', m.model, 'day', v_day, 'threshold_percent', trim_scale(s.margin_min_percent))
+        || billing.margin_json(m.credits, m.cost))), '{}')
+  into v_margins
+  from (select d.model, sum(d.credits) as credits, sum(d.credits) * 0.001 as revenue, sum(d.cost_usd) as cost,
+          sum(d.credits) * 0.001 - sum(d.cost_usd) as margin
+        from billing.usage_daily d where d.day = v_day group by d.model) m
+  where m.revenue >= s.margin_min_revenue_usd and m.revenue > 0 and m.margin * 100 < s.margin_min_percent * m.revenue;
+  perform billing.set_alerts('margin_low:', v_margins);
+
+  with day_cost as materialized ( -- the day's cost per account; only those above the floor can jump by it
+    select 'student' as kind, d.user_id as id, sum(d.cost_usd) as cost from billing.usage_daily d
+    where d.day = v_day group by d.user_id having sum(d.cost_usd) >= s.cost_spike_min_jump_usd
+    union all
+    select 'org', d.org_id, sum(d.cost_usd) from billing.usage_daily d
+    where d.day = v_day and d.org_id is not null group by d.org_id having sum(d.cost_usd) >= s.cost_spike_min_jump_usd
+  ),
+  history as ( -- those accounts' 7 days before, by day (through the indexes on user and on organisation)
+    select 'student' as kind, d.user_id as id, sum(d.cost_usd) as cost from billing.usage_daily d
+    where d.user_id = any(array(select c.id from day_cost c where c.kind = 'student'))
+      and d.day between v_day - 7 and v_day - 1
+    group by d.user_id, d.day
+    union all
+    select 'org', d.org_id, sum(d.cost_usd) from billing.usage_daily d
+    where d.org_id = any(array(select c.id from day_cost c where c.kind = 'org')) and d.day between v_day - 7 and v_day - 1
+    group by d.org_id, d.day
+  ),
+  stats as ( -- mean and population σ over 7 days, days without charges as 0; only accounts with charges 7+ days before
+    select c.kind, c.id, c.cost, coalesce(sum(h.cost), 0) / 7 as mean, coalesce(sum(h.cost * h.cost), 0) / 7 as mean_square
+    from day_cost c left join history h on h.kind = c.kind and h.id = c.id
+    where case c.kind
+      when 'student' then exists (select 1 from billing.usage_daily x where x.user_id = c.id and x.day <= v_day - 7)
+      else exists (select 1 from billing.usage_daily x where x.org_id = c.id and x.day <= v_day - 7) end
+    group by c.kind, c.id, c.cost
+  ),
+  spikes as (
+    select st.kind, st.id, st.cost, st.mean, sqrt(greatest(st.mean_square - st.mean * st.mean, 0)) as sd,
+      st.cost - st.mean as jump
+    from stats st
+  )
+  select case when count(*) > 0 then jsonb_build_object('cost_spike:' || v_day, jsonb_build_object(
+      'summary', format('%s accounts'' provider cost on %s jumped past their 7-day mean + %sσ (%s students, %s organisations)',
+        count(*), v_day, trim_scale(s.cost_spike_sigmas), count(*) filter (where x.kind = 'student'),
+        count(*) filter (where x.kind = 'org')),
+      'details', jsonb_build_object('day', v_day, 'accounts', count(*),
+        'top', (jsonb_agg(jsonb_build_object('kind', x.kind, 'id', x.id, 'cost_usd', trim_scale(round(x.cost, 6))::text,
+          'mean_usd', trim_scale(round(x.mean, 6))::text, 'stddev_usd', trim_scale(round(x.sd, 6))::text)
+          order by x.jump desc, x.id) filter (where x.rank <= 20)))))
+    else '{}' end
+  into v_spikes
+  from (select sp.*, row_number() over (order by sp.jump desc, sp.id) as rank from spikes sp
+        where sp.cost > sp.mean + s.cost_spike_sigmas * sp.sd and sp.jump >= s.cost_spike_min_jump_usd) x;
+  perform billing.set_alerts('cost_spike:', v_spikes);
+end;
+$$;
+comment on function billing.evaluate_usage_alerts() is 'Internal (evaluate_alerts): margin_low per model and cost_spike per day, over the last closed day of usage_daily, with the thresholds of alert_settings.';
+revoke execute on function billing.evaluate_usage_alerts() from public;
+
 create or replace function billing.evaluate_alerts() returns setof billing.alerts
 language plpgsql
 security definer
@@ -243,9 +373,11 @@ begin
     format('%s provider payouts overdue, %s failed in the last 7 days', v_late, v_failed),
     jsonb_build_object('overdue', v_late, 'failed', v_failed));
 
+  perform billing.evaluate_usage_alerts();
+
   return query select * from billing.alerts a where a.status = 'open' order by a.opened_at;
 end;
 $$;
-comment on function billing.evaluate_alerts() is 'pg_cron: evaluates every alert condition (core, then providers: reconciliation_mismatch, payout_delay).';
+comment on function billing.evaluate_alerts() is 'pg_cron: evaluates every alert condition (core, then providers: reconciliation_mismatch, payout_delay, then usage: margin_low, cost_spike).';
 revoke execute on function billing.evaluate_alerts() from public;
 grant execute on function billing.evaluate_alerts() to service_role;

@@ -96,7 +96,7 @@ begin
   select
     (select coalesce(jsonb_agg(jsonb_build_object('kind', m.kind, 'account', m.account, 'currency', m.currency,
         'cents', m.cents)), '[]'::jsonb)
-     from (select t.kind, case when e.account in ('payers', 'platform_fees', 'b2c_revenue', 'stripe_fees') then e.account
+     from (select t.kind, case when e.account in ('payers', 'platform_fees', 'b2c_revenue', 'stripe_fees', 'tax_payable') then e.account
                               else 'other' end as account, e.currency, sum(e.amount_cents) as cents
            from billing.money_transfers t join billing.money_entries e on e.transfer_id = t.id
            where t.occurred_at >= p_from and t.occurred_at < p_to
@@ -565,6 +565,11 @@ begin
       coalesce(-sum(cents) filter (where kind = 'credit_refund' and account = 'b2c_revenue'), 0) as b2c_refunds,
       coalesce(-sum(cents) filter (where kind = 'credit_dispute_lost' and account = 'b2c_revenue'), 0) as b2c_disputes_lost,
       coalesce(sum(cents) filter (where kind = 'stripe_fee' and account = 'stripe_fees'), 0) as b2c_stripe_fees,
+      -- Stripe Tax charged on top of prices (never in gmv or revenue), less what refunds and lost
+      -- disputes gave back.
+      coalesce(sum(cents) filter (where kind = 'credit_purchase' and account = 'tax_payable'), 0) as b2c_tax,
+      coalesce(-sum(cents) filter (where kind in ('credit_refund', 'credit_dispute_lost') and account = 'tax_payable'), 0)
+        as b2c_tax_returned,
       coalesce(-sum(cents) filter (where kind = 'provider_payment' and account = 'payers'), 0) as b2b_gmv,
       coalesce(sum(cents) filter (where kind in ('provider_payment', 'fee_adjustment') and account = 'platform_fees'), 0) as b2b_fees,
       coalesce(-sum(cents) filter (where kind = 'provider_refund' and account = 'platform_fees'), 0) as b2b_fee_refunds
@@ -626,7 +631,8 @@ begin
         'currency', l.currency,
         'b2c_credits', jsonb_build_object('gmv_cents', l.b2c_gmv, 'refunds_cents', l.b2c_refunds,
           'disputes_lost_cents', l.b2c_disputes_lost, 'stripe_fees_cents', l.b2c_stripe_fees,
-          'net_revenue_cents', l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees),
+          'net_revenue_cents', l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees,
+          'tax_collected_cents', l.b2c_tax, 'tax_returned_cents', l.b2c_tax_returned),
         'b2b_provider_fees', jsonb_build_object('gmv_cents', l.b2b_gmv, 'platform_fees_cents', l.b2b_fees,
           'fee_refunds_cents', l.b2b_fee_refunds, 'net_revenue_cents', l.b2b_fees - l.b2b_fee_refunds,
           'take_rate', case when l.b2b_gmv > 0 then round(l.b2b_fees::numeric / l.b2b_gmv, 6) end),
@@ -661,7 +667,9 @@ begin
     -- Read from the rows for every period: an organisation's purchases and spending are few.
     'organisations', billing.org_revenue(p_from, p_to),
     -- Promo, gift and sponsor codes, from their rows too (75-codes.sql): few, and indexed by time.
-    'codes', billing.codes_report(p_from, p_to)
+    'codes', billing.codes_report(p_from, p_to),
+    -- Plans, from the paid invoices (56-plans.sql): subscribers and MRR at the end, churn, plan credits.
+    'plans', billing.plan_metrics(p_from, p_to)
   ));
 end;
 $$;

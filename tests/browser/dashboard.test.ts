@@ -107,7 +107,7 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
         net_revenue_cents: number;
         arpu_cents: number;
         b2b_provider_fees: { take_rate: number; platform_fees_cents: number };
-        b2c_credits: { stripe_fees_cents: number };
+        b2c_credits: { stripe_fees_cents: number; tax_collected_cents: number };
       }[];
       conversion: { checkout_rate: number };
       credits: { outstanding: string };
@@ -135,6 +135,9 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
   const stripeFees = await tile(page, 'stripe_fees');
   assert.equal(Number(stripeFees.value), usd.b2c_credits.stripe_fees_cents);
   assert.equal(stripeFees.text, money(usd.b2c_credits.stripe_fees_cents));
+  const tax = await tile(page, 'tax_collected');
+  assert.equal(Number(tax.value), usd.b2c_credits.tax_collected_cents);
+  assert.equal(tax.text, money(usd.b2c_credits.tax_collected_cents));
   const platformFees = await tile(page, 'platform_fees');
   assert.equal(Number(platformFees.value), usd.b2b_provider_fees.platform_fees_cents);
   assert.equal(platformFees.text, money(usd.b2b_provider_fees.platform_fees_cents));
@@ -181,6 +184,16 @@ browserTest("the dashboard shows the API's numbers, formatted, on a desktop and 
         codes.gift_sales.toLocaleString('en-US')
       } sold`,
     ),
+  );
+  // Plans: MRR at the range's end in the chosen currency, subscribers and churn, as the API has them.
+  const plans = (r.body.data as {
+    total: { plans: { subscribers: number; churned: number; mrr: { currency: string; mrr_cents: number }[] } };
+  }).total.plans;
+  const mrr = plans.mrr.find((m) => m.currency === 'usd')?.mrr_cents ?? 0;
+  assert.equal(await page.locator('[data-kpi="mrr"]').getAttribute('data-value'), String(mrr));
+  assert.match(
+    (await page.locator('#plans').textContent()) ?? '',
+    new RegExp(`${plans.subscribers.toLocaleString('en-US')} subscribers, \\d+ new, ${plans.churned} churned`),
   );
   const recon = (await api('/admin/ops', { token: admin })).body.data as { reconciliation: { provider_id: string }[] };
   assert.equal(await page.locator('#recon tr').count(), recon.reconciliation.length + 1, 'a row per provider');

@@ -70,13 +70,17 @@ async function fixture() {
     const r = await api('/admin/codes', { token: admin, body: { credits: '1', budget: '10' }, headers: key() });
     assert.equal(r.status, 201, r.text);
   }
-  const run = await api('/admin/corrections', {
-    token: admin,
-    headers: key(),
-    body: { model: 'gpt-4o-mini', from: '2026-01-01T00:00:00Z', to: '2026-01-02T00:00:00Z', reason: 'shapes' },
-  });
-  assert.equal(run.status, 201, run.text);
-  const runId = (run.body.data as { id: string }).id;
+  // Two correction runs, so the admin's run list has pages.
+  let runId = '';
+  for (let i = 0; i < 2; i++) {
+    const run = await api('/admin/corrections', {
+      token: admin,
+      headers: key(),
+      body: { model: 'gpt-4o-mini', from: '2026-01-01T00:00:00Z', to: '2026-01-02T00:00:00Z', reason: 'shapes' },
+    });
+    assert.equal(run.status, 201, run.text);
+    runId = (run.body.data as { id: string }).id;
+  }
   return { owner, ada, org, token, jobId, purchase, provider, admin, runId };
 }
 
@@ -85,6 +89,7 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
   const today = new Date().toISOString().slice(0, 10);
   const cases: Record<string, Case> = {
     '/admin/codes': { kind: 'paged', path: '/admin/codes?limit=1', token: f.admin },
+    '/admin/corrections': { kind: 'paged', path: '/admin/corrections?limit=1', token: f.admin },
     '/admin/corrections/:id': { kind: 'object', path: `/admin/corrections/${f.runId}`, token: f.admin },
     '/admin/dashboard': { kind: 'text', path: '/admin/dashboard', token: f.admin },
     '/admin/margins': { kind: 'object', path: '/admin/margins', token: f.admin },

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
 import { codeOf } from '../money.ts';
 import { balanceOf, deliver, emulator, stripeApi } from '../purchases.ts';
-import { planLots, renew, startPlan, subscribeTo } from '../plans.ts';
+import { breakage, chargeOfInvoice, planLots, renew, startPlan, subscribeTo } from '../plans.ts';
 
 async function student() {
   const id = await newUser();
@@ -15,14 +15,6 @@ async function student() {
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 const change = (token: string, plan_id: string) =>
   api('/checkout/subscription/change', { token, headers: key(), body: { plan_id } });
-
-async function chargeOfInvoice(invoice: string): Promise<string> {
-  const list = await stripeApi(`/v1/invoice_payments?invoice=${invoice}`) as {
-    data: { payment: { payment_intent: string } }[];
-  };
-  const pi = await stripeApi(`/v1/payment_intents/${list.data[0].payment.payment_intent}`);
-  return String(pi.latest_charge);
-}
 
 Deno.test('a second plan Checkout expires the first: two plans cannot both be paid from two tabs', async () => {
   const s = await student();
@@ -79,13 +71,6 @@ async function backdateBy(lot: string, ago: string): Promise<void> {
   await testDb`with l as (update billing.lots set expires_at = now() - ${ago}::interval where id = ${lot}
                           returning account_id, expires_at)
                update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id`;
-}
-
-async function breakage(userId: string): Promise<string> {
-  const [r] = await testDb`select trim_scale(coalesce(sum(a.amount), 0))::text as n from billing.lot_allocations a
-    join billing.lots l on l.id = a.lot_id join billing.accounts x on x.id = l.account_id
-    where x.user_id = ${userId} and a.kind = 'expiry'`;
-  return r.n;
 }
 
 // Hole 4 (fixed): the rollover was decided from what was open when the renewal was paid, so a

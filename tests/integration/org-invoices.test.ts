@@ -161,8 +161,8 @@ Deno.test('with Stripe Tax the invoice adds tax, the lot costs the amount before
     assert.equal((await walletOf(owner.token, org)).balance, '5000');
     await emulator(`/_emulator/charges/${chargeIn(events)}/refund`, {});
     assert.equal((await walletOf(owner.token, org)).balance, '0');
-    const [p] = await testDb`select amount_refunded_cents from billing.purchases where id = ${inv.id}`;
-    assert.equal(p.amount_refunded_cents, 1000, 'the purchase sees the refund before tax');
+    const [p] = await testDb`select amount_refunded_cents, tax_cents from billing.purchases where id = ${inv.id}`;
+    assert.deepEqual([p.amount_refunded_cents, p.tax_cents], [1100, 100], 'the purchase keeps its tax beside it');
   });
   await assertLedgerInvariants();
 });

@@ -2,21 +2,12 @@
 // lot they rolled into at the renewal, or (spent) the student's other credits and then debt.
 import assert from 'node:assert/strict';
 import { assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
-import { balanceOf, emulator, stripeApi } from '../purchases.ts';
-import { renew, subscribeTo } from '../plans.ts';
+import { balanceOf, deliver, emulator, type SignedEvent, stripeApi } from '../purchases.ts';
+import { chargeOfInvoice, renew, startPlan, subscribeTo } from '../plans.ts';
 
 async function student() {
   const id = await newUser();
   return { id, token: await userToken(id) };
-}
-
-/** The charge that paid an invoice, as Stripe has it (through its invoice payment). */
-async function chargeOfInvoice(invoice: string): Promise<string> {
-  const list = await stripeApi(`/v1/invoice_payments?invoice=${invoice}`) as {
-    data: { payment: { payment_intent: string } }[];
-  };
-  const pi = await stripeApi(`/v1/payment_intents/${list.data[0].payment.payment_intent}`);
-  return String(pi.latest_charge);
 }
 
 const firstInvoice = async (sub: string) => String((await stripeApi(`/v1/subscriptions/${sub}`)).latest_invoice);
@@ -56,5 +47,50 @@ Deno.test('a dispute freezes what is left of the plan credits; lost, it takes th
   assert.deepEqual(await balanceOf(s.token), { balance: '10000', held: '10000', available: '0' });
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
   assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test('a renewal paid after a later period granted (stale) is refunded in full and grants nothing', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const failed = await renew(plan.stripe_subscription, 'failed'); // period 2 unpaid
+  await renew(plan.stripe_subscription); // period 3 paid: rolls over 2,000 of period 1's 10,000
+  assert.equal((await balanceOf(s.token)).balance, '12000');
+  // Stripe's retry of period 2's invoice succeeds late: it paid for a period the student has left.
+  await emulator(`/_emulator/invoices/${failed.invoice}/pay`, {});
+  const charge = await stripeApi(`/v1/charges/${await chargeOfInvoice(String(failed.invoice))}`);
+  assert.equal(charge.refunded, true, 'its money goes back');
+  assert.equal(charge.amount_refunded, 999);
+  assert.equal((await balanceOf(s.token)).balance, '12000', 'and it grants nothing');
+  const [g] = await testDb`select credits::int, amount_refunded_cents as refunded from billing.plan_grants
+                           where invoice_id = ${failed.invoice}`;
+  assert.deepEqual({ ...g }, { credits: 0, refunded: 999 });
+  // The sale and its refund both reach the revenue: they net out.
+  const [m] = await testDb`select coalesce(sum(e.amount_cents), 0)::int as net from billing.money_entries e
+    join billing.money_transfers t on t.id = e.transfer_id
+    where t.idempotency_key in (${`plan-invoice:${failed.invoice}`}, ${`plan-refund:${failed.invoice}:999`})
+      and e.account = 'b2c_revenue'`;
+  assert.equal(m.net, 0);
+  await assertLedgerInvariants();
+});
+
+Deno.test('a refund whose charge.refunded arrives before the invoice.paid is retried until it reaches the credits', async () => {
+  const s = await student();
+  const plan = await startPlan(s.token, 'basic_monthly');
+  const paid = (await emulator(`/_emulator/checkout/sessions/${plan.session_id}/pay`, { deliver: false })).events;
+  const sub = String((await stripeApi(`/v1/checkout/sessions/${plan.session_id}`)).subscription);
+  const charge = await chargeOfInvoice(await firstInvoice(sub));
+  const [refunded] = (await emulator(`/_emulator/charges/${charge}/refund`, { deliver: false })).events
+    .filter((e: SignedEvent) => e.type === 'charge.refunded');
+  // Reordered: the refund first. Its invoice is one of our plans' but not applied yet: 5xx, so Stripe retries.
+  const early = await deliver(refunded);
+  assert.equal(early.status, 500, JSON.stringify(early.body));
+  const [event] = await testDb`select status, last_error from billing.stripe_events where id = ${refunded.id}`;
+  assert.deepEqual({ ...event }, { status: 'failed', last_error: 'PLAN_INVOICE_PENDING' });
+  for (const e of paid) assert.equal((await deliver(e)).status, 200);
+  assert.equal((await balanceOf(s.token)).balance, '10000');
+  // Stripe's retry: now it takes the credits back.
+  assert.equal((await deliver(refunded)).status, 200);
+  assert.equal((await balanceOf(s.token)).balance, '0');
   await assertLedgerInvariants();
 });

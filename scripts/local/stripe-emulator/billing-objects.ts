@@ -2,9 +2,11 @@
 // sessions), typed with the SDK's own types so a missing or misspelt field fails the type check.
 // Shapes follow the current API: periods live on subscription items and invoice lines, an
 // invoice names its subscription under parent.subscription_details (with a snapshot of the
-// subscription's metadata), and Stripe Tax's fields are present (automatic tax off, no taxes).
+// subscription's metadata), and Stripe Tax's fields are present: a subscription with automatic
+// tax (started by a Checkout Session that had it) has every invoice taxed on top (tax.ts).
 import type Stripe from 'stripe';
 import { newId, now } from './state.ts';
+import { automaticTaxBlock, invoiceTaxes, taxOn } from './tax.ts';
 
 export type Interval = 'month' | 'year';
 
@@ -104,6 +106,7 @@ export function subscription(input: {
   price: Stripe.Price;
   paymentMethod: string;
   metadata: Record<string, string>;
+  automaticTax: boolean;
 }): Stripe.Subscription {
   const id = newId('sub');
   const start = now();
@@ -113,7 +116,11 @@ export function subscription(input: {
     object: 'subscription',
     application: null,
     application_fee_percent: null,
-    automatic_tax: { disabled_reason: null, enabled: false, liability: null },
+    automatic_tax: {
+      disabled_reason: null,
+      enabled: input.automaticTax,
+      liability: automaticTaxBlock(input.automaticTax).liability,
+    },
     billing_cycle_anchor: start,
     billing_cycle_anchor_config: null,
     billing_mode: { flexible: null, type: 'classic' },
@@ -176,6 +183,8 @@ export interface InvoiceInput {
 export function invoice(input: InvoiceInput): Stripe.Invoice {
   const { sub, amount } = input;
   const inv = invoiceBase(sub.customer as string, sub.currency, input.reason);
+  // A subscription with automatic tax makes every invoice taxed (Stripe Tax's one rate here).
+  inv.automatic_tax = { disabled_reason: null, ...automaticTaxBlock(sub.automatic_tax.enabled) };
   const item = sub.items.data[0];
   const line: Stripe.InvoiceLineItem = {
     ...lineBase(inv, amount, input.description),
@@ -199,7 +208,7 @@ export function invoice(input: InvoiceInput): Stripe.Invoice {
     subscription: sub.id,
   };
   inv.lines.data.push(line);
-  setAmounts(inv, amount, 0);
+  setAmounts(inv, amount, taxOn(amount, sub.automatic_tax.enabled));
   inv.parent = {
     quote_details: null,
     subscription_details: { metadata: { ...sub.metadata }, subscription: sub.id },
@@ -323,6 +332,7 @@ export function invoiceBase(customer: string, currency: string, reason: Stripe.I
 /** An invoice's amounts: `subtotal` of lines, `tax` on top (Stripe Tax, exclusive), nothing paid yet. */
 export function setAmounts(inv: Stripe.Invoice, subtotal: number, tax: number): void {
   const total = subtotal + tax;
+  const taxes = invoiceTaxes(tax, subtotal);
   Object.assign(
     inv,
     {
@@ -332,18 +342,11 @@ export function setAmounts(inv: Stripe.Invoice, subtotal: number, tax: number): 
       subtotal_excluding_tax: subtotal,
       total,
       total_excluding_tax: subtotal,
-      total_taxes: tax > 0
-        ? [{
-          amount: tax,
-          tax_behavior: 'exclusive',
-          tax_rate_details: { tax_rate: 'txr_emulator' },
-          taxability_reason: 'standard_rated',
-          taxable_amount: subtotal,
-          type: 'tax_rate_details',
-        }]
-        : [],
+      total_taxes: taxes,
     } satisfies Partial<Stripe.Invoice>,
   );
+  // One line here: it carries the whole tax, as Stripe lists it per line.
+  if (inv.lines.data.length === 1) inv.lines.data[0].taxes = taxes;
 }
 
 export function portalSession(

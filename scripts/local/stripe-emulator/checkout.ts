@@ -4,11 +4,27 @@ import { chargeEvent, emit, paymentIntentEvent, sessionEvent } from './events.ts
 import { type FormObject, obj, str } from './form.ts';
 import { invalid, missing, route, StripeApiError } from './http.ts';
 import { checkDestination, settleDestinationCharge } from './connect.ts';
-import { checkoutSession, paymentIntent } from './objects.ts';
+import { checkoutSession, paymentIntent, type SessionInput } from './objects.ts';
 import { succeed } from './charges.ts';
 import { saveCard } from './off-session.ts';
 import { prepareSubscription, startSubscription } from './subscriptions.ts';
 import { config, now, store } from './state.ts';
+import { automaticTaxRequested } from './tax.ts';
+
+/** Stripe Tax's part of a session request, refused as Stripe refuses it. */
+function taxOptions(body: FormObject): Pick<SessionInput, 'automaticTax' | 'billingAddressCollection'> {
+  const automaticTax = automaticTaxRequested(body);
+  // Stripe needs the address Checkout collects saved on a customer passed in (its own may have none).
+  if (automaticTax && str(body.customer) && str(obj(body.customer_update).address) !== 'auto') {
+    throw invalid(
+      'Automatic tax calculation in Checkout requires a valid address on the Customer: set customer_update[address] to auto.',
+      'customer_update',
+    );
+  }
+  const collection = str(body.billing_address_collection);
+  const billingAddressCollection = collection === 'auto' || collection === 'required' ? collection : null;
+  return { automaticTax, billingAddressCollection };
+}
 
 function createSession(body: FormObject): Stripe.Checkout.Session {
   if (body.mode === 'subscription') return createSubscriptionSession(body);
@@ -40,6 +56,7 @@ function createSession(body: FormObject): Stripe.Checkout.Session {
     customerEmail: str(body.customer_email),
     expiresAt,
     baseUrl: `http://127.0.0.1:${config.port}`,
+    ...taxOptions(body),
   });
   const intentData = obj(body.payment_intent_data);
   const fee = str(intentData.application_fee_amount);
@@ -69,6 +86,7 @@ function createSubscriptionSession(body: FormObject): Stripe.Checkout.Session {
     expiresAt: Number(str(body.expires_at) ?? now() + 24 * 3600),
     baseUrl: `http://127.0.0.1:${config.port}`,
     mode: 'subscription',
+    ...taxOptions(body),
   });
   store.sessions.set(session.id, session);
   store.sessionSubscriptions.set(session.id, { price: prepared.price, metadata: prepared.metadata });

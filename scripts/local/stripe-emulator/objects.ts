@@ -2,6 +2,7 @@
 // missing or misspelt field fails the type check. Field values follow Stripe's fixtures.
 import type Stripe from 'stripe';
 import { newId, now } from './state.ts';
+import { automaticTaxBlock, taxOn } from './tax.ts';
 
 export interface SessionInput {
   amount: number;
@@ -16,10 +17,14 @@ export interface SessionInput {
   baseUrl: string;
   /** 'subscription': Checkout starts a subscription (subscriptions.ts) instead of one payment. */
   mode?: 'payment' | 'subscription';
+  /** `automatic_tax[enabled]`: Stripe Tax adds its tax on top of `amount` (tax.ts). */
+  automaticTax?: boolean;
+  billingAddressCollection?: 'auto' | 'required' | null;
 }
 
 export function checkoutSession(input: SessionInput): Stripe.Checkout.Session {
   const id = newId('cs_test');
+  const tax = taxOn(input.amount, input.automaticTax ?? false);
   return {
     id,
     object: 'checkout.session',
@@ -28,9 +33,9 @@ export function checkoutSession(input: SessionInput): Stripe.Checkout.Session {
     allow_promotion_codes: null,
     allowed_payment_method_types: null,
     amount_subtotal: input.amount,
-    amount_total: input.amount,
-    automatic_tax: { enabled: false, liability: null, provider: null, status: null },
-    billing_address_collection: null,
+    amount_total: input.amount + tax,
+    automatic_tax: automaticTaxBlock(input.automaticTax ?? false),
+    billing_address_collection: input.billingAddressCollection ?? null,
     cancel_url: input.cancelUrl,
     client_reference_id: input.clientReferenceId,
     client_secret: null,
@@ -76,7 +81,7 @@ export function checkoutSession(input: SessionInput): Stripe.Checkout.Session {
     submit_type: null,
     subscription: null,
     success_url: input.successUrl,
-    total_details: { amount_discount: 0, amount_shipping: 0, amount_tax: 0 },
+    total_details: { amount_discount: 0, amount_shipping: 0, amount_tax: tax },
     ui_mode: 'hosted',
     url: `${input.baseUrl}/_emulator/checkout/${id}`,
     wallet_options: null,

@@ -22,6 +22,7 @@ import { payInvoice } from './charges.ts';
 import { payStandaloneInvoice } from './invoices.ts';
 import { saveCard } from './off-session.ts';
 import { config, newId, now, store } from './state.ts';
+import { automaticTaxRequested } from './tax.ts';
 
 const meta = (v: unknown) => Object.fromEntries(Object.entries(obj(v)).map(([k, x]) => [k, String(x)]));
 
@@ -92,6 +93,7 @@ export function startSubscription(session: Stripe.Checkout.Session): Stripe.Even
     price: prepared.price,
     paymentMethod: pi.payment_method as string,
     metadata: prepared.metadata,
+    automaticTax: session.automatic_tax.enabled, // the session's automatic tax carries over
   });
   store.subscriptions.set(sub.id, sub);
   const item = itemOf(sub);
@@ -172,6 +174,7 @@ function update(sub: Stripe.Subscription, body: FormObject): { sub: Stripe.Subsc
   // nothing on the subscription (Stripe keeps it pending), metadata included.
   const applyMetadata = () => {
     if (body.metadata !== undefined) sub.metadata = { ...sub.metadata, ...meta(body.metadata) };
+    if (str(obj(body.automatic_tax).enabled) !== null) sub.automatic_tax.enabled = automaticTaxRequested(body);
   };
   const cancel = str(body.cancel_at_period_end);
   if (cancel !== null) {

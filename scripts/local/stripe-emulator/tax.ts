@@ -25,3 +25,16 @@ export function automaticTaxBlock(enabled: boolean): Stripe.Checkout.Session.Aut
     status: enabled ? 'complete' : null,
   };
 }
+
+/** The taxes Stripe lists on an invoice (and each line) for `tax` cents on `taxable` cents. */
+export function invoiceTaxes(tax: number, taxable: number): Stripe.Invoice.TotalTax[] {
+  if (tax === 0) return [];
+  return [{
+    amount: tax,
+    tax_behavior: 'exclusive',
+    tax_rate_details: { tax_rate: 'txr_emulator' },
+    taxability_reason: 'standard_rated',
+    taxable_amount: taxable,
+    type: 'tax_rate_details',
+  }];
+}

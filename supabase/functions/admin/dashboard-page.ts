@@ -2,7 +2,9 @@
 // KPI tiles, SVG charts, the reconciliation table, open alerts and webhook health. The script
 // calls this function's JSON routes; the browser sends the HttpOnly session cookie, which the
 // script cannot read. One <style> and one <script>, each carrying the response's CSP nonce: no
-// inline style attributes or handlers, so the policy needs no 'unsafe-inline'.
+// inline style attributes or handlers, so the policy needs no 'unsafe-inline'. Sections with
+// their own module (dashboard-margins.ts) join the one style and script.
+import { marginsScript, marginsSections, marginsStyle } from './dashboard-margins.ts';
 
 const style = `
 :root{font:15px/1.45 system-ui,sans-serif;color:#1d2330;background:#f4f5f7}
@@ -125,6 +127,9 @@ function render(metrics, ops) {
     tile('conversion', 'Checkout conversion', pct(t.conversion.checkout_rate), t.conversion.checkout_rate ?? ''),
     tile('stripe_fees', 'Stripe fees (B2C)', money(cur ? cur.b2c_credits.stripe_fees_cents : 0, currency),
       cur ? cur.b2c_credits.stripe_fees_cents : 0),
+    // Stripe Tax charged on top of prices: owed to tax authorities, never in GMV or revenue.
+    tile('tax_collected', 'Tax collected (not revenue)', money(cur ? cur.b2c_credits.tax_collected_cents : 0, currency),
+      cur ? cur.b2c_credits.tax_collected_cents : 0),
     tile('platform_fees', 'Platform fees (B2B)', money(cur ? cur.b2b_provider_fees.platform_fees_cents : 0, currency),
       cur ? cur.b2b_provider_fees.platform_fees_cents : 0),
     tile('b2b2c_gmv', 'GMV via organisations', money(orgs.reduce((n, o) => n + o.gmv_cents, 0), currency),
@@ -184,6 +189,7 @@ function render(metrics, ops) {
       ' credits set aside<br><span class="muted">' + credits(codes.sponsor_credits_redeemed) + ' redeemed, ' +
       fmtInt.format(codes.sponsor_codes_closed) + ' codes closed</span></td></tr></table>'
     : '<p class="muted">No code activity.</p>';
+  renderPlans(t.plans, currency);
   $('alerts').innerHTML = ops.alerts.length
     ? '<table>' + ops.alerts.map((a) => '<tr><td class="bad">' + esc(a.condition.replaceAll('_', ' ')) + '</td><td>' + esc(a.summary) + '</td></tr>').join('') + '</table>'
     : '<p class="ok">No open alerts.</p>';
@@ -196,6 +202,19 @@ function render(metrics, ops) {
     $('currency').innerHTML = (currencies.length ? currencies : ['usd']).map((c) => '<option>' + c + '</option>').join('');
     $('currency').value = currency;
   }
+}
+
+// Plans (billing.plan_metrics): subscribers and MRR at the range's end, who came and went in it,
+// and what became of the plan credits granted.
+function renderPlans(p, currency) {
+  if (!p) return;
+  const mrr = p.mrr.find((m) => m.currency === currency);
+  $('plans').innerHTML = '<p class="headline" data-kpi="mrr" data-value="' + (mrr ? mrr.mrr_cents : 0) + '">' +
+    money(mrr ? mrr.mrr_cents : 0, currency) + ' <span class="muted">MRR at the end</span></p><p class="muted">' +
+    fmtInt.format(p.subscribers) + ' subscribers, ' + fmtInt.format(p.new_subscribers) + ' new, ' + fmtInt.format(p.churned) +
+    ' churned (' + pct(p.churn_rate) + ')</p><table><tr><th>Plan credits granted</th><th>Used</th><th>Expired</th><th>Rolled over</th></tr><tr><td>' +
+    credits(p.credits_granted) + '</td><td>' + credits(p.credits_used) + '</td><td>' + credits(p.credits_expired) + '</td><td>' +
+    credits(p.credits_rolled_over) + '</td></tr></table>';
 }
 
 // Changing both dates fires two loads: only the latest may draw or report an error.
@@ -339,7 +358,7 @@ const escapeHtml = (s: string) =>
 
 const head = (title: string, nonce: string) =>
   `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${title}</title><style nonce="${nonce}">${style}</style></head>`;
+<title>${title}</title><style nonce="${nonce}">${style}${marginsStyle}</style></head>`;
 
 export const dashboardPage = (nonce: string) =>
   `${head('ScholarLink · Operations', nonce)}<body>
@@ -359,8 +378,9 @@ export const dashboardPage = (nonce: string) =>
   <section><h2>Provider reconciliation</h2><div id="recon"></div></section>
   <section><h2>Organisations (B2B2C)</h2><div id="orgs"></div></section>
   <section><h2>Codes</h2><div id="codes" data-testid="codes"></div></section>
+  <section><h2>Plans</h2><div id="plans" data-testid="plans"></div></section>
   <section><h2>Open alerts</h2><div id="alerts"></div></section>
-  <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>
+  <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>${marginsSections}
   <section class="wide"><h2>Rate cards</h2><div id="rate-cards"></div>
     <form id="draft-form" class="draft-form"><label>model<input name="model" required></label>
       <label>input /M<input name="usd_per_million_input" required></label><label>cached /M<input name="usd_per_million_cached_input"></label>
@@ -369,7 +389,7 @@ export const dashboardPage = (nonce: string) =>
       <label>markup<input name="markup" required></label><label>why<input name="reason" required></label><button>Draft</button></form>
     <div id="simulation"></div></section>
 </div>
-<script nonce="${nonce}">${script}</script></body></html>`;
+<script nonce="${nonce}">${script}${marginsScript}</script></body></html>`;
 
 /**
  * Sign-in, without any script: plain forms posted to ./session, which verifies the token (or

@@ -13,6 +13,7 @@ import { hourlyBurn, sloConfig } from '../_shared/http/slo.ts';
 import { readJson, readQuery } from '../_shared/http/validate.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
 import { isUuid } from '../_shared/values/query.ts';
+import { pageOf } from '../_shared/values/page.ts';
 import { createPromoCode, disablePromoCode, listPromoCodes } from './codes.ts';
 import { type Metrics, metricsCsv } from './csv.ts';
 import { contentSecurityPolicy, dashboardPage, newNonce, signInPage } from './dashboard-page.ts';
@@ -20,6 +21,7 @@ import {
   ContinueRunSchema,
   CorrectionPreviewSchema,
   CorrectionRunSchema,
+  CorrectionsQuerySchema,
   DailyReportSchema,
   MarginsSchema,
   MetricsSchema,
@@ -169,6 +171,15 @@ app.post('/corrections', requireAdmin, async (c) => {
     sql`select billing.continue_correction_run(${admin}, ${run.id}::uuid, 500) as state`
   );
   return ok(c, { ...state as object, replayed: run.replayed }, run.replayed ? 200 : 201);
+});
+
+app.get('/corrections', requireAdmin, async (c) => {
+  const q = readQuery(c, CorrectionsQuerySchema);
+  const [{ runs }] = await call((sql) =>
+    sql<{ runs: { id: string }[] }[]>`
+      select billing.list_correction_runs(${currentUser(c).id}, ${q.cursor ?? null}, ${q.limit + 1}) as runs`
+  );
+  return ok(c, pageOf(runs, q.limit, (last) => last.id));
 });
 
 app.get('/corrections/:id', requireAdmin, async (c) => {

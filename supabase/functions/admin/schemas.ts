@@ -2,7 +2,14 @@
 import { z } from 'zod';
 import { ModelSchema } from '../_shared/contract/credits.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
-import { CalendarDateSchema, DayOrInstantSchema, InstantSchema, lastDays } from '../_shared/values/query.ts';
+import {
+  CalendarDateSchema,
+  DayOrInstantSchema,
+  InstantSchema,
+  lastDays,
+  pageLimit,
+  UuidCursorSchema,
+} from '../_shared/values/query.ts';
 
 const day = CalendarDateSchema;
 const format = z.enum(['json', 'csv']).default('json');
@@ -133,3 +140,9 @@ export const PublishRateCardSchema = z.strictObject({ effective_from: InstantSch
 
 /** POST /admin/rate-cards/drafts/:id/discard. */
 export const DiscardRateCardSchema = z.strictObject({ reason });
+
+/** GET /admin/corrections: the runs, newest first, a page at a time. */
+export const CorrectionsQuerySchema = z.strictObject({
+  cursor: UuidCursorSchema.optional(),
+  limit: pageLimit(100, 20),
+});

@@ -51,6 +51,7 @@ type PurchaseRow = {
   bonus_credits: string;
   stripe_session_id: string | null;
   stripe_charge_id: string | null;
+  tax_cents: number;
   amount_refunded_cents: number;
   paid_at: Date | null;
   gift: boolean;
@@ -105,6 +106,7 @@ app.get('/sessions/:id', requireUser, async (c) => {
     currency: p.currency,
     credits: formatCredits(p.credits),
     bonus_credits: formatCredits(p.bonus_credits),
+    tax_cents: p.tax_cents,
     amount_refunded_cents: p.amount_refunded_cents,
     paid_at: p.paid_at?.toISOString() ?? null,
     ...(p.gift ? { gift: await giftOf(p.id, p.status) } : {}),

@@ -5,7 +5,7 @@ import { call } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import type { Effect } from '../_shared/http/idempotency.ts';
 import { formatCredits } from '../_shared/values/money.ts';
-import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
+import { automaticTax, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import type { CheckoutEnv, Subscribe } from './schemas.ts';
 
 type PlanRow = {
@@ -110,7 +110,9 @@ export async function subscribe(
       }],
       client_reference_id: sub.id,
       metadata,
+      // Automatic tax on the session carries over to the subscription and every invoice it makes.
       subscription_data: { metadata },
+      ...automaticTax(),
       success_url: `${successUrl}${successUrl.includes('?') ? '&' : '?'}session_id={CHECKOUT_SESSION_ID}`,
       cancel_url: cancelUrl,
       expires_at: Math.floor(Date.now() / 1000) + 30 * 60,
@@ -207,6 +209,8 @@ export async function changePlan(userId: string, planId: string, requestKey: str
         },
       }],
       metadata: { plan_id: to.id },
+      // A plan started before Stripe Tax was turned on is taxed from its next invoice on.
+      ...(stripe().env.STRIPE_AUTOMATIC_TAX ? { automatic_tax: { enabled: true } } : {}),
       proration_behavior: charged ? 'always_invoice' : 'none',
       // An upgrade whose payment fails changes nothing (Stripe keeps the update pending).
       ...(charged ? { payment_behavior: 'pending_if_incomplete' as const } : {}),

@@ -4,7 +4,7 @@ import { call } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import type { Effect } from '../_shared/http/idempotency.ts';
 import { formatCredits } from '../_shared/values/money.ts';
-import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
+import { automaticTax, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import { checkVelocity } from '../_shared/http/velocity.ts';
 import { newGiftCode } from '../_shared/http/code-secrets.ts';
 import type { CreateSession } from '../_shared/contract/checkout.ts';
@@ -103,6 +103,7 @@ export async function createCheckout(
       metadata,
       payment_intent_data: { metadata, ...(body.save_card ? { setup_future_usage: 'off_session' as const } : {}) },
       ...(body.save_card ? { customer_creation: 'always' as const } : {}),
+      ...automaticTax(),
       success_url: `${successUrl}${separator}session_id={CHECKOUT_SESSION_ID}`,
       cancel_url: cancelUrl,
       expires_at: Math.floor(Date.now() / 1000) + sessionTtlSeconds,

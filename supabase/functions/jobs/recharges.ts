@@ -24,7 +24,9 @@ export async function runRecharges(limit = 10): Promise<number> {
     let failure: string | null = null;
     try {
       // Stripe's idempotency key is the recharge's: a worker that dies here is replaced by one
-      // that reaches the same payment intent, never a second charge.
+      // that reaches the same payment intent, never a second charge. A bare payment intent gets
+      // no Stripe Tax even with STRIPE_AUTOMATIC_TAX on: a recharge charges the price alone
+      // (docs/plans-and-codes.md, Tax, says why and what taxing it would take).
       const intent = await stripe().client.paymentIntents.create({
         amount: r.amount_cents,
         currency: r.currency,

@@ -52,7 +52,9 @@ export function render(template: Template, data: Payload): { subject: string; te
           `Thank you. ${data.credits} credits${Number(data.bonus_credits) ? ` + ${data.bonus_credits} bonus` : ''} ` +
           `were added${data.org_name ? ` to ${data.org_name}'s wallet` : ''} (${
             (Number(data.price_cents) / 100).toFixed(2)
-          } ${String(data.currency).toUpperCase()}). ` +
+          } ${String(data.currency).toUpperCase()}${
+            Number(data.tax_cents) ? ` + ${(Number(data.tax_cents) / 100).toFixed(2)} tax` : ''
+          }). ` +
           `Purchase ${data.purchase_id}.`,
       };
     case 'refund_notice':

@@ -19,7 +19,7 @@ import { readBody } from '../_shared/http/validate.ts';
 import { recordFailedPayment } from '../_shared/http/velocity.ts';
 import { refOf } from './events.ts';
 import { failedPaymentUser, fetchState } from './state.ts';
-import { refuseSubscription } from './plans.ts';
+import { refundStaleInvoice, refuseSubscription } from './plans.ts';
 import { countRefusal, signedTimestamp } from './signature.ts';
 
 const app = createApp('stripe-webhook', { rateLimited: false });
@@ -83,6 +83,10 @@ app.post('/', limitByAddress('stripe_webhook'), async (c) => {
     if (outcome === 'plan_subscription_refused' && state?.kind === 'subscription') {
       log.warn('a second live plan was paid: cancelling it and refunding its invoice', fields);
       await refuseSubscription(state);
+    }
+    if (outcome === 'plan_invoice_stale' && state?.kind === 'subscription') {
+      log.warn('a plan invoice paid for a period that is over: refunding it', fields);
+      await refundStaleInvoice(state);
     }
     const failedPaymentOf = failedPaymentUser(event);
     if (failedPaymentOf && outcome !== 'duplicate') await recordFailedPayment(failedPaymentOf);

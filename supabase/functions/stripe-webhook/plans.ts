@@ -24,6 +24,9 @@ export type SubscriptionState = {
     billing_reason: string | null;
     amount_paid: number;
     amount_due: number;
+    /** Before tax, and Stripe Tax's total on top (the invoice's total_taxes; 0 with automatic tax off). */
+    subtotal: number;
+    tax: number;
     currency: string;
     attempted: boolean;
     period_start: number;
@@ -59,6 +62,8 @@ async function invoiceState(inv: Stripe.Invoice): Promise<NonNullable<Subscripti
     billing_reason: inv.billing_reason,
     amount_paid: inv.amount_paid,
     amount_due: inv.amount_due,
+    subtotal: inv.subtotal,
+    tax: (inv.total_taxes ?? []).reduce((sum, t) => sum + t.amount, 0),
     currency: inv.currency,
     attempted: inv.attempted,
     period_start: line?.period.start ?? inv.period_start,
@@ -105,6 +110,10 @@ export async function fetchSubscriptionState(ref: PlanRef): Promise<Subscription
 export type PlanChargeState = {
   kind: 'plan_charge';
   invoice_id: string;
+  // Whether the invoice is one of our plans' before its grant exists: Stripe's subscription id,
+  // and ours from the metadata we gave Checkout (an invoice's first event may not have come yet).
+  subscription_id: string | null;
+  plan_subscription_id: string | null;
   charge_id: string;
   amount_refunded: number;
   dispute_id: string | null;
@@ -125,12 +134,15 @@ export async function fetchPlanChargeState(chargeId: string): Promise<PlanCharge
   );
   const invoice = idOf(payments.data[0]?.invoice);
   if (!invoice) return null;
+  const inv = await stripeCall(() => client.invoices.retrieve(invoice));
   const dispute = charge.disputed
     ? (await stripeCall(() => client.disputes.list({ charge: chargeId, limit: 1 }))).data[0] ?? null
     : null;
   return {
     kind: 'plan_charge',
     invoice_id: invoice,
+    subscription_id: idOf(inv.parent?.subscription_details?.subscription ?? null),
+    plan_subscription_id: inv.parent?.subscription_details?.metadata?.subscription_id ?? null,
     charge_id: charge.id,
     amount_refunded: charge.amount_refunded,
     dispute_id: dispute?.id ?? null,
@@ -144,13 +156,36 @@ export async function fetchPlanChargeState(chargeId: string): Promise<PlanCharge
  * repeat: every event of that subscription comes back here until it is cancelled and refunded.
  */
 export async function refuseSubscription(state: SubscriptionState): Promise<void> {
-  const client = stripe().client;
   const id = state.subscription.id;
   if (state.subscription.status !== 'canceled') {
-    await stripeCall(() => client.subscriptions.cancel(id, {}, { idempotencyKey: `plan-refused:${id}` }));
+    await stripeCall(() => stripe().client.subscriptions.cancel(id, {}, { idempotencyKey: `plan-refused:${id}` }));
   }
-  const inv = state.invoice;
-  if (inv?.status !== 'paid' || inv.amount_paid <= 0) return;
+  if (state.invoice) {
+    await refundInvoice(state.invoice, 'duplicate', `plan-refused-refund:${state.invoice.id}`, { refused_plan: id });
+  }
+}
+
+/**
+ * A paid plan invoice that granted nothing (its period over, or a later period already granted:
+ * a late or reordered invoice): its money goes back, after the grant row is committed so the
+ * refund's charge.refunded finds it. Should Stripe not answer, the plan_refund_due alert names it.
+ */
+export async function refundStaleInvoice(state: SubscriptionState): Promise<void> {
+  if (!state.invoice) return;
+  await refundInvoice(state.invoice, 'requested_by_customer', `plan-stale-refund:${state.invoice.id}`, {
+    stale_plan_invoice: state.invoice.id,
+  });
+}
+
+/** Refunds a paid invoice's charge in full, once (Stripe's idempotency key; a refunded charge is left alone). */
+async function refundInvoice(
+  inv: NonNullable<SubscriptionState['invoice']>,
+  reason: Stripe.RefundCreateParams.Reason,
+  idempotencyKey: string,
+  metadata: Record<string, string>,
+): Promise<void> {
+  const client = stripe().client;
+  if (inv.status !== 'paid' || inv.amount_paid <= 0) return;
   const payments = await stripeCall(() => client.invoicePayments.list({ invoice: inv.id, limit: 1 }));
   const paymentIntent = idOf(payments.data[0]?.payment?.payment_intent);
   if (!paymentIntent) return;
@@ -160,8 +195,6 @@ export async function refuseSubscription(state: SubscriptionState): Promise<void
     : null;
   if (!charge || charge.refunded) return;
   await stripeCall(() =>
-    client.refunds.create({ payment_intent: paymentIntent, reason: 'duplicate', metadata: { refused_plan: id } }, {
-      idempotencyKey: `plan-refused-refund:${inv.id}`,
-    })
+    client.refunds.create({ payment_intent: paymentIntent, reason, metadata }, { idempotencyKey })
   );
 }

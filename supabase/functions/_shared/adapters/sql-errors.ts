@@ -105,6 +105,8 @@ const sqlErrors: Record<
   LEASE_LOST: { type: 'conflict', message: 'Another worker owns this job now.' },
   INVALID_JOB_TRANSITION: { type: 'conflict', message: 'That job status change is not allowed.' },
   PAYMENT_AMOUNT_MISMATCH: { type: 'server', message: 'The amount paid does not match the purchase.', status: 500 },
+  // A plan invoice's refund or dispute before its invoice.paid was applied: Stripe retries it.
+  PLAN_INVOICE_PENDING: { type: 'server', message: 'The invoice this charge paid is not applied yet.', status: 500 },
   USER_NOT_FOUND: { type: 'not_found', message: 'No such user.' },
   // The token is valid but its user is gone, banned, or no longer an admin: the same codes as
   // a bad token or a non-admin token, so clients handle them one way.

@@ -63,6 +63,27 @@ export function stripe(): { env: StripeEnv; client: Stripe } {
   return cached;
 }
 
+type TaxParams = Pick<
+  Stripe.Checkout.SessionCreateParams,
+  'automatic_tax' | 'billing_address_collection' | 'customer_update'
+>;
+
+/**
+ * Stripe Tax for a Checkout Session when STRIPE_AUTOMATIC_TAX is on, else nothing. Checkout
+ * collects the billing address tax needs (always: it is the evidence of where the buyer is); a
+ * customer passed in gets that address saved, as Stripe requires. A subscription started by the
+ * session keeps automatic tax for its invoices.
+ * @example stripe().client.checkout.sessions.create({ mode: 'payment', …, ...automaticTax() })
+ */
+export function automaticTax(customer?: string): TaxParams {
+  if (!stripe().env.STRIPE_AUTOMATIC_TAX) return {};
+  return {
+    automatic_tax: { enabled: true },
+    billing_address_collection: 'required',
+    ...(customer ? { customer_update: { address: 'auto' } } : {}),
+  };
+}
+
 /** The id of a Stripe reference, whether Stripe sent the id or (expanded) the object. */
 export const idOf = (v: string | { id: string } | null | undefined): string | null =>
   typeof v === 'string' ? v : v?.id ?? null;

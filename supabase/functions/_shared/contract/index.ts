@@ -235,6 +235,8 @@ export interface PurchaseStatus {
   currency: string;
   credits: Credits;
   bonus_credits: Credits;
+  /** Stripe Tax charged on top of price_cents (0 with tax off or before payment); refunds are of both. */
+  tax_cents: number;
   amount_refunded_cents: number;
   paid_at: string | null;
   /** A gift purchase only: its code (once paid) and whether it was redeemed. */

@@ -15,6 +15,9 @@ export type PurchaseState = {
   session_status: string | null;
   payment_status: string;
   amount_total: number | null;
+  /** The total before tax, and Stripe Tax's amount on top (0 when automatic tax is off). */
+  amount_subtotal: number | null;
+  amount_tax: number;
   currency: string | null;
   payment_intent: string | null;
   payment_intent_status: string | null;
@@ -73,6 +76,8 @@ export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseStat
     session_status: session.status,
     payment_status: session.payment_status,
     amount_total: session.amount_total,
+    amount_subtotal: session.amount_subtotal,
+    amount_tax: session.total_details?.amount_tax ?? 0,
     currency: session.currency,
     payment_intent: idOf(session.payment_intent),
     customer: idOf(session.customer),
@@ -91,7 +96,10 @@ async function fetchRechargeState(paymentIntent: string): Promise<PurchaseState 
     purchase_id: pi.metadata.purchase_id ?? null,
     session_status: null,
     payment_status: pi.status === 'succeeded' ? 'paid' : 'unpaid',
+    // A bare payment intent carries no Stripe Tax (docs/plans-and-codes.md, Tax): its amount is the price.
     amount_total: pi.amount,
+    amount_subtotal: pi.amount,
+    amount_tax: 0,
     currency: pi.currency,
     payment_intent: pi.id,
     customer: idOf(pi.customer),
