@@ -133,7 +133,10 @@ export const functions: Record<string, FunctionEnv> = {
     ],
   },
   // Stripe: an organisation's invoices (POST /orgs/:id/invoices).
-  orgs: { required: [...redis, ...stripe, 'INVITATION_TOKEN_SECRET'], optional: ['BILLING_PAGE_URL', ...stripeTuning] },
+  orgs: {
+    required: [...redis, ...stripe, 'INVITATION_TOKEN_SECRET'],
+    optional: ['BILLING_PAGE_URL', ...stripeTuning, 'FAILPOINTS'],
+  },
   providers: {
     required: [
       ...redis,
