@@ -42,6 +42,9 @@ import type {
   MemberRemoved,
   Org,
   OrgInvitation,
+  OrgInvoice,
+  OrgInvoiceList,
+  OrgInvoiceRequest,
   OrgLedgerEntry,
   OrgMember,
   OrgSummary,
@@ -264,6 +267,14 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
       del<Code>(org(id, `/sponsor-codes/${encodeURIComponent(codeId)}`)),
     orgLedger: (id: string, page: { limit?: number; cursor?: string } = {}) =>
       get<Page<OrgLedgerEntry>>(org(id, `/ledger${query(page)}`)),
+    /**
+     * Asks for a package on a Stripe invoice (owners and admins): sent to `billing_email`, payable
+     * by bank transfer or card within `days_until_due`; the wallet is credited once it is paid.
+     */
+    requestOrgInvoice: (id: string, req: OrgInvoiceRequest) => post<OrgInvoice>(org(id, '/invoices'), req),
+    /** The organisation's invoices, newest first (admins): status, amounts, PO number, links. */
+    orgInvoices: (id: string, page: { limit?: number; cursor?: string } = {}) =>
+      get<OrgInvoiceList>(org(id, `/invoices${query(page)}`)),
 
     // Rate cards (admins only; docs/pricing.md).
     /** The cards in effect and scheduled, the open drafts and the latest audited changes. */

@@ -2,49 +2,21 @@
 // allowance, or the shared pool) and answers an invitation from its emailed link
 // (#invitation=<token>); an owner or admin sees the wallet, the members with their allowances,
 // invites by email, funds every member's allowance, buys credits for the organisation through
-// Checkout, sponsors a student with a code (and revokes it), and reads the usage report.
+// Checkout or asks for them on an invoice (org-invoices.ts), sponsors a student with a code
+// (and revokes it), and reads the usage report.
 // Everything through the typed client.
 /// <reference lib="dom" />
-import type {
-  BillingClient,
-  BillingResult,
-  Code,
-  CreditPackage,
-  InvitationPreview,
-  Org,
-  OrgUsageRow,
-} from '../../client/mod.ts';
+import type { BillingClient, Code, CreditPackage, InvitationPreview, Org, OrgUsageRow } from '../../client/mod.ts';
 import { roundedCredits } from './credits.ts';
 import { got } from './messages.ts';
+import { type Act, el, money, table } from './dom.ts';
+import { invoicePart } from './org-invoices.ts';
 import { memberUsage } from './member-usage.ts';
 
 type Fail = (err: unknown, retry?: () => void, near?: HTMLElement) => void;
 
 /** What the last action in each organisation did, shown once the view is drawn again. */
 const notices = new Map<string, string>();
-
-/** An element with text (never HTML: names and emails come from users). */
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, text = '', attrs: Record<string, string> = {}) {
-  const e = document.createElement(tag);
-  e.textContent = text;
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  return e;
-}
-
-function table(head: string[], rows: string[][], testId: string) {
-  const t = el('table', '', { 'data-testid': testId });
-  t.append(el('tr'));
-  for (const h of head) t.rows[0].append(el('th', h));
-  for (const r of rows) {
-    const tr = el('tr');
-    r.forEach((c, i) => tr.append(el('td', c, { 'data-label': head[i] })));
-    t.append(tr);
-  }
-  return t;
-}
-
-const money = (cents: number, currency: string) =>
-  new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(cents / 100);
 
 /** The last 30 days of org-funded spending, newest day first: per day, member and model. */
 function usageTable(rows: OrgUsageRow[]) {
@@ -67,10 +39,11 @@ function usageTable(rows: OrgUsageRow[]) {
 /** An owner's or admin's view of one organisation. */
 async function adminView(billing: BillingClient, org: Org, packages: CreditPackage[], reload: () => void, fail: Fail) {
   const box = el('div', '', { class: 'org', 'data-org': org.id });
-  const [{ items: members }, { items: usage }, { items: codes }] = await Promise.all([
+  const [{ items: members }, { items: usage }, { items: codes }, { items: invoices }] = await Promise.all([
     got(billing.members(org.id)),
     got(billing.orgUsage(org.id)), // the last 30 days, today included
     got(billing.sponsorCodes(org.id)),
+    got(billing.orgInvoices(org.id, { limit: 10 })),
   ]);
   const funding = org.funding === 'allowance' ? 'each member spends their allowance' : 'members share the wallet';
   box.append(
@@ -152,15 +125,15 @@ async function adminView(billing: BillingClient, org: Org, packages: CreditPacka
     }
   };
   buy.append(pkg, buyButton);
-  box.append(buy, status, el('h4', 'Usage, last 30 days'), usageTable(usage));
+  box.append(
+    buy,
+    status,
+    invoicePart(billing, org, packages, invoices, act),
+    el('h4', 'Usage, last 30 days'),
+    usageTable(usage),
+  );
   return box;
 }
-
-type Act = (
-  button: HTMLButtonElement,
-  run: () => Promise<BillingResult<unknown>>,
-  done: string | (() => string),
-) => Promise<void>;
 
 /**
  * Sponsor codes: credits set aside from the wallet for one student (by email), the code shown

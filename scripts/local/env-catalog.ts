@@ -132,7 +132,11 @@ export const functions: Record<string, FunctionEnv> = {
       'OUTBOX_MAX_ATTEMPTS',
     ],
   },
-  orgs: { required: [...redis, 'INVITATION_TOKEN_SECRET'], optional: ['BILLING_PAGE_URL'] },
+  // Stripe: an organisation's invoices (POST /orgs/:id/invoices).
+  orgs: {
+    required: [...redis, ...stripe, 'INVITATION_TOKEN_SECRET'],
+    optional: ['BILLING_PAGE_URL', ...stripeTuning, 'FAILPOINTS'],
+  },
   providers: {
     required: [
       ...redis,

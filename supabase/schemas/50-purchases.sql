@@ -58,7 +58,7 @@ create table billing.purchases (
   gift boolean default false not null,
   tax_cents integer default 0 not null,
   constraint purchases_dispute_status check (((dispute_status is null) or (dispute_status = any (array['open'::text, 'won'::text, 'lost'::text])))),
-  constraint purchases_origin check ((origin = any (array['checkout'::text, 'auto_recharge'::text]))),
+  constraint purchases_origin check ((origin = any (array['checkout'::text, 'auto_recharge'::text, 'invoice'::text]))),
   constraint purchases_refund_within check (((amount_refunded_cents >= 0) and (amount_refunded_cents <= (price_cents + tax_cents)))),
   constraint purchases_tax_cents check ((tax_cents >= 0)),
   constraint purchases_status check ((status = any (array['pending'::text, 'paid'::text, 'failed'::text, 'expired'::text]))),
@@ -265,12 +265,13 @@ declare
   v_reached bigint[];  -- every account a closing dispute reached
   v_account bigint;
 begin
-  -- A Checkout purchase by its session; an off-session recharge (no session) by its purchase id.
+  -- A Checkout purchase by its session; an off-session recharge or a paid organisation invoice
+  -- (no session) by its purchase id.
   if p_state ->> 'session_id' is not null then
     select * into p from billing.purchases x where x.stripe_session_id = p_state ->> 'session_id' for update;
   else
     select * into p from billing.purchases x
-    where x.id = (p_state ->> 'purchase_id')::uuid and x.origin = 'auto_recharge' for update;
+    where x.id = (p_state ->> 'purchase_id')::uuid and x.origin in ('auto_recharge', 'invoice') for update;
   end if;
   if not found then
     return 'unknown_purchase';

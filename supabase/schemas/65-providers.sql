@@ -592,6 +592,7 @@ begin
     when 'payout' then billing.sync_provider_payout(p_state)
     when 'subscription' then billing.sync_subscription(p_state)
     when 'plan_charge' then billing.sync_plan_charge(p_state)
+    when 'org_invoice' then billing.sync_org_invoice(p_state)
     else case when exists (select 1 from billing.provider_payments x where x.stripe_session_id = p_state ->> 'session_id')
       then billing.sync_provider_payment(p_state) else billing.sync_purchase(p_state) end
   end;

@@ -30,6 +30,7 @@ create table billing.orgs (
   term_swept_at timestamptz,                         -- the sweep of the term that ended then ran
   created_by uuid not null references auth.users (id),
   created_at timestamptz not null default now(),
+  stripe_customer_id text,                           -- who its invoices are made out to (72-org-invoices.sql)
   constraint orgs_name_length check (length(name) between 1 and 200),
   constraint orgs_funding check (funding in ('allowance', 'pool')),
   constraint orgs_term_order check (term_ends_at is null or term_ends_at > term_started_at)

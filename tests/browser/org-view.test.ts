@@ -1,6 +1,6 @@
 // The example page's organisation view in Chromium, against the local stack: an owner sees the
 // wallet and members, invites by email, funds every member's allowance, buys credits for the
-// organisation through the emulator's hosted Checkout, and reads the usage report; a member sees
+// organisation through the emulator's hosted Checkout or on an invoice, and reads the usage report; a member sees
 // their allowance and none of the admin controls; an invitation link is accepted on the page.
 // Each view is checked for what a person sees at desktop and phone width.
 import assert from 'node:assert/strict';
@@ -9,6 +9,7 @@ import { browserTest, legibility } from '../browser.ts';
 import { api, env, functionsUrl, testDb } from '../helpers.ts';
 import { person, school, usage } from '../orgs.ts';
 import { roundedCredits } from '../../examples/student/credits.ts';
+import { emulator } from '../purchases.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
 const apiBase = functionsUrl.replace(/\/functions\/v1$/, '');
@@ -130,3 +131,41 @@ browserTest('an invitation link is answered on the page: accepted, the organisat
     await testDb`select role, active from billing.org_members where org_id = ${org} and user_id = ${carol.id}`;
   assert.deepEqual([m.role, m.active], ['member', true]);
 });
+
+browserTest(
+  'an admin asks for an invoice on the page; it is listed with its PDF, and paid it fills the wallet',
+  async (browser) => {
+    const owner = await person('invoice-owner');
+    const org = await school(owner, [], 'allowance', null);
+    const page = await browser.newPage();
+    await signIn(page, owner.token);
+    await page.locator('#orgs:not([hidden])').waitFor();
+    assert.match(await text(page, '[data-testid="org-invoice"]'), /No invoices yet/);
+
+    await page.getByLabel('package to invoice').selectOption('mini');
+    await page.getByLabel('packages').fill('2');
+    await page.getByLabel('PO number').fill('PO-88');
+    await page.getByLabel('payment terms').selectOption('45');
+    await page.getByLabel('billing email').fill('bursar@school.test');
+    await page.getByLabel('address').fill('1 Lake Road');
+    await page.getByLabel('city').fill('Springfield');
+    await page.getByLabel('postal code').fill('12345');
+    await page.getByRole('button', { name: 'Request invoice' }).click();
+    await page.locator('[data-testid="org-status"]', { hasText: 'Invoice sent to bursar@school.test' }).waitFor();
+    const due = new Date(Date.now() + 45 * 86_400_000).toISOString().slice(0, 10);
+    const today = new Date().toISOString().slice(0, 10);
+    const row = [today, 'Mini × 2 (10,000 credits)', 'PO-88', 'open', '$10.00', due, 'Pay PDF'];
+    assert.deepEqual((await cells(page, 'org-invoices'))[0].map((c) => c?.replace(/\s+/g, ' ')), row);
+    const pdf = await page.getByRole('link', { name: 'PDF' }).getAttribute('href');
+    assert.equal((await fetch(pdf ?? '').then((r) => r.text())).slice(0, 5), '%PDF-');
+    await assertLegible(page, 'invoices');
+
+    // The school pays by bank transfer: the row reads paid, the wallet has the credits.
+    const [inv] = await testDb`select stripe_invoice_id from billing.org_invoices where org_id = ${org}`;
+    await emulator(`/_emulator/invoices/${inv.stripe_invoice_id}/pay`, { method: 'customer_balance' });
+    await page.reload();
+    await page.waitForSelector('body[data-ready="true"]');
+    await page.locator('[data-testid="org-wallet"]', { hasText: 'Wallet: 10,000 credits available' }).waitFor();
+    assert.equal((await cells(page, 'org-invoices'))[0][3], 'paid');
+  },
+);

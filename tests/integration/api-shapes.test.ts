@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { adminToken, api, functionsUrl, fund, newUser, userToken } from '../helpers.ts';
 import { key, person, school, usage } from '../orgs.ts';
+import { openInvoice } from '../invoices.ts';
 import { newProvider } from '../providers.ts';
 import { startCheckout } from '../purchases.ts';
 import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
@@ -37,6 +38,8 @@ async function fixture() {
   const org = await school(owner, [ada]);
   await api(`/orgs/${org}/allowances`, { token: owner.token, body: { amount: '50' }, headers: key() });
   assert.equal((await usage(ada.token)).status, 201);
+  // Two invoices, so the invoices list has pages.
+  for (let i = 0; i < 2; i++) await openInvoice(owner.token, org);
   // A second and third invitation, so the invitations list has pages.
   for (const label of ['shape-bea', 'shape-cy']) {
     const r = await api(`/orgs/${org}/invitations`, { token: owner.token, body: { email: `${label}@school.test` } });
@@ -115,6 +118,7 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
     '/orgs': { kind: 'whole', path: '/orgs', token: f.owner.token },
     '/orgs/:id': { kind: 'object', path: `/orgs/${f.org}`, token: f.owner.token },
     '/orgs/:id/invitations': { kind: 'paged', path: `/orgs/${f.org}/invitations?limit=1`, token: f.owner.token },
+    '/orgs/:id/invoices': { kind: 'paged', path: `/orgs/${f.org}/invoices?limit=1`, token: f.owner.token },
     '/orgs/:id/ledger': { kind: 'paged', path: `/orgs/${f.org}/ledger?limit=1`, token: f.owner.token },
     '/orgs/:id/members': { kind: 'whole', path: `/orgs/${f.org}/members`, token: f.owner.token },
     '/orgs/:id/members/:user_id/usage/summary': {

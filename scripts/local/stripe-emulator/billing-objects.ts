@@ -181,23 +181,13 @@ export interface InvoiceInput {
 }
 
 export function invoice(input: InvoiceInput): Stripe.Invoice {
-  const id = newId('in');
   const { sub, amount } = input;
+  const inv = invoiceBase(sub.customer as string, sub.currency, input.reason);
+  // A subscription with automatic tax makes every invoice taxed (Stripe Tax's one rate here).
+  inv.automatic_tax = { disabled_reason: null, ...automaticTaxBlock(sub.automatic_tax.enabled) };
   const item = sub.items.data[0];
-  const tax = taxOn(amount, sub.automatic_tax.enabled);
-  const taxes = invoiceTaxes(tax, amount);
   const line: Stripe.InvoiceLineItem = {
-    id: newId('il'),
-    object: 'line_item',
-    amount,
-    currency: sub.currency,
-    description: input.description,
-    discount_amounts: [],
-    discountable: true,
-    discounts: [],
-    invoice: id,
-    livemode: false,
-    metadata: {},
+    ...lineBase(inv, amount, input.description),
     parent: {
       invoice_item_details: null,
       subscription_item_details: {
@@ -210,40 +200,82 @@ export function invoice(input: InvoiceInput): Stripe.Invoice {
       type: 'subscription_item_details',
     },
     period: { start: input.periodStart, end: input.periodEnd },
-    pretax_credit_amounts: [],
     pricing: {
       price_details: { price: item.price.id, product: item.price.product as string },
       type: 'price_details',
       unit_amount_decimal: null,
     },
+    subscription: sub.id,
+  };
+  inv.lines.data.push(line);
+  setAmounts(inv, amount, taxOn(amount, sub.automatic_tax.enabled));
+  inv.parent = {
+    quote_details: null,
+    subscription_details: { metadata: { ...sub.metadata }, subscription: sub.id },
+    type: 'subscription_details',
+  };
+  // Stripe's invoice-level period is the one before the line's (the period just billed for
+  // usage); the service reads the line's.
+  inv.period_end = input.periodStart;
+  inv.period_start = input.periodStart;
+  inv.status = 'open';
+  inv.status_transitions.finalized_at = now();
+  inv.effective_at = now();
+  inv.ending_balance = 0;
+  return inv;
+}
+
+/** A line of `amount` on `inv`, billed for now; the caller says what it is for (parent, pricing). */
+export function lineBase(inv: Stripe.Invoice, amount: number, description: string): Stripe.InvoiceLineItem {
+  return {
+    id: newId('il'),
+    object: 'line_item',
+    amount,
+    currency: inv.currency,
+    description,
+    discount_amounts: [],
+    discountable: true,
+    discounts: [],
+    invoice: inv.id,
+    livemode: false,
+    metadata: {},
+    parent: null,
+    period: { start: now(), end: now() },
+    pretax_credit_amounts: [],
+    pricing: null,
     quantity: 1,
     quantity_decimal: null,
-    subscription: sub.id,
+    subscription: null,
     subtotal: amount,
-    taxes,
+    taxes: [],
   };
+}
+
+/** A draft invoice of `customer`'s with nothing on it yet; Stripe Tax off. */
+export function invoiceBase(customer: string, currency: string, reason: Stripe.Invoice.BillingReason): Stripe.Invoice {
+  const id = newId('in');
   return {
     id,
     object: 'invoice',
     account_country: 'US',
     account_name: 'ScholarLink',
     account_tax_ids: null,
-    amount_due: amount + tax,
+    amount_due: 0,
     amount_overpaid: 0,
     amount_paid: 0,
-    amount_remaining: amount + tax,
+    amount_remaining: 0,
     amount_shipping: 0,
     application: null,
     attempt_count: 0,
     attempted: false,
-    automatic_tax: { disabled_reason: null, ...automaticTaxBlock(sub.automatic_tax.enabled) },
+    automatic_tax: { disabled_reason: null, enabled: false, liability: null, provider: null, status: null },
     automatically_finalizes_at: null,
-    billing_reason: input.reason,
+    billing_reason: reason,
     collection_method: 'charge_automatically',
     created: now(),
-    currency: sub.currency,
+    currency,
     custom_fields: null,
-    customer: sub.customer as string,
+    customer,
     customer_account: null,
     customer_address: null,
     customer_email: null,
@@ -257,30 +289,24 @@ export function invoice(input: InvoiceInput): Stripe.Invoice {
     description: null,
     discounts: [],
     due_date: null,
-    effective_at: now(),
-    ending_balance: 0,
+    effective_at: null,
+    ending_balance: null,
     footer: null,
     from_invoice: null,
     hosted_invoice_url: null,
     issuer: { type: 'self' },
     last_finalization_error: null,
     latest_revision: null,
-    lines: { object: 'list', data: [line], has_more: false, url: `/v1/invoices/${id}/lines` },
+    lines: { object: 'list', data: [], has_more: false, url: `/v1/invoices/${id}/lines` },
     livemode: false,
     metadata: {},
     next_payment_attempt: null,
     number: null,
     on_behalf_of: null,
-    parent: {
-      quote_details: null,
-      subscription_details: { metadata: { ...sub.metadata }, subscription: sub.id },
-      type: 'subscription_details',
-    },
+    parent: null,
     payment_settings: { default_mandate: null, payment_method_options: null, payment_method_types: null },
-    // Stripe's invoice-level period is the one before the line's (the period just billed for
-    // usage); the service reads the line's.
-    period_end: input.periodStart,
-    period_start: input.periodStart,
+    period_end: now(),
+    period_start: now(),
     post_payment_credit_notes_amount: 0,
     pre_payment_credit_notes_amount: 0,
     receipt_number: null,
@@ -289,18 +315,38 @@ export function invoice(input: InvoiceInput): Stripe.Invoice {
     shipping_details: null,
     starting_balance: 0,
     statement_descriptor: null,
-    status: 'open',
-    status_transitions: { finalized_at: now(), marked_uncollectible_at: null, paid_at: null, voided_at: null },
-    subtotal: amount,
-    subtotal_excluding_tax: amount,
+    status: 'draft',
+    status_transitions: { finalized_at: null, marked_uncollectible_at: null, paid_at: null, voided_at: null },
+    subtotal: 0,
+    subtotal_excluding_tax: 0,
     test_clock: null,
-    total: amount + tax,
+    total: 0,
     total_discount_amounts: [],
-    total_excluding_tax: amount,
+    total_excluding_tax: 0,
     total_pretax_credit_amounts: [],
-    total_taxes: taxes,
+    total_taxes: [],
     webhooks_delivered_at: null,
   };
+}
+
+/** An invoice's amounts: `subtotal` of lines, `tax` on top (Stripe Tax, exclusive), nothing paid yet. */
+export function setAmounts(inv: Stripe.Invoice, subtotal: number, tax: number): void {
+  const total = subtotal + tax;
+  const taxes = invoiceTaxes(tax, subtotal);
+  Object.assign(
+    inv,
+    {
+      amount_due: total,
+      amount_remaining: total,
+      subtotal,
+      subtotal_excluding_tax: subtotal,
+      total,
+      total_excluding_tax: subtotal,
+      total_taxes: taxes,
+    } satisfies Partial<Stripe.Invoice>,
+  );
+  // One line here: it carries the whole tax, as Stripe lists it per line.
+  if (inv.lines.data.length === 1) inv.lines.data[0].taxes = taxes;
 }
 
 export function portalSession(

@@ -5,7 +5,8 @@ import { chargeEvent, disputeEvent, emit, refundEvent } from './events.ts';
 import { invalid, missing, route, StripeApiError } from './http.ts';
 import { refundDestinationCharge } from './connect.ts';
 import { balanceTransaction, charge, dispute, refund } from './objects.ts';
-import { newId, store } from './state.ts';
+import { invoicePayment } from './billing-objects.ts';
+import { newId, now, store } from './state.ts';
 
 /** A payment intent's payment succeeds: its charge and balance transaction are stored; the charge. */
 export function succeed(pi: Stripe.PaymentIntent): Stripe.Charge {
@@ -17,6 +18,20 @@ export function succeed(pi: Stripe.PaymentIntent): Stripe.Charge {
   pi.status = 'succeeded';
   pi.amount_received = pi.amount;
   pi.latest_charge = ch.id;
+  return ch;
+}
+
+/** An invoice is paid by a payment intent: its charge, the invoice paid, and how (invoice payments). */
+export function payInvoice(inv: Stripe.Invoice, pi: Stripe.PaymentIntent): Stripe.Charge {
+  const ch = succeed(pi);
+  store.paymentIntents.set(pi.id, pi);
+  inv.status = 'paid';
+  inv.amount_paid = inv.amount_due;
+  inv.amount_remaining = 0;
+  inv.next_payment_attempt = null;
+  inv.status_transitions.paid_at = now();
+  const payment = invoicePayment(inv, pi.id);
+  store.invoicePayments.set(payment.id, payment);
   return ch;
 }
 

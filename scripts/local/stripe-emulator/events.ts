@@ -64,7 +64,13 @@ export const subscriptionEvent = (
 ): Stripe.Event => ({ ...base(), type, data: { object: snapshot(sub) } });
 
 export const invoiceEvent = (
-  type: 'invoice.paid' | 'invoice.payment_failed' | 'invoice.voided',
+  type:
+    | 'invoice.paid'
+    | 'invoice.payment_failed'
+    | 'invoice.voided'
+    | 'invoice.finalized'
+    | 'invoice.sent'
+    | 'invoice.marked_uncollectible',
   inv: Stripe.Invoice,
 ): Stripe.Event => ({ ...base(), type, data: { object: snapshot(inv) } });
 

@@ -9,6 +9,7 @@ import { connectRoutes } from './connect.ts';
 import { createDefaultEndpoints, endpointRoutes } from './endpoints.ts';
 import { offSessionRoutes } from './off-session.ts';
 import { subscriptionRoutes } from './subscriptions.ts';
+import { invoiceRoutes } from './invoices.ts';
 import { dispatch, missing, type Route, route } from './http.ts';
 import { config, store } from './state.ts';
 
@@ -43,6 +44,7 @@ const routes: Route[] = [
   ...offSessionRoutes,
   ...endpointRoutes,
   ...subscriptionRoutes,
+  ...invoiceRoutes,
 ];
 createDefaultEndpoints();
 

@@ -11,7 +11,7 @@ import { paymentIntent } from './objects.ts';
 import { succeed } from './charges.ts';
 import { newId, now, type OffSessionOutcome, store } from './state.ts';
 
-function customer(email: string | null): Stripe.Customer {
+export function customer(email: string | null): Stripe.Customer {
   return {
     id: newId('cus'),
     object: 'customer',

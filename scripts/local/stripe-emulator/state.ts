@@ -55,6 +55,8 @@ export const store = {
   prices: new Map<string, Stripe.Price>(),
   subscriptions: new Map<string, Stripe.Subscription>(),
   invoices: new Map<string, Stripe.Invoice>(),
+  /** A send_invoice invoice's net terms until it is finalized (Stripe keeps them off the object). */
+  invoiceDays: new Map<string, number | null>(),
   portalSessions: new Map<string, Stripe.BillingPortal.Session>(),
   /** How each invoice was paid (the way from a charge's payment intent back to its invoice). */
   invoicePayments: new Map<string, Stripe.InvoicePayment>(),

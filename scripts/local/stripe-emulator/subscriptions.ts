@@ -11,7 +11,6 @@ import {
   type Interval,
   invoice,
   type InvoiceInput,
-  invoicePayment,
   periodEnd,
   portalSession,
   price,
@@ -19,7 +18,8 @@ import {
   subscription,
 } from './billing-objects.ts';
 import { paymentIntent } from './objects.ts';
-import { succeed } from './charges.ts';
+import { payInvoice } from './charges.ts';
+import { payStandaloneInvoice } from './invoices.ts';
 import { saveCard } from './off-session.ts';
 import { config, newId, now, store } from './state.ts';
 import { automaticTaxRequested } from './tax.ts';
@@ -69,15 +69,7 @@ function collect(inv: Stripe.Invoice, sub: Stripe.Subscription, outcome: 'paid' 
   const pi = paymentIntent({ amount: inv.amount_due, currency: inv.currency, metadata: {} });
   pi.customer = sub.customer as string;
   pi.payment_method = sub.default_payment_method as string;
-  const ch = succeed(pi);
-  store.paymentIntents.set(pi.id, pi);
-  inv.status = 'paid';
-  inv.amount_paid = inv.amount_due;
-  inv.amount_remaining = 0;
-  inv.next_payment_attempt = null;
-  inv.status_transitions.paid_at = now();
-  const payment = invoicePayment(inv, pi.id);
-  store.invoicePayments.set(payment.id, payment);
+  const ch = payInvoice(inv, pi);
   return [chargeEvent('charge.succeeded', ch), invoiceEvent('invoice.paid', inv)];
 }
 
@@ -287,8 +279,9 @@ export const subscriptionRoutes = [
   route('POST', '/_emulator/invoices/:id/pay', ({ params, json }) => {
     const { outcome = 'paid', deliver = true } = json() as { outcome?: 'paid' | 'failed'; deliver?: boolean };
     const inv = getInvoice(params.id);
+    if (!inv.parent?.subscription_details) return emit(payStandaloneInvoice(inv, json()), deliver);
     if (inv.status !== 'open') throw invalid(`The invoice is ${inv.status}.`);
-    const sub = getSub(String(inv.parent?.subscription_details?.subscription));
+    const sub = getSub(String(inv.parent.subscription_details.subscription));
     const events = collect(inv, sub, outcome === 'failed' ? 'failed' : 'paid');
     if (outcome !== 'failed' && sub.status === 'past_due') {
       sub.status = 'active';

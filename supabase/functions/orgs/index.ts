@@ -6,8 +6,10 @@ import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_share
 import type { AppContext } from '../_shared/app-env.ts';
 import { call } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
+import { reportAtStart } from '../_shared/env.ts';
+import { stripe } from '../_shared/adapters/stripe.ts';
 import { newInvitation, tokenHash } from '../_shared/domain/invitations.ts';
-import { idempotencyKey, scopedKey } from '../_shared/http/idempotency.ts';
+import { idempotencyKey, idempotentExternal, scopedKey } from '../_shared/http/idempotency.ts';
 import { csvField } from '../_shared/domain/ledger.ts';
 import { encodeCursor, pageOf, whole } from '../_shared/values/page.ts';
 import { jsonText } from '../_shared/values/pg-values.ts';
@@ -22,12 +24,21 @@ import {
   CreateOrgSchema,
   InviteSchema,
   MemberCapSchema,
+  OrgInvoiceSchema,
   UpdateOrgSchema,
   UsageQuerySchema,
 } from '../_shared/contract/orgs.ts';
-import { InvitationsQuerySchema, LedgerQuerySchema, OrgGrantSchema, OwnerSchema } from './schemas.ts';
+import {
+  InvitationsQuerySchema,
+  LedgerQuerySchema,
+  OrgGrantSchema,
+  OrgInvoicesQuerySchema,
+  OwnerSchema,
+} from './schemas.ts';
+import { requestInvoice } from './invoices.ts';
 
 const app = createApp('orgs');
+reportAtStart(stripe); // invoices: a missing or wrong-mode key is logged at start and answered with 503
 
 /** What a path id that is not a UUID answers: it cannot name anything the caller may see. */
 const notFound = {
@@ -173,6 +184,18 @@ app.get(
 );
 app.delete('/:id/sponsor-codes/:code_id', requireUser, async (c) => {
   return ok(c, await one('revoke_sponsor_code', [currentUser(c).id, pathId(c, 'id'), pathId(c, 'code_id')]));
+});
+
+// A package on a Stripe invoice (owners and admins): the wallet is credited when it is paid.
+app.post('/:id/invoices', requireUser, async (c) => {
+  const b = await readJson(c, OrgInvoiceSchema);
+  const org = pathId(c, 'id');
+  return idempotentExternal(c, 'orgs.invoices', b, (key) => requestInvoice(currentUser(c).id, org, b, key));
+});
+app.get('/:id/invoices', requireUser, async (c) => {
+  const q = readQuery(c, OrgInvoicesQuerySchema);
+  const rows = await one('list_org_invoices', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit + 1]);
+  return ok(c, pageOf(rows as { id: string }[], q.limit, (i) => i.id));
 });
 
 // A platform admin's grant to an organisation's wallet (Idempotency-Key: one grant per key).

@@ -15,6 +15,9 @@ export const InvitationsQuerySchema = z.strictObject({
   limit: pageLimit(100, 50),
 });
 
+// Invoices page the same way: newest first, by id.
+export const OrgInvoicesQuerySchema = InvitationsQuerySchema;
+
 export const OwnerSchema = z.strictObject({ user_id: UuidSchema });
 
 export const OrgGrantSchema = z.strictObject({

@@ -4,11 +4,17 @@
 // endpoints are made from them. A type left out here is never delivered (as on Stripe).
 import type Stripe from 'stripe';
 import type { PurchaseRef } from '../_shared/domain/purchases.ts';
+import { isOrgInvoice, type OrgInvoiceRef } from '../_shared/domain/org-invoices.ts';
 import { idOf } from '../_shared/adapters/stripe.ts';
 import type { PlanRef } from './plans.ts';
 
-/** Where an event's state lives: a Checkout payment, a Connect account, or a payout on one. */
-export type EventRef = PurchaseRef | PlanRef | { account: string } | { payout: string; account: string };
+/** Where an event's state lives: a Checkout payment, a plan, an org invoice, a Connect account, or a payout on one. */
+export type EventRef =
+  | PurchaseRef
+  | PlanRef
+  | OrgInvoiceRef
+  | { account: string }
+  | { payout: string; account: string };
 
 type Handler<T extends Stripe.Event.Type> = (event: Extract<Stripe.Event, { type: T }>) => EventRef | null;
 type Handlers = { [T in Stripe.Event.Type]?: Handler<T> };
@@ -22,6 +28,12 @@ const chargeOf = (e: About<{ charge: string | Stripe.Charge | null }>) => {
 const payout = (e: About<{ id: string }>) => e.account ? { payout: e.data.object.id, account: e.account } : null;
 /** Recorded and answered, nothing converged: `charge_failure_rate` divides failures by these. */
 const recordOnly = () => null;
+// An invoice event is an organisation's invoice (our metadata kind, no subscription) or a plan's;
+// some only matter for the former (a plan's invoice is finalized and paid automatically).
+type InvoiceAbout = About<Stripe.Invoice>;
+const invoiceRef = (e: InvoiceAbout) =>
+  isOrgInvoice(e.data.object) ? { orgInvoice: e.data.object.id } : { invoice: e.data.object.id };
+const orgInvoiceOnly = (e: InvoiceAbout) => isOrgInvoice(e.data.object) ? { orgInvoice: e.data.object.id } : null;
 
 /** Events on the platform's own account: its endpoint listens to "Your account". */
 export const platformHandlers = {
@@ -45,9 +57,14 @@ export const platformHandlers = {
   'customer.subscription.created': (e) => ({ subscription: e.data.object.id }),
   'customer.subscription.updated': (e) => ({ subscription: e.data.object.id }),
   'customer.subscription.deleted': (e) => ({ subscription: e.data.object.id }),
-  'invoice.paid': (e) => ({ invoice: e.data.object.id }),
+  'invoice.paid': invoiceRef,
   'invoice.payment_failed': (e) => ({ invoice: e.data.object.id }),
-  'invoice.voided': (e) => ({ invoice: e.data.object.id }),
+  'invoice.voided': invoiceRef,
+  // Organisations' invoices: finalized opens one (if the request died before recording it),
+  // paid credits the wallet, voided and uncollectible credit nothing.
+  'invoice.finalized': orgInvoiceOnly,
+  'invoice.sent': orgInvoiceOnly,
+  'invoice.marked_uncollectible': orgInvoiceOnly,
 } satisfies Handlers;
 
 /** Events on connected accounts (providers' Express accounts): the Connect endpoint's. */

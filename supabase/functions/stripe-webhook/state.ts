@@ -3,6 +3,7 @@
 import type Stripe from 'stripe';
 import { fetchAccountState, fetchPayoutState } from '../_shared/adapters/connect.ts';
 import { fetchPurchaseState } from '../_shared/domain/purchases.ts';
+import { fetchOrgInvoiceState } from '../_shared/domain/org-invoices.ts';
 import { isUuid } from '../_shared/values/query.ts';
 import type { EventRef } from './events.ts';
 import { fetchPlanChargeState, fetchSubscriptionState } from './plans.ts';
@@ -11,14 +12,18 @@ import { fetchPlanChargeState, fetchSubscriptionState } from './plans.ts';
 export function fetchState(ref: EventRef) {
   if ('payout' in ref) return fetchPayoutState(ref.payout, ref.account);
   if ('account' in ref) return fetchAccountState(ref.account);
+  if ('orgInvoice' in ref) return fetchOrgInvoiceState(ref.orgInvoice);
   if ('subscription' in ref || 'invoice' in ref) return fetchSubscriptionState(ref);
   if ('charge' in ref) return fetchChargeState(ref.charge);
   return fetchPurchaseState(ref);
 }
 
-/** A refunded or disputed charge: a package purchase's, else a plan invoice's. */
+/** A refunded or disputed charge: a package purchase's, else an invoice's (an organisation's or a plan's). */
 async function fetchChargeState(charge: string) {
-  return await fetchPurchaseState({ charge }) ?? await fetchPlanChargeState(charge);
+  const purchase = await fetchPurchaseState({ charge });
+  if (purchase) return purchase;
+  const invoiceCharge = await fetchPlanChargeState(charge);
+  return invoiceCharge && (await fetchOrgInvoiceState(invoiceCharge.invoice_id) ?? invoiceCharge);
 }
 
 /** The user whose payment failed (from our own metadata on the intent or session), if any. */

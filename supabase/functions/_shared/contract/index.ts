@@ -21,6 +21,7 @@ import type {
   CreateOrgSchema,
   InviteSchema,
   MemberCapSchema,
+  OrgInvoiceSchema,
   UpdateOrgSchema,
   UsageQuerySchema,
 } from './orgs.ts';
@@ -39,6 +40,7 @@ export type CapAlertsRequest = z.input<typeof CapAlertsSchema>;
 export type AutoRechargeRequest = z.input<typeof AutoRechargeSchema>;
 export type CreateOrgRequest = z.input<typeof CreateOrgSchema>;
 export type UpdateOrgRequest = z.input<typeof UpdateOrgSchema>;
+export type OrgInvoiceRequest = z.input<typeof OrgInvoiceSchema>;
 export type InviteRequest = z.input<typeof InviteSchema>;
 export type AllowanceRequest = z.input<typeof AllowanceSchema>;
 export type MemberCapRequest = z.input<typeof MemberCapSchema>;
@@ -327,6 +329,36 @@ export interface OrgInvitation extends Invitation {
 
 /** A page of invitations, newest first. */
 export type InvitationList = Page<Invitation>;
+
+/** A package on a Stripe invoice (POST and GET /orgs/:id/invoices): its credits come when it is paid. */
+export interface OrgInvoice {
+  id: string;
+  org_id: string;
+  package_id: string;
+  quantity: number;
+  /** What it credits the wallet when paid: the package's credits and bonus × quantity. */
+  credits: Credits;
+  bonus_credits: Credits;
+  /** Before tax; `tax_cents` and `total_cents` once Stripe finalized it (null before). */
+  amount_cents: number;
+  tax_cents: number | null;
+  total_cents: number | null;
+  currency: string;
+  po_number: string | null;
+  days_until_due: number;
+  due_at: string | null;
+  status: 'draft' | 'open' | 'paid' | 'void' | 'uncollectible';
+  /** Stripe's page where the school pays (bank transfer or card), and its PDF. */
+  hosted_invoice_url: string | null;
+  invoice_pdf: string | null;
+  stripe_invoice_id: string | null;
+  created_by: string;
+  created_at: string;
+  paid_at: string | null;
+}
+
+/** A page of invoices, newest first. */
+export type OrgInvoiceList = Page<OrgInvoice>;
 
 export interface OwnershipTransferred {
   org_id: string;

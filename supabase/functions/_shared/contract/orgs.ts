@@ -48,3 +48,23 @@ export const UsageQuerySchema = z
   })
   .transform(lastDays(30))
   .refine((q) => Date.parse(q.from) < Date.parse(q.to), { message: 'must be before to', path: ['from'] });
+
+// Where the invoice is made out to: the school's billing address (Stripe Tax reads it).
+export const BillingAddressSchema = z.strictObject({
+  line1: pgText(200).trim().min(1),
+  line2: pgText(200).trim().min(1).optional(),
+  city: pgText(100).trim().min(1),
+  state: pgText(100).trim().min(1).optional(),
+  postal_code: pgText(20).trim().min(1),
+  country: pgText(2).regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code, e.g. US'),
+});
+
+// A package on a Stripe invoice with net terms (POST /orgs/:id/invoices).
+export const OrgInvoiceSchema = z.strictObject({
+  package_id: pgText(100).min(1),
+  quantity: pgInt(1, 100).default(1),
+  po_number: pgText(64).trim().min(1).optional(),
+  days_until_due: pgInt(1, 90).default(30),
+  billing_email: pgText(320).trim().email(),
+  billing_address: BillingAddressSchema,
+});

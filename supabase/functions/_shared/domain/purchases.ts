@@ -45,6 +45,8 @@ export type PurchaseRef = { session: string } | { paymentIntent: string } | { ch
 // One round trip to Stripe brings the session with its payment intent, charge, the charge's
 // balance transaction (Stripe's fee) and application fee (provider payments).
 const expand = ['payment_intent.latest_charge.balance_transaction', 'payment_intent.latest_charge.application_fee'];
+/** The same, retrieving a payment intent itself. */
+export const paymentIntentExpand = expand.map((e) => e.replace('payment_intent.', ''));
 const expanded = <T>(v: string | T | null | undefined): T | null => (v && typeof v === 'object' ? v : null);
 
 /** Stripe's current state of the purchase behind `ref`, or null when no session is behind it. */
@@ -85,9 +87,7 @@ export async function fetchPurchaseState(ref: PurchaseRef): Promise<PurchaseStat
 /** An off-session recharge's state: its payment intent (ours only: `origin` in our metadata). */
 async function fetchRechargeState(paymentIntent: string): Promise<PurchaseState | null> {
   const pi = await stripeCall(() =>
-    stripe().client.paymentIntents.retrieve(paymentIntent, {
-      expand: expand.map((e) => e.replace('payment_intent.', '')),
-    })
+    stripe().client.paymentIntents.retrieve(paymentIntent, { expand: paymentIntentExpand })
   );
   if (pi.metadata?.origin !== 'auto_recharge') return null;
   return {
@@ -106,8 +106,11 @@ async function fetchRechargeState(paymentIntent: string): Promise<PurchaseState 
   };
 }
 
-/** What a payment intent (expanded to its charge, fee and balance transaction) says, and its dispute. */
-async function paymentState(pi: Stripe.PaymentIntent | null) {
+/**
+ * What a payment intent (expanded to its charge, fee and balance transaction) says, and its dispute.
+ * @example await paymentState(await client.paymentIntents.retrieve(id, { expand: paymentIntentExpand }))
+ */
+export async function paymentState(pi: Stripe.PaymentIntent | null) {
   const charge = expanded<Stripe.Charge>(pi?.latest_charge);
   const txn = expanded<Stripe.BalanceTransaction>(charge?.balance_transaction);
   const fee = expanded<Stripe.ApplicationFee>(charge?.application_fee);

@@ -1,0 +1,234 @@
+// Schools pay by invoice: an organisation's admin asks for a package on a Stripe invoice (net
+// terms, PO number); paid, the wallet gets the package's lots exactly once, however the webhooks
+// arrive; void and uncollectible credit nothing; a refund of the paid invoice reaches the credits.
+import assert from 'node:assert/strict';
+import type { OrgInvoice } from '../../supabase/functions/_shared/contract/index.ts';
+import { api, assertLedgerInvariants, env, spawnGateway, testDb, withGateway } from '../helpers.ts';
+import { key, person, school, walletOf } from '../orgs.ts';
+import { deliver, emulator, sign, stripeApi } from '../purchases.ts';
+import { billing, chargeIn, openInvoice, pay, requestInvoice, stripePost } from '../invoices.ts';
+
+const code = (r: { body: { error?: unknown } }) => (r.body.error as { code: string }).code;
+
+/** The wallet's lots from an invoice's purchase: category and cost (before tax). */
+const lotsOf = (inv: { id: string }) =>
+  testDb`select l.category, trim_scale(l.amount)::text as amount, trim_scale(l.cost_cents)::text as cost_cents
+         from billing.lots l where l.purchase_id = ${inv.id} order by l.category`;
+
+/** The organisation's invoices as its admin lists them. */
+async function listed(token: string, org: string) {
+  const r = await api(`/orgs/${org}/invoices`, { token });
+  assert.equal(r.status, 200, r.text);
+  return (r.body.data as { items: OrgInvoice[] }).items;
+}
+
+Deno.test('an admin invoices a package: open and sent with its PO number and terms, once per Idempotency-Key', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const headers = key();
+  const body = { quantity: 2, po_number: 'PO-2026-17', days_until_due: 45 };
+  const [first, second] = await Promise.all([1, 2].map(() => requestInvoice(owner.token, org, body, headers)));
+  const made = [first, second].find((r) => r.status === 201) ?? first;
+  assert.equal(made.status, 201, made.text);
+  const inv = made.body.data as OrgInvoice;
+  assert.deepEqual(
+    [inv.status, inv.amount_cents, inv.tax_cents, inv.total_cents, inv.credits, inv.po_number, inv.days_until_due],
+    ['open', 1000, 0, 1000, '10000', 'PO-2026-17', 45],
+  );
+  const days = (Date.parse(inv.due_at ?? '') - Date.now()) / 86_400_000;
+  assert.ok(days > 44.9 && days <= 45, `due in 45 days (${days})`);
+
+  const stripeInv = await stripeApi(`/v1/invoices/${inv.stripe_invoice_id}`);
+  assert.equal(stripeInv.collection_method, 'send_invoice');
+  assert.deepEqual(stripeInv.custom_fields, [{ name: 'PO number', value: 'PO-2026-17' }]);
+  assert.deepEqual(
+    (stripeInv.payment_settings as { payment_method_types: string[] }).payment_method_types,
+    ['customer_balance', 'card'],
+  );
+  assert.deepEqual(stripeInv.metadata, {
+    kind: 'org_invoice',
+    org_id: org,
+    org_invoice_id: inv.id,
+    package_id: 'mini',
+    quantity: '2',
+  });
+  assert.deepEqual(stripeInv.customer_address, { ...billing.billing_address, line2: null, state: null });
+  assert.equal(stripeInv.customer_email, billing.billing_email);
+  const pdf = await fetch(inv.invoice_pdf ?? '');
+  assert.equal(pdf.headers.get('content-type'), 'application/pdf');
+  assert.ok((await pdf.text()).startsWith('%PDF-'));
+
+  // The other concurrent twin waited (409, retryable) or replayed; a retry replays the answer.
+  const other = made === first ? second : first;
+  assert.ok(other.status === 409 || (other.body.data as OrgInvoice)?.id === inv.id, other.text);
+  const again = await requestInvoice(owner.token, org, body, headers);
+  assert.equal(again.status, 201, again.text);
+  assert.equal(again.headers.get('idempotent-replayed'), 'true');
+  assert.equal((again.body.data as OrgInvoice).id, inv.id);
+  const [{ n }] = await testDb`select count(*)::int as n from billing.org_invoices where org_id = ${org}`;
+  assert.equal(n, 1, 'one invoice for one key');
+  const reused = await requestInvoice(owner.token, org, { ...body, quantity: 3 }, headers);
+  assert.equal(reused.status, 409, reused.text);
+  assert.equal(code(reused), 'IDEMPOTENCY_KEY_REUSED');
+  assert.deepEqual(await walletOf(owner.token, org), { balance: '0', held: '0', available: '0' }, 'unpaid: nothing');
+});
+
+Deno.test('a paid invoice credits the wallet once, however many times and in whatever order invoice.paid arrives', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const inv = await openInvoice(owner.token, org, { package_id: 'plus' });
+  const { events } = await pay(inv, 'customer_balance', false);
+  const paid = events.find((e) => e.type === 'invoice.paid');
+  assert.ok(paid);
+  // Reordered (the invoice before its charge), replayed, and once more under a new event id:
+  // all at the same time.
+  const secret = env('STRIPE_WEBHOOK_SECRET').split(',')[0];
+  const payload = paid.payload.replace(paid.id, `${paid.id}x`);
+  const fresh = { payload, signature: await sign(payload, secret) };
+  const deliveries = await Promise.all([paid, paid, fresh, ...[...events].reverse()].map(deliver));
+  assert.ok(deliveries.every((d) => d.status === 200), JSON.stringify(deliveries));
+
+  assert.deepEqual(await walletOf(owner.token, org), { balance: '26239.5', held: '0', available: '26239.5' });
+  assert.deepEqual((await lotsOf(inv)).map((l) => [l.category, l.amount, l.cost_cents]), [
+    ['paid', '24990', '2499'],
+    ['promotional', '1249.5', '0'],
+  ]);
+  const [row] = await listed(owner.token, org);
+  assert.deepEqual([row.id, row.status], [inv.id, 'paid']);
+  assert.ok(row.paid_at);
+  await assertLedgerInvariants();
+});
+
+Deno.test('members and outsiders can neither invoice an organisation nor list its invoices', async () => {
+  const [owner, member, outsider] = await Promise.all(['owner', 'member', 'outsider'].map(person));
+  const org = await school(owner, [member], 'allowance', null);
+  const asMember = await requestInvoice(member.token, org);
+  assert.equal(asMember.status, 403, asMember.text);
+  assert.equal(code(asMember), 'ORG_FORBIDDEN');
+  const asOutsider = await requestInvoice(outsider.token, org);
+  assert.equal(asOutsider.status, 404, asOutsider.text);
+  assert.equal(code(asOutsider), 'ORG_NOT_FOUND');
+  const listMember = await api(`/orgs/${org}/invoices`, { token: member.token });
+  assert.equal(listMember.status, 403, listMember.text);
+  const listOutsider = await api(`/orgs/${org}/invoices`, { token: outsider.token });
+  assert.equal(listOutsider.status, 404, listOutsider.text);
+  const [{ n }] = await testDb`select count(*)::int as n from billing.org_invoices where org_id = ${org}`;
+  assert.equal(n, 0, 'a refused request records nothing');
+  const bad = await requestInvoice(owner.token, org, { days_until_due: 91, po_number: 'x'.repeat(65) });
+  assert.equal(bad.status, 400, bad.text);
+});
+
+Deno.test('a voided invoice credits nothing; one marked uncollectible and then paid credits the wallet', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const voided = await openInvoice(owner.token, org);
+  assert.equal((await stripePost(`/v1/invoices/${voided.stripe_invoice_id}/void`)).status, 'void');
+  await assert.rejects(pay(voided), /The invoice is void/);
+
+  const late = await openInvoice(owner.token, org, { quantity: 3 });
+  const marked = await stripePost(`/v1/invoices/${late.stripe_invoice_id}/mark_uncollectible`);
+  assert.equal(marked.status, 'uncollectible');
+  let rows = await listed(owner.token, org);
+  assert.deepEqual(rows.map((r) => [r.id, r.status]), [[late.id, 'uncollectible'], [voided.id, 'void']]);
+  assert.equal((await walletOf(owner.token, org)).balance, '0');
+
+  await pay(late, 'card');
+  rows = await listed(owner.token, org);
+  assert.deepEqual(rows.map((r) => r.status), ['paid', 'void']);
+  assert.equal((await walletOf(owner.token, org)).balance, '15000');
+  assert.equal((await lotsOf(voided)).length, 0, 'the voided invoice made no purchase');
+  await assertLedgerInvariants();
+});
+
+Deno.test('with Stripe Tax the invoice adds tax, the lot costs the amount before it, and a refund takes the credits back', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  await withGateway({ STRIPE_AUTOMATIC_TAX: 'true' }, async (url) => {
+    const res = await fetch(`${url}/orgs/${org}/invoices`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${owner.token}`, 'content-type': 'application/json', ...key() },
+      body: JSON.stringify({ package_id: 'mini', quantity: 2, ...billing }),
+    });
+    const inv = (await res.json()).data as OrgInvoice;
+    assert.equal(res.status, 201, JSON.stringify(inv));
+    assert.deepEqual([inv.amount_cents, inv.tax_cents, inv.total_cents], [1000, 100, 1100], 'the emulator taxes 10%');
+    const { events } = await pay(inv, 'card');
+    assert.equal((await walletOf(owner.token, org)).balance, '10000');
+    assert.deepEqual((await lotsOf(inv)).map((l) => l.cost_cents), ['1000'], 'tax is not what the credits cost');
+
+    // Half of what was paid (tax included) back takes half the credits; the rest, the rest.
+    await emulator(`/_emulator/charges/${chargeIn(events)}/refund`, { amount: 550 });
+    assert.equal((await walletOf(owner.token, org)).balance, '5000');
+    await emulator(`/_emulator/charges/${chargeIn(events)}/refund`, {});
+    assert.equal((await walletOf(owner.token, org)).balance, '0');
+    const [p] = await testDb`select amount_refunded_cents, tax_cents from billing.purchases where id = ${inv.id}`;
+    assert.deepEqual([p.amount_refunded_cents, p.tax_cents], [1100, 100], 'the purchase keeps its tax beside it');
+  });
+  await assertLedgerInvariants();
+});
+
+Deno.test('Stripe down half-way: the request fails retryably, and its retry finishes the same invoice', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const headers = key();
+  await emulator('/_emulator/faults', { down: true });
+  let down;
+  try {
+    down = await requestInvoice(owner.token, org, {}, headers);
+  } finally {
+    await emulator('/_emulator/faults', { down: false });
+  }
+  assert.equal(down.status, 502, down.text);
+  const [draft] = await testDb`select status from billing.org_invoices where org_id = ${org}`;
+  assert.equal(draft.status, 'draft', 'the intent was recorded before Stripe');
+  const retried = await requestInvoice(owner.token, org, {}, headers);
+  assert.equal(retried.status, 201, retried.text);
+  const rows = await listed(owner.token, org);
+  assert.deepEqual(rows.map((r) => r.status), ['open']);
+});
+
+Deno.test('a request that dies after Stripe sent the invoice loses nothing: the webhooks open it, a retry answers it', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const headers = key();
+  const gw = spawnGateway({ FAILPOINTS: 'org_invoice.after_stripe' });
+  try {
+    await gw.ready();
+    const died = await fetch(`${gw.url}/orgs/${org}/invoices`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${owner.token}`, 'content-type': 'application/json', ...headers },
+      body: JSON.stringify({ package_id: 'mini', ...billing }),
+    }).then((r) => r.status, () => 'connection lost');
+    assert.equal(died, 'connection lost');
+  } finally {
+    await gw.kill();
+  }
+  const [row] = await testDb`select id, status, stripe_invoice_id from billing.org_invoices where org_id = ${org}`;
+  assert.equal(row.status, 'open', 'invoice.finalized and invoice.sent recorded what the request could not');
+  // Its claim goes stale after a minute; then the same request answers the invoice it made.
+  await testDb`update billing.idempotency_keys set locked_at = now() - interval '2 minutes'
+               where user_id = ${owner.id} and action = 'orgs.invoices'`;
+  const retried = await requestInvoice(owner.token, org, {}, headers);
+  assert.equal(retried.status, 200, retried.text);
+  assert.deepEqual(
+    [(retried.body.data as OrgInvoice).id, (retried.body.data as OrgInvoice).stripe_invoice_id],
+    [row.id, row.stripe_invoice_id],
+  );
+  await pay(retried.body.data as OrgInvoice);
+  assert.equal((await walletOf(owner.token, org)).balance, '5000');
+});
+
+Deno.test("a dispute of a paid invoice's payment holds its credits, and a lost one takes them back", async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const inv = await openInvoice(owner.token, org);
+  const charge = chargeIn((await pay(inv, 'card')).events);
+  assert.deepEqual(await walletOf(owner.token, org), { balance: '5000', held: '0', available: '5000' });
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
+  assert.deepEqual(await walletOf(owner.token, org), { balance: '5000', held: '5000', available: '0' });
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
+  assert.deepEqual(await walletOf(owner.token, org), { balance: '0', held: '0', available: '0' });
+  const [p] = await testDb`select dispute_status from billing.purchases where id = ${inv.id}`;
+  assert.equal(p.dispute_status, 'lost');
+  await assertLedgerInvariants();
+});
