@@ -117,7 +117,8 @@ export async function showPlans(billing: BillingClient, box: HTMLElement, fail: 
     actions.append(portal);
     return;
   }
-  status.textContent = mine ? planStatusText(mine, plans.find((p) => p.id === mine.plan_id)) : 'No plan yet.';
+  const ended = mine?.plan_id; // a plan that ended, or none
+  status.textContent = mine ? planStatusText(mine, plans.find((p) => p.id === ended)) : 'No plan yet.';
   for (const p of plans) {
     const b = button(`Subscribe: ${planOffer(p)}`, async () => {
       const session = await got(
