@@ -44,8 +44,7 @@ export function planStatusText(s: PlanState, plan: Plan | undefined): string {
   return `${name}: ${left} this period. It renews on ${day(s.current_period_end)}.`;
 }
 
-const live = (s: PlanState | null): s is PlanState =>
-  !!s && ['active', 'past_due', 'trialing', 'unpaid'].includes(s.status);
+const live = (s: PlanState): boolean => ['active', 'past_due', 'trialing', 'unpaid'].includes(s.status);
 
 function button(text: string, onclick: () => Promise<void>, fail: Fail, secondary = false) {
   const b = document.createElement('button');
@@ -117,8 +116,7 @@ export async function showPlans(billing: BillingClient, box: HTMLElement, fail: 
     actions.append(portal);
     return;
   }
-  const ended = mine?.plan_id; // a plan that ended, or none
-  status.textContent = mine ? planStatusText(mine, plans.find((p) => p.id === ended)) : 'No plan yet.';
+  status.textContent = mine ? planStatusText(mine, plans.find((p) => p.id === mine.plan_id)) : 'No plan yet.';
   for (const p of plans) {
     const b = button(`Subscribe: ${planOffer(p)}`, async () => {
       const session = await got(
