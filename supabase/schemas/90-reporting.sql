@@ -428,6 +428,7 @@ begin
       -- the charge id is known), refunds and fees by the charge, a lost dispute by the dispute.
       select p.org_id, t.currency,
         coalesce(sum(e.amount_cents) filter (where t.kind = 'credit_purchase'), 0) as gmv,
+        coalesce(sum(e.amount_cents) filter (where t.kind = 'credit_purchase' and p.origin = 'invoice'), 0) as invoiced,
         coalesce(-sum(e.amount_cents) filter (where t.kind = 'credit_refund'), 0) as refunds,
         coalesce(-sum(e.amount_cents) filter (where t.kind = 'credit_dispute_lost'), 0) as disputes_lost,
         coalesce(-sum(e.amount_cents) filter (where t.kind = 'stripe_fee'), 0) as stripe_fees,
@@ -454,7 +455,8 @@ begin
     select coalesce(jsonb_agg(jsonb_build_object('org_id', o.id, 'name', o.name, 'funding', o.funding,
         'members', (select count(*) from billing.org_members m where m.org_id = o.id and m.active and m.role = 'member'),
         'active_members', coalesce(s.active_members, 0), 'credits_spent', trim_scale(coalesce(s.credits, 0))::text,
-        'currency', m.currency, 'gmv_cents', coalesce(m.gmv, 0), 'refunds_cents', coalesce(m.refunds, 0),
+        'currency', m.currency, 'gmv_cents', coalesce(m.gmv, 0), 'invoiced_cents', coalesce(m.invoiced, 0),
+        'refunds_cents', coalesce(m.refunds, 0),
         'disputes_lost_cents', coalesce(m.disputes_lost, 0), 'stripe_fees_cents', coalesce(m.stripe_fees, 0),
         'net_revenue_cents', coalesce(m.net, 0),
         'arpu_cents', case when s.active_members > 0 then round(coalesce(m.net, 0)::numeric / s.active_members, 2) end)
@@ -466,7 +468,7 @@ begin
   );
 end;
 $$;
-comment on function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: per organisation with activity in [from, to): Checkout money (GMV, refunds, disputes, fees, net), members who spent its credits, credits spent, ARPU per active member.';
+comment on function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: per organisation with activity in [from, to): money (GMV and of it what invoices brought, refunds, disputes, fees, net), members who spent its credits, credits spent, ARPU per active member.';
 revoke execute on function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
 -- The parts of [p_from, p_to): each UTC day's rolled-up span where its row still equals the rows

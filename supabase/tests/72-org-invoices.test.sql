@@ -2,7 +2,7 @@
 -- wallet exactly once (cost before tax), void and uncollectible credit nothing, a wrong amount
 -- is refused, an uncollectible invoice paid after all credits, a refund reaches the credits.
 begin;
-select plan(21);
+select plan(22);
 \ir helpers.psql
 
 insert into auth.users (id, email) values
@@ -89,6 +89,12 @@ select billing.sync_org_invoice(pg_temp.state((select paid from inv), 'paid', p_
 select is(pg_temp.wallet(), 15000::numeric, 'half the total back takes half the credits (the purchase sees half the net)');
 
 select is(billing.check_lots() -> 'accounts', '[]'::jsonb, 'every account''s lots add up to its balance');
+
+-- The revenue report: the invoices' money is the organisation's, and says it came by invoice.
+select is((select jsonb_build_object('gmv', o -> 'gmv_cents', 'invoiced', o -> 'invoiced_cents', 'refunds', o -> 'refunds_cents')
+           from jsonb_array_elements(billing.revenue_metrics(now() - interval '1 day', now() + interval '1 day') -> 'organisations') o
+           where o ->> 'org_id' = (select org from ids)::text),
+  '{"gmv": 2000, "invoiced": 2000, "refunds": 500}'::jsonb, 'two invoices paid (1,000 each before tax), half of one refunded');
 
 select * from finish();
 rollback;
