@@ -41,12 +41,15 @@ async function getJob(token: string, id: string, base = functionsUrl) {
 
 /** A job created straight in SQL and not due for an hour, so no worker takes it meanwhile. */
 async function waitingJob(userId: string, type = 'ledger_export', input: unknown = {}, reserve: number | null = null) {
-  const [job] = await testDb`select id from billing.enqueue_job(${userId}, ${type}, ${
-    JSON.stringify(input)
-  }::text::jsonb,
-    ${crypto.randomUUID()}, null, ${reserve})`;
-  await testDb`update billing.jobs set run_after = now() + interval '1 hour' where id = ${job.id}`;
-  return job.id as string;
+  // One transaction: a worker never sees the job before it is set to wait (it would run it at once).
+  return await testDb.begin(async (sql) => {
+    const [job] = await sql`select id from billing.enqueue_job(${userId}, ${type}, ${
+      JSON.stringify(input)
+    }::text::jsonb,
+      ${crypto.randomUUID()}, null, ${reserve})`;
+    await sql`update billing.jobs set run_after = now() + interval '1 hour' where id = ${job.id}`;
+    return job.id as string;
+  });
 }
 
 const aiJob = {

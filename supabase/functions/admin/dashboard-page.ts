@@ -171,10 +171,9 @@ function render(metrics, ops) {
     (orgs.length
       // Four columns, so a phone shows them without scrolling: spending and ARPU sit under their headline.
       ? '<table><tr><th>Organisation</th><th>Members spending</th><th>GMV</th><th>Net revenue</th></tr>' +
-        orgs.map((o) => '<tr><td>' + esc(o.name) + '<br><span class="muted">' + esc(o.funding) + ', ' + credits(o.credits_spent) +
-          ' credits spent</span></td><td>' + fmtInt.format(o.active_members) + ' of ' + fmtInt.format(o.members) +
-          '</td><td class="nowrap">' + money(o.gmv_cents, currency) +
-          (o.invoiced_cents ? '<br><span class="muted">' + money(o.invoiced_cents, currency) + ' invoiced</span>' : '') + '</td><td><span class="nowrap">' +
+        orgs.map((o) => '<tr><td>' + esc(o.name) + '<br><span class="muted">' + esc(o.funding) + ', ' + credits(o.credits_spent) + ' credits spent' +
+          (o.invoiced_cents ? ', ' + money(o.invoiced_cents, currency) + ' by invoice' : '') + '</span></td><td>' + fmtInt.format(o.active_members) + ' of ' + fmtInt.format(o.members) +
+          '</td><td class="nowrap">' + money(o.gmv_cents, currency) + '</td><td><span class="nowrap">' +
           money(o.net_revenue_cents, currency) + '</span><br><span class="muted nowrap">' +
           (o.arpu_cents === null ? 'no ARPU' : money(o.arpu_cents, currency) + ' ARPU') + '</span></td></tr>').join('') +
         '</table>'
