@@ -2,33 +2,11 @@
 // upgrade's proration, partial refunds then a dispute, and whether any of it counts tax as
 // credits or as revenue. Taxed sessions open through a second gateway with the setting on.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, newUser, testDb, userToken, withGateway } from '../helpers.ts';
+import { api, assertLedgerInvariants, testDb, withGateway } from '../helpers.ts';
 import { balanceOf, chargeOf, emulator, stripeApi } from '../purchases.ts';
 import { chargeOfInvoice } from '../plans.ts';
 import { redeem } from '../codes.ts';
-
-type Json = Record<string, unknown>;
-const taxOn = { STRIPE_AUTOMATIC_TAX: 'true' };
-
-async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
-
-async function post(base: string, path: string, token: string, body: unknown): Promise<Json> {
-  const res = await fetch(`${base}${path}`, {
-    method: 'POST',
-    headers: {
-      authorization: `Bearer ${token}`,
-      'content-type': 'application/json',
-      'idempotency-key': crypto.randomUUID(),
-    },
-    body: JSON.stringify(body),
-  });
-  const text = await res.text();
-  assert.ok([200, 201, 202].includes(res.status), `${path}: ${res.status} ${text}`);
-  return JSON.parse(text).data as Json;
-}
+import { post, student, taxOn } from '../tax.ts';
 
 const spend = (token: string, input: number) =>
   api('/credits/usage', {
@@ -48,7 +26,7 @@ Deno.test('a taxed gift refunded in part after its redemption takes back its sha
     const gift = (status.body.data as { gift: { code: string } }).gift;
     assert.equal((await redeem(alt.token, gift.code)).status, 200);
     assert.equal((await balanceOf(alt.token)).balance, '5000', 'the gift is the package, not its tax');
-    assert.equal((await spend(alt.token, 200_000)).status, 201); // 500 credits at $2.50/M × 1,000... whatever it costs
+    assert.equal((await spend(alt.token, 200_000)).status, 201);
     const spent = 5000 - Number((await balanceOf(alt.token)).balance);
     const charge = await chargeOf(String(co.session_id));
     // 55 of 550 cents back (a tenth, tax included): a tenth of the credits, 500.
