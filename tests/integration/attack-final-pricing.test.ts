@@ -64,7 +64,7 @@ Deno.test('unknown, missing and mistyped kinds are 400 and charge nothing', asyn
   assert.deepEqual(await charged(s.id), { n: 0, total: '0' });
 });
 
-Deno.test('a job with odd limits is 400 and places no hold', async () => {
+Deno.test('a job with odd limits or an unpriced model is refused and places no hold', async () => {
   const s = await student();
   for (const max_tokens of [0, 4097, 1.5, '10', -1, null]) {
     const r = await api('/jobs', {
@@ -74,7 +74,26 @@ Deno.test('a job with odd limits is 400 and places no hold', async () => {
     });
     assert.equal(r.status, 400, `${max_tokens}: ${r.status} ${r.text}`);
   }
+  const unpriced = await api('/jobs', {
+    token: s.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { type: 'ai_completion', input: { model: 'no-such-model', prompt: 'one two', max_tokens: 10 } },
+  });
+  assert.ok(unpriced.status >= 400 && unpriced.status < 500, unpriced.text);
   const [{ n }] = await testDb`select count(*)::int as n from billing.holds h join billing.accounts a
     on a.id = h.account_id where a.user_id = ${s.id}`;
   assert.equal(n, 0, 'no hold for a refused job');
+});
+
+Deno.test("a student's token cannot ingest a usage batch (events naming anyone, at any count)", async () => {
+  const s = await student();
+  const r = await api('/credits/usage/batch', {
+    token: s.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: {
+      events: [{ event_id: crypto.randomUUID(), user_id: s.id, model: 'gpt-4o', input_tokens: -5, output_tokens: 0 }],
+    },
+  });
+  assert.ok(r.status === 401 || r.status === 403, `${r.status} ${r.text}`);
+  assert.deepEqual(await charged(s.id), { n: 0, total: '0' });
 });
