@@ -91,9 +91,12 @@ declare
   v_package billing.credit_packages;
   v billing.org_invoices;
 begin
+  -- Only an owner or admin runs up the school's bills: checked on every call, a retry of an
+  -- unfinished request too (its draft would otherwise be sent, with the retry's billing details,
+  -- for someone removed since).
+  v_org := billing.require_org_role(p_org, p_user, true);
   select * into v from billing.org_invoices i where i.created_by = p_user and i.request_key = p_request_key;
   if not found then
-    v_org := billing.require_org_role(p_org, p_user, true);  -- only an owner or admin runs up the school's bills
     select * into v_package from billing.credit_packages k where k.id = p_package_id and k.active;
     if not found then
       perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));

@@ -3,42 +3,12 @@
 // started with it on (withGateway); Stripe's webhooks still reach the stack's own gateway, which
 // needs no setting to record what Stripe charged.
 import assert from 'node:assert/strict';
-import {
-  adminToken,
-  api,
-  assertLedgerInvariants,
-  functionsUrl,
-  newUser,
-  testDb,
-  userToken,
-  withGateway,
-} from '../helpers.ts';
+import { adminToken, api, assertLedgerInvariants, functionsUrl, testDb, withGateway } from '../helpers.ts';
 import { balanceOf, emulator, stripeApi } from '../purchases.ts';
 import { renew } from '../plans.ts';
+import { post, student, taxOn } from '../tax.ts';
 
 type Json = Record<string, unknown>;
-const taxOn = { STRIPE_AUTOMATIC_TAX: 'true' };
-
-async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
-
-/** POSTs to a route of the gateway at `base` (the taxed one, or the stack's). */
-async function post(base: string, path: string, token: string, body: unknown): Promise<Json> {
-  const res = await fetch(`${base}${path}`, {
-    method: 'POST',
-    headers: {
-      authorization: `Bearer ${token}`,
-      'content-type': 'application/json',
-      'idempotency-key': crypto.randomUUID(),
-    },
-    body: JSON.stringify(body),
-  });
-  const text = await res.text();
-  assert.ok([200, 201, 202].includes(res.status), `${path}: ${res.status} ${text}`);
-  return JSON.parse(text).data as Json;
-}
 
 /** Today's B2C money from GET /admin/metrics, for the USD column. */
 async function usdToday(): Promise<Json> {
