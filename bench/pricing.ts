@@ -13,9 +13,10 @@ import { privateCluster } from './private-cluster.ts';
 const charges = Number(Deno.env.get('BENCH_PRICING_CHARGES') ?? 1_000_000);
 const calls = Number(Deno.env.get('BENCH_PRICING_CALLS') ?? 20_000);
 const rounds = Number(Deno.env.get('BENCH_PRICING_ROUNDS') ?? 7);
+const port = Number(Deno.env.get('BENCH_PRICING_PORT') ?? 55436);
 const cluster = privateCluster({
-  dir: '/tmp/scholarlink-pricing-bench',
-  port: Number(Deno.env.get('BENCH_PRICING_PORT') ?? 55436),
+  dir: `/tmp/scholarlink-pricing-bench-${port}`, // per port: two worktrees may run it at once
+  port,
   keep: Deno.env.get('BENCH_PRICING_KEEP') === '1',
   log: (s) => console.error(`[pricing] ${s}`),
 });

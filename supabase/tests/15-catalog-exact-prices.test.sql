@@ -1,9 +1,10 @@
 -- Exact prices: the six-kind price of awkward inputs (18-digit prices, a 4-digit markup, counts
 -- at 10^12, a half at the 19th place) pinned to values worked out by hand, through every path
 -- that prices (price_usage, its two-kind inputs, the batch, the dry run). Written before
--- pricing was made cheaper (#36), so that change provably moved no price.
+-- pricing was made cheaper (#36), so that change provably moved no price but the one it
+-- corrected (rounded twice, below).
 begin;
-select plan(13);
+select plan(14);
 
 insert into auth.users (id) values ('e1000000-0000-4000-8000-000000000001');
 
@@ -16,7 +17,8 @@ insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_m
     999999.999999999999999999, 0.333333333333333333, 0.000000000000000007, 123456.789012345678901234),
   ('pin-half', 1, 0.0000000000000005, 0, 1, now() - interval '1 day', 0, 0, 0, 0),
   ('pin-defaults', 1, 0.000000000000000003, 7.777777777777777777, 0.0001, now() - interval '1 day', null, null, null, null),
-  ('pin-dry', 1, 1, 1, 1, now() - interval '1 day', null, null, 0.01, 0.01);
+  ('pin-dry', 1, 1, 1, 1, now() - interval '1 day', null, null, 0.01, 0.01),
+  ('pin-double', 1, 504.5332573663879807, 0, 5.7657, now() - interval '1 day', null, null, null, null);
 
 -- ============================================================ price_usage
 
@@ -44,6 +46,11 @@ select is((billing.price_usage('pin-defaults', 123456789, 987654321)).amount, 76
   'input and output only on a 0.0001 markup');
 select is((billing.price_usage('pin-awkward', 1234567, 89, 101, 2023, 3, 17)).amount, 2591050588.075699681632584048,
   'the price the batch and the dry run must agree with');
+-- 254166603 × 504.5332573663879807 × 5.7657 / 1000 = 739367446.135470297831776644|49997: rounded once it ends
+-- in …644. The formula before credits per unit divided by 1,000 at 22 places first (…6644|5000, then
+-- …645): 10^-18 too much in about one price in a million with 18-digit prices and a 4-digit markup.
+select is((billing.price_usage('pin-double', 254166603, 0)).amount, 739367446.135470297831776644,
+  'a price is rounded once, at the 18th place (no rounding at the 22nd before it)');
 
 -- ============================================================ the batch and the dry run
 
