@@ -29,10 +29,11 @@ begin
       coalesce(sum(g.audio_seconds) filter (where not g.unpriced), 0) as audio_seconds
     from (
       -- Whether the draft can price a charge is a grouping key, not a FILTER on every sum: the
-      -- per-row work is each JSON key read once (twice for images and audio) and plain sums.
+      -- per-row work is each JSON key read once (images and audio twice, when the draft leaves
+      -- them unpriced: its price is tested first) and plain sums.
       select t.from_account_id, t.member_id, t.rate_card_id,
-        (coalesce((t.metadata ->> 'images')::bigint, 0) > 0 and r.usd_per_image is null)
-          or (coalesce((t.metadata ->> 'audio_seconds')::bigint, 0) > 0 and r.usd_per_audio_second is null) as unpriced,
+        (r.usd_per_image is null and coalesce((t.metadata ->> 'images')::bigint, 0) > 0)
+          or (r.usd_per_audio_second is null and coalesce((t.metadata ->> 'audio_seconds')::bigint, 0) > 0) as unpriced,
         count(*) as charges, sum(t.amount) as amount,
         sum((t.metadata ->> 'input_tokens')::bigint) as input_tokens,
         sum((t.metadata ->> 'cached_input_tokens')::bigint) as cached_input_tokens,
