@@ -78,6 +78,16 @@ create type billing.usage_result as (
   replayed boolean
 );
 
+-- What billing.price_usage answers. A named type, not OUT parameters: a function with OUT
+-- parameters rebuilds its result's row type from its catalogue entry on every call, a
+-- measurable share of pricing (bench/pricing.ts).
+create type billing.usage_price as (
+  rate_card_id bigint,
+  rate_card_version integer,
+  amount numeric
+);
+comment on type billing.usage_price is 'A usage event''s price: the rate card (id and version) and the amount in credits.';
+
 create type billing.hold_result as (
   hold_id uuid,
   status text,
@@ -399,63 +409,64 @@ grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p
 -- One row, not a set: a caller assigns it (v := billing.price_usage(…)) without a table
 -- function's tuplestore. Every kind but input and output is optional (null counts as 0).
 --
--- The price formula, written out the same in price_usage (and its two-kind fast path), charge_usage_batch and
--- simulate_rate_card (15-catalog-token-kinds.test.sql checks they agree): kinds are disjoint
--- (input excludes cached input, output excludes reasoning); tokens are priced per million,
--- images and audio per unit; credits = USD × 1,000, rounded to 18 places. A kind the card
--- leaves null: cached input at the input price, reasoning at the output price, images and
--- audio unpriced (null, refused as UNPRICED_USAGE when used). Inline, not a helper: a SQL
--- function must fix its search_path (Security Advisor), and one that does is never inlined
--- (13× slower over a million rows).
+-- The price formula, written out the same in price_usage, charge_usage_batch and
+-- reprice_usage (15-catalog-token-kinds and 15-catalog-exact-prices check they agree): kinds are
+-- disjoint (input excludes cached input, output excludes reasoning); each count times the card's
+-- credits per unit of its kind (exact, worked out once per card: billing.rate_cards), summed,
+-- rounded once to 18 places. A kind the card leaves null: cached input at the input price,
+-- reasoning at the output price, images and audio unpriced (null, refused as UNPRICED_USAGE when
+-- used). Inline, not a helper: a SQL function must fix its search_path (Security Advisor), and
+-- one that does is never inlined (13× slower over a million rows).
+--
+-- Cheap on purpose (bench/pricing.ts): the query only reads the card's columns (an expression
+-- in a query is compiled again on every call, ACL checks on each operator included), the
+-- arithmetic is one PL/pgSQL expression (compiled once per transaction), and one test sends
+-- every refusal (an unknown model, an unpriced kind, a null count all leave the amount null)
+-- to the branch that tells them apart.
 create or replace function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint,
   p_cached_input_tokens bigint default 0, p_reasoning_tokens bigint default 0, p_images bigint default 0,
-  p_audio_seconds bigint default 0,
-  out rate_card_id bigint, out rate_card_version integer, out amount numeric)
+  p_audio_seconds bigint default 0)
+returns billing.usage_price
 language plpgsql stable
 set search_path = ''
 as $$
 declare
-  v_unpriced text;
+  v_card bigint;
+  v_version integer;
+  v_amount numeric;
+  v_input numeric;
+  v_cached_input numeric;
+  v_output numeric;
+  v_reasoning numeric;
+  v_image numeric;
+  v_audio_second numeric;
 begin
-  -- As few statements as before the optional kinds (one guard, one query, one check): each
-  -- PL/pgSQL statement is a measurable share of pricing (bench/pricing.ts).
-  if p_input_tokens is null or p_output_tokens is null
+  select r.id, r.version, r.credits_per_input_token, r.credits_per_cached_input_token, r.credits_per_output_token,
+    r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second
+  into v_card, v_version, v_input, v_cached_input, v_output, v_reasoning, v_image, v_audio_second
+  from billing.rate_cards r
+  where r.model = p_model and r.effective_from <= now()
+  order by r.effective_from desc, r.version desc limit 1;
+  v_amount := round(p_input_tokens * v_input + coalesce(p_cached_input_tokens, 0) * v_cached_input
+    + p_output_tokens * v_output + coalesce(p_reasoning_tokens, 0) * v_reasoning
+    + case when coalesce(p_images, 0) = 0 then 0 else p_images * v_image end
+    + case when coalesce(p_audio_seconds, 0) = 0 then 0 else p_audio_seconds * v_audio_second end, 18);
+  if v_amount is null
     or least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
     or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
       > 1000000000000 then
-    perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
-  end if;
-  if coalesce(p_cached_input_tokens, 0) = 0 and coalesce(p_reasoning_tokens, 0) = 0 and coalesce(p_images, 0) = 0
-    and coalesce(p_audio_seconds, 0) = 0 then
-    -- Input and output only (most events): the formula with the other kinds at zero, as cheap
-    -- as pricing was before they existed.
-    select r.id, r.version, round((p_input_tokens * r.usd_per_million_input + p_output_tokens * r.usd_per_million_output)
-      * r.markup / 1000, 18)
-    into rate_card_id, rate_card_version, amount
-    from billing.rate_cards r
-    where r.model = p_model and r.effective_from <= now()
-    order by r.effective_from desc, r.version desc limit 1;
-  else
-    select r.id, r.version,
-      round((p_input_tokens * r.usd_per_million_input
-        + coalesce(p_cached_input_tokens, 0) * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
-        + p_output_tokens * r.usd_per_million_output
-        + coalesce(p_reasoning_tokens, 0) * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)
-        + (case when coalesce(p_images, 0) = 0 then 0 else p_images * r.usd_per_image end
-           + case when coalesce(p_audio_seconds, 0) = 0 then 0 else p_audio_seconds * r.usd_per_audio_second end) * 1000000) * r.markup / 1000, 18),
-      case when p_images > 0 and r.usd_per_image is null then 'images'
-           when p_audio_seconds > 0 and r.usd_per_audio_second is null then 'audio_seconds' end
-    into rate_card_id, rate_card_version, amount, v_unpriced
-    from billing.rate_cards r
-    where r.model = p_model and r.effective_from <= now()
-    order by r.effective_from desc, r.version desc limit 1;
-  end if;
-  if not found or v_unpriced is not null then
-    if v_unpriced is null then
+    if p_input_tokens is null or p_output_tokens is null
+      or least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
+      or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
+        > 1000000000000 then
+      perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
+    elsif v_card is null then
       perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('model', p_model));
     end if;
-    perform billing.raise_error('UNPRICED_USAGE', jsonb_build_object('model', p_model, 'kind', v_unpriced));
+    perform billing.raise_error('UNPRICED_USAGE', jsonb_build_object('model', p_model,
+      'kind', case when p_images > 0 and v_image is null then 'images' else 'audio_seconds' end));
   end if;
+  return (v_card, v_version, v_amount);
 end;
 $$;
 comment on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Prices usage by kind (tokens, images, audio seconds) with the model''s current rate card, in credits.';
@@ -868,10 +879,10 @@ begin
 
   -- Price every event from its model's current rate card, set-based (null: a kind the card leaves unpriced).
   update pg_temp.usage_batch b set rate_card_id = r.id,
-    amount = round((b.input_tokens * r.usd_per_million_input + b.cached_input_tokens * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
-        + b.output_tokens * r.usd_per_million_output + b.reasoning_tokens * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)
-        + (case when b.images = 0 then 0 else b.images * r.usd_per_image end
-           + case when b.audio_seconds = 0 then 0 else b.audio_seconds * r.usd_per_audio_second end) * 1000000) * r.markup / 1000, 18)
+    amount = round(b.input_tokens * r.credits_per_input_token + b.cached_input_tokens * r.credits_per_cached_input_token
+        + b.output_tokens * r.credits_per_output_token + b.reasoning_tokens * r.credits_per_reasoning_token
+        + case when b.images = 0 then 0 else b.images * r.credits_per_image end
+        + case when b.audio_seconds = 0 then 0 else b.audio_seconds * r.credits_per_audio_second end, 18)
   from (select distinct on (rc.model) rc.* from billing.rate_cards rc where rc.effective_from <= now()
         order by rc.model, rc.effective_from desc, rc.version desc) r
   where r.model = b.model and b.error is null;

@@ -16,6 +16,18 @@ create table billing.rate_cards (
   usd_per_image numeric(38, 18),                  -- null: images are refused (UNPRICED_USAGE)
   usd_per_audio_second numeric(38, 18),           -- null: audio is refused (UNPRICED_USAGE)
   draft_id uuid,                                  -- the draft it was published from (null: a reference row)
+  -- Credits per unit of each kind, exact (the USD price × markup, / 1,000 per token, × 1,000 per
+  -- image or second), the null defaults applied: what a charge multiplies its counts by, worked
+  -- out once per card rather than on every charge (billing.price_usage). Trailing zeros are
+  -- trimmed: the same value, fewer digits to multiply.
+  credits_per_input_token numeric generated always as (trim_scale(usd_per_million_input * markup * 0.001)) stored,
+  credits_per_cached_input_token numeric generated always as
+    (trim_scale(coalesce(usd_per_million_cached_input, usd_per_million_input) * markup * 0.001)) stored,
+  credits_per_output_token numeric generated always as (trim_scale(usd_per_million_output * markup * 0.001)) stored,
+  credits_per_reasoning_token numeric generated always as
+    (trim_scale(coalesce(usd_per_million_reasoning, usd_per_million_output) * markup * 0.001)) stored,
+  credits_per_image numeric generated always as (trim_scale(usd_per_image * markup * 1000)) stored, -- null: refused
+  credits_per_audio_second numeric generated always as (trim_scale(usd_per_audio_second * markup * 1000)) stored, -- null: refused
   constraint rate_cards_prices_in_range check (
     usd_per_million_input >= 0 and usd_per_million_input <= 1000000
     and usd_per_million_output >= 0 and usd_per_million_output <= 1000000
@@ -48,6 +60,15 @@ create table billing.rate_card_drafts (
   created_by uuid not null,                       -- the admin who drafted it
   created_at timestamptz not null default now(),
   rate_card_id bigint references billing.rate_cards (id), -- the version it became, once published
+  -- Credits per unit of each kind, as on rate_cards (what the dry run multiplies by).
+  credits_per_input_token numeric generated always as (trim_scale(usd_per_million_input * markup * 0.001)) stored,
+  credits_per_cached_input_token numeric generated always as
+    (trim_scale(coalesce(usd_per_million_cached_input, usd_per_million_input) * markup * 0.001)) stored,
+  credits_per_output_token numeric generated always as (trim_scale(usd_per_million_output * markup * 0.001)) stored,
+  credits_per_reasoning_token numeric generated always as
+    (trim_scale(coalesce(usd_per_million_reasoning, usd_per_million_output) * markup * 0.001)) stored,
+  credits_per_image numeric generated always as (trim_scale(usd_per_image * markup * 1000)) stored,
+  credits_per_audio_second numeric generated always as (trim_scale(usd_per_audio_second * markup * 1000)) stored,
   constraint rate_card_drafts_status check (status in ('draft', 'published', 'discarded')),
   constraint rate_card_drafts_published check ((status = 'published') = (rate_card_id is not null)),
   constraint rate_card_drafts_model check (model ~ '^[A-Za-z0-9._:-]{1,64}$'),
@@ -342,37 +363,43 @@ begin
   v_cards := array(select c.id from billing.rate_cards c where c.model = r.model);
   return query
     with cells as materialized ( -- per paying account, member and card version replaced; then who they are
-    select coalesce(g.member_id, a.user_id) as student, a.org_id, g.* from (
-      select t.from_account_id, t.member_id, t.rate_card_id, count(*) as charges,
-        count(*) filter (where k.unpriced) as unpriced,
-        coalesce(sum(t.amount) filter (where k.unpriced), 0) as unpriced_before,
-        coalesce(sum(t.amount) filter (where not k.unpriced), 0) as before,
-        coalesce(sum(k.input_tokens) filter (where not k.unpriced), 0) as input_tokens,
-        coalesce(sum(k.cached_input_tokens) filter (where not k.unpriced), 0) as cached_input_tokens,
-        coalesce(sum(k.output_tokens) filter (where not k.unpriced), 0) as output_tokens,
-        coalesce(sum(k.reasoning_tokens) filter (where not k.unpriced), 0) as reasoning_tokens,
-        coalesce(sum(k.images) filter (where not k.unpriced), 0) as images,
-        coalesce(sum(k.audio_seconds) filter (where not k.unpriced), 0) as audio_seconds
+    select coalesce(g.member_id, a.user_id) as student, a.org_id, g.rate_card_id, sum(g.charges)::bigint as charges,
+      coalesce(sum(g.charges) filter (where g.unpriced), 0)::bigint as unpriced,
+      coalesce(sum(g.amount) filter (where g.unpriced), 0) as unpriced_before,
+      coalesce(sum(g.amount) filter (where not g.unpriced), 0) as before,
+      coalesce(sum(g.input_tokens) filter (where not g.unpriced), 0) as input_tokens,
+      coalesce(sum(g.cached_input_tokens) filter (where not g.unpriced), 0) as cached_input_tokens,
+      coalesce(sum(g.output_tokens) filter (where not g.unpriced), 0) as output_tokens,
+      coalesce(sum(g.reasoning_tokens) filter (where not g.unpriced), 0) as reasoning_tokens,
+      coalesce(sum(g.images) filter (where not g.unpriced), 0) as images,
+      coalesce(sum(g.audio_seconds) filter (where not g.unpriced), 0) as audio_seconds
+    from (
+      -- Whether the draft can price a charge is a grouping key, not a FILTER on every sum: the
+      -- per-row work is each JSON key read once (images and audio twice, when the draft leaves
+      -- them unpriced: its price is tested first) and plain sums.
+      select t.from_account_id, t.member_id, t.rate_card_id,
+        (r.usd_per_image is null and coalesce((t.metadata ->> 'images')::bigint, 0) > 0)
+          or (r.usd_per_audio_second is null and coalesce((t.metadata ->> 'audio_seconds')::bigint, 0) > 0) as unpriced,
+        count(*) as charges, sum(t.amount) as amount,
+        sum((t.metadata ->> 'input_tokens')::bigint) as input_tokens,
+        sum((t.metadata ->> 'cached_input_tokens')::bigint) as cached_input_tokens,
+        sum((t.metadata ->> 'output_tokens')::bigint) as output_tokens,
+        sum((t.metadata ->> 'reasoning_tokens')::bigint) as reasoning_tokens,
+        sum((t.metadata ->> 'images')::bigint) as images,
+        sum((t.metadata ->> 'audio_seconds')::bigint) as audio_seconds
       from billing.transfers t
-      cross join lateral (select x.*, (x.images > 0 and r.usd_per_image is null)
-            or (x.audio_seconds > 0 and r.usd_per_audio_second is null) as unpriced
-          from (select (t.metadata ->> 'input_tokens')::bigint as input_tokens,
-            coalesce((t.metadata ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
-            (t.metadata ->> 'output_tokens')::bigint as output_tokens,
-            coalesce((t.metadata ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
-            coalesce((t.metadata ->> 'images')::bigint, 0) as images,
-            coalesce((t.metadata ->> 'audio_seconds')::bigint, 0) as audio_seconds) x) k
       where t.created_at >= p_from and t.created_at < p_to and t.kind = 'usage' and t.rate_card_id = any(v_cards)
         and t.metadata ? 'input_tokens'
-      group by 1, 2, 3) g
+      group by 1, 2, 3, 4) g
     join billing.accounts a on a.id = g.from_account_id
+    group by a.id, g.member_id, g.rate_card_id
   ),
     priced as materialized ( -- the formula once per cell, on its summed counts
       select k.student, k.org_id, k.rate_card_id, k.charges, k.unpriced, k.unpriced_before, k.before,
-        round((k.input_tokens * r.usd_per_million_input + k.cached_input_tokens * coalesce(r.usd_per_million_cached_input, r.usd_per_million_input)
-          + k.output_tokens * r.usd_per_million_output + k.reasoning_tokens * coalesce(r.usd_per_million_reasoning, r.usd_per_million_output)
-          + (case when k.images = 0 then 0 else k.images * r.usd_per_image end
-             + case when k.audio_seconds = 0 then 0 else k.audio_seconds * r.usd_per_audio_second end) * 1000000) * r.markup / 1000, 18) as after
+        round(k.input_tokens * r.credits_per_input_token + k.cached_input_tokens * r.credits_per_cached_input_token
+          + k.output_tokens * r.credits_per_output_token + k.reasoning_tokens * r.credits_per_reasoning_token
+          + case when k.images = 0 then 0 else k.images * r.credits_per_image end
+          + case when k.audio_seconds = 0 then 0 else k.audio_seconds * r.credits_per_audio_second end, 18) as after
       from cells k
     )
     select p.student, p.org_id, p.rate_card_id, p.charges, p.unpriced, p.unpriced_before, p.before, p.after from priced p;
