@@ -7,7 +7,8 @@
 
 export const marginsStyle = `
 .low{font-weight:650}.badge{display:inline-block;font-size:.8rem;padding:0 .35rem;border-radius:.3rem;background:#fde8e8;color:#8a1c1c;margin-left:.3rem}
-.more{margin-top:.5rem}`;
+.more{margin-top:.5rem}
+#corrections td,#margins td{overflow-wrap:anywhere}`;
 
 export const marginsSections = `
   <section><h2>Margins by model</h2><div id="margins" data-testid="margins"></div></section>
