@@ -14,8 +14,14 @@ declare
 begin
   -- The transfers, entries and allocations post_user_transfer would write for a rollover out
   -- and in and an expiry (expire_due_lots' key: a sweep that comes later finds the lot closed),
-  -- in one statement each. A renewal is the only caller, under the account lock, once per
-  -- invoice (plan_grants); an open lot means no debt (Σ remaining = balance), so nothing is settled.
+  -- in four statements rather than three calls. A renewal is the only caller, under the account
+  -- lock, once per invoice (plan_grants); an open lot means no debt (Σ remaining = balance), so
+  -- nothing is settled. The account first: the entries number their versions back from it, in
+  -- transfer order (out, in: the balance back where it was, then the expiry).
+  update billing.accounts a set balance = a.balance - p_expire,
+    version = a.version + (p_roll > 0)::integer * 2 + (p_expire > 0)::integer,
+    next_expiry = case when p_roll > 0 then least(a.next_expiry, p_new_end) else a.next_expiry end
+  where a.id = p_account_id returning * into v_account;
   with t as (
     insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, metadata)
     select m.kind, m.from_id, m.to_id, m.amount, m.key, m.correlation, m.metadata
@@ -29,22 +35,21 @@ begin
     ) m (n, kind, from_id, to_id, amount, key, correlation, metadata)
     where m.amount > 0
     order by m.n
-    returning id, kind, from_account_id
+    returning id, kind, from_account_id, amount
+  ), e as (
+    insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+    select t.id, p_account_id, x.amount, x.balance_after, v_account.version - count(*) over () + row_number() over (order by t.id)
+    from t cross join lateral (
+      select case when t.kind = 'expiry' or t.from_account_id = p_account_id then -t.amount else t.amount end as amount,
+             case when t.kind = 'expiry' then v_account.balance
+                  when t.from_account_id = p_account_id then v_account.balance + p_expire - p_roll
+                  else v_account.balance + p_expire end as balance_after
+    ) x
   )
   select max(t.id) filter (where t.kind = 'plan_rollover' and t.from_account_id = p_account_id),
          max(t.id) filter (where t.kind = 'plan_rollover' and t.from_account_id <> p_account_id),
          max(t.id) filter (where t.kind = 'expiry')
   into v_out, v_in, v_exp from t;
-  update billing.accounts a set balance = a.balance - p_expire,
-    version = a.version + (v_out is not null)::integer * 2 + (v_exp is not null)::integer,
-    next_expiry = case when v_in is not null then least(a.next_expiry, p_new_end) else a.next_expiry end
-  where a.id = p_account_id returning * into v_account;
-  -- In transfer order: out, in (the balance back where it was), the expiry.
-  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
-  select e.id, p_account_id, e.amount, e.balance_after, v_account.version - count(*) over () + row_number() over (order by e.id)
-  from (values (v_out, -p_roll, v_account.balance + p_expire - p_roll), (v_in, p_roll, v_account.balance + p_expire),
-               (v_exp, -p_expire, v_account.balance)) e (id, amount, balance_after)
-  where e.id is not null;
   with drawn as (
     update billing.lots l set remaining = l.remaining - p_roll - p_expire,
       expires_at = case when p_expire > 0 then least(l.expires_at, now()) else l.expires_at end
@@ -137,6 +142,7 @@ declare
   v_later boolean;
   v_cycled boolean;
   v_rolled numeric(38, 18) := 0;
+  v_transfer bigint;
   v_lot bigint;
 begin
   -- The plan it billed: an upgrade's is the plan its charged line's price belongs to (what was
@@ -229,13 +235,13 @@ begin
   if v_credits > 0 then
     -- Paid credits whose cost is what this invoice charged: deferred revenue until spent or expired.
     -- Spent before package credits (priority 5 < 20): they expire at the period's end.
-    perform billing.post_user_transfer(null, 1, 'credit', v_credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
+    v_transfer := (billing.post_user_transfer(null, 1, 'credit', v_credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
       p_sub.id::text, p_invoice ->> 'id', jsonb_build_object('plan_id', v_plan.id, 'subscription_id', p_sub.id), null, null,
       jsonb_build_object('category', 'paid', 'cost_cents', v_amount, 'currency', v_plan.currency, 'priority', 5,
-        'expires_at', v_end), v_account);
-    select l.id into v_lot from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
-    where t.idempotency_key = 'plan:' || v_grant.invoice_id and t.kind = 'plan_grant';
-    insert into billing.plan_lots (lot_id, subscription_id, period_end) values (v_lot, p_sub.id, v_end);
+        'expires_at', v_end), v_account)).transfer_id;
+    insert into billing.plan_lots (lot_id, subscription_id, period_end)
+    select l.id, p_sub.id, v_end from billing.lots l where l.grant_transfer_id = v_transfer and l.moved_from is null
+    returning lot_id into v_lot;
   end if;
   update billing.plan_grants g set credits = v_credits, lot_id = v_lot, rolled_over = v_rolled
   where g.invoice_id = v_grant.invoice_id;
