@@ -5,6 +5,7 @@ CREATE OR REPLACE FUNCTION billing.end_plan_lot(p_account_id bigint, p_lot_id bi
  RETURNS void
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 declare
   v_out bigint;
@@ -12,6 +13,8 @@ declare
   v_exp bigint;
   v_account billing.accounts;
 begin
+  -- Generic plans (plan_cache_mode, here and in the renewal's other functions): these statements
+  -- cost more to plan than to run, and custom plans are made for a connection's first five calls.
   -- The transfers, entries and allocations post_user_transfer would write for a rollover out
   -- and in and an expiry (expire_due_lots' key: a sweep that comes later finds the lot closed),
   -- in four statements rather than three calls. A renewal is the only caller, under the account
@@ -82,6 +85,7 @@ CREATE OR REPLACE FUNCTION billing.expire_plan_lots(p_sub_id uuid, p_account_id 
  RETURNS void
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 declare
   v_account billing.accounts;
@@ -254,6 +258,7 @@ CREATE OR REPLACE FUNCTION billing.roll_over_plan_credits(p_sub billing.subscrip
  RETURNS numeric
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 declare
   v_cap numeric(38, 18) := case p_plan.rollover when 'up_to_credits' then p_plan.rollover_limit

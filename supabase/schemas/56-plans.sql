@@ -196,6 +196,7 @@ create or replace function billing.end_plan_lot(p_account_id bigint, p_lot_id bi
   p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) returns void
 language plpgsql
 set search_path = ''
+set plan_cache_mode to 'force_generic_plan'
 as $$
 declare
   v_out bigint;
@@ -203,6 +204,8 @@ declare
   v_exp bigint;
   v_account billing.accounts;
 begin
+  -- Generic plans (plan_cache_mode, here and in the renewal's other functions): these statements
+  -- cost more to plan than to run, and custom plans are made for a connection's first five calls.
   -- The transfers, entries and allocations post_user_transfer would write for a rollover out
   -- and in and an expiry (expire_due_lots' key: a sweep that comes later finds the lot closed),
   -- in four statements rather than three calls. A renewal is the only caller, under the account
@@ -274,6 +277,7 @@ create or replace function billing.expire_plan_lots(p_sub_id uuid, p_account_id 
   p_expired boolean) returns void
 language plpgsql
 set search_path = ''
+set plan_cache_mode to 'force_generic_plan'
 as $$
 declare
   v_account billing.accounts;
@@ -314,6 +318,7 @@ create or replace function billing.roll_over_plan_credits(p_sub billing.subscrip
   p_period_end timestamptz, p_new_end timestamptz, p_key text) returns numeric
 language plpgsql
 set search_path = ''
+set plan_cache_mode to 'force_generic_plan'
 as $$
 declare
   v_cap numeric(38, 18) := case p_plan.rollover when 'up_to_credits' then p_plan.rollover_limit
