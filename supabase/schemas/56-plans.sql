@@ -299,15 +299,16 @@ begin
   update billing.accounts a
   set next_expiry = (select min(x.expires_at) from billing.lots x where x.account_id = a.id and x.open)
   where a.id = p_account_id returning * into v_account;
-  -- Other lots of the account past their expiry (the sweep had not reached them) go as well.
+  -- As an expiry through post_user_transfer: the low-balance alert is told.
+  if v_any then
+    perform billing.check_low_balance(v_account);
+  end if;
+  -- Other lots of the account past their expiry (the sweep had not reached them) go as well;
+  -- held credits expire too (holds give way), as expire_due_lots does.
   if v_account.next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
-  elsif v_any then
-    -- As expire_due_lots: held credits expire too (holds give way), and the alert is told.
-    if v_account.held > 0 then
-      perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true));
-    end if;
-    perform billing.check_low_balance(v_account);
+  elsif v_any and v_account.held > 0 then
+    perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true));
   end if;
 end;
 $$;
