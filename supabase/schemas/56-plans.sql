@@ -192,10 +192,134 @@ $$;
 comment on function billing.plan_rollover_grace() is 'Internal: how long after a period''s end its renewal may be paid and still roll its credits over.';
 revoke execute on function billing.plan_rollover_grace() from public;
 
+create or replace function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric,
+  p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) returns void
+language plpgsql
+set search_path = ''
+set plan_cache_mode to 'force_generic_plan'
+as $$
+declare
+  v_out bigint;
+  v_in bigint;
+  v_exp bigint;
+  v_account billing.accounts;
+begin
+  -- Generic plans (plan_cache_mode, here and in the renewal's other functions): these statements
+  -- cost more to plan than to run, and custom plans are made for a connection's first five calls.
+  -- The transfers, entries and allocations post_user_transfer would write for a rollover out
+  -- and in and an expiry (expire_due_lots' key: a sweep that comes later finds the lot closed),
+  -- in four statements rather than three calls. A renewal is the only caller, under the account
+  -- lock, once per invoice (plan_grants); an open lot means no debt (Σ remaining = balance), so
+  -- nothing is settled. The account first: the entries number their versions back from it, in
+  -- transfer order (out, in: the balance back where it was, then the expiry).
+  update billing.accounts a set balance = a.balance - p_expire,
+    version = a.version + (p_roll > 0)::integer * 2 + (p_expire > 0)::integer,
+    next_expiry = case when p_roll > 0 then least(a.next_expiry, p_new_end) else a.next_expiry end
+  where a.id = p_account_id returning * into v_account;
+  with t as (
+    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, metadata)
+    select m.kind, m.from_id, m.to_id, m.amount, m.key, m.correlation, m.metadata
+    from (values
+      (1, 'plan_rollover'::billing.transfer_kind, p_account_id, billing.platform_account_id('plans'), p_roll,
+       p_key || ':out:' || p_lot_id, p_sub_id::text, jsonb_build_object('lot_id', p_lot_id::text)),
+      (2, 'plan_rollover', billing.platform_account_id('plans'), p_account_id, p_roll,
+       p_key || ':in:' || p_lot_id, p_sub_id::text, jsonb_build_object('lot_id', p_lot_id::text)),
+      (3, 'expiry', p_account_id, billing.platform_account_id('expired'), p_expire,
+       'expiry:' || p_lot_id || ':' || trim_scale(p_expire), null, jsonb_build_object('lot_id', p_lot_id::text, 'category', p_category))
+    ) m (n, kind, from_id, to_id, amount, key, correlation, metadata)
+    where m.amount > 0
+    order by m.n
+    returning id, kind, from_account_id, amount
+  ), e as (
+    insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+    select t.id, p_account_id, x.amount, x.balance_after, v_account.version - count(*) over () + row_number() over (order by t.id)
+    from t cross join lateral (
+      select case when t.kind = 'expiry' or t.from_account_id = p_account_id then -t.amount else t.amount end as amount,
+             case when t.kind = 'expiry' then v_account.balance
+                  when t.from_account_id = p_account_id then v_account.balance + p_expire - p_roll
+                  else v_account.balance + p_expire end as balance_after
+    ) x
+  )
+  select max(t.id) filter (where t.kind = 'plan_rollover' and t.from_account_id = p_account_id),
+         max(t.id) filter (where t.kind = 'plan_rollover' and t.from_account_id <> p_account_id),
+         max(t.id) filter (where t.kind = 'expiry')
+  into v_out, v_in, v_exp from t;
+  with drawn as (
+    update billing.lots l set remaining = l.remaining - p_roll - p_expire,
+      expires_at = case when p_expire > 0 then least(l.expires_at, now()) else l.expires_at end
+    where l.id = p_lot_id and l.remaining >= p_roll + p_expire
+    returning l.id
+  )
+  insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+  select a.id, drawn.id, a.kind, a.amount
+  from drawn, (values (v_out, 'plan_rollover'::billing.transfer_kind, p_roll), (v_exp, 'expiry', p_expire)) a (id, kind, amount)
+  where a.id is not null;
+  if not found then
+    perform billing.raise_error('INTERNAL_ERROR', jsonb_build_object('plan_lot', p_lot_id::text));
+  end if;
+  if v_in is not null then
+    with n as (
+      insert into billing.lots (account_id, grant_transfer_id, category, priority, cost_cents, currency, amount, remaining,
+                                expires_at, moved_from)
+      select p_account_id, v_in, l.category, l.priority, l.cost_cents * p_roll / l.amount, l.currency, p_roll, p_roll,
+             p_new_end, l.id
+      from billing.lots l where l.id = p_lot_id
+      returning id
+    )
+    insert into billing.plan_lots (lot_id, subscription_id, period_end) select n.id, p_sub_id, p_new_end from n;
+  end if;
+end;
+$$;
+comment on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric, p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) is 'Internal: at a renewal, moves p_roll of a plan lot into a new lot of the next period (plan_rollover out and in; moved_from keeps its provenance) and expires p_expire of it now, under the caller''s account lock.';
+revoke execute on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric, p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) from public;
+
+create or replace function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz,
+  p_expired boolean) returns void
+language plpgsql
+set search_path = ''
+set plan_cache_mode to 'force_generic_plan'
+as $$
+declare
+  v_account billing.accounts;
+  v_any boolean := p_expired;
+  l record;
+begin
+  -- What the rollover pass left of a plan's lots of the ending period (and of any older one
+  -- still open) ends now: a disputed (frozen) lot only gets its expiry, and waits for its dispute.
+  for l in
+    update billing.lots x set expires_at = least(x.expires_at, now())
+    from billing.plan_lots pl
+    where pl.lot_id = x.id and pl.subscription_id = p_sub_id and pl.period_end <= p_period_end and x.open
+    returning x.id, x.remaining, x.category, x.frozen
+  loop
+    continue when l.frozen;
+    perform billing.end_plan_lot(p_account_id, l.id, l.category, 0, l.remaining, p_sub_id, null, null);
+    v_any := true;
+  end loop;
+  update billing.accounts a
+  set next_expiry = (select min(x.expires_at) from billing.lots x where x.account_id = a.id and x.open)
+  where a.id = p_account_id returning * into v_account;
+  -- As an expiry through post_user_transfer: the low-balance alert is told.
+  if v_any then
+    perform billing.check_low_balance(v_account);
+  end if;
+  -- Other lots of the account past their expiry (the sweep had not reached them) go as well;
+  -- held credits expire too (holds give way), as expire_due_lots does.
+  if v_account.next_expiry <= now() then
+    perform billing.expire_due_lots(p_account_id);
+  elsif v_any and v_account.held > 0 then
+    perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true));
+  end if;
+end;
+$$;
+comment on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean) is 'Internal: at a renewal, after the rollover pass, expires what is left of a plan''s lots of the ending period (and older) now and makes next_expiry exact; p_expired: the pass expired some already.';
+revoke execute on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean) from public;
+
 create or replace function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans,
   p_period_end timestamptz, p_new_end timestamptz, p_key text) returns numeric
 language plpgsql
 set search_path = ''
+set plan_cache_mode to 'force_generic_plan'
 as $$
 declare
   v_cap numeric(38, 18) := case p_plan.rollover when 'up_to_credits' then p_plan.rollover_limit
@@ -207,7 +331,7 @@ declare
   v_settled numeric(38, 18);
   v_back bigint;
   l record;
-  v_in bigint;
+  v_expired boolean := false;
 begin
   select * into v_account from billing.accounts a where a.id = p_account_id for update;
   -- The ending period's plan lots (its grant and what rolled into it), soonest-spent first. What
@@ -223,9 +347,8 @@ begin
       and x.account_id = p_account_id and x.expires_at > now() - billing.plan_rollover_grace()
     order by x.id
   loop
-    exit when v_left <= 0;
     -- Not what a refund or dispute of the grant already forgave as expired (it took the rest).
-    if not l.open and l.expired > 0 and not exists (select 1 from billing.plan_grants g
+    if v_left > 0 and not l.open and l.expired > 0 and not exists (select 1 from billing.plan_grants g
         where g.subscription_id = p_sub.id and (g.expiry_forgiven > 0 or g.credits_reversed > 0 or g.dispute_status is not null)
           and l.id = any(billing.plan_grant_lots(g))) then
       -- The sweep was first: the share that rolls comes back from breakage into the lot it
@@ -252,26 +375,16 @@ begin
       v_left := v_left - v_settled;
       v_total := v_total + v_settled;
     end if;
-    v_take := least(l.remaining, v_left);
-    continue when v_take <= 0;
-    perform billing.post_user_transfer(null, -1, 'reverse', v_take, 'plan_rollover', 'plans', p_key || ':out:' || l.id,
-      p_sub.id::text, null, jsonb_build_object('lot_id', l.id::text), null, null,
-      jsonb_build_object('first', jsonb_build_array(l.id)), p_account_id);
-    v_in := (billing.post_user_transfer(null, 1, 'credit', v_take, 'plan_rollover', 'plans', p_key || ':in:' || l.id,
-      p_sub.id::text, null, jsonb_build_object('lot_id', l.id::text), null, null,
-      jsonb_build_object('category', l.category, 'cost_cents', l.cost_cents * v_take / l.amount, 'currency', l.currency,
-        'priority', l.priority, 'expires_at', p_new_end), p_account_id)).transfer_id;
-    update billing.lots x set moved_from = l.id where x.grant_transfer_id = v_in and x.moved_from is null
-    returning x.id into v_in;
-    insert into billing.plan_lots (lot_id, subscription_id, period_end) values (v_in, p_sub.id, p_new_end);
+    -- In the same pass, what does not roll over ends with its period (now, at the latest: the
+    -- renewal says the period is over).
+    v_take := least(l.remaining, greatest(v_left, 0));
+    continue when l.remaining <= 0;
+    perform billing.end_plan_lot(p_account_id, l.id, l.category, v_take, l.remaining - v_take, p_sub.id, p_new_end, p_key);
+    v_expired := v_expired or l.remaining > v_take;
     v_left := v_left - v_take;
     v_total := v_total + v_take;
   end loop;
-  -- The rest ends with its period (now, at the latest: the renewal says the period is over).
-  update billing.lots x set expires_at = least(x.expires_at, now())
-  from billing.plan_lots pl
-  where pl.lot_id = x.id and pl.subscription_id = p_sub.id and pl.period_end <= p_period_end and x.open;
-  perform billing.expire_due_lots(p_account_id);
+  perform billing.expire_plan_lots(p_sub.id, p_account_id, p_period_end, v_expired);
   return v_total;
 end;
 $$;
@@ -299,7 +412,10 @@ declare
   v_top numeric(38, 18);
   v_credits numeric(38, 18) := 0;
   v_prev timestamptz;
+  v_later boolean;
+  v_cycled boolean;
   v_rolled numeric(38, 18) := 0;
+  v_transfer bigint;
   v_lot bigint;
 begin
   -- The plan it billed: an upgrade's is the plan its charged line's price belongs to (what was
@@ -344,23 +460,28 @@ begin
   -- A period that is over, or older than one already granted (a late, reordered invoice), gets
   -- nothing: its credits would expire at once or reopen a period the student has left. The
   -- caller refunds the invoice (stripe-webhook; the plan_refund_due alert catches one it missed).
-  if v_end <= now() or exists (select 1 from billing.plan_grants g where g.subscription_id = p_sub.id
-                               and g.period_end > v_end and g.credits > 0) then
+  -- What the subscription's other invoices granted, in one read: whether a later period was
+  -- granted; what this period already got (the first invoice, or an earlier upgrade), of it what
+  -- the period's own invoices got, and the largest plan among them; whether this period already
+  -- had a renewal invoice; and the last period granted before this one.
+  select coalesce(bool_or(g.period_end > v_end and g.credits > 0), false),
+         coalesce(sum(g.credits) filter (where g.period_end = v_end), 0),
+         coalesce(sum(g.credits) filter (where g.period_end = v_end
+                                         and g.billing_reason in ('subscription_create', 'subscription_cycle')), 0),
+         greatest(coalesce(max(p.credits) filter (where g.period_end = v_end and g.credits > 0), 0), v_plan.credits),
+         coalesce(bool_or(g.period_end = v_end and g.billing_reason = 'subscription_cycle'), false),
+         max(g.period_end) filter (where g.period_end < v_end and g.credits > 0)
+  into v_later, v_had, v_base_had, v_top, v_cycled, v_prev
+  from billing.plan_grants g join billing.plans p on p.id = g.plan_id
+  where g.subscription_id = p_sub.id and g.invoice_id <> v_grant.invoice_id;
+  if v_end <= now() or v_later then
     return 'plan_invoice_stale';
   end if;
-  -- What this period already got (the first invoice, or an earlier upgrade): only the difference.
-  select coalesce(sum(g.credits), 0) into v_had from billing.plan_grants g
-  where g.subscription_id = p_sub.id and g.period_end = v_end and g.invoice_id <> v_grant.invoice_id;
   v_credits := greatest(v_plan.credits - v_had, 0);
   if v_reason in ('subscription_create', 'subscription_cycle') then
     -- The period's own invoice grants its plan less what another such invoice of the period got;
     -- an upgrade paid before it (its webhooks late) granted only the difference, so together
     -- they reach, and never pass, the larger plan's credits.
-    select coalesce(sum(g.credits) filter (where g.billing_reason in ('subscription_create', 'subscription_cycle')), 0),
-           greatest(coalesce(max(p.credits), 0), v_plan.credits)
-    into v_base_had, v_top
-    from billing.plan_grants g join billing.plans p on p.id = g.plan_id
-    where g.subscription_id = p_sub.id and g.period_end = v_end and g.invoice_id <> v_grant.invoice_id and g.credits > 0;
     v_credits := greatest(least(v_plan.credits - v_base_had, v_top - v_had), 0);
   else
     -- An upgrade's proration invoice buys the difference for what is left of the period, so it
@@ -381,25 +502,19 @@ begin
   end if;
   -- One rollover per period: a second renewal invoice for it (voided and reissued) rolls nothing
   -- again, nor brings back from breakage what the first let expire.
-  if v_reason = 'subscription_cycle' and not exists (select 1 from billing.plan_grants g
-      where g.subscription_id = p_sub.id and g.period_end = v_end and g.billing_reason = 'subscription_cycle'
-        and g.invoice_id <> v_grant.invoice_id) then
-    select max(g.period_end) into v_prev from billing.plan_grants g
-    where g.subscription_id = p_sub.id and g.period_end < v_end and g.credits > 0;
-    if v_prev is not null then
-      v_rolled := billing.roll_over_plan_credits(p_sub, v_account, v_plan, v_prev, v_end, 'plan-rollover:' || v_grant.invoice_id);
-    end if;
+  if v_reason = 'subscription_cycle' and not v_cycled and v_prev is not null then
+    v_rolled := billing.roll_over_plan_credits(p_sub, v_account, v_plan, v_prev, v_end, 'plan-rollover:' || v_grant.invoice_id);
   end if;
   if v_credits > 0 then
     -- Paid credits whose cost is what this invoice charged: deferred revenue until spent or expired.
     -- Spent before package credits (priority 5 < 20): they expire at the period's end.
-    perform billing.post_user_transfer(null, 1, 'credit', v_credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
+    v_transfer := (billing.post_user_transfer(null, 1, 'credit', v_credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
       p_sub.id::text, p_invoice ->> 'id', jsonb_build_object('plan_id', v_plan.id, 'subscription_id', p_sub.id), null, null,
       jsonb_build_object('category', 'paid', 'cost_cents', v_amount, 'currency', v_plan.currency, 'priority', 5,
-        'expires_at', v_end), v_account);
-    select l.id into v_lot from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
-    where t.idempotency_key = 'plan:' || v_grant.invoice_id and t.kind = 'plan_grant';
-    insert into billing.plan_lots (lot_id, subscription_id, period_end) values (v_lot, p_sub.id, v_end);
+        'expires_at', v_end), v_account)).transfer_id;
+    insert into billing.plan_lots (lot_id, subscription_id, period_end)
+    select l.id, p_sub.id, v_end from billing.lots l where l.grant_transfer_id = v_transfer and l.moved_from is null
+    returning lot_id into v_lot;
   end if;
   update billing.plan_grants g set credits = v_credits, lot_id = v_lot, rolled_over = v_rolled
   where g.invoice_id = v_grant.invoice_id;

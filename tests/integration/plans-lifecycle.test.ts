@@ -54,6 +54,13 @@ Deno.test('a renewal rolls over what the rule allows into a new lot and expires 
   const [{ expired }] = await testDb`select trim_scale(coalesce(sum(a.amount), 0))::text as expired
     from billing.lot_allocations a where a.lot_id = ${lots[0].id} and a.kind = 'expiry'`;
   assert.equal(expired, '3000');
+  // The renewal writes its rollover and expiry itself (end_plan_lot): the account's entries stay
+  // one chain, a version each in order, each balance_after the running sum.
+  const chain = await testDb`select e.account_version::int as version, trim_scale(e.balance_after)::text as after,
+      trim_scale(sum(e.amount) over (order by e.id))::text as running
+    from billing.entries e join billing.accounts a on a.id = e.account_id where a.user_id = ${s.id} order by e.id`;
+  assert.deepEqual(chain.map((c) => c.version), chain.map((_, i) => i + 1));
+  assert.deepEqual(chain.map((c) => c.after), chain.map((c) => c.running));
   // Plan credits are spent first, the rolled-over ones (expiring with the new period) included.
   await spend(s.token, 100);
   assert.equal((await planLots(s.id))[1].remaining, '1900');
