@@ -347,9 +347,10 @@ begin
       and x.account_id = p_account_id and x.expires_at > now() - billing.plan_rollover_grace()
     order by x.id
   loop
-    -- Not what a refund or dispute of the grant already forgave as expired (it took the rest).
+    -- Not what a refund or dispute of the grant already forgave as expired, nor after a lost
+    -- dispute (it took the rest); a refund or a won dispute before the sweep leaves the rest to roll.
     if v_left > 0 and not l.open and l.expired > 0 and not exists (select 1 from billing.plan_grants g
-        where g.subscription_id = p_sub.id and (g.expiry_forgiven > 0 or g.credits_reversed > 0 or g.dispute_status is not null)
+        where g.subscription_id = p_sub.id and (g.expiry_forgiven > 0 or g.dispute_status = 'lost')
           and l.id = any(billing.plan_grant_lots(g))) then
       -- The sweep was first: the share that rolls comes back from breakage into the lot it
       -- expired from (a negative expiry allocation, as a void gives back: breakage revenue and

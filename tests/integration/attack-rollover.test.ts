@@ -247,3 +247,30 @@ Deno.test("the renewal and a full refund of the ending period's invoice at once 
     assert.equal((await balanceOf(s.token)).balance, '4000', `run ${i}: ${JSON.stringify(await planLots(s.id))}`);
   }
 });
+
+// Fixed: a partial refund or a dispute won before the period ended stopped the whole period
+// rolling over when the sweep expired it first (the same period rolled when the renewal came
+// first). Only what a refund or dispute forgave as expired, or a lost dispute, stays in breakage.
+Deno.test('a period partly refunded, or disputed and won, before its end still rolls over when the sweep was first', async () => {
+  for (const how of ['refund', 'won'] as const) {
+    const s = await student();
+    const plan = await subscribeTo(s.token, 'basic_monthly');
+    const invoice = String((await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`)).latest_invoice);
+    await spend(s.token, 6000); // 4,000 left
+    const charge = await chargeOfInvoice(invoice);
+    if (how === 'refund') {
+      await emulator(`/_emulator/charges/${charge}/refund`, { amount: 100 }); // floor(10,000 × 100 / 999) = 1,001 back
+    } else {
+      await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
+      await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'won' });
+    }
+    const left = how === 'refund' ? '2999' : '4000';
+    assert.equal((await balanceOf(s.token)).balance, left, how);
+    const late = await renew(plan.stripe_subscription, 'paid', false);
+    await periodEndsAndSweeps(s.id);
+    for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+    await assertLedgerInvariants();
+    assert.equal((await balanceOf(s.token)).balance, '12000', `${how}: the cap rolls back from breakage`);
+    assert.equal(await breakage(s.id), String(Number(left) - 2000), how);
+  }
+});
