@@ -458,6 +458,17 @@ comment on function billing.record_stripe_event_failure(p_event_id text, p_type 
 revoke execute on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) from public;
 grant execute on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) to service_role;
 
+create or replace function billing.finish_stripe_event(p_event_id text) returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  update billing.stripe_events e set status = 'processed', last_error = null where e.id = p_event_id and e.status = 'failed'
+$$;
+comment on function billing.finish_stripe_event(p_event_id text) is 'Marks an event done whose work ended outside the database (a stale plan invoice''s refund at Stripe).';
+revoke execute on function billing.finish_stripe_event(p_event_id text) from public;
+grant execute on function billing.finish_stripe_event(p_event_id text) to service_role;
+
 create or replace function billing.increment_counter(p_name text, p_by bigint default 1) returns bigint
 language sql
 security definer

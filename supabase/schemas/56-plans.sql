@@ -451,6 +451,15 @@ begin
   on conflict (invoice_id) do nothing
   returning * into v_grant;
   if not found then
+    -- A stale invoice (below) not refunded yet says so again: the caller's refund did not finish
+    -- (it crashed, or Stripe did not answer), and Stripe's retry of the event is its next chance.
+    if exists (select 1 from billing.plan_grants g
+               where g.invoice_id = p_invoice ->> 'id' and g.credits = 0 and g.amount_cents + g.tax_cents > 0
+                 and g.amount_refunded_cents = 0
+                 and (g.period_end <= now() or exists (select 1 from billing.plan_grants l where l.subscription_id = p_sub.id
+                                                       and l.period_end > g.period_end and l.credits > 0))) then
+      return 'plan_invoice_stale';
+    end if;
     return 'plan_invoice_already_granted';
   end if;
   -- The money came in, whatever it grants: a stale invoice's refund (below) nets it out.
@@ -460,7 +469,8 @@ begin
   where v_amount + v_tax > 0;
   -- A period that is over, or older than one already granted (a late, reordered invoice), gets
   -- nothing: its credits would expire at once or reopen a period the student has left. The
-  -- caller refunds the invoice (stripe-webhook; the plan_refund_due alert catches one it missed).
+  -- caller refunds the invoice; its event stays unfinished until then (process_stripe_event), so
+  -- a crash or a Stripe outage is retried, and the plan_refund_due alert names one that never is.
   -- What the subscription's other invoices granted, in one read: whether a later period was
   -- granted; what this period already got (the first invoice, or an earlier upgrade), of it what
   -- the period's own invoices got, and the largest plan among them; whether this period already

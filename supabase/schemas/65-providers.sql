@@ -596,7 +596,12 @@ begin
     else case when exists (select 1 from billing.provider_payments x where x.stripe_session_id = p_state ->> 'session_id')
       then billing.sync_provider_payment(p_state) else billing.sync_purchase(p_state) end
   end;
-  update billing.stripe_events e set status = 'processed', processed_at = now(), last_error = null where e.id = p_event_id;
+  -- A stale plan invoice is done once the caller has refunded it (billing.finish_stripe_event):
+  -- until then the event stays 'failed', so Stripe's retry brings the refund back.
+  update billing.stripe_events e
+  set status = case when v_outcome = 'plan_invoice_stale' then 'failed' else 'processed' end, processed_at = now(),
+      last_error = case when v_outcome = 'plan_invoice_stale' then 'PLAN_REFUND_PENDING' end
+  where e.id = p_event_id;
   return v_outcome;
 end;
 $$;

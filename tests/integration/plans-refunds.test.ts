@@ -1,7 +1,7 @@
 // A plan invoice refunded or disputed reaches its credits wherever they are: its own lot, the
 // lot they rolled into at the renewal, or (spent) the student's other credits and then debt.
 import assert from 'node:assert/strict';
-import { assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
+import { assertLedgerInvariants, newUser, spawnGateway, spend, testDb, userToken } from '../helpers.ts';
 import { balanceOf, deliver, emulator, type SignedEvent, stripeApi } from '../purchases.ts';
 import { chargeOfInvoice, renew, startPlan, subscribeTo } from '../plans.ts';
 
@@ -92,5 +92,41 @@ Deno.test('a refund whose charge.refunded arrives before the invoice.paid is ret
   // Stripe's retry: now it takes the credits back.
   assert.equal((await deliver(refunded)).status, 200);
   assert.equal((await balanceOf(s.token)).balance, '0');
+  await assertLedgerInvariants();
+});
+
+Deno.test("a crash before a stale invoice's refund leaves its event unfinished; Stripe's retry refunds it once", async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const failed = await renew(plan.stripe_subscription, 'failed');
+  await renew(plan.stripe_subscription);
+  const late = (await emulator(`/_emulator/invoices/${failed.invoice}/pay`, { deliver: false })).events;
+  const paid = late.find((e: SignedEvent) => e.type === 'invoice.paid')!;
+  for (const e of late.filter((x: SignedEvent) => x !== paid)) assert.equal((await deliver(e)).status, 200);
+  // The gateway dies after the grant row commits and before the refund reaches Stripe.
+  const gw = spawnGateway({ FAILPOINTS: 'webhook.before_stale_refund' });
+  try {
+    await gw.ready();
+    const died = await fetch(`${gw.url}/stripe-webhook`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'stripe-signature': paid.signature },
+      body: paid.payload,
+    }).then((r) => r.status, () => 0);
+    assert.equal(died, 0, 'no answer: the process died');
+  } finally {
+    await gw.kill();
+  }
+  const charge = await chargeOfInvoice(String(failed.invoice));
+  assert.equal((await stripeApi(`/v1/charges/${charge}`)).refunded, false, 'not refunded yet');
+  const [event] = await testDb`select status, last_error from billing.stripe_events where id = ${paid.id}`;
+  assert.deepEqual({ ...event }, { status: 'failed', last_error: 'PLAN_REFUND_PENDING' }, 'so Stripe retries it');
+  // Stripe's retry: the refund, once, and the event is done.
+  const retry = await deliver(paid);
+  assert.equal(retry.status, 200, JSON.stringify(retry.body));
+  assert.equal((await stripeApi(`/v1/charges/${charge}`)).amount_refunded, 999);
+  const [done] = await testDb`select status from billing.stripe_events where id = ${paid.id}`;
+  assert.equal(done.status, 'processed');
+  assert.equal((await deliver(paid)).body.data.duplicate, true);
+  assert.equal((await balanceOf(s.token)).balance, '12000');
   await assertLedgerInvariants();
 });

@@ -86,7 +86,9 @@ app.post('/', limitByAddress('stripe_webhook'), async (c) => {
     }
     if (outcome === 'plan_invoice_stale' && state?.kind === 'subscription') {
       log.warn('a plan invoice paid for a period that is over: refunding it', fields);
+      failpoint('webhook.before_stale_refund');
       await refundStaleInvoice(state);
+      await db()`select billing.finish_stripe_event(${event.id})`;
     }
     const failedPaymentOf = failedPaymentUser(event);
     if (failedPaymentOf && outcome !== 'duplicate') await recordFailedPayment(failedPaymentOf);

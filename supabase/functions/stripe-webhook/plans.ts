@@ -168,7 +168,8 @@ export async function refuseSubscription(state: SubscriptionState): Promise<void
 /**
  * A paid plan invoice that granted nothing (its period over, or a later period already granted:
  * a late or reordered invoice): its money goes back, after the grant row is committed so the
- * refund's charge.refunded finds it. Should Stripe not answer, the plan_refund_due alert names it.
+ * refund's charge.refunded finds it. The event stays unfinished until this has run: a crash or a
+ * Stripe outage here is retried with the event (the same idempotency key: one refund).
  */
 export async function refundStaleInvoice(state: SubscriptionState): Promise<void> {
   if (!state.invoice) return;
