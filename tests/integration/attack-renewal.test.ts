@@ -94,24 +94,32 @@ Deno.test('a partial refund queued behind the renewal takes back what rolled ove
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
-async function hold(token: string, amount: string): Promise<string> {
+async function hold(token: string, amount: string): Promise<void> {
   const h = await api('/credits/holds', { token, headers: key(), body: { amount, ttl_seconds: 3600 } });
   assert.equal(h.status, 201, h.text);
-  return (h.body.data as { hold_id: string }).hold_id;
 }
 
-Deno.test('holds on plan credits at an on-time renewal give way newest first to what expires, never to what rolls', async () => {
+Deno.test('a hold and a job reservation on plan credits at an on-time renewal give way newest first to what expires, never to what rolls', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly');
   await spend(s.token, 6000); // 4,000 left: 2,000 will roll, 2,000 expire
-  const older = await hold(s.token, '1000');
-  const newer = await hold(s.token, '2500');
+  await hold(s.token, '1000');
+  // A job waiting to run, its 2,500 reserved (enqueued as POST /jobs does, set to wait an hour).
+  await testDb.begin(async (sql) => {
+    const [job] = await sql`select id from billing.enqueue_job(${s.id}, 'ledger_export', '{}'::jsonb,
+      ${crypto.randomUUID()}, null, 2500)`;
+    await sql`update billing.jobs set run_after = now() + interval '1 hour' where id = ${job.id}`;
+  });
   await renew(plan.stripe_subscription);
   await assertLedgerInvariants();
-  const holds = await testDb`select h.id::text, trim_scale(h.amount)::text as amount, h.status from billing.holds h
-    where h.id in (${older}, ${newer}) order by h.created_at`;
-  // 3,500 held on 2,000 left after the expiry: the newer hold gives 1,500, before the new grant.
-  assert.deepEqual(holds.map((h) => [h.amount, h.status]), [['1000', 'active'], ['1000', 'active']]);
+  const holds = await testDb`select h.purpose, trim_scale(h.amount)::text as amount, h.status from billing.holds h
+    join billing.accounts a on a.id = h.account_id where a.user_id = ${s.id} order by h.created_at`;
+  // 3,500 held on 2,000 left after the expiry: the newer (the job's) gives 1,500, before the new grant.
+  assert.deepEqual(holds.map((h) => [h.purpose, h.amount, h.status]), [['user', '1000', 'active'], [
+    'job',
+    '1000',
+    'active',
+  ]]);
   assert.deepEqual(await balanceOf(s.token), { balance: '12000', held: '2000', available: '10000' });
 });
 
@@ -159,4 +167,18 @@ Deno.test('twenty spends at once during an on-time renewal: what was left when i
   const expected = Math.min(2000, left) + 10000 - 700 * (ok - (before - 1));
   assert.equal((await balanceOf(s.token)).balance, String(expected), `${ok} spends, ${before - 1} before the renewal`);
   assert.equal(await breakage(s.id), String(Math.max(left - 2000, 0)));
+});
+
+Deno.test('a renewal that rolls every credit left tells the low-balance alert nothing (the balance never dipped)', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  await spend(s.token, 8000); // 2,000 left: basic rolls all of them
+  await testDb`update billing.accounts a set low_balance_threshold = 1000 where a.user_id = ${s.id}`;
+  await renew(plan.stripe_subscription);
+  await assertLedgerInvariants();
+  assert.equal((await balanceOf(s.token)).balance, '12000');
+  assert.equal(await breakage(s.id), '0');
+  const [{ alerts }] = await testDb`select count(*)::int as alerts from billing.notification_outbox o
+    where o.user_id = ${s.id} and o.template = 'balance_alert'`;
+  assert.equal(alerts, 0, 'moving 2,000 out and in is no crossing of 1,000');
 });
