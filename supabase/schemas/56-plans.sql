@@ -621,7 +621,7 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  v_lots bigint[] := billing.plan_grant_lots(p_grant);
+  v_lots bigint[];
   v_account bigint := billing.ensure_user_account(p_user);
   v_beyond numeric(38, 18);
   v_forgive numeric(38, 18);
@@ -630,6 +630,8 @@ begin
     return;
   end if;
   perform 1 from billing.accounts a where a.id = v_account for update;
+  -- The lots after the lock: a renewal that held it may have rolled the grant into a new one.
+  v_lots := billing.plan_grant_lots(p_grant);
   -- As for a package (take_back_purchase): the grant's own lots first, rollovers included; of
   -- what they lack, what expired is forgiven (it left as breakage already), what was spent is
   -- owed (other credits, then debt).
@@ -707,8 +709,10 @@ begin
   -- of one's own first frees nothing: those give way); won → released; lost → released and the
   -- rest of the grant taken back.
   if v_dispute is not null and coalesce(g.dispute_status, 'open') = 'open' then
-    v_lots := billing.plan_grant_lots(g);
+    -- The lots after the lock: read before it, a renewal holding it would roll the credits into
+    -- a lot the dispute neither freezes nor holds.
     perform 1 from billing.accounts a where a.id = v_account for update;
+    v_lots := billing.plan_grant_lots(g);
     if v_dispute = 'open' then
       perform billing.settle_account(v_account);
       v_left := coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
