@@ -7,13 +7,8 @@
 // Every run ends by checking the ledger's invariants; a fast wrong answer fails the run.
 import { importJWK, SignJWT } from 'jose';
 import postgres from 'postgres';
-import { printer } from './lib.ts';
+import { env, printer } from './lib.ts';
 
-const env = (k: string) => {
-  const v = Deno.env.get(k);
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 const dbUrl = env('SUPABASE_DB_URL');
 const admin = postgres(dbUrl, { max: 2, onnotice: () => {} });

@@ -2,6 +2,13 @@
 // file, the few statistics the reports use, and timing.
 
 /** A report printed as it is written and kept for bench/results/: `const { lines, say } = printer();` */
+/** A variable the benchmark cannot run without (the local stack's env, e.g. via ./scripts/bench). */
+export const env = (k: string): string => {
+  const v = Deno.env.get(k);
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+
 export function printer(): { lines: string[]; say: (s: string) => void } {
   const lines: string[] = [];
   return {

@@ -5,13 +5,8 @@
 // the local stack, in the same run. The target (#35): renewal ≤ 1.2× purchase (events/s ratio).
 //   set -a; source .local/env; set +a; deno run -A bench/plans.ts   (BENCH_PLAN_EVENTS, default 300)
 import postgres from 'postgres';
-import { drive, printer } from './lib.ts';
+import { drive, env, printer } from './lib.ts';
 
-const env = (k: string) => {
-  const v = Deno.env.get(k);
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const n = Number(Deno.env.get('BENCH_PLAN_EVENTS') ?? 300);
 const connections = 16;
 const base = `${env('SUPABASE_URL')}/functions/v1`;

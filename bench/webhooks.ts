@@ -5,13 +5,8 @@
 // /health/healthz at 16 connections) and the SQL alone (process_stripe_event with the state
 // already in hand, 16 clients). After the run: each purchase credited exactly once.
 import postgres from 'postgres';
-import { drive, printer } from './lib.ts';
+import { drive, env, printer } from './lib.ts';
 
-const env = (k: string) => {
-  const v = Deno.env.get(k);
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const events = Number(Deno.env.get('BENCH_WEBHOOK_EVENTS') ?? 1000);
 const connections = 16;
 const base = `${env('SUPABASE_URL')}/functions/v1`;

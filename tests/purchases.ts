@@ -47,6 +47,19 @@ export async function deliver(e: { payload: string; signature: string }) {
   return { status: res.status, body: await res.json() };
 }
 
+/**
+ * Delivers as Stripe does: a non-2xx answer (a deadlock between two events' transactions, say)
+ * is sent again after a pause, up to five times; the last answer is returned.
+ */
+export async function deliverWithRetries(e: { payload: string; signature: string }) {
+  let res = await deliver(e);
+  for (let i = 1; i < 5 && res.status >= 300; i++) {
+    await new Promise((r) => setTimeout(r, 100 * 2 ** i));
+    res = await deliver(e);
+  }
+  return res;
+}
+
 /** Starts a checkout for a package and returns the purchase. */
 export async function startCheckout(token: string, packageId: string, key = crypto.randomUUID()) {
   const r = await api('/checkout/sessions', {

@@ -2,11 +2,7 @@
 // report being written.
 import { printer } from '../lib.ts';
 
-export const env = (k: string) => {
-  const v = Deno.env.get(k);
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
+export { env } from '../lib.ts';
 export const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 10);
 export const rounds = Number(Deno.env.get('BENCH_ROUNDS') ?? 2);
 export const warmupSeconds = Number(Deno.env.get('BENCH_WARMUP_SECONDS') ?? 3);

@@ -136,10 +136,14 @@ Deno.test('a plan change reusing an idempotency key with another plan is refused
   assert.equal((await balanceOf(s.token)).balance, '35000');
 });
 
-Deno.test('an upgrade with one day left (Stripe prorates the charge to 1/30) grants the share of the difference it paid for', async () => {
-  // The emulator's clock cannot reach the end of a period, so Stripe's answer for an upgrade made
-  // one day before the period ends is given to billing.sync_subscription as the webhook would:
-  // the proration invoice for the last day, (29.99 − 9.99) × 1/30 = $0.67, paid.
+/**
+ * A basic subscriber's upgrade to pro one day before the period ends, as the webhook would apply
+ * it: the emulator's clock cannot reach the end of a period, so Stripe's answer is given to
+ * billing.sync_subscription directly: the proration invoice for the last day, (29.99 − 9.99) ×
+ * 1/30 = $0.67, paid. `price` is the charged line's price when the invoice names one. Answers the
+ * upgrade's grant.
+ */
+async function lastDayUpgrade(price?: { id: string; unit_amount: number; currency: string; interval: string }) {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly');
   const [row] = await testDb<{ stripe_customer_id: string; start: number; end: number }[]>`
@@ -169,6 +173,7 @@ Deno.test('an upgrade with one day left (Stripe prorates the charge to 1/30) gra
       period_start: end - 86400,
       period_end: end,
       plan_id: 'pro_monthly',
+      ...(price ? { price } : {}),
     },
   };
   const [{ outcome }] = await testDb`select billing.sync_subscription(${testDb.json(state)}) as outcome`;
@@ -176,52 +181,19 @@ Deno.test('an upgrade with one day left (Stripe prorates the charge to 1/30) gra
   const grants = await grantsOf(plan.subscription_id);
   const upgrade = grants.find((g) => g.billing_reason === 'subscription_update');
   await assertLedgerInvariants();
+  return upgrade;
+}
+
+Deno.test('an upgrade with one day left (Stripe prorates the charge to 1/30) grants the share of the difference it paid for', async () => {
+  const upgrade = await lastDayUpgrade();
   // $0.67 buys one day of pro: 25,000 × 67 ÷ 2,000 = 837.5 credits (the cents paid over the full
   // price difference: Stripe rounds the day's 66.67 cents up), not 25,000 (= $20.00 of pro).
   assert.equal(upgrade?.credits, '837.5', `67 cents granted ${upgrade?.credits} credits`);
 });
 
 Deno.test('an upgrade invoice grants the plan its charged price belongs to, not the plan its metadata names', async () => {
-  // The emulator's clock cannot reach the end of a period, so Stripe's answer for an upgrade made
-  // one day before the period ends is given to billing.sync_subscription as the webhook would:
-  // the proration invoice for the last day, (29.99 − 9.99) × 1/30 = $0.67, paid.
-  const s = await student();
-  const plan = await subscribeTo(s.token, 'basic_monthly');
-  const [row] = await testDb<{ stripe_customer_id: string; start: number; end: number }[]>`
-    select stripe_customer_id, extract(epoch from current_period_start)::bigint as start,
-      extract(epoch from current_period_end)::bigint as end
-    from billing.subscriptions where id = ${plan.subscription_id}`;
-  const end = Number(row.end);
-  const state = {
-    kind: 'subscription',
-    subscription: {
-      id: plan.stripe_subscription,
-      status: 'active',
-      customer: row.stripe_customer_id,
-      cancel_at_period_end: false,
-      current_period_start: Number(row.start),
-      current_period_end: end,
-      metadata: { subscription_id: plan.subscription_id, user_id: s.id, plan_id: 'pro_monthly' },
-    },
-    invoice: {
-      id: `in_attack_${crypto.randomUUID().replaceAll('-', '')}`,
-      status: 'paid',
-      billing_reason: 'subscription_update',
-      amount_paid: 67,
-      amount_due: 67,
-      currency: 'usd',
-      attempted: true,
-      period_start: end - 86400,
-      period_end: end,
-      plan_id: 'pro_monthly', // the metadata says pro, but the line charged basic's price
-      price: { id: 'price_attack', unit_amount: 999, currency: 'usd', interval: 'month' },
-    },
-  };
-  const [{ outcome }] = await testDb`select billing.sync_subscription(${testDb.json(state)}) as outcome`;
-  assert.equal(outcome, 'plan_credits_granted');
-  const grants = await grantsOf(plan.subscription_id);
-  const upgrade = grants.find((g) => g.billing_reason === 'subscription_update');
-  await assertLedgerInvariants();
+  // The metadata says pro, but the line charged basic's price.
+  const upgrade = await lastDayUpgrade({ id: 'price_attack', unit_amount: 999, currency: 'usd', interval: 'month' });
   // Basic to basic is no upgrade: the 67 cents are recorded, no credits come with them.
   assert.equal(upgrade?.credits, '0', `67 cents granted ${upgrade?.credits} credits`);
 });

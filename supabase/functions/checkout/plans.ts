@@ -7,6 +7,7 @@ import type { Effect } from '../_shared/http/idempotency.ts';
 import { formatCredits } from '../_shared/values/money.ts';
 import { automaticTax, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import type { CheckoutEnv, Subscribe } from './schemas.ts';
+import { redirectUrl } from './sessions.ts';
 
 type PlanRow = {
   id: string;
@@ -48,16 +49,6 @@ type SubscriptionRow = {
   session_expires_at: Date | null;
 };
 
-function redirect(given: string | undefined, fallback: string, env: CheckoutEnv, field: string): string {
-  if (!given) return fallback;
-  if (!env.CHECKOUT_REDIRECT_ORIGINS.includes(new URL(given).origin)) {
-    throw new AppError('validation', 'REDIRECT_NOT_ALLOWED', `${field} must be on this service's redirect allowlist.`, {
-      field,
-    });
-  }
-  return given;
-}
-
 const subscriptionJson = (s: SubscriptionRow) => ({
   subscription_id: s.id,
   plan_id: s.plan_id,
@@ -74,8 +65,8 @@ export async function subscribe(
   requestKey: string,
   env: CheckoutEnv,
 ): Promise<Effect> {
-  const successUrl = redirect(body.success_url, env.CHECKOUT_SUCCESS_URL, env, 'success_url');
-  const cancelUrl = redirect(body.cancel_url, env.CHECKOUT_CANCEL_URL, env, 'cancel_url');
+  const successUrl = redirectUrl(body.success_url, env.CHECKOUT_SUCCESS_URL, env, 'success_url');
+  const cancelUrl = redirectUrl(body.cancel_url, env.CHECKOUT_CANCEL_URL, env, 'cancel_url');
   const plan = await planOf(body.plan_id);
   const [sub] = await call((sql) =>
     sql<SubscriptionRow[]>`select * from billing.begin_subscription(${userId}, ${plan.id}, ${requestKey})`
@@ -242,7 +233,7 @@ export async function portal(
   const session = await stripeCall(() =>
     stripe().client.billingPortal.sessions.create({
       customer,
-      return_url: redirect(returnUrl, env.CHECKOUT_SUCCESS_URL, env, 'return_url'),
+      return_url: redirectUrl(returnUrl, env.CHECKOUT_SUCCESS_URL, env, 'return_url'),
     })
   );
   return { url: session.url };

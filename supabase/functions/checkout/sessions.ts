@@ -41,7 +41,7 @@ export const checkoutJson = (r: CheckoutRow): CheckoutSession => ({
 });
 
 /** A redirect URL from the caller must be on the allowlist; otherwise the configured default. */
-function redirectUrl(given: string | undefined, fallback: string, env: CheckoutEnv, field: string): string {
+export function redirectUrl(given: string | undefined, fallback: string, env: CheckoutEnv, field: string): string {
   if (!given) return fallback;
   if (!env.CHECKOUT_REDIRECT_ORIGINS.includes(new URL(given).origin)) {
     throw new AppError('validation', 'REDIRECT_NOT_ALLOWED', `${field} must be on this service's redirect allowlist.`, {
