@@ -225,7 +225,7 @@ create table billing.holds (
   constraint holds_amount_positive check ((amount > (0)::numeric)),
   constraint holds_captured_within check (((captured_amount is null) or ((captured_amount > (0)::numeric) and (captured_amount <= amount)))),
   constraint holds_finished check (((status = 'active'::text) = (finished_at is null))),
-  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'dispute'::text]))),
+  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text, 'dispute'::text]))),
   constraint holds_status check ((status = any (array['active'::text, 'captured'::text, 'released'::text, 'expired'::text]))),
   constraint holds_idempotency_key_key unique (idempotency_key),
   constraint holds_pkey primary key (id),
@@ -373,7 +373,7 @@ begin
               ) x on a.next_expiry <= now()
               left join lateral (
                 select sum(h.amount) as yielding from billing.holds h
-                where h.account_id = a.id and h.status = 'active' and h.expires_at > now() and h.purpose in ('user', 'job')
+                where h.account_id = a.id and h.status = 'active' and h.expires_at > now() and h.purpose in ('user', 'job', 'ai')
               ) g on a.held > 0 and a.next_expiry <= now()
               where a.id = p_account_id) s) b
   into v;
@@ -473,6 +473,19 @@ comment on function billing.price_usage(p_model text, p_input_tokens bigint, p_o
 revoke execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
 grant execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) to service_role;
 
+-- Metadata keys only the ledger writes: a correction or a report filters on them, so a caller's
+-- metadata never carries them (the API refuses them; charge_usage drops them as well).
+create or replace function billing.ledger_owned_keys() returns text[]
+language sql immutable
+set search_path = ''
+as $$
+  select array['model', 'input_tokens', 'output_tokens', 'cached_input_tokens', 'reasoning_tokens', 'images',
+    'audio_seconds', 'failed', 'failed_by', 'usage_source', 'ai_call_id', 'job_id', 'rate_card_version', 'reserved',
+    'priced', 'unbilled']
+$$;
+comment on function billing.ledger_owned_keys() is 'The usage metadata keys only the ledger writes (_shared/contract/credits.ts refuses the same list).';
+revoke execute on function billing.ledger_owned_keys() from public;
+
 create or replace function billing.charge_usage(
   p_user uuid,
   p_model text,
@@ -505,7 +518,7 @@ begin
   -- Every kind is recorded (the dry run re-prices a charge from them), over the caller's keys.
   v_result := billing.post_user_transfer(p_user, -1, 'spend', v_price.amount, 'usage', 'usage_revenue',
     p_idempotency_key, p_correlation_id, null,
-    coalesce(p_metadata, '{}'::jsonb) || jsonb_build_object('model', p_model, 'input_tokens', p_input_tokens,
+    (coalesce(p_metadata, '{}'::jsonb) - billing.ledger_owned_keys()) || jsonb_build_object('model', p_model, 'input_tokens', p_input_tokens,
       'output_tokens', p_output_tokens, 'cached_input_tokens', coalesce(p_cached_input_tokens, 0),
       'reasoning_tokens', coalesce(p_reasoning_tokens, 0), 'images', coalesce(p_images, 0),
       'audio_seconds', coalesce(p_audio_seconds, 0)),
@@ -632,7 +645,8 @@ end;
 $$;
 revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
 
-create or replace function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric DEFAULT NULL::numeric, p_correlation_id text DEFAULT NULL::text)
+create or replace function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric DEFAULT NULL::numeric, p_correlation_id text DEFAULT NULL::text,
+  p_metadata jsonb DEFAULT NULL::jsonb)
  RETURNS billing.hold_result
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -687,7 +701,7 @@ begin
   -- The hold stops counting first, so the capture spends the reserved credits.
   update billing.accounts a set held = a.held - v_hold.amount where a.id = v_hold.account_id returning a.user_id into v_user;
   v_transfer := billing.post_user_transfer(coalesce(v_user, v_hold.member_id), -1, 'capture', v_capture, 'hold_capture',
-    'usage_revenue', 'hold:' || p_hold_id::text, coalesce(p_correlation_id, v_hold.correlation_id), null, null, null, p_hold_id,
+    'usage_revenue', 'hold:' || p_hold_id::text, coalesce(p_correlation_id, v_hold.correlation_id), null, p_metadata, null, p_hold_id,
     p_account_id => v_hold.account_id);
   update billing.holds h set status = 'captured', captured_amount = v_capture, capture_transfer_id = v_transfer.transfer_id,
     finished_at = now()
@@ -696,9 +710,9 @@ begin
   return billing.hold_result_of(v_hold, false);
 end;
 $function$;
-comment on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text) is 'Spends all or part of an active hold and releases the rest. Capturing a captured hold again replays the result.';
-revoke execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text) from public;
-grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text) to service_role;
+comment on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) is 'Spends all or part of an active hold and releases the rest; p_metadata (the gateway''s facts of a call, never a caller''s) goes on the capture. Capturing a captured hold again replays the result.';
+revoke execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) from public;
+grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) to service_role;
 
 create or replace function billing.release_hold(p_user uuid, p_hold_id uuid) returns billing.hold_result
 language plpgsql
@@ -1461,12 +1475,12 @@ begin
   -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
   select * into v_account from billing.accounts a where a.id = p_account_id;
   if v_account.held > greatest(v_account.balance, 0) then
-    perform billing.shrink_holds(p_account_id, v_account.held - greatest(v_account.balance, 0), array['user', 'job'],
+    perform billing.shrink_holds(p_account_id, v_account.held - greatest(v_account.balance, 0), array['user', 'job', 'ai'],
       p_note);
   end if;
 end;
 $$;
-comment on function billing.fit_holds(p_account_id bigint, p_note jsonb) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user and job holds give way, newest first, until they fit.';
+comment on function billing.fit_holds(p_account_id bigint, p_note jsonb) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit.';
 revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb) from public;
 
 -- ============================================================ views

@@ -289,7 +289,8 @@ as $$
 declare
   v_revenue bigint := billing.platform_account_id('usage_revenue');
 begin
-  -- transfers_created_brin finds the range; a failed charge says so in its event ("failed": true).
+  -- transfers_created_brin finds the range. A failed charge is one the gateway recorded as failed
+  -- (finish_ai_call writes "failed_by"); no caller can write that key (charge_usage strips it).
   return query
     select t.id, t.from_account_id, t.amount, coalesce(t.member_id, a.user_id), a.org_id
     from billing.transfers t
@@ -298,7 +299,7 @@ begin
     where t.created_at >= p_from and t.created_at < p_to and t.kind in ('usage', 'debit', 'hold_capture')
       and t.to_account_id = v_revenue
       and coalesce(t.metadata ->> 'model', h.metadata ->> 'model') = p_model
-      and (not p_failed_only or t.metadata @> '{"failed": true}' or coalesce(h.metadata @> '{"failed": true}', false))
+      and (not p_failed_only or t.metadata @> '{"failed_by": "gateway"}')
       and not exists (select 1 from billing.charge_voids v where v.charge_id = t.id);
 end;
 $$;

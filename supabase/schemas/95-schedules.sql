@@ -52,6 +52,8 @@ select cron.schedule('billing-expire-stale-purchases', '*/10 * * * *', $$select 
 
 select cron.schedule('billing-expire-jobs', '*/5 * * * *', $$select billing.expire_jobs(500)$$);
 
+select cron.schedule('billing-sweep-ai-calls', '* * * * *', $$select billing.sweep_ai_calls(500)$$);
+
 select cron.schedule('billing-evaluate-alerts', '* * * * *', $$select count(*) from billing.evaluate_alerts()$$);
 
 select cron.schedule('billing-delete-expired-ai-logs', '17 * * * *', $$select billing.delete_expired_ai_logs(5000)$$);

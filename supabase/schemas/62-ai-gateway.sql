@@ -1,0 +1,467 @@
+-- The metered AI gateway (supabase/functions/ai, docs/ai-gateway.md): usage comes from the
+-- provider, never from the payer. Before the provider is called, the gateway counts the prompt
+-- and begins a call (begin_ai_call): the model must be on the rate card and allowed for the
+-- caller, and a hold covers the dearest way the prompt plus the largest answer the request allows
+-- can be billed. After the call, finish_ai_call captures the price of exactly what the provider
+-- reported (or, for an answer cut short before the provider said, what was streamed, counted by
+-- the gateway's tokenizer) and releases the rest; fail_ai_call releases everything.
+--
+-- Usage from outside the gateway is reported only by trusted servers: the service role, or a
+-- server key an admin created (server_keys, stored as SHA-256 hashes).
+
+-- ============================================================ tables
+
+create table billing.ai_calls (
+  id uuid primary key default gen_random_uuid(),
+  user_id uuid not null,
+  idempotency_key text not null,       -- the caller's Idempotency-Key, or a random one per call
+  request_hash text not null,          -- SHA-256 of the request: one key, one request
+  model text not null,                 -- the rate card's model, the one the provider is asked for
+  prompt_tokens bigint not null,       -- counted by the gateway before the call
+  max_output_tokens bigint not null,   -- the most the request lets the provider answer
+  hold_id uuid references billing.holds (id),
+  status text not null default 'held',
+  usage jsonb,                         -- what was priced, in disjoint kinds (docs/pricing.md)
+  usage_source text,                   -- provider: its own report; tokenizer: counted by the gateway
+  charged numeric(38, 18),
+  transfer_id bigint references billing.transfers (id),
+  failure text,                        -- a stable code, never the provider's text
+  answer jsonb,                        -- kept for a replay of the same Idempotency-Key until expires_at
+  created_at timestamptz not null default now(),
+  finished_at timestamptz,
+  expires_at timestamptz not null default now() + interval '24 hours',
+  constraint ai_calls_status check (status in ('held', 'charged', 'failed')),
+  constraint ai_calls_usage_source check (usage_source in ('provider', 'tokenizer')),
+  constraint ai_calls_finished check ((status = 'held') = (finished_at is null)),
+  constraint ai_calls_counts check (prompt_tokens >= 0 and max_output_tokens > 0)
+);
+comment on table billing.ai_calls is 'One gateway call: its hold, what the provider reported and what it cost. A failed call charged nothing.';
+alter table billing.ai_calls enable row level security;
+grant select on table billing.ai_calls to service_role;
+
+-- One live call per key: a failed one frees its key for a retry (one hold per attempt).
+create unique index ai_calls_key on billing.ai_calls (user_id, idempotency_key) where status <> 'failed';
+create index ai_calls_held on billing.ai_calls (created_at) where status = 'held';
+
+create table billing.model_access (
+  plan_id text references billing.plans (id),  -- null: the default list (no plan, or a plan without a list)
+  model text not null,
+  set_by uuid,
+  created_at timestamptz not null default now(),
+  constraint model_access_one unique nulls not distinct (plan_id, model)
+);
+comment on table billing.model_access is 'Which models a plan''s subscribers (plan_id) or everyone else (null) may call through the gateway. No rows for a list: every priced model.';
+alter table billing.model_access enable row level security;
+grant select on table billing.model_access to service_role;
+
+create table billing.server_keys (
+  id uuid primary key default gen_random_uuid(),
+  name text not null,
+  key_hash text not null unique,       -- SHA-256 (hex) of the secret, which is shown once at creation
+  prefix text not null,                -- the secret's first characters, to tell keys apart in a list
+  created_by uuid not null,
+  created_at timestamptz not null default now(),
+  revoked_at timestamptz,
+  revoked_by uuid,
+  constraint server_keys_hash check (key_hash ~ '^[0-9a-f]{64}$')
+);
+comment on table billing.server_keys is 'Per-application keys a trusted server reports usage with, naming the user. Revoked keys stay listed.';
+alter table billing.server_keys enable row level security;
+grant select on table billing.server_keys to service_role;
+
+-- ============================================================ who may call which model
+
+-- The models `p_user` may call: their active plan's list, else the default list, else (no
+-- list at all) every model with a rate card in effect. A member of a school calls under their
+-- own plan: the allowlist follows the student, the wallet only pays.
+create or replace function billing.allowed_models(p_user uuid)
+returns table (model text, plan_id text)
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_plan text;
+begin
+  select s.plan_id into v_plan from billing.subscriptions s
+  where s.user_id = p_user and s.status in ('active', 'trialing', 'past_due')
+  order by s.current_period_end desc nulls last limit 1;
+  if v_plan is not null and exists (select 1 from billing.model_access m where m.plan_id = v_plan) then
+    return query select m.model, v_plan from billing.model_access m where m.plan_id = v_plan;
+  elsif exists (select 1 from billing.model_access m where m.plan_id is null) then
+    return query select m.model, v_plan from billing.model_access m where m.plan_id is null;
+  else
+    return query select distinct r.model, v_plan from billing.rate_cards r where r.effective_from <= now();
+  end if;
+end;
+$$;
+comment on function billing.allowed_models(p_user uuid) is 'Internal: the models a user may call (their plan''s list, else the default list, else every priced model).';
+revoke execute on function billing.allowed_models(p_user uuid) from public;
+
+-- GET /ai/v1/models: each model the caller may call, with its current price per unit of each
+-- kind (credits, exact). Works whatever the balance: a student over budget still sees the list.
+create or replace function billing.list_ai_models(p_user uuid) returns jsonb
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+begin
+  return coalesce((
+    select jsonb_agg(jsonb_build_object('id', c.model, 'object', 'model', 'created', extract(epoch from c.effective_from)::bigint,
+      'owned_by', 'scholarlink', 'plan_id', a.plan_id, 'rate_card_version', c.version,
+      'pricing', jsonb_strip_nulls(jsonb_build_object(
+        'input_token', trim_scale(c.credits_per_input_token)::text,
+        'cached_input_token', trim_scale(c.credits_per_cached_input_token)::text,
+        'output_token', trim_scale(c.credits_per_output_token)::text,
+        'reasoning_token', trim_scale(c.credits_per_reasoning_token)::text))) order by c.model)
+    from billing.allowed_models(p_user) a
+    cross join lateral (select * from billing.rate_cards r where r.model = a.model and r.effective_from <= now()
+                        order by r.effective_from desc, r.version desc limit 1) c), '[]'::jsonb);
+end;
+$$;
+comment on function billing.list_ai_models(p_user uuid) is 'GET /ai/v1/models: the models a user may call, each with its rate card''s price per kind.';
+revoke execute on function billing.list_ai_models(p_user uuid) from public, anon, authenticated;
+grant execute on function billing.list_ai_models(p_user uuid) to service_role;
+
+-- PUT /admin/model-access: replaces one list (a plan's, or the default with p_plan null); an
+-- empty list removes it (the plan falls back to the default, the default to every model).
+create or replace function billing.set_model_access(p_admin uuid, p_plan text, p_models text[]) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_unpriced text;
+begin
+  perform billing.assert_user_standing(p_admin, true);
+  if p_plan is not null and not exists (select 1 from billing.plans p where p.id = p_plan) then
+    perform billing.raise_error('PLAN_NOT_FOUND', '{}'::jsonb);
+  end if;
+  select m into v_unpriced from unnest(p_models) m
+  where not exists (select 1 from billing.rate_cards r where r.model = m) limit 1;
+  if v_unpriced is not null then
+    perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('rule', 'every model must have a rate card'));
+  end if;
+  delete from billing.model_access m where m.plan_id is not distinct from p_plan;
+  insert into billing.model_access (plan_id, model, set_by)
+  select p_plan, m, p_admin from (select distinct unnest(p_models) as m) x;
+  return jsonb_build_object('plan_id', p_plan,
+    'models', coalesce((select jsonb_agg(m.model order by m.model) from billing.model_access m
+                        where m.plan_id is not distinct from p_plan), '[]'::jsonb));
+end;
+$$;
+comment on function billing.set_model_access(p_admin uuid, p_plan text, p_models text[]) is 'PUT /admin/model-access: an admin (checked now) sets the models a plan (or, null, everyone else) may call.';
+revoke execute on function billing.set_model_access(p_admin uuid, p_plan text, p_models text[]) from public, anon, authenticated;
+grant execute on function billing.set_model_access(p_admin uuid, p_plan text, p_models text[]) to service_role;
+
+-- GET /admin/model-access: every list.
+create or replace function billing.get_model_access() returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(jsonb_build_object('plan_id', x.plan_id, 'models', x.models) order by x.plan_id nulls first),
+                  '[]'::jsonb)
+  from (select m.plan_id, jsonb_agg(m.model order by m.model) as models from billing.model_access m group by m.plan_id) x
+$$;
+comment on function billing.get_model_access() is 'GET /admin/model-access: the default list (plan_id null) and each plan''s.';
+revoke execute on function billing.get_model_access() from public, anon, authenticated;
+grant execute on function billing.get_model_access() to service_role;
+
+-- ============================================================ metering a call
+
+-- The most `p_input` prompt tokens and `p_output` answer tokens can cost: the provider may bill
+-- input as cached and output as reasoning, each priced on its own, so the dearest of the four.
+-- Shared by the gateway's hold and a job's reserve (jobs/types/ai-completion.ts).
+create or replace function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint) returns numeric
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  return greatest((billing.price_usage(p_model, p_input, p_output)).amount,
+    (billing.price_usage(p_model, 0, p_output, p_input, 0)).amount,
+    (billing.price_usage(p_model, p_input, 0, 0, p_output)).amount,
+    (billing.price_usage(p_model, 0, 0, p_input, p_output)).amount);
+end;
+$$;
+comment on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint) is 'The dearest price p_input prompt and p_output answer tokens can be billed at (input as cached or not, output as reasoning or not).';
+revoke execute on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint) from public;
+grant execute on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint) to service_role;
+
+create or replace function billing.ai_call_json(c billing.ai_calls) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_build_object('call_id', c.id, 'status', c.status, 'model', c.model,
+    'charged', trim_scale(coalesce(c.charged, 0))::text, 'usage', c.usage, 'usage_source', c.usage_source,
+    'transfer_id', c.transfer_id::text, 'failure', c.failure, 'answer', c.answer)
+$$;
+comment on function billing.ai_call_json(c billing.ai_calls) is 'Internal: a call as the gateway reads it back.';
+revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
+
+-- Before the provider is called. Answers a row, never raises for the caller's request (its
+-- values stay out of the Postgres log): {state: 'held', call_id, hold_id, held} to go ahead,
+-- {state: 'replay', call} for a key already answered, {state: 'in_flight'} while the first
+-- attempt runs, {state: 'refused', token, detail} otherwise (nothing held, nothing kept).
+create or replace function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint,
+  p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_call billing.ai_calls;
+  v_refusal jsonb := billing.standing_refusal(p_user);
+  v_amount numeric;
+  v_hold billing.hold_result;
+  v_token text;
+  v_detail text;
+begin
+  if v_refusal is not null then
+    return v_refusal || jsonb_build_object('state', 'refused');
+  end if;
+  -- A concurrent duplicate waits here for the first attempt's claim, then reads it.
+  insert into billing.ai_calls (user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens)
+  values (p_user, p_key, p_request_hash, p_model, p_prompt_tokens, p_max_output_tokens)
+  on conflict (user_id, idempotency_key) where status <> 'failed' do nothing
+  returning * into v_call;
+  if not found then
+    select * into v_call from billing.ai_calls c
+    where c.user_id = p_user and c.idempotency_key = p_key and c.status <> 'failed';
+    if v_call.request_hash <> p_request_hash then
+      return jsonb_build_object('state', 'refused', 'token', 'IDEMPOTENCY_KEY_REUSED', 'detail', '{}'::jsonb);
+    end if;
+    return case when v_call.status = 'held' then jsonb_build_object('state', 'in_flight')
+                else jsonb_build_object('state', 'replay', 'call', billing.ai_call_json(v_call)) end;
+  end if;
+
+  if not exists (select 1 from billing.allowed_models(p_user) a where a.model = p_model) then
+    update billing.ai_calls c set status = 'failed', failure = 'MODEL_NOT_ALLOWED', finished_at = now() where c.id = v_call.id;
+    return jsonb_build_object('state', 'refused',
+      'token', case when exists (select 1 from billing.rate_cards r where r.model = p_model and r.effective_from <= now())
+                    then 'MODEL_NOT_ALLOWED' else 'UNKNOWN_MODEL' end,
+      'detail', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
+  end if;
+  begin
+    v_amount := billing.ai_hold_amount(p_model, p_prompt_tokens, p_max_output_tokens);
+    -- Caps (per model too), school wallets, allowances and pools apply as to any hold.
+    v_hold := billing.reserve_hold(p_user, v_amount, 'ai:' || v_call.id, p_ttl_seconds, 'ai', 'ai:' || v_call.id,
+      jsonb_build_object('model', p_model, 'ai_call_id', v_call.id));
+  exception when sqlstate 'P0001' then
+    get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
+    update billing.ai_calls c set status = 'failed', failure = v_token, finished_at = now() where c.id = v_call.id;
+    return jsonb_build_object('state', 'refused', 'token', v_token, 'detail', v_detail::jsonb);
+  end;
+  update billing.ai_calls c set hold_id = v_hold.hold_id where c.id = v_call.id;
+  return jsonb_build_object('state', 'held', 'call_id', v_call.id, 'hold_id', v_hold.hold_id,
+    'held', trim_scale(v_amount)::text);
+end;
+$$;
+comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) is 'Gateway: claims the call''s key, checks the model is allowed, and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay, in_flight or refused).';
+revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) from public, anon, authenticated;
+grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) to service_role;
+
+-- After the provider answered. `p_usage` in disjoint kinds ({input_tokens, cached_input_tokens,
+-- output_tokens, reasoning_tokens}), from `p_source` (provider or tokenizer). Captures the
+-- rate card's price of it from the hold and releases the rest; should the provider ever bill
+-- more than the hold, the rest is charged from what is available, never into debt (what cannot
+-- be charged is recorded as unbilled). `p_failed`: the provider reported usage, then the call
+-- failed; charged (the provider bills it) and marked so an operator's failed_only correction
+-- can give it back. Finishing a finished call answers it again.
+create or replace function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb,
+  p_failed boolean default false)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_call billing.ai_calls;
+  v_hold billing.holds;
+  v_price record;
+  v_capture numeric(38, 18) := 0;
+  v_overage numeric(38, 18) := 0;
+  v_after billing.hold_result;
+  v_transfer bigint;
+  v_facts jsonb;
+begin
+  select * into v_call from billing.ai_calls c where c.id = p_call for update;
+  if not found then
+    perform billing.raise_error('AI_CALL_NOT_FOUND', '{}'::jsonb);
+  end if;
+  if v_call.status <> 'held' then
+    return billing.ai_call_json(v_call);
+  end if;
+  select * into v_price from billing.price_usage(v_call.model, (p_usage ->> 'input_tokens')::bigint,
+    (p_usage ->> 'output_tokens')::bigint, (p_usage ->> 'cached_input_tokens')::bigint,
+    (p_usage ->> 'reasoning_tokens')::bigint);
+  -- Settled first: a hold that gave way to expired credits captures only what it still holds.
+  perform billing.settle_account(h.account_id) from billing.holds h where h.id = v_call.hold_id;
+  select * into v_hold from billing.holds h where h.id = v_call.hold_id;
+  -- What the ledger records of the call: the model, every kind, where the counts came from.
+  v_facts := jsonb_build_object('model', v_call.model, 'ai_call_id', v_call.id, 'usage_source', p_source,
+    'input_tokens', (p_usage ->> 'input_tokens')::bigint, 'output_tokens', (p_usage ->> 'output_tokens')::bigint,
+    'cached_input_tokens', coalesce((p_usage ->> 'cached_input_tokens')::bigint, 0),
+    'reasoning_tokens', coalesce((p_usage ->> 'reasoning_tokens')::bigint, 0))
+    || case when p_failed then jsonb_build_object('failed', true, 'failed_by', 'gateway') else '{}'::jsonb end;
+  if v_price.amount > 0 and v_hold.status = 'active' then
+    v_capture := least(v_price.amount, v_hold.amount);
+    v_after := billing.capture_hold(null, v_hold.id, v_capture, 'ai:' || v_call.id,
+      v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version));
+    v_transfer := v_after.transfer_id;
+  elsif v_hold.status = 'active' then
+    perform billing.release_hold(null, v_hold.id);
+  end if;
+  if v_price.amount > v_capture then
+    v_overage := least(v_price.amount - v_capture,
+      greatest((billing.balance_of(v_hold.account_id)).available, 0));
+    if v_overage > 0 then
+      v_transfer := coalesce(v_transfer, (billing.post_user_transfer(coalesce(v_hold.member_id, v_call.user_id), -1, 'capture',
+        v_overage, 'usage', 'usage_revenue', 'ai-overage:' || v_call.id, 'ai:' || v_call.id, null,
+        v_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text, 'priced', trim_scale(v_price.amount)::text,
+          'unbilled', trim_scale(v_price.amount - v_capture - v_overage)::text),
+        v_price.rate_card_id, p_account_id => v_hold.account_id)).transfer_id);
+    end if;
+  end if;
+  -- A successful call that cost nothing is a price or usage problem worth a look.
+  if v_price.amount = 0 and not p_failed then
+    perform billing.set_alert('ai_call_cost_nothing', true, 'An AI call succeeded and cost nothing',
+      jsonb_build_object('model', v_call.model, 'call_id', v_call.id, 'usage_source', p_source));
+  end if;
+  update billing.ai_calls c set status = 'charged', usage = v_facts - 'model' - 'ai_call_id' - 'usage_source',
+    usage_source = p_source, charged = v_capture + v_overage, transfer_id = v_transfer, answer = p_answer,
+    finished_at = now(), failure = case when p_failed then 'PROVIDER_FAILED_AFTER_USAGE' end
+  where c.id = p_call returning * into v_call;
+  return billing.ai_call_json(v_call);
+end;
+$$;
+comment on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean) is 'Gateway: captures the rate card''s price of what the provider reported (overage from available, never into debt), releases the rest; idempotent.';
+revoke execute on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean) from public, anon, authenticated;
+grant execute on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean) to service_role;
+
+-- The provider failed, timed out or refused before reporting usage: nothing is charged and the
+-- key is free for a retry. Failing a finished call changes nothing.
+create or replace function billing.fail_ai_call(p_call uuid, p_failure text) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_call billing.ai_calls;
+begin
+  select * into v_call from billing.ai_calls c where c.id = p_call for update;
+  if not found then
+    perform billing.raise_error('AI_CALL_NOT_FOUND', '{}'::jsonb);
+  end if;
+  if v_call.status = 'held' then
+    if exists (select 1 from billing.holds h where h.id = v_call.hold_id and h.status = 'active') then
+      perform billing.release_hold(null, v_call.hold_id);
+    end if;
+    update billing.ai_calls c set status = 'failed', failure = p_failure, finished_at = now()
+    where c.id = p_call returning * into v_call;
+  end if;
+  return billing.ai_call_json(v_call);
+end;
+$$;
+comment on function billing.fail_ai_call(p_call uuid, p_failure text) is 'Gateway: the provider failed before reporting usage; releases the hold, charges nothing, records the failure code.';
+revoke execute on function billing.fail_ai_call(p_call uuid, p_failure text) from public, anon, authenticated;
+grant execute on function billing.fail_ai_call(p_call uuid, p_failure text) to service_role;
+
+-- pg_cron: a call whose gateway died holds nothing once its hold expired (release_expired_holds);
+-- it is marked failed so its key is free again, and kept answers are forgotten after 24 hours.
+create or replace function billing.sweep_ai_calls(p_limit integer default 500) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  update billing.ai_calls c set status = 'failed', failure = 'GATEWAY_LOST', finished_at = now()
+  where c.id = any (array(
+    select x.id from billing.ai_calls x left join billing.holds h on h.id = x.hold_id
+    where x.status = 'held' and x.created_at < now() - interval '1 minute' and (h.id is null or h.status <> 'active')
+    order by x.created_at limit p_limit));
+  get diagnostics v_count = row_count;
+  update billing.ai_calls c set answer = null
+  where c.id = any (array(select x.id from billing.ai_calls x where x.answer is not null and x.expires_at <= now()
+                          limit p_limit));
+  return v_count;
+end;
+$$;
+comment on function billing.sweep_ai_calls(p_limit integer) is 'pg_cron: marks calls whose gateway died (hold no longer active) failed, and forgets kept answers after 24 hours.';
+revoke execute on function billing.sweep_ai_calls(p_limit integer) from public, anon, authenticated;
+grant execute on function billing.sweep_ai_calls(p_limit integer) to service_role;
+
+-- ============================================================ server keys
+
+create or replace function billing.server_key_json(k billing.server_keys) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_build_object('id', k.id, 'name', k.name, 'prefix', k.prefix, 'created_at', billing.json_time(k.created_at),
+    'revoked_at', case when k.revoked_at is not null then billing.json_time(k.revoked_at) end)
+$$;
+revoke execute on function billing.server_key_json(k billing.server_keys) from public;
+
+-- POST /admin/server-keys: the route makes the secret and sends only its hash.
+create or replace function billing.create_server_key(p_admin uuid, p_name text, p_hash text, p_prefix text) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_key billing.server_keys;
+begin
+  perform billing.assert_user_standing(p_admin, true);
+  insert into billing.server_keys (name, key_hash, prefix, created_by) values (p_name, p_hash, p_prefix, p_admin)
+  returning * into v_key;
+  return billing.server_key_json(v_key);
+end;
+$$;
+comment on function billing.create_server_key(p_admin uuid, p_name text, p_hash text, p_prefix text) is 'POST /admin/server-keys: an admin (checked now) records a new server key by its hash.';
+revoke execute on function billing.create_server_key(p_admin uuid, p_name text, p_hash text, p_prefix text) from public, anon, authenticated;
+grant execute on function billing.create_server_key(p_admin uuid, p_name text, p_hash text, p_prefix text) to service_role;
+
+create or replace function billing.list_server_keys() returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(billing.server_key_json(k) order by k.created_at desc), '[]'::jsonb) from billing.server_keys k
+$$;
+comment on function billing.list_server_keys() is 'GET /admin/server-keys: every key, revoked ones too (never a secret or hash).';
+revoke execute on function billing.list_server_keys() from public, anon, authenticated;
+grant execute on function billing.list_server_keys() to service_role;
+
+create or replace function billing.revoke_server_key(p_admin uuid, p_id uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_key billing.server_keys;
+begin
+  perform billing.assert_user_standing(p_admin, true);
+  update billing.server_keys k set revoked_at = coalesce(k.revoked_at, now()), revoked_by = coalesce(k.revoked_by, p_admin)
+  where k.id = p_id returning * into v_key;
+  if not found then
+    perform billing.raise_error('SERVER_KEY_NOT_FOUND', '{}'::jsonb);
+  end if;
+  return billing.server_key_json(v_key);
+end;
+$$;
+comment on function billing.revoke_server_key(p_admin uuid, p_id uuid) is 'DELETE /admin/server-keys/:id: revokes a key at once; revoking again answers the first revocation.';
+revoke execute on function billing.revoke_server_key(p_admin uuid, p_id uuid) from public, anon, authenticated;
+grant execute on function billing.revoke_server_key(p_admin uuid, p_id uuid) to service_role;
+
+create or replace function billing.server_key_id(p_hash text) returns uuid
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select k.id from billing.server_keys k where k.key_hash = p_hash and k.revoked_at is null
+$$;
+comment on function billing.server_key_id(p_hash text) is 'The live server key with this SHA-256 hash, or null (revoked or unknown).';
+revoke execute on function billing.server_key_id(p_hash text) from public, anon, authenticated;
+grant execute on function billing.server_key_id(p_hash text) to service_role;
