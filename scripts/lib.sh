@@ -36,6 +36,8 @@ REDIS_REST_PORT=${REDIS_REST_PORT:-54380}
 STRIPE_PORT=${STRIPE_PORT:-12111}
 MAIL_PORT=${MAIL_PORT:-54324}
 STUDENT_PORT=${STUDENT_PORT:-54330}
+# The OpenAI-compatible provider stand-in the AI gateway calls locally (scripts/local/ai-standin.ts).
+AI_STANDIN_PORT=${AI_STANDIN_PORT:-54332}
 # Roles as on hosted Supabase: the migrations, tests and functions connect as postgres, which
 # is not a superuser; supabase_admin (initdb's bootstrap superuser) owns what the platform
 # owns and runs scripts/local/supabase-compat.sql. Local passwords only.
@@ -194,6 +196,10 @@ SUPABASE_SERVICE_ROLE_KEY=$(local_secret service-role-key)
 # sends it to Auth); locally any value does, as the Auth stand-in accepts any key.
 SUPABASE_ANON_KEY=$(local_secret anon-key)
 AI_PROVIDER=local
+# The AI gateway's provider: locally the stand-in (scripts/local/ai-standin.ts); hosted, the real one.
+AI_API_BASE=http://127.0.0.1:$AI_STANDIN_PORT/v1
+AI_API_KEY=$(local_secret ai-api-key sk-local-)
+AI_STANDIN_URL=http://127.0.0.1:$AI_STANDIN_PORT
 POSTMARK_SERVER_TOKEN=$(local_secret postmark-token)
 POSTMARK_API_BASE=http://127.0.0.1:$MAIL_PORT
 STUDENT_PAGE_PORT=$STUDENT_PORT
@@ -463,11 +469,13 @@ stack_start() {
   REDIS_REST_PORT=$REDIS_REST_PORT start_deno redis-bridge "$REDIS_REST_PORT" scripts/local/redis-bridge.ts
   STRIPE_EMULATOR_PORT=$STRIPE_PORT start_deno stripe-emulator "$STRIPE_PORT" scripts/local/stripe-emulator/main.ts
   MAIL_CATCHER_PORT=$MAIL_PORT start_deno mail-catcher "$MAIL_PORT" scripts/local/mail-catcher.ts
+  AI_STANDIN_PORT=$AI_STANDIN_PORT start_deno ai-standin "$AI_STANDIN_PORT" scripts/local/ai-standin.ts
   GATEWAY_PORT=$API_PORT start_deno gateway "$API_PORT" scripts/local/gateway.ts
   STUDENT_PAGE_PORT=$STUDENT_PORT start_deno student-page "$STUDENT_PORT" scripts/local/student-page.ts
   wait_for "the Redis REST bridge" curl -fs "http://127.0.0.1:$REDIS_REST_PORT/healthz"
   wait_for "the Stripe emulator" curl -fs "http://127.0.0.1:$STRIPE_PORT/_emulator/healthz"
   wait_for "the mail catcher" curl -fs "http://127.0.0.1:$MAIL_PORT/_catcher/healthz"
+  wait_for "the AI stand-in" curl -fs "http://127.0.0.1:$AI_STANDIN_PORT/_standin/healthz"
   wait_for "the functions gateway" curl -fs "http://127.0.0.1:$API_PORT/functions/v1/health/healthz"
   wait_for "the example student page" curl -fs "http://127.0.0.1:$STUDENT_PORT/"
   # The test run drives the worker tick itself (deterministic jobs tests): no ticker there.
@@ -478,7 +486,7 @@ stack_start() {
 redis_ping() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 
 stack_stop() {
-  for s in ticker student-page gateway mail-catcher stripe-emulator redis-bridge; do stop_pid "$s"; done
+  for s in ticker student-page gateway ai-standin mail-catcher stripe-emulator redis-bridge; do stop_pid "$s"; done
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   rm -f "$RUN/redis.pid"
   pooler_stop

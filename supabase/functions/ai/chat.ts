@@ -1,0 +1,311 @@
+// POST /ai/v1/chat/completions: hold, call the provider once, capture what it reported.
+// The flow and its failure rules are docs/ai-gateway.md's; in short: nothing reaches the
+// provider without a hold; a provider failure before it reported usage charges nothing; an
+// answer cut short (the client left, or the call ran out of time) is charged what the provider
+// reported, else what was streamed counted by the tokenizer (the ledger says which).
+import { createHash } from 'node:crypto';
+import type { AppContext } from '../_shared/app-env.ts';
+import { aiGatewayEnv, disjointUsage, providerChat } from '../_shared/adapters/ai.ts';
+import { outliveResponse } from '../_shared/background.ts';
+import { AppError } from '../_shared/errors.ts';
+import { currentUser } from '../_shared/http/app.ts';
+import { idempotencyKey } from '../_shared/http/idempotency.ts';
+import { errorSummary, log } from '../_shared/log.ts';
+import { beginCall, type CallRecord, failCall, finishCall, type StoredAnswer, type Usage } from './metering.ts';
+import { type ChatRequest, promptTokens, providerBody, textTokens } from './request.ts';
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+/** Why the provider's answer is not one: a stable code for the ledger and an error for the caller. */
+function providerFailure(status: number | 'timeout' | 'unreachable'): { code: string; error: AppError } {
+  if (status === 'timeout') {
+    return {
+      code: 'PROVIDER_TIMEOUT',
+      error: new AppError('unavailable', 'PROVIDER_TIMEOUT', 'The model did not answer in time; nothing was charged.', {
+        status: 504,
+      }),
+    };
+  }
+  if (typeof status === 'number' && status >= 400 && status < 500 && status !== 401 && status !== 403 && status !== 429) {
+    return {
+      code: `PROVIDER_REFUSED_${status}`,
+      error: new AppError('validation', 'PROVIDER_REFUSED', `The model refused the request (${status}); nothing was charged.`),
+    };
+  }
+  return {
+    code: status === 'unreachable' ? 'PROVIDER_UNREACHABLE' : `PROVIDER_ERROR_${status}`,
+    error: new AppError('unavailable', 'PROVIDER_ERROR', 'The model is unavailable right now; nothing was charged.', {
+      status: 502,
+      retryable: true,
+    }),
+  };
+}
+
+/** Usage the gateway counted itself: the prompt as uncached input, what was streamed as output. */
+const countedUsage = (prompt: number, streamed: string): Usage => ({
+  input_tokens: prompt,
+  cached_input_tokens: 0,
+  output_tokens: textTokens(streamed),
+  reasoning_tokens: 0,
+});
+
+/** Usage as OpenAI writes it, for an answer whose provider sent none. */
+const openAiUsage = (u: Usage) => ({
+  prompt_tokens: u.input_tokens + u.cached_input_tokens,
+  completion_tokens: u.output_tokens + u.reasoning_tokens,
+  total_tokens: u.input_tokens + u.cached_input_tokens + u.output_tokens + u.reasoning_tokens,
+});
+
+/** The text a response or chunk carries (content, refusals, tool call arguments): what the tokenizer counts. */
+function answerText(choices: unknown): string {
+  if (!Array.isArray(choices)) return '';
+  let text = '';
+  for (const ch of choices) {
+    const part = ch?.delta ?? ch?.message ?? {};
+    for (const v of [part.content, part.refusal, part.reasoning_content]) if (typeof v === 'string') text += v;
+    if (Array.isArray(part.tool_calls)) {
+      for (const t of part.tool_calls) {
+        if (typeof t?.function?.name === 'string') text += t.function.name;
+        if (typeof t?.function?.arguments === 'string') text += t.function.arguments;
+      }
+    }
+  }
+  return text;
+}
+
+export async function chatCompletion(c: AppContext, req: ChatRequest): Promise<Response> {
+  const env = aiGatewayEnv();
+  const asked = req.max_completion_tokens ?? req.max_tokens ?? null;
+  if (asked !== null && asked > env.AI_MAX_OUTPUT_TOKENS) {
+    throw new AppError('validation', 'VALIDATION_FAILED', `max_completion_tokens may be at most ${env.AI_MAX_OUTPUT_TOKENS}.`, {
+      field: req.max_completion_tokens ? 'max_completion_tokens' : 'max_tokens',
+    });
+  }
+  const maxOutput = asked ?? env.AI_MAX_OUTPUT_TOKENS;
+  const prompt = promptTokens(req);
+  if (prompt > env.AI_MAX_PROMPT_TOKENS) {
+    throw new AppError('validation', 'PROMPT_TOO_LONG', `The prompt is ${prompt} tokens; at most ${env.AI_MAX_PROMPT_TOKENS}.`, {
+      field: 'messages',
+    });
+  }
+  // A caller's key keeps the answer for a replay (24 h); without one every call is its own.
+  const callerKey = c.req.header('idempotency-key') ? idempotencyKey(c) : null;
+  const begun = await beginCall({
+    userId: currentUser(c).id,
+    model: req.model,
+    promptTokens: prompt,
+    maxOutputTokens: maxOutput,
+    key: callerKey ?? `auto:${crypto.randomUUID()}`,
+    requestHash: sha256(JSON.stringify(req)),
+    ttlSeconds: env.AI_CALL_MAX_SECONDS + 60,
+  });
+  if (begun.state === 'replay') return replay(begun.call, req);
+
+  const call = { id: begun.call_id, prompt, keep: callerKey !== null, req };
+  const upstream = new AbortController();
+  const deadline = setTimeout(() => upstream.abort('deadline'), env.AI_CALL_MAX_SECONDS * 1000);
+  const firstByte = setTimeout(() => upstream.abort('timeout'), env.AI_TIMEOUT_MS);
+  let res: Response;
+  try {
+    res = await providerChat(providerBody(req, maxOutput), upstream.signal);
+  } catch {
+    clearTimeout(deadline);
+    throw await failed(call.id, upstream.signal.aborted ? 'timeout' : 'unreachable');
+  } finally {
+    clearTimeout(firstByte);
+  }
+  if (!res.ok) {
+    clearTimeout(deadline);
+    await res.body?.cancel().catch(() => {});
+    throw await failed(call.id, res.status);
+  }
+  if (!req.stream) {
+    try {
+      return await answerWhole(call, res, env.AI_TIMEOUT_MS);
+    } finally {
+      clearTimeout(deadline);
+    }
+  }
+  return relay(call, res, upstream, deadline, env.AI_TIMEOUT_MS);
+}
+
+/** Fails the call (nothing charged) and gives the caller's error. */
+async function failed(callId: string, status: number | 'timeout' | 'unreachable'): Promise<AppError> {
+  const { code, error } = providerFailure(status);
+  await failCall(callId, code);
+  return error;
+}
+
+type Call = { id: string; prompt: number; keep: boolean; req: ChatRequest };
+
+const withCost = (usage: unknown, charged: string) => ({ ...(usage as Record<string, unknown>), cost: charged });
+
+/** A non-streamed answer: read whole, charged, returned with its cost in credits (usage.cost). */
+async function answerWhole(call: Call, res: Response, timeoutMs: number): Promise<Response> {
+  let body: Record<string, unknown>;
+  try {
+    body = await Promise.race([
+      res.json(),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('timeout')), timeoutMs)),
+    ]);
+  } catch {
+    throw await failed(call.id, 'timeout');
+  }
+  const reported = body.usage ? disjointUsage(body.usage as Parameters<typeof disjointUsage>[0]) : null;
+  const usage = reported ?? countedUsage(call.prompt, answerText(body.choices));
+  const record = await finishCall(call.id, usage, reported ? 'provider' : 'tokenizer', call.keep ? { json: body } : null);
+  return answerJson(body, reported ? body.usage : openAiUsage(usage), record);
+}
+
+function answerJson(body: Record<string, unknown>, usage: unknown, record: CallRecord): Response {
+  return Response.json({ ...body, usage: withCost(usage, record.charged) }, {
+    headers: { 'x-credits-charged': record.charged, 'x-ai-call-id': record.call_id },
+  });
+}
+
+const sse = (data: string) => new TextEncoder().encode(`data: ${data}\n\n`);
+const sseHeaders = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' };
+
+/** The same Idempotency-Key again: the first answer, charged once, never a second provider call. */
+function replay(record: CallRecord, req: ChatRequest): Response {
+  const answer = record.answer;
+  const headers = { 'Idempotent-Replayed': 'true', 'x-credits-charged': record.charged, 'x-ai-call-id': record.call_id };
+  if (answer && 'json' in answer) {
+    const body = answer.json as Record<string, unknown>;
+    return new Response(JSON.stringify({ ...body, usage: withCost(body.usage ?? openAiUsage(record.usage!), record.charged) }), {
+      headers: { 'content-type': 'application/json', ...headers },
+    });
+  }
+  const events = answer && 'events' in answer ? answer.events : [];
+  return new Response(
+    new ReadableStream({
+      start(out) {
+        for (const e of events) out.enqueue(sse(e));
+        if (req.stream_options?.include_usage && record.usage) {
+          out.enqueue(sse(JSON.stringify({ object: 'chat.completion.chunk', choices: [], usage: withCost(openAiUsage(record.usage), record.charged) })));
+        }
+        out.enqueue(sse('[DONE]'));
+        out.close();
+      },
+    }),
+    { headers: { ...sseHeaders, ...headers } },
+  );
+}
+
+/**
+ * A streamed answer, relayed chunk by chunk. The provider's usage chunk (always asked for) is
+ * held back until the call is charged, then sent with its cost if the caller asked for usage.
+ * If the client leaves, the upstream request is stopped and the call charged as above; the
+ * settling outlives the response (EdgeRuntime.waitUntil on hosted).
+ */
+function relay(
+  call: Call,
+  res: Response,
+  upstream: AbortController,
+  deadline: ReturnType<typeof setTimeout>,
+  idleMs: number,
+): Response {
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
+  let out: ReadableStreamDefaultController<Uint8Array> | undefined;
+  let clientGone = false;
+  const send = (data: string) => {
+    if (clientGone || !out) return;
+    try {
+      out.enqueue(sse(data));
+    } catch {
+      clientGone = true;
+    }
+  };
+
+  async function pump(): Promise<void> {
+    let buffer = '', streamed = '';
+    let usageChunk: Record<string, unknown> | null = null;
+    let ended = false, broken = false, errorAfterUsage = false;
+    const sent: string[] = [];
+    try {
+      read: for (;;) {
+        let idle: ReturnType<typeof setTimeout> | undefined;
+        const next = await Promise.race([
+          reader.read(),
+          new Promise<never>((_, reject) => {
+            idle = setTimeout(() => {
+              upstream.abort('timeout');
+              reject(new Error('idle'));
+            }, idleMs);
+          }),
+        ]).finally(() => clearTimeout(idle));
+        if (next.done) break;
+        buffer += decoder.decode(next.value, { stream: true }).replaceAll('\r\n', '\n');
+        for (let i = buffer.indexOf('\n\n'); i >= 0; i = buffer.indexOf('\n\n')) {
+          const event = buffer.slice(0, i);
+          buffer = buffer.slice(i + 2);
+          const data = event.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
+          if (!data) continue;
+          if (data === '[DONE]') {
+            ended = true;
+            break read;
+          }
+          const chunk = JSON.parse(data);
+          if (chunk.error) {
+            // An error after the usage chunk: the provider bills the call; it is charged and marked failed.
+            errorAfterUsage = usageChunk !== null;
+            broken = !errorAfterUsage;
+            break read;
+          }
+          // Usage totals are cumulative where a provider repeats them: the last one counts, never a sum.
+          if (chunk.usage) usageChunk = chunk;
+          if (Array.isArray(chunk.choices) && chunk.choices.length === 0) continue;
+          streamed += answerText(chunk.choices);
+          sent.push(data);
+          send(data);
+        }
+      }
+      ended ||= usageChunk !== null;
+      broken ||= !ended && !clientGone && upstream.signal.reason !== 'deadline';
+    } catch {
+      // The client left (upstream stopped), the deadline passed, or the provider broke off.
+      broken = !clientGone && upstream.signal.reason !== 'deadline' && usageChunk === null;
+    } finally {
+      clearTimeout(deadline);
+      reader.cancel().catch(() => {});
+    }
+
+    let closing: string | null = '[DONE]';
+    try {
+      if (broken) {
+        const { code, error } = providerFailure(upstream.signal.reason === 'timeout' ? 'timeout' : 502);
+        await failCall(call.id, code);
+        closing = JSON.stringify({ error: error.toJSON() });
+      } else {
+        const reported = usageChunk ? disjointUsage(usageChunk.usage as Parameters<typeof disjointUsage>[0]) : null;
+        const usage = reported ?? countedUsage(call.prompt, streamed);
+        const record = await finishCall(call.id, usage, reported ? 'provider' : 'tokenizer',
+          call.keep ? { events: sent } : null, errorAfterUsage);
+        if (call.req.stream_options?.include_usage) {
+          send(JSON.stringify({ ...(usageChunk ?? { object: 'chat.completion.chunk', choices: [] }),
+            usage: withCost(usageChunk?.usage ?? openAiUsage(usage), record.charged) }));
+        }
+      }
+    } catch (err) {
+      // The hold expires and the sweep fails the call: nothing is charged twice or lost.
+      log.error('ai call could not be settled', { callId: call.id, ...errorSummary(err) });
+      closing = JSON.stringify({ error: { type: 'server', code: 'INTERNAL_ERROR', message: 'The call could not be settled.' } });
+    }
+    send(closing);
+    if (!clientGone) out?.close();
+  }
+
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      out = controller;
+      const settled = pump().catch((err) => log.error('ai relay failed', errorSummary(err)));
+      outliveResponse(settled);
+    },
+    cancel() {
+      clientGone = true;
+      upstream.abort('client');
+    },
+  });
+  return new Response(body, { headers: { ...sseHeaders, 'x-ai-call-id': call.id } });
+}

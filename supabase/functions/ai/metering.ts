@@ -1,0 +1,79 @@
+// The gateway's three SQL calls (supabase/schemas/62-ai-gateway.sql): begin (claim the key,
+// check the model, hold), finish (capture what the provider reported), fail (release, charge
+// nothing). Each is one statement; SQL owns the money.
+import { call } from '../_shared/adapters/db.ts';
+import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
+import { AppError, internalError } from '../_shared/errors.ts';
+import { jsonText } from '../_shared/values/pg-values.ts';
+
+/** Usage in the rate card's disjoint kinds (input excludes cached, output excludes reasoning). */
+export interface Usage {
+  input_tokens: number;
+  cached_input_tokens: number;
+  output_tokens: number;
+  reasoning_tokens: number;
+}
+
+/** A call as SQL answers it (billing.ai_call_json). */
+export interface CallRecord {
+  call_id: string;
+  status: 'held' | 'charged' | 'failed';
+  charged: string;
+  usage: Usage | null;
+  usage_source: 'provider' | 'tokenizer' | null;
+  transfer_id: string | null;
+  failure: string | null;
+  answer: StoredAnswer | null;
+}
+
+/** What a replay of the same Idempotency-Key sends again: the JSON body, or the SSE data lines. */
+export type StoredAnswer = { json: unknown } | { events: string[] };
+
+export type Begun =
+  | { state: 'held'; call_id: string; hold_id: string; held: string }
+  | { state: 'replay'; call: CallRecord };
+
+export interface CallPlan {
+  userId: string;
+  model: string;
+  promptTokens: number;
+  maxOutputTokens: number;
+  key: string;
+  requestHash: string;
+  ttlSeconds: number;
+}
+
+/** Claims the key and holds the call's worst case; a refusal (402, 403, 409 …) is thrown. */
+export async function beginCall(p: CallPlan): Promise<Begun> {
+  const [{ r }] = await call((sql) =>
+    sql`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens}, ${p.maxOutputTokens}, ${p.key},
+      ${p.requestHash}, ${p.ttlSeconds}) as r`
+  );
+  if (r.state === 'held' || r.state === 'replay') return r as Begun;
+  if (r.state === 'in_flight') {
+    throw new AppError('conflict', 'IDEMPOTENCY_KEY_IN_USE', 'A call with this Idempotency-Key is still running.', {
+      retryable: true,
+    });
+  }
+  throw sqlRefusal(r.token, r.detail === undefined ? null : JSON.stringify(r.detail)) ?? internalError();
+}
+
+/** Captures the price of `usage` from the call's hold and releases the rest. */
+export async function finishCall(
+  callId: string,
+  usage: Usage,
+  source: 'provider' | 'tokenizer',
+  answer: StoredAnswer | null,
+  failed = false,
+): Promise<CallRecord> {
+  const [{ r }] = await call((sql) =>
+    sql`select billing.finish_ai_call(${callId}, ${jsonText(usage)}::text::jsonb, ${source},
+      ${answer === null ? null : jsonText(answer)}::text::jsonb, ${failed}) as r`
+  );
+  return r as CallRecord;
+}
+
+/** Releases the call's hold and charges nothing; `failure` is a stable code. */
+export async function failCall(callId: string, failure: string): Promise<void> {
+  await call((sql) => sql`select billing.fail_ai_call(${callId}, ${failure})`);
+}
