@@ -81,6 +81,28 @@ export async function api(
   return { status: res.status, headers: res.headers, body, text };
 }
 
+/** The user a test token names (its `sub`). */
+export function tokenUser(token: string): string {
+  const payload = token.split('.')[1] ?? '';
+  return JSON.parse(atob(payload.replaceAll('-', '+').replaceAll('_', '/'))).sub;
+}
+
+/**
+ * Reports usage as the product's server does (POST /credits/usage takes no user token): `api`
+ * with the service role key, the user `init.token` names put in the body as user_id.
+ * @example await reportUsage('/credits/usage', { token, headers: { 'idempotency-key': k }, body: { model, … } })
+ */
+export function reportUsage(
+  path: string,
+  init: { method?: string; token?: string; body?: unknown; headers?: Record<string, string> } = {},
+): ReturnType<typeof api> {
+  const { token, body, ...rest } = init;
+  const named = token && body && typeof body === 'object' && !Array.isArray(body)
+    ? { user_id: tokenUser(token), ...body }
+    : body;
+  return api(path, { ...rest, token: env('SUPABASE_SERVICE_ROLE_KEY'), body: named });
+}
+
 /** Funds a user through the admin grants route (a real HTTP call with a real admin token). */
 export async function fund(userId: string, amount: string): Promise<void> {
   const admin = await adminToken();
@@ -92,9 +114,9 @@ export async function fund(userId: string, amount: string): Promise<void> {
   if (res.status !== 201) throw new Error(`funding failed: ${res.status} ${res.text}`);
 }
 
-/** Spends `credits` through /credits/usage as the user (gpt-4o input: 50 tokens = 1 credit). */
+/** Spends `credits` through /credits/usage, reported by the server for the token's user (gpt-4o input: 50 tokens = 1 credit). */
 export async function spend(token: string, credits: number) {
-  const r = await api('/credits/usage', {
+  const r = await reportUsage('/credits/usage', {
     token,
     headers: { 'idempotency-key': crypto.randomUUID() },
     body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },

@@ -102,8 +102,13 @@ async function chat(req: Request): Promise<Response> {
   }
 
   const enc = new TextEncoder();
-  const chunk = (delta: unknown, finishReason: string | null) =>
-    ({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta, finish_reason: finishReason }] });
+  const chunk = (delta: unknown, finishReason: string | null) => ({
+    id,
+    object: 'chat.completion.chunk',
+    created,
+    model,
+    choices: [{ index: 0, delta, finish_reason: finishReason }],
+  });
   const events: unknown[] = [
     chunk({ role: 'assistant', content: '' }, null),
     ...answer.map((w) => chunk({ content: w }, null)),

@@ -4,6 +4,7 @@
 // cookie (session.ts), both checked by requireAdmin. The numbers are defined once, in SQL
 // (docs/metrics.md).
 import { createApp, currentUser, identifyWithSessionToken, ok, requireAdmin } from '../_shared/http/app.ts';
+import { createServerKey, getModelAccess, listServerKeys, revokeServerKey, setModelAccess } from './ai-access.ts';
 import type { AppContext } from '../_shared/app-env.ts';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { call } from '../_shared/adapters/db.ts';
@@ -124,6 +125,13 @@ app.get('/ops', requireAdmin, async (c) => {
 app.post('/codes', requireAdmin, createPromoCode);
 app.get('/codes', requireAdmin, listPromoCodes);
 app.post('/codes/:id/disable', requireAdmin, disablePromoCode);
+
+// The AI gateway: who may call which model, and the keys trusted servers report usage with.
+app.get('/model-access', requireAdmin, getModelAccess);
+app.put('/model-access', requireAdmin, setModelAccess);
+app.post('/server-keys', requireAdmin, createServerKey);
+app.get('/server-keys', requireAdmin, listServerKeys);
+app.delete('/server-keys/:id', requireAdmin, revokeServerKey);
 
 // Corrections (docs/pricing.md § Corrections): the money moves in SQL (45-corrections.sql), which
 // checks the admin's standing again in the same statement.

@@ -26,10 +26,16 @@ function providerFailure(status: number | 'timeout' | 'unreachable'): { code: st
       }),
     };
   }
-  if (typeof status === 'number' && status >= 400 && status < 500 && status !== 401 && status !== 403 && status !== 429) {
+  if (
+    typeof status === 'number' && status >= 400 && status < 500 && status !== 401 && status !== 403 && status !== 429
+  ) {
     return {
       code: `PROVIDER_REFUSED_${status}`,
-      error: new AppError('validation', 'PROVIDER_REFUSED', `The model refused the request (${status}); nothing was charged.`),
+      error: new AppError(
+        'validation',
+        'PROVIDER_REFUSED',
+        `The model refused the request (${status}); nothing was charged.`,
+      ),
     };
   }
   return {
@@ -77,16 +83,26 @@ export async function chatCompletion(c: AppContext, req: ChatRequest): Promise<R
   const env = aiGatewayEnv();
   const asked = req.max_completion_tokens ?? req.max_tokens ?? null;
   if (asked !== null && asked > env.AI_MAX_OUTPUT_TOKENS) {
-    throw new AppError('validation', 'VALIDATION_FAILED', `max_completion_tokens may be at most ${env.AI_MAX_OUTPUT_TOKENS}.`, {
-      field: req.max_completion_tokens ? 'max_completion_tokens' : 'max_tokens',
-    });
+    throw new AppError(
+      'validation',
+      'VALIDATION_FAILED',
+      `max_completion_tokens may be at most ${env.AI_MAX_OUTPUT_TOKENS}.`,
+      {
+        field: req.max_completion_tokens ? 'max_completion_tokens' : 'max_tokens',
+      },
+    );
   }
   const maxOutput = asked ?? env.AI_MAX_OUTPUT_TOKENS;
   const prompt = promptTokens(req);
   if (prompt > env.AI_MAX_PROMPT_TOKENS) {
-    throw new AppError('validation', 'PROMPT_TOO_LONG', `The prompt is ${prompt} tokens; at most ${env.AI_MAX_PROMPT_TOKENS}.`, {
-      field: 'messages',
-    });
+    throw new AppError(
+      'validation',
+      'PROMPT_TOO_LONG',
+      `The prompt is ${prompt} tokens; at most ${env.AI_MAX_PROMPT_TOKENS}.`,
+      {
+        field: 'messages',
+      },
+    );
   }
   // A caller's key keeps the answer for a replay (24 h); without one every call is its own.
   const callerKey = c.req.header('idempotency-key') ? idempotencyKey(c) : null;
@@ -153,7 +169,12 @@ async function answerWhole(call: Call, res: Response, timeoutMs: number): Promis
   }
   const reported = body.usage ? disjointUsage(body.usage as Parameters<typeof disjointUsage>[0]) : null;
   const usage = reported ?? countedUsage(call.prompt, answerText(body.choices));
-  const record = await finishCall(call.id, usage, reported ? 'provider' : 'tokenizer', call.keep ? { json: body } : null);
+  const record = await finishCall(
+    call.id,
+    usage,
+    reported ? 'provider' : 'tokenizer',
+    call.keep ? { json: body } : null,
+  );
   return answerJson(body, reported ? body.usage : openAiUsage(usage), record);
 }
 
@@ -169,12 +190,19 @@ const sseHeaders = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-
 /** The same Idempotency-Key again: the first answer, charged once, never a second provider call. */
 function replay(record: CallRecord, req: ChatRequest): Response {
   const answer = record.answer;
-  const headers = { 'Idempotent-Replayed': 'true', 'x-credits-charged': record.charged, 'x-ai-call-id': record.call_id };
+  const headers = {
+    'Idempotent-Replayed': 'true',
+    'x-credits-charged': record.charged,
+    'x-ai-call-id': record.call_id,
+  };
   if (answer && 'json' in answer) {
     const body = answer.json as Record<string, unknown>;
-    return new Response(JSON.stringify({ ...body, usage: withCost(body.usage ?? openAiUsage(record.usage!), record.charged) }), {
-      headers: { 'content-type': 'application/json', ...headers },
-    });
+    return new Response(
+      JSON.stringify({ ...body, usage: withCost(body.usage ?? openAiUsage(record.usage!), record.charged) }),
+      {
+        headers: { 'content-type': 'application/json', ...headers },
+      },
+    );
   }
   const events = answer && 'events' in answer ? answer.events : [];
   return new Response(
@@ -182,7 +210,15 @@ function replay(record: CallRecord, req: ChatRequest): Response {
       start(out) {
         for (const e of events) out.enqueue(sse(e));
         if (req.stream_options?.include_usage && record.usage) {
-          out.enqueue(sse(JSON.stringify({ object: 'chat.completion.chunk', choices: [], usage: withCost(openAiUsage(record.usage), record.charged) })));
+          out.enqueue(
+            sse(
+              JSON.stringify({
+                object: 'chat.completion.chunk',
+                choices: [],
+                usage: withCost(openAiUsage(record.usage), record.charged),
+              }),
+            ),
+          );
         }
         out.enqueue(sse('[DONE]'));
         out.close();
@@ -240,7 +276,9 @@ function relay(
         for (let i = buffer.indexOf('\n\n'); i >= 0; i = buffer.indexOf('\n\n')) {
           const event = buffer.slice(0, i);
           buffer = buffer.slice(i + 2);
-          const data = event.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
+          const data = event.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join(
+            '\n',
+          );
           if (!data) continue;
           if (data === '[DONE]') {
             ended = true;
@@ -280,17 +318,28 @@ function relay(
       } else {
         const reported = usageChunk ? disjointUsage(usageChunk.usage as Parameters<typeof disjointUsage>[0]) : null;
         const usage = reported ?? countedUsage(call.prompt, streamed);
-        const record = await finishCall(call.id, usage, reported ? 'provider' : 'tokenizer',
-          call.keep ? { events: sent } : null, errorAfterUsage);
+        const record = await finishCall(
+          call.id,
+          usage,
+          reported ? 'provider' : 'tokenizer',
+          call.keep ? { events: sent } : null,
+          errorAfterUsage,
+        );
         if (call.req.stream_options?.include_usage) {
-          send(JSON.stringify({ ...(usageChunk ?? { object: 'chat.completion.chunk', choices: [] }),
-            usage: withCost(usageChunk?.usage ?? openAiUsage(usage), record.charged) }));
+          send(
+            JSON.stringify({
+              ...(usageChunk ?? { object: 'chat.completion.chunk', choices: [] }),
+              usage: withCost(usageChunk?.usage ?? openAiUsage(usage), record.charged),
+            }),
+          );
         }
       }
     } catch (err) {
       // The hold expires and the sweep fails the call: nothing is charged twice or lost.
       log.error('ai call could not be settled', { callId: call.id, ...errorSummary(err) });
-      closing = JSON.stringify({ error: { type: 'server', code: 'INTERNAL_ERROR', message: 'The call could not be settled.' } });
+      closing = JSON.stringify({
+        error: { type: 'server', code: 'INTERNAL_ERROR', message: 'The call could not be settled.' },
+      });
     }
     send(closing);
     if (!clientGone) out?.close();

@@ -11,7 +11,14 @@ const TextPartSchema = z.object({ type: z.literal('text'), text: pgText(1_000_00
 const ContentSchema = z.union([pgText(1_000_000), z.array(TextPartSchema).max(100), z.null()]);
 /** Plain JSON a tool definition or call carries, at most 8 levels deep. */
 const JsonValueSchema: z.ZodType<unknown> = z.lazy(() =>
-  z.union([z.string(), z.number(), z.boolean(), z.null(), z.array(JsonValueSchema), z.record(z.string(), JsonValueSchema)])
+  z.union([
+    z.string(),
+    z.number(),
+    z.boolean(),
+    z.null(),
+    z.array(JsonValueSchema),
+    z.record(z.string(), JsonValueSchema),
+  ])
 );
 
 const MessageSchema = z.object({

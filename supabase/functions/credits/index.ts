@@ -11,19 +11,12 @@ import type {
   SpendCap,
   UsageSummary,
 } from '../_shared/contract/index.ts';
-import {
-  createApp,
-  currentUser,
-  ok,
-  requireAdmin,
-  requireAdminToken,
-  requireServiceRole,
-  requireUser,
-} from '../_shared/http/app.ts';
+import { createApp, currentUser, ok, requireAdmin, requireAdminToken, requireUser } from '../_shared/http/app.ts';
 import type { AppContext } from '../_shared/app-env.ts';
 import { call } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { moneyRequest } from '../_shared/http/idempotency.ts';
+import { requireUsageReporter } from '../_shared/http/usage-reporter.ts';
 import { formatCredits } from '../_shared/values/money.ts';
 import { readJson, readQuery } from '../_shared/http/validate.ts';
 import { isUuid } from '../_shared/values/query.ts';
@@ -101,8 +94,10 @@ app.get('/ledger', requireUser, async (c) => {
   return ok(c, await call(() => ledgerPage(userId, q, q.limit)));
 });
 
-app.post('/usage', requireUser, async (c) => {
-  return moneyRequest(c, 'credits.usage', await readJson(c, UsageRequestSchema), 201);
+// A trusted server reports usage for a user it names (the gateway meters its own calls).
+app.post('/usage', requireUsageReporter, async (c) => {
+  const { user_id, ...usage } = await readJson(c, UsageRequestSchema);
+  return moneyRequest(c, 'credits.usage', usage, 201, { userId: user_id });
 });
 
 app.get('/usage/summary', requireUser, async (c) => {
@@ -114,7 +109,7 @@ app.get('/usage/summary', requireUser, async (c) => {
 });
 
 // The product's backend reports usage in bulk; each event_id is its own idempotency key.
-app.post('/usage/batch', requireServiceRole, async (c) => {
+app.post('/usage/batch', requireUsageReporter, async (c) => {
   const body = await readJson(c, UsageBatchSchema, 1024 * 1024); // 1,000 events fit in well under 1 MiB
   const [{ outcomes }] = await call((sql) =>
     sql`select billing.charge_usage_batch(${jsonText(body.events)}::text::jsonb) as outcomes`

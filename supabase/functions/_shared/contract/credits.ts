@@ -3,13 +3,35 @@
 import { z } from 'zod';
 import { CreditAmountSchema } from '../values/money.ts';
 import { jsonObject, pgInt, pgText } from '../values/pg-values.ts';
-import { CalendarDateSchema, lastDays } from '../values/query.ts';
+import { CalendarDateSchema, lastDays, UuidSchema } from '../values/query.ts';
 
 const printable = /^[\x20-\x7e]+$/;
 /** Printable ASCII, 1 to 128 characters, e.g. `'req-42'`. */
 export const CorrelationIdSchema = pgText(128).min(1).regex(printable, 'must be printable ASCII');
-/** Free-form facts about a charge, kept with its transfer: plain values only (no nesting). */
-export const MetadataSchema = jsonObject({ depth: 1, entries: 20, key: 64, text: 500 });
+/**
+ * Usage metadata keys only the ledger writes (billing.ledger_owned_keys() lists the same): a
+ * correction or a report filters on them, so no caller may set one.
+ */
+export const ledgerOwnedKeys = [
+  'model',
+  'input_tokens',
+  'output_tokens',
+  'cached_input_tokens',
+  'reasoning_tokens',
+  'images',
+  'audio_seconds',
+  'failed',
+  'failed_by',
+  'usage_source',
+  'ai_call_id',
+  'job_id',
+  'rate_card_version',
+  'reserved',
+  'priced',
+  'unbilled',
+] as const;
+/** Free-form facts about a charge, kept with its transfer: plain values only (no nesting), no ledger-owned key. */
+export const MetadataSchema = jsonObject({ depth: 1, entries: 20, key: 64, text: 500, reserved: ledgerOwnedKeys });
 /** A model name, e.g. `'gpt-4o-mini'`. */
 export const ModelSchema = pgText(64).min(1).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name');
 const PackageIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a package id');
@@ -30,7 +52,9 @@ export const UsageKindsSchema = z.strictObject({
   audio_seconds: pgInt(0, 86_400).optional(),
 });
 
+/** Usage a trusted server reports (a server key or the service role), naming the user who spent. */
 export const UsageRequestSchema = z.strictObject({
+  user_id: UuidSchema,
   model: ModelSchema,
   input_tokens: TokensSchema,
   output_tokens: TokensSchema,

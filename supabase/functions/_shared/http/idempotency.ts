@@ -99,10 +99,10 @@ async function render(c: AppContext, work: () => Promise<Effect>): Promise<Outco
   }
 }
 
-function requestIdentity(c: AppContext, body: unknown) {
+function requestIdentity(c: AppContext, body: unknown, userId?: string) {
   return {
     key: idempotencyKey(c),
-    userId: currentUser(c).id,
+    userId: userId ?? currentUser(c).id,
     hash: sha256(JSON.stringify([c.req.method, c.req.path, body])),
   };
 }
@@ -206,7 +206,8 @@ type MoneyResponse = {
  * account's row lock never waits on a network round trip. What SQL stores is rendered here
  * the same way on every replay: byte for byte, with the first request's id and time.
  * `opts.context` reaches SQL with the arguments but is not part of the request's identity (a
- * retry from another address is the same request).
+ * retry from another address is the same request). `opts.userId`: the user a trusted server
+ * names (usage reports), instead of the signed-in one.
  * @example return moneyRequest(c, 'credits.usage', body, 201)
  */
 export async function moneyRequest(
@@ -214,9 +215,9 @@ export async function moneyRequest(
   action: string,
   args: Record<string, unknown>,
   successStatus: number,
-  opts: { admin?: boolean; context?: Record<string, unknown> } = {},
+  opts: { admin?: boolean; context?: Record<string, unknown>; userId?: string } = {},
 ): Promise<Response> {
-  const { key, userId, hash } = requestIdentity(c, args);
+  const { key, userId, hash } = requestIdentity(c, args, opts.userId);
   // Values written in (inline): one round trip to the database, not two.
   const [r] = await call((sql) =>
     oneTrip<MoneyResponse[]>(

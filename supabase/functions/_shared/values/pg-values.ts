@@ -71,6 +71,8 @@ export interface JsonLimits {
   key: number;
   /** Characters in a string value. */
   text: number;
+  /** Top-level keys the caller may not set (another party owns them). */
+  reserved?: readonly string[];
 }
 
 type Problem = { path: (string | number)[]; message: string };
@@ -120,6 +122,8 @@ export function jsonObject(limits: JsonLimits) {
   const schema = z.record(z.string(), z.unknown()).superRefine((value, ctx) => {
     const problem = jsonProblem(value, limits);
     if (problem) ctx.addIssue({ code: 'custom', path: problem.path, message: problem.message });
+    const taken = limits.reserved?.find((k) => Object.hasOwn(value, k));
+    if (taken) ctx.addIssue({ code: 'custom', path: [taken], message: `is a key only the ledger writes` });
   });
   jsonBlocks.add(schema);
   return schema;

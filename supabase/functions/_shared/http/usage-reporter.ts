@@ -1,0 +1,46 @@
+// Who may report usage: the AI gateway meters its own calls; everything else comes from a
+// trusted server, never from the user who pays. A server sends the service role key or a
+// per-application server key (`slk_…`, created by an admin, stored as its SHA-256) and names
+// the user in the body. A user's own token is refused with a 403 that says so.
+import { createHash } from 'node:crypto';
+import type { MiddlewareHandler } from 'hono';
+import type { AppEnv } from '../app-env.ts';
+import { call } from '../adapters/db.ts';
+import { AppError } from '../errors.ts';
+import { serviceKeys } from '../keys.ts';
+import { constantTimeEqual } from './secrets.ts';
+
+/** A server key's secret: `slk_` and 48 hex characters. */
+export const serverKeyPattern = /^slk_[0-9a-f]{48}$/;
+
+/**
+ * SHA-256 (hex) of a server key's secret: what the database keeps.
+ * @example serverKeyHash('slk_' + '0'.repeat(48)).length // 64
+ */
+export const serverKeyHash = (secret: string): string => createHash('sha256').update(secret).digest('hex');
+
+/**
+ * Requires the service role or a live server key. Checked against the database on every call:
+ * a revoked key stops working at once.
+ */
+export const requireUsageReporter: MiddlewareHandler<AppEnv> = async function requireUsageReporter(c, next) {
+  const given = c.req.header('authorization')?.replace(/^Bearer /, '') ?? '';
+  if (serviceKeys().map((key) => constantTimeEqual(given, key)).includes(true)) return next();
+  if (serverKeyPattern.test(given)) {
+    const [{ id }] = await call((sql) => sql`select billing.server_key_id(${serverKeyHash(given)}) as id`);
+    if (id) return next();
+    throw new AppError('auth', 'UNAUTHORIZED', 'This server key is unknown or was revoked.');
+  }
+  if (c.get('user')) {
+    throw new AppError(
+      'forbidden',
+      'USAGE_REPORTED_BY_SERVER',
+      'Usage is metered by the AI gateway or reported by a trusted server with a server key, never with a user token.',
+    );
+  }
+  throw new AppError(
+    'auth',
+    'UNAUTHORIZED',
+    'This route is for the AI gateway and trusted servers: send a server key.',
+  );
+};
