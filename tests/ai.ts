@@ -1,0 +1,71 @@
+// Shared by the AI gateway's tests: a funded student with an OpenAI client pointed at the local
+// gateway, what the ledger charged for a call, and what the rate card says it should cost.
+import OpenAI from 'openai';
+import { env, functionsUrl, fund, newUser, testDb, userToken } from './helpers.ts';
+
+export const gatewayUrl = `${functionsUrl}/ai/v1`;
+
+/** A student with `credits` and an official OpenAI client using their token (no SDK retries). */
+export async function student(credits = '1000') {
+  const id = await newUser();
+  if (credits !== '0') await fund(id, credits);
+  const token = await userToken(id);
+  return { id, token, openai: new OpenAI({ baseURL: gatewayUrl, apiKey: token, maxRetries: 0 }) };
+}
+
+/** OpenAI's usage object, as the provider reported it. */
+export type ReportedUsage = {
+  prompt_tokens: number;
+  completion_tokens: number;
+  prompt_tokens_details?: { cached_tokens?: number } | null;
+  completion_tokens_details?: { reasoning_tokens?: number } | null;
+};
+
+/** The rate card's price of reported usage (disjoint kinds), as exact text. */
+export async function priceOf(model: string, u: ReportedUsage): Promise<string> {
+  const cached = u.prompt_tokens_details?.cached_tokens ?? 0;
+  const reasoning = u.completion_tokens_details?.reasoning_tokens ?? 0;
+  const [r] = await testDb`select trim_scale((billing.price_usage(${model}, ${u.prompt_tokens - cached},
+    ${u.completion_tokens - reasoning}, ${cached}, ${reasoning})).amount)::text as price`;
+  return r.price;
+}
+
+/** The user's gateway calls, newest first, with the ledger's transfer for each. */
+export async function callsOf(userId: string) {
+  return await testDb`
+    select c.id, c.status, c.failure, c.usage_source, trim_scale(coalesce(c.charged, 0))::text as charged,
+      c.usage, t.amount::text as transfer_amount, t.metadata as transfer_metadata, h.status as hold_status
+    from billing.ai_calls c
+    left join billing.transfers t on t.id = c.transfer_id
+    left join billing.holds h on h.id = c.hold_id
+    where c.user_id = ${userId} order by c.created_at desc`;
+}
+
+/** Active holds on the user's own account: none may be left behind by any call. */
+export async function activeHolds(userId: string): Promise<number> {
+  const [r] = await testDb`select count(*)::int as n from billing.holds h join billing.accounts a on a.id = h.account_id
+    where a.user_id = ${userId} and h.status = 'active'`;
+  return r.n;
+}
+
+export async function balanceOf(userId: string): Promise<string> {
+  const [r] = await testDb`select trim_scale(balance)::text as b from billing.accounts where user_id = ${userId}`;
+  return r?.b ?? '0';
+}
+
+/** How the stand-in saw a tagged call end: done, aborted, running or unknown (never called). */
+export async function standinCall(tag: string): Promise<{ status: string; usage?: ReportedUsage }> {
+  const res = await fetch(`${env('AI_STANDIN_URL')}/_standin/calls/${tag}`);
+  return await res.json();
+}
+
+/** Waits until the gateway settled the user's newest call (streams settle after the last byte). */
+export async function settled(userId: string, timeoutMs = 10_000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const [c] = await callsOf(userId);
+    if (c && c.status !== 'held') return c;
+    if (Date.now() > until) throw new Error(`call of ${userId} still ${c?.status ?? 'missing'}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -1,0 +1,385 @@
+// The metered AI gateway against the real local stack, through the official `openai` SDK and
+// the Vercel AI SDK: the charge is the rate card's price of what the provider (the stand-in)
+// reported, every failure point leaves the ledger exact, and no hold is left behind.
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+import { generateText, streamText } from 'ai';
+import { createOpenAI } from '@ai-sdk/openai';
+import { promptTokens } from '../../supabase/functions/ai/request.ts';
+import { activeHolds, balanceOf, callsOf, gatewayUrl, priceOf, settled, standinCall, student } from '../ai.ts';
+import { adminToken, api, assertLedgerInvariants, env, reportUsage, testDb } from '../helpers.ts';
+
+const tag = () => `t${crypto.randomUUID().replaceAll('-', '')}`;
+const ask = (text: string) => [{ role: 'user' as const, content: text }];
+
+Deno.test('a non-streamed call is charged the rate card price of the usage the provider reported', async () => {
+  const s = await student();
+  const r = await s.openai.chat.completions.create({
+    model: 'gpt-4o',
+    messages: ask('hello #standin words=7 cached=4 reasoning=3'),
+    max_tokens: 64,
+  });
+  assert.match(r.choices[0].message.content ?? '', /word7/);
+  const [c] = await callsOf(s.id);
+  assert.equal(c.status, 'charged');
+  assert.equal(c.usage_source, 'provider');
+  assert.equal(c.charged, await priceOf('gpt-4o', r.usage!));
+  assert.equal((r.usage as unknown as { cost: string }).cost, c.charged);
+  assert.equal(c.transfer_metadata.model, 'gpt-4o');
+  assert.equal(c.transfer_metadata.cached_input_tokens, 4);
+  assert.equal(c.transfer_metadata.reasoning_tokens, 3);
+  assert.equal(await activeHolds(s.id), 0);
+  assert.equal(await balanceOf(s.id), String(1000 - Number(c.charged)));
+  await assertLedgerInvariants();
+});
+
+Deno.test('a streamed call costs what the same call costs unstreamed, and its last chunk says so', async () => {
+  const s = await student();
+  const messages = ask('the same question #standin words=9 cached=2 reasoning=5');
+  const whole = await s.openai.chat.completions.create({ model: 'gpt-4o-mini', messages, max_tokens: 100 });
+  const stream = await s.openai.chat.completions.create({
+    model: 'gpt-4o-mini',
+    messages,
+    max_tokens: 100,
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  let text = '';
+  let usage: (OpenAI.CompletionUsage & { cost?: string }) | undefined;
+  for await (const chunk of stream) {
+    text += chunk.choices[0]?.delta?.content ?? '';
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(text, whole.choices[0].message.content);
+  const [streamed, unstreamed] = await callsOf(s.id);
+  assert.equal(streamed.charged, unstreamed.charged);
+  assert.equal(usage?.cost, streamed.charged);
+  assert.equal(streamed.charged, await priceOf('gpt-4o-mini', usage!));
+  assert.equal(await activeHolds(s.id), 0);
+});
+
+Deno.test('a stream whose caller did not ask for usage gets no usage chunk and is charged all the same', async () => {
+  const s = await student();
+  const stream = await s.openai.chat.completions.create({
+    model: 'gpt-4o',
+    messages: ask('no usage asked #standin words=4'),
+    max_tokens: 50,
+    stream: true,
+  });
+  let sawUsage = false;
+  for await (const chunk of stream) sawUsage ||= Boolean(chunk.usage);
+  assert.equal(sawUsage, false);
+  const c = await settled(s.id);
+  assert.equal(c.usage_source, 'provider');
+  assert.notEqual(c.charged, '0');
+});
+
+Deno.test('a call the balance cannot hold is a 402 through the SDK, and the provider is never called', async () => {
+  const s = await student('1');
+  const t = tag();
+  await assert.rejects(
+    s.openai.chat.completions.create({ model: 'gpt-4o', messages: ask(`#standin tag=${t}`), max_tokens: 1000 }),
+    (err: unknown) => {
+      assert.ok(err instanceof OpenAI.APIError);
+      assert.equal(err.status, 402);
+      assert.equal((err.error as { code: string }).code, 'INSUFFICIENT_CREDITS');
+      assert.ok((err.error as { details: { required: string } }).details.required);
+      return true;
+    },
+  );
+  assert.equal((await standinCall(t)).status, 'unknown');
+  assert.equal(await balanceOf(s.id), '1');
+  assert.equal(await activeHolds(s.id), 0);
+});
+
+Deno.test('an aborted stream stops the upstream call and is charged what was streamed, counted by the tokenizer', async () => {
+  const s = await student();
+  const t = tag();
+  const controller = new AbortController();
+  const stream = await s.openai.chat.completions.create(
+    {
+      model: 'gpt-4o',
+      messages: ask(`long answer #standin words=200 delay=30 tag=${t}`),
+      max_tokens: 1000,
+      stream: true,
+    },
+    { signal: controller.signal },
+  );
+  let chunks = 0;
+  try {
+    for await (const _ of stream) if (++chunks === 5) controller.abort();
+  } catch { /* the SDK may end the loop by throwing its abort error */ }
+  assert.equal(chunks, 5);
+  const c = await settled(s.id);
+  assert.equal(c.status, 'charged');
+  assert.equal(c.usage_source, 'tokenizer');
+  assert.ok(c.usage.output_tokens >= 3 && c.usage.output_tokens < 200, `output ${c.usage.output_tokens}`);
+  assert.equal(c.transfer_metadata.usage_source, 'tokenizer');
+  assert.equal((await standinCall(t)).status, 'aborted');
+  assert.equal(await activeHolds(s.id), 0);
+  await assertLedgerInvariants();
+});
+
+Deno.test('a provider failure before usage charges nothing and releases the hold (error, drop, silence)', async () => {
+  const s = await student();
+  for (const directive of ['fail=500', 'fail=429', 'stop_after=3']) {
+    await assert.rejects(
+      async () => {
+        const stream = await s.openai.chat.completions.create({
+          model: 'gpt-4o',
+          messages: ask(`#standin words=20 ${directive}`),
+          max_tokens: 50,
+          stream: true,
+        });
+        for await (const _ of stream) { /* read to the end */ }
+      },
+      Error,
+      directive,
+    );
+    const c = await settled(s.id);
+    assert.equal(c.status, 'failed', directive);
+    assert.equal(c.charged, '0');
+    assert.match(c.failure, /^PROVIDER_/);
+  }
+  assert.equal(await balanceOf(s.id), '1000');
+  assert.equal(await activeHolds(s.id), 0);
+  await assertLedgerInvariants();
+});
+
+Deno.test('a provider that reports no usage is charged what it streamed, counted by the tokenizer', async () => {
+  const s = await student();
+  const r = await s.openai.chat.completions.create({
+    model: 'gpt-4o',
+    messages: ask('#standin words=6 no_usage'),
+    max_tokens: 50,
+  });
+  assert.ok(r.usage);
+  const [c] = await callsOf(s.id);
+  assert.equal(c.usage_source, 'tokenizer');
+  assert.equal(c.usage.output_tokens, r.usage.completion_tokens);
+});
+
+Deno.test('an error after the usage chunk is charged (the provider bills it) and marked failed by the gateway', async () => {
+  const s = await student();
+  {
+    const stream = await s.openai.chat.completions.create({
+      model: 'gpt-4o',
+      messages: ask('#standin words=5 error_after_usage'),
+      max_tokens: 50,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    for await (const _ of stream) { /* the caller got the whole answer and its usage */ }
+  }
+  const c = await settled(s.id);
+  assert.equal(c.status, 'charged');
+  assert.equal(c.transfer_metadata.failed_by, 'gateway');
+  assert.notEqual(c.charged, '0');
+});
+
+Deno.test('an Idempotency-Key makes a retried call answer once and charge once', async () => {
+  const s = await student();
+  const key = crypto.randomUUID();
+  const body = { model: 'gpt-4o', messages: ask('#standin words=3'), max_tokens: 20 };
+  const first = await s.openai.chat.completions.create(body, { headers: { 'Idempotency-Key': key } });
+  const again = await s.openai.chat.completions.create(body, { headers: { 'Idempotency-Key': key } });
+  assert.equal(again.id, first.id);
+  assert.equal(again.choices[0].message.content, first.choices[0].message.content);
+  assert.equal((await callsOf(s.id)).length, 1);
+  await assert.rejects(
+    s.openai.chat.completions.create({ ...body, max_tokens: 21 }, { headers: { 'Idempotency-Key': key } }),
+    (err: unknown) => err instanceof OpenAI.APIError && err.status === 409,
+  );
+});
+
+Deno.test('parallel streams whose holds exceed the balance: as many run as the balance covers, the rest 402', async () => {
+  // Each call holds the dearest price of its prompt plus 100 answer tokens of gpt-4o.
+  const s = await student('0');
+  const messages = ask('#standin words=3 delay=50');
+  const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${
+    promptTokens({ messages })
+  }, 100)::text as hold`;
+  const admin = await adminToken();
+  await api('/credits/grants', {
+    token: admin,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { user_id: s.id, amount: String(Number(hold) * 3), reason: 'three holds', kind: 'promo_grant' },
+  });
+  const results = await Promise.allSettled(
+    Array.from({ length: 8 }, async () => {
+      const stream = await s.openai.chat.completions.create({
+        model: 'gpt-4o',
+        messages,
+        max_tokens: 100,
+        stream: true,
+      });
+      for await (const _ of stream) { /* read */ }
+    }),
+  );
+  const refused = results.filter((r) => r.status === 'rejected');
+  assert.equal(results.length - refused.length, 3);
+  for (const r of refused) {
+    assert.equal(((r as PromiseRejectedResult).reason as InstanceType<typeof OpenAI.APIError>).status, 402);
+  }
+  for (let i = 0; i < 50 && (await activeHolds(s.id)) > 0; i++) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(await activeHolds(s.id), 0);
+  assert.ok(Number(await balanceOf(s.id)) >= 0);
+  await assertLedgerInvariants();
+});
+
+Deno.test('a per-model cap stops a call before the provider is called', async () => {
+  const s = await student();
+  const capped = await api('/credits/caps', {
+    method: 'PUT',
+    token: s.token,
+    body: { period: 'day', model: 'gpt-4o', amount: '5' },
+  });
+  assert.equal(capped.status, 200);
+  await assert.rejects(
+    s.openai.chat.completions.create({ model: 'gpt-4o', messages: ask('hi'), max_tokens: 500 }),
+    (err: unknown) =>
+      err instanceof OpenAI.APIError && err.status === 402 &&
+      (err.error as { code: string }).code === 'SPEND_CAP_REACHED',
+  );
+  const ok = await s.openai.chat.completions.create({ model: 'gpt-4o-mini', messages: ask('hi'), max_tokens: 50 });
+  assert.ok(ok.choices.length);
+});
+
+Deno.test('the model allowlist: /models lists what may be called, a refused model is a 403 that says why', async () => {
+  const s = await student();
+  const admin = await adminToken();
+  const set = (models: string[]) =>
+    api('/admin/model-access', { method: 'PUT', token: admin, body: { plan_id: null, models } });
+  try {
+    assert.equal((await set(['gpt-4o-mini'])).status, 200);
+    const models = await s.openai.models.list();
+    assert.deepEqual(models.data.map((m) => m.id), ['gpt-4o-mini']);
+    await assert.rejects(
+      s.openai.chat.completions.create({ model: 'gpt-4o', messages: ask('hi'), max_tokens: 5 }),
+      (err: unknown) =>
+        err instanceof OpenAI.APIError && err.status === 403 &&
+        (err.error as { code: string }).code === 'MODEL_NOT_ALLOWED',
+    );
+    await assert.rejects(
+      s.openai.chat.completions.create({ model: 'no-such-model', messages: ask('hi'), max_tokens: 5 }),
+      (err: unknown) => err instanceof OpenAI.APIError && err.status === 400,
+    );
+    assert.equal((await set(['not-a-priced-model'])).status, 400);
+  } finally {
+    assert.equal((await set([])).status, 200);
+  }
+  assert.ok((await s.openai.models.list()).data.some((m) => m.id === 'gpt-4o'));
+});
+
+Deno.test('limits the caller chooses are bounded: huge or negative max_tokens, n > 1, images', async () => {
+  const s = await student();
+  for (const bad of [{ max_tokens: 10_000_000 }, { max_tokens: -1 }, { max_completion_tokens: 0 }, { n: 2 }]) {
+    await assert.rejects(
+      s.openai.chat.completions.create({ model: 'gpt-4o', messages: ask('hi'), ...bad } as never),
+      (err: unknown) => err instanceof OpenAI.APIError && err.status === 400,
+      JSON.stringify(bad),
+    );
+  }
+  const image = [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'http://x/y.png' } }] }];
+  await assert.rejects(
+    s.openai.chat.completions.create({ model: 'gpt-4o', messages: image, max_tokens: 5 } as never),
+    (err: unknown) => err instanceof OpenAI.APIError && err.status === 400,
+  );
+  assert.equal((await callsOf(s.id)).length, 0);
+});
+
+Deno.test('the Vercel AI SDK works unchanged, streamed and not', async () => {
+  const s = await student();
+  const provider = createOpenAI({ baseURL: gatewayUrl, apiKey: s.token });
+  const whole = await generateText({
+    model: provider.chat('gpt-4o-mini'),
+    prompt: 'hi #standin words=4',
+    maxOutputTokens: 40,
+  });
+  assert.match(whole.text, /word4/);
+  const streamed = streamText({
+    model: provider.chat('gpt-4o-mini'),
+    prompt: 'hi #standin words=4',
+    maxOutputTokens: 40,
+  });
+  let text = '';
+  for await (const part of streamed.textStream) text += part;
+  assert.equal(text, whole.text);
+  const calls = await callsOf(s.id);
+  assert.equal(calls.length, 2);
+  assert.equal(calls[0].charged, calls[1].charged);
+  assert.equal(await activeHolds(s.id), 0);
+});
+
+Deno.test('POST /credits/usage refuses a student token; a server key works until it is revoked', async () => {
+  const s = await student();
+  const usage = { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 };
+  const mine = await api('/credits/usage', {
+    token: s.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { user_id: s.id, ...usage },
+  });
+  assert.equal(mine.status, 403);
+  assert.equal((mine.body.error as { code: string }).code, 'USAGE_REPORTED_BY_SERVER');
+
+  const admin = await adminToken();
+  const made = await api('/admin/server-keys', { token: admin, body: { name: 'essay tutor backend' } });
+  assert.equal(made.status, 201);
+  const key = made.body.data as { id: string; secret: string };
+  assert.match(key.secret, /^slk_[0-9a-f]{48}$/);
+  const listed = await api('/admin/server-keys', { token: admin });
+  assert.ok(!listed.text.includes(key.secret), 'a list never shows a secret');
+  const report = () =>
+    api('/credits/usage', {
+      token: key.secret,
+      headers: { 'idempotency-key': crypto.randomUUID() },
+      body: { user_id: s.id, ...usage },
+    });
+  assert.equal((await report()).status, 201);
+  assert.equal((await api(`/admin/server-keys/${key.id}`, { method: 'DELETE', token: admin })).status, 200);
+  assert.equal((await report()).status, 401);
+  assert.equal(await balanceOf(s.id), '999');
+});
+
+Deno.test('caller metadata can never set a key the ledger owns (failed, model, token counts)', async () => {
+  const s = await student();
+  for (const key of ['failed', 'failed_by', 'usage_source', 'model', 'output_tokens']) {
+    const r = await reportUsage('/credits/usage', {
+      token: s.token,
+      headers: { 'idempotency-key': crypto.randomUUID() },
+      body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0, metadata: { [key]: true } },
+    });
+    assert.equal(r.status, 400, key);
+  }
+  // Even past the API, the ledger drops them: a failed_only correction trusts only the gateway.
+  await testDb`select billing.charge_usage(${s.id}, 'gpt-4o', 50, 0, ${crypto.randomUUID()}, null,
+    '{"failed": true, "failed_by": "gateway"}'::jsonb)`;
+  const [t] =
+    await testDb`select t.metadata from billing.transfers t join billing.accounts a on a.id = t.from_account_id
+    where a.user_id = ${s.id} and t.kind = 'usage' order by t.id desc limit 1`;
+  assert.equal(t.metadata.failed, undefined);
+  assert.equal(t.metadata.failed_by, undefined);
+});
+
+Deno.test('no prompt or answer text reaches the gateway log or the Postgres log', async () => {
+  const s = await student();
+  const secret = `prompt-marker-${crypto.randomUUID()}`;
+  await s.openai.chat.completions.create({
+    model: 'gpt-4o',
+    messages: ask(`${secret} #standin words=2`),
+    max_tokens: 20,
+  });
+  await assert.rejects(
+    s.openai.chat.completions.create({ model: 'gpt-4o', messages: ask(`${secret} #standin fail=500`), max_tokens: 20 }),
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  const local = env('LOCAL_AUTH_DIR').replace(/\/auth$/, '');
+  // The Postgres log sits in the cluster's data directory (.local/pg, or /var/lib/postgresql/… as root).
+  const pgLog = (await Deno.stat(`${local}/pg/data/server.log`).catch(() => null))
+    ? `${local}/pg/data/server.log`
+    : null;
+  for (const file of [`${local}/logs/gateway.log`, `${local}/logs/ai-standin.log`, ...(pgLog ? [pgLog] : [])]) {
+    const text = await Deno.readTextFile(file).catch(() => '');
+    assert.ok(!text.includes(secret), `${file} holds prompt text`);
+  }
+});
