@@ -35,7 +35,16 @@ const velocity = [
   'VELOCITY_FAILED_PAYMENTS_PER_HOUR',
   'VELOCITY_BLOCK_SECONDS',
 ];
-const ai = ['AI_PROVIDER', 'AI_API_BASE', 'AI_API_KEY', 'AI_TIMEOUT_MS', 'AI_LOCAL_CHUNK_DELAY_MS'];
+const ai = [
+  'AI_PROVIDER',
+  'AI_API_BASE',
+  'AI_API_KEY',
+  'AI_TIMEOUT_MS',
+  'AI_LOCAL_CHUNK_DELAY_MS',
+  'AI_MAX_OUTPUT_TOKENS',
+  'AI_MAX_PROMPT_TOKENS',
+  'AI_CALL_MAX_SECONDS',
+];
 
 /** What every function reads through _shared (app factory, pool, rate limits, Redis, cron secret). */
 export const everyFunction = [
@@ -52,6 +61,7 @@ export const everyFunction = [
   'RATE_LIMIT_CHECKOUT_SESSIONS_PER_MIN',
   'RATE_LIMIT_CREDITS_USAGE_PER_MIN',
   'RATE_LIMIT_JOBS_CREATE_PER_MIN',
+  'RATE_LIMIT_AI_CHAT_PER_MIN',
   'RATE_LIMIT_CODES_REDEEM_PER_MIN',
   'RATE_LIMIT_USAGE_BATCH_PER_MIN',
   'RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN',
@@ -73,6 +83,11 @@ export interface FunctionEnv {
 /** Beyond the platform's variables and everyFunction's. */
 export const functions: Record<string, FunctionEnv> = {
   admin: { required: [...redis], optional: ['SLO_AVAILABILITY', 'SLO_P95_MS'] },
+  // The AI gateway calls the provider at AI_API_BASE with AI_API_KEY (docs/ai-gateway.md).
+  ai: {
+    required: [...redis, 'AI_API_BASE', 'AI_API_KEY'],
+    optional: ai.filter((v) => v !== 'AI_API_BASE' && v !== 'AI_API_KEY'),
+  },
   checkout: {
     required: [...redis, ...stripe, 'CHECKOUT_SUCCESS_URL', 'CHECKOUT_CANCEL_URL', 'CODE_SECRET'],
     optional: ['FEATURE_B2C_CREDITS', 'CHECKOUT_REDIRECT_ORIGINS', ...stripeTuning, ...velocity],

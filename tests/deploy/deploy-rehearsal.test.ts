@@ -12,6 +12,7 @@ import { deploy, deployedUploads, functionsDir, platformEnv, projectSecrets, sta
 /** One cheap route per function: a 401/404 in the envelope proves it started and routed. */
 const probes: Record<string, { method: string; path: string; status: number; code?: string }> = {
   admin: { method: 'GET', path: '/admin/ops', status: 401, code: 'UNAUTHORIZED' },
+  ai: { method: 'GET', path: '/ai/v1/models', status: 401, code: 'UNAUTHORIZED' },
   checkout: { method: 'GET', path: '/checkout/packages', status: 401, code: 'UNAUTHORIZED' },
   credits: { method: 'GET', path: '/credits/balance', status: 401, code: 'UNAUTHORIZED' },
   health: { method: 'GET', path: '/health/healthz', status: 200 },

@@ -7,7 +7,16 @@ import { generateText, streamText } from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { promptTokens } from '../../supabase/functions/ai/request.ts';
 import { activeHolds, balanceOf, callsOf, gatewayUrl, priceOf, settled, standinCall, student } from '../ai.ts';
-import { adminToken, api, assertLedgerInvariants, env, reportUsage, testDb } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  env,
+  reportUsage,
+  spawnGateway,
+  testDb,
+  withGateway,
+} from '../helpers.ts';
 
 const tag = () => `t${crypto.randomUUID().replaceAll('-', '')}`;
 const ask = (text: string) => [{ role: 'user' as const, content: text }];
@@ -382,4 +391,76 @@ Deno.test('no prompt or answer text reaches the gateway log or the Postgres log'
     const text = await Deno.readTextFile(file).catch(() => '');
     assert.ok(!text.includes(secret), `${file} holds prompt text`);
   }
+});
+
+Deno.test('the provider refusing or failing a whole call is PROVIDER_REFUSED or PROVIDER_ERROR, and nothing is charged', async () => {
+  const s = await student();
+  const codeOf = (directive: string) =>
+    s.openai.chat.completions.create({ model: 'gpt-4o', messages: ask(`#standin ${directive}`), max_tokens: 20 }).then(
+      () => 'answered',
+      (err) => `${(err as InstanceType<typeof OpenAI.APIError>).status} ${(err.error as { code: string }).code}`,
+    );
+  assert.equal(await codeOf('fail=400'), '400 PROVIDER_REFUSED');
+  assert.equal(await codeOf('fail=503'), '502 PROVIDER_ERROR');
+  assert.equal(await balanceOf(s.id), '1000');
+  assert.equal(await activeHolds(s.id), 0);
+});
+
+Deno.test('a provider slower than AI_TIMEOUT_MS is PROVIDER_TIMEOUT; a prompt over AI_MAX_PROMPT_TOKENS is PROMPT_TOO_LONG', async () => {
+  await withGateway({ AI_TIMEOUT_MS: '300', AI_MAX_PROMPT_TOKENS: '40' }, async (url) => {
+    const s = await student();
+    const ai = new OpenAI({ baseURL: `${url}/ai/v1`, apiKey: s.token, maxRetries: 0 });
+    const codeOf = (content: string, stream = false) =>
+      (async () => {
+        const r = await ai.chat.completions.create({ model: 'gpt-4o', messages: ask(content), max_tokens: 20, stream });
+        if (stream) { for await (const _ of r as AsyncIterable<unknown>) { /* read */ } }
+      })().then(
+        () => 'answered',
+        (err) => `${(err as InstanceType<typeof OpenAI.APIError>).status} ${(err.error as { code: string })?.code}`,
+      );
+    assert.equal(await codeOf('#standin first_byte_delay=1500'), '504 PROVIDER_TIMEOUT');
+    assert.equal(await codeOf('word '.repeat(60)), '400 PROMPT_TOO_LONG');
+    // Silent mid-stream: the chunks stop coming; the call fails and charges nothing.
+    assert.match(await codeOf('#standin words=5 delay=1500', true), /PROVIDER_TIMEOUT/);
+    const c = await settled(s.id);
+    assert.equal(c.failure, 'PROVIDER_TIMEOUT');
+    assert.equal(await balanceOf(s.id), '1000');
+  });
+});
+
+Deno.test('a gateway that dies mid-stream charges nothing: the hold expires and the sweep frees the call', async () => {
+  const gw = spawnGateway({});
+  await gw.ready();
+  const s = await student();
+  const ai = new OpenAI({ baseURL: `${gw.url}/ai/v1`, apiKey: s.token, maxRetries: 0 });
+  const stream = await ai.chat.completions.create({
+    model: 'gpt-4o',
+    messages: ask('#standin words=100 delay=50'),
+    max_tokens: 200,
+    stream: true,
+  });
+  let chunks = 0;
+  try {
+    for await (const _ of stream) if (++chunks === 3) await gw.kill();
+  } catch { /* the connection died with the gateway */ }
+  const [c] = await callsOf(s.id);
+  assert.equal(c.status, 'held');
+  // What an hour of pg_cron does: the hold's TTL passes, the sweeps run.
+  await testDb`update billing.holds set expires_at = now() - interval '1 second' where id =
+    (select hold_id from billing.ai_calls where id = ${c.id})`;
+  await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${c.id}`;
+  await testDb`select billing.release_expired_holds(500)`;
+  await testDb`select billing.sweep_ai_calls(500)`;
+  const [after] = await callsOf(s.id);
+  assert.equal(after.status, 'failed');
+  assert.equal(after.failure, 'GATEWAY_LOST');
+  assert.equal(await balanceOf(s.id), '1000');
+  assert.equal(await activeHolds(s.id), 0);
+  await assertLedgerInvariants();
+});
+
+Deno.test('revoking a server key that does not exist is SERVER_KEY_NOT_FOUND', async () => {
+  const r = await api(`/admin/server-keys/${crypto.randomUUID()}`, { method: 'DELETE', token: await adminToken() });
+  assert.equal(r.status, 404);
+  assert.equal((r.body.error as { code: string }).code, 'SERVER_KEY_NOT_FOUND');
 });

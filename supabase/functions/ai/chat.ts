@@ -11,7 +11,7 @@ import { AppError } from '../_shared/errors.ts';
 import { currentUser } from '../_shared/http/app.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
-import { beginCall, type CallRecord, failCall, finishCall, type StoredAnswer, type Usage } from './metering.ts';
+import { beginCall, type CallRecord, failCall, finishCall, type Usage } from './metering.ts';
 import { type ChatRequest, promptTokens, providerBody, textTokens } from './request.ts';
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');

@@ -3,7 +3,7 @@
 // answers, the auth key set loads, the Stripe configuration is valid and, in live mode, no
 // setting is unsafe.
 import { z } from 'zod';
-import { complete } from '../_shared/adapters/ai.ts';
+import { aiGatewayEnv, complete } from '../_shared/adapters/ai.ts';
 import { createApp, ok, requireAdmin, requireAdminUnless } from '../_shared/http/app.ts';
 import type { AppContext } from '../_shared/app-env.ts';
 import { reloadKeySet } from '../_shared/http/auth.ts';
@@ -198,6 +198,15 @@ app.post('/deep', requireAdminUnless(hasCronSecret), async (c) => {
       const used = await redis().opsClient.incr(`deep-health:ai:${day}`);
       if (used > env.AI_HEALTH_DAILY_CALLS) return;
       await complete({ model: 'gpt-4o-mini', prompt: 'ping', maxTokens: 1, onProgress: () => Promise.resolve() });
+    },
+    // The gateway's provider: its model list answers with the gateway's key (costs nothing).
+    ai_gateway_provider: async () => {
+      const { AI_API_BASE, AI_API_KEY } = aiGatewayEnv();
+      const res = await fetch(`${AI_API_BASE.replace(/\/$/, '')}/models`, {
+        headers: { authorization: `Bearer ${AI_API_KEY}` },
+      });
+      await res.body?.cancel();
+      if (!res.ok) throw new Error(`ai provider ${res.status}`);
     },
   };
   const report = await runChecks(checks, 5000);

@@ -55,7 +55,6 @@ const sqlErrors: Record<
     type: 'forbidden',
     message: 'Your plan does not include that model: GET /ai/v1/models lists the ones you may call.',
   },
-  AI_CALL_NOT_FOUND: { type: 'server', message: 'The gateway lost track of a call.', status: 500 },
   SERVER_KEY_NOT_FOUND: { type: 'not_found', message: 'No such server key.' },
   ORG_NOT_FOUND: { type: 'not_found', message: 'No such organisation (or you are not a member).' },
   ORG_FORBIDDEN: { type: 'forbidden', message: 'Only an owner or admin of the organisation may do this.' },

@@ -14,6 +14,8 @@ export const RateLimitEnvSchema = z.object({
   RATE_LIMIT_CHECKOUT_SESSIONS_PER_MIN: perMinute(5),
   RATE_LIMIT_CREDITS_USAGE_PER_MIN: perMinute(600),
   RATE_LIMIT_JOBS_CREATE_PER_MIN: perMinute(20),
+  // AI calls through the gateway, per student: each already holds its worst case first.
+  RATE_LIMIT_AI_CHAT_PER_MIN: perMinute(60),
   RATE_LIMIT_USAGE_BATCH_PER_MIN: perMinute(6_000),
   // Redeeming a code: a person redeems a handful; failed guesses are limited per hour in SQL too.
   RATE_LIMIT_CODES_REDEEM_PER_MIN: perMinute(10),
@@ -40,6 +42,7 @@ type ClassName =
   | 'credits_usage'
   | 'usage_batch'
   | 'jobs_create'
+  | 'ai_chat'
   | 'codes_redeem'
   | 'default'
   | 'stripe_webhook'
@@ -55,6 +58,7 @@ function routeClasses(): Record<ClassName, RouteClass> {
     credits_usage: of('credits_usage', e.RATE_LIMIT_CREDITS_USAGE_PER_MIN, false),
     usage_batch: of('usage_batch', e.RATE_LIMIT_USAGE_BATCH_PER_MIN, false),
     jobs_create: of('jobs_create', e.RATE_LIMIT_JOBS_CREATE_PER_MIN, false),
+    ai_chat: of('ai_chat', e.RATE_LIMIT_AI_CHAT_PER_MIN, false),
     codes_redeem: of('codes_redeem', e.RATE_LIMIT_CODES_REDEEM_PER_MIN, true),
     default: of('default', e.RATE_LIMIT_DEFAULT_PER_MIN, false),
     stripe_webhook: of('stripe_webhook', e.RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN, true),
@@ -80,6 +84,8 @@ export function routeClass(method: string, path: string): RouteClass {
       return c.usage_batch;
     case '/jobs':
       return c.jobs_create;
+    case '/ai/v1/chat/completions':
+      return c.ai_chat;
     case '/credits/codes/redeem':
       return c.codes_redeem;
     default:
