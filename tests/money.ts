@@ -1,5 +1,5 @@
 // Helpers for the money-path attacks: an answer's data and error code, a usage charge under a key.
-import { api } from './helpers.ts';
+import { api, reportUsage } from './helpers.ts';
 
 export type Json = Record<string, unknown>;
 type Res = Awaited<ReturnType<typeof api>>;
@@ -9,4 +9,4 @@ export const codeOf = (r: Res) => (r.body.error as { code?: string } | undefined
 /** gpt-4o input: 50 tokens = 1 credit. */
 export const usageBody = (credits: number) => ({ model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 });
 export const spendWith = (token: string, k: string, credits: number) =>
-  api('/credits/usage', { token, headers: { 'idempotency-key': k }, body: usageBody(credits) });
+  reportUsage('/credits/usage', { token, headers: { 'idempotency-key': k }, body: usageBody(credits) });

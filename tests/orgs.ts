@@ -1,7 +1,7 @@
 // Helpers for organisation tests: people with email addresses, and a school whose members
 // accepted their emailed invitations, over the real API.
 import assert from 'node:assert/strict';
-import { adminToken, api, testDb, userToken } from './helpers.ts';
+import { adminToken, api, reportUsage, testDb, userToken } from './helpers.ts';
 
 export const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
@@ -15,7 +15,7 @@ export async function person(label: string) {
 
 /** One metered charge on the caller's behalf (1,000 in / 1,000 out of gpt-4o-mini). */
 export const usage = (token: string) =>
-  api('/credits/usage', {
+  reportUsage('/credits/usage', {
     token,
     body: { model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 },
     headers: key(),

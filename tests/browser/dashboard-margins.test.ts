@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
 import { browserTest, legibility } from '../browser.ts';
-import { adminToken, api, env, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, env, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 import { key } from '../orgs.ts';
 
 const dashboard = `${env('SUPABASE_URL')}/functions/v1/admin/dashboard`;
@@ -26,7 +26,7 @@ async function plant(suffix: string) {
   await fund(user, '10000');
   const token = await userToken(user);
   for (const model of [low, fine]) {
-    const r = await api('/credits/usage', {
+    const r = await reportUsage('/credits/usage', {
       token,
       headers: key(),
       body: { model, input_tokens: 100_000, output_tokens: 100_000 },

@@ -4,7 +4,7 @@
 // array; a wrong method is 405 with `Allow`; validation errors are sentences with a `field`;
 // a member's ledger and a usage answer say what their organisation paid.
 import assert from 'node:assert/strict';
-import { adminToken, api, functionsUrl, fund, newUser, userToken } from '../helpers.ts';
+import { adminToken, api, functionsUrl, fund, newUser, reportUsage, userToken } from '../helpers.ts';
 import { key, person, school, usage } from '../orgs.ts';
 import { openInvoice } from '../invoices.ts';
 import { newProvider } from '../providers.ts';
@@ -50,7 +50,7 @@ async function fixture() {
   await fund(student, '5'); // two lots
   const token = await userToken(student);
   for (let i = 0; i < 2; i++) {
-    const r = await api('/credits/usage', {
+    const r = await reportUsage('/credits/usage', {
       token,
       body: { model: 'gpt-4o-mini', input_tokens: 100, output_tokens: 100 },
       headers: key(),
@@ -241,9 +241,18 @@ Deno.test('validation errors are sentences a person can act on, with the field n
       'metadata.note',
       'metadata.note must be at most 500 characters.',
     ],
+    [
+      '/credits/usage',
+      { model: 'gpt-4o', input_tokens: 1, output_tokens: 1, metadata: { failed: true } },
+      'VALIDATION_FAILED',
+      'metadata.failed',
+      'metadata.failed is a key only the ledger writes.',
+    ],
   ];
   for (const [path, body, code, field, message] of cases) {
-    const r = await api(path, { token, body, headers: key() });
+    // Usage is reported by the product's server for the user (a user token is refused there).
+    const send = path === '/credits/usage' ? reportUsage : api;
+    const r = await send(path, { token, body, headers: key() });
     const error = (r.body as { error: { code: string; field: string; message: string } }).error;
     assert.deepEqual([r.status, error.code, error.field, error.message], [400, code, field, message], path);
     assert.doesNotMatch(error.message, /Invalid input|Too big|expected/, "none of zod's own words");
@@ -253,7 +262,7 @@ Deno.test('validation errors are sentences a person can act on, with the field n
   assert.deepEqual([q.status, e.field, e.message], [400, 'from', 'from must be a date (YYYY-MM-DD).']);
   // A metadata value of exactly 500 characters, the documented limit, is accepted.
   await fund(id, '10');
-  const ok = await api('/credits/usage', {
+  const ok = await reportUsage('/credits/usage', {
     token,
     body: { model: 'gpt-4o-mini', input_tokens: 1, output_tokens: 1, metadata: { note: 'x'.repeat(500) } },
     headers: key(),

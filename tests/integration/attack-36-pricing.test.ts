@@ -2,7 +2,7 @@
 // Postgres or the formula should refuse, an idempotency key re-sent with other kinds, and a
 // charge across a rate-card publish boundary (docs/pricing.md). The admin only publishes.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newAdmin, newUser, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, fund, newAdmin, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;
@@ -15,7 +15,7 @@ async function student(credits = '100000') {
 }
 
 const usage = (token: string, body: Json, k: string = crypto.randomUUID()) =>
-  api('/credits/usage', { token, headers: { 'idempotency-key': k }, body });
+  reportUsage('/credits/usage', { token, headers: { 'idempotency-key': k }, body });
 
 async function charges(userId: string): Promise<number> {
   const [{ n }] = await testDb`select count(*)::int as n from billing.transfers t join billing.accounts a

@@ -3,14 +3,14 @@
 // (docs/pricing.md § Corrections). Only the student's token attacks; the admin does what an
 // operator legitimately would (void a charge) to set up the race.
 import assert from 'node:assert/strict';
-import { adminToken, api, assertLedgerInvariants, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 import { dataOf } from '../money.ts';
 import { key, person, school } from '../orgs.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
 
 /** gpt-4o input: 50 tokens = 1 credit. */
 const spend = (token: string, credits: number) =>
-  api('/credits/usage', {
+  reportUsage('/credits/usage', {
     token,
     headers: key(),
     body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },
@@ -117,20 +117,23 @@ Deno.test('the usage summary after a void of a charge with every kind nets credi
   const id = await newUser();
   await fund(id, '1000');
   const token = await userToken(id);
-  const r = await api('/credits/usage', {
+  const usage = {
+    model,
+    input_tokens: 1000,
+    output_tokens: 500,
+    cached_input_tokens: 4000,
+    reasoning_tokens: 250,
+    images: 3,
+    audio_seconds: 10,
+  };
+  // Caller metadata cannot plant token counts: a ledger-owned key is refused, nothing charged.
+  const planted = await reportUsage('/credits/usage', {
     token,
     headers: key(),
-    body: {
-      model,
-      input_tokens: 1000,
-      output_tokens: 500,
-      cached_input_tokens: 4000,
-      reasoning_tokens: 250,
-      images: 3,
-      audio_seconds: 10,
-      metadata: { input_tokens: 999999, note: 'x' },
-    },
+    body: { ...usage, metadata: { input_tokens: 999999, note: 'x' } },
   });
+  assert.equal(planted.status, 400, planted.text);
+  const r = await reportUsage('/credits/usage', { token, headers: key(), body: { ...usage, metadata: { note: 'x' } } });
   assert.equal(r.status, 201, r.text);
   assert.equal(dataOf(r).charged, '382');
   assert.equal((await voidCharge(dataOf(r).transfer_id as string)).status, 200);
@@ -150,7 +153,7 @@ Deno.test('the usage summary after a void of a charge with every kind nets credi
 Deno.test("a school member cannot read another member's usage summary, nor an outsider any", async () => {
   const [owner, ada, bob, eve] = await Promise.all(['owner', 'ada', 'bob', 'eve'].map(person));
   const org = await school(owner, [ada, bob], 'pool', '100');
-  const used = await api('/credits/usage', {
+  const used = await reportUsage('/credits/usage', {
     token: ada.token,
     headers: key(),
     body: { model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 },
@@ -181,7 +184,7 @@ Deno.test("a removed member's voided allowance charge goes back to the school wi
     body: { user_id: ada.id, amount: '100' },
   });
   assert.equal(funded.status, 201, funded.text);
-  const used = await api('/credits/usage', {
+  const used = await reportUsage('/credits/usage', {
     token: ada.token,
     headers: key(),
     body: { model: 'gpt-4o', input_tokens: 1500, output_tokens: 0 }, // 30 credits

@@ -2,7 +2,7 @@
 // usage by rounding), kinds that do not exist or are missing, and jobs' limits. Nothing here may
 // be a 5xx, and a refused request charges nothing.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 
 type Json = Record<string, unknown>;
 
@@ -13,7 +13,7 @@ async function student(credits = '1000') {
 }
 
 const usage = (token: string, body: Json) =>
-  api('/credits/usage', { token, headers: { 'idempotency-key': crypto.randomUUID() }, body });
+  reportUsage('/credits/usage', { token, headers: { 'idempotency-key': crypto.randomUUID() }, body });
 
 const charged = async (userId: string) => {
   const [{ n, total }] = await testDb`select count(*)::int as n, coalesce(trim_scale(sum(t.amount)), 0)::text as total

@@ -2,14 +2,14 @@
 // upgrade's proration, partial refunds then a dispute, and whether any of it counts tax as
 // credits or as revenue. Taxed sessions open through a second gateway with the setting on.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, testDb, withGateway } from '../helpers.ts';
+import { api, assertLedgerInvariants, reportUsage, testDb, withGateway } from '../helpers.ts';
 import { balanceOf, chargeOf, emulator, stripeApi } from '../purchases.ts';
 import { chargeOfInvoice } from '../plans.ts';
 import { redeem } from '../codes.ts';
 import { post, student, taxOn } from '../tax.ts';
 
 const spend = (token: string, input: number) =>
-  api('/credits/usage', {
+  reportUsage('/credits/usage', {
     token,
     headers: { 'idempotency-key': crypto.randomUUID() },
     body: { model: 'gpt-4o', input_tokens: input, output_tokens: 0 },

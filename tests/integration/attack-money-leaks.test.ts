@@ -3,7 +3,7 @@
 // through the Stripe emulator, the minute schedule). Each test failed before the fix it guards.
 import assert from 'node:assert/strict';
 import type { AutoRecharge } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, assertLedgerInvariants, testDb, tick, until, withGateway } from '../helpers.ts';
+import { api, assertLedgerInvariants, reportUsage, testDb, tick, until, withGateway } from '../helpers.ts';
 import { key, person, school, walletOf } from '../orgs.ts';
 import { chargeOf, emulator } from '../purchases.ts';
 
@@ -13,7 +13,7 @@ const dataOf = (r: { body: Json }) => r.body.data as Json;
 
 /** gpt-4o input: 50 tokens = 1 credit. */
 const spend = (token: string, credits: number) =>
-  api('/credits/usage', {
+  reportUsage('/credits/usage', {
     token,
     headers: key(),
     body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },

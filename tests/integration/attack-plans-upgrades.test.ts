@@ -2,7 +2,7 @@
 // stand in for Stripe and the card network). The holes they found are fixed; they stay as
 // regressions with the attacks that held.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, newUser, reportUsage, spend, testDb, userToken } from '../helpers.ts';
 import { codeOf } from '../money.ts';
 import { balanceOf, emulator, stripeApi } from '../purchases.ts';
 import { renew, subscribeTo } from '../plans.ts';
@@ -116,7 +116,7 @@ Deno.test('the upgrade credits spent, then the proration charge disputed and los
   const b = await balanceOf(s.token);
   assert.equal(b.balance, '-25000', JSON.stringify(b));
   // In debt, the student cannot spend.
-  const r = await api('/credits/usage', {
+  const r = await reportUsage('/credits/usage', {
     token: s.token,
     headers: key(),
     body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },

@@ -1,7 +1,7 @@
 // The one-pass plan renewal (#35) attacked with student tokens only; the emulator's test
 // controls stand in for Stripe and the card holder. Each attack held or was fixed.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, newUser, reportUsage, spend, testDb, userToken } from '../helpers.ts';
 import { balanceOf, buy, deliver, emulator, type SignedEvent, stripeApi } from '../purchases.ts';
 import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../plans.ts';
 
@@ -149,7 +149,7 @@ Deno.test('twenty spends at once during an on-time renewal: what was left when i
   const plan = await subscribeTo(s.token, 'basic_monthly');
   await spend(s.token, 6000);
   const spends = Array.from({ length: 20 }, () =>
-    api('/credits/usage', {
+    reportUsage('/credits/usage', {
       token: s.token,
       headers: key(),
       body: { model: 'gpt-4o', input_tokens: 700 * 50, output_tokens: 0 },

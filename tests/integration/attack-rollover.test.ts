@@ -2,7 +2,7 @@
 // Stripe and the card network; the sweep is run as pg_cron runs it): the renewal against the
 // expiry sweep, debt, holds, parallel spending, replays and reports. Each held or was fixed.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, newUser, reportUsage, spend, testDb, userToken } from '../helpers.ts';
 import { balanceOf, buy, chargeOf, deliver, deliverWithRetries, emulator, stripeApi } from '../purchases.ts';
 import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../plans.ts';
 
@@ -78,7 +78,7 @@ Deno.test('twenty spends at once with a late renewal after the period end never 
   const { s, late } = await fourThousandLeftAndLateRenewal();
   await periodEnds(s.id);
   const spends = Array.from({ length: 20 }, () =>
-    api('/credits/usage', {
+    reportUsage('/credits/usage', {
       token: s.token,
       headers: key(),
       body: { model: 'gpt-4o', input_tokens: 700 * 50, output_tokens: 0 },

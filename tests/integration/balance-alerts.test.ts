@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import type { Alerts } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, drainOutbox, fund, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
+import { api, drainOutbox, fund, newUser, reportUsage, spawnGateway, testDb, userToken } from '../helpers.ts';
 import { render } from '../../supabase/functions/notify/notifications.ts';
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
@@ -15,7 +15,7 @@ async function student(credits = '100') {
 }
 /** gpt-4o input: 50 tokens = 1 credit. */
 const spend = async (token: string, credits: number) => {
-  const r = await api('/credits/usage', {
+  const r = await reportUsage('/credits/usage', {
     token,
     headers: key(),
     body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },

@@ -1,7 +1,18 @@
 // Bulk corrections (POST /admin/corrections): previewed, then one idempotent run in batches that
 // survives a crash halfway and reaches charges made while it runs, voiding each charge once.
 import assert from 'node:assert/strict';
-import { adminToken, api, assertLedgerInvariants, env, fund, newUser, testDb, until, userToken } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  env,
+  fund,
+  newUser,
+  reportUsage,
+  testDb,
+  until,
+  userToken,
+} from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
 
 // A model of its own per test: runs filter by model, and other tests' charges must not match.
@@ -18,12 +29,12 @@ async function student(credits = '1000') {
   return { id, token: await userToken(id) };
 }
 
-/** `credits` of `m` (50 input tokens = 1 credit), flagged failed when asked. */
-async function use(token: string, m: string, credits: number, failed = false) {
-  const r = await api('/credits/usage', {
+/** `credits` of `m` (50 input tokens = 1 credit), reported by the server for `token`'s user. */
+async function use(token: string, m: string, credits: number) {
+  const r = await reportUsage('/credits/usage', {
     token,
     headers: { 'idempotency-key': crypto.randomUUID() },
-    body: { model: m, input_tokens: credits * 50, output_tokens: 0, ...(failed ? { metadata: { failed: true } } : {}) },
+    body: { model: m, input_tokens: credits * 50, output_tokens: 0 },
   });
   assert.equal(r.status, 201, r.text);
   return dataOf(r).transfer_id as string;
@@ -49,7 +60,16 @@ Deno.test('a bulk correction is previewed (count, credits, who), then voids exac
   const [a, b] = [await student(), await student()];
   const from = new Date(Date.now() - 1000).toISOString();
   await use(a.token, m, 10);
-  await use(a.token, m, 5, true);
+  // Only the AI gateway marks a charge failed: a reporter's metadata cannot (400, nothing charged).
+  const flagged = await reportUsage('/credits/usage', {
+    token: a.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { model: m, input_tokens: 5 * 50, output_tokens: 0, metadata: { failed: true } },
+  });
+  assert.deepEqual([flagged.status, codeOf(flagged)], [400, 'VALIDATION_FAILED'], flagged.text);
+  // TODO(gateway): make this a failed call recorded by the AI gateway, and expect failed_only
+  // below to find it ([1, '5']); until then it is a plain charge and failed_only finds none.
+  await use(a.token, m, 5);
   await use(b.token, m, 7);
   await use(b.token, 'gpt-4o', 3);
   await new Promise((r) => setTimeout(r, 20));
@@ -61,7 +81,7 @@ Deno.test('a bulk correction is previewed (count, credits, who), then voids exac
     body: { model: m, from, to, failed_only: true },
   });
   assert.equal(failed.status, 200, failed.text);
-  assert.deepEqual([dataOf(failed).charges, dataOf(failed).credits], [1, '5']);
+  assert.deepEqual([dataOf(failed).charges, dataOf(failed).credits], [0, '0']); // TODO(gateway): [1, '5']
   const all = await api('/admin/corrections/preview', { token: admin, body: { model: m, from, to } });
   const p = dataOf(all);
   assert.deepEqual([p.charges, p.credits, p.users, p.orgs], [3, '22', 2, 0]);

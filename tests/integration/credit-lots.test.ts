@@ -9,6 +9,7 @@ import {
   backdateLot,
   env,
   newUser,
+  reportUsage,
   spend,
   testDb,
   userToken,
@@ -233,7 +234,7 @@ Deno.test('parallel debits, batch events, expiry sweeps and refunds on one accou
     });
   const work = [
     ...Array.from({ length: 40 }, () =>
-      api('/credits/usage', {
+      reportUsage('/credits/usage', {
         token: s.token,
         headers: key(),
         body: { model: 'gpt-4o', input_tokens: 2500, output_tokens: 0 },

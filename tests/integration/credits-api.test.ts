@@ -1,6 +1,6 @@
 // The credits API over real HTTP through the gateway, against the real database.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 import { balanceOf } from '../purchases.ts';
 
 type Json = Record<string, unknown>;
@@ -23,7 +23,7 @@ Deno.test('GET /credits/balance starts at zero for a new student', async () => {
 
 Deno.test('POST /credits/usage charges exactly 50 credits for 1,000 + 500 gpt-4o tokens', async () => {
   const s = await student('100');
-  const r = await api('/credits/usage', {
+  const r = await reportUsage('/credits/usage', {
     token: s.token,
     headers: key(),
     body: {
@@ -44,7 +44,7 @@ Deno.test('POST /credits/usage charges exactly 50 credits for 1,000 + 500 gpt-4o
 
 Deno.test('POST /credits/usage returns 402 INSUFFICIENT_CREDITS with required and available', async () => {
   const s = await student('10');
-  const r = await api('/credits/usage', {
+  const r = await reportUsage('/credits/usage', {
     token: s.token,
     headers: key(),
     body: { model: 'gpt-4o', input_tokens: 1000, output_tokens: 500 },
@@ -62,7 +62,7 @@ Deno.test('POST /credits/usage returns 402 INSUFFICIENT_CREDITS with required an
 
 Deno.test('POST /credits/usage without an Idempotency-Key is refused with 400 and moves nothing', async () => {
   const s = await student('100');
-  const r = await api('/credits/usage', {
+  const r = await reportUsage('/credits/usage', {
     token: s.token,
     body: { model: 'gpt-4o', input_tokens: 1, output_tokens: 1 },
   });
@@ -72,12 +72,15 @@ Deno.test('POST /credits/usage without an Idempotency-Key is refused with 400 an
 });
 
 const badUsage: Array<[string, unknown]> = [
+  // user_id is the reported field naming who spent (reportUsage fills it in): mass assignment
+  // now tries a field the route does not take.
   ['an unknown field (mass assignment)', {
     model: 'gpt-4o',
     input_tokens: 1,
     output_tokens: 1,
-    user_id: crypto.randomUUID(),
+    account_id: crypto.randomUUID(),
   }],
+  ['a user_id that is not a user id', { model: 'gpt-4o', input_tokens: 1, output_tokens: 1, user_id: 'me' }],
   ['negative tokens', { model: 'gpt-4o', input_tokens: -1, output_tokens: 1 }],
   ['fractional tokens', { model: 'gpt-4o', input_tokens: 1.5, output_tokens: 1 }],
   ['tokens as a string', { model: 'gpt-4o', input_tokens: '10', output_tokens: 1 }],
@@ -88,7 +91,7 @@ const badUsage: Array<[string, unknown]> = [
 for (const [what, body] of badUsage) {
   Deno.test(`POST /credits/usage with ${what} is a 400 in the envelope and changes nothing`, async () => {
     const s = await student('100');
-    const r = await api('/credits/usage', { token: s.token, headers: key(), body });
+    const r = await reportUsage('/credits/usage', { token: s.token, headers: key(), body });
     assert.equal(r.status, 400);
     assert.equal(error(r).type, 'validation');
     assert.equal(data(await api('/credits/balance', { token: s.token })).balance, '100');
@@ -97,7 +100,7 @@ for (const [what, body] of badUsage) {
 
 Deno.test('POST /credits/usage with an unknown model is 400 UNKNOWN_MODEL', async () => {
   const s = await student('100');
-  const r = await api('/credits/usage', {
+  const r = await reportUsage('/credits/usage', {
     token: s.token,
     headers: key(),
     body: { model: 'gpt-99', input_tokens: 1, output_tokens: 1 },
@@ -189,7 +192,7 @@ Deno.test('holds: amounts are exact decimals; 19 fractional digits or a float nu
 Deno.test("GET /credits/ledger pages newest first with a cursor, and only shows the caller's entries", async () => {
   const s = await student('100');
   for (let i = 0; i < 3; i++) {
-    await api('/credits/usage', {
+    await reportUsage('/credits/usage', {
       token: s.token,
       headers: key(),
       body: { model: 'gpt-4o', input_tokens: 50 * (i + 1), output_tokens: 0, correlation_id: `c-${i}` },
@@ -216,7 +219,7 @@ Deno.test('GET /credits/ledger?format=csv streams every entry with correlation i
   const requests = Array.from(
     { length: 30 },
     (_, i) =>
-      api('/credits/usage', {
+      reportUsage('/credits/usage', {
         token: s.token,
         headers: key(),
         body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0, correlation_id: `csv-${i}` },

@@ -1,6 +1,6 @@
 // Concurrency claims, proven in parallel over real HTTP.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 import { balanceOf } from '../purchases.ts';
 
 Deno.test('concurrent debits never overdraw: 200 parallel 1-credit debits on 100 credits → exactly 100 succeed', async () => {
@@ -9,7 +9,7 @@ Deno.test('concurrent debits never overdraw: 200 parallel 1-credit debits on 100
   const token = await userToken(id);
   // 50 gpt-4o input tokens cost exactly 1 credit.
   const results = await Promise.all(Array.from({ length: 200 }, () =>
-    api('/credits/usage', {
+    reportUsage('/credits/usage', {
       token,
       headers: { 'idempotency-key': crypto.randomUUID() },
       body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },
@@ -31,7 +31,7 @@ Deno.test('one Idempotency-Key sent 100 times in parallel makes one transfer and
   const token = await userToken(id);
   const key = crypto.randomUUID();
   const results = await Promise.all(Array.from({ length: 100 }, () =>
-    api('/credits/usage', {
+    reportUsage('/credits/usage', {
       token,
       headers: { 'idempotency-key': key },
       body: { model: 'gpt-4o', input_tokens: 1000, output_tokens: 500 },
@@ -52,11 +52,11 @@ Deno.test('a replay returns the stored response byte for byte; another request u
   const token = await userToken(id);
   const headers = { 'idempotency-key': crypto.randomUUID() };
   const body = { model: 'gpt-4o', input_tokens: 1000, output_tokens: 500 };
-  const first = await api('/credits/usage', { token, headers, body });
-  const again = await api('/credits/usage', { token, headers, body });
+  const first = await reportUsage('/credits/usage', { token, headers, body });
+  const again = await reportUsage('/credits/usage', { token, headers, body });
   assert.equal(again.text, first.text);
   assert.equal(again.headers.get('idempotent-replayed'), 'true');
-  const other = await api('/credits/usage', { token, headers, body: { ...body, input_tokens: 2000 } });
+  const other = await reportUsage('/credits/usage', { token, headers, body: { ...body, input_tokens: 2000 } });
   assert.equal(other.status, 409);
   assert.equal((other.body.error as Record<string, string>).code, 'IDEMPOTENCY_KEY_REUSED');
   assert.equal(((await api('/credits/balance', { token })).body.data as Record<string, string>).balance, '50');
@@ -67,13 +67,17 @@ Deno.test('a refused request is replayed too: the same key stays 402 even after 
   const token = await userToken(id);
   const headers = { 'idempotency-key': crypto.randomUUID() };
   const body = { model: 'gpt-4o', input_tokens: 1000, output_tokens: 500 };
-  const first = await api('/credits/usage', { token, headers, body });
+  const first = await reportUsage('/credits/usage', { token, headers, body });
   assert.equal(first.status, 402);
   await fund(id, '100');
-  const again = await api('/credits/usage', { token, headers, body });
+  const again = await reportUsage('/credits/usage', { token, headers, body });
   assert.equal(again.status, 402);
   assert.equal(again.text, first.text);
-  const fresh = await api('/credits/usage', { token, headers: { 'idempotency-key': crypto.randomUUID() }, body });
+  const fresh = await reportUsage('/credits/usage', {
+    token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body,
+  });
   assert.equal(fresh.status, 201);
 });
 

@@ -4,13 +4,22 @@
 // the second must still hold every credit it froze (nothing of a purchase under dispute is
 // spendable). And a dispute's hold does not give way to expiry, in the balance shown too.
 import assert from 'node:assert/strict';
-import { adminToken, api, assertLedgerInvariants, backdateLot, newUser, testDb, userToken } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  backdateLot,
+  newUser,
+  reportUsage,
+  testDb,
+  userToken,
+} from '../helpers.ts';
 import { key, person, school, walletOf } from '../orgs.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
 
 /** gpt-4o input: 50 tokens = 1 credit. */
 const spend = (token: string, credits: number) =>
-  api('/credits/usage', {
+  reportUsage('/credits/usage', {
     token,
     headers: key(),
     body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },

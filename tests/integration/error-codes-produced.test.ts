@@ -6,7 +6,17 @@
 // in tests/functions/app-skeleton.test.ts. tests/unit/error-codes-documented.test.ts checks
 // that every documented code is asserted somewhere.
 import assert from 'node:assert/strict';
-import { adminToken, api, functionsUrl, fund, newUser, testDb, userToken, withGateway } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  functionsUrl,
+  fund,
+  newUser,
+  reportUsage,
+  testDb,
+  userToken,
+  withGateway,
+} from '../helpers.ts';
 import { key, person, school } from '../orgs.ts';
 import { balanceOf, buy, deliver, emulator, startCheckout } from '../purchases.ts';
 import { createPayment, newProvider } from '../providers.ts';
@@ -83,7 +93,7 @@ Deno.test('credits: a malformed Idempotency-Key, caps, cap alerts, lots and capt
   await fund(user, '10');
   const usage = { model: 'gpt-4o-mini', input_tokens: 10, output_tokens: 10 };
   assertCode(
-    await api('/credits/usage', { token, body: usage, headers: { 'idempotency-key': 'has a space' } }),
+    await reportUsage('/credits/usage', { token, body: usage, headers: { 'idempotency-key': 'has a space' } }),
     'IDEMPOTENCY_KEY_INVALID',
   );
 

@@ -2,7 +2,7 @@
 // freezes the disputed credits whatever else holds them. Each test is an escape from a
 // chargeback (or from paying for a job) that worked before holds had a purpose.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, testDb, tick, until, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, tick, until, userToken } from '../helpers.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
 
 type Json = Record<string, unknown>;
@@ -15,9 +15,13 @@ async function student() {
 const post = (token: string, path: string, body: unknown = {}) =>
   api(path, { token, body, headers: { 'idempotency-key': crypto.randomUUID() } });
 
-/** Spends `credits` of gpt-4o input (0.02 credits a token). */
+/** Spends `credits` of gpt-4o input (0.02 credits a token), reported by the server for `token`'s user. */
 const spend = (token: string, credits: number) =>
-  post(token, '/credits/usage', { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 });
+  reportUsage('/credits/usage', {
+    token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },
+  });
 
 async function dispute(sessionId: string, outcome: 'open' | 'lost' | 'won') {
   await emulator(`/_emulator/charges/${await chargeOf(sessionId)}/dispute`, { outcome });

@@ -5,7 +5,7 @@
 // 255-character key works on each money route, a retry with it replays, and two such keys that
 // differ only in their last character stay two requests.
 import assert from 'node:assert/strict';
-import { adminToken, api, fund } from '../helpers.ts';
+import { adminToken, api, fund, reportUsage } from '../helpers.ts';
 import { person, school } from '../orgs.ts';
 import { newProvider, paidPayment } from '../providers.ts';
 import { buy } from '../purchases.ts';
@@ -38,7 +38,7 @@ Deno.test('a 255-character Idempotency-Key works and replays on every credit rou
   const s = await person('longkey');
   await fund(s.id, '100');
   const usage = (key: string) =>
-    api('/credits/usage', {
+    reportUsage('/credits/usage', {
       token: s.token,
       headers: { 'idempotency-key': key },
       body: { model: 'gpt-4o-mini', input_tokens: 10, output_tokens: 10 },

@@ -8,7 +8,7 @@
 // statements carry the request's values in theirs). Fixed edge values first, then fast-check's.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { api, env, fund, newAdmin, testDb, until, userToken, withGateway } from '../helpers.ts';
+import { api, env, fund, newAdmin, reportUsage, testDb, until, userToken, withGateway } from '../helpers.ts';
 import { person, school } from '../orgs.ts';
 import { emulator } from '../purchases.ts';
 
@@ -218,8 +218,8 @@ const payment = (await created(
 const charge = (await created(
   'a charge',
   call(base, 'POST', '/credits/usage', {
-    who: 'student',
-    body: JSON.stringify({ model: 'gpt-4o-mini', input_tokens: 1, output_tokens: 1 }),
+    who: 'service', // usage is reported by the product's server, naming the user
+    body: JSON.stringify({ user_id: student.id, model: 'gpt-4o-mini', input_tokens: 1, output_tokens: 1 }),
     key: `${marker}-charge`,
   }),
 )).transfer_id;
@@ -263,11 +263,16 @@ const routes: Route[] = [
     query: { limit: '5', cursor: '1', from: '2026-01-01T00:00:00Z', to: future, format: 'json' },
   },
   {
-    who: 'student',
+    who: 'service',
     method: 'POST',
     path: '/credits/usage',
     key: true,
-    body: { ...usageBody, correlation_id: 'c', metadata: { email: markerEmail, n: 1, ok: true, none: null } },
+    body: {
+      ...usageBody,
+      user_id: student.id,
+      correlation_id: 'c',
+      metadata: { email: markerEmail, n: 1, ok: true, none: null },
+    },
   },
   {
     who: 'service',
@@ -669,7 +674,7 @@ Deno.test('text Postgres stores as sent (noncharacters, astral characters, the l
 
   // The one-round-trip path: the metadata goes into the statement as a jsonb literal.
   const note = '\uffff \u{1F600} it\'s a \\ "quote"';
-  const charged = await api('/credits/usage', {
+  const charged = await reportUsage('/credits/usage', {
     token: p.token,
     body: { ...usageBody, metadata: { note, '\uffff': 1 } },
     headers: { 'idempotency-key': `${marker}-text` },

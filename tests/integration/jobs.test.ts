@@ -8,6 +8,7 @@ import {
   functionsUrl,
   fund,
   newUser,
+  reportUsage,
   spawnGateway,
   testDb,
   tick,
@@ -230,7 +231,7 @@ Deno.test('a worker process killed mid-export: another resumes from the checkpoi
   const s = await student('1000');
   await Promise.all(
     Array.from({ length: 12 }, (_, i) =>
-      api('/credits/usage', {
+      reportUsage('/credits/usage', {
         token: s.token,
         headers: { 'idempotency-key': crypto.randomUUID() },
         body: { model: 'gpt-4o', input_tokens: 50 * (i + 1), output_tokens: 0 },

@@ -2,7 +2,7 @@
 // charges the ledger made and the provider price in effect then (docs/pricing.md § Provider
 // cost and margins), per model and per student; admins only; a bad grouping is refused.
 import assert from 'node:assert/strict';
-import { adminToken, api, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 import { key } from '../orgs.ts';
 
 type Margin = {
@@ -33,7 +33,7 @@ Deno.test('a model sold at 2/8 and bought at 1/4 per million tokens keeps 66.67%
   const token = await userToken(user);
   await fund(user, '100');
   for (const [input, output] of [[1000, 500], [2000, 250]]) {
-    const r = await api('/credits/usage', {
+    const r = await reportUsage('/credits/usage', {
       token,
       body: { model, input_tokens: input, output_tokens: output },
       headers: key(),

@@ -2,7 +2,7 @@
 // run re-prices past usage without moving money, publishing is never retroactive, idempotent
 // per draft and audited; and what a student can try against it.
 import assert from 'node:assert/strict';
-import { api, fund, newAdmin, newUser, testDb, userToken } from '../helpers.ts';
+import { api, fund, newAdmin, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;
@@ -30,7 +30,7 @@ async function ownModel(): Promise<string> {
 
 const draft = (token: string, body: Json) => api('/admin/rate-cards/drafts', { token, body });
 const usage = (token: string, model: string, input: number, output: number) =>
-  api('/credits/usage', { token, headers: key(), body: { model, input_tokens: input, output_tokens: output } });
+  reportUsage('/credits/usage', { token, headers: key(), body: { model, input_tokens: input, output_tokens: output } });
 
 Deno.test('rate-card routes answer 403 FORBIDDEN to a student, whatever they send', async () => {
   const s = await student();

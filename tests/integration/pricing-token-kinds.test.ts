@@ -2,7 +2,7 @@
 // every kind, and a student's attempts to send counts the card cannot price or Postgres cannot
 // hold (docs/pricing.md).
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, env, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, env, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;
@@ -25,7 +25,7 @@ async function student(credits?: string) {
   return { id, token: await userToken(id) };
 }
 
-const usage = (token: string, body: Json) => api('/credits/usage', { token, headers: key(), body });
+const usage = (token: string, body: Json) => reportUsage('/credits/usage', { token, headers: key(), body });
 
 Deno.test('POST /credits/usage prices every kind and records them on the transfer', async () => {
   const model = await fullCard();

@@ -1,6 +1,16 @@
 // Stripe webhooks: signatures, duplicates, any order, refunds, disputes and debt.
 import assert from 'node:assert/strict';
-import { adminToken, api, assertLedgerInvariants, env, newUser, testDb, until, userToken } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  env,
+  newUser,
+  reportUsage,
+  testDb,
+  until,
+  userToken,
+} from '../helpers.ts';
 import { balanceOf, buy, chargeOf, deliver, emulator, sign, type SignedEvent, startCheckout } from '../purchases.ts';
 
 async function student() {
@@ -86,7 +96,7 @@ Deno.test('a partial refund of a half-spent purchase reverses credits pro rata',
   const s = await student();
   const co = await buy(s.token, 'starter');
   // Spend 5,000 credits: 100,000 gpt-4o input tokens × $5/M × 4 = $2 = 2,000; 250,000 → 5,000.
-  const spend = await api('/credits/usage', {
+  const spend = await reportUsage('/credits/usage', {
     token: s.token,
     headers: { 'idempotency-key': crypto.randomUUID() },
     body: { model: 'gpt-4o', input_tokens: 250000, output_tokens: 0 },
@@ -101,7 +111,7 @@ Deno.test('a partial refund of a half-spent purchase reverses credits pro rata',
 Deno.test('a dispute lost after everything was spent creates debt; debits are refused; the next purchase pays it', async () => {
   const s = await student();
   const co = await buy(s.token, 'mini');
-  await api('/credits/usage', {
+  await reportUsage('/credits/usage', {
     token: s.token,
     headers: { 'idempotency-key': crypto.randomUUID() },
     body: { model: 'gpt-4o', input_tokens: 250000, output_tokens: 0 },
@@ -112,7 +122,7 @@ Deno.test('a dispute lost after everything was spent creates debt; debits are re
   assert.equal((await balanceOf(s.token)).held, '0', 'nothing left to hold');
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
   assert.deepEqual(await balanceOf(s.token), { balance: '-5000', held: '0', available: '-5000' });
-  const refused = await api('/credits/usage', {
+  const refused = await reportUsage('/credits/usage', {
     token: s.token,
     headers: { 'idempotency-key': crypto.randomUUID() },
     body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },

@@ -2,7 +2,7 @@
 // a second account of theirs, an organisation they create), each kept as a regression test.
 import assert from 'node:assert/strict';
 import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
-import { adminToken, api, assertLedgerInvariants, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 import { key, person, school, walletOf } from '../orgs.ts';
 import { balanceOf, chargeOf, emulator } from '../purchases.ts';
 
@@ -10,7 +10,11 @@ const code = (r: { body: { error?: unknown } }) => (r.body.error as { code: stri
 
 /** gpt-4o input: 50 tokens = 1 credit. */
 const spend = (token: string, credits: number, model = 'gpt-4o') =>
-  api('/credits/usage', { token, headers: key(), body: { model, input_tokens: credits * 50, output_tokens: 0 } });
+  reportUsage('/credits/usage', {
+    token,
+    headers: key(),
+    body: { model, input_tokens: credits * 50, output_tokens: 0 },
+  });
 
 async function student(credits = '1000') {
   const id = await newUser();

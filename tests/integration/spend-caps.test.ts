@@ -2,7 +2,7 @@
 // jobs, set by the student or an admin, and refused with the cap, the spending and the reset.
 import assert from 'node:assert/strict';
 import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
-import { adminToken, api, assertLedgerInvariants, env, fund, newUser, userToken } from '../helpers.ts';
+import { adminToken, api, assertLedgerInvariants, env, fund, newUser, reportUsage, userToken } from '../helpers.ts';
 import { balanceOf } from '../purchases.ts';
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
@@ -21,7 +21,7 @@ async function setCap(token: string, body: Record<string, unknown>, path = '/cre
 
 /** gpt-4o input: 50 tokens = 1 credit; gpt-4o-mini: 1,000 input tokens = 0.6 credits. */
 const use = (token: string, credits: number, model = 'gpt-4o') =>
-  api('/credits/usage', {
+  reportUsage('/credits/usage', {
     token,
     headers: key(),
     body: { model, input_tokens: model === 'gpt-4o' ? credits * 50 : credits * 5000 / 3, output_tokens: 0 }, // mini: multiples of 3

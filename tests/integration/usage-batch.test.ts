@@ -77,11 +77,13 @@ Deno.test('parallel batches over the same users never overdraw and apply each ev
   await assertLedgerInvariants();
 });
 
-Deno.test('the batch route is for the service role only, and a malformed batch is 400 with nothing written', async () => {
+Deno.test('the batch route is for trusted servers only, and a malformed batch is 400 with nothing written', async () => {
   const u = await newUser();
   await fund(u, '10');
   const student = await userToken(u);
-  assert.equal((await api('/credits/usage/batch', { token: student, body: { events: [event(u, 50)] } })).status, 401);
+  // A user's own token is recognised and refused: usage is reported by servers, never by the payer.
+  const own = await api('/credits/usage/batch', { token: student, body: { events: [event(u, 50)] } });
+  assert.deepEqual([own.status, (own.body.error as { code: string }).code], [403, 'USAGE_REPORTED_BY_SERVER']);
   const bad = await api('/credits/usage/batch', {
     headers: service,
     body: { events: [event(u, 50), { ...event(u, 50), input_tokens: -1 }] },

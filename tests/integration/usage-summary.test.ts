@@ -2,7 +2,7 @@
 // the totals, models and buckets add up to the charges the ledger made, tokens come only from
 // charges it priced, the runway follows the last 7 days' pace, and nobody reads another's.
 import assert from 'node:assert/strict';
-import { api, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { api, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 import { key, person, school, usage } from '../orgs.ts';
 import type { UsageSummary } from '../../supabase/functions/_shared/contract/index.ts';
 
@@ -23,7 +23,7 @@ const summaryOf = async (token: string, query = '') => {
 };
 
 const charge = async (token: string, model: string, input: number, output: number, metadata?: object) => {
-  const r = await api('/credits/usage', {
+  const r = await reportUsage('/credits/usage', {
     token,
     body: { model, input_tokens: input, output_tokens: output, ...(metadata ? { metadata } : {}) },
     headers: key(),
@@ -46,8 +46,14 @@ Deno.test('a student sees each model, day and token kind their charges add up to
   assert.equal(empty.buckets.length, 30, 'the last 30 days, today included, one bucket each');
 
   const gpt = [await charge(token, 'gpt-4o', 1000, 500), await charge(token, 'gpt-4o', 2000, 0)];
-  // Caller metadata cannot plant token counts: the ledger's own keys win.
-  const mini = [await charge(token, 'gpt-4o-mini', 1000, 1000, { input_tokens: 999999999, note: 'x' })];
+  // Caller metadata cannot plant token counts: a ledger-owned key is refused (400), nothing charged.
+  const planted = await reportUsage('/credits/usage', {
+    token,
+    body: { model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000, metadata: { input_tokens: 999999999 } },
+    headers: key(),
+  });
+  assert.equal(planted.status, 400, planted.text);
+  const mini = [await charge(token, 'gpt-4o-mini', 1000, 1000, { note: 'x' })];
   const hold = await api('/credits/holds', { token, body: { amount: '2' }, headers: key() });
   assert.equal(hold.status, 201, hold.text);
   const holdId = (hold.body.data as { hold_id: string }).hold_id;

@@ -17,6 +17,8 @@ interface Route {
   auth: 'user' | 'admin' | 'service' | 'owner';
   /** Fields whose value is checked against a pattern or range (not free text). */
   strict: string[];
+  /** The body names the test's user as `user_id` (usage a trusted server reports for a user). */
+  forUser?: true;
 }
 
 const provider = await newProvider();
@@ -24,7 +26,9 @@ const routes: Route[] = [
   {
     path: '/credits/usage',
     valid: { model: 'gpt-4o-mini', input_tokens: 10, output_tokens: 10 },
-    auth: 'user',
+    // Reported by the product's server, naming the user (a user token is refused there).
+    auth: 'service',
+    forUser: true,
     strict: ['model', 'input_tokens', 'output_tokens'],
   },
   { path: '/credits/holds', valid: { amount: '1', ttl_seconds: 60 }, auth: 'user', strict: ['amount', 'ttl_seconds'] },
@@ -115,9 +119,10 @@ async function footprint(user: string) {
   return f;
 }
 
-for (const route of routes) {
-  Deno.test(`${route.path}: every malformed body is a 4xx in the envelope and writes nothing`, async () => {
-    const user = route.auth === 'owner' ? provider.owner : await newUser();
+for (const shape of routes) {
+  Deno.test(`${shape.path}: every malformed body is a 4xx in the envelope and writes nothing`, async () => {
+    const user = shape.auth === 'owner' ? provider.owner : await newUser();
+    const route = shape.forUser ? { ...shape, valid: { ...shape.valid, user_id: user } } : shape;
     const token = route.auth === 'owner'
       ? provider.token
       : route.auth === 'admin'
@@ -219,18 +224,20 @@ Deno.test("object-level authorization: another user's ids are 404 on every id-ta
 });
 
 Deno.test('a valid token for a deleted user is 401 on every writing route, never a 500', async () => {
-  const ghost = await userToken(crypto.randomUUID()); // signed correctly, but no such user (any more)
+  const gone = crypto.randomUUID();
+  const ghost = await userToken(gone); // signed correctly, but no such user (any more)
   for (
-    const [path, body] of [
-      ['/jobs', { type: 'ledger_export', input: {} }],
-      ['/checkout/sessions', { package_id: 'mini' }],
-      ['/credits/usage', { model: 'gpt-4o-mini', input_tokens: 1, output_tokens: 1 }],
+    const [path, body, bearer] of [
+      ['/jobs', { type: 'ledger_export', input: {} }, ghost],
+      ['/checkout/sessions', { package_id: 'mini' }, ghost],
+      // Usage is reported by the server, naming the user: a deleted user is refused all the same.
+      ['/credits/usage', { user_id: gone, model: 'gpt-4o-mini', input_tokens: 1, output_tokens: 1 }, service],
     ] as const
   ) {
     const res = await fetch(`${functionsUrl}${path}`, {
       method: 'POST',
       headers: {
-        authorization: `Bearer ${ghost}`,
+        authorization: `Bearer ${bearer}`,
         'content-type': 'application/json',
         'idempotency-key': crypto.randomUUID(),
       },

@@ -8,7 +8,7 @@
 // rules allow. A failure prints the shrunk sequence. CODES_MODEL_RUNS sets the number of runs.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { api, assertLedgerInvariants, newUser, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
 import { chargeOf, emulator } from '../purchases.ts';
 import { buyGift, promo, redeem } from '../codes.ts';
@@ -160,7 +160,7 @@ class Spend implements Cmd {
   check = () => true;
   async run(m: Model, r: Real) {
     const available = balanceOf(m, this.who) - heldOf(m, this.who);
-    const res = await api('/credits/usage', {
+    const res = await reportUsage('/credits/usage', {
       token: r.users[this.who].token,
       headers: { 'idempotency-key': crypto.randomUUID() },
       body: { model: 'gpt-4o', input_tokens: this.credits * 50, output_tokens: 0 },

@@ -7,6 +7,7 @@ import {
   assertLedgerInvariants,
   functionsUrl,
   newUser,
+  reportUsage,
   spawnGateway,
   testDb,
   tick,
@@ -79,7 +80,7 @@ Deno.test({
         // Like the client: the same key again after a retryable failure, a few times.
         for (let attempt = 0; attempt < 20; attempt++) {
           const started = performance.now();
-          const r = await api('/credits/usage', {
+          const r = await reportUsage('/credits/usage', {
             token,
             headers: { 'idempotency-key': key },
             body: { model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 0 },

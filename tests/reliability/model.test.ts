@@ -9,7 +9,17 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
-import { adminToken, api, assertLedgerInvariants, backdateLot, env, newUser, testDb, userToken } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  backdateLot,
+  env,
+  newUser,
+  reportUsage,
+  testDb,
+  userToken,
+} from '../helpers.ts';
 import { chargeOf, deliver, emulator, startCheckout } from '../purchases.ts';
 
 const runs = Number(Deno.env.get('MODEL_RUNS') ?? 200);
@@ -310,7 +320,7 @@ class Usage implements Cmd {
     // gpt-4o-mini: (in × 0.15 + out × 0.60) × 4 / 1,000 credits = in × 600 + out × 2,400 micro-credits.
     const price = BigInt(this.input) * 600n + BigInt(this.output) * 2400n;
     const send = (key: string) =>
-      api('/credits/usage', {
+      reportUsage('/credits/usage', {
         token: r.token,
         headers: { 'idempotency-key': key },
         body: { model: 'gpt-4o-mini', input_tokens: this.input, output_tokens: this.output },
@@ -996,7 +1006,7 @@ Deno.test({
             if (o.kind === 'usage') {
               const key = crypto.randomUUID();
               const send = () =>
-                api('/credits/usage', {
+                reportUsage('/credits/usage', {
                   token,
                   headers: { 'idempotency-key': key },
                   body: { model: 'gpt-4o-mini', input_tokens: o.input, output_tokens: 0 },

@@ -8,7 +8,15 @@
 // stack. ORG_MODEL_RUNS sets the number of runs.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { adminToken, api, assertLedgerInvariants, env, movedLotsOffProvenance, testDb } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  env,
+  movedLotsOffProvenance,
+  reportUsage,
+  testDb,
+} from '../helpers.ts';
 import { key, person, school } from '../orgs.ts';
 import { chargeOf, emulator } from '../purchases.ts';
 
@@ -298,7 +306,7 @@ class Use implements Cmd {
   constructor(readonly member: number, readonly input: number, readonly output: number) {}
   check = () => true;
   async run(m: Model, r: Real) {
-    const res = await api('/credits/usage', {
+    const res = await reportUsage('/credits/usage', {
       token: r.members[this.member].token,
       headers: key(),
       body: { model: 'gpt-4o-mini', input_tokens: this.input, output_tokens: this.output },

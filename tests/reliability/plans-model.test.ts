@@ -12,7 +12,7 @@
 // A failure prints the shrunk sequence. PLANS_MODEL_RUNS sets the number of runs.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { api, assertLedgerInvariants, newUser, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 import { codeOf } from '../money.ts';
 import { balanceOf, buy, deliver, emulator, type SignedEvent } from '../purchases.ts';
 import { renew, subscribeTo } from '../plans.ts';
@@ -143,7 +143,7 @@ class Spend implements Cmd {
   async run(m: Model, r: Real) {
     const available = m.plan_left + m.package_left;
     const res = await Promise.all(this.amounts.map((n) =>
-      api('/credits/usage', {
+      reportUsage('/credits/usage', {
         token: r.token,
         headers: { 'idempotency-key': crypto.randomUUID() },
         body: { model: 'gpt-4o', input_tokens: n * 50, output_tokens: 0 },

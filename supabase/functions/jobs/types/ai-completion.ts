@@ -30,14 +30,11 @@ const worstCaseInputTokens = (prompt: string) => new TextEncoder().encode(prompt
 export const aiCompletion: JobType<typeof Input> = {
   schema: Input,
   async estimate(input) {
-    // The provider may report input as cached and output as reasoning, each priced on its own:
-    // the hold covers the dearest way the same tokens can be billed.
-    const i = worstCaseInputTokens(input.prompt), o = input.max_tokens, m = input.model;
+    // The dearest way the provider can bill the tokens (input as cached or not, output as
+    // reasoning or not): the same SQL the AI gateway holds with (62-ai-gateway.sql).
     const [price] = await call((sql) =>
-      sql`select greatest(
-        (billing.price_usage(${m}, ${i}, ${o})).amount, (billing.price_usage(${m}, 0, ${o}, ${i}, 0)).amount,
-        (billing.price_usage(${m}, ${i}, 0, 0, ${o})).amount, (billing.price_usage(${m}, 0, 0, ${i}, ${o})).amount
-      )::text as amount`
+      sql`select billing.ai_hold_amount(${input.model}, ${worstCaseInputTokens(input.prompt)}, ${input.max_tokens})::text
+        as amount`
     );
     return price.amount;
   },
