@@ -2,7 +2,8 @@
 // carries the signed-in user's token as in every Supabase app. Like supabase-js, every method
 // answers `{ data, error }` and never throws for an API or network failure; `error` is a
 // BillingError with the service's code. Each mutating call gets one Idempotency-Key, reused on
-// its retries.
+// its retries. Usage is never reported from the browser: the product's server reports it with
+// a server key (createUsageReporter), naming the user who spent.
 //
 //   const billing = createBillingClient(supabase);
 //   const { data, error } = await billing.balance();
@@ -115,10 +116,15 @@ type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
 const failure = (err: unknown) => ({ data: null, error: asBillingError(err) as ApiError });
 
-export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions = {}) {
-  /** One attempt chain of one logical operation: one Idempotency-Key (if it mutates) for all attempts. */
+/**
+ * Sends one logical operation through `supabase.functions.invoke`, with its retries: one
+ * Idempotency-Key (if it mutates) for all attempts. `authorization`, when given, replaces the
+ * token supabase-js would send (a server key).
+ */
+function invoker(supabase: SupabaseLike, retry: RetryOptions, authorization?: string) {
   async function send<T>(method: Method, path: string, body?: Record<string, unknown>, signal?: AbortSignal) {
     const headers: Record<string, string> = method === 'GET' ? {} : { 'Idempotency-Key': crypto.randomUUID() };
+    if (authorization) headers.Authorization = authorization;
     return await withRetries(
       async () => {
         const r = await supabase.functions.invoke(path, { method, body, headers, signal });
@@ -138,6 +144,11 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
       return failure(err);
     }
   }
+  return { send, call };
+}
+
+export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions = {}) {
+  const { send, call } = invoker(supabase, retry);
   const get = <T>(path: string, signal?: AbortSignal) => call<T>('GET', path, undefined, signal);
   const post = <T>(path: string, body: object = {}) => call<T>('POST', path, body);
   const put = <T>(path: string, body: object) => call<T>('PUT', path, body);
@@ -203,7 +214,6 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     autoRecharge: () => get<AutoRecharge>('credits/auto-recharge'),
     /** Turns auto-recharge on (needs a card saved at Checkout: `startCheckout({…, save_card: true})`) or off. */
     setAutoRecharge: (req: AutoRechargeRequest) => put<AutoRecharge>('credits/auto-recharge', req),
-    recordUsage: (req: UsageRequest) => post<UsageCharge>('credits/usage', req),
     /**
      * Where the caller's credits went, per model and day or week (the last 30 days unless
      * `from`/`to` say otherwise), and how long the rest lasts at the last 7 days' pace.
@@ -316,6 +326,27 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
 }
 
 export type BillingClient = ReturnType<typeof createBillingClient>;
+
+/**
+ * Reports usage from the product's server (never from a browser: POST /credits/usage answers a
+ * user's token 403 USAGE_REPORTED_BY_SERVER). `serverKey` is a server key an admin created
+ * (`slk_…`) or the service role key; keep it on the server. Each report names the user who spent
+ * (`user_id`) and gets one Idempotency-Key, reused on its retries, so a retry never charges twice.
+ * Calls made through the AI gateway are metered there and need no report.
+ * @example
+ * const supabase = createClient(process.env.SUPABASE_URL!, process.env.SUPABASE_ANON_KEY!);
+ * const usage = createUsageReporter(supabase, process.env.BILLING_SERVER_KEY!);
+ * const { data, error } = await usage.recordUsage({ user_id, model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 500 });
+ */
+export function createUsageReporter(supabase: SupabaseLike, serverKey: string, retry: RetryOptions = {}) {
+  const { call } = invoker(supabase, retry, `Bearer ${serverKey}`);
+  return {
+    /** Charges `user_id` for one model call; answers what was charged and who paid (the user or their school). */
+    recordUsage: (req: UsageRequest) => call<UsageCharge>('POST', 'credits/usage', req),
+  };
+}
+
+export type UsageReporter = ReturnType<typeof createUsageReporter>;
 export const isBillingError = (e: unknown): e is BillingError => e instanceof BillingError;
 
 /** A plan on sale (GET /checkout/plans). */

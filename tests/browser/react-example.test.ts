@@ -1,8 +1,8 @@
 // The React example (examples/react/) in Debian's Chromium: a student signs in with
 // supabase.auth.signInWithPassword (the local Auth stand-in), sees the balance from the credits
 // function (through @scholarlink/billing-client) and from the billing_api views (the local
-// Data API stand-in, under RLS), only their own ledger rows, and records usage. Screenshots go
-// to artifacts/ (git-ignored).
+// Data API stand-in, under RLS), only their own ledger rows, and spends credits on a call through
+// the metered AI gateway (a browser never reports usage). Screenshots go to artifacts/ (git-ignored).
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
 import { browserTest, passwordUser } from '../browser.ts';
@@ -95,7 +95,7 @@ browserTest(
       assert.equal(await text(page, '#view-available'), '100.5', 'the billing_api.balance view, exact');
       assert.deepEqual(await shownEntries(page), await entryIds(alice.id), "alice's ledger, read through RLS");
 
-      await page.locator('#use-credits').click();
+      await page.locator('#ask-ai').click();
       await until('the usage row', async () => (await shownEntries(page)).length === 2);
       const [usage] = await testDb`
         select t.kind, e.amount::text from billing.entries e join billing.transfers t on t.id = e.transfer_id

@@ -2,8 +2,8 @@
 // expiry, caps, alerts and auto-recharge, each as the service answers.
 import assert from 'node:assert/strict';
 import { createClient } from '@supabase/supabase-js';
-import { BillingError, createBillingClient } from '../../client/mod.ts';
-import { fund, must, newUser, supabaseUrl, userToken } from '../helpers.ts';
+import { BillingError, createBillingClient, createUsageReporter } from '../../client/mod.ts';
+import { env, fund, must, newUser, supabaseUrl, userToken } from '../helpers.ts';
 
 async function billingFor(userId: string) {
   const token = await userToken(userId);
@@ -12,6 +12,12 @@ async function billingFor(userId: string) {
     maxDelayMs: 20,
   });
 }
+
+/** The product's server reporting usage with the service role key (a browser never does). */
+const usage = createUsageReporter(createClient(supabaseUrl, 'anon-key'), env('SUPABASE_SERVICE_ROLE_KEY'), {
+  baseDelayMs: 5,
+  maxDelayMs: 20,
+});
 
 Deno.test('the client reads lots and the next expiry, sets caps and alerts, and types refusals', async () => {
   const id = await newUser();
@@ -24,10 +30,10 @@ Deno.test('the client reads lots and the next expiry, sets caps and alerts, and 
 
   const [cap] = (await must(billing.setCap({ period: 'day', amount: '10' }))).items;
   assert.deepEqual([cap.cap, cap.spent], ['10', '0']);
-  await must(billing.recordUsage({ model: 'gpt-4o', input_tokens: 500, output_tokens: 0 }));
+  await must(usage.recordUsage({ user_id: id, model: 'gpt-4o', input_tokens: 500, output_tokens: 0 }));
   assert.equal((await must(billing.caps())).items[0].spent, '10');
   // Refusals are answered, not thrown; the code narrows details to the documented ones.
-  const { data, error } = await billing.recordUsage({ model: 'gpt-4o', input_tokens: 50, output_tokens: 0 });
+  const { data, error } = await usage.recordUsage({ user_id: id, model: 'gpt-4o', input_tokens: 50, output_tokens: 0 });
   assert.equal(data, null);
   assert.ok(error instanceof BillingError);
   assert.equal(error.status, 402);

@@ -10,6 +10,7 @@ import {
   BillingError,
   type CheckoutSession,
   createBillingClient,
+  createUsageReporter,
   type Invitation,
   type InvitationAnswer,
   type InvitationList,
@@ -24,7 +25,7 @@ import {
   type OwnershipTransferred,
   type Wallet,
 } from '../../client/mod.ts';
-import { adminToken, api, must, newUser, supabaseUrl, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, env, must, newUser, supabaseUrl, testDb, userToken } from '../helpers.ts';
 import { key, person } from '../orgs.ts';
 import { emulator } from '../purchases.ts';
 
@@ -33,6 +34,8 @@ const billingFor = (token: string) =>
     baseDelayMs: 5,
     maxDelayMs: 20,
   });
+/** The product's server reporting usage with the service role key (a browser never does). */
+const reporter = createUsageReporter(createClient(supabaseUrl, 'anon-key'), env('SUPABASE_SERVICE_ROLE_KEY'));
 
 // ------------------------------------------------------------------ the contract's shapes
 
@@ -232,7 +235,9 @@ Deno.test('each organisation method of the client answers what its contract type
   assert.ok(refused.error instanceof BillingError);
 
   // The organisation pays after the student's own credits (org_pays_first: false); she has none.
-  const charged = await must(student.recordUsage({ model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 }));
+  const charged = await must(
+    reporter.recordUsage({ user_id: ada.id, model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 }),
+  );
   const { items: members } = await must(admin.members(org.id));
   members.forEach((m, i) => {
     assertShape(m, MemberShape, `members[${i}]`);

@@ -94,6 +94,7 @@ import {
   type Balance,
   type BillingResult,
   createBillingClient,
+  createUsageReporter,
   type ErrorCode,
   type Page,
   type OrgUsageRow,
@@ -103,9 +104,18 @@ import {
 const supabase = createClient('http://127.0.0.1:54321', 'anon-key');
 const billing = createBillingClient(supabase, { maxAttempts: 3 });
 export const balance: Promise<BillingResult<Balance>> = billing.balance();
-const usage: UsageRequest = { model: 'gpt-4o-mini', input_tokens: 1200, output_tokens: 300 };
+// The product's server reports usage with its server key, naming the user who spent.
+const server = createUsageReporter(supabase, 'slk_' + '0'.repeat(48), { maxAttempts: 3 });
+const usage: UsageRequest = {
+  user_id: '00000000-0000-4000-8000-000000000001',
+  model: 'gpt-4o-mini',
+  input_tokens: 1200,
+  output_tokens: 300,
+};
+// @ts-expect-error a browser never reports usage: the billing client has no recordUsage
+export const fromBrowser = () => billing.recordUsage(usage);
 export async function spend(): Promise<string> {
-  const { data, error } = await billing.recordUsage(usage);
+  const { data, error } = await server.recordUsage(usage);
   if (error) {
     // The code narrows details to what docs/api.md documents for it.
     if (error.code === 'INSUFFICIENT_CREDITS') return error.details?.required ?? '';

@@ -3,7 +3,7 @@
 // the backoff's bounds, typed errors, optimistic temp ids, and watchJob's pacing and abort.
 import assert from 'node:assert/strict';
 import { createClient } from '@supabase/supabase-js';
-import { BillingError, createBillingClient, type RetryOptions } from '../../client/mod.ts';
+import { BillingError, createBillingClient, createUsageReporter, type RetryOptions } from '../../client/mod.ts';
 import { backoffMs } from '../../client/retry.ts';
 
 type Seen = { method: string; path: string; key: string | null; auth: string | null; body: string };
@@ -39,13 +39,19 @@ const success = (data: unknown) => ({ data, metadata: { requestId: 'req-ok-1234'
 const charge = { transfer_id: '1', charged: '0.5', balance: '9.5', available: '9.5', rate_card_version: 1 };
 const fast = { baseDelayMs: 5, maxDelayMs: 20 };
 
-function client(base: string, opts: RetryOptions = fast, fetchImpl?: typeof fetch) {
-  const supabase = createClient(base, 'anon-key', {
+function supabaseAt(base: string, fetchImpl?: typeof fetch) {
+  return createClient(base, 'anon-key', {
     accessToken: () => Promise.resolve('user-token'),
     global: fetchImpl ? { fetch: fetchImpl } : {},
   });
-  return createBillingClient(supabase, opts);
 }
+const client = (base: string, opts: RetryOptions = fast, fetchImpl?: typeof fetch) =>
+  createBillingClient(supabaseAt(base, fetchImpl), opts);
+/** The product's server reporting usage with a server key, over the same supabase-js client. */
+const reporter = (base: string, opts: RetryOptions = fast, fetchImpl?: typeof fetch) =>
+  createUsageReporter(supabaseAt(base, fetchImpl), serverKey, opts);
+const serverKey = `slk_${'0'.repeat(48)}`;
+const user_id = '00000000-0000-4000-8000-000000000001';
 
 Deno.test('a retryable 503 and a 409 IDEMPOTENCY_KEY_IN_USE are retried with the same key, then succeed', async () => {
   const s = failingServer([
@@ -54,12 +60,13 @@ Deno.test('a retryable 503 and a 409 IDEMPOTENCY_KEY_IN_USE are retried with the
     { status: 201, body: success(charge) },
   ]);
   try {
-    const result = await client(s.base).recordUsage({ model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
+    const result = await reporter(s.base).recordUsage({ user_id, model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
     assert.deepEqual(result, { data: charge, error: null });
     assert.equal(s.seen.length, 3);
     assert.equal(new Set(s.seen.map((r) => r.key)).size, 1, 'one key for every attempt');
     assert.match(s.seen[0].key ?? '', /^[0-9a-f-]{36}$/);
-    assert.equal(s.seen[0].auth, 'Bearer user-token', "the user's token travels as supabase-js sends it");
+    assert.equal(s.seen[0].auth, `Bearer ${serverKey}`, "the server key, never the user's token");
+    assert.equal(JSON.parse(s.seen[0].body).user_id, user_id, 'naming the user who spent');
     assert.equal(s.seen[0].path, '/functions/v1/credits/usage');
   } finally {
     await s.close();
@@ -69,7 +76,8 @@ Deno.test('a retryable 503 and a 409 IDEMPOTENCY_KEY_IN_USE are retried with the
 Deno.test('a non-retryable error is answered at once as `{ data: null, error }`, never thrown', async () => {
   const s = failingServer([{ status: 400, body: envelope('VALIDATION_FAILED', false) }]);
   try {
-    const { data, error: err } = await client(s.base).recordUsage({
+    const { data, error: err } = await reporter(s.base).recordUsage({
+      user_id,
       model: 'gpt-4o',
       input_tokens: -1,
       output_tokens: 1,
@@ -95,7 +103,8 @@ Deno.test('a network error is retried with the same key; attempts stop at maxAtt
     return calls === 1 ? Promise.reject(new TypeError('connection reset')) : fetch(input, init);
   };
   try {
-    const { error } = await client(s.base, fast, flaky).recordUsage({
+    const { error } = await reporter(s.base, fast, flaky).recordUsage({
+      user_id,
       model: 'gpt-4o',
       input_tokens: 1,
       output_tokens: 1,
@@ -113,6 +122,8 @@ Deno.test('a network error is retried with the same key; attempts stop at maxAtt
     assert.equal(err?.code, 'DATABASE_UNAVAILABLE');
     assert.equal(down.seen.length, 3);
     assert.equal(down.seen[0].key, null, 'reads carry no Idempotency-Key');
+    assert.equal(down.seen[0].auth, 'Bearer user-token', "the user's token travels as supabase-js sends it");
+    assert.ok(!('recordUsage' in client(down.base)), 'a browser never reports usage');
   } finally {
     await down.close();
   }
@@ -121,9 +132,9 @@ Deno.test('a network error is retried with the same key; attempts stop at maxAtt
 Deno.test('two logical operations get two keys', async () => {
   const s = failingServer([{ status: 201, body: success(charge) }]);
   try {
-    const c = client(s.base);
-    await c.recordUsage({ model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
-    await c.recordUsage({ model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
+    const c = reporter(s.base);
+    await c.recordUsage({ user_id, model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
+    await c.recordUsage({ user_id, model: 'gpt-4o', input_tokens: 1, output_tokens: 1 });
     assert.notEqual(s.seen[0].key, s.seen[1].key);
   } finally {
     await s.close();

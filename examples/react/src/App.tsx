@@ -1,6 +1,8 @@
 // Sign in with supabase-js, then: the balance (the credits function, through the package),
 // the balance and ledger read straight from the billing_api views (RLS shows only the user's
-// own rows), buying a package through Checkout, and recording usage.
+// own rows), buying a package through Checkout, and spending credits on a call through the
+// metered AI gateway (a browser never reports usage: the gateway charges what the provider
+// reported; a product's own server reports other usage with a server key).
 import type { Session } from '@supabase/supabase-js';
 import type { ApiError, Balance, CreditPackage } from '@scholarlink/billing-client';
 import { type FormEvent, useCallback, useEffect, useState } from 'react';
@@ -91,8 +93,11 @@ function Wallet({ email }: { email: string }) {
     if (error) return setError(describe(error));
     if (data.url) location.assign(data.url);
   }
-  async function useCredits() {
-    const { error } = await billing.recordUsage({ model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 500 });
+  async function askAi() {
+    // OpenAI's Chat Completions shape; the student's own token is the API key (supabase-js sends it).
+    const { error } = await supabase.functions.invoke('ai/v1/chat/completions', {
+      body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Give me one tip for my essay.' }] },
+    });
     if (error) return setError(describe(error));
     await refresh();
   }
@@ -112,7 +117,7 @@ function Wallet({ email }: { email: string }) {
         <p>
           From the <code>billing_api.balance</code> view: <span id='view-available'>{viewBalance ?? '…'}</span>
         </p>
-        <button id='use-credits' type='button' onClick={useCredits}>Use credits (1,000 + 500 tokens)</button>
+        <button id='ask-ai' type='button' onClick={askAi}>Ask the AI (metered by the gateway)</button>
       </section>
       <section>
         <h2>Buy credits</h2>
