@@ -3,7 +3,7 @@
 // excluded), latency per route and the ledger's invariants after the run.
 //   ./scripts/load [--rate 200] [--seconds 60]      (tests/reliability runs a short version)
 import { parseArgs } from 'node:util';
-import { api, assertLedgerInvariants, newUser, testDb, userToken } from '../tests/helpers.ts';
+import { api, assertLedgerInvariants, newUser, reportUsage, testDb, userToken } from '../tests/helpers.ts';
 import { deliver, emulator, startCheckout } from '../tests/purchases.ts';
 
 export interface LoadResult {
@@ -49,9 +49,12 @@ export async function mixedLoad(rate: number, seconds: number, log = (_: string)
         case 'balance':
           status = (await api('/credits/balance', { token: token() })).status;
           break;
-        case 'usage':
-          status =
-            (await post('/credits/usage', { model: 'gpt-4o-mini', input_tokens: 100, output_tokens: 10 })).status;
+        case 'usage': // reported by the product's server for a user (the service role, naming them)
+          status = (await reportUsage('/credits/usage', {
+            token: token(),
+            headers: { 'idempotency-key': crypto.randomUUID() },
+            body: { model: 'gpt-4o-mini', input_tokens: 100, output_tokens: 10 },
+          })).status;
           break;
         case 'job':
           status = (await post('/jobs', { type: 'ledger_export', input: {} })).status;

@@ -1,15 +1,18 @@
--- wrk script for bench/request-path.ts: rotates pre-signed user tokens and, for POST
--- /credits/usage, sends a fresh Idempotency-Key with every request (a replay would skip the
--- debit and flatter the figures). Prints one JSON line when the run ends.
---   wrk -t2 -c16 -d10s -s bench/request-path.lua URL -- <usage|balance|plain> <tokens file|-> <run id>
--- The tokens file holds one token per line; a file of one line is the one-account case.
+-- wrk script for bench/request-path.ts: rotates pre-signed user tokens (balance) or, for POST
+-- /credits/usage, the user ids a server reports usage for, with the service role key from
+-- SUPABASE_SERVICE_ROLE_KEY (a user token is refused there) and a fresh Idempotency-Key with
+-- every request (a replay would skip the debit and flatter the figures). Prints one JSON line
+-- when the run ends.
+--   wrk -t2 -c16 -d10s -s bench/request-path.lua URL -- <usage|balance|plain> <tokens or user ids file|-> <run id>
+-- The file holds one token (balance) or user id (usage) per line; one line is the one-account case.
 
 local mode, tokens_file, run_id = "plain", nil, "run"
 local tokens = {}
 local threads = {}
 local next_thread = 0
 
-local usage_body = '{"model":"gpt-4o-mini","input_tokens":100,"output_tokens":10}'
+local usage_fields = '"model":"gpt-4o-mini","input_tokens":100,"output_tokens":10'
+local server_key = os.getenv("SUPABASE_SERVICE_ROLE_KEY")
 
 local function read_tokens(path)
   local list = {}
@@ -36,6 +39,7 @@ function init(args)
   run_id = args[3] or "run"
   thread_id = wrk.thread:get("thread_id") or 0
   if tokens_file and tokens_file ~= "-" then tokens = read_tokens(tokens_file) end
+  if mode == "usage" and not server_key then error("usage needs SUPABASE_SERVICE_ROLE_KEY") end
   -- Threads start on different tokens so two threads do not walk the list in step.
   counter = (thread_id - 1) * 7919
 end
@@ -48,11 +52,12 @@ function request()
   if mode == "balance" then
     return wrk.format("GET", nil, { ["authorization"] = "Bearer " .. token })
   end
+  -- usage: `token` is the user id the server reports for
   return wrk.format("POST", nil, {
-    ["authorization"] = "Bearer " .. token,
+    ["authorization"] = "Bearer " .. server_key,
     ["content-type"] = "application/json",
     ["idempotency-key"] = run_id .. "-" .. thread_id .. "-" .. requests_made,
-  }, usage_body)
+  }, '{"user_id":"' .. token .. '",' .. usage_fields .. '}')
 end
 
 -- Runs in the main Lua state after the run: latency percentiles are in microseconds.

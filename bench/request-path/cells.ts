@@ -3,7 +3,7 @@
 import postgres from 'postgres';
 import type { Fixtures } from './fixtures.ts';
 import type { Servers } from './servers.ts';
-import { connections, runId, spreadAccounts } from './settings.ts';
+import { connections, env, runId, spreadAccounts } from './settings.ts';
 
 /** wrk's figures for one run (bench/request-path.lua prints them as JSON). */
 export type Wrk = {
@@ -34,6 +34,8 @@ export async function wrk(url: string, args: string[], secs: number): Promise<Wr
       '--',
       ...args,
     ],
+    // request-path.lua reports usage as the server does, with the service role key.
+    env: { SUPABASE_SERVICE_ROLE_KEY: env('SUPABASE_SERVICE_ROLE_KEY') },
     stdout: 'piped',
     stderr: 'piped',
   }).output();
@@ -55,7 +57,7 @@ export interface Cell {
 
 /** The cells, hello-world first (every ratio is against it). */
 export function cellsFor(
-  { functions, helloPort, hello, gateway, spreadTokens, hotTokens }: Servers,
+  { functions, helloPort, hello, gateway, spreadTokens, spreadUserIds, hotUserIds }: Servers,
   f: Fixtures,
 ): Cell[] {
   const { hotUser, spreadUsers } = f;
@@ -71,14 +73,14 @@ export function cellsFor(
     {
       name: `POST /credits/usage (${spreadAccounts} accounts)`,
       url: `${functions}/credits/usage`,
-      args: ['usage', spreadTokens],
+      args: ['usage', spreadUserIds], // reported by the server (service role) for each user
       pid: gateway.pid,
       usage: true,
     },
     {
       name: 'POST /credits/usage (one account)',
       url: `${functions}/credits/usage`,
-      args: ['usage', hotTokens],
+      args: ['usage', hotUserIds],
       pid: gateway.pid,
       usage: true,
     },

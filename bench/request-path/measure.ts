@@ -5,7 +5,7 @@ import { sqlLoop, wrk } from './cells.ts';
 import type { Fixtures } from './fixtures.ts';
 import { cpuOf, cpuSeconds, machineTicks } from './procfs.ts';
 import type { Servers } from './servers.ts';
-import { only, rounds, runId, seconds, warmupSeconds } from './settings.ts';
+import { env, only, rounds, runId, seconds, warmupSeconds } from './settings.ts';
 
 export interface Measured {
   rps: number;
@@ -60,18 +60,19 @@ export async function measure(cell: Cell, tag: string, f: Fixtures, usage: Usage
 }
 
 /** The probe (every limiter layer answered), then the rounds: `results[i]` holds cell i's runs. */
-export async function runRounds(cells: Cell[], { functions, hotTokens }: Servers, f: Fixtures) {
+export async function runRounds(cells: Cell[], { functions }: Servers, f: Fixtures) {
   const usage: UsageCount = { answered: 0, runs: 0 };
   const results: Measured[][] = cells.map(() => []);
   // Every limiter layer ran: the answer carries the tightest layer's headers.
+  // Usage is reported by the server (the service role key), naming the user.
   const probe = await fetch(`${functions}/credits/usage`, {
     method: 'POST',
     headers: {
-      authorization: `Bearer ${(await Deno.readTextFile(hotTokens)).trim()}`,
+      authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}`,
       'idempotency-key': `${runId}-probe`,
       'content-type': 'application/json',
     },
-    body: '{"model":"gpt-4o-mini","input_tokens":100,"output_tokens":10}',
+    body: JSON.stringify({ user_id: f.hotUser, model: 'gpt-4o-mini', input_tokens: 100, output_tokens: 10 }),
   });
   await probe.body?.cancel();
   if (probe.status !== 201 || !probe.headers.get('x-ratelimit-limit')) {

@@ -1,5 +1,6 @@
 // Step 2: the servers under load: a hello-world Deno.serve (the ceiling) and a gateway process of
-// its own with every limiter layer on, and a token file per load shape.
+// its own with every limiter layer on, and a token file (balance) and a user id file (usage, which
+// the server reports for a user) per load shape.
 import { importJWK, SignJWT } from 'jose';
 import type { Fixtures } from './fixtures.ts';
 import { delayingProxy, freePort, waitFor } from './net.ts';
@@ -23,6 +24,10 @@ export async function startServers({ functionsDbUrl, hotUser, spreadUsers }: Fix
   const hotTokens = `${tmp}/hot.tokens`;
   await Deno.writeTextFile(spreadTokens, (await Promise.all(spreadUsers.map(tokenFor))).join('\n') + '\n');
   await Deno.writeTextFile(hotTokens, (await tokenFor(hotUser)) + '\n');
+  const spreadUserIds = `${tmp}/spread.users`;
+  const hotUserIds = `${tmp}/hot.users`;
+  await Deno.writeTextFile(spreadUserIds, spreadUsers.join('\n') + '\n');
+  await Deno.writeTextFile(hotUserIds, hotUser + '\n');
   const hello = new Deno.Command(Deno.execPath(), {
     args: ['run', '-A', 'bench/hello-server.ts'],
     env: { HELLO_PORT: String(helloPort) },
@@ -67,6 +72,6 @@ export async function startServers({ functionsDbUrl, hotUser, spreadUsers }: Fix
     await stop();
     throw e;
   }
-  return { functions, helloPort, hello, gateway, spreadTokens, hotTokens, stop };
+  return { functions, helloPort, hello, gateway, spreadTokens, hotTokens, spreadUserIds, hotUserIds, stop };
 }
 export type Servers = Awaited<ReturnType<typeof startServers>>;
