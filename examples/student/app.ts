@@ -20,6 +20,7 @@ import { jobPrice, money, type RateCard, roundedCredits } from './credits.ts';
 import { bonusText, got, packageName, studentMessage } from './messages.ts';
 import { invitationNotice, invitationToken, showOrgs } from './orgs.ts';
 import { showUsage } from './usage.ts';
+import { askStreaming } from './ask.ts';
 import { buyGift, giftText, wireRedeem } from './codes.ts';
 import { followPlan, showPlans } from './plans.ts';
 
@@ -47,6 +48,38 @@ async function signedInClient(): Promise<SupabaseClient | null> {
   return data.session ? auth : null;
 }
 
+/** The student's access token, for the AI gateway (its API key): a pasted one, else the session's. */
+async function accessToken(): Promise<string | null> {
+  return store.getItem('token') ?? (await auth.auth.getSession()).data.session?.access_token ?? null;
+}
+
+/** The ask box: the hold while the answer streams, then the exact charge; the balance after. */
+function wireAsk(billing: BillingClient) {
+  $('ask').onclick = async () => {
+    const token = await accessToken();
+    if (!token) return;
+    const status = $('ask-status'), answer = $('ask-answer');
+    $<HTMLButtonElement>('ask').disabled = true;
+    answer.textContent = '';
+    status.textContent = 'Asking…';
+    try {
+      await askStreaming(api, token, $<HTMLTextAreaElement>('ask-prompt').value, {
+        held: (credits) => status.textContent = `Holding up to ${roundedCredits(credits)} credits while it answers…`,
+        text: (more) => answer.textContent += more,
+        charged: (credits, t) =>
+          status.textContent =
+            `Charged ${credits} credits (${t.input} tokens in, ${t.output} out); the rest was released.`,
+      });
+      await refreshBalance(billing);
+      await refreshLedger(billing);
+    } catch (err) {
+      status.textContent = err instanceof Error ? err.message : 'The AI could not answer.';
+    } finally {
+      $<HTMLButtonElement>('ask').disabled = false;
+    }
+  };
+}
+
 /** The AI job's model and answer length: what the page asks for and prices. */
 const job = { model: 'gpt-4o-mini', maxTokens: 256 };
 
@@ -57,7 +90,7 @@ const entryWords: Record<string, string> = {
   adjustment: 'Added by support',
   usage: 'AI usage',
   debit: 'Charge',
-  hold_capture: 'AI job charged',
+  hold_capture: 'AI answer charged',
   refund_reversal: 'Refunded payment taken back',
   dispute_reversal: 'Disputed payment taken back',
   expiry: 'Credits expired',
@@ -488,6 +521,7 @@ async function main() {
   $('app').hidden = false;
   $('sign-out').hidden = false;
   wireJobs(billing);
+  wireAsk(billing);
   wireCaps(billing);
   wireAutoRecharge(billing);
   wireRedeem(billing, (text) => show('notice', text), fail, () => loadAll(billing, supabase));

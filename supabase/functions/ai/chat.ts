@@ -117,7 +117,7 @@ export async function chatCompletion(c: AppContext, req: ChatRequest): Promise<R
   });
   if (begun.state === 'replay') return replay(begun.call, req);
 
-  const call = { id: begun.call_id, prompt, keep: callerKey !== null, req };
+  const call = { id: begun.call_id, held: begun.held, prompt, keep: callerKey !== null, req };
   const upstream = new AbortController();
   const deadline = setTimeout(() => upstream.abort('deadline'), env.AI_CALL_MAX_SECONDS * 1000);
   const firstByte = setTimeout(() => upstream.abort('timeout'), env.AI_TIMEOUT_MS);
@@ -152,7 +152,7 @@ async function failed(callId: string, status: number | 'timeout' | 'unreachable'
   return error;
 }
 
-type Call = { id: string; prompt: number; keep: boolean; req: ChatRequest };
+type Call = { id: string; held: string; prompt: number; keep: boolean; req: ChatRequest };
 
 const withCost = (usage: unknown, charged: string) => ({ ...(usage as Record<string, unknown>), cost: charged });
 
@@ -356,5 +356,5 @@ function relay(
       upstream.abort('client');
     },
   });
-  return new Response(body, { headers: { ...sseHeaders, 'x-ai-call-id': call.id } });
+  return new Response(body, { headers: { ...sseHeaders, 'x-ai-call-id': call.id, 'x-credits-held': call.held } });
 }

@@ -91,7 +91,15 @@ export function createApp(
     // Every method a route answers, read from the routes themselves when a browser asks, so a
     // route added later (PATCH /orgs/:id was once refused by browsers) is never left out.
     allowMethods: () => (methods ??= routeMethods(app)),
-    exposeHeaders: ['X-Request-ID', 'Idempotent-Replayed', 'Retry-After', 'Location'],
+    exposeHeaders: [
+      'X-Request-ID',
+      'Idempotent-Replayed',
+      'Retry-After',
+      'Location',
+      'X-Credits-Held',
+      'X-Credits-Charged',
+      'X-AI-Call-Id',
+    ],
     maxAge: 600,
   });
   // CORS headers are for browsers, which send Origin on every cross-origin request. For the
