@@ -68,3 +68,17 @@ export async function drive<T>(items: T[], connections: number, op: (item: T) =>
   const q = (p: number) => latencies[Math.floor(p * (latencies.length - 1))];
   return { rate: items.length / wall, p50: q(0.5), p95: q(0.95), p99: q(0.99) };
 }
+
+/** CPU seconds the cluster has used: the postmaster, its live children, and its exited children. */
+export async function clusterCpu(postmaster: number): Promise<number> {
+  const hz = 100; // USER_HZ on Linux
+  const stat = async (pid: number) => (await Deno.readTextFile(`/proc/${pid}/stat`)).split(') ')[1].split(' ');
+  const own = await stat(postmaster); // fields from state (index 0): utime 11, stime 12, cutime 13, cstime 14
+  let ticks = Number(own[11]) + Number(own[12]) + Number(own[13]) + Number(own[14]);
+  const children = (await Deno.readTextFile(`/proc/${postmaster}/task/${postmaster}/children`)).trim().split(/\s+/);
+  for (const pid of children.filter(Boolean)) {
+    const s = await stat(Number(pid)).catch(() => null);
+    if (s) ticks += Number(s[11]) + Number(s[12]);
+  }
+  return ticks / hz;
+}

@@ -13,7 +13,7 @@
 //   BENCH_SECONDS (5) per cell, BENCH_ROUNDS (3)
 import postgres from 'postgres';
 import { fixtures } from './fixtures.ts';
-import { fmt, median, printer } from './lib.ts';
+import { clusterCpu, fmt, median, printer } from './lib.ts';
 
 const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 const rounds = Number(Deno.env.get('BENCH_ROUNDS') ?? 3);
@@ -66,19 +66,6 @@ select billing.run_money_request(u.id, 'credits.usage', gen_random_uuid()::text,
 `;
 }
 
-/** CPU seconds the cluster has used: the postmaster, its live children, and its exited children. */
-async function clusterCpu(postmaster: number): Promise<number> {
-  const hz = 100; // USER_HZ on Linux
-  const stat = async (pid: number) => (await Deno.readTextFile(`/proc/${pid}/stat`)).split(') ')[1].split(' ');
-  const own = await stat(postmaster); // fields from state (index 0): utime 11, stime 12, cutime 13, cstime 14
-  let ticks = Number(own[11]) + Number(own[12]) + Number(own[13]) + Number(own[14]);
-  const children = (await Deno.readTextFile(`/proc/${postmaster}/task/${postmaster}/children`)).trim().split(/\s+/);
-  for (const pid of children.filter(Boolean)) {
-    const s = await stat(Number(pid)).catch(() => null);
-    if (s) ticks += Number(s[11]) + Number(s[12]);
-  }
-  return ticks / hz;
-}
 const [{ pid: backend }] = await admin`select pg_backend_pid() as pid`;
 const postmaster = Number((await Deno.readTextFile(`/proc/${backend}/stat`)).split(') ')[1].split(' ')[1]);
 

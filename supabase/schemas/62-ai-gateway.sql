@@ -71,31 +71,66 @@ grant select on table billing.server_keys to service_role;
 
 -- ============================================================ who may call which model
 
--- The models `p_user` may call: their active plan's list, else the default list, else (no
--- list at all) every model with a rate card in effect. A member of a school calls under their
--- own plan: the allowlist follows the student, the wallet only pays.
+-- Which list decides for `p_user`: their active plan's if it has one, else the default list if
+-- there is one (list_plan null), else none (every model with a rate card in effect). A member of
+-- a school calls under their own plan: the allowlist follows the student, the wallet only pays.
+create or replace function billing.model_list_of(p_user uuid, out has_list boolean, out list_plan text, out user_plan text)
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  select s.plan_id into user_plan from billing.subscriptions s
+  where s.user_id = p_user and s.status in ('active', 'trialing', 'past_due')
+  order by s.current_period_end desc nulls last limit 1;
+  if user_plan is not null and exists (select 1 from billing.model_access m where m.plan_id = user_plan) then
+    has_list := true;
+    list_plan := user_plan;
+  else
+    has_list := exists (select 1 from billing.model_access m where m.plan_id is null);
+  end if;
+end;
+$$;
+comment on function billing.model_list_of(p_user uuid, out has_list boolean, out list_plan text, out user_plan text) is 'Internal: which model list decides for a user (their plan''s, the default, or none: every priced model).';
+revoke execute on function billing.model_list_of(p_user uuid, out has_list boolean, out list_plan text, out user_plan text) from public;
+
+-- The models `p_user` may call (GET /ai/v1/models).
 create or replace function billing.allowed_models(p_user uuid)
 returns table (model text, plan_id text)
 language plpgsql stable
 set search_path = ''
 as $$
 declare
-  v_plan text;
+  v record;
 begin
-  select s.plan_id into v_plan from billing.subscriptions s
-  where s.user_id = p_user and s.status in ('active', 'trialing', 'past_due')
-  order by s.current_period_end desc nulls last limit 1;
-  if v_plan is not null and exists (select 1 from billing.model_access m where m.plan_id = v_plan) then
-    return query select m.model, v_plan from billing.model_access m where m.plan_id = v_plan;
-  elsif exists (select 1 from billing.model_access m where m.plan_id is null) then
-    return query select m.model, v_plan from billing.model_access m where m.plan_id is null;
+  select * into v from billing.model_list_of(p_user) x;
+  if v.has_list then
+    return query select m.model, v.user_plan from billing.model_access m where m.plan_id is not distinct from v.list_plan;
   else
-    return query select distinct r.model, v_plan from billing.rate_cards r where r.effective_from <= now();
+    return query select distinct r.model, v.user_plan from billing.rate_cards r where r.effective_from <= now();
   end if;
 end;
 $$;
 comment on function billing.allowed_models(p_user uuid) is 'Internal: the models a user may call (their plan''s list, else the default list, else every priced model).';
 revoke execute on function billing.allowed_models(p_user uuid) from public;
+
+-- Whether `p_user` may call `p_model`: the same rule, by index lookups (the gateway's hot path).
+create or replace function billing.model_allowed(p_user uuid, p_model text) returns boolean
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v record;
+begin
+  select * into v from billing.model_list_of(p_user) x;
+  if v.has_list then
+    return exists (select 1 from billing.model_access m
+                   where (m.plan_id = v.list_plan or (v.list_plan is null and m.plan_id is null)) and m.model = p_model);
+  end if;
+  return exists (select 1 from billing.rate_cards r where r.model = p_model and r.effective_from <= now());
+end;
+$$;
+comment on function billing.model_allowed(p_user uuid, p_model text) is 'Internal: whether a user may call a model (the rule of model_list_of).';
+revoke execute on function billing.model_allowed(p_user uuid, p_model text) from public;
 
 -- GET /ai/v1/models: each model the caller may call, with its current price per unit of each
 -- kind (credits, exact). Works whatever the balance: a student over budget still sees the list.
@@ -176,11 +211,21 @@ create or replace function billing.ai_hold_amount(p_model text, p_input bigint, 
 language plpgsql stable
 set search_path = ''
 as $$
+declare
+  v_amount numeric;
 begin
-  return greatest((billing.price_usage(p_model, p_input, p_output)).amount,
-    (billing.price_usage(p_model, 0, p_output, p_input, 0)).amount,
-    (billing.price_usage(p_model, p_input, 0, 0, p_output)).amount,
-    (billing.price_usage(p_model, 0, 0, p_input, p_output)).amount);
+  -- The kinds are priced independently, so the dearest of the four ways is the dearer input
+  -- price times the input plus the dearer output price times the output (one card read).
+  select round(greatest(r.credits_per_input_token, r.credits_per_cached_input_token) * p_input
+    + greatest(r.credits_per_output_token, r.credits_per_reasoning_token) * p_output, 18)
+  into v_amount
+  from billing.rate_cards r
+  where r.model = p_model and r.effective_from <= now()
+  order by r.effective_from desc, r.version desc limit 1;
+  if v_amount is null then
+    perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
+  end if;
+  return v_amount;
 end;
 $$;
 comment on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint) is 'The dearest price p_input prompt and p_output answer tokens can be billed at (input as cached or not, output as reasoning or not).';
@@ -198,10 +243,10 @@ $$;
 comment on function billing.ai_call_json(c billing.ai_calls) is 'Internal: a call as the gateway reads it back.';
 revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
 
--- Before the provider is called. Answers a row, never raises for the caller's request (its
--- values stay out of the Postgres log): {state: 'held', call_id, hold_id, held} to go ahead,
+-- Before the provider is called: {state: 'held', call_id, hold_id, held} to go ahead,
 -- {state: 'replay', call} for a key already answered, {state: 'in_flight'} while the first
--- attempt runs, {state: 'refused', token, detail} otherwise (nothing held, nothing kept).
+-- attempt runs, {state: 'refused', token, detail} for the caller's standing, the model or a
+-- reused key; a hold the balance or a cap refuses raises (402), keeping nothing.
 create or replace function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint,
   p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer)
 returns jsonb
@@ -214,11 +259,15 @@ declare
   v_refusal jsonb := billing.standing_refusal(p_user);
   v_amount numeric;
   v_hold billing.hold_result;
-  v_token text;
-  v_detail text;
 begin
   if v_refusal is not null then
     return v_refusal || jsonb_build_object('state', 'refused');
+  end if;
+  if not billing.model_allowed(p_user, p_model) then
+    return jsonb_build_object('state', 'refused',
+      'token', case when exists (select 1 from billing.rate_cards r where r.model = p_model and r.effective_from <= now())
+                    then 'MODEL_NOT_ALLOWED' else 'UNKNOWN_MODEL' end,
+      'detail', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
   end if;
   -- A concurrent duplicate waits here for the first attempt's claim, then reads it.
   insert into billing.ai_calls (user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens)
@@ -234,30 +283,18 @@ begin
     return case when v_call.status = 'held' then jsonb_build_object('state', 'in_flight')
                 else jsonb_build_object('state', 'replay', 'call', billing.ai_call_json(v_call)) end;
   end if;
-
-  if not exists (select 1 from billing.allowed_models(p_user) a where a.model = p_model) then
-    update billing.ai_calls c set status = 'failed', failure = 'MODEL_NOT_ALLOWED', finished_at = now() where c.id = v_call.id;
-    return jsonb_build_object('state', 'refused',
-      'token', case when exists (select 1 from billing.rate_cards r where r.model = p_model and r.effective_from <= now())
-                    then 'MODEL_NOT_ALLOWED' else 'UNKNOWN_MODEL' end,
-      'detail', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
-  end if;
-  begin
-    v_amount := billing.ai_hold_amount(p_model, p_prompt_tokens, p_max_output_tokens);
-    -- Caps (per model too), school wallets, allowances and pools apply as to any hold.
-    v_hold := billing.reserve_hold(p_user, v_amount, 'ai:' || v_call.id, p_ttl_seconds, 'ai', 'ai:' || v_call.id,
-      jsonb_build_object('model', p_model, 'ai_call_id', v_call.id));
-  exception when sqlstate 'P0001' then
-    get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
-    update billing.ai_calls c set status = 'failed', failure = v_token, finished_at = now() where c.id = v_call.id;
-    return jsonb_build_object('state', 'refused', 'token', v_token, 'detail', v_detail::jsonb);
-  end;
+  v_amount := billing.ai_hold_amount(p_model, p_prompt_tokens, p_max_output_tokens);
+  -- Caps (per model too), school wallets, allowances and pools apply as to any hold. A refusal
+  -- (402) raises: the claim above goes with it, so nothing is held or kept and the key is free.
+  -- Only amounts and the model reach the error's detail, never the caller's text.
+  v_hold := billing.reserve_hold(p_user, v_amount, 'ai:' || v_call.id, p_ttl_seconds, 'ai', 'ai:' || v_call.id,
+    jsonb_build_object('model', p_model, 'ai_call_id', v_call.id));
   update billing.ai_calls c set hold_id = v_hold.hold_id where c.id = v_call.id;
   return jsonb_build_object('state', 'held', 'call_id', v_call.id, 'hold_id', v_hold.hold_id,
     'held', trim_scale(v_amount)::text);
 end;
 $$;
-comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) is 'Gateway: claims the call''s key, checks the model is allowed, and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay, in_flight or refused).';
+comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) is 'Gateway: checks the model is allowed, claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay, in_flight or refused), or raises the hold''s refusal (402) with nothing kept.';
 revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) from public, anon, authenticated;
 grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) to service_role;
 
@@ -304,12 +341,12 @@ begin
     'cached_input_tokens', coalesce((p_usage ->> 'cached_input_tokens')::bigint, 0),
     'reasoning_tokens', coalesce((p_usage ->> 'reasoning_tokens')::bigint, 0))
     || case when p_failed then jsonb_build_object('failed', true, 'failed_by', 'gateway') else '{}'::jsonb end;
-  if v_price.amount > 0 and v_hold.status = 'active' then
+  if v_price.amount > 0 and v_hold.status = 'active' and v_hold.expires_at > now() then
     v_capture := least(v_price.amount, v_hold.amount);
     v_after := billing.capture_hold(null, v_hold.id, v_capture, 'ai:' || v_call.id,
       v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version));
     v_transfer := v_after.transfer_id;
-  elsif v_hold.status = 'active' then
+  elsif v_hold.status = 'active' and v_hold.expires_at > now() then
     perform billing.release_hold(null, v_hold.id);
   end if;
   if v_price.amount > v_capture then

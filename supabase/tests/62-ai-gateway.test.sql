@@ -1,7 +1,7 @@
 -- The AI gateway's SQL: who may call it, the hold of the dearest price, capture of exactly what
 -- the provider reported, failures that charge nothing, the allowlist, server keys.
 begin;
-select plan(24);
+select plan(25);
 \ir helpers.psql
 
 insert into auth.users (id) values ('a1a1a1a1-0000-4000-8000-000000000001'), ('b2b2b2b2-0000-4000-8000-000000000002');
@@ -38,8 +38,10 @@ select is(billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o'
   'in_flight', 'the same key while it runs is in flight');
 select is(billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o', 1000, 500, 'call-1', 'other', 600) ->> 'token',
   'IDEMPOTENCY_KEY_REUSED', 'the same key with another request is refused');
-select is(billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o', 1000, 2000, 'call-2', 'h2', 600) ->> 'token',
+select is(pg_temp.err($$select billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o', 1000, 2000, 'call-2', 'h2', 600)$$),
   'INSUFFICIENT_CREDITS', 'a second call the rest cannot cover is refused before the provider');
+select is((select count(*)::int from billing.ai_calls where idempotency_key = 'call-2'), 0,
+  'the refused call keeps no claim: its key is free');
 select is((select count(*)::int from billing.holds h join billing.accounts a on a.id = h.account_id
            where a.user_id = 'a1a1a1a1-0000-4000-8000-000000000001' and h.status = 'active'), 1,
   'the refused call holds nothing');
