@@ -190,6 +190,9 @@ VELOCITY_IP_AMOUNT_CENTS_PER_24_H=1000000000
 CODE_GUESSES_PER_ADDRESS_PER_HOUR=1000000
 RATE_LIMIT_STRIPE_WEBHOOK_PER_MIN=1000000
 RATE_LIMIT_NOTIFY_PER_MIN=1000000
+# Usage is reported by a server (the service role), not a user token: the per-caller usage
+# budget then keys on the address, so locally every test's usage would share one 600/min budget.
+RATE_LIMIT_CREDITS_USAGE_PER_MIN=1000000
 CRON_SECRET=$(local_secret cron-secret)
 SUPABASE_SERVICE_ROLE_KEY=$(local_secret service-role-key)
 # Hosted Supabase gives every function its project's anon key (the dashboard's password sign-in

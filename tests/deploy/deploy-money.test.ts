@@ -176,11 +176,14 @@ Deno.test({
 
       const studentId = await newUser();
       const student = await userToken(studentId);
-      /** The student spends (gpt-4o input: 50 tokens a credit), then the tick runs, as pg_cron calls it. */
+      /**
+       * The student spends (gpt-4o input: 50 tokens a credit), reported by the product's server
+       * with the service role key, then the tick runs, as pg_cron calls it.
+       */
       const spendThenTick = async (credits: number) => {
         await call('credits', '/usage', {
-          token: student,
-          body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },
+          token: env('SUPABASE_SERVICE_ROLE_KEY'),
+          body: { user_id: studentId, model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },
         });
         await tick(running.jobs.url);
       };
