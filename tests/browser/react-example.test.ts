@@ -100,7 +100,7 @@ browserTest(
       const [usage] = await testDb`
         select t.kind, e.amount::text from billing.entries e join billing.transfers t on t.id = e.transfer_id
         join billing.accounts a on a.id = e.account_id where a.user_id = ${alice.id} order by e.id desc limit 1`;
-      assert.equal(usage.kind, 'usage');
+      assert.equal(usage.kind, 'hold_capture', 'the AI gateway charges by capturing the hold it placed for the call');
       const shown = await shownEntries(page);
       assert.deepEqual(shown, await entryIds(alice.id), 'newest first, as the query orders them');
       assert.ok(!shown.some((id) => bobsEntries.includes(id)), "bob's entry is not on alice's page");
