@@ -94,8 +94,12 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
     '/admin/dashboard': { kind: 'text', path: '/admin/dashboard', token: f.admin },
     '/admin/margins': { kind: 'object', path: '/admin/margins', token: f.admin },
     '/admin/metrics': { kind: 'object', path: '/admin/metrics', token: f.admin },
+    '/admin/model-access': { kind: 'whole', path: '/admin/model-access', token: f.admin },
     '/admin/ops': { kind: 'object', path: '/admin/ops', token: f.admin },
     '/admin/reports/daily': { kind: 'object', path: `/admin/reports/daily?date=${today}`, token: f.admin },
+    '/admin/server-keys': { kind: 'whole', path: '/admin/server-keys', token: f.admin },
+    // OpenAI's own list shape ({ object: 'list', data: [...] }), for its SDKs: not our envelope.
+    '/ai/v1/models': { kind: 'text', path: '/ai/v1/models', token: f.token },
     '/checkout/packages': { kind: 'whole', path: '/checkout/packages', token: f.token },
     '/checkout/plans': { kind: 'whole', path: '/checkout/plans', token: f.token },
     '/checkout/subscription': { kind: 'object', path: '/checkout/subscription', token: f.token },
