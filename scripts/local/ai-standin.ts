@@ -8,7 +8,8 @@
 // cached=8 reasoning=12 delay=20 tag=abc`: words (answer length), cached / reasoning (tokens
 // reported as such), delay (ms between chunks), first_byte_delay (ms before the answer),
 // fail=<status> (an error answer), stop_after=<n> (the connection drops after n chunks),
-// no_usage (never reports usage), error_after_usage (an error event after the usage chunk).
+// no_usage (never reports usage), error_after_usage (an error event after the usage chunk),
+// extra_prompt=<n> (bills n more prompt tokens than the gateway can count, as another tokenizer may).
 import { encode } from 'gpt-tokenizer';
 
 const port = Number(Deno.env.get('AI_STANDIN_PORT') ?? 54332);
@@ -24,14 +25,15 @@ const text = (content: unknown): string =>
     ? content.map((p) => (p && typeof p === 'object' && 'text' in p ? String(p.text) : '')).join('')
     : '';
 
-/** OpenAI's count for chat input: each message's text and name, 4 framing tokens each, 3 to prime the answer. */
-function promptTokens(messages: Message[], tools: unknown): number {
+/** A count of chat input like OpenAI's: each message's text and name, 4 framing tokens each, 3 to prime the answer, tools and a response format's schema. */
+function promptTokens(messages: Message[], extras: unknown[]): number {
   let n = 3;
   for (const m of messages) {
     n += 4 + encode(text(m.content)).length + (m.name ? encode(m.name).length : 0);
     if (m.tool_calls) n += encode(JSON.stringify(m.tool_calls)).length;
   }
-  return tools ? n + encode(JSON.stringify(tools)).length : n;
+  for (const x of extras) if (x) n += encode(JSON.stringify(x)).length;
+  return n;
 }
 
 function directives(messages: Message[]): Record<string, string> {
@@ -77,7 +79,8 @@ async function chat(req: Request): Promise<Response> {
     outputTokens += t;
   }
   const finish = answer.length < words.length ? 'length' : 'stop';
-  const prompt = promptTokens(messages, body.tools);
+  const prompt = promptTokens(messages, [body.tools, body.tool_choice, body.response_format]) +
+    Number(d.extra_prompt ?? 0);
   const usage = {
     prompt_tokens: prompt,
     completion_tokens: outputTokens + reasoning,

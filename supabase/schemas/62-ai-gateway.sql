@@ -319,6 +319,7 @@ declare
   v_capture numeric(38, 18) := 0;
   v_overage numeric(38, 18) := 0;
   v_after billing.hold_result;
+  v_result billing.transfer_result;
   v_transfer bigint;
   v_facts jsonb;
 begin
@@ -332,33 +333,49 @@ begin
   select * into v_price from billing.price_usage(v_call.model, (p_usage ->> 'input_tokens')::bigint,
     (p_usage ->> 'output_tokens')::bigint, (p_usage ->> 'cached_input_tokens')::bigint,
     (p_usage ->> 'reasoning_tokens')::bigint);
-  -- Settled first: a hold that gave way to expired credits captures only what it still holds.
-  perform billing.settle_account(h.account_id) from billing.holds h where h.id = v_call.hold_id;
+  -- The account's lock first (as capture_hold takes it), so no dispute shrinks the hold between
+  -- reading it and capturing from it.
+  perform 1 from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = v_call.hold_id)
+  for update;
   select * into v_hold from billing.holds h where h.id = v_call.hold_id;
+  -- A hold past its TTL (a call that outlived it) is ended first, so what is available is exact;
+  -- credits that expired under a live hold are settled by capture_hold itself.
+  if v_hold.status = 'active' and v_hold.expires_at <= now() then
+    perform billing.settle_account(v_hold.account_id);
+    select * into v_hold from billing.holds h where h.id = v_call.hold_id;
+  end if;
   -- What the ledger records of the call: the model, every kind, where the counts came from.
   v_facts := jsonb_build_object('model', v_call.model, 'ai_call_id', v_call.id, 'usage_source', p_source,
     'input_tokens', (p_usage ->> 'input_tokens')::bigint, 'output_tokens', (p_usage ->> 'output_tokens')::bigint,
     'cached_input_tokens', coalesce((p_usage ->> 'cached_input_tokens')::bigint, 0),
     'reasoning_tokens', coalesce((p_usage ->> 'reasoning_tokens')::bigint, 0))
     || case when p_failed then jsonb_build_object('failed', true, 'failed_by', 'gateway') else '{}'::jsonb end;
-  if v_price.amount > 0 and v_hold.status = 'active' and v_hold.expires_at > now() then
+  if v_price.amount > 0 and v_hold.status = 'active' then
     v_capture := least(v_price.amount, v_hold.amount);
     v_after := billing.capture_hold(null, v_hold.id, v_capture, 'ai:' || v_call.id,
       v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version));
     v_transfer := v_after.transfer_id;
-  elsif v_hold.status = 'active' and v_hold.expires_at > now() then
+  elsif v_hold.status = 'active' then
     perform billing.release_hold(null, v_hold.id);
   end if;
   if v_price.amount > v_capture then
     v_overage := least(v_price.amount - v_capture,
       greatest((billing.balance_of(v_hold.account_id)).available, 0));
     if v_overage > 0 then
-      v_transfer := coalesce(v_transfer, (billing.post_user_transfer(coalesce(v_hold.member_id, v_call.user_id), -1, 'capture',
+      v_result := billing.post_user_transfer(coalesce(v_hold.member_id, v_call.user_id), -1, 'capture',
         v_overage, 'usage', 'usage_revenue', 'ai-overage:' || v_call.id, 'ai:' || v_call.id, null,
         v_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text, 'priced', trim_scale(v_price.amount)::text,
           'unbilled', trim_scale(v_price.amount - v_capture - v_overage)::text),
-        v_price.rate_card_id, p_account_id => v_hold.account_id)).transfer_id);
+        v_price.rate_card_id, p_account_id => v_hold.account_id);
+      v_transfer := coalesce(v_transfer, v_result.transfer_id);
     end if;
+  end if;
+  -- The provider billed more than the hold and the balance could cover: the gateway's count of
+  -- the prompt fell short of the provider's. Someone should look (the difference is recorded).
+  if v_price.amount > v_capture + v_overage then
+    perform billing.set_alert('ai_call_unbilled', true, 'An AI call cost more than its hold and the balance could pay',
+      jsonb_build_object('model', v_call.model, 'call_id', v_call.id,
+        'unbilled', trim_scale(v_price.amount - v_capture - v_overage)::text));
   end if;
   -- A successful call that cost nothing is a price or usage problem worth a look.
   if v_price.amount = 0 and not p_failed then

@@ -418,7 +418,7 @@ Deno.test('a provider slower than AI_TIMEOUT_MS is PROVIDER_TIMEOUT; a prompt ov
         () => 'answered',
         (err) => `${(err as InstanceType<typeof OpenAI.APIError>).status} ${(err.error as { code: string })?.code}`,
       );
-    assert.equal(await codeOf('#standin first_byte_delay=1500'), '504 PROVIDER_TIMEOUT');
+    assert.equal(await codeOf('#standin first_byte_delay=1500', true), '504 PROVIDER_TIMEOUT');
     assert.equal(await codeOf('word '.repeat(60)), '400 PROMPT_TOO_LONG');
     // Silent mid-stream: the chunks stop coming; the call fails and charges nothing.
     assert.match(await codeOf('#standin words=5 delay=1500', true), /PROVIDER_TIMEOUT/);
@@ -463,4 +463,81 @@ Deno.test('revoking a server key that does not exist is SERVER_KEY_NOT_FOUND', a
   const r = await api(`/admin/server-keys/${crypto.randomUUID()}`, { method: 'DELETE', token: await adminToken() });
   assert.equal(r.status, 404);
   assert.equal((r.body.error as { code: string }).code, 'SERVER_KEY_NOT_FOUND');
+});
+
+Deno.test('a response format, tool choice and tools count toward the hold: a long schema cannot ride on a small one', async () => {
+  const s = await student('5');
+  const description = 'Before answering, carefully read this whole study guide chapter and follow it. '.repeat(1000);
+  const body = {
+    model: 'gpt-4o',
+    max_tokens: 50,
+    messages: ask('Answer per the schema.'),
+    response_format: {
+      type: 'json_schema',
+      json_schema: { name: 'answer', description, schema: { type: 'object', properties: { a: { type: 'string' } } } },
+    },
+  };
+  await assert.rejects(
+    s.openai.chat.completions.create(body as never),
+    (err: unknown) => {
+      assert.ok(err instanceof OpenAI.APIError && err.status === 402, String(err));
+      const required = Number((err.error as { details: { required: string } }).details.required);
+      assert.ok(required > 100, `the hold (${required}) covers the schema's tokens`);
+      return true;
+    },
+  );
+  assert.equal((await callsOf(s.id)).length, 0);
+});
+
+Deno.test('a provider that bills more input than the gateway counted is charged from the balance, and an unbillable rest raises an alert', async () => {
+  const s = await student('3');
+  const r = await s.openai.chat.completions.create({
+    model: 'gpt-4o',
+    messages: ask('#standin words=2 extra_prompt=1000'),
+    max_tokens: 10,
+  });
+  const [c] = await callsOf(s.id);
+  assert.equal(c.charged, '3', 'everything available was charged, never into debt');
+  assert.ok(Number(await priceOf('gpt-4o', r.usage!)) > 3);
+  const [alert] =
+    await testDb`select details from billing.alerts where condition = 'ai_call_unbilled' and status = 'open'`;
+  assert.ok(alert, 'the unbilled rest raised an alert');
+  assert.equal(await balanceOf(s.id), '0');
+  await assertLedgerInvariants();
+});
+
+Deno.test('tools: deep JSON and non-function kinds are a 400, never a 5xx', async () => {
+  const s = await student();
+  let deep: unknown = 1;
+  for (let i = 0; i < 3000; i++) deep = [deep];
+  const bad = [
+    { tools: [deep] },
+    { tools: [{ type: 'custom', custom: { name: 'x' } }] },
+    { response_format: deep },
+    { tool_choice: deep },
+    { tools: [{ type: 'function', function: { name: 'f\u0000' } }] },
+  ];
+  for (const extra of bad) {
+    const r = await api('/ai/v1/chat/completions', {
+      token: s.token,
+      body: { model: 'gpt-4o-mini', messages: ask('hi'), max_tokens: 5, ...extra },
+    });
+    assert.equal(r.status, 400, JSON.stringify(extra).slice(0, 80));
+  }
+  assert.equal((await callsOf(s.id)).length, 0);
+});
+
+Deno.test('a whole (non-streamed) answer slower than AI_TIMEOUT_MS still answers and is charged: only the deadline bounds it', async () => {
+  await withGateway({ AI_TIMEOUT_MS: '300' }, async (url) => {
+    const s = await student();
+    const ai = new OpenAI({ baseURL: `${url}/ai/v1`, apiKey: s.token, maxRetries: 0 });
+    const r = await ai.chat.completions.create({
+      model: 'gpt-4o',
+      messages: ask('#standin words=3 first_byte_delay=900'),
+      max_tokens: 20,
+    });
+    const [c] = await callsOf(s.id);
+    assert.equal(c.status, 'charged');
+    assert.equal(c.charged, await priceOf('gpt-4o', r.usage!));
+  });
 });

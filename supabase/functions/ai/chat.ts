@@ -69,12 +69,8 @@ function answerText(choices: unknown): string {
   for (const ch of choices) {
     const part = ch?.delta ?? ch?.message ?? {};
     for (const v of [part.content, part.refusal, part.reasoning_content]) if (typeof v === 'string') text += v;
-    if (Array.isArray(part.tool_calls)) {
-      for (const t of part.tool_calls) {
-        if (typeof t?.function?.name === 'string') text += t.function.name;
-        if (typeof t?.function?.arguments === 'string') text += t.function.arguments;
-      }
-    }
+    // Every kind of tool call, whole (names, arguments, inputs): over-counting is the safe side.
+    if (Array.isArray(part.tool_calls)) text += JSON.stringify(part.tool_calls);
   }
   return text;
 }
@@ -120,7 +116,9 @@ export async function chatCompletion(c: AppContext, req: ChatRequest): Promise<R
   const call = { id: begun.call_id, held: begun.held, prompt, keep: callerKey !== null, req };
   const upstream = new AbortController();
   const deadline = setTimeout(() => upstream.abort('deadline'), env.AI_CALL_MAX_SECONDS * 1000);
-  const firstByte = setTimeout(() => upstream.abort('timeout'), env.AI_TIMEOUT_MS);
+  // A provider sends a whole (non-streamed) answer's headers only once it is written: that wait is
+  // bounded by the call's deadline, not by the first-byte timeout a stream gets.
+  const firstByte = req.stream ? setTimeout(() => upstream.abort('timeout'), env.AI_TIMEOUT_MS) : undefined;
   let res: Response;
   try {
     res = await providerChat(providerBody(req, maxOutput), upstream.signal);
@@ -137,7 +135,7 @@ export async function chatCompletion(c: AppContext, req: ChatRequest): Promise<R
   }
   if (!req.stream) {
     try {
-      return await answerWhole(call, res, env.AI_TIMEOUT_MS);
+      return await answerWhole(call, res, env.AI_CALL_MAX_SECONDS * 1000);
     } finally {
       clearTimeout(deadline);
     }
@@ -255,7 +253,7 @@ function relay(
   };
 
   async function pump(): Promise<void> {
-    let buffer = '', streamed = '';
+    let buffer = '';
     let usageChunk: Record<string, unknown> | null = null;
     let ended = false, broken = false, errorAfterUsage = false;
     const sent: string[] = [];
@@ -284,6 +282,12 @@ function relay(
             ended = true;
             break read;
           }
+          // Most chunks are answer text: passed on unparsed (their text is counted only if needed).
+          if (!data.includes('"usage"') && !data.includes('"error"')) {
+            sent.push(data);
+            send(data);
+            continue;
+          }
           const chunk = JSON.parse(data);
           if (chunk.error) {
             // An error after the usage chunk: the provider bills the call; it is charged and marked failed.
@@ -294,7 +298,6 @@ function relay(
           // Usage totals are cumulative where a provider repeats them: the last one counts, never a sum.
           if (chunk.usage) usageChunk = chunk;
           if (Array.isArray(chunk.choices) && chunk.choices.length === 0) continue;
-          streamed += answerText(chunk.choices);
           sent.push(data);
           send(data);
         }
@@ -317,7 +320,8 @@ function relay(
         closing = JSON.stringify({ error: error.toJSON() });
       } else {
         const reported = usageChunk ? disjointUsage(usageChunk.usage as Parameters<typeof disjointUsage>[0]) : null;
-        const usage = reported ?? countedUsage(call.prompt, streamed);
+        const usage = reported ??
+          countedUsage(call.prompt, sent.map((d) => answerText(JSON.parse(d).choices)).join(''));
         const record = await finishCall(
           call.id,
           usage,

@@ -5,27 +5,17 @@
 import { z } from 'zod';
 import { encode } from 'gpt-tokenizer';
 import { ModelSchema } from '../_shared/contract/credits.ts';
-import { pgInt, pgText } from '../_shared/values/pg-values.ts';
+import { jsonObject, pgInt, pgText } from '../_shared/values/pg-values.ts';
 
 const TextPartSchema = z.object({ type: z.literal('text'), text: pgText(1_000_000) });
 const ContentSchema = z.union([pgText(1_000_000), z.array(TextPartSchema).max(100), z.null()]);
-/** Plain JSON a tool definition or call carries, at most 8 levels deep. */
-const JsonValueSchema: z.ZodType<unknown> = z.lazy(() =>
-  z.union([
-    z.string(),
-    z.number(),
-    z.boolean(),
-    z.null(),
-    z.array(JsonValueSchema),
-    z.record(z.string(), JsonValueSchema),
-  ])
-);
-
+/** A tool's definition, a tool call or a response format: JSON walked without recursion, bounded. */
+const JsonBlockSchema = jsonObject({ depth: 10, entries: 500, key: 256, text: 100_000 });
 const MessageSchema = z.object({
   role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
   content: ContentSchema.optional(),
   name: pgText(64).regex(/^[A-Za-z0-9_-]+$/, 'must be a name').optional(),
-  tool_calls: z.array(JsonValueSchema).max(128).optional(),
+  tool_calls: z.array(JsonBlockSchema).max(128).optional(),
   tool_call_id: pgText(128).optional(),
 });
 
@@ -45,10 +35,11 @@ export const ChatRequestSchema = z.object({
   presence_penalty: z.number().min(-2).max(2).nullish(),
   frequency_penalty: z.number().min(-2).max(2).nullish(),
   user: pgText(256).nullish(),
-  tools: z.array(JsonValueSchema).max(128).nullish(),
-  tool_choice: JsonValueSchema.optional(),
+  // Function tools only: other kinds (custom, built-in search) bill in ways the hold cannot see.
+  tools: z.array(z.object({ type: z.literal('function'), function: JsonBlockSchema })).max(128).nullish(),
+  tool_choice: z.union([z.enum(['none', 'auto', 'required']), JsonBlockSchema]).nullish(),
   parallel_tool_calls: z.boolean().nullish(),
-  response_format: JsonValueSchema.optional(),
+  response_format: JsonBlockSchema.nullish(),
 });
 export type ChatRequest = z.infer<typeof ChatRequestSchema>;
 
@@ -56,18 +47,23 @@ const contentText = (content: z.infer<typeof ContentSchema> | undefined): string
   typeof content === 'string' ? content : Array.isArray(content) ? content.map((p) => p.text).join('') : '';
 
 /**
- * The prompt's tokens as OpenAI counts chat input (o200k): each message's text, name and tool
- * calls, 4 framing tokens a message, 3 to prime the answer, the tool definitions. A provider
- * that counts more is charged what it reports (the hold is the gateway's estimate, not a cap).
+ * The prompt's tokens as OpenAI counts chat input (o200k): each message's text, name, tool calls
+ * and tool call id, 4 framing tokens a message, 3 to prime the answer, and every other field the
+ * provider reads as input (tool definitions, tool choice, a response format's schema), as JSON.
+ * A provider that counts more is charged what it reports (the hold is the gateway's estimate).
  * @example promptTokens({ messages: [{ role: 'user', content: 'hi' }] }) // 8
  */
-export function promptTokens(req: Pick<ChatRequest, 'messages' | 'tools'>): number {
+export function promptTokens(req: Pick<ChatRequest, 'messages' | 'tools' | 'tool_choice' | 'response_format'>): number {
   let n = 3;
   for (const m of req.messages) {
     n += 4 + encode(contentText(m.content)).length + (m.name ? encode(m.name).length : 0);
     if (m.tool_calls) n += encode(JSON.stringify(m.tool_calls)).length;
+    if (m.tool_call_id) n += encode(m.tool_call_id).length;
   }
-  return req.tools ? n + encode(JSON.stringify(req.tools)).length : n;
+  for (const extra of [req.tools, req.tool_choice, req.response_format]) {
+    if (extra) n += encode(JSON.stringify(extra)).length;
+  }
+  return n;
 }
 
 /** Tokens in text the provider streamed (the fallback count when it never reported usage). */
