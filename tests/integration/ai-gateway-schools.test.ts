@@ -1,0 +1,59 @@
+// The AI gateway for members of schools: a pool pays for a member's call (held from the pool,
+// captured from it, never shown to the member), and a member removed mid-stream is charged for
+// the answer under way from the school's hold, while their next call has nothing to draw on.
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+import { gatewayUrl } from '../ai.ts';
+import { api, assertLedgerInvariants, testDb } from '../helpers.ts';
+import { person, school, walletOf } from '../orgs.ts';
+
+const ask = (text: string) => [{ role: 'user' as const, content: text }];
+const client = (token: string) => new OpenAI({ baseURL: gatewayUrl, apiKey: token, maxRetries: 0 });
+
+Deno.test("a pool school's member calls the gateway: the pool is held and charged, its balance never shown", async () => {
+  const owner = await person('owner');
+  const ada = await person('ada');
+  const org = await school(owner, [ada], 'pool', '1000');
+  const r = await client(ada.token).chat.completions.create({
+    model: 'gpt-4o-mini',
+    messages: ask('#standin words=5'),
+    max_tokens: 50,
+  });
+  const [c] = await testDb`select trim_scale(c.charged)::text as charged, a.org_id from billing.ai_calls c
+    join billing.holds h on h.id = c.hold_id join billing.accounts a on a.id = h.account_id where c.user_id = ${ada.id}`;
+  assert.equal(c.org_id, org, 'the pool held the call');
+  assert.equal((r.usage as unknown as { cost: string }).cost, c.charged);
+  const wallet = await walletOf(owner.token, org);
+  assert.equal(wallet.balance, String(1000 - Number(c.charged)));
+  assert.ok(!JSON.stringify(r).includes('"balance"'), "the member's answer never shows the pool's balance");
+  await assertLedgerInvariants();
+});
+
+Deno.test('a member removed mid-stream is charged for the answer under way from the hold; the next call is refused', async () => {
+  const owner = await person('owner');
+  const ada = await person('ada');
+  const org = await school(owner, [ada], 'pool', '1000');
+  const stream = await client(ada.token).chat.completions.create({
+    model: 'gpt-4o-mini',
+    messages: ask('#standin words=40 delay=40'),
+    max_tokens: 200,
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  let chunks = 0, cost = '';
+  for await (const chunk of stream) {
+    if (++chunks === 3) {
+      const removed = await api(`/orgs/${org}/members/${ada.id}`, { method: 'DELETE', token: owner.token });
+      assert.equal(removed.status, 200, removed.text);
+    }
+    if (chunk.usage) cost = (chunk.usage as unknown as { cost: string }).cost;
+  }
+  assert.ok(Number(cost) > 0, 'the answer under way was charged');
+  const wallet = await walletOf(owner.token, org);
+  assert.equal(wallet.balance, String(1000 - Number(cost)));
+  await assert.rejects(
+    client(ada.token).chat.completions.create({ model: 'gpt-4o-mini', messages: ask('hi'), max_tokens: 5 }),
+    (err: unknown) => err instanceof OpenAI.APIError && err.status === 402,
+  );
+  await assertLedgerInvariants();
+});
