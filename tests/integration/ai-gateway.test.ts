@@ -428,36 +428,44 @@ Deno.test('a provider slower than AI_TIMEOUT_MS is PROVIDER_TIMEOUT; a prompt ov
   });
 });
 
-Deno.test('a gateway that dies mid-stream charges nothing: the hold expires and the sweep frees the call', async () => {
-  const gw = spawnGateway({});
-  await gw.ready();
-  const s = await student();
-  const ai = new OpenAI({ baseURL: `${gw.url}/ai/v1`, apiKey: s.token, maxRetries: 0 });
-  const stream = await ai.chat.completions.create({
-    model: 'gpt-4o',
-    messages: ask('#standin words=100 delay=50'),
-    max_tokens: 200,
-    stream: true,
+for (
+  const [where, failpoints] of [['mid-stream', ''], ['after the hold', 'ai.after_hold'], [
+    'before the capture',
+    'ai.before_capture',
+  ]]
+) {
+  Deno.test(`a gateway that dies ${where} charges nothing: the hold expires and the sweep frees the call`, async () => {
+    const gw = spawnGateway(failpoints ? { FAILPOINTS: failpoints } : {});
+    await gw.ready();
+    const s = await student();
+    const ai = new OpenAI({ baseURL: `${gw.url}/ai/v1`, apiKey: s.token, maxRetries: 0 });
+    try {
+      const stream = await ai.chat.completions.create({
+        model: 'gpt-4o',
+        messages: ask('#standin words=100 delay=20'),
+        max_tokens: 200,
+        stream: true,
+      });
+      let chunks = 0;
+      for await (const _ of stream) if (++chunks === 3 && !failpoints) await gw.kill();
+    } catch { /* the connection died with the gateway */ }
+    await gw.kill();
+    const [c] = await callsOf(s.id);
+    assert.equal(c.status, 'held');
+    // What pg_cron does once the hold's TTL has passed: the sweeps run.
+    await testDb`update billing.holds set expires_at = now() - interval '1 second' where id =
+      (select hold_id from billing.ai_calls where id = ${c.id})`;
+    await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${c.id}`;
+    await testDb`select billing.release_expired_holds(500)`;
+    await testDb`select billing.sweep_ai_calls(500)`;
+    const [after] = await callsOf(s.id);
+    assert.equal(after.status, 'failed');
+    assert.equal(after.failure, 'GATEWAY_LOST');
+    assert.equal(await balanceOf(s.id), '1000');
+    assert.equal(await activeHolds(s.id), 0);
+    await assertLedgerInvariants();
   });
-  let chunks = 0;
-  try {
-    for await (const _ of stream) if (++chunks === 3) await gw.kill();
-  } catch { /* the connection died with the gateway */ }
-  const [c] = await callsOf(s.id);
-  assert.equal(c.status, 'held');
-  // What an hour of pg_cron does: the hold's TTL passes, the sweeps run.
-  await testDb`update billing.holds set expires_at = now() - interval '1 second' where id =
-    (select hold_id from billing.ai_calls where id = ${c.id})`;
-  await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${c.id}`;
-  await testDb`select billing.release_expired_holds(500)`;
-  await testDb`select billing.sweep_ai_calls(500)`;
-  const [after] = await callsOf(s.id);
-  assert.equal(after.status, 'failed');
-  assert.equal(after.failure, 'GATEWAY_LOST');
-  assert.equal(await balanceOf(s.id), '1000');
-  assert.equal(await activeHolds(s.id), 0);
-  await assertLedgerInvariants();
-});
+}
 
 Deno.test('revoking a server key that does not exist is SERVER_KEY_NOT_FOUND', async () => {
   const r = await api(`/admin/server-keys/${crypto.randomUUID()}`, { method: 'DELETE', token: await adminToken() });

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import type { AppContext } from '../_shared/app-env.ts';
 import { aiGatewayEnv, disjointUsage, providerChat } from '../_shared/adapters/ai.ts';
 import { outliveResponse } from '../_shared/background.ts';
+import { failpoint } from '../_shared/failpoint.ts';
 import { AppError } from '../_shared/errors.ts';
 import { currentUser } from '../_shared/http/app.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
@@ -113,6 +114,7 @@ export async function chatCompletion(c: AppContext, req: ChatRequest): Promise<R
   });
   if (begun.state === 'replay') return replay(begun.call, req);
 
+  failpoint('ai.after_hold'); // the reliability tests die here, and before the capture: nothing is charged
   const call = { id: begun.call_id, held: begun.held, prompt, keep: callerKey !== null, req };
   const upstream = new AbortController();
   const deadline = setTimeout(() => upstream.abort('deadline'), env.AI_CALL_MAX_SECONDS * 1000);
@@ -322,6 +324,7 @@ function relay(
         const reported = usageChunk ? disjointUsage(usageChunk.usage as Parameters<typeof disjointUsage>[0]) : null;
         const usage = reported ??
           countedUsage(call.prompt, sent.map((d) => answerText(JSON.parse(d).choices)).join(''));
+        failpoint('ai.before_capture');
         const record = await finishCall(
           call.id,
           usage,
