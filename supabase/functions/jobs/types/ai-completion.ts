@@ -33,7 +33,9 @@ export const aiCompletion: JobType<typeof Input> = {
     // The dearest way the provider can bill the tokens (input as cached or not, output as
     // reasoning or not): the same SQL the AI gateway holds with (62-ai-gateway.sql).
     const [price] = await call((sql) =>
-      sql`select billing.ai_hold_amount(${input.model}, ${worstCaseInputTokens(input.prompt)}, ${input.max_tokens})::text
+      sql`select billing.ai_hold_amount(${input.model}, ${
+        worstCaseInputTokens(input.prompt)
+      }, ${input.max_tokens})::text
         as amount`
     );
     return price.amount;
