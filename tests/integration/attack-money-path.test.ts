@@ -1,6 +1,7 @@
 // An outside attack on the money path after 20261125000100_money_path_diet (the transfer is
 // written first and a refusal rolls it back; replays find it; platform sides have no entries),
-// with students' tokens only (an admin's grant, the operator's batch route, for setup).
+// with students' tokens only (their usage reported for them by the server, as the product does;
+// an admin's grant, the operator's batch route, for setup).
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, env, fund, newUser, testDb, userToken } from '../helpers.ts';
 import { key, person, school } from '../orgs.ts';
