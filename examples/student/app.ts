@@ -257,9 +257,10 @@ async function refreshLedger(billing: BillingClient) {
     // The words say which way a tiny amount went; otherwise a sign does.
     const sign = shown === 'less than 0.01' ? '' : e.amount.startsWith('-') ? '−' : '+';
     const paidBy = e.paid_by === 'self' ? '' : ` · paid by ${orgNames.get(e.paid_by.org_id) ?? 'your organisation'}`;
+    const model = e.model ? ` (${e.model})` : '';
     li.textContent = `${new Date(e.created_at).toLocaleString()} · ${
       entryWords[e.kind] ?? e.kind
-    } · ${sign}${shown}${paidBy}`;
+    }${model} · ${sign}${shown}${paidBy}`;
     list.append(li);
   }
 }

@@ -791,17 +791,21 @@ create or replace function billing.get_ledger(
   p_user uuid, p_before_id bigint default null, p_limit integer default 50,
   p_from timestamptz default null, p_to timestamptz default null
 ) returns table (id bigint, created_at timestamptz, kind billing.transfer_kind, amount numeric,
-                 balance_after numeric, correlation_id text, reference text, lots jsonb, paid_by_org uuid)
+                 balance_after numeric, correlation_id text, reference text, lots jsonb, paid_by_org uuid, model text)
 language sql
 stable
 security definer
 set search_path = ''
 as $$
-  select x.id, x.created_at, x.kind, x.amount, x.balance_after, x.correlation_id, x.reference, x.lots, x.paid_by_org
+  select x.id, x.created_at, x.kind, x.amount, x.balance_after, x.correlation_id, x.reference, x.lots, x.paid_by_org,
+    x.model
   from (
     select e.id, e.created_at, t.kind, e.amount, e.balance_after, t.correlation_id, t.reference,
       -- The lot a grant created, or the lots a debit drew from.
-      coalesce(g.lots, x.lots, '[]') as lots, null::uuid as paid_by_org
+      coalesce(g.lots, x.lots, '[]') as lots, null::uuid as paid_by_org,
+      -- What a charge paid for: the model the ledger recorded (usage, a gateway call, a job's hold).
+      case when t.kind in ('usage', 'hold_capture') then coalesce(t.metadata ->> 'model',
+        (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)) end as model
     from billing.accounts a
     join billing.entries e on e.account_id = a.id
     join billing.transfers t on t.id = e.transfer_id
@@ -817,7 +821,9 @@ as $$
       and (p_to is null or e.created_at < p_to)
     union all
     -- Spending an organisation paid for the member (transfers_org_member serves member_id).
-    select e.id, e.created_at, t.kind, e.amount, null, t.correlation_id, t.reference, '[]'::jsonb, a.org_id
+    select e.id, e.created_at, t.kind, e.amount, null, t.correlation_id, t.reference, '[]'::jsonb, a.org_id,
+      case when t.kind in ('usage', 'hold_capture') then coalesce(t.metadata ->> 'model',
+        (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)) end
     from billing.transfers t
     join billing.entries e on e.transfer_id = t.id and e.amount < 0
     join billing.accounts a on a.id = e.account_id and a.org_id is not null
@@ -830,7 +836,7 @@ as $$
   limit least(greatest(p_limit, 1), 1000)
 $$;
 comment on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz)
-  is 'A user''s entries in [p_from, p_to), newest first, keyset-paginated by entry id, each with the lots it created or drew from; charges an organisation paid for the user are included with paid_by_org and no balance_after.';
+  is 'A user''s entries in [p_from, p_to), newest first, keyset-paginated by entry id, each with the lots it created or drew from and, for a charge, the model it paid for; charges an organisation paid for the user are included with paid_by_org and no balance_after.';
 revoke execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) from public, anon, authenticated;
 grant execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) to service_role;
 

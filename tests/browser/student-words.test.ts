@@ -107,5 +107,5 @@ browserTest("a member sees what the school paid for them in the page's activity"
   await signIn(page, ada.token);
   const activity = (await text(page, '#ledger')) ?? '';
   assert.doesNotMatch(activity, /No activity yet/);
-  assert.match(activity, /AI usage · −[\d.]+ · paid by Lakeside School/);
+  assert.match(activity, /AI usage \(gpt-4o-mini\) · −[\d.]+ · paid by Lakeside School/);
 });

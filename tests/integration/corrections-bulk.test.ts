@@ -40,6 +40,28 @@ async function use(token: string, m: string, credits: number) {
   return dataOf(r).transfer_id as string;
 }
 
+/** A streamed gateway call of `m` whose provider fails after reporting usage; what it charged. */
+async function gatewayCallThatFails(token: string, m: string): Promise<string> {
+  const res = await fetch(`${env('SUPABASE_URL')}/functions/v1/ai/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model: m,
+      messages: [{ role: 'user', content: '#standin words=5 error_after_usage' }],
+      max_tokens: 20,
+      stream: true,
+    }),
+  });
+  assert.equal(res.status, 200);
+  await res.text();
+  const [c] = await until('the call is settled', async () => {
+    const rows = await testDb`select trim_scale(charged)::text as charged, status from billing.ai_calls
+      where model = ${m} and status = 'charged'`;
+    return rows.length ? rows : undefined;
+  });
+  return c.charged;
+}
+
 const start = (admin: string, key: string, body: Record<string, unknown>) =>
   api('/admin/corrections', { token: admin, headers: { 'idempotency-key': key }, body });
 
@@ -67,9 +89,8 @@ Deno.test('a bulk correction is previewed (count, credits, who), then voids exac
     body: { model: m, input_tokens: 5 * 50, output_tokens: 0, metadata: { failed: true } },
   });
   assert.deepEqual([flagged.status, codeOf(flagged)], [400, 'VALIDATION_FAILED'], flagged.text);
-  // TODO(gateway): make this a failed call recorded by the AI gateway, and expect failed_only
-  // below to find it ([1, '5']); until then it is a plain charge and failed_only finds none.
-  await use(a.token, m, 5);
+  // A call the gateway recorded as failed: the provider reported usage, then the stream failed.
+  const failedCall = await gatewayCallThatFails(a.token, m);
   await use(b.token, m, 7);
   await use(b.token, 'gpt-4o', 3);
   await new Promise((r) => setTimeout(r, 20));
@@ -81,10 +102,11 @@ Deno.test('a bulk correction is previewed (count, credits, who), then voids exac
     body: { model: m, from, to, failed_only: true },
   });
   assert.equal(failed.status, 200, failed.text);
-  assert.deepEqual([dataOf(failed).charges, dataOf(failed).credits], [0, '0']); // TODO(gateway): [1, '5']
+  assert.deepEqual([dataOf(failed).charges, dataOf(failed).credits], [1, failedCall]);
+  const [{ total }] = await testDb`select trim_scale(17 + ${failedCall}::numeric)::text as total`;
   const all = await api('/admin/corrections/preview', { token: admin, body: { model: m, from, to } });
   const p = dataOf(all);
-  assert.deepEqual([p.charges, p.credits, p.users, p.orgs], [3, '22', 2, 0]);
+  assert.deepEqual([p.charges, p.credits, p.users, p.orgs], [3, total, 2, 0]);
   assert.deepEqual((p.top_users as { user_id: string }[]).map((u) => u.user_id), [a.id, b.id]);
 
   const key = crypto.randomUUID();
@@ -92,14 +114,14 @@ Deno.test('a bulk correction is previewed (count, credits, who), then voids exac
   const r = await start(admin, key, body);
   assert.equal(r.status, 201, r.text);
   const run = dataOf(r);
-  assert.deepEqual([run.voided, run.credits], [3, '22']);
+  assert.deepEqual([run.voided, run.credits], [3, total]);
   const replay = await start(admin, key, body);
   assert.deepEqual([replay.status, dataOf(replay).id, dataOf(replay).replayed], [200, run.id, true]);
   const reused = await start(admin, key, { ...body, failed_only: true });
   assert.deepEqual([reused.status, codeOf(reused)], [409, 'IDEMPOTENCY_KEY_REUSED']);
 
   const done = await finish(admin, run.id as string);
-  assert.deepEqual([done.voided, done.credits], [3, '22']);
+  assert.deepEqual([done.voided, done.credits], [3, total]);
   assert.deepEqual([await balance(a.token), await balance(b.token)], ['1000', '997']);
   const got = await api(`/admin/corrections/${run.id}`, { token: admin });
   assert.equal(dataOf(got).status, 'completed');

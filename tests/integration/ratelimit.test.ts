@@ -296,3 +296,28 @@ Deno.test('at edge-to-Upstash latency (median 40 ms, p99 150 ms) limits stay on 
     await bridge.close();
   }
 });
+
+Deno.test('usage reports are limited per reporting server (its key), not per address it shares with others', async () => {
+  await clearOfWindowEdge();
+  await withGateway({ ...counting, RATE_LIMIT_CREDITS_USAGE_PER_MIN: '3' }, async (url) => {
+    const user = await newUser();
+    const report = async (key: string) => {
+      const res = await fetch(`${url}/credits/usage`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${key}`,
+          'content-type': 'application/json',
+          'idempotency-key': crypto.randomUUID(),
+        },
+        body: JSON.stringify({ user_id: user, model: 'gpt-4o', input_tokens: 0, output_tokens: 0 }),
+      });
+      await res.body?.cancel();
+      return res.status;
+    };
+    const service = env('SUPABASE_SERVICE_ROLE_KEY');
+    const statuses = [await report(service), await report(service), await report(service), await report(service)];
+    assert.deepEqual(statuses, [201, 201, 201, 429], 'the fourth report of one server in a minute');
+    // Another server from the same address has its own budget (an unknown key is refused, not throttled).
+    assert.equal(await report(`slk_${'0'.repeat(48)}`), 401);
+  });
+});

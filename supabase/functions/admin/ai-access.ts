@@ -24,7 +24,7 @@ export const ServerKeySchema = z.strictObject({
 
 export async function getModelAccess(c: AppContext): Promise<Response> {
   const [{ lists }] = await call((sql) => sql`select billing.get_model_access() as lists`);
-  return ok(c, { items: lists });
+  return ok(c, { items: lists, next_cursor: null });
 }
 
 export async function setModelAccess(c: AppContext): Promise<Response> {
@@ -48,7 +48,7 @@ export async function createServerKey(c: AppContext): Promise<Response> {
 
 export async function listServerKeys(c: AppContext): Promise<Response> {
   const [{ keys }] = await call((sql) => sql`select billing.list_server_keys() as keys`);
-  return ok(c, { items: keys });
+  return ok(c, { items: keys, next_cursor: null });
 }
 
 export async function revokeServerKey(c: AppContext): Promise<Response> {

@@ -119,6 +119,8 @@ export interface LedgerEntry {
   reference: string | null;
   lots: LotShare[];
   paid_by: PaidBy;
+  /** The model a charge paid for (usage, an AI gateway call, an AI job), else null. */
+  model: string | null;
 }
 
 export type LedgerPage = Page<LedgerEntry>;

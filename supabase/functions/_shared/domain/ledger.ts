@@ -23,6 +23,7 @@ type Row = {
   reference: string | null;
   lots: { lot_id: string; amount: string }[];
   paid_by_org: string | null;
+  model: string | null;
 };
 
 export async function ledgerPage(
@@ -42,6 +43,7 @@ export async function ledgerPage(
     reference: r.reference,
     lots: r.lots,
     paid_by: r.paid_by_org ? { org_id: r.paid_by_org } : 'self',
+    model: r.model,
   }));
   return pageOf(entries, limit, (e) => e.id);
 }

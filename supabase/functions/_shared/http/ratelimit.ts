@@ -13,6 +13,8 @@ import type { Redis } from '@upstash/redis';
 import type { MiddlewareHandler, Next } from 'hono';
 import type { AppContext, AppEnv } from '../app-env.ts';
 import { clientAddress } from './client-address.ts';
+import { serviceKeys } from '../keys.ts';
+import { serverKeyPattern } from './usage-reporter.ts';
 import { AppError } from '../errors.ts';
 import { count } from '../metrics.ts';
 import { addressRouteClass, rateLimitEnv, type RouteClass, routeClass } from './ratelimit-config.ts';
@@ -79,6 +81,16 @@ export function localWindow(key: string, limit: number, windowMs = 60_000, weigh
 
 function apiKeyId(key: string): string {
   return createHash('sha256').update(key).digest('hex').slice(0, 24);
+}
+
+/**
+ * A trusted server's own budget: usage reports name many users, so a server key (or the
+ * service role) is the subject, not its address, which it shares with nobody else's limit.
+ */
+function reporterSubject(authorization: string | undefined): string | undefined {
+  const bearer = authorization?.replace(/^Bearer /, '');
+  if (!bearer || !(serverKeyPattern.test(bearer) || serviceKeys().includes(bearer))) return undefined;
+  return `server:${apiKeyId(bearer)}`;
 }
 
 function tooMany(outcome: Outcome, headers: Record<string, string>): AppError {
@@ -171,7 +183,7 @@ export const rateLimit: MiddlewareHandler<AppEnv> = async function rateLimit(c, 
   const route = routeClass(c.req.method, c.req.path);
   const ip = clientAddress(c);
   const apiKey = c.req.header('x-api-key');
-  const subject = c.get('user')?.id ?? `ip:${ip}`;
+  const subject = c.get('user')?.id ?? reporterSubject(c.req.header('authorization')) ?? `ip:${ip}`;
   const layers: Layer[] = [
     { name: 'global', key: 'all', limit: cfg.RATE_LIMIT_GLOBAL_PER_MIN },
     { name: 'ip', key: ip, limit: cfg.RATE_LIMIT_IP_PER_MIN },
