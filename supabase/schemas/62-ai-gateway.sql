@@ -298,6 +298,24 @@ comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_to
 revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) from public, anon, authenticated;
 grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) to service_role;
 
+-- A call, locked: finishing and failing it are one at a time (the second answers the first).
+create or replace function billing.lock_ai_call(p_call uuid) returns billing.ai_calls
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_call billing.ai_calls;
+begin
+  select * into v_call from billing.ai_calls c where c.id = p_call for update;
+  if not found then
+    perform billing.raise_error('AI_CALL_NOT_FOUND', '{}'::jsonb);
+  end if;
+  return v_call;
+end;
+$$;
+comment on function billing.lock_ai_call(p_call uuid) is 'Internal: a gateway call, locked for its finish or failure; AI_CALL_NOT_FOUND when there is none.';
+revoke execute on function billing.lock_ai_call(p_call uuid) from public;
+
 -- After the provider answered. `p_usage` in disjoint kinds ({input_tokens, cached_input_tokens,
 -- output_tokens, reasoning_tokens}), from `p_source` (provider or tokenizer). Captures the
 -- rate card's price of it from the hold and releases the rest; should the provider ever bill
@@ -313,7 +331,7 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_call billing.ai_calls;
+  v_call billing.ai_calls := billing.lock_ai_call(p_call);
   v_hold billing.holds;
   v_price record;
   v_capture numeric(38, 18) := 0;
@@ -323,10 +341,6 @@ declare
   v_transfer bigint;
   v_facts jsonb;
 begin
-  select * into v_call from billing.ai_calls c where c.id = p_call for update;
-  if not found then
-    perform billing.raise_error('AI_CALL_NOT_FOUND', '{}'::jsonb);
-  end if;
   if v_call.status <> 'held' then
     return billing.ai_call_json(v_call);
   end if;
@@ -401,12 +415,8 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_call billing.ai_calls;
+  v_call billing.ai_calls := billing.lock_ai_call(p_call);
 begin
-  select * into v_call from billing.ai_calls c where c.id = p_call for update;
-  if not found then
-    perform billing.raise_error('AI_CALL_NOT_FOUND', '{}'::jsonb);
-  end if;
   if v_call.status = 'held' then
     if exists (select 1 from billing.holds h where h.id = v_call.hold_id and h.status = 'active') then
       perform billing.release_hold(null, v_call.hold_id);

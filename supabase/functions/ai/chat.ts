@@ -142,7 +142,7 @@ export async function chatCompletion(c: AppContext, req: ChatRequest): Promise<R
       clearTimeout(deadline);
     }
   }
-  return relay(call, res, upstream, deadline, env.AI_TIMEOUT_MS);
+  return relay(call, res, upstream, deadline, env.AI_TIMEOUT_MS, c.req.raw.signal);
 }
 
 /** Fails the call (nothing charged) and gives the caller's error. */
@@ -240,11 +240,18 @@ function relay(
   upstream: AbortController,
   deadline: ReturnType<typeof setTimeout>,
   idleMs: number,
+  clientSignal: AbortSignal,
 ): Response {
   const reader = (res.body as ReadableStream<Uint8Array>).getReader();
   const decoder = new TextDecoder();
   let out: ReadableStreamDefaultController<Uint8Array> | undefined;
-  let clientGone = false;
+  let clientGone = false, settling = false;
+  /** The client left: stop the upstream request (what it reported, or what was streamed, is charged). */
+  const leave = () => {
+    if (settling) return;
+    clientGone = true;
+    upstream.abort('client');
+  };
   const send = (data: string) => {
     if (clientGone || !out) return;
     try {
@@ -314,6 +321,7 @@ function relay(
       reader.cancel().catch(() => {});
     }
 
+    settling = true; // the upstream is done with: a later sign of the client leaving changes nothing
     let closing: string | null = '[DONE]';
     try {
       if (broken) {
@@ -358,10 +366,9 @@ function relay(
       const settled = pump().catch((err) => log.error('ai relay failed', errorSummary(err)));
       outliveResponse(settled);
     },
-    cancel() {
-      clientGone = true;
-      upstream.abort('client');
-    },
+    cancel: leave,
   });
+  // The client's connection closing is the other sign it left (a write into it may not fail at once).
+  clientSignal.addEventListener('abort', leave, { once: true });
   return new Response(body, { headers: { ...sseHeaders, 'x-ai-call-id': call.id, 'x-credits-held': call.held } });
 }
