@@ -12,11 +12,14 @@ import {
   api,
   assertLedgerInvariants,
   env,
+  newUser,
   reportUsage,
   spawnGateway,
   testDb,
+  userToken,
   withGateway,
 } from '../helpers.ts';
+import { emulator } from '../purchases.ts';
 
 const tag = () => `t${crypto.randomUUID().replaceAll('-', '')}`;
 const ask = (text: string) => [{ role: 'user' as const, content: text }];
@@ -548,4 +551,28 @@ Deno.test('a whole (non-streamed) answer slower than AI_TIMEOUT_MS still answers
     assert.equal(c.status, 'charged');
     assert.equal(c.charged, await priceOf('gpt-4o', r.usage!));
   });
+});
+
+Deno.test('a gateway call that takes the balance below the threshold queues an auto-recharge, as any spending does', async () => {
+  const user = await newUser();
+  const t = await userToken(user);
+  const r = await api('/checkout/sessions', {
+    token: t,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { package_id: 'starter', save_card: true },
+  });
+  assert.equal(r.status, 201, r.text);
+  await emulator(`/_emulator/checkout/sessions/${(r.body.data as { session_id: string }).session_id}/pay`, {
+    outcome: 'succeeded',
+  });
+  const on = await api('/credits/auto-recharge', {
+    method: 'PUT',
+    token: t,
+    body: { enabled: true, package_id: 'mini', threshold: '9989.9' },
+  });
+  assert.equal(on.status, 200, on.text);
+  const ai = new OpenAI({ baseURL: gatewayUrl, apiKey: t, maxRetries: 0 });
+  await ai.chat.completions.create({ model: 'gpt-4o', messages: ask('#standin words=5'), max_tokens: 20 });
+  const queued = await testDb`select status from billing.recharges where user_id = ${user}`;
+  assert.deepEqual(queued.map((x) => x.status), ['queued']);
 });
