@@ -86,7 +86,7 @@ export const functions: Record<string, FunctionEnv> = {
   // The AI gateway calls the provider at AI_API_BASE with AI_API_KEY (docs/ai-gateway.md).
   ai: {
     required: [...redis, 'AI_API_BASE', 'AI_API_KEY'],
-    optional: ai.filter((v) => v !== 'AI_API_BASE' && v !== 'AI_API_KEY'),
+    optional: [...ai.filter((v) => v !== 'AI_API_BASE' && v !== 'AI_API_KEY'), 'FAILPOINTS'],
   },
   checkout: {
     required: [...redis, ...stripe, 'CHECKOUT_SUCCESS_URL', 'CHECKOUT_CANCEL_URL', 'CODE_SECRET'],
