@@ -93,14 +93,18 @@ insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_m
 values ('pgtap-outage', 1, 5, 15, 4, '2026-01-01');
 select billing.grant_credits('c0c0c0c0-0000-4000-8000-000000000002', 100, 'promo_grant', 'corr-promo-2');
 select billing.charge_usage('c0c0c0c0-0000-4000-8000-000000000002', 'pgtap-outage', 100, 100, 'corr-bulk-1');
-select billing.charge_usage('c0c0c0c0-0000-4000-8000-000000000002', 'pgtap-outage', 100, 100, 'corr-bulk-2', null, '{"failed": true}');
+-- The flagged one: a gateway call whose provider reported usage, then failed (only the gateway
+-- records a failure; a caller's "failed" is dropped, as the next charge shows).
+select billing.finish_ai_call((billing.begin_ai_call('c0c0c0c0-0000-4000-8000-000000000002', 'pgtap-outage', 100, 100,
+  'corr-bulk-2', 'h', 600) ->> 'call_id')::uuid, '{"input_tokens": 100, "output_tokens": 100}', 'provider', null, true);
+select billing.charge_usage('c0c0c0c0-0000-4000-8000-000000000002', 'pgtap-outage', 1, 0, 'corr-bulk-5', null, '{"failed": true}');
 select billing.charge_usage('c0c0c0c0-0000-4000-8000-000000000002', 'gpt-4o-mini', 10000, 10000, 'corr-bulk-3');
 select billing.charge_usage('c0c0c0c0-0000-4000-8000-000000000001', 'pgtap-outage', 100, 100, 'corr-bulk-4');
 select is((billing.preview_correction('c0c0c0c0-0000-4000-8000-0000000000ad', 'pgtap-outage', now() - interval '1 hour',
-  clock_timestamp(), true) ->> 'charges'), '1', 'the preview of failed charges counts the flagged one');
+  clock_timestamp(), true) ->> 'charges'), '1', 'the preview of failed charges counts the gateway''s recorded failure only');
 select is((billing.preview_correction('c0c0c0c0-0000-4000-8000-0000000000ad', 'pgtap-outage', now() - interval '1 hour',
   clock_timestamp(), false) - 'top_users' - 'from' - 'to'),
-  '{"model": "pgtap-outage", "failed_only": false, "charges": 3, "credits": "24", "users": 2, "orgs": 0, "already_voided": 0}'::jsonb,
+  '{"model": "pgtap-outage", "failed_only": false, "charges": 4, "credits": "24.02", "users": 2, "orgs": 0, "already_voided": 0}'::jsonb,
   'the preview says how many, how much and who, and what was voided already');
 insert into ids select 'run', 0;
 select is((billing.start_correction_run('c0c0c0c0-0000-4000-8000-0000000000ad', 'run-1', 'pgtap-outage', now() - interval '1 hour',
@@ -108,9 +112,9 @@ select is((billing.start_correction_run('c0c0c0c0-0000-4000-8000-0000000000ad', 
 select is((select (billing.process_correction_run(r.id, 2) ->> 'voided')
            from billing.correction_runs r where r.idempotency_key = 'run-1'), '2', 'a batch voids at most its size');
 select is((select (billing.process_correction_run(r.id, 2) ->> 'voided')
-           from billing.correction_runs r where r.idempotency_key = 'run-1'), '3', 'the next batch resumes where it stopped');
+           from billing.correction_runs r where r.idempotency_key = 'run-1'), '4', 'the next batch resumes where it stopped');
 select is((select count(*) from billing.charge_voids v join billing.correction_runs r on r.id = v.run_id
-           where r.idempotency_key = 'run-1'), 3::bigint, 'each matching charge voided once');
+           where r.idempotency_key = 'run-1'), 4::bigint, 'each matching charge voided once');
 select is((billing.start_correction_run('c0c0c0c0-0000-4000-8000-0000000000ad', 'run-1', 'pgtap-outage',
   (select r.from_at from billing.correction_runs r where r.idempotency_key = 'run-1'),
   (select r.to_at from billing.correction_runs r where r.idempotency_key = 'run-1'), false, 'outage') ->> 'replayed'),
