@@ -689,7 +689,8 @@ declare
   v_token text;
   v_detail jsonb;
 begin
-  v_result := billing.charge_usage(p_user, p_model, p_input_tokens, p_output_tokens, 'usage-event:' || p_event_id,
+  v_result := billing.charge_usage(p_user, p_model, p_input_tokens, p_output_tokens,
+    billing.usage_event_key(p_user, p_event_id),
     p_correlation_id, jsonb_build_object('occurred_at', p_occurred_at, 'event_id', p_event_id), p_cached_input_tokens,
     p_reasoning_tokens, p_images, p_audio_seconds);
   select a.org_id into v_org from billing.transfers t join billing.accounts a on a.id = t.from_account_id
