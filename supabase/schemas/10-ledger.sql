@@ -461,7 +461,7 @@ begin
         > 1000000000000 then
       perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
     elsif v_card is null then
-      perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('model', p_model));
+      perform billing.raise_error('UNKNOWN_MODEL', '{}'); -- never the caller's text: DETAILs reach the Postgres log
     end if;
     perform billing.raise_error('UNPRICED_USAGE', jsonb_build_object('model', p_model,
       'kind', case when p_images > 0 and v_image is null then 'images' else 'audio_seconds' end));

@@ -31,6 +31,8 @@ create table billing.orgs (
   created_by uuid not null references auth.users (id),
   created_at timestamptz not null default now(),
   stripe_customer_id text,                           -- who its invoices are made out to (72-org-invoices.sql)
+  invoicing_approved_at timestamptz,                 -- an operator let it ask for invoices before a card purchase
+  invoicing_approved_by uuid references auth.users (id),
   constraint orgs_name_length check (length(name) between 1 and 200),
   constraint orgs_funding check (funding in ('allowance', 'pool')),
   constraint orgs_term_order check (term_ends_at is null or term_ends_at > term_started_at)

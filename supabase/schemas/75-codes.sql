@@ -267,7 +267,7 @@ begin
   end if;
   select * into v_package from billing.credit_packages k where k.id = p_package_id and k.active;
   if not found then
-    perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));
+    perform billing.raise_error('PACKAGE_NOT_FOUND', '{}'); -- never the caller's text: DETAILs reach the Postgres log
   end if;
   insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits, gift)
   values (p_user, v_package.id, p_request_key, v_package.price_cents, v_package.currency, v_package.credits,

@@ -2,9 +2,10 @@
 import { z } from 'zod';
 import { pgText } from '../values/pg-values.ts';
 import { UuidSchema } from '../values/query.ts';
+import { PackageIdSchema } from '../values/text.ts';
 
 export const CreateSessionSchema = z.strictObject({
-  package_id: pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a package id'),
+  package_id: PackageIdSchema,
   success_url: pgText(2000).pipe(z.url()).optional(),
   cancel_url: pgText(2000).pipe(z.url()).optional(),
   client_temp_id: pgText(64).min(1).regex(/^[\x21-\x7e]+$/, 'must be printable ASCII').optional(),

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { CreditAmountSchema } from '../values/money.ts';
 import { jsonObject, pgInt, pgText } from '../values/pg-values.ts';
 import { CalendarDateSchema, lastDays } from '../values/query.ts';
+import { PackageIdSchema, TimeZoneSchema } from '../values/text.ts';
 
 const printable = /^[\x20-\x7e]+$/;
 /** Printable ASCII, 1 to 128 characters, e.g. `'req-42'`. */
@@ -12,7 +13,6 @@ export const CorrelationIdSchema = pgText(128).min(1).regex(printable, 'must be 
 export const MetadataSchema = jsonObject({ depth: 1, entries: 20, key: 64, text: 500 });
 /** A model name, e.g. `'gpt-4o-mini'`. */
 export const ModelSchema = pgText(64).min(1).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name');
-const PackageIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a package id');
 
 /** A token count, 0 to 10 million. */
 export const TokensSchema = pgInt(0, 10_000_000);
@@ -52,7 +52,7 @@ export const CaptureRequestSchema = z.strictObject({ amount: CreditAmountSchema.
 /** A spend cap for a period (in a time zone), overall or for one model; amount null removes it. */
 export const CapRequestSchema = z.strictObject({
   period: z.enum(['day', 'week', 'month']),
-  time_zone: pgText(64).min(1).default('UTC'),
+  time_zone: TimeZoneSchema.default('UTC'),
   model: ModelSchema.nullable().default(null),
   amount: CreditAmountSchema.nullable(),
 });
