@@ -343,6 +343,22 @@ begin
                 and billing.is_org_admin(p_org, u.id)) then
     perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student, not an owner or admin'));
   end if;
+  -- Nobody sponsors themselves under a second account (the same address, case aside).
+  if billing.same_person(p_user, v_student)
+     or v_email = (select billing.ascii_lower(u.email) from auth.users u where u.id = p_user) then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds someone else'));
+  end if;
+  -- It names a student of this organisation: a current member, or an address with a pending
+  -- invitation to join as one (who must have joined before redeeming). Organisation credits never
+  -- leave for an account that is not a member (an admin's own outside account included).
+  if not (billing.is_org_member(p_org, v_student)
+          or exists (select 1 from auth.users u where v_student is null and billing.ascii_lower(u.email) = v_email
+                     and billing.is_org_member(p_org, u.id))
+          or exists (select 1 from billing.org_invitations i where v_student is null and i.org_id = p_org
+                     and i.status = 'pending' and i.role = 'member' and i.expires_at > now()
+                     and billing.ascii_lower(i.email) = v_email)) then
+    perform billing.raise_error('MEMBER_NOT_FOUND', '{}');
+  end if;
   insert into billing.codes (kind, code_hash, credits, max_redemptions, valid_until, org_id, for_user, for_email, note,
                              created_by, request_key)
   values ('sponsor', p_code_hash, (p_spec ->> 'credits')::numeric, 1,
@@ -357,7 +373,7 @@ begin
     'wallet', billing.wallet_json(billing.org_wallet_id(p_org)));
 end;
 $$;
-comment on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) is 'An owner or admin issues a sponsor code for one student (p_spec: credits, user_id or email, valid_until, note): its credits move from the wallet into the code''s escrow now (INSUFFICIENT_CREDITS when the wallet lacks them).';
+comment on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) is 'An owner or admin issues a sponsor code for one student of the organisation (p_spec: credits, user_id of a member or email of a member or pending member invitee, valid_until, note; never themselves under another account): its credits move from the wallet into the code''s escrow now (INSUFFICIENT_CREDITS when the wallet lacks them).';
 revoke execute on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) from public, anon, authenticated;
 grant execute on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) to service_role;
 
@@ -465,6 +481,36 @@ comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_
 revoke execute on function billing.close_expired_sponsor_codes(p_limit integer) from public, anon, authenticated;
 grant execute on function billing.close_expired_sponsor_codes(p_limit integer) to service_role;
 
+-- When someone leaves an organisation or changes role, what they issued or were promised goes
+-- back: called by billing.remove_member and billing.set_member_role. Codes a redemption holds
+-- right now are skipped (this runs under account locks a redemption takes after the code's row);
+-- close_expired_sponsor_codes closes those an issuer no longer speaks for at its next run.
+create or replace function billing.void_sponsor_codes_of(p_org uuid, p_user uuid, p_issued boolean, p_named boolean)
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_code billing.codes;
+  v_email text := (select billing.ascii_lower(u.email) from auth.users u where u.id = p_user);
+  v_count integer := 0;
+begin
+  for v_code in
+    select * from billing.codes c
+    where c.kind = 'sponsor' and c.org_id = p_org and c.status = 'active'
+      and ((p_issued and c.created_by = p_user)
+           or (p_named and (c.for_user = p_user or (v_email is not null and c.for_email = v_email))))
+    order by c.id for update skip locked
+  loop
+    perform billing.return_sponsor_escrow(v_code, 'void');
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end;
+$$;
+comment on function billing.void_sponsor_codes_of(p_org uuid, p_user uuid, p_issued boolean, p_named boolean) is 'Internal: voids the organisation''s unredeemed sponsor codes p_user issued (p_issued) or is named in (p_named), their escrow back to the wallet; returns how many.';
+revoke execute on function billing.void_sponsor_codes_of(p_org uuid, p_user uuid, p_issued boolean, p_named boolean) from public;
+
 -- The failed guesses allowed per rolling hour before every attempt is refused.
 create or replace function billing.code_guess_limits() returns jsonb
 language sql immutable
@@ -564,6 +610,11 @@ begin
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'revoked'));
     elsif billing.is_org_admin(v_code.org_id, p_user) then
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'for students only'));
+    elsif billing.same_person(v_code.created_by, p_user) then
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'not for its issuer'));
+    elsif not billing.is_org_member(v_code.org_id, p_user) then
+      -- Only a current member: an invitee joins first; someone removed no longer can.
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'members only'));
     end if;
   end if;
   v_own := billing.ensure_user_account(p_user);
