@@ -86,7 +86,7 @@ revoke execute on function billing.org_invoice_json(p billing.org_invoices) from
 --   email_confirmed_at): a verified mailbox without a mail flow of our own. A billing_email given
 --   must be that address (BILLING_EMAIL_NOT_VERIFIED).
 -- * An organisation may ask only once it has paid for a package by card through Checkout (a
---   purchase with origin 'checkout', paid), or an operator approved it
+--   purchase with origin 'checkout', paid, neither refunded nor disputed), or an operator approved it
 --   (billing.approve_org_invoicing): ORG_INVOICING_NOT_ALLOWED otherwise.
 -- * At most 10 requests per requester and 20 per organisation in any rolling 24 hours, counted from
 --   billing.org_invoices (drafts and voided ones included): INVOICE_LIMIT. A retry of a request
@@ -131,7 +131,8 @@ begin
   if not found then
     if v_org.invoicing_approved_at is null
        and not exists (select 1 from billing.purchases p
-                       where p.org_id = p_org and p.origin = 'checkout' and p.status = 'paid') then
+                       where p.org_id = p_org and p.origin = 'checkout' and p.status = 'paid'
+                         and p.amount_refunded_cents = 0 and p.dispute_id is null) then
       perform billing.raise_error('ORG_INVOICING_NOT_ALLOWED', jsonb_build_object('rule',
         'a first card purchase through Checkout, or an operator''s approval'));
     end if;

@@ -308,6 +308,22 @@ $$;
 comment on function billing.activate_gift_code(p_purchase billing.purchases) is 'Internal: a paid gift''s code becomes redeemable and its email is queued (the id only: the sender derives the code); returns the escrow account the purchase credits.';
 revoke execute on function billing.activate_gift_code(p_purchase billing.purchases) from public;
 
+-- Whom an organisation's sponsor code may name: a current member (role member), by id or by
+-- address, or an address with a pending invitation to join as one (who joins before redeeming).
+create or replace function billing.may_be_sponsored(p_org uuid, p_user uuid, p_email text) returns boolean
+language sql stable
+set search_path = ''
+as $$
+  select billing.is_org_member(p_org, p_user)
+    or exists (select 1 from auth.users u where p_user is null and billing.ascii_lower(u.email) = p_email
+               and billing.is_org_member(p_org, u.id))
+    or exists (select 1 from billing.org_invitations i where p_user is null and i.org_id = p_org
+               and i.status = 'pending' and i.role = 'member' and i.expires_at > now()
+               and billing.ascii_lower(i.email) = p_email)
+$$;
+comment on function billing.may_be_sponsored(p_org uuid, p_user uuid, p_email text) is 'Internal: whether a sponsor code of p_org may name this student (p_user, or p_email ASCII-lower-cased): a current member, or an address invited to join as one.';
+revoke execute on function billing.may_be_sponsored(p_org uuid, p_user uuid, p_email text) from public;
+
 create or replace function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text)
 returns jsonb
 language plpgsql
@@ -348,15 +364,9 @@ begin
      or v_email = (select billing.ascii_lower(u.email) from auth.users u where u.id = p_user) then
     perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds someone else'));
   end if;
-  -- It names a student of this organisation: a current member, or an address with a pending
-  -- invitation to join as one (who must have joined before redeeming). Organisation credits never
-  -- leave for an account that is not a member (an admin's own outside account included).
-  if not (billing.is_org_member(p_org, v_student)
-          or exists (select 1 from auth.users u where v_student is null and billing.ascii_lower(u.email) = v_email
-                     and billing.is_org_member(p_org, u.id))
-          or exists (select 1 from billing.org_invitations i where v_student is null and i.org_id = p_org
-                     and i.status = 'pending' and i.role = 'member' and i.expires_at > now()
-                     and billing.ascii_lower(i.email) = v_email)) then
+  -- It names a student of this organisation. Organisation credits never leave for an account that
+  -- is not a member (an admin's own outside account included).
+  if not billing.may_be_sponsored(p_org, v_student, case when v_student is null then v_email end) then
     perform billing.raise_error('MEMBER_NOT_FOUND', '{}');
   end if;
   insert into billing.codes (kind, code_hash, credits, max_redemptions, valid_until, org_id, for_user, for_email, note,
@@ -457,7 +467,10 @@ begin
   for v_code in
     select * from billing.codes c where c.kind = 'sponsor' and c.status = 'active'
       and (c.valid_until <= now()
-           or not exists (select 1 from billing.org_admins x where x.org_id = c.org_id and x.user_id = c.created_by))
+           or not exists (select 1 from billing.org_admins x where x.org_id = c.org_id and x.user_id = c.created_by)
+           -- Its student left, or their invitation lapsed, since it was issued (a removal that met
+           -- the code under a redemption's lock skipped it).
+           or not billing.may_be_sponsored(c.org_id, c.for_user, c.for_email))
     order by c.valid_until limit p_limit for update skip locked
   loop
     perform billing.return_sponsor_escrow(v_code, 'void');
@@ -477,7 +490,7 @@ begin
   return v_count;
 end;
 $$;
-comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: unredeemed sponsor codes past their window, or whose issuer is no longer an owner or admin, give their escrow back to the wallet, and closed codes give back what a won dispute freed in theirs. Idempotent.';
+comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: unredeemed sponsor codes past their window, whose issuer is no longer an owner or admin, or whose student is no longer a member or invitee, give their escrow back to the wallet, and closed codes give back what a won dispute freed in theirs. Idempotent.';
 revoke execute on function billing.close_expired_sponsor_codes(p_limit integer) from public, anon, authenticated;
 grant execute on function billing.close_expired_sponsor_codes(p_limit integer) to service_role;
 

@@ -246,3 +246,21 @@ Deno.test('issuer and redeemer cannot be one person under two accounts (the same
   assert.equal((taken.body.error as { details: { reason: string } }).details.reason, 'not for its issuer', taken.text);
   assert.equal((await walletOf(owner.token, org)).balance, '50', 'only the one code set aside, unredeemed');
 });
+
+Deno.test('a code for an invitee whose invitation is revoked goes back to the wallet at the sweep', async () => {
+  const [owner, invitee] = await Promise.all(['owner', 'invitee'].map(person));
+  const org = await school(owner, [], 'allowance', '100');
+  const inv = await api(`/orgs/${org}/invitations`, { token: owner.token, body: { email: invitee.email } });
+  const { id } = dataOf(await issue(owner.token, org, { credits: '25', email: invitee.email })) as { id: string };
+  assert.equal((await walletOf(owner.token, org)).balance, '75');
+  const revoked = await api(`/orgs/${org}/invitations/${(inv.body.data as { id: string }).id}`, {
+    token: owner.token,
+    method: 'DELETE',
+  });
+  assert.equal(revoked.status, 200, revoked.text);
+  await testDb`select billing.close_expired_sponsor_codes(1000)`;
+  assert.equal((await walletOf(owner.token, org)).balance, '100');
+  const [{ status }] = await testDb`select status from billing.codes where id = ${id}`;
+  assert.equal(status, 'void');
+  await assertLedgerInvariants();
+});

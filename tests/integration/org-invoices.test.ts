@@ -271,10 +271,14 @@ Deno.test('a new organisation asks for invoices only after a card purchase or an
   assert.equal((await direct()).status, 201);
   await approveInvoicing(org, false);
   assert.equal(code(await direct()), 'ORG_INVOICING_NOT_ALLOWED', 'an approval withdrawn stops new requests');
-  // A paid card purchase for the organisation (Checkout) is enough on its own.
-  await testDb`insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits,
-      org_id, origin, status, paid_at)
-    values (${owner.id}, 'mini', ${crypto.randomUUID()}, 500, 'usd', 5000, 0, ${org}, 'checkout', 'paid', now())`;
+  // A paid card purchase for the organisation (Checkout) is enough on its own; a refunded one is not.
+  const purchase = (refunded: number) =>
+    testDb`insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits,
+      org_id, origin, status, paid_at, amount_refunded_cents)
+    values (${owner.id}, 'mini', ${crypto.randomUUID()}, 500, 'usd', 5000, 0, ${org}, 'checkout', 'paid', now(), ${refunded})`;
+  await purchase(500);
+  assert.equal(code(await direct()), 'ORG_INVOICING_NOT_ALLOWED', 'a refunded card purchase proves no payer');
+  await purchase(0);
   assert.equal((await direct()).status, 201);
 });
 
