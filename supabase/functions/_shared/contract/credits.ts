@@ -2,17 +2,16 @@
 // parsed by credits/index.ts. Admin and service shapes stay in credits/schemas.ts.
 import { z } from 'zod';
 import { CreditAmountSchema } from '../values/money.ts';
-import { jsonObject, pgInt, pgText } from '../values/pg-values.ts';
+import { jsonObject, pgInt } from '../values/pg-values.ts';
 import { CalendarDateSchema, lastDays } from '../values/query.ts';
-import { PackageIdSchema, TimeZoneSchema } from '../values/text.ts';
+import { ModelSchema, PackageIdSchema, printableText, TimeZoneSchema } from '../values/text.ts';
 
-const printable = /^[\x20-\x7e]+$/;
+export { ModelSchema };
+
 /** Printable ASCII, 1 to 128 characters, e.g. `'req-42'`. */
-export const CorrelationIdSchema = pgText(128).min(1).regex(printable, 'must be printable ASCII');
+export const CorrelationIdSchema = printableText(128);
 /** Free-form facts about a charge, kept with its transfer: plain values only (no nesting). */
 export const MetadataSchema = jsonObject({ depth: 1, entries: 20, key: 64, text: 500 });
-/** A model name, e.g. `'gpt-4o-mini'`. */
-export const ModelSchema = pgText(64).min(1).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name');
 
 /** A token count, 0 to 10 million. */
 export const TokensSchema = pgInt(0, 10_000_000);

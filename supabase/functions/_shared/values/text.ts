@@ -15,6 +15,15 @@ export const PackageIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be
 /** Printable ASCII without spaces, e.g. a client's temporary id. */
 export const tokenText = (max: number) => pgText(max).min(1).regex(/^[\x21-\x7e]+$/, 'must be printable ASCII');
 
+/** Printable ASCII, spaces included, e.g. a correlation id or a batch event's id. */
+export const printableText = (max: number) => pgText(max).min(1).regex(/^[\x20-\x7e]+$/, 'must be printable ASCII');
+
+/** A model name, e.g. `'gpt-4o-mini'`. */
+export const ModelSchema = pgText(64).min(1).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name');
+
+/** A plan's id, as the catalogue names them (the alphabet of package ids). */
+export const PlanIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a plan id');
+
 // Control, format (bidirectional overrides U+202A–U+202E and U+2066–U+2069, zero-width
 // characters, U+FEFF), line and paragraph separators.
 const unprintable = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
