@@ -6,6 +6,7 @@ export const documentedCodes = [
   'AUTH_UNAVAILABLE',
   'BAD_REQUEST',
   'BATCH_TOO_LARGE',
+  'BILLING_EMAIL_NOT_VERIFIED',
   'CAPTURE_EXCEEDS_HOLD',
   'CAP_NOT_FOUND',
   'CARD_DECLINED',
@@ -54,6 +55,7 @@ export const documentedCodes = [
   'INVALID_TTL',
   'INVITATION_CLOSED',
   'INVITATION_LIMIT',
+  'INVOICE_LIMIT',
   'INVITATION_NOT_FOUND',
   'INVITATION_PENDING',
   'JOB_CANCELLED',
@@ -73,6 +75,7 @@ export const documentedCodes = [
   'NO_SAVED_CARD',
   'ORG_FORBIDDEN',
   'ORG_FUNDING_MODE',
+  'ORG_INVOICING_NOT_ALLOWED',
   'ORG_NOT_FOUND',
   'PACKAGE_NOT_FOUND',
   'PASSWORD_SIGN_IN_UNAVAILABLE',
@@ -165,6 +168,7 @@ export interface DetailsByCode {
   INVALID_RANGE: { field: string; rule: string };
   INVITATION_CLOSED: { status: 'accepted' | 'declined' | 'expired' | 'revoked' };
   INVITATION_LIMIT: { scope: 'inviter' | 'organisation'; limit: number; retry_at: string };
+  INVOICE_LIMIT: { scope: 'requester' | 'organisation'; limit: number; retry_at: string };
   HOLD_NOT_USER_MANAGED: { purpose: 'job' | 'dispute' };
   HOLD_ALREADY_CAPTURED: { captured: Credits };
   RATE_LIMITED: { layer: string };

@@ -278,7 +278,7 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     orgLedger: (id: string, page: { limit?: number; cursor?: string } = {}) =>
       get<Page<OrgLedgerEntry>>(org(id, `/ledger${query(page)}`)),
     /**
-     * Asks for a package on a Stripe invoice (owners and admins): sent to `billing_email`, payable
+     * Asks for a package on a Stripe invoice (owners and admins): sent to the requester's own confirmed address, payable
      * by bank transfer or card within `days_until_due`; the wallet is credited once it is paid.
      */
     requestOrgInvoice: (id: string, req: OrgInvoiceRequest) => post<OrgInvoice>(org(id, '/invoices'), req),

@@ -307,6 +307,23 @@ EOF
   echo "$PG_LAYOUT" >"$PG_HOME/layout"
 }
 
+# pg_log_files: the files the local Postgres writes its server log to, as its configuration says:
+# with logging_collector on, those in log_directory (relative to the data directory unless
+# absolute); otherwise the pg_ctl -l file, $PGDATA/server.log (where pg_start sends it).
+pg_log_files() {
+  local conf collector dir
+  conf=$(cat "$PGDATA/postgresql.conf" "$PGDATA/postgresql.auto.conf" 2>/dev/null)
+  collector=$(sed -nE "s/^[[:space:]]*logging_collector[[:space:]]*=[[:space:]]*'?([a-z]+)'?.*/\1/p" <<<"$conf" | tail -1)
+  if [[ $collector =~ ^(on|true|yes|1)$ ]]; then
+    dir=$(sed -nE "s/^[[:space:]]*log_directory[[:space:]]*=[[:space:]]*'([^']*)'.*/\1/p" <<<"$conf" | tail -1)
+    dir=${dir:-log}
+    [[ $dir = /* ]] || dir="$PGDATA/$dir"
+    find "$dir" -maxdepth 1 -type f 2>/dev/null | sort
+  else
+    echo "$PGDATA/server.log"
+  fi
+}
+
 pg_start() {
   if [ -f "$PGDATA/PG_VERSION" ] && [ "$(cat "$PG_HOME/layout" 2>/dev/null)" != "$PG_LAYOUT" ]; then
     say "the cluster in $PG_HOME predates $PG_LAYOUT (postgres was a superuser): rebuilding it from the migrations and seed"

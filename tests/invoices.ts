@@ -2,22 +2,43 @@
 // Stripe emulator (its API and test controls), read the wallet it credits.
 import assert from 'node:assert/strict';
 import type { OrgInvoice } from '../supabase/functions/_shared/contract/index.ts';
-import { api, env } from './helpers.ts';
+import { adminToken, api, env } from './helpers.ts';
 import { key } from './orgs.ts';
 import { emulator, emulatorUrl, type SignedEvent } from './purchases.ts';
 
+// The invoice goes to the requester's own confirmed address: no billing_email needed.
 export const billing = {
-  billing_email: 'accounts@lakeside.test',
   billing_address: { line1: '1 Lake Road', city: 'Springfield', postal_code: '12345', country: 'US' },
 };
 
-/** POST /orgs/:id/invoices for `quantity` of a package, under `headers` (a fresh Idempotency-Key by default). */
-export const requestInvoice = (
+let operator: Promise<string> | undefined;
+const approved = new Set<string>();
+/** A platform admin lets `org` ask for invoices before a card purchase (PUT /orgs/:id/invoicing). */
+export async function approveInvoicing(org: string, approve = true) {
+  const r = await api(`/orgs/${org}/invoicing`, {
+    token: await (operator ??= adminToken()),
+    method: 'PUT',
+    body: { approved: approve },
+  });
+  assert.equal(r.status, 200, r.text);
+  if (approve) approved.add(org);
+  else approved.delete(org);
+  return r.body.data as { invoicing_approved: boolean };
+}
+
+/**
+ * POST /orgs/:id/invoices for `quantity` of a package, under `headers` (a fresh Idempotency-Key
+ * by default), for an organisation an operator approved for invoicing (approved here first).
+ */
+export async function requestInvoice(
   token: string,
   org: string,
   body: Record<string, unknown> = {},
   headers: Record<string, string> = key(),
-) => api(`/orgs/${org}/invoices`, { token, body: { package_id: 'mini', ...billing, ...body }, headers });
+) {
+  if (!approved.has(org)) await approveInvoicing(org);
+  return await api(`/orgs/${org}/invoices`, { token, body: { package_id: 'mini', ...billing, ...body }, headers });
+}
 
 /** An invoice asked for and answered 201: open and sent. */
 export async function openInvoice(token: string, org: string, body: Record<string, unknown> = {}) {

@@ -56,16 +56,14 @@ export function invoicePart(
   const po = field('PO number', { maxlength: '64' });
   const terms = el('select', '', { 'aria-label': 'payment terms' });
   terms.append(...[15, 30, 45, 60, 90].map((d) => new Option(`Net ${d} days`, String(d), d === 30, d === 30)));
-  const email = field('billing email', { type: 'email', required: '' });
   const line1 = field('address', { required: '' });
   const city = field('city', { required: '' });
   const postal = field('postal code', { required: '' });
   const country = field('country', { value: 'US', maxlength: '2', required: '' });
   const send = el('button', 'Request invoice', { class: 'secondary' });
-  form.append(pkg, quantity, po, terms, email, line1, city, postal, country, send);
+  form.append(pkg, quantity, po, terms, line1, city, postal, country, send);
   form.onsubmit = (e) => {
     e.preventDefault();
-    const to = email.value.trim();
     act(
       send,
       () =>
@@ -74,7 +72,6 @@ export function invoicePart(
           quantity: Number(quantity.value) || 1,
           ...(po.value.trim() ? { po_number: po.value.trim() } : {}),
           days_until_due: Number(terms.value),
-          billing_email: to,
           billing_address: {
             line1: line1.value.trim(),
             city: city.value.trim(),
@@ -82,7 +79,8 @@ export function invoicePart(
             country: country.value.trim().toUpperCase(),
           },
         }),
-      `Invoice sent to ${to}: the credits arrive once it is paid.`,
+      // Stripe sends it to the requester's own confirmed address (docs/api.md, orgs).
+      'Invoice sent to your confirmed email address: the credits arrive once it is paid.',
     );
   };
   part.append(el('h4', 'Pay by invoice'), form);

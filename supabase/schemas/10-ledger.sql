@@ -461,7 +461,7 @@ begin
         > 1000000000000 then
       perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
     elsif v_card is null then
-      perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('model', p_model));
+      perform billing.raise_error('UNKNOWN_MODEL', '{}'); -- never the caller's text: DETAILs reach the Postgres log
     end if;
     perform billing.raise_error('UNPRICED_USAGE', jsonb_build_object('model', p_model,
       'kind', case when p_images > 0 and v_image is null then 'images' else 'audio_seconds' end));
@@ -840,6 +840,19 @@ comment on function billing.get_ledger(uuid, bigint, integer, timestamptz, times
 revoke execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) from public, anon, authenticated;
 grant execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) to service_role;
 
+-- A batch event's ledger key: the caller's event id within its user's namespace (at most 300
+-- characters: a long id is hashed, as billing.scoped_key does).
+create or replace function billing.usage_event_key(p_user uuid, p_event_id text) returns text
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  return billing.scoped_key('usage-event:' || p_user::text || ':', p_event_id);
+end
+$$;
+comment on function billing.usage_event_key(p_user uuid, p_event_id text) is 'Internal: the idempotency key of a batch usage event (user + event id): two users'' events never share one.';
+revoke execute on function billing.usage_event_key(p_user uuid, p_event_id text) from public;
+
 create or replace function billing.charge_usage_batch(p_events jsonb)
 returns jsonb
 language plpgsql
@@ -923,13 +936,16 @@ begin
   where a.id in (select distinct b.account_id from pg_temp.usage_batch b) and (a.held > 0 or a.next_expiry <= now());
 
   -- Replays, checked under the locks so a concurrent batch with the same events has committed:
-  -- an earlier batch already applied this event id.
+  -- an earlier batch already applied this event id for this user. Event ids are the caller's, one
+  -- namespace per user (billing.usage_event_key): another user's event with the same id is
+  -- another event, charged, and never told of the first.
   update pg_temp.usage_batch b set existing_transfer = t.id, existing_amount = t.amount
-  from billing.transfers t where t.idempotency_key = 'usage-event:' || b.event_id and t.kind = 'usage';
-  -- Within the batch, only the first occurrence of an id counts.
+  from billing.transfers t where t.idempotency_key = billing.usage_event_key(b.user_id, b.event_id) and t.kind = 'usage';
+  -- Within the batch, only the first occurrence of a user's id counts.
   update pg_temp.usage_batch b set first_ord = f.first_ord
-  from (select b2.event_id, min(b2.ord) as first_ord from pg_temp.usage_batch b2 group by b2.event_id) f
-  where f.event_id = b.event_id;
+  from (select b2.user_id, b2.event_id, min(b2.ord) as first_ord from pg_temp.usage_batch b2
+        group by b2.user_id, b2.event_id) f
+  where f.event_id = b.event_id and f.user_id is not distinct from b.user_id;
 
   -- Greedy per user in event order: each event is applied if it still fits.
   for e in
@@ -981,7 +997,7 @@ begin
       v_version := v_version + 1;
       a_ord := a_ord || e.ord; a_id := a_id || v_id; a_account := a_account || e.account_id;
       a_amount := a_amount || e.amount; a_balance := a_balance || v_balance; a_version := a_version || v_version;
-      a_key := a_key || ('usage-event:' || e.event_id); a_card := a_card || e.rate_card_id;
+      a_key := a_key || billing.usage_event_key(e.user_id, e.event_id); a_card := a_card || e.rate_card_id;
       a_corr := a_corr || e.correlation_id;
       a_meta := a_meta || jsonb_build_object('model', e.model, 'input_tokens', e.input_tokens,
         'output_tokens', e.output_tokens, 'cached_input_tokens', e.cached_input_tokens,

@@ -224,7 +224,7 @@ begin
       'rule', '1, 2, 3, 4, 5, 10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90, 95 or 100'));
   end;
   if not found then
-    perform billing.raise_error('CAP_NOT_FOUND', jsonb_build_object('period', p_period, 'model', p_model));
+    perform billing.raise_error('CAP_NOT_FOUND', jsonb_build_object('period', p_period)); -- not the model: the caller's text
   end if;
   perform billing.cap_alerts_after(c) from billing.spend_caps c
   where c.account_id = v_account_id and c.period = p_period and c.model is not distinct from p_model;

@@ -530,7 +530,7 @@ begin
   end if;
   select * into v_package from billing.credit_packages k where k.id = p_package_id and k.active;
   if not found then
-    perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));
+    perform billing.raise_error('PACKAGE_NOT_FOUND', '{}'); -- never the caller's text: DETAILs reach the Postgres log
   end if;
 
   -- One checkout at a time per user, so two tabs cannot open two sessions for one package.
@@ -538,7 +538,7 @@ begin
   if p_client_temp_id is not null then
     select * into v_purchase from billing.purchases p where p.user_id = p_user and p.client_temp_id = p_client_temp_id;
     if found and (v_purchase.package_id <> p_package_id or v_purchase.org_id is distinct from p_org) then
-      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'checkout', 'client_temp_id', p_client_temp_id));
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'checkout', 'field', 'client_temp_id'));
     elsif found then
       return billing.checkout_of(v_purchase, true);  -- the same optimistic operation, sent again under another key
     end if;

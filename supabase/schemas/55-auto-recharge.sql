@@ -168,13 +168,13 @@ begin
       perform billing.raise_error('NO_SAVED_CARD', jsonb_build_object('rule', 'buy a package with save_card: true first'));
     end if;
     if not exists (select 1 from billing.credit_packages k where k.id = p_package_id and k.active) then
-      perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));
+      perform billing.raise_error('PACKAGE_NOT_FOUND', '{}'); -- never the caller's text (the Postgres log)
     end if;
     perform billing.check_amount(p_threshold);
   elsif p_package_id is not null and not exists (select 1 from billing.credit_packages k where k.id = p_package_id) then
     -- Turning it off may name a package too: one that does not exist is the same 404, not a
     -- foreign-key violation (a 500, with the value in the server log).
-    perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));
+    perform billing.raise_error('PACKAGE_NOT_FOUND', '{}'); -- never the caller's text (the Postgres log)
   end if;
   begin
     insert into billing.auto_recharge as s (user_id, enabled, package_id, threshold, monthly_max_count, monthly_max_cents)

@@ -127,7 +127,7 @@ begin
   end if;
   perform pg_advisory_xact_lock(hashtextextended('checkout:' || p_user::text, 0));
   if not exists (select 1 from billing.plans p where p.id = p_plan_id and p.active) then
-    perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_plan_id));
+    perform billing.raise_error('PLAN_NOT_FOUND', '{}'); -- never the caller's text: DETAILs reach the Postgres log
   end if;
   if exists (select 1 from billing.subscriptions s where s.user_id = p_user and s.refused_at is null
              and s.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) then

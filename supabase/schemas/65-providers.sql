@@ -252,7 +252,7 @@ declare
   v_id uuid;
 begin
   if (select coalesce(sum((e ->> 'amount_cents')::bigint), 0) from jsonb_array_elements(p_entries) e) <> 0 then
-    perform billing.raise_error('MONEY_UNBALANCED', jsonb_build_object('key', p_key));
+    perform billing.raise_error('MONEY_UNBALANCED', jsonb_build_object('kind', p_kind)); -- not the key: it may carry a caller's Idempotency-Key
   end if;
   insert into billing.money_transfers (kind, idempotency_key, currency, provider_id, payment_id, stripe_id, occurred_at)
   values (p_kind, p_key, p_currency, p_provider, p_payment, p_stripe_id,

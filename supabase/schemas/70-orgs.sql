@@ -31,6 +31,8 @@ create table billing.orgs (
   created_by uuid not null references auth.users (id),
   created_at timestamptz not null default now(),
   stripe_customer_id text,                           -- who its invoices are made out to (72-org-invoices.sql)
+  invoicing_approved_at timestamptz,                 -- an operator let it ask for invoices before a card purchase
+  invoicing_approved_by uuid references auth.users (id),
   constraint orgs_name_length check (length(name) between 1 and 200),
   constraint orgs_funding check (funding in ('allowance', 'pool')),
   constraint orgs_term_order check (term_ends_at is null or term_ends_at > term_started_at)
@@ -423,10 +425,13 @@ begin
     where x.id = j.id;
   end loop;
   perform billing.sweep_allowance(p_org, p_member, 'removed');
+  -- Sponsor codes they issued (an admin's) or that name them, unredeemed, give their escrow back:
+  -- nothing the organisation set aside leaves for or by someone no longer in it.
+  perform billing.void_sponsor_codes_of(p_org, p_member, true, true);
   return jsonb_build_object('org_id', p_org, 'user_id', p_member, 'active', false);
 end;
 $$;
-comment on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) is 'An owner or admin removes a member (never the owner): their org holds released and org-funded jobs not yet started cancelled, allowance swept back, and the pending invitations they sent or were sent revoked.';
+comment on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) is 'An owner or admin removes a member (never the owner): their org holds released and org-funded jobs not yet started cancelled, allowance swept back, the unredeemed sponsor codes they issued or are named in voided (escrow back to the wallet), and the pending invitations they sent or were sent revoked.';
 revoke execute on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) from public;
 grant execute on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) to service_role;
 
@@ -450,8 +455,10 @@ begin
   if v_org.funding <> 'allowance' then
     perform billing.raise_error('ORG_FUNDING_MODE', jsonb_build_object('funding', v_org.funding, 'needs', 'allowance'));
   end if;
+  -- Active members only (and never the funder under a second account: the same address).
   select array_agg(x.user_id order by x.user_id) into v_members from billing.org_members x
-  where x.org_id = p_org and x.active and x.role = 'member' and (p_member is null or x.user_id = p_member);
+  where x.org_id = p_org and x.active and x.role = 'member' and (p_member is null or x.user_id = p_member)
+    and not billing.same_person(p_user, x.user_id);
   if v_members is null then
     perform billing.raise_error('MEMBER_NOT_FOUND', jsonb_build_object('user_id', p_member));
   end if;
@@ -689,7 +696,8 @@ declare
   v_token text;
   v_detail jsonb;
 begin
-  v_result := billing.charge_usage(p_user, p_model, p_input_tokens, p_output_tokens, 'usage-event:' || p_event_id,
+  v_result := billing.charge_usage(p_user, p_model, p_input_tokens, p_output_tokens,
+    billing.usage_event_key(p_user, p_event_id),
     p_correlation_id, jsonb_build_object('occurred_at', p_occurred_at, 'event_id', p_event_id), p_cached_input_tokens,
     p_reasoning_tokens, p_images, p_audio_seconds);
   select a.org_id into v_org from billing.transfers t join billing.accounts a on a.id = t.from_account_id
@@ -744,9 +752,13 @@ begin
   if v_was_member <> (p_role = 'member') then
     update billing.accounts a set orgs = a.orgs + case when v_was_member then -1 else 1 end where a.user_id = p_user;
   end if;
-  -- An owner or admin spends their own credits: an allowance they had as a member goes back.
+  -- An owner or admin spends their own credits: an allowance they had as a member goes back, and
+  -- so do sponsor codes naming them. Someone no longer an owner or admin speaks for no code.
   if v_was_member and p_role <> 'member' then
     perform billing.sweep_allowance(p_org, p_user, 'promoted');
+    perform billing.void_sponsor_codes_of(p_org, p_user, false, true);
+  elsif not v_was_member and p_role = 'member' then
+    perform billing.void_sponsor_codes_of(p_org, p_user, true, false);
   end if;
 end;
 $$;
@@ -763,6 +775,29 @@ as $$
 $$;
 comment on function billing.is_org_admin(p_org uuid, p_user uuid) is 'Internal: whether p_user is an active owner or admin of p_org, the membership locked until the transaction ends.';
 revoke execute on function billing.is_org_admin(p_org uuid, p_user uuid) from public;
+
+-- Whether p_user is an active member (role member: the one funded) of p_org now.
+create or replace function billing.is_org_member(p_org uuid, p_user uuid) returns boolean
+language sql stable
+set search_path = ''
+as $$
+  select exists (select 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_user and m.active
+                 and m.role = 'member')
+$$;
+comment on function billing.is_org_member(p_org uuid, p_user uuid) is 'Internal: whether p_user is an active member (role member) of p_org.';
+revoke execute on function billing.is_org_member(p_org uuid, p_user uuid) from public;
+
+-- Two accounts of one person, as far as can be told: the same account, or the same email address
+-- (ASCII case folded, as billing.ascii_lower compares addresses).
+create or replace function billing.same_person(p_a uuid, p_b uuid) returns boolean
+language sql stable
+set search_path = ''
+as $$
+  select p_a = p_b or exists (select 1 from auth.users a join auth.users b on b.id = p_b
+                              where a.id = p_a and billing.ascii_lower(a.email) = billing.ascii_lower(b.email))
+$$;
+comment on function billing.same_person(p_a uuid, p_b uuid) is 'Internal: whether two accounts are one person as far as can be told (the same id, or the same email address case aside); null ids are no one.';
+revoke execute on function billing.same_person(p_a uuid, p_b uuid) from public;
 
 create or replace function billing.invite_member(p_user uuid, p_org uuid, p_email text, p_role text, p_token_hash text,
   p_ttl_seconds integer, p_id uuid default gen_random_uuid()) returns jsonb

@@ -80,8 +80,28 @@ $$;
 comment on function billing.org_invoice_json(p billing.org_invoices) is 'Internal: an organisation invoice as the API shows it.';
 revoke execute on function billing.org_invoice_json(p billing.org_invoices) from public;
 
+-- Who may be billed, and how often (the platform must not relay invoices to whoever a requester
+-- names, with text of their choosing):
+-- * The invoice goes to the requester's own confirmed address (auth.users.email with
+--   email_confirmed_at): a verified mailbox without a mail flow of our own. A billing_email given
+--   must be that address (BILLING_EMAIL_NOT_VERIFIED).
+-- * An organisation may ask only once it has paid for a package by card through Checkout (a
+--   purchase with origin 'checkout', paid, neither refunded nor disputed), or an operator approved it
+--   (billing.approve_org_invoicing): ORG_INVOICING_NOT_ALLOWED otherwise.
+-- * At most 10 requests per requester and 20 per organisation in any rolling 24 hours, counted from
+--   billing.org_invoices (drafts and voided ones included): INVOICE_LIMIT. A retry of a request
+--   (its key) is not a new one.
+-- Every text Stripe prints (the organisation's name, the address, the PO number) is refused by
+-- the route when it holds a control, format or bidirectional character or a link (values/text.ts).
+create or replace function billing.org_invoice_limits() returns jsonb
+language sql immutable
+set search_path = ''
+as $$ select '{"requester": 10, "organisation": 20}'::jsonb $$;
+comment on function billing.org_invoice_limits() is 'Internal: invoice requests allowed per requester and per organisation in a rolling 24 hours.';
+revoke execute on function billing.org_invoice_limits() from public;
+
 create or replace function billing.begin_org_invoice(p_user uuid, p_org uuid, p_package_id text, p_quantity integer,
-  p_po_number text, p_days_until_due integer, p_request_key text) returns jsonb
+  p_po_number text, p_days_until_due integer, p_request_key text, p_billing_email text) returns jsonb
 language plpgsql
 security definer
 set search_path = ''
@@ -90,16 +110,50 @@ declare
   v_org billing.orgs;
   v_package billing.credit_packages;
   v billing.org_invoices;
+  v_email text;
+  v_scope text;
+  v_count integer;
+  v_oldest timestamptz;
 begin
   -- Only an owner or admin runs up the school's bills: checked on every call, a retry of an
   -- unfinished request too (its draft would otherwise be sent, with the retry's billing details,
   -- for someone removed since).
   v_org := billing.require_org_role(p_org, p_user, true);
+  -- The requester's own confirmed address, the only one billed (never echoed in the error: it
+  -- would reach the Postgres log).
+  select u.email into v_email from auth.users u where u.id = p_user and u.email_confirmed_at is not null;
+  if v_email is null or (p_billing_email is not null
+                         and billing.ascii_lower(btrim(p_billing_email)) <> billing.ascii_lower(v_email)) then
+    perform billing.raise_error('BILLING_EMAIL_NOT_VERIFIED', jsonb_build_object('field', 'billing_email',
+      'rule', 'your own confirmed email address'));
+  end if;
   select * into v from billing.org_invoices i where i.created_by = p_user and i.request_key = p_request_key;
   if not found then
+    if v_org.invoicing_approved_at is null
+       and not exists (select 1 from billing.purchases p
+                       where p.org_id = p_org and p.origin = 'checkout' and p.status = 'paid'
+                         and p.amount_refunded_cents = 0 and p.dispute_id is null) then
+      perform billing.raise_error('ORG_INVOICING_NOT_ALLOWED', jsonb_build_object('rule',
+        'a first card purchase through Checkout, or an operator''s approval'));
+    end if;
+    -- Counted under a lock per requester, then per organisation (always in that order), so
+    -- concurrent requests cannot both take the last place.
+    perform pg_advisory_xact_lock(hashtextextended('org-invoices:requester:' || p_user, 0));
+    perform pg_advisory_xact_lock(hashtextextended('org-invoices:org:' || p_org, 0));
+    foreach v_scope in array array['requester', 'organisation'] loop
+      select count(*), min(i.created_at) into v_count, v_oldest from billing.org_invoices i
+      where case v_scope when 'requester' then i.created_by = p_user else i.org_id = p_org end
+        and i.created_at > now() - interval '1 day';
+      if v_count >= (billing.org_invoice_limits() ->> v_scope)::integer then
+        perform billing.raise_error('INVOICE_LIMIT', jsonb_build_object('scope', v_scope,
+          'limit', (billing.org_invoice_limits() ->> v_scope)::integer, 'window', '24 hours',
+          'retry_at', billing.json_time(v_oldest + interval '1 day')));
+      end if;
+    end loop;
     select * into v_package from billing.credit_packages k where k.id = p_package_id and k.active;
     if not found then
-      perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));
+      -- Never the id asked for: a caller's text in a DETAIL lands in the Postgres log.
+      perform billing.raise_error('PACKAGE_NOT_FOUND', '{}');
     end if;
     insert into billing.org_invoices (org_id, package_id, quantity, credits, bonus_credits, amount_cents, currency,
                                       po_number, days_until_due, request_key, created_by)
@@ -116,14 +170,37 @@ begin
     perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'org_invoice'));
   end if;
   select * into v_org from billing.orgs o where o.id = v.org_id;
-  return billing.org_invoice_json(v) || jsonb_build_object('org_name', v_org.name,
+  return billing.org_invoice_json(v) || jsonb_build_object('org_name', v_org.name, 'billing_email', v_email,
     'stripe_customer_id', v_org.stripe_customer_id,
     'package_name', (select k.name from billing.credit_packages k where k.id = v.package_id));
 end;
 $$;
-comment on function billing.begin_org_invoice(p_user uuid, p_org uuid, p_package_id text, p_quantity integer, p_po_number text, p_days_until_due integer, p_request_key text) is 'An owner or admin records the intent to invoice the organisation for a package (a draft, before any Stripe call), or gets the one this request key made; with the organisation''s Stripe customer for the caller to make the invoice under.';
-revoke execute on function billing.begin_org_invoice(p_user uuid, p_org uuid, p_package_id text, p_quantity integer, p_po_number text, p_days_until_due integer, p_request_key text) from public;
-grant execute on function billing.begin_org_invoice(p_user uuid, p_org uuid, p_package_id text, p_quantity integer, p_po_number text, p_days_until_due integer, p_request_key text) to service_role;
+comment on function billing.begin_org_invoice(p_user uuid, p_org uuid, p_package_id text, p_quantity integer, p_po_number text, p_days_until_due integer, p_request_key text, p_billing_email text) is 'An owner or admin records the intent to invoice the organisation for a package (a draft, before any Stripe call), or gets the one this request key made; with the organisation''s Stripe customer and the requester''s confirmed address to bill. Refused unless the organisation paid by card once or an operator approved it, past the daily limits, or for another address than the requester''s own.';
+revoke execute on function billing.begin_org_invoice(p_user uuid, p_org uuid, p_package_id text, p_quantity integer, p_po_number text, p_days_until_due integer, p_request_key text, p_billing_email text) from public;
+grant execute on function billing.begin_org_invoice(p_user uuid, p_org uuid, p_package_id text, p_quantity integer, p_po_number text, p_days_until_due integer, p_request_key text, p_billing_email text) to service_role;
+
+create or replace function billing.approve_org_invoicing(p_org uuid, p_approved boolean, p_admin uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs;
+begin
+  update billing.orgs o
+  set invoicing_approved_at = case when p_approved then coalesce(o.invoicing_approved_at, now()) end,
+      invoicing_approved_by = case when p_approved then coalesce(o.invoicing_approved_by, p_admin) end
+  where o.id = p_org returning * into v_org;
+  if not found then
+    perform billing.raise_error('ORG_NOT_FOUND', '{}');
+  end if;
+  return jsonb_build_object('org_id', v_org.id, 'invoicing_approved', v_org.invoicing_approved_at is not null,
+    'invoicing_approved_at', billing.json_time(v_org.invoicing_approved_at), 'invoicing_approved_by', v_org.invoicing_approved_by);
+end;
+$$;
+comment on function billing.approve_org_invoicing(p_org uuid, p_approved boolean, p_admin uuid) is 'A platform admin lets an organisation ask for invoices before its first card purchase (p_approved), or withdraws that.';
+revoke execute on function billing.approve_org_invoicing(p_org uuid, p_approved boolean, p_admin uuid) from public, anon, authenticated;
+grant execute on function billing.approve_org_invoicing(p_org uuid, p_approved boolean, p_admin uuid) to service_role;
 
 create or replace function billing.attach_org_customer(p_org uuid, p_customer text) returns text
 language sql

@@ -267,7 +267,7 @@ begin
   end if;
   select * into v_package from billing.credit_packages k where k.id = p_package_id and k.active;
   if not found then
-    perform billing.raise_error('PACKAGE_NOT_FOUND', jsonb_build_object('package_id', p_package_id));
+    perform billing.raise_error('PACKAGE_NOT_FOUND', '{}'); -- never the caller's text: DETAILs reach the Postgres log
   end if;
   insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits, gift)
   values (p_user, v_package.id, p_request_key, v_package.price_cents, v_package.currency, v_package.credits,
@@ -308,6 +308,22 @@ $$;
 comment on function billing.activate_gift_code(p_purchase billing.purchases) is 'Internal: a paid gift''s code becomes redeemable and its email is queued (the id only: the sender derives the code); returns the escrow account the purchase credits.';
 revoke execute on function billing.activate_gift_code(p_purchase billing.purchases) from public;
 
+-- Whom an organisation's sponsor code may name: a current member (role member), by id or by
+-- address, or an address with a pending invitation to join as one (who joins before redeeming).
+create or replace function billing.may_be_sponsored(p_org uuid, p_user uuid, p_email text) returns boolean
+language sql stable
+set search_path = ''
+as $$
+  select billing.is_org_member(p_org, p_user)
+    or exists (select 1 from auth.users u where p_user is null and billing.ascii_lower(u.email) = p_email
+               and billing.is_org_member(p_org, u.id))
+    or exists (select 1 from billing.org_invitations i where p_user is null and i.org_id = p_org
+               and i.status = 'pending' and i.role = 'member' and i.expires_at > now()
+               and billing.ascii_lower(i.email) = p_email)
+$$;
+comment on function billing.may_be_sponsored(p_org uuid, p_user uuid, p_email text) is 'Internal: whether a sponsor code of p_org may name this student (p_user, or p_email ASCII-lower-cased): a current member, or an address invited to join as one.';
+revoke execute on function billing.may_be_sponsored(p_org uuid, p_user uuid, p_email text) from public;
+
 create or replace function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text)
 returns jsonb
 language plpgsql
@@ -343,6 +359,16 @@ begin
                 and billing.is_org_admin(p_org, u.id)) then
     perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student, not an owner or admin'));
   end if;
+  -- Nobody sponsors themselves under a second account (the same address, case aside).
+  if billing.same_person(p_user, v_student)
+     or v_email = (select billing.ascii_lower(u.email) from auth.users u where u.id = p_user) then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds someone else'));
+  end if;
+  -- It names a student of this organisation. Organisation credits never leave for an account that
+  -- is not a member (an admin's own outside account included).
+  if not billing.may_be_sponsored(p_org, v_student, case when v_student is null then v_email end) then
+    perform billing.raise_error('MEMBER_NOT_FOUND', '{}');
+  end if;
   insert into billing.codes (kind, code_hash, credits, max_redemptions, valid_until, org_id, for_user, for_email, note,
                              created_by, request_key)
   values ('sponsor', p_code_hash, (p_spec ->> 'credits')::numeric, 1,
@@ -357,7 +383,7 @@ begin
     'wallet', billing.wallet_json(billing.org_wallet_id(p_org)));
 end;
 $$;
-comment on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) is 'An owner or admin issues a sponsor code for one student (p_spec: credits, user_id or email, valid_until, note): its credits move from the wallet into the code''s escrow now (INSUFFICIENT_CREDITS when the wallet lacks them).';
+comment on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) is 'An owner or admin issues a sponsor code for one student of the organisation (p_spec: credits, user_id of a member or email of a member or pending member invitee, valid_until, note; never themselves under another account): its credits move from the wallet into the code''s escrow now (INSUFFICIENT_CREDITS when the wallet lacks them).';
 revoke execute on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) from public, anon, authenticated;
 grant execute on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) to service_role;
 
@@ -441,7 +467,10 @@ begin
   for v_code in
     select * from billing.codes c where c.kind = 'sponsor' and c.status = 'active'
       and (c.valid_until <= now()
-           or not exists (select 1 from billing.org_admins x where x.org_id = c.org_id and x.user_id = c.created_by))
+           or not exists (select 1 from billing.org_admins x where x.org_id = c.org_id and x.user_id = c.created_by)
+           -- Its student left, or their invitation lapsed, since it was issued (a removal that met
+           -- the code under a redemption's lock skipped it).
+           or not billing.may_be_sponsored(c.org_id, c.for_user, c.for_email))
     order by c.valid_until limit p_limit for update skip locked
   loop
     perform billing.return_sponsor_escrow(v_code, 'void');
@@ -461,9 +490,39 @@ begin
   return v_count;
 end;
 $$;
-comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: unredeemed sponsor codes past their window, or whose issuer is no longer an owner or admin, give their escrow back to the wallet, and closed codes give back what a won dispute freed in theirs. Idempotent.';
+comment on function billing.close_expired_sponsor_codes(p_limit integer) is 'pg_cron: unredeemed sponsor codes past their window, whose issuer is no longer an owner or admin, or whose student is no longer a member or invitee, give their escrow back to the wallet, and closed codes give back what a won dispute freed in theirs. Idempotent.';
 revoke execute on function billing.close_expired_sponsor_codes(p_limit integer) from public, anon, authenticated;
 grant execute on function billing.close_expired_sponsor_codes(p_limit integer) to service_role;
+
+-- When someone leaves an organisation or changes role, what they issued or were promised goes
+-- back: called by billing.remove_member and billing.set_member_role. Codes a redemption holds
+-- right now are skipped (this runs under account locks a redemption takes after the code's row);
+-- close_expired_sponsor_codes closes those an issuer no longer speaks for at its next run.
+create or replace function billing.void_sponsor_codes_of(p_org uuid, p_user uuid, p_issued boolean, p_named boolean)
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_code billing.codes;
+  v_email text := (select billing.ascii_lower(u.email) from auth.users u where u.id = p_user);
+  v_count integer := 0;
+begin
+  for v_code in
+    select * from billing.codes c
+    where c.kind = 'sponsor' and c.org_id = p_org and c.status = 'active'
+      and ((p_issued and c.created_by = p_user)
+           or (p_named and (c.for_user = p_user or (v_email is not null and c.for_email = v_email))))
+    order by c.id for update skip locked
+  loop
+    perform billing.return_sponsor_escrow(v_code, 'void');
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end;
+$$;
+comment on function billing.void_sponsor_codes_of(p_org uuid, p_user uuid, p_issued boolean, p_named boolean) is 'Internal: voids the organisation''s unredeemed sponsor codes p_user issued (p_issued) or is named in (p_named), their escrow back to the wallet; returns how many.';
+revoke execute on function billing.void_sponsor_codes_of(p_org uuid, p_user uuid, p_issued boolean, p_named boolean) from public;
 
 -- The failed guesses allowed per rolling hour before every attempt is refused.
 create or replace function billing.code_guess_limits() returns jsonb
@@ -564,6 +623,11 @@ begin
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'revoked'));
     elsif billing.is_org_admin(v_code.org_id, p_user) then
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'for students only'));
+    elsif billing.same_person(v_code.created_by, p_user) then
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'not for its issuer'));
+    elsif not billing.is_org_member(v_code.org_id, p_user) then
+      -- Only a current member: an invitee joins first; someone removed no longer can.
+      perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'members only'));
     end if;
   end if;
   v_own := billing.ensure_user_account(p_user);

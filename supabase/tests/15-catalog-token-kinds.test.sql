@@ -66,9 +66,9 @@ select is(
       'input_tokens', 0, 'output_tokens', -5, 'occurred_at', now())))) with ordinality x(o, ord)),
   '["applied", "invalid", "invalid"]'::jsonb,
   'a batch prices the kinds, and refuses an unpriced kind and a negative count event by event');
-select is((select amount from billing.transfers where idempotency_key = 'usage-event:kinds-b1'), 24.0::numeric,
+select is((select amount from billing.transfers where idempotency_key = 'usage-event:aaaaaaaa-0000-4000-8000-000000000001:kinds-b1'), 24.0::numeric,
   'a batch event''s reasoning tokens are priced at the reasoning rate');
-select is((select metadata ->> 'reasoning_tokens' from billing.transfers where idempotency_key = 'usage-event:kinds-b1'), '1000',
+select is((select metadata ->> 'reasoning_tokens' from billing.transfers where idempotency_key = 'usage-event:aaaaaaaa-0000-4000-8000-000000000001:kinds-b1'), '1000',
   'a batch transfer records every kind');
 select is((select (o ->> 'charged')::numeric from jsonb_array_elements(billing.charge_usage_batch(jsonb_build_array(
     jsonb_build_object('event_id', 'kinds-b4', 'user_id', 'aaaaaaaa-0000-4000-8000-000000000001', 'model', 'kinds-full',

@@ -48,8 +48,9 @@ select billing.charge_usage_batch(jsonb_build_array(
     'input_tokens', 400, 'output_tokens', 0, 'occurred_at', now())));
 select results_eq(
   $$select t.idempotency_key, la.amount from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id
-    where t.idempotency_key like 'usage-event:lot-ev-%' order by t.id, la.lot_id$$,
-  $$values ('usage-event:lot-ev-1', 8::numeric), ('usage-event:lot-ev-2', 6::numeric), ('usage-event:lot-ev-2', 2::numeric)$$,
+    where t.idempotency_key like 'usage-event:dddddddd-0000-4000-8000-000000000001:lot-ev-%' order by t.id, la.lot_id$$,
+  $$values ('usage-event:dddddddd-0000-4000-8000-000000000001:lot-ev-1', 8::numeric), ('usage-event:dddddddd-0000-4000-8000-000000000001:lot-ev-2', 6::numeric),
+    ('usage-event:dddddddd-0000-4000-8000-000000000001:lot-ev-2', 2::numeric)$$,
   'a batch draws event after event: the second event finishes one lot (2) and starts the next (6)');
 
 select is(pg_temp.err($$update billing.lot_allocations set amount = 1$$), 'LEDGER_IMMUTABLE', 'allocations cannot be changed');

@@ -2,13 +2,14 @@
 -- wallet exactly once (cost before tax), void and uncollectible credit nothing, a wrong amount
 -- is refused, an uncollectible invoice paid after all credits, a refund reaches the credits.
 begin;
-select plan(22);
+select plan(30);
 \ir helpers.psql
 
-insert into auth.users (id, email) values
-  ('dddddddd-0000-4000-8000-000000000001', 'owner@invoice.test'),
-  ('dddddddd-0000-4000-8000-000000000002', 'member@invoice.test'),
-  ('dddddddd-0000-4000-8000-000000000003', 'outsider@invoice.test');
+insert into auth.users (id, email, email_confirmed_at) values
+  ('dddddddd-0000-4000-8000-000000000001', 'owner@invoice.test', now()),
+  ('dddddddd-0000-4000-8000-000000000002', 'member@invoice.test', now()),
+  ('dddddddd-0000-4000-8000-000000000003', 'outsider@invoice.test', now()),
+  ('dddddddd-0000-4000-8000-000000000004', 'unconfirmed@invoice.test', null);
 
 create temp table ids as
   select (billing.create_org('dddddddd-0000-4000-8000-000000000001', 'Invoiced School', 'allowance', true) ->> 'id')::uuid as org;
@@ -20,7 +21,7 @@ select billing.answer_invitation('dddddddd-0000-4000-8000-000000000002', 'member
 create function pg_temp.begin(p_key text, p_package text default 'mini', p_quantity integer default 2) returns uuid
 language sql as $$
   select (billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000001', (select org from ids), p_package, p_quantity,
-    'PO-1', 30, p_key) ->> 'id')::uuid
+    'PO-1', 30, p_key, null) ->> 'id')::uuid
 $$;
 -- Stripe's invoice for it in `status`, `net` before and `tax` on top; paid by charge ch_<key> with `refunded` back.
 create function pg_temp.state(p_id uuid, p_status text, p_net integer default 1000, p_tax integer default 100,
@@ -42,13 +43,28 @@ $$;
 
 -- ============================================================ who may ask
 
-select is(pg_temp.err($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000002', (select org from ids), 'mini', 1, null, 30, 'k')$$),
+select is(pg_temp.err($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000002', (select org from ids), 'mini', 1, null, 30, 'k', null)$$),
   'ORG_FORBIDDEN', 'a member cannot invoice the organisation');
-select is(pg_temp.err($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000003', (select org from ids), 'mini', 1, null, 30, 'k')$$),
+select is(pg_temp.err($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000003', (select org from ids), 'mini', 1, null, 30, 'k', null)$$),
   'ORG_NOT_FOUND', 'an outsider cannot, nor learn that it exists');
 select is(pg_temp.err($$select billing.list_org_invoices('dddddddd-0000-4000-8000-000000000002', (select org from ids), null, 10)$$),
   'ORG_FORBIDDEN', 'a member cannot list its invoices');
-select is(pg_temp.err($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000001', (select org from ids), 'mini', 1, null, 91, 'k')$$),
+-- An organisation that never paid by card asks only once an operator approved it.
+select is(pg_temp.err($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000001', (select org from ids), 'mini', 1, null, 30, 'new', null)$$),
+  'ORG_INVOICING_NOT_ALLOWED', 'a new organisation cannot ask for invoices before a card purchase or an approval');
+select is((billing.approve_org_invoicing((select org from ids), true, 'dddddddd-0000-4000-8000-000000000003') ->> 'invoicing_approved')::boolean,
+  true, 'an operator approves it');
+select is(pg_temp.err($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000001', (select org from ids), 'mini', 1, null, 30, 'k', 'someone@else.test')$$),
+  'BILLING_EMAIL_NOT_VERIFIED', 'the invoice goes to the requester''s own confirmed address only');
+select is(pg_temp.err($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000001', (select org from ids), 'no-such-package', 1, null, 30, 'k', 'OWNER@invoice.test')$$),
+  'PACKAGE_NOT_FOUND', 'their own address in another case is theirs');
+select is(pg_temp.detail($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000001', (select org from ids), 'jane@evil.test-078-05-1120', 1, null, 30, 'k', null)$$),
+  '{}'::jsonb, 'an unknown package is refused without the text asked for in the detail');
+select billing.set_member_role((select org from ids), 'dddddddd-0000-4000-8000-000000000004', 'admin');
+select is(pg_temp.err($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000004', (select org from ids), 'mini', 1, null, 30, 'k', null)$$),
+  'BILLING_EMAIL_NOT_VERIFIED', 'an admin without a confirmed address cannot be billed');
+select billing.remove_member('dddddddd-0000-4000-8000-000000000001', (select org from ids), 'dddddddd-0000-4000-8000-000000000004');
+select is(pg_temp.err($$select billing.begin_org_invoice('dddddddd-0000-4000-8000-000000000001', (select org from ids), 'mini', 1, null, 91, 'k', null)$$),
   'new row for relation "org_invoices" violates check constraint "org_invoices_days_until_due"', 'net terms are 1 to 90 days');
 
 -- ============================================================ paid: credited once
@@ -95,6 +111,12 @@ select is((select jsonb_build_object('gmv', o -> 'gmv_cents', 'invoiced', o -> '
            from jsonb_array_elements(billing.revenue_metrics(now() - interval '1 day', now() + interval '1 day') -> 'organisations') o
            where o ->> 'org_id' = (select org from ids)::text),
   '{"gmv": 2000, "invoiced": 2000, "refunds": 500}'::jsonb, 'two invoices paid (1,000 each before tax), half of one refunded');
+
+-- ============================================================ daily limits
+
+select is(pg_temp.err($$select count(pg_temp.begin('limit-' || i, 'mini', 1)) from generate_series(1, 20) i$$),
+  'INVOICE_LIMIT', 'a requester asks for at most 10 invoices a day, drafts and voided ones counted');
+select is(pg_temp.begin('a'), (select paid from inv), 'a retry of an earlier request is not a new one');
 
 select * from finish();
 rollback;

@@ -2,7 +2,7 @@
 -- same answer again, the failed-guess limits per user and per address, the audit, a sponsor
 -- code's escrow and who may redeem it, and what the API roles may read or call.
 begin;
-select plan(25);
+select plan(32);
 \ir helpers.psql
 
 insert into auth.users (id, email, email_confirmed_at) values
@@ -10,7 +10,9 @@ insert into auth.users (id, email, email_confirmed_at) values
   ('cccccccc-0000-4000-8000-000000000002', 'ada@codes.test', now()),
   ('cccccccc-0000-4000-8000-000000000003', 'bo@codes.test', now()),
   ('cccccccc-0000-4000-8000-000000000004', 'owner@codes.test', now()),
-  ('cccccccc-0000-4000-8000-000000000005', 'cy@codes.test', now());
+  ('cccccccc-0000-4000-8000-000000000005', 'cy@codes.test', now()),
+  ('cccccccc-0000-4000-8000-000000000006', 'Owner@Codes.test', now()),
+  ('cccccccc-0000-4000-8000-000000000007', 'dee@codes.test', now());
 
 create function pg_temp.h(p text) returns text language sql as $$ select encode(sha256(convert_to(p, 'UTF8')), 'hex') $$;
 create function pg_temp.redeem(p_user uuid, p_code text, p_address text default null) returns jsonb language sql as $$
@@ -85,6 +87,7 @@ select is((select count(*)::int from billing.code_attempts where hash_prefix = '
 create temp table o as select (billing.create_org('cccccccc-0000-4000-8000-000000000004', 'Codes School', 'allowance', true)
   ->> 'id')::uuid as id;
 select billing.grant_org_credits((select id from o), 100, 'promo_grant', 'codes-org-grant', 'test', null);
+select billing.set_member_role((select id from o), 'cccccccc-0000-4000-8000-000000000002', 'member');
 select billing.issue_sponsor_code('cccccccc-0000-4000-8000-000000000004', (select id from o), pg_temp.h('sponsor-ada'),
   '{"credits": "40", "email": "ADA@codes.test"}', 'sp-1');
 select is((billing.balance_of(billing.org_wallet_id((select id from o)))).balance, 60::numeric,
@@ -99,6 +102,33 @@ select is((select count(*)::int from billing.lots l join billing.accounts a on a
 select is(pg_temp.err($$select billing.revoke_sponsor_code('cccccccc-0000-4000-8000-000000000004', (select id from o),
   (select id from billing.codes where code_hash = pg_temp.h('sponsor-ada')))$$), 'CODE_NOT_REDEEMABLE',
   'a redeemed sponsor code cannot be revoked');
+
+-- Organisation credits go to its members only, never to the issuer's own second account.
+select is(pg_temp.err($$select billing.issue_sponsor_code('cccccccc-0000-4000-8000-000000000004', (select id from o),
+  pg_temp.h('sponsor-cy'), '{"credits": "5", "user_id": "cccccccc-0000-4000-8000-000000000005"}', 'sp-2')$$),
+  'MEMBER_NOT_FOUND', 'a sponsor code cannot name someone who is not a member');
+select is(pg_temp.err($$select billing.issue_sponsor_code('cccccccc-0000-4000-8000-000000000004', (select id from o),
+  pg_temp.h('sponsor-cy-mail'), '{"credits": "5", "email": "cy@codes.test"}', 'sp-3')$$),
+  'MEMBER_NOT_FOUND', 'nor an address neither a member''s nor invited');
+select billing.set_member_role((select id from o), 'cccccccc-0000-4000-8000-000000000006', 'member');
+select is(pg_temp.err($$select billing.issue_sponsor_code('cccccccc-0000-4000-8000-000000000004', (select id from o),
+  pg_temp.h('sponsor-self'), '{"credits": "5", "user_id": "cccccccc-0000-4000-8000-000000000006"}', 'sp-4')$$),
+  'ORG_FORBIDDEN', 'nor the issuer under a second account with their address (case aside)');
+select billing.invite_member('cccccccc-0000-4000-8000-000000000004', (select id from o), 'dee@codes.test', 'member',
+  'hash-dee', 86400);
+select billing.issue_sponsor_code('cccccccc-0000-4000-8000-000000000004', (select id from o), pg_temp.h('sponsor-dee'),
+  '{"credits": "5", "email": "dee@codes.test"}', 'sp-5');
+select is(pg_temp.err($$select pg_temp.redeem('cccccccc-0000-4000-8000-000000000007', 'sponsor-dee')$$),
+  'CODE_NOT_REDEEMABLE', 'an invitee may be named, but redeems only once a member');
+select billing.answer_invitation('cccccccc-0000-4000-8000-000000000007', 'dee@codes.test', 'hash-dee', true);
+select billing.issue_sponsor_code('cccccccc-0000-4000-8000-000000000004', (select id from o), pg_temp.h('sponsor-dee-2'),
+  '{"credits": "7", "user_id": "cccccccc-0000-4000-8000-000000000007"}', 'sp-6');
+select is((billing.balance_of(billing.org_wallet_id((select id from o)))).balance, 48::numeric, 'two codes set aside');
+select billing.remove_member('cccccccc-0000-4000-8000-000000000004', (select id from o), 'cccccccc-0000-4000-8000-000000000007');
+select is((billing.balance_of(billing.org_wallet_id((select id from o)))).balance, 60::numeric,
+  'removing a member gives back the unredeemed codes naming them');
+select is(pg_temp.err($$select pg_temp.redeem('cccccccc-0000-4000-8000-000000000007', 'sponsor-dee-2')$$),
+  'CODE_NOT_REDEEMABLE', 'and a removed member redeems nothing');
 select is(billing.check_lots() -> 'accounts', '[]'::jsonb, 'lots and balances agree, escrow accounts included');
 
 -- ============================================================ as authenticated

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
 import { assertReadable, browserTest, signInWithToken } from '../browser.ts';
-import { env, newUser, userToken } from '../helpers.ts';
+import { api, env, newUser, userToken } from '../helpers.ts';
 import { person, school } from '../orgs.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
@@ -44,7 +44,9 @@ browserTest('a student gives a gift through Checkout; a friend redeems its code 
 browserTest('an owner sponsors a student from the organisation view; the student redeems the code', async (browser) => {
   const owner = await person('owner');
   const student = await person('student');
-  const org = await school(owner, [], 'allowance', '100');
+  const org = await school(owner, [student], 'allowance', '100');
+  // A sponsor code names a member or an invitee: someone-else is invited, not yet joined.
+  await api(`/orgs/${org}/invitations`, { token: owner.token, body: { email: 'someone-else@school.test' } });
   const page = await browser.newPage();
   await signInWithToken(page, owner.token);
   const view = page.locator(`[data-org="${org}"]`);

@@ -33,7 +33,7 @@ Deno.test('wrong codes sent at once never take a student past 10 failed guesses 
 Deno.test("someone else's sponsor code answers as an unknown code, counts as a failed guess and names no code", async () => {
   const owner = await person('owner');
   const named = await person('named');
-  const org = await school(owner, [], 'allowance', '100');
+  const org = await school(owner, [named], 'allowance', '100');
   const issued = await api(`/orgs/${org}/sponsor-codes`, {
     token: owner.token,
     headers: key(),

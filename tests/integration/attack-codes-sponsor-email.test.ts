@@ -14,6 +14,12 @@ async function issue(token: string, org: string, body: Record<string, unknown>) 
   return await api(`/orgs/${org}/sponsor-codes`, { token, headers: key(), body });
 }
 
+/** `email` is invited to join `org` as a member (a sponsor code may name an invitee). */
+async function invite(token: string, org: string, email: string) {
+  const r = await api(`/orgs/${org}/invitations`, { token, body: { email } });
+  assert.equal(r.status, 201, r.text);
+}
+
 /** A user whose auth.users address is `email` (as Supabase Auth stores it), confirmed unless told. */
 async function account(email: string, confirmed = true) {
   const id = crypto.randomUUID();
@@ -26,6 +32,7 @@ Deno.test("a token claiming the named address does not redeem someone else's spo
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', '100');
   const victim = `kim-${crypto.randomUUID().slice(0, 8)}@school.test`;
+  await invite(owner.token, org, victim);
   const { code } = dataOf(await issue(owner.token, org, { credits: '40', email: victim })) as { code: string };
   const attacker = await person('attacker');
   const forged = await userToken(attacker.id, { claims: { email: victim } });
@@ -45,6 +52,7 @@ Deno.test('a look-alike address (Kelvin sign K) does not redeem a sponsor code n
   const org = await school(owner, [], 'allowance', '100');
   const tag = crypto.randomUUID().slice(0, 8);
   const victim = `kim-${tag}@school.test`;
+  await invite(owner.token, org, victim);
   const { code } = dataOf(await issue(owner.token, org, { credits: '40', email: victim })) as { code: string };
   const attacker = await account(`\u212Aim-${tag}@school.test`);
   const r = await redeem(attacker.token, code);
@@ -64,6 +72,7 @@ Deno.test('a look-alike account does not make issuing a sponsor code by email a 
   const tag = crypto.randomUUID().slice(0, 8);
   await account(`kim-${tag}@school.test`);
   await account(`\u212Aim-${tag}@school.test`);
+  await invite(owner.token, org, `kim-${tag}@school.test`);
   const r = await issue(owner.token, org, { credits: '40', email: `kim-${tag}@school.test` });
   assert.ok(r.status < 500, r.text);
   assert.equal(r.status, 201, r.text);
@@ -77,6 +86,7 @@ Deno.test('an account whose address is not confirmed does not redeem a sponsor c
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', '100');
   const victim = `sam-${crypto.randomUUID().slice(0, 8)}@school.test`;
+  await invite(owner.token, org, victim);
   const { code } = dataOf(await issue(owner.token, org, { credits: '40', email: victim })) as { code: string };
   const squatter = await account(victim, false);
   const r = await redeem(squatter.token, code);

@@ -19,7 +19,7 @@ Deno.test('a revoke racing the redemption: the credits end in exactly one place'
   for (let i = 0; i < 4; i++) {
     const owner = await person('owner');
     const friend = await person('friend');
-    const org = await school(owner, [], 'allowance', '100');
+    const org = await school(owner, [friend], 'allowance', '100');
     const made = dataOf(await issue(owner.token, org, { credits: '60', user_id: friend.id })) as {
       code: string;
       id: string;
@@ -40,7 +40,7 @@ Deno.test('a revoke racing the redemption: the credits end in exactly one place'
 async function parked() {
   const owner = await person('owner');
   const friend = await person('friend');
-  const org = await school(owner, [], 'allowance', null);
+  const org = await school(owner, [friend], 'allowance', null);
   const co = await api('/checkout/sessions', {
     token: owner.token,
     headers: key(),

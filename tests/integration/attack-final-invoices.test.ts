@@ -7,7 +7,7 @@ import { api, assertLedgerInvariants, env, testDb, withGateway } from '../helper
 import { key, person, school, usage, walletOf } from '../orgs.ts';
 import { deliver, emulator, sign, stripeApi } from '../purchases.ts';
 import { post, taxOn } from '../tax.ts';
-import { billing, chargeIn, openInvoice, pay, requestInvoice, stripePost } from '../invoices.ts';
+import { approveInvoicing, billing, chargeIn, openInvoice, pay, requestInvoice, stripePost } from '../invoices.ts';
 
 type Json = Record<string, unknown>;
 const code = (r: { body: Json }) => ((r.body.error ?? {}) as { code?: string }).code;
@@ -80,8 +80,9 @@ Deno.test('hostile text in the PO number, email and address is 400 with nothing 
   }
   const [{ n }] = await testDb`select count(*)::int as n from billing.org_invoices where org_id = ${org}`;
   assert.equal(n, 0, 'nothing recorded');
-  // A hostile but valid PO number is kept as given and reaches Stripe as given.
-  const po = '<script>\u202e\uffff"; drop--';
+  // A hostile but valid PO number is kept as given and reaches Stripe as given (a bidirectional
+  // override or a noncharacter is refused: org-invoices.test.ts).
+  const po = '<script>"; drop--';
   const inv = await openInvoice(owner.token, org, { po_number: po });
   assert.equal(inv.po_number, po);
   const stripeInv = await stripeApi(`/v1/invoices/${inv.stripe_invoice_id}`);
@@ -92,7 +93,7 @@ Deno.test('hostile text in the PO number, email and address is 400 with nothing 
   assert.ok(!log.includes(marker), 'none of the hostile values reached the Postgres log');
 });
 
-Deno.test('the same invoice request 20 times at once makes one invoice; 20 keys make 20, all under one customer', async () => {
+Deno.test('the same invoice request 20 times at once makes one invoice; 9 keys make 9, all under one customer', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', null);
   const headers = key();
@@ -100,10 +101,11 @@ Deno.test('the same invoice request 20 times at once makes one invoice; 20 keys 
   assert.ok(same.every((r) => [200, 201, 409].includes(r.status)), same.map((r) => r.status).join(','));
   const ids = new Set(same.filter((r) => r.status < 300).map((r) => (r.body.data as OrgInvoice).id));
   assert.equal(ids.size, 1, 'one invoice answered');
-  const many = await Promise.all(Array.from({ length: 20 }, () => requestInvoice(owner.token, org)));
+  // The requester's daily limit is 10 (the first one included).
+  const many = await Promise.all(Array.from({ length: 9 }, () => requestInvoice(owner.token, org)));
   assert.ok(many.every((r) => r.status === 201 || r.status === 502), many.map((r) => r.status).join(','));
   const rows = await testDb`select status, stripe_invoice_id from billing.org_invoices where org_id = ${org}`;
-  assert.equal(rows.length, 21);
+  assert.equal(rows.length, 10);
   const [o] = await testDb`select stripe_customer_id from billing.orgs where id = ${org}`;
   for (const r of rows.filter((r) => r.stripe_invoice_id)) {
     const inv = await stripeApi(`/v1/invoices/${r.stripe_invoice_id}`);
@@ -174,6 +176,7 @@ Deno.test('a refund of a paid invoice after the wallet funded allowances and a s
 Deno.test('with tax, an invoice refunded in many small parts takes back exactly what one refund would; revenue keeps out tax', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', null);
+  await approveInvoicing(org);
   await withGateway(taxOn, async (url) => {
     const body = { package_id: 'mini', ...billing };
     const inv = await post<OrgInvoice & { stripe_invoice_id: string }>(url, `/orgs/${org}/invoices`, owner.token, body);

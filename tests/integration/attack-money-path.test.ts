@@ -209,9 +209,11 @@ Deno.test('/credits/usage/batch: duplicate event ids in one batch and across par
   for (const r of rs) assert.equal(r.status, 200, r.text);
   const applied = rs.flatMap((r) => (dataOf(r).outcomes as Json[]).filter((o) => o.status === 'applied'));
   assert.equal(applied.length, 2, JSON.stringify(applied));
-  for (const id of ids) {
+  for (const [id, user] of [[ids[0], plain.id], [ids[1], member.id]]) {
     assert.equal(
-      (await testDb`select count(*)::int as n from billing.transfers where idempotency_key = ${'usage-event:' + id}`)[0]
+      (await testDb`select count(*)::int as n from billing.transfers where idempotency_key = ${`usage-event:${user}:${id}`}`)[
+        0
+      ]
         .n,
       1,
     );

@@ -60,8 +60,14 @@ Deno.test('an organisation admin cannot sponsor themselves, before or after issu
     assert.equal(r.status, 403, r.text);
     assert.equal(codeOf(r), 'ORG_FORBIDDEN');
   }
-  // A student named first, then made an admin, redeems nothing.
+  // A student named first, then made an admin, redeems nothing: the promotion gave the code's
+  // credits back to the wallet.
   const later = await person('later');
+  const joined = await api(`/orgs/${org}/invitations`, { token: owner.token, body: { email: later.email } });
+  await api('/orgs/invitations/accept', {
+    token: later.token,
+    body: { token: (joined.body.data as { token: string }).token },
+  });
   const code = (dataOf(
     await api(`/orgs/${org}/sponsor-codes`, {
       token: owner.token,
@@ -79,15 +85,15 @@ Deno.test('an organisation admin cannot sponsor themselves, before or after issu
   });
   const r = await redeem(later.token, code);
   assert.equal(codeOf(r), 'CODE_NOT_REDEEMABLE', r.text);
-  assert.equal((r.body.error as { details: { reason: string } }).details.reason, 'for students only');
-  assert.equal((await walletOf(owner.token, org)).balance, '90', 'the wallet still has it set aside');
+  assert.equal((await walletOf(owner.token, org)).balance, '100', 'promoted, the code named for them went back');
 });
 
-Deno.test("a removed admin's sponsor code stops working and its credits go back to the wallet", async () => {
+Deno.test("an admin's second account outside the organisation cannot be sponsored, and a removed admin's codes go back at once", async () => {
   const owner = await person('owner');
   const admin = await person('admin');
-  const friend = await person('friend'); // the removed admin's second account
-  const org = await school(owner, [], 'allowance', '100');
+  const friend = await person('friend'); // the admin's second account, no member
+  const pupil = await person('pupil');
+  const org = await school(owner, [pupil], 'allowance', '100');
   const inv = await api(`/orgs/${org}/invitations`, {
     token: owner.token,
     body: { email: admin.email, role: 'admin' },
@@ -96,20 +102,34 @@ Deno.test("a removed admin's sponsor code stops working and its credits go back 
     token: admin.token,
     body: { token: (inv.body.data as { token: string }).token },
   });
+  const outside = await api(`/orgs/${org}/sponsor-codes`, {
+    token: admin.token,
+    headers: key(),
+    body: { credits: '60', user_id: friend.id },
+  });
+  assert.equal(outside.status, 404, outside.text);
+  assert.equal(codeOf(outside), 'MEMBER_NOT_FOUND');
+  const byEmail = await api(`/orgs/${org}/sponsor-codes`, {
+    token: admin.token,
+    headers: key(),
+    body: { credits: '60', email: friend.email },
+  });
+  assert.equal(codeOf(byEmail), 'MEMBER_NOT_FOUND', 'nor by an address that is neither a member nor invited');
+  assert.equal((await walletOf(owner.token, org)).balance, '100');
+  // A code for a real member, then its issuer is removed: the credits are back before any sweep.
   const code = (dataOf(
     await api(`/orgs/${org}/sponsor-codes`, {
       token: admin.token,
       headers: key(),
-      body: { credits: '60', user_id: friend.id },
+      body: { credits: '60', user_id: pupil.id },
     }),
   ) as { code: string }).code;
   const removed = await api(`/orgs/${org}/members/${admin.id}`, { token: owner.token, method: 'DELETE' });
   assert.equal(removed.status, 200, removed.text);
-  const r = await redeem(friend.token, code);
+  assert.equal((await walletOf(owner.token, org)).balance, '100', 'removal swept the code back');
+  const r = await redeem(pupil.token, code);
   assert.equal(codeOf(r), 'CODE_NOT_REDEEMABLE', r.text);
-  assert.equal(await balance(friend.token), '0');
-  await testDb`select billing.close_expired_sponsor_codes(1000)`;
-  assert.equal((await walletOf(owner.token, org)).balance, '100');
+  assert.equal(await balance(pupil.token), '0');
   await assertLedgerInvariants();
 });
 
@@ -166,7 +186,7 @@ Deno.test('codes and amounts Postgres refuses are 400, never 5xx, and nothing is
 Deno.test('an Idempotency-Key names one code: the same key for another code is 409, for the same one its answer', async () => {
   const owner = await person('owner');
   const student = await person('student');
-  const org = await school(owner, [], 'allowance', '100');
+  const org = await school(owner, [student], 'allowance', '100');
   const k = { 'idempotency-key': crypto.randomUUID() };
   const first = await api(`/orgs/${org}/sponsor-codes`, {
     token: owner.token,
@@ -203,6 +223,11 @@ Deno.test('one key for a promo code and a sponsor code by the same person makes 
     body: { amount: '50', reason: 'pilot' },
   });
   assert.equal(grant.status, 201, grant.text);
+  const inv = await api(`/orgs/${org}/invitations`, { token, body: { email: student.email } });
+  await api('/orgs/invitations/accept', {
+    token: student.token,
+    body: { token: (inv.body.data as { token: string }).token },
+  });
   const k = { 'idempotency-key': crypto.randomUUID() };
   const p = await api('/admin/codes', { token, headers: k, body: { credits: '5', budget: '50' } });
   assert.equal(p.status, 201, p.text);

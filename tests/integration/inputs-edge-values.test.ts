@@ -685,3 +685,88 @@ Deno.test('text Postgres stores as sent (noncharacters, astral characters, the l
   assert.equal(metadata.note, note);
   assert.equal(metadata['\uffff'], 1);
 });
+
+// Personal data and injection payloads, through every text a route takes (body fields, query
+// values, path ids, Idempotency-Keys), and the routes that take ids or names SQL looks up
+// (packages, codes, invoices): accepted or refused, none of it may reach the Postgres log, read
+// where Postgres writes it (its data directory's server.log, the pg_ctl -l file; scripts/test
+// scans the same file with every leak pattern).
+const piiValues = [
+  'jane.doe@example.com',
+  '078-05-1120',
+  'x078-05-1120y',
+  "1' OR '1'='1",
+  "mini' AND 1=CAST((SELECT version()) AS int)--",
+  '1;SELECT pg_sleep(3)--',
+  "' UNION SELECT usename, passwd FROM pg_shadow--",
+  '"><script>alert(1)</script>',
+];
+Deno.test("PII-shaped values and sqlmap payloads sent through every route's text never reach the Postgres log", async () => {
+  const { leakPatterns } = await import('../../supabase/functions/_shared/redact.ts');
+  const start = (await Deno.stat(serverLog)).size;
+  // The organisation may ask for invoices, so an unknown package reaches SQL's lookup.
+  await testDb`update billing.orgs set invoicing_approved_at = now() where id = ${org}`;
+  const address = { line1: '1 Lake Road', city: 'Springfield', postal_code: '12345', country: 'US' };
+  const more: Route[] = [
+    {
+      who: 'student',
+      method: 'POST',
+      path: '/orgs/{org}/invoices',
+      key: true,
+      body: { package_id: 'mini', po_number: 'PO-1', billing_address: address },
+    },
+    {
+      who: 'student',
+      method: 'POST',
+      path: '/orgs/{org}/sponsor-codes',
+      key: true,
+      body: { credits: '1', email: member.email, note: 'n' },
+    },
+    {
+      who: 'student',
+      method: 'POST',
+      path: '/credits/codes/redeem',
+      key: true,
+      body: { code: 'ABCDE-FGHJK-MNPQR-STVWX' },
+    },
+    { who: 'student', method: 'POST', path: '/checkout/sessions', key: true, body: { package_id: 'mini', gift: true } },
+    {
+      who: 'admin',
+      method: 'POST',
+      path: '/admin/codes',
+      key: true,
+      body: { credits: '1', max_redemptions: 1, note: 'n' },
+    },
+  ];
+  let n = 0;
+  await withGateway({ RATE_LIMIT_ENABLED: 'false' }, async (url) => {
+    for (const r of [...routes, ...more]) {
+      for (const m of mutationsOf(r).filter((m) => m.kind !== 'new key')) {
+        for (const v of piiValues) {
+          const value = m.kind === 'query' || m.kind === 'param'
+            ? encodeURIComponent(v)
+            : m.kind === 'header'
+            ? v.replace(/[^\x21-\x7e]/g, '_')
+            : v;
+          const { path, body, key } = requestOf(r, m, value);
+          const a = await call(url, r.method, path, { who: r.who, body, key });
+          n++;
+          assert.ok(
+            a.status < 500,
+            `${r.method} ${r.path} ${JSON.stringify(m)} = ${v}: ${a.status} ${a.text.slice(0, 300)}`,
+          );
+        }
+      }
+    }
+  });
+  const file = await Deno.open(serverLog);
+  await file.seek(start, Deno.SeekMode.Start);
+  const log = new TextDecoder().decode(await new Response(file.readable).arrayBuffer());
+  const leaked = log.split('\n').flatMap((line) =>
+    leakPatterns.filter(([, p]) => p.test(line)).map(([name]) => `${name}: ${line.slice(0, 200)}`)
+  );
+  assert.deepEqual(leaked, [], `${n} requests: nothing personal in the Postgres log`);
+  for (const v of ['078-05-1120', 'pg_sleep', 'pg_shadow', 'version()', "'1'='1", '<script>']) {
+    assert.ok(!log.includes(v), `${JSON.stringify(v)} is not in the Postgres log`);
+  }
+});

@@ -6,7 +6,7 @@ import type { OrgInvoice } from '../../supabase/functions/_shared/contract/index
 import { api, assertLedgerInvariants, env, spawnGateway, testDb, withGateway } from '../helpers.ts';
 import { key, person, school, walletOf } from '../orgs.ts';
 import { deliver, emulator, sign, stripeApi } from '../purchases.ts';
-import { billing, chargeIn, openInvoice, pay, requestInvoice, stripePost } from '../invoices.ts';
+import { approveInvoicing, billing, chargeIn, openInvoice, pay, requestInvoice, stripePost } from '../invoices.ts';
 
 const code = (r: { body: { error?: unknown } }) => (r.body.error as { code: string }).code;
 
@@ -53,7 +53,7 @@ Deno.test('an admin invoices a package: open and sent with its PO number and ter
     quantity: '2',
   });
   assert.deepEqual(stripeInv.customer_address, { ...billing.billing_address, line2: null, state: null });
-  assert.equal(stripeInv.customer_email, billing.billing_email);
+  assert.equal(stripeInv.customer_email, owner.email, "billed to the requester's own confirmed address");
   const pdf = await fetch(inv.invoice_pdf ?? '');
   assert.equal(pdf.headers.get('content-type'), 'application/pdf');
   assert.ok((await pdf.text()).startsWith('%PDF-'));
@@ -143,6 +143,7 @@ Deno.test('a voided invoice credits nothing; one marked uncollectible and then p
 Deno.test('with Stripe Tax the invoice adds tax, the lot costs the amount before it, and a refund takes the credits back', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', null);
+  await approveInvoicing(org);
   await withGateway({ STRIPE_AUTOMATIC_TAX: 'true' }, async (url) => {
     const res = await fetch(`${url}/orgs/${org}/invoices`, {
       method: 'POST',
@@ -190,6 +191,7 @@ Deno.test('Stripe down half-way: the request fails retryably, and its retry fini
 Deno.test('a request that dies after Stripe sent the invoice loses nothing: the webhooks open it, a retry answers it', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', null);
+  await approveInvoicing(org);
   const headers = key();
   const gw = spawnGateway({ FAILPOINTS: 'org_invoice.after_stripe' });
   try {
@@ -231,4 +233,132 @@ Deno.test("a dispute of a paid invoice's payment holds its credits, and a lost o
   const [p] = await testDb`select dispute_status from billing.purchases where id = ${inv.id}`;
   assert.equal(p.dispute_status, 'lost');
   await assertLedgerInvariants();
+});
+
+Deno.test("an invoice goes to the requester's own confirmed address only: another billing_email is refused, nothing recorded", async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const other = await requestInvoice(owner.token, org, { billing_email: 'accounts@evil.example' });
+  assert.equal(other.status, 400, other.text);
+  assert.equal(code(other), 'BILLING_EMAIL_NOT_VERIFIED');
+  assert.equal((other.body.error as { field: string }).field, 'billing_email');
+  const [{ n }] = await testDb`select count(*)::int as n from billing.org_invoices where org_id = ${org}`;
+  assert.equal(n, 0, 'nothing recorded');
+  // Their own address, in any case, is theirs; without billing_email it is used.
+  const inv = await openInvoice(owner.token, org, { billing_email: owner.email.toUpperCase() });
+  const stripeInv = await stripeApi(`/v1/invoices/${inv.stripe_invoice_id}`);
+  assert.equal(stripeInv.customer_email, owner.email);
+  // An admin whose address is not confirmed is billed nowhere.
+  await testDb`update auth.users set email_confirmed_at = null where id = ${owner.id}`;
+  const unconfirmed = await requestInvoice(owner.token, org);
+  assert.equal(unconfirmed.status, 400, unconfirmed.text);
+  assert.equal(code(unconfirmed), 'BILLING_EMAIL_NOT_VERIFIED');
+});
+
+Deno.test('a new organisation asks for invoices only after a card purchase or an operator approval', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', '100'); // granted credits are no card purchase
+  const direct = () =>
+    api(`/orgs/${org}/invoices`, { token: owner.token, body: { package_id: 'mini', ...billing }, headers: key() });
+  const refused = await direct();
+  assert.equal(refused.status, 403, refused.text);
+  assert.equal(code(refused), 'ORG_INVOICING_NOT_ALLOWED');
+  // Only a platform admin approves: the organisation's own owner cannot.
+  const self = await api(`/orgs/${org}/invoicing`, { token: owner.token, method: 'PUT', body: { approved: true } });
+  assert.equal(self.status, 403, self.text);
+  assert.equal((await direct()).status, 403);
+  await approveInvoicing(org);
+  assert.equal((await direct()).status, 201);
+  await approveInvoicing(org, false);
+  assert.equal(code(await direct()), 'ORG_INVOICING_NOT_ALLOWED', 'an approval withdrawn stops new requests');
+  // A paid card purchase for the organisation (Checkout) is enough on its own; a refunded one is not.
+  const purchase = (refunded: number) =>
+    testDb`insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits,
+      org_id, origin, status, paid_at, amount_refunded_cents)
+    values (${owner.id}, 'mini', ${crypto.randomUUID()}, 500, 'usd', 5000, 0, ${org}, 'checkout', 'paid', now(), ${refunded})`;
+  await purchase(500);
+  assert.equal(code(await direct()), 'ORG_INVOICING_NOT_ALLOWED', 'a refunded card purchase proves no payer');
+  await purchase(0);
+  assert.equal((await direct()).status, 201);
+});
+
+Deno.test('invoice requests are limited per requester and per organisation per day', async () => {
+  const [owner, admin] = await Promise.all(['owner', 'admin'].map(person));
+  const org = await school(owner, [], 'allowance', null);
+  await approveInvoicing(org);
+  // Ten drafts today (as requests that died before Stripe leave them): the eleventh is refused.
+  await testDb`insert into billing.org_invoices (org_id, package_id, quantity, credits, bonus_credits, amount_cents, currency,
+      days_until_due, request_key, created_by)
+    select ${org}, 'mini', 1, 5000, 0, 500, 'usd', 30, 'old-' || i, ${owner.id} from generate_series(1, 10) i`;
+  const over = await requestInvoice(owner.token, org);
+  assert.equal(over.status, 429, over.text);
+  assert.equal(code(over), 'INVOICE_LIMIT');
+  assert.equal((over.body.error as { details: { scope: string } }).details.scope, 'requester');
+  // Another admin of the same school has their own 10, but shares the organisation's 20 (ten more
+  // asked for by a former admin).
+  await testDb`insert into billing.org_members (org_id, user_id, role) values (${org}, ${admin.id}, 'admin')`;
+  await testDb`insert into billing.org_admins (org_id, user_id) values (${org}, ${admin.id})`;
+  const former = await person('former');
+  await testDb`insert into billing.org_invoices (org_id, package_id, quantity, credits, bonus_credits, amount_cents, currency,
+      days_until_due, request_key, created_by)
+    select ${org}, 'mini', 1, 5000, 0, 500, 'usd', 30, 'other-' || i, ${former.id} from generate_series(1, 10) i`;
+  const orgOver = await requestInvoice(admin.token, org);
+  assert.equal(orgOver.status, 429, orgOver.text);
+  assert.equal((orgOver.body.error as { details: { scope: string } }).details.scope, 'organisation');
+  const [{ n }] = await testDb`select count(*)::int as n from billing.org_invoices where org_id = ${org}`;
+  assert.equal(n, 20);
+});
+
+Deno.test('text Stripe prints refuses control, bidirectional and zero-width characters and links; countries are ISO 3166-1', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const hostile = [
+    'URGENT: pay at http://evil.example/pay',
+    'see evil.example now',
+    'www.pay-now',
+    'hxxps://x',
+    'mail accounts@evil.example',
+    'PO\u202e1234',
+    'PO\u2066x\u2069',
+    'PO\u200b1',
+    'PO\ufeff1',
+    'PO\u0007',
+    'line\nbreak',
+  ];
+  const fields: [string, (v: string) => Record<string, unknown>][] = [
+    ['po_number', (v) => ({ po_number: v })],
+    ['billing_address.line1', (v) => ({ billing_address: { ...billing.billing_address, line1: v } })],
+    ['billing_address.line2', (v) => ({ billing_address: { ...billing.billing_address, line2: v } })],
+    ['billing_address.city', (v) => ({ billing_address: { ...billing.billing_address, city: v } })],
+    ['billing_address.state', (v) => ({ billing_address: { ...billing.billing_address, state: v } })],
+  ];
+  for (const [field, body] of fields) {
+    for (const v of hostile.filter((h) => !h.startsWith('hxxps'))) {
+      const r = await requestInvoice(owner.token, org, body(v));
+      assert.equal(r.status, 400, `${field} ${JSON.stringify(v)}: ${r.text}`);
+      assert.equal((r.body.error as { field: string }).field, field, JSON.stringify(v));
+    }
+  }
+  for (const country of ['ZZ', 'UK', 'EU', 'XX']) {
+    const r = await requestInvoice(owner.token, org, { billing_address: { ...billing.billing_address, country } });
+    assert.equal(r.status, 400, `${country}: ${r.text}`);
+    assert.equal((r.body.error as { field: string }).field, 'billing_address.country');
+  }
+  // An organisation's name is Stripe's customer name: refused when made, and at invoice time when old.
+  const named = await api('/orgs', { token: owner.token, body: { name: 'Pay at http://evil.example' } });
+  assert.equal(named.status, 400, named.text);
+  assert.equal((named.body.error as { field: string }).field, 'name');
+  await testDb`update billing.orgs set name = ${'School \u202eevil.example'} where id = ${org}`;
+  const oldName = await requestInvoice(owner.token, org);
+  assert.equal(oldName.status, 400, oldName.text);
+  assert.equal((oldName.body.error as { field: string }).field, 'name');
+  const [{ sent }] = await testDb`select count(*)::int as sent from billing.org_invoices
+    where org_id = ${org} and stripe_invoice_id is not null`;
+  assert.equal(sent, 0, 'nothing reached Stripe');
+  // Plain text is taken: accents, apostrophes, St. with a space, a GB address.
+  await testDb`update billing.orgs set name = 'École Saint-Exupéry' where id = ${org}`;
+  await openInvoice(owner.token, org, {
+    po_number: "PO 2026/17 (St. Mary's)",
+    billing_address: { line1: '12 Rue de l’Église', city: 'Zürich', postal_code: 'SW1A 1AA', country: 'GB' },
+  });
 });

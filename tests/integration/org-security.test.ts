@@ -230,11 +230,15 @@ async function mailFor(invitationId: string, to: string) {
 
 Deno.test("the invitation email shows the organisation's name as inert text and says who invited", async () => {
   const [mallory, victim] = await Promise.all(['mallory', 'victim'].map(person));
-  const created = await api('/orgs', {
-    token: mallory.token,
-    body: { name: 'URGENT Security Team: verify your card at https://evil.example/login or www.evil.example' },
-  });
+  const name = 'URGENT Security Team: verify your card at https://evil.example/login or www.evil.example';
+  // Such a name is refused now (it is printed in emails and on invoices: values/text.ts) ...
+  const refused = await api('/orgs', { token: mallory.token, body: { name } });
+  assert.equal(refused.status, 400, refused.text);
+  assert.equal((refused.body.error as { field: string }).field, 'name');
+  // ... and one given before that rule is still inert text in the email.
+  const created = await api('/orgs', { token: mallory.token, body: { name: 'Mallory School' } });
   const org = (created.body.data as { id: string }).id;
+  await testDb`update billing.orgs set name = ${name} where id = ${org}`;
   const { id, token } = await invited(mallory, org, victim.email);
   const [mail] = await mailFor(id, victim.email);
   assert.ok(mail, 'one email');

@@ -4,7 +4,7 @@ import { api, assertLedgerInvariants, env, fund, newUser, testDb, userToken } fr
 
 const service = { authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}` };
 const now = () => new Date().toISOString();
-const event = (user: string, tokens: number, id = crypto.randomUUID()) => ({
+const event = (user: string, tokens: number, id: string = crypto.randomUUID()) => ({
   event_id: id,
   user_id: user,
   model: 'gpt-4o',
@@ -68,7 +68,7 @@ Deno.test('parallel batches over the same users never overdraw and apply each ev
   );
   assert.ok(results.every((r) => r.status === 200));
   const [{ n }] = await testDb`select count(*)::int as n from billing.transfers where idempotency_key = any(${
-    shared.map((e) => 'usage-event:' + e.event_id)
+    shared.map((e) => `usage-event:${e.user_id}:${e.event_id}`)
   })`;
   const applied = new Set(results.flatMap(outcomes).filter((o) => o.status === 'applied').map((o) => o.event_id));
   assert.equal(n, applied.size, 'each event applied at most once');
@@ -97,4 +97,55 @@ Deno.test('the batch route is for trusted servers only, and a malformed batch is
   assert.equal(tooMany.status, 400);
   const [{ balance }] = await testDb`select balance::text from billing.accounts where user_id = ${u}`;
   assert.equal(Number(balance), 10);
+});
+
+Deno.test("another user's event with the same event_id is a separate event: charged, and told nothing of the first", async () => {
+  const first = await newUser();
+  const second = await newUser();
+  await fund(first, '100');
+  await fund(second, '100');
+  const id = `shared-${crypto.randomUUID()}`;
+  const mine = outcomes(
+    await api('/credits/usage/batch', { headers: service, body: { events: [event(first, 500, id)] } }),
+  );
+  assert.deepEqual(mine.map((x) => [x.status, x.charged]), [['applied', '10']]);
+  // In a later batch, and in one batch beside the first user's replay.
+  const theirs = outcomes(
+    await api('/credits/usage/batch', { headers: service, body: { events: [event(second, 50, id)] } }),
+  );
+  assert.deepEqual(theirs.map((x) => [x.status, x.charged]), [['applied', '1']]);
+  assert.notEqual(theirs[0].transfer_id, mine[0].transfer_id, "no answer names the other user's transfer");
+  const both = outcomes(
+    await api('/credits/usage/batch', {
+      headers: service,
+      body: { events: [event(first, 500, id), event(second, 100, id)] },
+    }),
+  );
+  assert.deepEqual(both.map((x) => x.status), ['duplicate', 'duplicate']);
+  assert.equal(both[0].transfer_id, mine[0].transfer_id);
+  assert.equal(both[1].transfer_id, theirs[0].transfer_id, "each user's replay names their own transfer only");
+  assert.equal(both[1].charged, '1');
+  const balances = await testDb`select user_id, balance::numeric::text as b from billing.accounts
+    where user_id = any(${[first, second]})`;
+  assert.deepEqual(Object.fromEntries(balances.map((r) => [r.user_id, Number(r.b)])), { [first]: 90, [second]: 99 });
+  const [{ n }] = await testDb`select count(*)::int as n from billing.transfers where kind = 'usage'
+    and idempotency_key = any(${[`usage-event:${first}:${id}`, `usage-event:${second}:${id}`]})`;
+  assert.equal(n, 2, 'the ledger key is user + event id');
+  await assertLedgerInvariants();
+});
+
+Deno.test('two users reusing one event_id within one batch are two events, each charged once', async () => {
+  const a = await newUser();
+  const b = await newUser();
+  await fund(a, '10');
+  await fund(b, '10');
+  const id = `twin-${crypto.randomUUID()}`;
+  const o = outcomes(
+    await api('/credits/usage/batch', {
+      headers: service,
+      body: { events: [event(a, 50, id), event(b, 100, id), event(a, 50, id)] },
+    }),
+  );
+  assert.deepEqual(o.map((x) => [x.status, x.charged]), [['applied', '1'], ['applied', '2'], ['duplicate', '1']]);
+  assert.equal(o[2].transfer_id, o[0].transfer_id);
 });

@@ -65,7 +65,7 @@ export const VoidRequestSchema = z.strictObject({ reason });
 export type VoidRequest = z.infer<typeof VoidRequestSchema>;
 
 const filter = {
-  model: pgText(200).min(1),
+  model: ModelSchema,
   from: InstantSchema,
   to: InstantSchema,
   failed_only: z.boolean().default(false),

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { CommaListSchema } from '../_shared/env.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
 import { UuidSchema } from '../_shared/values/query.ts';
+import { PlanIdSchema } from '../_shared/values/text.ts';
 
 export const CheckoutEnvSchema = z.object({
   FEATURE_B2C_CREDITS: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
@@ -21,7 +22,6 @@ export type RefundRequest = z.infer<typeof RefundSchema>;
 /** What GET /checkout/sessions/:id looks up: our purchase id or Stripe's Checkout Session id. */
 export const PurchaseRefSchema = z.union([UuidSchema, pgText(253).regex(/^cs_[A-Za-z0-9_]{1,250}$/)]);
 
-const PlanIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a plan id');
 /** POST /checkout/subscriptions: a plan's Checkout (redirects on the allowlist, as for packages). */
 export const SubscribeSchema = z.strictObject({
   plan_id: PlanIdSchema,

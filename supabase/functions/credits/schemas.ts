@@ -5,8 +5,7 @@ import { CorrelationIdSchema, ModelSchema, TokensSchema, UsageKindsSchema } from
 import { CreditAmountSchema } from '../_shared/values/money.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
 import { IdCursorSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/values/query.ts';
-
-const printable = /^[\x20-\x7e]+$/;
+import { printableText } from '../_shared/values/text.ts';
 
 export const ReleaseRequestSchema = z.strictObject({});
 
@@ -47,7 +46,7 @@ export const LotsQuerySchema = z.strictObject({
 });
 
 export const UsageEventSchema = z.strictObject({
-  event_id: pgText(200).min(1).regex(printable, 'must be printable ASCII'),
+  event_id: printableText(200),
   user_id: UuidSchema,
   model: ModelSchema,
   input_tokens: TokensSchema,

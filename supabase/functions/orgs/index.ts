@@ -30,6 +30,7 @@ import {
 } from '../_shared/contract/orgs.ts';
 import {
   InvitationsQuerySchema,
+  InvoicingApprovalSchema,
   LedgerQuerySchema,
   OrgGrantSchema,
   OrgInvoicesQuerySchema,
@@ -196,6 +197,12 @@ app.get('/:id/invoices', requireUser, async (c) => {
   const q = readQuery(c, OrgInvoicesQuerySchema);
   const rows = await one('list_org_invoices', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit + 1]);
   return ok(c, pageOf(rows as { id: string }[], q.limit, (i) => i.id));
+});
+
+// A platform admin lets an organisation ask for invoices before its first card purchase (or withdraws that).
+app.put('/:id/invoicing', requireAdmin, async (c) => {
+  const b = await readJson(c, InvoicingApprovalSchema);
+  return ok(c, await one('approve_org_invoicing', [pathId(c, 'id'), b.approved, currentUser(c).id]));
 });
 
 // A platform admin's grant to an organisation's wallet (Idempotency-Key: one grant per key).

@@ -13,10 +13,17 @@ import type { OrgInvoice } from '../_shared/contract/index.ts';
 import type { OrgInvoiceSchema } from '../_shared/contract/orgs.ts';
 import { orgInvoiceKind, orgInvoiceState } from '../_shared/domain/org-invoices.ts';
 import { formatCredits } from '../_shared/values/money.ts';
+import { isPrintable } from '../_shared/values/text.ts';
+import { AppError } from '../_shared/errors.ts';
 import type { z } from 'zod';
 
 type Request = z.output<typeof OrgInvoiceSchema>;
-type Begun = OrgInvoice & { org_name: string; package_name: string; stripe_customer_id: string | null };
+type Begun = OrgInvoice & {
+  org_name: string;
+  package_name: string;
+  stripe_customer_id: string | null;
+  billing_email: string;
+};
 
 const sql1 = async <T>(query: string, args: unknown[]): Promise<T> => {
   const [row] = await call((sql) => sql.unsafe(query, args as never[]));
@@ -38,10 +45,10 @@ function bankTransfer(
   };
 }
 
-/** The organisation's Stripe customer, with this request's billing email and address. */
+/** The organisation's Stripe customer, with the requester's confirmed address and this request's billing address. */
 async function customerFor(row: Begun, body: Request): Promise<string> {
   const client = stripe().client;
-  const details = { name: row.org_name, email: body.billing_email, address: body.billing_address };
+  const details = { name: row.org_name, email: row.billing_email, address: body.billing_address };
   if (row.stripe_customer_id) {
     const id = row.stripe_customer_id;
     await stripeCall(() => client.customers.update(id, details, { idempotencyKey: `org-invoice-customer:${row.id}` }));
@@ -108,7 +115,7 @@ export async function requestInvoice(
   body: Request,
   requestKey: string,
 ): Promise<Effect> {
-  const begun = await sql1<Begun>('select billing.begin_org_invoice($1, $2, $3, $4, $5, $6, $7) as r', [
+  const begun = await sql1<Begun>('select billing.begin_org_invoice($1, $2, $3, $4, $5, $6, $7, $8) as r', [
     userId,
     orgId,
     body.package_id,
@@ -116,9 +123,20 @@ export async function requestInvoice(
     body.po_number ?? null,
     body.days_until_due,
     requestKey,
+    body.billing_email ?? null,
   ]);
-  const { org_name: _n, package_name: _p, stripe_customer_id: _c, ...draft } = begun;
+  const { org_name: _n, package_name: _p, stripe_customer_id: _c, billing_email: _e, ...draft } = begun;
   if (begun.status !== 'draft') return { status: 200, data: draft };
+  // Stripe prints the organisation's name as the customer's: one named before the rule (values/text.ts)
+  // is renamed first (PATCH /orgs/:id); the draft is never sent meanwhile.
+  if (!isPrintable(begun.org_name)) {
+    throw new AppError(
+      'validation',
+      'VALIDATION_FAILED',
+      "The organisation's name has a link or a control character that Stripe would print on the invoice: rename it first.",
+      { field: 'name' },
+    );
+  }
   const sent = await invoiceAtStripe(begun, body);
   failpoint('org_invoice.after_stripe'); // the reliability test dies here: the webhooks open it
   await sql1('select billing.sync_org_invoice($1::text::jsonb) as r', [JSON.stringify(orgInvoiceState(sent, null))]);

@@ -25,3 +25,6 @@ export const OrgGrantSchema = z.strictObject({
   kind: z.enum(['promo_grant', 'adjustment']).default('adjustment'),
   reason: pgText(500).min(1),
 });
+
+// PUT /orgs/:id/invoicing (platform admins): whether the organisation may ask for invoices before a card purchase.
+export const InvoicingApprovalSchema = z.strictObject({ approved: z.boolean() });

@@ -11,7 +11,7 @@ import { errorSummary, log } from '../log.ts';
  */
 const sqlErrors: Record<
   string,
-  { type: ErrorType; message: string; code?: string; status?: number; retryable?: boolean }
+  { type: ErrorType; message: string; code?: string; status?: number; retryable?: boolean; field?: string }
 > = {
   INSUFFICIENT_CREDITS: { type: 'payment_required', message: 'Not enough credits for this request.' },
   SPEND_CAP_REACHED: {
@@ -68,6 +68,22 @@ const sqlErrors: Record<
   INVITATION_CLOSED: {
     type: 'conflict',
     message: 'The invitation was already answered or has expired: see details.status.',
+  },
+  // Organisation invoices (72-org-invoices.sql): who may be billed, and how often.
+  BILLING_EMAIL_NOT_VERIFIED: {
+    type: 'validation',
+    message: 'Invoices go to your own confirmed email address only: leave billing_email out, or give that address.',
+    field: 'billing_email',
+  },
+  ORG_INVOICING_NOT_ALLOWED: {
+    type: 'forbidden',
+    message:
+      'This organisation cannot ask for invoices yet: buy a package for it by card (Checkout) first, or ask us to approve it.',
+  },
+  INVOICE_LIMIT: {
+    type: 'rate_limit',
+    message: 'Too many invoice requests in the last 24 hours: see details (scope, limit, retry_at).',
+    retryable: false,
   },
   INVITATION_PENDING: { type: 'conflict', message: 'That address already has a pending invitation.' },
   // A day's limit: not worth an automatic retry (a client's backoff would only meet it again).
@@ -168,6 +184,7 @@ export function sqlRefusal(token: string, detail: string | null | undefined): Ap
     details,
     status: known.status,
     retryable: known.retryable,
+    field: known.field,
   });
 }
 

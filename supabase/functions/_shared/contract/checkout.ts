@@ -2,12 +2,13 @@
 import { z } from 'zod';
 import { pgText } from '../values/pg-values.ts';
 import { UuidSchema } from '../values/query.ts';
+import { PackageIdSchema, tokenText } from '../values/text.ts';
 
 export const CreateSessionSchema = z.strictObject({
-  package_id: pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a package id'),
+  package_id: PackageIdSchema,
   success_url: pgText(2000).pipe(z.url()).optional(),
   cancel_url: pgText(2000).pipe(z.url()).optional(),
-  client_temp_id: pgText(64).min(1).regex(/^[\x21-\x7e]+$/, 'must be printable ASCII').optional(),
+  client_temp_id: tokenText(64).optional(),
   /** Keep the card (Stripe's setup_future_usage=off_session) so auto-recharge can charge it later. */
   save_card: z.boolean().default(false),
   /** Buy for this organisation's wallet (the caller must be its owner or an admin). */

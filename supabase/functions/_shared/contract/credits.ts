@@ -2,12 +2,14 @@
 // parsed by credits/index.ts. Admin and service shapes stay in credits/schemas.ts.
 import { z } from 'zod';
 import { CreditAmountSchema } from '../values/money.ts';
-import { jsonObject, pgInt, pgText } from '../values/pg-values.ts';
+import { jsonObject, pgInt } from '../values/pg-values.ts';
 import { CalendarDateSchema, lastDays, UuidSchema } from '../values/query.ts';
+import { ModelSchema, PackageIdSchema, printableText, TimeZoneSchema } from '../values/text.ts';
 
-const printable = /^[\x20-\x7e]+$/;
+export { ModelSchema };
+
 /** Printable ASCII, 1 to 128 characters, e.g. `'req-42'`. */
-export const CorrelationIdSchema = pgText(128).min(1).regex(printable, 'must be printable ASCII');
+export const CorrelationIdSchema = printableText(128);
 /**
  * Usage metadata keys only the ledger writes (billing.ledger_owned_keys() lists the same): a
  * correction or a report filters on them, so no caller may set one.
@@ -32,9 +34,6 @@ export const ledgerOwnedKeys = [
 ] as const;
 /** Free-form facts about a charge, kept with its transfer: plain values only (no nesting), no ledger-owned key. */
 export const MetadataSchema = jsonObject({ depth: 1, entries: 20, key: 64, text: 500, reserved: ledgerOwnedKeys });
-/** A model name, e.g. `'gpt-4o-mini'`. */
-export const ModelSchema = pgText(64).min(1).regex(/^[A-Za-z0-9._:-]+$/, 'must be a model name');
-const PackageIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a package id');
 
 /** A token count, 0 to 10 million. */
 export const TokensSchema = pgInt(0, 10_000_000);
@@ -76,7 +75,7 @@ export const CaptureRequestSchema = z.strictObject({ amount: CreditAmountSchema.
 /** A spend cap for a period (in a time zone), overall or for one model; amount null removes it. */
 export const CapRequestSchema = z.strictObject({
   period: z.enum(['day', 'week', 'month']),
-  time_zone: pgText(64).min(1).default('UTC'),
+  time_zone: TimeZoneSchema.default('UTC'),
   model: ModelSchema.nullable().default(null),
   amount: CreditAmountSchema.nullable(),
 });

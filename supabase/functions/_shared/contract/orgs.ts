@@ -3,15 +3,17 @@ import { z } from 'zod';
 import { CreditAmountSchema } from '../values/money.ts';
 import { pgInt, pgText } from '../values/pg-values.ts';
 import { DayOrInstantSchema, InstantSchema, lastDays, UuidSchema } from '../values/query.ts';
+import { CountryCodeSchema, PackageIdSchema, PostalCodeSchema, printedText } from '../values/text.ts';
 
+// An organisation's name is printed by Stripe (the invoice's customer) and in invitation emails.
 export const CreateOrgSchema = z.strictObject({
-  name: pgText(200).trim().min(1),
+  name: printedText(200),
   funding: z.enum(['allowance', 'pool']).optional(),
   org_pays_first: z.boolean().optional(),
 });
 
 export const UpdateOrgSchema = z.strictObject({
-  name: pgText(200).trim().min(1).optional(),
+  name: printedText(200).optional(),
   funding: z.enum(['allowance', 'pool']).optional(),
   org_pays_first: z.boolean().optional(),
   term_ends_at: InstantSchema.nullable().optional(),
@@ -49,22 +51,25 @@ export const UsageQuerySchema = z
   .transform(lastDays(30))
   .refine((q) => Date.parse(q.from) < Date.parse(q.to), { message: 'must be before to', path: ['from'] });
 
-// Where the invoice is made out to: the school's billing address (Stripe Tax reads it).
+// Where the invoice is made out to: the school's billing address (Stripe Tax reads it). Stripe
+// prints every field on the invoice it emails in our name: no control, format or bidirectional
+// characters, no links or domains (values/text.ts).
 export const BillingAddressSchema = z.strictObject({
-  line1: pgText(200).trim().min(1),
-  line2: pgText(200).trim().min(1).optional(),
-  city: pgText(100).trim().min(1),
-  state: pgText(100).trim().min(1).optional(),
-  postal_code: pgText(20).trim().min(1),
-  country: pgText(2).regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code, e.g. US'),
+  line1: printedText(200),
+  line2: printedText(200).optional(),
+  city: printedText(100),
+  state: printedText(100).optional(),
+  postal_code: PostalCodeSchema,
+  country: CountryCodeSchema,
 });
 
-// A package on a Stripe invoice with net terms (POST /orgs/:id/invoices).
+// A package on a Stripe invoice with net terms (POST /orgs/:id/invoices). The invoice goes to the
+// requester's own confirmed address only: billing_email, when given, must be it.
 export const OrgInvoiceSchema = z.strictObject({
-  package_id: pgText(100).min(1),
+  package_id: PackageIdSchema,
   quantity: pgInt(1, 100).default(1),
-  po_number: pgText(64).trim().min(1).optional(),
+  po_number: printedText(64).optional(),
   days_until_due: pgInt(1, 90).default(30),
-  billing_email: pgText(320).trim().email(),
+  billing_email: pgText(320).trim().email().optional(),
   billing_address: BillingAddressSchema,
 });

@@ -6,11 +6,12 @@ import { z } from 'zod';
 import { complete } from '../../_shared/adapters/ai.ts';
 import { call } from '../../_shared/adapters/db.ts';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
+import { ModelSchema } from '../../_shared/values/text.ts';
 import { redact } from '../../_shared/redact.ts';
 import type { JobType } from './types.ts';
 
 const Input = z.strictObject({
-  model: pgText(64).min(1).regex(/^[A-Za-z0-9._:-]+$/),
+  model: ModelSchema,
   prompt: pgText(20_000).min(1),
   max_tokens: pgInt(1, 4096),
   /** What ai_logs may keep: nothing but counts (none, metadata), or the redacted text (content). */
