@@ -121,7 +121,15 @@ Deno.test('POST /health/deep checks every dependency for real and keeps the resu
   const r = await api('/health/deep', { token: admin, method: 'POST' });
   assert.equal(r.status, 200, r.text);
   const checks = (r.body.data as { checks: Record<string, { status: string }> }).checks;
-  assert.deepEqual(Object.keys(checks).sort(), ['ai_provider', 'database', 'jwks', 'postmark', 'stripe', 'upstash']);
+  assert.deepEqual(Object.keys(checks).sort(), [
+    'ai_gateway_provider',
+    'ai_provider',
+    'database',
+    'jwks',
+    'postmark',
+    'stripe',
+    'upstash',
+  ]);
   assert.ok(Object.values(checks).every((c) => c.status === 'ok'));
   const [last] = await testDb`select ok from billing.health_checks order by checked_at desc limit 1`;
   assert.equal(last.ok, true);

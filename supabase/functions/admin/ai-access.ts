@@ -3,24 +3,14 @@
 // creates it; the database keeps its SHA-256. Rotating is creating a new key, moving the server
 // to it, then revoking the old one.
 import { randomBytes } from 'node:crypto';
-import { z } from 'zod';
 import type { AppContext } from '../_shared/app-env.ts';
 import { call } from '../_shared/adapters/db.ts';
-import { ModelSchema } from '../_shared/contract/credits.ts';
 import { AppError } from '../_shared/errors.ts';
 import { currentUser, ok } from '../_shared/http/app.ts';
 import { serverKeyHash } from '../_shared/http/usage-reporter.ts';
 import { readJson } from '../_shared/http/validate.ts';
-import { pgText } from '../_shared/values/pg-values.ts';
 import { isUuid } from '../_shared/values/query.ts';
-
-export const ModelAccessSchema = z.strictObject({
-  plan_id: pgText(64).regex(/^[a-z0-9_-]+$/, 'must be a plan id').nullable(),
-  models: z.array(ModelSchema).max(200),
-});
-export const ServerKeySchema = z.strictObject({
-  name: pgText(100).min(1).regex(/^[A-Za-z0-9 ._-]+$/, 'letters, digits, spaces, dots, dashes and underscores'),
-});
+import { ModelAccessSchema, ServerKeySchema } from './schemas.ts';
 
 export async function getModelAccess(c: AppContext): Promise<Response> {
   const [{ lists }] = await call((sql) => sql`select billing.get_model_access() as lists`);

@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { ModelSchema } from '../_shared/contract/credits.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
+import { PlanIdSchema } from '../_shared/values/text.ts';
 import {
   CalendarDateSchema,
   DayOrInstantSchema,
@@ -145,4 +146,13 @@ export const DiscardRateCardSchema = z.strictObject({ reason });
 export const CorrectionsQuerySchema = z.strictObject({
   cursor: UuidCursorSchema.optional(),
   limit: pageLimit(100, 20),
+});
+
+// The AI gateway's allowlists and server keys (ai-access.ts).
+export const ModelAccessSchema = z.strictObject({
+  plan_id: PlanIdSchema.nullable(),
+  models: z.array(ModelSchema).max(200),
+});
+export const ServerKeySchema = z.strictObject({
+  name: pgText(100).min(1).regex(/^[A-Za-z0-9 ._-]+$/, 'letters, digits, spaces, dots, dashes and underscores'),
 });

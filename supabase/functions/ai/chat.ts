@@ -13,7 +13,8 @@ import { currentUser } from '../_shared/http/app.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { beginCall, type CallRecord, failCall, finishCall, type Usage } from './metering.ts';
-import { type ChatRequest, promptTokens, providerBody, textTokens } from './request.ts';
+import { promptTokens, providerBody, textTokens } from './request.ts';
+import type { ChatRequest } from './schemas.ts';
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 

@@ -5,7 +5,7 @@ import { createApp, currentUser, requireUser } from '../_shared/http/app.ts';
 import { call } from '../_shared/adapters/db.ts';
 import { readJson } from '../_shared/http/validate.ts';
 import { chatCompletion } from './chat.ts';
-import { ChatRequestSchema } from './request.ts';
+import { ChatRequestSchema } from './schemas.ts';
 
 const app = createApp('ai');
 
