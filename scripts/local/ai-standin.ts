@@ -11,6 +11,7 @@
 // no_usage (never reports usage), error_after_usage (an error event after the usage chunk),
 // extra_prompt=<n> (bills n more prompt tokens than the gateway can count, as another tokenizer may).
 import { encode } from 'gpt-tokenizer';
+import { textTokens } from '../../supabase/functions/ai/request.ts';
 
 const port = Number(Deno.env.get('AI_STANDIN_PORT') ?? 54332);
 const key = Deno.env.get('AI_API_KEY') ?? '';
@@ -29,10 +30,10 @@ const text = (content: unknown): string =>
 function promptTokens(messages: Message[], extras: unknown[]): number {
   let n = 3;
   for (const m of messages) {
-    n += 4 + encode(text(m.content)).length + (m.name ? encode(m.name).length : 0);
-    if (m.tool_calls) n += encode(JSON.stringify(m.tool_calls)).length;
+    n += 4 + textTokens(text(m.content)) + (m.name ? textTokens(m.name) : 0);
+    if (m.tool_calls) n += textTokens(JSON.stringify(m.tool_calls));
   }
-  for (const x of extras) if (x) n += encode(JSON.stringify(x)).length;
+  for (const x of extras) if (x) n += textTokens(JSON.stringify(x));
   return n;
 }
 

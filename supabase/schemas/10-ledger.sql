@@ -481,7 +481,7 @@ set search_path = ''
 as $$
   select array['model', 'input_tokens', 'output_tokens', 'cached_input_tokens', 'reasoning_tokens', 'images',
     'audio_seconds', 'failed', 'failed_by', 'usage_source', 'ai_call_id', 'job_id', 'rate_card_version', 'reserved',
-    'priced', 'unbilled']
+    'priced', 'unbilled', 'charged_at']
 $$;
 comment on function billing.ledger_owned_keys() is 'The usage metadata keys only the ledger writes (_shared/contract/credits.ts refuses the same list).';
 revoke execute on function billing.ledger_owned_keys() from public;

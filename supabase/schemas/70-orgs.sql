@@ -789,14 +789,28 @@ revoke execute on function billing.is_org_member(p_org uuid, p_user uuid) from p
 
 -- Two accounts of one person, as far as can be told: the same account, or the same email address
 -- (ASCII case folded, as billing.ascii_lower compares addresses).
+-- One mailbox, however its address is written: case aside (A-Z), a "+tag" dropped, and for Gmail
+-- the dots in its name and googlemail.com (Gmail delivers all of them to the same inbox).
+create or replace function billing.mailbox(p_email text) returns text
+language sql immutable strict
+set search_path = ''
+as $$
+  select case when x.domain in ('gmail.com', 'googlemail.com') then replace(x.local, '.', '') || '@gmail.com'
+              else x.local || '@' || x.domain end
+  from (select split_part(split_part(e, '@', 1), '+', 1) as local, split_part(e, '@', 2) as domain
+        from (select billing.ascii_lower(p_email) as e) y) x
+$$;
+comment on function billing.mailbox(p_email text) is 'Internal: the mailbox an address reaches (case aside, +tags dropped, Gmail''s dots and googlemail.com folded), to tell one person under two accounts.';
+revoke execute on function billing.mailbox(p_email text) from public;
+
 create or replace function billing.same_person(p_a uuid, p_b uuid) returns boolean
 language sql stable
 set search_path = ''
 as $$
   select p_a = p_b or exists (select 1 from auth.users a join auth.users b on b.id = p_b
-                              where a.id = p_a and billing.ascii_lower(a.email) = billing.ascii_lower(b.email))
+                              where a.id = p_a and billing.mailbox(a.email) = billing.mailbox(b.email))
 $$;
-comment on function billing.same_person(p_a uuid, p_b uuid) is 'Internal: whether two accounts are one person as far as can be told (the same id, or the same email address case aside); null ids are no one.';
+comment on function billing.same_person(p_a uuid, p_b uuid) is 'Internal: whether two accounts are one person as far as can be told (the same id, or addresses reaching one mailbox: billing.mailbox); null ids are no one.';
 revoke execute on function billing.same_person(p_a uuid, p_b uuid) from public;
 
 create or replace function billing.invite_member(p_user uuid, p_org uuid, p_email text, p_role text, p_token_hash text,

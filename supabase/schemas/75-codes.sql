@@ -324,6 +324,24 @@ $$;
 comment on function billing.may_be_sponsored(p_org uuid, p_user uuid, p_email text) is 'Internal: whether a sponsor code of p_org may name this student (p_user, or p_email ASCII-lower-cased): a current member, or an address invited to join as one.';
 revoke execute on function billing.may_be_sponsored(p_org uuid, p_user uuid, p_email text) from public;
 
+-- Whether an admin (`p_inviter`, not the owner) brought the student into `p_org` (their accepted
+-- invitation), or invited the address (`p_email`) a code would name: what an admin could do for
+-- a second account of their own under an unrelated address.
+create or replace function billing.recruited_by(p_org uuid, p_inviter uuid, p_student uuid, p_email text) returns boolean
+language sql stable
+set search_path = ''
+as $$
+  -- The owner's own wallet is theirs to give: the rule is for admins acting for them.
+  select not exists (select 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_inviter
+                     and m.role = 'owner' and m.active)
+    and exists (select 1 from billing.org_invitations i
+                 where i.org_id = p_org and i.invited_by = p_inviter
+                   and ((p_student is not null and i.answered_by = p_student and i.status = 'accepted')
+                        or (p_email is not null and billing.mailbox(i.email) = billing.mailbox(p_email))))
+$$;
+comment on function billing.recruited_by(p_org uuid, p_inviter uuid, p_student uuid, p_email text) is 'Internal: whether p_inviter, an admin who is not the owner, invited this student (accepted) or this address into the organisation.';
+revoke execute on function billing.recruited_by(p_org uuid, p_inviter uuid, p_student uuid, p_email text) from public;
+
 create or replace function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text)
 returns jsonb
 language plpgsql
@@ -359,10 +377,14 @@ begin
                 and billing.is_org_admin(p_org, u.id)) then
     perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student, not an owner or admin'));
   end if;
-  -- Nobody sponsors themselves under a second account (the same address, case aside).
+  -- Nobody sponsors themselves under a second account (an address reaching the same mailbox), nor
+  -- a member they brought in themselves: an admin could invite their own second account.
   if billing.same_person(p_user, v_student)
-     or v_email = (select billing.ascii_lower(u.email) from auth.users u where u.id = p_user) then
+     or billing.mailbox(v_email) = (select billing.mailbox(u.email) from auth.users u where u.id = p_user) then
     perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds someone else'));
+  end if;
+  if billing.recruited_by(p_org, p_user, v_student, case when v_student is null then v_email end) then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student someone else invited'));
   end if;
   -- It names a student of this organisation. Organisation credits never leave for an account that
   -- is not a member (an admin's own outside account included).
@@ -623,7 +645,7 @@ begin
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'revoked'));
     elsif billing.is_org_admin(v_code.org_id, p_user) then
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'for students only'));
-    elsif billing.same_person(v_code.created_by, p_user) then
+    elsif billing.same_person(v_code.created_by, p_user) or billing.recruited_by(v_code.org_id, v_code.created_by, p_user, null) then
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'not for its issuer'));
     elsif not billing.is_org_member(v_code.org_id, p_user) then
       -- Only a current member: an invitee joins first; someone removed no longer can.

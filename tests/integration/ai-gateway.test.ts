@@ -582,3 +582,29 @@ Deno.test('a gateway call that takes the balance below the threshold queues an a
   const queued = await testDb`select status from billing.recharges where user_id = ${user}`;
   assert.deepEqual(queued.map((x) => x.status), ['queued']);
 });
+
+Deno.test('a million-letter prompt is refused as too long at once, not after minutes of tokenizing', async () => {
+  await withGateway({ AI_MAX_PROMPT_TOKENS: '1000' }, async (url) => {
+    const s = await student();
+    const r = await fetch(`${url}/ai/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${s.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: ask('a'.repeat(1_000_000)), max_tokens: 5 }),
+      signal: AbortSignal.timeout(30_000), // the whole run took minutes before long runs were cut
+    });
+    assert.deepEqual([r.status, (await r.json()).error.code], [400, 'PROMPT_TOO_LONG']);
+  });
+});
+
+Deno.test("metadata keys that read as the ledger's (case, spaces, invisible characters) are refused too", async () => {
+  const s = await student();
+  for (const key of ['FAILED', ' failed', 'failed\u200b', 'Failed_By', 'charged_at']) {
+    const r = await reportUsage('/credits/usage', {
+      token: s.token,
+      headers: { 'idempotency-key': crypto.randomUUID() },
+      body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0, metadata: { [key]: true } },
+    });
+    assert.equal(r.status, 400, JSON.stringify(key));
+  }
+  assert.equal(await balanceOf(s.id), '1000');
+});

@@ -264,3 +264,37 @@ Deno.test('a code for an invitee whose invitation is revoked goes back to the wa
   assert.equal(status, 'void');
   await assertLedgerInvariants();
 });
+
+Deno.test('an admin cannot sponsor a member they invited themselves (a second account under any address), nor a Gmail alias of their own', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', '1000');
+  // The owner makes Mallory an admin; she invites her own second account, at an unrelated address.
+  const id = crypto.randomUUID();
+  const mallory = { id, email: `mallory.${id.slice(0, 8)}@gmail.com` };
+  await testDb`insert into auth.users (id, email, email_confirmed_at) values (${id}, ${mallory.email}, now())`;
+  const admin = { ...mallory, token: await userToken(id, { claims: { email: mallory.email } }) };
+  await join(owner.token, org, admin, 'admin');
+  const alt = await person('alt');
+  await join(admin.token, org, alt);
+  const own = await issue(admin.token, org, { credits: '500', user_id: alt.id });
+  assert.deepEqual([own.status, codeOf(own)], [403, 'ORG_FORBIDDEN'], own.text);
+  // Addresses reaching her own mailbox are her: a +tag, Gmail's dots, googlemail.com.
+  for (
+    const alias of [
+      mallory.email.replace('@', '+alt@'),
+      mallory.email.replace('mallory.', 'm.a.l.l.o.r.y.'),
+      mallory.email.replace('gmail.com', 'googlemail.com'),
+    ]
+  ) {
+    const twin = crypto.randomUUID();
+    await testDb`insert into auth.users (id, email, email_confirmed_at) values (${twin}, ${alias}, now())`;
+    await join(owner.token, org, { email: alias, token: await userToken(twin, { claims: { email: alias } }) });
+    const r = await issue(admin.token, org, { credits: '500', user_id: twin });
+    assert.deepEqual([r.status, codeOf(r)], [403, 'ORG_FORBIDDEN'], `${alias}: ${r.text}`);
+  }
+  // A member the owner invited is sponsored as before.
+  const pupil = await person('pupil');
+  await join(owner.token, org, pupil);
+  assert.equal((await issue(admin.token, org, { credits: '50', user_id: pupil.id })).status, 201);
+  assert.equal((await walletOf(owner.token, org)).balance, '950');
+});

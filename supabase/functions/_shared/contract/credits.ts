@@ -31,6 +31,7 @@ export const ledgerOwnedKeys = [
   'reserved',
   'priced',
   'unbilled',
+  'charged_at',
 ] as const;
 /** Free-form facts about a charge, kept with its transfer: plain values only (no nesting), no ledger-owned key. */
 export const MetadataSchema = jsonObject({ depth: 1, entries: 20, key: 64, text: 500, reserved: ledgerOwnedKeys });

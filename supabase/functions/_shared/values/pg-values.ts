@@ -122,7 +122,9 @@ export function jsonObject(limits: JsonLimits) {
   const schema = z.record(z.string(), z.unknown()).superRefine((value, ctx) => {
     const problem = jsonProblem(value, limits);
     if (problem) ctx.addIssue({ code: 'custom', path: problem.path, message: problem.message });
-    const taken = limits.reserved?.find((k) => Object.hasOwn(value, k));
+    // Compared as a reader would see them: case, spacing and invisible characters aside.
+    const seen = (k: string) => k.normalize('NFKC').toLowerCase().replace(/[^a-z0-9_]/g, '');
+    const taken = Object.keys(value).find((k) => limits.reserved?.includes(seen(k)));
     if (taken) ctx.addIssue({ code: 'custom', path: [taken], message: `is a key only the ledger writes` });
   });
   jsonBlocks.add(schema);

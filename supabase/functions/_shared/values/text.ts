@@ -25,14 +25,20 @@ export const ModelSchema = pgText(64).min(1).regex(/^[A-Za-z0-9._:-]+$/, 'must b
 export const PlanIdSchema = pgText(64).min(1).regex(/^[a-z0-9_-]+$/, 'must be a plan id');
 
 // Control, format (bidirectional overrides U+202A–U+202E and U+2066–U+2069, zero-width
-// characters, U+FEFF), line and paragraph separators.
-const unprintable = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
-// Anything a mail client or a reader takes for a link or an address: a scheme, `www.`, a dotted
-// name ending in letters (`evil.example`, `x.co`), an email address.
-const linkLike = /https?|:\/\/|www\.|[\p{L}\p{N}_-]\.\p{L}{2,}|@/iu;
+// characters, U+FEFF), line and paragraph separators; and what prints as nothing or as a blank
+// (private-use and unassigned code points, combining marks standing alone, variation selectors,
+// Hangul fillers, the braille blank).
+const unprintable = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Co}\p{Cn}\u034F\uFE00-\uFE0F\u115F\u1160\u3164\uFFA0\u2800]/u;
+// Anything a mail client or a reader takes for a link or an address, read after NFKC folds
+// look-alikes (full-width letters, `。` and `．` for dots): a scheme (`https`, `hxxp`, `mailto:`,
+// `javascript:`, `tel:`, …), `www.`, a dotted name ending in letters (`evil.example`, `x.co`), a defanged
+// one (`evil[.]com`, `evil . com`), an IP address, an email address.
+const linkLike =
+  /h[tx]{2}ps?|\b(mailto|javascript|data|tel|sms|ftp|file|intent|vbscript):|:\/\/|www\.|[\p{L}\p{N}_-][.\u2024\u3002]\p{L}{2,}|[\p{L}\p{N}]\s+[.\u2024\u3002]\s+\p{L}{2,}|\[\.\]|\(\.\)|\d{1,3}(\.\d{1,3}){3}|@/iu;
+const folded = (s: string) => s.normalize('NFKC');
 
 /** Whether `s` may be printed by a partner in our name: no control or format character, no link. */
-export const isPrintable = (s: string): boolean => !unprintable.test(s) && !linkLike.test(s);
+export const isPrintable = (s: string): boolean => !unprintable.test(s) && !linkLike.test(folded(s));
 
 /**
  * Text a partner (Stripe) prints on what it sends in the platform's name: a customer's name, an
@@ -42,9 +48,9 @@ export const isPrintable = (s: string): boolean => !unprintable.test(s) && !link
  */
 export const printedText = (max: number) =>
   pgText(max).trim().min(1).regex(
-    /^[^\p{Cc}\p{Cf}\p{Zl}\p{Zp}]*$/u,
-    'must not contain control, format or bidirectional characters',
-  ).refine((s) => !linkLike.test(s), 'must not contain a link, a domain or an email address');
+    new RegExp(`^[^${unprintable.source.slice(1, -1)}]*$`, 'u'),
+    'must not contain control, format, bidirectional or invisible characters',
+  ).refine((s) => !linkLike.test(folded(s)), 'must not contain a link, a domain or an email address');
 
 /** A postal code: letters, digits, spaces and hyphens. */
 export const PostalCodeSchema = pgText(20).trim().min(1).regex(/^[A-Za-z0-9 -]+$/, 'must be a postal code');
