@@ -185,7 +185,8 @@ function answerJson(body: Record<string, unknown>, usage: unknown, record: CallR
   });
 }
 
-const sse = (data: string) => new TextEncoder().encode(`data: ${data}\n\n`);
+const encoder = new TextEncoder();
+const sse = (data: string) => encoder.encode(`data: ${data}\n\n`);
 const sseHeaders = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' };
 
 /** The same Idempotency-Key again: the first answer, charged once, never a second provider call. */
@@ -253,49 +254,51 @@ function relay(
     clientGone = true;
     upstream.abort('client');
   };
-  const send = (data: string) => {
-    if (clientGone || !out) return;
+  /** Passes `text` (whole SSE events) on to the client, unless it left. */
+  const sendRaw = (text: string) => {
+    if (clientGone || !out || !text) return;
     try {
-      out.enqueue(sse(data));
+      out.enqueue(encoder.encode(text));
     } catch {
       clientGone = true;
     }
   };
+  const send = (data: string) => sendRaw(`data: ${data}\n\n`);
 
   async function pump(): Promise<void> {
     let buffer = '';
     let usageChunk: Record<string, unknown> | null = null;
     let ended = false, broken = false, errorAfterUsage = false;
     const sent: string[] = [];
+    // One watchdog for the whole stream (not a timer per read): the provider going silent for
+    // longer than idleMs stops the upstream request.
+    let lastRead = Date.now();
+    const watchdog = setInterval(() => {
+      if (Date.now() - lastRead > idleMs) upstream.abort('timeout');
+    }, Math.min(idleMs, 1000));
     try {
       read: for (;;) {
-        let idle: ReturnType<typeof setTimeout> | undefined;
-        const next = await Promise.race([
-          reader.read(),
-          new Promise<never>((_, reject) => {
-            idle = setTimeout(() => {
-              upstream.abort('timeout');
-              reject(new Error('idle'));
-            }, idleMs);
-          }),
-        ]).finally(() => clearTimeout(idle));
+        const next = await reader.read();
+        lastRead = Date.now();
         if (next.done) break;
         buffer += decoder.decode(next.value, { stream: true }).replaceAll('\r\n', '\n');
+        let relayed = ''; // what this read passes on, sent at once
         for (let i = buffer.indexOf('\n\n'); i >= 0; i = buffer.indexOf('\n\n')) {
           const event = buffer.slice(0, i);
           buffer = buffer.slice(i + 2);
-          const data = event.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join(
-            '\n',
-          );
+          const data = event.startsWith('data: ') && !event.includes('\n')
+            ? event.slice(6)
+            : event.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
           if (!data) continue;
           if (data === '[DONE]') {
             ended = true;
+            sendRaw(relayed);
             break read;
           }
           // Most chunks are answer text: passed on unparsed (their text is counted only if needed).
           if (!data.includes('"usage"') && !data.includes('"error"')) {
             sent.push(data);
-            send(data);
+            relayed += `data: ${data}\n\n`;
             continue;
           }
           const chunk = JSON.parse(data);
@@ -303,14 +306,16 @@ function relay(
             // An error after the usage chunk: the provider bills the call; it is charged and marked failed.
             errorAfterUsage = usageChunk !== null;
             broken = !errorAfterUsage;
+            sendRaw(relayed);
             break read;
           }
           // Usage totals are cumulative where a provider repeats them: the last one counts, never a sum.
           if (chunk.usage) usageChunk = chunk;
           if (Array.isArray(chunk.choices) && chunk.choices.length === 0) continue;
           sent.push(data);
-          send(data);
+          relayed += `data: ${data}\n\n`;
         }
+        sendRaw(relayed);
       }
       ended ||= usageChunk !== null;
       broken ||= !ended && !clientGone && upstream.signal.reason !== 'deadline';
@@ -319,6 +324,7 @@ function relay(
       broken = !clientGone && upstream.signal.reason !== 'deadline' && usageChunk === null;
     } finally {
       clearTimeout(deadline);
+      clearInterval(watchdog);
       reader.cancel().catch(() => {});
     }
 
