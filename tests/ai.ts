@@ -5,6 +5,9 @@ import { env, functionsUrl, fund, newUser, testDb, userToken } from './helpers.t
 
 export const gatewayUrl = `${functionsUrl}/ai/v1`;
 
+/** One user message: `ask('#standin words=5')`. */
+export const ask = (text: string) => [{ role: 'user' as const, content: text }];
+
 /** A student with `credits` and an official OpenAI client using their token (no SDK retries). */
 export async function student(credits = '1000') {
   const id = await newUser();

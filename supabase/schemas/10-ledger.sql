@@ -714,6 +714,52 @@ comment on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount n
 revoke execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) from public;
 grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) to service_role;
 
+-- Ends a server's hold at a price worked out after the work (a job's usage, an AI call's): the
+-- hold pays what it can and the rest of it is released; should the price pass the hold, the
+-- excess is charged from what is available, never into debt, and what cannot be charged is
+-- recorded (`unbilled`) on that transfer. The caller holds the account lock and has settled the
+-- hold (an ended hold captures nothing). `p_capture_facts` go on the capture, `p_overage_facts`
+-- on the excess; `p_key` is the excess's idempotency key, `p_correlation` both transfers'.
+create or replace function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint,
+  p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb,
+  out captured numeric, out overage numeric, out transfer_id bigint)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds;
+  v_available numeric;
+  v_after billing.hold_result;
+  v_excess billing.transfer_result;
+begin
+  select * into v_hold from billing.holds h where h.id = p_hold_id;
+  captured := 0;
+  overage := 0;
+  if p_amount > 0 and v_hold.status = 'active' then
+    captured := least(p_amount, v_hold.amount);
+    v_after := billing.capture_hold(null, p_hold_id, captured, p_correlation, p_capture_facts);
+    transfer_id := v_after.transfer_id;
+    v_available := v_after.available;
+  elsif v_hold.status = 'active' then
+    perform billing.release_hold(null, p_hold_id);
+  end if;
+  if p_amount > captured then
+    v_available := coalesce(v_available, (billing.balance_of(v_hold.account_id)).available);
+    overage := least(p_amount - captured, greatest(v_available, 0));
+    if overage > 0 then
+      v_excess := billing.post_user_transfer(p_user, -1, 'capture', overage, 'usage', 'usage_revenue', p_key,
+        p_correlation, null,
+        p_overage_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text,
+          'priced', trim_scale(p_amount)::text, 'unbilled', trim_scale(p_amount - captured - overage)::text),
+        p_rate_card_id, p_account_id => v_hold.account_id);
+      transfer_id := coalesce(transfer_id, v_excess.transfer_id);
+    end if;
+  end if;
+end;
+$$;
+comment on function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) is 'Internal: ends a job''s or an AI call''s hold at a price worked out after the work: captured from the hold, any excess from what is available (never into debt), the rest released.';
+revoke execute on function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) from public;
+
 create or replace function billing.release_hold(p_user uuid, p_hold_id uuid) returns billing.hold_result
 language plpgsql
 security definer

@@ -267,47 +267,23 @@ as $$
 declare
   v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);
   v_price record;
-  v_hold billing.holds;
-  v_capture numeric(38, 18);
-  v_after billing.hold_result;
-  v_overage numeric(38, 18);
-  v_available numeric(38, 18);
-  v_priced numeric(38, 18);
+  v_amount numeric(38, 18) := 0;
+  v_card bigint;
 begin
   if v_job.hold_id is not null then
     -- Settled first: a hold that gave way to expired credits captures only what it still holds.
     perform billing.settle_account(h.account_id) from billing.holds h where h.id = v_job.hold_id;
-    select * into v_hold from billing.holds h where h.id = v_job.hold_id;
-    v_capture := 0;
-    v_priced := 0;
     if p_usage is not null then
       select * into v_price from billing.price_usage(p_usage ->> 'model', (p_usage ->> 'input_tokens')::bigint,
         (p_usage ->> 'output_tokens')::bigint, (p_usage ->> 'cached_input_tokens')::bigint,
         (p_usage ->> 'reasoning_tokens')::bigint, (p_usage ->> 'images')::bigint, (p_usage ->> 'audio_seconds')::bigint);
-      v_priced := v_price.amount;
-      v_capture := case when v_hold.status = 'active' then least(v_priced, v_hold.amount) else 0 end;
+      v_amount := v_price.amount;
+      v_card := v_price.rate_card_id;
     end if;
-    if v_capture > 0 or (v_priced > 0 and v_hold.status <> 'active') then
-      if v_capture > 0 then
-        v_after := billing.capture_hold(null, v_job.hold_id, v_capture, 'job:' || p_job);
-        v_available := v_after.available;
-      else
-        v_available := (billing.balance_of(v_hold.account_id)).available;
-      end if;
-      -- The reserve is the worst case the provider can bill; should it ever bill more, the rest
-      -- is charged from what is available, never into debt (what cannot be charged is recorded).
-      v_overage := least(v_price.amount - v_capture, greatest(v_available, 0));
-      if v_overage > 0 then
-        -- Billed like a capture: work already done, counted against caps when its hold was placed.
-        perform billing.post_user_transfer(v_job.user_id, -1, 'capture', v_overage, 'usage', 'usage_revenue',
-          'job-overage:' || p_job, 'job:' || p_job, null,
-          jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model', 'reserved', trim_scale(v_hold.amount)::text,
-            'priced', trim_scale(v_price.amount)::text, 'unbilled', trim_scale(v_price.amount - v_capture - v_overage)::text),
-          v_price.rate_card_id, p_account_id => v_hold.account_id);
-      end if;
-    else
-      perform billing.release_hold(null, v_job.hold_id);
-    end if;
+    -- Work already done: counted against caps when its hold was placed; any excess from what is
+    -- available, never into debt.
+    perform billing.charge_hold_at(v_job.hold_id, v_job.user_id, v_amount, v_card, 'job-overage:' || p_job,
+      'job:' || p_job, null, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model'));
   end if;
   update billing.jobs j
   set status = 'completed', progress = 100, result = p_result, completed_at = now(), locked_by = null, locked_until = null,

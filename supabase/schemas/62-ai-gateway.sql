@@ -317,10 +317,9 @@ comment on function billing.lock_ai_call(p_call uuid) is 'Internal: a gateway ca
 revoke execute on function billing.lock_ai_call(p_call uuid) from public;
 
 -- After the provider answered. `p_usage` in disjoint kinds ({input_tokens, cached_input_tokens,
--- output_tokens, reasoning_tokens}), from `p_source` (provider or tokenizer). Captures the
--- rate card's price of it from the hold and releases the rest; should the provider ever bill
--- more than the hold, the rest is charged from what is available, never into debt (what cannot
--- be charged is recorded as unbilled). `p_failed`: the provider reported usage, then the call
+-- output_tokens, reasoning_tokens}), from `p_source` (provider or tokenizer). Ends the hold at
+-- the rate card's price of it, as a job's is ended (billing.charge_hold_at: the excess of a
+-- provider that billed more comes from what is available, never into debt). `p_failed`: the provider reported usage, then the call
 -- failed; charged (the provider bills it) and marked so an operator's failed_only correction
 -- can give it back. Finishing a finished call answers it again.
 create or replace function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb,
@@ -334,11 +333,7 @@ declare
   v_call billing.ai_calls := billing.lock_ai_call(p_call);
   v_hold billing.holds;
   v_price record;
-  v_capture numeric(38, 18) := 0;
-  v_overage numeric(38, 18) := 0;
-  v_after billing.hold_result;
-  v_result billing.transfer_result;
-  v_transfer bigint;
+  v_charged record;
   v_facts jsonb;
 begin
   if v_call.status <> 'held' then
@@ -364,32 +359,15 @@ begin
     'cached_input_tokens', coalesce((p_usage ->> 'cached_input_tokens')::bigint, 0),
     'reasoning_tokens', coalesce((p_usage ->> 'reasoning_tokens')::bigint, 0))
     || case when p_failed then jsonb_build_object('failed', true, 'failed_by', 'gateway') else '{}'::jsonb end;
-  if v_price.amount > 0 and v_hold.status = 'active' then
-    v_capture := least(v_price.amount, v_hold.amount);
-    v_after := billing.capture_hold(null, v_hold.id, v_capture, 'ai:' || v_call.id,
-      v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version));
-    v_transfer := v_after.transfer_id;
-  elsif v_hold.status = 'active' then
-    perform billing.release_hold(null, v_hold.id);
-  end if;
-  if v_price.amount > v_capture then
-    v_overage := least(v_price.amount - v_capture,
-      greatest((billing.balance_of(v_hold.account_id)).available, 0));
-    if v_overage > 0 then
-      v_result := billing.post_user_transfer(coalesce(v_hold.member_id, v_call.user_id), -1, 'capture',
-        v_overage, 'usage', 'usage_revenue', 'ai-overage:' || v_call.id, 'ai:' || v_call.id, null,
-        v_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text, 'priced', trim_scale(v_price.amount)::text,
-          'unbilled', trim_scale(v_price.amount - v_capture - v_overage)::text),
-        v_price.rate_card_id, p_account_id => v_hold.account_id);
-      v_transfer := coalesce(v_transfer, v_result.transfer_id);
-    end if;
-  end if;
+  v_charged := billing.charge_hold_at(v_hold.id, v_call.user_id, v_price.amount, v_price.rate_card_id,
+    'ai-overage:' || v_call.id, 'ai:' || v_call.id,
+    v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version), v_facts);
   -- The provider billed more than the hold and the balance could cover: the gateway's count of
   -- the prompt fell short of the provider's. Someone should look (the difference is recorded).
-  if v_price.amount > v_capture + v_overage then
+  if v_price.amount > v_charged.captured + v_charged.overage then
     perform billing.set_alert('ai_call_unbilled', true, 'An AI call cost more than its hold and the balance could pay',
       jsonb_build_object('model', v_call.model, 'call_id', v_call.id,
-        'unbilled', trim_scale(v_price.amount - v_capture - v_overage)::text));
+        'unbilled', trim_scale(v_price.amount - v_charged.captured - v_charged.overage)::text));
   end if;
   -- A successful call that cost nothing is a price or usage problem worth a look.
   if v_price.amount = 0 and not p_failed then
@@ -397,7 +375,8 @@ begin
       jsonb_build_object('model', v_call.model, 'call_id', v_call.id, 'usage_source', p_source));
   end if;
   update billing.ai_calls c set status = 'charged', usage = v_facts - 'model' - 'ai_call_id' - 'usage_source',
-    usage_source = p_source, charged = v_capture + v_overage, transfer_id = v_transfer, answer = p_answer,
+    usage_source = p_source, charged = v_charged.captured + v_charged.overage, transfer_id = v_charged.transfer_id,
+    answer = p_answer,
     finished_at = now(), failure = case when p_failed then 'PROVIDER_FAILED_AFTER_USAGE' end
   where c.id = p_call returning * into v_call;
   return billing.ai_call_json(v_call);

@@ -3,11 +3,10 @@
 // the answer under way from the school's hold, while their next call has nothing to draw on.
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
-import { gatewayUrl } from '../ai.ts';
+import { ask, gatewayUrl } from '../ai.ts';
 import { api, assertLedgerInvariants, testDb } from '../helpers.ts';
 import { person, school, walletOf } from '../orgs.ts';
 
-const ask = (text: string) => [{ role: 'user' as const, content: text }];
 const client = (token: string) => new OpenAI({ baseURL: gatewayUrl, apiKey: token, maxRetries: 0 });
 
 Deno.test("a pool school's member calls the gateway: the pool is held and charged, its balance never shown", async () => {

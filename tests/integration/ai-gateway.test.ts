@@ -6,7 +6,7 @@ import OpenAI from 'openai';
 import { generateText, streamText } from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { promptTokens } from '../../supabase/functions/ai/request.ts';
-import { activeHolds, balanceOf, callsOf, gatewayUrl, priceOf, settled, standinCall, student } from '../ai.ts';
+import { activeHolds, ask, balanceOf, callsOf, gatewayUrl, priceOf, settled, standinCall, student } from '../ai.ts';
 import {
   adminToken,
   api,
@@ -22,7 +22,6 @@ import {
 import { emulator } from '../purchases.ts';
 
 const tag = () => `t${crypto.randomUUID().replaceAll('-', '')}`;
-const ask = (text: string) => [{ role: 'user' as const, content: text }];
 
 Deno.test('a non-streamed call is charged the rate card price of the usage the provider reported', async () => {
   const s = await student();

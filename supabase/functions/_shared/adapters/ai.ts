@@ -29,6 +29,15 @@ export interface CompletionRequest {
 /** A retryable provider failure (timeouts, 5xx, 429); anything else is not retried. */
 export class ProviderUnavailable extends Error {}
 
+/** One POST of a Chat Completions request to an OpenAI-compatible API, never retried. */
+const postChat = (base: string, key: string, body: Record<string, unknown>, signal: AbortSignal) =>
+  fetch(`${base.replace(/\/$/, '')}/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+    signal,
+  });
+
 async function openAiCompatible(
   req: CompletionRequest,
   base: string,
@@ -37,16 +46,11 @@ async function openAiCompatible(
 ): Promise<Completion> {
   let res: Response;
   try {
-    res = await fetch(`${base.replace(/\/$/, '')}/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model: req.model,
-        max_tokens: req.maxTokens,
-        messages: [{ role: 'user', content: req.prompt }],
-      }),
-      signal: AbortSignal.timeout(timeoutMs),
-    });
+    res = await postChat(base, key, {
+      model: req.model,
+      max_tokens: req.maxTokens,
+      messages: [{ role: 'user', content: req.prompt }],
+    }, AbortSignal.timeout(timeoutMs));
   } catch {
     throw new ProviderUnavailable('the AI provider did not answer');
   }
@@ -116,10 +120,9 @@ export function complete(req: CompletionRequest): Promise<Completion> {
  * the largest answer a call may ask for (and what a call that sets none gets), the largest
  * prompt, and how long a call may run (its hold lives a minute longer).
  */
-export const GatewayEnvSchema = z.object({
+export const GatewayEnvSchema = AiEnvSchema.pick({ AI_TIMEOUT_MS: true }).extend({
   AI_API_BASE: z.url(),
   AI_API_KEY: z.string().min(1),
-  AI_TIMEOUT_MS: z.coerce.number().int().positive().default(20_000),
   AI_MAX_OUTPUT_TOKENS: z.coerce.number().int().positive().default(4096),
   AI_MAX_PROMPT_TOKENS: z.coerce.number().int().positive().default(128_000),
   AI_CALL_MAX_SECONDS: z.coerce.number().int().min(10).max(3600).default(300),
@@ -137,10 +140,5 @@ export const aiGatewayEnv = (): GatewayEnv => (gatewayEnv ??= parseEnv(GatewayEn
  */
 export function providerChat(body: Record<string, unknown>, signal: AbortSignal): Promise<Response> {
   const env = aiGatewayEnv();
-  return fetch(`${env.AI_API_BASE.replace(/\/$/, '')}/chat/completions`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${env.AI_API_KEY}`, 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-    signal,
-  });
+  return postChat(env.AI_API_BASE, env.AI_API_KEY, body, signal);
 }
