@@ -102,6 +102,40 @@ create type billing.hold_result as (
   replayed boolean
 );
 
+-- One movement for billing.post_transfers, the ledger's one writer. `lots` says how the tracked
+-- sides' lots move; null for the usual: a debit draws from its lots in spending order, a credit
+-- from a platform account opens a new lot, a credit from a tracked account (a move) arrives as
+-- the lots its debit drew, each with its provenance. Otherwise, any of:
+--   first       lot ids drawn before the spending order (a reversal takes its purchase's lots first)
+--   return_to   [{lot_id, amount}]: the credit goes back into these lots (a void, a rollover's
+--               credits brought back from breakage): negative allocations, no new lot
+--   moved_from  the credit opens a lot with this lot's provenance and its share of the cost (a plan rollover)
+--   category, priority, cost_cents, currency, purchase_id, expires_at: the new lot's, over the
+--               defaults (billing.credit_expiry_policy; an adjustment never expires unless told)
+create type billing.transfer_spec as (
+  kind billing.transfer_kind,
+  from_account_id bigint,
+  to_account_id bigint,
+  amount numeric,
+  idempotency_key text,
+  correlation_id text,
+  reference text,
+  metadata jsonb,
+  rate_card_id bigint,
+  hold_id uuid,
+  member_id uuid,
+  lots jsonb
+);
+comment on type billing.transfer_spec is 'A movement billing.post_transfers is asked to make (see the comment above it for lots).';
+
+create type billing.posted_transfer as (
+  transfer_id bigint,
+  replayed boolean,                               -- a transfer with this key and kind was already written
+  from_balance numeric(38, 18),                   -- the tracked sides' balances after it; null for a platform side or a replay
+  to_balance numeric(38, 18)
+);
+comment on type billing.posted_transfer is 'What billing.post_transfers answers for each movement, in order.';
+
 -- ============================================================ tables
 
 create table billing.accounts (
@@ -911,22 +945,12 @@ declare
   e record;
   v_user uuid;
   v_available numeric(38, 18);
-  v_balance numeric(38, 18);
-  v_version bigint;
-  v_account bigint;
   v_outcomes jsonb[] := array_fill(null::jsonb, array[v_count]);
-  -- accepted transfers, in order
+  -- accepted events, in order: where their outcome goes, what they move, what was written
   a_ord integer[] := '{}';
-  a_id bigint[] := '{}';
-  a_account bigint[] := '{}';
-  a_amount numeric(38, 18)[] := '{}';
-  a_balance numeric(38, 18)[] := '{}';
-  a_version bigint[] := '{}';
-  a_key text[] := '{}';
-  a_card bigint[] := '{}';
-  a_corr text[] := '{}';
-  a_meta jsonb[] := '{}';
-  v_id bigint;
+  a_spec billing.transfer_spec[] := '{}';
+  a_posted billing.posted_transfer[];
+  i integer;
   v_cap jsonb;
 begin
   if v_count > 1000 then
@@ -995,15 +1019,13 @@ begin
 
   -- Greedy per user in event order: each event is applied if it still fits.
   for e in
-    select b.*, a.balance as acct_balance, a.held as acct_held, a.version as acct_version, a.caps as acct_caps
+    select b.*, a.balance as acct_balance, a.held as acct_held, a.caps as acct_caps
     from pg_temp.usage_batch b left join billing.accounts a on a.id = b.account_id
     order by b.user_id, b.ord
   loop
     if v_user is distinct from e.user_id then
       v_user := e.user_id;
       v_available := coalesce(e.acct_balance - e.acct_held, 0);
-      v_balance := e.acct_balance;
-      v_version := e.acct_version;
     end if;
     if e.error is not null then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', e.error);
@@ -1037,39 +1059,26 @@ begin
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'cap_reached', 'cap', v_cap);
       v_cap := null;
     elsif v_outcomes[e.ord] is null then
-      v_id := nextval(pg_get_serial_sequence('billing.transfers', 'id'));
       v_available := v_available - e.amount;
-      v_balance := v_balance - e.amount;
-      v_version := v_version + 1;
-      a_ord := a_ord || e.ord; a_id := a_id || v_id; a_account := a_account || e.account_id;
-      a_amount := a_amount || e.amount; a_balance := a_balance || v_balance; a_version := a_version || v_version;
-      a_key := a_key || billing.usage_event_key(e.user_id, e.event_id); a_card := a_card || e.rate_card_id;
-      a_corr := a_corr || e.correlation_id;
-      a_meta := a_meta || jsonb_build_object('model', e.model, 'input_tokens', e.input_tokens,
-        'output_tokens', e.output_tokens, 'cached_input_tokens', e.cached_input_tokens,
-        'reasoning_tokens', e.reasoning_tokens, 'images', e.images, 'audio_seconds', e.audio_seconds,
-        'occurred_at', e.occurred_at, 'event_id', e.event_id);
-      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied', 'transfer_id', v_id::text,
-        'charged', trim_scale(e.amount)::text, 'balance', trim_scale(v_balance)::text);
+      a_ord := a_ord || e.ord;
+      a_spec := a_spec || ('usage', e.account_id, v_platform, e.amount, billing.usage_event_key(e.user_id, e.event_id),
+        e.correlation_id, null, jsonb_build_object('model', e.model, 'input_tokens', e.input_tokens,
+          'output_tokens', e.output_tokens, 'cached_input_tokens', e.cached_input_tokens,
+          'reasoning_tokens', e.reasoning_tokens, 'images', e.images, 'audio_seconds', e.audio_seconds,
+          'occurred_at', e.occurred_at, 'event_id', e.event_id),
+        e.rate_card_id, null, null, null)::billing.transfer_spec;
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied',
+        'charged', trim_scale(e.amount)::text);
     end if;
   end loop;
 
-  if array_length(a_id, 1) > 0 then
-    insert into billing.transfers (id, kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, rate_card_id, metadata)
-    overriding system value
-    select t.id, 'usage', t.account, v_platform, t.amount, t.key, t.corr, t.card, t.meta
-    from unnest(a_id, a_account, a_amount, a_key, a_corr, a_card, a_meta) as t(id, account, amount, key, corr, card, meta);
-
-    insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
-    select t.id, t.account, -t.amount, t.balance, t.version
-    from unnest(a_id, a_account, a_amount, a_balance, a_version) as t(id, account, amount, balance, version);
-
-    update billing.accounts a set balance = a.balance - d.total, version = a.version + d.n
-    from (select t.account, sum(t.amount) as total, count(*) as n from unnest(a_account, a_amount) as t(account, amount) group by t.account) d
-    where a.id = d.account;
-
-    -- Each account's accepted events draw from its lots in event order.
-    perform billing.draw_lots('usage', a_id, a_account, a_amount);
+  -- Each account's accepted events draw from its lots in event order.
+  if cardinality(a_spec) > 0 then
+    a_posted := billing.post_transfers(a_spec);
+    for i in 1 .. cardinality(a_ord) loop
+      v_outcomes[a_ord[i]] := v_outcomes[a_ord[i]] || jsonb_build_object('transfer_id', (a_posted[i]).transfer_id::text,
+        'balance', trim_scale((a_posted[i]).from_balance)::text);
+    end loop;
   end if;
 
   return to_jsonb(v_outcomes);
@@ -1079,6 +1088,242 @@ comment on function billing.charge_usage_batch(p_events jsonb) is 'Prices and de
 revoke execute on function billing.charge_usage_batch(p_events jsonb) from public;
 grant execute on function billing.charge_usage_batch(p_events jsonb) to service_role;
 
+-- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
+-- per movement out, in order. Only this function inserts transfers, entries, lots and lot
+-- allocations and changes balances and versions (supabase/tests/10-ledger-one-writer.test.sql
+-- reads the catalogue to prove it). Features decide what moves: callers lock the tracked
+-- accounts first (ascending id order when there are several) and make every refusal a person
+-- can meet (available credits, caps, holds, standing) before calling it. It checks what must hold
+-- for every movement and raises LEDGER_INVARIANT, a server error, when a caller got it wrong:
+-- amounts positive, below 1e20, at most 18 places, between two accounts; no tracked balance
+-- below zero except through a refund or dispute reversal (debt); a return to lots of exactly the
+-- amount; a lot's remaining never below zero (lots_remaining_within).
+--
+-- Each tracked side gets an entry with its balance and version after the movement, in batch
+-- order. Debits draw from lots (spending order, `first` before it) before credits open or refill
+-- lots; a credit that pays a debt the account is in records that part as settled, not remaining.
+-- A movement whose (idempotency_key, kind) is already written is a replay: nothing is written
+-- for it; another movement under the same key and kind is refused (IDEMPOTENCY_KEY_REUSED).
+create or replace function billing.post_transfers(p_transfers billing.transfer_spec[])
+returns billing.posted_transfer[]
+language plpgsql
+set search_path = ''
+set plan_cache_mode = 'force_generic_plan'
+as $$
+declare
+  v_ids bigint[];
+  v_new bigint[];
+  v_existing bigint[];
+  v_reused text;
+  v_ord integer[];
+  v_account bigint[];
+  v_delta numeric[];
+  v_after numeric[];
+  v_first bigint[];
+  v_drawn integer;
+  c record;
+  v_lot jsonb;
+  v_settled numeric;
+  v_category text;
+  v_policy billing.credit_expiry_policy;
+begin
+  -- Generic plans: these statements cost more to plan than to run.
+  if exists (select 1 from unnest(p_transfers) t
+             where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
+               or t.from_account_id is not distinct from t.to_account_id) then
+    perform billing.raise_error('LEDGER_INVARIANT',
+      '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+  end if;
+  -- Ids in batch order, so transfer ids order the batch.
+  v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
+  with ins as (
+    insert into billing.transfers (id, kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                   reference, metadata, rate_card_id, hold_id, member_id)
+    overriding system value
+    select v_ids[t.ord], t.kind, t.from_account_id, t.to_account_id, t.amount, t.idempotency_key, t.correlation_id,
+      t.reference, t.metadata, t.rate_card_id, t.hold_id, t.member_id
+    from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+    order by t.ord
+    on conflict (idempotency_key, kind) do nothing
+    returning id
+  )
+  select array_agg(ins.id) into v_new from ins;
+
+  if cardinality(v_new) is distinct from cardinality(p_transfers) then
+    select array_agg(case when v_ids[t.ord] = any(coalesce(v_new, '{}')) then null else x.id end order by t.ord),
+      min(t.kind::text) filter (where v_ids[t.ord] <> all(coalesce(v_new, '{}'))
+        and (x.amount <> t.amount or x.from_account_id <> t.from_account_id or x.to_account_id <> t.to_account_id))
+    into v_existing, v_reused
+    from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+    join billing.transfers x on x.idempotency_key = t.idempotency_key and x.kind = t.kind;
+    if v_reused is not null then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_reused));
+    end if;
+  end if;
+
+  if v_new is not null then
+    -- Balances and versions, then one entry per tracked side numbered back from them.
+    with t as (
+      select * from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord) where v_ids[t.ord] = any(v_new)
+    ), legs as (
+      select t.ord, t.from_account_id as account_id, -t.amount as delta from t
+      union all
+      select t.ord, t.to_account_id, t.amount from t
+    ), u as (
+      update billing.accounts a set balance = a.balance + d.delta, version = a.version + d.n
+      from (select l.account_id, sum(l.delta) as delta, count(*) as n from legs l group by l.account_id) d
+      where a.id = d.account_id and a.code is null
+      returning a.id, a.balance, a.version
+    ), e as (
+      insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+      select v_ids[l.ord], l.account_id, l.delta,
+        u.balance - (sum(l.delta) over later - l.delta), u.version - (row_number() over later - 1)
+      from legs l join u on u.id = l.account_id
+      window later as (partition by l.account_id order by l.ord desc)
+      order by l.ord, l.delta                     -- entry ids in batch order, as readers page them
+      returning transfer_id, account_id, balance_after
+    )
+    select array_agg(l.ord order by l.ord, l.delta), array_agg(l.account_id order by l.ord, l.delta),
+      array_agg(l.delta order by l.ord, l.delta), array_agg(e.balance_after order by l.ord, l.delta)
+    into v_ord, v_account, v_delta, v_after
+    from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
+
+    if exists (select 1 from unnest(v_ord, v_delta, v_after) x(ord, delta, after)
+               where x.delta < 0 and x.after < 0
+                 and (p_transfers[x.ord]).kind not in ('refund_reversal', 'dispute_reversal')) then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
+    end if;
+
+    -- Debits draw from lots. The common one, alone and with nothing to draw first, in one
+    -- statement: the first lot in spending order covers it.
+    if cardinality(v_ord) = 1 and v_delta[1] < 0 and (p_transfers[v_ord[1]]).lots is null then
+      with drawn as (
+        update billing.lots l set remaining = l.remaining + v_delta[1]
+        where l.id = (select x.id from billing.lots x where x.account_id = v_account[1] and x.open
+                      order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
+                      limit 1)
+          and l.remaining >= -v_delta[1]
+        returning l.id
+      )
+      insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+      select v_ids[v_ord[1]], drawn.id, (p_transfers[v_ord[1]]).kind, -v_delta[1] from drawn;
+      get diagnostics v_drawn = row_count;
+    end if;
+    if v_drawn is distinct from 1 and 0 > any(v_delta) then
+      v_first := array(select jsonb_array_elements_text(t.lots -> 'first')::bigint
+                       from unnest(p_transfers) t where t.lots ? 'first');
+      with d as (
+        select x.ord, x.account_id, -x.delta as amount,
+          sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
+        from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
+        where x.delta < 0
+      ), l as (
+        select l.id, l.account_id, l.remaining,
+          sum(l.remaining) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
+            l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+        from billing.lots l
+        where l.account_id in (select d.account_id from d) and l.open
+      ), a as (
+        select d.ord, l.id as lot_id, least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
+        from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
+      ), ins as (
+        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+        select v_ids[a.ord], a.lot_id, (p_transfers[a.ord]).kind, a.amount from a
+        returning lot_id, amount
+      )
+      update billing.lots x set remaining = x.remaining - s.total
+      from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
+      where x.id = s.lot_id;
+    end if;
+
+    -- Credits: into lots.
+    for c in
+      select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t,
+        exists (select 1 from unnest(v_ord, v_delta) y(ord, delta) where y.ord = x.ord and y.delta < 0) as moved
+      from unnest(v_ord, v_account, v_delta, v_after) x(ord, account_id, delta, after)
+      where x.delta > 0
+      order by x.ord
+    loop
+      v_settled := least(c.amount, greatest(c.amount - c.after, 0));
+      v_lot := coalesce((c.t).lots, '{}');
+      if c.moved then
+        -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
+        -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
+        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                  amount, debt_settled, remaining, frozen, expires_at, moved_from)
+        select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
+          l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id
+        from (select x.lot_id, x.amount,
+                least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
+                  rows between unbounded preceding and 1 preceding), 0), 0)) as settled
+              from billing.lot_allocations x where x.transfer_id = v_ids[c.ord]) p
+        join billing.lots l on l.id = p.lot_id
+        order by p.lot_id;
+      elsif v_lot ? 'return_to' then
+        -- Back into the lots it came from: negative allocations, as a void gives back.
+        if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
+          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
+        end if;
+        with p as (
+          select (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as amount,
+            least((r ->> 'amount')::numeric, greatest(v_settled - coalesce(sum((r ->> 'amount')::numeric)
+              over (order by (r ->> 'lot_id')::bigint rows between unbounded preceding and 1 preceding), 0), 0)) as settled
+          from jsonb_array_elements(v_lot -> 'return_to') r
+        ), ins as (
+          insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+          select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount from p
+        )
+        update billing.lots l set remaining = l.remaining + p.amount - p.settled, debt_settled = l.debt_settled + p.settled
+        from p where l.id = p.lot_id and l.account_id = c.account_id;
+        continue;
+      elsif v_lot ? 'moved_from' then
+        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                  amount, debt_settled, remaining, expires_at, moved_from)
+        select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
+          l.currency, c.amount, v_settled, c.amount - v_settled, (v_lot ->> 'expires_at')::timestamptz, l.id
+        from billing.lots l where l.id = (v_lot ->> 'moved_from')::bigint;
+      else
+        v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
+        select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
+        if not found then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
+        elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
+        elsif (v_lot ->> 'cost_cents')::numeric < 0 then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
+        elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
+        elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
+        end if;
+        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                  amount, debt_settled, remaining, expires_at)
+        values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
+          coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
+          coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled,
+          -- A support adjustment does not expire unless the admin says so: a correction that
+          -- quietly vanishes would need correcting again.
+          case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
+               when (c.t).kind <> 'adjustment' then now() + v_policy.expires_after end);
+      end if;
+      update billing.accounts a
+      set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
+      where a.id = c.account_id
+        and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
+    end loop;
+  end if;
+
+  return array(
+    select row(coalesce(v_existing[o], v_ids[o]), v_existing[o] is not null,
+      (select x.after from unnest(v_ord, v_delta, v_after) x(ord, delta, after) where x.ord = o and x.delta < 0),
+      (select x.after from unnest(v_ord, v_delta, v_after) x(ord, delta, after) where x.ord = o and x.delta > 0)
+    )::billing.posted_transfer
+    from generate_subscripts(p_transfers, 1) o order by o);
+end;
+$$;
+comment on function billing.post_transfers(p_transfers billing.transfer_spec[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) under the caller''s account locks; one result per movement, replays answered.';
+revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[]) from public;
+
 create or replace function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind,
                                                 p_key text, p_member uuid, p_metadata jsonb default null)
 returns billing.transfers
@@ -1087,9 +1332,8 @@ set search_path = ''
 as $$
 declare
   v_from billing.accounts;
-  v_to billing.accounts;
   v_transfer billing.transfers;
-  v_debt numeric(38, 18);
+  v_posted billing.posted_transfer[];
 begin
   perform billing.check_amount(p_amount);
   perform 1 from billing.accounts a where a.id in (p_from, p_to) order by a.id for update;
@@ -1110,35 +1354,10 @@ begin
       'wallet', 'organisation'));
   end if;
 
-  insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, member_id, metadata)
-  values (p_kind, p_from, p_to, p_amount, p_key, p_member, p_metadata)
-  returning * into v_transfer;
-  perform billing.draw_lots(p_kind, array[v_transfer.id], array[p_from], array[p_amount]);
-  update billing.accounts a set balance = a.balance - p_amount, version = a.version + 1 where a.id = p_from
-  returning * into v_from;
-  update billing.accounts a set balance = a.balance + p_amount, version = a.version + 1,
-    next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lot_allocations x
-                                        join billing.lots l on l.id = x.lot_id where x.transfer_id = v_transfer.id))
-  where a.id = p_to
-  returning * into v_to;
-  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version) values
-    (v_transfer.id, p_from, -p_amount, v_from.balance, v_from.version),
-    (v_transfer.id, p_to, p_amount, v_to.balance, v_to.version);
-
-  -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
-  -- expiry, frozen, and its share of the cost basis. A debt the receiving account was in is
-  -- settled by the first parts, as any grant settles it.
-  v_debt := greatest(p_amount - v_to.balance, 0);
-  insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency, amount,
-                            debt_settled, remaining, frozen, expires_at, moved_from)
-  select p_to, v_transfer.id, l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount, l.currency, p.amount,
-    p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id
-  from (select x.lot_id, x.amount,
-          least(x.amount, greatest(v_debt - coalesce(sum(x.amount) over (order by x.lot_id rows between unbounded preceding
-                                                                          and 1 preceding), 0), 0)) as settled
-        from billing.lot_allocations x where x.transfer_id = v_transfer.id) p
-  join billing.lots l on l.id = p.lot_id
-  order by p.lot_id;
+  -- The lots drawn arrive on the receiving side as they were (billing.post_transfers).
+  v_posted := billing.post_transfers(array[(p_kind, p_from, p_to, p_amount, p_key, null, null, p_metadata, null, null,
+    p_member, null)::billing.transfer_spec]);
+  select * into v_transfer from billing.transfers t where t.id = (v_posted[1]).transfer_id;
   return v_transfer;
 end;
 $$;
@@ -1234,7 +1453,7 @@ declare
   v_existing billing.transfers;
   v_transfer_id bigint;
   v_bal billing.balance;
-  v_delta numeric(38, 18);
+  v_posted billing.posted_transfer;
   v_member uuid;
 begin
   perform billing.check_amount(p_amount);
@@ -1263,19 +1482,10 @@ begin
   v_account_id := v_account.id;
   v_member := case when v_account.org_id is not null then p_user end;
 
-  -- The transfer first, keyed: a replay finds the one written before (a concurrent call with the
-  -- same key has committed by now: its account lock was ours to wait for, or the unique index
-  -- made this insert wait). A refusal below rolls this insert back with the rest.
-  insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
-                                 reference, metadata, rate_card_id, hold_id, member_id)
-  values (p_kind,
-          case when p_direction > 0 then v_platform_id else v_account_id end,
-          case when p_direction > 0 then v_account_id else v_platform_id end,
-          p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, p_hold_id, v_member)
-  on conflict (idempotency_key, kind) do nothing
-  returning id into v_transfer_id;
-  if v_transfer_id is null then
-    select * into v_existing from billing.transfers t where t.idempotency_key = p_idempotency_key and t.kind = p_kind;
+  -- A replay finds the transfer written before: a concurrent call with the same key has
+  -- committed by now (its account lock was ours to wait for).
+  select * into v_existing from billing.transfers t where t.idempotency_key = p_idempotency_key and t.kind = p_kind;
+  if found then
     if v_existing.amount <> p_amount
       or (p_direction > 0 and v_existing.to_account_id <> v_account_id)
       or (p_direction < 0 and v_existing.from_account_id <> v_account_id) then
@@ -1302,38 +1512,15 @@ begin
       'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance, 0))::text, 'debt', v_account.balance < 0));
   end if;
 
-  v_delta := p_direction * p_amount;
-  update billing.accounts a set balance = a.balance + v_delta, version = a.version + 1
-  where a.id = v_account_id
-  returning * into v_account;
+  v_posted := (billing.post_transfers(array[(p_kind,
+    case when p_direction > 0 then v_platform_id else v_account_id end,
+    case when p_direction > 0 then v_account_id else v_platform_id end,
+    p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, p_hold_id, v_member,
+    p_lot)::billing.transfer_spec]))[1];
+  v_account.balance := coalesce(v_posted.from_balance, v_posted.to_balance);
+  v_account.version := v_account.version + 1;
+  v_transfer_id := v_posted.transfer_id;
 
-  -- The platform side needs no entry: its balance is never kept (platform_balances sums transfers).
-  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
-  values (v_transfer_id, v_account_id, v_delta, v_account.balance, v_account.version);
-
-  if p_direction > 0 then
-    perform billing.create_lot(v_account_id, v_transfer_id, p_kind, p_amount, v_account.balance, p_lot);
-  elsif p_lot is null then
-    -- The common debit, in one statement: the first lot in spending order covers it (the order
-    -- is draw_lots'). Otherwise draw_lots spreads it over several lots.
-    with drawn as (
-      update billing.lots l set remaining = l.remaining - p_amount
-      where l.id = (select x.id from billing.lots x where x.account_id = v_account_id and x.open
-                    order by x.frozen, x.priority, x.expires_at nulls last,
-                      x.granted_at, x.id
-                    limit 1)
-        and l.remaining >= p_amount
-      returning l.id
-    )
-    insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
-    select v_transfer_id, drawn.id, p_kind, p_amount from drawn;
-    if not found then
-      perform billing.draw_lots(p_kind, array[v_transfer_id], array[v_account_id], array[p_amount]);
-    end if;
-  else
-    perform billing.draw_lots(p_kind, array[v_transfer_id], array[v_account_id], array[p_amount],
-      array(select jsonb_array_elements_text(p_lot -> 'first')::bigint));
-  end if;
   -- Auto-recharge follows spending: a refund, dispute or expiry never charges the card by itself
   -- (a student refunded would be charged again at once); the low-balance alert still tells them.
   if p_mode = 'reverse' then
@@ -1407,7 +1594,7 @@ begin
     p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, null, p_lot, p_account_id);
 end;
 $$;
-comment on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) is 'Adds credits to a user (or the account p_account_id) as a new lot (p_lot: see create_lot): a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
+comment on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) is 'Adds credits to a user (or the account p_account_id) as a new lot (p_lot: the lot''s options, see billing.transfer_spec): a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
 revoke execute on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) from public;
 grant execute on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) to service_role;
 

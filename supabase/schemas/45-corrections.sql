@@ -136,7 +136,7 @@ declare
   v_row billing.charge_voids;
   v_model text;
   v_drawn numeric(38, 18);
-  v_debt numeric(38, 18);
+  v_posted billing.posted_transfer[];
   v_lot record;
   v_grow numeric(38, 18);
 begin
@@ -168,38 +168,23 @@ begin
   end if;
   v_model := coalesce(v_charge.metadata ->> 'model', v_hold.metadata ->> 'model');
 
-  insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference,
-                                 metadata, rate_card_id, member_id)
-  values ('void', v_charge.to_account_id, v_charge.from_account_id, v_charge.amount, 'void:' || p_charge_id,
-          v_charge.correlation_id, p_charge_id::text,
-          -- What the summaries net the void against: the charge's model, day and tokens.
-          jsonb_strip_nulls(jsonb_build_object('charge_id', p_charge_id::text, 'charge_kind', v_charge.kind,
-            'charged_at', v_charge.created_at, 'model', v_model, 'reason', p_reason, 'run_id', p_run_id))
-            || case when v_charge.kind = 'usage' then (
-              select coalesce(jsonb_object_agg(k, v_charge.metadata -> k), '{}') from unnest(array['input_tokens',
-                'output_tokens', 'cached_input_tokens', 'reasoning_tokens', 'images', 'audio_seconds']) k
-              where jsonb_typeof(v_charge.metadata -> k) = 'number') else '{}' end,
-          v_charge.rate_card_id, v_charge.member_id)
-  returning * into v_void;
-
-  -- What pays a debt the account is in is settled, not remaining (as create_lot does).
-  v_debt := least(v_charge.amount, greatest(-v_account.balance, 0));
-  update billing.accounts a set balance = a.balance + v_charge.amount, version = a.version + 1
-  where a.id = v_account.id returning * into v_account;
-  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
-  values (v_void.id, v_account.id, v_charge.amount, v_account.balance, v_account.version);
-
-  with p as (
-    select la.lot_id, la.amount,
-      least(la.amount, greatest(v_debt - coalesce(sum(la.amount) over (order by la.lot_id
-        rows between unbounded preceding and 1 preceding), 0), 0)) as settled
-    from billing.lot_allocations la where la.transfer_id = p_charge_id
-  ), ins as (
-    insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
-    select v_void.id, p.lot_id, 'void', -p.amount from p
-  )
-  update billing.lots l set remaining = l.remaining + p.amount - p.settled, debt_settled = l.debt_settled + p.settled
-  from p where l.id = p.lot_id;
+  -- The credits go back into the lots the charge drew (what pays a debt the account is in is
+  -- settled, not remaining).
+  v_posted := billing.post_transfers(array[('void', v_charge.to_account_id, v_charge.from_account_id, v_charge.amount,
+    'void:' || p_charge_id, v_charge.correlation_id, p_charge_id::text,
+    -- What the summaries net the void against: the charge's model, day and tokens.
+    jsonb_strip_nulls(jsonb_build_object('charge_id', p_charge_id::text, 'charge_kind', v_charge.kind,
+      'charged_at', v_charge.created_at, 'model', v_model, 'reason', p_reason, 'run_id', p_run_id))
+      || case when v_charge.kind = 'usage' then (
+        select coalesce(jsonb_object_agg(k, v_charge.metadata -> k), '{}') from unnest(array['input_tokens',
+          'output_tokens', 'cached_input_tokens', 'reasoning_tokens', 'images', 'audio_seconds']) k
+        where jsonb_typeof(v_charge.metadata -> k) = 'number') else '{}' end,
+    v_charge.rate_card_id, null, v_charge.member_id,
+    jsonb_build_object('return_to', (select jsonb_agg(jsonb_build_object('lot_id', la.lot_id, 'amount', la.amount))
+                                     from billing.lot_allocations la where la.transfer_id = p_charge_id))
+  )::billing.transfer_spec]);
+  select * into v_void from billing.transfers t where t.id = (v_posted[1]).transfer_id;
+  select * into v_account from billing.accounts a where a.id = v_account.id;
 
   -- A lot that expired since: its share expires again at once (breakage), keyed by this void so
   -- it never meets the lot's first expiry's key. A disputed (frozen) lot waits for its dispute.

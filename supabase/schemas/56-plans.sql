@@ -199,74 +199,37 @@ set search_path = ''
 set plan_cache_mode to 'force_generic_plan'
 as $$
 declare
-  v_out bigint;
-  v_in bigint;
-  v_exp bigint;
-  v_account billing.accounts;
+  v_posted billing.posted_transfer[];
 begin
   -- Generic plans (plan_cache_mode, here and in the renewal's other functions): these statements
   -- cost more to plan than to run, and custom plans are made for a connection's first five calls.
-  -- The transfers, entries and allocations post_user_transfer would write for a rollover out
-  -- and in and an expiry (expire_due_lots' key: a sweep that comes later finds the lot closed),
-  -- in four statements rather than three calls. A renewal is the only caller, under the account
-  -- lock, once per invoice (plan_grants); an open lot means no debt (Σ remaining = balance), so
-  -- nothing is settled. The account first: the entries number their versions back from it, in
-  -- transfer order (out, in: the balance back where it was, then the expiry).
-  update billing.accounts a set balance = a.balance - p_expire,
-    version = a.version + (p_roll > 0)::integer * 2 + (p_expire > 0)::integer,
-    next_expiry = case when p_roll > 0 then least(a.next_expiry, p_new_end) else a.next_expiry end
-  where a.id = p_account_id returning * into v_account;
-  with t as (
-    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, metadata)
-    select m.kind, m.from_id, m.to_id, m.amount, m.key, m.correlation, m.metadata
-    from (values
-      (1, 'plan_rollover'::billing.transfer_kind, p_account_id, billing.platform_account_id('plans'), p_roll,
-       p_key || ':out:' || p_lot_id, p_sub_id::text, jsonb_build_object('lot_id', p_lot_id::text)),
-      (2, 'plan_rollover', billing.platform_account_id('plans'), p_account_id, p_roll,
-       p_key || ':in:' || p_lot_id, p_sub_id::text, jsonb_build_object('lot_id', p_lot_id::text)),
-      (3, 'expiry', p_account_id, billing.platform_account_id('expired'), p_expire,
-       'expiry:' || p_lot_id || ':' || trim_scale(p_expire), null, jsonb_build_object('lot_id', p_lot_id::text, 'category', p_category))
-    ) m (n, kind, from_id, to_id, amount, key, correlation, metadata)
-    where m.amount > 0
-    order by m.n
-    returning id, kind, from_account_id, amount
-  ), e as (
-    insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
-    select t.id, p_account_id, x.amount, x.balance_after, v_account.version - count(*) over () + row_number() over (order by t.id)
-    from t cross join lateral (
-      select case when t.kind = 'expiry' or t.from_account_id = p_account_id then -t.amount else t.amount end as amount,
-             case when t.kind = 'expiry' then v_account.balance
-                  when t.from_account_id = p_account_id then v_account.balance + p_expire - p_roll
-                  else v_account.balance + p_expire end as balance_after
-    ) x
-  )
-  select max(t.id) filter (where t.kind = 'plan_rollover' and t.from_account_id = p_account_id),
-         max(t.id) filter (where t.kind = 'plan_rollover' and t.from_account_id <> p_account_id),
-         max(t.id) filter (where t.kind = 'expiry')
-  into v_out, v_in, v_exp from t;
-  with drawn as (
-    update billing.lots l set remaining = l.remaining - p_roll - p_expire,
-      expires_at = case when p_expire > 0 then least(l.expires_at, now()) else l.expires_at end
-    where l.id = p_lot_id and l.remaining >= p_roll + p_expire
-    returning l.id
-  )
-  insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
-  select a.id, drawn.id, a.kind, a.amount
-  from drawn, (values (v_out, 'plan_rollover'::billing.transfer_kind, p_roll), (v_exp, 'expiry', p_expire)) a (id, kind, amount)
-  where a.id is not null;
-  if not found then
+  -- A rollover out of the lot and into a new one, then the expiry of the rest (expire_due_lots'
+  -- key: a sweep that comes later finds the lot closed). A renewal is the only caller, under the
+  -- account lock, once per invoice (plan_grants).
+  if not exists (select 1 from billing.lots l where l.id = p_lot_id and l.remaining >= p_roll + p_expire) then
     perform billing.raise_error('INTERNAL_ERROR', jsonb_build_object('plan_lot', p_lot_id::text));
   end if;
-  if v_in is not null then
-    with n as (
-      insert into billing.lots (account_id, grant_transfer_id, category, priority, cost_cents, currency, amount, remaining,
-                                expires_at, moved_from)
-      select p_account_id, v_in, l.category, l.priority, l.cost_cents * p_roll / l.amount, l.currency, p_roll, p_roll,
-             p_new_end, l.id
-      from billing.lots l where l.id = p_lot_id
-      returning id
-    )
-    insert into billing.plan_lots (lot_id, subscription_id, period_end) select n.id, p_sub_id, p_new_end from n;
+  v_posted := billing.post_transfers(array(
+    select (m.kind, m.from_id, m.to_id, m.amount, m.key, m.correlation, null, m.metadata, null, null, null, m.lots)::billing.transfer_spec
+    from (values
+      (1, 'plan_rollover'::billing.transfer_kind, p_account_id, billing.platform_account_id('plans'), p_roll,
+       p_key || ':out:' || p_lot_id, p_sub_id::text, jsonb_build_object('lot_id', p_lot_id::text),
+       jsonb_build_object('first', jsonb_build_array(p_lot_id))),
+      (2, 'plan_rollover', billing.platform_account_id('plans'), p_account_id, p_roll,
+       p_key || ':in:' || p_lot_id, p_sub_id::text, jsonb_build_object('lot_id', p_lot_id::text),
+       jsonb_build_object('moved_from', p_lot_id, 'expires_at', p_new_end)),
+      (3, 'expiry', p_account_id, billing.platform_account_id('expired'), p_expire,
+       'expiry:' || p_lot_id || ':' || trim_scale(p_expire), null, jsonb_build_object('lot_id', p_lot_id::text, 'category', p_category),
+       jsonb_build_object('first', jsonb_build_array(p_lot_id)))
+    ) m (n, kind, from_id, to_id, amount, key, correlation, metadata, lots)
+    where m.amount > 0
+    order by m.n));
+  if p_expire > 0 then
+    update billing.lots l set expires_at = least(l.expires_at, now()) where l.id = p_lot_id;
+  end if;
+  if p_roll > 0 then
+    insert into billing.plan_lots (lot_id, subscription_id, period_end)
+    select l.id, p_sub_id, p_new_end from billing.lots l where l.grant_transfer_id = (v_posted[2]).transfer_id;
   end if;
 end;
 $$;
@@ -329,7 +292,7 @@ declare
   v_total numeric(38, 18) := 0;
   v_account billing.accounts;
   v_settled numeric(38, 18);
-  v_back bigint;
+  v_back billing.posted_transfer[];
   l record;
   v_expired boolean := false;
 begin
@@ -356,21 +319,15 @@ begin
       -- expired from (a negative expiry allocation, as a void gives back: breakage revenue and
       -- deferred revenue stay exact), then moves on like the rest.
       v_take := least(l.expired, v_left);
-      insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, metadata)
-      values ('expiry', billing.platform_account_id('expired'), p_account_id, v_take, p_key || ':unexpire:' || l.id,
-              p_sub.id::text, jsonb_build_object('lot_id', l.id::text, 'category', l.category, 'rolled_over', true))
-      on conflict (idempotency_key, kind) do nothing
-      returning id into v_back;
-      continue when v_back is null;
-      -- What pays a debt the account is in is settled, not remaining (as create_lot does).
       v_settled := least(v_take, greatest(-v_account.balance, 0));
-      update billing.accounts a set balance = a.balance + v_take, version = a.version + 1
-      where a.id = p_account_id returning * into v_account;
-      insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
-      values (v_back, p_account_id, v_take, v_account.balance, v_account.version);
-      insert into billing.lot_allocations (transfer_id, lot_id, kind, amount) values (v_back, l.id, 'expiry', -v_take);
-      update billing.lots x set remaining = x.remaining + v_take - v_settled, debt_settled = x.debt_settled + v_settled
-      where x.id = l.id returning x.remaining into l.remaining;
+      v_back := billing.post_transfers(array[('expiry', billing.platform_account_id('expired'), p_account_id, v_take,
+        p_key || ':unexpire:' || l.id, p_sub.id::text, null,
+        jsonb_build_object('lot_id', l.id::text, 'category', l.category, 'rolled_over', true), null, null, null,
+        jsonb_build_object('return_to', jsonb_build_array(jsonb_build_object('lot_id', l.id, 'amount', v_take)))
+      )::billing.transfer_spec]);
+      continue when (v_back[1]).replayed;
+      v_account.balance := (v_back[1]).to_balance;
+      select x.remaining into l.remaining from billing.lots x where x.id = l.id;
       -- What paid the debt rolled over too: it counts against the cap (or each expired lot of
       -- the period would pay up to a whole cap of debt out of breakage).
       v_left := v_left - v_settled;

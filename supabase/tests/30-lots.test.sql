@@ -1,7 +1,7 @@
--- Credit lots: one per grant, drawn in spending order, immutable allocations, the migration of
--- balances that predate lots (backfill), expiry, the integrity check, and RLS.
+-- Credit lots: one per grant, drawn in spending order, immutable allocations, expiry, the
+-- integrity check, and RLS.
 begin;
-select plan(25);
+select plan(22);
 \ir helpers.psql
 
 insert into auth.users (id) values
@@ -82,25 +82,6 @@ select is((select sum(x.amount) from billing.transfers x where x.to_account_id =
   and x.id in (select la.transfer_id from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
     join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'lot-expiring')), 50::numeric,
   'into the breakage account');
-
--- ============================================================ the migration of older balances
-
--- An account as it was before lots: a balance from grants, and no lots.
-select billing.grant_credits('dddddddd-0000-4000-8000-000000000003', 70, 'purchase', 'old-1');
-select billing.grant_credits('dddddddd-0000-4000-8000-000000000003', 30, 'promo_grant', 'old-2');
-select billing.debit_credits('dddddddd-0000-4000-8000-000000000003', 80, 'old-3');
-alter table billing.lot_allocations disable trigger lot_allocations_immutable;
-delete from billing.lot_allocations where lot_id in (select l.id from billing.lots l join billing.accounts a on a.id = l.account_id
-  where a.user_id = 'dddddddd-0000-4000-8000-000000000003');
-alter table billing.lot_allocations enable trigger lot_allocations_immutable;
-delete from billing.lots l using billing.accounts a where a.id = l.account_id and a.user_id = 'dddddddd-0000-4000-8000-000000000003';
-select is(billing.backfill_lots(), 1, 'the backfill makes the lots an older balance needs');
-select results_eq(
-  $$select l.category, l.remaining from billing.lots l join billing.accounts a on a.id = l.account_id
-    where a.user_id = 'dddddddd-0000-4000-8000-000000000003'$$,
-  $$values ('promotional', 20::numeric)$$,
-  'reproducing the balance exactly from the newest grant back');
-select is(billing.backfill_lots(), 0, 'and is a no-op once every account has its lots');
 
 -- ============================================================ revenue: paid credits at their cost
 

@@ -167,6 +167,7 @@ const sqlErrors: Record<
   },
   CORRECTION_NOT_FOUND: { type: 'not_found', message: 'No such correction run.' },
   MONEY_UNBALANCED: { type: 'server', message: 'A money transfer did not balance.', status: 500 },
+  LEDGER_INVARIANT: { type: 'server', message: 'A ledger movement broke an invariant.', status: 500 },
 };
 
 /**
