@@ -49,7 +49,7 @@ DB_POOLER_URL="postgresql://postgres:$DB_PASSWORD@127.0.0.1:$DB_POOLER_PORT/post
 # existing cluster: pg_start then rebuilds it (as ./scripts/dev --reset would).
 PG_LAYOUT=hosted-roles-1
 
-APT_PACKAGES=(postgresql-15 postgresql-15-pgtap postgresql-15-cron
+APT_PACKAGES=(postgresql-15 postgresql-15-pgtap postgresql-15-cron postgresql-15-plpgsql-check
   libtap-parser-sourcehandler-pgtap-perl redis-server curl chromium pgbouncer)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

@@ -33,15 +33,24 @@ declare
   v_category text;
   v_policy billing.credit_expiry_policy;
 begin
-  -- Generic plans: these statements cost more to plan than to run.
-  if exists (select 1 from unnest(p_transfers) t
-             where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
-               or t.from_account_id is not distinct from t.to_account_id) then
-    perform billing.raise_error('LEDGER_INVARIANT',
-      '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+  -- A batch of one (nearly every call) is checked and numbered without a query.
+  if cardinality(p_transfers) = 1 then
+    if ((p_transfers[1]).amount > 0 and scale((p_transfers[1]).amount) <= 18 and (p_transfers[1]).amount < 1e20
+        and (p_transfers[1]).from_account_id <> (p_transfers[1]).to_account_id) is not true then
+      perform billing.raise_error('LEDGER_INVARIANT',
+        '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+    end if;
+    v_ids := array[nextval('billing.transfers_id_seq')];
+  else
+    if exists (select 1 from unnest(p_transfers) t
+               where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
+                 or t.from_account_id is not distinct from t.to_account_id) then
+      perform billing.raise_error('LEDGER_INVARIANT',
+        '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+    end if;
+    -- Ids in batch order, so transfer ids order the batch.
+    v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
   end if;
-  -- Ids in batch order, so transfer ids order the batch.
-  v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
   with ins as (
     insert into billing.transfers (id, kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
                                    reference, metadata, rate_card_id, hold_id, member_id)
@@ -94,11 +103,11 @@ begin
     into v_ord, v_account, v_delta, v_after
     from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
 
-    if exists (select 1 from unnest(v_ord, v_delta, v_after) x(ord, delta, after)
-               where x.delta < 0 and x.after < 0
-                 and (p_transfers[x.ord]).kind not in ('refund_reversal', 'dispute_reversal')) then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
-    end if;
+    for i in 1 .. cardinality(v_ord) loop
+      if v_delta[i] < 0 and v_after[i] < 0 and (p_transfers[v_ord[i]]).kind not in ('refund_reversal', 'dispute_reversal') then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
+      end if;
+    end loop;
 
     -- Debits draw from lots. The common one, alone and with nothing to draw first, in one
     -- statement: the first lot in spending order covers it.
@@ -143,82 +152,89 @@ begin
     end if;
 
     -- Credits: into lots.
-    for c in
-      select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t,
-        exists (select 1 from unnest(v_ord, v_delta) y(ord, delta) where y.ord = x.ord and y.delta < 0) as moved
-      from unnest(v_ord, v_account, v_delta, v_after) x(ord, account_id, delta, after)
-      where x.delta > 0
-      order by x.ord
-    loop
-      v_settled := least(c.amount, greatest(c.amount - c.after, 0));
-      v_lot := coalesce((c.t).lots, '{}');
-      if c.moved then
-        -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
-        -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
-        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                  amount, debt_settled, remaining, frozen, expires_at, moved_from)
-        select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
-          l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id
-        from (select x.lot_id, x.amount,
-                least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
-                  rows between unbounded preceding and 1 preceding), 0), 0)) as settled
-              from billing.lot_allocations x where x.transfer_id = v_ids[c.ord]) p
-        join billing.lots l on l.id = p.lot_id
-        order by p.lot_id;
-      elsif v_lot ? 'return_to' then
-        -- Back into the lots it came from: negative allocations, as a void gives back.
-        if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
-          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
+    if 0 < any(v_delta) then
+      for c in
+        select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t,
+          exists (select 1 from unnest(v_ord, v_delta) y(ord, delta) where y.ord = x.ord and y.delta < 0) as moved
+        from unnest(v_ord, v_account, v_delta, v_after) x(ord, account_id, delta, after)
+        where x.delta > 0
+        order by x.ord
+      loop
+        v_settled := least(c.amount, greatest(c.amount - c.after, 0));
+        v_lot := coalesce((c.t).lots, '{}');
+        if c.moved then
+          -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
+          -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
+          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                    amount, debt_settled, remaining, frozen, expires_at, moved_from)
+          select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
+            l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id
+          from (select x.lot_id, x.amount,
+                  least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
+                    rows between unbounded preceding and 1 preceding), 0), 0)) as settled
+                from billing.lot_allocations x where x.transfer_id = v_ids[c.ord]) p
+          join billing.lots l on l.id = p.lot_id
+          order by p.lot_id;
+        elsif v_lot ? 'return_to' then
+          -- Back into the lots it came from: negative allocations, as a void gives back.
+          if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
+            perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
+          end if;
+          with p as (
+            select (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as amount,
+              least((r ->> 'amount')::numeric, greatest(v_settled - coalesce(sum((r ->> 'amount')::numeric)
+                over (order by (r ->> 'lot_id')::bigint rows between unbounded preceding and 1 preceding), 0), 0)) as settled
+            from jsonb_array_elements(v_lot -> 'return_to') r
+          ), ins as (
+            insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+            select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount from p
+          )
+          update billing.lots l set remaining = l.remaining + p.amount - p.settled, debt_settled = l.debt_settled + p.settled
+          from p where l.id = p.lot_id and l.account_id = c.account_id;
+          continue;
+        elsif v_lot ? 'moved_from' then
+          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                    amount, debt_settled, remaining, expires_at, moved_from)
+          select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
+            l.currency, c.amount, v_settled, c.amount - v_settled, (v_lot ->> 'expires_at')::timestamptz, l.id
+          from billing.lots l where l.id = (v_lot ->> 'moved_from')::bigint;
+        else
+          v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
+          select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
+          if not found then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
+          elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
+          elsif (v_lot ->> 'cost_cents')::numeric < 0 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
+          elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
+          elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
+          end if;
+          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                    amount, debt_settled, remaining, expires_at)
+          values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
+            coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
+            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled,
+            -- A support adjustment does not expire unless the admin says so: a correction that
+            -- quietly vanishes would need correcting again.
+            case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
+                 when (c.t).kind <> 'adjustment' then now() + v_policy.expires_after end);
         end if;
-        with p as (
-          select (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as amount,
-            least((r ->> 'amount')::numeric, greatest(v_settled - coalesce(sum((r ->> 'amount')::numeric)
-              over (order by (r ->> 'lot_id')::bigint rows between unbounded preceding and 1 preceding), 0), 0)) as settled
-          from jsonb_array_elements(v_lot -> 'return_to') r
-        ), ins as (
-          insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
-          select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount from p
-        )
-        update billing.lots l set remaining = l.remaining + p.amount - p.settled, debt_settled = l.debt_settled + p.settled
-        from p where l.id = p.lot_id and l.account_id = c.account_id;
-        continue;
-      elsif v_lot ? 'moved_from' then
-        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                  amount, debt_settled, remaining, expires_at, moved_from)
-        select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
-          l.currency, c.amount, v_settled, c.amount - v_settled, (v_lot ->> 'expires_at')::timestamptz, l.id
-        from billing.lots l where l.id = (v_lot ->> 'moved_from')::bigint;
-      else
-        v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
-        select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
-        if not found then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
-        elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
-        elsif (v_lot ->> 'cost_cents')::numeric < 0 then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
-        elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
-        elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
-        end if;
-        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                  amount, debt_settled, remaining, expires_at)
-        values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
-          coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
-          coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled,
-          -- A support adjustment does not expire unless the admin says so: a correction that
-          -- quietly vanishes would need correcting again.
-          case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
-               when (c.t).kind <> 'adjustment' then now() + v_policy.expires_after end);
-      end if;
-      update billing.accounts a
-      set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
-      where a.id = c.account_id
-        and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
-    end loop;
+        update billing.accounts a
+        set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
+        where a.id = c.account_id
+          and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
+      end loop;
+    end if;
   end if;
 
+  if cardinality(p_transfers) = 1 then
+    return array[(coalesce(v_existing[1], v_ids[1]), v_existing[1] is not null,
+      case when v_delta[1] < 0 then v_after[1] when v_delta[2] < 0 then v_after[2] end,
+      case when v_delta[1] > 0 then v_after[1] when v_delta[2] > 0 then v_after[2] end)::billing.posted_transfer];
+  end if;
   return array(
     select row(coalesce(v_existing[o], v_ids[o]), v_existing[o] is not null,
       (select x.after from unnest(v_ord, v_delta, v_after) x(ord, delta, after) where x.ord = o and x.delta < 0),
@@ -230,6 +246,164 @@ $function$
 ;
 
 
+CREATE OR REPLACE FUNCTION billing.quote_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint DEFAULT 0, p_reasoning_tokens bigint DEFAULT 0, p_images bigint DEFAULT 0, p_audio_seconds bigint DEFAULT 0)
+ RETURNS billing.usage_price
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO ''
+AS $function$
+declare
+  r billing.rate_cards;                           -- all nulls when the model has no card
+begin
+  select * into r
+  from billing.rate_cards c
+  where c.model = p_model and c.effective_from <= now()
+  order by c.effective_from desc, c.version desc limit 1;
+  if least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
+    or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
+      > 1000000000000 then
+    return (r.id, r.version, null::numeric);
+  end if;
+  return (r.id, r.version, billing.usage_amount(p_input_tokens, p_cached_input_tokens, p_output_tokens, p_reasoning_tokens,
+    p_images, p_audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token, r.credits_per_output_token,
+    r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second));
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer)
+ RETURNS billing.money_response
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_key text := billing.scoped_key('http:' || p_user::text || ':credits.usage:', p_key);
+  v_price billing.usage_price := billing.quote_usage(p_args ->> 'model', (p_args ->> 'input_tokens')::bigint,
+    (p_args ->> 'output_tokens')::bigint, (p_args ->> 'cached_input_tokens')::bigint,
+    (p_args ->> 'reasoning_tokens')::bigint, (p_args ->> 'images')::bigint, (p_args ->> 'audio_seconds')::bigint);
+  v_account billing.accounts;
+  v_t billing.transfers;
+  v_posted billing.posted_transfer;
+begin
+  if v_price.amount is null or v_price.amount <= 0 then
+    return null;
+  end if;
+  select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  if not found or v_account.orgs > 0 or v_account.caps > 0 then
+    return null;
+  end if;
+  perform 1 from billing.idempotency_keys k where k.user_id = p_user and k.action = 'credits.usage' and k.key = p_key;
+  if found then
+    return null;
+  end if;
+  select * into v_t from billing.transfers t where t.idempotency_key = v_key and t.kind = 'usage';
+  if found then
+    if not v_t.metadata ? 'request_hash' then
+      return null;
+    elsif v_t.metadata ->> 'request_hash' <> p_request_hash then
+      return (null, null, 'IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'credits.usage')::text, p_request_id, now(),
+              false)::billing.money_response;
+    end if;
+    return (p_success_status, billing.usage_answer(v_t.id, v_t.amount,
+        (select e.balance_after from billing.entries e where e.transfer_id = v_t.id and e.account_id = v_t.from_account_id),
+        coalesce((v_t.metadata ->> 'held_after')::numeric, 0),
+        (select c.version from billing.rate_cards c where c.id = v_t.rate_card_id)),
+      null, null, v_t.metadata ->> 'request_id', v_t.created_at, true)::billing.money_response;
+  end if;
+
+  if v_account.held > 0 or v_account.next_expiry <= now() then
+    v_account := billing.settle_account(v_account.id);
+  end if;
+  if v_account.balance - v_account.held < v_price.amount then
+    return null;
+  end if;
+  v_posted := (billing.post_transfers(array[('usage', v_account.id, billing.platform_account_id('usage_revenue'),
+    v_price.amount, v_key, p_args ->> 'correlation_id', null,
+    (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys()) || jsonb_strip_nulls(jsonb_build_object(
+      'model', p_args ->> 'model', 'input_tokens', (p_args ->> 'input_tokens')::bigint,
+      'output_tokens', (p_args ->> 'output_tokens')::bigint,
+      'cached_input_tokens', coalesce((p_args ->> 'cached_input_tokens')::bigint, 0),
+      'reasoning_tokens', coalesce((p_args ->> 'reasoning_tokens')::bigint, 0),
+      'images', coalesce((p_args ->> 'images')::bigint, 0), 'audio_seconds', coalesce((p_args ->> 'audio_seconds')::bigint, 0),
+      'request_hash', p_request_hash, 'request_id', p_request_id,
+      'held_after', case when v_account.held > 0 then trim_scale(v_account.held)::text end)),
+    v_price.rate_card_id, null, null, null)::billing.transfer_spec]))[1];
+  v_account.balance := v_posted.from_balance;
+  v_account.version := v_account.version + 1;
+  if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
+    perform billing.on_available_change(v_account);
+  end if;
+  return (p_success_status, billing.usage_answer(v_posted.transfer_id, v_price.amount, v_account.balance, v_account.held,
+      v_price.rate_card_version),
+    null, null, p_request_id, now(), false)::billing.money_response;
+end;
+$function$
+;
+
+
+CREATE OR REPLACE FUNCTION billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric, p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric, p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric, p_per_image numeric, p_per_audio_second numeric)
+ RETURNS numeric
+ LANGUAGE plpgsql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+begin
+  return round(p_input_tokens * p_per_input + coalesce(p_cached_input_tokens, 0) * p_per_cached_input
+    + p_output_tokens * p_per_output + coalesce(p_reasoning_tokens, 0) * p_per_reasoning
+    + case when coalesce(p_images, 0) = 0 then 0 else p_images * p_per_image end
+    + case when coalesce(p_audio_seconds, 0) = 0 then 0 else p_audio_seconds * p_per_audio_second end, 18);
+end
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.usage_answer(p_transfer_id bigint, p_charged numeric, p_balance numeric, p_held numeric, p_rate_card_version integer)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+begin
+  return jsonb_build_object('transfer_id', p_transfer_id::text, 'charged', trim_scale(p_charged)::text,
+    'balance', trim_scale(p_balance)::text, 'available', trim_scale(p_balance - p_held)::text,
+    'rate_card_version', p_rate_card_version, 'paid_by', 'self');
+end
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.cap_alerts_after(p_cap billing.spend_caps)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_starts timestamptz := date_trunc(p_cap.period, now() at time zone p_cap.time_zone) at time zone p_cap.time_zone;
+  v_spent numeric(38, 18) := case when p_cap.period_start = v_starts then p_cap.spent else 0 end;
+  v_fired integer[] := case when p_cap.alerts_period = v_starts then p_cap.alerts_fired else '{}' end;
+  v_reached integer[] := '{}'::integer[];
+  v_pct integer;
+  v_user uuid;
+begin
+  -- Plain expressions, no query: this runs on every capped debit of an account with cap alerts.
+  foreach v_pct in array p_cap.alert_percents loop
+    if v_spent * 100 >= p_cap.amount * v_pct then
+      v_reached := v_reached || v_pct;
+    end if;
+  end loop;
+  if v_reached = v_fired and p_cap.alerts_period = v_starts then
+    return;
+  end if;
+  update billing.spend_caps x set alerts_fired = v_reached, alerts_period = v_starts where x.id = p_cap.id;
+  if exists (select 1 from unnest(v_reached) pct where not pct = any (v_fired)) then
+    select a.user_id into v_user from billing.accounts a where a.id = p_cap.account_id;
+    -- Keyed by the transaction's time too: a percent re-armed and reached again fires again.
+    perform billing.queue_user_alert(v_user, 'cap:' || p_cap.id || ':' || pct || ':' || billing.alert_time(),
+      jsonb_build_object('kind', 'cap_used', 'percent', pct, 'period', p_cap.period, 'model', p_cap.model,
+        'cap', trim_scale(p_cap.amount)::text, 'spent', trim_scale(v_spent)::text))
+    from unnest(v_reached) pct where not pct = any (v_fired);
+  end if;
+end;
+$function$
+;
 
 CREATE OR REPLACE FUNCTION billing.charge_usage_batch(p_events jsonb)
  RETURNS jsonb
@@ -244,81 +418,73 @@ declare
   v_user uuid;
   v_available numeric(38, 18);
   v_outcomes jsonb[] := array_fill(null::jsonb, array[v_count]);
+  v_users uuid[];
   -- accepted events, in order: where their outcome goes, what they move, what was written
-  a_ord integer[] := '{}';
-  a_spec billing.transfer_spec[] := '{}';
+  a_ord integer[] := '{}'::integer[];
+  a_spec billing.transfer_spec[] := '{}'::billing.transfer_spec[];
   a_posted billing.posted_transfer[];
-  i integer;
+  -- repeats within the batch, and their first occurrences
+  d_ord integer[] := '{}'::integer[];
+  d_first integer[] := '{}'::integer[];
   v_cap jsonb;
 begin
   if v_count > 1000 then
     perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
   end if;
 
-  create temp table if not exists pg_temp.usage_batch (
-    ord integer, event_id text, user_id uuid, model text, input_tokens bigint, output_tokens bigint,
-    occurred_at timestamptz, correlation_id text, account_id bigint, amount numeric(38, 18), rate_card_id bigint,
-    existing_transfer bigint, existing_amount numeric(38, 18), first_ord integer, member boolean not null default false,
-    cached_input_tokens bigint, reasoning_tokens bigint, images bigint, audio_seconds bigint, error text
-  ) on commit drop;
-  truncate pg_temp.usage_batch;
-
-  insert into pg_temp.usage_batch (ord, event_id, user_id, model, input_tokens, output_tokens, occurred_at, correlation_id,
-    cached_input_tokens, reasoning_tokens, images, audio_seconds)
-  select x.ord::integer, x.ev ->> 'event_id', (x.ev ->> 'user_id')::uuid, x.ev ->> 'model',
-         (x.ev ->> 'input_tokens')::bigint, (x.ev ->> 'output_tokens')::bigint,
-         (x.ev ->> 'occurred_at')::timestamptz, x.ev ->> 'correlation_id',
-         coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0), coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0),
-         coalesce((x.ev ->> 'images')::bigint, 0), coalesce((x.ev ->> 'audio_seconds')::bigint, 0)
-  from jsonb_array_elements(p_events) with ordinality as x(ev, ord);
-  -- The same bounds as price_usage: an event out of them is refused alone.
-  update pg_temp.usage_batch b set error = 'INVALID_TOKENS'
-  where b.input_tokens is null or b.output_tokens is null
-    or least(b.input_tokens, b.output_tokens, b.cached_input_tokens, b.reasoning_tokens, b.images, b.audio_seconds) < 0
-    or greatest(b.input_tokens, b.output_tokens, b.cached_input_tokens, b.reasoning_tokens, b.images, b.audio_seconds)
-      > 1000000000000;
-
-  -- Price every event from its model's current rate card, set-based (null: a kind the card leaves unpriced).
-  update pg_temp.usage_batch b set rate_card_id = r.id,
-    amount = round(b.input_tokens * r.credits_per_input_token + b.cached_input_tokens * r.credits_per_cached_input_token
-        + b.output_tokens * r.credits_per_output_token + b.reasoning_tokens * r.credits_per_reasoning_token
-        + case when b.images = 0 then 0 else b.images * r.credits_per_image end
-        + case when b.audio_seconds = 0 then 0 else b.audio_seconds * r.credits_per_audio_second end, 18)
-  from (select distinct on (rc.model) rc.* from billing.rate_cards rc where rc.effective_from <= now()
-        order by rc.model, rc.effective_from desc, rc.version desc) r
-  where r.model = b.model and b.error is null;
-
-  update pg_temp.usage_batch b set account_id = a.id, member = a.orgs > 0 from billing.accounts a where a.user_id = b.user_id;
-
   -- One lock per account for the whole batch, in ascending id order (no deadlocks): the users'
   -- own accounts, then the organisation accounts that may pay for members (after, as everywhere).
-  perform 1 from billing.accounts a where a.id in (select distinct b.account_id from pg_temp.usage_batch b) order by a.id for update;
-  if exists (select 1 from pg_temp.usage_batch b where b.member) then
+  v_users := array(select distinct (x ->> 'user_id')::uuid from jsonb_array_elements(p_events) x);
+  perform 1 from billing.accounts a where a.user_id = any(v_users) order by a.id for update;
+  if exists (select 1 from billing.accounts a where a.user_id = any(v_users) and a.orgs > 0) then
     perform 1 from billing.accounts a
     join billing.org_members m on m.org_id = a.org_id and m.active and m.role = 'member'
       and (a.member_id is null or a.member_id = m.user_id)
-    where m.user_id in (select b.user_id from pg_temp.usage_batch b where b.member)
+    where m.user_id in (select u.user_id from billing.accounts u where u.user_id = any(v_users) and u.orgs > 0)
     order by a.id for update of a;
   end if;
   perform billing.settle_account(a.id) from billing.accounts a
-  where a.id in (select distinct b.account_id from pg_temp.usage_batch b) and (a.held > 0 or a.next_expiry <= now());
+  where a.user_id = any(v_users) and (a.held > 0 or a.next_expiry <= now());
 
-  -- Replays, checked under the locks so a concurrent batch with the same events has committed:
-  -- an earlier batch already applied this event id for this user. Event ids are the caller's, one
-  -- namespace per user (billing.usage_event_key): another user's event with the same id is
-  -- another event, charged, and never told of the first.
-  update pg_temp.usage_batch b set existing_transfer = t.id, existing_amount = t.amount
-  from billing.transfers t where t.idempotency_key = billing.usage_event_key(b.user_id, b.event_id) and t.kind = 'usage';
-  -- Within the batch, only the first occurrence of a user's id counts.
-  update pg_temp.usage_batch b set first_ord = f.first_ord
-  from (select b2.user_id, b2.event_id, min(b2.ord) as first_ord from pg_temp.usage_batch b2
-        group by b2.user_id, b2.event_id) f
-  where f.event_id = b.event_id and f.user_id is not distinct from b.user_id;
-
-  -- Greedy per user in event order: each event is applied if it still fits.
+  -- Greedy per user in event order: each event is applied if it still fits. Each is priced from
+  -- its model's current rate card (null: a kind the card leaves unpriced), within the same bounds
+  -- as price_usage (an event out of them is refused alone). Replays are found under the locks, so
+  -- a concurrent batch with the same events has committed: an earlier batch already applied this
+  -- event id for this user. Event ids are the caller's, one namespace per user
+  -- (billing.usage_event_key): another user's event with the same id is another event, charged,
+  -- and never told of the first. Within the batch, only the first occurrence of a user's id counts.
   for e in
-    select b.*, a.balance as acct_balance, a.held as acct_held, a.caps as acct_caps
-    from pg_temp.usage_batch b left join billing.accounts a on a.id = b.account_id
+    with ev as (
+      select x.ord::integer as ord, x.ev ->> 'event_id' as event_id, (x.ev ->> 'user_id')::uuid as user_id,
+        x.ev ->> 'model' as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
+        (x.ev ->> 'output_tokens')::bigint as output_tokens, (x.ev ->> 'occurred_at')::timestamptz as occurred_at,
+        x.ev ->> 'correlation_id' as correlation_id,
+        coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
+        coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
+        coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
+      from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
+    ), checked as (
+      select ev.*, ev.input_tokens is null or ev.output_tokens is null
+        or least(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens, ev.reasoning_tokens, ev.images, ev.audio_seconds) < 0
+        or greatest(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens, ev.reasoning_tokens, ev.images,
+          ev.audio_seconds) > 1000000000000 as invalid
+      from ev
+    ), cards as (
+      select distinct on (rc.model) rc.* from billing.rate_cards rc
+      where rc.model in (select ev.model from ev) and rc.effective_from <= now()
+      order by rc.model, rc.effective_from desc, rc.version desc
+    )
+    select b.*, case when b.invalid then 'INVALID_TOKENS' end as error, r.id as rate_card_id,
+      case when not b.invalid then billing.usage_amount(b.input_tokens, b.cached_input_tokens, b.output_tokens,
+        b.reasoning_tokens, b.images, b.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token,
+        r.credits_per_output_token, r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) end as amount,
+      a.id as account_id, coalesce(a.orgs > 0, false) as member, a.balance as acct_balance, a.held as acct_held,
+      a.caps as acct_caps, t.id as existing_transfer, t.amount as existing_amount,
+      min(b.ord) over (partition by b.user_id, b.event_id) as first_ord
+    from checked b
+    left join cards r on r.model = b.model
+    left join billing.accounts a on a.user_id = b.user_id
+    left join billing.transfers t on t.idempotency_key = billing.usage_event_key(b.user_id, b.event_id) and t.kind = 'usage'
     order by b.user_id, b.ord
   loop
     if v_user is distinct from e.user_id then
@@ -339,6 +505,8 @@ begin
       -- order, the first was handled already when both name the same user).
       v_outcomes[e.ord] := coalesce(v_outcomes[e.first_ord], '{}'::jsonb)
         || jsonb_build_object('event_id', e.event_id, 'status', 'duplicate');
+      d_ord := d_ord || e.ord;
+      d_first := d_first || e.first_ord;
     elsif e.amount = 0 then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied', 'charged', '0', 'transfer_id', null);
     elsif e.member then
@@ -376,6 +544,11 @@ begin
     for i in 1 .. cardinality(a_ord) loop
       v_outcomes[a_ord[i]] := v_outcomes[a_ord[i]] || jsonb_build_object('transfer_id', (a_posted[i]).transfer_id::text,
         'balance', trim_scale((a_posted[i]).from_balance)::text);
+    end loop;
+    -- A repeat names what its first occurrence wrote.
+    for i in 1 .. coalesce(cardinality(d_ord), 0) loop
+      v_outcomes[d_ord[i]] := v_outcomes[d_first[i]] || jsonb_build_object('event_id', v_outcomes[d_ord[i]] ->> 'event_id',
+        'status', 'duplicate');
     end loop;
   end if;
 
@@ -427,6 +600,262 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
+  v_wallet bigint := billing.org_wallet_id(p_org);
+  v_members uuid[];
+  v_new integer;
+  v_account billing.accounts;
+  m uuid;
+  v_results jsonb := '[]'::jsonb;
+  v_transfer billing.transfers;
+begin
+  perform billing.check_amount(p_amount);
+  if v_org.funding <> 'allowance' then
+    perform billing.raise_error('ORG_FUNDING_MODE', jsonb_build_object('funding', v_org.funding, 'needs', 'allowance'));
+  end if;
+  -- Active members only (and never the funder under a second account: the same address).
+  select array_agg(x.user_id order by x.user_id) into v_members from billing.org_members x
+  where x.org_id = p_org and x.active and x.role = 'member' and (p_member is null or x.user_id = p_member)
+    and not billing.same_person(p_user, x.user_id);
+  if v_members is null then
+    perform billing.raise_error('MEMBER_NOT_FOUND', jsonb_build_object('user_id', p_member));
+  end if;
+  perform billing.allowance_account_id(p_org, x) from unnest(v_members) x;
+  perform 1 from billing.accounts a where a.id = v_wallet or (a.org_id = p_org and a.member_id = any(v_members))
+  order by a.id for update;
+  -- Only members not yet funded under this key count (a retry after a partial network failure).
+  select count(*) into v_new from unnest(v_members) x
+  where not exists (select 1 from billing.transfers t where t.idempotency_key = billing.scoped_key('allowance:' || p_org || ':', p_key || ':' || x)
+                    and t.kind = 'allowance');
+  select * into v_account from billing.accounts a where a.id = v_wallet;
+  if v_account.held > 0 or v_account.next_expiry <= now() then
+    v_account := billing.settle_account(v_wallet);
+  end if;
+  if v_account.balance - v_account.held < p_amount * v_new then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount * v_new)::text,
+      'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text, 'debt', v_account.balance < 0,
+      'wallet', 'organisation', 'org_id', p_org));
+  end if;
+  foreach m in array v_members loop
+    v_transfer := billing.move_credits(v_wallet, billing.allowance_account_id(p_org, m), p_amount, 'allowance',
+      billing.scoped_key('allowance:' || p_org || ':', p_key || ':' || m), m, jsonb_build_object('org_id', p_org, 'funded_by', p_user));
+    v_results := v_results || jsonb_build_object('user_id', m, 'transfer_id', v_transfer.id::text,
+      'amount', trim_scale(v_transfer.amount)::text);
+  end loop;
+  return jsonb_build_object('org_id', p_org, 'funded', v_results,
+    'wallet', billing.wallet_json(v_wallet));
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.invite_member(p_user uuid, p_org uuid, p_email text, p_role text, p_token_hash text, p_ttl_seconds integer, p_id uuid DEFAULT gen_random_uuid())
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_limit constant jsonb := '{"inviter": 20, "organisation": 50}'::jsonb;
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
+  v_invitation billing.org_invitations;
+  v_scope text;
+  v_count integer;
+  v_oldest timestamptz;
+begin
+  if p_ttl_seconds not between 3600 and 30 * 86400 then
+    perform billing.raise_error('INVALID_ORG', jsonb_build_object('field', 'ttl_seconds', 'rule', '1 hour to 30 days'));
+  end if;
+  -- Counted under a lock per inviter, then per organisation (always in that order), so
+  -- concurrent invitations cannot both take the last place.
+  perform pg_advisory_xact_lock(hashtextextended('org-invitations:inviter:' || p_user, 0));
+  perform pg_advisory_xact_lock(hashtextextended('org-invitations:org:' || p_org, 0));
+  foreach v_scope in array array['inviter', 'organisation'] loop
+    select count(*), min(i.created_at) into v_count, v_oldest from billing.org_invitations i
+    where case v_scope when 'inviter' then i.invited_by = p_user else i.org_id = p_org end
+      and i.created_at > now() - interval '1 day';
+    if v_count >= (v_limit ->> v_scope)::integer then
+      perform billing.raise_error('INVITATION_LIMIT', jsonb_build_object('scope', v_scope,
+        'limit', (v_limit ->> v_scope)::integer, 'window', '24 hours',
+        'retry_at', billing.json_time(v_oldest + interval '1 day')));
+    end if;
+  end loop;
+  update billing.org_invitations i set status = 'expired', answered_at = now()
+  where i.org_id = p_org and lower(i.email) = lower(p_email) and i.status = 'pending' and i.expires_at <= now();
+  insert into billing.org_invitations (id, org_id, email, role, token_hash, invited_by, expires_at)
+  values (p_id, p_org, p_email, p_role, p_token_hash, p_user, now() + make_interval(secs => p_ttl_seconds))
+  on conflict (org_id, lower(email)) where status = 'pending' do nothing
+  returning * into v_invitation;
+  if v_invitation.id is null then
+    perform billing.raise_error('INVITATION_PENDING', '{}'); -- no address in the detail: refusals reach the Postgres log
+  end if;
+  -- Only the id: the sender derives the link's token from it and reads the rest when it sends.
+  perform billing.enqueue_notification('org_invitation', null, 'org-invitation:' || v_invitation.id,
+    jsonb_build_object('invitation_id', v_invitation.id));
+  return billing.invitation_json(v_invitation) || jsonb_build_object('org_id', v_org.id);
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_code billing.codes;
+  v_student uuid := (p_spec ->> 'user_id')::uuid;
+  v_email text := billing.ascii_lower(p_spec ->> 'email');
+begin
+  perform billing.require_org_role(p_org, p_user, true);
+  select * into v_code from billing.codes c where c.created_by = p_user and c.request_key = p_key and c.kind = 'sponsor';
+  if found then
+    if v_code.org_id <> p_org or v_code.credits <> (p_spec ->> 'credits')::numeric
+       or v_code.for_user is distinct from v_student
+       or v_code.for_email is distinct from (case when v_student is null then v_email end) then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'sponsor code'));
+    end if;
+    return billing.code_json(v_code) || jsonb_build_object('replayed', true);
+  end if;
+  perform billing.check_amount((p_spec ->> 'credits')::numeric);
+  -- Only printable ASCII addresses (as the route refuses others): no look-alike to match.
+  if v_student is null and (v_email is null or v_email !~ '^[\x21-\x7e]+$') then
+    perform billing.raise_error('INVALID_CODE', jsonb_build_object('field', 'email', 'rule', 'printable ASCII'));
+  end if;
+  if v_student is not null and not exists (select 1 from auth.users u where u.id = v_student) then
+    perform billing.raise_error('USER_NOT_FOUND', '{}');
+  end if;
+  -- Every account the address may name (Auth does not make addresses unique once folded).
+  if billing.is_org_admin(p_org, v_student)
+     or exists (select 1 from auth.users u where v_student is null and billing.ascii_lower(u.email) = v_email
+                and billing.is_org_admin(p_org, u.id)) then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student, not an owner or admin'));
+  end if;
+  -- Nobody sponsors themselves under a second account (an address reaching the same mailbox), nor
+  -- a member they brought in themselves: an admin could invite their own second account.
+  if billing.same_person(p_user, v_student)
+     or billing.mailbox(v_email) = (select billing.mailbox(u.email) from auth.users u where u.id = p_user) then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds someone else'));
+  end if;
+  if billing.recruited_by(p_org, p_user, v_student, case when v_student is null then v_email end) then
+    perform billing.raise_error('ORG_FORBIDDEN', jsonb_build_object('rule', 'a sponsor code funds a student someone else invited'));
+  end if;
+  -- It names a student of this organisation. Organisation credits never leave for an account that
+  -- is not a member (an admin's own outside account included).
+  if not billing.may_be_sponsored(p_org, v_student, case when v_student is null then v_email end) then
+    perform billing.raise_error('MEMBER_NOT_FOUND', '{}');
+  end if;
+  insert into billing.codes (kind, code_hash, credits, max_redemptions, valid_until, org_id, for_user, for_email, note,
+                             created_by, request_key)
+  values ('sponsor', p_code_hash, (p_spec ->> 'credits')::numeric, 1,
+          coalesce((p_spec ->> 'valid_until')::timestamptz, now() + interval '90 days'), p_org, v_student,
+          case when v_student is null then v_email end, p_spec ->> 'note', p_user, p_key)
+  returning * into v_code;
+  -- Set aside now: the wallet's later spending cannot break the promise.
+  perform billing.move_credits(billing.org_wallet_id(p_org), billing.code_escrow_id(v_code.id), v_code.credits,
+    'code_escrow', 'code-escrow:' || v_code.id, null, jsonb_build_object('org_id', p_org, 'code_id', v_code.id,
+    'issued_by', p_user));
+  return billing.code_json(v_code) || jsonb_build_object('replayed', false,
+    'wallet', billing.wallet_json(billing.org_wallet_id(p_org)));
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.ledger_owned_keys()
+ RETURNS text[]
+ LANGUAGE sql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+  select array['model', 'input_tokens', 'output_tokens', 'cached_input_tokens', 'reasoning_tokens', 'images',
+    'audio_seconds', 'failed', 'failed_by', 'usage_source', 'ai_call_id', 'job_id', 'rate_card_version', 'reserved',
+    'priced', 'unbilled', 'charged_at', 'request_hash', 'request_id', 'held_after']
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
+ RETURNS billing.accounts
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_existing billing.transfers;
+  v_sources record;
+  v_account billing.accounts;
+  v_available numeric(38, 18);
+  v_cap jsonb;
+  v_wallets jsonb := '[]'::jsonb;
+  v_best numeric(38, 18) := 0;
+  v_pool boolean;
+begin
+  if p_kind is not null then
+    select * into v_existing from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
+    if found and v_existing.member_id = p_user then
+      select * into v_account from billing.accounts a where a.id = v_existing.from_account_id for update;
+      return v_account;
+    elsif found then
+      return p_own;
+    end if;
+  end if;
+
+  -- Organisations that pay first (0), the member's own account (1), those that pay after (2);
+  -- by when the member joined. A member without an allowance account yet has nothing there.
+  select array_agg(s.account_id order by s.rank, s.joined_at) as accounts, array_agg(s.org_id order by s.rank, s.joined_at) as orgs
+  into v_sources
+  from (
+    select o.id as org_id, case when o.org_pays_first then 0 else 2 end as rank, m.joined_at,
+      case when o.funding = 'allowance'
+        then (select a.id from billing.accounts a where a.org_id = o.id and a.member_id = p_user)
+        else (select a.id from billing.accounts a where a.org_id = o.id and a.member_id is null)
+      end as account_id
+    from billing.org_members m join billing.orgs o on o.id = m.org_id
+    where m.user_id = p_user and m.active and m.role = 'member'
+    union all
+    select null, 1, null, p_own.id
+  ) s where s.account_id is not null;
+  perform 1 from billing.accounts a where a.id = any(v_sources.accounts) and a.id <> p_own.id order by a.id for update;
+
+  for i in 1 .. array_length(v_sources.accounts, 1) loop
+    select * into v_account from billing.accounts a where a.id = v_sources.accounts[i];
+    if v_account.held > 0 or v_account.next_expiry <= now() then
+      v_account := billing.settle_account(v_account.id);
+    end if;
+    v_available := greatest(v_account.balance - v_account.held, 0);
+    if v_available >= p_amount then
+      if v_account.org_id is null then
+        return v_account;                                 -- the member's own caps: the caller's, as for anyone
+      end if;
+      v_cap := case when v_account.caps > 0 then billing.take_cap_room(v_account.id, p_amount, p_model, p_user) end;
+      if v_cap is null then
+        return v_account;
+      end if;
+    end if;
+    -- A member sees what they may spend: their own account, their allowance, their cap's room;
+    -- never the balance of a pool the whole organisation shares.
+    v_pool := v_account.org_id is not null and v_account.member_id is null;
+    v_best := greatest(v_best, case when v_cap is null and not v_pool then v_available else 0 end);
+    v_wallets := v_wallets || jsonb_strip_nulls(jsonb_build_object(
+      'wallet', case when v_account.org_id is null then 'personal' else 'organisation' end,
+      'org_id', v_sources.orgs[i],
+      'available', case when not v_pool then trim_scale(v_available)::text end,
+      'short_by', case when not v_pool then trim_scale(greatest(p_amount - v_available, 0))::text end,
+      'reason', case when v_cap is not null then 'cap' else 'insufficient' end, 'cap', v_cap));
+    v_cap := null;
+  end loop;
+  perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
+    'available', trim_scale(v_best)::text, 'debt', p_own.balance < 0, 'wallets', v_wallets));
+  return null;                                      -- not reached: raise_error raised
+end;
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb DEFAULT NULL::jsonb)
  RETURNS billing.transfers
  LANGUAGE plpgsql
@@ -461,6 +890,56 @@ begin
     p_member, null)::billing.transfer_spec]);
   select * into v_transfer from billing.transfers t where t.id = (v_posted[1]).transfer_id;
   return v_transfer;
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  u billing.usage_result;
+  t billing.transfer_result;
+  h billing.hold_result;
+  v_org uuid;
+  v_account bigint;
+  v_answer jsonb;
+begin
+  case p_action
+  when 'credits.usage' then
+    u := billing.charge_usage(p_user, p_args ->> 'model', (p_args ->> 'input_tokens')::bigint,
+      (p_args ->> 'output_tokens')::bigint, p_key, p_args ->> 'correlation_id', p_args -> 'metadata',
+      (p_args ->> 'cached_input_tokens')::bigint, (p_args ->> 'reasoning_tokens')::bigint, (p_args ->> 'images')::bigint,
+      (p_args ->> 'audio_seconds')::bigint);
+    -- Who paid: the debited account's organisation, if any (a pool's balance never shown: as_seen_by).
+    select a.id, a.org_id into v_account, v_org
+    from billing.transfers x join billing.accounts a on a.id = x.from_account_id where x.id = u.transfer_id;
+    v_answer := billing.usage_answer(u.transfer_id, u.charged, u.balance, u.balance - u.available, u.rate_card_version);
+    return case when v_org is null then v_answer
+      else billing.as_seen_by(p_user, v_account, v_answer || jsonb_build_object('paid_by', jsonb_build_object('org_id', v_org))) end;
+  when 'credits.holds' then
+    h := billing.reserve_credits(p_user, (p_args ->> 'amount')::numeric, p_key,
+      coalesce((p_args ->> 'ttl_seconds')::integer, 900), p_args ->> 'correlation_id', null);
+  when 'credits.holds.capture' then
+    h := billing.capture_hold(p_user, (p_args ->> 'hold_id')::uuid, (p_args ->> 'amount')::numeric, null);
+  when 'credits.holds.release' then
+    h := billing.release_hold(p_user, (p_args ->> 'hold_id')::uuid);
+  when 'credits.codes.redeem' then
+    return billing.redeem_code(p_user, p_args ->> 'code_hash', p_args ->> 'address_hash',
+      (p_args ->> 'address_limit')::integer);
+  when 'credits.grants' then
+    t := billing.grant_credits((p_args ->> 'user_id')::uuid, (p_args ->> 'amount')::numeric,
+      (p_args ->> 'kind')::billing.transfer_kind, p_key, null, null,
+      jsonb_build_object('reason', p_args ->> 'reason', 'granted_by', p_user), p_args -> 'lot');
+    return jsonb_build_object('transfer_id', t.transfer_id::text, 'amount', trim_scale(t.amount)::text,
+      'balance', trim_scale(t.balance)::text,
+      'lot_id', (select l.id::text from billing.lots l where l.grant_transfer_id = t.transfer_id));
+  end case;
+  select a.id, a.org_id into v_account, v_org
+  from billing.holds x join billing.accounts a on a.id = x.account_id where x.id = h.hold_id;
+  return case when v_org is null then billing.hold_json(h) else billing.as_seen_by(p_user, v_account, billing.hold_json(h)) end;
 end;
 $function$
 ;
@@ -565,6 +1044,93 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint DEFAULT 0, p_reasoning_tokens bigint DEFAULT 0, p_images bigint DEFAULT 0, p_audio_seconds bigint DEFAULT 0)
+ RETURNS billing.usage_price
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO ''
+AS $function$
+declare
+  v billing.usage_price := billing.quote_usage(p_model, p_input_tokens, p_output_tokens, p_cached_input_tokens,
+    p_reasoning_tokens, p_images, p_audio_seconds);
+begin
+  if v.amount is null then
+    if p_input_tokens is null or p_output_tokens is null
+      or least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
+      or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
+        > 1000000000000 then
+      perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
+    elsif v.rate_card_id is null then
+      perform billing.raise_error('UNKNOWN_MODEL', '{}'); -- never the caller's text: DETAILs reach the Postgres log
+    end if;
+    perform billing.raise_error('UNPRICED_USAGE', jsonb_build_object('model', p_model,
+      'kind', case when p_images > 0 and (select c.credits_per_image from billing.rate_cards c where c.id = v.rate_card_id) is null
+        then 'images' else 'audio_seconds' end));
+  end if;
+  return v;
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.reprice_usage(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone)
+ RETURNS TABLE(student uuid, org_id uuid, rate_card_id bigint, charges bigint, unpriced bigint, unpriced_before numeric, before numeric, after numeric)
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO ''
+ SET work_mem TO '64MB'
+ SET jit TO 'off'
+AS $function$
+declare
+  r billing.rate_card_drafts;
+  v_cards bigint[];
+begin
+  select * into r from billing.rate_card_drafts d where d.id = p_draft;
+  v_cards := array(select c.id from billing.rate_cards c where c.model = r.model);
+  return query
+    with cells as materialized ( -- per paying account, member and card version replaced; then who they are
+    select coalesce(g.member_id, a.user_id) as student, a.org_id, g.rate_card_id, sum(g.charges)::bigint as charges,
+      coalesce(sum(g.charges) filter (where g.unpriced), 0)::bigint as unpriced,
+      coalesce(sum(g.amount) filter (where g.unpriced), 0) as unpriced_before,
+      coalesce(sum(g.amount) filter (where not g.unpriced), 0) as before,
+      coalesce(sum(g.input_tokens) filter (where not g.unpriced), 0) as input_tokens,
+      coalesce(sum(g.cached_input_tokens) filter (where not g.unpriced), 0) as cached_input_tokens,
+      coalesce(sum(g.output_tokens) filter (where not g.unpriced), 0) as output_tokens,
+      coalesce(sum(g.reasoning_tokens) filter (where not g.unpriced), 0) as reasoning_tokens,
+      coalesce(sum(g.images) filter (where not g.unpriced), 0) as images,
+      coalesce(sum(g.audio_seconds) filter (where not g.unpriced), 0) as audio_seconds
+    from (
+      -- Whether the draft can price a charge is a grouping key, not a FILTER on every sum: the
+      -- per-row work is each JSON key read once (images and audio twice, when the draft leaves
+      -- them unpriced: its price is tested first) and plain sums.
+      select t.from_account_id, t.member_id, t.rate_card_id,
+        (r.usd_per_image is null and coalesce((t.metadata ->> 'images')::bigint, 0) > 0)
+          or (r.usd_per_audio_second is null and coalesce((t.metadata ->> 'audio_seconds')::bigint, 0) > 0) as unpriced,
+        count(*) as charges, sum(t.amount) as amount,
+        sum((t.metadata ->> 'input_tokens')::bigint) as input_tokens,
+        sum((t.metadata ->> 'cached_input_tokens')::bigint) as cached_input_tokens,
+        sum((t.metadata ->> 'output_tokens')::bigint) as output_tokens,
+        sum((t.metadata ->> 'reasoning_tokens')::bigint) as reasoning_tokens,
+        sum((t.metadata ->> 'images')::bigint) as images,
+        sum((t.metadata ->> 'audio_seconds')::bigint) as audio_seconds
+      from billing.transfers t
+      where t.created_at >= p_from and t.created_at < p_to and t.kind = 'usage' and t.rate_card_id = any(v_cards)
+        and t.metadata ? 'input_tokens'
+      group by 1, 2, 3, 4) g
+    join billing.accounts a on a.id = g.from_account_id
+    group by a.id, g.member_id, g.rate_card_id
+  ),
+    priced as materialized ( -- the formula once per cell, on its summed counts
+      select k.student, k.org_id, k.rate_card_id, k.charges, k.unpriced, k.unpriced_before, k.before,
+        billing.usage_amount(k.input_tokens, k.cached_input_tokens, k.output_tokens, k.reasoning_tokens, k.images,
+          k.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token, r.credits_per_output_token,
+          r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) as after
+      from cells k
+    )
+    select p.student, p.org_id, p.rate_card_id, p.charges, p.unpriced, p.unpriced_before, p.before, p.after from priced p;
+end;
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans, p_period_end timestamp with time zone, p_new_end timestamp with time zone, p_key text)
  RETURNS numeric
  LANGUAGE plpgsql
@@ -647,10 +1213,17 @@ declare
   v_token text;
   v_detail text;
   v_refusal jsonb := billing.standing_refusal(p_user, p_admin);
+  v_usage billing.money_response;
 begin
   -- Refused before anything is claimed: answered, not stored, not raised (see above).
   if v_refusal is not null then
     return (null, null, v_refusal ->> 'token', (v_refusal -> 'detail')::text, p_request_id, now(), false)::billing.money_response;
+  end if;
+  if p_action = 'credits.usage' then
+    v_usage := billing.run_usage_request(p_user, p_key, p_request_hash, p_request_id, p_args, p_success_status);
+    if v_usage.request_id is not null then
+      return v_usage;
+    end if;
   end if;
   -- A concurrent duplicate blocks here until the first commits, then reads its answer.
   insert into billing.idempotency_keys as k (user_id, action, key, request_hash, request_id)
@@ -831,5 +1404,13 @@ $function$
 
 
 comment on function billing.grant_credits(uuid,numeric,billing.transfer_kind,text,text,text,jsonb,jsonb,bigint) is 'Adds credits to a user (or the account p_account_id) as a new lot (p_lot: the lot''s options, see billing.transfer_spec): a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
+comment on function billing.usage_amount(numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric) is 'The price formula: usage counts by kind times a card''s credits per unit, rounded once to 18 places; null when a used kind is unpriced.';
+comment on function billing.quote_usage(text,bigint,bigint,bigint,bigint,bigint,bigint) is 'Internal: usage by kind priced with the model''s current rate card, in credits; the amount is null when it cannot be priced (billing.price_usage says why).';
 comment on function billing.post_transfers(billing.transfer_spec[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) under the caller''s account locks; one result per movement, replays answered.';
+comment on function billing.run_usage_request(uuid,text,text,text,jsonb,integer) is 'Internal: POST /credits/usage for a student paying from their own account with no cap, the transfer its only record; null hands the request to run_money_request''s general path.';
+comment on function billing.usage_answer(bigint,numeric,numeric,numeric,integer) is 'Internal: a usage charge the student paid, as POST /credits/usage answers it.';
 revoke execute on function billing.post_transfers(billing.transfer_spec[]) from public;
+revoke execute on function billing.quote_usage(text,bigint,bigint,bigint,bigint,bigint,bigint) from public;
+revoke execute on function billing.run_usage_request(uuid,text,text,text,jsonb,integer) from public;
+revoke execute on function billing.usage_amount(numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric) from public;
+revoke execute on function billing.usage_answer(bigint,numeric,numeric,numeric,integer) from public;

@@ -440,23 +440,62 @@ comment on function billing.debit_credits(p_user uuid, p_amount numeric, p_idemp
 revoke execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) from public;
 grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) to service_role;
 
--- One row, not a set: a caller assigns it (v := billing.price_usage(…)) without a table
+-- The price formula, the one place it is written: billing.price_usage (a single charge), the
+-- usage batch and the rate-card dry run (billing.reprice_usage) all call it. Kinds are disjoint
+-- (input excludes cached input, output excludes reasoning); each count times the card's credits
+-- per unit of its kind (exact, worked out once per card: billing.rate_cards), summed, rounded once
+-- to 18 places. A kind the card leaves null: cached input at the input price, reasoning at the
+-- output price (the card's generated columns), images and audio unpriced: null when used, which
+-- the callers refuse as UNPRICED_USAGE. Null counts of the optional kinds count as 0. Counts are
+-- numeric so the dry run can price its summed counts.
+create or replace function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric,
+  p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric,
+  p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric,
+  p_per_image numeric, p_per_audio_second numeric)
+returns numeric
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  return round(p_input_tokens * p_per_input + coalesce(p_cached_input_tokens, 0) * p_per_cached_input
+    + p_output_tokens * p_per_output + coalesce(p_reasoning_tokens, 0) * p_per_reasoning
+    + case when coalesce(p_images, 0) = 0 then 0 else p_images * p_per_image end
+    + case when coalesce(p_audio_seconds, 0) = 0 then 0 else p_audio_seconds * p_per_audio_second end, 18);
+end
+$$;
+comment on function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric, p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric, p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric, p_per_image numeric, p_per_audio_second numeric) is 'The price formula: usage counts by kind times a card''s credits per unit, rounded once to 18 places; null when a used kind is unpriced.';
+revoke execute on function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric, p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric, p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric, p_per_image numeric, p_per_audio_second numeric) from public;
+
+-- One row, not a set: a caller assigns it (v := billing.quote_usage(…)) without a table
 -- function's tuplestore. Every kind but input and output is optional (null counts as 0).
---
--- The price formula, written out the same in price_usage, charge_usage_batch and
--- reprice_usage (15-catalog-token-kinds and 15-catalog-exact-prices check they agree): kinds are
--- disjoint (input excludes cached input, output excludes reasoning); each count times the card's
--- credits per unit of its kind (exact, worked out once per card: billing.rate_cards), summed,
--- rounded once to 18 places. A kind the card leaves null: cached input at the input price,
--- reasoning at the output price, images and audio unpriced (null, refused as UNPRICED_USAGE when
--- used). Inline, not a helper: a SQL function must fix its search_path (Security Advisor), and
--- one that does is never inlined (13× slower over a million rows).
---
--- Cheap on purpose (bench/pricing.ts): the query only reads the card's columns (an expression
--- in a query is compiled again on every call, ACL checks on each operator included), the
--- arithmetic is one PL/pgSQL expression (compiled once per transaction), and one test sends
--- every refusal (an unknown model, an unpriced kind, a null count all leave the amount null)
--- to the branch that tells them apart.
+create or replace function billing.quote_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint,
+  p_cached_input_tokens bigint default 0, p_reasoning_tokens bigint default 0, p_images bigint default 0,
+  p_audio_seconds bigint default 0)
+returns billing.usage_price
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  r billing.rate_cards;                           -- all nulls when the model has no card
+begin
+  select * into r
+  from billing.rate_cards c
+  where c.model = p_model and c.effective_from <= now()
+  order by c.effective_from desc, c.version desc limit 1;
+  if least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
+    or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
+      > 1000000000000 then
+    return (r.id, r.version, null::numeric);
+  end if;
+  return (r.id, r.version, billing.usage_amount(p_input_tokens, p_cached_input_tokens, p_output_tokens, p_reasoning_tokens,
+    p_images, p_audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token, r.credits_per_output_token,
+    r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second));
+end;
+$$;
+comment on function billing.quote_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Internal: usage by kind priced with the model''s current rate card, in credits; the amount is null when it cannot be priced (billing.price_usage says why).';
+revoke execute on function billing.quote_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
+
+-- billing.quote_usage, or the refusal that says why it has no price.
 create or replace function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint,
   p_cached_input_tokens bigint default 0, p_reasoning_tokens bigint default 0, p_images bigint default 0,
   p_audio_seconds bigint default 0)
@@ -465,42 +504,23 @@ language plpgsql stable
 set search_path = ''
 as $$
 declare
-  v_card bigint;
-  v_version integer;
-  v_amount numeric;
-  v_input numeric;
-  v_cached_input numeric;
-  v_output numeric;
-  v_reasoning numeric;
-  v_image numeric;
-  v_audio_second numeric;
+  v billing.usage_price := billing.quote_usage(p_model, p_input_tokens, p_output_tokens, p_cached_input_tokens,
+    p_reasoning_tokens, p_images, p_audio_seconds);
 begin
-  select r.id, r.version, r.credits_per_input_token, r.credits_per_cached_input_token, r.credits_per_output_token,
-    r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second
-  into v_card, v_version, v_input, v_cached_input, v_output, v_reasoning, v_image, v_audio_second
-  from billing.rate_cards r
-  where r.model = p_model and r.effective_from <= now()
-  order by r.effective_from desc, r.version desc limit 1;
-  v_amount := round(p_input_tokens * v_input + coalesce(p_cached_input_tokens, 0) * v_cached_input
-    + p_output_tokens * v_output + coalesce(p_reasoning_tokens, 0) * v_reasoning
-    + case when coalesce(p_images, 0) = 0 then 0 else p_images * v_image end
-    + case when coalesce(p_audio_seconds, 0) = 0 then 0 else p_audio_seconds * v_audio_second end, 18);
-  if v_amount is null
-    or least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
-    or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
-      > 1000000000000 then
+  if v.amount is null then
     if p_input_tokens is null or p_output_tokens is null
       or least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
       or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
         > 1000000000000 then
       perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
-    elsif v_card is null then
+    elsif v.rate_card_id is null then
       perform billing.raise_error('UNKNOWN_MODEL', '{}'); -- never the caller's text: DETAILs reach the Postgres log
     end if;
     perform billing.raise_error('UNPRICED_USAGE', jsonb_build_object('model', p_model,
-      'kind', case when p_images > 0 and v_image is null then 'images' else 'audio_seconds' end));
+      'kind', case when p_images > 0 and (select c.credits_per_image from billing.rate_cards c where c.id = v.rate_card_id) is null
+        then 'images' else 'audio_seconds' end));
   end if;
-  return (v_card, v_version, v_amount);
+  return v;
 end;
 $$;
 comment on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Prices usage by kind (tokens, images, audio seconds) with the model''s current rate card, in credits.';
@@ -515,7 +535,7 @@ set search_path = ''
 as $$
   select array['model', 'input_tokens', 'output_tokens', 'cached_input_tokens', 'reasoning_tokens', 'images',
     'audio_seconds', 'failed', 'failed_by', 'usage_source', 'ai_call_id', 'job_id', 'rate_card_version', 'reserved',
-    'priced', 'unbilled', 'charged_at']
+    'priced', 'unbilled', 'charged_at', 'request_hash', 'request_id', 'held_after']
 $$;
 comment on function billing.ledger_owned_keys() is 'The usage metadata keys only the ledger writes (_shared/contract/credits.ts refuses the same list).';
 revoke execute on function billing.ledger_owned_keys() from public;
@@ -946,81 +966,73 @@ declare
   v_user uuid;
   v_available numeric(38, 18);
   v_outcomes jsonb[] := array_fill(null::jsonb, array[v_count]);
+  v_users uuid[];
   -- accepted events, in order: where their outcome goes, what they move, what was written
-  a_ord integer[] := '{}';
-  a_spec billing.transfer_spec[] := '{}';
+  a_ord integer[] := '{}'::integer[];
+  a_spec billing.transfer_spec[] := '{}'::billing.transfer_spec[];
   a_posted billing.posted_transfer[];
-  i integer;
+  -- repeats within the batch, and their first occurrences
+  d_ord integer[] := '{}'::integer[];
+  d_first integer[] := '{}'::integer[];
   v_cap jsonb;
 begin
   if v_count > 1000 then
     perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
   end if;
 
-  create temp table if not exists pg_temp.usage_batch (
-    ord integer, event_id text, user_id uuid, model text, input_tokens bigint, output_tokens bigint,
-    occurred_at timestamptz, correlation_id text, account_id bigint, amount numeric(38, 18), rate_card_id bigint,
-    existing_transfer bigint, existing_amount numeric(38, 18), first_ord integer, member boolean not null default false,
-    cached_input_tokens bigint, reasoning_tokens bigint, images bigint, audio_seconds bigint, error text
-  ) on commit drop;
-  truncate pg_temp.usage_batch;
-
-  insert into pg_temp.usage_batch (ord, event_id, user_id, model, input_tokens, output_tokens, occurred_at, correlation_id,
-    cached_input_tokens, reasoning_tokens, images, audio_seconds)
-  select x.ord::integer, x.ev ->> 'event_id', (x.ev ->> 'user_id')::uuid, x.ev ->> 'model',
-         (x.ev ->> 'input_tokens')::bigint, (x.ev ->> 'output_tokens')::bigint,
-         (x.ev ->> 'occurred_at')::timestamptz, x.ev ->> 'correlation_id',
-         coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0), coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0),
-         coalesce((x.ev ->> 'images')::bigint, 0), coalesce((x.ev ->> 'audio_seconds')::bigint, 0)
-  from jsonb_array_elements(p_events) with ordinality as x(ev, ord);
-  -- The same bounds as price_usage: an event out of them is refused alone.
-  update pg_temp.usage_batch b set error = 'INVALID_TOKENS'
-  where b.input_tokens is null or b.output_tokens is null
-    or least(b.input_tokens, b.output_tokens, b.cached_input_tokens, b.reasoning_tokens, b.images, b.audio_seconds) < 0
-    or greatest(b.input_tokens, b.output_tokens, b.cached_input_tokens, b.reasoning_tokens, b.images, b.audio_seconds)
-      > 1000000000000;
-
-  -- Price every event from its model's current rate card, set-based (null: a kind the card leaves unpriced).
-  update pg_temp.usage_batch b set rate_card_id = r.id,
-    amount = round(b.input_tokens * r.credits_per_input_token + b.cached_input_tokens * r.credits_per_cached_input_token
-        + b.output_tokens * r.credits_per_output_token + b.reasoning_tokens * r.credits_per_reasoning_token
-        + case when b.images = 0 then 0 else b.images * r.credits_per_image end
-        + case when b.audio_seconds = 0 then 0 else b.audio_seconds * r.credits_per_audio_second end, 18)
-  from (select distinct on (rc.model) rc.* from billing.rate_cards rc where rc.effective_from <= now()
-        order by rc.model, rc.effective_from desc, rc.version desc) r
-  where r.model = b.model and b.error is null;
-
-  update pg_temp.usage_batch b set account_id = a.id, member = a.orgs > 0 from billing.accounts a where a.user_id = b.user_id;
-
   -- One lock per account for the whole batch, in ascending id order (no deadlocks): the users'
   -- own accounts, then the organisation accounts that may pay for members (after, as everywhere).
-  perform 1 from billing.accounts a where a.id in (select distinct b.account_id from pg_temp.usage_batch b) order by a.id for update;
-  if exists (select 1 from pg_temp.usage_batch b where b.member) then
+  v_users := array(select distinct (x ->> 'user_id')::uuid from jsonb_array_elements(p_events) x);
+  perform 1 from billing.accounts a where a.user_id = any(v_users) order by a.id for update;
+  if exists (select 1 from billing.accounts a where a.user_id = any(v_users) and a.orgs > 0) then
     perform 1 from billing.accounts a
     join billing.org_members m on m.org_id = a.org_id and m.active and m.role = 'member'
       and (a.member_id is null or a.member_id = m.user_id)
-    where m.user_id in (select b.user_id from pg_temp.usage_batch b where b.member)
+    where m.user_id in (select u.user_id from billing.accounts u where u.user_id = any(v_users) and u.orgs > 0)
     order by a.id for update of a;
   end if;
   perform billing.settle_account(a.id) from billing.accounts a
-  where a.id in (select distinct b.account_id from pg_temp.usage_batch b) and (a.held > 0 or a.next_expiry <= now());
+  where a.user_id = any(v_users) and (a.held > 0 or a.next_expiry <= now());
 
-  -- Replays, checked under the locks so a concurrent batch with the same events has committed:
-  -- an earlier batch already applied this event id for this user. Event ids are the caller's, one
-  -- namespace per user (billing.usage_event_key): another user's event with the same id is
-  -- another event, charged, and never told of the first.
-  update pg_temp.usage_batch b set existing_transfer = t.id, existing_amount = t.amount
-  from billing.transfers t where t.idempotency_key = billing.usage_event_key(b.user_id, b.event_id) and t.kind = 'usage';
-  -- Within the batch, only the first occurrence of a user's id counts.
-  update pg_temp.usage_batch b set first_ord = f.first_ord
-  from (select b2.user_id, b2.event_id, min(b2.ord) as first_ord from pg_temp.usage_batch b2
-        group by b2.user_id, b2.event_id) f
-  where f.event_id = b.event_id and f.user_id is not distinct from b.user_id;
-
-  -- Greedy per user in event order: each event is applied if it still fits.
+  -- Greedy per user in event order: each event is applied if it still fits. Each is priced from
+  -- its model's current rate card (null: a kind the card leaves unpriced), within the same bounds
+  -- as price_usage (an event out of them is refused alone). Replays are found under the locks, so
+  -- a concurrent batch with the same events has committed: an earlier batch already applied this
+  -- event id for this user. Event ids are the caller's, one namespace per user
+  -- (billing.usage_event_key): another user's event with the same id is another event, charged,
+  -- and never told of the first. Within the batch, only the first occurrence of a user's id counts.
   for e in
-    select b.*, a.balance as acct_balance, a.held as acct_held, a.caps as acct_caps
-    from pg_temp.usage_batch b left join billing.accounts a on a.id = b.account_id
+    with ev as (
+      select x.ord::integer as ord, x.ev ->> 'event_id' as event_id, (x.ev ->> 'user_id')::uuid as user_id,
+        x.ev ->> 'model' as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
+        (x.ev ->> 'output_tokens')::bigint as output_tokens, (x.ev ->> 'occurred_at')::timestamptz as occurred_at,
+        x.ev ->> 'correlation_id' as correlation_id,
+        coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
+        coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
+        coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
+      from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
+    ), checked as (
+      select ev.*, ev.input_tokens is null or ev.output_tokens is null
+        or least(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens, ev.reasoning_tokens, ev.images, ev.audio_seconds) < 0
+        or greatest(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens, ev.reasoning_tokens, ev.images,
+          ev.audio_seconds) > 1000000000000 as invalid
+      from ev
+    ), cards as (
+      select distinct on (rc.model) rc.* from billing.rate_cards rc
+      where rc.model in (select ev.model from ev) and rc.effective_from <= now()
+      order by rc.model, rc.effective_from desc, rc.version desc
+    )
+    select b.*, case when b.invalid then 'INVALID_TOKENS' end as error, r.id as rate_card_id,
+      case when not b.invalid then billing.usage_amount(b.input_tokens, b.cached_input_tokens, b.output_tokens,
+        b.reasoning_tokens, b.images, b.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token,
+        r.credits_per_output_token, r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) end as amount,
+      a.id as account_id, coalesce(a.orgs > 0, false) as member, a.balance as acct_balance, a.held as acct_held,
+      a.caps as acct_caps, t.id as existing_transfer, t.amount as existing_amount,
+      min(b.ord) over (partition by b.user_id, b.event_id) as first_ord
+    from checked b
+    left join cards r on r.model = b.model
+    left join billing.accounts a on a.user_id = b.user_id
+    left join billing.transfers t on t.idempotency_key = billing.usage_event_key(b.user_id, b.event_id) and t.kind = 'usage'
     order by b.user_id, b.ord
   loop
     if v_user is distinct from e.user_id then
@@ -1041,6 +1053,8 @@ begin
       -- order, the first was handled already when both name the same user).
       v_outcomes[e.ord] := coalesce(v_outcomes[e.first_ord], '{}'::jsonb)
         || jsonb_build_object('event_id', e.event_id, 'status', 'duplicate');
+      d_ord := d_ord || e.ord;
+      d_first := d_first || e.first_ord;
     elsif e.amount = 0 then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied', 'charged', '0', 'transfer_id', null);
     elsif e.member then
@@ -1078,6 +1092,11 @@ begin
     for i in 1 .. cardinality(a_ord) loop
       v_outcomes[a_ord[i]] := v_outcomes[a_ord[i]] || jsonb_build_object('transfer_id', (a_posted[i]).transfer_id::text,
         'balance', trim_scale((a_posted[i]).from_balance)::text);
+    end loop;
+    -- A repeat names what its first occurrence wrote.
+    for i in 1 .. coalesce(cardinality(d_ord), 0) loop
+      v_outcomes[d_ord[i]] := v_outcomes[d_first[i]] || jsonb_build_object('event_id', v_outcomes[d_ord[i]] ->> 'event_id',
+        'status', 'duplicate');
     end loop;
   end if;
 
@@ -1127,15 +1146,24 @@ declare
   v_category text;
   v_policy billing.credit_expiry_policy;
 begin
-  -- Generic plans: these statements cost more to plan than to run.
-  if exists (select 1 from unnest(p_transfers) t
-             where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
-               or t.from_account_id is not distinct from t.to_account_id) then
-    perform billing.raise_error('LEDGER_INVARIANT',
-      '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+  -- A batch of one (nearly every call) is checked and numbered without a query.
+  if cardinality(p_transfers) = 1 then
+    if ((p_transfers[1]).amount > 0 and scale((p_transfers[1]).amount) <= 18 and (p_transfers[1]).amount < 1e20
+        and (p_transfers[1]).from_account_id <> (p_transfers[1]).to_account_id) is not true then
+      perform billing.raise_error('LEDGER_INVARIANT',
+        '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+    end if;
+    v_ids := array[nextval('billing.transfers_id_seq')];
+  else
+    if exists (select 1 from unnest(p_transfers) t
+               where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
+                 or t.from_account_id is not distinct from t.to_account_id) then
+      perform billing.raise_error('LEDGER_INVARIANT',
+        '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+    end if;
+    -- Ids in batch order, so transfer ids order the batch.
+    v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
   end if;
-  -- Ids in batch order, so transfer ids order the batch.
-  v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
   with ins as (
     insert into billing.transfers (id, kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
                                    reference, metadata, rate_card_id, hold_id, member_id)
@@ -1188,11 +1216,11 @@ begin
     into v_ord, v_account, v_delta, v_after
     from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
 
-    if exists (select 1 from unnest(v_ord, v_delta, v_after) x(ord, delta, after)
-               where x.delta < 0 and x.after < 0
-                 and (p_transfers[x.ord]).kind not in ('refund_reversal', 'dispute_reversal')) then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
-    end if;
+    for i in 1 .. cardinality(v_ord) loop
+      if v_delta[i] < 0 and v_after[i] < 0 and (p_transfers[v_ord[i]]).kind not in ('refund_reversal', 'dispute_reversal') then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
+      end if;
+    end loop;
 
     -- Debits draw from lots. The common one, alone and with nothing to draw first, in one
     -- statement: the first lot in spending order covers it.
@@ -1237,82 +1265,89 @@ begin
     end if;
 
     -- Credits: into lots.
-    for c in
-      select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t,
-        exists (select 1 from unnest(v_ord, v_delta) y(ord, delta) where y.ord = x.ord and y.delta < 0) as moved
-      from unnest(v_ord, v_account, v_delta, v_after) x(ord, account_id, delta, after)
-      where x.delta > 0
-      order by x.ord
-    loop
-      v_settled := least(c.amount, greatest(c.amount - c.after, 0));
-      v_lot := coalesce((c.t).lots, '{}');
-      if c.moved then
-        -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
-        -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
-        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                  amount, debt_settled, remaining, frozen, expires_at, moved_from)
-        select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
-          l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id
-        from (select x.lot_id, x.amount,
-                least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
-                  rows between unbounded preceding and 1 preceding), 0), 0)) as settled
-              from billing.lot_allocations x where x.transfer_id = v_ids[c.ord]) p
-        join billing.lots l on l.id = p.lot_id
-        order by p.lot_id;
-      elsif v_lot ? 'return_to' then
-        -- Back into the lots it came from: negative allocations, as a void gives back.
-        if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
-          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
+    if 0 < any(v_delta) then
+      for c in
+        select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t,
+          exists (select 1 from unnest(v_ord, v_delta) y(ord, delta) where y.ord = x.ord and y.delta < 0) as moved
+        from unnest(v_ord, v_account, v_delta, v_after) x(ord, account_id, delta, after)
+        where x.delta > 0
+        order by x.ord
+      loop
+        v_settled := least(c.amount, greatest(c.amount - c.after, 0));
+        v_lot := coalesce((c.t).lots, '{}');
+        if c.moved then
+          -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
+          -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
+          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                    amount, debt_settled, remaining, frozen, expires_at, moved_from)
+          select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
+            l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id
+          from (select x.lot_id, x.amount,
+                  least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
+                    rows between unbounded preceding and 1 preceding), 0), 0)) as settled
+                from billing.lot_allocations x where x.transfer_id = v_ids[c.ord]) p
+          join billing.lots l on l.id = p.lot_id
+          order by p.lot_id;
+        elsif v_lot ? 'return_to' then
+          -- Back into the lots it came from: negative allocations, as a void gives back.
+          if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
+            perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
+          end if;
+          with p as (
+            select (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as amount,
+              least((r ->> 'amount')::numeric, greatest(v_settled - coalesce(sum((r ->> 'amount')::numeric)
+                over (order by (r ->> 'lot_id')::bigint rows between unbounded preceding and 1 preceding), 0), 0)) as settled
+            from jsonb_array_elements(v_lot -> 'return_to') r
+          ), ins as (
+            insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+            select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount from p
+          )
+          update billing.lots l set remaining = l.remaining + p.amount - p.settled, debt_settled = l.debt_settled + p.settled
+          from p where l.id = p.lot_id and l.account_id = c.account_id;
+          continue;
+        elsif v_lot ? 'moved_from' then
+          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                    amount, debt_settled, remaining, expires_at, moved_from)
+          select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
+            l.currency, c.amount, v_settled, c.amount - v_settled, (v_lot ->> 'expires_at')::timestamptz, l.id
+          from billing.lots l where l.id = (v_lot ->> 'moved_from')::bigint;
+        else
+          v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
+          select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
+          if not found then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
+          elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
+          elsif (v_lot ->> 'cost_cents')::numeric < 0 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
+          elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
+          elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
+          end if;
+          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                    amount, debt_settled, remaining, expires_at)
+          values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
+            coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
+            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled,
+            -- A support adjustment does not expire unless the admin says so: a correction that
+            -- quietly vanishes would need correcting again.
+            case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
+                 when (c.t).kind <> 'adjustment' then now() + v_policy.expires_after end);
         end if;
-        with p as (
-          select (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as amount,
-            least((r ->> 'amount')::numeric, greatest(v_settled - coalesce(sum((r ->> 'amount')::numeric)
-              over (order by (r ->> 'lot_id')::bigint rows between unbounded preceding and 1 preceding), 0), 0)) as settled
-          from jsonb_array_elements(v_lot -> 'return_to') r
-        ), ins as (
-          insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
-          select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount from p
-        )
-        update billing.lots l set remaining = l.remaining + p.amount - p.settled, debt_settled = l.debt_settled + p.settled
-        from p where l.id = p.lot_id and l.account_id = c.account_id;
-        continue;
-      elsif v_lot ? 'moved_from' then
-        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                  amount, debt_settled, remaining, expires_at, moved_from)
-        select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
-          l.currency, c.amount, v_settled, c.amount - v_settled, (v_lot ->> 'expires_at')::timestamptz, l.id
-        from billing.lots l where l.id = (v_lot ->> 'moved_from')::bigint;
-      else
-        v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
-        select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
-        if not found then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
-        elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
-        elsif (v_lot ->> 'cost_cents')::numeric < 0 then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
-        elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
-        elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
-        end if;
-        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                  amount, debt_settled, remaining, expires_at)
-        values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
-          coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
-          coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled,
-          -- A support adjustment does not expire unless the admin says so: a correction that
-          -- quietly vanishes would need correcting again.
-          case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
-               when (c.t).kind <> 'adjustment' then now() + v_policy.expires_after end);
-      end if;
-      update billing.accounts a
-      set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
-      where a.id = c.account_id
-        and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
-    end loop;
+        update billing.accounts a
+        set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
+        where a.id = c.account_id
+          and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
+      end loop;
+    end if;
   end if;
 
+  if cardinality(p_transfers) = 1 then
+    return array[(coalesce(v_existing[1], v_ids[1]), v_existing[1] is not null,
+      case when v_delta[1] < 0 then v_after[1] when v_delta[2] < 0 then v_after[2] end,
+      case when v_delta[1] > 0 then v_after[1] when v_delta[2] > 0 then v_after[2] end)::billing.posted_transfer];
+  end if;
   return array(
     select row(coalesce(v_existing[o], v_ids[o]), v_existing[o] is not null,
       (select x.after from unnest(v_ord, v_delta, v_after) x(ord, delta, after) where x.ord = o and x.delta < 0),
@@ -1375,10 +1410,9 @@ declare
   v_account billing.accounts;
   v_available numeric(38, 18);
   v_cap jsonb;
-  v_wallets jsonb := '[]';
+  v_wallets jsonb := '[]'::jsonb;
   v_best numeric(38, 18) := 0;
   v_pool boolean;
-  i integer;
 begin
   if p_kind is not null then
     select * into v_existing from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
@@ -1436,6 +1470,7 @@ begin
   end loop;
   perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
     'available', trim_scale(v_best)::text, 'debt', p_own.balance < 0, 'wallets', v_wallets));
+  return null;                                      -- not reached: raise_error raised
 end;
 $$;
 comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';

@@ -396,10 +396,9 @@ begin
   ),
     priced as materialized ( -- the formula once per cell, on its summed counts
       select k.student, k.org_id, k.rate_card_id, k.charges, k.unpriced, k.unpriced_before, k.before,
-        round(k.input_tokens * r.credits_per_input_token + k.cached_input_tokens * r.credits_per_cached_input_token
-          + k.output_tokens * r.credits_per_output_token + k.reasoning_tokens * r.credits_per_reasoning_token
-          + case when k.images = 0 then 0 else k.images * r.credits_per_image end
-          + case when k.audio_seconds = 0 then 0 else k.audio_seconds * r.credits_per_audio_second end, 18) as after
+        billing.usage_amount(k.input_tokens, k.cached_input_tokens, k.output_tokens, k.reasoning_tokens, k.images,
+          k.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token, r.credits_per_output_token,
+          r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) as after
       from cells k
     )
     select p.student, p.org_id, p.rate_card_id, p.charges, p.unpriced, p.unpriced_before, p.before, p.after from priced p;

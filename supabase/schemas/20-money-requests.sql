@@ -176,11 +176,9 @@ begin
     -- Who paid: the debited account's organisation, if any (a pool's balance never shown: as_seen_by).
     select a.id, a.org_id into v_account, v_org
     from billing.transfers x join billing.accounts a on a.id = x.from_account_id where x.id = u.transfer_id;
-    v_answer := jsonb_build_object('transfer_id', u.transfer_id::text, 'charged', trim_scale(u.charged)::text,
-      'balance', trim_scale(u.balance)::text, 'available', trim_scale(u.available)::text,
-      'rate_card_version', u.rate_card_version,
-      'paid_by', case when v_org is null then to_jsonb('self'::text) else jsonb_build_object('org_id', v_org) end);
-    return case when v_org is null then v_answer else billing.as_seen_by(p_user, v_account, v_answer) end;
+    v_answer := billing.usage_answer(u.transfer_id, u.charged, u.balance, u.balance - u.available, u.rate_card_version);
+    return case when v_org is null then v_answer
+      else billing.as_seen_by(p_user, v_account, v_answer || jsonb_build_object('paid_by', jsonb_build_object('org_id', v_org))) end;
   when 'credits.holds' then
     h := billing.reserve_credits(p_user, (p_args ->> 'amount')::numeric, p_key,
       coalesce((p_args ->> 'ttl_seconds')::integer, 900), p_args ->> 'correlation_id', null);
@@ -207,6 +205,101 @@ $$;
 comment on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) is 'Internal: the one SQL call behind each money route.';
 revoke execute on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) from public;
 
+-- POST /credits/usage for a student paying from their own account with no spend cap (nearly every
+-- request), in the fewest statements: the transfer is the request's record. It carries the
+-- request's hash and id, so a retry is answered from it (the balance from its entry) and
+-- another request under the key is refused; nothing else is stored, and no subtransaction is
+-- opened. Null hands the request to the general path (run_money_request), which answers and
+-- stores everything else: a refusal, an organisation member, a cap, an unknown model, a
+-- zero-priced event, an answer that path stored already. The account lock serialises this path
+-- with that one: a request under the same key there finds this transfer, and the other way round.
+create or replace function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text,
+  p_args jsonb, p_success_status integer)
+returns billing.money_response
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_key text := billing.scoped_key('http:' || p_user::text || ':credits.usage:', p_key);
+  v_price billing.usage_price := billing.quote_usage(p_args ->> 'model', (p_args ->> 'input_tokens')::bigint,
+    (p_args ->> 'output_tokens')::bigint, (p_args ->> 'cached_input_tokens')::bigint,
+    (p_args ->> 'reasoning_tokens')::bigint, (p_args ->> 'images')::bigint, (p_args ->> 'audio_seconds')::bigint);
+  v_account billing.accounts;
+  v_t billing.transfers;
+  v_posted billing.posted_transfer;
+begin
+  if v_price.amount is null or v_price.amount <= 0 then
+    return null;
+  end if;
+  select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  if not found or v_account.orgs > 0 or v_account.caps > 0 then
+    return null;
+  end if;
+  perform 1 from billing.idempotency_keys k where k.user_id = p_user and k.action = 'credits.usage' and k.key = p_key;
+  if found then
+    return null;
+  end if;
+  select * into v_t from billing.transfers t where t.idempotency_key = v_key and t.kind = 'usage';
+  if found then
+    if not v_t.metadata ? 'request_hash' then
+      return null;
+    elsif v_t.metadata ->> 'request_hash' <> p_request_hash then
+      return (null, null, 'IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'credits.usage')::text, p_request_id, now(),
+              false)::billing.money_response;
+    end if;
+    return (p_success_status, billing.usage_answer(v_t.id, v_t.amount,
+        (select e.balance_after from billing.entries e where e.transfer_id = v_t.id and e.account_id = v_t.from_account_id),
+        coalesce((v_t.metadata ->> 'held_after')::numeric, 0),
+        (select c.version from billing.rate_cards c where c.id = v_t.rate_card_id)),
+      null, null, v_t.metadata ->> 'request_id', v_t.created_at, true)::billing.money_response;
+  end if;
+
+  if v_account.held > 0 or v_account.next_expiry <= now() then
+    v_account := billing.settle_account(v_account.id);
+  end if;
+  if v_account.balance - v_account.held < v_price.amount then
+    return null;
+  end if;
+  v_posted := (billing.post_transfers(array[('usage', v_account.id, billing.platform_account_id('usage_revenue'),
+    v_price.amount, v_key, p_args ->> 'correlation_id', null,
+    (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys()) || jsonb_strip_nulls(jsonb_build_object(
+      'model', p_args ->> 'model', 'input_tokens', (p_args ->> 'input_tokens')::bigint,
+      'output_tokens', (p_args ->> 'output_tokens')::bigint,
+      'cached_input_tokens', coalesce((p_args ->> 'cached_input_tokens')::bigint, 0),
+      'reasoning_tokens', coalesce((p_args ->> 'reasoning_tokens')::bigint, 0),
+      'images', coalesce((p_args ->> 'images')::bigint, 0), 'audio_seconds', coalesce((p_args ->> 'audio_seconds')::bigint, 0),
+      'request_hash', p_request_hash, 'request_id', p_request_id,
+      'held_after', case when v_account.held > 0 then trim_scale(v_account.held)::text end)),
+    v_price.rate_card_id, null, null, null)::billing.transfer_spec]))[1];
+  v_account.balance := v_posted.from_balance;
+  v_account.version := v_account.version + 1;
+  if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
+    perform billing.on_available_change(v_account);
+  end if;
+  return (p_success_status, billing.usage_answer(v_posted.transfer_id, v_price.amount, v_account.balance, v_account.held,
+      v_price.rate_card_version),
+    null, null, p_request_id, now(), false)::billing.money_response;
+end;
+$$;
+comment on function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer) is 'Internal: POST /credits/usage for a student paying from their own account with no cap, the transfer its only record; null hands the request to run_money_request''s general path.';
+revoke execute on function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer) from public;
+
+-- A usage charge as POST /credits/usage answers it when the student paid (UsageResult).
+create or replace function billing.usage_answer(p_transfer_id bigint, p_charged numeric, p_balance numeric, p_held numeric,
+  p_rate_card_version integer)
+returns jsonb
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  return jsonb_build_object('transfer_id', p_transfer_id::text, 'charged', trim_scale(p_charged)::text,
+    'balance', trim_scale(p_balance)::text, 'available', trim_scale(p_balance - p_held)::text,
+    'rate_card_version', p_rate_card_version, 'paid_by', 'self');
+end
+$$;
+comment on function billing.usage_answer(p_transfer_id bigint, p_charged numeric, p_balance numeric, p_held numeric, p_rate_card_version integer) is 'Internal: a usage charge the student paid, as POST /credits/usage answers it.';
+revoke execute on function billing.usage_answer(p_transfer_id bigint, p_charged numeric, p_balance numeric, p_held numeric, p_rate_card_version integer) from public;
+
 create or replace function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean default false) returns billing.money_response
 language plpgsql
 security definer
@@ -218,10 +311,17 @@ declare
   v_token text;
   v_detail text;
   v_refusal jsonb := billing.standing_refusal(p_user, p_admin);
+  v_usage billing.money_response;
 begin
   -- Refused before anything is claimed: answered, not stored, not raised (see above).
   if v_refusal is not null then
     return (null, null, v_refusal ->> 'token', (v_refusal -> 'detail')::text, p_request_id, now(), false)::billing.money_response;
+  end if;
+  if p_action = 'credits.usage' then
+    v_usage := billing.run_usage_request(p_user, p_key, p_request_hash, p_request_id, p_args, p_success_status);
+    if v_usage.request_id is not null then
+      return v_usage;
+    end if;
   end if;
   -- A concurrent duplicate blocks here until the first commits, then reads its answer.
   insert into billing.idempotency_keys as k (user_id, action, key, request_hash, request_id)

@@ -156,7 +156,7 @@ declare
   v_starts timestamptz := date_trunc(p_cap.period, now() at time zone p_cap.time_zone) at time zone p_cap.time_zone;
   v_spent numeric(38, 18) := case when p_cap.period_start = v_starts then p_cap.spent else 0 end;
   v_fired integer[] := case when p_cap.alerts_period = v_starts then p_cap.alerts_fired else '{}' end;
-  v_reached integer[] := '{}';
+  v_reached integer[] := '{}'::integer[];
   v_pct integer;
   v_user uuid;
 begin

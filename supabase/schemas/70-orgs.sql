@@ -448,7 +448,7 @@ declare
   v_new integer;
   v_account billing.accounts;
   m uuid;
-  v_results jsonb := '[]';
+  v_results jsonb := '[]'::jsonb;
   v_transfer billing.transfers;
 begin
   perform billing.check_amount(p_amount);
@@ -820,7 +820,7 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_limit constant jsonb := '{"inviter": 20, "organisation": 50}';
+  v_limit constant jsonb := '{"inviter": 20, "organisation": 50}'::jsonb;
   v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
   v_invitation billing.org_invitations;
   v_scope text;

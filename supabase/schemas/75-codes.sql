@@ -349,11 +349,11 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
   v_code billing.codes;
   v_student uuid := (p_spec ->> 'user_id')::uuid;
   v_email text := billing.ascii_lower(p_spec ->> 'email');
 begin
+  perform billing.require_org_role(p_org, p_user, true);
   select * into v_code from billing.codes c where c.created_by = p_user and c.request_key = p_key and c.kind = 'sponsor';
   if found then
     if v_code.org_id <> p_org or v_code.credits <> (p_spec ->> 'credits')::numeric

@@ -3,7 +3,7 @@
 -- for every movement: replays, a reused key, debt only through a reversal, amounts, a return to
 -- lots of exactly the amount, a batch's entries numbered in order.
 begin;
-select plan(14);
+select plan(15);
 \ir helpers.psql
 
 -- Every function's source, lower-cased with its whitespace folded, and what it writes.
@@ -57,6 +57,8 @@ select is((billing.post_transfers(array[pg_temp.spec('refund_reversal', (select 
   -2::numeric, 'a refund reversal may leave debt');
 select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('debit', (select id from acct), billing.platform_account_id('usage_revenue'), 0.0000000000000000001, 'w-5')])$$),
   'LEDGER_INVARIANT', 'an amount finer than 18 places is refused');
+select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('debit', (select id from acct), billing.platform_account_id('usage_revenue'), null, 'w-7')])$$),
+  'LEDGER_INVARIANT', 'a movement without an amount is refused');
 select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('void', billing.platform_account_id('usage_revenue'), (select id from acct), 2, 'w-6',
     jsonb_build_object('return_to', jsonb_build_array(jsonb_build_object('lot_id', (select min(l.id) from billing.lots l where l.account_id = (select id from acct)), 'amount', 1))))])$$),
   'LEDGER_INVARIANT', 'a return to lots of another amount than the movement''s is refused');

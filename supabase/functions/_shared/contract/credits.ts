@@ -32,6 +32,9 @@ export const ledgerOwnedKeys = [
   'priced',
   'unbilled',
   'charged_at',
+  'request_hash',
+  'request_id',
+  'held_after',
 ] as const;
 /** Free-form facts about a charge, kept with its transfer: plain values only (no nesting), no ledger-owned key. */
 export const MetadataSchema = jsonObject({ depth: 1, entries: 20, key: 64, text: 500, reserved: ledgerOwnedKeys });
