@@ -2,8 +2,8 @@
 // on accounts with 1, 5 and 50 open lots, and with 1 lot plus a cap, cap alerts and a low-balance
 // alert, against the debit without lots, in the same run, in a private cluster (the
 // baseline leaves its accounts' lots behind their balances, which the shared database must not
-// see). The baseline is the live post_user_transfer with its lot step cut out, read from the
-// database, so it is exactly the debit as it was before lots. Targets: 1 lot ≤ 1.2× the baseline's
+// see). The baseline is the live post_user_transfer calling the live writer with its lot steps
+// cut out, read from the database, so it is exactly the debit as it would be without lots. Targets: 1 lot ≤ 1.2× the baseline's
 // cost; caps and alerts on ≤ 1.2× the debit without them (the 1-lot row).
 //   BENCH_SECONDS (5) per cell, BENCH_ROUNDS (3, cells interleaved, medians reported), BENCH_LOTS_KEEP=1,
 //   BENCH_CLIENTS (16), BENCH_LOTS_PORT (55434)
@@ -66,14 +66,24 @@ try {
   // A daily cap that never binds, its 50/80/100% alerts, and a low-balance alert: every check runs.
   await sql`select billing.set_spend_cap(u, 'day', 'UTC', null, 1e15, u, 'self'), billing.set_cap_alerts(u, 'day', null, '{50,80,100}'),
       billing.set_low_balance_alert(u, 1) from unnest(${fixtures['1 lot, cap + alerts']}::uuid[]) u`;
-  // Today's debit: the same function without the step that creates or draws lots.
-  const [{ def }] = await sql`select pg_get_functiondef('billing.post_user_transfer'::regproc) as def`;
-  // The block that starts `  if p_direction > 0 then` and ends at the `  end if;` of its own indentation.
-  const lotStep = /\n {2}if p_direction > 0 then\n {4}perform billing\.create_lot[\s\S]*?\n {2}end if;\n/;
-  if (!lotStep.test(def)) throw new Error('the lot step of post_user_transfer was not found: update bench/lots.ts');
+  // Today's debit without lots: the ledger's writer without its lot steps, called by a copy of
+  // post_user_transfer.
+  const [{ writer, debit }] = await sql`select pg_get_functiondef('billing.post_transfers'::regproc) as writer,
+    pg_get_functiondef('billing.post_user_transfer'::regproc) as debit`;
+  // From the debits' draw to the end of the credits' lots.
+  const lotSteps =
+    /\n {4}-- Debits draw from lots\.[\s\S]*?\n {4}-- Credits: into lots\.\n {4}if 0 < any\(v_delta\) then\n[\s\S]*?\n {4}end if;\n/;
+  if (!lotSteps.test(writer)) throw new Error('the lot steps of post_transfers were not found: update bench/lots.ts');
+  if (!debit.includes('billing.post_transfers(')) throw new Error('post_user_transfer no longer calls post_transfers');
   await sql`create schema if not exists bench`;
   await sql.unsafe(
-    def.replace(lotStep, '\n').replace(
+    writer.replace(lotSteps, '\n').replace(
+      'FUNCTION billing.post_transfers(',
+      'FUNCTION bench.post_transfers_without_lots(',
+    ),
+  );
+  await sql.unsafe(
+    debit.replace('billing.post_transfers(', 'bench.post_transfers_without_lots(').replace(
       'FUNCTION billing.post_user_transfer(',
       'FUNCTION bench.post_user_transfer_without_lots(',
     ),

@@ -9,17 +9,18 @@
 -- Platform accounts (purchases, usage_revenue, …) are the other side of every movement. They
 -- are never locked or updated in place: serialising every debit in the system on one
 -- usage_revenue row would cap throughput at one commit at a time. Their balance is derived from
--- the transfers (billing.platform_balances); they get no entries (transfers before
--- 20261125000100 wrote one for them too, which every reader ignores).
+-- the transfers (billing.platform_balances); they get no entries.
 --
 -- Debt: user accounts never go below zero through spending. Only reverse_credits (a refund or
 -- dispute of credits already spent) may take a balance below zero; while it is negative every
 -- debit and hold is refused (available < 0), and the next purchase pays the debt first simply
 -- by adding to the negative balance.
 --
--- The only write path to the ledger. Every function is SECURITY DEFINER with an empty
--- search_path and fully qualified names; EXECUTE is for service_role only (the Edge Functions
--- connect as the owner). Errors raise a stable token as the message with JSON detail; the
+-- One writer: billing.post_transfers alone inserts transfers, entries, lots and allocations and
+-- changes balances and versions (supabase/tests/10-ledger-one-writer.test.sql reads the
+-- catalogue to prove it); every feature decides what moves and calls it. The functions callers
+-- use are SECURITY DEFINER with an empty search_path and fully qualified names; EXECUTE is for
+-- service_role only (the Edge Functions connect as the owner). Errors raise a stable token as the message with JSON detail; the
 -- TypeScript side maps tokens to HTTP in one place (_shared/adapters/sql-errors.ts).
 --
 -- Concurrency: a user account row is locked (FOR UPDATE) before its balance is read, so
@@ -227,7 +228,7 @@ create table billing.entries (
   constraint entries_amount_nonzero check (amount <> 0),
   constraint entries_tracked_together check ((balance_after is null) = (account_version is null))
 );
-comment on table billing.entries is 'Immutable. One per tracked side of a transfer (user, organisation and allowance accounts), with the balance after it; platform accounts have none since 20261125000100 (older transfers have both).';
+comment on table billing.entries is 'Immutable. One per tracked side of a transfer (user, organisation and allowance accounts), with the balance after it; platform accounts have none.';
 alter table billing.entries enable row level security;
 grant select on table billing.entries to authenticated;
 grant select on table billing.entries to service_role;
