@@ -59,8 +59,11 @@ create index lots_account on billing.lots (account_id, id desc);
 create index lots_moved_from on billing.lots (moved_from) where moved_from is not null;
 
 create table billing.lot_allocations (
-  transfer_id bigint not null references billing.transfers (id),
-  lot_id bigint not null references billing.lots (id),
+  -- No foreign keys: only the ledger's writer inserts allocations, for transfers it has just
+  -- written and lots it has just drawn or opened under the account lock; a key check on every
+  -- debit (a share lock on both rows) would only repeat that (checked by billing.check_lots).
+  transfer_id bigint not null,
+  lot_id bigint not null,
   kind billing.transfer_kind not null,                -- the transfer's, so reporting needs no join
   amount numeric(38, 18) not null,
   created_at timestamptz not null default now(),
@@ -194,6 +197,11 @@ as $$
   ), bad_transfers as (
     select la.transfer_id from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id
     group by la.transfer_id, t.amount having sum(la.amount) > t.amount
+    union
+    -- Allocations name their transfer and lot without foreign keys: both must exist.
+    select la.transfer_id from billing.lot_allocations la
+    where not exists (select 1 from billing.transfers t where t.id = la.transfer_id)
+       or not exists (select 1 from billing.lots l where l.id = la.lot_id)
   ), bad_expiry as (
     -- next_expiry is a lower bound of every open lot's expiry.
     select a.id from billing.accounts a join billing.lots l on l.account_id = a.id
