@@ -249,7 +249,7 @@ declare
   m jsonb := coalesce(p_current, '{}') || jsonb_strip_nulls(p_spec);
 begin
   -- A rule without a limit (none) clears the one on sale.
-  if p_spec ? 'rollover' and not p_spec ? 'rollover_limit' then
+  if p_spec ? 'rollover' and coalesce(jsonb_typeof(p_spec -> 'rollover_limit'), 'null') = 'null' then
     m := m - 'rollover_limit';
   end if;
   return billing.plan_spec(m ->> 'name', (m ->> 'price_cents')::integer, coalesce(m ->> 'currency', 'usd'), m ->> 'interval',
@@ -445,8 +445,7 @@ begin
   perform pg_advisory_xact_lock(hashtextextended('billing.catalog:package:' || p_id, 0));
   select * into k from billing.credit_packages x where x.id = p_id for update;
   if coalesce(k.version, 0) = p_version
-     and billing.package_spec(k.name, k.price_cents, k.currency, k.credits, k.bonus_credits) = p_spec
-     and k.stripe_price_id is not distinct from p_stripe_price_id then
+     and billing.package_spec(k.name, k.price_cents, k.currency, k.credits, k.bonus_credits) = p_spec then
     return billing.package_json(p_id) || jsonb_build_object('replayed', true);
   elsif p_version = 1 and k.id is not null then
     perform billing.raise_error('CATALOG_ITEM_EXISTS', jsonb_build_object('item', 'package'));
@@ -497,8 +496,7 @@ begin
   perform pg_advisory_xact_lock(hashtextextended('billing.catalog:plan:' || p_family, 0));
   p := billing.latest_plan(p_family);
   if coalesce(p.version, 0) = p_version
-     and billing.plan_spec(p.name, p.price_cents, p.currency, p.billing_interval, p.credits, p.rollover, p.rollover_limit) = p_spec
-     and p.stripe_price_id is not distinct from p_stripe_price_id then
+     and billing.plan_spec(p.name, p.price_cents, p.currency, p.billing_interval, p.credits, p.rollover, p.rollover_limit) = p_spec then
     return billing.plan_json(p) || jsonb_build_object('replayed', true);
   elsif p_version = 1 and p.id is not null then
     perform billing.raise_error('CATALOG_ITEM_EXISTS', jsonb_build_object('item', 'plan'));
@@ -1204,3 +1202,24 @@ revoke execute on function billing.retire_package(uuid,text,text) from public;
 revoke execute on function billing.next_plan_version(text,jsonb,boolean) from public;
 revoke execute on function billing.save_plan_version(uuid,text,integer,jsonb,text,integer,text) from public;
 revoke execute on function billing.retire_plan(uuid,text,text) from public;
+
+
+CREATE OR REPLACE FUNCTION billing.model_list_of(p_user uuid, OUT has_list boolean, OUT list_plan text, OUT user_plan text)
+ RETURNS record
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO ''
+AS $function$
+begin
+  select p.family into user_plan from billing.subscriptions s join billing.plans p on p.id = s.plan_id
+  where s.user_id = p_user and s.status in ('active', 'trialing', 'past_due')
+  order by s.current_period_end desc nulls last limit 1;
+  if user_plan is not null and exists (select 1 from billing.model_access m where m.plan_id = user_plan) then
+    has_list := true;
+    list_plan := user_plan;
+  else
+    has_list := exists (select 1 from billing.model_access m where m.plan_id is null);
+  end if;
+end;
+$function$
+;

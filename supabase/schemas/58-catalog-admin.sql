@@ -9,7 +9,8 @@
 -- Two calls make a version: next_*_version (read-only: the version number and the full spec,
 -- or the answer when nothing is to be made) before the Stripe Price, save_*_version after it,
 -- which refuses if another change came in between (CATALOG_VERSION_CONFLICT) and answers the
--- same version again when an identical request already saved it (parallel identical requests).
+-- same version again when an identical request already saved it (parallel identical requests;
+-- a Stripe Price such a twin made goes unused).
 
 -- ============================================================ tables
 
@@ -107,7 +108,7 @@ declare
   m jsonb := coalesce(p_current, '{}') || jsonb_strip_nulls(p_spec);
 begin
   -- A rule without a limit (none) clears the one on sale.
-  if p_spec ? 'rollover' and not p_spec ? 'rollover_limit' then
+  if p_spec ? 'rollover' and coalesce(jsonb_typeof(p_spec -> 'rollover_limit'), 'null') = 'null' then
     m := m - 'rollover_limit';
   end if;
   return billing.plan_spec(m ->> 'name', (m ->> 'price_cents')::integer, coalesce(m ->> 'currency', 'usd'), m ->> 'interval',
@@ -176,8 +177,7 @@ begin
   perform pg_advisory_xact_lock(hashtextextended('billing.catalog:package:' || p_id, 0));
   select * into k from billing.credit_packages x where x.id = p_id for update;
   if coalesce(k.version, 0) = p_version
-     and billing.package_spec(k.name, k.price_cents, k.currency, k.credits, k.bonus_credits) = p_spec
-     and k.stripe_price_id is not distinct from p_stripe_price_id then
+     and billing.package_spec(k.name, k.price_cents, k.currency, k.credits, k.bonus_credits) = p_spec then
     return billing.package_json(p_id) || jsonb_build_object('replayed', true);
   elsif p_version = 1 and k.id is not null then
     perform billing.raise_error('CATALOG_ITEM_EXISTS', jsonb_build_object('item', 'package'));
@@ -311,8 +311,7 @@ begin
   perform pg_advisory_xact_lock(hashtextextended('billing.catalog:plan:' || p_family, 0));
   p := billing.latest_plan(p_family);
   if coalesce(p.version, 0) = p_version
-     and billing.plan_spec(p.name, p.price_cents, p.currency, p.billing_interval, p.credits, p.rollover, p.rollover_limit) = p_spec
-     and p.stripe_price_id is not distinct from p_stripe_price_id then
+     and billing.plan_spec(p.name, p.price_cents, p.currency, p.billing_interval, p.credits, p.rollover, p.rollover_limit) = p_spec then
     return billing.plan_json(p) || jsonb_build_object('replayed', true);
   elsif p_version = 1 and p.id is not null then
     perform billing.raise_error('CATALOG_ITEM_EXISTS', jsonb_build_object('item', 'plan'));
