@@ -207,11 +207,13 @@ const planFields = {
   rollover_limit: CreditAmountSchema.nullable().optional(),
 };
 
-/** The rollover rule's limit goes with its rule: none takes none, the others need one. */
+/** The rollover rule's limit goes with its rule: none takes none, the others need one (a share at most 1). */
 const rolloverLimitFits = (b: { rollover?: string; rollover_limit?: string | null }) =>
-  b.rollover === undefined || (b.rollover === 'none') === (b.rollover_limit == null);
+  b.rollover === undefined ||
+  ((b.rollover === 'none') === (b.rollover_limit == null) &&
+    (b.rollover !== 'up_to_share' || Number(b.rollover_limit) <= 1));
 const rolloverMessage = {
-  message: 'rollover none takes no rollover_limit; up_to_credits and up_to_share need one',
+  message: 'rollover none takes no rollover_limit; up_to_credits needs a limit in credits, up_to_share a share up to 1',
   path: ['rollover_limit'],
 };
 
