@@ -46,7 +46,13 @@ Deno.test('an admin creates, changes and retires a package: each version has its
   const student = await userToken(await newUser());
   try {
     const v1 = await create('packages', { id, name: 'Test pack', price_cents: 700, credits: '7000' });
-    assert.deepEqual([v1.version, v1.price_cents, v1.credits, v1.bonus_credits, v1.active], [1, 700, '7000', '0', true]);
+    assert.deepEqual([v1.version, v1.price_cents, v1.credits, v1.bonus_credits, v1.active], [
+      1,
+      700,
+      '7000',
+      '0',
+      true,
+    ]);
     const price1 = await stripeApi(`/v1/prices/${v1.stripe_price_id}`);
     assert.deepEqual([price1.unit_amount, price1.currency, price1.type], [700, 'usd', 'one_time']);
     assert.ok((await onSale('/checkout/packages', student)).includes(id));
@@ -70,7 +76,11 @@ Deno.test('an admin creates, changes and retires a package: each version has its
       changes: { item_id: string; action: string }[];
     };
     const listed = catalog.packages.find((p) => p.id === id);
-    assert.deepEqual(listed?.versions.map((v) => [v.version, v.price_cents]), [[2, 900], [1, 700]], 'every version kept');
+    assert.deepEqual(
+      listed?.versions.map((v) => [v.version, v.price_cents]),
+      [[2, 900], [1, 700]],
+      'every version kept',
+    );
     assert.deepEqual(
       catalog.changes.filter((c) => c.item_id === id).map((c) => c.action),
       ['retired', 'changed', 'created'],
@@ -103,7 +113,8 @@ Deno.test('a Checkout opened before a price change is paid and credited at the o
     const after = await startCheckout(token, id);
     assert.notEqual(after.purchase_id, before.purchase_id);
     assert.equal((await stripeApi(`/v1/checkout/sessions/${after.session_id}`)).amount_total, 2000);
-    const [next] = await testDb`select price_cents, package_version from billing.purchases where id = ${after.purchase_id}`;
+    const [next] =
+      await testDb`select price_cents, package_version from billing.purchases where id = ${after.purchase_id}`;
     assert.deepEqual({ ...next }, { price_cents: 2000, package_version: 2 });
   } finally {
     await retire('packages', id);
@@ -129,9 +140,16 @@ Deno.test('a live subscription renews at the price and credits it was sold at; n
     const { invoice } = await renew(sub.stripe_subscription);
     const grants = await testDb`select invoice_id, plan_id, amount_cents, trim_scale(credits)::text as credits
       from billing.plan_grants where subscription_id = ${sub.subscription_id} order by granted_at`;
-    assert.deepEqual(grants.map((g) => [g.plan_id, g.amount_cents, g.credits]), [[id, 1500, '5000'], [id, 1500, '5000']]);
+    assert.deepEqual(grants.map((g) => [g.plan_id, g.amount_cents, g.credits]), [[id, 1500, '5000'], [
+      id,
+      1500,
+      '5000',
+    ]]);
     assert.equal(grants[1].invoice_id, invoice);
-    const mine = (await api('/checkout/subscription', { token })).body.data as { plan_id: string; plan_version: number };
+    const mine = (await api('/checkout/subscription', { token })).body.data as {
+      plan_id: string;
+      plan_version: number;
+    };
     assert.deepEqual([mine.plan_id, mine.plan_version], [id, 1]);
     const same = await api('/checkout/subscription/change', { token, headers: key(), body: { plan_id: id } });
     assert.equal(same.status, 200, 'the same plan at a newer price is no change');
@@ -163,14 +181,18 @@ Deno.test('catalogue routes refuse a student (403), a demoted admin (403) and a 
   const id = `t-pack-${unique()}`;
   const demoted = await adminToken();
   const deleted = await adminToken();
-  await testDb`update auth.users set raw_app_meta_data = '{}' where id = ${JSON.parse(atob(demoted.split('.')[1])).sub}`;
+  await testDb`update auth.users set raw_app_meta_data = '{}' where id = ${
+    JSON.parse(atob(demoted.split('.')[1])).sub
+  }`;
   await testDb`delete from auth.users where id = ${JSON.parse(atob(deleted.split('.')[1])).sub}`;
   const body = { id, name: 'Nope', price_cents: 100, credits: '1', reason: 'no' };
   for (const [token, status] of [[await userToken(await newUser()), 403], [demoted, 403], [deleted, 401]] as const) {
-    for (const [path, b] of [['/packages', body], ['/packages/starter/versions', { price_cents: 1, reason: 'x' }], [
-      '/packages/starter/retire',
-      { reason: 'x' },
-    ], ['/plans/pro_monthly/retire', { reason: 'x' }]] as const) {
+    for (
+      const [path, b] of [['/packages', body], ['/packages/starter/versions', { price_cents: 1, reason: 'x' }], [
+        '/packages/starter/retire',
+        { reason: 'x' },
+      ], ['/plans/pro_monthly/retire', { reason: 'x' }]] as const
+    ) {
       const r = await adminPost(path, b, token);
       assert.equal(r.status, status, `${path}: ${r.text}`);
       assert.ok((r.body.error as { code: string }).code, 'the error envelope');
@@ -192,36 +214,66 @@ Deno.test('bad input gets the error envelope and changes nothing', async () => {
     const before = await changes();
     const cases: [string, unknown, number, string][] = [
       ['/packages', { id: 'Bad Id', name: 'x', price_cents: 1, credits: '1', reason: 'r' }, 400, 'VALIDATION_FAILED'],
-      ['/packages', { id: `${id}-x`, name: 'x\u0000', price_cents: 1, credits: '1', reason: 'r' }, 400, 'VALIDATION_FAILED'],
-      ['/packages', { id: `${id}-x`, name: 'x', price_cents: 1.5, credits: '1', reason: 'r' }, 400, 'VALIDATION_FAILED'],
-      ['/packages', { id: `${id}-x`, name: 'x', price_cents: 100, credits: '-1', reason: 'r' }, 400, 'VALIDATION_FAILED'],
+      [
+        '/packages',
+        { id: `${id}-x`, name: 'x\u0000', price_cents: 1, credits: '1', reason: 'r' },
+        400,
+        'VALIDATION_FAILED',
+      ],
+      [
+        '/packages',
+        { id: `${id}-x`, name: 'x', price_cents: 1.5, credits: '1', reason: 'r' },
+        400,
+        'VALIDATION_FAILED',
+      ],
+      [
+        '/packages',
+        { id: `${id}-x`, name: 'x', price_cents: 100, credits: '-1', reason: 'r' },
+        400,
+        'VALIDATION_FAILED',
+      ],
       ['/packages', { id: `${id}-x`, name: 'x', price_cents: 100, credits: '1' }, 400, 'VALIDATION_FAILED'],
       ['/packages', { id, name: 'Other', price_cents: 600, credits: '5000', reason: 'r' }, 409, 'CATALOG_ITEM_EXISTS'],
       [`/packages/${id}/versions`, { reason: 'nothing to change' }, 400, 'VALIDATION_FAILED'],
       [`/packages/${id}/versions`, { price_cents: 600, extra: 1, reason: 'r' }, 400, 'VALIDATION_FAILED'],
       [`/packages/no-such-${unique()}/versions`, { price_cents: 600, reason: 'r' }, 404, 'PACKAGE_NOT_FOUND'],
       ['/packages/%00/retire', { reason: 'r' }, 404, 'PACKAGE_NOT_FOUND'],
-      ['/plans', {
-        id: plan,
-        name: 'x',
-        price_cents: 100,
-        interval: 'month',
-        credits: '10',
-        rollover: 'up_to_share',
-        rollover_limit: '2',
-        reason: 'r',
-      }, 400, 'VALIDATION_FAILED'],
-      ['/plans', { id: plan, name: 'x', price_cents: 100, interval: 'week', credits: '10', reason: 'r' }, 400, 'VALIDATION_FAILED'],
-      ['/plans', {
-        id: plan,
-        name: 'x',
-        price_cents: 100,
-        interval: 'month',
-        credits: '10',
-        rollover: 'none',
-        rollover_limit: '5',
-        reason: 'r',
-      }, 400, 'VALIDATION_FAILED'],
+      [
+        '/plans',
+        {
+          id: plan,
+          name: 'x',
+          price_cents: 100,
+          interval: 'month',
+          credits: '10',
+          rollover: 'up_to_share',
+          rollover_limit: '2',
+          reason: 'r',
+        },
+        400,
+        'VALIDATION_FAILED',
+      ],
+      [
+        '/plans',
+        { id: plan, name: 'x', price_cents: 100, interval: 'week', credits: '10', reason: 'r' },
+        400,
+        'VALIDATION_FAILED',
+      ],
+      [
+        '/plans',
+        {
+          id: plan,
+          name: 'x',
+          price_cents: 100,
+          interval: 'month',
+          credits: '10',
+          rollover: 'none',
+          rollover_limit: '5',
+          reason: 'r',
+        },
+        400,
+        'VALIDATION_FAILED',
+      ],
     ];
     for (const [path, body, status, code] of cases) {
       const r = await adminPost(path, body);
@@ -277,7 +329,10 @@ Deno.test('identical creates sent together make one package, one version, one ch
     // Two identical changes together: one version 2.
     const change = { price_cents: 1200, reason: 'twin change' };
     const changed = await Promise.all(
-      Array.from({ length: 6 }, () => api(`/admin/packages/${id}/versions`, { token: admin, body: change, headers: key() })),
+      Array.from(
+        { length: 6 },
+        () => api(`/admin/packages/${id}/versions`, { token: admin, body: change, headers: key() }),
+      ),
     );
     assert.ok(changed.every((r) => r.status === 200 || r.status === 201), changed.map((r) => r.text).join('\n'));
     const [after] = await testDb`select version, price_cents,

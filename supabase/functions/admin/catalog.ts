@@ -119,7 +119,9 @@ export function catalogRoutes(app: Hono<AppEnv>): void {
       const id = itemId(kind, c.req.param('id'));
       const { reason } = await readJson(c, RetireSchema);
       const [{ retired }] = await call((sql) =>
-        sql<{ retired: Saved }[]>`select billing.${sql(`retire_${kind}`)}(${currentUser(c).id}, ${id}, ${reason}) as retired`
+        sql<{ retired: Saved }[]>`select billing.${sql(`retire_${kind}`)}(${
+          currentUser(c).id
+        }, ${id}, ${reason}) as retired`
       );
       return ok(c, retired);
     });
