@@ -111,7 +111,7 @@ browserTest(
     await form.locator('[name=reason]').fill('made in the dashboard');
     await page.locator('#catalog-save').click();
     const item = page.locator(`#catalog tr[data-package="${id}"]`);
-    await item.waitFor();
+    await item.waitFor({ state: 'attached' });
     assert.equal(await item.getAttribute('data-version'), '1');
 
     await form.locator('[name=action]').selectOption('change');
@@ -119,7 +119,7 @@ browserTest(
     await form.locator('[name=price_cents]').fill('1700');
     await form.locator('[name=reason]').fill('a new price');
     await page.locator('#catalog-save').click();
-    await page.waitForSelector(`#catalog tr[data-package="${id}"][data-version="2"]`);
+    await page.waitForSelector(`#catalog tr[data-package="${id}"][data-version="2"]`, { state: 'attached' });
     const [saved] =
       await testDb`select version, price_cents, stripe_price_id from billing.credit_packages where id = ${id}`;
     assert.deepEqual([saved.version, saved.price_cents, typeof saved.stripe_price_id], [2, 1700, 'string']);
@@ -127,7 +127,7 @@ browserTest(
     await page.setViewportSize({ width: 1280, height: 900 });
 
     await page.locator(`#catalog button[data-retire="packages"][data-id="${id}"]`).click();
-    await page.waitForSelector(`#catalog tr[data-package="${id}"][data-active="false"]`);
+    await page.waitForSelector(`#catalog tr[data-package="${id}"][data-active="false"]`, { state: 'attached' });
     const [gone] = await testDb`select active from billing.credit_packages where id = ${id}`;
     assert.equal(gone.active, false);
     assert.equal(await page.locator('#error').isHidden(), true, (await page.locator('#error').textContent()) ?? '');
