@@ -108,6 +108,7 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
     '/credits/auto-recharge': { kind: 'object', path: '/credits/auto-recharge', token: f.token },
     '/credits/balance': { kind: 'object', path: '/credits/balance', token: f.token },
     '/credits/caps': { kind: 'whole', path: '/credits/caps', token: f.token },
+    '/credits/expiries': { kind: 'whole', path: '/credits/expiries', token: f.token },
     '/credits/ledger': { kind: 'paged', path: '/credits/ledger?limit=1', token: f.token },
     '/credits/lots': { kind: 'paged', path: '/credits/lots?limit=1', token: f.token },
     '/credits/usage/summary': { kind: 'object', path: '/credits/usage/summary', token: f.token },

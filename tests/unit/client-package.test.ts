@@ -177,6 +177,34 @@ Deno.test({
 });
 
 Deno.test({
+  name: 'client/ packs as it would publish: the built modules and types, a version the changelog names',
+  async fn() {
+    const out = await new Deno.Command('npm', {
+      args: ['pack', '--dry-run', '--json'],
+      cwd: `${root}client`,
+      stdout: 'piped',
+      stderr: 'piped',
+    }).output();
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    const text = new TextDecoder().decode(out.stdout);
+    // prepack's build prints a line before npm's JSON.
+    const [packed] = JSON.parse(text.slice(text.indexOf('[')));
+    const files = (packed.files as { path: string }[]).map((f) => f.path).sort();
+    for (
+      const f of ['CHANGELOG.md', 'README.md', 'package.json', 'dist/mod.js', 'dist/mod.d.ts', 'dist/contract.d.ts']
+    ) {
+      assert.ok(files.includes(f), `${f} is packed: ${files.join(' ')}`);
+    }
+    assert.deepEqual(files.filter((f) => /(?<!\.d)\.ts$/.test(f)), [], 'no TypeScript source is packed');
+    const manifest = JSON.parse(await Deno.readTextFile(`${root}client/package.json`));
+    assert.equal(packed.version, manifest.version);
+    assert.equal(manifest.types, manifest.exports['.'].types);
+    const changelog = await Deno.readTextFile(`${root}client/CHANGELOG.md`);
+    assert.equal(/^## (\S+)/m.exec(changelog)?.[1], manifest.version, "the changelog's latest entry is this version");
+  },
+});
+
+Deno.test({
   name: 'client package: clean up',
   fn: () => Deno.remove(work, { recursive: true }),
 });
