@@ -231,6 +231,20 @@ Deno.test('validation errors are sentences a person can act on, with the field n
       'output_tokens',
       'output_tokens is required.',
     ],
+    [
+      '/credits/usage',
+      { model: 'gpt-4o', input_tokens: '10', output_tokens: 0 },
+      'INVALID_TOKENS',
+      'input_tokens',
+      'input_tokens must be an integer.',
+    ],
+    [
+      '/credits/usage',
+      { model: 'gpt-4o', input_tokens: 1.5, output_tokens: 0 },
+      'INVALID_TOKENS',
+      'input_tokens',
+      'input_tokens must be an integer.',
+    ],
     ['/credits/holds', { amount: true }, 'INVALID_AMOUNT', 'amount', 'amount must be a string or a number.'],
     [
       '/credits/holds',
