@@ -111,7 +111,9 @@ export async function dispatch(routes: Route[], req: Request): Promise<Response>
       };
       const answer = await r.handler(ctx);
       if (answer instanceof Response) return answer;
-      const result = url.pathname.startsWith('/_emulator/') && url.searchParams.has('summary') ? summary(answer) : answer;
+      const result = url.pathname.startsWith('/_emulator/') && url.searchParams.has('summary')
+        ? summary(answer)
+        : answer;
       const body = JSON.stringify(expand(result, expandPaths(url.searchParams)));
       if (key) idempotent.set(key, { fingerprint, status: 200, body });
       return new Response(body, {
