@@ -1,12 +1,14 @@
-// Builds the npm package @scholarlink/billing-client into client/dist (the package's root:
-// `npm publish client/dist`, or `"@scholarlink/billing-client": "file:…/client/dist"`): ES
-// modules and .d.ts emitted by TypeScript from the client's sources, with `contract.ts`
-// replaced by plain types generated from the service's own contract
-// (supabase/functions/_shared/contract/index.ts), so the package carries no zod and cannot drift from
-// the routes. TypeScript is the project's pinned one (scripts/toolchain). Runs under Node or Deno:
+// Builds the npm package @scholarlink/billing-client into client/dist: ES modules and .d.ts
+// emitted by TypeScript from the client's sources, with `contract.ts` replaced by plain types
+// generated from the service's own contract (supabase/functions/_shared/contract/index.ts), so
+// the package carries no zod and cannot drift from the routes. TypeScript is the project's
+// pinned one (scripts/toolchain). Runs under Node or Deno:
 //   node client/build.mjs [outDir]        (default client/dist)
-// The manifest is written here rather than kept as client/package.json: a package.json in
-// client/ would make Deno format the client's sources with its defaults, not the repo's.
+// client/package.json is the package (`npm pack` / `npm publish` in client/ run this first, as
+// its prepack script); the build also writes a package.json into outDir, the same manifest with
+// its paths inside outDir, so `"@scholarlink/billing-client": "file:…/client/dist"` works too.
+// (client/ is a member of the root deno.json's workspace, so Deno formats and lints it with the
+// repo's settings despite its package.json.)
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -21,18 +23,21 @@ const contractPath = join(root, 'supabase/functions/_shared/contract/index.ts');
 // The envelopes contract/index.ts re-exports (Page, ErrorBody) live in a leaf below it.
 const envelopePath = join(root, 'supabase/functions/_shared/envelope.ts');
 const sources = ['mod.ts', 'errors.ts', 'error-codes.ts', 'retry.ts'];
+const own = JSON.parse(await readFile(join(here, 'package.json'), 'utf8'));
+// The same manifest, for a package whose root is outDir.
+const inside = (path) => path.replace(/^\.\/dist\//, './');
 const manifest = {
-  name: '@scholarlink/billing-client',
-  version: '0.2.0',
-  description: 'Typed client for ScholarLink Billing over supabase-js: one Idempotency-Key per operation, ' +
-    'retries, typed errors.',
-  license: 'UNLICENSED',
-  type: 'module',
-  sideEffects: false,
-  exports: { '.': { types: './mod.d.ts', import: './mod.js' } },
-  types: './mod.d.ts',
+  name: own.name,
+  version: own.version,
+  description: own.description,
+  license: own.license,
+  type: own.type,
+  sideEffects: own.sideEffects,
+  exports: { '.': { types: inside(own.exports['.'].types), import: inside(own.exports['.'].import) } },
+  types: inside(own.types),
+  engines: own.engines,
   // Not imported: the app passes its own client in. Needs functions.invoke's `response` (2.50.3).
-  peerDependencies: { '@supabase/supabase-js': '^2.50.3' },
+  peerDependencies: own.peerDependencies,
 };
 const ts = createRequire(join(root, 'scripts/toolchain/package.json'))('typescript');
 

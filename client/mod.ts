@@ -23,6 +23,7 @@ import type {
   CodeRedemption,
   CreateOrgRequest,
   CreditPackage,
+  Expiry,
   Hold,
   HoldRequest,
   Invitation,
@@ -205,6 +206,8 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     ledger: (page: { limit?: number; cursor?: string } = {}) => get<LedgerPage>(`credits/ledger${query(page)}`),
     /** Where the caller's credits came from, what is left of each lot and when it expires. */
     lots: (page: { limit?: number; cursor?: string } = {}) => get<LotPage>(`credits/lots${query(page)}`),
+    /** Every upcoming expiry of the caller's own credits, and what a plan's rule rolls over. */
+    expiries: () => get<Page<Expiry>>('credits/expiries'),
     caps: () => get<Page<SpendCap>>('credits/caps'),
     /** Sets a cap for a period (and model); `amount: null` removes it. Answers with every cap. */
     setCap: (req: CapRequest) => put<Page<SpendCap>>('credits/caps', req),

@@ -68,16 +68,16 @@ async function transfersAt(sql: postgres.Sql, lo: number, hi: number, at: string
       where t.idempotency_key between '${key(lo)}' and '${key(hi)}' and t.kind = 'purchase')
     insert into billing.purchases (user_id, package_id, request_key, status, price_cents, currency, credits, bonus_credits,
       stripe_session_id, stripe_payment_intent_id, stripe_charge_id, stripe_fee_cents, amount_refunded_cents,
-      created_at, paid_at, updated_at)
+      created_at, paid_at, updated_at, package_version)
     select a.user_id, k.id, 'bench:' || t.g, 'paid', k.price_cents, k.currency, k.credits, k.bonus_credits,
       'cs_bench_' || t.g, 'pi_bench_' || t.g, 'ch_bench_' || t.g, 30 + k.price_cents * 29 / 1000,
       case when t.g % 33 = 0 and t.created_at < now() - interval '1 day' then k.price_cents / 2 else 0 end,
-      greatest(t.created_at - interval '2 minutes', timestamptz '${openedFrom}'), t.created_at, t.created_at
+      greatest(t.created_at - interval '2 minutes', timestamptz '${openedFrom}'), t.created_at, t.created_at, k.version
     from t join billing.accounts a on a.id = t.to_account_id join billing.credit_packages k on k.credits = t.amount
     union all
     select a.user_id, k.id, 'bench-open:' || t.g, case when t.created_at < now() - interval '1 day' then 'expired' else 'pending' end,
       k.price_cents, k.currency, k.credits, k.bonus_credits, 'cs_bench_open_' || t.g, null, null, null, 0, t.created_at, null,
-      t.created_at
+      t.created_at, k.version
     from t join billing.accounts a on a.id = t.to_account_id join billing.credit_packages k on k.credits = t.amount
     where t.g % 100 in (91, 92)`);
 }

@@ -1,6 +1,7 @@
 // The example student page: sign-in (Supabase Auth's password grant, or a pasted access token),
 // balance, packages (bought through hosted Checkout), the purchase polled after the redirect
-// back, recent ledger entries, spend controls, a metered AI job priced before it starts, with
+// back, recent ledger entries in words (ledger-words.ts), what the student can spend and what
+// expires when (balance.ts), spend controls, a metered AI job priced before it starts, with
 // progress and cancel, where the credits went and how long they last (usage.ts), and the
 // organisations that fund the student (orgs.ts). Everything goes through the typed client over
 // supabase-js.
@@ -20,6 +21,8 @@ import { jobPrice, money, type RateCard, roundedCredits } from './credits.ts';
 import { bonusText, got, packageName, studentMessage } from './messages.ts';
 import { invitationNotice, invitationToken, showOrgs } from './orgs.ts';
 import { showUsage } from './usage.ts';
+import { refreshBalance } from './balance.ts';
+import { entryWords } from './ledger-words.ts';
 import { askStreaming } from './ask.ts';
 import { buyGift, giftText, wireRedeem } from './codes.ts';
 import { followPlan, showPlans } from './plans.ts';
@@ -83,20 +86,6 @@ function wireAsk(billing: BillingClient) {
 /** The AI job's model and answer length: what the page asks for and prices. */
 const job = { model: 'gpt-4o-mini', maxTokens: 256 };
 
-/** What each kind of ledger entry means, in a student's words. */
-const entryWords: Record<string, string> = {
-  purchase: 'Bought credits',
-  promo_grant: 'Bonus credits',
-  adjustment: 'Added by support',
-  usage: 'AI usage',
-  debit: 'Charge',
-  hold_capture: 'AI answer charged',
-  refund_reversal: 'Refunded payment taken back',
-  dispute_reversal: 'Disputed payment taken back',
-  expiry: 'Credits expired',
-  code_redemption: 'Code redeemed',
-};
-
 function show(id: 'error' | 'notice', text: string | null) {
   const el = $(id);
   (id === 'error' ? $('error-text') : el).textContent = text ?? '';
@@ -146,20 +135,6 @@ function fail(err: unknown, retry?: () => void, near?: HTMLElement) {
   $('sign-in-again').hidden = !signedOut;
   $('retry').hidden = signedOut || !retry;
   if (retry) $('retry').onclick = retry;
-}
-
-async function refreshBalance(billing: BillingClient) {
-  const b = await got(billing.balance());
-  $('balance').textContent = roundedCredits(b.balance);
-  $('available').textContent = roundedCredits(b.available);
-  $('held').textContent = roundedCredits(b.held);
-  const expiring = $('expiring');
-  expiring.hidden = !b.expiring;
-  if (b.expiring) {
-    expiring.textContent = `${roundedCredits(b.expiring.amount)} credits expire on ${
-      new Date(b.expiring.at).toLocaleDateString()
-    }.`;
-  }
 }
 
 const periodWord = { day: 'Today', week: 'This week', month: 'This month' } as const;
@@ -257,10 +232,7 @@ async function refreshLedger(billing: BillingClient) {
     // The words say which way a tiny amount went; otherwise a sign does.
     const sign = shown === 'less than 0.01' ? '' : e.amount.startsWith('-') ? '−' : '+';
     const paidBy = e.paid_by === 'self' ? '' : ` · paid by ${orgNames.get(e.paid_by.org_id) ?? 'your organisation'}`;
-    const model = e.model ? ` (${e.model})` : '';
-    li.textContent = `${new Date(e.created_at).toLocaleString()} · ${
-      entryWords[e.kind] ?? e.kind
-    }${model} · ${sign}${shown}${paidBy}`;
+    li.textContent = `${new Date(e.created_at).toLocaleString()} · ${entryWords(e)} · ${sign}${shown}${paidBy}`;
     list.append(li);
   }
 }
@@ -467,7 +439,7 @@ function showSignIn() {
 
 /** What each part shows when it could not be loaded, instead of "…" or "Loading…" forever. */
 const unavailable = {
-  balance: () => ['balance', 'available', 'held'].forEach((id) => $(id).textContent = '—'),
+  balance: () => ['spendable', 'balance', 'available', 'held'].forEach((id) => $(id).textContent = '—'),
   packages: () => $('packages').textContent = 'Packages could not be loaded.',
   ledger: () => $('ledger').innerHTML = '<li class="muted">Activity could not be loaded.</li>',
   caps: () => $('cap-status').textContent = 'The limit could not be loaded.',

@@ -25,6 +25,32 @@ export function roundedCredits(amount: string): string {
   return `${negative && cents !== 0n ? '-' : ''}${formatted}`;
 }
 
+/**
+ * For "you need N more": rounded up to 2 decimals and grouped, so it never says less than is
+ * needed (0.6534 → "0.66", 1.001 → "1.01", 2 → "2").
+ * @example creditsUp('0.6534') // '0.66'
+ */
+export function creditsUp(amount: string): string {
+  const [whole, fraction = ''] = amount.split('.');
+  const cents = BigInt(whole + (fraction + '00').slice(0, 2)) + (/[1-9]/.test(fraction.slice(2)) ? 1n : 0n);
+  const text = cents.toString().padStart(3, '0');
+  return formatCredits(`${text.slice(0, -2)}.${text.slice(-2)}`.replace(/\.00$/, '').replace(/(\.\d)0$/, '$1'));
+}
+
+/** The exact sum of decimal strings (negatives allowed), trailing zeros trimmed. */
+export function sumCredits(...amounts: string[]): string {
+  const scale = Math.max(0, ...amounts.map((a) => (a.split('.')[1] ?? '').length));
+  let total = 0n;
+  for (const a of amounts) {
+    const [whole, fraction = ''] = a.replace(/^-/, '').split('.');
+    const n = BigInt(whole + fraction.padEnd(scale, '0'));
+    total += a.startsWith('-') ? -n : n;
+  }
+  const sign = total < 0n ? '-' : '';
+  const text = (total < 0n ? -total : total).toString().padStart(scale + 1, '0');
+  return sign + (scale ? `${text.slice(0, -scale)}.${text.slice(-scale)}`.replace(/\.?0+$/, '') : text);
+}
+
 /** 999, 'usd' → "$9.99" in the reader's locale (cents are integers: no credit amount passes here). */
 export const money = (cents: number, currency: string) =>
   new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(cents / 100);

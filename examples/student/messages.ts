@@ -1,7 +1,7 @@
 // What the page says when something goes wrong, in a student's words: what happened and what to
 // do next. Codes and request ids are for support: the page keeps them behind "Details".
 import type { ApiError, BillingResult, CreditPackage } from '../../client/mod.ts';
-import { formatCredits, roundedCredits } from './credits.ts';
+import { creditsUp, formatCredits, roundedCredits } from './credits.ts';
 
 /** A client answer's data, or its error thrown to the part of the page that asked for it. */
 export async function got<T>(answer: Promise<BillingResult<T>>): Promise<T> {
@@ -34,12 +34,6 @@ export function shortfall(a: string, b: string): string {
 
 const buyCredits = { label: 'Buy credits', href: '#buy' };
 
-/** Rounded up to whole credits, for "you need N more": never promises less than is needed. */
-const wholeCreditsUp = (amount: string) => {
-  const [whole, fraction = ''] = amount.split('.');
-  return formatCredits(String(BigInt(whole) + (/[1-9]/.test(fraction) ? 1n : 0n)));
-};
-
 /** What went wrong, for a student. */
 export function studentMessage(err: unknown): StudentMessage {
   if (!(err instanceof Error) || !('code' in err)) {
@@ -58,8 +52,9 @@ export function studentMessage(err: unknown): StudentMessage {
         };
       }
       const need = d.required && d.available ? shortfall(d.required, d.available) : null;
-      const text = need && need !== '0'
-        ? `You need ${wholeCreditsUp(need)} more credit${need === '1' ? '' : 's'}`
+      const shown = need && need !== '0' ? creditsUp(need) : null;
+      const text = shown
+        ? `You need ${shown} more credit${shown === '1' ? '' : 's'}`
         : "You don't have enough credits for this";
       return { text, action: buyCredits, details };
     }

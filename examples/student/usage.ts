@@ -1,6 +1,8 @@
 // "Where your credits went": the last 30 days' charges as one bar a day (flex bars, so 30 of
-// them fit a phone's width), the models that cost most, and the runway in words. Bar heights
-// are worked out on scaled BigInts, like every other amount here: no credit passes a float.
+// them fit a phone's width) on a credits axis (0, half and the busiest day) and a dates axis,
+// with the busiest day's value in words; the models that cost most, and the runway in words.
+// Bar heights and tick values are worked out on scaled BigInts, like every other amount here:
+// no credit passes a float.
 /// <reference lib="dom" />
 import type { BillingClient, Runway, UsageSummary } from '../../client/mod.ts';
 import { roundedCredits } from './credits.ts';
@@ -26,7 +28,7 @@ export function runwayText(runway: Runway | null): string {
   return `At your last 7 days' pace your credits last about ${runway.days} day${runway.days === 1 ? '' : 's'}.`;
 }
 
-const label = (day: string) =>
+export const label = (day: string) =>
   new Date(`${day}T00:00:00Z`).toLocaleDateString('en-GB', { day: 'numeric', month: 'short', timeZone: 'UTC' });
 
 /** Draws one bar a bucket into `chart` (a `.bars` element), named for screen readers. */
@@ -45,11 +47,41 @@ export function drawBars(chart: HTMLElement, summary: UsageSummary) {
   );
 }
 
-/** Draws the summary into `section` (its #usage-chart, #usage-models and #runway). */
+/** A micro-credit count back to a decimal string. */
+const fromMicros = (n: bigint) => {
+  const text = n.toString().padStart(7, '0');
+  return `${text.slice(0, -6)}.${text.slice(-6)}`;
+};
+
+/**
+ * The chart's axes and its caption: credits at 0, half and the busiest day's amount; the first,
+ * middle and last dates; "the most, 70, on 24 Nov".
+ */
+export function axes(summary: UsageSummary) {
+  const busiest = summary.buckets.reduce<UsageSummary['buckets'][number] | null>(
+    (m, b) => (micros(b.credits) > micros(m?.credits ?? '0') ? b : m),
+    null,
+  );
+  const top = micros(busiest?.credits ?? '0');
+  const y = (top === 0n ? [0n] : [top, top / 2n, 0n]).map((n) => roundedCredits(fromMicros(n)));
+  const days = summary.buckets.map((b) => b.start);
+  const x = days.length ? [days[0], days[Math.floor(days.length / 2)], days.at(-1)!].map(label) : [];
+  const caption = busiest
+    ? `Credits used per day, ${label(summary.from)} to today: ${roundedCredits(summary.totals.credits)} in all; ` +
+      `the most, ${roundedCredits(busiest.credits)}, on ${label(busiest.start)}.`
+    : `No credits used from ${label(summary.from)} to today.`;
+  return { y, x, caption };
+}
+
+/** Draws the summary into `section` (its #usage-chart with #usage-y and #usage-x, #usage-models and #runway). */
 export function renderUsage(section: HTMLElement, summary: UsageSummary) {
   const find = (id: string) => section.querySelector<HTMLElement>(`#${id}`)!;
   find('runway').textContent = runwayText(summary.runway);
   drawBars(find('usage-chart'), summary);
+  const { y, x, caption } = axes(summary);
+  find('usage-y').replaceChildren(...y.map((t) => Object.assign(document.createElement('span'), { textContent: t })));
+  find('usage-x').replaceChildren(...x.map((t) => Object.assign(document.createElement('span'), { textContent: t })));
+  find('usage-caption').textContent = caption;
   const models = find('usage-models');
   models.replaceChildren(
     ...summary.models.slice(0, 5).map((m) => {

@@ -82,7 +82,8 @@ export interface FunctionEnv {
 
 /** Beyond the platform's variables and everyFunction's. */
 export const functions: Record<string, FunctionEnv> = {
-  admin: { required: [...redis], optional: ['SLO_AVAILABILITY', 'SLO_P95_MS'] },
+  // Stripe only for the catalogue's creates and changes (a Stripe Price per version).
+  admin: { required: [...redis], optional: ['SLO_AVAILABILITY', 'SLO_P95_MS', ...stripe, ...stripeTuning] },
   // The AI gateway calls the provider at AI_API_BASE with AI_API_KEY (docs/ai-gateway.md).
   ai: {
     required: [...redis, 'AI_API_BASE', 'AI_API_KEY'],

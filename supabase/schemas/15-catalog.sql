@@ -108,16 +108,42 @@ create table billing.credit_packages (
   currency text not null default 'usd',
   credits numeric(38, 18) not null,               -- purchased credits (1 USD = 1,000)
   bonus_credits numeric(38, 18) not null default 0, -- granted as a separate promo_grant transfer
-  active boolean not null default true,
+  active boolean not null default true,           -- false: retired (no new purchase; history kept)
   sort_order integer not null default 0,
+  version integer not null default 1,             -- the version on sale (credit_package_versions)
+  stripe_price_id text,                           -- that version's Stripe Price; null: Checkout sends price_data
   constraint credit_packages_price_positive check (price_cents > 0),
   constraint credit_packages_credits_positive check (credits > 0 and bonus_credits >= 0),
-  constraint credit_packages_currency check (currency ~ '^[a-z]{3}$')
+  constraint credit_packages_currency check (currency ~ '^[a-z]{3}$'),
+  constraint credit_packages_id check (id ~ '^[a-z0-9_-]{1,64}$'),
+  constraint credit_packages_name check (length(name) between 1 and 80)
 );
-comment on table billing.credit_packages is 'What a student can buy. Bonus credits are a separate promo_grant so refunds can tell them apart.';
+comment on table billing.credit_packages is 'What a student can buy: each package as its current version sells it. Bonus credits are a separate promo_grant so refunds can tell them apart. Changed only through the admin catalogue functions (58-catalog-admin.sql).';
 alter table billing.credit_packages enable row level security;
 grant select on table billing.credit_packages to authenticated;
 grant select on table billing.credit_packages to service_role;
+
+-- Every version a package was sold at. A purchase names the version it sold (purchases.package_version),
+-- and its own columns copy that version's price and credits: a later change reaches neither an
+-- open Checkout nor a paid purchase.
+create table billing.credit_package_versions (
+  package_id text not null references billing.credit_packages (id),
+  version integer not null,
+  name text not null,
+  price_cents integer not null,
+  currency text not null,
+  credits numeric(38, 18) not null,
+  bonus_credits numeric(38, 18) not null,
+  stripe_price_id text,                           -- a one-time Stripe Price for exactly this price; null: price_data
+  created_at timestamptz not null default now(),
+  constraint credit_package_versions_pkey primary key (package_id, version),
+  constraint credit_package_versions_price check (price_cents > 0),
+  constraint credit_package_versions_credits check (credits > 0 and bonus_credits >= 0),
+  constraint credit_package_versions_currency check (currency ~ '^[a-z]{3}$')
+);
+comment on table billing.credit_package_versions is 'Every version of every credit package, as sold (price, credits, bonus, Stripe Price). Append-only.';
+alter table billing.credit_package_versions enable row level security;
+grant select on table billing.credit_package_versions to service_role;
 
 -- What each model costs the platform, versioned like rate_cards (the same kinds, in USD, no
 -- markup). Nothing on the money path reads it: a charge's provider cost is derived from its
@@ -141,6 +167,8 @@ create table billing.provider_prices (
     and coalesce(usd_per_million_reasoning, 0) between 0 and 1000000
     and coalesce(usd_per_image, 0) between 0 and 1000000
     and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
+  source_url text,                                -- where the price was read (the provider's public price list)
+  source_checked_on date,                         -- the day it was read there
   constraint provider_prices_model check (model ~ '^[A-Za-z0-9._:-]{1,64}$'),
   constraint provider_prices_model_version unique (model, version)
 );
@@ -511,6 +539,9 @@ create trigger rate_cards_immutable before update or delete on billing.rate_card
 create trigger rate_card_changes_immutable before update or delete on billing.rate_card_changes
   for each row execute function billing.refuse_ledger_change();
 
+create trigger credit_package_versions_immutable before update or delete on billing.credit_package_versions
+  for each row execute function billing.refuse_ledger_change();
+
 -- ============================================================ policies
 
 create policy "Signed-in users can read rate cards" on billing.rate_cards
@@ -526,9 +557,25 @@ insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_m
   ('gpt-4o-mini', 1, 0.15, 0.60, 4, '2026-01-01'),
   ('claude-3-5-haiku', 1, 0.80, 4, 4, '2026-01-01');
 
+-- What the default rate card's models cost at their providers: each provider's public list price
+-- per million tokens (standard tier; cached input is the provider's cached or cache-hit rate), from
+-- the page named beside it, as read on the day beside it. They cost from the rate cards' first day,
+-- so every charge of these models has a cost. docs/deploy.md § Provider prices says how to keep
+-- them current: a new version with its own effective_from, never an edit.
+insert into billing.provider_prices (model, version, usd_per_million_input, usd_per_million_cached_input,
+  usd_per_million_output, effective_from, source_url, source_checked_on) values
+  ('gpt-4o', 1, 2.50, 1.25, 10.00, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24'),
+  ('gpt-4o-mini', 1, 0.15, 0.075, 0.60, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24'),
+  ('claude-3-5-haiku', 1, 0.80, 0.08, 4.00, '2026-01-01', 'https://docs.anthropic.com/en/docs/about-claude/pricing',
+   '2026-11-24');
+
 insert into billing.credit_packages (id, name, price_cents, credits, bonus_credits, sort_order) values
   ('mini', 'Mini', 500, 5000, 0, 1),
   ('starter', 'Starter', 999, 9990, 0, 2),
   ('plus', 'Plus', 2499, 24990, 1249.5, 3),     -- +5%
   ('pro', 'Pro', 4999, 49990, 4999, 4),         -- +10%
   ('max', 'Max', 9999, 99990, 19998, 5);
+
+insert into billing.credit_package_versions (package_id, version, name, price_cents, currency, credits, bonus_credits)
+select k.id, k.version, k.name, k.price_cents, k.currency, k.credits, k.bonus_credits from billing.credit_packages k;
+

@@ -34,7 +34,8 @@ create table billing.usage_daily (
   reasoning_tokens bigint not null default 0,
   images bigint not null default 0,
   audio_seconds bigint not null default 0,
-  cost_usd numeric(38, 18) not null default 0,    -- provider cost (billing.provider_cost), at each charge's time
+  cost_usd numeric(38, 18) not null default 0,    -- provider cost (billing.charge_cost) of the charges that have one
+  uncosted_credits numeric(38, 18) not null default 0, -- credits of charges whose model had no provider price then
   constraint usage_daily_key unique nulls not distinct (user_id, day, model, org_id)
 );
 comment on table billing.usage_daily is 'Each user''s charges per UTC day and model (org_id: the organisation that paid; null: their own account), for days the roll-up has closed.';
@@ -57,13 +58,13 @@ alter table billing.usage_rollup enable row level security;
 
 -- What a charge cost the platform, in USD: its counts (the ledger's own metadata keys, as
 -- charge_usage and a void write them) times the provider price of `p_model` in effect at
--- `p_at`, rounded to 18 places per charge like its credits; 0 without counts or without a
--- provider price then (docs/pricing.md § Provider cost and margins).
+-- `p_at`, rounded to 18 places per charge like its credits; 0 without counts; null (unknown)
+-- without a provider price then (docs/pricing.md § Provider cost and margins).
 create or replace function billing.provider_cost(p_model text, p_at timestamptz, p_metadata jsonb) returns numeric
 language sql stable
 set search_path = ''
 as $$
-  select coalesce((
+  select (
     select round((coalesce((p_metadata ->> 'input_tokens')::numeric, 0) * p.usd_per_million_input
         + coalesce((p_metadata ->> 'cached_input_tokens')::numeric, 0)
           * coalesce(p.usd_per_million_cached_input, p.usd_per_million_input)
@@ -74,10 +75,29 @@ as $$
       + coalesce((p_metadata ->> 'audio_seconds')::numeric, 0) * coalesce(p.usd_per_audio_second, 0), 18)
     from billing.provider_prices p
     where p.model = p_model and p.effective_from <= p_at
-    order by p.effective_from desc, p.version desc limit 1), 0);
+    order by p.effective_from desc, p.version desc limit 1);
 $$;
-comment on function billing.provider_cost(p_model text, p_at timestamp with time zone, p_metadata jsonb) is 'Internal: the provider cost in USD of a charge''s counts at the provider price in effect at p_at (0 without one).';
+comment on function billing.provider_cost(p_model text, p_at timestamp with time zone, p_metadata jsonb) is 'Internal: the provider cost in USD of a charge''s counts at the provider price in effect at p_at (null without one: unknown).';
 revoke execute on function billing.provider_cost(p_model text, p_at timestamp with time zone, p_metadata jsonb) from public;
+
+-- A charge's provider cost (null: unknown, its model had no provider price then). Usage and an
+-- AI call's capture carry the ledger's own counts; a debit's metadata is its caller's, so it
+-- counts none (0 when its model is priced). An excess charged beyond a hold costs nothing when
+-- the hold captured part of the price: that capture carries the call's counts (the excess has
+-- the same ones, and would count them twice).
+create or replace function billing.charge_cost(p_kind billing.transfer_kind, p_model text, p_at timestamptz, p_amount numeric,
+  p_metadata jsonb) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select billing.provider_cost(p_model, p_at, case
+    when p_kind = 'usage' and p_metadata ? 'reserved'
+      and (p_metadata ->> 'priced')::numeric - p_amount - coalesce((p_metadata ->> 'unbilled')::numeric, 0) > 0 then '{}'
+    when p_kind = 'usage' or (p_kind = 'hold_capture' and p_metadata ? 'ai_call_id') then p_metadata
+    else '{}' end)
+$$;
+comment on function billing.charge_cost(p_kind billing.transfer_kind, p_model text, p_at timestamp with time zone, p_amount numeric, p_metadata jsonb) is 'Internal: a charge''s provider cost in USD from the ledger''s own counts (null: its model had no provider price then).';
+revoke execute on function billing.charge_cost(p_kind billing.transfer_kind, p_model text, p_at timestamp with time zone, p_amount numeric, p_metadata jsonb) from public;
 
 -- An account's charges in [from, to), and those a school paid for a member (transfers naming
 -- them as member; of one organisation when p_org is given), as rows. The account's entries are
@@ -173,9 +193,8 @@ begin
   select u.rolled_through + 1 into v_day from billing.usage_rollup u for update;
   while v_day <= v_last and v_rolled < p_days loop
     insert into billing.usage_daily (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens,
-      cached_input_tokens, reasoning_tokens, images, audio_seconds, cost_usd)
-    select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end, v_day,
-      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other'),
+      cached_input_tokens, reasoning_tokens, images, audio_seconds, cost_usd, uncosted_credits)
+    select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end, v_day, m.model,
       sum(t.amount), count(*),
       coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
         then (t.metadata ->> 'input_tokens')::bigint end), 0),
@@ -189,16 +208,18 @@ begin
         then (t.metadata ->> 'images')::bigint end), 0),
       coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
         then (t.metadata ->> 'audio_seconds')::bigint end), 0),
-      coalesce(sum(case when t.kind = 'usage'
-        then billing.provider_cost(t.metadata ->> 'model', t.created_at, t.metadata) end), 0)
+      coalesce(sum(c.cost), 0), coalesce(sum(t.amount) filter (where c.cost is null), 0)
     from billing.transfers t
     join billing.accounts a on a.id = t.from_account_id
+    cross join lateral (select coalesce(t.metadata ->> 'model',
+      (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other') as model) m
+    cross join lateral (select billing.charge_cost(t.kind, m.model, t.created_at, t.amount, t.metadata) as cost) c
     where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
       and t.kind in ('usage', 'debit', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
     group by 1, 2, 4;
     -- The voids made that day, netted into their charges' days (earlier days' rows, or this one's).
     insert into billing.usage_daily as d (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens,
-      cached_input_tokens, reasoning_tokens, images, audio_seconds, cost_usd)
+      cached_input_tokens, reasoning_tokens, images, audio_seconds, cost_usd, uncosted_credits)
     select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end,
       ((t.metadata ->> 'charged_at')::timestamptz at time zone 'UTC')::date, coalesce(t.metadata ->> 'model', 'other'),
       -sum(t.amount), -count(*), -coalesce(sum((t.metadata ->> 'input_tokens')::bigint), 0),
@@ -207,10 +228,11 @@ begin
       -coalesce(sum((t.metadata ->> 'reasoning_tokens')::bigint), 0),
       -coalesce(sum((t.metadata ->> 'images')::bigint), 0),
       -coalesce(sum((t.metadata ->> 'audio_seconds')::bigint), 0),
-      -coalesce(sum(billing.provider_cost(t.metadata ->> 'model', (t.metadata ->> 'charged_at')::timestamptz,
-        t.metadata)), 0)
+      -coalesce(sum(c.cost), 0), -coalesce(sum(t.amount) filter (where c.cost is null), 0)
     from billing.transfers t
     join billing.accounts a on a.id = t.to_account_id
+    cross join lateral (select billing.provider_cost(coalesce(t.metadata ->> 'model', 'other'),
+      (t.metadata ->> 'charged_at')::timestamptz, t.metadata) as cost) c
     where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
       and t.kind = 'void' and (t.member_id is not null or a.user_id is not null)
     group by 1, 2, 3, 4
@@ -219,7 +241,8 @@ begin
           input_tokens = d.input_tokens + excluded.input_tokens, output_tokens = d.output_tokens + excluded.output_tokens,
           cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
           reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens, images = d.images + excluded.images,
-          audio_seconds = d.audio_seconds + excluded.audio_seconds, cost_usd = d.cost_usd + excluded.cost_usd;
+          audio_seconds = d.audio_seconds + excluded.audio_seconds, cost_usd = d.cost_usd + excluded.cost_usd,
+          uncosted_credits = d.uncosted_credits + excluded.uncosted_credits;
     update billing.usage_rollup set rolled_through = v_day;
     v_day := v_day + 1;
     v_rolled := v_rolled + 1;
@@ -367,40 +390,42 @@ grant execute on function billing.usage_summary(p_user uuid, p_from date, p_to d
 
 -- ============================================================ margins
 
--- Every user's charges made in [from, to) with their provider cost, one row a charge, and the
--- voids made then (negative, dated and costed by their charge): what roll_up_usage writes to
--- usage_daily, before it is grouped. The live part of the margins report.
+-- Every user's charges made in [from, to) with their provider cost (null: unknown), one row a
+-- charge, and the voids made then (negative, dated and costed by their charge): what
+-- roll_up_usage writes to usage_daily, before it is grouped. The live part of the margins report.
 create or replace function billing.margin_charges(p_from timestamptz, p_to timestamptz)
 returns table (user_id uuid, org_id uuid, day date, model text, credits numeric, cost_usd numeric)
 language sql stable
 set search_path = ''
 as $$
   select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end,
-    (t.created_at at time zone 'UTC')::date,
-    coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other'),
-    t.amount,
-    case when t.kind = 'usage' then billing.provider_cost(t.metadata ->> 'model', t.created_at, t.metadata) else 0 end
+    (t.created_at at time zone 'UTC')::date, m.model, t.amount,
+    billing.charge_cost(t.kind, m.model, t.created_at, t.amount, t.metadata)
   from billing.transfers t
   join billing.accounts a on a.id = t.from_account_id
+  cross join lateral (select coalesce(t.metadata ->> 'model',
+    (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other') as model) m
   where t.created_at >= p_from and t.created_at < p_to
     and t.kind in ('usage', 'debit', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
   union all
   select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end,
     ((t.metadata ->> 'charged_at')::timestamptz at time zone 'UTC')::date, coalesce(t.metadata ->> 'model', 'other'),
-    -t.amount, -billing.provider_cost(t.metadata ->> 'model', (t.metadata ->> 'charged_at')::timestamptz, t.metadata)
+    -t.amount, -billing.provider_cost(coalesce(t.metadata ->> 'model', 'other'), (t.metadata ->> 'charged_at')::timestamptz,
+      t.metadata)
   from billing.transfers t
   join billing.accounts a on a.id = t.to_account_id
   where t.created_at >= p_from and t.created_at < p_to
     and t.kind = 'void' and (t.member_id is not null or a.user_id is not null);
 $$;
-comment on function billing.margin_charges(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: each charge (and void) made in [from, to) with its user, paying organisation, day, model, credits and provider cost.';
+comment on function billing.margin_charges(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: each charge (and void) made in [from, to) with its user, paying organisation, day, model, credits and provider cost (null: unknown).';
 revoke execute on function billing.margin_charges(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
 -- GET /admin/margins: revenue (credits and USD, 1 USD = 1,000 credits), provider cost and
 -- margin over the UTC days [from, to), per model, paying organisation (`org`: school-paid
 -- charges only) or student, with totals and one row a day. Rolled days from usage_daily, the
 -- days after them live (as summarize_usage). margin_percent: margin ÷ revenue × 100, 2 places;
--- null without revenue.
+-- null without revenue. A row with revenue whose provider cost is unknown (its model had no
+-- provider price then: uncosted_credits) has no cost, margin or percentage: unknown, never 100%.
 create or replace function billing.margins_report(p_from date, p_to date, p_by text) returns jsonb
 language plpgsql stable
 security definer
@@ -419,20 +444,22 @@ begin
   return (
     with charges as (
       select r.day, case p_by when 'model' then r.model when 'org' then r.org_id::text else r.user_id::text end as key,
-        r.credits, r.cost_usd
+        r.credits, r.cost_usd, r.uncosted_credits
       from billing.usage_daily r
       where r.day >= p_from and r.day < v_live_from and (p_by <> 'org' or r.org_id is not null)
       union all
       select m.day, case p_by when 'model' then m.model when 'org' then m.org_id::text else m.user_id::text end,
-        m.credits, m.cost_usd
+        m.credits, coalesce(m.cost_usd, 0), case when m.cost_usd is null then m.credits else 0 end
       from billing.margin_charges(v_live_from::timestamp at time zone 'UTC', p_to::timestamp at time zone 'UTC') m
       where v_live_from < p_to and m.day >= p_from and (p_by <> 'org' or m.org_id is not null)
     ),
     groups as (
-      select c.key, sum(c.credits) as credits, sum(c.cost_usd) as cost from charges c group by c.key
+      select c.key, sum(c.credits) as credits, sum(c.cost_usd) as cost, sum(c.uncosted_credits) as uncosted
+      from charges c group by c.key
     ),
     days as (
-      select s.day::date as day, coalesce(sum(c.credits), 0) as credits, coalesce(sum(c.cost_usd), 0) as cost
+      select s.day::date as day, coalesce(sum(c.credits), 0) as credits, coalesce(sum(c.cost_usd), 0) as cost,
+        coalesce(sum(c.uncosted_credits), 0) as uncosted
       from generate_series(p_from::timestamp, (p_to - 1)::timestamp, interval '1 day') s(day)
       left join charges c on c.day = s.day::date
       group by s.day
@@ -441,28 +468,33 @@ begin
       'from', p_from, 'to', p_to, 'by', p_by,
       -- The margin_low alert's threshold, so a reader can mark the models under it.
       'alert_below_percent', (select trim_scale(s.margin_min_percent)::text from billing.alert_settings s),
-      'totals', (select billing.margin_json(coalesce(sum(g.credits), 0), coalesce(sum(g.cost), 0)) from groups g),
-      'groups', coalesce((select jsonb_agg(jsonb_build_object('key', g.key) || billing.margin_json(g.credits, g.cost)
+      'totals', (select billing.margin_json(coalesce(sum(g.credits), 0), coalesce(sum(g.cost), 0), coalesce(sum(g.uncosted), 0))
+          from groups g),
+      'groups', coalesce((select jsonb_agg(jsonb_build_object('key', g.key) || billing.margin_json(g.credits, g.cost, g.uncosted)
           order by g.credits desc, g.key) from groups g), '[]'),
-      'days', (select jsonb_agg(jsonb_build_object('day', d.day) || billing.margin_json(d.credits, d.cost) order by d.day)
-          from days d)));
+      'days', (select jsonb_agg(jsonb_build_object('day', d.day) || billing.margin_json(d.credits, d.cost, d.uncosted)
+          order by d.day) from days d)));
 end;
 $$;
 comment on function billing.margins_report(p_from date, p_to date, p_by text) is 'Revenue, provider cost and margin over the UTC days [from, to) per model, organisation or student, with totals and days.';
 revoke execute on function billing.margins_report(p_from date, p_to date, p_by text) from public;
 grant execute on function billing.margins_report(p_from date, p_to date, p_by text) to service_role;
 
--- Revenue in credits and USD (exact: × 0.001), provider cost, margin and its percentage, as strings.
-create or replace function billing.margin_json(p_credits numeric, p_cost numeric) returns jsonb
+-- Revenue in credits and USD (exact: × 0.001), provider cost, margin and its percentage, as
+-- strings; cost, margin and percentage null (unknown) when some of the revenue (p_uncosted
+-- credits, also given) had no provider price.
+create or replace function billing.margin_json(p_credits numeric, p_cost numeric, p_uncosted numeric) returns jsonb
 language sql immutable
 set search_path = ''
 as $$
   select jsonb_build_object(
     'revenue_credits', trim_scale(p_credits)::text,
     'revenue_usd', trim_scale(p_credits * 0.001)::text,
-    'cost_usd', trim_scale(p_cost)::text,
-    'margin_usd', trim_scale(p_credits * 0.001 - p_cost)::text,
-    'margin_percent', case when p_credits <> 0 then trim_scale(round((p_credits * 0.001 - p_cost) * 100 / (p_credits * 0.001), 2))::text end);
+    'cost_usd', case when p_uncosted = 0 then trim_scale(p_cost)::text end,
+    'margin_usd', case when p_uncosted = 0 then trim_scale(p_credits * 0.001 - p_cost)::text end,
+    'margin_percent', case when p_credits <> 0 and p_uncosted = 0
+      then trim_scale(round((p_credits * 0.001 - p_cost) * 100 / (p_credits * 0.001), 2))::text end,
+    'uncosted_credits', trim_scale(p_uncosted)::text);
 $$;
-comment on function billing.margin_json(p_credits numeric, p_cost numeric) is 'Internal: a margins row''s revenue, cost and margin as JSON strings.';
-revoke execute on function billing.margin_json(p_credits numeric, p_cost numeric) from public;
+comment on function billing.margin_json(p_credits numeric, p_cost numeric, p_uncosted numeric) is 'Internal: a margins row''s revenue, cost and margin as JSON strings (cost and margin null when some revenue had no provider price).';
+revoke execute on function billing.margin_json(p_credits numeric, p_cost numeric, p_uncosted numeric) from public;

@@ -57,6 +57,7 @@ create table billing.purchases (
   credits_expiry_forgiven numeric(38,18) default 0 not null,
   gift boolean default false not null,
   tax_cents integer default 0 not null,
+  package_version integer not null,
   constraint purchases_dispute_status check (((dispute_status is null) or (dispute_status = any (array['open'::text, 'won'::text, 'lost'::text])))),
   constraint purchases_origin check ((origin = any (array['checkout'::text, 'auto_recharge'::text, 'invoice'::text]))),
   constraint purchases_refund_within check (((amount_refunded_cents >= 0) and (amount_refunded_cents <= (price_cents + tax_cents)))),
@@ -68,11 +69,13 @@ create table billing.purchases (
   constraint purchases_stripe_session_id_key unique (stripe_session_id),
   constraint purchases_dispute_hold_id_fkey foreign key (dispute_hold_id) references billing.holds(id),
   constraint purchases_package_id_fkey foreign key (package_id) references billing.credit_packages(id),
+  constraint purchases_package_version_fkey foreign key (package_id, package_version) references billing.credit_package_versions(package_id, version),
   constraint purchases_user_id_fkey foreign key (user_id) references auth.users(id) on delete restrict
 );
 comment on table billing.purchases is 'A credit package bought through a hosted Stripe Checkout Session. Stripe ids only: no card data.';
 comment on column billing.purchases.tax_cents is 'Stripe Tax collected on top of the price (the session''s total_details.amount_tax): charged, owed to tax authorities, never revenue; the credits and their cost basis are the price''s.';
 comment on column billing.purchases.gift is 'Bought as a gift: paid, its credits go to its code''s escrow (billing.codes), not the buyer''s account.';
+comment on column billing.purchases.package_version is 'The package version sold (its price, credits and Stripe Price): price_cents, credits and bonus_credits are its, whatever the package says now.';
 comment on column billing.purchases.org_id is 'The organisation whose wallet the credits are for (null: the buyer''s own account).';
 comment on column billing.purchases.bonus_expiry_forgiven is 'Bonus credits a refund or lost dispute did not take back because they had expired (already gone; never more than expired of the purchase''s lots).';
 comment on column billing.purchases.credits_expiry_forgiven is 'The same for the paid credits (their cost was breakage revenue when they expired).';
@@ -160,7 +163,7 @@ set search_path = ''
 as $$
   select p.id, p.status, p_reused, p.package_id, k.name, p.price_cents, p.currency, p.credits, p.bonus_credits,
          p.stripe_session_id, p.session_url, p.session_expires_at, p.client_temp_id
-  from billing.credit_packages k where k.id = p.package_id
+  from billing.credit_package_versions k where k.package_id = p.package_id and k.version = p.package_version
 $$;
 revoke execute on function billing.checkout_of(p billing.purchases, p_reused boolean) from public;
 
@@ -545,6 +548,7 @@ begin
   end if;
   select * into v_purchase from billing.purchases p
   where p.user_id = p_user and p.package_id = p_package_id and p.org_id is not distinct from p_org and p.status = 'pending' and not p.gift
+    and p.package_version = v_package.version -- one opened before a price change is not the package on sale now
     and (p.session_expires_at > now() + interval '1 minute' or (p.stripe_session_id is null and p.created_at > now() - interval '2 minutes'))
   order by p.created_at desc limit 1;
   if found then
@@ -555,9 +559,9 @@ begin
   end if;
 
   insert into billing.purchases (user_id, package_id, request_key, client_temp_id, price_cents, currency, credits, bonus_credits,
-                                 save_card, org_id)
+                                 save_card, org_id, package_version)
   values (p_user, v_package.id, p_request_key, p_client_temp_id, v_package.price_cents, v_package.currency,
-          v_package.credits, v_package.bonus_credits, coalesce(p_save_card, false) and p_org is null, p_org)
+          v_package.credits, v_package.bonus_credits, coalesce(p_save_card, false) and p_org is null, p_org, v_package.version)
   returning * into v_purchase;
   return billing.checkout_of(v_purchase, false);
 end;

@@ -35,6 +35,7 @@ create table billing.recharges (
   id uuid primary key default gen_random_uuid(),
   user_id uuid not null references auth.users (id) on delete restrict,
   package_id text not null references billing.credit_packages (id),
+  package_version integer not null,              -- the version queued: its purchase is its price and credits
   price_cents integer not null,
   currency text not null,
   status text not null default 'queued',
@@ -99,7 +100,13 @@ begin
   end if;
   update billing.accounts x set auto_recharge_armed = false where x.id = a.id;
   select * into s from billing.auto_recharge r where r.user_id = a.user_id;
-  select k.price_cents into v_price from billing.credit_packages k where k.id = s.package_id;
+  select k.price_cents into v_price from billing.credit_packages k where k.id = s.package_id and k.active;
+  if not found then
+    -- A retired package sells to no one, this student's recharges included.
+    insert into billing.auto_recharge_audit (user_id, actor, change)
+    values (a.user_id, null, jsonb_build_object('skipped', 'package_retired', 'package_id', s.package_id));
+    return;
+  end if;
   select count(*), coalesce(sum(r.price_cents), 0) into v_count, v_cents from billing.recharges r
   where r.user_id = a.user_id and r.created_at >= v_month and r.status <> 'failed';
   if v_count + 1 > s.monthly_max_count or v_cents + v_price > s.monthly_max_cents then
@@ -111,8 +118,8 @@ begin
     on conflict (dedupe_key) do nothing;
     return;
   end if;
-  insert into billing.recharges (user_id, package_id, price_cents, currency)
-  select a.user_id, k.id, k.price_cents, k.currency from billing.credit_packages k where k.id = s.package_id
+  insert into billing.recharges (user_id, package_id, package_version, price_cents, currency)
+  select a.user_id, k.id, k.version, k.price_cents, k.currency from billing.credit_packages k where k.id = s.package_id
   on conflict do nothing; -- one in flight already
 end;
 $$;
@@ -225,9 +232,11 @@ begin
       continue;
     end if;
     if r.purchase_id is null then
-      insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits, origin)
-      select r.user_id, k.id, 'recharge:' || r.id, r.price_cents, r.currency, k.credits, k.bonus_credits, 'auto_recharge'
-      from billing.credit_packages k where k.id = r.package_id
+      insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits, origin,
+                                     package_version)
+      select r.user_id, k.package_id, 'recharge:' || r.id, k.price_cents, k.currency, k.credits, k.bonus_credits,
+        'auto_recharge', k.version
+      from billing.credit_package_versions k where k.package_id = r.package_id and k.version = r.package_version
       returning id into r.purchase_id;
     end if;
     update billing.recharges x set status = 'processing', claimed_at = now(), purchase_id = r.purchase_id, updated_at = now()

@@ -10,8 +10,15 @@
 
 -- ============================================================ tables
 
+-- A plan's price is versioned by rows: each version is a row of its own (the first's id is the
+-- plan's, `family`; later ones `<family>.v<n>`), so a subscription keeps the row it was sold at
+-- (its Checkout's and Stripe's metadata name that row) and every renewal grants and checks what
+-- that row says. One version of a family is on sale (active) at a time; the others stay for the
+-- subscriptions that still renew on them (58-catalog-admin.sql makes new ones).
 create table billing.plans (
   id text primary key,
+  family text not null,                           -- the plan's stable id: what students list and subscribe with
+  version integer not null default 1,
   name text not null,
   stripe_price_id text,                           -- a Stripe Price to subscribe to; null: price_data from this row
   price_cents integer not null,
@@ -20,9 +27,14 @@ create table billing.plans (
   credits numeric(38, 18) not null,               -- granted each period
   rollover text not null default 'none',          -- none | up_to_credits | up_to_share
   rollover_limit numeric(38, 18),                 -- credits (up_to_credits) or a share 0..1 of `credits` (up_to_share)
-  active boolean not null default true,
+  active boolean not null default true,           -- on sale: the family's current version, unless retired
   sort_order integer not null default 0,
+  created_at timestamptz not null default now(),
   constraint plans_interval check (billing_interval in ('month', 'year')),
+  constraint plans_family check (family ~ '^[a-z0-9_-]{1,48}$' and version >= 1
+    and id = case when version = 1 then family else family || '.v' || version end),
+  constraint plans_family_version unique (family, version),
+  constraint plans_name check (length(name) between 1 and 80),
   constraint plans_price_positive check (price_cents > 0),
   constraint plans_credits_positive check (credits > 0),
   constraint plans_rollover check (
@@ -30,9 +42,11 @@ create table billing.plans (
     or (rollover = 'up_to_credits' and rollover_limit > 0)
     or (rollover = 'up_to_share' and rollover_limit > 0 and rollover_limit <= 1))
 );
-comment on table billing.plans is 'The plan catalogue: price per interval, credits granted each period, and how many of them roll over.';
+comment on table billing.plans is 'The plan catalogue, one row per version of a plan: price per interval, credits granted each period, and how many of them roll over.';
 alter table billing.plans enable row level security;
 grant select on table billing.plans to service_role;
+
+create unique index plans_one_on_sale on billing.plans (family) where active;
 
 create table billing.subscriptions (
   id uuid primary key default gen_random_uuid(),
@@ -120,7 +134,9 @@ declare
 begin
   select * into v_sub from billing.subscriptions s where s.user_id = p_user and s.request_key = p_request_key;
   if found then
-    if v_sub.plan_id <> p_plan_id then
+    -- The same plan, whatever version is on sale now: a retry keeps the version it began with.
+    if (select p.family from billing.plans p where p.id = v_sub.plan_id)
+       is distinct from (select p.family from billing.plans p where p.id = p_plan_id) then
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'subscribe'));
     end if;
     return v_sub;
@@ -146,7 +162,7 @@ begin
   return v_sub;
 end;
 $$;
-comment on function billing.begin_subscription(p_user uuid, p_plan_id text, p_request_key text) is 'Starts subscribing a student to a plan (a pending subscription for Checkout), or returns the one this request key or an open Checkout for the plan already made. Refused while a plan is live.';
+comment on function billing.begin_subscription(p_user uuid, p_plan_id text, p_request_key text) is 'Starts subscribing a student to a plan version on sale (a pending subscription for Checkout), or returns the one this request key (any version of the plan) or an open Checkout for the version already made. Refused while a plan is live.';
 revoke execute on function billing.begin_subscription(p_user uuid, p_plan_id text, p_request_key text) from public;
 grant execute on function billing.begin_subscription(p_user uuid, p_plan_id text, p_request_key text) to service_role;
 
@@ -707,18 +723,19 @@ language sql stable
 security definer
 set search_path = ''
 as $$
-  select jsonb_build_object('subscription_id', s.id, 'plan_id', s.plan_id, 'status', s.status,
+  select jsonb_build_object('subscription_id', s.id, 'plan_id', p.family, 'plan_version', p.version,
+    'plan_version_id', s.plan_id, 'status', s.status,
     'current_period_start', billing.json_time(s.current_period_start), 'current_period_end', billing.json_time(s.current_period_end),
     'cancel_at_period_end', s.cancel_at_period_end, 'stripe_subscription_id', s.stripe_subscription_id,
     'stripe_customer_id', s.stripe_customer_id,
     'plan_credits_left', trim_scale(coalesce((select sum(l.remaining) from billing.plan_lots pl join billing.lots l on l.id = pl.lot_id
                                               where pl.subscription_id = s.id and l.open), 0))::text)
-  from billing.subscriptions s
+  from billing.subscriptions s join billing.plans p on p.id = s.plan_id
   where s.user_id = p_user and s.stripe_subscription_id is not null and s.refused_at is null
   order by (s.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) desc, s.created_at desc
   limit 1
 $$;
-comment on function billing.get_subscription(p_user uuid) is 'The student''s plan: the live one, else the latest that reached Stripe; null when none.';
+comment on function billing.get_subscription(p_user uuid) is 'The student''s plan (its stable id and the version it renews at): the live one, else the latest that reached Stripe; null when none.';
 revoke execute on function billing.get_subscription(p_user uuid) from public;
 grant execute on function billing.get_subscription(p_user uuid) to service_role;
 
@@ -779,7 +796,7 @@ create policy "Users can read their own subscriptions" on billing.subscriptions
 
 insert into billing.accounts (code) values ('plans');
 
-insert into billing.plans (id, name, price_cents, currency, billing_interval, credits, rollover, rollover_limit, sort_order) values
-  ('basic_monthly', 'Basic', 999, 'usd', 'month', 10000, 'up_to_credits', 2000, 1),
-  ('pro_monthly', 'Pro', 2999, 'usd', 'month', 35000, 'up_to_share', 0.25, 2),
-  ('pro_yearly', 'Pro (yearly)', 29990, 'usd', 'year', 420000, 'none', null, 3);
+insert into billing.plans (id, family, name, price_cents, currency, billing_interval, credits, rollover, rollover_limit, sort_order) values
+  ('basic_monthly', 'basic_monthly', 'Basic', 999, 'usd', 'month', 10000, 'up_to_credits', 2000, 1),
+  ('pro_monthly', 'pro_monthly', 'Pro', 2999, 'usd', 'month', 35000, 'up_to_share', 0.25, 2),
+  ('pro_yearly', 'pro_yearly', 'Pro (yearly)', 29990, 'usd', 'year', 420000, 'none', null, 3);

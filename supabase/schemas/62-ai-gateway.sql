@@ -74,12 +74,13 @@ grant select on table billing.server_keys to service_role;
 -- Which list decides for `p_user`: their active plan's if it has one, else the default list if
 -- there is one (list_plan null), else none (every model with a rate card in effect). A member of
 -- a school calls under their own plan: the allowlist follows the student, the wallet only pays.
+-- A list is a plan's (its family's), whichever version the student renews at.
 create or replace function billing.model_list_of(p_user uuid, out has_list boolean, out list_plan text, out user_plan text)
 language plpgsql stable
 set search_path = ''
 as $$
 begin
-  select s.plan_id into user_plan from billing.subscriptions s
+  select p.family into user_plan from billing.subscriptions s join billing.plans p on p.id = s.plan_id
   where s.user_id = p_user and s.status in ('active', 'trialing', 'past_due')
   order by s.current_period_end desc nulls last limit 1;
   if user_plan is not null and exists (select 1 from billing.model_access m where m.plan_id = user_plan) then

@@ -26,6 +26,7 @@ create table billing.org_invoices (
   id uuid primary key default gen_random_uuid(),     -- also the id of the purchase made when it is paid
   org_id uuid not null references billing.orgs (id),
   package_id text not null references billing.credit_packages (id),
+  package_version integer not null,                  -- the version invoiced: credits, bonus and amount are its × quantity
   quantity integer not null,
   credits numeric(38, 18) not null,                  -- the package's credits × quantity
   bonus_credits numeric(38, 18) not null,            -- its bonus × quantity
@@ -155,9 +156,9 @@ begin
       -- Never the id asked for: a caller's text in a DETAIL lands in the Postgres log.
       perform billing.raise_error('PACKAGE_NOT_FOUND', '{}');
     end if;
-    insert into billing.org_invoices (org_id, package_id, quantity, credits, bonus_credits, amount_cents, currency,
-                                      po_number, days_until_due, request_key, created_by)
-    values (p_org, v_package.id, p_quantity, v_package.credits * p_quantity, v_package.bonus_credits * p_quantity,
+    insert into billing.org_invoices (org_id, package_id, package_version, quantity, credits, bonus_credits, amount_cents,
+                                      currency, po_number, days_until_due, request_key, created_by)
+    values (p_org, v_package.id, v_package.version, p_quantity, v_package.credits * p_quantity, v_package.bonus_credits * p_quantity,
             v_package.price_cents * p_quantity, v_package.currency, p_po_number, p_days_until_due, p_request_key, p_user)
     on conflict on constraint org_invoices_request do nothing
     returning * into v;
@@ -288,9 +289,9 @@ begin
       'currency', p_state ->> 'currency'));
   end if;
   insert into billing.purchases (id, user_id, package_id, request_key, price_cents, currency, credits, bonus_credits,
-                                 org_id, origin)
+                                 org_id, origin, package_version)
   values (v.id, v.created_by, v.package_id, 'org-invoice:' || v.id, v.amount_cents, v.currency, v.credits,
-          v.bonus_credits, v.org_id, 'invoice');
+          v.bonus_credits, v.org_id, 'invoice', v.package_version);
   update billing.org_invoices i
   set status = 'paid', purchase_id = v.id, total_cents = v_total, tax_cents = v_total - v_net, paid_at = now(),
       updated_at = now()

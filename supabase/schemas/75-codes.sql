@@ -269,9 +269,10 @@ begin
   if not found then
     perform billing.raise_error('PACKAGE_NOT_FOUND', '{}'); -- never the caller's text: DETAILs reach the Postgres log
   end if;
-  insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits, gift)
+  insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits, gift,
+                                 package_version)
   values (p_user, v_package.id, p_request_key, v_package.price_cents, v_package.currency, v_package.credits,
-          v_package.bonus_credits, true)
+          v_package.bonus_credits, true, v_package.version)
   returning * into v_purchase;
   insert into billing.codes (id, kind, code_hash, status, credits, max_redemptions, purchase_id, created_by)
   values (p_code_id, 'gift', p_code_hash, 'pending', v_package.credits + v_package.bonus_credits, 1, v_purchase.id, p_user);

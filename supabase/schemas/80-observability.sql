@@ -267,7 +267,8 @@ revoke execute on function billing.set_alerts(p_prefix text, p_firing jsonb) fro
 -- evaluation reads one day's rows and a few accounts' history, never the ledger):
 --   margin_low:<model>: the model's margin that day, (revenue − provider cost) ÷ revenue, is
 --     under margin_min_percent while it earned at least margin_min_revenue_usd. One condition
---     per model: each model opens (and emails) once and resolves on its own.
+--     per model: each model opens (and emails) once and resolves on its own. Never for a model
+--     whose provider cost that day is unknown (a charge without a provider price in effect).
 --   cost_spike:<day>: students and organisations whose provider cost that day is above the
 --     mean + cost_spike_sigmas × σ (population) of their 7 days before (days without charges
 --     count as 0), by at least cost_spike_min_jump_usd, and who had charges 7 or more days
@@ -296,11 +297,12 @@ begin
         round(m.margin * 100 / m.revenue, 2), v_day, trim_scale(s.margin_min_percent), trim_scale(round(m.revenue, 2)),
         trim_scale(round(m.cost, 2))),
       'details', jsonb_build_object('model', m.model, 'day', v_day, 'threshold_percent', trim_scale(s.margin_min_percent))
-        || billing.margin_json(m.credits, m.cost))), '{}')
+        || billing.margin_json(m.credits, m.cost, 0))), '{}')
   into v_margins
   from (select d.model, sum(d.credits) as credits, sum(d.credits) * 0.001 as revenue, sum(d.cost_usd) as cost,
           sum(d.credits) * 0.001 - sum(d.cost_usd) as margin
-        from billing.usage_daily d where d.day = v_day group by d.model) m
+        from billing.usage_daily d where d.day = v_day group by d.model
+        having sum(d.uncosted_credits) = 0) m -- a model whose cost is unknown has no margin to be low
   where m.revenue >= s.margin_min_revenue_usd and m.revenue > 0 and m.margin * 100 < s.margin_min_percent * m.revenue;
   perform billing.set_alerts('margin_low:', v_margins);
 

@@ -47,9 +47,9 @@ $$;
 create function pg_temp.purchase(n integer, pkg text, session text, created timestamptz, paid timestamptz) returns void
 language sql as $$
   insert into billing.purchases (user_id, package_id, request_key, status, price_cents, currency, credits, bonus_credits,
-    stripe_session_id, created_at, paid_at)
+    stripe_session_id, created_at, paid_at, package_version)
   select pg_temp.uid(n), k.id, 'rollup-test:' || gen_random_uuid(), case when paid is null then 'pending' else 'paid' end,
-    k.price_cents, k.currency, k.credits, k.bonus_credits, session, created, paid
+    k.price_cents, k.currency, k.credits, k.bonus_credits, session, created, paid, k.version
   from billing.credit_packages k where k.id = pkg
 $$;
 -- The live series: metrics_series's periods, each from revenue_metrics_live.

@@ -143,7 +143,7 @@ browserTest('a student signs in with a password, and signing out forgets the ses
   await page.locator('#app').waitFor({ state: 'visible' });
   await page.waitForSelector('body[data-ready="true"]');
   assert.equal(await text(page, '#balance'), '12.35', 'rounded for reading');
-  assert.match((await text(page, '#ledger')) ?? '', /Bonus credits · \+12\.35/);
+  assert.match((await text(page, '#ledger')) ?? '', /Promotional credits · \+12\.35/);
 
   await page.locator('#sign-out').click();
   await page.locator('#email').waitFor({ state: 'visible' });
@@ -175,8 +175,8 @@ browserTest(
     const token = await userToken(user);
     const page = await browser.newPage();
     await signIn(page, env('SUPABASE_URL'), token);
-    assert.match((await text(page, '#expiring')) ?? '', /^100 credits expire on /);
-    assert.match((await text(page, '#ledger')) ?? '', /Bonus credits · \+100/);
+    assert.match((await text(page, '#expiries')) ?? '', /\d{4}: 100 promotional credits expire\.$/);
+    assert.match((await text(page, '#ledger')) ?? '', /Promotional credits · \+100/);
     assert.equal(
       await text(page, '#recharge-status'),
       'Off. To use it, buy a package with "Keep my card for auto-recharge" ticked.',

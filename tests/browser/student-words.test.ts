@@ -37,7 +37,7 @@ for (const [width, label] of widths) {
       await page.locator('#job-price', { hasText: 'Costs at most' }).waitFor();
       await page.locator('#start-job').click();
       await page.locator('#error', { hasText: 'more credit' }).waitFor();
-      assert.match((await text(page, '#error-text')) ?? '', /^You need [\d,]+ more credits?$/);
+      assert.match((await text(page, '#error-text')) ?? '', /^You need [\d,.]+ more credits?$/);
       assert.equal(await text(page, '#error-action'), '— Buy credits');
       assert.equal(await page.locator('#error-link').getAttribute('href'), '#buy');
       // No codes or ids in the main message; they wait behind Details for support.

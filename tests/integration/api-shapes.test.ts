@@ -108,6 +108,7 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
     '/credits/auto-recharge': { kind: 'object', path: '/credits/auto-recharge', token: f.token },
     '/credits/balance': { kind: 'object', path: '/credits/balance', token: f.token },
     '/credits/caps': { kind: 'whole', path: '/credits/caps', token: f.token },
+    '/credits/expiries': { kind: 'whole', path: '/credits/expiries', token: f.token },
     '/credits/ledger': { kind: 'paged', path: '/credits/ledger?limit=1', token: f.token },
     '/credits/lots': { kind: 'paged', path: '/credits/lots?limit=1', token: f.token },
     '/credits/usage/summary': { kind: 'object', path: '/credits/usage/summary', token: f.token },
@@ -229,6 +230,20 @@ Deno.test('validation errors are sentences a person can act on, with the field n
       'INVALID_TOKENS',
       'output_tokens',
       'output_tokens is required.',
+    ],
+    [
+      '/credits/usage',
+      { model: 'gpt-4o', input_tokens: '10', output_tokens: 0 },
+      'INVALID_TOKENS',
+      'input_tokens',
+      'input_tokens must be an integer.',
+    ],
+    [
+      '/credits/usage',
+      { model: 'gpt-4o', input_tokens: 1.5, output_tokens: 0 },
+      'INVALID_TOKENS',
+      'input_tokens',
+      'input_tokens must be an integer.',
     ],
     ['/credits/holds', { amount: true }, 'INVALID_AMOUNT', 'amount', 'amount must be a string or a number.'],
     [

@@ -1,4 +1,5 @@
-// docs/api.md's examples run as written: the ```sh blocks of its Examples section, in order, in
+// The docs' examples run as written (docs/api.md, docs/integrate.md, docs/plans-and-codes.md):
+// the ```sh blocks of each one's Examples section, in order, in
 // one bash from the repository's root, against the local stack; every request annotated
 // `# → <status>` must answer that status. A doc that drifts from the API fails here.
 import assert from 'node:assert/strict';
@@ -51,25 +52,34 @@ export function checkedScript(blocks: string[]): string {
   return preamble + lines.join('\n') + '\necho "all examples answered as documented" >&2\n';
 }
 
-Deno.test('every example in docs/api.md answers the status the doc shows, run top to bottom', async () => {
-  const blocks = exampleBlocks(await Deno.readTextFile(`${root}docs/api.md`));
-  assert.ok(blocks.length >= 5, 'the Examples section has its blocks');
-  const annotated = blocks.join('\n').match(/# → \d{3}$/gm) ?? [];
-  assert.ok(annotated.length >= 20, `every request says its status (${annotated.length})`);
-  // A clean environment: the doc itself loads .local/env, as a newcomer's shell would.
-  const out = await new Deno.Command('bash', {
-    args: ['-c', checkedScript(blocks)],
-    cwd: root,
-    clearEnv: true,
-    env: { PATH: Deno.env.get('PATH') ?? '/usr/bin:/bin', HOME: Deno.env.get('HOME') ?? '/root' },
-    stdout: 'piped',
-    stderr: 'piped',
-  }).output();
-  const stderr = new TextDecoder().decode(out.stderr);
-  const stdout = new TextDecoder().decode(out.stdout);
-  assert.ok(out.success, `${stderr}\n--- answers ---\n${stdout.slice(-3000)}`);
-  assert.equal(stderr.match(/^ok \d{3}:/gm)?.length, annotated.length, stderr);
-});
+// Each doc's Examples section, with how many blocks and annotated requests it has at least.
+const docs: [file: string, blocks: number, requests: number][] = [
+  ['docs/api.md', 5, 20],
+  ['docs/integrate.md', 3, 9],
+  ['docs/plans-and-codes.md', 2, 9],
+];
+
+for (const [file, minBlocks, minRequests] of docs) {
+  Deno.test(`every example in ${file} answers the status the doc shows, run top to bottom`, async () => {
+    const blocks = exampleBlocks(await Deno.readTextFile(`${root}${file}`));
+    assert.ok(blocks.length >= minBlocks, 'the Examples section has its blocks');
+    const annotated = blocks.join('\n').match(/# → \d{3}$/gm) ?? [];
+    assert.ok(annotated.length >= minRequests, `every request says its status (${annotated.length})`);
+    // A clean environment: the doc itself loads .local/env, as a newcomer's shell would.
+    const out = await new Deno.Command('bash', {
+      args: ['-c', checkedScript(blocks)],
+      cwd: root,
+      clearEnv: true,
+      env: { PATH: Deno.env.get('PATH') ?? '/usr/bin:/bin', HOME: Deno.env.get('HOME') ?? '/root' },
+      stdout: 'piped',
+      stderr: 'piped',
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    const stdout = new TextDecoder().decode(out.stdout);
+    assert.ok(out.success, `${stderr}\n--- answers ---\n${stdout.slice(-3000)}`);
+    assert.equal(stderr.match(/^ok \d{3}:/gm)?.length, annotated.length, stderr);
+  });
+}
 
 Deno.test('the runner catches a doc that drifts: a wrong status fails', async () => {
   const blocks = ['set -a; source .local/env; set +a\ncurl -s $SUPABASE_URL/functions/v1/health/readyz # → 201'];

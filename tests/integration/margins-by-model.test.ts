@@ -9,9 +9,10 @@ type Margin = {
   key?: string;
   revenue_credits: string;
   revenue_usd: string;
-  cost_usd: string;
-  margin_usd: string;
+  cost_usd: string | null;
+  margin_usd: string | null;
   margin_percent: string | null;
+  uncosted_credits: string;
 };
 type Margins = { from: string; to: string; by: string; totals: Margin; groups: Margin[]; days: Margin[] };
 
@@ -47,6 +48,7 @@ Deno.test('a model sold at 2/8 and bought at 1/4 per million tokens keeps 66.67%
     cost_usd: '0.006',
     margin_usd: '0.012',
     margin_percent: '66.67',
+    uncosted_credits: '0',
   };
   const byModel = await margins('?by=model');
   assert.equal(byModel.by, 'model');
@@ -56,6 +58,43 @@ Deno.test('a model sold at 2/8 and bought at 1/4 per million tokens keeps 66.67%
   assert.deepEqual(byStudent.groups.find((g) => g.key === user), { key: user, ...expected });
   const byOrg = await margins('?by=org');
   assert.equal(byOrg.groups.find((g) => g.key === user), undefined, "a student's own charges are no organisation's");
+});
+
+Deno.test('a model sold without a provider price has an unknown cost and margin, never 100%', async () => {
+  const model = `margins-unpriced-${crypto.randomUUID().slice(0, 8)}`;
+  await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
+    effective_from) values (${model}, 1, 2, 8, 1.5, now() - interval '1 minute')`;
+  const user = await newUser();
+  await fund(user, '100');
+  const r = await reportUsage('/credits/usage', {
+    token: await userToken(user),
+    body: { model, input_tokens: 1000, output_tokens: 500 },
+    headers: key(),
+  });
+  assert.equal(r.status, 201, r.text);
+  const row = (await margins('?by=model')).groups.find((g) => g.key === model);
+  assert.deepEqual(row, {
+    key: model,
+    revenue_credits: '9',
+    revenue_usd: '0.009',
+    cost_usd: null,
+    margin_usd: null,
+    margin_percent: null,
+    uncosted_credits: '9',
+  });
+  const mine = (await margins('?by=student')).groups.find((g) => g.key === user);
+  assert.equal(mine?.margin_percent, null, "the student's margin is unknown too");
+});
+
+Deno.test("the default rate card's models have provider prices, each with its source and date", async () => {
+  const rows = await testDb`select distinct on (r.model) r.model, p.source_url, p.source_checked_on
+    from billing.rate_cards r left join billing.provider_prices p on p.model = r.model
+    where r.model in ('gpt-4o', 'gpt-4o-mini', 'claude-3-5-haiku') order by r.model, p.version desc`;
+  assert.equal(rows.length, 3);
+  for (const r of rows) {
+    assert.match(String(r.source_url), /^https:\/\/(platform\.openai\.com|docs\.anthropic\.com)\//, r.model);
+    assert.ok(r.source_checked_on instanceof Date, `${r.model} has the day its price was read`);
+  }
 });
 
 Deno.test('GET /admin/margins refuses a bad grouping or range with 400 VALIDATION_FAILED', async () => {

@@ -274,8 +274,8 @@ Deno.test('a new organisation asks for invoices only after a card purchase or an
   // A paid card purchase for the organisation (Checkout) is enough on its own; a refunded one is not.
   const purchase = (refunded: number) =>
     testDb`insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits,
-      org_id, origin, status, paid_at, amount_refunded_cents)
-    values (${owner.id}, 'mini', ${crypto.randomUUID()}, 500, 'usd', 5000, 0, ${org}, 'checkout', 'paid', now(), ${refunded})`;
+      org_id, origin, status, paid_at, amount_refunded_cents, package_version)
+    values (${owner.id}, 'mini', ${crypto.randomUUID()}, 500, 'usd', 5000, 0, ${org}, 'checkout', 'paid', now(), ${refunded}, 1)`;
   await purchase(500);
   assert.equal(code(await direct()), 'ORG_INVOICING_NOT_ALLOWED', 'a refunded card purchase proves no payer');
   await purchase(0);
@@ -288,8 +288,8 @@ Deno.test('invoice requests are limited per requester and per organisation per d
   await approveInvoicing(org);
   // Ten drafts today (as requests that died before Stripe leave them): the eleventh is refused.
   await testDb`insert into billing.org_invoices (org_id, package_id, quantity, credits, bonus_credits, amount_cents, currency,
-      days_until_due, request_key, created_by)
-    select ${org}, 'mini', 1, 5000, 0, 500, 'usd', 30, 'old-' || i, ${owner.id} from generate_series(1, 10) i`;
+      days_until_due, request_key, created_by, package_version)
+    select ${org}, 'mini', 1, 5000, 0, 500, 'usd', 30, 'old-' || i, ${owner.id}, 1 from generate_series(1, 10) i`;
   const over = await requestInvoice(owner.token, org);
   assert.equal(over.status, 429, over.text);
   assert.equal(code(over), 'INVOICE_LIMIT');
@@ -300,8 +300,8 @@ Deno.test('invoice requests are limited per requester and per organisation per d
   await testDb`insert into billing.org_admins (org_id, user_id) values (${org}, ${admin.id})`;
   const former = await person('former');
   await testDb`insert into billing.org_invoices (org_id, package_id, quantity, credits, bonus_credits, amount_cents, currency,
-      days_until_due, request_key, created_by)
-    select ${org}, 'mini', 1, 5000, 0, 500, 'usd', 30, 'other-' || i, ${former.id} from generate_series(1, 10) i`;
+      days_until_due, request_key, created_by, package_version)
+    select ${org}, 'mini', 1, 5000, 0, 500, 'usd', 30, 'other-' || i, ${former.id}, 1 from generate_series(1, 10) i`;
   const orgOver = await requestInvoice(admin.token, org);
   assert.equal(orgOver.status, 429, orgOver.text);
   assert.equal((orgOver.body.error as { details: { scope: string } }).details.scope, 'organisation');

@@ -192,3 +192,19 @@ Deno.test("another student's purchase is 404", async () => {
   assert.equal((await api(`/checkout/sessions/${co.purchase_id}`, { token: other.token })).status, 404);
   assert.equal((await api(`/checkout/sessions/${co.session_id}`, { token: other.token })).status, 404);
 });
+
+Deno.test("an emulator pay call asked for ?summary answers each event's id and type, and still pays", async () => {
+  const s = await student();
+  const co = await startCheckout(s.token, 'mini');
+  const res = await fetch(`${env('STRIPE_API_BASE')}/_emulator/checkout/sessions/${co.session_id}/pay?summary`, {
+    method: 'POST',
+    body: '{}',
+  });
+  const text = await res.text();
+  assert.equal(res.status, 200, text);
+  const { events } = JSON.parse(text) as { events: Record<string, string>[] };
+  assert.deepEqual(events.map((e) => Object.keys(e).sort()), events.map(() => ['id', 'type']));
+  assert.ok(events.some((e) => e.type === 'checkout.session.completed'));
+  assert.ok(text.length < 400, `a short answer to paste (${text.length} bytes)`);
+  assert.equal((await balanceOf(s.token)).balance, '5000', 'the events were delivered');
+});

@@ -68,8 +68,9 @@ Deno.test('Stripe down at checkout → 502 STRIPE_UNAVAILABLE (retryable); the s
 
 Deno.test('a pending purchase that never got a session is expired by the pg_cron job, not left forever', async () => {
   const id = await newUser();
-  await testDb`insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits, created_at)
-    values (${id}, 'mini', 'orphan', 500, 'usd', 5000, 0, now() - interval '2 hours')`;
+  await testDb`insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits, created_at,
+      package_version)
+    values (${id}, 'mini', 'orphan', 500, 'usd', 5000, 0, now() - interval '2 hours', 1)`;
   const [{ expired }] = await testDb`select billing.expire_stale_purchases() as expired`;
   assert.ok(expired >= 1);
   const [p] = await testDb`select status from billing.purchases where user_id = ${id}`;

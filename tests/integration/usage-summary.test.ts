@@ -122,6 +122,9 @@ Deno.test('bad ranges are 400 and name the field', async () => {
     assert.equal(r.status, 400, q);
     assert.equal((r.body.error as { code: string }).code, 'VALIDATION_FAILED', q);
   }
+  // An instant where a date is wanted says which form is: not "at most 10 characters".
+  const instant = await api('/credits/usage/summary?from=2026-11-01T00:00:00Z', { token });
+  assert.equal((instant.body.error as { message: string }).message, 'from must be a date (YYYY-MM-DD).');
   // The SQL function guards its own range too (a caller of SQL, not HTTP).
   await assert.rejects(
     testDb`select billing.usage_summary(gen_random_uuid(), current_date, current_date - 1, 'day')`,

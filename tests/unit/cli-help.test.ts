@@ -71,3 +71,32 @@ Deno.test('./scripts/token --user with something not a UUID exits 2 in one line,
   assert.equal(r.code, 2, r.stderr);
   assert.equal(r.stderr, "--user must be a UUID, not 'not-a-uuid' (./scripts/token --help)\n");
 });
+
+// The toolchain wrappers pass every argument on, so an unknown option is the tool's business;
+// --help says what the wrapper is before the tool's own help.
+for (const [tool, version] of [['deno', /^deno 2\./], ['supabase', /^3\./]] as const) {
+  Deno.test(`./scripts/${tool} runs the pinned ${tool} with the arguments given; --help names the wrapper`, async () => {
+    const help = await run(tool, '--help');
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, new RegExp(`^usage: \\./scripts/${tool} <${tool} arguments…>`));
+    const pinned = JSON.parse(await Deno.readTextFile(`${root}scripts/toolchain/package.json`)).devDependencies[tool];
+    const v = await run(tool, '--version');
+    assert.equal(v.code, 0, v.stderr);
+    assert.match(v.stdout, version);
+    assert.ok(v.stdout.includes(pinned), `the pinned ${pinned}: ${v.stdout}`);
+  });
+}
+
+Deno.test('./scripts/env-check says which Node an app using the client needs, from supabase-js itself', async () => {
+  const pkg = JSON.parse(await Deno.readTextFile(`${root}node_modules/@supabase/supabase-js/package.json`));
+  const want = /(\d+)/.exec(pkg.engines.node)?.[1];
+  const r = await run('env-check', '--function', 'health');
+  const node = await new Deno.Command('node', { args: ['--version'] }).output();
+  const have = new TextDecoder().decode(node.stdout).trim().slice(1);
+  assert.match(
+    r.stderr,
+    new RegExp(`^node ${have.replaceAll('.', '\\.')}: supabase-js ${pkg.version} .* wants Node >= ${want}: `, 'm'),
+  );
+  const major = Number(have.split('.')[0]);
+  assert.match(r.stderr, major >= Number(want) ? /: ok$/m : /needs ws as its WebSocket/);
+});

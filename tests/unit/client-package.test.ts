@@ -9,7 +9,12 @@ const work = await Deno.makeTempDir({ prefix: 'client-package-' });
 const dist = `${work}/node_modules/@scholarlink/billing-client`;
 
 async function run(cmd: string, args: string[], cwd = root) {
-  const out = await new Deno.Command(cmd, { args, cwd, stdout: 'piped', stderr: 'piped' }).output();
+  const out = await new Deno.Command(cmd, {
+    args,
+    cwd,
+    stdout: 'piped',
+    stderr: 'piped',
+  }).output();
   const text = (b: Uint8Array) => new TextDecoder().decode(b);
   return { ok: out.success, output: text(out.stdout) + text(out.stderr) };
 }
@@ -19,18 +24,32 @@ let building: Promise<void> | undefined;
 const built = () => (building ??= build());
 
 async function build() {
-  const out = await run(Deno.execPath(), ['run', '-A', 'client/build.mjs', dist]);
+  const out = await run(Deno.execPath(), [
+    'run',
+    '-A',
+    'client/build.mjs',
+    dist,
+  ]);
   assert.ok(out.ok, out.output);
   // The app's own supabase-js (the one the functions and tests use), as an app has it installed.
   await Deno.mkdir(`${work}/node_modules/@supabase`, { recursive: true });
-  await Deno.symlink(`${root}node_modules/@supabase/supabase-js`, `${work}/node_modules/@supabase/supabase-js`);
+  await Deno.symlink(
+    `${root}node_modules/@supabase/supabase-js`,
+    `${work}/node_modules/@supabase/supabase-js`,
+  );
 }
 
 /** Whether a check file comparing each source contract type with the package's compiles under deno check. */
 async function contractMatches(packageContract: string) {
-  const source = await Deno.readTextFile(`${root}supabase/functions/_shared/contract/index.ts`);
-  const names = [...source.matchAll(/^export (?:type|interface) (\w+)/gm)].map((m) => m[1]);
-  const generic = new Set([...source.matchAll(/^export (?:type|interface) (\w+)</gm)].map((m) => m[1]));
+  const source = await Deno.readTextFile(
+    `${root}supabase/functions/_shared/contract/index.ts`,
+  );
+  const names = [...source.matchAll(/^export (?:type|interface) (\w+)/gm)].map((
+    m,
+  ) => m[1]);
+  const generic = new Set(
+    [...source.matchAll(/^export (?:type|interface) (\w+)</gm)].map((m) => m[1]),
+  );
   const arg = (n: string) => (generic.has(n) ? '<unknown>' : '');
   const checks = names.map((n) => `same<Equal<Source.${n}${arg(n)}, Package.${n}${arg(n)}>>('${n}');`);
   const file = `${work}/contract-check.ts`;
@@ -46,7 +65,16 @@ async function contractMatches(packageContract: string) {
       '',
     ].join('\n'),
   );
-  return { names, ...(await run(Deno.execPath(), ['check', '--quiet', '--config', `${root}deno.json`, file])) };
+  return {
+    names,
+    ...(await run(Deno.execPath(), [
+      'check',
+      '--quiet',
+      '--config',
+      `${root}deno.json`,
+      file,
+    ])),
+  };
 }
 
 Deno.test({
@@ -68,15 +96,27 @@ Deno.test({
       'retry.d.ts',
       'retry.js',
     ]);
-    const manifest = JSON.parse(await Deno.readTextFile(`${dist}/package.json`));
+    const manifest = JSON.parse(
+      await Deno.readTextFile(`${dist}/package.json`),
+    );
     assert.equal(manifest.type, 'module');
-    assert.deepEqual(manifest.exports['.'], { types: './mod.d.ts', import: './mod.js' });
+    assert.deepEqual(manifest.exports['.'], {
+      types: './mod.d.ts',
+      import: './mod.js',
+    });
     assert.equal(manifest.dependencies, undefined, 'no runtime dependency');
-    for (const f of files.filter((f) => f.endsWith('.js') || f.endsWith('.d.ts'))) {
+    for (
+      const f of files.filter((f) => f.endsWith('.js') || f.endsWith('.d.ts'))
+    ) {
       const text = await Deno.readTextFile(`${dist}/${f}`);
-      const specifiers = [...text.matchAll(/(?:from|import)\s*\(?\s*['"]([^'"]+)['"]/g)].map((m) => m[1]);
+      const specifiers = [
+        ...text.matchAll(/(?:from|import)\s*\(?\s*['"]([^'"]+)['"]/g),
+      ].map((m) => m[1]);
       for (const s of specifiers) {
-        assert.ok(/^\.\/[\w-]+\.js$/.test(s) || s === '@supabase/supabase-js', `${f} imports ${s}`);
+        assert.ok(
+          /^\.\/[\w-]+\.js$/.test(s) || s === '@supabase/supabase-js',
+          `${f} imports ${s}`,
+        );
       }
       assert.doesNotMatch(text, /zod/, `${f} carries no zod`);
     }
@@ -141,18 +181,44 @@ export const wrong: Balance['available'] = 12.5;
 billing.startCheckout({ package_id: 'starter', coupon: 'x' });
 `,
     );
-    const common = ['--noEmit', '--strict', '--target', 'es2022', '--lib', 'es2022,dom'];
+    const common = [
+      '--noEmit',
+      '--strict',
+      '--target',
+      'es2022',
+      '--lib',
+      'es2022,dom',
+    ];
     // The declarations themselves, fully checked (they need nothing but the DOM's types).
     const declarations = [...Deno.readDirSync(dist)].filter((e) => e.name.endsWith('.d.ts')).map((e) => e.name);
     const own = await run(
       tsc,
-      [...common, '--module', 'esnext', '--moduleResolution', 'bundler', ...declarations],
+      [
+        ...common,
+        '--module',
+        'esnext',
+        '--moduleResolution',
+        'bundler',
+        ...declarations,
+      ],
       dist,
     );
     assert.ok(own.ok, own.output);
     // The app, as Next.js's tsconfig has it (skipLibCheck: supabase-js's own types want @types/node).
-    for (const resolution of [['--module', 'esnext', '--moduleResolution', 'bundler'], ['--module', 'nodenext']]) {
-      const checked = await run(tsc, [...resolution, ...common, '--skipLibCheck', 'app.ts'], work);
+    for (
+      const resolution of [[
+        '--module',
+        'esnext',
+        '--moduleResolution',
+        'bundler',
+      ], ['--module', 'nodenext']]
+    ) {
+      const checked = await run(tsc, [
+        ...resolution,
+        ...common,
+        '--skipLibCheck',
+        'app.ts',
+      ], work);
       assert.ok(checked.ok, `${resolution.join(' ')}:\n${checked.output}`);
     }
   },
@@ -163,16 +229,118 @@ Deno.test({
   async fn() {
     await built();
     const same = await contractMatches(`${dist}/contract.d.ts`);
-    assert.ok(same.names.length >= 25, `found ${same.names.length} contract types`);
+    assert.ok(
+      same.names.length >= 25,
+      `found ${same.names.length} contract types`,
+    );
     assert.ok(same.ok, same.output);
 
     const packaged = await Deno.readTextFile(`${dist}/contract.d.ts`);
-    const drifted = packaged.replace(/(export type UsageRequest = \{[^}]*?)\s*correlation_id\?: string;/, '$1');
+    const drifted = packaged.replace(
+      /(export type UsageRequest = \{[^}]*?)\s*correlation_id\?: string;/,
+      '$1',
+    );
     assert.notEqual(drifted, packaged, 'the mutation applied');
     await Deno.writeTextFile(`${work}/drifted.d.ts`, drifted);
     const caught = await contractMatches(`${work}/drifted.d.ts`);
-    assert.equal(caught.ok, false, 'a package without an optional request field must not pass');
+    assert.equal(
+      caught.ok,
+      false,
+      'a package without an optional request field must not pass',
+    );
     assert.match(caught.output, /UsageRequest/);
+  },
+});
+
+Deno.test({
+  name: "examples/nextjs: its route handlers and lib type-check under tsc against the package's types",
+  async fn() {
+    await built();
+    // The example's plain TypeScript (the .tsx page and layout need Next's and React's types,
+    // which this check does not install); `process.env` as @types/node declares it.
+    const app = `${work}/nextjs`;
+    const files = [
+      'lib/billing.ts',
+      'lib/gateway.ts',
+      'app/api/ask/route.ts',
+      'app/api/essay-feedback/route.ts',
+    ];
+    for (const f of files) {
+      await Deno.mkdir(`${app}/${f.replace(/\/[^/]+$/, '')}`, {
+        recursive: true,
+      });
+      await Deno.copyFile(`${root}examples/nextjs/${f}`, `${app}/${f}`);
+    }
+    await Deno.writeTextFile(
+      `${app}/env.d.ts`,
+      'declare const process: { env: Record<string, string | undefined> };\n',
+    );
+    const checked = await run(
+      tsc,
+      [
+        '--noEmit',
+        '--strict',
+        '--target',
+        'es2022',
+        '--lib',
+        'es2022,dom,dom.iterable',
+        '--module',
+        'esnext',
+        '--moduleResolution',
+        'bundler',
+        '--skipLibCheck',
+        'env.d.ts',
+        ...files,
+      ],
+      app,
+    );
+    assert.ok(checked.ok, checked.output);
+  },
+});
+
+Deno.test({
+  name: 'client/ packs as it would publish: the built modules and types, a version the changelog names',
+  async fn() {
+    const out = await new Deno.Command('npm', {
+      args: ['pack', '--dry-run', '--json'],
+      cwd: `${root}client`,
+      stdout: 'piped',
+      stderr: 'piped',
+    }).output();
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    const text = new TextDecoder().decode(out.stdout);
+    // prepack's build prints a line before npm's JSON.
+    const [packed] = JSON.parse(text.slice(text.indexOf('[')));
+    const files = (packed.files as { path: string }[]).map((f) => f.path)
+      .sort();
+    for (
+      const f of [
+        'CHANGELOG.md',
+        'README.md',
+        'package.json',
+        'dist/mod.js',
+        'dist/mod.d.ts',
+        'dist/contract.d.ts',
+      ]
+    ) {
+      assert.ok(files.includes(f), `${f} is packed: ${files.join(' ')}`);
+    }
+    assert.deepEqual(
+      files.filter((f) => /(?<!\.d)\.ts$/.test(f)),
+      [],
+      'no TypeScript source is packed',
+    );
+    const manifest = JSON.parse(
+      await Deno.readTextFile(`${root}client/package.json`),
+    );
+    assert.equal(packed.version, manifest.version);
+    assert.equal(manifest.types, manifest.exports['.'].types);
+    const changelog = await Deno.readTextFile(`${root}client/CHANGELOG.md`);
+    assert.equal(
+      /^## (\S+)/m.exec(changelog)?.[1],
+      manifest.version,
+      "the changelog's latest entry is this version",
+    );
   },
 });
 

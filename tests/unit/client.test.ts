@@ -225,3 +225,19 @@ Deno.test('a fetch that throws something unexpected is still answered as an erro
   assert.equal(data, null);
   assert.equal(error?.code, 'NETWORK_ERROR');
 });
+
+Deno.test('client/README.md lists every method of the client and the usage reporter, and none it lacks', async () => {
+  const supabase = createClient('http://127.0.0.1:1', 'anon-key');
+  const methods = [
+    ...Object.keys(createBillingClient(supabase)),
+    ...Object.keys(createUsageReporter(supabase, 'slk_' + '0'.repeat(48))),
+  ];
+  const readme = await Deno.readTextFile(new URL('../../client/README.md', import.meta.url));
+  const list = readme.slice(readme.indexOf('Every route has a method'), readme.indexOf('Request and'));
+  const named = new Set([...list.matchAll(/`([a-z][A-Za-z]+)`/g)].map((m) => m[1]));
+  assert.deepEqual(methods.filter((m) => !named.has(m)), [], 'methods the README does not list');
+  assert.deepEqual(
+    [...named].filter((n) => !methods.includes(n) && n !== 'createUsageReporter'),
+    [],
+  );
+});

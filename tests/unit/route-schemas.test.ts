@@ -178,6 +178,11 @@ Deno.test('the walk catches raw strings, numbers, unbounded arrays and free-form
 // error text (so the Postgres log): every other string field has a pattern (values/text.ts,
 // values/query.ts, a regex or a format).
 const freeText: Record<string, string> = {
+  'admin/ChangePackageSchema.reason': "an admin's reason, stored as a bound parameter; never in an error's DETAIL",
+  'admin/ChangePlanSchema.reason': "an admin's reason, stored as a bound parameter; never in an error's DETAIL",
+  'admin/CreatePackageSchema.reason': "an admin's reason, stored as a bound parameter; never in an error's DETAIL",
+  'admin/CreatePlanSchema.reason': "an admin's reason, stored as a bound parameter; never in an error's DETAIL",
+  'admin/RetireSchema.reason': "an admin's reason, stored as a bound parameter; never in an error's DETAIL",
   'admin/CorrectionRunSchema.reason': "an admin's reason, stored as a bound parameter; never in an error's DETAIL",
   'admin/DiscardRateCardSchema.reason': "an admin's reason, stored as a bound parameter; never in an error's DETAIL",
   'admin/PublishRateCardSchema.reason': "an admin's reason, stored as a bound parameter; never in an error's DETAIL",

@@ -10,8 +10,16 @@ import { automaticTaxBlock, invoiceTaxes, taxOn } from './tax.ts';
 
 export type Interval = 'month' | 'year';
 
+/** A price; without an interval, a one-time price (Checkout in payment mode). */
 export function price(
-  input: { currency: string; unitAmount: number; interval: Interval; product: string },
+  input: {
+    currency: string;
+    unitAmount: number;
+    interval: Interval | null;
+    product: string;
+    metadata?: Record<string, string>;
+    nickname?: string | null;
+  },
 ): Stripe.Price {
   return {
     id: newId('price'),
@@ -23,20 +31,22 @@ export function price(
     custom_unit_amount: null,
     livemode: false,
     lookup_key: null,
-    metadata: {},
-    nickname: null,
+    metadata: input.metadata ?? {},
+    nickname: input.nickname ?? null,
     product: input.product,
-    recurring: {
-      interval: input.interval,
-      interval_count: 1,
-      meter: null,
-      trial_period_days: null,
-      usage_type: 'licensed',
-    },
+    recurring: input.interval
+      ? {
+        interval: input.interval,
+        interval_count: 1,
+        meter: null,
+        trial_period_days: null,
+        usage_type: 'licensed',
+      }
+      : null,
     tax_behavior: 'unspecified',
     tiers_mode: null,
     transform_quantity: null,
-    type: 'recurring',
+    type: input.interval ? 'recurring' : 'one_time',
     unit_amount: input.unitAmount,
     unit_amount_decimal: null, // a Decimal object in the SDK's types; Stripe sends a string
   };

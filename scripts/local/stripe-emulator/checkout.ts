@@ -7,7 +7,7 @@ import { checkDestination, settleDestinationCharge } from './connect.ts';
 import { checkoutSession, paymentIntent, type SessionInput } from './objects.ts';
 import { succeed } from './charges.ts';
 import { saveCard } from './off-session.ts';
-import { prepareSubscription, startSubscription } from './subscriptions.ts';
+import { prepareSubscription, priceOf, startSubscription } from './subscriptions.ts';
 import { config, now, store } from './state.ts';
 import { automaticTaxRequested } from './tax.ts';
 
@@ -35,13 +35,18 @@ function createSession(body: FormObject): Stripe.Checkout.Session {
   let currency = '';
   let name = '';
   for (const item of items) {
+    // An existing one-time price, or one made for this session from price_data.
+    const id = str(item.price);
+    const existing = id ? priceOf(id, false) : null;
     const price = obj(item.price_data);
-    const unit = Number(str(price.unit_amount));
+    const unit = existing ? existing.unit_amount ?? 0 : Number(str(price.unit_amount));
     const quantity = Number(str(item.quantity) ?? '1');
     if (!Number.isInteger(unit) || unit <= 0) throw invalid('unit_amount must be a positive integer.', 'line_items');
     amount += unit * quantity;
-    currency = str(price.currency) ?? '';
-    name = str(obj(price.product_data).name) ?? '';
+    currency = existing ? existing.currency : str(price.currency) ?? '';
+    name = existing
+      ? store.productNames.get(existing.product as string) ?? ''
+      : str(obj(price.product_data).name) ?? '';
   }
   const metadata = Object.fromEntries(Object.entries(obj(body.metadata)).map(([k, v]) => [k, String(v)]));
   const expiresAt = Number(str(body.expires_at) ?? now() + 24 * 3600);

@@ -48,6 +48,17 @@ export const route = (method: string, pathname: string, handler: Handler): Route
   handler,
 });
 
+/**
+ * A test control's answer for a person (`?summary`, as the docs' examples ask): each event as its
+ * id and type, not its signed bytes (kilobytes each, for tests that replay them).
+ * @example summary({ events: [signed] }) // { events: [{ id: 'evt_…', type: 'checkout.session.completed' }] }
+ */
+function summary(answer: unknown): unknown {
+  if (!answer || typeof answer !== 'object' || !Array.isArray((answer as { events?: unknown }).events)) return answer;
+  const { events, ...rest } = answer as { events: { id: string; type: string }[] };
+  return { ...rest, events: events.map(({ id, type }) => ({ id, type })) };
+}
+
 const idempotent = new Map<string, { fingerprint: string; status: number; body: string }>();
 
 export async function dispatch(routes: Route[], req: Request): Promise<Response> {
@@ -98,8 +109,11 @@ export async function dispatch(routes: Route[], req: Request): Promise<Response>
         json: () => (text ? JSON.parse(text) : {}),
         stripeAccount: req.headers.get('stripe-account'),
       };
-      const result = await r.handler(ctx);
-      if (result instanceof Response) return result;
+      const answer = await r.handler(ctx);
+      if (answer instanceof Response) return answer;
+      const result = url.pathname.startsWith('/_emulator/') && url.searchParams.has('summary')
+        ? summary(answer)
+        : answer;
       const body = JSON.stringify(expand(result, expandPaths(url.searchParams)));
       if (key) idempotent.set(key, { fingerprint, status: 200, body });
       return new Response(body, {

@@ -53,6 +53,8 @@ export const store = {
   sessionPayments: new Map<string, SessionPayment>(),
   /** Stripe Billing (subscriptions.ts): prices, subscriptions, invoices, portal sessions. */
   prices: new Map<string, Stripe.Price>(),
+  /** The name of each product a price was made with (`product_data[name]`), for Checkout's page. */
+  productNames: new Map<string, string>(),
   subscriptions: new Map<string, Stripe.Subscription>(),
   invoices: new Map<string, Stripe.Invoice>(),
   /** A send_invoice invoice's net terms until it is finalized (Stripe keeps them off the object). */

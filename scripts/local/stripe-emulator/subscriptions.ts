@@ -42,17 +42,56 @@ function priceFrom(data: FormObject, product: string | null): Stripe.Price {
   return p;
 }
 
+/** POST /v1/prices: one-time, or recurring with `recurring[interval]`; `product` or `product_data[name]`. */
+function createPrice(body: FormObject): Stripe.Price {
+  const unitAmount = Number(str(body.unit_amount));
+  const currency = str(body.currency);
+  const interval = str(obj(body.recurring).interval);
+  if (!Number.isInteger(unitAmount) || unitAmount < 0) throw invalid('unit_amount must be an integer.', 'unit_amount');
+  if (!currency || !/^[a-z]{3}$/.test(currency)) throw invalid('currency must be a three-letter code.', 'currency');
+  if (interval !== null && interval !== 'month' && interval !== 'year') {
+    throw invalid('recurring[interval] must be month or year.', 'recurring');
+  }
+  const name = str(obj(body.product_data).name);
+  const product = str(body.product) ?? (name ? newId('prod') : null);
+  if (!product) throw invalid('product or product_data[name] is required.', 'product');
+  if (name) store.productNames.set(product, name);
+  const p = price({
+    currency,
+    unitAmount,
+    interval: interval as Interval | null,
+    product,
+    metadata: meta(body.metadata),
+    nickname: str(body.nickname),
+  });
+  store.prices.set(p.id, p);
+  return p;
+}
+
+/** A line item's existing price (`price`), refused unless it is active and of the kind wanted. */
+export function priceOf(id: string, recurring: boolean): Stripe.Price {
+  const p = store.prices.get(id);
+  if (!p) throw missing('price', id);
+  if (!p.active) throw invalid(`The price ${id} is not active.`, 'price');
+  if ((p.type === 'recurring') !== recurring) {
+    throw invalid(`The price ${id} is ${p.type}; this needs a ${recurring ? 'recurring' : 'one_time'} price.`, 'price');
+  }
+  return p;
+}
+
 /** Checkout with mode=subscription: the price the session will subscribe to once paid. */
 export function prepareSubscription(
   body: FormObject,
 ): { price: Stripe.Price; metadata: Record<string, string>; name: string } {
   const items = Array.isArray(body.line_items) ? body.line_items.map(obj) : [];
   if (items.length !== 1) throw invalid('Exactly one line item is emulated for subscriptions.', 'line_items');
+  const id = str(items[0].price);
   const data = obj(items[0].price_data);
+  const p = id ? priceOf(id, true) : priceFrom(data, null);
   return {
-    price: priceFrom(data, null),
+    price: p,
     metadata: meta(obj(body.subscription_data).metadata),
-    name: str(obj(data.product_data).name) ?? '',
+    name: id ? store.productNames.get(p.product as string) ?? '' : str(obj(data.product_data).name) ?? '',
   };
 }
 
@@ -185,7 +224,8 @@ function update(sub: Stripe.Subscription, body: FormObject): { sub: Stripe.Subsc
   const items = Array.isArray(body.items) ? body.items.map(obj) : [];
   if (items.length) {
     if (str(items[0].id) !== item.id) throw invalid('items[0][id] must name the subscription item.', 'items');
-    const next = priceFrom(obj(items[0].price_data), item.price.product as string);
+    const id = str(items[0].price);
+    const next = id ? priceOf(id, true) : priceFrom(obj(items[0].price_data), item.price.product as string);
     const proration = str(body.proration_behavior) ?? 'create_prorations';
     const at = Math.max(now(), item.current_period_start); // a renewed period may start ahead of the clock
     const share = (item.current_period_end - at) / Math.max(item.current_period_end - item.current_period_start, 1);
@@ -231,6 +271,7 @@ export const subscriptionRoutes = [
     await emit([subscriptionEvent('customer.subscription.deleted', sub)], true);
     return sub;
   }),
+  route('POST', '/v1/prices', ({ body }) => createPrice(body)),
   route('GET', '/v1/prices/:id', ({ params }) => {
     const p = store.prices.get(params.id);
     if (!p) throw missing('price', params.id);

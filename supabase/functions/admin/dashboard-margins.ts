@@ -2,7 +2,8 @@
 // joined into dashboard-page.ts's one <style>/<script> (so they carry its CSP nonce). The script
 // runs after the page's own and uses its helpers ($, get, esc, credits, fmtInt, empty).
 //   Margins: per model over the range, GET ./margins (revenue, provider cost, margin %), the
-//     models under the margin_low alert's threshold marked.
+//     models under the margin_low alert's threshold marked; "unknown" where some revenue had no
+//     provider price (never a made-up 100%).
 //   Corrections: the latest bulk correction runs, GET ./corrections, a page at a time.
 
 export const marginsStyle = `
@@ -26,15 +27,17 @@ const below = (row, limit) => row.margin_percent !== null && limit !== null && N
 
 function renderMargins(report) {
   if (report.groups.length === 0) { $('margins').innerHTML = empty; return; }
-  const cell = (row, low) => '<td class="nowrap">' + usd(row.revenue_usd) + '</td><td class="nowrap">' + usd(row.cost_usd) +
-    '</td><td' + (low ? ' class="bad low"' : '') + '><span class="nowrap">' +
-    (row.margin_percent === null ? '–' : esc(row.margin_percent) + '%') + '</span>' + (low ? ' <span class="badge">low</span>' : '') + '</td>';
+  const unknown = '<span class="muted" title="no provider price for some of this revenue">unknown</span>';
+  const cell = (row, low) => '<td class="nowrap">' + usd(row.revenue_usd) + '</td><td class="nowrap">' +
+    (row.cost_usd === null ? unknown : usd(row.cost_usd)) + '</td><td' + (low ? ' class="bad low"' : '') + '><span class="nowrap">' +
+    (row.cost_usd === null ? unknown : row.margin_percent === null ? '–' : esc(row.margin_percent) + '%') + '</span>' +
+    (low ? ' <span class="badge">low</span>' : '') + '</td>';
   $('margins').innerHTML = '<p class="muted">Alert below ' + esc(report.alert_below_percent ?? '–') + '% (on a closed day).</p>' +
-    '<table><tr><th>Model</th><th>Revenue</th><th>Provider cost</th><th>Margin</th></tr>' +
+    '<div class="cards"><table><tr><th>Model</th><th>Revenue</th><th>Provider cost</th><th>Margin</th></tr>' +
     report.groups.map((g) => {
       const low = below(g, report.alert_below_percent);
       return '<tr data-model="' + esc(g.key) + '" data-low="' + low + '"><td>' + esc(g.key) + '</td>' + cell(g, low) + '</tr>';
-    }).join('') + '<tr data-model=""><th>All</th>' + cell(report.totals, false) + '</tr></table>';
+    }).join('') + '<tr data-model=""><th>All</th>' + cell(report.totals, false) + '</tr></table></div>';
 }
 
 async function loadMargins() {

@@ -3,8 +3,10 @@
 // calls this function's JSON routes; the browser sends the HttpOnly session cookie, which the
 // script cannot read. One <style> and one <script>, each carrying the response's CSP nonce: no
 // inline style attributes or handlers, so the policy needs no 'unsafe-inline'. Sections with
-// their own module (dashboard-margins.ts) join the one style and script.
+// their own module (dashboard-margins.ts, dashboard-catalog.ts) join the one style and script.
+// A table wider than its section scrolls inside its own box (.cards), never the page.
 import { marginsScript, marginsSections, marginsStyle } from './dashboard-margins.ts';
+import { catalogScript, catalogSections, catalogStyle } from './dashboard-catalog.ts';
 
 const style = `
 :root{font:15px/1.45 system-ui,sans-serif;color:#1d2330;background:#f4f5f7}
@@ -30,7 +32,7 @@ table{width:100%;border-collapse:collapse;font-size:.88rem}td,th{text-align:left
 .narrow{max-width:26rem}.narrow input{width:100%;box-sizing:border-box}
 .chart .axis{font-size:.8rem;color:#556;margin:.2rem 0}.ticks{display:flex;justify-content:space-between;gap:.5rem}
 .nowrap{white-space:nowrap}
-.wide{grid-column:1/-1;min-width:0}.cards{overflow-x:auto;max-width:100%}.draft-form{display:flex;flex-wrap:wrap;gap:.4rem;align-items:end;margin:.6rem 0}
+.wide{grid-column:1/-1;min-width:0}.cards{overflow-x:auto;max-width:100%}#orgs td{overflow-wrap:anywhere}.draft-form{display:flex;flex-wrap:wrap;gap:.4rem;align-items:end;margin:.6rem 0}
 .draft-form input{width:7.5rem}.draft-form label{display:flex;flex-direction:column;font-size:.8rem;color:#556}`;
 
 const script = `
@@ -169,14 +171,15 @@ function render(metrics, ops) {
   $('orgs').innerHTML = '<p class="muted">' + fmtInt.format(standing.count) + ' organisations, ' + fmtInt.format(standing.members) +
     ' funded members; ' + credits(standing.wallet_credits) + ' credits in wallets, ' + credits(standing.allowance_credits) + ' in allowances (now).</p>' +
     (orgs.length
-      // Four columns, so a phone shows them without scrolling: spending and ARPU sit under their headline.
-      ? '<table><tr><th>Organisation</th><th>Members spending</th><th>GMV</th><th>Net revenue</th></tr>' +
+      // Four columns, spending and ARPU under their headline; wider than the section (a phone, long
+      // names, large sums), the table scrolls in its own box.
+      ? '<div class="cards"><table><tr><th>Organisation</th><th>Members spending</th><th>GMV</th><th>Net revenue</th></tr>' +
         orgs.map((o) => '<tr><td>' + esc(o.name) + '<br><span class="muted">' + esc(o.funding) + ', ' + credits(o.credits_spent) + ' credits spent' +
           (o.invoiced_cents ? ', ' + money(o.invoiced_cents, currency) + ' by invoice' : '') + '</span></td><td>' + fmtInt.format(o.active_members) + ' of ' + fmtInt.format(o.members) +
           '</td><td class="nowrap">' + money(o.gmv_cents, currency) + '</td><td><span class="nowrap">' +
           money(o.net_revenue_cents, currency) + '</span><br><span class="muted nowrap">' +
           (o.arpu_cents === null ? 'no ARPU' : money(o.arpu_cents, currency) + ' ARPU') + '</span></td></tr>').join('') +
-        '</table>'
+        '</table></div>'
       : '<p class="muted">No organisation bought or spent credits in this range.</p>');
   // Promo, gift and sponsor codes in the range (billing.codes_report).
   const codes = t.codes;
@@ -358,7 +361,7 @@ const escapeHtml = (s: string) =>
 
 const head = (title: string, nonce: string) =>
   `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${title}</title><style nonce="${nonce}">${style}${marginsStyle}</style></head>`;
+<title>${title}</title><style nonce="${nonce}">${style}${marginsStyle}${catalogStyle}</style></head>`;
 
 export const dashboardPage = (nonce: string) =>
   `${head('ScholarLink · Operations', nonce)}<body>
@@ -387,9 +390,9 @@ export const dashboardPage = (nonce: string) =>
       <label>output /M<input name="usd_per_million_output" required></label><label>reasoning /M<input name="usd_per_million_reasoning"></label>
       <label>image<input name="usd_per_image"></label><label>audio s<input name="usd_per_audio_second"></label>
       <label>markup<input name="markup" required></label><label>why<input name="reason" required></label><button>Draft</button></form>
-    <div id="simulation"></div></section>
+    <div id="simulation"></div></section>${catalogSections}
 </div>
-<script nonce="${nonce}">${script}${marginsScript}</script></body></html>`;
+<script nonce="${nonce}">${script}${marginsScript}${catalogScript}</script></body></html>`;
 
 /**
  * Sign-in, without any script: plain forms posted to ./session, which verifies the token (or

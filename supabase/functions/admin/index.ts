@@ -1,5 +1,5 @@
 // The people who run the business: daily reports, metrics over any range (JSON or CSV), an
-// ops overview, margins, rate cards (drafts, their dry run, publishing: rate-cards.ts), and the dashboard page that shows them. Admin only: every route answers 403 to
+// ops overview, margins, rate cards (drafts, their dry run, publishing: rate-cards.ts), packages and plans (catalog.ts), and the dashboard page that shows them. Admin only: every route answers 403 to
 // a signed-in non-admin. The caller is a bearer token or the dashboard's HttpOnly session
 // cookie (session.ts), both checked by requireAdmin. The numbers are defined once, in SQL
 // (docs/metrics.md).
@@ -29,6 +29,7 @@ import {
   VoidRequestSchema,
 } from './schemas.ts';
 import { rateCardRoutes } from './rate-cards.ts';
+import { catalogRoutes } from './catalog.ts';
 import {
   accessTokenFor,
   endSession,
@@ -208,6 +209,7 @@ app.post('/corrections/:id/continue', requireAdmin, async (c) => {
 });
 
 rateCardRoutes(app);
+catalogRoutes(app);
 
 /**
  * The dashboard, for an admin signed in with the session cookie (or a bearer header). Anyone

@@ -2,7 +2,8 @@
 import { z } from 'zod';
 import { ModelSchema } from '../_shared/contract/credits.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
-import { PlanIdSchema } from '../_shared/values/text.ts';
+import { PackageIdSchema, PlanIdSchema, printedText } from '../_shared/values/text.ts';
+import { CreditAmountSchema } from '../_shared/values/money.ts';
 import {
   CalendarDateSchema,
   DayOrInstantSchema,
@@ -156,3 +157,85 @@ export const ModelAccessSchema = z.strictObject({
 export const ServerKeySchema = z.strictObject({
   name: pgText(100).min(1).regex(/^[A-Za-z0-9 ._-]+$/, 'letters, digits, spaces, dots, dashes and underscores'),
 });
+
+// Packages and plans (catalog.ts, docs/pricing.md § Packages and plans). Prices in whole cents of
+// their currency (Stripe's unit_amount); credits as decimal strings. Names are printed by Stripe
+// on its Checkout page and receipts.
+const priceCents = pgInt(1, 99_999_999);
+const currency = pgText(3).regex(/^[a-z]{3}$/, 'must be a lower-case ISO currency code, e.g. usd');
+const catalogName = printedText(80);
+const sortOrder = pgInt(0, 10_000);
+const rollover = z.enum(['none', 'up_to_credits', 'up_to_share']);
+/** A package's id: what students buy with, kept forever (retire it, never reuse it). */
+export const CatalogPackageIdSchema = PackageIdSchema;
+/** A plan's id: at most 48 characters, so its versions' ids (`<id>.v<n>`) fit. */
+export const CatalogPlanIdSchema = PlanIdSchema.pipe(z.string().max(48));
+
+const packageFields = {
+  name: catalogName,
+  price_cents: priceCents,
+  currency: currency.optional(),
+  credits: CreditAmountSchema,
+  bonus_credits: z.union([CreditAmountSchema, z.literal('0'), z.literal(0).transform(() => '0')]).optional(),
+};
+
+/** POST /admin/packages: a new package, version 1. */
+export const CreatePackageSchema = z.strictObject({
+  id: CatalogPackageIdSchema,
+  ...packageFields,
+  sort_order: sortOrder.optional(),
+  reason,
+});
+export type CreatePackage = z.infer<typeof CreatePackageSchema>;
+
+/** POST /admin/packages/:id/versions: what changes (the rest as on sale now). */
+export const ChangePackageSchema = z
+  .strictObject({ ...z.strictObject(packageFields).partial().shape, sort_order: sortOrder.optional(), reason })
+  .refine((b) => Object.keys(b).some((k) => k !== 'reason' && k !== 'sort_order'), {
+    message: 'send at least one of name, price_cents, currency, credits, bonus_credits',
+    path: ['price_cents'],
+  });
+export type ChangePackage = z.infer<typeof ChangePackageSchema>;
+
+const planFields = {
+  name: catalogName,
+  price_cents: priceCents,
+  currency: currency.optional(),
+  interval: z.enum(['month', 'year']),
+  credits: CreditAmountSchema,
+  rollover: rollover.optional(),
+  rollover_limit: CreditAmountSchema.nullable().optional(),
+};
+
+/** The rollover rule's limit goes with its rule: none takes none, the others need one (a share at most 1). */
+const rolloverLimitFits = (b: { rollover?: string; rollover_limit?: string | null }) =>
+  b.rollover === undefined ||
+  ((b.rollover === 'none') === (b.rollover_limit == null) &&
+    (b.rollover !== 'up_to_share' || Number(b.rollover_limit) <= 1));
+const rolloverMessage = {
+  message: 'rollover none takes no rollover_limit; up_to_credits needs a limit in credits, up_to_share a share up to 1',
+  path: ['rollover_limit'],
+};
+
+/** POST /admin/plans: a new plan, version 1. */
+export const CreatePlanSchema = z
+  .strictObject({ id: CatalogPlanIdSchema, ...planFields, sort_order: sortOrder.optional(), reason })
+  .refine(rolloverLimitFits, rolloverMessage);
+export type CreatePlan = z.infer<typeof CreatePlanSchema>;
+
+/** POST /admin/plans/:id/versions: what changes (the rest as on sale now). */
+export const ChangePlanSchema = z
+  .strictObject({ ...z.strictObject(planFields).partial().shape, sort_order: sortOrder.optional(), reason })
+  .refine((b) => Object.keys(b).some((k) => k !== 'reason' && k !== 'sort_order'), {
+    message: 'send at least one of name, price_cents, currency, interval, credits, rollover, rollover_limit',
+    path: ['price_cents'],
+  })
+  .refine(rolloverLimitFits, rolloverMessage)
+  .refine((b) => b.rollover !== undefined || b.rollover_limit === undefined, {
+    message: 'send rollover with rollover_limit',
+    path: ['rollover'],
+  });
+export type ChangePlan = z.infer<typeof ChangePlanSchema>;
+
+/** POST /admin/packages/:id/retire, POST /admin/plans/:id/retire. */
+export const RetireSchema = z.strictObject({ reason });

@@ -9,8 +9,11 @@ import { automaticTax, stripe, stripeCall } from '../_shared/adapters/stripe.ts'
 import type { CheckoutEnv, Subscribe } from './schemas.ts';
 import { redirectUrl } from './sessions.ts';
 
+/** A plan version's row: `id` is the version's (what Stripe's metadata names), `family` the plan's. */
 type PlanRow = {
   id: string;
+  family: string;
+  version: number;
   name: string;
   stripe_price_id: string | null;
   price_cents: number;
@@ -22,7 +25,8 @@ type PlanRow = {
 };
 
 export const planJson = (p: PlanRow) => ({
-  id: p.id,
+  id: p.family,
+  version: p.version,
   name: p.name,
   price_cents: p.price_cents,
   currency: p.currency,
@@ -34,9 +38,17 @@ export const planJson = (p: PlanRow) => ({
 export const listPlans = () =>
   call((sql) => sql<PlanRow[]>`select * from billing.plans where active order by sort_order, id`);
 
-async function planOf(id: string): Promise<PlanRow> {
-  const [p] = await call((sql) => sql<PlanRow[]>`select * from billing.plans where id = ${id} and active`);
+/** The version of plan `family` on sale now. */
+async function planOnSale(family: string): Promise<PlanRow> {
+  const [p] = await call((sql) => sql<PlanRow[]>`select * from billing.plans where family = ${family} and active`);
   if (!p) throw new AppError('not_found', 'PLAN_NOT_FOUND', 'No such plan on sale.');
+  return p;
+}
+
+/** A plan version by its row id, on sale or not (what a subscription was sold at). */
+async function planVersion(id: string): Promise<PlanRow> {
+  const [p] = await call((sql) => sql<PlanRow[]>`select * from billing.plans where id = ${id}`);
+  if (!p) throw new AppError('not_found', 'PLAN_NOT_FOUND', 'No such plan.');
   return p;
 }
 
@@ -51,7 +63,7 @@ type SubscriptionRow = {
 
 const subscriptionJson = (s: SubscriptionRow) => ({
   subscription_id: s.id,
-  plan_id: s.plan_id,
+  plan_id: s.plan_id.split('.')[0], // the plan's id (its version's is `<id>.v<n>`)
   status: s.status,
   session_id: s.stripe_session_id,
   url: s.session_url,
@@ -67,11 +79,13 @@ export async function subscribe(
 ): Promise<Effect> {
   const successUrl = redirectUrl(body.success_url, env.CHECKOUT_SUCCESS_URL, env, 'success_url');
   const cancelUrl = redirectUrl(body.cancel_url, env.CHECKOUT_CANCEL_URL, env, 'cancel_url');
-  const plan = await planOf(body.plan_id);
+  const onSale = await planOnSale(body.plan_id);
   const [sub] = await call((sql) =>
-    sql<SubscriptionRow[]>`select * from billing.begin_subscription(${userId}, ${plan.id}, ${requestKey})`
+    sql<SubscriptionRow[]>`select * from billing.begin_subscription(${userId}, ${onSale.id}, ${requestKey})`
   );
   if (sub.stripe_session_id) return { status: 200, data: subscriptionJson(sub) };
+  // The version the subscription began at (a retry after a price change keeps it).
+  const plan = await planVersion(sub.plan_id);
   // One open plan Checkout per student: the others (another plan, another tab) expire first, so
   // two plans cannot both be paid. One already completed is refused when its webhook comes.
   const others = await call((sql) =>
@@ -120,6 +134,8 @@ export async function subscribe(
 export type PlanState = {
   subscription_id: string;
   plan_id: string;
+  plan_version: number;
+  plan_version_id: string;
   status: string;
   current_period_start: string | null;
   current_period_end: string | null;
@@ -147,6 +163,7 @@ export const publicPlan = (s: PlanState | null) =>
   s && {
     subscription_id: s.subscription_id,
     plan_id: s.plan_id,
+    plan_version: s.plan_version,
     status: s.status,
     current_period_start: s.current_period_start,
     current_period_end: s.current_period_end,
@@ -168,8 +185,10 @@ export async function changePlan(userId: string, planId: string, requestKey: str
       details: { status: s.status },
     });
   }
-  const [from, to] = [await planOf(s.plan_id), await planOf(planId)];
-  if (from.id === to.id) return { status: 200, data: publicPlan(s) };
+  // From the version it renews at (on sale or not) to the version of `planId` on sale now; the
+  // same plan at a newer price is no change: a subscription keeps the price it was sold at.
+  const [from, to] = [await planVersion(s.plan_version_id), await planOnSale(planId)];
+  if (from.family === to.family) return { status: 200, data: publicPlan(s) };
   if (from.billing_interval !== to.billing_interval || from.currency !== to.currency) {
     throw new AppError('validation', 'PLAN_CHANGE_NOT_ALLOWED', 'Change to a plan billed at the same interval.', {
       field: 'plan_id',
@@ -192,11 +211,13 @@ export async function changePlan(userId: string, planId: string, requestKey: str
     client.subscriptions.update(s.stripe_subscription_id, {
       items: [{
         id: item.id,
-        price_data: {
-          currency: to.currency,
-          unit_amount: to.price_cents,
-          recurring: { interval: to.billing_interval },
-          product: typeof item.price.product === 'string' ? item.price.product : item.price.product.id,
+        ...to.stripe_price_id ? { price: to.stripe_price_id } : {
+          price_data: {
+            currency: to.currency,
+            unit_amount: to.price_cents,
+            recurring: { interval: to.billing_interval },
+            product: typeof item.price.product === 'string' ? item.price.product : item.price.product.id,
+          },
         },
       }],
       metadata: { plan_id: to.id },
@@ -207,7 +228,10 @@ export async function changePlan(userId: string, planId: string, requestKey: str
       ...(charged ? { payment_behavior: 'pending_if_incomplete' as const } : {}),
     }, { idempotencyKey: `plan-change:${s.subscription_id}:${requestKey}` })
   );
-  return { status: 202, data: { ...publicPlan(s), plan_id: to.id, change: upgrade ? 'upgrade' : 'downgrade' } };
+  return {
+    status: 202,
+    data: { ...publicPlan(s), plan_id: to.family, plan_version: to.version, change: upgrade ? 'upgrade' : 'downgrade' },
+  };
 }
 
 /** Cancels at the period's end: the plan's credits last until then; nothing is refunded. */

@@ -86,6 +86,13 @@ export async function createCheckout(
     ...(body.gift ? { gift: 'true' } : {}),
   };
   const separator = successUrl.includes('?') ? '&' : '?';
+  // The Stripe Price of the package version the purchase sold (an admin-made version has one),
+  // else the price from the purchase itself: either way the amount sync_purchase expects.
+  const [{ price }] = await call((sql) =>
+    sql<{ price: string | null }[]>`select v.stripe_price_id as price from billing.purchases p
+      join billing.credit_package_versions v on v.package_id = p.package_id and v.version = p.package_version
+      where p.id = ${co.purchase_id}`
+  );
   // Stripe's idempotency key is the purchase's: a retry of this request reaches the same
   // purchase (by request key) and so the same session, never a second one.
   const session = await stripeCall(() =>
@@ -93,10 +100,12 @@ export async function createCheckout(
       mode: 'payment',
       line_items: [{
         quantity: 1,
-        price_data: {
-          currency: co.currency,
-          unit_amount: co.price_cents,
-          product_data: { name: `${co.package_name}: ${formatCredits(co.credits)} credits` },
+        ...price ? { price } : {
+          price_data: {
+            currency: co.currency,
+            unit_amount: co.price_cents,
+            product_data: { name: `${co.package_name}: ${formatCredits(co.credits)} credits` },
+          },
         },
       }],
       client_reference_id: co.purchase_id,

@@ -5,6 +5,7 @@ import type {
   Alerts,
   AutoRecharge,
   Balance,
+  Expiry,
   Lot,
   LotPage,
   Page,
@@ -61,6 +62,21 @@ app.get('/balance', requireUser, async (c) => {
       ? { amount: formatCredits(b.expiring_amount), at: (b.expiring_at as Date).toISOString() }
       : null,
   });
+});
+
+// Read-only: what of the caller's credits ends when, and what the plan's rule rolls over.
+app.get('/expiries', requireUser, async (c) => {
+  const rows = await call((sql) => sql`select * from billing.get_expiry_schedule(${currentUser(c).id})`);
+  const items = rows.map((r): Expiry => ({
+    ends_at: (r.ends_at as Date).toISOString(),
+    source: r.source,
+    credits: formatCredits(r.credits),
+    rolls_over: formatCredits(r.rolls_over),
+    expires: formatCredits(r.expires),
+    plan_id: r.plan_id,
+    plan_renews: r.plan_renews,
+  }));
+  return ok<Page<Expiry>>(c, whole(items));
 });
 
 app.get('/lots', requireUser, async (c) => {

@@ -108,6 +108,17 @@ const sqlErrors: Record<
   IDEMPOTENCY_KEY_REQUIRED: { type: 'validation', message: 'An idempotency key is required.' },
   LEDGER_IMMUTABLE: { type: 'server', message: 'Ledger rows cannot be changed.', status: 500 },
   PACKAGE_NOT_FOUND: { type: 'not_found', message: 'No such credit package on sale.' },
+  INVALID_CATALOG_ITEM: { type: 'validation', message: 'The package or plan is not valid: see details.rule.' },
+  CATALOG_ITEM_EXISTS: {
+    type: 'conflict',
+    message: 'A package or plan with that id exists already (retired ones too): change it, or pick another id.',
+  },
+  CATALOG_ITEM_RETIRED: { type: 'conflict', message: 'That package or plan is retired: it cannot change.' },
+  CATALOG_VERSION_CONFLICT: {
+    type: 'conflict',
+    message: 'Someone changed it at the same time: read it again and retry.',
+    retryable: true,
+  },
   PURCHASE_NOT_FOUND: { type: 'not_found', message: 'No such purchase.' },
   PLAN_NOT_FOUND: { type: 'not_found', message: 'No such plan on sale.' },
   PLAN_ALREADY_ACTIVE: {

@@ -99,6 +99,23 @@ export interface Balance {
   expiring: { amount: Credits; at: string } | null;
 }
 
+/**
+ * An upcoming expiry of the caller's own credits (GET /credits/expiries), if nothing more is
+ * spent before it: plan credits end with their period, and of them `rolls_over` carries into the
+ * next period by the plan's rule when the plan renews; `expires` is what ends for good.
+ */
+export interface Expiry {
+  ends_at: string;
+  /** `plan`: a plan period's credits (granted, or rolled into it); else the lots' category. */
+  source: 'plan' | 'paid' | 'promotional';
+  credits: Credits;
+  rolls_over: Credits;
+  expires: Credits;
+  /** The plan whose current period ends then, and whether it renews; null on other rows. */
+  plan_id: string | null;
+  plan_renews: boolean | null;
+}
+
 /** What a ledger entry did to lots: the lot a grant created, or what a debit drew from each. */
 export interface LotShare {
   lot_id: string;

@@ -49,7 +49,10 @@ function phrase(issue: z.core.$ZodIssue): string {
   if (!zodDefault.test(issue.message)) return issue.message;
   switch (issue.code) {
     case 'invalid_type':
-      return issue.input === undefined ? 'is required' : `must be ${article(issue.expected)}`;
+      // zod leaves `input` out of issues unless asked: a missing value is "received undefined".
+      return /received undefined$/.test(issue.message)
+        ? 'is required'
+        : `must be ${issue.expected === 'int' ? 'an integer' : article(issue.expected)}`;
     case 'too_big':
       return issue.origin === 'string'
         ? `must be at most ${issue.maximum} characters long`

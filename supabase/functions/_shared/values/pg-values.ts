@@ -27,17 +27,21 @@ export const textRefused = () =>
 /**
  * Text Postgres stores exactly, of at most `max` characters (code points, as zod and Postgres'
  * length() count them): the start of every string a route accepts; chain `.min`, `.trim`,
- * `.regex` as needed.
+ * `.regex` as needed; `tooLong` says what the value should be when a longer one means another
+ * form (an instant where a date is wanted).
  * @example name: pgText(200).trim().min(1)
  */
-export const pgText = (max: number) => z.string().refine(isPgText, notPgText).max(max);
+export const pgText = (max: number, tooLong?: string) => z.string().refine(isPgText, notPgText).max(max, tooLong);
 
 /**
  * A JSON integer in [min, max] (bounds within ±(2^53 − 1), so exact in JS and in the SQL
  * integer type the bounds fit; `-0` reaches SQL as 0).
  * @example ttl_seconds: pgInt(1, 86_400).optional()
  */
-export const pgInt = (min: number, max: number) => z.number().int().min(min).max(max);
+export const pgInt = (min: number, max: number) =>
+  // A present value of another type ("10", 1.5) is not an integer; a missing one keeps "is required".
+  z.number({ error: (i) => (i.code === 'invalid_type' && i.input !== undefined ? 'must be an integer' : undefined) })
+    .int({ error: 'must be an integer' }).min(min).max(max);
 
 /**
  * An integer from a query string: decimal digits only (no `1e2`, `0x10`, signs, spaces or

@@ -21,12 +21,15 @@ const outOfWindow = `must be between ${earliestDay} and ${latestDay}`;
  */
 export const pageLimit = (max: number, fallback: number) => queryInt(1, max).default(fallback);
 
+// An instant where a date is wanted is longer than 10 characters: the same words either way.
+const dateOnly = 'must be a date (YYYY-MM-DD)';
+
 /**
  * A calendar date `YYYY-MM-DD` that exists (no 2026-02-30) and lies in the window.
  * @example DailyReportSchema = z.strictObject({ date: CalendarDateSchema })
  */
-export const CalendarDateSchema = pgText(10).pipe(
-  z.iso.date()
+export const CalendarDateSchema = pgText(10, dateOnly).pipe(
+  z.iso.date(dateOnly)
     .refine((s) => s >= earliestDay && s <= latestDay, outOfWindow),
 );
 

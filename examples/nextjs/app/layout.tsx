@@ -1,0 +1,11 @@
+export const metadata = { title: 'Credits' };
+
+export default function RootLayout(
+  { children }: { children: React.ReactNode },
+) {
+  return (
+    <html lang='en'>
+      <body>{children}</body>
+    </html>
+  );
+}
