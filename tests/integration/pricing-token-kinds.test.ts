@@ -44,7 +44,7 @@ Deno.test('POST /credits/usage prices every kind and records them on the transfe
   const [t] = await testDb`select metadata - array['request_hash', 'request_id'] as metadata,
     metadata ->> 'request_hash' ~ '^[0-9a-f]{64}$' as recorded
     from billing.transfers where id = ${String(data(r).transfer_id)}::bigint`;
-  assert.ok(t.recorded, 'the transfer is the request\'s record: its hash beside the kinds');
+  assert.ok(t.recorded, "the transfer is the request's record: its hash beside the kinds");
   assert.deepEqual(t.metadata, {
     model,
     input_tokens: 1000,
