@@ -228,11 +228,10 @@ declare
   v_t billing.transfers;
   v_posted billing.posted_transfer;
 begin
-  if v_price.amount is null or v_price.amount <= 0 then
-    return null;
-  end if;
+  -- The key first, whatever this request is: a charge recorded under it answers a retry and
+  -- refuses another request, on whichever path this one would go.
   select * into v_account from billing.accounts a where a.user_id = p_user for update;
-  if not found or v_account.orgs > 0 or v_account.caps > 0 then
+  if not found then
     return null;
   end if;
   perform 1 from billing.idempotency_keys k where k.user_id = p_user and k.action = 'credits.usage' and k.key = p_key;
@@ -252,6 +251,9 @@ begin
         coalesce((v_t.metadata ->> 'held_after')::numeric, 0),
         (select c.version from billing.rate_cards c where c.id = v_t.rate_card_id)),
       null, null, v_t.metadata ->> 'request_id', v_t.created_at, true)::billing.money_response;
+  end if;
+  if v_price.amount is null or v_price.amount <= 0 or v_account.orgs > 0 or v_account.caps > 0 then
+    return null;
   end if;
 
   if v_account.held > 0 or v_account.next_expiry <= now() then
@@ -431,11 +433,13 @@ language plpgsql immutable
 set search_path = ''
 as $$
 begin
-  return case when length(p_scope || p_key) <= 300 then p_scope || p_key
+  -- A key that itself reads 'sha256:…' is hashed too: used as it is, it could name the same
+  -- ledger key as the hash of another, longer key.
+  return case when length(p_scope || p_key) <= 300 and p_key not like 'sha256:%' then p_scope || p_key
     else p_scope || 'sha256:' || encode(sha256(convert_to(p_key, 'UTF8')), 'hex') end;
 end
 $$;
-comment on function billing.scoped_key(p_scope text, p_key text) is 'Internal: a ledger idempotency key derived from a request''s key under p_scope, at most 300 characters (the key''s SHA-256 when the whole would not fit).';
+comment on function billing.scoped_key(p_scope text, p_key text) is 'Internal: a ledger idempotency key derived from a request''s key under p_scope, at most 300 characters (the key''s SHA-256 when the whole would not fit, or when the key itself reads sha256:…).';
 revoke execute on function billing.scoped_key(p_scope text, p_key text) from public;
 
 create or replace function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb)

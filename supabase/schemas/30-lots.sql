@@ -251,6 +251,24 @@ grant execute on function billing.reconcile_lots() to service_role;
 -- its credits are attributed to its most recent grants (spending drew the older ones first),
 -- each lot keeping its grant's category, purchase and cost. Run once by this migration; a
 -- no-op where every account already has lots.
+-- An expiry's key: the lot and what it held when it expired, so a rerun finds the transfer; after
+-- the lot's first expiry, also how many it has had, so credits that came back into it since (a
+-- void, a rollover brought back from breakage) expire under a key of their own, never replaying
+-- the first expiry and staying spendable.
+create or replace function billing.expiry_key(p_lot_id bigint, p_amount numeric) returns text
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_before integer := (select count(*) from billing.lot_allocations a
+                       where a.lot_id = p_lot_id and a.kind = 'expiry' and a.amount > 0);
+begin
+  return 'expiry:' || p_lot_id || ':' || trim_scale(p_amount) || case when v_before > 0 then ':' || v_before else '' end;
+end
+$$;
+comment on function billing.expiry_key(p_lot_id bigint, p_amount numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
+revoke execute on function billing.expiry_key(p_lot_id bigint, p_amount numeric) from public;
+
 create or replace function billing.expire_due_lots(p_account_id bigint)
  RETURNS integer
  LANGUAGE plpgsql
@@ -270,7 +288,7 @@ begin
   loop
     -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
     perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
-      'expiry', 'expired', 'expiry:' || v_lot.id || ':' || trim_scale(v_lot.remaining), null, null,
+      'expiry', 'expired', billing.expiry_key(v_lot.id, v_lot.remaining), null, null,
       jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null, null,
       jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
     v_count := v_count + 1;

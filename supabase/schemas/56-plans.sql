@@ -235,7 +235,7 @@ begin
        p_key || ':in:' || p_lot_id, p_sub_id::text, jsonb_build_object('lot_id', p_lot_id::text),
        jsonb_build_object('moved_from', p_lot_id, 'expires_at', p_new_end)),
       (3, 'expiry', p_account_id, billing.platform_account_id('expired'), p_expire,
-       'expiry:' || p_lot_id || ':' || trim_scale(p_expire), null, jsonb_build_object('lot_id', p_lot_id::text, 'category', p_category),
+       billing.expiry_key(p_lot_id, p_expire), null, jsonb_build_object('lot_id', p_lot_id::text, 'category', p_category),
        jsonb_build_object('first', jsonb_build_array(p_lot_id)))
     ) m (n, kind, from_id, to_id, amount, key, correlation, metadata, lots)
     where m.amount > 0

@@ -95,6 +95,7 @@ begin
     (m ->> 'credits')::numeric, coalesce((m ->> 'bonus_credits')::numeric, 0));
 exception when numeric_value_out_of_range or invalid_text_representation then
   perform billing.raise_error('INVALID_CATALOG_ITEM', jsonb_build_object('rule', 'prices in whole cents, credits as decimals'));
+  return null;                                      -- not reached: raise_error raised
 end;
 $$;
 comment on function billing.merge_package_spec(p_current jsonb, p_spec jsonb) is 'Internal: a package request''s fields over the version on sale, normalised.';
@@ -115,6 +116,7 @@ begin
     (m ->> 'credits')::numeric, coalesce(m ->> 'rollover', 'none'), (m ->> 'rollover_limit')::numeric);
 exception when numeric_value_out_of_range or invalid_text_representation then
   perform billing.raise_error('INVALID_CATALOG_ITEM', jsonb_build_object('rule', 'prices in whole cents, credits as decimals'));
+  return null;                                      -- not reached: raise_error raised
 end;
 $$;
 comment on function billing.merge_plan_spec(p_current jsonb, p_spec jsonb) is 'Internal: a plan request''s fields over the version on sale, normalised.';

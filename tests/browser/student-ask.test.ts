@@ -24,7 +24,7 @@ browserTest(
     const [a] = await testDb`select trim_scale(balance)::text as b, held from billing.accounts where user_id = ${id}`;
     assert.equal(a.b, String(50 - Number(call.charged)));
     assert.equal(Number(a.held), 0);
-    await page.locator('#ledger', { hasText: 'AI answer charged (gpt-4o-mini)' }).waitFor();
+    await page.locator('#ledger', { hasText: 'AI answer (gpt-4o-mini)' }).waitFor();
     await assertReadable(page, 'asked');
   },
 );

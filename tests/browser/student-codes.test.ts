@@ -37,7 +37,7 @@ browserTest('a student gives a gift through Checkout; a friend redeems its code 
   await friend.locator('#notice', { hasText: '9,990 credits from a gift were added' }).waitFor();
   await friend.locator('#balance', { hasText: '9,990' }).waitFor();
   // The page reloads its parts together after a redemption: the ledger may land after the balance.
-  await friend.locator('#ledger', { hasText: /Code redeemed · \+9,990/ }).waitFor();
+  await friend.locator('#ledger', { hasText: /Gift or sponsor code redeemed · \+9,990/ }).waitFor();
   await assertReadable(friend, 'gift-redeemed');
 });
 
