@@ -56,7 +56,8 @@ Deno.test('a ledger transaction that starts before a roll-up and commits after i
     await sleep(1100);
     const [{ w: after }] = await other`select billing.roll_up_ledger('1 day') as w`;
     assert.ok(after > started!, 'once it committed, the roll-up passed it');
-    const [{ n }] = await other`select count(*)::int as n from billing.transfers t join billing.accounts a on a.id = t.from_account_id
+    const [{ n }] =
+      await other`select count(*)::int as n from billing.transfers t join billing.accounts a on a.id = t.from_account_id
       where a.user_id = ${user} and t.kind = 'debit' and t.created_at < ${after}`;
     assert.equal(n, 2, 'both debits are before the watermark: in the rolled-up half');
     const report = await reportIsRaw(other);
@@ -113,7 +114,14 @@ Deno.test('writers committing out of order while roll-ups run: every report read
       }
       return { wrong, n };
     };
-    const [, , , , runs, { wrong, n }] = await Promise.all([write(0), write(1), write(2), write(3), rollUps(), reads()]);
+    const [, , , , runs, { wrong, n }] = await Promise.all([
+      write(0),
+      write(1),
+      write(2),
+      write(3),
+      rollUps(),
+      reads(),
+    ]);
     assert.ok(runs >= 10 && n >= 5, `roll-ups (${runs}) and reads (${n}) ran while the ${written} writes did`);
     assert.deepEqual(wrong, [], 'no report read while writers ran differed from the raw rows');
     await sleep(1100);
@@ -125,7 +133,10 @@ Deno.test('writers committing out of order while roll-ups run: every report read
       from billing.transfers t join billing.accounts a on a.id = t.from_account_id or a.id = t.to_account_id,
         (select max(ledger_until) as until from billing.revenue_rollup) w
       where a.user_id = any(${users}::uuid[]) and t.idempotency_key like 'watermark-%'`;
-    assert.ok(rolled > written / 2, `most of the run's transfers are in the rolled-up half (${rolled} rolled, ${tail} after)`);
+    assert.ok(
+      rolled > written / 2,
+      `most of the run's transfers are in the rolled-up half (${rolled} rolled, ${tail} after)`,
+    );
   } finally {
     await writers.end();
     await side.end();
