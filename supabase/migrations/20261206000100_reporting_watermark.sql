@@ -454,24 +454,23 @@ end;
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION billing.refresh_revenue_rollup(p_day date)
- RETURNS void
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO ''
-AS $function$
+create or replace function billing.refresh_revenue_rollup(p_day date) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
 declare
   v_from timestamptz := p_day::timestamp at time zone 'UTC';
-  v_until timestamptz := least((p_day + 1)::timestamp at time zone 'UTC', now() - interval '5 minutes');
-  v_ledger_until timestamptz;
+  v_end timestamptz := (p_day + 1)::timestamp at time zone 'UTC';
+  v_until timestamptz := least(v_end, now() - interval '5 minutes');
+  -- least() skips nulls: a horizon that cannot be known is the day's start.
+  v_ledger_until timestamptz := greatest(v_from, least(v_end, coalesce(billing.ledger_horizon(), v_from)));
+  v_ledger boolean;
 begin
   if v_until <= v_from then
     return;  -- nothing of the day can be rolled up yet
   end if;
-  if not exists (select 1 from billing.revenue_rollup r where r.day = p_day) then
-    -- least() skips nulls: a horizon that cannot be known is the day's start.
-    v_ledger_until := greatest(v_from, least((p_day + 1)::timestamp at time zone 'UTC', coalesce(billing.ledger_horizon(), v_from)));
-  end if;
+  v_ledger := v_ledger_until = v_end or not exists (select 1 from billing.revenue_rollup r where r.day = p_day);
   insert into billing.revenue_rollup as d (day, covered_until, money, lots_granted, paying_accounts, first_time_purchasers,
     checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, sessionless_purchases, computed_at,
     ledger_until, credits, lots, active_accounts, outstanding_credits)
@@ -479,18 +478,22 @@ begin
     e.checkouts_created, e.checkouts_paid, e.webhooks_received, e.webhooks_ok,
     (select count(*) from billing.purchases x where x.stripe_session_id is null and x.created_at >= v_from and x.created_at < v_until),
     now(),
-    coalesce(v_ledger_until, v_from), l.credits, l.lots, billing.account_bitmap(l.active_accounts),
-    billing.outstanding_before(v_from) + l.user_credit_change
-  from billing.event_parts(v_from, v_until) e, billing.ledger_parts(v_from, coalesce(v_ledger_until, v_from)) l
-  -- A row that exists (or was added meanwhile) keeps its credit ledger half: roll_up_ledger's.
+    l.until, l.credits, l.lots, billing.account_bitmap(l.active_accounts), billing.outstanding_before(v_from) + l.user_credit_change
+  from billing.event_parts(v_from, v_until) e,
+    lateral (select case when v_ledger then v_ledger_until else v_from end as until) u,
+    lateral (select u.until, p.* from billing.ledger_parts(v_from, u.until) p) l
   on conflict (day) do update set covered_until = excluded.covered_until, money = excluded.money,
     lots_granted = excluded.lots_granted, paying_accounts = excluded.paying_accounts,
     first_time_purchasers = excluded.first_time_purchasers, checkouts_created = excluded.checkouts_created,
     checkouts_paid = excluded.checkouts_paid, webhooks_received = excluded.webhooks_received,
-    webhooks_ok = excluded.webhooks_ok, sessionless_purchases = excluded.sessionless_purchases, computed_at = excluded.computed_at;
+    webhooks_ok = excluded.webhooks_ok, sessionless_purchases = excluded.sessionless_purchases, computed_at = excluded.computed_at,
+    ledger_until = case when v_ledger then excluded.ledger_until else d.ledger_until end,
+    credits = case when v_ledger then excluded.credits else d.credits end,
+    lots = case when v_ledger then excluded.lots else d.lots end,
+    active_accounts = case when v_ledger then excluded.active_accounts else d.active_accounts end,
+    outstanding_credits = case when v_ledger then excluded.outstanding_credits else d.outstanding_credits end;
 end;
-$function$
-;
+$$;
 
 CREATE OR REPLACE FUNCTION billing.refresh_stale_revenue(p_limit integer DEFAULT 31)
  RETURNS integer
@@ -558,7 +561,7 @@ $function$
 
 comment on table billing.revenue_rollup is 'Each UTC day''s metric parts, which ranges combine exactly: the credit ledger''s up to its horizon (added to every minute), the events'' (today''s up to a few minutes ago) recomputed when a late event reaches a day.';
 comment on function billing.revenue_rollup_is_current(date,timestamp with time zone,timestamp with time zone,bigint) is 'Internal: whether a revenue_rollup row''s events half still equals its span''s raw rows (no late event since it was computed).';
-comment on function billing.refresh_revenue_rollup(date) is 'Computes (or recomputes) a day''s revenue_rollup events half (and the credit ledger''s, up to the horizon, for a new row).';
+comment on function billing.refresh_revenue_rollup(date) is 'Computes (or recomputes) a day''s revenue_rollup row: its events half, and its credit ledger half once the day is past the horizon (or up to it, for a new row).';
 comment on function billing.refresh_stale_revenue(integer) is 'pg_cron: rolls the credit ledger up to its horizon, today''s events so far, and closed days whose roll-up is missing, incomplete or stale (late events).';
 comment on function billing.metric_parts(timestamp with time zone,timestamp with time zone,boolean) is 'Internal: the roll-up halves and live pieces [from, to) is made of; rolled-up halves from revenue_rollup when asked.';
 select cron.schedule('billing-revenue-rollup', '* * * * *', $$select billing.refresh_stale_revenue(31)$$);

@@ -484,8 +484,10 @@ revoke execute on function billing.roll_up_ledger(p_step interval) from public;
 grant execute on function billing.roll_up_ledger(p_step interval) to service_role;
 
 -- Computes (or recomputes) a day's events half over [day start, covered_until): the whole day
--- once it has closed (five minutes after midnight), else up to five minutes ago. A day without
--- a row gets its credit ledger half too, up to the horizon (roll_up_ledger continues it).
+-- once it has closed (five minutes after midnight), else up to five minutes ago. Its credit
+-- ledger half is recomputed too, from the rows, once the horizon has passed the day's end (a
+-- closed day: its rows are final), or made up to the horizon for a day without a row; else it
+-- stays roll_up_ledger's.
 create or replace function billing.refresh_revenue_rollup(p_day date) returns void
 language plpgsql
 security definer
@@ -493,16 +495,16 @@ set search_path = ''
 as $$
 declare
   v_from timestamptz := p_day::timestamp at time zone 'UTC';
-  v_until timestamptz := least((p_day + 1)::timestamp at time zone 'UTC', now() - interval '5 minutes');
-  v_ledger_until timestamptz;
+  v_end timestamptz := (p_day + 1)::timestamp at time zone 'UTC';
+  v_until timestamptz := least(v_end, now() - interval '5 minutes');
+  -- least() skips nulls: a horizon that cannot be known is the day's start.
+  v_ledger_until timestamptz := greatest(v_from, least(v_end, coalesce(billing.ledger_horizon(), v_from)));
+  v_ledger boolean;
 begin
   if v_until <= v_from then
     return;  -- nothing of the day can be rolled up yet
   end if;
-  if not exists (select 1 from billing.revenue_rollup r where r.day = p_day) then
-    -- least() skips nulls: a horizon that cannot be known is the day's start.
-    v_ledger_until := greatest(v_from, least((p_day + 1)::timestamp at time zone 'UTC', coalesce(billing.ledger_horizon(), v_from)));
-  end if;
+  v_ledger := v_ledger_until = v_end or not exists (select 1 from billing.revenue_rollup r where r.day = p_day);
   insert into billing.revenue_rollup as d (day, covered_until, money, lots_granted, paying_accounts, first_time_purchasers,
     checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, sessionless_purchases, computed_at,
     ledger_until, credits, lots, active_accounts, outstanding_credits)
@@ -510,18 +512,23 @@ begin
     e.checkouts_created, e.checkouts_paid, e.webhooks_received, e.webhooks_ok,
     (select count(*) from billing.purchases x where x.stripe_session_id is null and x.created_at >= v_from and x.created_at < v_until),
     now(),
-    coalesce(v_ledger_until, v_from), l.credits, l.lots, billing.account_bitmap(l.active_accounts),
-    billing.outstanding_before(v_from) + l.user_credit_change
-  from billing.event_parts(v_from, v_until) e, billing.ledger_parts(v_from, coalesce(v_ledger_until, v_from)) l
-  -- A row that exists (or was added meanwhile) keeps its credit ledger half: roll_up_ledger's.
+    l.until, l.credits, l.lots, billing.account_bitmap(l.active_accounts), billing.outstanding_before(v_from) + l.user_credit_change
+  from billing.event_parts(v_from, v_until) e,
+    lateral (select case when v_ledger then v_ledger_until else v_from end as until) u,
+    lateral (select u.until, p.* from billing.ledger_parts(v_from, u.until) p) l
   on conflict (day) do update set covered_until = excluded.covered_until, money = excluded.money,
     lots_granted = excluded.lots_granted, paying_accounts = excluded.paying_accounts,
     first_time_purchasers = excluded.first_time_purchasers, checkouts_created = excluded.checkouts_created,
     checkouts_paid = excluded.checkouts_paid, webhooks_received = excluded.webhooks_received,
-    webhooks_ok = excluded.webhooks_ok, sessionless_purchases = excluded.sessionless_purchases, computed_at = excluded.computed_at;
+    webhooks_ok = excluded.webhooks_ok, sessionless_purchases = excluded.sessionless_purchases, computed_at = excluded.computed_at,
+    ledger_until = case when v_ledger then excluded.ledger_until else d.ledger_until end,
+    credits = case when v_ledger then excluded.credits else d.credits end,
+    lots = case when v_ledger then excluded.lots else d.lots end,
+    active_accounts = case when v_ledger then excluded.active_accounts else d.active_accounts end,
+    outstanding_credits = case when v_ledger then excluded.outstanding_credits else d.outstanding_credits end;
 end;
 $$;
-comment on function billing.refresh_revenue_rollup(p_day date) is 'Computes (or recomputes) a day''s revenue_rollup events half (and the credit ledger''s, up to the horizon, for a new row).';
+comment on function billing.refresh_revenue_rollup(p_day date) is 'Computes (or recomputes) a day''s revenue_rollup row: its events half, and its credit ledger half once the day is past the horizon (or up to it, for a new row).';
 revoke execute on function billing.refresh_revenue_rollup(p_day date) from public;
 
 -- Computes (or recomputes) a day: its roll-up row, then its numbers in daily_revenue.
