@@ -9,6 +9,11 @@
 // cost of the indexes the reads need: WAL per debit and per paid purchase, and debits/s, with
 // and without them, and against a B-tree on created_at. Ratios against same-run baselines.
 //
+// First, on the local stack (bench/reporting/hour.ts): GET /admin/metrics over HTTP with
+// BENCH_REPORTING_HOUR (default 1,000,000; 0 skips it) transfers written in the last hour, the
+// credit ledger rolled up from its watermark as the minute job does, against the same request
+// before that hour; BENCH_REPORTING_HOUR_ONLY=1 runs only that cell.
+//
 // BENCH_REPORTING_TRANSFERS (default 10,000,000), BENCH_REPORTING_PORT (55433),
 // BENCH_REPORTING_DIR (/tmp/scholarlink-reporting-bench), BENCH_REPORTING_KEEP=1 keeps the
 // cluster (a later run of the same size reuses its data), BENCH_REPORTING_QUICK=1 times only
@@ -22,8 +27,18 @@ import { fmtMs, median } from './lib.ts';
 import { dataset, rollUp } from './reporting/dataset.ts';
 import { prepare, timeLiveAndOld, timeNew } from './reporting/reads.ts';
 import { printReport } from './reporting/report.ts';
-import { dir, keep, lines, note, port, quick, report, root, say } from './reporting/settings.ts';
+import { busyHour } from './reporting/hour.ts';
+import { dir, hour, hourOnly, keep, lines, note, port, quick, report, root, say } from './reporting/settings.ts';
 import { writePath } from './reporting/writes.ts';
+
+// ---------------------------------------------------------------- the busy hour, local stack
+
+if (hour > 0) await busyHour();
+if (hourOnly) {
+  await Deno.mkdir(`${root}/bench/results`, { recursive: true });
+  await Deno.writeTextFile(`${root}/bench/results/reporting-hour-latest.md`, lines.join('\n') + '\n');
+  Deno.exit(0);
+}
 
 // ---------------------------------------------------------------- the private cluster
 

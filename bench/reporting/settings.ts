@@ -7,6 +7,9 @@ export const port = Number(Deno.env.get('BENCH_REPORTING_PORT') ?? 55433);
 export const dir = Deno.env.get('BENCH_REPORTING_DIR') ?? '/tmp/scholarlink-reporting-bench';
 export const keep = Deno.env.get('BENCH_REPORTING_KEEP') === '1';
 export const quick = Deno.env.get('BENCH_REPORTING_QUICK') === '1';
+// The busy-hour cell on the local stack (bench/reporting/hour.ts): transfers in the last hour; 0 skips it.
+export const hour = Number(Deno.env.get('BENCH_REPORTING_HOUR') ?? 1_000_000);
+export const hourOnly = Deno.env.get('BENCH_REPORTING_HOUR_ONLY') === '1';
 export const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 export const closedDays = 180;
 export const users = Math.max(1000, Math.round(transfers / 50));

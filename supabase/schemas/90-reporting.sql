@@ -1,22 +1,33 @@
 -- Revenue reporting: daily roll-ups of the ledger (revenue_rollup, daily_revenue) refreshed by
 -- pg_cron, and the metrics GET /admin/metrics reports, built from per-day parts computed once
 -- per request (metric_parts → metrics_of → metrics_report).
+--
+-- Each day's row has two halves. The credit ledger's (transfers, entries, lot allocations: the
+-- tables that grow with every charge, never changed once written, dated by the inserting
+-- transaction's start) covers [day start, ledger_until) and only grows: every minute
+-- billing.roll_up_ledger adds the rows up to the ledger's horizon (billing.ledger_horizon: no
+-- transaction still running can write before it), so a request sums at most the minute or so
+-- after it. The events' half (money postings dated by Stripe, purchases and webhooks that change
+-- after they are written, lots whose debt settled is raised by a later void) covers
+-- [day start, covered_until) and is recomputed whenever billing.revenue_rollup_is_current finds a
+-- late event.
 
 -- ============================================================ types
 
--- GET /admin/metrics computes one set of per-day parts per request: the parts of a range (a
--- roll-up row per day where it is current, one live piece per day for the rest) come from
+-- GET /admin/metrics computes one set of per-day parts per request: the parts of a range (each
+-- day's two roll-up halves where they are current, one live piece per half and day for the rest) come from
 -- billing.metric_parts, and every metric is built from them (billing.metrics_of, organisations
 -- included), for the range and for each period of the series (periods are whole days, so each
 -- takes its own days' parts). billing.metrics_report returns both in one call. pgTAP
 -- (90-reporting-rollup) checks the report against revenue_metrics and metrics_series, and those
 -- against the raw rows.
--- One part of a range: a stored roll-up row (bitmaps of account ids, the liability at its end)
--- or a live piece read from the rows (account ids, the liability's change over the piece).
+-- One part of a range: a stored roll-up half (bitmaps of account ids, the liability at its end)
+-- or a live piece read from the rows (account ids, the liability's change over the piece). A
+-- credit ledger part leaves the events' fields empty and the other way round.
 create type billing.metric_part as (
   lo timestamptz,                   -- the part covers [lo, hi)
   hi timestamptz,
-  stored boolean,                   -- a revenue_rollup row; else a live piece
+  stored boolean,                   -- a revenue_rollup half; else a live piece
   money jsonb,
   credits jsonb,
   lots jsonb,
@@ -30,34 +41,43 @@ create type billing.metric_part as (
   webhooks_received bigint,
   webhooks_ok bigint,
   user_credit_change numeric,       -- live: Σ user entries over the piece
-  outstanding_credits numeric       -- stored: Σ user entries before hi
+  outstanding_credits numeric       -- stored credit ledger half: Σ user entries before hi
 );
-comment on type billing.metric_part is 'Internal: one roll-up row or live piece of a range, as billing.metrics_of combines them.';
+comment on type billing.metric_part is 'Internal: one roll-up half or live piece of a range, as billing.metrics_of combines them.';
 
 -- ============================================================ tables
 
--- The parts of every metric for each UTC day, over [the day's start, covered_until): the whole
--- day once it has closed, today up to a few minutes ago. Internal: read by revenue_metrics.
+-- The parts of every metric for each UTC day: the credit ledger's over [the day's start,
+-- ledger_until), the events' over [the day's start, covered_until). Internal: read by
+-- revenue_metrics.
 create table billing.revenue_rollup (
   day date primary key,
+  -- The events' half (billing.event_parts), recomputed when stale:
   covered_until timestamptz not null,             -- the day's end, or (today) computed_at − 5 minutes
   money jsonb not null,                           -- [{kind, account, currency, cents}]: Σ money entries
-  credits jsonb not null,                         -- [{kind, model, amount, events}]: Σ credit transfers
-  lots jsonb not null,                            -- [{currency, category, kind, credits, cents}]: lots granted and drawn
-  active_accounts bit varying not null,           -- bit n set: account n had a credit ledger entry
+  lots_granted jsonb not null,                    -- [{currency, category, kind, credits, cents}]: lots granted
   paying_accounts bit varying not null,           -- bit n set: account n's user had a purchase paid
   first_time_purchasers bigint not null,
   checkouts_created bigint not null,
   checkouts_paid bigint not null,
   webhooks_received bigint not null,
   webhooks_ok bigint not null,
-  outstanding_credits numeric(38, 18) not null,   -- Σ user entries before covered_until: the liability then
   sessionless_purchases bigint not null,          -- purchases in the covered span without a Checkout Session
-  computed_at timestamptz not null default now()
+  computed_at timestamptz not null default now(), -- when the events' half was computed
+  -- The credit ledger's half (billing.ledger_parts), only ever added to:
+  ledger_until timestamptz not null,              -- the day's end, or (today) the ledger's horizon at the last roll-up
+  credits jsonb not null,                         -- [{kind, model, amount, events}]: Σ credit transfers
+  lots jsonb not null,                            -- [{currency, category, kind, credits, cents}]: lots drawn
+  active_accounts bit varying not null,           -- bit n set: account n had a credit ledger entry
+  outstanding_credits numeric(38, 18) not null    -- Σ user entries before ledger_until: the liability then
 );
-comment on table billing.revenue_rollup is 'Each UTC day''s metric parts (today''s up to a few minutes ago), which ranges combine exactly; recomputed when a late event reaches a day.';
+comment on table billing.revenue_rollup is 'Each UTC day''s metric parts, which ranges combine exactly: the credit ledger''s up to its horizon (added to every minute), the events'' (today''s up to a few minutes ago) recomputed when a late event reaches a day.';
 alter table billing.revenue_rollup enable row level security;
 grant select on table billing.revenue_rollup to service_role;
+
+-- Allocations that give credits back (voids, plan rollovers), for revenue_rollup_is_current: a
+-- few rows; the predicate is false for every charge, so a charge never writes to it.
+create index lot_allocations_given_back on billing.lot_allocations (created_at) where amount < 0;
 
 -- Each UTC day's numbers (revenue_metrics of the day), for the daily report and its email.
 create table billing.daily_revenue (
@@ -82,8 +102,49 @@ $$;
 comment on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: Σ of user entries in [from, to).';
 revoke execute on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
-create or replace function billing.revenue_parts(p_from timestamp with time zone, p_to timestamp with time zone)
-returns table(money jsonb, credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
+-- The credit ledger's parts of [p_from, p_to), from the raw rows: credit transfers by kind and
+-- model, what each kind of transfer drew from lots, and the user entries.
+create or replace function billing.ledger_parts(p_from timestamp with time zone, p_to timestamp with time zone)
+returns table(credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric)
+language plpgsql
+stable rows 1
+set search_path to ''
+set plan_cache_mode to 'force_custom_plan'
+set jit to 'off'
+set max_parallel_workers_per_gather to '0'
+as $$
+begin
+  return query
+  select
+    -- Grouped by rate card first, so the model lookup runs once per card, not per transfer.
+    (select coalesce(jsonb_agg(jsonb_build_object('kind', c.kind, 'model', c.model, 'amount', c.amount, 'events', c.events)),
+        '[]'::jsonb)
+     from (select g.kind, r.model, sum(g.amount) as amount, sum(g.events) as events
+           from (select t.kind, t.rate_card_id, sum(t.amount) as amount, count(*) as events from billing.transfers t
+                 where t.created_at >= p_from and t.created_at < p_to group by 1, 2) g
+           left join billing.rate_cards r on r.id = g.rate_card_id and g.kind = 'usage'
+           group by 1, 2) c),
+    -- Credits drawn from lots by each kind of transfer (spent, expired, reversed, voided), each at
+    -- its lot's cost basis.
+    (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
+        'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
+     from (select l.currency, l.category, a.kind::text as kind, sum(a.amount) as credits, sum(l.cost_cents * a.amount / l.amount) as cents
+           from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
+           where a.created_at >= p_from and a.created_at < p_to group by 1, 2, 3) x),
+    u.accounts, u.credit_change
+  from
+    -- One pass over the user entries: who was active, and (as user_credit_change) what moved.
+    (select coalesce(array_agg(distinct e.account_id), '{}') as accounts, coalesce(sum(e.amount), 0) as credit_change
+     from billing.entries e where e.balance_after is not null and e.created_at >= p_from and e.created_at < p_to) u;
+end;
+$$;
+comment on function billing.ledger_parts(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the credit ledger''s combinable parts of every metric over [from, to), from the raw rows.';
+revoke execute on function billing.ledger_parts(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+
+-- The events' parts of [p_from, p_to), from the raw rows: money postings by when they happened at
+-- Stripe, lots granted (net of debt settled, which a later void can raise), purchases, webhooks.
+create or replace function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone)
+returns table(money jsonb, lots jsonb, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
 language plpgsql
 stable rows 1
 set search_path to ''
@@ -101,27 +162,13 @@ begin
            from billing.money_transfers t join billing.money_entries e on e.transfer_id = t.id
            where t.occurred_at >= p_from and t.occurred_at < p_to
            group by 1, 2, 3) m),
-    -- Grouped by rate card first, so the model lookup runs once per card, not per transfer.
-    (select coalesce(jsonb_agg(jsonb_build_object('kind', c.kind, 'model', c.model, 'amount', c.amount, 'events', c.events)),
-        '[]'::jsonb)
-     from (select g.kind, r.model, sum(g.amount) as amount, sum(g.events) as events
-           from (select t.kind, t.rate_card_id, sum(t.amount) as amount, count(*) as events from billing.transfers t
-                 where t.created_at >= p_from and t.created_at < p_to group by 1, 2) g
-           left join billing.rate_cards r on r.id = g.rate_card_id and g.kind = 'usage'
-           group by 1, 2) c),
-    -- Credits and their cost by lot category: granted (net of debt settled on arrival; a move is
-    -- not a grant), and
-    -- drawn by each kind of transfer (spent, expired, reversed), each at its lot's cost basis.
-    (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
+    -- Credits and their cost by lot category granted, net of debt settled on arrival (a move is
+    -- not a grant).
+    (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', 'granted',
         'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
-     from (select l.currency, l.category, 'granted' as kind, sum(l.amount - l.debt_settled) as credits,
+     from (select l.currency, l.category, sum(l.amount - l.debt_settled) as credits,
                   sum(l.cost_cents * (l.amount - l.debt_settled) / l.amount) as cents
-           from billing.lots l where l.granted_at >= p_from and l.granted_at < p_to and l.moved_from is null group by 1, 2
-           union all
-           select l.currency, l.category, a.kind::text, sum(a.amount), sum(l.cost_cents * a.amount / l.amount)
-           from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
-           where a.created_at >= p_from and a.created_at < p_to group by 1, 2, 3) x),
-    u.accounts, u.credit_change,
+           from billing.lots l where l.granted_at >= p_from and l.granted_at < p_to and l.moved_from is null group by 1, 2) x),
     array(select distinct a.id from billing.purchases p join billing.accounts a on a.user_id = p.user_id
           where p.paid_at >= p_from and p.paid_at < p_to),
     -- A user's first paid purchase is in the period when one is and none came before it.
@@ -130,17 +177,40 @@ begin
        and not exists (select 1 from billing.purchases q where q.user_id = p.user_id and q.status = 'paid' and q.paid_at < p_from)),
     k.created, k.paid, w.received, w.ok
   from
-    -- One pass over the user entries: who was active, and (as user_credit_change) what moved.
-    (select coalesce(array_agg(distinct e.account_id), '{}') as accounts, coalesce(sum(e.amount), 0) as credit_change
-     from billing.entries e where e.balance_after is not null and e.created_at >= p_from and e.created_at < p_to) u,
     (select count(*) as created, count(*) filter (where p.status = 'paid') as paid from billing.purchases p
      where p.created_at >= p_from and p.created_at < p_to and p.stripe_session_id is not null) k,
     (select count(*) as received, count(*) filter (where e.status in ('processed', 'ignored')) as ok
      from billing.stripe_events e where e.received_at >= p_from and e.received_at < p_to) w;
 end;
 $$;
-comment on function billing.revenue_parts(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the combinable parts of every metric over [from, to), from the raw rows.';
-revoke execute on function billing.revenue_parts(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+comment on function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the events'' combinable parts of every metric over [from, to) (money, lots granted, purchases, webhooks), from the raw rows.';
+revoke execute on function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+
+-- Two credit parts as one: amounts and events summed per kind and model.
+create or replace function billing.sum_credits(p_a jsonb, p_b jsonb) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(jsonb_build_object('kind', c.kind, 'model', c.model, 'amount', c.amount, 'events', c.events)), '[]'::jsonb)
+  from (select x.kind, x.model, sum(x.amount) as amount, sum(x.events) as events
+        from jsonb_to_recordset(p_a || p_b) x(kind text, model text, amount numeric, events bigint) group by 1, 2) c
+$$;
+comment on function billing.sum_credits(p_a jsonb, p_b jsonb) is 'Internal: two credits parts ([{kind, model, amount, events}]) summed into one.';
+revoke execute on function billing.sum_credits(p_a jsonb, p_b jsonb) from public;
+
+-- Two lot parts as one: credits and cents summed per currency, category and kind.
+create or replace function billing.sum_lots(p_a jsonb, p_b jsonb) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(jsonb_build_object('currency', c.currency, 'category', c.category, 'kind', c.kind,
+      'credits', c.credits, 'cents', c.cents)), '[]'::jsonb)
+  from (select x.currency, x.category, x.kind, sum(x.credits) as credits, sum(x.cents) as cents
+        from jsonb_to_recordset(p_a || p_b) x(currency text, category text, kind text, credits numeric, cents numeric)
+        group by 1, 2, 3) c
+$$;
+comment on function billing.sum_lots(p_a jsonb, p_b jsonb) is 'Internal: two lots parts ([{currency, category, kind, credits, cents}]) summed into one.';
+revoke execute on function billing.sum_lots(p_a jsonb, p_b jsonb) from public;
 
 -- A set of account ids as a bitmap: bit n (counting from 0, left to right) is account n.
 create or replace function billing.account_bitmap(p_ids bigint[]) returns bit varying
@@ -153,6 +223,17 @@ as $$
 $$;
 comment on function billing.account_bitmap(p_ids bigint[]) is 'Internal: account ids as a bitmap (bit n set for account n).';
 revoke execute on function billing.account_bitmap(p_ids bigint[]) from public;
+
+-- The union of two account bitmaps (the shorter padded with zeros: bit n is account n in both).
+create or replace function billing.bitmap_union(p_a bit varying, p_b bit varying) returns bit varying
+language sql immutable
+set search_path = ''
+as $$
+  select (p_a || repeat('0', greatest(length(p_b) - length(p_a), 0))::bit varying)
+       | (p_b || repeat('0', greatest(length(p_a) - length(p_b), 0))::bit varying)
+$$;
+comment on function billing.bitmap_union(p_a bit varying, p_b bit varying) is 'Internal: the union of two account bitmaps.';
+revoke execute on function billing.bitmap_union(p_a bit varying, p_b bit varying) from public;
 
 -- How many distinct accounts are in the union of stored bitmaps and live ids.
 create or replace function billing.count_accounts(p_bitmaps bit varying[], p_ids bigint[]) returns bigint
@@ -200,6 +281,10 @@ begin
           and p.created_at >= v_from and p.created_at < p_covered_until and p.paid_at > v_since)))
     and (select count(*) from billing.purchases p
          where p.stripe_session_id is null and p.created_at >= v_from and p.created_at < p_covered_until) = p_sessionless
+    -- A void or a plan rollover that gave credits back while the account was in debt raised the
+    -- debt settled of the lot it gave back to, so that lot's grant counts for less.
+    and not exists (select 1 from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
+      where a.amount < 0 and a.created_at > v_since and l.granted_at >= v_from and l.granted_at < p_covered_until)
     and not exists (select 1 from billing.stripe_events e
       where e.processed_at > v_since and e.processed_at < v_end and e.received_at >= v_from and e.received_at < p_covered_until)
     and not exists (select 1 from billing.stripe_events e
@@ -208,7 +293,7 @@ begin
         and e.received_at < p_covered_until and e.processed_at > v_since);
 end;
 $$;
-comment on function billing.revenue_rollup_is_current(p_day date, p_covered_until timestamp with time zone, p_computed_at timestamp with time zone, p_sessionless bigint) is 'Internal: whether a revenue_rollup row still equals its span''s raw rows (no late event since it was computed).';
+comment on function billing.revenue_rollup_is_current(p_day date, p_covered_until timestamp with time zone, p_computed_at timestamp with time zone, p_sessionless bigint) is 'Internal: whether a revenue_rollup row''s events half still equals its span''s raw rows (no late event since it was computed).';
 revoke execute on function billing.revenue_rollup_is_current(p_day date, p_covered_until timestamp with time zone, p_computed_at timestamp with time zone, p_sessionless bigint) from public;
 
 -- revenue_metrics and revenue_metrics_live are the two ways to make a range's parts; what
@@ -284,8 +369,125 @@ comment on function billing.ops_overview() is 'Reconciliation status per provide
 revoke execute on function billing.ops_overview() from public;
 grant execute on function billing.ops_overview() to service_role;
 
--- Computes (or recomputes) a day's roll-up row: its parts over [day start, covered_until), the
--- whole day once it has closed (five minutes after midnight), else up to five minutes ago.
+-- The credit ledger is complete before this instant: every transaction still running started
+-- after it, and a ledger row is dated by its transaction's start (created_at default now()), so
+-- nothing can still commit before it, whatever order transactions commit in. Null (wait) while
+-- a prepared transaction, whose start is not known, is pending. The second taken off covers the
+-- instant between a transaction taking its start time and showing it in pg_stat_activity.
+-- Autovacuum writes no ledger rows. It reads other roles' sessions, so its owner needs
+-- pg_read_all_stats (the superuser here; hosted, the postgres role): a hidden session would make
+-- the horizon unsafe, so then it waits, and says so in the log.
+create or replace function billing.ledger_horizon() returns timestamptz
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  if exists (select 1 from pg_catalog.pg_stat_activity a
+             where a.backend_type = 'client backend' and a.query = '<insufficient privilege>') then
+    raise warning 'billing.ledger_horizon: % cannot see every session''s transaction; the roll-up waits', current_user;
+    return null;
+  end if;
+  if exists (select 1 from pg_catalog.pg_prepared_xacts) then
+    return null;
+  end if;
+  return (select least(now(), min(a.xact_start)) - interval '1 second' from pg_catalog.pg_stat_activity a
+          where a.pid <> pg_catalog.pg_backend_pid() and a.backend_type <> 'autovacuum worker');
+end;
+$$;
+comment on function billing.ledger_horizon() is 'Internal: an instant before which every credit ledger row has committed (the oldest running transaction''s start, less a second); null while that cannot be known.';
+revoke execute on function billing.ledger_horizon() from public;
+
+-- The liability at p_at (Σ user entries before it): the running total of the roll-up row that
+-- ends nearest before it, plus the entries since.
+create or replace function billing.outstanding_before(p_at timestamptz) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(r.outstanding_credits, 0) + billing.user_credit_change(coalesce(r.ledger_until, '-infinity'), p_at)
+  from (select 1) one
+  left join lateral (select x.outstanding_credits, x.ledger_until from billing.revenue_rollup x
+                     where x.ledger_until <= p_at order by x.ledger_until desc limit 1) r on true
+$$;
+comment on function billing.outstanding_before(p_at timestamp with time zone) is 'Internal: Σ user entries before an instant, from the roll-up.';
+revoke execute on function billing.outstanding_before(p_at timestamp with time zone) from public;
+
+-- Adds the credit ledger's rows of [p_lo, p_hi) (one UTC day's) to that day's row, which must
+-- cover up to p_lo (else another roll-up moved it: the caller's work is void, and it raises).
+create or replace function billing.add_ledger_span(p_day date, p_lo timestamptz, p_hi timestamptz) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_from timestamptz := p_day::timestamp at time zone 'UTC';
+begin
+  insert into billing.revenue_rollup as r (day, covered_until, money, lots_granted, paying_accounts, first_time_purchasers,
+    checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, sessionless_purchases,
+    ledger_until, credits, lots, active_accounts, outstanding_credits)
+  -- A new row's events half is empty (covered_until = the day's start): read live until computed.
+  select p_day, v_from, '[]', '[]', B'', 0, 0, 0, 0, 0, 0,
+    p_hi, p.credits, p.lots, billing.account_bitmap(p.active_accounts),
+    billing.outstanding_before(p_lo) + p.user_credit_change
+  from billing.ledger_parts(p_lo, p_hi) p
+  on conflict (day) do update set ledger_until = excluded.ledger_until, credits = billing.sum_credits(r.credits, excluded.credits),
+    lots = billing.sum_lots(r.lots, excluded.lots), active_accounts = billing.bitmap_union(r.active_accounts, excluded.active_accounts),
+    outstanding_credits = excluded.outstanding_credits
+  where r.ledger_until = p_lo;
+  if not found then
+    perform billing.raise_error('INTERNAL_ERROR', jsonb_build_object('rollup_day', p_day, 'expected_until', p_lo));
+  end if;
+end;
+$$;
+comment on function billing.add_ledger_span(p_day date, p_lo timestamp with time zone, p_hi timestamp with time zone) is 'Internal: adds the credit ledger''s rows of [lo, hi) to the day''s revenue_rollup row, which must end at lo.';
+revoke execute on function billing.add_ledger_span(p_day date, p_lo timestamp with time zone, p_hi timestamp with time zone) from public;
+
+-- Every minute (pg_cron, in refresh_stale_revenue): rolls the credit ledger up from where it
+-- stands (the earliest day not rolled up to its end) towards the horizon, at most p_step of it
+-- per run, so a backlog is bounded work per run. Each day continues from its own ledger_until;
+-- one run at a time (a second returns at once). Returns where the roll-up now stands.
+create or replace function billing.roll_up_ledger(p_step interval default '10 minutes') returns timestamptz
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_from timestamptz;
+  v_to timestamptz;
+  v_day date;
+  v_lo timestamptz;
+begin
+  if not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('billing.roll_up_ledger')) then
+    return null;
+  end if;
+  select coalesce(min(r.ledger_until) filter (where r.ledger_until < (r.day + 1)::timestamp at time zone 'UTC'), max(r.ledger_until),
+    (now() at time zone 'UTC')::date::timestamp at time zone 'UTC') into v_from
+  from billing.revenue_rollup r;
+  -- least() skips nulls: a horizon that cannot be known stops the roll-up where it stands.
+  v_to := least(coalesce(billing.ledger_horizon(), v_from), v_from + p_step);
+  if v_to <= v_from then
+    return v_from;
+  end if;
+  for v_day in
+    select g::date from generate_series((v_from at time zone 'UTC')::date, ((v_to - interval '1 microsecond') at time zone 'UTC')::date,
+      interval '1 day') g
+  loop
+    select greatest(coalesce(r.ledger_until, v_from), v_day::timestamp at time zone 'UTC') into v_lo
+    from (select 1) one left join billing.revenue_rollup r on r.day = v_day;
+    if v_lo < least(v_to, (v_day + 1)::timestamp at time zone 'UTC') then
+      perform billing.add_ledger_span(v_day, v_lo, least(v_to, (v_day + 1)::timestamp at time zone 'UTC'));
+    end if;
+  end loop;
+  return v_to;
+end;
+$$;
+comment on function billing.roll_up_ledger(p_step interval) is 'pg_cron: adds the credit ledger''s rows up to its horizon (at most p_step past where the roll-up stands) to revenue_rollup; returns where it stands.';
+revoke execute on function billing.roll_up_ledger(p_step interval) from public;
+grant execute on function billing.roll_up_ledger(p_step interval) to service_role;
+
+-- Computes (or recomputes) a day's events half over [day start, covered_until): the whole day
+-- once it has closed (five minutes after midnight), else up to five minutes ago. Its credit
+-- ledger half is recomputed too, from the rows, once the horizon has passed the day's end (a
+-- closed day: its rows are final), or made up to the horizon for a day without a row; else it
+-- stays roll_up_ledger's.
 create or replace function billing.refresh_revenue_rollup(p_day date) returns void
 language plpgsql
 security definer
@@ -293,38 +495,40 @@ set search_path = ''
 as $$
 declare
   v_from timestamptz := p_day::timestamp at time zone 'UTC';
-  v_until timestamptz := least((p_day + 1)::timestamp at time zone 'UTC', now() - interval '5 minutes');
-  v_prev_until timestamptz;
-  v_prev_outstanding numeric;
-  v_carried numeric;
+  v_end timestamptz := (p_day + 1)::timestamp at time zone 'UTC';
+  v_until timestamptz := least(v_end, now() - interval '5 minutes');
+  -- least() skips nulls: a horizon that cannot be known is the day's start.
+  v_ledger_until timestamptz := greatest(v_from, least(v_end, coalesce(billing.ledger_horizon(), v_from)));
+  v_ledger boolean;
 begin
   if v_until <= v_from then
     return;  -- nothing of the day can be rolled up yet
   end if;
-  -- The liability carried in: the last whole day's running total, plus any user entries since.
-  select r.covered_until, r.outstanding_credits into v_prev_until, v_prev_outstanding from billing.revenue_rollup r
-  where r.day < p_day and r.covered_until = (r.day + 1)::timestamp at time zone 'UTC'
-  order by r.day desc limit 1;
-  v_carried := coalesce(v_prev_outstanding, 0) + billing.user_credit_change(coalesce(v_prev_until, '-infinity'), v_from);
-  insert into billing.revenue_rollup as d (day, covered_until, money, credits, lots, active_accounts, paying_accounts,
-    first_time_purchasers, checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, outstanding_credits,
-    sessionless_purchases, computed_at)
-  select p_day, v_until, p.money, p.credits, p.lots, billing.account_bitmap(p.active_accounts), billing.account_bitmap(p.paying_accounts),
-    p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
-    v_carried + p.user_credit_change,
+  v_ledger := v_ledger_until = v_end or not exists (select 1 from billing.revenue_rollup r where r.day = p_day);
+  insert into billing.revenue_rollup as d (day, covered_until, money, lots_granted, paying_accounts, first_time_purchasers,
+    checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, sessionless_purchases, computed_at,
+    ledger_until, credits, lots, active_accounts, outstanding_credits)
+  select p_day, v_until, e.money, e.lots, billing.account_bitmap(e.paying_accounts), e.first_time_purchasers,
+    e.checkouts_created, e.checkouts_paid, e.webhooks_received, e.webhooks_ok,
     (select count(*) from billing.purchases x where x.stripe_session_id is null and x.created_at >= v_from and x.created_at < v_until),
-    now()
-  from billing.revenue_parts(v_from, v_until) p
-  on conflict (day) do update set covered_until = excluded.covered_until, money = excluded.money, credits = excluded.credits,
-    lots = excluded.lots,
-    active_accounts = excluded.active_accounts, paying_accounts = excluded.paying_accounts,
+    now(),
+    l.until, l.credits, l.lots, billing.account_bitmap(l.active_accounts), billing.outstanding_before(v_from) + l.user_credit_change
+  from billing.event_parts(v_from, v_until) e,
+    lateral (select case when v_ledger then v_ledger_until else v_from end as until) u,
+    lateral (select u.until, p.* from billing.ledger_parts(v_from, u.until) p) l
+  on conflict (day) do update set covered_until = excluded.covered_until, money = excluded.money,
+    lots_granted = excluded.lots_granted, paying_accounts = excluded.paying_accounts,
     first_time_purchasers = excluded.first_time_purchasers, checkouts_created = excluded.checkouts_created,
     checkouts_paid = excluded.checkouts_paid, webhooks_received = excluded.webhooks_received,
-    webhooks_ok = excluded.webhooks_ok, outstanding_credits = excluded.outstanding_credits,
-    sessionless_purchases = excluded.sessionless_purchases, computed_at = excluded.computed_at;
+    webhooks_ok = excluded.webhooks_ok, sessionless_purchases = excluded.sessionless_purchases, computed_at = excluded.computed_at,
+    ledger_until = case when v_ledger then excluded.ledger_until else d.ledger_until end,
+    credits = case when v_ledger then excluded.credits else d.credits end,
+    lots = case when v_ledger then excluded.lots else d.lots end,
+    active_accounts = case when v_ledger then excluded.active_accounts else d.active_accounts end,
+    outstanding_credits = case when v_ledger then excluded.outstanding_credits else d.outstanding_credits end;
 end;
 $$;
-comment on function billing.refresh_revenue_rollup(p_day date) is 'Computes (or recomputes) a day''s revenue_rollup row.';
+comment on function billing.refresh_revenue_rollup(p_day date) is 'Computes (or recomputes) a day''s revenue_rollup row: its events half, and its credit ledger half once the day is past the horizon (or up to it, for a new row).';
 revoke execute on function billing.refresh_revenue_rollup(p_day date) from public;
 
 -- Computes (or recomputes) a day: its roll-up row, then its numbers in daily_revenue.
@@ -369,9 +573,9 @@ $$;
 comment on function billing.stale_revenue_days() is 'Closed days whose revenue_rollup row is missing, incomplete or stale.';
 revoke execute on function billing.stale_revenue_days() from public;
 
--- Every ten minutes: today up to five minutes ago (so a read computes only the minutes since
--- live), then up to p_limit stale closed days, their daily numbers included (late events reach
--- the daily report too).
+-- Every minute: the credit ledger up to its horizon, today's events half up to five minutes
+-- ago (so a read computes only the minutes since live), then up to p_limit stale closed days,
+-- their daily numbers included (late events reach the daily report too).
 create or replace function billing.refresh_stale_revenue(p_limit integer default 31) returns integer
 language plpgsql
 security definer
@@ -381,6 +585,7 @@ declare
   v_day date;
   v_count integer := 0;
 begin
+  perform billing.roll_up_ledger();
   perform billing.refresh_revenue_rollup((now() at time zone 'UTC')::date);
   for v_day in select d from billing.stale_revenue_days() d limit p_limit loop
     perform billing.refresh_daily_revenue(v_day);
@@ -389,7 +594,7 @@ begin
   return v_count;
 end;
 $$;
-comment on function billing.refresh_stale_revenue(p_limit integer) is 'pg_cron: rolls up today so far, and closed days whose roll-up is missing, incomplete or stale (late events).';
+comment on function billing.refresh_stale_revenue(p_limit integer) is 'pg_cron: rolls the credit ledger up to its horizon, today''s events so far, and closed days whose roll-up is missing, incomplete or stale (late events).';
 revoke execute on function billing.refresh_stale_revenue(p_limit integer) from public;
 grant execute on function billing.refresh_stale_revenue(p_limit integer) to service_role;
 
@@ -471,8 +676,9 @@ $$;
 comment on function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: per organisation with activity in [from, to): money (GMV and of it what invoices brought, refunds, disputes, fees, net), members who spent its credits, credits spent, ARPU per active member.';
 revoke execute on function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
--- The parts of [p_from, p_to): each UTC day's rolled-up span where its row still equals the rows
--- (with p_use_rollup), and the rest of each day, at most one piece, from the rows.
+-- The parts of [p_from, p_to), each within one UTC day: with p_use_rollup, each day's credit
+-- ledger half from revenue_rollup (always current: only ever added to) and its events half where
+-- it still equals the rows; the rest of each day, at most one piece of each half, from the rows.
 create or replace function billing.metric_parts(p_from timestamptz, p_to timestamptz, p_use_rollup boolean)
 returns billing.metric_part[]
 language plpgsql stable
@@ -483,41 +689,59 @@ set max_parallel_workers_per_gather = 0
 as $$
 begin
   return array(
-    with stored as (
-      select r.* from billing.revenue_rollup r
-      where p_use_rollup and r.day >= (p_from at time zone 'UTC')::date and r.day <= (p_to at time zone 'UTC')::date
-        and r.day::timestamp at time zone 'UTC' >= p_from and r.covered_until <= p_to
-        and billing.revenue_rollup_is_current(r.day, r.covered_until, r.computed_at, r.sessionless_purchases)
-    ),
-    pieces as (
-      select greatest(p_from, coalesce(s.covered_until, x::timestamp at time zone 'UTC')) as lo,
+    with days as (
+      select x::date as day, greatest(p_from, x::timestamp at time zone 'UTC') as lo,
              least(p_to, (x + interval '1 day')::timestamp at time zone 'UTC') as hi
       from generate_series(date_trunc('day', p_from at time zone 'UTC'), p_to at time zone 'UTC', interval '1 day') x
-      left join stored s on s.day = x::date
+    ),
+    rolled as (
+      select r.* from billing.revenue_rollup r
+      where p_use_rollup and r.day >= (p_from at time zone 'UTC')::date and r.day <= (p_to at time zone 'UTC')::date
+        and r.day::timestamp at time zone 'UTC' >= p_from
+    ),
+    ledger as (
+      select r.day, r.ledger_until, r.credits, r.lots, r.active_accounts, r.outstanding_credits from rolled r
+      where r.ledger_until <= p_to and r.ledger_until > r.day::timestamp at time zone 'UTC'
+    ),
+    events as (
+      select r.* from rolled r
+      where r.covered_until <= p_to
+        and billing.revenue_rollup_is_current(r.day, r.covered_until, r.computed_at, r.sessionless_purchases)
     )
     select u.part from (
-      select row(s.day::timestamp at time zone 'UTC', s.covered_until, true, s.money, s.credits, s.lots,
-          s.active_accounts, s.paying_accounts, null, null, s.first_time_purchasers, s.checkouts_created,
-          -- Today's row: its checkouts paid counted now (they are paid minutes after they open).
-          case when s.covered_until < (s.day + 1)::timestamp at time zone 'UTC'
-               then (select count(*) from billing.purchases p
-                     where p.created_at >= s.day::timestamp at time zone 'UTC' and p.created_at < s.covered_until
-                       and p.stripe_session_id is not null and p.status = 'paid')
-               else s.checkouts_paid end,
-          s.webhooks_received, s.webhooks_ok, null, s.outstanding_credits)::billing.metric_part as part
-      from stored s
+      select row(l.day::timestamp at time zone 'UTC', l.ledger_until, true, '[]'::jsonb, l.credits, l.lots,
+          l.active_accounts, null, null, null, 0, 0, 0, 0, 0, null, l.outstanding_credits)::billing.metric_part as part
+      from ledger l
       union all
-      select row(g.lo, g.hi, false, p.money, p.credits, p.lots, null, null, p.active_accounts, p.paying_accounts,
-          p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
+      select row(e.day::timestamp at time zone 'UTC', e.covered_until, true, e.money, '[]'::jsonb, e.lots_granted,
+          null, e.paying_accounts, null, null, e.first_time_purchasers, e.checkouts_created,
+          -- Today's row: its checkouts paid counted now (they are paid minutes after they open).
+          case when e.covered_until < (e.day + 1)::timestamp at time zone 'UTC'
+               then (select count(*) from billing.purchases p
+                     where p.created_at >= e.day::timestamp at time zone 'UTC' and p.created_at < e.covered_until
+                       and p.stripe_session_id is not null and p.status = 'paid')
+               else e.checkouts_paid end,
+          e.webhooks_received, e.webhooks_ok, null, null)::billing.metric_part
+      from events e
+      union all
+      select row(g.lo, g.hi, false, '[]'::jsonb, p.credits, p.lots, null, null, p.active_accounts, null, 0, 0, 0, 0, 0,
           p.user_credit_change, null)::billing.metric_part
-      from pieces g cross join lateral billing.revenue_parts(g.lo, g.hi) p
+      from (select greatest(d.lo, coalesce(l.ledger_until, d.lo)) as lo, d.hi from days d left join ledger l on l.day = d.day) g
+      cross join lateral billing.ledger_parts(g.lo, g.hi) p
+      where g.lo < g.hi
+      union all
+      select row(g.lo, g.hi, false, p.money, '[]'::jsonb, p.lots, null, null, null, p.paying_accounts,
+          p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
+          null, null)::billing.metric_part
+      from (select greatest(d.lo, coalesce(e.covered_until, d.lo)) as lo, d.hi from days d left join events e on e.day = d.day) g
+      cross join lateral billing.event_parts(g.lo, g.hi) p
       where g.lo < g.hi
     ) u
     order by (u.part).lo
   );
 end;
 $$;
-comment on function billing.metric_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) is 'Internal: the roll-up rows and live pieces [from, to) is made of; rolled-up spans from revenue_rollup when asked.';
+comment on function billing.metric_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) is 'Internal: the roll-up halves and live pieces [from, to) is made of; rolled-up halves from revenue_rollup when asked.';
 revoke execute on function billing.metric_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) from public;
 
 -- Every metric for [p_from, p_to) from its parts (docs/metrics.md): the parts of that range, or
@@ -580,9 +804,9 @@ begin
   -- Distinct users: the union of the stored days' bitmaps and the live pieces' ids.
   users as (
     select
-      billing.count_accounts(array(select s.active_bitmap from stored s),
+      billing.count_accounts(array(select s.active_bitmap from stored s where s.active_bitmap is not null),
         array(select x from live l cross join lateral unnest(l.active_accounts) x)) as active,
-      billing.count_accounts(array(select s.paying_bitmap from stored s),
+      billing.count_accounts(array(select s.paying_bitmap from stored s where s.paying_bitmap is not null),
         array(select x from live l cross join lateral unnest(l.paying_accounts) x)) as paying,
       (select coalesce(sum(p.first_time_purchasers), 0) from parts p) as first_time
   ),
@@ -608,18 +832,18 @@ begin
     select coalesce(sum(p.webhooks_received), 0) as received, coalesce(sum(p.webhooks_ok), 0) as ok from parts p
   ),
   -- The unspent liability at the end of the period (every user balance then): the running total
-  -- of the latest roll-up span ending by then (a whole day, or one read above), plus the user
-  -- entries after it: the live pieces from there on, and any gap before from.
+  -- of the latest credit ledger roll-up ending by then (a whole day, or one read above), plus the
+  -- user entries after it: the live pieces from there on, and any gap before from.
   carried as (
-    select c.covered_until as since, c.outstanding_credits from (
-      (select r.covered_until, r.outstanding_credits from billing.revenue_rollup r
+    select c.ledger_until as since, c.outstanding_credits from (
+      (select r.ledger_until, r.outstanding_credits from billing.revenue_rollup r
        where p_use_rollup and r.day < (p_to at time zone 'UTC')::date
-         and r.covered_until = (r.day + 1)::timestamp at time zone 'UTC' and r.covered_until <= p_to
+         and r.ledger_until = (r.day + 1)::timestamp at time zone 'UTC' and r.ledger_until <= p_to
        order by r.day desc limit 1)
       union all
-      select s.hi, s.outstanding_credits from stored s
+      select s.hi, s.outstanding_credits from stored s where s.outstanding_credits is not null
     ) c
-    order by c.covered_until desc limit 1
+    order by c.ledger_until desc limit 1
   ),
   outstanding as (
     select coalesce(c.outstanding_credits, 0)

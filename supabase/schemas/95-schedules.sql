@@ -78,7 +78,8 @@ select cron.schedule('billing-reconcile-providers-resume', '* * * * *',
 
 select cron.schedule('billing-daily-revenue', '15 0 * * *', $$select billing.run_daily_revenue()$$);
 
-select cron.schedule('billing-revenue-rollup', '*/10 * * * *', $$select billing.refresh_stale_revenue(31)$$);
+-- Every minute: a request sums only the credit ledger written since the last run (90-reporting.sql).
+select cron.schedule('billing-revenue-rollup', '* * * * *', $$select billing.refresh_stale_revenue(31)$$);
 
 select cron.schedule('billing-usage-rollup', '*/10 * * * *', $$select billing.roll_up_usage(31)$$);
 

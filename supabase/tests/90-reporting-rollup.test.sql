@@ -1,14 +1,16 @@
 -- Reading rolled-up days from billing.revenue_rollup gives exactly what computing every row
 -- live gives (billing.revenue_metrics_live), for ranges of whole and partial days, for day, week
--- and month series, across rolled-up days, today (rolled up to five minutes ago) and the live
--- rest, and after late events reach closed days. The dataset is planted over the last nine days
+-- and month series, across rolled-up days, today (its credit ledger rolled up from a watermark,
+-- its events to five minutes ago) and the live rest, and after late events reach closed days. The dataset is planted over the last nine days
 -- with explicit timestamps (only possible as the table owner, in this rolled-back transaction).
 -- One snapshot for the whole file, so other sessions' commits cannot land between the two sides
--- of a comparison; the roll-up tables are held so the 10-minute pg_cron job waits for this file.
+-- of a comparison; the roll-up tables are held so the minute pg_cron job waits for this file
+-- (the roll-up's own lock first: a run of the job holding it would make this file's runs skip).
 begin;
 set transaction isolation level repeatable read;
+select pg_advisory_xact_lock(hashtext('billing.roll_up_ledger'));
 lock table billing.revenue_rollup, billing.daily_revenue in exclusive mode;
-select plan(38);
+select plan(49);
 
 create temp table t0 as select (now() at time zone 'UTC')::date as today;
 -- k days ago at hh:00 UTC.
@@ -224,6 +226,62 @@ select pg_temp.money('stripe_fee', 'usd', greatest(pg_temp.at(0, 0), now() - int
 select ok(not coalesce(pg_temp.is_current(0), false), 'a posting for today''s rolled-up span recorded since makes it stale');
 select ok(pg_temp.same(9, 0, -1, 0), 'and the range still equals the live computation');
 select ok(pg_temp.report_is_live(9, 'week'), 'and so does the report');
+
+-- ---------------------------------------------------------------- the credit ledger's watermark
+-- The same set whatever order jsonb_agg wrote it in.
+create function pg_temp.norm(j jsonb) returns jsonb language sql as $$
+  select coalesce(jsonb_agg(x order by x::text), '[]'::jsonb) from jsonb_array_elements(j) x
+$$;
+-- Today's credit ledger rolled up again from its start, in runs of at most three minutes (a
+-- backlog), over transfers dated through the last half hour of the day.
+delete from billing.revenue_rollup where day = (select today from t0);
+select pg_temp.credit(4, 'usage', 0.000001 * k, greatest(pg_temp.at(0, 0), now() - make_interval(mins => 3 * k))) from generate_series(1, 9) k;
+select billing.roll_up_ledger('3 minutes');
+select ok((select ledger_until <= pg_temp.at(0, 0) + interval '3 minutes' and covered_until = pg_temp.at(0, 0)
+           from billing.revenue_rollup where day = (select today from t0)),
+  'a run rolls up at most its step of the credit ledger; the new row''s events half is empty');
+select count(billing.roll_up_ledger('3 minutes')) from generate_series(1, 4);
+select billing.roll_up_ledger('1 day');
+select ok((select ledger_until between now() - interval '2 minutes' and now() - interval '1 second'
+           from billing.revenue_rollup where day = (select today from t0))
+  or now() < pg_temp.at(0, 0) + interval '2 minutes', 'run after run, it reaches the horizon: a second before the oldest transaction');
+select is((select array[pg_temp.norm(r.credits), pg_temp.norm(r.lots)] from billing.revenue_rollup r where r.day = (select today from t0)),
+  (select array[pg_temp.norm(p.credits), pg_temp.norm(p.lots)] from billing.revenue_rollup r, billing.ledger_parts(pg_temp.at(0, 0), r.ledger_until) p
+   where r.day = (select today from t0)),
+  'the row added to run by run holds what its span''s rows sum to');
+select is((select outstanding_credits from billing.revenue_rollup where day = (select today from t0)),
+  (select sum(e.amount) from billing.entries e, billing.revenue_rollup r
+   where r.day = (select today from t0) and e.balance_after is not null and e.created_at < r.ledger_until),
+  'and the liability at its watermark is every user entry before it');
+select ok(pg_temp.same(9, 0, -1, 0) and pg_temp.same(0, 0, -1, 0), 'today from its watermark on is live: the range equals the live computation');
+select ok(pg_temp.report_is_live(9, 'day'), 'and so does the report');
+
+-- A run that crosses midnight: yesterday rolled up to 23:50, a transfer at 23:55.
+delete from billing.revenue_rollup where day >= (select today - 1 from t0);
+select billing.add_ledger_span((select today - 1 from t0), pg_temp.at(1, 0), pg_temp.at(1, 23) + interval '50 minutes');
+select pg_temp.credit(2, 'usage', 0.5, pg_temp.at(1, 23) + interval '55 minutes');
+select billing.roll_up_ledger('1 day');
+select ok((select ledger_until = pg_temp.at(0, 0) from billing.revenue_rollup where day = (select today - 1 from t0))
+  and exists (select 1 from billing.revenue_rollup where day = (select today from t0)),
+  'a run across midnight finishes yesterday and starts today');
+select ok(pg_temp.same(1, 0, -1, 0) and pg_temp.report_is_live(2, 'day'), 'both days equal the live computation');
+
+-- A void that gives back to a lot while its account is in debt raises the lot's debt settled:
+-- the day the lot was granted counts less. (The lot is dated seven days ago, its day's events half
+-- then recomputed; its grant transfer is today's: a closed day's credit ledger is never written to.)
+select pg_temp.credit(2, 'adjustment', 100, now());
+insert into billing.lots (account_id, grant_transfer_id, category, priority, cost_cents, currency, amount, remaining, granted_at)
+select a.id, (select max(id) from billing.transfers), 'paid', 0, 1000, 'usd', 100, 100, pg_temp.at(7, 9)
+from billing.accounts a where a.user_id = pg_temp.uid(2);
+select count(billing.refresh_daily_revenue((select today - 7 from t0)));
+update billing.revenue_rollup set computed_at = now() - interval '1 hour' where day = (select today - 7 from t0);
+select pg_temp.credit(2, 'void', 5, now());
+insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+values ((select max(id) from billing.transfers), (select max(id) from billing.lots), 'void', -5);
+update billing.lots set debt_settled = 5, remaining = 90 where id = (select max(id) from billing.lots);
+select ok(not pg_temp.is_current(7), 'a void settling debt on a lot makes the day it was granted stale');
+select ok(pg_temp.same(9, 0, -1, 0), 'and that day is computed live meanwhile');
+select ok((select (today - 7) in (select billing.stale_revenue_days()) from t0), 'the job finds that day');
 
 select * from finish();
 rollback;
