@@ -14,6 +14,21 @@ create type "billing"."transfer_spec" as ("kind" billing.transfer_kind, "from_ac
 
 set check_function_bodies = off;
 
+CREATE OR REPLACE FUNCTION billing.expiry_key(p_lot_id bigint, p_amount numeric)
+ RETURNS text
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO ''
+AS $function$
+declare
+  v_before integer := (select count(*) from billing.lot_allocations a
+                       where a.lot_id = p_lot_id and a.kind = 'expiry' and a.amount > 0);
+begin
+  return 'expiry:' || p_lot_id || ':' || trim_scale(p_amount) || case when v_before > 0 then ':' || v_before else '' end;
+end
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.post_transfers(p_transfers billing.transfer_spec[])
  RETURNS billing.posted_transfer[]
  LANGUAGE plpgsql
@@ -289,11 +304,10 @@ declare
   v_t billing.transfers;
   v_posted billing.posted_transfer;
 begin
-  if v_price.amount is null or v_price.amount <= 0 then
-    return null;
-  end if;
+  -- The key first, whatever this request is: a charge recorded under it answers a retry and
+  -- refuses another request, on whichever path this one would go.
   select * into v_account from billing.accounts a where a.user_id = p_user for update;
-  if not found or v_account.orgs > 0 or v_account.caps > 0 then
+  if not found then
     return null;
   end if;
   perform 1 from billing.idempotency_keys k where k.user_id = p_user and k.action = 'credits.usage' and k.key = p_key;
@@ -313,6 +327,9 @@ begin
         coalesce((v_t.metadata ->> 'held_after')::numeric, 0),
         (select c.version from billing.rate_cards c where c.id = v_t.rate_card_id)),
       null, null, v_t.metadata ->> 'request_id', v_t.created_at, true)::billing.money_response;
+  end if;
+  if v_price.amount is null or v_price.amount <= 0 or v_account.orgs > 0 or v_account.caps > 0 then
+    return null;
   end if;
 
   if v_account.held > 0 or v_account.next_expiry <= now() then
@@ -633,7 +650,7 @@ begin
        p_key || ':in:' || p_lot_id, p_sub_id::text, jsonb_build_object('lot_id', p_lot_id::text),
        jsonb_build_object('moved_from', p_lot_id, 'expires_at', p_new_end)),
       (3, 'expiry', p_account_id, billing.platform_account_id('expired'), p_expire,
-       'expiry:' || p_lot_id || ':' || trim_scale(p_expire), null, jsonb_build_object('lot_id', p_lot_id::text, 'category', p_category),
+       billing.expiry_key(p_lot_id, p_expire), null, jsonb_build_object('lot_id', p_lot_id::text, 'category', p_category),
        jsonb_build_object('first', jsonb_build_array(p_lot_id)))
     ) m (n, kind, from_id, to_id, amount, key, correlation, metadata, lots)
     where m.amount > 0
@@ -645,6 +662,40 @@ begin
     insert into billing.plan_lots (lot_id, subscription_id, period_end)
     select l.id, p_sub_id, p_new_end from billing.lots l where l.grant_transfer_id = (v_posted[2]).transfer_id;
   end if;
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.expire_due_lots(p_account_id bigint)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_account billing.accounts;
+  v_lot record;
+  v_count integer := 0;
+begin
+  select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  -- A disputed purchase's lots wait for the dispute: won, they expire; lost, they are reversed.
+  for v_lot in
+    select l.id, l.remaining, l.category from billing.lots l
+    where l.account_id = p_account_id and l.open and not l.frozen and l.expires_at <= now()
+    order by l.expires_at, l.id
+  loop
+    -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
+    perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
+      'expiry', 'expired', billing.expiry_key(v_lot.id, v_lot.remaining), null, null,
+      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null, null,
+      jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
+    v_count := v_count + 1;
+  end loop;
+  update billing.accounts a
+  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
+  where a.id = p_account_id returning * into v_account;
+  -- Held credits expire too: holds that reserve more than is left give way, newest first.
+  perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true));
+  return v_count;
 end;
 $function$
 ;
@@ -900,6 +951,46 @@ begin
   end loop;
   perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
     'available', trim_scale(v_best)::text, 'debt', p_own.balance < 0, 'wallets', v_wallets));
+  return null;                                      -- not reached: raise_error raised
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.merge_package_spec(p_current jsonb, p_spec jsonb)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+declare
+  m jsonb := coalesce(p_current, '{}') || jsonb_strip_nulls(p_spec);
+begin
+  return billing.package_spec(m ->> 'name', (m ->> 'price_cents')::integer, coalesce(m ->> 'currency', 'usd'),
+    (m ->> 'credits')::numeric, coalesce((m ->> 'bonus_credits')::numeric, 0));
+exception when numeric_value_out_of_range or invalid_text_representation then
+  perform billing.raise_error('INVALID_CATALOG_ITEM', jsonb_build_object('rule', 'prices in whole cents, credits as decimals'));
+  return null;                                      -- not reached: raise_error raised
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.merge_plan_spec(p_current jsonb, p_spec jsonb)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+declare
+  m jsonb := coalesce(p_current, '{}') || jsonb_strip_nulls(p_spec);
+begin
+  -- A rule without a limit (none) clears the one on sale.
+  if p_spec ? 'rollover' and coalesce(jsonb_typeof(p_spec -> 'rollover_limit'), 'null') = 'null' then
+    m := m - 'rollover_limit';
+  end if;
+  return billing.plan_spec(m ->> 'name', (m ->> 'price_cents')::integer, coalesce(m ->> 'currency', 'usd'), m ->> 'interval',
+    (m ->> 'credits')::numeric, coalesce(m ->> 'rollover', 'none'), (m ->> 'rollover_limit')::numeric);
+exception when numeric_value_out_of_range or invalid_text_representation then
+  perform billing.raise_error('INVALID_CATALOG_ITEM', jsonb_build_object('rule', 'prices in whole cents, credits as decimals'));
   return null;                                      -- not reached: raise_error raised
 end;
 $function$
@@ -1322,6 +1413,21 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.scoped_key(p_scope text, p_key text)
+ RETURNS text
+ LANGUAGE plpgsql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+begin
+  -- A key that itself reads 'sha256:…' is hashed too: used as it is, it could name the same
+  -- ledger key as the hash of another, longer key.
+  return case when length(p_scope || p_key) <= 300 and p_key not like 'sha256:%' then p_scope || p_key
+    else p_scope || 'sha256:' || encode(sha256(convert_to(p_key, 'UTF8')), 'hex') end;
+end
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.void_charge_internal(p_charge_id bigint, p_actor uuid, p_reason text, p_run_id uuid)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1453,12 +1559,15 @@ $function$
 
 
 comment on function billing.grant_credits(uuid,numeric,billing.transfer_kind,text,text,text,jsonb,jsonb,bigint) is 'Adds credits to a user (or the account p_account_id) as a new lot (p_lot: the lot''s options, see billing.transfer_spec): a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
+comment on function billing.scoped_key(text,text) is 'Internal: a ledger idempotency key derived from a request''s key under p_scope, at most 300 characters (the key''s SHA-256 when the whole would not fit, or when the key itself reads sha256:…).';
 comment on table billing.entries is 'Immutable. One per tracked side of a transfer (user, organisation and allowance accounts), with the balance after it; platform accounts have none.';
 comment on function billing.usage_amount(numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric) is 'The price formula: usage counts by kind times a card''s credits per unit, rounded once to 18 places; null when a used kind is unpriced.';
 comment on function billing.quote_usage(text,bigint,bigint,bigint,bigint,bigint,bigint) is 'Internal: usage by kind priced with the model''s current rate card, in credits; the amount is null when it cannot be priced (billing.price_usage says why).';
 comment on function billing.post_transfers(billing.transfer_spec[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) under the caller''s account locks; one result per movement, replays answered.';
 comment on function billing.run_usage_request(uuid,text,text,text,jsonb,integer) is 'Internal: POST /credits/usage for a student paying from their own account with no cap, the transfer its only record; null hands the request to run_money_request''s general path.';
 comment on function billing.usage_answer(bigint,numeric,numeric,numeric,integer) is 'Internal: a usage charge the student paid, as POST /credits/usage answers it.';
+comment on function billing.expiry_key(bigint,numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
+revoke execute on function billing.expiry_key(bigint,numeric) from public;
 revoke execute on function billing.post_transfers(billing.transfer_spec[]) from public;
 revoke execute on function billing.quote_usage(text,bigint,bigint,bigint,bigint,bigint,bigint) from public;
 revoke execute on function billing.run_usage_request(uuid,text,text,text,jsonb,integer) from public;
