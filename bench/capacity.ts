@@ -33,6 +33,21 @@ const mix: [route: string, share: number, cpuMs: number][] = [
 const cpuPerRequest = mix.reduce((s, [, share, ms]) => s + share * ms, 0);
 const writesShare = 1 - 0.5;
 
+// The Edge Functions' own CPU per request, from the latest ./scripts/bench request-path (the
+// gateway's process, measured from /proc around each wrk run): Supabase runs them on machines
+// of its own, so this sizes the functions' bill and limits, not the database.
+const latestPath = [...Deno.readDirSync('bench/results')].map((e) => e.name)
+  .filter((n) => /^request-path-.*\.json$/.test(n)).sort().at(-1);
+type PathRun = { cells: { name: string; runs: { cpuMs: number }[] }[] };
+const pathRun: PathRun | null = latestPath ? JSON.parse(await Deno.readTextFile(`bench/results/${latestPath}`)) : null;
+const gatewayMs = (prefix: string) => {
+  const runs = pathRun?.cells.find((c) => c.name.startsWith(prefix))?.runs ?? [];
+  const xs = runs.map((r) => r.cpuMs).sort((a, b) => a - b);
+  return xs.length ? xs[Math.floor(xs.length / 2)] : null;
+};
+const edgeUsage = gatewayMs('POST /credits/usage (');
+const edgeBalance = gatewayMs('GET /credits/balance');
+
 // Supabase's dedicated compute sizes (docs: "Compute and Disk"), cores each; the measured costs
 // are from x86 cores of this machine, taken as equal to one of those cores (an assumption: the
 // first run on a hosted project replaces it, see docs/scale.md).
@@ -52,6 +67,12 @@ say(
   `Measured Postgres CPU: usage ${usage.toFixed(3)} ms, balance read ${balance.toFixed(3)} ms; the mix ` +
     `${cpuPerRequest.toFixed(3)} ms per request; WAL ${fmt(walPerUsage)} B per usage request. ` +
     `Machines run at ≤ ${Math.round(utilisation * 100)}% CPU.\n`,
+);
+say(
+  edgeUsage === null || edgeBalance === null
+    ? 'Edge Function CPU: not measured yet (run ./scripts/bench request-path).\n'
+    : `Edge Function CPU (the gateway's process, from ${latestPath}): usage ${edgeUsage.toFixed(3)} ms, balance read ` +
+      `${edgeBalance.toFixed(3)} ms per request, beside Postgres's ${usage.toFixed(3)} and ${balance.toFixed(3)} ms.\n`,
 );
 say('| load | requests/s | Postgres cores needed | one primary | primaries (shards of 16XL) | WAL written |');
 say('| --- | --- | --- | --- | --- | --- |');
@@ -74,5 +95,9 @@ for (const times of [1, 10, 100, 1000]) {
 await Deno.writeTextFile('bench/results/capacity-latest.md', lines.join('\n') + '\n');
 await Deno.writeTextFile(
   `bench/results/capacity-${new Date().toISOString()}.json`,
-  JSON.stringify({ from: latest, base, utilisation, cpuPerRequest, rows }, null, 2),
+  JSON.stringify(
+    { from: latest, base, utilisation, cpuPerRequest, edge: { from: latestPath, edgeUsage, edgeBalance }, rows },
+    null,
+    2,
+  ),
 );
