@@ -36,6 +36,12 @@ CREATE OR REPLACE FUNCTION billing.post_transfers(p_transfers billing.transfer_s
  SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 declare
+  v_one billing.transfer_spec;
+  v_id bigint;
+  v_written billing.transfers;
+  v_balance numeric;
+  v_version bigint;
+  v_versions bigint[];
   v_ids bigint[];
   v_new bigint[];
   v_existing bigint[];
@@ -52,14 +58,51 @@ declare
   v_category text;
   v_policy billing.credit_expiry_policy;
 begin
-  -- A batch of one (nearly every call) is checked and numbered without a query.
+  -- A movement alone (nearly every call): its statements written for one row.
   if cardinality(p_transfers) = 1 then
-    if ((p_transfers[1]).amount > 0 and scale((p_transfers[1]).amount) <= 18 and (p_transfers[1]).amount < 1e20
-        and (p_transfers[1]).from_account_id <> (p_transfers[1]).to_account_id) is not true then
+    v_one := p_transfers[1];
+    if (v_one.amount > 0 and scale(v_one.amount) <= 18 and v_one.amount < 1e20 and v_one.from_account_id <> v_one.to_account_id) is not true then
       perform billing.raise_error('LEDGER_INVARIANT',
         '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
     end if;
-    v_ids := array[nextval('billing.transfers_id_seq')];
+    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                   reference, metadata, rate_card_id, hold_id, member_id)
+    values (v_one.kind, v_one.from_account_id, v_one.to_account_id, v_one.amount, v_one.idempotency_key, v_one.correlation_id, v_one.reference,
+            v_one.metadata, v_one.rate_card_id, v_one.hold_id, v_one.member_id)
+    on conflict (idempotency_key, kind) do nothing
+    returning id into v_id;
+    if v_id is null then
+      select * into v_written from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind;
+      if v_written.amount <> v_one.amount or v_written.from_account_id <> v_one.from_account_id
+         or v_written.to_account_id <> v_one.to_account_id then
+        perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_one.kind));
+      end if;
+      return array[(v_written.id, true, null, null)::billing.posted_transfer];
+    end if;
+    v_ids := array[v_id];
+    v_new := v_ids;
+    -- Each tracked side (a platform account is never updated: the filter finds no row).
+    update billing.accounts a set balance = a.balance - v_one.amount, version = a.version + 1
+    where a.id = v_one.from_account_id and a.code is null
+    returning a.balance, a.version into v_balance, v_version;
+    if found then
+      v_ord := array[1]; v_account := array[v_one.from_account_id]; v_delta := array[-v_one.amount]; v_after := array[v_balance];
+      v_versions := array[v_version];
+    else
+      v_ord := '{}'::integer[]; v_account := '{}'::bigint[]; v_delta := '{}'::numeric[]; v_after := '{}'::numeric[];
+      v_versions := '{}'::bigint[];
+    end if;
+    update billing.accounts a set balance = a.balance + v_one.amount, version = a.version + 1
+    where a.id = v_one.to_account_id and a.code is null
+    returning a.balance, a.version into v_balance, v_version;
+    if found then
+      v_ord := v_ord || 1; v_account := v_account || v_one.to_account_id; v_delta := v_delta || v_one.amount;
+      v_after := v_after || v_balance; v_versions := v_versions || v_version;
+    end if;
+    insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+    select v_id, e.account_id, e.delta, e.after, e.version
+    from unnest(v_account, v_delta, v_after, v_versions) with ordinality e(account_id, delta, after, version, n)
+    order by e.n;
   else
     if exists (select 1 from unnest(p_transfers) t
                where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
@@ -69,59 +112,61 @@ begin
     end if;
     -- Ids in batch order, so transfer ids order the batch.
     v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
-  end if;
-  with ins as (
-    insert into billing.transfers (id, kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
-                                   reference, metadata, rate_card_id, hold_id, member_id)
-    overriding system value
-    select v_ids[t.ord], t.kind, t.from_account_id, t.to_account_id, t.amount, t.idempotency_key, t.correlation_id,
-      t.reference, t.metadata, t.rate_card_id, t.hold_id, t.member_id
-    from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
-    order by t.ord
-    on conflict (idempotency_key, kind) do nothing
-    returning id
-  )
-  select array_agg(ins.id) into v_new from ins;
+    with ins as (
+      insert into billing.transfers (id, kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                     reference, metadata, rate_card_id, hold_id, member_id)
+      overriding system value
+      select v_ids[t.ord], t.kind, t.from_account_id, t.to_account_id, t.amount, t.idempotency_key, t.correlation_id,
+        t.reference, t.metadata, t.rate_card_id, t.hold_id, t.member_id
+      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+      order by t.ord
+      on conflict (idempotency_key, kind) do nothing
+      returning id
+    )
+    select array_agg(ins.id) into v_new from ins;
 
-  if cardinality(v_new) is distinct from cardinality(p_transfers) then
-    select array_agg(case when v_ids[t.ord] = any(coalesce(v_new, '{}')) then null else x.id end order by t.ord),
-      min(t.kind::text) filter (where v_ids[t.ord] <> all(coalesce(v_new, '{}'))
-        and (x.amount <> t.amount or x.from_account_id <> t.from_account_id or x.to_account_id <> t.to_account_id))
-    into v_existing, v_reused
-    from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
-    join billing.transfers x on x.idempotency_key = t.idempotency_key and x.kind = t.kind;
-    if v_reused is not null then
-      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_reused));
+    if cardinality(v_new) is distinct from cardinality(p_transfers) then
+      select array_agg(case when v_ids[t.ord] = any(coalesce(v_new, '{}')) then null else x.id end order by t.ord),
+        min(t.kind::text) filter (where v_ids[t.ord] <> all(coalesce(v_new, '{}'))
+          and (x.amount <> t.amount or x.from_account_id <> t.from_account_id or x.to_account_id <> t.to_account_id))
+      into v_existing, v_reused
+      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+      join billing.transfers x on x.idempotency_key = t.idempotency_key and x.kind = t.kind;
+      if v_reused is not null then
+        perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_reused));
+      end if;
+    end if;
+
+    if v_new is not null then
+      -- Balances and versions, then one entry per tracked side numbered back from them.
+      with t as (
+        select * from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord) where v_ids[t.ord] = any(v_new)
+      ), legs as (
+        select t.ord, t.from_account_id as account_id, -t.amount as delta from t
+        union all
+        select t.ord, t.to_account_id, t.amount from t
+      ), u as (
+        update billing.accounts a set balance = a.balance + d.delta, version = a.version + d.n
+        from (select l.account_id, sum(l.delta) as delta, count(*) as n from legs l group by l.account_id) d
+        where a.id = d.account_id and a.code is null
+        returning a.id, a.balance, a.version
+      ), e as (
+        insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+        select v_ids[l.ord], l.account_id, l.delta,
+          u.balance - (sum(l.delta) over later - l.delta), u.version - (row_number() over later - 1)
+        from legs l join u on u.id = l.account_id
+        window later as (partition by l.account_id order by l.ord desc)
+        order by l.ord, l.delta                     -- entry ids in batch order, as readers page them
+        returning transfer_id, account_id, balance_after
+      )
+      select array_agg(l.ord order by l.ord, l.delta), array_agg(l.account_id order by l.ord, l.delta),
+        array_agg(l.delta order by l.ord, l.delta), array_agg(e.balance_after order by l.ord, l.delta)
+      into v_ord, v_account, v_delta, v_after
+      from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
     end if;
   end if;
 
   if v_new is not null then
-    -- Balances and versions, then one entry per tracked side numbered back from them.
-    with t as (
-      select * from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord) where v_ids[t.ord] = any(v_new)
-    ), legs as (
-      select t.ord, t.from_account_id as account_id, -t.amount as delta from t
-      union all
-      select t.ord, t.to_account_id, t.amount from t
-    ), u as (
-      update billing.accounts a set balance = a.balance + d.delta, version = a.version + d.n
-      from (select l.account_id, sum(l.delta) as delta, count(*) as n from legs l group by l.account_id) d
-      where a.id = d.account_id and a.code is null
-      returning a.id, a.balance, a.version
-    ), e as (
-      insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
-      select v_ids[l.ord], l.account_id, l.delta,
-        u.balance - (sum(l.delta) over later - l.delta), u.version - (row_number() over later - 1)
-      from legs l join u on u.id = l.account_id
-      window later as (partition by l.account_id order by l.ord desc)
-      order by l.ord, l.delta                     -- entry ids in batch order, as readers page them
-      returning transfer_id, account_id, balance_after
-    )
-    select array_agg(l.ord order by l.ord, l.delta), array_agg(l.account_id order by l.ord, l.delta),
-      array_agg(l.delta order by l.ord, l.delta), array_agg(e.balance_after order by l.ord, l.delta)
-    into v_ord, v_account, v_delta, v_after
-    from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
-
     for i in 1 .. cardinality(v_ord) loop
       if v_delta[i] < 0 and v_after[i] < 0 and (p_transfers[v_ord[i]]).kind not in ('refund_reversal', 'dispute_reversal') then
         perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
@@ -870,13 +915,16 @@ $function$
 
 CREATE OR REPLACE FUNCTION billing.ledger_owned_keys()
  RETURNS text[]
- LANGUAGE sql
+ LANGUAGE plpgsql
  IMMUTABLE
  SET search_path TO ''
 AS $function$
-  select array['model', 'input_tokens', 'output_tokens', 'cached_input_tokens', 'reasoning_tokens', 'images',
+begin
+  -- PL/pgSQL, not SQL: a SQL function with a SET clause is planned again on every call.
+  return array['model', 'input_tokens', 'output_tokens', 'cached_input_tokens', 'reasoning_tokens', 'images',
     'audio_seconds', 'failed', 'failed_by', 'usage_source', 'ai_call_id', 'job_id', 'rate_card_version', 'reserved',
-    'priced', 'unbilled', 'charged_at', 'request_hash', 'request_id', 'held_after']
+    'priced', 'unbilled', 'charged_at', 'request_hash', 'request_id', 'held_after'];
+end
 $function$
 ;
 
