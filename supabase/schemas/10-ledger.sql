@@ -973,7 +973,9 @@ declare
   v_users uuid[];
   -- accepted events, in order: where their outcome goes, what they move, what was written
   a_ord integer[] := '{}'::integer[];
-  a_spec billing.transfer_spec[] := '{}'::billing.transfer_spec[];
+  a_account bigint[] := '{}'::bigint[];
+  a_amount numeric[] := '{}'::numeric[];
+  a_card bigint[] := '{}'::bigint[];
   a_posted billing.posted_transfer[];
   -- repeats within the batch, and their first occurrences
   d_ord integer[] := '{}'::integer[];
@@ -1036,7 +1038,9 @@ begin
     from checked b
     left join cards r on r.model = b.model
     left join billing.accounts a on a.user_id = b.user_id
-    left join billing.transfers t on t.idempotency_key = billing.usage_event_key(b.user_id, b.event_id) and t.kind = 'usage'
+    -- Lateral: one index probe per event, never a join over the whole ledger.
+    left join lateral (select x.id, x.amount from billing.transfers x
+                       where x.idempotency_key = billing.usage_event_key(b.user_id, b.event_id) and x.kind = 'usage') t on true
     order by b.user_id, b.ord
   loop
     if v_user is distinct from e.user_id then
@@ -1078,21 +1082,30 @@ begin
       v_cap := null;
     elsif v_outcomes[e.ord] is null then
       v_available := v_available - e.amount;
+      -- Scalars only: appending to an array copies it, so a batch's movements are built once, below.
       a_ord := a_ord || e.ord;
-      a_spec := a_spec || ('usage', e.account_id, v_platform, e.amount, billing.usage_event_key(e.user_id, e.event_id),
-        e.correlation_id, null, jsonb_build_object('model', e.model, 'input_tokens', e.input_tokens,
-          'output_tokens', e.output_tokens, 'cached_input_tokens', e.cached_input_tokens,
-          'reasoning_tokens', e.reasoning_tokens, 'images', e.images, 'audio_seconds', e.audio_seconds,
-          'occurred_at', e.occurred_at, 'event_id', e.event_id),
-        e.rate_card_id, null, null, null)::billing.transfer_spec;
+      a_account := a_account || e.account_id;
+      a_amount := a_amount || e.amount;
+      a_card := a_card || e.rate_card_id;
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied',
         'charged', trim_scale(e.amount)::text);
     end if;
   end loop;
 
   -- Each account's accepted events draw from its lots in event order.
-  if cardinality(a_spec) > 0 then
-    a_posted := billing.post_transfers(a_spec);
+  if cardinality(a_ord) > 0 then
+    a_posted := billing.post_transfers(array(
+      select ('usage', x.account_id, v_platform, x.amount, billing.usage_event_key((v.ev ->> 'user_id')::uuid, v.ev ->> 'event_id'),
+        v.ev ->> 'correlation_id', null, jsonb_build_object('model', v.ev ->> 'model',
+          'input_tokens', (v.ev ->> 'input_tokens')::bigint, 'output_tokens', (v.ev ->> 'output_tokens')::bigint,
+          'cached_input_tokens', coalesce((v.ev ->> 'cached_input_tokens')::bigint, 0),
+          'reasoning_tokens', coalesce((v.ev ->> 'reasoning_tokens')::bigint, 0),
+          'images', coalesce((v.ev ->> 'images')::bigint, 0), 'audio_seconds', coalesce((v.ev ->> 'audio_seconds')::bigint, 0),
+          'occurred_at', (v.ev ->> 'occurred_at')::timestamptz, 'event_id', v.ev ->> 'event_id'),
+        x.rate_card_id, null, null, null)::billing.transfer_spec
+      from unnest(a_ord, a_account, a_amount, a_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
+      cross join lateral (select p_events -> (x.ord - 1) as ev) v
+      order by x.n));
     for i in 1 .. cardinality(a_ord) loop
       v_outcomes[a_ord[i]] := v_outcomes[a_ord[i]] || jsonb_build_object('transfer_id', (a_posted[i]).transfer_id::text,
         'balance', trim_scale((a_posted[i]).from_balance)::text);
@@ -1316,9 +1329,9 @@ begin
     -- Credits: into lots.
     if 0 < any(v_delta) then
       for c in
-        select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t,
-          exists (select 1 from unnest(v_ord, v_delta) y(ord, delta) where y.ord = x.ord and y.delta < 0) as moved
+        select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t, y.ord is not null as moved
         from unnest(v_ord, v_account, v_delta, v_after) x(ord, account_id, delta, after)
+        left join unnest(v_ord, v_delta) y(ord, delta) on y.ord = x.ord and y.delta < 0
         where x.delta > 0
         order by x.ord
       loop
@@ -1397,12 +1410,13 @@ begin
       case when v_delta[1] < 0 then v_after[1] when v_delta[2] < 0 then v_after[2] end,
       case when v_delta[1] > 0 then v_after[1] when v_delta[2] > 0 then v_after[2] end)::billing.posted_transfer];
   end if;
+  -- Joined, not looked up per movement: a batch of a thousand would scan its legs a million times.
   return array(
-    select row(coalesce(v_existing[o], v_ids[o]), v_existing[o] is not null,
-      (select x.after from unnest(v_ord, v_delta, v_after) x(ord, delta, after) where x.ord = o and x.delta < 0),
-      (select x.after from unnest(v_ord, v_delta, v_after) x(ord, delta, after) where x.ord = o and x.delta > 0)
-    )::billing.posted_transfer
-    from generate_subscripts(p_transfers, 1) o order by o);
+    select row(coalesce(v_existing[o.n], v_ids[o.n]), v_existing[o.n] is not null, f.after, t.after)::billing.posted_transfer
+    from generate_subscripts(p_transfers, 1) o(n)
+    left join unnest(v_ord, v_delta, v_after) f(ord, delta, after) on f.ord = o.n and f.delta < 0
+    left join unnest(v_ord, v_delta, v_after) t(ord, delta, after) on t.ord = o.n and t.delta > 0
+    order by o.n);
 end;
 $$;
 comment on function billing.post_transfers(p_transfers billing.transfer_spec[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) under the caller''s account locks; one result per movement, replays answered.';
