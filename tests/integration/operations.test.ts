@@ -107,6 +107,12 @@ Deno.test('the charge failure alert needs both a rate above 0.5% and a minimum v
       where type in ('charge.succeeded', 'payment_intent.payment_failed') and api_created > now() - interval '1 hour'`;
     if (charges < 20) assert.equal(low.n, 0, 'below the minimum volume nothing fires');
     await add('charge.succeeded', 30);
+    // Charges other tests made in the last hour count too: enough failures for a rate of 1%.
+    const [{ failed, total }] =
+      await testDb`select count(*) filter (where type = 'payment_intent.payment_failed')::int as failed,
+      count(*)::int as total from billing.stripe_events
+      where type in ('charge.succeeded', 'payment_intent.payment_failed') and api_created > now() - interval '1 hour'`;
+    await add('payment_intent.payment_failed', Math.max(0, Math.ceil((0.01 * total - failed) / 0.99) + 1));
     await testDb`select billing.evaluate_alerts()`;
     const [high] =
       await testDb`select count(*)::int as n from billing.alerts where condition = 'charge_failure_rate' and status = 'open'`;
