@@ -9,6 +9,7 @@ drop function if exists "billing"."create_lot"(p_account_id bigint, p_transfer_i
 
 drop function if exists "billing"."draw_lots"(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[], p_amounts numeric[], p_first bigint[]);
 
+create type "billing"."held_change" as ("account_id" bigint, "delta" numeric);
 create type "billing"."posted_transfer" as ("transfer_id" bigint, "replayed" boolean, "from_balance" numeric(38,18), "to_balance" numeric(38,18));
 create type "billing"."transfer_spec" as ("kind" billing.transfer_kind, "from_account_id" bigint, "to_account_id" bigint, "amount" numeric, "idempotency_key" text, "correlation_id" text, "reference" text, "metadata" jsonb, "rate_card_id" bigint, "hold_id" uuid, "member_id" uuid, "lots" jsonb);
 
@@ -29,7 +30,8 @@ end
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION billing.post_transfers(p_transfers billing.transfer_spec[])
+
+CREATE OR REPLACE FUNCTION billing.post_transfers(p_transfers billing.transfer_spec[], p_held billing.held_change[] DEFAULT '{}'::billing.held_change[])
  RETURNS billing.posted_transfer[]
  LANGUAGE plpgsql
  SET search_path TO ''
@@ -58,6 +60,16 @@ declare
   v_category text;
   v_policy billing.credit_expiry_policy;
 begin
+  -- What holds reserve (a hold is no transfer: it moves nothing until captured).
+  if cardinality(p_held) > 0 then
+    update billing.accounts a set held = a.held + d.delta
+    from (select h.account_id, sum(h.delta) as delta from unnest(p_held) h group by h.account_id) d
+    where a.id = d.account_id and a.code is null;
+  end if;
+  if cardinality(p_transfers) = 0 then
+    return '{}'::billing.posted_transfer[];
+  end if;
+
   -- A movement alone (nearly every call): its statements written for one row.
   if cardinality(p_transfers) = 1 then
     v_one := p_transfers[1];
@@ -472,6 +484,73 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric DEFAULT NULL::numeric, p_correlation_id text DEFAULT NULL::text, p_metadata jsonb DEFAULT NULL::jsonb)
+ RETURNS billing.hold_result
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
+  v_capture numeric(38, 18);
+  v_transfer billing.transfer_result;
+  v_user uuid;
+  v_unfrozen numeric(38, 18);
+  v_pool boolean;
+begin
+  -- Credits that expired under the hold are gone before it is captured (the hold gave way).
+  if (select a.next_expiry <= now() from billing.accounts a where a.id = v_hold.account_id) then
+    perform billing.expire_due_lots(v_hold.account_id);
+    select * into v_hold from billing.holds h where h.id = p_hold_id;
+  end if;
+  v_capture := coalesce(p_amount, v_hold.amount);
+  if v_hold.status = 'captured' then
+    if p_amount is not null and p_amount <> v_hold.captured_amount then
+      perform billing.raise_error('HOLD_ALREADY_CAPTURED', jsonb_build_object('hold_id', p_hold_id,
+        'captured', trim_scale(v_hold.captured_amount)::text));
+    end if;
+    return billing.hold_result_of(v_hold, true);
+  end if;
+  if v_hold.status <> 'active' or v_hold.expires_at <= now() then
+    perform billing.raise_error(case when v_hold.status = 'released' then 'HOLD_RELEASED' else 'HOLD_EXPIRED' end,
+      jsonb_build_object('hold_id', p_hold_id, 'expires_at', v_hold.expires_at));
+  end if;
+  perform billing.check_amount(v_capture);
+  if v_capture > v_hold.amount then
+    perform billing.raise_error('CAPTURE_EXCEEDS_HOLD', jsonb_build_object('held', trim_scale(v_hold.amount)::text,
+      'requested', trim_scale(v_capture)::text));
+  end if;
+
+  -- A user's own capture never spends credits a dispute has frozen (a reversal of another
+  -- purchase can take the balance below what is held). A job's capture is work already done.
+  if p_user is not null then
+    select a.balance - coalesce(sum(h.amount), 0), a.org_id is not null and a.member_id is null into v_unfrozen, v_pool
+    from billing.accounts a
+    left join billing.holds h on h.account_id = a.id and h.status = 'active' and h.purpose = 'dispute'
+    where a.id = v_hold.account_id group by a.id;
+    if v_unfrozen < v_capture then
+      -- A member never reads a pool's balance, refused or not.
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
+        'required', trim_scale(v_capture)::text,
+        'available', case when not v_pool then trim_scale(greatest(v_unfrozen, 0))::text end, 'frozen_by_dispute', true)));
+    end if;
+  end if;
+
+  -- The hold stops counting first, so the capture spends the reserved credits.
+  perform billing.post_transfers('{}', array[(v_hold.account_id, -v_hold.amount)::billing.held_change]);
+  select a.user_id into v_user from billing.accounts a where a.id = v_hold.account_id;
+  v_transfer := billing.post_user_transfer(coalesce(v_user, v_hold.member_id), -1, 'capture', v_capture, 'hold_capture',
+    'usage_revenue', 'hold:' || p_hold_id::text, coalesce(p_correlation_id, v_hold.correlation_id), null, p_metadata, null, p_hold_id,
+    p_account_id => v_hold.account_id);
+  update billing.holds h set status = 'captured', captured_amount = v_capture, capture_transfer_id = v_transfer.transfer_id,
+    finished_at = now()
+  where h.id = p_hold_id returning * into v_hold;
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount - v_capture);
+  return billing.hold_result_of(v_hold, false);
+end;
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.charge_usage_batch(p_events jsonb)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -754,6 +833,41 @@ begin
   where a.id = p_account_id returning * into v_account;
   -- Held credits expire too: holds that reserve more than is left give way, newest first.
   perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true));
+  return v_count;
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.expire_overdue_holds(p_account_id bigint)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_count integer;
+  v_total numeric(38, 18);
+  v_caps integer;
+  v_expired jsonb;
+begin
+  -- The account is locked first, as everywhere else, then its holds.
+  select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
+  with expired as (
+    update billing.holds h set status = 'expired', finished_at = now()
+    where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now()
+    returning h.amount, h.purpose, h.metadata ->> 'model' as model, h.created_at
+  )
+  select count(*), coalesce(sum(e.amount), 0),
+         jsonb_agg(jsonb_build_object('amount', e.amount, 'model', e.model, 'at', e.created_at)) filter (where e.purpose <> 'dispute')
+    into v_count, v_total, v_expired from expired e;
+  if v_count > 0 then
+    perform billing.post_transfers('{}', array[(p_account_id, -v_total)::billing.held_change]);
+    perform billing.on_available_change(a) from billing.accounts a
+    where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+    if v_caps > 0 then
+      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz)
+      from jsonb_array_elements(coalesce(v_expired, '[]')) x;
+    end if;
+  end if;
   return v_count;
 end;
 $function$
@@ -1146,6 +1260,26 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text DEFAULT NULL::text, p_metadata jsonb DEFAULT NULL::jsonb, p_member uuid DEFAULT NULL::uuid)
+ RETURNS billing.holds
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_hold billing.holds;
+begin
+  -- The caller holds the account lock and has checked what may be held.
+  insert into billing.holds (account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
+  values (p_account_id, p_amount, p_idempotency_key, p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)
+  returning * into v_hold;
+  perform billing.post_transfers('{}', array[(p_account_id, p_amount)::billing.held_change]);
+  perform billing.on_available_change(a) from billing.accounts a
+  where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+  return v_hold;
+end;
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text DEFAULT NULL::text, p_reference text DEFAULT NULL::text, p_metadata jsonb DEFAULT NULL::jsonb, p_rate_card_id bigint DEFAULT NULL::bigint, p_hold_id uuid DEFAULT NULL::uuid, p_lot jsonb DEFAULT NULL::jsonb, p_account_id bigint DEFAULT NULL::bigint)
  RETURNS billing.transfer_result
  LANGUAGE plpgsql
@@ -1270,6 +1404,101 @@ begin
         then 'images' else 'audio_seconds' end));
   end if;
   return v;
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.refreeze_disputes(p_account_id bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_account billing.accounts;
+  d record;
+  v_room numeric(38, 18);
+  v_grow numeric(38, 18);
+  v_short numeric(38, 18);
+  v_key text;
+  v_hold uuid;
+begin
+  -- The caller holds the account lock (after another dispute closed here). A buyer's dispute
+  -- hold covers what is left of its purchase, spent credits included, so it may have held the
+  -- lots of a purchase disputed after it, which then held less than its own. Every dispute
+  -- still open here gets what it would hold if it opened now: as the buyer, what is left of the
+  -- purchase beyond its lots elsewhere and what expired of it; elsewhere, its lots here. Older
+  -- purchases first, as far as the balance not already frozen goes.
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  for d in
+    select p.id, p.dispute_id, x.buyer,
+      case when x.buyer
+        then (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
+             - coalesce((select sum(l.remaining) from billing.lots l
+                         where l.purchase_id = p.id and l.open and l.account_id <> p_account_id), 0)
+             - billing.purchase_expiry_unforgiven(p.id, null)
+        else coalesce((select sum(l.remaining) from billing.lots l
+                       where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
+      end - coalesce((select sum(h.amount) from billing.holds h
+                      where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute'
+                        and h.correlation_id = p.dispute_id), 0) as missing
+    from billing.purchases p
+    cross join lateral (select coalesce((p.org_id is null and p.user_id = v_account.user_id)
+                                        or (p.org_id = v_account.org_id and v_account.member_id is null), false) as buyer) x
+    where p.dispute_status = 'open'
+      and (p.id in (select l.purchase_id from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
+           or (p.org_id is null and p.user_id = v_account.user_id)
+           or (p.org_id = v_account.org_id and v_account.member_id is null))
+    order by p.paid_at, p.id
+  loop
+    continue when d.missing <= 0;
+    select * into v_account from billing.accounts a where a.id = p_account_id;
+    select greatest(v_account.balance - coalesce(sum(h.amount), 0), 0) into v_room from billing.holds h
+    where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute';
+    v_grow := least(d.missing, v_room);
+    continue when v_grow <= 0;
+    -- A student's own holds give way, as when a dispute opens; a job's is work under way.
+    v_short := v_grow - greatest(v_account.balance - v_account.held, 0);
+    if v_short > 0 then
+      perform billing.shrink_holds(p_account_id, v_short, array['user'], jsonb_build_object('given_to_dispute', d.dispute_id));
+    end if;
+    -- Keyed as sync_purchase keys a dispute's holds: the buyer's, or one per account elsewhere.
+    v_key := 'dispute:' || d.dispute_id || case when d.buyer then '' else ':' || p_account_id end;
+    update billing.holds h set amount = h.amount + v_grow where h.idempotency_key = v_key and h.status = 'active'
+    returning h.id into v_hold;
+    if found then
+      perform billing.post_transfers('{}', array[(p_account_id, v_grow)::billing.held_change]);
+    else
+      v_hold := (billing.place_hold(p_account_id, v_grow, v_key, 'infinity', 'dispute', d.dispute_id)).id;
+      if d.buyer then
+        update billing.purchases x set dispute_hold_id = v_hold where x.id = d.id and x.dispute_hold_id is null;
+      end if;
+    end if;
+  end loop;
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.release_hold(p_user uuid, p_hold_id uuid)
+ RETURNS billing.hold_result
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
+begin
+  if v_hold.status = 'captured' then
+    perform billing.raise_error('HOLD_ALREADY_CAPTURED', jsonb_build_object('hold_id', p_hold_id, 'captured', v_hold.captured_amount::text));
+  end if;
+  if v_hold.status <> 'active' then
+    return billing.hold_result_of(v_hold, true); -- released or expired: nothing left to release
+  end if;
+  perform billing.post_transfers('{}', array[(v_hold.account_id, -v_hold.amount)::billing.held_change]);
+  update billing.holds h set status = 'released', finished_at = now() where h.id = p_hold_id returning * into v_hold;
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount);
+  perform billing.on_available_change(a) from billing.accounts a
+  where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+  return billing.hold_result_of(v_hold, false);
 end;
 $function$
 ;
@@ -1490,6 +1719,40 @@ end
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb)
+ RETURNS numeric
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  h billing.holds;
+  v_take numeric(38, 18);
+  v_left numeric(38, 18) := p_short;
+begin
+  -- The caller holds the account lock. The newest holds give way first.
+  for h in
+    select * from billing.holds x
+    where x.account_id = p_account_id and x.status = 'active' and x.purpose = any(p_purposes)
+    order by x.created_at desc, x.id
+    for update
+  loop
+    exit when v_left <= 0;
+    v_take := least(h.amount, v_left);
+    update billing.holds x
+    set amount = x.amount - case when v_take < x.amount then v_take else 0 end,
+        status = case when v_take < x.amount then x.status else 'released' end,
+        finished_at = case when v_take < x.amount then null else now() end,
+        metadata = coalesce(x.metadata, '{}'::jsonb) || p_note || jsonb_build_object('given_amount', trim_scale(v_take)::text)
+    where x.id = h.id;
+    perform billing.post_transfers('{}', array[(p_account_id, -v_take)::billing.held_change]);
+    perform billing.return_hold_cap_room(h, v_take);
+    v_left := v_left - v_take;
+  end loop;
+  return p_short - v_left;
+end;
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.void_charge_internal(p_charge_id bigint, p_actor uuid, p_reason text, p_run_id uuid)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1593,7 +1856,7 @@ begin
     where h.id = (select x.id from billing.holds x where x.account_id = v_account.id and x.status = 'active'
                   and x.purpose = 'dispute' and x.correlation_id = v_lot.dispute_id order by x.created_at limit 1);
     if found then
-      update billing.accounts a set held = a.held + v_grow where a.id = v_account.id;
+      perform billing.post_transfers('{}', array[(v_account.id, v_grow)::billing.held_change]);
     else
       perform billing.place_hold(v_account.id, v_grow, 'dispute:' || v_lot.dispute_id || ':void:' || v_void.id,
         'infinity', 'dispute', v_lot.dispute_id);
@@ -1625,12 +1888,12 @@ comment on function billing.scoped_key(text,text) is 'Internal: a ledger idempot
 comment on table billing.entries is 'Immutable. One per tracked side of a transfer (user, organisation and allowance accounts), with the balance after it; platform accounts have none.';
 comment on function billing.usage_amount(numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric) is 'The price formula: usage counts by kind times a card''s credits per unit, rounded once to 18 places; null when a used kind is unpriced.';
 comment on function billing.quote_usage(text,bigint,bigint,bigint,bigint,bigint,bigint) is 'Internal: usage by kind priced with the model''s current rate card, in credits; the amount is null when it cannot be priced (billing.price_usage says why).';
-comment on function billing.post_transfers(billing.transfer_spec[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) under the caller''s account locks; one result per movement, replays answered.';
+comment on function billing.post_transfers(billing.transfer_spec[],billing.held_change[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and changes of held amounts under the caller''s account locks; one result per movement, replays answered.';
 comment on function billing.run_usage_request(uuid,text,text,text,jsonb,integer) is 'Internal: POST /credits/usage for a student paying from their own account with no cap, the transfer its only record; null hands the request to run_money_request''s general path.';
 comment on function billing.usage_answer(bigint,numeric,numeric,numeric,integer) is 'Internal: a usage charge the student paid, as POST /credits/usage answers it.';
 comment on function billing.expiry_key(bigint,numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
 revoke execute on function billing.expiry_key(bigint,numeric) from public;
-revoke execute on function billing.post_transfers(billing.transfer_spec[]) from public;
+revoke execute on function billing.post_transfers(billing.transfer_spec[],billing.held_change[]) from public;
 revoke execute on function billing.quote_usage(text,bigint,bigint,bigint,bigint,bigint,bigint) from public;
 revoke execute on function billing.run_usage_request(uuid,text,text,text,jsonb,integer) from public;
 revoke execute on function billing.usage_amount(numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric) from public;

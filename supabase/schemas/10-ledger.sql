@@ -17,7 +17,7 @@
 -- by adding to the negative balance.
 --
 -- One writer: billing.post_transfers alone inserts transfers, entries, lots and allocations and
--- changes balances and versions (supabase/tests/10-ledger-one-writer.test.sql reads the
+-- changes balances, held amounts and versions (supabase/tests/10-ledger-one-writer.test.sql reads the
 -- catalogue to prove it); every feature decides what moves and calls it. The functions callers
 -- use are SECURITY DEFINER with an empty search_path and fully qualified names; EXECUTE is for
 -- service_role only (the Edge Functions connect as the owner). Errors raise a stable token as the message with JSON detail; the
@@ -128,6 +128,12 @@ create type billing.transfer_spec as (
   lots jsonb
 );
 comment on type billing.transfer_spec is 'A movement billing.post_transfers is asked to make (see the comment above it for lots).';
+
+create type billing.held_change as (
+  account_id bigint,
+  delta numeric                                   -- + a hold placed or grown, − one captured, released, expired or shrunk
+);
+comment on type billing.held_change is 'A change of what an account''s holds reserve, made by billing.post_transfers.';
 
 create type billing.posted_transfer as (
   transfer_id bigint,
@@ -367,7 +373,7 @@ begin
          jsonb_agg(jsonb_build_object('amount', e.amount, 'model', e.model, 'at', e.created_at)) filter (where e.purpose <> 'dispute')
     into v_count, v_total, v_expired from expired e;
   if v_count > 0 then
-    update billing.accounts a set held = a.held - v_total where a.id = p_account_id;
+    perform billing.post_transfers('{}', array[(p_account_id, -v_total)::billing.held_change]);
     perform billing.on_available_change(a) from billing.accounts a
     where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
     if v_caps > 0 then
@@ -757,7 +763,8 @@ begin
   end if;
 
   -- The hold stops counting first, so the capture spends the reserved credits.
-  update billing.accounts a set held = a.held - v_hold.amount where a.id = v_hold.account_id returning a.user_id into v_user;
+  perform billing.post_transfers('{}', array[(v_hold.account_id, -v_hold.amount)::billing.held_change]);
+  select a.user_id into v_user from billing.accounts a where a.id = v_hold.account_id;
   v_transfer := billing.post_user_transfer(coalesce(v_user, v_hold.member_id), -1, 'capture', v_capture, 'hold_capture',
     'usage_revenue', 'hold:' || p_hold_id::text, coalesce(p_correlation_id, v_hold.correlation_id), null, p_metadata, null, p_hold_id,
     p_account_id => v_hold.account_id);
@@ -832,7 +839,7 @@ begin
   if v_hold.status <> 'active' then
     return billing.hold_result_of(v_hold, true); -- released or expired: nothing left to release
   end if;
-  update billing.accounts a set held = a.held - v_hold.amount where a.id = v_hold.account_id;
+  perform billing.post_transfers('{}', array[(v_hold.account_id, -v_hold.amount)::billing.held_change]);
   update billing.holds h set status = 'released', finished_at = now() where h.id = p_hold_id returning * into v_hold;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount);
   perform billing.on_available_change(a) from billing.accounts a
@@ -1125,8 +1132,8 @@ revoke execute on function billing.charge_usage_batch(p_events jsonb) from publi
 grant execute on function billing.charge_usage_batch(p_events jsonb) to service_role;
 
 -- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
--- per movement out, in order. Only this function inserts transfers, entries, lots and lot
--- allocations and changes balances and versions (supabase/tests/10-ledger-one-writer.test.sql
+-- per movement out, in order, and the changes of what holds reserve. Only this function inserts
+-- transfers, entries, lots and lot allocations and changes balances, held amounts and versions (supabase/tests/10-ledger-one-writer.test.sql
 -- reads the catalogue to prove it). Features decide what moves: callers lock the tracked
 -- accounts first (ascending id order when there are several) and make every refusal a person
 -- can meet (available credits, caps, holds, standing) before calling it. It checks what must hold
@@ -1140,7 +1147,8 @@ grant execute on function billing.charge_usage_batch(p_events jsonb) to service_
 -- lots; a credit that pays a debt the account is in records that part as settled, not remaining.
 -- A movement whose (idempotency_key, kind) is already written is a replay: nothing is written
 -- for it; another movement under the same key and kind is refused (IDEMPOTENCY_KEY_REUSED).
-create or replace function billing.post_transfers(p_transfers billing.transfer_spec[])
+create or replace function billing.post_transfers(p_transfers billing.transfer_spec[],
+  p_held billing.held_change[] default '{}'::billing.held_change[])
 returns billing.posted_transfer[]
 language plpgsql
 set search_path = ''
@@ -1169,6 +1177,16 @@ declare
   v_category text;
   v_policy billing.credit_expiry_policy;
 begin
+  -- What holds reserve (a hold is no transfer: it moves nothing until captured).
+  if cardinality(p_held) > 0 then
+    update billing.accounts a set held = a.held + d.delta
+    from (select h.account_id, sum(h.delta) as delta from unnest(p_held) h group by h.account_id) d
+    where a.id = d.account_id and a.code is null;
+  end if;
+  if cardinality(p_transfers) = 0 then
+    return '{}'::billing.posted_transfer[];
+  end if;
+
   -- A movement alone (nearly every call): its statements written for one row.
   if cardinality(p_transfers) = 1 then
     v_one := p_transfers[1];
@@ -1419,8 +1437,8 @@ begin
     order by o.n);
 end;
 $$;
-comment on function billing.post_transfers(p_transfers billing.transfer_spec[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) under the caller''s account locks; one result per movement, replays answered.';
-revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[]) from public;
+comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_held billing.held_change[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and changes of held amounts under the caller''s account locks; one result per movement, replays answered.';
+revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[], p_held billing.held_change[]) from public;
 
 create or replace function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind,
                                                 p_key text, p_member uuid, p_metadata jsonb default null)
@@ -1660,7 +1678,7 @@ begin
   insert into billing.holds (account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
   values (p_account_id, p_amount, p_idempotency_key, p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)
   returning * into v_hold;
-  update billing.accounts a set held = a.held + p_amount where a.id = p_account_id;
+  perform billing.post_transfers('{}', array[(p_account_id, p_amount)::billing.held_change]);
   perform billing.on_available_change(a) from billing.accounts a
   where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
   return v_hold;
@@ -1750,7 +1768,7 @@ begin
         finished_at = case when v_take < x.amount then null else now() end,
         metadata = coalesce(x.metadata, '{}'::jsonb) || p_note || jsonb_build_object('given_amount', trim_scale(v_take)::text)
     where x.id = h.id;
-    update billing.accounts a set held = a.held - v_take where a.id = p_account_id;
+    perform billing.post_transfers('{}', array[(p_account_id, -v_take)::billing.held_change]);
     perform billing.return_hold_cap_room(h, v_take);
     v_left := v_left - v_take;
   end loop;

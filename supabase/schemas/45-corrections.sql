@@ -226,7 +226,7 @@ begin
     where h.id = (select x.id from billing.holds x where x.account_id = v_account.id and x.status = 'active'
                   and x.purpose = 'dispute' and x.correlation_id = v_lot.dispute_id order by x.created_at limit 1);
     if found then
-      update billing.accounts a set held = a.held + v_grow where a.id = v_account.id;
+      perform billing.post_transfers('{}', array[(v_account.id, v_grow)::billing.held_change]);
     else
       perform billing.place_hold(v_account.id, v_grow, 'dispute:' || v_lot.dispute_id || ':void:' || v_void.id,
         'infinity', 'dispute', v_lot.dispute_id);

@@ -704,7 +704,7 @@ begin
     update billing.holds h set amount = h.amount + v_grow where h.idempotency_key = v_key and h.status = 'active'
     returning h.id into v_hold;
     if found then
-      update billing.accounts a set held = a.held + v_grow where a.id = p_account_id;
+      perform billing.post_transfers('{}', array[(p_account_id, v_grow)::billing.held_change]);
     else
       v_hold := (billing.place_hold(p_account_id, v_grow, v_key, 'infinity', 'dispute', d.dispute_id)).id;
       if d.buyer then

@@ -10,20 +10,20 @@ select plan(15);
 create temp table writers as
 select p.oid::regprocedure::text as fn, s.src,
   s.src ~ 'insert into billing\.(transfers|entries|lot_allocations|lots)\M' as inserts,
-  s.src ~ 'update billing\.accounts \w+ set [^;]*?[ ,](\w+\.)?(balance|version) =' as balances,
+  s.src ~ 'update billing\.accounts \w+ set [^;]*?[ ,](\w+\.)?(balance|held|version) =' as balances,
   s.src ~ 'update billing\.lots \w+ set [^;]*?[ ,](\w+\.)?(remaining|debt_settled) =' as lots
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 cross join lateral (select regexp_replace(lower(p.prosrc), '\s+', ' ', 'g') as src) s
 where n.nspname not in ('pg_catalog', 'information_schema', 'extensions', 'cron') and p.prolang <> 12;
 
-select ok((select inserts and balances and lots from writers where fn = 'billing.post_transfers(billing.transfer_spec[])'),
+select ok((select inserts and balances and lots from writers where fn = 'billing.post_transfers(billing.transfer_spec[],billing.held_change[])'),
   'the catalogue check sees billing.post_transfers insert ledger rows, change balances and draw lots');
-select is(array(select fn from writers where inserts and fn <> 'billing.post_transfers(billing.transfer_spec[])' order by fn),
+select is(array(select fn from writers where inserts and fn <> 'billing.post_transfers(billing.transfer_spec[],billing.held_change[])' order by fn),
   '{}'::text[], 'no other function inserts transfers, entries, lots or allocations');
-select is(array(select fn from writers where balances and fn <> 'billing.post_transfers(billing.transfer_spec[])' order by fn),
-  '{}'::text[], 'no other function changes an account''s balance or version');
-select is(array(select fn from writers where lots and fn <> 'billing.post_transfers(billing.transfer_spec[])' order by fn),
+select is(array(select fn from writers where balances and fn <> 'billing.post_transfers(billing.transfer_spec[],billing.held_change[])' order by fn),
+  '{}'::text[], 'no other function changes an account''s balance, held amount or version');
+select is(array(select fn from writers where lots and fn <> 'billing.post_transfers(billing.transfer_spec[],billing.held_change[])' order by fn),
   '{}'::text[], 'no other function changes what is left of a lot');
 
 -- ============================================================ what it checks
