@@ -9,6 +9,8 @@ drop function if exists "billing"."create_lot"(p_account_id bigint, p_transfer_i
 
 drop function if exists "billing"."draw_lots"(p_kind billing.transfer_kind, p_transfer_ids bigint[], p_account_ids bigint[], p_amounts numeric[], p_first bigint[]);
 
+drop function if exists "billing"."fit_holds"(p_account_id bigint, p_note jsonb);
+
 create type "billing"."held_change" as ("account_id" bigint, "delta" numeric);
 create type "billing"."posted_transfer" as ("transfer_id" bigint, "replayed" boolean, "from_balance" numeric(38,18), "to_balance" numeric(38,18));
 create type "billing"."transfer_spec" as ("kind" billing.transfer_kind, "from_account_id" bigint, "to_account_id" bigint, "amount" numeric, "idempotency_key" text, "correlation_id" text, "reference" text, "metadata" jsonb, "rate_card_id" bigint, "hold_id" uuid, "member_id" uuid, "lots" jsonb);
@@ -27,6 +29,25 @@ declare
 begin
   return 'expiry:' || p_lot_id || ':' || trim_scale(p_amount) || case when v_before > 0 then ':' || v_before else '' end;
 end
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric DEFAULT NULL::numeric)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_account billing.accounts;
+  v_short numeric;
+begin
+  -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  v_short := least(v_account.held - greatest(v_account.balance, 0), coalesce(p_taken, v_account.held));
+  if v_short > 0 then
+    perform billing.shrink_holds(p_account_id, v_short, array['user', 'job', 'ai'], p_note);
+  end if;
+end;
 $function$
 ;
 
@@ -813,6 +834,7 @@ declare
   v_account billing.accounts;
   v_lot record;
   v_count integer := 0;
+  v_expired numeric := 0;
 begin
   select * into v_account from billing.accounts a where a.id = p_account_id for update;
   -- A disputed purchase's lots wait for the dispute: won, they expire; lost, they are reversed.
@@ -827,12 +849,13 @@ begin
       jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null, null,
       jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
     v_count := v_count + 1;
+    v_expired := v_expired + v_lot.remaining;
   end loop;
   update billing.accounts a
   set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
   where a.id = p_account_id returning * into v_account;
   -- Held credits expire too: holds that reserve more than is left give way, newest first.
-  perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true));
+  perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true), v_expired);
   return v_count;
 end;
 $function$
@@ -1889,10 +1912,12 @@ comment on table billing.entries is 'Immutable. One per tracked side of a transf
 comment on function billing.usage_amount(numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric) is 'The price formula: usage counts by kind times a card''s credits per unit, rounded once to 18 places; null when a used kind is unpriced.';
 comment on function billing.quote_usage(text,bigint,bigint,bigint,bigint,bigint,bigint) is 'Internal: usage by kind priced with the model''s current rate card, in credits; the amount is null when it cannot be priced (billing.price_usage says why).';
 comment on function billing.post_transfers(billing.transfer_spec[],billing.held_change[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and changes of held amounts under the caller''s account locks; one result per movement, replays answered.';
+comment on function billing.fit_holds(bigint,jsonb,numeric) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';
 comment on function billing.run_usage_request(uuid,text,text,text,jsonb,integer) is 'Internal: POST /credits/usage for a student paying from their own account with no cap, the transfer its only record; null hands the request to run_money_request''s general path.';
 comment on function billing.usage_answer(bigint,numeric,numeric,numeric,integer) is 'Internal: a usage charge the student paid, as POST /credits/usage answers it.';
 comment on function billing.expiry_key(bigint,numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
 revoke execute on function billing.expiry_key(bigint,numeric) from public;
+revoke execute on function billing.fit_holds(bigint,jsonb,numeric) from public;
 revoke execute on function billing.post_transfers(billing.transfer_spec[],billing.held_change[]) from public;
 revoke execute on function billing.quote_usage(text,bigint,bigint,bigint,bigint,bigint,bigint) from public;
 revoke execute on function billing.run_usage_request(uuid,text,text,text,jsonb,integer) from public;

@@ -1835,24 +1835,28 @@ $$;
 comment on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) is 'Internal: freezes up to p_amount of the account for a dispute (the student''s own holds give way); idempotent by p_key.';
 revoke execute on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) from public;
 
-create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb)
+-- p_taken: what the balance just lost (credits expired or taken back), when the caller knows it.
+-- Holds give way by at most that much: a job's or an AI call's hold that a dispute left above the
+-- balance (work under way, place_dispute_hold) is not given away by an unrelated expiry.
+create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric default null)
 returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
   v_account billing.accounts;
+  v_short numeric;
 begin
   -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
   select * into v_account from billing.accounts a where a.id = p_account_id;
-  if v_account.held > greatest(v_account.balance, 0) then
-    perform billing.shrink_holds(p_account_id, v_account.held - greatest(v_account.balance, 0), array['user', 'job', 'ai'],
-      p_note);
+  v_short := least(v_account.held - greatest(v_account.balance, 0), coalesce(p_taken, v_account.held));
+  if v_short > 0 then
+    perform billing.shrink_holds(p_account_id, v_short, array['user', 'job', 'ai'], p_note);
   end if;
 end;
 $$;
-comment on function billing.fit_holds(p_account_id bigint, p_note jsonb) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit.';
-revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb) from public;
+comment on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';
+revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) from public;
 
 -- ============================================================ views
 

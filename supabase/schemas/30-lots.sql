@@ -278,6 +278,7 @@ declare
   v_account billing.accounts;
   v_lot record;
   v_count integer := 0;
+  v_expired numeric := 0;
 begin
   select * into v_account from billing.accounts a where a.id = p_account_id for update;
   -- A disputed purchase's lots wait for the dispute: won, they expire; lost, they are reversed.
@@ -292,12 +293,13 @@ begin
       jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null, null,
       jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
     v_count := v_count + 1;
+    v_expired := v_expired + v_lot.remaining;
   end loop;
   update billing.accounts a
   set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
   where a.id = p_account_id returning * into v_account;
   -- Held credits expire too: holds that reserve more than is left give way, newest first.
-  perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true));
+  perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true), v_expired);
   return v_count;
 end;
 $function$;
