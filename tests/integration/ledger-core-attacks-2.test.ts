@@ -17,7 +17,7 @@ import {
   userToken,
 } from '../helpers.ts';
 import { codeOf, dataOf, spendWith, usageBody } from '../money.ts';
-import { key } from '../orgs.ts';
+import { key, person, school, walletOf } from '../orgs.ts';
 import { chargeOf, deliver, emulator, startCheckout } from '../purchases.ts';
 import { breakage, renew, subscribeTo } from '../plans.ts';
 
@@ -139,6 +139,48 @@ Deno.test('hold keys and batch event ids at 300 characters and sha256: look-alik
   const second = await batch(events);
   assert.ok(outcomesOf(second).every((o) => o.status === 'duplicate'), second.text);
   assert.equal(await usageTransfers(s.id), 3);
+  await assertLedgerInvariants();
+});
+
+const allowanceOf = async (org: string, member: string) =>
+  (await testDb`select trim_scale(a.balance)::text as b from billing.accounts a
+                where a.org_id = ${org} and a.member_id = ${member}`)[0]?.b as string | undefined;
+
+Deno.test('an allowance funded under a sha256:… key before the key change is not funded again when the request is retried', async () => {
+  const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
+  const org = await school(owner, [ada], 'allowance', '1000');
+  const k = 'sha256:' + 'ef'.repeat(32);
+  // What the previous release's fund_allowances wrote: the key as it was ('allowance:<org>:' || key || ':' || member).
+  await testDb`select billing.move_credits(billing.org_wallet_id(${org}), billing.allowance_account_id(${org}, ${ada.id}), 100,
+    'allowance', ${`allowance:${org}:${k}:${ada.id}`}, ${ada.id}, jsonb_build_object('org_id', ${org}::uuid, 'funded_by', ${owner.id}::uuid))`;
+  assert.equal(await allowanceOf(org, ada.id), '100');
+  // The route keeps no stored answer: the ledger's key is its only memory of the request.
+  const retry = await api(`/orgs/${org}/allowances`, {
+    token: owner.token,
+    headers: { 'idempotency-key': k },
+    body: { user_id: ada.id, amount: '100' },
+  });
+  assert.equal(retry.status, 201, retry.text);
+  assert.equal(await allowanceOf(org, ada.id), '100', `the retry funded the allowance again: ${retry.text}`);
+  assert.equal((await walletOf(owner.token, org)).balance, '900');
+  await assertLedgerInvariants();
+});
+
+Deno.test('allowance keys at 300 characters and sha256: look-alikes: each key funds once per member, retries fund nothing', async () => {
+  const [owner, ada, bob] = await Promise.all(['owner', 'ada', 'bob'].map(person));
+  const org = await school(owner, [ada, bob], 'allowance', '1000');
+  // 'allowance:<org>:' is 47 characters and ':<member>' 37: a 216-character key fills 300 exactly.
+  const long = 'a'.repeat(255);
+  const keys = ['a'.repeat(216), 'a'.repeat(217), long, 'sha256:' + await sha256hex(long + ':' + ada.id)];
+  for (const k of keys) {
+    for (let i = 0; i < 2; i++) {
+      const r = await api(`/orgs/${org}/allowances`, { token: owner.token, headers: { 'idempotency-key': k }, body: { amount: '10' } });
+      assert.equal(r.status, 201, `${k.length}: ${r.text}`);
+    }
+  }
+  assert.equal(await allowanceOf(org, ada.id), '40', 'four keys, four fundings each, none twice');
+  assert.equal(await allowanceOf(org, bob.id), '40');
+  assert.equal((await walletOf(owner.token, org)).balance, '920');
   await assertLedgerInvariants();
 });
 
@@ -371,4 +413,75 @@ Deno.test('a dispute opened while usage, a batch and a void race on the account 
   const again = await spendWith(s.token, crypto.randomUUID(), 1);
   assert.equal(again.status, 402, again.text);
   assert.equal(codeOf(again), 'INSUFFICIENT_CREDITS');
+});
+
+Deno.test('a full refund and a void of the spent credits at once converge: nothing owed, nothing left', async () => {
+  for (let run = 0; run < 3; run++) {
+    const s = await student();
+    const co = await startCheckout(s.token, 'mini'); // 5,000 paid credits
+    await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+    const spent = await spendWith(s.token, crypto.randomUUID(), 1000);
+    assert.equal(spent.status, 201, spent.text);
+    const charge = await chargeOf(co.session_id);
+    const [, v] = await Promise.all([
+      emulator(`/_emulator/charges/${charge}/refund`, {}),
+      voidCharge(dataOf(spent).transfer_id as string),
+    ]);
+    assert.equal(v.status, 200, v.text);
+    await assertLedgerInvariants();
+    assert.equal((await balance(s.token)).balance, '0', `run ${run}: the refund took back the 5,000, the void gave 1,000 back`);
+  }
+});
+
+Deno.test('the sweep and voids into an expired lot at once: each returned credit expires once, none twice', async () => {
+  for (let run = 0; run < 3; run++) {
+    const s = await student('100');
+    const charges: string[] = [];
+    for (const credits of [30, 30, 10]) {
+      const r = await spendWith(s.token, crypto.randomUUID(), credits);
+      charges.push(dataOf(r).transfer_id as string);
+    }
+    await fund(s.id, '5');
+    const [{ id: lot }] = await lotsOf(s.id);
+    await backdateLot(lot);
+    await Promise.all([sweep(), ...charges.map((c) => voidCharge(c)), sweep(), spendWith(s.token, crypto.randomUUID(), 5)]);
+    await sweep();
+    await assertLedgerInvariants();
+    assert.equal(await expiredOf(lot), '100', `run ${run}`);
+    const b = await balance(s.token);
+    assert.ok(b.balance === '5' || b.balance === '0', `run ${run}: ${JSON.stringify(b)}`);
+  }
+});
+
+Deno.test('a lost dispute after a void into the expired bonus (before or during the dispute) leaves owed exactly what was spent', async () => {
+  for (const voidDuring of [false, true]) {
+    const s = await student();
+    const co = await startCheckout(s.token, 'plus'); // 24,990 paid + 1,249.5 bonus
+    await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+    const c1 = await reportUsage('/credits/usage', {
+      token: s.token,
+      headers: key(),
+      body: { model: 'gpt-4o', input_tokens: 20_000, output_tokens: 0 }, // 400
+    });
+    const c2 = await reportUsage('/credits/usage', {
+      token: s.token,
+      headers: key(),
+      body: { model: 'gpt-4o', input_tokens: 22_475, output_tokens: 0 }, // 449.5
+    });
+    assert.equal(c1.status, 201, c1.text);
+    assert.equal(c2.status, 201, c2.text);
+    const [{ id: bonus }] = await testDb`select l.id::text from billing.lots l
+      where l.purchase_id = ${co.purchase_id} and l.category = 'promotional'`;
+    await backdateLot(bonus);
+    await sweep(); // the bonus's last 400 expire
+    const charge = await chargeOf(co.session_id);
+    if (!voidDuring) assert.equal((await voidCharge(dataOf(c1).transfer_id as string)).status, 200);
+    await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
+    if (voidDuring) assert.equal((await voidCharge(dataOf(c1).transfer_id as string)).status, 200);
+    await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
+    await sweep();
+    await assertLedgerInvariants();
+    // Everything bought is taken back; the 400 of c1 were given back; c2's 449.5 were spent.
+    assert.equal((await balance(s.token)).balance, '-449.5', `void ${voidDuring ? 'during' : 'before'} the dispute`);
+  }
 });
