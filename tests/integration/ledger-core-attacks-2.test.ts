@@ -14,6 +14,7 @@ import {
   newUser,
   reportUsage,
   testDb,
+  tick,
   userToken,
 } from '../helpers.ts';
 import { codeOf, dataOf, spendWith, usageBody } from '../money.ts';
@@ -484,4 +485,38 @@ Deno.test('a lost dispute after a void into the expired bonus (before or during 
     // Everything bought is taken back; the 400 of c1 were given back; c2's 449.5 were spent.
     assert.equal((await balance(s.token)).balance, '-449.5', `void ${voidDuring ? 'during' : 'before'} the dispute`);
   }
+});
+
+// ------------------------------------------------------------ a job's hold, a dispute and an expiry
+
+Deno.test('a job queued before a dispute still pays for its work when a credit of the account expires meanwhile', async () => {
+  const s = await student();
+  const co = await startCheckout(s.token, 'mini'); // 5,000 paid credits (never expire)
+  await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+  await fund(s.id, '1'); // one promotional credit, expiring
+  // A metered job queued behind others (as the jobs tests queue one): its estimate held now.
+  const job = await testDb.begin(async (sql) => {
+    const [j] = await sql`select id from billing.enqueue_job(${s.id}, 'ai_completion',
+      ${JSON.stringify({ model: 'gpt-4o', prompt: 'one two three four five six seven eight', max_tokens: 100 })}::text::jsonb,
+      ${crypto.randomUUID()}, null, 5)`;
+    await sql`update billing.jobs set run_after = now() + interval '1 hour' where id = ${j.id}`;
+    return j.id as string;
+  });
+  const charge = await chargeOf(co.session_id);
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' }); // a job's hold is work under way: it stays
+  const [{ id: promo }] = await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
+                                      where a.user_id = ${s.id} and l.expires_at is not null`;
+  await backdateLot(promo); // time passes: the one promotional credit is due
+  await testDb`update billing.jobs set run_after = now() where id = ${job}`;
+  await tick();
+  const [done] = await testDb`select status from billing.jobs where id = ${job}`;
+  assert.equal(done.status, 'completed');
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'won' });
+  await assertLedgerInvariants();
+  // 8 in × $5/M + 8 out × $15/M, × 4, in credits: 0.64 (the jobs tests' figure). One credit expired:
+  // the hold gives way by that much at most, and the work is paid.
+  const [paid] = await testDb`select coalesce(sum(t.amount), 0)::text as n from billing.transfers t
+    join billing.accounts a on a.id = t.from_account_id where a.user_id = ${s.id} and t.kind in ('hold_capture', 'usage')`;
+  assert.equal(Number(paid.n), 0.64, `the job's work was not paid: ${JSON.stringify(await balance(s.token))}`);
+  assert.equal((await balance(s.token)).balance, '4999.36');
 });
