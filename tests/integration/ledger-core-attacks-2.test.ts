@@ -54,60 +54,7 @@ const expiredOf = async (lot: string) =>
                 where lot_id = ${lot} and kind = 'expiry'`)[0].n as string;
 const sweep = () => testDb`select billing.expire_lots(500)`;
 
-// ------------------------------------------------------------ keys the previous release wrote
-
-// The fix that hashes a key reading `sha256:…` changed the ledger key such a request derives. A
-// report charged before the change, retried after it (a reporter's outbox re-sending days later,
-// a client retrying across a deploy), no longer finds its transfer. The batch keeps no stored
-// answer at all, and the usage fast path none either: the transfer is their only record.
-
-/** The usage the previous release's charge_usage_batch wrote for an event (key: scope || event id). */
-async function chargedBeforeTheChange(user: string, ledgerKey: string, credits: number, metadata: object) {
-  const [{ id }] = await testDb`
-    select (billing.post_transfers(array[row('usage'::billing.transfer_kind, a.id, billing.platform_account_id('usage_revenue'),
-      ${credits}::numeric, ${ledgerKey}::text, null::text, null::text, ${testDb.json(metadata as never)}::jsonb,
-      (select c.id from billing.rate_cards c where c.model = 'gpt-4o' and c.effective_from <= now()
-       order by c.effective_from desc, c.version desc limit 1), null::uuid, null::uuid, null::jsonb)::billing.transfer_spec]))[1].transfer_id::text as id
-    from billing.accounts a where a.user_id = ${user}`;
-  return id as string;
-}
-
-Deno.test('a batch event whose id reads sha256:…, charged before the key change, is a duplicate when sent again', async () => {
-  const s = await student('100');
-  const id = 'sha256:' + 'ab'.repeat(32); // a reporter that names its events by a content hash
-  const old = await chargedBeforeTheChange(s.id, `usage-event:${s.id}:${id}`, 10, { ...usageBody(10), event_id: id });
-  assert.equal((await balance(s.token)).balance, '90');
-  const again = await batch([event(s.id, id, 10)]);
-  assert.equal(again.status, 200, again.text);
-  const [o] = outcomesOf(again);
-  assert.equal(o.status, 'duplicate', `the event was charged a second time: ${again.text}`);
-  assert.equal(o.transfer_id, old);
-  assert.equal(await usageTransfers(s.id), 1);
-  assert.equal((await balance(s.token)).balance, '90');
-  await assertLedgerInvariants();
-});
-
-Deno.test('a usage request whose Idempotency-Key reads sha256:…, charged by the fast path before the key change, replays', async () => {
-  const s = await student('100');
-  // The request's hash as the fast path records it (method, path, body: the same for any key).
-  const probe = await spendWith(s.token, crypto.randomUUID(), 10);
-  assert.equal(probe.status, 201, probe.text);
-  const [{ hash }] = await testDb`select metadata ->> 'request_hash' as hash from billing.transfers
-                                  where id = ${dataOf(probe).transfer_id as string}`;
-  const k = 'sha256:' + 'cd'.repeat(32);
-  const old = await chargedBeforeTheChange(s.id, `http:${s.id}:credits.usage:${k}`, 10, {
-    ...usageBody(10),
-    request_hash: hash,
-    request_id: 'before-the-change',
-  });
-  assert.equal((await balance(s.token)).balance, '80');
-  const retry = await spendWith(s.token, k, 10);
-  assert.equal(retry.status, 201, retry.text);
-  assert.equal(dataOf(retry).transfer_id, old, `the retry was charged again: ${retry.text}`);
-  assert.equal(await usageTransfers(s.id), 2);
-  assert.equal((await balance(s.token)).balance, '80');
-  await assertLedgerInvariants();
-});
+// ------------------------------------------------------------ derived keys
 
 const sha256hex = async (text: string) =>
   Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text))))
@@ -117,7 +64,13 @@ Deno.test('hold keys and batch event ids at 300 characters and sha256: look-alik
   const s = await student('100');
   const long = 'h'.repeat(255);
   // 'http:<user>:credits.holds:' is 56 characters: a 244-character key fills 300 exactly.
-  const keys = [long, 'sha256:' + await sha256hex(long), 'b'.repeat(244), 'b'.repeat(245), 'SHA256:' + await sha256hex(long)];
+  const keys = [
+    long,
+    'sha256:' + await sha256hex(long),
+    'b'.repeat(244),
+    'b'.repeat(245),
+    'SHA256:' + await sha256hex(long),
+  ];
   const holds: string[] = [];
   for (const k of keys) {
     const h = await api('/credits/holds', { token: s.token, body: { amount: '5' }, headers: { 'idempotency-key': k } });
@@ -128,7 +81,11 @@ Deno.test('hold keys and batch event ids at 300 characters and sha256: look-alik
   // A day later the stored answers are gone: each key finds its own hold through the ledger's key.
   await testDb`delete from billing.idempotency_keys where user_id = ${s.id}`;
   for (const [i, k] of keys.entries()) {
-    const again = await api('/credits/holds', { token: s.token, body: { amount: '5' }, headers: { 'idempotency-key': k } });
+    const again = await api('/credits/holds', {
+      token: s.token,
+      body: { amount: '5' },
+      headers: { 'idempotency-key': k },
+    });
     assert.equal(dataOf(again)?.hold_id, holds[i], `${k.length}: ${again.text}`);
   }
   assert.equal((await balance(s.token)).held, '25');
@@ -147,26 +104,6 @@ const allowanceOf = async (org: string, member: string) =>
   (await testDb`select trim_scale(a.balance)::text as b from billing.accounts a
                 where a.org_id = ${org} and a.member_id = ${member}`)[0]?.b as string | undefined;
 
-Deno.test('an allowance funded under a sha256:… key before the key change is not funded again when the request is retried', async () => {
-  const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
-  const org = await school(owner, [ada], 'allowance', '1000');
-  const k = 'sha256:' + 'ef'.repeat(32);
-  // What the previous release's fund_allowances wrote: the key as it was ('allowance:<org>:' || key || ':' || member).
-  await testDb`select billing.move_credits(billing.org_wallet_id(${org}), billing.allowance_account_id(${org}, ${ada.id}), 100,
-    'allowance', ${`allowance:${org}:${k}:${ada.id}`}, ${ada.id}, jsonb_build_object('org_id', ${org}::uuid, 'funded_by', ${owner.id}::uuid))`;
-  assert.equal(await allowanceOf(org, ada.id), '100');
-  // The route keeps no stored answer: the ledger's key is its only memory of the request.
-  const retry = await api(`/orgs/${org}/allowances`, {
-    token: owner.token,
-    headers: { 'idempotency-key': k },
-    body: { user_id: ada.id, amount: '100' },
-  });
-  assert.equal(retry.status, 201, retry.text);
-  assert.equal(await allowanceOf(org, ada.id), '100', `the retry funded the allowance again: ${retry.text}`);
-  assert.equal((await walletOf(owner.token, org)).balance, '900');
-  await assertLedgerInvariants();
-});
-
 Deno.test('allowance keys at 300 characters and sha256: look-alikes: each key funds once per member, retries fund nothing', async () => {
   const [owner, ada, bob] = await Promise.all(['owner', 'ada', 'bob'].map(person));
   const org = await school(owner, [ada, bob], 'allowance', '1000');
@@ -175,7 +112,11 @@ Deno.test('allowance keys at 300 characters and sha256: look-alikes: each key fu
   const keys = ['a'.repeat(216), 'a'.repeat(217), long, 'sha256:' + await sha256hex(long + ':' + ada.id)];
   for (const k of keys) {
     for (let i = 0; i < 2; i++) {
-      const r = await api(`/orgs/${org}/allowances`, { token: owner.token, headers: { 'idempotency-key': k }, body: { amount: '10' } });
+      const r = await api(`/orgs/${org}/allowances`, {
+        token: owner.token,
+        headers: { 'idempotency-key': k },
+        body: { amount: '10' },
+      });
       assert.equal(r.status, 201, `${k.length}: ${r.text}`);
     }
   }
@@ -291,7 +232,11 @@ Deno.test('a period swept, a charge of it voided, then the renewal: only the cap
     await sweep();
   }
   await assertLedgerInvariants();
-  assert.equal((await balance(s.token)).balance, '12000', 'charges of the ended period voided late give nothing spendable');
+  assert.equal(
+    (await balance(s.token)).balance,
+    '12000',
+    'charges of the ended period voided late give nothing spendable',
+  );
   assert.equal(await breakage(s.id), '8000');
 });
 
@@ -321,11 +266,13 @@ Deno.test('one event alone and the same events in a batch draw the same lots, an
   assert.deepEqual(await drawn(a.id), ['7', '3', '3', '9'], 'the second event spans both lots');
   const entries = async (user: string) =>
     (await testDb`select array_agg(trim_scale(e.balance_after)::text || '@' || e.account_version order by e.id) as e
-                  from billing.entries e join billing.accounts x on x.id = e.account_id where x.user_id = ${user}`)[0].e;
+                  from billing.entries e join billing.accounts x on x.id = e.account_id where x.user_id = ${user}`)[0]
+      .e;
   assert.deepEqual(await entries(a.id), await entries(b.id));
   // The spanning charge voided on both sides.
   for (const user of [a.id, b.id]) {
-    const [{ id }] = await testDb`select t.id::text from billing.transfers t join billing.accounts x on x.id = t.from_account_id
+    const [{ id }] =
+      await testDb`select t.id::text from billing.transfers t join billing.accounts x on x.id = t.from_account_id
       where x.user_id = ${user} and t.kind = 'usage' order by t.id offset 1 limit 1`;
     const v = await voidCharge(id);
     assert.equal(v.status, 200, v.text);
@@ -386,7 +333,12 @@ Deno.test('a hold over credits that expire, captured while usage and new holds r
     const [{ spent }] = await testDb`select coalesce(sum(t.amount), 0)::numeric as spent from billing.transfers t
       join billing.accounts a on a.id = t.from_account_id
       where a.user_id = ${s.id} and t.kind in ('usage', 'hold_capture')`;
-    assert.ok(Number(spent) <= 40, `run ${run}: ${spent} spent of 40 unexpired credits (${answers.map((r) => 'status' in r ? r.status : '').join()})`);
+    assert.ok(
+      Number(spent) <= 40,
+      `run ${run}: ${spent} spent of 40 unexpired credits (${
+        answers.map((r) => 'status' in r ? r.status : '').join()
+      })`,
+    );
     assert.equal(Number(spent) + Number(b.balance), 40, `run ${run}`);
     await assertLedgerInvariants();
   }
@@ -430,7 +382,11 @@ Deno.test('a full refund and a void of the spent credits at once converge: nothi
     ]);
     assert.equal(v.status, 200, v.text);
     await assertLedgerInvariants();
-    assert.equal((await balance(s.token)).balance, '0', `run ${run}: the refund took back the 5,000, the void gave 1,000 back`);
+    assert.equal(
+      (await balance(s.token)).balance,
+      '0',
+      `run ${run}: the refund took back the 5,000, the void gave 1,000 back`,
+    );
   }
 });
 
@@ -445,7 +401,12 @@ Deno.test('the sweep and voids into an expired lot at once: each returned credit
     await fund(s.id, '5');
     const [{ id: lot }] = await lotsOf(s.id);
     await backdateLot(lot);
-    await Promise.all([sweep(), ...charges.map((c) => voidCharge(c)), sweep(), spendWith(s.token, crypto.randomUUID(), 5)]);
+    await Promise.all([
+      sweep(),
+      ...charges.map((c) => voidCharge(c)),
+      sweep(),
+      spendWith(s.token, crypto.randomUUID(), 5),
+    ]);
     await sweep();
     await assertLedgerInvariants();
     assert.equal(await expiredOf(lot), '100', `run ${run}`);
@@ -497,14 +458,17 @@ Deno.test('a job queued before a dispute still pays for its work when a credit o
   // A metered job queued behind others (as the jobs tests queue one): its estimate held now.
   const job = await testDb.begin(async (sql) => {
     const [j] = await sql`select id from billing.enqueue_job(${s.id}, 'ai_completion',
-      ${JSON.stringify({ model: 'gpt-4o', prompt: 'one two three four five six seven eight', max_tokens: 100 })}::text::jsonb,
+      ${
+      JSON.stringify({ model: 'gpt-4o', prompt: 'one two three four five six seven eight', max_tokens: 100 })
+    }::text::jsonb,
       ${crypto.randomUUID()}, null, 5)`;
     await sql`update billing.jobs set run_after = now() + interval '1 hour' where id = ${j.id}`;
     return j.id as string;
   });
   const charge = await chargeOf(co.session_id);
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' }); // a job's hold is work under way: it stays
-  const [{ id: promo }] = await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
+  const [{ id: promo }] =
+    await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
                                       where a.user_id = ${s.id} and l.expires_at is not null`;
   await backdateLot(promo); // time passes: the one promotional credit is due
   await testDb`update billing.jobs set run_after = now() where id = ${job}`;
