@@ -14,9 +14,9 @@ export function browserClients(
 }
 
 /**
- * Opens Stripe Checkout for a package: Stripe sends the student back to `returnTo` with the
- * session id, where confirmPurchase waits for the credits (they arrive with Stripe's webhook to
- * the billing service, never with the redirect).
+ * Opens Stripe Checkout for a package: Stripe sends the student back to `returnTo` with
+ * `?session_id=cs_…` (the billing service appends it), where confirmPurchase waits for the
+ * credits (they arrive with Stripe's webhook to the billing service, never with the redirect).
  */
 export async function buyCredits(
   billing: BillingClient,
@@ -25,7 +25,7 @@ export async function buyCredits(
 ): Promise<string> {
   const { data, error } = await billing.startCheckout({
     package_id: packageId,
-    success_url: `${returnTo}?session_id={CHECKOUT_SESSION_ID}`,
+    success_url: returnTo,
     cancel_url: returnTo,
   }).done;
   if (error) return error.message;
@@ -42,7 +42,8 @@ export async function confirmPurchase(
     const { data, error } = await billing.purchase(sessionId);
     if (error) return error.message;
     if (data.status === 'paid') {
-      return `Payment received: ${data.credits} credits added.`;
+      const bonus = Number(data.bonus_credits) > 0 ? ` and ${data.bonus_credits} bonus` : '';
+      return `Payment received: ${data.credits}${bonus} credits added.`;
     }
     if (data.status !== 'pending') {
       return 'The payment did not go through: nothing was charged.';

@@ -1,33 +1,59 @@
 'use client';
-// /credits: the signed-in student's balance, the packages (bought through Stripe Checkout), and an
-// AI answer streamed through /api/ask. Sign-in itself is your app's Supabase Auth, as usual.
-import { useEffect, useMemo, useState } from 'react';
+// /credits: the student signs in (your app's Supabase Auth; here email and password), then sees
+// their balance, the packages with their prices (bought through Stripe Checkout), and an AI
+// answer streamed through /api/ask.
+import { type FormEvent, useEffect, useState } from 'react';
+import type { Session } from '@supabase/supabase-js';
 import type { Balance, CreditPackage } from '@scholarlink/billing-client';
 import { browserClients, buyCredits, confirmPurchase } from '../../lib/billing';
 
+const price = (p: CreditPackage) =>
+  new Intl.NumberFormat('en', { style: 'currency', currency: p.currency })
+    .format(p.price_cents / 100);
+
+// One Supabase client for the page (two would share one session's storage).
+const { supabase, billing } = browserClients(
+  process.env.NEXT_PUBLIC_SUPABASE_URL!,
+  process.env.NEXT_PUBLIC_SUPABASE_ANON_KEY!,
+);
+
 export default function CreditsPage() {
-  const { supabase, billing } = useMemo(
-    () =>
-      browserClients(
-        process.env.NEXT_PUBLIC_SUPABASE_URL!,
-        process.env.NEXT_PUBLIC_SUPABASE_ANON_KEY!,
-      ),
-    [],
-  );
+  const [session, setSession] = useState<Session | null>(null);
   const [balance, setBalance] = useState<Balance | null>(null);
   const [packages, setPackages] = useState<CreditPackage[]>([]);
   const [notice, setNotice] = useState('');
   const [answer, setAnswer] = useState('');
 
+  // supabase-js keeps the session (in localStorage) and refreshes its token.
+  useEffect(() => {
+    supabase.auth.getSession().then(({ data }) => setSession(data.session));
+    const { data } = supabase.auth.onAuthStateChange((_event, s) => setSession(s));
+    return () => data.subscription.unsubscribe();
+  }, []);
+
   const refresh = async () => {
     const [b, p] = await Promise.all([billing.balance(), billing.packages()]);
+    if (b.error) setNotice(b.error.message);
     if (b.data) setBalance(b.data);
     if (p.data) setPackages(p.data.items);
   };
+  const userId = session?.user.id;
   useEffect(() => {
+    if (!userId) return;
     const sessionId = new URLSearchParams(location.search).get('session_id');
+    if (sessionId) history.replaceState(null, '', location.pathname); // a reload does not poll again
     (sessionId ? confirmPurchase(billing, sessionId).then(setNotice) : Promise.resolve()).then(refresh);
-  }, [billing]);
+  }, [userId]);
+
+  const signIn = async (e: FormEvent<HTMLFormElement>) => {
+    e.preventDefault();
+    const form = new FormData(e.currentTarget);
+    const { error } = await supabase.auth.signInWithPassword({
+      email: String(form.get('email')),
+      password: String(form.get('password')),
+    });
+    setNotice(error ? error.message : '');
+  };
 
   const ask = async (prompt: string) => {
     const token = (await supabase.auth.getSession()).data.session?.access_token;
@@ -61,9 +87,30 @@ export default function CreditsPage() {
     await refresh();
   };
 
+  if (!session) {
+    return (
+      <main>
+        <h1>Sign in</h1>
+        <form onSubmit={signIn}>
+          <input name='email' type='email' placeholder='Email' required />
+          <input
+            name='password'
+            type='password'
+            placeholder='Password'
+            required
+          />
+          <button type='submit'>Sign in</button>
+        </form>
+        {notice && <p role='alert'>{notice}</p>}
+      </main>
+    );
+  }
   return (
     <main>
       <h1>Your credits: {balance?.available ?? '…'}</h1>
+      <p>
+        Signed in as {session.user.email} <button onClick={() => supabase.auth.signOut()}>Sign out</button>
+      </p>
       {notice && <p role='status'>{notice}</p>}
       {packages.map((p) => (
         <button
@@ -73,7 +120,7 @@ export default function CreditsPage() {
               setNotice,
             )}
         >
-          Buy {p.name} ({p.credits} credits)
+          Buy {p.name}: {p.credits} credits{Number(p.bonus_credits) > 0 && ` + ${p.bonus_credits} bonus`} for {price(p)}
         </button>
       ))}
       <form
