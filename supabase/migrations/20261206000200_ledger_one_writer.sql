@@ -357,9 +357,8 @@ begin
   from billing.rate_cards c
   where c.model = p_model and c.effective_from <= now()
   order by c.effective_from desc, c.version desc limit 1;
-  if least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
-    or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
-      > 1000000000000 then
+  if not billing.usage_counts_valid(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images,
+    p_audio_seconds) then
     return (r.id, r.version, null::numeric);
   end if;
   return (r.id, r.version, billing.usage_amount(p_input_tokens, p_cached_input_tokens, p_output_tokens, p_reasoning_tokens,
@@ -466,6 +465,21 @@ begin
   return jsonb_build_object('transfer_id', p_transfer_id::text, 'charged', trim_scale(p_charged)::text,
     'balance', trim_scale(p_balance)::text, 'available', trim_scale(p_balance - p_held)::text,
     'rate_card_version', p_rate_card_version, 'paid_by', 'self');
+end
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.usage_counts_valid(p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+begin
+  return p_input_tokens is not null and p_output_tokens is not null
+    and least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) >= 0
+    and greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
+      <= 1000000000000;
 end
 $function$
 ;
@@ -633,10 +647,8 @@ begin
         coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
       from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
     ), checked as (
-      select ev.*, ev.input_tokens is null or ev.output_tokens is null
-        or least(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens, ev.reasoning_tokens, ev.images, ev.audio_seconds) < 0
-        or greatest(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens, ev.reasoning_tokens, ev.images,
-          ev.audio_seconds) > 1000000000000 as invalid
+      select ev.*, not billing.usage_counts_valid(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens,
+        ev.reasoning_tokens, ev.images, ev.audio_seconds) as invalid
       from ev
     ), cards as (
       select distinct on (rc.model) rc.* from billing.rate_cards rc
@@ -1414,10 +1426,8 @@ declare
     p_reasoning_tokens, p_images, p_audio_seconds);
 begin
   if v.amount is null then
-    if p_input_tokens is null or p_output_tokens is null
-      or least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
-      or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
-        > 1000000000000 then
+    if not billing.usage_counts_valid(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images,
+      p_audio_seconds) then
       perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
     elsif v.rate_card_id is null then
       perform billing.raise_error('UNKNOWN_MODEL', '{}'); -- never the caller's text: DETAILs reach the Postgres log
@@ -1910,6 +1920,7 @@ comment on function billing.grant_credits(uuid,numeric,billing.transfer_kind,tex
 comment on function billing.scoped_key(text,text) is 'Internal: a ledger idempotency key derived from a request''s key under p_scope, at most 300 characters (the key''s SHA-256 when the whole would not fit, or when the key itself reads sha256:…).';
 comment on table billing.entries is 'Immutable. One per tracked side of a transfer (user, organisation and allowance accounts), with the balance after it; platform accounts have none.';
 comment on function billing.usage_amount(numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric) is 'The price formula: usage counts by kind times a card''s credits per unit, rounded once to 18 places; null when a used kind is unpriced.';
+comment on function billing.usage_counts_valid(bigint,bigint,bigint,bigint,bigint,bigint) is 'Internal: whether usage counts are within bounds (input and output given, each from 0 to 10^12).';
 comment on function billing.quote_usage(text,bigint,bigint,bigint,bigint,bigint,bigint) is 'Internal: usage by kind priced with the model''s current rate card, in credits; the amount is null when it cannot be priced (billing.price_usage says why).';
 comment on function billing.post_transfers(billing.transfer_spec[],billing.held_change[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and changes of held amounts under the caller''s account locks; one result per movement, replays answered.';
 comment on function billing.fit_holds(bigint,jsonb,numeric) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';
@@ -1923,3 +1934,4 @@ revoke execute on function billing.quote_usage(text,bigint,bigint,bigint,bigint,
 revoke execute on function billing.run_usage_request(uuid,text,text,text,jsonb,integer) from public;
 revoke execute on function billing.usage_amount(numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric) from public;
 revoke execute on function billing.usage_answer(bigint,numeric,numeric,numeric,integer) from public;
+revoke execute on function billing.usage_counts_valid(bigint,bigint,bigint,bigint,bigint,bigint) from public;

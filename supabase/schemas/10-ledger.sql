@@ -473,6 +473,25 @@ $$;
 comment on function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric, p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric, p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric, p_per_image numeric, p_per_audio_second numeric) is 'The price formula: usage counts by kind times a card''s credits per unit, rounded once to 18 places; null when a used kind is unpriced.';
 revoke execute on function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric, p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric, p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric, p_per_image numeric, p_per_audio_second numeric) from public;
 
+-- The bounds every usage count must keep, one place for the single charge, the batch and the
+-- dry run: input and output given, every count from 0 to 10^12 (an amount far past that would
+-- overflow). Null optional counts count as 0.
+create or replace function billing.usage_counts_valid(p_input_tokens bigint, p_output_tokens bigint,
+  p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint)
+returns boolean
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  return p_input_tokens is not null and p_output_tokens is not null
+    and least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) >= 0
+    and greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
+      <= 1000000000000;
+end
+$$;
+comment on function billing.usage_counts_valid(p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Internal: whether usage counts are within bounds (input and output given, each from 0 to 10^12).';
+revoke execute on function billing.usage_counts_valid(p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
+
 -- One row, not a set: a caller assigns it (v := billing.quote_usage(…)) without a table
 -- function's tuplestore. Every kind but input and output is optional (null counts as 0).
 create or replace function billing.quote_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint,
@@ -489,9 +508,8 @@ begin
   from billing.rate_cards c
   where c.model = p_model and c.effective_from <= now()
   order by c.effective_from desc, c.version desc limit 1;
-  if least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
-    or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
-      > 1000000000000 then
+  if not billing.usage_counts_valid(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images,
+    p_audio_seconds) then
     return (r.id, r.version, null::numeric);
   end if;
   return (r.id, r.version, billing.usage_amount(p_input_tokens, p_cached_input_tokens, p_output_tokens, p_reasoning_tokens,
@@ -515,10 +533,8 @@ declare
     p_reasoning_tokens, p_images, p_audio_seconds);
 begin
   if v.amount is null then
-    if p_input_tokens is null or p_output_tokens is null
-      or least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) < 0
-      or greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
-        > 1000000000000 then
+    if not billing.usage_counts_valid(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images,
+      p_audio_seconds) then
       perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
     elsif v.rate_card_id is null then
       perform billing.raise_error('UNKNOWN_MODEL', '{}'); -- never the caller's text: DETAILs reach the Postgres log
@@ -1025,10 +1041,8 @@ begin
         coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
       from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
     ), checked as (
-      select ev.*, ev.input_tokens is null or ev.output_tokens is null
-        or least(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens, ev.reasoning_tokens, ev.images, ev.audio_seconds) < 0
-        or greatest(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens, ev.reasoning_tokens, ev.images,
-          ev.audio_seconds) > 1000000000000 as invalid
+      select ev.*, not billing.usage_counts_valid(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens,
+        ev.reasoning_tokens, ev.images, ev.audio_seconds) as invalid
       from ev
     ), cards as (
       select distinct on (rc.model) rc.* from billing.rate_cards rc
