@@ -418,13 +418,11 @@ begin
   end if;
   v_posted := (billing.post_transfers(array[('usage', v_account.id, billing.platform_account_id('usage_revenue'),
     v_price.amount, v_key, p_args ->> 'correlation_id', null,
-    (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys()) || jsonb_strip_nulls(jsonb_build_object(
-      'model', p_args ->> 'model', 'input_tokens', (p_args ->> 'input_tokens')::bigint,
-      'output_tokens', (p_args ->> 'output_tokens')::bigint,
-      'cached_input_tokens', coalesce((p_args ->> 'cached_input_tokens')::bigint, 0),
-      'reasoning_tokens', coalesce((p_args ->> 'reasoning_tokens')::bigint, 0),
-      'images', coalesce((p_args ->> 'images')::bigint, 0), 'audio_seconds', coalesce((p_args ->> 'audio_seconds')::bigint, 0),
-      'request_hash', p_request_hash, 'request_id', p_request_id,
+    (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys())
+    || billing.usage_facts(p_args ->> 'model', (p_args ->> 'input_tokens')::bigint, (p_args ->> 'output_tokens')::bigint,
+      (p_args ->> 'cached_input_tokens')::bigint, (p_args ->> 'reasoning_tokens')::bigint, (p_args ->> 'images')::bigint,
+      (p_args ->> 'audio_seconds')::bigint)
+    || jsonb_strip_nulls(jsonb_build_object('request_hash', p_request_hash, 'request_id', p_request_id,
       'held_after', case when v_account.held > 0 then trim_scale(v_account.held)::text end)),
     v_price.rate_card_id, null, null, null)::billing.transfer_spec]))[1];
   v_account.balance := v_posted.from_balance;
@@ -480,6 +478,20 @@ begin
     and least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds) >= 0
     and greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds)
       <= 1000000000000;
+end
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.usage_facts(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+begin
+  return jsonb_build_object('model', p_model, 'input_tokens', p_input_tokens, 'output_tokens', p_output_tokens,
+    'cached_input_tokens', coalesce(p_cached_input_tokens, 0), 'reasoning_tokens', coalesce(p_reasoning_tokens, 0),
+    'images', coalesce(p_images, 0), 'audio_seconds', coalesce(p_audio_seconds, 0));
 end
 $function$
 ;
@@ -582,6 +594,36 @@ begin
   where h.id = p_hold_id returning * into v_hold;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount - v_capture);
   return billing.hold_result_of(v_hold, false);
+end;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION billing.charge_usage(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_idempotency_key text, p_correlation_id text DEFAULT NULL::text, p_metadata jsonb DEFAULT NULL::jsonb, p_cached_input_tokens bigint DEFAULT 0, p_reasoning_tokens bigint DEFAULT 0, p_images bigint DEFAULT 0, p_audio_seconds bigint DEFAULT 0)
+ RETURNS billing.usage_result
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_price record;
+  v_result billing.transfer_result;
+  v_bal billing.balance;
+begin
+  v_price := billing.price_usage(p_model, p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens,
+    p_images, p_audio_seconds);
+  if v_price.amount = 0 then
+    -- Nothing to charge: no transfer is written.
+    v_bal := billing.balance_of(billing.ensure_user_account(p_user));
+    return (null, 0, v_price.rate_card_version, v_bal.balance, v_bal.held, v_bal.available, false)::billing.usage_result;
+  end if;
+  -- Every kind is recorded (the dry run re-prices a charge from them), over the caller's keys.
+  v_result := billing.post_user_transfer(p_user, -1, 'spend', v_price.amount, 'usage', 'usage_revenue',
+    p_idempotency_key, p_correlation_id, null,
+    (coalesce(p_metadata, '{}'::jsonb) - billing.ledger_owned_keys()) || billing.usage_facts(p_model, p_input_tokens,
+      p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds),
+    v_price.rate_card_id);
+  return (v_result.transfer_id, v_result.amount, v_price.rate_card_version, v_result.balance, v_result.held,
+          v_result.available, v_result.replayed)::billing.usage_result;
 end;
 $function$
 ;
@@ -723,12 +765,10 @@ begin
   if cardinality(a_ord) > 0 then
     a_posted := billing.post_transfers(array(
       select ('usage', x.account_id, v_platform, x.amount, billing.usage_event_key((v.ev ->> 'user_id')::uuid, v.ev ->> 'event_id'),
-        v.ev ->> 'correlation_id', null, jsonb_build_object('model', v.ev ->> 'model',
-          'input_tokens', (v.ev ->> 'input_tokens')::bigint, 'output_tokens', (v.ev ->> 'output_tokens')::bigint,
-          'cached_input_tokens', coalesce((v.ev ->> 'cached_input_tokens')::bigint, 0),
-          'reasoning_tokens', coalesce((v.ev ->> 'reasoning_tokens')::bigint, 0),
-          'images', coalesce((v.ev ->> 'images')::bigint, 0), 'audio_seconds', coalesce((v.ev ->> 'audio_seconds')::bigint, 0),
-          'occurred_at', (v.ev ->> 'occurred_at')::timestamptz, 'event_id', v.ev ->> 'event_id'),
+        v.ev ->> 'correlation_id', null, billing.usage_facts(v.ev ->> 'model', (v.ev ->> 'input_tokens')::bigint,
+          (v.ev ->> 'output_tokens')::bigint, (v.ev ->> 'cached_input_tokens')::bigint, (v.ev ->> 'reasoning_tokens')::bigint,
+          (v.ev ->> 'images')::bigint, (v.ev ->> 'audio_seconds')::bigint)
+          || jsonb_build_object('occurred_at', (v.ev ->> 'occurred_at')::timestamptz, 'event_id', v.ev ->> 'event_id'),
         x.rate_card_id, null, null, null)::billing.transfer_spec
       from unnest(a_ord, a_account, a_amount, a_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
       cross join lateral (select p_events -> (x.ord - 1) as ev) v
@@ -1922,6 +1962,7 @@ comment on table billing.entries is 'Immutable. One per tracked side of a transf
 comment on function billing.usage_amount(numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric) is 'The price formula: usage counts by kind times a card''s credits per unit, rounded once to 18 places; null when a used kind is unpriced.';
 comment on function billing.usage_counts_valid(bigint,bigint,bigint,bigint,bigint,bigint) is 'Internal: whether usage counts are within bounds (input and output given, each from 0 to 10^12).';
 comment on function billing.quote_usage(text,bigint,bigint,bigint,bigint,bigint,bigint) is 'Internal: usage by kind priced with the model''s current rate card, in credits; the amount is null when it cannot be priced (billing.price_usage says why).';
+comment on function billing.usage_facts(text,bigint,bigint,bigint,bigint,bigint,bigint) is 'Internal: the model and usage counts by kind a usage charge records (null optional counts as 0).';
 comment on function billing.post_transfers(billing.transfer_spec[],billing.held_change[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and changes of held amounts under the caller''s account locks; one result per movement, replays answered.';
 comment on function billing.fit_holds(bigint,jsonb,numeric) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';
 comment on function billing.run_usage_request(uuid,text,text,text,jsonb,integer) is 'Internal: POST /credits/usage for a student paying from their own account with no cap, the transfer its only record; null hands the request to run_money_request''s general path.';
@@ -1935,3 +1976,4 @@ revoke execute on function billing.run_usage_request(uuid,text,text,text,jsonb,i
 revoke execute on function billing.usage_amount(numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric,numeric) from public;
 revoke execute on function billing.usage_answer(bigint,numeric,numeric,numeric,integer) from public;
 revoke execute on function billing.usage_counts_valid(bigint,bigint,bigint,bigint,bigint,bigint) from public;
+revoke execute on function billing.usage_facts(text,bigint,bigint,bigint,bigint,bigint,bigint) from public;

@@ -566,6 +566,24 @@ $$;
 comment on function billing.ledger_owned_keys() is 'The usage metadata keys only the ledger writes (_shared/contract/credits.ts refuses the same list).';
 revoke execute on function billing.ledger_owned_keys() from public;
 
+-- What a usage charge records of what it paid for: the model and every kind (a dry run re-prices a
+-- charge from them, a void and the summaries read them). One place for a single charge, the
+-- usage path's common road and the batch.
+create or replace function billing.usage_facts(p_model text, p_input_tokens bigint, p_output_tokens bigint,
+  p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint)
+returns jsonb
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  return jsonb_build_object('model', p_model, 'input_tokens', p_input_tokens, 'output_tokens', p_output_tokens,
+    'cached_input_tokens', coalesce(p_cached_input_tokens, 0), 'reasoning_tokens', coalesce(p_reasoning_tokens, 0),
+    'images', coalesce(p_images, 0), 'audio_seconds', coalesce(p_audio_seconds, 0));
+end
+$$;
+comment on function billing.usage_facts(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Internal: the model and usage counts by kind a usage charge records (null optional counts as 0).';
+revoke execute on function billing.usage_facts(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
+
 create or replace function billing.charge_usage(
   p_user uuid,
   p_model text,
@@ -598,10 +616,8 @@ begin
   -- Every kind is recorded (the dry run re-prices a charge from them), over the caller's keys.
   v_result := billing.post_user_transfer(p_user, -1, 'spend', v_price.amount, 'usage', 'usage_revenue',
     p_idempotency_key, p_correlation_id, null,
-    (coalesce(p_metadata, '{}'::jsonb) - billing.ledger_owned_keys()) || jsonb_build_object('model', p_model, 'input_tokens', p_input_tokens,
-      'output_tokens', p_output_tokens, 'cached_input_tokens', coalesce(p_cached_input_tokens, 0),
-      'reasoning_tokens', coalesce(p_reasoning_tokens, 0), 'images', coalesce(p_images, 0),
-      'audio_seconds', coalesce(p_audio_seconds, 0)),
+    (coalesce(p_metadata, '{}'::jsonb) - billing.ledger_owned_keys()) || billing.usage_facts(p_model, p_input_tokens,
+      p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds),
     v_price.rate_card_id);
   return (v_result.transfer_id, v_result.amount, v_price.rate_card_version, v_result.balance, v_result.held,
           v_result.available, v_result.replayed)::billing.usage_result;
@@ -1117,12 +1133,10 @@ begin
   if cardinality(a_ord) > 0 then
     a_posted := billing.post_transfers(array(
       select ('usage', x.account_id, v_platform, x.amount, billing.usage_event_key((v.ev ->> 'user_id')::uuid, v.ev ->> 'event_id'),
-        v.ev ->> 'correlation_id', null, jsonb_build_object('model', v.ev ->> 'model',
-          'input_tokens', (v.ev ->> 'input_tokens')::bigint, 'output_tokens', (v.ev ->> 'output_tokens')::bigint,
-          'cached_input_tokens', coalesce((v.ev ->> 'cached_input_tokens')::bigint, 0),
-          'reasoning_tokens', coalesce((v.ev ->> 'reasoning_tokens')::bigint, 0),
-          'images', coalesce((v.ev ->> 'images')::bigint, 0), 'audio_seconds', coalesce((v.ev ->> 'audio_seconds')::bigint, 0),
-          'occurred_at', (v.ev ->> 'occurred_at')::timestamptz, 'event_id', v.ev ->> 'event_id'),
+        v.ev ->> 'correlation_id', null, billing.usage_facts(v.ev ->> 'model', (v.ev ->> 'input_tokens')::bigint,
+          (v.ev ->> 'output_tokens')::bigint, (v.ev ->> 'cached_input_tokens')::bigint, (v.ev ->> 'reasoning_tokens')::bigint,
+          (v.ev ->> 'images')::bigint, (v.ev ->> 'audio_seconds')::bigint)
+          || jsonb_build_object('occurred_at', (v.ev ->> 'occurred_at')::timestamptz, 'event_id', v.ev ->> 'event_id'),
         x.rate_card_id, null, null, null)::billing.transfer_spec
       from unnest(a_ord, a_account, a_amount, a_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
       cross join lateral (select p_events -> (x.ord - 1) as ev) v

@@ -264,13 +264,11 @@ begin
   end if;
   v_posted := (billing.post_transfers(array[('usage', v_account.id, billing.platform_account_id('usage_revenue'),
     v_price.amount, v_key, p_args ->> 'correlation_id', null,
-    (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys()) || jsonb_strip_nulls(jsonb_build_object(
-      'model', p_args ->> 'model', 'input_tokens', (p_args ->> 'input_tokens')::bigint,
-      'output_tokens', (p_args ->> 'output_tokens')::bigint,
-      'cached_input_tokens', coalesce((p_args ->> 'cached_input_tokens')::bigint, 0),
-      'reasoning_tokens', coalesce((p_args ->> 'reasoning_tokens')::bigint, 0),
-      'images', coalesce((p_args ->> 'images')::bigint, 0), 'audio_seconds', coalesce((p_args ->> 'audio_seconds')::bigint, 0),
-      'request_hash', p_request_hash, 'request_id', p_request_id,
+    (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys())
+    || billing.usage_facts(p_args ->> 'model', (p_args ->> 'input_tokens')::bigint, (p_args ->> 'output_tokens')::bigint,
+      (p_args ->> 'cached_input_tokens')::bigint, (p_args ->> 'reasoning_tokens')::bigint, (p_args ->> 'images')::bigint,
+      (p_args ->> 'audio_seconds')::bigint)
+    || jsonb_strip_nulls(jsonb_build_object('request_hash', p_request_hash, 'request_id', p_request_id,
       'held_after', case when v_account.held > 0 then trim_scale(v_account.held)::text end)),
     v_price.rate_card_id, null, null, null)::billing.transfer_spec]))[1];
   v_account.balance := v_posted.from_balance;
