@@ -1,5 +1,4 @@
--- B2C credit purchases through Stripe Checkout: purchases, the Stripe event log, the
--- notification outbox, and the one convergent function that brings a purchase in line with
+-- B2C credit purchases through Stripe Checkout: purchases, and the one convergent function that brings a purchase in line with
 -- Stripe's current state (paid → credits; refunded → pro-rata reversal; disputed → hold,
 -- then release or reversal). Every webhook and the success-page poll call it with state
 -- re-fetched from Stripe, so events in any order, any number of times, end in the same place.
@@ -104,37 +103,6 @@ create index purchases_paid_late on billing.purchases (created_at, paid_at)
 create index purchases_sessionless on billing.purchases (created_at) where stripe_session_id is null;
 
 create index purchases_org on billing.purchases (org_id, created_at) where org_id is not null;
-
-create table billing.stripe_events (
-  id text primary key,                            -- Stripe's event id
-  type text not null,
-  api_created timestamptz not null,
-  livemode boolean not null,
-  object_id text,
-  status text not null,                           -- processed | ignored | failed
-  attempts integer not null default 1,
-  last_error text,
-  received_at timestamptz not null default now(),
-  processed_at timestamptz,
-  constraint stripe_events_status check (status in ('processed', 'ignored', 'failed'))
-);
-comment on table billing.stripe_events is 'Every verified Stripe event, once by id: type, timing, outcome. No customer data.';
-alter table billing.stripe_events enable row level security;
-grant select on table billing.stripe_events to service_role;
-
-create index stripe_events_type_time on billing.stripe_events (type, api_created);
-
-create index stripe_events_received on billing.stripe_events (received_at);
-
-create index stripe_events_processed on billing.stripe_events (processed_at) where processed_at is not null;
-
--- Each rolled-up day's currency check (billing.revenue_rollup_is_current) looks for webhooks of
--- the day finished on a later day. Such events are rare, so this partial index is tiny; keyed by
--- the UTC day it counts on, it is the only index that can answer, and the planner (which cannot
--- know how few rows the predicate keeps) does not fall back to reading the day's events through
--- stripe_events_received (bench/README.md, reporting).
-create index stripe_events_finished_late_day on billing.stripe_events (((received_at at time zone 'UTC')::date), processed_at)
-  where (processed_at at time zone 'UTC')::date > (received_at at time zone 'UTC')::date;
 
 create table billing.counters (
   name text primary key,
@@ -433,44 +401,6 @@ $function$;
 comment on function billing.sync_purchase(p_state jsonb) is 'fulfillCheckout: converges a purchase on Stripe''s current state (credits in the buyer''s account, or the organisation''s wallet). Safe to run any number of times, concurrently, in any order.';
 revoke execute on function billing.sync_purchase(p_state jsonb) from public;
 grant execute on function billing.sync_purchase(p_state jsonb) to service_role;
-
--- (its entry point, billing.process_stripe_event, is in the providers migration: it dispatches
--- purchases, provider payments, Connect accounts and payouts alike)
-create or replace function billing.stripe_event_done(p_event_id text) returns boolean
-language sql stable
-security definer
-set search_path = ''
-as $$ select exists (select 1 from billing.stripe_events e where e.id = p_event_id and e.status <> 'failed') $$;
-comment on function billing.stripe_event_done(p_event_id text) is 'Whether an event was already processed or ignored (a cheap pre-check before re-fetching from Stripe).';
-revoke execute on function billing.stripe_event_done(p_event_id text) from public;
-grant execute on function billing.stripe_event_done(p_event_id text) to service_role;
-
-create or replace function billing.record_stripe_event_failure(
-  p_event_id text, p_type text, p_created timestamptz, p_livemode boolean, p_object_id text, p_error text
-) returns void
-language sql
-security definer
-set search_path = ''
-as $$
-  insert into billing.stripe_events as e (id, type, api_created, livemode, object_id, status, last_error)
-  values (p_event_id, p_type, p_created, p_livemode, p_object_id, 'failed', left(p_error, 500))
-  on conflict (id) do update set last_error = left(p_error, 500), attempts = e.attempts + 1
-    where e.status = 'failed'
-$$;
-comment on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) is 'Records that processing an event failed (after its transaction rolled back), so failures are visible and alertable.';
-revoke execute on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) from public;
-grant execute on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) to service_role;
-
-create or replace function billing.finish_stripe_event(p_event_id text) returns void
-language sql
-security definer
-set search_path = ''
-as $$
-  update billing.stripe_events e set status = 'processed', last_error = null where e.id = p_event_id and e.status = 'failed'
-$$;
-comment on function billing.finish_stripe_event(p_event_id text) is 'Marks an event done whose work ended outside the database (a stale plan invoice''s refund at Stripe).';
-revoke execute on function billing.finish_stripe_event(p_event_id text) from public;
-grant execute on function billing.finish_stripe_event(p_event_id text) to service_role;
 
 create or replace function billing.increment_counter(p_name text, p_by bigint default 1) returns bigint
 language sql

@@ -169,7 +169,7 @@ as $$
     'user_balance_total', (select coalesce(sum(balance), 0)::text from billing.accounts where user_id is not null),
     -- Organisation wallets and members' allowances: the rest of the unspent liability.
     'org_balance_total', (select coalesce(sum(balance), 0)::text from billing.accounts where org_id is not null),
-    -- Gift and sponsor codes not yet redeemed: their escrow accounts (75-codes.sql).
+    -- Gift and sponsor codes not yet redeemed: their escrow accounts (75-codes.sql, 76-sponsor-codes.sql).
     'code_balance_total', (select coalesce(sum(balance), 0)::text from billing.accounts where code_id is not null),
     'charges_last_hour', (select count(*) filter (where type in ('charge.succeeded', 'payment_intent.payment_failed'))
                           from billing.stripe_events where api_created > now() - interval '1 hour'),

@@ -91,7 +91,7 @@ select cron.schedule('billing-reconcile-lots', '45 0 * * *', $$select billing.re
 
 select cron.schedule('billing-sweep-ended-terms', '* * * * *', $$select billing.sweep_ended_terms()$$);
 
--- Sponsor codes past their window, unredeemed, give their credits back to the wallet (75-codes.sql).
+-- Sponsor codes past their window, unredeemed, give their credits back to the wallet (76-sponsor-codes.sql).
 select cron.schedule('billing-close-sponsor-codes', '*/5 * * * *', $$select billing.close_expired_sponsor_codes(100)$$);
 
 select cron.schedule('billing-delete-old-code-attempts', '41 3 * * *', $$select billing.delete_old_code_attempts(50000)$$);
