@@ -5,6 +5,57 @@
 
 -- ============================================================ functions
 
+-- One lock per account for the whole batch, in ascending id order (no deadlocks): the users'
+-- own accounts, then the organisation accounts that may pay for members (after, as everywhere);
+-- then each locked user account settled (overdue holds ended, due lots expired).
+create or replace function billing.lock_usage_batch(p_events jsonb) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_users uuid[] := array(select distinct (x ->> 'user_id')::uuid from jsonb_array_elements(p_events) x);
+begin
+  perform 1 from billing.accounts a where a.user_id = any(v_users) order by a.id for update;
+  if exists (select 1 from billing.accounts a where a.user_id = any(v_users) and a.orgs > 0) then
+    perform 1 from billing.accounts a
+    join billing.org_members m on m.org_id = a.org_id and m.active and m.role = 'member'
+      and (a.member_id is null or a.member_id = m.user_id)
+    where m.user_id in (select u.user_id from billing.accounts u where u.user_id = any(v_users) and u.orgs > 0)
+    order by a.id for update of a;
+  end if;
+  perform billing.settle_account(a.id) from billing.accounts a
+  where a.user_id = any(v_users) and (a.held > 0 or a.next_expiry <= now());
+end;
+$$;
+comment on function billing.lock_usage_batch(p_events jsonb) is 'Internal: locks every account a usage batch may charge, in id order, and settles the users'' own.';
+revoke execute on function billing.lock_usage_batch(p_events jsonb) from public, anon, authenticated;
+
+-- The accepted events of a batch as one call to the writer, in event order (p_ord: each one's
+-- place in p_events), so each account's events draw from its lots in that order.
+create or replace function billing.post_usage_batch(p_events jsonb, p_ord integer[], p_account bigint[],
+  p_amount numeric[], p_card bigint[]) returns billing.posted_transfer[]
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_platform bigint := billing.platform_account_id('usage_revenue');
+begin
+  return billing.post_transfers(array(
+    select ('usage', x.account_id, v_platform, x.amount,
+      billing.usage_event_key((v.ev ->> 'user_id')::uuid, v.ev ->> 'event_id'),
+      v.ev ->> 'correlation_id', null, billing.usage_facts(v.ev ->> 'model', (v.ev ->> 'input_tokens')::bigint,
+        (v.ev ->> 'output_tokens')::bigint, (v.ev ->> 'cached_input_tokens')::bigint, (v.ev ->> 'reasoning_tokens')::bigint,
+        (v.ev ->> 'images')::bigint, (v.ev ->> 'audio_seconds')::bigint)
+        || jsonb_build_object('occurred_at', (v.ev ->> 'occurred_at')::timestamptz, 'event_id', v.ev ->> 'event_id'),
+      x.rate_card_id, null, null, null)::billing.transfer_spec
+    from unnest(p_ord, p_account, p_amount, p_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
+    cross join lateral (select p_events -> (x.ord - 1) as ev) v
+    order by x.n));
+end;
+$$;
+comment on function billing.post_usage_batch(p_events jsonb, p_ord integer[], p_account bigint[], p_amount numeric[], p_card bigint[]) is 'Internal: writes a usage batch''s accepted events (their places, accounts, amounts and rate cards) as usage transfers, in event order.';
+revoke execute on function billing.post_usage_batch(p_events jsonb, p_ord integer[], p_account bigint[], p_amount numeric[], p_card bigint[]) from public, anon, authenticated;
+
 -- A batch event's ledger key: the caller's event id within its user's namespace (at most 300
 -- characters: a long id is hashed, as billing.scoped_key does).
 create or replace function billing.usage_event_key(p_user uuid, p_event_id text) returns text
@@ -25,13 +76,11 @@ security definer
 set search_path to ''
 as $$
 declare
-  v_platform bigint := billing.platform_account_id('usage_revenue');
   v_count integer := jsonb_array_length(p_events);
   e record;
   v_user uuid;
   v_available numeric(38, 18);
   v_outcomes jsonb[] := array_fill(null::jsonb, array[v_count]);
-  v_users uuid[];
   -- accepted events, in order: where their outcome goes, what they move, what was written
   a_ord integer[] := '{}'::integer[];
   a_account bigint[] := '{}'::bigint[];
@@ -47,19 +96,7 @@ begin
     perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
   end if;
 
-  -- One lock per account for the whole batch, in ascending id order (no deadlocks): the users'
-  -- own accounts, then the organisation accounts that may pay for members (after, as everywhere).
-  v_users := array(select distinct (x ->> 'user_id')::uuid from jsonb_array_elements(p_events) x);
-  perform 1 from billing.accounts a where a.user_id = any(v_users) order by a.id for update;
-  if exists (select 1 from billing.accounts a where a.user_id = any(v_users) and a.orgs > 0) then
-    perform 1 from billing.accounts a
-    join billing.org_members m on m.org_id = a.org_id and m.active and m.role = 'member'
-      and (a.member_id is null or a.member_id = m.user_id)
-    where m.user_id in (select u.user_id from billing.accounts u where u.user_id = any(v_users) and u.orgs > 0)
-    order by a.id for update of a;
-  end if;
-  perform billing.settle_account(a.id) from billing.accounts a
-  where a.user_id = any(v_users) and (a.held > 0 or a.next_expiry <= now());
+  perform billing.lock_usage_batch(p_events);
 
   -- Greedy per user in event order: each event is applied if it still fits. Each is priced from
   -- its model's current rate card (null: a kind the card leaves unpriced), within the same bounds
@@ -153,16 +190,7 @@ begin
 
   -- Each account's accepted events draw from its lots in event order.
   if cardinality(a_ord) > 0 then
-    a_posted := billing.post_transfers(array(
-      select ('usage', x.account_id, v_platform, x.amount, billing.usage_event_key((v.ev ->> 'user_id')::uuid, v.ev ->> 'event_id'),
-        v.ev ->> 'correlation_id', null, billing.usage_facts(v.ev ->> 'model', (v.ev ->> 'input_tokens')::bigint,
-          (v.ev ->> 'output_tokens')::bigint, (v.ev ->> 'cached_input_tokens')::bigint, (v.ev ->> 'reasoning_tokens')::bigint,
-          (v.ev ->> 'images')::bigint, (v.ev ->> 'audio_seconds')::bigint)
-          || jsonb_build_object('occurred_at', (v.ev ->> 'occurred_at')::timestamptz, 'event_id', v.ev ->> 'event_id'),
-        x.rate_card_id, null, null, null)::billing.transfer_spec
-      from unnest(a_ord, a_account, a_amount, a_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
-      cross join lateral (select p_events -> (x.ord - 1) as ev) v
-      order by x.n));
+    a_posted := billing.post_usage_batch(p_events, a_ord, a_account, a_amount, a_card);
     for i in 1 .. cardinality(a_ord) loop
       v_outcomes[a_ord[i]] := v_outcomes[a_ord[i]] || jsonb_build_object('transfer_id', (a_posted[i]).transfer_id::text,
         'balance', trim_scale((a_posted[i]).from_balance)::text);

@@ -175,37 +175,22 @@ $$;
 comment on function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans, p_period_end timestamptz, p_new_end timestamptz, p_key text) is 'Internal: at a renewal paid within the grace window after the period''s end, moves what the plan''s rollover rule allows of what the ending period''s plan lots had left at their end (back from breakage if the sweep expired it) into lots expiring at the new period''s end; the rest expires now.';
 revoke execute on function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans, p_period_end timestamptz, p_new_end timestamptz, p_key text) from public;
 
-create or replace function billing.grant_plan_invoice(p_sub billing.subscriptions, p_invoice jsonb) returns text
+-- The plan a paid invoice billed, checked against what it paid: an upgrade's is the plan its
+-- charged line's price belongs to (what was bought, whatever the metadata says: the metadata of a
+-- declined or pending update is not it); other invoices' is the subscription metadata Stripe
+-- snapshots onto them. A period's own invoice: its subtotal is the plan's price and it was paid
+-- with the tax on top.
+create or replace function billing.plan_of_invoice(p_sub billing.subscriptions, p_invoice jsonb) returns billing.plans
 language plpgsql
+stable
 set search_path = ''
 as $$
 declare
   v_plan billing.plans;
-  v_plan_id text;
-  v_old billing.plans;
-  v_grant billing.plan_grants;
-  v_start timestamptz := to_timestamp((p_invoice ->> 'period_start')::bigint);
-  v_end timestamptz := to_timestamp((p_invoice ->> 'period_end')::bigint);
-  -- Paid = subtotal + Stripe Tax; the subtotal is what the plan costs, the tax is owed.
+  v_plan_id text := coalesce(p_invoice ->> 'plan_id', p_sub.plan_id);
   v_tax integer := coalesce((p_invoice ->> 'tax')::integer, 0);
   v_amount integer := (p_invoice ->> 'amount_paid')::integer - v_tax;
-  v_reason text := p_invoice ->> 'billing_reason';
-  v_account bigint := billing.ensure_user_account(p_sub.user_id);
-  v_had numeric(38, 18);
-  v_base_had numeric(38, 18);
-  v_top numeric(38, 18);
-  v_credits numeric(38, 18) := 0;
-  v_prev timestamptz;
-  v_later boolean;
-  v_cycled boolean;
-  v_rolled numeric(38, 18) := 0;
-  v_transfer bigint;
-  v_lot bigint;
 begin
-  -- The plan it billed: an upgrade's is the plan its charged line's price belongs to (what was
-  -- bought, whatever the metadata says: the metadata of a declined or pending update is not it);
-  -- other invoices' is the subscription metadata Stripe snapshots onto them.
-  v_plan_id := coalesce(p_invoice ->> 'plan_id', p_sub.plan_id);
   if jsonb_typeof(p_invoice -> 'price') = 'object' then
     select coalesce(max(p.id) filter (where p.id = v_plan_id), case when count(*) = 1 then max(p.id) end, v_plan_id)
     into v_plan_id
@@ -219,18 +204,112 @@ begin
   if not found then
     perform billing.raise_error('PLAN_NOT_FOUND', jsonb_build_object('plan_id', p_invoice ->> 'plan_id'));
   end if;
-  -- A period's own invoice: its subtotal is the plan's price and it was paid with the tax on top.
   if lower(p_invoice ->> 'currency') <> v_plan.currency or v_tax < 0 or v_amount < 0
-     or (v_reason in ('subscription_create', 'subscription_cycle')
+     or (p_invoice ->> 'billing_reason' in ('subscription_create', 'subscription_cycle')
          and (v_amount <> v_plan.price_cents or coalesce((p_invoice ->> 'subtotal')::integer, v_amount) <> v_plan.price_cents)) then
     perform billing.raise_error('PAYMENT_AMOUNT_MISMATCH', jsonb_build_object('invoice', p_invoice ->> 'id',
       'expected_cents', v_plan.price_cents, 'paid_cents', p_invoice ->> 'amount_paid', 'tax_cents', v_tax,
       'currency', p_invoice ->> 'currency'));
   end if;
+  return v_plan;
+end;
+$$;
+comment on function billing.plan_of_invoice(p_sub billing.subscriptions, p_invoice jsonb) is 'Internal: the plan a paid invoice billed (its charged price''s, else the subscription''s metadata), refused with PAYMENT_AMOUNT_MISMATCH when the invoice paid something else.';
+revoke execute on function billing.plan_of_invoice(p_sub billing.subscriptions, p_invoice jsonb) from public, anon, authenticated;
+
+-- What a newly recorded paid invoice (p_grant) grants, from what the subscription's other invoices
+-- granted, in one read: whether a later period was granted; what this period already got (the
+-- first invoice, or an earlier upgrade), of it what the period's own invoices got, and the largest
+-- plan among them; whether this period already had a renewal invoice; and the last period granted
+-- before this one. stale: a period that is over, or older than one already granted (a late,
+-- reordered invoice), gets nothing: its credits would expire at once or reopen a period the
+-- student has left. roll_from: the period a renewal rolls over from (once per period: a second
+-- renewal invoice for it, voided and reissued, rolls nothing again).
+create or replace function billing.plan_invoice_credits(p_sub billing.subscriptions, p_plan billing.plans,
+  p_grant billing.plan_grants, out stale boolean, out credits numeric, out roll_from timestamptz)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_old billing.plans;
+  v_had numeric(38, 18);
+  v_base_had numeric(38, 18);
+  v_top numeric(38, 18);
+  v_prev timestamptz;
+  v_later boolean;
+  v_cycled boolean;
+begin
+  select coalesce(bool_or(g.period_end > p_grant.period_end and g.credits > 0), false),
+         coalesce(sum(g.credits) filter (where g.period_end = p_grant.period_end), 0),
+         coalesce(sum(g.credits) filter (where g.period_end = p_grant.period_end
+                                         and g.billing_reason in ('subscription_create', 'subscription_cycle')), 0),
+         greatest(coalesce(max(p.credits) filter (where g.period_end = p_grant.period_end and g.credits > 0), 0), p_plan.credits),
+         coalesce(bool_or(g.period_end = p_grant.period_end and g.billing_reason = 'subscription_cycle'), false),
+         max(g.period_end) filter (where g.period_end < p_grant.period_end and g.credits > 0)
+  into v_later, v_had, v_base_had, v_top, v_cycled, v_prev
+  from billing.plan_grants g join billing.plans p on p.id = g.plan_id
+  where g.subscription_id = p_sub.id and g.invoice_id <> p_grant.invoice_id;
+  stale := p_grant.period_end <= now() or v_later;
+  if stale then
+    return;
+  end if;
+  credits := greatest(p_plan.credits - v_had, 0);
+  if p_grant.billing_reason in ('subscription_create', 'subscription_cycle') then
+    -- The period's own invoice grants its plan less what another such invoice of the period got;
+    -- an upgrade paid before it (its webhooks late) granted only the difference, so together
+    -- they reach, and never pass, the larger plan's credits.
+    credits := greatest(least(p_plan.credits - v_base_had, v_top - v_had), 0);
+  else
+    -- An upgrade's proration invoice buys the difference for what is left of the period, so it
+    -- grants that share of it: (new − old credits) × paid ÷ (new − old price), rounded down,
+    -- never more than the difference. The old plan is the last one a paid invoice granted
+    -- (this period's, or the last period's when this one's renewal is unpaid: the difference,
+    -- never the whole plan, for a prorated charge).
+    select * into v_old from billing.plans p where p.id = (
+      select g.plan_id from billing.plan_grants g
+      where g.subscription_id = p_sub.id and g.invoice_id <> p_grant.invoice_id and g.credits > 0
+        and g.period_end <= p_grant.period_end
+      order by g.period_end desc, g.granted_at desc limit 1);
+    if not found or p_plan.price_cents <= v_old.price_cents or p_plan.credits <= v_old.credits then
+      credits := 0;
+    else
+      credits := least(credits, p_plan.credits - v_old.credits,
+        trunc((p_plan.credits - v_old.credits) * p_grant.amount_cents / (p_plan.price_cents - v_old.price_cents), 18));
+    end if;
+  end if;
+  if p_grant.billing_reason = 'subscription_cycle' and not v_cycled then
+    roll_from := v_prev;
+  end if;
+end;
+$$;
+comment on function billing.plan_invoice_credits(p_sub billing.subscriptions, p_plan billing.plans, p_grant billing.plan_grants, out stale boolean, out credits numeric, out roll_from timestamp with time zone) is 'Internal: the credits a newly recorded paid plan invoice grants (its period''s plan less what the period got; an upgrade''s paid share of the difference), whether it is stale, and the period a renewal rolls over from.';
+revoke execute on function billing.plan_invoice_credits(p_sub billing.subscriptions, p_plan billing.plans, p_grant billing.plan_grants, out stale boolean, out credits numeric, out roll_from timestamp with time zone) from public, anon, authenticated;
+
+-- invoice.paid for a plan (sync_subscription, under the subscription's lock): records the invoice
+-- once, posts its money, and grants what it buys (billing.plan_invoice_credits) as a paid lot
+-- expiring at the period's end, after rolling the previous period over at a renewal.
+create or replace function billing.grant_plan_invoice(p_sub billing.subscriptions, p_invoice jsonb) returns text
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_plan billing.plans := billing.plan_of_invoice(p_sub, p_invoice);
+  v_grant billing.plan_grants;
+  v_end timestamptz := to_timestamp((p_invoice ->> 'period_end')::bigint);
+  -- Paid = subtotal + Stripe Tax; the subtotal is what the plan costs, the tax is owed.
+  v_tax integer := coalesce((p_invoice ->> 'tax')::integer, 0);
+  v_amount integer := (p_invoice ->> 'amount_paid')::integer - v_tax;
+  v_account bigint := billing.ensure_user_account(p_sub.user_id);
+  v_give record;
+  v_rolled numeric(38, 18) := 0;
+  v_transfer bigint;
+  v_lot bigint;
+begin
   -- Once per invoice, under the subscription's lock (the caller's): retries and replays stop here.
   insert into billing.plan_grants (invoice_id, subscription_id, plan_id, billing_reason, period_start, period_end,
                                    amount_cents, currency, tax_cents)
-  values (p_invoice ->> 'id', p_sub.id, v_plan.id, v_reason, v_start, v_end, v_amount, v_plan.currency, v_tax)
+  values (p_invoice ->> 'id', p_sub.id, v_plan.id, p_invoice ->> 'billing_reason',
+          to_timestamp((p_invoice ->> 'period_start')::bigint), v_end, v_amount, v_plan.currency, v_tax)
   on conflict (invoice_id) do nothing
   returning * into v_grant;
   if not found then
@@ -250,59 +329,21 @@ begin
     p_invoice ->> 'id', jsonb_build_array(billing.money_entry('payers', -(v_amount + v_tax)),
       billing.money_entry('b2c_revenue', v_amount), billing.money_entry('tax_payable', v_tax)))
   where v_amount + v_tax > 0;
-  -- A period that is over, or older than one already granted (a late, reordered invoice), gets
-  -- nothing: its credits would expire at once or reopen a period the student has left. The
-  -- caller refunds the invoice; its event stays unfinished until then (process_stripe_event), so
-  -- a crash or a Stripe outage is retried, and the plan_refund_due alert names one that never is.
-  -- What the subscription's other invoices granted, in one read: whether a later period was
-  -- granted; what this period already got (the first invoice, or an earlier upgrade), of it what
-  -- the period's own invoices got, and the largest plan among them; whether this period already
-  -- had a renewal invoice; and the last period granted before this one.
-  select coalesce(bool_or(g.period_end > v_end and g.credits > 0), false),
-         coalesce(sum(g.credits) filter (where g.period_end = v_end), 0),
-         coalesce(sum(g.credits) filter (where g.period_end = v_end
-                                         and g.billing_reason in ('subscription_create', 'subscription_cycle')), 0),
-         greatest(coalesce(max(p.credits) filter (where g.period_end = v_end and g.credits > 0), 0), v_plan.credits),
-         coalesce(bool_or(g.period_end = v_end and g.billing_reason = 'subscription_cycle'), false),
-         max(g.period_end) filter (where g.period_end < v_end and g.credits > 0)
-  into v_later, v_had, v_base_had, v_top, v_cycled, v_prev
-  from billing.plan_grants g join billing.plans p on p.id = g.plan_id
-  where g.subscription_id = p_sub.id and g.invoice_id <> v_grant.invoice_id;
-  if v_end <= now() or v_later then
+  -- A stale invoice grants nothing: the caller refunds it; its event stays unfinished until then
+  -- (process_stripe_event), so a crash or a Stripe outage is retried, and the plan_refund_due
+  -- alert names one that never is.
+  v_give := billing.plan_invoice_credits(p_sub, v_plan, v_grant);
+  if v_give.stale then
     return 'plan_invoice_stale';
   end if;
-  v_credits := greatest(v_plan.credits - v_had, 0);
-  if v_reason in ('subscription_create', 'subscription_cycle') then
-    -- The period's own invoice grants its plan less what another such invoice of the period got;
-    -- an upgrade paid before it (its webhooks late) granted only the difference, so together
-    -- they reach, and never pass, the larger plan's credits.
-    v_credits := greatest(least(v_plan.credits - v_base_had, v_top - v_had), 0);
-  else
-    -- An upgrade's proration invoice buys the difference for what is left of the period, so it
-    -- grants that share of it: (new − old credits) × paid ÷ (new − old price), rounded down,
-    -- never more than the difference. The old plan is the last one a paid invoice granted
-    -- (this period's, or the last period's when this one's renewal is unpaid: the difference,
-    -- never the whole plan, for a prorated charge).
-    select * into v_old from billing.plans p where p.id = (
-      select g.plan_id from billing.plan_grants g
-      where g.subscription_id = p_sub.id and g.invoice_id <> v_grant.invoice_id and g.credits > 0 and g.period_end <= v_end
-      order by g.period_end desc, g.granted_at desc limit 1);
-    if not found or v_plan.price_cents <= v_old.price_cents or v_plan.credits <= v_old.credits then
-      v_credits := 0;
-    else
-      v_credits := least(v_credits, v_plan.credits - v_old.credits,
-        trunc((v_plan.credits - v_old.credits) * v_amount / (v_plan.price_cents - v_old.price_cents), 18));
-    end if;
+  if v_give.roll_from is not null then
+    v_rolled := billing.roll_over_plan_credits(p_sub, v_account, v_plan, v_give.roll_from, v_end,
+      'plan-rollover:' || v_grant.invoice_id);
   end if;
-  -- One rollover per period: a second renewal invoice for it (voided and reissued) rolls nothing
-  -- again, nor brings back from breakage what the first let expire.
-  if v_reason = 'subscription_cycle' and not v_cycled and v_prev is not null then
-    v_rolled := billing.roll_over_plan_credits(p_sub, v_account, v_plan, v_prev, v_end, 'plan-rollover:' || v_grant.invoice_id);
-  end if;
-  if v_credits > 0 then
+  if v_give.credits > 0 then
     -- Paid credits whose cost is what this invoice charged: deferred revenue until spent or expired.
     -- Spent before package credits (priority 5 < 20): they expire at the period's end.
-    v_transfer := (billing.post_user_transfer(null, 1, 'credit', v_credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
+    v_transfer := (billing.post_user_transfer(null, 1, 'credit', v_give.credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
       p_sub.id::text, p_invoice ->> 'id', jsonb_build_object('plan_id', v_plan.id, 'subscription_id', p_sub.id), null, null,
       jsonb_build_object('category', 'paid', 'cost_cents', v_amount, 'currency', v_plan.currency, 'priority', 5,
         'expires_at', v_end), v_account)).transfer_id;
@@ -310,7 +351,7 @@ begin
     select l.id, p_sub.id, v_end from billing.lots l where l.grant_transfer_id = v_transfer and l.moved_from is null
     returning lot_id into v_lot;
   end if;
-  update billing.plan_grants g set credits = v_credits, lot_id = v_lot, rolled_over = v_rolled
+  update billing.plan_grants g set credits = v_give.credits, lot_id = v_lot, rolled_over = v_rolled
   where g.invoice_id = v_grant.invoice_id;
   return 'plan_credits_granted';
 end;

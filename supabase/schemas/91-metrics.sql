@@ -203,29 +203,21 @@ $$;
 comment on function billing.metric_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) is 'Internal: the roll-up halves and live pieces [from, to) is made of; rolled-up halves from revenue_rollup when asked.';
 revoke execute on function billing.metric_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) from public;
 
--- Every metric for [p_from, p_to) from its parts (docs/metrics.md): the parts of that range, or
--- of a larger one cut at whole days. p_use_rollup as the parts were made (the liability at the
--- end may start from a roll-up row before the range).
-create or replace function billing.metrics_of(p_parts billing.metric_part[], p_from timestamptz, p_to timestamptz, p_use_rollup boolean)
-returns jsonb
+-- What the range's credit lots did, per currency: paid credits granted into deferred revenue,
+-- recognised when spent, breakage when they expire, taken back by refunds and disputes;
+-- promotional credits (they cost nothing) counted in credits.
+create or replace function billing.metric_credit_lots(p_parts billing.metric_part[]) returns jsonb
 language plpgsql stable
 set search_path = ''
-set plan_cache_mode = force_generic_plan
-set jit = off
-set max_parallel_workers_per_gather = 0
 as $$
 begin
   return (
   with parts as (select p.* from unnest(p_parts) p),
-  stored as (select p.* from parts p where p.stored),
-  live as (select p.* from parts p where not p.stored),
   lot_flows as (
     select x.currency, x.category, x.kind, sum(x.credits) as credits, sum(x.cents) as cents
     from parts p cross join lateral jsonb_to_recordset(p.lots) x(currency text, category text, kind text, credits numeric, cents numeric)
     group by 1, 2, 3
   ),
-  -- Paid credits: granted into deferred revenue, recognised when spent, breakage when they
-  -- expire, taken back by refunds and disputes. Promotional credits cost nothing: counted in credits.
   -- A void's allocations are negative (45-corrections.sql): it un-recognises what its charge did,
   -- in the period the void is made.
   lot_lines as (
@@ -238,7 +230,27 @@ begin
       coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind in ('usage', 'debit', 'hold_capture', 'void')), 0) as promo_spent,
       coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'expiry'), 0) as promo_expired
     from lot_flows f group by f.currency
-  ),
+  )
+  select coalesce((select jsonb_agg(jsonb_build_object('currency', x.currency,
+        'paid_granted_cents', x.deferred_in, 'recognised_revenue_cents', x.recognised, 'breakage_revenue_cents', x.breakage,
+        'paid_reversed_cents', x.reversed,
+        'promotional_credits', jsonb_build_object('granted', trim_scale(x.promo_granted)::text,
+          'spent', trim_scale(x.promo_spent)::text, 'expired', trim_scale(x.promo_expired)::text))
+      order by x.currency) from lot_lines x), '[]'::jsonb));
+end;
+$$;
+comment on function billing.metric_credit_lots(p_parts billing.metric_part[]) is 'Internal: the credit_lots metric (deferred, recognised, breakage, reversed; promotional credits) of a range''s parts, per currency.';
+revoke execute on function billing.metric_credit_lots(p_parts billing.metric_part[]) from public, anon, authenticated;
+
+-- What the range's money did, per currency: credit purchases (GMV, refunds, lost disputes,
+-- Stripe's fees, tax), provider payments' platform fees, and revenue per active and paying user.
+create or replace function billing.metric_by_currency(p_parts billing.metric_part[], p_active bigint, p_paying bigint) returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  return (
+  with parts as (select p.* from unnest(p_parts) p),
   money as (
     select x.kind, x.account, x.currency, sum(x.cents) as cents
     from parts p cross join lateral jsonb_to_recordset(p.money) x(kind text, account text, currency text, cents bigint)
@@ -259,19 +271,41 @@ begin
       coalesce(sum(cents) filter (where kind in ('provider_payment', 'fee_adjustment') and account = 'platform_fees'), 0) as b2b_fees,
       coalesce(-sum(cents) filter (where kind = 'provider_refund' and account = 'platform_fees'), 0) as b2b_fee_refunds
     from money group by currency
-  ),
-  -- Distinct users: the union of the stored days' bitmaps and the live pieces' ids.
-  users as (
-    select
-      billing.count_accounts(array(select s.active_bitmap from stored s where s.active_bitmap is not null),
-        array(select x from live l cross join lateral unnest(l.active_accounts) x)) as active,
-      billing.count_accounts(array(select s.paying_bitmap from stored s where s.paying_bitmap is not null),
-        array(select x from live l cross join lateral unnest(l.paying_accounts) x)) as paying,
-      (select coalesce(sum(p.first_time_purchasers), 0) from parts p) as first_time
-  ),
-  checkouts as (
-    select coalesce(sum(p.checkouts_created), 0) as created, coalesce(sum(p.checkouts_paid), 0) as paid from parts p
-  ),
+  )
+  select coalesce((select jsonb_agg(jsonb_build_object(
+        'currency', l.currency,
+        'b2c_credits', jsonb_build_object('gmv_cents', l.b2c_gmv, 'refunds_cents', l.b2c_refunds,
+          'disputes_lost_cents', l.b2c_disputes_lost, 'stripe_fees_cents', l.b2c_stripe_fees,
+          'net_revenue_cents', l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees,
+          'tax_collected_cents', l.b2c_tax, 'tax_returned_cents', l.b2c_tax_returned),
+        'b2b_provider_fees', jsonb_build_object('gmv_cents', l.b2b_gmv, 'platform_fees_cents', l.b2b_fees,
+          'fee_refunds_cents', l.b2b_fee_refunds, 'net_revenue_cents', l.b2b_fees - l.b2b_fee_refunds,
+          'take_rate', case when l.b2b_gmv > 0 then round(l.b2b_fees::numeric / l.b2b_gmv, 6) end),
+        'gmv_cents', l.b2c_gmv + l.b2b_gmv,
+        'net_revenue_cents', l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees + l.b2b_fees - l.b2b_fee_refunds,
+        'take_rate', case when l.b2c_gmv + l.b2b_gmv > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost
+          - l.b2c_stripe_fees + l.b2b_fees - l.b2b_fee_refunds)::numeric / (l.b2c_gmv + l.b2b_gmv), 6) end,
+        'arpu_cents', case when p_active > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees
+          + l.b2b_fees - l.b2b_fee_refunds)::numeric / p_active, 2) end,
+        'arpu_paying_cents', case when p_paying > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost
+          - l.b2c_stripe_fees)::numeric / p_paying, 2) end
+      ) order by l.currency) from lines l), '[]'::jsonb));
+end;
+$$;
+comment on function billing.metric_by_currency(p_parts billing.metric_part[], p_active bigint, p_paying bigint) is 'Internal: the by_currency metrics (B2C credits, B2B provider fees, GMV, net revenue, take rate, ARPU) of a range''s parts, given its active and paying users.';
+revoke execute on function billing.metric_by_currency(p_parts billing.metric_part[], p_active bigint, p_paying bigint) from public, anon, authenticated;
+
+-- What the range's credits did: purchased, bonus, spent (less voids), reversed, usage by model,
+-- and the unspent liability at the range's end.
+create or replace function billing.metric_credits(p_parts billing.metric_part[], p_from timestamptz, p_to timestamptz, p_use_rollup boolean) returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  return (
+  with parts as (select p.* from unnest(p_parts) p),
+  stored as (select p.* from parts p where p.stored),
+  live as (select p.* from parts p where not p.stored),
   by_kind as (
     select x.kind, x.model, sum(x.amount) as amount, sum(x.events) as events
     from parts p cross join lateral jsonb_to_recordset(p.credits) x(kind text, model text, amount numeric, events bigint)
@@ -287,9 +321,6 @@ begin
     from by_kind k
   ),
   usage as (select k.model, k.amount as credits, k.events from by_kind k where k.kind = 'usage' and k.model is not null),
-  webhooks as (
-    select coalesce(sum(p.webhooks_received), 0) as received, coalesce(sum(p.webhooks_ok), 0) as ok from parts p
-  ),
   -- The unspent liability at the end of the period (every user balance then): the running total
   -- of the latest credit ledger roll-up ending by then (a whole day, or one read above), plus the
   -- user entries after it: the live pieces from there on, and any gap before from.
@@ -310,43 +341,58 @@ begin
       + billing.user_credit_change(coalesce(c.since, '-infinity'), p_from) as credits
     from (select 1) one left join carried c on true
   )
+  select (select jsonb_build_object('purchased', trim_scale(c.purchased)::text, 'bonus', trim_scale(c.bonus)::text,
+        'spent', trim_scale(c.spent)::text, 'reversed', trim_scale(c.reversed)::text,
+        'outstanding', (select trim_scale(o.credits)::text from outstanding o),
+        'usage_by_model', coalesce((select jsonb_agg(jsonb_build_object('model', x.model, 'credits', trim_scale(x.credits)::text,
+          'events', x.events) order by x.model) from usage x), '[]'::jsonb))
+      from credits c));
+end;
+$$;
+comment on function billing.metric_credits(p_parts billing.metric_part[], p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) is 'Internal: the credits metrics (purchased, bonus, spent, reversed, outstanding at the end, usage by model) of a range''s parts.';
+revoke execute on function billing.metric_credits(p_parts billing.metric_part[], p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) from public, anon, authenticated;
+
+-- Every metric for [p_from, p_to) from its parts (docs/metrics.md): the parts of that range, or
+-- of a larger one cut at whole days. p_use_rollup as the parts were made (the liability at the
+-- end may start from a roll-up row before the range).
+create or replace function billing.metrics_of(p_parts billing.metric_part[], p_from timestamptz, p_to timestamptz, p_use_rollup boolean)
+returns jsonb
+language plpgsql stable
+set search_path = ''
+set plan_cache_mode = force_generic_plan
+set jit = off
+set max_parallel_workers_per_gather = 0
+as $$
+begin
+  return (
+  with parts as (select p.* from unnest(p_parts) p),
+  stored as (select p.* from parts p where p.stored),
+  live as (select p.* from parts p where not p.stored),
+  -- Distinct users: the union of the stored days' bitmaps and the live pieces' ids.
+  users as (
+    select
+      billing.count_accounts(array(select s.active_bitmap from stored s where s.active_bitmap is not null),
+        array(select x from live l cross join lateral unnest(l.active_accounts) x)) as active,
+      billing.count_accounts(array(select s.paying_bitmap from stored s where s.paying_bitmap is not null),
+        array(select x from live l cross join lateral unnest(l.paying_accounts) x)) as paying,
+      (select coalesce(sum(p.first_time_purchasers), 0) from parts p) as first_time
+  ),
+  checkouts as (
+    select coalesce(sum(p.checkouts_created), 0) as created, coalesce(sum(p.checkouts_paid), 0) as paid from parts p
+  ),
+  webhooks as (
+    select coalesce(sum(p.webhooks_received), 0) as received, coalesce(sum(p.webhooks_ok), 0) as ok from parts p
+  )
   select jsonb_build_object(
     'from', p_from, 'to', p_to,
-    'by_currency', coalesce((select jsonb_agg(jsonb_build_object(
-        'currency', l.currency,
-        'b2c_credits', jsonb_build_object('gmv_cents', l.b2c_gmv, 'refunds_cents', l.b2c_refunds,
-          'disputes_lost_cents', l.b2c_disputes_lost, 'stripe_fees_cents', l.b2c_stripe_fees,
-          'net_revenue_cents', l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees,
-          'tax_collected_cents', l.b2c_tax, 'tax_returned_cents', l.b2c_tax_returned),
-        'b2b_provider_fees', jsonb_build_object('gmv_cents', l.b2b_gmv, 'platform_fees_cents', l.b2b_fees,
-          'fee_refunds_cents', l.b2b_fee_refunds, 'net_revenue_cents', l.b2b_fees - l.b2b_fee_refunds,
-          'take_rate', case when l.b2b_gmv > 0 then round(l.b2b_fees::numeric / l.b2b_gmv, 6) end),
-        'gmv_cents', l.b2c_gmv + l.b2b_gmv,
-        'net_revenue_cents', l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees + l.b2b_fees - l.b2b_fee_refunds,
-        'take_rate', case when l.b2c_gmv + l.b2b_gmv > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost
-          - l.b2c_stripe_fees + l.b2b_fees - l.b2b_fee_refunds)::numeric / (l.b2c_gmv + l.b2b_gmv), 6) end,
-        'arpu_cents', case when u.active > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost - l.b2c_stripe_fees
-          + l.b2b_fees - l.b2b_fee_refunds)::numeric / u.active, 2) end,
-        'arpu_paying_cents', case when u.paying > 0 then round((l.b2c_gmv - l.b2c_refunds - l.b2c_disputes_lost
-          - l.b2c_stripe_fees)::numeric / u.paying, 2) end
-      ) order by l.currency) from lines l, users u), '[]'::jsonb),
+    'by_currency', (select billing.metric_by_currency(p_parts, u.active, u.paying) from users u),
     'users', (select jsonb_build_object('active', u.active, 'paying', u.paying, 'first_time_purchasers', u.first_time) from users u),
     'conversion', (select jsonb_build_object('checkouts_created', c.created, 'checkouts_paid', c.paid,
         'checkout_rate', case when c.created > 0 then round(c.paid::numeric / c.created, 6) end,
         'first_purchase_rate', case when u.active > 0 then round(u.first_time::numeric / u.active, 6) end)
       from checkouts c, users u),
-    'credits', (select jsonb_build_object('purchased', trim_scale(c.purchased)::text, 'bonus', trim_scale(c.bonus)::text,
-        'spent', trim_scale(c.spent)::text, 'reversed', trim_scale(c.reversed)::text,
-        'outstanding', (select trim_scale(o.credits)::text from outstanding o),
-        'usage_by_model', coalesce((select jsonb_agg(jsonb_build_object('model', x.model, 'credits', trim_scale(x.credits)::text,
-          'events', x.events) order by x.model) from usage x), '[]'::jsonb))
-      from credits c),
-    'credit_lots', coalesce((select jsonb_agg(jsonb_build_object('currency', x.currency,
-        'paid_granted_cents', x.deferred_in, 'recognised_revenue_cents', x.recognised, 'breakage_revenue_cents', x.breakage,
-        'paid_reversed_cents', x.reversed,
-        'promotional_credits', jsonb_build_object('granted', trim_scale(x.promo_granted)::text,
-          'spent', trim_scale(x.promo_spent)::text, 'expired', trim_scale(x.promo_expired)::text))
-      order by x.currency) from lot_lines x), '[]'::jsonb),
+    'credits', billing.metric_credits(p_parts, p_from, p_to, p_use_rollup),
+    'credit_lots', billing.metric_credit_lots(p_parts),
     'webhooks', (select jsonb_build_object('received', w.received, 'processed', w.ok,
         'success_rate', case when w.received > 0 then round(w.ok::numeric / w.received, 6) end) from webhooks w),
     -- Read from the rows for every period: an organisation's purchases and spending are few.
