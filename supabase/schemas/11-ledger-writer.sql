@@ -432,7 +432,7 @@ revoke execute on function billing.move_credits(p_from bigint, p_to bigint, p_am
 create or replace function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
 returns billing.accounts
 language plpgsql
-set search_path to ''
+set search_path = ''
 as $$
 declare
   v_existing billing.transfers;
@@ -509,7 +509,7 @@ revoke execute on function billing.lock_spending_source(p_own billing.accounts, 
 create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_hold_id uuid default null::uuid, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
 returns billing.transfer_result
 language plpgsql
-set search_path to ''
+set search_path = ''
 as $$
 declare
   v_account billing.accounts;

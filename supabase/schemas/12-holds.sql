@@ -105,12 +105,13 @@ begin
     p_hold.capture_transfer_id, p_hold.expires_at, v_bal.balance, v_bal.held, v_bal.available, p_replayed)::billing.hold_result;
 end;
 $$;
+comment on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) is 'Internal: a hold as the hold functions answer it, with its account''s balance, held and available now.';
 revoke execute on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) from public;
 
 create or replace function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text default null::text, p_metadata jsonb default null::jsonb)
 returns billing.hold_result
 language plpgsql
-set search_path to ''
+set search_path = ''
 as $$
 declare
   v_account billing.accounts;
@@ -205,15 +206,15 @@ begin
   return v_hold;
 end;
 $$;
+comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to); HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s, AI call''s or dispute''s hold.';
 revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
 
-create or replace function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric DEFAULT NULL::numeric, p_correlation_id text DEFAULT NULL::text,
-  p_metadata jsonb DEFAULT NULL::jsonb)
- RETURNS billing.hold_result
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO ''
-AS $function$
+create or replace function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric default null, p_correlation_id text default null,
+  p_metadata jsonb default null) returns billing.hold_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
 declare
   v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
   v_capture numeric(38, 18);
@@ -272,7 +273,7 @@ begin
   perform billing.return_hold_cap_room(v_hold, v_hold.amount - v_capture);
   return billing.hold_result_of(v_hold, false);
 end;
-$function$;
+$$;
 comment on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) is 'Spends all or part of an active hold and releases the rest; p_metadata (the gateway''s facts of a call, never a caller''s) goes on the capture. Capturing a captured hold again replays the result.';
 revoke execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) from public;
 grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) to service_role;
@@ -398,6 +399,7 @@ begin
   return v_hold;
 end;
 $$;
+comment on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) is 'Internal: places a hold of a purpose on an account the caller has locked (the account''s held amount grows by it).';
 revoke execute on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) from public;
 
 create or replace function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb)

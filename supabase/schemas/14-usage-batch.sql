@@ -73,7 +73,7 @@ create or replace function billing.charge_usage_batch(p_events jsonb)
 returns jsonb
 language plpgsql
 security definer
-set search_path to ''
+set search_path = ''
 as $$
 declare
   v_count integer := jsonb_array_length(p_events);

@@ -183,7 +183,7 @@ create or replace function billing.check_lots()
 returns jsonb
 language sql
 stable security definer
-set search_path to ''
+set search_path = ''
 as $$
   with drawn as (
     select la.lot_id, sum(la.amount) as total from billing.lot_allocations la group by la.lot_id
@@ -269,11 +269,10 @@ $$;
 comment on function billing.expiry_key(p_lot_id bigint, p_amount numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
 revoke execute on function billing.expiry_key(p_lot_id bigint, p_amount numeric) from public;
 
-create or replace function billing.expire_due_lots(p_account_id bigint)
- RETURNS integer
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
+create or replace function billing.expire_due_lots(p_account_id bigint) returns integer
+language plpgsql
+set search_path = ''
+as $$
 declare
   v_account billing.accounts;
   v_lot record;
@@ -302,7 +301,7 @@ begin
   perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true), v_expired);
   return v_count;
 end;
-$function$;
+$$;
 comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (held credits too; holds give way), then makes next_expiry exact.';
 revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
 

@@ -134,6 +134,7 @@ as $$
          p.stripe_session_id, p.session_url, p.session_expires_at, p.client_temp_id
   from billing.credit_package_versions k where k.package_id = p.package_id and k.version = p.package_version
 $$;
+comment on function billing.checkout_of(p billing.purchases, p_reused boolean) is 'Internal: a purchase as POST /checkout answers it, with its package version''s name.';
 revoke execute on function billing.checkout_of(p billing.purchases, p_reused boolean) from public;
 
 create or replace function billing.attach_checkout_session(p_purchase_id uuid, p_session_id text, p_url text, p_expires_at timestamptz)

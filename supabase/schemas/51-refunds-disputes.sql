@@ -150,11 +150,10 @@ $$;
 comment on function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb, p_wallet bigint) is 'Internal: a paid purchase''s dispute as Stripe reports it: open → what is left of it held wherever its credits are; won → released; lost → taken back. Returns the purchase as it now is.';
 revoke execute on function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb, p_wallet bigint) from public, anon, authenticated;
 
-create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text)
- RETURNS void
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
+create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) returns void
+language plpgsql
+set search_path = ''
+as $$
 declare
   v_wallet bigint := case when p_purchase.org_id is not null then billing.org_wallet_id(p_purchase.org_id) end;
   v_buyer bigint := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p_purchase.user_id));
@@ -222,7 +221,7 @@ begin
   where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots))
   order by a.id;
 end;
-$function$;
+$$;
 comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to; of the rest, what expired is forgiven (recorded on the purchase), what was spent comes from the buyer''s other credits or is debt.';
 revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
 

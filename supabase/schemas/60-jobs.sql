@@ -127,6 +127,7 @@ begin
   end if;
 end;
 $$;
+comment on function billing.release_job_hold(p_job billing.jobs) is 'Internal: releases a job''s hold, when it has one.';
 revoke execute on function billing.release_job_hold(p_job billing.jobs) from public;
 
 create or replace function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[])
@@ -201,6 +202,7 @@ begin
   return v_job;
 end;
 $$;
+comment on function billing.lock_leased_job(p_job uuid, p_worker text) is 'Internal: locks a job the worker still leases and that is still running; JOB_NOT_FOUND, JOB_CANCELLED or LEASE_LOST otherwise.';
 revoke execute on function billing.lock_leased_job(p_job uuid, p_worker text) from public;
 
 create or replace function billing.checkpoint_job(
@@ -262,7 +264,7 @@ create or replace function billing.complete_job(p_job uuid, p_worker text, p_res
 returns billing.jobs
 language plpgsql
 security definer
-set search_path to ''
+set search_path = ''
 as $$
 declare
   v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);

@@ -237,6 +237,7 @@ begin
   return v;
 end;
 $$;
+comment on function billing.attach_provider_payment_session(p_payment uuid, p_session_id text, p_url text, p_expires_at timestamp with time zone) is 'Records the Checkout session created for a provider payment (its id, URL and expiry); a payment keeps its first session.';
 revoke execute on function billing.attach_provider_payment_session(p_payment uuid, p_session_id text, p_url text, p_expires_at timestamp with time zone) from public;
 grant execute on function billing.attach_provider_payment_session(p_payment uuid, p_session_id text, p_url text, p_expires_at timestamp with time zone) to service_role;
 
@@ -379,6 +380,7 @@ as $$
   where x.provider_id = p_provider and (p_before is null or x.created_at < p_before)
   order by x.created_at desc limit least(greatest(p_limit, 1), 101)
 $$;
+comment on function billing.list_provider_payments(p_provider uuid, p_limit integer, p_before timestamp with time zone) is 'A provider''s payments, newest first, before a time (at most 101: the route pages by 100).';
 revoke execute on function billing.list_provider_payments(p_provider uuid, p_limit integer, p_before timestamp with time zone) from public;
 grant execute on function billing.list_provider_payments(p_provider uuid, p_limit integer, p_before timestamp with time zone) to service_role;
 
@@ -393,6 +395,7 @@ as $$
   where x.provider_id = p_provider and (p_before is null or x.stripe_created_at < p_before)
   order by x.stripe_created_at desc limit least(greatest(p_limit, 1), 101)
 $$;
+comment on function billing.list_provider_payouts(p_provider uuid, p_limit integer, p_before timestamp with time zone) is 'A provider''s payouts, newest first by Stripe''s time, before a time (at most 101: the route pages by 100).';
 revoke execute on function billing.list_provider_payouts(p_provider uuid, p_limit integer, p_before timestamp with time zone) from public;
 grant execute on function billing.list_provider_payouts(p_provider uuid, p_limit integer, p_before timestamp with time zone) to service_role;
 
@@ -401,5 +404,6 @@ language sql stable
 security definer
 set search_path = ''
 as $$ select * from billing.provider_payments x where x.provider_id = p_provider and x.id = p_payment $$;
+comment on function billing.provider_payment_by_id(p_provider uuid, p_payment uuid) is 'One of a provider''s payments by id; no row when it is another provider''s.';
 revoke execute on function billing.provider_payment_by_id(p_provider uuid, p_payment uuid) from public;
 grant execute on function billing.provider_payment_by_id(p_provider uuid, p_payment uuid) to service_role;

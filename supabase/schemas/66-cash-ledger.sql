@@ -102,6 +102,7 @@ create or replace function billing.money_entry(p_account text, p_cents bigint) r
 language sql immutable
 set search_path = ''
 as $$ select jsonb_build_object('account', p_account, 'amount_cents', p_cents) $$;
+comment on function billing.money_entry(p_account text, p_cents bigint) is 'Internal: one entry of a money transfer, {account, amount_cents}, for billing.post_money.';
 revoke execute on function billing.money_entry(p_account text, p_cents bigint) from public;
 
 create or replace function billing.provider_balance_cents(p_provider uuid, p_currency text) returns bigint

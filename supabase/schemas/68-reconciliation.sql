@@ -371,5 +371,6 @@ as $$
       from billing.reconciliation_mismatches m where m.day = r.day), '[]'::jsonb))
   from billing.reconciliation_runs r where r.day = p_day
 $$;
+comment on function billing.reconciliation_of(p_day date) is 'A day''s provider reconciliation: when it ran, what Stripe reported, and each mismatch; null when the day was not reconciled.';
 revoke execute on function billing.reconciliation_of(p_day date) from public;
 grant execute on function billing.reconciliation_of(p_day date) to service_role;

@@ -161,6 +161,7 @@ as $$
     'org_pays_first', p_org.org_pays_first, 'term_started_at', billing.json_time(p_org.term_started_at),
     'term_ends_at', billing.json_time(p_org.term_ends_at), 'created_at', billing.json_time(p_org.created_at))
 $$;
+comment on function billing.org_json(p_org billing.orgs) is 'Internal: an organisation as the API shows it.';
 revoke execute on function billing.org_json(p_org billing.orgs) from public;
 
 create or replace function billing.wallet_json(p_account_id bigint) returns jsonb
@@ -171,6 +172,7 @@ as $$
     'available', trim_scale(b.available)::text)
   from billing.balance_of(p_account_id) b
 $$;
+comment on function billing.wallet_json(p_account_id bigint) is 'Internal: an organisation account''s balance, held and available, as the API shows them.';
 revoke execute on function billing.wallet_json(p_account_id bigint) from public;
 
 create or replace function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) returns jsonb
@@ -190,6 +192,7 @@ begin
   return billing.get_org(p_user, v_org.id);
 end;
 $$;
+comment on function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) is 'Creates an organisation with the caller as its owner.';
 revoke execute on function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) from public;
 grant execute on function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) to service_role;
 
@@ -208,6 +211,7 @@ begin
     'allowance', case when v_allowance is not null then billing.wallet_json(v_allowance) end);
 end;
 $$;
+comment on function billing.get_org(p_user uuid, p_org uuid) is 'An organisation for one of its members: its role, the wallet for an owner or admin, the member''s allowance.';
 revoke execute on function billing.get_org(p_user uuid, p_org uuid) from public;
 grant execute on function billing.get_org(p_user uuid, p_org uuid) to service_role;
 
@@ -219,6 +223,7 @@ as $$
   select coalesce(jsonb_agg(billing.org_json(o) || jsonb_build_object('role', m.role) order by m.joined_at), '[]')
   from billing.org_members m join billing.orgs o on o.id = m.org_id where m.user_id = p_user and m.active
 $$;
+comment on function billing.list_orgs(p_user uuid) is 'The organisations the caller is an active member of, with their role, oldest membership first.';
 revoke execute on function billing.list_orgs(p_user uuid) from public;
 grant execute on function billing.list_orgs(p_user uuid) to service_role;
 
@@ -258,6 +263,7 @@ begin
   return billing.get_org(p_user, p_org);
 end;
 $$;
+comment on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) is 'An owner''s or admin''s change of an organisation (name, funding, who pays first, term end); a new term restarts its term caps, and a switch to pool funding sweeps the allowances back.';
 revoke execute on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) from public;
 grant execute on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) to service_role;
 
@@ -265,7 +271,7 @@ create or replace function billing.fund_allowances(p_user uuid, p_org uuid, p_me
 returns jsonb
 language plpgsql
 security definer
-set search_path to ''
+set search_path = ''
 as $$
 declare
   v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
@@ -314,13 +320,14 @@ begin
     'wallet', billing.wallet_json(v_wallet));
 end;
 $$;
+comment on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) is 'An owner or admin moves p_amount from the wallet to one member''s allowance, or to each active member''s (allowance funding only); idempotent by key per member.';
 revoke execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) from public;
 grant execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) to service_role;
 
 create or replace function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text)
 returns numeric
 language plpgsql
-set search_path to ''
+set search_path = ''
 as $$
 declare
   v_wallet bigint := billing.org_wallet_id(p_org);
@@ -343,14 +350,14 @@ begin
   return v_take;
 end;
 $$;
+comment on function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text) is 'Internal: moves what is left of a member''s allowance back to the wallet; returns what it moved.';
 revoke execute on function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text) from public;
 
-create or replace function billing.sweep_ended_terms(p_limit integer DEFAULT 100)
- RETURNS integer
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO ''
-AS $function$
+create or replace function billing.sweep_ended_terms(p_limit integer default 100) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
 declare
   o record;
   a record;
@@ -385,7 +392,7 @@ begin
   end loop;
   return v_count;
 end;
-$function$;
+$$;
 comment on function billing.sweep_ended_terms(p_limit integer) is 'pg_cron: sweeps unspent allowances back to the wallet of each organisation whose term ended, and what holds gave back in allowances nobody spends from any more (member removed or promoted, organisation a pool). Idempotent.';
 revoke execute on function billing.sweep_ended_terms(p_limit integer) from public;
 grant execute on function billing.sweep_ended_terms(p_limit integer) to service_role;
@@ -430,6 +437,7 @@ begin
     left join auth.users u on u.id = r.member_id), '[]');
 end;
 $$;
+comment on function billing.org_usage(p_user uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_period text) is 'Org-funded spending in a range, per member, model and period: every member''s for an admin, the caller''s own for a member.';
 revoke execute on function billing.org_usage(p_user uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_period text) from public;
 grant execute on function billing.org_usage(p_user uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone, p_period text) to service_role;
 
@@ -475,6 +483,7 @@ begin
     ) x), '[]');
 end;
 $$;
+comment on function billing.org_ledger(p_user uuid, p_org uuid, p_before_id bigint, p_limit integer) is 'The organisation wallet''s entries, newest first, before an entry id (owners and admins only).';
 revoke execute on function billing.org_ledger(p_user uuid, p_org uuid, p_before_id bigint, p_limit integer) from public;
 grant execute on function billing.org_ledger(p_user uuid, p_org uuid, p_before_id bigint, p_limit integer) to service_role;
 
@@ -501,6 +510,7 @@ begin
     'wallet', billing.wallet_json(billing.org_wallet_id(p_org)), 'replayed', v_result.replayed);
 end;
 $$;
+comment on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid) is 'A platform admin''s grant (or adjustment) of credits to an organisation''s wallet; idempotent by key.';
 revoke execute on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid) from public;
 grant execute on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid) to service_role;
 

@@ -120,6 +120,7 @@ begin
     where m.org_id = p_org), '[]');
 end;
 $$;
+comment on function billing.list_org_members(p_user uuid, p_org uuid) is 'An organisation''s members (active and removed) with their role and allowance, for its owner or admins.';
 revoke execute on function billing.list_org_members(p_user uuid, p_org uuid) from public;
 grant execute on function billing.list_org_members(p_user uuid, p_org uuid) to service_role;
 
@@ -127,7 +128,7 @@ create or replace function billing.remove_member(p_user uuid, p_org uuid, p_memb
 returns jsonb
 language plpgsql
 security definer
-set search_path to ''
+set search_path = ''
 as $$
 declare
   v_member billing.org_members;

@@ -116,6 +116,7 @@ language sql
 security definer
 set search_path = ''
 as $$ insert into billing.health_checks (results, ok) values (p_results, p_ok) $$;
+comment on function billing.record_health_check(p_results jsonb, p_ok boolean) is 'Records a deep health check''s results.';
 revoke execute on function billing.record_health_check(p_results jsonb, p_ok boolean) from public;
 grant execute on function billing.record_health_check(p_results jsonb, p_ok boolean) to service_role;
 
@@ -145,6 +146,7 @@ begin
   end if;
 end;
 $$;
+comment on function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb) is 'Internal: opens, refreshes or resolves the one alert of a condition; queues its notification when it opens.';
 revoke execute on function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb) from public;
 
 -- The unspent liability in /health/metrics: users' accounts, and beside them the credits in
@@ -188,6 +190,7 @@ language sql stable
 security definer
 set search_path = ''
 as $$ select * from billing.alerts where status = 'open' order by opened_at $$;
+comment on function billing.open_alerts() is 'The alerts open now, oldest first.';
 revoke execute on function billing.open_alerts() from public;
 grant execute on function billing.open_alerts() to service_role;
 

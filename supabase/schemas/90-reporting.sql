@@ -108,7 +108,7 @@ create or replace function billing.ledger_parts(p_from timestamp with time zone,
 returns table(credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric)
 language plpgsql
 stable rows 1
-set search_path to ''
+set search_path = ''
 set plan_cache_mode to 'force_custom_plan'
 set jit to 'off'
 set max_parallel_workers_per_gather to '0'
@@ -147,7 +147,7 @@ create or replace function billing.event_parts(p_from timestamp with time zone, 
 returns table(money jsonb, lots jsonb, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
 language plpgsql
 stable rows 1
-set search_path to ''
+set search_path = ''
 set plan_cache_mode to 'force_custom_plan'
 set jit to 'off'
 set max_parallel_workers_per_gather to '0'

@@ -82,7 +82,7 @@ create or replace function billing.org_revenue(p_from timestamp with time zone, 
 returns jsonb
 language plpgsql
 stable
-set search_path to ''
+set search_path = ''
 set plan_cache_mode to 'force_generic_plan'
 as $$
 begin
