@@ -50,10 +50,9 @@ create index lots_purchase on billing.lots (purchase_id) where purchase_id is no
 
 create index lots_granted_brin on billing.lots using brin (granted_at);
 
--- Credit lots over time (the lots themselves and how debits draw from them are in the ledger
--- migrations): expiry into the breakage account, warnings before it, the caller's lots, the
--- daily proof that lots and allocations agree (and so deferred revenue, to the cent), and the
--- one-off migration of balances that predate lots.
+-- Credit lots over time (how debits draw from them is billing.post_transfers', 11-ledger-writer.sql):
+-- expiry into the breakage account, warnings before it, the caller's lots, and the daily proof
+-- that lots and allocations agree (and so deferred revenue, to the cent).
 create index lots_account on billing.lots (account_id, id desc);
 
 create index lots_moved_from on billing.lots (moved_from) where moved_from is not null;
@@ -247,10 +246,6 @@ comment on function billing.reconcile_lots() is 'pg_cron, daily: runs check_lots
 revoke execute on function billing.reconcile_lots() from public;
 grant execute on function billing.reconcile_lots() to service_role;
 
--- Gives every account with a positive balance and no lots the lots that reproduce it exactly:
--- its credits are attributed to its most recent grants (spending drew the older ones first),
--- each lot keeping its grant's category, purchase and cost. Run once by this migration; a
--- no-op where every account already has lots.
 -- An expiry's key: the lot and what it held when it expired, so a rerun finds the transfer; after
 -- the lot's first expiry, also how many it has had, so credits that came back into it since (a
 -- void, a rollover brought back from breakage) expire under a key of their own, never replaying

@@ -40,8 +40,7 @@ create index stripe_events_finished_late_day on billing.stripe_events (((receive
 
 -- ============================================================ functions
 
--- (its entry point, billing.process_stripe_event, is in the providers migration: it dispatches
--- purchases, provider payments, Connect accounts and payouts alike)
+-- A cheap pre-check before re-fetching from Stripe (the entry point, process_stripe_event, is below).
 create or replace function billing.stripe_event_done(p_event_id text) returns boolean
 language sql stable
 security definer

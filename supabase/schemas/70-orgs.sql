@@ -11,8 +11,8 @@
 --              same lock as a user's caps).
 -- A member's spending picks one wallet per charge, in order: organisations that pay first (by
 -- when the member joined), the member's own account, then organisations that pay after it. A
--- charge is never split across wallets: each transfer, hold and job has exactly one account,
--- as before. Every org-funded transfer and hold records the member (member_id), which is what
+-- charge is never split across wallets: each transfer, hold and job has exactly one account.
+-- Every org-funded transfer and hold records the member (member_id), which is what
 -- the organisation's usage report reads.
 --
 -- Members, roles and invitations: 71-org-members.sql.
