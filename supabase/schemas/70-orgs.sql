@@ -192,7 +192,7 @@ begin
   return billing.get_org(p_user, v_org.id);
 end;
 $$;
-comment on function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) is 'Creates an organisation with the caller as its owner.';
+comment on function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) is 'Creates an organisation, its wallet and the caller as its owner.';
 revoke execute on function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) from public;
 grant execute on function billing.create_org(p_user uuid, p_name text, p_funding text, p_org_pays_first boolean) to service_role;
 

@@ -19,7 +19,7 @@
 -- billing.metric_parts, and every metric is built from them (billing.metrics_of, organisations
 -- included), for the range and for each period of the series (periods are whole days, so each
 -- takes its own days' parts). billing.metrics_report returns both in one call. pgTAP
--- (90-reporting-rollup) checks the report against revenue_metrics and metrics_series, and those
+-- (90-reporting-rollup.test.sql) checks the report against revenue_metrics and metrics_series, and those
 -- against the raw rows.
 -- One part of a range: a stored roll-up half (bitmaps of account ids, the liability at its end)
 -- or a live piece read from the rows (account ids, the liability's change over the piece). A
