@@ -399,6 +399,42 @@ comment on function billing.begin_checkout(p_user uuid, p_package_id text, p_req
 revoke execute on function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text, p_save_card boolean, p_org uuid) from public;
 grant execute on function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text, p_save_card boolean, p_org uuid) to service_role;
 
+-- The Stripe Price a purchase's Checkout names, when its package version has one.
+create or replace function billing.get_purchase_stripe_price(p_purchase uuid) returns text
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select v.stripe_price_id from billing.purchases p
+  join billing.credit_package_versions v on v.package_id = p.package_id and v.version = p.package_version
+  where p.id = p_purchase
+$$;
+comment on function billing.get_purchase_stripe_price(p_purchase uuid) is 'The Stripe Price of the package version a purchase sold; null when that version has none (Checkout then sends price_data).';
+revoke execute on function billing.get_purchase_stripe_price(p_purchase uuid) from public;
+grant execute on function billing.get_purchase_stripe_price(p_purchase uuid) to service_role;
+
+-- A user's checkout velocity, counted in Postgres while Redis is unreachable (exact across instances).
+create or replace function billing.get_checkout_velocity(p_user uuid) returns table (sessions integer, amount_cents integer, failed integer)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select count(*) filter (where p.created_at > now() - interval '10 minutes')::int,
+         coalesce(sum(p.price_cents) filter (where p.created_at > now() - interval '24 hours'), 0)::int,
+         (select count(*) from billing.stripe_events e
+          where e.type in ('payment_intent.payment_failed', 'checkout.session.async_payment_failed')
+            and e.api_created > now() - interval '1 hour'
+            and e.object_id in (select x.stripe_payment_intent_id from billing.purchases x where x.user_id = p_user
+                                union all
+                                select x.stripe_session_id from billing.purchases x where x.user_id = p_user)
+         )::int
+  from billing.purchases p
+  where p.user_id = p_user and p.created_at > now() - interval '24 hours'
+$$;
+comment on function billing.get_checkout_velocity(p_user uuid) is 'Checkout velocity without Redis: a user''s purchases started in 10 minutes, their amount over 24 hours, and the failed-payment events of the last hour on their purchases.';
+revoke execute on function billing.get_checkout_velocity(p_user uuid) from public;
+grant execute on function billing.get_checkout_velocity(p_user uuid) to service_role;
+
 -- ============================================================ policies
 
 create policy "Users can read their own purchases" on billing.purchases

@@ -334,6 +334,42 @@ $$;
 comment on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) is 'Internal: plans at the end of [from, to) (subscribers, MRR) and over it (new, churned, plan credits granted, used, expired and rolled over): a part of revenue_metrics.';
 revoke execute on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) from public;
 
+-- The plans on sale.
+create or replace function billing.list_plans() returns setof billing.plans
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select * from billing.plans p where p.active order by p.sort_order, p.id
+$$;
+comment on function billing.list_plans() is 'The plans on sale (one version of each family), in display order.';
+revoke execute on function billing.list_plans() from public;
+grant execute on function billing.list_plans() to service_role;
+
+-- The version of a plan family on sale now.
+create or replace function billing.get_plan_on_sale(p_family text) returns setof billing.plans
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select * from billing.plans p where p.family = p_family and p.active
+$$;
+comment on function billing.get_plan_on_sale(p_family text) is 'The version of a plan family on sale now; no row when none is.';
+revoke execute on function billing.get_plan_on_sale(p_family text) from public;
+grant execute on function billing.get_plan_on_sale(p_family text) to service_role;
+
+-- A plan version by its row id, on sale or not.
+create or replace function billing.get_plan(p_plan text) returns setof billing.plans
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select * from billing.plans p where p.id = p_plan
+$$;
+comment on function billing.get_plan(p_plan text) is 'A plan version by its row id, on sale or not (what a subscription was sold at).';
+revoke execute on function billing.get_plan(p_plan text) from public;
+grant execute on function billing.get_plan(p_plan text) to service_role;
+
 -- ============================================================ policies
 
 create policy "Users can read their own subscriptions" on billing.subscriptions

@@ -503,3 +503,18 @@ $$;
 comment on function billing.sync_plan_charge(p_state jsonb) is 'Converges a plan invoice''s charge on Stripe: refunds take back floor(credits × refunded / paid), a dispute freezes what is left of the grant and a lost one takes the rest back, wherever the credits rolled.';
 revoke execute on function billing.sync_plan_charge(p_state jsonb) from public;
 grant execute on function billing.sync_plan_charge(p_state jsonb) to service_role;
+
+-- The largest plan the current period was already paid for: a change back to it charges nothing.
+create or replace function billing.get_period_plan_credits(p_subscription uuid) returns table (credits numeric)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select p.credits from billing.plan_grants g
+  join billing.subscriptions s on s.id = g.subscription_id join billing.plans p on p.id = g.plan_id
+  where s.id = p_subscription and g.period_end = s.current_period_end and g.credits > 0
+  order by p.credits desc limit 1
+$$;
+comment on function billing.get_period_plan_credits(p_subscription uuid) is 'The largest plan a paid invoice granted a subscription''s current period (its credits); no row when none did.';
+revoke execute on function billing.get_period_plan_credits(p_subscription uuid) from public;
+grant execute on function billing.get_period_plan_credits(p_subscription uuid) to service_role;

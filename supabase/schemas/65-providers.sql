@@ -407,3 +407,29 @@ as $$ select * from billing.provider_payments x where x.provider_id = p_provider
 comment on function billing.provider_payment_by_id(p_provider uuid, p_payment uuid) is 'One of a provider''s payments by id; no row when it is another provider''s.';
 revoke execute on function billing.provider_payment_by_id(p_provider uuid, p_payment uuid) from public;
 grant execute on function billing.provider_payment_by_id(p_provider uuid, p_payment uuid) to service_role;
+
+-- A provider as it is now, read again after its Connect account changed it.
+create or replace function billing.get_provider(p_provider uuid) returns setof billing.providers
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select * from billing.providers x where x.id = p_provider
+$$;
+comment on function billing.get_provider(p_provider uuid) is 'A provider by id, as it is now (no row when there is none); the route has checked who may see it.';
+revoke execute on function billing.get_provider(p_provider uuid) from public;
+grant execute on function billing.get_provider(p_provider uuid) to service_role;
+
+-- A provider's balance per currency it was paid in.
+create or replace function billing.get_provider_balances(p_provider uuid) returns table (currency text, amount_cents bigint)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select c.currency, billing.provider_balance_cents(p_provider, c.currency)
+  from (select distinct x.currency from billing.provider_payments x where x.provider_id = p_provider) c
+  order by c.currency
+$$;
+comment on function billing.get_provider_balances(p_provider uuid) is 'GET /providers/:id: what Stripe should hold for the provider, per currency it was paid in, per the money ledger.';
+revoke execute on function billing.get_provider_balances(p_provider uuid) from public;
+grant execute on function billing.get_provider_balances(p_provider uuid) to service_role;

@@ -374,3 +374,16 @@ $$;
 comment on function billing.reconciliation_of(p_day date) is 'A day''s provider reconciliation: when it ran, what Stripe reported, and each mismatch; null when the day was not reconciled.';
 revoke execute on function billing.reconciliation_of(p_day date) from public;
 grant execute on function billing.reconciliation_of(p_day date) to service_role;
+
+-- The connected accounts a run compares balances of, a page at a time.
+create or replace function billing.list_connected_accounts(p_after text, p_limit integer) returns table (account text)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select x.stripe_account_id from billing.providers x
+  where x.stripe_account_id > p_after order by x.stripe_account_id limit p_limit
+$$;
+comment on function billing.list_connected_accounts(p_after text, p_limit integer) is 'Reconciliation: a page of providers'' Stripe connected accounts, in id order, after a cursor.';
+revoke execute on function billing.list_connected_accounts(p_after text, p_limit integer) from public;
+grant execute on function billing.list_connected_accounts(p_after text, p_limit integer) to service_role;

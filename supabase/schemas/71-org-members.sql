@@ -405,6 +405,20 @@ comment on function billing.transfer_org_owner(p_user uuid, p_org uuid, p_new_ow
 revoke execute on function billing.transfer_org_owner(p_user uuid, p_org uuid, p_new_owner uuid) from public;
 grant execute on function billing.transfer_org_owner(p_user uuid, p_org uuid, p_new_owner uuid) to service_role;
 
+-- A pending invitation's email: sent to the invitation's own address only.
+create or replace function billing.get_invitation_email(p_invitation uuid) returns table (email text, role text, token_hash text, expires_at timestamptz, org_name text, inviter_email text)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select i.email, i.role, i.token_hash, i.expires_at, o.name, u.email::text
+  from billing.org_invitations i join billing.orgs o on o.id = i.org_id left join auth.users u on u.id = i.invited_by
+  where i.id = p_invitation and i.status = 'pending' and i.expires_at > now()
+$$;
+comment on function billing.get_invitation_email(p_invitation uuid) is 'What an invitation''s email needs (its address, role, token hash, expiry, the organisation and the inviter); no row unless it is pending.';
+revoke execute on function billing.get_invitation_email(p_invitation uuid) from public;
+grant execute on function billing.get_invitation_email(p_invitation uuid) to service_role;
+
 -- ============================================================ policies
 
 create policy "Admins read their organisation's invitations" on billing.org_invitations

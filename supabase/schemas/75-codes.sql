@@ -531,6 +531,31 @@ $$;
 comment on function billing.codes_report(p_from timestamptz, p_to timestamptz) is 'Internal: promo credits granted and used, gift sales, sponsor funding in [from, to) (a part of revenue_metrics).';
 revoke execute on function billing.codes_report(p_from timestamptz, p_to timestamptz) from public;
 
+-- What a gift's email needs: its code (made from the hash) goes to its buyer only.
+create or replace function billing.get_gift_email(p_code uuid) returns table (code_hash text, credits numeric, email text)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select c.code_hash, c.credits, u.email::text from billing.codes c join auth.users u on u.id = c.created_by
+  where c.id = p_code and c.kind = 'gift' and c.status <> 'pending'
+$$;
+comment on function billing.get_gift_email(p_code uuid) is 'A paid gift''s code hash and credits, and its buyer''s address (the only recipient of its email); no row for anything else.';
+revoke execute on function billing.get_gift_email(p_code uuid) from public;
+grant execute on function billing.get_gift_email(p_code uuid) to service_role;
+
+-- A gift purchase's code, as its buyer reads it.
+create or replace function billing.get_purchase_gift(p_purchase uuid) returns table (id uuid, code_hash text, status text, credits numeric)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select c.id, c.code_hash, c.status, c.credits from billing.codes c where c.purchase_id = p_purchase
+$$;
+comment on function billing.get_purchase_gift(p_purchase uuid) is 'The gift code a purchase made (its id, code hash, status and credits); no row for a purchase that is not a gift.';
+revoke execute on function billing.get_purchase_gift(p_purchase uuid) from public;
+grant execute on function billing.get_purchase_gift(p_purchase uuid) to service_role;
+
 -- ============================================================ policies
 
 create policy "Users can read their own redemptions" on billing.code_redemptions

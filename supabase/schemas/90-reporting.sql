@@ -545,3 +545,17 @@ $$;
 comment on function billing.run_daily_revenue() is 'pg_cron: refreshes the last two days of daily_revenue and queues the daily report to admins.';
 revoke execute on function billing.run_daily_revenue() from public;
 grant execute on function billing.run_daily_revenue() to service_role;
+
+-- A day's report: stored by the nightly run, else live.
+create or replace function billing.get_daily_report(p_day date) returns table (metrics jsonb, computed_at timestamptz)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(d.metrics, billing.revenue_metrics(p_day::timestamp at time zone 'UTC', (p_day + 1)::timestamp at time zone 'UTC')),
+    d.computed_at
+  from (select 1) one left join billing.daily_revenue d on d.day = p_day
+$$;
+comment on function billing.get_daily_report(p_day date) is 'GET /admin/reports/daily: a UTC day''s stored metrics and when they were computed, or (not stored yet) computed live with a null time.';
+revoke execute on function billing.get_daily_report(p_day date) from public;
+grant execute on function billing.get_daily_report(p_day date) to service_role;
