@@ -301,6 +301,7 @@ declare
   v_amount integer := (p_invoice ->> 'amount_paid')::integer - v_tax;
   v_account bigint := billing.ensure_user_account(p_sub.user_id);
   v_give record;
+  v_credits numeric(38, 18);
   v_rolled numeric(38, 18) := 0;
   v_transfer bigint;
   v_lot bigint;
@@ -336,14 +337,15 @@ begin
   if v_give.stale then
     return 'plan_invoice_stale';
   end if;
+  v_credits := v_give.credits;
   if v_give.roll_from is not null then
     v_rolled := billing.roll_over_plan_credits(p_sub, v_account, v_plan, v_give.roll_from, v_end,
       'plan-rollover:' || v_grant.invoice_id);
   end if;
-  if v_give.credits > 0 then
+  if v_credits > 0 then
     -- Paid credits whose cost is what this invoice charged: deferred revenue until spent or expired.
     -- Spent before package credits (priority 5 < 20): they expire at the period's end.
-    v_transfer := (billing.post_user_transfer(null, 1, 'credit', v_give.credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
+    v_transfer := (billing.post_user_transfer(null, 1, 'credit', v_credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
       p_sub.id::text, p_invoice ->> 'id', jsonb_build_object('plan_id', v_plan.id, 'subscription_id', p_sub.id), null, null,
       jsonb_build_object('category', 'paid', 'cost_cents', v_amount, 'currency', v_plan.currency, 'priority', 5,
         'expires_at', v_end), v_account)).transfer_id;
@@ -351,7 +353,7 @@ begin
     select l.id, p_sub.id, v_end from billing.lots l where l.grant_transfer_id = v_transfer and l.moved_from is null
     returning lot_id into v_lot;
   end if;
-  update billing.plan_grants g set credits = v_give.credits, lot_id = v_lot, rolled_over = v_rolled
+  update billing.plan_grants g set credits = v_credits, lot_id = v_lot, rolled_over = v_rolled
   where g.invoice_id = v_grant.invoice_id;
   return 'plan_credits_granted';
 end;

@@ -108,7 +108,8 @@ export class RunWorker {
       }
       case 'accounts': {
         const accounts = await call((sql) =>
-          sql<{ account: string }[]>`select account from billing.list_connected_accounts(${run.cursor ?? ''}, ${accountsPerPage})`
+          sql<{ account: string }[]>`
+            select account from billing.list_connected_accounts(${run.cursor ?? ''}, ${accountsPerPage})`
         );
         if (accounts.length === 0) {
           const [done] = await call((sql) =>

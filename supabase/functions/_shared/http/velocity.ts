@@ -103,7 +103,8 @@ export async function checkVelocity(userId: string, ip: string, priceCents: numb
 async function checkVelocityWithoutRedis(userId: string, ip: string | null, priceCents: number): Promise<void> {
   count('velocity_fallback');
   const [user] = await call((sql) =>
-    sql<{ sessions: number; amount_cents: number; failed: number }[]>`select * from billing.get_checkout_velocity(${userId})`
+    sql<{ sessions: number; amount_cents: number; failed: number }[]>`
+      select * from billing.get_checkout_velocity(${userId})`
   );
   const ipSessionsOk = ip === null || localWindow(`velocity:ip-sessions:${ip}`, ipSessionsLimit, 600_000);
   const ipAmountOk = ip === null || localWindow(`velocity:ip-amount:${ip}`, ipAmountLimit, 86_400_000, priceCents);
