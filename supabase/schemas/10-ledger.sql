@@ -1,8 +1,8 @@
 -- The credit ledger: double-entry, append-only, exact decimals.
 --
--- Money moves only through the SECURITY DEFINER functions below (EXECUTE for service_role
--- only). A transfer moves an amount from one account to another: it is the double entry (−amount
--- on from, +amount on to), so money is conserved by construction. Tracked accounts (users,
+-- Money moves only through SECURITY DEFINER functions (EXECUTE for service_role only). A
+-- transfer moves an amount from one account to another: it is the double entry (−amount on from,
+-- +amount on to), so money is conserved by construction. Tracked accounts (users,
 -- organisation wallets, allowances) carry a locked balance, a held amount and a version, and get
 -- one entry per transfer that touches them, with balance_after and that version: their statement.
 --

@@ -163,7 +163,7 @@ begin
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied', 'charged', '0', 'transfer_id', null);
     elsif e.member then
       -- A member of funding organisations: the spending order picks the wallet (the same path as
-      -- /credits/usage, under the locks taken above).
+      -- /credits/usage, under the locks billing.lock_usage_batch took).
       v_outcomes[e.ord] := billing.charge_member_event(e.user_id, e.model, e.input_tokens, e.output_tokens, e.event_id,
         e.correlation_id, e.occurred_at, e.cached_input_tokens, e.reasoning_tokens, e.images, e.audio_seconds);
     elsif e.account_id is null or v_available < e.amount then

@@ -314,7 +314,7 @@ begin
   on conflict (invoice_id) do nothing
   returning * into v_grant;
   if not found then
-    -- A stale invoice (below) not refunded yet says so again: the caller's refund did not finish
+    -- A stale invoice (billing.plan_invoice_credits) not refunded yet says so again: the caller's refund did not finish
     -- (it crashed, or Stripe did not answer), and Stripe's retry of the event is its next chance.
     if exists (select 1 from billing.plan_grants g
                where g.invoice_id = p_invoice ->> 'id' and g.credits = 0 and g.amount_cents + g.tax_cents > 0
@@ -325,7 +325,7 @@ begin
     end if;
     return 'plan_invoice_already_granted';
   end if;
-  -- The money came in, whatever it grants: a stale invoice's refund (below) nets it out.
+  -- The money came in, whatever it grants: a stale invoice's refund nets it out.
   perform billing.post_money('credit_purchase', 'plan-invoice:' || v_grant.invoice_id, v_plan.currency, null, null,
     p_invoice ->> 'id', jsonb_build_array(billing.money_entry('payers', -(v_amount + v_tax)),
       billing.money_entry('b2c_revenue', v_amount), billing.money_entry('tax_payable', v_tax)))

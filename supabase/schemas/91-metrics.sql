@@ -322,7 +322,7 @@ begin
   ),
   usage as (select k.model, k.amount as credits, k.events from by_kind k where k.kind = 'usage' and k.model is not null),
   -- The unspent liability at the end of the period (every user balance then): the running total
-  -- of the latest credit ledger roll-up ending by then (a whole day, or one read above), plus the
+  -- of the latest credit ledger roll-up ending by then (a whole day, or a stored part of the range), plus the
   -- user entries after it: the live pieces from there on, and any gap before from.
   carried as (
     select c.ledger_until as since, c.outstanding_credits from (
