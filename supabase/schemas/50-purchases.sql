@@ -1,8 +1,9 @@
--- B2C credit purchases through Stripe Checkout: purchases, and the one convergent function that brings a purchase in line with
--- Stripe's current state (paid → credits; refunded → pro-rata reversal; disputed → hold,
--- then release or reversal). Every webhook and the success-page poll call it with state
--- re-fetched from Stripe, so events in any order, any number of times, end in the same place.
--- Refunds and disputes of a paid purchase: 51-refunds-disputes.sql.
+-- B2C credit purchases through Stripe Checkout: purchases, and the one convergent function that
+-- brings a purchase in line with Stripe's current state (paid → credits; refunded → pro-rata
+-- reversal; disputed → hold, then release or reversal). Every webhook and the success-page poll
+-- call it with state re-fetched from Stripe, so events in any order, any number of times, end in
+-- the same place. Refunds and disputes of a paid purchase: 51-refunds-disputes.sql; the Stripe
+-- event log: 67-stripe-events.sql.
 
 -- ============================================================ types
 
