@@ -15,6 +15,7 @@ where k.id = 'mini';
 -- A's organisation, with B as a member; C belongs to none.
 create temp table o as select (billing.create_org('85858585-0000-4000-8000-00000000000a', 'API school', 'allowance', true) ->> 'id')::uuid as id;
 insert into billing.org_members (org_id, user_id, role) values ((select id from o), '85858585-0000-4000-8000-00000000000b', 'member');
+grant select on o to authenticated;
 
 -- ============================================================ the catalogue
 
