@@ -58,9 +58,7 @@ type PurchaseRow = {
 };
 
 app.get('/packages', requireUser, async (c) => {
-  const rows = await call((sql) =>
-    sql<CreditPackage[]>`select * from billing.list_credit_packages()`
-  );
+  const rows = await call((sql) => sql<CreditPackage[]>`select * from billing.list_credit_packages()`);
   return ok<Page<CreditPackage>>(
     c,
     whole(

@@ -35,8 +35,7 @@ export const planJson = (p: PlanRow) => ({
   rollover: { rule: p.rollover, limit: p.rollover_limit === null ? null : formatCredits(p.rollover_limit) },
 });
 
-export const listPlans = () =>
-  call((sql) => sql<PlanRow[]>`select * from billing.list_plans()`);
+export const listPlans = () => call((sql) => sql<PlanRow[]>`select * from billing.list_plans()`);
 
 /** The version of plan `family` on sale now. */
 async function planOnSale(family: string): Promise<PlanRow> {

@@ -205,8 +205,7 @@ function dailyReportText(data: Payload): string {
  */
 async function giftEmailData(codeId: unknown): Promise<Payload | null> {
   if (typeof codeId !== 'string' || !isUuid(codeId)) return null;
-  const [g] =
-    await db()`select * from billing.get_gift_email(${codeId})`;
+  const [g] = await db()`select * from billing.get_gift_email(${codeId})`;
   const code = g ? giftCode(codeId, g.code_hash) : null;
   return code ? { code, credits: formatCredits(g.credits), to: g.email } : null;
 }
