@@ -1,13 +1,8 @@
 // Helpers for code tests: promo codes made by an admin, redemptions by students, over the real API.
 import assert from 'node:assert/strict';
-import { adminToken, api, env, newUser, userToken } from './helpers.ts';
+import { adminToken, api, env, key } from './helpers.ts';
 
-export const key = () => ({ 'idempotency-key': crypto.randomUUID() });
-
-export async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
+export { key, student } from './helpers.ts';
 
 /** A promo code made through POST /admin/codes; answers the code (shown once) and its id. */
 export async function promo(spec: Record<string, unknown>): Promise<{ id: string; code: string }> {

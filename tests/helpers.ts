@@ -55,6 +55,16 @@ export async function newAdmin(): Promise<string> {
   return id;
 }
 
+/** A fresh student and their token, funded with `credits` through the admin grants route when given. */
+export async function student(credits?: string) {
+  const id = await newUser();
+  if (credits) await fund(id, credits);
+  return { id, token: await userToken(id) };
+}
+
+/** A fresh Idempotency-Key header. */
+export const key = () => ({ 'idempotency-key': crypto.randomUUID() });
+
 /** A token for a fresh admin: the claim and the database agree. */
 export async function adminToken(): Promise<string> {
   return userToken(await newAdmin(), { admin: true });

@@ -1,9 +1,9 @@
 // Helpers for organisation tests: people with email addresses, and a school whose members
 // accepted their emailed invitations, over the real API.
 import assert from 'node:assert/strict';
-import { adminToken, api, reportUsage, testDb, userToken } from './helpers.ts';
+import { adminToken, api, key, reportUsage, testDb, userToken } from './helpers.ts';
 
-export const key = () => ({ 'idempotency-key': crypto.randomUUID() });
+export { key } from './helpers.ts';
 
 /** A user with a confirmed email address, and a token carrying it (as Supabase Auth issues it). */
 export async function person(label: string) {
