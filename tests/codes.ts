@@ -1,6 +1,7 @@
 // Helpers for code tests: promo codes made by an admin, redemptions by students, over the real API.
 import assert from 'node:assert/strict';
 import { adminToken, api, env, key } from './helpers.ts';
+import { balanceOf } from './purchases.ts';
 
 export { key, student } from './helpers.ts';
 
@@ -32,3 +33,10 @@ export async function buyGift(token: string, packageId: string) {
   assert.equal(gift.status, 'active', status.text);
   return { ...co, code: gift.code, codeId: gift.code_id };
 }
+
+/** The caller's balance (GET /credits/balance), as a string. */
+export const balance = async (token: string) => (await balanceOf(token)).balance;
+
+/** POST /orgs/:id/sponsor-codes as `token` under a fresh Idempotency-Key. */
+export const issue = (token: string, org: string, body: Record<string, unknown>) =>
+  api(`/orgs/${org}/sponsor-codes`, { token, headers: key(), body });

@@ -52,6 +52,17 @@ export async function school(
   return org;
 }
 
+/** `who` is invited to `org` as `role` by its owner and accepts the emailed invitation. */
+export async function join(ownerToken: string, org: string, who: { token: string; email: string }, role = 'member') {
+  const inv = await api(`/orgs/${org}/invitations`, { token: ownerToken, body: { email: who.email, role } });
+  assert.equal(inv.status, 201, inv.text);
+  const ok = await api('/orgs/invitations/accept', {
+    token: who.token,
+    body: { token: (inv.body.data as { token: string }).token },
+  });
+  assert.equal(ok.status, 200, ok.text);
+}
+
 /** The organisation's wallet as its admin sees it. */
 export async function walletOf(token: string, org: string) {
   const r = await api(`/orgs/${org}`, { token });

@@ -60,20 +60,20 @@ export async function deliverWithRetries(e: { payload: string; signature: string
   return res;
 }
 
-/** Starts a checkout for a package and returns the purchase. */
-export async function startCheckout(token: string, packageId: string, key = crypto.randomUUID()) {
+/** Starts a checkout for a package (for the caller's organisation `orgId` when given) and returns the purchase. */
+export async function startCheckout(token: string, packageId: string, key = crypto.randomUUID(), orgId?: string) {
   const r = await api('/checkout/sessions', {
     token,
     headers: { 'idempotency-key': key },
-    body: { package_id: packageId },
+    body: { package_id: packageId, ...(orgId ? { org_id: orgId } : {}) },
   });
   if (r.status !== 201 && r.status !== 200) throw new Error(`checkout failed: ${r.status} ${r.text}`);
   return r.body.data as { purchase_id: string; session_id: string; url: string; status: string };
 }
 
-/** Buys a package end to end (checkout → customer pays → webhooks delivered). */
-export async function buy(token: string, packageId: string) {
-  const co = await startCheckout(token, packageId);
+/** Buys a package end to end (checkout → customer pays → webhooks delivered), for `orgId` when given. */
+export async function buy(token: string, packageId: string, orgId?: string) {
+  const co = await startCheckout(token, packageId, undefined, orgId);
   await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
   return co;
 }

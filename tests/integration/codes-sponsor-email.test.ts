@@ -1,18 +1,12 @@
-// Attacks on sponsor codes named by email, as a student would try them: a token that claims the
-// named address, an account whose address only looks like it once Postgres lower-cases it (the
-// Kelvin sign K, U+212A, lower-cases to an ASCII k), and an address nobody confirmed.
+// Sponsor codes named by email: redeemed only by the account whose confirmed auth.users address it
+// is, never by a token that claims the address, an account whose address only looks like it once
+// Postgres lower-cases it (the Kelvin sign K, U+212A, lower-cases to an ASCII k), or an address
+// nobody confirmed.
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, testDb, userToken } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
-import { key, person, school, walletOf } from '../orgs.ts';
-import { redeem } from '../codes.ts';
-
-const balance = async (token: string) =>
-  ((await api('/credits/balance', { token })).body.data as { balance: string }).balance;
-
-async function issue(token: string, org: string, body: Record<string, unknown>) {
-  return await api(`/orgs/${org}/sponsor-codes`, { token, headers: key(), body });
-}
+import { person, school, walletOf } from '../orgs.ts';
+import { balance, issue, redeem } from '../codes.ts';
 
 /** `email` is invited to join `org` as a member (a sponsor code may name an invitee). */
 async function invite(token: string, org: string, email: string) {
@@ -110,4 +104,19 @@ Deno.test('sponsor addresses and notes Postgres refuses, or that are not ASCII, 
     assert.equal(r.status, 400, `${JSON.stringify(body)}: ${r.text}`);
   }
   assert.equal((await walletOf(owner.token, org)).balance, '100');
+});
+
+Deno.test('a sponsor code named by email is redeemed by that address only; anyone else finds no such code', async () => {
+  const owner = await person('owner');
+  const student = await person('student');
+  const other = await person('other');
+  const org = await school(owner, [student], 'allowance', '100');
+  const r = await issue(owner.token, org, { credits: '10', email: student.email.toUpperCase() });
+  const { code } = dataOf(r) as { code: string };
+  const stolen = await redeem(other.token, code);
+  assert.equal(stolen.status, 404, stolen.text);
+  assert.equal(codeOf(stolen), 'CODE_NOT_FOUND');
+  const byOwner = await redeem(owner.token, code);
+  assert.equal(codeOf(byOwner), 'CODE_NOT_FOUND', 'not even its issuer');
+  assert.equal((await redeem(student.token, code)).status, 200);
 });
