@@ -1,6 +1,7 @@
 // Batched usage ingestion: one set-based call, per-event outcomes, idempotent by event_id.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, env, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, env, fund, newUser, student, testDb, userToken } from '../helpers.ts';
+import { charged } from '../money.ts';
 
 const service = { authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}` };
 const now = () => new Date().toISOString();
@@ -148,4 +149,17 @@ Deno.test('two users reusing one event_id within one batch are two events, each 
   );
   assert.deepEqual(o.map((x) => [x.status, x.charged]), [['applied', '1'], ['applied', '2'], ['duplicate', '1']]);
   assert.equal(o[2].transfer_id, o[0].transfer_id);
+});
+
+Deno.test("a student's token cannot ingest a usage batch (events naming anyone, at any count)", async () => {
+  const s = await student('1000');
+  const r = await api('/credits/usage/batch', {
+    token: s.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: {
+      events: [{ event_id: crypto.randomUUID(), user_id: s.id, model: 'gpt-4o', input_tokens: -5, output_tokens: 0 }],
+    },
+  });
+  assert.ok(r.status === 401 || r.status === 403, `${r.status} ${r.text}`);
+  assert.deepEqual(await charged(s.id), { n: 0, total: '0' });
 });
