@@ -1,5 +1,6 @@
 // Shared by the Deno tests: the local stack's addresses, a test database handle, and a
 // signer that makes Supabase-shaped user tokens with the local auth key.
+import assert from 'node:assert/strict';
 import { importJWK, type JWTPayload, SignJWT } from 'jose';
 import postgres from 'postgres';
 
@@ -56,7 +57,7 @@ export async function newAdmin(): Promise<string> {
 }
 
 /** A fresh student and their token, funded with `credits` through the admin grants route when given. */
-export async function student(credits?: string) {
+export async function student(credits?: string | null) {
   const id = await newUser();
   if (credits) await fund(id, credits);
   return { id, token: await userToken(id) };
@@ -196,6 +197,22 @@ export async function assertLedgerInvariants(): Promise<void> {
   if (moved.length) problems.push(`moved lots lost their provenance (${moved.slice(0, 5).join(', ')})`);
   if (problems.length) throw new Error(`ledger invariants broken: ${problems.join('; ')} (${JSON.stringify(r)})`);
 }
+
+/**
+ * Platform accounts keep no entries (their balances are derived from the transfers): Σ
+ * platform_balances + Σ tracked balances is 0, and the ledger's invariants hold.
+ */
+export async function assertPlatformBalances(): Promise<void> {
+  const [r] = await testDb`select trim_scale((select coalesce(sum(balance), 0) from billing.platform_balances)
+    + (select coalesce(sum(balance), 0) from billing.accounts where code is null))::text as total`;
+  assert.equal(r.total, '0', 'platform_balances + tracked balances');
+  await assertLedgerInvariants();
+}
+
+/** The lowercase hex SHA-256 of `text` (as a `sha256:` Idempotency-Key carries it). */
+export const sha256hex = async (text: string) =>
+  Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text))))
+    .map((b) => b.toString(16).padStart(2, '0')).join('');
 
 /** Time passes for one lot: it is due (the ledger is immutable, lots and accounts are not). */
 export async function backdateLot(lot: string): Promise<void> {

@@ -69,3 +69,8 @@ export async function walletOf(token: string, org: string) {
   assert.equal(r.status, 200, r.text);
   return (r.body.data as { wallet: { balance: string; held: string; available: string } }).wallet;
 }
+
+/** The balance and held of an organisation's account: its wallet (`member` null) or a member's allowance. */
+export const accountOf = async (org: string, member: string | null) =>
+  (await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held
+    from billing.accounts a where a.org_id = ${org} and a.member_id is not distinct from ${member}`)[0];

@@ -1,6 +1,7 @@
 // Helpers for purchase tests: drive Checkout through the real API and the Stripe emulator's
 // test controls, and deliver signed events to the webhook exactly as Stripe would.
 import type { Balance } from '../supabase/functions/_shared/contract/index.ts';
+import assert from 'node:assert/strict';
 import { api, env, functionsUrl } from './helpers.ts';
 
 export const emulatorUrl = env('STRIPE_API_BASE');
@@ -89,4 +90,13 @@ export async function chargeOf(sessionId: string): Promise<string> {
   const session = await stripeApi(`/v1/checkout/sessions/${sessionId}`);
   const pi = await stripeApi(`/v1/payment_intents/${session.payment_intent}`);
   return String(pi.latest_charge);
+}
+
+/** A purchase paid through Checkout: for the caller, or for their organisation. */
+export async function pays(token: string, body: Record<string, unknown>) {
+  const co = await api('/checkout/sessions', { token, headers: { 'idempotency-key': crypto.randomUUID() }, body });
+  assert.equal(co.status, 201, co.text);
+  const { session_id } = co.body.data as { session_id: string };
+  await emulator(`/_emulator/checkout/sessions/${session_id}/pay`, { outcome: 'succeeded' });
+  return session_id;
 }

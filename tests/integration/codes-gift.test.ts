@@ -167,9 +167,9 @@ Deno.test('one gift redeemed by two accounts at once goes to exactly one', async
   await assertLedgerInvariants();
 });
 
-// Found by this test: take_back_purchase listed the purchase's lots before it waited for their
-// accounts, so a redemption committing meanwhile moved the credits out of its sight: the refund
-// was taken from the buyer as debt and the redeemer kept the gift.
+// take_back_purchase waits for the lots' accounts before it lists the purchase's lots, so a
+// redemption committing meanwhile cannot move the credits out of its sight (the refund would
+// be taken from the buyer as debt while the redeemer kept the gift).
 Deno.test("a full refund or a lost dispute racing a redemption of the gift leaves nobody the gift's credits", async () => {
   for (let i = 0; i < 4; i++) {
     const buyer = await student();

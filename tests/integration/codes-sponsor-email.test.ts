@@ -37,10 +37,9 @@ Deno.test("a token claiming the named address does not redeem someone else's spo
   assert.equal((await walletOf(owner.token, org)).balance, '60');
 });
 
-// Found by this test: redeem_code compared lower(auth.users.email) with the named address, and
-// Postgres lower-cases U+212A KELVIN SIGN to an ASCII 'k' (and U+0130 to 'i'): an account whose
-// address is '\u212Aim-…@school.test' redeemed the code named for 'kim-…@school.test'. Addresses
-// are now compared with ASCII-only case folding (billing.ascii_lower).
+// Postgres lower-cases U+212A KELVIN SIGN to an ASCII 'k' (and U+0130 to 'i'), so lower() would
+// let '\u212Aim-…@school.test' redeem the code named for 'kim-…@school.test': redeem_code compares
+// addresses with ASCII-only case folding (billing.ascii_lower).
 Deno.test('a look-alike address (Kelvin sign K) does not redeem a sponsor code named for another student', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', '100');
@@ -55,11 +54,10 @@ Deno.test('a look-alike address (Kelvin sign K) does not redeem a sponsor code n
   await assertLedgerInvariants();
 });
 
-// Found by this test: issue_sponsor_code looked the address up with a scalar subquery
-// (`select u.id from auth.users u where lower(u.email) = v_email`), which raised when two
-// accounts lower-cased alike: a student who registered the look-alike of a classmate's address
-// stopped every organisation from sponsoring that classmate by email (500). It now asks
-// whether any account the address names is an owner or admin.
+// Two accounts may lower-case alike: issue_sponsor_code asks whether any account the address
+// names is an owner or admin (a lookup expecting one row would raise, and a student who
+// registered the look-alike of a classmate's address would stop every organisation from
+// sponsoring that classmate by email).
 Deno.test('a look-alike account does not make issuing a sponsor code by email a 5xx', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', '100');
@@ -72,10 +70,9 @@ Deno.test('a look-alike account does not make issuing a sponsor code by email a 
   assert.equal(r.status, 201, r.text);
 });
 
-// Found by this test: redeem_code matched auth.users.email whether or not the address was
-// confirmed. Where a project lets people in before they confirm (confirmations off, or an
-// identity provider that does not verify), anyone could register the named address and take it.
-// The address now counts only once email_confirmed_at is set (the code is not found until then).
+// An address counts only once email_confirmed_at is set (the code is not found until then): where
+// a project lets people in before they confirm (confirmations off, or an identity provider that
+// does not verify), anyone could otherwise register the named address and take the code.
 Deno.test('an account whose address is not confirmed does not redeem a sponsor code named for that address', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', '100');

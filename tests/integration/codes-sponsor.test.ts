@@ -303,11 +303,10 @@ Deno.test('a revoke racing the redemption: the credits end in exactly one place'
   await assertLedgerInvariants();
 });
 
-// Found by this test: return_sponsor_escrow moves back only what no dispute holds and marks the
-// code revoked (or void); when the dispute was then won, the hold was released inside the escrow
-// of a code nobody can redeem or revoke again (and the sweep looked at active codes only): the
-// credits stayed there for ever, counted in the liability, out of the organisation's wallet. The
-// sweep now also returns what is free in the escrows of closed codes.
+// return_sponsor_escrow moves back only what no dispute holds and marks the code revoked (or
+// void); a dispute won later releases its hold inside the escrow of a code nobody can redeem or
+// revoke again, so the sweep also returns what is free in the escrows of closed codes (else the
+// credits would stay there for ever, counted in the liability, out of the organisation's wallet).
 Deno.test('a sponsor code revoked while a dispute holds its escrow gives the credits back once the dispute is won', async () => {
   const p = await parked();
   const charge = await chargeOf(p.session);

@@ -4,6 +4,7 @@
 // debt, holds, parallel spending, refunds, disputes, voids, replays and the reports.
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../helpers.ts';
+import { dataOf, spendWith, sweep, voidCharge } from '../money.ts';
 import { balanceOf, buy, chargeOf, deliver, deliverWithRetries, emulator, stripeApi } from '../purchases.ts';
 import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../plans.ts';
 
@@ -355,4 +356,37 @@ Deno.test("a refunded period's expired credits do not come back at its renewal",
   const b = await balanceOf(s.token);
   await assertLedgerInvariants();
   assert.equal(b.balance, '4000', `period 2 less the debt, nothing rolled: ${JSON.stringify(await planLots(s.id))}`);
+});
+
+Deno.test('a period swept, a charge of it voided, then the renewal: only the cap comes back from breakage, and later voids expire', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly'); // 10,000 a period; up to 2,000 roll over
+  const charges: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await spendWith(s.token, crypto.randomUUID(), 2000);
+    assert.equal(r.status, 201, r.text);
+    charges.push(dataOf(r).transfer_id as string);
+  }
+  const late = await renew(plan.stripe_subscription, 'paid', false); // period 2 charged, webhooks late
+  await periodEnds(s.id);
+  await sweep(); // 4,000 expire
+  const v1 = await voidCharge(charges[0]); // 2,000 back into the expired lot: breakage at once
+  assert.equal(v1.status, 200, v1.text);
+  assert.equal((await balanceOf(s.token)).balance, '0');
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  await assertLedgerInvariants();
+  assert.equal((await balanceOf(s.token)).balance, '12000', 'period 2 and the 2,000 the rule rolls, no more');
+  assert.equal(await breakage(s.id), '4000');
+  for (const c of charges.slice(1)) {
+    const v = await voidCharge(c);
+    assert.equal(v.status, 200, v.text);
+    await sweep();
+  }
+  await assertLedgerInvariants();
+  assert.equal(
+    (await balanceOf(s.token)).balance,
+    '12000',
+    'charges of the ended period voided late give nothing spendable',
+  );
+  assert.equal(await breakage(s.id), '8000');
 });

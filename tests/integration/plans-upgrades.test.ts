@@ -28,8 +28,8 @@ Deno.test('an upgrade while the renewal is unpaid (past_due) is refused (409 PLA
   const me = (await api('/checkout/subscription', { token: s.token })).body.data as Record<string, unknown>;
   assert.equal(me.status, 'past_due');
   // Were the upgrade allowed, Stripe would invoice only the difference (pro − basic) for period 2,
-  // and before the fix its invoice granted pro's whole 35,000 (the renewal that "already got"
-  // basic's 10,000 was never paid). Now it is refused; the SQL grants at most the difference anyway.
+  // whose grant must not be pro's whole 35,000 (the renewal that "already got" basic's 10,000 was
+  // never paid). It is refused; the SQL grants at most the difference anyway.
   const up = await change(s.token, 'pro_monthly');
   assert.equal(up.status, 409, up.text);
   assert.equal(codeOf(up), 'PLAN_PAST_DUE');
@@ -55,7 +55,7 @@ Deno.test('downgrading then upgrading back in one period charges nothing more an
   const grants = await grantsOf(plan.subscription_id);
   assert.equal(grants.reduce((t, g) => t + Number(g.credits), 0), 35000, JSON.stringify(grants));
   await assertLedgerInvariants();
-  // Period 1 was paid for at pro's price already; before the fix a further ~$20.00 was charged for nothing.
+  // Period 1 was paid for at pro's price already: a further ~$20.00 would be charged for nothing.
   assert.equal(
     paid,
     2999,

@@ -5,21 +5,12 @@
 // (docs/pricing.md).
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, env, fund, reportUsage, student, testDb } from '../helpers.ts';
-import { charged } from '../money.ts';
+import { charged, fullCard } from '../money.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;
 const error = (r: { body: Json }) => r.body.error as Json;
 const service = { authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}` };
-
-/** A model with every kind priced ($2 / $0.5 / $8 / $12 a million, $0.04 an image, $0.006 an audio second, ×2). */
-async function fullCard(): Promise<string> {
-  const model = `kinds-${crypto.randomUUID().slice(0, 8)}`;
-  await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
-    effective_from, usd_per_million_cached_input, usd_per_million_reasoning, usd_per_image, usd_per_audio_second)
-    values (${model}, 1, 2, 8, 2, now() - interval '1 minute', 0.5, 12, 0.04, 0.006)`;
-  return model;
-}
 
 const usage = (token: string, body: Json, k: string = crypto.randomUUID()) =>
   reportUsage('/credits/usage', { token, headers: { 'idempotency-key': k }, body });
@@ -27,15 +18,7 @@ const usage = (token: string, body: Json, k: string = crypto.randomUUID()) =>
 Deno.test('POST /credits/usage prices every kind and records them on the transfer', async () => {
   const model = await fullCard();
   const s = await student('1000');
-  const r = await usage(s.token, {
-    model,
-    input_tokens: 1000,
-    output_tokens: 500,
-    cached_input_tokens: 4000,
-    reasoning_tokens: 250,
-    images: 3,
-    audio_seconds: 10,
-  });
+  const r = await usage(s.token, { model, ...everyKind });
   assert.equal(r.status, 201);
   assert.equal(data(r).charged, '382');
   const [t] = await testDb`select metadata - array['request_hash', 'request_id'] as metadata,

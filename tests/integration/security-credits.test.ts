@@ -1,5 +1,6 @@
-// Attacks on credit lots, caps and school wallets, tried as a student would (their own tokens,
-// a second account of theirs, an organisation they create), each kept as a regression test.
+// Credit lots, caps and school wallets hold against a student with their own tokens, a second
+// account of theirs and an organisation they create: caps an admin set stay, disputes and refunds
+// reach credits moved into allowances, moved lots keep their provenance, expired credits stay spent.
 import assert from 'node:assert/strict';
 import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
 import { adminToken, api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';

@@ -1,11 +1,21 @@
 // Spend caps: exact under concurrency, holds count until released, per model, in batches and
-// jobs, set by the student or an admin, and refused with the cap, the spending and the reset.
+// jobs, set by the student or an admin, and refused with the cap, the spending and the reset; a
+// refusal commits nothing.
 import assert from 'node:assert/strict';
 import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
-import { adminToken, api, assertLedgerInvariants, env, fund, newUser, reportUsage, userToken } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  env,
+  fund,
+  key,
+  newUser,
+  reportUsage,
+  userToken,
+} from '../helpers.ts';
+import { codeOf, dataOf, type Json, ledgerOf, spendWith, transfersUnder } from '../money.ts';
 import { balanceOf } from '../purchases.ts';
-
-const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
 async function student(credits = '1000') {
   const id = await newUser();
@@ -165,4 +175,25 @@ Deno.test("periods follow the cap's time zone; a bad period or time zone is 400 
     assert.equal(r.status, 400, r.text);
   }
   assert.equal(((await api('/credits/caps', { token: s.token })).body.data as { items: SpendCap[] }).items.length, 1);
+});
+
+Deno.test('a cap refusal after the transfer is written commits nothing: the cap room and the ledger are unchanged', async () => {
+  const s = await student('100');
+  const set = await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', amount: '10' } });
+  assert.equal(set.status, 200, set.text);
+  assert.equal((await spendWith(s.token, crypto.randomUUID(), 8)).status, 201);
+  const before = await ledgerOf(s.id);
+  const k = crypto.randomUUID();
+  const over = await Promise.all(Array.from({ length: 10 }, () => spendWith(s.token, k, 5)));
+  for (const r of over) assert.equal(codeOf(r), 'SPEND_CAP_REACHED', r.text);
+  assert.equal(new Set(over.map((r) => r.text)).size, 1);
+  assert.equal(await transfersUnder(s.id, 'credits.usage', k), 0);
+  assert.deepEqual(await ledgerOf(s.id), before);
+  const [cap] = (dataOf(await api('/credits/caps', { token: s.token })) as { items: Json[] }).items;
+  assert.deepEqual([cap.spent, cap.remaining], ['8', '2']);
+  // What is left fits, in parallel: exactly two 1-credit charges of ten.
+  const rs = await Promise.all(Array.from({ length: 10 }, () => spendWith(s.token, crypto.randomUUID(), 1)));
+  assert.equal(rs.filter((r) => r.status === 201).length, 2, rs.map((r) => r.status).join());
+  assert.deepEqual((await ledgerOf(s.id)).balance, '90');
+  await assertLedgerInvariants();
 });
