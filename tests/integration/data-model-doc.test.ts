@@ -10,7 +10,7 @@ const doc = await Deno.readTextFile(new URL('../../docs/data-model.md', import.m
 /** The cells of each row of the table on the page whose header begins `| <first> |`. */
 function rowsOf(first: string): string[][] {
   const lines = doc.split('\n');
-  const header = lines.findIndex((l) => l.startsWith(`| ${first} |`));
+  const header = lines.findIndex((l, i) => l.startsWith(`| ${first} |`) && lines[i + 1]?.startsWith('| ---'));
   assert.ok(header >= 0, `docs/data-model.md has a table headed "${first}"`);
   const rows: string[][] = [];
   for (const line of lines.slice(header + 2)) {
