@@ -3,8 +3,6 @@ import assert from 'node:assert/strict';
 import { adminToken, api, env, key } from './helpers.ts';
 import { balanceOf } from './purchases.ts';
 
-export { key, student } from './helpers.ts';
-
 /** A promo code made through POST /admin/codes; answers the code (shown once) and its id. */
 export async function promo(spec: Record<string, unknown>): Promise<{ id: string; code: string }> {
   const r = await api('/admin/codes', { token: await adminToken(), headers: key(), body: spec });

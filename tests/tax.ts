@@ -3,8 +3,6 @@
 // webhooks still reach the stack's own gateway.
 import assert from 'node:assert/strict';
 
-export { student } from './helpers.ts';
-
 export const taxOn = { STRIPE_AUTOMATIC_TAX: 'true' };
 
 /** POSTs to a route of the gateway at `base` under a fresh Idempotency-Key; answers `data` (2xx only). */
