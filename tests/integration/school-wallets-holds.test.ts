@@ -4,21 +4,16 @@
 // wallet; a removed member's queued jobs are cancelled. Students' tokens act; the operator's
 // secrets only set up (grants, paying through the Stripe emulator, the minute schedule).
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, reportUsage, testDb, tick } from '../helpers.ts';
+import { api, assertLedgerInvariants, key, testDb, tick } from '../helpers.ts';
+import { dataOf, spendWith } from '../money.ts';
 import { accountOf, person, school, walletOf } from '../orgs.ts';
 import { chargeOf, emulator, pays } from '../purchases.ts';
 
 type Json = Record<string, unknown>;
 type Person = Awaited<ReturnType<typeof person>>;
-const dataOf = (r: { body: Json }) => r.body.data as Json;
 
 /** gpt-4o input: 50 tokens = 1 credit. */
-const spend = (token: string, credits: number) =>
-  reportUsage('/credits/usage', {
-    token,
-    headers: key(),
-    body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },
-  });
+const spend = (token: string, credits: number) => spendWith(token, crypto.randomUUID(), credits);
 const hold = (token: string, amount: string) =>
   api('/credits/holds', { token, headers: key(), body: { amount, ttl_seconds: 600 } });
 const holdAction = (token: string, id: unknown, action: 'capture' | 'release', body: Json = {}) =>
