@@ -1,5 +1,6 @@
 // Credit lots: spending order, allocations in the ledger, expiry into breakage with warnings
-// first (credits that expire under a hold are spent by nothing, racing or not), refunds and
+// first (credits that expire under a hold are spent by nothing: a release and a new hold, a
+// capture, the fast path, racing or not), refunds and
 // disputes that take back their own purchase's lots, and debt.
 import assert from 'node:assert/strict';
 import type { Balance, LedgerPage, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
@@ -10,10 +11,12 @@ import {
   backdateLot,
   env,
   key,
+  newUser,
   reportUsage,
   spend,
   student,
   testDb,
+  userToken,
 } from '../helpers.ts';
 import { dataOf, spendWith, sweep, usageEvent } from '../money.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
@@ -307,4 +310,31 @@ Deno.test('a hold over credits that expire, captured while usage and new holds r
     assert.equal(Number(spent) + Number(b.balance), 40, `run ${run}`);
     await assertLedgerInvariants();
   }
+});
+
+Deno.test('credits of an expired lot cannot be spent by releasing and re-holding them, nor by capturing a hold', async () => {
+  const s = { id: await newUser() };
+  const token = await userToken(s.id);
+  const admin = await adminToken();
+  const at = new Date(Date.now() + 2_000).toISOString();
+  const g = await api('/credits/grants', {
+    token: admin,
+    headers: key(),
+    body: { user_id: s.id, amount: '100', reason: 'trial', lot: { category: 'promotional', expires_at: at } },
+  });
+  assert.equal(g.status, 201, g.text);
+  const held = await api('/credits/holds', { token, headers: key(), body: { amount: '100', ttl_seconds: 600 } });
+  assert.equal(held.status, 201, held.text);
+  const holdId = (held.body.data as { hold_id: string }).hold_id;
+  await new Promise((r) => setTimeout(r, 2_500));
+
+  const captured = await api(`/credits/holds/${holdId}/capture`, { token, body: {} });
+  assert.notEqual(captured.status, 200, 'an expired lot under a hold is not captured');
+  assert.equal((await balanceOf(token)).balance, '0', 'it expired, held or not');
+  const again = await api('/credits/holds', { token, headers: key(), body: { amount: '1', ttl_seconds: 600 } });
+  assert.equal(again.status, 402, 'and cannot be held again');
+  const [{ n }] = await testDb`select count(*)::int as n from billing.transfers t
+    join billing.accounts a on a.id = t.from_account_id where a.user_id = ${s.id} and t.kind = 'hold_capture'`;
+  assert.equal(n, 0);
+  await assertLedgerInvariants();
 });

@@ -6,6 +6,7 @@
 // The transfer is written first and a refusal rolls it back; platform accounts have no entries.
 import assert from 'node:assert/strict';
 import {
+  adminToken,
   api,
   assertLedgerInvariants,
   assertPlatformBalances,
@@ -328,4 +329,17 @@ Deno.test("one Idempotency-Key on every route and on both of a student's account
     where idempotency_key in (${`http:${a.id}:credits.usage:${k}`}, ${`http:${b.id}:credits.usage:${k}`})`;
   assert.equal(t.n, 2);
   await assertPlatformBalances();
+});
+
+Deno.test('one Idempotency-Key used for grants to two organisations makes two grants, not a replay', async () => {
+  const [a, b] = await Promise.all(['a', 'b'].map(person));
+  const [orgA, orgB] = [await school(a, [], 'allowance', null), await school(b, [], 'allowance', null)];
+  const admin = await adminToken();
+  const same = { 'idempotency-key': crypto.randomUUID() };
+  for (const org of [orgA, orgB]) {
+    const r = await api(`/orgs/${org}/grants`, { token: admin, headers: same, body: { amount: '7', reason: 'pilot' } });
+    assert.equal(r.status, 201, r.text);
+  }
+  assert.equal((await walletOf(a.token, orgA)).balance, '7');
+  assert.equal((await walletOf(b.token, orgB)).balance, '7');
 });

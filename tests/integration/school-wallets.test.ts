@@ -2,12 +2,24 @@
 // funds allowances; members spend them through /credits/usage before their own; the usage
 // report shows an admin everyone and a member only themselves; removal takes effect at once;
 // a capped pool stays exact under parallel spending; answers never show a pool's balance and
-// keys never cross wallets; the ledger's invariants hold throughout.
+// keys never cross wallets; a refund or dispute reaches credits moved into an allowance, moved
+// lots keep their provenance, and funding and sweeping allowances is no new revenue; the ledger's
+// invariants hold throughout.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, assertPlatformBalances, env, fund, key, newUser, testDb } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  assertPlatformBalances,
+  env,
+  fund,
+  key,
+  newUser,
+  testDb,
+} from '../helpers.ts';
 import { codeOf, dataOf, ledgerOf, spendWith, transfersUnder } from '../money.ts';
-import { person, school, usage } from '../orgs.ts';
-import { balanceOf } from '../purchases.ts';
+import { person, school, usage, walletOf } from '../orgs.ts';
+import { balanceOf, chargeOf, emulator } from '../purchases.ts';
 
 const payer = async (transferId: string) =>
   (await testDb`select a.org_id, a.member_id, a.user_id from billing.transfers t
@@ -293,4 +305,132 @@ Deno.test('an allowance member races one key over the allowance, then over what 
   assert.equal(new Set(ok.map((r) => JSON.stringify(dataOf(r)))).size, 1);
   assert.equal((await balanceOf(second.token)).balance, '5', 'her own account paid nothing');
   await assertPlatformBalances();
+});
+
+Deno.test('a dispute reaches credits moved into an allowance: frozen at once, taken back when lost', async () => {
+  // The attacker's own organisation and second account.
+  const [me, alt] = await Promise.all(['me', 'alt'].map(person));
+  const org = await school(me, [alt], 'allowance', null);
+  const co = await api('/checkout/sessions', {
+    token: me.token,
+    body: { package_id: 'mini', org_id: org },
+    headers: key(),
+  });
+  assert.equal(co.status, 201, co.text);
+  const { session_id } = co.body.data as { session_id: string };
+  await emulator(`/_emulator/checkout/sessions/${session_id}/pay`, { outcome: 'succeeded' });
+  const funded = await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5000' }, headers: key() });
+  assert.equal(funded.status, 201, funded.text);
+  assert.equal(
+    (await spendWith(alt.token, crypto.randomUUID(), 100)).status,
+    201,
+    'the member spends before any dispute',
+  );
+
+  const charge = await chargeOf(session_id);
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
+  const after = await spendWith(alt.token, crypto.randomUUID(), 100);
+  assert.equal(after.status, 402, 'nothing of the disputed purchase is spendable once the dispute opens');
+  const hold = await api('/credits/holds', {
+    token: alt.token,
+    headers: key(),
+    body: { amount: '10', ttl_seconds: 60 },
+  });
+  assert.equal(hold.status, 402, 'nor can it be held');
+  const [allowance] = await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held
+    from billing.accounts a where a.org_id = ${org} and a.member_id = ${alt.id}`;
+  assert.deepEqual(allowance, { balance: '4900', held: '4900' });
+
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
+  const [gone] = await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held
+    from billing.accounts a where a.org_id = ${org} and a.member_id = ${alt.id}`;
+  assert.deepEqual(gone, { balance: '0', held: '0' }, 'the lost dispute takes back what the allowance still had');
+  assert.equal(
+    (await walletOf(me.token, org)).balance,
+    '-100',
+    'the wallet owes only what was spent before the dispute',
+  );
+  await assertLedgerInvariants();
+});
+
+Deno.test('a refund reaches credits moved into an allowance once the wallet has none of them left', async () => {
+  const [me, alt] = await Promise.all(['me', 'alt'].map(person));
+  const org = await school(me, [alt], 'allowance', null);
+  const co = await api('/checkout/sessions', {
+    token: me.token,
+    body: { package_id: 'mini', org_id: org },
+    headers: key(),
+  });
+  const { session_id } = co.body.data as { session_id: string };
+  await emulator(`/_emulator/checkout/sessions/${session_id}/pay`, { outcome: 'succeeded' });
+  await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5000' }, headers: key() });
+  // A full refund: 5,000 credits back, all of them from the allowance they were moved to.
+  await emulator(`/_emulator/charges/${await chargeOf(session_id)}/refund`, { amount: 500 });
+  const [a] = await testDb`select trim_scale(a.balance)::text as balance from billing.accounts a
+    where a.org_id = ${org} and a.member_id = ${alt.id}`;
+  assert.equal(a.balance, '0');
+  assert.equal((await walletOf(me.token, org)).balance, '0', 'nothing is left as debt on an abandoned wallet');
+  await assertLedgerInvariants();
+});
+
+Deno.test('moving credits keeps each lot as it was: a paid lot moved into an allowance does not start to expire', async () => {
+  const [me, alt] = await Promise.all(['me', 'alt'].map(person));
+  const org = await school(me, [alt], 'allowance', null);
+  // A free grant that expires (the promotional default) and paid credits that never do.
+  const g = await api(`/orgs/${org}/grants`, {
+    token: await adminToken(),
+    headers: key(),
+    body: { amount: '10', reason: 'pilot', kind: 'promo_grant' },
+  });
+  assert.equal(g.status, 201, g.text);
+  const purchase = await orgBuys(me.token, org);
+  assert.equal(
+    (await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5010' }, headers: key() })).status,
+    201,
+  );
+  const lots = await testDb`select l.category, trim_scale(l.amount)::text as amount, l.expires_at, l.purchase_id,
+      trim_scale(l.cost_cents)::text as cost_cents
+    from billing.lots l join billing.accounts a on a.id = l.account_id
+    where a.org_id = ${org} and a.member_id = ${alt.id} order by l.category`;
+  assert.deepEqual(
+    lots.map((l) => [l.category, l.amount, l.expires_at === null, l.purchase_id, l.cost_cents]),
+    [['paid', '5000', true, purchase, '500'], ['promotional', '10', false, null, '0']],
+    'the paid lot still never expires; the free one keeps its own expiry',
+  );
+  await assertLedgerInvariants();
+});
+
+Deno.test('funding an allowance and sweeping it back counts no new money in the revenue report', async () => {
+  const [me, alt] = await Promise.all(['me', 'alt'].map(person));
+  const org = await school(me, [alt], 'allowance', null);
+  await orgBuys(me.token, org);
+  const [{ t0 }] = await testDb`select clock_timestamp() as t0`;
+  assert.equal(
+    (await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5000' }, headers: key() })).status,
+    201,
+  );
+  const removed = await api(`/orgs/${org}/members/${alt.id}`, { method: 'DELETE', token: me.token });
+  assert.equal(removed.status, 200, removed.text);
+  assert.equal((await walletOf(me.token, org)).balance, '5000', 'the allowance swept back');
+  const [{ m }] = await testDb`select billing.revenue_metrics(${t0}, now() + interval '1 second') as m`;
+  const usd = (m.credit_lots as { currency: string; paid_granted_cents: number }[]).find((x) => x.currency === 'usd');
+  assert.equal(usd?.paid_granted_cents ?? 0, 0, 'two moves, no paid credits granted');
+});
+
+Deno.test("a member's 402 from a pooled wallet shows their cap's room, never the organisation's balance", async () => {
+  const [admin, member] = await Promise.all(['admin', 'member'].map(person));
+  const org = await school(admin, [member], 'pool', '12345.678');
+  const cap = await api(`/orgs/${org}/members/${member.id}/cap`, {
+    method: 'PUT',
+    token: admin.token,
+    body: { period: 'day', amount: '30' },
+  });
+  assert.equal(cap.status, 200, cap.text);
+  const refused = await spendWith(member.token, crypto.randomUUID(), 50);
+  assert.equal(refused.status, 402, refused.text);
+  assert.ok(!refused.text.includes('12345'), `the pool's balance is not in the answer: ${refused.text}`);
+  const pool = (refused.body.error as { details: { wallets: Record<string, unknown>[] } }).details.wallets
+    .find((w) => w.wallet === 'organisation');
+  assert.equal(pool?.available, undefined);
+  assert.equal(pool?.reason, 'cap');
 });

@@ -1,5 +1,5 @@
 // Spend caps: exact under concurrency, holds count until released, per model, in batches and
-// jobs, set by the student or an admin, and refused with the cap, the spending and the reset; a
+// jobs, set by the student or an admin (which the student cannot lift), and refused with the cap, the spending and the reset; a
 // refusal commits nothing.
 import assert from 'node:assert/strict';
 import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
@@ -12,6 +12,7 @@ import {
   key,
   newUser,
   reportUsage,
+  testDb,
   userToken,
 } from '../helpers.ts';
 import { codeOf, dataOf, type Json, ledgerOf, spendWith, transfersUnder } from '../money.ts';
@@ -196,4 +197,80 @@ Deno.test('a cap refusal after the transfer is written commits nothing: the cap 
   assert.equal(rs.filter((r) => r.status === 201).length, 2, rs.map((r) => r.status).join());
   assert.deepEqual((await ledgerOf(s.id)).balance, '90');
   await assertLedgerInvariants();
+});
+
+Deno.test('a student cannot lift, delete or reset a cap an admin set; their own stricter cap applies beside it', async () => {
+  const s = await student();
+  const admin = await adminToken();
+  const byAdmin = await api(`/credits/caps/users/${s.id}`, {
+    method: 'PUT',
+    token: admin,
+    body: { period: 'day', amount: '50' },
+  });
+  assert.equal(byAdmin.status, 200, byAdmin.text);
+  assert.equal((await use(s.token, 40)).status, 201);
+
+  // The attack: the student "sets" the same cap higher, removes it, and re-sends it in another time zone.
+  const lifted = await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', amount: '1000' } });
+  assert.equal(lifted.status, 200, lifted.text);
+  const removed = await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', amount: null } });
+  assert.equal(removed.status, 200, removed.text);
+  const moved = await api('/credits/caps', {
+    method: 'PUT',
+    token: s.token,
+    body: { period: 'day', amount: '1000', time_zone: 'Pacific/Kiritimati' },
+  });
+  assert.equal(moved.status, 200, moved.text);
+  const caps = (moved.body.data as { items: SpendCap[] }).items;
+  assert.deepEqual(caps.map((c) => [c.set_by, c.cap, c.spent]), [['admin', '50', '40'], ['self', '1000', '0']]);
+
+  const refused = await use(s.token, 20);
+  assert.equal(refused.status, 402, 'the admin cap still binds');
+  assert.equal(codeOf(refused), 'SPEND_CAP_REACHED');
+  assert.equal((refused.body.error as { details: { cap: string } }).details.cap, '50');
+  assert.equal((await balanceOf(s.token)).balance, '960');
+
+  // A stricter cap of the student's own applies too: the strictest wins (the admin's has 10 left).
+  await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', amount: '4' } });
+  const own = await use(s.token, 5);
+  assert.equal(own.status, 402);
+  assert.equal((own.body.error as { details: { cap: string } }).details.cap, '4');
+
+  // The admin changing their own cap's time zone keeps what was spent this period.
+  const rezoned = await api(`/credits/caps/users/${s.id}`, {
+    method: 'PUT',
+    token: admin,
+    body: { period: 'day', amount: '50', time_zone: 'Asia/Tokyo' },
+  });
+  assert.equal(rezoned.status, 200, rezoned.text);
+  const adminCap = (rezoned.body.data as { items: SpendCap[] }).items.find((c) => c.set_by === 'admin');
+  assert.equal(adminCap?.spent, '40', 'a new time zone gives back no room');
+  await assertLedgerInvariants();
+});
+
+Deno.test('an ai_completion job counts against a per-model cap when its hold is placed and gets back what it did not use', async () => {
+  const s = await student();
+  await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', model: 'gpt-4o', amount: '20' } });
+  const job = (maxTokens: number) =>
+    api('/jobs', {
+      token: s.token,
+      headers: key(),
+      body: { type: 'ai_completion', input: { model: 'gpt-4o', prompt: 'hello', max_tokens: maxTokens } },
+    });
+  // gpt-4o output: 10 credits per 1,000 tokens at the rate card; a job reserving more than the cap is refused.
+  const big = await job(4000);
+  assert.equal(big.status, 402, big.text);
+  assert.equal(codeOf(big), 'SPEND_CAP_REACHED');
+  const [{ held }] = await testDb`select coalesce(sum(h.amount), 0)::text as held from billing.holds h
+    join billing.accounts a on a.id = h.account_id where a.user_id = ${s.id} and h.status = 'active'`;
+  assert.equal(held, '0', 'nothing was held for the refused job');
+  const [{ n }] = await testDb`select count(*)::int as n from billing.jobs where user_id = ${s.id}`;
+  assert.equal(n, 0, 'and no job was created');
+
+  // A small job fits (6.1 reserved: 5 prompt bytes and 100 output tokens) and counts against the
+  // gpt-4o cap: while held in full, once done as what it cost (the worker may finish it first).
+  const small = await job(100);
+  assert.equal(small.status, 202, small.text);
+  const caps = ((await api('/credits/caps', { token: s.token })).body.data as { items: SpendCap[] }).items;
+  assert.ok(Number(caps[0].spent) > 0, `the job counts against the model's cap: ${JSON.stringify(caps)}`);
 });
