@@ -19,7 +19,7 @@ import {
 } from '../helpers.ts';
 import { codeOf, dataOf, ledgerOf, spendWith, transfersUnder } from '../money.ts';
 import { person, school, usage, walletOf } from '../orgs.ts';
-import { balanceOf, chargeOf, emulator } from '../purchases.ts';
+import { balanceOf, chargeOf, emulator, pays } from '../purchases.ts';
 
 const payer = async (transferId: string) =>
   (await testDb`select a.org_id, a.member_id, a.user_id from billing.transfers t
@@ -308,17 +308,10 @@ Deno.test('an allowance member races one key over the allowance, then over what 
 });
 
 Deno.test('a dispute reaches credits moved into an allowance: frozen at once, taken back when lost', async () => {
-  // The attacker's own organisation and second account.
+  // A student's own organisation and second account.
   const [me, alt] = await Promise.all(['me', 'alt'].map(person));
   const org = await school(me, [alt], 'allowance', null);
-  const co = await api('/checkout/sessions', {
-    token: me.token,
-    body: { package_id: 'mini', org_id: org },
-    headers: key(),
-  });
-  assert.equal(co.status, 201, co.text);
-  const { session_id } = co.body.data as { session_id: string };
-  await emulator(`/_emulator/checkout/sessions/${session_id}/pay`, { outcome: 'succeeded' });
+  const session_id = await pays(me.token, { package_id: 'mini', org_id: org });
   const funded = await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5000' }, headers: key() });
   assert.equal(funded.status, 201, funded.text);
   assert.equal(
@@ -356,13 +349,7 @@ Deno.test('a dispute reaches credits moved into an allowance: frozen at once, ta
 Deno.test('a refund reaches credits moved into an allowance once the wallet has none of them left', async () => {
   const [me, alt] = await Promise.all(['me', 'alt'].map(person));
   const org = await school(me, [alt], 'allowance', null);
-  const co = await api('/checkout/sessions', {
-    token: me.token,
-    body: { package_id: 'mini', org_id: org },
-    headers: key(),
-  });
-  const { session_id } = co.body.data as { session_id: string };
-  await emulator(`/_emulator/checkout/sessions/${session_id}/pay`, { outcome: 'succeeded' });
+  const session_id = await pays(me.token, { package_id: 'mini', org_id: org });
   await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5000' }, headers: key() });
   // A full refund: 5,000 credits back, all of them from the allowance they were moved to.
   await emulator(`/_emulator/charges/${await chargeOf(session_id)}/refund`, { amount: 500 });
