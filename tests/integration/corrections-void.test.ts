@@ -12,18 +12,13 @@ import {
   key,
   newUser,
   reportUsage,
+  student,
   testDb,
   userToken,
 } from '../helpers.ts';
 import { checkLots, codeOf, dataOf, fullCard, spendWith } from '../money.ts';
 import { person, school, walletOf } from '../orgs.ts';
 import { balanceOf } from '../purchases.ts';
-
-async function student(credits = '100') {
-  const id = await newUser();
-  await fund(id, credits);
-  return { id, token: await userToken(id) };
-}
 
 async function charge(token: string, credits: number): Promise<string> {
   const r = await spendWith(token, crypto.randomUUID(), credits);

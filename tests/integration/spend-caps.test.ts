@@ -3,26 +3,9 @@
 // refusal commits nothing.
 import assert from 'node:assert/strict';
 import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
-import {
-  adminToken,
-  api,
-  assertLedgerInvariants,
-  env,
-  fund,
-  key,
-  newUser,
-  reportUsage,
-  testDb,
-  userToken,
-} from '../helpers.ts';
+import { adminToken, api, assertLedgerInvariants, env, key, reportUsage, student, testDb } from '../helpers.ts';
 import { codeOf, dataOf, type Json, ledgerOf, spendWith, transfersUnder } from '../money.ts';
 import { balanceOf } from '../purchases.ts';
-
-async function student(credits = '1000') {
-  const id = await newUser();
-  await fund(id, credits);
-  return { id, token: await userToken(id) };
-}
 
 async function setCap(token: string, body: Record<string, unknown>, path = '/credits/caps') {
   const r = await api(path, { method: 'PUT', token, body });
@@ -39,7 +22,7 @@ const use = (token: string, credits: number, model = 'gpt-4o') =>
   });
 
 Deno.test('a daily cap refuses what would go over it with 402 SPEND_CAP_REACHED, the spending and the reset', async () => {
-  const s = await student();
+  const s = await student('1000');
   const [cap] = await setCap(s.token, { period: 'day', amount: '100' });
   assert.deepEqual([cap.period, cap.time_zone, cap.model, cap.cap, cap.spent, cap.remaining], [
     'day',
@@ -70,7 +53,7 @@ Deno.test('a daily cap refuses what would go over it with 402 SPEND_CAP_REACHED,
 });
 
 Deno.test('parallel requests never exceed a cap: 100 parallel 1-credit debits under a cap of 50 → exactly 50', async () => {
-  const s = await student();
+  const s = await student('1000');
   await setCap(s.token, { period: 'month', amount: '50' });
   const results = await Promise.all(Array.from({ length: 100 }, () => use(s.token, 1)));
   const codes = results.map((r) => r.status === 201 ? 'ok' : (r.body.error as { code: string }).code);
@@ -81,7 +64,7 @@ Deno.test('parallel requests never exceed a cap: 100 parallel 1-credit debits un
 });
 
 Deno.test('a hold counts against the cap until released; a partial capture gives back the rest', async () => {
-  const s = await student();
+  const s = await student('1000');
   await setCap(s.token, { period: 'week', amount: '100' });
   const hold = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '80' } });
   assert.equal(hold.status, 201);
@@ -96,7 +79,7 @@ Deno.test('a hold counts against the cap until released; a partial capture gives
 });
 
 Deno.test('a per-model cap limits that model only; the overall cap still counts every model', async () => {
-  const s = await student();
+  const s = await student('1000');
   await setCap(s.token, { period: 'day', model: 'gpt-4o', amount: '10' });
   await setCap(s.token, { period: 'day', amount: '20' });
   assert.equal((await use(s.token, 10)).status, 201);
@@ -108,7 +91,7 @@ Deno.test('a per-model cap limits that model only; the overall cap still counts 
 });
 
 Deno.test('batch events over a cap are refused alone as cap_reached; the rest apply', async () => {
-  const s = await student();
+  const s = await student('1000');
   await setCap(s.token, { period: 'day', amount: '10' });
   const event = () => ({
     event_id: crypto.randomUUID(),
@@ -130,7 +113,7 @@ Deno.test('batch events over a cap are refused alone as cap_reached; the rest ap
 });
 
 Deno.test('a job whose reserve would pass the cap is 402 and creates no job', async () => {
-  const s = await student();
+  const s = await student('1000');
   await setCap(s.token, { period: 'day', amount: '1' });
   const r = await api('/jobs', {
     token: s.token,
@@ -142,8 +125,8 @@ Deno.test('a job whose reserve would pass the cap is 402 and creates no job', as
 });
 
 Deno.test("an admin caps any student; a student cannot cap another nor remove the admin's cap; the admin's null removes it", async () => {
-  const s = await student();
-  const other = await student();
+  const s = await student('1000');
+  const other = await student('1000');
   const admin = await adminToken();
   await setCap(admin, { period: 'day', amount: '5' }, `/credits/caps/users/${s.id}`);
   assert.equal((await use(s.token, 6)).status, 402);
@@ -165,7 +148,7 @@ Deno.test("an admin caps any student; a student cannot cap another nor remove th
 });
 
 Deno.test("periods follow the cap's time zone; a bad period or time zone is 400 and changes nothing", async () => {
-  const s = await student();
+  const s = await student('1000');
   const [cap] = await setCap(s.token, { period: 'day', time_zone: 'Pacific/Kiritimati', amount: '5' });
   const started = new Date(cap.period_started_at);
   // Kiritimati is UTC+14: its midnight is 10:00 UTC.
@@ -200,7 +183,7 @@ Deno.test('a cap refusal after the transfer is written commits nothing: the cap 
 });
 
 Deno.test('a student cannot lift, delete or reset a cap an admin set; their own stricter cap applies beside it', async () => {
-  const s = await student();
+  const s = await student('1000');
   const admin = await adminToken();
   const byAdmin = await api(`/credits/caps/users/${s.id}`, {
     method: 'PUT',
@@ -249,7 +232,7 @@ Deno.test('a student cannot lift, delete or reset a cap an admin set; their own 
 });
 
 Deno.test('an ai_completion job counts against a per-model cap when its hold is placed and gets back what it did not use', async () => {
-  const s = await student();
+  const s = await student('1000');
   await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', model: 'gpt-4o', amount: '20' } });
   const job = (maxTokens: number) =>
     api('/jobs', {
