@@ -214,6 +214,10 @@ export const sha256hex = async (text: string) =>
   Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text))))
     .map((b) => b.toString(16).padStart(2, '0')).join('');
 
+/** A job's status, attempts and error, as the database has them. */
+export const jobOf = async (id: string) =>
+  (await testDb`select status, attempts, error from billing.jobs where id = ${id}`)[0];
+
 /** Time passes for one lot: it is due (the ledger is immutable, lots and accounts are not). */
 export async function backdateLot(lot: string): Promise<void> {
   await testDb`with l as (update billing.lots set expires_at = now() - interval '1 second' where id = ${lot}

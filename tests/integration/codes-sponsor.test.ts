@@ -12,6 +12,7 @@ import {
   key,
   movedLotsOffProvenance,
   newAdmin,
+  student,
   testDb,
   userToken,
 } from '../helpers.ts';

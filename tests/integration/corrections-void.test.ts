@@ -16,8 +16,8 @@ import {
   testDb,
   userToken,
 } from '../helpers.ts';
-import { checkLots, codeOf, dataOf, fullCard, spendWith } from '../money.ts';
-import { person, school, walletOf } from '../orgs.ts';
+import { checkLots, codeOf, dataOf, everyKind, fullCard, spendWith } from '../money.ts';
+import { person, school, usage, walletOf } from '../orgs.ts';
 import { balanceOf } from '../purchases.ts';
 
 async function charge(token: string, credits: number): Promise<string> {

@@ -18,7 +18,7 @@ import {
   testDb,
   userToken,
 } from '../helpers.ts';
-import { dataOf, spendWith, sweep, usageEvent } from '../money.ts';
+import { batch, dataOf, spendWith, sweep, usageEvent } from '../money.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
 
 const data = <T>(r: { body: Record<string, unknown> }) => r.body.data as T;

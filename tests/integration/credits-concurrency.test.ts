@@ -1,7 +1,17 @@
 // Concurrency claims, proven in parallel over real HTTP: debits, holds, captures, releases,
 // batches, refunds, voids and disputes at once on one account never overdraw it nor lose a credit.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, reportUsage, student, testDb, userToken } from '../helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  fund,
+  key,
+  newUser,
+  reportUsage,
+  student,
+  testDb,
+  userToken,
+} from '../helpers.ts';
 import { batch, codeOf, dataOf, spendWith, usageEvent, voidCharge } from '../money.ts';
 import { balanceOf, chargeOf, emulator, startCheckout } from '../purchases.ts';
 

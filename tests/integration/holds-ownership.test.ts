@@ -7,6 +7,7 @@ import {
   assertLedgerInvariants,
   backdateLot,
   fund,
+  jobOf,
   key,
   reportUsage,
   student,
@@ -216,8 +217,6 @@ async function startJob(url: string, who: { token: string }) {
   assert.equal(res.status, 202);
   return (await res.json()).data.job_id as string;
 }
-const jobOf = async (id: string) =>
-  (await testDb`select status, attempts, error from billing.jobs where id = ${id}`)[0];
 const finished = (id: string) =>
   until('the job to finish', async () => {
     const j = await jobOf(id);

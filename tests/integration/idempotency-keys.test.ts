@@ -18,7 +18,7 @@ import {
   testDb,
   userToken,
 } from '../helpers.ts';
-import { charged, codeOf, dataOf, ledgerOf, report, spendWith, transfersUnder } from '../money.ts';
+import { charged, codeOf, dataOf, ledgerOf, report, spendWith, transfersUnder, usageBody } from '../money.ts';
 import { person, school, walletOf } from '../orgs.ts';
 import { balanceOf } from '../purchases.ts';
 

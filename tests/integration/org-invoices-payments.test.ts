@@ -8,7 +8,7 @@ import type { OrgInvoice } from '../../supabase/functions/_shared/contract/index
 import { api, assertLedgerInvariants, env, key, testDb, withGateway } from '../helpers.ts';
 import { person, school, usage, walletOf } from '../orgs.ts';
 import { deliver, emulator, sign } from '../purchases.ts';
-import { approveInvoicing, chargeIn, openInvoice, pay, stripePost } from '../invoices.ts';
+import { approveInvoicing, billing, chargeIn, openInvoice, pay, stripePost } from '../invoices.ts';
 import { post, taxOn } from '../tax.ts';
 
 type Json = Record<string, unknown>;

@@ -11,6 +11,7 @@ import { join, person, school, walletOf } from '../orgs.ts';
 import { deliver, emulator, sign, stripeApi } from '../purchases.ts';
 import {
   approveInvoicing,
+  billing,
   chargeIn,
   openInvoice,
   pay,

@@ -5,7 +5,7 @@
 // (docs/pricing.md).
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, env, fund, reportUsage, student, testDb } from '../helpers.ts';
-import { charged, fullCard } from '../money.ts';
+import { charged, everyKind, fullCard } from '../money.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;

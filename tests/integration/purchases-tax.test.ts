@@ -14,7 +14,7 @@ import {
   testDb,
   withGateway,
 } from '../helpers.ts';
-import { balanceOf, emulator, stripeApi } from '../purchases.ts';
+import { balanceOf, chargeOf, emulator, stripeApi } from '../purchases.ts';
 import { chargeOfInvoice, renew } from '../plans.ts';
 import { redeem } from '../codes.ts';
 import { post, taxOn } from '../tax.ts';
@@ -31,7 +31,7 @@ async function usdToday(): Promise<Json> {
   return (rows.find((x) => x.currency === 'usd')?.b2c_credits ?? {}) as Json;
 }
 
-const chargeOf = async (session: Json) =>
+const chargeOfSession = async (session: Json) =>
   String((await stripeApi(`/v1/payment_intents/${session.payment_intent}`)).latest_charge);
 
 Deno.test('with automatic tax on, a package purchase credits the net package, keeps the tax, and a refund with tax reverses its share', async () => {
@@ -84,7 +84,7 @@ Deno.test('with automatic tax on, a package purchase credits the net package, ke
 
     // $5.00 of the $10.99 charged: floor(9,990 × 500 / 1,099) = 4,545 credits back (not 5,000 as
     // if the refund were all price), and 45¢ of it is tax.
-    await emulator(`/_emulator/charges/${await chargeOf(paid)}/refund`, { amount: 500 });
+    await emulator(`/_emulator/charges/${await chargeOfSession(paid)}/refund`, { amount: 500 });
     assert.equal((await balanceOf(s.token)).balance, String(9990 - 4545));
     const refunded = await usdToday();
     assert.equal(
@@ -94,7 +94,7 @@ Deno.test('with automatic tax on, a package purchase credits the net package, ke
     );
     assert.equal(Number(refunded.tax_returned_cents) - Number(after.tax_returned_cents ?? 0), 45);
     // The rest of the charge back: every credit, and no more.
-    await emulator(`/_emulator/charges/${await chargeOf(paid)}/refund`, {});
+    await emulator(`/_emulator/charges/${await chargeOfSession(paid)}/refund`, {});
     assert.equal((await balanceOf(s.token)).balance, '0');
   });
   await assertLedgerInvariants();

@@ -4,7 +4,7 @@
 // wallet; a removed member's queued jobs are cancelled. Students' tokens act; the operator's
 // secrets only set up (grants, paying through the Stripe emulator, the minute schedule).
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, testDb, tick } from '../helpers.ts';
+import { api, assertLedgerInvariants, jobOf, key, testDb, tick } from '../helpers.ts';
 import { dataOf, spendWith } from '../money.ts';
 import { accountOf, person, school, walletOf } from '../orgs.ts';
 import { chargeOf, emulator, pays } from '../purchases.ts';

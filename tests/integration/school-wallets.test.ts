@@ -19,7 +19,7 @@ import {
 } from '../helpers.ts';
 import { codeOf, dataOf, ledgerOf, spendWith, transfersUnder } from '../money.ts';
 import { person, school, usage, walletOf } from '../orgs.ts';
-import { balanceOf, chargeOf, emulator, pays } from '../purchases.ts';
+import { balanceOf, buy, chargeOf, emulator, pays } from '../purchases.ts';
 
 const payer = async (transferId: string) =>
   (await testDb`select a.org_id, a.member_id, a.user_id from billing.transfers t
@@ -370,7 +370,7 @@ Deno.test('moving credits keeps each lot as it was: a paid lot moved into an all
     body: { amount: '10', reason: 'pilot', kind: 'promo_grant' },
   });
   assert.equal(g.status, 201, g.text);
-  const purchase = await orgBuys(me.token, org);
+  const { purchase_id: purchase } = await buy(me.token, 'mini', org);
   assert.equal(
     (await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5010' }, headers: key() })).status,
     201,
@@ -390,7 +390,7 @@ Deno.test('moving credits keeps each lot as it was: a paid lot moved into an all
 Deno.test('funding an allowance and sweeping it back counts no new money in the revenue report', async () => {
   const [me, alt] = await Promise.all(['me', 'alt'].map(person));
   const org = await school(me, [alt], 'allowance', null);
-  await orgBuys(me.token, org);
+  await buy(me.token, 'mini', org);
   const [{ t0 }] = await testDb`select clock_timestamp() as t0`;
   assert.equal(
     (await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5000' }, headers: key() })).status,

@@ -12,6 +12,7 @@ import {
   lotsOf,
   outcomesOf,
   spendWith,
+  usageBody,
   usageEvent,
   voidCharge,
 } from '../money.ts';
