@@ -45,8 +45,8 @@ async function allowedBy(constraint: string): Promise<string[]> {
   assert.ok(row, `billing has the constraint ${constraint}`);
   const def = row.def as string;
   return [
-    ...[...def.matchAll(/'([a-z_]+)'::text/g)].map((m) => m[1]),
-    ...[...def.matchAll(/'\^([a-z_]+):/g)].map((m) => `${m[1]}:<id>`),
+    ...[...def.matchAll(/'([a-z0-9_]+)'::text/g)].map((m) => m[1]),
+    ...[...def.matchAll(/'\^([a-z0-9_]+):/g)].map((m) => `${m[1]}:<id>`),
   ];
 }
 
