@@ -1,13 +1,7 @@
 // Helpers for code tests: promo codes made by an admin, redemptions by students, over the real API.
 import assert from 'node:assert/strict';
-import { adminToken, api, env, newUser, userToken } from './helpers.ts';
-
-export const key = () => ({ 'idempotency-key': crypto.randomUUID() });
-
-export async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
+import { adminToken, api, env, key } from './helpers.ts';
+import { balanceOf } from './purchases.ts';
 
 /** A promo code made through POST /admin/codes; answers the code (shown once) and its id. */
 export async function promo(spec: Record<string, unknown>): Promise<{ id: string; code: string }> {
@@ -37,3 +31,10 @@ export async function buyGift(token: string, packageId: string) {
   assert.equal(gift.status, 'active', status.text);
   return { ...co, code: gift.code, codeId: gift.code_id };
 }
+
+/** The caller's balance (GET /credits/balance), as a string. */
+export const balance = async (token: string) => (await balanceOf(token)).balance;
+
+/** POST /orgs/:id/sponsor-codes as `token` under a fresh Idempotency-Key. */
+export const issue = (token: string, org: string, body: Record<string, unknown>) =>
+  api(`/orgs/${org}/sponsor-codes`, { token, headers: key(), body });

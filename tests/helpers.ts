@@ -1,5 +1,6 @@
 // Shared by the Deno tests: the local stack's addresses, a test database handle, and a
 // signer that makes Supabase-shaped user tokens with the local auth key.
+import assert from 'node:assert/strict';
 import { importJWK, type JWTPayload, SignJWT } from 'jose';
 import postgres from 'postgres';
 
@@ -54,6 +55,16 @@ export async function newAdmin(): Promise<string> {
   await testDb`insert into auth.users (id, raw_app_meta_data) values (${id}, '{"role": "admin"}'::jsonb)`;
   return id;
 }
+
+/** A fresh student and their token, funded with `credits` through the admin grants route when given. */
+export async function student(credits?: string | null) {
+  const id = await newUser();
+  if (credits) await fund(id, credits);
+  return { id, token: await userToken(id) };
+}
+
+/** A fresh Idempotency-Key header. */
+export const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
 /** A token for a fresh admin: the claim and the database agree. */
 export async function adminToken(): Promise<string> {
@@ -186,6 +197,26 @@ export async function assertLedgerInvariants(): Promise<void> {
   if (moved.length) problems.push(`moved lots lost their provenance (${moved.slice(0, 5).join(', ')})`);
   if (problems.length) throw new Error(`ledger invariants broken: ${problems.join('; ')} (${JSON.stringify(r)})`);
 }
+
+/**
+ * Platform accounts keep no entries (their balances are derived from the transfers): Σ
+ * platform_balances + Σ tracked balances is 0, and the ledger's invariants hold.
+ */
+export async function assertPlatformBalances(): Promise<void> {
+  const [r] = await testDb`select trim_scale((select coalesce(sum(balance), 0) from billing.platform_balances)
+    + (select coalesce(sum(balance), 0) from billing.accounts where code is null))::text as total`;
+  assert.equal(r.total, '0', 'platform_balances + tracked balances');
+  await assertLedgerInvariants();
+}
+
+/** The lowercase hex SHA-256 of `text` (as a `sha256:` Idempotency-Key carries it). */
+export const sha256hex = async (text: string) =>
+  Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text))))
+    .map((b) => b.toString(16).padStart(2, '0')).join('');
+
+/** A job's status, attempts and error, as the database has them. */
+export const jobOf = async (id: string) =>
+  (await testDb`select status, attempts, error from billing.jobs where id = ${id}`)[0];
 
 /** Time passes for one lot: it is due (the ledger is immutable, lots and accounts are not). */
 export async function backdateLot(lot: string): Promise<void> {

@@ -40,6 +40,16 @@ export async function requestInvoice(
   return await api(`/orgs/${org}/invoices`, { token, body: { package_id: 'mini', ...billing, ...body }, headers });
 }
 
+/** requestInvoice while Stripe is down (the emulator's fault switch), answered as it is. */
+export async function requestWhileStripeDown(token: string, org: string, headers: Record<string, string>) {
+  await emulator('/_emulator/faults', { down: true });
+  try {
+    return await requestInvoice(token, org, {}, headers);
+  } finally {
+    await emulator('/_emulator/faults', { down: false });
+  }
+}
+
 /** An invoice asked for and answered 201: open and sent. */
 export async function openInvoice(token: string, org: string, body: Record<string, unknown> = {}) {
   const r = await requestInvoice(token, org, body);

@@ -1,9 +1,9 @@
 // Helpers for organisation tests: people with email addresses, and a school whose members
 // accepted their emailed invitations, over the real API.
 import assert from 'node:assert/strict';
-import { adminToken, api, reportUsage, testDb, userToken } from './helpers.ts';
+import { adminToken, api, key, reportUsage, testDb, userToken } from './helpers.ts';
 
-export const key = () => ({ 'idempotency-key': crypto.randomUUID() });
+export { key } from './helpers.ts';
 
 /** A user with a confirmed email address, and a token carrying it (as Supabase Auth issues it). */
 export async function person(label: string) {
@@ -52,9 +52,25 @@ export async function school(
   return org;
 }
 
+/** `who` is invited to `org` as `role` by its owner and accepts the emailed invitation. */
+export async function join(ownerToken: string, org: string, who: { token: string; email: string }, role = 'member') {
+  const inv = await api(`/orgs/${org}/invitations`, { token: ownerToken, body: { email: who.email, role } });
+  assert.equal(inv.status, 201, inv.text);
+  const ok = await api('/orgs/invitations/accept', {
+    token: who.token,
+    body: { token: (inv.body.data as { token: string }).token },
+  });
+  assert.equal(ok.status, 200, ok.text);
+}
+
 /** The organisation's wallet as its admin sees it. */
 export async function walletOf(token: string, org: string) {
   const r = await api(`/orgs/${org}`, { token });
   assert.equal(r.status, 200, r.text);
   return (r.body.data as { wallet: { balance: string; held: string; available: string } }).wallet;
 }
+
+/** The balance and held of an organisation's account: its wallet (`member` null) or a member's allowance. */
+export const accountOf = async (org: string, member: string | null) =>
+  (await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held
+    from billing.accounts a where a.org_id = ${org} and a.member_id is not distinct from ${member}`)[0];

@@ -1,6 +1,6 @@
 // Helpers for plan tests: subscribe through the real API and the emulator's hosted Checkout,
 // move a subscription through its periods with the emulator's test controls.
-import { api, testDb } from './helpers.ts';
+import { api, key, testDb } from './helpers.ts';
 import { emulator, type SignedEvent, stripeApi } from './purchases.ts';
 
 export type Plan = { subscription_id: string; session_id: string; url: string; status: string };
@@ -23,6 +23,10 @@ export async function subscribeTo(token: string, planId: string) {
   const session = await stripeApi(`/v1/checkout/sessions/${plan.session_id}`);
   return { ...plan, stripe_subscription: String(session.subscription) };
 }
+
+/** POST /checkout/subscription/change to `plan_id` (a fresh Idempotency-Key unless given). */
+export const change = (token: string, plan_id: string, headers = key()) =>
+  api('/checkout/subscription/change', { token, headers, body: { plan_id } });
 
 /** The period ends: the renewal invoice is paid or fails (events delivered unless told not to). */
 export function renew(sub: string, outcome: 'paid' | 'failed' = 'paid', deliver = true) {

@@ -1,6 +1,7 @@
 // Helpers for purchase tests: drive Checkout through the real API and the Stripe emulator's
 // test controls, and deliver signed events to the webhook exactly as Stripe would.
 import type { Balance } from '../supabase/functions/_shared/contract/index.ts';
+import assert from 'node:assert/strict';
 import { api, env, functionsUrl } from './helpers.ts';
 
 export const emulatorUrl = env('STRIPE_API_BASE');
@@ -60,20 +61,20 @@ export async function deliverWithRetries(e: { payload: string; signature: string
   return res;
 }
 
-/** Starts a checkout for a package and returns the purchase. */
-export async function startCheckout(token: string, packageId: string, key = crypto.randomUUID()) {
+/** Starts a checkout for a package (for the caller's organisation `orgId` when given) and returns the purchase. */
+export async function startCheckout(token: string, packageId: string, key = crypto.randomUUID(), orgId?: string) {
   const r = await api('/checkout/sessions', {
     token,
     headers: { 'idempotency-key': key },
-    body: { package_id: packageId },
+    body: { package_id: packageId, ...(orgId ? { org_id: orgId } : {}) },
   });
   if (r.status !== 201 && r.status !== 200) throw new Error(`checkout failed: ${r.status} ${r.text}`);
   return r.body.data as { purchase_id: string; session_id: string; url: string; status: string };
 }
 
-/** Buys a package end to end (checkout → customer pays → webhooks delivered). */
-export async function buy(token: string, packageId: string) {
-  const co = await startCheckout(token, packageId);
+/** Buys a package end to end (checkout → customer pays → webhooks delivered), for `orgId` when given. */
+export async function buy(token: string, packageId: string, orgId?: string) {
+  const co = await startCheckout(token, packageId, undefined, orgId);
   await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
   return co;
 }
@@ -89,4 +90,13 @@ export async function chargeOf(sessionId: string): Promise<string> {
   const session = await stripeApi(`/v1/checkout/sessions/${sessionId}`);
   const pi = await stripeApi(`/v1/payment_intents/${session.payment_intent}`);
   return String(pi.latest_charge);
+}
+
+/** A purchase paid through Checkout: for the caller, or for their organisation. */
+export async function pays(token: string, body: Record<string, unknown>) {
+  const co = await api('/checkout/sessions', { token, headers: { 'idempotency-key': crypto.randomUUID() }, body });
+  assert.equal(co.status, 201, co.text);
+  const { session_id } = co.body.data as { session_id: string };
+  await emulator(`/_emulator/checkout/sessions/${session_id}/pay`, { outcome: 'succeeded' });
+  return session_id;
 }

@@ -2,15 +2,8 @@
 // taxed requests go through a second gateway started with it on (withGateway); Stripe's
 // webhooks still reach the stack's own gateway.
 import assert from 'node:assert/strict';
-import { newUser, userToken } from './helpers.ts';
 
 export const taxOn = { STRIPE_AUTOMATIC_TAX: 'true' };
-
-/** A new student and their token. */
-export async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
 
 /** POSTs to a route of the gateway at `base` under a fresh Idempotency-Key; answers `data` (2xx only). */
 export async function post<T = Record<string, unknown>>(

@@ -1,12 +1,13 @@
 // Auto-recharge: a card saved at Checkout, one recharge per crossing (never two in flight),
 // charged off-session by the tick, credited only by the webhook; declines and authentication
-// requests turn it off; monthly limits; every change audited.
+// requests turn it off, and so does a dispute (the disputed card is forgotten); monthly limits;
+// every change audited.
 import assert from 'node:assert/strict';
 import type { AutoRecharge } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, assertLedgerInvariants, newUser, spend, testDb, tick, userToken } from '../helpers.ts';
-import { balanceOf, emulator } from '../purchases.ts';
-
-const key = () => ({ 'idempotency-key': crypto.randomUUID() });
+import { api, assertLedgerInvariants, key, newUser, spend, testDb, tick, userToken } from '../helpers.ts';
+import { dataOf } from '../money.ts';
+import { person } from '../orgs.ts';
+import { balanceOf, chargeOf, emulator, pays } from '../purchases.ts';
 
 /** A student who bought the starter package (9,990 credits), keeping the card when asked. */
 async function buyer(saveCard = true) {
@@ -155,5 +156,30 @@ Deno.test('a refund never starts an auto-recharge: the card refunded is not char
   await emulator(`/_emulator/charges/${purchase.stripe_charge_id}/refund`, {});
   assert.equal((await balanceOf(s.token)).balance, '0', 'the refund took the credits back');
   assert.equal((await recharges(s.id)).length, 0, 'and queued no recharge');
+  await assertLedgerInvariants();
+});
+
+Deno.test('a dispute turns auto-recharge off and forgets the card: the disputed card is never charged again to refill', async () => {
+  const s = await person('student');
+  const session = await pays(s.token, { package_id: 'starter', save_card: true });
+  const on = await api('/credits/auto-recharge', {
+    method: 'PUT',
+    token: s.token,
+    body: { enabled: true, package_id: 'mini', threshold: '1000' },
+  });
+  assert.equal(on.status, 200, on.text);
+
+  // The dispute's hold takes what is available to 0: before, that crossing queued a recharge.
+  await emulator(`/_emulator/charges/${await chargeOf(session)}/dispute`, { outcome: 'open' });
+  const [{ n }] = await testDb`select count(*)::int as n from billing.recharges where user_id = ${s.id}`;
+  assert.equal(n, 0, 'no recharge queued');
+  const settings = dataOf(await api('/credits/auto-recharge', { token: s.token })) as unknown as AutoRecharge;
+  assert.deepEqual([settings.enabled, settings.disabled_reason, settings.card_saved], [false, 'dispute', false]);
+  const again = await api('/credits/auto-recharge', {
+    method: 'PUT',
+    token: s.token,
+    body: { enabled: true, package_id: 'mini', threshold: '1000' },
+  });
+  assert.equal(again.status, 409, 'the card is gone: only an on-session payment saves one again');
   await assertLedgerInvariants();
 });

@@ -2,17 +2,16 @@
 // HTTP, Postgres and the Stripe emulator: an admin creates, changes and retires them; each
 // version gets its own Stripe Price; a Checkout opened before a change is fulfilled at the old
 // version and a subscription renews at the version it was sold at; only a current admin may
-// change anything; bad input gets the error envelope and changes nothing; identical requests
+// change anything (a student reaches no catalogue route); bad input gets the error envelope and changes nothing; identical requests
 // sent together make one version. Every package and plan made here is retired before its test
 // ends (other tests list what is on sale).
 import assert from 'node:assert/strict';
-import { adminToken, api, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, key, newUser, student, testDb, userToken } from '../helpers.ts';
 import { balanceOf, emulator, startCheckout, stripeApi } from '../purchases.ts';
 import { renew, startPlan, subscribeTo } from '../plans.ts';
 
 const admin = await adminToken();
 const unique = () => crypto.randomUUID().slice(0, 8);
-const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
 type Item = Record<string, unknown> & { id: string; version: number; stripe_price_id: string; active: boolean };
 
@@ -341,5 +340,27 @@ Deno.test('identical creates sent together make one package, one version, one ch
     assert.deepEqual({ ...after }, { version: 2, price_cents: 1200, versions: 2 });
   } finally {
     await api(`/admin/packages/${id}/retire`, { token: admin, body: { reason: 'cleanup' } });
+  }
+});
+
+Deno.test('a student reaches no admin catalogue route, and reads only their own expiries', async () => {
+  const s = await student('100');
+  const other = await student('50');
+  const routes: [string, unknown][] = [
+    ['/admin/catalog', undefined],
+    ['/admin/packages', { id: 'cheap', name: 'Cheap', price_cents: 100, credits: '100000', reason: 'mine' }],
+    ['/admin/packages/mini/versions', { price_cents: 1, reason: 'mine' }],
+    ['/admin/packages/mini/retire', { reason: 'mine' }],
+    ['/admin/plans/student-monthly/versions', { price_cents: 1, reason: 'mine' }],
+  ];
+  for (const [path, body] of routes) {
+    const r = await api(path, { token: s.token, body, headers: key() });
+    assert.equal(r.status, 403, `${path}: ${r.text}`);
+  }
+  const mine = await api(`/credits/expiries?user_id=${other.id}`, { token: s.token });
+  assert.ok(mine.status === 200 || mine.status === 400, mine.text);
+  if (mine.status === 200) {
+    const items = (mine.body.data as { items: { credits: string }[] }).items;
+    assert.ok(items.every((i) => i.credits !== '50'), `another student's expiries: ${mine.text}`);
   }
 });

@@ -2,18 +2,17 @@
 // webhooks), another redeems it and gets a paid lot at the buyer's price, linked to the purchase.
 // A refund or a lost dispute of the gift reaches its credits wherever they are: in the code's
 // escrow before redemption (the code then gives only what is left, or nothing), in the
-// redeemer's account after it (what was spent is owed by the buyer, as for any moved credits).
+// redeemer's account after it (what was spent is owed by the buyer, as for any moved credits),
+// in a hold the redeemer parked them in, or in a redemption racing it. A gift goes to one
+// redeemer, and its Idempotency-Key is never an ordinary checkout's.
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, assertLedgerInvariants, drainOutbox, env, functionsUrl, spend, testDb } from '../helpers.ts';
-import { person } from '../orgs.ts';
+import { api, assertLedgerInvariants, drainOutbox, env, functionsUrl, spend, student, testDb } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
-import { chargeOf, emulator } from '../purchases.ts';
-import { buyGift, redeem, student } from '../codes.ts';
+import { person } from '../orgs.ts';
+import { balanceOf, chargeOf, emulator } from '../purchases.ts';
+import { balance, buyGift, redeem } from '../codes.ts';
 
-const balance = async (
-  token: string,
-) => ((await api('/credits/balance', { token })).body.data as { balance: string; available: string });
 const refund = async (sessionId: string, cents: number) =>
   emulator(`/_emulator/charges/${await chargeOf(sessionId)}/refund`, { amount: cents });
 const dispute = async (sessionId: string, outcome: 'open' | 'won' | 'lost') =>
@@ -23,7 +22,7 @@ Deno.test("a paid gift credits nobody until redeemed; the redeemer gets a paid l
   const buyer = await student();
   const friend = await student();
   const g = await buyGift(buyer.token, 'starter'); // 9,990 credits for 999¢
-  assert.equal((await balance(buyer.token)).balance, '0', 'the buyer is not credited');
+  assert.equal((await balanceOf(buyer.token)).balance, '0', 'the buyer is not credited');
   assert.match(g.code, /^[0-9A-Z]{5}(-[0-9A-Z]{5}){3}$/);
   const r = await redeem(friend.token, g.code);
   assert.equal(r.status, 200, r.text);
@@ -50,8 +49,8 @@ Deno.test('a full refund of a gift after its redeemer spent part takes back the 
   await redeem(friend.token, g.code);
   await spend(friend.token, 990);
   await refund(g.session_id, 999);
-  assert.equal((await balance(friend.token)).balance, '0', "the gift's remaining 9,000 credits are taken back");
-  assert.equal((await balance(buyer.token)).balance, '-990', 'the buyer owes what the gift paid for');
+  assert.equal((await balanceOf(friend.token)).balance, '0', "the gift's remaining 9,000 credits are taken back");
+  assert.equal((await balanceOf(buyer.token)).balance, '-990', 'the buyer owes what the gift paid for');
   await assertLedgerInvariants();
 });
 
@@ -62,11 +61,11 @@ Deno.test("a lost dispute of a redeemed gift reaches the redeemer's credits (hel
   await redeem(friend.token, g.code);
   await spend(friend.token, 90);
   await dispute(g.session_id, 'open');
-  const held = await balance(friend.token);
+  const held = await balanceOf(friend.token);
   assert.equal(held.available, '0', 'what is left of the gift is frozen while disputed');
   await dispute(g.session_id, 'lost');
-  assert.equal((await balance(friend.token)).balance, '0');
-  assert.equal((await balance(buyer.token)).balance, '-90');
+  assert.equal((await balanceOf(friend.token)).balance, '0');
+  assert.equal((await balanceOf(buyer.token)).balance, '-90');
   await assertLedgerInvariants();
 });
 
@@ -78,14 +77,14 @@ Deno.test('a gift refunded before redemption gives only what is left, and nothin
   const r = await redeem(friend.token, g.code);
   assert.equal(r.status, 200, r.text);
   assert.equal(dataOf(r).credits, String(9990 - Math.floor(9990 * 500 / 999)));
-  assert.equal((await balance(buyer.token)).balance, '0', 'the buyer owes nothing: the escrow paid the refund');
+  assert.equal((await balanceOf(buyer.token)).balance, '0', 'the buyer owes nothing: the escrow paid the refund');
 
   const g2 = await buyGift(buyer.token, 'mini');
   await refund(g2.session_id, 500);
   const none = await redeem(friend.token, g2.code);
   assert.equal(none.status, 409, none.text);
   assert.equal((none.body.error as { details: { reason: string } }).details.reason, 'refunded');
-  assert.equal((await balance(buyer.token)).balance, '0');
+  assert.equal((await balanceOf(buyer.token)).balance, '0');
   await assertLedgerInvariants();
 });
 
@@ -155,4 +154,122 @@ Deno.test('nobody can have a gift code emailed on request: /notify/send refuses 
   const answer = await r.json();
   assert.equal(r.status, 400, JSON.stringify(answer));
   assert.equal(answer.error.code, 'UNKNOWN_TEMPLATE');
+});
+
+Deno.test('one gift redeemed by two accounts at once goes to exactly one', async () => {
+  const buyer = await student();
+  const g = await buyGift(buyer.token, 'mini');
+  const [a, b] = [await student(), await student()];
+  const rs = await Promise.all([redeem(a.token, g.code), redeem(b.token, g.code), redeem(a.token, g.code)]);
+  const won = [await balance(a.token), await balance(b.token)];
+  assert.deepEqual(won.sort(), ['0', '5000'], rs.map((r) => r.text).join('\n'));
+  assert.ok(rs.filter((r) => r.status !== 200).every((r) => codeOf(r) === 'CODE_NOT_REDEEMABLE'));
+  await assertLedgerInvariants();
+});
+
+// take_back_purchase waits for the lots' accounts before it lists the purchase's lots, so a
+// redemption committing meanwhile cannot move the credits out of its sight (the refund would
+// be taken from the buyer as debt while the redeemer kept the gift).
+Deno.test("a full refund or a lost dispute racing a redemption of the gift leaves nobody the gift's credits", async () => {
+  for (let i = 0; i < 4; i++) {
+    const buyer = await student();
+    const friend = await student();
+    const g = await buyGift(buyer.token, 'mini');
+    const charge = await chargeOf(g.session_id);
+    await Promise.all([
+      redeem(friend.token, g.code),
+      i % 2
+        ? emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' })
+        : emulator(`/_emulator/charges/${charge}/refund`, { amount: 500 }),
+    ]);
+    assert.equal(await balance(friend.token), '0');
+    assert.equal(await balance(buyer.token), '0', 'nothing was spent, so nothing is owed');
+  }
+  await assertLedgerInvariants();
+});
+
+Deno.test("a gift parked in its redeemer's hold is still reached by a lost dispute: the hold captures nothing", async () => {
+  const buyer = await student();
+  const alt = await student(); // the buyer's second account
+  const g = await buyGift(buyer.token, 'mini'); // 5,000 credits
+  assert.equal((await redeem(alt.token, g.code)).status, 200);
+  const h = await api('/credits/holds', {
+    token: alt.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: {
+      amount: '5000',
+      ttl_seconds: 600,
+    },
+  });
+  assert.equal(h.status, 201, h.text);
+  await emulator(`/_emulator/charges/${await chargeOf(g.session_id)}/dispute`, { outcome: 'lost' });
+  const c = await api(`/credits/holds/${dataOf(h).hold_id}/capture`, {
+    token: alt.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { amount: '5000' },
+  });
+  assert.notEqual(c.status, 200, `the hold captured the disputed gift: ${c.text}`);
+  assert.equal((await balanceOf(alt.token)).balance, '0');
+  assert.equal((await balanceOf(buyer.token)).balance, '0', 'nothing was spent, so nothing is owed');
+  await assertLedgerInvariants();
+});
+
+Deno.test('a gift redeemed by its own buyer and then refunded leaves nothing behind', async () => {
+  const buyer = await student();
+  const g = await buyGift(buyer.token, 'mini');
+  const r = await redeem(buyer.token, g.code);
+  assert.equal(r.status, 200, r.text);
+  await emulator(`/_emulator/charges/${await chargeOf(g.session_id)}/refund`, { amount: 500 });
+  assert.equal((await balanceOf(buyer.token)).balance, '0');
+  const again = await redeem((await student()).token, g.code);
+  assert.equal(codeOf(again), 'CODE_NOT_REDEEMABLE', again.text);
+  await assertLedgerInvariants(); // check_lots included
+});
+
+// begin_checkout does not compare `gift` when it finds the purchase a key made; the request's
+// hash (the Idempotency-Key contract) refuses the other kind first.
+Deno.test("a gift's Idempotency-Key reused for an ordinary checkout is 409 IDEMPOTENCY_KEY_REUSED", async () => {
+  const s = await student();
+  const k = { 'idempotency-key': crypto.randomUUID() };
+  const gift = await api('/checkout/sessions', {
+    token: s.token,
+    headers: k,
+    body: { package_id: 'mini', gift: true },
+  });
+  assert.equal(gift.status, 201, gift.text);
+  const plain = await api('/checkout/sessions', { token: s.token, headers: k, body: { package_id: 'mini' } });
+  assert.equal(plain.status, 409, `an ordinary checkout answered the gift's session: ${plain.text}`);
+  assert.equal(codeOf(plain), 'IDEMPOTENCY_KEY_REUSED');
+});
+
+Deno.test("an ordinary checkout's Idempotency-Key reused for a gift is 409 IDEMPOTENCY_KEY_REUSED", async () => {
+  const s = await student();
+  const k = { 'idempotency-key': crypto.randomUUID() };
+  const plain = await api('/checkout/sessions', { token: s.token, headers: k, body: { package_id: 'mini' } });
+  assert.equal(plain.status, 201, plain.text);
+  const gift = await api('/checkout/sessions', {
+    token: s.token,
+    headers: k,
+    body: { package_id: 'mini', gift: true },
+  });
+  assert.equal(codeOf(gift), 'IDEMPOTENCY_KEY_REUSED', gift.text);
+});
+
+Deno.test('a gift whose checkout expired unpaid never shows a code', async () => {
+  const s = await student();
+  const r = await api('/checkout/sessions', {
+    token: s.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { package_id: 'mini', gift: true },
+  });
+  const co = dataOf(r) as { purchase_id: string; session_id: string };
+  const exp = await fetch(`${env('STRIPE_API_BASE')}/_emulator/checkout/sessions/${co.session_id}/expire`, {
+    method: 'POST',
+    body: '{}',
+  });
+  await exp.body?.cancel();
+  const st = await api(`/checkout/sessions/${co.purchase_id}`, { token: s.token });
+  const gift = (st.body.data as { gift: { code: string | null; status: string } }).gift;
+  assert.equal(gift.code, null, st.text);
+  assert.notEqual(gift.status, 'active', st.text);
 });

@@ -1,13 +1,14 @@
 // Promo codes through the real API: an admin makes one, students redeem it. A redemption is a
-// promotional lot with the code's expiry; the same code again answers the first redemption; the
-// budget and the cap hold exactly under concurrent redemptions; failed guesses are limited and
-// every attempt is audited without the code.
+// promotional lot with the code's expiry; the same code again (under its key, or typed another
+// way) answers the first redemption; the budget and the cap hold exactly under concurrent
+// redemptions and a disable racing them; failed guesses are limited and every attempt is audited
+// without the code.
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import { codeHash, normalizeCode } from '../../supabase/functions/_shared/domain/codes.ts';
-import { adminToken, api, assertLedgerInvariants, testDb } from '../helpers.ts';
+import { adminToken, api, assertLedgerInvariants, key, student, testDb } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
-import { key, promo, redeem, student } from '../codes.ts';
+import { balance, promo, redeem } from '../codes.ts';
 
 const hashOf = (code: string) => codeHash(normalizeCode(code) ?? '');
 
@@ -140,4 +141,49 @@ Deno.test('an admin lists promo codes with what was redeemed; a student cannot m
   assert.equal((await api('/admin/codes', { token: s.token })).status, 403);
   const made = await api('/admin/codes', { token: s.token, headers: key(), body: { credits: '1000', budget: '1000' } });
   assert.equal(made.status, 403);
+});
+
+Deno.test('a replayed redemption answers what it answered, even after the code was disabled', async () => {
+  const p = await promo({ credits: '3', budget: '30' });
+  const s = await student();
+  const k = crypto.randomUUID();
+  const first = await redeem(s.token, p.code, k);
+  await testDb`update billing.codes set status = 'disabled' where id = ${p.id}`;
+  const replay = await redeem(s.token, p.code, k);
+  assert.equal(replay.status, 200);
+  assert.equal(replay.headers.get('idempotent-replayed'), 'true');
+  assert.deepEqual(dataOf(replay), dataOf(first));
+  assert.equal(await balance(s.token), '3');
+  const other = await redeem(s.token, 'ABCDE-ABCDE-ABCDE-ABCDE', k);
+  assert.equal(codeOf(other), 'IDEMPOTENCY_KEY_REUSED', 'a key names one request');
+});
+
+/** The code as someone might type it: lower case, look-alikes for 1 and 0, spaces for hyphens. */
+const retyped = (code: string) => code.toLowerCase().replaceAll('1', 'l').replaceAll('0', 'o').replaceAll('-', ' ');
+
+Deno.test('one promo code typed several ways at once, under fresh keys, grants once', async () => {
+  const p = await promo({ credits: '7', budget: '700' });
+  const s = await student();
+  const variants = [p.code, retyped(p.code), p.code.replaceAll('-', ''), ` ${p.code.toLowerCase()} `];
+  const rs = await Promise.all(variants.flatMap((v) => [redeem(s.token, v), redeem(s.token, v)]));
+  assert.ok(rs.every((r) => r.status === 200), rs.map((r) => r.text).join('\n'));
+  assert.equal(new Set(rs.map((r) => JSON.stringify((r.body.data as { transfer_id: string }).transfer_id))).size, 1);
+  assert.equal(await balance(s.token), '7');
+  await assertLedgerInvariants();
+});
+
+Deno.test('a promo code disabled while students redeem it: nobody is granted after the disable', async () => {
+  const p = await promo({ credits: '2', max_redemptions: 100 });
+  const students = await Promise.all(Array.from({ length: 8 }, () => student()));
+  const disable = testDb`select billing.disable_promo_code(${p.id})`;
+  const rs = await Promise.all(students.map((s) => redeem(s.token, p.code)));
+  await disable;
+  assert.ok(rs.every((r) => r.status === 200 || codeOf(r) === 'CODE_NOT_REDEEMABLE'), rs.map((r) => r.text).join('\n'));
+  const [{ n, total }] = await testDb`select redeemed_count as n, trim_scale(redeemed_credits)::text as total
+    from billing.codes where id = ${p.id}`;
+  assert.equal(n, rs.filter((r) => r.status === 200).length);
+  assert.equal(total, String(2 * n));
+  const late = await redeem((await student()).token, p.code);
+  assert.equal(codeOf(late), 'CODE_NOT_REDEEMABLE', late.text);
+  await assertLedgerInvariants();
 });

@@ -1,16 +1,24 @@
 // Voiding one charge (POST /admin/charges/:id/void): the credits go back into the lots it drew,
 // once however many times it is asked, an expired lot's share expires again, the summaries net
-// it, and only an admin may do it. Attacked as an outside tester would (docs/pricing.md § Corrections).
+// it (every token kind too), a removed member's charge goes back to the school, and only an admin
+// may do it (docs/pricing.md § Corrections). Where the credits land: corrections-void-lots.
 import assert from 'node:assert/strict';
-import { adminToken, api, assertLedgerInvariants, backdateLot, fund, newUser, testDb, userToken } from '../helpers.ts';
-import { codeOf, dataOf, spendWith } from '../money.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  backdateLot,
+  fund,
+  key,
+  newUser,
+  reportUsage,
+  student,
+  testDb,
+  userToken,
+} from '../helpers.ts';
+import { checkLots, codeOf, dataOf, everyKind, fullCard, spendWith } from '../money.ts';
 import { person, school, usage, walletOf } from '../orgs.ts';
-
-async function student(credits = '100') {
-  const id = await newUser();
-  await fund(id, credits);
-  return { id, token: await userToken(id) };
-}
+import { balanceOf } from '../purchases.ts';
 
 async function charge(token: string, credits: number): Promise<string> {
   const r = await spendWith(token, crypto.randomUUID(), credits);
@@ -163,4 +171,65 @@ Deno.test('a charge that did not draw its whole amount from lots is refused with
     throw e;
   }).catch((e: Error) => e);
   assert.equal((err as Error).message, 'CHARGE_NOT_VOIDABLE');
+});
+
+Deno.test('the usage summary after a void of a charge with every kind nets credits, requests and tokens', async () => {
+  const model = await fullCard();
+  const id = await newUser();
+  await fund(id, '1000');
+  const token = await userToken(id);
+  const usage = { model, ...everyKind };
+  // Caller metadata cannot plant token counts: a ledger-owned key is refused, nothing charged.
+  const planted = await reportUsage('/credits/usage', {
+    token,
+    headers: key(),
+    body: { ...usage, metadata: { input_tokens: 999999, note: 'x' } },
+  });
+  assert.equal(planted.status, 400, planted.text);
+  const r = await reportUsage('/credits/usage', { token, headers: key(), body: { ...usage, metadata: { note: 'x' } } });
+  assert.equal(r.status, 201, r.text);
+  assert.equal(dataOf(r).charged, '382');
+  assert.equal((await voidCharge(await adminToken(), dataOf(r).transfer_id as string)).status, 200);
+  const today = new Date().toISOString().slice(0, 10);
+  const tomorrow = new Date(Date.now() + 86_400_000).toISOString().slice(0, 10);
+  const sum = await api(`/credits/usage/summary?from=${today}&to=${tomorrow}`, { token });
+  assert.equal(sum.status, 200, sum.text);
+  const totals = dataOf(sum).totals as Record<string, unknown>;
+  assert.equal(totals.credits, '0', JSON.stringify(totals));
+  assert.equal(totals.requests, 0, JSON.stringify(totals));
+  const text = JSON.stringify(dataOf(sum));
+  assert.ok(!/999999|"-\d/.test(text), `no caller counts, no negatives: ${text}`);
+  assert.equal((await balanceOf(token)).balance, '1000');
+  await assertLedgerInvariants();
+});
+
+// The void lands in the allowance that paid; the every-minute sweep (sweep_ended_terms, run here
+// as pg_cron would) returns what sits in the allowance of someone no longer a member.
+Deno.test("a removed member's voided allowance charge goes back to the school within the sweep's minute", async () => {
+  const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
+  const org = await school(owner, [ada], 'allowance', '1000');
+  const funded = await api(`/orgs/${org}/allowances`, {
+    token: owner.token,
+    headers: key(),
+    body: { user_id: ada.id, amount: '100' },
+  });
+  assert.equal(funded.status, 201, funded.text);
+  const used = await reportUsage('/credits/usage', {
+    token: ada.token,
+    headers: key(),
+    body: { model: 'gpt-4o', input_tokens: 1500, output_tokens: 0 }, // 30 credits
+  });
+  assert.equal(used.status, 201, used.text);
+  assert.deepEqual(dataOf(used).paid_by, { org_id: org }, used.text);
+  const removed = await api(`/orgs/${org}/members/${ada.id}`, { method: 'DELETE', token: owner.token });
+  assert.equal(removed.status, 200, removed.text);
+
+  const v = await voidCharge(await adminToken(), dataOf(used).transfer_id as string);
+  assert.equal(v.status, 200, v.text);
+  await testDb`select billing.sweep_ended_terms(100)`;
+  const [stranded] = await testDb`select trim_scale(a.balance)::text as balance from billing.accounts a
+    where a.org_id = ${org} and a.member_id = ${ada.id}`;
+  await assertLedgerInvariants();
+  await checkLots();
+  assert.equal(stranded.balance, '0', `${stranded.balance} credits sit in a removed member's allowance`);
 });

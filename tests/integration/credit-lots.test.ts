@@ -1,5 +1,7 @@
 // Credit lots: spending order, allocations in the ledger, expiry into breakage with warnings
-// first, refunds and disputes that take back their own purchase's lots, and debt.
+// first (credits that expire under a hold are spent by nothing: a release and a new hold, a
+// capture, the fast path, racing or not), refunds and
+// disputes that take back their own purchase's lots, and debt.
 import assert from 'node:assert/strict';
 import type { Balance, LedgerPage, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import {
@@ -8,21 +10,18 @@ import {
   assertLedgerInvariants,
   backdateLot,
   env,
+  key,
   newUser,
   reportUsage,
   spend,
+  student,
   testDb,
   userToken,
 } from '../helpers.ts';
+import { batch, dataOf, spendWith, sweep, usageEvent } from '../money.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
 
-const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 const data = <T>(r: { body: Record<string, unknown> }) => r.body.data as T;
-
-async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
 
 /** An admin grant through the API, with the lot it should create. */
 async function grant(userId: string, amount: string, lot: Record<string, unknown>, kind = 'adjustment') {
@@ -251,5 +250,91 @@ Deno.test('parallel debits, batch events, expiry sweeps and refunds on one accou
     where l.account_id = a.id and l.remaining < 0) as negative from billing.accounts a where a.user_id = ${s.id}`;
   assert.equal(Number(row.lots), Math.max(Number(row.balance), 0));
   assert.equal(row.negative, 0);
+  await assertLedgerInvariants();
+});
+
+Deno.test('credits that expired under a hold are not spent by the fast path, a capture, or a new hold', async () => {
+  const s = await student('100'); // promotional: a lot that expires
+  const hold = await api('/credits/holds', { token: s.token, body: { amount: '60' }, headers: key() });
+  assert.equal(hold.status, 201, hold.text);
+  const [{ id: lot }] =
+    await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
+                                     where a.user_id = ${s.id}`;
+  await backdateLot(lot);
+  const spent = await spendWith(s.token, crypto.randomUUID(), 10);
+  assert.equal(spent.status, 402, `the fast path spent expired credits: ${spent.text}`);
+  const cap = await api(`/credits/holds/${dataOf(hold).hold_id}/capture`, { token: s.token, body: {}, headers: key() });
+  assert.notEqual(cap.status, 200, `a capture spent expired credits: ${cap.text}`);
+  const again = await api('/credits/holds', { token: s.token, body: { amount: '10' }, headers: key() });
+  assert.equal(again.status, 402, `a new hold reserved expired credits: ${again.text}`);
+  assert.equal((await balanceOf(s.token)).balance, '0');
+  await assertLedgerInvariants();
+});
+
+Deno.test('a hold over credits that expire, captured while usage and new holds race it, spends only what is left', async () => {
+  for (let run = 0; run < 3; run++) {
+    const s = await student('60'); // promotional: expires
+    const admin = await adminToken();
+    const paid = await api('/credits/grants', {
+      token: admin,
+      headers: key(),
+      body: { user_id: s.id, amount: '40', reason: 'support credit', kind: 'adjustment' }, // never expires
+    });
+    assert.equal(paid.status, 201, paid.text);
+    const hold = await api('/credits/holds', { token: s.token, body: { amount: '90' }, headers: key() });
+    assert.equal(hold.status, 201, hold.text);
+    const [promo] = await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
+                                 where a.user_id = ${s.id} and l.expires_at is not null`;
+    await backdateLot(promo.id);
+    const holdId = dataOf(hold).hold_id as string;
+    const answers = await Promise.all([
+      api(`/credits/holds/${holdId}/capture`, { token: s.token, body: {}, headers: key() }),
+      api(`/credits/holds/${holdId}/capture`, { token: s.token, body: { amount: '30' }, headers: key() }),
+      spendWith(s.token, crypto.randomUUID(), 15),
+      spendWith(s.token, crypto.randomUUID(), 15),
+      batch([usageEvent(s.id, crypto.randomUUID(), 15)]),
+      api('/credits/holds', { token: s.token, body: { amount: '20' }, headers: key() }),
+      sweep(),
+    ]);
+    const b = await balanceOf(s.token);
+    assert.ok(Number(b.balance) >= 0 && Number(b.available) >= 0, `run ${run}: ${JSON.stringify(b)}`);
+    const [{ spent }] = await testDb`select coalesce(sum(t.amount), 0)::numeric as spent from billing.transfers t
+      join billing.accounts a on a.id = t.from_account_id
+      where a.user_id = ${s.id} and t.kind in ('usage', 'hold_capture')`;
+    assert.ok(
+      Number(spent) <= 40,
+      `run ${run}: ${spent} spent of 40 unexpired credits (${
+        answers.map((r) => 'status' in r ? r.status : '').join()
+      })`,
+    );
+    assert.equal(Number(spent) + Number(b.balance), 40, `run ${run}`);
+    await assertLedgerInvariants();
+  }
+});
+
+Deno.test('credits of an expired lot cannot be spent by releasing and re-holding them, nor by capturing a hold', async () => {
+  const s = { id: await newUser() };
+  const token = await userToken(s.id);
+  const admin = await adminToken();
+  const at = new Date(Date.now() + 2_000).toISOString();
+  const g = await api('/credits/grants', {
+    token: admin,
+    headers: key(),
+    body: { user_id: s.id, amount: '100', reason: 'trial', lot: { category: 'promotional', expires_at: at } },
+  });
+  assert.equal(g.status, 201, g.text);
+  const held = await api('/credits/holds', { token, headers: key(), body: { amount: '100', ttl_seconds: 600 } });
+  assert.equal(held.status, 201, held.text);
+  const holdId = (held.body.data as { hold_id: string }).hold_id;
+  await new Promise((r) => setTimeout(r, 2_500));
+
+  const captured = await api(`/credits/holds/${holdId}/capture`, { token, body: {} });
+  assert.notEqual(captured.status, 200, 'an expired lot under a hold is not captured');
+  assert.equal((await balanceOf(token)).balance, '0', 'it expired, held or not');
+  const again = await api('/credits/holds', { token, headers: key(), body: { amount: '1', ttl_seconds: 600 } });
+  assert.equal(again.status, 402, 'and cannot be held again');
+  const [{ n }] = await testDb`select count(*)::int as n from billing.transfers t
+    join billing.accounts a on a.id = t.from_account_id where a.user_id = ${s.id} and t.kind = 'hold_capture'`;
+  assert.equal(n, 0);
   await assertLedgerInvariants();
 });

@@ -1,7 +1,19 @@
-// Concurrency claims, proven in parallel over real HTTP.
+// Concurrency claims, proven in parallel over real HTTP: debits, holds, captures, releases,
+// batches, refunds, voids and disputes at once on one account never overdraw it nor lose a credit.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { balanceOf } from '../purchases.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  fund,
+  key,
+  newUser,
+  reportUsage,
+  student,
+  testDb,
+  userToken,
+} from '../helpers.ts';
+import { batch, codeOf, dataOf, spendWith, usageEvent, voidCharge } from '../money.ts';
+import { balanceOf, chargeOf, emulator, startCheckout } from '../purchases.ts';
 
 Deno.test('concurrent debits never overdraw: 200 parallel 1-credit debits on 100 credits → exactly 100 succeed', async () => {
   const id = await newUser();
@@ -95,4 +107,54 @@ Deno.test('parallel holds never reserve more than the balance', async () => {
   assert.equal(results.filter((r) => r.status === 201).length, 10);
   assert.deepEqual(await balanceOf(token), { balance: '10', held: '10', available: '0' });
   await assertLedgerInvariants();
+});
+
+Deno.test('usage, holds, captures, releases and a Stripe refund at once on one account keep the ledger whole', async () => {
+  const s = await student();
+  const co = await startCheckout(s.token, 'mini');
+  await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+  const charge = await chargeOf(co.session_id);
+  const holds = await Promise.all(
+    Array.from({ length: 4 }, () => api('/credits/holds', { token: s.token, body: { amount: '300' }, headers: key() })),
+  );
+  const ids = holds.filter((h) => h.status === 201).map((h) => dataOf(h).hold_id as string);
+  await Promise.all([
+    ...Array.from({ length: 12 }, () => spendWith(s.token, crypto.randomUUID(), 100)),
+    ...ids.slice(0, 2).map((h) =>
+      api(`/credits/holds/${h}/capture`, { token: s.token, body: { amount: '200' }, headers: key() })
+    ),
+    ...ids.slice(2).map((h) => api(`/credits/holds/${h}/release`, { token: s.token, body: {}, headers: key() })),
+    emulator(`/_emulator/charges/${charge}/refund`, { amount: 500 }),
+  ]);
+  const b = await balanceOf(s.token);
+  assert.equal(
+    Number(b.balance) <= 0,
+    true,
+    `a full refund took back what was left (or made it debt): ${JSON.stringify(b)}`,
+  );
+  await assertLedgerInvariants();
+});
+
+Deno.test('a dispute opened while usage, a batch and a void race on the account keeps every credit accounted for', async () => {
+  const s = await student();
+  const co = await startCheckout(s.token, 'mini');
+  await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+  const first = await spendWith(s.token, crypto.randomUUID(), 100);
+  assert.equal(first.status, 201, first.text);
+  const charge = await chargeOf(co.session_id);
+  await Promise.all([
+    emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' }),
+    ...Array.from({ length: 6 }, () => spendWith(s.token, crypto.randomUUID(), 50)),
+    batch(Array.from({ length: 4 }, () => usageEvent(s.id, crypto.randomUUID(), 25))),
+    voidCharge(dataOf(first).transfer_id as string),
+    api('/credits/holds', { token: s.token, body: { amount: '10' }, headers: key() }),
+  ]);
+  await assertLedgerInvariants();
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
+  await assertLedgerInvariants();
+  const b = await balanceOf(s.token);
+  assert.ok(Number(b.balance) <= 0, `a lost dispute took back what was left of the purchase: ${JSON.stringify(b)}`);
+  const again = await spendWith(s.token, crypto.randomUUID(), 1);
+  assert.equal(again.status, 402, again.text);
+  assert.equal(codeOf(again), 'INSUFFICIENT_CREDITS');
 });

@@ -1,16 +1,25 @@
-// Holds have an owner and a purpose: a student acts only on their own holds, and a dispute
-// freezes the disputed credits whatever else holds them. Each test is an escape from a
-// chargeback (or from paying for a job) that worked before holds had a purpose.
+// Holds have an owner and a purpose: a student acts only on their own holds, a dispute freezes
+// the disputed credits whatever else holds them, and a job under a hold is paid for its work once
+// even when a refund, a dispute or an expiry reaches the credits meanwhile.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, tick, until, userToken } from '../helpers.ts';
-import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  backdateLot,
+  fund,
+  jobOf,
+  key,
+  reportUsage,
+  student,
+  testDb,
+  tick,
+  until,
+  withGateway,
+} from '../helpers.ts';
+import { accountOf, person, school } from '../orgs.ts';
+import { balanceOf, buy, chargeOf, emulator, pays, startCheckout } from '../purchases.ts';
 
 type Json = Record<string, unknown>;
-
-async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
 
 const post = (token: string, path: string, body: unknown = {}) =>
   api(path, { token, body, headers: { 'idempotency-key': crypto.randomUUID() } });
@@ -157,5 +166,77 @@ Deno.test("a student's capture never spends credits a dispute froze, even after 
   assert.equal((capture.body.error as Json).code, 'HOLD_RELEASED');
   await dispute(disputed.session_id, 'lost');
   assert.equal((await balanceOf(s.token)).balance, '0', 'the lost dispute takes back what it froze: no debt');
+  await assertLedgerInvariants();
+});
+
+Deno.test('a job queued before a dispute still pays for its work when a credit of the account expires meanwhile', async () => {
+  const s = await student();
+  const co = await startCheckout(s.token, 'mini'); // 5,000 paid credits (never expire)
+  await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+  await fund(s.id, '1'); // one promotional credit, expiring
+  // A metered job queued behind others (as the jobs tests queue one): its estimate held now.
+  const job = await testDb.begin(async (sql) => {
+    const [j] = await sql`select id from billing.enqueue_job(${s.id}, 'ai_completion',
+      ${
+      JSON.stringify({ model: 'gpt-4o', prompt: 'one two three four five six seven eight', max_tokens: 100 })
+    }::text::jsonb,
+      ${crypto.randomUUID()}, null, 5)`;
+    await sql`update billing.jobs set run_after = now() + interval '1 hour' where id = ${j.id}`;
+    return j.id as string;
+  });
+  const charge = await chargeOf(co.session_id);
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' }); // a job's hold is work under way: it stays
+  const [{ id: promo }] =
+    await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
+                                      where a.user_id = ${s.id} and l.expires_at is not null`;
+  await backdateLot(promo); // time passes: the one promotional credit is due
+  await testDb`update billing.jobs set run_after = now() where id = ${job}`;
+  await tick();
+  const [done] = await testDb`select status from billing.jobs where id = ${job}`;
+  assert.equal(done.status, 'completed');
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'won' });
+  await assertLedgerInvariants();
+  // 8 in × $5/M + 8 out × $15/M, × 4, in credits: 0.64 (the jobs tests' figure). One credit expired:
+  // the hold gives way by that much at most, and the work is paid.
+  const [paid] = await testDb`select coalesce(sum(t.amount), 0)::text as n from billing.transfers t
+    join billing.accounts a on a.id = t.from_account_id where a.user_id = ${s.id} and t.kind in ('hold_capture', 'usage')`;
+  assert.equal(Number(paid.n), 0.64, `the job's work was not paid: ${JSON.stringify(await balanceOf(s.token))}`);
+  assert.equal((await balanceOf(s.token)).balance, '4999.36');
+});
+
+/** Starts an ai_completion job through `url` (a gateway whose provider may be slow); its id. */
+async function startJob(url: string, who: { token: string }) {
+  const res = await fetch(`${url}/jobs`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${who.token}`, 'content-type': 'application/json', ...key() },
+    body: JSON.stringify({
+      type: 'ai_completion',
+      input: { model: 'gpt-4o', prompt: 'hello world', max_tokens: 1000 },
+    }),
+  });
+  assert.equal(res.status, 202);
+  return (await res.json()).data.job_id as string;
+}
+const finished = (id: string) =>
+  until('the job to finish', async () => {
+    const j = await jobOf(id);
+    return ['completed', 'failed', 'cancelled'].includes(j.status) && j;
+  });
+
+Deno.test('credits a refund takes back from under a hold are no longer held: a job under it completes once, never run again', async () => {
+  const [admin, member] = await Promise.all(['admin', 'member'].map(person));
+  const org = await school(admin, [member], 'allowance', null);
+  const session = await pays(admin.token, { package_id: 'mini', org_id: org });
+  const funded = await api(`/orgs/${org}/allowances`, { token: admin.token, headers: key(), body: { amount: '5000' } });
+  assert.equal(funded.status, 201, funded.text);
+  // A slow provider keeps the job under its hold while the purchase is refunded in full.
+  await withGateway({ AI_LOCAL_CHUNK_DELAY_MS: '400' }, async (url) => {
+    const job = await startJob(url, member);
+    await emulator(`/_emulator/charges/${await chargeOf(session)}/refund`, { amount: 500 });
+    assert.deepEqual(await accountOf(org, member.id), { balance: '0', held: '0' }, 'nothing is held that is not there');
+    const { status, attempts } = await finished(job);
+    assert.deepEqual({ status, attempts }, { status: 'completed', attempts: 1 }, 'the provider was called once');
+  });
+  assert.deepEqual(await accountOf(org, member.id), { balance: '0', held: '0' });
   await assertLedgerInvariants();
 });

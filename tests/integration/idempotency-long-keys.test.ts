@@ -1,14 +1,16 @@
 // docs/api.md allows an Idempotency-Key of 1–255 printable ASCII characters on every route that
 // moves credits or money. The keys the routes derive from it (for the ledger, 'http:<user>:<action>:'
 // and 'allowance:' prefixes, at most 300 characters; for Stripe, 'refund:<purchase>:', at most
-// 255) once grew past their stores' limits, so keys of 237–255 characters were refused. Here a
-// 255-character key works on each money route, a retry with it replays, and two such keys that
-// differ only in their last character stay two requests.
+// 255) must fit their stores whatever the key's length. Here a 255-character key works on each
+// money route, a retry with it replays, two such keys that differ only in their last character
+// stay two requests, and derived keys filling their store exactly (300 characters), or a key's
+// `sha256:` look-alike, never merge two requests.
 import assert from 'node:assert/strict';
-import { adminToken, api, fund, reportUsage } from '../helpers.ts';
-import { person, school } from '../orgs.ts';
+import { adminToken, api, assertLedgerInvariants, fund, reportUsage, sha256hex, student, testDb } from '../helpers.ts';
+import { batch, charged, dataOf, outcomesOf, usageEvent } from '../money.ts';
+import { person, school, walletOf } from '../orgs.ts';
+import { balanceOf, buy } from '../purchases.ts';
 import { newProvider, paidPayment } from '../providers.ts';
-import { buy } from '../purchases.ts';
 
 type Answer = Awaited<ReturnType<typeof api>>;
 
@@ -147,4 +149,72 @@ Deno.test('a 255-character Idempotency-Key works and replays on purchases, refun
       headers: { 'idempotency-key': key },
       body: { amount_cents: 100 },
     }));
+});
+
+Deno.test('hold keys and batch event ids at 300 characters and sha256: look-alikes never merge two requests', async () => {
+  const s = await student('100');
+  const long = 'h'.repeat(255);
+  // 'http:<user>:credits.holds:' is 56 characters: a 244-character key fills 300 exactly.
+  const keys = [
+    long,
+    'sha256:' + await sha256hex(long),
+    'b'.repeat(244),
+    'b'.repeat(245),
+    'SHA256:' + await sha256hex(long),
+  ];
+  const holds: string[] = [];
+  for (const k of keys) {
+    const h = await api('/credits/holds', { token: s.token, body: { amount: '5' }, headers: { 'idempotency-key': k } });
+    assert.equal(h.status, 201, `${k.length}: ${h.text}`);
+    holds.push(dataOf(h).hold_id as string);
+  }
+  assert.equal(new Set(holds).size, keys.length, 'each key is its own hold');
+  // A day later the stored answers are gone: each key finds its own hold through the ledger's key.
+  await testDb`delete from billing.idempotency_keys where user_id = ${s.id}`;
+  for (const [i, k] of keys.entries()) {
+    const again = await api('/credits/holds', {
+      token: s.token,
+      body: { amount: '5' },
+      headers: { 'idempotency-key': k },
+    });
+    assert.equal(dataOf(again)?.hold_id, holds[i], `${k.length}: ${again.text}`);
+  }
+  assert.equal((await balanceOf(s.token)).held, '25');
+  const e0 = 'e'.repeat(200);
+  const events = [e0, 'sha256:' + await sha256hex(e0), 'SHA256:' + await sha256hex(e0)].map((id) =>
+    usageEvent(s.id, id, 1)
+  );
+  const first = await batch(events);
+  assert.ok(outcomesOf(first).every((o) => o.status === 'applied'), first.text);
+  assert.equal(new Set(outcomesOf(first).map((o) => o.transfer_id)).size, 3);
+  const second = await batch(events);
+  assert.ok(outcomesOf(second).every((o) => o.status === 'duplicate'), second.text);
+  assert.equal((await charged(s.id)).n, 3);
+  await assertLedgerInvariants();
+});
+
+const allowanceOf = async (org: string, member: string) =>
+  (await testDb`select trim_scale(a.balance)::text as b from billing.accounts a
+                where a.org_id = ${org} and a.member_id = ${member}`)[0]?.b as string | undefined;
+
+Deno.test('allowance keys at 300 characters and sha256: look-alikes: each key funds once per member, retries fund nothing', async () => {
+  const [owner, ada, bob] = await Promise.all(['owner', 'ada', 'bob'].map(person));
+  const org = await school(owner, [ada, bob], 'allowance', '1000');
+  // 'allowance:<org>:' is 47 characters and ':<member>' 37: a 216-character key fills 300 exactly.
+  const long = 'a'.repeat(255);
+  const keys = ['a'.repeat(216), 'a'.repeat(217), long, 'sha256:' + await sha256hex(long + ':' + ada.id)];
+  for (const k of keys) {
+    for (let i = 0; i < 2; i++) {
+      const r = await api(`/orgs/${org}/allowances`, {
+        token: owner.token,
+        headers: { 'idempotency-key': k },
+        body: { amount: '10' },
+      });
+      assert.equal(r.status, 201, `${k.length}: ${r.text}`);
+    }
+  }
+  assert.equal(await allowanceOf(org, ada.id), '40', 'four keys, four fundings each, none twice');
+  assert.equal(await allowanceOf(org, bob.id), '40');
+  assert.equal((await walletOf(owner.token, org)).balance, '920');
+  await assertLedgerInvariants();
 });

@@ -6,25 +6,17 @@ import {
   assertLedgerInvariants,
   env,
   functionsUrl,
-  fund,
-  newUser,
   reportUsage,
   spawnGateway,
+  student,
   testDb,
   tick,
   until,
-  userToken,
 } from '../helpers.ts';
 import { balanceOf } from '../purchases.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;
-
-async function student(credits?: string) {
-  const id = await newUser();
-  if (credits) await fund(id, credits);
-  return { id, token: await userToken(id) };
-}
 
 async function createJob(token: string, body: unknown, base = functionsUrl, key = crypto.randomUUID()) {
   const res = await fetch(`${base}/jobs`, {
@@ -359,4 +351,25 @@ Deno.test('the worker tick refuses a caller without the cron secret', async () =
   });
   assert.equal(r.status, 401);
   await r.body?.cancel();
+});
+
+Deno.test('a job with odd limits or an unpriced model is refused and places no hold', async () => {
+  const s = await student('1000');
+  for (const max_tokens of [0, 4097, 1.5, '10', -1, null]) {
+    const r = await api('/jobs', {
+      token: s.token,
+      headers: { 'idempotency-key': crypto.randomUUID() },
+      body: { type: 'ai_completion', input: { model: 'gpt-4o-mini', prompt: 'one two', max_tokens } },
+    });
+    assert.equal(r.status, 400, `${max_tokens}: ${r.status} ${r.text}`);
+  }
+  const unpriced = await api('/jobs', {
+    token: s.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { type: 'ai_completion', input: { model: 'no-such-model', prompt: 'one two', max_tokens: 10 } },
+  });
+  assert.ok(unpriced.status >= 400 && unpriced.status < 500, unpriced.text);
+  const [{ n }] = await testDb`select count(*)::int as n from billing.holds h join billing.accounts a
+    on a.id = h.account_id where a.user_id = ${s.id}`;
+  assert.equal(n, 0, 'no hold for a refused job');
 });

@@ -1,14 +1,24 @@
 // Schools pay by invoice: an organisation's admin asks for a package on a Stripe invoice (net
 // terms, PO number); paid, the wallet gets the package's lots exactly once, however the webhooks
 // arrive; void and uncollectible credit nothing; a refund of the paid invoice reaches the credits.
+// Who may ask for one, hostile text, the same request at once: here; what happens once it is
+// sent: org-invoices-payments.
 import assert from 'node:assert/strict';
 import type { OrgInvoice } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, assertLedgerInvariants, env, spawnGateway, testDb, withGateway } from '../helpers.ts';
-import { key, person, school, walletOf } from '../orgs.ts';
+import { api, assertLedgerInvariants, env, key, spawnGateway, testDb, withGateway } from '../helpers.ts';
+import { codeOf, type Json } from '../money.ts';
+import { join, person, school, walletOf } from '../orgs.ts';
 import { deliver, emulator, sign, stripeApi } from '../purchases.ts';
-import { approveInvoicing, billing, chargeIn, openInvoice, pay, requestInvoice, stripePost } from '../invoices.ts';
-
-const code = (r: { body: { error?: unknown } }) => (r.body.error as { code: string }).code;
+import {
+  approveInvoicing,
+  billing,
+  chargeIn,
+  openInvoice,
+  pay,
+  requestInvoice,
+  requestWhileStripeDown,
+  stripePost,
+} from '../invoices.ts';
 
 /** The wallet's lots from an invoice's purchase: category and cost (before tax). */
 const lotsOf = (inv: { id: string }) =>
@@ -69,7 +79,7 @@ Deno.test('an admin invoices a package: open and sent with its PO number and ter
   assert.equal(n, 1, 'one invoice for one key');
   const reused = await requestInvoice(owner.token, org, { ...body, quantity: 3 }, headers);
   assert.equal(reused.status, 409, reused.text);
-  assert.equal(code(reused), 'IDEMPOTENCY_KEY_REUSED');
+  assert.equal(codeOf(reused), 'IDEMPOTENCY_KEY_REUSED');
   assert.deepEqual(await walletOf(owner.token, org), { balance: '0', held: '0', available: '0' }, 'unpaid: nothing');
 });
 
@@ -104,10 +114,10 @@ Deno.test('members and outsiders can neither invoice an organisation nor list it
   const org = await school(owner, [member], 'allowance', null);
   const asMember = await requestInvoice(member.token, org);
   assert.equal(asMember.status, 403, asMember.text);
-  assert.equal(code(asMember), 'ORG_FORBIDDEN');
+  assert.equal(codeOf(asMember), 'ORG_FORBIDDEN');
   const asOutsider = await requestInvoice(outsider.token, org);
   assert.equal(asOutsider.status, 404, asOutsider.text);
-  assert.equal(code(asOutsider), 'ORG_NOT_FOUND');
+  assert.equal(codeOf(asOutsider), 'ORG_NOT_FOUND');
   const listMember = await api(`/orgs/${org}/invoices`, { token: member.token });
   assert.equal(listMember.status, 403, listMember.text);
   const listOutsider = await api(`/orgs/${org}/invoices`, { token: outsider.token });
@@ -172,13 +182,7 @@ Deno.test('Stripe down half-way: the request fails retryably, and its retry fini
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', null);
   const headers = key();
-  await emulator('/_emulator/faults', { down: true });
-  let down;
-  try {
-    down = await requestInvoice(owner.token, org, {}, headers);
-  } finally {
-    await emulator('/_emulator/faults', { down: false });
-  }
+  const down = await requestWhileStripeDown(owner.token, org, headers);
   assert.equal(down.status, 502, down.text);
   const [draft] = await testDb`select status from billing.org_invoices where org_id = ${org}`;
   assert.equal(draft.status, 'draft', 'the intent was recorded before Stripe');
@@ -240,7 +244,7 @@ Deno.test("an invoice goes to the requester's own confirmed address only: anothe
   const org = await school(owner, [], 'allowance', null);
   const other = await requestInvoice(owner.token, org, { billing_email: 'accounts@evil.example' });
   assert.equal(other.status, 400, other.text);
-  assert.equal(code(other), 'BILLING_EMAIL_NOT_VERIFIED');
+  assert.equal(codeOf(other), 'BILLING_EMAIL_NOT_VERIFIED');
   assert.equal((other.body.error as { field: string }).field, 'billing_email');
   const [{ n }] = await testDb`select count(*)::int as n from billing.org_invoices where org_id = ${org}`;
   assert.equal(n, 0, 'nothing recorded');
@@ -252,7 +256,7 @@ Deno.test("an invoice goes to the requester's own confirmed address only: anothe
   await testDb`update auth.users set email_confirmed_at = null where id = ${owner.id}`;
   const unconfirmed = await requestInvoice(owner.token, org);
   assert.equal(unconfirmed.status, 400, unconfirmed.text);
-  assert.equal(code(unconfirmed), 'BILLING_EMAIL_NOT_VERIFIED');
+  assert.equal(codeOf(unconfirmed), 'BILLING_EMAIL_NOT_VERIFIED');
 });
 
 Deno.test('a new organisation asks for invoices only after a card purchase or an operator approval', async () => {
@@ -262,7 +266,7 @@ Deno.test('a new organisation asks for invoices only after a card purchase or an
     api(`/orgs/${org}/invoices`, { token: owner.token, body: { package_id: 'mini', ...billing }, headers: key() });
   const refused = await direct();
   assert.equal(refused.status, 403, refused.text);
-  assert.equal(code(refused), 'ORG_INVOICING_NOT_ALLOWED');
+  assert.equal(codeOf(refused), 'ORG_INVOICING_NOT_ALLOWED');
   // Only a platform admin approves: the organisation's own owner cannot.
   const self = await api(`/orgs/${org}/invoicing`, { token: owner.token, method: 'PUT', body: { approved: true } });
   assert.equal(self.status, 403, self.text);
@@ -270,14 +274,14 @@ Deno.test('a new organisation asks for invoices only after a card purchase or an
   await approveInvoicing(org);
   assert.equal((await direct()).status, 201);
   await approveInvoicing(org, false);
-  assert.equal(code(await direct()), 'ORG_INVOICING_NOT_ALLOWED', 'an approval withdrawn stops new requests');
+  assert.equal(codeOf(await direct()), 'ORG_INVOICING_NOT_ALLOWED', 'an approval withdrawn stops new requests');
   // A paid card purchase for the organisation (Checkout) is enough on its own; a refunded one is not.
   const purchase = (refunded: number) =>
     testDb`insert into billing.purchases (user_id, package_id, request_key, price_cents, currency, credits, bonus_credits,
       org_id, origin, status, paid_at, amount_refunded_cents, package_version)
     values (${owner.id}, 'mini', ${crypto.randomUUID()}, 500, 'usd', 5000, 0, ${org}, 'checkout', 'paid', now(), ${refunded}, 1)`;
   await purchase(500);
-  assert.equal(code(await direct()), 'ORG_INVOICING_NOT_ALLOWED', 'a refunded card purchase proves no payer');
+  assert.equal(codeOf(await direct()), 'ORG_INVOICING_NOT_ALLOWED', 'a refunded card purchase proves no payer');
   await purchase(0);
   assert.equal((await direct()).status, 201);
 });
@@ -292,7 +296,7 @@ Deno.test('invoice requests are limited per requester and per organisation per d
     select ${org}, 'mini', 1, 5000, 0, 500, 'usd', 30, 'old-' || i, ${owner.id}, 1 from generate_series(1, 10) i`;
   const over = await requestInvoice(owner.token, org);
   assert.equal(over.status, 429, over.text);
-  assert.equal(code(over), 'INVOICE_LIMIT');
+  assert.equal(codeOf(over), 'INVOICE_LIMIT');
   assert.equal((over.body.error as { details: { scope: string } }).details.scope, 'requester');
   // Another admin of the same school has their own 10, but shares the organisation's 20 (ten more
   // asked for by a former admin).
@@ -374,4 +378,88 @@ Deno.test('text Stripe prints refuses control, bidirectional and zero-width char
     po_number: "PO 2026/17 (St. Mary's)",
     billing_address: { line1: '12 Rue de l’Église', city: 'Zürich', postal_code: 'SW1A 1AA', country: 'GB' },
   });
+});
+
+Deno.test('an admin removed after a request failed half-way cannot finish it with the same Idempotency-Key', async () => {
+  const [owner, admin] = await Promise.all(['owner', 'admin'].map(person));
+  const org = await school(owner, [], 'allowance', null);
+  await join(owner.token, org, admin, 'admin');
+  const headers = key();
+  const down = await requestWhileStripeDown(admin.token, org, headers);
+  assert.equal(down.status, 502, down.text);
+  const removed = await api(`/orgs/${org}/members/${admin.id}`, { token: owner.token, method: 'DELETE' });
+  assert.equal(removed.status, 200, removed.text);
+
+  // The retry names the attacker's own mailbox: were it honoured, the school's Stripe customer
+  // and its invoice would be made out to it.
+  const retried = await requestInvoice(admin.token, org, { billing_email: 'attacker@evil.test' }, headers);
+  assert.equal(retried.status, 404, retried.text);
+  assert.equal(codeOf(retried), 'ORG_NOT_FOUND');
+  const [row] = await testDb`select status, stripe_invoice_id from billing.org_invoices where org_id = ${org}`;
+  assert.deepEqual([row.status, row.stripe_invoice_id], ['draft', null], 'nothing was sent for a former admin');
+  const [o] = await testDb`select stripe_customer_id from billing.orgs where id = ${org}`;
+  if (o.stripe_customer_id) {
+    const customer = await stripeApi(`/v1/customers/${o.stripe_customer_id}`);
+    assert.notEqual(customer.email, 'attacker@evil.test');
+  }
+});
+
+Deno.test('hostile text in the PO number, email and address is 400 with nothing stored, never a 5xx', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const serverLog = `${(await testDb`show data_directory`)[0].data_directory}/server.log`;
+  const logStart = (await Deno.stat(serverLog)).size;
+  const marker = `po-${crypto.randomUUID().slice(0, 8)}`;
+  const nasty = [`${marker}\u0000b`, `${marker}\ud800b`, marker.repeat(1_000), ''];
+  const bodies: Json[] = [];
+  for (const s of nasty) {
+    bodies.push({ po_number: s });
+    bodies.push({ billing_email: `${s}@school.test` });
+    bodies.push({ billing_address: { ...billing.billing_address, line1: s } });
+    bodies.push({ billing_address: { ...billing.billing_address, city: s } });
+    bodies.push({ billing_address: { ...billing.billing_address, postal_code: s } });
+    bodies.push({ package_id: s });
+  }
+  bodies.push({ quantity: 0 }, { quantity: 101 }, { quantity: 1.5 }, { quantity: '2' }, { quantity: 2 ** 63 });
+  bodies.push({ days_until_due: 0 }, { days_until_due: -1 }, { days_until_due: '1e1' });
+  bodies.push({ billing_address: { ...billing.billing_address, country: 'us' } }, { billing_address: null });
+  bodies.push({ amount_cents: 1 }, { org_id: crypto.randomUUID() }, { credits: '1000000' });
+  for (const b of bodies) {
+    const r = await requestInvoice(owner.token, org, b);
+    assert.equal(r.status, 400, `${JSON.stringify(b).slice(0, 80)}: ${r.status} ${r.text.slice(0, 200)}`);
+  }
+  const [{ n }] = await testDb`select count(*)::int as n from billing.org_invoices where org_id = ${org}`;
+  assert.equal(n, 0, 'nothing recorded');
+  // A hostile but valid PO number is kept as given and reaches Stripe as given (a bidirectional
+  // override or a noncharacter is refused: org-invoices.test.ts).
+  const po = '<script>"; drop--';
+  const inv = await openInvoice(owner.token, org, { po_number: po });
+  assert.equal(inv.po_number, po);
+  const stripeInv = await stripeApi(`/v1/invoices/${inv.stripe_invoice_id}`);
+  assert.deepEqual(stripeInv.custom_fields, [{ name: 'PO number', value: po }]);
+  const file = await Deno.open(serverLog);
+  await file.seek(logStart, Deno.SeekMode.Start);
+  const log = new TextDecoder().decode(await new Response(file.readable).arrayBuffer());
+  assert.ok(!log.includes(marker), 'none of the hostile values reached the Postgres log');
+});
+
+Deno.test('the same invoice request 20 times at once makes one invoice; 9 keys make 9, all under one customer', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', null);
+  const headers = key();
+  const same = await Promise.all(Array.from({ length: 20 }, () => requestInvoice(owner.token, org, {}, headers)));
+  assert.ok(same.every((r) => [200, 201, 409].includes(r.status)), same.map((r) => r.status).join(','));
+  const ids = new Set(same.filter((r) => r.status < 300).map((r) => (r.body.data as OrgInvoice).id));
+  assert.equal(ids.size, 1, 'one invoice answered');
+  // The requester's daily limit is 10 (the first one included).
+  const many = await Promise.all(Array.from({ length: 9 }, () => requestInvoice(owner.token, org)));
+  assert.ok(many.every((r) => r.status === 201 || r.status === 502), many.map((r) => r.status).join(','));
+  const rows = await testDb`select status, stripe_invoice_id from billing.org_invoices where org_id = ${org}`;
+  assert.equal(rows.length, 10);
+  const [o] = await testDb`select stripe_customer_id from billing.orgs where id = ${org}`;
+  for (const r of rows.filter((r) => r.stripe_invoice_id)) {
+    const inv = await stripeApi(`/v1/invoices/${r.stripe_invoice_id}`);
+    assert.equal(inv.customer, o.stripe_customer_id, "every invoice under the organisation's one customer");
+  }
+  assert.equal(new Set(rows.map((r) => r.stripe_invoice_id)).size, rows.length, 'no two rows share a Stripe invoice');
 });

@@ -2,22 +2,15 @@
 // run re-prices past usage without moving money, publishing is never retroactive, idempotent
 // per draft and audited; and what a student can try against it.
 import assert from 'node:assert/strict';
-import { api, fund, newAdmin, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, key, newAdmin, reportUsage, student, testDb, userToken } from '../helpers.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;
 const error = (r: { body: Json }) => r.body.error as Json;
-const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
 async function admin() {
   const id = await newAdmin();
   return { id, token: await userToken(id, { admin: true }) };
-}
-
-async function student(credits?: string) {
-  const id = await newUser();
-  if (credits) await fund(id, credits);
-  return { id, token: await userToken(id) };
 }
 
 /** A model of its own ($1 / $2 a million, ×1), so no other test's charges enter its dry run. */
@@ -225,4 +218,32 @@ Deno.test('the dashboard has the rate cards: the cards, the drafts with their dr
   assert.match(r.text, /<div id="rate-cards"><\/div>/);
   assert.match(r.text, /<form id="draft-form"/);
   assert.match(r.text, /'\.\/rate-cards\/drafts\/' \+ encodeURIComponent/, 'its buttons call the admin routes');
+});
+
+Deno.test('a card published a few seconds ahead prices charges before it at the old price and after it at the new', async () => {
+  const adminId = await newAdmin();
+  const admin = await userToken(adminId, { admin: true });
+  const model = `ahead-${crypto.randomUUID().slice(0, 8)}`;
+  await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
+    effective_from) values (${model}, 1, 1, 1, 1, now() - interval '1 minute')`;
+  const d = await api('/admin/rate-cards/drafts', {
+    token: admin,
+    body: { model, usd_per_million_input: '10', usd_per_million_output: '10', markup: '1', reason: 'rise' },
+  });
+  assert.equal(d.status, 201, d.text);
+  const at = Date.now() + 2500;
+  const p = await api(`/admin/rate-cards/drafts/${data(d).id}/publish`, {
+    token: admin,
+    body: { reason: 'rise', effective_from: new Date(at).toISOString() },
+  });
+  assert.equal(p.status, 200, p.text);
+  const s = await student('100000');
+  const before = await usage(s.token, model, 1_000_000, 0);
+  assert.deepEqual([data(before).rate_card_version, data(before).charged], [1, '1000']);
+  await new Promise((r) => setTimeout(r, Math.max(0, at - Date.now()) + 300));
+  const after = await Promise.all(
+    Array.from({ length: 5 }, () => usage(s.token, model, 1_000_000, 0)),
+  );
+  assert.deepEqual(after.map((r) => [data(r).rate_card_version, data(r).charged]), Array(5).fill([2, '10000']));
+  await assertLedgerInvariants();
 });

@@ -6,14 +6,21 @@
 // refund while that hold is active.
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
-import { adminToken, api, assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
-import { key, person, school, usage, walletOf } from '../orgs.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  assertPlatformBalances,
+  key,
+  newUser,
+  spend,
+  student,
+  testDb,
+  userToken,
+} from '../helpers.ts';
+import { codeOf, spendWith } from '../money.ts';
+import { person, school, usage, walletOf } from '../orgs.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
-
-async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
 
 /** 1,000 paid credits (100¢) spent after everything else: the credits a double take-back would reach. */
 async function gift(userId: string) {
@@ -202,4 +209,29 @@ Deno.test('a refund while a hold covers a due, unswept bonus ends as if the expi
     assert.deepEqual(await balanceOf(s.token), { balance: '1000', held: '1000', available: '0' });
   }
   await assertLedgerInvariants();
+});
+
+Deno.test('spending races a refund while the bonus is due, unswept: only what expired is forgiven, the spent is owed', async () => {
+  const id = await newUser();
+  const s = { id, token: await userToken(id) };
+  const co = await buy(s.token, 'pro'); // 49,990 paid + a 4,999 bonus
+  // Time passes for the bonus (its lot is due; the minute sweep has not run).
+  await testDb`with l as (update billing.lots set expires_at = now() - interval '1 second'
+                          where purchase_id = ${co.purchase_id} and category = 'promotional' returning account_id, expires_at)
+               update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id`;
+  const charge = await chargeOf(co.session_id);
+  const [spends] = await Promise.all([
+    Promise.all(Array.from({ length: 10 }, () => spendWith(s.token, crypto.randomUUID(), 1000))),
+    emulator(`/_emulator/charges/${charge}/refund`, { amount: 4999 }),
+  ]);
+  const spent = spends.filter((r) => r.status === 201).length * 1000;
+  for (const r of spends) assert.ok(r.status === 201 || codeOf(r) === 'INSUFFICIENT_CREDITS', r.text);
+  const [p] =
+    await testDb`select trim_scale(bonus_expiry_forgiven)::text as bonus, trim_scale(credits_expiry_forgiven)::text as paid
+    from billing.purchases where id = ${co.purchase_id}`;
+  // The bonus expired whole (a spend settles due lots before it draws): all of it forgiven, no
+  // paid credit; every credit spent is owed.
+  assert.deepEqual(p, { bonus: '4999', paid: '0' });
+  assert.equal((await balanceOf(s.token)).balance, String(-spent));
+  await assertPlatformBalances();
 });

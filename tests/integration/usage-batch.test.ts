@@ -1,6 +1,23 @@
-// Batched usage ingestion: one set-based call, per-event outcomes, idempotent by event_id.
+// Batched usage ingestion: one set-based call, per-event outcomes, idempotent by event_id (within a
+// batch, across parallel batches, and beside single requests under the same id), drawing the
+// same lots as single requests; for the app's server only.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, env, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, env, fund, key, newUser, student, testDb, userToken } from '../helpers.ts';
+import {
+  batch,
+  charged,
+  dataOf,
+  type Json,
+  ledgerOf,
+  lotsOf,
+  outcomesOf,
+  spendWith,
+  usageBody,
+  usageEvent,
+  voidCharge,
+} from '../money.ts';
+import { person, school } from '../orgs.ts';
+import { balanceOf } from '../purchases.ts';
 
 const service = { authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}` };
 const now = () => new Date().toISOString();
@@ -148,4 +165,145 @@ Deno.test('two users reusing one event_id within one batch are two events, each 
   );
   assert.deepEqual(o.map((x) => [x.status, x.charged]), [['applied', '1'], ['applied', '2'], ['duplicate', '1']]);
   assert.equal(o[2].transfer_id, o[0].transfer_id);
+});
+
+Deno.test("a student's token cannot ingest a usage batch (events naming anyone, at any count)", async () => {
+  const s = await student('1000');
+  const r = await api('/credits/usage/batch', {
+    token: s.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: {
+      events: [{ event_id: crypto.randomUUID(), user_id: s.id, model: 'gpt-4o', input_tokens: -5, output_tokens: 0 }],
+    },
+  });
+  assert.ok(r.status === 401 || r.status === 403, `${r.status} ${r.text}`);
+  assert.deepEqual(await charged(s.id), { n: 0, total: '0' });
+});
+
+Deno.test('/credits/usage/batch: duplicate event ids in one batch and across parallel batches charge once', async () => {
+  const service = { authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}` };
+  const [owner, member] = await Promise.all(['owner', 'member'].map(person));
+  await school(owner, [member], 'pool', '1000');
+  const plain = await student('100');
+  const ev = (user: string, id: string) => ({
+    event_id: id,
+    user_id: user,
+    ...usageBody(2),
+    occurred_at: new Date().toISOString(),
+  });
+  const ids = [crypto.randomUUID(), crypto.randomUUID()];
+  const events = [ev(plain.id, ids[0]), ev(member.id, ids[1]), ev(plain.id, ids[0]), ev(member.id, ids[1])];
+  const rs = await Promise.all(
+    Array.from({ length: 8 }, () => api('/credits/usage/batch', { headers: service, body: { events } })),
+  );
+  for (const r of rs) assert.equal(r.status, 200, r.text);
+  const applied = rs.flatMap((r) => (dataOf(r).outcomes as Json[]).filter((o) => o.status === 'applied'));
+  assert.equal(applied.length, 2, JSON.stringify(applied));
+  for (const [id, user] of [[ids[0], plain.id], [ids[1], member.id]]) {
+    assert.equal(
+      (await testDb`select count(*)::int as n from billing.transfers where idempotency_key = ${`usage-event:${user}:${id}`}`)[
+        0
+      ]
+        .n,
+      1,
+    );
+  }
+  assert.equal((await ledgerOf(plain.id)).balance, '98');
+  await assertLedgerInvariants();
+});
+
+Deno.test('one batch sent 8 times at once, with a repeat inside it, charges each event once', async () => {
+  const s = await student('100');
+  const ids = Array.from({ length: 5 }, () => crypto.randomUUID());
+  const events = [...ids.map((id) => usageEvent(s.id, id, 3)), usageEvent(s.id, ids[0], 3)];
+  const answers = await Promise.all(Array.from({ length: 8 }, () => batch(events)));
+  assert.ok(answers.every((a) => a.status === 200), answers.map((a) => a.text).join('\n'));
+  assert.equal((await charged(s.id)).n, 5);
+  assert.equal((await balanceOf(s.token)).balance, '85');
+  for (const a of answers) {
+    const outcomes = (a.body.data as { outcomes: { status: string; transfer_id?: string }[] }).outcomes;
+    assert.equal(outcomes[5].status, 'duplicate');
+    assert.equal(outcomes[5].transfer_id, outcomes[0].transfer_id, 'a repeat names what its first occurrence wrote');
+  }
+  await assertLedgerInvariants();
+});
+
+Deno.test('batches and single usage requests racing on one account never overdraw it', async () => {
+  const s = await student('100');
+  await Promise.all([
+    ...Array.from({ length: 8 }, () => spendWith(s.token, crypto.randomUUID(), 10)),
+    ...Array.from(
+      { length: 3 },
+      () => batch(Array.from({ length: 4 }, () => usageEvent(s.id, crypto.randomUUID(), 10))),
+    ),
+    ...Array.from(
+      { length: 3 },
+      () => api('/credits/holds', { token: s.token, body: { amount: '10' }, headers: key() }),
+    ),
+  ]);
+  const b = await balanceOf(s.token);
+  assert.ok(Number(b.balance) >= 0 && Number(b.available) >= 0, JSON.stringify(b));
+  const [{ spent }] = await testDb`select coalesce(sum(t.amount), 0)::numeric as spent from billing.transfers t
+    join billing.accounts a on a.id = t.from_account_id where a.user_id = ${s.id} and t.kind = 'usage'`;
+  assert.equal(Number(spent) + Number(b.balance), 100);
+  await assertLedgerInvariants();
+});
+
+Deno.test('one event alone and the same events in a batch draw the same lots, and voids give them back', async () => {
+  // Two students with the same lots: 10 promotional (spent first), then 30 more promotional.
+  const a = await student('10');
+  const b = await student('10');
+  await fund(a.id, '30');
+  await fund(b.id, '30');
+  // a: each event its own batch (the writer's single movement); b: all in one batch.
+  const credits = [7, 6, 9];
+  const ida = credits.map(() => crypto.randomUUID());
+  for (let i = 0; i < credits.length; i++) {
+    const r = await batch([usageEvent(a.id, ida[i], credits[i])]);
+    assert.equal(outcomesOf(r)[0].status, 'applied', r.text);
+  }
+  const rb = await batch(credits.map((c) => usageEvent(b.id, crypto.randomUUID(), c)));
+  assert.ok(outcomesOf(rb).every((o) => o.status === 'applied'), rb.text);
+  const drawn = async (user: string) =>
+    (await testDb`select array_agg(trim_scale(la.amount)::text order by t.id, l.id) as d
+                  from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id
+                  join billing.lots l on l.id = la.lot_id join billing.accounts x on x.id = l.account_id
+                  where x.user_id = ${user} and t.kind = 'usage'`)[0].d;
+  assert.deepEqual(await drawn(a.id), await drawn(b.id));
+  assert.deepEqual(await drawn(a.id), ['7', '3', '3', '9'], 'the second event spans both lots');
+  const entries = async (user: string) =>
+    (await testDb`select array_agg(trim_scale(e.balance_after)::text || '@' || e.account_version order by e.id) as e
+                  from billing.entries e join billing.accounts x on x.id = e.account_id where x.user_id = ${user}`)[0]
+      .e;
+  assert.deepEqual(await entries(a.id), await entries(b.id));
+  // The spanning charge voided on both sides.
+  for (const user of [a.id, b.id]) {
+    const [{ id }] =
+      await testDb`select t.id::text from billing.transfers t join billing.accounts x on x.id = t.from_account_id
+      where x.user_id = ${user} and t.kind = 'usage' order by t.id offset 1 limit 1`;
+    const v = await voidCharge(id);
+    assert.equal(v.status, 200, v.text);
+  }
+  assert.deepEqual((await lotsOf(a.id)).map((l) => l.remaining), (await lotsOf(b.id)).map((l) => l.remaining));
+  assert.deepEqual((await lotsOf(a.id)).map((l) => l.remaining), ['3', '21']);
+  await assertLedgerInvariants();
+});
+
+Deno.test('one event id sent 10 times in batches and as an Idempotency-Key 10 times at once: one charge on each path', async () => {
+  const s = await student('100');
+  const id = crypto.randomUUID();
+  const all = await Promise.all([
+    ...Array.from({ length: 10 }, () => batch([usageEvent(s.id, id, 4)])),
+    ...Array.from({ length: 10 }, () => spendWith(s.token, id, 4)),
+  ]);
+  const batches = all.slice(0, 10);
+  const singles = all.slice(10);
+  assert.ok(batches.every((r) => r.status === 200), batches.map((r) => r.text).join('\n'));
+  const applied = batches.map((r) => outcomesOf(r)[0]).filter((o) => o.status === 'applied');
+  assert.equal(applied.length, 1, batches.map((r) => r.text).join('\n'));
+  assert.ok(singles.every((r) => r.status === 201), singles.map((r) => r.text).join('\n'));
+  assert.equal(new Set(singles.map((r) => dataOf(r).transfer_id)).size, 1);
+  assert.equal((await charged(s.id)).n, 2);
+  assert.equal((await balanceOf(s.token)).balance, '92');
+  await assertLedgerInvariants();
 });

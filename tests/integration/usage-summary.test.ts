@@ -1,9 +1,11 @@
 // GET /credits/usage/summary and GET /orgs/:id/members/:user_id/usage/summary over real HTTP:
 // the totals, models and buckets add up to the charges the ledger made, tokens come only from
-// charges it priced, the runway follows the last 7 days' pace, and nobody reads another's.
+// charges it priced, the runway follows the last 7 days' pace, and nobody reads another's (a
+// school member no other member's, an outsider none).
 import assert from 'node:assert/strict';
-import { api, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { key, person, school, usage } from '../orgs.ts';
+import { api, fund, key, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
+import { dataOf } from '../money.ts';
+import { person, school, usage } from '../orgs.ts';
 import type { UsageSummary } from '../../supabase/functions/_shared/contract/index.ts';
 
 /** Token counts by kind: input and output here, the other kinds none (tests/integration/pricing-token-kinds). */
@@ -169,4 +171,27 @@ Deno.test('school-funded usage: the member sees it as school_funded; admins see 
   const across = await api(`/orgs/${otherOrg}/members/${ada.id}/usage/summary`, { token: outsider.token });
   assert.equal(across.status, 200);
   assert.equal((across.body.data as unknown as UsageSummary).totals.requests, 0);
+});
+
+Deno.test("a school member cannot read another member's usage summary, nor an outsider any", async () => {
+  const [owner, ada, bob, eve] = await Promise.all(['owner', 'ada', 'bob', 'eve'].map(person));
+  const org = await school(owner, [ada, bob], 'pool', '100');
+  const used = await reportUsage('/credits/usage', {
+    token: ada.token,
+    headers: key(),
+    body: { model: 'gpt-4o-mini', input_tokens: 1000, output_tokens: 1000 },
+  });
+  assert.equal(used.status, 201, used.text);
+  for (const [who, token] of [['bob', bob.token], ['eve', eve.token]] as const) {
+    const r = await api(`/orgs/${org}/members/${ada.id}/usage/summary`, { token });
+    assert.ok([403, 404].includes(r.status), `${who}: ${r.status} ${r.text}`);
+    assert.ok(!r.text.includes('"credits":"0.'), r.text);
+  }
+  const own = await api(`/orgs/${org}/members/${bob.id}/usage/summary`, { token: bob.token });
+  assert.equal(own.status, 200, own.text);
+  const admin = await api(`/admin/charges/${dataOf(used).transfer_id}/void`, {
+    token: ada.token,
+    body: { reason: 'mine' },
+  });
+  assert.equal(admin.status, 403, admin.text);
 });

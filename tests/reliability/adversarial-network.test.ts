@@ -1,9 +1,8 @@
-// Adversarial traffic at the network edge (issue #16): forged client addresses, a Stripe
-// signature header with two timestamps, bodies far over the limit (declared or streamed), and
-// floods of bad signatures on the unauthenticated routes. Each case fails on the code before
-// the fix: per-address limits keyed on the client's X-Forwarded-For, the first `t=` checked
-// while the SDK verified the last, whole bodies read before the 413, no limit on webhooks and
-// every refusal waiting on one counter row.
+// Adversarial traffic at the network edge: forged client addresses (per-address limits key on the
+// address the platform sets, never the client's own X-Forwarded-For), a Stripe signature header
+// with two timestamps (refused), bodies far over the limit, declared or streamed (413, read no
+// further than the limit), and floods of bad signatures on the unauthenticated routes (limited
+// per address, and no refusal waits on one counter row).
 import assert from 'node:assert/strict';
 import {
   clearOfWindowEdge,

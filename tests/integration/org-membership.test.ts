@@ -1,7 +1,7 @@
-// Organisations attacked as a student would, with their own second account and an organisation
-// of their own: a removed admin coming back through their own invitation, an owner demoted by
-// accepting a member invitation, invitations as a spam and phishing relay, and the link's token
-// read back from a stored row. Each test failed before the fix it guards.
+// Organisation membership holds against a student with a second account and an organisation of
+// their own: a removed admin cannot come back through their own invitation, an owner is not
+// demoted by accepting a member invitation, invitations are no spam or phishing relay, and an
+// invitation link's token cannot be read back from a stored row.
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, drainOutbox, env, testDb, until } from '../helpers.ts';
 import { person, school } from '../orgs.ts';

@@ -1,18 +1,12 @@
-// Attacks on sponsor codes named by email, as a student would try them: a token that claims the
-// named address, an account whose address only looks like it once Postgres lower-cases it (the
-// Kelvin sign K, U+212A, lower-cases to an ASCII k), and an address nobody confirmed.
+// Sponsor codes named by email: redeemed only by the account whose confirmed auth.users address it
+// is, never by a token that claims the address, an account whose address only looks like it once
+// Postgres lower-cases it (the Kelvin sign K, U+212A, lower-cases to an ASCII k), or an address
+// nobody confirmed.
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, testDb, userToken } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
-import { key, person, school, walletOf } from '../orgs.ts';
-import { redeem } from '../codes.ts';
-
-const balance = async (token: string) =>
-  ((await api('/credits/balance', { token })).body.data as { balance: string }).balance;
-
-async function issue(token: string, org: string, body: Record<string, unknown>) {
-  return await api(`/orgs/${org}/sponsor-codes`, { token, headers: key(), body });
-}
+import { person, school, walletOf } from '../orgs.ts';
+import { balance, issue, redeem } from '../codes.ts';
 
 /** `email` is invited to join `org` as a member (a sponsor code may name an invitee). */
 async function invite(token: string, org: string, email: string) {
@@ -43,10 +37,9 @@ Deno.test("a token claiming the named address does not redeem someone else's spo
   assert.equal((await walletOf(owner.token, org)).balance, '60');
 });
 
-// Found by this test: redeem_code compared lower(auth.users.email) with the named address, and
-// Postgres lower-cases U+212A KELVIN SIGN to an ASCII 'k' (and U+0130 to 'i'): an account whose
-// address is '\u212Aim-…@school.test' redeemed the code named for 'kim-…@school.test'. Addresses
-// are now compared with ASCII-only case folding (billing.ascii_lower).
+// Postgres lower-cases U+212A KELVIN SIGN to an ASCII 'k' (and U+0130 to 'i'), so lower() would
+// let '\u212Aim-…@school.test' redeem the code named for 'kim-…@school.test': redeem_code compares
+// addresses with ASCII-only case folding (billing.ascii_lower).
 Deno.test('a look-alike address (Kelvin sign K) does not redeem a sponsor code named for another student', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', '100');
@@ -61,11 +54,10 @@ Deno.test('a look-alike address (Kelvin sign K) does not redeem a sponsor code n
   await assertLedgerInvariants();
 });
 
-// Found by this test: issue_sponsor_code looked the address up with a scalar subquery
-// (`select u.id from auth.users u where lower(u.email) = v_email`), which raised when two
-// accounts lower-cased alike: a student who registered the look-alike of a classmate's address
-// stopped every organisation from sponsoring that classmate by email (500). It now asks
-// whether any account the address names is an owner or admin.
+// Two accounts may lower-case alike: issue_sponsor_code asks whether any account the address
+// names is an owner or admin (a lookup expecting one row would raise, and a student who
+// registered the look-alike of a classmate's address would stop every organisation from
+// sponsoring that classmate by email).
 Deno.test('a look-alike account does not make issuing a sponsor code by email a 5xx', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', '100');
@@ -78,10 +70,9 @@ Deno.test('a look-alike account does not make issuing a sponsor code by email a 
   assert.equal(r.status, 201, r.text);
 });
 
-// Found by this test: redeem_code matched auth.users.email whether or not the address was
-// confirmed. Where a project lets people in before they confirm (confirmations off, or an
-// identity provider that does not verify), anyone could register the named address and take it.
-// The address now counts only once email_confirmed_at is set (the code is not found until then).
+// An address counts only once email_confirmed_at is set (the code is not found until then): where
+// a project lets people in before they confirm (confirmations off, or an identity provider that
+// does not verify), anyone could otherwise register the named address and take the code.
 Deno.test('an account whose address is not confirmed does not redeem a sponsor code named for that address', async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', '100');
@@ -110,4 +101,19 @@ Deno.test('sponsor addresses and notes Postgres refuses, or that are not ASCII, 
     assert.equal(r.status, 400, `${JSON.stringify(body)}: ${r.text}`);
   }
   assert.equal((await walletOf(owner.token, org)).balance, '100');
+});
+
+Deno.test('a sponsor code named by email is redeemed by that address only; anyone else finds no such code', async () => {
+  const owner = await person('owner');
+  const student = await person('student');
+  const other = await person('other');
+  const org = await school(owner, [student], 'allowance', '100');
+  const r = await issue(owner.token, org, { credits: '10', email: student.email.toUpperCase() });
+  const { code } = dataOf(r) as { code: string };
+  const stolen = await redeem(other.token, code);
+  assert.equal(stolen.status, 404, stolen.text);
+  assert.equal(codeOf(stolen), 'CODE_NOT_FOUND');
+  const byOwner = await redeem(owner.token, code);
+  assert.equal(codeOf(byOwner), 'CODE_NOT_FOUND', 'not even its issuer');
+  assert.equal((await redeem(student.token, code)).status, 200);
 });

@@ -1,20 +1,20 @@
-// Guessing codes as a student would: many wrong codes at once, so that every request reads the
-// failed-guess count before any of them is recorded.
+// Guessing codes: however many wrong codes are sent at once, a student's failed guesses (and an
+// address's) stay within the hourly limit, and someone else's code answers as an unknown one.
 import assert from 'node:assert/strict';
-import { api, testDb } from '../helpers.ts';
+import { api, key, student, testDb } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
-import { key, person, school } from '../orgs.ts';
-import { redeem, student } from '../codes.ts';
+import { person, school } from '../orgs.ts';
+import { redeem } from '../codes.ts';
 
 const wrong = (i: number) => `ZZZZZ-ZZZZZ-ZZZZZ-ZZZ${String(i).padStart(2, '0')}`;
 
-// Found by this test: redeem_code counts the caller's failed guesses from code_attempts, and a
-// refusal is recorded only after its transaction rolled back (run_money_request), so requests in
-// flight together all read the same count. With 9 failures on the record, 10 wrong codes sent at
-// once (the route's Redis limit allows 10 a minute) were all tried: 19 an hour where 10 are meant.
-// The per-address limit (30 an hour) fell the same way to many accounts sending together.
-// run_money_request now takes billing.lock_code_guesses (the user's, then the address's advisory
-// lock) before the redemption, held until the refusal's record commits.
+// redeem_code counts the caller's failed guesses from code_attempts, and a refusal is recorded
+// only after its transaction rolled back (run_money_request). So that requests in flight together
+// do not all read the same count (10 wrong codes at once, which the route's Redis limit allows,
+// on top of 9 failures would make 19 an hour where 10 are meant; many accounts sending together
+// would pass the per-address limit of 30 the same way), run_money_request takes
+// billing.lock_code_guesses (the user's, then the address's advisory lock) before the redemption
+// and holds it until the refusal's record commits.
 Deno.test('wrong codes sent at once never take a student past 10 failed guesses an hour', async () => {
   // Six students, each with 9 failed guesses on the record from earlier this hour (what nine wrong
   // redemptions record), each sending 10 wrong codes at once: enough requests in flight that they

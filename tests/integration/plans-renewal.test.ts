@@ -1,14 +1,11 @@
-// The one-pass plan renewal (#35) attacked with student tokens only; the emulator's test
-// controls stand in for Stripe and the card holder. Each attack held or was fixed.
+// Plan renewal (invoice.paid for a new period): one pass that grants the period, rolls over what
+// the rule allows and expires the rest, whatever else queues for the account meanwhile (disputes,
+// refunds, holds, job reservations, spending, a package lot due at the same time). The emulator's
+// test controls stand in for Stripe and the card holder.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, newUser, reportUsage, spend, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../helpers.ts';
 import { balanceOf, buy, deliver, emulator, type SignedEvent, stripeApi } from '../purchases.ts';
 import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../plans.ts';
-
-async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
 
 /** Once at least `n` transactions wait on a lock (webhooks queued behind ours), and `settle` ms
  * later (the others of a batch arrive), how many do. */
@@ -51,9 +48,8 @@ async function disputeHeld(userId: string): Promise<string> {
   return held;
 }
 
-// Hole (fixed): a dispute opened while the renewal held the account read the grant's lots
-// before waiting for the account, so the lot the renewal rolled its credits into was neither
-// frozen nor under the dispute hold: the student spent them while the dispute was open.
+// A dispute waits for the account before it reads the grant's lots, so the lot the renewal rolled
+// the credits into is frozen and under the dispute hold too: nothing of it can be spent meanwhile.
 Deno.test('a dispute opened while the renewal holds the account freezes what rolled over', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly'); // 10,000; basic rolls up to 2,000
@@ -74,8 +70,8 @@ Deno.test('a dispute opened while the renewal holds the account freezes what rol
   assert.equal(frozen, true, 'the rolled-over lot is frozen with its grant');
 });
 
-// Hole (fixed): a refund in the same queue read the grant's lots before the renewal rolled them,
-// found none open and forgave as expired what had rolled over: the student kept it.
+// A refund queued behind the renewal reads the grant's lots after the renewal rolled them, so it
+// reaches what rolled over instead of forgiving it as expired.
 Deno.test('a partial refund queued behind the renewal takes back what rolled over before forgiving what expired', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly');
@@ -91,8 +87,6 @@ Deno.test('a partial refund queued behind the renewal takes back what rolled ove
   // As in order: the 2,000 rolled over are taken, and 1,003 of the 2,000 expired are forgiven.
   assert.equal((await balanceOf(s.token)).balance, '10000', JSON.stringify(await planLots(s.id)));
 });
-
-const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
 async function hold(token: string, amount: string): Promise<void> {
   const h = await api('/credits/holds', { token, headers: key(), body: { amount, ttl_seconds: 3600 } });
@@ -181,4 +175,27 @@ Deno.test('a renewal that rolls every credit left tells the low-balance alert no
   const [{ alerts }] = await testDb`select count(*)::int as alerts from billing.notification_outbox o
     where o.user_id = ${s.id} and o.template = 'balance_alert'`;
   assert.equal(alerts, 0, 'moving 2,000 out and in is no crossing of 1,000');
+});
+
+Deno.test('a dispute after the renewal freezes what rolled over too; parked in a hold, it still gives way', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const invoice = String((await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`)).latest_invoice);
+  await spend(s.token, 6000);
+  await renew(plan.stripe_subscription); // 2,000 roll over, + 10,000 for period 2
+  const parked = await api('/credits/holds', {
+    token: s.token,
+    headers: key(),
+    body: { amount: '12000', ttl_seconds: 3600 },
+  });
+  assert.equal(parked.status, 201, parked.text);
+  const charge = await chargeOfInvoice(invoice);
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
+  const [{ held }] = await testDb`select trim_scale(coalesce(sum(h.amount), 0))::text as held from billing.holds h
+    join billing.accounts a on a.id = h.account_id where a.user_id = ${s.id} and h.purpose = 'dispute' and h.status = 'active'`;
+  assert.equal(held, '2000', 'the rolled-over 2,000 are under the dispute hold');
+  await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
+  // 10,000 taken back: the 2,000 rolled over, 2,000 expired (forgiven), 6,000 spent (owed).
+  assert.equal((await balanceOf(s.token)).balance, '4000');
+  await assertLedgerInvariants();
 });

@@ -1,19 +1,12 @@
-// Plans attacked through plan changes, with student tokens only (the emulator's test controls
-// stand in for Stripe and the card network). The holes they found are fixed; they stay as
-// regressions with the attacks that held.
+// Plan changes (POST /checkout/subscription/change): an upgrade charges its proration and grants
+// the credits that price bought, once, however often or in whatever order it is asked or its
+// webhooks arrive; a downgrade waits for the next period; a declined or past-due plan changes
+// nothing. The emulator's test controls stand in for Stripe and the card network.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, newUser, reportUsage, spend, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../helpers.ts';
 import { codeOf } from '../money.ts';
-import { balanceOf, emulator, stripeApi } from '../purchases.ts';
-import { renew, subscribeTo } from '../plans.ts';
-
-async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
-const key = () => ({ 'idempotency-key': crypto.randomUUID() });
-const change = (token: string, plan_id: string, headers = key()) =>
-  api('/checkout/subscription/change', { token, headers, body: { plan_id } });
+import { balanceOf, deliver, emulator, stripeApi } from '../purchases.ts';
+import { change, renew, subscribeTo } from '../plans.ts';
 
 type Invoice = { id: string; status: string; amount_paid: number; billing_reason: string };
 async function invoicesOf(sub: string): Promise<Invoice[]> {
@@ -35,8 +28,8 @@ Deno.test('an upgrade while the renewal is unpaid (past_due) is refused (409 PLA
   const me = (await api('/checkout/subscription', { token: s.token })).body.data as Record<string, unknown>;
   assert.equal(me.status, 'past_due');
   // Were the upgrade allowed, Stripe would invoice only the difference (pro − basic) for period 2,
-  // and before the fix its invoice granted pro's whole 35,000 (the renewal that "already got"
-  // basic's 10,000 was never paid). Now it is refused; the SQL grants at most the difference anyway.
+  // whose grant must not be pro's whole 35,000 (the renewal that "already got" basic's 10,000 was
+  // never paid). It is refused; the SQL grants at most the difference anyway.
   const up = await change(s.token, 'pro_monthly');
   assert.equal(up.status, 409, up.text);
   assert.equal(codeOf(up), 'PLAN_PAST_DUE');
@@ -62,7 +55,7 @@ Deno.test('downgrading then upgrading back in one period charges nothing more an
   const grants = await grantsOf(plan.subscription_id);
   assert.equal(grants.reduce((t, g) => t + Number(g.credits), 0), 35000, JSON.stringify(grants));
   await assertLedgerInvariants();
-  // Period 1 was paid for at pro's price already; before the fix a further ~$20.00 was charged for nothing.
+  // Period 1 was paid for at pro's price already: a further ~$20.00 would be charged for nothing.
   assert.equal(
     paid,
     2999,
@@ -163,7 +156,7 @@ async function lastDayUpgrade(price?: { id: string; unit_amount: number; currenc
       metadata: { subscription_id: plan.subscription_id, user_id: s.id, plan_id: 'pro_monthly' },
     },
     invoice: {
-      id: `in_attack_${crypto.randomUUID().replaceAll('-', '')}`,
+      id: `in_lastday_${crypto.randomUUID().replaceAll('-', '')}`,
       status: 'paid',
       billing_reason: 'subscription_update',
       amount_paid: 67,
@@ -193,7 +186,7 @@ Deno.test('an upgrade with one day left (Stripe prorates the charge to 1/30) gra
 
 Deno.test('an upgrade invoice grants the plan its charged price belongs to, not the plan its metadata names', async () => {
   // The metadata says pro, but the line charged basic's price.
-  const upgrade = await lastDayUpgrade({ id: 'price_attack', unit_amount: 999, currency: 'usd', interval: 'month' });
+  const upgrade = await lastDayUpgrade({ id: 'price_basic', unit_amount: 999, currency: 'usd', interval: 'month' });
   // Basic to basic is no upgrade: the 67 cents are recorded, no credits come with them.
   assert.equal(upgrade?.credits, '0', `67 cents granted ${upgrade?.credits} credits`);
 });
@@ -209,5 +202,60 @@ Deno.test('rollover after upgrades never exceeds the renewing plan rule, nor com
   assert.equal((await change(s.token, 'basic_monthly')).status, 202);
   await renew(plan.stripe_subscription); // basic: up to 2,000 roll, + 10,000
   assert.equal((await balanceOf(s.token)).balance, '12000');
+  await assertLedgerInvariants();
+});
+
+async function declinedUpgrade() {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const sub = await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`);
+  const card = String(sub.default_payment_method);
+  await emulator(`/_emulator/payment_methods/${card}/outcome`, { outcome: 'card_declined' });
+  const up = await change(s.token, 'pro_monthly');
+  await emulator(`/_emulator/payment_methods/${card}/outcome`, { outcome: 'succeeded' });
+  return { s, plan, up };
+}
+
+Deno.test('a declined card on an upgrade answers 402 CARD_DECLINED, not a 5xx', async () => {
+  const { s, up } = await declinedUpgrade();
+  assert.equal((await balanceOf(s.token)).balance, '10000');
+  // The student's own declined card is theirs to fix (402), not a server error.
+  assert.equal(up.status, 402, up.text);
+  assert.equal(codeOf(up), 'CARD_DECLINED');
+});
+
+Deno.test('(emulator fidelity) a declined upgrade leaves the plan as it was; the next renewal grants the old plan', async () => {
+  const { s, plan } = await declinedUpgrade();
+  const after = await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`) as {
+    metadata: Record<string, string>;
+  };
+  await spend(s.token, 10000);
+  await renew(plan.stripe_subscription); // basic's $9.99 charged for period 2
+  const grants = await testDb`select billing_reason, trim_scale(credits)::text as credits from billing.plan_grants
+    where subscription_id = ${plan.subscription_id} order by granted_at`;
+  await assertLedgerInvariants();
+  // Stripe keeps a declined pending update (metadata included, API 2026-05-27 on) off the
+  // subscription; the emulator applies the metadata before declining, so the renewal invoice
+  // says pro_monthly at basic's price: PAYMENT_AMOUNT_MISMATCH, the student paid and got nothing.
+  assert.deepEqual(
+    grants.map((g) => g.credits),
+    ['10000', '10000'],
+    `metadata after the decline: ${after.metadata.plan_id}`,
+  );
+  assert.equal(after.metadata.plan_id, 'basic_monthly', 'the declined upgrade changed the plan in the metadata');
+});
+
+Deno.test('upgrading while the renewal webhooks are late pays and grants the new plan once for the new period', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const late = await renew(plan.stripe_subscription, 'paid', false); // Stripe renewed; we have not heard yet
+  assert.equal((await change(s.token, 'pro_monthly')).status, 202);
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  // Period 2: pro's 35,000 in all (the proration invoice first, the renewal adds nothing more).
+  const grants = await testDb`select billing_reason, trim_scale(credits)::text as credits from billing.plan_grants
+    where subscription_id = ${plan.subscription_id} order by granted_at`;
+  const period2 = grants.filter((g) => g.billing_reason !== 'subscription_create');
+  assert.equal(period2.reduce((t, g) => t + Number(g.credits), 0), 35000, JSON.stringify(grants));
   await assertLedgerInvariants();
 });

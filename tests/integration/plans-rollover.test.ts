@@ -1,16 +1,12 @@
-// Plan rollover attacked with student tokens only (the emulator's test controls stand in for
-// Stripe and the card network; the sweep is run as pg_cron runs it): the renewal against the
-// expiry sweep, debt, holds, parallel spending, replays and reports. Each held or was fixed.
+// Plan rollover: at a renewal, what was left of the period at its end rolls up to the plan's cap
+// into a new lot and the rest expires, whether the minute sweep (run here as pg_cron runs it) or
+// the renewal comes first, however late the renewal is paid within the grace window, and beside
+// debt, holds, parallel spending, refunds, disputes, voids, replays and the reports.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, newUser, reportUsage, spend, testDb, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../helpers.ts';
+import { dataOf, spendWith, sweep, voidCharge } from '../money.ts';
 import { balanceOf, buy, chargeOf, deliver, deliverWithRetries, emulator, stripeApi } from '../purchases.ts';
 import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../plans.ts';
-
-async function student() {
-  const id = await newUser();
-  return { id, token: await userToken(id) };
-}
-const key = () => ({ 'idempotency-key': crypto.randomUUID() });
 
 /** Time passes: the period's open plan lots are `ago` past their expiry (the sweep has not run). */
 async function periodEnds(userId: string, ago = '1 hour'): Promise<void> {
@@ -27,10 +23,9 @@ async function periodEndsAndSweeps(userId: string, ago = '1 hour'): Promise<void
   await testDb`select billing.expire_lots(500)`;
 }
 
-// Hole (fixed): credits brought back from breakage that paid a debt were not counted against
-// the rollover cap, so each expired lot of the period (the grant, each rollover lot, each
-// upgrade) paid up to a whole cap of debt: a refunded package's spent credits were forgiven
-// out of breakage, beyond the plan's rule.
+// Credits brought back from breakage to pay a debt count against the rollover cap: the period's
+// expired lots together (the grant, each rollover lot, each upgrade) pay at most one cap of debt,
+// so a refunded package's spent credits are never forgiven out of breakage beyond the plan's rule.
 Deno.test('a rollover that pays a debt counts what paid it against the cap', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly'); // 10,000; basic rolls up to 2,000
@@ -48,6 +43,13 @@ Deno.test('a rollover that pays a debt counts what paid it against the cap', asy
   assert.equal((await balanceOf(s.token)).balance, '7000', JSON.stringify(await planLots(s.id)));
   assert.equal(await breakage(s.id), '18000', 'only the cap comes back from breakage');
 });
+
+/** A lot's expiry moved into the past by `ago` (days after its period ended), as time would. */
+async function backdateBy(lot: string, ago: string): Promise<void> {
+  await testDb`with l as (update billing.lots set expires_at = now() - ${ago}::interval where id = ${lot}
+                          returning account_id, expires_at)
+               update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id`;
+}
 
 /** A student with basic's 10,000 of period 1, 4,000 of them left; period 2 charged, its webhooks withheld. */
 async function fourThousandLeftAndLateRenewal() {
@@ -249,9 +251,9 @@ Deno.test("the renewal and a full refund of the ending period's invoice at once 
   }
 });
 
-// Fixed: a partial refund or a dispute won before the period ended stopped the whole period
-// rolling over when the sweep expired it first (the same period rolled when the renewal came
-// first). Only what a refund or dispute forgave as expired, or a lost dispute, stays in breakage.
+// A partial refund or a dispute won before the period ended does not stop the period rolling over
+// when the sweep expired it first (as when the renewal comes first). Only what a refund or dispute
+// forgave as expired, or a lost dispute, stays in breakage.
 Deno.test('a period partly refunded, or disputed and won, before its end still rolls over when the sweep was first', async () => {
   for (const how of ['refund', 'won'] as const) {
     const s = await student();
@@ -274,4 +276,117 @@ Deno.test('a period partly refunded, or disputed and won, before its end still r
     assert.equal((await balanceOf(s.token)).balance, '12000', `${how}: the cap rolls back from breakage`);
     assert.equal(await breakage(s.id), String(Number(left) - 2000), how);
   }
+});
+
+// The rollover is what was left at the period's end when the renewal is paid within the grace
+// window (3 days), whether the sweep ran or not; after the window nothing rolls.
+Deno.test('a renewal retried after the grace window rolls nothing over, whether the sweep ran or not', async () => {
+  for (const swept of [false, true]) {
+    const s = await student();
+    const plan = await subscribeTo(s.token, 'basic_monthly');
+    const failed = await renew(plan.stripe_subscription, 'failed');
+    // Four days pass: period 1 is over, then the card works and Stripe's retry pays period 2.
+    const [lot] = await planLots(s.id);
+    await backdateBy(lot.id, '4 days');
+    if (swept) await testDb`select billing.expire_lots(500)`;
+    await emulator(`/_emulator/invoices/${failed.invoice}/pay`, {});
+    const b = await balanceOf(s.token);
+    await assertLedgerInvariants();
+    assert.equal(b.balance, '10000', `period 2 only (swept: ${swept}): ${JSON.stringify(await planLots(s.id))}`);
+    assert.equal(await breakage(s.id), '10000', 'all of period 1 expired');
+  }
+});
+
+Deno.test('a renewal retried within the grace window rolls what was left at the period end, swept or not, and expires the rest', async () => {
+  for (const swept of [false, true]) {
+    const s = await student();
+    const plan = await subscribeTo(s.token, 'basic_monthly');
+    await spend(s.token, 9000); // 1,000 left: all of it rolls (basic's cap is 2,000)
+    const failed = await renew(plan.stripe_subscription, 'failed');
+    const [lot] = await planLots(s.id);
+    await backdateBy(lot.id, '2 days');
+    if (swept) await testDb`select billing.expire_lots(500)`;
+    await emulator(`/_emulator/invoices/${failed.invoice}/pay`, {});
+    const b = await balanceOf(s.token);
+    await assertLedgerInvariants();
+    assert.equal(b.balance, '11000', `swept: ${swept}: ${JSON.stringify(await planLots(s.id))}`);
+    const lots = await planLots(s.id);
+    const rolled = lots.find((l) => l.moved_from === lot.id);
+    assert.equal(rolled?.amount, '1000', 'the rollover lot keeps its provenance');
+    assert.equal(await breakage(s.id), '0', 'nothing of period 1 stays expired');
+  }
+});
+
+Deno.test('a renewal paid an hour after the period ended (as Stripe charges renewals) rolls over what the sweep expired', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  await spend(s.token, 6000); // 4,000 left: basic rolls over up to 2,000
+  // Stripe makes the renewal invoice at the period's end and charges it about an hour later
+  // (the draft's finalisation delay); meanwhile the period is over and the minute sweep runs.
+  const late = await renew(plan.stripe_subscription, 'paid', false);
+  const [lot] = await planLots(s.id);
+  await backdateBy(lot.id, '1 hour');
+  await testDb`select billing.expire_lots(500)`; // the scheduled sweep (pg_cron, every minute)
+  assert.equal(await breakage(s.id), '4000');
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  // Replayed: nothing comes back twice.
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  const b = await balanceOf(s.token);
+  await assertLedgerInvariants();
+  assert.equal(b.balance, '12000', `rollover lost: ${JSON.stringify(await planLots(s.id))}`);
+  assert.equal(await breakage(s.id), '2000', 'what the cap leaves stays expired');
+  const lots = await planLots(s.id);
+  assert.equal(lots.find((l) => l.moved_from === lot.id)?.amount, '2000');
+});
+
+Deno.test("a refunded period's expired credits do not come back at its renewal", async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  await spend(s.token, 6000);
+  const late = await renew(plan.stripe_subscription, 'paid', false);
+  const [lot] = await planLots(s.id);
+  await backdateBy(lot.id, '1 hour');
+  await testDb`select billing.expire_lots(500)`;
+  // The period's invoice is refunded in full: the 4,000 that expired are forgiven, 6,000 owed.
+  const [g] = await testDb`select invoice_id from billing.plan_grants where subscription_id = ${plan.subscription_id}`;
+  await testDb`select billing.sync_plan_charge(${
+    testDb.json({ invoice_id: g.invoice_id, charge_id: 'ch_test_rollover', amount_refunded: 999 })
+  })`;
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  const b = await balanceOf(s.token);
+  await assertLedgerInvariants();
+  assert.equal(b.balance, '4000', `period 2 less the debt, nothing rolled: ${JSON.stringify(await planLots(s.id))}`);
+});
+
+Deno.test('a period swept, a charge of it voided, then the renewal: only the cap comes back from breakage, and later voids expire', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly'); // 10,000 a period; up to 2,000 roll over
+  const charges: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await spendWith(s.token, crypto.randomUUID(), 2000);
+    assert.equal(r.status, 201, r.text);
+    charges.push(dataOf(r).transfer_id as string);
+  }
+  const late = await renew(plan.stripe_subscription, 'paid', false); // period 2 charged, webhooks late
+  await periodEnds(s.id);
+  await sweep(); // 4,000 expire
+  const v1 = await voidCharge(charges[0]); // 2,000 back into the expired lot: breakage at once
+  assert.equal(v1.status, 200, v1.text);
+  assert.equal((await balanceOf(s.token)).balance, '0');
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  await assertLedgerInvariants();
+  assert.equal((await balanceOf(s.token)).balance, '12000', 'period 2 and the 2,000 the rule rolls, no more');
+  assert.equal(await breakage(s.id), '4000');
+  for (const c of charges.slice(1)) {
+    const v = await voidCharge(c);
+    assert.equal(v.status, 200, v.text);
+    await sweep();
+  }
+  await assertLedgerInvariants();
+  assert.equal(
+    (await balanceOf(s.token)).balance,
+    '12000',
+    'charges of the ended period voided late give nothing spendable',
+  );
+  assert.equal(await breakage(s.id), '8000');
 });
