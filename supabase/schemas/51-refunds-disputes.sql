@@ -47,8 +47,12 @@ declare
   v_target_b numeric(38, 18);
 begin
   if v_refunded > p.amount_refunded_cents then
-    v_target_c := floor(p.credits * v_refunded / (p.price_cents + p.tax_cents));
-    v_target_b := floor(p.bonus_credits * v_refunded / (p.price_cents + p.tax_cents));
+    -- The whole charge back is every credit, a fractional bonus's fraction included (floor
+    -- would leave it with the buyer).
+    v_target_c := case when v_refunded >= p.price_cents + p.tax_cents then p.credits
+                       else floor(p.credits * v_refunded / (p.price_cents + p.tax_cents)) end;
+    v_target_b := case when v_refunded >= p.price_cents + p.tax_cents then p.bonus_credits
+                       else floor(p.bonus_credits * v_refunded / (p.price_cents + p.tax_cents)) end;
     -- Each reversal takes back its own lot first; what that lot no longer has expired (forgiven:
     -- it is breakage already) or was spent, and is owed like any debt (settled from whatever the
     -- account holds, or carried as debt).

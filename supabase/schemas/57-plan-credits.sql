@@ -454,7 +454,8 @@ begin
   -- paid being what the charge took, tax included (a refund returns tax and price in proportion).
   v_total := g.amount_cents + g.tax_cents;
   if v_refunded > g.amount_refunded_cents and v_total > 0 then
-    v_target := floor(g.credits * v_refunded / v_total);
+    -- The whole charge back is every credit (an upgrade's prorated grant has a fraction).
+    v_target := case when v_refunded >= v_total then g.credits else floor(g.credits * v_refunded / v_total) end;
     v_tax_back := billing.tax_refunded_cents(g.tax_cents, v_total, v_refunded)
       - billing.tax_refunded_cents(g.tax_cents, v_total, g.amount_refunded_cents);
     perform billing.take_back_plan_credits(g, v_user, v_target - g.credits_reversed, 'refund_reversal',

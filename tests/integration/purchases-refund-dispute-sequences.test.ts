@@ -70,3 +70,16 @@ Deno.test('a refund and a dispute racing the student spending leave no credit of
   });
   await assertLedgerInvariants();
 });
+
+// plus: 2,499 cents for 24,990 credits and a 1,249.5-credit bonus. Refunded a cent at a time
+// and then the rest, the whole charge takes back every credit, the bonus's half included.
+Deno.test('a purchase refunded in pieces and then in full takes back every credit, fractional bonus included', async () => {
+  const s = await student();
+  const co = await buy(s.token, 'plus');
+  assert.deepEqual(await balanceOf(s.token), { balance: '26239.5', held: '0', available: '26239.5' });
+  const charge = await chargeOf(co.session_id);
+  for (let i = 0; i < 3; i++) await emulator(`/_emulator/charges/${charge}/refund`, { amount: 1 });
+  await emulator(`/_emulator/charges/${charge}/refund`, { amount: 2499 - 3 });
+  assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' });
+  await assertLedgerInvariants();
+});
