@@ -153,8 +153,12 @@ create or replace function billing.provider_for(p_provider uuid, p_user uuid, p_
 language sql stable
 security definer
 set search_path = ''
-as $$ select * from billing.providers x where x.id = p_provider and (p_is_admin or x.owner_user_id = p_user) $$;
-comment on function billing.provider_for(p_provider uuid, p_user uuid, p_is_admin boolean) is 'A provider, if p_user owns it or is an admin (else no row: callers answer 404).';
+as $$
+  -- p_is_admin is the token's claim: an admin demoted or deleted since it was issued is not one.
+  select * from billing.providers x
+  where x.id = p_provider and (x.owner_user_id = p_user or (p_is_admin and billing.standing_refusal(p_user, true) is null))
+$$;
+comment on function billing.provider_for(p_provider uuid, p_user uuid, p_is_admin boolean) is 'A provider, if p_user owns it or (p_is_admin, the token''s claim) is an admin in the database now (else no row: callers answer 404).';
 revoke execute on function billing.provider_for(p_provider uuid, p_user uuid, p_is_admin boolean) from public;
 grant execute on function billing.provider_for(p_provider uuid, p_user uuid, p_is_admin boolean) to service_role;
 

@@ -332,11 +332,17 @@ Deno.test("a lost dispute of the organisation's purchase reaches sponsored credi
     const student = await person('student');
     const org = await school(owner, [student], 'allowance', null);
     // The organisation buys 5,000 credits (mini, 500¢) and parks all of them behind a code.
-    const co = await api('/checkout/sessions', { token: owner.token, headers: key(), body: { package_id: 'mini', org_id: org } });
+    const co = await api('/checkout/sessions', {
+      token: owner.token,
+      headers: key(),
+      body: { package_id: 'mini', org_id: org },
+    });
     assert.equal(co.status, 201, co.text);
     const session = (co.body.data as { session_id: string }).session_id;
     await emulator(`/_emulator/checkout/sessions/${session}/pay`, { outcome: 'succeeded' });
-    const { code } = dataOf(await issue(owner.token, org, { credits: '5000', user_id: student.id })) as { code: string };
+    const { code } = dataOf(await issue(owner.token, org, { credits: '5000', user_id: student.id })) as {
+      code: string;
+    };
     const charge = await chargeOf(session);
     if (redeemWhen === 'before') assert.equal((await redeem(student.token, code)).status, 200);
     await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
@@ -347,7 +353,11 @@ Deno.test("a lost dispute of the organisation's purchase reaches sponsored credi
     // While the dispute is open nothing of the purchase can be spent or parked in a hold.
     const bal = (await api('/credits/balance', { token: student.token })).body.data as { available: string };
     assert.equal(bal.available, '0', `${redeemWhen}: the disputed credits are frozen in the student's account`);
-    const parked = await api('/credits/holds', { token: student.token, headers: key(), body: { amount: '100', ttl_seconds: 3600 } });
+    const parked = await api('/credits/holds', {
+      token: student.token,
+      headers: key(),
+      body: { amount: '100', ttl_seconds: 3600 },
+    });
     assert.equal(parked.status, 402, `${redeemWhen}: ${parked.text}`);
     await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
     const [{ left }] = await testDb`select trim_scale(coalesce(sum(a.balance), 0))::text as left from billing.accounts a

@@ -147,3 +147,32 @@ Deno.test('with FEATURE_B2B_PROVIDER_PAYMENTS off, provider routes answer 503 an
     await packages.body?.cancel();
   });
 });
+
+Deno.test("an admin demoted since their token was issued is a stranger to other users' providers", async () => {
+  const p = await newProvider();
+  const demoted = await adminToken();
+  const id = JSON.parse(atob(demoted.split('.')[1].replaceAll('-', '+').replaceAll('_', '/'))).sub;
+  assert.equal((await api(`/providers/${p.id}`, { token: demoted })).status, 200, 'an admin sees it');
+  await testDb`update auth.users set raw_app_meta_data = '{}'::jsonb where id = ${id}`;
+  for (
+    const [path, body] of [
+      [`/providers/${p.id}`, undefined],
+      [`/providers/${p.id}/payments`, undefined],
+      [`/providers/${p.id}/payouts`, undefined],
+      // A Connect onboarding link lets whoever opens it set the account's payout details.
+      [`/providers/${p.id}/onboarding-link`, {}],
+    ] as const
+  ) {
+    const r = await api(path, { token: demoted, body });
+    assert.equal(r.status, 404, `${path}: ${r.text}`);
+    assert.ok(!r.text.includes(p.account), 'nothing about the provider leaks');
+  }
+  // Nor does the token's old claim create a provider for another user.
+  const other = await newUser();
+  const made = await api('/providers', {
+    token: demoted,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { name: 'Not Theirs', email: 'x@example.org', country: 'US', owner_user_id: other },
+  });
+  assert.equal(made.status, 403, made.text);
+});

@@ -30,9 +30,10 @@ Deno.test('a partial refund then a lost dispute take the purchase back once, in 
     held.push(...(await emulator(`/_emulator/charges/${charge}/refund`, { amount: 333, deliver: false })).events);
     held.push(...(await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open', deliver: false })).events);
     held.push(...(await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost', deliver: false })).events);
-    if (order === 'as sent') for (const e of held) assert.ok((await deliverWithRetries(e)).status < 300);
-    else if (order === 'reversed') for (const e of held.toReversed()) assert.ok((await deliverWithRetries(e)).status < 300);
-    else {
+    if (order === 'as sent') { for (const e of held) assert.ok((await deliverWithRetries(e)).status < 300); }
+    else if (order === 'reversed') {
+      for (const e of held.toReversed()) assert.ok((await deliverWithRetries(e)).status < 300);
+    } else {
       const all = await Promise.all([...held, ...held].map(deliverWithRetries));
       assert.ok(all.every((r) => r.status < 300), JSON.stringify(all.map((r) => r.status)));
     }
@@ -40,7 +41,8 @@ Deno.test('a partial refund then a lost dispute take the purchase back once, in 
     const p = await reversedOf(co.purchase_id);
     assert.equal(p.amount_refunded_cents, 333, order);
     assert.equal(p.dispute_status, 'lost', order);
-    const [{ taken }] = await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as taken from billing.transfers t
+    const [{ taken }] =
+      await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as taken from billing.transfers t
       where t.kind in ('refund_reversal', 'dispute_reversal') and t.reference = ${charge}`;
     assert.equal(taken, '9990', `${order}: the purchase is taken back once`);
   }
