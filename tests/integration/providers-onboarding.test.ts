@@ -71,16 +71,23 @@ Deno.test('a Connect event signed with the platform secret is refused when a Con
   assert.equal((await deliver(e)).status, 200);
 });
 
+/** A provider's routes its owner (or an admin now) reaches, with the body each takes. */
+const providerRoutes = (id: string) =>
+  [
+    [`/providers/${id}`, undefined],
+    [`/providers/${id}/payments`, undefined],
+    [`/providers/${id}/payouts`, undefined],
+    // A Connect onboarding link lets whoever opens it set the account's payout details.
+    [`/providers/${id}/onboarding-link`, {}],
+  ] as const;
+
 Deno.test("another user's provider is a 404 on every route; an admin sees it", async () => {
   const p = await newProvider();
   const stranger = await userToken(await newUser());
   const admin = await adminToken();
   for (
     const [path, body] of [
-      [`/providers/${p.id}`, undefined],
-      [`/providers/${p.id}/payments`, undefined],
-      [`/providers/${p.id}/payouts`, undefined],
-      [`/providers/${p.id}/onboarding-link`, {}],
+      ...providerRoutes(p.id),
       [`/providers/${crypto.randomUUID()}`, undefined],
       ['/providers/not-a-uuid', undefined],
     ] as const
@@ -154,15 +161,7 @@ Deno.test("an admin demoted since their token was issued is a stranger to other 
   const id = JSON.parse(atob(demoted.split('.')[1].replaceAll('-', '+').replaceAll('_', '/'))).sub;
   assert.equal((await api(`/providers/${p.id}`, { token: demoted })).status, 200, 'an admin sees it');
   await testDb`update auth.users set raw_app_meta_data = '{}'::jsonb where id = ${id}`;
-  for (
-    const [path, body] of [
-      [`/providers/${p.id}`, undefined],
-      [`/providers/${p.id}/payments`, undefined],
-      [`/providers/${p.id}/payouts`, undefined],
-      // A Connect onboarding link lets whoever opens it set the account's payout details.
-      [`/providers/${p.id}/onboarding-link`, {}],
-    ] as const
-  ) {
+  for (const [path, body] of providerRoutes(p.id)) {
     const r = await api(path, { token: demoted, body });
     assert.equal(r.status, 404, `${path}: ${r.text}`);
     assert.ok(!r.text.includes(p.account), 'nothing about the provider leaks');
