@@ -332,14 +332,7 @@ Deno.test("a lost dispute of the organisation's purchase reaches sponsored credi
     const student = await person('student');
     const org = await school(owner, [student], 'allowance', null);
     // The organisation buys 5,000 credits (mini, 500¢) and parks all of them behind a code.
-    const co = await api('/checkout/sessions', {
-      token: owner.token,
-      headers: key(),
-      body: { package_id: 'mini', org_id: org },
-    });
-    assert.equal(co.status, 201, co.text);
-    const session = (co.body.data as { session_id: string }).session_id;
-    await emulator(`/_emulator/checkout/sessions/${session}/pay`, { outcome: 'succeeded' });
+    const { session_id: session } = await buy(owner.token, 'mini', org);
     const { code } = dataOf(await issue(owner.token, org, { credits: '5000', user_id: student.id })) as {
       code: string;
     };
