@@ -4,7 +4,15 @@
 // partial refund, then what a lost dispute leaves), and only what was spent stays as debt.
 import assert from 'node:assert/strict';
 import { assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
-import { balanceOf, buy, chargeOf, deliverWithRetries, emulator, type SignedEvent } from '../purchases.ts';
+import {
+  balanceOf,
+  buy,
+  chargeOf,
+  deliverWithRetries,
+  emulator,
+  type SignedEvent,
+  startCheckout,
+} from '../purchases.ts';
 
 async function student() {
   const id = await newUser();
@@ -83,5 +91,23 @@ Deno.test('a purchase refunded in pieces and then in full takes back every credi
   for (let i = 0; i < 3; i++) await emulator(`/_emulator/charges/${charge}/refund`, { amount: 1 });
   await emulator(`/_emulator/charges/${charge}/refund`, { amount: 2499 - 3 });
   assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test("a purchase's payment, refund and lost dispute delivered last to first, then again: granted once, taken back once", async () => {
+  const s = await student();
+  const co = await startCheckout(s.token, 'starter');
+  const held = [...(await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { deliver: false })).events];
+  const charge = await chargeOf(co.session_id);
+  held.push(...(await emulator(`/_emulator/charges/${charge}/refund`, { amount: 333, deliver: false })).events);
+  held.push(...(await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open', deliver: false })).events);
+  held.push(...(await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost', deliver: false })).events);
+  for (const e of [...held.toReversed(), ...held]) assert.ok((await deliverWithRetries(e)).status < 300, e.type);
+  assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' });
+  const [{ granted, taken }] = await testDb`select
+      trim_scale(coalesce(sum(t.amount) filter (where t.kind = 'purchase'), 0))::text as granted,
+      trim_scale(coalesce(sum(t.amount) filter (where t.kind in ('refund_reversal', 'dispute_reversal')), 0))::text as taken
+    from billing.transfers t where t.reference = ${charge} or t.reference = ${co.session_id}`;
+  assert.deepEqual({ granted, taken }, { granted: '9990', taken: '9990' });
   await assertLedgerInvariants();
 });
