@@ -113,6 +113,30 @@ Deno.test('the same Idempotency-Key makes one job', async () => {
   assert.equal(n, 1);
 });
 
+Deno.test('20 job requests at once under one key, with other bodies: one job, one reservation, the rest replay or 409', async () => {
+  const s = await student('100');
+  const key = crypto.randomUUID();
+  const bodies = Array.from(
+    { length: 20 },
+    (_, i) => ({ ...aiJob, input: { ...aiJob.input, max_tokens: 100 + (i % 2) * 900 } }),
+  );
+  const rs = await Promise.all(bodies.map((b) => createJob(s.token, b, functionsUrl, key)));
+  const accepted = rs.filter((r) => r.status === 202);
+  assert.ok(accepted.length >= 1, rs.map((r) => r.status).join(','));
+  assert.equal(new Set(accepted.map((r) => (r.body.data as Json).job_id)).size, 1);
+  assert.ok(
+    rs.every((r) => r.status === 202 || (r.status === 409 && (r.body.error as Json).code === 'IDEMPOTENCY_KEY_REUSED')),
+    rs.map((r) => `${r.status} ${JSON.stringify(r.body.error ?? '')}`).join('\n'),
+  );
+  const [{ n }] = await testDb`select count(*)::int as n from billing.jobs where user_id = ${s.id}`;
+  assert.equal(n, 1);
+  const [{ holds }] = await testDb`select count(*)::int as holds from billing.holds h
+    join billing.accounts a on a.id = h.account_id where a.user_id = ${s.id}`;
+  assert.ok(holds <= 1, `${holds} holds for one job`);
+  await api(`/jobs/${(accepted[0].body.data as Json).job_id}`, { token: s.token, method: 'DELETE' });
+  await assertLedgerInvariants();
+});
+
 Deno.test("Retry-After grows with a waiting job's age: 2 s, 4 s, 8 s", async () => {
   const s = await student();
   const id = await waitingJob(s.id);
