@@ -184,6 +184,22 @@ Deno.test('an upgrade with one day left (Stripe prorates the charge to 1/30) gra
   assert.equal(upgrade?.credits, '837.5', `67 cents granted ${upgrade?.credits} credits`);
 });
 
+Deno.test('the one-day upgrade refunded in full takes back all 837.5 credits it granted, the half included', async () => {
+  const upgrade = await lastDayUpgrade();
+  assert.ok(upgrade);
+  const [{ user_id }] = await testDb`select s.user_id from billing.plan_grants g
+    join billing.subscriptions s on s.id = g.subscription_id where g.invoice_id = ${upgrade.invoice_id}`;
+  const [before] =
+    await testDb`select trim_scale(balance)::text as balance from billing.accounts where user_id = ${user_id}`;
+  // Stripe reports the whole 67 cents refunded (the server's sync_plan_charge, state re-fetched).
+  const state = { invoice_id: upgrade.invoice_id, charge_id: `ch_lastday_${crypto.randomUUID()}`, amount_refunded: 67 };
+  await testDb`select billing.sync_plan_charge(${testDb.json(state)})`;
+  const [after] =
+    await testDb`select trim_scale(balance)::text as balance from billing.accounts where user_id = ${user_id}`;
+  assert.equal(Number(before.balance) - Number(after.balance), 837.5, `${before.balance} → ${after.balance}`);
+  await assertLedgerInvariants();
+});
+
 Deno.test('an upgrade invoice grants the plan its charged price belongs to, not the plan its metadata names', async () => {
   // The metadata says pro, but the line charged basic's price.
   const upgrade = await lastDayUpgrade({ id: 'price_basic', unit_amount: 999, currency: 'usd', interval: 'month' });
