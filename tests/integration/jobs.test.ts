@@ -14,6 +14,7 @@ import {
   until,
 } from '../helpers.ts';
 import { balanceOf } from '../purchases.ts';
+import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;
@@ -366,6 +367,31 @@ Deno.test("GET /jobs lists the caller's jobs newest first, by status, with a cur
   assert.equal(second.items.length, 1);
   assert.equal(second.next_cursor, null);
   assert.equal(new Set([...first.items, ...second.items].map((j) => j.job_id)).size, 3);
+});
+
+Deno.test("GET /jobs cursors at the edges: the largest position lists, past it or malformed is 400, and any position lists only the caller's jobs", async () => {
+  const [s, other] = [await student(), await student()];
+  const mine = await waitingJob(s.id);
+  const theirs = await waitingJob(other.id);
+  const [t] = await testDb`select floor(extract(epoch from created_at) * 1000000)::bigint::text as micros
+    from billing.jobs where id = ${theirs}`;
+  const list = (position: string) => api(`/jobs?cursor=${encodeCursor(position)}`, { token: s.token });
+  const ids = (r: { body: Json }) => (data(r).items as Json[]).map((j) => j.job_id);
+  const top = await list(`9223372036854775807:${crypto.randomUUID()}`);
+  assert.equal(top.status, 200, top.text);
+  assert.deepEqual(ids(top), [mine]);
+  // Another student's job as the position: still only the caller's jobs, nothing of theirs.
+  const across = await list(`${BigInt(t.micros) + 1n}:${theirs}`);
+  assert.equal(across.status, 200, across.text);
+  assert.ok(!across.text.includes(theirs));
+  for (
+    const bad of ['9223372036854775808:' + mine, `-1:${mine}`, `1e3:${mine}`, `1:${mine}\0`, `1:\ud800`, `1:${mine}:x`]
+  ) {
+    const r = await list(bad);
+    assert.equal(r.status, 400, `${JSON.stringify(bad)}: ${r.text}`);
+  }
+  await api(`/jobs/${mine}`, { token: s.token, method: 'DELETE' });
+  await api(`/jobs/${theirs}`, { token: other.token, method: 'DELETE' });
 });
 
 Deno.test('the worker tick refuses a caller without the cron secret', async () => {
