@@ -6,7 +6,7 @@
 import { createHash, createHmac } from 'node:crypto';
 import { z } from 'zod';
 import { billingPage } from '../billing-page.ts';
-import { db } from '../adapters/db.ts';
+import { sql } from '../adapters/db.ts';
 import { CommaListSchema, lazyEnv } from '../env.ts';
 import { isUuid } from '../values/query.ts';
 
@@ -53,7 +53,7 @@ export interface InvitationEmail {
  */
 export async function invitationEmail(id: unknown): Promise<InvitationEmail | null> {
   if (typeof id !== 'string' || !isUuid(id)) return null;
-  const [i] = await db()`
+  const [i] = await sql`
     select i.email, i.role, i.token_hash, i.expires_at, o.name as org_name, u.email as inviter_email
     from billing.org_invitations i join billing.orgs o on o.id = i.org_id left join auth.users u on u.id = i.invited_by
     where i.id = ${id} and i.status = 'pending' and i.expires_at > now()`;
