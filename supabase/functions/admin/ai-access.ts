@@ -20,16 +20,18 @@ export async function getModelAccess(c: AppContext): Promise<Response> {
 
 export async function setModelAccess(c: AppContext): Promise<Response> {
   const a = await readJson(c, ModelAccessSchema);
-  const [{ list }] = await sql`select billing.set_model_access(${currentUser(c).id}, ${a.plan_id}, ${a.models}::text[]) as list`;
+  const [{ list }] = await sql`select billing.set_model_access(${
+    currentUser(c).id
+  }, ${a.plan_id}, ${a.models}::text[]) as list`;
   return ok(c, list);
 }
 
 export async function createServerKey(c: AppContext): Promise<Response> {
   const { name } = await readJson(c, ServerKeySchema);
   const secret = `slk_${randomBytes(24).toString('hex')}`;
-  const [{ key }] = await sql`select billing.create_server_key(${currentUser(c).id}, ${name}, ${serverKeyHash(secret)}, ${
-      secret.slice(0, 10)
-    }) as key`;
+  const [{ key }] = await sql`select billing.create_server_key(${currentUser(c).id}, ${name}, ${
+    serverKeyHash(secret)
+  }, ${secret.slice(0, 10)}) as key`;
   return ok(c, { ...key, secret }, 201);
 }
 

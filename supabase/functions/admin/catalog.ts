@@ -73,13 +73,17 @@ async function saveVersion(
   create: boolean,
 ): Promise<Effect> {
   const { reason, sort_order, id: _, ...fields } = body;
-  const [{ next }] = await sql<{ next: Next }[]>`select billing.${sqlName(`next_${kind}_version`)}(${id}, ${jsonb(fields)},
+  const [{ next }] = await sql<{ next: Next }[]>`select billing.${sqlName(`next_${kind}_version`)}(${id}, ${
+    jsonb(fields)
+  },
       ${create}) as next`;
   if (next.answer) return { status: 200, data: next.answer };
   const spec = next.spec as Spec;
   const version = next.version as number;
   const priceId = await createPrice(kind, id, version, spec);
-  const [{ saved }] = await sql<{ saved: Saved }[]>`select billing.${sqlName(`save_${kind}_version`)}(${currentUser(c).id}, ${id}, ${version},
+  const [{ saved }] = await sql<{ saved: Saved }[]>`select billing.${sqlName(`save_${kind}_version`)}(${
+    currentUser(c).id
+  }, ${id}, ${version},
       ${jsonb(spec)}, ${priceId}, ${sort_order ?? null}, ${reason}) as saved`;
   return { status: saved.replayed ? 200 : 201, data: saved };
 }
@@ -116,8 +120,8 @@ export function catalogRoutes(app: Hono<AppEnv>): void {
       const id = itemId(kind, c.req.param('id'));
       const { reason } = await readJson(c, RetireSchema);
       const [{ retired }] = await sql<{ retired: Saved }[]>`select billing.${sqlName(`retire_${kind}`)}(${
-          currentUser(c).id
-        }, ${id}, ${reason}) as retired`;
+        currentUser(c).id
+      }, ${id}, ${reason}) as retired`;
       return ok(c, retired);
     });
   }

@@ -19,7 +19,9 @@ export async function createPromoCode(c: AppContext): Promise<Response> {
   const spec = await readJson(c, PromoCodeSchema);
   const key = idempotencyKey(c);
   const code = newCode();
-  const [{ r }] = await sql<{ r: Code }[]>`select billing.create_promo_code(${currentUser(c).id}, ${codeHash(code.replaceAll('-', ''))},
+  const [{ r }] = await sql<{ r: Code }[]>`select billing.create_promo_code(${currentUser(c).id}, ${
+    codeHash(code.replaceAll('-', ''))
+  },
       ${jsonb(spec)}, ${key}) as r`;
   const { replayed, ...row } = r;
   return ok(c, replayed ? { ...row, code: null } : { ...row, code }, replayed ? 200 : 201);

@@ -105,8 +105,8 @@ app.get('/metrics', requireAdmin, async (c) => {
 app.get('/margins', requireAdmin, async (c) => {
   const q = readQuery(c, MarginsSchema);
   const [{ report }] = await sql<
-      { report: Record<string, unknown> }[]
-    >`select billing.margins_report(${q.from}::date, ${q.to}::date, ${q.by}) as report`;
+    { report: Record<string, unknown> }[]
+  >`select billing.margins_report(${q.from}::date, ${q.to}::date, ${q.by}) as report`;
   return ok(c, report);
 });
 
@@ -151,8 +151,8 @@ app.post('/charges/:id/void', requireAdmin, async (c) => {
 app.post('/corrections/preview', requireAdmin, async (c) => {
   const f = await readJson(c, CorrectionPreviewSchema);
   const [{ preview }] = await sql`select billing.preview_correction(${
-      currentUser(c).id
-    }, ${f.model}, ${f.from}::timestamptz, ${f.to}::timestamptz,
+    currentUser(c).id
+  }, ${f.model}, ${f.from}::timestamptz, ${f.to}::timestamptz,
           ${f.failed_only}) as preview`;
   return ok(c, preview);
 });
@@ -186,7 +186,9 @@ app.get('/corrections/:id', requireAdmin, async (c) => {
 app.post('/corrections/:id/continue', requireAdmin, async (c) => {
   const id = runId(c.req.param('id'));
   const { batch } = await readJson(c, ContinueRunSchema);
-  const [{ state }] = await sql`select billing.continue_correction_run(${currentUser(c).id}, ${id}::uuid, ${batch}) as state`;
+  const [{ state }] = await sql`select billing.continue_correction_run(${
+    currentUser(c).id
+  }, ${id}::uuid, ${batch}) as state`;
   return ok(c, state);
 });
 

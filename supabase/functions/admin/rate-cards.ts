@@ -47,8 +47,8 @@ export function rateCardRoutes(app: Hono<AppEnv>): void {
     const id = draftId(c.req.param('id'));
     const q = readQuery(c, SimulationQuerySchema);
     const [r] = await sql<
-        Answer[]
-      >`select billing.simulate_rate_card(${id}::uuid, ${q.from}::timestamptz, ${q.to}::timestamptz) as answer`;
+      Answer[]
+    >`select billing.simulate_rate_card(${id}::uuid, ${q.from}::timestamptz, ${q.to}::timestamptz) as answer`;
     return ok(c, r.answer);
   });
 
@@ -63,7 +63,9 @@ export function rateCardRoutes(app: Hono<AppEnv>): void {
   app.post('/rate-cards/drafts/:id/discard', requireAdmin, async (c) => {
     const id = draftId(c.req.param('id'));
     const body = await readJson(c, DiscardRateCardSchema);
-    const [r] = await sql<Answer[]>`select billing.discard_rate_card_draft(${currentUser(c).id}, ${id}::uuid, ${body.reason}) as answer`;
+    const [r] = await sql<Answer[]>`select billing.discard_rate_card_draft(${
+      currentUser(c).id
+    }, ${id}::uuid, ${body.reason}) as answer`;
     return ok(c, r.answer);
   });
 }

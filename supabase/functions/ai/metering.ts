@@ -44,7 +44,8 @@ export interface CallPlan {
 
 /** Claims the key and holds the call's worst case; a refusal (402, 403, 409 …) is thrown. */
 export async function beginCall(p: CallPlan): Promise<Begun> {
-  const [{ r }] = await sql`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens}, ${p.maxOutputTokens}, ${p.key},
+  const [{ r }] =
+    await sql`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens}, ${p.maxOutputTokens}, ${p.key},
       ${p.requestHash}, ${p.ttlSeconds}) as r`;
   if (r.state === 'held' || r.state === 'replay') return r as Begun;
   if (r.state === 'in_flight') {

@@ -54,7 +54,9 @@ type PurchaseRow = {
 };
 
 app.get('/packages', requireUser, async (c) => {
-  const rows = await sql<CreditPackage[]>`select id, name, price_cents, currency, credits, bonus_credits from billing.credit_packages
+  const rows = await sql<
+    CreditPackage[]
+  >`select id, name, price_cents, currency, credits, bonus_credits from billing.credit_packages
         where active order by sort_order`;
   return ok<Page<CreditPackage>>(
     c,
@@ -82,8 +84,7 @@ app.get('/sessions/:id', requireUser, async (c) => {
   if (!PurchaseRefSchema.safeParse(ref).success) {
     throw new AppError('not_found', 'PURCHASE_NOT_FOUND', 'No such purchase.');
   }
-  const find = () =>
-    sql<PurchaseRow[]>`select * from billing.get_purchase(${userId}, ${ref}) where id is not null`;
+  const find = () => sql<PurchaseRow[]>`select * from billing.get_purchase(${userId}, ${ref}) where id is not null`;
   let [p] = await find();
   if (!p) throw new AppError('not_found', 'PURCHASE_NOT_FOUND', 'No such purchase.');
   if (p.status === 'pending' && p.stripe_session_id) {
@@ -135,7 +136,9 @@ app.post('/portal', requireUser, async (c) => {
 app.post('/refunds', requireAdmin, async (c) => {
   const body = await readJson(c, RefundSchema);
   return idempotent(c, 'checkout.refunds', body, async (key) => {
-    const [p] = await sql<PurchaseRow[]>`select * from billing.get_purchase(null, ${body.purchase_id}) where id is not null`;
+    const [p] = await sql<
+      PurchaseRow[]
+    >`select * from billing.get_purchase(null, ${body.purchase_id}) where id is not null`;
     if (!p) throw new AppError('not_found', 'PURCHASE_NOT_FOUND', 'No such purchase.');
     if (p.status !== 'paid' || !p.stripe_charge_id) {
       throw new AppError(

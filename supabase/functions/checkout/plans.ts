@@ -35,8 +35,7 @@ export const planJson = (p: PlanRow) => ({
   rollover: { rule: p.rollover, limit: p.rollover_limit === null ? null : formatCredits(p.rollover_limit) },
 });
 
-export const listPlans = () =>
-  sql<PlanRow[]>`select * from billing.plans where active order by sort_order, id`;
+export const listPlans = () => sql<PlanRow[]>`select * from billing.plans where active order by sort_order, id`;
 
 /** The version of plan `family` on sale now. */
 async function planOnSale(family: string): Promise<PlanRow> {
@@ -80,13 +79,17 @@ export async function subscribe(
   const successUrl = redirectUrl(body.success_url, env.CHECKOUT_SUCCESS_URL, env, 'success_url');
   const cancelUrl = redirectUrl(body.cancel_url, env.CHECKOUT_CANCEL_URL, env, 'cancel_url');
   const onSale = await planOnSale(body.plan_id);
-  const [sub] = await sql<SubscriptionRow[]>`select * from billing.begin_subscription(${userId}, ${onSale.id}, ${requestKey})`;
+  const [sub] = await sql<
+    SubscriptionRow[]
+  >`select * from billing.begin_subscription(${userId}, ${onSale.id}, ${requestKey})`;
   if (sub.stripe_session_id) return { status: 200, data: subscriptionJson(sub) };
   // The version the subscription began at (a retry after a price change keeps it).
   const plan = await planVersion(sub.plan_id);
   // One open plan Checkout per student: the others (another plan, another tab) expire first, so
   // two plans cannot both be paid. One already completed is refused when its webhook comes.
-  const others = await sql<{ id: string }[]>`select billing.close_other_subscription_sessions(${userId}, ${sub.id}) as id`;
+  const others = await sql<
+    { id: string }[]
+  >`select billing.close_other_subscription_sessions(${userId}, ${sub.id}) as id`;
   for (const { id } of others) {
     await stripeCall(() => stripe().client.checkout.sessions.expire(id)).catch((err) => {
       if (!(err instanceof AppError) || err.code !== 'STRIPE_ERROR') throw err; // not open any more
@@ -120,7 +123,9 @@ export async function subscribe(
     }, { idempotencyKey: `subscription-session:${sub.id}` })
   );
   if (!session.url) throw new AppError('server', 'STRIPE_ERROR', 'Stripe returned a session without a URL.');
-  const [attached] = await sql<SubscriptionRow[]>`select * from billing.attach_subscription_session(${sub.id}, ${session.id}, ${session.url},
+  const [attached] = await sql<
+    SubscriptionRow[]
+  >`select * from billing.attach_subscription_session(${sub.id}, ${session.id}, ${session.url},
       ${new Date(session.expires_at * 1000)})`;
   return { status: 201, data: subscriptionJson(attached ?? sub) };
 }

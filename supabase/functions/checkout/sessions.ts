@@ -115,7 +115,9 @@ export async function createCheckout(
   if (!session.url) {
     throw new AppError('server', 'STRIPE_ERROR', 'Stripe returned a session without a URL.', { status: 502 });
   }
-  const [attached] = await sql<CheckoutRow[]>`select * from billing.attach_checkout_session(${co.purchase_id}, ${session.id}, ${session.url},
+  const [attached] = await sql<
+    CheckoutRow[]
+  >`select * from billing.attach_checkout_session(${co.purchase_id}, ${session.id}, ${session.url},
       ${new Date(session.expires_at * 1000)})`;
   return { status: 201, data: checkoutJson(attached) };
 }

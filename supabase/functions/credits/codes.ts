@@ -26,7 +26,15 @@ export async function redeemCode(c: AppContext): Promise<Response> {
       field: 'code',
     });
   }
-  return idempotent(c, 'credits.codes.redeem', { code_hash: codeHash(bare) }, inSql(200, {
-    context: { address_hash: addressHash(knownClientAddress(c)), address_limit: env().CODE_GUESSES_PER_ADDRESS_PER_HOUR },
-  }));
+  return idempotent(
+    c,
+    'credits.codes.redeem',
+    { code_hash: codeHash(bare) },
+    inSql(200, {
+      context: {
+        address_hash: addressHash(knownClientAddress(c)),
+        address_limit: env().CODE_GUESSES_PER_ADDRESS_PER_HOUR,
+      },
+    }),
+  );
 }

@@ -117,7 +117,9 @@ app.post('/usage', requireUsageReporter, async (c) => {
 
 app.get('/usage/summary', requireUser, async (c) => {
   const q = readQuery(c, UsageSummaryQuerySchema);
-  const [{ summary }] = await sql`select billing.usage_summary(${currentUser(c).id}, ${q.from}, ${q.to}, ${q.granularity}) as summary`;
+  const [{ summary }] = await sql`select billing.usage_summary(${
+    currentUser(c).id
+  }, ${q.from}, ${q.to}, ${q.granularity}) as summary`;
   return ok<UsageSummary>(c, summary);
 });
 
@@ -134,12 +136,22 @@ app.post('/holds', requireUser, async (c) => {
 
 app.post('/holds/:id/capture', requireUser, async (c) => {
   const id = holdId(c.req.param('id'));
-  return idempotent(c, 'credits.holds.capture', { hold_id: id, ...await readJson(c, CaptureRequestSchema) }, inSql(200));
+  return idempotent(
+    c,
+    'credits.holds.capture',
+    { hold_id: id, ...await readJson(c, CaptureRequestSchema) },
+    inSql(200),
+  );
 });
 
 app.post('/holds/:id/release', requireUser, async (c) => {
   const id = holdId(c.req.param('id'));
-  return idempotent(c, 'credits.holds.release', { hold_id: id, ...await readJson(c, ReleaseRequestSchema) }, inSql(200));
+  return idempotent(
+    c,
+    'credits.holds.release',
+    { hold_id: id, ...await readJson(c, ReleaseRequestSchema) },
+    inSql(200),
+  );
 });
 
 app.get('/caps', requireUser, async (c) => {
@@ -153,7 +165,8 @@ app.get('/caps', requireUser, async (c) => {
  */
 async function setCap(c: AppContext, userId: string, owner: 'self' | 'admin') {
   const cap = await readJson(c, CapRequestSchema);
-  const [{ caps }] = await sql`select billing.set_spend_cap(${userId}, ${cap.period}, ${cap.time_zone}, ${cap.model}, ${cap.amount},
+  const [{ caps }] =
+    await sql`select billing.set_spend_cap(${userId}, ${cap.period}, ${cap.time_zone}, ${cap.model}, ${cap.amount},
       ${currentUser(c).id}, ${owner}) as caps`;
   return ok<Page<SpendCap>>(c, whole(caps));
 }
@@ -180,8 +193,8 @@ app.put('/alerts/low-balance', requireUser, async (c) => {
 app.put('/alerts/caps', requireUser, async (c) => {
   const a = await readJson(c, CapAlertsSchema);
   const [{ alerts }] = await sql`select billing.set_cap_alerts(${
-      currentUser(c).id
-    }, ${a.period}, ${a.model}, ${a.percents}::integer[]) as alerts`;
+    currentUser(c).id
+  }, ${a.period}, ${a.model}, ${a.percents}::integer[]) as alerts`;
   return ok<Alerts>(c, alerts);
 });
 
@@ -193,7 +206,9 @@ app.get('/auto-recharge', requireUser, async (c) => {
 // Only the student turns it on (their card, their consent); turning it off is theirs too.
 app.put('/auto-recharge', requireUser, async (c) => {
   const a = await readJson(c, AutoRechargeSchema);
-  const [{ settings }] = await sql`select billing.set_auto_recharge(${currentUser(c).id}, ${a.enabled}, ${a.package_id ?? null},
+  const [{ settings }] = await sql`select billing.set_auto_recharge(${currentUser(c).id}, ${a.enabled}, ${
+    a.package_id ?? null
+  },
       ${a.threshold ?? null}, ${a.monthly_max_count ?? null}, ${a.monthly_max_cents ?? null}) as settings`;
   return ok<AutoRecharge>(c, settings);
 });

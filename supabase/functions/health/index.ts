@@ -166,7 +166,8 @@ app.get('/metrics', requireAdminUnless(hasMetricsToken), async (c) => {
 });
 
 app.get('/alerts', requireAdmin, async (c) => {
-  const alerts = await sql`select condition, severity, summary, details, opened_at, last_seen_at from billing.open_alerts()`;
+  const alerts =
+    await sql`select condition, severity, summary, details, opened_at, last_seen_at from billing.open_alerts()`;
   return ok(c, whole(alerts));
 });
 

@@ -90,7 +90,9 @@ app.post('/:id/invitations', requireUser, async (c) => {
 app.get('/:id/invitations', requireUser, async (c) => {
   const q = readQuery(c, InvitationsQuerySchema);
   const [{ page }] = await sql<{ page: { invitations: unknown[]; next_cursor: string | null } }[]>`
-    select billing.list_org_invitations(${currentUser(c).id}, ${pathId(c, 'id')}, ${q.cursor ?? null}, ${q.limit}) as page`;
+    select billing.list_org_invitations(${currentUser(c).id}, ${pathId(c, 'id')}, ${
+    q.cursor ?? null
+  }, ${q.limit}) as page`;
   return ok(c, { items: page.invitations, next_cursor: page.next_cursor && encodeCursor(page.next_cursor) });
 });
 app.delete('/:id/invitations/:invitation_id', requireUser, async (c) => {
@@ -102,7 +104,9 @@ for (const [path, accept] of [['/invitations/accept', true], ['/invitations/decl
   app.post(path, requireUser, async (c) => {
     const { token } = await readJson(c, AnswerSchema);
     const user = currentUser(c);
-    const [{ answer }] = await sql`select billing.answer_invitation(${user.id}, ${user.email ?? null}, ${tokenHash(token)},
+    const [{ answer }] = await sql`select billing.answer_invitation(${user.id}, ${user.email ?? null}, ${
+      tokenHash(token)
+    },
       ${accept}) as answer`;
     return ok(c, answer);
   });
@@ -118,7 +122,9 @@ app.post('/invitations/preview', async (c) => {
 // Ownership moves only here, by the owner, to an active member; the old owner becomes an admin.
 app.post('/:id/owner', requireUser, async (c) => {
   const b = await readJson(c, OwnerSchema);
-  const [{ org }] = await sql`select billing.transfer_org_owner(${currentUser(c).id}, ${pathId(c, 'id')}, ${b.user_id}) as org`;
+  const [{ org }] = await sql`select billing.transfer_org_owner(${currentUser(c).id}, ${
+    pathId(c, 'id')
+  }, ${b.user_id}) as org`;
   return ok(c, org);
 });
 

@@ -54,7 +54,9 @@ async function customerFor(row: Begun, body: Request): Promise<string> {
       idempotencyKey: `org-customer:${row.id}`,
     })
   );
-  const [{ kept }] = await sql<{ kept: string }[]>`select billing.attach_org_customer(${row.org_id}, ${made.id}) as kept`;
+  const [{ kept }] = await sql<
+    { kept: string }[]
+  >`select billing.attach_org_customer(${row.org_id}, ${made.id}) as kept`;
   if (kept !== made.id) return customerFor({ ...row, stripe_customer_id: kept }, body); // another request's won
   return kept;
 }

@@ -42,7 +42,9 @@ async function providerOf(c: AppContext): Promise<ProviderRow> {
   const id = c.req.param('id') ?? '';
   if (!isUuid(id)) throw notFound();
   const user = currentUser(c);
-  const [p] = await sql<ProviderRow[]>`select * from billing.provider_for(${id}, ${user.id}, ${user.isAdmin}) where id is not null`;
+  const [p] = await sql<
+    ProviderRow[]
+  >`select * from billing.provider_for(${id}, ${user.id}, ${user.isAdmin}) where id is not null`;
   if (!p) throw notFound();
   return p;
 }
@@ -54,7 +56,9 @@ app.post('/', requireUser, async (c) => {
     throw new AppError('forbidden', 'FORBIDDEN', 'Only administrators create providers for other users.');
   }
   return idempotent(c, 'providers.create', body, async (key) => {
-    let [p] = await sql<ProviderRow[]>`select * from billing.begin_provider(${body.owner_user_id ?? user.id}, ${key}, ${body.name},
+    let [p] = await sql<ProviderRow[]>`select * from billing.begin_provider(${
+      body.owner_user_id ?? user.id
+    }, ${key}, ${body.name},
         ${body.email}, ${body.country})`;
     if (!p.stripe_account_id) {
       const provider = p;
@@ -134,7 +138,9 @@ app.post('/:id/payments', requireUser, async (c) => {
 app.get('/:id/payments', requireUser, async (c) => {
   const p = await providerOf(c);
   const q = readQuery(c, ListSchema);
-  const rows = await sql<PaymentRow[]>`select * from billing.list_provider_payments(${p.id}, ${q.limit + 1}, ${q.cursor ?? null})`;
+  const rows = await sql<PaymentRow[]>`select * from billing.list_provider_payments(${p.id}, ${q.limit + 1}, ${
+    q.cursor ?? null
+  })`;
   return ok(c, pageOf(rows, q.limit, (r) => r.created_at.toISOString(), paymentJson));
 });
 
@@ -142,16 +148,16 @@ app.get('/:id/payouts', requireUser, async (c) => {
   const p = await providerOf(c);
   const q = readQuery(c, ListSchema);
   const rows = await sql<
-      {
-        id: string;
-        status: string;
-        amount_cents: string;
-        currency: string;
-        failure_code: string | null;
-        arrival_date: Date | null;
-        stripe_created_at: Date;
-      }[]
-    >`
+    {
+      id: string;
+      status: string;
+      amount_cents: string;
+      currency: string;
+      failure_code: string | null;
+      arrival_date: Date | null;
+      stripe_created_at: Date;
+    }[]
+  >`
       select * from billing.list_provider_payouts(${p.id}, ${q.limit + 1}, ${q.cursor ?? null})`;
   return ok(
     c,
@@ -174,7 +180,9 @@ app.post('/:id/payments/:paymentId/refunds', requireAdmin, async (c) => {
   const body = await readJson(c, RefundPaymentSchema);
   return idempotent(c, 'providers.refunds', { paymentId, ...body }, async (key) => {
     const [pay] = isUuid(paymentId)
-      ? await sql<PaymentRow[]>`select * from billing.provider_payment_by_id(${p.id}, ${paymentId}) where id is not null`
+      ? await sql<
+        PaymentRow[]
+      >`select * from billing.provider_payment_by_id(${p.id}, ${paymentId}) where id is not null`
       : [];
     if (!pay) throw new AppError('not_found', 'PAYMENT_NOT_FOUND', 'No such payment.');
     if (pay.status !== 'paid' || !pay.stripe_charge_id) {

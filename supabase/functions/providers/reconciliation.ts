@@ -70,7 +70,9 @@ export class RunWorker {
   constructor(readonly worker: string, readonly leaseSeconds: number) {}
 
   async claim(day: string): Promise<Run> {
-    const [run] = await sql<RunRow[]>`select * from billing.claim_reconciliation(${day}::date, ${this.worker}, ${this.leaseSeconds})`;
+    const [run] = await sql<
+      RunRow[]
+    >`select * from billing.claim_reconciliation(${day}::date, ${this.worker}, ${this.leaseSeconds})`;
     return toRun(run);
   }
 

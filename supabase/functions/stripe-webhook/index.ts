@@ -52,9 +52,7 @@ async function verify(raw: string, signature: string | undefined): Promise<Strip
       }
     }
   }
-  countRefusal((n) =>
-    sql`select billing.increment_counter('stripe_webhook_signature_failures', ${n}::bigint)`
-  );
+  countRefusal((n) => sql`select billing.increment_counter('stripe_webhook_signature_failures', ${n}::bigint)`);
   throw new AppError('validation', 'SIGNATURE_INVALID', 'The Stripe-Signature header is missing or does not verify.');
 }
 

@@ -89,6 +89,9 @@ export function db(): postgres.Sql {
   return pool;
 }
 
+/** What a statement answers: its rows, typed by the caller (`sql<{ caps: SpendCap[] }[]>`…`). */
+type Rows = readonly (object | undefined)[];
+
 /** A value `sql` takes: text, a safe integer, a boolean, null, a time, an array, or JSON through `jsonb`. */
 export type SqlValue = InlineValue | Date | readonly (string | number)[];
 
@@ -119,7 +122,7 @@ async function run<T>(send: (pool: postgres.Sql) => Promise<T>): Promise<T> {
  * numeric stays a string (exact decimals, never floats).
  * @example const [{ caps }] = await sql`select billing.get_spend_caps(${userId}) as caps`
  */
-export function sql<T extends postgres.Row[] = postgres.Row[]>(
+export function sql<T extends Rows = postgres.Row[]>(
   strings: TemplateStringsArray,
   ...values: (SqlValue | SqlName)[]
 ): Promise<T> {
@@ -130,7 +133,7 @@ export function sql<T extends postgres.Row[] = postgres.Row[]>(
     params.push(v instanceof JsonbValue ? v.text : v);
     return text + `$${params.length}` + (v instanceof JsonbValue ? '::text::jsonb' : '') + s;
   });
-  return run((pool) => pool.unsafe<T>(text, params as never[]));
+  return run(async (pool) => (await pool.unsafe(text, params as never[])) as unknown as T);
 }
 
 /**
@@ -142,10 +145,10 @@ export function sql<T extends postgres.Row[] = postgres.Row[]>(
  * (billing.get_balance of a signed-in user). Text Postgres would refuse is a 400 before sending.
  * @example const [b] = await sql.oneTrip`select * from billing.get_balance(${userId})`
  */
-sql.oneTrip = function oneTripSql<T extends postgres.Row[] = postgres.Row[]>(
+sql.oneTrip = function oneTripSql<T extends Rows = postgres.Row[]>(
   strings: TemplateStringsArray,
   ...values: InlineValue[]
 ): Promise<T> {
   const statement = inline(strings, ...values);
-  return run((pool) => oneTrip<T>(pool, statement));
+  return run(async (pool) => (await oneTrip(pool, statement)) as unknown as T);
 };

@@ -84,7 +84,7 @@ export function createApp(
     origin: (origin) => (allowed.has(origin) ? origin : null),
     allowHeaders: ['authorization', 'x-client-info', 'apikey', 'content-type', 'idempotency-key', 'x-request-id'],
     // Every method a route answers, read from the routes themselves when a browser asks, so a
-    // route added later (PATCH /orgs/:id was once refused by browsers) is never left out.
+    // route's method can never be missing from the list.
     allowMethods: () => (methods ??= routeMethods(app)),
     exposeHeaders: [
       'X-Request-ID',

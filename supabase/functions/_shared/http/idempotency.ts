@@ -24,14 +24,24 @@ const wellFormedKey = /^[\x21-\x7e]{1,255}$/;
 export function idempotencyKey(c: AppContext): string {
   const key = c.req.header('idempotency-key');
   if (!key) {
-    throw new AppError('validation', 'IDEMPOTENCY_KEY_REQUIRED', 'This route moves credits: send an Idempotency-Key header.', {
-      field: 'Idempotency-Key',
-    });
+    throw new AppError(
+      'validation',
+      'IDEMPOTENCY_KEY_REQUIRED',
+      'This route moves credits: send an Idempotency-Key header.',
+      {
+        field: 'Idempotency-Key',
+      },
+    );
   }
   if (!wellFormedKey.test(key)) {
-    throw new AppError('validation', 'IDEMPOTENCY_KEY_INVALID', 'The Idempotency-Key must be 1–255 printable ASCII characters.', {
-      field: 'Idempotency-Key',
-    });
+    throw new AppError(
+      'validation',
+      'IDEMPOTENCY_KEY_INVALID',
+      'The Idempotency-Key must be 1–255 printable ASCII characters.',
+      {
+        field: 'Idempotency-Key',
+      },
+    );
   }
   return key;
 }
@@ -124,21 +134,34 @@ async function claimed(c: AppContext, id: Identity, work: (key: string) => Promi
     return { status: claim.response_status as number, body: claim.response_body as string, replayed: true };
   }
   if (claim.state === 'in_flight') {
-    throw new AppError('conflict', 'IDEMPOTENCY_KEY_IN_USE', 'A request with this Idempotency-Key is still in progress.', {
-      retryable: true,
-    });
+    throw new AppError(
+      'conflict',
+      'IDEMPOTENCY_KEY_IN_USE',
+      'A request with this Idempotency-Key is still in progress.',
+      {
+        retryable: true,
+      },
+    );
   }
   let answer: Answer;
   try {
     const effect = await work(key);
-    answer = { status: effect.status, body: envelope({ data: effect.data }, c.get('requestId'), new Date()), replayed: false };
+    answer = {
+      status: effect.status,
+      body: envelope({ data: effect.data }, c.get('requestId'), new Date()),
+      replayed: false,
+    };
   } catch (err) {
     const failure = fromDbError(err);
     if (failure.status >= 500) {
       await sql`select billing.abandon_idempotency_key(${userId}, ${action}, ${key})`.catch(() => {});
       throw failure;
     }
-    answer = { status: failure.status, body: envelope({ error: failure.toJSON() }, c.get('requestId'), new Date()), replayed: false };
+    answer = {
+      status: failure.status,
+      body: envelope({ error: failure.toJSON() }, c.get('requestId'), new Date()),
+      replayed: false,
+    };
   }
   await sql`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${answer.status}, ${answer.body})`;
   return answer;
@@ -168,11 +191,21 @@ async function inOneStatement(
 ): Promise<Answer> {
   const { userId, action, key, hash } = id;
   const [r] = await sql.oneTrip<MoneyResponse[]>`select * from billing.run_money_request(${userId}, ${action}, ${key},
-    ${hash}, ${c.get('requestId')}, ${jsonb({ ...args, ...work.context })}, ${work.successStatus}, ${work.admin ?? false})`;
+    ${hash}, ${c.get('requestId')}, ${jsonb({ ...args, ...work.context })}, ${work.successStatus}, ${
+    work.admin ?? false
+  })`;
   const refusal = r.refusal_token === null
     ? undefined
     : sqlRefusal(r.refusal_token, r.refusal_detail) ?? internalError();
   return refusal
-    ? { status: refusal.status, body: envelope({ error: refusal.toJSON() }, r.request_id, r.responded_at), replayed: r.replayed }
-    : { status: r.status as number, body: envelope({ data: r.data }, r.request_id, r.responded_at), replayed: r.replayed };
+    ? {
+      status: refusal.status,
+      body: envelope({ error: refusal.toJSON() }, r.request_id, r.responded_at),
+      replayed: r.replayed,
+    }
+    : {
+      status: r.status as number,
+      body: envelope({ data: r.data }, r.request_id, r.responded_at),
+      replayed: r.replayed,
+    };
 }

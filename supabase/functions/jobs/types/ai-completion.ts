@@ -34,8 +34,8 @@ export const aiCompletion: JobType<typeof Input> = {
     // The dearest way the provider can bill the tokens (input as cached or not, output as
     // reasoning or not): the same SQL the AI gateway holds with (62-ai-gateway.sql).
     const [price] = await sql`select billing.ai_hold_amount(${input.model}, ${
-        worstCaseInputTokens(input.prompt)
-      }, ${input.max_tokens})::text
+      worstCaseInputTokens(input.prompt)
+    }, ${input.max_tokens})::text
         as amount`;
     return price.amount;
   },
@@ -50,10 +50,10 @@ export const aiCompletion: JobType<typeof Input> = {
     });
     const durationMs = Math.round(performance.now() - started);
     await sql`select billing.record_ai_log(${job.user_id}, ${job.id}, ${input.model}, ${
-        completion.usage.input_tokens + (completion.usage.cached_input_tokens ?? 0)
-      }, ${
-        completion.usage.output_tokens + (completion.usage.reasoning_tokens ?? 0)
-      }, ${durationMs}, ${input.consent_level}, ${redact(input.prompt)},
+      completion.usage.input_tokens + (completion.usage.cached_input_tokens ?? 0)
+    }, ${
+      completion.usage.output_tokens + (completion.usage.reasoning_tokens ?? 0)
+    }, ${durationMs}, ${input.consent_level}, ${redact(input.prompt)},
         ${redact(completion.text)})`;
     return {
       result: { text: completion.text, usage: completion.usage, model: input.model, duration_ms: durationMs },
