@@ -13,6 +13,14 @@ const scriptOf = (html: string) => {
 Deno.test('the dashboard script is plain JavaScript that parses', () => {
   const script = scriptOf(dashboardPage('n0nce'));
   assert.doesNotThrow(() => new Function(script), 'the served text parses as JavaScript');
-  assert.doesNotMatch(script, /: (string|number|boolean|DashboardKit|HTMLElement)\b[,)=]/, 'no type annotation is left');
-  assert.doesNotMatch(script, /\binterface |\btype \w+ = |\bimport /, 'no declaration or import the browser cannot run');
+  assert.doesNotMatch(
+    script,
+    /: (string|number|boolean|DashboardKit|HTMLElement)\b[,)=]/,
+    'no type annotation is left',
+  );
+  assert.doesNotMatch(
+    script,
+    /\binterface |\btype \w+ = |\bimport /,
+    'no declaration or import the browser cannot run',
+  );
 });

@@ -409,7 +409,6 @@ export function dashboardScript(...sections: DashboardSection[]): void {
         get<{ data: Ops }>('./ops'),
       ]);
       if (mine !== latestLoad) return;
-      (globalThis as unknown as { lastMetrics: Metrics }).lastMetrics = metrics.data;
       render(metrics.data, ops.data);
     } catch (e) {
       if (mine !== latestLoad) return;

@@ -3,7 +3,7 @@
 // and the daily reconciliation. Money moves only in SQL, from webhooks (see stripe-webhook).
 import { createApp, ok } from '../_shared/http/app.ts';
 import { currentUser } from '../_shared/http/identify.ts';
-import { requireAdmin } from '../_shared/http/require-admin.ts';
+import { requireAdmin, requireAdminUnless } from '../_shared/http/require-admin.ts';
 import { requireUser } from '../_shared/http/require-user.ts';
 import type { AppContext } from '../_shared/app-env.ts';
 import { accountState } from '../_shared/adapters/connect.ts';
@@ -90,11 +90,11 @@ app.get('/reconciliation', requireAdmin, async (c) => {
   return ok(c, result);
 });
 
-/** Scheduled daily (pg_cron → pg_net with the cron secret) for yesterday; admins may run any day. */
-const cronOrAdmin: MiddlewareHandler<AppEnv> = (c, next) => (hasCronSecret(c) ? next() : requireAdmin(c, next));
-
-/** Pages through Stripe for a few seconds: 200 with the result when done, else 202 and the next call resumes. */
-app.post('/reconciliation/run', cronOrAdmin, async (c) => {
+/**
+ * Scheduled daily (pg_cron → pg_net with the cron secret) for yesterday; admins may run any day.
+ * Pages through Stripe for a few seconds: 200 with the result when done, else 202 and the next call resumes.
+ */
+app.post('/reconciliation/run', requireAdminUnless(hasCronSecret), async (c) => {
   const body = await readJson(c, ReconciliationRunSchema);
   const outcome = await advanceReconciliation(body.date ?? null);
   if (outcome.finished) return ok(c, outcome.result);
