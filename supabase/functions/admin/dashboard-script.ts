@@ -225,15 +225,10 @@ export function dashboardScript(...sections: DashboardSection[]): void {
     const lotsNow = (ops.credit_lots || []).find((x) => x.currency === currency);
     // Organisations with activity in the range; money in this currency (or none: spending only).
     const orgs = (t.organisations || []).filter((o) => o.currency === null || o.currency === currency);
-    const orgGmv = orgs.reduce((n, o) => n + o.gmv_cents, 0);
+    const cash = (kpi: string, label: string, cents: number) => tile(kpi, label, money(cents, currency), cents);
     $('tiles').innerHTML = [
-      tile('gmv', 'GMV', money(cur ? cur.gmv_cents : 0, currency), cur ? cur.gmv_cents : 0),
-      tile(
-        'net_revenue',
-        'Net revenue',
-        money(cur ? cur.net_revenue_cents : 0, currency),
-        cur ? cur.net_revenue_cents : 0,
-      ),
+      cash('gmv', 'GMV', cur ? cur.gmv_cents : 0),
+      cash('net_revenue', 'Net revenue', cur ? cur.net_revenue_cents : 0),
       tile(
         'take_rate',
         'Take rate (B2B)',
@@ -247,47 +242,17 @@ export function dashboardScript(...sections: DashboardSection[]): void {
         cur ? cur.arpu_cents : '',
       ),
       tile('conversion', 'Checkout conversion', pct(t.conversion.checkout_rate), t.conversion.checkout_rate ?? ''),
-      tile(
-        'stripe_fees',
-        'Stripe fees (B2C)',
-        money(cur ? cur.b2c_credits.stripe_fees_cents : 0, currency),
-        cur ? cur.b2c_credits.stripe_fees_cents : 0,
-      ),
+      cash('stripe_fees', 'Stripe fees (B2C)', cur ? cur.b2c_credits.stripe_fees_cents : 0),
       // Stripe Tax charged on top of prices: owed to tax authorities, never in GMV or revenue.
-      tile(
-        'tax_collected',
-        'Tax collected (not revenue)',
-        money(cur ? cur.b2c_credits.tax_collected_cents : 0, currency),
-        cur ? cur.b2c_credits.tax_collected_cents : 0,
-      ),
-      tile(
-        'platform_fees',
-        'Platform fees (B2B)',
-        money(cur ? cur.b2b_provider_fees.platform_fees_cents : 0, currency),
-        cur ? cur.b2b_provider_fees.platform_fees_cents : 0,
-      ),
-      tile('b2b2c_gmv', 'GMV via organisations', money(orgGmv, currency), orgGmv),
+      cash('tax_collected', 'Tax collected (not revenue)', cur ? cur.b2c_credits.tax_collected_cents : 0),
+      cash('platform_fees', 'Platform fees (B2B)', cur ? cur.b2b_provider_fees.platform_fees_cents : 0),
+      cash('b2b2c_gmv', 'GMV via organisations', orgs.reduce((n, o) => n + o.gmv_cents, 0)),
       tile('outstanding', 'Outstanding credits', credits(t.credits.outstanding), t.credits.outstanding),
       tile('active_users', 'Active users', fmtInt.format(t.users.active), t.users.active),
       // Paid credits at their cost: deferred (unspent, now), recognised (spent) and breakage (expired) in the range.
-      tile(
-        'deferred_revenue',
-        'Deferred revenue (now)',
-        money(lotsNow ? lotsNow.deferred_revenue_cents : 0, currency),
-        lotsNow ? lotsNow.deferred_revenue_cents : 0,
-      ),
-      tile(
-        'recognised_revenue',
-        'Recognised revenue',
-        money(lots ? lots.recognised_revenue_cents : 0, currency),
-        lots ? lots.recognised_revenue_cents : 0,
-      ),
-      tile(
-        'breakage_revenue',
-        'Breakage revenue',
-        money(lots ? lots.breakage_revenue_cents : 0, currency),
-        lots ? lots.breakage_revenue_cents : 0,
-      ),
+      cash('deferred_revenue', 'Deferred revenue (now)', lotsNow ? lotsNow.deferred_revenue_cents : 0),
+      cash('recognised_revenue', 'Recognised revenue', lots ? lots.recognised_revenue_cents : 0),
+      cash('breakage_revenue', 'Breakage revenue', lots ? lots.breakage_revenue_cents : 0),
     ].join('');
     const per: Point[] = metrics.series.map((m) => {
       const c = m.by_currency.find((x) => x.currency === currency);
