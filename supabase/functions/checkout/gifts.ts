@@ -8,7 +8,7 @@ import { formatCredits } from '../_shared/values/money.ts';
 /** `purchaseStatus`: a gift whose payment failed or expired has a code that will never work ('void'). */
 export async function giftOf(purchaseId: string, purchaseStatus: string): Promise<GiftStatus | undefined> {
   const [g] = await sql<{ id: string; code_hash: string; status: string; credits: string }[]>`
-      select c.id, c.code_hash, c.status, c.credits from billing.codes c where c.purchase_id = ${purchaseId}`;
+      select * from billing.get_purchase_gift(${purchaseId})`;
   if (!g) return undefined;
   const unpaid = g.status === 'pending' && purchaseStatus !== 'pending';
   const status = !unpaid && (g.status === 'pending' || g.status === 'active' || g.status === 'redeemed')

@@ -54,10 +54,7 @@ type PurchaseRow = {
 };
 
 app.get('/packages', requireUser, async (c) => {
-  const rows = await sql<
-    CreditPackage[]
-  >`select id, name, price_cents, currency, credits, bonus_credits from billing.credit_packages
-        where active order by sort_order`;
+  const rows = await sql<CreditPackage[]>`select * from billing.list_credit_packages()`;
   return ok<Page<CreditPackage>>(
     c,
     whole(

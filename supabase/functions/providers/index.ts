@@ -74,7 +74,7 @@ app.post('/', requireUser, async (c) => {
       );
       await sql`select billing.attach_provider_account(${provider.id}, ${account.id})`;
       await sql`select billing.sync_provider_account(${jsonb(accountState(account))})`;
-      [p] = await sql<ProviderRow[]>`select * from billing.providers where id = ${provider.id}`;
+      [p] = await sql<ProviderRow[]>`select * from billing.get_provider(${provider.id})`;
     }
     return { status: 201, data: providerJson(p) };
   });
@@ -104,8 +104,7 @@ app.post('/reconciliation/run', requireAdminUnless(hasCronSecret), async (c) => 
 app.get('/:id', requireUser, async (c) => {
   const p = await providerOf(c);
   const balances = await sql<{ currency: string; amount_cents: string }[]>`
-      select currency, billing.provider_balance_cents(${p.id}, currency)::text as amount_cents
-      from (select distinct currency from billing.provider_payments where provider_id = ${p.id}) c order by currency`;
+      select currency, amount_cents::text as amount_cents from billing.get_provider_balances(${p.id}) order by currency`;
   return ok(c, { ...providerJson(p), balances: balances.map((b) => ({ ...b, amount_cents: Number(b.amount_cents) })) });
 });
 

@@ -105,8 +105,8 @@ export class RunWorker {
         return this.record(run, page.items, page.next ? 'fees' : 'accounts', page.next);
       }
       case 'accounts': {
-        const accounts = await sql<{ account: string }[]>`select stripe_account_id as account from billing.providers
-            where stripe_account_id > ${run.cursor ?? ''} order by stripe_account_id limit ${accountsPerPage}`;
+        const accounts = await sql<{ account: string }[]>`
+            select account from billing.list_connected_accounts(${run.cursor ?? ''}, ${accountsPerPage})`;
         if (accounts.length === 0) {
           const [done] = await sql<RunRow[]>`select * from billing.finish_reconciliation(${run.id}, ${this.worker})`;
           return toRun(done);
