@@ -110,7 +110,7 @@ export function cellsFor(
     },
   ];
 }
-/** What moneyRequest sends for POST /credits/usage (idempotency.ts), with a fresh key. */
+/** What POST /credits/usage sends (idempotent with inSql, idempotency.ts), with a fresh key. */
 export const moneyRequestSql = (sql: postgres.Sql, user: string, i: number) =>
   sql`select * from billing.run_money_request(${user}, 'credits.usage', ${`${runId}-sql-${i}`}, ${'0'.repeat(64)},
     ${`${runId}-sql-${i}`}, ${usageArgs}::text::jsonb, 201, false)`;

@@ -1,7 +1,10 @@
 // Every way a bearer token can be wrong gets 401 in the envelope; only a valid one passes.
 import assert from 'node:assert/strict';
 import { exportSPKI, generateKeyPair, importJWK, SignJWT } from 'jose';
-import { createApp, currentUser, ok, requireAdmin, requireUser } from '../../supabase/functions/_shared/http/app.ts';
+import { createApp, ok } from '../../supabase/functions/_shared/http/app.ts';
+import { currentUser } from '../../supabase/functions/_shared/http/identify.ts';
+import { requireAdmin } from '../../supabase/functions/_shared/http/require-admin.ts';
+import { requireUser } from '../../supabase/functions/_shared/http/require-user.ts';
 import { env, newAdmin, supabaseUrl, userToken } from '../helpers.ts';
 
 const app = createApp('probe');

@@ -8,12 +8,13 @@
 // plan version's row.
 import type { Hono } from 'hono';
 import type { AppContext, AppEnv } from '../_shared/app-env.ts';
-import { call } from '../_shared/adapters/db.ts';
+import { jsonb, sql, sqlName } from '../_shared/adapters/db.ts';
 import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
-import { currentUser, ok, requireAdmin } from '../_shared/http/app.ts';
-import { type Effect, idempotentExternal, scopedKey } from '../_shared/http/idempotency.ts';
+import { currentUser } from '../_shared/http/identify.ts';
+import { ok } from '../_shared/http/app.ts';
+import { requireAdmin } from '../_shared/http/require-admin.ts';
+import { type Effect, idempotent, scopedKey } from '../_shared/http/idempotency.ts';
 import { readJson } from '../_shared/http/validate.ts';
-import { jsonText } from '../_shared/values/pg-values.ts';
 import { AppError } from '../_shared/errors.ts';
 import { createHash } from 'node:crypto';
 import {
@@ -72,25 +73,25 @@ async function saveVersion(
   create: boolean,
 ): Promise<Effect> {
   const { reason, sort_order, id: _, ...fields } = body;
-  const [{ next }] = await call((sql) =>
-    sql<{ next: Next }[]>`select billing.${sql(`next_${kind}_version`)}(${id}, ${jsonText(fields)}::text::jsonb,
-      ${create}) as next`
-  );
+  const [{ next }] = await sql<{ next: Next }[]>`select billing.${sqlName(`next_${kind}_version`)}(${id}, ${
+    jsonb(fields)
+  },
+      ${create}) as next`;
   if (next.answer) return { status: 200, data: next.answer };
   const spec = next.spec as Spec;
   const version = next.version as number;
   const priceId = await createPrice(kind, id, version, spec);
-  const [{ saved }] = await call((sql) =>
-    sql<{ saved: Saved }[]>`select billing.${sql(`save_${kind}_version`)}(${currentUser(c).id}, ${id}, ${version},
-      ${jsonText(spec)}::text::jsonb, ${priceId}, ${sort_order ?? null}, ${reason}) as saved`
-  );
+  const [{ saved }] = await sql<{ saved: Saved }[]>`select billing.${sqlName(`save_${kind}_version`)}(${
+    currentUser(c).id
+  }, ${id}, ${version},
+      ${jsonb(spec)}, ${priceId}, ${sort_order ?? null}, ${reason}) as saved`;
   return { status: saved.replayed ? 200 : 201, data: saved };
 }
 
 /** Adds the catalogue routes to the admin app (relative to /admin). */
 export function catalogRoutes(app: Hono<AppEnv>): void {
   app.get('/catalog', requireAdmin, async (c) => {
-    const [{ catalog }] = await call((sql) => sql`select billing.catalog_overview(50) as catalog`);
+    const [{ catalog }] = await sql`select billing.catalog_overview(50) as catalog`;
     return ok(c, catalog);
   });
 
@@ -101,13 +102,13 @@ export function catalogRoutes(app: Hono<AppEnv>): void {
 
     app.post(path, requireAdmin, async (c) => {
       const body = await readJson(c, createSchema);
-      return idempotentExternal(c, `admin.${kind}s.create`, body, () => saveVersion(c, kind, body.id, body, true));
+      return idempotent(c, `admin.${kind}s.create`, body, () => saveVersion(c, kind, body.id, body, true));
     });
 
     app.post(`${path}/:id/versions`, requireAdmin, async (c) => {
       const id = itemId(kind, c.req.param('id'));
       const body = await readJson(c, changeSchema);
-      return idempotentExternal(
+      return idempotent(
         c,
         `admin.${kind}s.change`,
         { id, ...body },
@@ -118,11 +119,9 @@ export function catalogRoutes(app: Hono<AppEnv>): void {
     app.post(`${path}/:id/retire`, requireAdmin, async (c) => {
       const id = itemId(kind, c.req.param('id'));
       const { reason } = await readJson(c, RetireSchema);
-      const [{ retired }] = await call((sql) =>
-        sql<{ retired: Saved }[]>`select billing.${sql(`retire_${kind}`)}(${
-          currentUser(c).id
-        }, ${id}, ${reason}) as retired`
-      );
+      const [{ retired }] = await sql<{ retired: Saved }[]>`select billing.${sqlName(`retire_${kind}`)}(${
+        currentUser(c).id
+      }, ${id}, ${reason}) as retired`;
       return ok(c, retired);
     });
   }

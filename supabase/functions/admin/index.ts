@@ -3,11 +3,13 @@
 // a signed-in non-admin. The caller is a bearer token or the dashboard's HttpOnly session
 // cookie (session.ts), both checked by requireAdmin. The numbers are defined once, in SQL
 // (docs/metrics.md).
-import { createApp, currentUser, identifyWithSessionToken, ok, requireAdmin } from '../_shared/http/app.ts';
+import { createApp, ok } from '../_shared/http/app.ts';
+import { currentUser, identifyWithSessionToken } from '../_shared/http/identify.ts';
+import { requireAdmin } from '../_shared/http/require-admin.ts';
 import { createServerKey, getModelAccess, listServerKeys, revokeServerKey, setModelAccess } from './ai-access.ts';
 import type { AppContext } from '../_shared/app-env.ts';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { call } from '../_shared/adapters/db.ts';
+import { sql } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { publishableKey } from '../_shared/keys.ts';
 import { hourlyBurn, sloConfig } from '../_shared/http/slo.ts';
@@ -76,9 +78,9 @@ const csv = (c: AppContext, body: string, name: string) =>
 
 app.get('/reports/daily', requireAdmin, async (c) => {
   const q = readQuery(c, DailyReportSchema);
-  const [row] = await call((sql) =>
-    sql<{ metrics: Metrics; computed_at: Date | null }[]>`select * from billing.get_daily_report(${q.date}::date)`
-  );
+  const [row] = await sql<
+    { metrics: Metrics; computed_at: Date | null }[]
+  >`select * from billing.get_daily_report(${q.date}::date)`;
   if (q.format === 'csv') return csv(c, metricsCsv([row.metrics]), `daily-${q.date}.csv`);
   // stored: false when the nightly run has not reached this day yet (the numbers are live).
   return ok(c, {
@@ -91,10 +93,8 @@ app.get('/reports/daily', requireAdmin, async (c) => {
 
 app.get('/metrics', requireAdmin, async (c) => {
   const q = readQuery(c, MetricsSchema);
-  const [{ report }] = await call((sql) =>
-    sql<{ report: { total: Metrics; series: Metrics[] } }[]>`
-      select billing.metrics_report(${q.from}::date, ${q.to}::date, ${q.granularity}) as report`
-  );
+  const [{ report }] = await sql<{ report: { total: Metrics; series: Metrics[] } }[]>`
+      select billing.metrics_report(${q.from}::date, ${q.to}::date, ${q.granularity}) as report`;
   const { total, series } = report;
   if (q.format === 'csv') return csv(c, metricsCsv(series), `metrics-${q.from}-${q.to}-${q.granularity}.csv`);
   return ok(c, { from: q.from, to: q.to, granularity: q.granularity, total, series });
@@ -103,16 +103,14 @@ app.get('/metrics', requireAdmin, async (c) => {
 // Revenue, provider cost and margin per model, organisation or student (docs/pricing.md § Provider cost and margins).
 app.get('/margins', requireAdmin, async (c) => {
   const q = readQuery(c, MarginsSchema);
-  const [{ report }] = await call((sql) =>
-    sql<
-      { report: Record<string, unknown> }[]
-    >`select billing.margins_report(${q.from}::date, ${q.to}::date, ${q.by}) as report`
-  );
+  const [{ report }] = await sql<
+    { report: Record<string, unknown> }[]
+  >`select billing.margins_report(${q.from}::date, ${q.to}::date, ${q.by}) as report`;
   return ok(c, report);
 });
 
 app.get('/ops', requireAdmin, async (c) => {
-  const [{ overview }] = await call((sql) => sql`select billing.ops_overview() as overview`);
+  const [{ overview }] = await sql`select billing.ops_overview() as overview`;
   // Latency data lives in Redis: without it the rest of the page still works.
   const burn = await hourlyBurn(slo).catch(() => null);
   // The same field names as GET /health/slo.
@@ -145,20 +143,16 @@ const runId = (raw: string): string => {
 app.post('/charges/:id/void', requireAdmin, async (c) => {
   const id = chargeId(c.req.param('id'));
   const { reason } = await readJson(c, VoidRequestSchema);
-  const [{ voided }] = await call((sql) =>
-    sql`select billing.void_charge(${currentUser(c).id}, ${id}::bigint, ${reason}) as voided`
-  );
+  const [{ voided }] = await sql`select billing.void_charge(${currentUser(c).id}, ${id}::bigint, ${reason}) as voided`;
   return ok(c, voided);
 });
 
 app.post('/corrections/preview', requireAdmin, async (c) => {
   const f = await readJson(c, CorrectionPreviewSchema);
-  const [{ preview }] = await call((sql) =>
-    sql`select billing.preview_correction(${
-      currentUser(c).id
-    }, ${f.model}, ${f.from}::timestamptz, ${f.to}::timestamptz,
-          ${f.failed_only}) as preview`
-  );
+  const [{ preview }] = await sql`select billing.preview_correction(${
+    currentUser(c).id
+  }, ${f.model}, ${f.from}::timestamptz, ${f.to}::timestamptz,
+          ${f.failed_only}) as preview`;
   return ok(c, preview);
 });
 
@@ -168,40 +162,32 @@ app.post('/corrections', requireAdmin, async (c) => {
   const key = idempotencyKey(c);
   const r = await readJson(c, CorrectionRunSchema);
   const admin = currentUser(c).id;
-  const [{ run }] = await call((sql) =>
-    sql<{ run: { id: string; replayed: boolean } }[]>`
+  const [{ run }] = await sql<{ run: { id: string; replayed: boolean } }[]>`
       select billing.start_correction_run(${admin}, ${key}, ${r.model}, ${r.from}::timestamptz, ${r.to}::timestamptz,
-        ${r.failed_only}, ${r.reason}) as run`
-  );
-  const [{ state }] = await call((sql) =>
-    sql`select billing.continue_correction_run(${admin}, ${run.id}::uuid, 500) as state`
-  );
+        ${r.failed_only}, ${r.reason}) as run`;
+  const [{ state }] = await sql`select billing.continue_correction_run(${admin}, ${run.id}::uuid, 500) as state`;
   return ok(c, { ...state as object, replayed: run.replayed }, run.replayed ? 200 : 201);
 });
 
 app.get('/corrections', requireAdmin, async (c) => {
   const q = readQuery(c, CorrectionsQuerySchema);
-  const [{ runs }] = await call((sql) =>
-    sql<{ runs: { id: string }[] }[]>`
-      select billing.list_correction_runs(${currentUser(c).id}, ${q.cursor ?? null}, ${q.limit + 1}) as runs`
-  );
+  const [{ runs }] = await sql<{ runs: { id: string }[] }[]>`
+      select billing.list_correction_runs(${currentUser(c).id}, ${q.cursor ?? null}, ${q.limit + 1}) as runs`;
   return ok(c, pageOf(runs, q.limit, (last) => last.id));
 });
 
 app.get('/corrections/:id', requireAdmin, async (c) => {
   const id = runId(c.req.param('id'));
-  const [{ run }] = await call((sql) =>
-    sql`select billing.get_correction_run(${currentUser(c).id}, ${id}::uuid) as run`
-  );
+  const [{ run }] = await sql`select billing.get_correction_run(${currentUser(c).id}, ${id}::uuid) as run`;
   return ok(c, run);
 });
 
 app.post('/corrections/:id/continue', requireAdmin, async (c) => {
   const id = runId(c.req.param('id'));
   const { batch } = await readJson(c, ContinueRunSchema);
-  const [{ state }] = await call((sql) =>
-    sql`select billing.continue_correction_run(${currentUser(c).id}, ${id}::uuid, ${batch}) as state`
-  );
+  const [{ state }] = await sql`select billing.continue_correction_run(${
+    currentUser(c).id
+  }, ${id}::uuid, ${batch}) as state`;
   return ok(c, state);
 });
 

@@ -16,7 +16,7 @@ import { type SessionRequest, SessionRequestSchema } from './schemas.ts';
 export const sessionCookieName = 'sl_admin_session';
 /** The function's public path: the browser sends the cookie to nothing else. */
 const cookiePath = '/functions/v1/admin';
-/** The script-readable cookie of earlier versions, removed whenever a session starts or ends. */
+/** A script-readable token cookie that no page may keep: cleared whenever a session starts or ends. */
 const legacyCookie = { name: 'sl_admin_token', path: '/functions/v1/admin/' };
 
 const isSafe = (c: AppContext) => c.req.method === 'GET' || c.req.method === 'HEAD';
@@ -88,7 +88,7 @@ export async function readSignIn(c: AppContext): Promise<SessionRequest> {
   return parseOr400(SessionRequestSchema, json);
 }
 
-/** Supabase Auth's password grant, as the browser used to call it, now from the server. */
+/** Supabase Auth's password grant, called from the server: the browser never holds the token. */
 async function passwordGrant(email: string, password: string): Promise<string> {
   const apikey = publishableKey();
   if (!apikey) {

@@ -9,7 +9,7 @@ import { aiGatewayEnv, disjointUsage, providerChat } from '../_shared/adapters/a
 import { outliveResponse } from '../_shared/background.ts';
 import { failpoint } from '../_shared/failpoint.ts';
 import { AppError } from '../_shared/errors.ts';
-import { currentUser } from '../_shared/http/app.ts';
+import { currentUser } from '../_shared/http/identify.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { beginCall, type CallRecord, failCall, finishCall, type Usage } from './metering.ts';

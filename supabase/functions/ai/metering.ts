@@ -1,10 +1,9 @@
 // The gateway's three SQL calls (supabase/schemas/62-ai-gateway.sql): begin (claim the key,
 // check the model, hold), finish (capture what the provider reported), fail (release, charge
 // nothing). Each is one statement; SQL owns the money.
-import { call } from '../_shared/adapters/db.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
 import { AppError, internalError } from '../_shared/errors.ts';
-import { jsonText } from '../_shared/values/pg-values.ts';
 
 /** Usage in the rate card's disjoint kinds (input excludes cached, output excludes reasoning). */
 export interface Usage {
@@ -45,10 +44,9 @@ export interface CallPlan {
 
 /** Claims the key and holds the call's worst case; a refusal (402, 403, 409 …) is thrown. */
 export async function beginCall(p: CallPlan): Promise<Begun> {
-  const [{ r }] = await call((sql) =>
-    sql`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens}, ${p.maxOutputTokens}, ${p.key},
-      ${p.requestHash}, ${p.ttlSeconds}) as r`
-  );
+  const [{ r }] =
+    await sql`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens}, ${p.maxOutputTokens}, ${p.key},
+      ${p.requestHash}, ${p.ttlSeconds}) as r`;
   if (r.state === 'held' || r.state === 'replay') return r as Begun;
   if (r.state === 'in_flight') {
     throw new AppError('conflict', 'IDEMPOTENCY_KEY_IN_USE', 'A call with this Idempotency-Key is still running.', {
@@ -66,14 +64,12 @@ export async function finishCall(
   answer: StoredAnswer | null,
   failed = false,
 ): Promise<CallRecord> {
-  const [{ r }] = await call((sql) =>
-    sql`select billing.finish_ai_call(${callId}, ${jsonText(usage)}::text::jsonb, ${source},
-      ${answer === null ? null : jsonText(answer)}::text::jsonb, ${failed}) as r`
-  );
+  const [{ r }] = await sql`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source},
+      ${answer === null ? null : jsonb(answer)}, ${failed}) as r`;
   return r as CallRecord;
 }
 
 /** Releases the call's hold and charges nothing; `failure` is a stable code. */
 export async function failCall(callId: string, failure: string): Promise<void> {
-  await call((sql) => sql`select billing.fail_ai_call(${callId}, ${failure})`);
+  await sql`select billing.fail_ai_call(${callId}, ${failure})`;
 }

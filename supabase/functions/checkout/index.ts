@@ -1,18 +1,20 @@
 // B2C purchases: packages, hosted Checkout Sessions, the success-page status poll, and
 // ops-initiated refunds. Credits move only in billing.sync_purchase (see _shared/domain/purchases.ts).
-import type { MiddlewareHandler } from 'hono';
-import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/http/app.ts';
-import type { AppEnv } from '../_shared/app-env.ts';
+import { createApp, ok } from '../_shared/http/app.ts';
+import { currentUser } from '../_shared/http/identify.ts';
+import { requireAdmin } from '../_shared/http/require-admin.ts';
+import { requireUser } from '../_shared/http/require-user.ts';
 import type { CreditPackage, Page, PurchaseStatus } from '../_shared/contract/index.ts';
-import { call } from '../_shared/adapters/db.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { lazyEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { idempotentExternal, scopedKey } from '../_shared/http/idempotency.ts';
+import { featureFlag } from '../_shared/http/feature-flag.ts';
+import { idempotent, scopedKey } from '../_shared/http/idempotency.ts';
 import { formatCredits } from '../_shared/values/money.ts';
 import { whole } from '../_shared/values/page.ts';
 import { fetchPurchaseState } from '../_shared/domain/purchases.ts';
 import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
-import { clientAddress } from '../_shared/http/client-address.ts';
+import { knownClientAddress } from '../_shared/http/client-address.ts';
 import { readJson } from '../_shared/http/validate.ts';
 import { CreateSessionSchema } from '../_shared/contract/checkout.ts';
 import {
@@ -32,13 +34,7 @@ const env = lazyEnv(CheckoutEnvSchema);
 reportAtStart(stripe); // a missing or wrong-mode key is logged at start and answered with 503
 const app = createApp('checkout');
 
-const b2cEnabled: MiddlewareHandler<AppEnv> = async function b2cEnabled(_c, next) {
-  if (!env().FEATURE_B2C_CREDITS) {
-    throw new AppError('unavailable', 'FEATURE_DISABLED', 'Credit purchases are switched off.', { retryable: false });
-  }
-  await next();
-};
-app.use('*', b2cEnabled);
+app.use('*', featureFlag(() => env().FEATURE_B2C_CREDITS, 'Credit purchases'));
 
 type PurchaseRow = {
   id: string;
@@ -58,7 +54,7 @@ type PurchaseRow = {
 };
 
 app.get('/packages', requireUser, async (c) => {
-  const rows = await call((sql) => sql<CreditPackage[]>`select * from billing.list_credit_packages()`);
+  const rows = await sql<CreditPackage[]>`select * from billing.list_credit_packages()`;
   return ok<Page<CreditPackage>>(
     c,
     whole(
@@ -69,8 +65,8 @@ app.get('/packages', requireUser, async (c) => {
 
 app.post('/sessions', requireUser, async (c) => {
   const body = await readJson(c, CreateSessionSchema);
-  const ip = clientAddress(c);
-  return idempotentExternal(
+  const ip = knownClientAddress(c);
+  return idempotent(
     c,
     'checkout.sessions',
     body,
@@ -85,14 +81,13 @@ app.get('/sessions/:id', requireUser, async (c) => {
   if (!PurchaseRefSchema.safeParse(ref).success) {
     throw new AppError('not_found', 'PURCHASE_NOT_FOUND', 'No such purchase.');
   }
-  const find = () =>
-    call((sql) => sql<PurchaseRow[]>`select * from billing.get_purchase(${userId}, ${ref}) where id is not null`);
+  const find = () => sql<PurchaseRow[]>`select * from billing.get_purchase(${userId}, ${ref}) where id is not null`;
   let [p] = await find();
   if (!p) throw new AppError('not_found', 'PURCHASE_NOT_FOUND', 'No such purchase.');
   if (p.status === 'pending' && p.stripe_session_id) {
     // fulfillCheckout: the same convergence the webhooks run, in case they are late.
     const state = await fetchPurchaseState({ session: p.stripe_session_id });
-    if (state) await call((sql) => sql`select billing.sync_purchase(${JSON.stringify(state)}::text::jsonb)`);
+    if (state) await sql`select billing.sync_purchase(${jsonb(state)})`;
     [p] = await find();
   }
   return ok<PurchaseStatus>(c, {
@@ -115,19 +110,19 @@ app.get('/plans', requireUser, async (c) => ok(c, whole((await listPlans()).map(
 
 app.post('/subscriptions', requireUser, async (c) => {
   const body = await readJson(c, SubscribeSchema);
-  return idempotentExternal(c, 'checkout.subscriptions', body, (key) => subscribe(currentUser(c).id, body, key, env()));
+  return idempotent(c, 'checkout.subscriptions', body, (key) => subscribe(currentUser(c).id, body, key, env()));
 });
 
 app.get('/subscription', requireUser, async (c) => ok(c, publicPlan(await currentPlan(currentUser(c).id))));
 
 app.post('/subscription/change', requireUser, async (c) => {
   const body = await readJson(c, ChangePlanSchema);
-  return idempotentExternal(c, 'checkout.plan_change', body, (key) => changePlan(currentUser(c).id, body.plan_id, key));
+  return idempotent(c, 'checkout.plan_change', body, (key) => changePlan(currentUser(c).id, body.plan_id, key));
 });
 
 app.post('/subscription/cancel', requireUser, async (c) => {
   const body = await readJson(c, CancelPlanSchema);
-  return idempotentExternal(c, 'checkout.plan_cancel', body, (key) => cancelPlan(currentUser(c).id, key));
+  return idempotent(c, 'checkout.plan_cancel', body, (key) => cancelPlan(currentUser(c).id, key));
 });
 
 app.post('/portal', requireUser, async (c) => {
@@ -137,10 +132,10 @@ app.post('/portal', requireUser, async (c) => {
 
 app.post('/refunds', requireAdmin, async (c) => {
   const body = await readJson(c, RefundSchema);
-  return idempotentExternal(c, 'checkout.refunds', body, async (key) => {
-    const [p] = await call((sql) =>
-      sql<PurchaseRow[]>`select * from billing.get_purchase(null, ${body.purchase_id}) where id is not null`
-    );
+  return idempotent(c, 'checkout.refunds', body, async (key) => {
+    const [p] = await sql<
+      PurchaseRow[]
+    >`select * from billing.get_purchase(null, ${body.purchase_id}) where id is not null`;
     if (!p) throw new AppError('not_found', 'PURCHASE_NOT_FOUND', 'No such purchase.');
     if (p.status !== 'paid' || !p.stripe_charge_id) {
       throw new AppError(

@@ -1,7 +1,7 @@
 // Plans: subscribing through Checkout (mode=subscription), changing plan, cancelling at the
 // period's end, and Stripe's customer portal. No credits move here: they come from invoice.paid
 // (billing.sync_subscription), never from a redirect or an answer of these routes.
-import { call } from '../_shared/adapters/db.ts';
+import { sql } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import type { Effect } from '../_shared/http/idempotency.ts';
 import { formatCredits } from '../_shared/values/money.ts';
@@ -35,18 +35,18 @@ export const planJson = (p: PlanRow) => ({
   rollover: { rule: p.rollover, limit: p.rollover_limit === null ? null : formatCredits(p.rollover_limit) },
 });
 
-export const listPlans = () => call((sql) => sql<PlanRow[]>`select * from billing.list_plans()`);
+export const listPlans = () => sql<PlanRow[]>`select * from billing.list_plans()`;
 
 /** The version of plan `family` on sale now. */
 async function planOnSale(family: string): Promise<PlanRow> {
-  const [p] = await call((sql) => sql<PlanRow[]>`select * from billing.get_plan_on_sale(${family})`);
+  const [p] = await sql<PlanRow[]>`select * from billing.get_plan_on_sale(${family})`;
   if (!p) throw new AppError('not_found', 'PLAN_NOT_FOUND', 'No such plan on sale.');
   return p;
 }
 
 /** A plan version by its row id, on sale or not (what a subscription was sold at). */
 async function planVersion(id: string): Promise<PlanRow> {
-  const [p] = await call((sql) => sql<PlanRow[]>`select * from billing.get_plan(${id})`);
+  const [p] = await sql<PlanRow[]>`select * from billing.get_plan(${id})`;
   if (!p) throw new AppError('not_found', 'PLAN_NOT_FOUND', 'No such plan.');
   return p;
 }
@@ -79,17 +79,17 @@ export async function subscribe(
   const successUrl = redirectUrl(body.success_url, env.CHECKOUT_SUCCESS_URL, env, 'success_url');
   const cancelUrl = redirectUrl(body.cancel_url, env.CHECKOUT_CANCEL_URL, env, 'cancel_url');
   const onSale = await planOnSale(body.plan_id);
-  const [sub] = await call((sql) =>
-    sql<SubscriptionRow[]>`select * from billing.begin_subscription(${userId}, ${onSale.id}, ${requestKey})`
-  );
+  const [sub] = await sql<
+    SubscriptionRow[]
+  >`select * from billing.begin_subscription(${userId}, ${onSale.id}, ${requestKey})`;
   if (sub.stripe_session_id) return { status: 200, data: subscriptionJson(sub) };
   // The version the subscription began at (a retry after a price change keeps it).
   const plan = await planVersion(sub.plan_id);
   // One open plan Checkout per student: the others (another plan, another tab) expire first, so
   // two plans cannot both be paid. One already completed is refused when its webhook comes.
-  const others = await call((sql) =>
-    sql<{ id: string }[]>`select billing.close_other_subscription_sessions(${userId}, ${sub.id}) as id`
-  );
+  const others = await sql<
+    { id: string }[]
+  >`select billing.close_other_subscription_sessions(${userId}, ${sub.id}) as id`;
   for (const { id } of others) {
     await stripeCall(() => stripe().client.checkout.sessions.expire(id)).catch((err) => {
       if (!(err instanceof AppError) || err.code !== 'STRIPE_ERROR') throw err; // not open any more
@@ -123,10 +123,10 @@ export async function subscribe(
     }, { idempotencyKey: `subscription-session:${sub.id}` })
   );
   if (!session.url) throw new AppError('server', 'STRIPE_ERROR', 'Stripe returned a session without a URL.');
-  const [attached] = await call((sql) =>
-    sql<SubscriptionRow[]>`select * from billing.attach_subscription_session(${sub.id}, ${session.id}, ${session.url},
-      ${new Date(session.expires_at * 1000)})`
-  );
+  const [attached] = await sql<
+    SubscriptionRow[]
+  >`select * from billing.attach_subscription_session(${sub.id}, ${session.id}, ${session.url},
+      ${new Date(session.expires_at * 1000)})`;
   return { status: 201, data: subscriptionJson(attached ?? sub) };
 }
 
@@ -146,7 +146,7 @@ export type PlanState = {
 
 /** The caller's plan (the live one, else the latest), or null. */
 export async function currentPlan(userId: string): Promise<PlanState | null> {
-  const [{ s }] = await call((sql) => sql<{ s: PlanState | null }[]>`select billing.get_subscription(${userId}) as s`);
+  const [{ s }] = await sql<{ s: PlanState | null }[]>`select billing.get_subscription(${userId}) as s`;
   return s;
 }
 
@@ -196,9 +196,7 @@ export async function changePlan(userId: string, planId: string, requestKey: str
   const upgrade = Number(to.credits) > Number(from.credits);
   // Back up to a plan this period was already paid for (a downgrade waits for the renewal, so
   // the period still has the credits): Stripe charges nothing now, and nothing is granted.
-  const [paid] = await call((sql) =>
-    sql<{ credits: string }[]>`select * from billing.get_period_plan_credits(${s.subscription_id})`
-  );
+  const [paid] = await sql<{ credits: string }[]>`select * from billing.get_period_plan_credits(${s.subscription_id})`;
   const charged = upgrade && !(paid && Number(to.credits) <= Number(paid.credits));
   const client = stripe().client;
   const current = await stripeCall(() => client.subscriptions.retrieve(s.stripe_subscription_id));

@@ -1,12 +1,12 @@
 // Creating a hosted Checkout Session for a purchase. Card data never touches this service.
 import type { CheckoutSession } from '../_shared/contract/index.ts';
-import { call } from '../_shared/adapters/db.ts';
+import { sql } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import type { Effect } from '../_shared/http/idempotency.ts';
 import { formatCredits } from '../_shared/values/money.ts';
 import { automaticTax, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
-import { checkVelocity } from '../_shared/http/velocity.ts';
-import { newGiftCode } from '../_shared/http/code-secrets.ts';
+import { checkVelocity } from '../_shared/domain/velocity.ts';
+import { newGiftCode } from '../_shared/domain/code-secrets.ts';
 import type { CreateSession } from '../_shared/contract/checkout.ts';
 import type { CheckoutEnv } from './schemas.ts';
 
@@ -56,26 +56,22 @@ const sessionTtlSeconds = 30 * 60;
 
 export async function createCheckout(
   userId: string,
-  ip: string,
+  ip: string | null,
   body: CreateSession,
   requestKey: string,
   env: CheckoutEnv,
 ): Promise<Effect> {
   const successUrl = redirectUrl(body.success_url, env.CHECKOUT_SUCCESS_URL, env, 'success_url');
   const cancelUrl = redirectUrl(body.cancel_url, env.CHECKOUT_CANCEL_URL, env, 'cancel_url');
-  const [pkg] = await call((sql) =>
-    sql<{ price_cents: number }[]>`
-    select price_cents from billing.list_credit_packages() where id = ${body.package_id}`
-  );
+  const [pkg] = await sql<{ price_cents: number }[]>`
+    select price_cents from billing.list_credit_packages() where id = ${body.package_id}`;
   if (pkg) await checkVelocity(userId, ip, pkg.price_cents);
   const gift = body.gift ? newGiftCode() : null; // a retry finds the gift its key made, not this one
-  const [co] = await call((sql) =>
-    gift
-      ? sql<CheckoutRow[]>`select * from billing.begin_gift_checkout(${userId}, ${body.package_id}, ${requestKey},
+  const [co] = gift
+    ? await sql<CheckoutRow[]>`select * from billing.begin_gift_checkout(${userId}, ${body.package_id}, ${requestKey},
         ${gift.id}, ${gift.hash})`
-      : sql<CheckoutRow[]>`select * from billing.begin_checkout(${userId}, ${body.package_id}, ${requestKey},
-        ${body.client_temp_id ?? null}, ${body.save_card}, ${body.org_id ?? null})`
-  );
+    : await sql<CheckoutRow[]>`select * from billing.begin_checkout(${userId}, ${body.package_id}, ${requestKey},
+        ${body.client_temp_id ?? null}, ${body.save_card}, ${body.org_id ?? null})`;
   if (co.session_id) return { status: co.reused ? 200 : 201, data: checkoutJson(co) };
 
   const metadata = {
@@ -88,9 +84,9 @@ export async function createCheckout(
   const separator = successUrl.includes('?') ? '&' : '?';
   // The Stripe Price of the package version the purchase sold (an admin-made version has one),
   // else the price from the purchase itself: either way the amount sync_purchase expects.
-  const [{ price }] = await call((sql) =>
-    sql<{ price: string | null }[]>`select billing.get_purchase_stripe_price(${co.purchase_id}) as price`
-  );
+  const [{ price }] = await sql<
+    { price: string | null }[]
+  >`select billing.get_purchase_stripe_price(${co.purchase_id}) as price`;
   // Stripe's idempotency key is the purchase's: a retry of this request reaches the same
   // purchase (by request key) and so the same session, never a second one.
   const session = await stripeCall(() =>
@@ -119,9 +115,9 @@ export async function createCheckout(
   if (!session.url) {
     throw new AppError('server', 'STRIPE_ERROR', 'Stripe returned a session without a URL.', { status: 502 });
   }
-  const [attached] = await call((sql) =>
-    sql<CheckoutRow[]>`select * from billing.attach_checkout_session(${co.purchase_id}, ${session.id}, ${session.url},
-      ${new Date(session.expires_at * 1000)})`
-  );
+  const [attached] = await sql<
+    CheckoutRow[]
+  >`select * from billing.attach_checkout_session(${co.purchase_id}, ${session.id}, ${session.url},
+      ${new Date(session.expires_at * 1000)})`;
   return { status: 201, data: checkoutJson(attached) };
 }

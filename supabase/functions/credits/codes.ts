@@ -2,12 +2,12 @@
 // does any log), then one money request redeems it (billing.redeem_code through
 // run_money_request: the row lock on the code, the audit, the failed-guess limits).
 import type { AppContext } from '../_shared/app-env.ts';
-import { clientAddress } from '../_shared/http/client-address.ts';
-import { addressHash } from '../_shared/http/code-secrets.ts';
+import { knownClientAddress } from '../_shared/http/client-address.ts';
+import { addressHash } from '../_shared/domain/code-secrets.ts';
 import { codeHash, normalizeCode } from '../_shared/domain/codes.ts';
 import { RedeemCodeSchema } from '../_shared/contract/codes.ts';
 import { AppError } from '../_shared/errors.ts';
-import { moneyRequest } from '../_shared/http/idempotency.ts';
+import { idempotent, inSql } from '../_shared/http/idempotency.ts';
 import { readJson } from '../_shared/http/validate.ts';
 import { lazyEnv } from '../_shared/env.ts';
 import { z } from 'zod';
@@ -26,7 +26,15 @@ export async function redeemCode(c: AppContext): Promise<Response> {
       field: 'code',
     });
   }
-  return moneyRequest(c, 'credits.codes.redeem', { code_hash: codeHash(bare) }, 200, {
-    context: { address_hash: addressHash(clientAddress(c)), address_limit: env().CODE_GUESSES_PER_ADDRESS_PER_HOUR },
-  });
+  return idempotent(
+    c,
+    'credits.codes.redeem',
+    { code_hash: codeHash(bare) },
+    inSql(200, {
+      context: {
+        address_hash: addressHash(knownClientAddress(c)),
+        address_limit: env().CODE_GUESSES_PER_ADDRESS_PER_HOUR,
+      },
+    }),
+  );
 }

@@ -1,6 +1,6 @@
 // The credits API: balance, lots, ledger, usage, holds, and admin grants. Each handler validates,
 // authorises, makes one SQL call (the ledger functions own the money) and responds; a money
-// route's one call also claims its Idempotency-Key and stores its answer (moneyRequest).
+// route's one call also claims its Idempotency-Key and stores its answer (`idempotent` with `inSql`).
 import type {
   Alerts,
   AutoRecharge,
@@ -12,19 +12,20 @@ import type {
   SpendCap,
   UsageSummary,
 } from '../_shared/contract/index.ts';
-import { createApp, currentUser, ok, requireAdmin, requireAdminToken, requireUser } from '../_shared/http/app.ts';
+import { createApp, ok } from '../_shared/http/app.ts';
+import { currentUser } from '../_shared/http/identify.ts';
+import { requireAdmin, requireAdminToken } from '../_shared/http/require-admin.ts';
+import { requireUser } from '../_shared/http/require-user.ts';
 import type { AppContext } from '../_shared/app-env.ts';
-import { call } from '../_shared/adapters/db.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
-import { moneyRequest } from '../_shared/http/idempotency.ts';
+import { idempotent, inSql } from '../_shared/http/idempotency.ts';
 import { requireUsageReporter } from '../_shared/http/usage-reporter.ts';
 import { formatCredits } from '../_shared/values/money.ts';
 import { readJson, readQuery } from '../_shared/http/validate.ts';
 import { isUuid } from '../_shared/values/query.ts';
 import { ledgerCsv, ledgerPage } from '../_shared/domain/ledger.ts';
 import { pageOf, whole } from '../_shared/values/page.ts';
-import { jsonText } from '../_shared/values/pg-values.ts';
-import { inline, oneTrip } from '../_shared/adapters/sql-literal.ts';
 import { redeemCode } from './codes.ts';
 import {
   AutoRechargeSchema,
@@ -53,7 +54,7 @@ function holdId(raw: string): string {
 }
 
 app.get('/balance', requireUser, async (c) => {
-  const [b] = await call((sql) => oneTrip(sql, inline`select * from billing.get_balance(${currentUser(c).id})`));
+  const [b] = await sql.oneTrip`select * from billing.get_balance(${currentUser(c).id})`;
   return ok<Balance>(c, {
     balance: formatCredits(b.balance),
     held: formatCredits(b.held),
@@ -66,7 +67,7 @@ app.get('/balance', requireUser, async (c) => {
 
 // Read-only: what of the caller's credits ends when, and what the plan's rule rolls over.
 app.get('/expiries', requireUser, async (c) => {
-  const rows = await call((sql) => sql`select * from billing.get_expiry_schedule(${currentUser(c).id})`);
+  const rows = await sql`select * from billing.get_expiry_schedule(${currentUser(c).id})`;
   const items = rows.map((r): Expiry => ({
     ends_at: (r.ends_at as Date).toISOString(),
     source: r.source,
@@ -81,9 +82,7 @@ app.get('/expiries', requireUser, async (c) => {
 
 app.get('/lots', requireUser, async (c) => {
   const q = readQuery(c, LotsQuerySchema);
-  const rows = await call((sql) =>
-    sql`select * from billing.get_lots(${currentUser(c).id}, ${q.cursor ?? null}, ${q.limit + 1})`
-  );
+  const rows = await sql`select * from billing.get_lots(${currentUser(c).id}, ${q.cursor ?? null}, ${q.limit + 1})`;
   const lots = rows.map((l): Lot => ({
     id: String(l.id),
     source: l.source,
@@ -107,48 +106,56 @@ app.get('/ledger', requireUser, async (c) => {
       'content-disposition': 'attachment; filename="ledger.csv"',
     });
   }
-  return ok(c, await call(() => ledgerPage(userId, q, q.limit)));
+  return ok(c, await ledgerPage(userId, q, q.limit));
 });
 
 // A trusted server reports usage for a user it names (the gateway meters its own calls).
 app.post('/usage', requireUsageReporter, async (c) => {
   const { user_id, ...usage } = await readJson(c, UsageRequestSchema);
-  return moneyRequest(c, 'credits.usage', usage, 201, { userId: user_id });
+  return idempotent(c, 'credits.usage', usage, inSql(201, { userId: user_id }));
 });
 
 app.get('/usage/summary', requireUser, async (c) => {
   const q = readQuery(c, UsageSummaryQuerySchema);
-  const [{ summary }] = await call((sql) =>
-    sql`select billing.usage_summary(${currentUser(c).id}, ${q.from}, ${q.to}, ${q.granularity}) as summary`
-  );
+  const [{ summary }] = await sql`select billing.usage_summary(${
+    currentUser(c).id
+  }, ${q.from}, ${q.to}, ${q.granularity}) as summary`;
   return ok<UsageSummary>(c, summary);
 });
 
 // The product's backend reports usage in bulk; each event_id is its own idempotency key.
 app.post('/usage/batch', requireUsageReporter, async (c) => {
   const body = await readJson(c, UsageBatchSchema, 1024 * 1024); // 1,000 events fit in well under 1 MiB
-  const [{ outcomes }] = await call((sql) =>
-    sql`select billing.charge_usage_batch(${jsonText(body.events)}::text::jsonb) as outcomes`
-  );
+  const [{ outcomes }] = await sql`select billing.charge_usage_batch(${jsonb(body.events)}) as outcomes`;
   return ok(c, { outcomes });
 });
 
 app.post('/holds', requireUser, async (c) => {
-  return moneyRequest(c, 'credits.holds', await readJson(c, HoldRequestSchema), 201);
+  return idempotent(c, 'credits.holds', await readJson(c, HoldRequestSchema), inSql(201));
 });
 
 app.post('/holds/:id/capture', requireUser, async (c) => {
   const id = holdId(c.req.param('id'));
-  return moneyRequest(c, 'credits.holds.capture', { hold_id: id, ...await readJson(c, CaptureRequestSchema) }, 200);
+  return idempotent(
+    c,
+    'credits.holds.capture',
+    { hold_id: id, ...await readJson(c, CaptureRequestSchema) },
+    inSql(200),
+  );
 });
 
 app.post('/holds/:id/release', requireUser, async (c) => {
   const id = holdId(c.req.param('id'));
-  return moneyRequest(c, 'credits.holds.release', { hold_id: id, ...await readJson(c, ReleaseRequestSchema) }, 200);
+  return idempotent(
+    c,
+    'credits.holds.release',
+    { hold_id: id, ...await readJson(c, ReleaseRequestSchema) },
+    inSql(200),
+  );
 });
 
 app.get('/caps', requireUser, async (c) => {
-  const [{ caps }] = await call((sql) => sql`select billing.get_spend_caps(${currentUser(c).id}) as caps`);
+  const [{ caps }] = await sql`select billing.get_spend_caps(${currentUser(c).id}) as caps`;
   return ok<Page<SpendCap>>(c, whole(caps));
 });
 
@@ -158,10 +165,9 @@ app.get('/caps', requireUser, async (c) => {
  */
 async function setCap(c: AppContext, userId: string, owner: 'self' | 'admin') {
   const cap = await readJson(c, CapRequestSchema);
-  const [{ caps }] = await call((sql) =>
-    sql`select billing.set_spend_cap(${userId}, ${cap.period}, ${cap.time_zone}, ${cap.model}, ${cap.amount},
-      ${currentUser(c).id}, ${owner}) as caps`
-  );
+  const [{ caps }] =
+    await sql`select billing.set_spend_cap(${userId}, ${cap.period}, ${cap.time_zone}, ${cap.model}, ${cap.amount},
+      ${currentUser(c).id}, ${owner}) as caps`;
   return ok<Page<SpendCap>>(c, whole(caps));
 }
 
@@ -174,40 +180,36 @@ app.put('/caps/users/:user_id', requireAdmin, (c) => {
 });
 
 app.get('/alerts', requireUser, async (c) => {
-  const [{ alerts }] = await call((sql) => sql`select billing.get_alerts(${currentUser(c).id}) as alerts`);
+  const [{ alerts }] = await sql`select billing.get_alerts(${currentUser(c).id}) as alerts`;
   return ok<Alerts>(c, alerts);
 });
 
 app.put('/alerts/low-balance', requireUser, async (c) => {
   const { threshold } = await readJson(c, LowBalanceAlertSchema);
-  const [{ alerts }] = await call((sql) =>
-    sql`select billing.set_low_balance_alert(${currentUser(c).id}, ${threshold}) as alerts`
-  );
+  const [{ alerts }] = await sql`select billing.set_low_balance_alert(${currentUser(c).id}, ${threshold}) as alerts`;
   return ok<Alerts>(c, alerts);
 });
 
 app.put('/alerts/caps', requireUser, async (c) => {
   const a = await readJson(c, CapAlertsSchema);
-  const [{ alerts }] = await call((sql) =>
-    sql`select billing.set_cap_alerts(${
-      currentUser(c).id
-    }, ${a.period}, ${a.model}, ${a.percents}::integer[]) as alerts`
-  );
+  const [{ alerts }] = await sql`select billing.set_cap_alerts(${
+    currentUser(c).id
+  }, ${a.period}, ${a.model}, ${a.percents}::integer[]) as alerts`;
   return ok<Alerts>(c, alerts);
 });
 
 app.get('/auto-recharge', requireUser, async (c) => {
-  const [{ settings }] = await call((sql) => sql`select billing.get_auto_recharge(${currentUser(c).id}) as settings`);
+  const [{ settings }] = await sql`select billing.get_auto_recharge(${currentUser(c).id}) as settings`;
   return ok<AutoRecharge>(c, settings);
 });
 
 // Only the student turns it on (their card, their consent); turning it off is theirs too.
 app.put('/auto-recharge', requireUser, async (c) => {
   const a = await readJson(c, AutoRechargeSchema);
-  const [{ settings }] = await call((sql) =>
-    sql`select billing.set_auto_recharge(${currentUser(c).id}, ${a.enabled}, ${a.package_id ?? null},
-      ${a.threshold ?? null}, ${a.monthly_max_count ?? null}, ${a.monthly_max_cents ?? null}) as settings`
-  );
+  const [{ settings }] = await sql`select billing.set_auto_recharge(${currentUser(c).id}, ${a.enabled}, ${
+    a.package_id ?? null
+  },
+      ${a.threshold ?? null}, ${a.monthly_max_count ?? null}, ${a.monthly_max_cents ?? null}) as settings`;
   return ok<AutoRecharge>(c, settings);
 });
 
@@ -216,7 +218,7 @@ app.post('/codes/redeem', requireUser, redeemCode);
 
 // The admin's role is checked in the database by the same statement that grants.
 app.post('/grants', requireAdminToken, async (c) => {
-  return moneyRequest(c, 'credits.grants', await readJson(c, GrantRequestSchema), 201, { admin: true });
+  return idempotent(c, 'credits.grants', await readJson(c, GrantRequestSchema), inSql(201, { admin: true }));
 });
 
 export default { fetch: app.fetch };

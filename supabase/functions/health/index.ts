@@ -4,10 +4,11 @@
 // setting is unsafe.
 import { z } from 'zod';
 import { aiGatewayEnv, complete } from '../_shared/adapters/ai.ts';
-import { createApp, ok, requireAdmin, requireAdminUnless } from '../_shared/http/app.ts';
+import { createApp, ok } from '../_shared/http/app.ts';
+import { requireAdmin, requireAdminUnless } from '../_shared/http/require-admin.ts';
 import type { AppContext } from '../_shared/app-env.ts';
 import { reloadKeySet } from '../_shared/http/auth.ts';
-import { call, db } from '../_shared/adapters/db.ts';
+import { db, jsonb, sql } from '../_shared/adapters/db.ts';
 import { parseEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { bucketBounds } from '../_shared/http/latency.ts';
@@ -38,6 +39,8 @@ app.get('/healthz', (c) => ok(c, { status: 'ok' }));
 
 app.get('/readyz', async (c) => {
   const report = await runChecks({
+    // The pool itself, not `sql`: the probe reports the driver's own failure, which `sql` would
+    // log and map to an API error.
     database: async () => {
       await db()`select 1`;
     },
@@ -53,7 +56,7 @@ app.get('/readyz', async (c) => {
   // Reported, never failing readiness on their own: Redis (every use fails open or soft) and
   // the outbox backlog (a late email never blocks a payment).
   await guarded((r) => r.ping(), (v) => v === 'PONG').catch(() => {});
-  const [{ m }] = await db()`select billing.ops_metrics() -> 'outbox' as m`.catch(() => [{ m: null }]);
+  const [{ m }] = await sql`select billing.ops_metrics() -> 'outbox' as m`.catch(() => [{ m: null }]);
   const outbox = m
     ? { status: m.pending > env.OUTBOX_BACKLOG_WARN ? 'degraded' : 'ok', pending: m.pending, failed: m.failed }
     : { status: 'unknown' };
@@ -82,7 +85,7 @@ app.get('/slo', requireAdmin, async (c) => {
 });
 
 app.get('/metrics', requireAdminUnless(hasMetricsToken), async (c) => {
-  const [{ m }] = await call((sql) => sql`select billing.ops_metrics() as m`);
+  const [{ m }] = await sql`select billing.ops_metrics() as m`;
   const x = new Exposition();
   const hour = await readWindows().then((w) => w['1h']).catch(() => ({} as Record<string, number>));
   const byRoute: Record<string, number[]> = {};
@@ -163,9 +166,8 @@ app.get('/metrics', requireAdminUnless(hasMetricsToken), async (c) => {
 });
 
 app.get('/alerts', requireAdmin, async (c) => {
-  const alerts = await call((sql) =>
-    sql`select condition, severity, summary, details, opened_at, last_seen_at from billing.open_alerts()`
-  );
+  const alerts =
+    await sql`select condition, severity, summary, details, opened_at, last_seen_at from billing.open_alerts()`;
   return ok(c, whole(alerts));
 });
 
@@ -173,7 +175,7 @@ app.post('/deep', requireAdminUnless(hasCronSecret), async (c) => {
   const day = new Date().toISOString().slice(0, 10);
   const checks: Record<string, () => Promise<void>> = {
     database: async () => {
-      await db()`select 1`;
+      await db()`select 1`; // the pool itself, as in /readyz
     },
     jwks: async () => {
       await reloadKeySet();
@@ -210,9 +212,7 @@ app.post('/deep', requireAdminUnless(hasCronSecret), async (c) => {
     },
   };
   const report = await runChecks(checks, 5000);
-  await call((sql) =>
-    sql`select billing.record_health_check(${JSON.stringify(report.checks)}::text::jsonb, ${report.status === 'ok'})`
-  );
+  await sql`select billing.record_health_check(${jsonb(report.checks)}, ${report.status === 'ok'})`;
   return ok(c, report, report.status === 'ok' ? 200 : 503);
 });
 

@@ -1,14 +1,15 @@
 // Async jobs: 202 + polling. Create (reserving a metered job's estimate), poll with a growing
 // Retry-After, list, cancel, fetch the result; and the worker tick that drains due jobs.
 import type { Job, JobAccepted, JobList, JobStatus } from '../_shared/contract/index.ts';
-import { createApp, currentUser, ok, requireUser } from '../_shared/http/app.ts';
-import { call, db } from '../_shared/adapters/db.ts';
+import { createApp, ok } from '../_shared/http/app.ts';
+import { currentUser } from '../_shared/http/identify.ts';
+import { requireUser } from '../_shared/http/require-user.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { pageOf } from '../_shared/values/page.ts';
 import { parseEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotent } from '../_shared/http/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
-import { jsonText } from '../_shared/values/pg-values.ts';
 import { requireCronSecret } from '../_shared/http/secrets.ts';
 import { stripe } from '../_shared/adapters/stripe.ts';
 import { readJson, readQuery } from '../_shared/http/validate.ts';
@@ -79,7 +80,7 @@ function kickWorker() {
 
 async function findJob(userId: string, id: string): Promise<JobRow> {
   if (!isUuid(id)) throw new AppError('not_found', 'JOB_NOT_FOUND', 'No such job.');
-  const [j] = await call((sql) => sql<JobRow[]>`select * from billing.get_job(${userId}, ${id})`);
+  const [j] = await sql<JobRow[]>`select * from billing.get_job(${userId}, ${id})`;
   if (!j) throw new AppError('not_found', 'JOB_NOT_FOUND', 'No such job.');
   return j;
 }
@@ -103,11 +104,11 @@ app.post('/', requireUser, async (c) => {
     const field = ['input', ...issue.path].join('.');
     throw new AppError('validation', 'VALIDATION_FAILED', `${field}: ${issue.message}`, { field });
   }
-  const estimate = type.estimate ? await call(() => type.estimate?.(parsed.data) ?? Promise.resolve(null)) : null;
+  const estimate = type.estimate ? await type.estimate(parsed.data) : null;
   const user = currentUser(c);
-  const res = await idempotent(c, 'jobs.create', body, async (tx, key) => {
-    const [j] = await tx<JobRow[]>`
-      select * from billing.enqueue_job(${user.id}, ${body.type}, ${jsonText(parsed.data)}::text::jsonb, ${key},
+  const res = await idempotent(c, 'jobs.create', body, async (key) => {
+    const [j] = await sql<JobRow[]>`
+      select * from billing.enqueue_job(${user.id}, ${body.type}, ${jsonb(parsed.data)}, ${key},
         ${body.client_temp_id ?? null}, ${estimate})`;
     const data: JobAccepted = {
       job_id: j.id,
@@ -129,10 +130,8 @@ app.get('/', requireUser, async (c) => {
   const q = readQuery(c, ListJobsSchema);
   const micros = q.cursor?.micros ?? null;
   const lastId = q.cursor?.id ?? null;
-  const rows = await call((sql) =>
-    sql<JobRow[]>`
-    select * from billing.list_jobs(${currentUser(c).id}, ${q.status ?? null}, ${micros}, ${lastId}, ${q.limit + 1})`
-  );
+  const rows = await sql<JobRow[]>`
+    select * from billing.list_jobs(${currentUser(c).id}, ${q.status ?? null}, ${micros}, ${lastId}, ${q.limit + 1})`;
   return ok<JobList>(c, pageOf(rows, q.limit, (j) => `${Math.floor(j.created_at.getTime() * 1000)}:${j.id}`, jobJson));
 });
 
@@ -143,9 +142,7 @@ app.get('/:id', requireUser, async (c) => {
 
 app.delete('/:id', requireUser, async (c) => {
   const j = await findJob(currentUser(c).id, c.req.param('id'));
-  const [cancelled] = await call((sql) =>
-    sql<JobRow[]>`select * from billing.cancel_job(${currentUser(c).id}, ${j.id})`
-  );
+  const [cancelled] = await sql<JobRow[]>`select * from billing.cancel_job(${currentUser(c).id}, ${j.id})`;
   return ok(c, jobJson(cancelled));
 });
 
@@ -164,7 +161,7 @@ app.get('/:id/result', requireUser, async (c) => {
   const enc = new TextEncoder();
   const stream = new ReadableStream<Uint8Array>({
     async pull(controller) {
-      const chunks = await db()<{ seq: number; content: string }[]>`
+      const chunks = await sql<{ seq: number; content: string }[]>`
         select seq, content from billing.list_job_result_chunks(${j.id}, ${seq}, 50)`;
       for (const ch of chunks) controller.enqueue(enc.encode(ch.content));
       if (chunks.length < 50) controller.close();

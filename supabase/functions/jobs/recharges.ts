@@ -2,7 +2,7 @@
 // card off-session through Stripe and record what Stripe answered. Credits come only from the
 // payment's webhook (billing.sync_purchase), never from here.
 import Stripe from 'stripe';
-import { db } from '../_shared/adapters/db.ts';
+import { sql } from '../_shared/adapters/db.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { stripe } from '../_shared/adapters/stripe.ts';
 
@@ -18,7 +18,7 @@ type DueRecharge = {
 
 /** Charges up to `limit` due recharges; returns how many were tried. */
 export async function runRecharges(limit = 10): Promise<number> {
-  const due = await db()<DueRecharge[]>`select * from billing.claim_recharges(${limit})`;
+  const due = await sql<DueRecharge[]>`select * from billing.claim_recharges(${limit})`;
   for (const r of due) {
     let paymentIntent: string | null = null;
     let failure: string | null = null;
@@ -51,7 +51,7 @@ export async function runRecharges(limit = 10): Promise<number> {
       failure = err.code ?? 'card_declined'; // card_declined, authentication_required, …
       paymentIntent = err.payment_intent?.id ?? null;
     }
-    await db()`select billing.record_recharge(${r.recharge_id}, ${paymentIntent}, ${failure})`;
+    await sql`select billing.record_recharge(${r.recharge_id}, ${paymentIntent}, ${failure})`;
   }
   return due.length;
 }

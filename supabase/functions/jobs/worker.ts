@@ -5,7 +5,7 @@
 // gives each job at most one slice, and answers at most a second later, leaving a slice still
 // in flight to EdgeRuntime.waitUntil where the runtime has it.
 import { canOutliveResponse, outliveResponse, settleWithin } from '../_shared/background.ts';
-import { db } from '../_shared/adapters/db.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { fromDbError } from '../_shared/adapters/sql-errors.ts';
 import { AppError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
@@ -30,7 +30,6 @@ const stopCodes = new Set(['JOB_CANCELLED', 'LEASE_LOST', 'JOB_NOT_FOUND']);
 
 /** Runs one slice of a claimed job and records how it ended: completed, yielded, failed or stopped. */
 async function runSlice(job: JobRow, workerId: string, leaseSeconds: number): Promise<void> {
-  const sql = db();
   const type = jobTypes[job.type];
   const fields = { jobId: job.id, type: job.type, attempt: job.attempts };
   try {
@@ -42,9 +41,7 @@ async function runSlice(job: JobRow, workerId: string, leaseSeconds: number): Pr
       resumeState: job.resume_state,
       checkpoint: async (c) => {
         try {
-          await sql`select billing.checkpoint_job(${job.id}, ${workerId}, ${c.progress}, ${
-            JSON.stringify(c.state ?? null)
-          }::text::jsonb,
+          await sql`select billing.checkpoint_job(${job.id}, ${workerId}, ${c.progress}, ${jsonb(c.state ?? null)},
             ${c.label ?? null}, ${c.chunk ?? null}, ${leaseSeconds})`;
         } catch (err) {
           const e = fromDbError(err);
@@ -58,8 +55,8 @@ async function runSlice(job: JobRow, workerId: string, leaseSeconds: number): Pr
       log.info('job slice done', fields);
       return;
     }
-    await sql`select billing.complete_job(${job.id}, ${workerId}, ${JSON.stringify(outcome.result)}::text::jsonb,
-      ${outcome.usage ? JSON.stringify(outcome.usage) : null}::text::jsonb)`;
+    await sql`select billing.complete_job(${job.id}, ${workerId}, ${jsonb(outcome.result)},
+      ${outcome.usage ? jsonb(outcome.usage) : null})`;
     log.info('job completed', fields);
   } catch (err) {
     const code = err instanceof Stop ? err.message : fromDbError(err).code;
@@ -73,7 +70,7 @@ async function runSlice(job: JobRow, workerId: string, leaseSeconds: number): Pr
       ? { code: err.code, message: err.message }
       : { code: 'JOB_ERROR', message: 'The job failed. It is retried automatically while attempts remain.' };
     log.warn('job attempt failed', { ...fields, retryable, ...errorSummary(err) });
-    await sql`select billing.fail_job(${job.id}, ${workerId}, ${JSON.stringify(safe)}::text::jsonb, ${retryable})`
+    await sql`select billing.fail_job(${job.id}, ${workerId}, ${jsonb(safe)}, ${retryable})`
       .catch((e) => log.error('could not record a job failure', { ...fields, ...errorSummary(e) }));
   }
 }
@@ -90,7 +87,7 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
   const served: string[] = []; // this tick's jobs: one slice each, the next slice is the next tick's
   const drain = async () => {
     while (performance.now() - started < opts.budgetMs) {
-      const [job] = await db()<JobRow[]>`
+      const [job] = await sql<JobRow[]>`
         select * from billing.claim_jobs(${opts.workerId}, 1, ${leaseSeconds}, ${`{${served.join(',')}}`}::uuid[])`;
       if (!job) break;
       served.push(job.id);

@@ -6,11 +6,10 @@
 import { z } from 'zod';
 import { createApp, ok } from '../_shared/http/app.ts';
 import type { AppContext } from '../_shared/app-env.ts';
-import { call } from '../_shared/adapters/db.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { lazyEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { dispatchOutbox } from './notifications.ts';
-import { jsonText } from '../_shared/values/pg-values.ts';
 import { limitByAddress } from '../_shared/http/ratelimit.ts';
 import { constantTimeEqual, requireCronSecret } from '../_shared/http/secrets.ts';
 import { readBody } from '../_shared/http/validate.ts';
@@ -76,10 +75,8 @@ async function send(c: AppContext) {
     );
   }
   const n = parsed.data;
-  const [{ id }] = await call((sql) =>
-    sql`select billing.enqueue_notification(${n.template}, null, ${'notify:' + n.idempotency_key},
-      ${jsonText({ to: n.to, data: n.data })}::text::jsonb) as id`
-  );
+  const [{ id }] = await sql`select billing.enqueue_notification(${n.template}, null, ${'notify:' + n.idempotency_key},
+      ${jsonb({ to: n.to, data: n.data })}) as id`;
   const sent = await dispatchOutbox(20);
   return ok(c, { notification_id: String(id), queued: true, dispatched: sent });
 }

@@ -3,10 +3,10 @@
 // here, later, with retries: a failed email never affects what caused it.
 import { createHmac } from 'node:crypto';
 import { z } from 'zod';
-import { db } from '../_shared/adapters/db.ts';
+import { sql } from '../_shared/adapters/db.ts';
 import { parseEnv } from '../_shared/env.ts';
 import { invitationEmail } from '../_shared/domain/invitations.ts';
-import { giftCode } from '../_shared/http/code-secrets.ts';
+import { giftCode } from '../_shared/domain/code-secrets.ts';
 import { formatCredits } from '../_shared/values/money.ts';
 import { isUuid } from '../_shared/values/query.ts';
 import { errorSummary, log } from '../_shared/log.ts';
@@ -205,7 +205,7 @@ function dailyReportText(data: Payload): string {
  */
 async function giftEmailData(codeId: unknown): Promise<Payload | null> {
   if (typeof codeId !== 'string' || !isUuid(codeId)) return null;
-  const [g] = await db()`select * from billing.get_gift_email(${codeId})`;
+  const [g] = await sql`select * from billing.get_gift_email(${codeId})`;
   const code = g ? giftCode(codeId, g.code_hash) : null;
   return code ? { code, credits: formatCredits(g.credits), to: g.email } : null;
 }
@@ -222,7 +222,7 @@ async function recipient(row: OutboxRow, alertEmail: string | undefined): Promis
   if (typeof row.payload.to === 'string') return row.payload.to;
   if (row.template === 'alert' || row.template === 'daily_report') return alertEmail ?? null; // the ops/admin list
   if (!row.user_id) return null;
-  const [u] = await db()`select email from auth.users where id = ${row.user_id}`;
+  const [u] = await sql`select email from auth.users where id = ${row.user_id}`;
   return u?.email ?? null;
 }
 
@@ -246,10 +246,10 @@ async function deliverProductWebhook(row: OutboxRow, env: z.infer<typeof NotifyE
     status = res.status;
     await res.body?.cancel();
     if (!res.ok) throw new Error(`product webhook answered ${res.status}`);
-    await db()`select billing.log_webhook_delivery(${row.id}, ${row.attempts}, ${status}, null)`;
+    await sql`select billing.log_webhook_delivery(${row.id}, ${row.attempts}, ${status}, null)`;
   } catch (err) {
     const error = String(errorSummary(err).errorMessage ?? 'error');
-    await db()`select billing.log_webhook_delivery(${row.id}, ${row.attempts}, ${status}, ${error})`;
+    await sql`select billing.log_webhook_delivery(${row.id}, ${row.attempts}, ${status}, ${error})`;
     throw err;
   }
 }
@@ -287,12 +287,12 @@ async function deliver(row: OutboxRow, env: z.infer<typeof NotifyEnvSchema>): Pr
 /** Sends up to `limit` due notifications; returns how many were sent and failed for good. */
 export async function dispatchOutbox(limit = 50): Promise<{ sent: number; failed: number; retrying: number }> {
   const env = parseEnv(NotifyEnvSchema);
-  const rows = await db()<OutboxRow[]>`select * from billing.claim_outbox(${limit})`;
+  const rows = await sql<OutboxRow[]>`select * from billing.claim_outbox(${limit})`;
   const outcome = { sent: 0, failed: 0, retrying: 0 };
   for (const row of rows) {
     try {
       await deliver(row, env);
-      await db()`select billing.finish_outbox(${row.id}, true)`;
+      await sql`select billing.finish_outbox(${row.id}, true)`;
       outcome.sent++;
     } catch (err) {
       log.warn('notification not sent', {
@@ -301,7 +301,7 @@ export async function dispatchOutbox(limit = 50): Promise<{ sent: number; failed
         attempt: row.attempts,
         ...errorSummary(err),
       });
-      const [{ status }] = await db()`select billing.finish_outbox(${row.id}, false, ${
+      const [{ status }] = await sql`select billing.finish_outbox(${row.id}, false, ${
         String(errorSummary(err).errorMessage ?? 'error')
       },
         ${env.OUTBOX_MAX_ATTEMPTS}) as status`;

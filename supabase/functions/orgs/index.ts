@@ -2,17 +2,19 @@
 // organisation's usage and ledger. Each handler validates, makes one SQL call (which checks the
 // caller's role in the organisation itself) and responds. The money moves in SQL
 // (billing.fund_allowances, the members' spending through the credits routes).
-import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/http/app.ts';
+import { createApp, ok } from '../_shared/http/app.ts';
+import { currentUser } from '../_shared/http/identify.ts';
+import { requireAdmin } from '../_shared/http/require-admin.ts';
+import { requireUser } from '../_shared/http/require-user.ts';
 import type { AppContext } from '../_shared/app-env.ts';
-import { call } from '../_shared/adapters/db.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { reportAtStart } from '../_shared/env.ts';
 import { stripe } from '../_shared/adapters/stripe.ts';
 import { newInvitation, tokenHash } from '../_shared/domain/invitations.ts';
-import { idempotencyKey, idempotentExternal, scopedKey } from '../_shared/http/idempotency.ts';
+import { idempotencyKey, idempotent, scopedKey } from '../_shared/http/idempotency.ts';
 import { csvField } from '../_shared/domain/ledger.ts';
 import { encodeCursor, pageOf, whole } from '../_shared/values/page.ts';
-import { jsonText } from '../_shared/values/pg-values.ts';
 import { readJson, readQuery } from '../_shared/http/validate.ts';
 import { isUuid } from '../_shared/values/query.ts';
 import { UsageSummaryQuerySchema } from '../_shared/contract/credits.ts';
@@ -56,26 +58,24 @@ function pathId(c: AppContext, name: keyof typeof notFound): string {
   throw notFound[name]();
 }
 
-/** The one SQL call of a route: `billing.<fn>(args…)` answering jsonb. */
-async function one(fn: string, args: unknown[]): Promise<unknown> {
-  // An object goes as JSON text cast to jsonb: given to a jsonb parameter as a string, the
-  // driver would encode it once more, as a JSON string.
-  const params = args.map((a, i) => (isJson(a) ? `$${i + 1}::text::jsonb` : `$${i + 1}`));
-  const values = args.map((a) => (isJson(a) ? jsonText(a) : a));
-  const [row] = await call((sql) => sql.unsafe(`select billing.${fn}(${params.join(', ')}) as r`, values as never[]));
-  return row.r;
-}
-const isJson = (a: unknown) => typeof a === 'object' && a !== null && !(a instanceof Date);
-
 app.post('/', requireUser, async (c) => {
   const b = await readJson(c, CreateOrgSchema);
-  return ok(c, await one('create_org', [currentUser(c).id, b.name, b.funding ?? null, b.org_pays_first ?? null]), 201);
+  const [{ org }] = await sql`select billing.create_org(${currentUser(c).id}, ${b.name}, ${b.funding ?? null},
+    ${b.org_pays_first ?? null}) as org`;
+  return ok(c, org, 201);
 });
-app.get('/', requireUser, async (c) => ok(c, whole(await one('list_orgs', [currentUser(c).id]) as unknown[])));
-app.get('/:id', requireUser, async (c) => ok(c, await one('get_org', [currentUser(c).id, pathId(c, 'id')])));
+app.get('/', requireUser, async (c) => {
+  const [{ orgs }] = await sql`select billing.list_orgs(${currentUser(c).id}) as orgs`;
+  return ok(c, whole(orgs));
+});
+app.get('/:id', requireUser, async (c) => {
+  const [{ org }] = await sql`select billing.get_org(${currentUser(c).id}, ${pathId(c, 'id')}) as org`;
+  return ok(c, org);
+});
 app.patch('/:id', requireUser, async (c) => {
   const b = await readJson(c, UpdateOrgSchema);
-  return ok(c, await one('update_org', [currentUser(c).id, pathId(c, 'id'), b]));
+  const [{ org }] = await sql`select billing.update_org(${currentUser(c).id}, ${pathId(c, 'id')}, ${jsonb(b)}) as org`;
+  return ok(c, org);
 });
 
 // Invitations: the token is derived from the invitation's id (_shared/domain/invitations.ts) and exists
@@ -83,67 +83,78 @@ app.patch('/:id', requireUser, async (c) => {
 app.post('/:id/invitations', requireUser, async (c) => {
   const b = await readJson(c, InviteSchema);
   const { id, token, hash } = newInvitation();
-  const args = [currentUser(c).id, pathId(c, 'id'), b.email, b.role, hash, b.ttl_seconds, id];
-  return ok(c, { ...await one('invite_member', args) as object, token }, 201);
+  const [{ invitation }] = await sql`select billing.invite_member(${currentUser(c).id}, ${pathId(c, 'id')}, ${b.email},
+    ${b.role}, ${hash}, ${b.ttl_seconds}, ${id}) as invitation`;
+  return ok(c, { ...invitation, token }, 201);
 });
 app.get('/:id/invitations', requireUser, async (c) => {
   const q = readQuery(c, InvitationsQuerySchema);
-  const args = [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit];
-  const page = await one('list_org_invitations', args) as { invitations: unknown[]; next_cursor: string | null };
+  const [{ page }] = await sql<{ page: { invitations: unknown[]; next_cursor: string | null } }[]>`
+    select billing.list_org_invitations(${currentUser(c).id}, ${pathId(c, 'id')}, ${
+    q.cursor ?? null
+  }, ${q.limit}) as page`;
   return ok(c, { items: page.invitations, next_cursor: page.next_cursor && encodeCursor(page.next_cursor) });
 });
 app.delete('/:id/invitations/:invitation_id', requireUser, async (c) => {
-  const args = [currentUser(c).id, pathId(c, 'id'), pathId(c, 'invitation_id')];
-  return ok(c, await one('revoke_invitation', args));
+  const [{ invitation }] = await sql`select billing.revoke_invitation(${currentUser(c).id}, ${pathId(c, 'id')},
+    ${pathId(c, 'invitation_id')}) as invitation`;
+  return ok(c, invitation);
 });
 for (const [path, accept] of [['/invitations/accept', true], ['/invitations/decline', false]] as const) {
   app.post(path, requireUser, async (c) => {
     const { token } = await readJson(c, AnswerSchema);
     const user = currentUser(c);
-    return ok(c, await one('answer_invitation', [user.id, user.email ?? null, tokenHash(token), accept]));
+    const [{ answer }] = await sql`select billing.answer_invitation(${user.id}, ${user.email ?? null}, ${
+      tokenHash(token)
+    },
+      ${accept}) as answer`;
+    return ok(c, answer);
   });
 }
 
 // Before signing in, the link's holder may see which organisation invites them (the page's card).
 app.post('/invitations/preview', async (c) => {
   const { token } = await readJson(c, AnswerSchema);
-  return ok(c, await one('preview_invitation', [tokenHash(token)]));
+  const [{ preview }] = await sql`select billing.preview_invitation(${tokenHash(token)}) as preview`;
+  return ok(c, preview);
 });
 
 // Ownership moves only here, by the owner, to an active member; the old owner becomes an admin.
 app.post('/:id/owner', requireUser, async (c) => {
   const b = await readJson(c, OwnerSchema);
-  return ok(c, await one('transfer_org_owner', [currentUser(c).id, pathId(c, 'id'), b.user_id]));
+  const [{ org }] = await sql`select billing.transfer_org_owner(${currentUser(c).id}, ${
+    pathId(c, 'id')
+  }, ${b.user_id}) as org`;
+  return ok(c, org);
 });
 
-app.get(
-  '/:id/members',
-  requireUser,
-  async (c) => ok(c, whole(await one('list_org_members', [currentUser(c).id, pathId(c, 'id')]) as unknown[])),
-);
-app.delete(
-  '/:id/members/:user_id',
-  requireUser,
-  async (c) => ok(c, await one('remove_member', [currentUser(c).id, pathId(c, 'id'), pathId(c, 'user_id')])),
-);
+app.get('/:id/members', requireUser, async (c) => {
+  const [{ members }] = await sql`select billing.list_org_members(${currentUser(c).id}, ${pathId(c, 'id')}) as members`;
+  return ok(c, whole(members));
+});
+app.delete('/:id/members/:user_id', requireUser, async (c) => {
+  const [{ member }] = await sql`select billing.remove_member(${currentUser(c).id}, ${pathId(c, 'id')},
+    ${pathId(c, 'user_id')}) as member`;
+  return ok(c, member);
+});
 app.put('/:id/members/:user_id/cap', requireUser, async (c) => {
   const b = await readJson(c, MemberCapSchema);
-  const args = [currentUser(c).id, pathId(c, 'id'), pathId(c, 'user_id'), b.period, b.amount];
-  return ok(c, whole(await one('set_member_cap', args) as unknown[]));
+  const [{ caps }] = await sql`select billing.set_member_cap(${currentUser(c).id}, ${pathId(c, 'id')},
+    ${pathId(c, 'user_id')}, ${b.period}, ${b.amount}) as caps`;
+  return ok(c, whole(caps));
 });
 
 app.post('/:id/allowances', requireUser, async (c) => {
   const b = await readJson(c, AllowanceSchema);
-  const args = [currentUser(c).id, pathId(c, 'id'), b.user_id ?? null, b.amount, idempotencyKey(c)];
-  return ok(c, await one('fund_allowances', args), 201);
+  const [{ funded }] = await sql`select billing.fund_allowances(${currentUser(c).id}, ${pathId(c, 'id')},
+    ${b.user_id ?? null}, ${b.amount}, ${idempotencyKey(c)}) as funded`;
+  return ok(c, funded, 201);
 });
 
 app.get('/:id/usage', requireUser, async (c) => {
   const q = readQuery(c, UsageQuerySchema);
-  const rows = await one('org_usage', [currentUser(c).id, pathId(c, 'id'), q.from, q.to, q.period]) as Record<
-    string,
-    string | number
-  >[];
+  const [{ rows }] = await sql<{ rows: Record<string, string | number>[] }[]>`select billing.org_usage(
+    ${currentUser(c).id}, ${pathId(c, 'id')}, ${q.from}, ${q.to}, ${q.period}) as rows`;
   if (q.format !== 'csv') return ok(c, whole(rows));
   const head = 'period_start,member_id,member_email,model,credits,charges';
   const lines = rows.map((r) =>
@@ -159,14 +170,16 @@ app.get('/:id/usage', requireUser, async (c) => {
 });
 app.get('/:id/members/:user_id/usage/summary', requireUser, async (c) => {
   const q = readQuery(c, UsageSummaryQuerySchema);
-  const args = [currentUser(c).id, pathId(c, 'id'), pathId(c, 'user_id'), q.from, q.to, q.granularity];
-  return ok(c, await one('org_member_usage_summary', args));
+  const [{ summary }] = await sql`select billing.org_member_usage_summary(${currentUser(c).id}, ${pathId(c, 'id')},
+    ${pathId(c, 'user_id')}, ${q.from}, ${q.to}, ${q.granularity}) as summary`;
+  return ok(c, summary);
 });
 
 app.get('/:id/ledger', requireUser, async (c) => {
   const q = readQuery(c, LedgerQuerySchema);
-  const rows = await one('org_ledger', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit + 1]);
-  return ok(c, pageOf(rows as { id: string }[], q.limit, (e) => e.id));
+  const [{ entries }] = await sql<{ entries: { id: string }[] }[]>`select billing.org_ledger(${currentUser(c).id},
+    ${pathId(c, 'id')}, ${q.cursor ?? null}, ${q.limit + 1}) as entries`;
+  return ok(c, pageOf(entries, q.limit, (e) => e.id));
 });
 
 // Sponsor codes: the credits leave the wallet for the code's escrow at issue; the code is in
@@ -174,35 +187,41 @@ app.get('/:id/ledger', requireUser, async (c) => {
 app.post('/:id/sponsor-codes', requireUser, async (c) => {
   const b = await readJson(c, SponsorCodeSchema);
   const code = newCode();
-  const args = [currentUser(c).id, pathId(c, 'id'), codeHash(code.replaceAll('-', '')), b, idempotencyKey(c)];
-  const { replayed, ...row } = await one('issue_sponsor_code', args) as { replayed: boolean };
+  const [{ issued }] = await sql<{ issued: { replayed: boolean } }[]>`select billing.issue_sponsor_code(
+    ${currentUser(c).id}, ${pathId(c, 'id')}, ${codeHash(code.replaceAll('-', ''))}, ${jsonb(b)},
+    ${idempotencyKey(c)}) as issued`;
+  const { replayed, ...row } = issued;
   return ok(c, { ...row, code: replayed ? null : code }, replayed ? 200 : 201);
 });
-app.get(
-  '/:id/sponsor-codes',
-  requireUser,
-  async (c) => ok(c, whole(await one('list_sponsor_codes', [currentUser(c).id, pathId(c, 'id')]) as unknown[])),
-);
+app.get('/:id/sponsor-codes', requireUser, async (c) => {
+  const [{ codes }] = await sql`select billing.list_sponsor_codes(${currentUser(c).id}, ${pathId(c, 'id')}) as codes`;
+  return ok(c, whole(codes));
+});
 app.delete('/:id/sponsor-codes/:code_id', requireUser, async (c) => {
-  return ok(c, await one('revoke_sponsor_code', [currentUser(c).id, pathId(c, 'id'), pathId(c, 'code_id')]));
+  const [{ code }] = await sql`select billing.revoke_sponsor_code(${currentUser(c).id}, ${pathId(c, 'id')},
+    ${pathId(c, 'code_id')}) as code`;
+  return ok(c, code);
 });
 
 // A package on a Stripe invoice (owners and admins): the wallet is credited when it is paid.
 app.post('/:id/invoices', requireUser, async (c) => {
   const b = await readJson(c, OrgInvoiceSchema);
   const org = pathId(c, 'id');
-  return idempotentExternal(c, 'orgs.invoices', b, (key) => requestInvoice(currentUser(c).id, org, b, key));
+  return idempotent(c, 'orgs.invoices', b, (key) => requestInvoice(currentUser(c).id, org, b, key));
 });
 app.get('/:id/invoices', requireUser, async (c) => {
   const q = readQuery(c, OrgInvoicesQuerySchema);
-  const rows = await one('list_org_invoices', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit + 1]);
-  return ok(c, pageOf(rows as { id: string }[], q.limit, (i) => i.id));
+  const [{ invoices }] = await sql<{ invoices: { id: string }[] }[]>`select billing.list_org_invoices(
+    ${currentUser(c).id}, ${pathId(c, 'id')}, ${q.cursor ?? null}, ${q.limit + 1}) as invoices`;
+  return ok(c, pageOf(invoices, q.limit, (i) => i.id));
 });
 
 // A platform admin lets an organisation ask for invoices before its first card purchase (or withdraws that).
 app.put('/:id/invoicing', requireAdmin, async (c) => {
   const b = await readJson(c, InvoicingApprovalSchema);
-  return ok(c, await one('approve_org_invoicing', [pathId(c, 'id'), b.approved, currentUser(c).id]));
+  const [{ org }] = await sql`select billing.approve_org_invoicing(${pathId(c, 'id')}, ${b.approved},
+    ${currentUser(c).id}) as org`;
+  return ok(c, org);
 });
 
 // A platform admin's grant to an organisation's wallet (Idempotency-Key: one grant per key).
@@ -210,8 +229,9 @@ app.post('/:id/grants', requireAdmin, async (c) => {
   const b = await readJson(c, OrgGrantSchema);
   // Scoped by organisation: one key used for two schools makes two grants, not a replay.
   const key = scopedKey(`org-grant:${pathId(c, 'id')}:`, idempotencyKey(c), 300);
-  const args = [pathId(c, 'id'), b.amount, b.kind, key, b.reason, currentUser(c).id];
-  return ok(c, await one('grant_org_credits', args), 201);
+  const [{ granted }] = await sql`select billing.grant_org_credits(${pathId(c, 'id')}, ${b.amount}, ${b.kind}, ${key},
+    ${b.reason}, ${currentUser(c).id}) as granted`;
+  return ok(c, granted, 201);
 });
 
 export default { fetch: app.fetch };

@@ -5,7 +5,7 @@
 // finalized invoice is recorded (here, or by the invoice.finalized webhook). The credits come
 // with invoice.paid (billing.sync_org_invoice).
 import type Stripe from 'stripe';
-import { call } from '../_shared/adapters/db.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { failpoint } from '../_shared/failpoint.ts';
 import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import type { Effect } from '../_shared/http/idempotency.ts';
@@ -23,11 +23,6 @@ type Begun = OrgInvoice & {
   package_name: string;
   stripe_customer_id: string | null;
   billing_email: string;
-};
-
-const sql1 = async <T>(query: string, args: unknown[]): Promise<T> => {
-  const [row] = await call((sql) => sql.unsafe(query, args as never[]));
-  return row.r as T;
 };
 
 /** Bank transfers settle to the customer balance in the invoice's currency: Stripe's type for it. */
@@ -59,7 +54,9 @@ async function customerFor(row: Begun, body: Request): Promise<string> {
       idempotencyKey: `org-customer:${row.id}`,
     })
   );
-  const kept = await sql1<string>('select billing.attach_org_customer($1, $2) as r', [row.org_id, made.id]);
+  const [{ kept }] = await sql<
+    { kept: string }[]
+  >`select billing.attach_org_customer(${row.org_id}, ${made.id}) as kept`;
   if (kept !== made.id) return customerFor({ ...row, stripe_customer_id: kept }, body); // another request's won
   return kept;
 }
@@ -115,16 +112,9 @@ export async function requestInvoice(
   body: Request,
   requestKey: string,
 ): Promise<Effect> {
-  const begun = await sql1<Begun>('select billing.begin_org_invoice($1, $2, $3, $4, $5, $6, $7, $8) as r', [
-    userId,
-    orgId,
-    body.package_id,
-    body.quantity,
-    body.po_number ?? null,
-    body.days_until_due,
-    requestKey,
-    body.billing_email ?? null,
-  ]);
+  const [{ begun }] = await sql<{ begun: Begun }[]>`select billing.begin_org_invoice(${userId}, ${orgId},
+    ${body.package_id}, ${body.quantity}, ${body.po_number ?? null}, ${body.days_until_due}, ${requestKey},
+    ${body.billing_email ?? null}) as begun`;
   const { org_name: _n, package_name: _p, stripe_customer_id: _c, billing_email: _e, ...draft } = begun;
   if (begun.status !== 'draft') return { status: 200, data: draft };
   // Stripe prints the organisation's name as the customer's: one named before the rule (values/text.ts)
@@ -139,7 +129,8 @@ export async function requestInvoice(
   }
   const sent = await invoiceAtStripe(begun, body);
   failpoint('org_invoice.after_stripe'); // the reliability test dies here: the webhooks open it
-  await sql1('select billing.sync_org_invoice($1::text::jsonb) as r', [JSON.stringify(orgInvoiceState(sent, null))]);
-  const args = [userId, orgId, begun.id];
-  return { status: 201, data: await sql1<OrgInvoice>('select billing.get_org_invoice($1, $2, $3) as r', args) };
+  await sql`select billing.sync_org_invoice(${jsonb(orgInvoiceState(sent, null))})`;
+  const [{ invoice }] = await sql<{ invoice: OrgInvoice }[]>`select billing.get_org_invoice(${userId}, ${orgId},
+    ${begun.id}) as invoice`;
+  return { status: 201, data: invoice };
 }

@@ -1,15 +1,18 @@
 // B2B provider payments through Stripe Connect: providers and their Express onboarding,
 // payments to a provider as destination charges with the platform's fee, refunds, payouts,
 // and the daily reconciliation. Money moves only in SQL, from webhooks (see stripe-webhook).
-import type { MiddlewareHandler } from 'hono';
-import { createApp, currentUser, ok, requireAdmin, requireUser } from '../_shared/http/app.ts';
-import type { AppContext, AppEnv } from '../_shared/app-env.ts';
+import { createApp, ok } from '../_shared/http/app.ts';
+import { currentUser } from '../_shared/http/identify.ts';
+import { requireAdmin, requireAdminUnless } from '../_shared/http/require-admin.ts';
+import { requireUser } from '../_shared/http/require-user.ts';
+import type { AppContext } from '../_shared/app-env.ts';
 import { accountState } from '../_shared/adapters/connect.ts';
-import { call } from '../_shared/adapters/db.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { pageOf } from '../_shared/values/page.ts';
 import { lazyEnv, reportAtStart } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
-import { idempotentExternal, scopedKey } from '../_shared/http/idempotency.ts';
+import { featureFlag } from '../_shared/http/feature-flag.ts';
+import { idempotent, scopedKey } from '../_shared/http/idempotency.ts';
 import { hasCronSecret } from '../_shared/http/secrets.ts';
 import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import { readJson, readQuery } from '../_shared/http/validate.ts';
@@ -30,13 +33,7 @@ const env = lazyEnv(ProvidersEnvSchema);
 reportAtStart(stripe); // a missing or wrong-mode key is logged at start and answered with 503
 const app = createApp('providers');
 
-const b2bEnabled: MiddlewareHandler<AppEnv> = async function b2bEnabled(_c, next) {
-  if (!env().FEATURE_B2B_PROVIDER_PAYMENTS) {
-    throw new AppError('unavailable', 'FEATURE_DISABLED', 'Provider payments are switched off.', { retryable: false });
-  }
-  await next();
-};
-app.use('*', b2bEnabled);
+app.use('*', featureFlag(() => env().FEATURE_B2B_PROVIDER_PAYMENTS, 'Provider payments'));
 
 const notFound = () => new AppError('not_found', 'PROVIDER_NOT_FOUND', 'No such provider.');
 
@@ -45,9 +42,9 @@ async function providerOf(c: AppContext): Promise<ProviderRow> {
   const id = c.req.param('id') ?? '';
   if (!isUuid(id)) throw notFound();
   const user = currentUser(c);
-  const [p] = await call((sql) =>
-    sql<ProviderRow[]>`select * from billing.provider_for(${id}, ${user.id}, ${user.isAdmin}) where id is not null`
-  );
+  const [p] = await sql<
+    ProviderRow[]
+  >`select * from billing.provider_for(${id}, ${user.id}, ${user.isAdmin}) where id is not null`;
   if (!p) throw notFound();
   return p;
 }
@@ -62,11 +59,11 @@ app.post('/', requireUser, async (c) => {
     // The token's claim may outlive the role: an admin now, in the database.
     await call((sql) => sql`select billing.assert_user_standing(${user.id}, true)`);
   }
-  return idempotentExternal(c, 'providers.create', body, async (key) => {
-    let [p] = await call((sql) =>
-      sql<ProviderRow[]>`select * from billing.begin_provider(${body.owner_user_id ?? user.id}, ${key}, ${body.name},
-        ${body.email}, ${body.country})`
-    );
+  return idempotent(c, 'providers.create', body, async (key) => {
+    let [p] = await sql<ProviderRow[]>`select * from billing.begin_provider(${
+      body.owner_user_id ?? user.id
+    }, ${key}, ${body.name},
+        ${body.email}, ${body.country})`;
     if (!p.stripe_account_id) {
       const provider = p;
       // Stripe's idempotency key is the provider's: a retry reaches the same account.
@@ -79,10 +76,9 @@ app.post('/', requireUser, async (c) => {
           metadata: { provider_id: provider.id },
         }, { idempotencyKey: `connect-account:${provider.id}` })
       );
-      await call((sql) => sql`select billing.attach_provider_account(${provider.id}, ${account.id})`);
-      const state = JSON.stringify(accountState(account));
-      await call((sql) => sql`select billing.sync_provider_account(${state}::text::jsonb)`);
-      [p] = await call((sql) => sql<ProviderRow[]>`select * from billing.get_provider(${provider.id})`);
+      await sql`select billing.attach_provider_account(${provider.id}, ${account.id})`;
+      await sql`select billing.sync_provider_account(${jsonb(accountState(account))})`;
+      [p] = await sql<ProviderRow[]>`select * from billing.get_provider(${provider.id})`;
     }
     return { status: 201, data: providerJson(p) };
   });
@@ -91,18 +87,18 @@ app.post('/', requireUser, async (c) => {
 // Reconciliation routes come before /:id.
 app.get('/reconciliation', requireAdmin, async (c) => {
   const { date } = readQuery(c, ReconciliationQuerySchema);
-  const [{ result }] = await call((sql) => sql`select billing.reconciliation_of(${date}::date) as result`);
+  const [{ result }] = await sql`select billing.reconciliation_of(${date}::date) as result`;
   if (!result) {
     throw new AppError('not_found', 'RECONCILIATION_NOT_FOUND', `No reconciliation has run for ${date}.`);
   }
   return ok(c, result);
 });
 
-/** Scheduled daily (pg_cron → pg_net with the cron secret) for yesterday; admins may run any day. */
-const cronOrAdmin: MiddlewareHandler<AppEnv> = (c, next) => (hasCronSecret(c) ? next() : requireAdmin(c, next));
-
-/** Pages through Stripe for a few seconds: 200 with the result when done, else 202 and the next call resumes. */
-app.post('/reconciliation/run', cronOrAdmin, async (c) => {
+/**
+ * Scheduled daily (pg_cron → pg_net with the cron secret) for yesterday; admins may run any day.
+ * Pages through Stripe for a few seconds: 200 with the result when done, else 202 and the next call resumes.
+ */
+app.post('/reconciliation/run', requireAdminUnless(hasCronSecret), async (c) => {
   const body = await readJson(c, ReconciliationRunSchema);
   const outcome = await advanceReconciliation(body.date ?? null);
   if (outcome.finished) return ok(c, outcome.result);
@@ -111,10 +107,8 @@ app.post('/reconciliation/run', cronOrAdmin, async (c) => {
 
 app.get('/:id', requireUser, async (c) => {
   const p = await providerOf(c);
-  const balances = await call((sql) =>
-    sql<{ currency: string; amount_cents: string }[]>`
-      select currency, amount_cents::text as amount_cents from billing.get_provider_balances(${p.id}) order by currency`
-  );
+  const balances = await sql<{ currency: string; amount_cents: string }[]>`
+      select currency, amount_cents::text as amount_cents from billing.get_provider_balances(${p.id}) order by currency`;
   return ok(c, { ...providerJson(p), balances: balances.map((b) => ({ ...b, amount_cents: Number(b.amount_cents) })) });
 });
 
@@ -136,7 +130,7 @@ app.post('/:id/onboarding-link', requireUser, async (c) => {
 app.post('/:id/payments', requireUser, async (c) => {
   const p = await providerOf(c);
   const body = await readJson(c, CreatePaymentSchema);
-  return idempotentExternal(
+  return idempotent(
     c,
     'providers.payments',
     { provider_id: p.id, ...body },
@@ -147,29 +141,27 @@ app.post('/:id/payments', requireUser, async (c) => {
 app.get('/:id/payments', requireUser, async (c) => {
   const p = await providerOf(c);
   const q = readQuery(c, ListSchema);
-  const rows = await call((sql) =>
-    sql<PaymentRow[]>`select * from billing.list_provider_payments(${p.id}, ${q.limit + 1}, ${q.cursor ?? null})`
-  );
+  const rows = await sql<PaymentRow[]>`select * from billing.list_provider_payments(${p.id}, ${q.limit + 1}, ${
+    q.cursor ?? null
+  })`;
   return ok(c, pageOf(rows, q.limit, (r) => r.created_at.toISOString(), paymentJson));
 });
 
 app.get('/:id/payouts', requireUser, async (c) => {
   const p = await providerOf(c);
   const q = readQuery(c, ListSchema);
-  const rows = await call((sql) =>
-    sql<
-      {
-        id: string;
-        status: string;
-        amount_cents: string;
-        currency: string;
-        failure_code: string | null;
-        arrival_date: Date | null;
-        stripe_created_at: Date;
-      }[]
-    >`
-      select * from billing.list_provider_payouts(${p.id}, ${q.limit + 1}, ${q.cursor ?? null})`
-  );
+  const rows = await sql<
+    {
+      id: string;
+      status: string;
+      amount_cents: string;
+      currency: string;
+      failure_code: string | null;
+      arrival_date: Date | null;
+      stripe_created_at: Date;
+    }[]
+  >`
+      select * from billing.list_provider_payouts(${p.id}, ${q.limit + 1}, ${q.cursor ?? null})`;
   return ok(
     c,
     pageOf(rows, q.limit, (r) => r.stripe_created_at.toISOString(), (r) => ({
@@ -189,11 +181,11 @@ app.post('/:id/payments/:paymentId/refunds', requireAdmin, async (c) => {
   const p = await providerOf(c);
   const paymentId = c.req.param('paymentId');
   const body = await readJson(c, RefundPaymentSchema);
-  return idempotentExternal(c, 'providers.refunds', { paymentId, ...body }, async (key) => {
+  return idempotent(c, 'providers.refunds', { paymentId, ...body }, async (key) => {
     const [pay] = isUuid(paymentId)
-      ? await call((sql) =>
-        sql<PaymentRow[]>`select * from billing.provider_payment_by_id(${p.id}, ${paymentId}) where id is not null`
-      )
+      ? await sql<
+        PaymentRow[]
+      >`select * from billing.provider_payment_by_id(${p.id}, ${paymentId}) where id is not null`
       : [];
     if (!pay) throw new AppError('not_found', 'PAYMENT_NOT_FOUND', 'No such payment.');
     if (pay.status !== 'paid' || !pay.stripe_charge_id) {

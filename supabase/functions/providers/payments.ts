@@ -1,6 +1,6 @@
 // Rows and JSON of providers and their payments, and creating a payment: a hosted Checkout
 // Session as a destination charge, the platform's fee as its application fee.
-import { call } from '../_shared/adapters/db.ts';
+import { sql } from '../_shared/adapters/db.ts';
 import type { Effect } from '../_shared/http/idempotency.ts';
 import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import type { CreatePayment, ProvidersEnv } from './schemas.ts';
@@ -90,12 +90,12 @@ export async function createPayment(
   requestKey: string,
   env: ProvidersEnv,
 ): Promise<Effect> {
-  let [pay] = await call((sql) =>
-    sql<PaymentRow[]>`select * from billing.begin_provider_payment(${provider.id}, ${userId}, ${requestKey},
+  let [pay] = await sql<
+    PaymentRow[]
+  >`select * from billing.begin_provider_payment(${provider.id}, ${userId}, ${requestKey},
       ${body.amount_cents}, ${body.currency}, ${body.description}, ${
-      body.payer_reference ?? null
-    }, ${env.PLATFORM_FEE_BPS})`
-  );
+    body.payer_reference ?? null
+  }, ${env.PLATFORM_FEE_BPS})`;
   if (!pay.stripe_session_id) {
     const p = pay;
     const fee = Number(p.platform_fee_cents);
@@ -124,10 +124,10 @@ export async function createPayment(
         expires_at: Math.floor(Date.now() / 1000) + sessionTtlSeconds,
       }, { idempotencyKey: `provider-payment:${p.id}` })
     );
-    [pay] = await call((sql) =>
-      sql<PaymentRow[]>`select * from billing.attach_provider_payment_session(${p.id}, ${session.id}, ${session.url},
-        ${new Date(session.expires_at * 1000)})`
-    );
+    [pay] = await sql<
+      PaymentRow[]
+    >`select * from billing.attach_provider_payment_session(${p.id}, ${session.id}, ${session.url},
+        ${new Date(session.expires_at * 1000)})`;
   }
   return { status: 201, data: paymentJson(pay) };
 }

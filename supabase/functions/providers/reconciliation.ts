@@ -7,7 +7,7 @@
 // goes on after the answer for up to RECONCILIATION_BACKGROUND_MS.
 import { z } from 'zod';
 import { canOutliveResponse, outliveResponse, settleWithin } from '../_shared/background.ts';
-import { call } from '../_shared/adapters/db.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { lazyEnv } from '../_shared/env.ts';
 import { AppError } from '../_shared/errors.ts';
 import { failpoint } from '../_shared/failpoint.ts';
@@ -70,17 +70,15 @@ export class RunWorker {
   constructor(readonly worker: string, readonly leaseSeconds: number) {}
 
   async claim(day: string): Promise<Run> {
-    const [run] = await call((sql) =>
-      sql<RunRow[]>`select * from billing.claim_reconciliation(${day}::date, ${this.worker}, ${this.leaseSeconds})`
-    );
+    const [run] = await sql<
+      RunRow[]
+    >`select * from billing.claim_reconciliation(${day}::date, ${this.worker}, ${this.leaseSeconds})`;
     return toRun(run);
   }
 
   private async record(run: Run, items: StripeItem[], phase: Run['phase'], cursor: string | null): Promise<Run> {
-    const [next] = await call((sql) =>
-      sql<RunRow[]>`select * from billing.record_reconciliation_page(${run.id}, ${this.worker},
-        ${JSON.stringify(items)}::text::jsonb, ${phase}, ${cursor}, ${this.leaseSeconds})`
-    );
+    const [next] = await sql<RunRow[]>`select * from billing.record_reconciliation_page(${run.id}, ${this.worker},
+        ${jsonb(items)}, ${phase}, ${cursor}, ${this.leaseSeconds})`;
     failpoint('reconciliation.after_page');
     return toRun(next);
   }
@@ -107,14 +105,10 @@ export class RunWorker {
         return this.record(run, page.items, page.next ? 'fees' : 'accounts', page.next);
       }
       case 'accounts': {
-        const accounts = await call((sql) =>
-          sql<{ account: string }[]>`
-            select account from billing.list_connected_accounts(${run.cursor ?? ''}, ${accountsPerPage})`
-        );
+        const accounts = await sql<{ account: string }[]>`
+            select account from billing.list_connected_accounts(${run.cursor ?? ''}, ${accountsPerPage})`;
         if (accounts.length === 0) {
-          const [done] = await call((sql) =>
-            sql<RunRow[]>`select * from billing.finish_reconciliation(${run.id}, ${this.worker})`
-          );
+          const [done] = await sql<RunRow[]>`select * from billing.finish_reconciliation(${run.id}, ${this.worker})`;
           return toRun(done);
         }
         const items = await Promise.all(accounts.map((a) => this.account(run, a.account)));
@@ -142,12 +136,12 @@ export class RunWorker {
   }
 
   release(run: Run): Promise<unknown> {
-    return call((sql) => sql`select billing.release_reconciliation(${run.id}, ${this.worker})`);
+    return sql`select billing.release_reconciliation(${run.id}, ${this.worker})`;
   }
 }
 
 const resultOf = async (day: string) => {
-  const [{ result }] = await call((sql) => sql`select billing.reconciliation_of(${day}::date) as result`);
+  const [{ result }] = await sql`select billing.reconciliation_of(${day}::date) as result`;
   if (!result) throw new AppError('not_found', 'RECONCILIATION_NOT_FOUND', `No reconciliation has run for ${day}.`);
   return result as unknown;
 };
@@ -165,9 +159,7 @@ export async function advanceReconciliation(
   const yesterday = new Date(Date.now() - 86_400_000).toISOString().slice(0, 10);
   const [{ due }] = date
     ? [{ due: date }]
-    : await call((sql) =>
-      sql<{ due: string | null }[]>`select billing.due_reconciliation_day(${yesterday}::date)::text as due`
-    );
+    : await sql<{ due: string | null }[]>`select billing.due_reconciliation_day(${yesterday}::date)::text as due`;
   if (!due) return { finished: true, result: await resultOf(yesterday) };
 
   const worker = new RunWorker(`reconcile-${crypto.randomUUID()}`, env.RECONCILIATION_LEASE_SECONDS);

@@ -7,7 +7,7 @@
 // is read; the body is read up to 512 KiB and no further.
 import Stripe from 'stripe';
 import { createApp, ok } from '../_shared/http/app.ts';
-import { call, db } from '../_shared/adapters/db.ts';
+import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { fromDbError } from '../_shared/adapters/sql-errors.ts';
 import { AppError } from '../_shared/errors.ts';
 import { failpoint } from '../_shared/failpoint.ts';
@@ -16,7 +16,7 @@ import { limitByAddress } from '../_shared/http/ratelimit.ts';
 import { reportAtStart } from '../_shared/env.ts';
 import { stripe } from '../_shared/adapters/stripe.ts';
 import { readBody } from '../_shared/http/validate.ts';
-import { recordFailedPayment } from '../_shared/http/velocity.ts';
+import { recordFailedPayment } from '../_shared/domain/velocity.ts';
 import { refOf } from './events.ts';
 import { failedPaymentUser, fetchState } from './state.ts';
 import { refundStaleInvoice, refuseSubscription } from './plans.ts';
@@ -52,9 +52,7 @@ async function verify(raw: string, signature: string | undefined): Promise<Strip
       }
     }
   }
-  countRefusal((n) =>
-    call((sql) => sql`select billing.increment_counter('stripe_webhook_signature_failures', ${n}::bigint)`)
-  );
+  countRefusal((n) => sql`select billing.increment_counter('stripe_webhook_signature_failures', ${n}::bigint)`);
   throw new AppError('validation', 'SIGNATURE_INVALID', 'The Stripe-Signature header is missing or does not verify.');
 }
 
@@ -66,7 +64,7 @@ app.post('/', limitByAddress('stripe_webhook'), async (c) => {
     log.warn('stripe event ignored: livemode does not match STRIPE_MODE', fields);
     return ok(c, { received: true, ignored: 'livemode_mismatch' });
   }
-  if ((await call((sql) => sql`select billing.stripe_event_done(${event.id}) as done`))[0].done) {
+  if ((await sql`select billing.stripe_event_done(${event.id}) as done`)[0].done) {
     return ok(c, { received: true, duplicate: true });
   }
   const created = new Date(event.created * 1000);
@@ -75,9 +73,9 @@ app.post('/', limitByAddress('stripe_webhook'), async (c) => {
     const ref = refOf(event);
     const state = ref ? await fetchState(ref) : null;
     failpoint('webhook.before_commit');
-    const [{ outcome }] = await db()`
+    const [{ outcome }] = await sql`
       select billing.process_stripe_event(${event.id}, ${event.type}, ${created}, ${event.livemode}, ${objectId},
-        ${state ? JSON.stringify(state) : null}::text::jsonb) as outcome`;
+        ${state ? jsonb(state) : null}) as outcome`;
     failpoint('webhook.after_commit');
     log.info('stripe event', { ...fields, outcome });
     if (outcome === 'plan_subscription_refused' && state?.kind === 'subscription') {
@@ -88,7 +86,7 @@ app.post('/', limitByAddress('stripe_webhook'), async (c) => {
       log.warn('a plan invoice paid for a period that is over: refunding it', fields);
       failpoint('webhook.before_stale_refund');
       await refundStaleInvoice(state);
-      await db()`select billing.finish_stripe_event(${event.id})`;
+      await sql`select billing.finish_stripe_event(${event.id})`;
     }
     const failedPaymentOf = failedPaymentUser(event);
     if (failedPaymentOf && outcome !== 'duplicate') await recordFailedPayment(failedPaymentOf);
@@ -96,7 +94,7 @@ app.post('/', limitByAddress('stripe_webhook'), async (c) => {
   } catch (err) {
     const failure = err instanceof AppError ? err : fromDbError(err);
     log.error('stripe event failed', { ...fields, code: failure.code, ...errorSummary(err) });
-    await db()`select billing.record_stripe_event_failure(${event.id}, ${event.type}, ${created}, ${event.livemode},
+    await sql`select billing.record_stripe_event_failure(${event.id}, ${event.type}, ${created}, ${event.livemode},
       ${objectId}, ${failure.code})`.catch(() => {});
     // Any failure here is worth Stripe's retry: answer 5xx.
     throw new AppError(

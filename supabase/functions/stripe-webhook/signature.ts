@@ -32,7 +32,7 @@ let flushing = false;
  * holds a refusal or a pool connection per request. A write that fails drops its count (as the
  * direct write did); counts still in memory when an instance stops are lost. It is a
  * monitoring signal: alerts look at its rate.
- * @example countRefusal((n) => call((sql) => sql`select billing.increment_counter('x', ${n})`))
+ * @example countRefusal((n) => sql`select billing.increment_counter('x', ${n})`)
  */
 export function countRefusal(write: (n: number) => Promise<unknown>): void {
   pending++;

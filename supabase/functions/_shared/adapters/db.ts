@@ -1,10 +1,14 @@
-// The database pool, per isolate, and `call`, which runs one statement and maps its failure
-// (sql-errors.ts). Values written into a statement's text go through sql-literal.ts.
+// How every function runs SQL: `sql`, a tagged template that runs one statement on the pool
+// and maps its failure (sql-errors.ts) in one place. `sql.oneTrip` sends the same statement in
+// one round trip, its values written into the text by sql-literal.ts.
 import postgres from 'postgres';
 import { z } from 'zod';
 import { baseEnv, parseEnv } from '../env.ts';
 import { errorSummary, log } from '../log.ts';
 import { connectionFailed, fromDbError } from './sql-errors.ts';
+import { inline, type InlineValue, JsonbValue, oneTrip } from './sql-literal.ts';
+
+export { jsonb } from './sql-literal.ts';
 
 let pool: postgres.Sql | undefined;
 
@@ -37,11 +41,11 @@ function survivePoolerLoginFailure(event: PromiseRejectionEvent) {
   }
 }
 
-/** Retires `sql` if it is still the pool: the next db() starts a fresh one; it finishes what is in flight. */
-function retirePool(sql: postgres.Sql) {
-  if (pool !== sql) return;
+/** Retires `given` if it is still the pool: the next db() starts a fresh one; it finishes what is in flight. */
+function retirePool(given: postgres.Sql) {
+  if (pool !== given) return;
   pool = undefined;
-  sql.end({ timeout: 10 }).catch(() => {});
+  given.end({ timeout: 10 }).catch(() => {});
 }
 
 /**
@@ -61,11 +65,9 @@ export const PoolEnvSchema = z.object({
  * Through a transaction-mode pooler each statement or transaction may run on another server
  * connection, so nothing may rely on session state: `prepare: false` (no named prepared
  * statements), SET LOCAL / set_config(…, true) only, pg_advisory_xact_lock (never the session
- * lock), no LISTEN, temp tables `on commit drop`. JSON parameters go in as text cast in SQL
- * (`${JSON.stringify(v)}::text::jsonb`): postgres.js's sql.json() generics push TypeScript past
- * its instantiation-depth limit (TS2589) once the whole program is checked; numeric stays a
- * string (exact decimals, never floats).
- * @example const [row] = await db()`select billing.get_balance(${userId}) as b`
+ * lock), no LISTEN, temp tables `on commit drop`. Routes run SQL through `sql`; the pool itself
+ * is for what must see the driver's own failure (health's liveness probe).
+ * @example await db()`select 1`
  */
 export function db(): postgres.Sql {
   if (!pool) {
@@ -87,17 +89,66 @@ export function db(): postgres.Sql {
   return pool;
 }
 
-/**
- * Runs one database call, mapping its failure with fromDbError.
- * @example const rows = await call((sql) => sql`select * from billing_api.balance`)
- */
-export async function call<T>(fn: (sql: postgres.Sql) => Promise<T>): Promise<T> {
-  let sql: postgres.Sql | undefined;
+/** What a statement answers: its rows, typed by the caller (`sql<{ caps: SpendCap[] }[]>`…`). */
+type Rows = readonly (object | undefined)[];
+
+/** A value `sql` takes: text, a safe integer, a boolean, null, a time, an array, or JSON through `jsonb`. */
+export type SqlValue = InlineValue | Date | readonly (string | number)[];
+
+/** A function name chosen in code (never from a request), for `sql`: `billing.${sqlName(`next_${kind}_version`)}(…)`. */
+class SqlName {
+  constructor(readonly name: string) {
+    if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new TypeError(`sqlName: not a plain SQL name: ${name}`);
+  }
+}
+export const sqlName = (name: string) => new SqlName(name);
+
+/** Runs `send` on the pool; a failure is mapped (fromDbError) and a failed connection retires the pool. */
+async function run<T>(send: (pool: postgres.Sql) => Promise<T>): Promise<T> {
+  let given: postgres.Sql | undefined;
   try {
-    sql = db();
-    return await fn(sql);
+    given = db();
+    return await send(given);
   } catch (err) {
-    if (sql && connectionFailed(err)) retirePool(sql);
+    if (given && connectionFailed(err)) retirePool(given);
     throw fromDbError(err);
   }
 }
+
+/**
+ * Runs one statement and answers its rows; a failure is an AppError (a SQL token by the table of
+ * sql-errors.ts, a lost connection 503, anything else 500). Values go as parameters; JSON goes
+ * through `jsonb` (given to a jsonb parameter as a string, the driver would encode it once more);
+ * numeric stays a string (exact decimals, never floats).
+ * @example const [{ caps }] = await sql`select billing.get_spend_caps(${userId}) as caps`
+ */
+export function sql<T extends Rows = postgres.Row[]>(
+  strings: TemplateStringsArray,
+  ...values: (SqlValue | SqlName)[]
+): Promise<T> {
+  const params: unknown[] = [];
+  const text = strings.reduce((text, s, i) => {
+    const v = values[i - 1];
+    if (v instanceof SqlName) return text + v.name + s;
+    params.push(v instanceof JsonbValue ? v.text : v);
+    return text + `$${params.length}` + (v instanceof JsonbValue ? '::text::jsonb' : '') + s;
+  });
+  return run(async (pool) => (await pool.unsafe(text, params as never[])) as unknown as T);
+}
+
+/**
+ * `sql` in one round trip. Without prepared statements (`prepare: false`, for the pooler)
+ * postgres.js sends a statement with parameters in two (Parse + Describe, then Bind + Execute);
+ * here the values are written into the text as literals (sql-literal.ts) and the statement goes
+ * in one flight. Postgres logs the text of a statement that fails, the values with it: only for
+ * a statement that answers its refusals as rows (billing.run_money_request) or cannot refuse
+ * (billing.get_balance of a signed-in user). Text Postgres would refuse is a 400 before sending.
+ * @example const [b] = await sql.oneTrip`select * from billing.get_balance(${userId})`
+ */
+sql.oneTrip = function oneTripSql<T extends Rows = postgres.Row[]>(
+  strings: TemplateStringsArray,
+  ...values: InlineValue[]
+): Promise<T> {
+  const statement = inline(strings, ...values);
+  return run(async (pool) => (await oneTrip(pool, statement)) as unknown as T);
+};

@@ -110,3 +110,21 @@ export function redisHealth(): { status: 'ok' | 'degraded' | 'open'; consecutive
     : 'ok';
   return { status, consecutiveFailures: breaker.consecutiveFailures, opened: breaker.opened };
 }
+
+const local = new Map<string, { windowStart: number; count: number }>();
+/**
+ * A per-instance fixed window, for when Redis is unreachable: adds `weight` to `key`'s current
+ * window and says whether it is still within `limit`. Memory is bounded; a reset only forgives.
+ * @example if (!localWindow('checkout_sessions:u1', 5)) refuse()
+ */
+export function localWindow(key: string, limit: number, windowMs = 60_000, weight = 1, now = Date.now()): boolean {
+  const windowStart = now - (now % windowMs);
+  const w = local.get(key);
+  if (!w || w.windowStart !== windowStart) {
+    if (local.size >= 10_000) local.clear();
+    local.set(key, { windowStart, count: weight });
+    return weight <= limit;
+  }
+  w.count += weight;
+  return w.count <= limit;
+}

@@ -1,5 +1,5 @@
-// The SQL literal encoder of the hot routes: values written into the statement text, so
-// postgres.js sends it in one round trip. Security-critical twice over: no value may end its
+// The SQL literal encoder behind `sql.oneTrip` (db.ts): values written into the statement text,
+// so postgres.js sends it in one round trip. Security-critical twice over: no value may end its
 // literal early, and no value may make the statement fail in Postgres (whose log would then
 // hold the whole statement, the request's values with it): what Postgres would refuse or
 // change is refused here first, as a 400, by the rule of pg-values.ts.
@@ -7,15 +7,15 @@ import type postgres from 'postgres';
 import { AppError } from '../errors.ts';
 import { isPgText, jsonText, textRefused } from '../values/pg-values.ts';
 
-/** A JSON value for `inline`, written as a jsonb literal (see `jsonb`). */
-class JsonbValue {
+/** A JSON value, written as a jsonb literal by `inline` and sent as text cast to jsonb by `sql` (db.ts). */
+export class JsonbValue {
   constructor(readonly text: string) {}
 }
 
 /**
- * `value` as a jsonb literal for `inline`: checked and stringified at once (jsonText), so a
- * string or key jsonb would refuse is a 400 before the statement exists.
- * @example inline`select billing.f(${jsonb({ metadata })})`
+ * `value` as jsonb for `sql` and `sql.oneTrip` (db.ts): checked and stringified at once
+ * (jsonText), so a string or key jsonb would refuse is a 400 before the statement exists.
+ * @example sql`select billing.f(${jsonb({ metadata })})`
  */
 export const jsonb = (value: unknown) => new JsonbValue(jsonText(value));
 
@@ -26,7 +26,7 @@ declare const inlined: unique symbol;
 export type InlineStatement = string & { readonly [inlined]: true };
 
 /**
- * A statement with its values written in as SQL literals, for the hot routes: postgres.js sends
+ * A statement with its values written in as SQL literals, for `sql.oneTrip`: postgres.js sends
  * it in one flight. Without prepared statements (`prepare: false`, for the transaction-mode
  * pooler) postgres.js sends a statement that has parameters in two round trips (Parse +
  * Describe, then, once the server has said the parameters' types, Bind + Execute); one without
@@ -38,7 +38,7 @@ export type InlineStatement = string & { readonly [inlined]: true };
  * 400 (VALIDATION_FAILED), thrown before anything is sent. Values go where an expression may
  * stand (never inside a quoted string, a $$ body or a comment); cast in SQL where the type
  * matters.
- * @example await oneTrip(sql, inline`select * from billing.get_balance(${userId})`)
+ * @example inline`select * from billing.get_balance(${userId})`
  */
 export function inline(strings: TemplateStringsArray, ...values: InlineValue[]): InlineStatement {
   return strings.reduce((text, s, i) => text + sqlLiteral(values[i - 1]) + s) as InlineStatement;
@@ -49,8 +49,8 @@ export function inline(strings: TemplateStringsArray, ...values: InlineValue[]):
  * Sync; one statement only, where the simple protocol would run several), and alone on its
  * connection until it is answered: postgres.js would otherwise pipeline the next statements
  * behind it, and a statement with parameters pipelined behind one through pgbouncer in
- * transaction mode never got its answer (found by the credit-lots parallel test).
- * @example const [b] = await oneTrip(sql, inline`select * from billing.get_balance(${userId})`)
+ * transaction mode never got its answer (the credit-lots parallel test shows it).
+ * @example const [b] = await oneTrip(db(), inline`select * from billing.get_balance(${userId})`)
  */
 export function oneTrip<T extends postgres.Row[] = postgres.Row[]>(sql: postgres.Sql, statement: InlineStatement) {
   // Both are options postgres.js reads but does not declare.

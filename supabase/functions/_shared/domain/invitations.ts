@@ -6,7 +6,7 @@
 import { createHash, createHmac } from 'node:crypto';
 import { z } from 'zod';
 import { billingPage } from '../billing-page.ts';
-import { db } from '../adapters/db.ts';
+import { sql } from '../adapters/db.ts';
 import { CommaListSchema, lazyEnv } from '../env.ts';
 import { isUuid } from '../values/query.ts';
 
@@ -53,7 +53,7 @@ export interface InvitationEmail {
  */
 export async function invitationEmail(id: unknown): Promise<InvitationEmail | null> {
   if (typeof id !== 'string' || !isUuid(id)) return null;
-  const [i] = await db()`select * from billing.get_invitation_email(${id})`;
+  const [i] = await sql`select * from billing.get_invitation_email(${id})`;
   if (!i) return null;
   const token = env().INVITATION_TOKEN_SECRET.map((s) => tokenOf(s, id)).find((t) => tokenHash(t) === i.token_hash);
   if (!token) throw new Error("no INVITATION_TOKEN_SECRET makes this invitation's token: revoke it and invite again");

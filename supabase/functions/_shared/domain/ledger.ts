@@ -1,6 +1,6 @@
 // Reading a user's ledger: keyset pages for JSON, and a CSV stream that pages through any
 // range without holding it in memory.
-import { db } from '../adapters/db.ts';
+import { sql } from '../adapters/db.ts';
 import { formatCredits } from '../values/money.ts';
 import { pageOf } from '../values/page.ts';
 
@@ -31,7 +31,7 @@ export async function ledgerPage(
   q: LedgerRange,
   limit: number,
 ): Promise<LedgerPage> {
-  const rows = await db()<Row[]>`
+  const rows = await sql<Row[]>`
     select * from billing.get_ledger(${userId}, ${q.cursor ?? null}, ${limit + 1}, ${q.from ?? null}, ${q.to ?? null})`;
   const entries = rows.map((r): LedgerEntry => ({
     id: String(r.id),

@@ -1,18 +1,17 @@
 // The app factory every function uses: Hono with basePath('/<name>'), request ids, CORS from
-// an allowlist, one JSON onError/notFound rendering the standard envelope, and request logs.
-import { Hono, type MiddlewareHandler } from 'hono';
+// an allowlist, identity (identify.ts) and rate limits, one JSON onError/notFound rendering the
+// standard envelope, and request logs. The routes' guards are middlewares of their own files
+// (require-user.ts, require-admin.ts, usage-reporter.ts, feature-flag.ts).
+import { Hono } from 'hono';
 import { cors } from 'hono/cors';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import type { AppContext, AppEnv, AuthUser } from '../app-env.ts';
-import { bearerToken, verifyUserToken } from './auth.ts';
+import type { AppContext, AppEnv } from '../app-env.ts';
+import { identify, identifySession } from './identify.ts';
 import { rateLimit } from './ratelimit.ts';
 import { baseEnv, ConfigError } from '../env.ts';
 import { AppError, internalError } from '../errors.ts';
 import { recordLatency } from './latency.ts';
-import { call } from '../adapters/db.ts';
-import { serviceKeys } from '../keys.ts';
-import { constantTimeEqual } from './secrets.ts';
 import { errorSummary, log } from '../log.ts';
 
 const wellFormedRequestId = /^[A-Za-z0-9._:-]{8,128}$/;
@@ -27,12 +26,8 @@ export function ok<T>(c: AppContext, data: T, status: ContentfulStatusCode = 200
   return c.json({ data, metadata: metadata(c) }, status, headers);
 }
 
-/** The success envelope as text, for responses that are stored and replayed byte for byte. */
-export const successBody = (c: AppContext, data: unknown) => JSON.stringify({ data, metadata: metadata(c) });
-
 /** The failure envelope of an AppError as text. */
-export const errorBody = (c: AppContext, err: AppError) =>
-  JSON.stringify({ error: err.toJSON(), metadata: metadata(c) });
+const errorBody = (c: AppContext, err: AppError) => JSON.stringify({ error: err.toJSON(), metadata: metadata(c) });
 
 /** The failure envelope for any error; a 5xx never shows internals. */
 export function errorResponse(c: AppContext, err: unknown): Response {
@@ -89,7 +84,7 @@ export function createApp(
     origin: (origin) => (allowed.has(origin) ? origin : null),
     allowHeaders: ['authorization', 'x-client-info', 'apikey', 'content-type', 'idempotency-key', 'x-request-id'],
     // Every method a route answers, read from the routes themselves when a browser asks, so a
-    // route added later (PATCH /orgs/:id was once refused by browsers) is never left out.
+    // route's method can never be missing from the list.
     allowMethods: () => (methods ??= routeMethods(app)),
     exposeHeaders: [
       'X-Request-ID',
@@ -164,112 +159,3 @@ function setResponseHeader(c: AppContext, name: string, value: string, append = 
     c.header(name, value, { append });
   }
 }
-
-/**
- * Verifies a bearer token when one is sent, before rate limiting, so limits key on a verified
- * user id (a forged `sub` cannot spend someone else's quota). The outcome waits in the context
- * for requireUser; a route that needs no user never sees it.
- */
-const identify: MiddlewareHandler<AppEnv> = async function identify(c, next) {
-  const header = c.req.header('authorization');
-  if (header) {
-    try {
-      c.set('user', await verifyUserToken(bearerToken(header)));
-    } catch (err) {
-      if (!(err instanceof AppError)) throw err;
-      c.set('authError', err);
-    }
-  }
-  await next();
-};
-
-/**
- * Cookie identity for a function with browser pages (`createApp(name, { sessionToken })`): the
- * token `tokenOf` finds (the admin session cookie, when the request may use it) becomes the
- * identity, before rate limiting so limits key on the verified user.
- */
-const identifySession = (tokenOf: (c: AppContext) => string | undefined): MiddlewareHandler<AppEnv> =>
-  async function identifySession(c, next) {
-    const token = tokenOf(c);
-    if (token) await identifyWithSessionToken(c, token);
-    await next();
-  };
-
-function signedInUser(c: AppContext): AuthUser {
-  const user = c.get('user');
-  if (user) return user;
-  throw c.get('authError') ??
-    new AppError('auth', 'UNAUTHORIZED', 'Sign in: an `Authorization: Bearer <token>` header is required.');
-}
-
-/** The signed-in user of a route behind requireUser or requireAdmin. */
-export const currentUser = (c: AppContext): AuthUser => signedInUser(c);
-
-/**
- * Cookie identity: makes `token` (from an HttpOnly session cookie, or posted to sign in) the
- * request's identity exactly as `identify` does for a bearer header, replacing any earlier
- * outcome, so requireUser, requireAdmin and currentUser treat it the same way.
- * @example await identifyWithSessionToken(c, token) // then requireAdmin(c, next)
- */
-export async function identifyWithSessionToken(c: AppContext, token: string): Promise<void> {
-  c.set('user', undefined);
-  c.set('authError', undefined);
-  try {
-    c.set('user', await verifyUserToken(token));
-  } catch (err) {
-    if (!(err instanceof AppError)) throw err;
-    c.set('authError', err);
-  }
-}
-
-/** Requires a valid user JWT; the user is then `currentUser(c)`. */
-export const requireUser: MiddlewareHandler<AppEnv> = async function requireUser(c, next) {
-  signedInUser(c);
-  await next();
-};
-
-/**
- * Requires the service role, for calls from the product's own backend: `Authorization: Bearer`
- * the legacy service_role key or any of the project's secret keys (`sb_secret_…`).
- */
-export const requireServiceRole: MiddlewareHandler<AppEnv> = async function requireServiceRole(c, next) {
-  const given = c.req.header('authorization')?.replace(/^Bearer /, '') ?? '';
-  // Every key is compared, so the time taken does not say which one nearly matched.
-  const matches = serviceKeys().map((key) => constantTimeEqual(given, key));
-  if (!matches.includes(true)) {
-    throw new AppError('auth', 'UNAUTHORIZED', 'This route is for the service role.');
-  }
-  await next();
-};
-
-/**
- * Requires a user JWT whose `app_metadata.role` is `admin`, for a route whose one SQL call
- * checks the database role itself (billing.run_money_request with admin): no extra round trip.
- */
-export const requireAdminToken: MiddlewareHandler<AppEnv> = async function requireAdminToken(c, next) {
-  if (!signedInUser(c).isAdmin) throw new AppError('forbidden', 'FORBIDDEN', 'This route is for administrators.');
-  await next();
-};
-
-/**
- * Requires a user JWT whose `app_metadata.role` is `admin`, and that the user is still an
- * admin in the database now: a token outlives a revoked role or a deleted user by up to an
- * hour, and admin routes are rare enough to afford the one indexed lookup.
- */
-export const requireAdmin: MiddlewareHandler<AppEnv> = async function requireAdmin(c, next) {
-  await requireAdminToken(c, async () => {
-    await call((sql) => sql`select billing.assert_user_standing(${signedInUser(c).id}, true)`);
-  });
-  await next();
-};
-
-/**
- * requireAdmin, unless `bypass` accepts the request first: a route an operator's machine also
- * calls with a bearer secret of its own (a Prometheus scrape, a scheduled check).
- * @example app.get('/metrics', requireAdminUnless(hasMetricsToken), handler)
- */
-export const requireAdminUnless = (bypass: (c: AppContext) => boolean): MiddlewareHandler<AppEnv> =>
-  async function requireAdminUnless(c, next) {
-    if (bypass(c)) await next();
-    else await requireAdmin(c, next);
-  };

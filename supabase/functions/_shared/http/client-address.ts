@@ -82,3 +82,13 @@ export function clientAddress(c: Context): string {
   }
   return unknownAddress;
 }
+
+/**
+ * clientAddress, or null when it is unknown: a rule per address skips such a request rather than
+ * put every one of them in one shared budget.
+ * @example checkVelocity(userId, knownClientAddress(c), priceCents)
+ */
+export function knownClientAddress(c: Context): string | null {
+  const address = clientAddress(c);
+  return address === unknownAddress ? null : address;
+}

@@ -1,14 +1,22 @@
-// HTTP idempotency for mutating routes (see the idempotency migration). The claim, the one
-// SQL call that does the work, and the stored response commit in one transaction: a retry
-// gets the stored bytes, a concurrent duplicate waits for the first and then gets them too.
+// HTTP idempotency, one path for every mutating route: `idempotent`. A request is known by
+// (user, action, Idempotency-Key) and a hash of its method, path and body; its answer is stored
+// once (billing.idempotency_keys, kept 24 hours) and a retry gets that answer back with the first
+// request's id and time, marked `Idempotent-Replayed: true`. Another request under the same key
+// is 409 IDEMPOTENCY_KEY_REUSED. A refusal (4xx) is stored and replayed like a success; a 5xx is
+// not stored, so a retry runs again. Where the work happens decides who holds the key:
+// - a money route (`inSql`): one SQL statement, billing.run_money_request, claims the key,
+//   moves the money and stores the answer, so a concurrent duplicate waits for the first and
+//   then gets its answer, and the account's row lock never waits on a network round trip;
+// - any other route (a function): the claim commits first, then the work runs (it may call
+//   Stripe, which cannot sit inside a transaction) and its answer is stored; a concurrent
+//   duplicate meanwhile gets 409 IDEMPOTENCY_KEY_IN_USE (retryable). The work must itself be safe
+//   to repeat (Stripe's idempotency keys, the SQL function's own request key).
 import { createHash } from 'node:crypto';
-import type postgres from 'postgres';
 import type { AppContext } from '../app-env.ts';
-import { currentUser, errorBody, successBody } from './app.ts';
-import { call } from '../adapters/db.ts';
+import { currentUser } from './identify.ts';
+import { jsonb, sql } from '../adapters/db.ts';
 import { fromDbError, sqlRefusal } from '../adapters/sql-errors.ts';
 import { AppError, internalError } from '../errors.ts';
-import { inline, jsonb, oneTrip } from '../adapters/sql-literal.ts';
 
 const wellFormedKey = /^[\x21-\x7e]{1,255}$/;
 
@@ -51,26 +59,77 @@ const sha256 = (text: string): string => createHash('sha256').update(text).diges
 export const scopedKey = (scope: string, key: string, max: number): string =>
   (scope + key).length <= max ? scope + key : `${scope}sha256:${sha256(key)}`;
 
+/** What a route's work answers: the status and the `data` of the success envelope. */
 export interface Effect {
   status: number;
   data: unknown;
 }
 
-interface Outcome {
+/** The work of a money route: billing.run_money_request performs the action with the body as its arguments. */
+interface SqlWork {
+  successStatus: number;
+  /** The caller must be an admin in the database now (checked by the same statement). */
+  admin?: boolean;
+  /** Reaches SQL with the arguments but is not part of the request's identity (a retry from another address is the same request). */
+  context?: Record<string, unknown>;
+  /** The user a trusted server names (usage reports), instead of the signed-in one. */
+  userId?: string;
+}
+
+/**
+ * The work of a money route, done by SQL in the statement that holds the key.
+ * @example return idempotent(c, 'credits.holds', body, inSql(201))
+ */
+export const inSql = (successStatus: number, opts: Omit<SqlWork, 'successStatus'> = {}): SqlWork => ({
+  successStatus,
+  ...opts,
+});
+
+/** A stored answer: its status and its envelope as text, exactly the bytes every replay sends. */
+interface Answer {
   status: number;
   body: string;
   replayed: boolean;
 }
 
-const respond = (o: Outcome) =>
-  new Response(o.body, {
-    status: o.status,
-    headers: { 'content-type': 'application/json', ...(o.replayed ? { 'Idempotent-Replayed': 'true' } : {}) },
+/** The envelope of an answer as text, with the metadata of the request that first made it. */
+const envelope = (part: { data: unknown } | { error: unknown }, requestId: string, at: Date) =>
+  JSON.stringify({ ...part, metadata: { requestId, timestamp: at.toISOString() } });
+
+const respond = (a: Answer) =>
+  new Response(a.body, {
+    status: a.status,
+    headers: { 'content-type': 'application/json', ...(a.replayed ? { 'Idempotent-Replayed': 'true' } : {}) },
   });
 
-type Claim = { state: string; response_status: number | null; response_body: string | null };
+/**
+ * Runs a mutating request at most once per (user, action, Idempotency-Key) and answers it, or
+ * answers a retry with the stored answer. `work` is `inSql(…)` for a money route, else a function
+ * given the Idempotency-Key (for the SQL function's or Stripe's own idempotency).
+ * @example return idempotent(c, 'checkout.sessions', body, (key) => createSession(userId, body, key))
+ */
+export async function idempotent(
+  c: AppContext,
+  action: string,
+  body: Record<string, unknown>,
+  work: SqlWork | ((key: string) => Promise<Effect>),
+): Promise<Response> {
+  const key = idempotencyKey(c);
+  const userId = typeof work === 'function' ? currentUser(c).id : work.userId ?? currentUser(c).id;
+  const hash = sha256(JSON.stringify([c.req.method, c.req.path, body]));
+  const answer = typeof work === 'function'
+    ? await claimed(c, { userId, action, key, hash }, work)
+    : await inOneStatement(c, { userId, action, key, hash }, body, work);
+  return respond(answer);
+}
 
-function stored(claim: Claim): Outcome | null {
+type Identity = { userId: string; action: string; key: string; hash: string };
+
+/** A route whose work runs between the committed claim and the stored answer. */
+async function claimed(c: AppContext, id: Identity, work: (key: string) => Promise<Effect>): Promise<Answer> {
+  const { userId, action, key, hash } = id;
+  const [claim] = await sql<{ state: string; response_status: number | null; response_body: string | null }[]>`
+    select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`;
   if (claim.state === 'done') {
     return { status: claim.response_status as number, body: claim.response_body as string, replayed: true };
   }
@@ -84,110 +143,28 @@ function stored(claim: Claim): Outcome | null {
       },
     );
   }
-  return null;
-}
-
-/** Runs `work` and renders its outcome; a 5xx is rethrown so nothing is stored. */
-async function render(c: AppContext, work: () => Promise<Effect>): Promise<Outcome> {
+  let answer: Answer;
   try {
-    const effect = await work();
-    return { status: effect.status, body: successBody(c, effect.data), replayed: false };
+    const effect = await work(key);
+    answer = {
+      status: effect.status,
+      body: envelope({ data: effect.data }, c.get('requestId'), new Date()),
+      replayed: false,
+    };
   } catch (err) {
     const failure = fromDbError(err);
-    if (failure.status >= 500) throw failure;
-    return { status: failure.status, body: errorBody(c, failure), replayed: false };
+    if (failure.status >= 500) {
+      await sql`select billing.abandon_idempotency_key(${userId}, ${action}, ${key})`.catch(() => {});
+      throw failure;
+    }
+    answer = {
+      status: failure.status,
+      body: envelope({ error: failure.toJSON() }, c.get('requestId'), new Date()),
+      replayed: false,
+    };
   }
-}
-
-function requestIdentity(c: AppContext, body: unknown, userId?: string) {
-  return {
-    key: idempotencyKey(c),
-    userId: userId ?? currentUser(c).id,
-    hash: sha256(JSON.stringify([c.req.method, c.req.path, body])),
-  };
-}
-
-/**
- * Runs `work` at most once per (user, action, Idempotency-Key). `work` gets the transaction
- * and a key for the SQL function's own idempotency, and makes one SQL call. A 4xx outcome is
- * stored and replayed like a success; a 5xx is not stored, so a retry runs again.
- * @example return idempotent(c, 'credits.usage', body, (tx, key) => tx`select … ${key}`.then(…))
- */
-export async function idempotent(
-  c: AppContext,
-  action: string,
-  body: unknown,
-  work: (tx: postgres.TransactionSql, sqlKey: string) => Promise<Effect>,
-): Promise<Response> {
-  const { key, userId, hash } = requestIdentity(c, body);
-  const claim = (tx: postgres.TransactionSql) =>
-    tx<Claim[]>`select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`.then(([r]) => r);
-  const store = (tx: postgres.TransactionSql, o: Outcome) =>
-    tx`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${o.status}, ${o.body})`.then(() => o);
-
-  // The happy path is one transaction of three statements: claim, the work, the stored answer.
-  let refusal: AppError | undefined;
-  const outcome = await call((sql) =>
-    sql.begin(async (tx) => {
-      const replay = stored(await claim(tx));
-      if (replay) return replay;
-      try {
-        const effect = await work(tx, `http:${userId}:${action}:${key}`);
-        return await store(tx, { status: effect.status, body: successBody(c, effect.data), replayed: false });
-      } catch (err) {
-        const failure = fromDbError(err);
-        if (failure.status < 500) refusal = failure;
-        throw failure; // rolls back: a refused piece of work changed nothing
-      }
-    })
-  ).catch((err) => {
-    if (refusal && err === refusal) return null;
-    throw err;
-  });
-  if (outcome) return respond(outcome);
-
-  // A refusal (4xx) is stored by a second short transaction, so the first needs no savepoint.
-  const refused = refusal as AppError;
-  return respond(
-    await call((sql) =>
-      sql.begin(async (tx) => {
-        const replay = stored(await claim(tx)); // a concurrent duplicate finished first: its answer stands
-        return replay ?? await store(tx, { status: refused.status, body: errorBody(c, refused), replayed: false });
-      })
-    ),
-  );
-}
-
-/**
- * The same contract for routes whose work spans an external call (Stripe), which cannot sit
- * inside a database transaction: the claim commits first, so a concurrent duplicate sees it
- * in flight (409 IDEMPOTENCY_KEY_IN_USE, retryable). On a 5xx the claim is dropped so a
- * retry starts over; `work` must itself be safe to repeat (e.g. Stripe's own idempotency key).
- * @example return idempotentExternal(c, 'checkout.sessions', body, (requestKey) => createSession(…))
- */
-export async function idempotentExternal(
-  c: AppContext,
-  action: string,
-  body: unknown,
-  work: (requestKey: string) => Promise<Effect>,
-): Promise<Response> {
-  const { key, userId, hash } = requestIdentity(c, body);
-  const [claim] = await call((sql) =>
-    sql<Claim[]>`select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`
-  );
-  const replay = stored(claim);
-  if (replay) return respond(replay);
-  let done: Outcome;
-  try {
-    done = await render(c, () => work(key));
-  } catch (err) {
-    await call((sql) => sql`select billing.abandon_idempotency_key(${userId}, ${action}, ${key})`).catch(() => {});
-    throw err;
-  }
-  await call((sql) =>
-    sql`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${done.status}, ${done.body})`
-  );
-  return respond(done);
+  await sql`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${answer.status}, ${answer.body})`;
+  return answer;
 }
 
 type MoneyResponse = {
@@ -201,38 +178,34 @@ type MoneyResponse = {
 };
 
 /**
- * A money route in one statement (billing.run_money_request): the user's standing, the
- * Idempotency-Key claim, the work, and the stored answer all happen in one SQL call, so the
- * account's row lock never waits on a network round trip. What SQL stores is rendered here
- * the same way on every replay: byte for byte, with the first request's id and time.
- * `opts.context` reaches SQL with the arguments but is not part of the request's identity (a
- * retry from another address is the same request). `opts.userId`: the user a trusted server
- * names (usage reports), instead of the signed-in one.
- * @example return moneyRequest(c, 'credits.usage', body, 201)
+ * A money route in one statement (billing.run_money_request): the user's standing, the claim, the
+ * work and the stored answer. SQL stores what the answer is (the data, or the refusal's token and
+ * detail, with the first request's id and time); it is rendered here into the same envelope on
+ * every replay. The statement answers its refusals as rows, so it goes in one round trip.
  */
-export async function moneyRequest(
+async function inOneStatement(
   c: AppContext,
-  action: string,
+  id: Identity,
   args: Record<string, unknown>,
-  successStatus: number,
-  opts: { admin?: boolean; context?: Record<string, unknown>; userId?: string } = {},
-): Promise<Response> {
-  const { key, userId, hash } = requestIdentity(c, args, opts.userId);
-  // Values written in (inline): one round trip to the database, not two.
-  const [r] = await call((sql) =>
-    oneTrip<MoneyResponse[]>(
-      sql,
-      inline`select * from billing.run_money_request(${userId}, ${action}, ${key}, ${hash},
-      ${c.get('requestId')}, ${jsonb({ ...args, ...opts.context })}, ${successStatus}, ${opts.admin ?? false})`,
-    )
-  );
-  const metadata = { requestId: r.request_id, timestamp: r.responded_at.toISOString() };
+  work: SqlWork,
+): Promise<Answer> {
+  const { userId, action, key, hash } = id;
+  const [r] = await sql.oneTrip<MoneyResponse[]>`select * from billing.run_money_request(${userId}, ${action}, ${key},
+    ${hash}, ${c.get('requestId')}, ${jsonb({ ...args, ...work.context })}, ${work.successStatus}, ${
+    work.admin ?? false
+  })`;
   const refusal = r.refusal_token === null
     ? undefined
     : sqlRefusal(r.refusal_token, r.refusal_detail) ?? internalError();
-  return respond(
-    refusal
-      ? { status: refusal.status, body: JSON.stringify({ error: refusal.toJSON(), metadata }), replayed: r.replayed }
-      : { status: r.status as number, body: JSON.stringify({ data: r.data, metadata }), replayed: r.replayed },
-  );
+  return refusal
+    ? {
+      status: refusal.status,
+      body: envelope({ error: refusal.toJSON() }, r.request_id, r.responded_at),
+      replayed: r.replayed,
+    }
+    : {
+      status: r.status as number,
+      body: envelope({ data: r.data }, r.request_id, r.responded_at),
+      replayed: r.replayed,
+    };
 }

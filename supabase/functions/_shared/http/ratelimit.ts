@@ -18,7 +18,7 @@ import { serverKeyPattern } from './usage-reporter.ts';
 import { AppError } from '../errors.ts';
 import { count } from '../metrics.ts';
 import { addressRouteClass, rateLimitEnv, type RouteClass, routeClass } from './ratelimit-config.ts';
-import { guarded, RedisUnavailable } from '../adapters/redis.ts';
+import { guarded, localWindow, RedisUnavailable } from '../adapters/redis.ts';
 
 interface Layer {
   name: string;
@@ -60,24 +60,6 @@ async function countLayers(client: Redis, keys: string[]): Promise<number[]> {
 
 /** A layer's counter for the current window; the limit is part of it, so a new limit starts fresh. */
 const windowKey = (layer: Layer, bucket: number) => `rl:${layer.name}:${layer.limit}:${layer.key}:${bucket}`;
-
-const local = new Map<string, { windowStart: number; count: number }>();
-/**
- * A per-instance fixed window, for when Redis is unreachable: adds `weight` to `key`'s current
- * window and says whether it is still within `limit`. Memory is bounded; a reset only forgives.
- * @example if (!localWindow('checkout_sessions:u1', 5)) refuse()
- */
-export function localWindow(key: string, limit: number, windowMs = 60_000, weight = 1, now = Date.now()): boolean {
-  const windowStart = now - (now % windowMs);
-  const w = local.get(key);
-  if (!w || w.windowStart !== windowStart) {
-    if (local.size >= 10_000) local.clear();
-    local.set(key, { windowStart, count: weight });
-    return weight <= limit;
-  }
-  w.count += weight;
-  return w.count <= limit;
-}
 
 function apiKeyId(key: string): string {
   return createHash('sha256').update(key).digest('hex').slice(0, 24);

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import type { MiddlewareHandler } from 'hono';
 import type { AppEnv } from '../app-env.ts';
-import { call } from '../adapters/db.ts';
+import { sql } from '../adapters/db.ts';
 import { AppError } from '../errors.ts';
 import { serviceKeys } from '../keys.ts';
 import { constantTimeEqual } from './secrets.ts';
@@ -27,7 +27,7 @@ export const requireUsageReporter: MiddlewareHandler<AppEnv> = async function re
   const given = c.req.header('authorization')?.replace(/^Bearer /, '') ?? '';
   if (serviceKeys().map((key) => constantTimeEqual(given, key)).includes(true)) return next();
   if (serverKeyPattern.test(given)) {
-    const [{ id }] = await call((sql) => sql`select billing.server_key_id(${serverKeyHash(given)}) as id`);
+    const [{ id }] = await sql`select billing.server_key_id(${serverKeyHash(given)}) as id`;
     if (id) return next();
     throw new AppError('auth', 'UNAUTHORIZED', 'This server key is unknown or was revoked.');
   }

@@ -139,7 +139,7 @@ export function jsonObject(limits: JsonLimits) {
  * `value` as JSON text for a jsonb parameter or literal, or the 400 for anything jsonb would
  * refuse or change (NUL, an unpaired surrogate, a number that is not finite): the guarantee
  * holds even where a route's schema forgot a field. Walked without recursion, however deep.
- * @example sql`select billing.f(${jsonText(body)}::text::jsonb)`
+ * @example jsonText({ note: 'a' }) // '{"note":"a"}'
  */
 export function jsonText(value: unknown): string {
   const pending = [value];

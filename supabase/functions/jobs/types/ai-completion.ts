@@ -4,7 +4,7 @@
 // Only token counts, model and duration are kept; never the prompt or the answer in logs.
 import { z } from 'zod';
 import { complete } from '../../_shared/adapters/ai.ts';
-import { call } from '../../_shared/adapters/db.ts';
+import { sql } from '../../_shared/adapters/db.ts';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema } from '../../_shared/values/text.ts';
 import { redact } from '../../_shared/redact.ts';
@@ -33,12 +33,10 @@ export const aiCompletion: JobType<typeof Input> = {
   async estimate(input) {
     // The dearest way the provider can bill the tokens (input as cached or not, output as
     // reasoning or not): the same SQL the AI gateway holds with (62-ai-gateway.sql).
-    const [price] = await call((sql) =>
-      sql`select billing.ai_hold_amount(${input.model}, ${
-        worstCaseInputTokens(input.prompt)
-      }, ${input.max_tokens})::text
-        as amount`
-    );
+    const [price] = await sql`select billing.ai_hold_amount(${input.model}, ${
+      worstCaseInputTokens(input.prompt)
+    }, ${input.max_tokens})::text
+        as amount`;
     return price.amount;
   },
   async run({ job, input, checkpoint }) {
@@ -51,14 +49,12 @@ export const aiCompletion: JobType<typeof Input> = {
       onProgress: (f) => checkpoint({ progress: 5 + Math.floor(f * 90), state: null }),
     });
     const durationMs = Math.round(performance.now() - started);
-    await call((sql) =>
-      sql`select billing.record_ai_log(${job.user_id}, ${job.id}, ${input.model}, ${
-        completion.usage.input_tokens + (completion.usage.cached_input_tokens ?? 0)
-      }, ${
-        completion.usage.output_tokens + (completion.usage.reasoning_tokens ?? 0)
-      }, ${durationMs}, ${input.consent_level}, ${redact(input.prompt)},
-        ${redact(completion.text)})`
-    );
+    await sql`select billing.record_ai_log(${job.user_id}, ${job.id}, ${input.model}, ${
+      completion.usage.input_tokens + (completion.usage.cached_input_tokens ?? 0)
+    }, ${
+      completion.usage.output_tokens + (completion.usage.reasoning_tokens ?? 0)
+    }, ${durationMs}, ${input.consent_level}, ${redact(input.prompt)},
+        ${redact(completion.text)})`;
     return {
       result: { text: completion.text, usage: completion.usage, model: input.model, duration_ms: durationMs },
       usage: { model: input.model, ...completion.usage },

@@ -2,7 +2,7 @@
 // tick). The cursor is the checkpoint, and each page's CSV is saved with it in one transaction,
 // so a resumed export neither skips nor repeats a line, whenever the worker dies.
 import { z } from 'zod';
-import { db } from '../../_shared/adapters/db.ts';
+import { sql } from '../../_shared/adapters/db.ts';
 import { failpoint } from '../../_shared/failpoint.ts';
 import { csvHeader, csvLines, ledgerPage } from '../../_shared/domain/ledger.ts';
 import { pgInt } from '../../_shared/values/pg-values.ts';
@@ -26,7 +26,7 @@ export const ledgerExport: JobType<typeof Input> = {
     const saved = State.safeParse(resumeState);
     let state = saved.success ? saved.data : null;
     if (!state) {
-      const [{ total }] = await db()`
+      const [{ total }] = await sql`
         select count(*)::int as total from billing.get_ledger(${job.user_id}, null, 2147483647, ${
         input.from ?? null
       }, ${input.to ?? null})`;

@@ -4,8 +4,7 @@
 // guesses per address without storing addresses).
 import { createHmac } from 'node:crypto';
 import { z } from 'zod';
-import { unknownAddress } from './client-address.ts';
-import { codeHash, encodeCode, groupCode } from '../domain/codes.ts';
+import { codeHash, encodeCode, groupCode } from './codes.ts';
 import { CommaListSchema, lazyEnv } from '../env.ts';
 
 const env = lazyEnv(z.object({
@@ -39,7 +38,7 @@ export function giftCode(codeId: string, hash: string): string | null {
 }
 
 /** A keyed hash of a client address (null when the address is unknown: no shared budget). */
-export function addressHash(address: string): string | null {
-  if (address === unknownAddress) return null;
+export function addressHash(address: string | null): string | null {
+  if (address === null) return null;
   return createHmac('sha256', env().CODE_SECRET[0]).update(`code-address:${address}`).digest('hex').slice(0, 32);
 }

@@ -6,14 +6,12 @@
 // per-address rules in a per-instance window.
 import { Ratelimit } from '@upstash/ratelimit';
 import { z } from 'zod';
-import { unknownAddress } from './client-address.ts';
-import { call } from '../adapters/db.ts';
+import { sql } from '../adapters/db.ts';
 import { parseEnv } from '../env.ts';
 import { AppError } from '../errors.ts';
 import { log } from '../log.ts';
 import { count } from '../metrics.ts';
-import { localWindow } from './ratelimit.ts';
-import { guarded, redis, RedisUnavailable } from '../adapters/redis.ts';
+import { guarded, localWindow, redis, RedisUnavailable } from '../adapters/redis.ts';
 
 const VelocityEnvSchema = z.object({
   VELOCITY_SESSIONS_PER_10_MIN: z.coerce.number().int().positive().default(5),
@@ -61,13 +59,12 @@ function refuse(rule: string, status: number, message: string): never {
 const passed = { success: true } as const;
 
 /**
- * Refuses a checkout that breaks a velocity rule; consumes the session and amount budgets. An
- * `unknown` address (no trusted address header) skips the per-address rules: every such request
+ * Refuses a checkout that breaks a velocity rule; consumes the session and amount budgets. A
+ * null address (no trusted address header: knownClientAddress) skips the per-address rules: every such request
  * would share one budget, and the per-user rules still hold.
  */
-export async function checkVelocity(userId: string, ip: string, priceCents: number): Promise<void> {
+export async function checkVelocity(userId: string, ip: string | null, priceCents: number): Promise<void> {
   const l = velocityLimiters();
-  const byAddress = ip !== unknownAddress;
   let results;
   try {
     results = await guarded(
@@ -75,15 +72,15 @@ export async function checkVelocity(userId: string, ip: string, priceCents: numb
         Promise.all([
           client.exists(blockKey(userId)),
           l.userSessions.limit(userId),
-          byAddress ? l.ipSessions.limit(ip) : passed,
+          ip ? l.ipSessions.limit(ip) : passed,
           l.userAmount.limit(userId, { rate: priceCents }),
-          byAddress ? l.ipAmount.limit(ip, { rate: priceCents }) : passed,
+          ip ? l.ipAmount.limit(ip, { rate: priceCents }) : passed,
         ]),
       ([blocked, ...rest]) => typeof blocked === 'number' && rest.every((r) => typeof r.success === 'boolean'),
     );
   } catch (err) {
     if (!(err instanceof RedisUnavailable)) throw err;
-    return checkVelocityWithoutRedis(userId, byAddress ? ip : null, priceCents);
+    return checkVelocityWithoutRedis(userId, ip, priceCents);
   }
   const [blocked, userSessions, ipSessions, userAmount, ipAmount] = results;
   if (blocked) refuse('failed_payments', 403, 'Too many failed payments: new checkouts are paused for an hour.');
@@ -102,10 +99,8 @@ export async function checkVelocity(userId: string, ip: string, priceCents: numb
  */
 async function checkVelocityWithoutRedis(userId: string, ip: string | null, priceCents: number): Promise<void> {
   count('velocity_fallback');
-  const [user] = await call((sql) =>
-    sql<{ sessions: number; amount_cents: number; failed: number }[]>`
-      select * from billing.get_checkout_velocity(${userId})`
-  );
+  const [user] = await sql<{ sessions: number; amount_cents: number; failed: number }[]>`
+      select * from billing.get_checkout_velocity(${userId})`;
   const ipSessionsOk = ip === null || localWindow(`velocity:ip-sessions:${ip}`, ipSessionsLimit, 600_000);
   const ipAmountOk = ip === null || localWindow(`velocity:ip-amount:${ip}`, ipAmountLimit, 86_400_000, priceCents);
   if (user.failed > env.VELOCITY_FAILED_PAYMENTS_PER_HOUR) {
