@@ -25,9 +25,11 @@ import { ledgerCsv, ledgerPage } from '../_shared/domain/ledger.ts';
 import { pageOf, whole } from '../_shared/values/page.ts';
 import { jsonText } from '../_shared/values/pg-values.ts';
 import { inline, oneTrip } from '../_shared/adapters/sql-literal.ts';
+import { balanceAsOf, lotsAsOf } from '../_shared/domain/as-of.ts';
 import { redeemCode } from './codes.ts';
 import {
   AutoRechargeSchema,
+  BalanceQuerySchema,
   CapAlertsSchema,
   CapRequestSchema,
   CaptureRequestSchema,
@@ -53,6 +55,8 @@ function holdId(raw: string): string {
 }
 
 app.get('/balance', requireUser, async (c) => {
+  const { at } = readQuery(c, BalanceQuerySchema);
+  if (at) return ok(c, await balanceAsOf(currentUser(c).id, at));
   const [b] = await call((sql) => oneTrip(sql, inline`select * from billing.get_balance(${currentUser(c).id})`));
   return ok<Balance>(c, {
     balance: formatCredits(b.balance),
@@ -81,6 +85,7 @@ app.get('/expiries', requireUser, async (c) => {
 
 app.get('/lots', requireUser, async (c) => {
   const q = readQuery(c, LotsQuerySchema);
+  if (q.at) return ok(c, await lotsAsOf(currentUser(c).id, q.at, q));
   const rows = await call((sql) =>
     sql`select * from billing.get_lots(${currentUser(c).id}, ${q.cursor ?? null}, ${q.limit + 1})`
   );

@@ -32,8 +32,10 @@ import {
   InvitationsQuerySchema,
   InvoicingApprovalSchema,
   LedgerQuerySchema,
+  OrgBalanceAsOfSchema,
   OrgGrantSchema,
   OrgInvoicesQuerySchema,
+  OrgLotsAsOfSchema,
   OwnerSchema,
 } from './schemas.ts';
 import { requestInvoice } from './invoices.ts';
@@ -167,6 +169,17 @@ app.get('/:id/ledger', requireUser, async (c) => {
   const q = readQuery(c, LedgerQuerySchema);
   const rows = await one('org_ledger', [currentUser(c).id, pathId(c, 'id'), q.cursor ?? null, q.limit + 1]);
   return ok(c, pageOf(rows as { id: string }[], q.limit, (e) => e.id));
+});
+
+// The wallet (owners and admins) and the caller's allowance as they stood at an instant, and the lots of either.
+app.get('/:id/balance', requireUser, async (c) => {
+  const { at } = readQuery(c, OrgBalanceAsOfSchema);
+  return ok(c, await one('org_balance_as_of', [currentUser(c).id, pathId(c, 'id'), at]));
+});
+app.get('/:id/lots', requireUser, async (c) => {
+  const q = readQuery(c, OrgLotsAsOfSchema);
+  const args = [currentUser(c).id, pathId(c, 'id'), q.account === 'allowance', q.at, q.cursor ?? null, q.limit + 1];
+  return ok(c, pageOf(await one('org_lots_as_of', args) as { id: string }[], q.limit, (l) => l.id));
 });
 
 // Sponsor codes: the credits leave the wallet for the code's escrow at issue; the code is in
