@@ -256,8 +256,8 @@ begin
         (8, 'recognised_revenue_cents', coalesce(t.recognised, 0), coalesce(rl.recognised, 0)),
         (9, 'breakage_revenue_cents', coalesce(t.breakage, 0), coalesce(rl.breakage, 0)),
         (10, 'paid_reversed_cents', coalesce(t.reversed, 0), coalesce(rl.reversed, 0)),
-        -- Not in the revenue report: it counts a grant net of the debt it paid.
-        (11, 'debt_settled_cents', coalesce(t.debt_settled, 0), 0::numeric)) i(n, item, journal, report)
+        -- Not in the revenue report (it counts a grant net of the debt it paid): nothing to compare.
+        (11, 'debt_settled_cents', coalesce(t.debt_settled, 0), null::numeric)) i(n, item, journal, report)
       group by cur.currency
     )
     select jsonb_build_object('from', p_from, 'to', p_to, 'currency', p_currency,

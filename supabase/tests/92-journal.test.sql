@@ -45,7 +45,7 @@ select is(
      billing.journal((now() at time zone 'UTC')::date, (now() at time zone 'UTC')::date + 1, 'xts') -> 'reconciliation' -> 0 -> 'items') i),
   '{"gmv_cents": "0", "refunds_cents": "0", "disputes_lost_cents": "0", "stripe_fees_cents": "0", "tax_payable_cents": "0",
     "platform_fees_cents": "0", "paid_granted_cents": "0", "recognised_revenue_cents": "0", "breakage_revenue_cents": "0",
-    "paid_reversed_cents": "0", "debt_settled_cents": "0"}'::jsonb,
+    "paid_reversed_cents": "0", "debt_settled_cents": null}'::jsonb,
   'over one day the journal and revenue_metrics agree on every figure');
 
 select is(
