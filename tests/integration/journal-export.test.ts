@@ -12,7 +12,7 @@ type Line = { account: string; code: string; source: string; debit: string | nul
 type Entry = { date: string; currency: string; reference: string; debit_total: string; credit_total: string; lines: Line[] };
 type Journal = {
   entries: Entry[];
-  reconciliation: { currency: string; items: { item: string; journal: string; revenue_report: string; difference: string }[] }[];
+  reconciliation: { currency: string; items: { item: string; journal: string; revenue_report: string | null; difference: string | null }[] }[];
 };
 
 const today = () => new Date().toISOString().slice(0, 10);

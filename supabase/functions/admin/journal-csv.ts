@@ -28,7 +28,7 @@ export interface Journal {
   to: string;
   currency: string | null;
   entries: JournalEntry[];
-  reconciliation: { currency: string; items: { item: string; journal: string; revenue_report: string; difference: string }[] }[];
+  reconciliation: { currency: string; items: { item: string; journal: string; revenue_report: string | null; difference: string | null }[] }[];
 }
 
 export type Flavour = 'plain' | 'xero' | 'qbo';
