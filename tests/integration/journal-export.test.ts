@@ -192,7 +192,6 @@ Deno.test('the CSVs are in the columns Xero and QuickBooks Online import, each j
 
   const plain = await api(`/admin/journal?${range}`, { token: admin });
   assert.equal(parseCsv(plain.text)[0].join(','), 'date,reference,currency,account_code,account_name,account,source,description,debit,credit');
-  assert.equal(parseCsv(plain.text).length, qrows.length + 1, 'the same lines in every flavour');
 });
 
 Deno.test('the chart is the operator’s: an admin reads and maps it; a student cannot; bad input changes nothing', async () => {
@@ -201,7 +200,8 @@ Deno.test('the chart is the operator’s: an admin reads and maps it; a student 
   assert.equal(chart.status, 200, chart.text);
   const items = (dataOf(chart).items as { key: string; code: string }[]);
   assert.equal(items.length, 11);
-  const before = items.find((a) => a.key === 'stripe_fees')!.code;
+  const before = items.find((a) => a.key === 'stripe_fees')?.code ?? '';
+  assert.match(before, /^\S+$/);
 
   const student = await userToken(await newUser());
   for (const [method, path] of [['GET', '/admin/journal'], ['GET', '/admin/journal/accounts'], ['PUT', '/admin/journal/accounts']]) {
@@ -219,7 +219,7 @@ Deno.test('the chart is the operator’s: an admin reads and maps it; a student 
     assert.equal(codeOf(r), 'VALIDATION_FAILED');
   }
   const unchanged = (dataOf(await api('/admin/journal/accounts', { token: admin })).items as { key: string; code: string }[]);
-  assert.equal(unchanged.find((a) => a.key === 'stripe_fees')!.code, before, 'a refused change changed nothing');
+  assert.equal(unchanged.find((a) => a.key === 'stripe_fees')?.code, before, 'a refused change changed nothing');
 
   try {
     const set = await api('/admin/journal/accounts', { method: 'PUT', token: admin, body: { accounts: [{ key: 'stripe_fees', code: 'SF-99' }] } });
