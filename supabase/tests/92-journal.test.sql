@@ -23,7 +23,7 @@ select billing.post_money('credit_refund', 'journal-refunded', 'xts', null, null
 
 select results_eq(
   $$select l.source, l.account, l.amount from billing.journal_lines((now() at time zone 'UTC')::date, (now() at time zone 'UTC')::date + 1, 'xts') l
-    order by l.source, l.account$$,
+    order by l.source collate "C", l.account collate "C"$$,
   $$values ('credit_purchase', 'cash_stripe', 1100::numeric), ('credit_purchase', 'credit_sales_clearing', -1000),
       ('credit_purchase', 'tax_payable', -100),
       ('credit_refund', 'cash_stripe', -220), ('credit_refund', 'refunds', 200), ('credit_refund', 'tax_payable', 20),
