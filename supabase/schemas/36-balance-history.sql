@@ -190,7 +190,7 @@ grant execute on function billing.user_lots_as_of(p_user uuid, p_at timestamp wi
 -- What GET /orgs/:id shows of money, at p_at, to whom it shows it: the wallet to its owners and
 -- admins, the caller's own allowance to the caller.
 create or replace function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamptz) returns jsonb
-language plpgsql stable
+language plpgsql
 security definer
 set search_path = ''
 as $$
@@ -213,7 +213,7 @@ grant execute on function billing.org_balance_as_of(p_user uuid, p_org uuid, p_a
 create or replace function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamptz,
   p_before_id bigint, p_limit integer)
 returns jsonb
-language plpgsql stable
+language plpgsql
 security definer
 set search_path = ''
 as $$
