@@ -24,8 +24,8 @@ create table billing.journal_accounts (
   constraint journal_accounts_key check (key in ('cash_stripe', 'stripe_fees', 'credit_sales_clearing', 'deferred_revenue',
     'revenue_usage', 'revenue_breakage', 'tax_payable', 'provider_payables', 'platform_fees', 'refunds', 'disputes')),
   constraint journal_accounts_code check (code ~ '^[A-Za-z0-9._-]{1,10}$'),
-  constraint journal_accounts_name check (length(name) between 1 and 100 and name !~ '[[:cntrl:]]'),
-  constraint journal_accounts_tax_rate check (length(tax_rate) between 1 and 50 and tax_rate !~ '[[:cntrl:]]')
+  constraint journal_accounts_name check (length(name) >= 1 and length(name) <= 100 and name !~ '[[:cntrl:]]'),
+  constraint journal_accounts_tax_rate check (length(tax_rate) >= 1 and length(tax_rate) <= 50 and tax_rate !~ '[[:cntrl:]]')
 );
 comment on table billing.journal_accounts is 'The operator''s chart of accounts for the journal export: each account the journal posts to (by key), mapped to a code, a name and Xero''s tax rate.';
 alter table billing.journal_accounts enable row level security;
