@@ -13,7 +13,8 @@ import { buy, chargeOf, emulator } from '../purchases.ts';
 
 /** The database's clock now, to the microsecond, as the API takes an instant. */
 const instant = async () =>
-  (await testDb`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0].t as string;
+  (await testDb`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0]
+    .t as string;
 
 /** A small deterministic generator, so a failing sequence can be run again from its seed. */
 function random(seed: number) {
@@ -38,7 +39,12 @@ type Purchase = { session: string; refunded: number; dispute?: 'open' | 'closed'
 type State = { purchases: Purchase[]; holds: string[]; charges: string[] };
 
 /** One random movement on the student's account, among those its state allows. */
-async function step(rand: (n: number) => number, s: { id: string; token: string; admin: string }, state: State, available: number) {
+async function step(
+  rand: (n: number) => number,
+  s: { id: string; token: string; admin: string },
+  state: State,
+  available: number,
+) {
   const usable = Math.floor(available);
   const choice = rand(10);
   const purchase = state.purchases.length > 0 ? state.purchases[rand(state.purchases.length)] : undefined;
@@ -121,7 +127,11 @@ for (const seed of [46, 4601, 460_002]) {
     for (const snap of snapshots) {
       const b = await api(`/credits/balance?at=${snap.at}`, { token: s.token });
       assert.equal(b.status, 200, b.text);
-      assert.deepEqual(dataOf(b), { ...snap.balance, as_of: snap.at.replace(/(\.\d{3})\d*Z$/, '$1Z') }, `balance at ${snap.at}`);
+      assert.deepEqual(
+        dataOf(b),
+        { ...snap.balance, as_of: snap.at.replace(/(\.\d{3})\d*Z$/, '$1Z') },
+        `balance at ${snap.at}`,
+      );
       const l = await api(`/credits/lots?limit=200&at=${snap.at}`, { token: s.token });
       assert.deepEqual((dataOf(l) as unknown as LotPage).items, snap.lots, `lots at ${snap.at}`);
     }
@@ -161,7 +171,16 @@ Deno.test('before the account existed the balance is zero and there are no lots;
 Deno.test('?at= must be an instant with an offset, not in the future: else 400 VALIDATION_FAILED naming at', async () => {
   const token = await userToken(await newUser());
   const future = new Date(Date.now() + 3_600_000).toISOString();
-  for (const at of ['yesterday', '2026-11-20', '2026-11-20T10:00:00', '2026-13-01T00:00:00Z', '1969-12-31T23:59:59Z', future]) {
+  for (
+    const at of [
+      'yesterday',
+      '2026-11-20',
+      '2026-11-20T10:00:00',
+      '2026-13-01T00:00:00Z',
+      '1969-12-31T23:59:59Z',
+      future,
+    ]
+  ) {
     for (const path of ['/credits/balance', '/credits/lots']) {
       const r = await api(`${path}?at=${encodeURIComponent(at)}`, { token });
       assert.equal(r.status, 400, `${path} at=${at}`);

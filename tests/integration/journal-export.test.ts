@@ -9,10 +9,20 @@ import { key } from '../orgs.ts';
 import { buy, chargeOf, emulator } from '../purchases.ts';
 
 type Line = { account: string; code: string; source: string; debit: string | null; credit: string | null };
-type Entry = { date: string; currency: string; reference: string; debit_total: string; credit_total: string; lines: Line[] };
+type Entry = {
+  date: string;
+  currency: string;
+  reference: string;
+  debit_total: string;
+  credit_total: string;
+  lines: Line[];
+};
 type Journal = {
   entries: Entry[];
-  reconciliation: { currency: string; items: { item: string; journal: string; revenue_report: string | null; difference: string | null }[] }[];
+  reconciliation: {
+    currency: string;
+    items: { item: string; journal: string; revenue_report: string | null; difference: string | null }[];
+  }[];
 };
 
 const today = () => new Date().toISOString().slice(0, 10);
@@ -35,7 +45,13 @@ async function activity() {
   const granted = await api('/credits/grants', {
     token: await adminToken(),
     headers: key(),
-    body: { user_id: id, amount: '77', reason: 'journal test', kind: 'adjustment', lot: { category: 'paid', cost_cents: '7.7' } },
+    body: {
+      user_id: id,
+      amount: '77',
+      reason: 'journal test',
+      kind: 'adjustment',
+      lot: { category: 'paid', cost_cents: '7.7' },
+    },
   });
   assert.equal(granted.status, 201, granted.text);
 }
@@ -45,7 +61,10 @@ function moneyAccount(kind: string, account: string): string {
   if (account === 'payers' || account === 'provider_payouts') return 'cash_stripe';
   if (account.startsWith('provider:')) return 'provider_payables';
   if (account !== 'b2c_revenue') return account;
-  return ({ credit_purchase: 'credit_sales_clearing', stripe_fee: 'cash_stripe', credit_refund: 'refunds' } as Record<string, string>)[kind] ??
+  return ({ credit_purchase: 'credit_sales_clearing', stripe_fee: 'cash_stripe', credit_refund: 'refunds' } as Record<
+    string,
+    string
+  >)[kind] ??
     'disputes';
 }
 
@@ -62,7 +81,14 @@ Deno.test("each day's journal balances to the cent, matches its re-derivation fr
   await activity();
   const day = today();
   // One statement, one snapshot: the journal, the rows it is re-derived from, and the revenue report.
-  const [row] = await testDb<{ journal: Journal; money: { kind: string; account: string; currency: string; cents: string }[]; flows: { source: string; currency: string; cents: string }[]; report: { by_currency: Record<string, unknown>[]; credit_lots: Record<string, unknown>[] } }[]>`
+  const [row] = await testDb<
+    {
+      journal: Journal;
+      money: { kind: string; account: string; currency: string; cents: string }[];
+      flows: { source: string; currency: string; cents: string }[];
+      report: { by_currency: Record<string, unknown>[]; credit_lots: Record<string, unknown>[] };
+    }[]
+  >`
     with bounds as (select ${day}::date::timestamp at time zone 'UTC' as lo, (${day}::date + 1)::timestamp at time zone 'UTC' as hi)
     select billing.journal(${day}::date, ${day}::date + 1, null) as journal,
       (select coalesce(jsonb_agg(m), '[]') from (
@@ -131,7 +157,9 @@ Deno.test("each day's journal balances to the cent, matches its re-derivation fr
       assert.equal(get('breakage_revenue_cents'), String(lots.breakage_revenue_cents));
       assert.equal(get('paid_granted_cents'), String(lots.paid_granted_cents));
     }
-    const money = row.report.by_currency.find((c) => c.currency === r.currency)?.b2c_credits as Record<string, number> | undefined;
+    const money = row.report.by_currency.find((c) => c.currency === r.currency)?.b2c_credits as
+      | Record<string, number>
+      | undefined;
     if (money) {
       assert.equal(get('gmv_cents'), String(money.gmv_cents));
       assert.equal(get('refunds_cents'), String(money.refunds_cents));
@@ -167,8 +195,18 @@ Deno.test('the CSVs are in the columns Xero and QuickBooks Online import, each j
   assert.equal(xero.status, 200, xero.text);
   assert.match(xero.headers.get('content-type') ?? '', /^text\/csv/);
   const [xh, ...xrows] = parseCsv(xero.text);
-  assert.deepEqual(xh, ['*Narration', '*Date', 'Description', '*AccountCode', '*TaxRate', '*Amount', 'TrackingName1',
-    'TrackingOption1', 'TrackingName2', 'TrackingOption2']);
+  assert.deepEqual(xh, [
+    '*Narration',
+    '*Date',
+    'Description',
+    '*AccountCode',
+    '*TaxRate',
+    '*Amount',
+    'TrackingName1',
+    'TrackingOption1',
+    'TrackingName2',
+    'TrackingOption2',
+  ]);
   assert.ok(xrows.length >= 6);
   const byJournal = new Map<string, bigint>();
   for (const r of xrows) {
@@ -191,58 +229,90 @@ Deno.test('the CSVs are in the columns Xero and QuickBooks Online import, each j
   for (const [j, sum] of qj) assert.equal(sum, 0n, `QuickBooks journal ${j} balances`);
 
   const plain = await api(`/admin/journal?${range}`, { token: admin });
-  assert.equal(parseCsv(plain.text)[0].join(','), 'date,reference,currency,account_code,account_name,account,source,description,debit,credit');
+  assert.equal(
+    parseCsv(plain.text)[0].join(','),
+    'date,reference,currency,account_code,account_name,account,source,description,debit,credit',
+  );
 });
 
 Deno.test('the chart is the operator’s: an admin reads and maps it; a student cannot; bad input changes nothing', async () => {
   const admin = await adminToken();
   const chart = await api('/admin/journal/accounts', { token: admin });
   assert.equal(chart.status, 200, chart.text);
-  const items = (dataOf(chart).items as { key: string; code: string }[]);
+  const items = dataOf(chart).items as { key: string; code: string }[];
   assert.equal(items.length, 11);
   const before = items.find((a) => a.key === 'stripe_fees')?.code ?? '';
   assert.match(before, /^\S+$/);
 
   const student = await userToken(await newUser());
-  for (const [method, path] of [['GET', '/admin/journal'], ['GET', '/admin/journal/accounts'], ['PUT', '/admin/journal/accounts']]) {
-    const r = await api(path, { method, token: student, body: method === 'PUT' ? { accounts: [{ key: 'stripe_fees', code: '9' }] } : undefined });
+  for (
+    const [method, path] of [['GET', '/admin/journal'], ['GET', '/admin/journal/accounts'], [
+      'PUT',
+      '/admin/journal/accounts',
+    ]]
+  ) {
+    const r = await api(path, {
+      method,
+      token: student,
+      body: method === 'PUT' ? { accounts: [{ key: 'stripe_fees', code: '9' }] } : undefined,
+    });
     assert.equal(r.status, 403, `${method} ${path}`);
   }
-  for (const body of [
-    { accounts: [{ key: 'petty_cash', code: '1' }] },
-    { accounts: [{ key: 'stripe_fees', code: 'has space' }] },
-    { accounts: [{ key: 'stripe_fees', code: '1' }, { key: 'stripe_fees', code: '2' }] },
-    { accounts: [] },
-  ]) {
+  for (
+    const body of [
+      { accounts: [{ key: 'petty_cash', code: '1' }] },
+      { accounts: [{ key: 'stripe_fees', code: 'has space' }] },
+      { accounts: [{ key: 'stripe_fees', code: '1' }, { key: 'stripe_fees', code: '2' }] },
+      { accounts: [] },
+    ]
+  ) {
     const r = await api('/admin/journal/accounts', { method: 'PUT', token: admin, body });
     assert.equal(r.status, 400, JSON.stringify(body));
     assert.equal(codeOf(r), 'VALIDATION_FAILED');
   }
-  const unchanged = (dataOf(await api('/admin/journal/accounts', { token: admin })).items as { key: string; code: string }[]);
+  const unchanged = dataOf(await api('/admin/journal/accounts', { token: admin })).items as {
+    key: string;
+    code: string;
+  }[];
   assert.equal(unchanged.find((a) => a.key === 'stripe_fees')?.code, before, 'a refused change changed nothing');
 
   try {
-    const set = await api('/admin/journal/accounts', { method: 'PUT', token: admin, body: { accounts: [{ key: 'stripe_fees', code: 'SF-99' }] } });
+    const set = await api('/admin/journal/accounts', {
+      method: 'PUT',
+      token: admin,
+      body: { accounts: [{ key: 'stripe_fees', code: 'SF-99' }] },
+    });
     assert.equal(set.status, 200, set.text);
     await activity();
-    const j = dataOf(await api(`/admin/journal?from=${today()}&to=${tomorrow()}&currency=usd`, { token: admin })) as unknown as Journal;
+    const j = dataOf(
+      await api(`/admin/journal?from=${today()}&to=${tomorrow()}&currency=usd`, { token: admin }),
+    ) as unknown as Journal;
     const fees = j.entries.flatMap((e) => e.lines).filter((l) => l.account === 'stripe_fees');
-    assert.ok(fees.length > 0 && fees.every((l) => l.code === 'SF-99'), 'the journal posts to the code the operator set');
+    assert.ok(
+      fees.length > 0 && fees.every((l) => l.code === 'SF-99'),
+      'the journal posts to the code the operator set',
+    );
   } finally {
-    await api('/admin/journal/accounts', { method: 'PUT', token: admin, body: { accounts: [{ key: 'stripe_fees', code: before }] } });
+    await api('/admin/journal/accounts', {
+      method: 'PUT',
+      token: admin,
+      body: { accounts: [{ key: 'stripe_fees', code: before }] },
+    });
   }
 });
 
 Deno.test('GET /admin/journal refuses a range or format it cannot answer with 400 VALIDATION_FAILED naming the field', async () => {
   const admin = await adminToken();
-  for (const [query, field] of [
-    ['from=2026-11-02&to=2026-11-01', 'from'],
-    ['from=2025-01-01&to=2026-11-01', 'to'],
-    ['format=json&flavour=xero', 'flavour'],
-    ['format=csv&flavour=sage', 'flavour'],
-    ['currency=USD', 'currency'],
-    ['from=2026-02-30', 'from'],
-  ]) {
+  for (
+    const [query, field] of [
+      ['from=2026-11-02&to=2026-11-01', 'from'],
+      ['from=2025-01-01&to=2026-11-01', 'to'],
+      ['format=json&flavour=xero', 'flavour'],
+      ['format=csv&flavour=sage', 'flavour'],
+      ['currency=USD', 'currency'],
+      ['from=2026-02-30', 'from'],
+    ]
+  ) {
     const r = await api(`/admin/journal?${query}`, { token: admin });
     assert.equal(r.status, 400, query);
     assert.equal(codeOf(r), 'VALIDATION_FAILED');

@@ -16,8 +16,24 @@ const journal: Journal = {
     debit_total: '9.99',
     credit_total: '9.99',
     lines: [
-      { account: 'cash_stripe', code: '1210', name: 'Cash at Stripe', tax_rate: 'Tax Exempt', source: 'credit_purchase', debit: '9.99', credit: null },
-      { account: 'credit_sales_clearing', code: '1290', name: '=Clearing, sales', tax_rate: 'No GST', source: 'credit_purchase', debit: null, credit: '9.99' },
+      {
+        account: 'cash_stripe',
+        code: '1210',
+        name: 'Cash at Stripe',
+        tax_rate: 'Tax Exempt',
+        source: 'credit_purchase',
+        debit: '9.99',
+        credit: null,
+      },
+      {
+        account: 'credit_sales_clearing',
+        code: '1290',
+        name: '=Clearing, sales',
+        tax_rate: 'No GST',
+        source: 'credit_purchase',
+        debit: null,
+        credit: '9.99',
+      },
     ],
   }],
 };
@@ -34,8 +50,14 @@ Deno.test('Xero: one signed Amount (a credit negative), dd mmm yyyy, the account
 Deno.test('QuickBooks Online: Journal No., MM/DD/YYYY, the account name, Debits or Credits; a name is never a formula', () => {
   const [header, first, second] = journalCsv(journal, 'qbo').split('\r\n');
   assert.equal(header, 'Journal No.,Journal Date,Account Name,Debits,Credits,Description,Name');
-  assert.equal(first, 'SL-20261120-USD,11/20/2026,Cash at Stripe,9.99,,"Credit purchases paid (Checkout, invoices, plans)",');
-  assert.equal(second, `SL-20261120-USD,11/20/2026,"'=Clearing, sales",,9.99,"Credit purchases paid (Checkout, invoices, plans)",`);
+  assert.equal(
+    first,
+    'SL-20261120-USD,11/20/2026,Cash at Stripe,9.99,,"Credit purchases paid (Checkout, invoices, plans)",',
+  );
+  assert.equal(
+    second,
+    `SL-20261120-USD,11/20/2026,"'=Clearing, sales",,9.99,"Credit purchases paid (Checkout, invoices, plans)",`,
+  );
 });
 
 Deno.test('plain: every column of the journal, one row per line', () => {

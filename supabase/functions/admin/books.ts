@@ -16,7 +16,9 @@ import { JournalAccountsSchema, JournalQuerySchema, UserBalanceAsOfSchema, UserL
 
 /** A user id from the path; anything else cannot name a user. */
 function userId(raw: string): string {
-  if (!isUuid(raw)) throw new AppError('validation', 'VALIDATION_FAILED', 'user_id must be a UUID.', { field: 'user_id' });
+  if (!isUuid(raw)) {
+    throw new AppError('validation', 'VALIDATION_FAILED', 'user_id must be a UUID.', { field: 'user_id' });
+  }
   return raw;
 }
 
@@ -25,7 +27,9 @@ export function bookRoutes(app: Hono<AppEnv>): void {
   app.get('/journal', requireAdmin, async (c) => {
     const q = readQuery(c, JournalQuerySchema);
     const [{ journal }] = await call((sql) =>
-      sql<{ journal: Journal }[]>`select billing.journal(${q.from}::date, ${q.to}::date, ${q.currency ?? null}) as journal`
+      sql<{ journal: Journal }[]>`select billing.journal(${q.from}::date, ${q.to}::date, ${
+        q.currency ?? null
+      }) as journal`
     );
     if (q.format === 'csv') {
       const flavour = q.flavour ?? 'plain';

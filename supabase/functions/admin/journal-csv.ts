@@ -28,7 +28,10 @@ export interface Journal {
   to: string;
   currency: string | null;
   entries: JournalEntry[];
-  reconciliation: { currency: string; items: { item: string; journal: string; revenue_report: string | null; difference: string | null }[] }[];
+  reconciliation: {
+    currency: string;
+    items: { item: string; journal: string; revenue_report: string | null; difference: string | null }[];
+  }[];
 }
 
 export type Flavour = 'plain' | 'xero' | 'qbo';
@@ -60,7 +63,18 @@ const xeroDate = (day: string) => `${d(day)} ${months[Number(m(day)) - 1]} ${y(d
 const qboDate = (day: string) => `${m(day)}/${d(day)}/${y(day)}`;
 
 const columns: Record<Flavour, string[]> = {
-  plain: ['date', 'reference', 'currency', 'account_code', 'account_name', 'account', 'source', 'description', 'debit', 'credit'],
+  plain: [
+    'date',
+    'reference',
+    'currency',
+    'account_code',
+    'account_name',
+    'account',
+    'source',
+    'description',
+    'debit',
+    'credit',
+  ],
   xero: [
     '*Narration',
     '*Date',
@@ -82,7 +96,18 @@ function row(flavour: Flavour, e: JournalEntry, l: JournalLine): (string | null)
     case 'plain':
       return [e.date, e.reference, e.currency, l.code, l.name, l.account, l.source, description, l.debit, l.credit];
     case 'xero': // one signed Amount: positive is a debit
-      return [e.narration, xeroDate(e.date), description, l.code, l.tax_rate, l.debit ?? `-${l.credit}`, '', '', '', ''];
+      return [
+        e.narration,
+        xeroDate(e.date),
+        description,
+        l.code,
+        l.tax_rate,
+        l.debit ?? `-${l.credit}`,
+        '',
+        '',
+        '',
+        '',
+      ];
     case 'qbo':
       return [e.reference, qboDate(e.date), l.name, l.debit, l.credit, description, ''];
   }

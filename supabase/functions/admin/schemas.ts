@@ -256,7 +256,10 @@ export const JournalQuerySchema = z
     message: 'at most 366 days at a time',
     path: ['to'],
   })
-  .refine((q) => q.flavour === undefined || q.format === 'csv', { message: 'a flavour is for format=csv', path: ['flavour'] });
+  .refine((q) => q.flavour === undefined || q.format === 'csv', {
+    message: 'a flavour is for format=csv',
+    path: ['flavour'],
+  });
 export type JournalQuery = z.infer<typeof JournalQuerySchema>;
 
 /** The accounts the journal posts to (billing.journal_accounts). */
