@@ -22,7 +22,7 @@ function random(seed: number) {
   return (n: number) => {
     s = (Math.imul(s ^ (s >>> 15), 2246822507) + 0x9e3779b9) >>> 0;
     s = Math.imul(s ^ (s >>> 13), 3266489909) >>> 0;
-    return (s ^ (s >>> 16)) % n;
+    return ((s ^ (s >>> 16)) >>> 0) % n;
   };
 }
 

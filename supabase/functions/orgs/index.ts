@@ -172,14 +172,21 @@ app.get('/:id/ledger', requireUser, async (c) => {
 });
 
 // The wallet (owners and admins) and the caller's allowance as they stood at an instant, and the lots of either.
+// The instant goes as text, exact to the microsecond (a timestamptz parameter passes through a JavaScript Date).
 app.get('/:id/balance', requireUser, async (c) => {
   const { at } = readQuery(c, OrgBalanceAsOfSchema);
-  return ok(c, await one('org_balance_as_of', [currentUser(c).id, pathId(c, 'id'), at]));
+  const [{ r }] = await call((sql) =>
+    sql`select billing.org_balance_as_of(${currentUser(c).id}, ${pathId(c, 'id')}, ${at}::text::timestamptz) as r`
+  );
+  return ok(c, r);
 });
 app.get('/:id/lots', requireUser, async (c) => {
   const q = readQuery(c, OrgLotsAsOfSchema);
-  const args = [currentUser(c).id, pathId(c, 'id'), q.account === 'allowance', q.at, q.cursor ?? null, q.limit + 1];
-  return ok(c, pageOf(await one('org_lots_as_of', args) as { id: string }[], q.limit, (l) => l.id));
+  const [{ r }] = await call((sql) =>
+    sql<{ r: { id: string }[] }[]>`select billing.org_lots_as_of(${currentUser(c).id}, ${pathId(c, 'id')},
+      ${q.account === 'allowance'}, ${q.at}::text::timestamptz, ${q.cursor ?? null}, ${q.limit + 1}) as r`
+  );
+  return ok(c, pageOf(r, q.limit, (l) => l.id));
 });
 
 // Sponsor codes: the credits leave the wallet for the code's escrow at issue; the code is in

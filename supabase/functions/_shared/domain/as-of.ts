@@ -5,13 +5,16 @@ import { call } from '../adapters/db.ts';
 import { pageOf } from '../values/page.ts';
 import type { BalanceAsOf, Lot, LotPage } from '../contract/index.ts';
 
+// The instant goes as text: typed timestamptz, the driver would pass it through a JavaScript Date
+// and cut it to the millisecond, and an instant is exact to the microsecond, as the ledger dates rows.
+
 /**
  * The user's balance, held, available and next expiry at `at` (zeros before the account existed).
  * @example ok(c, await balanceAsOf(currentUser(c).id, q.at))
  */
 export async function balanceAsOf(userId: string, at: string): Promise<BalanceAsOf> {
   const [{ balance }] = await call((sql) =>
-    sql<{ balance: BalanceAsOf }[]>`select billing.user_balance_as_of(${userId}, ${at}::timestamptz) as balance`
+    sql<{ balance: BalanceAsOf }[]>`select billing.user_balance_as_of(${userId}, ${at}::text::timestamptz) as balance`
   );
   return balance;
 }
@@ -28,7 +31,9 @@ export async function lotsAsOf(
 ): Promise<LotPage> {
   const [{ lots }] = await call((sql) =>
     sql<{ lots: Lot[] }[]>`
-      select billing.user_lots_as_of(${userId}, ${at}::timestamptz, ${page.cursor ?? null}, ${page.limit + 1}) as lots`
+      select billing.user_lots_as_of(${userId}, ${at}::text::timestamptz, ${page.cursor ?? null}, ${
+      page.limit + 1
+    }) as lots`
   );
   return pageOf(lots, page.limit, (l) => l.id);
 }
