@@ -5,7 +5,7 @@
 // after it must answer that live read, lot by lot, and the balance at every transfer's instant
 // must be the statement's running sum. Then what a student's token can try.
 import assert from 'node:assert/strict';
-import type { Balance, BalanceAsOf, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
+import type { Balance, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import { adminToken, api, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
 import { key, person, school, usage } from '../orgs.ts';
@@ -112,46 +112,128 @@ const spendCredits = (token: string, credits: number) =>
     body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },
   });
 
-for (const seed of [46, 4601, 460_002]) {
+/** Asks for the balance and lots as of each snapshot's instant: each must be what was shown then. */
+async function assertSnapshots(token: string, snapshots: Snapshot[]) {
+  for (const snap of snapshots) {
+    const b = await api(`/credits/balance?at=${snap.at}`, { token });
+    assert.equal(b.status, 200, b.text);
+    const asOf = snap.at.replace(/(\.\d{3})\d*Z$/, '$1Z');
+    assert.deepEqual(dataOf(b), { ...snap.balance, as_of: asOf }, `balance at ${snap.at}`);
+    const l = await api(`/credits/lots?limit=200&at=${snap.at}`, { token });
+    assert.deepEqual((dataOf(l) as unknown as LotPage).items, snap.lots, `lots at ${snap.at}`);
+  }
+}
+
+/**
+ * The statement's running sum: at each instant a movement of the account is dated, the as-of
+ * balance (read in SQL: the HTTP route is checked above, within its rate limit) is Σ its entries
+ * dated by then, and the balance_after of the last of them (its transactions here never overlap).
+ */
+async function assertRunningSum(userId: string) {
+  const entries = await testDb<{ at: Date; as_of: string; after: string; sum: string }[]>`
+    with mine as (select e.* from billing.entries e join billing.accounts a on a.id = e.account_id where a.user_id = ${userId})
+    select t.at, billing.user_balance_as_of(${userId}, t.at) ->> 'balance' as as_of,
+      (select trim_scale(sum(m.amount))::text from mine m where m.created_at <= t.at) as sum,
+      (select trim_scale(m.balance_after)::text from mine m where m.created_at <= t.at order by m.id desc limit 1) as after
+    from (select distinct m.created_at as at from mine m) t order by t.at`;
+  assert.ok(entries.length >= 5, `a sequence with movements (${entries.length})`);
+  for (const e of entries) {
+    assert.equal(e.as_of, e.sum, `the running sum at ${e.at.toISOString()}`);
+    assert.equal(e.as_of, e.after, `the last balance_after at ${e.at.toISOString()}`);
+  }
+}
+
+/** Runs `ops` one by one, reading the account after each; then checks every as-of read and the running sum. */
+async function replay(s: { id: string; token: string }, ops: ((last: Snapshot) => Promise<unknown>)[]) {
+  const snapshots: Snapshot[] = [{ ...await live(s.token), at: await instant() }];
+  for (const op of ops) {
+    await op(snapshots[snapshots.length - 1]);
+    const now = await live(s.token);
+    snapshots.push({ ...now, at: await instant() });
+  }
+  await assertSnapshots(s.token, snapshots);
+  await assertRunningSum(s.id);
+  return snapshots;
+}
+
+for (const seed of [46, 4601, 460_002, 4_600_003]) {
   Deno.test(`as of the instant after each movement, balance, held and every lot are what the account showed then (seed ${seed})`, async () => {
     const rand = random(seed);
     const id = await newUser();
     const s = { id, token: await userToken(id), admin: await adminToken() };
     const state: State = { purchases: [], holds: [], charges: [] };
-    const snapshots: Snapshot[] = [{ ...await live(s.token), at: await instant() }];
-    for (let i = 0; i < 18; i++) {
-      await step(rand, s, state, Number(snapshots[snapshots.length - 1].balance.available));
-      const now = await live(s.token);
-      snapshots.push({ ...now, at: await instant() });
-    }
-    for (const snap of snapshots) {
-      const b = await api(`/credits/balance?at=${snap.at}`, { token: s.token });
-      assert.equal(b.status, 200, b.text);
-      assert.deepEqual(
-        dataOf(b),
-        { ...snap.balance, as_of: snap.at.replace(/(\.\d{3})\d*Z$/, '$1Z') },
-        `balance at ${snap.at}`,
-      );
-      const l = await api(`/credits/lots?limit=200&at=${snap.at}`, { token: s.token });
-      assert.deepEqual((dataOf(l) as unknown as LotPage).items, snap.lots, `lots at ${snap.at}`);
-    }
-
-    // The statement's running sum: at each transfer's instant, Σ entries dated by then, which is
-    // the balance_after of the last of them when the account's transactions did not overlap.
-    const entries = await testDb<{ at: string; after: string; sum: string }[]>`
-      with mine as (select e.* from billing.entries e join billing.accounts a on a.id = e.account_id where a.user_id = ${id})
-      select to_char(t.at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as at,
-        (select trim_scale(sum(m.amount))::text from mine m where m.created_at <= t.at) as sum,
-        (select trim_scale(m.balance_after)::text from mine m where m.created_at <= t.at order by m.id desc limit 1) as after
-      from (select distinct m.created_at as at from mine m) t order by t.at`;
-    assert.ok(entries.length >= 5, `a sequence with movements (${entries.length})`);
-    for (const e of entries) {
-      const b = dataOf(await api(`/credits/balance?at=${e.at}`, { token: s.token })) as unknown as BalanceAsOf;
-      assert.equal(b.balance, e.sum, `the running sum at ${e.at}`);
-      assert.equal(b.balance, e.after, `the last balance_after at ${e.at}`);
-    }
+    // 20 movements: with the reads after each and the as-of reads, within a route's 100 a minute.
+    await replay(
+      s,
+      Array.from({ length: 20 }, () => (last: Snapshot) => step(rand, s, state, Number(last.balance.available))),
+    );
   });
 }
+
+const charge = async (token: string, credits: number) => {
+  const r = await spendCredits(token, credits);
+  assert.equal(r.status, 201, r.text);
+  return String(dataOf(r).transfer_id);
+};
+
+Deno.test("as of each instant around a dispute: the student's hold giving way in part, the frozen lots, the loss", async () => {
+  const id = await newUser();
+  const s = { id, token: await userToken(id) };
+  let first = '';
+  let hold = '';
+  await replay(s, [
+    async () => (first = (await buy(s.token, 'mini')).session_id),
+    () => buy(s.token, 'mini'),
+    () => charge(s.token, 1000),
+    async () => {
+      const r = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '8000' } });
+      hold = String(dataOf(r).hold_id);
+    },
+    // Freezes the first purchase's 5,000: the hold gives way to 4,000 (recorded as a resize).
+    async () => emulator(`/_emulator/charges/${await chargeOf(first)}/dispute`, { outcome: 'open' }),
+    () => api(`/credits/holds/${hold}/release`, { token: s.token, headers: key(), body: {} }),
+    () => charge(s.token, 2000),
+    async () => emulator(`/_emulator/charges/${await chargeOf(first)}/dispute`, { outcome: 'lost' }),
+  ]);
+  const [resized] =
+    await testDb`select trim_scale(r.amount_before)::text as before, trim_scale(r.amount_after)::text as after
+    from billing.hold_resizes r where r.hold_id = ${hold}`;
+  assert.deepEqual(
+    { ...resized },
+    { before: '8000', after: '4000' },
+    'the hold gave way in part: the case is exercised',
+  );
+});
+
+Deno.test('as of each instant around a debt: a refund of spent credits, a void into the debt, the purchase that pays it', async () => {
+  const id = await newUser();
+  const s = { id, token: await userToken(id) };
+  let first = '';
+  let spent = '';
+  const admin = await adminToken();
+  const snapshots = await replay(s, [
+    async () => (first = (await buy(s.token, 'mini')).session_id),
+    () => charge(s.token, 2000),
+    async () => (spent = await charge(s.token, 1000)),
+    async () => emulator(`/_emulator/charges/${await chargeOf(first)}/refund`, { amount: 500 }), // 3,000 owed
+    async () => {
+      const r = await api(`/admin/charges/${spent}/void`, { token: admin, body: { reason: 'as-of debt' } });
+      assert.equal(r.status, 200, r.text); // its 1,000 pay part of the debt, into the lot it drew
+    },
+    () => buy(s.token, 'mini'), // pays the other 2,000 first
+    () => charge(s.token, 100),
+  ]);
+  assert.deepEqual(snapshots.map((x) => x.balance.balance), [
+    '0',
+    '5000',
+    '3000',
+    '2000',
+    '-3000',
+    '-2000',
+    '3000',
+    '2900',
+  ]);
+});
 
 Deno.test('before the account existed the balance is zero and there are no lots; the account is then as bought', async () => {
   const id = await newUser();
