@@ -10,8 +10,11 @@ insert into auth.users (id) values ('36363636-0000-4000-8000-000000000001'), ('3
 
 select billing.grant_credits('36363636-0000-4000-8000-000000000001', 100, 'promo_grant', 'asof-grant');
 select billing.reserve_credits('36363636-0000-4000-8000-000000000001', 60, 'asof-hold-1');
-select billing.reserve_credits('36363636-0000-4000-8000-000000000001', 10, 'asof-hold-2');
-select billing.shrink_holds((select id from billing.accounts where user_id = '36363636-0000-4000-8000-000000000001'), 25,
+select billing.reserve_hold('36363636-0000-4000-8000-000000000001', 10, 'asof-hold-2', 900, 'job');
+-- The job's hold gives way whole, then the student's in part (one purpose at a time: the order is theirs).
+select billing.shrink_holds((select id from billing.accounts where user_id = '36363636-0000-4000-8000-000000000001'), 10,
+  array['job'], '{}');
+select billing.shrink_holds((select id from billing.accounts where user_id = '36363636-0000-4000-8000-000000000001'), 15,
   array['user'], '{}');
 select results_eq(
   $$select trim_scale(r.amount_before), trim_scale(r.amount_after) from billing.hold_resizes r
