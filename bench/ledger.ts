@@ -1,13 +1,15 @@
 // Benchmarks of the ledger's hot paths, each against a baseline measured in the same run:
 //   1. SQL debit (debit_credits, idempotent, entries + balance) vs a bare guarded UPDATE, at
 //      1/16/64 clients, spread over 1,000 accounts and on one hot account; bytes per debit.
+//      Then at 16 clients, 1,000 accounts, against a transfer built to pgledger's design
+//      (pgledger-design.sql). BENCH_LEDGER_SQL_ONLY=1 stops after this section.
 //   2. Batched ingestion over HTTP at batch sizes 1, 100, 1,000 over 10,000 users.
 //   3. HTTP usage debit (reported with the service role key + rate limit + idempotency) at 16 and 64
 //      connections vs (1).
 //   4. Cold start of the functions gateway to a first 200, and its peak RSS under (3).
 // Every run ends by checking the ledger's invariants; a fast wrong answer fails the run.
 import postgres from 'postgres';
-import { env, printer } from './lib.ts';
+import { env, median, printer } from './lib.ts';
 
 const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 const dbUrl = env('SUPABASE_DB_URL');
@@ -85,6 +87,36 @@ say(
 );
 report.sql_debit = { ...sql1, bytesPerDebit };
 const perEventSql = (sql1.c16 as { ledger: number }).ledger;
+
+// Against pgledger's transfer (its design, bench/pgledger-design.sql): both tracked sides locked in
+// id order, updated with their versions, the transfer and two entries with balances after.
+await admin.unsafe(await Deno.readTextFile(new URL('./pgledger-design.sql', import.meta.url)));
+await admin`select pgledger_bench.reset(${accountCount})`;
+const pgledgerRun = crypto.randomUUID().slice(0, 8);
+const cells: Record<string, number[]> = { debit: [], pgledger: [] };
+for (let round = 0; round < 3; round++) { // interleaved: the machine's drift falls on both alike
+  cells.pgledger.push(
+    await timed(16, async (sql, i) => {
+      await sql`select pgledger_bench.transfer(${(i % accountCount) + 1}, ${((i + 500) % accountCount) + 1}, 1)`;
+    }),
+  );
+  cells.debit.push(
+    await timed(16, async (sql, i) => {
+      await sql`select billing.debit_credits(${users[i % accountCount]}, 1, ${`bench:${pgledgerRun}:${round}:${i}`})`;
+    }),
+  );
+}
+const versus = median(cells.debit) / median(cells.pgledger);
+say(
+  `\nSQL debit against pgledger's transfer (16 clients, 1,000 accounts, medians of 3 interleaved): ` +
+    `${median(cells.debit).toFixed(0)} vs ${median(cells.pgledger).toFixed(0)} ops/s: ${versus.toFixed(2)}× ` +
+    `(target ≥ 1.5× ${versus >= 1.5 ? 'met' : 'MISSED'}).`,
+);
+report.versus_pgledger = { ...cells, ratio: versus };
+if (Deno.env.get('BENCH_LEDGER_SQL_ONLY') === '1') {
+  await admin.end();
+  Deno.exit(0);
+}
 
 // ---------------------------------------------------------------- gateway for the HTTP benches
 

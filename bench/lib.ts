@@ -82,3 +82,28 @@ export async function clusterCpu(postmaster: number): Promise<number> {
   }
   return ticks / hz;
 }
+
+/** Runs one pgbench script (`-M prepared`) for `seconds` and returns its output; throws on failure. */
+export async function pgbench(dbUrl: string, file: string, clients: number, seconds: number): Promise<string> {
+  const out = await new Deno.Command('pgbench', {
+    args: [
+      '-n',
+      '-M',
+      'prepared',
+      '-c',
+      String(clients),
+      '-j',
+      String(Math.min(clients, 2)),
+      '-T',
+      String(seconds),
+      '-f',
+      file,
+      dbUrl,
+    ],
+    stdout: 'piped',
+    stderr: 'piped',
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  if (!out.success) throw new Error(`pgbench ${file} failed:\n${text}`);
+  return text;
+}

@@ -13,7 +13,7 @@
 //   BENCH_SECONDS (5) per cell, BENCH_ROUNDS (3)
 import postgres from 'postgres';
 import { fixtures } from './fixtures.ts';
-import { clusterCpu, fmt, median, printer } from './lib.ts';
+import { clusterCpu, fmt, median, pgbench, printer } from './lib.ts';
 
 const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 const rounds = Number(Deno.env.get('BENCH_ROUNDS') ?? 3);
@@ -77,26 +77,7 @@ async function measure(cell: string, clients: number): Promise<Cell> {
   const [{ started }] = await admin`select clock_timestamp() as started`;
   const before = await clusterCpu(postmaster);
   const walBefore = await walNow();
-  const out = await new Deno.Command('pgbench', {
-    args: [
-      '-n',
-      '-M',
-      'prepared',
-      '-c',
-      String(clients),
-      '-j',
-      String(Math.min(clients, 2)),
-      '-T',
-      String(seconds),
-      '-f',
-      file,
-      dbUrl,
-    ],
-    stdout: 'piped',
-    stderr: 'piped',
-  }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  if (!out.success) throw new Error(`pgbench ${cell} failed:\n${text}`);
+  const text = await pgbench(dbUrl, file, clients, seconds);
   await new Promise((r) => setTimeout(r, 200)); // the postmaster reaps the closed backends (their CPU moves to it)
   const cpu = (await clusterCpu(postmaster)) - before;
   const wal = (await walNow()) - walBefore;

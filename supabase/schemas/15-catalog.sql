@@ -531,6 +531,19 @@ comment on function billing.rate_cards_overview(p_changes integer) is 'The rate 
 revoke execute on function billing.rate_cards_overview(p_changes integer) from public;
 grant execute on function billing.rate_cards_overview(p_changes integer) to service_role;
 
+-- The packages on sale.
+create or replace function billing.list_credit_packages() returns table (id text, name text, price_cents integer, currency text, credits numeric, bonus_credits numeric)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select p.id, p.name, p.price_cents, p.currency, p.credits, p.bonus_credits
+  from billing.credit_packages p where p.active order by p.sort_order
+$$;
+comment on function billing.list_credit_packages() is 'The credit packages on sale, in display order (GET /checkout/packages, and a checkout''s price for the velocity check).';
+revoke execute on function billing.list_credit_packages() from public;
+grant execute on function billing.list_credit_packages() to service_role;
+
 -- ============================================================ triggers
 
 create trigger rate_cards_immutable before update or delete on billing.rate_cards

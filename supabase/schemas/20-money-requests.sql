@@ -421,10 +421,8 @@ revoke execute on function billing.standing_refusal(p_user uuid, p_admin boolean
 
 -- Every Idempotency-Key the API takes (1–255 printable characters, docs/api.md) works on every
 -- money route. The keys a route derives from it for the ledger ('http:<user>:<action>:<key>',
--- 'allowance:<key>:<member>') grew past the 300 characters transfers_key_length and the
--- ledger functions allow, so keys of 237–255 characters were refused (by action). A derived
--- key now always fits: as before when it does (so a retry across this change still finds its
--- transfer), else with the key replaced by its SHA-256.
+-- 'allowance:<key>:<member>') may pass the 300 characters transfers_key_length allows: a
+-- derived key is the key itself when it fits, else with the key replaced by its SHA-256.
 -- `p_scope || p_key` when that fits in 300 characters, else `p_scope || 'sha256:' || hex`.
 create or replace function billing.scoped_key(p_scope text, p_key text) returns text
 language plpgsql immutable

@@ -50,10 +50,9 @@ create index lots_purchase on billing.lots (purchase_id) where purchase_id is no
 
 create index lots_granted_brin on billing.lots using brin (granted_at);
 
--- Credit lots over time (the lots themselves and how debits draw from them are in the ledger
--- migrations): expiry into the breakage account, warnings before it, the caller's lots, the
--- daily proof that lots and allocations agree (and so deferred revenue, to the cent), and the
--- one-off migration of balances that predate lots.
+-- Credit lots over time (how debits draw from them is billing.post_transfers', 11-ledger-writer.sql):
+-- expiry into the breakage account, warnings before it, the caller's lots, and the daily proof
+-- that lots and allocations agree (and so deferred revenue, to the cent).
 create index lots_account on billing.lots (account_id, id desc);
 
 create index lots_moved_from on billing.lots (moved_from) where moved_from is not null;
@@ -183,7 +182,7 @@ create or replace function billing.check_lots()
 returns jsonb
 language sql
 stable security definer
-set search_path to ''
+set search_path = ''
 as $$
   with drawn as (
     select la.lot_id, sum(la.amount) as total from billing.lot_allocations la group by la.lot_id
@@ -247,10 +246,6 @@ comment on function billing.reconcile_lots() is 'pg_cron, daily: runs check_lots
 revoke execute on function billing.reconcile_lots() from public;
 grant execute on function billing.reconcile_lots() to service_role;
 
--- Gives every account with a positive balance and no lots the lots that reproduce it exactly:
--- its credits are attributed to its most recent grants (spending drew the older ones first),
--- each lot keeping its grant's category, purchase and cost. Run once by this migration; a
--- no-op where every account already has lots.
 -- An expiry's key: the lot and what it held when it expired, so a rerun finds the transfer; after
 -- the lot's first expiry, also how many it has had, so credits that came back into it since (a
 -- void, a rollover brought back from breakage) expire under a key of their own, never replaying
@@ -269,11 +264,10 @@ $$;
 comment on function billing.expiry_key(p_lot_id bigint, p_amount numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
 revoke execute on function billing.expiry_key(p_lot_id bigint, p_amount numeric) from public;
 
-create or replace function billing.expire_due_lots(p_account_id bigint)
- RETURNS integer
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
+create or replace function billing.expire_due_lots(p_account_id bigint) returns integer
+language plpgsql
+set search_path = ''
+as $$
 declare
   v_account billing.accounts;
   v_lot record;
@@ -302,7 +296,7 @@ begin
   perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true), v_expired);
   return v_count;
 end;
-$function$;
+$$;
 comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (held credits too; holds give way), then makes next_expiry exact.';
 revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
 

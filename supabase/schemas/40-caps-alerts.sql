@@ -103,6 +103,7 @@ create or replace function billing.alert_time() returns text
 language plpgsql stable
 set search_path = ''
 as $$ begin return (extract(epoch from now()) * 1000000)::bigint::text; end $$;
+comment on function billing.alert_time() is 'Internal: the posting transaction''s start in microseconds, the key of a threshold crossing.';
 revoke execute on function billing.alert_time() from public;
 
 -- Queues one alert: the student's email and the product webhook, deduplicated by p_key.
@@ -377,6 +378,7 @@ begin
   return billing.member_caps(p_org, p_member);
 end;
 $$;
+comment on function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric) is 'A member''s cap per day, week, month or term on an organisation''s pooled wallet, set or removed by its owner or admin.';
 revoke execute on function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric) from public;
 grant execute on function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric) to service_role;
 
@@ -391,6 +393,7 @@ as $$
   cross join lateral billing.cap_period(c.period, c.time_zone, now()) p
   where a.org_id = p_org and a.member_id is null and c.member_id = p_member
 $$;
+comment on function billing.member_caps(p_org uuid, p_member uuid) is 'Internal: a member''s caps on an organisation''s pooled wallet, each with what was spent in its current period and when it resets.';
 revoke execute on function billing.member_caps(p_org uuid, p_member uuid) from public;
 
 create or replace function billing.set_spend_cap(p_user uuid, p_period text, p_time_zone text, p_model text, p_amount numeric,

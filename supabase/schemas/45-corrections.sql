@@ -123,6 +123,79 @@ $$;
 comment on function billing.void_json(p_void billing.charge_voids, p_replayed boolean) is 'Internal: a void as the API answers it (the lots credited back, each expired at once or not).';
 revoke execute on function billing.void_json(p_void billing.charge_voids, p_replayed boolean) from public;
 
+-- A lot that expired since its charge: the void's share of it expires again at once (breakage),
+-- keyed by the void so it never meets the lot's first expiry's key. A disputed (frozen) lot waits
+-- for its dispute. Then the account's next expiry is the earliest of its open lots'.
+create or replace function billing.expire_voided_lots(p_account billing.accounts, p_void_id bigint) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_lot record;
+begin
+  for v_lot in
+    select l.id, l.remaining, l.category from billing.lots l
+    join billing.lot_allocations la on la.lot_id = l.id and la.transfer_id = p_void_id
+    where l.open and not l.frozen and l.expires_at <= now()
+    order by l.id
+  loop
+    perform billing.post_user_transfer(coalesce(p_account.user_id, p_account.member_id), -1, 'reverse', v_lot.remaining,
+      'expiry', 'expired', 'expiry:' || v_lot.id || ':void:' || p_void_id, null, null,
+      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category, 'void_transfer_id', p_void_id::text),
+      null, null, jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account.id);
+  end loop;
+  update billing.accounts a
+  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
+  where a.id = p_account.id;
+end;
+$$;
+comment on function billing.expire_voided_lots(p_account billing.accounts, p_void_id bigint) is 'Internal: what a void returned to lots that expired since expires again (breakage), keyed by the void; the account''s next expiry recomputed.';
+revoke execute on function billing.expire_voided_lots(p_account billing.accounts, p_void_id bigint) from public, anon, authenticated;
+
+-- Credits a void returned to a lot a dispute froze stay frozen: that dispute's hold on the account
+-- grows by them (as far as the balance not already frozen goes), so none of a purchase under
+-- dispute becomes spendable and a lost dispute takes them, instead of leaving them spent as debt.
+create or replace function billing.freeze_voided_credits(p_account_id bigint, p_void_id bigint) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_lot record;
+  v_grow numeric(38, 18);
+begin
+  for v_lot in
+    select p.dispute_id, sum(-la.amount) as back
+    from billing.lot_allocations la
+    join billing.lots l on l.id = la.lot_id
+    join billing.purchases p on p.id = l.purchase_id
+    where la.transfer_id = p_void_id and l.frozen and p.dispute_status = 'open'
+    group by p.dispute_id, p.paid_at, p.id
+    order by p.paid_at, p.id
+  loop
+    select * into v_account from billing.accounts a where a.id = p_account_id;
+    select least(v_lot.back, greatest(v_account.balance - coalesce(sum(h.amount), 0), 0)) into v_grow
+    from billing.holds h where h.account_id = v_account.id and h.status = 'active' and h.purpose = 'dispute';
+    continue when v_grow <= 0;
+    if v_grow > greatest(v_account.balance - v_account.held, 0) then
+      perform billing.shrink_holds(v_account.id, v_grow - greatest(v_account.balance - v_account.held, 0), array['user'],
+        jsonb_build_object('given_to_dispute', v_lot.dispute_id));
+    end if;
+    update billing.holds h set amount = h.amount + v_grow
+    where h.id = (select x.id from billing.holds x where x.account_id = v_account.id and x.status = 'active'
+                  and x.purpose = 'dispute' and x.correlation_id = v_lot.dispute_id order by x.created_at limit 1);
+    if found then
+      perform billing.post_transfers('{}', array[(v_account.id, v_grow)::billing.held_change]);
+    else
+      perform billing.place_hold(v_account.id, v_grow, 'dispute:' || v_lot.dispute_id || ':void:' || p_void_id,
+        'infinity', 'dispute', v_lot.dispute_id);
+    end if;
+  end loop;
+end;
+$$;
+comment on function billing.freeze_voided_credits(p_account_id bigint, p_void_id bigint) is 'Internal: what a void returned to lots frozen by an open dispute is added to that dispute''s hold on the account (the user''s own holds give way).';
+revoke execute on function billing.freeze_voided_credits(p_account_id bigint, p_void_id bigint) from public, anon, authenticated;
+
 create or replace function billing.void_charge_internal(p_charge_id bigint, p_actor uuid, p_reason text, p_run_id uuid)
 returns jsonb
 language plpgsql
@@ -137,8 +210,6 @@ declare
   v_model text;
   v_drawn numeric(38, 18);
   v_posted billing.posted_transfer[];
-  v_lot record;
-  v_grow numeric(38, 18);
 begin
   select * into v_charge from billing.transfers t where t.id = p_charge_id;
   if not found or v_charge.kind not in ('usage', 'debit', 'hold_capture')
@@ -186,52 +257,8 @@ begin
   select * into v_void from billing.transfers t where t.id = (v_posted[1]).transfer_id;
   select * into v_account from billing.accounts a where a.id = v_account.id;
 
-  -- A lot that expired since: its share expires again at once (breakage), keyed by this void so
-  -- it never meets the lot's first expiry's key. A disputed (frozen) lot waits for its dispute.
-  for v_lot in
-    select l.id, l.remaining, l.category from billing.lots l
-    join billing.lot_allocations la on la.lot_id = l.id and la.transfer_id = v_void.id
-    where l.open and not l.frozen and l.expires_at <= now()
-    order by l.id
-  loop
-    perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
-      'expiry', 'expired', 'expiry:' || v_lot.id || ':void:' || v_void.id, null, null,
-      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category, 'void_transfer_id', v_void.id::text),
-      null, null, jsonb_build_object('first', jsonb_build_array(v_lot.id)), v_account.id);
-  end loop;
-  update billing.accounts a
-  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
-  where a.id = v_account.id returning * into v_account;
-  -- Credits back in a lot a dispute froze stay frozen: that dispute's hold here grows by them (as
-  -- far as the balance not already frozen goes), so none of a purchase under dispute becomes
-  -- spendable and a lost dispute takes them, instead of leaving them spent as debt.
-  for v_lot in
-    select p.dispute_id, sum(-la.amount) as back
-    from billing.lot_allocations la
-    join billing.lots l on l.id = la.lot_id
-    join billing.purchases p on p.id = l.purchase_id
-    where la.transfer_id = v_void.id and l.frozen and p.dispute_status = 'open'
-    group by p.dispute_id, p.paid_at, p.id
-    order by p.paid_at, p.id
-  loop
-    select * into v_account from billing.accounts a where a.id = v_account.id;
-    select least(v_lot.back, greatest(v_account.balance - coalesce(sum(h.amount), 0), 0)) into v_grow
-    from billing.holds h where h.account_id = v_account.id and h.status = 'active' and h.purpose = 'dispute';
-    continue when v_grow <= 0;
-    if v_grow > greatest(v_account.balance - v_account.held, 0) then
-      perform billing.shrink_holds(v_account.id, v_grow - greatest(v_account.balance - v_account.held, 0), array['user'],
-        jsonb_build_object('given_to_dispute', v_lot.dispute_id));
-    end if;
-    update billing.holds h set amount = h.amount + v_grow
-    where h.id = (select x.id from billing.holds x where x.account_id = v_account.id and x.status = 'active'
-                  and x.purpose = 'dispute' and x.correlation_id = v_lot.dispute_id order by x.created_at limit 1);
-    if found then
-      perform billing.post_transfers('{}', array[(v_account.id, v_grow)::billing.held_change]);
-    else
-      perform billing.place_hold(v_account.id, v_grow, 'dispute:' || v_lot.dispute_id || ':void:' || v_void.id,
-        'infinity', 'dispute', v_lot.dispute_id);
-    end if;
-  end loop;
+  perform billing.expire_voided_lots(v_account, v_void.id);
+  perform billing.freeze_voided_credits(v_account.id, v_void.id);
   select * into v_account from billing.accounts a where a.id = v_account.id;
 
   if v_account.caps > 0 then

@@ -1,8 +1,9 @@
--- B2C credit purchases through Stripe Checkout: purchases, the Stripe event log, the
--- notification outbox, and the one convergent function that brings a purchase in line with
--- Stripe's current state (paid → credits; refunded → pro-rata reversal; disputed → hold,
--- then release or reversal). Every webhook and the success-page poll call it with state
--- re-fetched from Stripe, so events in any order, any number of times, end in the same place.
+-- B2C credit purchases through Stripe Checkout: purchases, and the one convergent function that
+-- brings a purchase in line with Stripe's current state (paid → credits; refunded → pro-rata
+-- reversal; disputed → hold, then release or reversal). Every webhook and the success-page poll
+-- call it with state re-fetched from Stripe, so events in any order, any number of times, end in
+-- the same place. Refunds and disputes of a paid purchase: 51-refunds-disputes.sql; the Stripe
+-- event log: 67-stripe-events.sql.
 
 -- ============================================================ types
 
@@ -105,37 +106,6 @@ create index purchases_sessionless on billing.purchases (created_at) where strip
 
 create index purchases_org on billing.purchases (org_id, created_at) where org_id is not null;
 
-create table billing.stripe_events (
-  id text primary key,                            -- Stripe's event id
-  type text not null,
-  api_created timestamptz not null,
-  livemode boolean not null,
-  object_id text,
-  status text not null,                           -- processed | ignored | failed
-  attempts integer not null default 1,
-  last_error text,
-  received_at timestamptz not null default now(),
-  processed_at timestamptz,
-  constraint stripe_events_status check (status in ('processed', 'ignored', 'failed'))
-);
-comment on table billing.stripe_events is 'Every verified Stripe event, once by id: type, timing, outcome. No customer data.';
-alter table billing.stripe_events enable row level security;
-grant select on table billing.stripe_events to service_role;
-
-create index stripe_events_type_time on billing.stripe_events (type, api_created);
-
-create index stripe_events_received on billing.stripe_events (received_at);
-
-create index stripe_events_processed on billing.stripe_events (processed_at) where processed_at is not null;
-
--- Each rolled-up day's currency check (billing.revenue_rollup_is_current) looks for webhooks of
--- the day finished on a later day. Such events are rare, so this partial index is tiny; keyed by
--- the UTC day it counts on, it is the only index that can answer, and the planner (which cannot
--- know how few rows the predicate keeps) does not fall back to reading the day's events through
--- stripe_events_received (bench/README.md, reporting).
-create index stripe_events_finished_late_day on billing.stripe_events (((received_at at time zone 'UTC')::date), processed_at)
-  where (processed_at at time zone 'UTC')::date > (received_at at time zone 'UTC')::date;
-
 create table billing.counters (
   name text primary key,
   value bigint not null default 0
@@ -165,6 +135,7 @@ as $$
          p.stripe_session_id, p.session_url, p.session_expires_at, p.client_temp_id
   from billing.credit_package_versions k where k.package_id = p.package_id and k.version = p.package_version
 $$;
+comment on function billing.checkout_of(p billing.purchases, p_reused boolean) is 'Internal: a purchase as POST /checkout answers it, with its package version''s name.';
 revoke execute on function billing.checkout_of(p billing.purchases, p_reused boolean) from public;
 
 create or replace function billing.attach_checkout_session(p_purchase_id uuid, p_session_id text, p_url text, p_expires_at timestamptz)
@@ -214,59 +185,18 @@ comment on function billing.expire_stale_purchases(p_limit integer) is 'pg_cron:
 revoke execute on function billing.expire_stale_purchases(p_limit integer) from public;
 grant execute on function billing.expire_stale_purchases(p_limit integer) to service_role;
 
-create or replace function billing.purchase_lots(p_purchase_id uuid, p_category text) returns bigint[]
-language sql stable
+-- fulfillCheckout, for every path that learns a purchase's state (webhooks, the success-page
+-- poll, the recharge worker, an organisation's paid invoice): finds the purchase, then brings
+-- its payment, refunds and dispute in line with the state re-fetched from Stripe, in that order.
+create or replace function billing.sync_purchase(p_state jsonb) returns text
+language plpgsql
+security definer
 set search_path = ''
 as $$
-  select coalesce(array_agg(l.id order by l.category, l.id), '{}') from billing.lots l
-  where l.purchase_id = p_purchase_id and (p_category is null or l.category = p_category)
-$$;
-comment on function billing.purchase_lots(p_purchase_id uuid, p_category text) is 'Internal: the lots a purchase granted (paid before promotional), for its reversals to take back first.';
-revoke execute on function billing.purchase_lots(p_purchase_id uuid, p_category text) from public;
-
-create or replace function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) returns numeric
-language sql stable
-set search_path = ''
-as $$
-  -- Through the purchase's lots (wherever its credits were moved) to their expiry allocations
-  -- (lot_allocations_expiry): a refund reads a handful of rows, never the allocations table.
-  select coalesce((select sum(la.amount) from billing.lots l
-                   join billing.lot_allocations la on la.lot_id = l.id and la.kind = 'expiry'
-                   where l.purchase_id = p_purchase_id and (p_category is null or l.category = p_category)), 0)
-    - (select case p_category when 'paid' then p.credits_expiry_forgiven when 'promotional' then p.bonus_expiry_forgiven
-              else p.credits_expiry_forgiven + p.bonus_expiry_forgiven end
-       from billing.purchases p where p.id = p_purchase_id)
-$$;
-comment on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) is 'Internal: how many of a purchase''s credits (of one category; both when null) expired and were not yet forgiven by a refund or a lost dispute.';
-revoke execute on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) from public;
-
-create or replace function billing.sync_purchase(p_state jsonb)
- RETURNS text
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO ''
-AS $function$
 declare
   p billing.purchases;
-  v_refunded integer := coalesce((p_state ->> 'amount_refunded')::integer, 0);
-  v_tax integer := coalesce((p_state ->> 'amount_tax')::integer, 0);
-  v_charge text := p_state ->> 'charge_id';
-  v_dispute text := case
-    when p_state ->> 'dispute_status' in ('won', 'warning_closed', 'prevented') then 'won'
-    when p_state ->> 'dispute_status' = 'lost' then 'lost'
-    when p_state ->> 'dispute_id' is not null then 'open' end;
-  v_target_c numeric(38, 18);
-  v_target_b numeric(38, 18);
-  v_remaining numeric(38, 18);
-  v_freeze numeric(38, 18);
   v_user uuid;        -- whose account the credits are in: the buyer's,
   v_wallet bigint;    -- or, for an organisation's purchase, its wallet
-  v_credited bigint;  -- where the payment's credits go: the wallet, a gift's escrow, or (null) the buyer
-  v_buyer bigint;
-  v_moved numeric(38, 18);
-  v_elsewhere record;  -- an account the purchase's credits were moved to
-  v_reached bigint[];  -- every account a closing dispute reached
-  v_account bigint;
 begin
   -- A Checkout purchase by its session; an off-session recharge or a paid organisation invoice
   -- (no session) by its purchase id.
@@ -285,7 +215,36 @@ begin
     v_user := p.user_id;
   end if;
 
-  -- 1. Payment.
+  p := billing.sync_purchase_payment(p, p_state, v_user, v_wallet);
+  update billing.purchases x
+  set stripe_payment_intent_id = coalesce(x.stripe_payment_intent_id, p_state ->> 'payment_intent'),
+      stripe_charge_id = coalesce(x.stripe_charge_id, p_state ->> 'charge_id'),
+      stripe_fee_cents = coalesce(x.stripe_fee_cents, (p_state ->> 'stripe_fee')::integer)
+  where x.id = p.id returning * into p;
+  if p.status <> 'paid' then
+    return p.status;
+  end if;
+  p := billing.sync_purchase_refunds(p, p_state);
+  p := billing.sync_purchase_dispute(p, p_state, v_wallet);
+  return p.status;
+end;
+$$;
+comment on function billing.sync_purchase(p_state jsonb) is 'fulfillCheckout: converges a purchase on Stripe''s current state (credits in the buyer''s account, or the organisation''s wallet). Safe to run any number of times, concurrently, in any order.';
+revoke execute on function billing.sync_purchase(p_state jsonb) from public;
+grant execute on function billing.sync_purchase(p_state jsonb) to service_role;
+
+-- A purchase's payment as Stripe reports it: paid → its credits (and bonus) granted once, the
+-- receipt queued, the card kept when asked; or the Checkout expired, failed, or an off-session
+-- recharge's charge failed. Called by billing.sync_purchase with the purchase locked.
+create or replace function billing.sync_purchase_payment(p billing.purchases, p_state jsonb, p_user uuid, p_wallet bigint)
+returns billing.purchases
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_tax integer := coalesce((p_state ->> 'amount_tax')::integer, 0);
+  v_credited bigint;  -- where the payment's credits go: the wallet, a gift's escrow, or (null) the buyer
+begin
   if p.status <> 'paid' and p_state ->> 'payment_status' = 'paid' then
     -- The price before tax must be ours, and the total that price plus Stripe Tax's amount (none
     -- when automatic tax is off): anything else was not the package we sold.
@@ -298,12 +257,12 @@ begin
     end if;
     -- The credits are a paid lot whose cost is the price; the bonus a promotional lot. A gift's
     -- go into its code's escrow until someone redeems the code (75-codes.sql).
-    v_credited := case when p.gift then billing.activate_gift_code(p) else v_wallet end;
-    perform billing.grant_credits(v_user, p.credits, 'purchase', 'purchase:' || p.id, p.stripe_session_id, null,
+    v_credited := case when p.gift then billing.activate_gift_code(p) else p_wallet end;
+    perform billing.grant_credits(p_user, p.credits, 'purchase', 'purchase:' || p.id, p.stripe_session_id, null,
       billing.purchase_metadata(p), jsonb_build_object('category', 'paid', 'cost_cents', p.price_cents, 'currency', p.currency,
         'purchase_id', p.id), v_credited);
     if p.bonus_credits > 0 then
-      perform billing.grant_credits(v_user, p.bonus_credits, 'promo_grant', 'purchase-bonus:' || p.id, p.stripe_session_id,
+      perform billing.grant_credits(p_user, p.bonus_credits, 'promo_grant', 'purchase-bonus:' || p.id, p.stripe_session_id,
         null, billing.purchase_metadata(p), jsonb_build_object('category', 'promotional', 'currency', p.currency,
           'purchase_id', p.id), v_credited);
     end if;
@@ -337,140 +296,11 @@ begin
     from billing.recharges r where r.purchase_id = p.id;
     select * into p from billing.purchases x where x.id = p.id;
   end if;
-
-  update billing.purchases x
-  set stripe_payment_intent_id = coalesce(x.stripe_payment_intent_id, p_state ->> 'payment_intent'),
-      stripe_charge_id = coalesce(x.stripe_charge_id, v_charge),
-      stripe_fee_cents = coalesce(x.stripe_fee_cents, (p_state ->> 'stripe_fee')::integer)
-  where x.id = p.id returning * into p;
-
-  if p.status <> 'paid' then
-    return p.status;
-  end if;
-
-  -- 2. Refunds: Stripe reports the cumulative amount, so the reversal converges on
-  -- floor(credits × refunded / paid), for purchased and bonus credits alike. Paid is what the
-  -- charge took, tax included: a refund returns tax and price in proportion, so refunding the
-  -- whole charge takes back every credit, and half of it half of them.
-  if v_refunded > p.amount_refunded_cents then
-    v_target_c := floor(p.credits * v_refunded / (p.price_cents + p.tax_cents));
-    v_target_b := floor(p.bonus_credits * v_refunded / (p.price_cents + p.tax_cents));
-    -- Each reversal takes back its own lot first; what that lot no longer has expired (forgiven:
-    -- it is breakage already) or was spent, and is owed like any debt (settled from whatever the
-    -- account holds, or carried as debt).
-    perform billing.take_back_purchase(p, v_target_c - p.credits_refund_reversed, 'paid', 'refund_reversal',
-      'refund:' || p.id || ':' || v_refunded, v_charge);
-    perform billing.take_back_purchase(p, v_target_b - p.bonus_refund_reversed, 'promotional', 'refund_reversal',
-      'refund-bonus:' || p.id || ':' || v_refunded, v_charge);
-    update billing.purchases x
-    set amount_refunded_cents = v_refunded, credits_refund_reversed = greatest(v_target_c, x.credits_refund_reversed),
-        bonus_refund_reversed = greatest(v_target_b, x.bonus_refund_reversed), updated_at = now()
-    where x.id = p.id returning * into p;
-  end if;
-
-  -- 3. Disputes: open → hold what is left of the purchase, in every account its credits are in;
-  -- won → release; lost → reverse it from wherever it is.
-  if v_dispute is not null and coalesce(p.dispute_status, 'open') = 'open' then
-    v_remaining := (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed);
-    if v_dispute = 'open' then
-      -- The disputed card is charged off-session no more: before the holds below lower what is
-      -- available (which would queue a recharge), auto-recharge goes off and the card is forgotten.
-      perform billing.stop_off_session_charges(p.user_id, p_state ->> 'dispute_id');
-      v_buyer := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p.user_id));
-      v_moved := 0;
-      perform 1 from billing.accounts a
-      where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open)
-      order by a.id for update;
-      -- Due lots expire before anything is frozen (the lots are frozen below, and frozen lots wait).
-      perform billing.settle_account(a.id) from billing.accounts a
-      where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open)
-      order by a.id;
-      -- In id order, as every lock is taken; the buyer's account holds the rest of the purchase.
-      for v_elsewhere in
-        select l.account_id, sum(l.remaining) as remaining from billing.lots l
-        where l.purchase_id = p.id and l.open and l.account_id <> v_buyer group by l.account_id order by l.account_id
-      loop
-        perform billing.place_dispute_hold(v_elsewhere.account_id, v_elsewhere.remaining, p_state ->> 'dispute_id',
-          'dispute:' || (p_state ->> 'dispute_id') || ':' || v_elsewhere.account_id);
-        v_moved := v_moved + v_elsewhere.remaining;
-      end loop;
-      -- What expired of the purchase is not held: a loss would not take it back (take_back_purchase).
-      v_freeze := v_remaining - v_moved - billing.purchase_expiry_unforgiven(p.id, null);
-      if p.dispute_hold_id is null and v_freeze > 0 then
-        p.dispute_hold_id := billing.place_dispute_hold(v_buyer, v_freeze, p_state ->> 'dispute_id',
-          'dispute:' || (p_state ->> 'dispute_id'));
-      end if;
-    else
-      -- Every account the dispute reached (its holds, the purchase's lots, the buyer), locked in
-      -- id order before anything moves.
-      v_buyer := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p.user_id));
-      select array_agg(a.id order by a.id) into v_reached from billing.accounts a
-      where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id)
-         or a.id in (select h.account_id from billing.holds h
-                     where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id');
-      perform 1 from billing.accounts a where a.id = any(v_reached) order by a.id for update;
-      perform billing.release_hold(null, h.id) from billing.holds h
-      where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active'
-      order by h.account_id;
-    end if;
-    -- While disputed, the purchase's own lots are spent last (only a job's hold can reach them).
-    update billing.lots l set frozen = (v_dispute = 'open') where l.purchase_id = p.id and l.frozen <> (v_dispute = 'open');
-    if v_dispute = 'lost' then
-      perform billing.take_back_purchase(p, v_remaining, null, 'dispute_reversal', 'dispute:' || (p_state ->> 'dispute_id'),
-        v_charge);
-    end if;
-    update billing.purchases x
-    set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute, dispute_hold_id = p.dispute_hold_id, updated_at = now()
-    where x.id = p.id returning * into p;
-    -- What this dispute held may have stood in for other disputes still open there.
-    foreach v_account in array coalesce(v_reached, '{}') loop
-      perform billing.refreeze_disputes(v_account);
-    end loop;
-  end if;
-  return p.status;
+  return p;
 end;
-$function$;
-comment on function billing.sync_purchase(p_state jsonb) is 'fulfillCheckout: converges a purchase on Stripe''s current state (credits in the buyer''s account, or the organisation''s wallet). Safe to run any number of times, concurrently, in any order.';
-revoke execute on function billing.sync_purchase(p_state jsonb) from public;
-grant execute on function billing.sync_purchase(p_state jsonb) to service_role;
-
--- (its entry point, billing.process_stripe_event, is in the providers migration: it dispatches
--- purchases, provider payments, Connect accounts and payouts alike)
-create or replace function billing.stripe_event_done(p_event_id text) returns boolean
-language sql stable
-security definer
-set search_path = ''
-as $$ select exists (select 1 from billing.stripe_events e where e.id = p_event_id and e.status <> 'failed') $$;
-comment on function billing.stripe_event_done(p_event_id text) is 'Whether an event was already processed or ignored (a cheap pre-check before re-fetching from Stripe).';
-revoke execute on function billing.stripe_event_done(p_event_id text) from public;
-grant execute on function billing.stripe_event_done(p_event_id text) to service_role;
-
-create or replace function billing.record_stripe_event_failure(
-  p_event_id text, p_type text, p_created timestamptz, p_livemode boolean, p_object_id text, p_error text
-) returns void
-language sql
-security definer
-set search_path = ''
-as $$
-  insert into billing.stripe_events as e (id, type, api_created, livemode, object_id, status, last_error)
-  values (p_event_id, p_type, p_created, p_livemode, p_object_id, 'failed', left(p_error, 500))
-  on conflict (id) do update set last_error = left(p_error, 500), attempts = e.attempts + 1
-    where e.status = 'failed'
 $$;
-comment on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) is 'Records that processing an event failed (after its transaction rolled back), so failures are visible and alertable.';
-revoke execute on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) from public;
-grant execute on function billing.record_stripe_event_failure(p_event_id text, p_type text, p_created timestamp with time zone, p_livemode boolean, p_object_id text, p_error text) to service_role;
-
-create or replace function billing.finish_stripe_event(p_event_id text) returns void
-language sql
-security definer
-set search_path = ''
-as $$
-  update billing.stripe_events e set status = 'processed', last_error = null where e.id = p_event_id and e.status = 'failed'
-$$;
-comment on function billing.finish_stripe_event(p_event_id text) is 'Marks an event done whose work ended outside the database (a stale plan invoice''s refund at Stripe).';
-revoke execute on function billing.finish_stripe_event(p_event_id text) from public;
-grant execute on function billing.finish_stripe_event(p_event_id text) to service_role;
+comment on function billing.sync_purchase_payment(p billing.purchases, p_state jsonb, p_user uuid, p_wallet bigint) is 'Internal: a locked purchase''s payment brought in line with Stripe''s state (paid → credits granted once; expired; failed); returns the purchase as it now is.';
+revoke execute on function billing.sync_purchase_payment(p billing.purchases, p_state jsonb, p_user uuid, p_wallet bigint) from public, anon, authenticated;
 
 create or replace function billing.increment_counter(p_name text, p_by bigint default 1) returns bigint
 language sql
@@ -570,152 +400,41 @@ comment on function billing.begin_checkout(p_user uuid, p_package_id text, p_req
 revoke execute on function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text, p_save_card boolean, p_org uuid) from public;
 grant execute on function billing.begin_checkout(p_user uuid, p_package_id text, p_request_key text, p_client_temp_id text, p_save_card boolean, p_org uuid) to service_role;
 
-create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text)
- RETURNS void
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
-declare
-  v_wallet bigint := case when p_purchase.org_id is not null then billing.org_wallet_id(p_purchase.org_id) end;
-  v_buyer bigint := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p_purchase.user_id));
-  v_lots bigint[] := billing.purchase_lots(p_purchase.id, p_category);
-  v_beyond numeric(38, 18);
-  v_take numeric(38, 18);
-  v_forgive numeric(38, 18);
-  v_paid numeric(38, 18);
-  r record;
-begin
-  if p_amount <= 0 then
-    return;
-  end if;
-  -- Every account involved, in id order (as everywhere), before anything moves. A move of the
-  -- purchase's credits that committed while we waited (a gift redeemed, an allowance funded)
-  -- made lots we had not seen: lock their accounts too, until the list stands still.
-  loop
-    perform 1 from billing.accounts a
-    where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
-    order by a.id for update;
-    exit when v_lots = billing.purchase_lots(p_purchase.id, p_category);
-    v_lots := billing.purchase_lots(p_purchase.id, p_category);
-  end loop;
-  -- The buyer's own lots of the purchase come first; what is beyond them comes from the lots its
-  -- credits were moved into; the rest from the buyer (other credits, then debt).
-  v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l
-                                   where l.id = any(v_lots) and l.account_id = v_buyer), 0);
-  for r in
-    select l.account_id, coalesce(a.user_id, a.member_id) as owner, sum(l.remaining) as remaining
-    from billing.lots l join billing.accounts a on a.id = l.account_id
-    where l.id = any(v_lots) and l.open and l.account_id <> v_buyer
-    group by l.account_id, a.user_id, a.member_id order by l.account_id
-  loop
-    exit when v_beyond <= 0;
-    v_take := least(v_beyond, r.remaining);
-    perform billing.reverse_credits(r.owner, v_take, p_kind, p_key || ':' || r.account_id, p_reference, null,
-      billing.purchase_metadata(p_purchase), v_lots, r.account_id);
-    v_beyond := v_beyond - v_take;
-    p_amount := p_amount - v_take;
-  end loop;
-  -- What the purchase's lots lack (v_beyond) left them by expiry or by spending. Expired credits
-  -- already left the account as breakage: they are forgiven, not taken a second time from other
-  -- credits or as debt; only what was spent is owed. Expired before spent, so a refund ends the
-  -- same whether the expiry ran before it or after (a due lot not yet swept is taken back).
-  if v_beyond > 0 then
-    v_forgive := least(v_beyond, billing.purchase_expiry_unforgiven(p_purchase.id, p_category));
-    if v_forgive > 0 then
-      v_paid := case p_category when 'paid' then v_forgive when 'promotional' then 0
-                  else least(v_forgive, billing.purchase_expiry_unforgiven(p_purchase.id, 'paid')) end;
-      update billing.purchases x
-      set credits_expiry_forgiven = x.credits_expiry_forgiven + v_paid,
-          bonus_expiry_forgiven = x.bonus_expiry_forgiven + (v_forgive - v_paid)
-      where x.id = p_purchase.id;
-      p_amount := p_amount - v_forgive;
-    end if;
-  end if;
-  if p_amount > 0 then
-    perform billing.reverse_credits(case when v_wallet is null then p_purchase.user_id end, p_amount, p_kind, p_key,
-      p_reference, null, billing.purchase_metadata(p_purchase), v_lots, v_wallet);
-  end if;
-  -- Credits taken back from under a hold: the hold gives way, as it does to expiry, so it never
-  -- reserves more than the account has (a job's capture would fail and run again unbilled).
-  perform billing.fit_holds(a.id, jsonb_build_object('given_to', p_kind))
-  from billing.accounts a
-  where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots))
-  order by a.id;
-end;
-$function$;
-comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to; of the rest, what expired is forgiven (recorded on the purchase), what was spent comes from the buyer''s other credits or is debt.';
-revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
-
-create or replace function billing.refreeze_disputes(p_account_id bigint)
-returns void
-language plpgsql
+-- The Stripe Price a purchase's Checkout names, when its package version has one.
+create or replace function billing.get_purchase_stripe_price(p_purchase uuid) returns text
+language sql stable
+security definer
 set search_path = ''
 as $$
-declare
-  v_account billing.accounts;
-  d record;
-  v_room numeric(38, 18);
-  v_grow numeric(38, 18);
-  v_short numeric(38, 18);
-  v_key text;
-  v_hold uuid;
-begin
-  -- The caller holds the account lock (after another dispute closed here). A buyer's dispute
-  -- hold covers what is left of its purchase, spent credits included, so it may have held the
-  -- lots of a purchase disputed after it, which then held less than its own. Every dispute
-  -- still open here gets what it would hold if it opened now: as the buyer, what is left of the
-  -- purchase beyond its lots elsewhere and what expired of it; elsewhere, its lots here. Older
-  -- purchases first, as far as the balance not already frozen goes.
-  select * into v_account from billing.accounts a where a.id = p_account_id;
-  for d in
-    select p.id, p.dispute_id, x.buyer,
-      case when x.buyer
-        then (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
-             - coalesce((select sum(l.remaining) from billing.lots l
-                         where l.purchase_id = p.id and l.open and l.account_id <> p_account_id), 0)
-             - billing.purchase_expiry_unforgiven(p.id, null)
-        else coalesce((select sum(l.remaining) from billing.lots l
-                       where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
-      end - coalesce((select sum(h.amount) from billing.holds h
-                      where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute'
-                        and h.correlation_id = p.dispute_id), 0) as missing
-    from billing.purchases p
-    cross join lateral (select coalesce((p.org_id is null and p.user_id = v_account.user_id)
-                                        or (p.org_id = v_account.org_id and v_account.member_id is null), false) as buyer) x
-    where p.dispute_status = 'open'
-      and (p.id in (select l.purchase_id from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
-           or (p.org_id is null and p.user_id = v_account.user_id)
-           or (p.org_id = v_account.org_id and v_account.member_id is null))
-    order by p.paid_at, p.id
-  loop
-    continue when d.missing <= 0;
-    select * into v_account from billing.accounts a where a.id = p_account_id;
-    select greatest(v_account.balance - coalesce(sum(h.amount), 0), 0) into v_room from billing.holds h
-    where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute';
-    v_grow := least(d.missing, v_room);
-    continue when v_grow <= 0;
-    -- A student's own holds give way, as when a dispute opens; a job's is work under way.
-    v_short := v_grow - greatest(v_account.balance - v_account.held, 0);
-    if v_short > 0 then
-      perform billing.shrink_holds(p_account_id, v_short, array['user'], jsonb_build_object('given_to_dispute', d.dispute_id));
-    end if;
-    -- Keyed as sync_purchase keys a dispute's holds: the buyer's, or one per account elsewhere.
-    v_key := 'dispute:' || d.dispute_id || case when d.buyer then '' else ':' || p_account_id end;
-    update billing.holds h set amount = h.amount + v_grow where h.idempotency_key = v_key and h.status = 'active'
-    returning h.id into v_hold;
-    if found then
-      perform billing.post_transfers('{}', array[(p_account_id, v_grow)::billing.held_change]);
-    else
-      v_hold := (billing.place_hold(p_account_id, v_grow, v_key, 'infinity', 'dispute', d.dispute_id)).id;
-      if d.buyer then
-        update billing.purchases x set dispute_hold_id = v_hold where x.id = d.id and x.dispute_hold_id is null;
-      end if;
-    end if;
-  end loop;
-end;
+  select v.stripe_price_id from billing.purchases p
+  join billing.credit_package_versions v on v.package_id = p.package_id and v.version = p.package_version
+  where p.id = p_purchase
 $$;
-comment on function billing.refreeze_disputes(p_account_id bigint) is 'Internal: after a dispute closed in an account, tops up the holds of the disputes still open there to what each would hold if it opened now (older purchases first; the student''s own holds give way).';
-revoke execute on function billing.refreeze_disputes(p_account_id bigint) from public;
+comment on function billing.get_purchase_stripe_price(p_purchase uuid) is 'The Stripe Price of the package version a purchase sold; null when that version has none (Checkout then sends price_data).';
+revoke execute on function billing.get_purchase_stripe_price(p_purchase uuid) from public;
+grant execute on function billing.get_purchase_stripe_price(p_purchase uuid) to service_role;
+
+-- A user's checkout velocity, counted in Postgres while Redis is unreachable (exact across instances).
+create or replace function billing.get_checkout_velocity(p_user uuid) returns table (sessions integer, amount_cents integer, failed integer)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select count(*) filter (where p.created_at > now() - interval '10 minutes')::int,
+         coalesce(sum(p.price_cents) filter (where p.created_at > now() - interval '24 hours'), 0)::int,
+         (select count(*) from billing.stripe_events e
+          where e.type in ('payment_intent.payment_failed', 'checkout.session.async_payment_failed')
+            and e.api_created > now() - interval '1 hour'
+            and e.object_id in (select x.stripe_payment_intent_id from billing.purchases x where x.user_id = p_user
+                                union all
+                                select x.stripe_session_id from billing.purchases x where x.user_id = p_user)
+         )::int
+  from billing.purchases p
+  where p.user_id = p_user and p.created_at > now() - interval '24 hours'
+$$;
+comment on function billing.get_checkout_velocity(p_user uuid) is 'Checkout velocity without Redis: a user''s purchases started in 10 minutes, their amount over 24 hours, and the failed-payment events of the last hour on their purchases.';
+revoke execute on function billing.get_checkout_velocity(p_user uuid) from public;
+grant execute on function billing.get_checkout_velocity(p_user uuid) to service_role;
 
 -- ============================================================ policies
 

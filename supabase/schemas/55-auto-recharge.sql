@@ -249,12 +249,11 @@ comment on function billing.claim_recharges(p_limit integer) is 'Worker: claims 
 revoke execute on function billing.claim_recharges(p_limit integer) from public;
 grant execute on function billing.claim_recharges(p_limit integer) to service_role;
 
-create or replace function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text)
- RETURNS text
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO ''
-AS $function$
+create or replace function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
 declare
   r billing.recharges;
 begin
@@ -281,7 +280,7 @@ begin
   end if;
   return 'failed';
 end;
-$function$;
+$$;
 comment on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) is 'Records what Stripe answered for a recharge; a failure turns auto-recharge off (audited, emailed).';
 revoke execute on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) from public;
 grant execute on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) to service_role;

@@ -127,6 +127,7 @@ begin
   end if;
 end;
 $$;
+comment on function billing.release_job_hold(p_job billing.jobs) is 'Internal: releases a job''s hold, when it has one.';
 revoke execute on function billing.release_job_hold(p_job billing.jobs) from public;
 
 create or replace function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[])
@@ -201,6 +202,7 @@ begin
   return v_job;
 end;
 $$;
+comment on function billing.lock_leased_job(p_job uuid, p_worker text) is 'Internal: locks a job the worker still leases and that is still running; JOB_NOT_FOUND, JOB_CANCELLED or LEASE_LOST otherwise.';
 revoke execute on function billing.lock_leased_job(p_job uuid, p_worker text) from public;
 
 create or replace function billing.checkpoint_job(
@@ -262,7 +264,7 @@ create or replace function billing.complete_job(p_job uuid, p_worker text, p_res
 returns billing.jobs
 language plpgsql
 security definer
-set search_path to ''
+set search_path = ''
 as $$
 declare
   v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);
@@ -371,6 +373,46 @@ $$;
 comment on function billing.expire_jobs(p_limit integer) is 'pg_cron: deletes jobs past expires_at (with their results), releasing any hold still open.';
 revoke execute on function billing.expire_jobs(p_limit integer) from public;
 grant execute on function billing.expire_jobs(p_limit integer) to service_role;
+
+-- A user's job by id (no row when it is not theirs).
+create or replace function billing.get_job(p_user uuid, p_job uuid) returns setof billing.jobs
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select * from billing.jobs j where j.id = p_job and j.user_id = p_user
+$$;
+comment on function billing.get_job(p_user uuid, p_job uuid) is 'GET /jobs/:id: one of the user''s jobs; no row when it is another user''s.';
+revoke execute on function billing.get_job(p_user uuid, p_job uuid) from public;
+grant execute on function billing.get_job(p_user uuid, p_job uuid) to service_role;
+
+-- A user's jobs, newest first: a page before the cursor (created_at in microseconds, then id).
+create or replace function billing.list_jobs(p_user uuid, p_status text, p_before_micros bigint, p_before_id uuid, p_limit integer) returns setof billing.jobs
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select * from billing.jobs j
+  where j.user_id = p_user and (p_status is null or j.status = p_status)
+    and (p_before_micros is null
+         or (floor(extract(epoch from j.created_at) * 1000000)::bigint, j.id) < (p_before_micros, p_before_id))
+  order by j.created_at desc, j.id desc limit p_limit
+$$;
+comment on function billing.list_jobs(p_user uuid, p_status text, p_before_micros bigint, p_before_id uuid, p_limit integer) is 'GET /jobs: a user''s jobs, newest first, of one status when given, before a cursor (created_at in microseconds, id).';
+revoke execute on function billing.list_jobs(p_user uuid, p_status text, p_before_micros bigint, p_before_id uuid, p_limit integer) from public;
+grant execute on function billing.list_jobs(p_user uuid, p_status text, p_before_micros bigint, p_before_id uuid, p_limit integer) to service_role;
+
+-- A page of a job's saved result (a ledger export's CSV), streamed without holding it whole.
+create or replace function billing.list_job_result_chunks(p_job uuid, p_after_seq integer, p_limit integer) returns setof billing.job_result_chunks
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select * from billing.job_result_chunks c where c.job_id = p_job and c.seq > p_after_seq order by c.seq limit p_limit
+$$;
+comment on function billing.list_job_result_chunks(p_job uuid, p_after_seq integer, p_limit integer) is 'GET /jobs/:id/result: a page of a completed job''s saved result, after a chunk, in order (the route checks the job is the caller''s).';
+revoke execute on function billing.list_job_result_chunks(p_job uuid, p_after_seq integer, p_limit integer) from public;
+grant execute on function billing.list_job_result_chunks(p_job uuid, p_after_seq integer, p_limit integer) to service_role;
 
 -- ============================================================ triggers
 

@@ -446,6 +446,7 @@ as $$
   select jsonb_build_object('id', k.id, 'name', k.name, 'prefix', k.prefix, 'created_at', billing.json_time(k.created_at),
     'revoked_at', case when k.revoked_at is not null then billing.json_time(k.revoked_at) end)
 $$;
+comment on function billing.server_key_json(k billing.server_keys) is 'Internal: a server key as the API shows it (never its hash).';
 revoke execute on function billing.server_key_json(k billing.server_keys) from public;
 
 -- POST /admin/server-keys: the route makes the secret and sends only its hash.

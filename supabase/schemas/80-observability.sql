@@ -116,6 +116,7 @@ language sql
 security definer
 set search_path = ''
 as $$ insert into billing.health_checks (results, ok) values (p_results, p_ok) $$;
+comment on function billing.record_health_check(p_results jsonb, p_ok boolean) is 'Records a deep health check''s results.';
 revoke execute on function billing.record_health_check(p_results jsonb, p_ok boolean) from public;
 grant execute on function billing.record_health_check(p_results jsonb, p_ok boolean) to service_role;
 
@@ -145,6 +146,7 @@ begin
   end if;
 end;
 $$;
+comment on function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb) is 'Internal: opens, refreshes or resolves the one alert of a condition; queues its notification when it opens.';
 revoke execute on function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb) from public;
 
 -- The unspent liability in /health/metrics: users' accounts, and beside them the credits in
@@ -169,7 +171,7 @@ as $$
     'user_balance_total', (select coalesce(sum(balance), 0)::text from billing.accounts where user_id is not null),
     -- Organisation wallets and members' allowances: the rest of the unspent liability.
     'org_balance_total', (select coalesce(sum(balance), 0)::text from billing.accounts where org_id is not null),
-    -- Gift and sponsor codes not yet redeemed: their escrow accounts (75-codes.sql).
+    -- Gift and sponsor codes not yet redeemed: their escrow accounts (75-codes.sql, 76-sponsor-codes.sql).
     'code_balance_total', (select coalesce(sum(balance), 0)::text from billing.accounts where code_id is not null),
     'charges_last_hour', (select count(*) filter (where type in ('charge.succeeded', 'payment_intent.payment_failed'))
                           from billing.stripe_events where api_created > now() - interval '1 hour'),
@@ -188,6 +190,7 @@ language sql stable
 security definer
 set search_path = ''
 as $$ select * from billing.alerts where status = 'open' order by opened_at $$;
+comment on function billing.open_alerts() is 'The alerts open now, oldest first.';
 revoke execute on function billing.open_alerts() from public;
 grant execute on function billing.open_alerts() to service_role;
 

@@ -1,8 +1,8 @@
 -- Scheduled upkeep with pg_cron (minute granularity). Each job calls one idempotent,
 -- batch-bounded function, so an overlapping or repeated run is harmless.
 --
--- HTTP-only work (the jobs worker tick, the outbox dispatcher, the hourly deep health check;
--- the providers migration adds the daily reconciliation) is scheduled with pg_cron + pg_net:
+-- HTTP-only work (the jobs worker tick, the outbox dispatcher, the hourly deep health check,
+-- the daily provider reconciliation) is scheduled with pg_cron + pg_net:
 -- each job POSTs to an Edge Function with the cron secret. The base URL and the secret come
 -- from Supabase Vault, created once per project (docs/deploy-database.md):
 --   select vault.create_secret('https://<ref>.supabase.co/functions/v1', 'functions_url');
@@ -91,7 +91,7 @@ select cron.schedule('billing-reconcile-lots', '45 0 * * *', $$select billing.re
 
 select cron.schedule('billing-sweep-ended-terms', '* * * * *', $$select billing.sweep_ended_terms()$$);
 
--- Sponsor codes past their window, unredeemed, give their credits back to the wallet (75-codes.sql).
+-- Sponsor codes past their window, unredeemed, give their credits back to the wallet (76-sponsor-codes.sql).
 select cron.schedule('billing-close-sponsor-codes', '*/5 * * * *', $$select billing.close_expired_sponsor_codes(100)$$);
 
 select cron.schedule('billing-delete-old-code-attempts', '41 3 * * *', $$select billing.delete_old_code_attempts(50000)$$);

@@ -1,7 +1,7 @@
 -- Supabase Security Advisor's conditions, asserted over the catalogue, plus the pg_cron
 -- upkeep jobs and the idempotency-key sweep.
 begin;
-select plan(12);
+select plan(13);
 
 -- Schemas whose objects the Data API can reach, and our private ones.
 create temp table our_schemas as select unnest(array['public', 'billing_api', 'billing']) as nspname;
@@ -22,6 +22,17 @@ select is(
    from pg_proc p join pg_namespace n on n.oid = p.pronamespace, unnest(array['anon', 'authenticated']) r
    where n.nspname in (select nspname from our_schemas) and p.prosecdef and has_function_privilege(r, p.oid, 'execute')),
   null, 'no SECURITY DEFINER function is executable by anon or authenticated');
+
+-- The catalogue documents itself (README: every table and function says what it holds or does).
+select is(
+  (select string_agg(x, ', ' order by x) from (
+     select n.nspname || '.' || c.relname as x from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.relkind in ('r', 'p', 'v', 'm') and n.nspname in ('billing', 'billing_api')
+       and obj_description(c.oid, 'pg_class') is null
+     union all
+     select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+     where n.nspname in ('billing', 'billing_api') and obj_description(p.oid, 'pg_proc') is null) u),
+  null, 'every table, view and function in billing and billing_api has a comment');
 
 select is(
   (select string_agg(n.nspname || '.' || c.relname, ', ') from pg_class c join pg_namespace n on n.oid = c.relnamespace

@@ -1,9 +1,11 @@
 -- The ledger's one writer: billing.post_transfers alone writes transfers, entries, lots and
 -- allocations and changes balances and versions (read from the catalogue), and what it checks
 -- for every movement: replays, a reused key, debt only through a reversal, amounts, a return to
--- lots of exactly the amount, a batch's entries numbered in order.
+-- lots of exactly the amount, a batch's entries numbered in order; and a movement alone and the
+-- same in a batch write the same thing (entries, versions, lot draws, `first`, `return_to` with
+-- debt, moves, replays, reused keys).
 begin;
-select plan(15);
+select plan(26);
 \ir helpers.psql
 
 -- Every function's source, lower-cased with its whitespace folded, and what it writes.
@@ -62,6 +64,105 @@ select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('debit'
 select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('void', billing.platform_account_id('usage_revenue'), (select id from acct), 2, 'w-6',
     jsonb_build_object('return_to', jsonb_build_array(jsonb_build_object('lot_id', (select min(l.id) from billing.lots l where l.account_id = (select id from acct)), 'amount', 1))))])$$),
   'LEDGER_INVARIANT', 'a return to lots of another amount than the movement''s is refused');
+
+-- ============================================================ one movement alone or in a batch writes the same
+
+-- X and Y are twins: X's movements go alone (the single branch), Y's in a batch with a movement
+-- of Z beside them (the batch branch). M and N receive moves.
+insert into auth.users (id) values
+  ('a2a2a2a2-0000-4000-8000-00000000000a'), ('a2a2a2a2-0000-4000-8000-00000000000b'),
+  ('a2a2a2a2-0000-4000-8000-00000000000c'), ('a2a2a2a2-0000-4000-8000-00000000000d'),
+  ('a2a2a2a2-0000-4000-8000-00000000000e'), ('a2a2a2a2-0000-4000-8000-00000000000f');
+select billing.grant_credits(u::uuid, 10, 'promo_grant', 'twin-promo-' || u)
+from unnest(array['a2a2a2a2-0000-4000-8000-00000000000a', 'a2a2a2a2-0000-4000-8000-00000000000b']) u;
+select billing.grant_credits(u::uuid, 30, 'purchase', 'twin-buy-' || u, null, null, null, '{"cost_cents": 300}')
+from unnest(array['a2a2a2a2-0000-4000-8000-00000000000a', 'a2a2a2a2-0000-4000-8000-00000000000b']) u;
+select billing.grant_credits('a2a2a2a2-0000-4000-8000-00000000000c', 1000, 'promo_grant', 'twin-pad');
+select billing.grant_credits(u::uuid, 1, 'promo_grant', 'twin-recv-' || u)
+from unnest(array['a2a2a2a2-0000-4000-8000-00000000000d', 'a2a2a2a2-0000-4000-8000-00000000000e']) u;
+
+create temp table acc as select
+  (select id from billing.accounts where user_id = 'a2a2a2a2-0000-4000-8000-00000000000a') as x,
+  (select id from billing.accounts where user_id = 'a2a2a2a2-0000-4000-8000-00000000000b') as y,
+  (select id from billing.accounts where user_id = 'a2a2a2a2-0000-4000-8000-00000000000c') as z,
+  (select id from billing.accounts where user_id = 'a2a2a2a2-0000-4000-8000-00000000000d') as m,
+  (select id from billing.accounts where user_id = 'a2a2a2a2-0000-4000-8000-00000000000e') as n,
+  billing.platform_account_id('usage_revenue') as ur;
+
+-- One movement alone, and the same in a batch beside a padding debit of Z.
+create function pg_temp.single(s billing.transfer_spec) returns billing.posted_transfer language sql as $$
+  select (billing.post_transfers(array[s]))[1]
+$$;
+create function pg_temp.batched(s billing.transfer_spec) returns billing.posted_transfer language sql as $$
+  select (billing.post_transfers(array[s, pg_temp.spec('debit', (select z from acc), (select ur from acc), 1,
+    'twin-pad-' || s.idempotency_key)]))[1]
+$$;
+-- An account's ledger as a shape two twins can share: lots (by rank), entries, and each transfer's
+-- draws by lot rank, in order.
+create function pg_temp.shape(p_account bigint) returns jsonb language sql as $$
+  with l as (select l.*, row_number() over (order by l.id) as rank from billing.lots l where l.account_id = p_account)
+  select jsonb_build_object(
+    'lots', (select jsonb_agg(jsonb_build_array(trim_scale(l.amount), trim_scale(l.remaining), trim_scale(l.debt_settled),
+               l.category, trim_scale(l.cost_cents), l.frozen, l.expires_at is null,
+               (select s.rank from l s where s.id = l.moved_from)) order by l.rank) from l),
+    'entries', (select jsonb_agg(jsonb_build_array(trim_scale(e.amount), trim_scale(e.balance_after), e.account_version) order by e.id)
+                from billing.entries e where e.account_id = p_account),
+    'draws', (select jsonb_agg(jsonb_build_array(t.kind, l.rank, trim_scale(la.amount)) order by t.id, l.rank)
+              from billing.lot_allocations la join l on l.id = la.lot_id join billing.transfers t on t.id = la.transfer_id),
+    'account', (select jsonb_build_array(trim_scale(a.balance), a.version) from billing.accounts a where a.id = p_account))
+$$;
+create function pg_temp.paid_lot(p_account bigint) returns bigint language sql as $$
+  select l.id from billing.lots l where l.account_id = p_account and l.category = 'paid' order by l.id limit 1
+$$;
+
+-- A debit spanning two lots (the single movement's one-lot draw does not cover it).
+select pg_temp.single(pg_temp.spec('usage', (select x from acc), (select ur from acc), 15, 'twin-d1-x'));
+select pg_temp.batched(pg_temp.spec('usage', (select y from acc), (select ur from acc), 15, 'twin-d1-y'));
+select is(pg_temp.shape((select x from acc)), pg_temp.shape((select y from acc)),
+  'a debit across two lots: alone and in a batch, the same entries and draws');
+-- `first`: the paid lot before the spending order.
+select pg_temp.single(pg_temp.spec('debit', (select x from acc), (select ur from acc), 4, 'twin-d2-x',
+  jsonb_build_object('first', jsonb_build_array(pg_temp.paid_lot((select x from acc))))));
+select pg_temp.batched(pg_temp.spec('debit', (select y from acc), (select ur from acc), 4, 'twin-d2-y',
+  jsonb_build_object('first', jsonb_build_array(pg_temp.paid_lot((select y from acc))))));
+select is(pg_temp.shape((select x from acc)), pg_temp.shape((select y from acc)),
+  'a debit with lots drawn first: the same alone and in a batch');
+-- A move to another tracked account: the lots it drew arrive as they were.
+select pg_temp.single(pg_temp.spec('allowance', (select x from acc), (select m from acc), 12, 'twin-mv-x'));
+select pg_temp.batched(pg_temp.spec('allowance', (select y from acc), (select n from acc), 12, 'twin-mv-y'));
+select is(pg_temp.shape((select x from acc)), pg_temp.shape((select y from acc)), 'a move out: the same alone and in a batch');
+select is(pg_temp.shape((select m from acc)), pg_temp.shape((select n from acc)), 'a move in: the same alone and in a batch');
+-- A reversal into debt, then a return to lots that pays it first.
+select pg_temp.single(pg_temp.spec('refund_reversal', (select x from acc), billing.platform_account_id('refunds'), 13, 'twin-rv-x',
+  '{"first": []}'));
+select pg_temp.batched(pg_temp.spec('refund_reversal', (select y from acc), billing.platform_account_id('refunds'), 13, 'twin-rv-y',
+  '{"first": []}'));
+select pg_temp.single(pg_temp.spec('void', (select ur from acc), (select x from acc), 15, 'twin-void-x',
+  jsonb_build_object('return_to', (select jsonb_agg(jsonb_build_object('lot_id', la.lot_id, 'amount', la.amount))
+    from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id where t.idempotency_key = 'twin-d1-x'))));
+select pg_temp.batched(pg_temp.spec('void', (select ur from acc), (select y from acc), 15, 'twin-void-y',
+  jsonb_build_object('return_to', (select jsonb_agg(jsonb_build_object('lot_id', la.lot_id, 'amount', la.amount))
+    from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id where t.idempotency_key = 'twin-d1-y'))));
+select is(pg_temp.shape((select x from acc)), pg_temp.shape((select y from acc)),
+  'a reversal into debt and a return that settles it: the same alone and in a batch');
+select is((select trim_scale(balance) from billing.accounts where id = (select x from acc)), 11::numeric,
+  'the return paid the 4 of debt first: 11 left');
+-- Replays and reused keys.
+select ok((pg_temp.single(pg_temp.spec('usage', (select x from acc), (select ur from acc), 15, 'twin-d1-x'))).replayed
+  and (pg_temp.batched(pg_temp.spec('usage', (select y from acc), (select ur from acc), 15, 'twin-d1-y'))).replayed,
+  'a movement under a written key is a replay on both branches');
+select is(array[pg_temp.err($$select pg_temp.single(pg_temp.spec('usage', (select x from acc), (select ur from acc), 16, 'twin-d1-x'))$$),
+                pg_temp.err($$select pg_temp.batched(pg_temp.spec('usage', (select y from acc), (select ur from acc), 16, 'twin-d1-y'))$$),
+                pg_temp.err($$select pg_temp.single(pg_temp.spec('usage', (select y from acc), (select ur from acc), 15, 'twin-d1-x'))$$),
+                pg_temp.err($$select pg_temp.batched(pg_temp.spec('usage', (select y from acc), (select ur from acc), 15, 'twin-d1-x'))$$)],
+  array['IDEMPOTENCY_KEY_REUSED', 'IDEMPOTENCY_KEY_REUSED', 'IDEMPOTENCY_KEY_REUSED', 'IDEMPOTENCY_KEY_REUSED'],
+  'another amount or another account under a written key is refused on both branches');
+select is(pg_temp.shape((select x from acc)), pg_temp.shape((select y from acc)), 'replays and refusals moved nothing on either side');
+select is(array[pg_temp.err($$select pg_temp.single(pg_temp.spec('usage', (select x from acc), (select ur from acc), 15, 'twin-over-x'))$$),
+                pg_temp.err($$select pg_temp.batched(pg_temp.spec('usage', (select y from acc), (select ur from acc), 15, 'twin-over-y'))$$)],
+  array['LEDGER_INVARIANT', 'LEDGER_INVARIANT'], 'a debit past the balance is refused on both branches');
+select is(billing.check_lots() - 'deferred_revenue_cents',
+  '{"lots": [], "accounts": [], "transfers": [], "expiry": []}'::jsonb, 'lots agree with the ledger');
 
 select * from finish();
 rollback;

@@ -1,14 +1,14 @@
 -- Values the API takes never make a SQL function fail: the ledger keys a request's
--- Idempotency-Key (1–255 characters) derives always fit the ledger's 300, keeping their old form
--- where it fitted; and turning auto-recharge off with a package that does not exist is a
--- refusal, not a foreign-key error.
+-- Idempotency-Key (1–255 characters) derives always fit the ledger's 300 (the key itself where
+-- it fits), under every scope, and never two request keys to one; and turning auto-recharge off
+-- with a package that does not exist is a refusal, not a foreign-key error.
 begin;
-select plan(10);
+select plan(12);
 \ir helpers.psql
 
 -- as the ledger
 select is(billing.scoped_key('http:u:credits.usage:', 'k-1'), 'http:u:credits.usage:k-1',
-  'a derived key that fits is the scope and the key, as before');
+  'a derived key that fits is the scope and the key');
 select is(length(billing.scoped_key(repeat('s', 64), repeat('k', 255))), 64 + 7 + 64,
   'one that would not fit carries the key''s SHA-256');
 select is(billing.scoped_key('s:', repeat('k', 299)), 's:sha256:' || encode(sha256(convert_to(repeat('k', 299), 'UTF8')), 'hex'),
@@ -35,6 +35,25 @@ select is((select count(*)::int from billing.auto_recharge s where s.user_id = '
   'and stores nothing');
 select is(pg_temp.err($$select billing.set_auto_recharge('dddddddd-0000-4000-8000-000000000066', false, 'mini', null, null, null)$$),
   'no error', 'an existing package is taken while it is off');
+
+-- ============================================================ derived keys
+
+-- Every scope the API derives keys under (usage, holds, batch events, allowances), keys of every
+-- length up to 255 around each boundary, with and without a sha256: look-alike prefix.
+create temp table keys as
+  select s.scope, k.key, billing.scoped_key(s.scope, k.key) as derived
+  from (values ('http:a2a2a2a2-0000-4000-8000-00000000000a:credits.usage:'),
+               ('http:a2a2a2a2-0000-4000-8000-00000000000a:credits.holds:'),
+               ('usage-event:a2a2a2a2-0000-4000-8000-00000000000a:'),
+               ('allowance:a2a2a2a2-0000-4000-8000-00000000000a:')) s(scope)
+  cross join lateral (
+    select repeat('k', n) as key from generate_series(1, 255) n
+    union all select 'sha256:' || encode(sha256(convert_to(repeat('k', n), 'UTF8')), 'hex') from generate_series(1, 255) n
+    union all select 'SHA256:' || encode(sha256(convert_to(repeat('k', n), 'UTF8')), 'hex') from generate_series(1, 255) n
+    union all select 'sha256:' || repeat('k', n) from generate_series(1, 248) n) k;
+select is((select count(*)::integer from keys where length(derived) > 300), 0, 'every derived key fits in 300 characters');
+select is((select count(*)::integer from (select scope, derived from keys group by scope, derived having count(*) > 1) d), 0,
+  'no two request keys derive the same ledger key under one scope');
 
 select * from finish();
 rollback;

@@ -1,7 +1,8 @@
 -- Credit lots: one per grant, drawn in spending order, immutable allocations, expiry, the
--- integrity check, and RLS.
+-- integrity check, RLS, and an expiry's key never replaying an earlier expiry of the lot
+-- through freeze, void and thaw cycles whose amounts repeat.
 begin;
-select plan(22);
+select plan(27);
 \ir helpers.psql
 
 insert into auth.users (id) values
@@ -116,6 +117,46 @@ select is((select count(*)::int from billing_api.lots), 1, 'a student sees their
 select is(pg_temp.err($$update billing.lots set remaining = 1000$$), 'permission denied for table lots',
   'and cannot change them');
 reset role;
+
+-- ============================================================ expiry keys through freeze, void, thaw
+
+-- A promotional lot of 100: charges of 40, 10 and 40 leave 10, which expire. Each charge is then
+-- voided back while the lot is frozen (a dispute), and the lot thaws and expires again: the
+-- amounts repeat (10 after a first expiry of 10; 40 twice).
+insert into auth.users (id) values ('a2a2a2a2-0000-4000-8000-0000000000e1');
+select billing.grant_credits('a2a2a2a2-0000-4000-8000-0000000000e1', 100, 'promo_grant', 'exp-grant');
+create temp table e as select a.id as account, l.id as lot from billing.accounts a join billing.lots l on l.account_id = a.id
+  where a.user_id = 'a2a2a2a2-0000-4000-8000-0000000000e1';
+create temp table ch as
+  select k, (billing.debit_credits('a2a2a2a2-0000-4000-8000-0000000000e1', amt, 'exp-' || k)).transfer_id as id
+  from (values (1, 40), (2, 10), (3, 40)) v(k, amt);
+create function pg_temp.due() returns void language sql as $$
+  update billing.lots set expires_at = now() - interval '1 second', frozen = false where id = (select lot from e);
+  update billing.accounts set next_expiry = now() - interval '1 second' where id = (select account from e);
+$$;
+create function pg_temp.frozen_void(p_k integer) returns void language plpgsql as $$
+begin
+  update billing.lots set frozen = true where id = (select lot from e);
+  perform billing.void_charge_internal((select id from ch where k = p_k), 'a2a2a2a2-0000-4000-8000-0000000000e1', 'complaint', null);
+  perform pg_temp.due();                             -- thawed: the dispute was won
+  perform billing.expire_due_lots((select account from e));
+end
+$$;
+select pg_temp.due();
+select billing.expire_due_lots((select account from e));
+select pg_temp.frozen_void(2);
+select is((select trim_scale(remaining) from billing.lots where id = (select lot from e)), 0::numeric,
+  '10 voided back after a first expiry of 10 expire again (no replay of the first expiry)');
+select pg_temp.frozen_void(1);
+select pg_temp.frozen_void(3);
+select is((select trim_scale(remaining) from billing.lots where id = (select lot from e)), 0::numeric,
+  '40 voided back twice, each time expired once the lot thawed');
+select is((select count(*)::integer from billing.transfers t where t.kind = 'expiry' and t.metadata ->> 'lot_id' = (select lot from e)::text),
+  4, 'four expiries of the lot, each its own transfer');
+select is((select trim_scale(sum(amount)) from billing.lot_allocations where lot_id = (select lot from e) and kind = 'expiry'),
+  100::numeric, 'all 100 ended as breakage');
+select is((select trim_scale(balance) from billing.accounts where id = (select account from e)), 0::numeric,
+  'nothing of the expired lot is spendable');
 
 select * from finish();
 rollback;

@@ -78,10 +78,7 @@ const csv = (c: AppContext, body: string, name: string) =>
 app.get('/reports/daily', requireAdmin, async (c) => {
   const q = readQuery(c, DailyReportSchema);
   const [row] = await call((sql) =>
-    sql<{ metrics: Metrics; computed_at: Date | null }[]>`
-      select coalesce(d.metrics, billing.revenue_metrics(${q.date}::timestamp at time zone 'UTC',
-               (${q.date}::date + 1)::timestamp at time zone 'UTC')) as metrics, d.computed_at
-      from (select 1) one left join billing.daily_revenue d on d.day = ${q.date}::date`
+    sql<{ metrics: Metrics; computed_at: Date | null }[]>`select * from billing.get_daily_report(${q.date}::date)`
   );
   if (q.format === 'csv') return csv(c, metricsCsv([row.metrics]), `daily-${q.date}.csv`);
   // stored: false when the nightly run has not reached this day yet (the numbers are live).

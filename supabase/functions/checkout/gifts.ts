@@ -9,7 +9,7 @@ import { formatCredits } from '../_shared/values/money.ts';
 export async function giftOf(purchaseId: string, purchaseStatus: string): Promise<GiftStatus | undefined> {
   const [g] = await call((sql) =>
     sql<{ id: string; code_hash: string; status: string; credits: string }[]>`
-      select c.id, c.code_hash, c.status, c.credits from billing.codes c where c.purchase_id = ${purchaseId}`
+      select * from billing.get_purchase_gift(${purchaseId})`
   );
   if (!g) return undefined;
   const unpaid = g.status === 'pending' && purchaseStatus !== 'pending';

@@ -58,10 +58,7 @@ type PurchaseRow = {
 };
 
 app.get('/packages', requireUser, async (c) => {
-  const rows = await call((sql) =>
-    sql<CreditPackage[]>`select id, name, price_cents, currency, credits, bonus_credits from billing.credit_packages
-        where active order by sort_order`
-  );
+  const rows = await call((sql) => sql<CreditPackage[]>`select * from billing.list_credit_packages()`);
   return ok<Page<CreditPackage>>(
     c,
     whole(

@@ -35,19 +35,18 @@ export const planJson = (p: PlanRow) => ({
   rollover: { rule: p.rollover, limit: p.rollover_limit === null ? null : formatCredits(p.rollover_limit) },
 });
 
-export const listPlans = () =>
-  call((sql) => sql<PlanRow[]>`select * from billing.plans where active order by sort_order, id`);
+export const listPlans = () => call((sql) => sql<PlanRow[]>`select * from billing.list_plans()`);
 
 /** The version of plan `family` on sale now. */
 async function planOnSale(family: string): Promise<PlanRow> {
-  const [p] = await call((sql) => sql<PlanRow[]>`select * from billing.plans where family = ${family} and active`);
+  const [p] = await call((sql) => sql<PlanRow[]>`select * from billing.get_plan_on_sale(${family})`);
   if (!p) throw new AppError('not_found', 'PLAN_NOT_FOUND', 'No such plan on sale.');
   return p;
 }
 
 /** A plan version by its row id, on sale or not (what a subscription was sold at). */
 async function planVersion(id: string): Promise<PlanRow> {
-  const [p] = await call((sql) => sql<PlanRow[]>`select * from billing.plans where id = ${id}`);
+  const [p] = await call((sql) => sql<PlanRow[]>`select * from billing.get_plan(${id})`);
   if (!p) throw new AppError('not_found', 'PLAN_NOT_FOUND', 'No such plan.');
   return p;
 }
@@ -198,10 +197,7 @@ export async function changePlan(userId: string, planId: string, requestKey: str
   // Back up to a plan this period was already paid for (a downgrade waits for the renewal, so
   // the period still has the credits): Stripe charges nothing now, and nothing is granted.
   const [paid] = await call((sql) =>
-    sql<{ credits: string }[]>`select p.credits from billing.plan_grants g
-      join billing.subscriptions s on s.id = g.subscription_id join billing.plans p on p.id = g.plan_id
-      where s.id = ${s.subscription_id} and g.period_end = s.current_period_end and g.credits > 0
-      order by p.credits desc limit 1`
+    sql<{ credits: string }[]>`select * from billing.get_period_plan_credits(${s.subscription_id})`
   );
   const charged = upgrade && !(paid && Number(to.credits) <= Number(paid.credits));
   const client = stripe().client;

@@ -65,7 +65,7 @@ export async function createCheckout(
   const cancelUrl = redirectUrl(body.cancel_url, env.CHECKOUT_CANCEL_URL, env, 'cancel_url');
   const [pkg] = await call((sql) =>
     sql<{ price_cents: number }[]>`
-    select price_cents from billing.credit_packages where id = ${body.package_id} and active`
+    select price_cents from billing.list_credit_packages() where id = ${body.package_id}`
   );
   if (pkg) await checkVelocity(userId, ip, pkg.price_cents);
   const gift = body.gift ? newGiftCode() : null; // a retry finds the gift its key made, not this one
@@ -89,9 +89,7 @@ export async function createCheckout(
   // The Stripe Price of the package version the purchase sold (an admin-made version has one),
   // else the price from the purchase itself: either way the amount sync_purchase expects.
   const [{ price }] = await call((sql) =>
-    sql<{ price: string | null }[]>`select v.stripe_price_id as price from billing.purchases p
-      join billing.credit_package_versions v on v.package_id = p.package_id and v.version = p.package_version
-      where p.id = ${co.purchase_id}`
+    sql<{ price: string | null }[]>`select billing.get_purchase_stripe_price(${co.purchase_id}) as price`
   );
   // Stripe's idempotency key is the purchase's: a retry of this request reaches the same
   // purchase (by request key) and so the same session, never a second one.

@@ -79,7 +79,7 @@ function kickWorker() {
 
 async function findJob(userId: string, id: string): Promise<JobRow> {
   if (!isUuid(id)) throw new AppError('not_found', 'JOB_NOT_FOUND', 'No such job.');
-  const [j] = await call((sql) => sql<JobRow[]>`select * from billing.jobs where id = ${id} and user_id = ${userId}`);
+  const [j] = await call((sql) => sql<JobRow[]>`select * from billing.get_job(${userId}, ${id})`);
   if (!j) throw new AppError('not_found', 'JOB_NOT_FOUND', 'No such job.');
   return j;
 }
@@ -131,10 +131,7 @@ app.get('/', requireUser, async (c) => {
   const lastId = q.cursor?.id ?? null;
   const rows = await call((sql) =>
     sql<JobRow[]>`
-    select * from billing.jobs
-    where user_id = ${currentUser(c).id} and (${q.status ?? null}::text is null or status = ${q.status ?? null})
-      and (${micros}::bigint is null or (floor(extract(epoch from created_at) * 1000000)::bigint, id) < (${micros}::bigint, ${lastId}::uuid))
-    order by created_at desc, id desc limit ${q.limit + 1}`
+    select * from billing.list_jobs(${currentUser(c).id}, ${q.status ?? null}, ${micros}, ${lastId}, ${q.limit + 1})`
   );
   return ok<JobList>(c, pageOf(rows, q.limit, (j) => `${Math.floor(j.created_at.getTime() * 1000)}:${j.id}`, jobJson));
 });
@@ -168,7 +165,7 @@ app.get('/:id/result', requireUser, async (c) => {
   const stream = new ReadableStream<Uint8Array>({
     async pull(controller) {
       const chunks = await db()<{ seq: number; content: string }[]>`
-        select seq, content from billing.job_result_chunks where job_id = ${j.id} and seq > ${seq} order by seq limit 50`;
+        select seq, content from billing.list_job_result_chunks(${j.id}, ${seq}, 50)`;
       for (const ch of chunks) controller.enqueue(enc.encode(ch.content));
       if (chunks.length < 50) controller.close();
       else seq = chunks[chunks.length - 1].seq;

@@ -205,9 +205,7 @@ function dailyReportText(data: Payload): string {
  */
 async function giftEmailData(codeId: unknown): Promise<Payload | null> {
   if (typeof codeId !== 'string' || !isUuid(codeId)) return null;
-  const [g] =
-    await db()`select c.code_hash, c.credits, u.email from billing.codes c join auth.users u on u.id = c.created_by
-    where c.id = ${codeId} and c.kind = 'gift' and c.status <> 'pending'`;
+  const [g] = await db()`select * from billing.get_gift_email(${codeId})`;
   const code = g ? giftCode(codeId, g.code_hash) : null;
   return code ? { code, credits: formatCredits(g.credits), to: g.email } : null;
 }

@@ -78,7 +78,7 @@ app.post('/', requireUser, async (c) => {
       await call((sql) => sql`select billing.attach_provider_account(${provider.id}, ${account.id})`);
       const state = JSON.stringify(accountState(account));
       await call((sql) => sql`select billing.sync_provider_account(${state}::text::jsonb)`);
-      [p] = await call((sql) => sql<ProviderRow[]>`select * from billing.providers where id = ${provider.id}`);
+      [p] = await call((sql) => sql<ProviderRow[]>`select * from billing.get_provider(${provider.id})`);
     }
     return { status: 201, data: providerJson(p) };
   });
@@ -109,8 +109,7 @@ app.get('/:id', requireUser, async (c) => {
   const p = await providerOf(c);
   const balances = await call((sql) =>
     sql<{ currency: string; amount_cents: string }[]>`
-      select currency, billing.provider_balance_cents(${p.id}, currency)::text as amount_cents
-      from (select distinct currency from billing.provider_payments where provider_id = ${p.id}) c order by currency`
+      select currency, amount_cents::text as amount_cents from billing.get_provider_balances(${p.id}) order by currency`
   );
   return ok(c, { ...providerJson(p), balances: balances.map((b) => ({ ...b, amount_cents: Number(b.amount_cents) })) });
 });

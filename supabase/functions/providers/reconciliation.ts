@@ -108,8 +108,8 @@ export class RunWorker {
       }
       case 'accounts': {
         const accounts = await call((sql) =>
-          sql<{ account: string }[]>`select stripe_account_id as account from billing.providers
-            where stripe_account_id > ${run.cursor ?? ''} order by stripe_account_id limit ${accountsPerPage}`
+          sql<{ account: string }[]>`
+            select account from billing.list_connected_accounts(${run.cursor ?? ''}, ${accountsPerPage})`
         );
         if (accounts.length === 0) {
           const [done] = await call((sql) =>

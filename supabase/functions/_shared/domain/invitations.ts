@@ -53,10 +53,7 @@ export interface InvitationEmail {
  */
 export async function invitationEmail(id: unknown): Promise<InvitationEmail | null> {
   if (typeof id !== 'string' || !isUuid(id)) return null;
-  const [i] = await db()`
-    select i.email, i.role, i.token_hash, i.expires_at, o.name as org_name, u.email as inviter_email
-    from billing.org_invitations i join billing.orgs o on o.id = i.org_id left join auth.users u on u.id = i.invited_by
-    where i.id = ${id} and i.status = 'pending' and i.expires_at > now()`;
+  const [i] = await db()`select * from billing.get_invitation_email(${id})`;
   if (!i) return null;
   const token = env().INVITATION_TOKEN_SECRET.map((s) => tokenOf(s, id)).find((t) => tokenHash(t) === i.token_hash);
   if (!token) throw new Error("no INVITATION_TOKEN_SECRET makes this invitation's token: revoke it and invite again");

@@ -104,17 +104,7 @@ async function checkVelocityWithoutRedis(userId: string, ip: string | null, pric
   count('velocity_fallback');
   const [user] = await call((sql) =>
     sql<{ sessions: number; amount_cents: number; failed: number }[]>`
-      select count(*) filter (where p.created_at > now() - interval '10 minutes')::int as sessions,
-             coalesce(sum(p.price_cents) filter (where p.created_at > now() - interval '24 hours'), 0)::int as amount_cents,
-             (select count(*) from billing.stripe_events e
-              where e.type in ('payment_intent.payment_failed', 'checkout.session.async_payment_failed')
-                and e.api_created > now() - interval '1 hour'
-                and e.object_id in (select x.stripe_payment_intent_id from billing.purchases x where x.user_id = ${userId}
-                                    union all
-                                    select x.stripe_session_id from billing.purchases x where x.user_id = ${userId})
-             )::int as failed
-      from billing.purchases p
-      where p.user_id = ${userId} and p.created_at > now() - interval '24 hours'`
+      select * from billing.get_checkout_velocity(${userId})`
   );
   const ipSessionsOk = ip === null || localWindow(`velocity:ip-sessions:${ip}`, ipSessionsLimit, 600_000);
   const ipAmountOk = ip === null || localWindow(`velocity:ip-amount:${ip}`, ipAmountLimit, 86_400_000, priceCents);

@@ -1,4 +1,4 @@
--- Organisation roles and invitations under attack: an invitation speaks for its inviter only
+-- Organisation members, roles and invitations: an invitation speaks for its inviter only
 -- while they are an admin, accepting never lowers a role, one owner whom only a transfer moves,
 -- removal revokes what the member sent and was sent, daily limits, and no token in the outbox.
 begin;

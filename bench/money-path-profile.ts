@@ -1,0 +1,191 @@
+// Where a usage request's time goes (#43), the profile behind money-path's figures:
+//   (a) by process, at 16 clients under pgbench: the backends that run the requests against
+//       the WAL writer, checkpointer, background writer and the rest (CPU from /proc);
+//   (b) inside one request, one client, one session: the client's wall time per request, the
+//       time inside `billing.run_money_request` (pg_stat_statements, top level), each nested
+//       statement (`track = all`), and every PL/pgSQL line of the functions it runs
+//       (plpgsql_check's profiler), so what the statements leave is PL/pgSQL's own work.
+// The profiler costs time of its own: (b) takes the wall time from pgbench, nothing instrumented.
+//   BENCH_SECONDS (5) for (a), BENCH_PROFILE_REQUESTS (3000) for (b)
+import postgres from 'postgres';
+import { fixtures } from './fixtures.ts';
+import { fmt, pgbench, printer } from './lib.ts';
+
+const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
+const requests = Number(Deno.env.get('BENCH_PROFILE_REQUESTS') ?? 3000);
+const dbUrl = Deno.env.get('SUPABASE_DB_URL') ?? '';
+if (!dbUrl) throw new Error('SUPABASE_DB_URL is not set');
+// The profiler and `track = all` are the superuser's settings (locally supabase_admin).
+const superUrl = dbUrl.replace(/\/\/[^:@]+(:[^@]*)?@/, `//${Deno.env.get('PG_SUPERUSER') ?? 'supabase_admin'}$1@`);
+const admin = postgres(dbUrl, { max: 2, onnotice: () => {} });
+const run = crypto.randomUUID().slice(0, 8);
+const tag = `bench-profile-${run}`;
+const { lines, say } = printer();
+const log = (s: string) => console.error(`[money-path-profile] ${s}`);
+const usageArgs = { model: 'gpt-4o-mini', input_tokens: 100, output_tokens: 20 };
+
+log(`run ${run}: fixtures (1,000 funded users)`);
+const { newUsers, fundUsers } = fixtures(admin, tag);
+const users = await newUsers(1000, 'profile');
+await fundUsers(users);
+
+// ------------------------------------------------------------ (a) by process, 16 clients
+type Proc = { title: string; ticks: number };
+const hz = 100; // USER_HZ
+async function processes(postmaster: number): Promise<Map<number, Proc>> {
+  const out = new Map<number, Proc>();
+  const read = async (pid: number) => {
+    const stat = (await Deno.readTextFile(`/proc/${pid}/stat`)).split(') ')[1].split(' ');
+    const title = (await Deno.readTextFile(`/proc/${pid}/cmdline`)).replaceAll('\0', ' ').trim();
+    return { stat, title };
+  };
+  const own = await read(postmaster);
+  // Exited children (the benchmark's backends once pgbench disconnects) land in cutime/cstime.
+  out.set(postmaster, { title: 'exited backends', ticks: Number(own.stat[13]) + Number(own.stat[14]) });
+  const children = (await Deno.readTextFile(`/proc/${postmaster}/task/${postmaster}/children`)).trim().split(/\s+/);
+  for (const pid of children.filter(Boolean).map(Number)) {
+    const p = await read(pid).catch(() => null);
+    if (p) out.set(pid, { title: p.title, ticks: Number(p.stat[11]) + Number(p.stat[12]) });
+  }
+  return out;
+}
+/** A process's role from its title: `postgres: walwriter`, `postgres: supabase_admin postgres …`. */
+function role(title: string): string {
+  const t = title.replace(/^postgres: /, '');
+  for (
+    const aux of ['walwriter', 'checkpointer', 'background writer', 'autovacuum', 'pg_cron', 'logical replication']
+  ) {
+    if (t.startsWith(aux)) return aux;
+  }
+  return t === 'exited backends' ? "backends (exited: the benchmark's sessions)" : 'backends (live)';
+}
+
+const [{ pid: backend }] = await admin`select pg_backend_pid() as pid`;
+const postmaster = Number((await Deno.readTextFile(`/proc/${backend}/stat`)).split(') ')[1].split(' ')[1]);
+const dir = await Deno.makeTempDir({ prefix: 'money-path-profile-' });
+await admin`create schema if not exists bench`;
+await admin`create table if not exists bench.money_users (fixture text, n integer, id uuid, primary key (fixture, n))`;
+await admin`insert into bench.money_users select ${run}, n, u from unnest(${users}::uuid[]) with ordinality x(u, n)`;
+await Deno.writeTextFile(
+  `${dir}/usage.sql`,
+  `\\set n random(1, 1000)
+select billing.run_money_request(u.id, 'credits.usage', gen_random_uuid()::text, repeat('0', 64), '${tag}',
+  '${
+    JSON.stringify(usageArgs).replaceAll(':', ': ')
+  }'::jsonb, 200) from bench.money_users u where u.fixture = '${run}' and u.n = :n;
+`,
+);
+const runUsage = (clients: number) => pgbench(dbUrl, `${dir}/usage.sql`, clients, seconds);
+/** pgbench's average latency in µs: a request's wall time at the client, nothing instrumented. */
+const pgbenchLatencyUs = async (clients: number) =>
+  Number((await runUsage(clients)).match(/latency average = ([\d.]+) ms/)?.[1]) * 1000;
+
+log(`(a) pgbench, 16 clients, ${seconds} s`);
+const before = await processes(postmaster);
+const text = await runUsage(16);
+await new Promise((r) => setTimeout(r, 200)); // the postmaster reaps the closed backends
+const after = await processes(postmaster);
+const done = Number(text.match(/number of transactions actually processed: (\d+)/)?.[1]);
+const byRole = new Map<string, number>();
+for (const [pid, p] of after) {
+  const ticks = p.ticks - (before.get(pid)?.ticks ?? 0);
+  if (ticks > 0) byRole.set(role(p.title), (byRole.get(role(p.title)) ?? 0) + ticks);
+}
+const totalMs = ([...byRole.values()].reduce((a, b) => a + b, 0) / hz) * 1000;
+say(`### (a) Postgres CPU per usage request by process (16 clients, ${fmt(done / seconds)} requests/s)\n`);
+say('| process | µs per request | share |');
+say('| --- | --- | --- |');
+for (const [r, ticks] of [...byRole].sort((a, b) => b[1] - a[1])) {
+  const ms = (ticks / hz) * 1000;
+  say(`| ${r} | ${fmt((ms * 1000) / done)} | ${((100 * ms) / totalMs).toFixed(0)} % |`);
+}
+say(`| all | ${fmt((totalMs * 1000) / done)} | 100 % |`);
+
+// ------------------------------------------------------------ (b) inside one request, 1 client
+const one = postgres(superUrl, { max: 1, onnotice: () => {} });
+const [{ schema }] = await one`
+  select coalesce((select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace
+                   where e.extname = 'plpgsql_check'), 'extensions') as schema`;
+await one`create extension if not exists plpgsql_check with schema extensions`;
+const userAt = (i: number) => users[i % users.length];
+async function drive(n: number): Promise<number> {
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    await one`select billing.run_money_request(${userAt(i)}, 'credits.usage', ${crypto.randomUUID()},
+      ${'0'.repeat(64)}, ${tag}, ${JSON.stringify(usageArgs)}::jsonb, 200)`;
+  }
+  return ((performance.now() - t0) * 1000) / n;
+}
+log(`(b) pgbench, 1 client, ${seconds} s; then ${requests} requests on one session with the profiler on`);
+const wallOff = await pgbenchLatencyUs(1);
+await drive(200); // warm: plans cached, pages in memory
+await one`load 'plpgsql_check'`;
+await one`select set_config('plpgsql_check.profiler', 'on', false), set_config('pg_stat_statements.track', 'all', false)`;
+await one`select ${one(schema)}.plpgsql_profiler_reset_all()`;
+await one`select extensions.pg_stat_statements_reset()`;
+const wallOn = await drive(requests);
+await one`select set_config('plpgsql_check.profiler', 'off', false), set_config('pg_stat_statements.track', 'top', false)`;
+
+const statements = await one<{ query: string; toplevel: boolean; calls: number; us: number }[]>`
+  select regexp_replace(left(query, 110), '[[:space:]]+', ' ', 'g') as query, toplevel, calls::int,
+         total_exec_time * 1000 / ${requests} as us
+  from extensions.pg_stat_statements
+  where dbid = (select oid from pg_database where datname = current_database()) and calls >= ${requests / 2}
+  order by toplevel desc, total_exec_time desc`;
+const top = statements.find((s) => s.toplevel && /run_money_request/.test(s.query));
+const nested = statements.filter((s) => !s.toplevel);
+const nestedUs = nested.reduce((a, s) => a + s.us, 0);
+say(`\n### (b) One usage request, one client (${fmt(requests)} requests, one session)\n`);
+if (!top) throw new Error('pg_stat_statements did not record run_money_request');
+say(
+  `A request's wall time at pgbench's client: ${wallOff.toFixed(0)} µs, nothing instrumented. In the ` +
+    `profiled session (Deno's client, ${wallOn.toFixed(0)} µs a request at the client): the statement ` +
+    `\`select billing.run_money_request(…)\` ${top.us.toFixed(0)} µs in the executor, of which its nested ` +
+    `statements ${nestedUs.toFixed(0)} µs and PL/pgSQL (assignments, conditions, building the ` +
+    `arguments and the answer) ${(top.us - nestedUs).toFixed(0)} µs; the rest of pgbench's wall time ` +
+    `(${
+      (wallOff - top.us).toFixed(0)
+    } µs) is the protocol, parse/bind, transaction start and the commit's WAL flush.\n`,
+);
+say('| nested statement (per request) | µs | calls per request |');
+say('| --- | --- | --- |');
+for (const s of nested) {
+  say(`| \`${s.query.replaceAll('|', '\\|')}\` | ${s.us.toFixed(1)} | ${(s.calls / requests).toFixed(2)} |`);
+}
+
+const fns = await one<{ oid: number; name: string }[]>`
+  select p.oid::int, p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+  where n.nspname = 'billing' and p.prolang = (select oid from pg_language where lanname = 'plpgsql')`;
+say('\n| PL/pgSQL line (per request, inclusive of what it calls) | µs | runs per request |');
+say('| --- | --- | --- |');
+type Line = { fn: string; lineno: number; source: string; us: number; runs: number };
+const rows: Line[] = [];
+for (const f of fns) {
+  const profile = await one<
+    { lineno: number; source: string | null; total_time: number | null; exec_stmts: number | null }[]
+  >`
+    select lineno, source, total_time, exec_stmts from ${one(schema)}.plpgsql_profiler_function_tb(${f.oid}::oid)
+    where exec_stmts > 0`.catch(() => []);
+  for (const l of profile) {
+    // total_time is in milliseconds over every run in this session.
+    rows.push({
+      fn: f.name,
+      lineno: l.lineno,
+      source: (l.source ?? '').trim().slice(0, 80),
+      us: (Number(l.total_time) * 1000) / requests,
+      runs: Number(l.exec_stmts) / requests,
+    });
+  }
+}
+for (const l of rows.filter((l) => l.us >= 1).sort((a, b) => b.us - a.us)) {
+  say(`| ${l.fn}:${l.lineno} \`${l.source.replaceAll('|', '\\|')}\` | ${l.us.toFixed(1)} | ${l.runs.toFixed(2)} |`);
+}
+await one.end();
+
+const [{ invariants }] = await admin`select billing.check_lots() as invariants`;
+for (const list of ['lots', 'accounts', 'transfers', 'expiry'] as const) {
+  if (invariants[list].length) throw new Error(`lots disagree with the ledger after the run (${list})`);
+}
+await admin.end();
+await Deno.mkdir('bench/results', { recursive: true });
+await Deno.writeTextFile(`bench/results/money-path-profile-${run}.md`, lines.join('\n') + '\n');

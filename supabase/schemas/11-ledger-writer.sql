@@ -1,0 +1,687 @@
+-- The ledger's writer: billing.post_transfers alone inserts transfers, entries, lots and
+-- allocations and changes balances, held amounts and versions
+-- (supabase/tests/10-ledger-one-writer.test.sql reads the catalogue to prove it). Every feature
+-- decides what moves and calls it; the functions here are the common road to it: one user's
+-- movement against a platform account (post_user_transfer, and its faces debit_credits,
+-- grant_credits, reverse_credits), a move between two tracked accounts (move_credits), and the
+-- account that pays a member's charge (lock_spending_source).
+--
+-- Concurrency: a user account row is locked (FOR UPDATE) before its balance is read, so
+-- parallel debits serialise per account and can never overdraw. When a function needs an
+-- account and one of its holds, it locks the account first, then the hold; no function locks
+-- two user accounts, and if one ever must, it locks them in ascending id order. Idempotency
+-- keys are checked again after the lock, so N parallel identical calls make one transfer.
+--
+-- Over 600 lines on purpose: post_transfers is one function (about 290 lines), and the road to it
+-- is read beside it.
+
+-- ============================================================ types
+
+-- One movement for billing.post_transfers, the ledger's one writer. `lots` says how the tracked
+-- sides' lots move; null for the usual: a debit draws from its lots in spending order, a credit
+-- from a platform account opens a new lot, a credit from a tracked account (a move) arrives as
+-- the lots its debit drew, each with its provenance. Otherwise, any of:
+--   first       lot ids drawn before the spending order (a reversal takes its purchase's lots first)
+--   return_to   [{lot_id, amount}]: the credit goes back into these lots (a void, a rollover's
+--               credits brought back from breakage): negative allocations, no new lot
+--   moved_from  the credit opens a lot with this lot's provenance and its share of the cost (a plan rollover)
+--   category, priority, cost_cents, currency, purchase_id, expires_at: the new lot's, over the
+--               defaults (billing.credit_expiry_policy; an adjustment never expires unless told)
+create type billing.transfer_spec as (
+  kind billing.transfer_kind,
+  from_account_id bigint,
+  to_account_id bigint,
+  amount numeric,
+  idempotency_key text,
+  correlation_id text,
+  reference text,
+  metadata jsonb,
+  rate_card_id bigint,
+  hold_id uuid,
+  member_id uuid,
+  lots jsonb
+);
+comment on type billing.transfer_spec is 'A movement billing.post_transfers is asked to make (see the comment above it for lots).';
+
+create type billing.held_change as (
+  account_id bigint,
+  delta numeric                                   -- + a hold placed or grown, − one captured, released, expired or shrunk
+);
+comment on type billing.held_change is 'A change of what an account''s holds reserve, made by billing.post_transfers.';
+
+create type billing.posted_transfer as (
+  transfer_id bigint,
+  replayed boolean,                               -- a transfer with this key and kind was already written
+  from_balance numeric(38, 18),                   -- the tracked sides' balances after it; null for a platform side or a replay
+  to_balance numeric(38, 18)
+);
+comment on type billing.posted_transfer is 'What billing.post_transfers answers for each movement, in order.';
+
+-- ============================================================ functions
+
+create or replace function billing.debit_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_idempotency_key text,
+  p_correlation_id text default null,
+  p_reference text default null,
+  p_metadata jsonb default null
+) returns billing.transfer_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  return billing.post_user_transfer(p_user, -1, 'spend', p_amount, 'debit', 'usage_revenue',
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata);
+end
+$$;
+comment on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) is 'Spends a given amount. Refused with INSUFFICIENT_CREDITS when available < amount (including while in debt).';
+revoke execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) from public;
+grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) to service_role;
+
+-- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
+-- per movement out, in order, and the changes of what holds reserve. Only this function inserts
+-- transfers, entries, lots and lot allocations and changes balances, held amounts and versions (supabase/tests/10-ledger-one-writer.test.sql
+-- reads the catalogue to prove it). Features decide what moves: callers lock the tracked
+-- accounts first (ascending id order when there are several) and make every refusal a person
+-- can meet (available credits, caps, holds, standing) before calling it. It checks what must hold
+-- for every movement and raises LEDGER_INVARIANT, a server error, when a caller got it wrong:
+-- amounts positive, below 1e20, at most 18 places, between two accounts; no tracked balance
+-- below zero except through a refund or dispute reversal (debt); a return to lots of exactly the
+-- amount; a lot's remaining never below zero (lots_remaining_within).
+--
+-- Each tracked side gets an entry with its balance and version after the movement, in batch
+-- order. Debits draw from lots (spending order, `first` before it) before credits open or refill
+-- lots; a credit that pays a debt the account is in records that part as settled, not remaining.
+-- A movement whose (idempotency_key, kind) is already written is a replay: nothing is written
+-- for it; another movement under the same key and kind is refused (IDEMPOTENCY_KEY_REUSED).
+create or replace function billing.post_transfers(p_transfers billing.transfer_spec[],
+  p_held billing.held_change[] default '{}'::billing.held_change[])
+returns billing.posted_transfer[]
+language plpgsql
+set search_path = ''
+set plan_cache_mode = 'force_generic_plan'
+as $$
+declare
+  v_one billing.transfer_spec;
+  v_id bigint;
+  v_written billing.transfers;
+  v_balance numeric;
+  v_version bigint;
+  v_versions bigint[];
+  v_ids bigint[];
+  v_new bigint[];
+  v_existing bigint[];
+  v_reused text;
+  v_ord integer[];
+  v_account bigint[];
+  v_delta numeric[];
+  v_after numeric[];
+  v_first bigint[];
+  v_drawn integer;
+  c record;
+  v_lot jsonb;
+  v_settled numeric;
+  v_category text;
+  v_policy billing.credit_expiry_policy;
+begin
+  -- What holds reserve (a hold is no transfer: it moves nothing until captured).
+  if cardinality(p_held) > 0 then
+    update billing.accounts a set held = a.held + d.delta
+    from (select h.account_id, sum(h.delta) as delta from unnest(p_held) h group by h.account_id) d
+    where a.id = d.account_id and a.code is null;
+  end if;
+  if cardinality(p_transfers) = 0 then
+    return '{}'::billing.posted_transfer[];
+  end if;
+
+  -- A movement alone (nearly every call): its statements written for one row.
+  if cardinality(p_transfers) = 1 then
+    v_one := p_transfers[1];
+    if (v_one.amount > 0 and scale(v_one.amount) <= 18 and v_one.amount < 1e20 and v_one.from_account_id <> v_one.to_account_id) is not true then
+      perform billing.raise_error('LEDGER_INVARIANT',
+        '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+    end if;
+    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                   reference, metadata, rate_card_id, hold_id, member_id)
+    values (v_one.kind, v_one.from_account_id, v_one.to_account_id, v_one.amount, v_one.idempotency_key, v_one.correlation_id, v_one.reference,
+            v_one.metadata, v_one.rate_card_id, v_one.hold_id, v_one.member_id)
+    on conflict (idempotency_key, kind) do nothing
+    returning id into v_id;
+    if v_id is null then
+      select * into v_written from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind;
+      if v_written.amount <> v_one.amount or v_written.from_account_id <> v_one.from_account_id
+         or v_written.to_account_id <> v_one.to_account_id then
+        perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_one.kind));
+      end if;
+      return array[(v_written.id, true, null, null)::billing.posted_transfer];
+    end if;
+    v_ids := array[v_id];
+    v_new := v_ids;
+    -- Each tracked side (a platform account is never updated: the filter finds no row).
+    update billing.accounts a set balance = a.balance - v_one.amount, version = a.version + 1
+    where a.id = v_one.from_account_id and a.code is null
+    returning a.balance, a.version into v_balance, v_version;
+    if found then
+      v_ord := array[1]; v_account := array[v_one.from_account_id]; v_delta := array[-v_one.amount]; v_after := array[v_balance];
+      v_versions := array[v_version];
+    else
+      v_ord := '{}'::integer[]; v_account := '{}'::bigint[]; v_delta := '{}'::numeric[]; v_after := '{}'::numeric[];
+      v_versions := '{}'::bigint[];
+    end if;
+    update billing.accounts a set balance = a.balance + v_one.amount, version = a.version + 1
+    where a.id = v_one.to_account_id and a.code is null
+    returning a.balance, a.version into v_balance, v_version;
+    if found then
+      v_ord := v_ord || 1; v_account := v_account || v_one.to_account_id; v_delta := v_delta || v_one.amount;
+      v_after := v_after || v_balance; v_versions := v_versions || v_version;
+    end if;
+    insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+    select v_id, e.account_id, e.delta, e.after, e.version
+    from unnest(v_account, v_delta, v_after, v_versions) with ordinality e(account_id, delta, after, version, n)
+    order by e.n;
+  else
+    if exists (select 1 from unnest(p_transfers) t
+               where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
+                 or t.from_account_id is not distinct from t.to_account_id) then
+      perform billing.raise_error('LEDGER_INVARIANT',
+        '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+    end if;
+    -- Ids in batch order, so transfer ids order the batch.
+    v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
+    with ins as (
+      insert into billing.transfers (id, kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                     reference, metadata, rate_card_id, hold_id, member_id)
+      overriding system value
+      select v_ids[t.ord], t.kind, t.from_account_id, t.to_account_id, t.amount, t.idempotency_key, t.correlation_id,
+        t.reference, t.metadata, t.rate_card_id, t.hold_id, t.member_id
+      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+      order by t.ord
+      on conflict (idempotency_key, kind) do nothing
+      returning id
+    )
+    select array_agg(ins.id) into v_new from ins;
+
+    if cardinality(v_new) is distinct from cardinality(p_transfers) then
+      select array_agg(case when v_ids[t.ord] = any(coalesce(v_new, '{}')) then null else x.id end order by t.ord),
+        min(t.kind::text) filter (where v_ids[t.ord] <> all(coalesce(v_new, '{}'))
+          and (x.amount <> t.amount or x.from_account_id <> t.from_account_id or x.to_account_id <> t.to_account_id))
+      into v_existing, v_reused
+      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+      join billing.transfers x on x.idempotency_key = t.idempotency_key and x.kind = t.kind;
+      if v_reused is not null then
+        perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_reused));
+      end if;
+    end if;
+
+    if v_new is not null then
+      -- Balances and versions, then one entry per tracked side numbered back from them.
+      with t as (
+        select * from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord) where v_ids[t.ord] = any(v_new)
+      ), legs as (
+        select t.ord, t.from_account_id as account_id, -t.amount as delta from t
+        union all
+        select t.ord, t.to_account_id, t.amount from t
+      ), u as (
+        update billing.accounts a set balance = a.balance + d.delta, version = a.version + d.n
+        from (select l.account_id, sum(l.delta) as delta, count(*) as n from legs l group by l.account_id) d
+        where a.id = d.account_id and a.code is null
+        returning a.id, a.balance, a.version
+      ), e as (
+        insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+        select v_ids[l.ord], l.account_id, l.delta,
+          u.balance - (sum(l.delta) over later - l.delta), u.version - (row_number() over later - 1)
+        from legs l join u on u.id = l.account_id
+        window later as (partition by l.account_id order by l.ord desc)
+        order by l.ord, l.delta                     -- entry ids in batch order, as readers page them
+        returning transfer_id, account_id, balance_after
+      )
+      select array_agg(l.ord order by l.ord, l.delta), array_agg(l.account_id order by l.ord, l.delta),
+        array_agg(l.delta order by l.ord, l.delta), array_agg(e.balance_after order by l.ord, l.delta)
+      into v_ord, v_account, v_delta, v_after
+      from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
+    end if;
+  end if;
+
+  if v_new is not null then
+    for i in 1 .. cardinality(v_ord) loop
+      if v_delta[i] < 0 and v_after[i] < 0 and (p_transfers[v_ord[i]]).kind not in ('refund_reversal', 'dispute_reversal') then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
+      end if;
+    end loop;
+
+    -- Debits draw from lots. The common one, alone and with nothing to draw first, in one
+    -- statement: the first lot in spending order covers it.
+    if cardinality(v_ord) = 1 and v_delta[1] < 0 and (p_transfers[v_ord[1]]).lots is null then
+      with drawn as (
+        update billing.lots l set remaining = l.remaining + v_delta[1]
+        where l.id = (select x.id from billing.lots x where x.account_id = v_account[1] and x.open
+                      order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
+                      limit 1)
+          and l.remaining >= -v_delta[1]
+        returning l.id
+      )
+      insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+      select v_ids[v_ord[1]], drawn.id, (p_transfers[v_ord[1]]).kind, -v_delta[1] from drawn;
+      get diagnostics v_drawn = row_count;
+    end if;
+    if v_drawn is distinct from 1 and 0 > any(v_delta) then
+      v_first := array(select jsonb_array_elements_text(t.lots -> 'first')::bigint
+                       from unnest(p_transfers) t where t.lots ? 'first');
+      with d as (
+        select x.ord, x.account_id, -x.delta as amount,
+          sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
+        from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
+        where x.delta < 0
+      ), l as (
+        select l.id, l.account_id, l.remaining,
+          sum(l.remaining) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
+            l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+        from billing.lots l
+        where l.account_id in (select d.account_id from d) and l.open
+      ), a as (
+        select d.ord, l.id as lot_id, least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
+        from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
+      ), ins as (
+        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+        select v_ids[a.ord], a.lot_id, (p_transfers[a.ord]).kind, a.amount from a
+        returning lot_id, amount
+      )
+      update billing.lots x set remaining = x.remaining - s.total
+      from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
+      where x.id = s.lot_id;
+    end if;
+
+    -- Credits: into lots.
+    if 0 < any(v_delta) then
+      for c in
+        select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t, y.ord is not null as moved
+        from unnest(v_ord, v_account, v_delta, v_after) x(ord, account_id, delta, after)
+        left join unnest(v_ord, v_delta) y(ord, delta) on y.ord = x.ord and y.delta < 0
+        where x.delta > 0
+        order by x.ord
+      loop
+        v_settled := least(c.amount, greatest(c.amount - c.after, 0));
+        v_lot := coalesce((c.t).lots, '{}');
+        if c.moved then
+          -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
+          -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
+          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                    amount, debt_settled, remaining, frozen, expires_at, moved_from)
+          select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
+            l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id
+          from (select x.lot_id, x.amount,
+                  least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
+                    rows between unbounded preceding and 1 preceding), 0), 0)) as settled
+                from billing.lot_allocations x where x.transfer_id = v_ids[c.ord]) p
+          join billing.lots l on l.id = p.lot_id
+          order by p.lot_id;
+        elsif v_lot ? 'return_to' then
+          -- Back into the lots it came from: negative allocations, as a void gives back.
+          if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
+            perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
+          end if;
+          with p as (
+            select (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as amount,
+              least((r ->> 'amount')::numeric, greatest(v_settled - coalesce(sum((r ->> 'amount')::numeric)
+                over (order by (r ->> 'lot_id')::bigint rows between unbounded preceding and 1 preceding), 0), 0)) as settled
+            from jsonb_array_elements(v_lot -> 'return_to') r
+          ), ins as (
+            insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+            select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount from p
+          )
+          update billing.lots l set remaining = l.remaining + p.amount - p.settled, debt_settled = l.debt_settled + p.settled
+          from p where l.id = p.lot_id and l.account_id = c.account_id;
+          continue;
+        elsif v_lot ? 'moved_from' then
+          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                    amount, debt_settled, remaining, expires_at, moved_from)
+          select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
+            l.currency, c.amount, v_settled, c.amount - v_settled, (v_lot ->> 'expires_at')::timestamptz, l.id
+          from billing.lots l where l.id = (v_lot ->> 'moved_from')::bigint;
+        else
+          v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
+          select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
+          if not found then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
+          elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
+          elsif (v_lot ->> 'cost_cents')::numeric < 0 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
+          elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
+          elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
+          end if;
+          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                    amount, debt_settled, remaining, expires_at)
+          values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
+            coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
+            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled,
+            -- A support adjustment does not expire unless the admin says so: a correction that
+            -- quietly vanishes would need correcting again.
+            case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
+                 when (c.t).kind <> 'adjustment' then now() + v_policy.expires_after end);
+        end if;
+        update billing.accounts a
+        set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
+        where a.id = c.account_id
+          and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
+      end loop;
+    end if;
+  end if;
+
+  if cardinality(p_transfers) = 1 then
+    return array[(coalesce(v_existing[1], v_ids[1]), v_existing[1] is not null,
+      case when v_delta[1] < 0 then v_after[1] when v_delta[2] < 0 then v_after[2] end,
+      case when v_delta[1] > 0 then v_after[1] when v_delta[2] > 0 then v_after[2] end)::billing.posted_transfer];
+  end if;
+  -- Joined, not looked up per movement: a batch of a thousand would scan its legs a million times.
+  return array(
+    select row(coalesce(v_existing[o.n], v_ids[o.n]), v_existing[o.n] is not null, f.after, t.after)::billing.posted_transfer
+    from generate_subscripts(p_transfers, 1) o(n)
+    left join unnest(v_ord, v_delta, v_after) f(ord, delta, after) on f.ord = o.n and f.delta < 0
+    left join unnest(v_ord, v_delta, v_after) t(ord, delta, after) on t.ord = o.n and t.delta > 0
+    order by o.n);
+end;
+$$;
+comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_held billing.held_change[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and changes of held amounts under the caller''s account locks; one result per movement, replays answered.';
+revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[], p_held billing.held_change[]) from public;
+
+create or replace function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind,
+                                                p_key text, p_member uuid, p_metadata jsonb default null)
+returns billing.transfers
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_from billing.accounts;
+  v_transfer billing.transfers;
+  v_posted billing.posted_transfer[];
+begin
+  perform billing.check_amount(p_amount);
+  perform 1 from billing.accounts a where a.id in (p_from, p_to) order by a.id for update;
+  select * into v_transfer from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
+  if found then
+    if v_transfer.amount <> p_amount or v_transfer.from_account_id <> p_from or v_transfer.to_account_id <> p_to then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
+    end if;
+    return v_transfer;
+  end if;
+  select * into v_from from billing.accounts a where a.id = p_from;
+  if v_from.held > 0 or v_from.next_expiry <= now() then
+    v_from := billing.settle_account(p_from);
+  end if;
+  if v_from.balance - v_from.held < p_amount then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
+      'available', trim_scale(greatest(v_from.balance - v_from.held, 0))::text, 'debt', v_from.balance < 0,
+      'wallet', 'organisation'));
+  end if;
+
+  -- The lots drawn arrive on the receiving side as they were (billing.post_transfers).
+  v_posted := billing.post_transfers(array[(p_kind, p_from, p_to, p_amount, p_key, null, null, p_metadata, null, null,
+    p_member, null)::billing.transfer_spec]);
+  select * into v_transfer from billing.transfers t where t.id = (v_posted[1]).transfer_id;
+  return v_transfer;
+end;
+$$;
+comment on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb) is 'Internal: a transfer between two tracked accounts (wallet ↔ allowance), the lots drawn mirrored on the receiving side.';
+revoke execute on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb) from public;
+
+create or replace function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
+returns billing.accounts
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_existing billing.transfers;
+  v_sources record;
+  v_account billing.accounts;
+  v_available numeric(38, 18);
+  v_cap jsonb;
+  v_wallets jsonb := '[]'::jsonb;
+  v_best numeric(38, 18) := 0;
+  v_pool boolean;
+begin
+  if p_kind is not null then
+    select * into v_existing from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
+    if found and v_existing.member_id = p_user then
+      select * into v_account from billing.accounts a where a.id = v_existing.from_account_id for update;
+      return v_account;
+    elsif found then
+      return p_own;
+    end if;
+  end if;
+
+  -- Organisations that pay first (0), the member's own account (1), those that pay after (2);
+  -- by when the member joined. A member without an allowance account yet has nothing there.
+  select array_agg(s.account_id order by s.rank, s.joined_at) as accounts, array_agg(s.org_id order by s.rank, s.joined_at) as orgs
+  into v_sources
+  from (
+    select o.id as org_id, case when o.org_pays_first then 0 else 2 end as rank, m.joined_at,
+      case when o.funding = 'allowance'
+        then (select a.id from billing.accounts a where a.org_id = o.id and a.member_id = p_user)
+        else (select a.id from billing.accounts a where a.org_id = o.id and a.member_id is null)
+      end as account_id
+    from billing.org_members m join billing.orgs o on o.id = m.org_id
+    where m.user_id = p_user and m.active and m.role = 'member'
+    union all
+    select null, 1, null, p_own.id
+  ) s where s.account_id is not null;
+  perform 1 from billing.accounts a where a.id = any(v_sources.accounts) and a.id <> p_own.id order by a.id for update;
+
+  for i in 1 .. array_length(v_sources.accounts, 1) loop
+    select * into v_account from billing.accounts a where a.id = v_sources.accounts[i];
+    if v_account.held > 0 or v_account.next_expiry <= now() then
+      v_account := billing.settle_account(v_account.id);
+    end if;
+    v_available := greatest(v_account.balance - v_account.held, 0);
+    if v_available >= p_amount then
+      if v_account.org_id is null then
+        return v_account;                                 -- the member's own caps: the caller's, as for anyone
+      end if;
+      v_cap := case when v_account.caps > 0 then billing.take_cap_room(v_account.id, p_amount, p_model, p_user) end;
+      if v_cap is null then
+        return v_account;
+      end if;
+    end if;
+    -- A member sees what they may spend: their own account, their allowance, their cap's room;
+    -- never the balance of a pool the whole organisation shares.
+    v_pool := v_account.org_id is not null and v_account.member_id is null;
+    v_best := greatest(v_best, case when v_cap is null and not v_pool then v_available else 0 end);
+    v_wallets := v_wallets || jsonb_strip_nulls(jsonb_build_object(
+      'wallet', case when v_account.org_id is null then 'personal' else 'organisation' end,
+      'org_id', v_sources.orgs[i],
+      'available', case when not v_pool then trim_scale(v_available)::text end,
+      'short_by', case when not v_pool then trim_scale(greatest(p_amount - v_available, 0))::text end,
+      'reason', case when v_cap is not null then 'cap' else 'insufficient' end, 'cap', v_cap));
+    v_cap := null;
+  end loop;
+  perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
+    'available', trim_scale(v_best)::text, 'debt', p_own.balance < 0, 'wallets', v_wallets));
+  return null;                                      -- not reached: raise_error raised
+end;
+$$;
+comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';
+revoke execute on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) from public;
+
+create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_hold_id uuid default null::uuid, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
+returns billing.transfer_result
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_account_id bigint;
+  v_platform_id bigint := billing.platform_account_id(p_platform_code);
+  v_existing billing.transfers;
+  v_transfer_id bigint;
+  v_bal billing.balance;
+  v_posted billing.posted_transfer;
+  v_member uuid;
+begin
+  perform billing.check_amount(p_amount);
+  if p_idempotency_key is null or length(p_idempotency_key) not between 1 and 300 then
+    perform billing.raise_error('IDEMPOTENCY_KEY_REQUIRED', jsonb_build_object('rule', '1 to 300 characters'));
+  end if;
+
+  -- Find and lock the account in one statement; create it first only when it must exist.
+  if p_account_id is not null then
+    select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  else
+    select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  end if;
+  if not found then
+    if p_direction < 0 and p_mode <> 'reverse' then
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0',
+        'debt', false));
+    end if;
+    perform billing.ensure_user_account(p_user);
+    select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  end if;
+  -- A member of organisations that fund them: the wallet that pays (orgs = 0 skips it all).
+  if v_account.orgs > 0 and p_mode = 'spend' and p_account_id is null then
+    v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, p_kind);
+  end if;
+  v_account_id := v_account.id;
+  v_member := case when v_account.org_id is not null then p_user end;
+
+  -- A replay finds the transfer written before: a concurrent call with the same key has
+  -- committed by now (its account lock was ours to wait for).
+  select * into v_existing from billing.transfers t where t.idempotency_key = p_idempotency_key and t.kind = p_kind;
+  if found then
+    if v_existing.amount <> p_amount
+      or (p_direction > 0 and v_existing.to_account_id <> v_account_id)
+      or (p_direction < 0 and v_existing.from_account_id <> v_account_id) then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
+    end if;
+    v_bal := billing.balance_of(v_account_id);
+    return (v_existing.id, v_existing.amount, v_bal.balance, v_bal.held, v_bal.available, true)::billing.transfer_result;
+  end if;
+
+  if p_mode = 'spend' then
+    if v_account.held > 0 or v_account.next_expiry <= now() then
+      v_account := billing.settle_account(v_account_id);
+    end if;
+    if v_account.balance - v_account.held < p_amount then
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
+        'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text,
+        'debt', v_account.balance < 0));
+    end if;
+    if v_account.caps > 0 and v_account.org_id is null then  -- a pooled wallet's were counted choosing it
+      perform billing.charge_caps(v_account_id, p_amount, p_metadata ->> 'model');
+    end if;
+  elsif p_mode = 'capture' and v_account.balance < p_amount then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
+      'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance, 0))::text, 'debt', v_account.balance < 0));
+  end if;
+
+  v_posted := (billing.post_transfers(array[(p_kind,
+    case when p_direction > 0 then v_platform_id else v_account_id end,
+    case when p_direction > 0 then v_account_id else v_platform_id end,
+    p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, p_hold_id, v_member,
+    p_lot)::billing.transfer_spec]))[1];
+  v_account.balance := coalesce(v_posted.from_balance, v_posted.to_balance);
+  v_account.version := v_account.version + 1;
+  v_transfer_id := v_posted.transfer_id;
+
+  -- Auto-recharge follows spending: a refund, dispute or expiry never charges the card by itself
+  -- (a student refunded would be charged again at once); the low-balance alert still tells them.
+  if p_mode = 'reverse' then
+    if v_account.low_balance_threshold is not null then
+      perform billing.check_low_balance(v_account);
+    end if;
+  elsif v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
+    perform billing.on_available_change(v_account);
+  end if;
+
+  -- Overdue holds and due lots were settled above when spending; otherwise held is as locked.
+  if v_account.held > 0 then
+    v_bal := billing.balance_of(v_account_id);
+    return (v_transfer_id, p_amount, v_bal.balance, v_bal.held, v_bal.available, false)::billing.transfer_result;
+  end if;
+  return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
+end;
+$$;
+comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock.';
+revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) from public;
+
+create or replace function billing.grant_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_kind billing.transfer_kind,
+  p_idempotency_key text,
+  p_reference text default null,
+  p_correlation_id text default null,
+  p_metadata jsonb default null,
+  p_lot jsonb default null,
+  p_account_id bigint default null                -- an organisation's wallet instead of p_user's account
+) returns billing.transfer_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_kind not in ('purchase', 'promo_grant', 'adjustment') then
+    perform billing.raise_error('INVALID_KIND', jsonb_build_object('kind', p_kind, 'allowed', 'purchase, promo_grant, adjustment'));
+  end if;
+  return billing.post_user_transfer(p_user, 1, 'credit', p_amount, p_kind,
+    case p_kind when 'purchase' then 'purchases' when 'promo_grant' then 'promotions' else 'adjustments' end,
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, null, p_lot, p_account_id);
+end;
+$$;
+comment on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) is 'Adds credits to a user (or the account p_account_id) as a new lot (p_lot: the lot''s options, see billing.transfer_spec): a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
+revoke execute on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) from public;
+grant execute on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) to service_role;
+
+create or replace function billing.reverse_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_kind billing.transfer_kind,
+  p_idempotency_key text,
+  p_reference text default null,
+  p_correlation_id text default null,
+  p_metadata jsonb default null,
+  p_first_lots bigint[] default null,
+  p_account_id bigint default null                -- an organisation's wallet instead of p_user's account
+) returns billing.transfer_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_kind not in ('refund_reversal', 'dispute_reversal', 'expiry') then
+    perform billing.raise_error('INVALID_KIND', jsonb_build_object('kind', p_kind, 'allowed', 'refund_reversal, dispute_reversal, expiry'));
+  end if;
+  return billing.post_user_transfer(p_user, -1, 'reverse', p_amount, p_kind,
+    case p_kind when 'refund_reversal' then 'refunds' when 'dispute_reversal' then 'disputes' else 'expired' end,
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, null,
+    jsonb_build_object('first', to_jsonb(coalesce(p_first_lots, '{}'))), p_account_id);
+end;
+$$;
+comment on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) is 'Takes credits back after a refund, a lost dispute or an expiry, from p_first_lots first. The only path that may make a balance negative (debt).';
+revoke execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) from public;
+grant execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) to service_role;
+
+create or replace function billing.settle_account(p_account_id bigint)
+returns billing.accounts
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+begin
+  select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  if v_account.held > 0 then
+    perform billing.expire_overdue_holds(p_account_id);
+  end if;
+  if v_account.next_expiry <= now() then
+    perform billing.expire_due_lots(p_account_id);
+  end if;
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  return v_account;
+end;
+$$;
+comment on function billing.settle_account(p_account_id bigint) is 'Internal: locks the account, ends its overdue holds and expires its due lots; returns it as it now is. Every path that spends, holds or moves credits calls it when held > 0 or next_expiry has passed.';
+revoke execute on function billing.settle_account(p_account_id bigint) from public;

@@ -1,0 +1,501 @@
+-- Holds: two-phase spending. A hold reserves part of an account's balance (reserve → capture all
+-- or part, or release; past its TTL it expires), so available = balance − active holds. Purposes:
+-- a user's own hold, a job's estimate, an AI call's worst case, a dispute's freeze. Every change
+-- of what holds reserve is made by billing.post_transfers (held_change), under the account lock,
+-- account first, then the hold.
+
+-- ============================================================ types
+
+create type billing.hold_result as (
+  hold_id uuid,
+  status text,
+  amount numeric(38, 18),
+  captured numeric(38, 18),
+  released numeric(38, 18),
+  transfer_id bigint,
+  expires_at timestamptz,
+  balance numeric(38, 18),
+  held numeric(38, 18),
+  available numeric(38, 18),
+  replayed boolean
+);
+
+-- ============================================================ tables
+
+create table billing.holds (
+  id uuid default gen_random_uuid() not null,
+  account_id bigint not null,
+  amount numeric(38,18) not null,
+  status text default 'active'::text not null,
+  purpose text default 'user'::text not null,
+  captured_amount numeric(38,18),
+  capture_transfer_id bigint,
+  idempotency_key text not null,
+  correlation_id text,
+  metadata jsonb,
+  expires_at timestamp with time zone not null,
+  created_at timestamp with time zone default now() not null,
+  finished_at timestamp with time zone,
+  member_id uuid,
+  constraint holds_amount_positive check ((amount > (0)::numeric)),
+  constraint holds_captured_within check (((captured_amount is null) or ((captured_amount > (0)::numeric) and (captured_amount <= amount)))),
+  constraint holds_finished check (((status = 'active'::text) = (finished_at is null))),
+  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text, 'dispute'::text]))),
+  constraint holds_status check ((status = any (array['active'::text, 'captured'::text, 'released'::text, 'expired'::text]))),
+  constraint holds_idempotency_key_key unique (idempotency_key),
+  constraint holds_pkey primary key (id),
+  constraint holds_account_id_fkey foreign key (account_id) references billing.accounts(id),
+  constraint holds_capture_transfer_id_fkey foreign key (capture_transfer_id) references billing.transfers(id)
+);
+comment on table billing.holds is 'Two-phase spending: reserve → capture (all or part) or release. available = balance − active holds.';
+alter table billing.holds enable row level security;
+grant select on table billing.holds to authenticated;
+grant select on table billing.holds to service_role;
+
+create index holds_active_expiry on billing.holds (expires_at) where status = 'active';
+
+create index holds_account on billing.holds (account_id, created_at desc);
+
+-- ============================================================ functions
+
+create or replace function billing.expire_overdue_holds(p_account_id bigint) returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_count integer;
+  v_total numeric(38, 18);
+  v_caps integer;
+  v_expired jsonb;
+begin
+  -- The account is locked first, as everywhere else, then its holds.
+  select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
+  with expired as (
+    update billing.holds h set status = 'expired', finished_at = now()
+    where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now()
+    returning h.amount, h.purpose, h.metadata ->> 'model' as model, h.created_at
+  )
+  select count(*), coalesce(sum(e.amount), 0),
+         jsonb_agg(jsonb_build_object('amount', e.amount, 'model', e.model, 'at', e.created_at)) filter (where e.purpose <> 'dispute')
+    into v_count, v_total, v_expired from expired e;
+  if v_count > 0 then
+    perform billing.post_transfers('{}', array[(p_account_id, -v_total)::billing.held_change]);
+    perform billing.on_available_change(a) from billing.accounts a
+    where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+    if v_caps > 0 then
+      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz)
+      from jsonb_array_elements(coalesce(v_expired, '[]')) x;
+    end if;
+  end if;
+  return v_count;
+end;
+$$;
+comment on function billing.expire_overdue_holds(p_account_id bigint) is 'Releases one account''s holds whose TTL has passed. Used by the spend path and the pg_cron sweep.';
+revoke execute on function billing.expire_overdue_holds(p_account_id bigint) from public;
+
+create or replace function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) returns billing.hold_result
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_bal billing.balance := billing.balance_of(p_hold.account_id);
+begin
+  return (p_hold.id, p_hold.status, p_hold.amount, coalesce(p_hold.captured_amount, 0),
+    case when p_hold.status = 'active' then 0 else p_hold.amount - coalesce(p_hold.captured_amount, 0) end,
+    p_hold.capture_transfer_id, p_hold.expires_at, v_bal.balance, v_bal.held, v_bal.available, p_replayed)::billing.hold_result;
+end;
+$$;
+comment on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) is 'Internal: a hold as the hold functions answer it, with its account''s balance, held and available now.';
+revoke execute on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) from public;
+
+create or replace function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text default null::text, p_metadata jsonb default null::jsonb)
+returns billing.hold_result
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_hold billing.holds;
+begin
+  perform billing.check_amount(p_amount);
+  if p_ttl_seconds is null or p_ttl_seconds not between 1 and 86400 then
+    perform billing.raise_error('INVALID_TTL', jsonb_build_object('rule', '1 to 86400 seconds'));
+  end if;
+  if p_idempotency_key is null or length(p_idempotency_key) not between 1 and 300 then
+    perform billing.raise_error('IDEMPOTENCY_KEY_REQUIRED', jsonb_build_object('rule', '1 to 300 characters'));
+  end if;
+  select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  if not found then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0',
+      'debt', false));
+  end if;
+
+  select * into v_hold from billing.holds h where h.idempotency_key = p_idempotency_key;
+  if found then
+    if (v_hold.account_id <> v_account.id and v_hold.member_id is distinct from p_user) or v_hold.amount <> p_amount
+       or v_hold.purpose <> p_purpose then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', 'hold'));
+    end if;
+    return billing.hold_result_of(v_hold, true);
+  end if;
+
+  if v_account.orgs > 0 then
+    v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, null);
+  end if;
+  if v_account.held > 0 or v_account.next_expiry <= now() then
+    v_account := billing.settle_account(v_account.id);
+  end if;
+  if v_account.balance - v_account.held < p_amount then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
+      'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text,
+      'debt', v_account.balance < 0));
+  end if;
+
+  if v_account.caps > 0 and v_account.org_id is null then
+    perform billing.charge_caps(v_account.id, p_amount, p_metadata ->> 'model');
+  end if;
+  v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
+    p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end);
+  return billing.hold_result_of(v_hold, false);
+end;
+$$;
+comment on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) is 'Internal: reserves available credits as a hold of the given purpose (user or job), under the account lock.';
+revoke execute on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) from public;
+
+create or replace function billing.reserve_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_idempotency_key text,
+  p_ttl_seconds integer default 900,
+  p_correlation_id text default null,
+  p_metadata jsonb default null
+) returns billing.hold_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  return billing.reserve_hold(p_user, p_amount, p_idempotency_key, p_ttl_seconds, 'user', p_correlation_id, p_metadata);
+end
+$$;
+comment on function billing.reserve_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_correlation_id text, p_metadata jsonb) is 'Reserves credits for a while (default 15 min) as the user''s own hold: they stay in the balance but cannot be spent elsewhere.';
+revoke execute on function billing.reserve_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_correlation_id text, p_metadata jsonb) from public;
+grant execute on function billing.reserve_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_correlation_id text, p_metadata jsonb) to service_role;
+
+create or replace function billing.lock_hold(p_user uuid, p_hold_id uuid) returns billing.holds
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account_id bigint;
+  v_hold billing.holds;
+begin
+  select h.account_id into v_account_id from billing.holds h
+  join billing.accounts a on a.id = h.account_id
+  where h.id = p_hold_id and (p_user is null or a.user_id = p_user
+    or (h.member_id = p_user and exists (select 1 from billing.org_members m
+                                         where m.org_id = a.org_id and m.user_id = p_user and m.active)));
+  if v_account_id is null then
+    perform billing.raise_error('HOLD_NOT_FOUND', jsonb_build_object('hold_id', p_hold_id));
+  end if;
+  perform 1 from billing.accounts a where a.id = v_account_id for update;
+  select * into v_hold from billing.holds h where h.id = p_hold_id for update;
+  if p_user is not null and v_hold.purpose <> 'user' then
+    perform billing.raise_error('HOLD_NOT_USER_MANAGED', jsonb_build_object('hold_id', p_hold_id, 'purpose', v_hold.purpose));
+  end if;
+  return v_hold;
+end;
+$$;
+comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to); HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s, AI call''s or dispute''s hold.';
+revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
+
+create or replace function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric default null, p_correlation_id text default null,
+  p_metadata jsonb default null) returns billing.hold_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
+  v_capture numeric(38, 18);
+  v_transfer billing.transfer_result;
+  v_user uuid;
+  v_unfrozen numeric(38, 18);
+  v_pool boolean;
+begin
+  -- Credits that expired under the hold are gone before it is captured (the hold gave way).
+  if (select a.next_expiry <= now() from billing.accounts a where a.id = v_hold.account_id) then
+    perform billing.expire_due_lots(v_hold.account_id);
+    select * into v_hold from billing.holds h where h.id = p_hold_id;
+  end if;
+  v_capture := coalesce(p_amount, v_hold.amount);
+  if v_hold.status = 'captured' then
+    if p_amount is not null and p_amount <> v_hold.captured_amount then
+      perform billing.raise_error('HOLD_ALREADY_CAPTURED', jsonb_build_object('hold_id', p_hold_id,
+        'captured', trim_scale(v_hold.captured_amount)::text));
+    end if;
+    return billing.hold_result_of(v_hold, true);
+  end if;
+  if v_hold.status <> 'active' or v_hold.expires_at <= now() then
+    perform billing.raise_error(case when v_hold.status = 'released' then 'HOLD_RELEASED' else 'HOLD_EXPIRED' end,
+      jsonb_build_object('hold_id', p_hold_id, 'expires_at', v_hold.expires_at));
+  end if;
+  perform billing.check_amount(v_capture);
+  if v_capture > v_hold.amount then
+    perform billing.raise_error('CAPTURE_EXCEEDS_HOLD', jsonb_build_object('held', trim_scale(v_hold.amount)::text,
+      'requested', trim_scale(v_capture)::text));
+  end if;
+
+  -- A user's own capture never spends credits a dispute has frozen (a reversal of another
+  -- purchase can take the balance below what is held). A job's capture is work already done.
+  if p_user is not null then
+    select a.balance - coalesce(sum(h.amount), 0), a.org_id is not null and a.member_id is null into v_unfrozen, v_pool
+    from billing.accounts a
+    left join billing.holds h on h.account_id = a.id and h.status = 'active' and h.purpose = 'dispute'
+    where a.id = v_hold.account_id group by a.id;
+    if v_unfrozen < v_capture then
+      -- A member never reads a pool's balance, refused or not.
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
+        'required', trim_scale(v_capture)::text,
+        'available', case when not v_pool then trim_scale(greatest(v_unfrozen, 0))::text end, 'frozen_by_dispute', true)));
+    end if;
+  end if;
+
+  -- The hold stops counting first, so the capture spends the reserved credits.
+  perform billing.post_transfers('{}', array[(v_hold.account_id, -v_hold.amount)::billing.held_change]);
+  select a.user_id into v_user from billing.accounts a where a.id = v_hold.account_id;
+  v_transfer := billing.post_user_transfer(coalesce(v_user, v_hold.member_id), -1, 'capture', v_capture, 'hold_capture',
+    'usage_revenue', 'hold:' || p_hold_id::text, coalesce(p_correlation_id, v_hold.correlation_id), null, p_metadata, null, p_hold_id,
+    p_account_id => v_hold.account_id);
+  update billing.holds h set status = 'captured', captured_amount = v_capture, capture_transfer_id = v_transfer.transfer_id,
+    finished_at = now()
+  where h.id = p_hold_id returning * into v_hold;
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount - v_capture);
+  return billing.hold_result_of(v_hold, false);
+end;
+$$;
+comment on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) is 'Spends all or part of an active hold and releases the rest; p_metadata (the gateway''s facts of a call, never a caller''s) goes on the capture. Capturing a captured hold again replays the result.';
+revoke execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) from public;
+grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) to service_role;
+
+-- Ends a server's hold at a price worked out after the work (a job's usage, an AI call's): the
+-- hold pays what it can and the rest of it is released; should the price pass the hold, the
+-- excess is charged from what is available, never into debt, and what cannot be charged is
+-- recorded (`unbilled`) on that transfer. The caller holds the account lock and has settled the
+-- hold (an ended hold captures nothing). `p_capture_facts` go on the capture, `p_overage_facts`
+-- on the excess; `p_key` is the excess's idempotency key, `p_correlation` both transfers'.
+create or replace function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint,
+  p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb,
+  out captured numeric, out overage numeric, out transfer_id bigint)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds;
+  v_available numeric;
+  v_after billing.hold_result;
+  v_excess billing.transfer_result;
+begin
+  select * into v_hold from billing.holds h where h.id = p_hold_id;
+  captured := 0;
+  overage := 0;
+  if p_amount > 0 and v_hold.status = 'active' then
+    captured := least(p_amount, v_hold.amount);
+    v_after := billing.capture_hold(null, p_hold_id, captured, p_correlation, p_capture_facts);
+    transfer_id := v_after.transfer_id;
+    v_available := v_after.available;
+  elsif v_hold.status = 'active' then
+    perform billing.release_hold(null, p_hold_id);
+  end if;
+  if p_amount > captured then
+    v_available := coalesce(v_available, (billing.balance_of(v_hold.account_id)).available);
+    overage := least(p_amount - captured, greatest(v_available, 0));
+    if overage > 0 then
+      v_excess := billing.post_user_transfer(p_user, -1, 'capture', overage, 'usage', 'usage_revenue', p_key,
+        p_correlation, null,
+        p_overage_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text,
+          'priced', trim_scale(p_amount)::text, 'unbilled', trim_scale(p_amount - captured - overage)::text),
+        p_rate_card_id, p_account_id => v_hold.account_id);
+      transfer_id := coalesce(transfer_id, v_excess.transfer_id);
+    end if;
+  end if;
+end;
+$$;
+comment on function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) is 'Internal: ends a job''s or an AI call''s hold at a price worked out after the work: captured from the hold, any excess from what is available (never into debt), the rest released.';
+revoke execute on function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) from public;
+
+create or replace function billing.release_hold(p_user uuid, p_hold_id uuid) returns billing.hold_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
+begin
+  if v_hold.status = 'captured' then
+    perform billing.raise_error('HOLD_ALREADY_CAPTURED', jsonb_build_object('hold_id', p_hold_id, 'captured', v_hold.captured_amount::text));
+  end if;
+  if v_hold.status <> 'active' then
+    return billing.hold_result_of(v_hold, true); -- released or expired: nothing left to release
+  end if;
+  perform billing.post_transfers('{}', array[(v_hold.account_id, -v_hold.amount)::billing.held_change]);
+  update billing.holds h set status = 'released', finished_at = now() where h.id = p_hold_id returning * into v_hold;
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount);
+  perform billing.on_available_change(a) from billing.accounts a
+  where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+  return billing.hold_result_of(v_hold, false);
+end;
+$$;
+comment on function billing.release_hold(p_user uuid, p_hold_id uuid) is 'Releases an active hold in full. Releasing a released or expired hold is a no-op.';
+revoke execute on function billing.release_hold(p_user uuid, p_hold_id uuid) from public;
+grant execute on function billing.release_hold(p_user uuid, p_hold_id uuid) to service_role;
+
+create or replace function billing.release_expired_holds(p_limit integer default 500) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_account_id bigint;
+  v_total integer := 0;
+begin
+  for v_account_id in
+    select distinct h.account_id from billing.holds h
+    where h.status = 'active' and h.expires_at <= now()
+    order by h.account_id limit p_limit
+  loop
+    v_total := v_total + billing.expire_overdue_holds(v_account_id);
+  end loop;
+  return v_total;
+end;
+$$;
+comment on function billing.release_expired_holds(p_limit integer) is 'pg_cron: releases holds past their TTL, for at most p_limit accounts per run. Idempotent.';
+revoke execute on function billing.release_expired_holds(p_limit integer) from public;
+grant execute on function billing.release_expired_holds(p_limit integer) to service_role;
+
+create or replace function billing.place_hold(
+  p_account_id bigint,
+  p_amount numeric,
+  p_idempotency_key text,
+  p_expires_at timestamptz,
+  p_purpose text,
+  p_correlation_id text default null,
+  p_metadata jsonb default null,
+  p_member uuid default null
+) returns billing.holds
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds;
+begin
+  -- The caller holds the account lock and has checked what may be held.
+  insert into billing.holds (account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
+  values (p_account_id, p_amount, p_idempotency_key, p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)
+  returning * into v_hold;
+  perform billing.post_transfers('{}', array[(p_account_id, p_amount)::billing.held_change]);
+  perform billing.on_available_change(a) from billing.accounts a
+  where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+  return v_hold;
+end;
+$$;
+comment on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) is 'Internal: places a hold of a purpose on an account the caller has locked (the account''s held amount grows by it).';
+revoke execute on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) from public;
+
+create or replace function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  h billing.holds;
+  v_take numeric(38, 18);
+  v_left numeric(38, 18) := p_short;
+begin
+  -- The caller holds the account lock. The newest holds give way first.
+  for h in
+    select * from billing.holds x
+    where x.account_id = p_account_id and x.status = 'active' and x.purpose = any(p_purposes)
+    order by x.created_at desc, x.id
+    for update
+  loop
+    exit when v_left <= 0;
+    v_take := least(h.amount, v_left);
+    update billing.holds x
+    set amount = x.amount - case when v_take < x.amount then v_take else 0 end,
+        status = case when v_take < x.amount then x.status else 'released' end,
+        finished_at = case when v_take < x.amount then null else now() end,
+        metadata = coalesce(x.metadata, '{}'::jsonb) || p_note || jsonb_build_object('given_amount', trim_scale(v_take)::text)
+    where x.id = h.id;
+    perform billing.post_transfers('{}', array[(p_account_id, -v_take)::billing.held_change]);
+    perform billing.return_hold_cap_room(h, v_take);
+    v_left := v_left - v_take;
+  end loop;
+  return p_short - v_left;
+end;
+$$;
+comment on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) is 'Internal: takes p_short from the account''s active holds of the given purposes, newest first (cap room given back); returns what it took.';
+revoke execute on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) from public;
+
+create or replace function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text)
+returns uuid
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts := billing.settle_account(p_account_id);
+  v_freeze numeric(38, 18);
+  v_short numeric(38, 18);
+  v_existing uuid;
+begin
+  if v_account.id is null then
+    return null;
+  end if;
+  select h.id into v_existing from billing.holds h where h.idempotency_key = p_key;
+  if found then
+    return v_existing;
+  end if;
+  -- What is left of the balance once earlier disputes have frozen theirs.
+  select least(p_amount, greatest(v_account.balance - coalesce(sum(h.amount), 0), 0)) into v_freeze
+  from billing.holds h where h.account_id = v_account.id and h.status = 'active' and h.purpose = 'dispute';
+  if v_freeze <= 0 then
+    return null;
+  end if;
+  -- A student's own holds give way; a job's is work under way.
+  v_short := v_freeze - greatest(v_account.balance - v_account.held, 0);
+  if v_short > 0 then
+    perform billing.shrink_holds(v_account.id, v_short, array['user'], jsonb_build_object('given_to_dispute', p_dispute_id));
+  end if;
+  return (billing.place_hold(v_account.id, v_freeze, p_key, 'infinity', 'dispute', p_dispute_id)).id;
+end;
+$$;
+comment on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) is 'Internal: freezes up to p_amount of the account for a dispute (the student''s own holds give way); idempotent by p_key.';
+revoke execute on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) from public;
+
+-- p_taken: what the balance just lost (credits expired or taken back), when the caller knows it.
+-- Holds give way by at most that much: a job's or an AI call's hold that a dispute left above the
+-- balance (work under way, place_dispute_hold) is not given away by an unrelated expiry.
+create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric default null)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_short numeric;
+begin
+  -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  v_short := least(v_account.held - greatest(v_account.balance, 0), coalesce(p_taken, v_account.held));
+  if v_short > 0 then
+    perform billing.shrink_holds(p_account_id, v_short, array['user', 'job', 'ai'], p_note);
+  end if;
+end;
+$$;
+comment on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';
+revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) from public;
+
+-- ============================================================ policies
+
+create policy "Users can read their own holds" on billing.holds
+  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));

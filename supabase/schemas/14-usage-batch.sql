@@ -1,0 +1,210 @@
+-- The usage batch: up to 1,000 usage events priced and debited in one transaction
+-- (POST /credits/usage/batch), each keyed by user and event id, with one outcome per event in
+-- input order (applied, duplicate, insufficient, invalid). Prices with the formula and facts of
+-- 12-usage-pricing.sql and writes through billing.post_transfers.
+
+-- ============================================================ functions
+
+-- One lock per account for the whole batch, in ascending id order (no deadlocks): the users'
+-- own accounts, then the organisation accounts that may pay for members (after, as everywhere);
+-- then each locked user account settled (overdue holds ended, due lots expired).
+create or replace function billing.lock_usage_batch(p_events jsonb) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_users uuid[] := array(select distinct (x ->> 'user_id')::uuid from jsonb_array_elements(p_events) x);
+begin
+  perform 1 from billing.accounts a where a.user_id = any(v_users) order by a.id for update;
+  if exists (select 1 from billing.accounts a where a.user_id = any(v_users) and a.orgs > 0) then
+    perform 1 from billing.accounts a
+    join billing.org_members m on m.org_id = a.org_id and m.active and m.role = 'member'
+      and (a.member_id is null or a.member_id = m.user_id)
+    where m.user_id in (select u.user_id from billing.accounts u where u.user_id = any(v_users) and u.orgs > 0)
+    order by a.id for update of a;
+  end if;
+  perform billing.settle_account(a.id) from billing.accounts a
+  where a.user_id = any(v_users) and (a.held > 0 or a.next_expiry <= now());
+end;
+$$;
+comment on function billing.lock_usage_batch(p_events jsonb) is 'Internal: locks every account a usage batch may charge, in id order, and settles the users'' own.';
+revoke execute on function billing.lock_usage_batch(p_events jsonb) from public, anon, authenticated;
+
+-- The accepted events of a batch as one call to the writer, in event order (p_ord: each one's
+-- place in p_events), so each account's events draw from its lots in that order.
+create or replace function billing.post_usage_batch(p_events jsonb, p_ord integer[], p_account bigint[],
+  p_amount numeric[], p_card bigint[]) returns billing.posted_transfer[]
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_platform bigint := billing.platform_account_id('usage_revenue');
+begin
+  return billing.post_transfers(array(
+    select ('usage', x.account_id, v_platform, x.amount,
+      billing.usage_event_key((v.ev ->> 'user_id')::uuid, v.ev ->> 'event_id'),
+      v.ev ->> 'correlation_id', null, billing.usage_facts(v.ev ->> 'model', (v.ev ->> 'input_tokens')::bigint,
+        (v.ev ->> 'output_tokens')::bigint, (v.ev ->> 'cached_input_tokens')::bigint, (v.ev ->> 'reasoning_tokens')::bigint,
+        (v.ev ->> 'images')::bigint, (v.ev ->> 'audio_seconds')::bigint)
+        || jsonb_build_object('occurred_at', (v.ev ->> 'occurred_at')::timestamptz, 'event_id', v.ev ->> 'event_id'),
+      x.rate_card_id, null, null, null)::billing.transfer_spec
+    from unnest(p_ord, p_account, p_amount, p_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
+    cross join lateral (select p_events -> (x.ord - 1) as ev) v
+    order by x.n));
+end;
+$$;
+comment on function billing.post_usage_batch(p_events jsonb, p_ord integer[], p_account bigint[], p_amount numeric[], p_card bigint[]) is 'Internal: writes a usage batch''s accepted events (their places, accounts, amounts and rate cards) as usage transfers, in event order.';
+revoke execute on function billing.post_usage_batch(p_events jsonb, p_ord integer[], p_account bigint[], p_amount numeric[], p_card bigint[]) from public, anon, authenticated;
+
+-- A batch event's ledger key: the caller's event id within its user's namespace (at most 300
+-- characters: a long id is hashed, as billing.scoped_key does).
+create or replace function billing.usage_event_key(p_user uuid, p_event_id text) returns text
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  return billing.scoped_key('usage-event:' || p_user::text || ':', p_event_id);
+end
+$$;
+comment on function billing.usage_event_key(p_user uuid, p_event_id text) is 'Internal: the idempotency key of a batch usage event (user + event id): two users'' events never share one.';
+revoke execute on function billing.usage_event_key(p_user uuid, p_event_id text) from public;
+
+create or replace function billing.charge_usage_batch(p_events jsonb)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer := jsonb_array_length(p_events);
+  e record;
+  v_user uuid;
+  v_available numeric(38, 18);
+  v_outcomes jsonb[] := array_fill(null::jsonb, array[v_count]);
+  -- accepted events, in order: where their outcome goes, what they move, what was written
+  a_ord integer[] := '{}'::integer[];
+  a_account bigint[] := '{}'::bigint[];
+  a_amount numeric[] := '{}'::numeric[];
+  a_card bigint[] := '{}'::bigint[];
+  a_posted billing.posted_transfer[];
+  -- repeats within the batch, and their first occurrences
+  d_ord integer[] := '{}'::integer[];
+  d_first integer[] := '{}'::integer[];
+  v_cap jsonb;
+begin
+  if v_count > 1000 then
+    perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
+  end if;
+
+  perform billing.lock_usage_batch(p_events);
+
+  -- Greedy per user in event order: each event is applied if it still fits. Each is priced from
+  -- its model's current rate card (null: a kind the card leaves unpriced), within the same bounds
+  -- as price_usage (an event out of them is refused alone). Replays are found under the locks, so
+  -- a concurrent batch with the same events has committed: an earlier batch already applied this
+  -- event id for this user. Event ids are the caller's, one namespace per user
+  -- (billing.usage_event_key): another user's event with the same id is another event, charged,
+  -- and never told of the first. Within the batch, only the first occurrence of a user's id counts.
+  for e in
+    with ev as (
+      select x.ord::integer as ord, x.ev ->> 'event_id' as event_id, (x.ev ->> 'user_id')::uuid as user_id,
+        x.ev ->> 'model' as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
+        (x.ev ->> 'output_tokens')::bigint as output_tokens, (x.ev ->> 'occurred_at')::timestamptz as occurred_at,
+        x.ev ->> 'correlation_id' as correlation_id,
+        coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
+        coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
+        coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
+      from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
+    ), checked as (
+      select ev.*, not billing.usage_counts_valid(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens,
+        ev.reasoning_tokens, ev.images, ev.audio_seconds) as invalid
+      from ev
+    ), cards as (
+      select distinct on (rc.model) rc.* from billing.rate_cards rc
+      where rc.model in (select ev.model from ev) and rc.effective_from <= now()
+      order by rc.model, rc.effective_from desc, rc.version desc
+    )
+    select b.*, case when b.invalid then 'INVALID_TOKENS' end as error, r.id as rate_card_id,
+      case when not b.invalid then billing.usage_amount(b.input_tokens, b.cached_input_tokens, b.output_tokens,
+        b.reasoning_tokens, b.images, b.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token,
+        r.credits_per_output_token, r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) end as amount,
+      a.id as account_id, coalesce(a.orgs > 0, false) as member, a.balance as acct_balance, a.held as acct_held,
+      a.caps as acct_caps, t.id as existing_transfer, t.amount as existing_amount,
+      min(b.ord) over (partition by b.user_id, b.event_id) as first_ord
+    from checked b
+    left join cards r on r.model = b.model
+    left join billing.accounts a on a.user_id = b.user_id
+    -- Lateral: one index probe per event, never a join over the whole ledger.
+    left join lateral (select x.id, x.amount from billing.transfers x
+                       where x.idempotency_key = billing.usage_event_key(b.user_id, b.event_id) and x.kind = 'usage') t on true
+    order by b.user_id, b.ord
+  loop
+    if v_user is distinct from e.user_id then
+      v_user := e.user_id;
+      v_available := coalesce(e.acct_balance - e.acct_held, 0);
+    end if;
+    if e.error is not null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', e.error);
+    elsif e.rate_card_id is null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', 'UNKNOWN_MODEL');
+    elsif e.amount is null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', 'UNPRICED_USAGE');
+    elsif e.existing_transfer is not null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'duplicate',
+        'transfer_id', e.existing_transfer::text, 'charged', trim_scale(e.existing_amount)::text);
+    elsif e.ord <> e.first_ord then
+      -- A repeat within the batch reports what its first occurrence did (sorted by user, then
+      -- order, the first was handled already when both name the same user).
+      v_outcomes[e.ord] := coalesce(v_outcomes[e.first_ord], '{}'::jsonb)
+        || jsonb_build_object('event_id', e.event_id, 'status', 'duplicate');
+      d_ord := d_ord || e.ord;
+      d_first := d_first || e.first_ord;
+    elsif e.amount = 0 then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied', 'charged', '0', 'transfer_id', null);
+    elsif e.member then
+      -- A member of funding organisations: the spending order picks the wallet (the same path as
+      -- /credits/usage, under the locks billing.lock_usage_batch took).
+      v_outcomes[e.ord] := billing.charge_member_event(e.user_id, e.model, e.input_tokens, e.output_tokens, e.event_id,
+        e.correlation_id, e.occurred_at, e.cached_input_tokens, e.reasoning_tokens, e.images, e.audio_seconds);
+    elsif e.account_id is null or v_available < e.amount then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'insufficient',
+        'required', trim_scale(e.amount)::text, 'available', trim_scale(greatest(coalesce(v_available, 0), 0))::text);
+    else
+      -- Over a cap: refused alone, like a short event (take_cap_room counted nothing then).
+      v_cap := case when e.acct_caps > 0 then billing.take_cap_room(e.account_id, e.amount, e.model) end;
+    end if;
+    if v_cap is not null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'cap_reached', 'cap', v_cap);
+      v_cap := null;
+    elsif v_outcomes[e.ord] is null then
+      v_available := v_available - e.amount;
+      -- Scalars only: appending to an array copies it, so a batch's movements are built once, below.
+      a_ord := a_ord || e.ord;
+      a_account := a_account || e.account_id;
+      a_amount := a_amount || e.amount;
+      a_card := a_card || e.rate_card_id;
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied',
+        'charged', trim_scale(e.amount)::text);
+    end if;
+  end loop;
+
+  -- Each account's accepted events draw from its lots in event order.
+  if cardinality(a_ord) > 0 then
+    a_posted := billing.post_usage_batch(p_events, a_ord, a_account, a_amount, a_card);
+    for i in 1 .. cardinality(a_ord) loop
+      v_outcomes[a_ord[i]] := v_outcomes[a_ord[i]] || jsonb_build_object('transfer_id', (a_posted[i]).transfer_id::text,
+        'balance', trim_scale((a_posted[i]).from_balance)::text);
+    end loop;
+    -- A repeat names what its first occurrence wrote.
+    for i in 1 .. coalesce(cardinality(d_ord), 0) loop
+      v_outcomes[d_ord[i]] := v_outcomes[d_first[i]] || jsonb_build_object('event_id', v_outcomes[d_ord[i]] ->> 'event_id',
+        'status', 'duplicate');
+    end loop;
+  end if;
+
+  return to_jsonb(v_outcomes);
+end;
+$$;
+comment on function billing.charge_usage_batch(p_events jsonb) is 'Prices and debits up to 1,000 usage events in one transaction; outcomes (applied, duplicate, insufficient, invalid) in input order.';
+revoke execute on function billing.charge_usage_batch(p_events jsonb) from public;
+grant execute on function billing.charge_usage_batch(p_events jsonb) to service_role;
