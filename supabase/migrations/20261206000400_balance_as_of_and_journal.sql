@@ -63,11 +63,11 @@ alter table "billing"."journal_accounts" add constraint "journal_accounts_key" C
 
 alter table "billing"."journal_accounts" validate constraint "journal_accounts_key";
 
-alter table "billing"."journal_accounts" add constraint "journal_accounts_name" CHECK ((((length(name) >= 1) AND (length(name) <= 100)) AND (name !~ '[[:cntrl:]]'::text))) not valid;
+alter table "billing"."journal_accounts" add constraint "journal_accounts_name" CHECK (((length(name) >= 1) AND (length(name) <= 100) AND (name !~ '[[:cntrl:]]'::text))) not valid;
 
 alter table "billing"."journal_accounts" validate constraint "journal_accounts_name";
 
-alter table "billing"."journal_accounts" add constraint "journal_accounts_tax_rate" CHECK ((((length(tax_rate) >= 1) AND (length(tax_rate) <= 50)) AND (tax_rate !~ '[[:cntrl:]]'::text))) not valid;
+alter table "billing"."journal_accounts" add constraint "journal_accounts_tax_rate" CHECK (((length(tax_rate) >= 1) AND (length(tax_rate) <= 50) AND (tax_rate !~ '[[:cntrl:]]'::text))) not valid;
 
 alter table "billing"."journal_accounts" validate constraint "journal_accounts_tax_rate";
 
@@ -496,12 +496,13 @@ comment on function billing.journal_lines(date,date,text) is 'Internal: the jour
 comment on function billing.journal_chart() is 'The journal''s chart of accounts: each account key with its code, name and Xero tax rate.';
 comment on function billing.set_journal_accounts(uuid,jsonb) is 'Maps journal accounts to the operator''s codes, names and Xero tax rates (PUT /admin/journal/accounts); answers the chart.';
 comment on function billing.journal(date,date,text) is 'GET /admin/journal: one balanced entry per UTC day and currency over [from, to), in the chart of accounts, with a reconciliation against revenue_metrics.';
-grant execute on function billing.org_balance_as_of(uuid,uuid,timestamp with time zone) to service_role;
-grant execute on function billing.user_balance_as_of(uuid,timestamp with time zone) to service_role;
 grant execute on function billing.org_lots_as_of(uuid,uuid,boolean,timestamp with time zone,bigint,integer) to service_role;
+grant execute on function billing.user_balance_as_of(uuid,timestamp with time zone) to service_role;
+grant execute on function billing.org_balance_as_of(uuid,uuid,timestamp with time zone) to service_role;
 grant execute on function billing.user_lots_as_of(uuid,timestamp with time zone,bigint,integer) to service_role;
 grant execute on function billing.journal_chart() to service_role;
 grant execute on function billing.journal(date,date,text) to service_role;
+grant execute on function billing.set_journal_accounts(uuid,jsonb) to service_role;
 grant execute on function billing.set_journal_accounts(uuid,jsonb) to service_role;
 
 -- Functions made by a migration get PUBLIC's EXECUTE (the schema's default privileges are the
