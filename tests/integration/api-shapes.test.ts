@@ -122,9 +122,20 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
     '/jobs/:id/result': { kind: 'text', path: `/jobs/${f.jobId}/result`, token: f.token },
     '/orgs': { kind: 'whole', path: '/orgs', token: f.owner.token },
     '/orgs/:id': { kind: 'object', path: `/orgs/${f.org}`, token: f.owner.token },
+    '/orgs/:id/balance': {
+      kind: 'object',
+      path: `/orgs/${f.org}/balance?at=${new Date().toISOString()}`,
+      token: f.owner.token,
+    },
     '/orgs/:id/invitations': { kind: 'paged', path: `/orgs/${f.org}/invitations?limit=1`, token: f.owner.token },
     '/orgs/:id/invoices': { kind: 'paged', path: `/orgs/${f.org}/invoices?limit=1`, token: f.owner.token },
     '/orgs/:id/ledger': { kind: 'paged', path: `/orgs/${f.org}/ledger?limit=1`, token: f.owner.token },
+    // The wallet's one lot: a list with no next page here (paged as /credits/lots is).
+    '/orgs/:id/lots': {
+      kind: 'whole',
+      path: `/orgs/${f.org}/lots?at=${new Date().toISOString()}`,
+      token: f.owner.token,
+    },
     '/orgs/:id/members': { kind: 'whole', path: `/orgs/${f.org}/members`, token: f.owner.token },
     '/orgs/:id/members/:user_id/usage/summary': {
       kind: 'object',

@@ -32,6 +32,7 @@ import {
 } from './schemas.ts';
 import { rateCardRoutes } from './rate-cards.ts';
 import { catalogRoutes } from './catalog.ts';
+import { bookRoutes } from './books.ts';
 import {
   accessTokenFor,
   endSession,
@@ -193,6 +194,7 @@ app.post('/corrections/:id/continue', requireAdmin, async (c) => {
 
 rateCardRoutes(app);
 catalogRoutes(app);
+bookRoutes(app);
 
 /**
  * The dashboard, for an admin signed in with the session cookie (or a bearer header). Anyone

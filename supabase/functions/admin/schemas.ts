@@ -1,12 +1,13 @@
 // Query shapes of the admin routes.
 import { z } from 'zod';
-import { ModelSchema } from '../_shared/contract/credits.ts';
+import { AsOfSchema, ModelSchema } from '../_shared/contract/credits.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
 import { PackageIdSchema, PlanIdSchema, printedText } from '../_shared/values/text.ts';
 import { CreditAmountSchema } from '../_shared/values/money.ts';
 import {
   CalendarDateSchema,
   DayOrInstantSchema,
+  IdCursorSchema,
   InstantSchema,
   lastDays,
   pageLimit,
@@ -239,3 +240,59 @@ export type ChangePlan = z.infer<typeof ChangePlanSchema>;
 
 /** POST /admin/packages/:id/retire, POST /admin/plans/:id/retire. */
 export const RetireSchema = z.strictObject({ reason });
+
+/** GET /admin/journal: UTC days [from, to) (default the last 30), one currency or all, JSON or a CSV flavour. */
+export const JournalQuerySchema = z
+  .strictObject({
+    from: day.optional(),
+    to: day.optional(),
+    currency: pgText(3).regex(/^[a-z]{3}$/, 'must be an ISO 4217 code in lower case (usd)').optional(),
+    format,
+    flavour: z.enum(['plain', 'xero', 'qbo']).optional(),
+  })
+  .transform(lastDays(30))
+  .refine((q) => q.from < q.to, { message: 'from must be before to', path: ['from'] })
+  .refine((q) => Date.parse(q.to) - Date.parse(q.from) <= 366 * 86_400_000, {
+    message: 'at most 366 days at a time',
+    path: ['to'],
+  })
+  .refine((q) => q.flavour === undefined || q.format === 'csv', {
+    message: 'a flavour is for format=csv',
+    path: ['flavour'],
+  });
+export type JournalQuery = z.infer<typeof JournalQuerySchema>;
+
+/** The accounts the journal posts to (billing.journal_accounts). */
+export const JournalAccountKeySchema = z.enum([
+  'cash_stripe',
+  'stripe_fees',
+  'credit_sales_clearing',
+  'deferred_revenue',
+  'revenue_usage',
+  'revenue_breakage',
+  'tax_payable',
+  'provider_payables',
+  'platform_fees',
+  'refunds',
+  'disputes',
+]);
+
+/** PUT /admin/journal/accounts: some accounts' code, name or Xero tax rate (an omitted field stays). */
+export const JournalAccountsSchema = z.strictObject({
+  accounts: z.array(z.strictObject({
+    key: JournalAccountKeySchema,
+    code: pgText(10).regex(/^[A-Za-z0-9._-]{1,10}$/, 'must be 1 to 10 letters, digits, dots, hyphens or underscores')
+      .optional(),
+    name: printedText(100).optional(),
+    tax_rate: printedText(50).optional(),
+  })).min(1).max(JournalAccountKeySchema.options.length)
+    .refine((a) => new Set(a.map((x) => x.key)).size === a.length, 'must name each account at most once'),
+});
+
+/** GET /admin/users/:user_id/balance and /lots: as they stood at `at`. */
+export const UserBalanceAsOfSchema = z.strictObject({ at: AsOfSchema });
+export const UserLotsAsOfSchema = z.strictObject({
+  at: AsOfSchema,
+  cursor: IdCursorSchema.optional(),
+  limit: pageLimit(200, 50),
+});

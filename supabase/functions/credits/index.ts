@@ -26,9 +26,11 @@ import { readJson, readQuery } from '../_shared/http/validate.ts';
 import { isUuid } from '../_shared/values/query.ts';
 import { ledgerCsv, ledgerPage } from '../_shared/domain/ledger.ts';
 import { pageOf, whole } from '../_shared/values/page.ts';
+import { balanceAsOf, lotsAsOf } from '../_shared/domain/as-of.ts';
 import { redeemCode } from './codes.ts';
 import {
   AutoRechargeSchema,
+  BalanceQuerySchema,
   CapAlertsSchema,
   CapRequestSchema,
   CaptureRequestSchema,
@@ -54,6 +56,8 @@ function holdId(raw: string): string {
 }
 
 app.get('/balance', requireUser, async (c) => {
+  const { at } = readQuery(c, BalanceQuerySchema);
+  if (at) return ok(c, await balanceAsOf(currentUser(c).id, at));
   const [b] = await sql.oneTrip`select * from billing.get_balance(${currentUser(c).id})`;
   return ok<Balance>(c, {
     balance: formatCredits(b.balance),
@@ -82,6 +86,7 @@ app.get('/expiries', requireUser, async (c) => {
 
 app.get('/lots', requireUser, async (c) => {
   const q = readQuery(c, LotsQuerySchema);
+  if (q.at) return ok(c, await lotsAsOf(currentUser(c).id, q.at, q));
   const rows = await sql`select * from billing.get_lots(${currentUser(c).id}, ${q.cursor ?? null}, ${q.limit + 1})`;
   const lots = rows.map((l): Lot => ({
     id: String(l.id),

@@ -1,7 +1,13 @@
 // Request shapes of the credits routes' admin and service side; the public ones are in the
 // contract (_shared/contract/credits.ts).
 import { z } from 'zod';
-import { CorrelationIdSchema, ModelSchema, TokensSchema, UsageKindsSchema } from '../_shared/contract/credits.ts';
+import {
+  AsOfSchema,
+  CorrelationIdSchema,
+  ModelSchema,
+  TokensSchema,
+  UsageKindsSchema,
+} from '../_shared/contract/credits.ts';
 import { CreditAmountSchema } from '../_shared/values/money.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
 import { IdCursorSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/values/query.ts';
@@ -43,6 +49,7 @@ export type LedgerQuery = z.infer<typeof LedgerQuerySchema>;
 export const LotsQuerySchema = z.strictObject({
   limit: pageLimit(200, 50),
   cursor: IdCursorSchema.optional(),
+  at: AsOfSchema.optional(),
 });
 
 export const UsageEventSchema = z.strictObject({

@@ -34,8 +34,10 @@ import {
   InvitationsQuerySchema,
   InvoicingApprovalSchema,
   LedgerQuerySchema,
+  OrgBalanceAsOfSchema,
   OrgGrantSchema,
   OrgInvoicesQuerySchema,
+  OrgLotsAsOfSchema,
   OwnerSchema,
 } from './schemas.ts';
 import { requestInvoice } from './invoices.ts';
@@ -180,6 +182,24 @@ app.get('/:id/ledger', requireUser, async (c) => {
   const [{ entries }] = await sql<{ entries: { id: string }[] }[]>`select billing.org_ledger(${currentUser(c).id},
     ${pathId(c, 'id')}, ${q.cursor ?? null}, ${q.limit + 1}) as entries`;
   return ok(c, pageOf(entries, q.limit, (e) => e.id));
+});
+
+// The wallet (owners and admins) and the caller's allowance as they stood at an instant, and the lots of either.
+// The instant goes as text, exact to the microsecond (a timestamptz parameter passes through a JavaScript Date).
+app.get('/:id/balance', requireUser, async (c) => {
+  const { at } = readQuery(c, OrgBalanceAsOfSchema);
+  const [{ r }] = await sql`select billing.org_balance_as_of(${currentUser(c).id}, ${
+    pathId(c, 'id')
+  }, ${at}::text::timestamptz) as r`;
+  return ok(c, r);
+});
+app.get('/:id/lots', requireUser, async (c) => {
+  const q = readQuery(c, OrgLotsAsOfSchema);
+  const [{ r }] = await sql<{ r: { id: string }[] }[]>`select billing.org_lots_as_of(${currentUser(c).id}, ${
+    pathId(c, 'id')
+  },
+      ${q.account === 'allowance'}, ${q.at}::text::timestamptz, ${q.cursor ?? null}, ${q.limit + 1}) as r`;
+  return ok(c, pageOf(r, q.limit, (l) => l.id));
 });
 
 // Sponsor codes: the credits leave the wallet for the code's escrow at issue; the code is in

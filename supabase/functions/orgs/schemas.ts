@@ -1,6 +1,7 @@
 // Request shapes of the organisation routes (school wallets) not in the contract
 // (_shared/contract/orgs.ts).
 import { z } from 'zod';
+import { AsOfSchema } from '../_shared/contract/credits.ts';
 import { CreditAmountSchema } from '../_shared/values/money.ts';
 import { pgText } from '../_shared/values/pg-values.ts';
 import { IdCursorSchema, pageLimit, UuidCursorSchema, UuidSchema } from '../_shared/values/query.ts';
@@ -28,3 +29,12 @@ export const OrgGrantSchema = z.strictObject({
 
 // PUT /orgs/:id/invoicing (platform admins): whether the organisation may ask for invoices before a card purchase.
 export const InvoicingApprovalSchema = z.strictObject({ approved: z.boolean() });
+
+// GET /orgs/:id/balance and /orgs/:id/lots: as they stood at `at` (required: GET /orgs/:id shows them now).
+export const OrgBalanceAsOfSchema = z.strictObject({ at: AsOfSchema });
+export const OrgLotsAsOfSchema = z.strictObject({
+  at: AsOfSchema,
+  account: z.enum(['wallet', 'allowance']).default('wallet'),
+  cursor: IdCursorSchema.optional(),
+  limit: pageLimit(200, 50),
+});

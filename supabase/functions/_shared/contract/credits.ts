@@ -3,7 +3,7 @@
 import { z } from 'zod';
 import { CreditAmountSchema } from '../values/money.ts';
 import { jsonObject, pgInt } from '../values/pg-values.ts';
-import { CalendarDateSchema, lastDays, UuidSchema } from '../values/query.ts';
+import { CalendarDateSchema, InstantSchema, lastDays, UuidSchema } from '../values/query.ts';
 import { ModelSchema, PackageIdSchema, printableText, TimeZoneSchema } from '../values/text.ts';
 
 export { ModelSchema };
@@ -115,3 +115,13 @@ export const UsageSummaryQuerySchema = z
     message: 'must be at most 366 days before to',
     path: ['from'],
   });
+
+/**
+ * An instant to read a balance or lots as they stood (`?at=`, docs/credit-lots.md § As of): RFC
+ * 3339 with an offset, not in the future (what is to come is not in the ledger yet).
+ * @example z.strictObject({ at: AsOfSchema.optional() })
+ */
+export const AsOfSchema = InstantSchema.refine((s) => Date.parse(s) <= Date.now(), 'must not be in the future');
+
+// GET /credits/balance: now, or as it stood at `at`.
+export const BalanceQuerySchema = z.strictObject({ at: AsOfSchema.optional() });

@@ -99,6 +99,11 @@ export interface Balance {
   expiring: { amount: Credits; at: string } | null;
 }
 
+/** A balance as it stood at an instant (`?at=`): the instant asked for, as given, in UTC. */
+export interface BalanceAsOf extends Balance {
+  as_of: string;
+}
+
 /**
  * An upcoming expiry of the caller's own credits (GET /credits/expiries), if nothing more is
  * spent before it: plan credits end with their period, and of them `rolls_over` carries into the

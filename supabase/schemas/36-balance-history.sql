@@ -1,0 +1,244 @@
+-- Balances as of a past instant (GET /credits/balance?at=, /credits/lots?at= and the admin and
+-- organisation equivalents): balance, held and each lot as they stood, read from what the ledger
+-- keeps, never from a copy.
+--
+-- The instant of a ledger row is its transaction's start (created_at, granted_at, finished_at:
+-- default now()), so an instant takes in whole transactions: every movement whose transaction
+-- started at or before it, none of any other.
+--   balance    Σ the account's entries dated at or before it (the statement's running sum; the
+--              balance_after of its last entry then)
+--   a lot      granted by then; remaining = amount − what it had settled of a debt by then − Σ its
+--              allocations dated by then (lots_remaining_within: the three always sum to amount)
+--   held       Σ the holds placed by then, not yet finished and not past their TTL (a hold past it
+--              reserves nothing, as billing.balance_of counts it), each at its amount then
+-- What the ledger changes in place is recorded as it changes: a hold's amount (a dispute's hold
+-- grows, holds give way to an expiry or a dispute) in hold_resizes, a lot's frozen flag (a
+-- dispute) and expiry (a plan renewal ends a period's lot early) in lot_changes. Both triggers
+-- name the columns, so the hot path (a charge, a capture, a release) never fires them.
+-- Unlike the live balance, an as-of balance does not treat a lot past its expiry as expired
+-- before the minute sweep expires it: it is the ledger as recorded.
+
+-- ============================================================ tables
+
+create table billing.hold_resizes (
+  id bigint generated always as identity primary key,
+  hold_id uuid not null references billing.holds (id),
+  resized_at timestamptz not null default now(),
+  amount_before numeric(38, 18) not null,
+  amount_after numeric(38, 18) not null
+);
+comment on table billing.hold_resizes is 'Immutable. Each change of a hold''s amount after it was placed (a dispute''s hold grown, a hold giving way in part), for held amounts as of an instant.';
+alter table billing.hold_resizes enable row level security;
+grant select on table billing.hold_resizes to service_role;
+
+create index hold_resizes_hold on billing.hold_resizes (hold_id, resized_at);
+
+create table billing.lot_changes (
+  id bigint generated always as identity primary key,
+  lot_id bigint not null references billing.lots (id),
+  changed_at timestamptz not null default now(),
+  frozen_before boolean not null,
+  expires_at_before timestamptz                   -- null: it never expired
+);
+comment on table billing.lot_changes is 'Immutable. Each change of a lot''s frozen flag or expiry, with the values before it, for lots as of an instant.';
+alter table billing.lot_changes enable row level security;
+grant select on table billing.lot_changes to service_role;
+
+create index lot_changes_lot on billing.lot_changes (lot_id, changed_at);
+
+-- ============================================================ functions
+
+create or replace function billing.record_hold_resize() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  insert into billing.hold_resizes (hold_id, amount_before, amount_after) values (new.id, old.amount, new.amount);
+  return null;
+end;
+$$;
+comment on function billing.record_hold_resize() is 'Trigger: records a hold''s amount before and after a change.';
+revoke execute on function billing.record_hold_resize() from public;
+
+create or replace function billing.record_lot_change() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  insert into billing.lot_changes (lot_id, frozen_before, expires_at_before) values (new.id, old.frozen, old.expires_at);
+  return null;
+end;
+$$;
+comment on function billing.record_lot_change() is 'Trigger: records a lot''s frozen flag and expiry before a change of either.';
+revoke execute on function billing.record_lot_change() from public;
+
+-- An account's lots as they stood at p_at, newest first from p_before_id (null: the newest),
+-- at most p_limit (null: all). Allocations are found through the account's entries (indexed by
+-- account), not by lot: lot_allocations has no index by lot, which every charge would pay for.
+-- Debt settled by then is today's debt_settled less what returns to the lot after p_at settled:
+-- a void or a rollover crediting an account in debt pays the debt first (billing.post_transfers:
+-- of its credit, the part its entry's balance_after shows went to the debt, shared over the lots
+-- it returns to in lot id order).
+create or replace function billing.lots_as_of(p_account_id bigint, p_at timestamptz, p_before_id bigint, p_limit integer)
+returns table (id bigint, source billing.transfer_kind, category text, priority integer, amount numeric,
+               remaining numeric, granted_at timestamptz, expires_at timestamptz, frozen boolean, purchase_id uuid)
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  return query
+  with lots as (
+    select l.* from billing.lots l
+    where l.account_id = p_account_id and l.granted_at <= p_at and (p_before_id is null or l.id < p_before_id)
+    order by l.id desc limit case when p_limit is not null then least(greatest(p_limit, 1), 1000) end
+  ), drawn as (
+    select a.lot_id, sum(a.amount) as total
+    from billing.entries e join billing.lot_allocations a on a.transfer_id = e.transfer_id
+    where e.account_id = p_account_id and e.balance_after is not null and e.created_at <= p_at
+      and a.lot_id in (select l.id from lots l)
+    group by a.lot_id
+  ), settled_after as (
+    select r.lot_id, sum(r.settled) as total from (
+      select a.lot_id, least(-a.amount, greatest(least(e.amount, greatest(e.amount - e.balance_after, 0))
+        - coalesce(sum(-a.amount) over (partition by a.transfer_id order by a.lot_id
+                                        rows between unbounded preceding and 1 preceding), 0), 0)) as settled
+      from billing.entries e join billing.lot_allocations a on a.transfer_id = e.transfer_id and a.amount < 0
+      where e.account_id = p_account_id and e.balance_after is not null and e.created_at > p_at and e.amount > 0) r
+    group by r.lot_id
+  )
+  select l.id, t.kind, l.category, l.priority, l.amount,
+    l.amount - (l.debt_settled - coalesce(s.total, 0)) - coalesce(d.total, 0),
+    l.granted_at, case when c.id is null then l.expires_at else c.expires_at_before end, coalesce(c.frozen_before, l.frozen),
+    l.purchase_id
+  from lots l
+  join billing.transfers t on t.id = l.grant_transfer_id
+  left join drawn d on d.lot_id = l.id
+  left join settled_after s on s.lot_id = l.id
+  -- The first change after p_at holds the values the lot had at p_at.
+  left join lateral (select x.id, x.expires_at_before, x.frozen_before from billing.lot_changes x
+                     where x.lot_id = l.id and x.changed_at > p_at order by x.changed_at, x.id limit 1) c on true
+  order by l.id desc;
+end;
+$$;
+comment on function billing.lots_as_of(p_account_id bigint, p_at timestamp with time zone, p_before_id bigint, p_limit integer) is 'Internal: an account''s lots as they stood at an instant (granted by then; remaining, expiry and frozen then), newest first.';
+revoke execute on function billing.lots_as_of(p_account_id bigint, p_at timestamp with time zone, p_before_id bigint, p_limit integer) from public;
+
+-- As billing.get_balance answers, at p_at: balance, held, available, and the next expiry of the
+-- lots open then. Zeros before the account existed (and for no account).
+create or replace function billing.balance_as_of(p_account_id bigint, p_at timestamptz) returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_balance numeric := coalesce((select sum(e.amount) from billing.entries e
+    where e.account_id = p_account_id and e.balance_after is not null and e.created_at <= p_at), 0);
+  v_held numeric := coalesce((select sum(coalesce(r.amount_before, h.amount)) from billing.holds h
+    left join lateral (select x.amount_before from billing.hold_resizes x
+                       where x.hold_id = h.id and x.resized_at > p_at order by x.resized_at, x.id limit 1) r on true
+    where h.account_id = p_account_id and h.created_at <= p_at and (h.finished_at is null or h.finished_at > p_at)
+      and h.expires_at > p_at), 0);
+  v_next record;
+begin
+  select l.expires_at, sum(l.remaining) as amount into v_next
+  from billing.lots_as_of(p_account_id, p_at, null, null) l
+  where l.remaining > 0 and l.expires_at is not null
+  group by l.expires_at order by l.expires_at limit 1;
+  return jsonb_build_object('as_of', billing.json_time(p_at), 'balance', trim_scale(v_balance)::text,
+    'held', trim_scale(v_held)::text, 'available', trim_scale(v_balance - v_held)::text,
+    'expiring', case when v_next.expires_at is not null then jsonb_build_object('amount', trim_scale(v_next.amount)::text,
+      'at', billing.json_time(v_next.expires_at)) end);
+end;
+$$;
+comment on function billing.balance_as_of(p_account_id bigint, p_at timestamp with time zone) is 'Internal: an account''s balance, held, available and next expiry as they stood at an instant, as JSON.';
+revoke execute on function billing.balance_as_of(p_account_id bigint, p_at timestamp with time zone) from public;
+
+-- Lots as the API answers them.
+create or replace function billing.lots_as_of_json(p_account_id bigint, p_at timestamptz, p_before_id bigint, p_limit integer)
+returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(jsonb_build_object('id', l.id::text, 'source', l.source, 'category', l.category,
+      'priority', l.priority, 'amount', trim_scale(l.amount)::text, 'remaining', trim_scale(l.remaining)::text,
+      'granted_at', billing.json_time(l.granted_at), 'expires_at', billing.json_time(l.expires_at), 'frozen', l.frozen)
+    order by l.id desc), '[]'::jsonb)
+  from billing.lots_as_of(p_account_id, p_at, p_before_id, p_limit) l
+$$;
+comment on function billing.lots_as_of_json(p_account_id bigint, p_at timestamp with time zone, p_before_id bigint, p_limit integer) is 'Internal: billing.lots_as_of as the API answers it (a JSON array, newest first).';
+revoke execute on function billing.lots_as_of_json(p_account_id bigint, p_at timestamp with time zone, p_before_id bigint, p_limit integer) from public;
+
+-- A user's own account (the caller's, or any user's for an admin route: the caller checks).
+create or replace function billing.user_balance_as_of(p_user uuid, p_at timestamptz) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$ select billing.balance_as_of((select a.id from billing.accounts a where a.user_id = p_user), p_at) $$;
+comment on function billing.user_balance_as_of(p_user uuid, p_at timestamp with time zone) is 'A user''s balance, held, available and next expiry as they stood at an instant (zeros before the account existed).';
+revoke execute on function billing.user_balance_as_of(p_user uuid, p_at timestamp with time zone) from public;
+grant execute on function billing.user_balance_as_of(p_user uuid, p_at timestamp with time zone) to service_role;
+
+create or replace function billing.user_lots_as_of(p_user uuid, p_at timestamptz, p_before_id bigint, p_limit integer)
+returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$ select billing.lots_as_of_json((select a.id from billing.accounts a where a.user_id = p_user), p_at, p_before_id, p_limit) $$;
+comment on function billing.user_lots_as_of(p_user uuid, p_at timestamp with time zone, p_before_id bigint, p_limit integer) is 'A user''s lots as they stood at an instant, newest first, keyset-paginated by lot id.';
+revoke execute on function billing.user_lots_as_of(p_user uuid, p_at timestamp with time zone, p_before_id bigint, p_limit integer) from public;
+grant execute on function billing.user_lots_as_of(p_user uuid, p_at timestamp with time zone, p_before_id bigint, p_limit integer) to service_role;
+
+-- What GET /orgs/:id shows of money, at p_at, to whom it shows it: the wallet to its owners and
+-- admins, the caller's own allowance to the caller.
+create or replace function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamptz) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, false);
+  v_role text := (select m.role from billing.org_members m where m.org_id = v_org.id and m.user_id = p_user);
+  v_wallet bigint := (select a.id from billing.accounts a where a.org_id = p_org and a.member_id is null);
+  v_allowance bigint := (select a.id from billing.accounts a where a.org_id = p_org and a.member_id = p_user);
+begin
+  return jsonb_build_object('as_of', billing.json_time(p_at),
+    'wallet', case when v_role in ('owner', 'admin') then billing.balance_as_of(v_wallet, p_at) - 'as_of' end,
+    'allowance', case when v_allowance is not null then billing.balance_as_of(v_allowance, p_at) - 'as_of' end);
+end;
+$$;
+comment on function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamp with time zone) is 'An organisation''s wallet (to its owners and admins) and the caller''s allowance as they stood at an instant.';
+revoke execute on function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamp with time zone) from public;
+grant execute on function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamp with time zone) to service_role;
+
+-- The wallet's lots (owners and admins), or the caller's allowance's (p_allowance).
+create or replace function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamptz,
+  p_before_id bigint, p_limit integer)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, not p_allowance);
+begin
+  return billing.lots_as_of_json((select a.id from billing.accounts a where a.org_id = v_org.id
+    and a.member_id is not distinct from case when p_allowance then p_user end), p_at, p_before_id, p_limit);
+end;
+$$;
+comment on function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamp with time zone, p_before_id bigint, p_limit integer) is 'An organisation''s wallet lots (owners and admins) or the caller''s allowance lots as they stood at an instant, newest first.';
+revoke execute on function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamp with time zone, p_before_id bigint, p_limit integer) from public;
+grant execute on function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamp with time zone, p_before_id bigint, p_limit integer) to service_role;
+
+-- ============================================================ triggers
+
+create trigger holds_record_resize after update of amount on billing.holds
+  for each row when (old.amount is distinct from new.amount) execute function billing.record_hold_resize();
+
+create trigger lots_record_change after update of frozen, expires_at on billing.lots
+  for each row when (old.frozen is distinct from new.frozen or old.expires_at is distinct from new.expires_at)
+  execute function billing.record_lot_change();
+
+create trigger hold_resizes_immutable before update or delete on billing.hold_resizes
+  for each row execute function billing.refuse_ledger_change();
+
+create trigger lot_changes_immutable before update or delete on billing.lot_changes
+  for each row execute function billing.refuse_ledger_change();

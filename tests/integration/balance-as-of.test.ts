@@ -1,0 +1,331 @@
+// A balance as of a past instant (GET /credits/balance?at=, /credits/lots?at=, the admin and
+// organisation equivalents; docs/credit-lots.md § As of): what the account showed then, exactly,
+// read from the ledger. Random sequences of purchases (the Stripe emulator), grants, usage,
+// holds, refunds, disputes and voids, each followed by a live read: the as-of read at an instant
+// after it must answer that live read, lot by lot, and the balance at every transfer's instant
+// must be the statement's running sum. Then what a student's token can try.
+import assert from 'node:assert/strict';
+import type { Balance, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
+import { adminToken, api, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
+import { codeOf, dataOf } from '../money.ts';
+import { key, person, school, usage } from '../orgs.ts';
+import { buy, chargeOf, emulator } from '../purchases.ts';
+
+/** The database's clock now, to the microsecond, as the API takes an instant. */
+const instant = async () =>
+  (await testDb`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`)[0]
+    .t as string;
+
+/** A small deterministic generator, so a failing sequence can be run again from its seed. */
+function random(seed: number) {
+  let s = seed >>> 0;
+  return (n: number) => {
+    s = (Math.imul(s ^ (s >>> 15), 2246822507) + 0x9e3779b9) >>> 0;
+    s = Math.imul(s ^ (s >>> 13), 3266489909) >>> 0;
+    return ((s ^ (s >>> 16)) >>> 0) % n;
+  };
+}
+
+type Snapshot = { at: string; balance: Balance; lots: Lot[] };
+
+/** What the account shows now: its balance and every lot. */
+async function live(token: string): Promise<Omit<Snapshot, 'at'>> {
+  const balance = dataOf(await api('/credits/balance', { token })) as unknown as Balance;
+  const lots = (dataOf(await api('/credits/lots?limit=200', { token })) as unknown as LotPage).items;
+  return { balance, lots };
+}
+
+type Purchase = { session: string; refunded: number; dispute?: 'open' | 'closed' };
+type State = { purchases: Purchase[]; holds: string[]; charges: string[] };
+
+/** One random movement on the student's account, among those its state allows. */
+async function step(
+  rand: (n: number) => number,
+  s: { id: string; token: string; admin: string },
+  state: State,
+  available: number,
+) {
+  const usable = Math.floor(available);
+  const choice = rand(10);
+  const purchase = state.purchases.length > 0 ? state.purchases[rand(state.purchases.length)] : undefined;
+  if (choice === 0 || usable < 10) {
+    state.purchases.push({ session: (await buy(s.token, 'mini')).session_id, refunded: 0 }); // 5,000 credits for 500¢
+  } else if (choice === 1) {
+    const paid = rand(2) === 0;
+    const r = await api('/credits/grants', {
+      token: s.admin,
+      headers: key(),
+      body: {
+        user_id: s.id,
+        amount: String(1 + rand(900)),
+        reason: 'as-of sequence',
+        kind: paid ? 'adjustment' : 'promo_grant',
+        ...(paid ? { lot: { category: 'paid', cost_cents: String(rand(300)) } } : {}),
+      },
+    });
+    assert.equal(r.status, 201, r.text);
+  } else if (choice <= 3) {
+    const r = await spendCredits(s.token, 1 + rand(Math.min(usable, 400)));
+    assert.equal(r.status, 201, r.text);
+    state.charges.push(String(dataOf(r).transfer_id));
+  } else if (choice === 4) {
+    const amount = String(1 + rand(Math.min(usable, 300)));
+    const r = await api('/credits/holds', { token: s.token, headers: key(), body: { amount, ttl_seconds: 900 } });
+    assert.equal(r.status, 201, r.text);
+    state.holds.push(String(dataOf(r).hold_id));
+  } else if (choice === 5 && state.holds.length > 0) {
+    const id = state.holds.splice(rand(state.holds.length), 1)[0];
+    const capture = rand(2) === 0;
+    const r = await api(`/credits/holds/${id}/${capture ? 'capture' : 'release'}`, {
+      token: s.token,
+      headers: key(),
+      body: capture ? { amount: '1' } : {},
+    });
+    // A hold that gave way to a dispute is released; credits a dispute froze are not captured.
+    assert.ok([200, 402, 409].includes(r.status), r.text);
+  } else if (choice === 6 && purchase && !purchase.dispute && purchase.refunded < 400) {
+    const cents = 1 + rand(100);
+    await emulator(`/_emulator/charges/${await chargeOf(purchase.session)}/refund`, { amount: cents });
+    purchase.refunded += cents;
+  } else if (choice === 7 && purchase && purchase.refunded === 0 && purchase.dispute !== 'closed') {
+    // A dispute opens (its hold freezes the purchase's credits; the student's holds give way in
+    // part or whole), and the next time it is chosen it closes, won or lost.
+    const outcome = purchase.dispute === 'open' ? (rand(2) === 0 ? 'won' : 'lost') : 'open';
+    await emulator(`/_emulator/charges/${await chargeOf(purchase.session)}/dispute`, { outcome });
+    purchase.dispute = outcome === 'open' ? 'open' : 'closed';
+  } else if (choice === 8 && state.charges.length > 0) {
+    const id = state.charges.splice(rand(state.charges.length), 1)[0];
+    const r = await api(`/admin/charges/${id}/void`, { token: s.admin, body: { reason: 'as-of sequence' } });
+    assert.equal(r.status, 200, r.text);
+  } else {
+    const r = await spendCredits(s.token, 1);
+    assert.ok([201, 402].includes(r.status), r.text);
+    if (r.status === 201) state.charges.push(String(dataOf(r).transfer_id));
+  }
+}
+
+/** A usage charge of whole credits (gpt-4o input: 50 tokens a credit), reported by the server. */
+const spendCredits = (token: string, credits: number) =>
+  reportUsage('/credits/usage', {
+    token,
+    headers: key(),
+    body: { model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 },
+  });
+
+/** Asks for the balance and lots as of each snapshot's instant: each must be what was shown then. */
+async function assertSnapshots(token: string, snapshots: Snapshot[]) {
+  for (const snap of snapshots) {
+    const b = await api(`/credits/balance?at=${snap.at}`, { token });
+    assert.equal(b.status, 200, b.text);
+    const asOf = snap.at.replace(/(\.\d{3})\d*Z$/, '$1Z');
+    assert.deepEqual(dataOf(b), { ...snap.balance, as_of: asOf }, `balance at ${snap.at}`);
+    const l = await api(`/credits/lots?limit=200&at=${snap.at}`, { token });
+    assert.deepEqual((dataOf(l) as unknown as LotPage).items, snap.lots, `lots at ${snap.at}`);
+  }
+}
+
+/**
+ * The statement's running sum: at each instant a movement of the account is dated, the as-of
+ * balance (read in SQL: the HTTP route is checked above, within its rate limit) is Σ its entries
+ * dated by then, and the balance_after of the last of them (its transactions here never overlap).
+ */
+async function assertRunningSum(userId: string) {
+  const entries = await testDb<{ at: Date; as_of: string; after: string; sum: string }[]>`
+    with mine as (select e.* from billing.entries e join billing.accounts a on a.id = e.account_id where a.user_id = ${userId})
+    select t.at, billing.user_balance_as_of(${userId}, t.at) ->> 'balance' as as_of,
+      (select trim_scale(sum(m.amount))::text from mine m where m.created_at <= t.at) as sum,
+      (select trim_scale(m.balance_after)::text from mine m where m.created_at <= t.at order by m.id desc limit 1) as after
+    from (select distinct m.created_at as at from mine m) t order by t.at`;
+  assert.ok(entries.length >= 5, `a sequence with movements (${entries.length})`);
+  for (const e of entries) {
+    assert.equal(e.as_of, e.sum, `the running sum at ${e.at.toISOString()}`);
+    assert.equal(e.as_of, e.after, `the last balance_after at ${e.at.toISOString()}`);
+  }
+}
+
+/** Runs `ops` one by one, reading the account after each; then checks every as-of read and the running sum. */
+async function replay(s: { id: string; token: string }, ops: ((last: Snapshot) => Promise<unknown>)[]) {
+  const snapshots: Snapshot[] = [{ ...await live(s.token), at: await instant() }];
+  for (const op of ops) {
+    await op(snapshots[snapshots.length - 1]);
+    const now = await live(s.token);
+    snapshots.push({ ...now, at: await instant() });
+  }
+  await assertSnapshots(s.token, snapshots);
+  await assertRunningSum(s.id);
+  return snapshots;
+}
+
+for (const seed of [46, 4601, 460_002, 4_600_003]) {
+  Deno.test(`as of the instant after each movement, balance, held and every lot are what the account showed then (seed ${seed})`, async () => {
+    const rand = random(seed);
+    const id = await newUser();
+    const s = { id, token: await userToken(id), admin: await adminToken() };
+    const state: State = { purchases: [], holds: [], charges: [] };
+    // 20 movements: with the reads after each and the as-of reads, within a route's 100 a minute.
+    await replay(
+      s,
+      Array.from({ length: 20 }, () => (last: Snapshot) => step(rand, s, state, Number(last.balance.available))),
+    );
+  });
+}
+
+const charge = async (token: string, credits: number) => {
+  const r = await spendCredits(token, credits);
+  assert.equal(r.status, 201, r.text);
+  return String(dataOf(r).transfer_id);
+};
+
+Deno.test("as of each instant around a dispute: the student's hold giving way in part, the frozen lots, the loss", async () => {
+  const id = await newUser();
+  const s = { id, token: await userToken(id) };
+  let first = '';
+  let hold = '';
+  await replay(s, [
+    async () => (first = (await buy(s.token, 'mini')).session_id),
+    () => buy(s.token, 'mini'),
+    () => charge(s.token, 1000),
+    async () => {
+      const r = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '8000' } });
+      hold = String(dataOf(r).hold_id);
+    },
+    // Freezes the first purchase's 5,000: the hold gives way to 4,000 (recorded as a resize).
+    async () => emulator(`/_emulator/charges/${await chargeOf(first)}/dispute`, { outcome: 'open' }),
+    () => api(`/credits/holds/${hold}/release`, { token: s.token, headers: key(), body: {} }),
+    () => charge(s.token, 2000),
+    async () => emulator(`/_emulator/charges/${await chargeOf(first)}/dispute`, { outcome: 'lost' }),
+  ]);
+  const [resized] =
+    await testDb`select trim_scale(r.amount_before)::text as before, trim_scale(r.amount_after)::text as after
+    from billing.hold_resizes r where r.hold_id = ${hold}`;
+  assert.deepEqual(
+    { ...resized },
+    { before: '8000', after: '4000' },
+    'the hold gave way in part: the case is exercised',
+  );
+});
+
+Deno.test('as of each instant around a debt: a refund of spent credits, a void into the debt, the purchase that pays it', async () => {
+  const id = await newUser();
+  const s = { id, token: await userToken(id) };
+  let first = '';
+  let spent = '';
+  const admin = await adminToken();
+  const snapshots = await replay(s, [
+    async () => (first = (await buy(s.token, 'mini')).session_id),
+    () => charge(s.token, 2000),
+    async () => (spent = await charge(s.token, 1000)),
+    async () => emulator(`/_emulator/charges/${await chargeOf(first)}/refund`, { amount: 500 }), // 3,000 owed
+    async () => {
+      const r = await api(`/admin/charges/${spent}/void`, { token: admin, body: { reason: 'as-of debt' } });
+      assert.equal(r.status, 200, r.text); // its 1,000 pay part of the debt, into the lot it drew
+    },
+    () => buy(s.token, 'mini'), // pays the other 2,000 first
+    () => charge(s.token, 100),
+  ]);
+  assert.deepEqual(snapshots.map((x) => x.balance.balance), [
+    '0',
+    '5000',
+    '3000',
+    '2000',
+    '-3000',
+    '-2000',
+    '3000',
+    '2900',
+  ]);
+});
+
+Deno.test('before the account existed the balance is zero and there are no lots; the account is then as bought', async () => {
+  const id = await newUser();
+  const token = await userToken(id);
+  const before = await instant();
+  await buy(token, 'mini');
+  const zero = dataOf(await api(`/credits/balance?at=${before}`, { token }));
+  assert.deepEqual(
+    { ...zero, as_of: undefined },
+    { balance: '0', held: '0', available: '0', expiring: null, as_of: undefined },
+  );
+  assert.deepEqual((dataOf(await api(`/credits/lots?at=${before}`, { token })) as unknown as LotPage).items, []);
+  const after = dataOf(await api(`/credits/balance?at=${await instant()}`, { token }));
+  assert.equal(after.balance, '5000');
+});
+
+Deno.test('?at= must be an instant with an offset, not in the future: else 400 VALIDATION_FAILED naming at', async () => {
+  const token = await userToken(await newUser());
+  const future = new Date(Date.now() + 3_600_000).toISOString();
+  for (
+    const at of [
+      'yesterday',
+      '2026-11-20',
+      '2026-11-20T10:00:00',
+      '2026-13-01T00:00:00Z',
+      '1969-12-31T23:59:59Z',
+      future,
+    ]
+  ) {
+    for (const path of ['/credits/balance', '/credits/lots']) {
+      const r = await api(`${path}?at=${encodeURIComponent(at)}`, { token });
+      assert.equal(r.status, 400, `${path} at=${at}`);
+      assert.equal(codeOf(r), 'VALIDATION_FAILED');
+      assert.equal((r.body.error as { field?: string }).field, 'at');
+    }
+  }
+  const offset = await api(`/credits/balance?at=${encodeURIComponent('2026-01-01T09:00:00+09:00')}`, { token });
+  assert.equal(offset.status, 200, offset.text);
+  assert.equal(dataOf(offset).as_of, '2026-01-01T00:00:00.000Z');
+});
+
+Deno.test('a student reads only their own account as of any instant: another account is out of reach', async () => {
+  const owner = await newUser();
+  await buy(await userToken(owner), 'mini');
+  const at = await instant();
+  const other = await userToken(await newUser());
+
+  // No parameter names another user: trying one is refused, and the caller's own (empty) account is all there is.
+  const named = await api(`/credits/balance?at=${at}&user_id=${owner}`, { token: other });
+  assert.equal(named.status, 400);
+  assert.equal(named.body.data, undefined);
+  assert.equal(dataOf(await api(`/credits/balance?at=${at}`, { token: other })).balance, '0');
+  // The admin routes refuse a student's token, the owner's own included.
+  for (const path of [`/admin/users/${owner}/balance?at=${at}`, `/admin/users/${owner}/lots?at=${at}`]) {
+    const r = await api(path, { token: other });
+    assert.equal(r.status, 403, r.text);
+    assert.equal(r.body.data, undefined);
+    assert.equal((await api(path, { token: await userToken(owner) })).status, 403);
+  }
+  // An admin reads anyone's.
+  const admin = await adminToken();
+  assert.equal(dataOf(await api(`/admin/users/${owner}/balance?at=${at}`, { token: admin })).balance, '5000');
+  const lots = dataOf(await api(`/admin/users/${owner}/lots?at=${at}`, { token: admin })) as unknown as LotPage;
+  assert.deepEqual(lots.items.map((l) => [l.source, l.remaining]), [['purchase', '5000']]);
+  assert.equal((await api(`/admin/users/not-a-user/balance?at=${at}`, { token: admin })).status, 400);
+});
+
+Deno.test('an organisation as of an instant: the wallet to its owners and admins, each member their own allowance only', async () => {
+  const [owner, member, outsider] = [await person('owner'), await person('member'), await person('outsider')];
+  const org = await school(owner, [member], 'allowance', '1000');
+  const funded = await api(`/orgs/${org}/allowances`, { token: owner.token, headers: key(), body: { amount: '100' } });
+  assert.equal(funded.status, 201, funded.text);
+  const at = await instant();
+  assert.equal((await usage(member.token)).status, 201); // after the instant: not in what it shows
+
+  const seen = await api(`/orgs/${org}/balance?at=${at}`, { token: owner.token });
+  assert.equal(seen.status, 200, seen.text);
+  assert.equal((dataOf(seen).wallet as Balance).balance, '900');
+  assert.equal(dataOf(seen).allowance, null);
+  const own = await api(`/orgs/${org}/balance?at=${at}`, { token: member.token });
+  assert.equal(dataOf(own).wallet, null, 'a member never sees the wallet');
+  assert.equal((dataOf(own).allowance as Balance).balance, '100');
+  const lots = await api(`/orgs/${org}/lots?at=${at}&account=allowance`, { token: member.token });
+  assert.equal(lots.status, 200, lots.text);
+  assert.deepEqual((dataOf(lots) as unknown as LotPage).items.map((l) => l.remaining), ['100']);
+  const wallet = await api(`/orgs/${org}/lots?at=${at}`, { token: member.token });
+  assert.equal(wallet.status, 403);
+  assert.equal(codeOf(wallet), 'ORG_FORBIDDEN');
+  for (const path of [`/orgs/${org}/balance?at=${at}`, `/orgs/${org}/lots?at=${at}&account=allowance`]) {
+    const r = await api(path, { token: outsider.token });
+    assert.equal(r.status, 404, r.text);
+    assert.equal(codeOf(r), 'ORG_NOT_FOUND');
+    assert.equal(r.body.data, undefined);
+  }
+});
