@@ -43,24 +43,24 @@ begin
 end;
 $$;
 -- A paid adjustment of 1,000 credits that costs 100¢ and is spent after everything else.
-create function pg_temp.gift(n int) returns void language sql as $$
-  select billing.grant_credits(pg_temp.u(n), 1000, 'adjustment', 'bonus-gift-' || n, null, null, null,
+create function pg_temp.other_paid_credits(n int) returns void language sql as $$
+  select billing.grant_credits(pg_temp.u(n), 1000, 'adjustment', 'other-paid-' || n, null, null, null,
     '{"category": "paid", "cost_cents": 100, "priority": 50}')
 $$;
 create temp table p (n int primary key, id uuid);
 
 -- ============================================================ a full refund after the bonus expired
 
--- u1 buys pro (49,990 credits for 4,999¢ + a 4,999 bonus) and has a 1,000-credit paid gift. The
+-- u1 buys pro (49,990 credits for 4,999¢ + a 4,999 bonus) and has 1,000 other paid credits (an adjustment). The
 -- bonus expires unspent; Stripe refunds everything.
 insert into p values (1, pg_temp.buy(1, 'pro'));
-select pg_temp.gift(1);
+select pg_temp.other_paid_credits(1);
 select pg_temp.expire((select id from p where n = 1), 'promotional');
 select is(pg_temp.bal(1), 50990::numeric, 'u1: the expired bonus went to breakage');
 select billing.sync_purchase(pg_temp.state(1, 4999, 4999));
 select is(pg_temp.bal(1), 1000::numeric, 'u1: a full refund takes the paid credits; the expired bonus is not taken again');
 select is((select l.remaining from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
-           where t.idempotency_key = 'bonus-gift-1'), 1000::numeric, 'u1: the gift is untouched');
+           where t.idempotency_key = 'other-paid-1'), 1000::numeric, 'u1: the other paid credits are untouched');
 select results_eq($$select credits_refund_reversed, bonus_refund_reversed, credits_expiry_forgiven, bonus_expiry_forgiven
                     from billing.purchases where id = (select id from p where n = 1)$$,
   $$values (49990::numeric, 4999::numeric, 0::numeric, 4999::numeric)$$,
@@ -92,21 +92,21 @@ select is((select bonus_expiry_forgiven from billing.purchases where id = (selec
 
 -- ============================================================ a dispute after the bonus expired
 
--- u4: pro, a 1,000 gift, the bonus expires. The dispute freezes the paid credits only (the
--- expired bonus would not be taken back), so the gift stays spendable; lost, nothing is owed.
+-- u4: pro, 1,000 other paid credits, the bonus expires. The dispute freezes the paid credits only (the
+-- expired bonus would not be taken back), so the other credits stay spendable; lost, nothing is owed.
 insert into p values (4, pg_temp.buy(4, 'pro'));
-select pg_temp.gift(4);
+select pg_temp.other_paid_credits(4);
 select pg_temp.expire((select id from p where n = 4), 'promotional');
 select billing.sync_purchase(pg_temp.state(4, 4999, 0, 'needs_response'));
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(4))$$,
   $$values (50990::numeric, 49990::numeric, 1000::numeric)$$, 'u4: the open dispute holds what a loss would take back');
 select billing.sync_purchase(pg_temp.state(4, 4999, 0, 'lost'));
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(4))$$,
-  $$values (1000::numeric, 0::numeric, 1000::numeric)$$, 'u4: lost: the paid credits go, the gift stays, no debt');
+  $$values (1000::numeric, 0::numeric, 1000::numeric)$$, 'u4: lost: the purchase''s paid credits go, the other credits stay, no debt');
 
 -- u5: the bonus is due but not swept when the dispute opens: the dispute expires it first.
 insert into p values (5, pg_temp.buy(5, 'pro'));
-select pg_temp.gift(5);
+select pg_temp.other_paid_credits(5);
 update billing.lots set expires_at = now() - interval '1 second' where purchase_id = (select id from p where n = 5)
   and category = 'promotional';
 update billing.accounts set next_expiry = now() - interval '1 second' where user_id = pg_temp.u(5);
@@ -133,16 +133,16 @@ select is((select bonus_expiry_forgiven from billing.purchases where id = (selec
 
 -- ============================================================ a student's hold over the expiring bonus
 
--- u7: pro and a gift; the student holds 54,000 of 55,989. The bonus expires under the hold (the
--- hold gives way to 50,990); the refund then leaves the gift, and the hold shrinks to it.
+-- u7: pro and other paid credits; the student holds 54,000 of 55,989. The bonus expires under the hold (the
+-- hold gives way to 50,990); the refund then leaves the other credits, and the hold shrinks to them.
 insert into p values (7, pg_temp.buy(7, 'pro'));
-select pg_temp.gift(7);
+select pg_temp.other_paid_credits(7);
 select billing.reserve_credits(pg_temp.u(7), 54000, 'bonus-hold-7');
 select pg_temp.expire((select id from p where n = 7), 'promotional');
 select is((select held from billing.get_balance(pg_temp.u(7))), 50990::numeric, 'u7: the hold gave way to the expiry');
 select billing.sync_purchase(pg_temp.state(7, 4999, 4999));
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(7))$$,
-  $$values (1000::numeric, 1000::numeric, 0::numeric)$$, 'u7: refunded: the gift is left, all of it still held, no debt');
+  $$values (1000::numeric, 1000::numeric, 0::numeric)$$, 'u7: refunded: the other credits are left, all of them still held, no debt');
 
 -- ============================================================ paid credits that expired
 
@@ -178,22 +178,22 @@ select is((select count(*)::int from billing.accounts a where a.user_id in (sele
   'only the students who spent refunded credits are in debt');
 
 -- Paid credits in revenue_metrics, by hand (every paid credit here costs 0.1¢): granted 7 × pro
--- 4,999 + starter 999 + 4 gifts × 100 = 36,392; breakage: u8's 999; reversed: all 7 pro lots
+-- 4,999 + starter 999 + 4 other grants × 100 = 36,392; breakage: u8's 999; reversed: all 7 pro lots
 -- (u2 and u3's 501 owed for the bonus came out of their paid lot, whose 49,990 all went back)
--- = 34,993; recognised 0 (the spending drew the bonus). Deferred: the 4 gifts, 400.
+-- = 34,993; recognised 0 (the spending drew the bonus). Deferred: the 4 other grants, 400.
 create temp table lots_line as select x as v from jsonb_array_elements(billing.revenue_metrics(now(), now() + interval '1 microsecond')
   -> 'credit_lots') x where x ->> 'currency' = 'usd';
 select is((select (v ->> 'paid_granted_cents')::int from lots_line), 36392, 'paid credits granted');
 select is((select (v ->> 'breakage_revenue_cents')::int from lots_line), 999, 'breakage: the expired paid credits, once');
 select is((select (v ->> 'paid_reversed_cents')::int from lots_line), 34993,
-  'paid reversed: the refunded purchases'' own credits, no gift taken in place of expired ones');
+  'paid reversed: the refunded purchases'' own credits, no other credits taken in place of expired ones');
 select is((select (v ->> 'recognised_revenue_cents')::int from lots_line), 0, 'recognised: nothing paid was spent');
 select is((select v -> 'promotional_credits' from lots_line),
   jsonb_build_object('granted', '34993', 'spent', '6000', 'expired', (5 * 4999 + 1999)::text),
   'promotional: 7 bonuses granted, 6,000 spent, the expired bonuses');
 select is((select sum(l.cost_cents * l.remaining / l.amount) from billing.lots l
            where l.account_id in (select a.id from billing.accounts a where a.user_id in (select pg_temp.u(n) from generate_series(1, 8) n))
-             and l.category = 'paid'), 400::numeric, 'deferred revenue left: the gifts');
+             and l.category = 'paid'), 400::numeric, 'deferred revenue left: the other grants');
 
 select * from finish();
 rollback;

@@ -645,10 +645,12 @@ class Refund implements Cmd {
       deliver: false,
     });
     for (const e of this.twice ? [...events, ...events] : events) assert.equal((await deliver(e)).status, 200);
-    // Refunds reverse floor(credits × refunded ÷ paid) whole credits, purchased and bonus alike.
+    // Refunds reverse floor(credits × refunded ÷ paid) whole credits, purchased and bonus alike;
+    // refunded in full, every credit, fractions included.
     p.refunded += cents;
-    const targetC = floorDiv(pkg.credits * p.refunded, pkg.price * M) * M;
-    const targetB = floorDiv(pkg.bonus * p.refunded, pkg.price * M) * M;
+    const whole = p.refunded >= pkg.price;
+    const targetC = whole ? pkg.credits : floorDiv(pkg.credits * p.refunded, pkg.price * M) * M;
+    const targetB = whole ? pkg.bonus : floorDiv(pkg.bonus * p.refunded, pkg.price * M) * M;
     // Each reversal takes its own lot first; what that lot lacks expired (forgiven) or was spent
     // (debt, settled from the rest).
     const [creditsLot, bonusLot] = lotsOf(m, i);
