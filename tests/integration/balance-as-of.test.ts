@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import type { Balance, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import { adminToken, api, newUser, reportUsage, student, testDb, userToken } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
-import { join, key, person, school, usage } from '../orgs.ts';
+import { join, key, person, school, usage, walletOf } from '../orgs.ts';
 import { buy, chargeOf, emulator } from '../purchases.ts';
 
 /** The database's clock now, to the microsecond, as the API takes an instant. */
@@ -490,4 +490,38 @@ Deno.test('ordinary charges, holds, captures and releases record no hold resizes
     assert.equal((await api(`/credits/holds/${dataOf(b).hold_id}/release`, { token, headers: key(), body: {} })).status, 200);
   }
   assert.equal(await count(), 0);
+});
+
+Deno.test('an organisation’s wallet as of the instant after each move (allowance, spending, a sponsor code issued and voided, a member removed) is what its admin saw then, and its lots sum to it', async () => {
+  const [owner, member] = [await person('owner'), await person('member')];
+  const org = await school(owner, [member], 'allowance', '1000');
+  const seen: { at: string; wallet: { balance: string; held: string; available: string } }[] = [];
+  const snap = async () => seen.push({ at: await instant(), wallet: await walletOf(owner.token, org) });
+  const ok = (r: { status: number; text: string }, status = 201) => assert.equal(r.status, status, r.text);
+  await snap();
+  ok(await api(`/orgs/${org}/allowances`, { token: owner.token, headers: key(), body: { amount: '120', user_id: member.id } }));
+  await snap();
+  ok(await usage(member.token));
+  await snap();
+  const code = await api(`/orgs/${org}/sponsor-codes`, {
+    token: owner.token,
+    headers: key(),
+    body: { credits: '50', user_id: member.id },
+  });
+  ok(code);
+  await snap();
+  ok(await api(`/orgs/${org}/sponsor-codes/${dataOf(code).id}`, { method: 'DELETE', token: owner.token }), 200);
+  await snap();
+  ok(await api(`/orgs/${org}/members/${member.id}`, { method: 'DELETE', token: owner.token }), 200);
+  await snap();
+  for (const s of seen) {
+    const r = await api(`/orgs/${org}/balance?at=${s.at}`, { token: owner.token });
+    assert.equal(r.status, 200, r.text);
+    const w = dataOf(r).wallet as Balance;
+    assert.deepEqual([w.balance, w.held, w.available], [s.wallet.balance, s.wallet.held, s.wallet.available], s.at);
+    const lots = (dataOf(await api(`/orgs/${org}/lots?at=${s.at}&limit=200`, { token: owner.token })) as unknown as LotPage)
+      .items;
+    const sum = lots.reduce((t, l) => t + Number(l.remaining), 0);
+    assert.equal(sum, Number(w.balance), `lots as of ${s.at} sum to the wallet`);
+  }
 });
