@@ -6,10 +6,10 @@
 // must be the statement's running sum. Then what a student's token can try.
 import assert from 'node:assert/strict';
 import type { Balance, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
-import { adminToken, api, newUser, reportUsage, student, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, backdateLot, newUser, reportUsage, student, testDb, userToken } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
 import { join, key, person, school, usage, walletOf } from '../orgs.ts';
-import { buy, chargeOf, emulator } from '../purchases.ts';
+import { buy, chargeOf, emulator, startCheckout } from '../purchases.ts';
 
 /** The database's clock now, to the microsecond, as the API takes an instant. */
 const instant = async () =>
@@ -524,4 +524,32 @@ Deno.test('an organisation’s wallet as of the instant after each move (allowan
     const sum = lots.reduce((t, l) => t + Number(l.remaining), 0);
     assert.equal(sum, Number(w.balance), `lots as of ${s.at} sum to the wallet`);
   }
+});
+
+Deno.test('as of the instants around an expiry sweep that a hold gives way to, and a refund after it, the account is what it showed then', async () => {
+  const s = await student();
+  const token = s.token;
+  const co = await startCheckout(token, 'plus'); // 24,990 paid and a 1,249.5 promotional bonus that expires
+  await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+  const snaps: Snapshot[] = [];
+  const snap = async () => snaps.push({ at: await instant(), ...(await live(token)) });
+  assert.equal((await spendCredits(token, 200)).status, 201); // from the bonus first
+  await snap();
+  // A hold as large as everything but 100 of the paid credits: the bonus's expiry takes from it.
+  const placed = await api('/credits/holds', { token, headers: key(), body: { amount: '25900', ttl_seconds: 900 } });
+  assert.equal(placed.status, 201, placed.text);
+  await snap();
+  const [{ id: bonus }] = await testDb`select l.id::text from billing.lots l
+    where l.purchase_id = ${co.purchase_id} and l.category = 'promotional'`;
+  await backdateLot(bonus);
+  await testDb`select billing.expire_lots()`;
+  await snap();
+  const gave = await testDb`select 1 from billing.hold_resizes where hold_id = ${String(dataOf(placed).hold_id)}`;
+  assert.equal(gave.length, 1, 'the hold gave way to the expiry');
+  const r = await api(`/credits/holds/${dataOf(placed).hold_id}/capture`, { token, headers: key(), body: { amount: '10' } });
+  assert.equal(r.status, 200, r.text);
+  await snap();
+  await emulator(`/_emulator/charges/${await chargeOf(co.session_id)}/refund`, { amount: 500 });
+  await snap();
+  await assertSnapshots(token, snaps);
 });
