@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import type { Balance, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import { adminToken, api, backdateLot, newUser, reportUsage, student, testDb, userToken } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
+import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
 import { join, key, person, school, usage, walletOf } from '../orgs.ts';
 import { buy, chargeOf, emulator, startCheckout } from '../purchases.ts';
 
@@ -552,4 +553,21 @@ Deno.test('as of the instants around an expiry sweep that a hold gives way to, a
   await emulator(`/_emulator/charges/${await chargeOf(co.session_id)}/refund`, { amount: 500 });
   await snap();
   await assertSnapshots(token, snaps);
+});
+
+Deno.test('a cursor made from another account’s lot pages only the caller’s own lots, as of any instant', async () => {
+  const a = await student('500');
+  const b = await student('300');
+  const at = await instant();
+  const [{ id }] = await testDb<{ id: string }[]>`select l.id::text from billing.lots l
+    join billing.accounts x on x.id = l.account_id where x.user_id = ${a.id}`;
+  const mine = (dataOf(await api(`/credits/lots?at=${at}`, { token: b.token })) as unknown as LotPage).items;
+  for (const position of [String(BigInt(id) + 1n), String(BigInt(id) + 1000n), '9223372036854775807']) {
+    const cursor = encodeCursor(position);
+    const r = await api(`/credits/lots?at=${at}&cursor=${cursor}`, { token: b.token });
+    assert.equal(r.status, 200, r.text);
+    const ids = (dataOf(r) as unknown as LotPage).items.map((l) => l.id);
+    assert.ok(!ids.includes(id), 'never the other account’s lot');
+    assert.ok(ids.every((x) => mine.some((l) => l.id === x)), 'only the caller’s own lots');
+  }
 });
