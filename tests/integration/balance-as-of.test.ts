@@ -332,13 +332,24 @@ Deno.test('an organisation as of an instant: the wallet to its owners and admins
 });
 
 Deno.test('an organisation as of an instant: a removed member, a removed admin back as a member, another organisation’s owner and a stranger see none of its money, alike', async () => {
-  const [owner, admin, member, other] = [await person('owner'), await person('admin'), await person('member'), await person('other')];
+  const [owner, admin, member, other] = [
+    await person('owner'),
+    await person('admin'),
+    await person('member'),
+    await person('other'),
+  ];
   const org = await school(owner, [member], 'allowance', '1000');
   await join(owner.token, org, admin, 'admin');
-  assert.equal((await api(`/orgs/${org}/allowances`, { token: owner.token, headers: key(), body: { amount: '100' } })).status, 201);
+  assert.equal(
+    (await api(`/orgs/${org}/allowances`, { token: owner.token, headers: key(), body: { amount: '100' } })).status,
+    201,
+  );
   const theirs = await school(other, [], 'allowance', '50');
   const at = await instant();
-  assert.equal((dataOf(await api(`/orgs/${org}/balance?at=${at}`, { token: admin.token })).wallet as Balance).balance, '900');
+  assert.equal(
+    (dataOf(await api(`/orgs/${org}/balance?at=${at}`, { token: admin.token })).wallet as Balance).balance,
+    '900',
+  );
 
   for (const who of [admin, member]) {
     const r = await api(`/orgs/${org}/members/${who.id}`, { method: 'DELETE', token: owner.token });
@@ -379,7 +390,10 @@ Deno.test('an organisation as of an instant: a removed member, a removed admin b
   assert.equal(wallet.status, 403);
   assert.equal(wallet.body.data, undefined);
   // Another organisation's owner reads their own wallet, never this one's, whatever the path says.
-  assert.equal((dataOf(await api(`/orgs/${theirs}/balance?at=${at}`, { token: other.token })).wallet as Balance).balance, '50');
+  assert.equal(
+    (dataOf(await api(`/orgs/${theirs}/balance?at=${at}`, { token: other.token })).wallet as Balance).balance,
+    '50',
+  );
 });
 
 Deno.test('?at= at the edges of time and text is refused as 400 naming at, never 5xx, with nothing of it in the Postgres log', async () => {
@@ -416,7 +430,12 @@ Deno.test('?at= at the edges of time and text is refused as 400 naming at, never
   ];
   for (const at of refused) {
     for (
-      const path of [`/credits/balance?at=${at}`, `/credits/lots?at=${at}`, `/orgs/${org}/balance?at=${at}`, `/orgs/${org}/lots?at=${at}`]
+      const path of [
+        `/credits/balance?at=${at}`,
+        `/credits/lots?at=${at}`,
+        `/orgs/${org}/balance?at=${at}`,
+        `/orgs/${org}/lots?at=${at}`,
+      ]
     ) {
       const r = await api(path, { token: tokenOf(path) });
       assert.equal(r.status, 400, `${path.slice(0, 80)}: ${r.text.slice(0, 200)}`);
@@ -441,7 +460,10 @@ Deno.test('?at= at the edges of time and text is refused as 400 naming at, never
   const file = await Deno.open(serverLog);
   await file.seek(logStart, Deno.SeekMode.Start);
   const log = new TextDecoder().decode(await new Response(file.readable).arrayBuffer());
-  assert.deepEqual(log.split('\n').filter((l) => / (ERROR|STATEMENT|DETAIL): /.test(l) && !/ ERROR: {2}[A-Z_]+$/.test(l)), []);
+  assert.deepEqual(
+    log.split('\n').filter((l) => / (ERROR|STATEMENT|DETAIL): /.test(l) && !/ ERROR: {2}[A-Z_]+$/.test(l)),
+    [],
+  );
 });
 
 Deno.test('as of the instant of a movement it is in, a microsecond before it is not; a hold placed and released at once reserves only between', async () => {
@@ -462,7 +484,8 @@ Deno.test('as of the instant of a movement it is in, a microsecond before it is 
            to_char((e.created_at - interval '1 microsecond') at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as before
     from billing.entries e join billing.accounts a on a.id = e.account_id
     where a.user_id = ${s.id} and e.amount < 0 and e.balance_after is not null order by e.id desc limit 1`;
-  const at = async (instant: string) => dataOf(await api(`/credits/balance?at=${instant}`, { token })) as unknown as Balance;
+  const at = async (instant: string) =>
+    dataOf(await api(`/credits/balance?at=${instant}`, { token })) as unknown as Balance;
   assert.equal((await at(h.placed)).held, '300', 'as of the instant the hold was placed it reserves');
   assert.equal((await at(h.done)).held, '0', 'as of the instant it was released it reserves nothing');
   assert.equal((await at(charge.before)).balance, '1000', 'a microsecond before the charge');
@@ -485,10 +508,17 @@ Deno.test('ordinary charges, holds, captures and releases record no hold resizes
     assert.equal((await spendCredits(token, 3)).status, 201);
     const a = await api('/credits/holds', { token, headers: key(), body: { amount: '20', ttl_seconds: 900 } });
     assert.equal(a.status, 201, a.text);
-    const cap = await api(`/credits/holds/${dataOf(a).hold_id}/capture`, { token, headers: key(), body: { amount: '5' } });
+    const cap = await api(`/credits/holds/${dataOf(a).hold_id}/capture`, {
+      token,
+      headers: key(),
+      body: { amount: '5' },
+    });
     assert.equal(cap.status, 200, cap.text);
     const b = await api('/credits/holds', { token, headers: key(), body: { amount: '20', ttl_seconds: 900 } });
-    assert.equal((await api(`/credits/holds/${dataOf(b).hold_id}/release`, { token, headers: key(), body: {} })).status, 200);
+    assert.equal(
+      (await api(`/credits/holds/${dataOf(b).hold_id}/release`, { token, headers: key(), body: {} })).status,
+      200,
+    );
   }
   assert.equal(await count(), 0);
 });
@@ -500,7 +530,13 @@ Deno.test('an organisation’s wallet as of the instant after each move (allowan
   const snap = async () => seen.push({ at: await instant(), wallet: await walletOf(owner.token, org) });
   const ok = (r: { status: number; text: string }, status = 201) => assert.equal(r.status, status, r.text);
   await snap();
-  ok(await api(`/orgs/${org}/allowances`, { token: owner.token, headers: key(), body: { amount: '120', user_id: member.id } }));
+  ok(
+    await api(`/orgs/${org}/allowances`, {
+      token: owner.token,
+      headers: key(),
+      body: { amount: '120', user_id: member.id },
+    }),
+  );
   await snap();
   ok(await usage(member.token));
   await snap();
@@ -520,8 +556,9 @@ Deno.test('an organisation’s wallet as of the instant after each move (allowan
     assert.equal(r.status, 200, r.text);
     const w = dataOf(r).wallet as Balance;
     assert.deepEqual([w.balance, w.held, w.available], [s.wallet.balance, s.wallet.held, s.wallet.available], s.at);
-    const lots = (dataOf(await api(`/orgs/${org}/lots?at=${s.at}&limit=200`, { token: owner.token })) as unknown as LotPage)
-      .items;
+    const lots =
+      (dataOf(await api(`/orgs/${org}/lots?at=${s.at}&limit=200`, { token: owner.token })) as unknown as LotPage)
+        .items;
     const sum = lots.reduce((t, l) => t + Number(l.remaining), 0);
     assert.equal(sum, Number(w.balance), `lots as of ${s.at} sum to the wallet`);
   }
@@ -547,7 +584,11 @@ Deno.test('as of the instants around an expiry sweep that a hold gives way to, a
   await snap();
   const gave = await testDb`select 1 from billing.hold_resizes where hold_id = ${String(dataOf(placed).hold_id)}`;
   assert.equal(gave.length, 1, 'the hold gave way to the expiry');
-  const r = await api(`/credits/holds/${dataOf(placed).hold_id}/capture`, { token, headers: key(), body: { amount: '10' } });
+  const r = await api(`/credits/holds/${dataOf(placed).hold_id}/capture`, {
+    token,
+    headers: key(),
+    body: { amount: '10' },
+  });
   assert.equal(r.status, 200, r.text);
   await snap();
   await emulator(`/_emulator/charges/${await chargeOf(co.session_id)}/refund`, { amount: 500 });

@@ -339,9 +339,12 @@ Deno.test('a chart name, code or tax rate a spreadsheet would run as a formula i
     });
     assert.equal(set.status, 200, set.text);
     for (const flavour of ['plain', 'xero', 'qbo']) {
-      const r = await api(`/admin/journal?from=${today()}&to=${tomorrow()}&currency=usd&format=csv&flavour=${flavour}`, {
-        token: admin,
-      });
+      const r = await api(
+        `/admin/journal?from=${today()}&to=${tomorrow()}&currency=usd&format=csv&flavour=${flavour}`,
+        {
+          token: admin,
+        },
+      );
       assert.equal(r.status, 200, r.text);
       const cells = parseCsv(r.text).flat();
       assert.ok(
