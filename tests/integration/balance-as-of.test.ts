@@ -612,3 +612,27 @@ Deno.test('a cursor made from another account’s lot pages only the caller’s 
     assert.ok(ids.every((x) => mine.some((l) => l.id === x)), 'only the caller’s own lots');
   }
 });
+
+Deno.test('a hold placed between a lot’s expiry and its sweep, then captured: as of each instant after the sweep, the account is what it showed then', async () => {
+  const s = await student();
+  const token = s.token;
+  const co = await startCheckout(token, 'plus');
+  await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+  const [{ id: bonus }] = await testDb`select l.id::text from billing.lots l
+    where l.purchase_id = ${co.purchase_id} and l.category = 'promotional'`;
+  await backdateLot(bonus); // expired, not yet swept
+  const placed = await api('/credits/holds', { token, headers: key(), body: { amount: '24000', ttl_seconds: 900 } });
+  assert.equal(placed.status, 201, placed.text);
+  const snaps: Snapshot[] = [];
+  const snap = async () => snaps.push({ at: await instant(), ...(await live(token)) });
+  await testDb`select billing.expire_lots()`;
+  await snap();
+  const r = await api(`/credits/holds/${dataOf(placed).hold_id}/capture`, {
+    token,
+    headers: key(),
+    body: { amount: '24000' },
+  });
+  assert.equal(r.status, 200, r.text);
+  await snap();
+  await assertSnapshots(token, snaps);
+});
