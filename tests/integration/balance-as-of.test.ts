@@ -6,10 +6,11 @@
 // must be the statement's running sum. Then what a student's token can try.
 import assert from 'node:assert/strict';
 import type { Balance, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
-import { adminToken, api, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, backdateLot, newUser, reportUsage, student, testDb, userToken } from '../helpers.ts';
 import { codeOf, dataOf } from '../money.ts';
-import { key, person, school, usage } from '../orgs.ts';
-import { buy, chargeOf, emulator } from '../purchases.ts';
+import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
+import { join, key, person, school, usage, walletOf } from '../orgs.ts';
+import { buy, chargeOf, emulator, startCheckout } from '../purchases.ts';
 
 /** The database's clock now, to the microsecond, as the API takes an instant. */
 const instant = async () =>
@@ -328,4 +329,310 @@ Deno.test('an organisation as of an instant: the wallet to its owners and admins
     assert.equal(codeOf(r), 'ORG_NOT_FOUND');
     assert.equal(r.body.data, undefined);
   }
+});
+
+Deno.test('an organisation as of an instant: a removed member, a removed admin back as a member, another organisation’s owner and a stranger see none of its money, alike', async () => {
+  const [owner, admin, member, other] = [
+    await person('owner'),
+    await person('admin'),
+    await person('member'),
+    await person('other'),
+  ];
+  const org = await school(owner, [member], 'allowance', '1000');
+  await join(owner.token, org, admin, 'admin');
+  assert.equal(
+    (await api(`/orgs/${org}/allowances`, { token: owner.token, headers: key(), body: { amount: '100' } })).status,
+    201,
+  );
+  const theirs = await school(other, [], 'allowance', '50');
+  const at = await instant();
+  assert.equal(
+    (dataOf(await api(`/orgs/${org}/balance?at=${at}`, { token: admin.token })).wallet as Balance).balance,
+    '900',
+  );
+
+  for (const who of [admin, member]) {
+    const r = await api(`/orgs/${org}/members/${who.id}`, { method: 'DELETE', token: owner.token });
+    assert.equal(r.status, 200, r.text);
+  }
+  const refusals = [
+    // A removed member asks about an instant when they were one: their old allowance and the wallet.
+    [member.token, `/orgs/${org}/balance?at=${at}`],
+    [member.token, `/orgs/${org}/lots?at=${at}&account=allowance`],
+    [member.token, `/orgs/${org}/lots?at=${at}`],
+    // A removed admin, about an instant when they were one.
+    [admin.token, `/orgs/${org}/balance?at=${at}`],
+    [admin.token, `/orgs/${org}/lots?at=${at}&account=wallet`],
+    // The owner of another organisation, and anyone asking about one that does not exist.
+    [other.token, `/orgs/${org}/balance?at=${at}`],
+    [other.token, `/orgs/${org}/lots?at=${at}`],
+    [other.token, `/orgs/${crypto.randomUUID()}/balance?at=${at}`],
+    [other.token, `/orgs/${crypto.randomUUID()}/lots?at=${at}`],
+  ] as const;
+  const shapes = new Set<string>();
+  for (const [token, path] of refusals) {
+    const r = await api(path, { token });
+    assert.equal(r.status, 404, `${path}: ${r.text}`);
+    assert.equal(r.body.data, undefined);
+    const { code, message, details } = r.body.error as { code: string; message: string; details?: unknown };
+    assert.equal(code, 'ORG_NOT_FOUND');
+    assert.doesNotMatch(JSON.stringify(details ?? {}), /role|balance|wallet/);
+    shapes.add(`${code} ${message.replace(/[0-9a-f-]{36}/g, 'ID')}`);
+  }
+  assert.equal(shapes.size, 1, `one answer whether the organisation exists or not: ${[...shapes].join(' | ')}`);
+
+  // The removed admin invited back as a member sees their own allowance only, as of the instant they were an admin too.
+  await join(owner.token, org, admin, 'member');
+  const back = await api(`/orgs/${org}/balance?at=${at}`, { token: admin.token });
+  assert.equal(back.status, 200, back.text);
+  assert.equal(dataOf(back).wallet, null, 'a member now: no wallet, whatever the instant');
+  const wallet = await api(`/orgs/${org}/lots?at=${at}`, { token: admin.token });
+  assert.equal(wallet.status, 403);
+  assert.equal(wallet.body.data, undefined);
+  // Another organisation's owner reads their own wallet, never this one's, whatever the path says.
+  assert.equal(
+    (dataOf(await api(`/orgs/${theirs}/balance?at=${at}`, { token: other.token })).wallet as Balance).balance,
+    '50',
+  );
+});
+
+Deno.test('?at= at the edges of time and text is refused as 400 naming at, never 5xx, with nothing of it in the Postgres log', async () => {
+  const owner = await person('owner');
+  const org = await school(owner, [], 'allowance', '10');
+  const own = await userToken(await newUser()); // the credits routes, so neither caller meets the rate limit
+  const tokenOf = (path: string) => path.startsWith('/orgs') ? owner.token : own;
+  const serverLog = `${(await testDb`show data_directory`)[0].data_directory}/server.log`;
+  const logStart = (await Deno.stat(serverLog)).size;
+  const refused = [
+    '0001-01-01T00:00:00Z',
+    '4713-01-01T00:00:00Z BC',
+    '-4713-11-24T00:00:00Z',
+    'infinity',
+    '-infinity',
+    'epoch',
+    'now',
+    '10000-01-01T00:00:00Z',
+    '9999-12-31T23:59:59Z',
+    '2026-06-30T23:59:60Z',
+    '2026-01-01T24:00:00Z',
+    '2026-01-01t00:00:00z',
+    '2026-01-01 00:00:00Z',
+    '2026-01-01T00:00:00+14:01',
+    '2026-01-01T00:00:00-12:01:00',
+    '2026-01-01T00:00:00+1400',
+    '2026-02-30T00:00:00Z',
+    '2026-01-01T00:00:00%00Z',
+    '2026-01-01T00:00:00Z%00',
+    '%ED%A0%80',
+    '2026-01-01T00:00:00.%ED%A0%80Z',
+    '%EF%BF%BF',
+    'x'.repeat(8000),
+  ];
+  for (const at of refused) {
+    for (
+      const path of [
+        `/credits/balance?at=${at}`,
+        `/credits/lots?at=${at}`,
+        `/orgs/${org}/balance?at=${at}`,
+        `/orgs/${org}/lots?at=${at}`,
+      ]
+    ) {
+      const r = await api(path, { token: tokenOf(path) });
+      assert.equal(r.status, 400, `${path.slice(0, 80)}: ${r.text.slice(0, 200)}`);
+      assert.equal((r.body.error as { field?: string }).field, 'at', path.slice(0, 80));
+    }
+  }
+  // Offsets to ±14:00 and -00:00 are instants; two `at`s answer the first, as every query parameter.
+  for (
+    const [at, asOf] of [
+      ['2026-01-01T00:00:00%2B14:00', '2025-12-31T10:00:00.000Z'],
+      ['2026-01-01T00:00:00-12:00', '2026-01-01T12:00:00.000Z'],
+      ['2026-01-01T00:00:00-00:00', '2026-01-01T00:00:00.000Z'],
+      ['1970-01-01T00:00:00Z&at=2026-01-01T00:00:00Z', '1970-01-01T00:00:00.000Z'],
+    ]
+  ) {
+    for (const path of [`/credits/balance?at=${at}`, `/orgs/${org}/balance?at=${at}`]) {
+      const r = await api(path, { token: tokenOf(path) });
+      assert.equal(r.status, 200, `${path}: ${r.text}`);
+      assert.equal(dataOf(r).as_of, asOf, path);
+    }
+  }
+  const file = await Deno.open(serverLog);
+  await file.seek(logStart, Deno.SeekMode.Start);
+  const log = new TextDecoder().decode(await new Response(file.readable).arrayBuffer());
+  assert.deepEqual(
+    log.split('\n').filter((l) => / (ERROR|STATEMENT|DETAIL): /.test(l) && !/ ERROR: {2}[A-Z_]+$/.test(l)),
+    [],
+  );
+});
+
+Deno.test('as of the instant of a movement it is in, a microsecond before it is not; a hold placed and released at once reserves only between', async () => {
+  const s = await student('1000');
+  const token = s.token;
+  const placed = await api('/credits/holds', { token, headers: key(), body: { amount: '300', ttl_seconds: 900 } });
+  assert.equal(placed.status, 201, placed.text);
+  const hold = String(dataOf(placed).hold_id);
+  const released = await api(`/credits/holds/${hold}/release`, { token, headers: key(), body: {} });
+  assert.equal(released.status, 200, released.text);
+  assert.equal((await spendCredits(token, 7)).status, 201);
+  const [h] = await testDb<{ placed: string; done: string }[]>`
+    select to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as placed,
+           to_char(finished_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as done
+    from billing.holds where id = ${hold}`;
+  const [charge] = await testDb<{ at: string; before: string }[]>`
+    select to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as at,
+           to_char((e.created_at - interval '1 microsecond') at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as before
+    from billing.entries e join billing.accounts a on a.id = e.account_id
+    where a.user_id = ${s.id} and e.amount < 0 and e.balance_after is not null order by e.id desc limit 1`;
+  const at = async (instant: string) =>
+    dataOf(await api(`/credits/balance?at=${instant}`, { token })) as unknown as Balance;
+  assert.equal((await at(h.placed)).held, '300', 'as of the instant the hold was placed it reserves');
+  assert.equal((await at(h.done)).held, '0', 'as of the instant it was released it reserves nothing');
+  assert.equal((await at(charge.before)).balance, '1000', 'a microsecond before the charge');
+  assert.equal((await at(charge.at)).balance, '993', 'at the charge');
+  const live = dataOf(await api('/credits/balance', { token })) as unknown as Balance;
+  const now = await at(await instant());
+  assert.deepEqual([now.balance, now.held, now.available], [live.balance, live.held, live.available]);
+});
+
+Deno.test('ordinary charges, holds, captures and releases record no hold resizes or lot changes (the triggers stay off the hot path)', async () => {
+  const s = await student('1000');
+  const token = s.token;
+  const count = async () =>
+    (await testDb<{ n: number }[]>`
+      select (select count(*) from billing.hold_resizes r join billing.holds h on h.id = r.hold_id
+              join billing.accounts a on a.id = h.account_id where a.user_id = ${s.id})::int
+           + (select count(*) from billing.lot_changes c join billing.lots l on l.id = c.lot_id
+              join billing.accounts a on a.id = l.account_id where a.user_id = ${s.id})::int as n`)[0].n;
+  for (let i = 0; i < 5; i++) {
+    assert.equal((await spendCredits(token, 3)).status, 201);
+    const a = await api('/credits/holds', { token, headers: key(), body: { amount: '20', ttl_seconds: 900 } });
+    assert.equal(a.status, 201, a.text);
+    const cap = await api(`/credits/holds/${dataOf(a).hold_id}/capture`, {
+      token,
+      headers: key(),
+      body: { amount: '5' },
+    });
+    assert.equal(cap.status, 200, cap.text);
+    const b = await api('/credits/holds', { token, headers: key(), body: { amount: '20', ttl_seconds: 900 } });
+    assert.equal(
+      (await api(`/credits/holds/${dataOf(b).hold_id}/release`, { token, headers: key(), body: {} })).status,
+      200,
+    );
+  }
+  assert.equal(await count(), 0);
+});
+
+Deno.test('an organisation’s wallet as of the instant after each move (allowance, spending, a sponsor code issued and voided, a member removed) is what its admin saw then, and its lots sum to it', async () => {
+  const [owner, member] = [await person('owner'), await person('member')];
+  const org = await school(owner, [member], 'allowance', '1000');
+  const seen: { at: string; wallet: { balance: string; held: string; available: string } }[] = [];
+  const snap = async () => seen.push({ at: await instant(), wallet: await walletOf(owner.token, org) });
+  const ok = (r: { status: number; text: string }, status = 201) => assert.equal(r.status, status, r.text);
+  await snap();
+  ok(
+    await api(`/orgs/${org}/allowances`, {
+      token: owner.token,
+      headers: key(),
+      body: { amount: '120', user_id: member.id },
+    }),
+  );
+  await snap();
+  ok(await usage(member.token));
+  await snap();
+  const code = await api(`/orgs/${org}/sponsor-codes`, {
+    token: owner.token,
+    headers: key(),
+    body: { credits: '50', user_id: member.id },
+  });
+  ok(code);
+  await snap();
+  ok(await api(`/orgs/${org}/sponsor-codes/${dataOf(code).id}`, { method: 'DELETE', token: owner.token }), 200);
+  await snap();
+  ok(await api(`/orgs/${org}/members/${member.id}`, { method: 'DELETE', token: owner.token }), 200);
+  await snap();
+  for (const s of seen) {
+    const r = await api(`/orgs/${org}/balance?at=${s.at}`, { token: owner.token });
+    assert.equal(r.status, 200, r.text);
+    const w = dataOf(r).wallet as Balance;
+    assert.deepEqual([w.balance, w.held, w.available], [s.wallet.balance, s.wallet.held, s.wallet.available], s.at);
+    const lots =
+      (dataOf(await api(`/orgs/${org}/lots?at=${s.at}&limit=200`, { token: owner.token })) as unknown as LotPage)
+        .items;
+    const sum = lots.reduce((t, l) => t + Number(l.remaining), 0);
+    assert.equal(sum, Number(w.balance), `lots as of ${s.at} sum to the wallet`);
+  }
+});
+
+Deno.test('as of the instants around an expiry sweep that a hold gives way to, and a refund after it, the account is what it showed then', async () => {
+  const s = await student();
+  const token = s.token;
+  const co = await startCheckout(token, 'plus'); // 24,990 paid and a 1,249.5 promotional bonus that expires
+  await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+  const snaps: Snapshot[] = [];
+  const snap = async () => snaps.push({ at: await instant(), ...(await live(token)) });
+  assert.equal((await spendCredits(token, 200)).status, 201); // from the bonus first
+  await snap();
+  // A hold as large as everything but 100 of the paid credits: the bonus's expiry takes from it.
+  const placed = await api('/credits/holds', { token, headers: key(), body: { amount: '25900', ttl_seconds: 900 } });
+  assert.equal(placed.status, 201, placed.text);
+  await snap();
+  const [{ id: bonus }] = await testDb`select l.id::text from billing.lots l
+    where l.purchase_id = ${co.purchase_id} and l.category = 'promotional'`;
+  await backdateLot(bonus);
+  await testDb`select billing.expire_lots()`;
+  await snap();
+  const gave = await testDb`select 1 from billing.hold_resizes where hold_id = ${String(dataOf(placed).hold_id)}`;
+  assert.equal(gave.length, 1, 'the hold gave way to the expiry');
+  const r = await api(`/credits/holds/${dataOf(placed).hold_id}/capture`, {
+    token,
+    headers: key(),
+    body: { amount: '10' },
+  });
+  assert.equal(r.status, 200, r.text);
+  await snap();
+  await emulator(`/_emulator/charges/${await chargeOf(co.session_id)}/refund`, { amount: 500 });
+  await snap();
+  await assertSnapshots(token, snaps);
+});
+
+Deno.test('a cursor made from another account’s lot pages only the caller’s own lots, as of any instant', async () => {
+  const a = await student('500');
+  const b = await student('300');
+  const at = await instant();
+  const [{ id }] = await testDb<{ id: string }[]>`select l.id::text from billing.lots l
+    join billing.accounts x on x.id = l.account_id where x.user_id = ${a.id}`;
+  const mine = (dataOf(await api(`/credits/lots?at=${at}`, { token: b.token })) as unknown as LotPage).items;
+  for (const position of [String(BigInt(id) + 1n), String(BigInt(id) + 1000n), '9223372036854775807']) {
+    const cursor = encodeCursor(position);
+    const r = await api(`/credits/lots?at=${at}&cursor=${cursor}`, { token: b.token });
+    assert.equal(r.status, 200, r.text);
+    const ids = (dataOf(r) as unknown as LotPage).items.map((l) => l.id);
+    assert.ok(!ids.includes(id), 'never the other account’s lot');
+    assert.ok(ids.every((x) => mine.some((l) => l.id === x)), 'only the caller’s own lots');
+  }
+});
+
+Deno.test('a hold placed between a lot’s expiry and its sweep, then captured: as of each instant after the sweep, the account is what it showed then', async () => {
+  const s = await student();
+  const token = s.token;
+  const co = await startCheckout(token, 'plus');
+  await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded' });
+  const [{ id: bonus }] = await testDb`select l.id::text from billing.lots l
+    where l.purchase_id = ${co.purchase_id} and l.category = 'promotional'`;
+  await backdateLot(bonus); // expired, not yet swept
+  const placed = await api('/credits/holds', { token, headers: key(), body: { amount: '24000', ttl_seconds: 900 } });
+  assert.equal(placed.status, 201, placed.text);
+  const snaps: Snapshot[] = [];
+  const snap = async () => snaps.push({ at: await instant(), ...(await live(token)) });
+  await testDb`select billing.expire_lots()`;
+  await snap();
+  const r = await api(`/credits/holds/${dataOf(placed).hold_id}/capture`, {
+    token,
+    headers: key(),
+    body: { amount: '24000' },
+  });
+  assert.equal(r.status, 200, r.text);
+  await snap();
+  await assertSnapshots(token, snaps);
 });

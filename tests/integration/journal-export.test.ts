@@ -319,3 +319,81 @@ Deno.test('GET /admin/journal refuses a range or format it cannot answer with 40
     assert.equal((r.body.error as { field?: string }).field, field, query);
   }
 });
+
+Deno.test('a chart name, code or tax rate a spreadsheet would run as a formula is printed inert in every CSV flavour', async () => {
+  const admin = await adminToken();
+  await activity();
+  const chart = dataOf(await api('/admin/journal/accounts', { token: admin })).items as {
+    key: string;
+    code: string;
+    name: string;
+    tax_rate: string;
+  }[];
+  const was = chart.find((a) => a.key === 'stripe_fees')!;
+  const formulas = { name: '=SUM(1,2)*3', tax_rate: '+SUM(2)', code: '-SF' };
+  try {
+    const set = await api('/admin/journal/accounts', {
+      method: 'PUT',
+      token: admin,
+      body: { accounts: [{ key: 'stripe_fees', ...formulas }] },
+    });
+    assert.equal(set.status, 200, set.text);
+    for (const flavour of ['plain', 'xero', 'qbo']) {
+      const r = await api(
+        `/admin/journal?from=${today()}&to=${tomorrow()}&currency=usd&format=csv&flavour=${flavour}`,
+        {
+          token: admin,
+        },
+      );
+      assert.equal(r.status, 200, r.text);
+      const cells = parseCsv(r.text).flat();
+      assert.ok(
+        cells.some((c) => Object.values(formulas).some((f) => c === `'${f}`)),
+        `${flavour}: the account is in it, inert`,
+      );
+      const live = cells.filter((c) => /^[=+@\t\r]/.test(c) || (/^-/.test(c) && !/^-?[0-9.]+$/.test(c)));
+      assert.deepEqual(live, [], `${flavour}: no cell a spreadsheet runs`);
+    }
+  } finally {
+    await api('/admin/journal/accounts', {
+      method: 'PUT',
+      token: admin,
+      body: { accounts: [{ key: 'stripe_fees', name: was.name, tax_rate: was.tax_rate, code: was.code }] },
+    });
+  }
+});
+
+Deno.test('the books refuse a student, an organisation’s owner included, with 403 before reading a parameter, alike for any user', async () => {
+  const owner = await userToken(await newUser());
+  const created = await api('/orgs', { token: owner, body: { name: 'Books School', funding: 'allowance' } });
+  assert.equal(created.status, 201, created.text);
+  const someone = await newUser();
+  const at = new Date(Date.now() - 60_000).toISOString();
+  const answers = new Set<string>();
+  for (
+    const [method, path] of [
+      ['GET', '/admin/journal'],
+      ['GET', `/admin/journal?from=${today()}&to=${tomorrow()}&format=csv&flavour=xero`],
+      ['GET', '/admin/journal?from=1970-01-01&to=9999-12-31&currency=%00'],
+      ['GET', '/admin/journal/accounts'],
+      ['PUT', '/admin/journal/accounts'],
+      ['GET', `/admin/users/${someone}/balance?at=${at}`],
+      ['GET', `/admin/users/${crypto.randomUUID()}/balance?at=${at}`],
+      ['GET', `/admin/users/${someone}/lots?at=${at}&limit=200`],
+      ['GET', `/admin/users/${crypto.randomUUID()}/lots?at=infinity`],
+      ['GET', '/admin/users/not-a-user/balance'],
+    ]
+  ) {
+    const r = await api(path, {
+      method,
+      token: owner,
+      body: method === 'PUT' ? { accounts: [{ key: 'stripe_fees', name: '=1+1' }] } : undefined,
+    });
+    assert.equal(r.status, 403, `${method} ${path}: ${r.text}`);
+    assert.equal(r.body.data, undefined);
+    answers.add(`${codeOf(r)} ${(r.body.error as { message: string }).message}`);
+  }
+  assert.equal(answers.size, 1, [...answers].join(' | '));
+  const chart = dataOf(await api('/admin/journal/accounts', { token: await adminToken() })).items as { name: string }[];
+  assert.ok(chart.every((a) => a.name !== '=1+1'));
+});
