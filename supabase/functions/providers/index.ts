@@ -57,7 +57,7 @@ app.post('/', requireUser, async (c) => {
       throw new AppError('forbidden', 'FORBIDDEN', 'Only administrators create providers for other users.');
     }
     // The token's claim may outlive the role: an admin now, in the database.
-    await call((sql) => sql`select billing.assert_user_standing(${user.id}, true)`);
+    await sql`select billing.assert_user_standing(${user.id}, true)`;
   }
   return idempotent(c, 'providers.create', body, async (key) => {
     let [p] = await sql<ProviderRow[]>`select * from billing.begin_provider(${
