@@ -93,6 +93,11 @@ declare
 begin
   select * into v_job from billing.jobs j where j.user_id = p_user and j.request_key = p_request_key;
   if found then
+    -- The key outlives its stored answer (24 hours) while the job is kept: another job under it
+    -- is refused, never answered with the old job as if it were accepted.
+    if v_job.type <> p_type or v_job.input <> p_input or v_job.client_temp_id is distinct from p_client_temp_id then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'jobs.create'));
+    end if;
     return v_job;
   end if;
   insert into billing.jobs (user_id, type, input, request_key, client_temp_id)
@@ -113,7 +118,7 @@ begin
   return v_job;
 end;
 $$;
-comment on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) is 'Creates a job (idempotent by request key and by client_temp_id), reserving its cost estimate as a hold in the same transaction.';
+comment on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) is 'Creates a job (idempotent by request key, IDEMPOTENCY_KEY_REUSED for another job under it, and by client_temp_id), reserving its cost estimate as a hold in the same transaction.';
 revoke execute on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) from public;
 grant execute on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) to service_role;
 

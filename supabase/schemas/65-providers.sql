@@ -120,11 +120,16 @@ begin
   returning * into v;
   if not found then
     select * into v from billing.providers x where x.owner_user_id = p_owner and x.request_key = p_request_key;
+    -- The key outlives its stored answer (24 hours): another provider under it is refused, never
+    -- answered with the old one as if it were created.
+    if (v.name, v.email, v.country) is distinct from (p_name, p_email, p_country) then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'providers.create'));
+    end if;
   end if;
   return v;
 end;
 $$;
-comment on function billing.begin_provider(p_owner uuid, p_request_key text, p_name text, p_email text, p_country text) is 'Creates a provider record (before its Stripe account), or returns the one this request key made.';
+comment on function billing.begin_provider(p_owner uuid, p_request_key text, p_name text, p_email text, p_country text) is 'Creates a provider record (before its Stripe account), or returns the one this request key made (IDEMPOTENCY_KEY_REUSED for another provider under it).';
 revoke execute on function billing.begin_provider(p_owner uuid, p_request_key text, p_name text, p_email text, p_country text) from public;
 grant execute on function billing.begin_provider(p_owner uuid, p_request_key text, p_name text, p_email text, p_country text) to service_role;
 

@@ -183,3 +183,27 @@ Deno.test('a dispute turns auto-recharge off and forgets the card: the disputed 
   assert.equal(again.status, 409, 'the card is gone: only an on-session payment saves one again');
   await assertLedgerInvariants();
 });
+
+Deno.test("a student's Checkout under an Idempotency-Key shaped like their queued recharge's purchase key blocks neither that recharge nor anyone else's", async () => {
+  const mallory = await buyer();
+  await setAutoRecharge(mallory.token, { enabled: true, package_id: 'mini', threshold: '1000' });
+  await spend(mallory.token, 9000);
+  const victim = await buyer();
+  await setAutoRecharge(victim.token, { enabled: true, package_id: 'mini', threshold: '1000' });
+  await spend(victim.token, 9000);
+  const mine = await api('/credits/auto-recharge', { token: mallory.token });
+  const [queued] = (dataOf(mine) as unknown as AutoRecharge).recent;
+  assert.equal(queued.status, 'queued');
+  // The purchase a recharge makes is keyed `recharge:<id>` for its user; a Checkout's is the
+  // Idempotency-Key as sent. The student writes the recharge's key first.
+  const squat = await api('/checkout/sessions', {
+    token: mallory.token,
+    headers: { 'idempotency-key': `recharge:${queued.id}` },
+    body: { package_id: 'mini' },
+  });
+  assert.ok(squat.status < 500, squat.text);
+  await tick();
+  assert.deepEqual((await recharges(victim.id)).map((r) => r.status), ['succeeded'], "another student's recharge");
+  assert.deepEqual((await recharges(mallory.id)).map((r) => r.status), ['succeeded'], 'their own recharge');
+  await assertLedgerInvariants();
+});

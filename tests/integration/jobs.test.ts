@@ -46,6 +46,11 @@ async function waitingJob(userId: string, type = 'ledger_export', input: unknown
   });
 }
 
+/** How many holds a user's account has had (jobs' reservations and the routes'). */
+const holdsOf = async (userId: string) =>
+  (await testDb`select count(*)::int as n from billing.holds h
+    join billing.accounts a on a.id = h.account_id where a.user_id = ${userId}`)[0].n as number;
+
 const aiJob = {
   type: 'ai_completion',
   input: { model: 'gpt-4o', prompt: 'one two three four five six seven eight', max_tokens: 100 },
@@ -126,13 +131,17 @@ Deno.test('20 job requests at once under one key, with other bodies: one job, on
   assert.ok(accepted.length >= 1, rs.map((r) => r.status).join(','));
   assert.equal(new Set(accepted.map((r) => (r.body.data as Json).job_id)).size, 1);
   assert.ok(
-    rs.every((r) => r.status === 202 || (r.status === 409 && (r.body.error as Json).code === 'IDEMPOTENCY_KEY_REUSED')),
+    // The same body while the first is in flight: 409 IDEMPOTENCY_KEY_IN_USE (the claim path).
+    rs.every((r) =>
+      r.status === 202 ||
+      (r.status === 409 &&
+        ['IDEMPOTENCY_KEY_REUSED', 'IDEMPOTENCY_KEY_IN_USE'].includes((r.body.error as Json).code as string))
+    ),
     rs.map((r) => `${r.status} ${JSON.stringify(r.body.error ?? '')}`).join('\n'),
   );
   const [{ n }] = await testDb`select count(*)::int as n from billing.jobs where user_id = ${s.id}`;
   assert.equal(n, 1);
-  const [{ holds }] = await testDb`select count(*)::int as holds from billing.holds h
-    join billing.accounts a on a.id = h.account_id where a.user_id = ${s.id}`;
+  const holds = await holdsOf(s.id);
   assert.ok(holds <= 1, `${holds} holds for one job`);
   await api(`/jobs/${(accepted[0].body.data as Json).job_id}`, { token: s.token, method: 'DELETE' });
   await assertLedgerInvariants();
@@ -422,4 +431,99 @@ Deno.test('a job with odd limits or an unpriced model is refused and places no h
   const [{ n }] = await testDb`select count(*)::int as n from billing.holds h join billing.accounts a
     on a.id = h.account_id where a.user_id = ${s.id}`;
   assert.equal(n, 0, 'no hold for a refused job');
+});
+
+Deno.test('an Idempotency-Key whose stored answer expired, sent with another job: 409 IDEMPOTENCY_KEY_REUSED, never the old job as if accepted', async () => {
+  const s = await student('10');
+  const key = crypto.randomUUID();
+  const first = await createJob(s.token, aiJob, functionsUrl, key);
+  assert.equal(first.status, 202);
+  const firstId = (first.body.data as Json).job_id as string;
+  await until(
+    'the first job finishes',
+    async () =>
+      (await getJob(s.token, firstId)).body.data &&
+      ['completed', 'failed'].includes(((await getJob(s.token, firstId)).body.data as Json).status as string),
+  );
+  // A day later the stored answer is gone (its 24 hours passed); the job is still kept.
+  await testDb`update billing.idempotency_keys set expires_at = now() - interval '1 second'
+    where user_id = ${s.id} and action = 'jobs.create' and key = ${key}`;
+  const other = { ...aiJob, input: { ...aiJob.input, prompt: 'a different question entirely' } };
+  const again = await createJob(s.token, other, functionsUrl, key);
+  assert.notEqual(
+    (again.body.data as Json | undefined)?.job_id,
+    firstId,
+    'a new request was answered with the old job',
+  );
+  assert.equal(again.status, 409, JSON.stringify(again.body));
+  assert.equal((again.body.error as Json).code, 'IDEMPOTENCY_KEY_REUSED');
+  // The same job again under the key is still that job (enqueue_job's own deduplication).
+  await testDb`update billing.idempotency_keys set expires_at = now() - interval '1 second'
+    where user_id = ${s.id} and action = 'jobs.create' and key = ${key}`;
+  const same = await createJob(s.token, aiJob, functionsUrl, key);
+  assert.equal(same.status, 202);
+  assert.equal((same.body.data as Json).job_id, firstId);
+  const [{ n }] = await testDb`select count(*)::int as n from billing.jobs where user_id = ${s.id}`;
+  assert.equal(n, 1);
+  await assertLedgerInvariants();
+});
+
+Deno.test('one Idempotency-Key used by two students and on /credits/holds: each request its own job or hold, each reserved once', async () => {
+  const [a, b] = [await student('10'), await student('10')];
+  const key = crypto.randomUUID();
+  const [ja, jb] = [
+    await createJob(a.token, aiJob, functionsUrl, key),
+    await createJob(b.token, aiJob, functionsUrl, key),
+  ];
+  assert.equal(ja.status, 202);
+  assert.equal(jb.status, 202);
+  assert.equal(jb.headers.get('idempotent-replayed'), null, "another student's answer was replayed");
+  assert.notEqual((ja.body.data as Json).job_id, (jb.body.data as Json).job_id);
+  const hold = await api('/credits/holds', {
+    token: a.token,
+    body: { amount: '1' },
+    headers: { 'idempotency-key': key },
+  });
+  assert.equal(hold.status, 201, hold.text);
+  assert.equal(hold.headers.get('idempotent-replayed'), null);
+  for (const s of [a, b]) {
+    const jobs = await testDb`select hold_id from billing.jobs where user_id = ${s.id}`;
+    assert.equal(jobs.length, 1);
+    assert.ok(jobs[0].hold_id, 'a metered job without its reservation');
+  }
+  const holds = await holdsOf(a.id);
+  assert.equal(holds, 2); // the job's and the route's
+  await api(`/jobs/${(ja.body.data as Json).job_id}`, { token: a.token, method: 'DELETE' });
+  await api(`/jobs/${(jb.body.data as Json).job_id}`, { token: b.token, method: 'DELETE' });
+  await assertLedgerInvariants();
+});
+
+Deno.test('a client that hangs up mid-create, then retries 10 times at once: one job, one reservation, retries replay it or 409', async () => {
+  const s = await student('10');
+  const key = crypto.randomUUID();
+  const gone = new AbortController();
+  const first = fetch(`${functionsUrl}/jobs`, {
+    method: 'POST',
+    signal: gone.signal,
+    headers: { authorization: `Bearer ${s.token}`, 'idempotency-key': key, 'content-type': 'application/json' },
+    body: JSON.stringify(aiJob),
+  }).then((r) => r.body?.cancel(), () => undefined);
+  setTimeout(() => gone.abort(), 5);
+  await first;
+  const rs = await Promise.all(Array.from({ length: 10 }, () => createJob(s.token, aiJob, functionsUrl, key)));
+  assert.ok(
+    rs.every((r) => r.status === 202 || (r.status === 409 && (r.body.error as Json).code === 'IDEMPOTENCY_KEY_IN_USE')),
+    rs.map((r) => `${r.status} ${JSON.stringify(r.body.error ?? '')}`).join('\n'),
+  );
+  const jobs = await until('the abandoned request settles', async () => {
+    const rows = await testDb`select id, hold_id from billing.jobs where user_id = ${s.id}`;
+    return rows.length ? rows : undefined;
+  });
+  assert.equal(jobs.length, 1);
+  assert.ok(jobs[0].hold_id);
+  assert.ok(rs.filter((r) => r.status === 202).every((r) => (r.body.data as Json).job_id === jobs[0].id));
+  const holds = await holdsOf(s.id);
+  assert.equal(holds, 1);
+  await api(`/jobs/${jobs[0].id}`, { token: s.token, method: 'DELETE' });
+  await assertLedgerInvariants();
 });

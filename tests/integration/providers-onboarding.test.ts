@@ -175,3 +175,37 @@ Deno.test("an admin demoted since their token was issued is a stranger to other 
   });
   assert.equal(made.status, 403, made.text);
 });
+
+Deno.test('an Idempotency-Key whose stored answer expired, sent with another provider: 409 IDEMPOTENCY_KEY_REUSED, never the old provider as if created', async () => {
+  const id = await newUser();
+  const token = await userToken(id);
+  const key = crypto.randomUUID();
+  const body = { name: 'Lovelace Tutoring', email: 'ada@example.org', country: 'US' };
+  const first = await api('/providers', { token, headers: { 'idempotency-key': key }, body });
+  assert.equal(first.status, 201, first.text);
+  const firstId = (first.body.data as Record<string, unknown>).provider_id;
+  assert.match(String(firstId), /^[0-9a-f-]{36}$/);
+  // A day later the stored answer is gone (its 24 hours passed); the provider is kept.
+  const expire = () =>
+    testDb`update billing.idempotency_keys set expires_at = now() - interval '1 second'
+    where user_id = ${id} and action = 'providers.create' and key = ${key}`;
+  await expire();
+  const other = await api('/providers', {
+    token,
+    headers: { 'idempotency-key': key },
+    body: { name: 'Babbage Bursaries', email: 'charles@example.org', country: 'GB' },
+  });
+  assert.notEqual(
+    (other.body.data as Record<string, unknown> | undefined)?.provider_id,
+    firstId,
+    'answered with the old provider',
+  );
+  assert.equal(other.status, 409, other.text);
+  assert.equal((other.body.error as { code: string }).code, 'IDEMPOTENCY_KEY_REUSED');
+  await expire();
+  const same = await api('/providers', { token, headers: { 'idempotency-key': key }, body });
+  assert.equal(same.status, 201, same.text);
+  assert.equal((same.body.data as Record<string, unknown>).provider_id, firstId);
+  const [{ n }] = await testDb`select count(*)::int as n from billing.providers where owner_user_id = ${id}`;
+  assert.equal(n, 1);
+});

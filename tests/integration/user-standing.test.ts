@@ -118,3 +118,47 @@ Deno.test('a ban that has ended lets the user spend again', async () => {
   const r = await report(await userToken(id), { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 });
   assert.equal(r.status, 201, r.text);
 });
+
+Deno.test("every admin route, reads and writes, refuses a student's token that claims admin when the database does not (403); nothing moves to the student or their organisation", async () => {
+  const id = await newUser();
+  const student = await userToken(id);
+  const org = await api('/orgs', { token: student, body: { name: 'Claimed Admin Study Group' } });
+  assert.equal(org.status, 201, org.text);
+  const orgId = (org.body.data as Json).id as string;
+  assert.match(orgId, /^[0-9a-f-]{36}$/);
+  const some = crypto.randomUUID();
+  const routes: [string, string, unknown?][] = [
+    ['GET', '/admin/catalog'],
+    ['GET', '/admin/metrics'],
+    ['GET', '/admin/margins'],
+    ['GET', '/admin/ops'],
+    ['GET', '/admin/codes'],
+    ['POST', '/admin/codes', { kind: 'promo', credits: '1000', max_redemptions: 1 }],
+    ['GET', '/admin/model-access'],
+    ['GET', '/admin/server-keys'],
+    ['POST', '/admin/server-keys', { name: 'mine' }],
+    ['POST', `/admin/charges/${some}/void`, { reason: 'mine' }],
+    ['GET', '/admin/corrections'],
+    ['GET', '/admin/rate-cards'],
+    ['GET', '/admin/dashboard'],
+    ['GET', '/providers/reconciliation'],
+    ['PUT', `/orgs/${orgId}/invoicing`, { approved: true }],
+    ['POST', `/orgs/${orgId}/grants`, { amount: '1000', reason: 'mine' }],
+    ['POST', '/checkout/refunds', { purchase_id: some, reason: 'mine' }],
+    ['GET', '/health/slo'],
+    ['GET', '/health/alerts'],
+    ['GET', '/health/metrics'],
+    ['PUT', `/credits/caps/users/${id}`, { period: 'day', amount: null }],
+    ['POST', '/credits/grants', { user_id: id, amount: '1000', reason: 'mine', kind: 'promo_grant' }],
+  ];
+  for (const [method, path, body] of routes) {
+    // A fresh token each time (the same unbacked claim), so the per-user rate limit never answers first.
+    const claimed = await userToken(id, { admin: true });
+    const r = await api(path, { method, token: claimed, body, headers: { 'idempotency-key': crypto.randomUUID() } });
+    assert.equal(r.status, 403, `${method} ${path}: ${r.status} ${r.text.slice(0, 200)}`);
+  }
+  assert.equal(await grantsTo(id), 0);
+  const [{ n }] = await testDb`select count(*)::int as n from billing.transfers t
+    join billing.accounts a on a.id = t.to_account_id where a.org_id = ${orgId}`;
+  assert.equal(n, 0);
+});

@@ -70,7 +70,10 @@ app.post('/sessions', requireUser, async (c) => {
     c,
     'checkout.sessions',
     body,
-    (key) => createCheckout(currentUser(c).id, ip, body, key, env()),
+    // A purchase's request key in a namespace of its own: the ledger keys its own purchases
+    // `recharge:<id>` and `org-invoice:<id>` for the same user, and a key the student wrote
+    // first would make those inserts fail (the worker tick, for everyone).
+    (key) => createCheckout(currentUser(c).id, ip, body, scopedKey('checkout:', key, 255), env()),
   );
 });
 
