@@ -6867,68 +6867,6 @@ insert into billing.plans (id, family, name, price_cents, currency, billing_inte
   ('pro_yearly', 'pro_yearly', 'Pro (yearly)', 29990, 'usd', 'year', 420000, 'none', null, 3);
 
 -- ============================================================================
--- schemas/57-expiry-schedule.sql
--- ============================================================================
--- What of a student's own credits ends when: every upcoming expiry with its amount, and for the
--- plan credits of the current period what the plan's rollover rule carries into the next one.
--- Read-only over the lots (30-lots.sql) and the plans (56-plans.sql, hence after it): nothing
--- here moves money, and the rule below is the one billing.roll_over_plan_credits applies at a
--- renewal (the renewal's plan is the subscription's plan_id: a downgrade bills, and rolls by,
--- the new plan's rule).
---
--- Amounts assume nothing more is spent before the date: spending draws plan credits first
--- (priority 5), so the figures are what ends at most. A frozen (disputed) lot waits for its
--- dispute and is left out; a lot past its expiry that the sweep has not reached is already gone
--- for spending and is left out too.
-
--- ============================================================ functions
-
--- One row per date and source: 'plan' (the plan's lots of a period, granted or rolled into it),
--- 'paid' (purchased credits with an expiry) or 'promotional'. A plan row of the live plan's
--- current period carries what rolls over if the plan renews (least of what is left and the
--- rule's cap: rollover_limit credits, or floor(credits × share)); every other row rolls nothing.
-create or replace function billing.get_expiry_schedule(p_user uuid)
-returns table (ends_at timestamptz, source text, credits numeric, rolls_over numeric, expires numeric,
-               plan_id text, plan_renews boolean)
-language sql stable
-security definer
-set search_path = ''
-as $$
-  with live as (
-    -- At most one live plan per student (subscriptions_one_live).
-    select s.id, s.plan_id, s.current_period_end,
-      s.status in ('active', 'trialing') and not s.cancel_at_period_end as renews,
-      case p.rollover when 'up_to_credits' then p.rollover_limit
-        when 'up_to_share' then floor(p.credits * p.rollover_limit) else 0 end as cap
-    from billing.subscriptions s join billing.plans p on p.id = s.plan_id
-    where s.user_id = p_user and s.refused_at is null and s.stripe_subscription_id is not null
-      and s.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')
-  ),
-  ending as (
-    select l.expires_at, case when pl.lot_id is not null then 'plan' else l.category end as source,
-      sum(l.remaining) as credits,
-      -- The live plan's current period: the lots its renewal rolls over.
-      max(v.id::text) filter (where pl.period_end = v.current_period_end) as this_period
-    from billing.accounts a
-    join billing.lots l on l.account_id = a.id
-    left join billing.plan_lots pl on pl.lot_id = l.id
-    left join live v on v.id = pl.subscription_id
-    where a.user_id = p_user and l.open and not l.frozen and l.expires_at > now()
-    group by 1, 2
-  )
-  select e.expires_at, e.source, trim_scale(e.credits), trim_scale(r.rolls), trim_scale(e.credits - r.rolls),
-    case when e.this_period is not null then v.plan_id end,
-    case when e.this_period is not null then v.renews end
-  from ending e
-  left join live v on v.id::text = e.this_period
-  cross join lateral (select case when v.renews then least(e.credits, v.cap) else 0 end as rolls) r
-  order by e.expires_at, e.source
-$$;
-comment on function billing.get_expiry_schedule(p_user uuid) is 'A user''s upcoming expiries of their own credits, by date and source (plan, paid, promotional), each with what the live plan''s rollover rule carries into the next period if it renews and what expires; read-only.';
-revoke execute on function billing.get_expiry_schedule(p_user uuid) from public, anon, authenticated;
-grant execute on function billing.get_expiry_schedule(p_user uuid) to service_role;
-
--- ============================================================================
 -- schemas/57-plan-credits.sql
 -- ============================================================================
 -- Plan credits: what a plan's invoices grant and take back. invoice.paid grants a period's
@@ -7874,6 +7812,68 @@ create trigger catalog_changes_immutable before update or delete on billing.cata
   for each row execute function billing.refuse_ledger_change();
 
 -- ============================================================================
+-- schemas/59-expiry-schedule.sql
+-- ============================================================================
+-- What of a student's own credits ends when: every upcoming expiry with its amount, and for the
+-- plan credits of the current period what the plan's rollover rule carries into the next one.
+-- Read-only over the lots (30-lots.sql) and the plans (56-plans.sql, hence after it): nothing
+-- here moves money, and the rule below is the one billing.roll_over_plan_credits applies at a
+-- renewal (the renewal's plan is the subscription's plan_id: a downgrade bills, and rolls by,
+-- the new plan's rule).
+--
+-- Amounts assume nothing more is spent before the date: spending draws plan credits first
+-- (priority 5), so the figures are what ends at most. A frozen (disputed) lot waits for its
+-- dispute and is left out; a lot past its expiry that the sweep has not reached is already gone
+-- for spending and is left out too.
+
+-- ============================================================ functions
+
+-- One row per date and source: 'plan' (the plan's lots of a period, granted or rolled into it),
+-- 'paid' (purchased credits with an expiry) or 'promotional'. A plan row of the live plan's
+-- current period carries what rolls over if the plan renews (least of what is left and the
+-- rule's cap: rollover_limit credits, or floor(credits × share)); every other row rolls nothing.
+create or replace function billing.get_expiry_schedule(p_user uuid)
+returns table (ends_at timestamptz, source text, credits numeric, rolls_over numeric, expires numeric,
+               plan_id text, plan_renews boolean)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  with live as (
+    -- At most one live plan per student (subscriptions_one_live).
+    select s.id, s.plan_id, s.current_period_end,
+      s.status in ('active', 'trialing') and not s.cancel_at_period_end as renews,
+      case p.rollover when 'up_to_credits' then p.rollover_limit
+        when 'up_to_share' then floor(p.credits * p.rollover_limit) else 0 end as cap
+    from billing.subscriptions s join billing.plans p on p.id = s.plan_id
+    where s.user_id = p_user and s.refused_at is null and s.stripe_subscription_id is not null
+      and s.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')
+  ),
+  ending as (
+    select l.expires_at, case when pl.lot_id is not null then 'plan' else l.category end as source,
+      sum(l.remaining) as credits,
+      -- The live plan's current period: the lots its renewal rolls over.
+      max(v.id::text) filter (where pl.period_end = v.current_period_end) as this_period
+    from billing.accounts a
+    join billing.lots l on l.account_id = a.id
+    left join billing.plan_lots pl on pl.lot_id = l.id
+    left join live v on v.id = pl.subscription_id
+    where a.user_id = p_user and l.open and not l.frozen and l.expires_at > now()
+    group by 1, 2
+  )
+  select e.expires_at, e.source, trim_scale(e.credits), trim_scale(r.rolls), trim_scale(e.credits - r.rolls),
+    case when e.this_period is not null then v.plan_id end,
+    case when e.this_period is not null then v.renews end
+  from ending e
+  left join live v on v.id::text = e.this_period
+  cross join lateral (select case when v.renews then least(e.credits, v.cap) else 0 end as rolls) r
+  order by e.expires_at, e.source
+$$;
+comment on function billing.get_expiry_schedule(p_user uuid) is 'A user''s upcoming expiries of their own credits, by date and source (plan, paid, promotional), each with what the live plan''s rollover rule carries into the next period if it renews and what expires; read-only.';
+revoke execute on function billing.get_expiry_schedule(p_user uuid) from public, anon, authenticated;
+grant execute on function billing.get_expiry_schedule(p_user uuid) to service_role;
+
+-- ============================================================================
 -- schemas/60-jobs.sql
 -- ============================================================================
 -- Async jobs: anything longer than a request runs as a job the client polls. Jobs live here;
@@ -7971,6 +7971,11 @@ declare
 begin
   select * into v_job from billing.jobs j where j.user_id = p_user and j.request_key = p_request_key;
   if found then
+    -- The key outlives its stored answer (24 hours) while the job is kept: another job under it
+    -- is refused, never answered with the old job as if it were accepted.
+    if v_job.type <> p_type or v_job.input <> p_input or v_job.client_temp_id is distinct from p_client_temp_id then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'jobs.create'));
+    end if;
     return v_job;
   end if;
   insert into billing.jobs (user_id, type, input, request_key, client_temp_id)
@@ -7991,7 +7996,7 @@ begin
   return v_job;
 end;
 $$;
-comment on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) is 'Creates a job (idempotent by request key and by client_temp_id), reserving its cost estimate as a hold in the same transaction.';
+comment on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) is 'Creates a job (idempotent by request key, IDEMPOTENCY_KEY_REUSED for another job under it, and by client_temp_id), reserving its cost estimate as a hold in the same transaction.';
 revoke execute on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) from public;
 grant execute on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) to service_role;
 
@@ -8941,11 +8946,16 @@ begin
   returning * into v;
   if not found then
     select * into v from billing.providers x where x.owner_user_id = p_owner and x.request_key = p_request_key;
+    -- The key outlives its stored answer (24 hours): another provider under it is refused, never
+    -- answered with the old one as if it were created.
+    if (v.name, v.email, v.country) is distinct from (p_name, p_email, p_country) then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'providers.create'));
+    end if;
   end if;
   return v;
 end;
 $$;
-comment on function billing.begin_provider(p_owner uuid, p_request_key text, p_name text, p_email text, p_country text) is 'Creates a provider record (before its Stripe account), or returns the one this request key made.';
+comment on function billing.begin_provider(p_owner uuid, p_request_key text, p_name text, p_email text, p_country text) is 'Creates a provider record (before its Stripe account), or returns the one this request key made (IDEMPOTENCY_KEY_REUSED for another provider under it).';
 revoke execute on function billing.begin_provider(p_owner uuid, p_request_key text, p_name text, p_email text, p_country text) from public;
 grant execute on function billing.begin_provider(p_owner uuid, p_request_key text, p_name text, p_email text, p_country text) to service_role;
 
