@@ -1,6 +1,6 @@
 -- Jobs: the status machine, leases, metered holds across complete/fail/cancel.
 begin;
-select plan(16);
+select plan(17);
 \ir helpers.psql
 
 insert into auth.users (id) values ('cccccccc-0000-4000-8000-000000000003');
@@ -14,8 +14,11 @@ select is(pg_temp.err($$select billing.release_hold('cccccccc-0000-4000-8000-000
   'HOLD_NOT_USER_MANAGED', 'its user cannot release a job''s hold (only the job, its cancel or its expiry can)');
 select is(pg_temp.err($$select billing.capture_hold('cccccccc-0000-4000-8000-000000000003', (select hold_id from j))$$),
   'HOLD_NOT_USER_MANAGED', 'nor capture it');
-select is((select id from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion', '{}', 'jobs-test-1')),
-  (select id from j), 'the same request key returns the same job');
+select is((select id from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion',
+  '{"model": "gpt-4o", "prompt": "x", "max_tokens": 10}', 'jobs-test-1', null, 4)),
+  (select id from j), 'the same request under its key returns the same job');
+select is(pg_temp.err($$select billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion', '{}', 'jobs-test-1')$$),
+  'IDEMPOTENCY_KEY_REUSED', 'another job under the same key is refused, not answered with the first');
 select is(pg_temp.err($$update billing.jobs set status = 'completed', completed_at = now() where id = (select id from j)$$),
   'INVALID_JOB_TRANSITION', 'queued → completed is not a transition');
 

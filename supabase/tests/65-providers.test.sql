@@ -1,7 +1,7 @@
 -- Provider payments: the fee rounding, the money ledger's postings and immutability, the
 -- convergence of payments and payouts on Stripe's state, and reconciliation on planted data.
 begin;
-select plan(23);
+select plan(24);
 \ir helpers.psql
 
 -- Fee: round-half-even(amount × bps / 10,000), in integers.
@@ -15,8 +15,10 @@ select is(billing.platform_fee_cents(1000, 0), 0::bigint, 'a zero rate is no fee
 -- A ready provider and a payment of $100.00.
 insert into auth.users (id) values ('dddddddd-0000-4000-8000-000000000004');
 create temp table pv as select * from billing.begin_provider('dddddddd-0000-4000-8000-000000000004', 'pv-key', 'Fund', 'f@example.org', 'US');
-select is((select id from billing.begin_provider('dddddddd-0000-4000-8000-000000000004', 'pv-key', 'Other', 'o@example.org', 'GB')),
-  (select id from pv), 'the same request key returns the same provider');
+select is((select id from billing.begin_provider('dddddddd-0000-4000-8000-000000000004', 'pv-key', 'Fund', 'f@example.org', 'US')),
+  (select id from pv), 'the same request under its key returns the same provider');
+select is(pg_temp.err($$select billing.begin_provider('dddddddd-0000-4000-8000-000000000004', 'pv-key', 'Other', 'o@example.org', 'GB')$$),
+  'IDEMPOTENCY_KEY_REUSED', 'another provider under the same key is refused, not answered with the first');
 select billing.attach_provider_account((select id from pv), 'acct_pgtap');
 select is(pg_temp.err($$select billing.begin_provider_payment((select id from pv), 'dddddddd-0000-4000-8000-000000000004', 'p1', 10000, 'usd', 'x', null, 300)$$),
   'PROVIDER_NOT_READY', 'no payment before the account can take charges');
