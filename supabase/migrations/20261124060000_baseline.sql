@@ -6767,14 +6767,10 @@ grant execute on function billing.get_subscription(p_user uuid) to service_role;
 -- those subscribed at its start and not at its end. A refused second plan, a period refunded in
 -- full and an invoice that granted nothing (its period over, or superseded) count for no one; an
 -- upgrade counts at its new plan (the period's latest paid invoice).
--- PL/pgSQL, not SQL, so its plan is kept for the session: it runs once per period of a report
--- (31 times for 30 days by day), and a SQL function is planned again at every call.
 create or replace function billing.plan_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
-language plpgsql stable
+language sql stable
 set search_path = ''
 as $$
-begin
-  return (
   with covering as (
     select distinct on (i.at, g.subscription_id) i.at, g.subscription_id, p.currency,
            case p.billing_interval when 'year' then p.price_cents / 12.0 else p.price_cents end as monthly_cents
@@ -6809,8 +6805,6 @@ begin
     'credits_used', (select trim_scale(coalesce(sum(r.amount), 0))::text from in_range r
                      where r.kind in ('usage', 'debit', 'hold_capture')),
     'credits_expired', (select trim_scale(coalesce(sum(r.amount), 0))::text from in_range r where r.kind = 'expiry'))
-  );
-end;
 $$;
 comment on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) is 'Internal: plans at the end of [from, to) (subscribers, MRR) and over it (new, churned, plan credits granted, used, expired and rolled over): a part of revenue_metrics.';
 revoke execute on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) from public;
@@ -11951,14 +11945,10 @@ revoke execute on function billing.delete_old_code_attempts(p_limit integer) fro
 grant execute on function billing.delete_old_code_attempts(p_limit integer) to service_role;
 
 -- What codes did in [p_from, p_to), for the reports.
--- PL/pgSQL, not SQL, so its plan is kept for the session: it runs once per period of a report
--- (31 times for 30 days by day), and a SQL function is planned again at every call.
 create or replace function billing.codes_report(p_from timestamptz, p_to timestamptz) returns jsonb
-language plpgsql stable
+language sql stable
 set search_path = ''
 as $$
-begin
-  return (
   select jsonb_build_object(
     'promo_credits_granted', trim_scale(coalesce((select sum(r.credits) from billing.code_redemptions r
       join billing.codes c on c.id = r.code_id where c.kind = 'promo' and r.redeemed_at >= p_from and r.redeemed_at < p_to), 0))::text,
@@ -11980,8 +11970,6 @@ begin
       join billing.codes c on c.id = r.code_id where c.kind = 'sponsor' and r.redeemed_at >= p_from and r.redeemed_at < p_to), 0))::text,
     'sponsor_codes_closed', (select count(*) from billing.codes c
       where c.kind = 'sponsor' and c.status in ('revoked', 'void') and c.updated_at >= p_from and c.updated_at < p_to))
-  );
-end;
 $$;
 comment on function billing.codes_report(p_from timestamptz, p_to timestamptz) is 'Internal: promo credits granted and used, gift sales, sponsor funding in [from, to) (a part of revenue_metrics).';
 revoke execute on function billing.codes_report(p_from timestamptz, p_to timestamptz) from public;
@@ -12840,18 +12828,12 @@ grant select on table billing.daily_revenue to service_role;
 -- ============================================================ functions
 
 -- Σ of user entries in [p_from, p_to): how much the unspent liability moved.
--- PL/pgSQL, not SQL, so its plan is kept for the session: it runs once per period of a report
--- (31 times for 30 days by day), and a SQL function is planned again at every call.
 create or replace function billing.user_credit_change(p_from timestamptz, p_to timestamptz) returns numeric
-language plpgsql stable
+language sql stable
 set search_path = ''
 as $$
-begin
-  return (
   select coalesce(sum(e.amount), 0) from billing.entries e
   where p_from < p_to and e.balance_after is not null and e.created_at >= p_from and e.created_at < p_to
-  );
-end;
 $$;
 comment on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: Σ of user entries in [from, to).';
 revoke execute on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) from public;

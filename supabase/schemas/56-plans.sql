@@ -292,14 +292,10 @@ grant execute on function billing.get_subscription(p_user uuid) to service_role;
 -- those subscribed at its start and not at its end. A refused second plan, a period refunded in
 -- full and an invoice that granted nothing (its period over, or superseded) count for no one; an
 -- upgrade counts at its new plan (the period's latest paid invoice).
--- PL/pgSQL, not SQL, so its plan is kept for the session: it runs once per period of a report
--- (31 times for 30 days by day), and a SQL function is planned again at every call.
 create or replace function billing.plan_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
-language plpgsql stable
+language sql stable
 set search_path = ''
 as $$
-begin
-  return (
   with covering as (
     select distinct on (i.at, g.subscription_id) i.at, g.subscription_id, p.currency,
            case p.billing_interval when 'year' then p.price_cents / 12.0 else p.price_cents end as monthly_cents
@@ -334,8 +330,6 @@ begin
     'credits_used', (select trim_scale(coalesce(sum(r.amount), 0))::text from in_range r
                      where r.kind in ('usage', 'debit', 'hold_capture')),
     'credits_expired', (select trim_scale(coalesce(sum(r.amount), 0))::text from in_range r where r.kind = 'expiry'))
-  );
-end;
 $$;
 comment on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) is 'Internal: plans at the end of [from, to) (subscribers, MRR) and over it (new, churned, plan credits granted, used, expired and rolled over): a part of revenue_metrics.';
 revoke execute on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) from public;

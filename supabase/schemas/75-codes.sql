@@ -502,14 +502,10 @@ revoke execute on function billing.delete_old_code_attempts(p_limit integer) fro
 grant execute on function billing.delete_old_code_attempts(p_limit integer) to service_role;
 
 -- What codes did in [p_from, p_to), for the reports.
--- PL/pgSQL, not SQL, so its plan is kept for the session: it runs once per period of a report
--- (31 times for 30 days by day), and a SQL function is planned again at every call.
 create or replace function billing.codes_report(p_from timestamptz, p_to timestamptz) returns jsonb
-language plpgsql stable
+language sql stable
 set search_path = ''
 as $$
-begin
-  return (
   select jsonb_build_object(
     'promo_credits_granted', trim_scale(coalesce((select sum(r.credits) from billing.code_redemptions r
       join billing.codes c on c.id = r.code_id where c.kind = 'promo' and r.redeemed_at >= p_from and r.redeemed_at < p_to), 0))::text,
@@ -531,8 +527,6 @@ begin
       join billing.codes c on c.id = r.code_id where c.kind = 'sponsor' and r.redeemed_at >= p_from and r.redeemed_at < p_to), 0))::text,
     'sponsor_codes_closed', (select count(*) from billing.codes c
       where c.kind = 'sponsor' and c.status in ('revoked', 'void') and c.updated_at >= p_from and c.updated_at < p_to))
-  );
-end;
 $$;
 comment on function billing.codes_report(p_from timestamptz, p_to timestamptz) is 'Internal: promo credits granted and used, gift sales, sponsor funding in [from, to) (a part of revenue_metrics).';
 revoke execute on function billing.codes_report(p_from timestamptz, p_to timestamptz) from public;

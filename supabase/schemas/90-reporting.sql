@@ -92,18 +92,12 @@ grant select on table billing.daily_revenue to service_role;
 -- ============================================================ functions
 
 -- Σ of user entries in [p_from, p_to): how much the unspent liability moved.
--- PL/pgSQL, not SQL, so its plan is kept for the session: it runs once per period of a report
--- (31 times for 30 days by day), and a SQL function is planned again at every call.
 create or replace function billing.user_credit_change(p_from timestamptz, p_to timestamptz) returns numeric
-language plpgsql stable
+language sql stable
 set search_path = ''
 as $$
-begin
-  return (
   select coalesce(sum(e.amount), 0) from billing.entries e
   where p_from < p_to and e.balance_after is not null and e.created_at >= p_from and e.created_at < p_to
-  );
-end;
 $$;
 comment on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: Σ of user entries in [from, to).';
 revoke execute on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) from public;
