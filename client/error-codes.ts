@@ -149,6 +149,10 @@ export interface DetailsByCode {
     debt?: boolean;
     frozen_by_dispute?: Credits;
     wallets?: WalletShortfall[];
+    /** Credits for some models only: the model charged, the credits that may not pay for it, and why. */
+    model?: string;
+    restricted?: Credits;
+    reason?: string;
   };
   SPEND_CAP_REACHED: {
     cap: Credits;

@@ -85,6 +85,7 @@ create table billing.accounts (
   orgs integer default 0 not null,
   next_expiry timestamp with time zone,
   code_id uuid,
+  restricted_lots boolean default false not null,
   constraint accounts_held_not_negative check ((held >= (0)::numeric)),
   constraint accounts_low_balance_positive check (((low_balance_threshold is null) or (low_balance_threshold > (0)::numeric))),
   constraint accounts_member_of_org check (((member_id is null) or (org_id is not null))),
@@ -99,6 +100,7 @@ create table billing.accounts (
 comment on table billing.accounts is 'One credit account per user (created on first use) plus platform accounts, the counterparties of every movement.';
 comment on column billing.accounts.org_id is 'An organisation''s wallet (member_id null) or a member''s allowance account (member_id set).';
 comment on column billing.accounts.code_id is 'A gift or sponsor code''s escrow: the credits it will give, tracked like a wallet until redeemed (billing.codes).';
+comment on column billing.accounts.restricted_lots is 'Set by the writer once a lot that pays only for some models arrives (never unset): charges, holds and moves then draw through billing.plan_lot_draw.';
 comment on column billing.accounts.next_expiry is 'No later than the earliest expires_at of the account''s open lots (a lower bound, exact after each expiry run): spending expires due lots first when it has passed.';
 alter table billing.accounts enable row level security;
 grant select on table billing.accounts to authenticated;

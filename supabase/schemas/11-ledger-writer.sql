@@ -20,13 +20,16 @@
 -- One movement for billing.post_transfers, the ledger's one writer. `lots` says how the tracked
 -- sides' lots move; null for the usual: a debit draws from its lots in spending order, a credit
 -- from a platform account opens a new lot, a credit from a tracked account (a move) arrives as
--- the lots its debit drew, each with its provenance. Otherwise, any of:
+-- the lots its debit drew, each with its provenance (`applies_to` given: narrowed to it). Otherwise, any of:
 --   first       lot ids drawn before the spending order (a reversal takes its purchase's lots first)
+--   take        [{lot_id, amount}]: the debit draws exactly these, of exactly the amount (an account
+--               with restricted lots, billing.plan_lot_draw)
 --   return_to   [{lot_id, amount}]: the credit goes back into these lots (a void, a rollover's
 --               credits brought back from breakage): negative allocations, no new lot
 --   moved_from  the credit opens a lot with this lot's provenance and its share of the cost (a plan rollover)
---   category, priority, cost_cents, currency, purchase_id, expires_at: the new lot's, over the
---               defaults (billing.credit_expiry_policy; an adjustment never expires unless told)
+--   category, priority, cost_cents, currency, purchase_id, expires_at, applies_to: the new lot's,
+--               over the defaults (billing.credit_expiry_policy; an adjustment never expires unless
+--               told; applies_to null: pays for any model)
 create type billing.transfer_spec as (
   kind billing.transfer_kind,
   from_account_id bigint,
@@ -266,14 +269,44 @@ begin
       select v_ids[v_ord[1]], drawn.id, (p_transfers[v_ord[1]]).kind, -v_delta[1] from drawn;
       get diagnostics v_drawn = row_count;
     end if;
-    if v_drawn is distinct from 1 and 0 > any(v_delta) then
+    -- Debits told what to draw (`take`): exactly those lots of the debited account, exactly the amount.
+    if v_drawn is distinct from 1 and exists (select 1 from unnest(p_transfers) t where t.lots ? 'take') then
+      if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta)
+                 left join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r on true
+                 where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
+                 group by d.ord having sum((r ->> 'amount')::numeric) is distinct from -min(d.delta)
+                   or bool_or(((r ->> 'amount')::numeric > 0) is not true)) then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes positive parts of lots, of exactly its amount"}');
+      end if;
+      with x as (
+        select d.ord, d.account_id, (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as part
+        from unnest(v_ord, v_account, v_delta) d(ord, account_id, delta)
+        cross join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r
+        where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
+      ), ins as (
+        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+        select v_ids[x.ord], x.lot_id, (p_transfers[x.ord]).kind, x.part from x
+      ), upd as (
+        update billing.lots l set remaining = l.remaining - s.total
+        from (select x.lot_id, x.account_id, sum(x.part) as total from x group by x.lot_id, x.account_id) s
+        where l.id = s.lot_id and l.account_id = s.account_id
+        returning l.id
+      )
+      select (select count(*) from upd) - (select count(distinct (x.lot_id, x.account_id)) from x) into v_drawn;
+      if v_drawn <> 0 then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes only its own account''s lots"}');
+      end if;
+      v_drawn := null;
+    end if;
+    if v_drawn is distinct from 1 and exists (select 1 from unnest(v_ord, v_delta) d(ord, delta)
+                                              where d.delta < 0 and not coalesce((p_transfers[d.ord]).lots ? 'take', false)) then
       v_first := array(select jsonb_array_elements_text(t.lots -> 'first')::bigint
                        from unnest(p_transfers) t where t.lots ? 'first');
       with d as (
         select x.ord, x.account_id, -x.delta as amount,
           sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
         from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
-        where x.delta < 0
+        where x.delta < 0 and not coalesce((p_transfers[x.ord]).lots ? 'take', false)
       ), l as (
         select l.id, l.account_id, l.remaining,
           sum(l.remaining) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
@@ -308,15 +341,20 @@ begin
           -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
           -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
           insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                    amount, debt_settled, remaining, frozen, expires_at, moved_from)
+                                    amount, debt_settled, remaining, frozen, expires_at, moved_from, applies_to)
           select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
-            l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id
+            l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id,
+            billing.narrow_applies_to(l.applies_to, billing.applies_to_of(v_lot))
           from (select x.lot_id, x.amount,
                   least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
                     rows between unbounded preceding and 1 preceding), 0), 0)) as settled
                 from billing.lot_allocations x where x.transfer_id = v_ids[c.ord]) p
           join billing.lots l on l.id = p.lot_id
           order by p.lot_id;
+          if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+              'rule', 'some of these credits may pay for none of the models named'));
+          end if;
         elsif v_lot ? 'return_to' then
           -- Back into the lots it came from: negative allocations, as a void gives back.
           if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
@@ -336,9 +374,9 @@ begin
           continue;
         elsif v_lot ? 'moved_from' then
           insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                    amount, debt_settled, remaining, expires_at, moved_from)
+                                    amount, debt_settled, remaining, expires_at, moved_from, applies_to)
           select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
-            l.currency, c.amount, v_settled, c.amount - v_settled, (v_lot ->> 'expires_at')::timestamptz, l.id
+            l.currency, c.amount, v_settled, c.amount - v_settled, (v_lot ->> 'expires_at')::timestamptz, l.id, l.applies_to
           from billing.lots l where l.id = (v_lot ->> 'moved_from')::bigint;
         else
           v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
@@ -355,10 +393,10 @@ begin
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
           end if;
           insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                    amount, debt_settled, remaining, expires_at)
+                                    amount, debt_settled, remaining, applies_to, expires_at)
           values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
             coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
-            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled,
+            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, billing.applies_to_of(v_lot),
             -- A support adjustment does not expire unless the admin says so: a correction that
             -- quietly vanishes would need correcting again.
             case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
@@ -368,6 +406,9 @@ begin
         set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
         where a.id = c.account_id
           and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
+        update billing.accounts a set restricted_lots = true
+        where a.id = c.account_id and not a.restricted_lots
+          and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null);
       end loop;
     end if;
   end if;
@@ -390,7 +431,8 @@ comment on function billing.post_transfers(p_transfers billing.transfer_spec[], 
 revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[], p_held billing.held_change[]) from public;
 
 create or replace function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind,
-                                                p_key text, p_member uuid, p_metadata jsonb default null)
+                                                p_key text, p_member uuid, p_metadata jsonb default null,
+                                                p_applies_to text[] default null)
 returns billing.transfers
 language plpgsql
 set search_path = ''
@@ -419,15 +461,17 @@ begin
       'wallet', 'organisation'));
   end if;
 
-  -- The lots drawn arrive on the receiving side as they were (billing.post_transfers).
+  -- The lots drawn arrive on the receiving side as they were (billing.post_transfers), restricted
+  -- ones still restricted; what stays behind must still pay the source's live holds.
   v_posted := billing.post_transfers(array[(p_kind, p_from, p_to, p_amount, p_key, null, null, p_metadata, null, null,
-    p_member, null)::billing.transfer_spec]);
+    p_member, nullif(coalesce(case when v_from.restricted_lots then billing.restricted_draw(v_from, null, p_amount, true) end, '{}')
+      || jsonb_strip_nulls(jsonb_build_object('applies_to', p_applies_to)), '{}'))::billing.transfer_spec]);
   select * into v_transfer from billing.transfers t where t.id = (v_posted[1]).transfer_id;
   return v_transfer;
 end;
 $$;
-comment on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb) is 'Internal: a transfer between two tracked accounts (wallet ↔ allowance), the lots drawn mirrored on the receiving side.';
-revoke execute on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb) from public;
+comment on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb, p_applies_to text[]) is 'Internal: a transfer between two tracked accounts (wallet ↔ allowance), the lots drawn mirrored on the receiving side (narrowed to p_applies_to when given).';
+revoke execute on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb, p_applies_to text[]) from public;
 
 create or replace function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
 returns billing.accounts
@@ -477,6 +521,9 @@ begin
       v_account := billing.settle_account(v_account.id);
     end if;
     v_available := greatest(v_account.balance - v_account.held, 0);
+    if v_account.restricted_lots then
+      v_available := least(v_available, (billing.plan_lot_draw(v_account.id, p_model, p_amount) ->> 'found')::numeric);
+    end if;
     if v_available >= p_amount then
       if v_account.org_id is null then
         return v_account;                                 -- the member's own caps: the caller's, as for anyone
@@ -575,6 +622,13 @@ begin
   elsif p_mode = 'capture' and v_account.balance < p_amount then
     perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
       'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance, 0))::text, 'debt', v_account.balance < 0));
+  end if;
+  -- Credits for some models only: the charge draws what may pay for its model (the rate card's,
+  -- or the gateway's facts on a capture), leaving every other live hold payable.
+  if v_account.restricted_lots and p_mode in ('spend', 'capture') then
+    p_lot := billing.restricted_draw(v_account,
+      coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), p_metadata ->> 'model'),
+      p_amount, false, p_hold_id);
   end if;
 
   v_posted := (billing.post_transfers(array[(p_kind,

@@ -151,6 +151,10 @@ begin
       'debt', v_account.balance < 0));
   end if;
 
+  -- On an account with restricted lots, the hold must be payable beside every other live one.
+  if v_account.restricted_lots then
+    perform billing.restricted_draw(v_account, case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end, p_amount);
+  end if;
   if v_account.caps > 0 and v_account.org_id is null then
     perform billing.charge_caps(v_account.id, p_amount, p_metadata ->> 'model');
   end if;
@@ -292,16 +296,27 @@ set search_path = ''
 as $$
 declare
   v_hold billing.holds;
+  v_account billing.accounts;
+  v_model text;
   v_available numeric;
   v_after billing.hold_result;
   v_excess billing.transfer_result;
 begin
   select * into v_hold from billing.holds h where h.id = p_hold_id;
+  select * into v_account from billing.accounts a where a.id = v_hold.account_id;
+  v_model := (select r.model from billing.rate_cards r where r.id = p_rate_card_id);
   captured := 0;
   overage := 0;
   if p_amount > 0 and v_hold.status = 'active' then
     captured := least(p_amount, v_hold.amount);
-    v_after := billing.capture_hold(null, p_hold_id, captured, p_correlation, p_capture_facts);
+    -- Credits for some models only: the hold pays what may pay for the model priced.
+    if v_account.restricted_lots then
+      captured := least(captured, (billing.plan_lot_draw(v_account.id, v_model, captured, false, p_hold_id) ->> 'found')::numeric);
+    end if;
+  end if;
+  if captured > 0 then
+    v_after := billing.capture_hold(null, p_hold_id, captured, p_correlation,
+      coalesce(p_capture_facts, '{}'::jsonb) || jsonb_build_object('model', v_model));
     transfer_id := v_after.transfer_id;
     v_available := v_after.available;
   elsif v_hold.status = 'active' then
@@ -310,6 +325,9 @@ begin
   if p_amount > captured then
     v_available := coalesce(v_available, (billing.balance_of(v_hold.account_id)).available);
     overage := least(p_amount - captured, greatest(v_available, 0));
+    if overage > 0 and v_account.restricted_lots then
+      overage := least(overage, (billing.plan_lot_draw(v_account.id, v_model, overage) ->> 'found')::numeric);
+    end if;
     if overage > 0 then
       v_excess := billing.post_user_transfer(p_user, -1, 'capture', overage, 'usage', 'usage_revenue', p_key,
         p_correlation, null,

@@ -69,6 +69,46 @@ $$;
 comment on function billing.usage_event_key(p_user uuid, p_event_id text) is 'Internal: the idempotency key of a batch usage event (user + event id): two users'' events never share one.';
 revoke execute on function billing.usage_event_key(p_user uuid, p_event_id text) from public;
 
+-- A batch event that cannot join the batch's one write: a member's (the spending order picks the
+-- wallet) or one on an account with restricted lots (billing.plan_lot_draw picks the lots).
+create or replace function billing.charge_event_alone(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint,
+  p_event_id text, p_correlation_id text, p_occurred_at timestamptz, p_cached_input_tokens bigint default 0,
+  p_reasoning_tokens bigint default 0, p_images bigint default 0, p_audio_seconds bigint default 0) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_result billing.usage_result;
+  v_org uuid;
+  v_token text;
+  v_detail jsonb;
+begin
+  v_result := billing.charge_usage(p_user, p_model, p_input_tokens, p_output_tokens,
+    billing.usage_event_key(p_user, p_event_id),
+    p_correlation_id, jsonb_build_object('occurred_at', p_occurred_at, 'event_id', p_event_id), p_cached_input_tokens,
+    p_reasoning_tokens, p_images, p_audio_seconds);
+  select a.org_id into v_org from billing.transfers t join billing.accounts a on a.id = t.from_account_id
+  where t.id = v_result.transfer_id;
+  -- The member's own balance, or which organisation paid (never an organisation's balance).
+  return jsonb_build_object('event_id', p_event_id, 'status', 'applied', 'transfer_id', v_result.transfer_id::text,
+    'charged', trim_scale(v_result.charged)::text)
+    || case when v_org is null then jsonb_build_object('balance', trim_scale(v_result.balance)::text)
+            else jsonb_build_object('org_id', v_org) end;
+exception when sqlstate 'P0001' then
+  get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
+  if v_token = 'INSUFFICIENT_CREDITS' then
+    return jsonb_build_object('event_id', p_event_id, 'status', 'insufficient', 'required', v_detail -> 'required',
+      'available', v_detail -> 'available') || jsonb_strip_nulls(jsonb_build_object('wallets', v_detail -> 'wallets',
+      'restricted', v_detail -> 'restricted', 'reason', v_detail -> 'reason'));
+  elsif v_token = 'SPEND_CAP_REACHED' then
+    return jsonb_build_object('event_id', p_event_id, 'status', 'cap_reached', 'cap', v_detail);
+  end if;
+  raise;
+end;
+$$;
+comment on function billing.charge_event_alone(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Internal: one batch event charged alone, through billing.charge_usage (a member''s spending order, an account with restricted lots); a refusal is its outcome.';
+revoke execute on function billing.charge_event_alone(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
+
 create or replace function billing.charge_usage_batch(p_events jsonb)
 returns jsonb
 language plpgsql
@@ -128,7 +168,7 @@ begin
       case when not b.invalid then billing.usage_amount(b.input_tokens, b.cached_input_tokens, b.output_tokens,
         b.reasoning_tokens, b.images, b.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token,
         r.credits_per_output_token, r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) end as amount,
-      a.id as account_id, coalesce(a.orgs > 0, false) as member, a.balance as acct_balance, a.held as acct_held,
+      a.id as account_id, coalesce(a.orgs > 0 or a.restricted_lots, false) as alone, a.balance as acct_balance, a.held as acct_held,
       a.caps as acct_caps, t.id as existing_transfer, t.amount as existing_amount,
       min(b.ord) over (partition by b.user_id, b.event_id) as first_ord
     from checked b
@@ -161,10 +201,10 @@ begin
       d_first := d_first || e.first_ord;
     elsif e.amount = 0 then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied', 'charged', '0', 'transfer_id', null);
-    elsif e.member then
-      -- A member of funding organisations: the spending order picks the wallet (the same path as
-      -- /credits/usage, under the locks billing.lock_usage_batch took).
-      v_outcomes[e.ord] := billing.charge_member_event(e.user_id, e.model, e.input_tokens, e.output_tokens, e.event_id,
+    elsif e.alone then
+      -- A member of funding organisations, or credits for some models only: charged alone, the
+      -- same path as /credits/usage, under the locks billing.lock_usage_batch took.
+      v_outcomes[e.ord] := billing.charge_event_alone(e.user_id, e.model, e.input_tokens, e.output_tokens, e.event_id,
         e.correlation_id, e.occurred_at, e.cached_input_tokens, e.reasoning_tokens, e.images, e.audio_seconds);
     elsif e.account_id is null or v_available < e.amount then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'insufficient',

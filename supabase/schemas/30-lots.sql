@@ -24,6 +24,7 @@ create table billing.lots (
   expires_at timestamp with time zone,
   warned_days integer[] default '{}'::integer[] not null,
   moved_from bigint,
+  applies_to text[],
   constraint lots_amount_positive check ((amount > (0)::numeric)),
   constraint lots_category check ((category = any (array['paid'::text, 'promotional'::text]))),
   constraint lots_cost_not_negative check ((cost_cents >= (0)::numeric)),
@@ -38,6 +39,7 @@ create table billing.lots (
 ) with (fillfactor = 50);
 comment on table billing.lots is 'Where each credit came from: one lot per grant, drawn down in spending order. remaining is maintained under the account lock.';
 comment on column billing.lots.moved_from is 'The lot these credits were moved out of (allowance, sweep): its provenance is this lot''s; null for a grant.';
+comment on column billing.lots.applies_to is 'The models (names, or families ending in *) these credits may pay for; null: any (31-lot-applicability.sql). Kept through moves.';
 alter table billing.lots enable row level security;
 grant select on table billing.lots to authenticated;
 grant select on table billing.lots to service_role;
@@ -161,12 +163,14 @@ grant execute on function billing.queue_expiry_warnings(p_limit integer) to serv
 
 create or replace function billing.get_lots(p_user uuid, p_before_id bigint default null, p_limit integer default 50)
 returns table (id bigint, source billing.transfer_kind, category text, priority integer, amount numeric(38, 18),
-               remaining numeric(38, 18), granted_at timestamptz, expires_at timestamptz, frozen boolean, purchase_id uuid)
+               remaining numeric(38, 18), granted_at timestamptz, expires_at timestamptz, frozen boolean, purchase_id uuid,
+               applies_to text[])
 language sql stable
 security definer
 set search_path = ''
 as $$
-  select l.id, t.kind, l.category, l.priority, l.amount, l.remaining, l.granted_at, l.expires_at, l.frozen, l.purchase_id
+  select l.id, t.kind, l.category, l.priority, l.amount, l.remaining, l.granted_at, l.expires_at, l.frozen, l.purchase_id,
+    l.applies_to
   from billing.accounts a
   join billing.lots l on l.account_id = a.id
   join billing.transfers t on t.id = l.grant_transfer_id

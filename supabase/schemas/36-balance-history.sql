@@ -81,7 +81,8 @@ revoke execute on function billing.record_lot_change() from public;
 -- it returns to in lot id order).
 create or replace function billing.lots_as_of(p_account_id bigint, p_at timestamptz, p_before_id bigint, p_limit integer)
 returns table (id bigint, source billing.transfer_kind, category text, priority integer, amount numeric,
-               remaining numeric, granted_at timestamptz, expires_at timestamptz, frozen boolean, purchase_id uuid)
+               remaining numeric, granted_at timestamptz, expires_at timestamptz, frozen boolean, purchase_id uuid,
+               applies_to text[])
 language plpgsql stable
 set search_path = ''
 as $$
@@ -109,7 +110,7 @@ begin
   select l.id, t.kind, l.category, l.priority, l.amount,
     l.amount - (l.debt_settled - coalesce(s.total, 0)) - coalesce(d.total, 0),
     l.granted_at, case when c.id is null then l.expires_at else c.expires_at_before end, coalesce(c.frozen_before, l.frozen),
-    l.purchase_id
+    l.purchase_id, l.applies_to
   from lots l
   join billing.transfers t on t.id = l.grant_transfer_id
   left join drawn d on d.lot_id = l.id
@@ -160,7 +161,8 @@ set search_path = ''
 as $$
   select coalesce(jsonb_agg(jsonb_build_object('id', l.id::text, 'source', l.source, 'category', l.category,
       'priority', l.priority, 'amount', trim_scale(l.amount)::text, 'remaining', trim_scale(l.remaining)::text,
-      'granted_at', billing.json_time(l.granted_at), 'expires_at', billing.json_time(l.expires_at), 'frozen', l.frozen)
+      'granted_at', billing.json_time(l.granted_at), 'expires_at', billing.json_time(l.expires_at), 'frozen', l.frozen,
+      'applies_to', to_jsonb(l.applies_to))
     order by l.id desc), '[]'::jsonb)
   from billing.lots_as_of(p_account_id, p_at, p_before_id, p_limit) l
 $$;

@@ -489,7 +489,7 @@ grant execute on function billing.org_ledger(p_user uuid, p_org uuid, p_before_i
 
 -- A platform admin's grant to an organisation's wallet (support, a pilot, a contract paid offline).
 create or replace function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text,
-  p_reason text, p_admin uuid) returns jsonb
+  p_reason text, p_admin uuid, p_applies_to text[] default null) returns jsonb
 language plpgsql
 security definer
 set search_path = ''
@@ -505,57 +505,15 @@ begin
   end if;
   v_result := billing.post_user_transfer(null, 1, 'credit', p_amount, p_kind,
     case p_kind when 'promo_grant' then 'promotions' else 'adjustments' end, p_key, null, null,
-    jsonb_build_object('reason', p_reason, 'admin', p_admin, 'org_id', p_org), p_account_id => billing.org_wallet_id(p_org));
+    jsonb_build_object('reason', p_reason, 'admin', p_admin, 'org_id', p_org),
+    p_lot => jsonb_strip_nulls(jsonb_build_object('applies_to', p_applies_to)), p_account_id => billing.org_wallet_id(p_org));
   return jsonb_build_object('transfer_id', v_result.transfer_id::text, 'amount', trim_scale(v_result.amount)::text,
     'wallet', billing.wallet_json(billing.org_wallet_id(p_org)), 'replayed', v_result.replayed);
 end;
 $$;
-comment on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid) is 'A platform admin''s grant (or adjustment) of credits to an organisation''s wallet; idempotent by key.';
-revoke execute on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid) from public;
-grant execute on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid) to service_role;
-
--- Batched usage ingestion for members of organisations: each member's event is paid by the
--- wallet their spending order picks (an allowance, a pooled wallet within caps, or their own
--- account), exactly as /credits/usage would, so the batch and the single route cannot disagree.
--- Other users' events keep the set-based path. A member's event runs in its own subtransaction
--- (a refusal is that event's outcome, not the batch's), so a batch of members costs more per
--- event than a batch of plain users.
-create or replace function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint,
-  p_event_id text, p_correlation_id text, p_occurred_at timestamptz, p_cached_input_tokens bigint default 0,
-  p_reasoning_tokens bigint default 0, p_images bigint default 0, p_audio_seconds bigint default 0) returns jsonb
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_result billing.usage_result;
-  v_org uuid;
-  v_token text;
-  v_detail jsonb;
-begin
-  v_result := billing.charge_usage(p_user, p_model, p_input_tokens, p_output_tokens,
-    billing.usage_event_key(p_user, p_event_id),
-    p_correlation_id, jsonb_build_object('occurred_at', p_occurred_at, 'event_id', p_event_id), p_cached_input_tokens,
-    p_reasoning_tokens, p_images, p_audio_seconds);
-  select a.org_id into v_org from billing.transfers t join billing.accounts a on a.id = t.from_account_id
-  where t.id = v_result.transfer_id;
-  -- The member's own balance, or which organisation paid (never an organisation's balance).
-  return jsonb_build_object('event_id', p_event_id, 'status', 'applied', 'transfer_id', v_result.transfer_id::text,
-    'charged', trim_scale(v_result.charged)::text)
-    || case when v_org is null then jsonb_build_object('balance', trim_scale(v_result.balance)::text)
-            else jsonb_build_object('org_id', v_org) end;
-exception when sqlstate 'P0001' then
-  get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
-  if v_token = 'INSUFFICIENT_CREDITS' then
-    return jsonb_build_object('event_id', p_event_id, 'status', 'insufficient', 'required', v_detail -> 'required',
-      'available', v_detail -> 'available') || jsonb_strip_nulls(jsonb_build_object('wallets', v_detail -> 'wallets'));
-  elsif v_token = 'SPEND_CAP_REACHED' then
-    return jsonb_build_object('event_id', p_event_id, 'status', 'cap_reached', 'cap', v_detail);
-  end if;
-  raise;
-end;
-$$;
-comment on function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Internal: one batch event of an organisation member, charged through the spending order; a refusal is its outcome.';
-revoke execute on function billing.charge_member_event(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
+comment on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid, p_applies_to text[]) is 'A platform admin''s grant (or adjustment) of credits to an organisation''s wallet, for the models p_applies_to names (null: any); idempotent by key.';
+revoke execute on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid, p_applies_to text[]) from public;
+grant execute on function billing.grant_org_credits(p_org uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reason text, p_admin uuid, p_applies_to text[]) to service_role;
 
 -- Whether p_user is an active owner or admin of p_org now (locking the membership for share).
 create or replace function billing.is_org_admin(p_org uuid, p_user uuid) returns boolean

@@ -46,6 +46,7 @@ create table billing.codes (
   for_user uuid references auth.users (id),          -- sponsor: the only student who may redeem it,
   for_email text,                                    -- or the address of that student
   request_key text,                                  -- the creating request's Idempotency-Key
+  applies_to text[],                                 -- the models its credits may pay for (null: any)
   note text,
   created_by uuid not null references auth.users (id),
   created_at timestamptz not null default now(),
@@ -145,6 +146,7 @@ as $$
     'lot_expires_at', billing.json_time(c.lot_expires_at),
     'lot_expires_after_days', extract(epoch from c.lot_expires_after)::bigint / 86400,
     'org_id', c.org_id, 'for_user', c.for_user, 'for_email', c.for_email, 'purchase_id', c.purchase_id,
+    'applies_to', to_jsonb(c.applies_to),
     'note', c.note, 'created_at', billing.json_time(c.created_at))
 $$;
 comment on function billing.code_json(c billing.codes) is 'Internal: a code as the API shows it to its creator.';
@@ -184,7 +186,8 @@ begin
     -- The same key for another code is a mistake, not a retry.
     if v_code.credits <> (p_spec ->> 'credits')::numeric
        or v_code.budget is distinct from (p_spec ->> 'budget')::numeric
-       or v_code.max_redemptions is distinct from (p_spec ->> 'max_redemptions')::integer then
+       or v_code.max_redemptions is distinct from (p_spec ->> 'max_redemptions')::integer
+       or v_code.applies_to is distinct from billing.applies_to_of(p_spec) then
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'promo code'));
     end if;
     return billing.code_json(v_code) || jsonb_build_object('replayed', true);
@@ -197,16 +200,17 @@ begin
     perform billing.raise_error('INVALID_CODE', jsonb_build_object('field', 'budget', 'rule', 'at least credits'));
   end if;
   insert into billing.codes (kind, code_hash, credits, budget, max_redemptions, valid_from, valid_until, lot_expires_at,
-                             lot_expires_after, note, created_by, request_key)
+                             lot_expires_after, note, created_by, request_key, applies_to)
   values ('promo', p_code_hash, (p_spec ->> 'credits')::numeric, (p_spec ->> 'budget')::numeric,
           (p_spec ->> 'max_redemptions')::integer, coalesce((p_spec ->> 'valid_from')::timestamptz, now()),
           (p_spec ->> 'valid_until')::timestamptz, (p_spec ->> 'lot_expires_at')::timestamptz,
-          make_interval(days => (p_spec ->> 'lot_expires_after_days')::integer), p_spec ->> 'note', p_admin, p_key)
+          make_interval(days => (p_spec ->> 'lot_expires_after_days')::integer), p_spec ->> 'note', p_admin, p_key,
+          billing.applies_to_of(p_spec))
   returning * into v_code;
   return billing.code_json(v_code) || jsonb_build_object('replayed', false);
 end;
 $$;
-comment on function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) is 'An admin creates a promo code (p_spec: credits, budget, max_redemptions, valid_from, valid_until, lot_expires_at or lot_expires_after_days, note); the same p_key again answers the code it made.';
+comment on function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) is 'An admin creates a promo code (p_spec: credits, budget, max_redemptions, valid_from, valid_until, lot_expires_at or lot_expires_after_days, applies_to, note); the same p_key again answers the code it made.';
 revoke execute on function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) from public, anon, authenticated;
 grant execute on function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) to service_role;
 
@@ -427,7 +431,8 @@ begin
     end if;
     v_transfer := (billing.post_user_transfer(p_user, 1, 'credit', v_amount, 'promo_grant', 'promotions',
       'code:' || v_code.id || ':' || p_user, null, null, jsonb_build_object('code_id', v_code.id), null, null,
-      jsonb_strip_nulls(jsonb_build_object('category', 'promotional', 'expires_at', v_lot_expiry)))).transfer_id;
+      jsonb_strip_nulls(jsonb_build_object('category', 'promotional', 'expires_at', v_lot_expiry,
+        'applies_to', to_jsonb(v_code.applies_to))))).transfer_id;
   else
     -- A gift or sponsor code gives what its escrow has: less after a refund; nothing while a
     -- dispute holds it (the dispute decides).

@@ -89,20 +89,20 @@ begin
     perform billing.raise_error('MEMBER_NOT_FOUND', '{}');
   end if;
   insert into billing.codes (kind, code_hash, credits, max_redemptions, valid_until, org_id, for_user, for_email, note,
-                             created_by, request_key)
+                             created_by, request_key, applies_to)
   values ('sponsor', p_code_hash, (p_spec ->> 'credits')::numeric, 1,
           coalesce((p_spec ->> 'valid_until')::timestamptz, now() + interval '90 days'), p_org, v_student,
-          case when v_student is null then v_email end, p_spec ->> 'note', p_user, p_key)
+          case when v_student is null then v_email end, p_spec ->> 'note', p_user, p_key, billing.applies_to_of(p_spec))
   returning * into v_code;
   -- Set aside now: the wallet's later spending cannot break the promise.
   perform billing.move_credits(billing.org_wallet_id(p_org), billing.code_escrow_id(v_code.id), v_code.credits,
     'code_escrow', 'code-escrow:' || v_code.id, null, jsonb_build_object('org_id', p_org, 'code_id', v_code.id,
-    'issued_by', p_user));
+    'issued_by', p_user), v_code.applies_to);
   return billing.code_json(v_code) || jsonb_build_object('replayed', false,
     'wallet', billing.wallet_json(billing.org_wallet_id(p_org)));
 end;
 $$;
-comment on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) is 'An owner or admin issues a sponsor code for one student of the organisation (p_spec: credits, user_id of a member or email of a member or pending member invitee, valid_until, note; never themselves under another account): its credits move from the wallet into the code''s escrow now (INSUFFICIENT_CREDITS when the wallet lacks them).';
+comment on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) is 'An owner or admin issues a sponsor code for one student of the organisation (p_spec: credits, user_id of a member or email of a member or pending member invitee, valid_until, applies_to (its credits then pay only for those models), note; never themselves under another account): its credits move from the wallet into the code''s escrow now (INSUFFICIENT_CREDITS when the wallet lacks them).';
 revoke execute on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) from public, anon, authenticated;
 grant execute on function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text) to service_role;
 

@@ -98,6 +98,7 @@ app.get('/lots', requireUser, async (c) => {
     granted_at: (l.granted_at as Date).toISOString(),
     expires_at: l.expires_at ? (l.expires_at as Date).toISOString() : null,
     frozen: l.frozen,
+    applies_to: l.applies_to ?? null,
   }));
   return ok<LotPage>(c, pageOf(lots, q.limit, (l) => l.id));
 });

@@ -8,7 +8,7 @@ import {
   TokensSchema,
   UsageKindsSchema,
 } from '../_shared/contract/credits.ts';
-import { CreditAmountSchema } from '../_shared/values/money.ts';
+import { AppliesToSchema, CreditAmountSchema } from '../_shared/values/money.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
 import { IdCursorSchema, InstantSchema, pageLimit, UuidSchema } from '../_shared/values/query.ts';
 import { printableText } from '../_shared/values/text.ts';
@@ -23,6 +23,7 @@ export const GrantLotSchema = z.strictObject({
   priority: pgInt(0, 1000).optional(),
   expires_at: InstantSchema.nullable().optional(),
   cost_cents: CentsSchema.optional(),
+  applies_to: AppliesToSchema.optional(),
 }).refine((l) => l.category === 'paid' || l.cost_cents === undefined || /^0(\.0+)?$/.test(l.cost_cents), {
   message: 'only paid credits have a cost',
   path: ['cost_cents'],

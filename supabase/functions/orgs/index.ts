@@ -250,7 +250,7 @@ app.post('/:id/grants', requireAdmin, async (c) => {
   // Scoped by organisation: one key used for two schools makes two grants, not a replay.
   const key = scopedKey(`org-grant:${pathId(c, 'id')}:`, idempotencyKey(c), 300);
   const [{ granted }] = await sql`select billing.grant_org_credits(${pathId(c, 'id')}, ${b.amount}, ${b.kind}, ${key},
-    ${b.reason}, ${currentUser(c).id}) as granted`;
+    ${b.reason}, ${currentUser(c).id}, ${b.applies_to ?? null}::text[]) as granted`;
   return ok(c, granted, 201);
 });
 

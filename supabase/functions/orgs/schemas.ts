@@ -2,7 +2,7 @@
 // (_shared/contract/orgs.ts).
 import { z } from 'zod';
 import { AsOfSchema } from '../_shared/contract/credits.ts';
-import { CreditAmountSchema } from '../_shared/values/money.ts';
+import { AppliesToSchema, CreditAmountSchema } from '../_shared/values/money.ts';
 import { pgText } from '../_shared/values/pg-values.ts';
 import { IdCursorSchema, pageLimit, UuidCursorSchema, UuidSchema } from '../_shared/values/query.ts';
 
@@ -25,6 +25,7 @@ export const OrgGrantSchema = z.strictObject({
   amount: CreditAmountSchema,
   kind: z.enum(['promo_grant', 'adjustment']).default('adjustment'),
   reason: pgText(500).min(1),
+  applies_to: AppliesToSchema.optional(),
 });
 
 // PUT /orgs/:id/invoicing (platform admins): whether the organisation may ask for invoices before a card purchase.

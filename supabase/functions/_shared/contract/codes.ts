@@ -1,7 +1,7 @@
 // Request shapes of the code routes: redeeming (students), promo codes (admins), sponsor codes
 // (organisation admins). Part of the contract (_shared/contract/index.ts).
 import { z } from 'zod';
-import { CreditAmountSchema } from '../values/money.ts';
+import { AppliesToSchema, CreditAmountSchema } from '../values/money.ts';
 import { pgInt, pgText } from '../values/pg-values.ts';
 import { InstantSchema, pageLimit, UuidCursorSchema, UuidSchema } from '../values/query.ts';
 
@@ -24,6 +24,8 @@ export const PromoCodeSchema = z.strictObject({
   /** When the granted credits expire: a fixed time, or days after each redemption (default: the policy's). */
   lot_expires_at: InstantSchema.optional(),
   lot_expires_after_days: pgInt(1, 3650).optional(),
+  /** The models its credits may pay for (default: any). */
+  applies_to: AppliesToSchema.optional(),
   note: NoteSchema.optional(),
 }).refine((b) => b.budget !== undefined || b.max_redemptions !== undefined, {
   path: ['max_redemptions'],
@@ -43,6 +45,8 @@ export const SponsorCodeSchema = z.strictObject({
   user_id: UuidSchema.optional(),
   email: pgText(320).trim().email().optional(),
   valid_until: InstantSchema.optional(),
+  /** The models its credits may pay for (narrowed further when the wallet's credits already are). */
+  applies_to: AppliesToSchema.optional(),
   note: NoteSchema.optional(),
 }).refine((b) => (b.user_id === undefined) !== (b.email === undefined), {
   path: ['user_id'],

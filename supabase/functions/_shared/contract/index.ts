@@ -80,6 +80,8 @@ export interface Code {
   org_id: string | null;
   for_user: string | null;
   for_email: string | null;
+  /** The models its credits may pay for; null: any. */
+  applies_to: string[] | null;
   note: string | null;
   created_at: string;
   code?: string | null;
@@ -159,6 +161,8 @@ export interface Lot {
   expires_at: string | null;
   /** Its purchase is disputed: spent last until the dispute ends. */
   frozen: boolean;
+  /** The models these credits may pay for (names; `gpt-4o*` is a family); null: any. */
+  applies_to: string[] | null;
 }
 
 /** A spend cap and its current period. */

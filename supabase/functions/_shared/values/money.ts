@@ -21,6 +21,15 @@ export const CreditAmountSchema = z
   );
 
 /**
+ * The models credits may pay for: 1 to 20 model names or families (a family ends in `*`); null or
+ * absent: any model. The ledger checks the same rule (billing.applies_to_of).
+ * @example AppliesToSchema.parse(['essay-tutor', 'gpt-4o-mini*'])
+ */
+export const AppliesToSchema = z
+  .array(pgText(101).regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}\*?$/, 'must be a model name or a family ending in *'))
+  .min(1).max(20).nullable();
+
+/**
  * Postgres numeric text without insignificant zeros: "50.000000000000000000" → "50".
  * @example formatCredits('-0.500') // '-0.5'
  */

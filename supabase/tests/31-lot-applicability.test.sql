@@ -1,0 +1,130 @@
+-- Credits for some models only: which lots a charge may draw, holds kept payable, moves keep
+-- (and narrow) the list, the writer's `take`, the batch and the hot path.
+begin;
+select plan(32);
+\ir helpers.psql
+
+insert into auth.users (id) values
+  ('a7a7a7a7-0000-4000-8000-000000000001'), ('a7a7a7a7-0000-4000-8000-000000000002'),
+  ('a7a7a7a7-0000-4000-8000-000000000003'), ('a7a7a7a7-0000-4000-8000-000000000004'),
+  ('a7a7a7a7-0000-4000-8000-000000000005');
+
+create function pg_temp.remaining(p_key text) returns numeric language sql as $$
+  select l.remaining from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
+  where t.idempotency_key = p_key and l.moved_from is null
+$$;
+create function pg_temp.account(p_user uuid) returns bigint language sql as $$
+  select a.id from billing.accounts a where a.user_id = p_user
+$$;
+
+-- ============================================================ the rule
+
+select ok(billing.lot_pays_for(null, 'gpt-4o') and billing.lot_pays_for(null, null),
+  'a lot for anything pays for any model and for a movement with none');
+select ok(billing.lot_pays_for('{gpt-4o-mini*}', 'gpt-4o-mini') and billing.lot_pays_for('{gpt-4o-mini*}', 'gpt-4o-mini-2024'),
+  'a family pays for every model its name starts');
+select ok(not billing.lot_pays_for('{gpt-4o-mini*}', 'gpt-4o') and not billing.lot_pays_for('{gpt-4o-mini}', null),
+  'a restricted lot pays for nothing else, nor for a movement without a model');
+select is(billing.applies_to_of('{"applies_to": ["b", "a*", "b"]}'), '{a*,b}'::text[], 'a list is kept sorted, once each');
+select is(pg_temp.err($$select billing.applies_to_of('{"applies_to": []}')$$), 'INVALID_LOT', 'an empty list is refused');
+select is(pg_temp.err($$select billing.applies_to_of('{"applies_to": ["gpt 4o"]}')$$), 'INVALID_LOT', 'so is a name with a space');
+select is(pg_temp.err($$select billing.applies_to_of('{"applies_to": ["*"]}')$$), 'INVALID_LOT', 'and a bare star (any: leave it out)');
+select is(billing.narrow_applies_to('{gpt-4o*,claude*}', '{gpt-4o-mini}'), '{gpt-4o-mini}'::text[],
+  'narrowing keeps what both allow: a name within a family');
+select is(billing.narrow_applies_to('{gpt-4o-mini}', '{claude*}'), '{}'::text[], 'disjoint lists allow nothing');
+select is(billing.narrow_applies_to(null, '{claude*}'), '{claude*}'::text[], 'a lot for anything takes the list given');
+
+-- ============================================================ a charge draws only what may pay for its model
+
+-- Spending order would take the general lot first (priority 1 before 5).
+select billing.grant_credits('a7a7a7a7-0000-4000-8000-000000000001', 10, 'adjustment', 'ap-any', null, null, null,
+  '{"category": "promotional", "priority": 1}');
+select billing.grant_credits('a7a7a7a7-0000-4000-8000-000000000001', 10, 'promo_grant', 'ap-mini', null, null, null,
+  '{"priority": 5, "applies_to": ["gpt-4o-mini*"]}');
+select ok((select a.restricted_lots from billing.accounts a where a.user_id = 'a7a7a7a7-0000-4000-8000-000000000001'),
+  'a restricted lot marks its account');
+select is((select l.applies_to from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
+           where t.idempotency_key = 'ap-mini'), '{gpt-4o-mini*}'::text[], 'the lot keeps its list');
+
+select is(pg_temp.detail($$select billing.debit_credits('a7a7a7a7-0000-4000-8000-000000000001', 15, 'ap-d1')$$)
+  - 'debt', '{"required": "15", "available": "10", "restricted": "10", "reason": "some credits may only pay for other models"}'::jsonb,
+  'a movement without a model may not use the restricted credits: the 402 says how many and why');
+select ok(billing.run_usage_request('a7a7a7a7-0000-4000-8000-000000000001', 'ap-hot', 'h', 'r',
+  '{"model": "gpt-4o-mini", "input_tokens": 1000, "output_tokens": 0}', 200) is null,
+  'the one-trip usage path hands an account with restricted lots to the general path');
+
+-- A gateway call for gpt-4o holds 6: only the general lot can pay it.
+select billing.reserve_hold('a7a7a7a7-0000-4000-8000-000000000001', 6, 'ap-h1', 600, 'ai', null, '{"model": "gpt-4o"}');
+select is(pg_temp.err($$select billing.reserve_hold('a7a7a7a7-0000-4000-8000-000000000001', 5, 'ap-h2', 600, 'ai', null,
+  '{"model": "gpt-4o"}')$$), 'INSUFFICIENT_CREDITS', 'a second gpt-4o hold beyond the general credits is refused');
+select billing.reserve_hold('a7a7a7a7-0000-4000-8000-000000000001', 5, 'ap-h3', 600, 'ai', null, '{"model": "gpt-4o-mini"}');
+select is((select h.status from billing.holds h where h.idempotency_key = 'ap-h3'), 'active',
+  'a gpt-4o-mini hold fits beside it, on the restricted credits');
+select billing.release_hold(null, (select h.id from billing.holds h where h.idempotency_key = 'ap-h3'));
+
+-- 9 of gpt-4o-mini: the general lot comes first in spending order, but 6 of it pays the gpt-4o hold.
+select billing.charge_usage('a7a7a7a7-0000-4000-8000-000000000001', 'gpt-4o-mini', 15000, 0, 'ap-u1');
+select is((select t.amount from billing.transfers t where t.idempotency_key = 'ap-u1'), 9::numeric, 'the charge is 9 credits');
+select is(pg_temp.remaining('ap-any'), 6::numeric, 'it drew the general lot only down to what the gpt-4o hold needs');
+select is(pg_temp.remaining('ap-mini'), 5::numeric, 'and the rest from the restricted lot');
+select is(pg_temp.err($$select billing.charge_usage('a7a7a7a7-0000-4000-8000-000000000001', 'gpt-4o-mini', 10000, 0, 'ap-u2')$$),
+  'INSUFFICIENT_CREDITS', 'a charge of 6 for gpt-4o-mini is refused: 5 restricted left, the general 6 are held');
+select billing.capture_hold(null, (select h.id from billing.holds h where h.idempotency_key = 'ap-h1'), 6, null,
+  '{"model": "gpt-4o"}');
+select is(pg_temp.remaining('ap-any'), 0::numeric, 'the gpt-4o hold is captured in full from the general lot');
+select is((select sum(l.remaining) from billing.lots l where l.account_id = pg_temp.account('a7a7a7a7-0000-4000-8000-000000000001')),
+  (select a.balance from billing.accounts a where a.user_id = 'a7a7a7a7-0000-4000-8000-000000000001'), 'lots still equal the balance');
+
+-- ============================================================ the batch
+
+select is(billing.charge_usage_batch(jsonb_build_array(
+    jsonb_build_object('event_id', 'ap-b1', 'user_id', 'a7a7a7a7-0000-4000-8000-000000000001', 'model', 'gpt-4o',
+      'input_tokens', 100, 'output_tokens', 0, 'occurred_at', now()),
+    jsonb_build_object('event_id', 'ap-b2', 'user_id', 'a7a7a7a7-0000-4000-8000-000000000001', 'model', 'gpt-4o-mini',
+      'input_tokens', 1000, 'output_tokens', 0, 'occurred_at', now())))
+  -> 0 ->> 'restricted', '5',
+  'a batch event for another model is refused, naming the restricted credits');
+select is(pg_temp.remaining('ap-mini'), 4.4::numeric, 'the batch event for gpt-4o-mini is paid by its lot');
+
+-- ============================================================ moves keep the list, and may narrow it
+
+select billing.ensure_user_account('a7a7a7a7-0000-4000-8000-000000000005') as id \gset escrow_
+select billing.grant_credits('a7a7a7a7-0000-4000-8000-000000000002', 10, 'promo_grant', 'ap-any2');
+select billing.grant_credits('a7a7a7a7-0000-4000-8000-000000000002', 10, 'promo_grant', 'ap-claude', null, null, null,
+  '{"applies_to": ["claude*"], "priority": 0}');
+select billing.move_credits(pg_temp.account('a7a7a7a7-0000-4000-8000-000000000002'), :escrow_id, 12, 'code_escrow', 'ap-m1', null);
+select results_eq($$select l.amount, l.applies_to from billing.lots l where l.account_id = $$ || :escrow_id || $$ order by l.amount desc$$,
+  $$values (10::numeric, '{claude*}'::text[]), (2::numeric, null::text[])$$,
+  'moved credits arrive with each lot''s list');
+select is(pg_temp.err(format($$select billing.move_credits(%s, %s, 12, 'code_escrow', 'ap-m2', null, null, '{gpt-4o}')$$,
+  :escrow_id, pg_temp.account('a7a7a7a7-0000-4000-8000-000000000002'))), 'INVALID_LOT',
+  'a move narrowed to a model its claude credits cannot pay for is refused');
+select billing.move_credits(:escrow_id, billing.ensure_user_account('a7a7a7a7-0000-4000-8000-000000000003'), 12, 'code_redemption',
+  'ap-m3', null, null, '{claude-3-5-haiku,gpt-4o}');
+select results_eq($$select l.amount, l.applies_to from billing.lots l where l.account_id = pg_temp.account('a7a7a7a7-0000-4000-8000-000000000003') order by l.amount desc$$,
+  $$values (10::numeric, '{claude-3-5-haiku}'::text[]), (2::numeric, '{claude-3-5-haiku,gpt-4o}'::text[])$$,
+  'a move narrowed to a list: each lot keeps what both lists allow');
+
+-- ============================================================ the writer's take
+
+select billing.grant_credits('a7a7a7a7-0000-4000-8000-000000000004', 10, 'adjustment', 'ap-w1');
+select billing.grant_credits('a7a7a7a7-0000-4000-8000-000000000002', 1, 'adjustment', 'ap-w2');
+select is(pg_temp.err(format($$select billing.post_transfers(array[('debit', %s, billing.platform_account_id('usage_revenue'), 3,
+  'ap-t1', null, null, null, null, null, null, jsonb_build_object('take', jsonb_build_array(jsonb_build_object('lot_id', %s, 'amount', 2))))::billing.transfer_spec])$$,
+  pg_temp.account('a7a7a7a7-0000-4000-8000-000000000004'), (select l.id from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'ap-w1'))),
+  'LEDGER_INVARIANT', 'a take of other than the amount is refused');
+select is(pg_temp.err(format($$select billing.post_transfers(array[('debit', %s, billing.platform_account_id('usage_revenue'), 1,
+  'ap-t2', null, null, null, null, null, null, jsonb_build_object('take', jsonb_build_array(jsonb_build_object('lot_id', %s, 'amount', 1))))::billing.transfer_spec])$$,
+  pg_temp.account('a7a7a7a7-0000-4000-8000-000000000004'), (select l.id from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'ap-w2'))),
+  'LEDGER_INVARIANT', 'a take of another account''s lot is refused');
+select is(pg_temp.err(format($$select billing.post_transfers(array[('debit', %s, billing.platform_account_id('usage_revenue'), 1,
+  'ap-t3', null, null, null, null, null, null, '{"take": []}'::jsonb)::billing.transfer_spec])$$,
+  pg_temp.account('a7a7a7a7-0000-4000-8000-000000000004'))), 'LEDGER_INVARIANT', 'so is an empty take');
+
+select is((select jsonb_agg(x) from billing.check_lots() x) -> 0 -> 'lots', '[]'::jsonb, 'every lot agrees with its allocations');
+select is((select count(*) from billing.accounts a join billing.lots l on l.account_id = a.id
+           where a.user_id::text like 'a7a7a7a7%' group by a.id having sum(l.remaining) <> max(a.balance)), null::bigint,
+  'for every account, the lots sum to the balance');
+
+select * from finish();
+rollback;
