@@ -113,6 +113,34 @@ say(
     `(target ≥ 1.5× ${versus >= 1.5 ? 'met' : 'MISSED'}).`,
 );
 report.versus_pgledger = { ...cells, ratio: versus };
+
+// Credits for some models (docs/credit-lots.md): a usage charge on accounts without restricted lots
+// (the path every account takes unless it has some) against accounts that also hold credits for
+// another model, whose charges are planned (billing.plan_lot_draw).
+const restricted: string[] = (await admin`
+  with ins as (insert into auth.users (id) select gen_random_uuid() from generate_series(1, ${accountCount}) returning id)
+  select id from ins`).map((r) => r.id);
+await admin`select billing.grant_credits(u, 1000000000, 'adjustment', 'bench-fund:' || u) from unnest(${restricted}::uuid[]) u`;
+await admin`select billing.grant_credits(u, 1000, 'promo_grant', 'bench-claude:' || u, null, null, null,
+  '{"applies_to": ["claude*"]}') from unnest(${restricted}::uuid[]) u`;
+const usage = { plain: [] as number[], restricted: [] as number[] };
+for (let round = 0; round < 3; round++) {
+  for (const [cell, who] of [['plain', users], ['restricted', restricted]] as const) {
+    usage[cell].push(
+      await timed(16, async (sql, i) => {
+        await sql`select billing.charge_usage(${who[i % accountCount]}, 'gpt-4o-mini', 10, 0,
+          ${`bench-usage:${pgledgerRun}:${cell}:${round}:${i}`})`;
+      }),
+    );
+  }
+}
+say(
+  `\nUsage charge, 16 clients, medians of 3 interleaved: ${median(usage.plain).toFixed(0)} ops/s on accounts ` +
+    `without restricted lots, ${median(usage.restricted).toFixed(0)} on accounts that also hold credits for another ` +
+    `model (planned): ${(median(usage.restricted) / median(usage.plain)).toFixed(2)}×. Unused, the feature costs ` +
+    `the hot path one boolean of the row it already locks.`,
+);
+report.restricted_lots = { ...usage, ratio: median(usage.restricted) / median(usage.plain) };
 if (Deno.env.get('BENCH_LEDGER_SQL_ONLY') === '1') {
   await admin.end();
   Deno.exit(0);
