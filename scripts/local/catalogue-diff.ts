@@ -115,6 +115,26 @@ function statement(from: Row | undefined, to: Row | undefined): string {
   }
 }
 
+/**
+ * A function migra creates (new, or dropped and made again for a changed signature or return
+ * type: `schema.name` each in `dropped`) starts from a new function's defaults, execute for
+ * public: FROM's facts on a dropped one go with it, and each one made gets that default in FROM,
+ * so every fact TO has on it is stated. Every function has a comment (a pgTAP assertion), so
+ * TO's rows name each one.
+ */
+function recreated(from: Map<string, Row>, to: Map<string, Row>, dropped: string[]) {
+  const isFunction = (r: Row) => r.target.startsWith('function ');
+  for (const [k, r] of from) {
+    if (isFunction(r) && dropped.some((d) => r.target.startsWith(`function ${d}(`))) from.delete(k);
+  }
+  const existing = new Set([...from.values()].filter(isFunction).map((r) => r.target));
+  for (const target of new Set([...to.values()].filter(isFunction).map((r) => r.target))) {
+    if (existing.has(target)) continue;
+    const name = `${target} to public :: execute`;
+    from.set(`grant ${name}`, { kind: 'grant', name, target, value: 'execute' });
+  }
+}
+
 if (import.meta.main) {
   const [fromUrl, toUrl, ...schemas] = Deno.args;
   if (!fromUrl || !toUrl || schemas.length === 0) {
@@ -122,6 +142,7 @@ if (import.meta.main) {
     Deno.exit(2);
   }
   const [from, to] = await Promise.all([catalogue(fromUrl, schemas), catalogue(toUrl, schemas)]);
+  recreated(from, to, (Deno.env.get('DROPPED_FUNCTIONS') ?? '').split(',').filter(Boolean));
   const out: string[] = [];
   for (const key of new Set([...from.keys(), ...to.keys()])) {
     const a = from.get(key), b = to.get(key);

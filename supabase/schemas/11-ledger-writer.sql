@@ -446,7 +446,8 @@ begin
   perform 1 from billing.accounts a where a.id in (p_from, p_to) order by a.id for update;
   select * into v_transfer from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
   if found then
-    if v_transfer.amount <> p_amount or v_transfer.from_account_id <> p_from or v_transfer.to_account_id <> p_to then
+    if v_transfer.amount <> p_amount or v_transfer.from_account_id <> p_from or v_transfer.to_account_id <> p_to
+       or v_transfer.metadata -> 'applies_to' is distinct from to_jsonb(p_applies_to) then
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
     end if;
     return v_transfer;
@@ -463,8 +464,9 @@ begin
 
   -- The lots drawn arrive on the receiving side as they were (billing.post_transfers), restricted
   -- ones still restricted; what stays behind must still pay the source's live holds.
-  v_posted := billing.post_transfers(array[(p_kind, p_from, p_to, p_amount, p_key, null, null, p_metadata, null, null,
-    p_member, nullif(coalesce(case when v_from.restricted_lots then billing.restricted_draw(v_from, null, p_amount, true) end, '{}')
+  v_posted := billing.post_transfers(array[(p_kind, p_from, p_to, p_amount, p_key, null, null,
+    case when p_applies_to is null then p_metadata
+         else coalesce(p_metadata, '{}') || jsonb_build_object('applies_to', p_applies_to) end, null, null, p_member, nullif(coalesce(case when v_from.restricted_lots then billing.restricted_draw(v_from, null, p_amount, true) end, '{}')
       || jsonb_strip_nulls(jsonb_build_object('applies_to', p_applies_to)), '{}'))::billing.transfer_spec]);
   select * into v_transfer from billing.transfers t where t.id = (v_posted[1]).transfer_id;
   return v_transfer;

@@ -33,6 +33,7 @@ create table billing.plans (
   active boolean not null default true,           -- on sale: the family's current version, unless retired
   sort_order integer not null default 0,
   created_at timestamptz not null default now(),
+  applies_to text[],                              -- the models its credits may pay for (null: any)
   constraint plans_interval check (billing_interval in ('month', 'year')),
   constraint plans_family check (family ~ '^[a-z0-9_-]{1,48}$' and version >= 1
     and id = case when version = 1 then family else family || '.v' || version end),

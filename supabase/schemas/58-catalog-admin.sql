@@ -61,15 +61,16 @@ comment on function billing.package_json(p_id text) is 'Internal: a package as t
 revoke execute on function billing.package_json(p_id text) from public;
 
 create or replace function billing.plan_spec(p_name text, p_price_cents integer, p_currency text, p_interval text,
-  p_credits numeric, p_rollover text, p_rollover_limit numeric) returns jsonb
+  p_credits numeric, p_rollover text, p_rollover_limit numeric, p_applies_to text[]) returns jsonb
 language sql immutable
 set search_path = ''
 as $$
   select jsonb_build_object('name', p_name, 'price_cents', p_price_cents, 'currency', p_currency, 'interval', p_interval,
-    'credits', trim_scale(p_credits)::text, 'rollover', p_rollover, 'rollover_limit', trim_scale(p_rollover_limit)::text)
+    'credits', trim_scale(p_credits)::text, 'rollover', p_rollover, 'rollover_limit', trim_scale(p_rollover_limit)::text,
+    'applies_to', to_jsonb(p_applies_to))
 $$;
-comment on function billing.plan_spec(p_name text, p_price_cents integer, p_currency text, p_interval text, p_credits numeric, p_rollover text, p_rollover_limit numeric) is 'Internal: what a plan version sells, as normalised JSON.';
-revoke execute on function billing.plan_spec(p_name text, p_price_cents integer, p_currency text, p_interval text, p_credits numeric, p_rollover text, p_rollover_limit numeric) from public;
+comment on function billing.plan_spec(p_name text, p_price_cents integer, p_currency text, p_interval text, p_credits numeric, p_rollover text, p_rollover_limit numeric, p_applies_to text[]) is 'Internal: what a plan version sells, as normalised JSON.';
+revoke execute on function billing.plan_spec(p_name text, p_price_cents integer, p_currency text, p_interval text, p_credits numeric, p_rollover text, p_rollover_limit numeric, p_applies_to text[]) from public;
 
 create or replace function billing.plan_json(p billing.plans) returns jsonb
 language sql stable
@@ -77,7 +78,8 @@ set search_path = ''
 as $$
   select jsonb_build_object('id', p.family, 'version', p.version, 'version_id', p.id, 'active', p.active,
       'sort_order', p.sort_order, 'stripe_price_id', p.stripe_price_id, 'created_at', billing.json_time(p.created_at))
-    || billing.plan_spec(p.name, p.price_cents, p.currency, p.billing_interval, p.credits, p.rollover, p.rollover_limit)
+    || billing.plan_spec(p.name, p.price_cents, p.currency, p.billing_interval, p.credits, p.rollover, p.rollover_limit,
+      p.applies_to)
 $$;
 comment on function billing.plan_json(p billing.plans) is 'Internal: a plan version as the admin API shows it.';
 revoke execute on function billing.plan_json(p billing.plans) from public;
@@ -112,8 +114,13 @@ begin
   if p_spec ? 'rollover' and coalesce(jsonb_typeof(p_spec -> 'rollover_limit'), 'null') = 'null' then
     m := m - 'rollover_limit';
   end if;
+  -- So does an explicit null list: its credits then pay for any model.
+  if p_spec ? 'applies_to' and jsonb_typeof(p_spec -> 'applies_to') = 'null' then
+    m := m - 'applies_to';
+  end if;
   return billing.plan_spec(m ->> 'name', (m ->> 'price_cents')::integer, coalesce(m ->> 'currency', 'usd'), m ->> 'interval',
-    (m ->> 'credits')::numeric, coalesce(m ->> 'rollover', 'none'), (m ->> 'rollover_limit')::numeric);
+    (m ->> 'credits')::numeric, coalesce(m ->> 'rollover', 'none'), (m ->> 'rollover_limit')::numeric,
+    billing.applies_to_of(m));
 exception when numeric_value_out_of_range or invalid_text_representation then
   perform billing.raise_error('INVALID_CATALOG_ITEM', jsonb_build_object('rule', 'prices in whole cents, credits as decimals'));
   return null;                                      -- not reached: raise_error raised
@@ -271,7 +278,8 @@ declare
   v_version integer := coalesce(p.version, 0) + 1;
 begin
   if p.id is not null then
-    v_current := billing.plan_spec(p.name, p.price_cents, p.currency, p.billing_interval, p.credits, p.rollover, p.rollover_limit);
+    v_current := billing.plan_spec(p.name, p.price_cents, p.currency, p.billing_interval, p.credits, p.rollover, p.rollover_limit,
+      p.applies_to);
   end if;
   v_spec := billing.merge_plan_spec(case when p_create then null else v_current end, p_spec);
   if p_create and p.id is not null then
@@ -313,7 +321,8 @@ begin
   perform pg_advisory_xact_lock(hashtextextended('billing.catalog:plan:' || p_family, 0));
   p := billing.latest_plan(p_family);
   if coalesce(p.version, 0) = p_version
-     and billing.plan_spec(p.name, p.price_cents, p.currency, p.billing_interval, p.credits, p.rollover, p.rollover_limit) = p_spec then
+     and billing.plan_spec(p.name, p.price_cents, p.currency, p.billing_interval, p.credits, p.rollover, p.rollover_limit,
+      p.applies_to) = p_spec then
     return billing.plan_json(p) || jsonb_build_object('replayed', true);
   elsif p_version = 1 and p.id is not null then
     perform billing.raise_error('CATALOG_ITEM_EXISTS', jsonb_build_object('item', 'plan'));
@@ -325,11 +334,11 @@ begin
   update billing.plans x set active = false where x.id = p.id;
   begin
     insert into billing.plans (id, family, version, name, stripe_price_id, price_cents, currency, billing_interval, credits,
-      rollover, rollover_limit, sort_order)
+      rollover, rollover_limit, sort_order, applies_to)
     values (case when p_version = 1 then p_family else p_family || '.v' || p_version end, p_family, p_version,
       p_spec ->> 'name', p_stripe_price_id, (p_spec ->> 'price_cents')::integer, p_spec ->> 'currency', p_spec ->> 'interval',
       (p_spec ->> 'credits')::numeric, p_spec ->> 'rollover', (p_spec ->> 'rollover_limit')::numeric,
-      coalesce(p_sort_order, p.sort_order, 0))
+      coalesce(p_sort_order, p.sort_order, 0), billing.applies_to_of(p_spec))
     returning * into v_new;
   exception when check_violation or not_null_violation or numeric_value_out_of_range or unique_violation then
     perform billing.raise_error('INVALID_CATALOG_ITEM', jsonb_build_object('rule',

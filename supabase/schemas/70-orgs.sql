@@ -267,7 +267,8 @@ comment on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb)
 revoke execute on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) from public;
 grant execute on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) to service_role;
 
-create or replace function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text)
+create or replace function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text,
+  p_applies_to text[] default null)
 returns jsonb
 language plpgsql
 security definer
@@ -312,7 +313,8 @@ begin
   end if;
   foreach m in array v_members loop
     v_transfer := billing.move_credits(v_wallet, billing.allowance_account_id(p_org, m), p_amount, 'allowance',
-      billing.scoped_key('allowance:' || p_org || ':', p_key || ':' || m), m, jsonb_build_object('org_id', p_org, 'funded_by', p_user));
+      billing.scoped_key('allowance:' || p_org || ':', p_key || ':' || m), m, jsonb_build_object('org_id', p_org, 'funded_by', p_user),
+      p_applies_to);
     v_results := v_results || jsonb_build_object('user_id', m, 'transfer_id', v_transfer.id::text,
       'amount', trim_scale(v_transfer.amount)::text);
   end loop;
@@ -320,9 +322,9 @@ begin
     'wallet', billing.wallet_json(v_wallet));
 end;
 $$;
-comment on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) is 'An owner or admin moves p_amount from the wallet to one member''s allowance, or to each active member''s (allowance funding only); idempotent by key per member.';
-revoke execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) from public;
-grant execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text) to service_role;
+comment on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text, p_applies_to text[]) is 'An owner or admin moves p_amount from the wallet to one member''s allowance, or to each active member''s (allowance funding only), for the models p_applies_to names (narrowing what the wallet''s credits may pay for); idempotent by key per member.';
+revoke execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text, p_applies_to text[]) from public;
+grant execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text, p_applies_to text[]) to service_role;
 
 create or replace function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text)
 returns numeric

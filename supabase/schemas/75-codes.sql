@@ -46,11 +46,11 @@ create table billing.codes (
   for_user uuid references auth.users (id),          -- sponsor: the only student who may redeem it,
   for_email text,                                    -- or the address of that student
   request_key text,                                  -- the creating request's Idempotency-Key
-  applies_to text[],                                 -- the models its credits may pay for (null: any)
   note text,
   created_by uuid not null references auth.users (id),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
+  applies_to text[],                                 -- the models its credits may pay for (null: any)
   constraint codes_kind check (kind in ('promo', 'gift', 'sponsor')),
   constraint codes_status check (status in ('pending', 'active', 'disabled', 'redeemed', 'revoked', 'void')),
   constraint codes_hash_shape check (code_hash ~ '^[0-9a-f]{64}$'),

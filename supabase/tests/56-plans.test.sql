@@ -2,7 +2,7 @@
 -- that is over grant nothing; a renewal rolls over what the rule allows; a failed renewal
 -- queues an email; students read only their own subscriptions and call none of the functions.
 begin;
-select plan(14);
+select plan(15);
 \ir helpers.psql
 
 insert into auth.users (id) values ('5ab5ab5a-0000-4000-8000-000000000001'), ('5ab5ab5a-0000-4000-8000-000000000002');
@@ -53,6 +53,13 @@ select is((select count(*)::int from billing.notification_outbox o where o.user_
   1, 'and queues one email to update the card');
 select is((select jsonb_build_object('l', c -> 'lots', 'a', c -> 'accounts') from billing.check_lots() c),
   '{"l": [], "a": []}'::jsonb, 'lots and balances agree');
+
+-- A plan whose credits may pay for some models only: each period's lot says so.
+update billing.plans set applies_to = '{gpt-4o-mini*}' where id = 'basic_monthly';
+select billing.sync_subscription(pg_temp.state(2, 'in_t6', 'paid', 'subscription_create', 999, 0, 30));
+select is((select l.applies_to from billing.lots l join billing.plan_lots pl on pl.lot_id = l.id
+           where pl.subscription_id = (select x.id from billing.subscriptions x where x.user_id = pg_temp.u(2))),
+  '{gpt-4o-mini*}'::text[], 'a plan for some models grants credits for those models');
 
 -- as authenticated
 set local request.jwt.claims = '{"sub": "5ab5ab5a-0000-4000-8000-000000000002", "role": "authenticated"}';

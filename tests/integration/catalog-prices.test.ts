@@ -163,6 +163,26 @@ Deno.test('a live subscription renews at the price and credits it was sold at; n
   }
 });
 
+Deno.test('a plan version may name the models its credits pay for; a later version clears the list with null', async () => {
+  const id = `t_plan_${unique()}`;
+  const v1 = await create('plans', {
+    id,
+    name: 'Tutor',
+    price_cents: 900,
+    interval: 'month',
+    credits: '1000',
+    applies_to: ['essay-tutor', 'gpt-4o-mini*'],
+  });
+  assert.deepEqual(v1.applies_to, ['essay-tutor', 'gpt-4o-mini*']);
+  const v2 = await change('plans', id, { price_cents: 1000 });
+  assert.deepEqual(v2.applies_to, ['essay-tutor', 'gpt-4o-mini*'], 'a change keeps the list unless it names one');
+  const v3 = await change('plans', id, { applies_to: null });
+  assert.equal(v3.applies_to, null);
+  const bad = await adminPost(`/plans/${id}/versions`, { applies_to: ['no spaces allowed'], reason: 'bad' });
+  assert.equal(bad.status, 400, bad.text);
+  await retire('plans', id);
+});
+
 Deno.test('a retired plan takes no new subscriber', async () => {
   const id = `t_plan_${unique()}`;
   await create('plans', { id, name: 'Gone', price_cents: 900, interval: 'year', credits: '1000', rollover: 'none' });

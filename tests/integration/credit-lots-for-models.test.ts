@@ -4,7 +4,9 @@
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import { ask, callsOf, gatewayUrl } from '../ai.ts';
-import { adminToken, api, assertLedgerInvariants, key, newUser, testDb, userToken } from '../helpers.ts';
+import { adminToken, api, assertLedgerInvariants, key, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
+import { issue } from '../codes.ts';
+import { person, school, usage } from '../orgs.ts';
 import OpenAI from 'openai';
 
 async function grant(userId: string, amount: string, lot: Record<string, unknown>) {
@@ -103,5 +105,50 @@ Deno.test('parallel gateway calls for two models on general and restricted credi
     join billing.accounts a on a.id = l.account_id
     where a.user_id = ${s.id} and x.amount > 0 and not billing.lot_pays_for(l.applies_to, t.metadata ->> 'model')`;
   assert.equal(wrong.n, 0, 'no credit paid for a model its lot may not pay for');
+  await assertLedgerInvariants();
+});
+
+Deno.test('a school funds an allowance for some models: the member spends it on those only; the same key with another list is refused', async () => {
+  const owner = await person('owner');
+  const member = await person('member');
+  const org = await school(owner, [member], 'allowance', '100');
+  const k = key();
+  const fund = (applies_to: string[]) =>
+    api(`/orgs/${org}/allowances`, { token: owner.token, headers: k, body: { amount: '10', applies_to } });
+  const funded = await fund(['gpt-4o-mini*']);
+  assert.equal(funded.status, 201, funded.text);
+  const again = await fund(['gpt-4o*']);
+  assert.equal(again.status, 409, again.text);
+  assert.equal(again.body.error && (again.body.error as { code: string }).code, 'IDEMPOTENCY_KEY_REUSED');
+
+  const onGpt4o = await reportUsage('/credits/usage', {
+    token: member.token,
+    headers: key(),
+    body: { model: 'gpt-4o', input_tokens: 1000, output_tokens: 0 },
+  });
+  assert.equal(onGpt4o.status, 402, onGpt4o.text);
+  const onMini = await usage(member.token);
+  assert.equal(onMini.status, 201, onMini.text);
+  assert.deepEqual((onMini.body.data as { paid_by: unknown }).paid_by, { org_id: org });
+  const [lot] = await testDb`select l.applies_to, trim_scale(l.remaining)::text as remaining from billing.lots l
+    join billing.accounts a on a.id = l.account_id where a.org_id = ${org} and a.member_id = ${member.id}`;
+  assert.deepEqual(lot.applies_to, ['gpt-4o-mini*']);
+  await assertLedgerInvariants();
+});
+
+Deno.test('a sponsor code for some models gives its student credits for those models only', async () => {
+  const owner = await person('owner');
+  const member = await person('member');
+  const org = await school(owner, [member], 'allowance', '100');
+  const issued = await issue(owner.token, org, { credits: '5', user_id: member.id, applies_to: ['claude*'] });
+  assert.equal(issued.status, 201, issued.text);
+  const redeemed = await api('/credits/codes/redeem', {
+    token: member.token,
+    headers: key(),
+    body: { code: (issued.body.data as { code: string }).code },
+  });
+  assert.equal(redeemed.status, 200, redeemed.text);
+  const lots = (await api('/credits/lots', { token: member.token })).body.data as LotPage;
+  assert.deepEqual(lots.items.map((l) => [l.remaining, l.applies_to]), [['5', ['claude*']]]);
   await assertLedgerInvariants();
 });

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { AsOfSchema, ModelSchema } from '../_shared/contract/credits.ts';
 import { pgInt, pgText } from '../_shared/values/pg-values.ts';
 import { PackageIdSchema, PlanIdSchema, printedText } from '../_shared/values/text.ts';
-import { CreditAmountSchema } from '../_shared/values/money.ts';
+import { AppliesToSchema, CreditAmountSchema } from '../_shared/values/money.ts';
 import {
   CalendarDateSchema,
   DayOrInstantSchema,
@@ -206,6 +206,7 @@ const planFields = {
   credits: CreditAmountSchema,
   rollover: rollover.optional(),
   rollover_limit: CreditAmountSchema.nullable().optional(),
+  applies_to: AppliesToSchema.optional(), // the models each period's credits may pay for
 };
 
 /** The rollover rule's limit goes with its rule: none takes none, the others need one (a share at most 1). */
@@ -228,7 +229,8 @@ export type CreatePlan = z.infer<typeof CreatePlanSchema>;
 export const ChangePlanSchema = z
   .strictObject({ ...z.strictObject(planFields).partial().shape, sort_order: sortOrder.optional(), reason })
   .refine((b) => Object.keys(b).some((k) => k !== 'reason' && k !== 'sort_order'), {
-    message: 'send at least one of name, price_cents, currency, interval, credits, rollover, rollover_limit',
+    message:
+      'send at least one of name, price_cents, currency, interval, credits, rollover, rollover_limit, applies_to',
     path: ['price_cents'],
   })
   .refine(rolloverLimitFits, rolloverMessage)

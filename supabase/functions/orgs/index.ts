@@ -149,7 +149,7 @@ app.put('/:id/members/:user_id/cap', requireUser, async (c) => {
 app.post('/:id/allowances', requireUser, async (c) => {
   const b = await readJson(c, AllowanceSchema);
   const [{ funded }] = await sql`select billing.fund_allowances(${currentUser(c).id}, ${pathId(c, 'id')},
-    ${b.user_id ?? null}, ${b.amount}, ${idempotencyKey(c)}) as funded`;
+    ${b.user_id ?? null}, ${b.amount}, ${idempotencyKey(c)}, ${b.applies_to ?? null}::text[]) as funded`;
   return ok(c, funded, 201);
 });
 

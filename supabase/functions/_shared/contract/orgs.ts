@@ -1,6 +1,6 @@
 // Request shapes of the public organisation routes: part of the contract (_shared/contract/index.ts).
 import { z } from 'zod';
-import { CreditAmountSchema } from '../values/money.ts';
+import { AppliesToSchema, CreditAmountSchema } from '../values/money.ts';
 import { pgInt, pgText } from '../values/pg-values.ts';
 import { DayOrInstantSchema, InstantSchema, lastDays, UuidSchema } from '../values/query.ts';
 import { CountryCodeSchema, PackageIdSchema, PostalCodeSchema, printedText } from '../values/text.ts';
@@ -33,6 +33,7 @@ export const AnswerSchema = z.strictObject({
 export const AllowanceSchema = z.strictObject({
   amount: CreditAmountSchema,
   user_id: UuidSchema.optional(), // absent: every active member
+  applies_to: AppliesToSchema.optional(), // the models these credits may pay for, within the wallet's
 });
 
 export const MemberCapSchema = z.strictObject({
