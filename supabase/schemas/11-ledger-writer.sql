@@ -344,12 +344,16 @@ begin
                                     amount, debt_settled, remaining, frozen, expires_at, moved_from, applies_to)
           select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
             l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id,
-            billing.narrow_applies_to(l.applies_to, billing.applies_to_of(v_lot))
+            -- Credits going back to the account they came from (a sweep, a code returned) are for
+            -- what they paid for there; others keep their list, narrowed to the one given.
+            case when s.account_id = c.account_id then s.applies_to
+                 else billing.narrow_applies_to(l.applies_to, billing.applies_to_of(v_lot)) end
           from (select x.lot_id, x.amount,
                   least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
                     rows between unbounded preceding and 1 preceding), 0), 0)) as settled
                 from billing.lot_allocations x where x.transfer_id = v_ids[c.ord]) p
           join billing.lots l on l.id = p.lot_id
+          left join billing.lots s on s.id = l.moved_from
           order by p.lot_id;
           if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
@@ -406,9 +410,14 @@ begin
         set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
         where a.id = c.account_id
           and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
-        update billing.accounts a set restricted_lots = true
-        where a.id = c.account_id and not a.restricted_lots
-          and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null);
+        if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
+          update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
+          -- Spending plans walk every set of lists (billing.plan_lot_draw): a handful per account.
+          if (select count(distinct l.applies_to) from billing.lots l where l.account_id = c.account_id and l.open) > 7 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+              'rule', 'an account holds credits for at most 7 different lists of models'));
+          end if;
+        end if;
       end loop;
     end if;
   end if;
@@ -630,7 +639,7 @@ begin
   if v_account.restricted_lots and p_mode in ('spend', 'capture') then
     p_lot := billing.restricted_draw(v_account,
       coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), p_metadata ->> 'model'),
-      p_amount, false, p_hold_id);
+      p_amount, false, p_hold_id, p_mode = 'capture');
   end if;
 
   v_posted := (billing.post_transfers(array[(p_kind,

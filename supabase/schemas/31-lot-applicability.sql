@@ -28,7 +28,7 @@ grant execute on function billing.lot_pays_for(p_applies_to text[], p_model text
 
 -- A lot option's applies_to as stored: null, or 1 to 20 distinct names, sorted.
 create or replace function billing.applies_to_of(p_lot jsonb) returns text[]
-language plpgsql immutable
+language plpgsql stable
 set search_path = ''
 as $$
 declare
@@ -45,6 +45,12 @@ begin
       'rule', '1 to 20 model names or families (a family ends in *), letters, digits and ._:/-'));
   end if;
   select array_agg(distinct x order by x) into v_list from jsonb_array_elements_text(p_lot -> 'applies_to') x;
+  -- A typo would make credits that pay for nothing: each name must be a model on the rate card.
+  if exists (select 1 from unnest(v_list) x
+             where not exists (select 1 from billing.rate_cards r where billing.lot_pays_for(array[x], r.model))) then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+      'rule', 'each name a model on the rate card, or a family of at least one'));
+  end if;
   return v_list;
 end;
 $$;
@@ -83,11 +89,15 @@ revoke execute on function billing.hold_model(p_hold billing.holds) from public;
 -- amount}], at most p_amount in all, for the writer), `found` (its total) and `unusable` (the
 -- credits that may not pay for p_model). The caller holds the account lock.
 --
--- Each hold model is a class; for every set S of classes, slack(S) = the credits of the lots that
--- may pay for some class in S − what S's holds reserve (Hall: the holds fit while every slack ≥ 0).
--- Taking t from a lot lowers the slack of each set it serves, so each lot gives the most that
--- keeps them all ≥ 0; taken in any order this reaches the largest total that fits (the sets form a
--- polymatroid), so `found` < p_amount means no draw could pay it.
+-- The account's open lots fall into groups, one per list (null: for anything; the writer allows at
+-- most 8 lists per account). Each live hold can be paid by some groups: a gateway call's or a
+-- job's by those for its model, a dispute's by any (its reversal takes the purchase's lots
+-- whatever they pay for), any other by those for anything. The holds fit while, for every set T
+-- of groups, slack(T) = T's credits − what the holds that only T can pay reserve ≥ 0 (Hall).
+-- Taking t from a lot lowers the slack of every set holding its group, so each lot gives the
+-- most that keeps them all ≥ 0; taken in any order, this reaches the largest total that fits
+-- (the sets form a polymatroid), so `found` < p_amount means no draw could pay it. Past 10 lists
+-- (credits given back to an old lot can reopen one) it plans without the holds: `unprotected`.
 create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
   p_any boolean default false, p_except_hold uuid default null)
 returns jsonb
@@ -95,8 +105,7 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  v_classes text[];
-  v_reserved numeric[];
+  v_keys text[];
   v_sets integer;
   v_slack numeric[];
   v_need numeric := p_amount;
@@ -104,30 +113,32 @@ declare
   v_t numeric;
   v_lot record;
 begin
-  select array_agg(c.model order by c.model nulls first), array_agg(c.reserved order by c.model nulls first)
-  into v_classes, v_reserved
-  from (select billing.hold_model(h) as model, sum(h.amount) as reserved from billing.holds h
-        where h.account_id = p_account_id and h.status = 'active' and h.id is distinct from p_except_hold
-        group by 1) c;
-  if cardinality(v_classes) > 8 then
-    -- 2^8 sets per lot is the most this walks; so many models held at once is refused, not planned.
-    return jsonb_build_object('take', '[]'::jsonb, 'found', '0', 'unusable', '0', 'rule', 'at most 8 models held at once');
-  end if;
-  v_sets := (1 << coalesce(cardinality(v_classes), 0)) - 1;
+  -- The groups, by list ('' for anything: the writer keeps lists sorted, so equal lists have one key).
+  select array_agg(g.key order by g.key) into v_keys
+  from (select distinct coalesce(array_to_string(l.applies_to, ','), '') as key from billing.lots l
+        where l.account_id = p_account_id and l.open) g;
+  v_sets := case when cardinality(v_keys) <= 10 then (1 << cardinality(v_keys)) - 1 else 0 end;
 
-  -- slack(S) for every non-empty set S (bit i: class i).
+  -- slack(T) for every non-empty set T of groups (bit i: group i); a hold no group can pay any more
+  -- (credits expired or taken back under it) constrains nothing.
   v_slack := array(
-    select coalesce((select sum(l.remaining) from billing.lots l
-                     where l.account_id = p_account_id and l.open
-                       and exists (select 1 from generate_subscripts(v_classes, 1) i
-                                   where s & (1 << (i - 1)) <> 0 and billing.lot_pays_for(l.applies_to, v_classes[i]))), 0)
-      - coalesce((select sum(v_reserved[i]) from generate_subscripts(v_classes, 1) i where s & (1 << (i - 1)) <> 0), 0)
-    from generate_series(1, v_sets) s order by s);
+    with groups as (
+      select i, (select coalesce(sum(l.remaining), 0) from billing.lots l
+                 where l.account_id = p_account_id and l.open and coalesce(array_to_string(l.applies_to, ','), '') = v_keys[i]) as credits,
+        case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end as list
+      from generate_subscripts(v_keys, 1) i
+    ), holds as (
+      select h.amount, (select coalesce(sum(1 << (g.i - 1)), 0) from groups g
+                        where h.purpose = 'dispute' or billing.lot_pays_for(g.list, billing.hold_model(h)))::integer as paid_by
+      from billing.holds h
+      where h.account_id = p_account_id and h.status = 'active' and h.id is distinct from p_except_hold
+    )
+    select (select coalesce(sum(g.credits), 0) from groups g where t & (1 << (g.i - 1)) <> 0)
+      - (select coalesce(sum(h.amount), 0) from holds h where h.paid_by <> 0 and h.paid_by & ~t = 0)
+    from generate_series(1, v_sets) t order by t);
 
   for v_lot in
-    select x.id, x.remaining,
-      coalesce((select sum(1 << (i - 1)) from generate_subscripts(v_classes, 1) i
-                where billing.lot_pays_for(x.applies_to, v_classes[i])), 0)::integer as serves
+    select x.id, x.remaining, array_position(v_keys, coalesce(array_to_string(x.applies_to, ','), '')) as grp
     from billing.lots x
     where x.account_id = p_account_id and x.open and (p_any or billing.lot_pays_for(x.applies_to, p_model))
     order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
@@ -135,7 +146,7 @@ begin
     exit when v_need <= 0;
     v_t := least(v_lot.remaining, v_need);
     for v_set in 1 .. v_sets loop
-      if v_set & v_lot.serves <> 0 then
+      if v_set & (1 << (v_lot.grp - 1)) <> 0 then
         v_t := least(v_t, v_slack[v_set]);
       end if;
     end loop;
@@ -143,43 +154,50 @@ begin
       v_take := v_take || jsonb_build_object('lot_id', v_lot.id, 'amount', v_t);
       v_need := v_need - v_t;
       for v_set in 1 .. v_sets loop
-        if v_set & v_lot.serves <> 0 then
+        if v_set & (1 << (v_lot.grp - 1)) <> 0 then
           v_slack[v_set] := v_slack[v_set] - v_t;
         end if;
       end loop;
     end if;
   end loop;
-  return jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
+  return jsonb_strip_nulls(jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
     'unusable', trim_scale(coalesce((select sum(x.remaining) from billing.lots x
-      where x.account_id = p_account_id and x.open and not (p_any or billing.lot_pays_for(x.applies_to, p_model))), 0))::text);
+      where x.account_id = p_account_id and x.open and not (p_any or billing.lot_pays_for(x.applies_to, p_model))), 0))::text,
+    'unprotected', case when cardinality(v_keys) > 10 then true end));
 end;
 $$;
-comment on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) is 'Internal: for an account with restricted lots, what a charge for p_model (or a move, p_any) may draw, in spending order, keeping every live hold payable: {take, found, unusable}.';
+comment on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) is 'Internal: for an account with restricted lots, what a charge for p_model (or a move, p_any) may draw, in spending order, keeping every live hold payable: {take, found, unusable, unprotected?}.';
 revoke execute on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) from public;
 
 -- A charge, hold or move on an account with restricted lots: the lots it draws ({take} for the
--- writer), or INSUFFICIENT_CREDITS naming what could not be used and why.
+-- writer), or INSUFFICIENT_CREDITS naming what could not be used and why. A capture (p_capture:
+-- work done under a hold) may draw without the other holds' protection when there are too many
+-- lists to plan it; nothing else may. A pooled wallet's figures are never in the refusal (a member
+-- may be the one refused).
 create or replace function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric,
-  p_any boolean default false, p_except_hold uuid default null)
+  p_any boolean default false, p_except_hold uuid default null, p_capture boolean default false)
 returns jsonb
 language plpgsql
 set search_path = ''
 as $$
 declare
   v_plan jsonb := billing.plan_lot_draw(p_account.id, p_model, p_amount, p_any, p_except_hold);
+  v_pool boolean := p_account.org_id is not null and p_account.member_id is null;
 begin
-  if (v_plan ->> 'found')::numeric < p_amount then
+  if (v_plan ->> 'found')::numeric < p_amount or (v_plan ? 'unprotected' and not p_capture) then
     perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
       'required', trim_scale(p_amount)::text,
-      'available', trim_scale(least((v_plan ->> 'found')::numeric, greatest(p_account.balance - p_account.held, 0)))::text,
+      'available', case when not v_pool then
+        trim_scale(least((v_plan ->> 'found')::numeric, greatest(p_account.balance - p_account.held, 0)))::text end,
       'debt', p_account.balance < 0, 'model', p_model,
-      -- Credits that exist but may not pay for this model, or are kept for a live hold's.
-      'restricted', v_plan ->> 'unusable',
-      'reason', coalesce(v_plan ->> 'rule', case when (v_plan ->> 'unusable')::numeric > 0
-        then 'some credits may only pay for other models' else 'credits are held for other models' end))));
+      -- Credits that exist but may not pay for this model.
+      'restricted', case when not v_pool then v_plan ->> 'unusable' end,
+      'reason', case when v_plan ? 'unprotected' then 'credits under more than 10 model lists'
+                     when (v_plan ->> 'unusable')::numeric > 0 then 'some credits may only pay for other models'
+                     else 'credits are held for other models' end)));
   end if;
   return jsonb_build_object('take', v_plan -> 'take');
 end;
 $$;
-comment on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) is 'Internal: the lots a movement on an account with restricted lots draws, or INSUFFICIENT_CREDITS (402) with the credits that could not pay for the model (restricted) and why.';
-revoke execute on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) from public;
+comment on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid, p_capture boolean) is 'Internal: the lots a movement on an account with restricted lots draws, or INSUFFICIENT_CREDITS (402) with the credits that could not pay for the model (restricted) and why.';
+revoke execute on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid, p_capture boolean) from public;

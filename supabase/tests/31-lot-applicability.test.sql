@@ -1,7 +1,7 @@
 -- Credits for some models only: which lots a charge may draw, holds kept payable, moves keep
 -- (and narrow) the list, the writer's `take`, the batch and the hot path.
 begin;
-select plan(32);
+select plan(36);
 \ir helpers.psql
 
 insert into auth.users (id) values
@@ -25,7 +25,10 @@ select ok(billing.lot_pays_for('{gpt-4o-mini*}', 'gpt-4o-mini') and billing.lot_
   'a family pays for every model its name starts');
 select ok(not billing.lot_pays_for('{gpt-4o-mini*}', 'gpt-4o') and not billing.lot_pays_for('{gpt-4o-mini}', null),
   'a restricted lot pays for nothing else, nor for a movement without a model');
-select is(billing.applies_to_of('{"applies_to": ["b", "a*", "b"]}'), '{a*,b}'::text[], 'a list is kept sorted, once each');
+select is(billing.applies_to_of('{"applies_to": ["gpt-4o", "claude*", "gpt-4o"]}'), '{claude*,gpt-4o}'::text[],
+  'a list is kept sorted, once each');
+select is(pg_temp.err($$select billing.applies_to_of('{"applies_to": ["gpt-5-typo"]}')$$), 'INVALID_LOT',
+  'a name that is no model on the rate card is refused (credits for nothing)');
 select is(pg_temp.err($$select billing.applies_to_of('{"applies_to": []}')$$), 'INVALID_LOT', 'an empty list is refused');
 select is(pg_temp.err($$select billing.applies_to_of('{"applies_to": ["gpt 4o"]}')$$), 'INVALID_LOT', 'so is a name with a space');
 select is(pg_temp.err($$select billing.applies_to_of('{"applies_to": ["*"]}')$$), 'INVALID_LOT', 'and a bare star (any: leave it out)');
@@ -97,7 +100,7 @@ select results_eq($$select l.amount, l.applies_to from billing.lots l where l.ac
   $$values (10::numeric, '{claude*}'::text[]), (2::numeric, null::text[])$$,
   'moved credits arrive with each lot''s list');
 select is(pg_temp.err(format($$select billing.move_credits(%s, %s, 12, 'code_escrow', 'ap-m2', null, null, '{gpt-4o}')$$,
-  :escrow_id, pg_temp.account('a7a7a7a7-0000-4000-8000-000000000002'))), 'INVALID_LOT',
+  :escrow_id, billing.ensure_user_account('a7a7a7a7-0000-4000-8000-000000000004'))), 'INVALID_LOT',
   'a move narrowed to a model its claude credits cannot pay for is refused');
 select billing.move_credits(:escrow_id, billing.ensure_user_account('a7a7a7a7-0000-4000-8000-000000000003'), 12, 'code_redemption',
   'ap-m3', null, null, '{claude-3-5-haiku,gpt-4o}');
@@ -120,6 +123,49 @@ select is(pg_temp.err(format($$select billing.post_transfers(array[('debit', %s,
 select is(pg_temp.err(format($$select billing.post_transfers(array[('debit', %s, billing.platform_account_id('usage_revenue'), 1,
   'ap-t3', null, null, null, null, null, null, '{"take": []}'::jsonb)::billing.transfer_spec])$$,
   pg_temp.account('a7a7a7a7-0000-4000-8000-000000000004'))), 'LEDGER_INVARIANT', 'so is an empty take');
+
+-- ============================================================ attacks: a dispute's freeze, many models held
+
+insert into auth.users (id) values ('a8a8a8a8-0000-4000-8000-000000000001'), ('a8a8a8a8-0000-4000-8000-000000000002');
+
+-- ============================================================ a dispute freezes what it names
+
+-- A sponsored student's account: 10 credits of their own (for anything), and 10 credits of a school's
+-- purchase narrowed to gpt-4o-mini (a sponsor code for that model). The purchase is disputed: its lot
+-- is frozen and a dispute hold of 10 reserves it (billing.place_dispute_hold).
+select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000001', 10, 'adjustment', 'atk-own');
+select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000001', 10, 'promo_grant', 'atk-disputed', null, null, null,
+  '{"applies_to": ["gpt-4o-mini"]}');
+update billing.lots l set frozen = true from billing.transfers t
+where t.id = l.grant_transfer_id and t.idempotency_key = 'atk-disputed';
+select billing.place_dispute_hold((select a.id from billing.accounts a where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000001'),
+  10, 'dp_atk', 'dispute:dp_atk:1');
+-- 6 credits of gpt-4o-mini: the student has 10 available.
+select billing.charge_usage('a8a8a8a8-0000-4000-8000-000000000001', 'gpt-4o-mini', 10000, 0, 'atk-u1');
+select is(pg_temp.remaining('atk-disputed'), 10::numeric,
+  'the disputed (frozen) lot is not spent while the dispute is open: the charge draws the student''s own credits');
+
+-- ============================================================ how many models may be held at once
+
+-- Nine models held at once (eight of them a gateway call's, one the student's own hold): the plan
+-- walks the account's lists, not the models held, so a capture is charged in full and a move goes.
+insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup, effective_from)
+select 'atk-m' || i, 1, 1, 2, 1, now() - interval '1 minute' from generate_series(1, 8) i;
+select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000002', 1000, 'adjustment', 'atk-any');
+select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000002', 1, 'promo_grant', 'atk-r', null, null, null,
+  '{"applies_to": ["atk-m1"]}');
+select billing.reserve_hold('a8a8a8a8-0000-4000-8000-000000000002', 1, 'atk-own-hold', 600, 'user', null, null);
+select billing.reserve_hold('a8a8a8a8-0000-4000-8000-000000000002', 10, 'atk-h1a', 600, 'ai', null, '{"model": "atk-m1"}');
+select billing.reserve_hold('a8a8a8a8-0000-4000-8000-000000000002', 10, 'atk-h1b', 600, 'ai', null, '{"model": "atk-m1"}');
+select billing.reserve_hold('a8a8a8a8-0000-4000-8000-000000000002', 10, 'atk-h' || i, 600, 'ai', null,
+  jsonb_build_object('model', 'atk-m' || i)) from generate_series(2, 8) i;
+select is((select trim_scale(c.captured + c.overage) from billing.charge_hold_at(
+    (select h.id from billing.holds h where h.idempotency_key = 'atk-h1a'), 'a8a8a8a8-0000-4000-8000-000000000002', 5,
+    (select r.id from billing.rate_cards r where r.model = 'atk-m1'), 'atk-ov', 'atk-c', '{}', '{}') c),
+  5::numeric, 'a call priced 5 on an account with 1,000 credits for anything is charged 5');
+select is(pg_temp.err($$select billing.move_credits((select a.id from billing.accounts a where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000002'),
+    billing.ensure_user_account('a8a8a8a8-0000-4000-8000-000000000001'), 5, 'code_escrow', 'atk-mv', null)$$),
+  'no error', 'moving 5 of 900 available credits (a sweep, a removal) is not refused for the models held');
 
 select is((select jsonb_agg(x) from billing.check_lots() x) -> 0 -> 'lots', '[]'::jsonb, 'every lot agrees with its allocations');
 select is((select count(*) from billing.accounts a join billing.lots l on l.account_id = a.id

@@ -1,12 +1,25 @@
-// Credits for some models only (docs/credit-lots.md): set by an admin grant and a promo code, shown
-// on the lots, honoured by the AI gateway (a call for another model is a 402 naming the credits it
-// could not use; a call for the model is paid by them), and a gateway hold racing a charge.
+// Credits for some models only (docs/credit-lots.md): set by an admin grant, a promo code, an
+// allowance and a sponsor code, shown on the lots, honoured by the AI gateway (a call for another
+// model is a 402 naming the credits it could not use; a call for the model is paid by them), with
+// gateway holds racing charges; then what attacks with students' tokens tried: many models held at
+// once, a pool's figures in a member's 402, a revoked sponsor code's credits, a member's removal.
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import { ask, callsOf, gatewayUrl } from '../ai.ts';
-import { adminToken, api, assertLedgerInvariants, key, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  backdateLot,
+  fund,
+  key,
+  newUser,
+  reportUsage,
+  testDb,
+  userToken,
+} from '../helpers.ts';
 import { issue } from '../codes.ts';
-import { person, school, usage } from '../orgs.ts';
+import { join, person, school, usage } from '../orgs.ts';
 import OpenAI from 'openai';
 
 async function grant(userId: string, amount: string, lot: Record<string, unknown>) {
@@ -150,5 +163,184 @@ Deno.test('a sponsor code for some models gives its student credits for those mo
   assert.equal(redeemed.status, 200, redeemed.text);
   const lots = (await api('/credits/lots', { token: member.token })).body.data as LotPage;
   assert.deepEqual(lots.items.map((l) => [l.remaining, l.applies_to]), [['5', ['claude*']]]);
+  await assertLedgerInvariants();
+});
+
+// ============================================================ attacks
+
+type Json = Record<string, unknown>;
+const data = <T = Json>(r: { body: Json }) => r.body.data as T;
+
+/** A catalogue with `n` more models (a real one has dozens), each priced like a small model. */
+async function models(n: number): Promise<string[]> {
+  const tag = crypto.randomUUID().slice(0, 6);
+  const names = Array.from({ length: n }, (_, i) => `atk-${tag}-${i + 1}`);
+  for (const m of names) {
+    await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
+      effective_from) values (${m}, 1, 1, 2, 1, now() - interval '1 minute')`;
+  }
+  return names;
+}
+
+/** An admin grant whose lot pays only for `appliesTo` (the feature under attack). */
+async function restrictedGrant(userId: string, amount: string, appliesTo: string[]) {
+  const r = await api('/credits/grants', {
+    token: await adminToken(),
+    headers: key(),
+    body: {
+      user_id: userId,
+      amount,
+      reason: 'credits for a course',
+      kind: 'promo_grant',
+      lot: { applies_to: appliesTo },
+    },
+  });
+  assert.equal(r.status, 201, r.text);
+}
+
+/** A non-streamed gateway call; `wait` ms before the (stand-in) provider answers. */
+const call = (token: string, model: string, wait: number) =>
+  api('/ai/v1/chat/completions', {
+    token,
+    body: {
+      model,
+      messages: [{ role: 'user', content: `#standin words=20 first_byte_delay=${wait}` }],
+      max_tokens: 100,
+    },
+  });
+
+const activeHolds = async (userId: string) =>
+  (await testDb`select count(*)::int as n from billing.holds h join billing.accounts a on a.id = h.account_id
+    where a.user_id = ${userId} and h.status = 'active'`)[0].n as number;
+
+async function until(what: string, fn: () => Promise<boolean>, ms = 10_000) {
+  const end = Date.now() + ms;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+Deno.test('nine models held at once: a gateway call on an account with a restricted lot is charged its full price', async () => {
+  const [m1, ...others] = await models(8);
+  const id = await newUser();
+  await fund(id, '1000'); // credits for anything
+  await restrictedGrant(id, '1', [m1]); // one credit for one model: the account now plans its draws
+  const token = await userToken(id);
+
+  // A hold of the student's own (no model), then two calls on m1, then one call on each other model:
+  // nine classes of holds (the most reserve_hold lets in).
+  const own = await api('/credits/holds', { token, headers: key(), body: { amount: '1', ttl_seconds: 600 } });
+  assert.equal(own.status, 201, own.text);
+  const long = [call(token, m1, 12_000)];
+  const measured = call(token, m1, 5_000);
+  await until('three holds', async () => (await activeHolds(id)) === 3);
+  for (const m of others) long.push(call(token, m, 12_000));
+  await until('ten holds', async () => (await activeHolds(id)) === 10);
+
+  const r = await measured;
+  assert.equal(r.status, 200, r.text);
+  const u = r.body.usage as { prompt_tokens: number; completion_tokens: number; cost: string };
+  const [price] =
+    await testDb`select trim_scale((billing.price_usage(${m1}, ${u.prompt_tokens}, ${u.completion_tokens})).amount)::text as p`;
+  assert.ok(Number(price.p) > 0, 'the answer has a price');
+  await Promise.all(long);
+  await api(`/credits/holds/${data(own).hold_id}/release`, { token, method: 'POST', headers: key() });
+  // The student had more than enough credits for any model; the answer must be paid for.
+  assert.equal(u.cost, price.p, `the answer of ${price.p} credits was charged ${u.cost}`);
+  await assertLedgerInvariants();
+});
+
+/** A platform admin's grant to an organisation's wallet, for `appliesTo` when given. */
+async function orgGrant(org: string, amount: string, kind: string, appliesTo?: string[]) {
+  const r = await api(`/orgs/${org}/grants`, {
+    token: await adminToken(),
+    headers: key(),
+    body: { amount, kind, reason: 'pilot', ...(appliesTo ? { applies_to: appliesTo } : {}) },
+  });
+  assert.equal(r.status, 201, r.text);
+}
+
+Deno.test("a member's 402 on a pooled wallet never tells how many restricted credits the school has", async () => {
+  const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
+  const org = await school(owner, [ada], 'pool', null);
+  await orgGrant(org, '100', 'promo_grant'); // credits for anything, expiring as promotions do
+  await orgGrant(org, '7777.25', 'adjustment', ['gpt-4o-mini']); // the school's credits for one model
+
+  const h = await api('/credits/holds', { token: ada.token, headers: key(), body: { amount: '50', ttl_seconds: 600 } });
+  assert.equal(h.status, 201, h.text);
+  // Time passes: the promotion expires under the member's hold (the pool still has more than it holds).
+  const [promo] = await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
+    where a.org_id = ${org} and a.member_id is null and l.expires_at is not null`;
+  await backdateLot(promo.id);
+
+  const c = await api(`/credits/holds/${data(h).hold_id}/capture`, { token: ada.token, headers: key(), body: {} });
+  // Whatever the answer, the school's balance (7777.25, all restricted) is not the member's to read.
+  assert.ok(
+    !c.text.includes('7777.25'),
+    `the pool's restricted credits are in the member's answer: ${c.status} ${c.text}`,
+  );
+  await assertLedgerInvariants();
+});
+
+Deno.test('a sponsor code revoked (or past its window) gives the wallet back its credits as they were, not narrowed', async () => {
+  const [owner, eve, ada] = await Promise.all(['owner', 'eve', 'ada'].map(person));
+  const org = await school(owner, [ada], 'allowance', '1000'); // credits for anything
+  await join(owner.token, org, eve, 'admin'); // a delegated admin
+  // Eve sets the whole wallet aside for a member, for one model only, and takes it back.
+  const r = await issue(eve.token, org, { credits: '1000', user_id: ada.id, applies_to: ['claude-3-5-haiku'] });
+  assert.equal(r.status, 201, r.text);
+  const revoked = await api(`/orgs/${org}/sponsor-codes/${data(r).id}`, { token: eve.token, method: 'DELETE' });
+  assert.equal(revoked.status, 200, revoked.text);
+
+  const lots = await testDb`select l.applies_to from billing.lots l join billing.accounts a on a.id = l.account_id
+    where a.org_id = ${org} and a.member_id is null and l.open`;
+  assert.deepEqual(lots.map((l) => l.applies_to), [null], 'the wallet has its 1,000 credits for anything again');
+  // What that means: the owner funds Ada's allowance, and Ada can spend it on a real model.
+  const funded = await api(`/orgs/${org}/allowances`, {
+    token: owner.token,
+    headers: key(),
+    body: { user_id: ada.id, amount: '10' },
+  });
+  assert.equal(funded.status, 201, funded.text);
+  const spent = await api('/ai/v1/chat/completions', {
+    token: ada.token,
+    body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: '#standin words=3' }], max_tokens: 10 },
+  });
+  assert.equal(spent.status, 200, spent.text);
+  await assertLedgerInvariants();
+});
+
+Deno.test('a member with nine models in flight on a restricted allowance can still be removed (the allowance swept back)', async () => {
+  const [m1, ...others] = await models(9);
+  const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
+  const org = await school(owner, [ada], 'allowance', null);
+  await orgGrant(org, '1000', 'adjustment');
+  await orgGrant(org, '1', 'promo_grant', [m1]); // drawn first into the allowance: it now plans its draws
+  const funded = await api(`/orgs/${org}/allowances`, {
+    token: owner.token,
+    headers: key(),
+    body: { user_id: ada.id, amount: '500' },
+  });
+  assert.equal(funded.status, 201, funded.text);
+  const [allowance] = await testDb`select a.id, a.restricted_lots from billing.accounts a
+    where a.org_id = ${org} and a.member_id = ${ada.id}`;
+  assert.ok(allowance.restricted_lots, 'the allowance has a restricted lot');
+  const held = async () =>
+    (await testDb`select count(*)::int as n from billing.holds where account_id = ${allowance.id} and status = 'active'`)[
+      0
+    ]
+      .n as number;
+
+  const calls = [m1, ...others].map((m) => call(ada.token, m, 8_000));
+  await until('nine holds on the allowance', async () => (await held()) === 9);
+
+  const removed = await api(`/orgs/${org}/members/${ada.id}`, { method: 'DELETE', token: owner.token });
+  await Promise.all(calls);
+  assert.equal(
+    removed.status,
+    200,
+    `the owner cannot remove a member while they keep nine models in flight: ${removed.text}`,
+  );
   await assertLedgerInvariants();
 });

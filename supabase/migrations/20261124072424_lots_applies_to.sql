@@ -26,7 +26,7 @@ set check_function_bodies = off;
 CREATE OR REPLACE FUNCTION billing.applies_to_of(p_lot jsonb)
  RETURNS text[]
  LANGUAGE plpgsql
- IMMUTABLE
+ STABLE
  SET search_path TO ''
 AS $function$
 declare
@@ -43,6 +43,12 @@ begin
       'rule', '1 to 20 model names or families (a family ends in *), letters, digits and ._:/-'));
   end if;
   select array_agg(distinct x order by x) into v_list from jsonb_array_elements_text(p_lot -> 'applies_to') x;
+  -- A typo would make credits that pay for nothing: each name must be a model on the rate card.
+  if exists (select 1 from unnest(v_list) x
+             where not exists (select 1 from billing.rate_cards r where billing.lot_pays_for(array[x], r.model))) then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+      'rule', 'each name a model on the rate card, or a family of at least one'));
+  end if;
   return v_list;
 end;
 $function$
@@ -250,8 +256,7 @@ CREATE OR REPLACE FUNCTION billing.plan_lot_draw(p_account_id bigint, p_model te
  SET search_path TO ''
 AS $function$
 declare
-  v_classes text[];
-  v_reserved numeric[];
+  v_keys text[];
   v_sets integer;
   v_slack numeric[];
   v_need numeric := p_amount;
@@ -259,30 +264,32 @@ declare
   v_t numeric;
   v_lot record;
 begin
-  select array_agg(c.model order by c.model nulls first), array_agg(c.reserved order by c.model nulls first)
-  into v_classes, v_reserved
-  from (select billing.hold_model(h) as model, sum(h.amount) as reserved from billing.holds h
-        where h.account_id = p_account_id and h.status = 'active' and h.id is distinct from p_except_hold
-        group by 1) c;
-  if cardinality(v_classes) > 8 then
-    -- 2^8 sets per lot is the most this walks; so many models held at once is refused, not planned.
-    return jsonb_build_object('take', '[]'::jsonb, 'found', '0', 'unusable', '0', 'rule', 'at most 8 models held at once');
-  end if;
-  v_sets := (1 << coalesce(cardinality(v_classes), 0)) - 1;
+  -- The groups, by list ('' for anything: the writer keeps lists sorted, so equal lists have one key).
+  select array_agg(g.key order by g.key) into v_keys
+  from (select distinct coalesce(array_to_string(l.applies_to, ','), '') as key from billing.lots l
+        where l.account_id = p_account_id and l.open) g;
+  v_sets := case when cardinality(v_keys) <= 10 then (1 << cardinality(v_keys)) - 1 else 0 end;
 
-  -- slack(S) for every non-empty set S (bit i: class i).
+  -- slack(T) for every non-empty set T of groups (bit i: group i); a hold no group can pay any more
+  -- (credits expired or taken back under it) constrains nothing.
   v_slack := array(
-    select coalesce((select sum(l.remaining) from billing.lots l
-                     where l.account_id = p_account_id and l.open
-                       and exists (select 1 from generate_subscripts(v_classes, 1) i
-                                   where s & (1 << (i - 1)) <> 0 and billing.lot_pays_for(l.applies_to, v_classes[i]))), 0)
-      - coalesce((select sum(v_reserved[i]) from generate_subscripts(v_classes, 1) i where s & (1 << (i - 1)) <> 0), 0)
-    from generate_series(1, v_sets) s order by s);
+    with groups as (
+      select i, (select coalesce(sum(l.remaining), 0) from billing.lots l
+                 where l.account_id = p_account_id and l.open and coalesce(array_to_string(l.applies_to, ','), '') = v_keys[i]) as credits,
+        case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end as list
+      from generate_subscripts(v_keys, 1) i
+    ), holds as (
+      select h.amount, (select coalesce(sum(1 << (g.i - 1)), 0) from groups g
+                        where h.purpose = 'dispute' or billing.lot_pays_for(g.list, billing.hold_model(h)))::integer as paid_by
+      from billing.holds h
+      where h.account_id = p_account_id and h.status = 'active' and h.id is distinct from p_except_hold
+    )
+    select (select coalesce(sum(g.credits), 0) from groups g where t & (1 << (g.i - 1)) <> 0)
+      - (select coalesce(sum(h.amount), 0) from holds h where h.paid_by <> 0 and h.paid_by & ~t = 0)
+    from generate_series(1, v_sets) t order by t);
 
   for v_lot in
-    select x.id, x.remaining,
-      coalesce((select sum(1 << (i - 1)) from generate_subscripts(v_classes, 1) i
-                where billing.lot_pays_for(x.applies_to, v_classes[i])), 0)::integer as serves
+    select x.id, x.remaining, array_position(v_keys, coalesce(array_to_string(x.applies_to, ','), '')) as grp
     from billing.lots x
     where x.account_id = p_account_id and x.open and (p_any or billing.lot_pays_for(x.applies_to, p_model))
     order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
@@ -290,7 +297,7 @@ begin
     exit when v_need <= 0;
     v_t := least(v_lot.remaining, v_need);
     for v_set in 1 .. v_sets loop
-      if v_set & v_lot.serves <> 0 then
+      if v_set & (1 << (v_lot.grp - 1)) <> 0 then
         v_t := least(v_t, v_slack[v_set]);
       end if;
     end loop;
@@ -298,15 +305,16 @@ begin
       v_take := v_take || jsonb_build_object('lot_id', v_lot.id, 'amount', v_t);
       v_need := v_need - v_t;
       for v_set in 1 .. v_sets loop
-        if v_set & v_lot.serves <> 0 then
+        if v_set & (1 << (v_lot.grp - 1)) <> 0 then
           v_slack[v_set] := v_slack[v_set] - v_t;
         end if;
       end loop;
     end if;
   end loop;
-  return jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
+  return jsonb_strip_nulls(jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
     'unusable', trim_scale(coalesce((select sum(x.remaining) from billing.lots x
-      where x.account_id = p_account_id and x.open and not (p_any or billing.lot_pays_for(x.applies_to, p_model))), 0))::text);
+      where x.account_id = p_account_id and x.open and not (p_any or billing.lot_pays_for(x.applies_to, p_model))), 0))::text,
+    'unprotected', case when cardinality(v_keys) > 10 then true end));
 end;
 $function$
 ;
@@ -323,23 +331,26 @@ AS $function$
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean DEFAULT false, p_except_hold uuid DEFAULT NULL::uuid)
+CREATE OR REPLACE FUNCTION billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean DEFAULT false, p_except_hold uuid DEFAULT NULL::uuid, p_capture boolean DEFAULT false)
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO ''
 AS $function$
 declare
   v_plan jsonb := billing.plan_lot_draw(p_account.id, p_model, p_amount, p_any, p_except_hold);
+  v_pool boolean := p_account.org_id is not null and p_account.member_id is null;
 begin
-  if (v_plan ->> 'found')::numeric < p_amount then
+  if (v_plan ->> 'found')::numeric < p_amount or (v_plan ? 'unprotected' and not p_capture) then
     perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
       'required', trim_scale(p_amount)::text,
-      'available', trim_scale(least((v_plan ->> 'found')::numeric, greatest(p_account.balance - p_account.held, 0)))::text,
+      'available', case when not v_pool then
+        trim_scale(least((v_plan ->> 'found')::numeric, greatest(p_account.balance - p_account.held, 0)))::text end,
       'debt', p_account.balance < 0, 'model', p_model,
-      -- Credits that exist but may not pay for this model, or are kept for a live hold's.
-      'restricted', v_plan ->> 'unusable',
-      'reason', coalesce(v_plan ->> 'rule', case when (v_plan ->> 'unusable')::numeric > 0
-        then 'some credits may only pay for other models' else 'credits are held for other models' end))));
+      -- Credits that exist but may not pay for this model.
+      'restricted', case when not v_pool then v_plan ->> 'unusable' end,
+      'reason', case when v_plan ? 'unprotected' then 'credits under more than 10 model lists'
+                     when (v_plan ->> 'unusable')::numeric > 0 then 'some credits may only pay for other models'
+                     else 'credits are held for other models' end)));
   end if;
   return jsonb_build_object('take', v_plan -> 'take');
 end;
@@ -1207,12 +1218,16 @@ begin
                                     amount, debt_settled, remaining, frozen, expires_at, moved_from, applies_to)
           select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
             l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id,
-            billing.narrow_applies_to(l.applies_to, billing.applies_to_of(v_lot))
+            -- Credits going back to the account they came from (a sweep, a code returned) are for
+            -- what they paid for there; others keep their list, narrowed to the one given.
+            case when s.account_id = c.account_id then s.applies_to
+                 else billing.narrow_applies_to(l.applies_to, billing.applies_to_of(v_lot)) end
           from (select x.lot_id, x.amount,
                   least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
                     rows between unbounded preceding and 1 preceding), 0), 0)) as settled
                 from billing.lot_allocations x where x.transfer_id = v_ids[c.ord]) p
           join billing.lots l on l.id = p.lot_id
+          left join billing.lots s on s.id = l.moved_from
           order by p.lot_id;
           if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
@@ -1269,9 +1284,14 @@ begin
         set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
         where a.id = c.account_id
           and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
-        update billing.accounts a set restricted_lots = true
-        where a.id = c.account_id and not a.restricted_lots
-          and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null);
+        if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
+          update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
+          -- Spending plans walk every set of lists (billing.plan_lot_draw): a handful per account.
+          if (select count(distinct l.applies_to) from billing.lots l where l.account_id = c.account_id and l.open) > 7 then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+              'rule', 'an account holds credits for at most 7 different lists of models'));
+          end if;
+        end if;
       end loop;
     end if;
   end if;
@@ -1367,7 +1387,7 @@ begin
   if v_account.restricted_lots and p_mode in ('spend', 'capture') then
     p_lot := billing.restricted_draw(v_account,
       coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), p_metadata ->> 'model'),
-      p_amount, false, p_hold_id);
+      p_amount, false, p_hold_id, p_mode = 'capture');
   end if;
 
   v_posted := (billing.post_transfers(array[(p_kind,
@@ -1705,6 +1725,40 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text)
+ RETURNS numeric
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_wallet bigint := billing.org_wallet_id(p_org);
+  v_account billing.accounts;
+  v_take numeric(38, 18);
+  v_plan jsonb;
+begin
+  select * into v_account from billing.accounts a where a.org_id = p_org and a.member_id = p_member;
+  if not found then
+    return 0;
+  end if;
+  perform 1 from billing.accounts a where a.id in (v_wallet, v_account.id) order by a.id for update;
+  v_account := billing.settle_account(v_account.id);
+  v_take := v_account.balance - v_account.held;
+  -- Credits for some models: only what leaves every live hold payable (billing.plan_lot_draw).
+  if v_take > 0 and v_account.restricted_lots then
+    v_plan := billing.plan_lot_draw(v_account.id, null, v_take, true);
+    v_take := case when v_plan ? 'unprotected' then 0 else (v_plan ->> 'found')::numeric end;
+  end if;
+  if v_take <= 0 then
+    return 0;
+  end if;
+  perform billing.move_credits(v_account.id, v_wallet, v_take, 'allowance_sweep',
+    'allowance-sweep:' || v_account.id || ':' || v_account.version, p_member,
+    jsonb_build_object('org_id', p_org, 'reason', p_reason));
+  return v_take;
+end;
+$function$
+;
+
 
 
 comment on function billing.create_promo_code(uuid,text,jsonb,text) is 'An admin creates a promo code (p_spec: credits, budget, max_redemptions, valid_from, valid_until, lot_expires_at or lot_expires_after_days, applies_to, note); the same p_key again answers the code it made.';
@@ -1719,7 +1773,7 @@ revoke execute on function billing.applies_to_of(jsonb) from public;
 revoke execute on function billing.narrow_applies_to(text[],text[]) from public;
 revoke execute on function billing.hold_model(billing.holds) from public;
 revoke execute on function billing.plan_lot_draw(bigint,text,numeric,boolean,uuid) from public;
-revoke execute on function billing.restricted_draw(billing.accounts,text,numeric,boolean,uuid) from public;
+revoke execute on function billing.restricted_draw(billing.accounts,text,numeric,boolean,uuid,boolean) from public;
 revoke execute on function billing.lots_as_of(bigint,timestamp with time zone,bigint,integer) from public;
 revoke execute on function billing.plan_spec(text,integer,text,text,numeric,text,numeric,text[]) from public;
 comment on column billing.accounts.restricted_lots is 'Set by the writer once a lot that pays only for some models arrives (never unset): charges, holds and moves then draw through billing.plan_lot_draw.';
@@ -1731,8 +1785,8 @@ comment on function billing.lot_pays_for(text[],text) is 'Whether a lot with thi
 comment on function billing.applies_to_of(jsonb) is 'Internal: the applies_to of a new lot''s options, validated (INVALID_LOT); null for a lot that pays for anything.';
 comment on function billing.narrow_applies_to(text[],text[]) is 'Internal: the models both lists allow (null: any); empty when none.';
 comment on function billing.hold_model(billing.holds) is 'Internal: the model a hold may be paid for (null: only by credits for anything).';
-comment on function billing.plan_lot_draw(bigint,text,numeric,boolean,uuid) is 'Internal: for an account with restricted lots, what a charge for p_model (or a move, p_any) may draw, in spending order, keeping every live hold payable: {take, found, unusable}.';
-comment on function billing.restricted_draw(billing.accounts,text,numeric,boolean,uuid) is 'Internal: the lots a movement on an account with restricted lots draws, or INSUFFICIENT_CREDITS (402) with the credits that could not pay for the model (restricted) and why.';
+comment on function billing.plan_lot_draw(bigint,text,numeric,boolean,uuid) is 'Internal: for an account with restricted lots, what a charge for p_model (or a move, p_any) may draw, in spending order, keeping every live hold payable: {take, found, unusable, unprotected?}.';
+comment on function billing.restricted_draw(billing.accounts,text,numeric,boolean,uuid,boolean) is 'Internal: the lots a movement on an account with restricted lots draws, or INSUFFICIENT_CREDITS (402) with the credits that could not pay for the model (restricted) and why.';
 comment on function billing.lots_as_of(bigint,timestamp with time zone,bigint,integer) is 'Internal: an account''s lots as they stood at an instant (granted by then; remaining, expiry and frozen then), newest first.';
 comment on function billing.plan_spec(text,integer,text,text,numeric,text,numeric,text[]) is 'Internal: what a plan version sells, as normalised JSON.';
 comment on function billing.fund_allowances(uuid,uuid,uuid,numeric,text,text[]) is 'An owner or admin moves p_amount from the wallet to one member''s allowance, or to each active member''s (allowance funding only), for the models p_applies_to names (narrowing what the wallet''s credits may pay for); idempotent by key per member.';
