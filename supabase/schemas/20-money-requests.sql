@@ -64,7 +64,6 @@ $$;
 comment on function billing.answer_of(p_row billing.idempotency_keys, p_replayed boolean) is 'Internal: the answer a key''s row stores, as the functions render it.';
 revoke execute on function billing.answer_of(p_row billing.idempotency_keys, p_replayed boolean) from public;
 
--- Refusals answered before anything is claimed (the user's standing, a reused key) are not stored.
 create or replace function billing.refusal_answer(p_token text, p_details jsonb, p_request_id text)
 returns billing.request_answer
 language sql stable
