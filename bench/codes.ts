@@ -57,7 +57,7 @@ async function opsPerSecond(cell: Cell, n: number): Promise<number> {
             ${pool.json({ user_id: user, amount: '5', kind: 'promo_grant', reason: 'bench' })}, 201, true)).*`
         : await pool`select (billing.run_money_request(${user}, 'credits.codes.redeem', ${key}, ${key}, ${key},
             ${pool.json({ code_hash: codes[c % codes.length], address_hash: null })}, 200)).*`;
-      if (r.refusal_token) throw new Error(`${cell}: ${r.refusal_token} ${r.refusal_detail}`);
+      if (r.refusal_token) throw new Error(`${cell}: ${r.refusal_token} ${JSON.stringify(r.refusal_fields)}`);
       done++;
     }
   }));

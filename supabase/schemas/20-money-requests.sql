@@ -1,58 +1,78 @@
--- Money requests: what every money route runs, in one transaction. run_money_request checks
--- the caller's standing, claims the Idempotency-Key, performs the action (perform_money_action)
--- and stores the response, so a retry gets the stored answer and a concurrent duplicate waits.
+-- Money requests and HTTP idempotency. A money route runs one transaction: run_money_request
+-- checks the caller's standing, claims the Idempotency-Key, performs the action
+-- (perform_money_action) and stores the answer, so a retry gets the stored answer and a
+-- concurrent duplicate waits. Any other idempotent route claims its key
+-- (claim_idempotency_key), does its work (a Stripe call, outside any transaction) and stores the
+-- answer (complete_idempotency_key). Both keep the answer in one format (idempotency_keys).
 
 -- ============================================================ types
 
-create type billing.idempotency_claim as (
-  state text,                                     -- 'claimed' | 'done' | 'in_flight'
-  response_status integer,
-  response_body text
-);
-
-create type billing.money_response as (
-  status integer,                                 -- the success status; null for a refusal
-  data jsonb,
+create type billing.request_answer as (
+  status integer,                                 -- a success's HTTP status; null for a refusal
+  data jsonb,                                     -- a success's data
   refusal_token text,
-  refusal_detail text,
-  request_id text,
-  responded_at timestamptz,
+  refusal_fields jsonb,
+  request_id text,                                -- the first request's id
+  responded_at timestamptz,                       -- when the first request was answered
   replayed boolean
 );
+comment on type billing.request_answer is 'The answer to an idempotent HTTP request, in the one format billing.idempotency_keys stores: a success''s status and data, or a refusal''s token and fields, with the first request''s id and time; _shared/http/idempotency.ts renders every one.';
 
 -- ============================================================ tables
 
--- HTTP idempotency: a mutating route's effect and its stored response commit in one
--- transaction, so a retry with the same Idempotency-Key gets the stored response byte for
--- byte, and a concurrent duplicate waits on the first's uncommitted row, then reads it.
+-- What an answer is rather than its bytes: the usage fast path (run_usage_request) stores no row
+-- and answers a retry from its transfer in the same format, and the functions render every
+-- answer with one reader (_shared/http/idempotency.ts), so a replay is the first answer byte for
+-- byte. A money route's effect and its answer commit in one transaction, so a concurrent
+-- duplicate waits on the first's uncommitted row, then reads it.
 create table billing.idempotency_keys (
   user_id uuid not null,
   action text not null,                           -- the route, e.g. 'credits.usage'
   key text not null,
   request_hash text not null,                     -- sha256 of method, path and body
-  response_status integer,                        -- null while in flight (and for a stored refusal)
-  response_body text,                             -- routes with an external call: exactly the bytes sent
-  -- Routes answered by one statement (billing.run_money_request) store what the answer is and
-  -- the functions render it the same way every time: the data, or the refusal's token and
-  -- detail, with the first request's id and time.
-  response_data jsonb,
+  request_id text,                                -- the first request's id, sent with every replay
+  response_status integer,                        -- a success's HTTP status; null for a refusal
+  response_data jsonb,                            -- a success's data
+  -- A refusal: its token (an error token of _shared/adapters/sql-errors.ts, or the code of a
+  -- refusal made in TypeScript), and the fields of the error that the token's entry there does
+  -- not give: {details} for a SQL token; every field for a refusal made in TypeScript.
   refusal_token text,
-  refusal_detail text,
-  request_id text,
-  responded_at timestamptz,
+  refusal_fields jsonb,
+  responded_at timestamptz,                       -- null while in flight
   locked_at timestamptz not null default now(),
   expires_at timestamptz not null default now() + interval '24 hours',
   primary key (user_id, action, key),
   constraint idempotency_keys_key_length check (length(key) between 1 and 255),
-  constraint idempotency_keys_body_has_status check (response_body is null or response_status is not null),
-  constraint idempotency_keys_one_answer check (response_data is null or refusal_token is null)
+  constraint idempotency_keys_one_answer check (
+    responded_at is null or (response_status is null) <> (refusal_token is null))
 );
-comment on table billing.idempotency_keys is 'Stored responses of mutating HTTP routes by (user, action, Idempotency-Key), kept 24 hours.';
+comment on table billing.idempotency_keys is 'The answers of idempotent HTTP routes by (user, action, Idempotency-Key), kept 24 hours, in one format: a success''s status and data, or a refusal''s token and fields, with the first request''s id and time.';
 alter table billing.idempotency_keys enable row level security;
 
 create index idempotency_keys_expiry on billing.idempotency_keys (expires_at);
 
 -- ============================================================ functions
+
+create or replace function billing.answer_of(p_row billing.idempotency_keys, p_replayed boolean)
+returns billing.request_answer
+language sql immutable
+set search_path = ''
+as $$
+  select (p_row.response_status, p_row.response_data, p_row.refusal_token, p_row.refusal_fields, p_row.request_id,
+          p_row.responded_at, p_replayed)::billing.request_answer
+$$;
+comment on function billing.answer_of(p_row billing.idempotency_keys, p_replayed boolean) is 'Internal: the answer a key''s row stores, as the functions render it.';
+revoke execute on function billing.answer_of(p_row billing.idempotency_keys, p_replayed boolean) from public;
+
+create or replace function billing.refusal_answer(p_token text, p_details jsonb, p_request_id text)
+returns billing.request_answer
+language sql stable
+set search_path = ''
+as $$
+  select (null, null, p_token, jsonb_build_object('details', p_details), p_request_id, now(), false)::billing.request_answer
+$$;
+comment on function billing.refusal_answer(p_token text, p_details jsonb, p_request_id text) is 'Internal: a refusal with its details, answered to this request and stored nowhere.';
+revoke execute on function billing.refusal_answer(p_token text, p_details jsonb, p_request_id text) from public;
 
 create or replace function billing.assert_user_standing(p_user uuid, p_admin boolean default false) returns void
 language plpgsql stable
@@ -71,8 +91,9 @@ comment on function billing.assert_user_standing(p_user uuid, p_admin boolean) i
 revoke execute on function billing.assert_user_standing(p_user uuid, p_admin boolean) from public;
 grant execute on function billing.assert_user_standing(p_user uuid, p_admin boolean) to service_role;
 
-create or replace function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text)
-returns billing.idempotency_claim
+create or replace function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text,
+  p_request_id text)
+returns billing.request_answer
 language plpgsql
 security definer
 set search_path = ''
@@ -82,44 +103,49 @@ declare
 begin
   perform billing.assert_user_standing(p_user);
   -- A concurrent claim of the same key blocks here until the first transaction ends.
-  insert into billing.idempotency_keys as k (user_id, action, key, request_hash)
-  values (p_user, p_action, p_key, p_request_hash)
+  insert into billing.idempotency_keys as k (user_id, action, key, request_hash, request_id)
+  values (p_user, p_action, p_key, p_request_hash, p_request_id)
   on conflict (user_id, action, key) do update
-    set request_hash = excluded.request_hash, response_status = null, response_body = null,
+    set request_hash = excluded.request_hash, request_id = excluded.request_id, response_status = null,
+        response_data = null, refusal_token = null, refusal_fields = null, responded_at = null,
         locked_at = now(), expires_at = now() + interval '24 hours'
     -- An expired key not yet swept starts over; so does a claim abandoned mid-flight by a
-    -- crashed instance (only routes with an external call leave a claim uncommitted-free).
-    where k.expires_at <= now() or (k.response_status is null and k.locked_at < now() - interval '60 seconds')
+    -- crashed instance (its answer was never stored).
+    where k.expires_at <= now() or (k.responded_at is null and k.locked_at < now() - interval '60 seconds')
   returning * into v_row;
   if found then
-    return ('claimed', null, null)::billing.idempotency_claim;
+    return null;
   end if;
   select * into v_row from billing.idempotency_keys k where k.user_id = p_user and k.action = p_action and k.key = p_key;
   if v_row.request_hash <> p_request_hash then
     perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', p_action));
   end if;
-  if v_row.response_status is null then
-    return ('in_flight', null, null)::billing.idempotency_claim;
+  if v_row.responded_at is null then
+    perform billing.raise_error('IDEMPOTENCY_KEY_IN_USE', jsonb_build_object('action', p_action));
   end if;
-  return ('done', v_row.response_status, v_row.response_body)::billing.idempotency_claim;
+  return billing.answer_of(v_row, true);
 end;
 $$;
-comment on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text) is 'Claims a key for a request of a user in good standing, or returns the stored response; IDEMPOTENCY_KEY_REUSED for another request under the same key.';
-revoke execute on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text) from public;
-grant execute on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text) to service_role;
+comment on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text) is 'Claims a key for a request of a user in good standing (null: the key is this request''s now), or returns the stored answer; IDEMPOTENCY_KEY_REUSED for another request under the key, IDEMPOTENCY_KEY_IN_USE while the first is unanswered.';
+revoke execute on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text) from public;
+grant execute on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text) to service_role;
 
-create or replace function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_body text)
-returns void
+create or replace function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer,
+  p_data jsonb, p_refusal_token text, p_refusal_fields jsonb)
+returns billing.request_answer
 language sql
 security definer
 set search_path = ''
 as $$
-  update billing.idempotency_keys k set response_status = p_status, response_body = p_body
+  update billing.idempotency_keys k
+  set response_status = p_status, response_data = p_data, refusal_token = p_refusal_token,
+      refusal_fields = p_refusal_fields, responded_at = now()
   where k.user_id = p_user and k.action = p_action and k.key = p_key
+  returning (billing.answer_of(k, false)).*
 $$;
-comment on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_body text) is 'Stores the response of a claimed key.';
-revoke execute on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_body text) from public;
-grant execute on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_body text) to service_role;
+comment on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_data jsonb, p_refusal_token text, p_refusal_fields jsonb) is 'Stores the answer of a claimed key (a success''s status and data, or a refusal''s token and fields) and returns it as every replay will.';
+revoke execute on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_data jsonb, p_refusal_token text, p_refusal_fields jsonb) from public;
+grant execute on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_data jsonb, p_refusal_token text, p_refusal_fields jsonb) to service_role;
 
 create or replace function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) returns void
 language sql
@@ -127,7 +153,7 @@ security definer
 set search_path = ''
 as $$
   delete from billing.idempotency_keys k
-  where k.user_id = p_user and k.action = p_action and k.key = p_key and k.response_status is null
+  where k.user_id = p_user and k.action = p_action and k.key = p_key and k.responded_at is null
 $$;
 comment on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) is 'Forgets an in-flight claim whose work failed before any effect (routes with an external call), so a retry starts over.';
 revoke execute on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) from public;
@@ -215,7 +241,7 @@ revoke execute on function billing.perform_money_action(p_user uuid, p_action te
 -- with that one: a request under the same key there finds this transfer, and the other way round.
 create or replace function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text,
   p_args jsonb, p_success_status integer)
-returns billing.money_response
+returns billing.request_answer
 language plpgsql
 set search_path = ''
 as $$
@@ -243,14 +269,13 @@ begin
     if not v_t.metadata ? 'request_hash' then
       return null;
     elsif v_t.metadata ->> 'request_hash' <> p_request_hash then
-      return (null, null, 'IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'credits.usage')::text, p_request_id, now(),
-              false)::billing.money_response;
+      return billing.refusal_answer('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'credits.usage'), p_request_id);
     end if;
     return (p_success_status, billing.usage_answer(v_t.id, v_t.amount,
         (select e.balance_after from billing.entries e where e.transfer_id = v_t.id and e.account_id = v_t.from_account_id),
         coalesce((v_t.metadata ->> 'held_after')::numeric, 0),
         (select c.version from billing.rate_cards c where c.id = v_t.rate_card_id)),
-      null, null, v_t.metadata ->> 'request_id', v_t.created_at, true)::billing.money_response;
+      null, null, v_t.metadata ->> 'request_id', v_t.created_at, true)::billing.request_answer;
   end if;
   if v_price.amount is null or v_price.amount <= 0 or v_account.orgs > 0 or v_account.caps > 0 or v_account.restricted_lots then
     return null;
@@ -278,7 +303,7 @@ begin
   end if;
   return (p_success_status, billing.usage_answer(v_posted.transfer_id, v_price.amount, v_account.balance, v_account.held,
       v_price.rate_card_version),
-    null, null, p_request_id, now(), false)::billing.money_response;
+    null, null, p_request_id, now(), false)::billing.request_answer;
 end;
 $$;
 comment on function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer) is 'Internal: POST /credits/usage for a student paying from their own account with no cap, the transfer its only record; null hands the request to run_money_request''s general path.';
@@ -300,7 +325,7 @@ $$;
 comment on function billing.usage_answer(p_transfer_id bigint, p_charged numeric, p_balance numeric, p_held numeric, p_rate_card_version integer) is 'Internal: a usage charge the student paid, as POST /credits/usage answers it.';
 revoke execute on function billing.usage_answer(p_transfer_id bigint, p_charged numeric, p_balance numeric, p_held numeric, p_rate_card_version integer) from public;
 
-create or replace function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean default false) returns billing.money_response
+create or replace function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean default false) returns billing.request_answer
 language plpgsql
 security definer
 set search_path = ''
@@ -311,11 +336,11 @@ declare
   v_token text;
   v_detail text;
   v_refusal jsonb := billing.standing_refusal(p_user, p_admin);
-  v_usage billing.money_response;
+  v_usage billing.request_answer;
 begin
   -- Refused before anything is claimed: answered, not stored, not raised (see above).
   if v_refusal is not null then
-    return (null, null, v_refusal ->> 'token', (v_refusal -> 'detail')::text, p_request_id, now(), false)::billing.money_response;
+    return billing.refusal_answer(v_refusal ->> 'token', v_refusal -> 'detail', p_request_id);
   end if;
   if p_action = 'credits.usage' then
     v_usage := billing.run_usage_request(p_user, p_key, p_request_hash, p_request_id, p_args, p_success_status);
@@ -328,18 +353,16 @@ begin
   values (p_user, p_action, p_key, p_request_hash, p_request_id)
   on conflict (user_id, action, key) do update
     set request_hash = excluded.request_hash, request_id = excluded.request_id, response_status = null,
-        response_data = null, refusal_token = null, refusal_detail = null, responded_at = null,
+        response_data = null, refusal_token = null, refusal_fields = null, responded_at = null,
         locked_at = now(), expires_at = now() + interval '24 hours'
     where k.expires_at <= now()
   returning * into v_row;
   if not found then
     select * into v_row from billing.idempotency_keys k where k.user_id = p_user and k.action = p_action and k.key = p_key;
     if v_row.request_hash <> p_request_hash then
-      return (null, null, 'IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', p_action)::text, p_request_id, now(),
-              false)::billing.money_response;
+      return billing.refusal_answer('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', p_action), p_request_id);
     end if;
-    return (v_row.response_status, v_row.response_data, v_row.refusal_token, v_row.refusal_detail, v_row.request_id,
-            v_row.responded_at, true)::billing.money_response;
+    return billing.answer_of(v_row, true);
   end if;
 
   -- A redemption's failed-guess count and the record of its refusal, one caller at a time (75-codes.sql).
@@ -362,11 +385,11 @@ begin
   end;
   update billing.idempotency_keys k
   set response_status = case when v_token is null then p_success_status end, response_data = v_data,
-      refusal_token = v_token, refusal_detail = v_detail, responded_at = now()
+      refusal_token = v_token, refusal_fields = case when v_token is not null
+        then jsonb_build_object('details', nullif(v_detail, '')::jsonb) end, responded_at = now()
   where k.user_id = p_user and k.action = p_action and k.key = p_key
   returning * into v_row;
-  return (v_row.response_status, v_row.response_data, v_row.refusal_token, v_row.refusal_detail, v_row.request_id,
-          v_row.responded_at, false)::billing.money_response;
+  return billing.answer_of(v_row, false);
 end;
 $$;
 comment on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean) is 'One statement per money request: user check, idempotency claim, the work, the stored answer (or the stored one replayed).';

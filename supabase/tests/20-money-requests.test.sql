@@ -1,13 +1,14 @@
 -- billing.run_money_request, what every money route runs: it raises no refusal but answers each
 -- as a row (its statement carries the request's values, one round trip, _shared/adapters/sql-literal.ts inline, and
 -- Postgres logs the text of a statement that fails): a refusal before the key is claimed stores
--- nothing; a reused key leaves the first answer as it was.
+-- nothing; a reused key leaves the first answer as it was. A route that calls Stripe claims its
+-- key, then stores its answer in the same format (claim_idempotency_key, complete_idempotency_key).
 begin;
-select plan(8);
+select plan(15);
 \ir helpers.psql
 
 create function pg_temp.usage(p_user uuid, p_key text, p_tokens integer, p_admin boolean default false)
-returns billing.money_response language sql as $$
+returns billing.request_answer language sql as $$
   select * from billing.run_money_request(p_user, 'credits.usage', p_key, 'hash-' || p_tokens, 'req-' || p_key,
     jsonb_build_object('model', 'gpt-4o', 'input_tokens', p_tokens, 'output_tokens', 0), 201, p_admin)
 $$;
@@ -34,6 +35,26 @@ select is((select refusal_token || ' ' || replayed::text from pg_temp.usage('ddd
   'IDEMPOTENCY_KEY_REUSED false', 'it is answered IDEMPOTENCY_KEY_REUSED');
 select is((select status || ' ' || replayed::text from pg_temp.usage('dddddddd-0000-4000-8000-000000000066', 'k-1', 100)),
   '201 true', 'and the first answer is still the one replayed');
+
+-- A route with an external call: claimed, in flight, answered, replayed.
+create function pg_temp.claim(p_hash text) returns billing.request_answer language sql as $$
+  select * from billing.claim_idempotency_key('dddddddd-0000-4000-8000-000000000066', 'checkout.refunds', 'k-ext',
+    p_hash, 'req-ext-' || p_hash)
+$$;
+select is((select row(c.*)::text from pg_temp.claim('h1') c), row(null, null, null, null, null, null, null)::text,
+  'a first claim answers null: the key is this request''s');
+select is(pg_temp.err($$select pg_temp.claim('h1')$$), 'IDEMPOTENCY_KEY_IN_USE', 'the same request meanwhile is told to retry');
+select is(pg_temp.err($$select pg_temp.claim('h2')$$), 'IDEMPOTENCY_KEY_REUSED', 'another request under the key is refused');
+select is((select refusal_token || ' ' || (refusal_fields ->> 'message') || ' ' || request_id || ' ' || replayed::text
+           from billing.complete_idempotency_key('dddddddd-0000-4000-8000-000000000066', 'checkout.refunds', 'k-ext',
+             null, null, 'PURCHASE_NOT_REFUNDABLE', '{"message": "The purchase is pending."}')),
+  'PURCHASE_NOT_REFUNDABLE The purchase is pending. req-ext-h1 false', 'its refusal is stored with the first request''s id');
+select is((select refusal_token || ' ' || (refusal_fields ->> 'message') || ' ' || request_id || ' ' || replayed::text
+           from pg_temp.claim('h1')),
+  'PURCHASE_NOT_REFUNDABLE The purchase is pending. req-ext-h1 true', 'the same request again gets the stored refusal');
+select is(pg_temp.err($$select pg_temp.claim('h2')$$), 'IDEMPOTENCY_KEY_REUSED', 'another request still is refused');
+select is((select responded_at from pg_temp.claim('h1')),
+  (select responded_at from billing.idempotency_keys where key = 'k-ext'), 'a replay carries the first answer''s time');
 
 select * from finish();
 rollback;

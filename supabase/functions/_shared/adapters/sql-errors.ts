@@ -2,6 +2,7 @@
 // detail) by the table below, lost connections as 503, anything else as 500. docs/api.md lists
 // the same codes (tests/unit/error-codes-documented.test.ts reads this table).
 import { AppError, type ErrorType } from '../errors.ts';
+import type { ErrorBody } from '../envelope.ts';
 import { ConfigError } from '../env.ts';
 import { errorSummary, log } from '../log.ts';
 
@@ -105,6 +106,11 @@ const sqlErrors: Record<
     type: 'conflict',
     message: 'This Idempotency-Key was already used for a different request.',
   },
+  IDEMPOTENCY_KEY_IN_USE: {
+    type: 'conflict',
+    message: 'A request with this Idempotency-Key is still in progress.',
+    retryable: true,
+  },
   IDEMPOTENCY_KEY_REQUIRED: { type: 'validation', message: 'An idempotency key is required.' },
   LEDGER_IMMUTABLE: { type: 'server', message: 'Ledger rows cannot be changed.', status: 500 },
   PACKAGE_NOT_FOUND: { type: 'not_found', message: 'No such credit package on sale.' },
@@ -181,23 +187,36 @@ const sqlErrors: Record<
   LEDGER_INVARIANT: { type: 'server', message: 'A ledger movement broke an invariant.', status: 500 },
 };
 
+/** The fields of an error that a refusal carries beside its token (the rest come from the table above). */
+export type RefusalFields = Partial<ErrorBody> & { status?: number };
+
 /**
- * The AppError a SQL error token stands for, or undefined for a token this table does not know.
+ * The AppError a refusal stands for: its token's entry in the table above, with `fields` over it
+ * (a SQL refusal brings its details, a refusal made in TypeScript every field); undefined when
+ * neither says what the error is. Stored answers (billing.idempotency_keys) are read through it.
+ * @example refusalOf('INSUFFICIENT_CREDITS', { details: { required: '5' } })?.status // 402
+ */
+export function refusalOf(token: string, fields: RefusalFields): AppError | undefined {
+  const e = { ...sqlErrors[token], ...fields };
+  if (!e.type || e.message === undefined) return undefined;
+  return new AppError(e.type as ErrorType, e.code ?? token, e.message, {
+    details: e.details,
+    status: e.status,
+    retryable: e.retryable,
+    field: e.field,
+  });
+}
+
+/**
+ * The AppError a raised SQL error token stands for, or undefined for a token this table does not know.
  * @example sqlRefusal('INSUFFICIENT_CREDITS', '{"required":"5"}')?.status // 402
  */
 export function sqlRefusal(token: string, detail: string | null | undefined): AppError | undefined {
-  const known = sqlErrors[token];
-  if (!known) return undefined;
   let details: Record<string, unknown> | undefined;
   try {
     details = detail ? JSON.parse(detail) : undefined;
   } catch { /* a plain-text detail is not shown */ }
-  return new AppError(known.type, known.code ?? token, known.message, {
-    details,
-    status: known.status,
-    retryable: known.retryable,
-    field: known.field,
-  });
+  return refusalOf(token, { details });
 }
 
 const transientCodes = new Set(['40001', '40P01', '57P01', '57P02', '57P03', '08000', '08003', '08006', '53300']);

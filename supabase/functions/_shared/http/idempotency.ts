@@ -3,7 +3,10 @@
 // once (billing.idempotency_keys, kept 24 hours) and a retry gets that answer back with the first
 // request's id and time, marked `Idempotent-Replayed: true`. Another request under the same key
 // is 409 IDEMPOTENCY_KEY_REUSED. A refusal (4xx) is stored and replayed like a success; a 5xx is
-// not stored, so a retry runs again. Where the work happens decides who holds the key:
+// not stored, so a retry runs again. Every route stores its answer in one format, what the answer
+// is (a success's status and data, or a refusal's token and fields), and `respond` renders each
+// one, the first response included, so a replay is the same bytes. Where the work happens
+// decides who holds the key:
 // - a money route (`inSql`): one SQL statement, billing.run_money_request, claims the key,
 //   moves the money and stores the answer, so a concurrent duplicate waits for the first and
 //   then gets its answer, and the account's row lock never waits on a network round trip;
@@ -15,7 +18,7 @@ import { createHash } from 'node:crypto';
 import type { AppContext } from '../app-env.ts';
 import { currentUser } from './identify.ts';
 import { jsonb, sql } from '../adapters/db.ts';
-import { fromDbError, sqlRefusal } from '../adapters/sql-errors.ts';
+import { fromDbError, type RefusalFields, refusalOf } from '../adapters/sql-errors.ts';
 import { AppError, internalError } from '../errors.ts';
 
 const wellFormedKey = /^[\x21-\x7e]{1,255}$/;
@@ -85,22 +88,34 @@ export const inSql = (successStatus: number, opts: Omit<SqlWork, 'successStatus'
   ...opts,
 });
 
-/** A stored answer: its status and its envelope as text, exactly the bytes every replay sends. */
-interface Answer {
-  status: number;
-  body: string;
-  replayed: boolean;
+/**
+ * An answer as billing.idempotency_keys stores it and SQL returns it (billing.request_answer):
+ * a success's status and data, or a refusal's token and fields, with the first request's id and time.
+ */
+interface StoredAnswer {
+  status: number | null;
+  data: unknown;
+  refusal_token: string | null;
+  refusal_fields: RefusalFields | null;
+  request_id: string;
+  responded_at: Date;
+  replayed: boolean | null;
 }
 
-/** The envelope of an answer as text, with the metadata of the request that first made it. */
-const envelope = (part: { data: unknown } | { error: unknown }, requestId: string, at: Date) =>
-  JSON.stringify({ ...part, metadata: { requestId, timestamp: at.toISOString() } });
-
-const respond = (a: Answer) =>
-  new Response(a.body, {
-    status: a.status,
+/** The one reader of stored answers: the response the first request got, and every replay the same bytes. */
+function respond(a: StoredAnswer): Response {
+  const refusal = a.refusal_token === null
+    ? undefined
+    : refusalOf(a.refusal_token, a.refusal_fields ?? {}) ?? internalError();
+  const body = JSON.stringify({
+    ...(refusal ? { error: refusal.toJSON() } : { data: a.data }),
+    metadata: { requestId: a.request_id, timestamp: a.responded_at.toISOString() },
+  });
+  return new Response(body, {
+    status: refusal?.status ?? a.status as number,
     headers: { 'content-type': 'application/json', ...(a.replayed ? { 'Idempotent-Replayed': 'true' } : {}) },
   });
+}
 
 /**
  * Runs a mutating request at most once per (user, action, Idempotency-Key) and answers it, or
@@ -125,87 +140,46 @@ export async function idempotent(
 
 type Identity = { userId: string; action: string; key: string; hash: string };
 
-/** A route whose work runs between the committed claim and the stored answer. */
-async function claimed(c: AppContext, id: Identity, work: (key: string) => Promise<Effect>): Promise<Answer> {
+/**
+ * A route whose work runs between the committed claim and the stored answer. The answer is
+ * rendered from what SQL stored, so the first response and every replay are the same bytes.
+ */
+async function claimed(c: AppContext, id: Identity, work: (key: string) => Promise<Effect>): Promise<StoredAnswer> {
   const { userId, action, key, hash } = id;
-  const [claim] = await sql<{ state: string; response_status: number | null; response_body: string | null }[]>`
-    select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash})`;
-  if (claim.state === 'done') {
-    return { status: claim.response_status as number, body: claim.response_body as string, replayed: true };
-  }
-  if (claim.state === 'in_flight') {
-    throw new AppError(
-      'conflict',
-      'IDEMPOTENCY_KEY_IN_USE',
-      'A request with this Idempotency-Key is still in progress.',
-      {
-        retryable: true,
-      },
-    );
-  }
-  let answer: Answer;
+  const [stored] = await sql<StoredAnswer[]>`
+    select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash}, ${c.get('requestId')})`;
+  if (stored.replayed) return stored;
+  let effect: Effect | undefined, refusal: AppError | undefined;
   try {
-    const effect = await work(key);
-    answer = {
-      status: effect.status,
-      body: envelope({ data: effect.data }, c.get('requestId'), new Date()),
-      replayed: false,
-    };
+    effect = await work(key);
   } catch (err) {
-    const failure = fromDbError(err);
-    if (failure.status >= 500) {
+    refusal = fromDbError(err);
+    if (refusal.status >= 500) {
       await sql`select billing.abandon_idempotency_key(${userId}, ${action}, ${key})`.catch(() => {});
-      throw failure;
+      throw refusal;
     }
-    answer = {
-      status: failure.status,
-      body: envelope({ error: failure.toJSON() }, c.get('requestId'), new Date()),
-      replayed: false,
-    };
   }
-  await sql`select billing.complete_idempotency_key(${userId}, ${action}, ${key}, ${answer.status}, ${answer.body})`;
+  const fields: RefusalFields | undefined = refusal && { ...refusal.toJSON(), status: refusal.status };
+  const [answer] = await sql<StoredAnswer[]>`select * from billing.complete_idempotency_key(${userId}, ${action},
+    ${key}, ${effect?.status ?? null}, ${effect ? jsonb(effect.data) : null}, ${refusal?.code ?? null},
+    ${fields ? jsonb(fields) : null})`;
   return answer;
 }
 
-type MoneyResponse = {
-  status: number | null;
-  data: unknown;
-  refusal_token: string | null;
-  refusal_detail: string | null;
-  request_id: string;
-  responded_at: Date;
-  replayed: boolean;
-};
-
 /**
  * A money route in one statement (billing.run_money_request): the user's standing, the claim, the
- * work and the stored answer. SQL stores what the answer is (the data, or the refusal's token and
- * detail, with the first request's id and time); it is rendered here into the same envelope on
- * every replay. The statement answers its refusals as rows, so it goes in one round trip.
+ * work and the stored answer. The statement answers its refusals as rows, so it goes in one round trip.
  */
 async function inOneStatement(
   c: AppContext,
   id: Identity,
   args: Record<string, unknown>,
   work: SqlWork,
-): Promise<Answer> {
+): Promise<StoredAnswer> {
   const { userId, action, key, hash } = id;
-  const [r] = await sql.oneTrip<MoneyResponse[]>`select * from billing.run_money_request(${userId}, ${action}, ${key},
-    ${hash}, ${c.get('requestId')}, ${jsonb({ ...args, ...work.context })}, ${work.successStatus}, ${
+  const [answer] = await sql.oneTrip<StoredAnswer[]>`select * from billing.run_money_request(${userId}, ${action},
+    ${key}, ${hash}, ${c.get('requestId')}, ${jsonb({ ...args, ...work.context })}, ${work.successStatus}, ${
     work.admin ?? false
   })`;
-  const refusal = r.refusal_token === null
-    ? undefined
-    : sqlRefusal(r.refusal_token, r.refusal_detail) ?? internalError();
-  return refusal
-    ? {
-      status: refusal.status,
-      body: envelope({ error: refusal.toJSON() }, r.request_id, r.responded_at),
-      replayed: r.replayed,
-    }
-    : {
-      status: r.status as number,
-      body: envelope({ data: r.data }, r.request_id, r.responded_at),
-      replayed: r.replayed,
-    };
+  return answer;
 }
