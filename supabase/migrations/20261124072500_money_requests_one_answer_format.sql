@@ -158,7 +158,7 @@ begin
         (select c.version from billing.rate_cards c where c.id = v_t.rate_card_id)),
       null, null, v_t.metadata ->> 'request_id', v_t.created_at, true)::billing.request_answer;
   end if;
-  if v_price.amount is null or v_price.amount <= 0 or v_account.orgs > 0 or v_account.caps > 0 then
+  if v_price.amount is null or v_price.amount <= 0 or v_account.orgs > 0 or v_account.caps > 0 or v_account.restricted_lots then
     return null;
   end if;
 
