@@ -250,13 +250,16 @@ AS $function$
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean DEFAULT false, p_except_hold uuid DEFAULT NULL::uuid)
- RETURNS jsonb
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
+create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
+  p_any boolean default false, p_except_hold uuid default null)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
 declare
   v_keys text[];
+  v_credits numeric[];
+  v_pays boolean[];
   v_sets integer;
   v_slack numeric[];
   v_need numeric := p_amount;
@@ -264,34 +267,37 @@ declare
   v_t numeric;
   v_lot record;
 begin
-  -- The groups, by list ('' for anything: the writer keeps lists sorted, so equal lists have one key).
-  select array_agg(g.key order by g.key) into v_keys
-  from (select distinct coalesce(array_to_string(l.applies_to, ','), '') as key from billing.lots l
-        where l.account_id = p_account_id and l.open) g;
+  -- The groups, by list ('' for anything: the writer keeps lists sorted, so equal lists have one
+  -- key), their credits, and whether they may pay for this commitment: per group, not per lot.
+  select array_agg(g.key order by g.key), array_agg(g.credits order by g.key),
+    array_agg(p_any or billing.lot_pays_for(case when g.key = '' then null else string_to_array(g.key, ',') end, p_model)
+      order by g.key)
+  into v_keys, v_credits, v_pays
+  from (select coalesce(array_to_string(l.applies_to, ','), '') as key, sum(l.remaining) as credits from billing.lots l
+        where l.account_id = p_account_id and l.open group by 1) g;
   v_sets := case when cardinality(v_keys) <= 10 then (1 << cardinality(v_keys)) - 1 else 0 end;
 
   -- slack(T) for every non-empty set T of groups (bit i: group i); a hold no group can pay any more
   -- (credits expired or taken back under it) constrains nothing.
   v_slack := array(
-    with groups as (
-      select i, (select coalesce(sum(l.remaining), 0) from billing.lots l
-                 where l.account_id = p_account_id and l.open and coalesce(array_to_string(l.applies_to, ','), '') = v_keys[i]) as credits,
-        case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end as list
-      from generate_subscripts(v_keys, 1) i
-    ), holds as (
-      select h.amount, (select coalesce(sum(1 << (g.i - 1)), 0) from groups g
-                        where h.purpose = 'dispute' or billing.lot_pays_for(g.list, billing.hold_model(h)))::integer as paid_by
+    with holds as (
+      select h.amount, (select coalesce(sum(1 << (i - 1)), 0) from generate_subscripts(v_keys, 1) i
+                        where h.purpose = 'dispute' or billing.lot_pays_for(
+                          case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, billing.hold_model(h))
+                       )::integer as paid_by
       from billing.holds h
       where h.account_id = p_account_id and h.status = 'active' and h.id is distinct from p_except_hold
     )
-    select (select coalesce(sum(g.credits), 0) from groups g where t & (1 << (g.i - 1)) <> 0)
+    select (select coalesce(sum(v_credits[i]), 0) from generate_subscripts(v_keys, 1) i where t & (1 << (i - 1)) <> 0)
       - (select coalesce(sum(h.amount), 0) from holds h where h.paid_by <> 0 and h.paid_by & ~t = 0)
     from generate_series(1, v_sets) t order by t);
 
   for v_lot in
-    select x.id, x.remaining, array_position(v_keys, coalesce(array_to_string(x.applies_to, ','), '')) as grp
-    from billing.lots x
-    where x.account_id = p_account_id and x.open and (p_any or billing.lot_pays_for(x.applies_to, p_model))
+    select x.id, x.remaining, x.grp from (
+      select l.id, l.remaining, l.frozen, l.priority, l.expires_at, l.granted_at,
+        array_position(v_keys, coalesce(array_to_string(l.applies_to, ','), '')) as grp
+      from billing.lots l where l.account_id = p_account_id and l.open) x
+    where v_pays[x.grp]
     order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
   loop
     exit when v_need <= 0;
@@ -312,12 +318,10 @@ begin
     end if;
   end loop;
   return jsonb_strip_nulls(jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
-    'unusable', trim_scale(coalesce((select sum(x.remaining) from billing.lots x
-      where x.account_id = p_account_id and x.open and not (p_any or billing.lot_pays_for(x.applies_to, p_model))), 0))::text,
+    'unusable', trim_scale(coalesce((select sum(v_credits[i]) from generate_subscripts(v_keys, 1) i where not v_pays[i]), 0))::text,
     'unprotected', case when cardinality(v_keys) > 10 then true end));
 end;
-$function$
-;
+$$;
 
 CREATE OR REPLACE FUNCTION billing.plan_spec(p_name text, p_price_cents integer, p_currency text, p_interval text, p_credits numeric, p_rollover text, p_rollover_limit numeric, p_applies_to text[])
  RETURNS jsonb
