@@ -159,6 +159,11 @@ export interface Lot {
   expires_at: string | null;
   /** Its purchase is disputed: spent last until the dispute ends. */
   frozen: boolean;
+  /**
+   * The models it may pay for: names (`essay-tutor`) or families (`gpt-4o*`); null or absent:
+   * any model. Optional until the service sends it (issue #46, credits for a purpose).
+   */
+  applies_to?: string[] | null;
 }
 
 /** A spend cap and its current period. */
