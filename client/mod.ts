@@ -14,6 +14,7 @@ import type {
   AutoRecharge,
   AutoRechargeRequest,
   Balance,
+  BalanceAsOf,
   CapAlertsRequest,
   CapRequest,
   CaptureRequest,
@@ -110,6 +111,12 @@ export interface WatchOptions {
   onProgress?: (job: Job) => void;
 }
 
+/**
+ * An instant to read as of (`balance`, `lots`): RFC 3339 with an offset (`Date#toISOString()`
+ * gives one), not in the future; omitted: now.
+ */
+export type AsOf = { at?: string };
+
 const finished = (s: JobStatus) => s === 'completed' || s === 'failed' || s === 'cancelled';
 const newTempId = () => `temp_${crypto.randomUUID()}`;
 
@@ -202,10 +209,19 @@ export function createBillingClient(supabase: SupabaseLike, retry: RetryOptions 
     redeemCode: (code: string) => post<CodeRedemption>('credits/codes/redeem', { code }),
     /** A purchase by id or Checkout Session id; asks Stripe when still pending. */
     purchase: (id: string) => get<PurchaseStatus>(`checkout/sessions/${encodeURIComponent(id)}`),
-    balance: () => get<Balance>('credits/balance'),
+    /**
+     * The caller's balance now; or, with `at` (an instant with an offset, not in the future), as it
+     * stood then, exactly, from the ledger (`BalanceAsOf`: the same fields and `as_of`).
+     * @example const { data } = await billing.balance({ at: new Date('2026-11-03T18:00').toISOString() });
+     */
+    balance: <Q extends AsOf = Record<never, never>>(q?: Q) =>
+      get<Q extends { at: string } ? BalanceAsOf : Balance>(`credits/balance${query({ at: q?.at })}`),
     ledger: (page: { limit?: number; cursor?: string } = {}) => get<LedgerPage>(`credits/ledger${query(page)}`),
-    /** Where the caller's credits came from, what is left of each lot and when it expires. */
-    lots: (page: { limit?: number; cursor?: string } = {}) => get<LotPage>(`credits/lots${query(page)}`),
+    /**
+     * Where the caller's credits came from, what is left of each lot and when it expires; with
+     * `at`, each lot as it stood then (those granted by then, with what remained of each).
+     */
+    lots: (page: { limit?: number; cursor?: string } & AsOf = {}) => get<LotPage>(`credits/lots${query(page)}`),
     /** Every upcoming expiry of the caller's own credits, and what a plan's rule rolls over. */
     expiries: () => get<Page<Expiry>>('credits/expiries'),
     caps: () => get<Page<SpendCap>>('credits/caps'),

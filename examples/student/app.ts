@@ -2,9 +2,9 @@
 // balance, packages (bought through hosted Checkout), the purchase polled after the redirect
 // back, recent ledger entries in words (ledger-words.ts), what the student can spend and what
 // expires when (balance.ts), spend controls, a metered AI job priced before it starts, with
-// progress and cancel, where the credits went and how long they last (usage.ts), and the
-// organisations that fund the student (orgs.ts). Everything goes through the typed client over
-// supabase-js.
+// progress and cancel, where the credits went and how long they last (usage.ts), the
+// organisations that fund the student (orgs.ts), and the balance and lots at an earlier time
+// (as-of.ts). Everything goes through the typed client over supabase-js.
 /// <reference lib="dom" />
 import { createClient, type SupabaseClient } from '@supabase/supabase-js';
 import {
@@ -26,6 +26,7 @@ import { entryWords } from './ledger-words.ts';
 import { askStreaming } from './ask.ts';
 import { buyGift, giftText, wireRedeem } from './codes.ts';
 import { followPlan, showPlans } from './plans.ts';
+import { wireAsOf } from './as-of.ts';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const store = globalThis.sessionStorage;
@@ -498,6 +499,7 @@ async function main() {
   wireCaps(billing);
   wireAutoRecharge(billing);
   wireRedeem(billing, (text) => show('notice', text), fail, () => loadAll(billing, supabase));
+  wireAsOf(billing, { fail, clear: () => show('error', null) });
   const sessionId = params.get('session_id');
   if (sessionId) await followPurchase(billing, sessionId).catch((err) => fail(err));
   if (params.get('plan')) await followPlan(billing, (text) => show('notice', text)).catch((err) => fail(err));

@@ -172,6 +172,14 @@ export async function report(org: string): Promise<number> {
   const rows: { data: Page<OrgUsageRow> | null } = await billing.orgUsage(org);
   return (csv.data ?? '').length + (rows.data?.items.length ?? 0);
 }
+// As of an instant: the balance then carries as_of; a lot may name the models it pays for.
+export async function asOf(at: string): Promise<string> {
+  const { data } = await billing.balance({ at });
+  const lots = await billing.lots({ at, limit: 10 });
+  return (data?.as_of ?? '') + (lots.data?.items[0]?.applies_to?.join(', ') ?? 'any model');
+}
+// @ts-expect-error the balance now has no as_of
+export const nowHasNoAsOf = async () => (await billing.balance()).data?.as_of;
 export const known: ErrorCode = 'HTTP_502';
 // @ts-expect-error data is null until error is ruled out
 export const early = async () => (await billing.balance()).data.available;

@@ -226,6 +226,26 @@ Deno.test('a fetch that throws something unexpected is still answered as an erro
   assert.equal(error?.code, 'NETWORK_ERROR');
 });
 
+Deno.test("balance and lots as of an instant send `at` encoded (an offset's + survives); without it, none", async () => {
+  const s = failingServer([{ status: 200, body: success({ items: [], next_cursor: null }) }]);
+  try {
+    const c = client(s.base);
+    const at = '2026-11-03T10:00:00.123456+01:00';
+    await c.balance({ at });
+    await c.lots({ at, limit: 10 });
+    await c.balance();
+    await c.lots();
+    assert.deepEqual(s.seen.map((x) => x.path), [
+      '/functions/v1/credits/balance?at=2026-11-03T10%3A00%3A00.123456%2B01%3A00',
+      '/functions/v1/credits/lots?at=2026-11-03T10%3A00%3A00.123456%2B01%3A00&limit=10',
+      '/functions/v1/credits/balance',
+      '/functions/v1/credits/lots',
+    ]);
+  } finally {
+    await s.close();
+  }
+});
+
 Deno.test('client/README.md lists every method of the client and the usage reporter, and none it lacks', async () => {
   const supabase = createClient('http://127.0.0.1:1', 'anon-key');
   const methods = [

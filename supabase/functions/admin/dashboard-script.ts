@@ -17,9 +17,18 @@ export interface DashboardKit {
   esc: (s: unknown) => string;
   empty: string;
   get: <T>(path: string) => Promise<T>;
-  send: <T>(path: string, body: unknown, headers?: Record<string, string>) => Promise<T>;
+  /** POSTs (or PUTs, …) JSON; answers the envelope's `data`. */
+  send: <T>(path: string, body: unknown, headers?: Record<string, string>, method?: string) => Promise<T>;
+  /** Saves a GET's answer (a CSV) as a file, with the session like every fetch: the name the server gives, else `name`. */
+  download: (path: string, name: string) => Promise<void>;
   showError: (err: unknown) => void;
 }
+
+/**
+ * What `get`, `send` and `download` throw for an error envelope: its message as the Error's
+ * ("VALIDATION_FAILED: accounts.0.code must be …"), and its code and field (`accounts.0.code`).
+ */
+export type ApiFailure = Error & { code?: string; field?: string; status?: number };
 
 /** A dashboard section of its own module, run after the page's script with its helpers. */
 export type DashboardSection = (kit: DashboardKit) => void;
@@ -130,23 +139,44 @@ export function dashboardScript(...sections: DashboardSection[]): void {
     location.assign('./dashboard');
     return new Error('Signed out');
   };
-  const get = async <T>(path: string): Promise<T> => {
+  // The standard error envelope as an Error that keeps its code and field.
+  const failure = (status: number, body: { error?: { code: string; message: string; field?: string } }) => {
+    const e = body && body.error;
+    return Object.assign(new Error(e ? e.code + ': ' + e.message : 'HTTP ' + status), {
+      code: e ? e.code : undefined,
+      field: e ? e.field : undefined,
+      status,
+    }) as ApiFailure;
+  };
+  const fetched = async (path: string) => {
     const res = await fetch(path);
     if (res.status === 401 || res.status === 403) throw signedOut();
     const body = res.headers.get('content-type')?.includes('json') ? await res.json() : await res.text();
-    if (!res.ok) throw new Error(body?.error ? body.error.code + ': ' + body.error.message : 'HTTP ' + res.status);
-    return body;
+    if (!res.ok) throw failure(res.status, body);
+    return { res, body };
   };
-  const send = async <T>(path: string, body: unknown, headers: Record<string, string> = {}): Promise<T> => {
+  const get = async <T>(path: string): Promise<T> => (await fetched(path)).body;
+  const send = async <T>(path: string, body: unknown, headers: Record<string, string> = {}, method = 'POST') => {
     const res = await fetch(path, {
-      method: 'POST',
+      method,
       headers: { 'content-type': 'application/json', ...headers },
       body: JSON.stringify(body),
     });
     if (res.status === 401) throw signedOut();
     const json = await res.json();
-    if (!res.ok) throw new Error(json.error ? json.error.code + ': ' + json.error.message : 'HTTP ' + res.status);
-    return json.data;
+    if (!res.ok) throw failure(res.status, json);
+    return json.data as T;
+  };
+  // The session is an HttpOnly cookie the script cannot read, and a plain link would save an error
+  // envelope as the file: the answer is fetched (with the cookie, errors thrown) and saved as a Blob.
+  const download = async (path: string, name: string) => {
+    const { res, body } = await fetched(path);
+    const given = /filename="([^"]+)"/.exec(res.headers.get('content-disposition') || '');
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(new Blob([body], { type: res.headers.get('content-type') || 'text/csv' }));
+    a.download = given ? given[1] : name;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
   };
 
   // A long number is set smaller, and wraps rather than clips when even that is too wide.
@@ -382,13 +412,7 @@ export function dashboardScript(...sections: DashboardSection[]): void {
     document.body.dataset.ready = 'true';
   }
 
-  async function downloadCsv() {
-    const blob = new Blob([await get<string>('./metrics?' + range() + '&format=csv')], { type: 'text/csv' });
-    const a = document.createElement('a');
-    a.href = URL.createObjectURL(blob);
-    a.download = 'metrics.csv';
-    a.click();
-  }
+  const downloadCsv = () => download('./metrics?' + range() + '&format=csv', 'metrics.csv').catch(showError);
 
   $<HTMLInputElement>('to').value = new Date(Date.now() + 86400000).toISOString().slice(0, 10);
   $<HTMLInputElement>('from').value = new Date(Date.now() - 29 * 86400000).toISOString().slice(0, 10);
@@ -397,6 +421,6 @@ export function dashboardScript(...sections: DashboardSection[]): void {
   $('sign-out').onclick = () => fetch('./session', { method: 'DELETE' }).finally(() => location.assign('./dashboard'));
   load();
 
-  const kit: DashboardKit = { $, fmtInt, money, credits, esc, empty, get, send, showError };
+  const kit: DashboardKit = { $, fmtInt, money, credits, esc, empty, get, send, download, showError };
   for (const section of sections) section(kit);
 }
