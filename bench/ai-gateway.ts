@@ -39,7 +39,7 @@ for (let i = 0;; i++) {
 }
 
 // Students with plenty of credits, one per client, signed like Supabase Auth's tokens.
-const { userToken } = await import('../tests/helpers.ts');
+const { userToken } = await import('../tests/support/helpers.ts');
 const students = await Promise.all(Array.from({ length: clients }, async () => {
   const id = crypto.randomUUID();
   await db`insert into auth.users (id) values (${id})`;
@@ -179,6 +179,6 @@ try {
   gateway.kill('SIGKILL');
   await gateway.status;
   await db.end();
-  const { testDb } = await import('../tests/helpers.ts');
+  const { testDb } = await import('../tests/support/helpers.ts');
   await testDb.end();
 }

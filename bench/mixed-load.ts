@@ -3,8 +3,8 @@
 // excluded), latency per route and the ledger's invariants after the run.
 //   ./scripts/load [--rate 200] [--seconds 60]      (tests/reliability runs a short version)
 import { parseArgs } from 'node:util';
-import { api, assertLedgerInvariants, newUser, reportUsage, testDb, userToken } from '../tests/helpers.ts';
-import { deliver, emulator, startCheckout } from '../tests/purchases.ts';
+import { api, assertLedgerInvariants, newUser, reportUsage, testDb, userToken } from '../tests/support/helpers.ts';
+import { deliver, emulator, startCheckout } from '../tests/support/purchases.ts';
 
 export interface LoadResult {
   sent: number;

@@ -4,8 +4,8 @@
 // NETWORK_ERROR, status 0, and fails here; so does a method added to the client for a route
 // whose method the preflight does not allow.
 import assert from 'node:assert/strict';
-import { browserTest } from '../browser.ts';
-import { newUser, userToken, withGateway } from '../helpers.ts';
+import { browserTest } from '../support/browser.ts';
+import { newUser, userToken, withGateway } from '../support/helpers.ts';
 
 async function bundle(): Promise<string> {
   const out = await Deno.makeTempFile({ suffix: '.js' });

@@ -7,11 +7,11 @@
 // purchase and a charge, at the right instants, and what a lot may pay for when it says.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest, legibility } from '../browser.ts';
-import { adminToken, api, env, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { dataOf } from '../money.ts';
-import { key } from '../orgs.ts';
-import { buy } from '../purchases.ts';
+import { browserTest, legibility } from '../support/browser.ts';
+import { adminToken, api, env, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import { dataOf } from '../support/money.ts';
+import { key } from '../support/orgs.ts';
+import { buy } from '../support/purchases.ts';
 
 const dashboard = `${env('SUPABASE_URL')}/functions/v1/admin/dashboard`;
 const artifacts = new URL('../../artifacts/', import.meta.url);

@@ -6,10 +6,10 @@
 // artifacts/.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest, legibility } from '../browser.ts';
-import { adminToken, api, env, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { emulator } from '../purchases.ts';
-import { key, person, school, usage } from '../orgs.ts';
+import { browserTest, legibility } from '../support/browser.ts';
+import { adminToken, api, env, fund, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import { emulator } from '../support/purchases.ts';
+import { key, person, school, usage } from '../support/orgs.ts';
 
 const dashboard = `${env('SUPABASE_URL')}/functions/v1/admin/dashboard`;
 const artifacts = new URL('../../artifacts/', import.meta.url);

@@ -5,9 +5,9 @@
 // desktop and phone width. Screenshots go to artifacts/.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest, legibility } from '../browser.ts';
-import { adminToken, api, env, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { key } from '../orgs.ts';
+import { browserTest, legibility } from '../support/browser.ts';
+import { adminToken, api, env, fund, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import { key } from '../support/orgs.ts';
 
 const dashboard = `${env('SUPABASE_URL')}/functions/v1/admin/dashboard`;
 const artifacts = new URL('../../artifacts/', import.meta.url);

@@ -8,12 +8,12 @@
 // script, foreign connections and framing. Screenshots go to artifacts/.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest, legibility } from '../browser.ts';
-import { adminToken, api, env, newUser, userToken } from '../helpers.ts';
-import { buy, chargeOf, emulator } from '../purchases.ts';
+import { browserTest, legibility } from '../support/browser.ts';
+import { adminToken, api, env, newUser, userToken } from '../support/helpers.ts';
+import { buy, chargeOf, emulator } from '../support/purchases.ts';
 import { roundedCredits } from '../../examples/student/credits.ts';
-import { newProvider, paidPayment } from '../providers.ts';
-import { key, person, school, usage } from '../orgs.ts';
+import { newProvider, paidPayment } from '../support/providers.ts';
+import { key, person, school, usage } from '../support/orgs.ts';
 
 const dashboard = `${env('SUPABASE_URL')}/functions/v1/admin/dashboard`;
 const artifacts = new URL('../../artifacts/', import.meta.url);

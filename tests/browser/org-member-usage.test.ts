@@ -4,9 +4,9 @@
 // GET /orgs/:id/members/:user_id/usage/summary; a member who spent nothing says so; nothing is
 // fetched for a line not opened; it reads at phone width.
 import assert from 'node:assert/strict';
-import { browserTest, legibility } from '../browser.ts';
-import { api, env } from '../helpers.ts';
-import { key, person, school, usage } from '../orgs.ts';
+import { browserTest, legibility } from '../support/browser.ts';
+import { api, env } from '../support/helpers.ts';
+import { key, person, school, usage } from '../support/orgs.ts';
 import { memberUsageWords } from '../../examples/student/member-usage.ts';
 import type { UsageSummary } from '../../supabase/functions/_shared/contract/index.ts';
 

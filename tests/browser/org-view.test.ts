@@ -5,12 +5,12 @@
 // Each view is checked for what a person sees at desktop and phone width.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest, legibility } from '../browser.ts';
-import { api, env, functionsUrl, testDb } from '../helpers.ts';
-import { person, school, usage } from '../orgs.ts';
+import { browserTest, legibility } from '../support/browser.ts';
+import { api, env, functionsUrl, testDb } from '../support/helpers.ts';
+import { person, school, usage } from '../support/orgs.ts';
 import { roundedCredits } from '../../examples/student/credits.ts';
-import { emulator } from '../purchases.ts';
-import { approveInvoicing } from '../invoices.ts';
+import { emulator } from '../support/purchases.ts';
+import { approveInvoicing } from '../support/invoices.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
 const apiBase = functionsUrl.replace(/\/functions\/v1$/, '');

@@ -5,8 +5,8 @@
 // the metered AI gateway (a browser never reports usage). Screenshots go to artifacts/ (git-ignored).
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest, passwordUser } from '../browser.ts';
-import { fund, spawnGateway, testDb, until } from '../helpers.ts';
+import { browserTest, passwordUser } from '../support/browser.ts';
+import { fund, spawnGateway, testDb, until } from '../support/helpers.ts';
 
 const artifacts = new URL('../../artifacts/', import.meta.url);
 

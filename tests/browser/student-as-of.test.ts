@@ -6,10 +6,10 @@
 // come is not asked for. Readable at desktop and phone width (screenshots in artifacts/).
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { assertReadable, browserTest, signInWithToken } from '../browser.ts';
-import { adminToken, api, newUser, reportUsage, testDb, tokenUser, userToken } from '../helpers.ts';
-import { key } from '../orgs.ts';
-import { buy } from '../purchases.ts';
+import { assertReadable, browserTest, signInWithToken } from '../support/browser.ts';
+import { adminToken, api, newUser, reportUsage, testDb, tokenUser, userToken } from '../support/helpers.ts';
+import { key } from '../support/orgs.ts';
+import { buy } from '../support/purchases.ts';
 
 const timeZone = 'America/New_York';
 /** The database's clock now, as an instant. */

@@ -3,8 +3,8 @@
 // stand-in provider's own count), and the balance drops by exactly that; a student who cannot
 // cover the hold is told how much the question may use and nothing is charged.
 import assert from 'node:assert/strict';
-import { assertReadable, browserTest, signInWithToken } from '../browser.ts';
-import { fund, newUser, testDb, userToken } from '../helpers.ts';
+import { assertReadable, browserTest, signInWithToken } from '../support/browser.ts';
+import { fund, newUser, testDb, userToken } from '../support/helpers.ts';
 
 browserTest(
   'a student asks through the gateway: the hold shows while it streams, the exact charge after',

@@ -6,9 +6,9 @@
 // desktop and phone width.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { assertReadable, browserTest, signInWithToken } from '../browser.ts';
-import { api, env, newUser, userToken } from '../helpers.ts';
-import { person, school } from '../orgs.ts';
+import { assertReadable, browserTest, signInWithToken } from '../support/browser.ts';
+import { api, env, newUser, userToken } from '../support/helpers.ts';
+import { person, school } from '../support/orgs.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
 const text = async (page: Page, selector: string) => (await page.locator(selector).textContent())?.trim();

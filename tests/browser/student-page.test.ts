@@ -6,8 +6,8 @@
 // width. Screenshots go to artifacts/ (git-ignored).
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest, legibility, passwordUser } from '../browser.ts';
-import { api, env, fund, newUser, spawnGateway, testDb, userToken } from '../helpers.ts';
+import { browserTest, legibility, passwordUser } from '../support/browser.ts';
+import { api, env, fund, newUser, spawnGateway, testDb, userToken } from '../support/helpers.ts';
 import { roundedCredits } from '../../examples/student/credits.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');

@@ -4,9 +4,9 @@
 // and invoices open Stripe's customer portal. Each view is checked at desktop and phone width.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { assertReadable, browserTest, signInWithToken } from '../browser.ts';
-import { env, newUser, testDb, userToken } from '../helpers.ts';
-import { renew } from '../plans.ts';
+import { assertReadable, browserTest, signInWithToken } from '../support/browser.ts';
+import { env, newUser, testDb, userToken } from '../support/helpers.ts';
+import { renew } from '../support/plans.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
 const status = (page: Page) => page.locator('[data-testid="plan-status"]');

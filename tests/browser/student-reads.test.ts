@@ -6,11 +6,11 @@
 // they can spend first, their allowance included, never a bare "0" above it.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { assertReadable, browserTest, signInWithToken } from '../browser.ts';
-import { api } from '../helpers.ts';
-import { key, person, school, usage } from '../orgs.ts';
-import { promo, redeem } from '../codes.ts';
-import { subscribeTo } from '../plans.ts';
+import { assertReadable, browserTest, signInWithToken } from '../support/browser.ts';
+import { api } from '../support/helpers.ts';
+import { key, person, school, usage } from '../support/orgs.ts';
+import { promo, redeem } from '../support/codes.ts';
+import { subscribeTo } from '../support/plans.ts';
 import { roundedCredits } from '../../examples/student/credits.ts';
 import type { Balance, Expiry, Page as List } from '../../supabase/functions/_shared/contract/index.ts';
 

@@ -5,9 +5,9 @@
 // activity, and an invitation card that names the organisation and says to sign in first.
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
-import { browserTest, legibility } from '../browser.ts';
-import { api, env, fund, newUser, userToken } from '../helpers.ts';
-import { key, person, school, usage } from '../orgs.ts';
+import { browserTest, legibility } from '../support/browser.ts';
+import { api, env, fund, newUser, userToken } from '../support/helpers.ts';
+import { key, person, school, usage } from '../support/orgs.ts';
 
 const pageUrl = env('STUDENT_PAGE_URL');
 const apiBase = env('SUPABASE_URL');

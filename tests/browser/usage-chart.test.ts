@@ -2,8 +2,8 @@
 // 30 days (today's the tallest after spending today), the models that cost most, and the
 // runway in words, the same as the API's; it reads at phone width without sideways scrolling.
 import assert from 'node:assert/strict';
-import { browserTest, legibility } from '../browser.ts';
-import { api, env, fund, newUser, spend, userToken } from '../helpers.ts';
+import { browserTest, legibility } from '../support/browser.ts';
+import { api, env, fund, newUser, spend, userToken } from '../support/helpers.ts';
 import { runwayText } from '../../examples/student/usage.ts';
 import type { UsageSummary } from '../../supabase/functions/_shared/contract/index.ts';
 

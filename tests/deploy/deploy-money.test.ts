@@ -6,7 +6,7 @@
 // endpoints alone: nothing here calls a route that converges on read.
 import assert from 'node:assert/strict';
 import { connectEvents, platformEvents } from '../../supabase/functions/stripe-webhook/events.ts';
-import { env, newAdmin, newUser, testDb, tick, until, userToken } from '../helpers.ts';
+import { env, newAdmin, newUser, testDb, tick, until, userToken } from '../support/helpers.ts';
 import {
   denoDir,
   deployedUploads,

@@ -5,7 +5,7 @@ import { createApp, ok } from '../../supabase/functions/_shared/http/app.ts';
 import { currentUser } from '../../supabase/functions/_shared/http/identify.ts';
 import { requireAdmin } from '../../supabase/functions/_shared/http/require-admin.ts';
 import { requireUser } from '../../supabase/functions/_shared/http/require-user.ts';
-import { env, newAdmin, supabaseUrl, userToken } from '../helpers.ts';
+import { env, newAdmin, supabaseUrl, userToken } from '../support/helpers.ts';
 
 const app = createApp('probe');
 app.get('/me', requireUser, (c) => ok(c, { id: currentUser(c).id }));

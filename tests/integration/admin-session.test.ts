@@ -4,7 +4,7 @@
 // through requireAdmin like a bearer token (a revoked admin is refused at once); it is never
 // honoured from another origin; sign-out clears it; every admin answer forbids framing.
 import assert from 'node:assert/strict';
-import { adminToken, env, newAdmin, newUser, testDb, userToken, withGateway } from '../helpers.ts';
+import { adminToken, env, newAdmin, newUser, testDb, userToken, withGateway } from '../support/helpers.ts';
 
 const admin = `${env('SUPABASE_URL')}/functions/v1/admin`;
 const ownOrigin = new URL(env('SUPABASE_URL')).origin;

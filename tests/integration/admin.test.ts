@@ -1,9 +1,9 @@
 // The admin routes: 403 for every non-admin, 401 without a token; metrics that follow real
 // purchases and provider payments; CSV; the daily report, live or stored.
 import assert from 'node:assert/strict';
-import { adminToken, api, newUser, testDb, userToken } from '../helpers.ts';
-import { buy, chargeOf, emulator } from '../purchases.ts';
-import { newProvider, paidPayment } from '../providers.ts';
+import { adminToken, api, newUser, testDb, userToken } from '../support/helpers.ts';
+import { buy, chargeOf, emulator } from '../support/purchases.ts';
+import { newProvider, paidPayment } from '../support/providers.ts';
 
 const admin = await adminToken();
 const today = () => new Date().toISOString().slice(0, 10);

@@ -3,9 +3,9 @@
 // the answer under way from the school's hold, while their next call has nothing to draw on.
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
-import { ask, gatewayUrl } from '../ai.ts';
-import { api, assertLedgerInvariants, testDb } from '../helpers.ts';
-import { person, school, walletOf } from '../orgs.ts';
+import { ask, gatewayUrl } from '../support/ai.ts';
+import { api, assertLedgerInvariants, testDb } from '../support/helpers.ts';
+import { person, school, walletOf } from '../support/orgs.ts';
 
 const client = (token: string) => new OpenAI({ baseURL: gatewayUrl, apiKey: token, maxRetries: 0 });
 

@@ -6,7 +6,17 @@ import OpenAI from 'openai';
 import { generateText, streamText } from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { promptTokens } from '../../supabase/functions/ai/request.ts';
-import { activeHolds, ask, balanceOf, callsOf, gatewayUrl, priceOf, settled, standinCall, student } from '../ai.ts';
+import {
+  activeHolds,
+  ask,
+  balanceOf,
+  callsOf,
+  gatewayUrl,
+  priceOf,
+  settled,
+  standinCall,
+  student,
+} from '../support/ai.ts';
 import {
   adminToken,
   api,
@@ -18,8 +28,8 @@ import {
   testDb,
   userToken,
   withGateway,
-} from '../helpers.ts';
-import { emulator } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { emulator } from '../support/purchases.ts';
 
 const tag = () => `t${crypto.randomUUID().replaceAll('-', '')}`;
 

@@ -2,7 +2,7 @@
 // SUPABASE_SECRET_KEYS beside the legacy service_role key, and user tokens verify against the
 // inline SUPABASE_JWKS without fetching anything (here the JWKS URL points nowhere).
 import assert from 'node:assert/strict';
-import { env, newUser, supabaseUrl, userToken, withGateway } from '../helpers.ts';
+import { env, newUser, supabaseUrl, userToken, withGateway } from '../support/helpers.ts';
 
 const nowhere = 'http://127.0.0.1:9'; // nothing listens: a JWKS fetch would fail
 const secretKey = `sb_secret_${crypto.randomUUID().replaceAll('-', '')}`;

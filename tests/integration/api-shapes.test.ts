@@ -4,11 +4,11 @@
 // array; a wrong method is 405 with `Allow`; validation errors are sentences with a `field`;
 // a member's ledger and a usage answer say what their organisation paid.
 import assert from 'node:assert/strict';
-import { adminToken, api, functionsUrl, fund, newUser, reportUsage, userToken } from '../helpers.ts';
-import { key, person, school, usage } from '../orgs.ts';
-import { openInvoice } from '../invoices.ts';
-import { newProvider } from '../providers.ts';
-import { startCheckout } from '../purchases.ts';
+import { adminToken, api, functionsUrl, fund, newUser, reportUsage, userToken } from '../support/helpers.ts';
+import { key, person, school, usage } from '../support/orgs.ts';
+import { openInvoice } from '../support/invoices.ts';
+import { newProvider } from '../support/providers.ts';
+import { startCheckout } from '../support/purchases.ts';
 import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
 
 const root = new URL('../../', import.meta.url);

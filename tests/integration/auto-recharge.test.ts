@@ -4,10 +4,10 @@
 // every change audited.
 import assert from 'node:assert/strict';
 import type { AutoRecharge } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, assertLedgerInvariants, key, newUser, spend, testDb, tick, userToken } from '../helpers.ts';
-import { dataOf } from '../money.ts';
-import { person } from '../orgs.ts';
-import { balanceOf, chargeOf, emulator, pays } from '../purchases.ts';
+import { api, assertLedgerInvariants, key, newUser, spend, testDb, tick, userToken } from '../support/helpers.ts';
+import { dataOf } from '../support/money.ts';
+import { person } from '../support/orgs.ts';
+import { balanceOf, chargeOf, emulator, pays } from '../support/purchases.ts';
 
 /** A student who bought the starter package (9,990 credits), keeping the card when asked. */
 async function buyer(saveCard = true) {

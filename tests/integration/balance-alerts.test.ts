@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import type { Alerts } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, drainOutbox, fund, newUser, reportUsage, spawnGateway, testDb, userToken } from '../helpers.ts';
+import { api, drainOutbox, fund, newUser, reportUsage, spawnGateway, testDb, userToken } from '../support/helpers.ts';
 import { render } from '../../supabase/functions/notify/notifications.ts';
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });

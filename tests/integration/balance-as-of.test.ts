@@ -6,11 +6,11 @@
 // must be the statement's running sum. Then what a student's token can try.
 import assert from 'node:assert/strict';
 import type { Balance, Lot, LotPage } from '../../supabase/functions/_shared/contract/index.ts';
-import { adminToken, api, backdateLot, newUser, reportUsage, student, testDb, userToken } from '../helpers.ts';
-import { codeOf, dataOf } from '../money.ts';
+import { adminToken, api, backdateLot, newUser, reportUsage, student, testDb, userToken } from '../support/helpers.ts';
+import { codeOf, dataOf } from '../support/money.ts';
 import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
-import { join, key, person, school, usage, walletOf } from '../orgs.ts';
-import { buy, chargeOf, emulator, startCheckout } from '../purchases.ts';
+import { join, key, person, school, usage, walletOf } from '../support/orgs.ts';
+import { buy, chargeOf, emulator, startCheckout } from '../support/purchases.ts';
 
 /** The database's clock now, to the microsecond, as the API takes an instant. */
 const instant = async () =>

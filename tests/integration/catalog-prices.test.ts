@@ -6,9 +6,9 @@
 // sent together make one version. Every package and plan made here is retired before its test
 // ends (other tests list what is on sale).
 import assert from 'node:assert/strict';
-import { adminToken, api, key, newUser, student, testDb, userToken } from '../helpers.ts';
-import { balanceOf, emulator, startCheckout, stripeApi } from '../purchases.ts';
-import { renew, startPlan, subscribeTo } from '../plans.ts';
+import { adminToken, api, key, newUser, student, testDb, userToken } from '../support/helpers.ts';
+import { balanceOf, emulator, startCheckout, stripeApi } from '../support/purchases.ts';
+import { renew, startPlan, subscribeTo } from '../support/plans.ts';
 
 const admin = await adminToken();
 const unique = () => crypto.randomUUID().slice(0, 8);

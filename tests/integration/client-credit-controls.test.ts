@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { createClient } from '@supabase/supabase-js';
 import { BillingError, createBillingClient, createUsageReporter } from '../../client/mod.ts';
-import { env, fund, must, newUser, supabaseUrl, userToken } from '../helpers.ts';
+import { env, fund, must, newUser, supabaseUrl, userToken } from '../support/helpers.ts';
 
 async function billingFor(userId: string) {
   const token = await userToken(userId);

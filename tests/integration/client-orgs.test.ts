@@ -25,9 +25,9 @@ import {
   type OwnershipTransferred,
   type Wallet,
 } from '../../client/mod.ts';
-import { adminToken, api, env, must, newUser, supabaseUrl, testDb, userToken } from '../helpers.ts';
-import { key, person } from '../orgs.ts';
-import { emulator } from '../purchases.ts';
+import { adminToken, api, env, must, newUser, supabaseUrl, testDb, userToken } from '../support/helpers.ts';
+import { key, person } from '../support/orgs.ts';
+import { emulator } from '../support/purchases.ts';
 
 const billingFor = (token: string) =>
   createBillingClient(createClient(supabaseUrl, 'anon-key', { accessToken: () => Promise.resolve(token) }), {

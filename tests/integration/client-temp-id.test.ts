@@ -1,7 +1,7 @@
 // client_temp_id: the server echoes it and treats a second request carrying it (under another
 // Idempotency-Key, e.g. after a reload lost the key) as the same operation, per user.
 import assert from 'node:assert/strict';
-import { api, fund, newUser, testDb, userToken } from '../helpers.ts';
+import { api, fund, newUser, testDb, userToken } from '../support/helpers.ts';
 
 const post = (path: string, token: string, body: unknown) =>
   api(path, { token, headers: { 'idempotency-key': crypto.randomUUID() }, body });

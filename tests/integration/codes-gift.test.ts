@@ -7,11 +7,20 @@
 // redeemer, and its Idempotency-Key is never an ordinary checkout's.
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, assertLedgerInvariants, drainOutbox, env, functionsUrl, spend, student, testDb } from '../helpers.ts';
-import { codeOf, dataOf } from '../money.ts';
-import { person } from '../orgs.ts';
-import { balanceOf, chargeOf, emulator } from '../purchases.ts';
-import { balance, buyGift, redeem } from '../codes.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  drainOutbox,
+  env,
+  functionsUrl,
+  spend,
+  student,
+  testDb,
+} from '../support/helpers.ts';
+import { codeOf, dataOf } from '../support/money.ts';
+import { person } from '../support/orgs.ts';
+import { balanceOf, chargeOf, emulator } from '../support/purchases.ts';
+import { balance, buyGift, redeem } from '../support/codes.ts';
 
 const refund = async (sessionId: string, cents: number) =>
   emulator(`/_emulator/charges/${await chargeOf(sessionId)}/refund`, { amount: cents });

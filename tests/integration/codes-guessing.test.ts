@@ -1,10 +1,10 @@
 // Guessing codes: however many wrong codes are sent at once, a student's failed guesses (and an
 // address's) stay within the hourly limit, and someone else's code answers as an unknown one.
 import assert from 'node:assert/strict';
-import { api, key, student, testDb } from '../helpers.ts';
-import { codeOf, dataOf } from '../money.ts';
-import { person, school } from '../orgs.ts';
-import { redeem } from '../codes.ts';
+import { api, key, student, testDb } from '../support/helpers.ts';
+import { codeOf, dataOf } from '../support/money.ts';
+import { person, school } from '../support/orgs.ts';
+import { redeem } from '../support/codes.ts';
 
 const wrong = (i: number) => `ZZZZZ-ZZZZZ-ZZZZZ-ZZZ${String(i).padStart(2, '0')}`;
 

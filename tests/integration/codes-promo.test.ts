@@ -6,9 +6,9 @@
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import { codeHash, normalizeCode } from '../../supabase/functions/_shared/domain/codes.ts';
-import { adminToken, api, assertLedgerInvariants, key, student, testDb } from '../helpers.ts';
-import { codeOf, dataOf } from '../money.ts';
-import { balance, promo, redeem } from '../codes.ts';
+import { adminToken, api, assertLedgerInvariants, key, student, testDb } from '../support/helpers.ts';
+import { codeOf, dataOf } from '../support/money.ts';
+import { balance, promo, redeem } from '../support/codes.ts';
 
 const hashOf = (code: string) => codeHash(normalizeCode(code) ?? '');
 

@@ -3,10 +3,10 @@
 // Postgres lower-cases it (the Kelvin sign K, U+212A, lower-cases to an ASCII k), or an address
 // nobody confirmed.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, testDb, userToken } from '../helpers.ts';
-import { codeOf, dataOf } from '../money.ts';
-import { person, school, walletOf } from '../orgs.ts';
-import { balance, issue, redeem } from '../codes.ts';
+import { api, assertLedgerInvariants, testDb, userToken } from '../support/helpers.ts';
+import { codeOf, dataOf } from '../support/money.ts';
+import { person, school, walletOf } from '../support/orgs.ts';
+import { balance, issue, redeem } from '../support/codes.ts';
 
 /** `email` is invited to join `org` as a member (a sponsor code may name an invitee). */
 async function invite(token: string, org: string, email: string) {

@@ -2,10 +2,10 @@
 // second account of theirs (outside the organisation, under the same confirmed address, a Gmail
 // alias, or a member they invited), nor back to an admin after removal.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, testDb, userToken } from '../helpers.ts';
-import { codeOf, dataOf } from '../money.ts';
-import { join, person, school, walletOf } from '../orgs.ts';
-import { balance, issue, redeem } from '../codes.ts';
+import { api, assertLedgerInvariants, key, testDb, userToken } from '../support/helpers.ts';
+import { codeOf, dataOf } from '../support/money.ts';
+import { join, person, school, walletOf } from '../support/orgs.ts';
+import { balance, issue, redeem } from '../support/codes.ts';
 
 Deno.test('an organisation admin cannot sponsor themselves, before or after issuing', async () => {
   const owner = await person('owner');

@@ -15,11 +15,11 @@ import {
   student,
   testDb,
   userToken,
-} from '../helpers.ts';
-import { codeOf, dataOf } from '../money.ts';
-import { person, school, walletOf } from '../orgs.ts';
-import { buy, chargeOf, emulator } from '../purchases.ts';
-import { balance, issue, redeem } from '../codes.ts';
+} from '../support/helpers.ts';
+import { codeOf, dataOf } from '../support/money.ts';
+import { person, school, walletOf } from '../support/orgs.ts';
+import { buy, chargeOf, emulator } from '../support/purchases.ts';
+import { balance, issue, redeem } from '../support/codes.ts';
 
 Deno.test('a sponsor code moves credits from the wallet at issue; the named student redeems them', async () => {
   const owner = await person('owner');

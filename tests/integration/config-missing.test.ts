@@ -2,7 +2,7 @@
 // naming the variables (never any value); /health/readyz says the same; functions that need
 // nothing missing go on working.
 import assert from 'node:assert/strict';
-import { env, newUser, userToken, withGateway } from '../helpers.ts';
+import { env, newUser, userToken, withGateway } from '../support/helpers.ts';
 
 type Json = Record<string, unknown>;
 

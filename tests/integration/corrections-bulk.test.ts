@@ -12,8 +12,8 @@ import {
   testDb,
   until,
   userToken,
-} from '../helpers.ts';
-import { codeOf, dataOf } from '../money.ts';
+} from '../support/helpers.ts';
+import { codeOf, dataOf } from '../support/money.ts';
 
 // A model of its own per test: runs filter by model, and other tests' charges must not match.
 async function model(): Promise<string> {

@@ -14,9 +14,9 @@ import {
   reportUsage,
   student,
   testDb,
-} from '../helpers.ts';
-import { checkLots, dataOf, expiredOf, lotsOf, report, spendWith, sweep, voidCharge } from '../money.ts';
-import { balanceOf, buy, chargeOf, emulator, startCheckout } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { checkLots, dataOf, expiredOf, lotsOf, report, spendWith, sweep, voidCharge } from '../support/money.ts';
+import { balanceOf, buy, chargeOf, emulator, startCheckout } from '../support/purchases.ts';
 Deno.test('credits a void returns into an expired lot of a disputed purchase expire once the dispute is won', async () => {
   // plus: 24,990 paid (never expire) and a 1,249.5 bonus (promotional, spent first, expires).
   const s = await student();

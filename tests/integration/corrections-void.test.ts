@@ -15,10 +15,10 @@ import {
   student,
   testDb,
   userToken,
-} from '../helpers.ts';
-import { checkLots, codeOf, dataOf, everyKind, fullCard, spendWith } from '../money.ts';
-import { person, school, usage, walletOf } from '../orgs.ts';
-import { balanceOf } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { checkLots, codeOf, dataOf, everyKind, fullCard, spendWith } from '../support/money.ts';
+import { person, school, usage, walletOf } from '../support/orgs.ts';
+import { balanceOf } from '../support/purchases.ts';
 
 async function charge(token: string, credits: number): Promise<string> {
   const r = await spendWith(token, crypto.randomUUID(), credits);

@@ -5,7 +5,7 @@
 // once, a pool's figures in a member's 402, a revoked sponsor code's credits, a member's removal.
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
-import { ask, callsOf, gatewayUrl } from '../ai.ts';
+import { ask, callsOf, gatewayUrl } from '../support/ai.ts';
 import {
   adminToken,
   api,
@@ -17,9 +17,9 @@ import {
   reportUsage,
   testDb,
   userToken,
-} from '../helpers.ts';
-import { issue } from '../codes.ts';
-import { join, person, school, usage } from '../orgs.ts';
+} from '../support/helpers.ts';
+import { issue } from '../support/codes.ts';
+import { join, person, school, usage } from '../support/orgs.ts';
 import OpenAI from 'openai';
 
 async function grant(userId: string, amount: string, lot: Record<string, unknown>) {

@@ -17,9 +17,9 @@ import {
   student,
   testDb,
   userToken,
-} from '../helpers.ts';
-import { batch, dataOf, spendWith, sweep, usageEvent } from '../money.ts';
-import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { batch, dataOf, spendWith, sweep, usageEvent } from '../support/money.ts';
+import { balanceOf, buy, chargeOf, emulator } from '../support/purchases.ts';
 
 const data = <T>(r: { body: Record<string, unknown> }) => r.body.data as T;
 

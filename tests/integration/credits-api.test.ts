@@ -1,7 +1,7 @@
 // The credits API over real HTTP through the gateway, against the real database.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { balanceOf } from '../purchases.ts';
+import { api, assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import { balanceOf } from '../support/purchases.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;

@@ -11,9 +11,9 @@ import {
   student,
   testDb,
   userToken,
-} from '../helpers.ts';
-import { batch, codeOf, dataOf, spendWith, usageEvent, voidCharge } from '../money.ts';
-import { balanceOf, chargeOf, emulator, startCheckout } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { batch, codeOf, dataOf, spendWith, usageEvent, voidCharge } from '../support/money.ts';
+import { balanceOf, chargeOf, emulator, startCheckout } from '../support/purchases.ts';
 
 Deno.test('concurrent debits never overdraw: 200 parallel 1-credit debits on 100 credits → exactly 100 succeed', async () => {
   const id = await newUser();

@@ -1,9 +1,9 @@
 // GET /credits/expiries: every upcoming expiry of a student's own credits, and for a plan what
 // its rollover rule carries over, held to what the renewal then actually does.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, spend, userToken } from '../helpers.ts';
-import { balanceOf } from '../purchases.ts';
-import { planLots, renew, subscribeTo } from '../plans.ts';
+import { api, assertLedgerInvariants, fund, newUser, spend, userToken } from '../support/helpers.ts';
+import { balanceOf } from '../support/purchases.ts';
+import { planLots, renew, subscribeTo } from '../support/plans.ts';
 import type { Expiry, Page } from '../../supabase/functions/_shared/contract/index.ts';
 
 async function expiries(token: string): Promise<Expiry[]> {

@@ -3,7 +3,7 @@
 // database's catalogue holds is named in its table on the page, and every name in those tables
 // exists (as tests/unit/error-codes-documented.test.ts holds docs/api.md to the error codes).
 import assert from 'node:assert/strict';
-import { testDb } from '../helpers.ts';
+import { testDb } from '../support/helpers.ts';
 
 const doc = await Deno.readTextFile(new URL('../../docs/data-model.md', import.meta.url));
 

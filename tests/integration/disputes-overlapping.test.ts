@@ -13,9 +13,9 @@ import {
   reportUsage,
   testDb,
   userToken,
-} from '../helpers.ts';
-import { key, person, school, walletOf } from '../orgs.ts';
-import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { key, person, school, walletOf } from '../support/orgs.ts';
+import { balanceOf, buy, chargeOf, emulator } from '../support/purchases.ts';
 
 /** gpt-4o input: 50 tokens = 1 credit. */
 const spend = (token: string, credits: number) =>

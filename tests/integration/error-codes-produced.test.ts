@@ -16,10 +16,10 @@ import {
   testDb,
   userToken,
   withGateway,
-} from '../helpers.ts';
-import { key, person, school } from '../orgs.ts';
-import { balanceOf, buy, deliver, emulator, startCheckout } from '../purchases.ts';
-import { createPayment, newProvider } from '../providers.ts';
+} from '../support/helpers.ts';
+import { key, person, school } from '../support/orgs.ts';
+import { balanceOf, buy, deliver, emulator, startCheckout } from '../support/purchases.ts';
+import { createPayment, newProvider } from '../support/providers.ts';
 
 const table = await Deno.readTextFile(new URL('../../docs/api.md', import.meta.url));
 /** The documented type and status of a code. */

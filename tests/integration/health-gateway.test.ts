@@ -1,6 +1,6 @@
 // The skeleton end to end over real HTTP: the gateway, its JWKS, liveness and readiness.
 import assert from 'node:assert/strict';
-import { api, supabaseUrl, withGateway } from '../helpers.ts';
+import { api, supabaseUrl, withGateway } from '../support/helpers.ts';
 
 Deno.test('GET /functions/v1/health/healthz answers 200 through the gateway', async () => {
   const { status, body, headers } = await api('/health/healthz');

@@ -15,9 +15,9 @@ import {
   tick,
   until,
   withGateway,
-} from '../helpers.ts';
-import { accountOf, person, school } from '../orgs.ts';
-import { balanceOf, buy, chargeOf, emulator, pays, startCheckout } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { accountOf, person, school } from '../support/orgs.ts';
+import { balanceOf, buy, chargeOf, emulator, pays, startCheckout } from '../support/purchases.ts';
 
 type Json = Record<string, unknown>;
 

@@ -2,7 +2,7 @@
 // (Supavisor there, pgbouncer here), where consecutive statements may run on different server
 // connections. So nothing may depend on session state; the scan below names what would.
 import assert from 'node:assert/strict';
-import { api, env } from '../helpers.ts';
+import { api, env } from '../support/helpers.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 

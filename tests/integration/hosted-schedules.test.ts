@@ -2,7 +2,7 @@
 // (the local stand-in), and sending them as pg_net's worker does (scripts/local/ticker.ts)
 // reaches each function, which accepts the cron secret. Vault holds what the functions have.
 import assert from 'node:assert/strict';
-import { env, functionsUrl, testDb } from '../helpers.ts';
+import { env, functionsUrl, testDb } from '../support/helpers.ts';
 import { deliver, takeRequests } from '../../scripts/local/ticker.ts';
 
 /** Runs a statement that returns one value (a cron job's command, net.http_post): pg_net's request id, if any. */

@@ -17,10 +17,10 @@ import {
   student,
   testDb,
   userToken,
-} from '../helpers.ts';
-import { charged, codeOf, dataOf, ledgerOf, report, spendWith, transfersUnder, usageBody } from '../money.ts';
-import { person, school, walletOf } from '../orgs.ts';
-import { balanceOf } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { charged, codeOf, dataOf, ledgerOf, report, spendWith, transfersUnder, usageBody } from '../support/money.ts';
+import { person, school, walletOf } from '../support/orgs.ts';
+import { balanceOf } from '../support/purchases.ts';
 
 Deno.test('20 parallel POST /credits/usage with one key: one transfer, identical answers; another body is IDEMPOTENCY_KEY_REUSED', async () => {
   const s = await student('100');

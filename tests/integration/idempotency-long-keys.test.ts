@@ -6,11 +6,20 @@
 // stay two requests, and derived keys filling their store exactly (300 characters), or a key's
 // `sha256:` look-alike, never merge two requests.
 import assert from 'node:assert/strict';
-import { adminToken, api, assertLedgerInvariants, fund, reportUsage, sha256hex, student, testDb } from '../helpers.ts';
-import { batch, charged, dataOf, outcomesOf, usageEvent } from '../money.ts';
-import { person, school, walletOf } from '../orgs.ts';
-import { balanceOf, buy } from '../purchases.ts';
-import { newProvider, paidPayment } from '../providers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  fund,
+  reportUsage,
+  sha256hex,
+  student,
+  testDb,
+} from '../support/helpers.ts';
+import { batch, charged, dataOf, outcomesOf, usageEvent } from '../support/money.ts';
+import { person, school, walletOf } from '../support/orgs.ts';
+import { balanceOf, buy } from '../support/purchases.ts';
+import { newProvider, paidPayment } from '../support/providers.ts';
 
 type Answer = Awaited<ReturnType<typeof api>>;
 

@@ -5,9 +5,9 @@
 // refusal replays as the same refusal after what caused it has changed, and another request
 // under the key is IDEMPOTENCY_KEY_REUSED.
 import assert from 'node:assert/strict';
-import { adminToken, api, fund, student } from '../helpers.ts';
-import { codeOf, spendWith } from '../money.ts';
-import { emulator, startCheckout } from '../purchases.ts';
+import { adminToken, api, fund, student } from '../support/helpers.ts';
+import { codeOf, spendWith } from '../support/money.ts';
+import { emulator, startCheckout } from '../support/purchases.ts';
 
 type Res = Awaited<ReturnType<typeof api>>;
 

@@ -8,9 +8,9 @@
 // statements carry the request's values in theirs). Fixed edge values first, then fast-check's.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { api, env, fund, newAdmin, reportUsage, testDb, until, userToken, withGateway } from '../helpers.ts';
-import { person, school } from '../orgs.ts';
-import { emulator } from '../purchases.ts';
+import { api, env, fund, newAdmin, reportUsage, testDb, until, userToken, withGateway } from '../support/helpers.ts';
+import { person, school } from '../support/orgs.ts';
+import { emulator } from '../support/purchases.ts';
 
 /** JSON text sent as written (`-0`, `1e2`, 2^63, deep nesting), where JSON.stringify would rewrite it. */
 class Raw {

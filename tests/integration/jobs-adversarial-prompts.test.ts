@@ -1,7 +1,7 @@
 // AI jobs reserve the worst case the provider can bill (every input byte a token, plus
 // max_tokens), so prompts built to tokenize badly are charged in full, never past the balance.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, fund, newUser, testDb, tick, until, userToken } from '../helpers.ts';
+import { api, assertLedgerInvariants, fund, newUser, testDb, tick, until, userToken } from '../support/helpers.ts';
 
 type Json = Record<string, unknown>;
 

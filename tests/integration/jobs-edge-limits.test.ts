@@ -3,7 +3,7 @@
 // lose nothing and repeat nothing; a tick answers by its budget (+ 1 s) even when a page takes
 // longer, and that page still finishes after the answer.
 import assert from 'node:assert/strict';
-import { api, env, functionsUrl, newUser, spawnGateway, testDb, until, userToken } from '../helpers.ts';
+import { api, env, functionsUrl, newUser, spawnGateway, testDb, until, userToken } from '../support/helpers.ts';
 
 type Job = { status: string; checkpoints: number; locked_by: string | null; attempts: number };
 

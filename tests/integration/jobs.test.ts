@@ -12,8 +12,8 @@ import {
   testDb,
   tick,
   until,
-} from '../helpers.ts';
-import { balanceOf } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { balanceOf } from '../support/purchases.ts';
 import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
 
 type Json = Record<string, unknown>;

@@ -3,10 +3,10 @@
 // transfers' draws on paid lots match it line for line, it reconciles with revenue_metrics, and
 // its CSVs are in the columns Xero and QuickBooks Online import. The chart is the operator's.
 import assert from 'node:assert/strict';
-import { adminToken, api, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { codeOf, dataOf } from '../money.ts';
-import { key } from '../orgs.ts';
-import { buy, chargeOf, emulator } from '../purchases.ts';
+import { adminToken, api, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import { codeOf, dataOf } from '../support/money.ts';
+import { key } from '../support/orgs.ts';
+import { buy, chargeOf, emulator } from '../support/purchases.ts';
 
 type Line = { account: string; code: string; source: string; debit: string | null; credit: string | null };
 type Entry = {

@@ -2,7 +2,7 @@
 // the Stripe emulator) is exactly what live mode must refuse. /health/readyz answers 503
 // NOT_READY with live_config failing, naming each variable, never a value.
 import assert from 'node:assert/strict';
-import { env, withGateway } from '../helpers.ts';
+import { env, withGateway } from '../support/helpers.ts';
 
 Deno.test('with STRIPE_MODE=live, readiness fails on AI_PROVIDER=local and on loopback links, naming them', async () => {
   const liveKey = ['sk', 'live', 'rehearsal0000000000'].join('_'); // built, so no secret scanner mistakes it for one

@@ -2,8 +2,8 @@
 // charges the ledger made and the provider price in effect then (docs/pricing.md § Provider
 // cost and margins), per model and per student; admins only; a bad grouping is refused.
 import assert from 'node:assert/strict';
-import { adminToken, api, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { key } from '../orgs.ts';
+import { adminToken, api, fund, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import { key } from '../support/orgs.ts';
 
 type Margin = {
   key?: string;

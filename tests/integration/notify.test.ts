@@ -1,6 +1,6 @@
 // Notifications: the HMAC authentication matrix, and the outbox's retries and final failure.
 import assert from 'node:assert/strict';
-import { env, functionsUrl, testDb } from '../helpers.ts';
+import { env, functionsUrl, testDb } from '../support/helpers.ts';
 
 const catcher = env('POSTMARK_API_BASE');
 const secrets = env('NOTIFY_WEBHOOK_SECRET').split(',');

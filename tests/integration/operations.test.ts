@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import parsePrometheus from 'parse-prometheus-text-format';
 import { flushLatency, recordLatency } from '../../supabase/functions/_shared/http/latency.ts';
-import { adminToken, api, env, fund, newUser, testDb, userToken, withGateway } from '../helpers.ts';
+import { adminToken, api, env, fund, newUser, testDb, userToken, withGateway } from '../support/helpers.ts';
 
 const admin = await adminToken();
 

@@ -5,11 +5,11 @@
 // back exactly what one would, and revenue keeps out the tax.
 import assert from 'node:assert/strict';
 import type { OrgInvoice } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, assertLedgerInvariants, env, key, testDb, withGateway } from '../helpers.ts';
-import { person, school, usage, walletOf } from '../orgs.ts';
-import { deliver, emulator, sign } from '../purchases.ts';
-import { approveInvoicing, billing, chargeIn, openInvoice, pay, stripePost } from '../invoices.ts';
-import { post, taxOn } from '../tax.ts';
+import { api, assertLedgerInvariants, env, key, testDb, withGateway } from '../support/helpers.ts';
+import { person, school, usage, walletOf } from '../support/orgs.ts';
+import { deliver, emulator, sign } from '../support/purchases.ts';
+import { approveInvoicing, billing, chargeIn, openInvoice, pay, stripePost } from '../support/invoices.ts';
+import { post, taxOn } from '../support/tax.ts';
 
 type Json = Record<string, unknown>;
 

@@ -5,10 +5,10 @@
 // sent: org-invoices-payments.
 import assert from 'node:assert/strict';
 import type { OrgInvoice } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, assertLedgerInvariants, env, key, spawnGateway, testDb, withGateway } from '../helpers.ts';
-import { codeOf, type Json } from '../money.ts';
-import { join, person, school, walletOf } from '../orgs.ts';
-import { deliver, emulator, sign, stripeApi } from '../purchases.ts';
+import { api, assertLedgerInvariants, env, key, spawnGateway, testDb, withGateway } from '../support/helpers.ts';
+import { codeOf, type Json } from '../support/money.ts';
+import { join, person, school, walletOf } from '../support/orgs.ts';
+import { deliver, emulator, sign, stripeApi } from '../support/purchases.ts';
 import {
   approveInvoicing,
   billing,
@@ -18,7 +18,7 @@ import {
   requestInvoice,
   requestWhileStripeDown,
   stripePost,
-} from '../invoices.ts';
+} from '../support/invoices.ts';
 
 /** The wallet's lots from an invoice's purchase: category and cost (before tax). */
 const lotsOf = (inv: { id: string }) =>

@@ -3,8 +3,8 @@
 // demoted by accepting a member invitation, invitations are no spam or phishing relay, and an
 // invitation link's token cannot be read back from a stored row.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, drainOutbox, env, testDb, until } from '../helpers.ts';
-import { person, school } from '../orgs.ts';
+import { api, assertLedgerInvariants, drainOutbox, env, testDb, until } from '../support/helpers.ts';
+import { person, school } from '../support/orgs.ts';
 
 type Person = Awaited<ReturnType<typeof person>>;
 type Json = Record<string, unknown>;

@@ -2,9 +2,9 @@
 // wallet, the receipt names it, and refunds and disputes take them back from wherever they were
 // moved (the wallet, members' allowances), into debt only for what was already spent.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, testDb } from '../helpers.ts';
-import { key, person, school, usage, walletOf } from '../orgs.ts';
-import { chargeOf, emulator } from '../purchases.ts';
+import { api, assertLedgerInvariants, testDb } from '../support/helpers.ts';
+import { key, person, school, usage, walletOf } from '../support/orgs.ts';
+import { chargeOf, emulator } from '../support/purchases.ts';
 
 const checkout = (token: string, body: Record<string, unknown>) =>
   api('/checkout/sessions', { token, body, headers: key() });

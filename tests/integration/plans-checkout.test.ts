@@ -3,10 +3,10 @@
 // allowlist, and a plan's Checkout session never read as a package purchase. The emulator's test
 // controls stand in for Stripe and the card network.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, student, testDb } from '../helpers.ts';
-import { codeOf } from '../money.ts';
-import { balanceOf, deliver, emulator, stripeApi } from '../purchases.ts';
-import { change, chargeOfInvoice, startPlan, subscribeTo } from '../plans.ts';
+import { api, assertLedgerInvariants, key, student, testDb } from '../support/helpers.ts';
+import { codeOf } from '../support/money.ts';
+import { balanceOf, deliver, emulator, stripeApi } from '../support/purchases.ts';
+import { change, chargeOfInvoice, startPlan, subscribeTo } from '../support/plans.ts';
 
 Deno.test('a second plan Checkout expires the first: two plans cannot both be paid from two tabs', async () => {
   const s = await student();

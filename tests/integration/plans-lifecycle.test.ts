@@ -1,10 +1,10 @@
 // Plans through the real emulator and signed webhooks: subscribe, renew with rollover, a failed
 // renewal, upgrade, downgrade, cancel, and the invoice events replayed and reordered.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, spend, student, testDb } from '../helpers.ts';
-import { codeOf } from '../money.ts';
-import { balanceOf, deliver, emulator, type SignedEvent, stripeApi } from '../purchases.ts';
-import { change, planLots, renew, startPlan, subscribeTo } from '../plans.ts';
+import { api, assertLedgerInvariants, key, spend, student, testDb } from '../support/helpers.ts';
+import { codeOf } from '../support/money.ts';
+import { balanceOf, deliver, emulator, type SignedEvent, stripeApi } from '../support/purchases.ts';
+import { change, planLots, renew, startPlan, subscribeTo } from '../support/plans.ts';
 
 const ofType = (events: SignedEvent[], type: string) => {
   const e = events.find((x) => x.type === type);

@@ -1,9 +1,9 @@
 // A plan invoice refunded or disputed reaches its credits wherever they are: its own lot, the
 // lot they rolled into at the renewal, or (spent) the student's other credits and then debt.
 import assert from 'node:assert/strict';
-import { assertLedgerInvariants, spawnGateway, spend, student, testDb } from '../helpers.ts';
-import { balanceOf, deliver, emulator, type SignedEvent, stripeApi } from '../purchases.ts';
-import { chargeOfInvoice, renew, startPlan, subscribeTo } from '../plans.ts';
+import { assertLedgerInvariants, spawnGateway, spend, student, testDb } from '../support/helpers.ts';
+import { balanceOf, deliver, emulator, type SignedEvent, stripeApi } from '../support/purchases.ts';
+import { chargeOfInvoice, renew, startPlan, subscribeTo } from '../support/plans.ts';
 
 const firstInvoice = async (sub: string) => String((await stripeApi(`/v1/subscriptions/${sub}`)).latest_invoice);
 

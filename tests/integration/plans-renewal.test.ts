@@ -3,9 +3,9 @@
 // refunds, holds, job reservations, spending, a package lot due at the same time). The emulator's
 // test controls stand in for Stripe and the card holder.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../helpers.ts';
-import { balanceOf, buy, deliver, emulator, type SignedEvent, stripeApi } from '../purchases.ts';
-import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../plans.ts';
+import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../support/helpers.ts';
+import { balanceOf, buy, deliver, emulator, type SignedEvent, stripeApi } from '../support/purchases.ts';
+import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../support/plans.ts';
 
 /** Once at least `n` transactions wait on a lock (webhooks queued behind ours), and `settle` ms
  * later (the others of a batch arrive), how many do. */

@@ -3,10 +3,10 @@
 // the renewal comes first, however late the renewal is paid within the grace window, and beside
 // debt, holds, parallel spending, refunds, disputes, voids, replays and the reports.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../helpers.ts';
-import { dataOf, spendWith, sweep, voidCharge } from '../money.ts';
-import { balanceOf, buy, chargeOf, deliver, deliverWithRetries, emulator, stripeApi } from '../purchases.ts';
-import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../plans.ts';
+import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../support/helpers.ts';
+import { dataOf, spendWith, sweep, voidCharge } from '../support/money.ts';
+import { balanceOf, buy, chargeOf, deliver, deliverWithRetries, emulator, stripeApi } from '../support/purchases.ts';
+import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../support/plans.ts';
 
 /** Time passes: the period's open plan lots are `ago` past their expiry (the sweep has not run). */
 async function periodEnds(userId: string, ago = '1 hour'): Promise<void> {

@@ -3,10 +3,10 @@
 // webhooks arrive; a downgrade waits for the next period; a declined or past-due plan changes
 // nothing. The emulator's test controls stand in for Stripe and the card network.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../helpers.ts';
-import { codeOf } from '../money.ts';
-import { balanceOf, deliver, emulator, stripeApi } from '../purchases.ts';
-import { change, renew, subscribeTo } from '../plans.ts';
+import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../support/helpers.ts';
+import { codeOf } from '../support/money.ts';
+import { balanceOf, deliver, emulator, stripeApi } from '../support/purchases.ts';
+import { change, renew, subscribeTo } from '../support/plans.ts';
 
 type Invoice = { id: string; status: string; amount_paid: number; billing_reason: string };
 async function invoicesOf(sub: string): Promise<Invoice[]> {

@@ -2,7 +2,16 @@
 // run re-prices past usage without moving money, publishing is never retroactive, idempotent
 // per draft and audited; and what a student can try against it.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, newAdmin, reportUsage, student, testDb, userToken } from '../helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  key,
+  newAdmin,
+  reportUsage,
+  student,
+  testDb,
+  userToken,
+} from '../support/helpers.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;

@@ -4,8 +4,8 @@
 // once, and counts the card cannot price or Postgres cannot hold refused with nothing charged
 // (docs/pricing.md).
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, env, fund, reportUsage, student, testDb } from '../helpers.ts';
-import { charged, everyKind, fullCard } from '../money.ts';
+import { api, assertLedgerInvariants, env, fund, reportUsage, student, testDb } from '../support/helpers.ts';
+import { charged, everyKind, fullCard } from '../support/money.ts';
 
 type Json = Record<string, unknown>;
 const data = (r: { body: Json }) => r.body.data as Json;

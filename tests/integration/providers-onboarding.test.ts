@@ -1,9 +1,9 @@
 // Providers: creation with a Connect Express account, onboarding links, status from
 // account.updated (duplicated and out of order), the Connect webhook secret, access and flags.
 import assert from 'node:assert/strict';
-import { adminToken, api, env, newUser, testDb, userToken, withGateway } from '../helpers.ts';
-import { deliver, emulator, sign } from '../purchases.ts';
-import { createPayment, newProvider } from '../providers.ts';
+import { adminToken, api, env, newUser, testDb, userToken, withGateway } from '../support/helpers.ts';
+import { deliver, emulator, sign } from '../support/purchases.ts';
+import { createPayment, newProvider } from '../support/providers.ts';
 
 Deno.test('a provider gets an Express account; the same Idempotency-Key replays it, not a second account', async () => {
   const token = await userToken(await newUser());

@@ -1,9 +1,16 @@
 // Provider payments: destination charges with the platform's 3% fee (rounded half to even),
 // webhooks in any order and any number of times, refunds with the fee refund, and payouts.
 import assert from 'node:assert/strict';
-import { adminToken, api, testDb } from '../helpers.ts';
-import { deliver, emulator, stripeApi } from '../purchases.ts';
-import { assertMoneyInvariants, createPayment, moneyOf, newProvider, paidPayment, type Payment } from '../providers.ts';
+import { adminToken, api, testDb } from '../support/helpers.ts';
+import { deliver, emulator, stripeApi } from '../support/purchases.ts';
+import {
+  assertMoneyInvariants,
+  createPayment,
+  moneyOf,
+  newProvider,
+  paidPayment,
+  type Payment,
+} from '../support/providers.ts';
 
 Deno.test('the fee is round-half-even(amount × 300 / 10,000), fixed at creation and sent to Stripe', async () => {
   const p = await newProvider();

@@ -3,9 +3,9 @@
 // and every mismatch is found; a run whose worker dies after a page resumes from its cursor and
 // ends with the same result; the scheduled call (no date) does nothing once the day is done.
 import assert from 'node:assert/strict';
-import { adminToken, api, env, functionsUrl, spawnGateway, testDb } from '../helpers.ts';
-import { emulator, emulatorUrl } from '../purchases.ts';
-import { newProvider, paidPayment } from '../providers.ts';
+import { adminToken, api, env, functionsUrl, spawnGateway, testDb } from '../support/helpers.ts';
+import { emulator, emulatorUrl } from '../support/purchases.ts';
+import { newProvider, paidPayment } from '../support/providers.ts';
 
 const admin = await adminToken();
 const today = () => new Date().toISOString().slice(0, 10);

@@ -2,9 +2,9 @@
 // each planted difference (missing fee, wrong fee, payout missing, duplicate charge) is found
 // with its kind, amounts and Stripe ids, and raises an alert.
 import assert from 'node:assert/strict';
-import { adminToken, api, env, newUser, testDb, userToken } from '../helpers.ts';
-import { emulator } from '../purchases.ts';
-import { newProvider, paidPayment, type Provider } from '../providers.ts';
+import { adminToken, api, env, newUser, testDb, userToken } from '../support/helpers.ts';
+import { emulator } from '../support/purchases.ts';
+import { newProvider, paidPayment, type Provider } from '../support/providers.ts';
 
 const admin = await adminToken();
 const today = () => new Date().toISOString().slice(0, 10);

@@ -1,7 +1,7 @@
 // Buying credits through Stripe Checkout, end to end on the local stack.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, env, newUser, testDb, userToken } from '../helpers.ts';
-import { balanceOf, buy, emulator, startCheckout, stripeApi } from '../purchases.ts';
+import { api, assertLedgerInvariants, env, newUser, testDb, userToken } from '../support/helpers.ts';
+import { balanceOf, buy, emulator, startCheckout, stripeApi } from '../support/purchases.ts';
 
 async function student() {
   const id = await newUser();

@@ -1,7 +1,7 @@
 // Start-up and feature-flag behaviour of the purchase functions, and Stripe outages.
 import assert from 'node:assert/strict';
-import { api, env, newUser, testDb, userToken, withGateway } from '../helpers.ts';
-import { emulator } from '../purchases.ts';
+import { api, env, newUser, testDb, userToken, withGateway } from '../support/helpers.ts';
+import { emulator } from '../support/purchases.ts';
 
 Deno.test('with FEATURE_B2C_CREDITS off, checkout routes answer 503 FEATURE_DISABLED', async () => {
   const token = await userToken(await newUser());

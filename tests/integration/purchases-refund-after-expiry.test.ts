@@ -17,10 +17,10 @@ import {
   student,
   testDb,
   userToken,
-} from '../helpers.ts';
-import { codeOf, spendWith } from '../money.ts';
-import { person, school, usage, walletOf } from '../orgs.ts';
-import { balanceOf, buy, chargeOf, emulator } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { codeOf, spendWith } from '../support/money.ts';
+import { person, school, usage, walletOf } from '../support/orgs.ts';
+import { balanceOf, buy, chargeOf, emulator } from '../support/purchases.ts';
 
 /** 1,000 paid credits (100¢) spent after everything else: the credits a double take-back would reach. */
 async function gift(userId: string) {

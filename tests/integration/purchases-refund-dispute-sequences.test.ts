@@ -3,7 +3,7 @@
 // often, and however they race the student's spending, the purchase is taken back once (a
 // partial refund, then what a lost dispute leaves), and only what was spent stays as debt.
 import assert from 'node:assert/strict';
-import { assertLedgerInvariants, newUser, spend, testDb, userToken } from '../helpers.ts';
+import { assertLedgerInvariants, newUser, spend, testDb, userToken } from '../support/helpers.ts';
 import {
   balanceOf,
   buy,
@@ -12,7 +12,7 @@ import {
   emulator,
   type SignedEvent,
   startCheckout,
-} from '../purchases.ts';
+} from '../support/purchases.ts';
 
 async function student() {
   const id = await newUser();

@@ -4,9 +4,9 @@
 // sight: the refund came from the buyer as debt while the credits stayed where they were moved.
 // It now lists them again once it holds the locks, until the list stands still.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, testDb } from '../helpers.ts';
-import { key, person, school, walletOf } from '../orgs.ts';
-import { chargeOf, emulator } from '../purchases.ts';
+import { api, assertLedgerInvariants, testDb } from '../support/helpers.ts';
+import { key, person, school, walletOf } from '../support/orgs.ts';
+import { chargeOf, emulator } from '../support/purchases.ts';
 
 Deno.test("a full refund racing an allowance funding takes the credits back from the allowances, not as the wallet's debt", async () => {
   for (let i = 0; i < 3; i++) {

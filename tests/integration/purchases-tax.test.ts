@@ -13,11 +13,11 @@ import {
   student,
   testDb,
   withGateway,
-} from '../helpers.ts';
-import { balanceOf, chargeOf, emulator, stripeApi } from '../purchases.ts';
-import { chargeOfInvoice, renew } from '../plans.ts';
-import { redeem } from '../codes.ts';
-import { post, taxOn } from '../tax.ts';
+} from '../support/helpers.ts';
+import { balanceOf, chargeOf, emulator, stripeApi } from '../support/purchases.ts';
+import { chargeOfInvoice, renew } from '../support/plans.ts';
+import { redeem } from '../support/codes.ts';
+import { post, taxOn } from '../support/tax.ts';
 
 type Json = Record<string, unknown>;
 

@@ -10,8 +10,17 @@ import {
   testDb,
   until,
   userToken,
-} from '../helpers.ts';
-import { balanceOf, buy, chargeOf, deliver, emulator, sign, type SignedEvent, startCheckout } from '../purchases.ts';
+} from '../support/helpers.ts';
+import {
+  balanceOf,
+  buy,
+  chargeOf,
+  deliver,
+  emulator,
+  sign,
+  type SignedEvent,
+  startCheckout,
+} from '../support/purchases.ts';
 
 async function student() {
   const id = await newUser();

@@ -2,7 +2,7 @@
 // (global, IP, user × route) is counted by one script. Counted at a proxy in front of the
 // Redis REST bridge, as Upstash would bill and as the edge would wait for it.
 import assert from 'node:assert/strict';
-import { env, newUser, userToken, withGateway } from '../helpers.ts';
+import { env, newUser, userToken, withGateway } from '../support/helpers.ts';
 
 /** Forwards to the real bridge, counting the requests and the commands that run the limiter. */
 function countingRedis() {

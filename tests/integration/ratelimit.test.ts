@@ -1,6 +1,6 @@
 // Rate limits on the real Redis through the bridge, and the circuit breaker when Redis fails.
 import assert from 'node:assert/strict';
-import { clearOfWindowEdge, counting, env, newUser, userToken, withGateway } from '../helpers.ts';
+import { clearOfWindowEdge, counting, env, newUser, userToken, withGateway } from '../support/helpers.ts';
 
 type Res = { status: number; headers: Headers; body: Record<string, unknown> };
 async function get(url: string, init: RequestInit & { client?: Deno.HttpClient } = {}): Promise<Res> {

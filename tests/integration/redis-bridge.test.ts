@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { Redis } from '@upstash/redis';
 import { Ratelimit } from '@upstash/ratelimit';
-import { env } from '../helpers.ts';
+import { env } from '../support/helpers.ts';
 
 const url = env('UPSTASH_REDIS_REST_URL');
 const redis = new Redis({ url, token: env('UPSTASH_REDIS_REST_TOKEN'), enableTelemetry: false });

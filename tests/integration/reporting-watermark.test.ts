@@ -3,7 +3,7 @@
 // however transactions interleave and in whatever order they commit.
 import assert from 'node:assert/strict';
 import postgres from 'postgres';
-import { env, newUser, testDb } from '../helpers.ts';
+import { env, newUser, testDb } from '../support/helpers.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

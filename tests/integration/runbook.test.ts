@@ -1,7 +1,7 @@
 // docs/runbook.md says what to do for every kind of reconciliation mismatch the database can
 // record: the kinds listed in its table are exactly those the table's CHECK constraint allows.
 import assert from 'node:assert/strict';
-import { testDb } from '../helpers.ts';
+import { testDb } from '../support/helpers.ts';
 
 Deno.test('the runbook has a row for every reconciliation mismatch kind, and none that cannot occur', async () => {
   const [{ def }] = await testDb`select pg_get_constraintdef(oid) as def from pg_constraint

@@ -4,10 +4,10 @@
 // wallet; a removed member's queued jobs are cancelled. Students' tokens act; the operator's
 // secrets only set up (grants, paying through the Stripe emulator, the minute schedule).
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, jobOf, key, testDb, tick } from '../helpers.ts';
-import { dataOf, spendWith } from '../money.ts';
-import { accountOf, person, school, walletOf } from '../orgs.ts';
-import { chargeOf, emulator, pays } from '../purchases.ts';
+import { api, assertLedgerInvariants, jobOf, key, testDb, tick } from '../support/helpers.ts';
+import { dataOf, spendWith } from '../support/money.ts';
+import { accountOf, person, school, walletOf } from '../support/orgs.ts';
+import { chargeOf, emulator, pays } from '../support/purchases.ts';
 
 type Json = Record<string, unknown>;
 type Person = Awaited<ReturnType<typeof person>>;

@@ -16,10 +16,10 @@ import {
   key,
   newUser,
   testDb,
-} from '../helpers.ts';
-import { codeOf, dataOf, ledgerOf, spendWith, transfersUnder } from '../money.ts';
-import { person, school, usage, walletOf } from '../orgs.ts';
-import { balanceOf, buy, chargeOf, emulator, pays } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { codeOf, dataOf, ledgerOf, spendWith, transfersUnder } from '../support/money.ts';
+import { person, school, usage, walletOf } from '../support/orgs.ts';
+import { balanceOf, buy, chargeOf, emulator, pays } from '../support/purchases.ts';
 
 const payer = async (transferId: string) =>
   (await testDb`select a.org_id, a.member_id, a.user_id from billing.transfers t

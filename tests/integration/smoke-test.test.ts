@@ -1,7 +1,7 @@
 // ./scripts/smoke-test, the check after a deploy, against the local stack: it buys nothing
 // and passes; with a token the service refuses, it fails on auth, never printing the token.
 import assert from 'node:assert/strict';
-import { functionsUrl, newUser, testDb, userToken } from '../helpers.ts';
+import { functionsUrl, newUser, testDb, userToken } from '../support/helpers.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const smoke = (token: string) =>

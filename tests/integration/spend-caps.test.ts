@@ -3,9 +3,9 @@
 // refusal commits nothing.
 import assert from 'node:assert/strict';
 import type { SpendCap } from '../../supabase/functions/_shared/contract/index.ts';
-import { adminToken, api, assertLedgerInvariants, env, key, reportUsage, student, testDb } from '../helpers.ts';
-import { codeOf, dataOf, type Json, ledgerOf, spendWith, transfersUnder } from '../money.ts';
-import { balanceOf } from '../purchases.ts';
+import { adminToken, api, assertLedgerInvariants, env, key, reportUsage, student, testDb } from '../support/helpers.ts';
+import { codeOf, dataOf, type Json, ledgerOf, spendWith, transfersUnder } from '../support/money.ts';
+import { balanceOf } from '../support/purchases.ts';
 
 async function setCap(token: string, body: Record<string, unknown>, path = '/credits/caps') {
   const r = await api(path, { method: 'PUT', token, body });

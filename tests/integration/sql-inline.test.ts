@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import postgres from 'postgres';
 import { inline, jsonb, oneTrip } from '../../supabase/functions/_shared/adapters/sql-literal.ts';
-import { env, testDb } from '../helpers.ts';
+import { env, testDb } from '../support/helpers.ts';
 
 const readBack = async (v: string) => {
   const [{ v: back }] = await oneTrip<{ v: string }[]>(testDb, inline`select ${v}::text as v`);

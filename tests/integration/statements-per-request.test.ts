@@ -4,7 +4,7 @@
 // connects as a role of its own (the statistics are kept per role). And that statement is one
 // round trip: counted at a proxy between that gateway and Postgres, which reads the protocol.
 import assert from 'node:assert/strict';
-import { adminToken, api, env, fund, newUser, testDb, userToken, withGateway } from '../helpers.ts';
+import { adminToken, api, env, fund, newUser, testDb, userToken, withGateway } from '../support/helpers.ts';
 
 const role = 'sl_statement_probe';
 const password = crypto.randomUUID();

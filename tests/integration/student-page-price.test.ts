@@ -3,7 +3,7 @@
 // worst case. The two must agree to the last digit, or the page would show a wrong price.
 import assert from 'node:assert/strict';
 import { jobPrice, type RateCard } from '../../examples/student/credits.ts';
-import { testDb } from '../helpers.ts';
+import { testDb } from '../support/helpers.ts';
 
 Deno.test("the page's job price equals what the jobs function holds, for every model", async () => {
   const cards = await testDb<(RateCard & { model: string })[]>`

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { createClient, type SupabaseClient } from '@supabase/supabase-js';
 import { createBillingClient } from '../../client/mod.ts';
-import { fund, must, supabaseUrl, testDb } from '../helpers.ts';
+import { fund, must, supabaseUrl, testDb } from '../support/helpers.ts';
 
 const client = () =>
   createClient(supabaseUrl, 'local-anon-key', { auth: { persistSession: false, autoRefreshToken: false } });

@@ -2,7 +2,17 @@
 // batch, across parallel batches, and beside single requests under the same id), drawing the
 // same lots as single requests; for the app's server only.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, env, fund, key, newUser, student, testDb, userToken } from '../helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  env,
+  fund,
+  key,
+  newUser,
+  student,
+  testDb,
+  userToken,
+} from '../support/helpers.ts';
 import {
   batch,
   charged,
@@ -15,9 +25,9 @@ import {
   usageBody,
   usageEvent,
   voidCharge,
-} from '../money.ts';
-import { person, school } from '../orgs.ts';
-import { balanceOf } from '../purchases.ts';
+} from '../support/money.ts';
+import { person, school } from '../support/orgs.ts';
+import { balanceOf } from '../support/purchases.ts';
 
 const service = { authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}` };
 const now = () => new Date().toISOString();

@@ -3,9 +3,9 @@
 // charges it priced, the runway follows the last 7 days' pace, and nobody reads another's (a
 // school member no other member's, an outsider none).
 import assert from 'node:assert/strict';
-import { api, fund, key, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { dataOf } from '../money.ts';
-import { person, school, usage } from '../orgs.ts';
+import { api, fund, key, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import { dataOf } from '../support/money.ts';
+import { person, school, usage } from '../support/orgs.ts';
 import type { UsageSummary } from '../../supabase/functions/_shared/contract/index.ts';
 
 /** Token counts by kind: input and output here, the other kinds none (tests/integration/pricing-token-kinds). */

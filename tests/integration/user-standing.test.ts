@@ -2,7 +2,7 @@
 // check the user's current state in the database: a revoked admin gets 403 at once, and a
 // deleted, soft-deleted or banned user gets 401, with nothing changed.
 import assert from 'node:assert/strict';
-import { api, env, fund, newAdmin, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
+import { api, env, fund, newAdmin, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
 
 type Json = Record<string, unknown>;
 const codeOf = (r: { body: Json }) => (r.body.error as Json).code;

@@ -1,8 +1,8 @@
 // Fraud velocity rules before checkout, and their reset; with Redis down, the same rules
 // counted from Postgres (per user) and per instance (per address).
 import assert from 'node:assert/strict';
-import { newUser, testDb, userToken, withGateway } from '../helpers.ts';
-import { emulator } from '../purchases.ts';
+import { newUser, testDb, userToken, withGateway } from '../support/helpers.ts';
+import { emulator } from '../support/purchases.ts';
 
 async function checkout(url: string, token: string, packageId: string, client?: Deno.HttpClient) {
   const res = await fetch(`${url}/checkout/sessions`, {

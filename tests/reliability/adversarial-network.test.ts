@@ -14,8 +14,8 @@ import {
   until,
   userToken,
   withGateway,
-} from '../helpers.ts';
-import { balanceOf, emulator, sign, type SignedEvent, startCheckout } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { balanceOf, emulator, sign, type SignedEvent, startCheckout } from '../support/purchases.ts';
 
 const webhookSecret = env('STRIPE_WEBHOOK_SECRET').split(',')[0];
 const enc = new TextEncoder();

@@ -5,8 +5,8 @@
 // that Postgres would refuse (a bigint past 2^63 - 1, year 0, a +23:59 offset, a NUL byte)
 // must be stopped before SQL; the window's own edges must still work.
 import assert from 'node:assert/strict';
-import { adminToken, api, newUser, userToken } from '../helpers.ts';
-import { newProvider } from '../providers.ts';
+import { adminToken, api, newUser, userToken } from '../support/helpers.ts';
+import { newProvider } from '../support/providers.ts';
 import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
 
 /** Values no parameter of ours accepts, each with what it tries. Sent as written (raw URL text). */

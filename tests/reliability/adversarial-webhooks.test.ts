@@ -2,8 +2,8 @@
 // garbled, stale, wrong-secret, missing and re-serialised): timestamps from the future,
 // duplicated headers, huge bodies, signed non-JSON. Each refusal stores nothing.
 import assert from 'node:assert/strict';
-import { env, functionsUrl, newUser, testDb, userToken } from '../helpers.ts';
-import { balanceOf, emulator, sign, type SignedEvent, startCheckout } from '../purchases.ts';
+import { env, functionsUrl, newUser, testDb, userToken } from '../support/helpers.ts';
+import { balanceOf, emulator, sign, type SignedEvent, startCheckout } from '../support/purchases.ts';
 
 const secret = env('STRIPE_WEBHOOK_SECRET').split(',')[0];
 

@@ -4,9 +4,9 @@
 // nothing. Then object-level authorization (another user's ids are 404) and tokens for users
 // deleted since the token was issued.
 import assert from 'node:assert/strict';
-import { adminToken, env, functionsUrl, newUser, testDb, userToken } from '../helpers.ts';
-import { newProvider } from '../providers.ts';
-import { startCheckout } from '../purchases.ts';
+import { adminToken, env, functionsUrl, newUser, testDb, userToken } from '../support/helpers.ts';
+import { newProvider } from '../support/providers.ts';
+import { startCheckout } from '../support/purchases.ts';
 
 const admin = await adminToken();
 const service = env('SUPABASE_SERVICE_ROLE_KEY');

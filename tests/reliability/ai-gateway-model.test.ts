@@ -9,8 +9,8 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import OpenAI from 'openai';
-import { gatewayUrl, type ReportedUsage } from '../ai.ts';
-import { assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
+import { gatewayUrl, type ReportedUsage } from '../support/ai.ts';
+import { assertLedgerInvariants, fund, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
 
 const runs = Number(Deno.env.get('AI_MODEL_RUNS') ?? 25);
 const model = 'gpt-4o-mini';

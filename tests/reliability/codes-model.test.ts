@@ -8,10 +8,10 @@
 // rules allow. A failure prints the shrunk sequence. CODES_MODEL_RUNS sets the number of runs.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { api, assertLedgerInvariants, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { codeOf, dataOf } from '../money.ts';
-import { chargeOf, emulator } from '../purchases.ts';
-import { buyGift, promo, redeem } from '../codes.ts';
+import { api, assertLedgerInvariants, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import { codeOf, dataOf } from '../support/money.ts';
+import { chargeOf, emulator } from '../support/purchases.ts';
+import { buyGift, promo, redeem } from '../support/codes.ts';
 
 const runs = Number(Deno.env.get('CODES_MODEL_RUNS') ?? 15);
 const packages = { mini: { price: 500, credits: 5000 }, starter: { price: 999, credits: 9990 } } as const;

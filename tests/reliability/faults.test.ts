@@ -13,8 +13,8 @@ import {
   tick,
   until,
   userToken,
-} from '../helpers.ts';
-import { balanceOf, deliver, emulator, type SignedEvent, startCheckout } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { balanceOf, deliver, emulator, type SignedEvent, startCheckout } from '../support/purchases.ts';
 
 const completion = (events: SignedEvent[]) =>
   events.find((e) => e.type === 'checkout.session.completed') as SignedEvent;

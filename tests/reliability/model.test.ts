@@ -19,8 +19,8 @@ import {
   reportUsage,
   testDb,
   userToken,
-} from '../helpers.ts';
-import { chargeOf, deliver, emulator, startCheckout } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { chargeOf, deliver, emulator, startCheckout } from '../support/purchases.ts';
 
 const runs = Number(Deno.env.get('MODEL_RUNS') ?? 200);
 const service = env('SUPABASE_SERVICE_ROLE_KEY');

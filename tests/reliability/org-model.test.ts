@@ -16,9 +16,9 @@ import {
   movedLotsOffProvenance,
   reportUsage,
   testDb,
-} from '../helpers.ts';
-import { key, person, school } from '../orgs.ts';
-import { chargeOf, emulator } from '../purchases.ts';
+} from '../support/helpers.ts';
+import { key, person, school } from '../support/orgs.ts';
+import { chargeOf, emulator } from '../support/purchases.ts';
 
 const runs = Number(Deno.env.get('ORG_MODEL_RUNS') ?? 60);
 const service = { authorization: `Bearer ${env('SUPABASE_SERVICE_ROLE_KEY')}` };

@@ -12,10 +12,10 @@
 // A failure prints the shrunk sequence. PLANS_MODEL_RUNS sets the number of runs.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { api, assertLedgerInvariants, newUser, reportUsage, testDb, userToken } from '../helpers.ts';
-import { codeOf } from '../money.ts';
-import { balanceOf, buy, deliver, emulator, type SignedEvent } from '../purchases.ts';
-import { renew, subscribeTo } from '../plans.ts';
+import { api, assertLedgerInvariants, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import { codeOf } from '../support/money.ts';
+import { balanceOf, buy, deliver, emulator, type SignedEvent } from '../support/purchases.ts';
+import { renew, subscribeTo } from '../support/plans.ts';
 
 const runs = Number(Deno.env.get('PLANS_MODEL_RUNS') ?? 12);
 const plans = {

@@ -1,6 +1,6 @@
 // Helpers for purchase tests: drive Checkout through the real API and the Stripe emulator's
 // test controls, and deliver signed events to the webhook exactly as Stripe would.
-import type { Balance } from '../supabase/functions/_shared/contract/index.ts';
+import type { Balance } from '../../supabase/functions/_shared/contract/index.ts';
 import assert from 'node:assert/strict';
 import { api, env, functionsUrl } from './helpers.ts';
 

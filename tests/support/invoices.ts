@@ -1,7 +1,7 @@
 // Helpers for organisation invoice tests: ask for one over the real API, drive it with the
 // Stripe emulator (its API and test controls), read the wallet it credits.
 import assert from 'node:assert/strict';
-import type { OrgInvoice } from '../supabase/functions/_shared/contract/index.ts';
+import type { OrgInvoice } from '../../supabase/functions/_shared/contract/index.ts';
 import { adminToken, api, env } from './helpers.ts';
 import { key } from './orgs.ts';
 import { emulator, emulatorUrl, type SignedEvent } from './purchases.ts';

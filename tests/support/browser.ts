@@ -4,7 +4,7 @@ import { type Browser, chromium, type Page } from 'playwright-core';
 import assert from 'node:assert/strict';
 import { env, functionsUrl, testDb } from './helpers.ts';
 
-await Deno.mkdir(new URL('../artifacts/', import.meta.url), { recursive: true });
+await Deno.mkdir(new URL('../../artifacts/', import.meta.url), { recursive: true });
 
 /** A test with a fresh Chromium, closed afterwards whatever happens. */
 export const browserTest = (name: string, fn: (browser: Browser) => Promise<void>) =>
