@@ -109,9 +109,11 @@ begin
     set request_hash = excluded.request_hash, request_id = excluded.request_id, response_status = null,
         response_data = null, refusal_token = null, refusal_fields = null, responded_at = null,
         locked_at = now(), expires_at = now() + interval '24 hours'
-    -- An expired key not yet swept starts over; so does a claim abandoned mid-flight by a
-    -- crashed instance (its answer was never stored).
-    where k.expires_at <= now() or (k.responded_at is null and k.locked_at < now() - interval '60 seconds')
+    -- An expired key not yet swept starts over; so does the same request's claim abandoned
+    -- mid-flight by a crashed instance (its answer was never stored). Another request under a
+    -- stalled claim is refused below, never given the key: the first may still be running.
+    where k.expires_at <= now()
+       or (k.responded_at is null and k.locked_at < now() - interval '60 seconds' and k.request_hash = excluded.request_hash)
   returning * into v_row;
   if found then
     return null;
@@ -130,9 +132,9 @@ comment on function billing.claim_idempotency_key(p_user uuid, p_action text, p_
 revoke execute on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text) from public;
 grant execute on function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text) to service_role;
 
-create or replace function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer,
-  p_data jsonb, p_refusal_token text, p_refusal_fields jsonb)
-returns billing.request_answer
+create or replace function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_request_id text,
+  p_status integer, p_data jsonb, p_refusal_token text, p_refusal_fields jsonb)
+returns setof billing.request_answer
 language sql
 security definer
 set search_path = ''
@@ -140,24 +142,27 @@ as $$
   update billing.idempotency_keys k
   set response_status = p_status, response_data = p_data, refusal_token = p_refusal_token,
       refusal_fields = p_refusal_fields, responded_at = now()
-  where k.user_id = p_user and k.action = p_action and k.key = p_key
+  where k.user_id = p_user and k.action = p_action and k.key = p_key and k.request_id = p_request_id
+    and k.responded_at is null
   returning (billing.answer_of(k, false)).*
 $$;
-comment on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_data jsonb, p_refusal_token text, p_refusal_fields jsonb) is 'Stores the answer of a claimed key (a success''s status and data, or a refusal''s token and fields) and returns it as every replay will.';
-revoke execute on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_data jsonb, p_refusal_token text, p_refusal_fields jsonb) from public;
-grant execute on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_status integer, p_data jsonb, p_refusal_token text, p_refusal_fields jsonb) to service_role;
+comment on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_request_id text, p_status integer, p_data jsonb, p_refusal_token text, p_refusal_fields jsonb) is 'Stores the answer of a key this request (p_request_id) still holds (a success''s status and data, or a refusal''s token and fields) and returns it as every replay will; no row when the claim went to a retry of the same request.';
+revoke execute on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_request_id text, p_status integer, p_data jsonb, p_refusal_token text, p_refusal_fields jsonb) from public;
+grant execute on function billing.complete_idempotency_key(p_user uuid, p_action text, p_key text, p_request_id text, p_status integer, p_data jsonb, p_refusal_token text, p_refusal_fields jsonb) to service_role;
 
-create or replace function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) returns void
+create or replace function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text, p_request_id text)
+returns void
 language sql
 security definer
 set search_path = ''
 as $$
   delete from billing.idempotency_keys k
-  where k.user_id = p_user and k.action = p_action and k.key = p_key and k.responded_at is null
+  where k.user_id = p_user and k.action = p_action and k.key = p_key and k.request_id = p_request_id
+    and k.responded_at is null
 $$;
-comment on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) is 'Forgets an in-flight claim whose work failed before any effect (routes with an external call), so a retry starts over.';
-revoke execute on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) from public;
-grant execute on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text) to service_role;
+comment on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text, p_request_id text) is 'Forgets this request''s in-flight claim when its work failed before any effect or its refusal says to retry (routes with an external call), so a retry starts over.';
+revoke execute on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text, p_request_id text) from public;
+grant execute on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text, p_request_id text) to service_role;
 
 create or replace function billing.json_time(p_at timestamptz) returns text
 language plpgsql immutable

@@ -4,7 +4,7 @@
 -- nothing; a reused key leaves the first answer as it was. A route that calls Stripe claims its
 -- key, then stores its answer in the same format (claim_idempotency_key, complete_idempotency_key).
 begin;
-select plan(15);
+select plan(20);
 \ir helpers.psql
 
 create function pg_temp.usage(p_user uuid, p_key text, p_tokens integer, p_admin boolean default false)
@@ -47,7 +47,7 @@ select is(pg_temp.err($$select pg_temp.claim('h1')$$), 'IDEMPOTENCY_KEY_IN_USE',
 select is(pg_temp.err($$select pg_temp.claim('h2')$$), 'IDEMPOTENCY_KEY_REUSED', 'another request under the key is refused');
 select is((select refusal_token || ' ' || (refusal_fields ->> 'message') || ' ' || request_id || ' ' || replayed::text
            from billing.complete_idempotency_key('dddddddd-0000-4000-8000-000000000066', 'checkout.refunds', 'k-ext',
-             null, null, 'PURCHASE_NOT_REFUNDABLE', '{"message": "The purchase is pending."}')),
+             'req-ext-h1', null, null, 'PURCHASE_NOT_REFUNDABLE', '{"message": "The purchase is pending."}')),
   'PURCHASE_NOT_REFUNDABLE The purchase is pending. req-ext-h1 false', 'its refusal is stored with the first request''s id');
 select is((select refusal_token || ' ' || (refusal_fields ->> 'message') || ' ' || request_id || ' ' || replayed::text
            from pg_temp.claim('h1')),
@@ -55,6 +55,25 @@ select is((select refusal_token || ' ' || (refusal_fields ->> 'message') || ' ' 
 select is(pg_temp.err($$select pg_temp.claim('h2')$$), 'IDEMPOTENCY_KEY_REUSED', 'another request still is refused');
 select is((select responded_at from pg_temp.claim('h1')),
   (select responded_at from billing.idempotency_keys where key = 'k-ext'), 'a replay carries the first answer''s time');
+
+-- A claim stalled past 60 s (its instance crashed, or is still waiting on Stripe): only the same
+-- request may take it over, and then the first can no longer store or forget the key.
+create function pg_temp.stale(p_hash text, p_request text) returns billing.request_answer language sql as $$
+  select * from billing.claim_idempotency_key('dddddddd-0000-4000-8000-000000000066', 'checkout.refunds', 'k-stale',
+    p_hash, p_request)
+$$;
+select pg_temp.stale('h3', 'req-a');
+update billing.idempotency_keys set locked_at = now() - interval '61 seconds' where key = 'k-stale';
+select is(pg_temp.err($$select pg_temp.stale('h4', 'req-b')$$), 'IDEMPOTENCY_KEY_REUSED',
+  'another request never takes over a stalled claim');
+select is((select request_id from pg_temp.stale('h3', 'req-c')), null, 'the same request takes it over');
+select is((select count(*)::int from billing.complete_idempotency_key('dddddddd-0000-4000-8000-000000000066',
+  'checkout.refunds', 'k-stale', 'req-a', 201, '{"id": "a"}', null, null)), 0,
+  'the stalled first request cannot store its answer over the retry''s claim');
+select billing.abandon_idempotency_key('dddddddd-0000-4000-8000-000000000066', 'checkout.refunds', 'k-stale', 'req-a');
+select is((select request_id from billing.idempotency_keys where key = 'k-stale'), 'req-c', 'nor forget the key');
+select is((select status::text || ' ' || request_id from billing.complete_idempotency_key('dddddddd-0000-4000-8000-000000000066',
+  'checkout.refunds', 'k-stale', 'req-c', 201, '{"id": "c"}', null, null)), '201 req-c', 'the retry stores its answer');
 
 select * from finish();
 rollback;

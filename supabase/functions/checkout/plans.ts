@@ -3,7 +3,7 @@
 // (billing.sync_subscription), never from a redirect or an answer of these routes.
 import { sql } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
-import type { Effect } from '../_shared/http/idempotency.ts';
+import { type Effect, scopedKey } from '../_shared/http/idempotency.ts';
 import { formatCredits } from '../_shared/values/money.ts';
 import { automaticTax, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import type { CheckoutEnv, Subscribe } from './schemas.ts';
@@ -220,7 +220,7 @@ export async function changePlan(userId: string, planId: string, requestKey: str
       proration_behavior: charged ? 'always_invoice' : 'none',
       // An upgrade whose payment fails changes nothing (Stripe keeps the update pending).
       ...(charged ? { payment_behavior: 'pending_if_incomplete' as const } : {}),
-    }, { idempotencyKey: `plan-change:${s.subscription_id}:${requestKey}` })
+    }, { idempotencyKey: scopedKey(`plan-change:${s.subscription_id}:`, requestKey, 255) })
   );
   return {
     status: 202,
@@ -233,7 +233,7 @@ export async function cancelPlan(userId: string, requestKey: string): Promise<Ef
   const s = await livePlan(userId);
   await stripeCall(() =>
     stripe().client.subscriptions.update(s.stripe_subscription_id, { cancel_at_period_end: true }, {
-      idempotencyKey: `plan-cancel:${s.subscription_id}:${requestKey}`,
+      idempotencyKey: scopedKey(`plan-cancel:${s.subscription_id}:`, requestKey, 255),
     })
   );
   return { status: 202, data: { ...publicPlan(s), cancel_at_period_end: true } };

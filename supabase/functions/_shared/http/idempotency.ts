@@ -2,8 +2,9 @@
 // (user, action, Idempotency-Key) and a hash of its method, path and body; its answer is stored
 // once (billing.idempotency_keys, kept 24 hours) and a retry gets that answer back with the first
 // request's id and time, marked `Idempotent-Replayed: true`. Another request under the same key
-// is 409 IDEMPOTENCY_KEY_REUSED. A refusal (4xx) is stored and replayed like a success; a 5xx is
-// not stored, so a retry runs again. Every route stores its answer in one format, what the answer
+// is 409 IDEMPOTENCY_KEY_REUSED. A refusal (4xx) is stored and replayed like a success; a 5xx,
+// or a refusal that says to retry (another checkout in progress, a velocity limit), is not
+// stored, so a retry runs again. Every route stores its answer in one format, what the answer
 // is (a success's status and data, or a refusal's token and fields), and `respond` renders each
 // one, the first response included, so a replay is the same bytes. Where the work happens
 // decides who holds the key:
@@ -146,24 +147,35 @@ type Identity = { userId: string; action: string; key: string; hash: string };
  */
 async function claimed(c: AppContext, id: Identity, work: (key: string) => Promise<Effect>): Promise<StoredAnswer> {
   const { userId, action, key, hash } = id;
+  const requestId = c.get('requestId');
   const [stored] = await sql<StoredAnswer[]>`
-    select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash}, ${c.get('requestId')})`;
+    select * from billing.claim_idempotency_key(${userId}, ${action}, ${key}, ${hash}, ${requestId})`;
   if (stored.replayed) return stored;
   let effect: Effect | undefined, refusal: AppError | undefined;
   try {
     effect = await work(key);
   } catch (err) {
     refusal = fromDbError(err);
-    if (refusal.status >= 500) {
-      await sql`select billing.abandon_idempotency_key(${userId}, ${action}, ${key})`.catch(() => {});
+    if (refusal.status >= 500 || refusal.retryable) {
+      await sql`select billing.abandon_idempotency_key(${userId}, ${action}, ${key}, ${requestId})`.catch(() => {});
       throw refusal;
     }
   }
   const fields: RefusalFields | undefined = refusal && { ...refusal.toJSON(), status: refusal.status };
   const [answer] = await sql<StoredAnswer[]>`select * from billing.complete_idempotency_key(${userId}, ${action},
-    ${key}, ${effect?.status ?? null}, ${effect ? jsonb(effect.data) : null}, ${refusal?.code ?? null},
+    ${key}, ${requestId}, ${effect?.status ?? null}, ${effect ? jsonb(effect.data) : null}, ${refusal?.code ?? null},
     ${fields ? jsonb(fields) : null})`;
-  return answer;
+  // A retry of this same request took the stalled claim over (it stores the answer): this one
+  // still answers what its work did.
+  return answer ?? {
+    status: effect?.status ?? null,
+    data: effect?.data ?? null,
+    refusal_token: refusal?.code ?? null,
+    refusal_fields: fields ?? null,
+    request_id: requestId,
+    responded_at: new Date(),
+    replayed: false,
+  };
 }
 
 /**
