@@ -344,9 +344,9 @@ begin
                                     amount, debt_settled, remaining, frozen, expires_at, moved_from, applies_to)
           select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
             l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id,
-            -- Credits going back to the account they came from (a sweep, a code returned) are for
-            -- what they paid for there; others keep their list, narrowed to the one given.
-            case when s.account_id = c.account_id then s.applies_to
+            -- Credits given back to the account they came from (an allowance swept, a code returned)
+            -- are for what they paid for there; others keep their list, narrowed to the one given.
+            case when (c.t).kind in ('allowance_sweep', 'code_return') and s.account_id = c.account_id then s.applies_to
                  else billing.narrow_applies_to(l.applies_to, billing.applies_to_of(v_lot)) end
           from (select x.lot_id, x.amount,
                   least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
@@ -413,7 +413,10 @@ begin
         if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
           update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
           -- Spending plans walk every set of lists (billing.plan_lot_draw): a handful per account.
-          if (select count(distinct l.applies_to) from billing.lots l where l.account_id = c.account_id and l.open) > 7 then
+          -- Credits given back bring back a list the account had, and are never refused for it
+          -- (the plan still works up to 10).
+          if (c.t).kind not in ('allowance_sweep', 'code_return')
+             and (select count(distinct l.applies_to) from billing.lots l where l.account_id = c.account_id and l.open) > 7 then
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
               'rule', 'an account holds credits for at most 7 different lists of models'));
           end if;

@@ -302,8 +302,13 @@ declare
   v_after billing.hold_result;
   v_excess billing.transfer_result;
 begin
+  select * into v_account from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = p_hold_id);
+  -- Credits past their expiry go first (the hold gives way), so what it can capture is known
+  -- before it is asked to (capture_hold would expire them itself, and refuse the larger amount).
+  if v_account.next_expiry <= now() then
+    perform billing.expire_due_lots(v_account.id);
+  end if;
   select * into v_hold from billing.holds h where h.id = p_hold_id;
-  select * into v_account from billing.accounts a where a.id = v_hold.account_id;
   v_model := (select r.model from billing.rate_cards r where r.id = p_rate_card_id);
   captured := 0;
   overage := 0;

@@ -73,17 +73,6 @@ $$;
 comment on function billing.narrow_applies_to(p_have text[], p_given text[]) is 'Internal: the models both lists allow (null: any); empty when none.';
 revoke execute on function billing.narrow_applies_to(p_have text[], p_given text[]) from public;
 
--- The model a live hold is for, when it has one the ledger trusts: a gateway call's (its rate
--- card's model) and a job's. A user's own hold and a dispute's have none.
-create or replace function billing.hold_model(p_hold billing.holds) returns text
-language sql immutable
-set search_path = ''
-as $$
-  select case when p_hold.purpose in ('ai', 'job') then p_hold.metadata ->> 'model' end
-$$;
-comment on function billing.hold_model(p_hold billing.holds) is 'Internal: the model a hold may be paid for (null: only by credits for anything).';
-revoke execute on function billing.hold_model(p_hold billing.holds) from public;
-
 -- What a new commitment for p_model (p_any: for any lot, a move) can draw from an account with
 -- restricted lots without leaving a live hold unpayable, in spending order: `take` ([{lot_id,
 -- amount}], at most p_amount in all, for the writer), `found` (its total) and `unusable` (the
@@ -109,6 +98,8 @@ declare
   v_credits numeric[];
   v_pays boolean[];
   v_sets integer;
+  v_paid_by integer[];
+  v_reserved numeric[];
   v_slack numeric[];
   v_need numeric := p_amount;
   v_take jsonb := '[]'::jsonb;
@@ -125,19 +116,27 @@ begin
         where l.account_id = p_account_id and l.open group by 1) g;
   v_sets := case when cardinality(v_keys) <= 10 then (1 << cardinality(v_keys)) - 1 else 0 end;
 
-  -- slack(T) for every non-empty set T of groups (bit i: group i); a hold no group can pay any more
-  -- (credits expired or taken back under it) constrains nothing.
+  -- What the live holds reserve, summed by which groups may pay them (a gateway call's or a job's:
+  -- those for its model; a dispute's: any; any other: those for anything): at most one sum per
+  -- set of groups, however many holds; a hold no group can pay any more (credits expired or taken
+  -- back under it) constrains nothing.
+  select coalesce(array_agg(m.paid_by), '{}'), coalesce(array_agg(m.amount), '{}') into v_paid_by, v_reserved
+  from (select c.paid_by, sum(c.amount) as amount
+        from (select (select coalesce(sum(1 << (i - 1)), 0) from generate_subscripts(v_keys, 1) i
+                      where h.any_lot or billing.lot_pays_for(
+                        case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, h.model))::integer as paid_by,
+                h.amount
+              from (select x.purpose = 'dispute' as any_lot,
+                      case when x.purpose in ('ai', 'job') then x.metadata ->> 'model' end as model, sum(x.amount) as amount
+                    from billing.holds x
+                    where x.account_id = p_account_id and x.status = 'active' and x.id is distinct from p_except_hold
+                    group by 1, 2) h) c
+        where c.paid_by <> 0 group by c.paid_by) m;
+
+  -- slack(T) for every non-empty set T of groups (bit i: group i).
   v_slack := array(
-    with holds as (
-      select h.amount, (select coalesce(sum(1 << (i - 1)), 0) from generate_subscripts(v_keys, 1) i
-                        where h.purpose = 'dispute' or billing.lot_pays_for(
-                          case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, billing.hold_model(h))
-                       )::integer as paid_by
-      from billing.holds h
-      where h.account_id = p_account_id and h.status = 'active' and h.id is distinct from p_except_hold
-    )
     select (select coalesce(sum(v_credits[i]), 0) from generate_subscripts(v_keys, 1) i where t & (1 << (i - 1)) <> 0)
-      - (select coalesce(sum(h.amount), 0) from holds h where h.paid_by <> 0 and h.paid_by & ~t = 0)
+      - (select coalesce(sum(r.amount), 0) from unnest(v_paid_by, v_reserved) r(paid_by, amount) where r.paid_by & ~t = 0)
     from generate_series(1, v_sets) t order by t);
 
   for v_lot in
@@ -193,10 +192,11 @@ begin
       'required', trim_scale(p_amount)::text,
       'available', case when not v_pool then
         trim_scale(least((v_plan ->> 'found')::numeric, greatest(p_account.balance - p_account.held, 0)))::text end,
-      'debt', p_account.balance < 0, 'model', p_model,
+      'debt', case when not v_pool then p_account.balance < 0 end, 'model', p_model,
       -- Credits that exist but may not pay for this model.
       'restricted', case when not v_pool then v_plan ->> 'unusable' end,
-      'reason', case when v_plan ? 'unprotected' then 'credits under more than 10 model lists'
+      'reason', case when v_pool then null
+                     when v_plan ? 'unprotected' then 'credits under more than 10 model lists'
                      when (v_plan ->> 'unusable')::numeric > 0 then 'some credits may only pay for other models'
                      else 'credits are held for other models' end)));
   end if;

@@ -376,11 +376,17 @@ begin
     where x.term_ends_at <= now() and x.term_swept_at is null order by x.term_ends_at limit p_limit
     for update skip locked
   loop
-    for a in select x.member_id from billing.accounts x where x.org_id = o.id and x.member_id is not null order by x.id loop
-      perform billing.sweep_allowance(o.id, a.member_id, 'term-ended');
-    end loop;
-    update billing.orgs x set term_swept_at = now() where x.id = o.id;
-    v_count := v_count + 1;
+    begin
+      for a in select x.member_id from billing.accounts x where x.org_id = o.id and x.member_id is not null order by x.id loop
+        perform billing.sweep_allowance(o.id, a.member_id, 'term-ended');
+      end loop;
+      update billing.orgs x set term_swept_at = now() where x.id = o.id;
+      v_count := v_count + 1;
+    exception when others then
+      -- One school's sweep never stops the others': it is tried again next run, and said.
+      perform billing.set_alert('term_sweep_failed', true, 'A school''s term-end sweep failed',
+        jsonb_build_object('org_id', o.id, 'error', sqlerrm));
+    end;
   end loop;
   -- A sweep leaves what is held (a job under way, a hold its member may still capture). Once
   -- such a hold ends in an allowance nobody spends from any more (its member removed or no
