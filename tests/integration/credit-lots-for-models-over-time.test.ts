@@ -3,32 +3,12 @@
 // make a school's plan slow, a streamed call over credits that expire mid-stream is still charged,
 // next term's narrowed allowance stays narrowed, and one school's failing sweep stops no other's.
 import assert from 'node:assert/strict';
-import { adminToken, api, assertLedgerInvariants, backdateLot, key, testDb } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, backdateLot, key, testDb } from '../support/helpers.ts';
 import { callsOf, gatewayUrl } from '../support/ai.ts';
 import { person, school } from '../support/orgs.ts';
+import { grantLot, models, orgGrant } from '../support/lots.ts';
 
 type Json = Record<string, unknown>;
-
-/** `n` more models on the rate card (a real one has dozens), each priced like a small model. */
-async function models(n: number): Promise<string[]> {
-  const tag = crypto.randomUUID().slice(0, 6);
-  const names = Array.from({ length: n }, (_, i) => `atk2-${tag}-${i + 1}`);
-  for (const m of names) {
-    await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
-      effective_from) values (${m}, 1, 1, 2, 1, now() - interval '1 minute')`;
-  }
-  return names;
-}
-
-/** A platform admin's grant to an organisation's wallet, for `appliesTo` when given (setup only). */
-async function orgGrant(org: string, amount: string, kind: string, appliesTo?: string[]) {
-  const r = await api(`/orgs/${org}/grants`, {
-    token: await adminToken(),
-    headers: key(),
-    body: { amount, kind, reason: 'pilot', ...(appliesTo ? { applies_to: appliesTo } : {}) },
-  });
-  assert.equal(r.status, 201, r.text);
-}
 
 /** `n` holds of the smallest amount there is, a student's own, placed `par` at a time. */
 async function dust(token: string, n: number, par = 8) {
@@ -79,22 +59,14 @@ Deno.test("a member's dust holds on a pooled wallet with credits for some models
 
 // ============================================================ settling a gateway call over a due lot
 
-/** An admin's grant to a student (setup only): `lot` options as the route takes them. */
-async function grant(userId: string, amount: string, kind: string, lot: Json = {}) {
-  const r = await api('/credits/grants', {
-    token: await adminToken(),
-    headers: key(),
-    body: { user_id: userId, amount, reason: 'course credits', kind, lot },
-  });
-  assert.equal(r.status, 201, r.text);
-  return (r.body.data as { lot_id?: string; lots?: { lot_id: string }[] });
-}
-
 Deno.test('a streamed call over a promotion that expires before it ends is charged what the account can pay, not nothing', async () => {
   const s = await person('streamer');
-  await grant(s.id, '40', 'adjustment'); // never expires
+  assert.equal((await grantLot(s.id, '40', 'adjustment')).status, 201); // never expires
   // A promotion with 5 credits left, expiring at an hour the student reads on their lots page.
-  await grant(s.id, '5', 'promo_grant', { expires_at: new Date(Date.now() + 3_600_000).toISOString() });
+  assert.equal(
+    (await grantLot(s.id, '5', 'promo_grant', { expires_at: new Date(Date.now() + 3_600_000).toISOString() })).status,
+    201,
+  );
   const [promo] = await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
     where a.user_id = ${s.id} and l.expires_at is not null`;
 

@@ -16,23 +16,17 @@ import {
   newUser,
   reportUsage,
   testDb,
+  until,
   userToken,
 } from '../support/helpers.ts';
 import { issue } from '../support/codes.ts';
 import { join, person, school, usage } from '../support/orgs.ts';
+import { grantLot, models, orgGrant } from '../support/lots.ts';
 import OpenAI from 'openai';
-
-async function grant(userId: string, amount: string, lot: Record<string, unknown>) {
-  return await api('/credits/grants', {
-    token: await adminToken(),
-    headers: key(),
-    body: { user_id: userId, amount, reason: 'credits for some models', kind: 'promo_grant', lot },
-  });
-}
 
 async function studentWithMiniCredits() {
   const id = await newUser();
-  const r = await grant(id, '50', { applies_to: ['gpt-4o-mini*'] });
+  const r = await grantLot(id, '50', 'promo_grant', { applies_to: ['gpt-4o-mini*'] });
   assert.equal(r.status, 201, r.text);
   const token = await userToken(id);
   return { id, token, openai: new OpenAI({ baseURL: gatewayUrl, apiKey: token, maxRetries: 0 }) };
@@ -43,7 +37,7 @@ Deno.test("a grant for some models shows its list on the student's lots; a bad l
   const lots = (await api('/credits/lots', { token: s.token })).body.data as LotPage;
   assert.deepEqual(lots.items.map((l) => l.applies_to), [['gpt-4o-mini*']]);
   for (const applies_to of [[], ['gpt 4o'], ['*'], Array.from({ length: 21 }, (_, i) => `m${i}`)]) {
-    const bad = await grant(s.id, '5', { applies_to });
+    const bad = await grantLot(s.id, '5', 'promo_grant', { applies_to });
     assert.equal(bad.status, 400, JSON.stringify(applies_to));
   }
   const [n] = await testDb`select count(*)::int as n from billing.lots l join billing.accounts a on a.id = l.account_id
@@ -99,7 +93,7 @@ Deno.test('a promo code for some models grants each redeemer a lot for those mod
 
 Deno.test('parallel gateway calls for two models on general and restricted credits never leave a hold unpaid', async () => {
   const s = await studentWithMiniCredits();
-  const fund = await grant(s.id, '20', {});
+  const fund = await grantLot(s.id, '20', 'promo_grant');
   assert.equal(fund.status, 201, fund.text);
   const calls = await Promise.allSettled(Array.from({ length: 8 }, (_, i) =>
     s.openai.chat.completions.create({
@@ -171,33 +165,6 @@ Deno.test('a sponsor code for some models gives its student credits for those mo
 type Json = Record<string, unknown>;
 const data = <T = Json>(r: { body: Json }) => r.body.data as T;
 
-/** A catalogue with `n` more models (a real one has dozens), each priced like a small model. */
-async function models(n: number): Promise<string[]> {
-  const tag = crypto.randomUUID().slice(0, 6);
-  const names = Array.from({ length: n }, (_, i) => `atk-${tag}-${i + 1}`);
-  for (const m of names) {
-    await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
-      effective_from) values (${m}, 1, 1, 2, 1, now() - interval '1 minute')`;
-  }
-  return names;
-}
-
-/** An admin grant whose lot pays only for `appliesTo` (the feature under attack). */
-async function restrictedGrant(userId: string, amount: string, appliesTo: string[]) {
-  const r = await api('/credits/grants', {
-    token: await adminToken(),
-    headers: key(),
-    body: {
-      user_id: userId,
-      amount,
-      reason: 'credits for a course',
-      kind: 'promo_grant',
-      lot: { applies_to: appliesTo },
-    },
-  });
-  assert.equal(r.status, 201, r.text);
-}
-
 /** A non-streamed gateway call; `wait` ms before the (stand-in) provider answers. */
 const call = (token: string, model: string, wait: number) =>
   api('/ai/v1/chat/completions', {
@@ -213,19 +180,11 @@ const activeHolds = async (userId: string) =>
   (await testDb`select count(*)::int as n from billing.holds h join billing.accounts a on a.id = h.account_id
     where a.user_id = ${userId} and h.status = 'active'`)[0].n as number;
 
-async function until(what: string, fn: () => Promise<boolean>, ms = 10_000) {
-  const end = Date.now() + ms;
-  while (!(await fn())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 Deno.test('nine models held at once: a gateway call on an account with a restricted lot is charged its full price', async () => {
   const [m1, ...others] = await models(8);
   const id = await newUser();
   await fund(id, '1000'); // credits for anything
-  await restrictedGrant(id, '1', [m1]); // one credit for one model: the account now plans its draws
+  assert.equal((await grantLot(id, '1', 'promo_grant', { applies_to: [m1] })).status, 201); // one credit for one model: the account now plans its draws
   const token = await userToken(id);
 
   // A hold of the student's own (no model), then two calls on m1, then one call on each other model:
@@ -250,16 +209,6 @@ Deno.test('nine models held at once: a gateway call on an account with a restric
   assert.equal(u.cost, price.p, `the answer of ${price.p} credits was charged ${u.cost}`);
   await assertLedgerInvariants();
 });
-
-/** A platform admin's grant to an organisation's wallet, for `appliesTo` when given. */
-async function orgGrant(org: string, amount: string, kind: string, appliesTo?: string[]) {
-  const r = await api(`/orgs/${org}/grants`, {
-    token: await adminToken(),
-    headers: key(),
-    body: { amount, kind, reason: 'pilot', ...(appliesTo ? { applies_to: appliesTo } : {}) },
-  });
-  assert.equal(r.status, 201, r.text);
-}
 
 Deno.test("a member's 402 on a pooled wallet never tells how many restricted credits the school has", async () => {
   const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
