@@ -25,7 +25,7 @@ export async function subscribeTo(token: string, planId: string) {
 }
 
 /** POST /checkout/subscription/change to `plan_id` (a fresh Idempotency-Key unless given). */
-export const change = (token: string, plan_id: string, headers = key()) =>
+export const change = (token: string, plan_id: string, headers: Record<string, string> = key()) =>
   api('/checkout/subscription/change', { token, headers, body: { plan_id } });
 
 /** The period ends: the renewal invoice is paid or fails (events delivered unless told not to). */
