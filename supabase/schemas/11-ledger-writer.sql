@@ -128,6 +128,7 @@ declare
   v_settled numeric;
   v_category text;
   v_policy billing.credit_expiry_policy;
+  v_list text[];                                  -- a credit's list of models, when its lot options give one
 begin
   -- What holds reserve (a hold is no transfer: it moves nothing until captured).
   if cardinality(p_held) > 0 then
@@ -337,6 +338,7 @@ begin
       loop
         v_settled := least(c.amount, greatest(c.amount - c.after, 0));
         v_lot := coalesce((c.t).lots, '{}');
+        v_list := billing.applies_to_of(v_lot);
         if c.moved then
           -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
           -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
@@ -347,7 +349,7 @@ begin
             -- Credits given back to the account they came from (an allowance swept, a code returned)
             -- are for what they paid for there; others keep their list, narrowed to the one given.
             case when (c.t).kind in ('allowance_sweep', 'code_return') and s.account_id = c.account_id then s.applies_to
-                 else billing.narrow_applies_to(l.applies_to, billing.applies_to_of(v_lot)) end
+                 else billing.narrow_applies_to(l.applies_to, v_list) end
           from (select x.lot_id, x.amount,
                   least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
                     rows between unbounded preceding and 1 preceding), 0), 0)) as settled
@@ -355,7 +357,7 @@ begin
           join billing.lots l on l.id = p.lot_id
           left join billing.lots s on s.id = l.moved_from
           order by p.lot_id;
-          if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
+          if v_list is not null and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
               'rule', 'some of these credits may pay for none of the models named'));
           end if;
@@ -400,7 +402,7 @@ begin
                                     amount, debt_settled, remaining, applies_to, expires_at)
           values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
             coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
-            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, billing.applies_to_of(v_lot),
+            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, v_list,
             -- A support adjustment does not expire unless the admin says so: a correction that
             -- quietly vanishes would need correcting again.
             case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz

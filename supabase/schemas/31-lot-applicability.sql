@@ -7,10 +7,11 @@
 --
 -- Holds stay account-wide (accounts.held), so an account with restricted lots
 -- (accounts.restricted_lots) must also keep every live hold payable: a hold for a model (a gateway
--- call's, a job's) can be paid only by lots for that model, any other hold only by lots for
--- anything. For such accounts, billing.plan_lot_draw chooses what a debit draws so that the holds
--- still fit (Hall's condition over the holds' models), and the writer draws exactly that (`take`).
--- Accounts without restricted lots never come here: their path is unchanged.
+-- call's, a job's) can be paid only by lots for that model, a dispute's by any lot, any other
+-- hold only by lots for anything. For such accounts, billing.plan_lot_draw chooses what a debit
+-- draws so that the holds still fit (Hall's condition over the sets of the account's lists), and
+-- the writer draws exactly that (`take`). Accounts without restricted lots never come here: their
+-- path is unchanged.
 
 -- ============================================================ functions
 
@@ -24,7 +25,6 @@ as $$
 $$;
 comment on function billing.lot_pays_for(p_applies_to text[], p_model text) is 'Whether a lot with this applies_to may pay for a charge of this model (null model: only a lot for anything).';
 revoke execute on function billing.lot_pays_for(p_applies_to text[], p_model text) from public;
-grant execute on function billing.lot_pays_for(p_applies_to text[], p_model text) to service_role;
 
 -- A lot option's applies_to as stored: null, or 1 to 20 distinct names, sorted.
 create or replace function billing.applies_to_of(p_lot jsonb) returns text[]

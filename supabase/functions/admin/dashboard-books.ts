@@ -12,7 +12,9 @@
 //     balance, held and available then, and each lot as it stood (what it may pay for, if not any
 //     model).
 /// <reference lib="dom" />
+import type { BalanceAsOf, Lot } from '../_shared/contract/index.ts';
 import type { ApiFailure, DashboardKit } from './dashboard-script.ts';
+import type { Journal as JournalRows, JournalEntry, JournalLine } from './journal-csv.ts';
 
 export const booksStyle = `
 .books-form { display: flex; flex-wrap: wrap; gap: .4rem; align-items: end; margin: 0 0 .6rem; }
@@ -58,28 +60,11 @@ export const booksSections = `
     <div id="as-of" data-testid="as-of"></div>
     <button id="as-of-more" class="more" hidden>More lots</button></section>`;
 
-type Line = {
-  account: string;
-  code: string;
-  name: string;
-  source: string;
-  description: string;
-  debit: string | null;
-  credit: string | null;
-};
-type Entry = {
-  date: string;
-  currency: string;
-  reference: string;
-  debit_total: string;
-  credit_total: string;
-  lines: Line[];
-};
-type Reconciliation = {
-  currency: string;
-  items: { item: string; journal: string; revenue_report: string | null; difference: string | null }[];
-};
-type Journal = { from: string; to: string; entries: Entry[]; reconciliation: Reconciliation[] };
+// What GET ./journal answers: the rows journal-csv.ts lays out, each line with what moved it in words (books.ts).
+type Line = JournalLine & { description: string };
+type Entry = Omit<JournalEntry, 'lines'> & { lines: Line[] };
+type Journal = Omit<JournalRows, 'entries'> & { entries: Entry[] };
+type Reconciliation = JournalRows['reconciliation'][number];
 type Account = {
   key: string;
   code: string;
@@ -88,25 +73,6 @@ type Account = {
   updated_at: string;
   updated_by: string | null;
 };
-type AsOfBalance = {
-  balance: string;
-  held: string;
-  available: string;
-  expiring: { amount: string; at: string } | null;
-  as_of: string;
-};
-type AsOfLot = {
-  id: string;
-  source: string;
-  category: string;
-  amount: string;
-  remaining: string;
-  granted_at: string;
-  expires_at: string | null;
-  frozen: boolean;
-  applies_to?: string[] | null;
-};
-
 /** Fills the Books, Chart of accounts and Account as of sections (served as text: everything it uses is inside). */
 export function booksScript({ $, get, send, download, esc, credits, empty }: DashboardKit): void {
   // Amounts in a currency's major unit as the API writes them ("1234.5" → "1,234.5"): exact, no float.
@@ -295,14 +261,10 @@ export function booksScript({ $, get, send, download, esc, credits, empty }: Das
   // Account as of -------------------------------------------------------------------------------
   // An instant as typed: with an offset as it is; a bare date or date-time is UTC.
   const instant = (s: string) => /^\d{4}-\d\d-\d\d$/.test(s) ? s + 'T00:00:00Z' : /T[\d:.]+$/.test(s) ? s + 'Z' : s;
-  const appliesTo = (l: AsOfLot) =>
-    l.applies_to === undefined || l.applies_to === null
-      ? ''
-      : l.applies_to.length
-      ? 'only for: ' + l.applies_to.join(', ')
-      : 'for no model';
+  const appliesTo = (l: Lot) =>
+    l.applies_to === null ? '' : l.applies_to.length ? 'only for: ' + l.applies_to.join(', ') : 'for no model';
   const when = (at: string) => esc(at.slice(0, 19).replace('T', ' '));
-  const lotRows = (lots: AsOfLot[]) =>
+  const lotRows = (lots: Lot[]) =>
     lots.map((l) =>
       '<tr data-lot="' + esc(l.id) + '"><td>' + esc(l.id) + '</td><td>' + esc(l.source.replaceAll('_', ' ')) +
       '<br><span class="muted">' + esc(l.category) + '</span></td><td class="nowrap">' + when(l.granted_at) +
@@ -321,8 +283,8 @@ export function booksScript({ $, get, send, download, esc, credits, empty }: Das
     try {
       const q = '?at=' + encodeURIComponent(at);
       const [b, page] = await Promise.all([
-        get<{ data: AsOfBalance }>(path + '/balance' + q),
-        get<{ data: { items: AsOfLot[]; next_cursor: string | null } }>(path + '/lots' + q + '&limit=50'),
+        get<{ data: BalanceAsOf }>(path + '/balance' + q),
+        get<{ data: { items: Lot[]; next_cursor: string | null } }>(path + '/lots' + q + '&limit=50'),
       ]);
       asOf = { path, at, cursor: page.data.next_cursor };
       const x = b.data;
@@ -345,7 +307,7 @@ export function booksScript({ $, get, send, download, esc, credits, empty }: Das
   async function moreLots() {
     if (!asOf?.cursor) return;
     try {
-      const page = (await get<{ data: { items: AsOfLot[]; next_cursor: string | null } }>(
+      const page = (await get<{ data: { items: Lot[]; next_cursor: string | null } }>(
         asOf.path + '/lots?at=' + encodeURIComponent(asOf.at) + '&limit=50&cursor=' + asOf.cursor,
       )).data;
       $('as-of').querySelector('table')?.insertAdjacentHTML('beforeend', lotRows(page.items));

@@ -171,16 +171,6 @@ end;
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION billing.hold_model(p_hold billing.holds)
- RETURNS text
- LANGUAGE sql
- IMMUTABLE
- SET search_path TO ''
-AS $function$
-  select case when p_hold.purpose in ('ai', 'job') then p_hold.metadata ->> 'model' end
-$function$
-;
-
 CREATE OR REPLACE FUNCTION billing.lot_pays_for(p_applies_to text[], p_model text)
  RETURNS boolean
  LANGUAGE sql
@@ -250,17 +240,18 @@ AS $function$
 $function$
 ;
 
-create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
-  p_any boolean default false, p_except_hold uuid default null)
-returns jsonb
-language plpgsql
-set search_path = ''
-as $$
+CREATE OR REPLACE FUNCTION billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean DEFAULT false, p_except_hold uuid DEFAULT NULL::uuid)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
 declare
   v_keys text[];
   v_credits numeric[];
   v_pays boolean[];
   v_sets integer;
+  v_paid_by integer[];
+  v_reserved numeric[];
   v_slack numeric[];
   v_need numeric := p_amount;
   v_take jsonb := '[]'::jsonb;
@@ -277,19 +268,27 @@ begin
         where l.account_id = p_account_id and l.open group by 1) g;
   v_sets := case when cardinality(v_keys) <= 10 then (1 << cardinality(v_keys)) - 1 else 0 end;
 
-  -- slack(T) for every non-empty set T of groups (bit i: group i); a hold no group can pay any more
-  -- (credits expired or taken back under it) constrains nothing.
+  -- What the live holds reserve, summed by which groups may pay them (a gateway call's or a job's:
+  -- those for its model; a dispute's: any; any other: those for anything): at most one sum per
+  -- set of groups, however many holds; a hold no group can pay any more (credits expired or taken
+  -- back under it) constrains nothing.
+  select coalesce(array_agg(m.paid_by), '{}'), coalesce(array_agg(m.amount), '{}') into v_paid_by, v_reserved
+  from (select c.paid_by, sum(c.amount) as amount
+        from (select (select coalesce(sum(1 << (i - 1)), 0) from generate_subscripts(v_keys, 1) i
+                      where h.any_lot or billing.lot_pays_for(
+                        case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, h.model))::integer as paid_by,
+                h.amount
+              from (select x.purpose = 'dispute' as any_lot,
+                      case when x.purpose in ('ai', 'job') then x.metadata ->> 'model' end as model, sum(x.amount) as amount
+                    from billing.holds x
+                    where x.account_id = p_account_id and x.status = 'active' and x.id is distinct from p_except_hold
+                    group by 1, 2) h) c
+        where c.paid_by <> 0 group by c.paid_by) m;
+
+  -- slack(T) for every non-empty set T of groups (bit i: group i).
   v_slack := array(
-    with holds as (
-      select h.amount, (select coalesce(sum(1 << (i - 1)), 0) from generate_subscripts(v_keys, 1) i
-                        where h.purpose = 'dispute' or billing.lot_pays_for(
-                          case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, billing.hold_model(h))
-                       )::integer as paid_by
-      from billing.holds h
-      where h.account_id = p_account_id and h.status = 'active' and h.id is distinct from p_except_hold
-    )
     select (select coalesce(sum(v_credits[i]), 0) from generate_subscripts(v_keys, 1) i where t & (1 << (i - 1)) <> 0)
-      - (select coalesce(sum(h.amount), 0) from holds h where h.paid_by <> 0 and h.paid_by & ~t = 0)
+      - (select coalesce(sum(r.amount), 0) from unnest(v_paid_by, v_reserved) r(paid_by, amount) where r.paid_by & ~t = 0)
     from generate_series(1, v_sets) t order by t);
 
   for v_lot in
@@ -321,7 +320,8 @@ begin
     'unusable', trim_scale(coalesce((select sum(v_credits[i]) from generate_subscripts(v_keys, 1) i where not v_pays[i]), 0))::text,
     'unprotected', case when cardinality(v_keys) > 10 then true end));
 end;
-$$;
+$function$
+;
 
 CREATE OR REPLACE FUNCTION billing.plan_spec(p_name text, p_price_cents integer, p_currency text, p_interval text, p_credits numeric, p_rollover text, p_rollover_limit numeric, p_applies_to text[])
  RETURNS jsonb
@@ -349,10 +349,11 @@ begin
       'required', trim_scale(p_amount)::text,
       'available', case when not v_pool then
         trim_scale(least((v_plan ->> 'found')::numeric, greatest(p_account.balance - p_account.held, 0)))::text end,
-      'debt', p_account.balance < 0, 'model', p_model,
+      'debt', case when not v_pool then p_account.balance < 0 end, 'model', p_model,
       -- Credits that exist but may not pay for this model.
       'restricted', case when not v_pool then v_plan ->> 'unusable' end,
-      'reason', case when v_plan ? 'unprotected' then 'credits under more than 10 model lists'
+      'reason', case when v_pool then null
+                     when v_plan ? 'unprotected' then 'credits under more than 10 model lists'
                      when (v_plan ->> 'unusable')::numeric > 0 then 'some credits may only pay for other models'
                      else 'credits are held for other models' end)));
   end if;
@@ -374,8 +375,13 @@ declare
   v_after billing.hold_result;
   v_excess billing.transfer_result;
 begin
+  select * into v_account from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = p_hold_id);
+  -- Credits past their expiry go first (the hold gives way), so what it can capture is known
+  -- before it is asked to (capture_hold would expire them itself, and refuse the larger amount).
+  if v_account.next_expiry <= now() then
+    perform billing.expire_due_lots(v_account.id);
+  end if;
   select * into v_hold from billing.holds h where h.id = p_hold_id;
-  select * into v_account from billing.accounts a where a.id = v_hold.account_id;
   v_model := (select r.model from billing.rate_cards r where r.id = p_rate_card_id);
   captured := 0;
   overage := 0;
@@ -1006,6 +1012,7 @@ declare
   v_settled numeric;
   v_category text;
   v_policy billing.credit_expiry_policy;
+  v_list text[];                                  -- a credit's list of models, when its lot options give one
 begin
   -- What holds reserve (a hold is no transfer: it moves nothing until captured).
   if cardinality(p_held) > 0 then
@@ -1215,6 +1222,7 @@ begin
       loop
         v_settled := least(c.amount, greatest(c.amount - c.after, 0));
         v_lot := coalesce((c.t).lots, '{}');
+        v_list := billing.applies_to_of(v_lot);
         if c.moved then
           -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
           -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
@@ -1222,10 +1230,10 @@ begin
                                     amount, debt_settled, remaining, frozen, expires_at, moved_from, applies_to)
           select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
             l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id,
-            -- Credits going back to the account they came from (a sweep, a code returned) are for
-            -- what they paid for there; others keep their list, narrowed to the one given.
-            case when s.account_id = c.account_id then s.applies_to
-                 else billing.narrow_applies_to(l.applies_to, billing.applies_to_of(v_lot)) end
+            -- Credits given back to the account they came from (an allowance swept, a code returned)
+            -- are for what they paid for there; others keep their list, narrowed to the one given.
+            case when (c.t).kind in ('allowance_sweep', 'code_return') and s.account_id = c.account_id then s.applies_to
+                 else billing.narrow_applies_to(l.applies_to, v_list) end
           from (select x.lot_id, x.amount,
                   least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
                     rows between unbounded preceding and 1 preceding), 0), 0)) as settled
@@ -1233,7 +1241,7 @@ begin
           join billing.lots l on l.id = p.lot_id
           left join billing.lots s on s.id = l.moved_from
           order by p.lot_id;
-          if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
+          if v_list is not null and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
               'rule', 'some of these credits may pay for none of the models named'));
           end if;
@@ -1278,7 +1286,7 @@ begin
                                     amount, debt_settled, remaining, applies_to, expires_at)
           values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
             coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
-            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, billing.applies_to_of(v_lot),
+            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, v_list,
             -- A support adjustment does not expire unless the admin says so: a correction that
             -- quietly vanishes would need correcting again.
             case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
@@ -1291,7 +1299,10 @@ begin
         if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
           update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
           -- Spending plans walk every set of lists (billing.plan_lot_draw): a handful per account.
-          if (select count(distinct l.applies_to) from billing.lots l where l.account_id = c.account_id and l.open) > 7 then
+          -- Credits given back bring back a list the account had, and are never refused for it
+          -- (the plan still works up to 10).
+          if (c.t).kind not in ('allowance_sweep', 'code_return')
+             and (select count(distinct l.applies_to) from billing.lots l where l.account_id = c.account_id and l.open) > 7 then
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
               'rule', 'an account holds credits for at most 7 different lists of models'));
           end if;
@@ -1612,75 +1623,6 @@ end;
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer)
- RETURNS billing.money_response
- LANGUAGE plpgsql
- SET search_path TO ''
-AS $function$
-declare
-  v_key text := billing.scoped_key('http:' || p_user::text || ':credits.usage:', p_key);
-  v_price billing.usage_price := billing.quote_usage(p_args ->> 'model', (p_args ->> 'input_tokens')::bigint,
-    (p_args ->> 'output_tokens')::bigint, (p_args ->> 'cached_input_tokens')::bigint,
-    (p_args ->> 'reasoning_tokens')::bigint, (p_args ->> 'images')::bigint, (p_args ->> 'audio_seconds')::bigint);
-  v_account billing.accounts;
-  v_t billing.transfers;
-  v_posted billing.posted_transfer;
-begin
-  -- The key first, whatever this request is: a charge recorded under it answers a retry and
-  -- refuses another request, on whichever path this one would go.
-  select * into v_account from billing.accounts a where a.user_id = p_user for update;
-  if not found then
-    return null;
-  end if;
-  perform 1 from billing.idempotency_keys k where k.user_id = p_user and k.action = 'credits.usage' and k.key = p_key;
-  if found then
-    return null;
-  end if;
-  select * into v_t from billing.transfers t where t.idempotency_key = v_key and t.kind = 'usage';
-  if found then
-    if not v_t.metadata ? 'request_hash' then
-      return null;
-    elsif v_t.metadata ->> 'request_hash' <> p_request_hash then
-      return (null, null, 'IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'credits.usage')::text, p_request_id, now(),
-              false)::billing.money_response;
-    end if;
-    return (p_success_status, billing.usage_answer(v_t.id, v_t.amount,
-        (select e.balance_after from billing.entries e where e.transfer_id = v_t.id and e.account_id = v_t.from_account_id),
-        coalesce((v_t.metadata ->> 'held_after')::numeric, 0),
-        (select c.version from billing.rate_cards c where c.id = v_t.rate_card_id)),
-      null, null, v_t.metadata ->> 'request_id', v_t.created_at, true)::billing.money_response;
-  end if;
-  if v_price.amount is null or v_price.amount <= 0 or v_account.orgs > 0 or v_account.caps > 0 or v_account.restricted_lots then
-    return null;
-  end if;
-
-  if v_account.held > 0 or v_account.next_expiry <= now() then
-    v_account := billing.settle_account(v_account.id);
-  end if;
-  if v_account.balance - v_account.held < v_price.amount then
-    return null;
-  end if;
-  v_posted := (billing.post_transfers(array[('usage', v_account.id, billing.platform_account_id('usage_revenue'),
-    v_price.amount, v_key, p_args ->> 'correlation_id', null,
-    (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys())
-    || billing.usage_facts(p_args ->> 'model', (p_args ->> 'input_tokens')::bigint, (p_args ->> 'output_tokens')::bigint,
-      (p_args ->> 'cached_input_tokens')::bigint, (p_args ->> 'reasoning_tokens')::bigint, (p_args ->> 'images')::bigint,
-      (p_args ->> 'audio_seconds')::bigint)
-    || jsonb_strip_nulls(jsonb_build_object('request_hash', p_request_hash, 'request_id', p_request_id,
-      'held_after', case when v_account.held > 0 then trim_scale(v_account.held)::text end)),
-    v_price.rate_card_id, null, null, null)::billing.transfer_spec]))[1];
-  v_account.balance := v_posted.from_balance;
-  v_account.version := v_account.version + 1;
-  if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
-    perform billing.on_available_change(v_account);
-  end if;
-  return (p_success_status, billing.usage_answer(v_posted.transfer_id, v_price.amount, v_account.balance, v_account.held,
-      v_price.rate_card_version),
-    null, null, p_request_id, now(), false)::billing.money_response;
-end;
-$function$
-;
-
 CREATE OR REPLACE FUNCTION billing.save_plan_version(p_admin uuid, p_family text, p_version integer, p_spec jsonb, p_stripe_price_id text, p_sort_order integer, p_reason text)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1763,19 +1705,67 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.sweep_ended_terms(p_limit integer DEFAULT 100)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  o record;
+  a record;
+  v_count integer := 0;
+begin
+  for o in
+    select x.id, x.term_ends_at from billing.orgs x
+    where x.term_ends_at <= now() and x.term_swept_at is null order by x.term_ends_at limit p_limit
+    for update skip locked
+  loop
+    begin
+      for a in select x.member_id from billing.accounts x where x.org_id = o.id and x.member_id is not null order by x.id loop
+        perform billing.sweep_allowance(o.id, a.member_id, 'term-ended');
+      end loop;
+      update billing.orgs x set term_swept_at = now() where x.id = o.id;
+      v_count := v_count + 1;
+    exception when others then
+      -- One school's sweep never stops the others': it is tried again next run, and said.
+      perform billing.set_alert('term_sweep_failed', true, 'A school''s term-end sweep failed',
+        jsonb_build_object('org_id', o.id, 'error', sqlerrm));
+    end;
+  end loop;
+  -- A sweep leaves what is held (a job under way, a hold its member may still capture). Once
+  -- such a hold ends in an allowance nobody spends from any more (its member removed or no
+  -- longer a member, the organisation now a pool), what it gave back goes to the wallet too.
+  for a in
+    select x.org_id, x.member_id from billing.accounts x join billing.orgs g on g.id = x.org_id
+    where x.member_id is not null and x.balance > 0
+      and (x.balance > x.held or exists (select 1 from billing.holds h where h.account_id = x.id and h.status = 'active'
+                                         and h.expires_at <= now()))
+      and (g.funding <> 'allowance' or not exists (select 1 from billing.org_members m where m.org_id = x.org_id
+                                                   and m.user_id = x.member_id and m.active and m.role = 'member'))
+    order by x.id limit p_limit
+  loop
+    if billing.sweep_allowance(a.org_id, a.member_id, 'closed') > 0 then
+      v_count := v_count + 1;
+    end if;
+  end loop;
+  return v_count;
+end;
+$function$
+;
+
 
 
 comment on function billing.create_promo_code(uuid,text,jsonb,text) is 'An admin creates a promo code (p_spec: credits, budget, max_redemptions, valid_from, valid_until, lot_expires_at or lot_expires_after_days, applies_to, note); the same p_key again answers the code it made.';
 comment on function billing.issue_sponsor_code(uuid,uuid,text,jsonb,text) is 'An owner or admin issues a sponsor code for one student of the organisation (p_spec: credits, user_id of a member or email of a member or pending member invitee, valid_until, applies_to (its credits then pay only for those models), note; never themselves under another account): its credits move from the wallet into the code''s escrow now (INSUFFICIENT_CREDITS when the wallet lacks them).';
 revoke execute on function billing.get_lots(uuid,bigint,integer) from public;
-revoke execute on function billing.lot_pays_for(text[],text) from public;
 revoke execute on function billing.fund_allowances(uuid,uuid,uuid,numeric,text,text[]) from public;
 revoke execute on function billing.grant_org_credits(uuid,numeric,billing.transfer_kind,text,text,uuid,text[]) from public;
 revoke execute on function billing.move_credits(bigint,bigint,numeric,billing.transfer_kind,text,uuid,jsonb,text[]) from public;
 revoke execute on function billing.charge_event_alone(uuid,text,bigint,bigint,text,text,timestamp with time zone,bigint,bigint,bigint,bigint) from public;
+revoke execute on function billing.lot_pays_for(text[],text) from public;
 revoke execute on function billing.applies_to_of(jsonb) from public;
 revoke execute on function billing.narrow_applies_to(text[],text[]) from public;
-revoke execute on function billing.hold_model(billing.holds) from public;
 revoke execute on function billing.plan_lot_draw(bigint,text,numeric,boolean,uuid) from public;
 revoke execute on function billing.restricted_draw(billing.accounts,text,numeric,boolean,uuid,boolean) from public;
 revoke execute on function billing.lots_as_of(bigint,timestamp with time zone,bigint,integer) from public;
@@ -1788,7 +1778,6 @@ comment on function billing.get_lots(uuid,bigint,integer) is 'A user''s lots, ne
 comment on function billing.lot_pays_for(text[],text) is 'Whether a lot with this applies_to may pay for a charge of this model (null model: only a lot for anything).';
 comment on function billing.applies_to_of(jsonb) is 'Internal: the applies_to of a new lot''s options, validated (INVALID_LOT); null for a lot that pays for anything.';
 comment on function billing.narrow_applies_to(text[],text[]) is 'Internal: the models both lists allow (null: any); empty when none.';
-comment on function billing.hold_model(billing.holds) is 'Internal: the model a hold may be paid for (null: only by credits for anything).';
 comment on function billing.plan_lot_draw(bigint,text,numeric,boolean,uuid) is 'Internal: for an account with restricted lots, what a charge for p_model (or a move, p_any) may draw, in spending order, keeping every live hold payable: {take, found, unusable, unprotected?}.';
 comment on function billing.restricted_draw(billing.accounts,text,numeric,boolean,uuid,boolean) is 'Internal: the lots a movement on an account with restricted lots draws, or INSUFFICIENT_CREDITS (402) with the credits that could not pay for the model (restricted) and why.';
 comment on function billing.lots_as_of(bigint,timestamp with time zone,bigint,integer) is 'Internal: an account''s lots as they stood at an instant (granted by then; remaining, expiry and frozen then), newest first.';
@@ -1796,6 +1785,5 @@ comment on function billing.plan_spec(text,integer,text,text,numeric,text,numeri
 comment on function billing.fund_allowances(uuid,uuid,uuid,numeric,text,text[]) is 'An owner or admin moves p_amount from the wallet to one member''s allowance, or to each active member''s (allowance funding only), for the models p_applies_to names (narrowing what the wallet''s credits may pay for); idempotent by key per member.';
 comment on function billing.grant_org_credits(uuid,numeric,billing.transfer_kind,text,text,uuid,text[]) is 'A platform admin''s grant (or adjustment) of credits to an organisation''s wallet, for the models p_applies_to names (null: any); idempotent by key.';
 grant execute on function billing.get_lots(uuid,bigint,integer) to service_role;
-grant execute on function billing.lot_pays_for(text[],text) to service_role;
 grant execute on function billing.fund_allowances(uuid,uuid,uuid,numeric,text,text[]) to service_role;
 grant execute on function billing.grant_org_credits(uuid,numeric,billing.transfer_kind,text,text,uuid,text[]) to service_role;
