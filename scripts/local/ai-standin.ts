@@ -11,7 +11,7 @@
 // no_usage (never reports usage), error_after_usage (an error event after the usage chunk),
 // extra_prompt=<n> (bills n more prompt tokens than the gateway can count, as another tokenizer may).
 import { encode } from 'gpt-tokenizer';
-import { textTokens } from '../../supabase/functions/ai/request.ts';
+import { utf8Bytes } from '../../supabase/functions/_shared/domain/token-bounds.ts';
 
 const port = Number(Deno.env.get('AI_STANDIN_PORT') ?? 54332);
 const key = Deno.env.get('AI_API_KEY') ?? '';
@@ -25,6 +25,9 @@ const text = (content: unknown): string =>
     : Array.isArray(content)
     ? content.map((p) => (p && typeof p === 'object' && 'text' in p ? String(p.text) : '')).join('')
     : '';
+
+/** Tokens as OpenAI counts them (o200k, the whole text at once); a text with a run of 2,000 non-spaces, whose encoding would take minutes, as its bytes (what no provider exceeds). */
+const textTokens = (t: string) => /\S{2000}/.test(t) ? utf8Bytes(t) : encode(t).length;
 
 /** A count of chat input like OpenAI's: each message's text and name, 4 framing tokens each, 3 to prime the answer, tools and a response format's schema. */
 function promptTokens(messages: Message[], extras: unknown[]): number {

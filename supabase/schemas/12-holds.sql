@@ -284,8 +284,9 @@ grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_am
 
 -- Ends a server's hold at a price worked out after the work (a job's usage, an AI call's): the
 -- hold pays what it can and the rest of it is released; should the price pass the hold, the
--- excess is charged from what is available, never into debt, and what cannot be charged is
--- recorded (`unbilled`) on that transfer. The caller holds the account lock and has settled the
+-- excess is charged from what is available and what the caps leave, counted against them, never
+-- into debt, and what cannot be charged is recorded (`unbilled`) on that transfer (the caller
+-- records who owes it). The caller holds the account lock and has settled the
 -- hold (an ended hold captures nothing). `p_capture_facts` go on the capture, `p_overage_facts`
 -- on the excess; `p_key` is the excess's idempotency key, `p_correlation` both transfers'.
 create or replace function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint,
@@ -333,6 +334,14 @@ begin
     if overage > 0 and v_account.restricted_lots then
       overage := least(overage, (billing.plan_lot_draw(v_account.id, v_model, overage) ->> 'found')::numeric);
     end if;
+    -- The excess is spending like any other: it fits in what every cap (the account's, a
+    -- member's on a school wallet, per model) has left, and counts against them.
+    if overage > 0 and v_account.caps > 0 then
+      overage := least(overage, coalesce(billing.cap_room(v_account.id, v_model, v_hold.member_id), overage));
+      if overage > 0 then
+        perform billing.charge_caps(v_account.id, overage, v_model, v_hold.member_id);
+      end if;
+    end if;
     if overage > 0 then
       v_excess := billing.post_user_transfer(p_user, -1, 'capture', overage, 'usage', 'usage_revenue', p_key,
         p_correlation, null,
@@ -344,7 +353,7 @@ begin
   end if;
 end;
 $$;
-comment on function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) is 'Internal: ends a job''s or an AI call''s hold at a price worked out after the work: captured from the hold, any excess from what is available (never into debt), the rest released.';
+comment on function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) is 'Internal: ends a job''s or an AI call''s hold at a price worked out after the work: captured from the hold, any excess from what is available and the caps leave (counted against them, never into debt), the rest released.';
 revoke execute on function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) from public;
 
 create or replace function billing.release_hold(p_user uuid, p_hold_id uuid) returns billing.hold_result

@@ -3,8 +3,9 @@
 -- lock like the balance, so parallel requests can never exceed a cap: usage and debits count
 -- when they post, holds when they are placed (a job's reserve included), and what a hold does
 -- not spend (released, expired, captured for less, given up to a dispute) is returned to the
--- period it was placed in. A hold's capture and a job's overage beyond its reserve do not count
--- again: they spend what the hold already counted (the overage is work already done).
+-- period it was placed in. A hold's capture does not count again: it spends what the hold
+-- already counted. What a job or an AI call costs beyond its hold is charged only within the
+-- caps' room and counts against them (billing.charge_hold_at).
 -- An account without caps pays nothing for this: accounts.caps = 0 skips every step.
 
 -- ============================================================ tables
@@ -303,6 +304,20 @@ end;
 $$;
 comment on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid) is 'Internal: counts an amount against the applicable caps (the account''s, and the member''s on a pooled wallet) if all have room; else returns the cap it would exceed.';
 revoke execute on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid) from public;
+
+-- The most `p_account_id` may still spend now on `p_model` (for `p_member` on an organisation's
+-- wallet) before a cap refuses: the least room of the caps that apply; null when none does.
+create or replace function billing.cap_room(p_account_id bigint, p_model text, p_member uuid default null) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select greatest(min(x.amount - case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end), 0)
+  from billing.spend_caps x cross join lateral billing.cap_period(x.period, x.time_zone, now()) p
+  where x.account_id = p_account_id and (x.model is null or x.model = p_model)
+    and (x.member_id is null or x.member_id = p_member)
+$$;
+comment on function billing.cap_room(p_account_id bigint, p_model text, p_member uuid) is 'Internal: the least room left under the caps that apply to a charge (null: no cap applies).';
+revoke execute on function billing.cap_room(p_account_id bigint, p_model text, p_member uuid) from public;
 
 create or replace function billing.charge_caps(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null)
 returns void

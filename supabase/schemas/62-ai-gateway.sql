@@ -27,13 +27,16 @@ create table billing.ai_calls (
   transfer_id bigint references billing.transfers (id),
   failure text,                        -- a stable code, never the provider's text
   answer jsonb,                        -- kept for a replay of the same Idempotency-Key until expires_at
+  unbilled numeric(38, 18),            -- what the provider billed beyond what the hold, the balance and the caps allowed
+  owed_transfer_id bigint references billing.transfers (id),  -- the charge that later paid `unbilled`
   created_at timestamptz not null default now(),
   finished_at timestamptz,
   expires_at timestamptz not null default now() + interval '24 hours',
   constraint ai_calls_status check (status in ('held', 'charged', 'failed')),
   constraint ai_calls_usage_source check (usage_source in ('provider', 'tokenizer')),
   constraint ai_calls_finished check ((status = 'held') = (finished_at is null)),
-  constraint ai_calls_counts check (prompt_tokens >= 0 and max_output_tokens > 0)
+  constraint ai_calls_counts check (prompt_tokens >= 0 and max_output_tokens > 0),
+  constraint ai_calls_unbilled check (unbilled > 0)
 );
 comment on table billing.ai_calls is 'One gateway call: its hold, what the provider reported and what it cost. A failed call charged nothing.';
 alter table billing.ai_calls enable row level security;
@@ -42,6 +45,8 @@ grant select on table billing.ai_calls to service_role;
 -- One live call per key: a failed one frees its key for a retry (one hold per attempt).
 create unique index ai_calls_key on billing.ai_calls (user_id, idempotency_key) where status <> 'failed';
 create index ai_calls_held on billing.ai_calls (created_at) where status = 'held';
+-- What a user still owes: their next call pays it first, or is refused.
+create index ai_calls_owed on billing.ai_calls (user_id) where unbilled is not null and owed_transfer_id is null;
 
 create table billing.model_access (
   plan_id text references billing.plans (id),  -- null: the default list (no plan, or a plan without a list)
@@ -244,6 +249,42 @@ $$;
 comment on function billing.ai_call_json(c billing.ai_calls) is 'Internal: a call as the gateway reads it back.';
 revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
 
+-- What a user's earlier calls cost beyond what could be charged then (ai_calls.unbilled) is
+-- charged before their next call, as spending for that call's model (caps, school wallets and
+-- credits for some models apply as to any charge). If it cannot be, the new call is refused with
+-- the writer's refusal, its details saying why (`reason: "unbilled_usage"`, `owed`): a student
+-- cannot run up a debt the gateway never collects. Rows are locked first, as finish_ai_call does.
+create or replace function billing.pay_ai_owed(p_user uuid) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_owed record;
+  v_paid billing.transfer_result;
+  v_token text;
+  v_detail text;
+begin
+  for v_owed in
+    select c.id, c.model, c.unbilled from billing.ai_calls c
+    where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
+    order by c.created_at for update
+  loop
+    v_paid := billing.post_user_transfer(p_user, -1, 'spend', v_owed.unbilled, 'usage', 'usage_revenue',
+      'ai-owed:' || v_owed.id, 'ai:' || v_owed.id, null,
+      jsonb_build_object('model', v_owed.model, 'ai_call_id', v_owed.id, 'owed', true));
+    update billing.ai_calls c set owed_transfer_id = v_paid.transfer_id where c.id = v_owed.id;
+  end loop;
+exception when sqlstate 'P0001' then
+  get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
+  raise exception using errcode = 'P0001', message = v_token,
+    detail = (coalesce(nullif(v_detail, '')::jsonb, '{}'::jsonb) || jsonb_build_object('reason', 'unbilled_usage',
+      'owed', (select trim_scale(sum(c.unbilled))::text from billing.ai_calls c
+               where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null)))::text;
+end;
+$$;
+comment on function billing.pay_ai_owed(p_user uuid) is 'Internal: charges what a user''s earlier AI calls cost beyond what could be charged then; refuses (402, reason unbilled_usage) when it cannot.';
+revoke execute on function billing.pay_ai_owed(p_user uuid) from public;
+
 -- Before the provider is called: {state: 'held', call_id, hold_id, held} to go ahead,
 -- {state: 'replay', call} for a key already answered, {state: 'in_flight'} while the first
 -- attempt runs, {state: 'refused', token, detail} for the caller's standing, the model or a
@@ -269,6 +310,10 @@ begin
       'token', case when exists (select 1 from billing.rate_cards r where r.model = p_model and r.effective_from <= now())
                     then 'MODEL_NOT_ALLOWED' else 'UNKNOWN_MODEL' end,
       'detail', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
+  end if;
+  if exists (select 1 from billing.ai_calls c where c.user_id = p_user and c.unbilled is not null
+             and c.owed_transfer_id is null) then
+    perform billing.pay_ai_owed(p_user);
   end if;
   -- A concurrent duplicate waits here for the first attempt's claim, then reads it.
   insert into billing.ai_calls (user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens)
@@ -336,6 +381,7 @@ declare
   v_price record;
   v_charged record;
   v_facts jsonb;
+  v_unbilled numeric;
 begin
   if v_call.status <> 'held' then
     return billing.ai_call_json(v_call);
@@ -365,10 +411,14 @@ begin
     v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version), v_facts);
   -- The provider billed more than the hold and the balance could cover: the gateway's count of
   -- the prompt fell short of the provider's. Someone should look (the difference is recorded).
-  if v_price.amount > v_charged.captured + v_charged.overage then
-    perform billing.set_alert('ai_call_unbilled', true, 'An AI call cost more than its hold and the balance could pay',
-      jsonb_build_object('model', v_call.model, 'call_id', v_call.id,
-        'unbilled', trim_scale(v_price.amount - v_charged.captured - v_charged.overage)::text));
+  -- What could not be charged is owed by the caller: their next call pays it first, or is
+  -- refused (billing.pay_ai_owed).
+  v_unbilled := nullif(v_price.amount - v_charged.captured - v_charged.overage, 0);
+  if v_unbilled is not null then
+    perform billing.set_alert('ai_call_unbilled', true, 'AI calls cost more than their holds, the balance and the caps allowed',
+      jsonb_build_object('model', v_call.model, 'call_id', v_call.id, 'unbilled', trim_scale(v_unbilled)::text,
+        'owed', (select trim_scale(sum(o.unbilled))::text from billing.ai_calls o
+                 where o.unbilled is not null and o.owed_transfer_id is null)));
   end if;
   -- A successful call that cost nothing is a price or usage problem worth a look.
   if v_price.amount = 0 and not p_failed then
@@ -377,7 +427,7 @@ begin
   end if;
   update billing.ai_calls c set status = 'charged', usage = v_facts - 'model' - 'ai_call_id' - 'usage_source',
     usage_source = p_source, charged = v_charged.captured + v_charged.overage, transfer_id = v_charged.transfer_id,
-    answer = p_answer,
+    answer = p_answer, unbilled = v_unbilled,
     finished_at = now(), failure = case when p_failed then 'PROVIDER_FAILED_AFTER_USAGE' end
   where c.id = p_call returning * into v_call;
   return billing.ai_call_json(v_call);

@@ -2,6 +2,7 @@
 // parallel claims, metered holds, expiry, idempotency and isolation.
 import assert from 'node:assert/strict';
 import {
+  adminToken,
   api,
   assertLedgerInvariants,
   env,
@@ -91,6 +92,26 @@ Deno.test('a metered job the user cannot afford is 402 and creates no job', asyn
   assert.equal((r.body.error as Json).code, 'INSUFFICIENT_CREDITS');
   const [{ n }] = await testDb`select count(*)::int as n from billing.jobs where user_id = ${s.id}`;
   assert.equal(n, 0);
+});
+
+Deno.test('a job for a model the student may not call through the gateway is 403 MODEL_NOT_ALLOWED and holds nothing', async () => {
+  const s = await student('1000');
+  const admin = await adminToken();
+  const set = (models: string[]) =>
+    api('/admin/model-access', { method: 'PUT', token: admin, body: { plan_id: null, models } });
+  try {
+    assert.equal((await set(['gpt-4o-mini'])).status, 200);
+    const r = await createJob(s.token, aiJob);
+    assert.deepEqual([r.status, (r.body.error as Json).code], [403, 'MODEL_NOT_ALLOWED']);
+    const allowed = await createJob(s.token, { ...aiJob, input: { ...aiJob.input, model: 'gpt-4o-mini' } });
+    assert.equal(allowed.status, 202);
+  } finally {
+    assert.equal((await set([])).status, 200);
+  }
+  const [{ n }] =
+    await testDb`select count(*)::int as n from billing.jobs where user_id = ${s.id} and input ->> 'model' = 'gpt-4o'`;
+  assert.equal(n, 0);
+  assert.equal(await holdsOf(s.id), 1, 'only the allowed job reserved');
 });
 
 Deno.test('an unknown type or invalid input is 400 and creates no job', async () => {

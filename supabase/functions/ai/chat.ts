@@ -2,7 +2,9 @@
 // The flow and its failure rules are docs/ai-gateway.md's; in short: nothing reaches the
 // provider without a hold; a provider failure before it reported usage charges nothing; an
 // answer cut short (the client left, or the call ran out of time) is charged what the provider
-// reported, else what was streamed counted by the tokenizer (the ledger says which).
+// reported, else what was streamed counted by the tokenizer (the ledger says which). A client
+// that leaves does not stop the provider's answer: it is read to its end (in the background) for
+// the provider's own usage, which is what the provider bills.
 import { createHash } from 'node:crypto';
 import type { AppContext } from '../_shared/app-env.ts';
 import { aiGatewayEnv, disjointUsage, providerChat } from '../_shared/adapters/ai.ts';
@@ -13,7 +15,8 @@ import { currentUser } from '../_shared/http/identify.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { beginCall, type CallRecord, failCall, finishCall, type Usage } from './metering.ts';
-import { promptTokens, providerBody, textTokens } from './request.ts';
+import { countTokens } from '../_shared/domain/token-bounds.ts';
+import { promptTokens, providerBody } from './request.ts';
 import type { ChatRequest } from './schemas.ts';
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
@@ -49,11 +52,11 @@ function providerFailure(status: number | 'timeout' | 'unreachable'): { code: st
   };
 }
 
-/** Usage the gateway counted itself: the prompt as uncached input, what was streamed as output. */
-const countedUsage = (prompt: number, streamed: string): Usage => ({
+/** Usage the gateway counted itself: the prompt's bound as uncached input, what was read as output (o200k). */
+const countedUsage = async (prompt: number, streamed: string): Promise<Usage> => ({
   input_tokens: prompt,
   cached_input_tokens: 0,
-  output_tokens: textTokens(streamed),
+  output_tokens: (await countTokens([streamed], 'o200k', Infinity)) ?? 0,
   reasoning_tokens: 0,
 });
 
@@ -91,15 +94,13 @@ export async function chatCompletion(c: AppContext, req: ChatRequest): Promise<R
     );
   }
   const maxOutput = asked ?? env.AI_MAX_OUTPUT_TOKENS;
-  const prompt = promptTokens(req);
-  if (prompt > env.AI_MAX_PROMPT_TOKENS) {
+  const prompt = await promptTokens(req, req.model, env.AI_MAX_PROMPT_TOKENS);
+  if (prompt === null) {
     throw new AppError(
       'validation',
       'PROMPT_TOO_LONG',
-      `The prompt is ${prompt} tokens; at most ${env.AI_MAX_PROMPT_TOKENS}.`,
-      {
-        field: 'messages',
-      },
+      `The prompt is more than ${env.AI_MAX_PROMPT_TOKENS} tokens.`,
+      { field: 'messages' },
     );
   }
   // A caller's key keeps the answer for a replay (24 h); without one every call is its own.
@@ -169,7 +170,7 @@ async function answerWhole(call: Call, res: Response, timeoutMs: number): Promis
     throw await failed(call.id, 'timeout');
   }
   const reported = body.usage ? disjointUsage(body.usage as Parameters<typeof disjointUsage>[0]) : null;
-  const usage = reported ?? countedUsage(call.prompt, answerText(body.choices));
+  const usage = reported ?? await countedUsage(call.prompt, answerText(body.choices));
   const record = await finishCall(
     call.id,
     usage,
@@ -233,8 +234,9 @@ function replay(record: CallRecord, req: ChatRequest): Response {
 /**
  * A streamed answer, relayed chunk by chunk. The provider's usage chunk (always asked for) is
  * held back until the call is charged, then sent with its cost if the caller asked for usage.
- * If the client leaves, the upstream request is stopped and the call charged as above; the
- * settling outlives the response (EdgeRuntime.waitUntil on hosted).
+ * If the client leaves, the provider's answer is still read to its end (bounded by the call's
+ * deadline) for the usage it reports: stopping it would leave the gateway to guess what the
+ * provider bills. The reading and settling outlive the response (EdgeRuntime.waitUntil on hosted).
  */
 function relay(
   call: Call,
@@ -247,12 +249,10 @@ function relay(
   const reader = (res.body as ReadableStream<Uint8Array>).getReader();
   const decoder = new TextDecoder();
   let out: ReadableStreamDefaultController<Uint8Array> | undefined;
-  let clientGone = false, settling = false;
-  /** The client left: stop the upstream request (what it reported, or what was streamed, is charged). */
+  let clientGone = false;
+  /** The client left: nothing more is sent; the provider's answer is read on for its usage. */
   const leave = () => {
-    if (settling) return;
     clientGone = true;
-    upstream.abort('client');
   };
   /** Passes `text` (whole SSE events) on to the client, unless it left. */
   const sendRaw = (text: string) => {
@@ -318,17 +318,16 @@ function relay(
         sendRaw(relayed);
       }
       ended ||= usageChunk !== null;
-      broken ||= !ended && !clientGone && upstream.signal.reason !== 'deadline';
+      broken ||= !ended && upstream.signal.reason !== 'deadline';
     } catch {
-      // The client left (upstream stopped), the deadline passed, or the provider broke off.
-      broken = !clientGone && upstream.signal.reason !== 'deadline' && usageChunk === null;
+      // The deadline passed, the provider went silent or broke off.
+      broken = upstream.signal.reason !== 'deadline' && usageChunk === null;
     } finally {
       clearTimeout(deadline);
       clearInterval(watchdog);
       reader.cancel().catch(() => {});
     }
 
-    settling = true; // the upstream is done with: a later sign of the client leaving changes nothing
     let closing: string | null = '[DONE]';
     try {
       if (broken) {
@@ -338,7 +337,7 @@ function relay(
       } else {
         const reported = usageChunk ? disjointUsage(usageChunk.usage as Parameters<typeof disjointUsage>[0]) : null;
         const usage = reported ??
-          countedUsage(call.prompt, sent.map((d) => answerText(JSON.parse(d).choices)).join(''));
+          await countedUsage(call.prompt, sent.map((d) => answerText(JSON.parse(d).choices)).join(''));
         failpoint('ai.before_capture');
         const record = await finishCall(
           call.id,

@@ -1,48 +1,41 @@
-// What a Chat Completions request can cost before the provider is called (its prompt's tokens),
-// and the request the provider gets.
-import { encode } from 'gpt-tokenizer';
+// What a Chat Completions request can cost before the provider is called (the most its prompt
+// can be billed), and the request the provider gets.
+import { countTokens, tokenBoundOf } from '../_shared/domain/token-bounds.ts';
 import type { ChatRequest } from './schemas.ts';
 
 type Content = ChatRequest['messages'][number]['content'];
 const contentText = (content: Content): string =>
   typeof content === 'string' ? content : Array.isArray(content) ? content.map((p) => p.text).join('') : '';
 
-/**
- * The prompt's tokens as OpenAI counts chat input (o200k): each message's text, name, tool calls
- * and tool call id, 4 framing tokens a message, 3 to prime the answer, and every other field the
- * provider reads as input (tool definitions, tool choice, a response format's schema), as JSON.
- * A provider that counts more is charged what it reports (the hold is the gateway's estimate).
- * @example promptTokens({ messages: [{ role: 'user', content: 'hi' }] }) // 8
- */
-export function promptTokens(req: Pick<ChatRequest, 'messages' | 'tools' | 'tool_choice' | 'response_format'>): number {
-  let n = 3;
+type Prompt = Pick<ChatRequest, 'messages' | 'tools' | 'tool_choice' | 'response_format'>;
+
+/** Every text the provider reads as input: each message's text, name, tool calls and tool call id, and the tool definitions, tool choice and a response format's schema, as JSON. */
+function* promptTexts(req: Prompt): Generator<string> {
   for (const m of req.messages) {
-    n += 4 + textTokens(contentText(m.content)) + (m.name ? textTokens(m.name) : 0);
-    if (m.tool_calls) n += textTokens(JSON.stringify(m.tool_calls));
-    if (m.tool_call_id) n += textTokens(m.tool_call_id);
+    yield contentText(m.content);
+    if (m.name) yield m.name;
+    if (m.tool_calls) yield JSON.stringify(m.tool_calls);
+    if (m.tool_call_id) yield m.tool_call_id;
   }
-  for (const extra of [req.tools, req.tool_choice, req.response_format]) {
-    if (extra) n += textTokens(JSON.stringify(extra));
-  }
-  return n;
+  for (const extra of [req.tools, req.tool_choice, req.response_format]) if (extra) yield JSON.stringify(extra);
 }
 
+// OpenAI's chat framing: 4 tokens a message, 3 to prime the answer. Another family's framing is
+// its own, so a bytes-bounded model is held for more: 16 a message and, with tools, the few
+// hundred tokens of a tool-use system prompt (Anthropic's is 264–346).
+const framing = (req: Prompt, bound: 'o200k' | 'utf8') =>
+  bound === 'o200k' ? 3 + 4 * req.messages.length : 16 + 16 * req.messages.length + (req.tools ? 1024 : 0);
+
 /**
- * Tokens in `text` (o200k). Runs of 65+ characters with no split point (one letter repeated,
- * text in scripts without spaces) are counted 64 code points at a time: BPE's cost grows with
- * the square of a run's length (a million-character run took minutes), and a cut can only add
- * tokens, never hide one, so the count stays a safe bound for a hold.
- * @example textTokens('a'.repeat(1_000_000)) // in milliseconds, ≥ the true count
+ * The most input tokens the provider can bill for the request's prompt, or null when it passes
+ * `limit` (counting stops there: a huge prompt costs no more work than one at the limit).
+ * @example await promptTokens({ messages: [{ role: 'user', content: 'hi' }] }, 'gpt-4o', 128_000) // 8
  */
-export function textTokens(text: string): number {
-  let n = 0, last = 0;
-  for (const run of text.matchAll(/\S{65,}|\s{65,}/g)) {
-    n += encode(text.slice(last, run.index)).length;
-    const points = [...run[0]];
-    for (let i = 0; i < points.length; i += 64) n += encode(points.slice(i, i + 64).join('')).length;
-    last = run.index + run[0].length;
-  }
-  return n + encode(text.slice(last)).length;
+export async function promptTokens(req: Prompt, model: string, limit: number): Promise<number | null> {
+  const bound = tokenBoundOf(model);
+  const base = framing(req, bound);
+  const text = await countTokens(promptTexts(req), bound, limit - base);
+  return text === null ? null : base + text;
 }
 
 /**

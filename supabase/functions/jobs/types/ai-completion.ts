@@ -4,6 +4,7 @@
 // Only token counts, model and duration are kept; never the prompt or the answer in logs.
 import { z } from 'zod';
 import { complete } from '../../_shared/adapters/ai.ts';
+import { utf8Bytes } from '../../_shared/domain/token-bounds.ts';
 import { sql } from '../../_shared/adapters/db.ts';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema } from '../../_shared/values/text.ts';
@@ -21,12 +22,11 @@ const Input = z.strictObject({
 const chatFramingTokens = 16;
 
 /**
- * The most input tokens a provider can bill for a prompt. Byte-level BPE tokenizers (OpenAI's
- * and most others) never make more tokens than the text has UTF-8 bytes, and a chat request
- * adds a few framing tokens; a "4 characters a token" guess under-reserves adversarial text
- * (one-letter words, emoji) by 2–4×, and a hold is all a job may charge without debt.
+ * The most input tokens a provider can bill for a prompt: its UTF-8 bytes (no byte-level BPE
+ * makes more tokens) and a chat request's framing. A "4 characters a token" guess under-reserves
+ * adversarial text (one-letter words, emoji) by 2–4×, and a hold is all a job may charge.
  */
-const worstCaseInputTokens = (prompt: string) => new TextEncoder().encode(prompt).length + chatFramingTokens;
+const worstCaseInputTokens = (prompt: string) => utf8Bytes(prompt) + chatFramingTokens;
 
 export const aiCompletion: JobType<typeof Input> = {
   schema: Input,
