@@ -56,3 +56,32 @@ Deno.test('a member removed mid-stream is charged for the answer under way from 
   );
   await assertLedgerInvariants();
 });
+
+Deno.test("what a member's call costs beyond its hold fits the member's cap: the pool pays no more than the cap allows", async () => {
+  const owner = await person('owner');
+  const ada = await person('ada');
+  const org = await school(owner, [ada], 'pool', '1000');
+  const capped = await api(`/orgs/${org}/members/${ada.id}/cap`, {
+    method: 'PUT',
+    token: owner.token,
+    body: { period: 'day', amount: '1' },
+  });
+  assert.equal(capped.status, 200, capped.text);
+  // The provider bills 30,000 prompt tokens the hold did not cover (60-odd credits).
+  await client(ada.token).chat.completions.create({
+    model: 'gpt-4o',
+    messages: ask('#standin words=2 extra_prompt=30000'),
+    max_tokens: 10,
+  });
+  const [c] = await testDb`select trim_scale(c.charged)::text as charged, c.unbilled > 0 as owed,
+    (select trim_scale(s.spent)::text from billing.spend_caps s where s.member_id = ${ada.id}) as cap_spent
+    from billing.ai_calls c where c.user_id = ${ada.id}`;
+  assert.deepEqual([c.charged, c.cap_spent, c.owed], ['1', '1', true]);
+  assert.equal((await walletOf(owner.token, org)).balance, '999');
+  await assert.rejects(
+    client(ada.token).chat.completions.create({ model: 'gpt-4o', messages: ask('hi'), max_tokens: 5 }),
+    (err: unknown) => err instanceof OpenAI.APIError && err.status === 402,
+  );
+  assert.equal((await walletOf(owner.token, org)).balance, '999', 'the refused call took nothing');
+  await assertLedgerInvariants();
+});

@@ -22,6 +22,7 @@ import {
   api,
   assertLedgerInvariants,
   env,
+  fund,
   newUser,
   reportUsage,
   spawnGateway,
@@ -113,16 +114,16 @@ Deno.test('a call the balance cannot hold is a 402 through the SDK, and the prov
   assert.equal(await activeHolds(s.id), 0);
 });
 
-Deno.test('an aborted stream stops the upstream call and is charged what was streamed, counted by the tokenizer', async () => {
+Deno.test('a client that hangs up before the usage chunk is charged what the provider reports, read to its end', async () => {
   const s = await student();
   const t = tag();
   const controller = new AbortController();
   const stream = await s.openai.chat.completions.create(
     {
       model: 'gpt-4o',
-      // 30 s of answer: the abort lands long before the provider's usage chunk could, however
-      // slowly a loaded machine reads the first chunks.
-      messages: ask(`long answer #standin words=1000 delay=30 tag=${t}`),
+      // The provider counts 30,000 more prompt tokens than the gateway could: hanging up early
+      // must not turn the charge into the gateway's own count.
+      messages: ask(`long answer #standin words=80 delay=30 extra_prompt=30000 tag=${t}`),
       max_tokens: 2000,
       stream: true,
     },
@@ -134,11 +135,12 @@ Deno.test('an aborted stream stops the upstream call and is charged what was str
   } catch { /* the SDK may end the loop by throwing its abort error */ }
   assert.equal(chunks, 5);
   const c = await settled(s.id);
+  const upstream = await standinCall(t);
+  assert.equal(upstream.status, 'done', 'the provider answered to its end');
   assert.equal(c.status, 'charged');
-  assert.equal(c.usage_source, 'tokenizer');
-  assert.ok(c.usage.output_tokens >= 3 && c.usage.output_tokens < 1000, `output ${c.usage.output_tokens}`);
-  assert.equal(c.transfer_metadata.usage_source, 'tokenizer');
-  assert.equal((await standinCall(t)).status, 'aborted');
+  assert.equal(c.usage_source, 'provider');
+  assert.equal(c.charged, await priceOf('gpt-4o', upstream.usage!));
+  assert.equal(c.transfer_metadata.usage_source, 'provider');
   assert.equal(await activeHolds(s.id), 0);
   await assertLedgerInvariants();
 });
@@ -219,9 +221,11 @@ Deno.test('parallel streams whose holds exceed the balance: as many run as the b
   // Each call holds the dearest price of its prompt plus 100 answer tokens of gpt-4o.
   const s = await student('0');
   const messages = ask('#standin words=3 delay=50');
-  const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${
-    promptTokens({ messages })
-  }, 100)::text as hold`;
+  const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${await promptTokens(
+    { messages },
+    'gpt-4o',
+    128_000,
+  )}, 100)::text as hold`;
   const admin = await adminToken();
   await api('/credits/grants', {
     token: admin,
@@ -517,20 +521,105 @@ Deno.test('a response format, tool choice and tools count toward the hold: a lon
   assert.equal((await callsOf(s.id)).length, 0);
 });
 
-Deno.test('a provider that bills more input than the gateway counted is charged from the balance, and an unbillable rest raises an alert', async () => {
+Deno.test('what a provider bills beyond the hold and the balance is owed: the next call pays it first, or is refused', async () => {
   const s = await student('3');
   const r = await s.openai.chat.completions.create({
     model: 'gpt-4o',
     messages: ask('#standin words=2 extra_prompt=1000'),
     max_tokens: 10,
   });
+  const price = await priceOf('gpt-4o', r.usage!);
   const [c] = await callsOf(s.id);
   assert.equal(c.charged, '3', 'everything available was charged, never into debt');
-  assert.ok(Number(await priceOf('gpt-4o', r.usage!)) > 3);
+  assert.equal(Number(c.charged) + Number(c.unbilled), Number(price), 'the rest is recorded on the call');
   const [alert] =
     await testDb`select details from billing.alerts where condition = 'ai_call_unbilled' and status = 'open'`;
   assert.ok(alert, 'the unbilled rest raised an alert');
   assert.equal(await balanceOf(s.id), '0');
+  await assert.rejects(
+    s.openai.chat.completions.create({ model: 'gpt-4o-mini', messages: ask('#standin words=2'), max_tokens: 5 }),
+    (err: unknown) => {
+      assert.ok(err instanceof OpenAI.APIError && err.status === 402);
+      const details = (err.error as { details: { reason: string; owed: string } }).details;
+      assert.deepEqual([details.reason, details.owed], ['unbilled_usage', c.unbilled]);
+      return true;
+    },
+  );
+  await fund(s.id, '100');
+  const next = await s.openai.chat.completions.create({
+    model: 'gpt-4o-mini',
+    messages: ask('#standin words=2'),
+    max_tokens: 5,
+  });
+  const [paid, first] = await callsOf(s.id);
+  assert.ok(first.owed_transfer_id, 'the owed rest was paid by the next call');
+  assert.equal(paid.status, 'charged');
+  const cost = (next.usage as unknown as { cost: string }).cost;
+  const [{ expected }] =
+    await testDb`select trim_scale(100 - ${c.unbilled}::numeric - ${cost}::numeric)::text as expected`;
+  assert.equal(await balanceOf(s.id), expected);
+  await assertLedgerInvariants();
+});
+
+Deno.test('parallel calls on a drained balance: every unbilled rest is recorded, and no further call runs until it is paid', async () => {
+  const s = await student('0');
+  const messages = ask('#standin words=2 extra_prompt=1000');
+  const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${await promptTokens(
+    { messages },
+    'gpt-4o',
+    128_000,
+  )}, 10)::text as hold`;
+  await fund(s.id, String(Number(hold) * 6));
+  // A call that begins after another left a rest owed pays it first, or (here) is refused.
+  const results = await Promise.allSettled(
+    Array.from({ length: 6 }, () => s.openai.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 10 })),
+  );
+  const answers = results.flatMap((r) => r.status === 'fulfilled' ? [r.value] : []);
+  for (const r of results) {
+    if (r.status === 'rejected') assert.ok(r.reason instanceof OpenAI.APIError && r.reason.status === 402);
+  }
+  assert.ok(answers.length >= 1);
+  const prices = await Promise.all(answers.map((a) => priceOf('gpt-4o', a.usage!)));
+  const calls = await callsOf(s.id);
+  assert.equal(calls.length, answers.length, 'a refused call reached no provider and left no call');
+  assert.ok(calls.every((c) => c.unbilled !== null), 'each call records what it could not charge');
+  const [sums] = await testDb`select trim_scale(sum(p))::text as priced,
+    (select trim_scale(sum(c.charged + c.unbilled))::text from billing.ai_calls c where c.user_id = ${s.id}) as recorded
+    from unnest(${prices}::numeric[]) p`;
+  assert.equal(sums.recorded, sums.priced, 'charged plus unbilled is exactly what the provider billed');
+  await assert.rejects(
+    s.openai.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 10 }),
+    (err: unknown) => err instanceof OpenAI.APIError && err.status === 402,
+  );
+  assert.equal((await callsOf(s.id)).length, answers.length);
+  await assertLedgerInvariants();
+});
+
+Deno.test('what a call costs beyond its hold fits the per-model cap and counts against it', async () => {
+  const s = await student();
+  const capped = await api('/credits/caps', {
+    method: 'PUT',
+    token: s.token,
+    body: { period: 'day', model: 'gpt-4o', amount: '1' },
+  });
+  assert.equal(capped.status, 200, capped.text);
+  const r = await s.openai.chat.completions.create({
+    model: 'gpt-4o',
+    messages: ask('#standin words=2 extra_prompt=30000'),
+    max_tokens: 10,
+  });
+  const price = Number(await priceOf('gpt-4o', r.usage!));
+  const [c] = await callsOf(s.id);
+  assert.equal(c.charged, '1', 'charged up to the cap, not the 60-odd credits the provider billed');
+  assert.equal(Number(c.unbilled), Number((price - 1).toFixed(18)));
+  const [cap] = await testDb`select trim_scale(spent)::text as spent from billing.spend_caps c
+    join billing.accounts a on a.id = c.account_id where a.user_id = ${s.id}`;
+  assert.equal(cap.spent, '1');
+  await assert.rejects(
+    s.openai.chat.completions.create({ model: 'gpt-4o', messages: ask('hi'), max_tokens: 5 }),
+    (err: unknown) => err instanceof OpenAI.APIError && err.status === 402,
+  );
+  assert.equal(await balanceOf(s.id), '999');
   await assertLedgerInvariants();
 });
 
