@@ -1,7 +1,7 @@
 -- The AI gateway's SQL: who may call it, the hold of the dearest price, capture of exactly what
 -- the provider reported, failures that charge nothing, the allowlist, server keys.
 begin;
-select plan(25);
+select plan(29);
 \ir helpers.psql
 
 insert into auth.users (id) values ('a1a1a1a1-0000-4000-8000-000000000001'), ('b2b2b2b2-0000-4000-8000-000000000002');
@@ -68,6 +68,22 @@ select is((select balance - held from billing.accounts where user_id = 'a1a1a1a1
   'a failed call charges nothing and holds nothing');
 select is(billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o', 10, 10, 'call-3', 'h3', 600) ->> 'state',
   'held', 'a failed call''s key is free for a retry (one hold per attempt)');
+
+-- What a provider bills beyond the hold and the balance is owed, and the next call pays it first or is refused.
+insert into auth.users (id) values ('c3c3c3c3-0000-4000-8000-000000000003');
+select billing.grant_credits('c3c3c3c3-0000-4000-8000-000000000003', 1, 'promo_grant', 'ai-fund-3');
+select billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o', 10, 10, 'owe-1', 'h', 600);
+select is((billing.finish_ai_call((select id from billing.ai_calls where idempotency_key = 'owe-1'),
+  '{"input_tokens": 100000, "output_tokens": 0, "cached_input_tokens": 0, "reasoning_tokens": 0}', 'provider', null)) ->> 'charged',
+  '1', 'an excess beyond the hold is charged from what is available, never into debt');
+select is((select c.unbilled = (billing.price_usage('gpt-4o', 100000, 0, 0, 0)).amount - 1 from billing.ai_calls c
+  where c.idempotency_key = 'owe-1'), true, 'the rest is recorded on the call, exactly');
+select is(pg_temp.err($$select billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o-mini', 1, 1, 'owe-2', 'h', 600)$$),
+  'INSUFFICIENT_CREDITS', 'the next call is refused while the rest cannot be paid');
+select billing.grant_credits('c3c3c3c3-0000-4000-8000-000000000003', 3000, 'promo_grant', 'ai-fund-4');
+select is((select billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o-mini', 1, 1, 'owe-2', 'h', 600) ->> 'state')
+  || ' ' || (select (c.owed_transfer_id is not null)::text from billing.ai_calls c where c.idempotency_key = 'owe-1'),
+  'held true', 'once funded, the next call pays the rest first, then is held');
 
 -- The allowlist: the default list decides for a user on no plan.
 select billing.set_model_access('adadadad-0000-4000-8000-00000000000a', null, array['gpt-4o-mini']);
