@@ -1,7 +1,7 @@
 -- The AI gateway's SQL: who may call it, the hold of the dearest price, capture of exactly what
 -- the provider reported, failures that charge nothing, the allowlist, server keys.
 begin;
-select plan(29);
+select plan(30);
 \ir helpers.psql
 
 insert into auth.users (id) values ('a1a1a1a1-0000-4000-8000-000000000001'), ('b2b2b2b2-0000-4000-8000-000000000002');
@@ -81,9 +81,10 @@ select is((select c.unbilled = (billing.price_usage('gpt-4o', 100000, 0, 0, 0)).
 select is(pg_temp.err($$select billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o-mini', 1, 1, 'owe-2', 'h', 600)$$),
   'INSUFFICIENT_CREDITS', 'the next call is refused while the rest cannot be paid');
 select billing.grant_credits('c3c3c3c3-0000-4000-8000-000000000003', 3000, 'promo_grant', 'ai-fund-4');
-select is((select billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o-mini', 1, 1, 'owe-2', 'h', 600) ->> 'state')
-  || ' ' || (select (c.owed_transfer_id is not null)::text from billing.ai_calls c where c.idempotency_key = 'owe-1'),
-  'held true', 'once funded, the next call pays the rest first, then is held');
+select is(billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o-mini', 1, 1, 'owe-2', 'h', 600) ->> 'state',
+  'held', 'once funded, the next call is held');
+select is((select t.amount = c.unbilled from billing.ai_calls c join billing.transfers t on t.id = c.owed_transfer_id
+  where c.idempotency_key = 'owe-1'), true, 'it paid the rest first, exactly');
 
 -- The allowlist: the default list decides for a user on no plan.
 select billing.set_model_access('adadadad-0000-4000-8000-00000000000a', null, array['gpt-4o-mini']);
