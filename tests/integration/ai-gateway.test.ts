@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { generateText, streamText } from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
+import { encode } from 'gpt-tokenizer';
 import { promptTokens } from '../../supabase/functions/ai/request.ts';
 import {
   activeHolds,
@@ -707,4 +708,52 @@ Deno.test("metadata keys that read as the ledger's (case, spaces, invisible char
     assert.equal(r.status, 400, JSON.stringify(key));
   }
   assert.equal(await balanceOf(s.id), '1000');
+});
+
+// Attack 52: a prompt that merely contains the text of an o200k special token ("<|endoftext|>",
+// "<|endofprompt|>") makes gpt-tokenizer's encode throw "Disallowed special token found", and
+// the gateway answers 500 INTERNAL_ERROR before it holds anything. A provider reads that text as
+// ordinary text (so must the bound), and no student text may turn into a 5xx.
+Deno.test('a prompt containing the text of a special token is counted as text, never a 500', async () => {
+  const text = 'what does <|endoftext|> or <|endofprompt|> mean to a tokenizer?';
+  const bound = await promptTokens({ messages: ask(text) }, 'gpt-4o-mini', 128_000);
+  const plain = encode(text, { disallowedSpecial: new Set(), allowedSpecial: new Set() }).length;
+  assert.ok(bound !== null && bound >= 3 + 4 + plain, `the bound (${bound}) covers the text read as text (${plain})`);
+  const s = await student();
+  const r = await fetch(`${gatewayUrl}/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${s.token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gpt-4o-mini', messages: ask(`${text} #standin words=2`), max_tokens: 5 }),
+  });
+  const body = await r.json();
+  assert.notEqual(r.status, 500, JSON.stringify(body));
+  assert.notEqual(body.error?.code, 'INTERNAL_ERROR');
+  assert.equal(await activeHolds(s.id), 0);
+});
+
+// Attack 52: what a student owes (ai_calls.unbilled) is collected only by their next gateway
+// call. An ai_completion job calls the same models and is never asked to pay it: a student who
+// owes tops up and keeps using the AI through POST /jobs while the owed rest is never paid.
+Deno.test('an owed rest is paid before an ai_completion job is accepted, or the job is refused', async () => {
+  const s = await student('3');
+  await s.openai.chat.completions.create({
+    model: 'gpt-4o',
+    messages: ask('#standin words=2 extra_prompt=1000'),
+    max_tokens: 10,
+  });
+  const [owed] = await callsOf(s.id);
+  assert.ok(owed.unbilled !== null && Number(owed.unbilled) > 0, 'the call left a rest owed');
+  await fund(s.id, '100'); // as a purchase would
+  const job = await api('/jobs', {
+    token: s.token,
+    body: { type: 'ai_completion', input: { model: 'gpt-4o', prompt: 'one two three', max_tokens: 50 } },
+    headers: { 'idempotency-key': crypto.randomUUID() },
+  });
+  const [after] = await callsOf(s.id);
+  if (job.status === 402) {
+    assert.equal((job.body.error as { details: { reason: string } }).details.reason, 'unbilled_usage');
+  } else {
+    assert.ok(after.owed_transfer_id, `job ${job.status} accepted while ${owed.unbilled} credits are still owed`);
+  }
+  await assertLedgerInvariants();
 });
