@@ -11,7 +11,7 @@
 // no_usage (never reports usage), error_after_usage (an error event after the usage chunk),
 // extra_prompt=<n> (bills n more prompt tokens than the gateway can count, as another tokenizer may).
 import { encode } from 'gpt-tokenizer';
-import { utf8Bytes } from '../../supabase/functions/_shared/domain/token-bounds.ts';
+import { asText, utf8Bytes } from '../../supabase/functions/_shared/domain/token-bounds.ts';
 
 const port = Number(Deno.env.get('AI_STANDIN_PORT') ?? 54332);
 const key = Deno.env.get('AI_API_KEY') ?? '';
@@ -27,7 +27,7 @@ const text = (content: unknown): string =>
     : '';
 
 /** Tokens as OpenAI counts them (o200k, the whole text at once); a text with a run of 2,000 non-spaces, whose encoding would take minutes, as its bytes (what no provider exceeds). */
-const textTokens = (t: string) => /\S{2000}/.test(t) ? utf8Bytes(t) : encode(t).length;
+const textTokens = (t: string) => /\S{2000}/.test(t) ? utf8Bytes(t) : encode(t, asText).length;
 
 /** A count of chat input like OpenAI's: each message's text and name, 4 framing tokens each, 3 to prime the answer, tools and a response format's schema. */
 function promptTokens(messages: Message[], extras: unknown[]): number {
@@ -77,7 +77,7 @@ async function chat(req: Request): Promise<Response> {
   const answer: string[] = [];
   let outputTokens = 0;
   for (const w of words) {
-    const t = encode(w).length;
+    const t = encode(w, asText).length;
     if (reasoning + outputTokens + t > limit) break;
     answer.push(w);
     outputTokens += t;

@@ -108,9 +108,16 @@ begin
     select * into v_job from billing.jobs j where j.user_id = p_user and j.client_temp_id = p_client_temp_id;
     return v_job;
   end if;
-  -- A job that calls a model may call only what the gateway would let this student call.
-  if p_input ? 'model' and not billing.model_allowed(p_user, p_input ->> 'model') then
-    perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
+  -- A job that calls a model may call only what the gateway would let this student call, and
+  -- only once what their gateway calls owe is paid (billing.pay_ai_owed), as their next call would.
+  if p_input ? 'model' then
+    if not billing.model_allowed(p_user, p_input ->> 'model') then
+      perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
+    end if;
+    if exists (select 1 from billing.ai_calls c where c.user_id = p_user and c.unbilled is not null
+               and c.owed_transfer_id is null) then
+      perform billing.pay_ai_owed(p_user);
+    end if;
   end if;
   if p_reserve is not null and p_reserve > 0 then
     -- Short → INSUFFICIENT_CREDITS, and the job above rolls back with it. The hold names the
@@ -122,7 +129,7 @@ begin
   return v_job;
 end;
 $$;
-comment on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) is 'Creates a job (idempotent by request key, IDEMPOTENCY_KEY_REUSED for another job under it, and by client_temp_id), refusing a model the student may not call (MODEL_NOT_ALLOWED), reserving its cost estimate as a hold in the same transaction.';
+comment on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) is 'Creates a job (idempotent by request key, IDEMPOTENCY_KEY_REUSED for another job under it, and by client_temp_id), refusing a model the student may not call (MODEL_NOT_ALLOWED) and paying first what their gateway calls owe, reserving its cost estimate as a hold in the same transaction.';
 revoke execute on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) from public;
 grant execute on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) to service_role;
 

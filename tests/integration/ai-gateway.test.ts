@@ -710,10 +710,8 @@ Deno.test("metadata keys that read as the ledger's (case, spaces, invisible char
   assert.equal(await balanceOf(s.id), '1000');
 });
 
-// Attack 52: a prompt that merely contains the text of an o200k special token ("<|endoftext|>",
-// "<|endofprompt|>") makes gpt-tokenizer's encode throw "Disallowed special token found", and
-// the gateway answers 500 INTERNAL_ERROR before it holds anything. A provider reads that text as
-// ordinary text (so must the bound), and no student text may turn into a 5xx.
+// A special token's text (`<|endoftext|>`) in a prompt is ordinary text to the provider, so to
+// the bound too: the tokenizer refuses it by default.
 Deno.test('a prompt containing the text of a special token is counted as text, never a 500', async () => {
   const text = 'what does <|endoftext|> or <|endofprompt|> mean to a tokenizer?';
   const bound = await promptTokens({ messages: ask(text) }, 'gpt-4o-mini', 128_000);
@@ -731,9 +729,7 @@ Deno.test('a prompt containing the text of a special token is counted as text, n
   assert.equal(await activeHolds(s.id), 0);
 });
 
-// Attack 52: what a student owes (ai_calls.unbilled) is collected only by their next gateway
-// call. An ai_completion job calls the same models and is never asked to pay it: a student who
-// owes tops up and keeps using the AI through POST /jobs while the owed rest is never paid.
+// Jobs call the same models as the gateway: what a student owes is paid before one is accepted.
 Deno.test('an owed rest is paid before an ai_completion job is accepted, or the job is refused', async () => {
   const s = await student('3');
   await s.openai.chat.completions.create({

@@ -85,3 +85,11 @@ Deno.test('a model of another family is held for its prompt bytes and a larger f
     null,
   );
 });
+
+Deno.test('counts running at once, each pausing between slices, never disturb one another', async () => {
+  const texts = ['one two three four five six seven '.repeat(20_000), 'ein zwei drei vier '.repeat(30_000)];
+  const alone = await Promise.all(texts.map((t) => countTokens([t], 'o200k', Infinity)));
+  const together = await Promise.all([...texts, ...texts].map((t) => countTokens([t], 'o200k', Infinity)));
+  assert.deepEqual(together, [...alone, ...alone]);
+  assert.deepEqual(alone, texts.map((t) => encode(t).length));
+});

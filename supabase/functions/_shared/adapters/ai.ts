@@ -64,8 +64,9 @@ async function openAiCompatible(
   };
 }
 
-/** A count the provider reported, as a whole number ≥ 0 (anything else counts as 0). */
-const count = (x: unknown) => (typeof x === 'number' && Number.isFinite(x) ? Math.max(0, Math.trunc(x)) : 0);
+/** A count the provider reported, as a whole number from 0 to 2^53 − 1 (anything else counts as 0; a count past that is priced at it, never a 500). */
+const count = (x: unknown) =>
+  typeof x === 'number' && Number.isFinite(x) ? Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.trunc(x))) : 0;
 
 /**
  * OpenAI-style usage, where prompt_tokens includes the cached ones and completion_tokens the

@@ -36,7 +36,9 @@ export function utf8Bytes(text: string): number {
 // before such a space encodes to exactly the tokens of the whole. A stretch with no such space
 // longer than LONGEST_STRETCH (one letter repeated, base64, a script written without spaces) is
 // counted as its bytes instead: BPE's cost grows with the square of a piece's length.
-const CUT = / (?=\S)/g;
+const CUT = / (?=\S)/;
+/** A special token's text (`<|endoftext|>`) in a prompt is text to the provider, and to the count. */
+export const asText = { disallowedSpecial: new Set<string>(), allowedSpecial: new Set<string>() };
 const LONGEST_STRETCH = 256;
 const CHUNK = 4096;
 /** Counting never holds the event loop longer than this: other requests run between slices. */
@@ -63,11 +65,13 @@ export async function countTokens(texts: Iterable<string>, bound: TokenBound, li
     }
     let chunkStart = 0, stretchStart = 0;
     const flush = (end: number) => {
-      if (end > chunkStart) n += encode(text.slice(chunkStart, end)).length;
+      if (end > chunkStart) n += encode(text.slice(chunkStart, end), asText).length;
       chunkStart = end;
     };
-    CUT.lastIndex = 0;
-    for (let m = CUT.exec(text);; m = CUT.exec(text)) {
+    // A regex of its own: counting pauses between slices, and a shared lastIndex would be reset
+    // by another request's count meanwhile.
+    const cuts = new RegExp(CUT, 'g');
+    for (let m = cuts.exec(text);; m = cuts.exec(text)) {
       const cut = m ? m.index : text.length;
       if (cut - stretchStart > LONGEST_STRETCH) {
         flush(stretchStart);
