@@ -14,6 +14,14 @@ select billing.grant_credits(:'uid', 10 * :n, 'adjustment', 'asof-bench-grant:' 
   '{"category": "paid", "cost_cents": 1000}') \g /dev/null
 -- The history, dated in the past: the grant first, then one debit a minute (the writer's rows: a
 -- transfer, the user's entry with balance_after and version, an allocation from the lot).
+-- As the writer would have written them: each entry the moment its transaction started.
+\if :has_inserted_at
+\set inserted_col ', inserted_at'
+\set inserted_val ', t.created_at'
+\else
+\set inserted_col ''
+\set inserted_val ''
+\endif
 create temp table plan as
 select a.id as account_id, l.id as lot_id, now() - make_interval(mins => :n + 10) as t0
 from billing.accounts a join billing.lots l on l.account_id = a.id where a.user_id = :'uid';
@@ -34,22 +42,17 @@ with t as (
   from plan p, generate_series(1, :n - 1) g
   returning id, created_at, amount
 ), e as (
-  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version, created_at)
+  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version, created_at :inserted_col)
   select t.id, p.account_id, -1, 10 * :n - row_number() over (order by t.id), 1 + row_number() over (order by t.id), t.created_at
+    :inserted_val
   from t, plan p
   returning transfer_id
 )
 insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, created_at)
 select t.id, p.lot_id, 'debit', 1, t.created_at from t, plan p;
-\if :has_inserted_at
--- As the writer would have: each entry written the moment its transaction started.
-alter table billing.entries disable trigger user;
-update billing.entries e set inserted_at = e.created_at from plan p where e.account_id = p.account_id;
-alter table billing.entries enable trigger user;
-\endif
 update billing.lots l set remaining = l.amount - (:n - 1) from plan p where l.id = p.lot_id;
 update billing.accounts a set balance = 10 * :n - (:n - 1), version = :n from plan p where a.id = p.account_id;
 commit;
-analyze billing.entries;
-analyze billing.lot_allocations;
+vacuum analyze billing.entries;
+vacuum analyze billing.lot_allocations;
 \endif

@@ -123,7 +123,9 @@ select results_eq(
       (450, 75, 75), (500, 125, 125), (1600, 115, 115), (2600, 105, 105)$$,
   'the balance at each instant is Σ the entries dated by then, exactly, read from balance_after and the entries around it: a transaction that wrote after a later one, and one that wrote minutes after it started, count from when they started');
 
--- What a read touches, from the statistics of this transaction's own reads.
+-- What a read touches, from the statistics of this transaction's own reads; planned, as in
+-- production, with statistics of the rows (autovacuum's analyze; here, of the rows just planted).
+analyze billing.entries;
 create function pg_temp.entries_read() returns bigint language sql as $$
   select coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0) from pg_stat_xact_user_tables where relid = 'billing.entries'::regclass
 $$;
