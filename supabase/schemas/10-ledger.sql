@@ -155,6 +155,10 @@ create table billing.entries (
   balance_after numeric(38, 18),                  -- user accounts only (see header)
   account_version bigint,                         -- user accounts only
   created_at timestamptz not null default now(),
+  -- When the row was written (created_at is its transaction's start): per account, entries are
+  -- written under the account's lock, so in id order; how long after its start a transaction
+  -- wrote is what bounds an as-of read (36-balance-history.sql).
+  inserted_at timestamptz not null default clock_timestamp(),
   constraint entries_amount_nonzero check (amount <> 0),
   constraint entries_tracked_together check ((balance_after is null) = (account_version is null))
 );
@@ -168,6 +172,14 @@ grant select on table billing.entries to service_role;
 create index entries_user_account on billing.entries (account_id, id desc) where balance_after is not null;
 
 create index entries_transfer_id on billing.entries (transfer_id);
+
+-- As-of reads (billing.balance_as_of, billing.lots_remaining_as_of): a user account's entries by
+-- the instant they are dated, and the few written more than 10 seconds after their transaction
+-- started (a batch job's, a long transaction's), which an as-of read looks up apart.
+create index entries_user_account_created on billing.entries (account_id, created_at) where balance_after is not null;
+
+create index entries_user_account_late on billing.entries (account_id, id)
+  where balance_after is not null and inserted_at - created_at > interval '10 seconds';
 
 create index entries_created_brin on billing.entries using brin (created_at)
   with (pages_per_range = 32, autosummarize = on);

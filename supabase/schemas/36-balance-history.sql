@@ -46,6 +46,11 @@ grant select on table billing.lot_changes to service_role;
 
 create index lot_changes_lot on billing.lot_changes (lot_id, changed_at);
 
+-- Holds that live longer than a day (a dispute's: until it ends), for held as of an instant:
+-- any other hold reserving at an instant was placed in the day before it (holds_account).
+create index holds_long_lived on billing.holds (account_id, created_at)
+  where (expires_at at time zone 'UTC') > (created_at at time zone 'UTC') + interval '1 day';
+
 -- ============================================================ functions
 
 create or replace function billing.record_hold_resize() returns trigger
@@ -72,13 +77,74 @@ $$;
 comment on function billing.record_lot_change() is 'Trigger: records a lot''s frozen flag and expiry before a change of either.';
 revoke execute on function billing.record_lot_change() from public;
 
+-- What each of some lots of an account had left at p_at, from the rows after p_at or those
+-- before it, whichever span is shorter (so a read costs the entries of that span, not the whole
+-- history). Allocations are found through the account's entries (indexed by account and
+-- instant), not by lot: lot_allocations has no index by lot, which every charge would pay for.
+--   before   remaining = amount − debt settled by then − Σ its allocations dated by then, all from
+--            its grant (its oldest lot's) to p_at
+--   after    remaining = remaining now + Σ its allocations dated after p_at + debt it settled after
+--            p_at (lots_remaining_within: remaining + debt_settled + Σ drawn = amount)
+-- Debt settled after p_at: a void or a rollover crediting an account in debt pays the debt first
+-- (billing.post_transfers: of its credit, the part its entry's balance_after shows went to the
+-- debt, shared over the lots it returns to in lot id order); such returns are negative
+-- allocations, found by their own index (lot_allocations_given_back), a few rows.
+create or replace function billing.lots_remaining_as_of(p_account_id bigint, p_at timestamptz, p_lots bigint[])
+returns table (lot_id bigint, remaining numeric)
+language plpgsql stable
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+declare
+  v_oldest timestamptz := (select min(l.granted_at) from billing.lots l where l.id = any (p_lots));
+  v_before boolean := p_at - v_oldest <= now() - p_at;
+  v_drawn jsonb;
+  v_settled jsonb;
+begin
+  if v_oldest is null then
+    return;
+  end if;
+  -- Σ allocations per lot over the shorter span: a query of its own each, so each is an index range.
+  if v_before then
+    select jsonb_object_agg(x.lot_id, x.total) into v_drawn from (
+      select a.lot_id, sum(a.amount) as total
+      from billing.entries e join billing.lot_allocations a on a.transfer_id = e.transfer_id
+      where e.account_id = p_account_id and e.balance_after is not null and e.created_at >= v_oldest and e.created_at <= p_at
+        and a.lot_id = any (p_lots)
+      group by a.lot_id) x;
+  else
+    select jsonb_object_agg(x.lot_id, x.total) into v_drawn from (
+      select a.lot_id, sum(a.amount) as total
+      from billing.entries e join billing.lot_allocations a on a.transfer_id = e.transfer_id
+      where e.account_id = p_account_id and e.balance_after is not null and e.created_at > p_at
+        and a.lot_id = any (p_lots)
+      group by a.lot_id) x;
+  end if;
+  select jsonb_object_agg(r.lot_id, r.total) into v_settled from (
+    select x.lot_id, sum(x.settled) as total from (
+      select a.lot_id, least(-a.amount, greatest(least(e.amount, greatest(e.amount - e.balance_after, 0))
+        - coalesce(sum(-a.amount) over (partition by a.transfer_id order by a.lot_id
+                                        rows between unbounded preceding and 1 preceding), 0), 0)) as settled
+      from billing.lot_allocations a
+      join billing.entries e on e.transfer_id = a.transfer_id and e.account_id = p_account_id and e.balance_after is not null
+        and e.amount > 0
+      where a.amount < 0 and a.created_at > p_at) x
+    where x.lot_id = any (p_lots)
+    group by x.lot_id) r;
+  return query
+  select l.id,
+    case when v_before
+      then l.amount - (l.debt_settled - coalesce((v_settled ->> l.id::text)::numeric, 0)) - coalesce((v_drawn ->> l.id::text)::numeric, 0)
+      else l.remaining + coalesce((v_settled ->> l.id::text)::numeric, 0) + coalesce((v_drawn ->> l.id::text)::numeric, 0) end
+  from billing.lots l
+  where l.id = any (p_lots);
+end;
+$$;
+comment on function billing.lots_remaining_as_of(p_account_id bigint, p_at timestamp with time zone, p_lots bigint[]) is 'Internal: what each of some lots of an account had left at an instant, read from the shorter of the spans before and after it.';
+revoke execute on function billing.lots_remaining_as_of(p_account_id bigint, p_at timestamp with time zone, p_lots bigint[]) from public;
+
 -- An account's lots as they stood at p_at, newest first from p_before_id (null: the newest),
--- at most p_limit (null: all). Allocations are found through the account's entries (indexed by
--- account), not by lot: lot_allocations has no index by lot, which every charge would pay for.
--- Debt settled by then is today's debt_settled less what returns to the lot after p_at settled:
--- a void or a rollover crediting an account in debt pays the debt first (billing.post_transfers:
--- of its credit, the part its entry's balance_after shows went to the debt, shared over the lots
--- it returns to in lot id order).
+-- at most p_limit (null: all).
 create or replace function billing.lots_as_of(p_account_id bigint, p_at timestamptz, p_before_id bigint, p_limit integer)
 returns table (id bigint, source billing.transfer_kind, category text, priority integer, amount numeric,
                remaining numeric, granted_at timestamptz, expires_at timestamptz, frozen boolean, purchase_id uuid,
@@ -86,62 +152,103 @@ returns table (id bigint, source billing.transfer_kind, category text, priority 
 language plpgsql stable
 set search_path = ''
 as $$
+declare
+  v_page bigint[] := array(select l.id from billing.lots l
+    where l.account_id = p_account_id and l.granted_at <= p_at and (p_before_id is null or l.id < p_before_id)
+    order by l.id desc limit case when p_limit is not null then least(greatest(p_limit, 1), 1000) end);
 begin
   return query
-  with lots as (
-    select l.* from billing.lots l
-    where l.account_id = p_account_id and l.granted_at <= p_at and (p_before_id is null or l.id < p_before_id)
-    order by l.id desc limit case when p_limit is not null then least(greatest(p_limit, 1), 1000) end
-  ), drawn as (
-    select a.lot_id, sum(a.amount) as total
-    from billing.entries e join billing.lot_allocations a on a.transfer_id = e.transfer_id
-    where e.account_id = p_account_id and e.balance_after is not null and e.created_at <= p_at
-      and a.lot_id in (select l.id from lots l)
-    group by a.lot_id
-  ), settled_after as (
-    select r.lot_id, sum(r.settled) as total from (
-      select a.lot_id, least(-a.amount, greatest(least(e.amount, greatest(e.amount - e.balance_after, 0))
-        - coalesce(sum(-a.amount) over (partition by a.transfer_id order by a.lot_id
-                                        rows between unbounded preceding and 1 preceding), 0), 0)) as settled
-      from billing.entries e join billing.lot_allocations a on a.transfer_id = e.transfer_id and a.amount < 0
-      where e.account_id = p_account_id and e.balance_after is not null and e.created_at > p_at and e.amount > 0) r
-    group by r.lot_id
-  )
-  select l.id, t.kind, l.category, l.priority, l.amount,
-    l.amount - (l.debt_settled - coalesce(s.total, 0)) - coalesce(d.total, 0),
+  select l.id, t.kind, l.category, l.priority, l.amount, r.remaining,
     l.granted_at, case when c.id is null then l.expires_at else c.expires_at_before end, coalesce(c.frozen_before, l.frozen),
     l.purchase_id, l.applies_to
-  from lots l
+  from billing.lots l
   join billing.transfers t on t.id = l.grant_transfer_id
-  left join drawn d on d.lot_id = l.id
-  left join settled_after s on s.lot_id = l.id
+  join billing.lots_remaining_as_of(p_account_id, p_at, v_page) r on r.lot_id = l.id
   -- The first change after p_at holds the values the lot had at p_at.
   left join lateral (select x.id, x.expires_at_before, x.frozen_before from billing.lot_changes x
                      where x.lot_id = l.id and x.changed_at > p_at order by x.changed_at, x.id limit 1) c on true
+  where l.id = any (v_page)
   order by l.id desc;
 end;
 $$;
 comment on function billing.lots_as_of(p_account_id bigint, p_at timestamp with time zone, p_before_id bigint, p_limit integer) is 'Internal: an account''s lots as they stood at an instant (granted by then; remaining, expiry and frozen then), newest first.';
 revoke execute on function billing.lots_as_of(p_account_id bigint, p_at timestamp with time zone, p_before_id bigint, p_limit integer) from public;
 
+-- The balance at p_at is Σ the entries dated by then, read from one entry's balance_after (the
+-- running sum in id order) and the few entries around it. Per account entries are written in id
+-- order under the account's lock, each within its transaction's life: created_at ≤ inserted_at.
+-- P, a newest entry dated by p_at − 10 s written within 10 s of its start, was written by p_at;
+-- so was every entry before it (id order), all dated by p_at: Σ = P's balance_after + the entries
+-- after P dated by p_at. Those were written after P: within 10 s of their start, they are dated
+-- after P's created_at − 10 s (an index range); later than that (entries_user_account_late, a
+-- batch job's or a long transaction's), they are looked up apart. Without such a P, the same with
+-- nothing before: the range from p_at − 10 s and the late ones.
+create or replace function billing.balance_at(p_account_id bigint, p_at timestamptz) returns numeric
+language plpgsql stable
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+declare
+  v_late constant interval := interval '10 seconds';  -- entries_user_account_late's predicate
+  v_pivot record;
+  v_from timestamptz;
+begin
+  select e.id, e.balance_after, e.created_at into v_pivot
+  from billing.entries e
+  where e.account_id = p_account_id and e.balance_after is not null and e.created_at <= p_at - v_late
+    and not (e.inserted_at - e.created_at > v_late)
+  order by e.created_at desc limit 1;             -- any such entry will do: the index's order, no sort
+  v_from := coalesce(v_pivot.created_at, p_at) - v_late;
+  return coalesce(v_pivot.balance_after, 0)
+    -- id + 0: the range is by instant (entries_user_account_created), never every entry after P.
+    + coalesce((select sum(e.amount) from billing.entries e
+                where e.account_id = p_account_id and e.balance_after is not null and e.created_at > v_from
+                  and e.created_at <= p_at and e.id + 0 > coalesce(v_pivot.id, 0)), 0)
+    -- The account's late entries first (offset 0 keeps the other conditions out of the scan, so
+    -- no range of every account's rows is read for them); the literal, not v_late, matches the
+    -- partial index's predicate.
+    + coalesce((select sum(x.amount) from (
+                  select e.id, e.amount, e.created_at from billing.entries e
+                  where e.account_id = p_account_id and e.balance_after is not null
+                    and e.inserted_at - e.created_at > interval '10 seconds'
+                  offset 0) x
+                where x.id > coalesce(v_pivot.id, 0) and x.created_at <= v_from), 0);
+end;
+$$;
+comment on function billing.balance_at(p_account_id bigint, p_at timestamp with time zone) is 'Internal: an account''s balance at an instant (Σ its entries dated by then), from one entry''s balance_after and the entries around it.';
+revoke execute on function billing.balance_at(p_account_id bigint, p_at timestamp with time zone) from public;
+
 -- As billing.get_balance answers, at p_at: balance, held, available, and the next expiry of the
--- lots open then. Zeros before the account existed (and for no account).
+-- lots open then. Zeros before the account existed (and for no account). Held: the holds placed
+-- in the day before p_at (reserve_hold's longest life) by holds_account, and the longer-lived
+-- ones (a dispute's: until it ends) by holds_long_lived. The next expiry: only lots that have
+-- or had an expiry (lot_changes) are read.
 create or replace function billing.balance_as_of(p_account_id bigint, p_at timestamptz) returns jsonb
 language plpgsql stable
 set search_path = ''
+set plan_cache_mode = force_custom_plan
 as $$
 declare
-  v_balance numeric := coalesce((select sum(e.amount) from billing.entries e
-    where e.account_id = p_account_id and e.balance_after is not null and e.created_at <= p_at), 0);
+  v_balance numeric := billing.balance_at(p_account_id, p_at);
   v_held numeric := coalesce((select sum(coalesce(r.amount_before, h.amount)) from billing.holds h
     left join lateral (select x.amount_before from billing.hold_resizes x
                        where x.hold_id = h.id and x.resized_at > p_at order by x.resized_at, x.id limit 1) r on true
     where h.account_id = p_account_id and h.created_at <= p_at and (h.finished_at is null or h.finished_at > p_at)
-      and h.expires_at > p_at), 0);
+      and h.expires_at > p_at
+      and (h.created_at > p_at - interval '1 day'
+           or (h.expires_at at time zone 'UTC') > (h.created_at at time zone 'UTC') + interval '1 day')), 0);
   v_next record;
 begin
   select l.expires_at, sum(l.remaining) as amount into v_next
-  from billing.lots_as_of(p_account_id, p_at, null, null) l
+  from (
+    select case when c.id is null then l.expires_at else c.expires_at_before end as expires_at, r.remaining
+    from billing.lots_remaining_as_of(p_account_id, p_at, array(
+      select l.id from billing.lots l
+      where l.account_id = p_account_id and l.granted_at <= p_at
+        and (l.expires_at is not null or exists (select 1 from billing.lot_changes x where x.lot_id = l.id and x.expires_at_before is not null)))) r
+    join billing.lots l on l.id = r.lot_id
+    left join lateral (select x.id, x.expires_at_before from billing.lot_changes x
+                       where x.lot_id = l.id and x.changed_at > p_at order by x.changed_at, x.id limit 1) c on true) l
   where l.remaining > 0 and l.expires_at is not null
   group by l.expires_at order by l.expires_at limit 1;
   return jsonb_build_object('as_of', billing.json_time(p_at), 'balance', trim_scale(v_balance)::text,

@@ -55,7 +55,7 @@ create table billing.revenue_rollup (
   -- The events' half (billing.event_parts), recomputed when stale:
   covered_until timestamptz not null,             -- the day's end, or (today) computed_at − 5 minutes
   money jsonb not null,                           -- [{kind, account, currency, cents}]: Σ money entries
-  lots_granted jsonb not null,                    -- [{currency, category, kind, credits, cents}]: lots granted
+  lots_granted jsonb not null,                    -- [{currency, category, kind, credits, cents}]: lots granted; moved lots' debt paid
   paying_accounts bit varying not null,           -- bit n set: account n's user had a purchase paid
   first_time_purchasers bigint not null,
   checkouts_created bigint not null,
@@ -163,12 +163,17 @@ begin
            where t.occurred_at >= p_from and t.occurred_at < p_to
            group by 1, 2, 3) m),
     -- Credits and their cost by lot category granted, net of debt settled on arrival (a move is
-    -- not a grant).
-    (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', 'granted',
+    -- not a grant: kind 'granted' only for lots with no moved_from); and of moved lots, the part
+    -- that paid a debt on arrival (kind 'debt_settled_by_move'): credits already held, spent on
+    -- what the debt was for.
+    (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
         'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
-     from (select l.currency, l.category, sum(l.amount - l.debt_settled) as credits,
-                  sum(l.cost_cents * (l.amount - l.debt_settled) / l.amount) as cents
-           from billing.lots l where l.granted_at >= p_from and l.granted_at < p_to and l.moved_from is null group by 1, 2) x),
+     from (select l.currency, l.category, case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end as kind,
+                  sum(case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end) as credits,
+                  sum(l.cost_cents * case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end / l.amount)
+                    as cents
+           from billing.lots l where l.granted_at >= p_from and l.granted_at < p_to and (l.moved_from is null or l.debt_settled > 0)
+           group by 1, 2, 3) x),
     array(select distinct a.id from billing.purchases p join billing.accounts a on a.user_id = p.user_id
           where p.paid_at >= p_from and p.paid_at < p_to),
     -- A user's first paid purchase is in the period when one is and none came before it.

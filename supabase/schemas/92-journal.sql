@@ -8,6 +8,9 @@
 --   credits   paid lots at their cost basis: granted (by granted_at; moves excluded), and what
 --             spending, expiry, refunds and disputes drew from them (lot_allocations, by
 --             created_at). Each is a pair of lines of one amount, so it balances after rounding.
+--             A move between accounts posts nothing (its cost basis moves with it), except the
+--             part of a moved lot that paid a debt on arrival (debt_settled): those credits leave
+--             deferred revenue for credits already used, so they count with the credits used.
 -- The credit side of a credit purchase is Credit sales clearing: the cash side credits it with the
 -- price, the lots granted debit it at cost, so it stays at zero unless paid credits were granted
 -- without a Stripe payment (an admin's paid grant) or a sale and its lots fall on two days.
@@ -116,6 +119,14 @@ begin
       and (p_currency is null or l.currency = p_currency)
     group by 1, 2
     union all
+    -- ... moved credits (a gift, an allowance swept back, a rollover) that paid a debt on arrival:
+    -- already in deferred revenue, now spent on what the debt was for ...
+    select (l.granted_at at time zone 'UTC')::date, l.currency, 'credits_used', sum(l.cost_cents * l.debt_settled / l.amount)
+    from billing.lots l
+    where l.granted_at >= v_from and l.granted_at < v_to and l.category = 'paid' and l.moved_from is not null
+      and l.debt_settled > 0 and (p_currency is null or l.currency = p_currency)
+    group by 1, 2
+    union all
     -- ... and what each kind of transfer drew from them (a void's draw is negative: it gives back).
     select (a.created_at at time zone 'UTC')::date, l.currency,
       case when a.kind in ('usage', 'debit', 'hold_capture', 'void') then 'credits_used' when a.kind = 'expiry' then 'credits_expired'
@@ -144,6 +155,33 @@ end;
 $$;
 comment on function billing.journal_lines(p_from date, p_to date, p_currency text) is 'Internal: the journal''s lines over [from, to) by UTC day, currency, account and source, in minor units (debit positive).';
 revoke execute on function billing.journal_lines(p_from date, p_to date, p_currency text) from public;
+
+-- The ledger's own deferred revenue movement over [p_from, p_to) per currency, read apart from the
+-- journal's sources: every paid lot opened (granted or moved in, net of the debt it paid on
+-- arrival) less everything drawn from paid lots (spent, expired, reversed, moved out), at cost,
+-- rounded once per UTC day. No kind or moved_from decides what counts, so a row the journal's
+-- sources miss or count twice shows as a difference in the journal's reconciliation.
+create or replace function billing.ledger_deferred_revenue_change(p_from date, p_to date, p_currency text)
+returns table (currency text, cents numeric)
+language sql stable
+set search_path = ''
+as $$
+  select d.currency, sum(d.cents) from (
+    select f.day, f.currency, round(sum(f.cents)) as cents from (
+      select (l.granted_at at time zone 'UTC')::date as day, l.currency, l.cost_cents * (l.amount - l.debt_settled) / l.amount as cents
+      from billing.lots l
+      where l.granted_at >= p_from::timestamp at time zone 'UTC' and l.granted_at < p_to::timestamp at time zone 'UTC'
+        and l.category = 'paid' and (p_currency is null or l.currency = p_currency)
+      union all
+      select (a.created_at at time zone 'UTC')::date, l.currency, -l.cost_cents * a.amount / l.amount
+      from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
+      where a.created_at >= p_from::timestamp at time zone 'UTC' and a.created_at < p_to::timestamp at time zone 'UTC'
+        and l.category = 'paid' and (p_currency is null or l.currency = p_currency)) f
+    group by 1, 2) d
+  group by 1
+$$;
+comment on function billing.ledger_deferred_revenue_change(p_from date, p_to date, p_currency text) is 'Internal: per currency, how much deferred revenue (paid credits unspent, at cost) grew over [from, to) by UTC day, from the lots and their draws alone (moves included), in minor units.';
+revoke execute on function billing.ledger_deferred_revenue_change(p_from date, p_to date, p_currency text) from public;
 
 -- The chart as the API answers it.
 create or replace function billing.journal_chart() returns jsonb
@@ -183,7 +221,10 @@ grant execute on function billing.set_journal_accounts(p_admin uuid, p_accounts 
 -- GET /admin/journal: each day's entry per currency (lines in major units, as decimal strings),
 -- and per currency a reconciliation of the journal's totals against revenue_metrics over the
 -- same range. Money lines match it exactly; credit lines are rounded per day here and once over
--- the range there, so over several days they may differ by the rounding only.
+-- the range there, so over several days they may differ by the rounding only. One item is held
+-- to the ledger instead: deferred revenue's movement, which the lots and their draws give
+-- whatever moved them (billing.ledger_deferred_revenue_change), rounded per day rather than per
+-- day and source, so it may differ by that rounding (half a cent per day and source) only.
 create or replace function billing.journal(p_from date, p_to date, p_currency text) returns jsonb
 language plpgsql stable
 security definer
@@ -218,9 +259,11 @@ begin
         -sum(l.amount) filter (where l.account = 'revenue_usage' and l.source = 'credits_used') as recognised,
         -sum(l.amount) filter (where l.account = 'revenue_breakage') as breakage,
         sum(l.amount) filter (where l.account = 'deferred_revenue' and l.source in ('credits_refunded', 'credits_disputed')) as reversed,
-        -sum(l.amount) filter (where l.source = 'debt_settled' and l.account = 'revenue_usage') as debt_settled
+        -sum(l.amount) filter (where l.source = 'debt_settled' and l.account = 'revenue_usage') as debt_settled,
+        -sum(l.amount) filter (where l.account = 'deferred_revenue') as deferred
       from lines l group by l.currency
     ),
+    ledger as (select d.currency, d.cents as deferred from billing.ledger_deferred_revenue_change(p_from, p_to, p_currency) d),
     report as (
       select c ->> 'currency' as currency,
         (c -> 'b2c_credits' ->> 'gmv_cents')::numeric as gmv, (c -> 'b2c_credits' ->> 'refunds_cents')::numeric as refunds,
@@ -239,25 +282,30 @@ begin
     ),
     reconciliation as (
       select cur.currency, jsonb_agg(jsonb_build_object('item', i.item, 'journal', i.journal::text, 'revenue_report', i.report::text,
-          'difference', (i.journal - i.report)::text) order by i.n) as items
+          'ledger', i.ledger::text, 'difference', (i.journal - coalesce(i.report, i.ledger))::text) order by i.n) as items
       from (select t.currency from totals t union select r.currency from report r where p_currency is null or r.currency = p_currency
-            union select r.currency from report_lots r where p_currency is null or r.currency = p_currency) cur
+            union select r.currency from report_lots r where p_currency is null or r.currency = p_currency
+            union select g.currency from ledger g) cur
       left join totals t on t.currency = cur.currency
       left join report r on r.currency = cur.currency
       left join report_lots rl on rl.currency = cur.currency
+      left join ledger g on g.currency = cur.currency
       cross join lateral (values
-        (1, 'gmv_cents', coalesce(t.gmv, 0), coalesce(r.gmv, 0)),
-        (2, 'refunds_cents', coalesce(t.refunds, 0), coalesce(r.refunds, 0)),
-        (3, 'disputes_lost_cents', coalesce(t.disputes_lost, 0), coalesce(r.disputes_lost, 0)),
-        (4, 'stripe_fees_cents', coalesce(t.stripe_fees, 0), coalesce(r.stripe_fees, 0)),
-        (5, 'tax_payable_cents', coalesce(t.tax, 0), coalesce(r.tax, 0)),
-        (6, 'platform_fees_cents', coalesce(t.platform_fees, 0), coalesce(r.platform_fees, 0)),
-        (7, 'paid_granted_cents', coalesce(t.paid_granted, 0), coalesce(rl.paid_granted, 0)),
-        (8, 'recognised_revenue_cents', coalesce(t.recognised, 0), coalesce(rl.recognised, 0)),
-        (9, 'breakage_revenue_cents', coalesce(t.breakage, 0), coalesce(rl.breakage, 0)),
-        (10, 'paid_reversed_cents', coalesce(t.reversed, 0), coalesce(rl.reversed, 0)),
+        (1, 'gmv_cents', coalesce(t.gmv, 0), coalesce(r.gmv, 0), null::numeric),
+        (2, 'refunds_cents', coalesce(t.refunds, 0), coalesce(r.refunds, 0), null),
+        (3, 'disputes_lost_cents', coalesce(t.disputes_lost, 0), coalesce(r.disputes_lost, 0), null),
+        (4, 'stripe_fees_cents', coalesce(t.stripe_fees, 0), coalesce(r.stripe_fees, 0), null),
+        (5, 'tax_payable_cents', coalesce(t.tax, 0), coalesce(r.tax, 0), null),
+        (6, 'platform_fees_cents', coalesce(t.platform_fees, 0), coalesce(r.platform_fees, 0), null),
+        (7, 'paid_granted_cents', coalesce(t.paid_granted, 0), coalesce(rl.paid_granted, 0), null),
+        (8, 'recognised_revenue_cents', coalesce(t.recognised, 0), coalesce(rl.recognised, 0), null),
+        (9, 'breakage_revenue_cents', coalesce(t.breakage, 0), coalesce(rl.breakage, 0), null),
+        (10, 'paid_reversed_cents', coalesce(t.reversed, 0), coalesce(rl.reversed, 0), null),
         -- Not in the revenue report (it counts a grant net of the debt it paid): nothing to compare.
-        (11, 'debt_settled_cents', coalesce(t.debt_settled, 0), null::numeric)) i(n, item, journal, report)
+        (11, 'debt_settled_cents', coalesce(t.debt_settled, 0), null::numeric, null),
+        -- Against the ledger, not the report (which reads the same sources as the journal): what the
+        -- journal's lines moved deferred revenue by, and what the lots and their draws did.
+        (12, 'deferred_revenue_change_cents', coalesce(t.deferred, 0), null, coalesce(g.deferred, 0))) i(n, item, journal, report, ledger)
       group by cur.currency
     )
     select jsonb_build_object('from', p_from, 'to', p_to, 'currency', p_currency,
@@ -271,7 +319,7 @@ begin
   );
 end;
 $$;
-comment on function billing.journal(p_from date, p_to date, p_currency text) is 'GET /admin/journal: one balanced entry per UTC day and currency over [from, to), in the chart of accounts, with a reconciliation against revenue_metrics.';
+comment on function billing.journal(p_from date, p_to date, p_currency text) is 'GET /admin/journal: one balanced entry per UTC day and currency over [from, to), in the chart of accounts, with a reconciliation against revenue_metrics and the ledger''s deferred revenue.';
 revoke execute on function billing.journal(p_from date, p_to date, p_currency text) from public;
 grant execute on function billing.journal(p_from date, p_to date, p_currency text) to service_role;
 

@@ -1,7 +1,7 @@
 -- Balances as of an instant: what changes in place is recorded as it changes (and only then),
 -- the readers answer each instant from the rows, and only the service role may call them.
 begin;
-select plan(14);
+select plan(17);
 \ir helpers.psql
 
 insert into auth.users (id) values ('36363636-0000-4000-8000-000000000001'), ('36363636-0000-4000-8000-000000000002');
@@ -82,6 +82,60 @@ select results_eq(
     from jsonb_array_elements(billing.user_lots_as_of('36363636-0000-4000-8000-000000000001', now(), null, 50)) x$$,
   $$values ('95', false, null::text)$$,
   'a lot as of an instant: what remained then, and its flag and expiry before the next change');
+
+-- ============================================================ the balance at an instant, from balance_after
+
+-- A statement a day old, written as the writer writes it (in id order under the account lock, each
+-- entry's balance_after the running sum in that order), with what concurrency makes of it: a
+-- transaction that started first but wrote after a later one (the 4th row), and one that wrote
+-- five minutes after it started (the 5th: a batch job's). Then 2,000 charges a second apart.
+insert into auth.users (id) values ('36363636-0000-4000-8000-000000000003');
+insert into billing.accounts (user_id) values ('36363636-0000-4000-8000-000000000003');
+create temp table asof_t0 as select now() - interval '1 day' as t0;
+create function pg_temp.at(p_seconds numeric) returns timestamptz language sql as $$
+  select t0 + make_interval(secs => p_seconds) from asof_t0
+$$;
+with rows (n, created, inserted, amount) as (
+  values (1, 0, 0, 100), (2, 60, 60, -10), (3, 125, 125.5, -5), (4, 120, 126, -7), (5, 100, 400, -3), (6, 500, 500, 50)
+  union all select 6 + g, 600 + g, 600 + g, -0.01 from generate_series(1, 2000) g
+), t as (
+  insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, created_at)
+  select case when r.amount > 0 then 'promo_grant'::billing.transfer_kind else 'debit' end,
+    case when r.amount > 0 then billing.platform_account_id('promotions') else a.id end,
+    case when r.amount > 0 then a.id else billing.platform_account_id('usage_revenue') end,
+    abs(r.amount), 'asof-statement:' || r.n, pg_temp.at(r.created)
+  from rows r, billing.accounts a where a.user_id = '36363636-0000-4000-8000-000000000003'
+  order by r.n
+  returning id, idempotency_key
+)
+insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version, created_at, inserted_at)
+select t.id, a.id, r.amount, sum(r.amount) over (order by r.n), r.n, pg_temp.at(r.created), pg_temp.at(r.inserted)
+from rows r join t on t.idempotency_key = 'asof-statement:' || r.n, billing.accounts a
+where a.user_id = '36363636-0000-4000-8000-000000000003'
+order by r.n;
+
+select results_eq(
+  $$select x.s, billing.balance_at(a.id, pg_temp.at(x.s)),
+      (select coalesce(sum(e.amount), 0) from billing.entries e where e.account_id = a.id and e.created_at <= pg_temp.at(x.s))
+    from billing.accounts a, (values (-1), (0), (59), (110), (122), (130), (450), (500), (1600), (2600)) x(s)
+    where a.user_id = '36363636-0000-4000-8000-000000000003' order by x.s$$,
+  $$values (-1, 0::numeric, 0::numeric), (0, 100, 100), (59, 100, 100), (110, 87, 87), (122, 80, 80), (130, 75, 75),
+      (450, 75, 75), (500, 125, 125), (1600, 115, 115), (2600, 105, 105)$$,
+  'the balance at each instant is Σ the entries dated by then, exactly, read from balance_after and the entries around it: a transaction that wrote after a later one, and one that wrote minutes after it started, count from when they started');
+
+-- What a read touches, from the statistics of this transaction's own reads; planned, as in
+-- production, with statistics of the rows (autovacuum's analyze; here, of the rows just planted).
+analyze billing.entries;
+create function pg_temp.entries_read() returns bigint language sql as $$
+  select coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0) from pg_stat_xact_user_tables where relid = 'billing.entries'::regclass
+$$;
+create temp table asof_reads as select pg_temp.entries_read() as before;
+select is(billing.user_balance_as_of('36363636-0000-4000-8000-000000000003', pg_temp.at(1600)) ->> 'balance', '115',
+  'as of an instant in the middle of 2,006 entries');
+-- One entry's balance_after, the entries of the 20 seconds around it (a charge a second here) and
+-- the late one: 22; the sum over the history before it read 1,000 or more.
+select cmp_ok(pg_temp.entries_read() - (select before from asof_reads), '<', 40::bigint,
+  'reading it touches the entries around one balance_after, not the 1,000 before the instant');
 
 -- ============================================================ who may call
 

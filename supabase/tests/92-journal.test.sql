@@ -2,7 +2,7 @@
 -- accounts, balanced after rounding, and reconciled with revenue_metrics. The money here is in
 -- XTS (ISO 4217's code for testing), so no other test's rows reach these lines.
 begin;
-select plan(8);
+select plan(13);
 \ir helpers.psql
 
 insert into auth.users (id) values ('92929292-0000-4000-8000-000000000001');
@@ -45,8 +45,8 @@ select is(
      billing.journal((now() at time zone 'UTC')::date, (now() at time zone 'UTC')::date + 1, 'xts') -> 'reconciliation' -> 0 -> 'items') i),
   '{"gmv_cents": "0", "refunds_cents": "0", "disputes_lost_cents": "0", "stripe_fees_cents": "0", "tax_payable_cents": "0",
     "platform_fees_cents": "0", "paid_granted_cents": "0", "recognised_revenue_cents": "0", "breakage_revenue_cents": "0",
-    "paid_reversed_cents": "0", "debt_settled_cents": null}'::jsonb,
-  'over one day the journal and revenue_metrics agree on every figure');
+    "paid_reversed_cents": "0", "debt_settled_cents": null, "deferred_revenue_change_cents": "0"}'::jsonb,
+  'over one day the journal agrees with revenue_metrics on every figure, and with the ledger on deferred revenue');
 
 select is(
   (select jsonb_object_agg(i ->> 'item', i ->> 'journal') filter (where i ->> 'item' in ('gmv_cents', 'recognised_revenue_cents', 'tax_payable_cents'))
@@ -56,6 +56,62 @@ select is(
 
 select is(billing.major_units(1234, 'xts'), '12.34', 'minor units to the major unit, every place written');
 select is(billing.major_units(1234, 'jpy'), '1234', 'a zero-decimal currency has no places');
+
+-- ============================================================ moved credits that pay a debt
+
+-- In XXX (ISO 4217's "no currency"), apart from the day above. A student spends the 2,000 credits
+-- they bought for 2.00, the purchase is refunded: 2,000 in debt. A friend's gift moves 2,000 of
+-- the 5,000 credits the friend bought for 5.00: the moved lot pays the debt on arrival, so 2.00
+-- leaves deferred revenue in the ledger, recognised (the debt was for credits already used).
+insert into auth.users (id) values ('92929292-0000-4000-8000-000000000002'), ('92929292-0000-4000-8000-000000000003');
+select billing.grant_credits('92929292-0000-4000-8000-000000000002', 2000, 'purchase', 'journal-debt-buy', null, null, null,
+  '{"cost_cents": 200, "currency": "xxx"}');
+select billing.debit_credits('92929292-0000-4000-8000-000000000002', 2000, 'journal-debt-spend');
+select billing.reverse_credits('92929292-0000-4000-8000-000000000002', 2000, 'refund_reversal', 'journal-debt-refund');
+select billing.grant_credits('92929292-0000-4000-8000-000000000003', 5000, 'purchase', 'journal-gift-buy', null, null, null,
+  '{"cost_cents": 500, "currency": "xxx"}');
+select billing.move_credits((select id from billing.accounts where user_id = '92929292-0000-4000-8000-000000000003'),
+  (select id from billing.accounts where user_id = '92929292-0000-4000-8000-000000000002'), 2000, 'code_redemption',
+  'journal-gift-redeem', null);
+
+-- The ledger's own deferred revenue movement over the day: every paid lot opened (moved or not), net
+-- of the debt it paid, less everything drawn from paid lots (moves out included), at cost.
+create function pg_temp.ledger_deferred_change(p_currency text) returns numeric language sql as $$
+  select round(coalesce((select sum(l.cost_cents * (l.amount - l.debt_settled) / l.amount) from billing.lots l
+                         where l.category = 'paid' and l.currency = p_currency and l.granted_at >= current_date and l.granted_at < current_date + 1), 0)
+             - coalesce((select sum(l.cost_cents * a.amount / l.amount) from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
+                         where l.category = 'paid' and l.currency = p_currency and a.created_at >= current_date and a.created_at < current_date + 1), 0))
+$$;
+set local timezone = 'UTC';
+
+select is(pg_temp.ledger_deferred_change('xxx'), 300::numeric, 'the ledger: 2.00 and 5.00 in, 2.00 spent, 2.00 moved to pay a debt');
+select is(
+  (select -sum(l.amount) from billing.journal_lines(current_date, current_date + 1, 'xxx') l where l.account = 'deferred_revenue'),
+  pg_temp.ledger_deferred_change('xxx'),
+  'the journal''s deferred revenue moves as the ledger''s when moved credits pay a debt');
+select results_eq(
+  $$select l.source, l.account, l.amount from billing.journal_lines(current_date, current_date + 1, 'xxx') l
+    where l.source = 'credits_used' order by l.account collate "C"$$,
+  $$values ('credits_used', 'deferred_revenue', 400::numeric), ('credits_used', 'revenue_usage', -400)$$,
+  'moved credits that pay a debt are recognised once, out of deferred revenue, with the credits used (2.00 spent + 2.00 of debt paid)');
+select is(
+  (select jsonb_object_agg(i ->> 'item', jsonb_build_array(i ->> 'journal', i ->> 'difference'))
+     filter (where i ->> 'item' in ('paid_granted_cents', 'recognised_revenue_cents', 'deferred_revenue_change_cents'))
+   from jsonb_array_elements(billing.journal(current_date, current_date + 1, 'xxx') -> 'reconciliation' -> 0 -> 'items') i),
+  '{"paid_granted_cents": ["700", "0"], "recognised_revenue_cents": ["400", "0"], "deferred_revenue_change_cents": ["300", "0"]}'::jsonb,
+  'the reconciliation agrees: the revenue report recognises the debt paid too, and the journal''s deferred revenue moved as the ledger''s');
+
+-- A move out with no lot arriving (a corrupted row, gone at the rollback): the ledger's deferred
+-- revenue drops, the journal's does not, and the reconciliation says so.
+insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
+select t.id, l.id, 'code_redemption', 1000 from billing.transfers t, billing.lots l
+where t.idempotency_key = 'journal-debt-spend' and l.grant_transfer_id = (select id from billing.transfers where idempotency_key = 'journal-gift-buy')
+  and l.moved_from is null;
+select is(
+  (select i ->> 'difference' from jsonb_array_elements(billing.journal(current_date, current_date + 1, 'xxx') -> 'reconciliation' -> 0 -> 'items') i
+   where i ->> 'item' = 'deferred_revenue_change_cents'),
+  '100',
+  'the reconciliation fails when the journal and the ledger''s deferred revenue disagree (1,000 credits left a lot and arrived nowhere)');
 
 -- ============================================================ the chart
 

@@ -21,7 +21,13 @@ type Journal = {
   entries: Entry[];
   reconciliation: {
     currency: string;
-    items: { item: string; journal: string; revenue_report: string | null; difference: string | null }[];
+    items: {
+      item: string;
+      journal: string;
+      revenue_report: string | null;
+      ledger: string | null;
+      difference: string | null;
+    }[];
   }[];
 };
 
@@ -96,22 +102,28 @@ Deno.test("each day's journal balances to the cent, matches its re-derivation fr
          from billing.money_transfers t join billing.money_entries e on e.transfer_id = t.id, bounds b
          where t.occurred_at >= b.lo and t.occurred_at < b.hi group by 1, 2, 3) m) as money,
       (select coalesce(jsonb_agg(f), '[]') from (
+       -- Each source's exact parts, rounded once per source and currency (as the journal rounds a day's).
+       select p.source, p.currency, round(sum(p.part))::text as cents from (
          -- What each transfer of the day drew from paid lots, at cost, by why it moved ...
          select case when t.kind in ('usage', 'debit', 'hold_capture', 'void') then 'credits_used'
                   when t.kind = 'expiry' then 'credits_expired' when t.kind = 'refund_reversal' then 'credits_refunded'
-                  else 'credits_disputed' end as source, l.currency, round(sum(l.cost_cents * a.amount / l.amount))::text as cents
+                  else 'credits_disputed' end as source, l.currency, l.cost_cents * a.amount / l.amount as part
          from billing.transfers t join billing.lot_allocations a on a.transfer_id = t.id join billing.lots l on l.id = a.lot_id, bounds b
          where t.created_at >= b.lo and t.created_at < b.hi and l.category = 'paid'
            and t.kind in ('usage', 'debit', 'hold_capture', 'void', 'expiry', 'refund_reversal', 'dispute_reversal')
-         group by 1, 2
          union all
-         -- ... and the paid lots its granting transfers opened (net of a debt paid, and that debt).
-         select x.source, l.currency, round(sum(x.part))::text
+         -- ... the paid lots its granting transfers opened (net of a debt paid, and that debt) ...
+         select x.source, l.currency, x.part
          from billing.transfers t join billing.lots l on l.grant_transfer_id = t.id, bounds b,
            lateral (values ('credits_granted', l.cost_cents * (l.amount - l.debt_settled) / l.amount),
                            ('debt_settled', l.cost_cents * l.debt_settled / l.amount)) x(source, part)
          where t.created_at >= b.lo and t.created_at < b.hi and l.category = 'paid' and l.moved_from is null
-         group by 1, 2) f) as flows,
+         union all
+         -- ... and the part of the paid lots its moving transfers opened that paid a debt: used, out of deferred revenue.
+         select 'credits_used', l.currency, l.cost_cents * l.debt_settled / l.amount
+         from billing.transfers t join billing.lots l on l.grant_transfer_id = t.id, bounds b
+         where t.created_at >= b.lo and t.created_at < b.hi and l.category = 'paid' and l.moved_from is not null) p
+       group by 1, 2) f) as flows,
       billing.revenue_metrics((select lo from bounds), (select hi from bounds)) as report`;
 
   // Expected lines: (currency, account, source) → minor units, debit positive.
@@ -147,6 +159,13 @@ Deno.test("each day's journal balances to the cent, matches its re-derivation fr
   // The reconciliation: over one day, no difference; and its report side is revenue_metrics'.
   for (const r of row.journal.reconciliation) {
     for (const i of r.items) {
+      if (i.item === 'deferred_revenue_change_cents') {
+        // Held to the ledger: the rounding only, half a cent for each of the 5 sources that move
+        // deferred revenue (rounded per day and source) and for the ledger's own (rounded per day).
+        assert.equal(i.revenue_report, null);
+        assert.ok(i.ledger !== null && Math.abs(Number(i.difference)) <= 3, `${r.currency} ${i.item}: ${i.difference}`);
+        continue;
+      }
       // A debt paid is not in the revenue report (it counts the grant net of it): no difference to show.
       assert.equal(i.difference, i.item === 'debt_settled_cents' ? null : '0', `${r.currency} ${i.item}`);
     }

@@ -139,6 +139,7 @@ export function booksScript({ $, get, send, download, esc, credits, empty }: Das
     breakage_revenue_cents: 'Breakage revenue',
     paid_reversed_cents: 'Paid credits reversed',
     debt_settled_cents: 'Debts settled',
+    deferred_revenue_change_cents: 'Deferred revenue, change',
   };
   function renderReconciliation(j: Journal) {
     if (j.reconciliation.length === 0) return '<p class="muted">Nothing to reconcile in this range.</p>';
@@ -147,18 +148,22 @@ export function booksScript({ $, get, send, download, esc, credits, empty }: Das
       '</th><th class="num">Journal</th><th class="num">Revenue report</th><th class="num">Difference</th></tr>' +
       r.items.map((i) =>
         '<tr data-item="' + esc(i.item) + '" data-journal="' + esc(i.journal) + '" data-report="' +
-        esc(i.revenue_report ?? '') + '" data-difference="' + esc(i.difference ?? '') + '"><td>' +
+        esc(i.revenue_report ?? '') + '" data-ledger="' + esc(i.ledger ?? '') + '" data-difference="' +
+        esc(i.difference ?? '') + '"><td>' +
         esc(itemNames[i.item] ?? i.item.replace(/_cents$/, '').replaceAll('_', ' ')) + '</td><td class="num">' +
         minor(i.journal, r.currency) + '</td><td class="num">' +
-        (i.revenue_report === null
-          ? '<span class="muted">not in the report</span>'
-          : minor(i.revenue_report, r.currency)) +
+        (i.revenue_report !== null
+          ? minor(i.revenue_report, r.currency)
+          : i.ledger !== null
+          ? '<span class="muted">ledger</span> ' + minor(i.ledger, r.currency)
+          : '<span class="muted">not in the report</span>') +
         '</td><td class="num' + (i.difference === '0' ? ' ok' : '') + '">' +
         (i.difference === null ? '–' : minor(i.difference, r.currency)) + '</td></tr>'
       ).join('') + '</table></div>'
     ).join('') +
       '<p class="muted">Journal − report: zero for money always, and for credits over one day; over several days, ' +
-      'the rounding only (at most half a cent per day and source).</p>';
+      'the rounding only (at most half a cent per day and source). Deferred revenue is held to the ledger: ' +
+      'the rounding only, at most half a cent per day and source.</p>';
   }
 
   let latestBooks = 0;

@@ -30,7 +30,17 @@ export interface Journal {
   entries: JournalEntry[];
   reconciliation: {
     currency: string;
-    items: { item: string; journal: string; revenue_report: string | null; difference: string | null }[];
+    /**
+     * journal − revenue_report, or (deferred_revenue_change_cents) journal − ledger: the ledger's own
+     * deferred revenue movement, from the lots and their draws (docs/accounting.md § Reconciliation).
+     */
+    items: {
+      item: string;
+      journal: string;
+      revenue_report: string | null;
+      ledger: string | null;
+      difference: string | null;
+    }[];
   }[];
 }
 
