@@ -91,12 +91,15 @@ grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p
 -- can meet (available credits, caps, holds, standing) before calling it. It checks what must hold
 -- for every movement and raises LEDGER_INVARIANT, a server error, when a caller got it wrong:
 -- amounts positive, below 1e20, at most 18 places, between two accounts; no tracked balance
--- below zero except through a refund or dispute reversal (debt); a return to lots of exactly the
--- amount; a lot's remaining never below zero (lots_remaining_within).
+-- below zero except through a refund or dispute reversal (debt), or an expiry or rollover of
+-- credits for some models kept beside a debt; a return to lots of exactly the amount; a lot's
+-- remaining never below zero (lots_remaining_within).
 --
 -- Each tracked side gets an entry with its balance and version after the movement, in batch
--- order. Debits draw from lots (spending order, `first` before it) before credits open or refill
--- lots; a credit that pays a debt the account is in records that part as settled, not remaining.
+-- order. Debits draw from lots (spending order, `first` before it; a reversal only `first` and
+-- lots for any model) before credits open or refill lots; a credit for any model that pays a debt
+-- the account is in records that part as settled, not remaining (credits for some models never
+-- pay a debt: it is owed in money paid for anything). Debt = Σ remaining − balance (≥ 0).
 -- A movement whose (idempotency_key, kind) is already written is a replay: nothing is written
 -- for it; another movement under the same key and kind is refused (IDEMPOTENCY_KEY_REUSED).
 create or replace function billing.post_transfers(p_transfers billing.transfer_spec[],
@@ -122,6 +125,7 @@ declare
   v_delta numeric[];
   v_after numeric[];
   v_first bigint[];
+  v_reversal boolean;
   v_drawn integer;
   c record;
   v_lot jsonb;
@@ -250,7 +254,12 @@ begin
 
   if v_new is not null then
     for i in 1 .. cardinality(v_ord) loop
-      if v_delta[i] < 0 and v_after[i] < 0 and (p_transfers[v_ord[i]]).kind not in ('refund_reversal', 'dispute_reversal') then
+      -- A debt beside credits for some models (a reversal takes none of them) is in the balance
+      -- already: what leaves those lots by name (their expiry, a plan's rollover out) may then
+      -- take the balance below zero too.
+      if v_delta[i] < 0 and v_after[i] < 0 and (p_transfers[v_ord[i]]).kind not in ('refund_reversal', 'dispute_reversal')
+         and not ((p_transfers[v_ord[i]]).kind in ('expiry', 'plan_rollover')
+                  and exists (select 1 from billing.accounts a where a.id = v_account[i] and a.restricted_lots)) then
         perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
       end if;
     end loop;
@@ -303,6 +312,10 @@ begin
                                               where d.delta < 0 and not coalesce((p_transfers[d.ord]).lots ? 'take', false)) then
       v_first := array(select jsonb_array_elements_text(t.lots -> 'first')::bigint
                        from unnest(p_transfers) t where t.lots ? 'first');
+      -- A reversal (refund, lost dispute) takes back money paid for anything: the lots it names
+      -- (its purchase's or plan's, whatever they pay for), then only credits for any model; what
+      -- they lack is debt, never credits someone gave for some models only.
+      v_reversal := exists (select 1 from unnest(p_transfers) t where t.kind in ('refund_reversal', 'dispute_reversal'));
       with d as (
         select x.ord, x.account_id, -x.delta as amount,
           sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
@@ -314,6 +327,7 @@ begin
             l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
         from billing.lots l
         where l.account_id in (select d.account_id from d) and l.open
+          and (not v_reversal or l.applies_to is null or l.id = any(v_first))
       ), a as (
         select d.ord, l.id as lot_id, least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
         from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
@@ -336,7 +350,19 @@ begin
         where x.delta > 0
         order by x.ord
       loop
+        -- What of this credit may pay a debt the account is in: the debt, at most the credit. In
+        -- the balance alone, unless the account holds credits for some models: a reversal left
+        -- those whole, so the debt is what its lots hold beyond its balance (debits later in this
+        -- batch are drawn already, not yet in the balance). Only credits for any model pay it
+        -- (below): a debt is owed in money paid for anything.
         v_settled := least(c.amount, greatest(c.amount - c.after, 0));
+        if exists (select 1 from billing.accounts a where a.id = c.account_id and a.restricted_lots) then
+          v_settled := least(c.amount, greatest(
+            coalesce((select sum(l.remaining) from billing.lots l where l.account_id = c.account_id and l.open), 0)
+            + coalesce((select sum(-d.delta) from unnest(v_ord, v_account, v_delta) d(ord, account_id, delta)
+                        where d.account_id = c.account_id and d.ord > c.ord and d.delta < 0), 0)
+            - (c.after - c.amount), 0));
+        end if;
         v_lot := coalesce((c.t).lots, '{}');
         v_list := billing.applies_to_of(v_lot);
         if c.moved then
@@ -345,17 +371,23 @@ begin
           insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
                                     amount, debt_settled, remaining, frozen, expires_at, moved_from, applies_to)
           select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
-            l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id,
-            -- Credits given back to the account they came from (an allowance swept, a code returned)
-            -- are for what they paid for there; others keep their list, narrowed to the one given.
-            case when (c.t).kind in ('allowance_sweep', 'code_return') and s.account_id = c.account_id then s.applies_to
-                 else billing.narrow_applies_to(l.applies_to, v_list) end
-          from (select x.lot_id, x.amount,
-                  least(x.amount, greatest(v_settled - coalesce(sum(x.amount) over (order by x.lot_id
-                    rows between unbounded preceding and 1 preceding), 0), 0)) as settled
-                from billing.lot_allocations x where x.transfer_id = v_ids[c.ord]) p
+            l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id, p.applies_to
+          from (select x.lot_id, x.amount, x.applies_to,
+                  -- The first parts for any model settle a debt; parts for some models never do.
+                  case when x.applies_to is null then least(x.amount, greatest(v_settled - coalesce(sum(x.amount)
+                    filter (where x.applies_to is null) over (order by x.lot_id
+                    rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
+                from (select y.lot_id, y.amount,
+                        -- Credits given back to the account they came from (an allowance swept, a code
+                        -- returned) are for what they paid for there; others keep their list, narrowed
+                        -- to the one given.
+                        case when (c.t).kind in ('allowance_sweep', 'code_return') and s.account_id = c.account_id
+                             then s.applies_to else billing.narrow_applies_to(l.applies_to, v_list) end as applies_to
+                      from billing.lot_allocations y
+                      join billing.lots l on l.id = y.lot_id
+                      left join billing.lots s on s.id = l.moved_from
+                      where y.transfer_id = v_ids[c.ord]) x) p
           join billing.lots l on l.id = p.lot_id
-          left join billing.lots s on s.id = l.moved_from
           order by p.lot_id;
           if v_list is not null and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
@@ -366,11 +398,15 @@ begin
           if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
             perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
           end if;
-          with p as (
-            select (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as amount,
-              least((r ->> 'amount')::numeric, greatest(v_settled - coalesce(sum((r ->> 'amount')::numeric)
-                over (order by (r ->> 'lot_id')::bigint rows between unbounded preceding and 1 preceding), 0), 0)) as settled
-            from jsonb_array_elements(v_lot -> 'return_to') r
+          with r as (
+            select (x ->> 'lot_id')::bigint as lot_id, (x ->> 'amount')::numeric as amount, l.applies_to is null as any_model
+            from jsonb_array_elements(v_lot -> 'return_to') x left join billing.lots l on l.id = (x ->> 'lot_id')::bigint
+          ), p as (
+            -- As a move's parts: what returns to a lot for any model settles a debt first.
+            select r.lot_id, r.amount,
+              case when r.any_model then least(r.amount, greatest(v_settled - coalesce(sum(r.amount) filter (where r.any_model)
+                over (order by r.lot_id rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
+            from r
           ), ins as (
             insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
             select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount from p
@@ -382,8 +418,10 @@ begin
           insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
                                     amount, debt_settled, remaining, expires_at, moved_from, applies_to)
           select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
-            l.currency, c.amount, v_settled, c.amount - v_settled, (v_lot ->> 'expires_at')::timestamptz, l.id, l.applies_to
-          from billing.lots l where l.id = (v_lot ->> 'moved_from')::bigint;
+            l.currency, c.amount, x.settled, c.amount - x.settled, (v_lot ->> 'expires_at')::timestamptz, l.id, l.applies_to
+          from billing.lots l
+          cross join lateral (select case when l.applies_to is null then v_settled else 0 end as settled) x
+          where l.id = (v_lot ->> 'moved_from')::bigint;
         else
           v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
           select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
@@ -397,6 +435,9 @@ begin
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
           elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
+          end if;
+          if v_list is not null then
+            v_settled := 0;
           end if;
           insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
                                     amount, debt_settled, remaining, applies_to, expires_at)
@@ -415,12 +456,15 @@ begin
         if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
           update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
           -- Spending plans walk every set of lists (billing.plan_lot_draw): a handful per account.
-          -- Credits given back bring back a list the account had, and are never refused for it
-          -- (the plan still works up to 10).
-          if (c.t).kind not in ('allowance_sweep', 'code_return')
+          -- Only credits someone gives for free (a promotion or a code redeemed, an admin's grant, a
+          -- school's allowance or escrow) are refused past 7 lists, to whoever gives or redeems
+          -- them. Credits money stands behind (a plan's grant and rollover) and credits given back
+          -- (a sweep, a code returned) never are: a webhook must not fail on lists a third party
+          -- filled. Only plans add paid lists, so the plan still works (up to 10).
+          if (c.t).kind in ('promo_grant', 'adjustment', 'code_redemption', 'allowance', 'code_escrow')
              and (select count(distinct l.applies_to) from billing.lots l where l.account_id = c.account_id and l.open) > 7 then
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
-              'rule', 'an account holds credits for at most 7 different lists of models'));
+              'rule', 'an account holds credits given for free under at most 7 different lists of models (paid credits are never refused)'));
           end if;
         end if;
       end loop;

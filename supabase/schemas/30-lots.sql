@@ -2,7 +2,9 @@
 -- knows its category, what it cost, its priority and its expiry. Debits draw from lots in
 -- spending order and record what they drew in lot_allocations (billing.post_transfers, the
 -- ledger's one writer), so any credit spent can be traced to the grant that paid for it. Invariant (per account):
--- Σ remaining = the balance when it is not negative, 0 in debt.
+-- Σ remaining = the balance when it is not negative, 0 in debt; an account that holds credits for
+-- some models keeps them beside a debt (they never pay it), so in general Σ remaining for any
+-- model = greatest(balance − Σ remaining for some models, 0).
 
 -- ============================================================ tables
 
@@ -194,9 +196,12 @@ as $$
     select l.id from billing.lots l left join drawn d on d.lot_id = l.id
     where l.remaining + l.debt_settled + coalesce(d.total, 0) <> l.amount
   ), bad_accounts as (
+    -- Credits for some models stay beside a debt (it is owed in money for anything): the lots for
+    -- any model hold what the balance has beyond them, 0 in debt.
     select a.id from billing.accounts a left join billing.lots l on l.account_id = a.id
     where a.code is null group by a.id, a.balance
-    having coalesce(sum(l.remaining), 0) <> greatest(a.balance, 0)
+    having coalesce(sum(l.remaining) filter (where l.applies_to is null), 0)
+      <> greatest(a.balance - coalesce(sum(l.remaining) filter (where l.applies_to is not null), 0), 0)
   ), bad_transfers as (
     select la.transfer_id from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id
     group by la.transfer_id, t.amount having sum(la.amount) > t.amount
@@ -225,7 +230,7 @@ as $$
     'deferred_revenue_cents', coalesce((select jsonb_object_agg(currency, jsonb_build_object(
       'from_lots', from_lots, 'from_flows', from_flows)) from deferred), '{}'))
 $$;
-comment on function billing.check_lots() is 'Proves lots, allocations and balances agree, and deferred revenue two ways. Empty lists when all is well.';
+comment on function billing.check_lots() is 'Proves lots, allocations and balances agree (the lots for any model hold what the balance has beyond the credits for some models, 0 in debt), and deferred revenue two ways. Empty lists when all is well.';
 revoke execute on function billing.check_lots() from public;
 grant execute on function billing.check_lots() to service_role;
 

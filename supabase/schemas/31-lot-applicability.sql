@@ -3,12 +3,14 @@
 -- name starts with gpt-4o; null: any). A charge for a model draws, in spending order, only from
 -- lots that may pay for it; a movement with no model (a plain debit, a user's own hold) only from
 -- lots that pay for anything. Refunds, disputes and expiry take the lots they name whatever they
--- may pay for, and moves (allowances, codes) carry each lot's list with its provenance.
+-- may pay for, then (refunds, disputes) only lots for anything: what those lack is a debt, which
+-- credits for some models never pay (11-ledger-writer.sql); moves (allowances, codes) carry each
+-- lot's list with its provenance.
 --
 -- Holds stay account-wide (accounts.held), so an account with restricted lots
 -- (accounts.restricted_lots) must also keep every live hold payable: a hold for a model (a gateway
--- call's, a job's) can be paid only by lots for that model, a dispute's by any lot, any other
--- hold only by lots for anything. For such accounts, billing.plan_lot_draw chooses what a debit
+-- call's, a job's) can be paid only by lots for that model, a dispute's only by lots for anything
+-- and the lots it freezes (their lists: metadata.covers), any other hold only by lots for anything. For such accounts, billing.plan_lot_draw chooses what a debit
 -- draws so that the holds still fit (Hall's condition over the sets of the account's lists), and
 -- the writer draws exactly that (`take`). Accounts without restricted lots never come here: their
 -- path is unchanged.
@@ -80,8 +82,9 @@ revoke execute on function billing.narrow_applies_to(p_have text[], p_given text
 --
 -- The account's open lots fall into groups, one per list (null: for anything; the writer allows at
 -- most 8 lists per account). Each live hold can be paid by some groups: a gateway call's or a
--- job's by those for its model, a dispute's by any (its reversal takes the purchase's lots
--- whatever they pay for), any other by those for anything. The holds fit while, for every set T
+-- job's by those for its model, a dispute's by those for anything and those whose lists it
+-- freezes (metadata.covers: its reversal takes its own lots whatever they pay for, then only lots
+-- for anything), any other by those for anything. The holds fit while, for every set T
 -- of groups, slack(T) = T's credits − what the holds that only T can pay reserve ≥ 0 (Hall).
 -- Taking t from a lot lowers the slack of every set holding its group, so each lot gives the
 -- most that keeps them all ≥ 0; taken in any order, this reaches the largest total that fits
@@ -105,6 +108,7 @@ declare
   v_take jsonb := '[]'::jsonb;
   v_t numeric;
   v_lot record;
+  v_except_purpose text := (select h.purpose from billing.holds h where h.id = p_except_hold);
 begin
   -- The groups, by list ('' for anything: the writer keeps lists sorted, so equal lists have one
   -- key), their credits, and whether they may pay for this commitment: per group, not per lot.
@@ -117,19 +121,25 @@ begin
   v_sets := case when cardinality(v_keys) <= 10 then (1 << cardinality(v_keys)) - 1 else 0 end;
 
   -- What the live holds reserve, summed by which groups may pay them (a gateway call's or a job's:
-  -- those for its model; a dispute's: any; any other: those for anything): at most one sum per
-  -- set of groups, however many holds; a hold no group can pay any more (credits expired or taken
-  -- back under it) constrains nothing.
+  -- those for its model; a dispute's: those for anything and the lists of the lots it freezes;
+  -- any other: those for anything): at most one sum per set of groups, however many holds; a hold
+  -- no group can pay any more (credits expired or taken back under it) constrains nothing.
   select coalesce(array_agg(m.paid_by), '{}'), coalesce(array_agg(m.amount), '{}') into v_paid_by, v_reserved
   from (select c.paid_by, sum(c.amount) as amount
         from (select (select coalesce(sum(1 << (i - 1)), 0) from generate_subscripts(v_keys, 1) i
-                      where h.any_lot or billing.lot_pays_for(
-                        case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, h.model))::integer as paid_by,
+                      where billing.lot_pays_for(
+                        case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, h.model)
+                        or (v_keys[i] <> '' and exists (select 1 from jsonb_array_elements(h.covers) c
+                                                        where c = to_jsonb(string_to_array(v_keys[i], ',')))))::integer
+                  as paid_by,
                 h.amount
-              from (select x.purpose = 'dispute' as any_lot,
+              from (select case when x.purpose = 'dispute' then coalesce(x.metadata -> 'covers', '[]') end as covers,
                       case when x.purpose in ('ai', 'job') then x.metadata ->> 'model' end as model, sum(x.amount) as amount
                     from billing.holds x
                     where x.account_id = p_account_id and x.status = 'active' and x.id is distinct from p_except_hold
+                      -- A job's or a gateway call's capture is work already done: as on any account
+                      -- (a capture checks the balance, not what disputes hold), no dispute stops it.
+                      and (x.purpose <> 'dispute' or coalesce(v_except_purpose, '') not in ('job', 'ai'))
                     group by 1, 2) h) c
         where c.paid_by <> 0 group by c.paid_by) m;
 
@@ -171,6 +181,23 @@ end;
 $$;
 comment on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) is 'Internal: for an account with restricted lots, what a charge for p_model (or a move, p_any) may draw, in spending order, keeping every live hold payable: {take, found, unusable, unprotected?}.';
 revoke execute on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) from public;
+
+-- A dispute's hold is paid, should the dispute be lost, by the lots it freezes (whatever they pay
+-- for) and then by credits for anything, never by other credits for some models: the lists of the
+-- lots it freezes are its cover (metadata.covers, read by billing.plan_lot_draw).
+create or replace function billing.cover_dispute_hold(p_hold_id uuid, p_lots bigint[]) returns void
+language sql
+set search_path = ''
+as $$
+  update billing.holds h
+  set metadata = coalesce(h.metadata, '{}') || jsonb_build_object('covers', c.lists)
+  from (select x.id, (select jsonb_agg(distinct to_jsonb(l.applies_to)) from billing.lots l
+                      where l.id = any(p_lots) and l.account_id = x.account_id and l.applies_to is not null) as lists
+        from billing.holds x where x.id = p_hold_id) c
+  where h.id = c.id and c.lists is not null and h.metadata -> 'covers' is distinct from c.lists
+$$;
+comment on function billing.cover_dispute_hold(p_hold_id uuid, p_lots bigint[]) is 'Internal: records on a dispute''s hold the lists of the lots (of p_lots, in its account) it freezes: besides credits for any model, only those may cover it.';
+revoke execute on function billing.cover_dispute_hold(p_hold_id uuid, p_lots bigint[]) from public;
 
 -- A charge, hold or move on an account with restricted lots: the lots it draws ({take} for the
 -- writer), or INSUFFICIENT_CREDITS naming what could not be used and why. A capture (p_capture:

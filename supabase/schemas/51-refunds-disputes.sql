@@ -111,8 +111,11 @@ begin
         select l.account_id, sum(l.remaining) as remaining from billing.lots l
         where l.purchase_id = p.id and l.open and l.account_id <> v_buyer group by l.account_id order by l.account_id
       loop
-        perform billing.place_dispute_hold(v_elsewhere.account_id, v_elsewhere.remaining, p_state ->> 'dispute_id',
-          'dispute:' || (p_state ->> 'dispute_id') || ':' || v_elsewhere.account_id);
+        -- Covered by the purchase's lots there (a sponsor code may have narrowed them), then by
+        -- credits for anything only.
+        perform billing.cover_dispute_hold(billing.place_dispute_hold(v_elsewhere.account_id, v_elsewhere.remaining,
+          p_state ->> 'dispute_id', 'dispute:' || (p_state ->> 'dispute_id') || ':' || v_elsewhere.account_id),
+          billing.purchase_lots(p.id, null));
         v_moved := v_moved + v_elsewhere.remaining;
       end loop;
       -- What expired of the purchase is not held: a loss would not take it back (take_back_purchase).
@@ -120,6 +123,7 @@ begin
       if p.dispute_hold_id is null and v_freeze > 0 then
         p.dispute_hold_id := billing.place_dispute_hold(v_buyer, v_freeze, p_state ->> 'dispute_id',
           'dispute:' || (p_state ->> 'dispute_id'));
+        perform billing.cover_dispute_hold(p.dispute_hold_id, billing.purchase_lots(p.id, null));
       end if;
     else
       -- Every account the dispute reached (its holds, the purchase's lots, the buyer), locked in
@@ -182,7 +186,8 @@ begin
     v_lots := billing.purchase_lots(p_purchase.id, p_category);
   end loop;
   -- The buyer's own lots of the purchase come first; what is beyond them comes from the lots its
-  -- credits were moved into; the rest from the buyer (other credits, then debt).
+  -- credits were moved into; the rest from the buyer: other credits for any model (the writer's
+  -- reversal draws no credits someone gave for some models only), then debt.
   v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l
                                    where l.id = any(v_lots) and l.account_id = v_buyer), 0);
   for r in
@@ -226,7 +231,7 @@ begin
   order by a.id;
 end;
 $$;
-comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to; of the rest, what expired is forgiven (recorded on the purchase), what was spent comes from the buyer''s other credits or is debt.';
+comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to; of the rest, what expired is forgiven (recorded on the purchase), what was spent comes from the buyer''s other credits for any model (never credits for some models only) or is debt.';
 revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
 
 create or replace function billing.refreeze_disputes(p_account_id bigint)
@@ -290,6 +295,7 @@ begin
       perform billing.post_transfers('{}', array[(p_account_id, v_grow)::billing.held_change]);
     else
       v_hold := (billing.place_hold(p_account_id, v_grow, v_key, 'infinity', 'dispute', d.dispute_id)).id;
+      perform billing.cover_dispute_hold(v_hold, billing.purchase_lots(d.id, null));
       if d.buyer then
         update billing.purchases x set dispute_hold_id = v_hold where x.id = d.id and x.dispute_hold_id is null;
       end if;

@@ -116,13 +116,12 @@ declare
   v_left numeric(38, 18) := v_cap;
   v_take numeric(38, 18);
   v_total numeric(38, 18) := 0;
-  v_account billing.accounts;
   v_settled numeric(38, 18);
   v_back billing.posted_transfer[];
   l record;
   v_expired boolean := false;
 begin
-  select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  perform 1 from billing.accounts a where a.id = p_account_id for update;
   -- The ending period's plan lots (its grant and what rolled into it), soonest-spent first. What
   -- rolls is what each had left at its end, whenever the renewal is paid within the grace window
   -- after it (Stripe charges a renewal about an hour after the period ends; a failed one is retried
@@ -145,15 +144,15 @@ begin
       -- expired from (a negative expiry allocation, as a void gives back: breakage revenue and
       -- deferred revenue stay exact), then moves on like the rest.
       v_take := least(l.expired, v_left);
-      v_settled := least(v_take, greatest(-v_account.balance, 0));
+      select x.debt_settled into v_settled from billing.lots x where x.id = l.id;
       v_back := billing.post_transfers(array[('expiry', billing.platform_account_id('expired'), p_account_id, v_take,
         p_key || ':unexpire:' || l.id, p_sub.id::text, null,
         jsonb_build_object('lot_id', l.id::text, 'category', l.category, 'rolled_over', true), null, null, null,
         jsonb_build_object('return_to', jsonb_build_array(jsonb_build_object('lot_id', l.id, 'amount', v_take)))
       )::billing.transfer_spec]);
       continue when (v_back[1]).replayed;
-      v_account.balance := (v_back[1]).to_balance;
-      select x.remaining into l.remaining from billing.lots x where x.id = l.id;
+      -- What of it paid a debt (the writer's rule: only credits for any model do).
+      select x.remaining, x.debt_settled - v_settled into l.remaining, v_settled from billing.lots x where x.id = l.id;
       -- What paid the debt rolled over too: it counts against the cap (or each expired lot of
       -- the period would pay up to a whole cap of debt out of breakage).
       v_left := v_left - v_settled;
@@ -480,7 +479,9 @@ begin
       perform billing.settle_account(v_account);
       v_left := coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
       if v_left > 0 then
-        perform billing.place_dispute_hold(v_account, v_left, p_state ->> 'dispute_id', 'dispute:' || (p_state ->> 'dispute_id'));
+        -- Covered by the grant's lots (a plan for some models), then by credits for anything only.
+        perform billing.cover_dispute_hold(billing.place_dispute_hold(v_account, v_left, p_state ->> 'dispute_id',
+          'dispute:' || (p_state ->> 'dispute_id')), v_lots);
       end if;
     else
       perform billing.release_hold(null, h.id) from billing.holds h

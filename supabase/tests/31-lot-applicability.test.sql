@@ -1,7 +1,7 @@
 -- Credits for some models only: which lots a charge may draw, holds kept payable, moves keep
 -- (and narrow) the list, the writer's `take`, the batch and the hot path.
 begin;
-select plan(36);
+select plan(40);
 \ir helpers.psql
 
 insert into auth.users (id) values
@@ -132,14 +132,16 @@ insert into auth.users (id) values ('a8a8a8a8-0000-4000-8000-000000000001'), ('a
 
 -- A sponsored student's account: 10 credits of their own (for anything), and 10 credits of a school's
 -- purchase narrowed to gpt-4o-mini (a sponsor code for that model). The purchase is disputed: its lot
--- is frozen and a dispute hold of 10 reserves it (billing.place_dispute_hold).
+-- is frozen and a dispute hold of 10 reserves it, covered by that lot (billing.place_dispute_hold,
+-- billing.cover_dispute_hold, as billing.sync_purchase_dispute places it).
 select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000001', 10, 'adjustment', 'atk-own');
 select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000001', 10, 'promo_grant', 'atk-disputed', null, null, null,
   '{"applies_to": ["gpt-4o-mini"]}');
 update billing.lots l set frozen = true from billing.transfers t
 where t.id = l.grant_transfer_id and t.idempotency_key = 'atk-disputed';
-select billing.place_dispute_hold((select a.id from billing.accounts a where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000001'),
-  10, 'dp_atk', 'dispute:dp_atk:1');
+select billing.cover_dispute_hold(billing.place_dispute_hold(
+    (select a.id from billing.accounts a where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000001'), 10, 'dp_atk', 'dispute:dp_atk:1'),
+  array(select l.id from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'atk-disputed'));
 -- 6 credits of gpt-4o-mini: the student has 10 available.
 select billing.charge_usage('a8a8a8a8-0000-4000-8000-000000000001', 'gpt-4o-mini', 10000, 0, 'atk-u1');
 select is(pg_temp.remaining('atk-disputed'), 10::numeric,
@@ -166,6 +168,26 @@ select is((select trim_scale(c.captured + c.overage) from billing.charge_hold_at
 select is(pg_temp.err($$select billing.move_credits((select a.id from billing.accounts a where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000002'),
     billing.ensure_user_account('a8a8a8a8-0000-4000-8000-000000000001'), 5, 'code_escrow', 'atk-mv', null)$$),
   'no error', 'moving 5 of 900 available credits (a sweep, a removal) is not refused for the models held');
+
+-- ============================================================ the 7-list cap never refuses a paid grant
+
+-- A school's admin gives a student seven lists (0.01 credits each, as seven sponsor codes would),
+-- then the student pays for a plan whose credits are for an eighth model: the paid grant goes in.
+insert into auth.users (id) values ('a9a9a9a9-0000-4000-8000-000000000001');
+insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup, effective_from)
+select 'cap-m' || i, 1, 1, 2, 1, now() - interval '1 minute' from generate_series(1, 9) i;
+select billing.grant_credits('a9a9a9a9-0000-4000-8000-000000000001', 0.01, 'promo_grant', 'cap-free-' || i, null, null, null,
+  jsonb_build_object('applies_to', jsonb_build_array('cap-m' || i))) from generate_series(1, 7) i;
+select is(pg_temp.err($$select billing.post_user_transfer(null, 1, 'credit', 5000, 'plan_grant', 'plans', 'cap-plan', null, null,
+    null, null, null, '{"category": "paid", "cost_cents": 500, "priority": 5, "applies_to": ["cap-m8"]}',
+    billing.ensure_user_account('a9a9a9a9-0000-4000-8000-000000000001'))$$), 'no error',
+  'a paid plan grant for an eighth list is never refused for the cap');
+select is(pg_temp.remaining('cap-plan'), 5000::numeric, 'its credits are there');
+select is(pg_temp.err($$select billing.grant_credits('a9a9a9a9-0000-4000-8000-000000000001', 1, 'promo_grant', 'cap-free-9',
+    null, null, null, '{"applies_to": ["cap-m9"]}')$$), 'INVALID_LOT',
+  'free credits for yet another list are refused (to whoever gives them: a redeemer, an admin)');
+select is(billing.charge_usage('a9a9a9a9-0000-4000-8000-000000000001', 'cap-m8', 1000000, 0, 'cap-use') is not null, true,
+  'the plan''s credits pay for their model with eight lists held');
 
 select is((select jsonb_agg(x) from billing.check_lots() x) -> 0 -> 'lots', '[]'::jsonb, 'every lot agrees with its allocations');
 select is((select count(*) from billing.accounts a join billing.lots l on l.account_id = a.id

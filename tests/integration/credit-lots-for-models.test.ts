@@ -2,7 +2,9 @@
 // allowance and a sponsor code, shown on the lots, honoured by the AI gateway (a call for another
 // model is a 402 naming the credits it could not use; a call for the model is paid by them), with
 // gateway holds racing charges; then what attacks with students' tokens tried: many models held at
-// once, a pool's figures in a member's 402, a revoked sponsor code's credits, a member's removal.
+// once, a pool's figures in a member's 402, a revoked sponsor code's credits, a member's removal,
+// a school's credits for one model as cover for a refund, a chargeback or a dispute of the
+// student's own purchase, and sponsor codes filling the model lists before a paid plan.
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import { ask, callsOf, gatewayUrl } from '../support/ai.ts';
@@ -15,11 +17,14 @@ import {
   key,
   newUser,
   reportUsage,
+  spend,
   testDb,
   until,
   userToken,
 } from '../support/helpers.ts';
-import { issue } from '../support/codes.ts';
+import { issue, redeem } from '../support/codes.ts';
+import { balanceOf, buy, chargeOf, emulator } from '../support/purchases.ts';
+import { planLots, subscribeTo } from '../support/plans.ts';
 import { join, person, school, usage } from '../support/orgs.ts';
 import { grantLot, models, orgGrant } from '../support/lots.ts';
 import OpenAI from 'openai';
@@ -291,5 +296,130 @@ Deno.test('a member with nine models in flight on a restricted allowance can sti
     200,
     `the owner cannot remove a member while they keep nine models in flight: ${removed.text}`,
   );
+  await assertLedgerInvariants();
+});
+
+// ============================================================ restricted credits as cover
+
+/**
+ * Ada, a member of a school that sponsors her with 5,000 credits for claude-3-5-haiku only (a
+ * sponsor code she redeemed), then buys starter (9,990 credits for 999¢) with her own card.
+ */
+async function sponsoredBuyer() {
+  const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
+  const org = await school(owner, [ada], 'allowance', '5000');
+  const issued = await issue(owner.token, org, { credits: '5000', user_id: ada.id, applies_to: ['claude-3-5-haiku'] });
+  assert.equal(issued.status, 201, issued.text);
+  const redeemed = await redeem(ada.token, data<{ code: string }>(issued).code);
+  assert.equal(redeemed.status, 200, redeemed.text);
+  const co = await buy(ada.token, 'starter');
+  return { ada, purchase: co.purchase_id, charge: await chargeOf(co.session_id) };
+}
+
+/** What is left of the credits for some models only in a user's own account. */
+const restrictedLeft = async (userId: string) =>
+  (await testDb`select trim_scale(coalesce(sum(l.remaining), 0))::text as r from billing.lots l
+    join billing.accounts a on a.id = l.account_id where a.user_id = ${userId} and l.applies_to is not null`)[0].r;
+
+const haiku = (token: string) =>
+  reportUsage('/credits/usage', {
+    token,
+    headers: key(),
+    body: { model: 'claude-3-5-haiku', input_tokens: 100_000, output_tokens: 0 }, // 320 credits
+  });
+
+Deno.test("an operator's refund or a lost chargeback of a student's purchase never takes the school's credits for one model: what was spent is debt", async () => {
+  for (const how of ['refund', 'lost chargeback'] as const) {
+    const s = await sponsoredBuyer();
+    await spend(s.ada.token, 1230); // on gpt-4o, from her own credits
+    if (how === 'refund') {
+      const r = await api('/checkout/refunds', {
+        token: await adminToken(),
+        headers: key(),
+        body: { purchase_id: s.purchase },
+      });
+      assert.equal(r.status, 202, r.text);
+    } else {
+      await emulator(`/_emulator/charges/${s.charge}/dispute`, { outcome: 'open' });
+      await emulator(`/_emulator/charges/${s.charge}/dispute`, { outcome: 'lost' });
+    }
+    assert.equal(await restrictedLeft(s.ada.id), '5000', `${how}: the school's 5,000 credits for haiku are all hers`);
+    assert.equal((await balanceOf(s.ada.token)).balance, '3770', `${how}: the 1,230 spent on gpt-4o are owed`);
+    assert.equal(await spend(s.ada.token, 1).catch(() => null), null, `${how}: nothing pays for gpt-4o`);
+    assert.equal((await haiku(s.ada.token)).status, 201, `${how}: the school's credits still pay for haiku`);
+  }
+  await assertLedgerInvariants();
+});
+
+Deno.test("while a student's purchase is disputed, the school's credits for one model are no cover: the disputed credits pay for no other model", async () => {
+  const s = await sponsoredBuyer();
+  await spend(s.ada.token, 1230);
+  await emulator(`/_emulator/charges/${s.charge}/dispute`, { outcome: 'open' });
+  const onGpt4o = await reportUsage('/credits/usage', {
+    token: s.ada.token,
+    headers: key(),
+    body: { model: 'gpt-4o', input_tokens: 49_200, output_tokens: 0 }, // 984 credits
+  });
+  assert.equal(onGpt4o.status, 402, `984 credits of the disputed purchase were spent on gpt-4o: ${onGpt4o.text}`);
+  assert.equal((await haiku(s.ada.token)).status, 201, "the school's credits still pay for haiku");
+  await emulator(`/_emulator/charges/${s.charge}/dispute`, { outcome: 'lost' });
+  assert.equal(await restrictedLeft(s.ada.id), '4680', 'the lost dispute took none of them');
+  await assertLedgerInvariants();
+});
+
+Deno.test("sponsor codes filling a student's seven model lists never stop a paid plan from granting; an eighth code is refused to its redeemer", async () => {
+  const lists = await models(9);
+  const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
+  const org = await school(owner, [ada], 'allowance', '1');
+  // The school's admin sends seven codes of 0.01 credits, each for another model; Ada redeems them.
+  for (const m of lists.slice(0, 7)) {
+    const issued = await issue(owner.token, org, { credits: '0.01', user_id: ada.id, applies_to: [m] });
+    assert.equal(issued.status, 201, issued.text);
+    const r = await redeem(ada.token, data<{ code: string }>(issued).code);
+    assert.equal(r.status, 200, r.text);
+  }
+  // A $5 plan whose credits are for one more model; Ada subscribes and pays.
+  const planId = `t_plan_${crypto.randomUUID().slice(0, 8)}`;
+  const admin = await adminToken();
+  const created = await api('/admin/plans', {
+    token: admin,
+    headers: key(),
+    body: {
+      id: planId,
+      name: 'Course model',
+      price_cents: 500,
+      interval: 'month',
+      credits: '5000',
+      applies_to: [lists[7]],
+      sort_order: 9000,
+      reason: 'a test plan',
+    },
+  });
+  assert.equal(created.status, 201, created.text);
+  try {
+    const sub = await subscribeTo(ada.token, planId);
+    const lots = await planLots(ada.id);
+    const [failed] = await testDb`select count(*)::int as n from billing.stripe_events e
+      where e.type = 'invoice.paid' and e.status = 'failed' and e.last_error like '%INVALID_LOT%'
+        and e.received_at > now() - interval '1 minute'`;
+    assert.deepEqual(
+      lots.map((l) => l.amount),
+      ['5000'],
+      `Stripe took $5 for ${sub.stripe_subscription} and the plan granted ${JSON.stringify(lots)} ` +
+        `(${failed.n} invoice.paid failed on INVALID_LOT)`,
+    );
+  } finally {
+    const r = await api(`/admin/plans/${planId}/retire`, { token: admin, body: { reason: 'test done' } });
+    assert.equal(r.status, 200, r.text);
+  }
+  // A ninth list, sent by the school: refused to Ada when she redeems it (her choice), clearly.
+  const ninth = await issue(owner.token, org, { credits: '0.01', user_id: ada.id, applies_to: [lists[8]] });
+  assert.equal(ninth.status, 201, ninth.text);
+  const refused = await redeem(ada.token, data<{ code: string }>(ninth).code);
+  assert.equal(refused.status, 400, refused.text);
+  assert.equal((refused.body.error as { code: string }).code, 'INVALID_LOT');
+  const codes = await api(`/orgs/${org}/sponsor-codes`, { token: owner.token });
+  const mine = (data<{ items: { id: string; status: string }[] }>(codes)).items.find((c) => c.id === data(ninth).id);
+  assert.equal(mine?.status, 'active', 'the refused code was not used up');
   await assertLedgerInvariants();
 });
