@@ -424,8 +424,7 @@ Deno.test("sponsor codes filling a student's seven model lists never stop a paid
   await assertLedgerInvariants();
 });
 
-// attack-52b: a student who owes money beside a school's credits for one model is told she is not
-// in debt. The 402 must say what is true (docs/api.md: every debit is refused while a debt lasts,
+// A student who owes money beside a school's credits for one model is in debt. The 402 says so (docs/api.md: every debit is refused while a debt lasts,
 // `details.debt = true`), or the client sends her to the wrong fix.
 Deno.test("a student who owes 1,230 beside the school's credits for one model is told so: a charge for another model is 402 with details.debt true", async () => {
   const s = await sponsoredBuyer();
