@@ -1,10 +1,9 @@
 // POST /ai/v1/chat/completions: hold, call the provider once, capture what it reported.
 // The flow and its failure rules are docs/ai-gateway.md's; in short: nothing reaches the
-// provider without a hold; a provider failure before it reported usage charges nothing; an
-// answer cut short (the client left, or the call ran out of time) is charged what the provider
-// reported, else what was streamed counted by the tokenizer (the ledger says which). A client
-// that leaves does not stop the provider's answer: it is read to its end (in the background) for
-// the provider's own usage, which is what the provider bills.
+// provider without a hold; a provider failure before it reported usage charges nothing; a
+// client that leaves does not stop the provider's answer: it is read to its end (in the
+// background) for the provider's own usage, which is what the provider bills; an answer cut by
+// the call's deadline is charged what was read, counted by the tokenizer (the ledger says which).
 import { createHash } from 'node:crypto';
 import type { AppContext } from '../_shared/app-env.ts';
 import { aiGatewayEnv, disjointUsage, providerChat } from '../_shared/adapters/ai.ts';
