@@ -13,9 +13,11 @@ create table billing.rate_cards (
   created_at timestamptz not null default now(),
   usd_per_million_cached_input numeric(38, 18),   -- null: cached input is charged at the input price
   usd_per_million_reasoning numeric(38, 18),      -- null: reasoning is charged at the output price
+  usd_per_million_cache_write numeric(38, 18),    -- null: a request that asks to write the cache is refused; a write reported anyway costs the dearer token price
   usd_per_image numeric(38, 18),                  -- null: images are refused (UNPRICED_USAGE)
   usd_per_audio_second numeric(38, 18),           -- null: audio is refused (UNPRICED_USAGE)
   draft_id uuid,                                  -- the draft it was published from (null: a reference row)
+  upstream text not null default 'openai',        -- the provider the gateway sends its calls to (docs/ai-gateway.md § Upstreams)
   -- Credits per unit of each kind, exact (the USD price × markup, / 1,000 per token, × 1,000 per
   -- image or second), the null defaults applied: what a charge multiplies its counts by, worked
   -- out once per card rather than on every charge (billing.price_usage). Trailing zeros are
@@ -26,6 +28,8 @@ create table billing.rate_cards (
   credits_per_output_token numeric generated always as (trim_scale(usd_per_million_output * markup * 0.001)) stored,
   credits_per_reasoning_token numeric generated always as
     (trim_scale(coalesce(usd_per_million_reasoning, usd_per_million_output) * markup * 0.001)) stored,
+  credits_per_cache_write_token numeric generated always as (trim_scale(coalesce(usd_per_million_cache_write,
+    greatest(usd_per_million_input, usd_per_million_output)) * markup * 0.001)) stored,
   credits_per_image numeric generated always as (trim_scale(usd_per_image * markup * 1000)) stored, -- null: refused
   credits_per_audio_second numeric generated always as (trim_scale(usd_per_audio_second * markup * 1000)) stored, -- null: refused
   constraint rate_cards_prices_in_range check (
@@ -33,9 +37,11 @@ create table billing.rate_cards (
     and usd_per_million_output >= 0 and usd_per_million_output <= 1000000
     and coalesce(usd_per_million_cached_input, 0) between 0 and 1000000
     and coalesce(usd_per_million_reasoning, 0) between 0 and 1000000
+    and coalesce(usd_per_million_cache_write, 0) between 0 and 1000000
     and coalesce(usd_per_image, 0) between 0 and 1000000
     and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
   constraint rate_cards_markup_positive check (markup > 0),
+  constraint rate_cards_upstream check (upstream ~ '^[a-z][a-z0-9-]{0,31}$'),
   constraint rate_cards_model_version unique (model, version),
   constraint rate_cards_draft unique (draft_id)
 );
@@ -54,12 +60,14 @@ create table billing.rate_card_drafts (
   markup numeric(10, 4) not null,
   usd_per_million_cached_input numeric(38, 18),   -- null: as on rate_cards (input price)
   usd_per_million_reasoning numeric(38, 18),      -- null: as on rate_cards (output price)
+  usd_per_million_cache_write numeric(38, 18),    -- null: as on rate_cards (writes refused)
   usd_per_image numeric(38, 18),                  -- null: images refused
   usd_per_audio_second numeric(38, 18),           -- null: audio refused
   status text not null default 'draft',
   created_by uuid not null,                       -- the admin who drafted it
   created_at timestamptz not null default now(),
   rate_card_id bigint references billing.rate_cards (id), -- the version it became, once published
+  upstream text not null default 'openai',        -- as on rate_cards
   -- Credits per unit of each kind, as on rate_cards (what the dry run multiplies by).
   credits_per_input_token numeric generated always as (trim_scale(usd_per_million_input * markup * 0.001)) stored,
   credits_per_cached_input_token numeric generated always as
@@ -67,16 +75,20 @@ create table billing.rate_card_drafts (
   credits_per_output_token numeric generated always as (trim_scale(usd_per_million_output * markup * 0.001)) stored,
   credits_per_reasoning_token numeric generated always as
     (trim_scale(coalesce(usd_per_million_reasoning, usd_per_million_output) * markup * 0.001)) stored,
+  credits_per_cache_write_token numeric generated always as (trim_scale(coalesce(usd_per_million_cache_write,
+    greatest(usd_per_million_input, usd_per_million_output)) * markup * 0.001)) stored,
   credits_per_image numeric generated always as (trim_scale(usd_per_image * markup * 1000)) stored,
   credits_per_audio_second numeric generated always as (trim_scale(usd_per_audio_second * markup * 1000)) stored,
   constraint rate_card_drafts_status check (status in ('draft', 'published', 'discarded')),
   constraint rate_card_drafts_published check ((status = 'published') = (rate_card_id is not null)),
   constraint rate_card_drafts_model check (model ~ '^[A-Za-z0-9._:-]{1,64}$'),
+  constraint rate_card_drafts_upstream check (upstream ~ '^[a-z][a-z0-9-]{0,31}$'),
   constraint rate_card_drafts_prices_in_range check (
     usd_per_million_input >= 0 and usd_per_million_input <= 1000000
     and usd_per_million_output >= 0 and usd_per_million_output <= 1000000
     and coalesce(usd_per_million_cached_input, 0) between 0 and 1000000
     and coalesce(usd_per_million_reasoning, 0) between 0 and 1000000
+    and coalesce(usd_per_million_cache_write, 0) between 0 and 1000000
     and coalesce(usd_per_image, 0) between 0 and 1000000
     and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
   constraint rate_card_drafts_markup check (markup > 0)
@@ -156,6 +168,7 @@ create table billing.provider_prices (
   usd_per_million_output numeric(38, 18) not null,
   usd_per_million_cached_input numeric(38, 18),   -- null: cached input costs the input price
   usd_per_million_reasoning numeric(38, 18),      -- null: reasoning costs the output price
+  usd_per_million_cache_write numeric(38, 18),    -- null: cache writes cost the dearer token price
   usd_per_image numeric(38, 18),                  -- null: images cost nothing
   usd_per_audio_second numeric(38, 18),           -- null: audio costs nothing
   effective_from timestamptz not null,
@@ -165,6 +178,7 @@ create table billing.provider_prices (
     and usd_per_million_output >= 0 and usd_per_million_output <= 1000000
     and coalesce(usd_per_million_cached_input, 0) between 0 and 1000000
     and coalesce(usd_per_million_reasoning, 0) between 0 and 1000000
+    and coalesce(usd_per_million_cache_write, 0) between 0 and 1000000
     and coalesce(usd_per_image, 0) between 0 and 1000000
     and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
   source_url text,                                -- where the price was read (the provider's public price list)
@@ -182,7 +196,7 @@ create index provider_prices_current on billing.provider_prices (model, effectiv
 
 -- A card (or draft) as the admin API shows it: prices as exact strings, nulls kept.
 create or replace function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric,
-  p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric)
+  p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric, p_cache_write numeric, p_upstream text)
 returns jsonb
 language sql immutable
 set search_path = ''
@@ -190,10 +204,11 @@ as $$
   select jsonb_build_object('model', p_model, 'usd_per_million_input', trim_scale(p_input)::text,
     'usd_per_million_cached_input', trim_scale(p_cached_input)::text, 'usd_per_million_output', trim_scale(p_output)::text,
     'usd_per_million_reasoning', trim_scale(p_reasoning)::text, 'usd_per_image', trim_scale(p_image)::text,
-    'usd_per_audio_second', trim_scale(p_audio_second)::text, 'markup', trim_scale(p_markup)::text)
+    'usd_per_audio_second', trim_scale(p_audio_second)::text, 'markup', trim_scale(p_markup)::text,
+    'usd_per_million_cache_write', trim_scale(p_cache_write)::text, 'upstream', p_upstream)
 $$;
-comment on function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric, p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric) is 'Internal: a rate card''s prices as JSON (exact strings; null: the kind''s default, docs/pricing.md).';
-revoke execute on function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric, p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric) from public;
+comment on function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric, p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric, p_cache_write numeric, p_upstream text) is 'Internal: a rate card''s prices as JSON (exact strings; null: the kind''s default, docs/pricing.md).';
+revoke execute on function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric, p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric, p_cache_write numeric, p_upstream text) from public;
 
 create or replace function billing.rate_card_row_json(r billing.rate_cards) returns jsonb
 language sql stable
@@ -201,7 +216,8 @@ set search_path = ''
 as $$
   select jsonb_build_object('id', r.id::text, 'version', r.version, 'effective_from', billing.json_time(r.effective_from))
     || billing.rate_card_json(r.model, r.usd_per_million_input, r.usd_per_million_cached_input, r.usd_per_million_output,
-      r.usd_per_million_reasoning, r.usd_per_image, r.usd_per_audio_second, r.markup)
+      r.usd_per_million_reasoning, r.usd_per_image, r.usd_per_audio_second, r.markup, r.usd_per_million_cache_write,
+      r.upstream)
 $$;
 comment on function billing.rate_card_row_json(r billing.rate_cards) is 'Internal: a published rate card as the admin API returns it.';
 revoke execute on function billing.rate_card_row_json(r billing.rate_cards) from public;
@@ -226,7 +242,8 @@ as $$
   select jsonb_build_object('id', d.id, 'status', d.status, 'created_by', d.created_by,
       'created_at', billing.json_time(d.created_at), 'rate_card_id', d.rate_card_id::text)
     || billing.rate_card_json(d.model, d.usd_per_million_input, d.usd_per_million_cached_input, d.usd_per_million_output,
-      d.usd_per_million_reasoning, d.usd_per_image, d.usd_per_audio_second, d.markup)
+      d.usd_per_million_reasoning, d.usd_per_image, d.usd_per_audio_second, d.markup, d.usd_per_million_cache_write,
+      d.upstream)
 $$;
 comment on function billing.rate_card_draft_json(d billing.rate_card_drafts) is 'Internal: a draft as the admin API returns it.';
 revoke execute on function billing.rate_card_draft_json(d billing.rate_card_drafts) from public;
@@ -246,15 +263,17 @@ begin
   end if;
   begin
     insert into billing.rate_card_drafts (model, usd_per_million_input, usd_per_million_cached_input, usd_per_million_output,
-      usd_per_million_reasoning, usd_per_image, usd_per_audio_second, markup, created_by)
+      usd_per_million_reasoning, usd_per_image, usd_per_audio_second, markup, created_by, usd_per_million_cache_write,
+      upstream)
     values (p_card ->> 'model', (p_card ->> 'usd_per_million_input')::numeric,
       (p_card ->> 'usd_per_million_cached_input')::numeric, (p_card ->> 'usd_per_million_output')::numeric,
       (p_card ->> 'usd_per_million_reasoning')::numeric, (p_card ->> 'usd_per_image')::numeric,
-      (p_card ->> 'usd_per_audio_second')::numeric, (p_card ->> 'markup')::numeric, p_admin)
+      (p_card ->> 'usd_per_audio_second')::numeric, (p_card ->> 'markup')::numeric, p_admin,
+      (p_card ->> 'usd_per_million_cache_write')::numeric, coalesce(p_card ->> 'upstream', 'openai'))
     returning * into v_draft;
   exception when check_violation or not_null_violation or numeric_value_out_of_range or invalid_text_representation then
     perform billing.raise_error('INVALID_RATE_CARD', jsonb_build_object('rule',
-      'a model name, prices from 0 to 1,000,000 USD, a positive markup'));
+      'a model name, prices from 0 to 1,000,000 USD, a positive markup, an upstream name (a-z, 0-9, -)'));
   end;
   insert into billing.rate_card_changes (draft_id, action, admin_id, reason, before, after)
   values (v_draft.id, 'drafted', p_admin, p_reason, billing.rate_card_at(v_draft.model, now()),
@@ -315,10 +334,11 @@ begin
   -- One publisher per model at a time: the next version number is taken under this lock.
   perform pg_advisory_xact_lock(hashtextextended('billing.rate_cards:' || v_draft.model, 0));
   insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_cached_input, usd_per_million_output,
-    usd_per_million_reasoning, usd_per_image, usd_per_audio_second, markup, effective_from, draft_id)
+    usd_per_million_reasoning, usd_per_image, usd_per_audio_second, markup, effective_from, draft_id,
+    usd_per_million_cache_write, upstream)
   select v_draft.model, coalesce(max(r.version), 0) + 1, v_draft.usd_per_million_input, v_draft.usd_per_million_cached_input,
     v_draft.usd_per_million_output, v_draft.usd_per_million_reasoning, v_draft.usd_per_image, v_draft.usd_per_audio_second,
-    v_draft.markup, v_at, v_draft.id
+    v_draft.markup, v_at, v_draft.id, v_draft.usd_per_million_cache_write, v_draft.upstream
   from billing.rate_cards r where r.model = v_draft.model
   returning * into v_card;
   update billing.rate_card_drafts d set status = 'published', rate_card_id = v_card.id where d.id = p_draft;
@@ -400,7 +420,8 @@ begin
       coalesce(sum(g.output_tokens) filter (where not g.unpriced), 0) as output_tokens,
       coalesce(sum(g.reasoning_tokens) filter (where not g.unpriced), 0) as reasoning_tokens,
       coalesce(sum(g.images) filter (where not g.unpriced), 0) as images,
-      coalesce(sum(g.audio_seconds) filter (where not g.unpriced), 0) as audio_seconds
+      coalesce(sum(g.audio_seconds) filter (where not g.unpriced), 0) as audio_seconds,
+      coalesce(sum(g.cache_write_tokens) filter (where not g.unpriced), 0) as cache_write_tokens
     from (
       -- Whether the draft can price a charge is a grouping key, not a FILTER on every sum: the
       -- per-row work is each JSON key read once (images and audio twice, when the draft leaves
@@ -414,7 +435,8 @@ begin
         sum((t.metadata ->> 'output_tokens')::bigint) as output_tokens,
         sum((t.metadata ->> 'reasoning_tokens')::bigint) as reasoning_tokens,
         sum((t.metadata ->> 'images')::bigint) as images,
-        sum((t.metadata ->> 'audio_seconds')::bigint) as audio_seconds
+        sum((t.metadata ->> 'audio_seconds')::bigint) as audio_seconds,
+        sum((t.metadata ->> 'cache_write_tokens')::bigint) as cache_write_tokens
       from billing.transfers t
       where t.created_at >= p_from and t.created_at < p_to and t.kind = 'usage' and t.rate_card_id = any(v_cards)
         and t.metadata ? 'input_tokens'
@@ -426,7 +448,8 @@ begin
       select k.student, k.org_id, k.rate_card_id, k.charges, k.unpriced, k.unpriced_before, k.before,
         billing.usage_amount(k.input_tokens, k.cached_input_tokens, k.output_tokens, k.reasoning_tokens, k.images,
           k.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token, r.credits_per_output_token,
-          r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) as after
+          r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second, k.cache_write_tokens,
+          r.credits_per_cache_write_token) as after
       from cells k
     )
     select p.student, p.org_id, p.rate_card_id, p.charges, p.unpriced, p.unpriced_before, p.before, p.after from priced p;
@@ -565,10 +588,15 @@ create policy "Signed-in users can read active packages" on billing.credit_packa
 
 -- ============================================================ reference rows
 
-insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup, effective_from) values
-  ('gpt-4o', 1, 5, 15, 4, '2026-01-01'),
-  ('gpt-4o-mini', 1, 0.15, 0.60, 4, '2026-01-01'),
-  ('claude-3-5-haiku', 1, 0.80, 4, 4, '2026-01-01');
+insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup, effective_from,
+  usd_per_million_cache_write, upstream) values
+  ('gpt-4o', 1, 5, 15, 4, '2026-01-01', null, 'openai'),
+  ('gpt-4o-mini', 1, 0.15, 0.60, 4, '2026-01-01', null, 'openai'),
+  ('claude-3-5-haiku', 1, 0.80, 4, 4, '2026-01-01', null, 'openai'),
+  -- Version 2 (rows are never edited): served by Anthropic, which bills cache writes.
+  ('claude-3-5-haiku', 2, 0.80, 4, 4, '2026-01-01', 1.00, 'anthropic'),
+  -- An embedding model: input only (its answer is vectors, billed as nothing).
+  ('text-embedding-3-small', 1, 0.02, 0, 4, '2026-01-01', null, 'openai');
 
 -- What the default rate card's models cost at their providers: each provider's public list price
 -- per million tokens (standard tier; cached input is the provider's cached or cache-hit rate), from
@@ -576,11 +604,14 @@ insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_m
 -- so every charge of these models has a cost. docs/deploy.md § Provider prices says how to keep
 -- them current: a new version with its own effective_from, never an edit.
 insert into billing.provider_prices (model, version, usd_per_million_input, usd_per_million_cached_input,
-  usd_per_million_output, effective_from, source_url, source_checked_on) values
-  ('gpt-4o', 1, 2.50, 1.25, 10.00, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24'),
-  ('gpt-4o-mini', 1, 0.15, 0.075, 0.60, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24'),
-  ('claude-3-5-haiku', 1, 0.80, 0.08, 4.00, '2026-01-01', 'https://docs.anthropic.com/en/docs/about-claude/pricing',
-   '2026-11-24');
+  usd_per_million_output, usd_per_million_cache_write, effective_from, source_url, source_checked_on) values
+  ('gpt-4o', 1, 2.50, 1.25, 10.00, null, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24'),
+  ('gpt-4o-mini', 1, 0.15, 0.075, 0.60, null, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24'),
+  ('claude-3-5-haiku', 1, 0.80, 0.08, 4.00, null, '2026-01-01', 'https://docs.anthropic.com/en/docs/about-claude/pricing',
+   '2026-11-24'),
+  ('claude-3-5-haiku', 2, 0.80, 0.08, 4.00, 1.00, '2026-01-01', 'https://docs.anthropic.com/en/docs/about-claude/pricing',
+   '2026-11-24'),
+  ('text-embedding-3-small', 1, 0.02, null, 0, null, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24');
 
 insert into billing.credit_packages (id, name, price_cents, credits, bonus_credits, sort_order) values
   ('mini', 'Mini', 500, 5000, 0, 1),

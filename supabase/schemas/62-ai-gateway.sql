@@ -17,6 +17,8 @@ create table billing.ai_calls (
   idempotency_key text not null,       -- the caller's Idempotency-Key, or a random one per call
   request_hash text not null,          -- SHA-256 of the request: one key, one request
   model text not null,                 -- the rate card's model, the one the provider is asked for
+  endpoint text not null default 'chat', -- the API the caller spoke: chat, responses, messages, embeddings
+  upstream text,                       -- the rate card's upstream the call was sent to
   prompt_tokens bigint not null,       -- counted by the gateway before the call
   max_output_tokens bigint not null,   -- the most the request lets the provider answer
   hold_id uuid references billing.holds (id),
@@ -35,7 +37,8 @@ create table billing.ai_calls (
   constraint ai_calls_status check (status in ('held', 'charged', 'failed')),
   constraint ai_calls_usage_source check (usage_source in ('provider', 'tokenizer')),
   constraint ai_calls_finished check ((status = 'held') = (finished_at is null)),
-  constraint ai_calls_counts check (prompt_tokens >= 0 and max_output_tokens > 0),
+  constraint ai_calls_counts check (prompt_tokens >= 0 and max_output_tokens >= 0),
+  constraint ai_calls_endpoint check (endpoint in ('chat', 'responses', 'messages', 'embeddings')),
   constraint ai_calls_unbilled check (unbilled > 0)
 );
 comment on table billing.ai_calls is 'One gateway call: its hold, what the provider reported and what it cost. A failed call charged nothing.';
@@ -148,12 +151,14 @@ as $$
 begin
   return coalesce((
     select jsonb_agg(jsonb_build_object('id', c.model, 'object', 'model', 'created', extract(epoch from c.effective_from)::bigint,
-      'owned_by', 'scholarlink', 'plan_id', a.plan_id, 'rate_card_version', c.version,
+      'owned_by', 'scholarlink', 'upstream', c.upstream, 'plan_id', a.plan_id, 'rate_card_version', c.version,
       'pricing', jsonb_strip_nulls(jsonb_build_object(
         'input_token', trim_scale(c.credits_per_input_token)::text,
         'cached_input_token', trim_scale(c.credits_per_cached_input_token)::text,
         'output_token', trim_scale(c.credits_per_output_token)::text,
-        'reasoning_token', trim_scale(c.credits_per_reasoning_token)::text))) order by c.model)
+        'reasoning_token', trim_scale(c.credits_per_reasoning_token)::text,
+        'cache_write_token', case when c.usd_per_million_cache_write is not null
+                                  then trim_scale(c.credits_per_cache_write_token)::text end))) order by c.model)
     from billing.allowed_models(p_user) a
     cross join lateral (select * from billing.rate_cards r where r.model = a.model and r.effective_from <= now()
                         order by r.effective_from desc, r.version desc limit 1) c), '[]'::jsonb);
@@ -211,9 +216,11 @@ grant execute on function billing.get_model_access() to service_role;
 -- ============================================================ metering a call
 
 -- The most `p_input` prompt tokens and `p_output` answer tokens can cost: the provider may bill
--- input as cached and output as reasoning, each priced on its own, so the dearest of the four.
--- Shared by the gateway's hold and a job's reserve (jobs/types/ai-completion.ts).
-create or replace function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint) returns numeric
+-- input as cached and output as reasoning, each priced on its own, so the dearest of the four;
+-- with `p_writes_cache` (a request that asks the provider to write its cache) input may be billed
+-- as cache writes too. Shared by the gateway's hold and a job's reserve (jobs/types/ai-completion.ts).
+create or replace function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint,
+  p_writes_cache boolean default false) returns numeric
 language plpgsql stable
 set search_path = ''
 as $$
@@ -222,7 +229,8 @@ declare
 begin
   -- The kinds are priced independently, so the dearest of the four ways is the dearer input
   -- price times the input plus the dearer output price times the output (one card read).
-  select round(greatest(r.credits_per_input_token, r.credits_per_cached_input_token) * p_input
+  select round(greatest(r.credits_per_input_token, r.credits_per_cached_input_token,
+      case when p_writes_cache then r.credits_per_cache_write_token end) * p_input
     + greatest(r.credits_per_output_token, r.credits_per_reasoning_token) * p_output, 18)
   into v_amount
   from billing.rate_cards r
@@ -234,15 +242,16 @@ begin
   return v_amount;
 end;
 $$;
-comment on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint) is 'The dearest price p_input prompt and p_output answer tokens can be billed at (input as cached or not, output as reasoning or not).';
-revoke execute on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint) from public;
-grant execute on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint) to service_role;
+comment on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint, p_writes_cache boolean) is 'The dearest price p_input prompt and p_output answer tokens can be billed at (input as cached, uncached or, with p_writes_cache, cache writes; output as reasoning or not).';
+revoke execute on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint, p_writes_cache boolean) from public;
+grant execute on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint, p_writes_cache boolean) to service_role;
 
 create or replace function billing.ai_call_json(c billing.ai_calls) returns jsonb
 language sql immutable
 set search_path = ''
 as $$
   select jsonb_build_object('call_id', c.id, 'status', c.status, 'model', c.model,
+    'endpoint', c.endpoint, 'upstream', c.upstream,
     'charged', trim_scale(coalesce(c.charged, 0))::text, 'usage', c.usage, 'usage_source', c.usage_source,
     'transfer_id', c.transfer_id::text, 'failure', c.failure, 'answer', c.answer)
 $$;
@@ -285,12 +294,15 @@ $$;
 comment on function billing.pay_ai_owed(p_user uuid) is 'Internal: charges what a user''s earlier AI calls cost beyond what could be charged then; refuses (402, reason unbilled_usage) when it cannot.';
 revoke execute on function billing.pay_ai_owed(p_user uuid) from public;
 
--- Before the provider is called: {state: 'held', call_id, hold_id, held} to go ahead,
+-- Before the provider is called: {state: 'held', call_id, hold_id, held, upstream} to go ahead,
 -- {state: 'replay', call} for a key already answered, {state: 'in_flight'} while the first
--- attempt runs, {state: 'refused', token, detail} for the caller's standing, the model or a
--- reused key; a hold the balance or a cap refuses raises (402), keeping nothing.
+-- attempt runs, {state: 'refused', token, detail} for the caller's standing, the model, an
+-- endpoint its upstream does not speak (`p_upstreams`: the upstreams the gateway has that speak
+-- `p_endpoint`), a cache write the card does not price, or a reused key; a hold the balance or a
+-- cap refuses raises (402), keeping nothing.
 create or replace function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint,
-  p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer)
+  p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text default 'chat',
+  p_upstreams text[] default array['openai'], p_writes_cache boolean default false)
 returns jsonb
 language plpgsql
 security definer
@@ -299,25 +311,37 @@ as $$
 declare
   v_call billing.ai_calls;
   v_refusal jsonb := billing.standing_refusal(p_user);
+  v_card billing.rate_cards;
   v_amount numeric;
   v_hold billing.hold_result;
 begin
   if v_refusal is not null then
     return v_refusal || jsonb_build_object('state', 'refused');
   end if;
-  if not billing.model_allowed(p_user, p_model) then
+  select * into v_card from billing.rate_cards r where r.model = p_model and r.effective_from <= now()
+  order by r.effective_from desc, r.version desc limit 1;
+  if v_card.id is null or not billing.model_allowed(p_user, p_model) then
     return jsonb_build_object('state', 'refused',
-      'token', case when exists (select 1 from billing.rate_cards r where r.model = p_model and r.effective_from <= now())
-                    then 'MODEL_NOT_ALLOWED' else 'UNKNOWN_MODEL' end,
+      'token', case when v_card.id is not null then 'MODEL_NOT_ALLOWED' else 'UNKNOWN_MODEL' end,
       'detail', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
+  end if;
+  if v_card.upstream <> all (p_upstreams) then
+    return jsonb_build_object('state', 'refused', 'token', 'ENDPOINT_NOT_SUPPORTED',
+      'detail', jsonb_build_object('model', p_model, 'upstream', v_card.upstream, 'endpoint', p_endpoint,
+        'rule', 'each model is served on the endpoints its upstream speaks (GET /ai/v1/models: endpoints)'));
+  end if;
+  if p_writes_cache and v_card.usd_per_million_cache_write is null then
+    return jsonb_build_object('state', 'refused', 'token', 'UNPRICED_USAGE',
+      'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_tokens'));
   end if;
   if exists (select 1 from billing.ai_calls c where c.user_id = p_user and c.unbilled is not null
              and c.owed_transfer_id is null) then
     perform billing.pay_ai_owed(p_user);
   end if;
   -- A concurrent duplicate waits here for the first attempt's claim, then reads it.
-  insert into billing.ai_calls (user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens)
-  values (p_user, p_key, p_request_hash, p_model, p_prompt_tokens, p_max_output_tokens)
+  insert into billing.ai_calls (user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens,
+    endpoint, upstream)
+  values (p_user, p_key, p_request_hash, p_model, p_prompt_tokens, p_max_output_tokens, p_endpoint, v_card.upstream)
   on conflict (user_id, idempotency_key) where status <> 'failed' do nothing
   returning * into v_call;
   if not found then
@@ -329,7 +353,7 @@ begin
     return case when v_call.status = 'held' then jsonb_build_object('state', 'in_flight')
                 else jsonb_build_object('state', 'replay', 'call', billing.ai_call_json(v_call)) end;
   end if;
-  v_amount := billing.ai_hold_amount(p_model, p_prompt_tokens, p_max_output_tokens);
+  v_amount := billing.ai_hold_amount(p_model, p_prompt_tokens, p_max_output_tokens, p_writes_cache);
   -- Caps (per model too), school wallets, allowances and pools apply as to any hold. A refusal
   -- (402) raises: the claim above goes with it, so nothing is held or kept and the key is free.
   -- Only amounts and the model reach the error's detail, never the caller's text.
@@ -337,12 +361,12 @@ begin
     jsonb_build_object('model', p_model, 'ai_call_id', v_call.id));
   update billing.ai_calls c set hold_id = v_hold.hold_id where c.id = v_call.id;
   return jsonb_build_object('state', 'held', 'call_id', v_call.id, 'hold_id', v_hold.hold_id,
-    'held', trim_scale(v_amount)::text);
+    'held', trim_scale(v_amount)::text, 'upstream', v_card.upstream);
 end;
 $$;
-comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) is 'Gateway: checks the model is allowed, claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay, in_flight or refused), or raises the hold''s refusal (402) with nothing kept.';
-revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) from public, anon, authenticated;
-grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer) to service_role;
+comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean) is 'Gateway: checks the model is allowed and served on the endpoint, claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay, in_flight or refused), or raises the hold''s refusal (402) with nothing kept.';
+revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean) from public, anon, authenticated;
+grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean) to service_role;
 
 -- A call, locked: finishing and failing it are one at a time (the second answers the first).
 create or replace function billing.lock_ai_call(p_call uuid) returns billing.ai_calls
@@ -363,7 +387,7 @@ comment on function billing.lock_ai_call(p_call uuid) is 'Internal: a gateway ca
 revoke execute on function billing.lock_ai_call(p_call uuid) from public;
 
 -- After the provider answered. `p_usage` in disjoint kinds ({input_tokens, cached_input_tokens,
--- output_tokens, reasoning_tokens}), from `p_source` (provider or tokenizer). Ends the hold at
+-- output_tokens, reasoning_tokens, cache_write_tokens}), from `p_source` (provider or tokenizer). Ends the hold at
 -- the rate card's price of it, as a job's is ended (billing.charge_hold_at: the excess of a
 -- provider that billed more comes from what is available, never into debt). `p_failed`: the provider reported usage, then the call
 -- failed; charged (the provider bills it) and marked so an operator's failed_only correction
@@ -388,7 +412,7 @@ begin
   end if;
   select * into v_price from billing.price_usage(v_call.model, (p_usage ->> 'input_tokens')::bigint,
     (p_usage ->> 'output_tokens')::bigint, (p_usage ->> 'cached_input_tokens')::bigint,
-    (p_usage ->> 'reasoning_tokens')::bigint);
+    (p_usage ->> 'reasoning_tokens')::bigint, 0, 0, coalesce((p_usage ->> 'cache_write_tokens')::bigint, 0));
   -- The account's lock first (as capture_hold takes it), so no dispute shrinks the hold between
   -- reading it and capturing from it.
   perform 1 from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = v_call.hold_id)
@@ -405,6 +429,8 @@ begin
     'input_tokens', (p_usage ->> 'input_tokens')::bigint, 'output_tokens', (p_usage ->> 'output_tokens')::bigint,
     'cached_input_tokens', coalesce((p_usage ->> 'cached_input_tokens')::bigint, 0),
     'reasoning_tokens', coalesce((p_usage ->> 'reasoning_tokens')::bigint, 0))
+    || case when (p_usage ->> 'cache_write_tokens')::bigint > 0
+         then jsonb_build_object('cache_write_tokens', (p_usage ->> 'cache_write_tokens')::bigint) else '{}'::jsonb end
     || case when p_failed then jsonb_build_object('failed', true, 'failed_by', 'gateway') else '{}'::jsonb end;
   v_charged := billing.charge_hold_at(v_hold.id, v_call.user_id, v_price.amount, v_price.rate_card_id,
     'ai-overage:' || v_call.id, 'ai:' || v_call.id,

@@ -51,6 +51,10 @@ const sqlErrors: Record<
     type: 'validation',
     message: "The model's rate card has no price for a kind sent: see details.kind.",
   },
+  ENDPOINT_NOT_SUPPORTED: {
+    type: 'validation',
+    message: "The model's upstream does not speak this API: see details.upstream and GET /ai/v1/models (endpoints).",
+  },
   HOLD_NOT_FOUND: { type: 'not_found', message: 'No such hold.' },
   MODEL_NOT_ALLOWED: {
     type: 'forbidden',
