@@ -202,6 +202,14 @@ AI_PROVIDER=local
 # The AI gateway's provider: locally the stand-in (scripts/local/ai-standin.ts); hosted, the real one.
 AI_API_BASE=http://127.0.0.1:$AI_STANDIN_PORT/v1
 AI_API_KEY=$(local_secret ai-api-key sk-local-)
+# Claude models' upstream (Anthropic's Messages API), and an OpenAI-compatible host (as a school's
+# vLLM or OpenRouter would be): locally both are the stand-in too (docs/ai-gateway.md § Upstreams).
+AI_ANTHROPIC_BASE=http://127.0.0.1:$AI_STANDIN_PORT/v1
+AI_ANTHROPIC_KEY=$(local_secret ai-api-key sk-local-)
+AI_UPSTREAMS=compat
+AI_UPSTREAM_COMPAT_BASE=http://127.0.0.1:$AI_STANDIN_PORT/v1
+AI_UPSTREAM_COMPAT_KEY=$(local_secret ai-api-key sk-local-)
+AI_UPSTREAM_COMPAT_SPEAKS=chat,embeddings
 AI_STANDIN_URL=http://127.0.0.1:$AI_STANDIN_PORT
 POSTMARK_SERVER_TOKEN=$(local_secret postmark-token)
 POSTMARK_API_BASE=http://127.0.0.1:$MAIL_PORT

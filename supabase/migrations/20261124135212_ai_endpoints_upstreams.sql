@@ -31,12 +31,12 @@ alter table "billing"."rate_card_drafts" add column "usd_per_million_cache_write
 
 alter table "billing"."rate_cards" add column "usd_per_million_cache_write" numeric(38,18);
 
-alter table "billing"."rate_card_drafts" add column "credits_per_cache_write_token" numeric generated always as (trim_scale(((COALESCE(usd_per_million_cache_write, GREATEST(usd_per_million_input, usd_per_million_output)) * markup) * 0.001))) stored;
+alter table "billing"."rate_card_drafts" add column "credits_per_cache_write_token" numeric generated always as (trim_scale(((COALESCE(usd_per_million_cache_write, usd_per_million_input) * markup) * 0.001))) stored;
 
 alter table "billing"."rate_card_drafts" add column "upstream" text not null default 'openai'::text;
 
 
-alter table "billing"."rate_cards" add column "credits_per_cache_write_token" numeric generated always as (trim_scale(((COALESCE(usd_per_million_cache_write, GREATEST(usd_per_million_input, usd_per_million_output)) * markup) * 0.001))) stored;
+alter table "billing"."rate_cards" add column "credits_per_cache_write_token" numeric generated always as (trim_scale(((COALESCE(usd_per_million_cache_write, usd_per_million_input) * markup) * 0.001))) stored;
 
 alter table "billing"."rate_cards" add column "upstream" text not null default 'openai'::text;
 
@@ -411,7 +411,7 @@ AS $function$
         + coalesce((p_metadata ->> 'reasoning_tokens')::numeric, 0)
           * coalesce(p.usd_per_million_reasoning, p.usd_per_million_output)
         + coalesce((p_metadata ->> 'cache_write_tokens')::numeric, 0)
-          * coalesce(p.usd_per_million_cache_write, greatest(p.usd_per_million_input, p.usd_per_million_output))) / 1000000
+          * coalesce(p.usd_per_million_cache_write, p.usd_per_million_input)) / 1000000
       + coalesce((p_metadata ->> 'images')::numeric, 0) * coalesce(p.usd_per_image, 0)
       + coalesce((p_metadata ->> 'audio_seconds')::numeric, 0) * coalesce(p.usd_per_audio_second, 0), 18)
     from billing.provider_prices p

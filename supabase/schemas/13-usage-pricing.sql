@@ -32,8 +32,8 @@ comment on type billing.usage_price is 'A usage event''s price: the rate card (i
 -- (input excludes cached input, output excludes reasoning); each count times the card's credits
 -- per unit of its kind (exact, worked out once per card: billing.rate_cards), summed, rounded once
 -- to 18 places. A kind the card leaves null: cached input at the input price, reasoning at the
--- output price, cache writes at the dearer token price (the card's generated columns; a write is
--- refused before the call instead, docs/ai-gateway.md), images and audio unpriced: null when used, which
+-- output price, cache writes at the input price (the card's generated columns; a request that asks
+-- for them is refused before the call instead, docs/ai-gateway.md), images and audio unpriced: null when used, which
 -- the callers refuse as UNPRICED_USAGE. Null counts of the optional kinds count as 0. Counts are
 -- numeric so the dry run can price its summed counts.
 create or replace function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric,

@@ -13,7 +13,7 @@ create table billing.rate_cards (
   created_at timestamptz not null default now(),
   usd_per_million_cached_input numeric(38, 18),   -- null: cached input is charged at the input price
   usd_per_million_reasoning numeric(38, 18),      -- null: reasoning is charged at the output price
-  usd_per_million_cache_write numeric(38, 18),    -- null: a request that asks to write the cache is refused; a write reported anyway costs the dearer token price
+  usd_per_million_cache_write numeric(38, 18),    -- null: a request that asks to write the cache is refused; a write reported anyway costs the input price
   usd_per_image numeric(38, 18),                  -- null: images are refused (UNPRICED_USAGE)
   usd_per_audio_second numeric(38, 18),           -- null: audio is refused (UNPRICED_USAGE)
   draft_id uuid,                                  -- the draft it was published from (null: a reference row)
@@ -29,7 +29,7 @@ create table billing.rate_cards (
   credits_per_reasoning_token numeric generated always as
     (trim_scale(coalesce(usd_per_million_reasoning, usd_per_million_output) * markup * 0.001)) stored,
   credits_per_cache_write_token numeric generated always as (trim_scale(coalesce(usd_per_million_cache_write,
-    greatest(usd_per_million_input, usd_per_million_output)) * markup * 0.001)) stored,
+    usd_per_million_input) * markup * 0.001)) stored,
   credits_per_image numeric generated always as (trim_scale(usd_per_image * markup * 1000)) stored, -- null: refused
   credits_per_audio_second numeric generated always as (trim_scale(usd_per_audio_second * markup * 1000)) stored, -- null: refused
   constraint rate_cards_prices_in_range check (
@@ -76,7 +76,7 @@ create table billing.rate_card_drafts (
   credits_per_reasoning_token numeric generated always as
     (trim_scale(coalesce(usd_per_million_reasoning, usd_per_million_output) * markup * 0.001)) stored,
   credits_per_cache_write_token numeric generated always as (trim_scale(coalesce(usd_per_million_cache_write,
-    greatest(usd_per_million_input, usd_per_million_output)) * markup * 0.001)) stored,
+    usd_per_million_input) * markup * 0.001)) stored,
   credits_per_image numeric generated always as (trim_scale(usd_per_image * markup * 1000)) stored,
   credits_per_audio_second numeric generated always as (trim_scale(usd_per_audio_second * markup * 1000)) stored,
   constraint rate_card_drafts_status check (status in ('draft', 'published', 'discarded')),
@@ -168,7 +168,7 @@ create table billing.provider_prices (
   usd_per_million_output numeric(38, 18) not null,
   usd_per_million_cached_input numeric(38, 18),   -- null: cached input costs the input price
   usd_per_million_reasoning numeric(38, 18),      -- null: reasoning costs the output price
-  usd_per_million_cache_write numeric(38, 18),    -- null: cache writes cost the dearer token price
+  usd_per_million_cache_write numeric(38, 18),    -- null: cache writes cost the input price
   usd_per_image numeric(38, 18),                  -- null: images cost nothing
   usd_per_audio_second numeric(38, 18),           -- null: audio costs nothing
   effective_from timestamptz not null,

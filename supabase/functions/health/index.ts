@@ -3,7 +3,8 @@
 // answers, the auth key set loads, the Stripe configuration is valid and, in live mode, no
 // setting is unsafe.
 import { z } from 'zod';
-import { aiGatewayEnv, complete } from '../_shared/adapters/ai.ts';
+import { complete } from '../_shared/adapters/ai.ts';
+import { aiUpstreams } from '../_shared/adapters/ai-upstreams.ts';
 import { createApp, ok } from '../_shared/http/app.ts';
 import { requireAdmin, requireAdminUnless } from '../_shared/http/require-admin.ts';
 import type { AppContext } from '../_shared/app-env.ts';
@@ -201,14 +202,13 @@ app.post('/deep', requireAdminUnless(hasCronSecret), async (c) => {
       if (used > env.AI_HEALTH_DAILY_CALLS) return;
       await complete({ model: 'gpt-4o-mini', prompt: 'ping', maxTokens: 1, onProgress: () => Promise.resolve() });
     },
-    // The gateway's provider: its model list answers with the gateway's key (costs nothing).
+    // The gateway's upstreams: each one's model list answers with the gateway's key (costs nothing).
     ai_gateway_provider: async () => {
-      const { AI_API_BASE, AI_API_KEY } = aiGatewayEnv();
-      const res = await fetch(`${AI_API_BASE.replace(/\/$/, '')}/models`, {
-        headers: { authorization: `Bearer ${AI_API_KEY}` },
-      });
-      await res.body?.cancel();
-      if (!res.ok) throw new Error(`ai provider ${res.status}`);
+      for (const upstream of aiUpstreams().values()) {
+        const res = await fetch(`${upstream.base.replace(/\/$/, '')}/models`, { headers: upstream.auth });
+        await res.body?.cancel();
+        if (!res.ok) throw new Error(`ai upstream ${upstream.name} ${res.status}`);
+      }
     },
   };
   const report = await runChecks(checks, 5000);

@@ -114,32 +114,3 @@ export function complete(req: CompletionRequest): Promise<Completion> {
   }
   return openAiCompatible(req, env.AI_API_BASE, env.AI_API_KEY, env.AI_TIMEOUT_MS);
 }
-
-/**
- * The AI gateway's provider (supabase/functions/ai): any OpenAI-compatible Chat Completions API
- * at AI_API_BASE (locally the stand-in, scripts/local/ai-standin.ts). Limits are the server's:
- * the largest answer a call may ask for (and what a call that sets none gets), the largest
- * prompt, and how long a call may run (its hold lives a minute longer).
- */
-export const GatewayEnvSchema = AiEnvSchema.pick({ AI_TIMEOUT_MS: true }).extend({
-  AI_API_BASE: z.url(),
-  AI_API_KEY: z.string().min(1),
-  AI_MAX_OUTPUT_TOKENS: z.coerce.number().int().positive().default(4096),
-  AI_MAX_PROMPT_TOKENS: z.coerce.number().int().positive().default(128_000),
-  AI_CALL_MAX_SECONDS: z.coerce.number().int().min(10).max(3600).default(300),
-});
-export type GatewayEnv = z.infer<typeof GatewayEnvSchema>;
-
-let gatewayEnv: GatewayEnv | undefined;
-/** The gateway's provider settings, parsed once. */
-export const aiGatewayEnv = (): GatewayEnv => (gatewayEnv ??= parseEnv(GatewayEnvSchema));
-
-/**
- * POSTs a Chat Completions request to the provider, once: no retries (a retried call could be
- * billed twice by the provider), aborted by `signal`.
- * @example const res = await providerChat({ model, messages, stream: true }, controller.signal)
- */
-export function providerChat(body: Record<string, unknown>, signal: AbortSignal): Promise<Response> {
-  const env = aiGatewayEnv();
-  return postChat(env.AI_API_BASE, env.AI_API_KEY, body, signal);
-}

@@ -510,7 +510,7 @@ export interface RateCardPrices {
   usd_per_million_cached_input: string | null;
   usd_per_million_output: string;
   usd_per_million_reasoning: string | null;
-  /** Null: a request that asks to write the provider's cache is refused (a write reported anyway costs the dearer token price). */
+  /** Null: a request that asks to write the provider's cache is refused (a write reported anyway costs the input price). */
   usd_per_million_cache_write: string | null;
   usd_per_image: string | null;
   usd_per_audio_second: string | null;

@@ -1,0 +1,114 @@
+// The AI gateway's upstreams: where each model's calls go (its rate card names the upstream) and
+// which of the gateway's APIs each one speaks. `openai` (AI_API_BASE, AI_API_KEY) speaks Chat
+// Completions, Responses and embeddings; `anthropic` (AI_ANTHROPIC_BASE, AI_ANTHROPIC_KEY)
+// speaks Messages; any OpenAI-compatible host (OpenRouter, Groq, Together, a school's vLLM) is
+// named in AI_UPSTREAMS and set by AI_UPSTREAM_<NAME>_BASE, _KEY and _SPEAKS. Nothing is
+// translated between APIs: a model is served only where its upstream speaks the caller's API.
+import { z } from 'zod';
+import { AiEnvSchema } from './ai.ts';
+import { CommaListSchema, ConfigError, parseEnv } from '../env.ts';
+
+export type Endpoint = 'chat' | 'responses' | 'messages' | 'embeddings';
+const endpoints = ['chat', 'responses', 'messages', 'embeddings'] as const;
+/** Each API's path under an upstream's base URL. */
+const paths: Record<Endpoint, string> = {
+  chat: '/chat/completions',
+  responses: '/responses',
+  messages: '/messages',
+  embeddings: '/embeddings',
+};
+
+/**
+ * The gateway's settings. Limits are the server's: the largest answer a call may ask for (and
+ * what a call that sets none gets), the largest prompt, and how long a call may run (its hold
+ * lives a minute longer).
+ */
+export const GatewayEnvSchema = AiEnvSchema.pick({ AI_TIMEOUT_MS: true }).extend({
+  AI_API_BASE: z.url(),
+  AI_API_KEY: z.string().min(1),
+  AI_ANTHROPIC_BASE: z.url().default('https://api.anthropic.com/v1'),
+  AI_ANTHROPIC_KEY: z.string().min(1).optional(),
+  AI_UPSTREAMS: CommaListSchema.pipe(z.array(z.string().regex(/^[a-z][a-z0-9-]{0,31}$/))).default([]),
+  AI_MAX_OUTPUT_TOKENS: z.coerce.number().int().positive().default(4096),
+  AI_MAX_PROMPT_TOKENS: z.coerce.number().int().positive().default(128_000),
+  AI_CALL_MAX_SECONDS: z.coerce.number().int().min(10).max(3600).default(300),
+});
+export type GatewayEnv = z.infer<typeof GatewayEnvSchema>;
+
+export interface Upstream {
+  name: string;
+  base: string;
+  /** The request headers that carry the key (a bearer token, or Anthropic's x-api-key). */
+  auth: Record<string, string>;
+  speaks: ReadonlySet<Endpoint>;
+}
+
+/** An OpenAI-compatible host named in AI_UPSTREAMS, from its own three variables (CONFIG_MISSING names a bad one). */
+function compatibleHost(name: string): Upstream {
+  const prefix = `AI_UPSTREAM_${name.toUpperCase().replaceAll('-', '_')}_`;
+  const host = parseEnv(z.object({
+    [`${prefix}BASE`]: z.url(),
+    [`${prefix}KEY`]: z.string().min(1),
+    [`${prefix}SPEAKS`]: CommaListSchema.pipe(z.array(z.enum(endpoints))).default(['chat']),
+  }));
+  return {
+    name,
+    base: host[`${prefix}BASE`] as string,
+    auth: { authorization: `Bearer ${host[`${prefix}KEY`]}` },
+    speaks: new Set(host[`${prefix}SPEAKS`] as Endpoint[]),
+  };
+}
+
+let gateway: { env: GatewayEnv; upstreams: Map<string, Upstream> } | undefined;
+
+function load() {
+  const env = parseEnv(GatewayEnvSchema);
+  const upstreams = new Map<string, Upstream>([['openai', {
+    name: 'openai',
+    base: env.AI_API_BASE,
+    auth: { authorization: `Bearer ${env.AI_API_KEY}` },
+    speaks: new Set<Endpoint>(['chat', 'responses', 'embeddings']),
+  }]]);
+  if (env.AI_ANTHROPIC_KEY) {
+    upstreams.set('anthropic', {
+      name: 'anthropic',
+      base: env.AI_ANTHROPIC_BASE,
+      auth: { 'x-api-key': env.AI_ANTHROPIC_KEY, 'anthropic-version': '2023-06-01' },
+      speaks: new Set<Endpoint>(['messages']),
+    });
+  }
+  for (const name of env.AI_UPSTREAMS) upstreams.set(name, compatibleHost(name));
+  return { env, upstreams };
+}
+
+/** The gateway's settings, parsed once. */
+export const aiGatewayEnv = (): GatewayEnv => (gateway ??= load()).env;
+
+/** The upstreams configured here, by name. */
+export const aiUpstreams = (): Map<string, Upstream> => (gateway ??= load()).upstreams;
+
+/** The names of the upstreams that speak `endpoint`: what begin_ai_call lets a model's card name. */
+export const upstreamsSpeaking = (endpoint: Endpoint): string[] =>
+  [...aiUpstreams().values()].filter((u) => u.speaks.has(endpoint)).map((u) => u.name);
+
+/**
+ * POSTs one request to an upstream's API, once: no retries (a retried call could be billed twice
+ * by the provider), aborted by `signal`.
+ * @example const res = await postUpstream('openai', 'responses', { model, input }, controller.signal)
+ */
+export function postUpstream(
+  name: string,
+  endpoint: Endpoint,
+  body: Record<string, unknown>,
+  signal: AbortSignal,
+  headers: Record<string, string> = {},
+): Promise<Response> {
+  const upstream = aiUpstreams().get(name);
+  if (!upstream) throw new ConfigError(['AI_UPSTREAMS'], [`the upstream ${name} is not configured`]);
+  return fetch(`${upstream.base.replace(/\/$/, '')}${paths[endpoint]}`, {
+    method: 'POST',
+    headers: { ...headers, ...upstream.auth, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+    signal,
+  });
+}

@@ -1,0 +1,86 @@
+// What one of the gateway's APIs is, to the one metering path (call.ts): how a request's prompt
+// is read (for the hold), what the provider is sent, how a response's usage is read, and how an
+// answer carries its cost. Everything else (the hold, the provider call, the abort and failure
+// rules, the capture, replays) is the same for every API.
+import type { z } from 'zod';
+import { jsonObject } from '../_shared/values/pg-values.ts';
+import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
+import type { AppError } from '../_shared/errors.ts';
+import type { TokenBound } from '../_shared/domain/token-bounds.ts';
+import type { Usage } from './metering.ts';
+
+/** One server-sent event as the provider wrote it: its `event:` name (if any), data and raw text. */
+export interface Sse {
+  name: string | null;
+  data: string;
+  raw: string;
+}
+
+/**
+ * Reads one streamed answer, event by event. `see` says what to do with an event: send it on now,
+ * keep it back (it carries the usage: sent with its cost once the call is charged), or stop
+ * reading (the provider's end, or its error).
+ */
+export interface StreamReader {
+  see(event: Sse): 'send' | 'keep' | 'end' | 'error';
+  /** The usage the provider reported as final, or null while it has not. */
+  usage(): Usage | null;
+  /** The event kept back (its data), sent with the cost once charged and by a replay. */
+  held(): string | null;
+}
+
+export interface Protocol<R> {
+  endpoint: Endpoint;
+  schema: z.ZodType<R>;
+  model(req: R): string;
+  streamed(req: R): boolean;
+  /** The answer's limit the caller asked for (null: none) and its field; null for an API without answers (embeddings). */
+  outputLimit(req: R): { asked: number | null; field: string } | null;
+  /** Every text the provider reads as input. */
+  promptTexts(req: R): Iterable<string>;
+  /** The tokens the provider adds around the texts (its framing), at most. */
+  framing(req: R, bound: TokenBound): number;
+  /** Whether the request asks the provider to write its prompt cache (billed above the input price). */
+  writesCache(req: R): boolean;
+  /** The request the provider gets. */
+  providerBody(req: R, maxOutput: number): Record<string, unknown>;
+  /** The provider's usage object as the rate card's disjoint kinds. */
+  fromUsage(usage: unknown): Usage;
+  /** Disjoint kinds as this API writes usage (for an answer whose provider sent none). */
+  toUsage(usage: Usage): Record<string, unknown>;
+  /** The answer text of a whole answer, or of one streamed event: what the tokenizer counts. */
+  answerText(body: Record<string, unknown>): string;
+  eventText(data: string): string;
+  reader(req: R): StreamReader;
+  /** What is sent after the stream once the call is charged: the kept event with its cost, and the end. */
+  closing(req: R, held: string | null, usage: Usage, charged: string): string;
+  /** An error event in this API's stream format. */
+  failure(error: AppError): string;
+}
+
+/** The usage object an answer carries: the provider's own (or the API's shape of the counted one), with its cost in credits. */
+export const usageWithCost = <R>(p: Protocol<R>, reported: unknown, usage: Usage, charged: string) => ({
+  ...((reported as Record<string, unknown> | undefined) ?? p.toUsage(usage)),
+  cost: charged,
+});
+
+/** One SSE event's text, with an `event:` line when named. */
+export const sseEvent = (name: string | null, data: unknown) =>
+  `${name ? `event: ${name}\n` : ''}data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`;
+
+/** A count the provider reported, as a whole number from 0 to 2^53 − 1 (anything else counts as 0). */
+export const count = (x: unknown) =>
+  typeof x === 'number' && Number.isFinite(x) ? Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.trunc(x))) : 0;
+
+/** A JSON object's field, if the text is one (never throws). */
+export function parsed(data: string): Record<string, unknown> {
+  try {
+    const v = JSON.parse(data);
+    return v && typeof v === 'object' ? v : {};
+  } catch {
+    return {};
+  }
+}
+
+/** A tool's definition, a tool call or a response format: JSON walked without recursion, bounded. */
+export const JsonBlockSchema = jsonObject({ depth: 10, entries: 500, key: 256, text: 100_000 });

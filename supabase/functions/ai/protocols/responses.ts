@@ -1,0 +1,209 @@
+// OpenAI's Responses API (POST /ai/v1/responses), stateless: what a request may ask, how its prompt
+// and usage are read. Refused with a 400 (never silently dropped): what bills outside the rate
+// card (built-in tools: web and file search, code interpreter, computer use, image generation)
+// and what keeps state at the provider for the student (stored responses, previous_response_id,
+// conversations, background runs, item references). The provider is always sent store: false.
+import { z } from 'zod';
+import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
+import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
+import type { Usage } from '../metering.ts';
+import { count, JsonBlockSchema, parsed, type Protocol, sseEvent, usageWithCost } from '../protocol.ts';
+
+/** A field the gateway refuses, with why (null and absent are the same). */
+const refused = (why: string) => z.null({ error: why }).optional();
+const stateless = 'the gateway keeps nothing at the provider: send the whole conversation as input ' +
+  '(the AI SDK: providerOptions.openai.store = false)';
+
+const TextPartSchema = z.object({
+  type: z.enum(['input_text', 'output_text'], 'only text parts are served (input_text, output_text)'),
+  text: pgText(1_000_000),
+});
+const ContentSchema = z.union([pgText(1_000_000), z.array(TextPartSchema).max(100)]);
+const ItemSchema = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('message'),
+    role: z.enum(['user', 'assistant', 'system', 'developer']),
+    content: ContentSchema,
+    id: tokenText(128).optional(),
+    status: z.string().max(32).optional(),
+  }),
+  z.object({
+    type: z.literal('function_call'),
+    call_id: tokenText(128),
+    name: pgText(128),
+    arguments: pgText(1_000_000),
+    id: tokenText(128).optional(),
+    status: z.string().max(32).optional(),
+  }),
+  z.object({
+    type: z.literal('function_call_output'),
+    call_id: tokenText(128),
+    output: ContentSchema,
+  }),
+  // A reasoning model's earlier reasoning, passed back encrypted (include: reasoning.encrypted_content).
+  z.object({
+    type: z.literal('reasoning'),
+    id: tokenText(128).optional(),
+    summary: z.array(z.object({ type: z.literal('summary_text'), text: pgText(100_000) })).max(100),
+    encrypted_content: pgText(1_000_000).nullish(),
+  }),
+], { error: 'input items may be message, function_call, function_call_output or reasoning (no item_reference)' });
+// A message item may leave out its type (the AI SDK and the openai SDK both send { role, content }).
+const InputItemSchema = z.preprocess(
+  (x) => (x && typeof x === 'object' && !('type' in x) && 'role' in x ? { ...x, type: 'message' } : x),
+  ItemSchema,
+);
+
+const ResponsesRequestSchema = z.object({
+  model: ModelSchema,
+  input: z.union([pgText(1_000_000), z.array(InputItemSchema).min(1).max(1000)]),
+  instructions: pgText(1_000_000).nullish(),
+  max_output_tokens: pgInt(1, 1_000_000).nullish(),
+  stream: z.boolean().default(false),
+  temperature: z.number().min(0).max(2).nullish(),
+  top_p: z.number().min(0).max(1).nullish(),
+  // Function tools only: built-in tools bill per call and per result, outside the rate card.
+  tools: z.array(z.object({
+    type: z.literal('function', 'only function tools are served (no built-in tools)'),
+    name: pgText(128),
+    description: pgText(100_000).nullish(),
+    parameters: JsonBlockSchema.nullish(),
+    strict: z.boolean().nullish(),
+  })).max(128).nullish(),
+  tool_choice: z.union([z.enum(['none', 'auto', 'required']), JsonBlockSchema]).nullish(),
+  parallel_tool_calls: z.boolean().nullish(),
+  text: z.object({ format: JsonBlockSchema.nullish(), verbosity: z.enum(['low', 'medium', 'high']).nullish() })
+    .nullish(),
+  reasoning: z.object({
+    effort: z.enum(['none', 'minimal', 'low', 'medium', 'high', 'xhigh']).nullish(),
+    summary: z.enum(['auto', 'concise', 'detailed']).nullish(),
+  }).nullish(),
+  include: z.array(z.literal('reasoning.encrypted_content', 'only reasoning.encrypted_content may be included'))
+    .max(1).nullish(),
+  truncation: z.enum(['auto', 'disabled']).nullish(),
+  user: tokenText(256).nullish(),
+  safety_identifier: tokenText(256).nullish(),
+  prompt_cache_key: tokenText(256).nullish(),
+  store: z.literal(false, stateless).nullish(),
+  previous_response_id: refused(stateless),
+  conversation: refused(stateless),
+  background: z.literal(false, 'background responses are not served: the gateway bills while it waits').nullish(),
+});
+export type ResponsesRequest = z.infer<typeof ResponsesRequestSchema>;
+
+type Item = z.infer<typeof ItemSchema>;
+const contentText = (c: z.infer<typeof ContentSchema>) => typeof c === 'string' ? c : c.map((p) => p.text).join('');
+function itemText(item: Item): string {
+  switch (item.type) {
+    case 'message':
+      return contentText(item.content);
+    case 'function_call':
+      return JSON.stringify({ name: item.name, arguments: item.arguments });
+    case 'function_call_output':
+      return contentText(item.output);
+    case 'reasoning':
+      // Encrypted reasoning is billed as the tokens it holds, which its ciphertext's bytes exceed.
+      return item.summary.map((s) => s.text).join('') + (item.encrypted_content ?? '');
+  }
+}
+const items = (req: ResponsesRequest): Item[] =>
+  typeof req.input === 'string' ? [{ type: 'message', role: 'user', content: req.input }] : req.input as Item[];
+
+/** The Responses API's usage: input includes cached input and cache writes, output includes reasoning. */
+const fromUsage = (raw: unknown): Usage => {
+  const u = (raw ?? {}) as Record<string, Record<string, unknown> | undefined>;
+  const input = count(u.input_tokens), output = count(u.output_tokens);
+  const cached = Math.min(input, count(u.input_tokens_details?.cached_tokens));
+  const written = Math.min(input - cached, count(u.input_tokens_details?.cache_write_tokens));
+  const reasoning = Math.min(output, count(u.output_tokens_details?.reasoning_tokens));
+  return {
+    input_tokens: input - cached - written,
+    cached_input_tokens: cached,
+    cache_write_tokens: written,
+    output_tokens: output - reasoning,
+    reasoning_tokens: reasoning,
+  };
+};
+
+const terminal = new Set(['response.completed', 'response.incomplete', 'response.failed']);
+
+/** POST /ai/v1/responses: OpenAI's Responses API. */
+export const responses: Protocol<ResponsesRequest> = {
+  endpoint: 'responses',
+  schema: ResponsesRequestSchema,
+  model: (req) => req.model,
+  streamed: (req) => req.stream,
+  outputLimit: (req) => ({ asked: req.max_output_tokens ?? null, field: 'max_output_tokens' }),
+  *promptTexts(req) {
+    if (req.instructions) yield req.instructions;
+    for (const item of items(req)) yield itemText(item);
+    for (const extra of [req.tools, req.tool_choice, req.text?.format]) if (extra) yield JSON.stringify(extra);
+  },
+  // As chat's: 4 tokens an item (the instructions are one), 3 to prime the answer; a
+  // bytes-bounded model is held for more.
+  framing(req, bound) {
+    const n = items(req).length + (req.instructions ? 1 : 0);
+    return bound === 'o200k' ? 3 + 4 * n : 16 + 16 * n + (req.tools ? 1024 : 0);
+  },
+  writesCache: () => false,
+  providerBody: (req, maxOutput) => ({ ...req, max_output_tokens: maxOutput, store: false }),
+  fromUsage,
+  toUsage(u) {
+    const input = u.input_tokens + u.cached_input_tokens + (u.cache_write_tokens ?? 0);
+    return {
+      input_tokens: input,
+      input_tokens_details: { cached_tokens: u.cached_input_tokens, cache_write_tokens: u.cache_write_tokens ?? 0 },
+      output_tokens: u.output_tokens + u.reasoning_tokens,
+      output_tokens_details: { reasoning_tokens: u.reasoning_tokens },
+      total_tokens: input + u.output_tokens + u.reasoning_tokens,
+    };
+  },
+  answerText(body) {
+    // Every output item whole (text, refusals, tool calls, reasoning summaries): over-counting is the safe side.
+    return Array.isArray(body.output) ? JSON.stringify(body.output) : '';
+  },
+  eventText(data) {
+    const event = parsed(data);
+    return typeof event.type === 'string' && event.type.endsWith('.delta') && typeof event.delta === 'string'
+      ? event.delta
+      : '';
+  },
+  reader() {
+    let last: Record<string, unknown> | null = null;
+    let usage: Usage | null = null;
+    return {
+      see({ name, data }) {
+        if (name === 'response.output_text.delta') return 'send';
+        const event = parsed(data);
+        const type = name ?? String(event.type);
+        if (type === 'error') return 'error';
+        if (!terminal.has(type)) return 'send';
+        // The terminal event carries the whole response and its usage: kept back, sent with its cost.
+        last = event;
+        const reported = (event.response as Record<string, unknown> | undefined)?.usage;
+        if (reported) usage = fromUsage(reported);
+        return type === 'response.failed' ? 'error' : 'keep';
+      },
+      usage: () => usage,
+      held: () => last ? JSON.stringify(last) : null,
+    };
+  },
+  closing(_req, held, usage, charged) {
+    if (!held) {
+      return responses.failure(
+        cutError('The answer was cut at the call deadline; what was streamed was charged.'),
+      );
+    }
+    const event = JSON.parse(held);
+    const response = event.response ?? {};
+    return sseEvent(event.type, {
+      ...event,
+      response: { ...response, usage: usageWithCost(responses, response.usage, usage, charged) },
+    });
+  },
+  failure: (error) =>
+    sseEvent('error', { type: 'error', code: error.code, message: error.message, param: null, sequence_number: 0 }),
+};
+
+/** An error with a code and message, for a stream's end. */
+const cutError = (message: string) => ({ code: 'ANSWER_CUT', message }) as Parameters<Protocol<unknown>['failure']>[0];
