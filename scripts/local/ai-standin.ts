@@ -6,7 +6,7 @@
 //                               or SSE with a final usage chunk when stream_options.include_usage
 //   POST /v1/responses          OpenAI Responses (Bearer): a Response, or typed SSE events ending
 //                               in response.completed / response.incomplete / response.failed
-//   POST /v1/messages           Anthropic Messages (x-api-key: AI_API_KEY, anthropic-version):
+//   POST /v1/messages           Anthropic Messages (x-api-key or Bearer AI_API_KEY, anthropic-version):
 //                               a Message, or SSE message_start … message_delta … message_stop
 //   POST /v1/embeddings         OpenAI Embeddings (Bearer): deterministic vectors, float or base64
 //   GET  /v1/models             one model, for deep health checks
@@ -22,8 +22,10 @@
 //   delay=<ms>            between streamed events; first_byte_delay=<ms> before the answer
 //   fail=<status>         an error answer in the protocol's own error shape
 //   stop_after=<n>        the connection drops after n streamed events
-//   no_usage              no usage reported (Messages streamed: message_start's usage all zeros,
-//                         message_delta without usage)
+//   no_usage              no usage reported: whole answers without `usage`; streams without the
+//                         usage chunk (chat) or terminal usage (Responses); Messages streams with
+//                         message_start's usage all zeros and message_delta without usage (the
+//                         Anthropic SDK's MessageStream then throws, as on such a provider)
 //   error_after_usage     an error after the usage (chat: an error chunk instead of [DONE];
 //                         Responses: response.failed carrying usage; Messages: an error event
 //                         instead of message_stop)

@@ -75,7 +75,9 @@ const directives = (body: Json): Directives =>
   directivesIn(contentText([...messagesOf(body)].reverse().find((m) => m.role === 'user')?.content));
 
 export async function messages(req: Request, key: string): Promise<Response> {
-  if (req.headers.get('x-api-key') !== key) return anthropicError(401, 'authentication_error', 'invalid x-api-key');
+  // The key as `x-api-key` or, as @anthropic-ai/sdk 1.x sends it, `Authorization: Bearer`.
+  const given = req.headers.get('x-api-key') ?? req.headers.get('authorization')?.replace(/^Bearer /, '');
+  if (given !== key) return anthropicError(401, 'authentication_error', 'invalid x-api-key');
   if (!req.headers.get('anthropic-version')) {
     return anthropicError(400, 'invalid_request_error', 'anthropic-version: header is required');
   }
