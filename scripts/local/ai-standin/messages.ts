@@ -1,0 +1,186 @@
+// POST /v1/messages: Anthropic's Messages API, a Message or SSE events (message_start, a text
+// block, ping, message_delta with cumulative usage, message_stop). Usage as Anthropic reports it:
+// input_tokens, cache_read_input_tokens and cache_creation_input_tokens are exclusive kinds.
+import type Anthropic from '@anthropic-ai/sdk';
+import {
+  answer,
+  calls,
+  type Directives,
+  directivesIn,
+  frame,
+  isObject,
+  type Json,
+  jsonBody,
+  sleep,
+  sse,
+  text,
+  textTokens,
+} from './common.ts';
+
+type ErrorType = Anthropic.ErrorType | 'request_too_large';
+type WireError = { type: 'error'; error: { type: ErrorType; message: string } };
+type WireEvent =
+  | Anthropic.Messages.RawMessageStreamEvent
+  | Omit<Anthropic.Messages.RawMessageDeltaEvent, 'usage'>
+  | { type: 'ping' }
+  | WireError;
+
+/** Anthropic's error body, as a response with `status`. */
+function anthropicError(status: number, type: ErrorType, message: string): Response {
+  const body: WireError & { request_id: string | null } = { type: 'error', error: { type, message }, request_id: null };
+  return Response.json(body, { status });
+}
+
+/** The error type Anthropic gives each HTTP status. */
+const errorTypeOf = (status: number): ErrorType =>
+  ({
+    400: 'invalid_request_error',
+    401: 'authentication_error',
+    402: 'billing_error',
+    403: 'permission_error',
+    404: 'not_found_error',
+    413: 'request_too_large',
+    429: 'rate_limit_error',
+    504: 'timeout_error',
+    529: 'overloaded_error',
+  } as Record<number, ErrorType>)[status] ?? 'api_error';
+
+/** A block's text: a text block's text, a tool use as JSON of {name, input}, a tool result's content text; other blocks (thinking, images) count nothing. */
+function blockText(b: unknown): string {
+  if (!isObject(b)) return '';
+  if (b.type === 'text') return String(b.text ?? '');
+  if (b.type === 'tool_use') return JSON.stringify({ name: b.name, input: b.input });
+  if (b.type === 'tool_result') return text(b.content);
+  return '';
+}
+/** A message's (or the system prompt's) text: a string, or its blocks' texts joined. */
+const contentText = (content: unknown): string =>
+  typeof content === 'string' ? content : Array.isArray(content) ? content.map(blockText).join('') : '';
+
+const messagesOf = (body: Json): Json[] => Array.isArray(body.messages) ? body.messages.filter(isObject) : [];
+
+/** The prompt as the gateway frames it: 8, then 4 + the tokens of the system prompt (when present) and of each message, then the tools' JSON when present. */
+export function messagesPromptTokens(body: Json): number {
+  const texts = [
+    ...(body.system != null ? [contentText(body.system)] : []),
+    ...messagesOf(body).map((m) => contentText(m.content)),
+  ];
+  let n = 8;
+  for (const t of texts) n += 4 + textTokens(t);
+  if (body.tools != null) n += textTokens(JSON.stringify(body.tools));
+  return n;
+}
+
+const directives = (body: Json): Directives =>
+  directivesIn(contentText([...messagesOf(body)].reverse().find((m) => m.role === 'user')?.content));
+
+export async function messages(req: Request, key: string): Promise<Response> {
+  // The key as `x-api-key` or, as @anthropic-ai/sdk 1.x sends it, `Authorization: Bearer`.
+  const given = req.headers.get('x-api-key') ?? req.headers.get('authorization')?.replace(/^Bearer /, '');
+  if (given !== key) return anthropicError(401, 'authentication_error', 'invalid x-api-key');
+  if (!req.headers.get('anthropic-version')) {
+    return anthropicError(400, 'invalid_request_error', 'anthropic-version: header is required');
+  }
+  const body = await jsonBody(req);
+  if (typeof body.max_tokens !== 'number') {
+    return anthropicError(400, 'invalid_request_error', 'max_tokens: Field required');
+  }
+  const d = directives(body);
+  const tag = d.tag ?? crypto.randomUUID();
+  if (d.first_byte_delay) await sleep(Number(d.first_byte_delay));
+  if (d.fail) {
+    const status = Number(d.fail);
+    return anthropicError(status, errorTypeOf(status), `stand-in failure ${status}`);
+  }
+
+  const a = answer(d, body.max_tokens);
+  const prompt = messagesPromptTokens(body) + Number(d.extra_prompt ?? 0);
+  const cacheRead = Math.min(Number(d.cached ?? 0), prompt);
+  const cacheWrite = Math.min(Number(d.cache_write ?? 0), prompt - cacheRead);
+  const input = {
+    input_tokens: prompt - cacheRead - cacheWrite,
+    cache_creation_input_tokens: cacheWrite,
+    cache_read_input_tokens: cacheRead,
+  };
+  const outputTokens = a.outputTokens + a.reasoning;
+  const thinking = a.reasoning ? { thinking_tokens: a.reasoning } : null;
+  const usageWith = (output: number, kinds: typeof input): Anthropic.Messages.Usage => ({
+    ...kinds,
+    cache_creation: { ephemeral_5m_input_tokens: kinds.cache_creation_input_tokens, ephemeral_1h_input_tokens: 0 },
+    output_tokens: output,
+    output_tokens_details: output === outputTokens ? thinking : null,
+    server_tool_use: null,
+    service_tier: 'standard',
+    inference_geo: 'not_available',
+    speed: null,
+  });
+  const usage = usageWith(outputTokens, input);
+  const stopReason: Anthropic.Messages.StopReason = a.cut ? 'max_tokens' : 'end_turn';
+  const block: Anthropic.Messages.TextBlock = { type: 'text', text: a.parts.join(''), citations: null };
+  const message = (content: Anthropic.Messages.TextBlock[], stop: Anthropic.Messages.StopReason | null) => ({
+    id: `msg_${crypto.randomUUID().replaceAll('-', '')}`,
+    type: 'message' as const,
+    role: 'assistant' as const,
+    model: String(body.model),
+    content,
+    stop_reason: stop,
+    stop_sequence: null,
+    stop_details: null,
+    container: null,
+    diagnostics: null,
+  });
+
+  if (body.stream !== true) {
+    calls.set(tag, { status: 'done', protocol: 'messages', usage: d.no_usage ? undefined : usage });
+    const whole: Omit<Anthropic.Messages.Message, 'usage'> & { usage?: Anthropic.Messages.Usage } = {
+      ...message([block], stopReason),
+      ...(d.no_usage ? {} : { usage }),
+    };
+    return Response.json(whole);
+  }
+
+  // no_usage: message_start's usage is all zeros and message_delta carries none (the SDK's
+  // MessageStream then throws reading it, as it would on such a provider).
+  const zeros = { input_tokens: 0, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 };
+  const events: WireEvent[] = [];
+  events.push(
+    {
+      type: 'message_start',
+      message: { ...message([], null), usage: d.no_usage ? usageWith(0, zeros) : usageWith(1, input) },
+    } satisfies Anthropic.Messages.RawMessageStartEvent,
+  );
+  events.push({ type: 'content_block_start', index: 0, content_block: { ...block, text: '' } });
+  events.push({ type: 'ping' });
+  for (const w of a.parts) {
+    events.push({ type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: w } });
+  }
+  events.push({ type: 'content_block_stop', index: 0 });
+  const failure = (message: string): WireError => ({ type: 'error', error: { type: 'api_error', message } });
+  let reported: unknown = d.no_usage ? undefined : usage;
+  if (d.error_event) {
+    events.push(failure('stand-in failure mid-stream'));
+    reported = undefined;
+  } else {
+    // deltas=n: n message_delta events, output_tokens cumulative and rising to the true total.
+    const n = Math.max(1, Number(d.deltas ?? 1));
+    for (let k = 1; k <= n; k++) {
+      const last = k === n;
+      const delta: Anthropic.Messages.RawMessageDeltaEvent = {
+        type: 'message_delta',
+        delta: { stop_reason: last ? stopReason : null, stop_sequence: null, stop_details: null, container: null },
+        usage: {
+          ...input,
+          output_tokens: last ? outputTokens : Math.floor((outputTokens * k) / n),
+          output_tokens_details: last ? thinking : null,
+          server_tool_use: null,
+        },
+      };
+      if (d.no_usage) {
+        const { usage: _omitted, ...withoutUsage } = delta;
+        events.push(withoutUsage);
+      } else events.push(delta);
+    }
+    events.push(d.error_after_usage ? failure('stand-in failure after usage') : { type: 'message_stop' });
+  }
+  return sse(events.map((e) => frame(e, e.type)), { tag, protocol: 'messages', d, usage: reported });
+}
