@@ -6,7 +6,12 @@ import OpenAI from 'openai';
 import { generateText, streamText } from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { encode } from 'gpt-tokenizer';
-import { promptTokens } from '../../supabase/functions/ai/request.ts';
+import { promptTokens } from '../../supabase/functions/ai/protocol.ts';
+import { chat, type ChatRequest } from '../../supabase/functions/ai/protocols/chat.ts';
+
+/** The gateway's bound of a Chat Completions prompt for `model`. */
+const chatPromptTokens = (req: Pick<ChatRequest, 'messages'>, model: string, limit: number) =>
+  promptTokens(chat, { ...req, model } as ChatRequest, limit);
 import {
   activeHolds,
   ask,
@@ -222,7 +227,7 @@ Deno.test('parallel streams whose holds exceed the balance: as many run as the b
   // Each call holds the dearest price of its prompt plus 100 answer tokens of gpt-4o.
   const s = await student('0');
   const messages = ask('#standin words=3 delay=50');
-  const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${await promptTokens(
+  const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${await chatPromptTokens(
     { messages },
     'gpt-4o',
     128_000,
@@ -565,7 +570,7 @@ Deno.test('what a provider bills beyond the hold and the balance is owed: the ne
 Deno.test('parallel calls on a drained balance: every unbilled rest is recorded, and no further call runs until it is paid', async () => {
   const s = await student('0');
   const messages = ask('#standin words=2 extra_prompt=1000');
-  const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${await promptTokens(
+  const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${await chatPromptTokens(
     { messages },
     'gpt-4o',
     128_000,
@@ -714,7 +719,7 @@ Deno.test("metadata keys that read as the ledger's (case, spaces, invisible char
 // the bound too: the tokenizer refuses it by default.
 Deno.test('a prompt containing the text of a special token is counted as text, never a 500', async () => {
   const text = 'what does <|endoftext|> or <|endofprompt|> mean to a tokenizer?';
-  const bound = await promptTokens({ messages: ask(text) }, 'gpt-4o-mini', 128_000);
+  const bound = await chatPromptTokens({ messages: ask(text) }, 'gpt-4o-mini', 128_000);
   const plain = encode(text, { disallowedSpecial: new Set(), allowedSpecial: new Set() }).length;
   assert.ok(bound !== null && bound >= 3 + 4 + plain, `the bound (${bound}) covers the text read as text (${plain})`);
   const s = await student();

@@ -3,7 +3,12 @@
 import assert from 'node:assert/strict';
 import { encode } from 'gpt-tokenizer';
 import { countTokens, utf8Bytes } from '../../supabase/functions/_shared/domain/token-bounds.ts';
-import { promptTokens } from '../../supabase/functions/ai/request.ts';
+import { promptTokens } from '../../supabase/functions/ai/protocol.ts';
+import { chat, type ChatRequest } from '../../supabase/functions/ai/protocols/chat.ts';
+
+/** The gateway's bound of a Chat Completions prompt for `model`. */
+const chatPromptTokens = (req: Pick<ChatRequest, 'messages'>, model: string, limit: number) =>
+  promptTokens(chat, { ...req, model } as ChatRequest, limit);
 
 const o200k = async (text: string) => (await countTokens([text], 'o200k', Infinity))!;
 
@@ -66,7 +71,7 @@ Deno.test('a prompt far past the limit stops being counted at the limit', async 
 Deno.test('counting yields to the event loop, so a large prompt never holds other requests', async () => {
   let ticks = 0;
   const timer = setInterval(() => ticks++, 0);
-  const n = await promptTokens(
+  const n = await chatPromptTokens(
     { messages: [{ role: 'user', content: 'a few words, '.repeat(40_000) }] },
     'gpt-4o',
     1e9,
@@ -78,10 +83,10 @@ Deno.test('counting yields to the event loop, so a large prompt never holds othe
 
 Deno.test('a model of another family is held for its prompt bytes and a larger framing', async () => {
   const messages = [{ role: 'user' as const, content: 'héllo wörld' }];
-  assert.equal(await promptTokens({ messages }, 'claude-3-5-haiku', 128_000), 16 + 16 + utf8Bytes('héllo wörld'));
-  assert.equal(await promptTokens({ messages }, 'gpt-4o', 128_000), 3 + 4 + encode('héllo wörld').length);
+  assert.equal(await chatPromptTokens({ messages }, 'claude-3-5-haiku', 128_000), 16 + 16 + utf8Bytes('héllo wörld'));
+  assert.equal(await chatPromptTokens({ messages }, 'gpt-4o', 128_000), 3 + 4 + encode('héllo wörld').length);
   assert.equal(
-    await promptTokens({ messages: [{ role: 'user', content: 'a'.repeat(1_000_000) }] }, 'gpt-4o', 128_000),
+    await chatPromptTokens({ messages: [{ role: 'user', content: 'a'.repeat(1_000_000) }] }, 'gpt-4o', 128_000),
     null,
   );
 });

@@ -1,25 +1,46 @@
-// The metered AI gateway, compatible with OpenAI's Chat Completions API: a student's Supabase
-// access token is the API key (`new OpenAI({ baseURL: <functions url>/ai/v1, apiKey })`), and
-// usage comes from the provider, never from the caller (docs/ai-gateway.md).
+// The metered AI gateway: the APIs AI apps speak (OpenAI's Chat Completions, Responses and
+// embeddings, Anthropic's Messages), each model served by its own upstream. A student's Supabase
+// access token is the API key (a bearer token, or Anthropic's x-api-key), and usage comes from
+// the provider, never from the caller (docs/ai-gateway.md).
+import { sql } from '../_shared/adapters/db.ts';
+import { aiUpstreams } from '../_shared/adapters/ai-upstreams.ts';
+import type { AppContext } from '../_shared/app-env.ts';
 import { createApp } from '../_shared/http/app.ts';
 import { currentUser } from '../_shared/http/identify.ts';
 import { requireUser } from '../_shared/http/require-user.ts';
-import { sql } from '../_shared/adapters/db.ts';
 import { readJson } from '../_shared/http/validate.ts';
-import { chatCompletion } from './chat.ts';
-import { ChatRequestSchema } from './schemas.ts';
+import { meteredCall } from './call.ts';
+import type { Protocol } from './protocol.ts';
+import { chat } from './protocols/chat.ts';
+import { embeddings } from './protocols/embeddings.ts';
+import { messages } from './protocols/messages.ts';
+import { responses } from './protocols/responses.ts';
 
-const app = createApp('ai');
+// Anthropic's SDKs send the key as x-api-key: it is the caller's token when no bearer header is.
+const app = createApp('ai', {
+  sessionToken: (c) => c.req.header('authorization') ? undefined : c.req.header('x-api-key'),
+});
 
-// What the caller may call and what each kind costs; answered whatever the balance.
+// What the caller may call, what each kind costs and which APIs serve it; answered whatever the balance.
 app.get('/v1/models', requireUser, async (c) => {
   const [{ models }] = await sql`select billing.list_ai_models(${currentUser(c).id}) as models`;
-  return c.json({ object: 'list', data: models });
+  const upstreams = aiUpstreams();
+  return c.json({
+    object: 'list',
+    data: (models as { upstream: string }[]).map((m) => ({
+      ...m,
+      endpoints: [...(upstreams.get(m.upstream)?.speaks ?? [])],
+    })),
+  });
 });
 
-app.post('/v1/chat/completions', requireUser, async (c) => {
-  return chatCompletion(c, await readJson(c, ChatRequestSchema, 4 * 1024 * 1024));
-});
+const route = <R>(p: Protocol<R>) => async (c: AppContext) =>
+  meteredCall(c, p, await readJson(c, p.schema, 4 * 1024 * 1024));
+
+app.post('/v1/chat/completions', requireUser, route(chat));
+app.post('/v1/responses', requireUser, route(responses));
+app.post('/v1/messages', requireUser, route(messages));
+app.post('/v1/embeddings', requireUser, route(embeddings));
 
 export default { fetch: app.fetch };
 if (import.meta.main) Deno.serve(app.fetch);

@@ -1,14 +1,16 @@
 // The gateway's three SQL calls (supabase/schemas/62-ai-gateway.sql): begin (claim the key,
-// check the model, hold), finish (capture what the provider reported), fail (release, charge
+// check the model and that its upstream speaks the endpoint, hold), finish (capture what the provider reported), fail (release, charge
 // nothing). Each is one statement; SQL owns the money.
+import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
 import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
 import { AppError, internalError } from '../_shared/errors.ts';
 
-/** Usage in the rate card's disjoint kinds (input excludes cached, output excludes reasoning). */
+/** Usage in the rate card's disjoint kinds (input excludes cached input and cache writes, output excludes reasoning). */
 export interface Usage {
   input_tokens: number;
   cached_input_tokens: number;
+  cache_write_tokens?: number;
   output_tokens: number;
   reasoning_tokens: number;
 }
@@ -25,11 +27,11 @@ export interface CallRecord {
   answer: StoredAnswer | null;
 }
 
-/** What a replay of the same Idempotency-Key sends again: the JSON body, or the SSE data lines. */
-export type StoredAnswer = { json: unknown } | { events: string[] };
+/** What a replay of the same Idempotency-Key sends again: the JSON body, or the SSE events sent and the one kept back. */
+export type StoredAnswer = { json: unknown } | { events: string[]; held: string | null };
 
 export type Begun =
-  | { state: 'held'; call_id: string; hold_id: string; held: string }
+  | { state: 'held'; call_id: string; hold_id: string; held: string; upstream: string }
   | { state: 'replay'; call: CallRecord };
 
 export interface CallPlan {
@@ -40,13 +42,17 @@ export interface CallPlan {
   key: string;
   requestHash: string;
   ttlSeconds: number;
+  endpoint: Endpoint;
+  /** The upstreams configured here that speak `endpoint`. */
+  upstreams: string[];
+  writesCache: boolean;
 }
 
 /** Claims the key and holds the call's worst case; a refusal (402, 403, 409 …) is thrown. */
 export async function beginCall(p: CallPlan): Promise<Begun> {
   const [{ r }] =
     await sql`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens}, ${p.maxOutputTokens}, ${p.key},
-      ${p.requestHash}, ${p.ttlSeconds}) as r`;
+      ${p.requestHash}, ${p.ttlSeconds}, ${p.endpoint}, ${p.upstreams}::text[], ${p.writesCache}) as r`;
   if (r.state === 'held' || r.state === 'replay') return r as Begun;
   if (r.state === 'in_flight') {
     throw new AppError('conflict', 'IDEMPOTENCY_KEY_IN_USE', 'A call with this Idempotency-Key is still running.', {

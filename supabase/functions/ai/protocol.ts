@@ -5,8 +5,8 @@
 import type { z } from 'zod';
 import { jsonObject } from '../_shared/values/pg-values.ts';
 import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
-import type { AppError } from '../_shared/errors.ts';
-import type { TokenBound } from '../_shared/domain/token-bounds.ts';
+import { AppError } from '../_shared/errors.ts';
+import { countTokens, type TokenBound, tokenBoundOf } from '../_shared/domain/token-bounds.ts';
 import type { Usage } from './metering.ts';
 
 /** One server-sent event as the provider wrote it: its `event:` name (if any), data and raw text. */
@@ -84,3 +84,20 @@ export function parsed(data: string): Record<string, unknown> {
 
 /** A tool's definition, a tool call or a response format: JSON walked without recursion, bounded. */
 export const JsonBlockSchema = jsonObject({ depth: 10, entries: 500, key: 256, text: 100_000 });
+
+/** A stream cut at the call's deadline before the provider's end: what was streamed was charged. */
+export const answerCut = () =>
+  new AppError('unavailable', 'ANSWER_CUT', "The answer was cut at the call's deadline; what was streamed was charged.", {
+    status: 504,
+  });
+
+/**
+ * The most input tokens the provider can bill for the request's prompt, or null when it passes
+ * `limit` (counting stops there: a huge prompt costs no more work than one at the limit).
+ */
+export async function promptTokens<R>(p: Protocol<R>, req: R, limit: number): Promise<number | null> {
+  const bound = tokenBoundOf(p.model(req));
+  const base = p.framing(req, bound);
+  const text = await countTokens(p.promptTexts(req), bound, limit - base);
+  return text === null ? null : base + text;
+}

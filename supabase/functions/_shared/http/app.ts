@@ -50,8 +50,8 @@ export function errorResponse(c: AppContext, err: unknown): Response {
 /**
  * Creates a function's app. Routes are declared on the result, relative to `/<name>`.
  * Every request is rate limited unless `rateLimited: false` (health checks, Stripe webhooks).
- * `sessionToken` lets a function with browser pages take the caller from a session cookie when
- * no bearer header is sent (admin: its HttpOnly dashboard cookie).
+ * `sessionToken` lets a function take the caller's token from elsewhere when no bearer header
+ * is sent (admin: its HttpOnly dashboard cookie; ai: Anthropic's x-api-key header).
  * @example const app = createApp('health', { rateLimited: false })
  */
 export function createApp(

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import type { Usage } from '../metering.ts';
-import { count, JsonBlockSchema, parsed, type Protocol, sseEvent, usageWithCost } from '../protocol.ts';
+import { answerCut, count, JsonBlockSchema, parsed, type Protocol, sseEvent, usageWithCost } from '../protocol.ts';
 
 /** A field the gateway refuses, with why (null and absent are the same). */
 const refused = (why: string) => z.null({ error: why }).optional();
@@ -189,11 +189,7 @@ export const responses: Protocol<ResponsesRequest> = {
     };
   },
   closing(_req, held, usage, charged) {
-    if (!held) {
-      return responses.failure(
-        cutError('The answer was cut at the call deadline; what was streamed was charged.'),
-      );
-    }
+    if (!held) return responses.failure(answerCut());
     const event = JSON.parse(held);
     const response = event.response ?? {};
     return sseEvent(event.type, {
@@ -204,6 +200,3 @@ export const responses: Protocol<ResponsesRequest> = {
   failure: (error) =>
     sseEvent('error', { type: 'error', code: error.code, message: error.message, param: null, sequence_number: 0 }),
 };
-
-/** An error with a code and message, for a stream's end. */
-const cutError = (message: string) => ({ code: 'ANSWER_CUT', message }) as Parameters<Protocol<unknown>['failure']>[0];

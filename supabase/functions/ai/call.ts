@@ -1,0 +1,320 @@
+// One metered AI call, whatever the API (protocol.ts): hold, call the model's upstream once,
+// capture what it reported. The flow and its failure rules are docs/ai-gateway.md's; in short:
+// nothing reaches the provider without a hold; a provider failure before it reported usage
+// charges nothing; a client that leaves does not stop the provider's answer: it is read to its
+// end (in the background) for the provider's own usage, which is what the provider bills; an
+// answer cut by the call's deadline is charged what was read, counted by the tokenizer (the
+// ledger says which).
+import { createHash } from 'node:crypto';
+import type { AppContext } from '../_shared/app-env.ts';
+import { aiGatewayEnv, postUpstream, upstreamsSpeaking } from '../_shared/adapters/ai-upstreams.ts';
+import { outliveResponse } from '../_shared/background.ts';
+import { countTokens, tokenBoundOf } from '../_shared/domain/token-bounds.ts';
+import { AppError } from '../_shared/errors.ts';
+import { failpoint } from '../_shared/failpoint.ts';
+import { currentUser } from '../_shared/http/identify.ts';
+import { idempotencyKey } from '../_shared/http/idempotency.ts';
+import { errorSummary, log } from '../_shared/log.ts';
+import { beginCall, type CallRecord, failCall, finishCall, type Usage } from './metering.ts';
+import { promptTokens, type Protocol, type Sse, usageWithCost } from './protocol.ts';
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+/** Why the provider's answer is not one: a stable code for the ledger and an error for the caller. */
+function providerFailure(status: number | 'timeout' | 'unreachable'): { code: string; error: AppError } {
+  if (status === 'timeout') {
+    return {
+      code: 'PROVIDER_TIMEOUT',
+      error: new AppError('unavailable', 'PROVIDER_TIMEOUT', 'The model did not answer in time; nothing was charged.', {
+        status: 504,
+      }),
+    };
+  }
+  if (
+    typeof status === 'number' && status >= 400 && status < 500 && status !== 401 && status !== 403 && status !== 429
+  ) {
+    return {
+      code: `PROVIDER_REFUSED_${status}`,
+      error: new AppError(
+        'validation',
+        'PROVIDER_REFUSED',
+        `The model refused the request (${status}); nothing was charged.`,
+      ),
+    };
+  }
+  return {
+    code: status === 'unreachable' ? 'PROVIDER_UNREACHABLE' : `PROVIDER_ERROR_${status}`,
+    error: new AppError('unavailable', 'PROVIDER_ERROR', 'The model is unavailable right now; nothing was charged.', {
+      status: 502,
+      retryable: true,
+    }),
+  };
+}
+
+type Call<R> = { id: string; held: string; prompt: number; keep: boolean; req: R; p: Protocol<R> };
+
+/** Usage the gateway counted itself: the prompt's bound as uncached input, what was read as output. */
+const countedUsage = async <R>(call: Call<R>, answer: string): Promise<Usage> => ({
+  input_tokens: call.prompt,
+  cached_input_tokens: 0,
+  output_tokens: (await countTokens([answer], tokenBoundOf(call.p.model(call.req)), Infinity)) ?? 0,
+  reasoning_tokens: 0,
+});
+
+/** Holds, calls the model's upstream once in the protocol's API, and charges what it reported. */
+export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Promise<Response> {
+  const env = aiGatewayEnv();
+  const limit = p.outputLimit(req);
+  if (limit?.asked && limit.asked > env.AI_MAX_OUTPUT_TOKENS) {
+    throw new AppError('validation', 'VALIDATION_FAILED', `${limit.field} may be at most ${env.AI_MAX_OUTPUT_TOKENS}.`, {
+      field: limit.field,
+    });
+  }
+  const maxOutput = limit ? limit.asked ?? env.AI_MAX_OUTPUT_TOKENS : 0;
+  const prompt = await promptTokens(p, req, env.AI_MAX_PROMPT_TOKENS);
+  if (prompt === null) {
+    throw new AppError('validation', 'PROMPT_TOO_LONG', `The prompt is more than ${env.AI_MAX_PROMPT_TOKENS} tokens.`);
+  }
+  // A caller's key keeps the answer for a replay (24 h); without one every call is its own.
+  const callerKey = c.req.header('idempotency-key') ? idempotencyKey(c) : null;
+  const begun = await beginCall({
+    userId: currentUser(c).id,
+    model: p.model(req),
+    promptTokens: prompt,
+    maxOutputTokens: maxOutput,
+    key: callerKey ?? `auto:${crypto.randomUUID()}`,
+    requestHash: sha256(`${p.endpoint} ${JSON.stringify(req)}`),
+    ttlSeconds: env.AI_CALL_MAX_SECONDS + 60,
+    endpoint: p.endpoint,
+    upstreams: upstreamsSpeaking(p.endpoint),
+    writesCache: p.writesCache(req),
+  });
+  if (begun.state === 'replay') return replay(p, begun.call, req);
+
+  failpoint('ai.after_hold'); // the reliability tests die here, and before the capture: nothing is charged
+  const call: Call<R> = { id: begun.call_id, held: begun.held, prompt, keep: callerKey !== null, req, p };
+  const upstream = new AbortController();
+  const deadline = setTimeout(() => upstream.abort('deadline'), env.AI_CALL_MAX_SECONDS * 1000);
+  // A provider sends a whole (non-streamed) answer's headers only once it is written: that wait is
+  // bounded by the call's deadline, not by the first-byte timeout a stream gets.
+  const streamed = p.streamed(req);
+  const firstByte = streamed ? setTimeout(() => upstream.abort('timeout'), env.AI_TIMEOUT_MS) : undefined;
+  let res: Response;
+  try {
+    res = await postUpstream(begun.upstream, p.endpoint, p.providerBody(req, maxOutput), upstream.signal);
+  } catch {
+    clearTimeout(deadline);
+    throw await failed(call.id, upstream.signal.aborted ? 'timeout' : 'unreachable');
+  } finally {
+    clearTimeout(firstByte);
+  }
+  if (!res.ok) {
+    clearTimeout(deadline);
+    await res.body?.cancel().catch(() => {});
+    throw await failed(call.id, res.status);
+  }
+  if (!streamed) {
+    try {
+      return await answerWhole(call, res, env.AI_CALL_MAX_SECONDS * 1000);
+    } finally {
+      clearTimeout(deadline);
+    }
+  }
+  return relay(call, res, upstream, deadline, env.AI_TIMEOUT_MS, c.req.raw.signal);
+}
+
+/** Fails the call (nothing charged) and gives the caller's error. */
+async function failed(callId: string, status: number | 'timeout' | 'unreachable'): Promise<AppError> {
+  const { code, error } = providerFailure(status);
+  await failCall(callId, code);
+  return error;
+}
+
+const callHeaders = (record: CallRecord) => ({ 'x-credits-charged': record.charged, 'x-ai-call-id': record.call_id });
+
+/** A whole answer with its usage carrying the cost in credits (usage.cost). */
+const withCost = <R>(p: Protocol<R>, body: Record<string, unknown>, usage: Usage, charged: string) => ({
+  ...body,
+  usage: usageWithCost(p, body.usage, usage, charged),
+});
+
+/** A non-streamed answer: read whole, charged, returned with its cost. */
+async function answerWhole<R>(call: Call<R>, res: Response, timeoutMs: number): Promise<Response> {
+  let body: Record<string, unknown>;
+  try {
+    body = await Promise.race([
+      res.json(),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('timeout')), timeoutMs)),
+    ]);
+  } catch {
+    throw await failed(call.id, 'timeout');
+  }
+  const reported = body.usage ? call.p.fromUsage(body.usage) : null;
+  const usage = reported ?? await countedUsage(call, call.p.answerText(body));
+  const record = await finishCall(
+    call.id,
+    usage,
+    reported ? 'provider' : 'tokenizer',
+    call.keep ? { json: body } : null,
+  );
+  return Response.json(withCost(call.p, body, usage, record.charged), { headers: callHeaders(record) });
+}
+
+const encoder = new TextEncoder();
+const sseHeaders = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' };
+
+/** The same Idempotency-Key again: the first answer, charged once, never a second provider call. */
+function replay<R>(p: Protocol<R>, record: CallRecord, req: R): Response {
+  const answer = record.answer;
+  const headers = { 'Idempotent-Replayed': 'true', ...callHeaders(record) };
+  const usage = record.usage!;
+  if (answer && 'json' in answer) {
+    return Response.json(withCost(p, answer.json as Record<string, unknown>, usage, record.charged), { headers });
+  }
+  const text = answer && 'events' in answer
+    ? answer.events.join('') + p.closing(req, answer.held, usage, record.charged)
+    : p.closing(req, null, usage, record.charged);
+  return new Response(text, { headers: { ...sseHeaders, ...headers } });
+}
+
+/** Splits SSE text into whole events (the rest waits for more); `\r\n` is read as `\n`. */
+function* sseEvents(buffer: { text: string }): Generator<Sse> {
+  for (let i = buffer.text.indexOf('\n\n'); i >= 0; i = buffer.text.indexOf('\n\n')) {
+    const raw = buffer.text.slice(0, i + 2);
+    buffer.text = buffer.text.slice(i + 2);
+    let name: string | null = null, data = '';
+    if (raw.startsWith('data: ') && raw.indexOf('\n') === raw.length - 2) data = raw.slice(6, -2);
+    else {
+      for (const line of raw.split('\n')) {
+        if (line.startsWith('event:')) name = line.slice(6).trim();
+        else if (line.startsWith('data:')) data += (data ? '\n' : '') + line.slice(5).trimStart();
+      }
+    }
+    if (data) yield { name, data, raw };
+  }
+}
+
+/**
+ * A streamed answer, relayed event by event. The event carrying the provider's final usage is
+ * kept back until the call is charged, then sent with its cost. If the client leaves, the
+ * provider's answer is still read to its end (bounded by the call's deadline) for the usage it
+ * reports: stopping it would leave the gateway to guess what the provider bills. The reading and
+ * settling outlive the response (EdgeRuntime.waitUntil on hosted).
+ */
+function relay<R>(
+  call: Call<R>,
+  res: Response,
+  upstream: AbortController,
+  deadline: ReturnType<typeof setTimeout>,
+  idleMs: number,
+  clientSignal: AbortSignal,
+): Response {
+  const p = call.p;
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
+  let out: ReadableStreamDefaultController<Uint8Array> | undefined;
+  let clientGone = false;
+  /** The client left: nothing more is sent; the provider's answer is read on for its usage. */
+  const leave = () => {
+    clientGone = true;
+  };
+  /** Passes `text` (whole SSE events) on to the client, unless it left. */
+  const send = (text: string) => {
+    if (clientGone || !out || !text) return;
+    try {
+      out.enqueue(encoder.encode(text));
+    } catch {
+      clientGone = true;
+    }
+  };
+
+  async function pump(): Promise<void> {
+    const events = p.reader(call.req);
+    const buffer = { text: '' };
+    const sent: string[] = [];
+    let ended = false, broken = false, errorAfterUsage = false;
+    // One watchdog for the whole stream (not a timer per read): the provider going silent for
+    // longer than idleMs stops the upstream request.
+    let lastRead = Date.now();
+    const watchdog = setInterval(() => {
+      if (Date.now() - lastRead > idleMs) upstream.abort('timeout');
+    }, Math.min(idleMs, 1000));
+    try {
+      read: for (;;) {
+        const next = await reader.read();
+        lastRead = Date.now();
+        if (next.done) break;
+        buffer.text += decoder.decode(next.value, { stream: true }).replaceAll('\r\n', '\n');
+        let relayed = ''; // what this read passes on, sent at once
+        for (const event of sseEvents(buffer)) {
+          const action = events.see(event);
+          if (action === 'send') {
+            sent.push(event.raw);
+            relayed += event.raw;
+          } else if (action === 'end' || action === 'error') {
+            // An error after the final usage: the provider bills the call; it is charged and marked failed.
+            errorAfterUsage = action === 'error' && events.usage() !== null;
+            broken = action === 'error' && !errorAfterUsage;
+            ended = action === 'end';
+            send(relayed);
+            break read;
+          }
+        }
+        send(relayed);
+      }
+      ended ||= events.usage() !== null;
+      broken ||= !ended && !errorAfterUsage && upstream.signal.reason !== 'deadline';
+    } catch {
+      // The deadline passed, the provider went silent or broke off.
+      broken = upstream.signal.reason !== 'deadline' && events.usage() === null;
+    } finally {
+      clearTimeout(deadline);
+      clearInterval(watchdog);
+      reader.cancel().catch(() => {});
+    }
+
+    let closing: string;
+    try {
+      if (broken) {
+        const { code, error } = providerFailure(upstream.signal.reason === 'timeout' ? 'timeout' : 502);
+        await failCall(call.id, code);
+        closing = p.failure(error);
+      } else {
+        const reported = events.usage();
+        const usage = reported ?? await countedUsage(call, sent.map((raw) => p.eventText(dataOf(raw))).join(''));
+        failpoint('ai.before_capture');
+        const held = events.held();
+        const record = await finishCall(
+          call.id,
+          usage,
+          reported ? 'provider' : 'tokenizer',
+          call.keep ? { events: sent, held } : null,
+          errorAfterUsage,
+        );
+        closing = p.closing(call.req, held, usage, record.charged);
+      }
+    } catch (err) {
+      // The hold expires and the sweep fails the call: nothing is charged twice or lost.
+      log.error('ai call could not be settled', { callId: call.id, ...errorSummary(err) });
+      closing = p.failure(new AppError('server', 'INTERNAL_ERROR', 'The call could not be settled.'));
+    }
+    send(closing);
+    if (!clientGone) out?.close();
+  }
+
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      out = controller;
+      const settled = pump().catch((err) => log.error('ai relay failed', errorSummary(err)));
+      outliveResponse(settled);
+    },
+    cancel: leave,
+  });
+  // The client's connection closing is the other sign it left (a write into it may not fail at once).
+  clientSignal.addEventListener('abort', leave, { once: true });
+  return new Response(body, { headers: { ...sseHeaders, 'x-ai-call-id': call.id, 'x-credits-held': call.held } });
+}
+
+/** A sent event's data (for the tokenizer, only when the provider reported no usage). */
+const dataOf = (raw: string) =>
+  raw.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');

@@ -1,0 +1,169 @@
+// Anthropic's Messages API (POST /ai/v1/messages): what a request may ask, how its prompt and
+// usage are read. Text, tool use and thinking only; refused with a 400: images and documents
+// (billed by what the gateway cannot count), server tools (web search, code execution: billed
+// per use), and hour-long cache writes (billed at a price the rate card does not have). A request
+// with cache_control asks the provider to write its cache, which the hold then covers at the
+// card's cache-write price (a card without one refuses it). The provider is sent the standard
+// tier only and the gateway's own anthropic-version.
+import { z } from 'zod';
+import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
+import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
+import type { Usage } from '../metering.ts';
+import { answerCut, count, JsonBlockSchema, parsed, type Protocol, sseEvent, usageWithCost } from '../protocol.ts';
+
+const CacheControlSchema = z.object({
+  type: z.literal('ephemeral'),
+  ttl: z.literal('5m', 'only 5-minute cache writes are served (the rate card prices one kind)').optional(),
+}).nullish();
+const TextBlockSchema = z.object({ type: z.literal('text'), text: pgText(1_000_000), cache_control: CacheControlSchema });
+const BlockSchema = z.discriminatedUnion('type', [
+  TextBlockSchema,
+  z.object({
+    type: z.literal('tool_use'),
+    id: tokenText(128),
+    name: pgText(128),
+    input: JsonBlockSchema,
+    cache_control: CacheControlSchema,
+  }),
+  z.object({
+    type: z.literal('tool_result'),
+    tool_use_id: tokenText(128),
+    content: z.union([pgText(1_000_000), z.array(TextBlockSchema).max(100)]).optional(),
+    is_error: z.boolean().optional(),
+    cache_control: CacheControlSchema,
+  }),
+  z.object({ type: z.literal('thinking'), thinking: pgText(1_000_000), signature: pgText(100_000) }),
+  z.object({ type: z.literal('redacted_thinking'), data: pgText(1_000_000) }),
+], { error: 'content blocks may be text, tool_use, tool_result, thinking or redacted_thinking' });
+type Block = z.infer<typeof BlockSchema>;
+
+const MessagesRequestSchema = z.object({
+  model: ModelSchema,
+  max_tokens: pgInt(1, 1_000_000).nullish(),
+  messages: z.array(z.object({
+    role: z.enum(['user', 'assistant']),
+    content: z.union([pgText(1_000_000), z.array(BlockSchema).max(1000)]),
+  })).min(1).max(1000),
+  system: z.union([pgText(1_000_000), z.array(TextBlockSchema).max(100)]).nullish(),
+  // Client tools only (no type, or custom): server tools bill per use, outside the rate card.
+  tools: z.array(z.object({
+    type: z.literal('custom', 'only client tools are served (no server tools)').optional(),
+    name: pgText(128),
+    description: pgText(100_000).optional(),
+    input_schema: JsonBlockSchema,
+    cache_control: CacheControlSchema,
+  })).max(128).nullish(),
+  tool_choice: JsonBlockSchema.nullish(),
+  thinking: z.union([
+    z.object({ type: z.literal('enabled'), budget_tokens: pgInt(1, 1_000_000) }),
+    z.object({ type: z.literal('disabled') }),
+  ]).nullish(),
+  stream: z.boolean().default(false),
+  temperature: z.number().min(0).max(1).nullish(),
+  top_p: z.number().min(0).max(1).nullish(),
+  top_k: pgInt(0, 1_000_000).nullish(),
+  stop_sequences: z.array(pgText(256)).max(8).nullish(),
+  metadata: z.object({ user_id: tokenText(256).nullish() }).nullish(),
+});
+export type MessagesRequest = z.infer<typeof MessagesRequestSchema>;
+
+function blockText(b: Block): string {
+  switch (b.type) {
+    case 'text':
+      return b.text;
+    case 'tool_use':
+      return JSON.stringify({ name: b.name, input: b.input });
+    case 'tool_result':
+      return typeof b.content === 'string' ? b.content : (b.content ?? []).map((t) => t.text).join('');
+    case 'thinking':
+      return b.thinking + b.signature;
+    case 'redacted_thinking':
+      return b.data;
+  }
+}
+const systemText = (s: MessagesRequest['system']) => typeof s === 'string' ? s : (s ?? []).map((t) => t.text).join('');
+
+/** Anthropic's usage: every input kind apart (input excludes cache reads and writes); output includes thinking. */
+const fromUsage = (raw: unknown): Usage => {
+  const u = (raw ?? {}) as Record<string, unknown>;
+  return {
+    input_tokens: count(u.input_tokens),
+    cached_input_tokens: count(u.cache_read_input_tokens),
+    cache_write_tokens: count(u.cache_creation_input_tokens),
+    output_tokens: count(u.output_tokens),
+    reasoning_tokens: 0,
+  };
+};
+
+/** POST /ai/v1/messages: Anthropic's Messages API. */
+export const messages: Protocol<MessagesRequest> = {
+  endpoint: 'messages',
+  schema: MessagesRequestSchema,
+  model: (req) => req.model,
+  streamed: (req) => req.stream,
+  outputLimit: (req) => ({ asked: req.max_tokens ?? null, field: 'max_tokens' }),
+  *promptTexts(req) {
+    if (req.system) yield systemText(req.system);
+    for (const m of req.messages) {
+      if (typeof m.content === 'string') yield m.content;
+      else for (const b of m.content) yield blockText(b);
+    }
+    for (const extra of [req.tools, req.tool_choice]) if (extra) yield JSON.stringify(extra);
+  },
+  // Anthropic's framing is its own: 16 a message (the system prompt is one) and, with tools, the
+  // few hundred tokens of its tool-use system prompt (264–346), as chat holds a bytes-bounded model.
+  framing: (req, bound) => {
+    const n = req.messages.length + (req.system ? 1 : 0);
+    return bound === 'o200k' ? 3 + 4 * n : 16 + 16 * n + (req.tools ? 1024 : 0);
+  },
+  writesCache: (req) => JSON.stringify([req.system, req.messages, req.tools]).includes('"cache_control":{'),
+  providerBody: (req, maxOutput) => ({ ...req, max_tokens: maxOutput, service_tier: 'standard_only' }),
+  fromUsage,
+  toUsage: (u) => ({
+    input_tokens: u.input_tokens,
+    cache_read_input_tokens: u.cached_input_tokens,
+    cache_creation_input_tokens: u.cache_write_tokens ?? 0,
+    output_tokens: u.output_tokens + u.reasoning_tokens,
+  }),
+  answerText: (body) => Array.isArray(body.content) ? JSON.stringify(body.content) : '',
+  eventText(data) {
+    const delta = parsed(data).delta as Record<string, unknown> | undefined;
+    for (const v of [delta?.text, delta?.partial_json, delta?.thinking]) if (typeof v === 'string') return v;
+    return '';
+  },
+  reader() {
+    let start: Record<string, unknown> = {};
+    let delta: Record<string, unknown> | null = null;
+    return {
+      see({ name, data }) {
+        if (name === 'content_block_delta') return 'send';
+        const event = parsed(data);
+        switch (name ?? event.type) {
+          case 'message_start':
+            start = ((event.message as Record<string, unknown> | undefined)?.usage ?? {}) as Record<string, unknown>;
+            return 'send';
+          case 'message_delta':
+            // Cumulative: the last one counts, never a sum. Kept back, sent with its cost.
+            delta = event;
+            return 'keep';
+          case 'message_stop':
+            return 'end';
+          case 'error':
+            return 'error';
+          default:
+            return 'send';
+        }
+      },
+      // Reported once a message_delta came: its counts, the input kinds from message_start where it has none.
+      usage: () => delta ? fromUsage({ ...start, ...(delta.usage as Record<string, unknown> | undefined) }) : null,
+      held: () => delta ? JSON.stringify(delta) : null,
+    };
+  },
+  closing(_req, held, usage, charged) {
+    if (!held) return messages.failure(answerCut());
+    const event = JSON.parse(held);
+    return sseEvent('message_delta', { ...event, usage: usageWithCost(messages, event.usage, usage, charged) }) +
+      sseEvent('message_stop', { type: 'message_stop' });
+  },
+  failure: (error) => sseEvent('error', { type: 'error', error: { type: 'api_error', message: error.message } }),
+};
