@@ -25,7 +25,8 @@
 --   take        [{lot_id, amount}]: the debit draws exactly these, of exactly the amount (an account
 --               with restricted lots, billing.plan_lot_draw)
 --   return_to   [{lot_id, amount}]: the credit goes back into these lots (a void, a rollover's
---               credits brought back from breakage): negative allocations, no new lot
+--               credits brought back from breakage): negative allocations, no new lot; what of
+--               it pays a debt is the allocation's debt_settled, not the lot's
 --   moved_from  the credit opens a lot with this lot's provenance and its share of the cost (a plan rollover)
 --   category, priority, cost_cents, currency, purchase_id, expires_at, applies_to: the new lot's,
 --               over the defaults (billing.credit_expiry_policy; an adjustment never expires unless
@@ -408,10 +409,11 @@ begin
                 over (order by r.lot_id rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
             from r
           ), ins as (
-            insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
-            select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount from p
+            -- The part that paid a debt is the allocation's, dated by it: the lot's grant stays as it was.
+            insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, debt_settled)
+            select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount, p.settled from p
           )
-          update billing.lots l set remaining = l.remaining + p.amount - p.settled, debt_settled = l.debt_settled + p.settled
+          update billing.lots l set remaining = l.remaining + p.amount - p.settled
           from p where l.id = p.lot_id and l.account_id = c.account_id;
           continue;
         elsif v_lot ? 'moved_from' then
@@ -488,6 +490,25 @@ $$;
 comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_held billing.held_change[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and changes of held amounts under the caller''s account locks; one result per movement, replays answered.';
 revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[], p_held billing.held_change[]) from public;
 
+-- Whether an account is in debt, the rule every refusal's `debt` states: its balance is below
+-- what its open lots hold (debt = Σ remaining − balance, billing.post_transfers). Credits for some
+-- models stay beside a debt (it is owed in money paid for anything), so only an account holding
+-- them can owe with a balance of zero or more; any other is in debt exactly when its balance is
+-- below zero, and is answered without reading its lots.
+create or replace function billing.in_debt(p_account billing.accounts) returns boolean
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  if not p_account.restricted_lots or p_account.balance < 0 then
+    return p_account.balance < 0;
+  end if;
+  return p_account.balance < (select coalesce(sum(l.remaining), 0) from billing.lots l where l.account_id = p_account.id and l.open);
+end;
+$$;
+comment on function billing.in_debt(p_account billing.accounts) is 'Internal: whether an account owes: its balance is below what its open lots hold (credits for some models stay beside a debt).';
+revoke execute on function billing.in_debt(p_account billing.accounts) from public;
+
 create or replace function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind,
                                                 p_key text, p_member uuid, p_metadata jsonb default null,
                                                 p_applies_to text[] default null)
@@ -516,7 +537,7 @@ begin
   end if;
   if v_from.balance - v_from.held < p_amount then
     perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
-      'available', trim_scale(greatest(v_from.balance - v_from.held, 0))::text, 'debt', v_from.balance < 0,
+      'available', trim_scale(greatest(v_from.balance - v_from.held, 0))::text, 'debt', billing.in_debt(v_from),
       'wallet', 'organisation'));
   end if;
 
@@ -580,6 +601,9 @@ begin
     if v_account.held > 0 or v_account.next_expiry <= now() then
       v_account := billing.settle_account(v_account.id);
     end if;
+    if v_account.id = p_own.id then
+      p_own := v_account;                             -- settled: the refusal's debt is read from it
+    end if;
     v_available := greatest(v_account.balance - v_account.held, 0);
     if v_account.restricted_lots then
       v_available := least(v_available, (billing.plan_lot_draw(v_account.id, p_model, p_amount) ->> 'found')::numeric);
@@ -606,7 +630,7 @@ begin
     v_cap := null;
   end loop;
   perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
-    'available', trim_scale(v_best)::text, 'debt', p_own.balance < 0, 'wallets', v_wallets));
+    'available', trim_scale(v_best)::text, 'debt', billing.in_debt(p_own), 'wallets', v_wallets));
   return null;                                      -- not reached: raise_error raised
 end;
 $$;
@@ -674,14 +698,14 @@ begin
     if v_account.balance - v_account.held < p_amount then
       perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
         'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text,
-        'debt', v_account.balance < 0));
+        'debt', billing.in_debt(v_account)));
     end if;
     if v_account.caps > 0 and v_account.org_id is null then  -- a pooled wallet's were counted choosing it
       perform billing.charge_caps(v_account_id, p_amount, p_metadata ->> 'model');
     end if;
   elsif p_mode = 'capture' and v_account.balance < p_amount then
     perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
-      'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance, 0))::text, 'debt', v_account.balance < 0));
+      'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance, 0))::text, 'debt', billing.in_debt(v_account)));
   end if;
   -- Credits for some models only: the charge draws what may pay for its model (the rate card's,
   -- or the gateway's facts on a capture), leaving every other live hold payable.

@@ -148,7 +148,7 @@ begin
   if v_account.balance - v_account.held < p_amount then
     perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
       'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text,
-      'debt', v_account.balance < 0));
+      'debt', billing.in_debt(v_account)));
   end if;
 
   -- On an account with restricted lots, the hold must be payable beside every other live one.

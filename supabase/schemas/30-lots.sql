@@ -40,6 +40,7 @@ create table billing.lots (
   constraint lots_moved_from_fkey foreign key (moved_from) references billing.lots(id)
 ) with (fillfactor = 50);
 comment on table billing.lots is 'Where each credit came from: one lot per grant, drawn down in spending order. remaining is maintained under the account lock.';
+comment on column billing.lots.debt_settled is 'Of the credits this lot brought, the part that paid a debt on arrival; fixed at the grant (what credits given back to it later pay is their allocation''s debt_settled).';
 comment on column billing.lots.moved_from is 'The lot these credits were moved out of (allowance, sweep): its provenance is this lot''s; null for a grant.';
 comment on column billing.lots.applies_to is 'The models (names, or families ending in *) these credits may pay for; null: any (31-lot-applicability.sql). Kept through moves.';
 alter table billing.lots enable row level security;
@@ -70,12 +71,16 @@ create table billing.lot_allocations (
   kind billing.transfer_kind not null,                -- the transfer's, so reporting needs no join
   amount numeric(38, 18) not null,
   created_at timestamptz not null default now(),
+  -- Of a row giving back (negative), the part that paid a debt the account was in when it was
+  -- given back: it does not return to the lot's remaining, and is booked on this row's day.
+  debt_settled numeric(38, 18) not null default 0,
   primary key (transfer_id, lot_id),
   -- Negative allocations give back to a lot: a void what its charge drew, a plan rollover what
   -- the sweep expired of a period's credits before its renewal was paid (roll_over_plan_credits).
-  constraint lot_allocations_amount_positive check (amount > 0 or (kind in ('void', 'expiry') and amount < 0))
+  constraint lot_allocations_amount_positive check (amount > 0 or (kind in ('void', 'expiry') and amount < 0)),
+  constraint lot_allocations_debt_settled_within check (debt_settled >= 0 and (debt_settled = 0 or debt_settled <= -amount))
 );
-comment on table billing.lot_allocations is 'Immutable. What each debiting transfer drew from each lot; Σ per transfer ≤ its amount (the rest, if any, became debt). A void''s rows are negative: what it gave back to each lot its charge drew; so is a plan rollover''s expiry row bringing a period''s expired credits back from breakage.';
+comment on table billing.lot_allocations is 'Immutable. What each debiting transfer drew from each lot; Σ per transfer ≤ its amount (the rest, if any, became debt). A void''s rows are negative: what it gave back to each lot its charge drew; so is a plan rollover''s expiry row bringing a period''s expired credits back from breakage. Of a negative row, debt_settled is what paid a debt then. Per lot: remaining + debt_settled + Σ (amount + debt_settled) = amount.';
 alter table billing.lot_allocations enable row level security;
 grant select on table billing.lot_allocations to authenticated;
 grant select on table billing.lot_allocations to service_role;
@@ -191,7 +196,8 @@ stable security definer
 set search_path = ''
 as $$
   with drawn as (
-    select la.lot_id, sum(la.amount) as total from billing.lot_allocations la group by la.lot_id
+    -- What left each lot: drawn, less what was given back to it beyond the debt that part paid.
+    select la.lot_id, sum(la.amount + la.debt_settled) as total from billing.lot_allocations la group by la.lot_id
   ), bad_lots as (
     select l.id from billing.lots l left join drawn d on d.lot_id = l.id
     where l.remaining + l.debt_settled + coalesce(d.total, 0) <> l.amount

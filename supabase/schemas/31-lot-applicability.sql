@@ -219,9 +219,7 @@ begin
       'required', trim_scale(p_amount)::text,
       'available', case when not v_pool then
         trim_scale(least((v_plan ->> 'found')::numeric, greatest(p_account.balance - p_account.held, 0)))::text end,
-      -- In debt when the balance is below what the lots hold: credits for some models sit beside a debt.
-      'debt', case when not v_pool then p_account.balance < (select coalesce(sum(l.remaining), 0) from billing.lots l
-                                                             where l.account_id = p_account.id and l.open) end,
+      'debt', case when not v_pool then billing.in_debt(p_account) end,
       'model', p_model,
       -- Credits that exist but may not pay for this model.
       'restricted', case when not v_pool then v_plan ->> 'unusable' end,

@@ -81,14 +81,11 @@ revoke execute on function billing.record_lot_change() from public;
 -- before it, whichever span is shorter (so a read costs the entries of that span, not the whole
 -- history). Allocations are found through the account's entries (indexed by account and
 -- instant), not by lot: lot_allocations has no index by lot, which every charge would pay for.
---   before   remaining = amount − debt settled by then − Σ its allocations dated by then, all from
---            its grant (its oldest lot's) to p_at
---   after    remaining = remaining now + Σ its allocations dated after p_at + debt it settled after
---            p_at (lots_remaining_within: remaining + debt_settled + Σ drawn = amount)
--- Debt settled after p_at: a void or a rollover crediting an account in debt pays the debt first
--- (billing.post_transfers: of its credit, the part its entry's balance_after shows went to the
--- debt, shared over the lots it returns to in lot id order); such returns are negative
--- allocations, found by their own index (lot_allocations_given_back), a few rows.
+--   before   remaining = amount − debt settled on arrival − Σ its allocations dated by then, all
+--            from its grant (its oldest lot's) to p_at
+--   after    remaining = remaining now + Σ its allocations dated after p_at
+-- where an allocation counts amount + debt_settled (a return's part that paid a debt never came
+-- back to the lot): remaining + debt_settled + Σ (amount + debt_settled) = amount (check_lots).
 create or replace function billing.lots_remaining_as_of(p_account_id bigint, p_at timestamptz, p_lots bigint[])
 returns table (lot_id bigint, remaining numeric)
 language plpgsql stable
@@ -99,7 +96,6 @@ declare
   v_oldest timestamptz := (select min(l.granted_at) from billing.lots l where l.id = any (p_lots));
   v_before boolean := p_at - v_oldest <= now() - p_at;
   v_drawn jsonb;
-  v_settled jsonb;
 begin
   if v_oldest is null then
     return;
@@ -107,35 +103,24 @@ begin
   -- Σ allocations per lot over the shorter span: a query of its own each, so each is an index range.
   if v_before then
     select jsonb_object_agg(x.lot_id, x.total) into v_drawn from (
-      select a.lot_id, sum(a.amount) as total
+      select a.lot_id, sum(a.amount + a.debt_settled) as total
       from billing.entries e join billing.lot_allocations a on a.transfer_id = e.transfer_id
       where e.account_id = p_account_id and e.balance_after is not null and e.created_at >= v_oldest and e.created_at <= p_at
         and a.lot_id = any (p_lots)
       group by a.lot_id) x;
   else
     select jsonb_object_agg(x.lot_id, x.total) into v_drawn from (
-      select a.lot_id, sum(a.amount) as total
+      select a.lot_id, sum(a.amount + a.debt_settled) as total
       from billing.entries e join billing.lot_allocations a on a.transfer_id = e.transfer_id
       where e.account_id = p_account_id and e.balance_after is not null and e.created_at > p_at
         and a.lot_id = any (p_lots)
       group by a.lot_id) x;
   end if;
-  select jsonb_object_agg(r.lot_id, r.total) into v_settled from (
-    select x.lot_id, sum(x.settled) as total from (
-      select a.lot_id, least(-a.amount, greatest(least(e.amount, greatest(e.amount - e.balance_after, 0))
-        - coalesce(sum(-a.amount) over (partition by a.transfer_id order by a.lot_id
-                                        rows between unbounded preceding and 1 preceding), 0), 0)) as settled
-      from billing.lot_allocations a
-      join billing.entries e on e.transfer_id = a.transfer_id and e.account_id = p_account_id and e.balance_after is not null
-        and e.amount > 0
-      where a.amount < 0 and a.created_at > p_at) x
-    where x.lot_id = any (p_lots)
-    group by x.lot_id) r;
   return query
   select l.id,
     case when v_before
-      then l.amount - (l.debt_settled - coalesce((v_settled ->> l.id::text)::numeric, 0)) - coalesce((v_drawn ->> l.id::text)::numeric, 0)
-      else l.remaining + coalesce((v_settled ->> l.id::text)::numeric, 0) + coalesce((v_drawn ->> l.id::text)::numeric, 0) end
+      then l.amount - l.debt_settled - coalesce((v_drawn ->> l.id::text)::numeric, 0)
+      else l.remaining + coalesce((v_drawn ->> l.id::text)::numeric, 0) end
   from billing.lots l
   where l.id = any (p_lots);
 end;

@@ -8,7 +8,8 @@
 --     lot_allocations of kind void (so Σ allocations per lot is what it has net given, and
 --     check_lots' deferred revenue stays exact). A lot that has expired since gets its share back
 --     and expires it at once, as breakage, under a key of its own: nothing expired comes back to
---     life. Returned credits that pay a debt the account is in are recorded as debt_settled.
+--     life. Returned credits that pay a debt the account is in are recorded as the allocation's
+--     debt_settled: booked as used on the void's day, never on the day the lot was granted.
 --   - caps: the room the charge took goes back to the period it was counted in (the hold's
 --     placement for a capture) when that period is still the cap's current one; a past period's
 --     spending changes only in reports.

@@ -144,7 +144,6 @@ begin
       -- expired from (a negative expiry allocation, as a void gives back: breakage revenue and
       -- deferred revenue stay exact), then moves on like the rest.
       v_take := least(l.expired, v_left);
-      select x.debt_settled into v_settled from billing.lots x where x.id = l.id;
       v_back := billing.post_transfers(array[('expiry', billing.platform_account_id('expired'), p_account_id, v_take,
         p_key || ':unexpire:' || l.id, p_sub.id::text, null,
         jsonb_build_object('lot_id', l.id::text, 'category', l.category, 'rolled_over', true), null, null, null,
@@ -152,7 +151,9 @@ begin
       )::billing.transfer_spec]);
       continue when (v_back[1]).replayed;
       -- What of it paid a debt (the writer's rule: only credits for any model do).
-      select x.remaining, x.debt_settled - v_settled into l.remaining, v_settled from billing.lots x where x.id = l.id;
+      select x.remaining into l.remaining from billing.lots x where x.id = l.id;
+      select a.debt_settled into v_settled from billing.lot_allocations a
+      where a.transfer_id = (v_back[1]).transfer_id and a.lot_id = l.id;
       -- What paid the debt rolled over too: it counts against the cap (or each expired lot of
       -- the period would pay up to a whole cap of debt out of breakage).
       v_left := v_left - v_settled;

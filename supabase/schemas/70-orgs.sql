@@ -308,7 +308,7 @@ begin
   end if;
   if v_account.balance - v_account.held < p_amount * v_new then
     perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount * v_new)::text,
-      'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text, 'debt', v_account.balance < 0,
+      'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text, 'debt', billing.in_debt(v_account),
       'wallet', 'organisation', 'org_id', p_org));
   end if;
   foreach m in array v_members loop

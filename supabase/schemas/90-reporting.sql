@@ -75,10 +75,6 @@ comment on table billing.revenue_rollup is 'Each UTC day''s metric parts, which 
 alter table billing.revenue_rollup enable row level security;
 grant select on table billing.revenue_rollup to service_role;
 
--- Allocations that give credits back (voids, plan rollovers), for revenue_rollup_is_current: a
--- few rows; the predicate is false for every charge, so a charge never writes to it.
-create index lot_allocations_given_back on billing.lot_allocations (created_at) where amount < 0;
-
 -- Each UTC day's numbers (revenue_metrics of the day), for the daily report and its email.
 create table billing.daily_revenue (
   day date primary key,
@@ -125,12 +121,15 @@ begin
            left join billing.rate_cards r on r.id = g.rate_card_id and g.kind = 'usage'
            group by 1, 2) c),
     -- Credits drawn from lots by each kind of transfer (spent, expired, reversed, voided), each at
-    -- its lot's cost basis.
+    -- its lot's cost basis; of credits given back to a lot, the part that paid a debt then (kind
+    -- 'debt_settled_by_return'): spent on what the debt was for, on the day they came back.
     (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
         'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
-     from (select l.currency, l.category, a.kind::text as kind, sum(a.amount) as credits, sum(l.cost_cents * a.amount / l.amount) as cents
+     from (select l.currency, l.category, p.kind, sum(p.credits) as credits, sum(l.cost_cents * p.credits / l.amount) as cents
            from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
-           where a.created_at >= p_from and a.created_at < p_to group by 1, 2, 3) x),
+           cross join lateral (values (a.kind::text, a.amount), ('debt_settled_by_return', a.debt_settled)) p(kind, credits)
+           where a.created_at >= p_from and a.created_at < p_to and (p.kind <> 'debt_settled_by_return' or p.credits > 0)
+           group by 1, 2, 3) x),
     u.accounts, u.credit_change
   from
     -- One pass over the user entries: who was active, and (as user_credit_change) what moved.
@@ -142,7 +141,7 @@ comment on function billing.ledger_parts(p_from timestamp with time zone, p_to t
 revoke execute on function billing.ledger_parts(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
 -- The events' parts of [p_from, p_to), from the raw rows: money postings by when they happened at
--- Stripe, lots granted (net of debt settled, which a later void can raise), purchases, webhooks.
+-- Stripe, lots granted (net of the debt they settled on arrival, fixed then), purchases, webhooks.
 create or replace function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone)
 returns table(money jsonb, lots jsonb, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
 language plpgsql
@@ -286,10 +285,6 @@ begin
           and p.created_at >= v_from and p.created_at < p_covered_until and p.paid_at > v_since)))
     and (select count(*) from billing.purchases p
          where p.stripe_session_id is null and p.created_at >= v_from and p.created_at < p_covered_until) = p_sessionless
-    -- A void or a plan rollover that gave credits back while the account was in debt raised the
-    -- debt settled of the lot it gave back to, so that lot's grant counts for less.
-    and not exists (select 1 from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
-      where a.amount < 0 and a.created_at > v_since and l.granted_at >= v_from and l.granted_at < p_covered_until)
     and not exists (select 1 from billing.stripe_events e
       where e.processed_at > v_since and e.processed_at < v_end and e.received_at >= v_from and e.received_at < p_covered_until)
     and not exists (select 1 from billing.stripe_events e

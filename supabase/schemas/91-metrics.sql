@@ -219,17 +219,18 @@ begin
     group by 1, 2, 3
   ),
   -- A void's allocations are negative (45-corrections.sql): it un-recognises what its charge did,
-  -- in the period the void is made. Moved credits that paid a debt on arrival are spent then.
+  -- in the period the void is made. Moved credits that paid a debt on arrival are spent then, and
+  -- credits given back (a void, a rollover's return from breakage) that paid a debt when they came back.
   lot_lines as (
     select f.currency,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'granted'), 0)) as deferred_in,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid'
-        and f.kind in ('usage', 'debit', 'hold_capture', 'void', 'debt_settled_by_move')), 0)) as recognised,
+        and f.kind in ('usage', 'debit', 'hold_capture', 'void', 'debt_settled_by_move', 'debt_settled_by_return')), 0)) as recognised,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'expiry'), 0)) as breakage,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('refund_reversal', 'dispute_reversal')), 0)) as reversed,
       coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'granted'), 0) as promo_granted,
       coalesce(sum(f.credits) filter (where f.category = 'promotional'
-        and f.kind in ('usage', 'debit', 'hold_capture', 'void', 'debt_settled_by_move')), 0) as promo_spent,
+        and f.kind in ('usage', 'debit', 'hold_capture', 'void', 'debt_settled_by_move', 'debt_settled_by_return')), 0) as promo_spent,
       coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'expiry'), 0) as promo_expired
     from lot_flows f group by f.currency
   )

@@ -11,6 +11,10 @@
 --             A move between accounts posts nothing (its cost basis moves with it), except the
 --             part of a moved lot that paid a debt on arrival (debt_settled): those credits leave
 --             deferred revenue for credits already used, so they count with the credits used.
+--             So does the part of credits given back to a lot (a void, a rollover's return from
+--             breakage) that paid a debt, on the day it was given back (its allocation's
+--             debt_settled). Every row is dated once and never changes after, so a closed day's
+--             lines never do.
 -- The credit side of a credit purchase is Credit sales clearing: the cash side credits it with the
 -- price, the lots granted debit it at cost, so it stays at zero unless paid credits were granted
 -- without a Stripe payment (an admin's paid grant) or a sale and its lots fall on two days.
@@ -127,15 +131,18 @@ begin
       and l.debt_settled > 0 and (p_currency is null or l.currency = p_currency)
     group by 1, 2
     union all
-    -- ... and what each kind of transfer drew from them (a void's draw is negative: it gives back).
-    select (a.created_at at time zone 'UTC')::date, l.currency,
-      case when a.kind in ('usage', 'debit', 'hold_capture', 'void') then 'credits_used' when a.kind = 'expiry' then 'credits_expired'
-        when a.kind = 'refund_reversal' then 'credits_refunded' else 'credits_disputed' end,
-      sum(l.cost_cents * a.amount / l.amount)
+    -- ... and what each kind of transfer drew from them (a void's draw is negative: it gives back;
+    -- so is a rollover's return from breakage), and of what was given back, the part that paid a
+    -- debt then: credits used that day.
+    select (a.created_at at time zone 'UTC')::date, l.currency, x.source, sum(l.cost_cents * x.credits / l.amount)
     from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
+    cross join lateral (values
+      (case when a.kind in ('usage', 'debit', 'hold_capture', 'void') then 'credits_used' when a.kind = 'expiry' then 'credits_expired'
+         when a.kind = 'refund_reversal' then 'credits_refunded' else 'credits_disputed' end, a.amount),
+      ('credits_used', a.debt_settled)) x(source, credits)
     where a.created_at >= v_from and a.created_at < v_to and l.category = 'paid'
       and a.kind in ('usage', 'debit', 'hold_capture', 'void', 'expiry', 'refund_reversal', 'dispute_reversal')
-      and (p_currency is null or l.currency = p_currency)
+      and x.credits <> 0 and (p_currency is null or l.currency = p_currency)
     group by 1, 2, 3
   ), pairs as (
     select f.day, f.currency, f.source, round(sum(f.cents)) as cents from flows f group by 1, 2, 3
@@ -158,7 +165,8 @@ revoke execute on function billing.journal_lines(p_from date, p_to date, p_curre
 
 -- The ledger's own deferred revenue movement over [p_from, p_to) per currency, read apart from the
 -- journal's sources: every paid lot opened (granted or moved in, net of the debt it paid on
--- arrival) less everything drawn from paid lots (spent, expired, reversed, moved out), at cost,
+-- arrival) less everything drawn from paid lots (spent, expired, reversed, moved out; given back
+-- counts as drawn back, less the part that paid a debt then), at cost,
 -- rounded once per UTC day. No kind or moved_from decides what counts, so a row the journal's
 -- sources miss or count twice shows as a difference in the journal's reconciliation.
 create or replace function billing.ledger_deferred_revenue_change(p_from date, p_to date, p_currency text)
@@ -173,7 +181,7 @@ as $$
       where l.granted_at >= p_from::timestamp at time zone 'UTC' and l.granted_at < p_to::timestamp at time zone 'UTC'
         and l.category = 'paid' and (p_currency is null or l.currency = p_currency)
       union all
-      select (a.created_at at time zone 'UTC')::date, l.currency, -l.cost_cents * a.amount / l.amount
+      select (a.created_at at time zone 'UTC')::date, l.currency, -l.cost_cents * (a.amount + a.debt_settled) / l.amount
       from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
       where a.created_at >= p_from::timestamp at time zone 'UTC' and a.created_at < p_to::timestamp at time zone 'UTC'
         and l.category = 'paid' and (p_currency is null or l.currency = p_currency)) f

@@ -13,7 +13,7 @@ create temp table writers as
 select p.oid::regprocedure::text as fn, s.src,
   s.src ~ 'insert into billing\.(transfers|entries|lot_allocations|lots)\M' as inserts,
   s.src ~ 'update billing\.accounts \w+ set [^;]*?[ ,](\w+\.)?(balance|held|version) =' as balances,
-  s.src ~ 'update billing\.lots \w+ set [^;]*?[ ,](\w+\.)?(remaining|debt_settled) =' as lots
+  s.src ~ 'update billing\.lots \w+ set ([^;]*?[ ,])?(\w+\.)?(remaining|debt_settled) =' as lots
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 cross join lateral (select regexp_replace(lower(p.prosrc), '\s+', ' ', 'g') as src) s

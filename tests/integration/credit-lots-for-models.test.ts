@@ -423,3 +423,28 @@ Deno.test("sponsor codes filling a student's seven model lists never stop a paid
   assert.equal(mine?.status, 'active', 'the refused code was not used up');
   await assertLedgerInvariants();
 });
+
+// A student who owes money beside a school's credits for one model is in debt. The 402 says so (docs/api.md: every debit is refused while a debt lasts,
+// `details.debt = true`), or the client sends her to the wrong fix.
+Deno.test("a student who owes 1,230 beside the school's credits for one model is told so: a charge for another model is 402 with details.debt true", async () => {
+  const s = await sponsoredBuyer();
+  await spend(s.ada.token, 1230);
+  const refunded = await api('/checkout/refunds', {
+    token: await adminToken(),
+    headers: key(),
+    body: { purchase_id: s.purchase },
+  });
+  assert.equal(refunded.status, 202, refunded.text);
+  const [owed] = await testDb`select trim_scale(sum(l.remaining) - a.balance)::text as d from billing.accounts a
+    join billing.lots l on l.account_id = a.id and l.open where a.user_id = ${s.ada.id} group by a.balance`;
+  assert.equal(owed.d, '1230', 'the debt (Σ remaining − balance, docs/credit-lots.md)');
+  const r = await reportUsage('/credits/usage', {
+    token: s.ada.token,
+    headers: key(),
+    body: { model: 'gpt-4o', input_tokens: 1000, output_tokens: 0 },
+  });
+  assert.equal(r.status, 402, r.text);
+  const details = (r.body.error as { details: Record<string, unknown> }).details;
+  assert.equal(details.debt, true, `she owes ${owed.d} and the 402 says ${JSON.stringify(details)}`);
+  await assertLedgerInvariants();
+});

@@ -3,10 +3,21 @@
 // transfers' draws on paid lots match it line for line, it reconciles with revenue_metrics, and
 // its CSVs are in the columns Xero and QuickBooks Online import. The chart is the operator's.
 import assert from 'node:assert/strict';
-import { adminToken, api, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  newUser,
+  reportUsage,
+  spend,
+  student,
+  testDb,
+  userToken,
+} from '../support/helpers.ts';
 import { codeOf, dataOf } from '../support/money.ts';
 import { key } from '../support/orgs.ts';
-import { buy, chargeOf, emulator } from '../support/purchases.ts';
+import { balanceOf, buy, chargeOf, deliver, emulator } from '../support/purchases.ts';
+import { renew, subscribeTo } from '../support/plans.ts';
 
 type Line = { account: string; code: string; source: string; debit: string | null; credit: string | null };
 type Entry = {
@@ -185,6 +196,65 @@ Deno.test("each day's journal balances to the cent, matches its re-derivation fr
       assert.equal(get('stripe_fees_cents'), String(money.stripe_fees_cents));
     }
   }
+});
+
+// A closed day stays closed: what happens later is booked on the day it happens. Credits given back
+// into a lot granted on an earlier day (a renewal bringing a period's expired credits back from
+// breakage, a void) that pay a debt are credits used on the day they are given back; the day of
+// the lot's grant keeps the figures it had (docs/accounting.md).
+Deno.test("a rollover that pays today's debt out of credits granted on an earlier day leaves that day's journal and report as they were", async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly'); // 10,000 credits for 999¢; basic rolls up to 2,000
+  const mini = await buy(s.token, 'mini');
+  const late = await renew(plan.stripe_subscription, 'paid', false); // period 2 charged, its webhooks late
+  // Period 1's grant was made on a day of its own, long closed; the period has ended and the sweep expired it.
+  const [{ day }] = await testDb`with l as (
+      update billing.lots x set granted_at = x.granted_at - ${`${
+    200 + Math.floor(Math.random() * 400)
+  } days`}::interval,
+        expires_at = now() - interval '1 hour'
+      from billing.plan_lots pl join billing.accounts a on true
+      where pl.lot_id = x.id and a.id = x.account_id and a.user_id = ${s.id} and x.open
+      returning x.account_id, x.granted_at, x.expires_at)
+    update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id
+    returning to_char((l.granted_at at time zone 'UTC')::date, 'YYYY-MM-DD') as day`;
+  await testDb`select billing.expire_lots(500)`;
+  await spend(s.token, 5000);
+  await emulator(`/_emulator/charges/${await chargeOf(mini.session_id)}/refund`, {}); // 5,000 spent, refunded: owed
+  assert.equal((await balanceOf(s.token)).balance, '-5000');
+
+  const closed = async () =>
+    (await testDb<{ journal: Journal; report: { credit_lots: unknown[] } }[]>`
+      select billing.journal(${day}::date, ${day}::date + 1, 'usd') as journal,
+        billing.revenue_metrics(${day}::date::timestamp at time zone 'UTC', (${day}::date + 1)::timestamp at time zone 'UTC')
+          as report`)[0];
+  const before = await closed();
+  const lines = before.journal.entries.flatMap((e) =>
+    e.lines.map((l) => `${l.source} ${l.account} ${l.debit ?? '-' + l.credit}`)
+  );
+  assert.deepEqual(lines.sort(), [
+    'credits_granted credit_sales_clearing 9.99',
+    'credits_granted deferred_revenue -9.99',
+  ]);
+
+  // The renewal: 2,000 come back from breakage into period 1's lot and pay 2,000 of the debt today.
+  for (const e of late.events) assert.equal((await deliver(e)).status, 200);
+  assert.equal((await balanceOf(s.token)).balance, '7000');
+  const after = await closed();
+  assert.deepEqual(after.journal.entries, before.journal.entries, `${day}'s journal is as it was closed`);
+  assert.deepEqual(after.journal.reconciliation, before.journal.reconciliation, `${day}'s reconciliation too`);
+  assert.deepEqual(after.report.credit_lots, before.report.credit_lots, `${day}'s revenue report too`);
+  for (const r of after.journal.reconciliation) {
+    for (const i of r.items) {
+      assert.ok(i.difference === null || i.difference === '0', `${day} ${r.currency} ${i.item}: ${i.difference}`);
+    }
+  }
+  // Today's books carry it: the 2,000 (199.8¢) leave breakage and are recognised as used.
+  const [{ used }] = await testDb`select coalesce(sum(l.amount), 0)::text as used
+    from billing.journal_lines(current_date, current_date + 1, 'usd') l
+    where l.account = 'revenue_usage' and l.source = 'credits_used'`;
+  assert.ok(Number(used) <= -200, `today's credits used include the debt paid from breakage (${used})`);
+  await assertLedgerInvariants();
 });
 
 /** A small CSV reader: quoted fields with commas and doubled quotes, CRLF rows. */
