@@ -66,9 +66,14 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
   const env = aiGatewayEnv();
   const limit = p.outputLimit(req);
   if (limit?.asked && limit.asked > env.AI_MAX_OUTPUT_TOKENS) {
-    throw new AppError('validation', 'VALIDATION_FAILED', `${limit.field} may be at most ${env.AI_MAX_OUTPUT_TOKENS}.`, {
-      field: limit.field,
-    });
+    throw new AppError(
+      'validation',
+      'VALIDATION_FAILED',
+      `${limit.field} may be at most ${env.AI_MAX_OUTPUT_TOKENS}.`,
+      {
+        field: limit.field,
+      },
+    );
   }
   const maxOutput = limit ? limit.asked ?? env.AI_MAX_OUTPUT_TOKENS : 0;
   const prompt = await promptTokens(p, req, env.AI_MAX_PROMPT_TOKENS);

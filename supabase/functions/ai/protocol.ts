@@ -87,9 +87,14 @@ export const JsonBlockSchema = jsonObject({ depth: 10, entries: 500, key: 256, t
 
 /** A stream cut at the call's deadline before the provider's end: what was streamed was charged. */
 export const answerCut = () =>
-  new AppError('unavailable', 'ANSWER_CUT', "The answer was cut at the call's deadline; what was streamed was charged.", {
-    status: 504,
-  });
+  new AppError(
+    'unavailable',
+    'ANSWER_CUT',
+    "The answer was cut at the call's deadline; what was streamed was charged.",
+    {
+      status: 504,
+    },
+  );
 
 /**
  * The most input tokens the provider can bill for the request's prompt, or null when it passes

@@ -15,7 +15,11 @@ const CacheControlSchema = z.object({
   type: z.literal('ephemeral'),
   ttl: z.literal('5m', 'only 5-minute cache writes are served (the rate card prices one kind)').optional(),
 }).nullish();
-const TextBlockSchema = z.object({ type: z.literal('text'), text: pgText(1_000_000), cache_control: CacheControlSchema });
+const TextBlockSchema = z.object({
+  type: z.literal('text'),
+  text: pgText(1_000_000),
+  cache_control: CacheControlSchema,
+});
 const BlockSchema = z.discriminatedUnion('type', [
   TextBlockSchema,
   z.object({
