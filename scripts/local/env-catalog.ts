@@ -84,10 +84,18 @@ export interface FunctionEnv {
 export const functions: Record<string, FunctionEnv> = {
   // Stripe only for the catalogue's creates and changes (a Stripe Price per version).
   admin: { required: [...redis], optional: ['SLO_AVAILABILITY', 'SLO_P95_MS', ...stripe, ...stripeTuning] },
-  // The AI gateway calls the provider at AI_API_BASE with AI_API_KEY (docs/ai-gateway.md).
+  // The AI gateway calls each model's upstream: OpenAI at AI_API_BASE with AI_API_KEY, Anthropic
+  // with AI_ANTHROPIC_KEY, and each OpenAI-compatible host named in AI_UPSTREAMS by its own
+  // AI_UPSTREAM_<NAME>_BASE, _KEY and _SPEAKS (docs/ai-gateway.md § Upstreams).
   ai: {
     required: [...redis, 'AI_API_BASE', 'AI_API_KEY'],
-    optional: [...ai.filter((v) => v !== 'AI_API_BASE' && v !== 'AI_API_KEY'), 'FAILPOINTS'],
+    optional: [
+      ...ai.filter((v) => v !== 'AI_API_BASE' && v !== 'AI_API_KEY'),
+      'AI_ANTHROPIC_BASE',
+      'AI_ANTHROPIC_KEY',
+      'AI_UPSTREAMS',
+      'FAILPOINTS',
+    ],
   },
   checkout: {
     required: [...redis, ...stripe, 'CHECKOUT_SUCCESS_URL', 'CHECKOUT_CANCEL_URL', 'CODE_SECRET'],
@@ -107,6 +115,9 @@ export const functions: Record<string, FunctionEnv> = {
       'POSTMARK_API_BASE',
       'AI_HEALTH_DAILY_CALLS',
       ...ai,
+      'AI_ANTHROPIC_BASE',
+      'AI_ANTHROPIC_KEY',
+      'AI_UPSTREAMS',
       'BILLING_PAGE_URL',
       'CHECKOUT_SUCCESS_URL',
       'CHECKOUT_CANCEL_URL',
