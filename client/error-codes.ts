@@ -3,6 +3,7 @@
 import type { Credits } from './contract.ts';
 
 export const documentedCodes = [
+  'ANSWER_CUT',
   'AUTH_UNAVAILABLE',
   'BAD_REQUEST',
   'BATCH_TOO_LARGE',
@@ -24,6 +25,7 @@ export const documentedCodes = [
   'CORRECTION_NOT_FOUND',
   'CROSS_ORIGIN_REQUEST',
   'DATABASE_UNAVAILABLE',
+  'ENDPOINT_NOT_SUPPORTED',
   'FEATURE_DISABLED',
   'FORBIDDEN',
   'FUNCTION_BOOT_ERROR',
@@ -59,9 +61,9 @@ export const documentedCodes = [
   'INVALID_TTL',
   'INVITATION_CLOSED',
   'INVITATION_LIMIT',
-  'INVOICE_LIMIT',
   'INVITATION_NOT_FOUND',
   'INVITATION_PENDING',
+  'INVOICE_LIMIT',
   'JOB_CANCELLED',
   'JOB_FINISHED',
   'JOB_NOT_COMPLETED',

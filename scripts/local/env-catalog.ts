@@ -41,9 +41,15 @@ const ai = [
   'AI_API_KEY',
   'AI_TIMEOUT_MS',
   'AI_LOCAL_CHUNK_DELAY_MS',
+];
+/** The gateway's own: its limits and its upstreams beside OpenAI (_shared/adapters/ai-upstreams.ts). */
+const gateway = [
   'AI_MAX_OUTPUT_TOKENS',
   'AI_MAX_PROMPT_TOKENS',
   'AI_CALL_MAX_SECONDS',
+  'AI_ANTHROPIC_BASE',
+  'AI_ANTHROPIC_KEY',
+  'AI_UPSTREAMS',
 ];
 
 /** What every function reads through _shared (app factory, pool, rate limits, Redis, cron secret). */
@@ -91,9 +97,7 @@ export const functions: Record<string, FunctionEnv> = {
     required: [...redis, 'AI_API_BASE', 'AI_API_KEY'],
     optional: [
       ...ai.filter((v) => v !== 'AI_API_BASE' && v !== 'AI_API_KEY'),
-      'AI_ANTHROPIC_BASE',
-      'AI_ANTHROPIC_KEY',
-      'AI_UPSTREAMS',
+      ...gateway,
       'FAILPOINTS',
     ],
   },
@@ -115,9 +119,7 @@ export const functions: Record<string, FunctionEnv> = {
       'POSTMARK_API_BASE',
       'AI_HEALTH_DAILY_CALLS',
       ...ai,
-      'AI_ANTHROPIC_BASE',
-      'AI_ANTHROPIC_KEY',
-      'AI_UPSTREAMS',
+      ...gateway,
       'BILLING_PAGE_URL',
       'CHECKOUT_SUCCESS_URL',
       'CHECKOUT_CANCEL_URL',

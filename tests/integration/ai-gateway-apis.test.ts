@@ -10,7 +10,7 @@ import { APICallError, generateText, streamText } from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { createAnthropic } from '@ai-sdk/anthropic';
 import { activeHolds, balanceOf, callsOf, gatewayUrl, settled, standinCall, student } from '../support/ai.ts';
-import { api, assertLedgerInvariants, testDb } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, testDb, withGateway } from '../support/helpers.ts';
 
 const tag = () => `t${crypto.randomUUID().replaceAll('-', '')}`;
 const claude = 'claude-3-5-haiku';
@@ -449,4 +449,29 @@ Deno.test('a client that hangs up mid-stream is charged what the provider report
   assert.equal(c2.charged, await messagesPrice(up2.usage as unknown as Anthropic.Messages.Usage));
   assert.equal(await activeHolds(s.id), 0);
   await assertLedgerInvariants();
+});
+
+Deno.test("a Responses stream cut at the call's deadline is charged what was streamed and ends with ANSWER_CUT", async () => {
+  await withGateway({ AI_CALL_MAX_SECONDS: '10' }, async (url) => {
+    const s = await student();
+    const res = await fetch(`${url}/ai/v1/responses`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${s.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'gpt-4o',
+        input: '#standin words=40 delay=300',
+        max_output_tokens: 200,
+        stream: true,
+      }),
+    });
+    const text = await res.text();
+    assert.match(text, /event: error\ndata: \{"type":"error","code":"ANSWER_CUT"/);
+    assert.doesNotMatch(text, /response\.completed/);
+    const c = await settled(s.id);
+    assert.equal(c.status, 'charged');
+    assert.equal(c.usage_source, 'tokenizer');
+    // 40 words are 80 tokens; at 300 ms a word, about 30 were read in 10 s.
+    assert.ok(c.usage.output_tokens > 0 && c.usage.output_tokens < 80, `${c.usage.output_tokens} tokens read`);
+    assert.equal(await activeHolds(s.id), 0);
+  });
 });

@@ -145,11 +145,14 @@ Deno.test('every route schema takes text, integers and JSON only through the pg-
 
 // OpenAI's sampling settings are fractions, bounded by their own schema, and go to the model only:
 // never to SQL (the gateway keeps a hash of the request, not its values).
-const sentToTheModelOnly = new Set(
-  ['temperature', 'top_p', 'presence_penalty', 'frequency_penalty'].map((k) =>
+const sentToTheModelOnly = new Set([
+  ...['temperature', 'top_p', 'presence_penalty', 'frequency_penalty'].map((k) =>
     `ai/ChatRequestSchema.${k}: a number that is not a bounded integer (pgInt)`
   ),
-);
+  ...['MessagesRequestSchema', 'ResponsesRequestSchema'].flatMap((schema) =>
+    ['temperature', 'top_p'].map((k) => `ai/${schema}.${k}: a number that is not a bounded integer (pgInt)`)
+  ),
+]);
 
 Deno.test('the walk catches raw strings, numbers, unbounded arrays and free-form values', () => {
   const raw = {
@@ -201,6 +204,35 @@ const freeText: Record<string, string> = {
     'the prompt: sent to the model and counted, never stored or sent to SQL',
   'ai/ChatRequestSchema.stop|0': 'stop sequences: sent to the model only, never to SQL',
   'ai/ChatRequestSchema.stop|1[]': 'stop sequences: sent to the model only, never to SQL',
+  'ai/EmbeddingsRequestSchema.input|0': 'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/EmbeddingsRequestSchema.input|1[]': 'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.messages[].content|0':
+    'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.messages[].content|1[]|0.text':
+    'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.messages[].content|1[]|1.name':
+    'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.messages[].content|1[]|2.content|0':
+    'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.messages[].content|1[]|2.content|1[].text':
+    'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.messages[].content|1[]|3.thinking':
+    'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.messages[].content|1[]|3.signature':
+    'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.messages[].content|1[]|4.data':
+    'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.system|0': 'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.system|1[].text': 'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.tools[].name': 'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.tools[].description':
+    'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/ResponsesRequestSchema.input|0': 'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/ResponsesRequestSchema.instructions': 'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/ResponsesRequestSchema.tools[].name': 'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/ResponsesRequestSchema.tools[].description':
+    'the prompt: sent to the model and counted, never stored or sent to SQL',
+  'ai/MessagesRequestSchema.stop_sequences[]': 'stop sequences: sent to the model only, never to SQL',
 };
 
 Deno.test('every free-text string field a route takes has a pattern, or is a documented exception', async () => {

@@ -123,7 +123,7 @@ export const RateCardDraftSchema = z.strictObject({
   usd_per_image: usd.nullable().optional(),
   usd_per_audio_second: usd.nullable().optional(),
   /** Where the gateway sends the model's calls: an upstream the ai function is configured with (docs/ai-gateway.md § Upstreams). */
-  upstream: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'must be an upstream name (a-z, 0-9, -)').default('openai'),
+  upstream: pgText(32).regex(/^[a-z][a-z0-9-]{0,31}$/, 'must be an upstream name (a-z, 0-9, -)').default('openai'),
   reason,
 });
 export type RateCardDraft = z.infer<typeof RateCardDraftSchema>;

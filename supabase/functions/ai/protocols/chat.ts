@@ -19,7 +19,7 @@ const MessageSchema = z.object({
   tool_call_id: tokenText(128).optional(),
 });
 
-const ChatRequestSchema = z.object({
+export const ChatRequestSchema = z.object({
   model: ModelSchema,
   messages: z.array(MessageSchema).min(1).max(1000),
   stream: z.boolean().default(false),

@@ -6,7 +6,7 @@ import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import { count, type Protocol } from '../protocol.ts';
 
 const TokensSchema = z.array(pgInt(0, 10_000_000)).min(1).max(100_000);
-const EmbeddingsRequestSchema = z.object({
+export const EmbeddingsRequestSchema = z.object({
   model: ModelSchema,
   // OpenAI's limits: 2,048 inputs a request; the prompt limit bounds their total.
   input: z.union([

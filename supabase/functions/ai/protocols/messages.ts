@@ -41,7 +41,7 @@ const BlockSchema = z.discriminatedUnion('type', [
 ], { error: 'content blocks may be text, tool_use, tool_result, thinking or redacted_thinking' });
 type Block = z.infer<typeof BlockSchema>;
 
-const MessagesRequestSchema = z.object({
+export const MessagesRequestSchema = z.object({
   model: ModelSchema,
   max_tokens: pgInt(1, 1_000_000).nullish(),
   messages: z.array(z.object({

@@ -54,7 +54,7 @@ const InputItemSchema = z.preprocess(
   ItemSchema,
 );
 
-const ResponsesRequestSchema = z.object({
+export const ResponsesRequestSchema = z.object({
   model: ModelSchema,
   input: z.union([pgText(1_000_000), z.array(InputItemSchema).min(1).max(1000)]),
   instructions: pgText(1_000_000).nullish(),
