@@ -123,17 +123,22 @@ Deno.test("each day's journal balances to the cent, matches its re-derivation fr
          where t.created_at >= b.lo and t.created_at < b.hi and l.category = 'paid'
            and t.kind in ('usage', 'debit', 'hold_capture', 'void', 'expiry', 'refund_reversal', 'dispute_reversal')
          union all
-         -- ... the paid lots its granting transfers opened (net of a debt paid, and that debt) ...
+         -- ... of what it gave back, the part that paid a debt then: used that day ...
+         select 'credits_used', l.currency, l.cost_cents * a.debt_settled / l.amount
+         from billing.transfers t join billing.lot_allocations a on a.transfer_id = t.id join billing.lots l on l.id = a.lot_id, bounds b
+         where t.created_at >= b.lo and t.created_at < b.hi and l.category = 'paid' and a.debt_settled <> 0
+         union all
+         -- ... the paid lots granted that day (dated by their grant, as the journal dates them; net of a debt paid, and that debt) ...
          select x.source, l.currency, x.part
          from billing.transfers t join billing.lots l on l.grant_transfer_id = t.id, bounds b,
            lateral (values ('credits_granted', l.cost_cents * (l.amount - l.debt_settled) / l.amount),
                            ('debt_settled', l.cost_cents * l.debt_settled / l.amount)) x(source, part)
-         where t.created_at >= b.lo and t.created_at < b.hi and l.category = 'paid' and l.moved_from is null
+         where l.granted_at >= b.lo and l.granted_at < b.hi and l.category = 'paid' and l.moved_from is null
          union all
          -- ... and the part of the paid lots its moving transfers opened that paid a debt: used, out of deferred revenue.
          select 'credits_used', l.currency, l.cost_cents * l.debt_settled / l.amount
          from billing.transfers t join billing.lots l on l.grant_transfer_id = t.id, bounds b
-         where t.created_at >= b.lo and t.created_at < b.hi and l.category = 'paid' and l.moved_from is not null) p
+         where l.granted_at >= b.lo and l.granted_at < b.hi and l.category = 'paid' and l.moved_from is not null) p
        group by 1, 2) f) as flows,
       billing.revenue_metrics((select lo from bounds), (select hi from bounds)) as report`;
 

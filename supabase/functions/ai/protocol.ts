@@ -103,6 +103,7 @@ export const answerCut = () =>
 export async function promptTokens<R>(p: Protocol<R>, req: R, limit: number): Promise<number | null> {
   const bound = tokenBoundOf(p.model(req));
   const base = p.framing(req, bound);
+  if (base > limit) return null; // token-id inputs count as framing alone
   const text = await countTokens(p.promptTexts(req), bound, limit - base);
   return text === null ? null : base + text;
 }

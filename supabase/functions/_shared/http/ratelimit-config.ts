@@ -84,7 +84,11 @@ export function routeClass(method: string, path: string): RouteClass {
       return c.usage_batch;
     case '/jobs':
       return c.jobs_create;
+    // Every metered AI route shares one per-student limit (its name is chat's, the first route).
     case '/ai/v1/chat/completions':
+    case '/ai/v1/responses':
+    case '/ai/v1/messages':
+    case '/ai/v1/embeddings':
       return c.ai_chat;
     case '/credits/codes/redeem':
       return c.codes_redeem;

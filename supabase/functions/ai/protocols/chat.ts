@@ -37,7 +37,14 @@ export const ChatRequestSchema = z.object({
   user: tokenText(256).nullish(),
   // Function tools only: other kinds (custom, built-in search) bill in ways the hold cannot see.
   tools: z.array(z.object({ type: z.literal('function'), function: JsonBlockSchema })).max(128).nullish(),
-  tool_choice: z.union([z.enum(['none', 'auto', 'required']), JsonBlockSchema]).nullish(),
+  // A function's name, never another kind of tool.
+  tool_choice: z.union([
+    z.enum(['none', 'auto', 'required']),
+    z.object({
+      type: z.literal('function', 'tool_choice may name a function only'),
+      function: z.object({ name: pgText(128).regex(/^[A-Za-z0-9_.:-]+$/, 'must be a tool name') }),
+    }),
+  ]).nullish(),
   parallel_tool_calls: z.boolean().nullish(),
   response_format: JsonBlockSchema.nullish(),
 });

@@ -57,7 +57,11 @@ export const MessagesRequestSchema = z.object({
     input_schema: JsonBlockSchema,
     cache_control: CacheControlSchema,
   })).max(128).nullish(),
-  tool_choice: JsonBlockSchema.nullish(),
+  tool_choice: z.object({
+    type: z.enum(['auto', 'any', 'tool', 'none']),
+    name: pgText(128).regex(/^[A-Za-z0-9_.:-]+$/, 'must be a tool name').optional(),
+    disable_parallel_tool_use: z.boolean().optional(),
+  }).nullish(),
   thinking: z.union([
     z.object({ type: z.literal('enabled'), budget_tokens: pgInt(1, 1_000_000) }),
     z.object({ type: z.literal('disabled') }),
@@ -158,8 +162,8 @@ export const messages: Protocol<MessagesRequest> = {
             return 'send';
         }
       },
-      // Reported once a message_delta came: its counts, the input kinds from message_start where it has none.
-      usage: () => delta ? fromUsage({ ...start, ...(delta.usage as Record<string, unknown> | undefined) }) : null,
+      // Reported once a message_delta came with usage: its counts, the input kinds from message_start where it has none.
+      usage: () => delta?.usage ? fromUsage({ ...start, ...(delta.usage as Record<string, unknown>) }) : null,
       held: () => delta ? JSON.stringify(delta) : null,
     };
   },

@@ -70,7 +70,14 @@ export const ResponsesRequestSchema = z.object({
     parameters: JsonBlockSchema.nullish(),
     strict: z.boolean().nullish(),
   })).max(128).nullish(),
-  tool_choice: z.union([z.enum(['none', 'auto', 'required']), JsonBlockSchema]).nullish(),
+  // A function's name, never a built-in tool's.
+  tool_choice: z.union([
+    z.enum(['none', 'auto', 'required']),
+    z.object({
+      type: z.literal('function', 'tool_choice may name a function only'),
+      name: pgText(128).regex(/^[A-Za-z0-9_.:-]+$/, 'must be a tool name'),
+    }),
+  ]).nullish(),
   parallel_tool_calls: z.boolean().nullish(),
   text: z.object({ format: JsonBlockSchema.nullish(), verbosity: z.enum(['low', 'medium', 'high']).nullish() })
     .nullish(),
@@ -182,7 +189,8 @@ export const responses: Protocol<ResponsesRequest> = {
         last = event;
         const reported = (event.response as Record<string, unknown> | undefined)?.usage;
         if (reported) usage = fromUsage(reported);
-        return type === 'response.failed' ? 'error' : 'keep';
+        // The provider's end: kept back (held), it ends the reading; a failure is an error.
+        return type === 'response.failed' ? 'error' : 'end';
       },
       usage: () => usage,
       held: () => last ? JSON.stringify(last) : null,
