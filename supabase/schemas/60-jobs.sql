@@ -114,10 +114,7 @@ begin
     if not billing.model_allowed(p_user, p_input ->> 'model') then
       perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
     end if;
-    if exists (select 1 from billing.ai_calls c where c.user_id = p_user and c.unbilled is not null
-               and c.owed_transfer_id is null) then
-      perform billing.pay_ai_owed(p_user);
-    end if;
+    perform billing.pay_ai_owed(p_user);
   end if;
   if p_reserve is not null and p_reserve > 0 then
     -- Short → INSUFFICIENT_CREDITS, and the job above rolls back with it. The hold names the

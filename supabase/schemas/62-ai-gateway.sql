@@ -215,10 +215,27 @@ grant execute on function billing.get_model_access() to service_role;
 
 -- ============================================================ metering a call
 
--- The most `p_input` prompt tokens and `p_output` answer tokens can cost: the provider may bill
--- input as cached and output as reasoning, each priced on its own, so the dearest of the four;
--- with `p_writes_cache` (a request that asks the provider to write its cache) input may be billed
--- as cache writes too. Shared by the gateway's hold and a job's reserve (jobs/types/ai-completion.ts).
+-- The most `p_input` prompt tokens and `p_output` answer tokens can cost under card `c`: the
+-- provider may bill input as cached and output as reasoning, each priced on its own, so the
+-- dearest of the four; with `p_writes_cache` (a request that asks the provider to write its
+-- cache) input may be billed as cache writes too. The kinds are priced independently, so the
+-- dearest way is the dearer input price times the input plus the dearer output price times the output.
+create or replace function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint,
+  p_writes_cache boolean) returns numeric
+language sql immutable
+set search_path = ''
+as $$
+  select round(greatest(c.credits_per_input_token, c.credits_per_cached_input_token,
+      case when p_writes_cache then c.credits_per_cache_write_token end) * p_input
+    + greatest(c.credits_per_output_token, c.credits_per_reasoning_token) * p_output, 18)
+$$;
+comment on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean) is 'Internal: the dearest price a prompt and answer can be billed at under a card (billing.ai_hold_amount).';
+revoke execute on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean) from public;
+-- billing.ai_hold_amount (which the service role calls) runs as its caller.
+grant execute on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean) to service_role;
+
+-- billing.card_hold_amount under the model's current card; UNKNOWN_MODEL without one. Shared by
+-- a job's reserve (jobs/types/ai-completion.ts); the gateway's begin reads the card itself.
 create or replace function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint,
   p_writes_cache boolean default false) returns numeric
 language plpgsql stable
@@ -227,12 +244,7 @@ as $$
 declare
   v_amount numeric;
 begin
-  -- The kinds are priced independently, so the dearest of the four ways is the dearer input
-  -- price times the input plus the dearer output price times the output (one card read).
-  select round(greatest(r.credits_per_input_token, r.credits_per_cached_input_token,
-      case when p_writes_cache then r.credits_per_cache_write_token end) * p_input
-    + greatest(r.credits_per_output_token, r.credits_per_reasoning_token) * p_output, 18)
-  into v_amount
+  select billing.card_hold_amount(r, p_input, p_output, p_writes_cache) into v_amount
   from billing.rate_cards r
   where r.model = p_model and r.effective_from <= now()
   order by r.effective_from desc, r.version desc limit 1;
@@ -273,22 +285,30 @@ declare
   v_token text;
   v_detail text;
 begin
-  for v_owed in
-    select c.id, c.model, c.unbilled from billing.ai_calls c
-    where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
-    order by c.created_at for update
-  loop
-    v_paid := billing.post_user_transfer(p_user, -1, 'spend', v_owed.unbilled, 'usage', 'usage_revenue',
-      'ai-owed:' || v_owed.id, 'ai:' || v_owed.id, null,
-      jsonb_build_object('model', v_owed.model, 'ai_call_id', v_owed.id, 'owed', true));
-    update billing.ai_calls c set owed_transfer_id = v_paid.transfer_id where c.id = v_owed.id;
-  end loop;
-exception when sqlstate 'P0001' then
-  get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
-  raise exception using errcode = 'P0001', message = v_token,
-    detail = (coalesce(nullif(v_detail, '')::jsonb, '{}'::jsonb) || jsonb_build_object('reason', 'unbilled_usage',
-      'owed', (select trim_scale(sum(c.unbilled))::text from billing.ai_calls c
-               where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null)))::text;
+  -- Almost no one owes: the common case returns before the block below, whose exception handler
+  -- would open a subtransaction on every call.
+  if not exists (select 1 from billing.ai_calls c where c.user_id = p_user and c.unbilled is not null
+                 and c.owed_transfer_id is null) then
+    return;
+  end if;
+  begin
+    for v_owed in
+      select c.id, c.model, c.unbilled from billing.ai_calls c
+      where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
+      order by c.created_at for update
+    loop
+      v_paid := billing.post_user_transfer(p_user, -1, 'spend', v_owed.unbilled, 'usage', 'usage_revenue',
+        'ai-owed:' || v_owed.id, 'ai:' || v_owed.id, null,
+        jsonb_build_object('model', v_owed.model, 'ai_call_id', v_owed.id, 'owed', true));
+      update billing.ai_calls c set owed_transfer_id = v_paid.transfer_id where c.id = v_owed.id;
+    end loop;
+  exception when sqlstate 'P0001' then
+    get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
+    raise exception using errcode = 'P0001', message = v_token,
+      detail = (coalesce(nullif(v_detail, '')::jsonb, '{}'::jsonb) || jsonb_build_object('reason', 'unbilled_usage',
+        'owed', (select trim_scale(sum(c.unbilled))::text from billing.ai_calls c
+                 where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null)))::text;
+  end;
 end;
 $$;
 comment on function billing.pay_ai_owed(p_user uuid) is 'Internal: charges what a user''s earlier AI calls cost beyond what could be charged then; refuses (402, reason unbilled_usage) when it cannot.';
@@ -334,10 +354,7 @@ begin
     return jsonb_build_object('state', 'refused', 'token', 'UNPRICED_USAGE',
       'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_tokens'));
   end if;
-  if exists (select 1 from billing.ai_calls c where c.user_id = p_user and c.unbilled is not null
-             and c.owed_transfer_id is null) then
-    perform billing.pay_ai_owed(p_user);
-  end if;
+  perform billing.pay_ai_owed(p_user);
   -- A concurrent duplicate waits here for the first attempt's claim, then reads it.
   insert into billing.ai_calls (user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens,
     endpoint, upstream)
@@ -353,7 +370,7 @@ begin
     return case when v_call.status = 'held' then jsonb_build_object('state', 'in_flight')
                 else jsonb_build_object('state', 'replay', 'call', billing.ai_call_json(v_call)) end;
   end if;
-  v_amount := billing.ai_hold_amount(p_model, p_prompt_tokens, p_max_output_tokens, p_writes_cache);
+  v_amount := billing.card_hold_amount(v_card, p_prompt_tokens, p_max_output_tokens, p_writes_cache);
   -- Caps (per model too), school wallets, allowances and pools apply as to any hold. A refusal
   -- (402) raises: the claim above goes with it, so nothing is held or kept and the key is free.
   -- Only amounts and the model reach the error's detail, never the caller's text.

@@ -236,7 +236,7 @@ function relay<R>(
   async function pump(): Promise<void> {
     const events = p.reader(call.req);
     const buffer = { text: '' };
-    const sent: string[] = [];
+    const sent: Sse[] = [];
     let ended = false, broken = false, errorAfterUsage = false;
     // One watchdog for the whole stream (not a timer per read): the provider going silent for
     // longer than idleMs stops the upstream request.
@@ -254,7 +254,7 @@ function relay<R>(
         for (const event of sseEvents(buffer)) {
           const action = events.see(event);
           if (action === 'send') {
-            sent.push(event.raw);
+            sent.push(event);
             relayed += event.raw;
           } else if (action === 'end' || action === 'error') {
             // An error after the final usage: the provider bills the call; it is charged and marked failed.
@@ -286,14 +286,14 @@ function relay<R>(
         closing = p.failure(error);
       } else {
         const reported = events.usage();
-        const usage = reported ?? await countedUsage(call, sent.map((raw) => p.eventText(dataOf(raw))).join(''));
+        const usage = reported ?? await countedUsage(call, sent.map((e) => p.eventText(e.data)).join(''));
         failpoint('ai.before_capture');
         const held = events.held();
         const record = await finishCall(
           call.id,
           usage,
           reported ? 'provider' : 'tokenizer',
-          call.keep ? { events: sent, held } : null,
+          call.keep ? { events: sent.map((e) => e.raw), held } : null,
           errorAfterUsage,
         );
         closing = p.closing(call.req, held, usage, record.charged);
@@ -319,7 +319,3 @@ function relay<R>(
   clientSignal.addEventListener('abort', leave, { once: true });
   return new Response(body, { headers: { ...sseHeaders, 'x-ai-call-id': call.id, 'x-credits-held': call.held } });
 }
-
-/** A sent event's data (for the tokenizer, only when the provider reported no usage). */
-const dataOf = (raw: string) =>
-  raw.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');

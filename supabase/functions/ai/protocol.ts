@@ -68,9 +68,14 @@ export const usageWithCost = <R>(p: Protocol<R>, reported: unknown, usage: Usage
 export const sseEvent = (name: string | null, data: unknown) =>
   `${name ? `event: ${name}\n` : ''}data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`;
 
-/** A count the provider reported, as a whole number from 0 to 2^53 − 1 (anything else counts as 0). */
-export const count = (x: unknown) =>
-  typeof x === 'number' && Number.isFinite(x) ? Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.trunc(x))) : 0;
+/**
+ * The tokens a provider adds around `n` messages (or items): OpenAI's chat framing, 4 a message
+ * and 3 to prime the answer, for its own models; another family's framing is its own, so a
+ * bytes-bounded model is held for more: 16 a message plus 16 and, with tools, the few hundred
+ * tokens of a tool-use system prompt (Anthropic's is 264–346).
+ */
+export const messageFraming = (n: number, tools: boolean, bound: TokenBound) =>
+  bound === 'o200k' ? 3 + 4 * n : 16 + 16 * n + (tools ? 1024 : 0);
 
 /** A JSON object's field, if the text is one (never throws). */
 export function parsed(data: string): Record<string, unknown> {

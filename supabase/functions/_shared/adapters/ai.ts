@@ -65,7 +65,7 @@ async function openAiCompatible(
 }
 
 /** A count the provider reported, as a whole number from 0 to 2^53 − 1 (anything else counts as 0; a count past that is priced at it, never a 500). */
-const count = (x: unknown) =>
+export const count = (x: unknown) =>
   typeof x === 'number' && Number.isFinite(x) ? Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.trunc(x))) : 0;
 
 /**

@@ -7,7 +7,7 @@ import { disjointUsage } from '../../_shared/adapters/ai.ts';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import type { Usage } from '../metering.ts';
-import { JsonBlockSchema, parsed, type Protocol, sseEvent, usageWithCost } from '../protocol.ts';
+import { JsonBlockSchema, messageFraming, parsed, type Protocol, sseEvent, usageWithCost } from '../protocol.ts';
 
 const TextPartSchema = z.object({ type: z.literal('text'), text: pgText(1_000_000) });
 const ContentSchema = z.union([pgText(1_000_000), z.array(TextPartSchema).max(100), z.null()]);
@@ -93,11 +93,7 @@ export const chat: Protocol<ChatRequest> = {
     }
     for (const extra of [req.tools, req.tool_choice, req.response_format]) if (extra) yield JSON.stringify(extra);
   },
-  // OpenAI's chat framing: 4 tokens a message, 3 to prime the answer. Another family's framing is
-  // its own, so a bytes-bounded model is held for more: 16 a message and, with tools, the few
-  // hundred tokens of a tool-use system prompt (Anthropic's is 264–346).
-  framing: (req, bound) =>
-    bound === 'o200k' ? 3 + 4 * req.messages.length : 16 + 16 * req.messages.length + (req.tools ? 1024 : 0),
+  framing: (req, bound) => messageFraming(req.messages.length, Boolean(req.tools), bound),
   writesCache: () => false,
   // The known fields, the answer's limit as max_completion_tokens, and, for a stream, usage always
   // asked for (the gateway bills from it; the caller sees it only if they asked).

@@ -3,7 +3,8 @@
 import { z } from 'zod';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
-import { count, type Protocol } from '../protocol.ts';
+import { count } from '../../_shared/adapters/ai.ts';
+import type { Protocol } from '../protocol.ts';
 
 const TokensSchema = z.array(pgInt(0, 10_000_000)).min(1).max(100_000);
 export const EmbeddingsRequestSchema = z.object({

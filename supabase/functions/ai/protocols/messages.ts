@@ -9,7 +9,16 @@ import { z } from 'zod';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import type { Usage } from '../metering.ts';
-import { answerCut, count, JsonBlockSchema, parsed, type Protocol, sseEvent, usageWithCost } from '../protocol.ts';
+import { count } from '../../_shared/adapters/ai.ts';
+import {
+  answerCut,
+  JsonBlockSchema,
+  messageFraming,
+  parsed,
+  type Protocol,
+  sseEvent,
+  usageWithCost,
+} from '../protocol.ts';
 
 const CacheControlSchema = z.object({
   type: z.literal('ephemeral'),
@@ -118,12 +127,8 @@ export const messages: Protocol<MessagesRequest> = {
     }
     for (const extra of [req.tools, req.tool_choice]) if (extra) yield JSON.stringify(extra);
   },
-  // Anthropic's framing is its own: 16 a message (the system prompt is one) and, with tools, the
-  // few hundred tokens of its tool-use system prompt (264–346), as chat holds a bytes-bounded model.
-  framing: (req, bound) => {
-    const n = req.messages.length + (req.system ? 1 : 0);
-    return bound === 'o200k' ? 3 + 4 * n : 16 + 16 * n + (req.tools ? 1024 : 0);
-  },
+  // The system prompt is one message.
+  framing: (req, bound) => messageFraming(req.messages.length + (req.system ? 1 : 0), Boolean(req.tools), bound),
   writesCache: (req) => JSON.stringify([req.system, req.messages, req.tools]).includes('"cache_control":{'),
   providerBody: (req, maxOutput) => ({ ...req, max_tokens: maxOutput, service_tier: 'standard_only' }),
   fromUsage,

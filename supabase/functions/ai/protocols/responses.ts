@@ -7,7 +7,16 @@ import { z } from 'zod';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import type { Usage } from '../metering.ts';
-import { answerCut, count, JsonBlockSchema, parsed, type Protocol, sseEvent, usageWithCost } from '../protocol.ts';
+import { count } from '../../_shared/adapters/ai.ts';
+import {
+  answerCut,
+  JsonBlockSchema,
+  messageFraming,
+  parsed,
+  type Protocol,
+  sseEvent,
+  usageWithCost,
+} from '../protocol.ts';
 
 /** A field the gateway refuses, with why (null and absent are the same). */
 const refused = (why: string) => z.null({ error: why }).optional();
@@ -146,12 +155,8 @@ export const responses: Protocol<ResponsesRequest> = {
     for (const item of items(req)) yield itemText(item);
     for (const extra of [req.tools, req.tool_choice, req.text?.format]) if (extra) yield JSON.stringify(extra);
   },
-  // As chat's: 4 tokens an item (the instructions are one), 3 to prime the answer; a
-  // bytes-bounded model is held for more.
-  framing(req, bound) {
-    const n = items(req).length + (req.instructions ? 1 : 0);
-    return bound === 'o200k' ? 3 + 4 * n : 16 + 16 * n + (req.tools ? 1024 : 0);
-  },
+  // The instructions are one item.
+  framing: (req, bound) => messageFraming(items(req).length + (req.instructions ? 1 : 0), Boolean(req.tools), bound),
   writesCache: () => false,
   providerBody: (req, maxOutput) => ({ ...req, max_output_tokens: maxOutput, store: false }),
   fromUsage,
