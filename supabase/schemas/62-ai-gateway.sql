@@ -13,12 +13,15 @@
 
 create table billing.ai_calls (
   id uuid primary key default gen_random_uuid(),
+  seq bigint generated always as identity, -- the order calls are listed in (a page's cursor)
   user_id uuid not null,
-  idempotency_key text not null,       -- the caller's Idempotency-Key, or a random one per call
-  request_hash text not null,          -- SHA-256 of the request: one key, one request
-  model text not null,                 -- the rate card's model, the one the provider is asked for
+  idempotency_key text,                -- the caller's Idempotency-Key, or a random one per call; null: refused
+  request_hash text,                   -- SHA-256 of the request: one key, one request; null: refused
+  model text,                          -- the rate card's model, the one the provider is asked for; null: a refused name not on it
   endpoint text not null default 'chat', -- the API the caller spoke: chat, responses, messages, embeddings
   upstream text,                       -- the rate card's upstream the call was sent to
+  stream boolean not null default false, -- the caller asked for a streamed answer
+  org_id uuid,                         -- the school whose wallet or allowance the hold drew on; null: the student's own credits
   prompt_tokens bigint not null,       -- counted by the gateway before the call
   max_output_tokens bigint not null,   -- the most the request lets the provider answer
   hold_id uuid references billing.holds (id),
@@ -27,29 +30,73 @@ create table billing.ai_calls (
   usage_source text,                   -- provider: its own report; tokenizer: counted by the gateway
   charged numeric(38, 18),
   transfer_id bigint references billing.transfers (id),
-  failure text,                        -- a stable code, never the provider's text
+  failure text,                        -- a stable code (refused, failed, or charged then failed), never the provider's text
+  upstream_status integer,             -- the provider's HTTP status; null: never reached or no answer
+  first_token_ms integer,              -- from the gateway receiving the call to the provider's first answer bytes (streamed) or whole answer
+  duration_ms integer,                 -- from the gateway receiving the call to its settlement
+  finish_reason text,                  -- the provider's reason the answer ended (stop, length, tool_calls, …)
+  client_left boolean not null default false, -- the caller hung up before the answer's end (it was read on and charged)
+  keep_content boolean not null default false, -- the student (or the school paying) consented: prompt and answer kept redacted in ai_logs
   answer jsonb,                        -- kept for a replay of the same Idempotency-Key until expires_at
   unbilled numeric(38, 18),            -- what the provider billed beyond what the hold, the balance and the caps allowed
   owed_transfer_id bigint references billing.transfers (id),  -- the charge that later paid `unbilled`
   created_at timestamptz not null default now(),
   finished_at timestamptz,
   expires_at timestamptz not null default now() + interval '24 hours',
-  constraint ai_calls_status check (status in ('held', 'charged', 'failed')),
+  constraint ai_calls_status check (status in ('held', 'charged', 'failed', 'refused')),
   constraint ai_calls_usage_source check (usage_source in ('provider', 'tokenizer')),
   constraint ai_calls_finished check ((status = 'held') = (finished_at is null)),
   constraint ai_calls_counts check (prompt_tokens >= 0 and max_output_tokens >= 0),
   constraint ai_calls_endpoint check (endpoint in ('chat', 'responses', 'messages', 'embeddings')),
-  constraint ai_calls_unbilled check (unbilled > 0)
+  constraint ai_calls_unbilled check (unbilled > 0),
+  constraint ai_calls_claimed check (status = 'refused' or (idempotency_key is not null and request_hash is not null
+                                                             and model is not null)),
+  constraint ai_calls_refused check (status <> 'refused' or (failure is not null and hold_id is null)),
+  constraint ai_calls_codes check (length(failure) <= 64 and length(finish_reason) <= 64),
+  constraint ai_calls_times check (first_token_ms >= 0 and duration_ms >= 0)
 );
-comment on table billing.ai_calls is 'One gateway call: its hold, what the provider reported and what it cost. A failed call charged nothing.';
+comment on table billing.ai_calls is 'Every gateway call, one record each (docs/ai-gateway.md, "The call log"): refused, failed or charged, its timings, usage, charge and ledger transfer. A failed or refused call charged nothing. Kept 180 days, then rolled up into ai_call_days.';
 alter table billing.ai_calls enable row level security;
 grant select on table billing.ai_calls to service_role;
 
--- One live call per key: a failed one frees its key for a retry (one hold per attempt).
+-- One live call per key: a failed one frees its key for a retry (one hold per attempt); a
+-- refused one has none.
 create unique index ai_calls_key on billing.ai_calls (user_id, idempotency_key) where status <> 'failed';
 create index ai_calls_held on billing.ai_calls (created_at) where status = 'held';
--- What a user still owes: their next call pays it first, or is refused.
+-- The log's pages (newest first): everyone's, a student's own; and the windows of the stats and alerts.
+create unique index ai_calls_seq on billing.ai_calls (seq);
+create index ai_calls_user_seq on billing.ai_calls (user_id, seq);
+create index ai_calls_created on billing.ai_calls (created_at);
 create index ai_calls_owed on billing.ai_calls (user_id) where unbilled is not null and owed_transfer_id is null;
+
+create table billing.ai_content_consent (
+  user_id uuid primary key references auth.users (id),
+  granted_at timestamptz not null default now()
+);
+comment on table billing.ai_content_consent is 'Students who consented to keeping the redacted prompt and answer of their AI calls for 30 days (docs/ai-gateway.md).';
+alter table billing.ai_content_consent enable row level security;
+grant select on table billing.ai_content_consent to service_role;
+
+-- Call records past their retention (sweep_ai_call_records), rolled up per UTC day, model,
+-- endpoint and outcome: what the daily summary needs, exact.
+create table billing.ai_call_days (
+  day date not null,
+  model text not null,                 -- '' for refused calls that named no priced model
+  endpoint text not null,
+  outcome text not null,
+  calls bigint not null,
+  errors bigint not null,
+  input_tokens bigint not null,
+  cached_input_tokens bigint not null,
+  cache_write_tokens bigint not null,
+  output_tokens bigint not null,
+  reasoning_tokens bigint not null,
+  credits numeric(38, 18) not null,
+  primary key (day, model, endpoint, outcome)
+);
+comment on table billing.ai_call_days is 'AI call records older than their 180 days, rolled up per day, model, endpoint and outcome (billing.ai_calls_summary).';
+alter table billing.ai_call_days enable row level security;
+grant select on table billing.ai_call_days to service_role;
 
 create table billing.model_access (
   plan_id text references billing.plans (id),  -- null: the default list (no plan, or a plan without a list)
@@ -322,7 +369,7 @@ revoke execute on function billing.pay_ai_owed(p_user uuid) from public;
 -- cap refuses raises (402), keeping nothing.
 create or replace function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint,
   p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text default 'chat',
-  p_upstreams text[] default array['openai'], p_writes_cache boolean default false)
+  p_upstreams text[] default array['openai'], p_writes_cache boolean default false, p_stream boolean default false)
 returns jsonb
 language plpgsql
 security definer
@@ -334,6 +381,7 @@ declare
   v_card billing.rate_cards;
   v_amount numeric;
   v_hold billing.hold_result;
+  v_org uuid;
 begin
   if v_refusal is not null then
     return v_refusal || jsonb_build_object('state', 'refused');
@@ -357,8 +405,9 @@ begin
   perform billing.pay_ai_owed(p_user);
   -- A concurrent duplicate waits here for the first attempt's claim, then reads it.
   insert into billing.ai_calls (user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens,
-    endpoint, upstream)
-  values (p_user, p_key, p_request_hash, p_model, p_prompt_tokens, p_max_output_tokens, p_endpoint, v_card.upstream)
+    endpoint, upstream, stream)
+  values (p_user, p_key, p_request_hash, p_model, p_prompt_tokens, p_max_output_tokens, p_endpoint, v_card.upstream,
+    p_stream)
   on conflict (user_id, idempotency_key) where status <> 'failed' do nothing
   returning * into v_call;
   if not found then
@@ -376,14 +425,20 @@ begin
   -- Only amounts and the model reach the error's detail, never the caller's text.
   v_hold := billing.reserve_hold(p_user, v_amount, 'ai:' || v_call.id, p_ttl_seconds, 'ai', 'ai:' || v_call.id,
     jsonb_build_object('model', p_model, 'ai_call_id', v_call.id));
-  update billing.ai_calls c set hold_id = v_hold.hold_id where c.id = v_call.id;
+  -- Who pays (a school's wallet or allowance, or the student) and whether the content may be
+  -- kept (docs/ai-gateway.md, "Content, only with consent"), in the same statement.
+  select a.org_id into v_org from billing.holds h join billing.accounts a on a.id = h.account_id
+  where h.id = v_hold.hold_id;
+  update billing.ai_calls c set hold_id = v_hold.hold_id, org_id = v_org,
+    keep_content = billing.content_consented(p_user, v_org)
+  where c.id = v_call.id returning * into v_call;
   return jsonb_build_object('state', 'held', 'call_id', v_call.id, 'hold_id', v_hold.hold_id,
-    'held', trim_scale(v_amount)::text, 'upstream', v_card.upstream);
+    'held', trim_scale(v_amount)::text, 'upstream', v_card.upstream, 'keep_content', v_call.keep_content);
 end;
 $$;
-comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean) is 'Gateway: checks the model is allowed and served on the endpoint, claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay, in_flight or refused), or raises the hold''s refusal (402) with nothing kept.';
-revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean) from public, anon, authenticated;
-grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean) to service_role;
+comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean) is 'Gateway: checks the model is allowed and served on the endpoint, claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay, in_flight or refused), or raises the hold''s refusal (402) with nothing kept.';
+revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean) from public, anon, authenticated;
+grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean) to service_role;
 
 -- A call, locked: finishing and failing it are one at a time (the second answers the first).
 create or replace function billing.lock_ai_call(p_call uuid) returns billing.ai_calls
@@ -410,7 +465,7 @@ revoke execute on function billing.lock_ai_call(p_call uuid) from public;
 -- failed; charged (the provider bills it) and marked so an operator's failed_only correction
 -- can give it back. Finishing a finished call answers it again.
 create or replace function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb,
-  p_failed boolean default false)
+  p_failed boolean default false, p_report jsonb default '{}')
 returns jsonb
 language plpgsql
 security definer
@@ -471,18 +526,22 @@ begin
   update billing.ai_calls c set status = 'charged', usage = v_facts - 'model' - 'ai_call_id' - 'usage_source',
     usage_source = p_source, charged = v_charged.captured + v_charged.overage, transfer_id = v_charged.transfer_id,
     answer = p_answer, unbilled = v_unbilled,
-    finished_at = now(), failure = case when p_failed then 'PROVIDER_FAILED_AFTER_USAGE' end
+    finished_at = now(), failure = case when p_failed then 'PROVIDER_FAILED_AFTER_USAGE' end,
+    upstream_status = (p_report ->> 'upstream_status')::integer, first_token_ms = (p_report ->> 'first_token_ms')::integer,
+    duration_ms = (p_report ->> 'duration_ms')::integer, finish_reason = left(p_report ->> 'finish_reason', 64),
+    client_left = coalesce((p_report ->> 'client_left')::boolean, false)
   where c.id = p_call returning * into v_call;
+  perform billing.keep_ai_content(v_call, p_report -> 'content');
   return billing.ai_call_json(v_call);
 end;
 $$;
-comment on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean) is 'Gateway: captures the rate card''s price of what the provider reported (overage from available, never into debt), releases the rest; idempotent.';
-revoke execute on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean) from public, anon, authenticated;
-grant execute on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean) to service_role;
+comment on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean, p_report jsonb) is 'Gateway: captures the rate card''s price of what the provider reported (overage from available, never into debt), releases the rest; idempotent.';
+revoke execute on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean, p_report jsonb) from public, anon, authenticated;
+grant execute on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean, p_report jsonb) to service_role;
 
 -- The provider failed, timed out or refused before reporting usage: nothing is charged and the
 -- key is free for a retry. Failing a finished call changes nothing.
-create or replace function billing.fail_ai_call(p_call uuid, p_failure text) returns jsonb
+create or replace function billing.fail_ai_call(p_call uuid, p_failure text, p_report jsonb default '{}') returns jsonb
 language plpgsql
 security definer
 set search_path = ''
@@ -494,15 +553,346 @@ begin
     if exists (select 1 from billing.holds h where h.id = v_call.hold_id and h.status = 'active') then
       perform billing.release_hold(null, v_call.hold_id);
     end if;
-    update billing.ai_calls c set status = 'failed', failure = p_failure, finished_at = now()
+    update billing.ai_calls c set status = 'failed', failure = p_failure, finished_at = now(),
+      upstream_status = (p_report ->> 'upstream_status')::integer, first_token_ms = (p_report ->> 'first_token_ms')::integer,
+      duration_ms = (p_report ->> 'duration_ms')::integer, client_left = coalesce((p_report ->> 'client_left')::boolean, false)
     where c.id = p_call returning * into v_call;
+    perform billing.keep_ai_content(v_call, p_report -> 'content');
   end if;
   return billing.ai_call_json(v_call);
 end;
 $$;
-comment on function billing.fail_ai_call(p_call uuid, p_failure text) is 'Gateway: the provider failed before reporting usage; releases the hold, charges nothing, records the failure code.';
-revoke execute on function billing.fail_ai_call(p_call uuid, p_failure text) from public, anon, authenticated;
-grant execute on function billing.fail_ai_call(p_call uuid, p_failure text) to service_role;
+comment on function billing.fail_ai_call(p_call uuid, p_failure text, p_report jsonb) is 'Gateway: the provider failed before reporting usage; releases the hold, charges nothing, records the failure code.';
+revoke execute on function billing.fail_ai_call(p_call uuid, p_failure text, p_report jsonb) from public, anon, authenticated;
+grant execute on function billing.fail_ai_call(p_call uuid, p_failure text, p_report jsonb) to service_role;
+
+-- ============================================================ the call log (docs/ai-gateway.md, "The call log")
+
+-- Whether a call's prompt and answer may be kept (redacted, 30 days, in ai_logs): the student
+-- consented, or the school paying for the call did, for its members.
+create or replace function billing.content_consented(p_user uuid, p_org uuid) returns boolean
+language sql stable
+set search_path = ''
+as $$
+  select exists (select 1 from billing.ai_content_consent k where k.user_id = p_user)
+      or exists (select 1 from billing.orgs o where o.id = p_org and o.ai_content_consent)
+$$;
+comment on function billing.content_consented(p_user uuid, p_org uuid) is 'Internal: whether the student, or the school paying for the call, consented to keeping AI content.';
+revoke execute on function billing.content_consented(p_user uuid, p_org uuid) from public;
+
+-- The call's prompt and answer ({prompt, answer}, redacted by the gateway), kept 30 days when its
+-- record says consent was given; nothing otherwise. Runs in the statement that settles the call.
+create or replace function billing.keep_ai_content(c billing.ai_calls, p_content jsonb) returns void
+language sql
+set search_path = ''
+as $$
+  insert into billing.ai_logs (user_id, call_id, model, input_tokens, output_tokens, duration_ms, consent_level,
+                               prompt_redacted, response_redacted)
+  select c.user_id, c.id, c.model,
+    least(coalesce((c.usage ->> 'input_tokens')::bigint + (c.usage ->> 'cached_input_tokens')::bigint
+                   + coalesce((c.usage ->> 'cache_write_tokens')::bigint, 0), c.prompt_tokens), 2147483647),
+    least(coalesce((c.usage ->> 'output_tokens')::bigint + (c.usage ->> 'reasoning_tokens')::bigint, 0), 2147483647),
+    coalesce(c.duration_ms, 0), 'content', p_content ->> 'prompt', p_content ->> 'answer'
+  where c.keep_content and jsonb_typeof(p_content) = 'object'
+$$;
+comment on function billing.keep_ai_content(c billing.ai_calls, p_content jsonb) is 'Internal: keeps a settled call''s redacted prompt and answer in ai_logs (30 days), only when its owner consented.';
+revoke execute on function billing.keep_ai_content(c billing.ai_calls, p_content jsonb) from public;
+
+-- A call refused before the provider (402, 403, an unknown model, a prompt too long …): one row,
+-- no hold. The model is kept only when it is on the rate card, so a caller's made-up name is
+-- never stored (nor a metric label).
+create or replace function billing.refuse_ai_call(p_user uuid, p_model text, p_endpoint text, p_stream boolean,
+  p_code text, p_duration_ms integer) returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  insert into billing.ai_calls (user_id, model, endpoint, stream, prompt_tokens, max_output_tokens, status, failure,
+                                duration_ms, finished_at)
+  values (p_user, (select r.model from billing.rate_cards r where r.model = p_model limit 1), p_endpoint, p_stream, 0, 0,
+          'refused', left(p_code, 64), greatest(p_duration_ms, 0), now())
+$$;
+comment on function billing.refuse_ai_call(p_user uuid, p_model text, p_endpoint text, p_stream boolean, p_code text, p_duration_ms integer) is 'Gateway: records a call refused before the provider (its stable code; the model only if priced).';
+revoke execute on function billing.refuse_ai_call(p_user uuid, p_model text, p_endpoint text, p_stream boolean, p_code text, p_duration_ms integer) from public, anon, authenticated;
+grant execute on function billing.refuse_ai_call(p_user uuid, p_model text, p_endpoint text, p_stream boolean, p_code text, p_duration_ms integer) to service_role;
+
+-- Whether a call counts against the provider's error rate: it failed after reaching it (not a
+-- refusal of the request's own, PROVIDER_REFUSED_4xx), or it failed after reporting usage.
+create or replace function billing.ai_call_error(p_status text, p_failure text) returns boolean
+language sql immutable
+set search_path = ''
+as $$
+  select (p_status = 'failed' and p_failure not like 'PROVIDER_REFUSED%') or (p_status = 'charged' and p_failure is not null)
+$$;
+comment on function billing.ai_call_error(p_status text, p_failure text) is 'Internal: whether a call is an error of the provider or the gateway (the AI error rate''s numerator).';
+revoke execute on function billing.ai_call_error(p_status text, p_failure text) from public;
+
+create or replace function billing.ai_call_log_json(c billing.ai_calls) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('id', c.id, 'created_at', billing.json_time(c.created_at), 'user_id', c.user_id,
+    'org_id', c.org_id, 'model', c.model, 'upstream', c.upstream, 'endpoint', c.endpoint, 'stream', c.stream,
+    'outcome', c.status, 'code', c.failure, 'upstream_status', c.upstream_status, 'first_token_ms', c.first_token_ms,
+    'duration_ms', c.duration_ms, 'usage', c.usage - 'failed' - 'failed_by', 'usage_source', c.usage_source,
+    'charged', trim_scale(coalesce(c.charged, 0))::text, 'unbilled', trim_scale(c.unbilled)::text,
+    'finish_reason', c.finish_reason, 'client_left', c.client_left, 'transfer_id', c.transfer_id::text,
+    'content_kept', exists (select 1 from billing.ai_logs l where l.call_id = c.id))
+$$;
+comment on function billing.ai_call_log_json(c billing.ai_calls) is 'Internal: a call as the call log shows it (never the replay copy of its answer).';
+revoke execute on function billing.ai_call_log_json(c billing.ai_calls) from public;
+
+-- GET /admin/ai/calls (every filter) and GET /ai/v1/calls (p_user: the caller's own): newest
+-- first, a page before `p_before` (the previous page's last seq).
+create or replace function billing.list_ai_calls(p_user uuid, p_org uuid, p_model text, p_outcome text,
+  p_from timestamptz, p_to timestamptz, p_before bigint, p_limit integer)
+returns table (seq bigint, call jsonb)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select c.seq, billing.ai_call_log_json(c) from billing.ai_calls c
+  where (p_user is null or c.user_id = p_user) and (p_org is null or c.org_id = p_org)
+    and (p_model is null or c.model = p_model) and (p_outcome is null or c.status = p_outcome)
+    and (p_from is null or c.created_at >= p_from) and (p_to is null or c.created_at < p_to)
+    and (p_before is null or c.seq < p_before)
+  order by c.seq desc limit p_limit
+$$;
+comment on function billing.list_ai_calls(p_user uuid, p_org uuid, p_model text, p_outcome text, p_from timestamptz, p_to timestamptz, p_before bigint, p_limit integer) is 'The call log, newest first, filtered; p_user limits it to one student''s calls.';
+revoke execute on function billing.list_ai_calls(p_user uuid, p_org uuid, p_model text, p_outcome text, p_from timestamptz, p_to timestamptz, p_before bigint, p_limit integer) from public, anon, authenticated;
+grant execute on function billing.list_ai_calls(p_user uuid, p_org uuid, p_model text, p_outcome text, p_from timestamptz, p_to timestamptz, p_before bigint, p_limit integer) to service_role;
+
+-- One call with its kept content (null when none was kept): p_user the owner, or null for an
+-- operator. Content exists only with consent, so an operator sees it only then. Null: no such call.
+create or replace function billing.get_ai_call(p_user uuid, p_id uuid) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select billing.ai_call_log_json(c) || jsonb_build_object('content',
+    (select jsonb_build_object('prompt', l.prompt_redacted, 'answer', l.response_redacted,
+                               'expires_at', billing.json_time(l.expires_at))
+     from billing.ai_logs l where l.call_id = c.id))
+  from billing.ai_calls c where c.id = p_id and (p_user is null or c.user_id = p_user)
+$$;
+comment on function billing.get_ai_call(p_user uuid, p_id uuid) is 'One call of the log with its kept content (only ever kept with consent); p_user: only if it is theirs.';
+revoke execute on function billing.get_ai_call(p_user uuid, p_id uuid) from public, anon, authenticated;
+grant execute on function billing.get_ai_call(p_user uuid, p_id uuid) to service_role;
+
+-- DELETE /ai/v1/calls/{id}/content: the owner deletes what was kept of a call; false when the
+-- call is not theirs (404). Deleting twice is fine.
+create or replace function billing.delete_ai_call_content(p_user uuid, p_id uuid) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if not exists (select 1 from billing.ai_calls c where c.id = p_id and c.user_id = p_user) then
+    return false;
+  end if;
+  delete from billing.ai_logs l where l.call_id = p_id;
+  return true;
+end;
+$$;
+comment on function billing.delete_ai_call_content(p_user uuid, p_id uuid) is 'A student deletes the kept content of one of their calls; false when the call is not theirs.';
+revoke execute on function billing.delete_ai_call_content(p_user uuid, p_id uuid) from public, anon, authenticated;
+grant execute on function billing.delete_ai_call_content(p_user uuid, p_id uuid) to service_role;
+
+-- Deletes the kept content that no consent covers any more (after a student or a school withdrew).
+create or replace function billing.forget_unconsented_content(p_user uuid, p_org uuid) returns void
+language sql
+set search_path = ''
+as $$
+  delete from billing.ai_logs l using billing.ai_calls c
+  where l.call_id = c.id and (c.user_id = p_user or c.org_id = p_org)
+    and not billing.content_consented(c.user_id, c.org_id)
+$$;
+comment on function billing.forget_unconsented_content(p_user uuid, p_org uuid) is 'Internal: deletes kept AI content of a student''s (or a school''s) calls that no consent covers now.';
+revoke execute on function billing.forget_unconsented_content(p_user uuid, p_org uuid) from public;
+
+-- GET /ai/v1/content-consent.
+create or replace function billing.get_ai_content_consent(p_user uuid) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select jsonb_build_object('keep_content', exists (select 1 from billing.ai_content_consent k where k.user_id = p_user),
+    'schools_keeping', coalesce((select jsonb_agg(o.id order by o.id) from billing.org_members m
+                                 join billing.orgs o on o.id = m.org_id
+                                 where m.user_id = p_user and m.active and o.ai_content_consent), '[]'::jsonb),
+    'retention_days', 30)
+$$;
+comment on function billing.get_ai_content_consent(p_user uuid) is 'A student''s consent to keeping AI content, and the schools that keep it for the calls they pay.';
+revoke execute on function billing.get_ai_content_consent(p_user uuid) from public, anon, authenticated;
+grant execute on function billing.get_ai_content_consent(p_user uuid) to service_role;
+
+-- PUT /ai/v1/content-consent: opting in keeps the content of later calls; opting out deletes at
+-- once what this consent kept (a school's consent keeps covering the calls it paid).
+create or replace function billing.set_ai_content_consent(p_user uuid, p_keep boolean) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_keep then
+    insert into billing.ai_content_consent (user_id) values (p_user) on conflict do nothing;
+  else
+    delete from billing.ai_content_consent k where k.user_id = p_user;
+    perform billing.forget_unconsented_content(p_user, null);
+  end if;
+  return billing.get_ai_content_consent(p_user);
+end;
+$$;
+comment on function billing.set_ai_content_consent(p_user uuid, p_keep boolean) is 'A student opts in to (or out of, deleting what it kept) keeping the redacted content of their AI calls.';
+revoke execute on function billing.set_ai_content_consent(p_user uuid, p_keep boolean) from public, anon, authenticated;
+grant execute on function billing.set_ai_content_consent(p_user uuid, p_keep boolean) to service_role;
+
+-- The AI panel, the Prometheus series and the alerts read this: per model since `p_since`,
+-- calls by outcome, errors, time to first token and duration (p50, p95, and histogram buckets
+-- over `p_bounds`, ms: bucket i counts values ≤ p_bounds[i], past the last one in the last + 1),
+-- tokens by kind and credits; per model, endpoint and outcome; the top spenders and the latest
+-- failures (by id: no personal data).
+create or replace function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  with w as materialized (
+    select c.*, coalesce(c.model, '(unpriced)') as label, billing.ai_call_error(c.status, c.failure) as error
+    from billing.ai_calls c where c.created_at >= p_since
+  ),
+  models as (
+    select w.label, count(*) as calls, count(*) filter (where w.status = 'charged') as charged,
+      count(*) filter (where w.status = 'failed') as failed, count(*) filter (where w.status = 'refused') as refused,
+      count(*) filter (where w.error) as errors, count(*) filter (where w.status in ('charged', 'failed')) as reached,
+      percentile_disc(0.5) within group (order by w.first_token_ms) as ttft_p50,
+      percentile_disc(0.95) within group (order by w.first_token_ms) as ttft_p95,
+      percentile_disc(0.5) within group (order by w.duration_ms) as duration_p50,
+      percentile_disc(0.95) within group (order by w.duration_ms) as duration_p95,
+      coalesce(sum((w.usage ->> 'input_tokens')::bigint), 0) as input_tokens,
+      coalesce(sum((w.usage ->> 'cached_input_tokens')::bigint), 0) as cached_input_tokens,
+      coalesce(sum((w.usage ->> 'cache_write_tokens')::bigint), 0) as cache_write_tokens,
+      coalesce(sum((w.usage ->> 'output_tokens')::bigint), 0) as output_tokens,
+      coalesce(sum((w.usage ->> 'reasoning_tokens')::bigint), 0) as reasoning_tokens,
+      coalesce(sum(w.charged), 0) as credits,
+      (select jsonb_agg(n order by b) from (
+         select b, count(*) filter (where width_bucket(x.first_token_ms, p_bounds) = b) as n
+         from generate_series(0, cardinality(p_bounds)) b cross join w x where x.label = w.label group by b) h)
+        as ttft_buckets,
+      (select jsonb_agg(n order by b) from (
+         select b, count(*) filter (where width_bucket(x.duration_ms, p_bounds) = b) as n
+         from generate_series(0, cardinality(p_bounds)) b cross join w x where x.label = w.label group by b) h)
+        as duration_buckets
+    from w group by w.label
+  )
+  select jsonb_build_object(
+    'since', billing.json_time(p_since),
+    'models', coalesce((select jsonb_agg(jsonb_build_object('model', m.label, 'calls', m.calls, 'charged', m.charged,
+        'failed', m.failed, 'refused', m.refused, 'errors', m.errors,
+        'error_rate', case when m.reached > 0 then round(m.errors::numeric / m.reached, 4)::text end,
+        'ttft_p50_ms', m.ttft_p50, 'ttft_p95_ms', m.ttft_p95, 'duration_p50_ms', m.duration_p50,
+        'duration_p95_ms', m.duration_p95, 'credits', trim_scale(m.credits)::text,
+        'tokens', jsonb_build_object('input', m.input_tokens, 'cached_input', m.cached_input_tokens,
+          'cache_write', m.cache_write_tokens, 'output', m.output_tokens, 'reasoning', m.reasoning_tokens),
+        'ttft_buckets', m.ttft_buckets, 'duration_buckets', m.duration_buckets) order by m.label) from models m), '[]'),
+    'by_outcome', coalesce((select jsonb_agg(jsonb_build_object('model', o.label, 'endpoint', o.endpoint,
+        'outcome', o.status, 'calls', o.n) order by o.label, o.endpoint, o.status)
+      from (select w.label, w.endpoint, w.status, count(*) as n from w group by 1, 2, 3) o), '[]'),
+    'top_spenders', coalesce((select jsonb_agg(jsonb_build_object('user_id', t.user_id, 'calls', t.n,
+        'credits', trim_scale(t.credits)::text) order by t.credits desc, t.user_id)
+      from (select w.user_id, count(*) as n, sum(w.charged) as credits from w where w.charged > 0
+            group by w.user_id order by 3 desc, 1 limit 10) t), '[]'),
+    'latest_failures', coalesce((select jsonb_agg(jsonb_build_object('id', f.id, 'created_at', billing.json_time(f.created_at),
+        'model', f.model, 'endpoint', f.endpoint, 'outcome', f.status, 'code', f.failure,
+        'upstream_status', f.upstream_status) order by f.seq desc)
+      from (select * from w where w.error order by w.seq desc limit 10) f), '[]'))
+$$;
+comment on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) is 'The AI panel''s and Prometheus'' figures since a time: per model (calls by outcome, errors, time to first token, duration, tokens, credits), top spenders, latest failures.';
+revoke execute on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) from public, anon, authenticated;
+grant execute on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) to service_role;
+
+-- pg_cron (daily): call records older than `p_keep` (180 days: past the 120 days a card payment
+-- can be disputed in, so a dispute's evidence is still there) are rolled up into ai_call_days
+-- and deleted, in one statement, so the daily summary reads the same before and after. Calls
+-- still owing an unbilled excess, and calls still held, stay.
+create or replace function billing.sweep_ai_call_records(p_keep interval default '180 days', p_limit integer default 5000)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  with gone as (
+    delete from billing.ai_calls c where c.id = any (array(
+      select x.id from billing.ai_calls x
+      where x.created_at < now() - p_keep and x.status <> 'held' and (x.unbilled is null or x.owed_transfer_id is not null)
+      order by x.created_at limit p_limit))
+    returning c.*
+  ),
+  days as (
+    insert into billing.ai_call_days as d (day, model, endpoint, outcome, calls, errors, input_tokens, cached_input_tokens,
+      cache_write_tokens, output_tokens, reasoning_tokens, credits)
+    select (g.created_at at time zone 'UTC')::date, coalesce(g.model, ''), g.endpoint, g.status, count(*),
+      count(*) filter (where billing.ai_call_error(g.status, g.failure)),
+      coalesce(sum((g.usage ->> 'input_tokens')::bigint), 0), coalesce(sum((g.usage ->> 'cached_input_tokens')::bigint), 0),
+      coalesce(sum((g.usage ->> 'cache_write_tokens')::bigint), 0), coalesce(sum((g.usage ->> 'output_tokens')::bigint), 0),
+      coalesce(sum((g.usage ->> 'reasoning_tokens')::bigint), 0), coalesce(sum(g.charged), 0)
+    from gone g group by 1, 2, 3, 4
+    on conflict (day, model, endpoint, outcome) do update set calls = d.calls + excluded.calls,
+      errors = d.errors + excluded.errors, input_tokens = d.input_tokens + excluded.input_tokens,
+      cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
+      cache_write_tokens = d.cache_write_tokens + excluded.cache_write_tokens,
+      output_tokens = d.output_tokens + excluded.output_tokens,
+      reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens, credits = d.credits + excluded.credits
+  )
+  select count(*) into v_count from gone;
+  return v_count;
+end;
+$$;
+comment on function billing.sweep_ai_call_records(p_keep interval, p_limit integer) is 'pg_cron: rolls call records older than 180 days into ai_call_days and deletes them (never one still held or owing).';
+revoke execute on function billing.sweep_ai_call_records(p_keep interval, p_limit integer) from public, anon, authenticated;
+grant execute on function billing.sweep_ai_call_records(p_keep interval, p_limit integer) to service_role;
+
+-- GET /admin/ai/summary: per UTC day and model, the calls by outcome, errors, tokens and credits,
+-- from the roll-up for days past retention and from the records for the rest: the same figures
+-- whichever holds a call.
+create or replace function billing.ai_calls_summary(p_from date, p_to date) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(jsonb_build_object('day', u.day, 'model', nullif(u.model, ''), 'calls', u.calls,
+      'charged', u.charged, 'failed', u.failed, 'refused', u.refused, 'errors', u.errors,
+      'tokens', jsonb_build_object('input', u.input_tokens, 'cached_input', u.cached_input_tokens,
+        'cache_write', u.cache_write_tokens, 'output', u.output_tokens, 'reasoning', u.reasoning_tokens),
+      'credits', trim_scale(u.credits)::text) order by u.day, u.model), '[]'::jsonb)
+  from (
+    select r.day, r.model, sum(r.calls) as calls, sum(r.calls) filter (where r.outcome = 'charged') as charged,
+      coalesce(sum(r.calls) filter (where r.outcome = 'failed'), 0) as failed,
+      coalesce(sum(r.calls) filter (where r.outcome = 'refused'), 0) as refused, sum(r.errors) as errors,
+      sum(r.input_tokens) as input_tokens, sum(r.cached_input_tokens) as cached_input_tokens,
+      sum(r.cache_write_tokens) as cache_write_tokens, sum(r.output_tokens) as output_tokens,
+      sum(r.reasoning_tokens) as reasoning_tokens, sum(r.credits) as credits
+    from (
+      select d.day, d.model, d.outcome, d.calls, d.errors, d.input_tokens, d.cached_input_tokens, d.cache_write_tokens,
+        d.output_tokens, d.reasoning_tokens, d.credits
+      from billing.ai_call_days d where d.day between p_from and p_to
+      union all
+      select (c.created_at at time zone 'UTC')::date, coalesce(c.model, ''), c.status, 1,
+        billing.ai_call_error(c.status, c.failure)::integer, coalesce((c.usage ->> 'input_tokens')::bigint, 0),
+        coalesce((c.usage ->> 'cached_input_tokens')::bigint, 0), coalesce((c.usage ->> 'cache_write_tokens')::bigint, 0),
+        coalesce((c.usage ->> 'output_tokens')::bigint, 0), coalesce((c.usage ->> 'reasoning_tokens')::bigint, 0),
+        coalesce(c.charged, 0)
+      from billing.ai_calls c
+      where c.created_at >= p_from::timestamp at time zone 'UTC' and c.created_at < (p_to + 1)::timestamp at time zone 'UTC'
+    ) r group by r.day, r.model
+  ) u
+$$;
+comment on function billing.ai_calls_summary(p_from date, p_to date) is 'Per UTC day and model: AI calls by outcome, errors, tokens and credits, exact across the retention boundary (records, then ai_call_days).';
+revoke execute on function billing.ai_calls_summary(p_from date, p_to date) from public, anon, authenticated;
+grant execute on function billing.ai_calls_summary(p_from date, p_to date) to service_role;
 
 -- pg_cron: a call whose gateway died holds nothing once its hold expired (release_expired_holds);
 -- it is marked failed so its key is free again, and kept answers are forgotten after 24 hours.

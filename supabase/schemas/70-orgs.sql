@@ -35,6 +35,7 @@ create table billing.orgs (
   stripe_customer_id text,                           -- who its invoices are made out to (72-org-invoices.sql)
   invoicing_approved_at timestamptz,                 -- an operator let it ask for invoices before a card purchase
   invoicing_approved_by uuid references auth.users (id),
+  ai_content_consent boolean not null default false, -- keep the redacted content of the AI calls it pays for (30 days)
   constraint orgs_name_length check (length(name) between 1 and 200),
   constraint orgs_funding check (funding in ('allowance', 'pool')),
   constraint orgs_term_order check (term_ends_at is null or term_ends_at > term_started_at)
@@ -159,7 +160,8 @@ set search_path = ''
 as $$
   select jsonb_build_object('id', p_org.id, 'name', p_org.name, 'funding', p_org.funding,
     'org_pays_first', p_org.org_pays_first, 'term_started_at', billing.json_time(p_org.term_started_at),
-    'term_ends_at', billing.json_time(p_org.term_ends_at), 'created_at', billing.json_time(p_org.created_at))
+    'term_ends_at', billing.json_time(p_org.term_ends_at), 'created_at', billing.json_time(p_org.created_at),
+    'ai_content_consent', p_org.ai_content_consent)
 $$;
 comment on function billing.org_json(p_org billing.orgs) is 'Internal: an organisation as the API shows it.';
 revoke execute on function billing.org_json(p_org billing.orgs) from public;
@@ -252,8 +254,13 @@ begin
   end if;
   update billing.orgs o set name = coalesce(p_changes ->> 'name', o.name),
     funding = coalesce(p_changes ->> 'funding', o.funding),
-    org_pays_first = coalesce((p_changes ->> 'org_pays_first')::boolean, o.org_pays_first)
+    org_pays_first = coalesce((p_changes ->> 'org_pays_first')::boolean, o.org_pays_first),
+    ai_content_consent = coalesce((p_changes ->> 'ai_content_consent')::boolean, o.ai_content_consent)
   where o.id = p_org returning * into v_org;
+  if not v_org.ai_content_consent then
+    -- Withdrawn (or never given): what it kept goes at once, unless the student keeps it themselves.
+    perform billing.forget_unconsented_content(null, p_org);
+  end if;
   if v_org.funding = 'pool' then
     -- Switching to a pool: allowances would be stranded (members now spend from the wallet).
     for a in select x.member_id from billing.accounts x where x.org_id = p_org and x.member_id is not null loop
@@ -263,7 +270,7 @@ begin
   return billing.get_org(p_user, p_org);
 end;
 $$;
-comment on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) is 'An owner''s or admin''s change of an organisation (name, funding, who pays first, term end); a new term restarts its term caps, and a switch to pool funding sweeps the allowances back.';
+comment on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) is 'An owner''s or admin''s change of an organisation (name, funding, who pays first, term end, keeping AI content of the calls it pays); a new term restarts its term caps, and a switch to pool funding sweeps the allowances back.';
 revoke execute on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) from public;
 grant execute on function billing.update_org(p_user uuid, p_org uuid, p_changes jsonb) to service_role;
 

@@ -8,6 +8,7 @@ create table billing.ai_logs (
   id bigint generated always as identity primary key,
   user_id uuid,
   job_id uuid,
+  call_id uuid references billing.ai_calls (id) on delete cascade, -- a gateway call's kept content (ai_calls.keep_content)
   model text not null,
   input_tokens integer not null,
   output_tokens integer not null,
@@ -21,11 +22,12 @@ create table billing.ai_logs (
   constraint ai_logs_consent check (consent_level in ('none', 'metadata', 'content')),
   constraint ai_logs_content_needs_consent check (consent_level = 'content' or (prompt_redacted is null and response_redacted is null))
 );
-comment on table billing.ai_logs is 'One row per AI call: model, tokens, duration; redacted text only with the caller''s consent. Kept 30 days.';
+comment on table billing.ai_logs is 'A job''s AI call (model, tokens, duration), and the content a gateway call kept with consent (call_id); redacted text only with consent. Kept 30 days.';
 alter table billing.ai_logs enable row level security;
 grant select on table billing.ai_logs to service_role;
 
 create index ai_logs_expiry on billing.ai_logs (expires_at);
+create unique index ai_logs_call on billing.ai_logs (call_id) where call_id is not null;
 
 create table billing.health_checks (
   id bigint generated always as identity primary key,
@@ -64,11 +66,19 @@ create table billing.alert_settings (
   margin_min_revenue_usd numeric(20, 6) not null default 1,  -- ... on a day it earned at least this (a few charges are noise)
   cost_spike_sigmas numeric(6, 2) not null default 4,        -- cost_spike: the day above mean + this many σ of the 7 before
   cost_spike_min_jump_usd numeric(20, 6) not null default 5, -- ... and above the mean by at least this much (the floor)
+  ai_error_max_percent numeric(5, 2) not null default 10,   -- ai_error_rate: a model's errors over this share of its recent calls
+  ai_ttft_p95_max_ms integer not null default 10000,        -- ai_latency: a model's p95 time to first token over this
+  ai_window_minutes integer not null default 15,            -- ... over its calls of the last this many minutes
+  ai_window_calls integer not null default 100,             -- ... at most its latest this many
+  ai_min_calls integer not null default 10,                 -- ... and only with at least this many (a few calls are noise)
   constraint alert_settings_singleton check (singleton),
   constraint alert_settings_ranges check (margin_min_percent <= 100 and margin_min_revenue_usd >= 0
-    and cost_spike_sigmas > 0 and cost_spike_min_jump_usd > 0)
+    and cost_spike_sigmas > 0 and cost_spike_min_jump_usd > 0),
+  constraint alert_settings_ai_ranges check (ai_error_max_percent between 0 and 100 and ai_ttft_p95_max_ms > 0
+    and ai_window_minutes between 1 and 1440 and ai_window_calls between 1 and 100000
+    and ai_min_calls between 1 and ai_window_calls)
 );
-comment on table billing.alert_settings is 'Thresholds of the margin_low and cost_spike alerts (one row; docs/runbook.md). Changed in SQL by an operator.';
+comment on table billing.alert_settings is 'Thresholds of the margin_low, cost_spike, ai_error_rate and ai_latency alerts (one row; docs/runbook.md). Changed in SQL by an operator.';
 alter table billing.alert_settings enable row level security;
 grant select on table billing.alert_settings to service_role;
 
@@ -357,6 +367,53 @@ $$;
 comment on function billing.evaluate_usage_alerts() is 'Internal (evaluate_alerts): margin_low per model and cost_spike per day, over the last closed day of usage_daily, with the thresholds of alert_settings.';
 revoke execute on function billing.evaluate_usage_alerts() from public;
 
+-- The AI alerts, per model, over its calls that reached the provider in the last
+-- ai_window_minutes (at most its latest ai_window_calls), once it has ai_min_calls of them:
+--   ai_error_rate:<model>: errors (billing.ai_call_error) above ai_error_max_percent of them;
+--   ai_latency:<model>: the p95 time to first token above ai_ttft_p95_max_ms.
+-- A model recovers when its latest calls are back under the threshold (or too few are recent).
+create or replace function billing.evaluate_ai_alerts() returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  s billing.alert_settings;
+  v_errors jsonb;
+  v_slow jsonb;
+begin
+  select * into s from billing.alert_settings;
+  with recent as (
+    select c.model, billing.ai_call_error(c.status, c.failure) as error, c.first_token_ms,
+      row_number() over (partition by c.model order by c.seq desc) as rn
+    from billing.ai_calls c
+    where c.created_at >= now() - make_interval(mins => s.ai_window_minutes) and c.status in ('charged', 'failed')
+  ),
+  m as (
+    select r.model, count(*) as calls, count(*) filter (where r.error) as errors,
+      count(r.first_token_ms) as timed, percentile_disc(0.95) within group (order by r.first_token_ms) as ttft_p95
+    from recent r where r.rn <= s.ai_window_calls group by r.model
+  )
+  select coalesce(jsonb_object_agg('ai_error_rate:' || m.model, jsonb_build_object(
+           'summary', format('%s: %s of its last %s calls failed (over %s%%)', m.model, m.errors, m.calls,
+                             trim_scale(s.ai_error_max_percent)),
+           'details', jsonb_build_object('model', m.model, 'calls', m.calls, 'errors', m.errors,
+                                         'threshold_percent', trim_scale(s.ai_error_max_percent))))
+           filter (where m.calls >= s.ai_min_calls and m.errors * 100 > s.ai_error_max_percent * m.calls), '{}'),
+         coalesce(jsonb_object_agg('ai_latency:' || m.model, jsonb_build_object(
+           'summary', format('%s: p95 time to first token %s ms over its last %s calls (over %s ms)', m.model,
+                             m.ttft_p95, m.timed, s.ai_ttft_p95_max_ms),
+           'details', jsonb_build_object('model', m.model, 'calls', m.timed, 'ttft_p95_ms', m.ttft_p95,
+                                         'threshold_ms', s.ai_ttft_p95_max_ms)))
+           filter (where m.timed >= s.ai_min_calls and m.ttft_p95 > s.ai_ttft_p95_max_ms), '{}')
+  into v_errors, v_slow
+  from m;
+  perform billing.set_alerts('ai_error_rate:', v_errors);
+  perform billing.set_alerts('ai_latency:', v_slow);
+end;
+$$;
+comment on function billing.evaluate_ai_alerts() is 'Internal (evaluate_alerts): ai_error_rate and ai_latency per model over its recent calls, with the thresholds of alert_settings.';
+revoke execute on function billing.evaluate_ai_alerts() from public;
+
 create or replace function billing.evaluate_alerts() returns setof billing.alerts
 language plpgsql
 security definer
@@ -388,10 +445,11 @@ begin
     jsonb_build_object('overdue', v_late, 'failed', v_failed));
 
   perform billing.evaluate_usage_alerts();
+  perform billing.evaluate_ai_alerts();
 
   return query select * from billing.alerts a where a.status = 'open' order by a.opened_at;
 end;
 $$;
-comment on function billing.evaluate_alerts() is 'pg_cron: evaluates every alert condition (core, then providers: reconciliation_mismatch, payout_delay, then usage: margin_low, cost_spike).';
+comment on function billing.evaluate_alerts() is 'pg_cron: evaluates every alert condition (core, then providers: reconciliation_mismatch, payout_delay, then usage: margin_low, cost_spike, then AI: ai_error_rate, ai_latency).';
 revoke execute on function billing.evaluate_alerts() from public;
 grant execute on function billing.evaluate_alerts() to service_role;

@@ -58,6 +58,9 @@ select cron.schedule('billing-evaluate-alerts', '* * * * *', $$select count(*) f
 
 select cron.schedule('billing-delete-expired-ai-logs', '17 * * * *', $$select billing.delete_expired_ai_logs(5000)$$);
 
+-- Call records past their 180 days, rolled up (a day's worth in batches; nothing is due on most nights).
+select cron.schedule('billing-sweep-ai-call-records', '23 * * * *', $$select billing.sweep_ai_call_records('180 days', 5000)$$);
+
 -- Timeouts: the tick answers within JOBS_TICK_BUDGET_MS (at most 8 s) + 1 s; the dispatcher
 -- sends up to 100 emails, one at a time (claimed rows it does not finish come back after two
 -- minutes); the deep check bounds each dependency at 5 s, in parallel.

@@ -33,7 +33,14 @@ export async function priceOf(model: string, u: ReportedUsage): Promise<string> 
   return r.price;
 }
 
-/** The user's gateway calls, newest first, with the ledger's transfer for each. */
+/** The calls the gateway refused before the provider (their records: no hold, a stable code), newest first. */
+export async function refusalsOf(userId: string) {
+  return await testDb<{ failure: string; model: string | null; endpoint: string }[]>`
+    select c.failure, c.model, c.endpoint from billing.ai_calls c
+    where c.user_id = ${userId} and c.status = 'refused' order by c.seq desc`;
+}
+
+/** The user's gateway calls that were begun (held, charged or failed), newest first, with the ledger's transfer for each. */
 export async function callsOf(userId: string) {
   return await testDb`
     select c.id, c.status, c.failure, c.usage_source, trim_scale(coalesce(c.charged, 0))::text as charged,
@@ -41,7 +48,7 @@ export async function callsOf(userId: string) {
     from billing.ai_calls c
     left join billing.transfers t on t.id = c.transfer_id
     left join billing.holds h on h.id = c.hold_id
-    where c.user_id = ${userId} order by c.created_at desc`;
+    where c.user_id = ${userId} and c.status <> 'refused' order by c.created_at desc`;
 }
 
 /** Active holds on the user's own account: none may be left behind by any call. */

@@ -7,6 +7,7 @@ import { createApp, ok } from '../_shared/http/app.ts';
 import { currentUser, identifyWithSessionToken } from '../_shared/http/identify.ts';
 import { requireAdmin } from '../_shared/http/require-admin.ts';
 import { createServerKey, getModelAccess, listServerKeys, revokeServerKey, setModelAccess } from './ai-access.ts';
+import { aiStats, aiSummary, listCalls, oneCall } from './ai-calls.ts';
 import type { AppContext } from '../_shared/app-env.ts';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { sql } from '../_shared/adapters/db.ts';
@@ -123,12 +124,16 @@ app.post('/codes', requireAdmin, createPromoCode);
 app.get('/codes', requireAdmin, listPromoCodes);
 app.post('/codes/:id/disable', requireAdmin, disablePromoCode);
 
-// The AI gateway: who may call which model, and the keys trusted servers report usage with.
+// The AI gateway: who may call which model, the keys trusted servers report usage with, the call log.
 app.get('/model-access', requireAdmin, getModelAccess);
 app.put('/model-access', requireAdmin, setModelAccess);
 app.post('/server-keys', requireAdmin, createServerKey);
 app.get('/server-keys', requireAdmin, listServerKeys);
 app.delete('/server-keys/:id', requireAdmin, revokeServerKey);
+app.get('/ai/calls', requireAdmin, listCalls);
+app.get('/ai/calls/:id', requireAdmin, oneCall);
+app.get('/ai/stats', requireAdmin, aiStats);
+app.get('/ai/summary', requireAdmin, aiSummary);
 
 // Corrections (docs/pricing.md § Corrections): the money moves in SQL (45-corrections.sql), which
 // checks the admin's standing again in the same statement.

@@ -12,6 +12,7 @@ import {
   lastDays,
   pageLimit,
   UuidCursorSchema,
+  UuidSchema,
 } from '../_shared/values/query.ts';
 
 const day = CalendarDateSchema;
@@ -301,3 +302,26 @@ export const UserLotsAsOfSchema = z.strictObject({
   cursor: IdCursorSchema.optional(),
   limit: pageLimit(200, 50),
 });
+
+/** GET /admin/ai/calls: the call log, filtered, newest first; `format=csv` streams every page. */
+export const AiCallsQuerySchema = z.strictObject({
+  user_id: UuidSchema.optional(),
+  org_id: UuidSchema.optional(),
+  model: ModelSchema.optional(),
+  outcome: z.enum(['held', 'charged', 'failed', 'refused']).optional(),
+  from: InstantSchema.optional(),
+  to: InstantSchema.optional(),
+  cursor: IdCursorSchema.optional(),
+  limit: pageLimit(500, 50),
+  format,
+});
+
+/** GET /admin/ai/summary: per UTC day and model; the days [from, to], at most 366. */
+export const AiSummarySchema = z
+  .strictObject({ from: day.optional(), to: day.optional() })
+  .transform(lastDays(30))
+  .refine((q) => q.from <= q.to, { message: 'from must not be after to', path: ['from'] })
+  .refine((q) => Date.parse(q.to) - Date.parse(q.from) < 366 * 86_400_000, {
+    message: 'at most 366 days at a time',
+    path: ['to'],
+  });

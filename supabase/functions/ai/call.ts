@@ -4,7 +4,9 @@
 // charges nothing; a client that leaves does not stop the provider's answer: it is read to its
 // end (in the background) for the provider's own usage, which is what the provider bills; an
 // answer cut by the call's deadline is charged what was read, counted by the tokenizer (the
-// ledger says which).
+// ledger says which). Every call leaves one record (billing.ai_calls), written by the statements
+// that hold, settle or refuse it: its timings, the provider's status and end, and, only when its
+// owner consented, its content, redacted (docs/ai-gateway.md, "The call log").
 import { createHash } from 'node:crypto';
 import type { AppContext } from '../_shared/app-env.ts';
 import { aiGatewayEnv, postUpstream, upstreamsSpeaking } from '../_shared/adapters/ai-upstreams.ts';
@@ -15,7 +17,17 @@ import { failpoint } from '../_shared/failpoint.ts';
 import { currentUser } from '../_shared/http/identify.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
-import { beginCall, type CallRecord, failCall, finishCall, type Usage } from './metering.ts';
+import { redact } from '../_shared/redact.ts';
+import type { GatewayEnv } from '../_shared/adapters/ai-upstreams.ts';
+import {
+  beginCall,
+  type CallRecord,
+  type CallReport,
+  failCall,
+  finishCall,
+  refuseCall,
+  type Usage,
+} from './metering.ts';
 import { promptTokens, type Protocol, type Sse, usageWithCost } from './protocol.ts';
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
@@ -51,7 +63,41 @@ function providerFailure(status: number | 'timeout' | 'unreachable'): { code: st
   };
 }
 
-type Call<R> = { id: string; held: string; prompt: number; keep: boolean; req: R; p: Protocol<R> };
+type Call<R> = {
+  id: string;
+  held: string;
+  prompt: number;
+  /** The caller sent an Idempotency-Key: the answer is kept 24 h for a replay. */
+  keep: boolean;
+  /** Its owner consented: the redacted prompt and answer go on its record. */
+  keepContent: boolean;
+  req: R;
+  p: Protocol<R>;
+  /** performance.now() when the call arrived; what the record's timings count from. */
+  started: number;
+  upstreamStatus: number | null;
+  firstTokenMs: number | null;
+};
+
+const since = (t: number) => Math.round(performance.now() - t);
+
+/** Content kept with consent: at most 64 KiB of each text, redacted, in text Postgres accepts. */
+const keptLimit = 65_536;
+const kept = (text: string) =>
+  redact(text.length > keptLimit ? `${text.slice(0, keptLimit)} …[cut]` : text).toWellFormed().replaceAll('\0', '');
+
+/** What the call's record keeps beside its money, written by the statement that settles it. */
+function report<R>(call: Call<R>, end: { finishReason?: string | null; clientLeft?: boolean; answer?: () => string }) {
+  const r: CallReport = {
+    upstream_status: call.upstreamStatus,
+    first_token_ms: call.firstTokenMs,
+    duration_ms: since(call.started),
+    finish_reason: end.finishReason ?? null,
+    client_left: end.clientLeft ?? false,
+  };
+  if (call.keepContent) r.content = { prompt: kept(JSON.stringify(call.req)), answer: kept(end.answer?.() ?? '') };
+  return r;
+}
 
 /** Usage the gateway counted itself: the prompt's bound as uncached input, what was read as output. */
 const countedUsage = async <R>(call: Call<R>, answer: string): Promise<Usage> => ({
@@ -63,41 +109,24 @@ const countedUsage = async <R>(call: Call<R>, answer: string): Promise<Usage> =>
 
 /** Holds, calls the model's upstream once in the protocol's API, and charges what it reported. */
 export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Promise<Response> {
+  const started = performance.now();
   const env = aiGatewayEnv();
-  const limit = p.outputLimit(req);
-  if (limit?.asked && limit.asked > env.AI_MAX_OUTPUT_TOKENS) {
-    throw new AppError(
-      'validation',
-      'VALIDATION_FAILED',
-      `${limit.field} may be at most ${env.AI_MAX_OUTPUT_TOKENS}.`,
-      {
-        field: limit.field,
-      },
-    );
-  }
-  const maxOutput = limit ? limit.asked ?? env.AI_MAX_OUTPUT_TOKENS : 0;
-  const prompt = await promptTokens(p, req, env.AI_MAX_PROMPT_TOKENS);
-  if (prompt === null) {
-    throw new AppError('validation', 'PROMPT_TOO_LONG', `The prompt is more than ${env.AI_MAX_PROMPT_TOKENS} tokens.`);
-  }
-  // A caller's key keeps the answer for a replay (24 h); without one every call is its own.
-  const callerKey = c.req.header('idempotency-key') ? idempotencyKey(c) : null;
-  const begun = await beginCall({
-    userId: currentUser(c).id,
-    model: p.model(req),
-    promptTokens: prompt,
-    maxOutputTokens: maxOutput,
-    key: callerKey ?? `auto:${crypto.randomUUID()}`,
-    requestHash: sha256(`${p.endpoint} ${JSON.stringify(req)}`),
-    ttlSeconds: env.AI_CALL_MAX_SECONDS + 60,
-    endpoint: p.endpoint,
-    upstreams: upstreamsSpeaking(p.endpoint),
-    writesCache: p.writesCache(req),
-  });
+  const { begun, prompt, maxOutput, callerKey } = await begin(c, p, req, env, started);
   if (begun.state === 'replay') return replay(p, begun.call, req);
 
   failpoint('ai.after_hold'); // the reliability tests die here, and before the capture: nothing is charged
-  const call: Call<R> = { id: begun.call_id, held: begun.held, prompt, keep: callerKey !== null, req, p };
+  const call: Call<R> = {
+    id: begun.call_id,
+    held: begun.held,
+    prompt,
+    keep: callerKey !== null,
+    keepContent: begun.keep_content,
+    req,
+    p,
+    started,
+    upstreamStatus: null,
+    firstTokenMs: null,
+  };
   const upstream = new AbortController();
   const deadline = setTimeout(() => upstream.abort('deadline'), env.AI_CALL_MAX_SECONDS * 1000);
   // A provider sends a whole (non-streamed) answer's headers only once it is written: that wait is
@@ -109,14 +138,15 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
     res = await postUpstream(begun.upstream, p.endpoint, p.providerBody(req, maxOutput), upstream.signal);
   } catch {
     clearTimeout(deadline);
-    throw await failed(call.id, upstream.signal.aborted ? 'timeout' : 'unreachable');
+    throw await failed(call, upstream.signal.aborted ? 'timeout' : 'unreachable');
   } finally {
     clearTimeout(firstByte);
   }
+  call.upstreamStatus = res.status;
   if (!res.ok) {
     clearTimeout(deadline);
     await res.body?.cancel().catch(() => {});
-    throw await failed(call.id, res.status);
+    throw await failed(call, res.status);
   }
   if (!streamed) {
     try {
@@ -128,10 +158,61 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
   return relay(call, res, upstream, deadline, env.AI_TIMEOUT_MS, c.req.raw.signal);
 }
 
+/**
+ * Everything before the provider: the answer's limit, the prompt's count (bounded by the limit)
+ * and the hold. A refusal is recorded (one statement, no hold), then thrown.
+ */
+async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, started: number) {
+  try {
+    const limit = p.outputLimit(req);
+    if (limit?.asked && limit.asked > env.AI_MAX_OUTPUT_TOKENS) {
+      throw new AppError(
+        'validation',
+        'VALIDATION_FAILED',
+        `${limit.field} may be at most ${env.AI_MAX_OUTPUT_TOKENS}.`,
+        {
+          field: limit.field,
+        },
+      );
+    }
+    const maxOutput = limit ? limit.asked ?? env.AI_MAX_OUTPUT_TOKENS : 0;
+    const prompt = await promptTokens(p, req, env.AI_MAX_PROMPT_TOKENS);
+    if (prompt === null) {
+      throw new AppError(
+        'validation',
+        'PROMPT_TOO_LONG',
+        `The prompt is more than ${env.AI_MAX_PROMPT_TOKENS} tokens.`,
+      );
+    }
+    // A caller's key keeps the answer for a replay (24 h); without one every call is its own.
+    const callerKey = c.req.header('idempotency-key') ? idempotencyKey(c) : null;
+    const begun = await beginCall({
+      userId: currentUser(c).id,
+      model: p.model(req),
+      promptTokens: prompt,
+      maxOutputTokens: maxOutput,
+      key: callerKey ?? `auto:${crypto.randomUUID()}`,
+      requestHash: sha256(`${p.endpoint} ${JSON.stringify(req)}`),
+      ttlSeconds: env.AI_CALL_MAX_SECONDS + 60,
+      endpoint: p.endpoint,
+      upstreams: upstreamsSpeaking(p.endpoint),
+      writesCache: p.writesCache(req),
+      stream: p.streamed(req),
+    });
+    return { begun, prompt, maxOutput, callerKey };
+  } catch (err) {
+    if (err instanceof AppError && err.status < 500) {
+      await refuseCall(currentUser(c).id, p.model(req), p.endpoint, p.streamed(req), err.code, since(started))
+        .catch((e) => log.error('ai refusal could not be recorded', errorSummary(e)));
+    }
+    throw err;
+  }
+}
+
 /** Fails the call (nothing charged) and gives the caller's error. */
-async function failed(callId: string, status: number | 'timeout' | 'unreachable'): Promise<AppError> {
+async function failed<R>(call: Call<R>, status: number | 'timeout' | 'unreachable'): Promise<AppError> {
   const { code, error } = providerFailure(status);
-  await failCall(callId, code);
+  await failCall(call.id, code, report(call, {}));
   return error;
 }
 
@@ -152,8 +233,9 @@ async function answerWhole<R>(call: Call<R>, res: Response, timeoutMs: number): 
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error('timeout')), timeoutMs)),
     ]);
   } catch {
-    throw await failed(call.id, 'timeout');
+    throw await failed(call, 'timeout');
   }
+  call.firstTokenMs = since(call.started);
   const reported = body.usage ? call.p.fromUsage(body.usage) : null;
   const usage = reported ?? await countedUsage(call, call.p.answerText(body));
   const record = await finishCall(
@@ -161,6 +243,8 @@ async function answerWhole<R>(call: Call<R>, res: Response, timeoutMs: number): 
     usage,
     reported ? 'provider' : 'tokenizer',
     call.keep ? { json: body } : null,
+    false,
+    report(call, { finishReason: call.p.finishReason(body), answer: () => call.p.answerText(body) }),
   );
   return Response.json(withCost(call.p, body, usage, record.charged), { headers: callHeaders(record) });
 }
@@ -237,6 +321,8 @@ function relay<R>(
     const events = p.reader(call.req);
     const buffer = { text: '' };
     const sent: Sse[] = [];
+    /** The answer's text as streamed so far (what the tokenizer counts, and what consent keeps). */
+    const answerRead = () => sent.map((e) => p.eventText(e.data)).join('');
     let ended = false, broken = false, errorAfterUsage = false;
     // One watchdog for the whole stream (not a timer per read): the provider going silent for
     // longer than idleMs stops the upstream request.
@@ -249,6 +335,7 @@ function relay<R>(
         const next = await reader.read();
         lastRead = Date.now();
         if (next.done) break;
+        call.firstTokenMs ??= since(call.started);
         buffer.text += decoder.decode(next.value, { stream: true }).replaceAll('\r\n', '\n');
         let relayed = ''; // what this read passes on, sent at once
         for (const event of sseEvents(buffer)) {
@@ -282,11 +369,11 @@ function relay<R>(
     try {
       if (broken) {
         const { code, error } = providerFailure(upstream.signal.reason === 'timeout' ? 'timeout' : 502);
-        await failCall(call.id, code);
+        await failCall(call.id, code, report(call, { clientLeft: clientGone, answer: answerRead }));
         closing = p.failure(error);
       } else {
         const reported = events.usage();
-        const usage = reported ?? await countedUsage(call, sent.map((e) => p.eventText(e.data)).join(''));
+        const usage = reported ?? await countedUsage(call, answerRead());
         failpoint('ai.before_capture');
         const held = events.held();
         const record = await finishCall(
@@ -295,6 +382,7 @@ function relay<R>(
           reported ? 'provider' : 'tokenizer',
           call.keep ? { events: sent.map((e) => e.raw), held } : null,
           errorAfterUsage,
+          report(call, { finishReason: events.finishReason(), clientLeft: clientGone, answer: answerRead }),
         );
         closing = p.closing(call.req, held, usage, record.charged);
       }

@@ -10,6 +10,7 @@ import { currentUser } from '../_shared/http/identify.ts';
 import { requireUser } from '../_shared/http/require-user.ts';
 import { readJson } from '../_shared/http/validate.ts';
 import { meteredCall } from './call.ts';
+import { deleteMyContent, getConsent, myCall, myCalls, setConsent } from './log.ts';
 import type { Protocol } from './protocol.ts';
 import { chat } from './protocols/chat.ts';
 import { embeddings } from './protocols/embeddings.ts';
@@ -41,6 +42,13 @@ app.post('/v1/chat/completions', requireUser, route(chat));
 app.post('/v1/responses', requireUser, route(responses));
 app.post('/v1/messages', requireUser, route(messages));
 app.post('/v1/embeddings', requireUser, route(embeddings));
+
+// The caller's own call log, and the content kept of their calls with their consent (log.ts).
+app.get('/v1/calls', requireUser, myCalls);
+app.get('/v1/calls/:id', requireUser, myCall);
+app.delete('/v1/calls/:id/content', requireUser, deleteMyContent);
+app.get('/v1/content-consent', requireUser, getConsent);
+app.put('/v1/content-consent', requireUser, setConsent);
 
 export default { fetch: app.fetch };
 if (import.meta.main) Deno.serve(app.fetch);

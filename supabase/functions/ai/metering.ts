@@ -1,6 +1,8 @@
-// The gateway's three SQL calls (supabase/schemas/62-ai-gateway.sql): begin (claim the key,
-// check the model and that its upstream speaks the endpoint, hold), finish (capture what the provider reported), fail (release, charge
-// nothing). Each is one statement; SQL owns the money.
+// The gateway's SQL calls (supabase/schemas/62-ai-gateway.sql): begin (claim the key, check the
+// model and that its upstream speaks the endpoint, hold), finish (capture what the provider
+// reported), fail (release, charge nothing), refuse (record a call refused before the provider).
+// Each is one statement; SQL owns the money, and the call's record is written in the same
+// statements (docs/ai-gateway.md, "The call log").
 import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
 import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
@@ -31,7 +33,7 @@ export interface CallRecord {
 export type StoredAnswer = { json: unknown } | { events: string[]; held: string | null };
 
 export type Begun =
-  | { state: 'held'; call_id: string; hold_id: string; held: string; upstream: string }
+  | { state: 'held'; call_id: string; hold_id: string; held: string; upstream: string; keep_content: boolean }
   | { state: 'replay'; call: CallRecord };
 
 export interface CallPlan {
@@ -46,13 +48,26 @@ export interface CallPlan {
   /** The upstreams configured here that speak `endpoint`. */
   upstreams: string[];
   writesCache: boolean;
+  stream: boolean;
+}
+
+/** What the call log keeps of a call beside its money (the settling statement writes it). */
+export interface CallReport {
+  upstream_status: number | null;
+  /** From the call's arrival to the provider's first answer bytes (streamed) or its whole answer. */
+  first_token_ms: number | null;
+  duration_ms: number;
+  finish_reason?: string | null;
+  client_left?: boolean;
+  /** Redacted, only when the call's owner consented (begin's keep_content); SQL keeps it only then. */
+  content?: { prompt: string; answer: string };
 }
 
 /** Claims the key and holds the call's worst case; a refusal (402, 403, 409 …) is thrown. */
 export async function beginCall(p: CallPlan): Promise<Begun> {
   const [{ r }] =
     await sql`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens}, ${p.maxOutputTokens}, ${p.key},
-      ${p.requestHash}, ${p.ttlSeconds}, ${p.endpoint}, ${p.upstreams}::text[], ${p.writesCache}) as r`;
+      ${p.requestHash}, ${p.ttlSeconds}, ${p.endpoint}, ${p.upstreams}::text[], ${p.writesCache}, ${p.stream}) as r`;
   if (r.state === 'held' || r.state === 'replay') return r as Begun;
   if (r.state === 'in_flight') {
     throw new AppError('conflict', 'IDEMPOTENCY_KEY_IN_USE', 'A call with this Idempotency-Key is still running.', {
@@ -68,14 +83,27 @@ export async function finishCall(
   usage: Usage,
   source: 'provider' | 'tokenizer',
   answer: StoredAnswer | null,
-  failed = false,
+  failed: boolean,
+  report: CallReport,
 ): Promise<CallRecord> {
   const [{ r }] = await sql`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source},
-      ${answer === null ? null : jsonb(answer)}, ${failed}) as r`;
+      ${answer === null ? null : jsonb(answer)}, ${failed}, ${jsonb(report)}) as r`;
   return r as CallRecord;
 }
 
 /** Releases the call's hold and charges nothing; `failure` is a stable code. */
-export async function failCall(callId: string, failure: string): Promise<void> {
-  await sql`select billing.fail_ai_call(${callId}, ${failure})`;
+export async function failCall(callId: string, failure: string, report: CallReport): Promise<void> {
+  await sql`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`;
+}
+
+/** Records a call refused before the provider: its stable code, no hold (the model only if priced). */
+export async function refuseCall(
+  userId: string,
+  model: string,
+  endpoint: Endpoint,
+  stream: boolean,
+  code: string,
+  durationMs: number,
+): Promise<void> {
+  await sql`select billing.refuse_ai_call(${userId}, ${model}, ${endpoint}, ${stream}, ${code}, ${durationMs})`;
 }

@@ -27,6 +27,8 @@ export interface StreamReader {
   usage(): Usage | null;
   /** The event kept back (its data), sent with the cost once charged and by a replay. */
   held(): string | null;
+  /** Why the provider ended the answer (its own word: stop, length, end_turn …), once it said. */
+  finishReason(): string | null;
 }
 
 export interface Protocol<R> {
@@ -48,6 +50,8 @@ export interface Protocol<R> {
   fromUsage(usage: unknown): Usage;
   /** Disjoint kinds as this API writes usage (for an answer whose provider sent none). */
   toUsage(usage: Usage): Record<string, unknown>;
+  /** Why the provider ended a whole answer (its own word), if it said. */
+  finishReason(body: Record<string, unknown>): string | null;
   /** The answer text of a whole answer, or of one streamed event: what the tokenizer counts. */
   answerText(body: Record<string, unknown>): string;
   eventText(data: string): string;
@@ -63,6 +67,10 @@ export const usageWithCost = <R>(p: Protocol<R>, reported: unknown, usage: Usage
   ...((reported as Record<string, unknown> | undefined) ?? p.toUsage(usage)),
   cost: charged,
 });
+
+/** A provider's word for why an answer ended, as the call log keeps it (a short token, or null). */
+export const reasonWord = (v: unknown): string | null =>
+  typeof v === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(v) ? v : null;
 
 /** One SSE event's text, with an `event:` line when named. */
 export const sseEvent = (name: string | null, data: unknown) =>

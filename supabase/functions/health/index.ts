@@ -20,6 +20,7 @@ import { constantTimeEqual, hasCronSecret } from '../_shared/http/secrets.ts';
 import { stripe, StripeEnvSchema } from '../_shared/adapters/stripe.ts';
 import { runChecks } from './checks.ts';
 import { Exposition } from './prometheus.ts';
+import { addAiMetrics } from './ai-metrics.ts';
 import { burnRate, readWindows, sloConfig, statsByRoute } from '../_shared/http/slo.ts';
 
 const env = parseEnv(z.object({
@@ -161,8 +162,9 @@ app.get('/metrics', requireAdminUnless(hasMetricsToken), async (c) => {
       {},
       m.charges_last_hour ? m.charge_failures_last_hour / m.charges_last_hour : 0,
     ]])
-    .metric('scholarlink_alerts_open', 'gauge', 'Open alerts.', [[{}, m.open_alerts]])
-    .counters();
+    .metric('scholarlink_alerts_open', 'gauge', 'Open alerts.', [[{}, m.open_alerts]]);
+  await addAiMetrics(x);
+  x.counters();
   return c.body(x.toString(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
 });
 

@@ -39,6 +39,25 @@ export class Exposition {
     return this;
   }
 
+  /**
+   * A histogram per label set from per-bucket counts over `bounds` (bucket i counts values up to
+   * bounds[i]; the one past the last, the rest), written cumulatively with `le`.
+   */
+  buckets(name: string, help: string, bounds: number[], series: Array<[Record<string, string>, number[]]>) {
+    this.#lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`);
+    for (const [l, counts] of series) {
+      let cumulative = 0;
+      counts.forEach((n, i) => {
+        cumulative += n;
+        this.#lines.push(
+          `${name}_bucket${labels({ ...l, le: i < bounds.length ? String(bounds[i]) : '+Inf' })} ${cumulative}`,
+        );
+      });
+      this.#lines.push(`${name}_count${labels(l)} ${cumulative}`);
+    }
+    return this;
+  }
+
   /** This instance's in-memory counters (per-instance, labelled as such). */
   counters() {
     for (const [key, value] of Object.entries(snapshot())) {

@@ -17,6 +17,8 @@ export const UpdateOrgSchema = z.strictObject({
   funding: z.enum(['allowance', 'pool']).optional(),
   org_pays_first: z.boolean().optional(),
   term_ends_at: InstantSchema.nullable().optional(),
+  /** Keep the redacted prompt and answer of the AI calls the school pays for, 30 days (docs/ai-gateway.md). */
+  ai_content_consent: z.boolean().optional(),
 });
 
 export const InviteSchema = z.strictObject({

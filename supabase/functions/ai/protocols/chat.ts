@@ -7,7 +7,15 @@ import { disjointUsage } from '../../_shared/adapters/ai.ts';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import type { Usage } from '../metering.ts';
-import { JsonBlockSchema, messageFraming, parsed, type Protocol, sseEvent, usageWithCost } from '../protocol.ts';
+import {
+  JsonBlockSchema,
+  messageFraming,
+  parsed,
+  type Protocol,
+  reasonWord,
+  sseEvent,
+  usageWithCost,
+} from '../protocol.ts';
 
 const TextPartSchema = z.object({ type: z.literal('text'), text: pgText(1_000_000) });
 const ContentSchema = z.union([pgText(1_000_000), z.array(TextPartSchema).max(100), z.null()]);
@@ -63,6 +71,9 @@ function choicesText(choices: unknown): string {
   return text;
 }
 
+/** The first choice's finish_reason (n is 1), if set. */
+const firstFinish = (choices: unknown) => Array.isArray(choices) ? reasonWord(choices[0]?.finish_reason) : null;
+
 type Content = ChatRequest['messages'][number]['content'];
 const contentText = (content: Content): string =>
   typeof content === 'string' ? content : Array.isArray(content) ? content.map((p) => p.text).join('') : '';
@@ -107,13 +118,17 @@ export const chat: Protocol<ChatRequest> = {
   },
   fromUsage: (u) => disjointUsage(u as Parameters<typeof disjointUsage>[0]),
   toUsage: chatUsage,
+  finishReason: (body) => firstFinish(body.choices),
   answerText: (body) => choicesText(body.choices),
   eventText: (data) => choicesText(parsed(data).choices),
   reader() {
     let usageChunk: Record<string, unknown> | null = null;
+    let finish: string | null = null;
     return {
       see({ data }) {
         if (data === '[DONE]') return 'end';
+        // The chunk that ends the answer names why (every other one has "finish_reason":null).
+        if (data.includes('"finish_reason":"')) finish = firstFinish(parsed(data).choices) ?? finish;
         // Most chunks are answer text: passed on unparsed (their text is counted only if needed).
         if (!data.includes('"usage"') && !data.includes('"error"')) return 'send';
         const chunk = parsed(data);
@@ -124,6 +139,7 @@ export const chat: Protocol<ChatRequest> = {
       },
       usage: () => usageChunk ? chat.fromUsage(usageChunk.usage) : null,
       held: () => usageChunk ? JSON.stringify(usageChunk) : null,
+      finishReason: () => finish,
     };
   },
   // The usage chunk with its cost, if the caller asked for usage; then the end.

@@ -55,6 +55,7 @@ export const embeddings: Protocol<EmbeddingsRequest> = {
     reasoning_tokens: 0,
   }),
   toUsage: (u) => ({ prompt_tokens: u.input_tokens, total_tokens: u.input_tokens }),
+  finishReason: () => null,
   answerText: () => '',
   eventText: () => '',
   reader: never,

@@ -16,6 +16,7 @@ import {
   messageFraming,
   parsed,
   type Protocol,
+  reasonWord,
   sseEvent,
   usageWithCost,
 } from '../protocol.ts';
@@ -138,6 +139,7 @@ export const messages: Protocol<MessagesRequest> = {
     cache_creation_input_tokens: u.cache_write_tokens ?? 0,
     output_tokens: u.output_tokens + u.reasoning_tokens,
   }),
+  finishReason: (body) => reasonWord(body.stop_reason),
   answerText: (body) => Array.isArray(body.content) ? JSON.stringify(body.content) : '',
   eventText(data) {
     const delta = parsed(data).delta as Record<string, unknown> | undefined;
@@ -170,6 +172,7 @@ export const messages: Protocol<MessagesRequest> = {
       // Reported once a message_delta came with usage: its counts, the input kinds from message_start where it has none.
       usage: () => delta?.usage ? fromUsage({ ...start, ...(delta.usage as Record<string, unknown>) }) : null,
       held: () => delta ? JSON.stringify(delta) : null,
+      finishReason: () => reasonWord((delta?.delta as Record<string, unknown> | undefined)?.stop_reason),
     };
   },
   closing(_req, held, usage, charged) {

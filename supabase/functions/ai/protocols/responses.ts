@@ -14,6 +14,7 @@ import {
   messageFraming,
   parsed,
   type Protocol,
+  reasonWord,
   sseEvent,
   usageWithCost,
 } from '../protocol.ts';
@@ -141,6 +142,12 @@ const fromUsage = (raw: unknown): Usage => {
   };
 };
 
+/** Why a response ended: its status, or for an incomplete one the reason (max_output_tokens …). */
+const responseEnd = (r: Record<string, unknown> | undefined) =>
+  r?.status === 'incomplete'
+    ? reasonWord((r.incomplete_details as Record<string, unknown> | undefined)?.reason) ?? 'incomplete'
+    : reasonWord(r?.status);
+
 const terminal = new Set(['response.completed', 'response.incomplete', 'response.failed']);
 
 /** POST /ai/v1/responses: OpenAI's Responses API. */
@@ -170,6 +177,7 @@ export const responses: Protocol<ResponsesRequest> = {
       total_tokens: input + u.output_tokens + u.reasoning_tokens,
     };
   },
+  finishReason: (body) => responseEnd(body),
   answerText(body) {
     // Every output item whole (text, refusals, tool calls, reasoning summaries): over-counting is the safe side.
     return Array.isArray(body.output) ? JSON.stringify(body.output) : '';
@@ -199,6 +207,7 @@ export const responses: Protocol<ResponsesRequest> = {
       },
       usage: () => usage,
       held: () => last ? JSON.stringify(last) : null,
+      finishReason: () => responseEnd(last?.response as Record<string, unknown> | undefined),
     };
   },
   closing(_req, held, usage, charged) {
