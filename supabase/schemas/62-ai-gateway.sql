@@ -318,10 +318,15 @@ comment on function billing.ai_call_json(c billing.ai_calls) is 'Internal: a cal
 revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
 
 -- What a user's earlier calls cost beyond what could be charged then (ai_calls.unbilled) is
--- charged before their next call, as spending for that call's model (caps, school wallets and
--- credits for some models apply as to any charge). If it cannot be, the new call is refused with
--- the writer's refusal, its details saying why (`reason: "unbilled_usage"`, `owed`): a student
--- cannot run up a debt the gateway never collects. Rows are locked first, as finish_ai_call does.
+-- charged before their next call, as spending for that call's model, from the account that held
+-- the call: the student's own credits for their own calls, the school's wallet or allowance for
+-- the calls it paid (never the other way round: joining a school does not make it pay what was
+-- owed before, and leaving one does not move its calls' rest onto the student). Caps (a member's
+-- on the school's account too) and credits for some models apply as to any charge. If it cannot
+-- be charged, the new call is refused with the writer's refusal, its details saying why
+-- (`reason: "unbilled_usage"`, `owed`): a student cannot run up a debt the gateway never
+-- collects. Locks: the student's own account first, then the calls, then each paying account in
+-- id order (as every writer locks a member's accounts).
 create or replace function billing.pay_ai_owed(p_user uuid) returns void
 language plpgsql
 set search_path = ''
@@ -339,14 +344,22 @@ begin
     return;
   end if;
   begin
+    perform 1 from billing.accounts a where a.user_id = p_user for update;
     for v_owed in
-      select c.id, c.model, c.unbilled from billing.ai_calls c
+      select c.id, c.model, c.unbilled, h.account_id, h.member_id, a.org_id
+      from billing.ai_calls c join billing.holds h on h.id = c.hold_id join billing.accounts a on a.id = h.account_id
       where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
-      order by c.created_at for update
+      order by h.account_id, c.created_at for update of c
     loop
+      -- A school's account: its caps (the member's among them) are counted here; the writer
+      -- counts a student's own.
+      if v_owed.org_id is not null then
+        perform billing.charge_caps(v_owed.account_id, v_owed.unbilled, v_owed.model, v_owed.member_id);
+      end if;
       v_paid := billing.post_user_transfer(p_user, -1, 'spend', v_owed.unbilled, 'usage', 'usage_revenue',
         'ai-owed:' || v_owed.id, 'ai:' || v_owed.id, null,
-        jsonb_build_object('model', v_owed.model, 'ai_call_id', v_owed.id, 'owed', true));
+        jsonb_build_object('model', v_owed.model, 'ai_call_id', v_owed.id, 'owed', true),
+        p_account_id => v_owed.account_id);
       update billing.ai_calls c set owed_transfer_id = v_paid.transfer_id where c.id = v_owed.id;
     end loop;
   exception when sqlstate 'P0001' then
