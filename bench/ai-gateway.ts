@@ -3,7 +3,8 @@
 //       Targets: added ≤ 5 ms p50, ≤ 20 ms p99.
 //   (b) a long streamed answer's throughput (bytes of answer a second, one stream at a time):
 //       gateway ÷ direct. Target ≥ 0.95×.
-//   (c) Postgres CPU for a call's hold and capture (begin_ai_call + finish_ai_call) against one
+//   (c) Postgres CPU for a call's hold and capture (begin_ai_call + finish_ai_call, writing its
+//       record as the gateway does: docs/ai-gateway.md § The call log) against one
 //       usage request (run_money_request 'credits.usage'), per call, from /proc. Target ≤ 2×.
 // Rounds alternate direct and gateway (BENCH_ROUNDS, default 3); medians across rounds. The
 // gateway is a private one with the per-student AI rate limit lifted.
@@ -117,7 +118,9 @@ async function cpuPerCall(cell: 'usage' | 'ai') {
           600) as r`;
         await db`select billing.finish_ai_call(${r.call_id}, ${
           db.json({ input_tokens: 40, cached_input_tokens: 0, output_tokens: 20, reasoning_tokens: 0 })
-        }, 'provider', null)`;
+        }, 'provider', null, false, ${
+          db.json({ upstream_status: 200, first_token_ms: 120, duration_ms: 480, finish_reason: 'stop' })
+        })`;
       }
     }
   }));
