@@ -2,9 +2,11 @@
 // balance, packages (bought through hosted Checkout), the purchase polled after the redirect
 // back, recent ledger entries in words (ledger-words.ts), what the student can spend and what
 // expires when (balance.ts), spend controls, a metered AI job priced before it starts, with
-// progress and cancel, where the credits went and how long they last (usage.ts), the
-// organisations that fund the student (orgs.ts), and the balance and lots at an earlier time
-// (as-of.ts). Everything goes through the typed client over supabase-js.
+// progress and cancel, the latest calls through the AI gateway (ai-calls.ts), where the credits
+// went and how long they last (usage.ts), the organisations that fund the student (orgs.ts),
+// and the balance and lots at an earlier time (as-of.ts). Everything goes through the typed
+// client over supabase-js, but for the gateway's own routes (ask.ts, ai-calls.ts: plain fetch
+// with the student's token as the API key).
 /// <reference lib="dom" />
 import { createClient, type SupabaseClient } from '@supabase/supabase-js';
 import {
@@ -24,6 +26,7 @@ import { showUsage } from './usage.ts';
 import { refreshBalance } from './balance.ts';
 import { entryWords } from './ledger-words.ts';
 import { askStreaming } from './ask.ts';
+import { showAiCalls } from './ai-calls.ts';
 import { buyGift, giftText, wireRedeem } from './codes.ts';
 import { followPlan, showPlans } from './plans.ts';
 import { wireAsOf } from './as-of.ts';
@@ -57,6 +60,16 @@ async function accessToken(): Promise<string | null> {
   return store.getItem('token') ?? (await auth.auth.getSession()).data.session?.access_token ?? null;
 }
 
+/**
+ * The student's latest calls through the gateway, read with their token (its API key). A stream
+ * is settled just after its last byte: a call still answering is read again a moment later.
+ */
+async function refreshAiCalls(tries = 5) {
+  const token = await accessToken();
+  if (!token || !(await showAiCalls(api, token, $('ai-calls'))) || tries <= 1) return;
+  setTimeout(() => refreshAiCalls(tries - 1).catch(() => {}), 1000);
+}
+
 /** The ask box: the hold while the answer streams, then the exact charge; the balance after. */
 function wireAsk(billing: BillingClient) {
   $('ask').onclick = async () => {
@@ -80,6 +93,8 @@ function wireAsk(billing: BillingClient) {
       status.textContent = err instanceof Error ? err.message : 'The AI could not answer.';
     } finally {
       $<HTMLButtonElement>('ask').disabled = false;
+      // Answered, failed or refused, the call is on the list.
+      await refreshAiCalls().catch(() => {});
     }
   };
 }
@@ -447,6 +462,7 @@ const unavailable = {
   recharge: () => $('recharge-status').textContent = 'Auto-recharge could not be loaded.',
   price: () => {},
   usage: () => $('runway').textContent = 'Your usage could not be loaded.',
+  aiCalls: () => $('ai-calls').textContent = 'Your AI calls could not be loaded.',
   plans: () => $('plan-body').textContent = 'Plans could not be loaded.',
   orgs: () => {
     $('orgs').hidden = false;
@@ -466,6 +482,7 @@ async function loadAll(billing: BillingClient, supabase: SupabaseClient) {
     price: () => wirePrice(supabase),
     orgs: () => showOrgs(billing, $('orgs'), fail),
     usage: () => showUsage(billing, $('usage')),
+    aiCalls: () => refreshAiCalls(),
     plans: () => showPlans(billing, $('plan-body'), fail, (text) => show('notice', text)),
   };
   const names = Object.keys(parts) as (keyof typeof parts)[];

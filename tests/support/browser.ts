@@ -84,6 +84,14 @@ export async function signInWithToken(page: Page, token: string) {
   await page.waitForSelector('body[data-ready="true"]');
 }
 
+/** Signs in on the ops dashboard by pasting an admin's token, and waits for its first load. */
+export async function signInToDashboard(page: Page, token: string) {
+  await page.goto(`${functionsUrl}/admin/dashboard`);
+  await page.locator('#token').fill(token);
+  await page.locator('#use-token').click();
+  await page.waitForSelector('body[data-ready="true"]');
+}
+
 /** Readable at desktop and phone width: no sideways scrolling, no text under 12 px, none cut off. */
 export async function assertReadable(page: Page, name: string) {
   for (const [width, label] of [[1280, 'desktop'], [390, 'phone']] as const) {

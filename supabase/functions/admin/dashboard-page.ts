@@ -3,8 +3,10 @@
 // dashboard-style.ts, its script dashboard-script.ts (typed TypeScript, served as the text of its
 // function). One <style> and one <script>, each carrying the response's CSP nonce: no inline
 // style attributes or handlers, so the policy needs no 'unsafe-inline'. Sections with their own
-// module (dashboard-margins.ts, dashboard-catalog.ts, dashboard-books.ts) join the one style and script.
+// module (dashboard-margins.ts, dashboard-ai.ts, dashboard-catalog.ts, dashboard-books.ts) join
+// the one style and script.
 import { marginsScript, marginsSections, marginsStyle } from './dashboard-margins.ts';
+import { aiScript, aiSections, aiStyle } from './dashboard-ai.ts';
 import { catalogScript, catalogSections, catalogStyle } from './dashboard-catalog.ts';
 import { booksScript, booksSections, booksStyle } from './dashboard-books.ts';
 import { dashboardScript } from './dashboard-script.ts';
@@ -12,7 +14,8 @@ import { rateCardsScript, rateCardsSections } from './dashboard-rate-cards.ts';
 import { dashboardStyle } from './dashboard-style.ts';
 
 /** The page's script: the typed functions' own text (Deno has stripped the types), run at once. */
-const script = `(${dashboardScript})(${rateCardsScript}, ${marginsScript}, ${catalogScript}, ${booksScript});`;
+const script =
+  `(${dashboardScript})(${rateCardsScript}, ${marginsScript}, ${aiScript}, ${catalogScript}, ${booksScript});`;
 
 /**
  * The Content-Security-Policy of a page whose <style> (and <script>, if it has one) carry
@@ -39,7 +42,7 @@ const escapeHtml = (s: string) =>
 
 const head = (title: string, nonce: string) =>
   `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${title}</title><style nonce="${nonce}">${dashboardStyle}${marginsStyle}${catalogStyle}${booksStyle}</style></head>`;
+<title>${title}</title><style nonce="${nonce}">${dashboardStyle}${marginsStyle}${aiStyle}${catalogStyle}${booksStyle}</style></head>`;
 
 export const dashboardPage = (nonce: string) =>
   `${head('ScholarLink · Operations', nonce)}<body>
@@ -61,7 +64,7 @@ export const dashboardPage = (nonce: string) =>
   <section><h2>Codes</h2><div id="codes" data-testid="codes"></div></section>
   <section><h2>Plans</h2><div id="plans" data-testid="plans"></div></section>
   <section><h2>Open alerts</h2><div id="alerts"></div></section>
-  <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>${marginsSections}${booksSections}${rateCardsSections}${catalogSections}
+  <section><h2>Stripe webhooks</h2><div id="webhooks"></div></section>${marginsSections}${aiSections}${booksSections}${rateCardsSections}${catalogSections}
 </div>
 <script nonce="${nonce}">${script}</script></body></html>`;
 
