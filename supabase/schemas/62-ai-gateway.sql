@@ -317,6 +317,28 @@ $$;
 comment on function billing.ai_call_json(c billing.ai_calls) is 'Internal: a call as the gateway reads it back.';
 revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
 
+-- One owed call's rest, charged from the account that held the call (billing.pay_ai_owed): a
+-- school's caps (the member's among them) are counted here, a student's own by the writer.
+create or replace function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric,
+  p_account bigint, p_member uuid, p_org uuid) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_paid billing.transfer_result;
+begin
+  if p_org is not null then
+    perform billing.charge_caps(p_account, p_unbilled, p_model, p_member);
+  end if;
+  v_paid := billing.post_user_transfer(p_user, -1, 'spend', p_unbilled, 'usage', 'usage_revenue',
+    'ai-owed:' || p_call, 'ai:' || p_call, null,
+    jsonb_build_object('model', p_model, 'ai_call_id', p_call, 'owed', true), p_account_id => p_account);
+  update billing.ai_calls c set owed_transfer_id = v_paid.transfer_id where c.id = p_call;
+end;
+$$;
+comment on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint, p_member uuid, p_org uuid) is 'Internal: charges one owed call''s rest from the account that held it (billing.pay_ai_owed).';
+revoke execute on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint, p_member uuid, p_org uuid) from public;
+
 -- What a user's earlier calls cost beyond what could be charged then (ai_calls.unbilled) is
 -- charged before their next call, as spending for that call's model, from the account that held
 -- the call: the student's own credits for their own calls, the school's wallet or allowance for
@@ -333,7 +355,6 @@ set search_path = ''
 as $$
 declare
   v_owed record;
-  v_paid billing.transfer_result;
   v_token text;
   v_detail text;
 begin
@@ -351,21 +372,26 @@ begin
       where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
       order by h.account_id, c.created_at for update of c
     loop
-      -- A school's account: its caps (the member's among them) are counted here; the writer
-      -- counts a student's own.
-      if v_owed.org_id is not null then
-        perform billing.charge_caps(v_owed.account_id, v_owed.unbilled, v_owed.model, v_owed.member_id);
+      if v_owed.org_id is not null and not exists (select 1 from billing.org_members m
+          where m.org_id = v_owed.org_id and m.user_id = p_user and m.active) then
+        -- A school the student has left: what its account owes is its own, tried, never hers
+        -- to be refused for (the alert stays open for an operator).
+        begin
+          perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id,
+          v_owed.member_id, v_owed.org_id);
+        exception when sqlstate 'P0001' then
+          null;
+        end;
+      else
+        perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id,
+          v_owed.member_id, v_owed.org_id);
       end if;
-      v_paid := billing.post_user_transfer(p_user, -1, 'spend', v_owed.unbilled, 'usage', 'usage_revenue',
-        'ai-owed:' || v_owed.id, 'ai:' || v_owed.id, null,
-        jsonb_build_object('model', v_owed.model, 'ai_call_id', v_owed.id, 'owed', true),
-        p_account_id => v_owed.account_id);
-      update billing.ai_calls c set owed_transfer_id = v_paid.transfer_id where c.id = v_owed.id;
     end loop;
   exception when sqlstate 'P0001' then
+    -- What the paying account has available is not told (it may be a school's).
     get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
     raise exception using errcode = 'P0001', message = v_token,
-      detail = (coalesce(nullif(v_detail, '')::jsonb, '{}'::jsonb) || jsonb_build_object('reason', 'unbilled_usage',
+      detail = (coalesce(nullif(v_detail, '')::jsonb, '{}'::jsonb) - 'available' || jsonb_build_object('reason', 'unbilled_usage',
         'owed', (select trim_scale(sum(c.unbilled))::text from billing.ai_calls c
                  where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null)))::text;
   end;
@@ -594,19 +620,25 @@ comment on function billing.content_consented(p_user uuid, p_org uuid) is 'Inter
 revoke execute on function billing.content_consented(p_user uuid, p_org uuid) from public;
 
 -- The call's prompt and answer ({prompt, answer}, redacted by the gateway), kept 30 days when its
--- record says consent was given; nothing otherwise. Runs in the statement that settles the call.
+-- record says consent was given at its start and a consent still covers it now (one withdrawn
+-- while the call ran keeps nothing); nothing otherwise. Runs in the statement that settles the call.
 create or replace function billing.keep_ai_content(c billing.ai_calls, p_content jsonb) returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
+begin
+  if not c.keep_content or jsonb_typeof(p_content) is distinct from 'object'
+     or not billing.content_consented(c.user_id, c.org_id) then
+    return;
+  end if;
   insert into billing.ai_logs (user_id, call_id, model, input_tokens, output_tokens, duration_ms, consent_level,
                                prompt_redacted, response_redacted)
-  select c.user_id, c.id, c.model,
+  values (c.user_id, c.id, c.model,
     least(coalesce((c.usage ->> 'input_tokens')::bigint + (c.usage ->> 'cached_input_tokens')::bigint
                    + coalesce((c.usage ->> 'cache_write_tokens')::bigint, 0), c.prompt_tokens), 2147483647),
     least(coalesce((c.usage ->> 'output_tokens')::bigint + (c.usage ->> 'reasoning_tokens')::bigint, 0), 2147483647),
-    coalesce(c.duration_ms, 0), 'content', p_content ->> 'prompt', p_content ->> 'answer'
-  where c.keep_content and jsonb_typeof(p_content) = 'object'
+    coalesce(c.duration_ms, 0), 'content', p_content ->> 'prompt', p_content ->> 'answer');
+end;
 $$;
 comment on function billing.keep_ai_content(c billing.ai_calls, p_content jsonb) is 'Internal: keeps a settled call''s redacted prompt and answer in ai_logs (30 days), only when its owner consented.';
 revoke execute on function billing.keep_ai_content(c billing.ai_calls, p_content jsonb) from public;
@@ -635,7 +667,8 @@ create or replace function billing.ai_call_error(p_status text, p_failure text) 
 language sql immutable
 set search_path = ''
 as $$
-  select (p_status = 'failed' and p_failure not like 'PROVIDER_REFUSED%') or (p_status = 'charged' and p_failure is not null)
+  select coalesce((p_status = 'failed' and p_failure not like 'PROVIDER_REFUSED%')
+                  or (p_status = 'charged' and p_failure is not null), p_status = 'failed')
 $$;
 comment on function billing.ai_call_error(p_status text, p_failure text) is 'Internal: whether a call is an error of the provider or the gateway (the AI error rate''s numerator).';
 revoke execute on function billing.ai_call_error(p_status text, p_failure text) from public;
@@ -700,7 +733,9 @@ security definer
 set search_path = ''
 as $$
 begin
-  if not exists (select 1 from billing.ai_calls c where c.id = p_id and c.user_id = p_user) then
+  -- A call still running keeps nothing when it settles (its row is locked until it has).
+  update billing.ai_calls c set keep_content = false where c.id = p_id and c.user_id = p_user;
+  if not found then
     return false;
   end if;
   delete from billing.ai_logs l where l.call_id = p_id;
@@ -711,14 +746,21 @@ comment on function billing.delete_ai_call_content(p_user uuid, p_id uuid) is 'A
 revoke execute on function billing.delete_ai_call_content(p_user uuid, p_id uuid) from public, anon, authenticated;
 grant execute on function billing.delete_ai_call_content(p_user uuid, p_id uuid) to service_role;
 
--- Deletes the kept content that no consent covers any more (after a student or a school withdrew).
+-- Deletes the kept content that no consent covers any more (after a student or a school
+-- withdrew). Calls still running are told first (keep nothing when they settle): that update
+-- waits for any settling now, whose content the delete then sees.
 create or replace function billing.forget_unconsented_content(p_user uuid, p_org uuid) returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
+begin
+  update billing.ai_calls c set keep_content = false
+  where (c.user_id = p_user or c.org_id = p_org) and c.status = 'held' and c.keep_content
+    and not billing.content_consented(c.user_id, c.org_id);
   delete from billing.ai_logs l using billing.ai_calls c
   where l.call_id = c.id and (c.user_id = p_user or c.org_id = p_org)
-    and not billing.content_consented(c.user_id, c.org_id)
+    and not billing.content_consented(c.user_id, c.org_id);
+end;
 $$;
 comment on function billing.forget_unconsented_content(p_user uuid, p_org uuid) is 'Internal: deletes kept AI content of a student''s (or a school''s) calls that no consent covers now.';
 revoke execute on function billing.forget_unconsented_content(p_user uuid, p_org uuid) from public;

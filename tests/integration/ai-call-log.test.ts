@@ -156,15 +156,24 @@ Deno.test('failures and refusals are on the record with a stable code: provider 
   assert.deepEqual([timedOut.outcome, timedOut.code, timedOut.charged], ['failed', 'PROVIDER_TIMEOUT', '0']);
 });
 
+/** A model of its own on the rate card (served by the stand-in): its figures are one test's alone. */
+async function ownModel(prefix: string): Promise<string> {
+  const model = `${prefix}-${crypto.randomUUID().slice(0, 8)}`;
+  await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
+    effective_from, upstream) values (${model}, 1, 0.2, 0.4, 2, now() - interval '1 minute', 'openai')`;
+  return model;
+}
+
 Deno.test('time to first token is measured: a provider told to wait shows it, and the operator sees it by model', async () => {
   const s = await student();
+  const model = await ownModel('timed');
   const stream = await s.openai.chat.completions.create({
-    model: 'gpt-4o-mini',
+    model,
     messages: ask('#standin words=3 first_byte_delay=400'),
     stream: true,
   });
   for await (const _ of stream) { /* to the end */ }
-  await s.openai.chat.completions.create({ model: 'gpt-4o-mini', messages: ask('#standin words=3') });
+  await s.openai.chat.completions.create({ model, messages: ask('#standin words=3') });
   const [fast, slow] = await myLog(s.token);
   assert.ok(slow.first_token_ms! >= 400, `waited ${slow.first_token_ms} ms`);
   assert.ok(fast.first_token_ms! < 400, `answered in ${fast.first_token_ms} ms`);
@@ -172,8 +181,8 @@ Deno.test('time to first token is measured: a provider told to wait shows it, an
   const stats = await api('/admin/ai/stats', { token: admin });
   assert.equal(stats.status, 200, stats.text);
   const hour = data(stats).hour as { models: { model: string; calls: number; ttft_p95_ms: number }[] };
-  const mini = hour.models.find((m) => m.model === 'gpt-4o-mini');
-  assert.ok(mini && mini.calls >= 2 && mini.ttft_p95_ms >= 400, JSON.stringify(mini));
+  const mine = hour.models.find((m) => m.model === model);
+  assert.ok(mine && mine.calls === 2 && mine.ttft_p95_ms >= 400, JSON.stringify(mine));
 });
 
 Deno.test("one student never sees another's calls or content; the operator filters the log and pages it", async () => {
@@ -230,9 +239,7 @@ Deno.test('the metrics carry the model, and a made-up model name never becomes a
 });
 
 Deno.test('an AI error-rate alert opens when a model fails a run of calls and resolves when it recovers; a slow run opens ai_latency', async () => {
-  const model = `alerting-${crypto.randomUUID().slice(0, 8)}`;
-  await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
-    effective_from, upstream) values (${model}, 1, 0.2, 0.4, 2, now() - interval '1 minute', 'openai')`;
+  const model = await ownModel('alerting');
   const [before] = await testDb`select * from billing.alert_settings`;
   await testDb`update billing.alert_settings set ai_window_calls = 6, ai_min_calls = 4, ai_error_max_percent = 50,
     ai_ttft_p95_max_ms = 300`;

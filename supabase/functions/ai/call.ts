@@ -28,7 +28,8 @@ import {
   refuseCall,
   type Usage,
 } from './metering.ts';
-import { promptTokens, type Protocol, type Sse, usageWithCost } from './protocol.ts';
+import { promptTokens, type Protocol, type Sse, sseEvents, usageWithCost } from './protocol.ts';
+import { dataFromCopy, eventsCopy, eventsFromCopy, jsonCopy, jsonFromCopy } from './replay-copy.ts';
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 
@@ -81,10 +82,18 @@ type Call<R> = {
 
 const since = (t: number) => Math.round(performance.now() - t);
 
-/** Content kept with consent: at most 64 KiB of each text, redacted, in text Postgres accepts. */
-const keptLimit = 65_536;
-const kept = (text: string) =>
-  redact(text.length > keptLimit ? `${text.slice(0, keptLimit)} …[cut]` : text).toWellFormed().replaceAll('\0', '');
+/** Content kept with consent: redacted, at most 64 KiB (UTF-8) of each text, in text Postgres accepts. */
+const keptBytes = 65_536;
+const utf8 = new TextEncoder();
+function kept(text: string): string {
+  // No more characters than bytes are kept, so the redaction reads at most what could be kept
+  // and 512 more: whatever the slice cuts in two (an email, a card number) lies past the cut below.
+  const clean = redact(text.slice(0, keptBytes + 512)).toWellFormed().replaceAll('\0', '');
+  const bytes = utf8.encode(clean);
+  if (bytes.length <= keptBytes && text.length <= keptBytes) return clean;
+  // A character cut in two decodes as U+FFFD; the mark says the text goes on.
+  return `${new TextDecoder().decode(bytes.subarray(0, keptBytes - 16))} …[cut]`;
+}
 
 /** What the call's record keeps beside its money, written by the statement that settles it. */
 function report<R>(call: Call<R>, end: { finishReason?: string | null; clientLeft?: boolean; answer?: () => string }) {
@@ -242,7 +251,7 @@ async function answerWhole<R>(call: Call<R>, res: Response, timeoutMs: number): 
     call.id,
     usage,
     reported ? 'provider' : 'tokenizer',
-    call.keep ? { json: body } : null,
+    call.keep ? { json: jsonCopy(body, call.req) } : null,
     false,
     report(call, { finishReason: call.p.finishReason(body), answer: () => call.p.answerText(body) }),
   );
@@ -258,29 +267,13 @@ function replay<R>(p: Protocol<R>, record: CallRecord, req: R): Response {
   const headers = { 'Idempotent-Replayed': 'true', ...callHeaders(record) };
   const usage = record.usage!;
   if (answer && 'json' in answer) {
-    return Response.json(withCost(p, answer.json as Record<string, unknown>, usage, record.charged), { headers });
+    return Response.json(withCost(p, jsonFromCopy(answer.json, req), usage, record.charged), { headers });
   }
   const text = answer && 'events' in answer
-    ? answer.events.join('') + p.closing(req, answer.held, usage, record.charged)
+    ? eventsFromCopy(answer.events, req).join('') +
+      p.closing(req, answer.held === null ? null : dataFromCopy(answer.held, req), usage, record.charged)
     : p.closing(req, null, usage, record.charged);
   return new Response(text, { headers: { ...sseHeaders, ...headers } });
-}
-
-/** Splits SSE text into whole events (the rest waits for more); `\r\n` is read as `\n`. */
-function* sseEvents(buffer: { text: string }): Generator<Sse> {
-  for (let i = buffer.text.indexOf('\n\n'); i >= 0; i = buffer.text.indexOf('\n\n')) {
-    const raw = buffer.text.slice(0, i + 2);
-    buffer.text = buffer.text.slice(i + 2);
-    let name: string | null = null, data = '';
-    if (raw.startsWith('data: ') && raw.indexOf('\n') === raw.length - 2) data = raw.slice(6, -2);
-    else {
-      for (const line of raw.split('\n')) {
-        if (line.startsWith('event:')) name = line.slice(6).trim();
-        else if (line.startsWith('data:')) data += (data ? '\n' : '') + line.slice(5).trimStart();
-      }
-    }
-    if (data) yield { name, data, raw };
-  }
 }
 
 /**
@@ -380,7 +373,7 @@ function relay<R>(
           call.id,
           usage,
           reported ? 'provider' : 'tokenizer',
-          call.keep ? { events: sent.map((e) => e.raw), held } : null,
+          call.keep ? eventsCopy(sent, held, call.req) : null,
           errorAfterUsage,
           report(call, { finishReason: events.finishReason(), clientLeft: clientGone, answer: answerRead }),
         );

@@ -120,3 +120,20 @@ export async function promptTokens<R>(p: Protocol<R>, req: R, limit: number): Pr
   const text = await countTokens(p.promptTexts(req), bound, limit - base);
   return text === null ? null : base + text;
 }
+
+/** Splits SSE text into whole events (the rest waits for more); `\r\n` is read as `\n`. */
+export function* sseEvents(buffer: { text: string }): Generator<Sse> {
+  for (let i = buffer.text.indexOf('\n\n'); i >= 0; i = buffer.text.indexOf('\n\n')) {
+    const raw = buffer.text.slice(0, i + 2);
+    buffer.text = buffer.text.slice(i + 2);
+    let name: string | null = null, data = '';
+    if (raw.startsWith('data: ') && raw.indexOf('\n') === raw.length - 2) data = raw.slice(6, -2);
+    else {
+      for (const line of raw.split('\n')) {
+        if (line.startsWith('event:')) name = line.slice(6).trim();
+        else if (line.startsWith('data:')) data += (data ? '\n' : '') + line.slice(5).trimStart();
+      }
+    }
+    if (data) yield { name, data, raw };
+  }
+}
