@@ -74,9 +74,9 @@ create table billing.alert_settings (
   constraint alert_settings_singleton check (singleton),
   constraint alert_settings_ranges check (margin_min_percent <= 100 and margin_min_revenue_usd >= 0
     and cost_spike_sigmas > 0 and cost_spike_min_jump_usd > 0),
-  constraint alert_settings_ai_ranges check (ai_error_max_percent between 0 and 100 and ai_ttft_p95_max_ms > 0
-    and ai_window_minutes between 1 and 1440 and ai_window_calls between 1 and 100000
-    and ai_min_calls between 1 and ai_window_calls)
+  constraint alert_settings_ai_ranges check (ai_error_max_percent >= 0 and ai_error_max_percent <= 100
+    and ai_ttft_p95_max_ms > 0 and ai_window_minutes >= 1 and ai_window_minutes <= 1440 and ai_window_calls >= 1
+    and ai_window_calls <= 100000 and ai_min_calls >= 1 and ai_min_calls <= ai_window_calls)
 );
 comment on table billing.alert_settings is 'Thresholds of the margin_low, cost_spike, ai_error_rate and ai_latency alerts (one row; docs/runbook.md). Changed in SQL by an operator.';
 alter table billing.alert_settings enable row level security;
