@@ -87,7 +87,20 @@ async function fixture() {
 Deno.test('every GET route answers one shape: lists are {items, next_cursor}, nothing is a bare array', async () => {
   const f = await fixture();
   const today = new Date().toISOString().slice(0, 10);
+  // Two calls on the record (refusals: an unknown model), so the call log has a second page.
+  for (let i = 0; i < 2; i++) {
+    await api('/ai/v1/chat/completions', {
+      token: f.token,
+      body: { model: 'no-such-model', messages: [{ role: 'user', content: 'hi' }] },
+    });
+  }
+  const calls = await api('/ai/v1/calls?limit=1', { token: f.token });
+  const callId = (calls.body.data as { items: { id: string }[] }).items[0].id;
   const cases: Record<string, Case> = {
+    '/admin/ai/calls': { kind: 'paged', path: '/admin/ai/calls?limit=1', token: f.admin },
+    '/admin/ai/calls/:id': { kind: 'object', path: `/admin/ai/calls/${callId}`, token: f.admin },
+    '/admin/ai/stats': { kind: 'object', path: '/admin/ai/stats', token: f.admin },
+    '/admin/ai/summary': { kind: 'object', path: '/admin/ai/summary', token: f.admin },
     '/admin/codes': { kind: 'paged', path: '/admin/codes?limit=1', token: f.admin },
     '/admin/corrections': { kind: 'paged', path: '/admin/corrections?limit=1', token: f.admin },
     '/admin/corrections/:id': { kind: 'object', path: `/admin/corrections/${f.runId}`, token: f.admin },
@@ -100,6 +113,9 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
     '/admin/server-keys': { kind: 'whole', path: '/admin/server-keys', token: f.admin },
     // OpenAI's own list shape ({ object: 'list', data: [...] }), for its SDKs: not our envelope.
     '/ai/v1/models': { kind: 'text', path: '/ai/v1/models', token: f.token },
+    '/ai/v1/calls': { kind: 'paged', path: '/ai/v1/calls?limit=1', token: f.token },
+    '/ai/v1/calls/:id': { kind: 'object', path: `/ai/v1/calls/${callId}`, token: f.token },
+    '/ai/v1/content-consent': { kind: 'object', path: '/ai/v1/content-consent', token: f.token },
     '/checkout/packages': { kind: 'whole', path: '/checkout/packages', token: f.token },
     '/checkout/plans': { kind: 'whole', path: '/checkout/plans', token: f.token },
     '/checkout/subscription': { kind: 'object', path: '/checkout/subscription', token: f.token },

@@ -73,6 +73,7 @@ const SummaryShape: Shape<OrgSummary> = {
   term_started_at: 'time',
   term_ends_at: ['time', 'null'],
   created_at: 'time',
+  ai_content_consent: 'boolean',
   role: 'string',
 };
 const OrgShape: Shape<Org> = { ...SummaryShape, wallet: ['object', 'null'], allowance: ['object', 'null'] };

@@ -325,6 +325,8 @@ export interface OrgSummary {
   term_started_at: string;
   term_ends_at: string | null;
   created_at: string;
+  /** The school keeps the redacted content of the AI calls it pays for, 30 days (docs/ai-gateway.md). */
+  ai_content_consent: boolean;
   role: OrgRole;
 }
 
