@@ -68,6 +68,7 @@ Deno.test('what a member can spend counts their allowance; a pool says who pays'
     term_started_at: '2026-09-01T00:00:00.000Z',
     term_ends_at: null,
     created_at: '2026-09-01T00:00:00.000Z',
+    ai_content_consent: false,
     role: 'member',
     wallet: null,
     allowance: allowance === null ? null : { balance: allowance, held: '0', available: allowance },
