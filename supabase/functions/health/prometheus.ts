@@ -24,19 +24,10 @@ export class Exposition {
     return this;
   }
 
-  /** A histogram from bucket counts (cumulative `le` buckets, _sum unknown → omitted, _count). */
+  /** The request-latency histogram, per route, over the shared bucket bounds (_sum unknown → omitted). */
   histogram(name: string, help: string, byRoute: Record<string, number[]>) {
-    this.#lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`);
-    for (const [route, buckets] of Object.entries(byRoute)) {
-      let cumulative = 0;
-      buckets.forEach((n, i) => {
-        cumulative += n;
-        const le = bucketBounds[i] === Infinity ? '+Inf' : String(bucketBounds[i]);
-        this.#lines.push(`${name}_bucket${labels({ route, le })} ${cumulative}`);
-      });
-      this.#lines.push(`${name}_count${labels({ route })} ${cumulative}`);
-    }
-    return this;
+    const bounds = bucketBounds.filter(Number.isFinite); // the last bucket, everything slower, is +Inf
+    return this.buckets(name, help, bounds, Object.entries(byRoute).map(([route, counts]) => [{ route }, counts]));
   }
 
   /**
