@@ -224,6 +224,41 @@ $$;
 comment on function billing.check_amount(p_amount numeric) is 'Refuses amounts that are not positive, too large, or finer than 18 decimal places.';
 revoke execute on function billing.check_amount(p_amount numeric) from public;
 
+-- Addresses are compared with ASCII-only case folding: lower() also folds look-alikes (U+212A
+-- KELVIN SIGN to 'k', U+0130 to 'i'), so an account registered under one would match another's.
+create or replace function billing.ascii_lower(p_text text) returns text
+language sql immutable strict parallel safe
+set search_path = ''
+as $$ select translate(p_text, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') $$;
+comment on function billing.ascii_lower(p_text text) is 'Internal: p_text with A-Z lower-cased and every other character as it is (how sponsor codes compare addresses).';
+revoke execute on function billing.ascii_lower(p_text text) from public;
+
+-- Every Idempotency-Key the API takes (1–255 printable characters, docs/api.md) works on every
+-- money route. The keys a route derives from it for the ledger ('http:<user>:<action>:<key>',
+-- 'allowance:<key>:<member>') may pass the 300 characters transfers_key_length allows: a
+-- derived key is the key itself when it fits, else with the key replaced by its SHA-256.
+-- `p_scope || p_key` when that fits in 300 characters, else `p_scope || 'sha256:' || hex`.
+create or replace function billing.scoped_key(p_scope text, p_key text) returns text
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  -- A key that itself reads 'sha256:…' is hashed too: used as it is, it could name the same
+  -- ledger key as the hash of another, longer key.
+  return case when length(p_scope || p_key) <= 300 and p_key not like 'sha256:%' then p_scope || p_key
+    else p_scope || 'sha256:' || encode(sha256(convert_to(p_key, 'UTF8')), 'hex') end;
+end
+$$;
+comment on function billing.scoped_key(p_scope text, p_key text) is 'Internal: a ledger idempotency key derived from a request''s key under p_scope, at most 300 characters (the key''s SHA-256 when the whole would not fit, or when the key itself reads sha256:…).';
+revoke execute on function billing.scoped_key(p_scope text, p_key text) from public;
+
+create or replace function billing.json_time(p_at timestamptz) returns text
+language plpgsql immutable
+set search_path = ''
+as $$ begin return to_char(p_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'); end $$;
+comment on function billing.json_time(p_at timestamp with time zone) is 'A time as the API writes it (JavaScript''s toISOString).';
+revoke execute on function billing.json_time(p_at timestamp with time zone) from public;
+
 -- PL/pgSQL, not SQL, for this and the other helpers every money request calls: a SQL function
 -- with a SET clause is never inlined, so each call would parse and plan its body again, where
 -- PL/pgSQL keeps its plans for the session.

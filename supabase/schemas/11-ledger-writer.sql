@@ -1,6 +1,6 @@
 -- The ledger's writer: billing.post_transfers alone inserts transfers, entries, lots and
 -- allocations and changes balances, held amounts and versions
--- (supabase/tests/10-ledger-one-writer.test.sql reads the catalogue to prove it). Every feature
+-- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Every feature
 -- decides what moves and calls it; the functions here are the common road to it: one user's
 -- movement against a platform account (post_user_transfer, and its faces debit_credits,
 -- grant_credits, reverse_credits), a move between two tracked accounts (move_credits), and the
@@ -86,8 +86,8 @@ grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p
 
 -- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
 -- per movement out, in order, and the changes of what holds reserve. Only this function inserts
--- transfers, entries, lots and lot allocations and changes balances, held amounts and versions (supabase/tests/10-ledger-one-writer.test.sql
--- reads the catalogue to prove it). Features decide what moves: callers lock the tracked
+-- transfers, entries, lots and lot allocations and changes balances, held amounts and versions
+-- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Features decide what moves: callers lock the tracked
 -- accounts first (ascending id order when there are several) and make every refusal a person
 -- can meet (available credits, caps, holds, standing) before calling it. It checks what must hold
 -- for every movement and raises LEDGER_INVARIANT, a server error, when a caller got it wrong:

@@ -164,13 +164,6 @@ comment on function billing.abandon_idempotency_key(p_user uuid, p_action text, 
 revoke execute on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text, p_request_id text) from public;
 grant execute on function billing.abandon_idempotency_key(p_user uuid, p_action text, p_key text, p_request_id text) to service_role;
 
-create or replace function billing.json_time(p_at timestamptz) returns text
-language plpgsql immutable
-set search_path = ''
-as $$ begin return to_char(p_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'); end $$;
-comment on function billing.json_time(p_at timestamp with time zone) is 'A time as the API writes it (JavaScript''s toISOString).';
-revoke execute on function billing.json_time(p_at timestamp with time zone) from public;
-
 create or replace function billing.hold_json(h billing.hold_result) returns jsonb
 language plpgsql immutable
 set search_path = ''
@@ -446,25 +439,6 @@ end;
 $$;
 comment on function billing.standing_refusal(p_user uuid, p_admin boolean) is 'Internal: USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ADMIN_REQUIRED unless (when asked) they are an admin now; else null.';
 revoke execute on function billing.standing_refusal(p_user uuid, p_admin boolean) from public;
-
--- Every Idempotency-Key the API takes (1–255 printable characters, docs/api.md) works on every
--- money route. The keys a route derives from it for the ledger ('http:<user>:<action>:<key>',
--- 'allowance:<key>:<member>') may pass the 300 characters transfers_key_length allows: a
--- derived key is the key itself when it fits, else with the key replaced by its SHA-256.
--- `p_scope || p_key` when that fits in 300 characters, else `p_scope || 'sha256:' || hex`.
-create or replace function billing.scoped_key(p_scope text, p_key text) returns text
-language plpgsql immutable
-set search_path = ''
-as $$
-begin
-  -- A key that itself reads 'sha256:…' is hashed too: used as it is, it could name the same
-  -- ledger key as the hash of another, longer key.
-  return case when length(p_scope || p_key) <= 300 and p_key not like 'sha256:%' then p_scope || p_key
-    else p_scope || 'sha256:' || encode(sha256(convert_to(p_key, 'UTF8')), 'hex') end;
-end
-$$;
-comment on function billing.scoped_key(p_scope text, p_key text) is 'Internal: a ledger idempotency key derived from a request''s key under p_scope, at most 300 characters (the key''s SHA-256 when the whole would not fit, or when the key itself reads sha256:…).';
-revoke execute on function billing.scoped_key(p_scope text, p_key text) from public;
 
 create or replace function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb)
 returns jsonb

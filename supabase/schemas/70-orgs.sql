@@ -558,6 +558,16 @@ $$;
 comment on function billing.is_org_member(p_org uuid, p_user uuid) is 'Internal: whether p_user is an active member (role member) of p_org.';
 revoke execute on function billing.is_org_member(p_org uuid, p_user uuid) from public;
 
+create or replace function billing.same_person(p_a uuid, p_b uuid) returns boolean
+language sql stable
+set search_path = ''
+as $$
+  select p_a = p_b or exists (select 1 from auth.users a join auth.users b on b.id = p_b
+                              where a.id = p_a and billing.mailbox(a.email) = billing.mailbox(b.email))
+$$;
+comment on function billing.same_person(p_a uuid, p_b uuid) is 'Internal: whether two accounts are one person as far as can be told (the same id, or addresses reaching one mailbox: billing.mailbox); null ids are no one.';
+revoke execute on function billing.same_person(p_a uuid, p_b uuid) from public;
+
 -- ============================================================ policies
 
 create policy "Members can read their organisations" on billing.orgs

@@ -244,16 +244,6 @@ $$;
 comment on function billing.mailbox(p_email text) is 'Internal: the mailbox an address reaches (case aside, +tags dropped, Gmail''s dots and googlemail.com folded), to tell one person under two accounts.';
 revoke execute on function billing.mailbox(p_email text) from public;
 
-create or replace function billing.same_person(p_a uuid, p_b uuid) returns boolean
-language sql stable
-set search_path = ''
-as $$
-  select p_a = p_b or exists (select 1 from auth.users a join auth.users b on b.id = p_b
-                              where a.id = p_a and billing.mailbox(a.email) = billing.mailbox(b.email))
-$$;
-comment on function billing.same_person(p_a uuid, p_b uuid) is 'Internal: whether two accounts are one person as far as can be told (the same id, or addresses reaching one mailbox: billing.mailbox); null ids are no one.';
-revoke execute on function billing.same_person(p_a uuid, p_b uuid) from public;
-
 create or replace function billing.invite_member(p_user uuid, p_org uuid, p_email text, p_role text, p_token_hash text,
   p_ttl_seconds integer, p_id uuid default gen_random_uuid()) returns jsonb
 language plpgsql

@@ -124,15 +124,6 @@ create index code_attempts_created_brin on billing.code_attempts using brin (cre
 
 -- ============================================================ functions
 
--- Addresses are compared with ASCII-only case folding: lower() also folds look-alikes (U+212A
--- KELVIN SIGN to 'k', U+0130 to 'i'), so an account registered under one would match another's.
-create or replace function billing.ascii_lower(p_text text) returns text
-language sql immutable strict parallel safe
-set search_path = ''
-as $$ select translate(p_text, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') $$;
-comment on function billing.ascii_lower(p_text text) is 'Internal: p_text with A-Z lower-cased and every other character as it is (how sponsor codes compare addresses).';
-revoke execute on function billing.ascii_lower(p_text text) from public;
-
 -- A code as its creator sees it (never its hash).
 create or replace function billing.code_json(c billing.codes) returns jsonb
 language sql stable

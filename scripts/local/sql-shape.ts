@@ -1,0 +1,268 @@
+// The shape of the SQL in supabase/schemas (docs/architecture.md, "SQL in layers"), read by
+// lexing the files, not by grepping them: strings, quoted names and comments are tokens of
+// their own, so a name inside a string or a comment is never a call or a write.
+//   1. Layers. A file's number is its layer (10-ledger.sql is layer 10): a function, view or
+//      default in a file calls only functions defined in its own layer or a lower one. The
+//      core (the ledger, its writer, holds, lots) sits lowest and calls nothing above it;
+//      features build what moves and call down. The calls still pointing up are listed in
+//      `upwardCallsKnown` below, each to be moved down: the check fails on any other, and on a
+//      listed one that is gone (so the list only shrinks).
+//   2. One writer. Only billing.post_transfers inserts into (or updates, or deletes from) the
+//      ledger's tables (transfers, entries, lots, lot_allocations), sets an account's balance,
+//      held amount or version, or sets what is left of a lot: the SET clause is parsed, so
+//      `update billing.accounts a set balance = …` counts as `…, version = …` does.
+//   deno run --allow-read scripts/local/sql-shape.ts [schemas dir]   (default supabase/schemas)
+
+/** A token: a lower-cased word or punctuation mark, a string literal's text, or a quoted name. */
+export interface Token {
+  text: string;
+  kind: 'word' | 'string' | 'punct';
+  line: number;
+}
+
+/** Tokens of SQL or PL/pgSQL source; comments dropped, dollar-quote markers kept as `$$`. */
+export function lexSql(src: string): Token[] {
+  const out: Token[] = [];
+  let i = 0, line = 1;
+  const advance = (to: number) => {
+    for (let k = i; k < to; k++) if (src[k] === '\n') line++;
+    i = to;
+  };
+  while (i < src.length) {
+    const c = src[i];
+    const rest = src.slice(i, i + 200);
+    if (/\s/.test(c)) advance(i + 1);
+    else if (rest.startsWith('--')) advance(src.indexOf('\n', i) < 0 ? src.length : src.indexOf('\n', i));
+    else if (rest.startsWith('/*')) advance(src.indexOf('*/', i) < 0 ? src.length : src.indexOf('*/', i) + 2);
+    else if (c === "'") {
+      let j = i + 1;
+      while (j < src.length && !(src[j] === "'" && src[j + 1] !== "'")) j += src[j] === "'" ? 2 : 1;
+      out.push({ text: src.slice(i + 1, j).replaceAll("''", "'"), kind: 'string', line });
+      advance(j + 1);
+    } else if (c === '"') {
+      const j = src.indexOf('"', i + 1);
+      out.push({ text: src.slice(i + 1, j).toLowerCase(), kind: 'word', line });
+      advance(j + 1);
+    } else if (/^\$[A-Za-z_]*\$/.test(rest)) {
+      // A function body's quotes: its code is lexed like the rest (bodies are code, not data).
+      out.push({ text: '$$', kind: 'punct', line });
+      advance(i + /^\$[A-Za-z_]*\$/.exec(rest)![0].length);
+    } else if (/^[A-Za-z_]/.test(c)) {
+      const word = /^[A-Za-z_][A-Za-z0-9_$]*/.exec(rest)![0];
+      out.push({ text: word.toLowerCase(), kind: 'word', line });
+      advance(i + word.length);
+    } else {
+      out.push({ text: c, kind: 'punct', line });
+      advance(i + 1);
+    }
+  }
+  return out;
+}
+
+/** What one schema file defines and does: functions, calls (with the function they sit in), writes. */
+export interface Call {
+  file: string;
+  from: string; // the function the call sits in, or '(file)' for a view, default or policy
+  callee: string; // schema.name
+  line: number;
+}
+export interface Write {
+  file: string;
+  fn: string;
+  what: string; // e.g. 'update billing.accounts set balance'
+  line: number;
+}
+
+const ledgerTables = new Set(['transfers', 'entries', 'lots', 'lot_allocations']);
+/** Columns only the writer sets, per table (any column of the append-only ledger tables). */
+const writerColumns: Record<string, Set<string> | 'any'> = {
+  accounts: new Set(['balance', 'held', 'version']),
+  lots: new Set(['remaining', 'debt_settled']),
+  transfers: 'any',
+  entries: 'any',
+  lot_allocations: 'any',
+};
+export const theWriter = 'billing.post_transfers';
+const schemas = new Set(['billing', 'billing_api']);
+
+/** The columns a SET clause assigns, starting at the token after `set`. */
+function setTargets(toks: Token[], k: number): string[] {
+  const targets: string[] = [];
+  let depth = 0, expectTarget = true;
+  for (; k < toks.length; k++) {
+    const t = toks[k].text;
+    if (t === '(') {
+      if (expectTarget && depth === 0) { // (a, b) = (…): each name in the list is a target
+        for (k++; k < toks.length && toks[k].text !== ')'; k++) if (toks[k].kind === 'word') targets.push(toks[k].text);
+        expectTarget = false;
+        continue;
+      }
+      depth++;
+    } else if (t === ')') {
+      if (--depth < 0) break; // the end of a CTE around the update
+    } else if (depth === 0 && (t === ';' || t === 'from' || t === 'where' || t === 'returning')) break;
+    else if (depth === 0 && t === ',') expectTarget = true;
+    else if (expectTarget && toks[k].kind === 'word') {
+      targets.push(t);
+      expectTarget = false;
+    }
+  }
+  return targets;
+}
+
+/** Every function, call and ledger write of the .sql files in `dir`, by file name order. */
+export function readSchemas(dir: string) {
+  const files = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => /^\d+-.*\.sql$/.test(n)).sort();
+  const defined = new Map<string, string>(); // schema.name → file
+  const calls: Call[] = [];
+  const writes: Write[] = [];
+  for (const file of files) {
+    const toks = lexSql(Deno.readTextFileSync(`${dir}/${file}`));
+    let current = '(file)';
+    const name = (k: number) => `${toks[k].text}.${toks[k + 2].text}`;
+    const qualified = (k: number) =>
+      toks[k]?.kind === 'word' && schemas.has(toks[k].text) && toks[k + 1]?.text === '.' &&
+      toks[k + 2]?.kind === 'word';
+    for (let k = 0; k < toks.length; k++) {
+      const t = toks[k].text;
+      if (t === 'function' && qualified(k + 1)) {
+        // `create [or replace] function x(` opens a definition; `comment on`, `grant`, `revoke`
+        // and `drop` name one without calling it.
+        if (toks[k - 1]?.text === 'replace' || toks[k - 1]?.text === 'create') defined.set(current = name(k + 1), file);
+        k += 3;
+      } else if (qualified(k) && toks[k + 3]?.text === '(') {
+        calls.push({ file, from: current, callee: name(k), line: toks[k].line });
+        k += 2;
+      } else if ((t === 'insert' && toks[k + 1]?.text === 'into') || (t === 'delete' && toks[k + 1]?.text === 'from')) {
+        if (qualified(k + 2) && toks[k + 2].text === 'billing' && ledgerTables.has(toks[k + 4].text)) {
+          writes.push({ file, fn: current, what: `${t} billing.${toks[k + 4].text}`, line: toks[k].line });
+        }
+      } else if (t === 'update' && qualified(k + 1) && toks[k + 1].text === 'billing') {
+        const table = toks[k + 3].text, cols = writerColumns[table];
+        let s = k + 4;
+        while (s < toks.length && toks[s].text !== 'set' && toks[s].text !== ';') s++;
+        if (cols && toks[s]?.text === 'set') {
+          const hit = setTargets(toks, s + 1).filter((c) => cols === 'any' || cols.has(c));
+          if (hit.length) {
+            writes.push({
+              file,
+              fn: current,
+              what: `update billing.${table} set ${hit.join(', ')}`,
+              line: toks[k].line,
+            });
+          }
+        }
+      }
+    }
+  }
+  return { files, defined, calls, writes };
+}
+
+const layerOf = (file: string) => Number(/^(\d+)-/.exec(file)![1]);
+
+/**
+ * Calls still pointing up, each `caller -> callee`, to be moved down (the check fails on a call
+ * not listed here, and on a listed one that no longer exists).
+ */
+export const upwardCallsKnown: string[] = [
+  'billing.begin_checkout -> billing.require_org_role',
+  'billing.capture_hold -> billing.expire_due_lots',
+  'billing.capture_hold -> billing.return_hold_cap_room',
+  'billing.charge_hold_at -> billing.cap_room',
+  'billing.charge_hold_at -> billing.charge_caps',
+  'billing.charge_hold_at -> billing.expire_due_lots',
+  'billing.charge_hold_at -> billing.plan_lot_draw',
+  'billing.charge_usage_batch -> billing.take_cap_room',
+  'billing.enqueue_job -> billing.model_allowed',
+  'billing.enqueue_job -> billing.pay_ai_owed',
+  'billing.expire_overdue_holds -> billing.on_available_change',
+  'billing.expire_overdue_holds -> billing.return_cap_room',
+  'billing.finish_ai_call -> billing.set_alert',
+  'billing.get_daily_report -> billing.revenue_metrics',
+  'billing.get_provider_balances -> billing.provider_balance_cents',
+  'billing.grant_plan_invoice -> billing.money_entry',
+  'billing.grant_plan_invoice -> billing.post_money',
+  'billing.lock_spending_source -> billing.plan_lot_draw',
+  'billing.lock_spending_source -> billing.take_cap_room',
+  'billing.move_credits -> billing.restricted_draw',
+  'billing.org_balance_as_of -> billing.require_org_role',
+  'billing.org_lots_as_of -> billing.require_org_role',
+  'billing.perform_money_action -> billing.redeem_code',
+  'billing.place_hold -> billing.on_available_change',
+  'billing.post_transfers -> billing.applies_to_of',
+  'billing.post_transfers -> billing.narrow_applies_to',
+  'billing.post_user_transfer -> billing.charge_caps',
+  'billing.post_user_transfer -> billing.check_low_balance',
+  'billing.post_user_transfer -> billing.on_available_change',
+  'billing.post_user_transfer -> billing.restricted_draw',
+  'billing.process_stripe_event -> billing.sync_org_invoice',
+  'billing.reconcile_lots -> billing.set_alert',
+  'billing.redeem_code -> billing.recruited_by',
+  'billing.refresh_daily_revenue -> billing.revenue_metrics',
+  'billing.release_hold -> billing.on_available_change',
+  'billing.release_hold -> billing.return_hold_cap_room',
+  'billing.remove_member -> billing.void_sponsor_codes_of',
+  'billing.reserve_hold -> billing.charge_caps',
+  'billing.reserve_hold -> billing.restricted_draw',
+  'billing.run_money_request -> billing.lock_code_guesses',
+  'billing.run_money_request -> billing.record_code_attempt',
+  'billing.run_usage_request -> billing.on_available_change',
+  'billing.same_person -> billing.mailbox',
+  'billing.set_member_cap -> billing.org_wallet_id',
+  'billing.set_member_cap -> billing.require_org_role',
+  'billing.set_member_role -> billing.void_sponsor_codes_of',
+  'billing.settle_account -> billing.expire_due_lots',
+  'billing.settle_account -> billing.expire_overdue_holds',
+  'billing.shrink_holds -> billing.return_hold_cap_room',
+  'billing.sweep_ended_terms -> billing.set_alert',
+  'billing.sync_plan_charge -> billing.money_entry',
+  'billing.sync_plan_charge -> billing.post_money',
+  'billing.sync_provider_payment -> billing.money_entry',
+  'billing.sync_provider_payment -> billing.post_money',
+  'billing.sync_provider_payout -> billing.money_entry',
+  'billing.sync_provider_payout -> billing.post_money',
+  'billing.sync_purchase -> billing.org_wallet_id',
+  'billing.sync_purchase -> billing.sync_purchase_dispute',
+  'billing.sync_purchase -> billing.sync_purchase_refunds',
+  'billing.sync_purchase_dispute -> billing.stop_off_session_charges',
+  'billing.sync_purchase_payment -> billing.activate_gift_code',
+  'billing.sync_purchase_payment -> billing.record_recharge',
+  'billing.sync_subscription -> billing.grant_plan_invoice',
+  'billing.take_back_purchase -> billing.org_wallet_id',
+  'billing.void_charge_internal -> billing.on_available_change',
+];
+
+/** What breaks the layers: calls up not listed, and listed ones that are gone. */
+export function layerProblems(dir: string, known: string[] = upwardCallsKnown): string[] {
+  const { defined, calls } = readSchemas(dir);
+  const problems: string[] = [];
+  const seen = new Set<string>();
+  for (const c of calls) {
+    const at = defined.get(c.callee);
+    if (!at || layerOf(at) <= layerOf(c.file)) continue;
+    const pair = `${c.from} -> ${c.callee}`;
+    seen.add(pair);
+    if (!known.includes(pair)) {
+      problems.push(`${c.file}:${c.line} ${c.from} calls ${c.callee}, defined above it in ${at}: calls point down`);
+    }
+  }
+  for (const pair of known) {
+    if (!seen.has(pair)) problems.push(`${pair} no longer calls up: take it off upwardCallsKnown`);
+  }
+  return problems;
+}
+
+/** Ledger writes outside the one writer. */
+export function writerProblems(dir: string): string[] {
+  return readSchemas(dir).writes.filter((w) => w.fn !== theWriter)
+    .map((w) => `${w.file}:${w.line} ${w.fn} does ${w.what}: only ${theWriter} writes the ledger`);
+}
+
+if (import.meta.main) {
+  const dir = Deno.args[0] ?? 'supabase/schemas';
+  const problems = [...layerProblems(dir), ...writerProblems(dir)];
+  for (const p of problems) console.error(p);
+  const { calls, defined } = readSchemas(dir);
+  console.log(`${defined.size} functions, ${calls.length} calls: ${problems.length} problem(s)`);
+  if (problems.length) Deno.exit(1);
+}
