@@ -296,31 +296,35 @@ stable
 set search_path = ''
 as $$
 declare
-  v billing.balance;
+  a billing.accounts;
+  v_overdue numeric := 0;
+  v_due numeric := 0;
+  v_yielding numeric := 0;
+  v_given numeric := 0;
 begin
+  select * into a from billing.accounts x where x.id = p_account_id;
+  if not found then
+    return null;
+  end if;
   -- As settle_account would leave it: overdue holds ended; once next_expiry has passed, due lots
   -- expired and the user's and jobs' holds given way until what is held fits in what is left (a
-  -- dispute's hold stays whole, as fit_holds leaves it).
-  select b.balance, b.held - b.given, b.balance - b.held + b.given
-  from (select s.*, least(s.yielding, greatest(s.held - greatest(s.balance, 0), 0)) as given
-        from (select a.balance - coalesce(x.due, 0) as balance, a.held - coalesce(o.overdue, 0) as held,
-                coalesce(g.yielding, 0) as yielding
-              from billing.accounts a
-              left join lateral (
-                select sum(h.amount) as overdue from billing.holds h
-                where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()
-              ) o on a.held > 0
-              left join lateral (
-                select sum(l.remaining) as due from billing.lots l
-                where l.account_id = a.id and l.open and not l.frozen and l.expires_at <= now()
-              ) x on a.next_expiry <= now()
-              left join lateral (
-                select sum(h.amount) as yielding from billing.holds h
-                where h.account_id = a.id and h.status = 'active' and h.expires_at > now() and h.purpose in ('user', 'job', 'ai')
-              ) g on a.held > 0 and a.next_expiry <= now()
-              where a.id = p_account_id) s) b
-  into v;
-  return v;
+  -- dispute's hold stays whole, as fit_holds leaves it). Each sum is read only when it can be
+  -- non-zero: nearly every account has nothing held or due, and is answered from its row.
+  if a.held > 0 then
+    v_overdue := coalesce((select sum(h.amount) from billing.holds h
+                           where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()), 0);
+  end if;
+  if a.next_expiry <= now() then
+    v_due := coalesce((select sum(l.remaining) from billing.lots l
+                       where l.account_id = a.id and l.open and not l.frozen and l.expires_at <= now()), 0);
+    if a.held > 0 then
+      v_yielding := coalesce((select sum(h.amount) from billing.holds h
+                              where h.account_id = a.id and h.status = 'active' and h.expires_at > now()
+                                and h.purpose in ('user', 'job', 'ai')), 0);
+      v_given := least(v_yielding, greatest(a.held - v_overdue - greatest(a.balance - v_due, 0), 0));
+    end if;
+  end if;
+  return (a.balance - v_due, a.held - v_overdue - v_given, a.balance - v_due - a.held + v_overdue + v_given)::billing.balance;
 end
 $$;
 comment on function billing.balance_of(p_account_id bigint) is 'Balance, live held amount (holds past their TTL no longer count) and available.';

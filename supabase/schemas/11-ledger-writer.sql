@@ -134,9 +134,17 @@ declare
   v_category text;
   v_policy billing.credit_expiry_policy;
   v_list text[];                                  -- a credit's list of models, when its lot options give one
+  v_held billing.held_change;                     -- a movement's own change of held, written with its balance
 begin
-  -- What holds reserve (a hold is no transfer: it moves nothing until captured).
-  if cardinality(p_held) > 0 then
+  -- What holds reserve (a hold is no transfer: it moves nothing until captured). A capture's
+  -- release (one change, on a side of the one movement) goes into that side's balance update
+  -- below: one account write, not two.
+  if cardinality(p_held) = 1 and cardinality(p_transfers) = 1
+     and (p_held[1]).account_id in ((p_transfers[1]).from_account_id, (p_transfers[1]).to_account_id) then
+    v_held := p_held[1];
+  elsif cardinality(p_held) = 1 then                -- a hold placed or ended: one row, no grouping
+    update billing.accounts a set held = a.held + (p_held[1]).delta where a.id = (p_held[1]).account_id and a.code is null;
+  elsif cardinality(p_held) > 0 then
     update billing.accounts a set held = a.held + d.delta
     from (select h.account_id, sum(h.delta) as delta from unnest(p_held) h group by h.account_id) d
     where a.id = d.account_id and a.code is null;
@@ -164,12 +172,14 @@ begin
          or v_written.to_account_id <> v_one.to_account_id then
         perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_one.kind));
       end if;
+      update billing.accounts a set held = a.held + v_held.delta where a.id = v_held.account_id and a.code is null;
       return array[(v_written.id, true, null, null)::billing.posted_transfer];
     end if;
     v_ids := array[v_id];
     v_new := v_ids;
     -- Each tracked side (a platform account is never updated: the filter finds no row).
-    update billing.accounts a set balance = a.balance - v_one.amount, version = a.version + 1
+    update billing.accounts a set balance = a.balance - v_one.amount, version = a.version + 1,
+      held = a.held + case when a.id = v_held.account_id then v_held.delta else 0 end
     where a.id = v_one.from_account_id and a.code is null
     returning a.balance, a.version into v_balance, v_version;
     if found then
@@ -179,7 +189,8 @@ begin
       v_ord := '{}'::integer[]; v_account := '{}'::bigint[]; v_delta := '{}'::numeric[]; v_after := '{}'::numeric[];
       v_versions := '{}'::bigint[];
     end if;
-    update billing.accounts a set balance = a.balance + v_one.amount, version = a.version + 1
+    update billing.accounts a set balance = a.balance + v_one.amount, version = a.version + 1,
+      held = a.held + case when a.id = v_held.account_id then v_held.delta else 0 end
     where a.id = v_one.to_account_id and a.code is null
     returning a.balance, a.version into v_balance, v_version;
     if found then
@@ -637,7 +648,7 @@ $$;
 comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';
 revoke execute on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) from public;
 
-create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_hold_id uuid default null::uuid, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
+create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_hold_id uuid default null::uuid, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint, p_release numeric default null::numeric)
 returns billing.transfer_result
 language plpgsql
 set search_path = ''
@@ -677,6 +688,8 @@ begin
   end if;
   v_account_id := v_account.id;
   v_member := case when v_account.org_id is not null then p_user end;
+  -- A capture's hold stops counting first, so the capture spends the reserved credits.
+  v_account.held := v_account.held - coalesce(p_release, 0);
 
   -- A replay finds the transfer written before: a concurrent call with the same key has
   -- committed by now (its account lock was ours to wait for).
@@ -686,6 +699,9 @@ begin
       or (p_direction > 0 and v_existing.to_account_id <> v_account_id)
       or (p_direction < 0 and v_existing.from_account_id <> v_account_id) then
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
+    end if;
+    if p_release is not null then
+      perform billing.post_transfers('{}', array[(v_account_id, -p_release)::billing.held_change]);
     end if;
     v_bal := billing.balance_of(v_account_id);
     return (v_existing.id, v_existing.amount, v_bal.balance, v_bal.held, v_bal.available, true)::billing.transfer_result;
@@ -719,7 +735,9 @@ begin
     case when p_direction > 0 then v_platform_id else v_account_id end,
     case when p_direction > 0 then v_account_id else v_platform_id end,
     p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, p_hold_id, v_member,
-    p_lot)::billing.transfer_spec]))[1];
+    p_lot)::billing.transfer_spec],
+    case when p_release is not null then array[(v_account_id, -p_release)::billing.held_change]
+         else '{}'::billing.held_change[] end))[1];
   v_account.balance := coalesce(v_posted.from_balance, v_posted.to_balance);
   v_account.version := v_account.version + 1;
   v_transfer_id := v_posted.transfer_id;
@@ -742,8 +760,8 @@ begin
   return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
 end;
 $$;
-comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock.';
-revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) from public;
+comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint, p_release numeric) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock; p_release: what a capture''s hold stops holding, in the same account write.';
+revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint, p_release numeric) from public;
 
 create or replace function billing.grant_credits(
   p_user uuid,

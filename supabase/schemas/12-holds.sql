@@ -265,12 +265,11 @@ begin
     end if;
   end if;
 
-  -- The hold stops counting first, so the capture spends the reserved credits.
-  perform billing.post_transfers('{}', array[(v_hold.account_id, -v_hold.amount)::billing.held_change]);
+  -- The hold stops counting in the capture's own account write (p_release).
   select a.user_id into v_user from billing.accounts a where a.id = v_hold.account_id;
   v_transfer := billing.post_user_transfer(coalesce(v_user, v_hold.member_id), -1, 'capture', v_capture, 'hold_capture',
     'usage_revenue', 'hold:' || p_hold_id::text, coalesce(p_correlation_id, v_hold.correlation_id), null, p_metadata, null, p_hold_id,
-    p_account_id => v_hold.account_id);
+    p_account_id => v_hold.account_id, p_release => v_hold.amount);
   update billing.holds h set status = 'captured', captured_amount = v_capture, capture_transfer_id = v_transfer.transfer_id,
     finished_at = now()
   where h.id = p_hold_id returning * into v_hold;

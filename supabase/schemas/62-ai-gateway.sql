@@ -609,12 +609,16 @@ grant execute on function billing.fail_ai_call(p_call uuid, p_failure text, p_re
 
 -- Whether a call's prompt and answer may be kept (redacted, 30 days, in ai_logs): the student
 -- consented, or the school paying for the call did, for its members.
+-- PL/pgSQL, not SQL: a SQL function with its own search_path is never inlined and is planned
+-- afresh on every call (it runs in every AI call's begin and finish); PL/pgSQL keeps its plans.
 create or replace function billing.content_consented(p_user uuid, p_org uuid) returns boolean
-language sql stable
+language plpgsql stable
 set search_path = ''
 as $$
-  select exists (select 1 from billing.ai_content_consent k where k.user_id = p_user)
-      or exists (select 1 from billing.orgs o where o.id = p_org and o.ai_content_consent)
+begin
+  return exists (select 1 from billing.ai_content_consent k where k.user_id = p_user)
+      or exists (select 1 from billing.orgs o where o.id = p_org and o.ai_content_consent);
+end;
 $$;
 comment on function billing.content_consented(p_user uuid, p_org uuid) is 'Internal: whether the student, or the school paying for the call, consented to keeping AI content.';
 revoke execute on function billing.content_consented(p_user uuid, p_org uuid) from public;
