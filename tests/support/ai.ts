@@ -63,6 +63,18 @@ export async function balanceOf(userId: string): Promise<string> {
   return r?.b ?? '0';
 }
 
+/** Whether the user's balance is exactly what was granted less what their calls charged (in SQL: exact decimals). */
+export async function balanceIsGrantsLessCharges(userId: string) {
+  const [r] = await testDb`
+    select a.balance = x.expected as exact, trim_scale(a.balance)::text as balance, trim_scale(x.expected)::text as expected
+    from billing.accounts a
+    cross join lateral (
+      select coalesce((select sum(t.amount) from billing.transfers t where t.to_account_id = a.id), 0)
+           - coalesce((select sum(c.charged) from billing.ai_calls c where c.user_id = ${userId}), 0) as expected) x
+    where a.user_id = ${userId}`;
+  return r as { exact: boolean; balance: string; expected: string };
+}
+
 /** How the stand-in saw a tagged call end: done, aborted, running or unknown (never called). */
 export async function standinCall(tag: string): Promise<{ status: string; usage?: ReportedUsage }> {
   const res = await fetch(`${env('AI_STANDIN_URL')}/_standin/calls/${tag}`);
