@@ -56,6 +56,10 @@ create index holds_active_expiry on billing.holds (expires_at) where status = 'a
 
 create index holds_account on billing.holds (account_id, created_at desc);
 
+-- An account's live holds (what it holds, what is overdue, a dispute's freeze): read on every
+-- hold, capture and balance, so found among the few active ones, not the account's whole history.
+create index holds_active_account on billing.holds (account_id) where status = 'active';
+
 -- ============================================================ functions
 
 create or replace function billing.expire_overdue_holds(p_account_id bigint) returns integer

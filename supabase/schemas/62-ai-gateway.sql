@@ -269,12 +269,15 @@ grant execute on function billing.get_model_access() to service_role;
 -- dearest way is the dearer input price times the input plus the dearer output price times the output.
 create or replace function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint,
   p_writes_cache boolean) returns numeric
-language sql immutable
+language plpgsql immutable
 set search_path = ''
 as $$
-  select round(greatest(c.credits_per_input_token, c.credits_per_cached_input_token,
+begin
+  -- PL/pgSQL: a SQL function with its own search_path is planned afresh on every call.
+  return round(greatest(c.credits_per_input_token, c.credits_per_cached_input_token,
       case when p_writes_cache then c.credits_per_cache_write_token end) * p_input
-    + greatest(c.credits_per_output_token, c.credits_per_reasoning_token) * p_output, 18)
+    + greatest(c.credits_per_output_token, c.credits_per_reasoning_token) * p_output, 18);
+end;
 $$;
 comment on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean) is 'Internal: the dearest price a prompt and answer can be billed at under a card (billing.ai_hold_amount).';
 revoke execute on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean) from public;
@@ -306,13 +309,15 @@ revoke execute on function billing.ai_hold_amount(p_model text, p_input bigint, 
 grant execute on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint, p_writes_cache boolean) to service_role;
 
 create or replace function billing.ai_call_json(c billing.ai_calls) returns jsonb
-language sql immutable
+language plpgsql immutable
 set search_path = ''
 as $$
-  select jsonb_build_object('call_id', c.id, 'status', c.status, 'model', c.model,
+begin
+  return jsonb_build_object('call_id', c.id, 'status', c.status, 'model', c.model,
     'endpoint', c.endpoint, 'upstream', c.upstream,
     'charged', trim_scale(coalesce(c.charged, 0))::text, 'usage', c.usage, 'usage_source', c.usage_source,
-    'transfer_id', c.transfer_id::text, 'failure', c.failure, 'answer', c.answer)
+    'transfer_id', c.transfer_id::text, 'failure', c.failure, 'answer', c.answer);
+end;
 $$;
 comment on function billing.ai_call_json(c billing.ai_calls) is 'Internal: a call as the gateway reads it back.';
 revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
