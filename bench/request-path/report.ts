@@ -3,6 +3,8 @@
 import { fmt, median } from '../lib.ts';
 import type { Cell } from './cells.ts';
 import type { LedgerAfter } from './correctness.ts';
+import type { Trips } from './counting.ts';
+import { countCalls } from './counting.ts';
 import type { Measured, UsageCount } from './measure.ts';
 import { connections, rounds, say, seconds } from './settings.ts';
 
@@ -117,4 +119,25 @@ export function printReport(
       okAfter ? 'OK' : 'BROKEN'
     }`,
   );
+}
+
+/** Round trips per request of each route (counting.ts), beside its req/s and gateway CPU from the wrk cells. */
+export function printRoundTrips(cells: Cell[], results: Measured[][], trips: Record<string, Trips>) {
+  say(`\n### Round trips per request (counted at proxies, ${countCalls} requests a route, one at a time)\n`);
+  say(
+    '| route | Redis: HTTP requests / commands | Postgres: round trips / statements / transactions | JWKS fetches | provider calls | req/s (16 conn.) | gateway CPU ms / req |',
+  );
+  say('| --- | --- | --- | --- | --- | --- | --- |');
+  const n = (v: number) => v.toFixed(2);
+  for (const [route, t] of Object.entries(trips)) {
+    const i = cells.findIndex((c) => c.route === route);
+    const ran = i >= 0 && results[i].length > 0;
+    const rps = ran ? fmt(median(results[i].map((m) => m.rps))) : 'not run';
+    const cpu = ran ? median(results[i].map((m) => m.cpuMs)).toFixed(3) : '';
+    say(
+      `| ${route} | ${n(t.redisRequests)} / ${n(t.redisCommands)} | ${n(t.pgTrips)} / ${n(t.pgStatements)} / ${
+        n(t.pgTransactions)
+      } | ${n(t.jwks)} | ${n(t.provider)} | ${rps} | ${cpu} |`,
+    );
+  }
 }
