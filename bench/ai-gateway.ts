@@ -136,11 +136,21 @@ async function cpuNow(target: Target): Promise<Cpu> {
   };
 }
 
+/** Postgres's own time executing begin_ai_call and finish_ai_call so far (pg_stat_statements, ms). */
+async function sqlTimes() {
+  const rows = await db`select case when query like '%begin_ai_call(%' then 'begin' else 'finish' end as fn,
+      sum(total_exec_time)::float8 as ms from extensions.pg_stat_statements
+    where toplevel and (query like '%billing.begin_ai_call(%' or query like '%billing.finish_ai_call(%') group by 1`;
+  const of = (fn: string) => Number(rows.find((r) => r.fn === fn)?.ms ?? 0);
+  return { begin: of('begin'), finish: of('finish') };
+}
+
 /** `n` calls, `at` at once: added-TTFB inputs, calls a second and CPU ms a call per process. */
 async function cell(target: Target, at: number, streamed: boolean) {
   const n = at === 1 ? callsOne : streams;
   const ttfb: number[] = [];
   let next = 0;
+  const sql0 = await sqlTimes();
   const cpu0 = await cpuNow(target);
   const t0 = performance.now();
   await Promise.all(Array.from({ length: at }, async (_, i) => {
@@ -148,10 +158,12 @@ async function cell(target: Target, at: number, streamed: boolean) {
   }));
   const secs = (performance.now() - t0) / 1000;
   const cpu1 = await cpuNow(target);
+  const sql1 = await sqlTimes();
+  const sqlMs = { begin: (sql1.begin - sql0.begin) / n, finish: (sql1.finish - sql0.finish) / n };
   const cpu = Object.fromEntries(
     Object.keys(cpu0).map((k) => [k, (cpu1[k as keyof Cpu] - cpu0[k as keyof Cpu]) * 1000 / n]),
   ) as Cpu;
-  return { p50: quantile(ttfb, 0.5), p99: quantile(ttfb, 0.99), rps: n / secs, cpu };
+  return { p50: quantile(ttfb, 0.5), p99: quantile(ttfb, 0.99), rps: n / secs, cpu, sqlMs };
 }
 
 async function throughput(target: Target) {
@@ -232,6 +244,14 @@ try {
         fmt(ours / pk, 2)
       }× | ${target} |`,
     );
+  }
+  say('\nOf ours, Postgres executing the hold and the capture (pg_stat_statements, mean ms a call):\n');
+  say('| calls at once, answer | begin_ai_call | finish_ai_call | both | ours added p50 (ms) |');
+  say('| --- | --- | --- | --- | --- |');
+  for (const shape of shapes.map(shapeName)) {
+    const [b, f] = [med(shape, viaGateway, (c) => c.sqlMs.begin), med(shape, viaGateway, (c) => c.sqlMs.finish)];
+    const added = med(shape, viaGateway, (c) => c.p50) - med(shape, direct, (c) => c.p50);
+    say(`| ${shape} | ${fmt(b, 2)} | ${fmt(f, 2)} | ${fmt(b + f, 2)} | ${fmt(added, 2)} |`);
   }
   say(
     `\nAt ${clients} at once, CPU ms a call by process (medians), and calls per CPU-second of the path (per core):\n`,
