@@ -126,7 +126,13 @@ export function verifyUserToken(token: string): Promise<AuthUser> {
 
 let verifyOptions: Parameters<typeof jwtVerify>[2] | undefined;
 
+/** Three dot-separated parts (jose decides the rest): anything else is no JWT (a server's key, say). */
+const jwtShape = /^[^.]+\.[^.]+\.[^.]*$/;
+
 async function verifyUncached(token: string): Promise<VerifiedToken> {
+  // The shape first: a server's key on every usage report would otherwise cost jose's decoding
+  // and the error it throws (~3 % of a usage request's CPU), for the same refusal.
+  if (!jwtShape.test(token)) throw unauthorized('The access token is malformed.');
   try {
     decodeProtectedHeader(token);
   } catch {
