@@ -5,6 +5,7 @@
 // in them), its own SUPABASE_URL (JWKS fetches) and the provider stand-in (provider calls).
 // Each route is called `countCalls` times one after another after a warm-up; the figures are
 // per request. Beside wrk's req/s, from another gateway with no proxy in its way.
+import { createHash } from 'node:crypto';
 import type { Fixtures } from './fixtures.ts';
 import { freePort, waitFor } from './net.ts';
 import { spawnGateway, tokenSigner } from './servers.ts';
@@ -94,7 +95,7 @@ export type Trips = Record<
 >;
 
 /** The routes counted: what each sends (the wrk cells send the same, bench/request-path.lua). */
-function routes(functions: string, users: string[], tokens: string[], service: string) {
+function routes(functions: string, users: string[], tokens: string[], service: string, serverKey: string) {
   const post = (path: string, bearer: string, body: unknown, key = true) =>
     fetch(`${functions}${path}`, {
       method: 'POST',
@@ -116,6 +117,8 @@ function routes(functions: string, users: string[], tokens: string[], service: s
       fetch(`${functions}/credits/balance`, { headers: { authorization: `Bearer ${tokens[i % tokens.length]}` } }),
     'POST /credits/usage': (i: number) =>
       post('/credits/usage', service, { user_id: users[i % users.length], ...usage }),
+    'POST /credits/usage (a server key)': (i: number) =>
+      post('/credits/usage', serverKey, { user_id: users[i % users.length], ...usage }),
     [`POST /credits/usage/batch (${batchSize} events)`]: (i: number) =>
       post('/credits/usage/batch', service, {
         events: Array.from({ length: batchSize }, (_, k) => ({
@@ -191,7 +194,13 @@ export async function countRoundTrips(f: Fixtures): Promise<Record<string, Trips
       jwks: auth.seen.jwks,
       provider: provider.seen.requests,
     });
-    for (const [name, call] of Object.entries(routes(functions, users, tokens, env('SUPABASE_SERVICE_ROLE_KEY')))) {
+    // A product's server reports with a server key of its own (checked in the database on every call).
+    const serverKey = `slk_${crypto.randomUUID().replaceAll('-', '')}${'0'.repeat(16)}`;
+    await f.db`insert into billing.server_keys (name, key_hash, prefix, created_by)
+      values ('bench request-path', ${createHash('sha256').update(serverKey).digest('hex')}, ${serverKey.slice(0, 12)},
+        ${users[0]})`;
+    const all = routes(functions, users, tokens, env('SUPABASE_SERVICE_ROLE_KEY'), serverKey);
+    for (const [name, call] of Object.entries(all)) {
       const drain = async (i: number) => {
         const res = await call(i);
         await res.arrayBuffer(); // a streamed answer is settled before its last bytes are sent
