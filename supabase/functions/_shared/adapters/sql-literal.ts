@@ -73,9 +73,9 @@ function sqlLiteral(v: unknown): string {
 }
 
 /** ASCII with no quote and no backslash: written as it is (most values, and a batch's whole JSON). */
-const plain = /^[\x01-\x26\x28-\x5b\x5d-\x7f]*$/;
+const plain = /^[^'\\\u0080-\uffff]*$/; // code units: a character beyond ASCII is one or two above 0x7f
 /** What a literal writes otherwise: a quote or backslash doubled, a character beyond ASCII escaped (whole code points). */
-const special = /['\\]|[^\x00-\x7f]/gu;
+const special = /['\\]|[\u0080-\u{10ffff}]/gu;
 
 function stringLiteral(v: string): string {
   if (!isPgText(v)) throw textRefused();
