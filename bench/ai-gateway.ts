@@ -1,19 +1,30 @@
-// The AI gateway against calling the provider (the local stand-in) directly, in the same run:
-//   (a) time to the first answer byte at 16 concurrent streams, p50 and p99: gateway − direct.
-//       Targets: added ≤ 5 ms p50, ≤ 20 ms p99.
+// The AI gateway against calling the provider (the local stand-in) directly and against Portkey's
+// open-source gateway (a pure relay, bench/baselines/portkey.ts) relaying to the same stand-in,
+// in the same run:
+//   (a) at 1 and at 16 calls at once, whole answers and streamed: the time to the first answer
+//       byte each target adds to calling the provider directly (p50, p99) and calls a second;
+//       ours ÷ Portkey. Targets: added at 1 call ≤ Portkey's; calls/s at 16 ≥ 1.0× Portkey's.
+//       At 16 the two cores are the limit: CPU ms a call of each process on the path (the relay,
+//       the stand-in, Postgres, pgbouncer, the Redis bridge and server; the load generator apart)
+//       and calls per CPU-second of the path (per core).
 //   (b) a long streamed answer's throughput (bytes of answer a second, one stream at a time):
 //       gateway ÷ direct. Target ≥ 0.95×.
 //   (c) Postgres CPU for a call's hold and capture (begin_ai_call + finish_ai_call, writing its
 //       record as the gateway does: docs/ai-gateway.md § The call log) against one
 //       usage request (run_money_request 'credits.usage'), per call, from /proc. Target ≤ 2×.
-// Rounds alternate direct and gateway (BENCH_ROUNDS, default 3); medians across rounds. The
-// gateway is a private one with the per-student AI rate limit lifted.
-//   BENCH_STREAMS (400 per round), BENCH_SQL_CALLS (2,000 per round)
+// Rounds alternate direct, Portkey and the gateway (BENCH_ROUNDS, default 3); medians across
+// rounds. The gateway is a private one with the per-student AI rate limit lifted.
+//   BENCH_STREAMS (calls per cell at 16 at once, 400), BENCH_CALLS_ONE (calls per cell one at a
+//   time, 100), BENCH_SQL_CALLS (2,000 per round); BENCH_ROUNDS=1 BENCH_STREAMS=64
+//   BENCH_CALLS_ONE=20 BENCH_SQL_CALLS=200 is a quick check.
 import postgres from 'postgres';
+import { startPortkey } from './baselines/portkey.ts';
 import { clusterCpu, env, fmt, median, printer } from './lib.ts';
+import { cpuSeconds, firstLineNumber } from './request-path/procfs.ts';
 
 const rounds = Number(Deno.env.get('BENCH_ROUNDS') ?? 3);
 const streams = Number(Deno.env.get('BENCH_STREAMS') ?? 400);
+const callsOne = Number(Deno.env.get('BENCH_CALLS_ONE') ?? 100);
 const sqlCalls = Number(Deno.env.get('BENCH_SQL_CALLS') ?? 2000);
 const clients = 16;
 const { say, lines } = printer();
@@ -38,6 +49,7 @@ for (let i = 0;; i++) {
   if (i > 150) throw new Error('the bench gateway did not start');
   await new Promise((r) => setTimeout(r, 100));
 }
+const portkey = await startPortkey(env('AI_API_BASE'));
 
 // Students with plenty of credits, one per client, signed like Supabase Auth's tokens.
 const { userToken } = await import('../tests/support/helpers.ts');
@@ -48,22 +60,39 @@ const students = await Promise.all(Array.from({ length: clients }, async () => {
   return { id, token: await userToken(id, { ttlSeconds: 7200 }) };
 }));
 
-const direct = { url: `${env('AI_API_BASE')}/chat/completions`, key: (_i: number) => env('AI_API_KEY') };
-const viaGateway = { url: `${functions}/ai/v1/chat/completions`, key: (i: number) => students[i].token };
-type Target = typeof direct;
+type Target = { name: string; url: string; headers: (i: number) => Record<string, string>; pid: number };
+const providerKey = { authorization: `Bearer ${env('AI_API_KEY')}` };
+const direct: Target = {
+  name: 'direct',
+  url: `${env('AI_API_BASE')}/chat/completions`,
+  headers: () => providerKey,
+  pid: 0,
+};
+const viaPortkey: Target = {
+  name: 'Portkey',
+  url: `${portkey.url}/chat/completions`,
+  headers: () => ({ ...providerKey, ...portkey.headers }),
+  pid: portkey.pid,
+};
+const viaGateway: Target = {
+  name: 'ours',
+  url: `${functions}/ai/v1/chat/completions`,
+  headers: (i) => ({ authorization: `Bearer ${students[i].token}` }),
+  pid: gateway.pid,
+};
+const targets = [direct, viaPortkey, viaGateway];
 
-/** One streamed call: ms to the first answer byte and to the end, and the answer's bytes. */
-async function stream(target: Target, i: number, words: number) {
+/** One call: ms to the first answer byte and to the end, and the answer's bytes. */
+async function call(target: Target, i: number, words: number, streamed = true) {
   const t0 = performance.now();
   const res = await fetch(target.url, {
     method: 'POST',
-    headers: { authorization: `Bearer ${target.key(i)}`, 'content-type': 'application/json' },
+    headers: { ...target.headers(i), 'content-type': 'application/json' },
     body: JSON.stringify({
       model: 'gpt-4o-mini',
       messages: [{ role: 'user', content: `bench #standin words=${words}` }],
       max_tokens: words * 3,
-      stream: true,
-      stream_options: { include_usage: true },
+      ...(streamed ? { stream: true, stream_options: { include_usage: true } } : {}),
     }),
   });
   if (!res.ok || !res.body) throw new Error(`${target.url}: ${res.status} ${await res.text()}`);
@@ -81,19 +110,66 @@ async function stream(target: Target, i: number, words: number) {
 const quantile = (xs: number[], q: number) =>
   [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))];
 
-async function firstBytes(target: Target) {
+// The processes on a call's path whose CPU is read around each cell (the load generator apart).
+const [{ pid: backend }] = await db`select pg_backend_pid() as pid`;
+const postmaster = Number((await Deno.readTextFile(`/proc/${backend}/stat`)).split(') ')[1].split(' ')[1]);
+const [{ data_directory: pgData }] = await db`show data_directory`;
+const poolerPid = await firstLineNumber(`${pgData.replace(/\/[^/]+\/?$/, '')}/pgbouncer/pgbouncer.pid`);
+const pids = {
+  standin: await firstLineNumber('.local/run/ai-standin.pid'),
+  bridge: await firstLineNumber('.local/run/redis-bridge.pid'),
+  redis: await firstLineNumber('.local/run/redis.pid'),
+  pooler: poolerPid,
+};
+const onPath = ['relay', 'standin', 'postgres', 'pooler', 'bridge', 'redis'] as const;
+type Cpu = Record<typeof onPath[number] | 'loadgen', number>;
+async function cpuNow(target: Target): Promise<Cpu> {
+  const of = (pid: number) => (pid ? cpuSeconds(pid).catch(() => 0) : Promise.resolve(0));
+  return {
+    relay: await of(target.pid),
+    standin: await of(pids.standin),
+    postgres: await clusterCpu(postmaster),
+    pooler: await of(pids.pooler),
+    bridge: await of(pids.bridge),
+    redis: await of(pids.redis),
+    loadgen: await cpuSeconds(Deno.pid),
+  };
+}
+
+/** Postgres's own time executing begin_ai_call and finish_ai_call so far (pg_stat_statements, ms). */
+async function sqlTimes() {
+  const rows = await db`select case when query like '%begin_ai_call(%' then 'begin' else 'finish' end as fn,
+      sum(total_exec_time)::float8 as ms from extensions.pg_stat_statements
+    where toplevel and (query like '%billing.begin_ai_call(%' or query like '%billing.finish_ai_call(%') group by 1`;
+  const of = (fn: string) => Number(rows.find((r) => r.fn === fn)?.ms ?? 0);
+  return { begin: of('begin'), finish: of('finish') };
+}
+
+/** `n` calls, `at` at once: added-TTFB inputs, calls a second and CPU ms a call per process. */
+async function cell(target: Target, at: number, streamed: boolean) {
+  const n = at === 1 ? callsOne : streams;
   const ttfb: number[] = [];
   let next = 0;
-  await Promise.all(students.map(async (_, i) => {
-    while (next++ < streams) ttfb.push((await stream(target, i, 20)).ttfb);
+  const sql0 = await sqlTimes();
+  const cpu0 = await cpuNow(target);
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: at }, async (_, i) => {
+    while (next++ < n) ttfb.push((await call(target, i, 20, streamed)).ttfb);
   }));
-  return { p50: quantile(ttfb, 0.5), p99: quantile(ttfb, 0.99) };
+  const secs = (performance.now() - t0) / 1000;
+  const cpu1 = await cpuNow(target);
+  const sql1 = await sqlTimes();
+  const sqlMs = { begin: (sql1.begin - sql0.begin) / n, finish: (sql1.finish - sql0.finish) / n };
+  const cpu = Object.fromEntries(
+    Object.keys(cpu0).map((k) => [k, (cpu1[k as keyof Cpu] - cpu0[k as keyof Cpu]) * 1000 / n]),
+  ) as Cpu;
+  return { p50: quantile(ttfb, 0.5), p99: quantile(ttfb, 0.99), rps: n / secs, cpu, sqlMs };
 }
 
 async function throughput(target: Target) {
   let bytes = 0, ms = 0;
   for (let k = 0; k < 5; k++) {
-    const r = await stream(target, 0, 20_000);
+    const r = await call(target, 0, 20_000);
     bytes += r.bytes;
     ms += r.total;
   }
@@ -101,16 +177,14 @@ async function throughput(target: Target) {
 }
 
 // (c): the same users, SQL only, 8 connections; per call CPU of the whole cluster.
-const [{ pid: backend }] = await db`select pg_backend_pid() as pid`;
-const postmaster = Number((await Deno.readTextFile(`/proc/${backend}/stat`)).split(') ')[1].split(' ')[1]);
-async function cpuPerCall(cell: 'usage' | 'ai') {
+async function cpuPerCall(kind: 'usage' | 'ai') {
   const before = await clusterCpu(postmaster);
   let next = 0;
   await Promise.all(Array.from({ length: 8 }, async (_, w) => {
     while (next < sqlCalls) {
       const user = students[next++ % clients].id;
       const key = crypto.randomUUID();
-      if (cell === 'usage') {
+      if (kind === 'usage') {
         await db`select billing.run_money_request(${user}, 'credits.usage', ${key}, ${'0'.repeat(64)}, ${`bench-${w}`},
           ${db.json({ model: 'gpt-4o-mini', input_tokens: 40, output_tokens: 20 })}, 201)`;
       } else {
@@ -128,59 +202,92 @@ async function cpuPerCall(cell: 'usage' | 'ai') {
   return ((await clusterCpu(postmaster)) - before) * 1000 / sqlCalls;
 }
 
-const cells: Record<string, number[]> = {
-  directP50: [],
-  gatewayP50: [],
-  directP99: [],
-  gatewayP99: [],
-  directRate: [],
-  gatewayRate: [],
-  usageCpu: [],
-  aiCpu: [],
-};
+type Cell = Awaited<ReturnType<typeof cell>>;
+const shapes = [1, clients].flatMap((at) => [false, true].map((streamed) => ({ at, streamed })));
+const shapeName = ({ at, streamed }: { at: number; streamed: boolean }) =>
+  `${at} at once, ${streamed ? 'streamed' : 'whole'}`;
+const runs: Record<string, Cell[]> = {}; // `${shape} ${target}` → one per round
+const other: Record<string, number[]> = { directRate: [], gatewayRate: [], usageCpu: [], aiCpu: [] };
 try {
+  for (const t of targets) await call(t, 0, 20); // warm: connections, JIT, token cache
   for (let r = 0; r < rounds; r++) {
-    const [d, g] = [await firstBytes(direct), await firstBytes(viaGateway)];
-    cells.directP50.push(d.p50),
-      cells.directP99.push(d.p99),
-      cells.gatewayP50.push(g.p50),
-      cells.gatewayP99.push(g.p99);
-    cells.directRate.push(await throughput(direct)), cells.gatewayRate.push(await throughput(viaGateway));
-    cells.usageCpu.push(await cpuPerCall('usage')), cells.aiCpu.push(await cpuPerCall('ai'));
+    for (const shape of shapes) {
+      for (const t of targets) {
+        console.error(`round ${r + 1}: ${shapeName(shape)}, ${t.name} …`);
+        (runs[`${shapeName(shape)} ${t.name}`] ??= []).push(await cell(t, shape.at, shape.streamed));
+      }
+    }
+    other.directRate.push(await throughput(direct)), other.gatewayRate.push(await throughput(viaGateway));
+    other.usageCpu.push(await cpuPerCall('usage')), other.aiCpu.push(await cpuPerCall('ai'));
   }
-  const m = (k: string) => median(cells[k]);
+  const m = (k: string) => median(other[k]);
+  const med = (shape: string, t: Target, f: (c: Cell) => number) => median(runs[`${shape} ${t.name}`].map(f));
+  say(`AI gateway against the provider called directly and against Portkey's gateway (${rounds} rounds, medians;`);
+  say(`${callsOne} calls a cell one at a time, ${streams} at ${clients} at once; 20-word answers)\n`);
+  say('| calls at once, answer | figure | direct | Portkey | ours | ours ÷ Portkey | target |');
+  say('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const shape of shapes.map(shapeName)) {
+    const added = (t: Target, q: 'p50' | 'p99') => med(shape, t, (c) => c[q]) - med(shape, direct, (c) => c[q]);
+    for (const q of ['p50', 'p99'] as const) {
+      const [pk, ours] = [added(viaPortkey, q), added(viaGateway, q)];
+      const target = shape.startsWith('1 ') && q === 'p50' ? (ours <= pk ? '≤ Portkey: met' : '≤ Portkey: MISSED') : '';
+      say(
+        `| ${shape} | added first byte ${q} (ms) | ${fmt(med(shape, direct, (c) => c[q]), 2)} (its own) | ${
+          fmt(pk, 2)
+        } | ${fmt(ours, 2)} | ${fmt(ours / pk, 2)}× | ${target} |`,
+      );
+    }
+    const [pk, ours] = [med(shape, viaPortkey, (c) => c.rps), med(shape, viaGateway, (c) => c.rps)];
+    const target = shape.startsWith(`${clients} `) ? (ours >= pk ? '≥ 1.0×: met' : '≥ 1.0×: MISSED') : '';
+    say(
+      `| ${shape} | calls/s | ${fmt(med(shape, direct, (c) => c.rps))} | ${fmt(pk)} | ${fmt(ours)} | ${
+        fmt(ours / pk, 2)
+      }× | ${target} |`,
+    );
+  }
+  say('\nOf ours, Postgres executing the hold and the capture (pg_stat_statements, mean ms a call):\n');
+  say('| calls at once, answer | begin_ai_call | finish_ai_call | both | ours added p50 (ms) |');
+  say('| --- | --- | --- | --- | --- |');
+  for (const shape of shapes.map(shapeName)) {
+    const [b, f] = [med(shape, viaGateway, (c) => c.sqlMs.begin), med(shape, viaGateway, (c) => c.sqlMs.finish)];
+    const added = med(shape, viaGateway, (c) => c.p50) - med(shape, direct, (c) => c.p50);
+    say(`| ${shape} | ${fmt(b, 2)} | ${fmt(f, 2)} | ${fmt(b + f, 2)} | ${fmt(added, 2)} |`);
+  }
   say(
-    `AI gateway vs the provider called directly (${rounds} rounds, medians; ${streams} streams a round at ${clients} at once)`,
+    `\nAt ${clients} at once, CPU ms a call by process (medians), and calls per CPU-second of the path (per core):\n`,
   );
+  say(`| answer, target | ${onPath.join(' | ')} | path | calls per core-second | load generator |`);
+  say(`| --- | ${onPath.map(() => '---').join(' | ')} | --- | --- | --- |`);
+  for (const streamed of [false, true]) {
+    const shape = shapeName({ at: clients, streamed });
+    for (const t of targets) {
+      const per = onPath.map((k) => med(shape, t, (c) => c.cpu[k]));
+      const path = med(shape, t, (c) => onPath.reduce((s, k) => s + c.cpu[k], 0));
+      say(
+        `| ${streamed ? 'streamed' : 'whole'}, ${t.name} | ${per.map((v) => fmt(v, 3)).join(' | ')} | ${
+          fmt(path, 3)
+        } | ${fmt(1000 / path)} | ${fmt(med(shape, t, (c) => c.cpu.loadgen), 3)} |`,
+      );
+    }
+  }
   say(
-    `  first byte p50: direct ${fmt(m('directP50'), 2)} ms, gateway ${fmt(m('gatewayP50'), 2)} ms: added ${
-      fmt(m('gatewayP50') - m('directP50'), 2)
-    } ms (target ≤ 5)`,
-  );
-  say(
-    `  first byte p99: direct ${fmt(m('directP99'), 2)} ms, gateway ${fmt(m('gatewayP99'), 2)} ms: added ${
-      fmt(m('gatewayP99') - m('directP99'), 2)
-    } ms (target ≤ 20)`,
-  );
-  say(
-    `  a long answer's throughput: direct ${fmt(m('directRate') / 1e6, 2)} MB/s, gateway ${
+    `\nA long answer's throughput: direct ${fmt(m('directRate') / 1e6, 2)} MB/s, gateway ${
       fmt(m('gatewayRate') / 1e6, 2)
     } MB/s: ${fmt(m('gatewayRate') / m('directRate'), 2)}× (target ≥ 0.95)`,
   );
   say(
-    `  Postgres CPU a call: usage request ${fmt(m('usageCpu'), 3)} ms, hold + capture ${fmt(m('aiCpu'), 3)} ms: ${
+    `Postgres CPU a call: usage request ${fmt(m('usageCpu'), 3)} ms, hold + capture ${fmt(m('aiCpu'), 3)} ms: ${
       fmt(m('aiCpu') / m('usageCpu'), 2)
     }× (target ≤ 2)`,
   );
-  say(`  per round: ${JSON.stringify(cells)}`);
   await Deno.mkdir('bench/results', { recursive: true });
-  await Deno.writeTextFile(
-    `bench/results/ai-gateway-${new Date().toISOString().slice(0, 19)}.txt`,
-    lines.join('\n') + '\n',
-  );
+  const stamp = new Date().toISOString().slice(0, 19);
+  await Deno.writeTextFile(`bench/results/ai-gateway-${stamp}.txt`, lines.join('\n') + '\n');
+  await Deno.writeTextFile(`bench/results/ai-gateway-${stamp}.json`, JSON.stringify({ runs, other }, null, 2));
 } finally {
   gateway.kill('SIGKILL');
   await gateway.status;
+  await portkey.stop();
   await db.end();
   const { testDb } = await import('../tests/support/helpers.ts');
   await testDb.end();

@@ -2,9 +2,12 @@
 -- /credits/usage, the user ids a server reports usage for, with the service role key from
 -- SUPABASE_SERVICE_ROLE_KEY (a user token is refused there) and a fresh Idempotency-Key with
 -- every request (a replay would skip the debit and flatter the figures). Prints one JSON line
--- when the run ends.
---   wrk -t2 -c16 -d10s -s bench/request-path.lua URL -- <usage|balance|plain> <tokens or user ids file|-> <run id>
--- The file holds one token (balance) or user id (usage) per line; one line is the one-account case.
+-- when the run ends. Other modes, each with user tokens: chat, chat-stream, responses, messages
+-- (an AI call of 20 words from the provider stand-in, whole or streamed) and hold (POST
+-- /credits/holds for 1 credit); batch: POST /credits/usage/batch of 10 events, each event_id fresh,
+-- with the service role key and user ids.
+--   wrk -t2 -c16 -d10s -s bench/request-path.lua URL -- <mode> <tokens or user ids file|-> <run id>
+-- The file holds one token or user id per line; one line is the one-account case.
 
 local mode, tokens_file, run_id = "plain", nil, "run"
 local tokens = {}
@@ -13,6 +16,17 @@ local next_thread = 0
 
 local usage_fields = '"model":"gpt-4o-mini","input_tokens":100,"output_tokens":10'
 local server_key = os.getenv("SUPABASE_SERVICE_ROLE_KEY")
+local prompt = '"bench #standin words=20"'
+-- The AI modes: the body each API takes (the stand-in answers 20 words; the cap is not reached).
+local ai_bodies = {
+  chat = '{"model":"gpt-4o-mini","max_tokens":60,"messages":[{"role":"user","content":' .. prompt .. '}]}',
+  ["chat-stream"] = '{"model":"gpt-4o-mini","max_tokens":60,"stream":true,"stream_options":{"include_usage":true},' ..
+    '"messages":[{"role":"user","content":' .. prompt .. '}]}',
+  responses = '{"model":"gpt-4o-mini","max_output_tokens":60,"input":' .. prompt .. '}',
+  messages = '{"model":"claude-3-5-haiku","max_tokens":60,"messages":[{"role":"user","content":' .. prompt .. '}]}',
+}
+local batch_size = 10
+local occurred_at = os.date("!%Y-%m-%dT%H:%M:%SZ")
 
 local function read_tokens(path)
   local list = {}
@@ -39,7 +53,7 @@ function init(args)
   run_id = args[3] or "run"
   thread_id = wrk.thread:get("thread_id") or 0
   if tokens_file and tokens_file ~= "-" then tokens = read_tokens(tokens_file) end
-  if mode == "usage" and not server_key then error("usage needs SUPABASE_SERVICE_ROLE_KEY") end
+  if (mode == "usage" or mode == "batch") and not server_key then error("usage needs SUPABASE_SERVICE_ROLE_KEY") end
   -- Threads start on different tokens so two threads do not walk the list in step.
   counter = (thread_id - 1) * 7919
 end
@@ -52,11 +66,38 @@ function request()
   if mode == "balance" then
     return wrk.format("GET", nil, { ["authorization"] = "Bearer " .. token })
   end
+  local key = run_id .. "-" .. thread_id .. "-" .. requests_made
+  if ai_bodies[mode] then
+    return wrk.format("POST", nil, {
+      ["authorization"] = "Bearer " .. token,
+      ["content-type"] = "application/json",
+      ["anthropic-version"] = "2023-06-01",
+    }, ai_bodies[mode])
+  end
+  if mode == "hold" then
+    return wrk.format("POST", nil, {
+      ["authorization"] = "Bearer " .. token,
+      ["content-type"] = "application/json",
+      ["idempotency-key"] = key,
+    }, '{"amount":"1","ttl_seconds":600}')
+  end
+  if mode == "batch" then
+    local events = {}
+    for k = 1, batch_size do
+      local user = tokens[((counter + k) % #tokens) + 1]
+      events[k] = '{"event_id":"' .. key .. "-" .. k .. '","user_id":"' .. user .. '",' .. usage_fields ..
+        ',"occurred_at":"' .. occurred_at .. '"}'
+    end
+    return wrk.format("POST", nil, {
+      ["authorization"] = "Bearer " .. server_key,
+      ["content-type"] = "application/json",
+    }, '{"events":[' .. table.concat(events, ",") .. ']}')
+  end
   -- usage: `token` is the user id the server reports for
   return wrk.format("POST", nil, {
     ["authorization"] = "Bearer " .. server_key,
     ["content-type"] = "application/json",
-    ["idempotency-key"] = run_id .. "-" .. thread_id .. "-" .. requests_made,
+    ["idempotency-key"] = key,
   }, '{"user_id":"' .. token .. '",' .. usage_fields .. '}')
 end
 

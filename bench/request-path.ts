@@ -13,16 +13,21 @@
 //                                      edge region to the database's region)
 // Cells, each at 16 connections: hello-world; GET /health/healthz (the gateway's floor);
 // GET /credits/balance; POST /credits/usage over 256 accounts; POST /credits/usage with all 16
-// connections on one account. Every usage request carries a fresh Idempotency-Key.
+// connections on one account; the SQL alone; then usage batches of 10 events, holds and the AI
+// routes (chat whole and streamed, responses, messages). Every usage request carries a fresh
+// Idempotency-Key. Before the load, counting.ts counts each route's round trips (Redis, Postgres,
+// JWKS, provider) at proxies in front of a gateway of its own (BENCH_COUNT_CALLS a route, 40);
+// the report sets them beside the route's req/s.
 //
 // The steps, one file each in bench/request-path/: fixtures.ts (funded accounts, the stack's
 // pids), servers.ts (hello-world and the gateway), measure.ts (the rounds over cells.ts's cells),
 // correctness.ts (the ledger after the load), report.ts; settings.ts holds the variables.
 import { cellsFor } from './request-path/cells.ts';
+import { countRoundTrips } from './request-path/counting.ts';
 import { ledgerAfter } from './request-path/correctness.ts';
 import { fixtures } from './request-path/fixtures.ts';
 import { runRounds } from './request-path/measure.ts';
-import { printReport } from './request-path/report.ts';
+import { printReport, printRoundTrips } from './request-path/report.ts';
 import { startServers } from './request-path/servers.ts';
 import { lines, rounds, seconds } from './request-path/settings.ts';
 
@@ -31,6 +36,8 @@ if (!(await new Deno.Command('sh', { args: ['-c', 'command -v wrk'] }).output())
 }
 
 const f = await fixtures();
+console.error('counting round trips per route …');
+const trips = await countRoundTrips(f);
 const servers = await startServers(f);
 const cells = cellsFor(servers, f);
 let run;
@@ -43,12 +50,13 @@ const { results, usage } = run;
 const after = await ledgerAfter(f.db, f.users, usage);
 await f.db.end();
 printReport(cells, results, f.poolerPid, usage, after);
+printRoundTrips(cells, results, trips);
 
 await Deno.mkdir('bench/results', { recursive: true });
 const stamp = new Date().toISOString().slice(0, 19);
 await Deno.writeTextFile(`bench/results/request-path-${stamp}.md`, lines.join('\n') + '\n');
 await Deno.writeTextFile(
   `bench/results/request-path-${stamp}.json`,
-  JSON.stringify({ seconds, rounds, cells: cells.map((c, i) => ({ name: c.name, runs: results[i] })) }, null, 2),
+  JSON.stringify({ seconds, rounds, trips, cells: cells.map((c, i) => ({ name: c.name, runs: results[i] })) }, null, 2),
 );
 if (!after.okAfter) Deno.exit(1);

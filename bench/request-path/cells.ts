@@ -3,7 +3,7 @@
 import postgres from 'postgres';
 import type { Fixtures } from './fixtures.ts';
 import type { Servers } from './servers.ts';
-import { connections, env, runId, spreadAccounts } from './settings.ts';
+import { batchSize, connections, env, runId, spreadAccounts } from './settings.ts';
 
 /** wrk's figures for one run (bench/request-path.lua prints them as JSON). */
 export type Wrk = {
@@ -51,24 +51,33 @@ export interface Cell {
   args: string[];
   pid: number;
   usage?: boolean;
+  /** The route's name in the round-trip count (counting.ts), when it is one of those. */
+  route?: string;
   /** A cell without HTTP: this one SQL call per request, from this process (postgres.js, as the gateway). */
   sql?: (sql: postgres.Sql, i: number) => Promise<unknown>;
 }
 
 /** The cells, hello-world first (every ratio is against it). */
 export function cellsFor(
-  { functions, helloPort, hello, gateway, spreadTokens, spreadUserIds, hotUserIds }: Servers,
+  { functions, helloPort, hello, gateway, spreadTokens, spreadUserIds, hotUserIds, otherTokens, otherUserIds }: Servers,
   f: Fixtures,
 ): Cell[] {
   const { hotUser, spreadUsers } = f;
   return [
     { name: 'hello-world Deno.serve', url: `http://127.0.0.1:${helloPort}/`, args: ['plain', '-'], pid: hello.pid },
-    { name: 'GET /health/healthz', url: `${functions}/health/healthz`, args: ['plain', '-'], pid: gateway.pid },
+    {
+      name: 'GET /health/healthz',
+      url: `${functions}/health/healthz`,
+      args: ['plain', '-'],
+      pid: gateway.pid,
+      route: 'GET /health/healthz',
+    },
     {
       name: 'GET /credits/balance',
       url: `${functions}/credits/balance`,
       args: ['balance', spreadTokens],
       pid: gateway.pid,
+      route: 'GET /credits/balance',
     },
     {
       name: `POST /credits/usage (${spreadAccounts} accounts)`,
@@ -76,6 +85,7 @@ export function cellsFor(
       args: ['usage', spreadUserIds], // reported by the server (service role) for each user
       pid: gateway.pid,
       usage: true,
+      route: 'POST /credits/usage',
     },
     {
       name: 'POST /credits/usage (one account)',
@@ -108,6 +118,22 @@ export function cellsFor(
       usage: true,
       sql: (sql, i) => moneyRequestSql(sql, hotUser, i),
     },
+    // The other routes of #56, on accounts of their own (fixtures.ts), each after the ones above
+    // (report.ts reads those by position).
+    ...([
+      [`POST /credits/usage/batch (${batchSize} events)`, '/credits/usage/batch', 'batch', otherUserIds],
+      ['POST /credits/holds', '/credits/holds', 'hold', otherTokens],
+      ['POST /ai/v1/chat/completions', '/ai/v1/chat/completions', 'chat', otherTokens],
+      ['POST /ai/v1/chat/completions (streamed)', '/ai/v1/chat/completions', 'chat-stream', otherTokens],
+      ['POST /ai/v1/responses', '/ai/v1/responses', 'responses', otherTokens],
+      ['POST /ai/v1/messages', '/ai/v1/messages', 'messages', otherTokens],
+    ] as const).map(([name, path, mode, file]) => ({
+      name,
+      url: `${functions}${path}`,
+      args: [mode, file],
+      pid: gateway.pid,
+      route: name,
+    })),
   ];
 }
 /** What POST /credits/usage sends (idempotent with inSql, idempotency.ts), with a fresh key. */

@@ -1,8 +1,8 @@
-// Step 1: 257 funded accounts in the stack's own database, and the pids of the stack's processes
+// Step 1: 257 funded accounts (and 64 more for the AI, hold and batch cells) in the stack's own database, and the pids of the stack's processes
 // whose CPU each cell reads (Postgres, pgbouncer, redis-server, the Redis REST bridge).
 import postgres from 'postgres';
 import { firstLineNumber, redisServerOn } from './procfs.ts';
-import { env, spreadAccounts } from './settings.ts';
+import { env, otherAccounts, spreadAccounts } from './settings.ts';
 
 /** The funded accounts (the first one is the hot account) and what measuring needs. */
 export async function fixtures() {
@@ -11,7 +11,13 @@ export async function fixtures() {
   const users: string[] = (await db`
     with ins as (insert into auth.users (id) select gen_random_uuid() from generate_series(1, ${spreadAccounts + 1})
     returning id) select id from ins`).map((r) => r.id);
-  await db`select billing.grant_credits(u, 1000000000, 'adjustment', 'bench-fund:' || u) from unnest(${users}::uuid[]) u`;
+  const otherUsers: string[] = (await db`
+    with ins as (insert into auth.users (id) select gen_random_uuid() from generate_series(1, ${otherAccounts})
+    returning id) select id from ins`).map((r) => r.id);
+  await db`select billing.grant_credits(u, 1000000000, 'adjustment', 'bench-fund:' || u) from unnest(${[
+    ...users,
+    ...otherUsers,
+  ]}::uuid[]) u`;
   const [hotUser, ...spreadUsers] = users;
   // The stack's own Postgres and Redis, not other clusters on the machine (other benchmarks start some).
   const [{ data_directory: pgData }] = await db`show data_directory`;
@@ -24,6 +30,6 @@ export async function fixtures() {
     : 0;
   const redisPid = await firstLineNumber('.local/run/redis.pid') || await redisServerOn(redisPort);
   const bridgePid = Number(await Deno.readTextFile('.local/run/redis-bridge.pid').catch(() => '0')) || 0;
-  return { db, users, hotUser, spreadUsers, postmasterPid, redisPid, poolerPid, bridgePid, functionsDbUrl };
+  return { db, users, otherUsers, hotUser, spreadUsers, postmasterPid, redisPid, poolerPid, bridgePid, functionsDbUrl };
 }
 export type Fixtures = Awaited<ReturnType<typeof fixtures>>;

@@ -3,7 +3,7 @@
 import type { Cell } from './cells.ts';
 import { sqlLoop, wrk } from './cells.ts';
 import type { Fixtures } from './fixtures.ts';
-import { cpuOf, cpuSeconds, machineTicks } from './procfs.ts';
+import { cpuOf, cpuSeconds, machineTicks, systemSeconds } from './procfs.ts';
 import type { Servers } from './servers.ts';
 import { env, only, rounds, runId, seconds, warmupSeconds } from './settings.ts';
 
@@ -13,6 +13,7 @@ export interface Measured {
   p95: number;
   p99: number;
   cpuMs: number; // CPU per request of the cell's server process
+  systemShare: number; // of which in the kernel (stime): system calls, loopback TCP to the pooler and the bridge
   machineBusy: number; // share of both cores busy during the run
   perProcess: Record<string, number>; // CPU ms per request: postgres, redis-server, bridge
   errors: number;
@@ -28,6 +29,7 @@ export interface UsageCount {
 export async function measure(cell: Cell, tag: string, f: Fixtures, usage: UsageCount): Promise<Measured> {
   const { bridgePid, poolerPid, postmasterPid, redisPid } = f;
   const cpu0 = await cpuSeconds(cell.pid);
+  const sys0 = await systemSeconds(cell.pid);
   const m0 = await machineTicks();
   const others0 = { postgres: await cpuOf('postgres', postmasterPid), redis: await cpuOf('redis-server', redisPid) };
   const bridge0 = bridgePid ? await cpuSeconds(bridgePid).catch(() => 0) : 0;
@@ -36,6 +38,7 @@ export async function measure(cell: Cell, tag: string, f: Fixtures, usage: Usage
     ? await sqlLoop(cell, seconds, f.functionsDbUrl)
     : await wrk(cell.url, [...cell.args, `${runId}-${tag}`], seconds);
   const cpu1 = await cpuSeconds(cell.pid);
+  const sys1 = await systemSeconds(cell.pid);
   const m1 = await machineTicks();
   const bridge1 = bridgePid ? await cpuSeconds(bridgePid).catch(() => 0) : 0;
   const pooler1 = poolerPid ? await cpuSeconds(poolerPid).catch(() => 0) : 0;
@@ -47,6 +50,7 @@ export async function measure(cell: Cell, tag: string, f: Fixtures, usage: Usage
     p95: r.p95_us / 1000,
     p99: r.p99_us / 1000,
     cpuMs: perReq(cpu1 - cpu0),
+    systemShare: cpu1 > cpu0 ? (sys1 - sys0) / (cpu1 - cpu0) : 0,
     machineBusy: (m1.busy - m0.busy) / (m1.total - m0.total),
     perProcess: {
       postgres: perReq((await cpuOf('postgres', postmasterPid)) - others0.postgres),

@@ -9,6 +9,12 @@ export async function cpuSeconds(pid: number): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) / clockTicks; // 14 utime, 15 stime
 }
 
+/** CPU seconds in the kernel (stime, every thread) a process has used so far: system calls, loopback TCP. */
+export async function systemSeconds(pid: number): Promise<number> {
+  const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[12]) / clockTicks;
+}
+
 /** Busy and total jiffies of the whole machine, for how saturated it was during a run. */
 export async function machineTicks(): Promise<{ busy: number; total: number }> {
   const [cpu] = (await Deno.readTextFile('/proc/stat')).split('\n');

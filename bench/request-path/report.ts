@@ -3,6 +3,8 @@
 import { fmt, median } from '../lib.ts';
 import type { Cell } from './cells.ts';
 import type { LedgerAfter } from './correctness.ts';
+import type { Trips } from './counting.ts';
+import { countCalls } from './counting.ts';
 import type { Measured, UsageCount } from './measure.ts';
 import { connections, rounds, say, seconds } from './settings.ts';
 
@@ -18,8 +20,10 @@ export function printReport(
   const verdict = (ok: boolean, by: string) => (ok ? 'met' : `MISSED by ${by}`);
 
   say(`\n### Request path (wrk -t2 -c${connections}, ${seconds} s per cell, ${rounds} rounds, median)\n`);
-  say('| what | req/s | p50 / p95 / p99 (ms) | req/s ÷ hello-world | server CPU per request (ms) | errors |');
-  say('| --- | --- | --- | --- | --- | --- |');
+  say(
+    '| what | req/s | p50 / p95 / p99 (ms) | req/s ÷ hello-world | server CPU per request (ms) | of which kernel | errors |',
+  );
+  say('| --- | --- | --- | --- | --- | --- | --- |');
   const ran = (i: number) => results[i].length > 0;
   for (const [i, cell] of cells.entries()) {
     if (!ran(i)) continue;
@@ -28,7 +32,7 @@ export function printReport(
         med(i, (m) => m.p95).toFixed(2)
       } / ${med(i, (m) => m.p99).toFixed(2)} | ${(med(i, (m) => m.rps) / med(0, (m) => m.rps)).toFixed(3)}× | ${
         med(i, (m) => m.cpuMs).toFixed(3)
-      } | ${results[i].reduce((n, m) => n + m.errors, 0)} |`,
+      } | ${(100 * med(i, (m) => m.systemShare)).toFixed(0)}% | ${results[i].reduce((n, m) => n + m.errors, 0)} |`,
     );
   }
   say('\nEvery round (req/s, p95 ms, server CPU ms per request, both cores busy):\n');
@@ -117,4 +121,32 @@ export function printReport(
       okAfter ? 'OK' : 'BROKEN'
     }`,
   );
+}
+
+/** Round trips per request of each route (counting.ts), beside its req/s and gateway CPU from the wrk cells. */
+export function printRoundTrips(cells: Cell[], results: Measured[][], trips: Record<string, Trips>) {
+  say(`\n### Round trips per request (counted at proxies, ${countCalls} requests a route, one at a time)\n`);
+  say(
+    '| route | Redis: HTTP requests / commands | Postgres: round trips / statements / transactions | JWKS fetches | provider calls | req/s (16 conn.) | gateway CPU ms / req | path CPU ms / req | req/s per core |',
+  );
+  say('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  const n = (v: number) => v.toFixed(2);
+  for (const [route, t] of Object.entries(trips)) {
+    const i = cells.findIndex((c) => c.route === route);
+    const ran = i >= 0 && results[i].length > 0;
+    const rps = ran ? fmt(median(results[i].map((m) => m.rps))) : 'not run';
+    const cpu = ran ? median(results[i].map((m) => m.cpuMs)).toFixed(3) : '';
+    // The path: the gateway and the stack's processes it waits on (the load generator and the
+    // provider stand-in apart); one core carries 1,000 ÷ this many requests a second.
+    const path = ran
+      ? median(results[i].map((m) => m.cpuMs + Object.values(m.perProcess).reduce((a, b) => a + Math.max(0, b), 0)))
+      : 0;
+    say(
+      `| ${route} | ${n(t.redisRequests)} / ${n(t.redisCommands)} | ${n(t.pgTrips)} / ${n(t.pgStatements)} / ${
+        n(t.pgTransactions)
+      } | ${n(t.jwks)} | ${n(t.provider)} | ${rps} | ${cpu} | ${ran ? path.toFixed(3) : ''} | ${
+        ran ? fmt(1000 / path) : ''
+      } |`,
+    );
+  }
 }

@@ -2,7 +2,11 @@
 // model and that its upstream speaks the endpoint, hold), finish (capture what the provider
 // reported), fail (release, charge nothing), refuse (record a call refused before the provider).
 // Each is one statement; SQL owns the money, and the call's record is written in the same
-// statements (docs/ai-gateway.md, "The call log").
+// statements (docs/ai-gateway.md, "The call log"). Settling a call whose record keeps no content
+// and no answer goes in one round trip (sql.oneTrip): its values are ids, counts and timings, and
+// it refuses nothing (it raises only on a broken invariant), so a statement Postgres logs holds no
+// personal data. With content or a kept answer, and for begin (which raises the hold's 402 with
+// the caller's key in its values), the values go as parameters, in two trips.
 import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
 import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
@@ -86,14 +90,18 @@ export async function finishCall(
   failed: boolean,
   report: CallReport,
 ): Promise<CallRecord> {
-  const [{ r }] = await sql`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source},
+  const [{ r }] = answer === null && !report.content
+    ? await sql.oneTrip`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source}, null, ${failed},
+      ${jsonb(report)}) as r`
+    : await sql`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source},
       ${answer === null ? null : jsonb(answer)}, ${failed}, ${jsonb(report)}) as r`;
   return r as CallRecord;
 }
 
 /** Releases the call's hold and charges nothing; `failure` is a stable code. */
 export async function failCall(callId: string, failure: string, report: CallReport): Promise<void> {
-  await sql`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`;
+  if (report.content) await sql`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`;
+  else await sql.oneTrip`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`;
 }
 
 /** Records a call refused before the provider: its stable code, no hold (the model only if priced). */

@@ -72,15 +72,18 @@ function sqlLiteral(v: unknown): string {
   return stringLiteral(v);
 }
 
+/** ASCII with no quote and no backslash: written as it is (most values, and a batch's whole JSON). */
+const plain = /^[^'\\\u0080-\uffff]*$/; // code units: a character beyond ASCII is one or two above 0x7f
+/** What a literal writes otherwise: a quote or backslash doubled, a character beyond ASCII escaped (whole code points). */
+const special = /['\\]|[\u0080-\u{10ffff}]/gu;
+
 function stringLiteral(v: string): string {
   if (!isPgText(v)) throw textRefused();
-  let body = '';
-  for (const ch of v) {
+  if (plain.test(v)) return `E'${v}'`;
+  const body = v.replace(special, (ch) => {
+    if (ch === '\\' || ch === "'") return ch + ch;
     const cp = ch.codePointAt(0) as number;
-    if (ch === '\\' || ch === "'") body += ch + ch;
-    else if (cp < 0x80) body += ch;
-    else if (cp <= 0xffff) body += '\\u' + cp.toString(16).padStart(4, '0');
-    else body += '\\U' + cp.toString(16).padStart(8, '0');
-  }
+    return cp <= 0xffff ? '\\u' + cp.toString(16).padStart(4, '0') : '\\U' + cp.toString(16).padStart(8, '0');
+  });
   return `E'${body}'`;
 }
