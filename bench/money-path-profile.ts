@@ -6,13 +6,17 @@
 //       statement (`track = all`), and every PL/pgSQL line of the functions it runs
 //       (plpgsql_check's profiler), so what the statements leave is PL/pgSQL's own work.
 // The profiler costs time of its own: (b) takes the wall time from pgbench, nothing instrumented.
-//   BENCH_SECONDS (5) for (a), BENCH_PROFILE_REQUESTS (3000) for (b)
+//   (c) an AI call (#55): the gateway's hold and capture (begin_ai_call + finish_ai_call) against
+//       one usage request: Postgres CPU of the whole cluster a call at 8 connections, the account
+//       writes each phase makes, and each nested statement's executor time at one session.
+//   BENCH_SECONDS (5) for (a), BENCH_PROFILE_REQUESTS (3000) for (b), BENCH_AI_CALLS (2000) for (c)
 import postgres from 'postgres';
 import { fixtures } from './fixtures.ts';
-import { fmt, pgbench, printer } from './lib.ts';
+import { clusterCpu, fmt, pgbench, printer } from './lib.ts';
 
 const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 const requests = Number(Deno.env.get('BENCH_PROFILE_REQUESTS') ?? 3000);
+const aiCalls = Number(Deno.env.get('BENCH_AI_CALLS') ?? 2000);
 const dbUrl = Deno.env.get('SUPABASE_DB_URL') ?? '';
 if (!dbUrl) throw new Error('SUPABASE_DB_URL is not set');
 // The profiler and `track = all` are the superuser's settings (locally supabase_admin).
@@ -179,6 +183,72 @@ for (const f of fns) {
 }
 for (const l of rows.filter((l) => l.us >= 1).sort((a, b) => b.us - a.us)) {
   say(`| ${l.fn}:${l.lineno} \`${l.source.replaceAll('|', '\\|')}\` | ${l.us.toFixed(1)} | ${l.runs.toFixed(2)} |`);
+}
+
+// ------------------------------------------------------------ (c) an AI call against a usage request
+const aiUsage = { input_tokens: 40, cached_input_tokens: 0, output_tokens: 20, reasoning_tokens: 0 };
+const aiReport = { upstream_status: 200, first_token_ms: 120, duration_ms: 480, finish_reason: 'stop' };
+async function aiCall(sql: postgres.Sql, user: string) {
+  const [{ r }] = await sql`select billing.begin_ai_call(${user}, 'gpt-4o-mini', 40, 60, ${crypto.randomUUID()},
+    ${'0'.repeat(64)}, 600) as r`;
+  if (r.state !== 'held') throw new Error(`begin_ai_call: ${r.state}`);
+  await sql`select billing.finish_ai_call(${r.call_id}, ${sql.json(aiUsage)}, 'provider', null, false, ${
+    sql.json(aiReport)
+  })`;
+}
+async function usageRequest(sql: postgres.Sql, user: string) {
+  await sql`select billing.run_money_request(${user}, 'credits.usage', ${crypto.randomUUID()}, ${'0'.repeat(64)},
+    ${tag}, ${JSON.stringify({ model: 'gpt-4o-mini', input_tokens: 40, output_tokens: 20 })}::jsonb, 201)`;
+}
+/** Cluster CPU (ms) a call of `op` over 8 connections: what a burst of calls costs Postgres in all. */
+async function cpuPerCall(op: (sql: postgres.Sql, user: string) => Promise<void>): Promise<number> {
+  const pool = postgres(dbUrl, { max: 8, onnotice: () => {} });
+  await op(pool, users[0]);
+  const t0 = await clusterCpu(postmaster);
+  let next = 0;
+  await Promise.all(Array.from({ length: 8 }, async () => {
+    while (next < aiCalls) await op(pool, userAt(next++));
+  }));
+  await pool.end();
+  await new Promise((r) => setTimeout(r, 200)); // the postmaster reaps the closed backends
+  return ((await clusterCpu(postmaster)) - t0) * 1000 / aiCalls;
+}
+log(`(c) ${aiCalls} AI calls and ${aiCalls} usage requests at 8 connections, then 300 AI calls on one session`);
+const usageCpu = await cpuPerCall(usageRequest);
+const aiCpu = await cpuPerCall(aiCall);
+// This session's counts reach the statistics when it goes idle after a forced flush.
+const writes = async () => {
+  await one`select pg_stat_force_next_flush()`;
+  const [{ n }] = await one`select n_tup_upd as n from pg_stat_user_tables where relid = 'billing.accounts'::regclass`;
+  return Number(n);
+};
+await one`select set_config('pg_stat_statements.track', 'all', false)`;
+await one`select extensions.pg_stat_statements_reset()`;
+const w0 = await writes();
+for (let i = 0; i < 300; i++) await aiCall(one, userAt(i));
+const accountWrites = (await writes() - w0) / 300;
+await one`select set_config('pg_stat_statements.track', 'top', false)`;
+const aiStatements = await one<{ query: string; toplevel: boolean; calls: number; us: number }[]>`
+  select regexp_replace(left(query, 110), '[[:space:]]+', ' ', 'g') as query, toplevel, calls::int,
+         total_exec_time * 1000 / 300 as us
+  from extensions.pg_stat_statements
+  where dbid = (select oid from pg_database where datname = current_database()) and calls >= 150
+  order by toplevel desc, total_exec_time desc`;
+say(`\n### (c) An AI call's hold and capture against a usage request\n`);
+say(
+  `Postgres CPU of the whole cluster a call, 8 connections: AI call (begin_ai_call + finish_ai_call) ` +
+    `${aiCpu.toFixed(2)} ms, usage request ${usageCpu.toFixed(2)} ms: ${(aiCpu / usageCpu).toFixed(2)}× ` +
+    `(#55 target: an AI call ≤ 1.0 ms). Account writes a call: ${accountWrites.toFixed(2)} ` +
+    `(the hold's, the capture's).\n`,
+);
+say('| statement of an AI call (executor, per call; nested times are inside their callers) | µs | calls per call |');
+say('| --- | --- | --- |');
+for (const s of aiStatements.filter((s) => s.us >= 5)) {
+  say(
+    `| ${s.toplevel ? '**top** ' : ''}\`${s.query.replaceAll('|', '\\|')}\` | ${s.us.toFixed(1)} | ${
+      (s.calls / 300).toFixed(2)
+    } |`,
+  );
 }
 await one.end();
 
