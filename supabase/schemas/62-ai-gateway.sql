@@ -518,7 +518,7 @@ as $$
 declare
   v_call billing.ai_calls := billing.lock_ai_call(p_call);
   v_hold billing.holds;
-  v_price record;
+  v_price billing.usage_price;
   v_charged record;
   v_facts jsonb;
   v_unbilled numeric;
@@ -526,7 +526,7 @@ begin
   if v_call.status <> 'held' then
     return billing.ai_call_json(v_call);
   end if;
-  select * into v_price from billing.price_usage(v_call.model, (p_usage ->> 'input_tokens')::bigint,
+  v_price := billing.price_usage(v_call.model, (p_usage ->> 'input_tokens')::bigint,
     (p_usage ->> 'output_tokens')::bigint, (p_usage ->> 'cached_input_tokens')::bigint,
     (p_usage ->> 'reasoning_tokens')::bigint, 0, 0, coalesce((p_usage ->> 'cache_write_tokens')::bigint, 0));
   -- The account's lock first (as capture_hold takes it), so no dispute shrinks the hold between
