@@ -6,7 +6,7 @@
 // asserts exact balances and held amounts, then the ledger's invariants. Funding and Stripe events
 // are set up as the platform would; every attack goes through HTTP with students' tokens.
 import assert from 'node:assert/strict';
-import { ask, balanceIsGrantsLessCharges, student as aiStudent } from '../support/ai.ts';
+import { ask, student as aiStudent } from '../support/ai.ts';
 import {
   api,
   assertLedgerInvariants,
@@ -20,6 +20,7 @@ import {
 import { grantLot } from '../support/lots.ts';
 import { codeOf, dataOf, type Json, spendWith } from '../support/money.ts';
 import { accountOf, person, school } from '../support/orgs.ts';
+import { walletOf } from '../support/orgs.ts';
 import { buy, chargeOf, emulator } from '../support/purchases.ts';
 
 type Res = Awaited<ReturnType<typeof api>>;
@@ -195,5 +196,105 @@ Deno.test('a dispute racing the capture of a hold over a purchase: the capture n
     assert.deepEqual([await own(s.id), d.frozen], [{ balance: '5000', held: '5000' }, '5000']);
   }
   assert.equal(dataOf(await api('/credits/balance', { token: s.token })).available, '0');
+  await assertLedgerInvariants();
+});
+
+Deno.test("a member's holds on a pooled wallet: captures racing releases, the wallet pays exactly what was captured", async () => {
+  const [admin, member] = await Promise.all(['admin', 'member'].map(person));
+  const org = await school(admin, [member], 'pool', '100');
+  const ids = (await Promise.all(Array.from({ length: 10 }, () => hold(member.token, '10')))).map(holdIdOf);
+  assert.deepEqual(await accountOf(org, null), { balance: '100', held: '100' });
+  const answers = await Promise.all(ids.flatMap((id) => [
+    act(member.token, id, 'capture', { amount: '6' }),
+    act(member.token, id, 'capture', { amount: '2.5' }),
+    act(member.token, id, 'release'),
+  ]));
+  let spent = 0;
+  for (const [i, id] of ids.entries()) {
+    const row = await holdRow(id);
+    const mine = answers.slice(3 * i, 3 * i + 3);
+    assert.equal(mine.filter((r) => r.status === 200).length, 1, mine.map((r) => r.text).join(' | '));
+    if (row.status === 'captured') spent += Number(row.captured);
+    else assert.equal(row.status, 'released');
+  }
+  assert.deepEqual(await accountOf(org, null), { balance: String(100 - spent), held: '0' });
+  assert.equal((await walletOf(admin.token, org)).balance, String(100 - spent));
+  await assertLedgerInvariants();
+});
+
+Deno.test("a member's hold on their allowance captured twenty times at once: the allowance pays once", async () => {
+  const [admin, member] = await Promise.all(['admin', 'member'].map(person));
+  const org = await school(admin, [member], 'allowance', '1000');
+  const funded = await api(`/orgs/${org}/allowances`, { token: admin.token, headers: key(), body: { amount: '50' } });
+  assert.equal(funded.status, 201, funded.text);
+  const id = holdIdOf(await hold(member.token, '50'));
+  const answers = await Promise.all(
+    Array.from({ length: 20 }, (_, i) => act(member.token, id, 'capture', i % 2 ? { amount: '50' } : { amount: '20' })),
+  );
+  const row = await holdRow(id);
+  for (const r of answers) {
+    if (r.status === 200) assert.equal(dataOf(r).captured, row.captured, r.text);
+    else assert.deepEqual([r.status, codeOf(r)], [409, 'HOLD_ALREADY_CAPTURED'], r.text);
+  }
+  assert.deepEqual(await capturesOf(id), [row.captured]);
+  assert.deepEqual(await accountOf(org, member.id), { balance: String(50 - Number(row.captured)), held: '0' });
+  assert.deepEqual(await accountOf(org, null), { balance: '950', held: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test('credits for some models under a hold: a capture draws credits for any model, never the restricted ones', async () => {
+  const id = await newUser();
+  const token = await userToken(id);
+  assert.equal((await grantLot(id, '50', 'promo_grant', { applies_to: ['gpt-4o-mini*'] })).status, 201);
+  assert.equal((await grantLot(id, '30', 'promo_grant')).status, 201);
+  // A hold for no model may reserve only what pays for anything.
+  const over = await hold(token, '31');
+  assert.deepEqual([over.status, codeOf(over)], [402, 'INSUFFICIENT_CREDITS'], over.text);
+  const ids = (await Promise.all(Array.from({ length: 3 }, () => hold(token, '10')))).map(holdIdOf);
+  const answers = await Promise.all(
+    ids.flatMap((h) => [act(token, h, 'capture'), act(token, h, 'capture', { amount: '10' })]),
+  );
+  for (const r of answers) assert.equal(r.status, 200, r.text);
+  assert.deepEqual(await own(id), { balance: '50', held: '0' });
+  const lots = await testDb`select trim_scale(l.remaining)::text as remaining, l.applies_to from billing.lots l
+    join billing.accounts a on a.id = l.account_id where a.user_id = ${id} order by l.id`;
+  assert.deepEqual(lots.map((l) => [l.remaining, l.applies_to]), [['50', ['gpt-4o-mini*']], ['0', null]]);
+  await assertLedgerInvariants();
+});
+
+Deno.test('AI calls, holds, captures and usage in parallel over a small balance: the balance is exactly what each took', async () => {
+  const s = await aiStudent('30');
+  const model = 'gpt-4o-mini';
+  const calls = Array.from(
+    { length: 6 },
+    () =>
+      s.openai.chat.completions.create({ model, messages: ask('#standin words=5 delay=30'), max_tokens: 20 }).then(
+        () => 'ok',
+        (e) => String(e.status),
+      ),
+  );
+  const holds = Array.from({ length: 6 }, async () => {
+    const h = await hold(s.token, '4');
+    if (h.status !== 201) return { held: h.status, captured: '0' };
+    const [c] = await Promise.all([
+      act(s.token, dataOf(h).hold_id, 'capture', { amount: '3' }),
+      act(s.token, dataOf(h).hold_id, 'capture', { amount: '3' }),
+    ]);
+    assert.equal(c.status, 200, c.text);
+    return { held: 201, captured: dataOf(c).captured as string };
+  });
+  const usage = Array.from({ length: 6 }, () => spendWith(s.token, crypto.randomUUID(), 2));
+  const [ai, captures, used] = await Promise.all([Promise.all(calls), Promise.all(holds), Promise.all(usage)]);
+  for (const r of ai) assert.ok(r === 'ok' || r === '402', r);
+  for (const r of used) assert.ok(r.status === 201 || r.status === 402, r.text);
+  const capturedTotal = captures.reduce((n, c) => n + Number(c.captured), 0);
+  const usedTotal = 2 * used.filter((r) => r.status === 201).length;
+  const [x] = await testDb`select trim_scale(30 - coalesce(sum(c.charged), 0) - ${
+    capturedTotal + usedTotal
+  }::numeric)::text as expected,
+      (select trim_scale(balance)::text from billing.accounts where user_id = ${s.id}) as balance,
+      (select trim_scale(held)::text from billing.accounts where user_id = ${s.id}) as held
+    from billing.ai_calls c where c.user_id = ${s.id}`;
+  assert.deepEqual([x.balance, x.held], [x.expected, '0'], JSON.stringify({ ai, captures, usedTotal }));
   await assertLedgerInvariants();
 });
