@@ -18,7 +18,7 @@ import {
   userToken,
 } from '../support/helpers.ts';
 import { grantLot } from '../support/lots.ts';
-import { codeOf, dataOf, type Json, spendWith } from '../support/money.ts';
+import { batch, codeOf, dataOf, type Json, outcomesOf, spendWith, usageEvent } from '../support/money.ts';
 import { accountOf, person, school } from '../support/orgs.ts';
 import { walletOf } from '../support/orgs.ts';
 import { buy, chargeOf, emulator } from '../support/purchases.ts';
@@ -296,5 +296,140 @@ Deno.test('AI calls, holds, captures and usage in parallel over a small balance:
       (select trim_scale(held)::text from billing.accounts where user_id = ${s.id}) as held
     from billing.ai_calls c where c.user_id = ${s.id}`;
   assert.deepEqual([x.balance, x.held], [x.expected, '0'], JSON.stringify({ ai, captures, usedTotal }));
+  await assertLedgerInvariants();
+});
+
+Deno.test('a refund shrinks a hold, then captures of 1,500 race one over the hold: 1,500 of the 2,000 left spent once', async () => {
+  const s = await student();
+  const session = (await buy(s.token, 'mini')).session_id;
+  const id = holdIdOf(await hold(s.token, '4500'));
+  await emulator(`/_emulator/charges/${await chargeOf(session)}/refund`, { amount: 300 });
+  assert.deepEqual([await holdRow(id), await own(s.id)], [
+    { status: 'active', amount: '2000', captured: null },
+    { balance: '2000', held: '2000' },
+  ]);
+  const answers = await Promise.all([
+    ...Array.from({ length: 5 }, () => act(s.token, id, 'capture', { amount: '1500' })),
+    act(s.token, id, 'capture', { amount: '2001' }),
+  ]);
+  for (const r of answers.slice(0, 5)) assert.equal(r.status, 200, r.text);
+  // Over the hold: refused, or (once a capture of 1,500 won) answered as the captured hold.
+  assert.ok(
+    ['400 CAPTURE_EXCEEDS_HOLD', '409 HOLD_ALREADY_CAPTURED'].includes(`${answers[5].status} ${codeOf(answers[5])}`),
+    answers[5].text,
+  );
+  assert.deepEqual(await capturesOf(id), ['1500']);
+  assert.deepEqual(await own(s.id), { balance: '500', held: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test('a full refund after most was spent takes the balance below zero: the hold gives way and captures nothing', async () => {
+  const s = await student();
+  const session = (await buy(s.token, 'mini')).session_id;
+  assert.equal((await spendWith(s.token, crypto.randomUUID(), 4000)).status, 201);
+  const id = holdIdOf(await hold(s.token, '1000'));
+  const refund = emulator(`/_emulator/charges/${await chargeOf(session)}/refund`, {});
+  const [c] = await Promise.all([act(s.token, id, 'capture', { amount: '600' }), refund]);
+  const row = await holdRow(id);
+  if (row.status === 'captured') {
+    // Captured first: 600 spent of the 1,000, then the reversal takes 5,000 from 400.
+    assert.equal(c.status, 200, c.text);
+    assert.deepEqual(await own(s.id), { balance: '-4600', held: '0' });
+  } else {
+    assert.equal(row.status, 'released', JSON.stringify(row));
+    assert.deepEqual([c.status, codeOf(c)], [409, 'HOLD_RELEASED'], c.text);
+    assert.deepEqual(await own(s.id), { balance: '-4000', held: '0' });
+  }
+  const again = await hold(s.token, '1');
+  assert.deepEqual([again.status, codeOf(again)], [402, 'INSUFFICIENT_CREDITS'], again.text);
+  await assertLedgerInvariants();
+});
+
+// Found by this attack: remove_member lists the member's active holds before it locks the
+// school's account, then releases each; a capture committed in between makes release_hold raise
+// HOLD_ALREADY_CAPTURED and the whole removal answers 409: the member stays, and can keep spending.
+Deno.test("an admin removes a member while the member captures their holds: the removal succeeds, the school's credits exact", async () => {
+  const [admin, member] = await Promise.all(['admin', 'member'].map(person));
+  const org = await school(admin, [member], 'pool', '100');
+  const ids = (await Promise.all(Array.from({ length: 8 }, () => hold(member.token, '10')))).map(holdIdOf);
+  const [removed, ...caps] = await Promise.all([
+    api(`/orgs/${org}/members/${member.id}`, { method: 'DELETE', token: admin.token }),
+    ...ids.map((id) => act(member.token, id, 'capture', { amount: '6' })),
+  ]);
+  let spent = 0;
+  for (const [i, id] of ids.entries()) {
+    const row = await holdRow(id);
+    if (row.status === 'captured') {
+      assert.equal(caps[i].status, 200, caps[i].text);
+      spent += 6;
+    } else {
+      assert.equal(row.status, 'released', JSON.stringify(row));
+      assert.ok([404, 409].includes(caps[i].status), caps[i].text);
+    }
+  }
+  assert.deepEqual(await accountOf(org, null), { balance: String(100 - spent), held: '0' });
+  await assertLedgerInvariants();
+  assert.equal(removed.status, 200, `the removal answered ${removed.text}`);
+  const [m] = await testDb`select active from billing.org_members where org_id = ${org} and user_id = ${member.id}`;
+  assert.equal(m.active, false, 'the member is removed');
+});
+
+Deno.test('a usage batch racing captures over a small balance: each event and capture paid once, exactly', async () => {
+  const s = await student('30');
+  const ids = (await Promise.all(Array.from({ length: 3 }, () => hold(s.token, '5')))).map(holdIdOf);
+  const events = Array.from({ length: 10 }, () => usageEvent(s.id, crypto.randomUUID(), 2));
+  const [b1, b2, ...caps] = await Promise.all([
+    batch(events),
+    batch(events),
+    ...ids.flatMap((id) => [act(s.token, id, 'capture', { amount: '5' }), act(s.token, id, 'capture')]),
+  ]);
+  for (const c of caps) assert.equal(c.status, 200, c.text);
+  assert.equal(b1.status, 200, b1.text);
+  assert.equal(b2.status, 200, b2.text);
+  const applied = new Set(
+    [...outcomesOf(b1), ...outcomesOf(b2)].flatMap((o, i) =>
+      o.status === 'applied' || o.status === 'duplicate' || o.status === 'replayed' ? [events[i % 10].event_id] : []
+    ),
+  );
+  const [{ n }] =
+    await testDb`select count(*)::int as n from billing.transfers t join billing.accounts a on a.id = t.from_account_id
+    where a.user_id = ${s.id} and t.kind = 'usage'`;
+  // 15 held and captured; the batch could charge 2 at a time from the 15 left: 7 events.
+  assert.equal(n, 7, JSON.stringify(outcomesOf(b1)));
+  assert.ok(applied.size >= 7);
+  assert.deepEqual(await own(s.id), { balance: '1', held: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test('AI calls for a model beside user holds on credits for some models: each paid by its own credits', async () => {
+  const id = await newUser();
+  const token = await userToken(id);
+  assert.equal((await grantLot(id, '50', 'promo_grant', { applies_to: ['gpt-4o-mini*'] })).status, 201);
+  assert.equal((await grantLot(id, '30', 'promo_grant')).status, 201);
+  const openai = (await aiStudent('0')).openai.withOptions({ apiKey: token });
+  const calls = Array.from(
+    { length: 4 },
+    () =>
+      openai.chat.completions.create({
+        model: 'gpt-4o-mini',
+        messages: ask('#standin words=5 delay=20'),
+        max_tokens: 20,
+      })
+        .then(() => 'ok', (e) => String(e.status)),
+  );
+  const holds = Array.from({ length: 3 }, async () => {
+    const h = await hold(token, '10');
+    assert.equal(h.status, 201, h.text);
+    const c = await act(token, dataOf(h).hold_id, 'capture');
+    assert.equal(c.status, 200, c.text);
+  });
+  const [ai] = await Promise.all([Promise.all(calls), Promise.all(holds)]);
+  assert.deepEqual(ai, ['ok', 'ok', 'ok', 'ok']);
+  const [x] =
+    await testDb`select trim_scale(50 - sum(c.charged))::text as mini from billing.ai_calls c where c.user_id = ${id}`;
+  const lots = await testDb`select trim_scale(l.remaining)::text as remaining from billing.lots l
+    join billing.accounts a on a.id = l.account_id where a.user_id = ${id} order by l.id`;
+  assert.deepEqual(lots.map((l) => l.remaining), [x.mini, '0']);
+  assert.deepEqual(await own(id), { balance: x.mini, held: '0' });
   await assertLedgerInvariants();
 });
