@@ -21,7 +21,7 @@ import { grantLot } from '../support/lots.ts';
 import { batch, codeOf, dataOf, type Json, outcomesOf, spendWith, usageEvent } from '../support/money.ts';
 import { accountOf, person, school } from '../support/orgs.ts';
 import { walletOf } from '../support/orgs.ts';
-import { buy, chargeOf, emulator } from '../support/purchases.ts';
+import { buy, chargeOf, emulator, pays } from '../support/purchases.ts';
 
 type Res = Awaited<ReturnType<typeof api>>;
 
@@ -431,5 +431,56 @@ Deno.test('AI calls for a model beside user holds on credits for some models: ea
     join billing.accounts a on a.id = l.account_id where a.user_id = ${id} order by l.id`;
   assert.deepEqual(lots.map((l) => l.remaining), [x.mini, '0']);
   assert.deepEqual(await own(id), { balance: x.mini, held: '0' });
+  await assertLedgerInvariants();
+});
+
+// Found by this attack: balance_of answers as settle_account would leave the account (overdue
+// holds ended first, then due lots expired and live holds given way: the live 60 shrinks to 50),
+// but capture_hold (and charge_hold_at) call expire_due_lots alone: fit_holds still counts the
+// overdue 60, gives the newest (live) hold way whole, and the capture answers 409 HOLD_RELEASED
+// (rolled back: the hold stays active, and every capture of it is refused until a sweep).
+Deno.test('the balance read before any sweep, with an overdue hold and a due lot under a live one, is what a capture then finds', async () => {
+  const id = await newUser();
+  const token = await userToken(id);
+  const due = await grantLot(id, '100', 'promo_grant');
+  assert.equal(due.status, 201, due.text);
+  assert.equal((await grantLot(id, '50', 'promo_grant')).status, 201);
+  const [{ lot }] = await testDb`select min(l.id)::text as lot from billing.lots l
+    join billing.accounts a on a.id = l.account_id where a.user_id = ${id}`;
+  const overdue = holdIdOf(await hold(token, '60', 1));
+  const live = holdIdOf(await hold(token, '60'));
+  await new Promise((r) => setTimeout(r, 1100));
+  await backdateLot(lot);
+  // 50 left; the overdue 60 no longer counts; the live 60 gives way to the 50 left.
+  const b = dataOf(await api('/credits/balance', { token }));
+  assert.deepEqual([b.balance, b.held, b.available], ['50', '50', '0'], JSON.stringify(b));
+  const c = await act(token, live, 'capture');
+  assert.equal(c.status, 200, c.text);
+  assert.deepEqual([dataOf(c).captured, dataOf(c).balance, dataOf(c).available], ['50', '0', '0']);
+  assert.equal((await holdRow(overdue)).status, 'expired');
+  assert.deepEqual(await own(id), { balance: '0', held: '0' });
+  await assertLedgerInvariants();
+});
+
+Deno.test("a dispute of the school's purchase racing a member's capture on the pool: frozen credits never spent", async () => {
+  const [admin, member] = await Promise.all(['admin', 'member'].map(person));
+  const org = await school(admin, [member], 'pool', null);
+  const session = await pays(admin.token, { package_id: 'mini', org_id: org });
+  const id = holdIdOf(await hold(member.token, '3000'));
+  const [c] = await Promise.all([
+    act(member.token, id, 'capture'),
+    emulator(`/_emulator/charges/${await chargeOf(session)}/dispute`, { outcome: 'open' }),
+  ]);
+  const row = await holdRow(id);
+  if (row.status === 'captured') {
+    assert.equal(c.status, 200, c.text);
+    assert.deepEqual(await accountOf(org, null), { balance: '2000', held: '2000' });
+  } else {
+    assert.equal(row.status, 'released', JSON.stringify(row));
+    assert.deepEqual([c.status, codeOf(c)], [409, 'HOLD_RELEASED'], c.text);
+    assert.deepEqual(await accountOf(org, null), { balance: '5000', held: '5000' });
+  }
+  const more = await hold(member.token, '1');
+  assert.deepEqual([more.status, codeOf(more)], [402, 'INSUFFICIENT_CREDITS'], more.text);
   await assertLedgerInvariants();
 });
