@@ -368,7 +368,8 @@ declare
   v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
 begin
   if v_hold.status = 'captured' then
-    perform billing.raise_error('HOLD_ALREADY_CAPTURED', jsonb_build_object('hold_id', p_hold_id, 'captured', v_hold.captured_amount::text));
+    perform billing.raise_error('HOLD_ALREADY_CAPTURED', jsonb_build_object('hold_id', p_hold_id,
+      'captured', trim_scale(v_hold.captured_amount)::text));
   end if;
   if v_hold.status <> 'active' then
     return billing.hold_result_of(v_hold, true); -- released or expired: nothing left to release

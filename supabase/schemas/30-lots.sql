@@ -290,6 +290,11 @@ declare
   v_expired numeric := 0;
 begin
   select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  -- Holds past their TTL end first: only live holds give way to what expires (fit_holds would
+  -- count an overdue one and release a live one in its place).
+  if v_account.held > 0 then
+    perform billing.expire_overdue_holds(p_account_id);
+  end if;
   -- A disputed purchase's lots wait for the dispute: won, they expire; lost, they are reversed.
   for v_lot in
     select l.id, l.remaining, l.category from billing.lots l

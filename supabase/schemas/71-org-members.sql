@@ -154,6 +154,12 @@ begin
   update billing.org_invitations i set status = 'revoked', answered_by = p_user, answered_at = now()
   where i.org_id = p_org and i.status = 'pending'
     and (i.invited_by = p_member or lower(i.email) = (select lower(u.email) from auth.users u where u.id = p_member));
+  -- Their holds end under the school accounts' locks, taken as a capture takes them (the
+  -- account, then the hold): a capture that committed first is not released after it.
+  perform 1 from billing.accounts a
+  where a.id in (select x.account_id from billing.holds x join billing.accounts y on y.id = x.account_id
+                 where y.org_id = p_org and x.member_id = p_member and x.status = 'active' and x.purpose = 'user')
+  order by a.id for update;
   for h in
     select x.id from billing.holds x join billing.accounts a on a.id = x.account_id
     where a.org_id = p_org and x.member_id = p_member and x.status = 'active' and x.purpose = 'user'
