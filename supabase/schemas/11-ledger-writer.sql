@@ -172,7 +172,9 @@ begin
          or v_written.to_account_id <> v_one.to_account_id then
         perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_one.kind));
       end if;
-      update billing.accounts a set held = a.held + v_held.delta where a.id = v_held.account_id and a.code is null;
+      if v_held.account_id is not null then
+        update billing.accounts a set held = a.held + v_held.delta where a.id = v_held.account_id and a.code is null;
+      end if;
       return array[(v_written.id, true, null, null)::billing.posted_transfer];
     end if;
     v_ids := array[v_id];
