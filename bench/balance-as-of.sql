@@ -37,7 +37,7 @@ alter table billing.entries enable trigger user;
 update billing.lots l set granted_at = p.t0 from plan p where l.id = p.lot_id;
 with t as (
   insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, created_at)
-  select 'debit', p.account_id, billing.platform_account_id('usage_revenue'), 1, 'asof-bench:' || :'uid' || ':' || g,
+  select 'usage', p.account_id, billing.platform_account_id('usage_revenue'), 1, 'asof-bench:' || :'uid' || ':' || g,
     p.t0 + make_interval(mins => g)
   from plan p, generate_series(1, :n - 1) g
   returning id, created_at, amount
@@ -49,7 +49,7 @@ with t as (
   returning transfer_id
 )
 insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, created_at)
-select t.id, p.lot_id, 'debit', 1, t.created_at from t, plan p;
+select t.id, p.lot_id, 'usage', 1, t.created_at from t, plan p;
 update billing.lots l set remaining = l.amount - (:n - 1) from plan p where l.id = p.lot_id;
 update billing.accounts a set balance = 10 * :n - (:n - 1), version = :n from plan p where a.id = p.account_id;
 commit;

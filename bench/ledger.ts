@@ -1,10 +1,11 @@
 // Benchmarks of the ledger's hot paths, each against a baseline measured in the same run:
-//   1. SQL debit (debit_credits, idempotent, entries + balance) vs a bare guarded UPDATE, at
-//      1/16/64 clients, spread over 1,000 accounts and on one hot account; bytes per debit.
+//   1. SQL usage charge (billing.charge_usage, as POST /credits/usage's general path: priced from
+//      the rate card, idempotent, entries, balance and lot) vs a bare guarded UPDATE, at 1/16/64
+//      clients, spread over 1,000 accounts and on one hot account; bytes per charge.
 //      Then at 16 clients, 1,000 accounts, against a transfer built to pgledger's design
 //      (pgledger-design.sql). BENCH_LEDGER_SQL_ONLY=1 stops after this section.
 //   2. Batched ingestion over HTTP at batch sizes 1, 100, 1,000 over 10,000 users.
-//   3. HTTP usage debit (reported with the service role key + rate limit + idempotency) at 16 and 64
+//   3. HTTP usage charge (reported with the service role key + rate limit + idempotency) at 16 and 64
 //      connections vs (1).
 //   4. Cold start of the functions gateway to a first 200, and its peak RSS under (3).
 // Every run ends by checking the ledger's invariants; a fast wrong answer fails the run.
@@ -47,14 +48,18 @@ async function timed(clients: number, op: (sql: postgres.Sql, i: number) => Prom
   return done / seconds;
 }
 
-// ---------------------------------------------------------------- 1. SQL debit
+// ---------------------------------------------------------------- 1. SQL usage charge
 
-say('\n### 1. SQL debit vs bare guarded UPDATE (ops/s)\n');
-say('| clients | accounts | baseline | debit_credits | ratio | target |');
+// The real usage charge: 10 input tokens of gpt-4o-mini (0.006 credits), as section 2 and 3's model.
+const charge = (sql: postgres.Sql, user: string, key: string) =>
+  sql`select billing.charge_usage(${user}, 'gpt-4o-mini', 10, 0, ${key})`;
+
+say('\n### 1. SQL usage charge vs bare guarded UPDATE (ops/s)\n');
+say('| clients | accounts | baseline | charge_usage | ratio | target |');
 say('| --- | --- | --- | --- | --- | --- |');
 const [{ before }] =
   await admin`select (pg_total_relation_size('billing.transfers') + pg_total_relation_size('billing.entries'))::bigint as before`;
-let debits = 0;
+let charges = 0;
 const sql1: Record<string, unknown> = {};
 for (const clients of [1, 16, 64]) {
   for (const hot of [false, true]) {
@@ -64,8 +69,8 @@ for (const clients of [1, 16, 64]) {
     });
     const run = crypto.randomUUID().slice(0, 8);
     const ledger = await timed(clients, async (sql, i) => {
-      await sql`select billing.debit_credits(${users[pick(i)]}, 1, ${`bench:${run}:${i}`})`;
-      debits++;
+      await charge(sql, users[pick(i)], `bench:${run}:${i}`);
+      charges++;
     });
     const target = hot ? 0.8 : 0.6;
     const ratio = ledger / baseline;
@@ -79,13 +84,13 @@ for (const clients of [1, 16, 64]) {
 }
 const [{ after }] =
   await admin`select (pg_total_relation_size('billing.transfers') + pg_total_relation_size('billing.entries'))::bigint as after`;
-const bytesPerDebit = (Number(after) - Number(before)) / debits;
+const bytesPerCharge = (Number(after) - Number(before)) / charges;
 say(
-  `\nBytes per debit (transfers + entries, tables and indexes): ${
-    bytesPerDebit.toFixed(0)
-  } B (target ≤ 800 B) over ${debits} debits.`,
+  `\nBytes per charge (transfers + entries, tables and indexes): ${
+    bytesPerCharge.toFixed(0)
+  } B (target ≤ 800 B) over ${charges} charges.`,
 );
-report.sql_debit = { ...sql1, bytesPerDebit };
+report.sql_charge = { ...sql1, bytesPerCharge };
 const perEventSql = (sql1.c16 as { ledger: number }).ledger;
 
 // Against pgledger's transfer (its design, bench/pgledger-design.sql): both tracked sides locked in
@@ -93,23 +98,23 @@ const perEventSql = (sql1.c16 as { ledger: number }).ledger;
 await admin.unsafe(await Deno.readTextFile(new URL('./pgledger-design.sql', import.meta.url)));
 await admin`select pgledger_bench.reset(${accountCount})`;
 const pgledgerRun = crypto.randomUUID().slice(0, 8);
-const cells: Record<string, number[]> = { debit: [], pgledger: [] };
+const cells: Record<string, number[]> = { charge: [], pgledger: [] };
 for (let round = 0; round < 3; round++) { // interleaved: the machine's drift falls on both alike
   cells.pgledger.push(
     await timed(16, async (sql, i) => {
       await sql`select pgledger_bench.transfer(${(i % accountCount) + 1}, ${((i + 500) % accountCount) + 1}, 1)`;
     }),
   );
-  cells.debit.push(
+  cells.charge.push(
     await timed(16, async (sql, i) => {
-      await sql`select billing.debit_credits(${users[i % accountCount]}, 1, ${`bench:${pgledgerRun}:${round}:${i}`})`;
+      await charge(sql, users[i % accountCount], `bench:${pgledgerRun}:${round}:${i}`);
     }),
   );
 }
-const versus = median(cells.debit) / median(cells.pgledger);
+const versus = median(cells.charge) / median(cells.pgledger);
 say(
-  `\nSQL debit against pgledger's transfer (16 clients, 1,000 accounts, medians of 3 interleaved): ` +
-    `${median(cells.debit).toFixed(0)} vs ${median(cells.pgledger).toFixed(0)} ops/s: ${versus.toFixed(2)}× ` +
+  `\nSQL usage charge against pgledger's transfer (16 clients, 1,000 accounts, medians of 3 interleaved): ` +
+    `${median(cells.charge).toFixed(0)} vs ${median(cells.pgledger).toFixed(0)} ops/s: ${versus.toFixed(2)}× ` +
     `(target ≥ 1.5× ${versus >= 1.5 ? 'met' : 'MISSED'}).`,
 );
 report.versus_pgledger = { ...cells, ratio: versus };
@@ -198,7 +203,7 @@ try {
     .map((r) => r.id);
   await admin`select billing.grant_credits(u, 1000000, 'adjustment', 'bench-fund:' || u) from unnest(${batchUsers}::uuid[]) u`;
   const service = env('SUPABASE_SERVICE_ROLE_KEY');
-  say('| batch size | events/s | vs SQL debit per event (16 clients) | target |');
+  say('| batch size | events/s | vs SQL charge per event (16 clients) | target |');
   say('| --- | --- | --- | --- |');
   const batchReport: Record<string, number> = {};
   for (const size of [1, 100, 1000]) {
@@ -234,11 +239,11 @@ try {
   }
   report.batch = batchReport;
 
-  // ---------------------------------------------------------------- 3. HTTP usage debit
+  // ---------------------------------------------------------------- 3. HTTP usage charge
   // Reported by the product's server (the service role key), naming the user: a user token is refused.
-  say('\n### 3. HTTP usage debit (POST /credits/usage: server key + rate limit + idempotency)\n');
+  say('\n### 3. HTTP usage charge (POST /credits/usage: server key + rate limit + idempotency)\n');
   const reportedFor = users.slice(0, 64);
-  say('| connections | req/s | p50 / p95 / p99 (ms) | vs SQL debit (same clients) | target |');
+  say('| connections | req/s | p50 / p95 / p99 (ms) | vs SQL charge (same clients) | target |');
   say('| --- | --- | --- | --- | --- |');
   const httpReport: Record<string, unknown> = {};
   for (const connections of [16, 64]) {

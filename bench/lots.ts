@@ -1,4 +1,5 @@
-// What credit lots (issue #20), and spend caps with alerts (#21), cost a debit: billing.debit_credits
+// What credit lots (issue #20), and spend caps with alerts (#21), cost a debit: a usage charge's
+// road after pricing (billing.post_user_transfer, kind usage, as billing.charge_usage calls it)
 // on accounts with 1, 5 and 50 open lots, and with 1 lot plus a cap, cap alerts and a low-balance
 // alert, against the debit without lots, in the same run, in a private cluster (the
 // baseline leaves its accounts' lots behind their balances, which the shared database must not
@@ -46,8 +47,8 @@ async function opsPerSecond(users: string[], baseline: boolean) {
       const user = users[i % users.length];
       const key = `bench:${crypto.randomUUID()}`;
       if (baseline) {
-        await pool`select bench.post_user_transfer_without_lots(${user}, -1, 'spend', 1, 'debit', 'usage_revenue', ${key})`;
-      } else await pool`select billing.debit_credits(${user}, 1, ${key})`;
+        await pool`select bench.post_user_transfer_without_lots(${user}, -1, 'spend', 1, 'usage', 'usage_revenue', ${key})`;
+      } else await pool`select billing.post_user_transfer(${user}, -1, 'spend', 1, 'usage', 'usage_revenue', ${key})`;
     }
   }));
   await pool.end();

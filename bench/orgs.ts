@@ -1,6 +1,7 @@
 // School wallets (issue #22): what a member's debit costs, and whether pooled spending
 // serialises worse than one hot account, each against a baseline measured in the same run on
-// the local stack's database (billing.debit_credits, 1 credit, an idempotency key per debit):
+// the local stack's database (the real usage charge, billing.charge_usage: 50 input tokens of
+// gpt-4o, 1 credit at the seed's card, an idempotency key per charge):
 //   (a) 1,000 members of one organisation funded by allowances, each debiting their allowance,
 //       vs 1,000 funded plain users, at 1 and 16 clients. Target: the member's debit costs
 //       ≤ 1.2× the plain one (plain debits/s ÷ member debits/s).
@@ -37,7 +38,7 @@ const { newUsers, fundUsers, orgWithMembers } = fixtures(admin, tag);
 
 type Cell = { ops: number; waiting: number };
 
-/** Debits/s of `clients` connections each looping debit_credits over `users`, and the mean number of them waiting on a lock. */
+/** Debits/s of `clients` connections each looping charge_usage over `users`, and the mean number of them waiting on a lock. */
 async function measure(name: string, round: number, clients: number, users: string[]): Promise<Cell> {
   const app = `${tag}:${name}`;
   const pool = postgres(dbUrl, {
@@ -62,7 +63,9 @@ async function measure(name: string, round: number, clients: number, users: stri
   })();
   await Promise.all(Array.from({ length: clients }, async (_, c) => {
     for (let i = c; performance.now() < until; i += clients, done++) {
-      await pool`select billing.debit_credits(${users[i % users.length]}, 1, ${`${tag}:${name}:${round}:${i}`})`;
+      await pool`select billing.charge_usage(${
+        users[i % users.length]
+      }, 'gpt-4o', 50, 0, ${`${tag}:${name}:${round}:${i}`})`;
     }
   }));
   await sampler;
@@ -175,9 +178,10 @@ const [check] = await admin`
   ), lots as (
     select l.account_id, sum(l.remaining) as total from billing.lots l where l.account_id in (select id from mine) group by 1
   ), debits as (
-    select split_part(t.idempotency_key, ':', 3) like 'pool-%' as pooled, t.member_id, a.org_id, a.member_id as allowance_of
+    select split_part(t.idempotency_key, ':', 3) like 'pool-%' as pooled, t.member_id, a.org_id, a.member_id as allowance_of,
+      t.amount
     from billing.transfers t join billing.accounts a on a.id = t.from_account_id
-    where t.idempotency_key like ${`${tag}:%`} and t.kind = 'debit'
+    where t.idempotency_key like ${`${tag}:%`} and t.kind = 'usage'
       and split_part(t.idempotency_key, ':', 3) similar to '(member|pool)-%'
   )
   select
@@ -196,19 +200,20 @@ const [check] = await admin`
     (select count(*) from debits d where not d.pooled)::int as member_debits,
     (select count(*) from debits d where d.pooled)::int as pool_debits,
     (select coalesce(sum(c.spent), 0) from billing.spend_caps c join billing.accounts a on a.id = c.account_id
-      where a.org_id = ${pooled.org}::uuid and c.member_id is not null)::numeric::text as pool_cap_spent`;
+      where a.org_id = ${pooled.org}::uuid and c.member_id is not null)::numeric::text as pool_cap_spent,
+    (select coalesce(sum(d.amount), 0) from debits d where d.pooled)::numeric::text as pool_spent`;
 // A run that crosses midnight UTC starts the day caps again, so their sum counts only today's.
 const sameDay = started.toISOString().slice(0, 10) === new Date().toISOString().slice(0, 10);
-const capsOk = !sameDay || Number(check.pool_cap_spent) === check.pool_debits;
+const capsOk = !sameDay || Number(check.pool_cap_spent) === Number(check.pool_spent);
 const ok = check.ledger_mismatch === 0 && check.negative === 0 && check.lots_mismatch === 0 &&
   check.member_misrouted === 0 && check.pool_misrouted === 0 && check.member_debits > 0 && check.pool_debits > 0 &&
   capsOk;
 say(
   `\nAfter the load, this run's accounts: balances ≠ Σ entries: ${check.ledger_mismatch}, negative: ${check.negative}, lots ≠ balance: ${check.lots_mismatch}; member debits not from their allowance: ${check.member_misrouted} of ${check.member_debits}, pooled debits not from the wallet: ${check.pool_misrouted} of ${check.pool_debits}; day caps counted ${
     Number(check.pool_cap_spent)
-  } of ${check.pool_debits} pooled debits${sameDay ? '' : ' (crossed midnight UTC: not compared)'} → ${
-    ok ? 'OK' : 'BROKEN'
-  }`,
+  } of the ${Number(check.pool_spent)} credits of ${check.pool_debits} pooled debits${
+    sameDay ? '' : ' (crossed midnight UTC: not compared)'
+  } → ${ok ? 'OK' : 'BROKEN'}`,
 );
 report.checks = check;
 await admin.end();

@@ -43,7 +43,7 @@ as $$
     select
       coalesce(sum(t.amount) filter (where t.kind = 'purchase'), 0) as purchased,
       coalesce(sum(t.amount) filter (where t.kind = 'promo_grant'), 0) as bonus,
-      coalesce(sum(t.amount) filter (where t.kind in ('usage', 'debit', 'hold_capture')), 0) as spent,
+      coalesce(sum(t.amount) filter (where t.kind in ('usage', 'hold_capture')), 0) as spent,
       coalesce(sum(t.amount) filter (where t.kind in ('refund_reversal', 'dispute_reversal')), 0) as reversed
     from billing.transfers t where t.created_at >= p_from and t.created_at < p_to
   ),

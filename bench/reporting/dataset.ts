@@ -19,7 +19,7 @@ async function catalog(sql: postgres.Sql) {
 /**
  * Credit transfers g = lo…hi at `at` (an SQL expression of g), each with its two entries, a
  * paid purchase per `purchase` transfer and an abandoned checkout for every second one. Users
- * are skewed (a few heavy, a long tail); kinds: 84% usage over three rate cards, 5% debits, 2%
+ * are skewed (a few heavy, a long tail); kinds: 84% usage over three rate cards, 7%
  * hold captures, 4% purchases, 2% bonus grants, 1% adjustments, 1% refund and 1% dispute
  * reversals. Every grant brings its credit lot and every debit draws from one lot, as the ledger
  * writes them since credit lots (#20), so the lots part of each metric reads as many rows as in
@@ -39,7 +39,7 @@ async function transfersAt(sql: postgres.Sql, lo: number, hi: number, at: string
       cross join lateral (select ${base} + floor(${users} * power((hashint8(g) & 1048575) / 1048576.0, 3))::bigint as account) u
       cross join lateral (select (g % 100)::int as m) m
       cross join lateral (select
-          (case when m.m < 84 then 'usage' when m.m < 89 then 'debit' when m.m < 91 then 'hold_capture'
+          (case when m.m < 84 then 'usage' when m.m < 91 then 'hold_capture'
                 when m.m < 95 then 'purchase' when m.m < 97 then 'promo_grant' when m.m < 98 then 'adjustment'
                 when m.m < 99 then 'refund_reversal' else 'dispute_reversal' end)::billing.transfer_kind as kind,
           m.m between 91 and 97 as inbound,
@@ -105,7 +105,7 @@ async function lotsFor(sql: postgres.Sql, after: string) {
     insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, created_at)
     select t.id, ${first}::bigint + (hashint8(t.id) & 2147483647) % ${n}::bigint, t.kind, t.amount, t.created_at
     from billing.transfers t
-    where t.id > ${after}::bigint and t.kind in ('usage', 'debit', 'hold_capture', 'refund_reversal', 'dispute_reversal')
+    where t.id > ${after}::bigint and t.kind in ('usage', 'hold_capture', 'refund_reversal', 'dispute_reversal')
     order by t.id`;
 }
 

@@ -4,14 +4,16 @@
 // promotional grant with its lot) are written with set-based SQL as the superuser, under the
 // run's own keys; the credit ledger is rolled up as the minute job does (billing.roll_up_ledger,
 // run after run to its horizon), then another minute of transfers is written after the
-// watermark, the live tail a request sums. Baseline: the same request before the hour was
+// watermark, the live tail a request sums, and then a burst of BENCH_REPORTING_BURST (default
+// 100,000) more, not rolled up. The report is also timed after the roll-up's first run from the
+// start of the day (a fresh start). Baseline: the same request before the hour was
 // written. The SQL answer must equal the raw rows (one snapshot), or the run fails.
 // The rows stay in the local database (their users' balances are not kept: reset the stack's
 // database after, ./scripts/dev --help).
 import postgres from 'postgres';
 import { importJWK, SignJWT } from 'jose';
 import { env, fmt, fmtMs, median, timed } from '../lib.ts';
-import { hour, note, say } from './settings.ts';
+import { burst, hour, note, say } from './settings.ts';
 
 const runs = 15;
 const users = 2_000;
@@ -39,7 +41,7 @@ async function held(tx: postgres.TransactionSql) {
 }
 
 /** `n` transfers of the run's users dated evenly over [from, to) (SQL expressions), in one statement per table. */
-async function write(sql: postgres.TransactionSql, tag: string, n: number, from: string, to: string) {
+async function write(sql: postgres.TransactionSql, tag: string, n: number, from: string, to: string, key = tag) {
   await sql.unsafe(`
     with u as (select array_agg(a.id order by a.id) as accounts, array_agg(l.id order by a.id) as lots
                from billing.accounts a join billing.lots l on l.account_id = a.id
@@ -53,7 +55,7 @@ async function write(sql: postgres.TransactionSql, tag: string, n: number, from:
       select case when g.grant_ then 'promo_grant' else 'usage' end::billing.transfer_kind,
         case when g.grant_ then billing.platform_account_id('promotions') else u.accounts[g.k] end,
         case when g.grant_ then u.accounts[g.k] else billing.platform_account_id('usage_revenue') end,
-        ((hashint8(g.g + 7) & 65535) + 1) / 1000.0, '${tag}:' || ${from}::text || ':' || g.g,
+        ((hashint8(g.g + 7) & 65535) + 1) / 1000.0, '${key}:' || ${from}::text || ':' || g.g,
         case when not g.grant_ then c.cards[1 + g.g % 3] end, g.at
       from g, u, c order by g.g
       returning id, kind, from_account_id, to_account_id, amount, created_at),
@@ -67,7 +69,7 @@ async function write(sql: postgres.TransactionSql, tag: string, n: number, from:
   await sql.unsafe(`
     insert into billing.lots (account_id, grant_transfer_id, category, priority, amount, remaining, granted_at)
     select t.to_account_id, t.id, 'promotional', 0, t.amount, t.amount, t.created_at from billing.transfers t
-    where t.kind = 'promo_grant' and t.idempotency_key like '${tag}:' || ${from}::text || ':%'`);
+    where t.kind = 'promo_grant' and t.idempotency_key like '${key}:' || ${from}::text || ':%'`);
 }
 
 /** Medians of `runs` GET /admin/metrics (30 days to tomorrow, by day) over HTTP, after one warm-up. */
@@ -113,14 +115,20 @@ export async function busyHour() {
         await write(tx, tag, hour, `(now() - interval '61 minutes')`, `(now() - interval '1 minute')`);
       })
     );
-    // The minute job's roll-up, run after run until it reaches the horizon (a backlog of an hour).
+    // The minute job's roll-up (bounded by rows), run after run until it reaches the horizon;
+    // after its first run, as within a minute of a fresh start, the report is timed.
     const rollMs: number[] = [];
+    let fresh: number[] = [];
     for (;;) {
       const [ms, [{ w, h }]] = await timed(() =>
-        sql`select billing.roll_up_ledger('10 minutes') as w, billing.ledger_horizon() - interval '5 seconds' as h`
+        sql`select billing.roll_up_ledger() as w, billing.ledger_horizon() - interval '5 seconds' as h`
       );
       if (w === null) continue; // the cron job's run holds the roll-up: try again
       rollMs.push(ms);
+      if (rollMs.length === 1) {
+        await sql`select billing.refresh_revenue_rollup((now() at time zone 'UTC')::date)`;
+        fresh = await timeGets(base, token, today);
+      }
       if (w >= h) break;
     }
     await sql`select billing.refresh_revenue_rollup((now() at time zone 'UTC')::date)`;
@@ -131,6 +139,14 @@ export async function busyHour() {
       await write(tx, tag, tail, `(select max(ledger_until) from billing.revenue_rollup)`, `now()`);
     });
     const after = await timeGets(base, token, today);
+    // A burst: BENCH_REPORTING_BURST more transfers after the watermark, not rolled up yet.
+    if (burst > 0) {
+      await sql.begin(async (tx) => {
+        await held(tx);
+        await write(tx, tag, burst, `(select max(ledger_until) from billing.revenue_rollup)`, `now()`, `${tag}-burst`);
+      });
+    }
+    const burstMs = burst > 0 ? await timeGets(base, token, today) : [];
     const [{ equal }] = await sql.begin(
       'isolation level repeatable read',
       (tx) =>
@@ -155,16 +171,34 @@ export async function busyHour() {
       }× |`,
     );
     say(
+      `| within a minute of a fresh start: today's roll-up dropped, one roll-up run (median of ${runs}) | ${
+        fmtMs(median(fresh))
+      } | ${(median(fresh) / median(before)).toFixed(2)}× |`,
+    );
+    if (burst > 0) {
+      say(
+        `| **right after a burst**: + ${
+          fmt(burst)
+        } transfers after the watermark, not rolled up (median of ${runs}) | **${fmtMs(median(burstMs))}** | ${
+          (median(burstMs) / median(before)).toFixed(2)
+        }× |`,
+      );
+    }
+    say(
       `| today from the raw rows alone (revenue_metrics_live, 1 run) | ${fmtMs(liveMs)} | ${
         (liveMs / median(before)).toFixed(0)
       }× |`,
     );
     say('');
     say(
-      `Written in ${fmtMs(loadMs)}; rolled up in ${rollMs.length} runs of at most 10 minutes' writes (max ${
+      `Written in ${
+        fmtMs(loadMs)
+      }; rolled up in ${rollMs.length} run(s) of the minute job (at most 1,000,000 transfers each; max ${
         fmtMs(Math.max(...rollMs))
       }, total ${fmtMs(rollMs.reduce((a, b) => a + b, 0))}). Same answer as the raw rows: ${equal ? 'yes' : 'NO'}. ` +
-        `Target ≤ 100 ms: ${median(after) <= 100 ? 'met' : 'MISSED'}.`,
+        `Target ≤ 100 ms: after the hour ${median(after) <= 100 ? 'met' : 'MISSED'}, after a fresh start ${
+          median(fresh) <= 100 ? 'met' : 'MISSED'
+        }${burst > 0 ? `, after the burst ${median(burstMs) <= 100 ? 'met' : 'MISSED'}` : ''}.`,
     );
     if (!equal) throw new Error('the report differs from the raw rows');
   } finally {

@@ -9,6 +9,8 @@ export const keep = Deno.env.get('BENCH_REPORTING_KEEP') === '1';
 export const quick = Deno.env.get('BENCH_REPORTING_QUICK') === '1';
 // The busy-hour cell on the local stack (bench/reporting/hour.ts): transfers in the last hour; 0 skips it.
 export const hour = Number(Deno.env.get('BENCH_REPORTING_HOUR') ?? 1_000_000);
+// Transfers written after the watermark, not rolled up, before the last timing of that cell; 0 skips it.
+export const burst = Number(Deno.env.get('BENCH_REPORTING_BURST') ?? 100_000);
 export const hourOnly = Deno.env.get('BENCH_REPORTING_HOUR_ONLY') === '1';
 export const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 export const closedDays = 180;

@@ -1,5 +1,5 @@
 // Step 3: what the indexes the reads need cost the write path on the 10M-row tables: WAL per
-// debit and per paid purchase, debits/s, with and without them, and against a B-tree on created_at.
+// usage charge (billing.charge_usage, 50 input tokens of gpt-4o: 1 credit) and per paid purchase, charges/s, with and without them, and against a B-tree on created_at.
 import type postgres from 'postgres';
 import { median } from '../lib.ts';
 import { note, seconds } from './settings.ts';
@@ -30,7 +30,7 @@ export async function writePath(sql: postgres.Sql, admin: postgres.Sql, newIndex
   const walPerDebit = () =>
     walOf((n) => {
       const tag = `wal:${++round}:${Date.now()}`;
-      return `select billing.debit_credits(md5('bench-user-' || (1 + n % 100))::uuid, 1, '${tag}:' || n)
+      return `select billing.charge_usage(md5('bench-user-' || (1 + n % 100))::uuid, 'gpt-4o', 50, 0, '${tag}:' || n)
               from generate_series(1, ${n}) n`;
     }, 200);
   const debitsPerSecond = async () => {
@@ -39,7 +39,7 @@ export async function writePath(sql: postgres.Sql, admin: postgres.Sql, newIndex
     const until = performance.now() + seconds * 1000;
     while (performance.now() < until) {
       await sql.unsafe(
-        `select billing.debit_credits(md5('bench-user-' || ${1 + done % 100})::uuid, 1, '${tag}:${done}')`,
+        `select billing.charge_usage(md5('bench-user-' || ${1 + done % 100})::uuid, 'gpt-4o', 50, 0, '${tag}:${done}')`,
       );
       done++;
     }

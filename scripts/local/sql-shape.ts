@@ -8,8 +8,9 @@
 //      `upwardCallsKnown` below, each to be moved down: the check fails on any other, and on a
 //      listed one that is gone (so the list only shrinks).
 //   2. One writer. Only billing.post_transfers inserts into (or updates, or deletes from) the
-//      ledger's tables (transfers, entries, lots, lot_allocations), sets an account's balance,
-//      held amount or version, or sets what is left of a lot: the SET clause is parsed, so
+//      ledger's tables (transfers, entries, lots, lot_allocations), places a hold (a pending
+//      transfer) or sets its amount or state, sets an account's balance, held amount or
+//      version, or sets what is left of a lot: the SET clause is parsed, so
 //      `update billing.accounts a set balance = …` counts as `…, version = …` does.
 //   deno run --allow-read scripts/local/sql-shape.ts [schemas dir]   (default supabase/schemas)
 
@@ -73,11 +74,12 @@ export interface Write {
   line: number;
 }
 
-const ledgerTables = new Set(['transfers', 'entries', 'lots', 'lot_allocations']);
+const ledgerTables = new Set(['transfers', 'entries', 'lots', 'lot_allocations', 'holds']);
 /** Columns only the writer sets, per table (any column of the append-only ledger tables). */
 const writerColumns: Record<string, Set<string> | 'any'> = {
   accounts: new Set(['balance', 'held', 'version']),
   lots: new Set(['remaining', 'debt_settled']),
+  holds: new Set(['amount', 'status', 'captured_amount', 'capture_transfer_id', 'finished_at']),
   transfers: 'any',
   entries: 'any',
   lot_allocations: 'any',
@@ -167,11 +169,11 @@ const layerOf = (file: string) => Number(/^(\d+)-/.exec(file)![1]);
 export const upwardCallsKnown: string[] = [
   'billing.begin_checkout -> billing.require_org_role',
   'billing.capture_hold -> billing.expire_due_lots',
-  'billing.capture_hold -> billing.return_hold_cap_room',
   'billing.charge_hold_at -> billing.cap_room',
   'billing.charge_hold_at -> billing.charge_caps',
   'billing.charge_hold_at -> billing.expire_due_lots',
   'billing.charge_hold_at -> billing.plan_lot_draw',
+  'billing.post_capture -> billing.return_hold_cap_room',
   'billing.charge_usage_batch -> billing.take_cap_room',
   'billing.enqueue_job -> billing.model_allowed',
   'billing.enqueue_job -> billing.pay_ai_owed',

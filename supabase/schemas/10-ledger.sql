@@ -32,7 +32,6 @@ create type billing.transfer_kind as enum (
   'promo_grant',       -- bonus or promotional credits
   'adjustment',        -- a support correction by an admin
   'usage',             -- metered usage, priced from a rate card
-  'debit',             -- a generic debit of a given amount
   'hold_capture',      -- the captured part of a hold
   'refund_reversal',   -- credits taken back after a Stripe refund
   'dispute_reversal',  -- credits taken back after a lost dispute
@@ -396,7 +395,7 @@ as $$
     from billing.transfers t
     join billing.entries e on e.transfer_id = t.id and e.amount < 0
     join billing.accounts a on a.id = e.account_id and a.org_id is not null
-    where t.member_id = p_user and t.kind in ('usage', 'debit', 'hold_capture')
+    where t.member_id = p_user and t.kind in ('usage', 'hold_capture')
       and (p_before_id is null or e.id < p_before_id)
       and (p_from is null or e.created_at >= p_from)
       and (p_to is null or e.created_at < p_to)

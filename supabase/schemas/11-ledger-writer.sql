@@ -2,8 +2,8 @@
 -- allocations and changes balances, held amounts and versions
 -- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Every feature
 -- decides what moves and calls it; the functions here are the common road to it: one user's
--- movement against a platform account (post_user_transfer, and its faces debit_credits,
--- grant_credits, reverse_credits), a move between two tracked accounts (move_credits), and the
+-- movement against a platform account (post_user_transfer, and its faces grant_credits and
+-- reverse_credits), a move between two tracked accounts (move_credits), and the
 -- account that pays a member's charge (lock_spending_source).
 --
 -- Concurrency: a user account row is locked (FOR UPDATE) before its balance is read, so
@@ -24,6 +24,9 @@
 --   first       lot ids drawn before the spending order (a reversal takes its purchase's lots first)
 --   take        [{lot_id, amount}]: the debit draws exactly these, of exactly the amount (an account
 --               with restricted lots, billing.plan_lot_draw)
+--   for         a model: the debit (a movement alone) draws in spending order only from lots that
+--               may pay for it (an account with restricted lots and no live hold to keep payable);
+--               they must cover it
 --   return_to   [{lot_id, amount}]: the credit goes back into these lots (a void, a rollover's
 --               credits brought back from breakage): negative allocations, no new lot; what of
 --               it pays a debt is the allocation's debt_settled, not the lot's
@@ -47,11 +50,33 @@ create type billing.transfer_spec as (
 );
 comment on type billing.transfer_spec is 'A movement billing.post_transfers is asked to make (see the comment above it for lots).';
 
-create type billing.held_change as (
+-- A pending transfer's step for billing.post_transfers (TigerBeetle's pending, post and void). A
+-- hold is a pending transfer: it reserves credits of an account (the account's `held`) and moves
+-- nothing until it is posted. Whatever ends a hold, its whole amount stops counting.
+--   place   a new hold: hold_id (the caller's choice, so it knows the row), account_id, amount and
+--           the hold's fields; held grows by the amount
+--   resize  an active hold grows (amount > 0) or gives way (amount < 0, `note` joining its
+--           metadata); given way whole, it ends released, its amount kept as the record of it
+--   post    an active hold is captured for `amount` by the batch's one movement naming it
+--           (its hold_id), in that movement's own account write; or, `transfer_id` given, by a
+--           movement written before (a replay that finds the capture written)
+--   void    an active hold ends unspent: `status` released or expired
+create type billing.hold_step as (
+  op text,
+  hold_id uuid,
+  amount numeric,
+  status text,
+  transfer_id bigint,
+  note jsonb,
   account_id bigint,
-  delta numeric                                   -- + a hold placed or grown, − one captured, released, expired or shrunk
+  idempotency_key text,
+  correlation_id text,
+  metadata jsonb,
+  expires_at timestamptz,
+  purpose text,
+  member_id uuid
 );
-comment on type billing.held_change is 'A change of what an account''s holds reserve, made by billing.post_transfers.';
+comment on type billing.hold_step is 'A pending transfer (hold) placed, resized, posted or voided by billing.post_transfers (see the comment above it).';
 
 create type billing.posted_transfer as (
   transfer_id bigint,
@@ -63,26 +88,18 @@ comment on type billing.posted_transfer is 'What billing.post_transfers answers 
 
 -- ============================================================ functions
 
-create or replace function billing.debit_credits(
-  p_user uuid,
-  p_amount numeric,
-  p_idempotency_key text,
-  p_correlation_id text default null,
-  p_reference text default null,
-  p_metadata jsonb default null
-) returns billing.transfer_result
-language plpgsql
-security definer
+-- Credits for some models (31-lot-applicability.sql): whether a lot may pay for a model, here
+-- because the writer draws by it.
+create or replace function billing.lot_pays_for(p_applies_to text[], p_model text) returns boolean
+language sql immutable
 set search_path = ''
 as $$
-begin
-  return billing.post_user_transfer(p_user, -1, 'spend', p_amount, 'debit', 'usage_revenue',
-    p_idempotency_key, p_correlation_id, p_reference, p_metadata);
-end
+  select p_applies_to is null or (p_model is not null and exists (
+    select 1 from unnest(p_applies_to) p
+    where p = p_model or (right(p, 1) = '*' and starts_with(p_model, left(p, -1)))))
 $$;
-comment on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) is 'Spends a given amount. Refused with INSUFFICIENT_CREDITS when available < amount (including while in debt).';
-revoke execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) from public;
-grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb) to service_role;
+comment on function billing.lot_pays_for(p_applies_to text[], p_model text) is 'Whether a lot with this applies_to may pay for a charge of this model (null model: only a lot for anything).';
+revoke execute on function billing.lot_pays_for(p_applies_to text[], p_model text) from public;
 
 -- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
 -- per movement out, in order, and the changes of what holds reserve. Only this function inserts
@@ -104,7 +121,7 @@ grant execute on function billing.debit_credits(p_user uuid, p_amount numeric, p
 -- A movement whose (idempotency_key, kind) is already written is a replay: nothing is written
 -- for it; another movement under the same key and kind is refused (IDEMPOTENCY_KEY_REUSED).
 create or replace function billing.post_transfers(p_transfers billing.transfer_spec[],
-  p_held billing.held_change[] default '{}'::billing.held_change[])
+  p_holds billing.hold_step[] default '{}'::billing.hold_step[])
 returns billing.posted_transfer[]
 language plpgsql
 set search_path = ''
@@ -134,19 +151,55 @@ declare
   v_category text;
   v_policy billing.credit_expiry_policy;
   v_list text[];                                  -- a credit's list of models, when its lot options give one
-  v_held billing.held_change;                     -- a movement's own change of held, written with its balance
+  v_post billing.hold_step;                       -- a hold the one movement posts: its held change goes with its balance
+  v_held_account bigint;
+  v_held_delta numeric;
+  v_hold_accounts bigint[];
+  v_hold_deltas numeric[];
+  v_for text;                                     -- the model a movement alone draws for (lots 'for')
 begin
-  -- What holds reserve (a hold is no transfer: it moves nothing until captured). A capture's
-  -- release (one change, on a side of the one movement) goes into that side's balance update
-  -- below: one account write, not two.
-  if cardinality(p_held) = 1 and cardinality(p_transfers) = 1
-     and (p_held[1]).account_id in ((p_transfers[1]).from_account_id, (p_transfers[1]).to_account_id) then
-    v_held := p_held[1];
-  elsif cardinality(p_held) = 1 then                -- a hold placed or ended: one row, no grouping
-    update billing.accounts a set held = a.held + (p_held[1]).delta where a.id = (p_held[1]).account_id and a.code is null;
-  elsif cardinality(p_held) > 0 then
+  -- Pending transfers (holds). A hold posted by the batch's one movement is ended with it below,
+  -- its release in that movement's account write: one account write, not two. Every other step
+  -- here: the hold rows, then each account's held, one row written for one step.
+  if cardinality(p_holds) = 1 and (p_holds[1]).op = 'post' and (p_holds[1]).transfer_id is null then
+    v_post := p_holds[1];
+    if cardinality(p_transfers) <> 1 or (p_transfers[1]).hold_id is distinct from v_post.hold_id
+       or (p_transfers[1]).amount is distinct from v_post.amount then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted by the one movement naming it, for its amount"}');
+    end if;
+  elsif cardinality(p_holds) = 1 and (p_holds[1]).op = 'place' then
+    insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
+    select s.hold_id, s.account_id, s.amount, s.idempotency_key, s.correlation_id, s.metadata, s.expires_at, s.purpose, s.member_id
+    from unnest(p_holds) s;
+    update billing.accounts a set held = a.held + (p_holds[1]).amount where a.id = (p_holds[1]).account_id and a.code is null;
+  elsif cardinality(p_holds) > 0 then
+    insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
+    select s.hold_id, s.account_id, s.amount, s.idempotency_key, s.correlation_id, s.metadata, s.expires_at, s.purpose, s.member_id
+    from unnest(p_holds) s where s.op = 'place';
+    -- What ends a hold keeps its amount (the record of what it held); a resize changes it.
+    with stepped as (
+      update billing.holds h
+      set amount = case when s.op = 'resize' and h.amount + s.amount > 0 then h.amount + s.amount else h.amount end,
+          status = case when s.op = 'post' then 'captured' when s.op = 'void' then s.status
+                        when h.amount + s.amount > 0 then 'active' else 'released' end,
+          captured_amount = case when s.op = 'post' then s.amount end,
+          capture_transfer_id = case when s.op = 'post' then s.transfer_id end,
+          finished_at = case when s.op = 'resize' and h.amount + s.amount > 0 then null else now() end,
+          metadata = case when s.note is null then h.metadata else coalesce(h.metadata, '{}'::jsonb) || s.note end
+      from unnest(p_holds) s
+      where h.id = s.hold_id and h.status = 'active' and s.op <> 'place'
+        and (s.op <> 'post' or s.transfer_id is not null) and (s.op <> 'void' or s.status in ('released', 'expired'))
+      returning h.account_id, case when h.status = 'active' then s.amount else -h.amount end as delta
+    )
+    select array_agg(x.account_id), array_agg(x.delta) into v_hold_accounts, v_hold_deltas from stepped x;
+    if coalesce(cardinality(v_hold_accounts), 0) <> (select count(*) from unnest(p_holds) s where s.op <> 'place') then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is resized, posted or voided only while active"}');
+    end if;
     update billing.accounts a set held = a.held + d.delta
-    from (select h.account_id, sum(h.delta) as delta from unnest(p_held) h group by h.account_id) d
+    from (select x.account_id, sum(x.delta) as delta
+          from (select * from unnest(v_hold_accounts, v_hold_deltas)
+                union all select s.account_id, s.amount from unnest(p_holds) s where s.op = 'place') x(account_id, delta)
+          group by x.account_id) d
     where a.id = d.account_id and a.code is null;
   end if;
   if cardinality(p_transfers) = 0 then
@@ -172,16 +225,26 @@ begin
          or v_written.to_account_id <> v_one.to_account_id then
         perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_one.kind));
       end if;
-      if v_held.account_id is not null then
-        update billing.accounts a set held = a.held + v_held.delta where a.id = v_held.account_id and a.code is null;
+      if v_post.hold_id is not null then            -- the capture was written: its hold ends now
+        v_post.transfer_id := v_written.id;
+        perform billing.post_transfers('{}', array[v_post]);
       end if;
       return array[(v_written.id, true, null, null)::billing.posted_transfer];
     end if;
     v_ids := array[v_id];
     v_new := v_ids;
+    if v_post.hold_id is not null then
+      update billing.holds h set status = 'captured', captured_amount = v_one.amount, capture_transfer_id = v_id,
+        finished_at = now()
+      where h.id = v_post.hold_id and h.status = 'active'
+      returning h.account_id, -h.amount into v_held_account, v_held_delta;
+      if not found then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is resized, posted or voided only while active"}');
+      end if;
+    end if;
     -- Each tracked side (a platform account is never updated: the filter finds no row).
     update billing.accounts a set balance = a.balance - v_one.amount, version = a.version + 1,
-      held = a.held + case when a.id = v_held.account_id then v_held.delta else 0 end
+      held = a.held + case when a.id = v_held_account then v_held_delta else 0 end
     where a.id = v_one.from_account_id and a.code is null
     returning a.balance, a.version into v_balance, v_version;
     if found then
@@ -192,7 +255,7 @@ begin
       v_versions := '{}'::bigint[];
     end if;
     update billing.accounts a set balance = a.balance + v_one.amount, version = a.version + 1,
-      held = a.held + case when a.id = v_held.account_id then v_held.delta else 0 end
+      held = a.held + case when a.id = v_held_account then v_held_delta else 0 end
     where a.id = v_one.to_account_id and a.code is null
     returning a.balance, a.version into v_balance, v_version;
     if found then
@@ -280,10 +343,18 @@ begin
 
     -- Debits draw from lots. The common one, alone and with nothing to draw first, in one
     -- statement: the first lot in spending order covers it.
-    if cardinality(v_ord) = 1 and v_delta[1] < 0 and (p_transfers[v_ord[1]]).lots is null then
+    v_for := case when cardinality(p_transfers) = 1 then (p_transfers[1]).lots ->> 'for' end;
+    -- A movement alone is read directly; only a batch is scanned (no query on the hot path).
+    if v_for is null and (case when cardinality(p_transfers) = 1 then coalesce((p_transfers[1]).lots ? 'for', false)
+                               else exists (select 1 from unnest(p_transfers) t where t.lots ? 'for') end) then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is a movement alone"}');
+    end if;
+    if cardinality(v_ord) = 1 and v_delta[1] < 0
+       and ((p_transfers[v_ord[1]]).lots is null or (p_transfers[v_ord[1]]).lots - 'for' = '{}'::jsonb) then
       with drawn as (
         update billing.lots l set remaining = l.remaining + v_delta[1]
         where l.id = (select x.id from billing.lots x where x.account_id = v_account[1] and x.open
+                        and (v_for is null or billing.lot_pays_for(x.applies_to, v_for))
                       order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
                       limit 1)
           and l.remaining >= -v_delta[1]
@@ -342,6 +413,7 @@ begin
         from billing.lots l
         where l.account_id in (select d.account_id from d) and l.open
           and (not v_reversal or l.applies_to is null or l.id = any(v_first))
+          and (v_for is null or billing.lot_pays_for(l.applies_to, v_for))
       ), a as (
         select d.ord, l.id as lot_id, least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
         from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
@@ -353,6 +425,11 @@ begin
       update billing.lots x set remaining = x.remaining - s.total
       from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
       where x.id = s.lot_id;
+      -- Lots that may pay for the model must cover it whole (the caller summed them).
+      if v_for is not null and (select coalesce(sum(a.amount), 0) from billing.lot_allocations a
+                                where a.transfer_id = v_ids[1]) <> -v_delta[1] then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is covered by lots that may pay for it"}');
+      end if;
     end if;
 
     -- Credits: into lots.
@@ -500,8 +577,8 @@ begin
     order by o.n);
 end;
 $$;
-comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_held billing.held_change[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and changes of held amounts under the caller''s account locks; one result per movement, replays answered.';
-revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[], p_held billing.held_change[]) from public;
+comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and pending transfers (holds placed, resized, posted, voided, and the held amounts) under the caller''s account locks; one result per movement, replays answered.';
+revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) from public;
 
 -- Whether an account is in debt, the rule every refusal's `debt` states: its balance is below
 -- what its open lots hold (debt = Σ remaining − balance, billing.post_transfers). Credits for some
@@ -664,6 +741,7 @@ declare
   v_bal billing.balance;
   v_posted billing.posted_transfer;
   v_member uuid;
+  v_model text;
 begin
   perform billing.check_amount(p_amount);
   if p_idempotency_key is null or length(p_idempotency_key) not between 1 and 300 then
@@ -703,7 +781,8 @@ begin
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
     end if;
     if p_release is not null then
-      perform billing.post_transfers('{}', array[(v_account_id, -p_release)::billing.held_change]);
+      perform billing.post_transfers('{}', array[('post', p_hold_id, p_amount, null, v_existing.id, null, null, null, null,
+        null, null, null, null)::billing.hold_step]);
     end if;
     v_bal := billing.balance_of(v_account_id);
     return (v_existing.id, v_existing.amount, v_bal.balance, v_bal.held, v_bal.available, true)::billing.transfer_result;
@@ -728,9 +807,18 @@ begin
   -- Credits for some models only: the charge draws what may pay for its model (the rate card's,
   -- or the gateway's facts on a capture), leaving every other live hold payable.
   if v_account.restricted_lots and p_mode in ('spend', 'capture') then
-    p_lot := billing.restricted_draw(v_account,
-      coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), p_metadata ->> 'model'),
-      p_amount, false, p_hold_id, p_mode = 'capture');
+    v_model := coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), p_metadata ->> 'model');
+    -- No live hold to keep payable (settled above), and lots that may pay for the model cover
+    -- it: the writer draws them in spending order. Otherwise the plan, or the refusal that says why.
+    -- (Past 10 lists the plan refuses what it cannot protect: that answer stays the plan's.)
+    if p_mode = 'spend' and v_account.held = 0 and v_model is not null
+       and (select coalesce(sum(l.remaining) filter (where billing.lot_pays_for(l.applies_to, v_model)), 0) >= p_amount
+                   and count(distinct coalesce(array_to_string(l.applies_to, ','), '')) <= 10
+            from billing.lots l where l.account_id = v_account_id and l.open) then
+      p_lot := jsonb_build_object('for', v_model);
+    else
+      p_lot := billing.restricted_draw(v_account, v_model, p_amount, false, p_hold_id, p_mode = 'capture');
+    end if;
   end if;
 
   v_posted := (billing.post_transfers(array[(p_kind,
@@ -738,8 +826,8 @@ begin
     case when p_direction > 0 then v_account_id else v_platform_id end,
     p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, p_hold_id, v_member,
     p_lot)::billing.transfer_spec],
-    case when p_release is not null then array[(v_account_id, -p_release)::billing.held_change]
-         else '{}'::billing.held_change[] end))[1];
+    case when p_release is not null then array[('post', p_hold_id, p_amount, null, null, null, null, null, null, null, null,
+      null, null)::billing.hold_step] else '{}'::billing.hold_step[] end))[1];
   v_account.balance := coalesce(v_posted.from_balance, v_posted.to_balance);
   v_account.version := v_account.version + 1;
   v_transfer_id := v_posted.transfer_id;
@@ -762,7 +850,7 @@ begin
   return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
 end;
 $$;
-comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint, p_release numeric) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock; p_release: what a capture''s hold stops holding, in the same account write.';
+comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint, p_release numeric) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock; p_release: what the hold p_hold_id holds, posted by this movement (a capture), its release in the same account write.';
 revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint, p_release numeric) from public;
 
 create or replace function billing.grant_credits(

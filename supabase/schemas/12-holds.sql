@@ -1,8 +1,10 @@
 -- Holds: two-phase spending. A hold reserves part of an account's balance (reserve → capture all
 -- or part, or release; past its TTL it expires), so available = balance − active holds. Purposes:
--- a user's own hold, a job's estimate, an AI call's worst case, a dispute's freeze. Every change
--- of what holds reserve is made by billing.post_transfers (held_change), under the account lock,
--- account first, then the hold.
+-- a user's own hold, a job's estimate, an AI call's worst case, a dispute's freeze. A hold is a
+-- pending transfer: billing.post_transfers alone places, resizes, posts (a capture, with its
+-- movement) and voids (released, expired) one, and keeps the account's held with it (hold_step);
+-- the functions here decide what may be held and when, under the account lock, account first,
+-- then the hold.
 
 -- ============================================================ types
 
@@ -68,22 +70,19 @@ set search_path = ''
 as $$
 declare
   v_count integer;
-  v_total numeric(38, 18);
+  v_steps billing.hold_step[];
   v_caps integer;
   v_expired jsonb;
 begin
-  -- The account is locked first, as everywhere else, then its holds.
+  -- The account is locked first, as everywhere else; the writer voids its overdue holds.
   select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
-  with expired as (
-    update billing.holds h set status = 'expired', finished_at = now()
-    where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now()
-    returning h.amount, h.purpose, h.metadata ->> 'model' as model, h.created_at
-  )
-  select count(*), coalesce(sum(e.amount), 0),
-         jsonb_agg(jsonb_build_object('amount', e.amount, 'model', e.model, 'at', e.created_at)) filter (where e.purpose <> 'dispute')
-    into v_count, v_total, v_expired from expired e;
+  select count(*), array_agg(('void', h.id, null, 'expired', null, null, null, null, null, null, null, null, null)::billing.hold_step),
+         jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at))
+           filter (where h.purpose <> 'dispute')
+    into v_count, v_steps, v_expired
+  from billing.holds h where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now();
   if v_count > 0 then
-    perform billing.post_transfers('{}', array[(p_account_id, -v_total)::billing.held_change]);
+    perform billing.post_transfers('{}', v_steps);
     perform billing.on_available_change(a) from billing.accounts a
     where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
     if v_caps > 0 then
@@ -217,6 +216,29 @@ $$;
 comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to); HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s, AI call''s or dispute''s hold.';
 revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
 
+-- A capture as the writer makes it: the hold posted by its transfer, the hold's release in the
+-- capture's own account write (p_release), the cap room the rest held given back. The caller
+-- holds the account lock and has checked the capture (an active hold, 0 < amount <= held).
+create or replace function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text,
+  p_metadata jsonb) returns billing.hold_result
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds;
+begin
+  perform billing.post_user_transfer(coalesce((select a.user_id from billing.accounts a where a.id = p_hold.account_id),
+      p_hold.member_id), -1, 'capture', p_capture, 'hold_capture', 'usage_revenue', 'hold:' || p_hold.id::text,
+    coalesce(p_correlation_id, p_hold.correlation_id), null, p_metadata, null, p_hold.id,
+    p_account_id => p_hold.account_id, p_release => p_hold.amount);
+  select * into v_hold from billing.holds h where h.id = p_hold.id;
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount - p_capture);
+  return billing.hold_result_of(v_hold, false);
+end;
+$$;
+comment on function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text, p_metadata jsonb) is 'Internal: posts an active hold for a checked amount under the caller''s account lock (the rest returned, its cap room given back).';
+revoke execute on function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text, p_metadata jsonb) from public;
+
 create or replace function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric default null, p_correlation_id text default null,
   p_metadata jsonb default null) returns billing.hold_result
 language plpgsql
@@ -226,8 +248,6 @@ as $$
 declare
   v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
   v_capture numeric(38, 18);
-  v_transfer billing.transfer_result;
-  v_user uuid;
   v_unfrozen numeric(38, 18);
   v_pool boolean;
 begin
@@ -269,16 +289,7 @@ begin
     end if;
   end if;
 
-  -- The hold stops counting in the capture's own account write (p_release).
-  select a.user_id into v_user from billing.accounts a where a.id = v_hold.account_id;
-  v_transfer := billing.post_user_transfer(coalesce(v_user, v_hold.member_id), -1, 'capture', v_capture, 'hold_capture',
-    'usage_revenue', 'hold:' || p_hold_id::text, coalesce(p_correlation_id, v_hold.correlation_id), null, p_metadata, null, p_hold_id,
-    p_account_id => v_hold.account_id, p_release => v_hold.amount);
-  update billing.holds h set status = 'captured', captured_amount = v_capture, capture_transfer_id = v_transfer.transfer_id,
-    finished_at = now()
-  where h.id = p_hold_id returning * into v_hold;
-  perform billing.return_hold_cap_room(v_hold, v_hold.amount - v_capture);
-  return billing.hold_result_of(v_hold, false);
+  return billing.post_capture(v_hold, v_capture, p_correlation_id, p_metadata);
 end;
 $$;
 comment on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) is 'Spends all or part of an active hold and releases the rest; p_metadata (the gateway''s facts of a call, never a caller''s) goes on the capture. Capturing a captured hold again replays the result.';
@@ -324,7 +335,8 @@ begin
     end if;
   end if;
   if captured > 0 then
-    v_after := billing.capture_hold(null, p_hold_id, captured, p_correlation,
+    -- Under the caller's lock, checked here: no second lock (capture_hold is the user's door).
+    v_after := billing.post_capture(v_hold, captured, p_correlation,
       coalesce(p_capture_facts, '{}'::jsonb) || jsonb_build_object('model', v_model));
     transfer_id := v_after.transfer_id;
     v_available := v_after.available;
@@ -374,8 +386,9 @@ begin
   if v_hold.status <> 'active' then
     return billing.hold_result_of(v_hold, true); -- released or expired: nothing left to release
   end if;
-  perform billing.post_transfers('{}', array[(v_hold.account_id, -v_hold.amount)::billing.held_change]);
-  update billing.holds h set status = 'released', finished_at = now() where h.id = p_hold_id returning * into v_hold;
+  perform billing.post_transfers('{}', array[('void', p_hold_id, null, 'released', null, null, null, null, null, null, null,
+    null, null)::billing.hold_step]);
+  select * into v_hold from billing.holds h where h.id = p_hold_id;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount);
   perform billing.on_available_change(a) from billing.accounts a
   where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
@@ -423,13 +436,13 @@ language plpgsql
 set search_path = ''
 as $$
 declare
+  v_id uuid := gen_random_uuid();
   v_hold billing.holds;
 begin
   -- The caller holds the account lock and has checked what may be held.
-  insert into billing.holds (account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
-  values (p_account_id, p_amount, p_idempotency_key, p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)
-  returning * into v_hold;
-  perform billing.post_transfers('{}', array[(p_account_id, p_amount)::billing.held_change]);
+  perform billing.post_transfers('{}', array[('place', v_id, p_amount, null, null, null, p_account_id, p_idempotency_key,
+    p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)::billing.hold_step]);
+  select * into v_hold from billing.holds h where h.id = v_id;
   perform billing.on_available_change(a) from billing.accounts a
   where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
   return v_hold;
@@ -457,13 +470,9 @@ begin
   loop
     exit when v_left <= 0;
     v_take := least(h.amount, v_left);
-    update billing.holds x
-    set amount = x.amount - case when v_take < x.amount then v_take else 0 end,
-        status = case when v_take < x.amount then x.status else 'released' end,
-        finished_at = case when v_take < x.amount then null else now() end,
-        metadata = coalesce(x.metadata, '{}'::jsonb) || p_note || jsonb_build_object('given_amount', trim_scale(v_take)::text)
-    where x.id = h.id;
-    perform billing.post_transfers('{}', array[(p_account_id, -v_take)::billing.held_change]);
+    perform billing.post_transfers('{}', array[('resize', h.id, -v_take, null, null,
+      p_note || jsonb_build_object('given_amount', trim_scale(v_take)::text), null, null, null, null, null, null,
+      null)::billing.hold_step]);
     perform billing.return_hold_cap_room(h, v_take);
     v_left := v_left - v_take;
   end loop;

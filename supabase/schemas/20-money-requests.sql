@@ -91,6 +91,41 @@ comment on function billing.assert_user_standing(p_user uuid, p_admin boolean) i
 revoke execute on function billing.assert_user_standing(p_user uuid, p_admin boolean) from public;
 grant execute on function billing.assert_user_standing(p_user uuid, p_admin boolean) to service_role;
 
+-- The one upsert of a key (claim_idempotency_key and run_money_request): the row of another
+-- request under the key, answered or not, or null when this request now holds it. A concurrent
+-- claim of the same key blocks here until the first transaction ends.
+create or replace function billing.take_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text,
+  p_request_id text)
+returns billing.idempotency_keys
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_row billing.idempotency_keys;
+begin
+  insert into billing.idempotency_keys as k (user_id, action, key, request_hash, request_id)
+  values (p_user, p_action, p_key, p_request_hash, p_request_id)
+  on conflict (user_id, action, key) do update
+    set request_hash = excluded.request_hash, request_id = excluded.request_id, response_status = null,
+        response_data = null, refusal_token = null, refusal_fields = null, responded_at = null,
+        locked_at = now(), expires_at = now() + interval '24 hours'
+    -- An expired key not yet swept starts over; so does the same request's claim abandoned
+    -- mid-flight by a crashed instance (its answer was never stored: only a claim route's can be,
+    -- a money request stores its answer in the transaction that claims). Another request under a
+    -- stalled claim is refused by the caller, never given the key: the first may still be running.
+    where k.expires_at <= now()
+       or (k.responded_at is null and k.locked_at < now() - interval '60 seconds' and k.request_hash = excluded.request_hash)
+  returning * into v_row;
+  if found then
+    return null;
+  end if;
+  select * into v_row from billing.idempotency_keys k where k.user_id = p_user and k.action = p_action and k.key = p_key;
+  return v_row;
+end;
+$$;
+comment on function billing.take_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text) is 'Internal: claims a key for this request (null), or returns the row of the request that holds it.';
+revoke execute on function billing.take_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text) from public;
+
 create or replace function billing.claim_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text,
   p_request_id text)
 returns billing.request_answer
@@ -102,23 +137,10 @@ declare
   v_row billing.idempotency_keys;
 begin
   perform billing.assert_user_standing(p_user);
-  -- A concurrent claim of the same key blocks here until the first transaction ends.
-  insert into billing.idempotency_keys as k (user_id, action, key, request_hash, request_id)
-  values (p_user, p_action, p_key, p_request_hash, p_request_id)
-  on conflict (user_id, action, key) do update
-    set request_hash = excluded.request_hash, request_id = excluded.request_id, response_status = null,
-        response_data = null, refusal_token = null, refusal_fields = null, responded_at = null,
-        locked_at = now(), expires_at = now() + interval '24 hours'
-    -- An expired key not yet swept starts over; so does the same request's claim abandoned
-    -- mid-flight by a crashed instance (its answer was never stored). Another request under a
-    -- stalled claim is refused below, never given the key: the first may still be running.
-    where k.expires_at <= now()
-       or (k.responded_at is null and k.locked_at < now() - interval '60 seconds' and k.request_hash = excluded.request_hash)
-  returning * into v_row;
-  if found then
+  v_row := billing.take_idempotency_key(p_user, p_action, p_key, p_request_hash, p_request_id);
+  if v_row.user_id is null then
     return null;
   end if;
-  select * into v_row from billing.idempotency_keys k where k.user_id = p_user and k.action = p_action and k.key = p_key;
   if v_row.request_hash <> p_request_hash then
     perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', p_action));
   end if;
@@ -347,16 +369,8 @@ begin
     end if;
   end if;
   -- A concurrent duplicate blocks here until the first commits, then reads its answer.
-  insert into billing.idempotency_keys as k (user_id, action, key, request_hash, request_id)
-  values (p_user, p_action, p_key, p_request_hash, p_request_id)
-  on conflict (user_id, action, key) do update
-    set request_hash = excluded.request_hash, request_id = excluded.request_id, response_status = null,
-        response_data = null, refusal_token = null, refusal_fields = null, responded_at = null,
-        locked_at = now(), expires_at = now() + interval '24 hours'
-    where k.expires_at <= now()
-  returning * into v_row;
-  if not found then
-    select * into v_row from billing.idempotency_keys k where k.user_id = p_user and k.action = p_action and k.key = p_key;
+  v_row := billing.take_idempotency_key(p_user, p_action, p_key, p_request_hash, p_request_id);
+  if v_row.user_id is not null then
     if v_row.request_hash <> p_request_hash then
       return billing.refusal_answer('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', p_action), p_request_id);
     end if;

@@ -2,12 +2,12 @@
 -- buckets, and how long the credits left will last at the recent pace. Read-only over the
 -- ledger: nothing here moves money.
 --
--- A charge is a debiting transfer of kind usage, debit or hold_capture, from the user's own
+-- A charge is a debiting transfer of kind usage or hold_capture, from the user's own
 -- account or, for a member, from a school's wallet or allowance (the transfer names the member).
 -- Its model is the transfer's (usage) or its hold's (a job's capture); `other` when neither
 -- names one. Tokens count only the charges the ledger priced itself (kind usage, whose token
--- keys it writes over the caller's metadata), so a debit's caller-supplied metadata never
--- reaches them.
+-- keys it writes over the caller's metadata), so a job's capture's caller-supplied metadata
+-- never reaches them.
 --
 -- A void (45-corrections.sql) nets against its charge: the same model, the charge's day, its
 -- credits, tokens and request negative. It is read by when it was made (a void of an old charge
@@ -83,8 +83,8 @@ comment on function billing.provider_cost(p_model text, p_at timestamp with time
 revoke execute on function billing.provider_cost(p_model text, p_at timestamp with time zone, p_metadata jsonb) from public;
 
 -- A charge's provider cost (null: unknown, its model had no provider price then). Usage and an
--- AI call's capture carry the ledger's own counts; a debit's metadata is its caller's, so it
--- counts none (0 when its model is priced). An excess charged beyond a hold costs nothing when
+-- AI call's capture carry the ledger's own counts; any other capture's metadata is its caller's,
+-- so it counts none (0 when its model is priced). An excess charged beyond a hold costs nothing when
 -- the hold captured part of the price: that capture carries the call's counts (the excess has
 -- the same ones, and would count them twice).
 create or replace function billing.charge_cost(p_kind billing.transfer_kind, p_model text, p_at timestamptz, p_amount numeric,
@@ -146,7 +146,7 @@ begin
     join billing.transfers t on t.id = e.transfer_id
     where p_account is not null and e.account_id = p_account and e.balance_after is not null and e.id > v_floor
       and e.created_at >= p_from and e.created_at < p_to
-      and ((e.amount < 0 and t.kind in ('usage', 'debit', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
+      and ((e.amount < 0 and t.kind in ('usage', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
     union all
     select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else t.created_at end,
       coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
@@ -167,7 +167,7 @@ begin
         then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
     from billing.transfers t
     where p_member is not null and t.member_id = p_member and t.created_at >= p_from and t.created_at < p_to
-      and t.kind in ('usage', 'debit', 'hold_capture', 'void')
+      and t.kind in ('usage', 'hold_capture', 'void')
       and (p_org is null or case when t.kind = 'void' then t.to_account_id else t.from_account_id end
                              in (select a.id from billing.accounts a where a.org_id = p_org));
 end;
@@ -217,7 +217,7 @@ begin
       (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other') as model) m
     cross join lateral (select billing.charge_cost(t.kind, m.model, t.created_at, t.amount, t.metadata) as cost) c
     where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
-      and t.kind in ('usage', 'debit', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
+      and t.kind in ('usage', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
     group by 1, 2, 4;
     -- The voids made that day, netted into their charges' days (earlier days' rows, or this one's).
     insert into billing.usage_daily as d (user_id, org_id, day, model, credits, requests, input_tokens, output_tokens,
@@ -408,7 +408,7 @@ as $$
   cross join lateral (select coalesce(t.metadata ->> 'model',
     (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other') as model) m
   where t.created_at >= p_from and t.created_at < p_to
-    and t.kind in ('usage', 'debit', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
+    and t.kind in ('usage', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
   union all
   select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end,
     ((t.metadata ->> 'charged_at')::timestamptz at time zone 'UTC')::date, coalesce(t.metadata ->> 'model', 'other'),

@@ -164,6 +164,7 @@ declare
   v_account billing.accounts;
   v_lot record;
   v_grow numeric(38, 18);
+  v_hold uuid;
 begin
   for v_lot in
     select p.dispute_id, sum(-la.amount) as back
@@ -182,11 +183,11 @@ begin
       perform billing.shrink_holds(v_account.id, v_grow - greatest(v_account.balance - v_account.held, 0), array['user'],
         jsonb_build_object('given_to_dispute', v_lot.dispute_id));
     end if;
-    update billing.holds h set amount = h.amount + v_grow
-    where h.id = (select x.id from billing.holds x where x.account_id = v_account.id and x.status = 'active'
-                  and x.purpose = 'dispute' and x.correlation_id = v_lot.dispute_id order by x.created_at limit 1);
+    select x.id into v_hold from billing.holds x where x.account_id = v_account.id and x.status = 'active'
+      and x.purpose = 'dispute' and x.correlation_id = v_lot.dispute_id order by x.created_at limit 1;
     if found then
-      perform billing.post_transfers('{}', array[(v_account.id, v_grow)::billing.held_change]);
+      perform billing.post_transfers('{}', array[('resize', v_hold, v_grow, null, null, null, null, null, null, null, null,
+        null, null)::billing.hold_step]);
     else
       perform billing.place_hold(v_account.id, v_grow, 'dispute:' || v_lot.dispute_id || ':void:' || p_void_id,
         'infinity', 'dispute', v_lot.dispute_id);
@@ -213,7 +214,7 @@ declare
   v_posted billing.posted_transfer[];
 begin
   select * into v_charge from billing.transfers t where t.id = p_charge_id;
-  if not found or v_charge.kind not in ('usage', 'debit', 'hold_capture')
+  if not found or v_charge.kind not in ('usage', 'hold_capture')
      or v_charge.to_account_id <> billing.platform_account_id('usage_revenue') then
     perform billing.raise_error('CHARGE_NOT_FOUND', jsonb_build_object('charge_id', p_charge_id::text));
   end if;
@@ -309,7 +310,7 @@ begin
     from billing.transfers t
     join billing.accounts a on a.id = t.from_account_id
     left join billing.holds h on h.id = t.hold_id
-    where t.created_at >= p_from and t.created_at < p_to and t.kind in ('usage', 'debit', 'hold_capture')
+    where t.created_at >= p_from and t.created_at < p_to and t.kind in ('usage', 'hold_capture')
       and t.to_account_id = v_revenue
       and coalesce(t.metadata ->> 'model', h.metadata ->> 'model') = p_model
       and (not p_failed_only or t.metadata @> '{"failed_by": "gateway"}')

@@ -289,10 +289,10 @@ begin
     end if;
     -- Keyed as sync_purchase keys a dispute's holds: the buyer's, or one per account elsewhere.
     v_key := 'dispute:' || d.dispute_id || case when d.buyer then '' else ':' || p_account_id end;
-    update billing.holds h set amount = h.amount + v_grow where h.idempotency_key = v_key and h.status = 'active'
-    returning h.id into v_hold;
+    select h.id into v_hold from billing.holds h where h.idempotency_key = v_key and h.status = 'active';
     if found then
-      perform billing.post_transfers('{}', array[(p_account_id, v_grow)::billing.held_change]);
+      perform billing.post_transfers('{}', array[('resize', v_hold, v_grow, null, null, null, null, null, null, null, null,
+        null, null)::billing.hold_step]);
     else
       v_hold := (billing.place_hold(p_account_id, v_grow, v_key, 'infinity', 'dispute', d.dispute_id)).id;
       perform billing.cover_dispute_hold(v_hold, billing.purchase_lots(d.id, null));

@@ -293,7 +293,7 @@ grant execute on function billing.get_subscription(p_user uuid) to service_role;
 -- those subscribed at its start and not at its end. A refused second plan, a period refunded in
 -- full and an invoice that granted nothing (its period over, or superseded) count for no one; an
 -- upgrade counts at its new plan (the period's latest paid invoice).
-create or replace function billing.plan_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
+create or replace function billing.plan_standing(p_from timestamptz, p_to timestamptz) returns jsonb
 language sql stable
 set search_path = ''
 as $$
@@ -309,11 +309,7 @@ as $$
   ),
   at_start as (select c.subscription_id from covering c where c.at = 'start'),
   at_end as (select * from covering c where c.at = 'end'),
-  churned as (select count(*) as n from at_start a where a.subscription_id not in (select e.subscription_id from at_end e)),
-  in_range as (
-    select a.kind, a.amount from billing.plan_lots pl join billing.lot_allocations a on a.lot_id = pl.lot_id
-    where a.created_at >= p_from and a.created_at < p_to
-  )
+  churned as (select count(*) as n from at_start a where a.subscription_id not in (select e.subscription_id from at_end e))
   select jsonb_build_object(
     'subscribers', (select count(*) from at_end),
     'new_subscribers', (select count(*) from at_end e where e.subscription_id not in (select a.subscription_id from at_start a)),
@@ -327,12 +323,25 @@ as $$
     'credits_granted', (select trim_scale(coalesce(sum(g.credits), 0))::text from billing.plan_grants g
                         where g.granted_at >= p_from and g.granted_at < p_to),
     'credits_rolled_over', (select trim_scale(coalesce(sum(g.rolled_over), 0))::text from billing.plan_grants g
-                            where g.granted_at >= p_from and g.granted_at < p_to),
-    'credits_used', (select trim_scale(coalesce(sum(r.amount), 0))::text from in_range r
-                     where r.kind in ('usage', 'debit', 'hold_capture')),
-    'credits_expired', (select trim_scale(coalesce(sum(r.amount), 0))::text from in_range r where r.kind = 'expiry'))
+                            where g.granted_at >= p_from and g.granted_at < p_to))
 $$;
-comment on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) is 'Internal: plans at the end of [from, to) (subscribers, MRR) and over it (new, churned, plan credits granted, used, expired and rolled over): a part of revenue_metrics.';
+comment on function billing.plan_standing(p_from timestamptz, p_to timestamptz) is 'Internal: plans at the end of [from, to) (subscribers, MRR) and over it (new, churned, plan credits granted and rolled over): plan_metrics less what plan lots drew.';
+revoke execute on function billing.plan_standing(p_from timestamptz, p_to timestamptz) from public;
+
+-- plan_standing and what plan lots drew in [p_from, p_to): credits used and expired. The reports
+-- take the second from the credit ledger's roll-up (a lots part per source, 90-reporting.sql),
+-- which must agree with this reading of the rows.
+create or replace function billing.plan_metrics(p_from timestamptz, p_to timestamptz) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select billing.plan_standing(p_from, p_to) || jsonb_build_object(
+    'credits_used', trim_scale(coalesce(sum(a.amount) filter (where a.kind in ('usage', 'hold_capture')), 0))::text,
+    'credits_expired', trim_scale(coalesce(sum(a.amount) filter (where a.kind = 'expiry'), 0))::text)
+  from billing.plan_lots pl join billing.lot_allocations a on a.lot_id = pl.lot_id
+  where a.created_at >= p_from and a.created_at < p_to
+$$;
+comment on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) is 'Internal: plans at the end of [from, to) (subscribers, MRR) and over it (new, churned, plan credits granted, used, expired and rolled over), from the rows.';
 revoke execute on function billing.plan_metrics(p_from timestamptz, p_to timestamptz) from public;
 
 -- The plans on sale.

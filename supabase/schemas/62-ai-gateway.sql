@@ -406,14 +406,18 @@ comment on function billing.pay_ai_owed(p_user uuid) is 'Internal: charges what 
 revoke execute on function billing.pay_ai_owed(p_user uuid) from public;
 
 -- Before the provider is called: {state: 'held', call_id, hold_id, held, upstream} to go ahead,
--- {state: 'replay', call} for a key already answered, {state: 'in_flight'} while the first
--- attempt runs, {state: 'refused', token, detail} for the caller's standing, the model, an
--- endpoint its upstream does not speak (`p_upstreams`: the upstreams the gateway has that speak
--- `p_endpoint`), a cache write the card does not price, or a reused key; a hold the balance or a
--- cap refuses raises (402), keeping nothing.
+-- {state: 'replay', call} for a key already answered, or a refusal, {state: 'refused', token,
+-- detail}, already recorded (billing.refuse_ai_call; `p_elapsed_ms`: the call's time before this
+-- statement): the caller's standing, the model, an endpoint its upstream does not speak
+-- (`p_upstreams`: the upstreams the gateway has that speak `p_endpoint`), a cache write the card
+-- does not price, a reused key or one whose first call still runs (IDEMPOTENCY_KEY_IN_USE), a
+-- hold the balance or a cap refuses (402; what the call owes from before included), keeping
+-- nothing. Every refusal a person can meet is a row, so the gateway sends this statement in one
+-- round trip (sql.oneTrip); only a broken invariant raises.
 create or replace function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint,
   p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text default 'chat',
-  p_upstreams text[] default array['openai'], p_writes_cache boolean default false, p_stream boolean default false)
+  p_upstreams text[] default array['openai'], p_writes_cache boolean default false, p_stream boolean default false,
+  p_elapsed_ms integer default 0)
 returns jsonb
 language plpgsql
 security definer
@@ -426,63 +430,93 @@ declare
   v_amount numeric;
   v_hold billing.hold_result;
   v_org uuid;
+  v_detail text;
+  v_id uuid;
 begin
+  if v_refusal is null then
+    select * into v_card from billing.rate_cards r where r.model = p_model and r.effective_from <= now()
+    order by r.effective_from desc, r.version desc limit 1;
+    v_refusal := case
+      when v_card.id is null or not billing.model_allowed(p_user, p_model) then jsonb_build_object(
+        'token', case when v_card.id is not null then 'MODEL_NOT_ALLOWED' else 'UNKNOWN_MODEL' end,
+        'detail', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'))
+      when v_card.upstream <> all (p_upstreams) then jsonb_build_object('token', 'ENDPOINT_NOT_SUPPORTED',
+        'detail', jsonb_build_object('model', p_model, 'upstream', v_card.upstream, 'endpoint', p_endpoint,
+          'rule', 'each model is served on the endpoints its upstream speaks (GET /ai/v1/models: endpoints)'))
+      when p_writes_cache and v_card.usd_per_million_cache_write is null then jsonb_build_object(
+        'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_tokens'))
+    end;
+  end if;
+  if v_refusal is null then
+    begin
+      perform billing.pay_ai_owed(p_user);
+      if not exists (select 1 from billing.ai_calls c
+                     where c.user_id = p_user and c.idempotency_key = p_key and c.status <> 'failed') then
+        v_id := gen_random_uuid();
+        v_amount := billing.card_hold_amount(v_card, p_prompt_tokens, p_max_output_tokens, p_writes_cache);
+        -- Caps (per model too), school wallets, allowances and pools apply as to any hold. Only
+        -- amounts and the model reach a refusal's detail, never the caller's text.
+        v_hold := billing.reserve_hold(p_user, v_amount, 'ai:' || v_id, p_ttl_seconds, 'ai', 'ai:' || v_id,
+          jsonb_build_object('model', p_model, 'ai_call_id', v_id));
+        -- Who pays (a school's wallet or allowance, or the student) and whether the content may
+        -- be kept (docs/ai-gateway.md, "Content, only with consent"): the call's record is
+        -- written once, with them. A duplicate that claimed the key meanwhile committed first
+        -- (this hold waited on its account lock, this insert on its claim): this one is undone.
+        select a.org_id into v_org from billing.holds h join billing.accounts a on a.id = h.account_id
+        where h.id = v_hold.hold_id;
+        insert into billing.ai_calls (id, user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens,
+          endpoint, upstream, stream, hold_id, org_id, keep_content)
+        values (v_id, p_user, p_key, p_request_hash, p_model, p_prompt_tokens, p_max_output_tokens, p_endpoint,
+          v_card.upstream, p_stream, v_hold.hold_id, v_org, billing.content_consented(p_user, v_org))
+        on conflict (user_id, idempotency_key) where status <> 'failed' do nothing
+        returning * into v_call;
+        if not found then
+          perform billing.raise_error('IDEMPOTENCY_KEY_IN_USE', '{}'::jsonb);
+        end if;
+      end if;
+    exception when sqlstate 'P0001' then
+      -- Tokens that mean our fault are 5xx (_shared/adapters/sql-errors.ts) and raise. A refusal
+      -- rolls back the hold and anything paid of what was owed: nothing is held or kept.
+      if sqlerrm in ('LEDGER_IMMUTABLE', 'PAYMENT_AMOUNT_MISMATCH', 'MONEY_UNBALANCED', 'LEDGER_INVARIANT',
+                     'INTERNAL_ERROR') then
+        raise;
+      end if;
+      get stacked diagnostics v_detail = pg_exception_detail;
+      v_refusal := jsonb_build_object('token', sqlerrm, 'detail', coalesce(nullif(v_detail, '')::jsonb, '{}'::jsonb));
+    end;
+    if v_call.id is null then
+      -- The key's claim answers, if there is one: the same call again (replayed once it
+      -- finished), another request under its key, or a call that claimed it while this one
+      -- waited or was refused.
+      select * into v_call from billing.ai_calls c
+      where c.user_id = p_user and c.idempotency_key = p_key and c.status <> 'failed';
+      if found then
+        v_refusal := case when v_call.request_hash <> p_request_hash
+                            then jsonb_build_object('token', 'IDEMPOTENCY_KEY_REUSED', 'detail', '{}'::jsonb)
+                          when v_call.status = 'held'
+                            then jsonb_build_object('token', 'IDEMPOTENCY_KEY_IN_USE', 'detail', '{}'::jsonb) end;
+        if v_refusal is null then
+          return jsonb_build_object('state', 'replay', 'call', billing.ai_call_json(v_call));
+        end if;
+      elsif v_refusal is null then
+        -- The claim seen above ended (its call failed) since: no call, no hold here; the key is
+        -- free for the caller's retry. Never a go-ahead without a record to charge.
+        v_refusal := jsonb_build_object('token', 'IDEMPOTENCY_KEY_IN_USE', 'detail', '{}'::jsonb);
+      end if;
+    end if;
+  end if;
   if v_refusal is not null then
+    perform billing.refuse_ai_call(p_user, p_model, p_endpoint, p_stream, v_refusal ->> 'token',
+      p_elapsed_ms + (extract(epoch from pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()) * 1000)::integer);
     return v_refusal || jsonb_build_object('state', 'refused');
   end if;
-  select * into v_card from billing.rate_cards r where r.model = p_model and r.effective_from <= now()
-  order by r.effective_from desc, r.version desc limit 1;
-  if v_card.id is null or not billing.model_allowed(p_user, p_model) then
-    return jsonb_build_object('state', 'refused',
-      'token', case when v_card.id is not null then 'MODEL_NOT_ALLOWED' else 'UNKNOWN_MODEL' end,
-      'detail', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
-  end if;
-  if v_card.upstream <> all (p_upstreams) then
-    return jsonb_build_object('state', 'refused', 'token', 'ENDPOINT_NOT_SUPPORTED',
-      'detail', jsonb_build_object('model', p_model, 'upstream', v_card.upstream, 'endpoint', p_endpoint,
-        'rule', 'each model is served on the endpoints its upstream speaks (GET /ai/v1/models: endpoints)'));
-  end if;
-  if p_writes_cache and v_card.usd_per_million_cache_write is null then
-    return jsonb_build_object('state', 'refused', 'token', 'UNPRICED_USAGE',
-      'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_tokens'));
-  end if;
-  perform billing.pay_ai_owed(p_user);
-  -- A concurrent duplicate waits here for the first attempt's claim, then reads it.
-  insert into billing.ai_calls (user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens,
-    endpoint, upstream, stream)
-  values (p_user, p_key, p_request_hash, p_model, p_prompt_tokens, p_max_output_tokens, p_endpoint, v_card.upstream,
-    p_stream)
-  on conflict (user_id, idempotency_key) where status <> 'failed' do nothing
-  returning * into v_call;
-  if not found then
-    select * into v_call from billing.ai_calls c
-    where c.user_id = p_user and c.idempotency_key = p_key and c.status <> 'failed';
-    if v_call.request_hash <> p_request_hash then
-      return jsonb_build_object('state', 'refused', 'token', 'IDEMPOTENCY_KEY_REUSED', 'detail', '{}'::jsonb);
-    end if;
-    return case when v_call.status = 'held' then jsonb_build_object('state', 'in_flight')
-                else jsonb_build_object('state', 'replay', 'call', billing.ai_call_json(v_call)) end;
-  end if;
-  v_amount := billing.card_hold_amount(v_card, p_prompt_tokens, p_max_output_tokens, p_writes_cache);
-  -- Caps (per model too), school wallets, allowances and pools apply as to any hold. A refusal
-  -- (402) raises: the claim above goes with it, so nothing is held or kept and the key is free.
-  -- Only amounts and the model reach the error's detail, never the caller's text.
-  v_hold := billing.reserve_hold(p_user, v_amount, 'ai:' || v_call.id, p_ttl_seconds, 'ai', 'ai:' || v_call.id,
-    jsonb_build_object('model', p_model, 'ai_call_id', v_call.id));
-  -- Who pays (a school's wallet or allowance, or the student) and whether the content may be
-  -- kept (docs/ai-gateway.md, "Content, only with consent"), in the same statement.
-  select a.org_id into v_org from billing.holds h join billing.accounts a on a.id = h.account_id
-  where h.id = v_hold.hold_id;
-  update billing.ai_calls c set hold_id = v_hold.hold_id, org_id = v_org,
-    keep_content = billing.content_consented(p_user, v_org)
-  where c.id = v_call.id returning * into v_call;
   return jsonb_build_object('state', 'held', 'call_id', v_call.id, 'hold_id', v_hold.hold_id,
     'held', trim_scale(v_amount)::text, 'upstream', v_card.upstream, 'keep_content', v_call.keep_content);
 end;
 $$;
-comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean) is 'Gateway: checks the model is allowed and served on the endpoint, claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay, in_flight or refused), or raises the hold''s refusal (402) with nothing kept.';
-revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean) from public, anon, authenticated;
-grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean) to service_role;
+comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer) is 'Gateway: checks the model is allowed and served on the endpoint, claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
+revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer) from public, anon, authenticated;
+grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer) to service_role;
 
 -- A call, locked: finishing and failing it are one at a time (the second answers the first).
 create or replace function billing.lock_ai_call(p_call uuid) returns billing.ai_calls
@@ -960,6 +994,9 @@ grant execute on function billing.ai_calls_summary(p_from date, p_to date) to se
 
 -- pg_cron: a call whose gateway died holds nothing once its hold expired (release_expired_holds);
 -- it is marked failed so its key is free again, and kept answers are forgotten after 24 hours.
+-- Lost means past the hold's TTL (the gateway's deadline and a minute): a hold that gave way
+-- whole to a refund or an expiry ends early while the provider still answers, and that call's
+-- finish charges it (or records it owed).
 create or replace function billing.sweep_ai_calls(p_limit integer default 500) returns integer
 language plpgsql
 security definer
@@ -971,7 +1008,8 @@ begin
   update billing.ai_calls c set status = 'failed', failure = 'GATEWAY_LOST', finished_at = now()
   where c.id = any (array(
     select x.id from billing.ai_calls x left join billing.holds h on h.id = x.hold_id
-    where x.status = 'held' and x.created_at < now() - interval '1 minute' and (h.id is null or h.status <> 'active')
+    where x.status = 'held' and x.created_at < now() - interval '1 minute'
+      and (h.id is null or (h.status <> 'active' and h.expires_at <= now()))
     order by x.created_at limit p_limit));
   get diagnostics v_count = row_count;
   update billing.ai_calls c set answer = null

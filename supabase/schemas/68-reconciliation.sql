@@ -318,46 +318,6 @@ comment on function billing.due_reconciliation_day(p_yesterday date) is 'The day
 revoke execute on function billing.due_reconciliation_day(p_yesterday date) from public;
 grant execute on function billing.due_reconciliation_day(p_yesterday date) to service_role;
 
--- p_stripe, a whole day at once (SQL callers and tests; the providers function pages instead):
---   charges: [{id, amount, currency, destination, payment_id, created, application_fee_amount}]
---            (application_fee_amount from the application fee's own object; null: no fee)
---   payouts: [{id, account, amount, currency, status, created}]   (created on the day)
---   balances: [{account, currency, amount}]                       (connected accounts, now)
-create or replace function billing.reconcile_providers(p_day date, p_stripe jsonb) returns integer
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_run billing.reconciliation_progress;
-  v_count integer;
-begin
-  insert into billing.reconciliation_progress (day, phase, finished_at) values (p_day, 'done', now()) returning * into v_run;
-  perform billing.save_reconciliation_items(v_run.id, (select coalesce(jsonb_agg(i), '[]') from (
-    select jsonb_build_object('kind', 'charge', 'stripe_id', c ->> 'id', 'account', c ->> 'destination',
-      'payment_ref', c ->> 'payment_id', 'amount_cents', c -> 'amount', 'currency', c ->> 'currency') as i
-    from jsonb_array_elements(coalesce(p_stripe -> 'charges', '[]')) c
-    union all
-    select jsonb_build_object('kind', 'fee', 'stripe_id', 'fee-of:' || (c ->> 'id'), 'account', c ->> 'destination',
-      'charge_id', c ->> 'id', 'amount_cents', c -> 'application_fee_amount', 'currency', c ->> 'currency')
-    from jsonb_array_elements(coalesce(p_stripe -> 'charges', '[]')) c where c ->> 'application_fee_amount' is not null
-    union all
-    select jsonb_build_object('kind', 'payout', 'stripe_id', s ->> 'id', 'account', s ->> 'account',
-      'amount_cents', s -> 'amount', 'currency', s ->> 'currency', 'status', s ->> 'status')
-    from jsonb_array_elements(coalesce(p_stripe -> 'payouts', '[]')) s
-    union all
-    select jsonb_build_object('kind', 'balance', 'stripe_id', (b ->> 'account') || ':' || lower(b ->> 'currency'),
-      'account', b ->> 'account', 'amount_cents', b -> 'amount', 'currency', b ->> 'currency')
-    from jsonb_array_elements(coalesce(p_stripe -> 'balances', '[]')) b) x));
-  v_count := billing.store_reconciliation(v_run);
-  delete from billing.reconciliation_items i where i.progress_id = v_run.id;
-  return v_count;
-end;
-$$;
-comment on function billing.reconcile_providers(p_day date, p_stripe jsonb) is 'Reconciles a day from Stripe''s records given whole (the same comparison as a paged run); replaces that day''s mismatch rows.';
-revoke execute on function billing.reconcile_providers(p_day date, p_stripe jsonb) from public;
-grant execute on function billing.reconcile_providers(p_day date, p_stripe jsonb) to service_role;
-
 create or replace function billing.reconciliation_of(p_day date) returns jsonb
 language sql stable
 security definer

@@ -450,7 +450,7 @@ begin
       join billing.transfers t on t.id = e.transfer_id
       left join billing.holds h on h.id = t.hold_id
       where a.org_id = p_org and e.created_at >= p_from and e.created_at < p_to
-        and ((e.amount < 0 and t.kind in ('usage', 'debit', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
+        and ((e.amount < 0 and t.kind in ('usage', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
         and t.member_id is not null
         and (v_admin or t.member_id = p_user)
       group by 1, 2, 3

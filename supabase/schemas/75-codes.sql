@@ -497,19 +497,15 @@ comment on function billing.delete_old_code_attempts(p_limit integer) is 'pg_cro
 revoke execute on function billing.delete_old_code_attempts(p_limit integer) from public, anon, authenticated;
 grant execute on function billing.delete_old_code_attempts(p_limit integer) to service_role;
 
--- What codes did in [p_from, p_to), for the reports.
-create or replace function billing.codes_report(p_from timestamptz, p_to timestamptz) returns jsonb
+-- What codes did in [p_from, p_to), for the reports, but for the promotional credits spent
+-- (codes_report adds them from the rows; the reports from the roll-up's lots part).
+create or replace function billing.codes_activity(p_from timestamptz, p_to timestamptz) returns jsonb
 language sql stable
 set search_path = ''
 as $$
   select jsonb_build_object(
     'promo_credits_granted', trim_scale(coalesce((select sum(r.credits) from billing.code_redemptions r
       join billing.codes c on c.id = r.code_id where c.kind = 'promo' and r.redeemed_at >= p_from and r.redeemed_at < p_to), 0))::text,
-    'promo_credits_used', trim_scale(coalesce((select sum(a.amount) from billing.code_redemptions r
-      join billing.codes c on c.id = r.code_id and c.kind = 'promo'
-      join billing.lots l on l.grant_transfer_id = r.transfer_id and l.moved_from is null
-      join billing.lot_allocations a on a.lot_id = l.id and a.kind in ('usage', 'debit', 'hold_capture')
-      where a.created_at >= p_from and a.created_at < p_to), 0))::text,
     'promo_redemptions', (select count(*) from billing.code_redemptions r join billing.codes c on c.id = r.code_id
       where c.kind = 'promo' and r.redeemed_at >= p_from and r.redeemed_at < p_to),
     'gift_sales', (select count(*) from billing.purchases p where p.gift and p.paid_at >= p_from and p.paid_at < p_to),
@@ -524,7 +520,23 @@ as $$
     'sponsor_codes_closed', (select count(*) from billing.codes c
       where c.kind = 'sponsor' and c.status in ('revoked', 'void') and c.updated_at >= p_from and c.updated_at < p_to))
 $$;
-comment on function billing.codes_report(p_from timestamptz, p_to timestamptz) is 'Internal: promo credits granted and used, gift sales, sponsor funding in [from, to) (a part of revenue_metrics).';
+comment on function billing.codes_activity(p_from timestamptz, p_to timestamptz) is 'Internal: promo credits granted, gift sales, sponsor funding in [from, to) (codes_report less the promo credits used).';
+revoke execute on function billing.codes_activity(p_from timestamptz, p_to timestamptz) from public;
+
+-- What codes did in [p_from, p_to), from the rows: codes_activity and the promotional credits
+-- their lots paid for.
+create or replace function billing.codes_report(p_from timestamptz, p_to timestamptz) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select billing.codes_activity(p_from, p_to) || jsonb_build_object('promo_credits_used',
+    trim_scale(coalesce((select sum(a.amount) from billing.code_redemptions r
+      join billing.codes c on c.id = r.code_id and c.kind = 'promo'
+      join billing.lots l on l.grant_transfer_id = r.transfer_id and l.moved_from is null
+      join billing.lot_allocations a on a.lot_id = l.id and a.kind in ('usage', 'hold_capture')
+      where a.created_at >= p_from and a.created_at < p_to), 0))::text)
+$$;
+comment on function billing.codes_report(p_from timestamptz, p_to timestamptz) is 'Internal: promo credits granted and used, gift sales, sponsor funding in [from, to), from the rows.';
 revoke execute on function billing.codes_report(p_from timestamptz, p_to timestamptz) from public;
 
 -- What a gift's email needs: its code (made from the hash) goes to its buyer only.

@@ -67,7 +67,7 @@ create table billing.revenue_rollup (
   -- The credit ledger's half (billing.ledger_parts), only ever added to:
   ledger_until timestamptz not null,              -- the day's end, or (today) the ledger's horizon at the last roll-up
   credits jsonb not null,                         -- [{kind, model, amount, events}]: Σ credit transfers
-  lots jsonb not null,                            -- [{currency, category, kind, credits, cents}]: lots drawn
+  lots jsonb not null,                            -- [{currency, category, kind, source, credits, cents}]: lots drawn
   active_accounts bit varying not null,           -- bit n set: account n had a credit ledger entry
   outstanding_credits numeric(38, 18) not null    -- Σ user entries before ledger_until: the liability then
 );
@@ -122,14 +122,20 @@ begin
            group by 1, 2) c),
     -- Credits drawn from lots by each kind of transfer (spent, expired, reversed, voided), each at
     -- its lot's cost basis; of credits given back to a lot, the part that paid a debt then (kind
-    -- 'debt_settled_by_return'): spent on what the debt was for, on the day they came back.
+    -- 'debt_settled_by_return'): spent on what the debt was for, on the day they came back. By
+    -- source too ('plan': a plan's lot; 'promo_code': a promo code's), so the plan and code
+    -- reports read what their lots drew from here (as plan_metrics and codes_report read the rows).
     (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
-        'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
-     from (select l.currency, l.category, p.kind, sum(p.credits) as credits, sum(l.cost_cents * p.credits / l.amount) as cents
+        'source', x.source, 'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
+     from (select l.currency, l.category, p.kind,
+                  case when exists (select 1 from billing.plan_lots pl where pl.lot_id = l.id) then 'plan'
+                       when l.moved_from is null and l.grant_transfer_id in (select r.transfer_id from billing.code_redemptions r
+                         join billing.codes c on c.id = r.code_id where c.kind = 'promo') then 'promo_code' end as source,
+                  sum(p.credits) as credits, sum(l.cost_cents * p.credits / l.amount) as cents
            from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
            cross join lateral (values (a.kind::text, a.amount), ('debt_settled_by_return', a.debt_settled)) p(kind, credits)
            where a.created_at >= p_from and a.created_at < p_to and (p.kind <> 'debt_settled_by_return' or p.credits > 0)
-           group by 1, 2, 3) x),
+           group by 1, 2, 3, 4) x),
     u.accounts, u.credit_change
   from
     -- One pass over the user entries: who was active, and (as user_credit_change) what moved.
@@ -202,18 +208,18 @@ $$;
 comment on function billing.sum_credits(p_a jsonb, p_b jsonb) is 'Internal: two credits parts ([{kind, model, amount, events}]) summed into one.';
 revoke execute on function billing.sum_credits(p_a jsonb, p_b jsonb) from public;
 
--- Two lot parts as one: credits and cents summed per currency, category and kind.
+-- Two lot parts as one: credits and cents summed per currency, category, kind and source.
 create or replace function billing.sum_lots(p_a jsonb, p_b jsonb) returns jsonb
 language sql immutable
 set search_path = ''
 as $$
   select coalesce(jsonb_agg(jsonb_build_object('currency', c.currency, 'category', c.category, 'kind', c.kind,
-      'credits', c.credits, 'cents', c.cents)), '[]'::jsonb)
-  from (select x.currency, x.category, x.kind, sum(x.credits) as credits, sum(x.cents) as cents
-        from jsonb_to_recordset(p_a || p_b) x(currency text, category text, kind text, credits numeric, cents numeric)
-        group by 1, 2, 3) c
+      'source', c.source, 'credits', c.credits, 'cents', c.cents)), '[]'::jsonb)
+  from (select x.currency, x.category, x.kind, x.source, sum(x.credits) as credits, sum(x.cents) as cents
+        from jsonb_to_recordset(p_a || p_b) x(currency text, category text, kind text, source text, credits numeric, cents numeric)
+        group by 1, 2, 3, 4) c
 $$;
-comment on function billing.sum_lots(p_a jsonb, p_b jsonb) is 'Internal: two lots parts ([{currency, category, kind, credits, cents}]) summed into one.';
+comment on function billing.sum_lots(p_a jsonb, p_b jsonb) is 'Internal: two lots parts ([{currency, category, kind, source, credits, cents}]) summed into one.';
 revoke execute on function billing.sum_lots(p_a jsonb, p_b jsonb) from public;
 
 -- A set of account ids as a bitmap: bit n (counting from 0, left to right) is account n.
@@ -368,17 +374,25 @@ comment on function billing.add_ledger_span(p_day date, p_lo timestamp with time
 revoke execute on function billing.add_ledger_span(p_day date, p_lo timestamp with time zone, p_hi timestamp with time zone) from public;
 
 -- Every minute (pg_cron, in refresh_stale_revenue): rolls the credit ledger up from where it
--- stands (the earliest day not rolled up to its end) towards the horizon, at most p_step of it
--- per run, so a backlog is bounded work per run. Each day continues from its own ledger_until;
--- one run at a time (a second returns at once). Returns where the roll-up now stands.
-create or replace function billing.roll_up_ledger(p_step interval default '10 minutes') returns timestamptz
+-- stands (the earliest day not rolled up to its end) towards the horizon, bounded by rows, not by
+-- time: the longest span from there (a minute, doubled while it holds at most p_rows transfers)
+-- up to the horizon, or p_step past where it stands when given. A backlog is caught up in
+-- proportion to its size (a day of traffic in one run), and each run's work is bounded (counting
+-- reads at most 3 × p_rows transfers, the sums at most about p_rows; a minute holding more than
+-- p_rows is rolled up whole). Each day continues from its own ledger_until; one run at a time (a
+-- second returns at once). Returns where the roll-up now stands.
+create or replace function billing.roll_up_ledger(p_step interval default null, p_rows integer default 1000000)
+returns timestamptz
 language plpgsql
 security definer
 set search_path = ''
 as $$
 declare
   v_from timestamptz;
+  v_end timestamptz;
   v_to timestamptz;
+  v_next timestamptz;
+  v_span interval := interval '1 minute';
   v_day date;
   v_lo timestamptz;
 begin
@@ -389,10 +403,18 @@ begin
     (now() at time zone 'UTC')::date::timestamp at time zone 'UTC') into v_from
   from billing.revenue_rollup r;
   -- least() skips nulls: a horizon that cannot be known stops the roll-up where it stands.
-  v_to := least(coalesce(billing.ledger_horizon(), v_from), v_from + p_step);
-  if v_to <= v_from then
+  v_end := least(coalesce(billing.ledger_horizon(), v_from), v_from + p_step);
+  if v_end <= v_from then
     return v_from;
   end if;
+  v_to := least(v_end, v_from + v_span);
+  while v_to < v_end loop
+    v_next := least(v_end, v_from + v_span * 2);
+    exit when (select count(*) from (select 1 from billing.transfers t where t.created_at >= v_from and t.created_at < v_next
+                                     limit p_rows + 1) x) > p_rows;
+    v_span := v_span * 2;
+    v_to := v_next;
+  end loop;
   for v_day in
     select g::date from generate_series((v_from at time zone 'UTC')::date, ((v_to - interval '1 microsecond') at time zone 'UTC')::date,
       interval '1 day') g
@@ -406,9 +428,9 @@ begin
   return v_to;
 end;
 $$;
-comment on function billing.roll_up_ledger(p_step interval) is 'pg_cron: adds the credit ledger''s rows up to its horizon (at most p_step past where the roll-up stands) to revenue_rollup; returns where it stands.';
-revoke execute on function billing.roll_up_ledger(p_step interval) from public;
-grant execute on function billing.roll_up_ledger(p_step interval) to service_role;
+comment on function billing.roll_up_ledger(p_step interval, p_rows integer) is 'pg_cron: adds the credit ledger''s rows up to its horizon to revenue_rollup, at most about p_rows transfers (and p_step, when given) a run; returns where it stands.';
+revoke execute on function billing.roll_up_ledger(p_step interval, p_rows integer) from public;
+grant execute on function billing.roll_up_ledger(p_step interval, p_rows integer) to service_role;
 
 -- Computes (or recomputes) a day's events half over [day start, covered_until): the whole day
 -- once it has closed (five minutes after midnight), else up to five minutes ago. Its credit

@@ -113,7 +113,7 @@ begin
       from billing.transfers t
       join billing.accounts a on a.id = case when t.kind = 'void' then t.to_account_id else t.from_account_id end
       where t.member_id is not null and t.created_at >= p_from and t.created_at < p_to
-        and a.org_id is not null and t.kind in ('usage', 'debit', 'hold_capture', 'void')
+        and a.org_id is not null and t.kind in ('usage', 'hold_capture', 'void')
       group by 1
     )
     select coalesce(jsonb_agg(jsonb_build_object('org_id', o.id, 'name', o.name, 'funding', o.funding,
@@ -225,12 +225,12 @@ begin
     select f.currency,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'granted'), 0)) as deferred_in,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid'
-        and f.kind in ('usage', 'debit', 'hold_capture', 'void', 'debt_settled_by_move', 'debt_settled_by_return')), 0)) as recognised,
+        and f.kind in ('usage', 'hold_capture', 'void', 'debt_settled_by_move', 'debt_settled_by_return')), 0)) as recognised,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'expiry'), 0)) as breakage,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('refund_reversal', 'dispute_reversal')), 0)) as reversed,
       coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'granted'), 0) as promo_granted,
       coalesce(sum(f.credits) filter (where f.category = 'promotional'
-        and f.kind in ('usage', 'debit', 'hold_capture', 'void', 'debt_settled_by_move', 'debt_settled_by_return')), 0) as promo_spent,
+        and f.kind in ('usage', 'hold_capture', 'void', 'debt_settled_by_move', 'debt_settled_by_return')), 0) as promo_spent,
       coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'expiry'), 0) as promo_expired
     from lot_flows f group by f.currency
   )
@@ -318,7 +318,7 @@ begin
     select
       coalesce(sum(k.amount) filter (where k.kind = 'purchase'), 0) as purchased,
       coalesce(sum(k.amount) filter (where k.kind = 'promo_grant'), 0) as bonus,
-      coalesce(sum(k.amount) filter (where k.kind in ('usage', 'debit', 'hold_capture')), 0)
+      coalesce(sum(k.amount) filter (where k.kind in ('usage', 'hold_capture')), 0)
         - coalesce(sum(k.amount) filter (where k.kind = 'void'), 0) as spent,
       coalesce(sum(k.amount) filter (where k.kind in ('refund_reversal', 'dispute_reversal')), 0) as reversed
     from by_kind k
@@ -385,6 +385,15 @@ begin
   ),
   webhooks as (
     select coalesce(sum(p.webhooks_received), 0) as received, coalesce(sum(p.webhooks_ok), 0) as ok from parts p
+  ),
+  -- What plan and promo code lots drew (a row per source, zeros when they drew nothing).
+  source_lots as (
+    select s.source, coalesce(sum(x.credits) filter (where x.kind in ('usage', 'hold_capture')), 0) as used,
+      coalesce(sum(x.credits) filter (where x.kind = 'expiry'), 0) as expired
+    from (values ('plan'), ('promo_code')) s(source)
+    left join (parts p cross join lateral jsonb_to_recordset(p.lots) x(kind text, source text, credits numeric))
+      on x.source = s.source
+    group by s.source
   )
   select jsonb_build_object(
     'from', p_from, 'to', p_to,
@@ -400,10 +409,14 @@ begin
         'success_rate', case when w.received > 0 then round(w.ok::numeric / w.received, 6) end) from webhooks w),
     -- Read from the rows for every period: an organisation's purchases and spending are few.
     'organisations', billing.org_revenue(p_from, p_to),
-    -- Promo, gift and sponsor codes, from their rows too (75-codes.sql): few, and indexed by time.
-    'codes', billing.codes_report(p_from, p_to),
-    -- Plans, from the paid invoices (56-plans.sql): subscribers and MRR at the end, churn, plan credits.
-    'plans', billing.plan_metrics(p_from, p_to)
+    -- Promo, gift and sponsor codes, from their rows too (75-codes.sql): few, and indexed by time;
+    -- what promo codes' lots paid for, from the parts (the allocations are many).
+    'codes', billing.codes_activity(p_from, p_to) || (select jsonb_build_object('promo_credits_used', trim_scale(s.used)::text)
+      from source_lots s where s.source = 'promo_code'),
+    -- Plans, from the paid invoices (56-plans.sql): subscribers and MRR at the end, churn, plan
+    -- credits granted; what plan lots drew, from the parts.
+    'plans', billing.plan_standing(p_from, p_to) || (select jsonb_build_object('credits_used', trim_scale(s.used)::text,
+      'credits_expired', trim_scale(s.expired)::text) from source_lots s where s.source = 'plan')
   ));
 end;
 $$;

@@ -137,11 +137,11 @@ begin
     select (a.created_at at time zone 'UTC')::date, l.currency, x.source, sum(l.cost_cents * x.credits / l.amount)
     from billing.lot_allocations a join billing.lots l on l.id = a.lot_id
     cross join lateral (values
-      (case when a.kind in ('usage', 'debit', 'hold_capture', 'void') then 'credits_used' when a.kind = 'expiry' then 'credits_expired'
+      (case when a.kind in ('usage', 'hold_capture', 'void') then 'credits_used' when a.kind = 'expiry' then 'credits_expired'
          when a.kind = 'refund_reversal' then 'credits_refunded' else 'credits_disputed' end, a.amount),
       ('credits_used', a.debt_settled)) x(source, credits)
     where a.created_at >= v_from and a.created_at < v_to and l.category = 'paid'
-      and a.kind in ('usage', 'debit', 'hold_capture', 'void', 'expiry', 'refund_reversal', 'dispute_reversal')
+      and a.kind in ('usage', 'hold_capture', 'void', 'expiry', 'refund_reversal', 'dispute_reversal')
       and x.credits <> 0 and (p_currency is null or l.currency = p_currency)
     group by 1, 2, 3
   ), pairs as (

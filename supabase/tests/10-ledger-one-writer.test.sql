@@ -21,26 +21,26 @@ $$;
 
 -- A batch of two debits and a grant: entries numbered in batch order from the balance.
 select is((select array_agg(p.from_balance order by o) from unnest(billing.post_transfers(array[
-    pg_temp.spec('debit', (select id from acct), billing.platform_account_id('usage_revenue'), 3, 'w-1'),
-    pg_temp.spec('debit', (select id from acct), billing.platform_account_id('usage_revenue'), 4, 'w-2')])) with ordinality p(transfer_id, replayed, from_balance, to_balance, o)),
+    pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 3, 'w-1'),
+    pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 4, 'w-2')])) with ordinality p(transfer_id, replayed, from_balance, to_balance, o)),
   array[7, 3]::numeric[], 'a batch''s debits leave the balances after each, in order');
 select results_eq($$select e.balance_after, e.account_version from billing.entries e where e.account_id = (select id from acct) order by e.id$$,
   $$values (10::numeric, 1::bigint), (7, 2), (3, 3)$$, 'each entry carries the balance and version after it');
 select is((select sum(l.remaining) from billing.lots l where l.account_id = (select id from acct)), 3::numeric,
   'the lots were drawn by the same amounts');
-select ok((billing.post_transfers(array[pg_temp.spec('debit', (select id from acct), billing.platform_account_id('usage_revenue'), 3, 'w-1')]))[1].replayed,
+select ok((billing.post_transfers(array[pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 3, 'w-1')]))[1].replayed,
   'a movement under a written key and kind is a replay');
 select is((select balance from billing.accounts where id = (select id from acct)), 3::numeric(38, 18),
   'and moves nothing');
-select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('debit', (select id from acct), billing.platform_account_id('usage_revenue'), 2, 'w-1')])$$),
+select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 2, 'w-1')])$$),
   'IDEMPOTENCY_KEY_REUSED', 'another movement under the same key and kind is refused');
-select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('debit', (select id from acct), billing.platform_account_id('usage_revenue'), 5, 'w-3')])$$),
+select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 5, 'w-3')])$$),
   'LEDGER_INVARIANT', 'a debit below zero is refused unless it is a reversal');
 select is((billing.post_transfers(array[pg_temp.spec('refund_reversal', (select id from acct), billing.platform_account_id('refunds'), 5, 'w-4')]))[1].from_balance,
   -2::numeric, 'a refund reversal may leave debt');
-select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('debit', (select id from acct), billing.platform_account_id('usage_revenue'), 0.0000000000000000001, 'w-5')])$$),
+select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 0.0000000000000000001, 'w-5')])$$),
   'LEDGER_INVARIANT', 'an amount finer than 18 places is refused');
-select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('debit', (select id from acct), billing.platform_account_id('usage_revenue'), null, 'w-7')])$$),
+select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), null, 'w-7')])$$),
   'LEDGER_INVARIANT', 'a movement without an amount is refused');
 select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('void', billing.platform_account_id('usage_revenue'), (select id from acct), 2, 'w-6',
     jsonb_build_object('return_to', jsonb_build_array(jsonb_build_object('lot_id', (select min(l.id) from billing.lots l where l.account_id = (select id from acct)), 'amount', 1))))])$$),
@@ -75,7 +75,7 @@ create function pg_temp.single(s billing.transfer_spec) returns billing.posted_t
   select (billing.post_transfers(array[s]))[1]
 $$;
 create function pg_temp.batched(s billing.transfer_spec) returns billing.posted_transfer language sql as $$
-  select (billing.post_transfers(array[s, pg_temp.spec('debit', (select z from acc), (select ur from acc), 1,
+  select (billing.post_transfers(array[s, pg_temp.spec('usage', (select z from acc), (select ur from acc), 1,
     'twin-pad-' || s.idempotency_key)]))[1]
 $$;
 -- An account's ledger as a shape two twins can share: lots (by rank), entries, and each transfer's
@@ -102,9 +102,9 @@ select pg_temp.batched(pg_temp.spec('usage', (select y from acc), (select ur fro
 select is(pg_temp.shape((select x from acc)), pg_temp.shape((select y from acc)),
   'a debit across two lots: alone and in a batch, the same entries and draws');
 -- `first`: the paid lot before the spending order.
-select pg_temp.single(pg_temp.spec('debit', (select x from acc), (select ur from acc), 4, 'twin-d2-x',
+select pg_temp.single(pg_temp.spec('usage', (select x from acc), (select ur from acc), 4, 'twin-d2-x',
   jsonb_build_object('first', jsonb_build_array(pg_temp.paid_lot((select x from acc))))));
-select pg_temp.batched(pg_temp.spec('debit', (select y from acc), (select ur from acc), 4, 'twin-d2-y',
+select pg_temp.batched(pg_temp.spec('usage', (select y from acc), (select ur from acc), 4, 'twin-d2-y',
   jsonb_build_object('first', jsonb_build_array(pg_temp.paid_lot((select y from acc))))));
 select is(pg_temp.shape((select x from acc)), pg_temp.shape((select y from acc)),
   'a debit with lots drawn first: the same alone and in a batch');

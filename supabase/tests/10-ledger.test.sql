@@ -44,18 +44,18 @@ select is((billing.charge_usage('aaaaaaaa-0000-4000-8000-000000000001', 'gpt-4o'
   'charge_usage debits the priced amount');
 select is((select r.version from billing.transfers t join billing.rate_cards r on r.id = t.rate_card_id
            where t.idempotency_key = 'u-1'), 1, 'a usage transfer records the rate-card version it used');
-select is((billing.debit_credits('aaaaaaaa-0000-4000-8000-000000000001', 10, 'd-1')).balance, 40.000000000000000001::numeric,
-  'debit_credits spends a given amount');
-select is(pg_temp.err($$select billing.debit_credits('aaaaaaaa-0000-4000-8000-000000000001', 41, 'd-2')$$),
-  'INSUFFICIENT_CREDITS', 'a debit larger than the balance is refused');
-select is(pg_temp.err($$select billing.debit_credits('bbbbbbbb-0000-4000-8000-000000000002', 1, 'd-3')$$),
+select is((pg_temp.spend('aaaaaaaa-0000-4000-8000-000000000001', 10, 'd-1')).balance, 40.000000000000000001::numeric,
+  'a usage charge spends exactly its priced amount');
+select is(pg_temp.err($$select pg_temp.spend('aaaaaaaa-0000-4000-8000-000000000001', 41, 'd-2')$$),
+  'INSUFFICIENT_CREDITS', 'a charge larger than the balance is refused');
+select is(pg_temp.err($$select pg_temp.spend('bbbbbbbb-0000-4000-8000-000000000002', 1, 'd-3')$$),
   'INSUFFICIENT_CREDITS', 'a user with no account cannot spend');
 
 -- ============================================================ holds
 
 select is((billing.reserve_credits('aaaaaaaa-0000-4000-8000-000000000001', 30, 'h-1')).available, 10.000000000000000001::numeric,
   'a hold reduces available but not the balance');
-select is(pg_temp.err($$select billing.debit_credits('aaaaaaaa-0000-4000-8000-000000000001', 11, 'd-4')$$),
+select is(pg_temp.err($$select pg_temp.spend('aaaaaaaa-0000-4000-8000-000000000001', 11, 'd-4')$$),
   'INSUFFICIENT_CREDITS', 'held credits cannot be spent elsewhere');
 select is(pg_temp.err($$select billing.reserve_credits('aaaaaaaa-0000-4000-8000-000000000001', 5, 'h-bad', 0)$$),
   'INVALID_TTL', 'a hold needs a positive TTL');
@@ -98,8 +98,8 @@ select results_eq(
 
 select is((billing.reverse_credits('aaaaaaaa-0000-4000-8000-000000000001', 100, 'refund_reversal', 'r-1', 'ch_1')).balance,
   -71.999999999999999999::numeric, 'a refund reversal of spent credits creates debt');
-select is(pg_temp.err($$select billing.debit_credits('aaaaaaaa-0000-4000-8000-000000000001', 1, 'd-5')$$),
-  'INSUFFICIENT_CREDITS', 'every debit is refused while in debt');
+select is(pg_temp.err($$select pg_temp.spend('aaaaaaaa-0000-4000-8000-000000000001', 1, 'd-5')$$),
+  'INSUFFICIENT_CREDITS', 'every charge is refused while in debt');
 select is(pg_temp.err($$select billing.reserve_credits('aaaaaaaa-0000-4000-8000-000000000001', 1, 'h-4')$$),
   'INSUFFICIENT_CREDITS', 'no hold is granted while in debt');
 select is((billing.grant_credits('aaaaaaaa-0000-4000-8000-000000000001', 100, 'purchase', 'p-2')).balance,
@@ -142,7 +142,7 @@ select is(pg_temp.err($$delete from billing.rate_cards$$), 'LEDGER_IMMUTABLE', '
 -- as service_role
 set local role service_role;
 select throws_ok($$update billing.entries set amount = 0$$, '42501', null, 'service_role cannot update entries');
-select throws_ok($$insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key) values ('debit', 1, 2, 1, 'x')$$,
+select throws_ok($$insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key) values ('usage', 1, 2, 1, 'x')$$,
   '42501', null, 'service_role cannot insert transfers directly');
 select throws_ok($$update billing.accounts set balance = 1e9$$, '42501', null, 'service_role cannot set a balance directly');
 select lives_ok($$select billing.get_balance('aaaaaaaa-0000-4000-8000-000000000001')$$, 'service_role may call the ledger functions');
@@ -180,8 +180,8 @@ reset role;
 -- as anon
 set local role anon;
 select throws_ok($$select * from billing_api.balance$$, '42501', null, 'anon cannot read balances');
-select throws_ok($$select billing.debit_credits('aaaaaaaa-0000-4000-8000-000000000001', 1, 'anon')$$, '42501', null,
-  'anon cannot call debit_credits');
+select throws_ok($$select billing.charge_usage('aaaaaaaa-0000-4000-8000-000000000001', 'gpt-4o', 1, 1, 'anon')$$, '42501', null,
+  'anon cannot call charge_usage');
 reset role;
 
 select * from finish();

@@ -3,7 +3,7 @@
 -- held, balance and the entry's balance_after stay exact. Counted with this transaction's own
 -- statistics (pg_stat_xact_user_tables), so nothing else on the cluster moves the figures.
 begin;
-select plan(12);
+select plan(13);
 \ir helpers.psql
 
 insert into auth.users (id) values ('c3c3c3c3-0000-4000-8000-000000000003');
@@ -15,6 +15,9 @@ $$;
 create function pg_temp.acct() returns billing.accounts language sql as $$
   select * from billing.accounts where user_id = 'c3c3c3c3-0000-4000-8000-000000000003'
 $$;
+create function pg_temp.call_writes() returns bigint language sql as $$
+  select n_tup_ins + n_tup_upd from pg_stat_xact_user_tables where schemaname = 'billing' and relname = 'ai_calls'
+$$;
 create temp table w (phase text, before bigint, after bigint);
 grant all on w to service_role;
 grant execute on all functions in schema pg_temp to service_role;
@@ -23,8 +26,12 @@ set local role service_role;
 
 -- ============================================================ an AI call: one write per phase
 insert into w select 'begin', pg_temp.account_writes(), null;
+insert into w select 'begin record', pg_temp.call_writes(), null;
 select billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o', 1000, 500, 'writes-call-1', 'h', 600);
 update w set after = pg_temp.account_writes() where phase = 'begin';
+update w set after = pg_temp.call_writes() where phase = 'begin record';
+select is((select after - before from w where phase = 'begin record'), 1::bigint,
+  'beginning it writes the call''s record once, with its hold and who pays');
 select is((select after - before from w where phase = 'begin'), 1::bigint, 'beginning an AI call writes its account once (held)');
 select is(((pg_temp.acct()).balance, (pg_temp.acct()).held), (100.0::numeric, 50.0::numeric),
   'the hold is the dearest price, held; the balance untouched');

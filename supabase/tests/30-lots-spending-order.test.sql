@@ -2,6 +2,7 @@
 -- spends, and the only lots that can be overdue (a disputed purchase's, frozen) are spent last.
 begin;
 select plan(4);
+\ir helpers.psql
 
 insert into auth.users (id) values ('abababab-0000-4000-8000-000000000001');
 
@@ -14,7 +15,7 @@ where l.grant_transfer_id = (select t.id from billing.transfers t where t.idempo
 update billing.accounts a set next_expiry = now() - interval '1 minute'
 where a.user_id = 'abababab-0000-4000-8000-000000000001';
 
-select billing.debit_credits('abababab-0000-4000-8000-000000000001', 10, 'order-debit');
+select pg_temp.spend('abababab-0000-4000-8000-000000000001', 10, 'order-debit');
 select is((select l.remaining from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
            where t.idempotency_key = 'order-frozen'), 50::numeric, 'the frozen overdue lot is not drawn');
 select is((select l.remaining from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id

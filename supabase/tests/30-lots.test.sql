@@ -27,7 +27,7 @@ select results_eq(
   $$values ('paid', 20, 1000::numeric, false), ('promotional', 10, 0::numeric, true), ('promotional', 10, 0::numeric, false)$$,
   'each grant is a lot: a purchase paid at its cost, a promotion expiring by policy, an adjustment as the admin chose');
 
-select billing.debit_credits('dddddddd-0000-4000-8000-000000000001', 40, 'lot-debit-1');
+select pg_temp.spend('dddddddd-0000-4000-8000-000000000001', 40, 'lot-debit-1');
 select is(pg_temp.remaining('lot-promo'), 0::numeric, 'the expiring promotion is spent first');
 select is(pg_temp.remaining('lot-adj'), 10::numeric, 'then the promotion without expiry');
 select is(pg_temp.remaining('lot-paid'), 100::numeric, 'paid credits last');
@@ -37,7 +37,7 @@ select results_eq(
   $$values (30::numeric), (10::numeric)$$,
   'the debit records what it drew from each lot');
 
-select billing.debit_credits('dddddddd-0000-4000-8000-000000000001', 40, 'lot-debit-1');
+select pg_temp.spend('dddddddd-0000-4000-8000-000000000001', 40, 'lot-debit-1');
 select is((select count(*)::int from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id
   where t.idempotency_key = 'lot-debit-1'), 2, 'a replayed debit draws nothing again');
 
@@ -95,7 +95,7 @@ create function pg_temp.lot_line(p_key text) returns numeric language sql as $$
 $$;
 select billing.grant_credits('dddddddd-0000-4000-8000-000000000004', 100, 'purchase', 'rev-paid', null, null, null,
   '{"cost_cents": 1000}');
-select billing.debit_credits('dddddddd-0000-4000-8000-000000000004', 30, 'rev-spend');
+select pg_temp.spend('dddddddd-0000-4000-8000-000000000004', 30, 'rev-spend');
 select billing.reverse_credits('dddddddd-0000-4000-8000-000000000004', 20, 'expiry', 'rev-expire', null, null, null,
   array(select l.id from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'rev-paid'));
 select billing.reverse_credits('dddddddd-0000-4000-8000-000000000004', 10, 'refund_reversal', 'rev-refund', null, null, null,
@@ -128,7 +128,7 @@ select billing.grant_credits('a2a2a2a2-0000-4000-8000-0000000000e1', 100, 'promo
 create temp table e as select a.id as account, l.id as lot from billing.accounts a join billing.lots l on l.account_id = a.id
   where a.user_id = 'a2a2a2a2-0000-4000-8000-0000000000e1';
 create temp table ch as
-  select k, (billing.debit_credits('a2a2a2a2-0000-4000-8000-0000000000e1', amt, 'exp-' || k)).transfer_id as id
+  select k, (pg_temp.spend('a2a2a2a2-0000-4000-8000-0000000000e1', amt, 'exp-' || k)).transfer_id as id
   from (values (1, 40), (2, 10), (3, 40)) v(k, amt);
 create function pg_temp.due() returns void language sql as $$
   update billing.lots set expires_at = now() - interval '1 second', frozen = false where id = (select lot from e);

@@ -49,9 +49,9 @@ select ok((select a.restricted_lots from billing.accounts a where a.user_id = 'a
 select is((select l.applies_to from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
            where t.idempotency_key = 'ap-mini'), '{gpt-4o-mini*}'::text[], 'the lot keeps its list');
 
-select is(pg_temp.detail($$select billing.debit_credits('a7a7a7a7-0000-4000-8000-000000000001', 15, 'ap-d1')$$)
+select is(pg_temp.detail($$select billing.reserve_credits('a7a7a7a7-0000-4000-8000-000000000001', 15, 'ap-d1')$$)
   - 'debt', '{"required": "15", "available": "10", "restricted": "10", "reason": "some credits may only pay for other models"}'::jsonb,
-  'a movement without a model may not use the restricted credits: the 402 says how many and why');
+  'a movement without a model (a student''s own hold) may not use the restricted credits: the 402 says how many and why');
 select ok(billing.run_usage_request('a7a7a7a7-0000-4000-8000-000000000001', 'ap-hot', 'h', 'r',
   '{"model": "gpt-4o-mini", "input_tokens": 1000, "output_tokens": 0}', 200) is null,
   'the one-trip usage path hands an account with restricted lots to the general path');
@@ -112,15 +112,15 @@ select results_eq($$select l.amount, l.applies_to from billing.lots l where l.ac
 
 select billing.grant_credits('a7a7a7a7-0000-4000-8000-000000000004', 10, 'adjustment', 'ap-w1');
 select billing.grant_credits('a7a7a7a7-0000-4000-8000-000000000002', 1, 'adjustment', 'ap-w2');
-select is(pg_temp.err(format($$select billing.post_transfers(array[('debit', %s, billing.platform_account_id('usage_revenue'), 3,
+select is(pg_temp.err(format($$select billing.post_transfers(array[('usage', %s, billing.platform_account_id('usage_revenue'), 3,
   'ap-t1', null, null, null, null, null, null, jsonb_build_object('take', jsonb_build_array(jsonb_build_object('lot_id', %s, 'amount', 2))))::billing.transfer_spec])$$,
   pg_temp.account('a7a7a7a7-0000-4000-8000-000000000004'), (select l.id from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'ap-w1'))),
   'LEDGER_INVARIANT', 'a take of other than the amount is refused');
-select is(pg_temp.err(format($$select billing.post_transfers(array[('debit', %s, billing.platform_account_id('usage_revenue'), 1,
+select is(pg_temp.err(format($$select billing.post_transfers(array[('usage', %s, billing.platform_account_id('usage_revenue'), 1,
   'ap-t2', null, null, null, null, null, null, jsonb_build_object('take', jsonb_build_array(jsonb_build_object('lot_id', %s, 'amount', 1))))::billing.transfer_spec])$$,
   pg_temp.account('a7a7a7a7-0000-4000-8000-000000000004'), (select l.id from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'ap-w2'))),
   'LEDGER_INVARIANT', 'a take of another account''s lot is refused');
-select is(pg_temp.err(format($$select billing.post_transfers(array[('debit', %s, billing.platform_account_id('usage_revenue'), 1,
+select is(pg_temp.err(format($$select billing.post_transfers(array[('usage', %s, billing.platform_account_id('usage_revenue'), 1,
   'ap-t3', null, null, null, null, null, null, '{"take": []}'::jsonb)::billing.transfer_spec])$$,
   pg_temp.account('a7a7a7a7-0000-4000-8000-000000000004'))), 'LEDGER_INVARIANT', 'so is an empty take');
 

@@ -97,8 +97,8 @@ select is(billing.charge_cost('usage', 'margins-test', now(), 2,
 select is(billing.charge_cost('usage', 'margins-test', now(), 5,
     '{"reserved": "3", "priced": "5", "unbilled": "0", "input_tokens": 1000}'), 0.0015::numeric,
   'an excess that is the whole price (nothing captured) carries the cost');
-select is(billing.charge_cost('debit', 'margins-test', now(), 1, '{"input_tokens": 1000}'), 0::numeric,
-  'a debit''s caller-written counts cost nothing');
+select is(billing.charge_cost('hold_capture', 'margins-test', now(), 1, '{"input_tokens": 1000}'), 0::numeric,
+  'a job''s capture (no AI call) carries caller-written counts: they cost nothing');
 select is(billing.charge_cost('usage', 'margins-unpriced', now(), 1, '{"input_tokens": 1000}'), null::numeric,
   'a model without a provider price has an unknown cost');
 

@@ -23,9 +23,11 @@ select billing.charge_usage((select u from t0), 'gpt-4o', 1000, 500, 'usage-test
 select billing.charge_usage((select m from t0), 'gpt-4o', 1000, 0, 'usage-test:f');
 -- b reports cached input and reasoning too (the other kinds: tests/15-catalog-token-kinds).
 select billing.charge_usage((select u from t0), 'gpt-4o-mini', 2000, 1000, 'usage-test:b', null, null, 1000, 500);
--- A debit whose caller put token-like keys in its metadata: a charge, but no tokens.
-select billing.debit_credits((select u from t0), 2.5, 'usage-test:d', null, null,
-  '{"model": "gpt-4o", "input_tokens": 77, "output_tokens": "many"}');
+-- A job's capture whose caller put token-like keys in its metadata: a charge, but no tokens.
+select billing.capture_hold((select u from t0), (billing.reserve_credits((select u from t0), 2.5, 'usage-test:d', 900, null,
+  '{"model": "gpt-4o"}')).hold_id, 2.5, null, '{"model": "gpt-4o", "input_tokens": 77, "output_tokens": "many"}');
+-- Its transfer is keyed by its hold: named by the test's key from here on.
+create temp table d_hold as select h.id from billing.holds h where h.idempotency_key = 'usage-test:d';
 select billing.charge_usage((select m from t0), 'gpt-4o', 2000, 0, 'usage-test:g');
 select billing.charge_usage((select u from t0), 'gpt-4o', 400, 0, 'usage-test:c');
 select billing.charge_usage((select u from t0), 'claude-3-5-haiku', 100, 100, 'usage-test:e');
@@ -36,9 +38,9 @@ alter table billing.transfers disable trigger transfers_immutable;
 alter table billing.entries disable trigger entries_immutable;
 update billing.transfers set created_at = now() - interval '3 days' where idempotency_key in ('usage-test:a', 'usage-test:f');
 update billing.transfers set created_at = now() - interval '2 days'
-  where idempotency_key in ('usage-test:b', 'usage-test:d', 'usage-test:g');
+  where idempotency_key in ('usage-test:b', 'usage-test:g') or hold_id = (select id from d_hold);
 update billing.entries e set created_at = t.created_at from billing.transfers t
-  where t.id = e.transfer_id and t.idempotency_key like 'usage-test:%';
+  where t.id = e.transfer_id and (t.idempotency_key like 'usage-test:%' or t.hold_id = (select id from d_hold));
 alter table billing.transfers enable trigger transfers_immutable;
 alter table billing.entries enable trigger entries_immutable;
 
@@ -71,7 +73,7 @@ select is(
    from billing.usage_daily d, t0 where d.user_id = t0.u and d.day >= t0.today - 3),
   (select array_agg(x order by n) from t0, lateral (values
      (1, 'gpt-4o:50:1:1000:own'), (2, 'gpt-4o:2.5:1:0:own'), (3, 'gpt-4o-mini:5.4:1:2000:own')) v(n, x)),
-  'the rolled rows: per day and model, the debit''s planted tokens not counted');
+  'the rolled rows: per day and model, the capture''s planted tokens not counted');
 select is(
   (select d.cached_input_tokens || ':' || d.reasoning_tokens || ':' || d.images || ':' || d.audio_seconds
    from billing.usage_daily d, t0 where d.user_id = t0.u and d.model = 'gpt-4o-mini'),
@@ -93,7 +95,7 @@ select is(billing.roll_up_usage(31), 0, 'a second run rolls nothing: each day on
 
 select is(billing.usage_summary((select u from t0), (select today - 9 from t0), (select today + 1 from t0), 'day')
   -> 'runway' ->> 'pace_per_day', trim_scale(round(
-    (select sum(t.amount) from billing.transfers t where t.idempotency_key like 'usage-test:%'
+    (select sum(t.amount) from billing.transfers t where (t.idempotency_key like 'usage-test:%' or t.hold_id = (select id from d_hold))
        and t.idempotency_key not in ('usage-test:f', 'usage-test:g', 'usage-test:org', 'usage-test:grant'))::numeric(38, 18) / 7, 18))::text,
   'the runway''s pace: the last 7 days'' own charges ÷ 7');
 

@@ -100,7 +100,7 @@ with rows (n, created, inserted, amount) as (
   union all select 6 + g, 600 + g, 600 + g, -0.01 from generate_series(1, 2000) g
 ), t as (
   insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, created_at)
-  select case when r.amount > 0 then 'promo_grant'::billing.transfer_kind else 'debit' end,
+  select case when r.amount > 0 then 'promo_grant'::billing.transfer_kind else 'usage' end,
     case when r.amount > 0 then billing.platform_account_id('promotions') else a.id end,
     case when r.amount > 0 then a.id else billing.platform_account_id('usage_revenue') end,
     abs(r.amount), 'asof-statement:' || r.n, pg_temp.at(r.created)

@@ -25,18 +25,18 @@ select is(billing.set_spend_cap((select u from k), 'day', 'UTC', null, 10, (sele
 
 create temp table h as select (billing.reserve_credits((select u from k), 6, 'caps-hold')).hold_id as id;
 select is(pg_temp.cap() ->> 'spent', '6', 'a hold counts when it is placed');
-select is(pg_temp.err($$select billing.debit_credits((select u from k), 5, 'caps-debit-over')$$), 'SPEND_CAP_REACHED',
-  'a debit that would pass the cap is refused');
-select is(pg_temp.detail($$select billing.debit_credits((select u from k), 5, 'caps-debit-over')$$) - 'cap_id' - 'resets_at',
+select is(pg_temp.err($$select pg_temp.spend((select u from k), 5, 'caps-debit-over')$$), 'SPEND_CAP_REACHED',
+  'a charge that would pass the cap is refused');
+select is(pg_temp.detail($$select pg_temp.spend((select u from k), 5, 'caps-debit-over')$$) - 'cap_id' - 'resets_at',
   '{"cap": "10", "spent": "6", "model": null, "period": "day", "required": "5", "time_zone": "UTC"}'::jsonb,
   'with the cap, what was spent and what it needed');
 select is((select trim_scale(balance) from billing.accounts where user_id = (select u from k)), 100::numeric, 'and moves nothing');
 select billing.release_hold((select u from k), (select id from h));
 select is(pg_temp.cap() ->> 'spent', '0', 'what a released hold did not spend comes back to the period');
-select is((billing.debit_credits((select u from k), 10, 'caps-debit-all')).amount, 10::numeric(38, 18), 'a debit up to the cap passes');
+select is((pg_temp.spend((select u from k), 10, 'caps-debit-all')).charged, 10::numeric(38, 18), 'a charge up to the cap passes');
 select is(array[pg_temp.cap() ->> 'spent', pg_temp.cap() ->> 'remaining'], array['10', '0'], 'and fills it');
-select is(pg_temp.err($$select billing.debit_credits((select u from k), 0.000000000000000001, 'caps-debit-tiny')$$), 'SPEND_CAP_REACHED',
-  'after which the smallest debit is refused');
+select is(pg_temp.err($$select pg_temp.spend((select u from k), 0.000000000000000001, 'caps-debit-tiny')$$), 'SPEND_CAP_REACHED',
+  'after which the smallest charge is refused');
 
 -- ============================================================ alerts
 

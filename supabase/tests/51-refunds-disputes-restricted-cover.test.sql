@@ -51,7 +51,7 @@ select billing.sync_purchase(pg_temp.state(1, 999, 999));
 select is(pg_temp.school_left(1), 5000::numeric,
   'u1: a refund takes none of the school''s credits for haiku to cover what was spent on gpt-4o');
 select is(pg_temp.bal(1), 3770::numeric, 'u1: what was spent is owed: the balance nets the 1,230 of debt');
-select is(pg_temp.err($$select billing.debit_credits(pg_temp.u(1), 1, 'rc-any-1')$$), 'INSUFFICIENT_CREDITS',
+select is(pg_temp.err($$select pg_temp.spend(pg_temp.u(1), 1, 'rc-any-1')$$), 'INSUFFICIENT_CREDITS',
   'u1: nothing is left for any model');
 select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(1), 'gpt-4o', 50, 0, 'rc-4o-1')$$), 'INSUFFICIENT_CREDITS',
   'u1: nor for gpt-4o');
@@ -66,7 +66,7 @@ select billing.charge_usage(pg_temp.u(2), 'gpt-4o', 61500, 0, 'rc-spend-2');
 select billing.sync_purchase(pg_temp.state(2, 999, 0, 'needs_response'));
 select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(2), 'gpt-4o', 20000, 0, 'rc-4o-2')$$), 'INSUFFICIENT_CREDITS',
   'u2: while the dispute is open, the disputed purchase''s credits cannot be spent on gpt-4o');
-select is(pg_temp.err($$select billing.debit_credits(pg_temp.u(2), 1, 'rc-any-2')$$), 'INSUFFICIENT_CREDITS',
+select is(pg_temp.err($$select pg_temp.spend(pg_temp.u(2), 1, 'rc-any-2')$$), 'INSUFFICIENT_CREDITS',
   'u2: nor on anything');
 select is((select count(*)::int from billing.holds h join billing.accounts a on a.id = h.account_id
            where a.user_id = pg_temp.u(2) and h.purpose = 'dispute' and h.status = 'active'), 1, 'u2: the dispute holds');
@@ -98,7 +98,7 @@ select billing.grant_credits(pg_temp.u(3), 9990, 'adjustment', 'rc-pay-3', null,
 select results_eq($$select l.remaining, l.debt_settled from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
                     where t.idempotency_key = 'rc-pay-3'$$, $$values (0::numeric, 9990::numeric)$$,
   'u3: credits for any model pay the debt in full');
-select is(pg_temp.err($$select billing.debit_credits(pg_temp.u(3), 1, 'rc-any-3')$$), 'INSUFFICIENT_CREDITS',
+select is(pg_temp.err($$select pg_temp.spend(pg_temp.u(3), 1, 'rc-any-3')$$), 'INSUFFICIENT_CREDITS',
   'u3: no credit for any model came out of the school''s');
 select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(3), 'claude-3-5-haiku', 100000, 0, 'rc-haiku-3')$$), 'no error',
   'u3: the school''s 3,000 pay for haiku once the debt is paid');

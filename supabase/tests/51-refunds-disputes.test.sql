@@ -76,7 +76,7 @@ select is((select sum(t.amount) from billing.transfers t join billing.accounts a
 -- The refunded half takes the bonus's 2,500: u3 gives its 1,999 left and owes 501, u2's 1,999
 -- expired and is forgiven, and it owes the same 501. At the full refund both owe the 3,000 spent.
 insert into p values (2, pg_temp.buy(2, 'pro')), (3, pg_temp.buy(3, 'pro'));
-select billing.debit_credits(pg_temp.u(n), 3000, 'bonus-spend-' || n) from generate_series(2, 3) n;
+select pg_temp.spend(pg_temp.u(n), 3000, 'bonus-spend-' || n) from generate_series(2, 3) n;
 select pg_temp.expire((select id from p where n = 2), 'promotional');
 select is(pg_temp.bal(2), 49990::numeric, 'u2: 1,999 of the bonus expired');
 select billing.sync_purchase(pg_temp.state(n, 4999, 2500)) from generate_series(2, 3) n;

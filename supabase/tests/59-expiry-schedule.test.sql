@@ -39,7 +39,7 @@ select is(pg_temp.rows(1), array['plan:10000:2000:8000:basic_monthly:t'],
   'of a Basic period''s 10,000 credits, up to 2,000 roll over at the renewal and 8,000 end');
 select is((select abs(extract(epoch from s.ends_at - now() - interval '30 days')) < 1 from billing.get_expiry_schedule(pg_temp.u(1)) s),
   true, 'they end with the period');
-select billing.debit_credits(pg_temp.u(1), 8500, 'spend-1');
+select pg_temp.spend(pg_temp.u(1), 8500, 'spend-1');
 select is(pg_temp.rows(1), array['plan:1500:1500:0:basic_monthly:t'],
   'with 1,500 left, all of it rolls over: never more than is left');
 select billing.grant_credits(pg_temp.u(1), 40, 'promo_grant', 'promo-1', null, null, null,

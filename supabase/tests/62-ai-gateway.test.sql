@@ -1,7 +1,7 @@
 -- The AI gateway's SQL: who may call it, the hold of the dearest price, capture of exactly what
 -- the provider reported, failures that charge nothing, the allowlist, server keys.
 begin;
-select plan(30);
+select plan(32);
 \ir helpers.psql
 
 insert into auth.users (id) values ('a1a1a1a1-0000-4000-8000-000000000001'), ('b2b2b2b2-0000-4000-8000-000000000002');
@@ -34,12 +34,22 @@ select is(billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o'
   'held', 'a call the balance covers is held');
 select is((select available from billing.balance_of((select id from billing.accounts where user_id = 'a1a1a1a1-0000-4000-8000-000000000001'))),
   50.0::numeric, 'the hold takes the dearest price from what is available');
-select is(billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o', 1000, 500, 'call-1', 'h1', 600) ->> 'state',
-  'in_flight', 'the same key while it runs is in flight');
+select is(billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o', 1000, 500, 'call-1', 'h1', 600) ->> 'token',
+  'IDEMPOTENCY_KEY_IN_USE', 'the same key while it runs is refused as in use');
 select is(billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o', 1000, 500, 'call-1', 'other', 600) ->> 'token',
   'IDEMPOTENCY_KEY_REUSED', 'the same key with another request is refused');
-select is(pg_temp.err($$select billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o', 1000, 2000, 'call-2', 'h2', 600)$$),
-  'INSUFFICIENT_CREDITS', 'a second call the rest cannot cover is refused before the provider');
+select is(billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o', 1000, 2000, 'call-2', 'h2', 600, 'chat',
+    array['openai'], false, false, 7) - 'detail',
+  '{"state": "refused", "token": "INSUFFICIENT_CREDITS"}'::jsonb,
+  'a second call the rest cannot cover is refused before the provider, as a row (one round trip)');
+select is((select jsonb_build_object('status', status, 'failure', failure, 'hold', hold_id, 'key', idempotency_key,
+             'duration_at_least_elapsed', duration_ms >= 7)
+           from billing.ai_calls where user_id = 'a1a1a1a1-0000-4000-8000-000000000001' order by seq desc limit 1),
+  '{"status": "refused", "failure": "INSUFFICIENT_CREDITS", "hold": null, "key": null, "duration_at_least_elapsed": true}'::jsonb,
+  'the refusal is recorded by the same statement, with the time before it');
+select is((select count(*)::int from billing.ai_calls where user_id = 'a1a1a1a1-0000-4000-8000-000000000001'
+           and failure in ('IDEMPOTENCY_KEY_IN_USE', 'IDEMPOTENCY_KEY_REUSED', 'INSUFFICIENT_CREDITS')), 3,
+  'every refusal a row answers is recorded once');
 select is((select count(*)::int from billing.ai_calls where idempotency_key = 'call-2'), 0,
   'the refused call keeps no claim: its key is free');
 select is((select count(*)::int from billing.holds h join billing.accounts a on a.id = h.account_id
@@ -78,8 +88,8 @@ select is((billing.finish_ai_call((select id from billing.ai_calls where idempot
   '1', 'an excess beyond the hold is charged from what is available, never into debt');
 select is((select c.unbilled = (billing.price_usage('gpt-4o', 100000, 0, 0, 0)).amount - 1 from billing.ai_calls c
   where c.idempotency_key = 'owe-1'), true, 'the rest is recorded on the call, exactly');
-select is(pg_temp.err($$select billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o-mini', 1, 1, 'owe-2', 'h', 600)$$),
-  'INSUFFICIENT_CREDITS', 'the next call is refused while the rest cannot be paid');
+select is(billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o-mini', 1, 1, 'owe-2', 'h', 600)
+    #>> '{detail,reason}', 'unbilled_usage', 'the next call is refused while the rest cannot be paid');
 select billing.grant_credits('c3c3c3c3-0000-4000-8000-000000000003', 3000, 'promo_grant', 'ai-fund-4');
 select is(billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o-mini', 1, 1, 'owe-2', 'h', 600) ->> 'state',
   'held', 'once funded, the next call is held');

@@ -64,7 +64,7 @@ select is(pg_temp.err($$delete from billing.money_entries$$), 'LEDGER_IMMUTABLE'
 select is(pg_temp.err($$update billing.money_transfers set currency = 'eur'$$), 'LEDGER_IMMUTABLE', 'money transfers cannot be changed');
 
 -- Reconciliation against a planted Stripe day: the fee is wrong at Stripe, and a charge is extra.
-select is(billing.reconcile_providers('2001-02-03', jsonb_build_object(
+select is(pg_temp.reconcile('2001-02-03', jsonb_build_object(
   'charges', jsonb_build_array(
     jsonb_build_object('id', 'ch_pgtap', 'amount', 10000, 'currency', 'usd', 'destination', 'acct_pgtap',
       'payment_id', (select id from pay), 'application_fee_amount', 299),

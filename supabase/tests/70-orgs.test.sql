@@ -71,15 +71,15 @@ select is((select l.expires_at from billing.lots l join billing.accounts a on a.
 
 -- The member's spending order: the organisation first, then their own credits.
 select billing.grant_credits('eeeeeeee-0000-4000-8000-000000000002', 50, 'purchase', 'ada-own');
-select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000002', 280, 'ada-debit-1');
+select pg_temp.spend('eeeeeeee-0000-4000-8000-000000000002', 280, 'ada-debit-1');
 select is(pg_temp.avail((select org from ids), 'eeeeeeee-0000-4000-8000-000000000002'), 20::numeric, 'spent from the allowance first');
 select is((select member_id from billing.transfers where idempotency_key = 'ada-debit-1'),
   'eeeeeeee-0000-4000-8000-000000000002'::uuid, 'the transfer names the member');
-select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000002', 30, 'ada-debit-2');
+select pg_temp.spend('eeeeeeee-0000-4000-8000-000000000002', 30, 'ada-debit-2');
 select is(pg_temp.own('eeeeeeee-0000-4000-8000-000000000002'), 20::numeric, 'a charge the allowance cannot cover is paid from her own');
-select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000002', 30, 'ada-debit-2');
+select pg_temp.spend('eeeeeeee-0000-4000-8000-000000000002', 30, 'ada-debit-2');
 select is(pg_temp.own('eeeeeeee-0000-4000-8000-000000000002'), 20::numeric, 'a retry charges nothing again');
-select is(pg_temp.detail($$select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000002', 25, 'ada-debit-3')$$) -> 'wallets',
+select is(pg_temp.detail($$select pg_temp.spend('eeeeeeee-0000-4000-8000-000000000002', 25, 'ada-debit-3')$$) -> 'wallets',
   jsonb_build_array(
     jsonb_build_object('wallet', 'organisation', 'org_id', (select org from ids), 'available', '20', 'short_by', '5',
       'reason', 'insufficient'),
@@ -114,7 +114,7 @@ select is((select l.expires_at from billing.lots l join billing.transfers t on t
 select billing.remove_member('eeeeeeee-0000-4000-8000-000000000001', (select org from ids), 'eeeeeeee-0000-4000-8000-000000000003');
 select is(pg_temp.avail((select org from ids), 'eeeeeeee-0000-4000-8000-000000000003'), 0::numeric,
   'a removed member''s allowance sweeps back at once');
-select is(pg_temp.err($$select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000003', 1, 'bo-after')$$),
+select is(pg_temp.err($$select pg_temp.spend('eeeeeeee-0000-4000-8000-000000000003', 1, 'bo-after')$$),
   'INSUFFICIENT_CREDITS', 'and they no longer spend the organisation''s credits');
 
 -- ============================================================ a pool with a cap per member
@@ -124,13 +124,13 @@ select is(pg_temp.avail((select org from ids), 'eeeeeeee-0000-4000-8000-00000000
   'switching to a pool sweeps the allowances back');
 select billing.set_member_cap('eeeeeeee-0000-4000-8000-000000000001', (select org from ids),
   'eeeeeeee-0000-4000-8000-000000000002', 'day', 25);
-select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000002', 20, 'ada-pool-1');
+select pg_temp.spend('eeeeeeee-0000-4000-8000-000000000002', 20, 'ada-pool-1');
 select is((select from_account_id from billing.transfers where idempotency_key = 'ada-pool-1'),
   (select id from billing.accounts where org_id = (select org from ids) and member_id is null), 'the member spends from the wallet');
-select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000002', 10, 'ada-pool-2');
+select pg_temp.spend('eeeeeeee-0000-4000-8000-000000000002', 10, 'ada-pool-2');
 select is(pg_temp.own('eeeeeeee-0000-4000-8000-000000000002'), 10::numeric,
   'over her daily cap, the charge falls to her own credits');
-select is(pg_temp.detail($$select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000002', 12, 'ada-pool-3')$$) -> 'wallets' -> 0 -> 'cap' ->> 'cap',
+select is(pg_temp.detail($$select pg_temp.spend('eeeeeeee-0000-4000-8000-000000000002', 12, 'ada-pool-3')$$) -> 'wallets' -> 0 -> 'cap' ->> 'cap',
   '25', 'and when neither can pay, the 402 shows the cap');
 
 -- ============================================================ RLS and invariants

@@ -10,7 +10,7 @@ begin;
 set transaction isolation level repeatable read;
 select pg_advisory_xact_lock(hashtext('billing.roll_up_ledger'));
 lock table billing.revenue_rollup, billing.daily_revenue in exclusive mode;
-select plan(49);
+select plan(53);
 
 create temp table t0 as select (now() at time zone 'UTC')::date as today;
 -- k days ago at hh:00 UTC.
@@ -98,7 +98,7 @@ select pg_temp.purchase(2, 'plus', 'cs_rollup_2', pg_temp.at(8, 9), pg_temp.at(8
 select pg_temp.credit(2, 'purchase', 24990, pg_temp.at(8, 10)), pg_temp.credit(2, 'promo_grant', 1249.5, pg_temp.at(8, 10));
 select pg_temp.money('credit_purchase', 'usd', pg_temp.at(8, 10), pg_temp.at(8, 10), array[['payers', '-2499'], ['b2c_revenue', '2499']]);
 select pg_temp.money('stripe_fee', 'usd', pg_temp.at(8, 10), pg_temp.at(8, 10), array[['b2c_revenue', '-102'], ['stripe_fees', '102']]);
-select pg_temp.credit(2, 'debit', 7.5, pg_temp.at(3, 8));
+select pg_temp.credit(2, 'hold_capture', 7.5, pg_temp.at(3, 8));
 -- u3's checkout opens late on day 6 and is paid early on day 5 (a later day, before the roll-up).
 select pg_temp.purchase(3, 'mini', 'cs_rollup_3', pg_temp.at(6, 23), pg_temp.at(5, 1));
 select pg_temp.credit(3, 'purchase', 5000, pg_temp.at(5, 1));
@@ -255,6 +255,36 @@ select is((select outstanding_credits from billing.revenue_rollup where day = (s
   'and the liability at its watermark is every user entry before it');
 select ok(pg_temp.same(9, 0, -1, 0) and pg_temp.same(0, 0, -1, 0), 'today from its watermark on is live: the range equals the live computation');
 select ok(pg_temp.report_is_live(9, 'day'), 'and so does the report');
+
+-- Bounded by rows, not time: a run rolls up the longest span from where it stands (a minute,
+-- doubled) that holds at most p_rows transfers, a minute holding more whole.
+delete from billing.revenue_rollup where day = (select today from t0);
+select billing.roll_up_ledger(null, 3);
+select ok((select count(*) from billing.transfers t, billing.revenue_rollup r where r.day = (select today from t0)
+           and t.created_at >= pg_temp.at(0, 0) and t.created_at < r.ledger_until) <= 3
+  or (select ledger_until from billing.revenue_rollup where day = (select today from t0)) <= pg_temp.at(0, 0) + interval '1 minute',
+  'a run bounded by rows rolls up at most that many transfers (or one minute)');
+-- Plan lots' credits, as the roll-up's lots part holds them (by source), equal plan_metrics's
+-- reading of the allocations.
+insert into billing.subscriptions (user_id, plan_id, request_key, status) values (pg_temp.uid(1), 'basic_monthly', 'rollup-test', 'active');
+select pg_temp.credit(1, 'promo_grant', 50, greatest(pg_temp.at(0, 0), now() - interval '20 seconds'));
+insert into billing.lots (account_id, grant_transfer_id, category, priority, amount, remaining, granted_at)
+select a.id, (select max(id) from billing.transfers), 'promotional', 0, 50, 48, greatest(pg_temp.at(0, 0), now() - interval '20 seconds')
+from billing.accounts a where a.user_id = pg_temp.uid(1);
+insert into billing.plan_lots (lot_id, subscription_id, period_end)
+select l.id, s.id, now() + interval '30 days' from billing.lots l, billing.subscriptions s
+where l.grant_transfer_id = (select max(id) from billing.transfers) and s.request_key = 'rollup-test';
+select pg_temp.credit(1, 'usage', 2, greatest(pg_temp.at(0, 0), now() - interval '20 seconds'));
+insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, created_at)
+select (select max(id) from billing.transfers), pl.lot_id, 'usage', 2, greatest(pg_temp.at(0, 0), now() - interval '20 seconds')
+from billing.plan_lots pl join billing.subscriptions s on s.id = pl.subscription_id where s.request_key = 'rollup-test';
+select billing.roll_up_ledger();
+select ok(exists (select 1 from billing.revenue_rollup r, jsonb_array_elements(r.lots) x
+                  where r.day = (select today from t0) and x ->> 'source' = 'plan' and (x ->> 'credits')::numeric = 2)
+  or now() < pg_temp.at(0, 0) + interval '1 minute', 'the roll-up keeps what plan lots drew apart');
+select is(billing.revenue_metrics(pg_temp.at(0, 0), pg_temp.at(-1, 0)) -> 'plans', billing.plan_metrics(pg_temp.at(0, 0), pg_temp.at(-1, 0)),
+  'and the report''s plan credits used equal the allocations''');
+select ok(pg_temp.same(0, 0, -1, 0) and pg_temp.report_is_live(9, 'day'), 'a report with plan lots equals the live computation');
 
 -- A run that crosses midnight: yesterday rolled up to 23:50, a transfer at 23:55.
 delete from billing.revenue_rollup where day >= (select today - 1 from t0);

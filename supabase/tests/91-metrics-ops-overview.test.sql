@@ -4,6 +4,7 @@
 -- same name, which the page could not tell apart; this pins the list's shape.)
 begin;
 select plan(5);
+\ir helpers.psql
 
 insert into auth.users (id) values ('eeeeeeee-0000-4000-8000-000000000001'), ('eeeeeeee-0000-4000-8000-000000000002');
 create temp table twins as
@@ -13,9 +14,9 @@ create temp table twins as
 select billing.attach_provider_account(id, 'acct_twin_' || request_key) from twins;
 
 -- The day before, then the latest day: one provider with mismatches of two kinds in two currencies.
-select billing.reconcile_providers('2998-12-31', jsonb_build_object('balances', jsonb_build_array(
+select pg_temp.reconcile('2998-12-31', jsonb_build_object('balances', jsonb_build_array(
   jsonb_build_object('account', 'acct_twin_twin-a', 'currency', 'usd', 'amount', 1))));
-select is(billing.reconcile_providers('2999-01-01', jsonb_build_object(
+select is(pg_temp.reconcile('2999-01-01', jsonb_build_object(
   'charges', jsonb_build_array(jsonb_build_object('id', 'ch_twin', 'amount', 5000, 'currency', 'usd',
     'destination', 'acct_twin_twin-a', 'payment_id', null, 'application_fee_amount', 150)),
   'balances', jsonb_build_array(

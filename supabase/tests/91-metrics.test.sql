@@ -39,10 +39,11 @@ select billing.sync_purchase(pg_temp.paid(3, 500, 45));
 select billing.sync_purchase(pg_temp.paid(3, 500, 45, 0, 'lost'));
 -- u4 opens a checkout and never pays.
 select pg_temp.checkout('eeeeeeee-0000-4000-8000-000000000004', 'mini', 4);
--- u5 gets a 100-credit adjustment, spends 7.5, and uses gpt-4o-mini for 10,000 in + 1,000 out tokens:
+-- u5 gets a 100-credit adjustment, spends 7.5 through a hold it captures (no model), and uses gpt-4o-mini for 10,000 in + 1,000 out tokens:
 -- (10,000 × 0.15 + 1,000 × 0.60) × 4 / 1,000 = 8.4 credits.
 select billing.grant_credits('eeeeeeee-0000-4000-8000-000000000005', 100, 'adjustment', 'rev-grant-5');
-select billing.debit_credits('eeeeeeee-0000-4000-8000-000000000005', 7.5, 'rev-debit-5');
+select billing.capture_hold('eeeeeeee-0000-4000-8000-000000000005',
+  (billing.reserve_credits('eeeeeeee-0000-4000-8000-000000000005', 7.5, 'rev-hold-5')).hold_id);
 select billing.charge_usage('eeeeeeee-0000-4000-8000-000000000005', 'gpt-4o-mini', 10000, 1000, 'rev-usage-5');
 -- A provider (owned by u6, who has no credit activity) is paid $100.00 (fee 300¢); $40.00 is
 -- refunded with 120¢ of the fee.

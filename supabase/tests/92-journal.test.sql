@@ -15,7 +15,7 @@ select billing.post_money('credit_purchase', 'journal-paid', 'xts', null, null, 
   billing.money_entry('payers', -1100), billing.money_entry('b2c_revenue', 1000), billing.money_entry('tax_payable', 100)));
 select billing.post_money('stripe_fee', 'journal-fee', 'xts', null, null, null, jsonb_build_array(
   billing.money_entry('b2c_revenue', -59), billing.money_entry('stripe_fees', 59)));
-select billing.debit_credits('92929292-0000-4000-8000-000000000001', 1, 'journal-spend');
+select pg_temp.spend('92929292-0000-4000-8000-000000000001', 1, 'journal-spend');
 select billing.reverse_credits('92929292-0000-4000-8000-000000000001', 1, 'expiry', 'journal-expire');
 select billing.reverse_credits('92929292-0000-4000-8000-000000000001', 0.5, 'refund_reversal', 'journal-refund');
 select billing.post_money('credit_refund', 'journal-refunded', 'xts', null, null, null, jsonb_build_array(
@@ -66,7 +66,7 @@ select is(billing.major_units(1234, 'jpy'), '1234', 'a zero-decimal currency has
 insert into auth.users (id) values ('92929292-0000-4000-8000-000000000002'), ('92929292-0000-4000-8000-000000000003');
 select billing.grant_credits('92929292-0000-4000-8000-000000000002', 2000, 'purchase', 'journal-debt-buy', null, null, null,
   '{"cost_cents": 200, "currency": "xxx"}');
-select billing.debit_credits('92929292-0000-4000-8000-000000000002', 2000, 'journal-debt-spend');
+select pg_temp.spend('92929292-0000-4000-8000-000000000002', 2000, 'journal-debt-spend');
 select billing.reverse_credits('92929292-0000-4000-8000-000000000002', 2000, 'refund_reversal', 'journal-debt-refund');
 select billing.grant_credits('92929292-0000-4000-8000-000000000003', 5000, 'purchase', 'journal-gift-buy', null, null, null,
   '{"cost_cents": 500, "currency": "xxx"}');

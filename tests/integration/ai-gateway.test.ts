@@ -262,6 +262,53 @@ Deno.test('parallel streams whose holds exceed the balance: as many run as the b
   await assertLedgerInvariants();
 });
 
+Deno.test('the same Idempotency-Key sent 8 times at once with a balance for one call: one call, never a 402', async () => {
+  // begin_ai_call holds before it writes the call's record: a duplicate that waited on the first
+  // one's hold is answered by the first one's claim (in use, or its replay), not refused for
+  // the credits the first one holds.
+  const s = await student('0');
+  const messages = ask('#standin words=3 delay=50');
+  const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${await chatPromptTokens(
+    { messages },
+    'gpt-4o',
+    128_000,
+  )}, 100)::text as hold`;
+  const admin = await adminToken();
+  await api('/credits/grants', {
+    token: admin,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { user_id: s.id, amount: hold, reason: 'one hold', kind: 'promo_grant' },
+  });
+  const key = crypto.randomUUID();
+  const results = await Promise.allSettled(
+    Array.from({ length: 8 }, () =>
+      s.openai.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 100 }, {
+        headers: { 'idempotency-key': key },
+      })),
+  );
+  const answered = results.filter((r) => r.status === 'fulfilled');
+  assert.ok(answered.length >= 1, 'the first call is answered');
+  for (const r of results) {
+    if (r.status === 'rejected') {
+      const err = r.reason as InstanceType<typeof OpenAI.APIError>;
+      assert.equal(err.status, 409, `a duplicate is in use, never refused for credits: ${err.message}`);
+    }
+  }
+  const [{ calls, charged, refused }] = await testDb`select
+      count(*) filter (where c.status = 'charged')::int as calls,
+      trim_scale(coalesce(sum(c.charged), 0))::text as charged,
+      count(*) filter (where c.status = 'refused' and c.failure <> 'IDEMPOTENCY_KEY_IN_USE')::int as refused
+    from billing.ai_calls c where c.user_id = ${s.id}`;
+  assert.deepEqual({ calls, refused }, { calls: 1, refused: 0 }, 'one call charged; every refusal was "in use"');
+  for (const r of answered) {
+    assert.equal((r as PromiseFulfilledResult<{ usage?: { cost?: unknown } }>).value.usage?.cost, charged);
+  }
+  assert.equal(await activeHolds(s.id), 0);
+  const b = await balanceIsGrantsLessCharges(s.id);
+  assert.ok(b.exact, `the balance is the grants less the call's charge: ${JSON.stringify(b)}`);
+  await assertLedgerInvariants();
+});
+
 Deno.test('a per-model cap stops a call before the provider is called', async () => {
   const s = await student();
   const capped = await api('/credits/caps', {

@@ -165,7 +165,7 @@ Deno.test('a charge that did not draw its whole amount from lots is refused with
   const err = await testDb.begin(async (sql) => {
     const [t] = await sql`
       insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key)
-      select 'debit', a.id, billing.platform_account_id('usage_revenue'), 1, ${crypto.randomUUID()}
+      select 'usage', a.id, billing.platform_account_id('usage_revenue'), 1, ${crypto.randomUUID()}
       from billing.accounts a where a.user_id = ${s.id} returning id`;
     const e = await sql`select billing.void_charge(${admin}, ${t.id}, 'old')`.catch((e: Error) => e);
     throw e;

@@ -116,12 +116,12 @@ Deno.test("each day's journal balances to the cent, matches its re-derivation fr
        -- Each source's exact parts, rounded once per source and currency (as the journal rounds a day's).
        select p.source, p.currency, round(sum(p.part))::text as cents from (
          -- What each transfer of the day drew from paid lots, at cost, by why it moved ...
-         select case when t.kind in ('usage', 'debit', 'hold_capture', 'void') then 'credits_used'
+         select case when t.kind in ('usage', 'hold_capture', 'void') then 'credits_used'
                   when t.kind = 'expiry' then 'credits_expired' when t.kind = 'refund_reversal' then 'credits_refunded'
                   else 'credits_disputed' end as source, l.currency, l.cost_cents * a.amount / l.amount as part
          from billing.transfers t join billing.lot_allocations a on a.transfer_id = t.id join billing.lots l on l.id = a.lot_id, bounds b
          where t.created_at >= b.lo and t.created_at < b.hi and l.category = 'paid'
-           and t.kind in ('usage', 'debit', 'hold_capture', 'void', 'expiry', 'refund_reversal', 'dispute_reversal')
+           and t.kind in ('usage', 'hold_capture', 'void', 'expiry', 'refund_reversal', 'dispute_reversal')
          union all
          -- ... of what it gave back, the part that paid a debt then: used that day ...
          select 'credits_used', l.currency, l.cost_cents * a.debt_settled / l.amount

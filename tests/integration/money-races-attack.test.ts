@@ -57,7 +57,7 @@ async function restrictedMisuse(): Promise<Json[]> {
       trim_scale(x.amount)::text as amount
     from billing.lot_allocations x join billing.lots l on l.id = x.lot_id join billing.transfers t on t.id = x.transfer_id
     where x.amount > 0 and l.applies_to is not null and (
-      (x.kind in ('usage', 'hold_capture', 'debit')
+      (x.kind in ('usage', 'hold_capture')
         and not coalesce(billing.lot_pays_for(l.applies_to, t.metadata ->> 'model'), false))
       or (x.kind in ('refund_reversal', 'dispute_reversal')
         and not exists (select 1 from billing.purchases p where p.id = l.purchase_id and p.stripe_charge_id = t.reference)))`,
@@ -291,7 +291,7 @@ Deno.test('a pool member capped at 1 a day, removed while 10 calls billed beyond
   const answers = await Promise.all(calls);
   const [paid] =
     await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as n, count(*)::int as c from billing.transfers t
-    where t.from_account_id = ${pool.id} and t.member_id = ${ada.id} and t.kind in ('usage', 'hold_capture', 'debit')`;
+    where t.from_account_id = ${pool.id} and t.member_id = ${ada.id} and t.kind in ('usage', 'hold_capture')`;
   const [owed] =
     await testDb`select trim_scale(coalesce(sum(unbilled), 0))::text as n, count(*) filter (where unbilled is not null)::int as c
     from billing.ai_calls where user_id = ${ada.id}`;

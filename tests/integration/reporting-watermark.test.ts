@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import postgres from 'postgres';
 import { env, newUser, testDb } from '../support/helpers.ts';
+import { microCard } from '../support/money.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -33,6 +34,7 @@ async function fundedUsers(n: number): Promise<string[]> {
 
 Deno.test('a ledger transaction that starts before a roll-up and commits after it is counted once', async () => {
   const [user] = await fundedUsers(1);
+  const model = await microCard();
   const writer = postgres(env('SUPABASE_DB_URL'), { max: 1, onnotice: () => {}, prepare: false });
   const other = postgres(env('SUPABASE_DB_URL'), { max: 1, onnotice: () => {}, prepare: false });
   let release = () => {};
@@ -43,12 +45,12 @@ Deno.test('a ledger transaction that starts before a roll-up and commits after i
     const slow = writer.begin(async (tx) => {
       [{ started }] = await tx`select now() as started`;
       await held;
-      await tx`select billing.debit_credits(${user}, 1.234567, ${'watermark-slow:' + user})`;
+      await tx`select billing.charge_usage(${user}, ${model}, 1234567, 0, ${'watermark-slow:' + user})`;
     });
     while (!started) await sleep(20);
     await sleep(1500);
     // A transfer started and committed meanwhile: later in time, earlier in commit order.
-    await other`select billing.debit_credits(${user}, 2.5, ${'watermark-fast:' + user})`;
+    await other`select billing.charge_usage(${user}, ${model}, 2500000, 0, ${'watermark-fast:' + user})`;
     const [{ w }] = await other`select billing.roll_up_ledger('1 day') as w`;
     assert.ok(w < started!, `the roll-up stopped before the open transaction's start (${w} < ${started})`);
     release();
@@ -58,8 +60,8 @@ Deno.test('a ledger transaction that starts before a roll-up and commits after i
     assert.ok(after > started!, 'once it committed, the roll-up passed it');
     const [{ n }] =
       await other`select count(*)::int as n from billing.transfers t join billing.accounts a on a.id = t.from_account_id
-      where a.user_id = ${user} and t.kind = 'debit' and t.created_at < ${after}`;
-    assert.equal(n, 2, 'both debits are before the watermark: in the rolled-up half');
+      where a.user_id = ${user} and t.kind = 'usage' and t.created_at < ${after}`;
+    assert.equal(n, 2, 'both charges are before the watermark: in the rolled-up half');
     const report = await reportIsRaw(other);
     assert.equal(report.total_equal, true, 'the report equals the raw rows');
     assert.equal(report.series_equal, true, 'each day of the series equals its raw rows');
@@ -72,23 +74,25 @@ Deno.test('a ledger transaction that starts before a roll-up and commits after i
 
 Deno.test('writers committing out of order while roll-ups run: every report read meanwhile equals the raw rows, to the cent', async () => {
   const users = await fundedUsers(6);
+  const model = await microCard();
   const writers = postgres(env('SUPABASE_DB_URL'), { max: 4, onnotice: () => {}, prepare: false });
   const side = postgres(env('SUPABASE_DB_URL'), { max: 2, onnotice: () => {}, prepare: false });
   const until = performance.now() + 6000;
   let written = 0;
   try {
-    // Each transaction takes its start time, waits a random while, then debits (or grants), so
+    // Each transaction takes its start time, waits a random while, then charges usage (or grants), so
     // commits land out of the order of the rows' dates.
     const write = async (w: number) => {
       for (let i = 0; performance.now() < until; i++) {
         const user = users[(w + i) % users.length];
-        const amount = (1 + ((w * 7919 + i * 104729) % 99_999)) / 10_000; // up to four decimals
+        const tokens = (1 + ((w * 7919 + i * 104729) % 99_999)) * 100; // a charge of up to four decimals (microCard)
+        const amount = (tokens / 1_000_000).toFixed(4);
         await writers.begin(async (tx) => {
           await tx`select pg_sleep(${((w * 31 + i * 17) % 200) / 1000})`;
           if (i % 10 === 9) {
             await tx`select billing.grant_credits(${user}, ${amount}, 'promo_grant', ${`watermark-grant:${w}:${i}:${user}`})`;
           } else {
-            await tx`select billing.debit_credits(${user}, ${amount}, ${`watermark-debit:${w}:${i}:${user}`})`;
+            await tx`select billing.charge_usage(${user}, ${model}, ${tokens}, 0, ${`watermark-usage:${w}:${i}:${user}`})`;
           }
         });
         written++;

@@ -98,19 +98,23 @@ Deno.test('each money route runs exactly one SQL statement per request, in one r
     // Warm the connection (postgres.js reads the server's types once per connection).
     await usage({ model: 'gpt-4o', input_tokens: 1, output_tokens: 0 });
 
-    const counted = async (what: string, fn: () => Promise<{ status: number; body: Record<string, unknown> }>) => {
+    const counted = async (
+      what: string,
+      fn: () => Promise<{ status: number; body: Record<string, unknown> }>,
+      n = 1,
+    ) => {
       const before = await statements();
       const trips = { ...proxy.seen };
       const r = await fn();
-      assert.equal(await statements() - before, 1, `${what} (${r.status}) ran one statement`);
+      assert.equal(await statements() - before, n, `${what} (${r.status}) ran ${n} statement(s)`);
       assert.deepEqual(
         {
           syncs: proxy.seen.syncs - trips.syncs,
           flushes: proxy.seen.flushes - trips.flushes,
           queries: proxy.seen.queries - trips.queries,
         },
-        { syncs: 1, flushes: 0, queries: 0 },
-        `${what} was one round trip`,
+        { syncs: n, flushes: 0, queries: 0 },
+        `${what} was ${n} round trip(s)`,
       );
       return r;
     };
@@ -135,7 +139,24 @@ Deno.test('each money route runs exactly one SQL statement per request, in one r
       const r = await fetch(`${url}/credits/balance`, { headers: { authorization: `Bearer ${token}` } });
       return { status: r.status, body: await r.json() };
     });
+    // An AI call as the SDKs send it (no Idempotency-Key, so no answer is kept): the hold and the
+    // capture, each one statement in one round trip; a call the balance cannot cover is refused,
+    // and recorded, by the hold's one statement.
+    const chat = async (model: string, max_tokens: number) => {
+      const r = await fetch(`${url}/ai/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], max_tokens }),
+      });
+      return { status: r.status, body: await r.json() };
+    };
+    assert.equal((await counted('an AI call', () => chat('gpt-4o-mini', 5), 2)).status, 200);
+    const refused = await counted('an AI call refused (402)', () => chat('gpt-4o', 4000), 1);
+    assert.equal(refused.status, 402, JSON.stringify(refused.body));
   }).finally(proxy.close);
+  // 98.98 less what the AI call was charged (the refused one, nothing), summed in SQL: exact.
+  const [{ expected }] = await testDb`select trim_scale(98.98 - coalesce(sum(c.charged), 0))::text as expected
+    from billing.ai_calls c where c.user_id = ${user}`;
   const balance = await api('/credits/balance', { token });
-  assert.equal((balance.body.data as { balance: string }).balance, '98.98', 'and each moved what it should');
+  assert.equal((balance.body.data as { balance: string }).balance, expected, 'and each moved what it should');
 });

@@ -92,6 +92,18 @@ export async function fullCard(): Promise<string> {
   return model;
 }
 
+/**
+ * A model whose input token costs exactly a millionth of a credit ($0.001 a million, ×1): n input
+ * tokens charge n / 1,000,000 credits, so a test spends any amount to six places through the real
+ * usage charge, e.g. `billing.charge_usage(user, model, 1234567, 0, key)` spends 1.234567.
+ */
+export async function microCard(): Promise<string> {
+  const model = `micro-${crypto.randomUUID().slice(0, 8)}`;
+  await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
+    effective_from) values (${model}, 1, 0.001, 0, 1, now() - interval '1 minute')`;
+  return model;
+}
+
 /** Usage of every kind: 382 credits on a fullCard model. */
 export const everyKind = {
   input_tokens: 1000,

@@ -24,12 +24,14 @@ Deno.test('a known upward call passes while it exists, and fails once it is gone
   ]);
 });
 
-Deno.test('the SET clause is parsed: an alias, a first assignment, a CTE, quoted names and a column list all count', () => {
+Deno.test("the SET clause is parsed: an alias, a first assignment, a CTE, quoted names, a column list and a hold's state all count", () => {
   assert.deepEqual(writerProblems(fixture('writers')), [
     '20-feature.sql:5 billing.alias_first does update billing.accounts set balance: only billing.post_transfers writes the ledger',
     '20-feature.sql:10 billing.held_in_cte does update billing.accounts set held: only billing.post_transfers writes the ledger',
     '20-feature.sql:15 billing.quoted does update billing.lots set remaining: only billing.post_transfers writes the ledger',
     '20-feature.sql:16 billing.quoted does delete billing.entries: only billing.post_transfers writes the ledger',
+    '20-feature.sql:22 billing.hold_around does insert billing.holds: only billing.post_transfers writes the ledger',
+    '20-feature.sql:23 billing.hold_around does update billing.holds set status: only billing.post_transfers writes the ledger',
   ]);
 });
 

@@ -169,9 +169,13 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
 
 /**
  * Everything before the provider: the answer's limit, the prompt's count (bounded by the limit)
- * and the hold. A refusal is recorded (one statement, no hold), then thrown.
+ * and the hold. A refusal is recorded (one statement, no hold: begin's own, or refuseCall for
+ * what is refused before it), then thrown.
  */
 async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, started: number) {
+  let prompt: number | null;
+  let maxOutput: number;
+  let callerKey: string | null;
   try {
     const limit = p.outputLimit(req);
     if (limit?.asked && limit.asked > env.AI_MAX_OUTPUT_TOKENS) {
@@ -184,8 +188,8 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
         },
       );
     }
-    const maxOutput = limit ? limit.asked ?? env.AI_MAX_OUTPUT_TOKENS : 0;
-    const prompt = await promptTokens(p, req, env.AI_MAX_PROMPT_TOKENS);
+    maxOutput = limit ? limit.asked ?? env.AI_MAX_OUTPUT_TOKENS : 0;
+    prompt = await promptTokens(p, req, env.AI_MAX_PROMPT_TOKENS);
     if (prompt === null) {
       throw new AppError(
         'validation',
@@ -194,21 +198,7 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
       );
     }
     // A caller's key keeps the answer for a replay (24 h); without one every call is its own.
-    const callerKey = c.req.header('idempotency-key') ? idempotencyKey(c) : null;
-    const begun = await beginCall({
-      userId: currentUser(c).id,
-      model: p.model(req),
-      promptTokens: prompt,
-      maxOutputTokens: maxOutput,
-      key: callerKey ?? `auto:${crypto.randomUUID()}`,
-      requestHash: sha256(`${p.endpoint} ${JSON.stringify(req)}`),
-      ttlSeconds: env.AI_CALL_MAX_SECONDS + 60,
-      endpoint: p.endpoint,
-      upstreams: upstreamsSpeaking(p.endpoint),
-      writesCache: p.writesCache(req),
-      stream: p.streamed(req),
-    });
-    return { begun, prompt, maxOutput, callerKey };
+    callerKey = c.req.header('idempotency-key') ? idempotencyKey(c) : null;
   } catch (err) {
     if (err instanceof AppError && err.status < 500) {
       await refuseCall(currentUser(c).id, p.model(req), p.endpoint, p.streamed(req), err.code, since(started))
@@ -216,6 +206,20 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
     }
     throw err;
   }
+  const begun = await beginCall({
+    userId: currentUser(c).id,
+    model: p.model(req),
+    promptTokens: prompt,
+    maxOutputTokens: maxOutput,
+    key: callerKey ?? `auto:${crypto.randomUUID()}`,
+    requestHash: sha256(`${p.endpoint} ${JSON.stringify(req)}`),
+    ttlSeconds: env.AI_CALL_MAX_SECONDS + 60,
+    endpoint: p.endpoint,
+    upstreams: upstreamsSpeaking(p.endpoint),
+    writesCache: p.writesCache(req),
+    stream: p.streamed(req),
+  }, since(started));
+  return { begun, prompt, maxOutput, callerKey };
 }
 
 /** Fails the call (nothing charged) and gives the caller's error. */

@@ -2,15 +2,15 @@
 // model and that its upstream speaks the endpoint, hold), finish (capture what the provider
 // reported), fail (release, charge nothing), refuse (record a call refused before the provider).
 // Each is one statement; SQL owns the money, and the call's record is written in the same
-// statements (docs/ai-gateway.md, "The call log"). Settling a call whose record keeps no content
-// and no answer goes in one round trip (sql.oneTrip): its values are ids, counts and timings, and
-// it refuses nothing (it raises only on a broken invariant), so a statement Postgres logs holds no
-// personal data. With content or a kept answer, and for begin (which raises the hold's 402 with
-// the caller's key in its values), the values go as parameters, in two trips.
+// statements (docs/ai-gateway.md, "The call log"). Begin, and settling a call whose record keeps
+// no content and no answer, go in one round trip (sql.oneTrip): they answer every refusal as a row
+// and raise only on a broken invariant, and their values are ids, counts, timings and the caller's
+// key (as a money request's), so a statement Postgres logs holds no personal data. With content or
+// a kept answer, the values go as parameters, in two trips.
 import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
 import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
-import { AppError, internalError } from '../_shared/errors.ts';
+import { internalError } from '../_shared/errors.ts';
 
 /** Usage in the rate card's disjoint kinds (input excludes cached input and cache writes, output excludes reasoning). */
 export interface Usage {
@@ -67,17 +67,15 @@ export interface CallReport {
   content?: { prompt: string; answer: string };
 }
 
-/** Claims the key and holds the call's worst case; a refusal (402, 403, 409 …) is thrown. */
-export async function beginCall(p: CallPlan): Promise<Begun> {
-  const [{ r }] =
-    await sql`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens}, ${p.maxOutputTokens}, ${p.key},
-      ${p.requestHash}, ${p.ttlSeconds}, ${p.endpoint}, ${p.upstreams}::text[], ${p.writesCache}, ${p.stream}) as r`;
+/**
+ * Claims the key and holds the call's worst case, in one round trip: every refusal (402, 403,
+ * 409 …) is a row SQL has already recorded (billing.refuse_ai_call), thrown here.
+ */
+export async function beginCall(p: CallPlan, elapsedMs: number): Promise<Begun> {
+  const [{ r }] = await sql.oneTrip`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens},
+    ${p.maxOutputTokens}, ${p.key}, ${p.requestHash}, ${p.ttlSeconds}, ${p.endpoint},
+    array(select jsonb_array_elements_text(${jsonb(p.upstreams)})), ${p.writesCache}, ${p.stream}, ${elapsedMs}) as r`;
   if (r.state === 'held' || r.state === 'replay') return r as Begun;
-  if (r.state === 'in_flight') {
-    throw new AppError('conflict', 'IDEMPOTENCY_KEY_IN_USE', 'A call with this Idempotency-Key is still running.', {
-      retryable: true,
-    });
-  }
   throw sqlRefusal(r.token, r.detail === undefined ? null : JSON.stringify(r.detail)) ?? internalError();
 }
 

@@ -177,7 +177,7 @@ const sqlErrors: Record<
     retryable: false,
   },
   INVALID_CODE: { type: 'validation', message: 'The code settings are not valid: see details.field and details.rule.' },
-  CHARGE_NOT_FOUND: { type: 'not_found', message: 'No such charge (usage, debit or hold capture).' },
+  CHARGE_NOT_FOUND: { type: 'not_found', message: 'No such charge (usage or hold capture).' },
   CHARGE_NOT_VOIDABLE: {
     type: 'conflict',
     message: 'This charge cannot be voided: it did not draw its whole amount from credit lots (see details.rule).',

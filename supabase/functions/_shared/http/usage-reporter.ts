@@ -21,13 +21,14 @@ export const serverKeyHash = (secret: string): string => createHash('sha256').up
 
 /**
  * Requires the service role or a live server key. Checked against the database on every call:
- * a revoked key stops working at once.
+ * a revoked key stops working at once. One round trip (sql.oneTrip): its one value is a hash,
+ * and the lookup cannot fail on it.
  */
 export const requireUsageReporter: MiddlewareHandler<AppEnv> = async function requireUsageReporter(c, next) {
   const given = c.req.header('authorization')?.replace(/^Bearer /, '') ?? '';
   if (serviceKeys().map((key) => constantTimeEqual(given, key)).includes(true)) return next();
   if (serverKeyPattern.test(given)) {
-    const [{ id }] = await sql`select billing.server_key_id(${serverKeyHash(given)}) as id`;
+    const [{ id }] = await sql.oneTrip`select billing.server_key_id(${serverKeyHash(given)}) as id`;
     if (id) return next();
     throw new AppError('auth', 'UNAUTHORIZED', 'This server key is unknown or was revoked.');
   }
