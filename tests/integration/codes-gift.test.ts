@@ -78,6 +78,24 @@ Deno.test("a lost dispute of a redeemed gift reaches the redeemer's credits (hel
   await assertLedgerInvariants();
 });
 
+Deno.test("a disputed gift's spent credits freeze the buyer's own balance until the dispute closes", async () => {
+  // Lost, the buyer owes what the redeemer spent: what the buyer has is held for it meanwhile.
+  const buyer = await student('50');
+  const friend = await student();
+  const g = await buyGift(buyer.token, 'starter');
+  await redeem(friend.token, g.code);
+  await spend(friend.token, 30);
+  await dispute(g.session_id, 'open');
+  assert.deepEqual(
+    [(await balanceOf(buyer.token)).held, (await balanceOf(friend.token)).held],
+    ['30', '9960'],
+    'the buyer holds the 30 spent, the friend what is left',
+  );
+  await dispute(g.session_id, 'won');
+  assert.deepEqual([(await balanceOf(buyer.token)).held, (await balanceOf(friend.token)).held], ['0', '0']);
+  await assertLedgerInvariants();
+});
+
 Deno.test('a gift refunded before redemption gives only what is left, and nothing once fully refunded', async () => {
   const buyer = await student();
   const g = await buyGift(buyer.token, 'starter');

@@ -30,6 +30,8 @@ interface Gift {
   escrow: number; // what the code still holds
   redeemedBy: Who | null;
   dispute: 'none' | 'open' | 'closed';
+  /** While disputed: what the buyer's own balance has frozen for the gift's credits already spent. */
+  buyerHold: number;
 }
 interface Model {
   promo: { credits: number; cap: number; redeemedBy: Set<Who> };
@@ -51,7 +53,27 @@ interface Real {
 const people: Who[] = ['buyer', 'ada', 'bo'];
 const frozen = (m: Model, l: Lot) => l.gift !== null && m.gifts[l.gift].dispute === 'open';
 const balanceOf = (m: Model, w: Who) => m.lots[w].reduce((s, l) => s + l.remaining, 0) + m.owed[w];
-const heldOf = (m: Model, w: Who) => m.lots[w].filter((l) => frozen(m, l)).reduce((s, l) => s + l.remaining, 0);
+const buyerHeld = (m: Model) => m.gifts.reduce((s, g) => s + (g.dispute === 'open' ? g.buyerHold : 0), 0);
+const heldOf = (m: Model, w: Who) =>
+  m.lots[w].filter((l) => frozen(m, l)).reduce((s, l) => s + l.remaining, 0) + (w === 'buyer' ? buyerHeld(m) : 0);
+
+/** What of gift i is no longer anywhere (spent by its redeemer): the buyer owes it if the dispute is lost. */
+function spentOf(m: Model, i: number) {
+  const g = m.gifts[i];
+  const left = g.redeemedBy === null ? g.escrow : (m.lots[g.redeemedBy].find((l) => l.gift === i) as Lot).remaining;
+  return packages[g.pkg].credits - g.reversed - left;
+}
+
+/**
+ * A disputed gift's spent credits are frozen in the buyer's balance, as far as it goes beyond what
+ * earlier disputes froze there: when one opens, and, for those still open, topped up (older first)
+ * after another closes.
+ */
+function freezeForBuyer(m: Model, i: number) {
+  const g = m.gifts[i];
+  const room = Math.max(balanceOf(m, 'buyer') - buyerHeld(m), 0);
+  g.buyerHold += Math.max(Math.min(spentOf(m, i) - g.buyerHold, room), 0);
+}
 
 async function compare(m: Model, r: Real) {
   for (const w of people) {
@@ -117,6 +139,7 @@ class BuyGift implements Cmd {
       escrow: packages[this.pkg].credits,
       redeemedBy: null,
       dispute: 'none',
+      buyerHold: 0,
     });
     await compare(m, r);
   }
@@ -231,10 +254,14 @@ class Dispute implements Cmd {
     const [g, i] = can[this.i % can.length];
     const outcome = this.outcome === 'open' && g.dispute === 'open' ? 'lost' : this.outcome;
     await emulator(`/_emulator/charges/${r.gifts[i].charge}/dispute`, { outcome });
-    if (outcome === 'open') g.dispute = 'open';
-    else {
+    if (outcome === 'open') {
+      g.dispute = 'open';
+      freezeForBuyer(m, i);
+    } else {
       g.dispute = 'closed';
+      g.buyerHold = 0;
       if (outcome === 'lost') takeBack(m, i, packages[g.pkg].credits - g.reversed);
+      m.gifts.forEach((x, j) => x.dispute === 'open' && freezeForBuyer(m, j));
     }
     await compare(m, r);
   }
