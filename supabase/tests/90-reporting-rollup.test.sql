@@ -166,15 +166,16 @@ create function pg_temp.usd_refunds(m jsonb) returns integer language sql as $$
   select coalesce(sum((x -> 'b2c_credits' ->> 'refunds_cents')::int), 0)::int
   from jsonb_array_elements(m -> 'by_currency') x where x ->> 'currency' = 'usd'
 $$;
--- Ten minutes ago (after the roll-up), a Stripe event dated three days ago arrived: a money
--- posting for a closed day.
-select pg_temp.money('credit_refund', 'usd', pg_temp.at(3, 20), now() - interval '10 minutes',
+-- Ten minutes ago (after the roll-up; never before today's midnight, which would make
+-- yesterday stale too), a Stripe event dated three days ago arrived: a money posting for a
+-- closed day.
+select pg_temp.money('credit_refund', 'usd', pg_temp.at(3, 20), greatest(pg_temp.at(0, 0), now() - interval '10 minutes'),
   array[['b2c_revenue', '-250'], ['payers', '250']]);
 -- u1's checkout from four days ago was paid; u4's purchase from six days ago got its session.
-update billing.purchases set status = 'paid', paid_at = now() - interval '10 minutes' where stripe_session_id = 'cs_rollup_1';
+update billing.purchases set status = 'paid', paid_at = greatest(pg_temp.at(0, 0), now() - interval '10 minutes') where stripe_session_id = 'cs_rollup_1';
 update billing.purchases set stripe_session_id = 'cs_rollup_4' where user_id = pg_temp.uid(4);
 -- The failed webhook from five days ago was retried and processed.
-update billing.stripe_events set status = 'processed', processed_at = now() - interval '10 minutes' where id = 'evt_rollup_2';
+update billing.stripe_events set status = 'processed', processed_at = greatest(pg_temp.at(0, 0), now() - interval '10 minutes') where id = 'evt_rollup_2';
 
 select ok(not pg_temp.is_current(3), 'a late money posting makes its day stale');
 select ok(not pg_temp.is_current(4), 'a checkout paid on a later day makes its creation day stale');
