@@ -98,29 +98,6 @@ comment on function billing.get_spend_caps(p_user uuid) is 'A user''s caps, each
 revoke execute on function billing.get_spend_caps(p_user uuid) from public;
 grant execute on function billing.get_spend_caps(p_user uuid) to service_role;
 
--- The posting transaction's start in microseconds: one alert per crossing, and a transaction
--- crosses a threshold at most once (the state it updates says it fired).
-create or replace function billing.alert_time() returns text
-language plpgsql stable
-set search_path = ''
-as $$ begin return (extract(epoch from now()) * 1000000)::bigint::text; end $$;
-comment on function billing.alert_time() is 'Internal: the posting transaction''s start in microseconds, the key of a threshold crossing.';
-revoke execute on function billing.alert_time() from public;
-
--- Queues one alert: the student's email and the product webhook, deduplicated by p_key.
-create or replace function billing.queue_user_alert(p_user uuid, p_key text, p_payload jsonb) returns void
-language sql
-set search_path = ''
-as $$
-  insert into billing.notification_outbox (template, user_id, dedupe_key, payload) values
-    ('balance_alert', p_user, 'alert-email:' || p_key, p_payload),
-    ('product_webhook', p_user, 'alert-webhook:' || p_key,
-     jsonb_build_object('type', 'billing.alert', 'id', p_key, 'user_id', p_user, 'data', p_payload))
-  on conflict (dedupe_key) do nothing
-$$;
-comment on function billing.queue_user_alert(p_user uuid, p_key text, p_payload jsonb) is 'Internal: an alert''s email and product webhook, once per key.';
-revoke execute on function billing.queue_user_alert(p_user uuid, p_key text, p_payload jsonb) from public;
-
 -- The low-balance alert of a locked account, after its balance or held amount moved: fires on
 -- the way down through the threshold, re-arms on the way back up.
 create or replace function billing.check_low_balance(a billing.accounts) returns void

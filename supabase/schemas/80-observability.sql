@@ -1,6 +1,6 @@
--- Operations: AI call logs with retention, deep-health results, alerts evaluated by pg_cron
--- (deduplicated: one open alert per condition, resolved when it clears), and the outbox
--- dispatcher's claim/mark functions.
+-- Operations: AI call logs with retention, deep-health results, and the alerts evaluated by
+-- pg_cron (deduplicated: one open alert per condition, resolved when it clears; the alerts
+-- table and billing.set_alert sit in 05-notifications.sql, so every layer can raise one).
 
 -- ============================================================ tables
 
@@ -38,24 +38,6 @@ create table billing.health_checks (
 comment on table billing.health_checks is 'Results of deep health checks (every dependency checked for real).';
 alter table billing.health_checks enable row level security;
 grant select on table billing.health_checks to service_role;
-
-create table billing.alerts (
-  id bigint generated always as identity primary key,
-  condition text not null,                        -- stable key, e.g. webhook_failures
-  severity text not null default 'page',
-  summary text not null,
-  details jsonb not null default '{}',
-  status text not null default 'open',
-  opened_at timestamptz not null default now(),
-  last_seen_at timestamptz not null default now(),
-  resolved_at timestamptz,
-  constraint alerts_status check (status in ('open', 'resolved'))
-);
-comment on table billing.alerts is 'Operational alerts. At most one open alert per condition; it resolves when the condition clears.';
-alter table billing.alerts enable row level security;
-grant select on table billing.alerts to service_role;
-
-create unique index alerts_one_open on billing.alerts (condition) where status = 'open';
 
 -- The thresholds of the usage alerts (margin_low, cost_spike), one row: the older conditions
 -- keep theirs in evaluate_core_alerts, but these are business choices an operator tunes
@@ -129,35 +111,6 @@ as $$ insert into billing.health_checks (results, ok) values (p_results, p_ok) $
 comment on function billing.record_health_check(p_results jsonb, p_ok boolean) is 'Records a deep health check''s results.';
 revoke execute on function billing.record_health_check(p_results jsonb, p_ok boolean) from public;
 grant execute on function billing.record_health_check(p_results jsonb, p_ok boolean) to service_role;
-
--- Opens (or refreshes) one alert per condition, or resolves it; writes an outbox row when it opens.
-create or replace function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb default '{}')
-returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_id bigint;
-begin
-  if p_firing then
-    update billing.alerts a set last_seen_at = now(), details = p_details, summary = p_summary
-    where a.condition = p_condition and a.status = 'open';
-    if not found then
-      insert into billing.alerts (condition, summary, details) values (p_condition, p_summary, p_details)
-      on conflict (condition) where status = 'open' do nothing
-      returning id into v_id;
-      if v_id is not null then
-        insert into billing.notification_outbox (template, dedupe_key, payload)
-        values ('alert', 'alert:' || v_id, jsonb_build_object('alert_id', v_id, 'condition', p_condition, 'summary', p_summary));
-      end if;
-    end if;
-  else
-    update billing.alerts a set status = 'resolved', resolved_at = now() where a.condition = p_condition and a.status = 'open';
-  end if;
-end;
-$$;
-comment on function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb) is 'Internal: opens, refreshes or resolves the one alert of a condition; queues its notification when it opens.';
-revoke execute on function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb) from public;
 
 -- The unspent liability in /health/metrics: users' accounts, and beside them the credits in
 -- organisation wallets and members' allowances, so users + organisations + platform accounts = 0

@@ -1,6 +1,9 @@
 -- The notification outbox: every e-mail and product webhook is a row written in the same
 -- transaction as the fact it reports, then claimed and sent by the notify function; each
--- product-webhook attempt is logged in webhook_deliveries.
+-- product-webhook attempt is logged in webhook_deliveries. Beside it, what any layer raises:
+-- an operator alert (billing.set_alert, one open per condition) and a student's alert
+-- (billing.queue_user_alert). The layer below every feature that sends one, the ledger's
+-- writer included.
 
 -- ============================================================ tables
 
@@ -37,6 +40,24 @@ alter table billing.webhook_deliveries enable row level security;
 grant select on table billing.webhook_deliveries to service_role;
 
 create index webhook_deliveries_outbox on billing.webhook_deliveries (outbox_id, id);
+
+create table billing.alerts (
+  id bigint generated always as identity primary key,
+  condition text not null,                        -- stable key, e.g. webhook_failures
+  severity text not null default 'page',
+  summary text not null,
+  details jsonb not null default '{}',
+  status text not null default 'open',
+  opened_at timestamptz not null default now(),
+  last_seen_at timestamptz not null default now(),
+  resolved_at timestamptz,
+  constraint alerts_status check (status in ('open', 'resolved'))
+);
+comment on table billing.alerts is 'Operational alerts. At most one open alert per condition; it resolves when the condition clears.';
+alter table billing.alerts enable row level security;
+grant select on table billing.alerts to service_role;
+
+create unique index alerts_one_open on billing.alerts (condition) where status = 'open';
 
 -- ============================================================ functions
 
@@ -106,3 +127,55 @@ $$;
 comment on function billing.log_webhook_delivery(p_outbox_id bigint, p_attempt integer, p_status integer, p_error text) is 'Records one product-webhook delivery attempt.';
 revoke execute on function billing.log_webhook_delivery(p_outbox_id bigint, p_attempt integer, p_status integer, p_error text) from public;
 grant execute on function billing.log_webhook_delivery(p_outbox_id bigint, p_attempt integer, p_status integer, p_error text) to service_role;
+
+-- Opens (or refreshes) one alert per condition, or resolves it; writes an outbox row when it opens.
+create or replace function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb default '{}')
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+begin
+  if p_firing then
+    update billing.alerts a set last_seen_at = now(), details = p_details, summary = p_summary
+    where a.condition = p_condition and a.status = 'open';
+    if not found then
+      insert into billing.alerts (condition, summary, details) values (p_condition, p_summary, p_details)
+      on conflict (condition) where status = 'open' do nothing
+      returning id into v_id;
+      if v_id is not null then
+        insert into billing.notification_outbox (template, dedupe_key, payload)
+        values ('alert', 'alert:' || v_id, jsonb_build_object('alert_id', v_id, 'condition', p_condition, 'summary', p_summary));
+      end if;
+    end if;
+  else
+    update billing.alerts a set status = 'resolved', resolved_at = now() where a.condition = p_condition and a.status = 'open';
+  end if;
+end;
+$$;
+comment on function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb) is 'Internal: opens, refreshes or resolves the one alert of a condition; queues its notification when it opens.';
+revoke execute on function billing.set_alert(p_condition text, p_firing boolean, p_summary text, p_details jsonb) from public;
+
+-- The posting transaction's start in microseconds: one alert per crossing, and a transaction
+-- crosses a threshold at most once (the state it updates says it fired).
+create or replace function billing.alert_time() returns text
+language plpgsql stable
+set search_path = ''
+as $$ begin return (extract(epoch from now()) * 1000000)::bigint::text; end $$;
+comment on function billing.alert_time() is 'Internal: the posting transaction''s start in microseconds, the key of a threshold crossing.';
+revoke execute on function billing.alert_time() from public;
+
+-- Queues one alert: the student's email and the product webhook, deduplicated by p_key.
+create or replace function billing.queue_user_alert(p_user uuid, p_key text, p_payload jsonb) returns void
+language sql
+set search_path = ''
+as $$
+  insert into billing.notification_outbox (template, user_id, dedupe_key, payload) values
+    ('balance_alert', p_user, 'alert-email:' || p_key, p_payload),
+    ('product_webhook', p_user, 'alert-webhook:' || p_key,
+     jsonb_build_object('type', 'billing.alert', 'id', p_key, 'user_id', p_user, 'data', p_payload))
+  on conflict (dedupe_key) do nothing
+$$;
+comment on function billing.queue_user_alert(p_user uuid, p_key text, p_payload jsonb) is 'Internal: an alert''s email and product webhook, once per key.';
+revoke execute on function billing.queue_user_alert(p_user uuid, p_key text, p_payload jsonb) from public;
