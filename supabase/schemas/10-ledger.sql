@@ -22,8 +22,10 @@
 -- Functions connect as the owner). Errors raise a stable token as the message with JSON detail;
 -- the TypeScript side maps tokens to HTTP in one place (_shared/adapters/sql-errors.ts).
 --
--- Holds (12-holds.sql), usage pricing (13-usage-pricing.sql) and the usage batch
--- (14-usage-batch.sql) build on this core.
+-- The tables the writer keeps beside the accounts live here too: holds (pending transfers;
+-- their functions in 12-holds.sql) and spend caps (checked under the account lock; 40-caps-alerts.sql).
+-- Holds, usage pricing (13-usage-pricing.sql) and the usage batch (14-usage-batch.sql) build on
+-- this core.
 
 -- ============================================================ types
 
@@ -182,6 +184,78 @@ create index entries_user_account_late on billing.entries (account_id, id)
 
 create index entries_created_brin on billing.entries using brin (created_at)
   with (pages_per_range = 32, autosummarize = on);
+
+create table billing.holds (
+  id uuid default gen_random_uuid() not null,
+  account_id bigint not null,
+  amount numeric(38,18) not null,
+  status text default 'active'::text not null,
+  purpose text default 'user'::text not null,
+  captured_amount numeric(38,18),
+  capture_transfer_id bigint,
+  idempotency_key text not null,
+  correlation_id text,
+  metadata jsonb,
+  expires_at timestamp with time zone not null,
+  created_at timestamp with time zone default now() not null,
+  finished_at timestamp with time zone,
+  member_id uuid,
+  constraint holds_amount_positive check ((amount > (0)::numeric)),
+  constraint holds_captured_within check (((captured_amount is null) or ((captured_amount > (0)::numeric) and (captured_amount <= amount)))),
+  constraint holds_finished check (((status = 'active'::text) = (finished_at is null))),
+  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text, 'dispute'::text]))),
+  constraint holds_status check ((status = any (array['active'::text, 'captured'::text, 'released'::text, 'expired'::text]))),
+  constraint holds_idempotency_key_key unique (idempotency_key),
+  constraint holds_pkey primary key (id),
+  constraint holds_account_id_fkey foreign key (account_id) references billing.accounts(id),
+  constraint holds_capture_transfer_id_fkey foreign key (capture_transfer_id) references billing.transfers(id)
+);
+comment on table billing.holds is 'Two-phase spending: reserve → capture (all or part) or release. available = balance − active holds.';
+alter table billing.holds enable row level security;
+grant select on table billing.holds to authenticated;
+grant select on table billing.holds to service_role;
+
+create index holds_active_expiry on billing.holds (expires_at) where status = 'active';
+
+create index holds_account on billing.holds (account_id, created_at desc);
+
+-- An account's live holds (what it holds, what is overdue, a dispute's freeze): read on every
+-- hold, capture and balance, so found among the few active ones, not the account's whole history.
+create index holds_active_account on billing.holds (account_id) where status = 'active';
+
+create table billing.spend_caps (
+  id bigint generated always as identity not null,
+  account_id bigint not null,
+  period text not null,
+  time_zone text default 'UTC'::text not null,
+  model text,
+  amount numeric(38,18) not null,
+  period_start timestamp with time zone,
+  spent numeric(38,18) default 0 not null,
+  set_by uuid,
+  created_at timestamp with time zone default now() not null,
+  updated_at timestamp with time zone default now() not null,
+  alert_percents integer[] default '{}'::integer[] not null,
+  alerts_fired integer[] default '{}'::integer[] not null,
+  alerts_period timestamp with time zone,
+  member_id uuid,
+  owner text default 'self'::text not null,
+  constraint spend_caps_alert_percents check ((alert_percents <@ array[1, 2, 3, 4, 5, 10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90, 95, 100])),
+  constraint spend_caps_amount_positive check ((amount > (0)::numeric)),
+  constraint spend_caps_owner check ((owner = any (array['self'::text, 'admin'::text, 'organisation'::text]))),
+  constraint spend_caps_period check ((period = any (array['day'::text, 'week'::text, 'month'::text, 'term'::text]))),
+  constraint spend_caps_spent_not_negative check ((spent >= (0)::numeric)),
+  constraint spend_caps_term_for_members check (((period <> 'term'::text) or (member_id is not null))),
+  constraint spend_caps_one_per_scope unique nulls not distinct (account_id, member_id, period, model, owner),
+  constraint spend_caps_pkey primary key (id),
+  constraint spend_caps_account_id_fkey foreign key (account_id) references billing.accounts(id),
+  constraint spend_caps_member_id_fkey foreign key (member_id) references auth.users(id)
+);
+comment on table billing.spend_caps is 'Per-account spending limits per period (day, week, month; in a time zone), overall or per model, with the current period''s spending.';
+comment on column billing.spend_caps.owner is 'Who may change the cap: self (the student), admin (a platform admin), organisation (its admins, for a member).';
+alter table billing.spend_caps enable row level security;
+grant select on table billing.spend_caps to authenticated;
+grant select on table billing.spend_caps to service_role;
 
 -- ============================================================ functions
 
@@ -408,6 +482,112 @@ comment on function billing.get_ledger(uuid, bigint, integer, timestamptz, times
 revoke execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) from public, anon, authenticated;
 grant execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) to service_role;
 
+-- An account's charges in [from, to), and those a school paid for a member (transfers naming
+-- them as member; of one organisation when p_org is given), as rows. The account's entries are
+-- read through entries_user_account from an entry written an hour before `from` (ids and
+-- times agree to within the longest transaction), found newest first: only the range and what
+-- came after it, which for the days after the roll-up is today and yesterday.
+create or replace function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamptz, p_to timestamptz)
+returns table (created_at timestamptz, model text, credits numeric, input_tokens bigint, output_tokens bigint, school boolean,
+  requests integer, cached_input_tokens bigint, reasoning_tokens bigint, images bigint, audio_seconds bigint)
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_floor bigint := 0;
+begin
+  if p_account is not null then
+    v_floor := coalesce((
+      select e.id from billing.entries e
+      where e.account_id = p_account and e.balance_after is not null and e.created_at < p_from - interval '1 hour'
+      order by e.id desc limit 1), 0);
+  end if;
+  -- Token counts inline, not through a helper: a SQL function with a SET clause is never
+  -- inlined, and two such calls a row were half of a summary's time.
+  -- A void's metadata is the ledger's own (charged_at, model, tokens): see the header.
+  return query
+    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else e.created_at end,
+      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
+      -e.amount,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
+        then (t.metadata ->> 'input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
+        then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      false,
+      case when t.kind = 'void' then -1 else 1 end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
+        then (t.metadata ->> 'cached_input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
+        then (t.metadata ->> 'reasoning_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
+        then (t.metadata ->> 'images')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
+        then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
+    from billing.entries e
+    join billing.transfers t on t.id = e.transfer_id
+    where p_account is not null and e.account_id = p_account and e.balance_after is not null and e.id > v_floor
+      and e.created_at >= p_from and e.created_at < p_to
+      and ((e.amount < 0 and t.kind in ('usage', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
+    union all
+    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else t.created_at end,
+      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
+      case when t.kind = 'void' then -t.amount else t.amount end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
+        then (t.metadata ->> 'input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
+        then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      true,
+      case when t.kind = 'void' then -1 else 1 end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
+        then (t.metadata ->> 'cached_input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
+        then (t.metadata ->> 'reasoning_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
+        then (t.metadata ->> 'images')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
+        then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
+    from billing.transfers t
+    where p_member is not null and t.member_id = p_member and t.created_at >= p_from and t.created_at < p_to
+      and t.kind in ('usage', 'hold_capture', 'void')
+      and (p_org is null or case when t.kind = 'void' then t.to_account_id else t.from_account_id end
+                             in (select a.id from billing.accounts a where a.org_id = p_org));
+end;
+$$;
+comment on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the charges of an account (and those paid for a member by a school) in [from, to), and the voids made then (negative, dated by their charge).';
+revoke execute on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) from public;
+
+-- How long `p_account`'s available credits last at the pace of its charges over the last 7
+-- days (7 × 24 hours, live): null when it charged nothing then (no pace), 0 days when nothing
+-- is available.
+create or replace function billing.runway(p_account bigint) returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_spent numeric;
+  v_available numeric;
+  v_pace numeric;
+begin
+  if p_account is null then
+    return null;
+  end if;
+  select coalesce(sum(c.credits), 0) into v_spent
+  from billing.usage_charges(p_account, null, null, now() - interval '7 days', now() + interval '1 hour') c;
+  if v_spent = 0 then
+    return null;
+  end if;
+  v_available := greatest((billing.balance_of(p_account)).available, 0);
+  v_pace := round(v_spent::numeric(38, 18) / 7, 18); -- scale 18 in, so 18 digits out
+  return jsonb_build_object(
+    'days', floor(v_available / v_pace)::bigint,
+    'pace_per_day', trim_scale(v_pace)::text,
+    'available', trim_scale(v_available)::text,
+    'basis_days', 7);
+end;
+$$;
+comment on function billing.runway(p_account bigint) is 'Internal: days the account''s available credits last at its last 7 days'' pace (null without a pace).';
+revoke execute on function billing.runway(p_account bigint) from public;
+
 -- ============================================================ views
 
 -- For operators: platform accounts' balances, derived from the transfers (they keep no balance
@@ -459,6 +639,12 @@ create policy "Users can read transfers touching their own account" on billing.t
     from_account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid()))
     or to_account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid()))
   );
+
+create policy "Users can read their own holds" on billing.holds
+  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
+
+create policy "Users can read their own caps" on billing.spend_caps
+  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
 
 -- ============================================================ reference rows
 

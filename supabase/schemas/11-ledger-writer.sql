@@ -13,7 +13,11 @@
 -- keys are checked again after the lock, so N parallel identical calls make one transfer.
 --
 -- Over 600 lines on purpose: post_transfers is one function (about 290 lines), and the road to it
--- is read beside it.
+-- is read beside it. So is what every posting checks and sets off under the account lock, in
+-- sections of their own below: lots and holds falling due, which restricted lots may pay, the
+-- spend caps' room, the low-balance alert and auto-recharge. They are the core's (calls point
+-- down: nothing here calls a feature); the features that own them (30-lots, 31-lot-applicability,
+-- 40-caps-alerts, 55-auto-recharge) keep their tables and the rest.
 
 -- ============================================================ types
 
@@ -931,3 +935,612 @@ end;
 $$;
 comment on function billing.settle_account(p_account_id bigint) is 'Internal: locks the account, ends its overdue holds and expires its due lots; returns it as it now is. Every path that spends, holds or moves credits calls it when held > 0 or next_expiry has passed.';
 revoke execute on function billing.settle_account(p_account_id bigint) from public;
+
+-- ============================================================ what falls due: lots past their expiry, holds past their TTL
+
+-- An expiry's key: the lot and what it held when it expired, so a rerun finds the transfer; after
+-- the lot's first expiry, also how many it has had, so credits that came back into it since (a
+-- void, a rollover brought back from breakage) expire under a key of their own, never replaying
+-- the first expiry and staying spendable.
+create or replace function billing.expiry_key(p_lot_id bigint, p_amount numeric) returns text
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_before integer := (select count(*) from billing.lot_allocations a
+                       where a.lot_id = p_lot_id and a.kind = 'expiry' and a.amount > 0);
+begin
+  return 'expiry:' || p_lot_id || ':' || trim_scale(p_amount) || case when v_before > 0 then ':' || v_before else '' end;
+end
+$$;
+comment on function billing.expiry_key(p_lot_id bigint, p_amount numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
+revoke execute on function billing.expiry_key(p_lot_id bigint, p_amount numeric) from public;
+
+create or replace function billing.expire_due_lots(p_account_id bigint) returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_lot record;
+  v_count integer := 0;
+  v_expired numeric := 0;
+begin
+  select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  -- Holds past their TTL end first: only live holds give way to what expires (fit_holds would
+  -- count an overdue one and release a live one in its place).
+  if v_account.held > 0 then
+    perform billing.expire_overdue_holds(p_account_id);
+  end if;
+  -- A disputed purchase's lots wait for the dispute: won, they expire; lost, they are reversed.
+  for v_lot in
+    select l.id, l.remaining, l.category from billing.lots l
+    where l.account_id = p_account_id and l.open and not l.frozen and l.expires_at <= now()
+    order by l.expires_at, l.id
+  loop
+    -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
+    perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
+      'expiry', 'expired', billing.expiry_key(v_lot.id, v_lot.remaining), null, null,
+      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null, null,
+      jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
+    v_count := v_count + 1;
+    v_expired := v_expired + v_lot.remaining;
+  end loop;
+  update billing.accounts a
+  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
+  where a.id = p_account_id returning * into v_account;
+  -- Held credits expire too: holds that reserve more than is left give way, newest first.
+  perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true), v_expired);
+  return v_count;
+end;
+$$;
+comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (held credits too; holds give way), then makes next_expiry exact.';
+revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
+
+create or replace function billing.expire_overdue_holds(p_account_id bigint) returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_count integer;
+  v_steps billing.hold_step[];
+  v_caps integer;
+  v_expired jsonb;
+begin
+  -- The account is locked first, as everywhere else; the writer voids its overdue holds.
+  select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
+  select count(*), array_agg(('void', h.id, null, 'expired', null, null, null, null, null, null, null, null, null)::billing.hold_step),
+         jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at))
+           filter (where h.purpose <> 'dispute')
+    into v_count, v_steps, v_expired
+  from billing.holds h where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now();
+  if v_count > 0 then
+    perform billing.post_transfers('{}', v_steps);
+    perform billing.on_available_change(a) from billing.accounts a
+    where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+    if v_caps > 0 then
+      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz)
+      from jsonb_array_elements(coalesce(v_expired, '[]')) x;
+    end if;
+  end if;
+  return v_count;
+end;
+$$;
+comment on function billing.expire_overdue_holds(p_account_id bigint) is 'Releases one account''s holds whose TTL has passed. Used by the spend path and the pg_cron sweep.';
+revoke execute on function billing.expire_overdue_holds(p_account_id bigint) from public;
+
+create or replace function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  h billing.holds;
+  v_take numeric(38, 18);
+  v_left numeric(38, 18) := p_short;
+begin
+  -- The caller holds the account lock. The newest holds give way first.
+  for h in
+    select * from billing.holds x
+    where x.account_id = p_account_id and x.status = 'active' and x.purpose = any(p_purposes)
+    order by x.created_at desc, x.id
+    for update
+  loop
+    exit when v_left <= 0;
+    v_take := least(h.amount, v_left);
+    perform billing.post_transfers('{}', array[('resize', h.id, -v_take, null, null,
+      p_note || jsonb_build_object('given_amount', trim_scale(v_take)::text), null, null, null, null, null, null,
+      null)::billing.hold_step]);
+    perform billing.return_hold_cap_room(h, v_take);
+    v_left := v_left - v_take;
+  end loop;
+  return p_short - v_left;
+end;
+$$;
+comment on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) is 'Internal: takes p_short from the account''s active holds of the given purposes, newest first (cap room given back); returns what it took.';
+revoke execute on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) from public;
+
+-- p_taken: what the balance just lost (credits expired or taken back), when the caller knows it.
+-- Holds give way by at most that much: a job's or an AI call's hold that a dispute left above the
+-- balance (work under way, place_dispute_hold) is not given away by an unrelated expiry.
+create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric default null)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_short numeric;
+begin
+  -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  v_short := least(v_account.held - greatest(v_account.balance, 0), coalesce(p_taken, v_account.held));
+  if v_short > 0 then
+    perform billing.shrink_holds(p_account_id, v_short, array['user', 'job', 'ai'], p_note);
+  end if;
+end;
+$$;
+comment on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';
+revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) from public;
+
+-- ============================================================ restricted lots: which of an account's lots may pay for a charge
+
+-- A lot option's applies_to as stored: null, or 1 to 20 distinct names, sorted.
+create or replace function billing.applies_to_of(p_lot jsonb) returns text[]
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_list text[];
+begin
+  if p_lot is null or p_lot -> 'applies_to' is null or jsonb_typeof(p_lot -> 'applies_to') = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(p_lot -> 'applies_to') <> 'array'
+     or jsonb_array_length(p_lot -> 'applies_to') not between 1 and 20
+     or exists (select 1 from jsonb_array_elements(p_lot -> 'applies_to') x
+                where jsonb_typeof(x) <> 'string' or x #>> '{}' !~ '^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}[*]?$') then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+      'rule', '1 to 20 model names or families (a family ends in *), letters, digits and ._:/-'));
+  end if;
+  select array_agg(distinct x order by x) into v_list from jsonb_array_elements_text(p_lot -> 'applies_to') x;
+  -- A typo would make credits that pay for nothing: each name must be a model on the rate card.
+  if exists (select 1 from unnest(v_list) x
+             where not exists (select 1 from billing.rate_cards r where billing.lot_pays_for(array[x], r.model))) then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+      'rule', 'each name a model on the rate card, or a family of at least one'));
+  end if;
+  return v_list;
+end;
+$$;
+comment on function billing.applies_to_of(p_lot jsonb) is 'Internal: the applies_to of a new lot''s options, validated (INVALID_LOT); null for a lot that pays for anything.';
+revoke execute on function billing.applies_to_of(p_lot jsonb) from public;
+
+-- Credits moved with a list of their own (an allowance or a sponsor code for some models): what
+-- both lists allow. A family covers the names and narrower families it starts; null allows all.
+create or replace function billing.narrow_applies_to(p_have text[], p_given text[]) returns text[]
+language sql immutable
+set search_path = ''
+as $$
+  select case when p_given is null then p_have when p_have is null then p_given else coalesce((
+    select array_agg(distinct n order by n) from (
+      select case when h = g or (right(h, 1) = '*' and starts_with(g, left(h, -1))) then g
+                  when right(g, 1) = '*' and starts_with(h, left(g, -1)) then h end as n
+      from unnest(p_have) h cross join unnest(p_given) g) x
+    where n is not null), '{}') end
+$$;
+comment on function billing.narrow_applies_to(p_have text[], p_given text[]) is 'Internal: the models both lists allow (null: any); empty when none.';
+revoke execute on function billing.narrow_applies_to(p_have text[], p_given text[]) from public;
+
+-- What a new commitment for p_model (p_any: for any lot, a move) can draw from an account with
+-- restricted lots without leaving a live hold unpayable, in spending order: `take` ([{lot_id,
+-- amount}], at most p_amount in all, for the writer), `found` (its total) and `unusable` (the
+-- credits that may not pay for p_model). The caller holds the account lock.
+--
+-- The account's open lots fall into groups, one per list (null: for anything; the writer allows at
+-- most 8 lists per account). Each live hold can be paid by some groups: a gateway call's or a
+-- job's by those for its model, a dispute's by those for anything and those whose lists it
+-- freezes (metadata.covers: its reversal takes its own lots whatever they pay for, then only lots
+-- for anything), any other by those for anything. The holds fit while, for every set T
+-- of groups, slack(T) = T's credits − what the holds that only T can pay reserve ≥ 0 (Hall).
+-- Taking t from a lot lowers the slack of every set holding its group, so each lot gives the
+-- most that keeps them all ≥ 0; taken in any order, this reaches the largest total that fits
+-- (the sets form a polymatroid), so `found` < p_amount means no draw could pay it. Past 10 lists
+-- (credits given back to an old lot can reopen one) it plans without the holds: `unprotected`.
+create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
+  p_any boolean default false, p_except_hold uuid default null)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_keys text[];
+  v_credits numeric[];
+  v_pays boolean[];
+  v_sets integer;
+  v_paid_by integer[];
+  v_reserved numeric[];
+  v_slack numeric[];
+  v_need numeric := p_amount;
+  v_take jsonb := '[]'::jsonb;
+  v_t numeric;
+  v_lot record;
+  v_except_purpose text := (select h.purpose from billing.holds h where h.id = p_except_hold);
+begin
+  -- No live hold to keep payable (nearly every charge): the draw is the spending order of the
+  -- lots that may pay, in one statement; the same answer the plan below gives with no holds.
+  if not exists (select 1 from billing.holds x where x.account_id = p_account_id and x.status = 'active'
+                 and x.id is distinct from p_except_hold) then
+    return (
+      select jsonb_strip_nulls(jsonb_build_object(
+        'take', coalesce(jsonb_agg(jsonb_build_object('lot_id', d.id, 'amount', least(d.remaining, p_amount - d.before))
+                                   order by d.n) filter (where d.pays and d.before < p_amount), '[]'::jsonb),
+        'found', trim_scale(least(p_amount, coalesce(sum(d.remaining) filter (where d.pays), 0)))::text,
+        'unusable', trim_scale(coalesce(sum(d.remaining) filter (where not d.pays), 0))::text,
+        'unprotected', case when count(distinct coalesce(array_to_string(d.applies_to, ','), '')) > 10 then true end))
+      from (select y.*, coalesce(sum(y.remaining) filter (where y.pays)
+                                   over (order by y.n rows between unbounded preceding and 1 preceding), 0) as before
+            from (select l.id, l.remaining, l.applies_to, p_any or billing.lot_pays_for(l.applies_to, p_model) as pays,
+                    row_number() over (order by l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as n
+                  from billing.lots l where l.account_id = p_account_id and l.open) y) d);
+  end if;
+  -- The groups, by list ('' for anything: the writer keeps lists sorted, so equal lists have one
+  -- key), their credits, and whether they may pay for this commitment: per group, not per lot.
+  select array_agg(g.key order by g.key), array_agg(g.credits order by g.key),
+    array_agg(p_any or billing.lot_pays_for(case when g.key = '' then null else string_to_array(g.key, ',') end, p_model)
+      order by g.key)
+  into v_keys, v_credits, v_pays
+  from (select coalesce(array_to_string(l.applies_to, ','), '') as key, sum(l.remaining) as credits from billing.lots l
+        where l.account_id = p_account_id and l.open group by 1) g;
+  v_sets := case when cardinality(v_keys) <= 10 then (1 << cardinality(v_keys)) - 1 else 0 end;
+
+  -- What the live holds reserve, summed by which groups may pay them (a gateway call's or a job's:
+  -- those for its model; a dispute's: those for anything and the lists of the lots it freezes;
+  -- any other: those for anything): at most one sum per set of groups, however many holds; a hold
+  -- no group can pay any more (credits expired or taken back under it) constrains nothing.
+  select coalesce(array_agg(m.paid_by), '{}'), coalesce(array_agg(m.amount), '{}') into v_paid_by, v_reserved
+  from (select c.paid_by, sum(c.amount) as amount
+        from (select (select coalesce(sum(1 << (i - 1)), 0) from generate_subscripts(v_keys, 1) i
+                      where billing.lot_pays_for(
+                        case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, h.model)
+                        or (v_keys[i] <> '' and exists (select 1 from jsonb_array_elements(h.covers) c
+                                                        where c = to_jsonb(string_to_array(v_keys[i], ',')))))::integer
+                  as paid_by,
+                h.amount
+              from (select case when x.purpose = 'dispute' then coalesce(x.metadata -> 'covers', '[]') end as covers,
+                      case when x.purpose in ('ai', 'job') then x.metadata ->> 'model' end as model, sum(x.amount) as amount
+                    from billing.holds x
+                    where x.account_id = p_account_id and x.status = 'active' and x.id is distinct from p_except_hold
+                      -- A job's or a gateway call's capture is work already done: as on any account
+                      -- (a capture checks the balance, not what disputes hold), no dispute stops it.
+                      and (x.purpose <> 'dispute' or coalesce(v_except_purpose, '') not in ('job', 'ai'))
+                    group by 1, 2) h) c
+        where c.paid_by <> 0 group by c.paid_by) m;
+
+  -- slack(T) for every non-empty set T of groups (bit i: group i).
+  v_slack := array(
+    select (select coalesce(sum(v_credits[i]), 0) from generate_subscripts(v_keys, 1) i where t & (1 << (i - 1)) <> 0)
+      - (select coalesce(sum(r.amount), 0) from unnest(v_paid_by, v_reserved) r(paid_by, amount) where r.paid_by & ~t = 0)
+    from generate_series(1, v_sets) t order by t);
+
+  for v_lot in
+    select x.id, x.remaining, x.grp from (
+      select l.id, l.remaining, l.frozen, l.priority, l.expires_at, l.granted_at,
+        array_position(v_keys, coalesce(array_to_string(l.applies_to, ','), '')) as grp
+      from billing.lots l where l.account_id = p_account_id and l.open) x
+    where v_pays[x.grp]
+    order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
+  loop
+    exit when v_need <= 0;
+    v_t := least(v_lot.remaining, v_need);
+    for v_set in 1 .. v_sets loop
+      if v_set & (1 << (v_lot.grp - 1)) <> 0 then
+        v_t := least(v_t, v_slack[v_set]);
+      end if;
+    end loop;
+    if v_t > 0 then
+      v_take := v_take || jsonb_build_object('lot_id', v_lot.id, 'amount', v_t);
+      v_need := v_need - v_t;
+      for v_set in 1 .. v_sets loop
+        if v_set & (1 << (v_lot.grp - 1)) <> 0 then
+          v_slack[v_set] := v_slack[v_set] - v_t;
+        end if;
+      end loop;
+    end if;
+  end loop;
+  return jsonb_strip_nulls(jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
+    'unusable', trim_scale(coalesce((select sum(v_credits[i]) from generate_subscripts(v_keys, 1) i where not v_pays[i]), 0))::text,
+    'unprotected', case when cardinality(v_keys) > 10 then true end));
+end;
+$$;
+comment on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) is 'Internal: for an account with restricted lots, what a charge for p_model (or a move, p_any) may draw, in spending order, keeping every live hold payable: {take, found, unusable, unprotected?}.';
+revoke execute on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) from public;
+
+-- A charge, hold or move on an account with restricted lots: the lots it draws ({take} for the
+-- writer), or INSUFFICIENT_CREDITS naming what could not be used and why. A capture (p_capture:
+-- work done under a hold) may draw without the other holds' protection when there are too many
+-- lists to plan it; nothing else may. A pooled wallet's figures are never in the refusal (a member
+-- may be the one refused).
+create or replace function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric,
+  p_any boolean default false, p_except_hold uuid default null, p_capture boolean default false)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_plan jsonb := billing.plan_lot_draw(p_account.id, p_model, p_amount, p_any, p_except_hold);
+  v_pool boolean := p_account.org_id is not null and p_account.member_id is null;
+begin
+  if (v_plan ->> 'found')::numeric < p_amount or (v_plan ? 'unprotected' and not p_capture) then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
+      'required', trim_scale(p_amount)::text,
+      'available', case when not v_pool then
+        trim_scale(least((v_plan ->> 'found')::numeric, greatest(p_account.balance - p_account.held, 0)))::text end,
+      'debt', case when not v_pool then billing.in_debt(p_account) end,
+      'model', p_model,
+      -- Credits that exist but may not pay for this model.
+      'restricted', case when not v_pool then v_plan ->> 'unusable' end,
+      'reason', case when v_pool then null
+                     when v_plan ? 'unprotected' then 'credits under more than 10 model lists'
+                     when (v_plan ->> 'unusable')::numeric > 0 then 'some credits may only pay for other models'
+                     else 'credits are held for other models' end)));
+  end if;
+  return jsonb_build_object('take', v_plan -> 'take');
+end;
+$$;
+comment on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid, p_capture boolean) is 'Internal: the lots a movement on an account with restricted lots draws, or INSUFFICIENT_CREDITS (402) with the credits that could not pay for the model (restricted) and why.';
+revoke execute on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid, p_capture boolean) from public;
+
+-- ============================================================ spend caps: the room a posting takes and gives back
+
+create or replace function billing.cap_period(p_period text, p_time_zone text, p_at timestamptz, out starts timestamptz, out resets timestamptz)
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  -- A term has no calendar: its start is on the cap row, its end on the organisation.
+  if p_period <> 'term' then
+    starts := date_trunc(p_period, p_at at time zone p_time_zone) at time zone p_time_zone;
+    resets := (date_trunc(p_period, p_at at time zone p_time_zone) + ('1 ' || p_period)::interval) at time zone p_time_zone;
+  end if;
+end
+$$;
+comment on function billing.cap_period(p_period text, p_time_zone text, p_at timestamp with time zone, out starts timestamp with time zone, out resets timestamp with time zone) is 'Internal: the cap period containing p_at (local midnight, ISO week from Monday, month), and when the next starts.';
+revoke execute on function billing.cap_period(p_period text, p_time_zone text, p_at timestamp with time zone, out starts timestamp with time zone, out resets timestamp with time zone) from public;
+
+-- A cap's percent alerts, after its period's spending moved (p_cap is the row as updated): each
+-- percent fires once per period when reached, and re-arms when spending falls back below it
+-- (a hold released) or a new period starts. No statement runs unless something changes.
+create or replace function billing.cap_alerts_after(p_cap billing.spend_caps) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_starts timestamptz := date_trunc(p_cap.period, now() at time zone p_cap.time_zone) at time zone p_cap.time_zone;
+  v_spent numeric(38, 18) := case when p_cap.period_start = v_starts then p_cap.spent else 0 end;
+  v_fired integer[] := case when p_cap.alerts_period = v_starts then p_cap.alerts_fired else '{}' end;
+  v_reached integer[] := '{}'::integer[];
+  v_pct integer;
+  v_user uuid;
+begin
+  -- Plain expressions, no query: this runs on every capped debit of an account with cap alerts.
+  foreach v_pct in array p_cap.alert_percents loop
+    if v_spent * 100 >= p_cap.amount * v_pct then
+      v_reached := v_reached || v_pct;
+    end if;
+  end loop;
+  if v_reached = v_fired and p_cap.alerts_period = v_starts then
+    return;
+  end if;
+  update billing.spend_caps x set alerts_fired = v_reached, alerts_period = v_starts where x.id = p_cap.id;
+  if exists (select 1 from unnest(v_reached) pct where not pct = any (v_fired)) then
+    select a.user_id into v_user from billing.accounts a where a.id = p_cap.account_id;
+    -- Keyed by the transaction's time too: a percent re-armed and reached again fires again.
+    perform billing.queue_user_alert(v_user, 'cap:' || p_cap.id || ':' || pct || ':' || billing.alert_time(),
+      jsonb_build_object('kind', 'cap_used', 'percent', pct, 'period', p_cap.period, 'model', p_cap.model,
+        'cap', trim_scale(p_cap.amount)::text, 'spent', trim_scale(v_spent)::text))
+    from unnest(v_reached) pct where not pct = any (v_fired);
+  end if;
+end;
+$$;
+comment on function billing.cap_alerts_after(p_cap billing.spend_caps) is 'Internal: fires (once per period and crossing) or re-arms the percent alerts of a cap whose spending moved.';
+revoke execute on function billing.cap_alerts_after(p_cap billing.spend_caps) from public;
+
+create or replace function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  c billing.spend_caps;
+  v_counted boolean := false;
+begin
+  for c in
+    with x as (
+      select x.id, x.amount,
+        case when x.period = 'term' or x.period_start = date_trunc(x.period, now() at time zone x.time_zone) at time zone x.time_zone
+             then x.spent else 0 end + p_amount as spent_now,
+        case when x.period = 'term' then x.period_start
+             else date_trunc(x.period, now() at time zone x.time_zone) at time zone x.time_zone end as starts
+      from billing.spend_caps x
+      where x.account_id = p_account_id and (x.model is null or x.model = p_model)
+        and (x.member_id is null or x.member_id = p_member)
+    ), fits as (
+      select x.*, bool_and(x.spent_now <= x.amount) over () as all_fit from x
+    )
+    update billing.spend_caps s set period_start = f.starts, spent = f.spent_now
+    from fits f where s.id = f.id and f.all_fit
+    returning s.*
+  loop
+    v_counted := true;
+    if c.alert_percents <> '{}' then
+      perform billing.cap_alerts_after(c);
+    end if;
+  end loop;
+  if v_counted then
+    return null;
+  end if;
+  return (select jsonb_build_object('cap_id', x.id::text, 'period', x.period, 'time_zone', x.time_zone, 'model', x.model,
+      'cap', trim_scale(x.amount)::text, 'spent', trim_scale(case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end)::text,
+      'required', trim_scale(p_amount)::text, 'resets_at', billing.json_time(coalesce(p.resets,
+        (select o.term_ends_at from billing.accounts a join billing.orgs o on o.id = a.org_id where a.id = x.account_id))))
+    from billing.spend_caps x cross join lateral billing.cap_period(x.period, x.time_zone, now()) p
+    where x.account_id = p_account_id and (x.model is null or x.model = p_model)
+      and (x.member_id is null or x.member_id = p_member)
+      and case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end + p_amount > x.amount
+    order by x.amount - case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end, x.id
+    limit 1);
+end;
+$$;
+comment on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid) is 'Internal: counts an amount against the applicable caps (the account''s, and the member''s on a pooled wallet) if all have room; else returns the cap it would exceed.';
+revoke execute on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid) from public;
+
+create or replace function billing.charge_caps(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_over jsonb := billing.take_cap_room(p_account_id, p_amount, p_model, p_member);
+begin
+  if v_over is not null then
+    perform billing.raise_error('SPEND_CAP_REACHED', v_over);
+  end if;
+end;
+$$;
+comment on function billing.charge_caps(p_account_id bigint, p_amount numeric, p_model text, p_member uuid) is 'Internal: take_cap_room, refusing with SPEND_CAP_REACHED when a cap has no room.';
+revoke execute on function billing.charge_caps(p_account_id bigint, p_amount numeric, p_model text, p_member uuid) from public;
+
+create or replace function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamptz,
+  p_member uuid default null)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  c billing.spend_caps;
+begin
+  for c in
+    update billing.spend_caps x set spent = greatest(x.spent - p_amount, 0)
+    where p_amount > 0 and x.account_id = p_account_id and (x.model is null or x.model = p_model)
+      and (x.member_id is null or x.member_id = p_member) and x.created_at <= p_placed_at
+      and case when x.period = 'term' then x.period_start <= p_placed_at
+               else x.period_start = date_trunc(x.period, p_placed_at at time zone x.time_zone) at time zone x.time_zone end
+    returning x.*
+  loop
+    if c.alert_percents <> '{}' then
+      perform billing.cap_alerts_after(c);
+    end if;
+  end loop;
+end;
+$$;
+comment on function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamp with time zone, p_member uuid) is 'Internal: gives back what a hold counted against caps and did not spend, in the period it was placed.';
+revoke execute on function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamp with time zone, p_member uuid) from public;
+
+create or replace function billing.return_hold_cap_room(p_hold billing.holds, p_unspent numeric) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_hold.purpose <> 'dispute' and p_unspent > 0
+     and (select a.caps from billing.accounts a where a.id = p_hold.account_id) > 0 then
+    perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model', p_hold.created_at,
+      p_hold.member_id);
+  end if;
+end;
+$$;
+comment on function billing.return_hold_cap_room(p_hold billing.holds, p_unspent numeric) is 'Internal: returns a finished hold''s unspent amount to its caps.';
+revoke execute on function billing.return_hold_cap_room(p_hold billing.holds, p_unspent numeric) from public;
+
+-- ============================================================ what a posting sets off: the low-balance alert and auto-recharge
+
+-- The low-balance alert of a locked account, after its balance or held amount moved: fires on
+-- the way down through the threshold, re-arms on the way back up.
+create or replace function billing.check_low_balance(a billing.accounts) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_available numeric(38, 18) := a.balance - a.held;
+begin
+  if a.low_balance_threshold is null then
+    return;
+  end if;
+  if v_available < a.low_balance_threshold and not a.low_balance_fired then
+    update billing.accounts x set low_balance_fired = true where x.id = a.id;
+    -- The runway (days left at the last 7 days' pace) is read only when the alert fires.
+    perform billing.queue_user_alert(a.user_id, 'low-balance:' || a.id || ':' || billing.alert_time(),
+      jsonb_build_object('kind', 'balance_below', 'threshold', trim_scale(a.low_balance_threshold)::text,
+        'available', trim_scale(v_available)::text, 'runway_days', (billing.runway(a.id) ->> 'days')::bigint));
+  elsif v_available >= a.low_balance_threshold and a.low_balance_fired then
+    update billing.accounts x set low_balance_fired = false where x.id = a.id;
+  end if;
+end;
+$$;
+comment on function billing.check_low_balance(a billing.accounts) is 'Internal: fires (once per crossing) or re-arms the low-balance alert of a locked account.';
+revoke execute on function billing.check_low_balance(a billing.accounts) from public;
+
+-- After a locked account's available amount moved: below the threshold and armed → one
+-- recharge (disarmed until available is back at or above it); the monthly limits apply.
+create or replace function billing.check_auto_recharge(a billing.accounts) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  s billing.auto_recharge;
+  v_month timestamptz := date_trunc('month', now());
+  v_count integer;
+  v_cents bigint;
+  v_price integer;
+begin
+  if a.auto_recharge_below is null then
+    return;
+  elsif a.balance - a.held >= a.auto_recharge_below then
+    if not a.auto_recharge_armed then
+      update billing.accounts x set auto_recharge_armed = true where x.id = a.id;
+    end if;
+    return;
+  elsif not a.auto_recharge_armed then
+    return; -- this crossing has its recharge already
+  end if;
+  update billing.accounts x set auto_recharge_armed = false where x.id = a.id;
+  select * into s from billing.auto_recharge r where r.user_id = a.user_id;
+  select k.price_cents into v_price from billing.credit_packages k where k.id = s.package_id and k.active;
+  if not found then
+    -- A retired package sells to no one, this student's recharges included.
+    insert into billing.auto_recharge_audit (user_id, actor, change)
+    values (a.user_id, null, jsonb_build_object('skipped', 'package_retired', 'package_id', s.package_id));
+    return;
+  end if;
+  select count(*), coalesce(sum(r.price_cents), 0) into v_count, v_cents from billing.recharges r
+  where r.user_id = a.user_id and r.created_at >= v_month and r.status <> 'failed';
+  if v_count + 1 > s.monthly_max_count or v_cents + v_price > s.monthly_max_cents then
+    insert into billing.auto_recharge_audit (user_id, actor, change)
+    values (a.user_id, null, jsonb_build_object('skipped', 'monthly_limit', 'count', v_count, 'cents', v_cents));
+    insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
+    values ('auto_recharge', a.user_id, 'recharge-limit:' || a.user_id || ':' || billing.json_time(v_month),
+      jsonb_build_object('event', 'monthly_limit', 'count', v_count, 'cents', v_cents))
+    on conflict (dedupe_key) do nothing;
+    return;
+  end if;
+  insert into billing.recharges (user_id, package_id, package_version, price_cents, currency)
+  select a.user_id, k.id, k.version, k.price_cents, k.currency from billing.credit_packages k where k.id = s.package_id
+  on conflict do nothing; -- one in flight already
+end;
+$$;
+comment on function billing.check_auto_recharge(a billing.accounts) is 'Internal: queues one recharge when a locked account''s available amount crosses below its threshold.';
+revoke execute on function billing.check_auto_recharge(a billing.accounts) from public;
+
+-- Everything that watches a locked account's available amount, after it moved.
+-- (a is the locked row as it is now: no need to read it again.)
+create or replace function billing.on_available_change(a billing.accounts) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform billing.check_low_balance(a);
+  perform billing.check_auto_recharge(a);
+end;
+$$;
+comment on function billing.on_available_change(a billing.accounts) is 'Internal: the low-balance alert and auto-recharge of a locked account whose available amount moved.';
+revoke execute on function billing.on_available_change(a billing.accounts) from public;

@@ -4,7 +4,8 @@
 -- pending transfer: billing.post_transfers alone places, resizes, posts (a capture, with its
 -- movement) and voids (released, expired) one, and keeps the account's held with it (hold_step);
 -- the functions here decide what may be held and when, under the account lock, account first,
--- then the hold.
+-- then the hold. The table is in 10-ledger.sql, and holds past their TTL or above a shrunken
+-- balance give way on the writer's road (expire_overdue_holds, fit_holds: 11-ledger-writer.sql).
 
 -- ============================================================ types
 
@@ -22,79 +23,7 @@ create type billing.hold_result as (
   replayed boolean
 );
 
--- ============================================================ tables
-
-create table billing.holds (
-  id uuid default gen_random_uuid() not null,
-  account_id bigint not null,
-  amount numeric(38,18) not null,
-  status text default 'active'::text not null,
-  purpose text default 'user'::text not null,
-  captured_amount numeric(38,18),
-  capture_transfer_id bigint,
-  idempotency_key text not null,
-  correlation_id text,
-  metadata jsonb,
-  expires_at timestamp with time zone not null,
-  created_at timestamp with time zone default now() not null,
-  finished_at timestamp with time zone,
-  member_id uuid,
-  constraint holds_amount_positive check ((amount > (0)::numeric)),
-  constraint holds_captured_within check (((captured_amount is null) or ((captured_amount > (0)::numeric) and (captured_amount <= amount)))),
-  constraint holds_finished check (((status = 'active'::text) = (finished_at is null))),
-  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text, 'dispute'::text]))),
-  constraint holds_status check ((status = any (array['active'::text, 'captured'::text, 'released'::text, 'expired'::text]))),
-  constraint holds_idempotency_key_key unique (idempotency_key),
-  constraint holds_pkey primary key (id),
-  constraint holds_account_id_fkey foreign key (account_id) references billing.accounts(id),
-  constraint holds_capture_transfer_id_fkey foreign key (capture_transfer_id) references billing.transfers(id)
-);
-comment on table billing.holds is 'Two-phase spending: reserve → capture (all or part) or release. available = balance − active holds.';
-alter table billing.holds enable row level security;
-grant select on table billing.holds to authenticated;
-grant select on table billing.holds to service_role;
-
-create index holds_active_expiry on billing.holds (expires_at) where status = 'active';
-
-create index holds_account on billing.holds (account_id, created_at desc);
-
--- An account's live holds (what it holds, what is overdue, a dispute's freeze): read on every
--- hold, capture and balance, so found among the few active ones, not the account's whole history.
-create index holds_active_account on billing.holds (account_id) where status = 'active';
-
 -- ============================================================ functions
-
-create or replace function billing.expire_overdue_holds(p_account_id bigint) returns integer
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_count integer;
-  v_steps billing.hold_step[];
-  v_caps integer;
-  v_expired jsonb;
-begin
-  -- The account is locked first, as everywhere else; the writer voids its overdue holds.
-  select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
-  select count(*), array_agg(('void', h.id, null, 'expired', null, null, null, null, null, null, null, null, null)::billing.hold_step),
-         jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at))
-           filter (where h.purpose <> 'dispute')
-    into v_count, v_steps, v_expired
-  from billing.holds h where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now();
-  if v_count > 0 then
-    perform billing.post_transfers('{}', v_steps);
-    perform billing.on_available_change(a) from billing.accounts a
-    where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
-    if v_caps > 0 then
-      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz)
-      from jsonb_array_elements(coalesce(v_expired, '[]')) x;
-    end if;
-  end if;
-  return v_count;
-end;
-$$;
-comment on function billing.expire_overdue_holds(p_account_id bigint) is 'Releases one account''s holds whose TTL has passed. Used by the spend path and the pg_cron sweep.';
-revoke execute on function billing.expire_overdue_holds(p_account_id bigint) from public;
 
 create or replace function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) returns billing.hold_result
 language plpgsql stable
@@ -451,37 +380,6 @@ $$;
 comment on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) is 'Internal: places a hold of a purpose on an account the caller has locked (the account''s held amount grows by it).';
 revoke execute on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) from public;
 
-create or replace function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb)
-returns numeric
-language plpgsql
-set search_path = ''
-as $$
-declare
-  h billing.holds;
-  v_take numeric(38, 18);
-  v_left numeric(38, 18) := p_short;
-begin
-  -- The caller holds the account lock. The newest holds give way first.
-  for h in
-    select * from billing.holds x
-    where x.account_id = p_account_id and x.status = 'active' and x.purpose = any(p_purposes)
-    order by x.created_at desc, x.id
-    for update
-  loop
-    exit when v_left <= 0;
-    v_take := least(h.amount, v_left);
-    perform billing.post_transfers('{}', array[('resize', h.id, -v_take, null, null,
-      p_note || jsonb_build_object('given_amount', trim_scale(v_take)::text), null, null, null, null, null, null,
-      null)::billing.hold_step]);
-    perform billing.return_hold_cap_room(h, v_take);
-    v_left := v_left - v_take;
-  end loop;
-  return p_short - v_left;
-end;
-$$;
-comment on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) is 'Internal: takes p_short from the account''s active holds of the given purposes, newest first (cap room given back); returns what it took.';
-revoke execute on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) from public;
-
 create or replace function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text)
 returns uuid
 language plpgsql
@@ -517,30 +415,16 @@ $$;
 comment on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) is 'Internal: freezes up to p_amount of the account for a dispute (the student''s own holds give way); idempotent by p_key.';
 revoke execute on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) from public;
 
--- p_taken: what the balance just lost (credits expired or taken back), when the caller knows it.
--- Holds give way by at most that much: a job's or an AI call's hold that a dispute left above the
--- balance (work under way, place_dispute_hold) is not given away by an unrelated expiry.
-create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric default null)
-returns void
-language plpgsql
+-- The most `p_account_id` may still spend now on `p_model` (for `p_member` on an organisation's
+-- wallet) before a cap refuses: the least room of the caps that apply; null when none does.
+create or replace function billing.cap_room(p_account_id bigint, p_model text, p_member uuid default null) returns numeric
+language sql stable
 set search_path = ''
 as $$
-declare
-  v_account billing.accounts;
-  v_short numeric;
-begin
-  -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
-  select * into v_account from billing.accounts a where a.id = p_account_id;
-  v_short := least(v_account.held - greatest(v_account.balance, 0), coalesce(p_taken, v_account.held));
-  if v_short > 0 then
-    perform billing.shrink_holds(p_account_id, v_short, array['user', 'job', 'ai'], p_note);
-  end if;
-end;
+  select greatest(min(x.amount - case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end), 0)
+  from billing.spend_caps x cross join lateral billing.cap_period(x.period, x.time_zone, now()) p
+  where x.account_id = p_account_id and (x.model is null or x.model = p_model)
+    and (x.member_id is null or x.member_id = p_member)
 $$;
-comment on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';
-revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) from public;
-
--- ============================================================ policies
-
-create policy "Users can read their own holds" on billing.holds
-  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
+comment on function billing.cap_room(p_account_id bigint, p_model text, p_member uuid) is 'Internal: the least room left under the caps that apply to a charge (null: no cap applies).';
+revoke execute on function billing.cap_room(p_account_id bigint, p_model text, p_member uuid) from public;

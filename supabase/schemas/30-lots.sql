@@ -5,6 +5,9 @@
 -- Σ remaining = the balance when it is not negative, 0 in debt; an account that holds credits for
 -- some models keeps them beside a debt (they never pay it), so in general Σ remaining for any
 -- model = greatest(balance − Σ remaining for some models, 0).
+--
+-- A lot past its expiry expires when its account is next settled, on the writer's road
+-- (billing.expire_due_lots, 11-ledger-writer.sql); here, the tables, the sweep and the checks.
 
 -- ============================================================ tables
 
@@ -260,65 +263,6 @@ $$;
 comment on function billing.reconcile_lots() is 'pg_cron, daily: runs check_lots and opens (or resolves) the lots_disagree alert.';
 revoke execute on function billing.reconcile_lots() from public;
 grant execute on function billing.reconcile_lots() to service_role;
-
--- An expiry's key: the lot and what it held when it expired, so a rerun finds the transfer; after
--- the lot's first expiry, also how many it has had, so credits that came back into it since (a
--- void, a rollover brought back from breakage) expire under a key of their own, never replaying
--- the first expiry and staying spendable.
-create or replace function billing.expiry_key(p_lot_id bigint, p_amount numeric) returns text
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  v_before integer := (select count(*) from billing.lot_allocations a
-                       where a.lot_id = p_lot_id and a.kind = 'expiry' and a.amount > 0);
-begin
-  return 'expiry:' || p_lot_id || ':' || trim_scale(p_amount) || case when v_before > 0 then ':' || v_before else '' end;
-end
-$$;
-comment on function billing.expiry_key(p_lot_id bigint, p_amount numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
-revoke execute on function billing.expiry_key(p_lot_id bigint, p_amount numeric) from public;
-
-create or replace function billing.expire_due_lots(p_account_id bigint) returns integer
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_account billing.accounts;
-  v_lot record;
-  v_count integer := 0;
-  v_expired numeric := 0;
-begin
-  select * into v_account from billing.accounts a where a.id = p_account_id for update;
-  -- Holds past their TTL end first: only live holds give way to what expires (fit_holds would
-  -- count an overdue one and release a live one in its place).
-  if v_account.held > 0 then
-    perform billing.expire_overdue_holds(p_account_id);
-  end if;
-  -- A disputed purchase's lots wait for the dispute: won, they expire; lost, they are reversed.
-  for v_lot in
-    select l.id, l.remaining, l.category from billing.lots l
-    where l.account_id = p_account_id and l.open and not l.frozen and l.expires_at <= now()
-    order by l.expires_at, l.id
-  loop
-    -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
-    perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
-      'expiry', 'expired', billing.expiry_key(v_lot.id, v_lot.remaining), null, null,
-      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null, null,
-      jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
-    v_count := v_count + 1;
-    v_expired := v_expired + v_lot.remaining;
-  end loop;
-  update billing.accounts a
-  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
-  where a.id = p_account_id returning * into v_account;
-  -- Held credits expire too: holds that reserve more than is left give way, newest first.
-  perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true), v_expired);
-  return v_count;
-end;
-$$;
-comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (held credits too; holds give way), then makes next_expiry exact.';
-revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
 
 -- ============================================================ triggers
 

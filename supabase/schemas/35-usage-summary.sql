@@ -17,7 +17,9 @@
 -- append-only and dated by insertion, so a day an hour past its end never changes again (a
 -- transaction's timestamp is its start; none runs for an hour). A summary reads the rolled days
 -- and computes only the days after them live, so 90 days of a heavy student cost ~90 rows per
--- model, not their 30,000 charges.
+-- model, not their 30,000 charges. The live reads every summary starts from, an account's charges
+-- (billing.usage_charges) and its runway (billing.runway, which the low-balance alert reads
+-- too), are in 10-ledger.sql, beside the ledger they read.
 
 -- ============================================================ tables
 
@@ -101,80 +103,6 @@ $$;
 comment on function billing.charge_cost(p_kind billing.transfer_kind, p_model text, p_at timestamp with time zone, p_amount numeric, p_metadata jsonb) is 'Internal: a charge''s provider cost in USD from the ledger''s own counts (null: its model had no provider price then).';
 revoke execute on function billing.charge_cost(p_kind billing.transfer_kind, p_model text, p_at timestamp with time zone, p_amount numeric, p_metadata jsonb) from public;
 
--- An account's charges in [from, to), and those a school paid for a member (transfers naming
--- them as member; of one organisation when p_org is given), as rows. The account's entries are
--- read through entries_user_account from an entry written an hour before `from` (ids and
--- times agree to within the longest transaction), found newest first: only the range and what
--- came after it, which for the days after the roll-up is today and yesterday.
-create or replace function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamptz, p_to timestamptz)
-returns table (created_at timestamptz, model text, credits numeric, input_tokens bigint, output_tokens bigint, school boolean,
-  requests integer, cached_input_tokens bigint, reasoning_tokens bigint, images bigint, audio_seconds bigint)
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  v_floor bigint := 0;
-begin
-  if p_account is not null then
-    v_floor := coalesce((
-      select e.id from billing.entries e
-      where e.account_id = p_account and e.balance_after is not null and e.created_at < p_from - interval '1 hour'
-      order by e.id desc limit 1), 0);
-  end if;
-  -- Token counts inline, not through a helper: a SQL function with a SET clause is never
-  -- inlined, and two such calls a row were half of a summary's time.
-  -- A void's metadata is the ledger's own (charged_at, model, tokens): see the header.
-  return query
-    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else e.created_at end,
-      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
-      -e.amount,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
-        then (t.metadata ->> 'input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
-        then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      false,
-      case when t.kind = 'void' then -1 else 1 end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
-        then (t.metadata ->> 'cached_input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
-        then (t.metadata ->> 'reasoning_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
-        then (t.metadata ->> 'images')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
-        then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
-    from billing.entries e
-    join billing.transfers t on t.id = e.transfer_id
-    where p_account is not null and e.account_id = p_account and e.balance_after is not null and e.id > v_floor
-      and e.created_at >= p_from and e.created_at < p_to
-      and ((e.amount < 0 and t.kind in ('usage', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
-    union all
-    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else t.created_at end,
-      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
-      case when t.kind = 'void' then -t.amount else t.amount end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
-        then (t.metadata ->> 'input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
-        then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      true,
-      case when t.kind = 'void' then -1 else 1 end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
-        then (t.metadata ->> 'cached_input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
-        then (t.metadata ->> 'reasoning_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
-        then (t.metadata ->> 'images')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
-        then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
-    from billing.transfers t
-    where p_member is not null and t.member_id = p_member and t.created_at >= p_from and t.created_at < p_to
-      and t.kind in ('usage', 'hold_capture', 'void')
-      and (p_org is null or case when t.kind = 'void' then t.to_account_id else t.from_account_id end
-                             in (select a.id from billing.accounts a where a.org_id = p_org));
-end;
-$$;
-comment on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the charges of an account (and those paid for a member by a school) in [from, to), and the voids made then (negative, dated by their charge).';
-revoke execute on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) from public;
-
 -- pg_cron, every 10 minutes: rolls up to `p_days` closed days after the last one rolled (the
 -- first run starts at the ledger's first day), each in one statement, under the watermark's
 -- lock so two runs never roll a day twice. Answers the days rolled.
@@ -254,38 +182,6 @@ end;
 $$;
 comment on function billing.roll_up_usage(p_days integer) is 'pg_cron: rolls up to p_days closed UTC days of charges into usage_daily; answers how many.';
 revoke execute on function billing.roll_up_usage(p_days integer) from public;
-
--- How long `p_account`'s available credits last at the pace of its charges over the last 7
--- days (7 × 24 hours, live): null when it charged nothing then (no pace), 0 days when nothing
--- is available.
-create or replace function billing.runway(p_account bigint) returns jsonb
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  v_spent numeric;
-  v_available numeric;
-  v_pace numeric;
-begin
-  if p_account is null then
-    return null;
-  end if;
-  select coalesce(sum(c.credits), 0) into v_spent
-  from billing.usage_charges(p_account, null, null, now() - interval '7 days', now() + interval '1 hour') c;
-  if v_spent = 0 then
-    return null;
-  end if;
-  v_available := greatest((billing.balance_of(p_account)).available, 0);
-  v_pace := round(v_spent::numeric(38, 18) / 7, 18); -- scale 18 in, so 18 digits out
-  return jsonb_build_object(
-    'days', floor(v_available / v_pace)::bigint,
-    'pace_per_day', trim_scale(v_pace)::text,
-    'available', trim_scale(v_available)::text,
-    'basis_days', 7);
-end;
-$$;
-comment on function billing.runway(p_account bigint) is 'Internal: days the account''s available credits last at its last 7 days'' pace (null without a pace).';
-revoke execute on function billing.runway(p_account bigint) from public;
 
 -- The summary of a user's charges over the days [from, to): their own account's (p_account)
 -- and those schools paid for them (of p_org only, when given); totals, per model, one bucket per

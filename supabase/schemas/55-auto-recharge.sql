@@ -1,6 +1,7 @@
 -- Auto-recharge: when a student's available balance falls below their threshold, a recharge
 -- of a chosen package is queued (on_available_change, under the account lock) and charged
--- off-session to the card saved at Checkout, at most once per window.
+-- off-session to the card saved at Checkout, at most once per window. The check itself runs on
+-- the writer's road (on_available_change, check_auto_recharge: 11-ledger-writer.sql).
 
 -- ============================================================ tables
 
@@ -74,71 +75,6 @@ grant select on table billing.auto_recharge_audit to service_role;
 create index auto_recharge_audit_user on billing.auto_recharge_audit (user_id, id desc);
 
 -- ============================================================ functions
-
--- After a locked account's available amount moved: below the threshold and armed → one
--- recharge (disarmed until available is back at or above it); the monthly limits apply.
-create or replace function billing.check_auto_recharge(a billing.accounts) returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  s billing.auto_recharge;
-  v_month timestamptz := date_trunc('month', now());
-  v_count integer;
-  v_cents bigint;
-  v_price integer;
-begin
-  if a.auto_recharge_below is null then
-    return;
-  elsif a.balance - a.held >= a.auto_recharge_below then
-    if not a.auto_recharge_armed then
-      update billing.accounts x set auto_recharge_armed = true where x.id = a.id;
-    end if;
-    return;
-  elsif not a.auto_recharge_armed then
-    return; -- this crossing has its recharge already
-  end if;
-  update billing.accounts x set auto_recharge_armed = false where x.id = a.id;
-  select * into s from billing.auto_recharge r where r.user_id = a.user_id;
-  select k.price_cents into v_price from billing.credit_packages k where k.id = s.package_id and k.active;
-  if not found then
-    -- A retired package sells to no one, this student's recharges included.
-    insert into billing.auto_recharge_audit (user_id, actor, change)
-    values (a.user_id, null, jsonb_build_object('skipped', 'package_retired', 'package_id', s.package_id));
-    return;
-  end if;
-  select count(*), coalesce(sum(r.price_cents), 0) into v_count, v_cents from billing.recharges r
-  where r.user_id = a.user_id and r.created_at >= v_month and r.status <> 'failed';
-  if v_count + 1 > s.monthly_max_count or v_cents + v_price > s.monthly_max_cents then
-    insert into billing.auto_recharge_audit (user_id, actor, change)
-    values (a.user_id, null, jsonb_build_object('skipped', 'monthly_limit', 'count', v_count, 'cents', v_cents));
-    insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
-    values ('auto_recharge', a.user_id, 'recharge-limit:' || a.user_id || ':' || billing.json_time(v_month),
-      jsonb_build_object('event', 'monthly_limit', 'count', v_count, 'cents', v_cents))
-    on conflict (dedupe_key) do nothing;
-    return;
-  end if;
-  insert into billing.recharges (user_id, package_id, package_version, price_cents, currency)
-  select a.user_id, k.id, k.version, k.price_cents, k.currency from billing.credit_packages k where k.id = s.package_id
-  on conflict do nothing; -- one in flight already
-end;
-$$;
-comment on function billing.check_auto_recharge(a billing.accounts) is 'Internal: queues one recharge when a locked account''s available amount crosses below its threshold.';
-revoke execute on function billing.check_auto_recharge(a billing.accounts) from public;
-
--- Everything that watches a locked account's available amount, after it moved.
--- (a is the locked row as it is now: no need to read it again.)
-create or replace function billing.on_available_change(a billing.accounts) returns void
-language plpgsql
-set search_path = ''
-as $$
-begin
-  perform billing.check_low_balance(a);
-  perform billing.check_auto_recharge(a);
-end;
-$$;
-comment on function billing.on_available_change(a billing.accounts) is 'Internal: the low-balance alert and auto-recharge of a locked account whose available amount moved.';
-revoke execute on function billing.on_available_change(a billing.accounts) from public;
 
 create or replace function billing.auto_recharge_json(p_user uuid) returns jsonb
 language sql stable
