@@ -178,13 +178,10 @@ export const upwardCallsKnown: string[] = [
   'billing.org_lots_as_of -> billing.require_org_role',
   'billing.perform_money_action -> billing.redeem_code',
   'billing.process_stripe_event -> billing.sync_org_invoice',
-  'billing.redeem_code -> billing.recruited_by',
   'billing.refresh_daily_revenue -> billing.revenue_metrics',
   'billing.remove_member -> billing.void_sponsor_codes_of',
   'billing.run_money_request -> billing.lock_code_guesses',
   'billing.run_money_request -> billing.record_code_attempt',
-  'billing.same_person -> billing.mailbox',
-  'billing.set_member_cap -> billing.org_wallet_id',
   'billing.set_member_cap -> billing.require_org_role',
   'billing.set_member_role -> billing.void_sponsor_codes_of',
   'billing.sync_plan_charge -> billing.money_entry',
@@ -193,14 +190,7 @@ export const upwardCallsKnown: string[] = [
   'billing.sync_provider_payment -> billing.post_money',
   'billing.sync_provider_payout -> billing.money_entry',
   'billing.sync_provider_payout -> billing.post_money',
-  'billing.sync_purchase -> billing.org_wallet_id',
-  'billing.sync_purchase -> billing.sync_purchase_dispute',
-  'billing.sync_purchase -> billing.sync_purchase_refunds',
-  'billing.sync_purchase_dispute -> billing.stop_off_session_charges',
-  'billing.sync_purchase_payment -> billing.activate_gift_code',
-  'billing.sync_purchase_payment -> billing.record_recharge',
   'billing.sync_subscription -> billing.grant_plan_invoice',
-  'billing.take_back_purchase -> billing.org_wallet_id',
 ];
 
 /** What breaks the layers: calls up not listed, and listed ones that are gone. */

@@ -362,6 +362,47 @@ $$;
 comment on function billing.ensure_user_account(p_user uuid) is 'The user''s account id, creating the account on first use.';
 revoke execute on function billing.ensure_user_account(p_user uuid) from public;
 
+create or replace function billing.org_wallet_id(p_org uuid) returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+begin
+  select a.id into v_id from billing.accounts a where a.org_id = p_org and a.member_id is null;
+  if v_id is null then
+    insert into billing.accounts (org_id) values (p_org) on conflict do nothing returning id into v_id;
+    if v_id is null then
+      select a.id into v_id from billing.accounts a where a.org_id = p_org and a.member_id is null;
+    end if;
+  end if;
+  return v_id;
+end;
+$$;
+comment on function billing.org_wallet_id(p_org uuid) is 'Internal: the organisation''s wallet account, created on first use.';
+revoke execute on function billing.org_wallet_id(p_org uuid) from public;
+
+-- A gift or sponsor code's escrow account, created on first use.
+create or replace function billing.code_escrow_id(p_code uuid) returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+begin
+  select a.id into v_id from billing.accounts a where a.code_id = p_code;
+  if v_id is null then
+    insert into billing.accounts (code_id) values (p_code) on conflict do nothing returning id into v_id;
+    if v_id is null then
+      select a.id into v_id from billing.accounts a where a.code_id = p_code;
+    end if;
+  end if;
+  return v_id;
+end;
+$$;
+comment on function billing.code_escrow_id(p_code uuid) is 'Internal: the account holding a gift or sponsor code''s credits until it is redeemed.';
+revoke execute on function billing.code_escrow_id(p_code uuid) from public;
+
 create or replace function billing.balance_of(p_account_id bigint)
 returns billing.balance
 language plpgsql

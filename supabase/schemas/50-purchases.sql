@@ -2,7 +2,9 @@
 -- brings a purchase in line with Stripe's current state (paid → credits; refunded → pro-rata
 -- reversal; disputed → hold, then release or reversal). Every webhook and the success-page poll
 -- call it with state re-fetched from Stripe, so events in any order, any number of times, end in
--- the same place. Refunds and disputes of a paid purchase: 51-refunds-disputes.sql; the Stripe
+-- the same place. Here: purchases, checkout and a purchase's payment (with what a payment sets
+-- off: a gift's code activated, an auto-recharge recorded); refunds and disputes of a paid
+-- purchase, and billing.sync_purchase above all three, in 51-refunds-disputes.sql; the Stripe
 -- event log: 67-stripe-events.sql.
 
 -- ============================================================ types
@@ -185,53 +187,31 @@ comment on function billing.expire_stale_purchases(p_limit integer) is 'pg_cron:
 revoke execute on function billing.expire_stale_purchases(p_limit integer) from public;
 grant execute on function billing.expire_stale_purchases(p_limit integer) to service_role;
 
--- fulfillCheckout, for every path that learns a purchase's state (webhooks, the success-page
--- poll, the recharge worker, an organisation's paid invoice): finds the purchase, then brings
--- its payment, refunds and dispute in line with the state re-fetched from Stripe, in that order.
-create or replace function billing.sync_purchase(p_state jsonb) returns text
+-- Called by sync_purchase when a gift purchase is paid: the account its credits go to.
+create or replace function billing.activate_gift_code(p_purchase billing.purchases) returns bigint
 language plpgsql
-security definer
 set search_path = ''
 as $$
 declare
-  p billing.purchases;
-  v_user uuid;        -- whose account the credits are in: the buyer's,
-  v_wallet bigint;    -- or, for an organisation's purchase, its wallet
+  v_code billing.codes;
 begin
-  -- A Checkout purchase by its session; an off-session recharge or a paid organisation invoice
-  -- (no session) by its purchase id.
-  if p_state ->> 'session_id' is not null then
-    select * into p from billing.purchases x where x.stripe_session_id = p_state ->> 'session_id' for update;
-  else
-    select * into p from billing.purchases x
-    where x.id = (p_state ->> 'purchase_id')::uuid and x.origin in ('auto_recharge', 'invoice') for update;
-  end if;
+  update billing.codes c set status = 'active', updated_at = now()
+  where c.purchase_id = p_purchase.id and c.status = 'pending' returning * into v_code;
   if not found then
-    return 'unknown_purchase';
+    select * into v_code from billing.codes c where c.purchase_id = p_purchase.id;
   end if;
-  if p.org_id is not null then
-    v_wallet := billing.org_wallet_id(p.org_id);
-  else
-    v_user := p.user_id;
-  end if;
-
-  p := billing.sync_purchase_payment(p, p_state, v_user, v_wallet);
-  update billing.purchases x
-  set stripe_payment_intent_id = coalesce(x.stripe_payment_intent_id, p_state ->> 'payment_intent'),
-      stripe_charge_id = coalesce(x.stripe_charge_id, p_state ->> 'charge_id'),
-      stripe_fee_cents = coalesce(x.stripe_fee_cents, (p_state ->> 'stripe_fee')::integer)
-  where x.id = p.id returning * into p;
-  if p.status <> 'paid' then
-    return p.status;
-  end if;
-  p := billing.sync_purchase_refunds(p, p_state);
-  p := billing.sync_purchase_dispute(p, p_state, v_wallet);
-  return p.status;
+  -- The buyer's account exists from now on: a refund or dispute of the gift compares every lot's
+  -- account with it (take_back_purchase), and owes there what the redeemer spent.
+  perform billing.ensure_user_account(p_purchase.user_id);
+  insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
+  values ('gift_code', p_purchase.user_id, 'gift-code:' || v_code.id,
+          jsonb_build_object('purchase_id', p_purchase.id, 'code_id', v_code.id))
+  on conflict (dedupe_key) do nothing;
+  return billing.code_escrow_id(v_code.id);
 end;
 $$;
-comment on function billing.sync_purchase(p_state jsonb) is 'fulfillCheckout: converges a purchase on Stripe''s current state (credits in the buyer''s account, or the organisation''s wallet). Safe to run any number of times, concurrently, in any order.';
-revoke execute on function billing.sync_purchase(p_state jsonb) from public;
-grant execute on function billing.sync_purchase(p_state jsonb) to service_role;
+comment on function billing.activate_gift_code(p_purchase billing.purchases) is 'Internal: a paid gift''s code becomes redeemable and its email is queued (the id only: the sender derives the code); returns the escrow account the purchase credits.';
+revoke execute on function billing.activate_gift_code(p_purchase billing.purchases) from public;
 
 -- A purchase's payment as Stripe reports it: paid → its credits (and bonus) granted once, the
 -- receipt queued, the card kept when asked; or the Checkout expired, failed, or an off-session
@@ -301,6 +281,62 @@ end;
 $$;
 comment on function billing.sync_purchase_payment(p billing.purchases, p_state jsonb, p_user uuid, p_wallet bigint) is 'Internal: a locked purchase''s payment brought in line with Stripe''s state (paid → credits granted once; expired; failed); returns the purchase as it now is.';
 revoke execute on function billing.sync_purchase_payment(p billing.purchases, p_state jsonb, p_user uuid, p_wallet bigint) from public, anon, authenticated;
+
+create or replace function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  r billing.recharges;
+begin
+  select * into r from billing.recharges x where x.id = p_recharge_id for update;
+  if not found or r.status in ('succeeded', 'failed') then
+    return coalesce(r.status, 'unknown');
+  end if;
+  if p_failure_code is null then
+    update billing.recharges x set status = 'submitted', payment_intent_id = p_payment_intent, updated_at = now()
+    where x.id = r.id;
+    return 'submitted';
+  end if;
+  perform 1 from billing.accounts a where a.user_id = r.user_id for update;
+  update billing.recharges x set status = 'failed', failure_code = p_failure_code,
+    payment_intent_id = coalesce(p_payment_intent, x.payment_intent_id), updated_at = now()
+  where x.id = r.id;
+  update billing.purchases p set status = 'failed', updated_at = now() where p.id = r.purchase_id and p.status = 'pending';
+  if billing.turn_off_auto_recharge(r.user_id, p_failure_code, jsonb_build_object('recharge_id', r.id)) then
+    insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
+    values ('auto_recharge', r.user_id, 'recharge-failed:' || r.id,
+      jsonb_build_object('event', 'disabled', 'reason', p_failure_code, 'package_id', r.package_id,
+        'price_cents', r.price_cents, 'currency', r.currency))
+    on conflict (dedupe_key) do nothing;
+  end if;
+  return 'failed';
+end;
+$$;
+comment on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) is 'Records what Stripe answered for a recharge; a failure turns auto-recharge off (audited, emailed).';
+revoke execute on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) from public;
+grant execute on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) to service_role;
+
+create or replace function billing.turn_off_auto_recharge(p_user uuid, p_reason text, p_audit jsonb)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+begin
+  update billing.auto_recharge s set enabled = false, disabled_reason = p_reason, updated_at = now()
+  where s.user_id = p_user and s.enabled;
+  if not found then
+    return false;
+  end if;
+  update billing.accounts a set auto_recharge_below = null where a.user_id = p_user;
+  insert into billing.auto_recharge_audit (user_id, actor, change)
+  values (p_user, null, jsonb_build_object('disabled', p_reason) || coalesce(p_audit, '{}'));
+  return true;
+end;
+$$;
+comment on function billing.turn_off_auto_recharge(p_user uuid, p_reason text, p_audit jsonb) is 'Internal: turns a user''s auto-recharge off for p_reason (audited); only their own PUT turns it on again. Returns whether it was on.';
+revoke execute on function billing.turn_off_auto_recharge(p_user uuid, p_reason text, p_audit jsonb) from public;
 
 create or replace function billing.increment_counter(p_name text, p_by bigint default 1) returns bigint
 language sql

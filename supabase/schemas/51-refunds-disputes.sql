@@ -1,5 +1,6 @@
--- Refunds and disputes of a credit purchase: what billing.sync_purchase (50-purchases.sql) does
--- once the purchase is paid. A refund takes back credits in proportion to what was refunded; a
+-- Refunds and disputes of a credit purchase: what billing.sync_purchase (at the end of this
+-- file, above the payment in 50-purchases.sql and the refunds and dispute here) does once the
+-- purchase is paid. A refund takes back credits in proportion to what was refunded; a
 -- dispute holds what is left of the purchase wherever its credits are (the buyer's account, the
 -- organisation's wallet, a gift's escrow or redeemer), releases it when won, and takes it back
 -- when lost. Taking back follows the purchase's lots; what expired is forgiven, what was spent
@@ -305,3 +306,66 @@ end;
 $$;
 comment on function billing.refreeze_disputes(p_account_id bigint) is 'Internal: after a dispute closed in an account, tops up the holds of the disputes still open there to what each would hold if it opened now (older purchases first; the student''s own holds give way).';
 revoke execute on function billing.refreeze_disputes(p_account_id bigint) from public;
+
+create or replace function billing.stop_off_session_charges(p_user uuid, p_dispute_id text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform billing.turn_off_auto_recharge(p_user, 'dispute', jsonb_build_object('dispute_id', p_dispute_id));
+  -- Forgotten, so auto-recharge cannot be turned on again (NO_SAVED_CARD) until the student pays
+  -- on-session and saves a card again; a queued recharge fails when claimed (claim_recharges).
+  delete from billing.saved_cards c where c.user_id = p_user;
+end;
+$$;
+comment on function billing.stop_off_session_charges(p_user uuid, p_dispute_id text) is 'Internal: a dispute on one of p_user''s payments: auto-recharge off (reason dispute) and the saved card forgotten.';
+revoke execute on function billing.stop_off_session_charges(p_user uuid, p_dispute_id text) from public;
+
+-- fulfillCheckout, for every path that learns a purchase's state (webhooks, the success-page
+-- poll, the recharge worker, an organisation's paid invoice): finds the purchase, then brings
+-- its payment, refunds and dispute in line with the state re-fetched from Stripe, in that order.
+create or replace function billing.sync_purchase(p_state jsonb) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  p billing.purchases;
+  v_user uuid;        -- whose account the credits are in: the buyer's,
+  v_wallet bigint;    -- or, for an organisation's purchase, its wallet
+begin
+  -- A Checkout purchase by its session; an off-session recharge or a paid organisation invoice
+  -- (no session) by its purchase id.
+  if p_state ->> 'session_id' is not null then
+    select * into p from billing.purchases x where x.stripe_session_id = p_state ->> 'session_id' for update;
+  else
+    select * into p from billing.purchases x
+    where x.id = (p_state ->> 'purchase_id')::uuid and x.origin in ('auto_recharge', 'invoice') for update;
+  end if;
+  if not found then
+    return 'unknown_purchase';
+  end if;
+  if p.org_id is not null then
+    v_wallet := billing.org_wallet_id(p.org_id);
+  else
+    v_user := p.user_id;
+  end if;
+
+  p := billing.sync_purchase_payment(p, p_state, v_user, v_wallet);
+  update billing.purchases x
+  set stripe_payment_intent_id = coalesce(x.stripe_payment_intent_id, p_state ->> 'payment_intent'),
+      stripe_charge_id = coalesce(x.stripe_charge_id, p_state ->> 'charge_id'),
+      stripe_fee_cents = coalesce(x.stripe_fee_cents, (p_state ->> 'stripe_fee')::integer)
+  where x.id = p.id returning * into p;
+  if p.status <> 'paid' then
+    return p.status;
+  end if;
+  p := billing.sync_purchase_refunds(p, p_state);
+  p := billing.sync_purchase_dispute(p, p_state, v_wallet);
+  return p.status;
+end;
+$$;
+comment on function billing.sync_purchase(p_state jsonb) is 'fulfillCheckout: converges a purchase on Stripe''s current state (credits in the buyer''s account, or the organisation''s wallet). Safe to run any number of times, concurrently, in any order.';
+revoke execute on function billing.sync_purchase(p_state jsonb) from public;
+grant execute on function billing.sync_purchase(p_state jsonb) to service_role;

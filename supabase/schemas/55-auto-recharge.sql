@@ -1,7 +1,9 @@
 -- Auto-recharge: when a student's available balance falls below their threshold, a recharge
 -- of a chosen package is queued (on_available_change, under the account lock) and charged
 -- off-session to the card saved at Checkout, at most once per window. The check itself runs on
--- the writer's road (on_available_change, check_auto_recharge: 11-ledger-writer.sql).
+-- the writer's road (on_available_change, check_auto_recharge: 11-ledger-writer.sql); what a
+-- recharge's payment or a dispute does to it (record_recharge, turn_off_auto_recharge,
+-- stop_off_session_charges) with the purchase's sync (50-purchases.sql, 51-refunds-disputes.sql).
 
 -- ============================================================ tables
 
@@ -185,42 +187,6 @@ comment on function billing.claim_recharges(p_limit integer) is 'Worker: claims 
 revoke execute on function billing.claim_recharges(p_limit integer) from public;
 grant execute on function billing.claim_recharges(p_limit integer) to service_role;
 
-create or replace function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) returns text
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  r billing.recharges;
-begin
-  select * into r from billing.recharges x where x.id = p_recharge_id for update;
-  if not found or r.status in ('succeeded', 'failed') then
-    return coalesce(r.status, 'unknown');
-  end if;
-  if p_failure_code is null then
-    update billing.recharges x set status = 'submitted', payment_intent_id = p_payment_intent, updated_at = now()
-    where x.id = r.id;
-    return 'submitted';
-  end if;
-  perform 1 from billing.accounts a where a.user_id = r.user_id for update;
-  update billing.recharges x set status = 'failed', failure_code = p_failure_code,
-    payment_intent_id = coalesce(p_payment_intent, x.payment_intent_id), updated_at = now()
-  where x.id = r.id;
-  update billing.purchases p set status = 'failed', updated_at = now() where p.id = r.purchase_id and p.status = 'pending';
-  if billing.turn_off_auto_recharge(r.user_id, p_failure_code, jsonb_build_object('recharge_id', r.id)) then
-    insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
-    values ('auto_recharge', r.user_id, 'recharge-failed:' || r.id,
-      jsonb_build_object('event', 'disabled', 'reason', p_failure_code, 'package_id', r.package_id,
-        'price_cents', r.price_cents, 'currency', r.currency))
-    on conflict (dedupe_key) do nothing;
-  end if;
-  return 'failed';
-end;
-$$;
-comment on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) is 'Records what Stripe answered for a recharge; a failure turns auto-recharge off (audited, emailed).';
-revoke execute on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) from public;
-grant execute on function billing.record_recharge(p_recharge_id uuid, p_payment_intent text, p_failure_code text) to service_role;
-
 create or replace function billing.get_auto_recharge(p_user uuid) returns jsonb
 language sql stable
 security definer
@@ -229,41 +195,6 @@ as $$ select billing.auto_recharge_json(p_user) $$;
 comment on function billing.get_auto_recharge(p_user uuid) is 'A student''s auto-recharge settings, saved card, and last ten recharges.';
 revoke execute on function billing.get_auto_recharge(p_user uuid) from public;
 grant execute on function billing.get_auto_recharge(p_user uuid) to service_role;
-
-create or replace function billing.turn_off_auto_recharge(p_user uuid, p_reason text, p_audit jsonb)
-returns boolean
-language plpgsql
-set search_path = ''
-as $$
-begin
-  update billing.auto_recharge s set enabled = false, disabled_reason = p_reason, updated_at = now()
-  where s.user_id = p_user and s.enabled;
-  if not found then
-    return false;
-  end if;
-  update billing.accounts a set auto_recharge_below = null where a.user_id = p_user;
-  insert into billing.auto_recharge_audit (user_id, actor, change)
-  values (p_user, null, jsonb_build_object('disabled', p_reason) || coalesce(p_audit, '{}'));
-  return true;
-end;
-$$;
-comment on function billing.turn_off_auto_recharge(p_user uuid, p_reason text, p_audit jsonb) is 'Internal: turns a user''s auto-recharge off for p_reason (audited); only their own PUT turns it on again. Returns whether it was on.';
-revoke execute on function billing.turn_off_auto_recharge(p_user uuid, p_reason text, p_audit jsonb) from public;
-
-create or replace function billing.stop_off_session_charges(p_user uuid, p_dispute_id text)
-returns void
-language plpgsql
-set search_path = ''
-as $$
-begin
-  perform billing.turn_off_auto_recharge(p_user, 'dispute', jsonb_build_object('dispute_id', p_dispute_id));
-  -- Forgotten, so auto-recharge cannot be turned on again (NO_SAVED_CARD) until the student pays
-  -- on-session and saves a card again; a queued recharge fails when claimed (claim_recharges).
-  delete from billing.saved_cards c where c.user_id = p_user;
-end;
-$$;
-comment on function billing.stop_off_session_charges(p_user uuid, p_dispute_id text) is 'Internal: a dispute on one of p_user''s payments: auto-recharge off (reason dispute) and the saved card forgotten.';
-revoke execute on function billing.stop_off_session_charges(p_user uuid, p_dispute_id text) from public;
 
 -- ============================================================ policies
 

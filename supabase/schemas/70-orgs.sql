@@ -113,26 +113,6 @@ $$;
 comment on function billing.require_org_role(p_org uuid, p_user uuid, p_admin boolean) is 'Internal: the organisation, when p_user is an active member (an owner or admin if p_admin).';
 revoke execute on function billing.require_org_role(p_org uuid, p_user uuid, p_admin boolean) from public;
 
-create or replace function billing.org_wallet_id(p_org uuid) returns bigint
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_id bigint;
-begin
-  select a.id into v_id from billing.accounts a where a.org_id = p_org and a.member_id is null;
-  if v_id is null then
-    insert into billing.accounts (org_id) values (p_org) on conflict do nothing returning id into v_id;
-    if v_id is null then
-      select a.id into v_id from billing.accounts a where a.org_id = p_org and a.member_id is null;
-    end if;
-  end if;
-  return v_id;
-end;
-$$;
-comment on function billing.org_wallet_id(p_org uuid) is 'Internal: the organisation''s wallet account, created on first use.';
-revoke execute on function billing.org_wallet_id(p_org uuid) from public;
-
 create or replace function billing.allowance_account_id(p_org uuid, p_member uuid) returns bigint
 language plpgsql
 set search_path = ''
@@ -558,6 +538,22 @@ $$;
 comment on function billing.is_org_member(p_org uuid, p_user uuid) is 'Internal: whether p_user is an active member (role member) of p_org.';
 revoke execute on function billing.is_org_member(p_org uuid, p_user uuid) from public;
 
+-- One mailbox, however its address is written: case aside (A-Z), a "+tag" dropped, and for Gmail
+-- the dots in its name and googlemail.com (Gmail delivers all of them to the same inbox).
+create or replace function billing.mailbox(p_email text) returns text
+language sql immutable strict
+set search_path = ''
+as $$
+  select case when x.domain in ('gmail.com', 'googlemail.com') then replace(x.local, '.', '') || '@gmail.com'
+              else x.local || '@' || x.domain end
+  from (select split_part(split_part(e, '@', 1), '+', 1) as local, split_part(e, '@', 2) as domain
+        from (select billing.ascii_lower(p_email) as e) y) x
+$$;
+comment on function billing.mailbox(p_email text) is 'Internal: the mailbox an address reaches (case aside, +tags dropped, Gmail''s dots and googlemail.com folded), to tell one person under two accounts.';
+revoke execute on function billing.mailbox(p_email text) from public;
+
+-- Two accounts of one person, as far as can be told: the same account, or the same email address
+-- (ASCII case folded, as billing.ascii_lower compares addresses).
 create or replace function billing.same_person(p_a uuid, p_b uuid) returns boolean
 language sql stable
 set search_path = ''

@@ -234,22 +234,6 @@ $$;
 comment on function billing.set_member_role(p_org uuid, p_user uuid, p_role text) is 'Internal: makes p_user an active member of p_org as p_role, keeping org_admins, the count of funded memberships and the allowance in step. The caller decides the role (and holds the user''s own account lock).';
 revoke execute on function billing.set_member_role(p_org uuid, p_user uuid, p_role text) from public;
 
--- Two accounts of one person, as far as can be told: the same account, or the same email address
--- (ASCII case folded, as billing.ascii_lower compares addresses).
--- One mailbox, however its address is written: case aside (A-Z), a "+tag" dropped, and for Gmail
--- the dots in its name and googlemail.com (Gmail delivers all of them to the same inbox).
-create or replace function billing.mailbox(p_email text) returns text
-language sql immutable strict
-set search_path = ''
-as $$
-  select case when x.domain in ('gmail.com', 'googlemail.com') then replace(x.local, '.', '') || '@gmail.com'
-              else x.local || '@' || x.domain end
-  from (select split_part(split_part(e, '@', 1), '+', 1) as local, split_part(e, '@', 2) as domain
-        from (select billing.ascii_lower(p_email) as e) y) x
-$$;
-comment on function billing.mailbox(p_email text) is 'Internal: the mailbox an address reaches (case aside, +tags dropped, Gmail''s dots and googlemail.com folded), to tell one person under two accounts.';
-revoke execute on function billing.mailbox(p_email text) from public;
-
 create or replace function billing.invite_member(p_user uuid, p_org uuid, p_email text, p_role text, p_token_hash text,
   p_ttl_seconds integer, p_id uuid default gen_random_uuid()) returns jsonb
 language plpgsql

@@ -9,7 +9,8 @@
 --            to the redeemer with their provenance (billing.move_credits). A refund or dispute
 --            of the purchase reaches them wherever they are (take_back_purchase follows the
 --            purchase's lots): in the escrow, the code gives only what is left; once redeemed,
---            the redeemer's lots are taken back and what was spent is owed by the buyer.
+--            the redeemer's lots are taken back and what was spent is owed by the buyer. The
+--            purchase's payment activates the code (billing.activate_gift_code, 50-purchases.sql).
 --   sponsor: an organisation's owner or admin sets credits aside for one named student (a user
 --            id, or an email address): they move from the wallet into the code's escrow at issue,
 --            so the promise holds whatever the wallet spends next, and the organisation's own
@@ -143,27 +144,6 @@ $$;
 comment on function billing.code_json(c billing.codes) is 'Internal: a code as the API shows it to its creator.';
 revoke execute on function billing.code_json(c billing.codes) from public;
 
--- A gift or sponsor code's escrow account, created on first use.
-create or replace function billing.code_escrow_id(p_code uuid) returns bigint
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_id bigint;
-begin
-  select a.id into v_id from billing.accounts a where a.code_id = p_code;
-  if v_id is null then
-    insert into billing.accounts (code_id) values (p_code) on conflict do nothing returning id into v_id;
-    if v_id is null then
-      select a.id into v_id from billing.accounts a where a.code_id = p_code;
-    end if;
-  end if;
-  return v_id;
-end;
-$$;
-comment on function billing.code_escrow_id(p_code uuid) is 'Internal: the account holding a gift or sponsor code''s credits until it is redeemed.';
-revoke execute on function billing.code_escrow_id(p_code uuid) from public;
-
 create or replace function billing.create_promo_code(p_admin uuid, p_code_hash text, p_spec jsonb, p_key text) returns jsonb
 language plpgsql
 security definer
@@ -278,32 +258,6 @@ comment on function billing.begin_gift_checkout(p_user uuid, p_package_id text, 
 revoke execute on function billing.begin_gift_checkout(p_user uuid, p_package_id text, p_request_key text, p_code_id uuid, p_code_hash text) from public, anon, authenticated;
 grant execute on function billing.begin_gift_checkout(p_user uuid, p_package_id text, p_request_key text, p_code_id uuid, p_code_hash text) to service_role;
 
--- Called by sync_purchase when a gift purchase is paid: the account its credits go to.
-create or replace function billing.activate_gift_code(p_purchase billing.purchases) returns bigint
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_code billing.codes;
-begin
-  update billing.codes c set status = 'active', updated_at = now()
-  where c.purchase_id = p_purchase.id and c.status = 'pending' returning * into v_code;
-  if not found then
-    select * into v_code from billing.codes c where c.purchase_id = p_purchase.id;
-  end if;
-  -- The buyer's account exists from now on: a refund or dispute of the gift compares every lot's
-  -- account with it (take_back_purchase), and owes there what the redeemer spent.
-  perform billing.ensure_user_account(p_purchase.user_id);
-  insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
-  values ('gift_code', p_purchase.user_id, 'gift-code:' || v_code.id,
-          jsonb_build_object('purchase_id', p_purchase.id, 'code_id', v_code.id))
-  on conflict (dedupe_key) do nothing;
-  return billing.code_escrow_id(v_code.id);
-end;
-$$;
-comment on function billing.activate_gift_code(p_purchase billing.purchases) is 'Internal: a paid gift''s code becomes redeemable and its email is queued (the id only: the sender derives the code); returns the escrow account the purchase credits.';
-revoke execute on function billing.activate_gift_code(p_purchase billing.purchases) from public;
-
 -- The failed guesses allowed per rolling hour before every attempt is refused.
 create or replace function billing.code_guess_limits() returns jsonb
 language sql immutable
@@ -329,6 +283,24 @@ end;
 $$;
 comment on function billing.lock_code_guesses(p_user uuid, p_address_hash text) is 'Internal: serialises a user''s and a client address''s code redemptions until the transaction ends, so the failed-guess limits hold under concurrency.';
 revoke execute on function billing.lock_code_guesses(p_user uuid, p_address_hash text) from public;
+
+-- Whether an admin (`p_inviter`, not the owner) brought the student into `p_org` (their accepted
+-- invitation), or invited the address (`p_email`) a code would name: what an admin could do for
+-- a second account of their own under an unrelated address.
+create or replace function billing.recruited_by(p_org uuid, p_inviter uuid, p_student uuid, p_email text) returns boolean
+language sql stable
+set search_path = ''
+as $$
+  -- The owner's own wallet is theirs to give: the rule is for admins acting for them.
+  select not exists (select 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_inviter
+                     and m.role = 'owner' and m.active)
+    and exists (select 1 from billing.org_invitations i
+                 where i.org_id = p_org and i.invited_by = p_inviter
+                   and ((p_student is not null and i.answered_by = p_student and i.status = 'accepted')
+                        or (p_email is not null and billing.mailbox(i.email) = billing.mailbox(p_email))))
+$$;
+comment on function billing.recruited_by(p_org uuid, p_inviter uuid, p_student uuid, p_email text) is 'Internal: whether p_inviter, an admin who is not the owner, invited this student (accepted) or this address into the organisation.';
+revoke execute on function billing.recruited_by(p_org uuid, p_inviter uuid, p_student uuid, p_email text) from public;
 
 create or replace function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text,
   p_address_limit integer default null) returns jsonb

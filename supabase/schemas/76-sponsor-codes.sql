@@ -21,24 +21,6 @@ $$;
 comment on function billing.may_be_sponsored(p_org uuid, p_user uuid, p_email text) is 'Internal: whether a sponsor code of p_org may name this student (p_user, or p_email ASCII-lower-cased): a current member, or an address invited to join as one.';
 revoke execute on function billing.may_be_sponsored(p_org uuid, p_user uuid, p_email text) from public;
 
--- Whether an admin (`p_inviter`, not the owner) brought the student into `p_org` (their accepted
--- invitation), or invited the address (`p_email`) a code would name: what an admin could do for
--- a second account of their own under an unrelated address.
-create or replace function billing.recruited_by(p_org uuid, p_inviter uuid, p_student uuid, p_email text) returns boolean
-language sql stable
-set search_path = ''
-as $$
-  -- The owner's own wallet is theirs to give: the rule is for admins acting for them.
-  select not exists (select 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_inviter
-                     and m.role = 'owner' and m.active)
-    and exists (select 1 from billing.org_invitations i
-                 where i.org_id = p_org and i.invited_by = p_inviter
-                   and ((p_student is not null and i.answered_by = p_student and i.status = 'accepted')
-                        or (p_email is not null and billing.mailbox(i.email) = billing.mailbox(p_email))))
-$$;
-comment on function billing.recruited_by(p_org uuid, p_inviter uuid, p_student uuid, p_email text) is 'Internal: whether p_inviter, an admin who is not the owner, invited this student (accepted) or this address into the organisation.';
-revoke execute on function billing.recruited_by(p_org uuid, p_inviter uuid, p_student uuid, p_email text) from public;
-
 create or replace function billing.issue_sponsor_code(p_user uuid, p_org uuid, p_code_hash text, p_spec jsonb, p_key text)
 returns jsonb
 language plpgsql
