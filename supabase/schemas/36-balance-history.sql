@@ -1,6 +1,7 @@
 -- Balances as of a past instant (GET /credits/balance?at=, /credits/lots?at= and the admin and
 -- organisation equivalents): balance, held and each lot as they stood, read from what the ledger
--- keeps, never from a copy.
+-- keeps, never from a copy. The organisation's, which ask the caller's role first
+-- (billing.org_balance_as_of, org_lots_as_of), are in 70-orgs.sql, on these.
 --
 -- The instant of a ledger row is its transaction's start (created_at, granted_at, finished_at:
 -- default now()), so an instant takes in whole transactions: every movement whose transaction
@@ -280,47 +281,6 @@ as $$ select billing.lots_as_of_json((select a.id from billing.accounts a where 
 comment on function billing.user_lots_as_of(p_user uuid, p_at timestamp with time zone, p_before_id bigint, p_limit integer) is 'A user''s lots as they stood at an instant, newest first, keyset-paginated by lot id.';
 revoke execute on function billing.user_lots_as_of(p_user uuid, p_at timestamp with time zone, p_before_id bigint, p_limit integer) from public;
 grant execute on function billing.user_lots_as_of(p_user uuid, p_at timestamp with time zone, p_before_id bigint, p_limit integer) to service_role;
-
--- What GET /orgs/:id shows of money, at p_at, to whom it shows it: the wallet to its owners and
--- admins, the caller's own allowance to the caller.
-create or replace function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamptz) returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_org billing.orgs := billing.require_org_role(p_org, p_user, false);
-  v_role text := (select m.role from billing.org_members m where m.org_id = v_org.id and m.user_id = p_user);
-  v_wallet bigint := (select a.id from billing.accounts a where a.org_id = p_org and a.member_id is null);
-  v_allowance bigint := (select a.id from billing.accounts a where a.org_id = p_org and a.member_id = p_user);
-begin
-  return jsonb_build_object('as_of', billing.json_time(p_at),
-    'wallet', case when v_role in ('owner', 'admin') then billing.balance_as_of(v_wallet, p_at) - 'as_of' end,
-    'allowance', case when v_allowance is not null then billing.balance_as_of(v_allowance, p_at) - 'as_of' end);
-end;
-$$;
-comment on function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamp with time zone) is 'An organisation''s wallet (to its owners and admins) and the caller''s allowance as they stood at an instant.';
-revoke execute on function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamp with time zone) from public;
-grant execute on function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamp with time zone) to service_role;
-
--- The wallet's lots (owners and admins), or the caller's allowance's (p_allowance).
-create or replace function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamptz,
-  p_before_id bigint, p_limit integer)
-returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_org billing.orgs := billing.require_org_role(p_org, p_user, not p_allowance);
-begin
-  return billing.lots_as_of_json((select a.id from billing.accounts a where a.org_id = v_org.id
-    and a.member_id is not distinct from case when p_allowance then p_user end), p_at, p_before_id, p_limit);
-end;
-$$;
-comment on function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamp with time zone, p_before_id bigint, p_limit integer) is 'An organisation''s wallet lots (owners and admins) or the caller''s allowance lots as they stood at an instant, newest first.';
-revoke execute on function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamp with time zone, p_before_id bigint, p_limit integer) from public;
-grant execute on function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamp with time zone, p_before_id bigint, p_limit integer) to service_role;
 
 -- ============================================================ triggers
 

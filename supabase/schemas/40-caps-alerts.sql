@@ -11,7 +11,8 @@
 -- The table (billing.spend_caps) is in 10-ledger.sql beside the accounts it limits, and the room
 -- a posting takes and gives back (take_cap_room, charge_caps, return_cap_room, …) and the
 -- low-balance alert in 11-ledger-writer.sql, on the writer's road; billing.cap_room, what a
--- hold's overrun may still cost, in 12-holds.sql. Here: setting and reading caps and alerts.
+-- hold's overrun may still cost, in 12-holds.sql; a member's cap, which an organisation's admins
+-- set (billing.set_member_cap), in 70-orgs.sql. Here: setting and reading caps and alerts.
 
 -- ============================================================ functions
 
@@ -107,42 +108,6 @@ $$;
 comment on function billing.get_alerts(p_user uuid) is 'A user''s alerts: the low-balance threshold and each cap''s percents, with what has fired.';
 revoke execute on function billing.get_alerts(p_user uuid) from public;
 grant execute on function billing.get_alerts(p_user uuid) to service_role;
-
--- A member's cap belongs to the organisation: only its admins change it (set_member_cap).
-create or replace function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric)
-returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
-  v_wallet bigint := billing.org_wallet_id(p_org);
-begin
-  if not exists (select 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_member and m.active) then
-    perform billing.raise_error('MEMBER_NOT_FOUND', jsonb_build_object('user_id', p_member));
-  end if;
-  if p_period is null or p_period not in ('day', 'week', 'month', 'term') then
-    perform billing.raise_error('INVALID_CAP', jsonb_build_object('field', 'period', 'rule', 'day, week, month or term'));
-  end if;
-  perform 1 from billing.accounts a where a.id = v_wallet for update;
-  if p_amount is null then
-    delete from billing.spend_caps c where c.account_id = v_wallet and c.member_id = p_member and c.period = p_period;
-  else
-    perform billing.check_amount(p_amount);
-    insert into billing.spend_caps (account_id, member_id, period, amount, set_by, owner, period_start)
-    values (v_wallet, p_member, p_period, p_amount, p_user, 'organisation', case when p_period = 'term' then v_org.term_started_at end)
-    on conflict (account_id, member_id, period, model, owner) do update set amount = excluded.amount, set_by = excluded.set_by,
-      updated_at = now();
-  end if;
-  update billing.accounts a set caps = (select count(*) from billing.spend_caps c where c.account_id = v_wallet)
-  where a.id = v_wallet;
-  return billing.member_caps(p_org, p_member);
-end;
-$$;
-comment on function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric) is 'A member''s cap per day, week, month or term on an organisation''s pooled wallet, set or removed by its owner or admin.';
-revoke execute on function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric) from public;
-grant execute on function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric) to service_role;
 
 create or replace function billing.member_caps(p_org uuid, p_member uuid) returns jsonb
 language sql stable

@@ -564,6 +564,83 @@ $$;
 comment on function billing.same_person(p_a uuid, p_b uuid) is 'Internal: whether two accounts are one person as far as can be told (the same id, or addresses reaching one mailbox: billing.mailbox); null ids are no one.';
 revoke execute on function billing.same_person(p_a uuid, p_b uuid) from public;
 
+-- What GET /orgs/:id shows of money, at p_at, to whom it shows it: the wallet to its owners and
+-- admins, the caller's own allowance to the caller.
+create or replace function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamptz) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, false);
+  v_role text := (select m.role from billing.org_members m where m.org_id = v_org.id and m.user_id = p_user);
+  v_wallet bigint := (select a.id from billing.accounts a where a.org_id = p_org and a.member_id is null);
+  v_allowance bigint := (select a.id from billing.accounts a where a.org_id = p_org and a.member_id = p_user);
+begin
+  return jsonb_build_object('as_of', billing.json_time(p_at),
+    'wallet', case when v_role in ('owner', 'admin') then billing.balance_as_of(v_wallet, p_at) - 'as_of' end,
+    'allowance', case when v_allowance is not null then billing.balance_as_of(v_allowance, p_at) - 'as_of' end);
+end;
+$$;
+comment on function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamp with time zone) is 'An organisation''s wallet (to its owners and admins) and the caller''s allowance as they stood at an instant.';
+revoke execute on function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamp with time zone) from public;
+grant execute on function billing.org_balance_as_of(p_user uuid, p_org uuid, p_at timestamp with time zone) to service_role;
+
+-- The wallet's lots (owners and admins), or the caller's allowance's (p_allowance).
+create or replace function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamptz,
+  p_before_id bigint, p_limit integer)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, not p_allowance);
+begin
+  return billing.lots_as_of_json((select a.id from billing.accounts a where a.org_id = v_org.id
+    and a.member_id is not distinct from case when p_allowance then p_user end), p_at, p_before_id, p_limit);
+end;
+$$;
+comment on function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamp with time zone, p_before_id bigint, p_limit integer) is 'An organisation''s wallet lots (owners and admins) or the caller''s allowance lots as they stood at an instant, newest first.';
+revoke execute on function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamp with time zone, p_before_id bigint, p_limit integer) from public;
+grant execute on function billing.org_lots_as_of(p_user uuid, p_org uuid, p_allowance boolean, p_at timestamp with time zone, p_before_id bigint, p_limit integer) to service_role;
+
+-- A member's cap belongs to the organisation: only its admins change it (set_member_cap).
+create or replace function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs := billing.require_org_role(p_org, p_user, true);
+  v_wallet bigint := billing.org_wallet_id(p_org);
+begin
+  if not exists (select 1 from billing.org_members m where m.org_id = p_org and m.user_id = p_member and m.active) then
+    perform billing.raise_error('MEMBER_NOT_FOUND', jsonb_build_object('user_id', p_member));
+  end if;
+  if p_period is null or p_period not in ('day', 'week', 'month', 'term') then
+    perform billing.raise_error('INVALID_CAP', jsonb_build_object('field', 'period', 'rule', 'day, week, month or term'));
+  end if;
+  perform 1 from billing.accounts a where a.id = v_wallet for update;
+  if p_amount is null then
+    delete from billing.spend_caps c where c.account_id = v_wallet and c.member_id = p_member and c.period = p_period;
+  else
+    perform billing.check_amount(p_amount);
+    insert into billing.spend_caps (account_id, member_id, period, amount, set_by, owner, period_start)
+    values (v_wallet, p_member, p_period, p_amount, p_user, 'organisation', case when p_period = 'term' then v_org.term_started_at end)
+    on conflict (account_id, member_id, period, model, owner) do update set amount = excluded.amount, set_by = excluded.set_by,
+      updated_at = now();
+  end if;
+  update billing.accounts a set caps = (select count(*) from billing.spend_caps c where c.account_id = v_wallet)
+  where a.id = v_wallet;
+  return billing.member_caps(p_org, p_member);
+end;
+$$;
+comment on function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric) is 'A member''s cap per day, week, month or term on an organisation''s pooled wallet, set or removed by its owner or admin.';
+revoke execute on function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric) from public;
+grant execute on function billing.set_member_cap(p_user uuid, p_org uuid, p_member uuid, p_period text, p_amount numeric) to service_role;
+
 -- ============================================================ policies
 
 create policy "Members can read their organisations" on billing.orgs
