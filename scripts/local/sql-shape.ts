@@ -171,23 +171,12 @@ export const upwardCallsKnown: string[] = [
   'billing.enqueue_job -> billing.model_allowed',
   'billing.enqueue_job -> billing.pay_ai_owed',
   'billing.get_daily_report -> billing.revenue_metrics',
-  'billing.get_provider_balances -> billing.provider_balance_cents',
-  'billing.grant_plan_invoice -> billing.money_entry',
-  'billing.grant_plan_invoice -> billing.post_money',
   'billing.perform_money_action -> billing.redeem_code',
-  'billing.process_stripe_event -> billing.sync_org_invoice',
   'billing.refresh_daily_revenue -> billing.revenue_metrics',
   'billing.remove_member -> billing.void_sponsor_codes_of',
   'billing.run_money_request -> billing.lock_code_guesses',
   'billing.run_money_request -> billing.record_code_attempt',
   'billing.set_member_role -> billing.void_sponsor_codes_of',
-  'billing.sync_plan_charge -> billing.money_entry',
-  'billing.sync_plan_charge -> billing.post_money',
-  'billing.sync_provider_payment -> billing.money_entry',
-  'billing.sync_provider_payment -> billing.post_money',
-  'billing.sync_provider_payout -> billing.money_entry',
-  'billing.sync_provider_payout -> billing.post_money',
-  'billing.sync_subscription -> billing.grant_plan_invoice',
 ];
 
 /** What breaks the layers: calls up not listed, and listed ones that are gone. */

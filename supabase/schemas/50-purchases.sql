@@ -5,7 +5,7 @@
 -- the same place. Here: purchases, checkout and a purchase's payment (with what a payment sets
 -- off: a gift's code activated, an auto-recharge recorded); refunds and disputes of a paid
 -- purchase, and billing.sync_purchase above all three, in 51-refunds-disputes.sql; the Stripe
--- event log: 67-stripe-events.sql.
+-- event log: 77-stripe-events.sql.
 
 -- ============================================================ types
 

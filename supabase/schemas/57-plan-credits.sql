@@ -3,7 +3,8 @@
 -- upgrade's proration); at a renewal the ending period's plan credits roll over, capped by the
 -- plan's rule, or expire as breakage (roll_over_plan_credits, end_plan_lot); a refund or a
 -- dispute of a plan's charge takes them back (sync_plan_charge, take_back_plan_credits). The
--- subscription itself, its tables and its Stripe state live in 56-plans.sql.
+-- subscription's tables live in 56-plans.sql; its Stripe state is synced here, above the grants
+-- it makes (sync_subscription, at the end).
 
 -- ============================================================ functions
 
@@ -524,3 +525,68 @@ $$;
 comment on function billing.get_period_plan_credits(p_subscription uuid) is 'The largest plan a paid invoice granted a subscription''s current period (its credits); no row when none did.';
 revoke execute on function billing.get_period_plan_credits(p_subscription uuid) from public;
 grant execute on function billing.get_period_plan_credits(p_subscription uuid) to service_role;
+
+create or replace function billing.sync_subscription(p_state jsonb) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_s jsonb := p_state -> 'subscription';
+  v_inv jsonb := p_state -> 'invoice';
+  v_sub billing.subscriptions;
+  v_outcome text := 'subscription_synced';
+begin
+  -- By Stripe's id, or (the first event about it) by ours, in the metadata we gave Checkout (only
+  -- we can set it). One statement: a concurrent first event, re-checked after the lock, still
+  -- finds the row by the Stripe id the other one recorded.
+  select * into v_sub from billing.subscriptions s
+  where s.stripe_subscription_id = v_s ->> 'id'
+     or (s.id::text = v_s -> 'metadata' ->> 'subscription_id' and s.user_id::text = v_s -> 'metadata' ->> 'user_id'
+         and s.stripe_subscription_id is null)
+  for update;
+  if not found then
+    return 'unknown_subscription';
+  end if;
+  -- A second plan paid while another is live (two Checkouts raced): recorded, never honoured;
+  -- the caller cancels it at Stripe and refunds its invoices.
+  if v_sub.refused_at is null and v_s ->> 'status' in ('active', 'past_due', 'trialing', 'unpaid', 'paused')
+     and exists (select 1 from billing.subscriptions o where o.user_id = v_sub.user_id and o.id <> v_sub.id
+                 and o.refused_at is null and o.status in ('active', 'past_due', 'trialing', 'unpaid', 'paused')) then
+    v_sub.refused_at := now();
+  end if;
+  update billing.subscriptions s
+  set stripe_subscription_id = v_s ->> 'id', stripe_customer_id = v_s ->> 'customer', status = v_s ->> 'status',
+      refused_at = v_sub.refused_at,
+      plan_id = coalesce((select p.id from billing.plans p where p.id = v_s -> 'metadata' ->> 'plan_id'), s.plan_id),
+      current_period_start = to_timestamp((v_s ->> 'current_period_start')::bigint),
+      current_period_end = to_timestamp((v_s ->> 'current_period_end')::bigint),
+      cancel_at_period_end = (v_s ->> 'cancel_at_period_end')::boolean, updated_at = now()
+  where s.id = v_sub.id
+  returning * into v_sub;
+  if v_sub.refused_at is not null then
+    return 'plan_subscription_refused';
+  end if;
+  if v_inv is null then
+    return v_outcome;
+  end if;
+  if v_inv ->> 'status' = 'paid' then
+    v_outcome := billing.grant_plan_invoice(v_sub, v_inv);
+  elsif v_inv ->> 'status' = 'open' and (v_inv ->> 'attempted')::boolean then
+    -- A failed renewal grants nothing; the student is told to update their card (the link is
+    -- the billing page's, which opens Stripe's portal: a Stripe URL never goes in an email).
+    insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
+    values ('plan_payment_failed', v_sub.user_id, 'plan-payment-failed:' || (v_inv ->> 'id'), jsonb_build_object(
+      'plan_id', v_sub.plan_id, 'invoice_id', v_inv ->> 'id', 'amount_cents', (v_inv ->> 'amount_due')::integer,
+      'currency', v_inv ->> 'currency', 'period_end', billing.json_time(v_sub.current_period_end)))
+    on conflict (dedupe_key) do nothing;
+    v_outcome := 'plan_payment_failed';
+  else
+    v_outcome := 'plan_invoice_' || coalesce(v_inv ->> 'status', 'unknown');
+  end if;
+  return v_outcome;
+end;
+$$;
+comment on function billing.sync_subscription(p_state jsonb) is 'Converges a plan on Stripe''s current subscription (status, period, plan, cancellation) and applies its invoice: paid → credits once, failed → an email. Safe in any order, any number of times.';
+revoke execute on function billing.sync_subscription(p_state jsonb) from public;
+grant execute on function billing.sync_subscription(p_state jsonb) to service_role;

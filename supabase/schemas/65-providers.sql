@@ -1,7 +1,7 @@
 -- B2B provider payments through Stripe Connect. Scholarship providers get an Express
 -- account; payers pay them through hosted Checkout as destination charges, and the platform
 -- keeps an application fee (PLATFORM_FEE_BPS, 3% by default, rounded half to even).
--- What providers are paid and paid out is posted to the cash ledger (66-cash-ledger.sql), each
+-- What providers are paid and paid out is posted to the cash ledger (52-cash-ledger.sql), each
 -- posting mirroring a fact re-fetched from Stripe; a daily reconciliation (68-reconciliation.sql)
 -- compares it with what Stripe reports.
 
@@ -87,6 +87,13 @@ alter table billing.provider_payouts enable row level security;
 grant select on table billing.provider_payouts to service_role;
 
 create index provider_payouts_provider on billing.provider_payouts (provider_id, stripe_created_at desc);
+
+-- The cash ledger (52-cash-ledger.sql) sits below the features that post to it, this one
+-- included: its transfers' references to a provider and a payment are declared here, with them.
+alter table billing.money_transfers add constraint money_transfers_provider_id_fkey
+  foreign key (provider_id) references billing.providers (id);
+alter table billing.money_transfers add constraint money_transfers_payment_id_fkey
+  foreign key (payment_id) references billing.provider_payments (id);
 
 -- ============================================================ functions
 

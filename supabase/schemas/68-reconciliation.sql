@@ -1,4 +1,4 @@
--- Provider reconciliation: a daily comparison of the cash ledger (66-cash-ledger.sql) with what
+-- Provider reconciliation: a daily comparison of the cash ledger (52-cash-ledger.sql) with what
 -- Stripe reports for connected accounts (charges, application fees, payouts, balances). A run
 -- pages through Stripe's lists within the edge's limits, saving each page with its position so
 -- a stopped run resumes; when every phase is done the day's mismatches are stored

@@ -2,8 +2,8 @@
 -- and applied in the same transaction by billing.process_stripe_event, which hands the state
 -- re-fetched from Stripe to the domain it describes: a credit purchase (50-purchases.sql), a
 -- plan's subscription or charge (56-plans.sql), a provider's account, payment or payout
--- (65-providers.sql), an organisation's invoice (72-org-invoices.sql). A failure is recorded
--- after its transaction rolled back, so Stripe's retry applies it again.
+-- (65-providers.sql), an organisation's invoice (72-org-invoices.sql): the layer above them all.
+-- A failure is recorded after its transaction rolled back, so Stripe's retry applies it again.
 
 -- ============================================================ tables
 

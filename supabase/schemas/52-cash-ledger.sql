@@ -2,7 +2,9 @@
 -- money_entries), apart from credits. Every posting mirrors a fact re-fetched from Stripe: a
 -- provider payment, its fee and refunds, a payout (65-providers.sql), and a credit purchase as it
 -- is paid, charged Stripe's fee, refunded or lost to a dispute (the trigger on billing.purchases
--- below). Σ of every transfer's entries = 0; rows are never changed.
+-- below), a plan's invoice and its refunds (57-plan-credits.sql). Σ of every transfer's entries
+-- = 0; rows are never changed. It sits below every feature that posts to it; its transfers'
+-- references to a provider and a payment are declared with those tables, in 65-providers.sql.
 --
 -- Accounts: `payers` (money arriving from outside), `platform_fees` (the platform's revenue),
 -- `provider:<uuid>` (what Stripe holds for a provider's connected account), `provider_payouts`
@@ -17,8 +19,8 @@ create table billing.money_transfers (
   kind text not null,
   idempotency_key text not null unique,
   currency text not null,
-  provider_id uuid references billing.providers (id),
-  payment_id uuid references billing.provider_payments (id),
+  provider_id uuid,                               -- references billing.providers (65-providers.sql)
+  payment_id uuid,                                -- references billing.provider_payments (the same)
   stripe_id text,
   -- When it happened at Stripe (the event's time, when known), so a late event counts on its day.
   occurred_at timestamptz not null default now(),
