@@ -168,8 +168,6 @@ const layerOf = (file: string) => Number(/^(\d+)-/.exec(file)![1]);
  */
 export const upwardCallsKnown: string[] = [
   'billing.begin_checkout -> billing.require_org_role',
-  'billing.enqueue_job -> billing.model_allowed',
-  'billing.enqueue_job -> billing.pay_ai_owed',
   'billing.get_daily_report -> billing.revenue_metrics',
   'billing.perform_money_action -> billing.redeem_code',
   'billing.refresh_daily_revenue -> billing.revenue_metrics',

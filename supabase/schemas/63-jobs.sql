@@ -6,6 +6,8 @@
 -- of those steps is one SQL transaction, so no crash leaves a hold behind or charges twice.
 -- A long job runs in slices within the edge's limits: a slice checkpoints, then yield_job hands
 -- the job back for the next tick (see supabase/functions/jobs/worker.ts).
+-- A job that calls a model obeys the AI gateway's rules, so it sits above it (62-ai-gateway.sql):
+-- enqueue_job asks whether the student may call the model, and pays what their gateway calls owe.
 
 -- ============================================================ tables
 
