@@ -169,11 +169,8 @@ const layerOf = (file: string) => Number(/^(\d+)-/.exec(file)![1]);
 export const upwardCallsKnown: string[] = [
   'billing.begin_checkout -> billing.require_org_role',
   'billing.get_daily_report -> billing.revenue_metrics',
-  'billing.perform_money_action -> billing.redeem_code',
   'billing.refresh_daily_revenue -> billing.revenue_metrics',
   'billing.remove_member -> billing.void_sponsor_codes_of',
-  'billing.run_money_request -> billing.lock_code_guesses',
-  'billing.run_money_request -> billing.record_code_attempt',
   'billing.set_member_role -> billing.void_sponsor_codes_of',
 ];
 
