@@ -1,10 +1,11 @@
 -- Money requests and HTTP idempotency. A money route runs one transaction: run_money_request
 -- checks the caller's standing, claims the Idempotency-Key, performs the action
 -- (perform_money_action) and stores the answer, so a retry gets the stored answer and a
--- concurrent duplicate waits. Those two dispatch to the domains (a code's redemption among
--- them), so they sit above them, in 78-money-actions.sql; here, what they and others build on. Any other idempotent route claims its key
+-- concurrent duplicate waits. Any other idempotent route claims its key
 -- (claim_idempotency_key), does its work (a Stripe call, outside any transaction) and stores the
 -- answer (complete_idempotency_key). Both keep the answer in one format (idempotency_keys).
+-- run_money_request and perform_money_action dispatch to the domains (a code's redemption among
+-- them), so they sit above them, in 78-money-actions.sql; here, what they and others build on.
 
 -- ============================================================ types
 

@@ -88,13 +88,6 @@ grant select on table billing.provider_payouts to service_role;
 
 create index provider_payouts_provider on billing.provider_payouts (provider_id, stripe_created_at desc);
 
--- The cash ledger (52-cash-ledger.sql) sits below the features that post to it, this one
--- included: its transfers' references to a provider and a payment are declared here, with them.
-alter table billing.money_transfers add constraint money_transfers_provider_id_fkey
-  foreign key (provider_id) references billing.providers (id);
-alter table billing.money_transfers add constraint money_transfers_payment_id_fkey
-  foreign key (payment_id) references billing.provider_payments (id);
-
 -- ============================================================ functions
 
 create or replace function billing.platform_fee_cents(p_amount_cents bigint, p_fee_bps integer) returns bigint
@@ -449,3 +442,13 @@ $$;
 comment on function billing.get_provider_balances(p_provider uuid) is 'GET /providers/:id: what Stripe should hold for the provider, per currency it was paid in, per the money ledger.';
 revoke execute on function billing.get_provider_balances(p_provider uuid) from public;
 grant execute on function billing.get_provider_balances(p_provider uuid) to service_role;
+
+-- ============================================================ references into this domain
+
+-- The cash ledger (52-cash-ledger.sql) sits below the features that post to it, this one
+-- included: its transfers' references to a provider and a payment are declared here.
+alter table billing.money_transfers add constraint money_transfers_provider_id_fkey
+  foreign key (provider_id) references billing.providers (id);
+
+alter table billing.money_transfers add constraint money_transfers_payment_id_fkey
+  foreign key (payment_id) references billing.provider_payments (id);
