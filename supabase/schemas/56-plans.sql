@@ -223,43 +223,78 @@ comment on function billing.get_subscription(p_user uuid) is 'The student''s pla
 revoke execute on function billing.get_subscription(p_user uuid) from public;
 grant execute on function billing.get_subscription(p_user uuid) to service_role;
 
--- Plans in [p_from, p_to), for the reports (docs/metrics.md). A subscriber at an instant is a plan
--- whose paid period covers it, so the numbers come from the invoices Stripe was paid, not from a
--- status that changes later: subscribers and MRR at the range's end (or now, if sooner), churn as
--- those subscribed at its start and not at its end. A refused second plan, a period refunded in
--- full and an invoice that granted nothing (its period over, or superseded) count for no one; an
--- upgrade counts at its new plan (the period's latest paid invoice).
-create or replace function billing.plan_standing(p_from timestamptz, p_to timestamptz) returns jsonb
+-- Plans in each period [p_lo[i], p_hi[i]), for the reports (docs/metrics.md). A subscriber at an
+-- instant is a plan whose paid period covers it, so the numbers come from the invoices Stripe was
+-- paid, not from a status that changes later: subscribers and MRR at the period's end (or now, if
+-- sooner), churn as those subscribed at its start and not at its end. A refused second plan, a
+-- period refunded in full and an invoice that granted nothing (its period over, or superseded)
+-- count for no one; an upgrade counts at its new plan (the period's latest paid invoice). The
+-- periods are in order and do not overlap (a report's series): one pass over all of them.
+create or replace function billing.plan_standing_over(p_lo timestamptz[], p_hi timestamptz[]) returns jsonb[]
 language sql stable
 set search_path = ''
 as $$
-  with covering as (
-    select distinct on (i.at, g.subscription_id) i.at, g.subscription_id, p.currency,
+  with b as (select x.n, x.lo, x.hi from unnest(p_lo, p_hi) with ordinality x(lo, hi, n)),
+  covering as (
+    select distinct on (i.n, i.at, g.subscription_id) i.n, i.at, g.subscription_id, p.currency,
            case p.billing_interval when 'year' then p.price_cents / 12.0 else p.price_cents end as monthly_cents
-    from (values ('start', p_from), ('end', least(p_to, now()) - interval '1 microsecond')) as i (at, t)
+    from (select b.n, v.at, v.t from b
+          cross join lateral (values ('start', b.lo), ('end', least(b.hi, now()) - interval '1 microsecond')) v(at, t)) i
     join billing.plan_grants g on g.period_start <= i.t and g.period_end > i.t
     join billing.subscriptions s on s.id = g.subscription_id and s.refused_at is null
     join billing.plans p on p.id = g.plan_id
     where g.credits > 0 and not (g.amount_cents > 0 and g.amount_refunded_cents = g.amount_cents)
-    order by i.at, g.subscription_id, g.granted_at desc
+    order by i.n, i.at, g.subscription_id, g.granted_at desc
   ),
-  at_start as (select c.subscription_id from covering c where c.at = 'start'),
+  at_start as (select c.n, c.subscription_id from covering c where c.at = 'start'),
   at_end as (select * from covering c where c.at = 'end'),
-  churned as (select count(*) as n from at_start a where a.subscription_id not in (select e.subscription_id from at_end e))
-  select jsonb_build_object(
-    'subscribers', (select count(*) from at_end),
-    'new_subscribers', (select count(*) from at_end e where e.subscription_id not in (select a.subscription_id from at_start a)),
-    'churned', (select n from churned),
-    'churn_rate', (select case when count(*) > 0 then round((select n from churned)::numeric / count(*), 6) end from at_start),
-    -- Monthly recurring revenue at the end, per currency: a yearly plan counts a twelfth of its price.
-    'mrr', coalesce((select jsonb_agg(jsonb_build_object('currency', m.currency, 'subscribers', m.n, 'mrr_cents', m.cents)
-                       order by m.currency)
-                     from (select e.currency, count(*) as n, round(sum(e.monthly_cents)) as cents from at_end e group by e.currency) m),
-                    '[]'::jsonb),
-    'credits_granted', (select trim_scale(coalesce(sum(g.credits), 0))::text from billing.plan_grants g
-                        where g.granted_at >= p_from and g.granted_at < p_to),
-    'credits_rolled_over', (select trim_scale(coalesce(sum(g.rolled_over), 0))::text from billing.plan_grants g
-                            where g.granted_at >= p_from and g.granted_at < p_to))
+  -- Per period: at its end, at its start, new at the end, gone by the end (grouped, not per period).
+  counts as (
+    select b.n, coalesce(e.k, 0) as subscribers, coalesce(a.k, 0) as started, coalesce(x.k, 0) as new,
+      coalesce(y.k, 0) as churned
+    from b
+    left join (select e.n as period, count(*) as k from at_end e group by e.n) e on e.period = b.n
+    left join (select a.n as period, count(*) as k from at_start a group by a.n) a on a.period = b.n
+    left join (select e.n as period, count(*) as k from at_end e
+               left join at_start a on a.n = e.n and a.subscription_id = e.subscription_id
+               where a.n is null group by e.n) x on x.period = b.n
+    left join (select a.n as period, count(*) as k from at_start a
+               left join at_end e on e.n = a.n and e.subscription_id = a.subscription_id
+               where e.n is null group by a.n) y on y.period = b.n
+  ),
+  -- Monthly recurring revenue at the end, per currency: a yearly plan counts a twelfth of its price.
+  mrr as (
+    select m.n, jsonb_agg(jsonb_build_object('currency', m.currency, 'subscribers', m.subscribers, 'mrr_cents', m.cents)
+                          order by m.currency) as mrr
+    from (select e.n, e.currency, count(*) as subscribers, round(sum(e.monthly_cents)) as cents from at_end e
+          group by e.n, e.currency) m
+    group by m.n
+  ),
+  granted as (
+    select w.n, sum(g.credits) as credits, sum(g.rolled_over) as rolled_over from billing.plan_grants g
+    cross join lateral (select width_bucket(g.granted_at, p_lo) as n) w
+    where g.granted_at >= p_lo[1] and g.granted_at < p_hi[cardinality(p_hi)] and w.n > 0 and g.granted_at < p_hi[w.n]
+    group by w.n
+  )
+  select coalesce(array_agg(jsonb_build_object(
+      'subscribers', c.subscribers,
+      'new_subscribers', c.new,
+      'churned', c.churned,
+      'churn_rate', case when c.started > 0 then round(c.churned::numeric / c.started, 6) end,
+      'mrr', coalesce(m.mrr, '[]'::jsonb),
+      'credits_granted', trim_scale(coalesce(g.credits, 0))::text,
+      'credits_rolled_over', trim_scale(coalesce(g.rolled_over, 0))::text) order by c.n), '{}')
+  from counts c left join mrr m on m.n = c.n left join granted g on g.n = c.n
+$$;
+comment on function billing.plan_standing_over(p_lo timestamp with time zone[], p_hi timestamp with time zone[]) is 'Internal: plan_standing of each period [lo[i], hi[i]) (in order, not overlapping), in one pass.';
+revoke execute on function billing.plan_standing_over(p_lo timestamp with time zone[], p_hi timestamp with time zone[]) from public;
+
+-- Plans in [p_from, p_to): the one period of plan_standing_over.
+create or replace function billing.plan_standing(p_from timestamptz, p_to timestamptz) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select (billing.plan_standing_over(array[p_from], array[p_to]))[1]
 $$;
 comment on function billing.plan_standing(p_from timestamptz, p_to timestamptz) is 'Internal: plans at the end of [from, to) (subscribers, MRR) and over it (new, churned, plan credits granted and rolled over): plan_metrics less what plan lots drew.';
 revoke execute on function billing.plan_standing(p_from timestamptz, p_to timestamptz) from public;

@@ -469,28 +469,65 @@ comment on function billing.delete_old_code_attempts(p_limit integer) is 'pg_cro
 revoke execute on function billing.delete_old_code_attempts(p_limit integer) from public, anon, authenticated;
 grant execute on function billing.delete_old_code_attempts(p_limit integer) to service_role;
 
--- What codes did in [p_from, p_to), for the reports, but for the promotional credits spent
--- (codes_report adds them from the rows; the reports from the roll-up's lots part).
+-- What codes did in each period [p_lo[i], p_hi[i]), for the reports, but for the promotional
+-- credits spent (codes_report adds them from the rows; the reports from the roll-up's lots part).
+-- The periods are in order and do not overlap (a report's series): each table is read once over
+-- all of them, a row finding its period by binary search, not once per period.
+create or replace function billing.codes_activity_over(p_lo timestamptz[], p_hi timestamptz[]) returns jsonb[]
+language sql stable
+set search_path = ''
+as $$
+  with b as (select x.n, x.lo, x.hi from unnest(p_lo, p_hi) with ordinality x(lo, hi, n)),
+  redeemed as (
+    select w.n, sum(r.credits) filter (where c.kind = 'promo') as promo_credits,
+      count(*) filter (where c.kind = 'promo') as promo_redemptions, count(*) filter (where c.kind = 'gift') as gifts,
+      sum(r.credits) filter (where c.kind = 'sponsor') as sponsor_credits
+    from billing.code_redemptions r join billing.codes c on c.id = r.code_id
+    cross join lateral (select width_bucket(r.redeemed_at, p_lo) as n) w
+    where r.redeemed_at >= p_lo[1] and r.redeemed_at < p_hi[cardinality(p_hi)] and w.n > 0 and r.redeemed_at < p_hi[w.n]
+    group by w.n
+  ),
+  gifts as (
+    select w.n, count(*) as sales, sum(p.price_cents) as cents from billing.purchases p
+    cross join lateral (select width_bucket(p.paid_at, p_lo) as n) w
+    where p.gift and p.paid_at >= p_lo[1] and p.paid_at < p_hi[cardinality(p_hi)] and w.n > 0 and p.paid_at < p_hi[w.n]
+    group by w.n
+  ),
+  issued as (
+    select w.n, sum(c.credits) as credits from billing.codes c
+    cross join lateral (select width_bucket(c.created_at, p_lo) as n) w
+    where c.kind = 'sponsor' and c.created_at >= p_lo[1] and c.created_at < p_hi[cardinality(p_hi)] and w.n > 0
+      and c.created_at < p_hi[w.n]
+    group by w.n
+  ),
+  closed as (
+    select w.n, count(*) as codes from billing.codes c
+    cross join lateral (select width_bucket(c.updated_at, p_lo) as n) w
+    where c.kind = 'sponsor' and c.status in ('revoked', 'void') and c.updated_at >= p_lo[1]
+      and c.updated_at < p_hi[cardinality(p_hi)] and w.n > 0 and c.updated_at < p_hi[w.n]
+    group by w.n
+  )
+  select coalesce(array_agg(jsonb_build_object(
+      'promo_credits_granted', trim_scale(coalesce(r.promo_credits, 0))::text,
+      'promo_redemptions', coalesce(r.promo_redemptions, 0),
+      'gift_sales', coalesce(g.sales, 0),
+      'gift_sales_cents', coalesce(g.cents, 0),
+      'gifts_redeemed', coalesce(r.gifts, 0),
+      'sponsor_credits_issued', trim_scale(coalesce(i.credits, 0))::text,
+      'sponsor_credits_redeemed', trim_scale(coalesce(r.sponsor_credits, 0))::text,
+      'sponsor_codes_closed', coalesce(k.codes, 0)) order by b.n), '{}')
+  from b left join redeemed r on r.n = b.n left join gifts g on g.n = b.n left join issued i on i.n = b.n
+  left join closed k on k.n = b.n
+$$;
+comment on function billing.codes_activity_over(p_lo timestamp with time zone[], p_hi timestamp with time zone[]) is 'Internal: codes_activity of each period [lo[i], hi[i]) (in order, not overlapping), each table read once.';
+revoke execute on function billing.codes_activity_over(p_lo timestamp with time zone[], p_hi timestamp with time zone[]) from public;
+
+-- What codes did in [p_from, p_to): the one period of codes_activity_over.
 create or replace function billing.codes_activity(p_from timestamptz, p_to timestamptz) returns jsonb
 language sql stable
 set search_path = ''
 as $$
-  select jsonb_build_object(
-    'promo_credits_granted', trim_scale(coalesce((select sum(r.credits) from billing.code_redemptions r
-      join billing.codes c on c.id = r.code_id where c.kind = 'promo' and r.redeemed_at >= p_from and r.redeemed_at < p_to), 0))::text,
-    'promo_redemptions', (select count(*) from billing.code_redemptions r join billing.codes c on c.id = r.code_id
-      where c.kind = 'promo' and r.redeemed_at >= p_from and r.redeemed_at < p_to),
-    'gift_sales', (select count(*) from billing.purchases p where p.gift and p.paid_at >= p_from and p.paid_at < p_to),
-    'gift_sales_cents', (select coalesce(sum(p.price_cents), 0) from billing.purchases p
-      where p.gift and p.paid_at >= p_from and p.paid_at < p_to),
-    'gifts_redeemed', (select count(*) from billing.code_redemptions r join billing.codes c on c.id = r.code_id
-      where c.kind = 'gift' and r.redeemed_at >= p_from and r.redeemed_at < p_to),
-    'sponsor_credits_issued', trim_scale(coalesce((select sum(c.credits) from billing.codes c
-      where c.kind = 'sponsor' and c.created_at >= p_from and c.created_at < p_to), 0))::text,
-    'sponsor_credits_redeemed', trim_scale(coalesce((select sum(r.credits) from billing.code_redemptions r
-      join billing.codes c on c.id = r.code_id where c.kind = 'sponsor' and r.redeemed_at >= p_from and r.redeemed_at < p_to), 0))::text,
-    'sponsor_codes_closed', (select count(*) from billing.codes c
-      where c.kind = 'sponsor' and c.status in ('revoked', 'void') and c.updated_at >= p_from and c.updated_at < p_to))
+  select (billing.codes_activity_over(array[p_from], array[p_to]))[1]
 $$;
 comment on function billing.codes_activity(p_from timestamptz, p_to timestamptz) is 'Internal: promo credits granted, gift sales, sponsor funding in [from, to) (codes_report less the promo credits used).';
 revoke execute on function billing.codes_activity(p_from timestamptz, p_to timestamptz) from public;

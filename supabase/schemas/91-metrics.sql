@@ -358,7 +358,10 @@ revoke execute on function billing.metric_credits(p_parts billing.metric_part[],
 -- Every metric for [p_from, p_to) from its parts (docs/metrics.md): the parts of that range, or
 -- of a larger one cut at whole days. p_use_rollup as the parts were made (the liability at the
 -- end may start from a roll-up row before the range).
-create or replace function billing.metrics_of(p_parts billing.metric_part[], p_from timestamptz, p_to timestamptz, p_use_rollup boolean)
+-- p_codes and p_plans: the period's codes_activity and plan_standing when the caller read them for
+-- many periods at once (series_of); read here otherwise.
+create or replace function billing.metrics_of(p_parts billing.metric_part[], p_from timestamptz, p_to timestamptz, p_use_rollup boolean,
+  p_codes jsonb default null, p_plans jsonb default null)
 returns jsonb
 language plpgsql stable
 set search_path = ''
@@ -411,30 +414,40 @@ begin
     'organisations', billing.org_revenue(p_from, p_to),
     -- Promo, gift and sponsor codes, from their rows too (75-codes.sql): few, and indexed by time;
     -- what promo codes' lots paid for, from the parts (the allocations are many).
-    'codes', billing.codes_activity(p_from, p_to) || (select jsonb_build_object('promo_credits_used', trim_scale(s.used)::text)
+    'codes', coalesce(p_codes, billing.codes_activity(p_from, p_to)) || (select jsonb_build_object('promo_credits_used', trim_scale(s.used)::text)
       from source_lots s where s.source = 'promo_code'),
     -- Plans, from the paid invoices (56-plans.sql): subscribers and MRR at the end, churn, plan
     -- credits granted; what plan lots drew, from the parts.
-    'plans', billing.plan_standing(p_from, p_to) || (select jsonb_build_object('credits_used', trim_scale(s.used)::text,
+    'plans', coalesce(p_plans, billing.plan_standing(p_from, p_to)) || (select jsonb_build_object('credits_used', trim_scale(s.used)::text,
       'credits_expired', trim_scale(s.expired)::text) from source_lots s where s.source = 'plan')
   ));
 end;
 $$;
-comment on function billing.metrics_of(p_parts billing.metric_part[], p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) is 'Internal: every metric for [from, to), one definition each (docs/metrics.md), from the parts billing.metric_parts made.';
-revoke execute on function billing.metrics_of(p_parts billing.metric_part[], p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean) from public;
+comment on function billing.metrics_of(p_parts billing.metric_part[], p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean, p_codes jsonb, p_plans jsonb) is 'Internal: every metric for [from, to), one definition each (docs/metrics.md), from the parts billing.metric_parts made.';
+revoke execute on function billing.metrics_of(p_parts billing.metric_part[], p_from timestamp with time zone, p_to timestamp with time zone, p_use_rollup boolean, p_codes jsonb, p_plans jsonb) from public;
 
 -- Periods of a day, ISO week or month, clipped to [p_from, p_to), each with its metrics, from the
--- parts of the whole range (each period takes the parts that start in it: they never straddle a day).
+-- parts of the whole range (each period takes the parts that start in it: they never straddle a
+-- day). What codes and plans did is read from their rows once for all the periods.
 create or replace function billing.series_of(p_parts billing.metric_part[], p_from date, p_to date, p_granularity text) returns jsonb
 language sql stable
 set search_path = ''
 as $$
+  with b as (
+    select greatest(s, p_from::timestamp) at time zone 'UTC' as lo,
+           least(s + ('1 ' || p_granularity)::interval, p_to::timestamp) at time zone 'UTC' as hi
+    from generate_series(date_trunc(p_granularity, p_from::timestamp), p_to::timestamp - interval '1 microsecond',
+      ('1 ' || p_granularity)::interval) s
+  ),
+  bounds as (select array_agg(b.lo order by b.lo) as lo, array_agg(b.hi order by b.lo) as hi from b),
+  rows_read as (
+    select x.lo, x.codes, x.plans
+    from bounds, unnest(bounds.lo, billing.codes_activity_over(bounds.lo, bounds.hi),
+      billing.plan_standing_over(bounds.lo, bounds.hi)) x(lo, codes, plans)
+  )
   select coalesce(jsonb_agg(billing.metrics_of(array(select x from unnest(p_parts) x where x.lo >= b.lo and x.lo < b.hi),
-        b.lo, b.hi, true) order by b.lo), '[]'::jsonb)
-  from (select greatest(s, p_from::timestamp) at time zone 'UTC' as lo,
-               least(s + ('1 ' || p_granularity)::interval, p_to::timestamp) at time zone 'UTC' as hi
-        from generate_series(date_trunc(p_granularity, p_from::timestamp), p_to::timestamp - interval '1 microsecond',
-          ('1 ' || p_granularity)::interval) s) b
+        b.lo, b.hi, true, r.codes, r.plans) order by b.lo), '[]'::jsonb)
+  from b join rows_read r on r.lo = b.lo
 $$;
 comment on function billing.series_of(p_parts billing.metric_part[], p_from date, p_to date, p_granularity text) is 'Internal: revenue_metrics per day, week or month over [from, to), from the range''s parts.';
 revoke execute on function billing.series_of(p_parts billing.metric_part[], p_from date, p_to date, p_granularity text) from public;

@@ -3,7 +3,7 @@
 -- granted and rolled over in it. A refused plan, a period refunded in full and an invoice that
 -- granted nothing (a period already over) count for no one; an upgrade counts at its new plan.
 begin;
-select plan(8);
+select plan(10);
 \ir helpers.psql
 
 insert into auth.users (id) select ('5a7e5a7e-0000-4000-8000-00000000000' || n)::uuid from generate_series(1, 8) n;
@@ -52,6 +52,17 @@ select is(billing.plan_metrics(pg_temp.d(-25), pg_temp.d(30)), (select v from m)
   'a range that ends in the future is measured now');
 select is(billing.revenue_metrics(pg_temp.d(-25), pg_temp.d(1)) -> 'plans', (select v from m),
   'revenue_metrics carries it');
+
+-- A series reads the plans once for all its periods: each period counts as it would alone.
+create function pg_temp.series_plans(g text) returns jsonb language sql as $$
+  select jsonb_agg(jsonb_build_array(x -> 'plans', billing.revenue_metrics((x ->> 'from')::timestamptz, (x ->> 'to')::timestamptz) -> 'plans')
+    order by x ->> 'from')
+  from jsonb_array_elements(billing.metrics_series((now() - interval '45 days')::date, (now() + interval '2 days')::date, g)) x $$;
+select ok((select bool_and(p -> 0 = p -> 1) and count(*) = 47 and count(distinct p -> 0) > 5
+           from jsonb_array_elements(pg_temp.series_plans('day')) p),
+  'each day of a daily series counts plans as that day alone does (and the days differ)');
+select ok((select bool_and(p -> 0 = p -> 1) and count(*) >= 7 from jsonb_array_elements(pg_temp.series_plans('week')) p),
+  'so does each week of a weekly series, the first and last clipped to the range');
 
 select * from finish();
 rollback;

@@ -2,8 +2,9 @@
 -- same answer again, the failed-guess limits per user and per address, the audit, a sponsor
 -- code's escrow and who may redeem it, and what the API roles may read or call.
 begin;
-select plan(32);
+select plan(34);
 \ir helpers.psql
+create temp table codes_before as select billing.codes_activity(now() - interval '1 day', now() + interval '1 day') as v;
 
 insert into auth.users (id, email, email_confirmed_at) values
   ('cccccccc-0000-4000-8000-000000000001', 'admin@codes.test', now()),
@@ -139,6 +140,23 @@ select throws_ok($$select * from billing.codes$$, '42501', null, 'a student cann
 select throws_ok($$select billing.create_promo_code('cccccccc-0000-4000-8000-000000000002', repeat('a', 64), '{"credits": "1", "budget": "1"}', 'x')$$,
   '42501', null, 'nor create a promo code');
 reset role;
+
+-- ============================================================ reports
+
+-- What this file's promo redemptions add to today's codes activity (other tests' rows stay as they were).
+select is(
+  (select jsonb_build_array((n.v ->> 'promo_redemptions')::int - (b.v ->> 'promo_redemptions')::int,
+     (n.v ->> 'promo_credits_granted')::numeric - (b.v ->> 'promo_credits_granted')::numeric)
+   from codes_before b, (select billing.codes_activity(now() - interval '1 day', now() + interval '1 day') as v) n),
+  (select jsonb_build_array(count(*), sum(r.credits)) from billing.code_redemptions r join billing.codes c on c.id = r.code_id
+   where c.kind = 'promo' and r.user_id::text like 'cccccccc-%'),
+  'codes activity counts the promo redemptions made and the credits they granted');
+-- A series reads the codes once for all its periods: each day counts as it would alone.
+select ok((select bool_and(x -> 'codes' = billing.revenue_metrics((x ->> 'from')::timestamptz, (x ->> 'to')::timestamptz) -> 'codes')
+                  and count(*) = 10
+           from jsonb_array_elements(billing.metrics_series((now() - interval '8 days')::date, (now() + interval '2 days')::date,
+             'day')) x),
+  'each day of a daily series counts codes as that day alone does');
 
 select * from finish();
 rollback;
