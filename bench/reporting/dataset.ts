@@ -102,9 +102,10 @@ async function lotsFor(sql: postgres.Sql, after: string) {
     select min(id)::bigint as first, count(*)::bigint as n, max(id) - min(id) + 1 = count(*) as dense from billing.lots`;
   if (!dense) throw new Error('lot ids are not dense: the hash would miss');
   await sql`
-    insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, created_at)
-    select t.id, ${first}::bigint + (hashint8(t.id) & 2147483647) % ${n}::bigint, t.kind, t.amount, t.created_at
+    insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, created_at, cents)
+    select t.id, l.id, t.kind, t.amount, t.created_at, l.cost_cents * t.amount / l.amount
     from billing.transfers t
+    join billing.lots l on l.id = ${first}::bigint + (hashint8(t.id) & 2147483647) % ${n}::bigint
     where t.id > ${after}::bigint and t.kind in ('usage', 'hold_capture', 'refund_reversal', 'dispute_reversal')
     order by t.id`;
 }

@@ -63,9 +63,9 @@ async function write(sql: postgres.TransactionSql, tag: string, n: number, from:
       insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version, created_at)
       select t.id, case when t.kind = 'usage' then t.from_account_id else t.to_account_id end,
         case when t.kind = 'usage' then -t.amount else t.amount end, 0, t.id, t.created_at from t)
-    insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, created_at)
-    select t.id, u.lots[array_position(u.accounts, t.from_account_id)], t.kind, t.amount, t.created_at
-    from t, u where t.kind = 'usage'`);
+    insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, created_at, cents)
+    select t.id, l.id, t.kind, t.amount, t.created_at, l.cost_cents * t.amount / l.amount
+    from t, u, billing.lots l where t.kind = 'usage' and l.id = u.lots[array_position(u.accounts, t.from_account_id)]`);
   await sql.unsafe(`
     insert into billing.lots (account_id, grant_transfer_id, category, priority, amount, remaining, granted_at)
     select t.to_account_id, t.id, 'promotional', 0, t.amount, t.amount, t.created_at from billing.transfers t

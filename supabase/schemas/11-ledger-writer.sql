@@ -362,10 +362,10 @@ begin
                       order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
                       limit 1)
           and l.remaining >= -v_delta[1]
-        returning l.id
+        returning l.id, l.cost_cents * (-v_delta[1])::numeric(38, 18) / l.amount as cents
       )
-      insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
-      select v_ids[v_ord[1]], drawn.id, (p_transfers[v_ord[1]]).kind, -v_delta[1] from drawn;
+      insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
+      select v_ids[v_ord[1]], drawn.id, (p_transfers[v_ord[1]]).kind, -v_delta[1], drawn.cents from drawn;
       get diagnostics v_drawn = row_count;
     end if;
     -- Debits told what to draw (`take`): exactly those lots of the debited account, exactly the amount.
@@ -383,8 +383,9 @@ begin
         cross join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r
         where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
       ), ins as (
-        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
-        select v_ids[x.ord], x.lot_id, (p_transfers[x.ord]).kind, x.part from x
+        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
+        select v_ids[x.ord], x.lot_id, (p_transfers[x.ord]).kind, x.part, l.cost_cents * x.part::numeric(38, 18) / l.amount
+        from x join billing.lots l on l.id = x.lot_id
       ), upd as (
         update billing.lots l set remaining = l.remaining - s.total
         from (select x.lot_id, x.account_id, sum(x.part) as total from x group by x.lot_id, x.account_id) s
@@ -411,7 +412,7 @@ begin
         from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
         where x.delta < 0 and not coalesce((p_transfers[x.ord]).lots ? 'take', false)
       ), l as (
-        select l.id, l.account_id, l.remaining,
+        select l.id, l.account_id, l.remaining, l.cost_cents, l.amount as lot_amount,
           sum(l.remaining) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
             l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
         from billing.lots l
@@ -419,11 +420,13 @@ begin
           and (not v_reversal or l.applies_to is null or l.id = any(v_first))
           and (v_for is null or billing.lot_pays_for(l.applies_to, v_for))
       ), a as (
-        select d.ord, l.id as lot_id, least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
+        select d.ord, l.id as lot_id, l.cost_cents, l.lot_amount,
+          least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
         from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
       ), ins as (
-        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount)
-        select v_ids[a.ord], a.lot_id, (p_transfers[a.ord]).kind, a.amount from a
+        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
+        select v_ids[a.ord], a.lot_id, (p_transfers[a.ord]).kind, a.amount,
+          a.cost_cents * a.amount::numeric(38, 18) / a.lot_amount from a
         returning lot_id, amount
       )
       update billing.lots x set remaining = x.remaining - s.total
@@ -494,18 +497,19 @@ begin
             perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
           end if;
           with r as (
-            select (x ->> 'lot_id')::bigint as lot_id, (x ->> 'amount')::numeric as amount, l.applies_to is null as any_model
+            select (x ->> 'lot_id')::bigint as lot_id, (x ->> 'amount')::numeric as amount, l.applies_to is null as any_model,
+              l.cost_cents, l.amount as lot_amount
             from jsonb_array_elements(v_lot -> 'return_to') x left join billing.lots l on l.id = (x ->> 'lot_id')::bigint
           ), p as (
             -- As a move's parts: what returns to a lot for any model settles a debt first.
-            select r.lot_id, r.amount,
+            select r.lot_id, r.amount, r.cost_cents * (-r.amount)::numeric(38, 18) / r.lot_amount as cents,
               case when r.any_model then least(r.amount, greatest(v_settled - coalesce(sum(r.amount) filter (where r.any_model)
                 over (order by r.lot_id rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
             from r
           ), ins as (
             -- The part that paid a debt is the allocation's, dated by it: the lot's grant stays as it was.
-            insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, debt_settled)
-            select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount, p.settled from p
+            insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, debt_settled, cents)
+            select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount, p.settled, p.cents from p
           )
           update billing.lots l set remaining = l.remaining + p.amount - p.settled
           from p where l.id = p.lot_id and l.account_id = c.account_id;

@@ -77,6 +77,10 @@ create table billing.lot_allocations (
   -- Of a row giving back (negative), the part that paid a debt the account was in when it was
   -- given back: it does not return to the lot's remaining, and is booked on this row's day.
   debt_settled numeric(38, 18) not null default 0,
+  -- The row's part of its lot's cost basis, cost_cents × amount / the lot's amount, worked out when
+  -- written so a report sums it without reading the lot (90-reporting.sql); null on rows written
+  -- before it was kept, which a report works out from the lot.
+  cents numeric,
   primary key (transfer_id, lot_id),
   -- Negative allocations give back to a lot: a void what its charge drew, a plan rollover what
   -- the sweep expired of a period's credits before its renewal was paid (roll_over_plan_credits).
@@ -221,6 +225,10 @@ as $$
     select la.transfer_id from billing.lot_allocations la
     where not exists (select 1 from billing.transfers t where t.id = la.transfer_id)
        or not exists (select 1 from billing.lots l where l.id = la.lot_id)
+    union
+    -- A kept cost basis is the one a report would work out from the lot, digit for digit.
+    select la.transfer_id from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
+    where la.cents is not null and la.cents::text <> (l.cost_cents * la.amount / l.amount)::text
   ), bad_expiry as (
     -- next_expiry is a lower bound of every open lot's expiry.
     select a.id from billing.accounts a join billing.lots l on l.account_id = a.id
