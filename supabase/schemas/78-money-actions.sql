@@ -57,7 +57,11 @@ $$;
 comment on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) is 'Internal: the one SQL call behind each money route.';
 revoke execute on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) from public;
 
-create or replace function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean default false) returns billing.request_answer
+-- p_server_key_hash: the SHA-256 of the server key a usage report came with (null for the
+-- service role or a user's own request), checked first, in this statement: a revoked key stops at
+-- once, and a caller without a live key learns nothing of the user it names.
+create or replace function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean default false,
+  p_server_key_hash text default null) returns billing.request_answer
 language plpgsql
 security definer
 set search_path = ''
@@ -67,7 +71,9 @@ declare
   v_data jsonb;
   v_token text;
   v_detail text;
-  v_refusal jsonb := billing.standing_refusal(p_user, p_admin);
+  v_refusal jsonb := case when p_server_key_hash is not null and billing.server_key_id(p_server_key_hash) is null
+                          then jsonb_build_object('token', 'SERVER_KEY_UNKNOWN', 'detail', '{}'::jsonb)
+                          else billing.standing_refusal(p_user, p_admin) end;
   v_usage billing.request_answer;
 begin
   -- Refused before anything is claimed: answered, not stored, not raised (see above).
@@ -116,6 +122,6 @@ begin
   return billing.answer_of(v_row, false);
 end;
 $$;
-comment on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean) is 'One statement per money request: user check, idempotency claim, the work, the stored answer (or the stored one replayed).';
-revoke execute on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean) from public;
-grant execute on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean) to service_role;
+comment on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean, p_server_key_hash text) is 'One statement per money request: user check, idempotency claim, the work, the stored answer (or the stored one replayed).';
+revoke execute on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean, p_server_key_hash text) from public;
+grant execute on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean, p_server_key_hash text) to service_role;

@@ -423,6 +423,45 @@ Deno.test('POST /credits/usage refuses a student token; a server key works until
   assert.equal(await balanceOf(s.id), '999');
 });
 
+Deno.test("a server key is checked by the usage report's own statement, first: a refusal is not kept, names no user", async () => {
+  const s = await student();
+  const admin = await adminToken();
+  const make = async () =>
+    (await api('/admin/server-keys', { token: admin, body: { name: 'grading backend' } })).body.data as {
+      id: string;
+      secret: string;
+    };
+  const revoked = await make();
+  assert.equal((await api(`/admin/server-keys/${revoked.id}`, { method: 'DELETE', token: admin })).status, 200);
+  const live = await make();
+  const key = crypto.randomUUID();
+  const send = (secret: string, userId: string) =>
+    api('/credits/usage', {
+      token: secret,
+      headers: { 'idempotency-key': key },
+      body: { user_id: userId, model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },
+    });
+  // A revoked key, an unknown one, a user who does not exist: the same 401, nothing about the user.
+  for (
+    const [secret, userId] of [[revoked.secret, s.id], [`slk_${'0'.repeat(48)}`, s.id], [
+      revoked.secret,
+      crypto.randomUUID(),
+    ]]
+  ) {
+    const refused = await send(secret, userId);
+    assert.equal(refused.status, 401, refused.text);
+    assert.deepEqual(
+      [(refused.body.error as { code: string }).code, (refused.body.error as { message: string }).message],
+      ['UNAUTHORIZED', 'This server key is unknown or was revoked.'],
+    );
+  }
+  // Nothing was kept under the Idempotency-Key: a live key's report with it is charged, not a replayed 401.
+  const charged = await send(live.secret, s.id);
+  assert.equal(charged.status, 201, charged.text);
+  assert.equal(charged.headers.get('idempotent-replayed'), null);
+  assert.equal(await balanceOf(s.id), '999');
+});
+
 Deno.test('caller metadata can never set a key the ledger owns (failed, model, token counts)', async () => {
   const s = await student();
   for (const key of ['failed', 'failed_by', 'usage_source', 'model', 'output_tokens']) {

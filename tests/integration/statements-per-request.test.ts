@@ -119,6 +119,18 @@ Deno.test('each money route runs exactly one SQL statement per request, in one r
       return r;
     };
     await counted('usage', () => usage({ model: 'gpt-4o', input_tokens: 50, output_tokens: 0 }));
+    // A server key is checked by the usage report's own statement: still one, in one round trip.
+    const made = await post('/admin/server-keys', { name: 'statement probe' }, admin);
+    const { id: keyId, secret } = made.body.data as { id: string; secret: string };
+    const byKey = () =>
+      post('/credits/usage', { user_id: user, model: 'gpt-4o', input_tokens: 50, output_tokens: 0 }, secret);
+    assert.equal((await counted('usage with a server key', byKey)).status, 201);
+    await fetch(`${url}/admin/server-keys/${keyId}`, {
+      method: 'DELETE',
+      headers: { authorization: `Bearer ${admin}` },
+    })
+      .then((r) => r.body?.cancel());
+    assert.equal((await counted('usage with a revoked server key', byKey)).status, 401);
     const hold = await counted('hold', () => post('/credits/holds', { amount: '2' }));
     const holdId = (hold.body.data as { hold_id: string }).hold_id;
     await counted('capture', () => post(`/credits/holds/${holdId}/capture`, { amount: '1' }));
@@ -154,8 +166,8 @@ Deno.test('each money route runs exactly one SQL statement per request, in one r
     const refused = await counted('an AI call refused (402)', () => chat('gpt-4o', 4000), 1);
     assert.equal(refused.status, 402, JSON.stringify(refused.body));
   }).finally(proxy.close);
-  // 98.98 less what the AI call was charged (the refused one, nothing), summed in SQL: exact.
-  const [{ expected }] = await testDb`select trim_scale(98.98 - coalesce(sum(c.charged), 0))::text as expected
+  // 97.98 less what the AI call was charged (the refused one, nothing), summed in SQL: exact.
+  const [{ expected }] = await testDb`select trim_scale(97.98 - coalesce(sum(c.charged), 0))::text as expected
     from billing.ai_calls c where c.user_id = ${user}`;
   const balance = await api('/credits/balance', { token });
   assert.equal((balance.body.data as { balance: string }).balance, expected, 'and each moved what it should');

@@ -12,6 +12,14 @@ export interface AuthUser {
 }
 
 /** The variables a request carries through the middleware: `c.get('requestId')`, `c.get('user')`. */
-export type AppEnv = { Variables: { requestId: string; user: AuthUser | undefined; authError: AppError | undefined } };
+export type AppEnv = {
+  Variables: {
+    requestId: string;
+    user: AuthUser | undefined;
+    authError: AppError | undefined;
+    /** SHA-256 of the server key a usage report came with, checked by its money statement (usage-reporter.ts). */
+    serverKeyHash: string | undefined;
+  };
+};
 /** A handler's context, e.g. `(c: AppContext) => ok(c, data)`. */
 export type AppContext = Context<AppEnv>;

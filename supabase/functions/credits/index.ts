@@ -20,7 +20,7 @@ import type { AppContext } from '../_shared/app-env.ts';
 import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { idempotent, inSql } from '../_shared/http/idempotency.ts';
-import { requireUsageReporter } from '../_shared/http/usage-reporter.ts';
+import { requireUsageReporter, requireUsageReporterInSql } from '../_shared/http/usage-reporter.ts';
 import { formatCredits } from '../_shared/values/money.ts';
 import { readJson, readQuery } from '../_shared/http/validate.ts';
 import { isUuid } from '../_shared/values/query.ts';
@@ -118,7 +118,7 @@ app.get('/ledger', requireUser, async (c) => {
 // A trusted server reports usage for a user it names (the gateway meters its own calls). The SQL:
 // billing.run_money_request (supabase/schemas/78-money-actions.sql), nearly always through
 // billing.run_usage_request (20-money-requests.sql), priced by 13-usage-pricing.sql, written by post_transfers.
-app.post('/usage', requireUsageReporter, async (c) => {
+app.post('/usage', requireUsageReporterInSql, async (c) => {
   const { user_id, ...usage } = await readJson(c, UsageRequestSchema);
   return idempotent(c, 'credits.usage', usage, inSql(201, { userId: user_id }));
 });

@@ -6,6 +6,9 @@ import type { ErrorBody } from '../envelope.ts';
 import { ConfigError } from '../env.ts';
 import { errorSummary, log } from '../log.ts';
 
+/** What a usage report with a revoked or unknown server key is told (401 UNAUTHORIZED). */
+export const serverKeyRefused = 'This server key is unknown or was revoked.';
+
 /**
  * SQL error tokens (raised as `message` with errcode P0001 and JSON `detail`) and how each
  * reaches the caller. The one place tokens become HTTP; docs/api.md lists the same table.
@@ -158,6 +161,8 @@ const sqlErrors: Record<
     message: 'The signed-in user no longer exists or is suspended. Sign in again.',
   },
   ADMIN_REQUIRED: { type: 'forbidden', code: 'FORBIDDEN', message: 'This route is for administrators.' },
+  // A usage report's server key, checked by the statement that records the usage (usage-reporter.ts).
+  SERVER_KEY_UNKNOWN: { type: 'auth', code: 'UNAUTHORIZED', message: serverKeyRefused },
   PROVIDER_NOT_FOUND: { type: 'not_found', message: 'No such provider.' },
   PROVIDER_NOT_READY: {
     type: 'conflict',

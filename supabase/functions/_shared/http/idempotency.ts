@@ -192,6 +192,6 @@ async function inOneStatement(
   const [answer] = await sql.oneTrip<StoredAnswer[]>`select * from billing.run_money_request(${userId}, ${action},
     ${key}, ${hash}, ${c.get('requestId')}, ${jsonb({ ...args, ...work.context })}, ${work.successStatus}, ${
     work.admin ?? false
-  })`;
+  }, ${c.get('serverKeyHash') ?? null})`;
   return answer;
 }
