@@ -169,8 +169,6 @@ const layerOf = (file: string) => Number(/^(\d+)-/.exec(file)![1]);
 export const upwardCallsKnown: string[] = [
   // require_org_role returns billing.orgs (70): it cannot sit below the organisations' table.
   'billing.begin_checkout -> billing.require_org_role',
-  'billing.get_daily_report -> billing.revenue_metrics',
-  'billing.refresh_daily_revenue -> billing.revenue_metrics',
   // void_sponsor_codes_of calls return_sponsor_escrow(billing.codes), whose type is the codes table (75).
   'billing.remove_member -> billing.void_sponsor_codes_of',
   'billing.set_member_role -> billing.void_sponsor_codes_of',

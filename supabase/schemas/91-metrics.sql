@@ -472,3 +472,86 @@ $$;
 comment on function billing.metrics_report(p_from date, p_to date, p_granularity text) is 'GET /admin/metrics: revenue_metrics over [from, to) (total) and per day, week or month (series), from one set of parts.';
 revoke execute on function billing.metrics_report(p_from date, p_to date, p_granularity text) from public;
 grant execute on function billing.metrics_report(p_from date, p_to date, p_granularity text) to service_role;
+
+-- ============================================================ the daily numbers and the minute job
+-- Above the metrics they compute (90-reporting.sql keeps the roll-up they refresh).
+
+-- Computes (or recomputes) a day: its roll-up row, then its numbers in daily_revenue.
+create or replace function billing.refresh_daily_revenue(p_day date) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_metrics jsonb;
+begin
+  perform billing.refresh_revenue_rollup(p_day);
+  v_metrics := billing.revenue_metrics(p_day::timestamp at time zone 'UTC', (p_day + 1)::timestamp at time zone 'UTC');
+  insert into billing.daily_revenue as d (day, metrics) values (p_day, v_metrics)
+  on conflict (day) do update set metrics = excluded.metrics, computed_at = now();
+  return v_metrics;
+end;
+$$;
+comment on function billing.refresh_daily_revenue(p_day date) is 'Computes (or recomputes) a day''s roll-up and its row in daily_revenue.';
+revoke execute on function billing.refresh_daily_revenue(p_day date) from public;
+grant execute on function billing.refresh_daily_revenue(p_day date) to service_role;
+
+-- Every minute: the credit ledger up to its horizon, today's events half up to five minutes
+-- ago (so a read computes only the minutes since live), then up to p_limit stale closed days,
+-- their daily numbers included (late events reach the daily report too).
+create or replace function billing.refresh_stale_revenue(p_limit integer default 31) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_day date;
+  v_count integer := 0;
+begin
+  perform billing.roll_up_ledger();
+  perform billing.refresh_revenue_rollup((now() at time zone 'UTC')::date);
+  for v_day in select d from billing.stale_revenue_days() d limit p_limit loop
+    perform billing.refresh_daily_revenue(v_day);
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end;
+$$;
+comment on function billing.refresh_stale_revenue(p_limit integer) is 'pg_cron: rolls the credit ledger up to its horizon, today''s events so far, and closed days whose roll-up is missing, incomplete or stale (late events).';
+revoke execute on function billing.refresh_stale_revenue(p_limit integer) from public;
+grant execute on function billing.refresh_stale_revenue(p_limit integer) to service_role;
+
+-- After midnight UTC: yesterday's numbers (and the day before, for late events), then the report.
+create or replace function billing.run_daily_revenue() returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_day date := (now() at time zone 'UTC')::date - 1;
+  v_metrics jsonb;
+begin
+  perform billing.refresh_daily_revenue(v_day - 1);
+  v_metrics := billing.refresh_daily_revenue(v_day);
+  insert into billing.notification_outbox (template, dedupe_key, payload)
+  values ('daily_report', 'daily-report:' || v_day, jsonb_build_object('day', v_day, 'metrics', v_metrics))
+  on conflict (dedupe_key) do nothing;
+end;
+$$;
+comment on function billing.run_daily_revenue() is 'pg_cron: refreshes the last two days of daily_revenue and queues the daily report to admins.';
+revoke execute on function billing.run_daily_revenue() from public;
+grant execute on function billing.run_daily_revenue() to service_role;
+
+-- A day's report: stored by the nightly run, else live.
+create or replace function billing.get_daily_report(p_day date) returns table (metrics jsonb, computed_at timestamptz)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(d.metrics, billing.revenue_metrics(p_day::timestamp at time zone 'UTC', (p_day + 1)::timestamp at time zone 'UTC')),
+    d.computed_at
+  from (select 1) one left join billing.daily_revenue d on d.day = p_day
+$$;
+comment on function billing.get_daily_report(p_day date) is 'GET /admin/reports/daily: a UTC day''s stored metrics and when they were computed, or (not stored yet) computed live with a null time.';
+revoke execute on function billing.get_daily_report(p_day date) from public;
+grant execute on function billing.get_daily_report(p_day date) to service_role;
