@@ -6,16 +6,23 @@
 //   student or a school member reaches that draws from or gives back to lots leaves
 //   billing.check_lots() empty, and the live revenue metrics equal the rolled-up ones.
 import assert from 'node:assert/strict';
+import postgres from 'postgres';
 import {
   adminToken,
   api,
+  backdateLot,
   clearOfWindowEdge,
   counting,
+  env,
   functionsUrl,
+  key as keyHeader,
   student,
   testDb,
   withGateway,
 } from '../support/helpers.ts';
+import { person, school } from '../support/orgs.ts';
+import { buy, chargeOf, emulator } from '../support/purchases.ts';
+import { issue, redeem } from '../support/codes.ts';
 
 // ------------------------------------------------------------------ server keys
 
@@ -306,4 +313,150 @@ Deno.test("server keys keep their rate limit: a live key's reports and a revoked
       [401, 401, 401, 429],
     );
   });
+});
+
+// ------------------------------------------------------------------ cost basis of allocations
+
+/** A connection as the platform's superuser, which runs the roll-up as pg_cron does. */
+const superuser = () => postgres(env('SUPABASE_DB_URL').replace('//postgres:', '//supabase_admin:'), { max: 1 });
+
+/**
+ * What every flow must leave: check_lots' lists empty, no allocation written since `since` without
+ * its cost basis, and the live revenue metrics equal to the rolled-up ones once the roll-up ran.
+ */
+async function assertCostBasisKept(since: Date, flow: string): Promise<void> {
+  const [{ c }] = await testDb`select billing.check_lots() as c`;
+  for (const list of ['lots', 'accounts', 'transfers', 'expiry']) assert.deepEqual(c[list], [], `${flow}: ${list}`);
+  const [{ missing }] = await testDb`select count(*)::int as missing from billing.lot_allocations
+    where created_at >= ${since} and cents is null`;
+  assert.equal(missing, 0, `${flow}: allocations written without their cost basis`);
+  const db = superuser();
+  try {
+    await db`select billing.refresh_stale_revenue()`;
+    const [{ live, rolled }] = await db`select
+        billing.revenue_metrics_live(date_trunc('day', now()) - interval '2 days', date_trunc('day', now()) + interval '1 day') as live,
+        billing.revenue_metrics(date_trunc('day', now()) - interval '2 days', date_trunc('day', now()) + interval '1 day') as rolled`;
+    assert.deepEqual(rolled, live, `${flow}: the rolled-up metrics are the live ones`);
+  } finally {
+    await db.end();
+  }
+}
+
+Deno.test('paid credits drawn by usage, a hold, an AI call and a void, then refunded and disputed, keep their cost basis', async () => {
+  const since = new Date();
+  const admin = await adminToken();
+  const key = await serverKey(admin);
+  const s = await student();
+  const co = await buy(s.token, 'plus'); // 24,990 paid and a promotional bonus
+  for (const input_tokens of [20_000, 22_475, 1_234_567]) {
+    assert.equal(
+      (await report(key.secret, s.id, crypto.randomUUID(), { model: 'gpt-4o', input_tokens, output_tokens: 0 }))
+        .status,
+      201,
+    );
+  }
+  await assertCostBasisKept(since, 'usage across the bonus and the paid lot');
+  const hold = await api('/credits/holds', { token: s.token, headers: keyHeader(), body: { amount: '333.333' } });
+  assert.equal(hold.status, 201, hold.text);
+  const holdId = (hold.body.data as { hold_id: string }).hold_id;
+  const cap = await api(`/credits/holds/${holdId}/capture`, {
+    token: s.token,
+    headers: keyHeader(),
+    body: { amount: '111.1' },
+  });
+  assert.equal(cap.status, 200, cap.text);
+  await assertCostBasisKept(since, 'a hold captured in part');
+  const ai = await api('/ai/v1/chat/completions', {
+    token: s.token,
+    body: { model: 'gpt-4o', messages: [{ role: 'user', content: 'hello #standin words=7' }], max_tokens: 64 },
+  });
+  assert.equal(ai.status, 200, ai.text);
+  await new Promise((r) => setTimeout(r, 300));
+  await assertCostBasisKept(since, 'an AI call');
+  const [{ id: charge }] = await testDb`select t.id::text from billing.transfers t join billing.accounts a
+    on a.id = t.from_account_id where a.user_id = ${s.id} and t.kind = 'usage' order by t.id limit 1`;
+  const voided = await api(`/admin/charges/${charge}/void`, { token: admin, body: { reason: 'provider outage' } });
+  assert.equal(voided.status, 200, voided.text);
+  await assertCostBasisKept(since, 'a void giving back to the lots');
+  const stripeCharge = await chargeOf(co.session_id);
+  await emulator(`/_emulator/charges/${stripeCharge}/refund`, { amount: 333 });
+  await assertCostBasisKept(since, 'a partial refund');
+  await emulator(`/_emulator/charges/${stripeCharge}/dispute`, { outcome: 'open' });
+  await emulator(`/_emulator/charges/${stripeCharge}/dispute`, { outcome: 'lost' });
+  await assertCostBasisKept(since, 'a lost dispute');
+});
+
+Deno.test('restricted, expiring and school credits keep their cost basis through codes, allowances, moves and expiry', async () => {
+  const since = new Date();
+  const admin = await adminToken();
+  const key = await serverKey(admin);
+  // Credits for some models only, granted and drawn.
+  const s = await student('10');
+  const g = await api('/credits/grants', {
+    token: admin,
+    headers: keyHeader(),
+    body: { user_id: s.id, amount: '7.7', kind: 'promo_grant', reason: 'pilot', lot: { applies_to: ['gpt-4o-mini*'] } },
+  });
+  assert.equal(g.status, 201, g.text);
+  for (const model of ['gpt-4o-mini', 'gpt-4o']) {
+    assert.equal(
+      (await report(key.secret, s.id, crypto.randomUUID(), { model, input_tokens: 123, output_tokens: 7 }))
+        .status,
+      201,
+    );
+  }
+  await assertCostBasisKept(since, 'restricted credits');
+  // A paid purchase that partly expires: its bonus backdated, swept.
+  const p = await student();
+  const co = await buy(p.token, 'plus');
+  assert.equal(
+    (await report(key.secret, p.id, crypto.randomUUID(), { model: 'gpt-4o', input_tokens: 3_333, output_tokens: 0 }))
+      .status,
+    201,
+  );
+  const [{ id: bonus }] = await testDb`select l.id::text from billing.lots l
+    where l.purchase_id = ${co.purchase_id} and l.category = 'promotional'`;
+  await backdateLot(bonus);
+  await testDb`select billing.expire_lots(500)`;
+  await assertCostBasisKept(since, 'expiry of a part-spent bonus');
+  // A school: paid wallet credits, an allowance drawn by a member, a sponsor code, a removed member swept.
+  const owner = await person('owner');
+  const member = await person('member');
+  const org = await school(owner, [member], 'allowance', null);
+  await buy(owner.token, 'plus', org);
+  const allowance = await api(`/orgs/${org}/allowances`, {
+    token: owner.token,
+    headers: keyHeader(),
+    body: { user_id: member.id, amount: '123.4567' },
+  });
+  assert.equal(allowance.status, 201, allowance.text);
+  assert.equal(
+    (await report(key.secret, member.id, crypto.randomUUID(), {
+      model: 'gpt-4o',
+      input_tokens: 1_111,
+      output_tokens: 0,
+    }))
+      .status,
+    201,
+  );
+  const sponsor = await issue(owner.token, org, { credits: '55.55', user_id: member.id, note: 'travel grant' });
+  assert.equal(sponsor.status, 201, sponsor.text);
+  const redeemed = await redeem(member.token, (sponsor.body.data as { code: string }).code);
+  assert.equal(redeemed.status, 200, redeemed.text);
+  // Wallets are not combined: the allowance pays the first, the sponsored credits the second.
+  for (const input_tokens of [4_000, 2_500]) {
+    const spent = await report(key.secret, member.id, crypto.randomUUID(), {
+      model: 'gpt-4o',
+      input_tokens,
+      output_tokens: 0,
+    });
+    assert.equal(spent.status, 201, spent.text);
+  }
+  await api(`/orgs/${org}/members/${member.id}`, { token: owner.token, method: 'DELETE' });
+  await testDb`select billing.expire_lots(500)`;
+  await assertCostBasisKept(since, 'school wallet, allowance, sponsor code and a removed member');
+});
+
+Deno.test('after every flow of this file and the suites before it, no allocation lacks or misstates its cost basis', async () => {
+  await assertCostBasisKept(new Date(0), 'the whole ledger');
 });
