@@ -1073,6 +1073,10 @@ declare
   v_key billing.server_keys;
 begin
   perform billing.assert_user_standing(p_admin, true);
+  -- Waits for every report that took this key (billing.use_server_key) to commit, and makes any
+  -- later one wait for this revocation: once the DELETE answers, no report with the key is recorded.
+  perform pg_advisory_xact_lock(hashtextextended('server-key:' || k.key_hash, 0))
+  from billing.server_keys k where k.id = p_id;
   update billing.server_keys k set revoked_at = coalesce(k.revoked_at, now()), revoked_by = coalesce(k.revoked_by, p_admin)
   where k.id = p_id returning * into v_key;
   if not found then
@@ -1095,3 +1099,20 @@ $$;
 comment on function billing.server_key_id(p_hash text) is 'The live server key with this SHA-256 hash, or null (revoked or unknown).';
 revoke execute on function billing.server_key_id(p_hash text) from public, anon, authenticated;
 grant execute on function billing.server_key_id(p_hash text) to service_role;
+
+-- A report's statement calls this before it records anything: the shared lock, held until the
+-- statement's transaction ends, makes billing.revoke_server_key wait for the report (and a report
+-- that arrives during a revocation wait for it); the look-up after the lock sees the revocation.
+create or replace function billing.use_server_key(p_hash text) returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform pg_advisory_xact_lock_shared(hashtextextended('server-key:' || p_hash, 0));
+  return billing.server_key_id(p_hash);
+end;
+$$;
+comment on function billing.use_server_key(p_hash text) is 'The live server key with this SHA-256 hash, or null; held against its revocation until the caller''s transaction ends.';
+revoke execute on function billing.use_server_key(p_hash text) from public, anon, authenticated;
+grant execute on function billing.use_server_key(p_hash text) to service_role;

@@ -58,8 +58,9 @@ comment on function billing.perform_money_action(p_user uuid, p_action text, p_a
 revoke execute on function billing.perform_money_action(p_user uuid, p_action text, p_args jsonb, p_key text) from public;
 
 -- p_server_key_hash: the SHA-256 of the server key a usage report came with (null for the
--- service role or a user's own request), checked first, in this statement: a revoked key stops at
--- once, and a caller without a live key learns nothing of the user it names.
+-- service role or a user's own request), checked first, in this statement, and held against its
+-- revocation until the statement commits (use_server_key): a revoked key stops at once, and a
+-- caller without a live key learns nothing of the user it names.
 create or replace function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean default false,
   p_server_key_hash text default null) returns billing.request_answer
 language plpgsql
@@ -71,7 +72,7 @@ declare
   v_data jsonb;
   v_token text;
   v_detail text;
-  v_refusal jsonb := case when p_server_key_hash is not null and billing.server_key_id(p_server_key_hash) is null
+  v_refusal jsonb := case when p_server_key_hash is not null and billing.use_server_key(p_server_key_hash) is null
                           then jsonb_build_object('token', 'SERVER_KEY_UNKNOWN', 'detail', '{}'::jsonb)
                           else billing.standing_refusal(p_user, p_admin) end;
   v_usage billing.request_answer;

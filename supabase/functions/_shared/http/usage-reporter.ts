@@ -21,14 +21,16 @@ export const serverKeyPattern = /^slk_[0-9a-f]{48}$/;
 export const serverKeyHash = (secret: string): string => createHash('sha256').update(secret).digest('hex');
 
 /**
- * Requires the service role or a live server key. Checked against the database on every call:
- * a revoked key stops working at once. One round trip (sql.oneTrip): its one value is a hash,
- * and the lookup cannot fail on it.
+ * Requires the service role or a live server key. Checked against the database on every call,
+ * before the body is read; the route's statement checks it again, held against a revocation
+ * (billing.use_server_key with `serverKeyHash`), so a report that waits past this check is not
+ * recorded once a DELETE of its key has answered. One round trip (sql.oneTrip): its one value is
+ * a hash, and the lookup cannot fail on it.
  */
 export const requireUsageReporter: MiddlewareHandler<AppEnv> = (c, next) => usageReporter(c, next, false);
 
 /**
- * As requireUsageReporter, but a server key is checked by the route's money statement
+ * As requireUsageReporter, but a server key is checked by the route's money statement only
  * (billing.run_money_request takes its hash first, before anything else): one round trip fewer
  * for every usage report a server key sends. Only for a route whose work is `idempotent(…,
  * inSql(…))`, the one path that passes the hash on.
@@ -40,10 +42,8 @@ async function usageReporter(c: Parameters<MiddlewareHandler<AppEnv>>[0], next: 
   if (serviceKeys().map((key) => constantTimeEqual(given, key)).includes(true)) return next();
   if (serverKeyPattern.test(given)) {
     const hash = serverKeyHash(given);
-    if (inSql) {
-      c.set('serverKeyHash', hash);
-      return next();
-    }
+    c.set('serverKeyHash', hash);
+    if (inSql) return next();
     const [{ id }] = await sql.oneTrip`select billing.server_key_id(${hash}) as id`;
     if (id) return next();
     throw new AppError('auth', 'UNAUTHORIZED', serverKeyRefused);
