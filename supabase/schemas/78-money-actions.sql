@@ -126,3 +126,22 @@ $$;
 comment on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean, p_server_key_hash text) is 'One statement per money request: user check, idempotency claim, the work, the stored answer (or the stored one replayed).';
 revoke execute on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean, p_server_key_hash text) from public;
 grant execute on function billing.run_money_request(p_user uuid, p_action text, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer, p_admin boolean, p_server_key_hash text) to service_role;
+
+-- POST /credits/usage/batch: the reporting server's key (its SHA-256; null for the service role)
+-- held against its revocation until this statement commits, as run_money_request holds it, then
+-- the batch. Null when the key is unknown or revoked: nothing is charged.
+create or replace function billing.run_usage_batch(p_events jsonb, p_server_key_hash text default null) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_server_key_hash is not null and billing.use_server_key(p_server_key_hash) is null then
+    return null;
+  end if;
+  return billing.charge_usage_batch(p_events);
+end;
+$$;
+comment on function billing.run_usage_batch(p_events jsonb, p_server_key_hash text) is 'POST /credits/usage/batch: the server key held against revocation, then billing.charge_usage_batch; null when the key is unknown or revoked.';
+revoke execute on function billing.run_usage_batch(p_events jsonb, p_server_key_hash text) from public, anon, authenticated;
+grant execute on function billing.run_usage_batch(p_events jsonb, p_server_key_hash text) to service_role;

@@ -135,12 +135,11 @@ app.get('/usage/summary', requireUser, async (c) => {
 // The product's backend reports usage in bulk; each event_id is its own idempotency key. One
 // round trip: the batch answers every refusal as an outcome row (it raises only past 1,000 events,
 // which the schema refuses first). A server key, checked before the body is read, is held by the
-// statement against its revocation (billing.use_server_key); revoked meanwhile, nothing is charged.
+// statement against its revocation (billing.run_usage_batch); revoked meanwhile, nothing is charged.
 app.post('/usage/batch', requireUsageReporter, async (c) => {
   const body = await readJson(c, UsageBatchSchema, 1024 * 1024); // 1,000 events fit in well under 1 MiB
-  const key = c.get('serverKeyHash') ?? null;
-  const [{ outcomes }] = await sql.oneTrip`select case when ${key}::text is null or
-    billing.use_server_key(${key}) is not null then billing.charge_usage_batch(${jsonb(body.events)}) end as outcomes`;
+  const [{ outcomes }] = await sql.oneTrip`select billing.run_usage_batch(${jsonb(body.events)},
+    ${c.get('serverKeyHash') ?? null}) as outcomes`;
   if (!outcomes) throw new AppError('auth', 'UNAUTHORIZED', serverKeyRefused);
   return ok(c, { outcomes });
 });

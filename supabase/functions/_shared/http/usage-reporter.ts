@@ -23,7 +23,7 @@ export const serverKeyHash = (secret: string): string => createHash('sha256').up
 /**
  * Requires the service role or a live server key. Checked against the database on every call,
  * before the body is read; the route's statement checks it again, held against a revocation
- * (billing.use_server_key with `serverKeyHash`), so a report that waits past this check is not
+ * (billing.run_usage_batch with `serverKeyHash`), so a report that waits past this check is not
  * recorded once a DELETE of its key has answered. One round trip (sql.oneTrip): its one value is
  * a hash, and the lookup cannot fail on it.
  */
