@@ -735,7 +735,7 @@ $$;
 comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';
 revoke execute on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) from public;
 
-create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_hold_id uuid default null::uuid, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint, p_release numeric default null::numeric)
+create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_hold_id uuid default null::uuid, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
 returns billing.transfer_result
 language plpgsql
 set search_path = ''
@@ -776,8 +776,6 @@ begin
   end if;
   v_account_id := v_account.id;
   v_member := case when v_account.org_id is not null then p_user end;
-  -- A capture's hold stops counting first, so the capture spends the reserved credits.
-  v_account.held := v_account.held - coalesce(p_release, 0);
 
   -- A replay finds the transfer written before: a concurrent call with the same key has
   -- committed by now (its account lock was ours to wait for).
@@ -787,10 +785,6 @@ begin
       or (p_direction > 0 and v_existing.to_account_id <> v_account_id)
       or (p_direction < 0 and v_existing.from_account_id <> v_account_id) then
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
-    end if;
-    if p_release is not null then
-      perform billing.post_transfers('{}', array[('post', p_hold_id, p_amount, null, v_existing.id, null, null, null, null,
-        null, null, null, null)::billing.hold_step]);
     end if;
     v_bal := billing.balance_of(v_account_id);
     return (v_existing.id, v_existing.amount, v_bal.balance, v_bal.held, v_bal.available, true)::billing.transfer_result;
@@ -833,9 +827,7 @@ begin
     case when p_direction > 0 then v_platform_id else v_account_id end,
     case when p_direction > 0 then v_account_id else v_platform_id end,
     p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, p_hold_id, v_member,
-    p_lot)::billing.transfer_spec],
-    case when p_release is not null then array[('post', p_hold_id, p_amount, null, null, null, null, null, null, null, null,
-      null, null)::billing.hold_step] else '{}'::billing.hold_step[] end))[1];
+    p_lot)::billing.transfer_spec]))[1];
   v_account.balance := coalesce(v_posted.from_balance, v_posted.to_balance);
   v_account.version := v_account.version + 1;
   v_transfer_id := v_posted.transfer_id;
@@ -858,8 +850,8 @@ begin
   return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
 end;
 $$;
-comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint, p_release numeric) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock; p_release: what the hold p_hold_id holds, posted by this movement (a capture), its release in the same account write.';
-revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint, p_release numeric) from public;
+comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock.';
+revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) from public;
 
 create or replace function billing.grant_credits(
   p_user uuid,

@@ -92,7 +92,10 @@ begin
   end if;
   v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
     p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end);
-  return billing.hold_result_of(v_hold, false);
+  -- The account was settled above (or had nothing held or due): its row is what balance_of would
+  -- answer, with this hold added.
+  return (v_hold.id, 'active', p_amount, 0, 0, null, v_hold.expires_at, v_account.balance, v_account.held + p_amount,
+    v_account.balance - v_account.held - p_amount, false)::billing.hold_result;
 end;
 $$;
 comment on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) is 'Internal: reserves available credits as a hold of the given purpose (user or job), under the account lock.';
@@ -145,24 +148,53 @@ $$;
 comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to); HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s, AI call''s or dispute''s hold.';
 revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
 
--- A capture as the writer makes it: the hold posted by its transfer, the hold's release in the
--- capture's own account write (p_release), the cap room the rest held given back. The caller
--- holds the account lock and has checked the capture (an active hold, 0 < amount <= held).
+-- A capture as the writer makes it, straight to it: the hold posted by its transfer, the hold's
+-- release in the capture's own account write, the cap room the rest held given back. The caller
+-- holds the account lock, has settled what fell due and checked the capture (an active hold,
+-- 0 < amount <= held): the account is read here, never locked again (one lock a phase).
 create or replace function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text,
   p_metadata jsonb) returns billing.hold_result
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_hold billing.holds;
+  v_account billing.accounts;
+  v_posted billing.posted_transfer;
+  v_hold billing.holds := p_hold;
+  v_bal billing.balance;
 begin
-  perform billing.post_user_transfer(coalesce((select a.user_id from billing.accounts a where a.id = p_hold.account_id),
-      p_hold.member_id), -1, 'capture', p_capture, 'hold_capture', 'usage_revenue', 'hold:' || p_hold.id::text,
-    coalesce(p_correlation_id, p_hold.correlation_id), null, p_metadata, null, p_hold.id,
-    p_account_id => p_hold.account_id, p_release => p_hold.amount);
-  select * into v_hold from billing.holds h where h.id = p_hold.id;
-  perform billing.return_hold_cap_room(v_hold, v_hold.amount - p_capture);
-  return billing.hold_result_of(v_hold, false);
+  select * into v_account from billing.accounts a where a.id = p_hold.account_id;
+  -- The hold stops counting first, so the capture spends what it reserved; a dispute's reversal
+  -- may have taken the balance below it.
+  v_account.held := v_account.held - p_hold.amount;
+  if v_account.balance < p_capture then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_capture)::text,
+      'available', trim_scale(greatest(v_account.balance, 0))::text, 'debt', billing.in_debt(v_account)));
+  end if;
+  v_posted := (billing.post_transfers(array[('hold_capture', v_account.id, billing.platform_account_id('usage_revenue'),
+      p_capture, 'hold:' || p_hold.id::text, coalesce(p_correlation_id, p_hold.correlation_id), null, p_metadata, null,
+      p_hold.id, case when v_account.org_id is not null then p_hold.member_id end,
+      -- Credits for some models only: what may pay for the call's model, every other live hold kept payable.
+      case when v_account.restricted_lots
+           then billing.restricted_draw(v_account, p_metadata ->> 'model', p_capture, false, p_hold.id, true) end
+    )::billing.transfer_spec],
+    array[('post', p_hold.id, p_capture, null, null, null, null, null, null, null, null, null, null)::billing.hold_step]))[1];
+  v_account.balance := coalesce(v_posted.from_balance, (select a.balance from billing.accounts a where a.id = v_account.id));
+  v_account.version := v_account.version + 1;
+  if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
+    perform billing.on_available_change(v_account);
+  end if;
+  v_hold.status := 'captured';
+  v_hold.captured_amount := p_capture;
+  v_hold.capture_transfer_id := v_posted.transfer_id;
+  if v_account.caps > 0 then
+    perform billing.return_hold_cap_room(v_hold, v_hold.amount - p_capture);
+  end if;
+  -- Other holds past their TTL stop counting in what is answered (balance_of), as for any read.
+  v_bal := case when v_account.held > 0 then billing.balance_of(v_account.id)
+                else (v_account.balance, 0, v_account.balance)::billing.balance end;
+  return (v_hold.id, 'captured', v_hold.amount, p_capture, v_hold.amount - p_capture, v_posted.transfer_id,
+    v_hold.expires_at, v_bal.balance, v_bal.held, v_bal.available, false)::billing.hold_result;
 end;
 $$;
 comment on function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text, p_metadata jsonb) is 'Internal: posts an active hold for a checked amount under the caller''s account lock (the rest returned, its cap room given back).';
