@@ -735,7 +735,7 @@ $$;
 comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';
 revoke execute on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) from public;
 
-create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_hold_id uuid default null::uuid, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
+create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
 returns billing.transfer_result
 language plpgsql
 set search_path = ''
@@ -819,14 +819,14 @@ begin
             from billing.lots l where l.account_id = v_account_id and l.open) then
       p_lot := jsonb_build_object('for', v_model);
     else
-      p_lot := billing.restricted_draw(v_account, v_model, p_amount, false, p_hold_id, p_mode = 'capture');
+      p_lot := billing.restricted_draw(v_account, v_model, p_amount, false, null, p_mode = 'capture');
     end if;
   end if;
 
   v_posted := (billing.post_transfers(array[(p_kind,
     case when p_direction > 0 then v_platform_id else v_account_id end,
     case when p_direction > 0 then v_account_id else v_platform_id end,
-    p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, p_hold_id, v_member,
+    p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, null, v_member,
     p_lot)::billing.transfer_spec]))[1];
   v_account.balance := coalesce(v_posted.from_balance, v_posted.to_balance);
   v_account.version := v_account.version + 1;
@@ -850,8 +850,8 @@ begin
   return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
 end;
 $$;
-comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock.';
-revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_hold_id uuid, p_lot jsonb, p_account_id bigint) from public;
+comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_lot jsonb, p_account_id bigint) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock.';
+revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_lot jsonb, p_account_id bigint) from public;
 
 create or replace function billing.grant_credits(
   p_user uuid,
@@ -874,7 +874,7 @@ begin
   end if;
   return billing.post_user_transfer(p_user, 1, 'credit', p_amount, p_kind,
     case p_kind when 'purchase' then 'purchases' when 'promo_grant' then 'promotions' else 'adjustments' end,
-    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, null, p_lot, p_account_id);
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, p_lot, p_account_id);
 end;
 $$;
 comment on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) is 'Adds credits to a user (or the account p_account_id) as a new lot (p_lot: the lot''s options, see billing.transfer_spec): a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
@@ -902,7 +902,7 @@ begin
   end if;
   return billing.post_user_transfer(p_user, -1, 'reverse', p_amount, p_kind,
     case p_kind when 'refund_reversal' then 'refunds' when 'dispute_reversal' then 'disputes' else 'expired' end,
-    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, null,
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null,
     jsonb_build_object('first', to_jsonb(coalesce(p_first_lots, '{}'))), p_account_id);
 end;
 $$;
@@ -977,7 +977,7 @@ begin
     -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
     perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
       'expiry', 'expired', billing.expiry_key(v_lot.id, v_lot.remaining), null, null,
-      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null, null,
+      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null,
       jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
     v_count := v_count + 1;
     v_expired := v_expired + v_lot.remaining;

@@ -347,7 +347,7 @@ begin
     -- Paid credits whose cost is what this invoice charged: deferred revenue until spent or expired.
     -- Spent before package credits (priority 5 < 20): they expire at the period's end.
     v_transfer := (billing.post_user_transfer(null, 1, 'credit', v_credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
-      p_sub.id::text, p_invoice ->> 'id', jsonb_build_object('plan_id', v_plan.id, 'subscription_id', p_sub.id), null, null,
+      p_sub.id::text, p_invoice ->> 'id', jsonb_build_object('plan_id', v_plan.id, 'subscription_id', p_sub.id), null,
       jsonb_build_object('category', 'paid', 'cost_cents', v_amount, 'currency', v_plan.currency, 'priority', 5,
         'expires_at', v_end) || jsonb_strip_nulls(jsonb_build_object('applies_to', to_jsonb(v_plan.applies_to))),
       v_account)).transfer_id;

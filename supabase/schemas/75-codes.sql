@@ -393,7 +393,7 @@ begin
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'expired'));
     end if;
     v_transfer := (billing.post_user_transfer(p_user, 1, 'credit', v_amount, 'promo_grant', 'promotions',
-      'code:' || v_code.id || ':' || p_user, null, null, jsonb_build_object('code_id', v_code.id), null, null,
+      'code:' || v_code.id || ':' || p_user, null, null, jsonb_build_object('code_id', v_code.id), null,
       jsonb_strip_nulls(jsonb_build_object('category', 'promotional', 'expires_at', v_lot_expiry,
         'applies_to', to_jsonb(v_code.applies_to))))).transfer_id;
   else

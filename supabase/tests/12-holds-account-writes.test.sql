@@ -1,5 +1,5 @@
 -- A hold is one account write when placed and its capture one more: the capture's release of
--- what was held goes into the capture's own balance update (post_user_transfer p_release), and
+-- what was held goes into the capture's own balance update (post_capture's post step), and
 -- held, balance and the entry's balance_after stay exact. Counted with this transaction's own
 -- statistics (pg_stat_xact_user_tables), so nothing else on the cluster moves the figures.
 begin;

@@ -179,7 +179,7 @@ select 'cap-m' || i, 1, 1, 2, 1, now() - interval '1 minute' from generate_serie
 select billing.grant_credits('a9a9a9a9-0000-4000-8000-000000000001', 0.01, 'promo_grant', 'cap-free-' || i, null, null, null,
   jsonb_build_object('applies_to', jsonb_build_array('cap-m' || i))) from generate_series(1, 7) i;
 select is(pg_temp.err($$select billing.post_user_transfer(null, 1, 'credit', 5000, 'plan_grant', 'plans', 'cap-plan', null, null,
-    null, null, null, '{"category": "paid", "cost_cents": 500, "priority": 5, "applies_to": ["cap-m8"]}',
+    null, null, '{"category": "paid", "cost_cents": 500, "priority": 5, "applies_to": ["cap-m8"]}',
     billing.ensure_user_account('a9a9a9a9-0000-4000-8000-000000000001'))$$), 'no error',
   'a paid plan grant for an eighth list is never refused for the cap');
 select is(pg_temp.remaining('cap-plan'), 5000::numeric, 'its credits are there');
