@@ -334,7 +334,8 @@ begin
   end if;
 
   if v_new is not null then
-    for i in 1 .. cardinality(v_ord) loop
+    -- Looked at one by one only when some balance went below zero (a batch of a thousand rarely does).
+    for i in 1 .. case when 0 > any(v_after) then cardinality(v_ord) else 0 end loop
       -- A debt beside credits for some models (a reversal takes none of them) is in the balance
       -- already: what leaves those lots by name (their expiry, a plan's rollover out) may then
       -- take the balance below zero too.

@@ -8,12 +8,12 @@
 -- One lock per account for the whole batch, in ascending id order (no deadlocks): the users'
 -- own accounts, then the organisation accounts that may pay for members (after, as everywhere);
 -- then each locked user account settled (overdue holds ended, due lots expired).
-create or replace function billing.lock_usage_batch(p_events jsonb) returns void
+create or replace function billing.lock_usage_batch(p_users uuid[]) returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_users uuid[] := array(select distinct (x ->> 'user_id')::uuid from jsonb_array_elements(p_events) x);
+  v_users uuid[] := array(select distinct u from unnest(p_users) u);
 begin
   perform 1 from billing.accounts a where a.user_id = any(v_users) order by a.id for update;
   if exists (select 1 from billing.accounts a where a.user_id = any(v_users) and a.orgs > 0) then
@@ -27,13 +27,14 @@ begin
   where a.user_id = any(v_users) and (a.held > 0 or a.next_expiry <= now());
 end;
 $$;
-comment on function billing.lock_usage_batch(p_events jsonb) is 'Internal: locks every account a usage batch may charge, in id order, and settles the users'' own.';
-revoke execute on function billing.lock_usage_batch(p_events jsonb) from public, anon, authenticated;
+comment on function billing.lock_usage_batch(p_users uuid[]) is 'Internal: locks every account a usage batch may charge, in id order, and settles the users'' own.';
+revoke execute on function billing.lock_usage_batch(p_users uuid[]) from public, anon, authenticated;
 
 -- The accepted events of a batch as one call to the writer, in event order (p_ord: each one's
--- place in p_events), so each account's events draw from its lots in that order.
-create or replace function billing.post_usage_batch(p_events jsonb, p_ord integer[], p_account bigint[],
-  p_amount numeric[], p_card bigint[]) returns billing.posted_transfer[]
+-- place in the batch; p_keys, p_correlation and p_facts are the whole batch's, by place), so each
+-- account's events draw from its lots in that order.
+create or replace function billing.post_usage_batch(p_ord integer[], p_account bigint[], p_amount numeric[],
+  p_card bigint[], p_keys text[], p_correlation text[], p_facts jsonb[]) returns billing.posted_transfer[]
 language plpgsql
 set search_path = ''
 as $$
@@ -41,20 +42,14 @@ declare
   v_platform bigint := billing.platform_account_id('usage_revenue');
 begin
   return billing.post_transfers(array(
-    select ('usage', x.account_id, v_platform, x.amount,
-      billing.usage_event_key((v.ev ->> 'user_id')::uuid, v.ev ->> 'event_id'),
-      v.ev ->> 'correlation_id', null, billing.usage_facts(v.ev ->> 'model', (v.ev ->> 'input_tokens')::bigint,
-        (v.ev ->> 'output_tokens')::bigint, (v.ev ->> 'cached_input_tokens')::bigint, (v.ev ->> 'reasoning_tokens')::bigint,
-        (v.ev ->> 'images')::bigint, (v.ev ->> 'audio_seconds')::bigint)
-        || jsonb_build_object('occurred_at', (v.ev ->> 'occurred_at')::timestamptz, 'event_id', v.ev ->> 'event_id'),
+    select ('usage', x.account_id, v_platform, x.amount, p_keys[x.ord], p_correlation[x.ord], null, p_facts[x.ord],
       x.rate_card_id, null, null, null)::billing.transfer_spec
     from unnest(p_ord, p_account, p_amount, p_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
-    cross join lateral (select p_events -> (x.ord - 1) as ev) v
     order by x.n));
 end;
 $$;
-comment on function billing.post_usage_batch(p_events jsonb, p_ord integer[], p_account bigint[], p_amount numeric[], p_card bigint[]) is 'Internal: writes a usage batch''s accepted events (their places, accounts, amounts and rate cards) as usage transfers, in event order.';
-revoke execute on function billing.post_usage_batch(p_events jsonb, p_ord integer[], p_account bigint[], p_amount numeric[], p_card bigint[]) from public, anon, authenticated;
+comment on function billing.post_usage_batch(p_ord integer[], p_account bigint[], p_amount numeric[], p_card bigint[], p_keys text[], p_correlation text[], p_facts jsonb[]) is 'Internal: writes a usage batch''s accepted events (their places, accounts, amounts and rate cards; the batch''s keys, correlation ids and facts by place) as usage transfers, in event order.';
+revoke execute on function billing.post_usage_batch(p_ord integer[], p_account bigint[], p_amount numeric[], p_card bigint[], p_keys text[], p_correlation text[], p_facts jsonb[]) from public, anon, authenticated;
 
 -- A batch event's ledger key: the caller's event id within its user's namespace (at most 300
 -- characters: a long id is hashed, as billing.scoped_key does).
@@ -118,9 +113,21 @@ as $$
 declare
   v_count integer := jsonb_array_length(p_events);
   e record;
+  v_ev jsonb;
   v_user uuid;
   v_available numeric(38, 18);
   v_outcomes jsonb[] := array_fill(null::jsonb, array[v_count]);
+  -- every event by its place, as priced before any lock: whose, its id and model, why it is
+  -- refused (null: it is not), its rate card and price, its ledger key, what its transfer records
+  b_user uuid[];
+  b_event text[];
+  b_model text[];
+  b_error text[];
+  b_card bigint[];
+  b_amount numeric[];
+  b_key text[];
+  b_correlation text[];
+  b_facts jsonb[];
   -- accepted events, in order: where their outcome goes, what they move, what was written
   a_ord integer[] := '{}'::integer[];
   a_account bigint[] := '{}'::bigint[];
@@ -136,48 +143,65 @@ begin
     perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
   end if;
 
-  perform billing.lock_usage_batch(p_events);
-
-  -- Greedy per user in event order: each event is applied if it still fits. Each is priced from
+  -- Priced, checked and described before any account is locked: none of it reads a balance, so
+  -- the locks are held only for what needs them (balances, replays, the writer), and concurrent
+  -- batches over the same students wait on each other that much less. Each event is priced from
   -- its model's current rate card (null: a kind the card leaves unpriced), within the same bounds
-  -- as price_usage (an event out of them is refused alone). Replays are found under the locks, so
-  -- a concurrent batch with the same events has committed: an earlier batch already applied this
-  -- event id for this user. Event ids are the caller's, one namespace per user
-  -- (billing.usage_event_key): another user's event with the same id is another event, charged,
-  -- and never told of the first. Within the batch, only the first occurrence of a user's id counts.
-  for e in
-    with ev as (
-      select x.ord::integer as ord, x.ev ->> 'event_id' as event_id, (x.ev ->> 'user_id')::uuid as user_id,
-        x.ev ->> 'model' as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
-        (x.ev ->> 'output_tokens')::bigint as output_tokens, (x.ev ->> 'occurred_at')::timestamptz as occurred_at,
-        x.ev ->> 'correlation_id' as correlation_id,
-        coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
-        coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
-        coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
-      from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
-    ), checked as (
-      select ev.*, not billing.usage_counts_valid(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens,
-        ev.reasoning_tokens, ev.images, ev.audio_seconds) as invalid
-      from ev
-    ), cards as (
-      select distinct on (rc.model) rc.* from billing.rate_cards rc
-      where rc.model in (select ev.model from ev) and rc.effective_from <= now()
-      order by rc.model, rc.effective_from desc, rc.version desc
-    )
-    select b.*, case when b.invalid then 'INVALID_TOKENS' end as error, r.id as rate_card_id,
+  -- as price_usage (an event out of them is refused alone). Event ids are the caller's, one
+  -- namespace per user (billing.usage_event_key).
+  with ev as (
+    select x.ord::integer as ord, x.ev ->> 'event_id' as event_id, (x.ev ->> 'user_id')::uuid as user_id,
+      x.ev ->> 'model' as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
+      (x.ev ->> 'output_tokens')::bigint as output_tokens, (x.ev ->> 'occurred_at')::timestamptz as occurred_at,
+      x.ev ->> 'correlation_id' as correlation_id,
+      coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
+      coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
+      coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
+    from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
+  ), checked as (
+    select ev.*, not billing.usage_counts_valid(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens,
+      ev.reasoning_tokens, ev.images, ev.audio_seconds) as invalid
+    from ev
+  ), cards as (
+    select distinct on (rc.model) rc.* from billing.rate_cards rc
+    where rc.model in (select ev.model from ev) and rc.effective_from <= now()
+    order by rc.model, rc.effective_from desc, rc.version desc
+  ), priced as (
+    select b.*, r.id as rate_card_id,
       case when not b.invalid then billing.usage_amount(b.input_tokens, b.cached_input_tokens, b.output_tokens,
         b.reasoning_tokens, b.images, b.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token,
-        r.credits_per_output_token, r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) end as amount,
-      a.id as account_id, coalesce(a.orgs > 0 or a.restricted_lots, false) as alone, a.balance as acct_balance, a.held as acct_held,
-      a.caps as acct_caps, t.id as existing_transfer, t.amount as existing_amount,
-      min(b.ord) over (partition by b.user_id, b.event_id) as first_ord
-    from checked b
-    left join cards r on r.model = b.model
-    left join billing.accounts a on a.user_id = b.user_id
+        r.credits_per_output_token, r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) end as amount
+    from checked b left join cards r on r.model = b.model
+  )
+  select array_agg(p.user_id order by p.ord), array_agg(p.event_id order by p.ord), array_agg(p.model order by p.ord),
+    array_agg(case when p.invalid then 'INVALID_TOKENS' when p.rate_card_id is null then 'UNKNOWN_MODEL'
+                   when p.amount is null then 'UNPRICED_USAGE' end order by p.ord),
+    array_agg(p.rate_card_id order by p.ord), array_agg(p.amount order by p.ord),
+    array_agg(billing.usage_event_key(p.user_id, p.event_id) order by p.ord), array_agg(p.correlation_id order by p.ord),
+    array_agg(billing.usage_facts(p.model, p.input_tokens, p.output_tokens, p.cached_input_tokens, p.reasoning_tokens,
+      p.images, p.audio_seconds) || jsonb_build_object('occurred_at', p.occurred_at, 'event_id', p.event_id) order by p.ord)
+  into b_user, b_event, b_model, b_error, b_card, b_amount, b_key, b_correlation, b_facts
+  from priced p;
+
+  perform billing.lock_usage_batch(b_user);
+
+  -- Greedy per user in event order: each event is applied if it still fits. Replays are found
+  -- under the locks, so a concurrent batch with the same events has committed: an earlier batch
+  -- already applied this event id for this user. Another user's event with the same id is another
+  -- event, charged, and never told of the first. Within the batch, only the first occurrence of a
+  -- user's id counts.
+  for e in
+    select x.ord::integer as ord, x.user_id, x.event_id, x.model, x.error, x.amount, x.rate_card_id,
+      a.id as account_id, coalesce(a.orgs > 0 or a.restricted_lots, false) as alone, a.balance as acct_balance,
+      a.held as acct_held, a.caps as acct_caps, t.id as existing_transfer, t.amount as existing_amount,
+      min(x.ord) over (partition by x.user_id, x.event_id)::integer as first_ord
+    from unnest(b_user, b_event, b_model, b_error, b_amount, b_card, b_key) with ordinality
+      x(user_id, event_id, model, error, amount, rate_card_id, key, ord)
+    left join billing.accounts a on a.user_id = x.user_id
     -- Lateral: one index probe per event, never a join over the whole ledger.
-    left join lateral (select x.id, x.amount from billing.transfers x
-                       where x.idempotency_key = billing.usage_event_key(b.user_id, b.event_id) and x.kind = 'usage') t on true
-    order by b.user_id, b.ord
+    left join lateral (select y.id, y.amount from billing.transfers y
+                       where y.idempotency_key = x.key and y.kind = 'usage') t on true
+    order by x.user_id, x.ord
   loop
     if v_user is distinct from e.user_id then
       v_user := e.user_id;
@@ -185,10 +209,6 @@ begin
     end if;
     if e.error is not null then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', e.error);
-    elsif e.rate_card_id is null then
-      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', 'UNKNOWN_MODEL');
-    elsif e.amount is null then
-      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', 'UNPRICED_USAGE');
     elsif e.existing_transfer is not null then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'duplicate',
         'transfer_id', e.existing_transfer::text, 'charged', trim_scale(e.existing_amount)::text);
@@ -204,8 +224,11 @@ begin
     elsif e.alone then
       -- A member of funding organisations, or credits for some models only: charged alone, the
       -- same path as /credits/usage, under the locks billing.lock_usage_batch took.
-      v_outcomes[e.ord] := billing.charge_event_alone(e.user_id, e.model, e.input_tokens, e.output_tokens, e.event_id,
-        e.correlation_id, e.occurred_at, e.cached_input_tokens, e.reasoning_tokens, e.images, e.audio_seconds);
+      v_ev := p_events -> (e.ord - 1);
+      v_outcomes[e.ord] := billing.charge_event_alone(e.user_id, e.model, (v_ev ->> 'input_tokens')::bigint,
+        (v_ev ->> 'output_tokens')::bigint, e.event_id, v_ev ->> 'correlation_id', (v_ev ->> 'occurred_at')::timestamptz,
+        coalesce((v_ev ->> 'cached_input_tokens')::bigint, 0), coalesce((v_ev ->> 'reasoning_tokens')::bigint, 0),
+        coalesce((v_ev ->> 'images')::bigint, 0), coalesce((v_ev ->> 'audio_seconds')::bigint, 0));
     elsif e.account_id is null or v_available < e.amount then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'insufficient',
         'required', trim_scale(e.amount)::text, 'available', trim_scale(greatest(coalesce(v_available, 0), 0))::text);
@@ -230,7 +253,7 @@ begin
 
   -- Each account's accepted events draw from its lots in event order.
   if cardinality(a_ord) > 0 then
-    a_posted := billing.post_usage_batch(p_events, a_ord, a_account, a_amount, a_card);
+    a_posted := billing.post_usage_batch(a_ord, a_account, a_amount, a_card, b_key, b_correlation, b_facts);
     for i in 1 .. cardinality(a_ord) loop
       v_outcomes[a_ord[i]] := v_outcomes[a_ord[i]] || jsonb_build_object('transfer_id', (a_posted[i]).transfer_id::text,
         'balance', trim_scale((a_posted[i]).from_balance)::text);
