@@ -150,8 +150,9 @@ revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from p
 
 -- A capture as the writer makes it, straight to it: the hold posted by its transfer, the hold's
 -- release in the capture's own account write, the cap room the rest held given back. The caller
--- holds the account lock, has settled what fell due and checked the capture (an active hold,
--- 0 < amount <= held): the account is read here, never locked again (one lock a phase).
+-- holds the account lock, has expired the lots that fell due and checked the capture (an active
+-- hold, 0 < amount <= held): the account is read here, never locked again (one lock a phase).
+-- Other holds past their TTL end here first, as the sweep would have ended them.
 create or replace function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text,
   p_metadata jsonb) returns billing.hold_result
 language plpgsql
@@ -164,6 +165,11 @@ declare
   v_bal billing.balance;
 begin
   select * into v_account from billing.accounts a where a.id = p_hold.account_id;
+  -- Holds past their TTL reserve nothing: ended before the capture, the restricted draw (and an
+  -- AI call's excess after it), the low-balance alert and auto-recharge see live holds only.
+  if v_account.held > p_hold.amount and billing.expire_overdue_holds(v_account.id) > 0 then
+    select * into v_account from billing.accounts a where a.id = p_hold.account_id;
+  end if;
   -- The hold stops counting first, so the capture spends what it reserved; a dispute's reversal
   -- may have taken the balance below it.
   v_account.held := v_account.held - p_hold.amount;
@@ -351,8 +357,12 @@ begin
     null, null)::billing.hold_step]);
   select * into v_hold from billing.holds h where h.id = p_hold_id;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount);
-  perform billing.on_available_change(a) from billing.accounts a
-  where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+  -- Other holds past their TTL end with it (expire_overdue_holds then tells the alert and
+  -- auto-recharge itself): what they see, and what an AI call's excess may draw, is live holds only.
+  if billing.expire_overdue_holds(v_hold.account_id) = 0 then
+    perform billing.on_available_change(a) from billing.accounts a
+    where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+  end if;
   return billing.hold_result_of(v_hold, false);
 end;
 $$;
