@@ -1035,8 +1035,17 @@ declare
   h billing.holds;
   v_take numeric(38, 18);
   v_left numeric(38, 18) := p_short;
+  v_held numeric(38, 18);
 begin
-  -- The caller holds the account lock. The newest holds give way first.
+  -- The caller holds the account lock. Holds past their TTL end first (as the sweep would end
+  -- them): they reserve nothing, so what they held counts as room made, and a live hold never
+  -- gives way in their place. Then the newest holds give way first.
+  if exists (select 1 from billing.holds x
+             where x.account_id = p_account_id and x.status = 'active' and x.expires_at <= now()) then
+    select a.held into v_held from billing.accounts a where a.id = p_account_id;
+    perform billing.expire_overdue_holds(p_account_id);
+    v_left := v_left - (v_held - (select a.held from billing.accounts a where a.id = p_account_id));
+  end if;
   for h in
     select * from billing.holds x
     where x.account_id = p_account_id and x.status = 'active' and x.purpose = any(p_purposes)

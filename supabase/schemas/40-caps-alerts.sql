@@ -51,7 +51,8 @@ begin
   if p_threshold is not null then
     perform billing.check_amount(p_threshold);
   end if;
-  perform 1 from billing.accounts a where a.id = v_account_id for update;
+  -- Settled (locked, holds past their TTL ended): the alert fires on what is available now.
+  perform billing.settle_account(v_account_id);
   update billing.accounts a set low_balance_threshold = p_threshold, low_balance_fired = false where a.id = v_account_id;
   perform billing.check_low_balance(a) from billing.accounts a where a.id = v_account_id;
   return billing.get_alerts(p_user);
