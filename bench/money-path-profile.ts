@@ -228,6 +228,11 @@ const w0 = await writes();
 for (let i = 0; i < 300; i++) await aiCall(one, userAt(i));
 const accountWrites = (await writes() - w0) / 300;
 await one`select set_config('pg_stat_statements.track', 'top', false)`;
+// Statements that lock an account row (FOR UPDATE on billing.accounts), a call (#55: one a phase).
+const [{ locks }] = await one<{ locks: number }[]>`
+  select coalesce(sum(calls), 0)::float / 300 as locks from extensions.pg_stat_statements
+  where dbid = (select oid from pg_database where datname = current_database()) and not toplevel
+    and query ~* 'from billing\.accounts[^;]*for update'`;
 const aiStatements = await one<{ query: string; toplevel: boolean; calls: number; us: number }[]>`
   select regexp_replace(left(query, 110), '[[:space:]]+', ' ', 'g') as query, toplevel, calls::int,
          total_exec_time * 1000 / 300 as us
@@ -239,7 +244,7 @@ say(
   `Postgres CPU of the whole cluster a call, 8 connections: AI call (begin_ai_call + finish_ai_call) ` +
     `${aiCpu.toFixed(2)} ms, usage request ${usageCpu.toFixed(2)} ms: ${(aiCpu / usageCpu).toFixed(2)}× ` +
     `(#55 target: an AI call ≤ 1.0 ms). Account writes a call: ${accountWrites.toFixed(2)} ` +
-    `(the hold's, the capture's).\n`,
+    `(the hold's, the capture's); statements locking an account a call: ${locks.toFixed(2)} (#55 target: one a phase).\n`,
 );
 say('| statement of an AI call (executor, per call; nested times are inside their callers) | µs | calls per call |');
 say('| --- | --- | --- |');
