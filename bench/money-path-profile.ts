@@ -244,7 +244,9 @@ say(
   `Postgres CPU of the whole cluster a call, 8 connections: AI call (begin_ai_call + finish_ai_call) ` +
     `${aiCpu.toFixed(2)} ms, usage request ${usageCpu.toFixed(2)} ms: ${(aiCpu / usageCpu).toFixed(2)}× ` +
     `(#55 target: an AI call ≤ 1.0 ms). Account writes a call: ${accountWrites.toFixed(2)} ` +
-    `(the hold's, the capture's); statements locking an account a call: ${locks.toFixed(2)} (#55 target: one a phase).\n`,
+    `(the hold's, the capture's); statements locking an account a call: ${
+      locks.toFixed(2)
+    } (#55 target: one a phase).\n`,
 );
 say('| statement of an AI call (executor, per call; nested times are inside their callers) | µs | calls per call |');
 say('| --- | --- | --- |');
