@@ -134,6 +134,8 @@ declare
   a_amount numeric[] := '{}'::numeric[];
   a_card bigint[] := '{}'::bigint[];
   a_posted billing.posted_transfer[];
+  -- accounts charged here that watch their available amount (a low-balance alert, auto-recharge)
+  w_account bigint[] := '{}'::bigint[];
   -- repeats within the batch, and their first occurrences
   d_ord integer[] := '{}'::integer[];
   d_first integer[] := '{}'::integer[];
@@ -193,7 +195,9 @@ begin
   for e in
     select x.ord::integer as ord, x.user_id, x.event_id, x.model, x.error, x.amount, x.rate_card_id,
       a.id as account_id, coalesce(a.orgs > 0 or a.restricted_lots, false) as alone, a.balance as acct_balance,
-      a.held as acct_held, a.caps as acct_caps, t.id as existing_transfer, t.amount as existing_amount,
+      a.held as acct_held, a.caps as acct_caps,
+      coalesce(a.low_balance_threshold is not null or a.auto_recharge_below is not null, false) as watched,
+      t.id as existing_transfer, t.amount as existing_amount,
       min(x.ord) over (partition by x.user_id, x.event_id)::integer as first_ord
     from unnest(b_user, b_event, b_model, b_error, b_amount, b_card, b_key) with ordinality
       x(user_id, event_id, model, error, amount, rate_card_id, key, ord)
@@ -246,6 +250,9 @@ begin
       a_account := a_account || e.account_id;
       a_amount := a_amount || e.amount;
       a_card := a_card || e.rate_card_id;
+      if e.watched and not e.account_id = any(w_account) then
+        w_account := w_account || e.account_id;
+      end if;
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied',
         'charged', trim_scale(e.amount)::text);
     end if;
@@ -258,6 +265,11 @@ begin
       v_outcomes[a_ord[i]] := v_outcomes[a_ord[i]] || jsonb_build_object('transfer_id', (a_posted[i]).transfer_id::text,
         'balance', trim_scale((a_posted[i]).from_balance)::text);
     end loop;
+    -- What a single charge sets off, once per account, under the batch's locks: the low-balance
+    -- alert and auto-recharge see the account as the batch left it.
+    if cardinality(w_account) > 0 then
+      perform billing.on_available_change(a) from billing.accounts a where a.id = any(w_account) order by a.id;
+    end if;
     -- A repeat names what its first occurrence wrote.
     for i in 1 .. coalesce(cardinality(d_ord), 0) loop
       v_outcomes[d_ord[i]] := v_outcomes[d_first[i]] || jsonb_build_object('event_id', v_outcomes[d_ord[i]] ->> 'event_id',
