@@ -66,6 +66,10 @@ union all select 'default privileges', pg_get_userbyid(d.defaclrole) || ' ' || c
 -- Storage options migra leaves out: a view that lost security_invoker would run as its owner.
 union all select 'options', c.oid::regclass::text, c.oid::regclass::text, array(select o from unnest(c.reloptions) o order by 1)::text
   from pg_class c join ns on ns.oid = c.relnamespace where c.reloptions is not null
+-- A function's SET options, which migra does not compare (a jit or work_mem setting changed alone).
+union all select 'function options', p.oid::regprocedure::text, 'function ' || p.oid::regprocedure::text,
+    array(select o from unnest(p.proconfig) o order by 1)::text
+  from pg_proc p join ns on ns.oid = p.pronamespace where p.proconfig is not null
 `;
 
 // pg_cron's jobs, when the extension is there: schedule and command per job name.
@@ -110,6 +114,17 @@ function statement(from: Row | undefined, to: Row | undefined): string {
       const [schedule, command] = JSON.parse(to.value) as [string, string];
       return `select cron.schedule(${literal(row.name)}, ${literal(schedule)}, ${dollar(command)});`;
     }
+    case 'function options': {
+      // {search_path="",jit=off}: each option as `name=value`, a value double-quoted when it must be.
+      const options = to ? to.value.replace(/^\{|\}$/g, '').match(/("(?:[^"\\]|\\.)*"|[^,])+/g) ?? [] : [];
+      const set = options.map((o) => {
+        const text = o.replace(/^"|"$/g, '').replace(/\\(.)/g, '$1');
+        const [name, ...value] = text.split('=');
+        const v = value.join('=').replace(/^"|"$/g, '');
+        return `alter ${row.target} set ${name} to ${literal(v)};`;
+      });
+      return [`alter ${row.target} reset all;`, ...set].join('\n');
+    }
     default:
       return `-- ${row.kind} ${row.name}: ${from?.value ?? '(none)'} → ${to?.value ?? '(none)'} (write this by hand)`;
   }
@@ -132,6 +147,9 @@ function recreated(from: Map<string, Row>, to: Map<string, Row>, dropped: string
     if (existing.has(target)) continue;
     const name = `${target} to public :: execute`;
     from.set(`grant ${name}`, { kind: 'grant', name, target, value: 'execute' });
+    // migra's create states the function's SET options itself.
+    const options = [...to.entries()].find(([, r]) => r.kind === 'function options' && r.target === target);
+    if (options) from.set(options[0], options[1]);
   }
 }
 
