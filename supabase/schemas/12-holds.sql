@@ -25,20 +25,23 @@ create type billing.hold_result as (
 
 -- ============================================================ functions
 
-create or replace function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) returns billing.hold_result
+-- p_balance: the account's figures when the caller has them exact (a row it locked and settled);
+-- otherwise read now (billing.balance_of).
+create or replace function billing.hold_result_of(p_hold billing.holds, p_replayed boolean,
+  p_balance billing.balance default null) returns billing.hold_result
 language plpgsql stable
 set search_path = ''
 as $$
 declare
-  v_bal billing.balance := billing.balance_of(p_hold.account_id);
+  v_bal billing.balance := coalesce(p_balance, billing.balance_of(p_hold.account_id));
 begin
   return (p_hold.id, p_hold.status, p_hold.amount, coalesce(p_hold.captured_amount, 0),
     case when p_hold.status = 'active' then 0 else p_hold.amount - coalesce(p_hold.captured_amount, 0) end,
     p_hold.capture_transfer_id, p_hold.expires_at, v_bal.balance, v_bal.held, v_bal.available, p_replayed)::billing.hold_result;
 end;
 $$;
-comment on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) is 'Internal: a hold as the hold functions answer it, with its account''s balance, held and available now.';
-revoke execute on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean) from public;
+comment on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean, p_balance billing.balance) is 'Internal: a hold as the hold functions answer it, with its account''s balance, held and available now (p_balance when the caller has them).';
+revoke execute on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean, p_balance billing.balance) from public;
 
 create or replace function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text default null::text, p_metadata jsonb default null::jsonb)
 returns billing.hold_result
@@ -94,8 +97,8 @@ begin
     p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end);
   -- The account was settled above (or had nothing held or due): its row is what balance_of would
   -- answer, with this hold added.
-  return (v_hold.id, 'active', p_amount, 0, 0, null, v_hold.expires_at, v_account.balance, v_account.held + p_amount,
-    v_account.balance - v_account.held - p_amount, false)::billing.hold_result;
+  return billing.hold_result_of(v_hold, false, (v_account.balance, v_account.held + p_amount,
+    v_account.balance - v_account.held - p_amount)::billing.balance);
 end;
 $$;
 comment on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) is 'Internal: reserves available credits as a hold of the given purpose (user or job), under the account lock.';
@@ -162,7 +165,6 @@ declare
   v_account billing.accounts;
   v_posted billing.posted_transfer;
   v_hold billing.holds := p_hold;
-  v_bal billing.balance;
 begin
   select * into v_account from billing.accounts a where a.id = p_hold.account_id;
   -- Holds past their TTL reserve nothing: ended before the capture, the restricted draw (and an
@@ -196,11 +198,9 @@ begin
   if v_account.caps > 0 then
     perform billing.return_hold_cap_room(v_hold, v_hold.amount - p_capture);
   end if;
-  -- Other holds past their TTL stop counting in what is answered (balance_of), as for any read.
-  v_bal := case when v_account.held > 0 then billing.balance_of(v_account.id)
-                else (v_account.balance, 0, v_account.balance)::billing.balance end;
-  return (v_hold.id, 'captured', v_hold.amount, p_capture, v_hold.amount - p_capture, v_posted.transfer_id,
-    v_hold.expires_at, v_bal.balance, v_bal.held, v_bal.available, false)::billing.hold_result;
+  -- Nothing else held: the row is exact; otherwise read as any read is (balance_of).
+  return billing.hold_result_of(v_hold, false, case when v_account.held = 0
+    then (v_account.balance, 0, v_account.balance)::billing.balance end);
 end;
 $$;
 comment on function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text, p_metadata jsonb) is 'Internal: posts an active hold for a checked amount under the caller''s account lock (the rest returned, its cap room given back).';
