@@ -15,7 +15,7 @@
 -- Every org-funded transfer and hold records the member (member_id), which is what
 -- the organisation's usage report reads.
 --
--- Members, roles and invitations: 71-org-members.sql.
+-- Members, roles and invitations: 79-org-members.sql.
 --
 -- Locks, so no two transactions wait on each other in a cycle: a user's own account is locked
 -- first (as everywhere); organisation accounts are locked after it, always in ascending id order.

@@ -1,7 +1,12 @@
 -- Organisation members: who belongs to an organisation and with what role (owner, admin,
 -- member), and how they join: an owner or admin invites an address (a token link sent by mail,
--- stored hashed), the invitee accepts or declines it signed in with that address. Removing a
--- member sweeps what is left of their allowance back to the wallet (70-orgs.sql).
+-- stored hashed), the invitee accepts or declines it signed in with that address.
+--
+-- A membership change reaches every feature an organisation funds, so this file sits above them
+-- all and calls down to each: removing a member releases their holds (12-holds.sql), cancels
+-- their queued jobs (63-jobs.sql), sweeps what is left of their allowance back to the wallet
+-- (70-orgs.sql) and voids the sponsor codes they issued or are named in (76-sponsor-codes.sql);
+-- a change of role sweeps the allowance or voids those codes too. Nothing below calls in here.
 
 -- ============================================================ tables
 
