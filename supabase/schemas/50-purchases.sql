@@ -71,6 +71,7 @@ create table billing.purchases (
   constraint purchases_stripe_charge_id_key unique (stripe_charge_id),
   constraint purchases_stripe_session_id_key unique (stripe_session_id),
   constraint purchases_dispute_hold_id_fkey foreign key (dispute_hold_id) references billing.holds(id),
+  constraint purchases_org_id_fkey foreign key (org_id) references billing.orgs(id) on delete restrict,
   constraint purchases_package_id_fkey foreign key (package_id) references billing.credit_packages(id),
   constraint purchases_package_version_fkey foreign key (package_id, package_version) references billing.credit_package_versions(package_id, version),
   constraint purchases_user_id_fkey foreign key (user_id) references auth.users(id) on delete restrict
