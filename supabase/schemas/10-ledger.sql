@@ -87,6 +87,10 @@ create table billing.accounts (
   next_expiry timestamp with time zone,
   code_id uuid,
   restricted_lots boolean default false not null,
+  -- Reporting (90-reporting.sql, billing.ledger_parts): set by the writer to the start of the
+  -- first transaction of its UTC day that wrote one of the account's entries; kept while that
+  -- day lasts, so the write that sets it is the account's only one a day to change an index.
+  active_from timestamp with time zone,
   constraint accounts_held_not_negative check ((held >= (0)::numeric)),
   constraint accounts_low_balance_positive check (((low_balance_threshold is null) or (low_balance_threshold > (0)::numeric))),
   constraint accounts_member_of_org check (((member_id is null) or (org_id is not null))),
@@ -114,6 +118,9 @@ create unique index accounts_code_key on billing.accounts (code) where code is n
 create unique index accounts_org_member on billing.accounts (org_id, member_id) nulls not distinct where org_id is not null;
 
 create index accounts_allowances on billing.accounts (id) where member_id is not null;
+
+-- Today's active accounts since an instant (billing.ledger_parts).
+create index accounts_active_from on billing.accounts (active_from) where active_from is not null;
 
 create table billing.transfers (
   id bigint generated always as identity not null,
@@ -151,6 +158,32 @@ create index transfers_created_brin on billing.transfers using brin (created_at)
   with (pages_per_range = 32, autosummarize = on);
 
 create index transfers_org_member on billing.transfers (member_id, created_at) where member_id is not null;
+
+-- What the credit transfers moved, per second, summed as the writer writes them: read for the
+-- part of today the roll-up has not reached (billing.ledger_parts), so a report right after a
+-- burst of writes reads a few hundred rows, not the burst's. Keyed by the writing backend too: a
+-- backend runs one transaction at a time, so no two writers ever wait on one row. The roll-up
+-- deletes what it has passed.
+create table billing.ledger_tail (
+  at timestamptz not null,                        -- the second the writing transaction started (its rows' created_at)
+  backend integer not null,                       -- pg_backend_pid() of the writer
+  kind billing.transfer_kind not null,
+  rate_card_id bigint,
+  amount numeric(38, 18) not null,                -- Σ transfers' amounts
+  events bigint not null,                         -- how many transfers
+  credit_change numeric(38, 18) not null,         -- Σ their tracked (user) entries: how much the liability moved
+  constraint ledger_tail_key unique nulls not distinct (at, backend, kind, rate_card_id)
+) with (fillfactor = 70);
+comment on table billing.ledger_tail is 'Internal: credit transfers summed per second, backend, kind and rate card by the writer, for the part of today not rolled up yet.';
+alter table billing.ledger_tail enable row level security;
+
+-- Since when the writer has kept billing.ledger_tail and accounts.active_from (one row, written
+-- by the migration that added them): a part of the day that starts earlier is read from the rows.
+create table billing.ledger_tail_kept (
+  since timestamptz primary key
+);
+comment on table billing.ledger_tail_kept is 'Internal: the instant from which billing.ledger_tail and accounts.active_from are complete.';
+alter table billing.ledger_tail_kept enable row level security;
 
 create table billing.entries (
   id bigint generated always as identity primary key,

@@ -161,6 +161,8 @@ declare
   v_hold_accounts bigint[];
   v_hold_deltas numeric[];
   v_for text;                                     -- the model a movement alone draws for (lots 'for')
+  v_day timestamptz := date_trunc('day', now(), 'UTC');  -- accounts.active_from: today's first write
+  v_change numeric := 0;                          -- a movement alone: Σ of its tracked entries
 begin
   -- Pending transfers (holds). A hold posted by the batch's one movement is ended with it below,
   -- its release in that movement's account write: one account write, not two. Every other step
@@ -248,28 +250,36 @@ begin
     end if;
     -- Each tracked side (a platform account is never updated: the filter finds no row).
     update billing.accounts a set balance = a.balance - v_one.amount, version = a.version + 1,
-      held = a.held + case when a.id = v_held_account then v_held_delta else 0 end
+      held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
+      active_from = case when a.active_from >= v_day then a.active_from else now() end
     where a.id = v_one.from_account_id and a.code is null
     returning a.balance, a.version into v_balance, v_version;
     if found then
       v_ord := array[1]; v_account := array[v_one.from_account_id]; v_delta := array[-v_one.amount]; v_after := array[v_balance];
       v_versions := array[v_version];
+      v_change := -v_one.amount;
     else
       v_ord := '{}'::integer[]; v_account := '{}'::bigint[]; v_delta := '{}'::numeric[]; v_after := '{}'::numeric[];
       v_versions := '{}'::bigint[];
     end if;
     update billing.accounts a set balance = a.balance + v_one.amount, version = a.version + 1,
-      held = a.held + case when a.id = v_held_account then v_held_delta else 0 end
+      held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
+      active_from = case when a.active_from >= v_day then a.active_from else now() end
     where a.id = v_one.to_account_id and a.code is null
     returning a.balance, a.version into v_balance, v_version;
     if found then
       v_ord := v_ord || 1; v_account := v_account || v_one.to_account_id; v_delta := v_delta || v_one.amount;
       v_after := v_after || v_balance; v_versions := v_versions || v_version;
+      v_change := v_change + v_one.amount;
     end if;
     insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
     select v_id, e.account_id, e.delta, e.after, e.version
     from unnest(v_account, v_delta, v_after, v_versions) with ordinality e(account_id, delta, after, version, n)
     order by e.n;
+    insert into billing.ledger_tail as x (at, backend, kind, rate_card_id, amount, events, credit_change)
+    values (date_trunc('second', now()), pg_backend_pid(), v_one.kind, v_one.rate_card_id, v_one.amount, 1, v_change)
+    on conflict (at, backend, kind, rate_card_id) do update
+    set amount = x.amount + excluded.amount, events = x.events + 1, credit_change = x.credit_change + excluded.credit_change;
   else
     if exists (select 1 from unnest(p_transfers) t
                where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
@@ -313,7 +323,8 @@ begin
         union all
         select t.ord, t.to_account_id, t.amount from t
       ), u as (
-        update billing.accounts a set balance = a.balance + d.delta, version = a.version + d.n
+        update billing.accounts a set balance = a.balance + d.delta, version = a.version + d.n,
+          active_from = case when a.active_from >= v_day then a.active_from else now() end
         from (select l.account_id, sum(l.delta) as delta, count(*) as n from legs l group by l.account_id) d
         where a.id = d.account_id and a.code is null
         returning a.id, a.balance, a.version
@@ -330,6 +341,16 @@ begin
         array_agg(l.delta order by l.ord, l.delta), array_agg(e.balance_after order by l.ord, l.delta)
       into v_ord, v_account, v_delta, v_after
       from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
+      insert into billing.ledger_tail as x (at, backend, kind, rate_card_id, amount, events, credit_change)
+      select date_trunc('second', now()), pg_backend_pid(), t.kind, t.rate_card_id, sum(t.amount), count(*),
+        coalesce(sum(m.change), 0)
+      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+      left join (select d.ord, sum(d.delta) as change from unnest(v_ord, v_delta) d(ord, delta) group by d.ord) m on m.ord = t.ord
+      where v_ids[t.ord] = any(v_new)
+      group by t.kind, t.rate_card_id
+      on conflict (at, backend, kind, rate_card_id) do update
+      set amount = x.amount + excluded.amount, events = x.events + excluded.events,
+        credit_change = x.credit_change + excluded.credit_change;
     end if;
   end if;
 

@@ -185,8 +185,11 @@ begin
       union all
       select row(g.lo, g.hi, false, '[]'::jsonb, p.credits, p.lots, null, null, p.active_accounts, null, 0, 0, 0, 0, 0,
           p.user_credit_change, null)::billing.metric_part
-      from (select greatest(d.lo, coalesce(l.ledger_until, d.lo)) as lo, d.hi from days d left join ledger l on l.day = d.day) g
-      cross join lateral billing.ledger_parts(g.lo, g.hi) p
+      -- whole_day: with the stored half before it, the parts hold the day from its start.
+      from (select greatest(d.lo, coalesce(l.ledger_until, d.lo)) as lo, d.hi,
+              l.day is not null or d.lo = d.day::timestamp at time zone 'UTC' as whole_day
+            from days d left join ledger l on l.day = d.day) g
+      cross join lateral billing.ledger_parts(g.lo, g.hi, p_use_rollup and g.whole_day) p
       where g.lo < g.hi
       union all
       select row(g.lo, g.hi, false, p.money, '[]'::jsonb, p.lots, null, null, null, p.paying_accounts,

@@ -20,9 +20,19 @@ async function reportIsRaw(sql: postgres.Sql) {
              (today + 2)::timestamp at time zone 'UTC') as total_equal,
            r.report -> 'series' = (select jsonb_agg(billing.revenue_metrics_live(x::timestamp at time zone 'UTC',
              (x + 1)::timestamp at time zone 'UTC') order by x) from generate_series(0, 2) k, lateral (select today - 1 + k as x) y) as series_equal,
-           (select max(ledger_until) from billing.revenue_rollup) as watermark
+           (select max(ledger_until) from billing.revenue_rollup) as watermark,
+           billing.ledger_tail_readable((select max(ledger_until) from billing.revenue_rollup),
+             (today + 1)::timestamp at time zone 'UTC') as tail_kept,
+           (select count(*)::int from billing.ledger_tail x where x.at < (select max(ledger_until) from billing.revenue_rollup))
+             as kept_behind
     from d, lateral (select billing.metrics_report(today - 1, today + 2, 'day') as report) r`);
-  return row as { total_equal: boolean; series_equal: boolean; watermark: Date };
+  return row as {
+    total_equal: boolean;
+    series_equal: boolean;
+    watermark: Date;
+    tail_kept: boolean;
+    kept_behind: number;
+  };
 }
 
 async function fundedUsers(n: number): Promise<string[]> {
@@ -55,7 +65,9 @@ Deno.test('a ledger transaction that starts before a roll-up and commits after i
     assert.ok(w < started!, `the roll-up stopped before the open transaction's start (${w} < ${started})`);
     release();
     await slow;
-    await sleep(1100);
+    // The horizon is a second before the oldest open transaction, the watermark on a whole
+    // second below it: two seconds after the commit, the roll-up has passed it.
+    await sleep(2100);
     const [{ w: after }] = await other`select billing.roll_up_ledger('1 day') as w`;
     assert.ok(after > started!, 'once it committed, the roll-up passed it');
     const [{ n }] =
@@ -128,10 +140,15 @@ Deno.test('writers committing out of order while roll-ups run: every report read
     ]);
     assert.ok(runs >= 5 && n >= 1, `roll-ups (${runs}) and reads (${n}) ran while the ${written} writes did`);
     assert.deepEqual(wrong, [], 'no report read while writers ran differed from the raw rows');
-    await sleep(1100);
+    await sleep(2100); // past the horizon and its whole second, as above
     await side`select billing.roll_up_ledger('1 day')`;
     const last = await reportIsRaw(side);
     assert.equal(last.total_equal && last.series_equal, true, 'after the writers, the report equals the raw rows');
+    // Today's tail past the watermark was read from what the writer kept (per second, so the
+    // watermark is on one), and the roll-up dropped what it had passed.
+    assert.equal(last.watermark.getTime() % 1000, 0, 'the watermark is on a whole second');
+    assert.equal(last.tail_kept, true, "today's tail is read from what the writer kept");
+    assert.equal(last.kept_behind, 0, 'nothing the writer kept is left behind the watermark');
     const [{ rolled, tail }] = await side`
       select count(*) filter (where t.created_at < w.until)::int as rolled, count(*) filter (where t.created_at >= w.until)::int as tail
       from billing.transfers t join billing.accounts a on a.id = t.from_account_id or a.id = t.to_account_id,
