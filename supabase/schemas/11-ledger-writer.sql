@@ -165,7 +165,6 @@ declare
   v_hold_deltas numeric[];
   v_for text;                                     -- the model a movement alone draws for (lots 'for')
   v_day timestamptz := date_trunc('day', now(), 'UTC');  -- accounts.active_from: today's first write
-  v_change numeric := 0;                          -- a movement alone: Σ of its tracked entries
 begin
   -- Pending transfers (holds). A hold posted by the batch's one movement is ended with it below,
   -- its release in that movement's account write: one account write, not two. Every other step
@@ -260,7 +259,6 @@ begin
     if found then
       v_ord := array[1]; v_account := array[v_one.from_account_id]; v_delta := array[-v_one.amount]; v_after := array[v_balance];
       v_versions := array[v_version];
-      v_change := -v_one.amount;
     else
       v_ord := '{}'::integer[]; v_account := '{}'::bigint[]; v_delta := '{}'::numeric[]; v_after := '{}'::numeric[];
       v_versions := '{}'::bigint[];
@@ -273,14 +271,14 @@ begin
     if found then
       v_ord := v_ord || 1; v_account := v_account || v_one.to_account_id; v_delta := v_delta || v_one.amount;
       v_after := v_after || v_balance; v_versions := v_versions || v_version;
-      v_change := v_change + v_one.amount;
     end if;
     insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
     select v_id, e.account_id, e.delta, e.after, e.version
     from unnest(v_account, v_delta, v_after, v_versions) with ordinality e(account_id, delta, after, version, n)
     order by e.n;
     insert into billing.ledger_tail as x (at, backend, kind, rate_card_id, amount, events, credit_change)
-    values (date_trunc('second', now()), pg_backend_pid(), v_one.kind, v_one.rate_card_id, v_one.amount, 1, v_change)
+    values (date_trunc('second', now()), pg_backend_pid(), v_one.kind, v_one.rate_card_id, v_one.amount, 1,
+      coalesce((select sum(d) from unnest(v_delta) d), 0))
     on conflict (at, backend, kind, rate_card_id) do update
     set amount = x.amount + excluded.amount, events = x.events + 1, credit_change = x.credit_change + excluded.credit_change;
   else

@@ -357,7 +357,8 @@ revoke execute on function billing.revenue_rollup_is_current(p_day date, p_cover
 -- nothing can still commit before it, whatever order transactions commit in. Null (wait) while
 -- a prepared transaction, whose start is not known, is pending. The second taken off covers the
 -- instant between a transaction taking its start time and showing it in pg_stat_activity.
--- Autovacuum writes no ledger rows. It reads other roles' sessions, so its owner needs
+-- On a whole second, taken down: what the writer keeps for today's tail is summed per second
+-- (billing.ledger_tail), so a watermark there splits no second. Autovacuum writes no ledger rows. It reads other roles' sessions, so its owner needs
 -- pg_read_all_stats (the superuser here; hosted, the postgres role): a hidden session would make
 -- the horizon unsafe, so then it waits, and says so in the log.
 create or replace function billing.ledger_horizon() returns timestamptz
@@ -373,11 +374,11 @@ begin
   if exists (select 1 from pg_catalog.pg_prepared_xacts) then
     return null;
   end if;
-  return (select least(now(), min(a.xact_start)) - interval '1 second' from pg_catalog.pg_stat_activity a
+  return (select date_trunc('second', least(now(), min(a.xact_start)) - interval '1 second') from pg_catalog.pg_stat_activity a
           where a.pid <> pg_catalog.pg_backend_pid() and a.backend_type <> 'autovacuum worker');
 end;
 $$;
-comment on function billing.ledger_horizon() is 'Internal: an instant before which every credit ledger row has committed (the oldest running transaction''s start, less a second); null while that cannot be known.';
+comment on function billing.ledger_horizon() is 'Internal: an instant before which every credit ledger row has committed (the oldest running transaction''s start, less a second, on a whole second); null while that cannot be known.';
 revoke execute on function billing.ledger_horizon() from public;
 
 -- The liability at p_at (Σ user entries before it): the running total of the roll-up row that
@@ -453,8 +454,7 @@ begin
     (now() at time zone 'UTC')::date::timestamp at time zone 'UTC') into v_from
   from billing.revenue_rollup r;
   -- least() skips nulls: a horizon that cannot be known stops the roll-up where it stands.
-  -- On a whole second: billing.ledger_tail sums the writes per second from there on.
-  v_end := date_trunc('second', least(coalesce(billing.ledger_horizon(), v_from), v_from + p_step));
+  v_end := least(coalesce(billing.ledger_horizon(), v_from), v_from + p_step);
   if v_end <= v_from then
     return v_from;
   end if;
@@ -500,7 +500,7 @@ declare
   v_end timestamptz := (p_day + 1)::timestamp at time zone 'UTC';
   v_until timestamptz := least(v_end, now() - interval '5 minutes');
   -- least() skips nulls: a horizon that cannot be known is the day's start.
-  v_ledger_until timestamptz := greatest(v_from, least(v_end, coalesce(date_trunc('second', billing.ledger_horizon()), v_from)));
+  v_ledger_until timestamptz := greatest(v_from, least(v_end, coalesce(billing.ledger_horizon(), v_from)));
   v_ledger boolean;
 begin
   if v_until <= v_from then
