@@ -243,9 +243,10 @@ create table billing.holds (
   constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text, 'dispute'::text]))),
   constraint holds_status check ((status = any (array['active'::text, 'captured'::text, 'released'::text, 'expired'::text]))),
   constraint holds_idempotency_key_key unique (idempotency_key),
-  constraint holds_pkey primary key (id),
-  constraint holds_account_id_fkey foreign key (account_id) references billing.accounts(id),
-  constraint holds_capture_transfer_id_fkey foreign key (capture_transfer_id) references billing.transfers(id)
+  constraint holds_pkey primary key (id)
+  -- No foreign keys, as transfers have none: each checked the account or the capture's transfer
+  -- with a KEY SHARE row lock (a heap write and WAL) on every hold and capture. Accounts and
+  -- transfers are never deleted, only the writer writes holds, and the invariants check both.
 );
 comment on table billing.holds is 'Two-phase spending: reserve → capture (all or part) or release. available = balance − active holds.';
 alter table billing.holds enable row level security;

@@ -24,12 +24,12 @@ create table billing.ai_calls (
   org_id uuid,                         -- the school whose wallet or allowance the hold drew on; null: the student's own credits
   prompt_tokens bigint not null,       -- counted by the gateway before the call
   max_output_tokens bigint not null,   -- the most the request lets the provider answer
-  hold_id uuid references billing.holds (id),
+  hold_id uuid,                        -- no foreign keys here (holds and transfers are never deleted; the invariants check them)
   status text not null default 'held',
   usage jsonb,                         -- what was priced, in disjoint kinds (docs/pricing.md)
   usage_source text,                   -- provider: its own report; tokenizer: counted by the gateway
   charged numeric(38, 18),
-  transfer_id bigint references billing.transfers (id),
+  transfer_id bigint,
   failure text,                        -- a stable code (refused, failed, or charged then failed), never the provider's text
   upstream_status integer,             -- the provider's HTTP status; null: never reached or no answer
   first_token_ms integer,              -- from the gateway receiving the call to the provider's first answer bytes (streamed) or whole answer
@@ -39,7 +39,7 @@ create table billing.ai_calls (
   keep_content boolean not null default false, -- the student (or the school paying) consented: prompt and answer kept redacted in ai_logs
   answer jsonb,                        -- kept for a replay of the same Idempotency-Key until expires_at
   unbilled numeric(38, 18),            -- what the provider billed beyond what the hold, the balance and the caps allowed
-  owed_transfer_id bigint references billing.transfers (id),  -- the charge that later paid `unbilled`
+  owed_transfer_id bigint,             -- the charge that later paid `unbilled`
   created_at timestamptz not null default now(),
   finished_at timestamptz,
   expires_at timestamptz not null default now() + interval '24 hours',
@@ -1005,8 +1005,10 @@ as $$
 declare
   v_count integer;
 begin
+  -- `status = 'held'` again on the row itself: a finish that committed while this waited on its
+  -- row charged the call, which then stays charged (its key taken, so a retry is a replay).
   update billing.ai_calls c set status = 'failed', failure = 'GATEWAY_LOST', finished_at = now()
-  where c.id = any (array(
+  where c.status = 'held' and c.id = any (array(
     select x.id from billing.ai_calls x left join billing.holds h on h.id = x.hold_id
     where x.status = 'held' and x.created_at < now() - interval '1 minute'
       and (h.id is null or (h.status <> 'active' and h.expires_at <= now()))

@@ -171,7 +171,18 @@ export async function assertLedgerInvariants(): Promise<void> {
       (select count(*) from billing.accounts a left join holds h on h.account_id = a.id
          where a.code is null and a.held <> coalesce(h.held, 0))::int as held_mismatch,
       (select count(*) from billing.accounts a left join reversed v on v.account_id = a.id
-         where a.balance < 0 and v.account_id is null)::int as unexplained_debt`;
+         where a.balance < 0 and v.account_id is null)::int as unexplained_debt,
+      -- What holds and gateway calls name, without foreign keys (10-ledger.sql, holds).
+      ((select count(*) from billing.holds h
+          where not exists (select 1 from billing.accounts a where a.id = h.account_id)
+             or (h.capture_transfer_id is not null
+                 and not exists (select 1 from billing.transfers t where t.id = h.capture_transfer_id)))
+       + (select count(*) from billing.ai_calls c
+          where (c.hold_id is not null and not exists (select 1 from billing.holds h where h.id = c.hold_id))
+             or (c.transfer_id is not null and not exists (select 1 from billing.transfers t where t.id = c.transfer_id))
+             or (c.owed_transfer_id is not null
+                 and not exists (select 1 from billing.transfers t where t.id = c.owed_transfer_id))))::int
+        as dangling_reference`;
   const problems = Object.entries({
     "an entry is not its transfer's side": r.entry_off_transfer > 0,
     'a tracked side of a transfer has no entry': r.side_without_entry > 0,
@@ -180,6 +191,7 @@ export async function assertLedgerInvariants(): Promise<void> {
     'a balance ≠ its last balance_after': r.last_entry_mismatch > 0,
     'held ≠ Σ active holds': r.held_mismatch > 0,
     'a negative balance without a reversal': r.unexplained_debt > 0,
+    'a hold or a gateway call names a row that does not exist': r.dangling_reference > 0,
   }).filter(([, bad]) => bad).map(([what]) => what);
   // Lots: each lot's remaining = granted − settled − drawn, Σ remaining = the balance (0 in
   // debt), no transfer drew more than its amount, deferred revenue the same both ways.
