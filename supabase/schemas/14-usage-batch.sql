@@ -168,7 +168,7 @@ begin
     select distinct on (rc.model) rc.* from billing.rate_cards rc
     where rc.model in (select ev.model from ev) and rc.effective_from <= now()
     order by rc.model, rc.effective_from desc, rc.version desc
-  ), priced as (
+  ), priced as materialized (            -- each event priced once, however many aggregates below read it
     select b.*, r.id as rate_card_id,
       case when not b.invalid then billing.usage_amount(b.input_tokens, b.cached_input_tokens, b.output_tokens,
         b.reasoning_tokens, b.images, b.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token,
