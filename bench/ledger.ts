@@ -128,8 +128,10 @@ const restricted: string[] = (await admin`
 await admin`select billing.grant_credits(u, 1000000000, 'adjustment', 'bench-fund:' || u) from unnest(${restricted}::uuid[]) u`;
 await admin`select billing.grant_credits(u, 1000, 'promo_grant', 'bench-claude:' || u, null, null, null,
   '{"applies_to": ["claude*"]}') from unnest(${restricted}::uuid[]) u`;
-// A crowded plan: 6 lists for some models (and credits for any), and 100 live holds of the account's own.
+// A crowded plan: 6 lists for some models (and credits for any), and 100 live holds of the account's own,
+// on 100 of them; the restricted cell charges the other 900 (one list, no holds), so neither mixes in the other.
 const crowded = restricted.slice(0, 100);
+const oneList = restricted.slice(crowded.length);
 await admin`select billing.grant_credits(u, 1, 'promo_grant', 'bench-list:' || m || ':' || u, null, null, null,
   jsonb_build_object('applies_to', jsonb_build_array(m)))
   from unnest(${crowded}::uuid[]) u, unnest(array['gpt-4o', 'gpt-4o-mini', 'claude-3-5-haiku', 'gpt-4o*', 'gpt-4o-mini*',
@@ -138,7 +140,7 @@ await admin`select billing.reserve_credits(u, 0.000001, 'bench-dust:' || g || ':
   from unnest(${crowded}::uuid[]) u, generate_series(1, 100) g`;
 const usage = { plain: [] as number[], restricted: [] as number[], crowded: [] as number[] };
 for (let round = 0; round < 3; round++) {
-  for (const [cell, who] of [['plain', users], ['restricted', restricted], ['crowded', crowded]] as const) {
+  for (const [cell, who] of [['plain', users], ['restricted', oneList], ['crowded', crowded]] as const) {
     usage[cell].push(
       await timed(16, async (sql, i) => {
         await sql`select billing.charge_usage(${who[i % who.length]}, 'gpt-4o-mini', 10, 0,
