@@ -173,8 +173,10 @@ declare
   v_count integer;
 begin
   -- A pending purchase whose session never got created (Stripe was down) or has expired.
+  -- `status = 'pending'` again on the row itself: a payment that converged while this waited on
+  -- the row (an async method settling late) leaves it paid.
   update billing.purchases p set status = 'expired', updated_at = now()
-  where p.id in (
+  where p.status = 'pending' and p.id in (
     select p2.id from billing.purchases p2
     where p2.status = 'pending' and p2.origin = 'checkout' -- a recharge has no session: its webhook decides
       and ((p2.stripe_session_id is null and p2.created_at < now() - interval '1 hour')
