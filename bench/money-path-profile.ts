@@ -112,11 +112,18 @@ const [{ schema }] = await one`
                    where e.extname = 'plpgsql_check'), 'extensions') as schema`;
 await one`create extension if not exists plpgsql_check with schema extensions`;
 const userAt = (i: number) => users[i % users.length];
+/** A usage request's answer (billing.request_answer, as text) must be a charge: a refusal measures another path.
+ * (Until 2026-11-25 the arguments went as a JSON string, `${JSON.stringify(…)}::jsonb`: every request in
+ * (b) and (c) was refused INVALID_TOKENS.) */
+function charged(answer: string) {
+  if (!/^\(20[01],.*transfer_id/.test(answer)) throw new Error(`a usage request was not charged: ${answer}`);
+}
 async function drive(n: number): Promise<number> {
   const t0 = performance.now();
   for (let i = 0; i < n; i++) {
-    await one`select billing.run_money_request(${userAt(i)}, 'credits.usage', ${crypto.randomUUID()},
-      ${'0'.repeat(64)}, ${tag}, ${JSON.stringify(usageArgs)}::jsonb, 200)`;
+    const [{ r }] = await one`select billing.run_money_request(${userAt(i)}, 'credits.usage', ${crypto.randomUUID()},
+      ${'0'.repeat(64)}, ${tag}, ${one.json(usageArgs)}, 200) as r`;
+    charged(r);
   }
   return ((performance.now() - t0) * 1000) / n;
 }
@@ -197,8 +204,9 @@ async function aiCall(sql: postgres.Sql, user: string) {
   })`;
 }
 async function usageRequest(sql: postgres.Sql, user: string) {
-  await sql`select billing.run_money_request(${user}, 'credits.usage', ${crypto.randomUUID()}, ${'0'.repeat(64)},
-    ${tag}, ${JSON.stringify({ model: 'gpt-4o-mini', input_tokens: 40, output_tokens: 20 })}::jsonb, 201)`;
+  const [{ r }] = await sql`select billing.run_money_request(${user}, 'credits.usage', ${crypto.randomUUID()},
+    ${'0'.repeat(64)}, ${tag}, ${sql.json({ model: 'gpt-4o-mini', input_tokens: 40, output_tokens: 20 })}, 201) as r`;
+  charged(r);
 }
 /** Cluster CPU (ms) a call of `op` over 8 connections: what a burst of calls costs Postgres in all. */
 async function cpuPerCall(op: (sql: postgres.Sql, user: string) => Promise<void>): Promise<number> {
