@@ -1032,7 +1032,8 @@ begin
   -- The account is locked first, as everywhere else; the writer voids its overdue holds.
   select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
   select count(*), array_agg(('void', h.id, null, 'expired', null, null, null, null, null, null, null, null, null)::billing.hold_step),
-         jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at))
+         jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
+                                      'member', h.member_id))
            filter (where h.purpose <> 'dispute')
     into v_count, v_steps, v_expired
   from billing.holds h where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now();
@@ -1041,7 +1042,9 @@ begin
     perform billing.on_available_change(a) from billing.accounts a
     where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
     if v_caps > 0 then
-      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz)
+      -- A member's hold on a school's wallet counted against the member's own cap too.
+      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz,
+        (x ->> 'member')::uuid)
       from jsonb_array_elements(coalesce(v_expired, '[]')) x;
     end if;
   end if;
