@@ -3,7 +3,7 @@
 import type { Cell } from './cells.ts';
 import { sqlLoop, wrk } from './cells.ts';
 import type { Fixtures } from './fixtures.ts';
-import { cpuOf, cpuSeconds, machineTicks, systemSeconds } from './procfs.ts';
+import { cpuOf, cpuSeconds, machineTicks, postgresProcesses, sessionsCpu, systemSeconds } from './procfs.ts';
 import type { Servers } from './servers.ts';
 import { env, only, rounds, runId, seconds, warmupSeconds } from './settings.ts';
 
@@ -16,6 +16,8 @@ export interface Measured {
   systemShare: number; // of which in the kernel (stime): system calls, loopback TCP to the pooler and the bridge
   machineBusy: number; // share of both cores busy during the run
   perProcess: Record<string, number>; // CPU ms per request: postgres, redis-server, bridge
+  /** Of perProcess.postgres, the TCP sessions' share (procfs.ts sessionsCpu); the rest is the cluster's other work. */
+  postgresSessions: number;
   errors: number;
   requests: number;
 }
@@ -32,6 +34,7 @@ export async function measure(cell: Cell, tag: string, f: Fixtures, usage: Usage
   const sys0 = await systemSeconds(cell.pid);
   const m0 = await machineTicks();
   const others0 = { postgres: await cpuOf('postgres', postmasterPid), redis: await cpuOf('redis-server', redisPid) };
+  const pg0 = await postgresProcesses(postmasterPid);
   const bridge0 = bridgePid ? await cpuSeconds(bridgePid).catch(() => 0) : 0;
   const pooler0 = poolerPid ? await cpuSeconds(poolerPid).catch(() => 0) : 0;
   const r = cell.sql
@@ -42,6 +45,7 @@ export async function measure(cell: Cell, tag: string, f: Fixtures, usage: Usage
   const m1 = await machineTicks();
   const bridge1 = bridgePid ? await cpuSeconds(bridgePid).catch(() => 0) : 0;
   const pooler1 = poolerPid ? await cpuSeconds(poolerPid).catch(() => 0) : 0;
+  const pg1 = await postgresProcesses(postmasterPid);
   const perReq = (s: number) => (1000 * s) / r.requests;
   if (cell.usage) usage.answered += r.requests - r.non2xx;
   return {
@@ -58,6 +62,7 @@ export async function measure(cell: Cell, tag: string, f: Fixtures, usage: Usage
       redis_bridge: perReq(bridge1 - bridge0),
       pooler: perReq(pooler1 - pooler0),
     },
+    postgresSessions: perReq(sessionsCpu(pg0, pg1)),
     errors: r.non2xx + r.connect_errors + r.read_errors + r.write_errors + r.timeouts,
     requests: r.requests,
   };

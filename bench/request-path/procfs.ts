@@ -42,6 +42,49 @@ export async function cpuOf(comm: string, root: number): Promise<number> {
   }
   return sum;
 }
+/** One Postgres cluster's processes: pid → CPU seconds so far (user + system) and process title. */
+export type PostgresProcesses = Map<number, { cpu: number; title: string }>;
+
+/** The postmaster `root` and its live children, each with its CPU so far and its title (`ps` shows it). */
+export async function postgresProcesses(root: number): Promise<PostgresProcesses> {
+  const procs: PostgresProcesses = new Map();
+  for await (const e of Deno.readDir('/proc')) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const stat = await Deno.readTextFile(`/proc/${e.name}/stat`);
+      if (stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')) !== 'postgres') continue;
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(e.name) !== root && Number(f[1]) !== root) continue;
+      const title = (await Deno.readTextFile(`/proc/${e.name}/cmdline`)).replaceAll('\0', ' ').trim();
+      procs.set(Number(e.name), { cpu: (Number(f[11]) + Number(f[12])) / clockTicks, title });
+    } catch { /* exited meanwhile */ }
+  }
+  return procs;
+}
+
+/**
+ * A backend serving a TCP client (`postgres: <user> <db> <address>(<port>) <state>`): the pooler's
+ * server connections, so the sessions a cell's requests run in. Not a session: the postmaster,
+ * autovacuum, the checkpointer, WAL and background writers, pg_cron's launcher and its jobs
+ * (they connect over the Unix socket: `[local]`), pg_net's worker.
+ */
+export const isTcpSession = (title: string) => /^postgres: \S+ \S+ [0-9a-f.:]+\(\d+\) /.test(title);
+
+/**
+ * CPU seconds the TCP sessions alive at both ends spent between two snapshots: what a cell's
+ * requests cost Postgres without the cluster's other work in the same window (autovacuum,
+ * cron jobs, processes that started or ended). A session that served the cell and ended in
+ * the window is left out with the rest (the pooler keeps its server connections).
+ */
+export function sessionsCpu(before: PostgresProcesses, after: PostgresProcesses): number {
+  let sum = 0;
+  for (const [pid, p] of after) {
+    const b = before.get(pid);
+    if (b && isTcpSession(p.title)) sum += p.cpu - b.cpu;
+  }
+  return sum;
+}
+
 /** The redis-server listening on `port`: its process title names the address. */
 export async function redisServerOn(port: string): Promise<number> {
   for await (const e of Deno.readDir('/proc')) {

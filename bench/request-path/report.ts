@@ -35,7 +35,10 @@ export function printReport(
       } | ${(100 * med(i, (m) => m.systemShare)).toFixed(0)}% | ${results[i].reduce((n, m) => n + m.errors, 0)} |`,
     );
   }
-  say('\nEvery round (req/s, p95 ms, server CPU ms per request, both cores busy):\n');
+  say(
+    '\nEvery round (req/s, p95 ms, server CPU ms per request, both cores busy; Postgres CPU ms per request, ' +
+      'the whole cluster and its sessions):\n',
+  );
   say(`| what | ${Array.from({ length: rounds }, (_, r) => `round ${r + 1}`).join(' | ')} |`);
   say(`| --- | ${Array.from({ length: rounds }, () => '---').join(' | ')} |`);
   for (const [i, cell] of cells.entries()) {
@@ -43,24 +46,36 @@ export function printReport(
     say(
       `| ${cell.name} | ${
         results[i].map((m) =>
-          `${fmt(m.rps)} req/s, ${m.p95.toFixed(2)} ms, ${m.cpuMs.toFixed(3)} ms, ${(100 * m.machineBusy).toFixed(0)}%`
+          `${fmt(m.rps)} req/s, ${m.p95.toFixed(2)} ms, ${m.cpuMs.toFixed(3)} ms, ${(100 * m.machineBusy).toFixed(0)}%${
+            i > 0 ? `, Postgres ${m.perProcess.postgres.toFixed(3)} (sessions ${m.postgresSessions.toFixed(3)})` : ''
+          }`
         ).join(' | ')
       } |`,
     );
   }
   const processCpu = (k: keyof Measured['perProcess']) => (m: Measured) => m.perProcess[k];
-  say("\nThe stack's other processes, CPU ms per request (median; the shared Postgres also serves other work):\n");
   say(
-    `| what | Postgres (all backends) | pgbouncer${
+    "\nThe stack's other processes, CPU ms per request (median). Postgres counts the whole cluster, whose other work " +
+      '(autovacuum, cron jobs, other clients) lands in whichever cell runs at the time; its sessions are the TCP ' +
+      "backends alive through the run (the pooler's server connections, which the requests run in):\n",
+  );
+  say(
+    `| what | Postgres (all backends) | of which its sessions | pgbouncer${
       poolerPid ? '' : ' (not in use)'
     } | redis-server | Redis REST bridge |`,
   );
-  say('| --- | --- | --- | --- | --- |');
+  say('| --- | --- | --- | --- | --- | --- |');
   for (const [i, cell] of cells.entries()) {
     if (i === 0 || !ran(i)) continue;
     say(
       `| ${cell.name} | ${
-        [processCpu('postgres'), processCpu('pooler'), processCpu('redis_server'), processCpu('redis_bridge')].map(
+        [
+          processCpu('postgres'),
+          (m: Measured) => m.postgresSessions,
+          processCpu('pooler'),
+          processCpu('redis_server'),
+          processCpu('redis_bridge'),
+        ].map(
           (f) => {
             const v = med(i, f);
             return v >= 0 ? v.toFixed(3) : 'n/a'; // n/a: the process restarted during the run
