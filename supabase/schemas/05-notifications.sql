@@ -76,30 +76,39 @@ comment on function billing.claim_outbox(p_limit integer) is 'Claims due notific
 revoke execute on function billing.claim_outbox(p_limit integer) from public;
 grant execute on function billing.claim_outbox(p_limit integer) to service_role;
 
-create or replace function billing.finish_outbox(p_id bigint, p_sent boolean, p_error text default null, p_max_attempts integer default 5)
+-- A sender's claim lapses after two minutes (claim_outbox), and a late sender may report after
+-- the next one claimed the row again, or sent it: its failure then changes nothing (p_attempt,
+-- the attempts its claim answered), and a sent row is never made pending again.
+create or replace function billing.finish_outbox(p_id bigint, p_sent boolean, p_error text default null,
+  p_max_attempts integer default 5, p_attempt integer default null)
 returns text
 language plpgsql
 security definer
 set search_path = ''
 as $$
 declare
-  v_row billing.notification_outbox;
+  v_status text;
 begin
   if p_sent then
-    update billing.notification_outbox o set status = 'sent', sent_at = now(), last_error = null where o.id = p_id returning * into v_row;
+    update billing.notification_outbox o set status = 'sent', sent_at = now(), last_error = null where o.id = p_id
+    returning o.status into v_status;
   else
     update billing.notification_outbox o
     set last_error = left(p_error, 500),
         status = case when o.attempts >= p_max_attempts then 'failed' else 'pending' end,
         next_attempt_at = now() + make_interval(secs => least(3600, 5 * 2 ^ o.attempts)) -- 10 s, 20 s, 40 s …
-    where o.id = p_id returning * into v_row;
+    where o.id = p_id and o.status = 'pending' and (p_attempt is null or o.attempts = p_attempt)
+    returning o.status into v_status;
+    if not found then
+      select o.status into v_status from billing.notification_outbox o where o.id = p_id;
+    end if;
   end if;
-  return v_row.status;
+  return v_status;
 end;
 $$;
-comment on function billing.finish_outbox(p_id bigint, p_sent boolean, p_error text, p_max_attempts integer) is 'Marks a notification sent, or schedules its retry with backoff, failing it after the last attempt.';
-revoke execute on function billing.finish_outbox(p_id bigint, p_sent boolean, p_error text, p_max_attempts integer) from public;
-grant execute on function billing.finish_outbox(p_id bigint, p_sent boolean, p_error text, p_max_attempts integer) to service_role;
+comment on function billing.finish_outbox(p_id bigint, p_sent boolean, p_error text, p_max_attempts integer, p_attempt integer) is 'Marks a notification sent, or schedules its retry with backoff, failing it after the last attempt; a failure reported by a claim that lapsed (p_attempt no longer the row''s attempts) or after the row was sent changes nothing. Returns the row''s status.';
+revoke execute on function billing.finish_outbox(p_id bigint, p_sent boolean, p_error text, p_max_attempts integer, p_attempt integer) from public;
+grant execute on function billing.finish_outbox(p_id bigint, p_sent boolean, p_error text, p_max_attempts integer, p_attempt integer) to service_role;
 
 create or replace function billing.enqueue_notification(p_template text, p_user uuid, p_dedupe_key text, p_payload jsonb) returns bigint
 language sql

@@ -304,8 +304,12 @@ as $$
 declare
   v_count integer;
 begin
+  -- `expires_at <= now()` again on the row itself: a request that claimed the expired key again
+  -- (take_idempotency_key) while this waited on the row keeps it and its answer, whether or not
+  -- the server re-checks a TID scan's ctid on the row's new version (15.20 here does).
   delete from billing.idempotency_keys k
-  where ctid = any (array(select k2.ctid from billing.idempotency_keys k2 where k2.expires_at <= now() limit p_limit));
+  where ctid = any (array(select k2.ctid from billing.idempotency_keys k2 where k2.expires_at <= now() limit p_limit))
+    and k.expires_at <= now();
   get diagnostics v_count = row_count;
   return v_count;
 end;

@@ -240,6 +240,14 @@ begin
     return 0;
   end if;
   perform 1 from billing.accounts a where a.id in (v_wallet, v_account.id) order by a.id for update;
+  -- 'closed': sweep_ended_terms chose this allowance in a query of its own, as one nobody spends
+  -- from. Asked again under the lock: the school may have made it spendable again (allowance
+  -- funding, its member back) and funded it while the sweep waited, and that stays.
+  if p_reason = 'closed' and exists (select 1 from billing.orgs g join billing.org_members m on m.org_id = g.id
+                                     where g.id = p_org and g.funding = 'allowance' and m.user_id = p_member
+                                       and m.active and m.role = 'member') then
+    return 0;
+  end if;
   v_account := billing.settle_account(v_account.id);
   v_take := v_account.balance - v_account.held;
   -- Credits for some models: only what leaves every live hold payable (billing.plan_lot_draw).
@@ -256,7 +264,7 @@ begin
   return v_take;
 end;
 $$;
-comment on function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text) is 'Internal: moves what is left of a member''s allowance back to the wallet; returns what it moved.';
+comment on function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text) is 'Internal: moves what is left of a member''s allowance back to the wallet; returns what it moved. For ''closed'' (the sweep of allowances nobody spends from), nothing when the allowance is spendable again under the lock.';
 revoke execute on function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text) from public;
 
 create or replace function billing.sweep_ended_terms(p_limit integer default 100) returns integer

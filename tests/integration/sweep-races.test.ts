@@ -7,7 +7,8 @@
 //   the session's expiry): marked expired instead, a paid purchase whose credits were granted.
 import assert from 'node:assert/strict';
 import postgres from 'postgres';
-import { assertLedgerInvariants, env, fund, newUser, testDb } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, env, fund, key, newUser, testDb } from '../support/helpers.ts';
+import { accountOf, person, school, walletOf } from '../support/orgs.ts';
 
 /** Runs `write` in a transaction and starts `sweep` on its own connection once `write` ran; the
  * transaction commits only after the sweep is seen waiting on a row lock. */
@@ -96,4 +97,98 @@ Deno.test('a purchase paid while the expiry sweep waits on it stays paid', async
     await testDb`select trim_scale(credits + bonus_credits)::text as credits from billing.purchases where id = ${id}`;
   assert.deepEqual(p, { status: 'paid', balance: credits });
   await assertLedgerInvariants();
+});
+
+// - billing.sweep_ended_terms and an allowance its school spends from again: the sweep chose it
+//   while the school was a pool (what a hold gave back, stranded), and the admin switched back to
+//   allowances and funded the member while it waited: it swept the member's new allowance too.
+Deno.test('an allowance funded while the closed-allowance sweep waits on it stays with its member', async () => {
+  const [admin, member] = await Promise.all(['admin', 'member'].map(person));
+  const org = await school(admin, [member], 'allowance', '1000');
+  const funded = await api(`/orgs/${org}/allowances`, { token: admin.token, headers: key(), body: { amount: '300' } });
+  assert.equal(funded.status, 201, funded.text);
+  // A hold under way when the school became a pool: what it gives back is the sweep's to take.
+  const h = await api('/credits/holds', {
+    token: member.token,
+    headers: key(),
+    body: { amount: '100', ttl_seconds: 600 },
+  });
+  assert.equal(h.status, 201, h.text);
+  const pool = await api(`/orgs/${org}`, { method: 'PATCH', token: admin.token, body: { funding: 'pool' } });
+  assert.equal(pool.status, 200, pool.text);
+  const holdId = (h.body.data as { hold_id: string }).hold_id;
+  const released = await api(`/credits/holds/${holdId}/release`, { token: member.token, headers: key(), body: {} });
+  assert.equal(released.status, 200, released.text);
+  assert.deepEqual(await accountOf(org, member.id), { balance: '100', held: '0' });
+
+  // The school goes back to allowances and funds the member (PATCH /orgs/:id, then
+  // POST /orgs/:id/allowances), both committing while the sweep waits on the allowance.
+  await sweepWaitingOn(async (tx) => {
+    await tx`select billing.update_org(${admin.id}, ${org}, '{"funding": "allowance"}'::jsonb)`;
+    await tx`select billing.fund_allowances(${admin.id}, ${org}, ${member.id}, 50, ${crypto.randomUUID()})`;
+  }, 'billing.sweep_ended_terms(100)');
+  assert.deepEqual(await accountOf(org, member.id), { balance: '150', held: '0' }, 'the member keeps the allowance');
+  assert.equal((await walletOf(admin.token, org)).balance, '850');
+  await assertLedgerInvariants();
+});
+
+// - billing.delete_expired_idempotency_keys and a key claimed again once expired: the sweep chose
+//   the expired row, the new request under the key stored its answer while the sweep waited; a
+//   delete of the row as it now is would free the key of an answered request.
+Deno.test('a key claimed again while the key sweep waits on it keeps its new answer', async () => {
+  const user = await newUser();
+  await fund(user, '100');
+  const k = crypto.randomUUID();
+  const reserve = (req: string) =>
+    testDb`select * from billing.run_money_request(${user}, 'credits.holds', ${k}, 'h1', ${req},
+      ${testDb.json({ amount: '10', ttl_seconds: 600 })}, 201)`;
+  const [first] = await reserve('req-1');
+  assert.equal(first.status, 201, JSON.stringify(first));
+  // A day later the stored answer has expired and nothing has swept it yet.
+  await testDb`update billing.idempotency_keys set expires_at = now() - interval '1 second'
+    where user_id = ${user} and key = ${k}`;
+  await sweepWaitingOn(
+    (tx) =>
+      tx`select * from billing.run_money_request(${user}, 'credits.holds', ${k}, 'h2', 'req-2',
+        ${tx.json({ amount: '20', ttl_seconds: 600 })}, 201)`,
+    'billing.delete_expired_idempotency_keys(5000)',
+  );
+  const rows = await testDb`select request_id, expires_at > now() as live from billing.idempotency_keys
+    where user_id = ${user} and key = ${k}`;
+  assert.deepEqual(rows.map((r) => ({ ...r })), [{ request_id: 'req-2', live: true }], 'the new answer is kept');
+  await assertLedgerInvariants();
+});
+
+// - billing.finish_outbox and a sender whose claim lapsed: a dispatcher that took longer than its
+//   two-minute claim (50 rows, each up to 10 s) reported a failure after the next dispatcher had
+//   claimed and sent the row; the row went back to pending and the student got the email again.
+Deno.test("a sender's late failure never sends again a notification another sender delivered", async () => {
+  const user = await newUser();
+  const dedupe = `low-balance:${crypto.randomUUID()}`;
+  const [{ id }] = await testDb`select billing.enqueue_notification('low_balance', ${user}, ${dedupe},
+    '{"available": "1"}'::jsonb) as id`;
+  const claim = async () =>
+    (await testDb`select id, attempts from billing.claim_outbox(1000)`).find((r) => r.id === id);
+  const a = await claim();
+  assert.ok(a, 'the first sender claims it');
+  // The first sender's claim lapses (the clock), and the next dispatcher claims and sends it.
+  await testDb`update billing.notification_outbox set next_attempt_at = now() - interval '1 second' where id = ${id}`;
+  const b = await claim();
+  assert.ok(b, 'the next sender claims it');
+  const [{ claimed }] =
+    await testDb`select next_attempt_at as claimed from billing.notification_outbox where id = ${id}`;
+  // The first sender's attempt fails late, while the next one is sending: the row stays the next one's.
+  const finish = async (sent: boolean, attempt: number) =>
+    (await testDb`select billing.finish_outbox(${id}, ${sent}, ${sent ? null : 'timeout'}, 5, ${attempt}) as status`)[0]
+      .status;
+  assert.equal(await finish(false, a.attempts), 'pending');
+  const [during] = await testDb`select next_attempt_at, last_error from billing.notification_outbox where id = ${id}`;
+  assert.deepEqual({ ...during }, { next_attempt_at: claimed, last_error: null }, "the next sender's claim stands");
+  assert.equal(await finish(true, b.attempts), 'sent');
+  // And once it was sent, a late failure changes nothing either.
+  assert.equal(await finish(false, a.attempts), 'sent', 'the first sender hears it was sent');
+  assert.equal(await finish(false, b.attempts), 'sent');
+  const [row] = await testDb`select status, last_error from billing.notification_outbox where id = ${id}`;
+  assert.deepEqual({ ...row }, { status: 'sent', last_error: null });
+  assert.equal(await claim(), undefined, 'nobody claims it again');
 });

@@ -304,7 +304,7 @@ export async function dispatchOutbox(limit = 50): Promise<{ sent: number; failed
       const [{ status }] = await sql`select billing.finish_outbox(${row.id}, false, ${
         String(errorSummary(err).errorMessage ?? 'error')
       },
-        ${env.OUTBOX_MAX_ATTEMPTS}) as status`;
+        ${env.OUTBOX_MAX_ATTEMPTS}, ${row.attempts}) as status`;
       if (status === 'failed') {
         outcome.failed++;
         count('outbox_failed', { template: row.template });
