@@ -76,6 +76,26 @@ comment on function billing.claim_outbox(p_limit integer) is 'Claims due notific
 revoke execute on function billing.claim_outbox(p_limit integer) from public;
 grant execute on function billing.claim_outbox(p_limit integer) to service_role;
 
+-- Just before a send: the sender's claim (p_attempt, the attempts its claim answered) renewed for
+-- two minutes from now, or false when it lapsed and another sender claimed the row, or the row
+-- was sent: a run slower than its claim (a slow mail provider, a long batch) then skips the row
+-- instead of sending it a second time.
+create or replace function billing.renew_outbox_claim(p_id bigint, p_attempt integer) returns boolean
+language sql
+security definer
+set search_path = ''
+as $$
+  with renewed as (
+    update billing.notification_outbox o set next_attempt_at = now() + interval '2 minutes'
+    where o.id = p_id and o.status = 'pending' and o.attempts = p_attempt
+    returning 1
+  )
+  select exists (select 1 from renewed)
+$$;
+comment on function billing.renew_outbox_claim(p_id bigint, p_attempt integer) is 'A sender''s claim on a notification renewed for two minutes before it sends; false when the claim lapsed to another sender or the row is no longer pending.';
+revoke execute on function billing.renew_outbox_claim(p_id bigint, p_attempt integer) from public;
+grant execute on function billing.renew_outbox_claim(p_id bigint, p_attempt integer) to service_role;
+
 -- A sender's claim lapses after two minutes (claim_outbox), and a late sender may report after
 -- the next one claimed the row again, or sent it: its failure then changes nothing (p_attempt,
 -- the attempts its claim answered), and a sent row is never made pending again.

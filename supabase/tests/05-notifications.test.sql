@@ -3,7 +3,7 @@
 -- once delivered; product-webhook attempts are logged, errors cut to 500 characters. Only
 -- service_role reaches it.
 begin;
-select plan(16);
+select plan(20);
 \ir helpers.psql
 
 -- Rows left by earlier runs are not due here: what is claimed below is this file's.
@@ -39,6 +39,19 @@ create temp table m as select billing.enqueue_notification('alert', null, 'pgtap
 select is(billing.finish_outbox((select id from m), true), 'sent', 'a delivered notification is sent');
 select ok((select sent_at is not null and last_error is null from billing.notification_outbox where id = (select id from m)),
   'with the time it was sent');
+
+-- ============================================================ a claim renewed before each send
+
+create temp table r as select billing.enqueue_notification('alert', null, 'pgtap-notify-3', '{}') as id;
+select billing.claim_outbox(10);
+select ok(billing.renew_outbox_claim((select id from r), 1), 'a sender renews its own claim before sending');
+-- Its run outlasted the claim: the row came due again and another sender claimed it.
+update billing.notification_outbox set next_attempt_at = now() - interval '1 second' where id = (select id from r);
+select billing.claim_outbox(10);
+select ok(not billing.renew_outbox_claim((select id from r), 1), 'the first sender''s lapsed claim is not renewed: it skips the row');
+select ok(billing.renew_outbox_claim((select id from r), 2), 'the second sender''s is');
+select billing.finish_outbox((select id from r), true);
+select ok(not billing.renew_outbox_claim((select id from r), 2), 'a sent row is never claimed for sending again');
 
 -- ============================================================ webhook deliveries
 

@@ -290,6 +290,10 @@ export async function dispatchOutbox(limit = 50): Promise<{ sent: number; failed
   const rows = await sql<OutboxRow[]>`select * from billing.claim_outbox(${limit})`;
   const outcome = { sent: 0, failed: 0, retrying: 0 };
   for (const row of rows) {
+    // A run can outlast its two-minute claim (50 slow sends): each row's claim is renewed first,
+    // and a row another sender claimed since is left to it, never sent twice.
+    const [{ mine }] = await sql`select billing.renew_outbox_claim(${row.id}, ${row.attempts}) as mine`;
+    if (!mine) continue;
     try {
       await deliver(row, env);
       await sql`select billing.finish_outbox(${row.id}, true)`;
