@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { assertLedgerInvariants, spend, student, testDb } from '../support/helpers.ts';
 import { balanceOf, deliver, deliverWithRetries, emulator, type SignedEvent, stripeApi } from '../support/purchases.ts';
-import { chargeOfInvoice, planLots, renew, startPlan, subscribeTo } from '../support/plans.ts';
+import { change, chargeOfInvoice, planLots, renew, startPlan, subscribeTo } from '../support/plans.ts';
 
 Deno.test('two plans paid from two tabs, their webhooks delivered at once: one plan is honoured, the other refused', async () => {
   for (let i = 0; i < 10; i++) {
@@ -87,4 +87,46 @@ Deno.test('a partial refund and a lost dispute of the same plan invoice at once 
       await testDb`select trim_scale(credits_reversed)::text as c from billing.plan_grants where invoice_id = ${invoice}`;
     assert.equal(r.c, '10000');
   }
+});
+
+Deno.test('an upgrade sent while the renewal webhooks are delivered grants period 2 the new plan once', async () => {
+  for (let i = 0; i < 4; i++) {
+    const s = await student();
+    const plan = await subscribeTo(s.token, 'basic_monthly');
+    const late = await renew(plan.stripe_subscription, 'paid', false);
+    const [up] = await Promise.all([
+      change(s.token, 'pro_monthly'),
+      ...late.events.map((e) => deliverWithRetries(e)),
+    ]);
+    assert.equal(up.status, 202, up.text);
+    for (const e of late.events) await deliverWithRetries(e);
+    const grants = await testDb<{ billing_reason: string; credits: string }[]>`
+      select billing_reason, trim_scale(credits)::text as credits from billing.plan_grants
+      where subscription_id = ${plan.subscription_id} order by granted_at`;
+    const period2 = grants.filter((g) => g.billing_reason !== 'subscription_create');
+    assert.equal(period2.reduce((t, g) => t + Number(g.credits), 0), 35000, `run ${i}: ${JSON.stringify(grants)}`);
+    await assertLedgerInvariants();
+  }
+});
+
+Deno.test('an upgrade sent while a failed renewal is not yet heard of, then the renewal paid, grants what was paid for', async () => {
+  const s = await student();
+  const plan = await subscribeTo(s.token, 'basic_monthly');
+  const failed = await renew(plan.stripe_subscription, 'failed', false); // past_due at Stripe; not heard yet
+  const up = await change(s.token, 'pro_monthly');
+  for (const e of failed.events) await deliverWithRetries(e);
+  const paid = failed.invoice ? await emulator(`/_emulator/invoices/${failed.invoice}/pay`, {}) : { events: [] };
+  for (const e of paid.events) await deliverWithRetries(e);
+  const grants = await testDb<{ billing_reason: string; credits: string; amount_cents: number }[]>`
+    select billing_reason, trim_scale(credits)::text as credits, amount_cents from billing.plan_grants
+    where subscription_id = ${plan.subscription_id} order by granted_at`;
+  const period2 = grants.filter((g) => g.billing_reason !== 'subscription_create');
+  const cents = period2.reduce((t, g) => t + g.amount_cents, 0);
+  const credits = period2.reduce((t, g) => t + Number(g.credits), 0);
+  // The route saw the plan active (Stripe's past_due not heard yet): the upgrade's 2,000 cents
+  // buy the 25,000 difference, the renewal paid late its 999 the basic 10,000: pro's price, pro's credits.
+  assert.equal(up.status, 202, up.text);
+  assert.deepEqual([cents, credits], [2999, 35000], JSON.stringify(grants));
+  assert.equal((await balanceOf(s.token)).balance, '37000'); // and period 1's 2,000 rolled
+  await assertLedgerInvariants();
 });
