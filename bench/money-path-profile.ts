@@ -13,6 +13,7 @@
 import postgres from 'postgres';
 import { fixtures } from './fixtures.ts';
 import { clusterCpu, fmt, pgbench, printer } from './lib.ts';
+import { cpuSeconds } from './request-path/procfs.ts';
 
 const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 const requests = Number(Deno.env.get('BENCH_PROFILE_REQUESTS') ?? 3000);
@@ -208,11 +209,6 @@ async function usageRequest(sql: postgres.Sql, user: string) {
     ${'0'.repeat(64)}, ${tag}, ${sql.json({ model: 'gpt-4o-mini', input_tokens: 40, output_tokens: 20 })}, 201) as r`;
   charged(r);
 }
-/** CPU seconds (utime + stime) of one process, from /proc. */
-async function processCpu(pid: number): Promise<number> {
-  const stat = (await Deno.readTextFile(`/proc/${pid}/stat`)).split(') ')[1].split(' ');
-  return (Number(stat[11]) + Number(stat[12])) / hz;
-}
 /**
  * CPU (ms) a call of `op` over 8 connections: of the 8 backends that ran the calls (their own
  * /proc counters, read while connected), and of the whole cluster (which also counts whatever
@@ -225,7 +221,7 @@ async function cpuPerCall(
   const conns = await Promise.all(Array.from({ length: 8 }, () => pool.reserve()));
   const pids = await Promise.all(conns.map(async (c) => (await c`select pg_backend_pid() as pid`)[0].pid as number));
   for (const c of conns) await op(c, users[0]);
-  const cpu = async () => (await Promise.all(pids.map(processCpu))).reduce((a, b) => a + b, 0);
+  const cpu = async () => (await Promise.all(pids.map(cpuSeconds))).reduce((a, b) => a + b, 0);
   const [s0, t0] = [await cpu(), await clusterCpu(postmaster)];
   let next = 0;
   await Promise.all(conns.map(async (c) => {

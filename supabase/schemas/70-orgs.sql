@@ -224,6 +224,22 @@ comment on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uu
 revoke execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text, p_applies_to text[]) from public;
 grant execute on function billing.fund_allowances(p_user uuid, p_org uuid, p_member uuid, p_amount numeric, p_key text, p_applies_to text[]) to service_role;
 
+-- Whether a member's allowance is one they spend from: the organisation funds allowances and
+-- they are one of its active members. sweep_ended_terms sweeps the others, and sweep_allowance
+-- asks again under the account lock (funding needs both the membership and that lock).
+create or replace function billing.allowance_spendable(p_org uuid, p_member uuid) returns boolean
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  return exists (select 1 from billing.orgs g join billing.org_members m on m.org_id = g.id
+                 where g.id = p_org and g.funding = 'allowance' and m.user_id = p_member and m.active
+                   and m.role = 'member');
+end;
+$$;
+comment on function billing.allowance_spendable(p_org uuid, p_member uuid) is 'Internal: whether a member''s allowance is spent from (the organisation funds allowances, the member is an active member).';
+revoke execute on function billing.allowance_spendable(p_org uuid, p_member uuid) from public;
+
 create or replace function billing.sweep_allowance(p_org uuid, p_member uuid, p_reason text)
 returns numeric
 language plpgsql
@@ -243,9 +259,7 @@ begin
   -- 'closed': sweep_ended_terms chose this allowance in a query of its own, as one nobody spends
   -- from. Asked again under the lock: the school may have made it spendable again (allowance
   -- funding, its member back) and funded it while the sweep waited, and that stays.
-  if p_reason = 'closed' and exists (select 1 from billing.orgs g join billing.org_members m on m.org_id = g.id
-                                     where g.id = p_org and g.funding = 'allowance' and m.user_id = p_member
-                                       and m.active and m.role = 'member') then
+  if p_reason = 'closed' and billing.allowance_spendable(p_org, p_member) then
     return 0;
   end if;
   v_account := billing.settle_account(v_account.id);
@@ -298,12 +312,11 @@ begin
   -- such a hold ends in an allowance nobody spends from any more (its member removed or no
   -- longer a member, the organisation now a pool), what it gave back goes to the wallet too.
   for a in
-    select x.org_id, x.member_id from billing.accounts x join billing.orgs g on g.id = x.org_id
+    select x.org_id, x.member_id from billing.accounts x
     where x.member_id is not null and x.balance > 0
       and (x.balance > x.held or exists (select 1 from billing.holds h where h.account_id = x.id and h.status = 'active'
                                          and h.expires_at <= now()))
-      and (g.funding <> 'allowance' or not exists (select 1 from billing.org_members m where m.org_id = x.org_id
-                                                   and m.user_id = x.member_id and m.active and m.role = 'member'))
+      and not billing.allowance_spendable(x.org_id, x.member_id)
     order by x.id limit p_limit
   loop
     if billing.sweep_allowance(a.org_id, a.member_id, 'closed') > 0 then
