@@ -159,7 +159,7 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
   }
   if (!streamed) {
     try {
-      return await answerWhole(call, res, env.AI_CALL_MAX_SECONDS * 1000);
+      return await answerWhole(call, res);
     } finally {
       clearTimeout(deadline);
     }
@@ -237,14 +237,15 @@ const withCost = <R>(p: Protocol<R>, body: Record<string, unknown>, usage: Usage
   usage: usageWithCost(p, body.usage, usage, charged),
 });
 
-/** A non-streamed answer: read whole, charged, returned with its cost. */
-async function answerWhole<R>(call: Call<R>, res: Response, timeoutMs: number): Promise<Response> {
+/**
+ * A non-streamed answer: read whole, charged, returned with its cost. A body that stalls is ended
+ * by the call's deadline (meteredCall aborts the upstream request, which fails the read), so no
+ * timer of its own: one per call, never cleared, would live for the deadline's 300 s.
+ */
+async function answerWhole<R>(call: Call<R>, res: Response): Promise<Response> {
   let body: Record<string, unknown>;
   try {
-    body = await Promise.race([
-      res.json(),
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('timeout')), timeoutMs)),
-    ]);
+    body = await res.json();
   } catch {
     throw await failed(call, 'timeout');
   }
