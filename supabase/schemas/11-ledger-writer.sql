@@ -83,10 +83,12 @@ create type billing.hold_step as (
 comment on type billing.hold_step is 'A pending transfer (hold) placed, resized, posted or voided by billing.post_transfers (see the comment above it).';
 
 create type billing.posted_transfer as (
-  transfer_id bigint,
+  transfer_id bigint,                             -- null when refused
   replayed boolean,                               -- a transfer with this key and kind was already written
-  from_balance numeric(38, 18),                   -- the tracked sides' balances after it; null for a platform side or a replay
-  to_balance numeric(38, 18)
+  from_balance numeric(38, 18),                   -- the tracked sides' balances after it; null for a platform side, a replay or a refusal
+  to_balance numeric(38, 18),
+  result text,                                    -- applied, exists (a replay), insufficient or capped (nothing written)
+  refusal jsonb                                   -- insufficient: {required, available}; capped: the cap's figures (take_cap_room)
 );
 comment on type billing.posted_transfer is 'What billing.post_transfers answers for each movement, in order.';
 
@@ -97,6 +99,19 @@ comment on type billing.posted_transfer is 'What billing.post_transfers answers 
 -- cover test write this test out in their queries instead of calling it: a function with its
 -- own search_path is never inlined, and called once per lot it took half a restricted charge's
 -- extra cost (568 against 403 µs a charge; 435 written out). Keep the copies the same.
+-- What spends an account's credits (a usage charge, a capture, a move to another account): the
+-- writer lets such a debit take only what the account has for it (post_transfers). The rest may
+-- take more: a reversal goes into debt; an expiry, a rollover or a void moves credits named by lot.
+create or replace function billing.spending_kinds() returns billing.transfer_kind[]
+language sql immutable
+set search_path = ''
+as $$
+  select array['usage', 'hold_capture', 'allowance', 'allowance_sweep', 'code_escrow', 'code_redemption',
+    'code_return']::billing.transfer_kind[]
+$$;
+comment on function billing.spending_kinds() is 'Internal: the transfer kinds whose debit must fit what the account has (balance − held; a capture: the balance).';
+revoke execute on function billing.spending_kinds() from public;
+
 create or replace function billing.lot_pays_for(p_applies_to text[], p_model text) returns boolean
 language sql immutable
 set search_path = ''
@@ -111,9 +126,15 @@ revoke execute on function billing.lot_pays_for(p_applies_to text[], p_model tex
 -- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
 -- per movement out, in order, and the changes of what holds reserve. Only this function inserts
 -- transfers, entries, lots and lot allocations and changes balances, held amounts and versions
--- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Features decide what moves: callers lock the tracked
--- accounts first (ascending id order when there are several) and make every refusal a person
--- can meet (available credits, caps, holds, standing) before calling it. It checks what must hold
+-- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Features decide what moves:
+-- callers lock the tracked accounts first (ascending id order when there are several) and settle
+-- them (billing.settle_account). The writer answers what the account has: a debit of a spending
+-- kind (billing.spending_kinds) takes at most the account's balance − held (a capture, posting
+-- its hold: the balance), and a usage charge not under a hold at most what its spend caps leave
+-- (counted against them here); a movement that does not fit writes nothing and is answered
+-- `insufficient` {required, available} or `capped` (the cap's figures), and the rest of a batch
+-- goes on. Callers make the refusals only they can know (standing, which wallet, credits for
+-- some models, a dispute's freeze) before calling it. It checks what must hold
 -- for every movement and raises LEDGER_INVARIANT, a server error, when a caller got it wrong:
 -- amounts positive, below 1e20, at most 18 places, between two accounts; no tracked balance
 -- below zero except through a refund or dispute reversal (debt), or an expiry or rollover of
@@ -165,6 +186,15 @@ declare
   v_hold_deltas numeric[];
   v_for text;                                     -- the model a movement alone draws for (lots 'for')
   v_day timestamptz := date_trunc('day', now(), 'UTC');  -- accounts.active_from: today's first write
+  v_room numeric;                                 -- what a spending movement's account has for it
+  v_spender bigint;
+  v_caps integer;
+  v_cap jsonb;
+  v_capped boolean := false;                      -- this movement's amount was counted against caps
+  v_refused integer[];                            -- a batch's refused movements, by place, and their answers
+  v_refusals billing.posted_transfer[];
+  v_kept integer[];                               -- a batch's movements written, by place (null: all)
+  v_out billing.posted_transfer[];
 begin
   -- Pending transfers (holds). A hold posted by the batch's one movement is ended with it below,
   -- its release in that movement's account write: one account write, not two. Every other step
@@ -176,14 +206,33 @@ begin
       perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted by the one movement naming it, for its amount"}');
     end if;
   elsif cardinality(p_holds) = 1 and (p_holds[1]).op = 'place' then
+    if cardinality(p_transfers) > 0 then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is placed alone"}');
+    end if;
+    -- What may be held: what the account has, and what its caps leave (counted against them); a
+    -- dispute's freeze holds what is there, whatever else is held.
+    if (p_holds[1]).purpose <> 'dispute' then
+      select a.balance - a.held, a.caps into v_room, v_caps from billing.accounts a
+      where a.id = (p_holds[1]).account_id and a.code is null;
+      if v_room < (p_holds[1]).amount then
+        return array[(null, false, null, null, 'insufficient', jsonb_build_object(
+          'required', trim_scale((p_holds[1]).amount)::text, 'available', trim_scale(greatest(v_room, 0))::text))::billing.posted_transfer];
+      elsif v_caps > 0 then
+        v_cap := billing.take_cap_room((p_holds[1]).account_id, (p_holds[1]).amount, (p_holds[1]).metadata ->> 'model',
+          (p_holds[1]).member_id);
+        if v_cap is not null then
+          return array[(null, false, null, null, 'capped', v_cap)::billing.posted_transfer];
+        end if;
+      end if;
+    end if;
     insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
     select s.hold_id, s.account_id, s.amount, s.idempotency_key, s.correlation_id, s.metadata, s.expires_at, s.purpose, s.member_id
     from unnest(p_holds) s;
     update billing.accounts a set held = a.held + (p_holds[1]).amount where a.id = (p_holds[1]).account_id and a.code is null;
   elsif cardinality(p_holds) > 0 then
-    insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
-    select s.hold_id, s.account_id, s.amount, s.idempotency_key, s.correlation_id, s.metadata, s.expires_at, s.purpose, s.member_id
-    from unnest(p_holds) s where s.op = 'place';
+    if exists (select 1 from unnest(p_holds) s where s.op = 'place') then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is placed alone"}');
+    end if;
     -- What ends a hold keeps its amount (the record of what it held); a resize changes it.
     with stepped as (
       update billing.holds h
@@ -195,18 +244,16 @@ begin
           finished_at = case when s.op = 'resize' and h.amount + s.amount > 0 then null else now() end,
           metadata = case when s.note is null then h.metadata else coalesce(h.metadata, '{}'::jsonb) || s.note end
       from unnest(p_holds) s
-      where h.id = s.hold_id and h.status = 'active' and s.op <> 'place'
+      where h.id = s.hold_id and h.status = 'active'
         and (s.op <> 'post' or s.transfer_id is not null) and (s.op <> 'void' or s.status in ('released', 'expired'))
       returning h.account_id, case when h.status = 'active' then s.amount else -h.amount end as delta
     )
     select array_agg(x.account_id), array_agg(x.delta) into v_hold_accounts, v_hold_deltas from stepped x;
-    if coalesce(cardinality(v_hold_accounts), 0) <> (select count(*) from unnest(p_holds) s where s.op <> 'place') then
+    if coalesce(cardinality(v_hold_accounts), 0) <> cardinality(p_holds) then
       perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is resized, posted or voided only while active"}');
     end if;
     update billing.accounts a set held = a.held + d.delta
-    from (select x.account_id, sum(x.delta) as delta
-          from (select * from unnest(v_hold_accounts, v_hold_deltas)
-                union all select s.account_id, s.amount from unnest(p_holds) s where s.op = 'place') x(account_id, delta)
+    from (select x.account_id, sum(x.delta) as delta from unnest(v_hold_accounts, v_hold_deltas) x(account_id, delta)
           group by x.account_id) d
     where a.id = d.account_id and a.code is null;
   end if;
@@ -220,6 +267,23 @@ begin
     if (v_one.amount > 0 and scale(v_one.amount) <= 18 and v_one.amount < 1e20 and v_one.from_account_id <> v_one.to_account_id) is not true then
       perform billing.raise_error('LEDGER_INVARIANT',
         '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+    end if;
+    -- Spending: what the account has for it (null: a platform account, never refused).
+    if v_one.kind = any(billing.spending_kinds()) then
+      select a.balance - case when v_post.hold_id is null then a.held else 0 end, a.caps into v_room, v_caps
+      from billing.accounts a where a.id = v_one.from_account_id and a.code is null;
+      if v_room < v_one.amount then
+        if not exists (select 1 from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind) then
+          return array[(null, false, null, null, 'insufficient', jsonb_build_object('required', trim_scale(v_one.amount)::text,
+            'available', trim_scale(greatest(v_room, 0))::text))::billing.posted_transfer];
+        end if;
+      elsif v_caps > 0 and v_one.kind = 'usage' and v_post.hold_id is null then
+        v_cap := billing.take_cap_room(v_one.from_account_id, v_one.amount, v_one.metadata ->> 'model', v_one.member_id);
+        if v_cap is not null then
+          return array[(null, false, null, null, 'capped', v_cap)::billing.posted_transfer];
+        end if;
+        v_capped := true;
+      end if;
     end if;
     insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
                                    reference, metadata, rate_card_id, hold_id, member_id)
@@ -237,7 +301,10 @@ begin
         v_post.transfer_id := v_written.id;
         perform billing.post_transfers('{}', array[v_post]);
       end if;
-      return array[(v_written.id, true, null, null)::billing.posted_transfer];
+      if v_capped then                              -- a replay spends nothing: its room goes back
+        perform billing.return_cap_room(v_one.from_account_id, v_one.amount, v_one.metadata ->> 'model', now(), v_one.member_id);
+      end if;
+      return array[(v_written.id, true, null, null, 'exists', null)::billing.posted_transfer];
     end if;
     v_ids := array[v_id];
     v_new := v_ids;
@@ -287,6 +354,48 @@ begin
                  or t.from_account_id is not distinct from t.to_account_id) then
       perform billing.raise_error('LEDGER_INVARIANT',
         '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+    end if;
+    -- Spending, account by account in batch order: each debit fits what its account has left after
+    -- the ones before it (what the batch credits the account is not counted), then its caps; one
+    -- that does not is refused and the rest go on. The written are the batch from here on.
+    if exists (select 1 from unnest(p_transfers) t where t.kind = any(billing.spending_kinds())) then
+      for c in
+        select t.ord::integer as ord, t.from_account_id, t.amount, t.kind, t.idempotency_key, t.member_id,
+          t.metadata ->> 'model' as model, a.balance - a.held as room, a.caps
+        from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+        join billing.accounts a on a.id = t.from_account_id and a.code is null
+        where t.kind = any(billing.spending_kinds())
+        order by t.from_account_id, t.ord
+      loop
+        if v_spender is distinct from c.from_account_id then
+          v_spender := c.from_account_id;
+          v_room := c.room;
+        end if;
+        v_cap := null;
+        if v_room < c.amount then
+          if not exists (select 1 from billing.transfers x where x.idempotency_key = c.idempotency_key and x.kind = c.kind) then
+            v_cap := jsonb_build_object('required', trim_scale(c.amount)::text, 'available', trim_scale(greatest(v_room, 0))::text);
+            v_refused := v_refused || c.ord;
+            v_refusals := v_refusals || (null, false, null, null, 'insufficient', v_cap)::billing.posted_transfer;
+          end if;
+        elsif c.caps > 0 and c.kind = 'usage' then
+          v_cap := billing.take_cap_room(c.from_account_id, c.amount, c.model, c.member_id);
+          if v_cap is not null then
+            v_refused := v_refused || c.ord;
+            v_refusals := v_refusals || (null, false, null, null, 'capped', v_cap)::billing.posted_transfer;
+          end if;
+        end if;
+        if v_cap is null then
+          v_room := v_room - c.amount;
+        end if;
+      end loop;
+      if v_refused is not null then
+        v_kept := array(select o from generate_subscripts(p_transfers, 1) o where o <> all(v_refused) order by o);
+        p_transfers := array(select p_transfers[o] from unnest(v_kept) o);
+        if cardinality(p_transfers) = 0 then
+          return array(select v_refusals[r.i] from unnest(v_refused) with ordinality r(n, i) order by r.n);
+        end if;
+      end if;
     end if;
     -- Ids in batch order, so transfer ids order the batch.
     v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
@@ -596,18 +705,28 @@ begin
     end if;
   end if;
 
-  if cardinality(p_transfers) = 1 then
+  if cardinality(p_transfers) = 1 and v_kept is null then
     return array[(coalesce(v_existing[1], v_ids[1]), v_existing[1] is not null,
       case when v_delta[1] < 0 then v_after[1] when v_delta[2] < 0 then v_after[2] end,
-      case when v_delta[1] > 0 then v_after[1] when v_delta[2] > 0 then v_after[2] end)::billing.posted_transfer];
+      case when v_delta[1] > 0 then v_after[1] when v_delta[2] > 0 then v_after[2] end,
+      case when v_existing[1] is null then 'applied' else 'exists' end, null)::billing.posted_transfer];
   end if;
   -- Joined, not looked up per movement: a batch of a thousand would scan its legs a million times.
-  return array(
-    select row(coalesce(v_existing[o.n], v_ids[o.n]), v_existing[o.n] is not null, f.after, t.after)::billing.posted_transfer
+  v_out := array(
+    select row(coalesce(v_existing[o.n], v_ids[o.n]), v_existing[o.n] is not null, f.after, t.after,
+      case when v_existing[o.n] is null then 'applied' else 'exists' end, null)::billing.posted_transfer
     from generate_subscripts(p_transfers, 1) o(n)
     left join unnest(v_ord, v_delta, v_after) f(ord, delta, after) on f.ord = o.n and f.delta < 0
     left join unnest(v_ord, v_delta, v_after) t(ord, delta, after) on t.ord = o.n and t.delta > 0
     order by o.n);
+  if v_kept is null then
+    return v_out;
+  end if;
+  -- Refusals back in their places among the written.
+  return array(
+    select x.p from (select k.n, v_out[k.i] as p from unnest(v_kept) with ordinality k(n, i)
+                     union all select r.n, v_refusals[r.i] from unnest(v_refused) with ordinality r(n, i)) x
+    order by x.n);
 end;
 $$;
 comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and pending transfers (holds placed, resized, posted, voided, and the held amounts) under the caller''s account locks; one result per movement, replays answered.';
@@ -658,11 +777,6 @@ begin
   if v_from.held > 0 or v_from.next_expiry <= now() then
     v_from := billing.settle_account(p_from);
   end if;
-  if v_from.balance - v_from.held < p_amount then
-    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
-      'available', trim_scale(greatest(v_from.balance - v_from.held, 0))::text, 'debt', billing.in_debt(v_from),
-      'wallet', 'organisation'));
-  end if;
 
   -- The lots drawn arrive on the receiving side as they were (billing.post_transfers), restricted
   -- ones still restricted; what stays behind must still pay the source's live holds.
@@ -670,6 +784,10 @@ begin
     case when p_applies_to is null then p_metadata
          else coalesce(p_metadata, '{}') || jsonb_build_object('applies_to', p_applies_to) end, null, null, p_member, nullif(coalesce(case when v_from.restricted_lots then billing.restricted_draw(v_from, null, p_amount, true) end, '{}')
       || jsonb_strip_nulls(jsonb_build_object('applies_to', p_applies_to)), '{}'))::billing.transfer_spec]);
+  if (v_posted[1]).result = 'insufficient' then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', (v_posted[1]).refusal
+      || jsonb_build_object('debt', billing.in_debt(v_from), 'wallet', 'organisation'));
+  end if;
   select * into v_transfer from billing.transfers t where t.id = (v_posted[1]).transfer_id;
   return v_transfer;
 end;
@@ -735,7 +853,8 @@ begin
       if v_account.org_id is null then
         return v_account;                                 -- the member's own caps: the caller's, as for anyone
       end if;
-      v_cap := case when v_account.caps > 0 then billing.take_cap_room(v_account.id, p_amount, p_model, p_user) end;
+      -- Asked, not counted: what spends counts it (the writer, or reserve_hold for a hold).
+      v_cap := case when v_account.caps > 0 then billing.take_cap_room(v_account.id, p_amount, p_model, p_user, false) end;
       if v_cap is null then
         return v_account;
       end if;
@@ -819,17 +938,6 @@ begin
     if v_account.held > 0 or v_account.next_expiry <= now() then
       v_account := billing.settle_account(v_account_id);
     end if;
-    if v_account.balance - v_account.held < p_amount then
-      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
-        'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text,
-        'debt', billing.in_debt(v_account)));
-    end if;
-    if v_account.caps > 0 and v_account.org_id is null then  -- a pooled wallet's were counted choosing it
-      perform billing.charge_caps(v_account_id, p_amount, p_metadata ->> 'model');
-    end if;
-  elsif p_mode = 'capture' and v_account.balance < p_amount then
-    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
-      'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance, 0))::text, 'debt', billing.in_debt(v_account)));
   end if;
   -- Credits for some models only: the charge draws what may pay for its model (the rate card's,
   -- or the gateway's facts on a capture), leaving every other live hold payable.
@@ -854,6 +962,12 @@ begin
     case when p_direction > 0 then v_account_id else v_platform_id end,
     p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, null, v_member,
     p_lot)::billing.transfer_spec]))[1];
+  -- What the account has, and its caps (a member's on a school's account among them): the writer's.
+  if v_posted.result = 'insufficient' then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)));
+  elsif v_posted.result = 'capped' then
+    perform billing.raise_error('SPEND_CAP_REACHED', v_posted.refusal);
+  end if;
   v_account.balance := coalesce(v_posted.from_balance, v_posted.to_balance);
   v_account.version := v_account.version + 1;
   v_transfer_id := v_posted.transfer_id;
@@ -1384,7 +1498,8 @@ $$;
 comment on function billing.cap_alerts_after(p_cap billing.spend_caps) is 'Internal: fires (once per period and crossing) or re-arms the percent alerts of a cap whose spending moved.';
 revoke execute on function billing.cap_alerts_after(p_cap billing.spend_caps) from public;
 
-create or replace function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null)
+create or replace function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null,
+  p_count boolean default true)
 returns jsonb
 language plpgsql
 set search_path = ''
@@ -1407,7 +1522,7 @@ begin
       select x.*, bool_and(x.spent_now <= x.amount) over () as all_fit from x
     )
     update billing.spend_caps s set period_start = f.starts, spent = f.spent_now
-    from fits f where s.id = f.id and f.all_fit
+    from fits f where s.id = f.id and f.all_fit and p_count
     returning s.*
   loop
     v_counted := true;
@@ -1430,8 +1545,8 @@ begin
     limit 1);
 end;
 $$;
-comment on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid) is 'Internal: counts an amount against the applicable caps (the account''s, and the member''s on a pooled wallet) if all have room; else returns the cap it would exceed.';
-revoke execute on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid) from public;
+comment on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean) is 'Internal: counts an amount against the applicable caps (the account''s, and the member''s on a pooled wallet) if all have room (p_count false: only asks); else returns the cap it would exceed.';
+revoke execute on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean) from public;
 
 create or replace function billing.charge_caps(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null)
 returns void

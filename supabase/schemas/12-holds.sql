@@ -80,18 +80,9 @@ begin
   if v_account.held > 0 or v_account.next_expiry <= now() then
     v_account := billing.settle_account(v_account.id);
   end if;
-  if v_account.balance - v_account.held < p_amount then
-    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object(
-      'required', trim_scale(p_amount)::text, 'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text,
-      'debt', billing.in_debt(v_account)));
-  end if;
-
   -- On an account with restricted lots, the hold must be payable beside every other live one.
-  if v_account.restricted_lots then
+  if v_account.restricted_lots and v_account.balance - v_account.held >= p_amount then
     perform billing.restricted_draw(v_account, case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end, p_amount);
-  end if;
-  if v_account.caps > 0 and v_account.org_id is null then
-    perform billing.charge_caps(v_account.id, p_amount, p_metadata ->> 'model');
   end if;
   v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
     p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end);
@@ -175,10 +166,6 @@ begin
   -- The hold stops counting first, so the capture spends what it reserved; a dispute's reversal
   -- may have taken the balance below it.
   v_account.held := v_account.held - p_hold.amount;
-  if v_account.balance < p_capture then
-    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_capture)::text,
-      'available', trim_scale(greatest(v_account.balance, 0))::text, 'debt', billing.in_debt(v_account)));
-  end if;
   v_posted := (billing.post_transfers(array[('hold_capture', v_account.id, billing.platform_account_id('usage_revenue'),
       p_capture, 'hold:' || p_hold.id::text, coalesce(p_correlation_id, p_hold.correlation_id), null, p_metadata, null,
       p_hold.id, case when v_account.org_id is not null then p_hold.member_id end,
@@ -187,6 +174,9 @@ begin
            then billing.restricted_draw(v_account, p_metadata ->> 'model', p_capture, false, p_hold.id, true) end
     )::billing.transfer_spec],
     array[('post', p_hold.id, p_capture, null, null, null, null, null, null, null, null, null, null)::billing.hold_step]))[1];
+  if v_posted.result = 'insufficient' then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)));
+  end if;
   v_account.balance := coalesce(v_posted.from_balance, (select a.balance from billing.accounts a where a.id = v_account.id));
   v_account.version := v_account.version + 1;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
@@ -317,12 +307,9 @@ begin
       overage := least(overage, (billing.plan_lot_draw(v_account.id, v_model, overage) ->> 'found')::numeric);
     end if;
     -- The excess is spending like any other: it fits in what every cap (the account's, a
-    -- member's on a school wallet, per model) has left, and counts against them.
+    -- member's on a school wallet, per model) has left, and the writer counts it against them.
     if overage > 0 and v_account.caps > 0 then
       overage := least(overage, coalesce(billing.cap_room(v_account.id, v_model, v_hold.member_id), overage));
-      if overage > 0 then
-        perform billing.charge_caps(v_account.id, overage, v_model, v_hold.member_id);
-      end if;
     end if;
     if overage > 0 then
       v_excess := billing.post_user_transfer(p_user, -1, 'capture', overage, 'usage', 'usage_revenue', p_key,
@@ -409,10 +396,18 @@ as $$
 declare
   v_id uuid := gen_random_uuid();
   v_hold billing.holds;
+  v_placed billing.posted_transfer;
 begin
-  -- The caller holds the account lock and has checked what may be held.
-  perform billing.post_transfers('{}', array[('place', v_id, p_amount, null, null, null, p_account_id, p_idempotency_key,
-    p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)::billing.hold_step]);
+  -- The caller holds the account lock and has made the refusals only it can know; what the
+  -- account has and its caps leave are the writer's answer.
+  v_placed := (billing.post_transfers('{}', array[('place', v_id, p_amount, null, null, null, p_account_id, p_idempotency_key,
+    p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)::billing.hold_step]))[1];
+  if v_placed.result = 'insufficient' then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', v_placed.refusal
+      || jsonb_build_object('debt', (select billing.in_debt(a) from billing.accounts a where a.id = p_account_id)));
+  elsif v_placed.result = 'capped' then
+    perform billing.raise_error('SPEND_CAP_REACHED', v_placed.refusal);
+  end if;
   select * into v_hold from billing.holds h where h.id = v_id;
   perform billing.on_available_change(a) from billing.accounts a
   where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);

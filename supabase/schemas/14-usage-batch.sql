@@ -114,8 +114,6 @@ declare
   v_count integer := jsonb_array_length(p_events);
   e record;
   v_ev jsonb;
-  v_user uuid;
-  v_available numeric(38, 18);
   v_outcomes jsonb[] := array_fill(null::jsonb, array[v_count]);
   -- every event by its place, as priced before any lock: whose, its id and model, why it is
   -- refused (null: it is not), its rate card and price, its ledger key, what its transfer records
@@ -139,7 +137,6 @@ declare
   -- repeats within the batch, and their first occurrences
   d_ord integer[] := '{}'::integer[];
   d_first integer[] := '{}'::integer[];
-  v_cap jsonb;
 begin
   if v_count > 1000 then
     perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
@@ -194,8 +191,7 @@ begin
   -- user's id counts.
   for e in
     select x.ord::integer as ord, x.user_id, x.event_id, x.model, x.error, x.amount, x.rate_card_id,
-      a.id as account_id, coalesce(a.orgs > 0 or a.restricted_lots, false) as alone, a.balance as acct_balance,
-      a.held as acct_held, a.caps as acct_caps,
+      a.id as account_id, coalesce(a.orgs > 0 or a.restricted_lots, false) as alone,
       coalesce(a.low_balance_threshold is not null or a.auto_recharge_below is not null, false) as watched,
       t.id as existing_transfer, t.amount as existing_amount,
       min(x.ord) over (partition by x.user_id, x.event_id)::integer as first_ord
@@ -207,10 +203,6 @@ begin
                        where y.idempotency_key = x.key and y.kind = 'usage') t on true
     order by x.user_id, x.ord
   loop
-    if v_user is distinct from e.user_id then
-      v_user := e.user_id;
-      v_available := coalesce(e.acct_balance - e.acct_held, 0);
-    end if;
     if e.error is not null then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', e.error);
     elsif e.existing_transfer is not null then
@@ -233,18 +225,10 @@ begin
         (v_ev ->> 'output_tokens')::bigint, e.event_id, v_ev ->> 'correlation_id', (v_ev ->> 'occurred_at')::timestamptz,
         coalesce((v_ev ->> 'cached_input_tokens')::bigint, 0), coalesce((v_ev ->> 'reasoning_tokens')::bigint, 0),
         coalesce((v_ev ->> 'images')::bigint, 0), coalesce((v_ev ->> 'audio_seconds')::bigint, 0));
-    elsif e.account_id is null or v_available < e.amount then
+    elsif e.account_id is null then
       v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'insufficient',
-        'required', trim_scale(e.amount)::text, 'available', trim_scale(greatest(coalesce(v_available, 0), 0))::text);
+        'required', trim_scale(e.amount)::text, 'available', '0');
     else
-      -- Over a cap: refused alone, like a short event (take_cap_room counted nothing then).
-      v_cap := case when e.acct_caps > 0 then billing.take_cap_room(e.account_id, e.amount, e.model) end;
-    end if;
-    if v_cap is not null then
-      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'cap_reached', 'cap', v_cap);
-      v_cap := null;
-    elsif v_outcomes[e.ord] is null then
-      v_available := v_available - e.amount;
       -- Scalars only: appending to an array copies it, so a batch's movements are built once, below.
       a_ord := a_ord || e.ord;
       a_account := a_account || e.account_id;
@@ -253,17 +237,19 @@ begin
       if e.watched and not e.account_id = any(w_account) then
         w_account := w_account || e.account_id;
       end if;
-      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied',
-        'charged', trim_scale(e.amount)::text);
     end if;
   end loop;
 
-  -- Each account's accepted events draw from its lots in event order.
+  -- The rest go to the writer in event order: each account's draw from its lots in that order,
+  -- each one applied if it still fits what the account has and its caps leave, refused if not.
   if cardinality(a_ord) > 0 then
     a_posted := billing.post_usage_batch(a_ord, a_account, a_amount, a_card, b_key, b_correlation, b_facts);
     for i in 1 .. cardinality(a_ord) loop
-      v_outcomes[a_ord[i]] := v_outcomes[a_ord[i]] || jsonb_build_object('transfer_id', (a_posted[i]).transfer_id::text,
-        'balance', trim_scale((a_posted[i]).from_balance)::text);
+      v_outcomes[a_ord[i]] := jsonb_build_object('event_id', b_event[a_ord[i]]) || case (a_posted[i]).result
+        when 'insufficient' then jsonb_build_object('status', 'insufficient') || (a_posted[i]).refusal
+        when 'capped' then jsonb_build_object('status', 'cap_reached', 'cap', (a_posted[i]).refusal)
+        else jsonb_build_object('status', 'applied', 'charged', trim_scale(a_amount[i])::text,
+          'transfer_id', (a_posted[i]).transfer_id::text, 'balance', trim_scale((a_posted[i]).from_balance)::text) end;
     end loop;
     -- What a single charge sets off, once per account, under the batch's locks: the low-balance
     -- alert and auto-recharge see the account as the batch left it.

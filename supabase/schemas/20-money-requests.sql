@@ -255,9 +255,6 @@ begin
   if v_account.held > 0 or v_account.next_expiry <= now() then
     v_account := billing.settle_account(v_account.id);
   end if;
-  if v_account.balance - v_account.held < v_price.amount then
-    return null;
-  end if;
   v_posted := (billing.post_transfers(array[('usage', v_account.id, billing.platform_account_id('usage_revenue'),
     v_price.amount, v_key, p_args ->> 'correlation_id', null,
     (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys())
@@ -267,6 +264,9 @@ begin
     || jsonb_strip_nulls(jsonb_build_object('request_hash', p_request_hash, 'request_id', p_request_id,
       'held_after', case when v_account.held > 0 then trim_scale(v_account.held)::text end)),
     v_price.rate_card_id, null, null, null)::billing.transfer_spec]))[1];
+  if v_posted.result = 'insufficient' then
+    return null;                                    -- nothing written: the general path refuses it
+  end if;
   v_account.balance := v_posted.from_balance;
   v_account.version := v_account.version + 1;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then

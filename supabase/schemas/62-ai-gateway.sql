@@ -322,27 +322,24 @@ $$;
 comment on function billing.ai_call_json(c billing.ai_calls) is 'Internal: a call as the gateway reads it back.';
 revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
 
--- One owed call's rest, charged from the account that held the call (billing.pay_ai_owed): a
--- school's caps (the member's among them) are counted here, a student's own by the writer.
+-- One owed call's rest, charged from the account that held the call (billing.pay_ai_owed); the
+-- writer counts it against the caps (a member's on a school's account among them).
 create or replace function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric,
-  p_account bigint, p_member uuid, p_org uuid) returns void
+  p_account bigint) returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
   v_paid billing.transfer_result;
 begin
-  if p_org is not null then
-    perform billing.charge_caps(p_account, p_unbilled, p_model, p_member);
-  end if;
   v_paid := billing.post_user_transfer(p_user, -1, 'spend', p_unbilled, 'usage', 'usage_revenue',
     'ai-owed:' || p_call, 'ai:' || p_call, null,
     jsonb_build_object('model', p_model, 'ai_call_id', p_call, 'owed', true), p_account_id => p_account);
   update billing.ai_calls c set owed_transfer_id = v_paid.transfer_id where c.id = p_call;
 end;
 $$;
-comment on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint, p_member uuid, p_org uuid) is 'Internal: charges one owed call''s rest from the account that held it (billing.pay_ai_owed).';
-revoke execute on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint, p_member uuid, p_org uuid) from public;
+comment on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint) is 'Internal: charges one owed call''s rest from the account that held it (billing.pay_ai_owed).';
+revoke execute on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint) from public;
 
 -- What a user's earlier calls cost beyond what could be charged then (ai_calls.unbilled) is
 -- charged before their next call, as spending for that call's model, from the account that held
@@ -382,14 +379,12 @@ begin
         -- A school the student has left: what its account owes is its own, tried, never hers
         -- to be refused for (the alert stays open for an operator).
         begin
-          perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id,
-          v_owed.member_id, v_owed.org_id);
+          perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id);
         exception when sqlstate 'P0001' then
           null;
         end;
       else
-        perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id,
-          v_owed.member_id, v_owed.org_id);
+        perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id);
       end if;
     end loop;
   exception when sqlstate 'P0001' then

@@ -6,7 +6,7 @@
 -- same in a batch write the same thing (entries, versions, lot draws, `first`, `return_to` with
 -- debt, moves, replays, reused keys).
 begin;
-select plan(22);
+select plan(28);
 \ir helpers.psql
 
 -- ============================================================ what it checks
@@ -34,8 +34,29 @@ select is((select balance from billing.accounts where id = (select id from acct)
   'and moves nothing');
 select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 2, 'w-1')])$$),
   'IDEMPOTENCY_KEY_REUSED', 'another movement under the same key and kind is refused');
-select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 5, 'w-3')])$$),
+select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('adjustment', (select id from acct), billing.platform_account_id('adjustments'), 5, 'w-3')])$$),
   'LEDGER_INVARIANT', 'a debit below zero is refused unless it is a reversal');
+-- Spending past what the account has is the writer's answer, not an error: nothing is written.
+select is((select row(p.transfer_id, p.result, p.refusal)::text from unnest(billing.post_transfers(array[
+    pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 5, 'w-4')])) p),
+  row(null::bigint, 'insufficient', '{"required": "5", "available": "3"}'::jsonb)::text,
+  'a charge past the balance is answered insufficient, with what it needed and what there was');
+select is((select count(*) from billing.transfers where idempotency_key in ('w-3', 'w-4')), 0::bigint,
+  'and writes no transfer');
+-- A hold is a pending transfer: placing one past what the account has is answered the same way.
+create function pg_temp.place(p_amount numeric, p_purpose text, p_key text) returns billing.posted_transfer[] language sql as $$
+  select billing.post_transfers('{}', array[('place', gen_random_uuid(), p_amount, null, null, null, (select id from acct),
+    p_key, null, null, now() + interval '1 hour', p_purpose, null)::billing.hold_step])
+$$;
+select is((select row(p.result, p.refusal)::text from unnest(pg_temp.place(4, 'user', 'w-hold-over')) p),
+  row('insufficient', '{"required": "4", "available": "3"}'::jsonb)::text,
+  'a hold past what the account has is answered insufficient');
+select is(array[(select count(*) from billing.holds h where h.idempotency_key = 'w-hold-over'),
+                (select a.held from billing.accounts a where a.id = (select id from acct))],
+  array[0, 0]::numeric[], 'and places nothing');
+select pg_temp.place(4, 'dispute', 'w-hold-freeze');
+select is((select a.held from billing.accounts a where a.id = (select id from acct)), 4::numeric(38, 18),
+  'a dispute''s freeze holds what is there, whatever else is held');
 select is((billing.post_transfers(array[pg_temp.spec('refund_reversal', (select id from acct), billing.platform_account_id('refunds'), 5, 'w-4')]))[1].from_balance,
   -2::numeric, 'a refund reversal may leave debt');
 select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 0.0000000000000000001, 'w-5')])$$),
@@ -139,9 +160,13 @@ select is(array[pg_temp.err($$select pg_temp.single(pg_temp.spec('usage', (selec
   array['IDEMPOTENCY_KEY_REUSED', 'IDEMPOTENCY_KEY_REUSED', 'IDEMPOTENCY_KEY_REUSED', 'IDEMPOTENCY_KEY_REUSED'],
   'another amount or another account under a written key is refused on both branches');
 select is(pg_temp.shape((select x from acc)), pg_temp.shape((select y from acc)), 'replays and refusals moved nothing on either side');
-select is(array[pg_temp.err($$select pg_temp.single(pg_temp.spec('usage', (select x from acc), (select ur from acc), 15, 'twin-over-x'))$$),
-                pg_temp.err($$select pg_temp.batched(pg_temp.spec('usage', (select y from acc), (select ur from acc), 15, 'twin-over-y'))$$)],
+select is(array[pg_temp.err($$select pg_temp.single(pg_temp.spec('adjustment', (select x from acc), (select ur from acc), 15, 'twin-over-x'))$$),
+                pg_temp.err($$select pg_temp.batched(pg_temp.spec('adjustment', (select y from acc), (select ur from acc), 15, 'twin-over-y'))$$)],
   array['LEDGER_INVARIANT', 'LEDGER_INVARIANT'], 'a debit past the balance is refused on both branches');
+select is(array[(pg_temp.single(pg_temp.spec('usage', (select x from acc), (select ur from acc), 15, 'twin-short-x'))).refusal,
+                (pg_temp.batched(pg_temp.spec('usage', (select y from acc), (select ur from acc), 15, 'twin-short-y'))).refusal],
+  array['{"required": "15", "available": "11"}', '{"required": "15", "available": "11"}']::jsonb[],
+  'a charge past what the account has is answered the same on both branches (the batch''s other movement written)');
 select is(billing.check_lots() - 'deferred_revenue_cents',
   '{"lots": [], "accounts": [], "transfers": [], "expiry": []}'::jsonb, 'lots agree with the ledger');
 
