@@ -202,12 +202,13 @@ $$;
 comment on function billing.hold_json(h billing.hold_result) is 'A hold as the API returns it (Hold in _shared/contract/index.ts).';
 revoke execute on function billing.hold_json(h billing.hold_result) from public;
 
--- POST /credits/usage for a student paying from their own account with no spend cap (nearly every
--- request), in the fewest statements: the transfer is the request's record. It carries the
--- request's hash and id, so a retry is answered from it (the balance from its entry) and
--- another request under the key is refused; nothing else is stored, and no subtransaction is
--- opened. Null hands the request to the general path (run_money_request), which answers and
--- stores everything else: a refusal, an organisation member, a cap, an unknown model, a
+-- POST /credits/usage for a student paying from their own account (nearly every request), in the
+-- fewest statements: the transfer is the request's record. It carries the request's hash and
+-- id, so a retry is answered from it (the balance from its entry) and another request under the
+-- key is refused; nothing else is stored, and no subtransaction is opened. The writer answers
+-- what the account has and what its caps leave (counting the charge against them). Null hands
+-- the request to the general path (run_money_request), which answers and stores everything
+-- else: a refusal, an organisation member, credits for some models, an unknown model, a
 -- zero-priced event, an answer that path stored already. The account lock serialises this path
 -- with that one: a request under the same key there finds this transfer, and the other way round.
 create or replace function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text,
@@ -248,7 +249,7 @@ begin
         (select c.version from billing.rate_cards c where c.id = v_t.rate_card_id)),
       null, null, v_t.metadata ->> 'request_id', v_t.created_at, true)::billing.request_answer;
   end if;
-  if v_price.amount is null or v_price.amount <= 0 or v_account.orgs > 0 or v_account.caps > 0 or v_account.restricted_lots then
+  if v_price.amount is null or v_price.amount <= 0 or v_account.orgs > 0 or v_account.restricted_lots then
     return null;
   end if;
 
@@ -264,7 +265,7 @@ begin
     || jsonb_strip_nulls(jsonb_build_object('request_hash', p_request_hash, 'request_id', p_request_id,
       'held_after', case when v_account.held > 0 then trim_scale(v_account.held)::text end)),
     v_price.rate_card_id, null, null, null)::billing.transfer_spec]))[1];
-  if v_posted.result = 'insufficient' then
+  if v_posted.result <> 'applied' then
     return null;                                    -- nothing written: the general path refuses it
   end if;
   v_account.balance := v_posted.from_balance;
@@ -277,7 +278,7 @@ begin
     null, null, p_request_id, now(), false)::billing.request_answer;
 end;
 $$;
-comment on function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer) is 'Internal: POST /credits/usage for a student paying from their own account with no cap, the transfer its only record; null hands the request to run_money_request''s general path.';
+comment on function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer) is 'Internal: POST /credits/usage for a student paying from their own account, the transfer its only record; null hands the request to run_money_request''s general path.';
 revoke execute on function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer) from public;
 
 -- A usage charge as POST /credits/usage answers it when the student paid (UsageResult).
