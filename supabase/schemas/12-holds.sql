@@ -301,7 +301,12 @@ begin
     perform billing.release_hold(null, p_hold_id);
   end if;
   if p_amount > captured then
-    v_available := coalesce(v_available, (billing.balance_of(v_hold.account_id)).available);
+    -- The writer takes the excess from balance − held: holds past their TTL end first (as a
+    -- capture or a release ends them), so what is available here is what it will find.
+    if v_available is null then
+      perform billing.expire_overdue_holds(v_hold.account_id);
+      v_available := (billing.balance_of(v_hold.account_id)).available;
+    end if;
     overage := least(p_amount - captured, greatest(v_available, 0));
     if overage > 0 and v_account.restricted_lots then
       overage := least(overage, (billing.plan_lot_draw(v_account.id, v_model, overage) ->> 'found')::numeric);
