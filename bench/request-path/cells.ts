@@ -2,6 +2,7 @@
 // account, and the SQL alone), each driven by wrk or, for the SQL alone, a closed loop here.
 import postgres from 'postgres';
 import type { Fixtures } from './fixtures.ts';
+import { cpuSeconds } from './procfs.ts';
 import type { Servers } from './servers.ts';
 import { batchSize, connections, env, runId, spreadAccounts } from './settings.ts';
 
@@ -18,11 +19,23 @@ export type Wrk = {
   read_errors: number;
   write_errors: number;
   timeouts: number;
+  /** wrk's own CPU seconds (user + system): the load generator's share of the two cores. */
+  cpu_s: number;
+};
+
+/** Seconds in bash's `times` form (`1m2.345s`). */
+const timesSeconds = (t: string) => {
+  const m = /^(\d+)m([\d.]+)s$/.exec(t);
+  return m ? 60 * Number(m[1]) + Number(m[2]) : NaN;
 };
 
 export async function wrk(url: string, args: string[], secs: number): Promise<Wrk> {
-  const out = await new Deno.Command('wrk', {
+  // Through bash, whose `times` then prints wrk's CPU (its children's line) on stderr.
+  const out = await new Deno.Command('bash', {
     args: [
+      '-c',
+      'wrk "$@" && times >&2',
+      'wrk',
       '-t2',
       `-c${connections}`,
       `-d${secs}s`,
@@ -41,8 +54,10 @@ export async function wrk(url: string, args: string[], secs: number): Promise<Wr
   }).output();
   const text = new TextDecoder().decode(out.stdout);
   const json = text.split('\n').find((l) => l.startsWith('{"requests"'));
-  if (!out.success || !json) throw new Error(`wrk failed: ${text}${new TextDecoder().decode(out.stderr)}`);
-  return JSON.parse(json);
+  const errors = new TextDecoder().decode(out.stderr);
+  if (!out.success || !json) throw new Error(`wrk failed: ${text}${errors}`);
+  const [user, system] = (errors.trim().split('\n').at(-1) ?? '').split(' ').map(timesSeconds);
+  return { ...JSON.parse(json), cpu_s: user + system };
 }
 
 export interface Cell {
@@ -148,6 +163,7 @@ export async function sqlLoop(cell: Cell, secs: number, dbUrl: string): Promise<
   await Promise.all(Array.from({ length: connections }, () => pool`select 1`));
   const latencies: number[] = [];
   let next = sqlCalls;
+  const cpu0 = await cpuSeconds(Deno.pid); // the load generator is this process here
   const started = performance.now();
   const until = started + secs * 1000;
   await Promise.all(Array.from({ length: connections }, async () => {
@@ -158,6 +174,7 @@ export async function sqlLoop(cell: Cell, secs: number, dbUrl: string): Promise<
     }
   }));
   const duration = performance.now() - started;
+  const cpu = (await cpuSeconds(Deno.pid)) - cpu0;
   sqlCalls = next;
   await pool.end();
   latencies.sort((a, b) => a - b);
@@ -174,6 +191,7 @@ export async function sqlLoop(cell: Cell, secs: number, dbUrl: string): Promise<
     read_errors: 0,
     write_errors: 0,
     timeouts: 0,
+    cpu_s: cpu,
   };
 }
 let sqlCalls = 0;

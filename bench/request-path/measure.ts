@@ -18,6 +18,7 @@ export interface Measured {
   perProcess: Record<string, number>; // CPU ms per request: postgres, redis-server, bridge
   /** Of perProcess.postgres, the TCP sessions' share (procfs.ts sessionsCpu); the rest is the cluster's other work. */
   postgresSessions: number;
+  loadCpuMs: number; // the load generator's (wrk's, or this process's for the SQL cells) CPU per request: not the path's
   errors: number;
   requests: number;
 }
@@ -63,6 +64,7 @@ export async function measure(cell: Cell, tag: string, f: Fixtures, usage: Usage
       pooler: perReq(pooler1 - pooler0),
     },
     postgresSessions: perReq(sessionsCpu(pg0, pg1)),
+    loadCpuMs: perReq(r.cpu_s),
     errors: r.non2xx + r.connect_errors + r.read_errors + r.write_errors + r.timeouts,
     requests: r.requests,
   };

@@ -62,9 +62,9 @@ export function printReport(
   say(
     `| what | Postgres (all backends) | of which its sessions | pgbouncer${
       poolerPid ? '' : ' (not in use)'
-    } | redis-server | Redis REST bridge |`,
+    } | redis-server | Redis REST bridge | the load generator (not the path) |`,
   );
-  say('| --- | --- | --- | --- | --- | --- |');
+  say('| --- | --- | --- | --- | --- | --- | --- |');
   for (const [i, cell] of cells.entries()) {
     if (i === 0 || !ran(i)) continue;
     say(
@@ -75,6 +75,7 @@ export function printReport(
           processCpu('pooler'),
           processCpu('redis_server'),
           processCpu('redis_bridge'),
+          (m: Measured) => m.loadCpuMs,
         ].map(
           (f) => {
             const v = med(i, f);
