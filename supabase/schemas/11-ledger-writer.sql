@@ -273,17 +273,19 @@ begin
       select a.balance - case when v_post.hold_id is null then a.held else 0 end, a.caps into v_room, v_caps
       from billing.accounts a where a.id = v_one.from_account_id and a.code is null;
       if v_room < v_one.amount then
-        if not exists (select 1 from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind) then
-          return array[(null, false, null, null, 'insufficient', jsonb_build_object('required', trim_scale(v_one.amount)::text,
-            'available', trim_scale(greatest(v_room, 0))::text))::billing.posted_transfer];
-        end if;
+        v_refused := array[1];
+        v_cap := jsonb_build_object('required', trim_scale(v_one.amount)::text, 'available', trim_scale(greatest(v_room, 0))::text);
       elsif v_caps > 0 and v_one.kind = 'usage' and v_post.hold_id is null then
         v_cap := billing.take_cap_room(v_one.from_account_id, v_one.amount, v_one.metadata ->> 'model', v_one.member_id);
-        if v_cap is not null then
-          return array[(null, false, null, null, 'capped', v_cap)::billing.posted_transfer];
-        end if;
-        v_capped := true;
+        v_capped := v_cap is null;
       end if;
+      -- A replay is answered as one below, whatever the account has now.
+      if v_cap is not null
+         and not exists (select 1 from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind) then
+        return array[(null, false, null, null, case when v_refused is null then 'capped' else 'insufficient' end,
+          v_cap)::billing.posted_transfer];
+      end if;
+      v_refused := null;
     end if;
     insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
                                    reference, metadata, rate_card_id, hold_id, member_id)
@@ -357,14 +359,23 @@ begin
     end if;
     -- Spending, account by account in batch order: each debit fits what its account has left after
     -- the ones before it (what the batch credits the account is not counted), then its caps; one
-    -- that does not is refused and the rest go on. The written are the batch from here on.
-    if exists (select 1 from unnest(p_transfers) t where t.kind = any(billing.spending_kinds())) then
+    -- that does not is refused and the rest go on. A replay (its key written) spends nothing: it
+    -- is answered below. The written are the batch from here on. One by one only when one might
+    -- not fit or has caps to count: the common batch fits whole, told in one statement.
+    if exists (select 1 from (
+                 select t.kind, a.caps, a.balance - a.held
+                   - sum(t.amount) over (partition by t.from_account_id order by t.ord) as left_after
+                 from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+                 join billing.accounts a on a.id = t.from_account_id and a.code is null
+                 where t.kind = any(billing.spending_kinds())) x
+               where x.left_after < 0 or (x.caps > 0 and x.kind = 'usage')) then
       for c in
-        select t.ord::integer as ord, t.from_account_id, t.amount, t.kind, t.idempotency_key, t.member_id,
+        select t.ord::integer as ord, t.from_account_id, t.amount, t.kind, t.member_id,
           t.metadata ->> 'model' as model, a.balance - a.held as room, a.caps
         from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
         join billing.accounts a on a.id = t.from_account_id and a.code is null
         where t.kind = any(billing.spending_kinds())
+          and not exists (select 1 from billing.transfers x where x.idempotency_key = t.idempotency_key and x.kind = t.kind)
         order by t.from_account_id, t.ord
       loop
         if v_spender is distinct from c.from_account_id then
@@ -373,11 +384,9 @@ begin
         end if;
         v_cap := null;
         if v_room < c.amount then
-          if not exists (select 1 from billing.transfers x where x.idempotency_key = c.idempotency_key and x.kind = c.kind) then
-            v_cap := jsonb_build_object('required', trim_scale(c.amount)::text, 'available', trim_scale(greatest(v_room, 0))::text);
-            v_refused := v_refused || c.ord;
-            v_refusals := v_refusals || (null, false, null, null, 'insufficient', v_cap)::billing.posted_transfer;
-          end if;
+          v_cap := jsonb_build_object('required', trim_scale(c.amount)::text, 'available', trim_scale(greatest(v_room, 0))::text);
+          v_refused := v_refused || c.ord;
+          v_refusals := v_refusals || (null, false, null, null, 'insufficient', v_cap)::billing.posted_transfer;
         elsif c.caps > 0 and c.kind = 'usage' then
           v_cap := billing.take_cap_room(c.from_account_id, c.amount, c.model, c.member_id);
           if v_cap is not null then

@@ -317,12 +317,21 @@ begin
       overage := least(overage, coalesce(billing.cap_room(v_account.id, v_model, v_hold.member_id), overage));
     end if;
     if overage > 0 then
-      v_excess := billing.post_user_transfer(p_user, -1, 'capture', overage, 'usage', 'usage_revenue', p_key,
-        p_correlation, null,
-        p_overage_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text,
-          'priced', trim_scale(p_amount)::text, 'unbilled', trim_scale(p_amount - captured - overage)::text),
-        p_rate_card_id, p_account_id => v_hold.account_id);
-      transfer_id := coalesce(transfer_id, v_excess.transfer_id);
+      -- The work is done and its answer given: should the writer still refuse the excess (what
+      -- is available read differently from what it finds), it is owed, never an error.
+      begin
+        v_excess := billing.post_user_transfer(p_user, -1, 'capture', overage, 'usage', 'usage_revenue', p_key,
+          p_correlation, null,
+          p_overage_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text,
+            'priced', trim_scale(p_amount)::text, 'unbilled', trim_scale(p_amount - captured - overage)::text),
+          p_rate_card_id, p_account_id => v_hold.account_id);
+        transfer_id := coalesce(transfer_id, v_excess.transfer_id);
+      exception when sqlstate 'P0001' then
+        if sqlerrm not in ('INSUFFICIENT_CREDITS', 'SPEND_CAP_REACHED') then
+          raise;
+        end if;
+        overage := 0;
+      end;
     end if;
   end if;
 end;

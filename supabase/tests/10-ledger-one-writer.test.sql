@@ -6,7 +6,7 @@
 -- same in a batch write the same thing (entries, versions, lot draws, `first`, `return_to` with
 -- debt, moves, replays, reused keys).
 begin;
-select plan(28);
+select plan(33);
 \ir helpers.psql
 
 -- ============================================================ what it checks
@@ -54,6 +54,34 @@ select is((select row(p.result, p.refusal)::text from unnest(pg_temp.place(4, 'u
 select is(array[(select count(*) from billing.holds h where h.idempotency_key = 'w-hold-over'),
                 (select a.held from billing.accounts a where a.id = (select id from acct))],
   array[0, 0]::numeric[], 'and places nothing');
+-- A replay spends nothing: answered as one whatever the account has now, alone or in a batch,
+-- it takes no room from the batch's other debits and no cap room.
+insert into auth.users (id) values ('eeeeeeee-0000-4000-8000-000000000002'), ('eeeeeeee-0000-4000-8000-000000000003');
+select billing.grant_credits('eeeeeeee-0000-4000-8000-000000000002', 100, 'purchase', 'rp-grant-2');
+select billing.grant_credits('eeeeeeee-0000-4000-8000-000000000003', 10, 'purchase', 'rp-grant-3');
+select billing.set_spend_cap('eeeeeeee-0000-4000-8000-000000000002', 'day', 'UTC', null, 10,
+  'eeeeeeee-0000-4000-8000-000000000002', 'self');
+create temp table rp as select
+  (select id from billing.accounts where user_id = 'eeeeeeee-0000-4000-8000-000000000002') as capped,
+  (select id from billing.accounts where user_id = 'eeeeeeee-0000-4000-8000-000000000003') as short,
+  billing.platform_account_id('usage_revenue') as ur;
+select is(array[(billing.post_transfers(array[pg_temp.spec('usage', (select capped from rp), (select ur from rp), 6, 'rp-a')]))[1].result,
+                (billing.post_transfers(array[pg_temp.spec('usage', (select capped from rp), (select ur from rp), 6, 'rp-b')]))[1].result,
+                (billing.post_transfers(array[pg_temp.spec('usage', (select capped from rp), (select ur from rp), 6, 'rp-a')]))[1].result],
+  array['applied', 'capped', 'exists'], 'a charge past its cap is answered capped; a replay past it is answered exists');
+select is((select array_agg(p.result order by o) from unnest(billing.post_transfers(array[
+    pg_temp.spec('usage', (select capped from rp), (select ur from rp), 6, 'rp-a'),
+    pg_temp.spec('usage', (select capped from rp), (select ur from rp), 4, 'rp-c')])) with ordinality p(transfer_id, replayed, from_balance, to_balance, result, refusal, o)),
+  array['exists', 'applied'], 'in a batch, a replay takes no cap room from the debits after it');
+select is((select trim_scale(spent) from billing.spend_caps where account_id = (select capped from rp)), 10::numeric,
+  'the cap counted what was charged, each once');
+select billing.post_transfers(array[pg_temp.spec('usage', (select short from rp), (select ur from rp), 8, 'rp-d')]);
+select is((select array_agg(p.result order by o) from unnest(billing.post_transfers(array[
+    pg_temp.spec('usage', (select short from rp), (select ur from rp), 8, 'rp-d'),
+    pg_temp.spec('usage', (select short from rp), (select ur from rp), 2, 'rp-e')])) with ordinality p(transfer_id, replayed, from_balance, to_balance, result, refusal, o)),
+  array['exists', 'applied'], 'in a batch, a replay takes no room from the debits after it');
+select is((select balance from billing.accounts where id = (select short from rp)), 0::numeric(38, 18),
+  'and the account paid each charge once');
 select pg_temp.place(4, 'dispute', 'w-hold-freeze');
 select is((select a.held from billing.accounts a where a.id = (select id from acct)), 4::numeric(38, 18),
   'a dispute''s freeze holds what is there, whatever else is held');
