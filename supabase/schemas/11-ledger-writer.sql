@@ -94,11 +94,6 @@ comment on type billing.posted_transfer is 'What billing.post_transfers answers 
 
 -- ============================================================ functions
 
--- Credits for some models (31-lot-applicability.sql): whether a lot may pay for a model, here
--- because the writer draws by it. The writer's draws for a model and lock_spending_source's
--- cover test write this test out in their queries instead of calling it: a function with its
--- own search_path is never inlined, and called once per lot it took half a restricted charge's
--- extra cost (568 against 403 µs a charge; 435 written out). Keep the copies the same.
 -- What spends an account's credits (a usage charge, a capture, a move to another account): the
 -- writer lets such a debit take only what the account has for it (post_transfers). The rest may
 -- take more: a reversal goes into debt; an expiry, a rollover or a void moves credits named by lot.
@@ -112,6 +107,37 @@ $$;
 comment on function billing.spending_kinds() is 'Internal: the transfer kinds whose debit must fit what the account has (balance − held; a capture: the balance).';
 revoke execute on function billing.spending_kinds() from public;
 
+-- Whether a spending movement or a hold fits (the writer's one answer for both): what the account
+-- has for it (p_room; null: a platform account, never refused), then, when p_caps, what its spend
+-- caps leave, counting it against them. Null when it fits; else the refusal the writer returns.
+create or replace function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean,
+  p_model text, p_member uuid) returns billing.posted_transfer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_cap jsonb;
+begin
+  if p_room < p_amount then
+    return (null, false, null, null, 'insufficient', jsonb_build_object('required', trim_scale(p_amount)::text,
+      'available', trim_scale(greatest(p_room, 0))::text))::billing.posted_transfer;
+  elsif p_caps then
+    v_cap := billing.take_cap_room(p_account_id, p_amount, p_model, p_member);
+    if v_cap is not null then
+      return (null, false, null, null, 'capped', v_cap)::billing.posted_transfer;
+    end if;
+  end if;
+  return null;
+end;
+$$;
+comment on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid) is 'Internal: null when a spending movement or a hold fits what its account has and (p_caps) what its caps leave, counted against them; else the writer''s refusal (insufficient, capped).';
+revoke execute on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid) from public;
+
+-- Credits for some models (31-lot-applicability.sql): whether a lot may pay for a model, here
+-- because the writer draws by it. The writer's draws for a model and lock_spending_source's
+-- cover test write this test out in their queries instead of calling it: a function with its
+-- own search_path is never inlined, and called once per lot it took half a restricted charge's
+-- extra cost (568 against 403 µs a charge; 435 written out). Keep the copies the same.
 create or replace function billing.lot_pays_for(p_applies_to text[], p_model text) returns boolean
 language sql immutable
 set search_path = ''
@@ -188,8 +214,7 @@ declare
   v_day timestamptz := date_trunc('day', now(), 'UTC');  -- accounts.active_from: today's first write
   v_room numeric;                                 -- what a spending movement's account has for it
   v_spender bigint;
-  v_caps integer;
-  v_cap jsonb;
+  v_refusal billing.posted_transfer;              -- billing.spend_refusal's answer
   v_capped boolean := false;                      -- this movement's amount was counted against caps
   v_refused integer[];                            -- a batch's refused movements, by place, and their answers
   v_refusals billing.posted_transfer[];
@@ -212,17 +237,11 @@ begin
     -- What may be held: what the account has, and what its caps leave (counted against them); a
     -- dispute's freeze holds what is there, whatever else is held.
     if (p_holds[1]).purpose <> 'dispute' then
-      select a.balance - a.held, a.caps into v_room, v_caps from billing.accounts a
-      where a.id = (p_holds[1]).account_id and a.code is null;
-      if v_room < (p_holds[1]).amount then
-        return array[(null, false, null, null, 'insufficient', jsonb_build_object(
-          'required', trim_scale((p_holds[1]).amount)::text, 'available', trim_scale(greatest(v_room, 0))::text))::billing.posted_transfer];
-      elsif v_caps > 0 then
-        v_cap := billing.take_cap_room((p_holds[1]).account_id, (p_holds[1]).amount, (p_holds[1]).metadata ->> 'model',
-          (p_holds[1]).member_id);
-        if v_cap is not null then
-          return array[(null, false, null, null, 'capped', v_cap)::billing.posted_transfer];
-        end if;
+      v_refusal := (select billing.spend_refusal(a.id, (p_holds[1]).amount, a.balance - a.held, a.caps > 0,
+                      (p_holds[1]).metadata ->> 'model', (p_holds[1]).member_id)
+                    from billing.accounts a where a.id = (p_holds[1]).account_id and a.code is null);
+      if v_refusal.result is not null then
+        return array[v_refusal];
       end if;
     end if;
     insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
@@ -270,22 +289,18 @@ begin
     end if;
     -- Spending: what the account has for it (null: a platform account, never refused).
     if v_one.kind = any(billing.spending_kinds()) then
-      select a.balance - case when v_post.hold_id is null then a.held else 0 end, a.caps into v_room, v_caps
+      select a.balance - case when v_post.hold_id is null then a.held else 0 end,
+        a.caps > 0 and v_one.kind = 'usage' and v_post.hold_id is null
+      into v_room, v_capped
       from billing.accounts a where a.id = v_one.from_account_id and a.code is null;
-      if v_room < v_one.amount then
-        v_refused := array[1];
-        v_cap := jsonb_build_object('required', trim_scale(v_one.amount)::text, 'available', trim_scale(greatest(v_room, 0))::text);
-      elsif v_caps > 0 and v_one.kind = 'usage' and v_post.hold_id is null then
-        v_cap := billing.take_cap_room(v_one.from_account_id, v_one.amount, v_one.metadata ->> 'model', v_one.member_id);
-        v_capped := v_cap is null;
-      end if;
+      v_refusal := billing.spend_refusal(v_one.from_account_id, v_one.amount, v_room, v_capped, v_one.metadata ->> 'model',
+        v_one.member_id);
+      v_capped := v_capped and v_refusal.result is null;   -- counted against the caps: a replay gives it back
       -- A replay is answered as one below, whatever the account has now.
-      if v_cap is not null
+      if v_refusal.result is not null
          and not exists (select 1 from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind) then
-        return array[(null, false, null, null, case when v_refused is null then 'capped' else 'insufficient' end,
-          v_cap)::billing.posted_transfer];
+        return array[v_refusal];
       end if;
-      v_refused := null;
     end if;
     insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
                                    reference, metadata, rate_card_id, hold_id, member_id)
@@ -382,20 +397,13 @@ begin
           v_spender := c.from_account_id;
           v_room := c.room;
         end if;
-        v_cap := null;
-        if v_room < c.amount then
-          v_cap := jsonb_build_object('required', trim_scale(c.amount)::text, 'available', trim_scale(greatest(v_room, 0))::text);
-          v_refused := v_refused || c.ord;
-          v_refusals := v_refusals || (null, false, null, null, 'insufficient', v_cap)::billing.posted_transfer;
-        elsif c.caps > 0 and c.kind = 'usage' then
-          v_cap := billing.take_cap_room(c.from_account_id, c.amount, c.model, c.member_id);
-          if v_cap is not null then
-            v_refused := v_refused || c.ord;
-            v_refusals := v_refusals || (null, false, null, null, 'capped', v_cap)::billing.posted_transfer;
-          end if;
-        end if;
-        if v_cap is null then
+        v_refusal := billing.spend_refusal(c.from_account_id, c.amount, v_room, c.caps > 0 and c.kind = 'usage', c.model,
+          c.member_id);
+        if v_refusal.result is null then
           v_room := v_room - c.amount;
+        else
+          v_refused := v_refused || c.ord;
+          v_refusals := v_refusals || v_refusal;
         end if;
       end loop;
       if v_refused is not null then
@@ -860,7 +868,7 @@ begin
     end if;
     if v_available >= p_amount then
       if v_account.org_id is null then
-        return v_account;                                 -- the member's own caps: the caller's, as for anyone
+        return v_account;                                 -- the member's own caps: the writer's, as for anyone
       end if;
       -- Asked, not counted: what spends counts it (the writer, or reserve_hold for a hold).
       v_cap := case when v_account.caps > 0 then billing.take_cap_room(v_account.id, p_amount, p_model, p_user, false) end;

@@ -80,7 +80,8 @@ begin
   if v_account.held > 0 or v_account.next_expiry <= now() then
     v_account := billing.settle_account(v_account.id);
   end if;
-  -- On an account with restricted lots, the hold must be payable beside every other live one.
+  -- On an account with restricted lots, the hold must be payable beside every other live one
+  -- (asked only when the account has the amount at all: if not, the writer's refusal says so).
   if v_account.restricted_lots and v_account.balance - v_account.held >= p_amount then
     perform billing.restricted_draw(v_account, case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end, p_amount);
   end if;
