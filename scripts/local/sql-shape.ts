@@ -8,7 +8,7 @@
 //      `upwardCallsKnown` below, each to be moved down: the check fails on any other, and on a
 //      listed one that is gone (so the list only shrinks).
 //   2. One writer. Only billing.post_transfers inserts into (or updates, or deletes from) the
-//      ledger's tables (transfers, entries, lots, lot_allocations), places a hold (a pending
+//      ledger's tables (transfers, entries, lots, lot_allocations, sub_accounts), places a hold (a pending
 //      transfer) or sets its amount or state, sets an account's balance, held amount or
 //      version, or sets what is left of a lot: the SET clause is parsed, so
 //      `update billing.accounts a set balance = …` counts as `…, version = …` does.
@@ -74,7 +74,7 @@ export interface Write {
   line: number;
 }
 
-const ledgerTables = new Set(['transfers', 'entries', 'lots', 'lot_allocations', 'holds']);
+const ledgerTables = new Set(['transfers', 'entries', 'lots', 'lot_allocations', 'holds', 'sub_accounts']);
 /** Columns only the writer sets, per table (any column of the append-only ledger tables). */
 const writerColumns: Record<string, Set<string> | 'any'> = {
   accounts: new Set(['balance', 'held', 'version']),
@@ -83,6 +83,7 @@ const writerColumns: Record<string, Set<string> | 'any'> = {
   transfers: 'any',
   entries: 'any',
   lot_allocations: 'any',
+  sub_accounts: 'any',
 };
 export const theWriter = 'billing.post_transfers';
 const schemas = new Set(['billing', 'billing_api']);

@@ -104,7 +104,7 @@ create table billing.accounts (
 comment on table billing.accounts is 'One credit account per user (created on first use) plus platform accounts, the counterparties of every movement.';
 comment on column billing.accounts.org_id is 'An organisation''s wallet (member_id null) or a member''s allowance account (member_id set).';
 comment on column billing.accounts.code_id is 'A gift or sponsor code''s escrow: the credits it will give, tracked like a wallet until redeemed (billing.codes).';
-comment on column billing.accounts.restricted_lots is 'Set by the writer once a lot that pays only for some models arrives (never unset): charges, holds and moves then draw through billing.plan_lot_draw.';
+comment on column billing.accounts.restricted_lots is 'Set by the writer once a lot that pays only for some models arrives (never unset): the account then has sub-accounts (billing.sub_accounts), and its charges, holds and moves draw through billing.plan_lot_draw.';
 comment on column billing.accounts.next_expiry is 'No later than the earliest expires_at of the account''s open lots (a lower bound, exact after each expiry run): spending expires due lots first when it has passed.';
 alter table billing.accounts enable row level security;
 grant select on table billing.accounts to authenticated;
@@ -121,6 +121,27 @@ create index accounts_allowances on billing.accounts (id) where member_id is not
 
 -- Today's active accounts since an instant (billing.ledger_parts).
 create index accounts_active_from on billing.accounts (active_from) where active_from is not null;
+
+-- Credits for some models, as accounts (docs/credit-lots.md): an account's credits under one list
+-- of models (lots.applies_to) are its sub-account for that list, the part of its balance only
+-- that list may spend. The account keeps the whole balance, and the ledger's entries are its
+-- own (every reader of a balance reads the account); the writer keeps each sub-account from the
+-- lots it moves, balance = Σ remaining of the account's lots under the list (billing.check_lots
+-- proves it). What is left, the account's balance less its sub-accounts', is for any model, and
+-- is where a debt shows: below zero.
+create table billing.sub_accounts (
+  id bigint generated always as identity not null,
+  account_id bigint not null,
+  applies_to text[] not null,
+  balance numeric(38,18) default 0 not null,
+  constraint sub_accounts_pkey primary key (id),
+  constraint sub_accounts_one_per_list unique (account_id, applies_to),
+  constraint sub_accounts_balance_not_negative check ((balance >= (0)::numeric)),
+  constraint sub_accounts_account_id_fkey foreign key (account_id) references billing.accounts(id)
+);
+comment on table billing.sub_accounts is 'An account''s credits that pay only for one list of models (applies_to, sorted as on its lots); kept by the ledger''s writer.';
+alter table billing.sub_accounts enable row level security;
+grant select on table billing.sub_accounts to service_role;
 
 create table billing.transfers (
   id bigint generated always as identity not null,

@@ -219,6 +219,8 @@ declare
   v_refused integer[];                            -- a batch's refused movements, by place, and their answers
   v_refusals billing.posted_transfer[];
   v_kept integer[];                               -- a batch's movements written, by place (null: all)
+  v_restricted boolean := false;                  -- a tracked side holds credits for some models: its sub-accounts follow
+  v_flag boolean;
   v_out billing.posted_transfer[];
 begin
   -- Pending transfers (holds). A hold posted by the batch's one movement is ended with it below,
@@ -339,8 +341,9 @@ begin
       held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
       active_from = case when a.active_from >= v_day then a.active_from else now() end
     where a.id = v_one.from_account_id and a.code is null
-    returning a.balance, a.version into v_balance, v_version;
+    returning a.balance, a.version, a.restricted_lots into v_balance, v_version, v_flag;
     if found then
+      v_restricted := v_flag;
       v_ord := array[1]; v_account := array[v_one.from_account_id]; v_delta := array[-v_one.amount]; v_after := array[v_balance];
       v_versions := array[v_version];
     else
@@ -351,8 +354,9 @@ begin
       held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
       active_from = case when a.active_from >= v_day then a.active_from else now() end
     where a.id = v_one.to_account_id and a.code is null
-    returning a.balance, a.version into v_balance, v_version;
+    returning a.balance, a.version, a.restricted_lots into v_balance, v_version, v_flag;
     if found then
+      v_restricted := v_restricted or v_flag;
       v_ord := v_ord || 1; v_account := v_account || v_one.to_account_id; v_delta := v_delta || v_one.amount;
       v_after := v_after || v_balance; v_versions := v_versions || v_version;
     end if;
@@ -454,7 +458,7 @@ begin
           active_from = case when a.active_from >= v_day then a.active_from else now() end
         from (select l.account_id, sum(l.delta) as delta, count(*) as n from legs l group by l.account_id) d
         where a.id = d.account_id and a.code is null
-        returning a.id, a.balance, a.version
+        returning a.id, a.balance, a.version, a.restricted_lots
       ), e as (
         insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
         select v_ids[l.ord], l.account_id, l.delta,
@@ -465,8 +469,9 @@ begin
         returning transfer_id, account_id, balance_after
       )
       select array_agg(l.ord order by l.ord, l.delta), array_agg(l.account_id order by l.ord, l.delta),
-        array_agg(l.delta order by l.ord, l.delta), array_agg(e.balance_after order by l.ord, l.delta)
-      into v_ord, v_account, v_delta, v_after
+        array_agg(l.delta order by l.ord, l.delta), array_agg(e.balance_after order by l.ord, l.delta),
+        (select coalesce(bool_or(u.restricted_lots), false) from u)
+      into v_ord, v_account, v_delta, v_after, v_restricted
       from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
       insert into billing.ledger_tail as x (at, backend, kind, rate_card_id, amount, events, credit_change)
       select date_trunc('second', now()), pg_backend_pid(), t.kind, t.rate_card_id, sum(t.amount), count(*),
@@ -706,6 +711,7 @@ begin
           and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
         if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
           update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
+          v_restricted := true;
           -- Spending plans walk every set of lists (billing.plan_lot_draw): a handful per account.
           -- Only credits someone gives for free (a promotion or a code redeemed, an admin's grant, a
           -- school's allowance or escrow) are refused past 7 lists, to whoever gives or redeems
@@ -719,6 +725,30 @@ begin
           end if;
         end if;
       end loop;
+    end if;
+
+    -- Sub-accounts (credits for some models) follow the lots this call moved: a new lot brings
+    -- what it opened with, an allocation takes what it drew (a give-back returns what did not pay
+    -- a debt). Only a tracked side holding such credits has any.
+    -- A list's first lot opens its sub-account (an upsert would test the row it proposes, a
+    -- draw's negative change, against the balance's check).
+    if v_restricted then
+      with d as (
+        select l.account_id, l.applies_to, sum(m.change) as change
+        from (select n.id, n.amount - n.debt_settled as change from billing.lots n where n.grant_transfer_id = any(v_new)
+              union all
+              select x.lot_id, -(x.amount + x.debt_settled) from billing.lot_allocations x where x.transfer_id = any(v_new)) m
+        join billing.lots l on l.id = m.id
+        where l.applies_to is not null
+        group by l.account_id, l.applies_to
+      ), kept as (
+        update billing.sub_accounts s set balance = s.balance + d.change
+        from d where s.account_id = d.account_id and s.applies_to = d.applies_to
+        returning s.account_id, s.applies_to
+      )
+      insert into billing.sub_accounts (account_id, applies_to, balance)
+      select d.account_id, d.applies_to, d.change from d
+      where not exists (select 1 from kept k where k.account_id = d.account_id and k.applies_to = d.applies_to);
     end if;
   end if;
 
@@ -762,7 +792,9 @@ begin
   if not p_account.restricted_lots or p_account.balance < 0 then
     return p_account.balance < 0;
   end if;
-  return p_account.balance < (select coalesce(sum(l.remaining), 0) from billing.lots l where l.account_id = p_account.id and l.open);
+  -- Below its open lots' sum exactly when below its credits for some models (the lots for any
+  -- model hold what is beyond them): its sub-accounts.
+  return p_account.balance < (select coalesce(sum(s.balance), 0) from billing.sub_accounts s where s.account_id = p_account.id);
 end;
 $$;
 comment on function billing.in_debt(p_account billing.accounts) is 'Internal: whether an account owes: its balance is below what its open lots hold (credits for some models stay beside a debt).';

@@ -217,6 +217,14 @@ as $$
     where a.code is null group by a.id, a.balance
     having coalesce(sum(l.remaining) filter (where l.applies_to is null), 0)
       <> greatest(a.balance - coalesce(sum(l.remaining) filter (where l.applies_to is not null), 0), 0)
+  ), bad_sub_accounts as (
+    -- A sub-account holds what its account's lots under its list hold, and a list held has one.
+    select coalesce(s.account_id, l.account_id) as id
+    from billing.sub_accounts s
+    full join (select x.account_id, x.applies_to, sum(x.remaining) as remaining from billing.lots x
+               where x.applies_to is not null and x.open group by 1, 2) l
+      on l.account_id = s.account_id and l.applies_to = s.applies_to
+    where coalesce(s.balance, 0) <> coalesce(l.remaining, 0)
   ), bad_transfers as (
     select la.transfer_id from billing.lot_allocations la join billing.transfers t on t.id = la.transfer_id
     group by la.transfer_id, t.amount having sum(la.amount) > t.amount
@@ -244,12 +252,13 @@ as $$
   select jsonb_build_object(
     'lots', coalesce((select jsonb_agg(id) from bad_lots), '[]'),
     'accounts', coalesce((select jsonb_agg(id) from bad_accounts), '[]'),
+    'sub_accounts', coalesce((select jsonb_agg(id) from bad_sub_accounts), '[]'),
     'transfers', coalesce((select jsonb_agg(transfer_id) from bad_transfers), '[]'),
     'expiry', coalesce((select jsonb_agg(id) from bad_expiry), '[]'),
     'deferred_revenue_cents', coalesce((select jsonb_object_agg(currency, jsonb_build_object(
       'from_lots', from_lots, 'from_flows', from_flows)) from deferred), '{}'))
 $$;
-comment on function billing.check_lots() is 'Proves lots, allocations and balances agree (the lots for any model hold what the balance has beyond the credits for some models, 0 in debt), and deferred revenue two ways. Empty lists when all is well.';
+comment on function billing.check_lots() is 'Proves lots, allocations and balances agree (the lots for any model hold what the balance has beyond the credits for some models, 0 in debt; each sub-account what its list''s lots hold), and deferred revenue two ways. Empty lists when all is well.';
 revoke execute on function billing.check_lots() from public;
 grant execute on function billing.check_lots() to service_role;
 
@@ -261,7 +270,7 @@ as $$
 declare
   v_check jsonb := billing.check_lots();
   v_bad boolean := jsonb_array_length(v_check -> 'lots') + jsonb_array_length(v_check -> 'accounts')
-    + jsonb_array_length(v_check -> 'transfers') > 0
+    + jsonb_array_length(v_check -> 'sub_accounts') + jsonb_array_length(v_check -> 'transfers') > 0
     or exists (select 1 from jsonb_each(v_check -> 'deferred_revenue_cents') c
                where c.value -> 'from_lots' <> c.value -> 'from_flows');
 begin

@@ -56,7 +56,7 @@ select is((select sum(l.cost_cents * la.amount / l.amount) from billing.lot_allo
                                     and t.reference = (select id from ids where name = 'charge2')::text)),
   -300::numeric, 'the void un-recognises the paid part at its cost basis (30 credits of 10 cents)');
 select is(billing.check_lots() - 'deferred_revenue_cents',
-  '{"lots": [], "accounts": [], "transfers": [], "expiry": []}'::jsonb, 'lots, allocations and balances agree');
+  '{"lots": [], "accounts": [], "sub_accounts": [], "transfers": [], "expiry": []}'::jsonb, 'lots, allocations and balances agree');
 select ok((select bool_and(v -> 'from_lots' = v -> 'from_flows') from jsonb_each(billing.check_lots() -> 'deferred_revenue_cents') x(k, v)),
   'deferred revenue is exact both ways');
 
@@ -77,7 +77,7 @@ select is((billing.get_balance('c0c0c0c0-0000-4000-8000-000000000001')).balance,
 select is((select l.remaining from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
            where t.idempotency_key = 'corr-promo'), 0::numeric, 'the expired lot stays empty');
 select is(billing.check_lots() - 'deferred_revenue_cents',
-  '{"lots": [], "accounts": [], "transfers": [], "expiry": []}'::jsonb, 'and the lots still agree');
+  '{"lots": [], "accounts": [], "sub_accounts": [], "transfers": [], "expiry": []}'::jsonb, 'and the lots still agree');
 
 -- as a student, or with a bad request
 select throws_ok($$select billing.void_charge('c0c0c0c0-0000-4000-8000-000000000001', 1, 'mine')$$, 'P0001',

@@ -120,7 +120,7 @@ select is((select trim_scale(c.captured + c.overage) from billing.charge_hold_at
 select billing.sync_purchase(pg_temp.state(4, 999, 0, 'lost'));
 select is(pg_temp.school_left(4), 5000::numeric, 'u4: the lost dispute takes none of the school''s credits: 1,630 is debt');
 
-select is(billing.check_lots() - 'deferred_revenue_cents', '{"lots": [], "accounts": [], "transfers": [], "expiry": []}'::jsonb,
+select is(billing.check_lots() - 'deferred_revenue_cents', '{"lots": [], "accounts": [], "sub_accounts": [], "transfers": [], "expiry": []}'::jsonb,
   'lots, balances and allocations agree');
 
 select * from finish();

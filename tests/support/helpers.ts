@@ -197,7 +197,7 @@ export async function assertLedgerInvariants(): Promise<void> {
   // debt), no transfer drew more than its amount, deferred revenue the same both ways.
   // next_expiry is a lower bound of every open lot's expiry ('expiry').
   const [{ lots }] = await testDb`select billing.check_lots() as lots`;
-  for (const list of ['lots', 'accounts', 'transfers', 'expiry'] as const) {
+  for (const list of ['lots', 'accounts', 'sub_accounts', 'transfers', 'expiry'] as const) {
     if (lots[list].length) {
       problems.push(`lots disagree with the ledger (${list}: ${lots[list].slice(0, 5).join(', ')})`);
     }
