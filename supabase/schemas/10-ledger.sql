@@ -198,8 +198,27 @@ create table billing.ledger_tail (
 comment on table billing.ledger_tail is 'Internal: credit transfers summed per second, backend, kind and rate card by the writer, for the part of today not rolled up yet.';
 alter table billing.ledger_tail enable row level security;
 
--- Since when the writer has kept billing.ledger_tail and accounts.active_from (one row, written
--- by the migration that added them): a part of the day that starts earlier is read from the rows.
+-- What the credit transfers drew from lots (and gave back to them), summed as ledger_tail is: the
+-- lots part of the same reports (billing.ledger_parts), by the lots' currency, category and origin
+-- and the transfer's kind; of credits given back, the part that paid a debt is its own kind
+-- ('debt_settled_by_return'). Cost bases (cents) as the allocations keep them.
+create table billing.lots_tail (
+  at timestamptz not null,
+  backend integer not null,
+  currency text not null,
+  category text not null,
+  kind text not null,                             -- a transfer kind, or 'debt_settled_by_return'
+  origin text,                                    -- the lots' (billing.lots.origin)
+  credits numeric(38, 18) not null,
+  cents numeric not null,
+  constraint lots_tail_key unique nulls not distinct (at, backend, currency, category, kind, origin)
+) with (fillfactor = 70);
+comment on table billing.lots_tail is 'Internal: what credit transfers drew from lots, summed per second, backend, currency, category, kind and origin by the writer, for the part of today not rolled up yet.';
+alter table billing.lots_tail enable row level security;
+
+-- Since when the writer has kept billing.ledger_tail, billing.lots_tail and accounts.active_from
+-- (one row, moved by the migration that added the last of them): a part of the day that starts
+-- earlier is read from the rows.
 create table billing.ledger_tail_kept (
   since timestamptz primary key
 );

@@ -35,9 +35,10 @@
 --               credits brought back from breakage): negative allocations, no new lot; what of
 --               it pays a debt is the allocation's debt_settled, not the lot's
 --   moved_from  the credit opens a lot with this lot's provenance and its share of the cost (a plan rollover)
---   category, priority, cost_cents, currency, purchase_id, expires_at, applies_to: the new lot's,
---               over the defaults (billing.credit_expiry_policy; an adjustment never expires unless
---               told; applies_to null: pays for any model)
+--   category, priority, cost_cents, currency, purchase_id, expires_at, applies_to, origin: the new
+--               lot's, over the defaults (billing.credit_expiry_policy; an adjustment never expires
+--               unless told; applies_to null: pays for any model; origin: what reports break it down
+--               by, 'plan' or 'promo_code')
 create type billing.transfer_spec as (
   kind billing.transfer_kind,
   from_account_id bigint,
@@ -517,10 +518,18 @@ begin
                       order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
                       limit 1)
           and l.remaining >= -v_delta[1]
-        returning l.id, l.cost_cents * (-v_delta[1])::numeric(38, 18) / l.amount as cents
+        returning l.id, l.cost_cents * (-v_delta[1])::numeric(38, 18) / l.amount as cents, l.currency, l.category, l.origin
+      ), allocated as (
+        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
+        select v_ids[v_ord[1]], drawn.id, (p_transfers[v_ord[1]]).kind, -v_delta[1], drawn.cents from drawn
       )
-      insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
-      select v_ids[v_ord[1]], drawn.id, (p_transfers[v_ord[1]]).kind, -v_delta[1], drawn.cents from drawn;
+      -- The report's tail (lots_tail, below), from the lot in hand.
+      insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
+      select date_trunc('second', now()), pg_backend_pid(), drawn.currency, drawn.category, (p_transfers[v_ord[1]]).kind,
+        drawn.origin, -v_delta[1], drawn.cents
+      from drawn
+      on conflict (at, backend, currency, category, kind, origin) do update
+      set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
       get diagnostics v_drawn = row_count;
     end if;
     -- Debits told what to draw (`take`): exactly those lots of the debited account, exactly the amount.
@@ -672,9 +681,10 @@ begin
           continue;
         elsif v_lot ? 'moved_from' then
           insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                    amount, debt_settled, remaining, expires_at, moved_from, applies_to)
+                                    amount, debt_settled, remaining, expires_at, moved_from, applies_to, origin)
           select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
-            l.currency, c.amount, x.settled, c.amount - x.settled, (v_lot ->> 'expires_at')::timestamptz, l.id, l.applies_to
+            l.currency, c.amount, x.settled, c.amount - x.settled, (v_lot ->> 'expires_at')::timestamptz, l.id, l.applies_to,
+            l.origin
           from billing.lots l
           cross join lateral (select case when l.applies_to is null then v_settled else 0 end as settled) x
           where l.id = (v_lot ->> 'moved_from')::bigint;
@@ -691,15 +701,17 @@ begin
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
           elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
             perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
+          elsif v_lot ->> 'origin' not in ('plan', 'promo_code') then
+            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'origin', 'rule', 'plan or promo_code'));
           end if;
           if v_list is not null then
             v_settled := 0;
           end if;
           insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                    amount, debt_settled, remaining, applies_to, expires_at)
+                                    amount, debt_settled, remaining, applies_to, origin, expires_at)
           values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
             coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
-            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, v_list,
+            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, v_list, v_lot ->> 'origin',
             -- A support adjustment does not expire unless the admin says so: a correction that
             -- quietly vanishes would need correcting again.
             case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
@@ -735,9 +747,11 @@ begin
     if v_restricted then
       with d as (
         select l.account_id, l.applies_to, sum(m.change) as change
-        from (select n.id, n.amount - n.debt_settled as change from billing.lots n where n.grant_transfer_id = any(v_new)
+        from (select n.id, n.amount - n.debt_settled as change
+              from unnest(v_new) t(id) join billing.lots n on n.grant_transfer_id = t.id
               union all
-              select x.lot_id, -(x.amount + x.debt_settled) from billing.lot_allocations x where x.transfer_id = any(v_new)) m
+              select x.lot_id, -(x.amount + x.debt_settled)
+              from unnest(v_new) t(id) join billing.lot_allocations x on x.transfer_id = t.id) m
         join billing.lots l on l.id = m.id
         where l.applies_to is not null
         group by l.account_id, l.applies_to
@@ -749,6 +763,28 @@ begin
       insert into billing.sub_accounts (account_id, applies_to, balance)
       select d.account_id, d.applies_to, d.change from d
       where not exists (select 1 from kept k where k.account_id = d.account_id and k.applies_to = d.applies_to);
+    end if;
+
+    -- What this posting drew from lots and gave back to them, summed for the report's tail as
+    -- ledger_tail is (billing.ledger_parts): each allocation's cost basis as it keeps it; of a
+    -- give-back, the part that paid a debt, at the lot's cost basis, is its own kind. The one-lot
+    -- draw above kept its own; a posting that only credits drew nothing.
+    if v_drawn is distinct from 1
+       and (0 > any(v_delta) or exists (select 1 from unnest(p_transfers) t where t.lots ? 'return_to')) then
+      insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
+      select date_trunc('second', now()), pg_backend_pid(), l.currency, l.category, p.kind, l.origin, sum(p.credits), sum(p.cents)
+      -- From the posting's transfer ids, one index probe each (`transfer_id = any(…)` alone is planned
+      -- for hundreds of rows: a hash join over every lot).
+      from unnest(v_new) n(id)
+      join billing.lot_allocations a on a.transfer_id = n.id
+      join billing.lots l on l.id = a.lot_id
+      cross join lateral (select a.kind::text, a.amount, coalesce(a.cents, l.cost_cents * a.amount / l.amount)
+                          union all
+                          select 'debt_settled_by_return', a.debt_settled, l.cost_cents * a.debt_settled / l.amount
+                          where a.debt_settled > 0) p(kind, credits, cents)
+      group by l.currency, l.category, p.kind, l.origin
+      on conflict (at, backend, currency, category, kind, origin) do update
+      set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
     end if;
   end if;
 

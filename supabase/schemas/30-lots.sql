@@ -30,6 +30,11 @@ create table billing.lots (
   warned_days integer[] default '{}'::integer[] not null,
   moved_from bigint,
   applies_to text[],
+  -- What reports break credits down by (90-reporting.sql): 'plan', a plan's period or what rolled
+  -- into the next; 'promo_code', a promo code redeemed; set by the writer from the granting
+  -- call's lot options, a rollover's from the lot it left.
+  origin text,
+  constraint lots_origin check ((origin = any (array['plan'::text, 'promo_code'::text]))),
   constraint lots_amount_positive check ((amount > (0)::numeric)),
   constraint lots_category check ((category = any (array['paid'::text, 'promotional'::text]))),
   constraint lots_cost_not_negative check ((cost_cents >= (0)::numeric)),

@@ -349,7 +349,7 @@ begin
     v_transfer := (billing.post_user_transfer(null, 1, 'credit', v_credits, 'plan_grant', 'plans', 'plan:' || v_grant.invoice_id,
       p_sub.id::text, p_invoice ->> 'id', jsonb_build_object('plan_id', v_plan.id, 'subscription_id', p_sub.id), null,
       jsonb_build_object('category', 'paid', 'cost_cents', v_amount, 'currency', v_plan.currency, 'priority', 5,
-        'expires_at', v_end) || jsonb_strip_nulls(jsonb_build_object('applies_to', to_jsonb(v_plan.applies_to))),
+        'expires_at', v_end, 'origin', 'plan') || jsonb_strip_nulls(jsonb_build_object('applies_to', to_jsonb(v_plan.applies_to))),
       v_account)).transfer_id;
     insert into billing.plan_lots (lot_id, subscription_id, period_end)
     select l.id, p_sub.id, v_end from billing.lots l where l.grant_transfer_id = v_transfer and l.moved_from is null

@@ -395,7 +395,7 @@ begin
     v_transfer := (billing.post_user_transfer(p_user, 1, 'credit', v_amount, 'promo_grant', 'promotions',
       'code:' || v_code.id || ':' || p_user, null, null, jsonb_build_object('code_id', v_code.id), null,
       jsonb_strip_nulls(jsonb_build_object('category', 'promotional', 'expires_at', v_lot_expiry,
-        'applies_to', to_jsonb(v_code.applies_to))))).transfer_id;
+        'applies_to', to_jsonb(v_code.applies_to), 'origin', 'promo_code')))).transfer_id;
   else
     -- A gift or sponsor code gives what its escrow has: less after a refund; nothing while a
     -- dispute holds it (the dispute decides).

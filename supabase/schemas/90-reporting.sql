@@ -157,23 +157,20 @@ begin
     -- Credits drawn from lots by each kind of transfer (spent, expired, reversed, voided), each at
     -- its lot's cost basis; of credits given back to a lot, the part that paid a debt then (kind
     -- 'debt_settled_by_return'): spent on what the debt was for, on the day they came back. By
-    -- source too ('plan': a plan's lot; 'promo_code': a promo code's), so the plan and code
-    -- reports read what their lots drew from here (as plan_metrics and codes_report read the rows).
+    -- source too (the lot's origin: 'plan', 'promo_code'), so the plan and code reports read what
+    -- their lots drew from here (as plan_metrics and codes_report read the rows). Today's tail
+    -- from what the writer kept (billing.lots_tail), summed as below.
     (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
         'source', x.source, 'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
      -- Summed per lot in one pass, then each lot read once: a row's cost basis is kept on it
      -- (cents); rows from before it was kept, and the part of a give-back that paid a debt, are
      -- worked out from the lot row by row, as the kept ones were, so the sums are the same to the
      -- last digit.
-     from (select l.currency, l.category, p.kind,
-                  case when exists (select 1 from billing.plan_lots pl where pl.lot_id = l.id) then 'plan'
-                       when l.moved_from is null and l.grant_transfer_id in (select r.transfer_id from billing.code_redemptions r
-                         join billing.codes c on c.id = r.code_id where c.kind = 'promo') then 'promo_code' end as source,
-                  sum(p.credits) as credits, sum(p.cents) as cents
+     from (select l.currency, l.category, p.kind, l.origin as source, sum(p.credits) as credits, sum(p.cents) as cents
            from (select a.lot_id, a.kind, sum(a.amount) as credits, coalesce(sum(a.cents), 0) as kept,
                         array_agg(a.amount) filter (where a.cents is null) as unkept,
                         array_agg(a.debt_settled) filter (where a.debt_settled > 0) as settled
-                 from billing.lot_allocations a where a.created_at >= p_from and a.created_at < p_to
+                 from billing.lot_allocations a where not v_kept and a.created_at >= p_from and a.created_at < p_to
                  group by 1, 2) s
            join billing.lots l on l.id = s.lot_id
            cross join lateral (
@@ -181,7 +178,10 @@ begin
              union all
              select 'debt_settled_by_return', sum(u), sum(l.cost_cents * u / l.amount) from unnest(s.settled) u
              having count(*) > 0) p(kind, credits, cents)
-           group by 1, 2, 3, 4) x),
+           group by 1, 2, 3, 4
+           union all
+           select k.currency, k.category, k.kind, k.origin, sum(k.credits), sum(k.cents) from billing.lots_tail k
+           where v_kept and k.at >= p_from and k.at < p_to group by 1, 2, 3, 4) x),
     case when v_kept then array(select a.id from billing.accounts a where a.active_from >= p_from and a.active_from < p_to)
          else u.accounts end,
     case when v_kept then (select coalesce(sum(x.credit_change), 0) from billing.ledger_tail x where x.at >= p_from and x.at < p_to)
@@ -478,6 +478,7 @@ begin
   end loop;
   -- What the writer kept before here is rolled up.
   delete from billing.ledger_tail x where x.at < v_to;
+  delete from billing.lots_tail x where x.at < v_to;
   return v_to;
 end;
 $$;

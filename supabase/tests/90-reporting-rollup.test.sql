@@ -272,8 +272,9 @@ select ok((select count(*) from billing.transfers t, billing.revenue_rollup r wh
 -- reading of the allocations.
 insert into billing.subscriptions (user_id, plan_id, request_key, status) values (pg_temp.uid(1), 'basic_monthly', 'rollup-test', 'active');
 select pg_temp.credit(1, 'promo_grant', 50, greatest(pg_temp.at(0, 0), now() - interval '20 seconds'));
-insert into billing.lots (account_id, grant_transfer_id, category, priority, amount, remaining, granted_at)
-select a.id, (select max(id) from billing.transfers), 'promotional', 0, 50, 48, greatest(pg_temp.at(0, 0), now() - interval '20 seconds')
+-- A plan's lot, as the writer opens one for a plan's grant (its origin).
+insert into billing.lots (account_id, grant_transfer_id, category, priority, amount, remaining, granted_at, origin)
+select a.id, (select max(id) from billing.transfers), 'promotional', 0, 50, 48, greatest(pg_temp.at(0, 0), now() - interval '20 seconds'), 'plan'
 from billing.accounts a where a.user_id = pg_temp.uid(1);
 insert into billing.plan_lots (lot_id, subscription_id, period_end)
 select l.id, s.id, now() + interval '30 days' from billing.lots l, billing.subscriptions s

@@ -8,7 +8,7 @@ begin;
 set transaction isolation level repeatable read;
 select pg_advisory_xact_lock(hashtext('billing.roll_up_ledger'));
 lock table billing.revenue_rollup in exclusive mode;
-select plan(14);
+select plan(16);
 \ir helpers.psql
 
 create temp table t0 as select (now() at time zone 'UTC')::date as today, date_trunc('second', now()) as lo,
@@ -64,6 +64,14 @@ select billing.move_credits(a.id, b.id, 1.25, 'adjustment', 'tail-move-1', null)
 from billing.accounts a, billing.accounts b
 where a.user_id = 'd4d4d4d4-0000-4000-8000-000000000001' and b.user_id = 'd4d4d4d4-0000-4000-8000-000000000003';
 
+-- A promo code's credits (their origin, as billing.redeem_code gives them) spent first.
+select billing.grant_credits('d4d4d4d4-0000-4000-8000-000000000002', 50, 'promo_grant', 'tail-promo', null, null, null,
+  '{"origin": "promo_code", "priority": 0}');
+select billing.charge_usage('d4d4d4d4-0000-4000-8000-000000000002', 'gpt-4o-mini', 1000, 10, 'tail-usage-promo');
+select ok((select count(*) = 1 from pg_temp.parts(true) p, jsonb_array_elements(p.lots) x
+           where x ->> 'source' = 'promo_code' and x ->> 'kind' = 'usage'),
+  'what a promo code''s credits paid is in the tail under their origin');
+
 select ok((select count(*) > 0 from billing.ledger_tail x, t0 where x.at = t0.lo and x.backend = pg_backend_pid()),
   'the writer kept this transaction''s movements under its second and its backend');
 select is((select array[credits, lots] from pg_temp.parts(true)), (select array[credits, lots] from pg_temp.parts(false)),
@@ -96,6 +104,13 @@ select isnt((select credits from pg_temp.parts(true)), (select credits from pg_t
   'a row written past the writer is not in the tail');
 select is((select (x ->> 'amount')::numeric from pg_temp.parts(false) p, jsonb_array_elements(p.credits) x where x ->> 'kind' = 'adjustment'),
   8.25, 'but is in the rows (7 planted beside the 1.25 moved)');
+
+-- So is an allocation: what lots paid in the tail was read from what the writer kept.
+insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
+select t.id, l.id, 'usage', 0.5, 0 from billing.transfers t, billing.lots l
+where t.idempotency_key = 'tail-planted' and l.grant_transfer_id = (select x.id from billing.transfers x where x.idempotency_key = 'tail-promo');
+select isnt((select lots from pg_temp.parts(true)), (select lots from pg_temp.parts(false)),
+  'an allocation written past the writer is not in the tail''s lots part');
 
 select * from finish();
 rollback;
