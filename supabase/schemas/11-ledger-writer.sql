@@ -515,6 +515,9 @@ begin
         where l.id = (select x.id from billing.lots x where x.account_id = v_account[1] and x.open
                         and (v_for is null or x.applies_to is null or exists (select 1 from unnest(x.applies_to) p
                                where p = v_for or (right(p, 1) = '*' and starts_with(v_for, left(p, -1)))))
+                        -- A reversal takes no credits for some models (below), whoever asks.
+                        and (x.applies_to is null
+                             or (p_transfers[v_ord[1]]).kind not in ('refund_reversal', 'dispute_reversal'))
                       order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
                       limit 1)
           and l.remaining >= -v_delta[1]

@@ -2,7 +2,7 @@
 -- lots are under, holding exactly what those lots hold, through grants, charges, batches,
 -- moves (narrowed), refunds into debt; in_debt reads them; check_lots catches one that drifts.
 begin;
-select plan(15);
+select plan(16);
 \ir helpers.psql
 
 insert into auth.users (id) select ('d5d5d5d5-0000-4000-8000-00000000000' || n)::uuid from generate_series(1, 4) n;
@@ -52,6 +52,12 @@ select billing.grant_credits(pg_temp.u(3), 4, 'adjustment', 'sa-3-any');
 select ok(not billing.in_debt((select a from billing.accounts a where a.id = pg_temp.account(3))), 'not in debt before');
 select billing.reverse_credits(pg_temp.u(3), 6, 'refund_reversal', 'sa-3-refund', null, null, null, '{}');
 select is(pg_temp.subs(3), '{"gpt-4o-mini": "10"}', 'a reversal into debt leaves the sub-account whole');
+-- The writer keeps that rule whoever asks: a reversal naming no lots (its one-lot draw) skips the
+-- credits for some models that come first in spending order.
+select billing.grant_credits(pg_temp.u(4), 10, 'promo_grant', 'sa-4-mini', null, null, null, '{"applies_to": ["gpt-4o-mini"], "priority": 0}');
+select billing.grant_credits(pg_temp.u(4), 10, 'adjustment', 'sa-4-any');
+select billing.post_user_transfer(pg_temp.u(4), -1, 'reverse', 6, 'refund_reversal', 'refunds', 'sa-4-refund');
+select is(pg_temp.subs(4), '{"gpt-4o-mini": "13"}', 'a reversal alone takes the credits for any model, not the first lot''s');
 select ok(billing.in_debt((select a from billing.accounts a where a.id = pg_temp.account(3))),
   'in debt: the balance (8) is below the sub-accounts (10)');
 
