@@ -30,7 +30,7 @@ const capture = (token: string, id: unknown, body: Record<string, unknown> = {},
 const release = (token: string, id: unknown, headers = key()) =>
   api(`/credits/holds/${id}/release`, { token, headers, body: {} });
 /** Usage the product's server reports for the token's user: gpt-4o input, 50 tokens = 1 credit. */
-const usage = (token: string, credits: number, k = crypto.randomUUID(), extra: Record<string, unknown> = {}) =>
+const usage = (token: string, credits: number, k: string = crypto.randomUUID(), extra: Record<string, unknown> = {}) =>
   reportUsage('/credits/usage', {
     token,
     headers: { 'idempotency-key': k },
