@@ -81,13 +81,21 @@ async function noDrift() {
   await assertLedgerInvariants();
 }
 
-const tailDb = postgres(env('SUPABASE_DB_URL'), { max: 1, onnotice: () => {}, prepare: false });
+/** `fn` on a connection of its own (a repeatable-read snapshot, the roll-up as pg_cron runs it), closed after. */
+async function own<T>(fn: (db: postgres.Sql) => Promise<T>): Promise<T> {
+  const db = postgres(env('SUPABASE_DB_URL'), { max: 1, onnotice: () => {}, prepare: false });
+  try {
+    return await fn(db);
+  } finally {
+    await db.end();
+  }
+}
 
 /** Today rolled up as the minute job does, past the instant the writer began keeping the tail. */
 async function rollUp() {
-  const [{ since }] = await tailDb`select since from billing.ledger_tail_kept`;
+  const [{ since }] = await testDb`select since from billing.ledger_tail_kept`;
   await sleep(Math.max(0, since.getTime() + 2100 - Date.now()));
-  await tailDb`select billing.roll_up_ledger('1 day')`;
+  await own((db) => db`select billing.roll_up_ledger('1 day')`);
 }
 
 type Part = { currency: string; category: string; kind: string; source: string | null; credits: string; cents: string };
@@ -98,15 +106,17 @@ type CreditPart = { kind: string; model: string | null; amount: string; events: 
  * from what the writer kept and from the raw rows: the lots part and the credits part, each sorted.
  */
 async function tail() {
-  const [r] = await tailDb.begin('isolation level repeatable read', (tx) =>
-    tx`
+  const [r] = await own((db) =>
+    db.begin('isolation level repeatable read', (tx) =>
+      tx`
     with d as (select (now() at time zone 'UTC')::date as today),
     w as (select (d.today + 1)::timestamp at time zone 'UTC' as day_end,
             coalesce(r.ledger_until, d.today::timestamp at time zone 'UTC') as w
           from d left join billing.revenue_rollup r on r.day = d.today and r.ledger_until > d.today::timestamp at time zone 'UTC')
     select billing.ledger_tail_readable(w.w, w.day_end) as readable, w.w as watermark,
       p.lots as kept_lots, q.lots as raw_lots, p.credits as kept_credits, q.credits as raw_credits
-    from w, billing.ledger_parts(w.w, w.day_end, true) p, billing.ledger_parts(w.w, w.day_end, false) q`);
+    from w, billing.ledger_parts(w.w, w.day_end, true) p, billing.ledger_parts(w.w, w.day_end, false) q`)
+  );
   // Numbers as exact text (trim_scale), rows sorted, so equal parts compare equal.
   const lots = (x: Part[]) => x.map((p) => ({ ...p, credits: trim(p.credits), cents: trim(p.cents) })).sort(byText);
   const credits = (x: CreditPart[]) => x.map((p) => ({ ...p, amount: trim(p.amount) })).sort(byText);
@@ -383,5 +393,42 @@ Deno.test("plan credits, a promo code's and a batch spent at once, with holds ca
     "12 reports and a batch of 10 drew 22 of the code's 30",
   );
   await assertLedgerInvariants();
-  await tailDb.end();
+});
+
+// ============================================================ voids paying a debt beside credits for one model
+
+Deno.test("voids raced while a refund left a student in debt beside credits for one model pay the debt first: the tail's debt_settled_by_return is exact", async () => {
+  await rollUp();
+  const [mA] = await models(1);
+  const s = await person('debtor');
+  const session = await pays(s.token, { package_id: 'mini' }); // 5,000 paid, for anything
+  assert.equal((await grantLot(s.id, '10', 'promo_grant', { applies_to: [mA] })).status, 201);
+  const spent = await Promise.all(Array.from({ length: 30 }, () => use(s.token, 'gpt-4o', 50)));
+  for (const r of spent) assert.equal(r.status, 201, r.text);
+  await emulator(`/_emulator/charges/${await chargeOf(session)}/refund`, {}); // the whole 5,000 back: 30 owed
+  const acct = await accountOf(s.id);
+  const [owed] =
+    await testDb`select billing.in_debt(a) as owes, trim_scale(a.balance)::text as b from billing.accounts a where a.id = ${acct}`;
+  assert.deepEqual(owed, { owes: true, b: '-20' }, 'the 30 spent are owed beside the 10 for mA');
+  const before = await tail();
+
+  // Five charges voided at once, each twice, while the student tries mA: the give-backs pay the debt.
+  const ids = spent.slice(0, 5).map((r) => dataOf(r).transfer_id as string);
+  await Promise.all([...ids.flatMap((id) => [voidCharge(id), voidCharge(id)]), use(s.token, mA, await oneCredit(mA))]);
+  const [x] =
+    await testDb`select billing.in_debt(a) as owes, trim_scale(a.balance)::text as b from billing.accounts a where a.id = ${acct}`;
+  const sub = await subAccounts([acct]);
+  assert.deepEqual(sub.off, []);
+  assert.equal(sub.balances[`${acct}:${mA}`], '10', 'a debt is never paid from credits for one model');
+  assert.deepEqual(x, { owes: true, b: '-15' }, '25 owed now beside the 10 for mA');
+  await noDrift();
+  const after = await tailIsRaw('voids paying a debt');
+  assert.equal(
+    String(
+      Number(lotsCredits(after, 'paid', 'debt_settled_by_return', null)) -
+        Number(lotsCredits(before, 'paid', 'debt_settled_by_return', null)),
+    ),
+    '5',
+    'the five credits given back paid the debt',
+  );
 });
