@@ -744,9 +744,9 @@ begin
 
     -- Sub-accounts (credits for some models) follow the lots this call moved: a new lot brings
     -- what it opened with, an allocation takes what it drew (a give-back returns what did not pay
-    -- a debt). Only a tracked side holding such credits has any.
-    -- A list's first lot opens its sub-account (an upsert would test the row it proposes, a
-    -- draw's negative change, against the balance's check).
+    -- a debt). Only a tracked side holding such credits has any; a list's first lot opens its
+    -- sub-account (not an upsert: it would test the row it proposes, a draw's negative change,
+    -- against the balance's check).
     if v_restricted then
       with d as (
         select l.account_id, l.applies_to, sum(m.change) as change
