@@ -579,7 +579,7 @@ begin
         from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
         where x.delta < 0 and not coalesce((p_transfers[x.ord]).lots ? 'take', false)
       ), l as (
-        select l.id, l.account_id, l.remaining, l.cost_cents, l.amount as lot_amount,
+        select l.id, l.account_id, l.remaining, l.cost_cents, l.amount as lot_amount, l.currency, l.category, l.origin,
           sum(l.remaining) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
             l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
         from billing.lots l
@@ -587,15 +587,24 @@ begin
           and (not v_reversal or l.applies_to is null or l.id = any(v_first))
           and (v_for is null or l.applies_to is null or exists (select 1 from unnest(l.applies_to) p
                  where p = v_for or (right(p, 1) = '*' and starts_with(v_for, left(p, -1)))))
-      ), a as (
-        select d.ord, l.id as lot_id, l.cost_cents, l.lot_amount,
+      ), p as (
+        select d.ord, l.id as lot_id, l.cost_cents, l.lot_amount, l.currency, l.category, l.origin,
           least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
         from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
+      ), a as (
+        select p.*, p.cost_cents * p.amount::numeric(38, 18) / p.lot_amount as cents from p
       ), ins as (
         insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
-        select v_ids[a.ord], a.lot_id, (p_transfers[a.ord]).kind, a.amount,
-          a.cost_cents * a.amount::numeric(38, 18) / a.lot_amount from a
+        select v_ids[a.ord], a.lot_id, (p_transfers[a.ord]).kind, a.amount, a.cents from a
         returning lot_id, amount
+      ), tail as (
+        -- The report's tail (lots_tail, below), from the lots in hand.
+        insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
+        select date_trunc('second', now()), pg_backend_pid(), a.currency, a.category, (p_transfers[a.ord]).kind, a.origin,
+          sum(a.amount), sum(a.cents)
+        from a group by a.currency, a.category, (p_transfers[a.ord]).kind, a.origin
+        on conflict (at, backend, currency, category, kind, origin) do update
+        set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents
       )
       update billing.lots x set remaining = x.remaining - s.total
       from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
@@ -770,21 +779,22 @@ begin
 
     -- What this posting drew from lots and gave back to them, summed for the report's tail as
     -- ledger_tail is (billing.ledger_parts): each allocation's cost basis as it keeps it; of a
-    -- give-back, the part that paid a debt, at the lot's cost basis, is its own kind. The one-lot
-    -- draw above kept its own; a posting that only credits drew nothing.
-    if v_drawn is distinct from 1
-       and (0 > any(v_delta) or exists (select 1 from unnest(p_transfers) t where t.lots ? 'return_to')) then
+    -- give-back, the part that paid a debt, at the lot's cost basis, is its own kind. The draws in
+    -- spending order (one lot or many) kept their own above; here the lots a movement named (its
+    -- `take`, or a give-back's `return_to`).
+    if exists (select 1 from unnest(p_transfers) t where t.lots ? 'take' or t.lots ? 'return_to') then
       insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
       select date_trunc('second', now()), pg_backend_pid(), l.currency, l.category, p.kind, l.origin, sum(p.credits), sum(p.cents)
-      -- From the posting's transfer ids, one index probe each (`transfer_id = any(…)` alone is planned
-      -- for hundreds of rows: a hash join over every lot).
-      from unnest(v_new) n(id)
-      join billing.lot_allocations a on a.transfer_id = n.id
+      -- One index probe per such movement (`transfer_id = any(…)` is planned for hundreds of rows:
+      -- a hash join over every lot).
+      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+      join billing.lot_allocations a on a.transfer_id = v_ids[t.ord]
       join billing.lots l on l.id = a.lot_id
       cross join lateral (select a.kind::text, a.amount, coalesce(a.cents, l.cost_cents * a.amount / l.amount)
                           union all
                           select 'debt_settled_by_return', a.debt_settled, l.cost_cents * a.debt_settled / l.amount
                           where a.debt_settled > 0) p(kind, credits, cents)
+      where (t.lots ? 'take' or t.lots ? 'return_to') and v_ids[t.ord] = any(v_new)
       group by l.currency, l.category, p.kind, l.origin
       on conflict (at, backend, currency, category, kind, origin) do update
       set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
