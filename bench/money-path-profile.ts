@@ -9,7 +9,10 @@
 //   (c) an AI call (#55): the gateway's hold and capture (begin_ai_call + finish_ai_call) against
 //       one usage request: Postgres CPU of the whole cluster a call at 8 connections, the account
 //       writes each phase makes, and each nested statement's executor time at one session.
-//   BENCH_SECONDS (5) for (a), BENCH_PROFILE_REQUESTS (3000) for (b), BENCH_AI_CALLS (2000) for (c)
+//   (d) the same call against its own row writes alone, as bare statements on copies of the
+//       ledger's tables (bench/ai-call-floor.sql): the floor of today's data model.
+//   BENCH_SECONDS (5) for (a), BENCH_PROFILE_REQUESTS (3000) for (b), BENCH_AI_CALLS (2000) for (c),
+//   BENCH_FLOOR_CALLS (1000) for (d)
 import postgres from 'postgres';
 import { fixtures } from './fixtures.ts';
 import { clusterCpu, fmt, pgbench, printer } from './lib.ts';
@@ -18,6 +21,7 @@ import { cpuSeconds } from './request-path/procfs.ts';
 const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 const requests = Number(Deno.env.get('BENCH_PROFILE_REQUESTS') ?? 3000);
 const aiCalls = Number(Deno.env.get('BENCH_AI_CALLS') ?? 2000);
+const floorCalls = Number(Deno.env.get('BENCH_FLOOR_CALLS') ?? 1000);
 const dbUrl = Deno.env.get('SUPABASE_DB_URL') ?? '';
 if (!dbUrl) throw new Error('SUPABASE_DB_URL is not set');
 // The profiler and `track = all` are the superuser's settings (locally supabase_admin).
@@ -279,6 +283,43 @@ for (const s of aiStatements.filter((s) => s.us >= 5)) {
     } |`,
   );
 }
+
+// ------------------------------------------------------------ (d) an AI call against its own row writes alone
+// The same rows written as bare statements on copies of the tables (bench/ai-call-floor.sql):
+// what today's data model costs at least, and so how much of a call is everything else.
+log(`(d) ${floorCalls} AI calls and as many of their row writes alone, alternating on one session`);
+await one.file('bench/ai-call-floor.sql');
+await one`select bench_floor.fill(${users}::uuid[])`;
+const floorCall = async (user: string) => {
+  const [{ id }] = await one`select bench_floor.begin_call(${user}, 0.000054) as id`;
+  await one`select bench_floor.finish_call(${id}, 0.000021)`;
+};
+for (let i = 0; i < 50; i++) await floorCall(userAt(i)); // warm: plans made, pages read
+await one`select extensions.pg_stat_statements_reset()`;
+for (let i = 0; i < floorCalls; i++) {
+  await aiCall(one, userAt(i));
+  await floorCall(userAt(i));
+}
+const phases = await one<{ phase: string; us: number }[]>`
+  select case when query like '%begin_ai_call%' then 'begin' when query like '%finish_ai_call%' then 'finish'
+              when query like '%begin_call%' then 'floor begin' else 'floor finish' end as phase,
+    sum(total_exec_time) * 1000 / ${floorCalls} as us
+  from extensions.pg_stat_statements
+  where dbid = (select oid from pg_database where datname = current_database()) and toplevel
+    and query ~ '(begin_ai_call|finish_ai_call|bench_floor\.(begin|finish)_call)'
+  group by 1`;
+const us = (p: string) => phases.find((x) => x.phase === p)?.us ?? NaN;
+say(`\n### (d) An AI call against its own row writes alone\n`);
+say(
+  `Executor time a call, one session, ${floorCalls} calls each, alternating: the call (begin_ai_call + ` +
+    `finish_ai_call) ${fmt(us('begin'))} + ${fmt(us('finish'))} µs; the same rows written as bare statements ` +
+    `on copies of the tables (bench/ai-call-floor.sql) ${fmt(us('floor begin'))} + ${fmt(us('floor finish'))} µs: ` +
+    `the call is ${((us('begin') + us('finish')) / (us('floor begin') + us('floor finish'))).toFixed(2)}× its row ` +
+    `writes (begin ${(us('begin') / us('floor begin')).toFixed(2)}×, finish ${
+      (us('finish') / us('floor finish')).toFixed(2)
+    }×).\n`,
+);
+await one`drop schema bench_floor cascade`;
 await one.end();
 
 const [{ invariants }] = await admin`select billing.check_lots() as invariants`;

@@ -299,10 +299,13 @@ begin
       v_refusal := billing.spend_refusal(v_one.from_account_id, v_one.amount, v_room, v_capped, v_one.metadata ->> 'model',
         v_one.member_id);
       v_capped := v_capped and v_refusal.result is null;   -- counted against the caps: a replay gives it back
-      -- A replay is answered as one below, whatever the account has now.
-      if v_refusal.result is not null
-         and not exists (select 1 from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind) then
-        return array[v_refusal];
+      -- A replay is answered as one below, whatever the account has now. (Conditions that hold a
+      -- query are nested under the plain ones here and below: PL/pgSQL runs any expression with a
+      -- subquery through the executor, whatever its other operands say.)
+      if v_refusal.result is not null then
+        if not exists (select 1 from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind) then
+          return array[v_refusal];
+        end if;
       end if;
     end if;
     insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
@@ -504,9 +507,12 @@ begin
     -- statement: the first lot in spending order covers it.
     v_for := case when cardinality(p_transfers) = 1 then (p_transfers[1]).lots ->> 'for' end;
     -- A movement alone is read directly; only a batch is scanned (no query on the hot path).
-    if v_for is null and (case when cardinality(p_transfers) = 1 then coalesce((p_transfers[1]).lots ? 'for', false)
-                               else exists (select 1 from unnest(p_transfers) t where t.lots ? 'for') end) then
+    if v_for is null and cardinality(p_transfers) = 1 and coalesce((p_transfers[1]).lots ? 'for', false) then
       perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is a movement alone"}');
+    elsif cardinality(p_transfers) > 1 then
+      if exists (select 1 from unnest(p_transfers) t where t.lots ? 'for') then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is a movement alone"}');
+      end if;
     end if;
     if cardinality(v_ord) = 1 and v_delta[1] < 0
        and ((p_transfers[v_ord[1]]).lots is null or (p_transfers[v_ord[1]]).lots - 'for' = '{}'::jsonb) then
@@ -535,84 +541,87 @@ begin
       set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
       get diagnostics v_drawn = row_count;
     end if;
-    -- Debits told what to draw (`take`): exactly those lots of the debited account, exactly the amount.
-    if v_drawn is distinct from 1 and exists (select 1 from unnest(p_transfers) t where t.lots ? 'take') then
+    -- Every other draw: what the one-lot statement above did not cover.
+    if v_drawn is distinct from 1 then
+      -- Debits told what to draw (`take`): exactly those lots of the debited account, exactly the amount.
+      if exists (select 1 from unnest(p_transfers) t where t.lots ? 'take') then
+        if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta)
+                   left join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r on true
+                   where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
+                   group by d.ord having sum((r ->> 'amount')::numeric) is distinct from -min(d.delta)
+                     or bool_or(((r ->> 'amount')::numeric > 0) is not true)) then
+          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes positive parts of lots, of exactly its amount"}');
+        end if;
+        with x as (
+          select d.ord, d.account_id, (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as part
+          from unnest(v_ord, v_account, v_delta) d(ord, account_id, delta)
+          cross join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r
+          where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
+        ), ins as (
+          insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
+          select v_ids[x.ord], x.lot_id, (p_transfers[x.ord]).kind, x.part, l.cost_cents * x.part::numeric(38, 18) / l.amount
+          from x join billing.lots l on l.id = x.lot_id
+        ), upd as (
+          update billing.lots l set remaining = l.remaining - s.total
+          from (select x.lot_id, x.account_id, sum(x.part) as total from x group by x.lot_id, x.account_id) s
+          where l.id = s.lot_id and l.account_id = s.account_id
+          returning l.id
+        )
+        select (select count(*) from upd) - (select count(distinct (x.lot_id, x.account_id)) from x) into v_drawn;
+        if v_drawn <> 0 then
+          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes only its own account''s lots"}');
+        end if;
+        v_drawn := null;
+      end if;
       if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta)
-                 left join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r on true
-                 where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
-                 group by d.ord having sum((r ->> 'amount')::numeric) is distinct from -min(d.delta)
-                   or bool_or(((r ->> 'amount')::numeric > 0) is not true)) then
-        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes positive parts of lots, of exactly its amount"}');
-      end if;
-      with x as (
-        select d.ord, d.account_id, (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as part
-        from unnest(v_ord, v_account, v_delta) d(ord, account_id, delta)
-        cross join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r
-        where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
-      ), ins as (
-        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
-        select v_ids[x.ord], x.lot_id, (p_transfers[x.ord]).kind, x.part, l.cost_cents * x.part::numeric(38, 18) / l.amount
-        from x join billing.lots l on l.id = x.lot_id
-      ), upd as (
-        update billing.lots l set remaining = l.remaining - s.total
-        from (select x.lot_id, x.account_id, sum(x.part) as total from x group by x.lot_id, x.account_id) s
-        where l.id = s.lot_id and l.account_id = s.account_id
-        returning l.id
-      )
-      select (select count(*) from upd) - (select count(distinct (x.lot_id, x.account_id)) from x) into v_drawn;
-      if v_drawn <> 0 then
-        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes only its own account''s lots"}');
-      end if;
-      v_drawn := null;
-    end if;
-    if v_drawn is distinct from 1 and exists (select 1 from unnest(v_ord, v_delta) d(ord, delta)
-                                              where d.delta < 0 and not coalesce((p_transfers[d.ord]).lots ? 'take', false)) then
-      v_first := array(select jsonb_array_elements_text(t.lots -> 'first')::bigint
-                       from unnest(p_transfers) t where t.lots ? 'first');
-      -- A reversal (refund, lost dispute) takes back money paid for anything: the lots it names
-      -- (its purchase's or plan's, whatever they pay for), then only credits for any model; what
-      -- they lack is debt, never credits someone gave for some models only.
-      v_reversal := exists (select 1 from unnest(p_transfers) t where t.kind in ('refund_reversal', 'dispute_reversal'));
-      with d as (
-        select x.ord, x.account_id, -x.delta as amount,
-          sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
-        from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
-        where x.delta < 0 and not coalesce((p_transfers[x.ord]).lots ? 'take', false)
-      ), l as (
-        select l.id, l.account_id, l.remaining, l.cost_cents, l.amount as lot_amount, l.currency, l.category, l.origin,
-          sum(l.remaining) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
-            l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
-        from billing.lots l
-        where l.account_id in (select d.account_id from d) and l.open
-          and (not v_reversal or l.applies_to is null or l.id = any(v_first))
-          and (v_for is null or l.applies_to is null or exists (select 1 from unnest(l.applies_to) p
-                 where p = v_for or (right(p, 1) = '*' and starts_with(v_for, left(p, -1)))))
-      ), p as (
-        select d.ord, l.id as lot_id, l.cost_cents, l.lot_amount, l.currency, l.category, l.origin,
-          least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
-        from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
-      ), a as (
-        select p.*, p.cost_cents * p.amount::numeric(38, 18) / p.lot_amount as cents from p
-      ), ins as (
-        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
-        select v_ids[a.ord], a.lot_id, (p_transfers[a.ord]).kind, a.amount, a.cents from a
-        returning lot_id, amount
-      ), tail as (
-        -- The report's tail (lots_tail, below), from the lots in hand.
-        insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
-        select date_trunc('second', now()), pg_backend_pid(), a.currency, a.category, (p_transfers[a.ord]).kind, a.origin,
-          sum(a.amount), sum(a.cents)
-        from a group by a.currency, a.category, (p_transfers[a.ord]).kind, a.origin
-        on conflict (at, backend, currency, category, kind, origin) do update
-        set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents
-      )
-      update billing.lots x set remaining = x.remaining - s.total
-      from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
-      where x.id = s.lot_id;
-      -- Lots that may pay for the model must cover it whole (the caller summed them).
-      if v_for is not null and (select coalesce(sum(a.amount), 0) from billing.lot_allocations a
-                                where a.transfer_id = v_ids[1]) <> -v_delta[1] then
-        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is covered by lots that may pay for it"}');
+                  where d.delta < 0 and not coalesce((p_transfers[d.ord]).lots ? 'take', false)) then
+        v_first := array(select jsonb_array_elements_text(t.lots -> 'first')::bigint
+                         from unnest(p_transfers) t where t.lots ? 'first');
+        -- A reversal (refund, lost dispute) takes back money paid for anything: the lots it names
+        -- (its purchase's or plan's, whatever they pay for), then only credits for any model; what
+        -- they lack is debt, never credits someone gave for some models only.
+        v_reversal := exists (select 1 from unnest(p_transfers) t where t.kind in ('refund_reversal', 'dispute_reversal'));
+        with d as (
+          select x.ord, x.account_id, -x.delta as amount,
+            sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
+          from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
+          where x.delta < 0 and not coalesce((p_transfers[x.ord]).lots ? 'take', false)
+        ), l as (
+          select l.id, l.account_id, l.remaining, l.cost_cents, l.amount as lot_amount, l.currency, l.category, l.origin,
+            sum(l.remaining) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
+              l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+          from billing.lots l
+          where l.account_id in (select d.account_id from d) and l.open
+            and (not v_reversal or l.applies_to is null or l.id = any(v_first))
+            and (v_for is null or l.applies_to is null or exists (select 1 from unnest(l.applies_to) p
+                   where p = v_for or (right(p, 1) = '*' and starts_with(v_for, left(p, -1)))))
+        ), p as (
+          select d.ord, l.id as lot_id, l.cost_cents, l.lot_amount, l.currency, l.category, l.origin,
+            least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
+          from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
+        ), a as (
+          select p.*, p.cost_cents * p.amount::numeric(38, 18) / p.lot_amount as cents from p
+        ), ins as (
+          insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
+          select v_ids[a.ord], a.lot_id, (p_transfers[a.ord]).kind, a.amount, a.cents from a
+          returning lot_id, amount
+        ), tail as (
+          -- The report's tail (lots_tail, below), from the lots in hand.
+          insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
+          select date_trunc('second', now()), pg_backend_pid(), a.currency, a.category, (p_transfers[a.ord]).kind, a.origin,
+            sum(a.amount), sum(a.cents)
+          from a group by a.currency, a.category, (p_transfers[a.ord]).kind, a.origin
+          on conflict (at, backend, currency, category, kind, origin) do update
+          set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents
+        )
+        update billing.lots x set remaining = x.remaining - s.total
+        from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
+        where x.id = s.lot_id;
+        -- Lots that may pay for the model must cover it whole (the caller summed them).
+        if v_for is not null and (select coalesce(sum(a.amount), 0) from billing.lot_allocations a
+                                  where a.transfer_id = v_ids[1]) <> -v_delta[1] then
+          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is covered by lots that may pay for it"}');
+        end if;
       end if;
     end if;
 
@@ -782,22 +791,24 @@ begin
     -- give-back, the part that paid a debt, at the lot's cost basis, is its own kind. The draws in
     -- spending order (one lot or many) kept their own above; here the lots a movement named (its
     -- `take`, or a give-back's `return_to`).
-    if exists (select 1 from unnest(p_transfers) t where t.lots ? 'take' or t.lots ? 'return_to') then
-      insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
-      select date_trunc('second', now()), pg_backend_pid(), l.currency, l.category, p.kind, l.origin, sum(p.credits), sum(p.cents)
-      -- One index probe per such movement (`transfer_id = any(…)` is planned for hundreds of rows:
-      -- a hash join over every lot).
-      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
-      join billing.lot_allocations a on a.transfer_id = v_ids[t.ord]
-      join billing.lots l on l.id = a.lot_id
-      cross join lateral (select a.kind::text, a.amount, coalesce(a.cents, l.cost_cents * a.amount / l.amount)
-                          union all
-                          select 'debt_settled_by_return', a.debt_settled, l.cost_cents * a.debt_settled / l.amount
-                          where a.debt_settled > 0) p(kind, credits, cents)
-      where (t.lots ? 'take' or t.lots ? 'return_to') and v_ids[t.ord] = any(v_new)
-      group by l.currency, l.category, p.kind, l.origin
-      on conflict (at, backend, currency, category, kind, origin) do update
-      set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
+    if cardinality(p_transfers) > 1 or coalesce((p_transfers[1]).lots ?| array['take', 'return_to'], false) then
+      if exists (select 1 from unnest(p_transfers) t where t.lots ? 'take' or t.lots ? 'return_to') then
+        insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
+        select date_trunc('second', now()), pg_backend_pid(), l.currency, l.category, p.kind, l.origin, sum(p.credits), sum(p.cents)
+        -- One index probe per such movement (`transfer_id = any(…)` is planned for hundreds of rows:
+        -- a hash join over every lot).
+        from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+        join billing.lot_allocations a on a.transfer_id = v_ids[t.ord]
+        join billing.lots l on l.id = a.lot_id
+        cross join lateral (select a.kind::text, a.amount, coalesce(a.cents, l.cost_cents * a.amount / l.amount)
+                            union all
+                            select 'debt_settled_by_return', a.debt_settled, l.cost_cents * a.debt_settled / l.amount
+                            where a.debt_settled > 0) p(kind, credits, cents)
+        where (t.lots ? 'take' or t.lots ? 'return_to') and v_ids[t.ord] = any(v_new)
+        group by l.currency, l.category, p.kind, l.origin
+        on conflict (at, backend, currency, category, kind, origin) do update
+        set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
+      end if;
     end if;
   end if;
 
