@@ -1657,22 +1657,6 @@ $$;
 comment on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean) is 'Internal: counts an amount against the applicable caps (the account''s, and the member''s on a pooled wallet) if all have room (p_count false: only asks); else returns the cap it would exceed.';
 revoke execute on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean) from public;
 
-create or replace function billing.charge_caps(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null)
-returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_over jsonb := billing.take_cap_room(p_account_id, p_amount, p_model, p_member);
-begin
-  if v_over is not null then
-    perform billing.raise_error('SPEND_CAP_REACHED', v_over);
-  end if;
-end;
-$$;
-comment on function billing.charge_caps(p_account_id bigint, p_amount numeric, p_model text, p_member uuid) is 'Internal: take_cap_room, refusing with SPEND_CAP_REACHED when a cap has no room.';
-revoke execute on function billing.charge_caps(p_account_id bigint, p_amount numeric, p_model text, p_member uuid) from public;
-
 create or replace function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamptz,
   p_member uuid default null)
 returns void

@@ -9,7 +9,7 @@
 -- An account without caps pays nothing for this: accounts.caps = 0 skips every step.
 --
 -- The table (billing.spend_caps) is in 10-ledger.sql beside the accounts it limits, and the room
--- a posting takes and gives back (take_cap_room, charge_caps, return_cap_room, …) and the
+-- a posting takes and gives back (take_cap_room, return_cap_room, …) and the
 -- low-balance alert in 11-ledger-writer.sql, on the writer's road; billing.cap_room, what a
 -- hold's overrun may still cost, in 12-holds.sql; a member's cap, which an organisation's admins
 -- set (billing.set_member_cap), in 70-orgs.sql. Here: setting and reading caps and alerts.

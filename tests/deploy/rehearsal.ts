@@ -125,9 +125,21 @@ export interface Running {
 /**
  * Starts one uploaded function alone, as the platform would: its own process and folder, only
  * the uploaded files and import map, no deno.json, no lock file, no node_modules, and only
- * `env`. Resolves once it listens; rejects with its output if it exits first.
+ * `env`. Resolves once it listens; rejects with its output if it exits first. Without a `port`,
+ * a free one; taken meanwhile (freePort closes its listener before the function binds, and the
+ * suite's own connections draw from the same ephemeral range), another.
  */
-export async function startFunction(upload: Upload, env: Record<string, string>, port = freePort()): Promise<Running> {
+export async function startFunction(upload: Upload, env: Record<string, string>, port?: number): Promise<Running> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await startOn(upload, env, port ?? freePort());
+    } catch (err) {
+      if (port !== undefined || attempt === 3 || !String(err).includes('AddrInUse')) throw err;
+    }
+  }
+}
+
+async function startOn(upload: Upload, env: Record<string, string>, port: number): Promise<Running> {
   const { slug, metadata } = upload;
   const dir = await Deno.makeTempDir({ prefix: `deploy-rehearsal-${slug}-` });
   await writeUpload(upload, dir);
