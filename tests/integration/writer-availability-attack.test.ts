@@ -96,8 +96,9 @@ Deno.test("a member racing 20 holds at a pool under their own cap gets exactly t
   assert.equal(ok.length, 5, results.map((r) => r.status).join(','));
   for (const r of results.filter((r) => r.status !== 201)) {
     assert.equal(r.status, 402, r.text);
-    // Every figure of the pool's (its balance, what it has left) ends in .567; ids and times never hold a '.'.
-    assert.ok(!r.text.includes('.567'), `no pool balance in a refusal: ${r.text}`);
+    // Every figure of the pool's (its balance, what it has left) ends in .567: a JSON value that is
+    // such a decimal, never a timestamp's milliseconds or digits inside an id.
+    assert.ok(!/[":]\d+\.567["\],}]/.test(r.text), `no pool balance in a refusal: ${r.text}`);
   }
   const [{ spent }] =
     await testDb`select trim_scale(spent)::text as spent from billing.spend_caps where member_id = ${ada.id}`;
