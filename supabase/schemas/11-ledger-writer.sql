@@ -745,17 +745,6 @@ begin
         if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
           update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
           v_restricted := true;
-          -- Spending plans walk every set of lists (billing.plan_lot_draw): a handful per account.
-          -- Only credits someone gives for free (a promotion or a code redeemed, an admin's grant, a
-          -- school's allowance or escrow) are refused past 7 lists, to whoever gives or redeems
-          -- them. Credits money stands behind (a plan's grant and rollover) and credits given back
-          -- (a sweep, a code returned) never are: a webhook must not fail on lists a third party
-          -- filled. Only plans add paid lists, so the plan still works (up to 10).
-          if (c.t).kind in ('promo_grant', 'adjustment', 'code_redemption', 'allowance', 'code_escrow')
-             and (select count(distinct l.applies_to) from billing.lots l where l.account_id = c.account_id and l.open) > 7 then
-            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
-              'rule', 'an account holds credits given for free under at most 7 different lists of models (paid credits are never refused)'));
-          end if;
         end if;
       end loop;
     end if;
@@ -1054,15 +1043,13 @@ begin
     v_model := coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), p_metadata ->> 'model');
     -- No live hold to keep payable (settled above), and lots that may pay for the model cover
     -- it: the writer draws them in spending order. Otherwise the plan, or the refusal that says why.
-    -- (Past 10 lists the plan refuses what it cannot protect: that answer stays the plan's.)
     if p_mode = 'spend' and v_account.held = 0 and v_model is not null
        and (select coalesce(sum(l.remaining) filter (where l.applies_to is null or exists (select 1 from unnest(l.applies_to) p
                      where p = v_model or (right(p, 1) = '*' and starts_with(v_model, left(p, -1))))), 0) >= p_amount
-                   and count(distinct coalesce(array_to_string(l.applies_to, ','), '')) <= 10
             from billing.lots l where l.account_id = v_account_id and l.open) then
       p_lot := jsonb_build_object('for', v_model);
     else
-      p_lot := billing.restricted_draw(v_account, v_model, p_amount, false, null, p_mode = 'capture');
+      p_lot := billing.restricted_draw(v_account, v_model, p_amount);
     end if;
   end if;
 
@@ -1389,39 +1376,115 @@ $$;
 comment on function billing.narrow_applies_to(p_have text[], p_given text[]) is 'Internal: the models both lists allow (null: any); empty when none.';
 revoke execute on function billing.narrow_applies_to(p_have text[], p_given text[]) from public;
 
+-- How much group p_group's credits may lose with every live hold still payable: the least slack
+-- over the sets T of groups holding p_group, slack(T) = T's credits − what the holds only T can
+-- pay reserve (Hall). Groups 1..k have p_credits; hold class j reserves p_reserved[j] and may be
+-- paid by group i when p_payable[(j - 1) * k + i]. The least slack is a minimum cut (the sets T
+-- are the cuts of the network source → class j (its reserve) → each group that may pay it → sink
+-- (the group's credits), with p_group forced to the source's side), so it is one maximum flow
+-- less what the holds reserve: polynomial in the groups and classes, however many lists.
+create or replace function billing.hold_slack(p_credits numeric[], p_reserved numeric[], p_payable boolean[],
+  p_group integer)
+returns numeric
+language plpgsql immutable
+set search_path = ''
+as $$
+declare
+  k integer := cardinality(p_credits);
+  d integer := coalesce(cardinality(p_reserved), 0);
+  n integer := k + d + 2;                         -- 1: source; 2..d+1: classes; d+2..d+k+1: groups; n: sink
+  v_inf numeric := 1 + (select coalesce(sum(x), 0) from unnest(p_credits) x)
+                     + (select coalesce(sum(x), 0) from unnest(p_reserved) x);
+  v_cap numeric[] := array_fill(0::numeric, array[n * n]);   -- residual capacity u → v at (u - 1) * n + v
+  v_flow numeric := 0;
+  v_from integer[];
+  v_queue integer[];
+  v_head integer;
+  u integer;
+  v integer;
+  v_push numeric;
+begin
+  for j in 1 .. d loop
+    v_cap[j + 1] := p_reserved[j];
+    for i in 1 .. k loop
+      if p_payable[(j - 1) * k + i] then
+        v_cap[j * n + d + 1 + i] := v_inf;
+      end if;
+    end loop;
+  end loop;
+  for i in 1 .. k loop
+    v_cap[(d + i) * n + n] := p_credits[i];
+  end loop;
+  v_cap[d + 1 + p_group] := v_inf;
+  -- Edmonds-Karp: the shortest path with room, pushed, until none is left.
+  loop
+    v_from := array_fill(0, array[n]);
+    v_from[1] := -1;
+    v_queue := array[1];
+    v_head := 1;
+    while v_head <= cardinality(v_queue) and v_from[n] = 0 loop
+      u := v_queue[v_head];
+      v_head := v_head + 1;
+      for v in 2 .. n loop
+        if v_from[v] = 0 and v_cap[(u - 1) * n + v] > 0 then
+          v_from[v] := u;
+          v_queue := v_queue || v;
+        end if;
+      end loop;
+    end loop;
+    exit when v_from[n] = 0;
+    v_push := v_inf;
+    v := n;
+    while v <> 1 loop
+      v_push := least(v_push, v_cap[(v_from[v] - 1) * n + v]);
+      v := v_from[v];
+    end loop;
+    v := n;
+    while v <> 1 loop
+      u := v_from[v];
+      v_cap[(u - 1) * n + v] := v_cap[(u - 1) * n + v] - v_push;
+      v_cap[(v - 1) * n + u] := v_cap[(v - 1) * n + u] + v_push;
+      v := u;
+    end loop;
+    v_flow := v_flow + v_push;
+  end loop;
+  return v_flow - (select coalesce(sum(x), 0) from unnest(p_reserved) x);
+end;
+$$;
+comment on function billing.hold_slack(p_credits numeric[], p_reserved numeric[], p_payable boolean[], p_group integer) is 'Internal: the most group p_group''s credits may lose with every live hold still payable (Hall''s least slack over the sets of groups holding it), by one maximum flow; negative when they already do not fit.';
+revoke execute on function billing.hold_slack(p_credits numeric[], p_reserved numeric[], p_payable boolean[], p_group integer) from public;
+
 -- What a new commitment for p_model (p_any: for any lot, a move) can draw from an account with
 -- restricted lots without leaving a live hold unpayable, in spending order: `take` ([{lot_id,
 -- amount}], at most p_amount in all, for the writer), `found` (its total) and `unusable` (the
 -- credits that may not pay for p_model). The caller holds the account lock.
 --
--- The account's open lots fall into groups, one per list (null: for anything; the writer allows at
--- most 8 lists per account). Each live hold can be paid by some groups: a gateway call's or a
--- job's by those for its model, a dispute's by those for anything and those whose lists it
--- freezes (metadata.covers: its reversal takes its own lots whatever they pay for, then only lots
--- for anything), any other by those for anything. The holds fit while, for every set T
--- of groups, slack(T) = T's credits − what the holds that only T can pay reserve ≥ 0 (Hall).
--- Taking t from a lot lowers the slack of every set holding its group, so each lot gives the
--- most that keeps them all ≥ 0; taken in any order, this reaches the largest total that fits
--- (the sets form a polymatroid), so `found` < p_amount means no draw could pay it. Past 10 lists
--- (credits given back to an old lot can reopen one) it plans without the holds: `unprotected`.
+-- The account's open lots fall into groups, one per list (null: for anything), as many as it
+-- holds. Each live hold can be paid by some groups: a gateway call's or a job's by those for its
+-- model, a dispute's by those for anything and those whose lists it freezes (metadata.covers:
+-- its reversal takes its own lots whatever they pay for, then only lots for anything), any other
+-- by those for anything. The holds fit while, for every set T of groups, slack(T) = T's credits −
+-- what the holds that only T can pay reserve ≥ 0 (Hall). Each lot, in spending order, gives the
+-- most that keeps them all ≥ 0 (billing.hold_slack: the least slack over the sets holding its
+-- group); taken in any order, this reaches the largest total that fits (the sets form a
+-- polymatroid), so `found` < p_amount means no draw could pay it.
 create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
   p_any boolean default false, p_except_hold uuid default null)
 returns jsonb
 language plpgsql
 set search_path = ''
--- The planner prices generate_subscripts at 1,000 rows, so the live holds' sum looked like 475,000
--- cost units and was compiled by JIT on every charge: 29 ms of a 0.1 ms query on an account with
--- live holds (bench ledger's crowded cell: 74-83 charges/s).
+-- The planner prices unnest and generate_subscripts at 100 to 1,000 rows, so the live holds'
+-- sums looked like hundreds of thousands of cost units and were compiled by JIT on every charge:
+-- 29 ms of a 0.1 ms query on an account with live holds (bench ledger's crowded cell).
 set jit to 'off'
 as $$
 declare
   v_keys text[];
   v_credits numeric[];
   v_pays boolean[];
-  v_sets integer;
-  v_paid_by integer[];
-  v_reserved numeric[];
-  v_slack numeric[];
+  v_reserved numeric[] := '{}';
+  v_payable boolean[] := '{}';
+  v_class record;
   v_need numeric := p_amount;
   v_take jsonb := '[]'::jsonb;
   v_t numeric;
@@ -1433,15 +1496,14 @@ begin
   if not exists (select 1 from billing.holds x where x.account_id = p_account_id and x.status = 'active'
                  and x.id is distinct from p_except_hold) then
     return (
-      select jsonb_strip_nulls(jsonb_build_object(
+      select jsonb_build_object(
         'take', coalesce(jsonb_agg(jsonb_build_object('lot_id', d.id, 'amount', least(d.remaining, p_amount - d.before))
                                    order by d.n) filter (where d.pays and d.before < p_amount), '[]'::jsonb),
         'found', trim_scale(least(p_amount, coalesce(sum(d.remaining) filter (where d.pays), 0)))::text,
-        'unusable', trim_scale(coalesce(sum(d.remaining) filter (where not d.pays), 0))::text,
-        'unprotected', case when count(distinct coalesce(array_to_string(d.applies_to, ','), '')) > 10 then true end))
+        'unusable', trim_scale(coalesce(sum(d.remaining) filter (where not d.pays), 0))::text)
       from (select y.*, coalesce(sum(y.remaining) filter (where y.pays)
                                    over (order by y.n rows between unbounded preceding and 1 preceding), 0) as before
-            from (select l.id, l.remaining, l.applies_to, p_any or billing.lot_pays_for(l.applies_to, p_model) as pays,
+            from (select l.id, l.remaining, p_any or billing.lot_pays_for(l.applies_to, p_model) as pays,
                     row_number() over (order by l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as n
                   from billing.lots l where l.account_id = p_account_id and l.open) y) d);
   end if;
@@ -1453,36 +1515,33 @@ begin
   into v_keys, v_credits, v_pays
   from (select coalesce(array_to_string(l.applies_to, ','), '') as key, sum(l.remaining) as credits from billing.lots l
         where l.account_id = p_account_id and l.open group by 1) g;
-  v_sets := case when cardinality(v_keys) <= 10 then (1 << cardinality(v_keys)) - 1 else 0 end;
 
   -- What the live holds reserve, summed by which groups may pay them (a gateway call's or a job's:
   -- those for its model; a dispute's: those for anything and the lists of the lots it freezes;
-  -- any other: those for anything): at most one sum per set of groups, however many holds; a hold
-  -- no group can pay any more (credits expired or taken back under it) constrains nothing.
-  select coalesce(array_agg(m.paid_by), '{}'), coalesce(array_agg(m.amount), '{}') into v_paid_by, v_reserved
-  from (select c.paid_by, sum(c.amount) as amount
-        from (select (select coalesce(sum(1 << (i - 1)), 0) from generate_subscripts(v_keys, 1) i
-                      where billing.lot_pays_for(
-                        case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, h.model)
-                        or (v_keys[i] <> '' and exists (select 1 from jsonb_array_elements(h.covers) c
-                                                        where c = to_jsonb(string_to_array(v_keys[i], ',')))))::integer
-                  as paid_by,
-                h.amount
-              from (select case when x.purpose = 'dispute' then coalesce(x.metadata -> 'covers', '[]') end as covers,
-                      case when x.purpose in ('ai', 'job') then x.metadata ->> 'model' end as model, sum(x.amount) as amount
-                    from billing.holds x
-                    where x.account_id = p_account_id and x.status = 'active' and x.id is distinct from p_except_hold
-                      -- A job's or a gateway call's capture is work already done: as on any account
-                      -- (a capture checks the balance, not what disputes hold), no dispute stops it.
-                      and (x.purpose <> 'dispute' or coalesce(v_except_purpose, '') not in ('job', 'ai'))
-                    group by 1, 2) h) c
-        where c.paid_by <> 0 group by c.paid_by) m;
-
-  -- slack(T) for every non-empty set T of groups (bit i: group i).
-  v_slack := array(
-    select (select coalesce(sum(v_credits[i]), 0) from generate_subscripts(v_keys, 1) i where t & (1 << (i - 1)) <> 0)
-      - (select coalesce(sum(r.amount), 0) from unnest(v_paid_by, v_reserved) r(paid_by, amount) where r.paid_by & ~t = 0)
-    from generate_series(1, v_sets) t order by t);
+  -- any other: those for anything): one class per set of groups, however many holds; a hold no
+  -- group can pay any more (credits expired or taken back under it) constrains nothing.
+  for v_class in
+    select c.payable, sum(c.amount) as amount
+    from (select array(select billing.lot_pays_for(
+                            case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, h.model)
+                          or (v_keys[i] <> '' and exists (select 1 from jsonb_array_elements(h.covers) c
+                                                          where c = to_jsonb(string_to_array(v_keys[i], ','))))
+                        from generate_subscripts(v_keys, 1) i order by i) as payable,
+            h.amount
+          from (select case when x.purpose = 'dispute' then coalesce(x.metadata -> 'covers', '[]') end as covers,
+                  case when x.purpose in ('ai', 'job') then x.metadata ->> 'model' end as model, sum(x.amount) as amount
+                from billing.holds x
+                where x.account_id = p_account_id and x.status = 'active' and x.id is distinct from p_except_hold
+                  -- A job's or a gateway call's capture is work already done: as on any account
+                  -- (a capture checks the balance, not what disputes hold), no dispute stops it.
+                  and (x.purpose <> 'dispute' or coalesce(v_except_purpose, '') not in ('job', 'ai'))
+                group by 1, 2) h) c
+    where true = any(c.payable)
+    group by 1
+  loop
+    v_reserved := v_reserved || v_class.amount;
+    v_payable := v_payable || v_class.payable;      -- class j's row of k flags, one after another
+  end loop;
 
   for v_lot in
     select x.id, x.remaining, x.grp from (
@@ -1494,36 +1553,27 @@ begin
   loop
     exit when v_need <= 0;
     v_t := least(v_lot.remaining, v_need);
-    for v_set in 1 .. v_sets loop
-      if v_set & (1 << (v_lot.grp - 1)) <> 0 then
-        v_t := least(v_t, v_slack[v_set]);
-      end if;
-    end loop;
+    if cardinality(v_reserved) > 0 then
+      v_t := least(v_t, billing.hold_slack(v_credits, v_reserved, v_payable, v_lot.grp));
+    end if;
     if v_t > 0 then
       v_take := v_take || jsonb_build_object('lot_id', v_lot.id, 'amount', v_t);
       v_need := v_need - v_t;
-      for v_set in 1 .. v_sets loop
-        if v_set & (1 << (v_lot.grp - 1)) <> 0 then
-          v_slack[v_set] := v_slack[v_set] - v_t;
-        end if;
-      end loop;
+      v_credits[v_lot.grp] := v_credits[v_lot.grp] - v_t;
     end if;
   end loop;
-  return jsonb_strip_nulls(jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
-    'unusable', trim_scale(coalesce((select sum(v_credits[i]) from generate_subscripts(v_keys, 1) i where not v_pays[i]), 0))::text,
-    'unprotected', case when cardinality(v_keys) > 10 then true end));
+  return jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
+    'unusable', trim_scale(coalesce((select sum(v_credits[i]) from generate_subscripts(v_keys, 1) i where not v_pays[i]), 0))::text);
 end;
 $$;
-comment on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) is 'Internal: for an account with restricted lots, what a charge for p_model (or a move, p_any) may draw, in spending order, keeping every live hold payable: {take, found, unusable, unprotected?}.';
+comment on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) is 'Internal: for an account with restricted lots, what a charge for p_model (or a move, p_any) may draw, in spending order, keeping every live hold payable: {take, found, unusable}.';
 revoke execute on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) from public;
 
 -- A charge, hold or move on an account with restricted lots: the lots it draws ({take} for the
--- writer), or INSUFFICIENT_CREDITS naming what could not be used and why. A capture (p_capture:
--- work done under a hold) may draw without the other holds' protection when there are too many
--- lists to plan it; nothing else may. A pooled wallet's figures are never in the refusal (a member
--- may be the one refused).
+-- writer), or INSUFFICIENT_CREDITS naming what could not be used and why. A pooled wallet's
+-- figures are never in the refusal (a member may be the one refused).
 create or replace function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric,
-  p_any boolean default false, p_except_hold uuid default null, p_capture boolean default false)
+  p_any boolean default false, p_except_hold uuid default null)
 returns jsonb
 language plpgsql
 set search_path = ''
@@ -1532,7 +1582,7 @@ declare
   v_plan jsonb := billing.plan_lot_draw(p_account.id, p_model, p_amount, p_any, p_except_hold);
   v_pool boolean := p_account.org_id is not null and p_account.member_id is null;
 begin
-  if (v_plan ->> 'found')::numeric < p_amount or (v_plan ? 'unprotected' and not p_capture) then
+  if (v_plan ->> 'found')::numeric < p_amount then
     perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
       'required', trim_scale(p_amount)::text,
       'available', case when not v_pool then
@@ -1542,15 +1592,14 @@ begin
       -- Credits that exist but may not pay for this model.
       'restricted', case when not v_pool then v_plan ->> 'unusable' end,
       'reason', case when v_pool then null
-                     when v_plan ? 'unprotected' then 'credits under more than 10 model lists'
                      when (v_plan ->> 'unusable')::numeric > 0 then 'some credits may only pay for other models'
                      else 'credits are held for other models' end)));
   end if;
   return jsonb_build_object('take', v_plan -> 'take');
 end;
 $$;
-comment on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid, p_capture boolean) is 'Internal: the lots a movement on an account with restricted lots draws, or INSUFFICIENT_CREDITS (402) with the credits that could not pay for the model (restricted) and why.';
-revoke execute on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid, p_capture boolean) from public;
+comment on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) is 'Internal: the lots a movement on an account with restricted lots draws, or INSUFFICIENT_CREDITS (402) with the credits that could not pay for the model (restricted) and why.';
+revoke execute on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) from public;
 
 -- ============================================================ spend caps: the room a posting takes and gives back
 

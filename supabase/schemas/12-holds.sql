@@ -172,7 +172,7 @@ begin
       p_hold.id, case when v_account.org_id is not null then p_hold.member_id end,
       -- Credits for some models only: what may pay for the call's model, every other live hold kept payable.
       case when v_account.restricted_lots
-           then billing.restricted_draw(v_account, p_metadata ->> 'model', p_capture, false, p_hold.id, true) end
+           then billing.restricted_draw(v_account, p_metadata ->> 'model', p_capture, false, p_hold.id) end
     )::billing.transfer_spec],
     array[('post', p_hold.id, p_capture, null, null, null, null, null, null, null, null, null, null)::billing.hold_step]))[1];
   if v_posted.result = 'insufficient' then

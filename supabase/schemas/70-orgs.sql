@@ -267,7 +267,7 @@ begin
   -- Credits for some models: only what leaves every live hold payable (billing.plan_lot_draw).
   if v_take > 0 and v_account.restricted_lots then
     v_plan := billing.plan_lot_draw(v_account.id, null, v_take, true);
-    v_take := case when v_plan ? 'unprotected' then 0 else (v_plan ->> 'found')::numeric end;
+    v_take := (v_plan ->> 'found')::numeric;
   end if;
   if v_take <= 0 then
     return 0;
