@@ -1379,10 +1379,10 @@ revoke execute on function billing.narrow_applies_to(p_have text[], p_given text
 -- How much group p_group's credits may lose with every live hold still payable: the least slack
 -- over the sets T of groups holding p_group, slack(T) = T's credits − what the holds only T can
 -- pay reserve (Hall). Groups 1..k have p_credits; hold class j reserves p_reserved[j] and may be
--- paid by group i when p_payable[(j - 1) * k + i]. The least slack is a minimum cut (the sets T
--- are the cuts of the network source → class j (its reserve) → each group that may pay it → sink
--- (the group's credits), with p_group forced to the source's side), so it is one maximum flow
--- less what the holds reserve: polynomial in the groups and classes, however many lists.
+-- paid by group i when p_payable[(j - 1) * k + i]. That least slack is a minimum cut, and so
+-- p_group's credits less what the other groups cannot pay: the reserves less the most of them the
+-- other groups can pay together (a maximum flow from the classes to the groups, p_group left
+-- out). Work of the order of classes × groups per path found, however many lists.
 create or replace function billing.hold_slack(p_credits numeric[], p_reserved numeric[], p_payable boolean[],
   p_group integer)
 returns numeric
@@ -1392,66 +1392,92 @@ as $$
 declare
   k integer := cardinality(p_credits);
   d integer := coalesce(cardinality(p_reserved), 0);
-  n integer := k + d + 2;                         -- 1: source; 2..d+1: classes; d+2..d+k+1: groups; n: sink
-  v_inf numeric := 1 + (select coalesce(sum(x), 0) from unnest(p_credits) x)
-                     + (select coalesce(sum(x), 0) from unnest(p_reserved) x);
-  v_cap numeric[] := array_fill(0::numeric, array[n * n]);   -- residual capacity u → v at (u - 1) * n + v
-  v_flow numeric := 0;
-  v_from integer[];
+  v_room numeric[] := p_credits;                  -- what each group has left to pay with
+  v_due numeric[] := p_reserved;                  -- what each class still needs
+  v_flow numeric[] := array_fill(0::numeric, array[greatest(d * k, 1)]);   -- class j paid by group i, at (j - 1) * k + i
+  v_paid numeric := 0;
+  v_class_from integer[];                         -- a class reached: the group whose payment it may move (0: it is due)
+  v_group_from integer[];                         -- a group reached: the class that may pay with it
   v_queue integer[];
   v_head integer;
-  u integer;
-  v integer;
+  v_end integer;
   v_push numeric;
+  i integer;
+  j integer;
 begin
-  for j in 1 .. d loop
-    v_cap[j + 1] := p_reserved[j];
-    for i in 1 .. k loop
-      if p_payable[(j - 1) * k + i] then
-        v_cap[j * n + d + 1 + i] := v_inf;
+  v_room[p_group] := 0;
+  -- Each class paid by the first groups that may, then paths that move payments to make room.
+  for c in 1 .. d loop
+    for g in 1 .. k loop
+      exit when v_due[c] = 0;
+      if p_payable[(c - 1) * k + g] and v_room[g] > 0 then
+        v_push := least(v_due[c], v_room[g]);
+        v_flow[(c - 1) * k + g] := v_flow[(c - 1) * k + g] + v_push;
+        v_room[g] := v_room[g] - v_push;
+        v_due[c] := v_due[c] - v_push;
+        v_paid := v_paid + v_push;
       end if;
     end loop;
   end loop;
-  for i in 1 .. k loop
-    v_cap[(d + i) * n + n] := p_credits[i];
-  end loop;
-  v_cap[d + 1 + p_group] := v_inf;
-  -- Edmonds-Karp: the shortest path with room, pushed, until none is left.
   loop
-    v_from := array_fill(0, array[n]);
-    v_from[1] := -1;
-    v_queue := array[1];
+    v_class_from := array_fill(-1, array[greatest(d, 1)]);
+    v_group_from := array_fill(-1, array[k]);
+    v_queue := '{}';
+    for c in 1 .. d loop
+      if v_due[c] > 0 then
+        v_class_from[c] := 0;
+        v_queue := v_queue || c;
+      end if;
+    end loop;
     v_head := 1;
-    while v_head <= cardinality(v_queue) and v_from[n] = 0 loop
-      u := v_queue[v_head];
+    v_end := 0;
+    while v_head <= cardinality(v_queue) and v_end = 0 loop
+      j := v_queue[v_head];
       v_head := v_head + 1;
-      for v in 2 .. n loop
-        if v_from[v] = 0 and v_cap[(u - 1) * n + v] > 0 then
-          v_from[v] := u;
-          v_queue := v_queue || v;
+      for g in 1 .. k loop
+        if p_payable[(j - 1) * k + g] and v_group_from[g] = -1 then
+          v_group_from[g] := j;
+          if v_room[g] > 0 then
+            v_end := g;
+            exit;
+          end if;
+          for c in 1 .. d loop
+            if v_class_from[c] = -1 and v_flow[(c - 1) * k + g] > 0 then
+              v_class_from[c] := g;
+              v_queue := v_queue || c;
+            end if;
+          end loop;
         end if;
       end loop;
     end loop;
-    exit when v_from[n] = 0;
-    v_push := v_inf;
-    v := n;
-    while v <> 1 loop
-      v_push := least(v_push, v_cap[(v_from[v] - 1) * n + v]);
-      v := v_from[v];
+    exit when v_end = 0;
+    -- The path back from the group with room: each class it passes pays with the next group,
+    -- less with the one before; as much as the room, the payments moved and the first class's due allow.
+    v_push := v_room[v_end];
+    i := v_end;
+    loop
+      j := v_group_from[i];
+      exit when v_class_from[j] = 0;
+      i := v_class_from[j];
+      v_push := least(v_push, v_flow[(j - 1) * k + i]);
     end loop;
-    v := n;
-    while v <> 1 loop
-      u := v_from[v];
-      v_cap[(u - 1) * n + v] := v_cap[(u - 1) * n + v] - v_push;
-      v_cap[(v - 1) * n + u] := v_cap[(v - 1) * n + u] + v_push;
-      v := u;
+    v_push := least(v_push, v_due[j]);
+    v_room[v_end] := v_room[v_end] - v_push;
+    i := v_end;
+    loop
+      j := v_group_from[i];
+      v_flow[(j - 1) * k + i] := v_flow[(j - 1) * k + i] + v_push;
+      exit when v_class_from[j] = 0;
+      i := v_class_from[j];
+      v_flow[(j - 1) * k + i] := v_flow[(j - 1) * k + i] - v_push;
     end loop;
-    v_flow := v_flow + v_push;
+    v_due[j] := v_due[j] - v_push;
+    v_paid := v_paid + v_push;
   end loop;
-  return v_flow - (select coalesce(sum(x), 0) from unnest(p_reserved) x);
+  return p_credits[p_group] - ((select coalesce(sum(x), 0) from unnest(p_reserved) x) - v_paid);
 end;
 $$;
-comment on function billing.hold_slack(p_credits numeric[], p_reserved numeric[], p_payable boolean[], p_group integer) is 'Internal: the most group p_group''s credits may lose with every live hold still payable (Hall''s least slack over the sets of groups holding it), by one maximum flow; negative when they already do not fit.';
+comment on function billing.hold_slack(p_credits numeric[], p_reserved numeric[], p_payable boolean[], p_group integer) is 'Internal: the most group p_group''s credits may lose with every live hold still payable (Hall''s least slack over the sets of groups holding it): its credits less what the other groups cannot pay of the holds (one bipartite maximum flow); negative when they already do not fit.';
 revoke execute on function billing.hold_slack(p_credits numeric[], p_reserved numeric[], p_payable boolean[], p_group integer) from public;
 
 -- What a new commitment for p_model (p_any: for any lot, a move) can draw from an account with
@@ -1485,6 +1511,8 @@ declare
   v_reserved numeric[] := '{}';
   v_payable boolean[] := '{}';
   v_class record;
+  v_spare numeric[] := '{}';                      -- per group: what it may give (billing.hold_slack), while known
+  v_left numeric;
   v_need numeric := p_amount;
   v_take jsonb := '[]'::jsonb;
   v_t numeric;
@@ -1522,20 +1550,27 @@ begin
   -- group can pay any more (credits expired or taken back under it) constrains nothing.
   for v_class in
     select c.payable, sum(c.amount) as amount
-    from (select array(select billing.lot_pays_for(
-                            case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end, h.model)
-                          or (v_keys[i] <> '' and exists (select 1 from jsonb_array_elements(h.covers) c
-                                                          where c = to_jsonb(string_to_array(v_keys[i], ','))))
-                        from generate_subscripts(v_keys, 1) i order by i) as payable,
+    -- billing.lot_pays_for written out: called here for every group and class, its SET clause
+    -- (a function that cannot be inlined) cost more than the test.
+    from (select array_agg(g.list is null
+                           or (h.model is not null and exists (select 1 from unnest(g.list) p where p = h.model
+                                 or (right(p, 1) = '*' and starts_with(h.model, left(p, -1)))))
+                           or (h.covers is not null and g.list is not null
+                               and exists (select 1 from jsonb_array_elements(h.covers) x where x = to_jsonb(g.list)))
+                           order by g.i) as payable,
             h.amount
-          from (select case when x.purpose = 'dispute' then coalesce(x.metadata -> 'covers', '[]') end as covers,
-                  case when x.purpose in ('ai', 'job') then x.metadata ->> 'model' end as model, sum(x.amount) as amount
-                from billing.holds x
-                where x.account_id = p_account_id and x.status = 'active' and x.id is distinct from p_except_hold
-                  -- A job's or a gateway call's capture is work already done: as on any account
-                  -- (a capture checks the balance, not what disputes hold), no dispute stops it.
-                  and (x.purpose <> 'dispute' or coalesce(v_except_purpose, '') not in ('job', 'ai'))
-                group by 1, 2) h) c
+          from (select row_number() over () as n, x.covers, x.model, x.amount
+                from (select case when y.purpose = 'dispute' then coalesce(y.metadata -> 'covers', '[]') end as covers,
+                        case when y.purpose in ('ai', 'job') then y.metadata ->> 'model' end as model, sum(y.amount) as amount
+                      from billing.holds y
+                      where y.account_id = p_account_id and y.status = 'active' and y.id is distinct from p_except_hold
+                        -- A job's or a gateway call's capture is work already done: as on any account
+                        -- (a capture checks the balance, not what disputes hold), no dispute stops it.
+                        and (y.purpose <> 'dispute' or coalesce(v_except_purpose, '') not in ('job', 'ai'))
+                      group by 1, 2) x) h
+          cross join (select i, case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end as list
+                      from generate_subscripts(v_keys, 1) i) g
+          group by h.n, h.amount) c
     where true = any(c.payable)
     group by 1
   loop
@@ -1554,12 +1589,23 @@ begin
     exit when v_need <= 0;
     v_t := least(v_lot.remaining, v_need);
     if cardinality(v_reserved) > 0 then
-      v_t := least(v_t, billing.hold_slack(v_credits, v_reserved, v_payable, v_lot.grp));
+      if v_spare[v_lot.grp] is null then
+        v_spare[v_lot.grp] := billing.hold_slack(v_credits, v_reserved, v_payable, v_lot.grp);
+      end if;
+      v_t := least(v_t, v_spare[v_lot.grp]);
     end if;
     if v_t > 0 then
       v_take := v_take || jsonb_build_object('lot_id', v_lot.id, 'amount', v_t);
       v_need := v_need - v_t;
       v_credits[v_lot.grp] := v_credits[v_lot.grp] - v_t;
+      -- Every set holding this group lost v_t, so its least slack did too; another group's
+      -- least slack may come from a set without it, so it is found again when needed. One flow
+      -- per group and per take at most, however many lots.
+      if cardinality(v_reserved) > 0 then
+        v_left := v_spare[v_lot.grp] - v_t;
+        v_spare := '{}';
+        v_spare[v_lot.grp] := v_left;
+      end if;
     end if;
   end loop;
   return jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,

@@ -1,6 +1,6 @@
 -- The plan's draw with live holds (billing.plan_lot_draw, billing.hold_slack) against Hall's
--- condition written out over every set of the account's lists, as the plan was until it took
--- one maximum flow per lot: on random accounts (up to 8 lists, lots, holds for models, for
+-- condition written out over every set of the account's lists, as the plan was until it found
+-- each slack by maximum flow: on random accounts (up to 8 lists, lots, holds for models, for
 -- anything and for models no list pays, some already more than the lists can pay), both must
 -- give the same take, found and unusable for every model and amount. Then an account of 14
 -- lists, past where the sets were walked (2^14), keeps its holds payable as a small one does.
