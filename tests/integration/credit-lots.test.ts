@@ -297,7 +297,9 @@ Deno.test('a hold over credits that expire, captured while usage and new holds r
       sweep(),
     ]);
     const b = await balanceOf(s.token);
-    assert.ok(Number(b.balance) >= 0 && Number(b.available) >= 0, `run ${run}: ${JSON.stringify(b)}`);
+    const [{ held }] = await testDb`select trim_scale(coalesce(sum(h.amount), 0))::text as held from billing.holds h
+      join billing.accounts a on a.id = h.account_id where a.user_id = ${s.id} and h.status = 'active'`;
+    assert.equal(b.available, String(Number(b.balance) - Number(held)), `run ${run}: ${JSON.stringify({ b, held })}`);
     const [{ spent }] = await testDb`select coalesce(sum(t.amount), 0)::numeric as spent from billing.transfers t
       join billing.accounts a on a.id = t.from_account_id
       where a.user_id = ${s.id} and t.kind in ('usage', 'hold_capture')`;

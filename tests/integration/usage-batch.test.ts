@@ -252,10 +252,14 @@ Deno.test('batches and single usage requests racing on one account never overdra
     ),
   ]);
   const b = await balanceOf(s.token);
-  assert.ok(Number(b.balance) >= 0 && Number(b.available) >= 0, JSON.stringify(b));
-  const [{ spent }] = await testDb`select coalesce(sum(t.amount), 0)::numeric as spent from billing.transfers t
-    join billing.accounts a on a.id = t.from_account_id where a.user_id = ${s.id} and t.kind = 'usage'`;
-  assert.equal(Number(spent) + Number(b.balance), 100);
+  const [{ spent, held }] = await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as spent,
+      (select trim_scale(coalesce(sum(h.amount), 0))::text from billing.holds h join billing.accounts a on a.id = h.account_id
+       where a.user_id = ${s.id} and h.status = 'active') as held
+    from billing.transfers t join billing.accounts a on a.id = t.from_account_id where a.user_id = ${s.id} and t.kind = 'usage'`;
+  // Every charge and hold is 10 of the 100: what was spent and what is held are tens, and add up to at most 100.
+  assert.equal(Number(spent) % 10 + Number(held) % 10, 0, JSON.stringify({ spent, held }));
+  assert.ok(Number(spent) + Number(held) <= 100, JSON.stringify({ spent, held, b }));
+  assert.deepEqual([b.balance, b.available], [String(100 - Number(spent)), String(100 - Number(spent) - Number(held))]);
   await assertLedgerInvariants();
 });
 
