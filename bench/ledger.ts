@@ -140,7 +140,7 @@ await admin`select billing.reserve_credits(u, 0.000001, 'bench-dust:' || g || ':
   from unnest(${crowded}::uuid[]) u, generate_series(1, 100) g`;
 // Many lists: 30 more accounts' worth of lists (every list a set of the catalogue's names and
 // families) and a gateway call's hold for each of four models, on 100 of the one-list accounts:
-// every charge's plan finds its lots' slack by maximum flow (billing.hold_slack) over 31 groups.
+// every charge's plan finds its lots' slack by maximum flow (billing.hold_deficit) over 31 groups.
 const many = oneList.slice(0, 100);
 const restOfOneList = oneList.slice(many.length);
 await admin`select billing.grant_credits(u, 1, 'promo_grant', 'bench-many:' || n || ':' || u, null, null, null,

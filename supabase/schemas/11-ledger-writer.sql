@@ -1376,15 +1376,11 @@ $$;
 comment on function billing.narrow_applies_to(p_have text[], p_given text[]) is 'Internal: the models both lists allow (null: any); empty when none.';
 revoke execute on function billing.narrow_applies_to(p_have text[], p_given text[]) from public;
 
--- How much group p_group's credits may lose with every live hold still payable: the least slack
--- over the sets T of groups holding p_group, slack(T) = T's credits − what the holds only T can
--- pay reserve (Hall). Groups 1..k have p_credits; hold class j reserves p_reserved[j] and may be
--- paid by group i when p_payable[(j - 1) * k + i]. That least slack is a minimum cut, and so
--- p_group's credits less what the other groups cannot pay: the reserves less the most of them the
--- other groups can pay together (a maximum flow from the classes to the groups, p_group left
--- out). Work of the order of classes × groups per path found, however many lists.
-create or replace function billing.hold_slack(p_credits numeric[], p_reserved numeric[], p_payable boolean[],
-  p_group integer)
+-- What groups of credits cannot pay of the holds on them: the reserves less the most of them the
+-- groups can pay together (a maximum flow from the holds' classes to the groups). Groups 1..k
+-- have p_credits; hold class j reserves p_reserved[j] and may be paid by group i when
+-- p_payable[(j - 1) * k + i]. Work of the order of classes × groups per path found.
+create or replace function billing.hold_deficit(p_credits numeric[], p_reserved numeric[], p_payable boolean[])
 returns numeric
 language plpgsql immutable
 set search_path = ''
@@ -1405,7 +1401,6 @@ declare
   i integer;
   j integer;
 begin
-  v_room[p_group] := 0;
   -- Each class paid by the first groups that may, then paths that move payments to make room.
   for c in 1 .. d loop
     for g in 1 .. k loop
@@ -1474,11 +1469,11 @@ begin
     v_due[j] := v_due[j] - v_push;
     v_paid := v_paid + v_push;
   end loop;
-  return p_credits[p_group] - ((select coalesce(sum(x), 0) from unnest(p_reserved) x) - v_paid);
+  return (select coalesce(sum(x), 0) from unnest(p_reserved) x) - v_paid;
 end;
 $$;
-comment on function billing.hold_slack(p_credits numeric[], p_reserved numeric[], p_payable boolean[], p_group integer) is 'Internal: the most group p_group''s credits may lose with every live hold still payable (Hall''s least slack over the sets of groups holding it): its credits less what the other groups cannot pay of the holds (one bipartite maximum flow); negative when they already do not fit.';
-revoke execute on function billing.hold_slack(p_credits numeric[], p_reserved numeric[], p_payable boolean[], p_group integer) from public;
+comment on function billing.hold_deficit(p_credits numeric[], p_reserved numeric[], p_payable boolean[]) is 'Internal: what groups of credits cannot pay together of the holds'' classes that may draw on them (the reserves less one bipartite maximum flow); 0 when the holds fit.';
+revoke execute on function billing.hold_deficit(p_credits numeric[], p_reserved numeric[], p_payable boolean[]) from public;
 
 -- What a new commitment for p_model (p_any: for any lot, a move) can draw from an account with
 -- restricted lots without leaving a live hold unpayable, in spending order: `take` ([{lot_id,
@@ -1491,9 +1486,12 @@ revoke execute on function billing.hold_slack(p_credits numeric[], p_reserved nu
 -- its reversal takes its own lots whatever they pay for, then only lots for anything), any other
 -- by those for anything. The holds fit while, for every set T of groups, slack(T) = T's credits −
 -- what the holds that only T can pay reserve ≥ 0 (Hall). Each lot, in spending order, gives the
--- most that keeps them all ≥ 0 (billing.hold_slack: the least slack over the sets holding its
--- group); taken in any order, this reaches the largest total that fits (the sets form a
--- polymatroid), so `found` < p_amount means no draw could pay it.
+-- most that keeps them all ≥ 0: the least slack over the sets holding its group, a minimum cut,
+-- so its group's credits less what the other groups cannot pay of the holds
+-- (billing.hold_deficit, a maximum flow). Taken in any order, this reaches the largest total that
+-- fits (the sets form a polymatroid), so `found` < p_amount means no draw could pay it. Groups
+-- that share no hold (the lists of different models' holds) do not limit each other while the
+-- holds fit: each flow is then over the lot's part of the account only.
 create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
   p_any boolean default false, p_except_hold uuid default null)
 returns jsonb
@@ -1511,10 +1509,17 @@ declare
   v_reserved numeric[] := '{}';
   v_payable boolean[] := '{}';
   v_class record;
-  v_spare numeric[] := '{}';                      -- per group: what it may give (billing.hold_slack), while known
-  v_left numeric;
+  v_reserves numeric;                             -- what the live holds reserve in all
+  v_part integer[];                               -- per group: its part (the groups linked to it by holds), or 1 for all
+  v_spare numeric[] := '{}';                      -- per group: what it may give when last found
+  v_mark numeric[] := '{}';                       -- per group: v_taken of its part then
+  v_taken numeric[] := '{}';                      -- per part: what this plan has taken from it so far
+  v_in integer[];                                 -- a part's groups
+  v_of integer[];                                 -- a part's classes
+  v_lots bigint[] := '{}';
+  v_amounts numeric[] := '{}';
   v_need numeric := p_amount;
-  v_take jsonb := '[]'::jsonb;
+  v_take jsonb;
   v_t numeric;
   v_lot record;
   v_except_purpose text := (select h.purpose from billing.holds h where h.id = p_except_hold);
@@ -1577,6 +1582,22 @@ begin
     v_reserved := v_reserved || v_class.amount;
     v_payable := v_payable || v_class.payable;      -- class j's row of k flags, one after another
   end loop;
+  v_reserves := (select coalesce(sum(x), 0) from unnest(v_reserved) x);
+  -- The parts: groups linked by a class both may pay (each group first its own part, then each
+  -- class's groups joined under the lowest). While the holds fit, a take from one part changes no
+  -- slack in another; when they already do not, every group is one part (Hall is over them all).
+  v_part := array(select i from generate_subscripts(v_keys, 1) i order by i);
+  for c in 1 .. cardinality(v_reserved) loop
+    v_in := array(select distinct v_part[i] from generate_subscripts(v_keys, 1) i
+                  where v_payable[(c - 1) * cardinality(v_keys) + i]);
+    if cardinality(v_in) > 1 then
+      v_part := array(select case when v_part[i] = any(v_in) then (select min(x) from unnest(v_in) x) else v_part[i] end
+                      from generate_subscripts(v_keys, 1) i order by i);
+    end if;
+  end loop;
+  if cardinality(v_reserved) > 0 and billing.hold_deficit(v_credits, v_reserved, v_payable) > 0 then
+    v_part := array_fill(1, array[cardinality(v_keys)]);
+  end if;
 
   for v_lot in
     select x.id, x.remaining, x.grp from (
@@ -1588,26 +1609,35 @@ begin
   loop
     exit when v_need <= 0;
     v_t := least(v_lot.remaining, v_need);
-    if cardinality(v_reserved) > 0 then
-      if v_spare[v_lot.grp] is null then
-        v_spare[v_lot.grp] := billing.hold_slack(v_credits, v_reserved, v_payable, v_lot.grp);
-      end if;
+    -- What the lot's group may give is at least its credits less every reserve, and at least what
+    -- it was found to be less all taken from its part since (a take lowers no set's slack by more
+    -- than itself): the flow runs only when the lot asks for more than both, so a run of small
+    -- lots costs a flow per list, not per lot. It is over the lot's part: its groups (the lot's
+    -- counted as empty) and the classes they may pay.
+    if cardinality(v_reserved) > 0
+       and v_t > greatest(v_credits[v_lot.grp] - v_reserves,
+                          coalesce(v_spare[v_lot.grp] - (coalesce(v_taken[v_part[v_lot.grp]], 0) - v_mark[v_lot.grp]), 0)) then
+      v_in := array(select i from generate_subscripts(v_keys, 1) i where v_part[i] = v_part[v_lot.grp] order by i);
+      v_of := array(select c from generate_subscripts(v_reserved, 1) c
+                    where exists (select 1 from unnest(v_in) i where v_payable[(c - 1) * cardinality(v_keys) + i]) order by c);
+      v_spare[v_lot.grp] := v_credits[v_lot.grp] - billing.hold_deficit(
+        array(select case when i = v_lot.grp then 0 else v_credits[i] end from unnest(v_in) with ordinality x(i, n) order by n),
+        array(select v_reserved[c] from unnest(v_of) with ordinality x(c, n) order by n),
+        array(select v_payable[(c - 1) * cardinality(v_keys) + i]
+              from unnest(v_of) with ordinality x(c, n), unnest(v_in) with ordinality y(i, m) order by n, m));
+      v_mark[v_lot.grp] := coalesce(v_taken[v_part[v_lot.grp]], 0);
       v_t := least(v_t, v_spare[v_lot.grp]);
     end if;
     if v_t > 0 then
-      v_take := v_take || jsonb_build_object('lot_id', v_lot.id, 'amount', v_t);
+      v_lots := v_lots || v_lot.id;
+      v_amounts := v_amounts || v_t;
       v_need := v_need - v_t;
+      v_taken[v_part[v_lot.grp]] := coalesce(v_taken[v_part[v_lot.grp]], 0) + v_t;
       v_credits[v_lot.grp] := v_credits[v_lot.grp] - v_t;
-      -- Every set holding this group lost v_t, so its least slack did too; another group's
-      -- least slack may come from a set without it, so it is found again when needed. One flow
-      -- per group and per take at most, however many lots.
-      if cardinality(v_reserved) > 0 then
-        v_left := v_spare[v_lot.grp] - v_t;
-        v_spare := '{}';
-        v_spare[v_lot.grp] := v_left;
-      end if;
     end if;
   end loop;
+  v_take := coalesce((select jsonb_agg(jsonb_build_object('lot_id', x.lot_id, 'amount', x.amount) order by x.n)
+                      from unnest(v_lots, v_amounts) with ordinality x(lot_id, amount, n)), '[]'::jsonb);
   return jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
     'unusable', trim_scale(coalesce((select sum(v_credits[i]) from generate_subscripts(v_keys, 1) i where not v_pays[i]), 0))::text);
 end;

@@ -11,7 +11,7 @@
 -- (accounts.restricted_lots) must also keep every live hold payable: a hold for a model (a gateway
 -- call's, a job's) can be paid only by lots for that model, a dispute's only by lots for anything
 -- and the lots it freezes (their lists: metadata.covers), any other hold only by lots for anything. For such accounts, billing.plan_lot_draw chooses what a debit
--- draws so that the holds still fit (Hall's condition over the sets of the account's lists, by maximum flow: billing.hold_slack), and
+-- draws so that the holds still fit (Hall's condition over the sets of the account's lists, by maximum flow: billing.hold_deficit), and
 -- the writer draws exactly that (`take`). Accounts without restricted lots never come here: their
 -- path is unchanged.
 --

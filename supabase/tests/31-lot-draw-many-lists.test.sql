@@ -1,4 +1,4 @@
--- The plan's draw with live holds (billing.plan_lot_draw, billing.hold_slack) against Hall's
+-- The plan's draw with live holds (billing.plan_lot_draw, billing.hold_deficit) against Hall's
 -- condition written out over every set of the account's lists, as the plan was until it found
 -- each slack by maximum flow: on random accounts (up to 8 lists, lots, holds for models, for
 -- anything and for models no list pays, some already more than the lists can pay), both must
