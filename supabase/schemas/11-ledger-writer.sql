@@ -1506,18 +1506,18 @@ declare
   v_keys text[];
   v_credits numeric[];
   v_pays boolean[];
-  v_reserved numeric[] := '{}';
-  v_payable boolean[] := '{}';
+  v_reserved numeric[] := '{}'::numeric[];
+  v_payable boolean[] := '{}'::boolean[];
   v_class record;
   v_reserves numeric;                             -- what the live holds reserve in all
   v_part integer[];                               -- per group: its part (the groups linked to it by holds), or 1 for all
-  v_spare numeric[] := '{}';                      -- per group: what it may give when last found
-  v_mark numeric[] := '{}';                       -- per group: v_taken of its part then
-  v_taken numeric[] := '{}';                      -- per part: what this plan has taken from it so far
+  v_spare numeric[] := '{}'::numeric[];           -- per group: what it may give when last found
+  v_mark numeric[] := '{}'::numeric[];            -- per group: v_taken of its part then
+  v_taken numeric[] := '{}'::numeric[];           -- per part: what this plan has taken from it so far
   v_in integer[];                                 -- a part's groups
   v_of integer[];                                 -- a part's classes
-  v_lots bigint[] := '{}';
-  v_amounts numeric[] := '{}';
+  v_lots bigint[] := '{}'::bigint[];
+  v_amounts numeric[] := '{}'::numeric[];
   v_need numeric := p_amount;
   v_take jsonb;
   v_t numeric;
