@@ -1264,6 +1264,21 @@ $$;
 comment on function billing.expire_overdue_holds(p_account_id bigint) is 'Releases one account''s holds whose TTL has passed. Used by the spend path and the pg_cron sweep.';
 revoke execute on function billing.expire_overdue_holds(p_account_id bigint) from public;
 
+-- A live hold gives p_amount way (the writer resizes it; the cap room it held comes back).
+create or replace function billing.give_way(p_hold billing.holds, p_amount numeric, p_note jsonb) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform billing.post_transfers('{}', array[('resize', p_hold.id, -p_amount, null, null,
+    p_note || jsonb_build_object('given_amount', trim_scale(p_amount)::text), null, null, null, null, null, null,
+    null)::billing.hold_step]);
+  perform billing.return_hold_cap_room(p_hold, p_amount);
+end;
+$$;
+comment on function billing.give_way(p_hold billing.holds, p_amount numeric, p_note jsonb) is 'Internal: shrinks a live hold by p_amount (p_note says why), giving back the cap room it held.';
+revoke execute on function billing.give_way(p_hold billing.holds, p_amount numeric, p_note jsonb) from public;
+
 create or replace function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb)
 returns numeric
 language plpgsql
@@ -1292,10 +1307,7 @@ begin
   loop
     exit when v_left <= 0;
     v_take := least(h.amount, v_left);
-    perform billing.post_transfers('{}', array[('resize', h.id, -v_take, null, null,
-      p_note || jsonb_build_object('given_amount', trim_scale(v_take)::text), null, null, null, null, null, null,
-      null)::billing.hold_step]);
-    perform billing.return_hold_cap_room(h, v_take);
+    perform billing.give_way(h, v_take, p_note);
     v_left := v_left - v_take;
   end loop;
   return p_short - v_left;
@@ -1307,6 +1319,10 @@ revoke execute on function billing.shrink_holds(p_account_id bigint, p_short num
 -- p_taken: what the balance just lost (credits expired or taken back), when the caller knows it.
 -- Holds give way by at most that much: a job's or an AI call's hold that a dispute left above the
 -- balance (work under way, place_dispute_hold) is not given away by an unrelated expiry.
+-- On an account with credits for some models, a hold keeps only what the lots that may pay it
+-- can: what no lot may pay gives way as well (the newest user, job and gateway holds carrying it
+-- first, each by what its removal would spare: billing.hold_deficit), within the same bound, so
+-- a hold never reserves credits that can never pay it (a student's own hold, credits for one model).
 create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric default null)
 returns void
 language plpgsql
@@ -1315,16 +1331,61 @@ as $$
 declare
   v_account billing.accounts;
   v_short numeric;
+  v_left numeric;
+  v_keys text[];
+  v_credits numeric[];
+  v_classes jsonb[] := '{}'::jsonb[];             -- each class's (covers, model)
+  v_reserved numeric[] := '{}'::numeric[];
+  v_payable boolean[] := '{}'::boolean[];
+  v_class record;
+  v_lack numeric;
+  v_spared numeric;
+  v_give numeric;
+  j integer;
+  h billing.holds;
 begin
   -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
   select * into v_account from billing.accounts a where a.id = p_account_id;
-  v_short := least(v_account.held - greatest(v_account.balance, 0), coalesce(p_taken, v_account.held));
+  v_left := coalesce(p_taken, v_account.held);
+  v_short := least(v_account.held - greatest(v_account.balance, 0), v_left);
   if v_short > 0 then
-    perform billing.shrink_holds(p_account_id, v_short, array['user', 'job', 'ai'], p_note);
+    v_left := v_left - billing.shrink_holds(p_account_id, v_short, array['user', 'job', 'ai'], p_note);
   end if;
+  if not v_account.restricted_lots or v_left <= 0
+     or not exists (select 1 from billing.holds x where x.account_id = p_account_id and x.status = 'active') then
+    return;
+  end if;
+  select array_agg(g.key order by g.key), array_agg(g.credits order by g.key) into v_keys, v_credits
+  from (select coalesce(array_to_string(l.applies_to, ','), '') as key, sum(l.remaining) as credits from billing.lots l
+        where l.account_id = p_account_id and l.open group by 1) g;
+  v_keys := coalesce(v_keys, '{}');
+  v_credits := coalesce(v_credits, '{}');
+  for v_class in select * from billing.hold_classes(p_account_id, v_keys) loop
+    v_classes := v_classes || jsonb_build_array(v_class.covers, v_class.model);
+    v_reserved := v_reserved || v_class.amount;
+    v_payable := v_payable || v_class.payable;
+  end loop;
+  v_lack := billing.hold_deficit(v_credits, v_reserved, v_payable);
+  for h in
+    select * from billing.holds x
+    where x.account_id = p_account_id and x.status = 'active' and x.purpose in ('user', 'job', 'ai')
+    order by x.created_at desc, x.id
+  loop
+    exit when v_lack <= 0 or v_left <= 0;
+    j := array_position(v_classes, jsonb_build_array(null, case when h.purpose in ('ai', 'job') then h.metadata ->> 'model' end));
+    v_reserved[j] := v_reserved[j] - h.amount;
+    v_spared := v_lack - billing.hold_deficit(v_credits, v_reserved, v_payable);
+    v_give := least(h.amount, v_spared, v_left);
+    v_reserved[j] := v_reserved[j] + h.amount - v_give;
+    if v_give > 0 then
+      perform billing.give_way(h, v_give, p_note);
+      v_lack := v_lack - v_give;
+      v_left := v_left - v_give;
+    end if;
+  end loop;
 end;
 $$;
-comment on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) is 'Internal: when an account''s holds reserve more than its balance (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';
+comment on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) is 'Internal: when an account''s holds reserve more than its balance, or (credits for some models) more than the lots that may pay them (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';
 revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) from public;
 
 -- ============================================================ restricted lots: which of an account's lots may pay for a charge
@@ -1475,6 +1536,43 @@ $$;
 comment on function billing.hold_deficit(p_credits numeric[], p_reserved numeric[], p_payable boolean[]) is 'Internal: what groups of credits cannot pay together of the holds'' classes that may draw on them (the reserves less one bipartite maximum flow); 0 when the holds fit.';
 revoke execute on function billing.hold_deficit(p_credits numeric[], p_reserved numeric[], p_payable boolean[]) from public;
 
+-- The live holds on an account, by what may pay them (a gateway call's or a job's: the groups for
+-- its model; a dispute's: those for anything and the lists of the lots it freezes; any other:
+-- those for anything), one row per model or dispute freeze: its reserve and, for each of the
+-- account's groups p_keys (one per list, '' for anything), whether it may pay. p_except_hold is
+-- left out (the hold being captured); a job's or a gateway call's capture is work already done,
+-- so, as on any account (a capture checks the balance, not what disputes hold), no dispute stops it.
+create or replace function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid default null)
+returns table (covers jsonb, model text, amount numeric, payable boolean[])
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_except_purpose text := (select h.purpose from billing.holds h where h.id = p_except_hold);
+begin
+  return query
+  -- billing.lot_pays_for written out: called here for every group and hold class, its SET clause
+  -- (a function that cannot be inlined) cost more than the test.
+  select h.covers, h.model, h.amount,
+    array(select g.list is null
+                 or (h.model is not null and exists (select 1 from unnest(g.list) p where p = h.model
+                       or (right(p, 1) = '*' and starts_with(h.model, left(p, -1)))))
+                 or (h.covers is not null and g.list is not null
+                     and exists (select 1 from jsonb_array_elements(h.covers) x where x = to_jsonb(g.list)))
+          from (select i, case when p_keys[i] = '' then null else string_to_array(p_keys[i], ',') end as list
+                from generate_subscripts(p_keys, 1) i) g
+          order by g.i)
+  from (select case when y.purpose = 'dispute' then coalesce(y.metadata -> 'covers', '[]') end as covers,
+          case when y.purpose in ('ai', 'job') then y.metadata ->> 'model' end as model, sum(y.amount) as amount
+        from billing.holds y
+        where y.account_id = p_account_id and y.status = 'active' and y.id is distinct from p_except_hold
+          and (y.purpose <> 'dispute' or coalesce(v_except_purpose, '') not in ('job', 'ai'))
+        group by 1, 2) h;
+end;
+$$;
+comment on function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid) is 'Internal: an account''s live holds summed by model or dispute freeze, each with the groups of lists (p_keys) that may pay it.';
+revoke execute on function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid) from public;
+
 -- What a new commitment for p_model (p_any: for any lot, a move) can draw from an account with
 -- restricted lots without leaving a live hold unpayable, in spending order: `take` ([{lot_id,
 -- amount}], at most p_amount in all, for the writer), `found` (its total) and `unusable` (the
@@ -1489,9 +1587,11 @@ revoke execute on function billing.hold_deficit(p_credits numeric[], p_reserved 
 -- most that keeps them all ≥ 0: the least slack over the sets holding its group, a minimum cut,
 -- so its group's credits less what the other groups cannot pay of the holds
 -- (billing.hold_deficit, a maximum flow). Taken in any order, this reaches the largest total that
--- fits (the sets form a polymatroid), so `found` < p_amount means no draw could pay it. Groups
--- that share no hold (the lists of different models' holds) do not limit each other while the
--- holds fit: each flow is then over the lot's part of the account only.
+-- fits (the sets form a polymatroid), so `found` < p_amount means no draw could pay it. When the
+-- holds already do not fit (credits expired or taken back under them), a lot gives what leaves
+-- what they lack as it was: never worse, and lists no short hold may use stay spendable. Groups
+-- that share no hold (the lists of different models' holds) do not limit each other: each flow is
+-- over the lot's part of the account only.
 create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
   p_any boolean default false, p_except_hold uuid default null)
 returns jsonb
@@ -1516,13 +1616,15 @@ declare
   v_taken numeric[] := '{}'::numeric[];           -- per part: what this plan has taken from it so far
   v_in integer[];                                 -- a part's groups
   v_of integer[];                                 -- a part's classes
+  v_sub_reserved numeric[];                       -- their reserves
+  v_sub_payable boolean[];                        -- which of the part's groups may pay each
+  v_lack numeric[] := '{}'::numeric[];            -- per part: what its groups cannot pay of its holds
   v_lots bigint[] := '{}'::bigint[];
   v_amounts numeric[] := '{}'::numeric[];
   v_need numeric := p_amount;
   v_take jsonb;
   v_t numeric;
   v_lot record;
-  v_except_purpose text := (select h.purpose from billing.holds h where h.id = p_except_hold);
 begin
   -- No live hold to keep payable (nearly every charge): the draw is the spending order of the
   -- lots that may pay, in one statement; the same answer the plan below gives with no holds.
@@ -1549,33 +1651,10 @@ begin
   from (select coalesce(array_to_string(l.applies_to, ','), '') as key, sum(l.remaining) as credits from billing.lots l
         where l.account_id = p_account_id and l.open group by 1) g;
 
-  -- What the live holds reserve, summed by which groups may pay them (a gateway call's or a job's:
-  -- those for its model; a dispute's: those for anything and the lists of the lots it freezes;
-  -- any other: those for anything): one class per set of groups, however many holds; a hold no
-  -- group can pay any more (credits expired or taken back under it) constrains nothing.
+  -- What the live holds reserve, one class per set of groups that may pay them, however many
+  -- holds; a hold no group can pay any more (credits expired or taken back under it) constrains nothing.
   for v_class in
-    select c.payable, sum(c.amount) as amount
-    -- billing.lot_pays_for written out: called here for every group and class, its SET clause
-    -- (a function that cannot be inlined) cost more than the test.
-    from (select array_agg(g.list is null
-                           or (h.model is not null and exists (select 1 from unnest(g.list) p where p = h.model
-                                 or (right(p, 1) = '*' and starts_with(h.model, left(p, -1)))))
-                           or (h.covers is not null and g.list is not null
-                               and exists (select 1 from jsonb_array_elements(h.covers) x where x = to_jsonb(g.list)))
-                           order by g.i) as payable,
-            h.amount
-          from (select row_number() over () as n, x.covers, x.model, x.amount
-                from (select case when y.purpose = 'dispute' then coalesce(y.metadata -> 'covers', '[]') end as covers,
-                        case when y.purpose in ('ai', 'job') then y.metadata ->> 'model' end as model, sum(y.amount) as amount
-                      from billing.holds y
-                      where y.account_id = p_account_id and y.status = 'active' and y.id is distinct from p_except_hold
-                        -- A job's or a gateway call's capture is work already done: as on any account
-                        -- (a capture checks the balance, not what disputes hold), no dispute stops it.
-                        and (y.purpose <> 'dispute' or coalesce(v_except_purpose, '') not in ('job', 'ai'))
-                      group by 1, 2) x) h
-          cross join (select i, case when v_keys[i] = '' then null else string_to_array(v_keys[i], ',') end as list
-                      from generate_subscripts(v_keys, 1) i) g
-          group by h.n, h.amount) c
+    select c.payable, sum(c.amount) as amount from billing.hold_classes(p_account_id, v_keys, p_except_hold) c
     where true = any(c.payable)
     group by 1
   loop
@@ -1584,8 +1663,8 @@ begin
   end loop;
   v_reserves := (select coalesce(sum(x), 0) from unnest(v_reserved) x);
   -- The parts: groups linked by a class both may pay (each group first its own part, then each
-  -- class's groups joined under the lowest). While the holds fit, a take from one part changes no
-  -- slack in another; when they already do not, every group is one part (Hall is over them all).
+  -- class's groups joined under the lowest). What the holds lack is the sum of what each part's
+  -- lack, so a take from one part changes nothing in another.
   v_part := array(select i from generate_subscripts(v_keys, 1) i order by i);
   for c in 1 .. cardinality(v_reserved) loop
     v_in := array(select distinct v_part[i] from generate_subscripts(v_keys, 1) i
@@ -1595,9 +1674,6 @@ begin
                       from generate_subscripts(v_keys, 1) i order by i);
     end if;
   end loop;
-  if cardinality(v_reserved) > 0 and billing.hold_deficit(v_credits, v_reserved, v_payable) > 0 then
-    v_part := array_fill(1, array[cardinality(v_keys)]);
-  end if;
 
   for v_lot in
     select x.id, x.remaining, x.grp from (
@@ -1620,11 +1696,17 @@ begin
       v_in := array(select i from generate_subscripts(v_keys, 1) i where v_part[i] = v_part[v_lot.grp] order by i);
       v_of := array(select c from generate_subscripts(v_reserved, 1) c
                     where exists (select 1 from unnest(v_in) i where v_payable[(c - 1) * cardinality(v_keys) + i]) order by c);
-      v_spare[v_lot.grp] := v_credits[v_lot.grp] - billing.hold_deficit(
-        array(select case when i = v_lot.grp then 0 else v_credits[i] end from unnest(v_in) with ordinality x(i, n) order by n),
-        array(select v_reserved[c] from unnest(v_of) with ordinality x(c, n) order by n),
-        array(select v_payable[(c - 1) * cardinality(v_keys) + i]
-              from unnest(v_of) with ordinality x(c, n), unnest(v_in) with ordinality y(i, m) order by n, m));
+      v_sub_reserved := array(select v_reserved[c] from unnest(v_of) with ordinality x(c, n) order by n);
+      v_sub_payable := array(select v_payable[(c - 1) * cardinality(v_keys) + i]
+                             from unnest(v_of) with ordinality x(c, n), unnest(v_in) with ordinality y(i, m) order by n, m);
+      -- What the part lacks stays as it is through the plan: no take makes it larger.
+      if v_lack[v_part[v_lot.grp]] is null then
+        v_lack[v_part[v_lot.grp]] := billing.hold_deficit(
+          array(select v_credits[i] from unnest(v_in) with ordinality x(i, n) order by n), v_sub_reserved, v_sub_payable);
+      end if;
+      v_spare[v_lot.grp] := v_credits[v_lot.grp] - (billing.hold_deficit(
+          array(select case when i = v_lot.grp then 0 else v_credits[i] end from unnest(v_in) with ordinality x(i, n) order by n),
+          v_sub_reserved, v_sub_payable) - v_lack[v_part[v_lot.grp]]);
       v_mark[v_lot.grp] := coalesce(v_taken[v_part[v_lot.grp]], 0);
       v_t := least(v_t, v_spare[v_lot.grp]);
     end if;
