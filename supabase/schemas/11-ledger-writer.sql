@@ -1316,52 +1316,36 @@ $$;
 comment on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) is 'Internal: takes p_short from the account''s active holds of the given purposes, newest first (cap room given back); returns what it took.';
 revoke execute on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) from public;
 
--- p_taken: what the balance just lost (credits expired or taken back), when the caller knows it.
--- Holds give way by at most that much: a job's or an AI call's hold that a dispute left above the
--- balance (work under way, place_dispute_hold) is not given away by an unrelated expiry.
--- On an account with credits for some models, a hold keeps only what the lots that may pay it
--- can: what no lot may pay gives way as well (the newest user, job and gateway holds carrying it
--- first, each by what its removal would spare: billing.hold_deficit), within the same bound, so
--- a hold never reserves credits that can never pay it (a student's own hold, credits for one model).
-create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric default null)
-returns void
+-- What no lot left may pay of an account's user, job and gateway holds gives way (the newest
+-- holds carrying it first, each by what its removal would spare: billing.hold_deficit), by at
+-- most p_max; returns what gave way. Disputes' holds are left out of the count: they never give
+-- way, and a job's or a gateway call's capture does not wait for them (work under way keeps its
+-- hold). Only accounts with credits for some models need it: elsewhere any lot pays any hold.
+create or replace function billing.give_way_unpayable(p_account_id bigint, p_note jsonb, p_max numeric)
+returns numeric
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_account billing.accounts;
-  v_short numeric;
-  v_left numeric;
   v_keys text[];
   v_credits numeric[];
-  v_classes jsonb[] := '{}'::jsonb[];             -- each class's (covers, model)
+  v_classes jsonb[] := '{}'::jsonb[];             -- each class's model (null: a student's own hold)
   v_reserved numeric[] := '{}'::numeric[];
   v_payable boolean[] := '{}'::boolean[];
   v_class record;
   v_lack numeric;
-  v_spared numeric;
   v_give numeric;
+  v_left numeric := p_max;
   j integer;
   h billing.holds;
 begin
-  -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
-  select * into v_account from billing.accounts a where a.id = p_account_id;
-  v_left := coalesce(p_taken, v_account.held);
-  v_short := least(v_account.held - greatest(v_account.balance, 0), v_left);
-  if v_short > 0 then
-    v_left := v_left - billing.shrink_holds(p_account_id, v_short, array['user', 'job', 'ai'], p_note);
-  end if;
-  if not v_account.restricted_lots or v_left <= 0
-     or not exists (select 1 from billing.holds x where x.account_id = p_account_id and x.status = 'active') then
-    return;
-  end if;
   select array_agg(g.key order by g.key), array_agg(g.credits order by g.key) into v_keys, v_credits
   from (select coalesce(array_to_string(l.applies_to, ','), '') as key, sum(l.remaining) as credits from billing.lots l
         where l.account_id = p_account_id and l.open group by 1) g;
-  v_keys := coalesce(v_keys, '{}');
-  v_credits := coalesce(v_credits, '{}');
-  for v_class in select * from billing.hold_classes(p_account_id, v_keys) loop
-    v_classes := v_classes || jsonb_build_array(v_class.covers, v_class.model);
+  v_keys := coalesce(v_keys, '{}'::text[]);
+  v_credits := coalesce(v_credits, '{}'::numeric[]);
+  for v_class in select * from billing.hold_classes(p_account_id, v_keys) c where c.covers is null loop
+    v_classes := v_classes || to_jsonb(v_class.model);
     v_reserved := v_reserved || v_class.amount;
     v_payable := v_payable || v_class.payable;
   end loop;
@@ -1372,10 +1356,9 @@ begin
     order by x.created_at desc, x.id
   loop
     exit when v_lack <= 0 or v_left <= 0;
-    j := array_position(v_classes, jsonb_build_array(null, case when h.purpose in ('ai', 'job') then h.metadata ->> 'model' end));
+    j := array_position(v_classes, to_jsonb(case when h.purpose in ('ai', 'job') then h.metadata ->> 'model' end));
     v_reserved[j] := v_reserved[j] - h.amount;
-    v_spared := v_lack - billing.hold_deficit(v_credits, v_reserved, v_payable);
-    v_give := least(h.amount, v_spared, v_left);
+    v_give := least(h.amount, v_lack - billing.hold_deficit(v_credits, v_reserved, v_payable), v_left);
     v_reserved[j] := v_reserved[j] + h.amount - v_give;
     if v_give > 0 then
       perform billing.give_way(h, v_give, p_note);
@@ -1383,6 +1366,39 @@ begin
       v_left := v_left - v_give;
     end if;
   end loop;
+  return p_max - v_left;
+end;
+$$;
+comment on function billing.give_way_unpayable(p_account_id bigint, p_note jsonb, p_max numeric) is 'Internal: an account''s user, job and gateway holds give way, newest first, by what no lot left may pay of them (disputes'' holds not counted), at most p_max; returns what gave way.';
+revoke execute on function billing.give_way_unpayable(p_account_id bigint, p_note jsonb, p_max numeric) from public;
+
+-- p_taken: what the balance just lost (credits expired or taken back), when the caller knows it.
+-- Holds give way by at most that much: a job's or an AI call's hold that a dispute left above the
+-- balance (work under way, place_dispute_hold) is not given away by an unrelated expiry. On an
+-- account with credits for some models, what no lot left may pay of the holds gives way first
+-- (billing.give_way_unpayable), so a hold that can never be paid (a student's own hold over
+-- credits for one model) does not keep them while a hold they could pay gives way in its place.
+create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric default null)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_short numeric;
+  v_left numeric;
+begin
+  -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  v_left := coalesce(p_taken, v_account.held);
+  if v_account.restricted_lots and v_account.held > 0 and v_left > 0 then
+    v_left := v_left - billing.give_way_unpayable(p_account_id, p_note, v_left);
+    select * into v_account from billing.accounts a where a.id = p_account_id;
+  end if;
+  v_short := least(v_account.held - greatest(v_account.balance, 0), v_left);
+  if v_short > 0 then
+    perform billing.shrink_holds(p_account_id, v_short, array['user', 'job', 'ai'], p_note);
+  end if;
 end;
 $$;
 comment on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) is 'Internal: when an account''s holds reserve more than its balance, or (credits for some models) more than the lots that may pay them (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';

@@ -11,27 +11,18 @@ import {
   backdateLot,
   key,
   newUser,
-  reportUsage,
   testDb,
   until,
   userToken,
 } from '../support/helpers.ts';
 import { checkLots } from '../support/money.ts';
 import { buy, chargeOf, deliverWithRetries, emulator } from '../support/purchases.ts';
-import { grantLot, models, orgGrant } from '../support/lots.ts';
+import { chargeCredits as charge, grantLot, holdCredits as hold, models, orgGrant } from '../support/lots.ts';
 import { person, school } from '../support/orgs.ts';
 
 type Res = Awaited<ReturnType<typeof api>>;
 const data = (r: Res) => r.body.data as Record<string, unknown>;
 
-/** A usage charge of `credits` for a test model ($1/M input, ×1: 1,000 input tokens = 1 credit). */
-const charge = (token: string, model: string, credits: number) =>
-  reportUsage('/credits/usage', {
-    token,
-    headers: key(),
-    body: { model, input_tokens: Math.round(credits * 1000), output_tokens: 0 },
-  });
-const hold = (token: string, amount: string) => api('/credits/holds', { token, headers: key(), body: { amount } });
 const capture = (token: string, id: string) => api(`/credits/holds/${id}/capture`, { token, headers: key(), body: {} });
 /** A gateway chat call, the stand-in steered by `directives`. */
 const chat = (token: string, model: string, directives: string, max_tokens = 2000) =>

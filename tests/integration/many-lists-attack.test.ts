@@ -4,23 +4,14 @@
 // admin's token; an admin's grant only as setup. The database is read for the assertions and for
 // the SQL time of one plan (the account lock is held while it runs).
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
-import { grantLot, models, orgGrant } from '../support/lots.ts';
+import { api, assertLedgerInvariants, key, newUser, testDb, userToken } from '../support/helpers.ts';
+import { chargeCredits as charge, grantLot, holdCredits as hold, models, orgGrant } from '../support/lots.ts';
 import { join, person, school } from '../support/orgs.ts';
 
 type Res = Awaited<ReturnType<typeof api>>;
 const data = (r: Res) => r.body.data as Record<string, unknown>;
 const details = (r: Res) => (r.body.error as { details?: Record<string, unknown> }).details ?? {};
 
-/** A usage charge of `credits` for a test model (priced $1/M input, ×1: 1,000 input tokens = 1 credit). */
-const charge = (token: string, model: string, credits: number) =>
-  reportUsage('/credits/usage', {
-    token,
-    headers: key(),
-    body: { model, input_tokens: Math.round(credits * 1000), output_tokens: 0 },
-  });
-
-const hold = (token: string, amount: string) => api('/credits/holds', { token, headers: key(), body: { amount } });
 const act = (token: string, id: string, what: 'capture' | 'release') =>
   api(`/credits/holds/${id}/${what}`, { token, headers: key(), body: {} });
 

@@ -1,7 +1,7 @@
 // Shared by the tests of credits for some models: more models on the rate card, and an admin's
 // grants (setup only) to a student or a school's wallet, with the lot options they take.
 import assert from 'node:assert/strict';
-import { adminToken, api, key, testDb } from './helpers.ts';
+import { adminToken, api, key, reportUsage, testDb } from './helpers.ts';
 
 /** `n` more models on the rate card (a real one has dozens), each priced like a small model. */
 export async function models(n: number): Promise<string[]> {
@@ -32,3 +32,15 @@ export async function orgGrant(org: string, amount: string, kind: string, applie
   });
   assert.equal(r.status, 201, r.text);
 }
+
+/** POST /credits/usage for `credits` of a model from `models` (priced $1/M input, ×1: 1,000 input tokens = 1 credit). */
+export const chargeCredits = (token: string, model: string, credits: number) =>
+  reportUsage('/credits/usage', {
+    token,
+    headers: key(),
+    body: { model, input_tokens: Math.round(credits * 1000), output_tokens: 0 },
+  });
+
+/** A student's own hold (POST /credits/holds) of `amount`. */
+export const holdCredits = (token: string, amount: string) =>
+  api('/credits/holds', { token, headers: key(), body: { amount } });
