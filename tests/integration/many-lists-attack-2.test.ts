@@ -17,7 +17,15 @@ import {
 } from '../support/helpers.ts';
 import { checkLots } from '../support/money.ts';
 import { buy, chargeOf, deliverWithRetries, emulator } from '../support/purchases.ts';
-import { chargeCredits as charge, grantLot, holdCredits as hold, models, orgGrant } from '../support/lots.ts';
+import {
+  chargeCredits as charge,
+  chatWith as chat,
+  grantLot,
+  holdCredits as hold,
+  models,
+  orgGrant,
+  ownAccount,
+} from '../support/lots.ts';
 import { person, school } from '../support/orgs.ts';
 
 type Res = Awaited<ReturnType<typeof api>>;
@@ -25,20 +33,12 @@ const data = (r: Res) => r.body.data as Record<string, unknown>;
 
 const capture = (token: string, id: string) => api(`/credits/holds/${id}/capture`, { token, headers: key(), body: {} });
 /** A gateway chat call, the stand-in steered by `directives`. */
-const chat = (token: string, model: string, directives: string, max_tokens = 2000) =>
-  api('/ai/v1/chat/completions', {
-    token,
-    headers: key(),
-    body: { model, messages: [{ role: 'user', content: `#standin ${directives}` }], max_tokens },
-  });
 
 const state = async (accountId: string) =>
   (await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held,
       trim_scale(coalesce((select sum(l.remaining) from billing.lots l where l.account_id = a.id and l.open
         and l.applies_to is null), 0))::text as general
     from billing.accounts a where a.id = ${accountId}`)[0];
-const ownAccount = async (userId: string) =>
-  (await testDb`select id::text from billing.accounts where user_id = ${userId} and org_id is null`)[0].id as string;
 
 /**
  * Credits for some models that paid for what they may not: a charge or capture for another model

@@ -44,3 +44,15 @@ export const chargeCredits = (token: string, model: string, credits: number) =>
 /** A student's own hold (POST /credits/holds) of `amount`. */
 export const holdCredits = (token: string, amount: string) =>
   api('/credits/holds', { token, headers: key(), body: { amount } });
+
+/** A gateway chat call for `model`, the provider stand-in steered by `directives`. */
+export const chatWith = (token: string, model: string, directives: string, max_tokens = 2000) =>
+  api('/ai/v1/chat/completions', {
+    token,
+    headers: key(),
+    body: { model, messages: [{ role: 'user', content: `#standin ${directives}` }], max_tokens },
+  });
+
+/** The user's own account id (not an allowance). */
+export const ownAccount = async (userId: string) =>
+  (await testDb`select id::text from billing.accounts where user_id = ${userId} and org_id is null`)[0].id as string;
