@@ -221,6 +221,8 @@ declare
   v_refusals billing.posted_transfer[];
   v_kept integer[];                               -- a batch's movements written, by place (null: all)
   v_restricted boolean := false;                  -- a tracked side holds credits for some models: its sub-accounts follow
+  v_kinds billing.transfer_kind[];                -- the draw's: each movement's kind, by place
+  v_takes boolean[];                              -- and whether it names the lots it takes
   v_flag boolean;
   v_out billing.posted_transfer[];
 begin
@@ -573,8 +575,12 @@ begin
         end if;
         v_drawn := null;
       end if;
-      if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta)
-                  where d.delta < 0 and not coalesce((p_transfers[d.ord]).lots ? 'take', false)) then
+      -- Each movement's kind and whether it was told what to take, by place: an element of an
+      -- array of composites is found by walking the array, so p_transfers[ord] per row made a
+      -- batch's draw quadratic.
+      v_kinds := array(select t.kind from unnest(p_transfers) t);
+      v_takes := array(select coalesce(t.lots ? 'take', false) from unnest(p_transfers) t);
+      if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta) where d.delta < 0 and not v_takes[d.ord]) then
         v_first := array(select jsonb_array_elements_text(t.lots -> 'first')::bigint
                          from unnest(p_transfers) t where t.lots ? 'first');
         -- A reversal (refund, lost dispute) takes back money paid for anything: the lots it names
@@ -585,7 +591,7 @@ begin
           select x.ord, x.account_id, -x.delta as amount,
             sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
           from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
-          where x.delta < 0 and not coalesce((p_transfers[x.ord]).lots ? 'take', false)
+          where x.delta < 0 and not v_takes[x.ord]
         ), l as (
           select l.id, l.account_id, l.remaining, l.cost_cents, l.amount as lot_amount, l.currency, l.category, l.origin,
             sum(l.remaining) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
@@ -603,14 +609,14 @@ begin
           select p.*, p.cost_cents * p.amount::numeric(38, 18) / p.lot_amount as cents from p
         ), ins as (
           insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
-          select v_ids[a.ord], a.lot_id, (p_transfers[a.ord]).kind, a.amount, a.cents from a
+          select v_ids[a.ord], a.lot_id, v_kinds[a.ord], a.amount, a.cents from a
           returning lot_id, amount
         ), tail as (
           -- The report's tail (lots_tail, below), from the lots in hand.
           insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
-          select date_trunc('second', now()), pg_backend_pid(), a.currency, a.category, (p_transfers[a.ord]).kind, a.origin,
+          select date_trunc('second', now()), pg_backend_pid(), a.currency, a.category, v_kinds[a.ord], a.origin,
             sum(a.amount), sum(a.cents)
-          from a group by a.currency, a.category, (p_transfers[a.ord]).kind, a.origin
+          from a group by a.currency, a.category, v_kinds[a.ord], a.origin
           on conflict (at, backend, currency, category, kind, origin) do update
           set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents
         )
@@ -1372,13 +1378,13 @@ $$;
 comment on function billing.give_way_unpayable(p_account_id bigint, p_note jsonb, p_max numeric) is 'Internal: an account''s user, job and gateway holds give way, newest first, by what no lot left may pay of them (disputes'' holds not counted), at most p_max; returns what gave way.';
 revoke execute on function billing.give_way_unpayable(p_account_id bigint, p_note jsonb, p_max numeric) from public;
 
--- p_taken: what the balance just lost (credits expired or taken back), when the caller knows it.
--- Holds give way by at most that much: a job's or an AI call's hold that a dispute left above the
+-- p_taken: what the balance just lost (credits expired or taken back). Holds give way by at most
+-- that much, never by all that is above the balance: a job's or an AI call's hold that a dispute left above the
 -- balance (work under way, place_dispute_hold) is not given away by an unrelated expiry. On an
 -- account with credits for some models, what no lot left may pay of the holds gives way first
 -- (billing.give_way_unpayable), so a hold that can never be paid (a student's own hold over
 -- credits for one model) does not keep them while a hold they could pay gives way in its place.
-create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric default null)
+create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric)
 returns void
 language plpgsql
 set search_path = ''
@@ -1390,7 +1396,7 @@ declare
 begin
   -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
   select * into v_account from billing.accounts a where a.id = p_account_id;
-  v_left := coalesce(p_taken, v_account.held);
+  v_left := p_taken;
   if v_account.restricted_lots and v_account.held > 0 and v_left > 0 then
     v_left := v_left - billing.give_way_unpayable(p_account_id, p_note, v_left);
     select * into v_account from billing.accounts a where a.id = p_account_id;
@@ -1401,7 +1407,7 @@ begin
   end if;
 end;
 $$;
-comment on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) is 'Internal: when an account''s holds reserve more than its balance, or (credits for some models) more than the lots that may pay them (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost) when given.';
+comment on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) is 'Internal: when an account''s holds reserve more than its balance, or (credits for some models) more than the lots that may pay them (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost).';
 revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) from public;
 
 -- ============================================================ restricted lots: which of an account's lots may pay for a charge

@@ -7,28 +7,37 @@
 
 -- One lock per account for the whole batch, in ascending id order (no deadlocks): the users'
 -- own accounts, then the organisation accounts that may pay for members (after, as everywhere);
--- then each locked user account settled (overdue holds ended, due lots expired).
-create or replace function billing.lock_usage_batch(p_users uuid[]) returns void
+-- then each locked user account settled (overdue holds ended, due lots expired). Answers the
+-- users' accounts as it locked them (each event's account is read here, not looked up again):
+-- whose, which, whether its events are charged alone (a member of funding organisations, credits
+-- for some models) and whether it watches its available amount (a low-balance alert,
+-- auto-recharge). Settling changes none of these but credits for some models, which an expiry
+-- may end: such an account's events are then charged alone, the road for any account.
+create or replace function billing.lock_usage_batch(p_users uuid[], out users uuid[], out accounts bigint[],
+  out alone boolean[], out watched boolean[])
 language plpgsql
 set search_path = ''
 as $$
 declare
   v_users uuid[] := array(select distinct u from unnest(p_users) u);
 begin
-  perform 1 from billing.accounts a where a.user_id = any(v_users) order by a.id for update;
-  if exists (select 1 from billing.accounts a where a.user_id = any(v_users) and a.orgs > 0) then
+  select array_agg(a.user_id), array_agg(a.id), array_agg(a.orgs > 0 or a.restricted_lots),
+    array_agg(a.low_balance_threshold is not null or a.auto_recharge_below is not null)
+  into users, accounts, alone, watched
+  from (select * from billing.accounts a where a.user_id = any(v_users) order by a.id for update) a;
+  if true = any(alone) and exists (select 1 from billing.accounts a where a.id = any(accounts) and a.orgs > 0) then
     perform 1 from billing.accounts a
     join billing.org_members m on m.org_id = a.org_id and m.active and m.role = 'member'
       and (a.member_id is null or a.member_id = m.user_id)
-    where m.user_id in (select u.user_id from billing.accounts u where u.user_id = any(v_users) and u.orgs > 0)
+    where m.user_id in (select u.user_id from billing.accounts u where u.id = any(accounts) and u.orgs > 0)
     order by a.id for update of a;
   end if;
   perform billing.settle_account(a.id) from billing.accounts a
-  where a.user_id = any(v_users) and (a.held > 0 or a.next_expiry <= now());
+  where a.id = any(accounts) and (a.held > 0 or a.next_expiry <= now());
 end;
 $$;
-comment on function billing.lock_usage_batch(p_users uuid[]) is 'Internal: locks every account a usage batch may charge, in id order, and settles the users'' own.';
-revoke execute on function billing.lock_usage_batch(p_users uuid[]) from public, anon, authenticated;
+comment on function billing.lock_usage_batch(p_users uuid[], out users uuid[], out accounts bigint[], out alone boolean[], out watched boolean[]) is 'Internal: locks every account a usage batch may charge, in id order, and settles the users'' own; answers the users'' accounts as locked (whose, which, charged alone, watching their available amount).';
+revoke execute on function billing.lock_usage_batch(p_users uuid[], out users uuid[], out accounts bigint[], out alone boolean[], out watched boolean[]) from public, anon, authenticated;
 
 -- The accepted events of a batch as one call to the writer, in event order (p_ord: each one's
 -- place in the batch; p_keys, p_correlation and p_facts are the whole batch's, by place), so each
@@ -41,10 +50,13 @@ as $$
 declare
   v_platform bigint := billing.platform_account_id('usage_revenue');
 begin
+  -- Joined by place, not subscripted: an element of an array of texts or jsonb is found by
+  -- walking the array from its start, so p_keys[x.ord] per event made a batch quadratic.
   return billing.post_transfers(array(
-    select ('usage', x.account_id, v_platform, x.amount, p_keys[x.ord], p_correlation[x.ord], null, p_facts[x.ord],
+    select ('usage', x.account_id, v_platform, x.amount, b.key, b.correlation_id, null, b.facts,
       x.rate_card_id, null, null, null)::billing.transfer_spec
     from unnest(p_ord, p_account, p_amount, p_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
+    join unnest(p_keys, p_correlation, p_facts) with ordinality b(key, correlation_id, facts, ord) on b.ord = x.ord
     order by x.n));
 end;
 $$;
@@ -132,6 +144,7 @@ declare
   a_amount numeric[] := '{}'::numeric[];
   a_card bigint[] := '{}'::bigint[];
   a_posted billing.posted_transfer[];
+  v_locked record;                                -- the users' accounts, as billing.lock_usage_batch locked them
   -- accounts charged here that watch their available amount (a low-balance alert, auto-recharge)
   w_account bigint[] := '{}'::bigint[];
   -- repeats within the batch, and their first occurrences
@@ -163,7 +176,7 @@ begin
     from ev
   ), cards as (
     select distinct on (rc.model) rc.* from billing.rate_cards rc
-    where rc.model in (select ev.model from ev) and rc.effective_from <= now()
+    where rc.model = any(array(select distinct ev.model from ev)) and rc.effective_from <= now()
     order by rc.model, rc.effective_from desc, rc.version desc
   ), priced as materialized (            -- each event priced once, however many aggregates below read it
     select b.*, r.id as rate_card_id,
@@ -182,7 +195,7 @@ begin
   into b_user, b_event, b_model, b_error, b_card, b_amount, b_key, b_correlation, b_facts
   from priced p;
 
-  perform billing.lock_usage_batch(b_user);
+  select * into v_locked from billing.lock_usage_batch(b_user);
 
   -- Greedy per user in event order: each event is applied if it still fits. Replays are found
   -- under the locks, so a concurrent batch with the same events has committed: an earlier batch
@@ -191,13 +204,13 @@ begin
   -- user's id counts.
   for e in
     select x.ord::integer as ord, x.user_id, x.event_id, x.model, x.error, x.amount, x.rate_card_id,
-      a.id as account_id, coalesce(a.orgs > 0 or a.restricted_lots, false) as alone,
-      coalesce(a.low_balance_threshold is not null or a.auto_recharge_below is not null, false) as watched,
+      a.id as account_id, coalesce(a.alone, false) as alone, coalesce(a.watched, false) as watched,
       t.id as existing_transfer, t.amount as existing_amount,
       min(x.ord) over (partition by x.user_id, x.event_id)::integer as first_ord
     from unnest(b_user, b_event, b_model, b_error, b_amount, b_card, b_key) with ordinality
       x(user_id, event_id, model, error, amount, rate_card_id, key, ord)
-    left join billing.accounts a on a.user_id = x.user_id
+    left join unnest(v_locked.users, v_locked.accounts, v_locked.alone, v_locked.watched) a(user_id, id, alone, watched)
+      on a.user_id = x.user_id
     -- Lateral: one index probe per event, never a join over the whole ledger.
     left join lateral (select y.id, y.amount from billing.transfers y
                        where y.idempotency_key = x.key and y.kind = 'usage') t on true

@@ -171,6 +171,8 @@ declare
   v_take numeric(38, 18);
   v_forgive numeric(38, 18);
   v_paid numeric(38, 18);
+  v_accounts bigint[];                            -- every account involved, and its balance before
+  v_before numeric[];
   r record;
 begin
   if p_amount <= 0 then
@@ -180,9 +182,10 @@ begin
   -- purchase's credits that committed while we waited (a gift redeemed, an allowance funded)
   -- made lots we had not seen: lock their accounts too, until the list stands still.
   loop
-    perform 1 from billing.accounts a
-    where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
-    order by a.id for update;
+    select array_agg(x.id), array_agg(x.balance) into v_accounts, v_before
+    from (select a.id, a.balance from billing.accounts a
+          where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
+          order by a.id for update) x;
     exit when v_lots = billing.purchase_lots(p_purchase.id, p_category);
     v_lots := billing.purchase_lots(p_purchase.id, p_category);
   end loop;
@@ -225,10 +228,11 @@ begin
       p_reference, null, billing.purchase_metadata(p_purchase), v_lots, v_wallet);
   end if;
   -- Credits taken back from under a hold: the hold gives way, as it does to expiry, so it never
-  -- reserves more than the account has (a job's capture would fail and run again unbilled).
-  perform billing.fit_holds(a.id, jsonb_build_object('given_to', p_kind))
-  from billing.accounts a
-  where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots))
+  -- reserves more than the account has (a job's capture would fail and run again unbilled), by
+  -- at most what this took from the account: a job's or a call's hold that an open dispute left
+  -- above the balance keeps the rest (a refund of 10 gives away 10 of it, never all of it).
+  perform billing.fit_holds(a.id, jsonb_build_object('given_to', p_kind), greatest(b.before - a.balance, 0))
+  from billing.accounts a join unnest(v_accounts, v_before) b(id, before) on b.id = a.id
   order by a.id;
 end;
 $$;

@@ -64,7 +64,7 @@ comment on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p
 revoke execute on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric, p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) from public;
 
 create or replace function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz,
-  p_expired boolean) returns void
+  p_expired boolean, p_balance_before numeric) returns void
 language plpgsql
 set search_path = ''
 set plan_cache_mode to 'force_generic_plan'
@@ -93,17 +93,20 @@ begin
   if v_any then
     perform billing.check_low_balance(v_account);
   end if;
-  -- Other lots of the account past their expiry (the sweep had not reached them) go as well;
-  -- held credits expire too (holds give way), as expire_due_lots does.
+  -- Held credits expire too: holds give way, by at most what the renewal took from the balance
+  -- (p_balance_before: as it was when the renewal locked the account), as expire_due_lots bounds
+  -- its own. Then other lots of the account past their expiry (the sweep had not reached them).
+  if v_any and v_account.held > 0 then
+    perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true),
+      greatest(p_balance_before - v_account.balance, 0));
+  end if;
   if v_account.next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
-  elsif v_any and v_account.held > 0 then
-    perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true));
   end if;
 end;
 $$;
-comment on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean) is 'Internal: at a renewal, after the rollover pass, expires what is left of a plan''s lots of the ending period (and older) now and makes next_expiry exact; p_expired: the pass expired some already.';
-revoke execute on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean) from public;
+comment on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean, p_balance_before numeric) is 'Internal: at a renewal, after the rollover pass, expires what is left of a plan''s lots of the ending period (and older) now and makes next_expiry exact; p_expired: the pass expired some already; holds give way by at most what the balance lost since p_balance_before.';
+revoke execute on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean, p_balance_before numeric) from public;
 
 create or replace function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans,
   p_period_end timestamptz, p_new_end timestamptz, p_key text) returns numeric
@@ -121,8 +124,9 @@ declare
   v_back billing.posted_transfer[];
   l record;
   v_expired boolean := false;
+  v_before numeric;                               -- the balance before the renewal: what its expiry takes bounds the holds' give-way
 begin
-  perform 1 from billing.accounts a where a.id = p_account_id for update;
+  select a.balance into v_before from billing.accounts a where a.id = p_account_id for update;
   -- The ending period's plan lots (its grant and what rolled into it), soonest-spent first. What
   -- rolls is what each had left at its end, whenever the renewal is paid within the grace window
   -- after it (Stripe charges a renewal about an hour after the period ends; a failed one is retried
@@ -169,7 +173,7 @@ begin
     v_left := v_left - v_take;
     v_total := v_total + v_take;
   end loop;
-  perform billing.expire_plan_lots(p_sub.id, p_account_id, p_period_end, v_expired);
+  perform billing.expire_plan_lots(p_sub.id, p_account_id, p_period_end, v_expired, v_before);
   return v_total;
 end;
 $$;
@@ -388,11 +392,12 @@ declare
   v_account bigint := billing.ensure_user_account(p_user);
   v_beyond numeric(38, 18);
   v_forgive numeric(38, 18);
+  v_before numeric;                               -- the balance before: holds give way by what this takes
 begin
   if p_amount <= 0 then
     return;
   end if;
-  perform 1 from billing.accounts a where a.id = v_account for update;
+  select a.balance into v_before from billing.accounts a where a.id = v_account for update;
   -- The lots after the lock: a renewal that held it may have rolled the grant into a new one.
   v_lots := billing.plan_grant_lots(p_grant);
   -- As for a package (take_back_purchase): the grant's own lots first, rollovers included; of
@@ -411,7 +416,8 @@ begin
     perform billing.reverse_credits(p_user, p_amount, p_kind, p_key, p_grant.stripe_charge_id, p_grant.subscription_id::text,
       jsonb_build_object('plan_id', p_grant.plan_id, 'invoice_id', p_grant.invoice_id), v_lots, v_account);
   end if;
-  perform billing.fit_holds(v_account, jsonb_build_object('given_to', p_kind));
+  perform billing.fit_holds(v_account, jsonb_build_object('given_to', p_kind),
+    greatest(v_before - (select a.balance from billing.accounts a where a.id = v_account), 0));
 end;
 $$;
 comment on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) is 'Internal: reverses p_amount of a plan grant''s credits, from its lots (rollovers included) first; what expired is forgiven, what was spent is owed.';

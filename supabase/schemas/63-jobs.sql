@@ -34,6 +34,7 @@ create table billing.jobs (
   started_at timestamptz,
   completed_at timestamptz,
   expires_at timestamptz not null default now() + interval '24 hours',
+  unbilled numeric(38, 18),                       -- what its usage cost beyond its hold and the balance (nothing charged for it)
   constraint jobs_status check (status in ('queued', 'processing', 'completed', 'failed', 'cancelled')),
   constraint jobs_progress check (progress between 0 and 100),
   constraint jobs_request unique (user_id, request_key),
@@ -286,6 +287,8 @@ declare
   v_price record;
   v_amount numeric(38, 18) := 0;
   v_card bigint;
+  v_charged record;
+  v_unbilled numeric(38, 18);
 begin
   if v_job.hold_id is not null then
     -- Settled first: a hold that gave way to expired credits captures only what it still holds.
@@ -299,12 +302,20 @@ begin
     end if;
     -- Work already done: counted against caps when its hold was placed; any excess from what is
     -- available, never into debt.
-    perform billing.charge_hold_at(v_job.hold_id, v_job.user_id, v_amount, v_card, 'job-overage:' || p_job,
+    v_charged := billing.charge_hold_at(v_job.hold_id, v_job.user_id, v_amount, v_card, 'job-overage:' || p_job,
       'job:' || p_job, null, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model'));
+    -- What could not be charged (its hold gave way to credits that expired or were taken back,
+    -- and the balance could not cover it) is recorded on the job, and someone is told: an excess
+    -- transfer records it only when something of the excess was charged.
+    v_unbilled := nullif(v_amount - v_charged.captured - v_charged.overage, 0);
+    if v_unbilled is not null then
+      perform billing.set_alert('job_unbilled', true, 'Jobs cost more than their holds and the balance allowed',
+        jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model', 'unbilled', trim_scale(v_unbilled)::text));
+    end if;
   end if;
   update billing.jobs j
   set status = 'completed', progress = 100, result = p_result, completed_at = now(), locked_by = null, locked_until = null,
-      error = null
+      error = null, unbilled = v_unbilled
   where j.id = p_job returning * into v_job;
   return v_job;
 end;

@@ -1,6 +1,6 @@
 -- Jobs: the status machine, leases, metered holds across complete/fail/cancel.
 begin;
-select plan(17);
+select plan(22);
 \ir helpers.psql
 
 insert into auth.users (id) values ('cccccccc-0000-4000-8000-000000000003');
@@ -37,6 +37,10 @@ select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).balance,
 select is((select t.metadata ->> 'unbilled' from billing.transfers t where t.idempotency_key = 'job-overage:' || (select id from j)),
   '40', 'what could not be charged is recorded on the overage transfer');
 select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 0.0::numeric, 'and leaves no hold behind');
+select is((select x.unbilled from billing.jobs x where x.id = (select id from j)), 40::numeric,
+  'and on the job itself');
+select is((select al.details ->> 'job_id' from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open'),
+  (select id::text from j), 'and someone is told (job_unbilled)');
 select is(pg_temp.err($$update billing.jobs set status = 'processing' where id = (select id from j)$$),
   'INVALID_JOB_TRANSITION', 'a finished job never runs again');
 
@@ -47,6 +51,21 @@ update billing.jobs set status = 'processing', locked_by = 'w1', locked_until = 
 select is((billing.fail_job((select id from k), 'w1', '{"code": "X"}', true)).status, 'failed',
   'a failure after the last attempt fails the job');
 select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 0.0::numeric, 'a failed job releases its hold');
+
+-- A job whose hold gave way whole (its credits taken back under it) and nothing left to charge:
+-- no transfer is written, so the job and the alert are the only record of what it cost.
+create temp table m as select * from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion', '{}', 'jobs-test-3', null, 5);
+select billing.reverse_credits('cccccccc-0000-4000-8000-000000000003', 10, 'refund_reversal', 'jobs-test-take-back');
+select billing.fit_holds((select account_id from billing.holds where id = (select hold_id from m)), '{"given_to": "refund_reversal"}', 10);
+update billing.jobs set status = 'processing', locked_by = 'w1', locked_until = now() + interval '30 seconds', attempts = 1
+  where id = (select id from m);
+select is((select h.status from billing.holds h where h.id = (select hold_id from m)), 'released',
+  'the job''s hold gave way to the credits taken back');
+select is((billing.complete_job((select id from m), 'w1', '{"ok": true}',
+  '{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}')).unbilled, 50::numeric,
+  'completed with nothing to charge, it records all it cost (50) as unbilled');
+select is((select al.details ->> 'job_id' from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open'),
+  (select id::text from m), 'and the alert names it, though no transfer was written');
 
 select * from finish();
 rollback;
