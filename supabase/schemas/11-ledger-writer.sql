@@ -899,6 +899,32 @@ $$;
 comment on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb, p_applies_to text[]) is 'Internal: a transfer between two tracked accounts (wallet ↔ allowance), the lots drawn mirrored on the receiving side (narrowed to p_applies_to when given).';
 revoke execute on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb, p_applies_to text[]) from public;
 
+-- The accounts that may pay a member's charge, in the order they are asked: organisations that
+-- pay first (0), the member's own account (1), those that pay after (2); by when the member joined.
+-- A member without an allowance account yet has nothing there.
+create or replace function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[])
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  select array_agg(s.account_id order by s.rank, s.joined_at), array_agg(s.org_id order by s.rank, s.joined_at)
+  into accounts, orgs
+  from (
+    select o.id as org_id, case when o.org_pays_first then 0 else 2 end as rank, m.joined_at,
+      case when o.funding = 'allowance'
+        then (select a.id from billing.accounts a where a.org_id = o.id and a.member_id = p_user)
+        else (select a.id from billing.accounts a where a.org_id = o.id and a.member_id is null)
+      end as account_id
+    from billing.org_members m join billing.orgs o on o.id = m.org_id
+    where m.user_id = p_user and m.active and m.role = 'member'
+    union all
+    select null, 1, null, p_own
+  ) s where s.account_id is not null;
+end;
+$$;
+comment on function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[]) is 'Internal: the accounts that may pay a member''s charge, in the order they are asked (organisations that pay first, the member''s own, those that pay after), and their organisations.';
+revoke execute on function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[]) from public;
+
 create or replace function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
 returns billing.accounts
 language plpgsql
@@ -924,22 +950,15 @@ begin
     end if;
   end if;
 
-  -- Organisations that pay first (0), the member's own account (1), those that pay after (2);
-  -- by when the member joined. A member without an allowance account yet has nothing there.
-  select array_agg(s.account_id order by s.rank, s.joined_at) as accounts, array_agg(s.org_id order by s.rank, s.joined_at) as orgs
-  into v_sources
-  from (
-    select o.id as org_id, case when o.org_pays_first then 0 else 2 end as rank, m.joined_at,
-      case when o.funding = 'allowance'
-        then (select a.id from billing.accounts a where a.org_id = o.id and a.member_id = p_user)
-        else (select a.id from billing.accounts a where a.org_id = o.id and a.member_id is null)
-      end as account_id
-    from billing.org_members m join billing.orgs o on o.id = m.org_id
-    where m.user_id = p_user and m.active and m.role = 'member'
-    union all
-    select null, 1, null, p_own.id
-  ) s where s.account_id is not null;
-  perform 1 from billing.accounts a where a.id = any(v_sources.accounts) and a.id <> p_own.id order by a.id for update;
+  -- Where the charge may come from, locked (in id order). A change that committed while we waited
+  -- (a switch to pool funding that swept the allowance, a member removed) may have moved it: look
+  -- again under the locks, until it stands still, so a charge never stops at an allowance swept
+  -- into the wallet that now pays.
+  loop
+    select * into v_sources from billing.spending_sources(p_user, p_own.id);
+    perform 1 from billing.accounts a where a.id = any(v_sources.accounts) and a.id <> p_own.id order by a.id for update;
+    exit when (billing.spending_sources(p_user, p_own.id)).accounts = v_sources.accounts;
+  end loop;
 
   for i in 1 .. array_length(v_sources.accounts, 1) loop
     select * into v_account from billing.accounts a where a.id = v_sources.accounts[i];

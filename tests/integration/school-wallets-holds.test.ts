@@ -4,7 +4,7 @@
 // wallet; a removed member's queued jobs are cancelled. Students' tokens act; the operator's
 // secrets only set up (grants, paying through the Stripe emulator, the minute schedule).
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, jobOf, key, testDb, tick } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, jobOf, key, testDb, tick, until } from '../support/helpers.ts';
 import { dataOf, spendWith } from '../support/money.ts';
 import { accountOf, person, school, walletOf } from '../support/orgs.ts';
 import { chargeOf, emulator, pays } from '../support/purchases.ts';
@@ -121,5 +121,34 @@ Deno.test('a hold released after its school switched to a pool goes back to the 
   await sweepAsScheduled();
   assert.deepEqual(await accountOf(org, member.id), { balance: '0', held: '0' });
   assert.equal((await walletOf(admin.token, org)).balance, '1000');
+  await assertLedgerInvariants();
+});
+
+Deno.test("a member's charge that waited on her allowance while the school switched to a pool is paid by the pool, not refused", async () => {
+  const [admin, member] = await Promise.all(['admin', 'member'].map(person));
+  const org = await school(admin, [member], 'allowance', '100');
+  const funded = await api(`/orgs/${org}/allowances`, {
+    token: admin.token,
+    headers: key(),
+    body: { amount: '40', user_id: member.id },
+  });
+  assert.equal(funded.status, 201, funded.text);
+  // The switch (and its sweep of the allowance into the wallet) holds its locks until it commits;
+  // the charge chose the allowance before it and waits on it. Committed, the allowance is empty
+  // and the pool pays: the charge must look again, not stop at the allowance.
+  let charged: Promise<{ status: number; text: string }> | undefined;
+  await testDb.begin(async (tx) => {
+    await tx`select billing.update_org(${admin.id}, ${org}, '{"funding": "pool"}'::jsonb)`;
+    charged = spend(member.token, 5);
+    await until('the charge waits on the switch', async () =>
+      (await testDb`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%run_money_request%'`)
+        .length > 0, 10_000);
+  });
+  const r = await charged!;
+  assert.equal(r.status, 201, r.text);
+  assert.deepEqual(
+    { allowance: await accountOf(org, member.id), wallet: await accountOf(org, null) },
+    { allowance: { balance: '0', held: '0' }, wallet: { balance: '95', held: '0' } },
+  );
   await assertLedgerInvariants();
 });
