@@ -878,9 +878,7 @@ begin
     return v_transfer;
   end if;
   select * into v_from from billing.accounts a where a.id = p_from;
-  if v_from.held > 0 or v_from.next_expiry <= now() then
-    v_from := billing.settle_account(p_from);
-  end if;
+  v_from := billing.settled(v_from);
 
   -- The lots drawn arrive on the receiving side as they were (billing.post_transfers), restricted
   -- ones still restricted; what stays behind must still pay the source's live holds.
@@ -962,9 +960,7 @@ begin
 
   for i in 1 .. array_length(v_sources.accounts, 1) loop
     select * into v_account from billing.accounts a where a.id = v_sources.accounts[i];
-    if v_account.held > 0 or v_account.next_expiry <= now() then
-      v_account := billing.settle_account(v_account.id);
-    end if;
+    v_account := billing.settled(v_account);
     if v_account.id = p_own.id then
       p_own := v_account;                             -- settled: the refusal's debt is read from it
     end if;
@@ -1058,9 +1054,7 @@ begin
   end if;
 
   if p_mode = 'spend' then
-    if v_account.held > 0 or v_account.next_expiry <= now() then
-      v_account := billing.settle_account(v_account_id);
-    end if;
+    v_account := billing.settled(v_account);
   end if;
   -- Credits for some models only: the charge draws what may pay for its model (the rate card's,
   -- or the gateway's facts on a capture), leaving every other live hold payable.
@@ -1190,8 +1184,25 @@ begin
   return v_account;
 end;
 $$;
-comment on function billing.settle_account(p_account_id bigint) is 'Internal: locks the account, ends its overdue holds and expires its due lots; returns it as it now is. Every path that spends, holds or moves credits calls it when held > 0 or next_expiry has passed.';
+comment on function billing.settle_account(p_account_id bigint) is 'Internal: locks the account, ends its overdue holds and expires its due lots; returns it as it now is. billing.settled calls it when something fell due.';
 revoke execute on function billing.settle_account(p_account_id bigint) from public;
+
+-- The account as it is once what fell due is ended (billing.settle_account), or as it is when
+-- nothing did: the one place that says when an account must be settled before anything reads what
+-- it has. Every path that spends, holds or moves credits calls it on the row it locked.
+create or replace function billing.settled(p_account billing.accounts) returns billing.accounts
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_account.held > 0 or p_account.next_expiry <= now() then
+    return billing.settle_account(p_account.id);
+  end if;
+  return p_account;
+end;
+$$;
+comment on function billing.settled(p_account billing.accounts) is 'Internal: a locked account settled when something fell due (a hold past its TTL, a lot past its expiry), else as it is.';
+revoke execute on function billing.settled(p_account billing.accounts) from public;
 
 -- ============================================================ what falls due: lots past their expiry, holds past their TTL
 

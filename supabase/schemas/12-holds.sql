@@ -77,9 +77,7 @@ begin
   if v_account.orgs > 0 then
     v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, null);
   end if;
-  if v_account.held > 0 or v_account.next_expiry <= now() then
-    v_account := billing.settle_account(v_account.id);
-  end if;
+  v_account := billing.settled(v_account);
   -- On an account with restricted lots, the hold must be payable beside every other live one
   -- (asked only when the account has the amount at all: if not, the writer's refusal says so).
   if v_account.restricted_lots and v_account.balance - v_account.held >= p_amount then

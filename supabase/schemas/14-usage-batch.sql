@@ -32,8 +32,7 @@ begin
     where m.user_id in (select u.user_id from billing.accounts u where u.id = any(accounts) and u.orgs > 0)
     order by a.id for update of a;
   end if;
-  perform billing.settle_account(a.id) from billing.accounts a
-  where a.id = any(accounts) and (a.held > 0 or a.next_expiry <= now());
+  perform billing.settled(a) from billing.accounts a where a.id = any(accounts) order by a.id;
 end;
 $$;
 comment on function billing.lock_usage_batch(p_users uuid[], out users uuid[], out accounts bigint[], out alone boolean[], out watched boolean[]) is 'Internal: locks every account a usage batch may charge, in id order, and settles the users'' own; answers the users'' accounts as locked (whose, which, charged alone, watching their available amount).';

@@ -253,9 +253,7 @@ begin
     return null;
   end if;
 
-  if v_account.held > 0 or v_account.next_expiry <= now() then
-    v_account := billing.settle_account(v_account.id);
-  end if;
+  v_account := billing.settled(v_account);
   v_posted := (billing.post_transfers(array[('usage', v_account.id, billing.platform_account_id('usage_revenue'),
     v_price.amount, v_key, p_args ->> 'correlation_id', null,
     (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys())

@@ -227,9 +227,7 @@ begin
   end if;
   -- Settled first, as every path that moves credits: what is due expires in full (holds give way)
   -- before anything comes back, so below only the returned share of an expired lot expires again.
-  if v_account.held > 0 or v_account.next_expiry <= now() then
-    v_account := billing.settle_account(v_account.id);
-  end if;
+  v_account := billing.settled(v_account);
   select coalesce(sum(la.amount), 0) into v_drawn from billing.lot_allocations la where la.transfer_id = p_charge_id;
   if v_drawn <> v_charge.amount then
     -- A charge older than lots (or one that drew less than it cost) cannot go back into them.

@@ -201,9 +201,7 @@ begin
   where not exists (select 1 from billing.transfers t where t.idempotency_key = billing.scoped_key('allowance:' || p_org || ':', p_key || ':' || x)
                     and t.kind = 'allowance');
   select * into v_account from billing.accounts a where a.id = v_wallet;
-  if v_account.held > 0 or v_account.next_expiry <= now() then
-    v_account := billing.settle_account(v_wallet);
-  end if;
+  v_account := billing.settled(v_account);
   if v_account.balance - v_account.held < p_amount * v_new then
     perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount * v_new)::text,
       'available', trim_scale(greatest(v_account.balance - v_account.held, 0))::text, 'debt', billing.in_debt(v_account),
