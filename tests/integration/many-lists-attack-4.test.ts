@@ -14,6 +14,7 @@ import {
   spawnGateway,
   testDb,
   until,
+  untilJobRunning,
   userToken,
 } from '../support/helpers.ts';
 import { checkLots } from '../support/money.ts';
@@ -45,7 +46,11 @@ const priceOf = (words: number, max = words) => words + Math.min(words, max);
 async function createJob(base: string, token: string, body: unknown) {
   const res = await fetch(`${base}/jobs`, {
     method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'idempotency-key': crypto.randomUUID(), 'content-type': 'application/json' },
+    headers: {
+      authorization: `Bearer ${token}`,
+      'idempotency-key': crypto.randomUUID(),
+      'content-type': 'application/json',
+    },
     body: JSON.stringify(body),
   });
   return { status: res.status, body: await res.json() as Json };
@@ -65,9 +70,21 @@ async function jobMoney(id: string) {
       coalesce((select t.metadata ->> 'unbilled' from billing.transfers t where t.idempotency_key = 'job-overage:' || j.id::text), '0') as unbilled,
       j.result -> 'usage' as usage
     from billing.jobs j left join billing.holds h on h.id = j.hold_id where j.id = ${id}`;
-  return r;
+  return r as JobMoney;
 }
-const charged = (m: { captured: string; overage: string }) => Number((Number(m.captured) + Number(m.overage)).toFixed(9));
+interface JobMoney {
+  status: string;
+  hold_status: string | null;
+  held: string;
+  given: string;
+  given_to: string | null;
+  captured: string;
+  overage: string;
+  unbilled: string;
+  usage: unknown;
+}
+const charged = (m: { captured: string; overage: string }) =>
+  Number((Number(m.captured) + Number(m.overage)).toFixed(9));
 
 const done = (id: string) =>
   until('the job finished', async () => {
@@ -93,7 +110,13 @@ async function slowGateway(ms: number) {
 
 // ============================================================ 3. a refund (no bound) under a dispute: a job's hold
 
-Deno.test('a dispute open over spent credits leaves a job for a model whose own list (40) is untouched above the balance: a 1¢ refund (10 credits) of another purchase takes at most 10 of its hold, and the job is charged its whole price', async () => {
+// Its job must be seen running (its hold live) before the dispute (untilJobRunning: op sanitizers off).
+Deno.test({
+  name:
+    'a dispute open over spent credits leaves a job for a model whose own list (40) is untouched above the balance: a 1¢ refund (10 credits) of another purchase takes at most 10 of its hold, and the job is charged its whole price',
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
   const [m] = [await creditPerToken()];
   const zs = await models(21);
   const other = zs[20];
@@ -102,10 +125,13 @@ Deno.test('a dispute open over spent credits leaves a job for a model whose own 
   const p1 = await buy(token, 'mini'); // 5,000 for any model
   const p2 = await buy(token, 'mini');
   const acct = await until('paid', async () => {
-    const r = await testDb`select id::text from billing.accounts where user_id = ${id} and org_id is null and balance = 10000`;
+    const r =
+      await testDb`select id::text from billing.accounts where user_id = ${id} and org_id is null and balance = 10000`;
     return r[0]?.id as string | undefined;
   });
-  for (let i = 0; i < 20; i++) assert.equal((await grantLot(id, '5', 'promo_grant', { applies_to: [zs[i]] })).status, 201);
+  for (let i = 0; i < 20; i++) {
+    assert.equal((await grantLot(id, '5', 'promo_grant', { applies_to: [zs[i]] })).status, 201);
+  }
   assert.equal((await grantLot(id, '40', 'promo_grant', { applies_to: [m] })).status, 201);
   // 5,140 spent for any model (all of p1's lot, 140 of p2's): the balance 5,000, p1 still owes 5,000 if lost.
   assert.equal((await charge(token, other, 5140)).status, 201);
@@ -116,10 +142,8 @@ Deno.test('a dispute open over spent credits leaves a job for a model whose own 
     const created = await createJob(gw.url, token, jobBody(m, words));
     assert.equal(created.status, 202, JSON.stringify(created.body));
     const jobId = (created.body.data as { job_id: string }).job_id;
-    const before = await until('the job running', async () => {
-      const x = await jobMoney(jobId);
-      return x.status === 'processing' && x;
-    });
+    await untilJobRunning(gw.url, jobId);
+    const before = await jobMoney(jobId);
     assert.equal(before.held, String(reserveOf(words))); // 75
     const ch = await chargeOf(p1.session_id);
     const open = (await emulator(`/_emulator/charges/${ch}/dispute`, { outcome: 'open', deliver: false })).events;
@@ -137,7 +161,12 @@ Deno.test('a dispute open over spent credits leaves a job for a model whose own 
     const figures = JSON.stringify({ before, disputed, after, end });
     // The refund took 10 from the balance: the job's hold gives at most 10 (65 left, its price 40 captured).
     assert.deepEqual(
-      { status: end.status, held_after_refund: after.held, charged: charged(end), unbilled: priceOf(words) - charged(end) },
+      {
+        status: end.status,
+        held_after_refund: after.held,
+        charged: charged(end),
+        unbilled: priceOf(words) - charged(end),
+      },
       { status: 'completed', held_after_refund: String(reserveOf(words) - 10), charged: priceOf(words), unbilled: 0 },
       figures,
     );
@@ -154,8 +183,12 @@ const chargeTokens = (token: string, model: string, credits: number) =>
   api('/credits/usage', {
     token: Deno.env.get('SUPABASE_SERVICE_ROLE_KEY'),
     headers: key(),
-    body: { user_id: JSON.parse(atob(token.split('.')[1].replaceAll('-', '+').replaceAll('_', '/'))).sub, model,
-      input_tokens: credits, output_tokens: 0 },
+    body: {
+      user_id: JSON.parse(atob(token.split('.')[1].replaceAll('-', '+').replaceAll('_', '/'))).sub,
+      model,
+      input_tokens: credits,
+      output_tokens: 0,
+    },
   });
 
 Deno.test('six jobs on 12 lists (each list for its own model and a shared one) racing 90 charges for the shared model and two cancels, then an expiry under one job: every job is charged exactly its price from its own list, the shared model gets every credit no job needs', async () => {
@@ -163,8 +196,13 @@ Deno.test('six jobs on 12 lists (each list for its own model and a shared one) r
   const [shared] = await models(1);
   const id = await newUser();
   for (let i = 0; i < 12; i++) {
-    assert.equal((await grantLot(id, '40', 'promo_grant', { applies_to: [ms[i], shared], expires_at: i === 0
-      ? new Date(Date.now() + 86_400_000).toISOString() : undefined })).status, 201);
+    assert.equal(
+      (await grantLot(id, '40', 'promo_grant', {
+        applies_to: [ms[i], shared],
+        expires_at: i === 0 ? new Date(Date.now() + 86_400_000).toISOString() : undefined,
+      })).status,
+      201,
+    );
   }
   const token = await userToken(id);
   const acct = await ownAccount(id);
@@ -184,7 +222,7 @@ Deno.test('six jobs on 12 lists (each list for its own model and a shared one) r
     ]);
     for (const c of wave.slice(0, 2)) assert.equal(c.status, 200, JSON.stringify(c.body));
     const drain = await Promise.all(Array.from({ length: 20 }, () => charge(token, shared, 5)));
-    const rs = [...wave.slice(2), ...drain] as { status: number; text: string }[];
+    const rs = [...wave.slice(2), ...drain] as unknown as { status: number; text: string }[];
     for (const r of rs) assert.ok(r.status === 201 || r.status === 402, r.text);
     const ok = rs.filter((r) => r.status === 201).length;
     // 480 less the four live jobs' 120, in charges of 5.
@@ -274,7 +312,7 @@ Deno.test("a school switches to pool funding while four jobs hold its member's a
 
 // ============================================================ 1. jobs for the model 20 lists share, racing charges for each list's own model
 
-Deno.test('18 jobs for the model 20 lists share (each hold spread over lists) enqueued at once with 60 charges for the lists\' own models: what is held and charged never passes the 800, and every job placed is charged exactly its price', async () => {
+Deno.test("18 jobs for the model 20 lists share (each hold spread over lists) enqueued at once with 60 charges for the lists' own models: what is held and charged never passes the 800, and every job placed is charged exactly its price", async () => {
   const s = await creditPerToken();
   const ms = await models(20);
   const id = await newUser();

@@ -140,9 +140,13 @@ Deno.test("a member's charge that waited on her allowance while the school switc
   await testDb.begin(async (tx) => {
     await tx`select billing.update_org(${admin.id}, ${org}, '{"funding": "pool"}'::jsonb)`;
     charged = spend(member.token, 5);
-    await until('the charge waits on the switch', async () =>
-      (await testDb`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%run_money_request%'`)
-        .length > 0, 10_000);
+    await until(
+      'the charge waits on the switch',
+      async () =>
+        (await testDb`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%run_money_request%'`)
+          .length > 0,
+      10_000,
+    );
   });
   const r = await charged!;
   assert.equal(r.status, 201, r.text);

@@ -342,6 +342,24 @@ export async function tick(base = functionsUrl): Promise<void> {
   if (res.status !== 200) throw new Error(`the worker tick answered ${res.status}: ${text}`);
 }
 
+/**
+ * Waits until job `id` is processing on the gateway at `base`, ticking that gateway's worker when it
+ * is still queued (not awaited: a tick runs the job through): the inline worker its creation started
+ * may be busy with another test's job. A test using it turns the op sanitizers off, since a tick may
+ * be in flight when its gateway is killed.
+ */
+export async function untilJobRunning(base: string, id: string, timeoutMs = 60_000): Promise<void> {
+  let next = Date.now() + 2_000;
+  await until('the job running', async () => {
+    const [j] = await testDb`select status from billing.jobs where id = ${id}`;
+    if (j?.status === 'queued' && Date.now() > next) {
+      next = Date.now() + 5_000;
+      tick(base).catch(() => {});
+    }
+    return j?.status === 'processing';
+  }, timeoutMs);
+}
+
 /** Polls `fn` every 100 ms until it returns something truthy, or fails after `timeoutMs`. */
 export async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
