@@ -39,6 +39,7 @@ const gateway = new Deno.Command(Deno.execPath(), {
     RATE_LIMIT_AI_CHAT_PER_MIN: '100000000',
     RATE_LIMIT_DEFAULT_PER_MIN: '100000000',
     AI_MAX_OUTPUT_TOKENS: '100000',
+    SERVER_TIMING: 'true', // each answer's steps, read into "where the added first byte goes"
   },
   stdout: 'null',
   stderr: 'null',
@@ -82,7 +83,16 @@ const viaGateway: Target = {
 };
 const targets = [direct, viaPortkey, viaGateway];
 
-/** One call: ms to the first answer byte and to the end, and the answer's bytes. */
+/** A Server-Timing header's steps: name → ms. */
+const stepsOf = (header: string | null): Record<string, number> =>
+  Object.fromEntries(
+    (header ?? '').split(', ').filter(Boolean).map((s) => {
+      const [name, dur] = s.split(';dur=');
+      return [name, Number(dur)];
+    }),
+  );
+
+/** One call: ms to the first answer byte and to the end, the answer's bytes, our gateway's steps. */
 async function call(target: Target, i: number, words: number, streamed = true) {
   const t0 = performance.now();
   const res = await fetch(target.url, {
@@ -104,7 +114,7 @@ async function call(target: Target, i: number, words: number, streamed = true) {
     if (!first) first = performance.now() - t0;
     bytes += value.length;
   }
-  return { ttfb: first, total: performance.now() - t0, bytes };
+  return { ttfb: first, total: performance.now() - t0, bytes, steps: stepsOf(res.headers.get('server-timing')) };
 }
 
 const quantile = (xs: number[], q: number) =>
@@ -149,12 +159,17 @@ async function sqlTimes() {
 async function cell(target: Target, at: number, streamed: boolean) {
   const n = at === 1 ? callsOne : streams;
   const ttfb: number[] = [];
+  const steps: Record<string, number>[] = [];
   let next = 0;
   const sql0 = await sqlTimes();
   const cpu0 = await cpuNow(target);
   const t0 = performance.now();
   await Promise.all(Array.from({ length: at }, async (_, i) => {
-    while (next++ < n) ttfb.push((await call(target, i, 20, streamed)).ttfb);
+    while (next++ < n) {
+      const r = await call(target, i, 20, streamed);
+      ttfb.push(r.ttfb);
+      steps.push(r.steps);
+    }
   }));
   const secs = (performance.now() - t0) / 1000;
   const cpu1 = await cpuNow(target);
@@ -163,7 +178,17 @@ async function cell(target: Target, at: number, streamed: boolean) {
   const cpu = Object.fromEntries(
     Object.keys(cpu0).map((k) => [k, (cpu1[k as keyof Cpu] - cpu0[k as keyof Cpu]) * 1000 / n]),
   ) as Cpu;
-  return { p50: quantile(ttfb, 0.5), p99: quantile(ttfb, 0.99), rps: n / secs, cpu, sqlMs };
+  // Each step's median over the cell's calls, and what the steps leave of the total (routing,
+  // the answer's JSON, the response): the gateway's own account of its time.
+  const names = Object.keys(steps[0] ?? {});
+  const stepMs = Object.fromEntries(names.map((k) => [k, quantile(steps.map((s) => s[k] ?? 0), 0.5)]));
+  if (names.length) {
+    stepMs.other = quantile(
+      steps.map((s) => s.total - names.filter((k) => k !== 'total').reduce((sum, k) => sum + (s[k] ?? 0), 0)),
+      0.5,
+    );
+  }
+  return { p50: quantile(ttfb, 0.5), p99: quantile(ttfb, 0.99), rps: n / secs, cpu, sqlMs, stepMs };
 }
 
 async function throughput(target: Target) {
@@ -252,6 +277,27 @@ try {
     const [b, f] = [med(shape, viaGateway, (c) => c.sqlMs.begin), med(shape, viaGateway, (c) => c.sqlMs.finish)];
     const added = med(shape, viaGateway, (c) => c.p50) - med(shape, direct, (c) => c.p50);
     say(`| ${shape} | ${fmt(b, 2)} | ${fmt(f, 2)} | ${fmt(b + f, 2)} | ${fmt(added, 2)} |`);
+  }
+  // Where ours spends a call's time before its answer, by its own Server-Timing (medians over
+  // each cell's calls, then over rounds); `other` is what the named steps leave of the total.
+  say("\nWhere ours spends a call one at a time, by its Server-Timing (median ms; a stream's header");
+  say("leaves before its capture, so its steps end at the provider's headers):\n");
+  // The whole answer's steps in its header's order (a stream's are the first of them), then `other` and `total`.
+  const named = Object.keys(runs[`${shapeName({ at: 1, streamed: false })} ${viaGateway.name}`][0].stepMs);
+  const stepNames = [...named.filter((k) => k !== 'total' && k !== 'other'), 'other', 'total'];
+  say(`| answer | ${stepNames.join(' | ')} | direct first byte | ours first byte |`);
+  say(`| --- | ${stepNames.map(() => '---').join(' | ')} | --- | --- |`);
+  for (const streamed of [false, true]) {
+    const shape = shapeName({ at: 1, streamed });
+    const step = (k: string) => {
+      const v = runs[`${shape} ${viaGateway.name}`].map((c) => c.stepMs[k]).filter((x) => x !== undefined);
+      return v.length ? fmt(median(v), 2) : '—';
+    };
+    say(
+      `| ${streamed ? 'streamed' : 'whole'} | ${stepNames.map(step).join(' | ')} | ${
+        fmt(med(shape, direct, (c) => c.p50), 2)
+      } | ${fmt(med(shape, viaGateway, (c) => c.p50), 2)} |`,
+    );
   }
   say(
     `\nAt ${clients} at once, CPU ms a call by process (medians), and calls per CPU-second of the path (per core):\n`,

@@ -76,6 +76,7 @@ export const everyFunction = [
   'REDIS_TIMEOUT_MS',
   'REDIS_BREAKER_FAILURES',
   'REDIS_BREAKER_COOLDOWN_MS',
+  'SERVER_TIMING',
   ...redis,
 ];
 

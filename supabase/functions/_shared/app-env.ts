@@ -3,6 +3,7 @@
 // each other. Type-only imports: nothing here runs.
 import type { Context } from 'hono';
 import type { AppError } from './errors.ts';
+import type { Steps } from './server-timing.ts';
 
 /** The signed-in caller, e.g. `{ id: '…uuid…', email: 'a@b.c', isAdmin: false }`. */
 export interface AuthUser {
@@ -19,6 +20,8 @@ export type AppEnv = {
     authError: AppError | undefined;
     /** SHA-256 of the server key a usage report came with, checked by its money statement (usage-reporter.ts). */
     serverKeyHash: string | undefined;
+    /** The request's timed steps, sent as Server-Timing when it is on (server-timing.ts). */
+    steps: Steps;
   };
 };
 /** A handler's context, e.g. `(c: AppContext) => ok(c, data)`. */

@@ -18,6 +18,7 @@ import { currentUser } from '../_shared/http/identify.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { redact } from '../_shared/redact.ts';
+import type { Steps } from '../_shared/server-timing.ts';
 import type { GatewayEnv } from '../_shared/adapters/ai-upstreams.ts';
 import {
   beginCall,
@@ -76,6 +77,8 @@ type Call<R> = {
   p: Protocol<R>;
   /** performance.now() when the call arrived; what the record's timings count from. */
   started: number;
+  /** The request's timed steps (Server-Timing): a whole answer's reach its response. */
+  steps: Steps;
   upstreamStatus: number | null;
   firstTokenMs: number | null;
 };
@@ -133,6 +136,7 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
     req,
     p,
     started,
+    steps: c.get('steps'),
     upstreamStatus: null,
     firstTokenMs: null,
   };
@@ -144,7 +148,10 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
   const firstByte = streamed ? setTimeout(() => upstream.abort('timeout'), env.AI_TIMEOUT_MS) : undefined;
   let res: Response;
   try {
-    res = await postUpstream(begun.upstream, p.endpoint, p.providerBody(req, maxOutput), upstream.signal);
+    res = await call.steps.time(
+      'upstream',
+      () => postUpstream(begun.upstream, p.endpoint, p.providerBody(req, maxOutput), upstream.signal),
+    );
   } catch {
     clearTimeout(deadline);
     throw await failed(call, upstream.signal.aborted ? 'timeout' : 'unreachable');
@@ -189,7 +196,7 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
       );
     }
     maxOutput = limit ? limit.asked ?? env.AI_MAX_OUTPUT_TOKENS : 0;
-    prompt = await promptTokens(p, req, env.AI_MAX_PROMPT_TOKENS);
+    prompt = await c.get('steps').time('count', () => promptTokens(p, req, env.AI_MAX_PROMPT_TOKENS));
     if (prompt === null) {
       throw new AppError(
         'validation',
@@ -206,7 +213,7 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
     }
     throw err;
   }
-  const begun = await beginCall({
+  const args = {
     userId: currentUser(c).id,
     model: p.model(req),
     promptTokens: prompt,
@@ -218,7 +225,8 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
     upstreams: upstreamsSpeaking(p.endpoint),
     writesCache: p.writesCache(req),
     stream: p.streamed(req),
-  }, since(started));
+  };
+  const begun = await c.get('steps').time('begin', () => beginCall(args, since(started)));
   return { begun, prompt, maxOutput, callerKey };
 }
 
@@ -245,21 +253,22 @@ const withCost = <R>(p: Protocol<R>, body: Record<string, unknown>, usage: Usage
 async function answerWhole<R>(call: Call<R>, res: Response): Promise<Response> {
   let body: Record<string, unknown>;
   try {
-    body = await res.json();
+    body = await call.steps.time('upstream_body', () => res.json());
   } catch {
     throw await failed(call, 'timeout');
   }
   call.firstTokenMs = since(call.started);
   const reported = body.usage ? call.p.fromUsage(body.usage) : null;
   const usage = reported ?? await countedUsage(call, call.p.answerText(body));
-  const record = await finishCall(
-    call.id,
-    usage,
-    reported ? 'provider' : 'tokenizer',
-    call.keep ? { json: jsonCopy(body, call.req) } : null,
-    false,
-    report(call, { finishReason: call.p.finishReason(body), answer: () => call.p.answerText(body) }),
-  );
+  const record = await call.steps.time('finish', () =>
+    finishCall(
+      call.id,
+      usage,
+      reported ? 'provider' : 'tokenizer',
+      call.keep ? { json: jsonCopy(body, call.req) } : null,
+      false,
+      report(call, { finishReason: call.p.finishReason(body), answer: () => call.p.answerText(body) }),
+    ));
   return Response.json(withCost(call.p, body, usage, record.charged), { headers: callHeaders(record) });
 }
 

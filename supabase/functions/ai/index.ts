@@ -36,7 +36,7 @@ app.get('/v1/models', requireUser, async (c) => {
 });
 
 const route = <R>(p: Protocol<R>) => async (c: AppContext) =>
-  meteredCall(c, p, await readJson(c, p.schema, 4 * 1024 * 1024));
+  meteredCall(c, p, await c.get('steps').time('body', () => readJson(c, p.schema, 4 * 1024 * 1024)));
 
 app.post('/v1/chat/completions', requireUser, route(chat));
 app.post('/v1/responses', requireUser, route(responses));

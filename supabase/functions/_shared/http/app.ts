@@ -12,6 +12,7 @@ import { rateLimit } from './ratelimit.ts';
 import { baseEnv, ConfigError } from '../env.ts';
 import { AppError, internalError } from '../errors.ts';
 import { recordLatency } from './latency.ts';
+import { Steps } from '../server-timing.ts';
 import { errorSummary, log } from '../log.ts';
 
 const wellFormedRequestId = /^[A-Za-z0-9._:-]{8,128}$/;
@@ -65,10 +66,15 @@ export function createApp(
     const given = c.req.header('x-request-id');
     const requestId = given && wellFormedRequestId.test(given) ? given : crypto.randomUUID();
     c.set('requestId', requestId);
+    const steps = new Steps();
+    c.set('steps', steps);
     const started = performance.now();
     await next();
     setResponseHeader(c, 'X-Request-ID', requestId);
-    const durationMs = Math.round((performance.now() - started) * 10) / 10;
+    const elapsed = performance.now() - started;
+    const timing = steps.header(elapsed);
+    if (timing) setResponseHeader(c, 'Server-Timing', timing);
+    const durationMs = Math.round(elapsed * 10) / 10;
     log.info('request', {
       requestId,
       function: name,

@@ -12,7 +12,7 @@ import { bearerToken, verifyUserToken } from './auth.ts';
  */
 export const identify: MiddlewareHandler<AppEnv> = async function identify(c, next) {
   const header = c.req.header('authorization');
-  if (header) await identifyWithToken(c, () => bearerToken(header));
+  if (header) await c.get('steps').time('auth', () => identifyWithToken(c, () => bearerToken(header)));
   await next();
 };
 

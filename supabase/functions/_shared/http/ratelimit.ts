@@ -172,7 +172,7 @@ export const rateLimit: MiddlewareHandler<AppEnv> = async function rateLimit(c, 
     ...(apiKey ? [{ name: 'api_key', key: apiKeyId(apiKey), limit: cfg.RATE_LIMIT_API_KEY_PER_MIN }] : []),
     { name: `route_${route.name}`, key: subject, limit: route.limit },
   ];
-  await nextWithHeaders(c, next, await enforce(layers, route, subject));
+  await nextWithHeaders(c, next, await c.get('steps').time('limit', () => enforce(layers, route, subject)));
 };
 
 /**
