@@ -17,20 +17,13 @@ import {
   untilJobRunning,
   userToken,
 } from '../support/helpers.ts';
+import { creditPerToken } from '../support/ai.ts';
 import { checkLots } from '../support/money.ts';
 import { buy, chargeOf, deliverWithRetries, emulator } from '../support/purchases.ts';
 import { chargeCredits as charge, grantLot, models, orgGrant, ownAccount } from '../support/lots.ts';
 import { person, school } from '../support/orgs.ts';
 
 type Json = Record<string, unknown>;
-
-/** A model priced 1 credit a token, in and out ($1,000 a million, ×1): a job's figures are whole credits. */
-async function creditPerToken(): Promise<string> {
-  const m = `tok-${crypto.randomUUID().slice(0, 8)}`;
-  await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
-    effective_from) values (${m}, 1, 1000, 1000, 1, now() - interval '1 minute')`;
-  return m;
-}
 
 /**
  * An ai_completion job of `words` one-letter words (the local provider echoes them back, up to

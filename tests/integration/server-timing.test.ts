@@ -64,10 +64,23 @@ Deno.test('Server-Timing, when on, lists each step of a whole AI answer and they
     );
     await streamed.text();
 
-    // Any route: a balance read has the token and the limits' trip.
+    // Any route: a balance read has the token, the limits' trip and its one SQL trip; a route
+    // without SQL of its own (the model list) the first two.
     const balance = await fetch(`${base}/credits/balance`, { headers: { authorization: `Bearer ${s.token}` } });
     await balance.body?.cancel();
-    assert.deepEqual(stepsOf(balance).map(([n]) => n), ['auth', 'limit', 'total']);
+    assert.deepEqual(stepsOf(balance).map(([n]) => n), ['auth', 'limit', 'sql', 'total']);
+    const hold = await fetch(`${base}/credits/holds`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${s.token}`,
+        'content-type': 'application/json',
+        'idempotency-key': crypto.randomUUID(),
+      },
+      body: JSON.stringify({ amount: '1' }),
+    });
+    assert.equal(hold.status, 201);
+    await hold.body?.cancel();
+    assert.deepEqual(stepsOf(hold).map(([n]) => n), ['auth', 'limit', 'sql', 'total']);
   });
 });
 

@@ -20,6 +20,7 @@ import {
   untilJobRunning,
   userToken,
 } from '../support/helpers.ts';
+import { creditPerToken } from '../support/ai.ts';
 import { checkLots } from '../support/money.ts';
 import { buy, chargeOf, deliverWithRetries, emulator } from '../support/purchases.ts';
 import { grantLot, orgGrant, ownAccount } from '../support/lots.ts';
@@ -53,12 +54,6 @@ const use = (token: string, credits: number) =>
 
 // ============================================================ 1. a refund, then a lost dispute, under a running job
 
-async function creditPerToken(): Promise<string> {
-  const m = `tok-${crypto.randomUUID().slice(0, 8)}`;
-  await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
-    effective_from) values (${m}, 1, 1000, 1000, 1, now() - interval '1 minute')`;
-  return m;
-}
 const jobBody = (model: string, words: number) => ({
   type: 'ai_completion',
   input: { model, prompt: Array.from({ length: words }, () => 'a').join(' '), max_tokens: words },

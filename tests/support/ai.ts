@@ -16,6 +16,14 @@ export async function student(credits = '1000') {
   return { id, token, openai: new OpenAI({ baseURL: gatewayUrl, apiKey: token, maxRetries: 0 }) };
 }
 
+/** A new model priced 1 credit a token, in and out ($1,000 a million, ×1): holds and prices in whole credits. */
+export async function creditPerToken(): Promise<string> {
+  const m = `tok-${crypto.randomUUID().slice(0, 8)}`;
+  await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
+    effective_from) values (${m}, 1, 1000, 1000, 1, now() - interval '1 minute')`;
+  return m;
+}
+
 /** OpenAI's usage object, as the provider reported it. */
 export type ReportedUsage = {
   prompt_tokens: number;

@@ -10,7 +10,7 @@
 import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
 import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
-import { internalError } from '../_shared/errors.ts';
+import { AppError, internalError } from '../_shared/errors.ts';
 
 /** Usage in the rate card's disjoint kinds (input excludes cached input and cache writes, output excludes reasoning). */
 export interface Usage {
@@ -88,18 +88,45 @@ export async function finishCall(
   failed: boolean,
   report: CallReport,
 ): Promise<CallRecord> {
-  const [{ r }] = answer === null && !report.content
-    ? await sql.oneTrip`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source}, null, ${failed},
+  const [{ r }] = await settling(() =>
+    answer === null && !report.content
+      ? sql.oneTrip`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source}, null, ${failed},
       ${jsonb(report)}) as r`
-    : await sql`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source},
-      ${answer === null ? null : jsonb(answer)}, ${failed}, ${jsonb(report)}) as r`;
+      : sql`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source},
+      ${answer === null ? null : jsonb(answer)}, ${failed}, ${jsonb(report)}) as r`
+  );
   return r as CallRecord;
 }
 
 /** Releases the call's hold and charges nothing; `failure` is a stable code. */
 export async function failCall(callId: string, failure: string, report: CallReport): Promise<void> {
-  if (report.content) await sql`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`;
-  else await sql.oneTrip`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`;
+  await settling(() =>
+    report.content
+      ? sql`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`
+      : sql.oneTrip`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`
+  );
+}
+
+/** Waits between a settlement's tries: about 8.5 s in all, well inside the hold's TTL (the call's deadline + 60 s). */
+const settleRetryMs = [100, 400, 1600, 6400];
+
+/**
+ * Settles a call that must not be dropped: once the provider was asked, it bills the call, and a
+ * call left held is failed by the sweep with nothing charged. A transient database failure (a
+ * deadlock, a serialization failure, a connection or pooler lost: 503 DATABASE_UNAVAILABLE) is
+ * tried again: finish_ai_call and fail_ai_call answer a call settled already (a try whose commit
+ * landed before its connection broke) as it was, so a retry never charges twice.
+ */
+async function settling<T>(send: () => Promise<T>): Promise<T> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await send();
+    } catch (err) {
+      const transient = err instanceof AppError && err.code === 'DATABASE_UNAVAILABLE';
+      if (!transient || attempt >= settleRetryMs.length) throw err;
+      await new Promise((r) => setTimeout(r, settleRetryMs[attempt]));
+    }
+  }
 }
 
 /** Records a call refused before the provider: its stable code, no hold (the model only if priced). */

@@ -59,7 +59,8 @@ function holdId(raw: string): string {
 app.get('/balance', requireUser, async (c) => {
   const { at } = readQuery(c, BalanceQuerySchema);
   if (at) return ok(c, await balanceAsOf(currentUser(c).id, at));
-  const [b] = await sql.oneTrip`select * from billing.get_balance(${currentUser(c).id})`;
+  const userId = currentUser(c).id;
+  const [b] = await c.get('steps').time('sql', () => sql.oneTrip`select * from billing.get_balance(${userId})`);
   return ok<Balance>(c, {
     balance: formatCredits(b.balance),
     held: formatCredits(b.held),

@@ -189,9 +189,13 @@ async function inOneStatement(
   work: SqlWork,
 ): Promise<StoredAnswer> {
   const { userId, action, key, hash } = id;
-  const [answer] = await sql.oneTrip<StoredAnswer[]>`select * from billing.run_money_request(${userId}, ${action},
-    ${key}, ${hash}, ${c.get('requestId')}, ${jsonb({ ...args, ...work.context })}, ${work.successStatus}, ${
-    work.admin ?? false
-  }, ${c.get('serverKeyHash') ?? null})`;
+  const body = jsonb({ ...args, ...work.context });
+  const [answer] = await c.get('steps').time(
+    'sql',
+    () =>
+      sql.oneTrip<StoredAnswer[]>`select * from billing.run_money_request(${userId}, ${action}, ${key}, ${hash}, ${
+        c.get('requestId')
+      }, ${body}, ${work.successStatus}, ${work.admin ?? false}, ${c.get('serverKeyHash') ?? null})`,
+  );
   return answer;
 }
