@@ -8,9 +8,9 @@
 // key (as a money request's), so a statement Postgres logs holds no personal data. With content or
 // a kept answer, the values go as parameters, in two trips.
 import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
-import { jsonb, sql } from '../_shared/adapters/db.ts';
+import { jsonb, retryingTransient, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
-import { AppError, internalError } from '../_shared/errors.ts';
+import { internalError } from '../_shared/errors.ts';
 
 /** Usage in the rate card's disjoint kinds (input excludes cached input and cache writes, output excludes reasoning). */
 export interface Usage {
@@ -79,7 +79,11 @@ export async function beginCall(p: CallPlan, elapsedMs: number): Promise<Begun> 
   throw sqlRefusal(r.token, r.detail === undefined ? null : JSON.stringify(r.detail)) ?? internalError();
 }
 
-/** Captures the price of `usage` from the call's hold and releases the rest. */
+/**
+ * Captures the price of `usage` from the call's hold and releases the rest. Tried again on a
+ * transient database failure (retryingTransient; finish_ai_call answers a settled call as it
+ * was): the provider billed the call, and a call left held is failed by the sweep, charged nothing.
+ */
 export async function finishCall(
   callId: string,
   usage: Usage,
@@ -88,7 +92,7 @@ export async function finishCall(
   failed: boolean,
   report: CallReport,
 ): Promise<CallRecord> {
-  const [{ r }] = await settling(() =>
+  const [{ r }] = await retryingTransient(() =>
     answer === null && !report.content
       ? sql.oneTrip`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source}, null, ${failed},
       ${jsonb(report)}) as r`
@@ -98,35 +102,13 @@ export async function finishCall(
   return r as CallRecord;
 }
 
-/** Releases the call's hold and charges nothing; `failure` is a stable code. */
+/** Releases the call's hold and charges nothing; `failure` is a stable code. Tried again as a capture is. */
 export async function failCall(callId: string, failure: string, report: CallReport): Promise<void> {
-  await settling(() =>
+  await retryingTransient(() =>
     report.content
       ? sql`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`
       : sql.oneTrip`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`
   );
-}
-
-/** Waits between a settlement's tries: about 8.5 s in all, well inside the hold's TTL (the call's deadline + 60 s). */
-const settleRetryMs = [100, 400, 1600, 6400];
-
-/**
- * Settles a call that must not be dropped: once the provider was asked, it bills the call, and a
- * call left held is failed by the sweep with nothing charged. A transient database failure (a
- * deadlock, a serialization failure, a connection or pooler lost: 503 DATABASE_UNAVAILABLE) is
- * tried again: finish_ai_call and fail_ai_call answer a call settled already (a try whose commit
- * landed before its connection broke) as it was, so a retry never charges twice.
- */
-async function settling<T>(send: () => Promise<T>): Promise<T> {
-  for (let attempt = 0;; attempt++) {
-    try {
-      return await send();
-    } catch (err) {
-      const transient = err instanceof AppError && err.code === 'DATABASE_UNAVAILABLE';
-      if (!transient || attempt >= settleRetryMs.length) throw err;
-      await new Promise((r) => setTimeout(r, settleRetryMs[attempt]));
-    }
-  }
 }
 
 /** Records a call refused before the provider: its stable code, no hold (the model only if priced). */

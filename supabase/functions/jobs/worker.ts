@@ -5,7 +5,7 @@
 // gives each job at most one slice, and answers at most a second later, leaving a slice still
 // in flight to EdgeRuntime.waitUntil where the runtime has it.
 import { canOutliveResponse, outliveResponse, settleWithin } from '../_shared/background.ts';
-import { jsonb, sql } from '../_shared/adapters/db.ts';
+import { jsonb, retryingTransient, sql } from '../_shared/adapters/db.ts';
 import { fromDbError } from '../_shared/adapters/sql-errors.ts';
 import { AppError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
@@ -55,8 +55,13 @@ async function runSlice(job: JobRow, workerId: string, leaseSeconds: number): Pr
       log.info('job slice done', fields);
       return;
     }
-    await sql`select billing.complete_job(${job.id}, ${workerId}, ${jsonb(outcome.result)},
-      ${outcome.usage ? jsonb(outcome.usage) : null})`;
+    // The provider billed the work: a transient failure of the capture is tried again, not turned
+    // into a retry of the whole job (the provider asked, and billed, twice). A try that committed
+    // before its connection broke is answered LEASE_LOST by the next: stopped, charged once.
+    await retryingTransient(() =>
+      sql`select billing.complete_job(${job.id}, ${workerId}, ${jsonb(outcome.result)},
+        ${outcome.usage ? jsonb(outcome.usage) : null})`
+    );
     log.info('job completed', fields);
   } catch (err) {
     const code = err instanceof Stop ? err.message : fromDbError(err).code;

@@ -4,6 +4,7 @@
 import postgres from 'postgres';
 import { z } from 'zod';
 import { baseEnv, parseEnv } from '../env.ts';
+import { AppError } from '../errors.ts';
 import { errorSummary, log } from '../log.ts';
 import { connectionFailed, fromDbError } from './sql-errors.ts';
 import { inline, type InlineValue, JsonbValue, oneTrip } from './sql-literal.ts';
@@ -152,3 +153,26 @@ sql.oneTrip = function oneTripSql<T extends Rows = postgres.Row[]>(
   const statement = inline(strings, ...values);
   return run(async (pool) => (await oneTrip(pool, statement)) as unknown as T);
 };
+
+/** Waits between the tries of retryingTransient: about 8.5 s in all. */
+const transientRetryMs = [100, 400, 1600, 6400];
+
+/**
+ * Runs `send` again when it meets a transient database failure (a deadlock, a serialization
+ * failure, a connection or the pooler lost: 503 DATABASE_UNAVAILABLE), for a statement whose
+ * effect must not be dropped and that answers a second try as the first (a try whose commit
+ * landed before its connection broke is answered, never done twice). Anything else, or the last
+ * failure, is thrown.
+ * @example await retryingTransient(() => sql`select billing.finish_ai_call(…)`)
+ */
+export async function retryingTransient<T>(send: () => Promise<T>): Promise<T> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await send();
+    } catch (err) {
+      const transient = err instanceof AppError && err.code === 'DATABASE_UNAVAILABLE';
+      if (!transient || attempt >= transientRetryMs.length) throw err;
+      await new Promise((r) => setTimeout(r, transientRetryMs[attempt]));
+    }
+  }
+}
