@@ -344,6 +344,10 @@ pg_start() {
     [ -f "$PGDATA/postmaster.pid" ] && return 0
     die "port $DB_PORT is taken by a Postgres that is not this checkout's ($PG_HOME); stop it first"
   fi
+  # A test that makes commits wait for a standby that does not exist, to lose a connection after
+  # its commit (tests/integration/session33-attack-2.test.ts), resets it when done; killed midway
+  # it would leave every commit waiting, and the setting survives a restart: never start so.
+  [ -f "$PGDATA/postgresql.auto.conf" ] && pg_as_owner sed -i '/^synchronous_standby_names/d' "$PGDATA/postgresql.auto.conf"
   say "starting Postgres on 127.0.0.1:$DB_PORT"
   without_inherited_fds "${PG_OWNER[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start >"$LOGS/pg_ctl.log" 2>&1 </dev/null ||
     die "Postgres did not start (see $PGDATA/server.log)"

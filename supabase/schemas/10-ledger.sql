@@ -337,6 +337,52 @@ grant select on table billing.spend_caps to service_role;
 
 -- ============================================================ functions
 
+-- Why a user may not move credits now, or null: {token, detail}: gone, banned, or (when asked)
+-- no longer an admin. Read on every money path and organisation action, whatever the token says
+-- (a verified token is remembered until it expires: _shared/http/auth.ts). An answer, not an
+-- error: a money request's values are written into its one-round-trip statement
+-- (_shared/adapters/sql-literal.ts) and Postgres logs the text of a statement that fails, so
+-- run_money_request answers a refusal as a row and the caller's request never reaches the log.
+create or replace function billing.standing_refusal(p_user uuid, p_admin boolean default false) returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_role text;
+begin
+  select coalesce(u.raw_app_meta_data ->> 'role', '') into v_role
+  from auth.users u
+  where u.id = p_user and u.deleted_at is null and (u.banned_until is null or u.banned_until <= now());
+  if not found then
+    return jsonb_build_object('token', 'USER_NOT_ACTIVE',
+      'detail', jsonb_build_object('rule', 'the user must exist and not be deleted or banned'));
+  end if;
+  if p_admin and v_role <> 'admin' then
+    return jsonb_build_object('token', 'ADMIN_REQUIRED', 'detail', jsonb_build_object('rule', 'app_metadata.role must be admin now'));
+  end if;
+  return null;
+end;
+$$;
+comment on function billing.standing_refusal(p_user uuid, p_admin boolean) is 'Internal: USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ADMIN_REQUIRED unless (when asked) they are an admin now; else null.';
+revoke execute on function billing.standing_refusal(p_user uuid, p_admin boolean) from public;
+
+create or replace function billing.assert_user_standing(p_user uuid, p_admin boolean default false) returns void
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_refusal jsonb := billing.standing_refusal(p_user, p_admin);
+begin
+  if v_refusal is not null then
+    perform billing.raise_error(v_refusal ->> 'token', v_refusal -> 'detail');
+  end if;
+end;
+$$;
+comment on function billing.assert_user_standing(p_user uuid, p_admin boolean) is 'USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ADMIN_REQUIRED unless (when asked) they are an admin now.';
+revoke execute on function billing.assert_user_standing(p_user uuid, p_admin boolean) from public;
+grant execute on function billing.assert_user_standing(p_user uuid, p_admin boolean) to service_role;
+
 create or replace function billing.refuse_ledger_change() returns trigger
 language plpgsql
 set search_path = ''

@@ -84,6 +84,9 @@ declare
   v_org billing.orgs;
   v_role text;
 begin
+  -- A user banned or deleted since their token was issued acts in no organisation: the wallet's
+  -- credits move only by someone who may move credits now.
+  perform billing.assert_user_standing(p_user);
   select m.role into v_role from billing.org_members m where m.org_id = p_org and m.user_id = p_user and m.active;
   select * into v_org from billing.orgs o where o.id = p_org;
   if v_role is null or v_org.id is null then
@@ -95,7 +98,7 @@ begin
   return v_org;
 end;
 $$;
-comment on function billing.require_org_role(p_org uuid, p_user uuid, p_admin boolean) is 'Internal: the organisation, when p_user is an active member (an owner or admin if p_admin).';
+comment on function billing.require_org_role(p_org uuid, p_user uuid, p_admin boolean) is 'Internal: the organisation, when p_user is in good standing (USER_NOT_ACTIVE otherwise) and an active member (an owner or admin if p_admin).';
 revoke execute on function billing.require_org_role(p_org uuid, p_user uuid, p_admin boolean) from public;
 
 -- Whether p_user is an active owner or admin of p_org now (locking the membership for share).

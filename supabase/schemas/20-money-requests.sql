@@ -76,23 +76,6 @@ $$;
 comment on function billing.refusal_answer(p_token text, p_details jsonb, p_request_id text) is 'Internal: a refusal with its details, answered to this request and stored nowhere.';
 revoke execute on function billing.refusal_answer(p_token text, p_details jsonb, p_request_id text) from public;
 
-create or replace function billing.assert_user_standing(p_user uuid, p_admin boolean default false) returns void
-language plpgsql stable
-security definer
-set search_path = ''
-as $$
-declare
-  v_refusal jsonb := billing.standing_refusal(p_user, p_admin);
-begin
-  if v_refusal is not null then
-    perform billing.raise_error(v_refusal ->> 'token', v_refusal -> 'detail');
-  end if;
-end;
-$$;
-comment on function billing.assert_user_standing(p_user uuid, p_admin boolean) is 'USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ADMIN_REQUIRED unless (when asked) they are an admin now.';
-revoke execute on function billing.assert_user_standing(p_user uuid, p_admin boolean) from public;
-grant execute on function billing.assert_user_standing(p_user uuid, p_admin boolean) to service_role;
-
 -- The one upsert of a key (claim_idempotency_key and run_money_request): the row of another
 -- request under the key, answered or not, or null when this request now holds it. A concurrent
 -- claim of the same key blocks here until the first transaction ends.
@@ -316,34 +299,6 @@ $$;
 comment on function billing.delete_expired_idempotency_keys(p_limit integer) is 'pg_cron: deletes up to p_limit expired keys per run. Idempotent.';
 revoke execute on function billing.delete_expired_idempotency_keys(p_limit integer) from public;
 grant execute on function billing.delete_expired_idempotency_keys(p_limit integer) to service_role;
-
--- A money request's values are written into its one-round-trip statement (_shared/adapters/sql-literal.ts), and
--- Postgres logs the text of a statement that fails. So run_money_request answers every refusal
--- (the user's standing, a reused Idempotency-Key) as a row, never by raising: nothing is stored,
--- and the caller's request (usage metadata, a grant's reason) never reaches the server log.
--- Why a user may not move credits now, or null: {token, detail}.
-create or replace function billing.standing_refusal(p_user uuid, p_admin boolean default false) returns jsonb
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  v_role text;
-begin
-  select coalesce(u.raw_app_meta_data ->> 'role', '') into v_role
-  from auth.users u
-  where u.id = p_user and u.deleted_at is null and (u.banned_until is null or u.banned_until <= now());
-  if not found then
-    return jsonb_build_object('token', 'USER_NOT_ACTIVE',
-      'detail', jsonb_build_object('rule', 'the user must exist and not be deleted or banned'));
-  end if;
-  if p_admin and v_role <> 'admin' then
-    return jsonb_build_object('token', 'ADMIN_REQUIRED', 'detail', jsonb_build_object('rule', 'app_metadata.role must be admin now'));
-  end if;
-  return null;
-end;
-$$;
-comment on function billing.standing_refusal(p_user uuid, p_admin boolean) is 'Internal: USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ADMIN_REQUIRED unless (when asked) they are an admin now; else null.';
-revoke execute on function billing.standing_refusal(p_user uuid, p_admin boolean) from public;
 
 create or replace function billing.as_seen_by(p_user uuid, p_account_id bigint, p_answer jsonb)
 returns jsonb

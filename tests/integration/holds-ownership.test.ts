@@ -6,10 +6,11 @@ import {
   api,
   assertLedgerInvariants,
   backdateLot,
+  finishedJob,
   fund,
-  jobOf,
   key,
   reportUsage,
+  startAiJob,
   student,
   testDb,
   tick,
@@ -204,25 +205,6 @@ Deno.test('a job queued before a dispute still pays for its work when a credit o
   assert.equal((await balanceOf(s.token)).balance, '4999.36');
 });
 
-/** Starts an ai_completion job through `url` (a gateway whose provider may be slow); its id. */
-async function startJob(url: string, who: { token: string }) {
-  const res = await fetch(`${url}/jobs`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${who.token}`, 'content-type': 'application/json', ...key() },
-    body: JSON.stringify({
-      type: 'ai_completion',
-      input: { model: 'gpt-4o', prompt: 'hello world', max_tokens: 1000 },
-    }),
-  });
-  assert.equal(res.status, 202);
-  return (await res.json()).data.job_id as string;
-}
-const finished = (id: string) =>
-  until('the job to finish', async () => {
-    const j = await jobOf(id);
-    return ['completed', 'failed', 'cancelled'].includes(j.status) && j;
-  });
-
 Deno.test('credits a refund takes back from under a hold are no longer held: a job under it completes once, never run again', async () => {
   const [admin, member] = await Promise.all(['admin', 'member'].map(person));
   const org = await school(admin, [member], 'allowance', null);
@@ -231,10 +213,10 @@ Deno.test('credits a refund takes back from under a hold are no longer held: a j
   assert.equal(funded.status, 201, funded.text);
   // A slow provider keeps the job under its hold while the purchase is refunded in full.
   await withGateway({ AI_LOCAL_CHUNK_DELAY_MS: '400' }, async (url) => {
-    const job = await startJob(url, member);
+    const job = await startAiJob(url, member.token, 'hello world', 1000);
     await emulator(`/_emulator/charges/${await chargeOf(session)}/refund`, { amount: 500 });
     assert.deepEqual(await accountOf(org, member.id), { balance: '0', held: '0' }, 'nothing is held that is not there');
-    const { status, attempts } = await finished(job);
+    const { status, attempts } = await finishedJob(job);
     assert.deepEqual({ status, attempts }, { status: 'completed', attempts: 1 }, 'the provider was called once');
   });
   assert.deepEqual(await accountOf(org, member.id), { balance: '0', held: '0' });

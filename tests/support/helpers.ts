@@ -230,6 +230,33 @@ export const sha256hex = async (text: string) =>
 export const jobOf = async (id: string) =>
   (await testDb`select status, attempts, error from billing.jobs where id = ${id}`)[0];
 
+/**
+ * Starts an ai_completion job for `token` through the gateway at `base` (one whose local model may
+ * be slowed: AI_LOCAL_CHUNK_DELAY_MS); its id.
+ * @example const id = await startAiJob(url, s.token)
+ */
+export async function startAiJob(
+  base: string,
+  token: string,
+  prompt = 'one two three four five six seven eight',
+  maxTokens = 100,
+) {
+  const res = await fetch(`${base}/jobs`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...key() },
+    body: JSON.stringify({ type: 'ai_completion', input: { model: 'gpt-4o', prompt, max_tokens: maxTokens } }),
+  });
+  if (res.status !== 202) throw new Error(`the job was not created: ${res.status} ${await res.text()}`);
+  return (await res.json()).data.job_id as string;
+}
+
+/** Job `id` once it has finished (completed, failed or cancelled): its status, attempts and error. */
+export const finishedJob = (id: string) =>
+  until('the job to finish', async () => {
+    const j = await jobOf(id);
+    return ['completed', 'failed', 'cancelled'].includes(j.status) && j;
+  });
+
 /** Time passes for one lot: it is due (the ledger is immutable, lots and accounts are not). */
 export async function backdateLot(lot: string): Promise<void> {
   await testDb`with l as (update billing.lots set expires_at = now() - interval '1 second' where id = ${lot}

@@ -1,8 +1,12 @@
 // Layered rate limits on Upstash (fixed one-minute windows): global, per client address, per
-// API key, and per user × route class. Every layer of a request is counted by one Lua script
-// in one Redis command, and concurrent requests share one HTTP round trip (the client batches
-// commands issued together). The windows are @upstash/ratelimit's fixedWindow (same keys, same
-// arithmetic) without its per-layer promise machinery, which was most of the limiter's CPU.
+// API key, and per user × route class. Every layer of a request is checked and counted by one
+// Lua script in one Redis command, and concurrent requests share one HTTP round trip (the client
+// batches commands issued together). The windows are @upstash/ratelimit's fixedWindow (same
+// keys, same expiry) without its per-layer promise machinery, which was most of the limiter's
+// CPU, with one difference: a request is counted only when every layer lets it through. Counted
+// before the check (fixedWindow's way), a request refused by its own user or address layer still
+// spent the shared ones, and one client refused at its own limit could empty the global window
+// for everyone.
 // Behind the Redis circuit breaker: if Redis is down the request fails open, except route
 // classes marked failSoft, which fall back to a per-instance limiter so abuse stays bounded.
 // Unauthenticated routes outside `rateLimit` (Stripe webhooks, signed notifications) use
@@ -34,27 +38,35 @@ interface Outcome {
 
 const windowMs = 60_000;
 
-// KEYS: one counter per layer; ARGV[1]: the window (ms). Adds one to each counter, starts its
-// expiry when the window is new, and returns the counts in order: the steps of
-// @upstash/ratelimit's fixedWindow script, once for all layers. The flag (Upstash's, as that
+// KEYS: one counter per layer; ARGV[1]: the window (ms), ARGV[i + 1]: layer i's limit. Returns
+// each layer's count with this request in it, in order. If every layer has room, each counter
+// goes up by one (its expiry started when its window is new: fixedWindow's steps); if one has
+// none, nothing is counted, so a refused request spends no layer's budget. One script: Redis
+// runs it alone, so parallel requests are counted exactly. The flag (Upstash's, as fixedWindow's
 // script declares it) lets Upstash lock only these keys; the local bridge strips it.
 const countScript = `#!lua flags=allow-key-locking
 local counts = {}
+local room = true
 for i, key in ipairs(KEYS) do
-  local n = redis.call('INCRBY', key, 1)
-  if n == 1 then redis.call('PEXPIRE', key, ARGV[1]) end
-  counts[i] = n
+  counts[i] = tonumber(redis.call('GET', key) or '0') + 1
+  if counts[i] > tonumber(ARGV[i + 1]) then room = false end
+end
+if room then
+  for i, key in ipairs(KEYS) do
+    if redis.call('INCRBY', key, 1) == 1 then redis.call('PEXPIRE', key, ARGV[1]) end
+  end
 end
 return counts`;
 const countScriptSha = createHash('sha1').update(countScript).digest('hex');
 
-/** One command counts every layer: EVALSHA, or EVAL once when Redis does not know the script yet. */
-async function countLayers(client: Redis, keys: string[]): Promise<number[]> {
+/** One command checks and counts every layer: EVALSHA, or EVAL once when Redis does not know the script yet. */
+async function countLayers(client: Redis, keys: string[], limits: number[]): Promise<number[]> {
+  const args = [String(windowMs), ...limits.map(String)];
   try {
-    return await client.evalsha<string[], number[]>(countScriptSha, keys, [String(windowMs)]);
+    return await client.evalsha<string[], number[]>(countScriptSha, keys, args);
   } catch (err) {
     if (!String(err).includes('NOSCRIPT')) throw err;
-    return await client.eval<string[], number[]>(countScript, keys, [String(windowMs)]);
+    return await client.eval<string[], number[]>(countScript, keys, args);
   }
 }
 
@@ -103,7 +115,7 @@ async function enforce(
   try {
     const bucket = Math.floor(Date.now() / windowMs);
     const used = await guarded(
-      (client) => countLayers(client, layers.map((l) => windowKey(l, bucket))),
+      (client) => countLayers(client, layers.map((l) => windowKey(l, bucket)), layers.map((l) => l.limit)),
       (rs) => Array.isArray(rs) && rs.length === layers.length && rs.every((n) => Number.isFinite(n)),
     );
     const reset = (bucket + 1) * windowMs;
