@@ -376,9 +376,19 @@ db_bootstrap() {
 }
 
 # db_push [DB]: the migrations, pushed with the Supabase CLI as postgres, as on hosted.
+# A migration can deadlock with a pg_cron job the earlier migrations scheduled (a fresh cluster
+# crossing a minute while it migrates: a job reading lots while a migration alters them). The
+# deadlock rolls that one migration back; the CLI records only those applied, so pushing again
+# goes on from it. Anything else fails at once.
 db_push() {
-  (cd "$ROOT" && "$SUPABASE" db push --remote="$(db_url "${1:-postgres}")" --yes) >"$LOGS/migrate.log" 2>&1 ||
-    { cat "$LOGS/migrate.log" >&2; die "supabase db push failed"; }
+  local attempt
+  for attempt in 1 2 3; do
+    (cd "$ROOT" && "$SUPABASE" db push --remote="$(db_url "${1:-postgres}")" --yes) >"$LOGS/migrate.log" 2>&1 && return 0
+    grep -q 'SQLSTATE 40P01' "$LOGS/migrate.log" || break
+    say "a migration deadlocked with a scheduled job (attempt $attempt): pushing again"
+  done
+  cat "$LOGS/migrate.log" >&2
+  die "supabase db push failed"
 }
 
 db_migrate() {
