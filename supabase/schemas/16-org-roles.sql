@@ -112,6 +112,21 @@ $$;
 comment on function billing.is_org_admin(p_org uuid, p_user uuid) is 'Internal: whether p_user is an active owner or admin of p_org, the membership locked until the transaction ends.';
 revoke execute on function billing.is_org_admin(p_org uuid, p_user uuid) from public;
 
+-- Whether what p_user left behind as an owner or admin of p_org (a sponsor code, an invitation)
+-- still speaks for the organisation: only while they are an active owner or admin in good
+-- standing now. Banned or deleted since, they act in no organisation (require_org_role), and
+-- nothing they issued acts for them.
+create or replace function billing.speaks_for_org(p_org uuid, p_user uuid) returns boolean
+language plpgsql
+set search_path = ''
+as $$
+begin
+  return billing.is_org_admin(p_org, p_user) and billing.standing_refusal(p_user) is null;
+end;
+$$;
+comment on function billing.speaks_for_org(p_org uuid, p_user uuid) is 'Internal: whether p_user is an active owner or admin of p_org in good standing now (their sponsor codes and invitations still count), the membership locked until the transaction ends.';
+revoke execute on function billing.speaks_for_org(p_org uuid, p_user uuid) from public;
+
 -- Whether p_user is an active member (role member: the one funded) of p_org now.
 create or replace function billing.is_org_member(p_org uuid, p_user uuid) returns boolean
 language sql stable

@@ -369,9 +369,10 @@ begin
   end if;
 
   if v_code.kind = 'sponsor' then
-    -- A code speaks for its issuer only while they are an owner or admin (as an invitation does);
-    -- and it funds a student: an owner or admin spends their own credits, never the wallet's.
-    if not billing.is_org_admin(v_code.org_id, v_code.created_by) then
+    -- A code speaks for its issuer only while they are an owner or admin in good standing (as an
+    -- invitation does); and it funds a student: an owner or admin spends their own credits, never
+    -- the wallet's.
+    if not billing.speaks_for_org(v_code.org_id, v_code.created_by) then
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'revoked'));
     elsif billing.is_org_admin(v_code.org_id, p_user) then
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'for students only'));

@@ -66,6 +66,9 @@ declare
   v_current text;
   v_answer text := case when p_accept then 'accepted' else 'declined' end;
 begin
+  -- Joining changes who may spend a school's credits: not by a user banned or deleted since their
+  -- token was issued (as every organisation action: require_org_role).
+  perform billing.assert_user_standing(p_user);
   -- Membership changes of one organisation take its row first (accept, remove, transfer), so a
   -- removal racing an acceptance waits instead of deadlocking.
   perform 1 from billing.orgs o
@@ -85,8 +88,8 @@ begin
     end if;
     perform billing.raise_error('INVITATION_CLOSED', jsonb_build_object('status', v_invitation.status));
   end if;
-  -- An invitation speaks for its inviter: only while they are still an owner or admin.
-  if p_accept and not billing.is_org_admin(v_invitation.org_id, v_invitation.invited_by) then
+  -- An invitation speaks for its inviter: only while they are still an owner or admin in good standing.
+  if p_accept and not billing.speaks_for_org(v_invitation.org_id, v_invitation.invited_by) then
     perform billing.raise_error('INVITATION_CLOSED', jsonb_build_object('status', 'revoked'));
   end if;
   update billing.org_invitations i set status = v_answer,
