@@ -167,23 +167,36 @@ begin
     perform billing.release_job_hold(v_job);
   end loop;
 
-  return query
-  update billing.jobs j
-  set status = 'processing', locked_by = p_worker, locked_until = now() + make_interval(secs => p_lease_seconds),
-      attempts = j.attempts + 1, started_at = coalesce(j.started_at, now())
-  where j.id in (
-    select c.id from billing.jobs c
+  for v_job in
+    select * from billing.jobs c
     where c.run_after <= now()
       and (c.status = 'queued' or (c.status = 'processing' and (c.locked_until is null or c.locked_until < now())))
       and c.attempts < c.max_attempts
       and c.id <> all (coalesce(p_skip, '{}'))
     order by c.run_after, c.created_at
     for update skip locked
-    limit p_limit)
-  returning j.*;
+    limit p_limit
+  loop
+    -- A job whose user was banned or deleted since it was queued never starts: cancelled, its
+    -- hold released, so nothing more is spent for them (a school's pool among what it holds). A
+    -- job under way finishes, as when a member is removed (billing.remove_member).
+    if v_job.status = 'queued' and billing.standing_refusal(v_job.user_id) is not null then
+      perform billing.release_job_hold(v_job);
+      update billing.jobs j set status = 'cancelled', completed_at = now(), error = jsonb_build_object('code',
+        'USER_NOT_ACTIVE', 'message', 'Your account was suspended before this job started: it was cancelled.')
+      where j.id = v_job.id;
+      continue;
+    end if;
+    update billing.jobs j
+    set status = 'processing', locked_by = p_worker, locked_until = now() + make_interval(secs => p_lease_seconds),
+        attempts = j.attempts + 1, started_at = coalesce(j.started_at, now())
+    where j.id = v_job.id
+    returning j.* into v_job;
+    return next v_job;
+  end loop;
 end;
 $$;
-comment on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[]) is 'Claims due jobs with a lease, except p_skip (a tick''s jobs that already had their slice): queued ones, yielded ones, and processing ones whose worker lost its lease (they resume from their checkpoint).';
+comment on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[]) is 'Claims due jobs with a lease, except p_skip (a tick''s jobs that already had their slice): queued ones, yielded ones, and processing ones whose worker lost its lease (they resume from their checkpoint); a queued job whose user is banned or deleted is cancelled instead, its hold released.';
 revoke execute on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[]) from public;
 grant execute on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[]) to service_role;
 
