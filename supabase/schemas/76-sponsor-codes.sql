@@ -168,8 +168,8 @@ begin
   for v_code in
     select * from billing.codes c where c.kind = 'sponsor' and c.status = 'active'
       and (c.valid_until <= now()
-           or not exists (select 1 from billing.org_admins x where x.org_id = c.org_id and x.user_id = c.created_by)
-           or billing.standing_refusal(c.created_by) is not null     -- its issuer banned or deleted since
+           -- Its issuer no longer speaks for the organisation (removed, demoted, banned or deleted).
+           or not billing.speaks_for_org(c.org_id, c.created_by)
            -- Its student left, or their invitation lapsed, since it was issued (a removal that met
            -- the code under a redemption's lock skipped it).
            or not billing.may_be_sponsored(c.org_id, c.for_user, c.for_email))

@@ -77,7 +77,7 @@ type Call<R> = {
   p: Protocol<R>;
   /** performance.now() when the call arrived; what the record's timings count from. */
   started: number;
-  /** The request's timed steps (Server-Timing): a whole answer's reach its response. */
+  /** The request's timed steps (Server-Timing): a whole answer sends them all; a stream, those before its first byte. */
   steps: Steps;
   upstreamStatus: number | null;
   firstTokenMs: number | null;
