@@ -99,8 +99,14 @@ Deno.test('parallel batches over the same users never overdraw and apply each ev
   })`;
   const applied = new Set(results.flatMap(outcomes).filter((o) => o.status === 'applied').map((o) => o.event_id));
   assert.equal(n, applied.size, 'each event applied at most once');
-  const balances = await testDb`select balance::numeric as b from billing.accounts where user_id = any(${users})`;
-  assert.ok(balances.every((b) => Number(b.b) >= 0));
+  // Each event costs exactly 1 credit (50 gpt-4o input tokens): each user has 20 less what applied of theirs.
+  const balances = await testDb`select user_id::text as u, balance::text as b from billing.accounts
+    where user_id = any(${users})`;
+  const appliedOf = (u: string) => shared.filter((e) => e.user_id === u && applied.has(e.event_id)).length;
+  assert.deepEqual(
+    Object.fromEntries(balances.map((b) => [b.u, Number(b.b)])),
+    Object.fromEntries(users.map((u) => [u, 20 - appliedOf(u)])),
+  );
   await assertLedgerInvariants();
 });
 
