@@ -1354,9 +1354,11 @@ revoke execute on function billing.shrink_holds(p_account_id bigint, p_short num
 
 -- What no lot left may pay of an account's user, job and gateway holds gives way (the newest
 -- holds carrying it first, each by what its removal would spare: billing.hold_deficit), by at
--- most p_max; returns what gave way. Disputes' holds are left out of the count: they never give
--- way, and a job's or a gateway call's capture does not wait for them (work under way keeps its
--- hold). Only accounts with credits for some models need it: elsewhere any lot pays any hold.
+-- most p_max; returns what gave way. Disputes' holds never give way, and each hold is weighed
+-- beside the disputes it ranks below: every dispute for a student's own hold (it gave way to
+-- the dispute when it came), only the older ones for a job's or a gateway call's (work under way
+-- when a dispute came keeps its hold, billing.hold_classes). Only accounts with credits for some
+-- models need it: elsewhere any lot pays any hold.
 create or replace function billing.give_way_unpayable(p_account_id bigint, p_note jsonb, p_max numeric)
 returns numeric
 language plpgsql
@@ -1368,6 +1370,8 @@ declare
   v_classes jsonb[] := '{}'::jsonb[];             -- each class's model (null: a student's own hold)
   v_reserved numeric[] := '{}'::numeric[];
   v_payable boolean[] := '{}'::boolean[];
+  v_disputes numeric[];                           -- the disputes the hold in hand ranks below, as classes
+  v_dispute_payable boolean[];
   v_class record;
   v_lack numeric;
   v_give numeric;
@@ -1385,20 +1389,30 @@ begin
     v_reserved := v_reserved || v_class.amount;
     v_payable := v_payable || v_class.payable;
   end loop;
-  v_lack := billing.hold_deficit(v_credits, v_reserved, v_payable);
   for h in
     select * from billing.holds x
     where x.account_id = p_account_id and x.status = 'active' and x.purpose in ('user', 'job', 'ai')
     order by x.created_at desc, x.id
   loop
-    exit when v_lack <= 0 or v_left <= 0;
+    exit when v_left <= 0;
+    v_disputes := '{}';
+    v_dispute_payable := '{}';
+    for v_class in
+      select * from billing.hold_classes(p_account_id, v_keys, case when h.purpose <> 'user' then h.id end) c
+      where c.covers is not null
+    loop
+      v_disputes := v_disputes || v_class.amount;
+      v_dispute_payable := v_dispute_payable || v_class.payable;
+    end loop;
+    v_lack := billing.hold_deficit(v_credits, v_reserved || v_disputes, v_payable || v_dispute_payable);
+    continue when v_lack <= 0;
     j := array_position(v_classes, to_jsonb(case when h.purpose in ('ai', 'job') then h.metadata ->> 'model' end));
     v_reserved[j] := v_reserved[j] - h.amount;
-    v_give := least(h.amount, v_lack - billing.hold_deficit(v_credits, v_reserved, v_payable), v_left);
+    v_give := least(h.amount, v_lack - billing.hold_deficit(v_credits, v_reserved || v_disputes, v_payable || v_dispute_payable),
+      v_left);
     v_reserved[j] := v_reserved[j] + h.amount - v_give;
     if v_give > 0 then
       perform billing.give_way(h, v_give, p_note);
-      v_lack := v_lack - v_give;
       v_left := v_left - v_give;
     end if;
   end loop;
@@ -1592,16 +1606,19 @@ revoke execute on function billing.hold_deficit(p_credits numeric[], p_reserved 
 -- its model; a dispute's: those for anything and the lists of the lots it freezes; any other:
 -- those for anything), one row per model or dispute freeze: its reserve and, for each of the
 -- account's groups p_keys (one per list, '' for anything), whether it may pay. p_except_hold is
--- left out (the hold being captured); a job's or a gateway call's capture is work already done,
--- so, as on any account (a capture checks the balance, not what disputes hold), no dispute stops it.
+-- left out (the hold being captured); a job's or a gateway call's capture is work already done
+-- when a dispute came after its hold, so, as on any account (a capture checks the balance, not
+-- what disputes hold), no such dispute stops it. A dispute older than the call or job counts: the
+-- call was held beside it, so its capture draws what the dispute leaves, never its cover.
 create or replace function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid default null)
 returns table (covers jsonb, model text, amount numeric, payable boolean[])
 language plpgsql stable
 set search_path = ''
 as $$
 declare
-  v_except_purpose text := (select h.purpose from billing.holds h where h.id = p_except_hold);
+  v_except billing.holds;
 begin
+  select * into v_except from billing.holds h where h.id = p_except_hold;
   return query
   -- billing.lot_pays_for written out: called here for every group and hold class, its SET clause
   -- (a function that cannot be inlined) cost more than the test.
@@ -1618,7 +1635,8 @@ begin
           case when y.purpose in ('ai', 'job') then y.metadata ->> 'model' end as model, sum(y.amount) as amount
         from billing.holds y
         where y.account_id = p_account_id and y.status = 'active' and y.id is distinct from p_except_hold
-          and (y.purpose <> 'dispute' or coalesce(v_except_purpose, '') not in ('job', 'ai'))
+          and (y.purpose <> 'dispute' or coalesce(v_except.purpose, '') not in ('job', 'ai')
+               or y.created_at < v_except.created_at)
         group by 1, 2) h;
 end;
 $$;

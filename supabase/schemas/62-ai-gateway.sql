@@ -338,7 +338,7 @@ revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
 -- One owed call's rest, charged from the account that held the call (billing.pay_ai_owed); the
 -- writer counts it against the caps (a member's on a school's account among them).
 create or replace function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric,
-  p_account bigint) returns void
+  p_account bigint, p_job boolean default false) returns void
 language plpgsql
 set search_path = ''
 as $$
@@ -346,24 +346,30 @@ declare
   v_paid billing.transfer_result;
 begin
   v_paid := billing.post_user_transfer(p_user, -1, 'spend', p_unbilled, 'usage', 'usage_revenue',
-    'ai-owed:' || p_call, 'ai:' || p_call, null,
-    jsonb_build_object('model', p_model, 'ai_call_id', p_call, 'owed', true), p_account_id => p_account);
-  update billing.ai_calls c set owed_transfer_id = v_paid.transfer_id where c.id = p_call;
+    case when p_job then 'job-owed:' else 'ai-owed:' end || p_call, case when p_job then 'job:' else 'ai:' end || p_call,
+    null, jsonb_build_object('model', p_model, case when p_job then 'job_id' else 'ai_call_id' end, p_call, 'owed', true),
+    p_account_id => p_account);
+  if p_job then
+    update billing.jobs j set owed_transfer_id = v_paid.transfer_id where j.id = p_call;
+  else
+    update billing.ai_calls c set owed_transfer_id = v_paid.transfer_id where c.id = p_call;
+  end if;
 end;
 $$;
-comment on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint) is 'Internal: charges one owed call''s rest from the account that held it (billing.pay_ai_owed).';
-revoke execute on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint) from public;
+comment on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint, p_job boolean) is 'Internal: charges one owed call''s (or job''s) rest from the account that held it (billing.pay_ai_owed).';
+revoke execute on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint, p_job boolean) from public;
 
--- What a user's earlier calls cost beyond what could be charged then (ai_calls.unbilled) is
--- charged before their next call, as spending for that call's model, from the account that held
--- the call: the student's own credits for their own calls, the school's wallet or allowance for
--- the calls it paid (never the other way round: joining a school does not make it pay what was
--- owed before, and leaving one does not move its calls' rest onto the student). Caps (a member's
--- on the school's account too) and credits for some models apply as to any charge. If it cannot
--- be charged, the new call is refused with the writer's refusal, its details saying why
--- (`reason: "unbilled_usage"`, `owed`): a student cannot run up a debt the gateway never
--- collects. Locks: the student's own account first, then the calls, then each paying account in
--- id order (as every writer locks a member's accounts).
+-- What a user's earlier calls and metered jobs cost beyond what could be charged then
+-- (ai_calls.unbilled, jobs.unbilled) is charged before their next call or job, as spending for
+-- that work's model, from the account that held it: the student's own credits for their own
+-- work, the school's wallet or allowance for the work it paid (never the other way round: joining
+-- a school does not make it pay what was owed before, and leaving one does not move its calls'
+-- rest onto the student). Caps (a member's on the school's account too) and credits for some
+-- models apply as to any charge. If it cannot be charged, the new call is refused with the
+-- writer's refusal, its details saying why (`reason: "unbilled_usage"`, `owed`): a student cannot
+-- run up a debt the gateway never collects. Locks: the student's own account first (which
+-- serialises every payer of their debts), then each paying account in id order (as every writer
+-- locks a member's accounts).
 create or replace function billing.pay_ai_owed(p_user uuid) returns void
 language plpgsql
 set search_path = ''
@@ -376,28 +382,35 @@ begin
   -- Almost no one owes: the common case returns before the block below, whose exception handler
   -- would open a subtransaction on every call.
   if not exists (select 1 from billing.ai_calls c where c.user_id = p_user and c.unbilled is not null
-                 and c.owed_transfer_id is null) then
+                 and c.owed_transfer_id is null)
+     and not exists (select 1 from billing.jobs j where j.user_id = p_user and j.unbilled is not null
+                     and j.owed_transfer_id is null) then
     return;
   end if;
   begin
     perform 1 from billing.accounts a where a.user_id = p_user for update;
     for v_owed in
-      select c.id, c.model, c.unbilled, h.account_id, h.member_id, a.org_id
-      from billing.ai_calls c join billing.holds h on h.id = c.hold_id join billing.accounts a on a.id = h.account_id
-      where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
-      order by h.account_id, c.created_at for update of c
+      select o.* from (
+        select c.id, c.model, c.unbilled, h.account_id, a.org_id, c.created_at, false as job
+        from billing.ai_calls c join billing.holds h on h.id = c.hold_id join billing.accounts a on a.id = h.account_id
+        where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
+        union all
+        select j.id, h.metadata ->> 'model', j.unbilled, h.account_id, a.org_id, j.created_at, true
+        from billing.jobs j join billing.holds h on h.id = j.hold_id join billing.accounts a on a.id = h.account_id
+        where j.user_id = p_user and j.unbilled is not null and j.owed_transfer_id is null) o
+      order by o.account_id, o.created_at
     loop
       if v_owed.org_id is not null and not exists (select 1 from billing.org_members m
           where m.org_id = v_owed.org_id and m.user_id = p_user and m.active) then
         -- A school the student has left: what its account owes is its own, tried, never hers
         -- to be refused for (the alert stays open for an operator).
         begin
-          perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id);
+          perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id, v_owed.job);
         exception when sqlstate 'P0001' then
           null;
         end;
       else
-        perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id);
+        perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id, v_owed.job);
       end if;
     end loop;
   exception when sqlstate 'P0001' then
@@ -405,12 +418,16 @@ begin
     get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
     raise exception using errcode = 'P0001', message = v_token,
       detail = (coalesce(nullif(v_detail, '')::jsonb, '{}'::jsonb) - 'available' || jsonb_build_object('reason', 'unbilled_usage',
-        'owed', (select trim_scale(sum(c.unbilled))::text from billing.ai_calls c
-                 where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null)))::text;
+        'owed', (select trim_scale(sum(o.unbilled))::text from (
+                   select c.unbilled from billing.ai_calls c
+                   where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
+                   union all
+                   select j.unbilled from billing.jobs j
+                   where j.user_id = p_user and j.unbilled is not null and j.owed_transfer_id is null) o)))::text;
   end;
 end;
 $$;
-comment on function billing.pay_ai_owed(p_user uuid) is 'Internal: charges what a user''s earlier AI calls cost beyond what could be charged then; refuses (402, reason unbilled_usage) when it cannot.';
+comment on function billing.pay_ai_owed(p_user uuid) is 'Internal: charges what a user''s earlier AI calls and metered jobs cost beyond what could be charged then; refuses (402, reason unbilled_usage) when it cannot.';
 revoke execute on function billing.pay_ai_owed(p_user uuid) from public;
 
 -- Before the provider is called: {state: 'held', call_id, hold_id, held, upstream} to go ahead,

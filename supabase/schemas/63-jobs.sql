@@ -35,6 +35,7 @@ create table billing.jobs (
   completed_at timestamptz,
   expires_at timestamptz not null default now() + interval '24 hours',
   unbilled numeric(38, 18),                       -- what its usage cost beyond its hold and the balance (nothing charged for it)
+  owed_transfer_id bigint,                        -- the charge that later paid `unbilled` (billing.pay_ai_owed)
   constraint jobs_status check (status in ('queued', 'processing', 'completed', 'failed', 'cancelled')),
   constraint jobs_progress check (progress between 0 and 100),
   constraint jobs_request unique (user_id, request_key),
@@ -50,6 +51,8 @@ create index jobs_due on billing.jobs (run_after) where status in ('queued', 'pr
 create index jobs_user on billing.jobs (user_id, created_at desc, id);
 
 create index jobs_expiry on billing.jobs (expires_at);
+
+create index jobs_owed on billing.jobs (user_id) where unbilled is not null and owed_transfer_id is null;
 
 -- A client's temporary id names one job per user (optimistic UIs retry with it).
 create unique index jobs_client_temp_id on billing.jobs (user_id, client_temp_id) where client_temp_id is not null;
@@ -112,7 +115,7 @@ begin
     return v_job;
   end if;
   -- A job that calls a model may call only what the gateway would let this student call, and
-  -- only once what their gateway calls owe is paid (billing.pay_ai_owed), as their next call would.
+  -- only once what their gateway calls and jobs owe is paid (billing.pay_ai_owed), as their next call would.
   if p_input ? 'model' then
     if not billing.model_allowed(p_user, p_input ->> 'model') then
       perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
@@ -319,7 +322,8 @@ begin
       'job:' || p_job, null, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model'));
     -- What could not be charged (its hold gave way to credits that expired or were taken back,
     -- and the balance could not cover it) is recorded on the job, and someone is told: an excess
-    -- transfer records it only when something of the excess was charged.
+    -- transfer records it only when something of the excess was charged. The student owes it, as
+    -- for a gateway call: their next call or job pays it first (billing.pay_ai_owed).
     v_unbilled := nullif(v_amount - v_charged.captured - v_charged.overage, 0);
     if v_unbilled is not null then
       perform billing.set_alert('job_unbilled', true, 'Jobs cost more than their holds and the balance allowed',
@@ -398,7 +402,9 @@ declare
   v_count integer := 0;
 begin
   for v_job in
-    select * from billing.jobs j where j.expires_at <= now() order by j.expires_at limit p_limit for update skip locked
+    -- A job whose rest is still owed stays until it is paid (billing.pay_ai_owed reads it).
+    select * from billing.jobs j where j.expires_at <= now() and (j.unbilled is null or j.owed_transfer_id is not null)
+    order by j.expires_at limit p_limit for update skip locked
   loop
     if v_job.status not in ('completed', 'failed', 'cancelled') then
       perform billing.release_job_hold(v_job);  -- never leave a hold behind

@@ -181,7 +181,10 @@ export async function assertLedgerInvariants(): Promise<void> {
           where (c.hold_id is not null and not exists (select 1 from billing.holds h where h.id = c.hold_id))
              or (c.transfer_id is not null and not exists (select 1 from billing.transfers t where t.id = c.transfer_id))
              or (c.owed_transfer_id is not null
-                 and not exists (select 1 from billing.transfers t where t.id = c.owed_transfer_id))))::int
+                 and not exists (select 1 from billing.transfers t where t.id = c.owed_transfer_id)))
+       + (select count(*) from billing.jobs j
+          where j.owed_transfer_id is not null
+            and not exists (select 1 from billing.transfers t where t.id = j.owed_transfer_id)))::int
         as dangling_reference`;
   const problems = Object.entries({
     "an entry is not its transfer's side": r.entry_off_transfer > 0,
@@ -191,7 +194,7 @@ export async function assertLedgerInvariants(): Promise<void> {
     'a balance ≠ its last balance_after': r.last_entry_mismatch > 0,
     'held ≠ Σ active holds': r.held_mismatch > 0,
     'a negative balance without a reversal': r.unexplained_debt > 0,
-    'a hold or a gateway call names a row that does not exist': r.dangling_reference > 0,
+    'a hold, a gateway call or a job names a row that does not exist': r.dangling_reference > 0,
   }).filter(([, bad]) => bad).map(([what]) => what);
   // Lots: each lot's remaining = granted − settled − drawn, Σ remaining = the balance (0 in
   // debt), no transfer drew more than its amount, deferred revenue the same both ways.
