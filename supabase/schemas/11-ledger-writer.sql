@@ -1079,7 +1079,9 @@ begin
     p_lot)::billing.transfer_spec]))[1];
   -- What the account has, and its caps (a member's on a school's account among them): the writer's.
   if v_posted.result = 'insufficient' then
-    perform billing.raise_error('INSUFFICIENT_CREDITS', v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)));
+    -- A pooled wallet's figures are never told (a member may be the one refused: restricted_draw).
+    perform billing.raise_error('INSUFFICIENT_CREDITS', case when v_account.org_id is not null and v_account.member_id is null
+      then v_posted.refusal - 'available' else v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)) end);
   elsif v_posted.result = 'capped' then
     perform billing.raise_error('SPEND_CAP_REACHED', v_posted.refusal);
   end if;
@@ -1608,9 +1610,11 @@ revoke execute on function billing.hold_deficit(p_credits numeric[], p_reserved 
 -- account's groups p_keys (one per list, '' for anything), whether it may pay. p_except_hold is
 -- left out (the hold being captured); a job's or a gateway call's capture is work already done
 -- when a dispute came after its hold, so, as on any account (a capture checks the balance, not
--- what disputes hold), no such dispute stops it. A dispute older than the call or job counts: the
+-- what disputes hold), no such dispute stops it (unless p_all_disputes: the plan asks first what
+-- it can take leaving every dispute whole). A dispute older than the call or job counts: the
 -- call was held beside it, so its capture draws what the dispute leaves, never its cover.
-create or replace function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid default null)
+create or replace function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid default null,
+  p_all_disputes boolean default false)
 returns table (covers jsonb, model text, amount numeric, payable boolean[])
 language plpgsql stable
 set search_path = ''
@@ -1635,13 +1639,13 @@ begin
           case when y.purpose in ('ai', 'job') then y.metadata ->> 'model' end as model, sum(y.amount) as amount
         from billing.holds y
         where y.account_id = p_account_id and y.status = 'active' and y.id is distinct from p_except_hold
-          and (y.purpose <> 'dispute' or coalesce(v_except.purpose, '') not in ('job', 'ai')
+          and (y.purpose <> 'dispute' or p_all_disputes or coalesce(v_except.purpose, '') not in ('job', 'ai')
                or y.created_at < v_except.created_at)
         group by 1, 2) h;
 end;
 $$;
-comment on function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid) is 'Internal: an account''s live holds summed by model or dispute freeze, each with the groups of lists (p_keys) that may pay it.';
-revoke execute on function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid) from public;
+comment on function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid, p_all_disputes boolean) is 'Internal: an account''s live holds summed by model or dispute freeze, each with the groups of lists (p_keys) that may pay it.';
+revoke execute on function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid, p_all_disputes boolean) from public;
 
 -- What a new commitment for p_model (p_any: for any lot, a move) can draw from an account with
 -- restricted lots without leaving a live hold unpayable, in spending order: `take` ([{lot_id,
@@ -1661,7 +1665,10 @@ revoke execute on function billing.hold_classes(p_account_id bigint, p_keys text
 -- holds already do not fit (credits expired or taken back under them), a lot gives what leaves
 -- what they lack as it was: never worse, and lists no short hold may use stay spendable. Groups
 -- that share no hold (the lists of different models' holds) do not limit each other: each flow is
--- over the lot's part of the account only.
+-- over the lot's part of the account only. A job's or a gateway call's capture that a dispute
+-- came after may reach that dispute's cover (work under way), but only for what the lots that
+-- leave every dispute whole cannot pay: the plan runs first with every dispute counted, then, for
+-- the rest, without the later ones.
 create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
   p_any boolean default false, p_except_hold uuid default null)
 returns jsonb
@@ -1695,6 +1702,7 @@ declare
   v_take jsonb;
   v_t numeric;
   v_lot record;
+  v_tier integer := 0;                            -- 1: every dispute counted; 2: those after the captured hold not
 begin
   -- No live hold to keep payable (nearly every charge): the draw is the spending order of the
   -- lots that may pay, in one statement; the same answer the plan below gives with no holds.
@@ -1721,75 +1729,87 @@ begin
   from (select coalesce(array_to_string(l.applies_to, ','), '') as key, sum(l.remaining) as credits from billing.lots l
         where l.account_id = p_account_id and l.open group by 1) g;
 
-  -- What the live holds reserve, one class per set of groups that may pay them, however many
-  -- holds; a hold no group can pay any more (credits expired or taken back under it) constrains nothing.
-  for v_class in
-    select c.payable, sum(c.amount) as amount from billing.hold_classes(p_account_id, v_keys, p_except_hold) c
-    where true = any(c.payable)
-    group by 1
+  <<tiers>>
   loop
-    v_reserved := v_reserved || v_class.amount;
-    v_payable := v_payable || v_class.payable;      -- class j's row of k flags, one after another
-  end loop;
-  v_reserves := (select coalesce(sum(x), 0) from unnest(v_reserved) x);
-  -- The parts: groups linked by a class both may pay (each group first its own part, then each
-  -- class's groups joined under the lowest). What the holds lack is the sum of what each part's
-  -- lack, so a take from one part changes nothing in another.
-  v_part := array(select i from generate_subscripts(v_keys, 1) i order by i);
-  for c in 1 .. cardinality(v_reserved) loop
-    v_in := array(select distinct v_part[i] from generate_subscripts(v_keys, 1) i
-                  where v_payable[(c - 1) * cardinality(v_keys) + i]);
-    if cardinality(v_in) > 1 then
-      v_part := array(select case when v_part[i] = any(v_in) then (select min(x) from unnest(v_in) x) else v_part[i] end
-                      from generate_subscripts(v_keys, 1) i order by i);
-    end if;
-  end loop;
-
-  for v_lot in
-    select x.id, x.remaining, x.grp from (
-      select l.id, l.remaining, l.frozen, l.priority, l.expires_at, l.granted_at,
-        array_position(v_keys, coalesce(array_to_string(l.applies_to, ','), '')) as grp
-      from billing.lots l where l.account_id = p_account_id and l.open) x
-    where v_pays[x.grp]
-    order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
-  loop
-    exit when v_need <= 0;
-    v_t := least(v_lot.remaining, v_need);
-    -- What the lot's group may give is at least its credits less every reserve, and at least what
-    -- it was found to be less all taken from its part since (a take lowers no set's slack by more
-    -- than itself): the flow runs only when the lot asks for more than both, so a run of small
-    -- lots costs a flow per list, not per lot. It is over the lot's part: its groups (the lot's
-    -- counted as empty) and the classes they may pay.
-    if cardinality(v_reserved) > 0
-       and v_t > greatest(v_credits[v_lot.grp] - v_reserves,
-                          coalesce(v_spare[v_lot.grp] - (coalesce(v_taken[v_part[v_lot.grp]], 0) - v_mark[v_lot.grp]), 0)) then
-      v_in := array(select i from generate_subscripts(v_keys, 1) i where v_part[i] = v_part[v_lot.grp] order by i);
-      v_of := array(select c from generate_subscripts(v_reserved, 1) c
-                    where exists (select 1 from unnest(v_in) i where v_payable[(c - 1) * cardinality(v_keys) + i]) order by c);
-      v_sub_reserved := array(select v_reserved[c] from unnest(v_of) with ordinality x(c, n) order by n);
-      v_sub_payable := array(select v_payable[(c - 1) * cardinality(v_keys) + i]
-                             from unnest(v_of) with ordinality x(c, n), unnest(v_in) with ordinality y(i, m) order by n, m);
-      -- What the part lacks stays as it is through the plan: no take makes it larger.
-      if v_lack[v_part[v_lot.grp]] is null then
-        v_lack[v_part[v_lot.grp]] := billing.hold_deficit(
-          array(select v_credits[i] from unnest(v_in) with ordinality x(i, n) order by n), v_sub_reserved, v_sub_payable);
+    v_tier := v_tier + 1;
+    exit tiers when v_tier > 2 or v_need <= 0
+      or (v_tier = 2 and not exists (select 1 from billing.holds h where h.id = p_except_hold and h.purpose in ('job', 'ai')));
+    v_reserved := '{}'; v_payable := '{}'; v_spare := '{}'; v_mark := '{}'; v_taken := '{}'; v_lack := '{}';
+    -- What the live holds reserve, one class per set of groups that may pay them, however many
+    -- holds; a hold no group can pay any more (credits expired or taken back under it) constrains nothing.
+    for v_class in
+      select c.payable, sum(c.amount) as amount from billing.hold_classes(p_account_id, v_keys, p_except_hold, v_tier = 1) c
+      where true = any(c.payable)
+      group by 1
+    loop
+      v_reserved := v_reserved || v_class.amount;
+      v_payable := v_payable || v_class.payable;      -- class j's row of k flags, one after another
+    end loop;
+    v_reserves := (select coalesce(sum(x), 0) from unnest(v_reserved) x);
+    -- The parts: groups linked by a class both may pay (each group first its own part, then each
+    -- class's groups joined under the lowest). What the holds lack is the sum of what each part's
+    -- lack, so a take from one part changes nothing in another.
+    v_part := array(select i from generate_subscripts(v_keys, 1) i order by i);
+    for c in 1 .. cardinality(v_reserved) loop
+      v_in := array(select distinct v_part[i] from generate_subscripts(v_keys, 1) i
+                    where v_payable[(c - 1) * cardinality(v_keys) + i]);
+      if cardinality(v_in) > 1 then
+        v_part := array(select case when v_part[i] = any(v_in) then (select min(x) from unnest(v_in) x) else v_part[i] end
+                        from generate_subscripts(v_keys, 1) i order by i);
       end if;
-      v_spare[v_lot.grp] := v_credits[v_lot.grp] - (billing.hold_deficit(
-          array(select case when i = v_lot.grp then 0 else v_credits[i] end from unnest(v_in) with ordinality x(i, n) order by n),
-          v_sub_reserved, v_sub_payable) - v_lack[v_part[v_lot.grp]]);
-      v_mark[v_lot.grp] := coalesce(v_taken[v_part[v_lot.grp]], 0);
-      v_t := least(v_t, v_spare[v_lot.grp]);
-    end if;
-    if v_t > 0 then
-      v_lots := v_lots || v_lot.id;
-      v_amounts := v_amounts || v_t;
-      v_need := v_need - v_t;
-      v_taken[v_part[v_lot.grp]] := coalesce(v_taken[v_part[v_lot.grp]], 0) + v_t;
-      v_credits[v_lot.grp] := v_credits[v_lot.grp] - v_t;
-    end if;
-  end loop;
+    end loop;
+
+    for v_lot in
+      select x.id, case when v_tier = 1 then x.remaining   -- the second tier: what the first left of each lot
+                        else x.remaining - coalesce((select sum(t.amount) from unnest(v_lots, v_amounts) t(lot_id, amount)
+                                                     where t.lot_id = x.id), 0) end as remaining, x.grp from (
+        select l.id, l.remaining, l.frozen, l.priority, l.expires_at, l.granted_at,
+          array_position(v_keys, coalesce(array_to_string(l.applies_to, ','), '')) as grp
+        from billing.lots l where l.account_id = p_account_id and l.open) x
+      where v_pays[x.grp]
+      order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
+    loop
+      exit when v_need <= 0;
+      v_t := least(v_lot.remaining, v_need);
+      -- What the lot's group may give is at least its credits less every reserve, and at least what
+      -- it was found to be less all taken from its part since (a take lowers no set's slack by more
+      -- than itself): the flow runs only when the lot asks for more than both, so a run of small
+      -- lots costs a flow per list, not per lot. It is over the lot's part: its groups (the lot's
+      -- counted as empty) and the classes they may pay.
+      if cardinality(v_reserved) > 0
+         and v_t > greatest(v_credits[v_lot.grp] - v_reserves,
+                            coalesce(v_spare[v_lot.grp] - (coalesce(v_taken[v_part[v_lot.grp]], 0) - v_mark[v_lot.grp]), 0)) then
+        v_in := array(select i from generate_subscripts(v_keys, 1) i where v_part[i] = v_part[v_lot.grp] order by i);
+        v_of := array(select c from generate_subscripts(v_reserved, 1) c
+                      where exists (select 1 from unnest(v_in) i where v_payable[(c - 1) * cardinality(v_keys) + i]) order by c);
+        v_sub_reserved := array(select v_reserved[c] from unnest(v_of) with ordinality x(c, n) order by n);
+        v_sub_payable := array(select v_payable[(c - 1) * cardinality(v_keys) + i]
+                               from unnest(v_of) with ordinality x(c, n), unnest(v_in) with ordinality y(i, m) order by n, m);
+        -- What the part lacks stays as it is through the plan: no take makes it larger.
+        if v_lack[v_part[v_lot.grp]] is null then
+          v_lack[v_part[v_lot.grp]] := billing.hold_deficit(
+            array(select v_credits[i] from unnest(v_in) with ordinality x(i, n) order by n), v_sub_reserved, v_sub_payable);
+        end if;
+        v_spare[v_lot.grp] := v_credits[v_lot.grp] - (billing.hold_deficit(
+            array(select case when i = v_lot.grp then 0 else v_credits[i] end from unnest(v_in) with ordinality x(i, n) order by n),
+            v_sub_reserved, v_sub_payable) - v_lack[v_part[v_lot.grp]]);
+        v_mark[v_lot.grp] := coalesce(v_taken[v_part[v_lot.grp]], 0);
+        v_t := least(v_t, v_spare[v_lot.grp]);
+      end if;
+      if v_t > 0 then
+        v_lots := v_lots || v_lot.id;
+        v_amounts := v_amounts || v_t;
+        v_need := v_need - v_t;
+        v_taken[v_part[v_lot.grp]] := coalesce(v_taken[v_part[v_lot.grp]], 0) + v_t;
+        v_credits[v_lot.grp] := v_credits[v_lot.grp] - v_t;
+      end if;
+    end loop;
+  end loop tiers;
+  -- A lot both tiers took from is one take.
   v_take := coalesce((select jsonb_agg(jsonb_build_object('lot_id', x.lot_id, 'amount', x.amount) order by x.n)
-                      from unnest(v_lots, v_amounts) with ordinality x(lot_id, amount, n)), '[]'::jsonb);
+                      from (select t.lot_id, sum(t.amount) as amount, min(t.n) as n
+                            from unnest(v_lots, v_amounts) with ordinality t(lot_id, amount, n) group by t.lot_id) x),
+                     '[]'::jsonb);
   return jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
     'unusable', trim_scale(coalesce((select sum(v_credits[i]) from generate_subscripts(v_keys, 1) i where not v_pays[i]), 0))::text);
 end;

@@ -34,8 +34,12 @@ declare
   v_take jsonb := '[]'::jsonb;
   v_t numeric;
   v_lot record;
-  v_except_purpose text := (select h.purpose from billing.holds h where h.id = p_except_hold);
+  v_except billing.holds;
+  v_tier integer := 0;
+  v_lots bigint[] := '{}';
+  v_amounts numeric[] := '{}';
 begin
+  select * into v_except from billing.holds h where h.id = p_except_hold;
   -- No live hold to keep payable (nearly every charge): the draw is the spending order of the
   -- lots that may pay, in one statement; the same answer the plan below gives with no holds.
   if not exists (select 1 from billing.holds x where x.account_id = p_account_id and x.status = 'active'
@@ -63,6 +67,12 @@ begin
         where l.account_id = p_account_id and l.open group by 1) g;
   v_sets := (1 << cardinality(v_keys)) - 1;
 
+  -- A job's or a gateway call's capture: first with every dispute counted, then, for the rest,
+  -- without the disputes that came after its hold (as the plan does).
+  <<tiers>>
+  loop
+  v_tier := v_tier + 1;
+  exit tiers when v_tier > 2 or v_need <= 0 or (v_tier = 2 and coalesce(v_except.purpose, '') not in ('job', 'ai'));
   -- What the live holds reserve, summed by which groups may pay them (a gateway call's or a job's:
   -- those for its model; a dispute's: those for anything and the lists of the lots it freezes;
   -- any other: those for anything): at most one sum per set of groups, however many holds; a hold
@@ -80,9 +90,8 @@ begin
                       case when x.purpose in ('ai', 'job') then x.metadata ->> 'model' end as model, sum(x.amount) as amount
                     from billing.holds x
                     where x.account_id = p_account_id and x.status = 'active' and x.id is distinct from p_except_hold
-                      -- A job's or a gateway call's capture is work already done: as on any account
-                      -- (a capture checks the balance, not what disputes hold), no dispute stops it.
-                      and (x.purpose <> 'dispute' or coalesce(v_except_purpose, '') not in ('job', 'ai'))
+                      and (x.purpose <> 'dispute' or v_tier = 1 or coalesce(v_except.purpose, '') not in ('job', 'ai')
+                           or x.created_at < v_except.created_at)
                     group by 1, 2) h) c
         where c.paid_by <> 0 group by c.paid_by) m;
 
@@ -93,7 +102,8 @@ begin
     from generate_series(1, v_sets) t order by t);
 
   for v_lot in
-    select x.id, x.remaining, x.grp from (
+    select x.id, x.remaining - coalesce((select sum(t.amount) from unnest(v_lots, v_amounts) t(lot_id, amount)
+                                         where t.lot_id = x.id), 0) as remaining, x.grp from (
       select l.id, l.remaining, l.frozen, l.priority, l.expires_at, l.granted_at,
         array_position(v_keys, coalesce(array_to_string(l.applies_to, ','), '')) as grp
       from billing.lots l where l.account_id = p_account_id and l.open) x
@@ -112,7 +122,8 @@ begin
         + (-least(0, (select min(x) from unnest(v_slack) x))));
     end if;
     if v_t > 0 then
-      v_take := v_take || jsonb_build_object('lot_id', v_lot.id, 'amount', v_t);
+      v_lots := v_lots || v_lot.id;
+      v_amounts := v_amounts || v_t;
       v_need := v_need - v_t;
       v_credits[v_lot.grp] := v_credits[v_lot.grp] - v_t;
       for v_set in 1 .. v_sets loop
@@ -122,6 +133,11 @@ begin
       end loop;
     end if;
   end loop;
+  end loop tiers;
+  v_take := coalesce((select jsonb_agg(jsonb_build_object('lot_id', x.lot_id, 'amount', x.amount) order by x.n)
+                      from (select t.lot_id, sum(t.amount) as amount, min(t.n) as n
+                            from unnest(v_lots, v_amounts) with ordinality t(lot_id, amount, n) group by t.lot_id) x),
+                     '[]'::jsonb);
   return jsonb_strip_nulls(jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
     'unusable', trim_scale(coalesce((select sum(v_credits[i]) from generate_subscripts(v_keys, 1) i where not v_pays[i]), 0))::text,
     'unprotected', null));
