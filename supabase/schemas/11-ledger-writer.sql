@@ -1668,7 +1668,8 @@ revoke execute on function billing.hold_classes(p_account_id bigint, p_keys text
 -- over the lot's part of the account only. A job's or a gateway call's capture that a dispute
 -- came after may reach that dispute's cover (work under way), but only for what the lots that
 -- leave every dispute whole cannot pay: the plan runs first with every dispute counted, then, for
--- the rest, without the later ones.
+-- the rest, without the later ones, taking first the lots no later dispute may be paid from
+-- (other work under way can leave the first pass short, and then it takes nothing).
 create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
   p_any boolean default false, p_except_hold uuid default null)
 returns jsonb
@@ -1703,6 +1704,7 @@ declare
   v_t numeric;
   v_lot record;
   v_tier integer := 0;                            -- 1: every dispute counted; 2: those after the captured hold not
+  v_cover boolean[];                              -- per group: a dispute the second pass leaves out may be paid from it
 begin
   -- No live hold to keep payable (nearly every charge): the draw is the spending order of the
   -- lots that may pay, in one statement; the same answer the plan below gives with no holds.
@@ -1732,8 +1734,16 @@ begin
   <<tiers>>
   loop
     v_tier := v_tier + 1;
-    exit tiers when v_tier > 2 or v_need <= 0
-      or (v_tier = 2 and not exists (select 1 from billing.holds h where h.id = p_except_hold and h.purpose in ('job', 'ai')));
+    if v_tier = 2 then
+      v_cover := array(
+        select exists (select 1 from billing.holds e join billing.holds y on y.account_id = e.account_id
+                       where e.id = p_except_hold and e.purpose in ('job', 'ai') and y.status = 'active'
+                         and y.purpose = 'dispute' and y.created_at >= e.created_at
+                         and (g.key = '' or exists (select 1 from jsonb_array_elements(y.metadata -> 'covers') x
+                                                    where x = to_jsonb(string_to_array(g.key, ',')))))
+        from unnest(v_keys) with ordinality g(key, i) order by g.i);
+    end if;
+    exit tiers when v_tier > 2 or v_need <= 0 or (v_tier = 2 and true <> all(v_cover));
     v_reserved := '{}'; v_payable := '{}'; v_spare := '{}'; v_mark := '{}'; v_taken := '{}'; v_lack := '{}';
     -- What the live holds reserve, one class per set of groups that may pay them, however many
     -- holds; a hold no group can pay any more (credits expired or taken back under it) constrains nothing.
@@ -1767,7 +1777,7 @@ begin
           array_position(v_keys, coalesce(array_to_string(l.applies_to, ','), '')) as grp
         from billing.lots l where l.account_id = p_account_id and l.open) x
       where v_pays[x.grp]
-      order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
+      order by v_tier = 2 and v_cover[x.grp], x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
     loop
       exit when v_need <= 0;
       v_t := least(v_lot.remaining, v_need);

@@ -38,6 +38,7 @@ declare
   v_tier integer := 0;
   v_lots bigint[] := '{}';
   v_amounts numeric[] := '{}';
+  v_cover boolean[];
 begin
   select * into v_except from billing.holds h where h.id = p_except_hold;
   -- No live hold to keep payable (nearly every charge): the draw is the spending order of the
@@ -68,11 +69,19 @@ begin
   v_sets := (1 << cardinality(v_keys)) - 1;
 
   -- A job's or a gateway call's capture: first with every dispute counted, then, for the rest,
-  -- without the disputes that came after its hold (as the plan does).
+  -- without the disputes that came after its hold, the lots none of them may be paid from first
+  -- (as the plan does).
   <<tiers>>
   loop
   v_tier := v_tier + 1;
-  exit tiers when v_tier > 2 or v_need <= 0 or (v_tier = 2 and coalesce(v_except.purpose, '') not in ('job', 'ai'));
+  v_cover := array(
+    select coalesce(v_except.purpose, '') in ('job', 'ai') and exists (
+             select 1 from billing.holds y where y.account_id = p_account_id and y.status = 'active'
+               and y.purpose = 'dispute' and y.created_at >= v_except.created_at
+               and (k = '' or exists (select 1 from jsonb_array_elements(coalesce(y.metadata -> 'covers', '[]')) c
+                                      where c = to_jsonb(string_to_array(k, ',')))))
+    from unnest(v_keys) with ordinality u(k, i) order by i);
+  exit tiers when v_tier > 2 or v_need <= 0 or (v_tier = 2 and not (true = any(v_cover)));
   -- What the live holds reserve, summed by which groups may pay them (a gateway call's or a job's:
   -- those for its model; a dispute's: those for anything and the lists of the lots it freezes;
   -- any other: those for anything): at most one sum per set of groups, however many holds; a hold
@@ -108,7 +117,7 @@ begin
         array_position(v_keys, coalesce(array_to_string(l.applies_to, ','), '')) as grp
       from billing.lots l where l.account_id = p_account_id and l.open) x
     where v_pays[x.grp]
-    order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
+    order by v_tier = 2 and v_cover[x.grp], x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
   loop
     exit when v_need <= 0;
     v_t := least(v_lot.remaining, v_need);
