@@ -8,7 +8,6 @@ import assert from 'node:assert/strict';
 import {
   adminToken,
   api,
-  assertLedgerInvariants,
   backdateLot,
   key,
   newUser,
@@ -20,6 +19,7 @@ import {
   userToken,
 } from '../support/helpers.ts';
 import { creditPerToken } from '../support/ai.ts';
+import { chat, coreInvariants, figures } from '../support/disputed.ts';
 import { grantLot } from '../support/lots.ts';
 import { buy, chargeOf, emulator } from '../support/purchases.ts';
 import { person, school } from '../support/orgs.ts';
@@ -28,50 +28,11 @@ type Json = Record<string, unknown>;
 const codeOf = (r: { body: Json }) => (r.body.error as { code?: string } | undefined)?.code;
 const detailsOf = (r: { body: Json }) => (r.body.error as { details?: Json } | undefined)?.details ?? {};
 
-/** A gateway chat call for `model` (the stand-in steered by `directives`). */
-const chat = (token: string, model: string, directives: string, max_tokens = 40) =>
-  api('/ai/v1/chat/completions', {
-    token,
-    headers: key(),
-    body: { model, messages: [{ role: 'user', content: `#standin ${directives}` }], max_tokens },
-  });
-
 /** An ai_completion job of `words` one-letter words for `model`: holds 2·words − 1 + 16 + max_tokens. */
 const jobBody = (model: string, words = 20, max_tokens = 20) => ({
   type: 'ai_completion',
   input: { model, prompt: Array.from({ length: words }, () => 'a').join(' '), max_tokens },
 });
-
-/** The student's own account: balance, held, and what its lots hold for any model and for some. */
-async function figures(userId: string) {
-  const [r] =
-    await testDb`select a.id::text as id, trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held,
-      trim_scale(coalesce((select sum(l.remaining) from billing.lots l where l.account_id = a.id and l.open
-                           and l.applies_to is null), 0))::text as for_any,
-      trim_scale(coalesce((select sum(l.remaining) from billing.lots l where l.account_id = a.id and l.open
-                           and l.applies_to is not null), 0))::text as for_some,
-      billing.in_debt(a) as in_debt
-    from billing.accounts a where a.user_id = ${userId} and a.org_id is null`;
-  return r as { id: string; balance: string; held: string; for_any: string; for_some: string; in_debt: boolean };
-}
-
-/** The core's invariants (as session34-attack.test.ts states them). */
-async function coreInvariants(users: string[]) {
-  await assertLedgerInvariants();
-  const [r] = await testDb`
-    with acc as (select a.id from billing.accounts a where a.user_id = any(${users}::uuid[]))
-    select
-      (select count(*)::int from billing.lot_allocations x join billing.lots l on l.id = x.lot_id
-        join billing.transfers t on t.id = x.transfer_id
-        where l.account_id in (select id from acc) and x.amount > 0 and t.kind in ('usage', 'hold_capture')
-          and not billing.lot_pays_for(l.applies_to, coalesce(t.metadata ->> 'model',
-            (select c.model from billing.rate_cards c where c.id = t.rate_card_id)))) as restricted_paid_other_model,
-      (select count(*)::int from billing.lot_allocations x join billing.lots l on l.id = x.lot_id
-        join billing.transfers t on t.id = x.transfer_id
-        where l.account_id in (select id from acc) and x.amount > 0 and t.kind in ('refund_reversal', 'dispute_reversal')
-          and l.applies_to is not null and l.purchase_id is null) as reversal_took_restricted`;
-  assert.deepEqual({ ...r }, { restricted_paid_other_model: 0, reversal_took_restricted: 0 });
-}
 
 /**
  * A student whose ai_completion job for `m` (20 one-letter words, max 20: holds 75, costs 40) ran

@@ -4,73 +4,12 @@
 // grants and disputes (Stripe emulator) only as setup; the database for reading (and for time
 // passing: backdated lots). Each scenario asserts exact amounts, then the core's invariants.
 import assert from 'node:assert/strict';
-import {
-  api,
-  assertLedgerInvariants,
-  backdateLot,
-  key,
-  newUser,
-  reportUsage,
-  testDb,
-  until,
-  userToken,
-} from '../support/helpers.ts';
+import { assertLedgerInvariants, backdateLot, newUser, testDb, until, userToken } from '../support/helpers.ts';
 import { creditPerToken } from '../support/ai.ts';
+import { chargeTokens, chat, coreInvariants, figures } from '../support/disputed.ts';
 import { grantLot, orgGrant } from '../support/lots.ts';
 import { person, school } from '../support/orgs.ts';
 import { buy, chargeOf, emulator } from '../support/purchases.ts';
-
-/** POST /credits/usage of `credits` of a 1-credit-a-token model (creditPerToken). */
-const chargeTokens = (token: string, model: string, credits: number) =>
-  reportUsage('/credits/usage', { token, headers: key(), body: { model, input_tokens: credits, output_tokens: 0 } });
-
-/** A gateway chat call for `model` (the stand-in steered by `directives`). */
-const chat = (token: string, model: string, directives: string, max_tokens = 40) =>
-  api('/ai/v1/chat/completions', {
-    token,
-    headers: key(),
-    body: { model, messages: [{ role: 'user', content: `#standin ${directives}` }], max_tokens },
-  });
-
-async function figures(userId: string) {
-  const [r] =
-    await testDb`select a.id::text as id, trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held,
-      trim_scale(coalesce((select sum(l.remaining) from billing.lots l where l.account_id = a.id and l.open
-                           and l.applies_to is null), 0))::text as for_any,
-      trim_scale(coalesce((select sum(l.remaining) from billing.lots l where l.account_id = a.id and l.open
-                           and l.applies_to is not null), 0))::text as for_some,
-      billing.in_debt(a) as in_debt
-    from billing.accounts a where a.user_id = ${userId} and a.org_id is null`;
-  return r as { id: string; balance: string; held: string; for_any: string; for_some: string; in_debt: boolean };
-}
-
-async function coreInvariants(users: string[]) {
-  await assertLedgerInvariants();
-  const [r] = await testDb`
-    with acc as (select a.id from billing.accounts a where a.user_id = any(${users}::uuid[]))
-    select
-      (select count(*)::int from billing.lot_allocations x join billing.lots l on l.id = x.lot_id
-        join billing.transfers t on t.id = x.transfer_id
-        where l.account_id in (select id from acc) and x.amount > 0 and t.kind in ('usage', 'hold_capture')
-          and not billing.lot_pays_for(l.applies_to, coalesce(t.metadata ->> 'model',
-            (select c.model from billing.rate_cards c where c.id = t.rate_card_id)))) as restricted_paid_other_model,
-      (select count(*)::int from billing.lot_allocations x join billing.lots l on l.id = x.lot_id
-        join billing.transfers t on t.id = x.transfer_id
-        where l.account_id in (select id from acc) and x.amount > 0 and t.kind in ('refund_reversal', 'dispute_reversal')
-          and l.applies_to is not null and l.purchase_id is null) as reversal_took_restricted,
-      (select count(*)::int from (select x.transfer_id, x.lot_id from billing.lot_allocations x
-        join billing.lots l on l.id = x.lot_id where l.account_id in (select id from acc)
-        group by 1, 2 having count(*) > 1) d) as lot_twice_in_one_transfer,
-      (select count(*)::int from billing.accounts a where a.id in (select id from acc)
-        and a.held <> coalesce((select sum(h.amount) from billing.holds h where h.account_id = a.id and h.status = 'active'), 0))
-        as held_mismatch`;
-  assert.deepEqual({ ...r }, {
-    restricted_paid_other_model: 0,
-    reversal_took_restricted: 0,
-    lot_twice_in_one_transfer: 0,
-    held_mismatch: 0,
-  });
-}
 
 const activeDisputes = async (userId: string) => {
   const [r] = await testDb`select count(*)::int as n from billing.holds h join billing.accounts a on a.id = h.account_id
@@ -125,7 +64,7 @@ async function callsAcrossNewerDispute(id: string, token: string, m: string, p2:
 }
 
 /** What the calls' captures drew, by kind of lot. */
-const drawnBy = async (transfers: unknown[]) =>
+const drawnBy = async (transfers: string[]) =>
   (await testDb`select case when l.applies_to is not null then 'for_m' when l.purchase_id is not null then 'paid'
         else 'promo' end as from, trim_scale(sum(x.amount))::text as amount
       from billing.lot_allocations x join billing.lots l on l.id = x.lot_id where x.transfer_id = any(${transfers}::bigint[])

@@ -5,7 +5,6 @@
 import assert from 'node:assert/strict';
 import {
   api,
-  assertLedgerInvariants,
   backdateLot,
   key,
   newUser,
@@ -17,68 +16,12 @@ import {
   userToken,
 } from '../support/helpers.ts';
 import { creditPerToken } from '../support/ai.ts';
+import { chargeTokens, chat, coreInvariants, figures } from '../support/disputed.ts';
 import { grantLot } from '../support/lots.ts';
 import { buy, chargeOf, emulator } from '../support/purchases.ts';
 
 type Json = Record<string, unknown>;
 const codeOf = (r: { body: Json }) => (r.body.error as { code?: string } | undefined)?.code;
-
-/** POST /credits/usage of `credits` of a 1-credit-a-token model (creditPerToken), as the product's server reports it. */
-const chargeTokens = (token: string, model: string, credits: number) =>
-  reportUsage('/credits/usage', {
-    token,
-    headers: key(),
-    body: { model, input_tokens: credits, output_tokens: 0 },
-  });
-
-/** A gateway chat call for `model` (the stand-in steered by `directives`). */
-const chat = (
-  token: string,
-  model: string,
-  directives: string,
-  max_tokens = 40,
-  headers: Record<string, string> = key(),
-) =>
-  api('/ai/v1/chat/completions', {
-    token,
-    headers,
-    body: { model, messages: [{ role: 'user', content: `#standin ${directives}` }], max_tokens },
-  });
-
-/** The student's own account: balance, held, and what its lots hold for any model and for some. */
-async function figures(userId: string) {
-  const [r] =
-    await testDb`select a.id::text as id, trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held,
-      trim_scale(coalesce((select sum(l.remaining) from billing.lots l where l.account_id = a.id and l.open
-                           and l.applies_to is null), 0))::text as for_any,
-      trim_scale(coalesce((select sum(l.remaining) from billing.lots l where l.account_id = a.id and l.open
-                           and l.applies_to is not null), 0))::text as for_some,
-      billing.in_debt(a) as in_debt
-    from billing.accounts a where a.user_id = ${userId} and a.org_id is null`;
-  return r as { id: string; balance: string; held: string; for_any: string; for_some: string; in_debt: boolean };
-}
-
-/**
- * The core's invariants over the ledger, and over `users`' accounts: every charge drawn only from
- * lots that may pay for its model, a user hold's capture only from lots for any model, a reversal
- * only from its purchase's lots and lots for any model.
- */
-async function coreInvariants(users: string[]) {
-  await assertLedgerInvariants();
-  const [r] = await testDb`
-    with acc as (select a.id from billing.accounts a where a.user_id = any(${users}::uuid[]))
-    select
-      (select count(*)::int from billing.lot_allocations x join billing.lots l on l.id = x.lot_id
-        join billing.transfers t on t.id = x.transfer_id
-        where l.account_id in (select id from acc) and x.amount > 0 and t.kind in ('usage', 'hold_capture')
-          and not billing.lot_pays_for(l.applies_to, coalesce(t.metadata ->> 'model',
-            (select c.model from billing.rate_cards c where c.id = t.rate_card_id)))) as restricted_paid_other_model,
-      (select count(*)::int from billing.lot_allocations x join billing.lots l on l.id = x.lot_id
-        join billing.transfers t on t.id = x.transfer_id
-        where l.account_id in (select id from acc) and x.amount > 0 and t.kind in ('refund_reversal', 'dispute_reversal')
-          and l.applies_to is not null and l.purchase_id is null) as reversal_took_restricted`;
-  assert.deepEqual({ ...r }, { restricted_paid_other_model: 0, reversal_took_restricted: 0 });
-}
 
 /**
  * A student who bought 5,000 credits (paid, priority 20) and spent 4,995 of them, then got
