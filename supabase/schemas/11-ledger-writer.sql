@@ -1668,8 +1668,9 @@ revoke execute on function billing.hold_classes(p_account_id bigint, p_keys text
 -- over the lot's part of the account only. A job's or a gateway call's capture that a dispute
 -- came after may reach that dispute's cover (work under way), but only for what the lots that
 -- leave every dispute whole cannot pay: the plan runs first with every dispute counted, then, for
--- the rest, without the later ones, taking first the lots no later dispute may be paid from
--- (other work under way can leave the first pass short, and then it takes nothing).
+-- the rest, without the later ones, taking first the lots no later dispute may be paid from, and
+-- of those first the lists the fewest other holds may use (other work under way can leave the
+-- first pass short, and then it takes nothing).
 create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
   p_any boolean default false, p_except_hold uuid default null)
 returns jsonb
@@ -1705,6 +1706,7 @@ declare
   v_lot record;
   v_tier integer := 0;                            -- 1: every dispute counted; 2: those after the captured hold not
   v_cover boolean[];                              -- per group: a dispute the second pass leaves out may be paid from it
+  v_users integer[];                              -- per group: how many classes of other holds it may pay
 begin
   -- No live hold to keep payable (nearly every charge): the draw is the spending order of the
   -- lots that may pay, in one statement; the same answer the plan below gives with no holds.
@@ -1756,6 +1758,9 @@ begin
       v_payable := v_payable || v_class.payable;      -- class j's row of k flags, one after another
     end loop;
     v_reserves := (select coalesce(sum(x), 0) from unnest(v_reserved) x);
+    v_users := array(select (select count(*) from generate_subscripts(v_reserved, 1) c
+                             where v_payable[(c - 1) * cardinality(v_keys) + i])
+                     from generate_subscripts(v_keys, 1) i order by i);
     -- The parts: groups linked by a class both may pay (each group first its own part, then each
     -- class's groups joined under the lowest). What the holds lack is the sum of what each part's
     -- lack, so a take from one part changes nothing in another.
@@ -1777,7 +1782,8 @@ begin
           array_position(v_keys, coalesce(array_to_string(l.applies_to, ','), '')) as grp
         from billing.lots l where l.account_id = p_account_id and l.open) x
       where v_pays[x.grp]
-      order by v_tier = 2 and v_cover[x.grp], x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
+      order by v_tier = 2 and v_cover[x.grp], case when v_tier = 2 then v_users[x.grp] end, x.frozen, x.priority,
+        x.expires_at nulls last, x.granted_at, x.id
     loop
       exit when v_need <= 0;
       v_t := least(v_lot.remaining, v_need);

@@ -117,7 +117,9 @@ begin
         array_position(v_keys, coalesce(array_to_string(l.applies_to, ','), '')) as grp
       from billing.lots l where l.account_id = p_account_id and l.open) x
     where v_pays[x.grp]
-    order by v_tier = 2 and v_cover[x.grp], x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
+    order by v_tier = 2 and v_cover[x.grp],
+      case when v_tier = 2 then (select count(*) from unnest(v_paid_by) b where b & (1 << (x.grp - 1)) <> 0) end,
+      x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
   loop
     exit when v_need <= 0;
     v_t := least(v_lot.remaining, v_need);

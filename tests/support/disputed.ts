@@ -1,7 +1,10 @@
 // What the attacks on disputes beside credits for some models share (session34-attack*.test.ts):
 // a student's figures, usage and gateway calls as they send them, and the core's invariants.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, reportUsage, testDb } from './helpers.ts';
+import { api, assertLedgerInvariants, key, newUser, reportUsage, testDb, until, userToken } from './helpers.ts';
+import { creditPerToken } from './ai.ts';
+import { grantLot } from './lots.ts';
+import { buy, chargeOf, emulator } from './purchases.ts';
 
 /** POST /credits/usage of `credits` of a 1-credit-a-token model (creditPerToken), as the product's server reports it. */
 export const chargeTokens = (token: string, model: string, credits: number) =>
@@ -56,9 +59,61 @@ export async function coreInvariants(users: string[]) {
       (select count(*)::int from billing.lot_allocations x join billing.lots l on l.id = x.lot_id
         join billing.transfers t on t.id = x.transfer_id
         where l.account_id in (select id from acc) and x.amount > 0 and t.kind in ('refund_reversal', 'dispute_reversal')
-          and l.applies_to is not null and l.purchase_id is null) as reversal_took_restricted,
+          and l.applies_to is not null and l.purchase_id is null
+          -- a plan's dispute takes back its own plan lot whatever it pays for
+          and not exists (select 1 from billing.plan_lots pl where pl.lot_id = l.id)) as reversal_took_restricted,
       (select count(*)::int from billing.accounts a where a.id in (select id from acc)
         and a.held <> coalesce((select sum(h.amount) from billing.holds h where h.account_id = a.id and h.status = 'active'), 0))
         as held_mismatch`;
   assert.deepEqual({ ...r }, { restricted_paid_other_model: 0, reversal_took_restricted: 0, held_mismatch: 0 });
+}
+
+export const activeDisputes = async (userId: string) => {
+  const [r] = await testDb`select count(*)::int as n from billing.holds h join billing.accounts a on a.id = h.account_id
+    where a.user_id = ${userId} and h.purpose = 'dispute' and h.status = 'active'`;
+  return r.n as number;
+};
+
+export const dispute = async (session: string, outcome: 'open' | 'lost' | 'won') =>
+  await emulator(`/_emulator/charges/${await chargeOf(session)}/dispute`, { outcome });
+
+/**
+ * A student who bought two packages (P1, P2: 5,000 each, paid), spent 9,990 of them, then got
+ * 10,000 for any model (a promotion, priority 30) and `forM` for m only (priority 40). P1's
+ * dispute is open (5,000 frozen in credits for any model): the older dispute.
+ */
+export async function twoPurchases(forM: string) {
+  const m = await creditPerToken();
+  const other = await creditPerToken();
+  const id = await newUser();
+  const token = await userToken(id);
+  const p1 = await buy(token, 'mini');
+  await until('P1 paid', async () => (await figures(id))?.balance === '5000');
+  const p2 = await buy(token, 'mini');
+  await until('P2 paid', async () => (await figures(id))?.balance === '10000');
+  assert.equal((await chargeTokens(token, other, 9990)).status, 201);
+  assert.equal((await grantLot(id, '10000', 'promo_grant', { priority: 30 })).status, 201);
+  const lot = await grantLot(id, forM, 'promo_grant', { priority: 40, applies_to: [m] });
+  assert.equal(lot.status, 201, lot.text);
+  await dispute(p1.session_id, 'open');
+  await until('the older dispute held', async () => (await figures(id)).held === '5000');
+  return { m, id, token, p1: p1.session_id, p2: p2.session_id, lotForM: (lot.body.data as { lot_id: string }).lot_id };
+}
+
+/** What the calls' captures drew, by kind of lot. */
+export const drawnBy = async (transfers: string[]) =>
+  (await testDb`select case when l.applies_to is not null then 'for_m' when l.purchase_id is not null then 'paid'
+        else 'promo' end as from, trim_scale(sum(x.amount))::text as amount
+      from billing.lot_allocations x join billing.lots l on l.id = x.lot_id where x.transfer_id = any(${transfers}::bigint[])
+      group by 1 order by 1`).map((d) => ({ ...d }));
+
+/** The older dispute (on `p1`) lost, then the newer (on `p2`): the student's figures once both reversals landed. */
+export async function loseBothDisputes(userId: string, p1: string, p2: string) {
+  await dispute(p1, 'lost');
+  await until('the older dispute lost', async () => (await activeDisputes(userId)) === 1);
+  await dispute(p2, 'lost');
+  return await until('the newer dispute lost', async () => {
+    const f = await figures(userId);
+    return f.held === '0' && f;
+  });
 }
