@@ -1758,9 +1758,11 @@ begin
       v_payable := v_payable || v_class.payable;      -- class j's row of k flags, one after another
     end loop;
     v_reserves := (select coalesce(sum(x), 0) from unnest(v_reserved) x);
-    v_users := array(select (select count(*) from generate_subscripts(v_reserved, 1) c
-                             where v_payable[(c - 1) * cardinality(v_keys) + i])
-                     from generate_subscripts(v_keys, 1) i order by i);
+    if v_tier = 2 then  -- only the second tier orders by it
+      v_users := array(select (select count(*) from generate_subscripts(v_reserved, 1) c
+                               where v_payable[(c - 1) * cardinality(v_keys) + i])
+                       from generate_subscripts(v_keys, 1) i order by i);
+    end if;
     -- The parts: groups linked by a class both may pay (each group first its own part, then each
     -- class's groups joined under the lowest). What the holds lack is the sum of what each part's
     -- lack, so a take from one part changes nothing in another.

@@ -382,6 +382,16 @@ $$;
 comment on function billing.plan_grant_lots(p_grant billing.plan_grants) is 'Internal: the lots holding a plan grant''s credits (its own and its rollovers), for a refund or dispute to reach.';
 revoke execute on function billing.plan_grant_lots(p_grant billing.plan_grants) from public;
 
+create or replace function billing.plan_grant_expiry_unforgiven(p_grant billing.plan_grants, p_lots bigint[]) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select coalesce((select sum(a.amount) from billing.lot_allocations a where a.lot_id = any(p_lots) and a.kind = 'expiry'), 0)
+    - p_grant.expiry_forgiven
+$$;
+comment on function billing.plan_grant_expiry_unforgiven(p_grant billing.plan_grants, p_lots bigint[]) is 'Internal: how many of a plan grant''s credits (in p_lots, its lots) expired and were not yet forgiven by a refund or a lost dispute.';
+revoke execute on function billing.plan_grant_expiry_unforgiven(p_grant billing.plan_grants, p_lots bigint[]) from public;
+
 create or replace function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric,
   p_kind billing.transfer_kind, p_key text) returns void
 language plpgsql
@@ -405,8 +415,7 @@ begin
   -- owed (other credits, then debt).
   v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
   if v_beyond > 0 then
-    v_forgive := least(v_beyond, coalesce((select sum(a.amount) from billing.lot_allocations a
-                                           where a.lot_id = any(v_lots) and a.kind = 'expiry'), 0) - p_grant.expiry_forgiven);
+    v_forgive := least(v_beyond, billing.plan_grant_expiry_unforgiven(p_grant, v_lots));
     if v_forgive > 0 then
       update billing.plan_grants g set expiry_forgiven = g.expiry_forgiven + v_forgive where g.invoice_id = p_grant.invoice_id;
       p_amount := p_amount - v_forgive;
@@ -440,6 +449,7 @@ declare
   v_target numeric(38, 18);
   v_lots bigint[];
   v_left numeric(38, 18);
+  v_spent numeric(38, 18);
   v_total integer;
   v_tax_back integer;
 begin
@@ -475,9 +485,10 @@ begin
     update billing.plan_grants x set amount_refunded_cents = v_refunded, credits_reversed = greatest(v_target, x.credits_reversed)
     where x.invoice_id = g.invoice_id returning * into g;
   end if;
-  -- Disputes: open → what is left of the grant is frozen by a dispute hold (parking it in a hold
-  -- of one's own first frees nothing: those give way); won → released; lost → released and the
-  -- rest of the grant taken back.
+  -- Disputes: open → the grant is frozen by dispute holds as a package's purchase is
+  -- (sync_purchase_dispute: what was not reversed or expired, spent credits included, as far as
+  -- the balance goes; parking it in a hold of one's own first frees nothing: those give way);
+  -- won → released; lost → released and the rest of the grant taken back.
   if v_dispute is not null and coalesce(g.dispute_status, 'open') = 'open' then
     -- The lots after the lock: read before it, a renewal holding it would roll the credits into
     -- a lot the dispute neither freezes nor holds.
@@ -490,6 +501,13 @@ begin
         -- Covered by the grant's lots (a plan for some models), then by credits for anything only.
         perform billing.cover_dispute_hold(billing.place_dispute_hold(v_account, v_left, p_state ->> 'dispute_id',
           'dispute:' || (p_state ->> 'dispute_id')), v_lots);
+      end if;
+      -- What the grant spent, held apart: a loss takes it from credits for anything only
+      -- (take_back_plan_credits), so the grant's list must not cover it.
+      v_spent := g.credits - g.credits_reversed - v_left - billing.plan_grant_expiry_unforgiven(g, v_lots);
+      if v_spent > 0 then
+        perform billing.place_dispute_hold(v_account, v_spent, p_state ->> 'dispute_id',
+          'dispute:' || (p_state ->> 'dispute_id') || ':spent');
       end if;
     else
       perform billing.release_hold(null, h.id) from billing.holds h
@@ -513,7 +531,7 @@ begin
   return 'plan_charge_synced';
 end;
 $$;
-comment on function billing.sync_plan_charge(p_state jsonb) is 'Converges a plan invoice''s charge on Stripe: refunds take back floor(credits × refunded / paid), a dispute freezes what is left of the grant and a lost one takes the rest back, wherever the credits rolled.';
+comment on function billing.sync_plan_charge(p_state jsonb) is 'Converges a plan invoice''s charge on Stripe: refunds take back floor(credits × refunded / paid), a dispute freezes the grant not yet reversed or expired (what is left of it, then what it spent, as far as the balance goes) and a lost one takes the rest back, wherever the credits rolled.';
 revoke execute on function billing.sync_plan_charge(p_state jsonb) from public;
 grant execute on function billing.sync_plan_charge(p_state jsonb) to service_role;
 

@@ -375,12 +375,14 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  v_owed record;
+  w record;
+  v_owed numeric;                                 -- what the user owes in all
   v_token text;
   v_detail text;
 begin
-  -- Almost no one owes: the common case returns before the block below, whose exception handler
-  -- would open a subtransaction on every call.
+  -- Almost no one owes: the common case returns on the two partial indexes (ai_calls_owed,
+  -- jobs_owed), before the lock and the block below, whose exception handler would open a
+  -- subtransaction on every call.
   if not exists (select 1 from billing.ai_calls c where c.user_id = p_user and c.unbilled is not null
                  and c.owed_transfer_id is null)
      and not exists (select 1 from billing.jobs j where j.user_id = p_user and j.unbilled is not null
@@ -389,28 +391,30 @@ begin
   end if;
   begin
     perform 1 from billing.accounts a where a.user_id = p_user for update;
-    for v_owed in
-      select o.* from (
-        select c.id, c.model, c.unbilled, h.account_id, a.org_id, c.created_at, false as job
-        from billing.ai_calls c join billing.holds h on h.id = c.hold_id join billing.accounts a on a.id = h.account_id
-        where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
-        union all
-        select j.id, h.metadata ->> 'model', j.unbilled, h.account_id, a.org_id, j.created_at, true
-        from billing.jobs j join billing.holds h on h.id = j.hold_id join billing.accounts a on a.id = h.account_id
-        where j.user_id = p_user and j.unbilled is not null and j.owed_transfer_id is null) o
-      order by o.account_id, o.created_at
+    -- What is owed, read once under the lock: each row carries the whole, for the refusal.
+    for w in
+      select o.id, coalesce(o.model, h.metadata ->> 'model') as model, o.unbilled, h.account_id, a.org_id, o.job,
+        sum(o.unbilled) over () as owed
+      from (select c.id, c.model, c.unbilled, c.hold_id, c.created_at, false as job from billing.ai_calls c
+            where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
+            union all
+            select j.id, null, j.unbilled, j.hold_id, j.created_at, true from billing.jobs j
+            where j.user_id = p_user and j.unbilled is not null and j.owed_transfer_id is null) o
+      join billing.holds h on h.id = o.hold_id join billing.accounts a on a.id = h.account_id
+      order by h.account_id, o.created_at
     loop
-      if v_owed.org_id is not null and not exists (select 1 from billing.org_members m
-          where m.org_id = v_owed.org_id and m.user_id = p_user and m.active) then
+      v_owed := w.owed;
+      if w.org_id is not null and not exists (select 1 from billing.org_members m
+          where m.org_id = w.org_id and m.user_id = p_user and m.active) then
         -- A school the student has left: what its account owes is its own, tried, never hers
         -- to be refused for (the alert stays open for an operator).
         begin
-          perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id, v_owed.job);
+          perform billing.pay_owed_call(p_user, w.id, w.model, w.unbilled, w.account_id, w.job);
         exception when sqlstate 'P0001' then
           null;
         end;
       else
-        perform billing.pay_owed_call(p_user, v_owed.id, v_owed.model, v_owed.unbilled, v_owed.account_id, v_owed.job);
+        perform billing.pay_owed_call(p_user, w.id, w.model, w.unbilled, w.account_id, w.job);
       end if;
     end loop;
   exception when sqlstate 'P0001' then
@@ -418,12 +422,7 @@ begin
     get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
     raise exception using errcode = 'P0001', message = v_token,
       detail = (coalesce(nullif(v_detail, '')::jsonb, '{}'::jsonb) - 'available' || jsonb_build_object('reason', 'unbilled_usage',
-        'owed', (select trim_scale(sum(o.unbilled))::text from (
-                   select c.unbilled from billing.ai_calls c
-                   where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
-                   union all
-                   select j.unbilled from billing.jobs j
-                   where j.user_id = p_user and j.unbilled is not null and j.owed_transfer_id is null) o)))::text;
+        'owed', trim_scale(v_owed)::text))::text;
   end;
 end;
 $$;

@@ -48,7 +48,7 @@ const usageOf = (token: string, model: string, input_tokens: number, k = crypto.
 
 /**
  * Credits for some models that paid for what they may not: a charge for another model (or none),
- * or a refund's / dispute's reversal of a purchase they are not part of.
+ * or a refund's / dispute's reversal of a purchase (or plan) they are not part of.
  */
 async function restrictedMisuse(): Promise<Json[]> {
   return [
@@ -60,7 +60,10 @@ async function restrictedMisuse(): Promise<Json[]> {
       (x.kind in ('usage', 'hold_capture')
         and not coalesce(billing.lot_pays_for(l.applies_to, t.metadata ->> 'model'), false))
       or (x.kind in ('refund_reversal', 'dispute_reversal')
-        and not exists (select 1 from billing.purchases p where p.id = l.purchase_id and p.stripe_charge_id = t.reference)))`,
+        and not exists (select 1 from billing.purchases p where p.id = l.purchase_id and p.stripe_charge_id = t.reference)
+        -- a plan's refund or dispute takes back its own plan lots whatever they pay for
+        and not exists (select 1 from billing.plan_lots pl join billing.plan_grants g on g.subscription_id = pl.subscription_id
+                        where pl.lot_id = l.id and g.stripe_charge_id = t.reference)))`,
   ];
 }
 

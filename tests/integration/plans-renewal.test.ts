@@ -62,9 +62,10 @@ Deno.test('a dispute opened while the renewal holds the account freezes what rol
   });
   await queuedBehindRenewal(s.id, late.events, dispute.events);
   await assertLedgerInvariants();
-  // As when the dispute comes after the renewal: the 2,000 rolled over are frozen under its hold.
+  // As when the dispute comes after the renewal: the 2,000 rolled over are frozen under its hold,
+  // and the 6,000 the grant spent are held as a package's would be (2,000 expired are not).
   assert.equal((await balanceOf(s.token)).balance, '12000', JSON.stringify(await planLots(s.id)));
-  assert.equal(await disputeHeld(s.id), '2000', JSON.stringify(await planLots(s.id)));
+  assert.equal(await disputeHeld(s.id), '8000', JSON.stringify(await planLots(s.id)));
   const [{ frozen }] = await testDb`select bool_and(l.frozen) as frozen from billing.lots l
     join billing.accounts a on a.id = l.account_id where a.user_id = ${s.id} and l.moved_from is not null`;
   assert.equal(frozen, true, 'the rolled-over lot is frozen with its grant');
@@ -193,7 +194,7 @@ Deno.test('a dispute after the renewal freezes what rolled over too; parked in a
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
   const [{ held }] = await testDb`select trim_scale(coalesce(sum(h.amount), 0))::text as held from billing.holds h
     join billing.accounts a on a.id = h.account_id where a.user_id = ${s.id} and h.purpose = 'dispute' and h.status = 'active'`;
-  assert.equal(held, '2000', 'the rolled-over 2,000 are under the dispute hold');
+  assert.equal(held, '8000', 'the rolled-over 2,000 and the 6,000 spent are under the dispute hold');
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
   // 10,000 taken back: the 2,000 rolled over, 2,000 expired (forgiven), 6,000 spent (owed).
   assert.equal((await balanceOf(s.token)).balance, '4000');
