@@ -54,6 +54,9 @@ create index jobs_expiry on billing.jobs (expires_at);
 
 create index jobs_owed on billing.jobs (user_id) where unbilled is not null and owed_transfer_id is null;
 
+-- Jobs cancelled while a worker ran them, waiting for its report (billing.expire_jobs).
+create index jobs_cancelled_running on billing.jobs (locked_until) where status = 'cancelled' and locked_until is not null;
+
 -- A client's temporary id names one job per user (optimistic UIs retry with it).
 create unique index jobs_client_temp_id on billing.jobs (user_id, client_temp_id) where client_temp_id is not null;
 
@@ -213,8 +216,11 @@ comment on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_s
 revoke execute on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer) from public;
 grant execute on function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer) to service_role;
 
--- The worker still holds the lease and the job is still running; otherwise it must stop.
-create or replace function billing.lock_leased_job(p_job uuid, p_worker text) returns billing.jobs
+-- The worker still holds the lease and the job is still running; otherwise it must stop. With
+-- p_cancelled, a job cancelled while this worker ran it is returned too (its hold waits for what
+-- the worker reports: billing.cancel_job, billing.complete_job).
+create or replace function billing.lock_leased_job(p_job uuid, p_worker text, p_cancelled boolean default false)
+returns billing.jobs
 language plpgsql
 set search_path = ''
 as $$
@@ -225,6 +231,9 @@ begin
   if not found then
     perform billing.raise_error('JOB_NOT_FOUND', jsonb_build_object('job_id', p_job));
   end if;
+  if v_job.status = 'cancelled' and p_cancelled and v_job.locked_by = p_worker then
+    return v_job;
+  end if;
   if v_job.status = 'cancelled' then
     perform billing.raise_error('JOB_CANCELLED', jsonb_build_object('job_id', p_job));
   end if;
@@ -234,8 +243,8 @@ begin
   return v_job;
 end;
 $$;
-comment on function billing.lock_leased_job(p_job uuid, p_worker text) is 'Internal: locks a job the worker still leases and that is still running; JOB_NOT_FOUND, JOB_CANCELLED or LEASE_LOST otherwise.';
-revoke execute on function billing.lock_leased_job(p_job uuid, p_worker text) from public;
+comment on function billing.lock_leased_job(p_job uuid, p_worker text, p_cancelled boolean) is 'Internal: locks a job the worker still leases and that is still running (or, with p_cancelled, was cancelled while it ran); JOB_NOT_FOUND, JOB_CANCELLED or LEASE_LOST otherwise.';
+revoke execute on function billing.lock_leased_job(p_job uuid, p_worker text, p_cancelled boolean) from public;
 
 create or replace function billing.checkpoint_job(
   p_job uuid,
@@ -299,7 +308,7 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);
+  v_job billing.jobs := billing.lock_leased_job(p_job, p_worker, true);
   v_price record;
   v_amount numeric(38, 18) := 0;
   v_card bigint;
@@ -330,6 +339,12 @@ begin
         jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model', 'unbilled', trim_scale(v_unbilled)::text));
     end if;
   end if;
+  if v_job.status = 'cancelled' then
+    -- Cancelled while it ran: the work it reports is charged, its result is not kept.
+    update billing.jobs j set locked_by = null, locked_until = null, unbilled = v_unbilled
+    where j.id = p_job returning * into v_job;
+    return v_job;
+  end if;
   update billing.jobs j
   set status = 'completed', progress = 100, result = p_result, completed_at = now(), locked_by = null, locked_until = null,
       error = null, unbilled = v_unbilled
@@ -337,7 +352,7 @@ begin
   return v_job;
 end;
 $$;
-comment on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) is 'Completes a job; a metered one captures its priced usage from the hold (any excess from the available balance, never into debt) and releases the rest, in the same transaction.';
+comment on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) is 'Completes a job (or ends one cancelled while this worker ran it, its result dropped); a metered one captures its priced usage from the hold (any excess from the available balance, never into debt) and releases the rest, in the same transaction.';
 revoke execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) from public;
 grant execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) to service_role;
 
@@ -347,8 +362,14 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_job billing.jobs := billing.lock_leased_job(p_job, p_worker);
+  v_job billing.jobs := billing.lock_leased_job(p_job, p_worker, true);
 begin
+  if v_job.status = 'cancelled' then
+    -- Cancelled while it ran, and it failed: nothing to charge, its hold freed.
+    perform billing.release_job_hold(v_job);
+    update billing.jobs j set locked_by = null, locked_until = null where j.id = p_job returning * into v_job;
+    return v_job;
+  end if;
   if p_retryable and v_job.attempts < v_job.max_attempts then
     -- Stays processing without a lease; claimable again after a backoff of 2, 4, 8 … s.
     update billing.jobs j set locked_by = null, locked_until = null, error = p_error,
@@ -381,14 +402,22 @@ begin
   if v_job.status in ('completed', 'failed', 'cancelled') then
     perform billing.raise_error('JOB_FINISHED', jsonb_build_object('job_id', p_job, 'status', v_job.status));
   end if;
-  -- A running handler finds out at its next checkpoint (JOB_CANCELLED) and stops.
-  perform billing.release_job_hold(v_job);
-  update billing.jobs j set status = 'cancelled', completed_at = now(), locked_by = null, locked_until = null
+  -- A running handler finds out at its next checkpoint (JOB_CANCELLED) and stops. While a worker
+  -- holds its lease, a metered job's hold stays for it: what the provider already answers is
+  -- billed to the platform, so the worker's report charges it and frees the rest
+  -- (billing.complete_job); a worker that never reports frees it when its lease ends
+  -- (billing.expire_jobs). Otherwise the hold is released now.
+  if not (v_job.status = 'processing' and v_job.hold_id is not null and v_job.locked_until > now()) then
+    perform billing.release_job_hold(v_job);
+    v_job.locked_by := null;
+  end if;
+  update billing.jobs j set status = 'cancelled', completed_at = now(), locked_by = v_job.locked_by,
+    locked_until = case when v_job.locked_by is not null then j.locked_until end
   where j.id = p_job returning * into v_job;
   return v_job;
 end;
 $$;
-comment on function billing.cancel_job(p_user uuid, p_job uuid) is 'Cancels a queued or running job and releases its hold at once.';
+comment on function billing.cancel_job(p_user uuid, p_job uuid) is 'Cancels a queued or running job: its hold is released at once, or, while a worker runs it, once the worker reports what it used (charged) or its lease ends.';
 revoke execute on function billing.cancel_job(p_user uuid, p_job uuid) from public;
 grant execute on function billing.cancel_job(p_user uuid, p_job uuid) to service_role;
 
@@ -401,6 +430,14 @@ declare
   v_job billing.jobs;
   v_count integer := 0;
 begin
+  -- A job cancelled while it ran whose worker never reported, its lease over: its hold is freed.
+  for v_job in
+    select * from billing.jobs j where j.status = 'cancelled' and j.locked_until < now()
+    order by j.locked_until limit p_limit for update skip locked
+  loop
+    perform billing.release_job_hold(v_job);
+    update billing.jobs j set locked_by = null, locked_until = null where j.id = v_job.id;
+  end loop;
   for v_job in
     -- A job whose rest is still owed stays until it is paid (billing.pay_ai_owed reads it).
     select * from billing.jobs j where j.expires_at <= now() and (j.unbilled is null or j.owed_transfer_id is not null)
@@ -415,7 +452,7 @@ begin
   return v_count;
 end;
 $$;
-comment on function billing.expire_jobs(p_limit integer) is 'pg_cron: deletes jobs past expires_at (with their results), releasing any hold still open.';
+comment on function billing.expire_jobs(p_limit integer) is 'pg_cron: frees the holds of jobs cancelled while they ran whose worker never reported, and deletes jobs past expires_at (with their results), releasing any hold still open.';
 revoke execute on function billing.expire_jobs(p_limit integer) from public;
 grant execute on function billing.expire_jobs(p_limit integer) to service_role;
 

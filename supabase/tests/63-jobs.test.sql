@@ -1,6 +1,6 @@
 -- Jobs: the status machine, leases, metered holds across complete/fail/cancel.
 begin;
-select plan(22);
+select plan(26);
 \ir helpers.psql
 
 insert into auth.users (id) values ('cccccccc-0000-4000-8000-000000000003');
@@ -66,6 +66,22 @@ select is((billing.complete_job((select id from m), 'w1', '{"ok": true}',
   'completed with nothing to charge, it records all it cost (50) as unbilled');
 select is((select al.details ->> 'job_id' from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open'),
   (select id::text from m), 'and the alert names it, though no transfer was written');
+
+-- Cancelled while a worker runs it: the hold waits for the worker's report; a worker that never
+-- reports frees it when its lease has ended (the five-minute sweep).
+select billing.grant_credits('cccccccc-0000-4000-8000-000000000003', 10, 'promo_grant', 'jobs-test-grant-4');
+create temp table c as select * from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion', '{}', 'jobs-test-4', null, 3);
+update billing.jobs set status = 'processing', locked_by = 'w1', locked_until = now() + interval '30 seconds', attempts = 1
+  where id = (select id from c);
+select is((billing.cancel_job('cccccccc-0000-4000-8000-000000000003', (select id from c))).status, 'cancelled', 'cancelled while it runs');
+select is((select h.status from billing.holds h where h.id = (select hold_id from c)), 'active',
+  'its hold waits for what the worker reports (the provider may be answering)');
+select billing.expire_jobs(500);
+select is((select h.status from billing.holds h where h.id = (select hold_id from c)), 'active', 'the sweep leaves it while the lease runs');
+update billing.jobs set locked_until = now() - interval '1 second' where id = (select id from c);
+select billing.expire_jobs(500);
+select is((select h.status from billing.holds h where h.id = (select hold_id from c)), 'released',
+  'a worker that never reported: the hold is freed once its lease ended');
 
 select * from finish();
 rollback;

@@ -15,6 +15,7 @@ import {
   until,
 } from '../support/helpers.ts';
 import { balanceOf } from '../support/purchases.ts';
+import { priceOf, standinCall } from '../support/ai.ts';
 import { encodeCursor } from '../../supabase/functions/_shared/values/page.ts';
 
 type Json = Record<string, unknown>;
@@ -220,6 +221,45 @@ Deno.test('cancelling a running job stops it at its next checkpoint; nothing is 
       held: '0',
       available: '10',
     });
+  } finally {
+    await gw.kill();
+  }
+  await assertLedgerInvariants();
+});
+
+// The provider bills an answer it was asked for whether or not the student still wants it: a
+// cancel while it answers leaves the job's hold to its worker, which charges what the provider
+// reported and frees the rest (the result is not kept).
+Deno.test('cancelling an ai_completion while the provider answers charges what the provider billed, and frees the rest', async () => {
+  const s = await student('10');
+  const tag = crypto.randomUUID().replaceAll('-', '');
+  const gw = spawnGateway({ AI_PROVIDER: 'openai' }); // to the stand-in provider (AI_API_BASE)
+  try {
+    await gw.ready();
+    const input = { model: 'gpt-4o', prompt: `#standin words=30 first_byte_delay=1500 tag=${tag}`, max_tokens: 100 };
+    const job = (await createJob(s.token, { type: 'ai_completion', input }, gw.url)).body.data as { job_id: string };
+    // Its checkpoint before the call is saved: the provider is being asked (1.5 s before it answers).
+    await until('the provider asked', async () => {
+      const [j] = await testDb`select status, progress from billing.jobs where id = ${job.job_id}`;
+      return j?.status === 'processing' && j.progress >= 5;
+    });
+    const r = await fetch(`${gw.url}/jobs/${job.job_id}`, {
+      method: 'DELETE',
+      headers: { authorization: `Bearer ${s.token}` },
+    });
+    assert.equal((await r.json()).data.status, 'cancelled');
+    const answered = await until('the provider answered', async () => {
+      const c = await standinCall(tag);
+      return c.status === 'done' && c;
+    });
+    const price = await priceOf('gpt-4o', answered.usage!);
+    assert.notEqual(price, '0');
+    await until('the job settled', async () => (await balanceOf(s.token)).held === '0');
+    const final = data(await getJob(s.token, job.job_id, gw.url));
+    assert.equal(final.status, 'cancelled');
+    assert.equal(final.result, undefined);
+    const [{ left }] = await testDb`select trim_scale(10 - ${price}::numeric)::text as left`;
+    assert.deepEqual(await balanceOf(s.token), { balance: left, held: '0', available: left });
   } finally {
     await gw.kill();
   }

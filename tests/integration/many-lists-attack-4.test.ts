@@ -214,6 +214,8 @@ Deno.test('six jobs on 12 lists (each list for its own model and a shared one) r
       ...Array.from({ length: 70 }, () => charge(token, shared, 5)),
     ]);
     for (const c of wave.slice(0, 2)) assert.equal(c.status, 200, JSON.stringify(c.body));
+    // A cancelled job's hold waits for its worker's report, at its next checkpoint (billing.cancel_job).
+    await until('the cancelled jobs stopped', async () => (await state(acct)).held === '120', 20_000);
     const drain = await Promise.all(Array.from({ length: 20 }, () => charge(token, shared, 5)));
     const rs = [...wave.slice(2), ...drain] as unknown as { status: number; text: string }[];
     for (const r of rs) assert.ok(r.status === 201 || r.status === 402, r.text);

@@ -58,15 +58,22 @@ async function runSlice(job: JobRow, workerId: string, leaseSeconds: number): Pr
     // The provider billed the work: a transient failure of the capture is tried again, not turned
     // into a retry of the whole job (the provider asked, and billed, twice). A try that committed
     // before its connection broke is answered LEASE_LOST by the next: stopped, charged once.
-    await retryingTransient(() =>
-      sql`select billing.complete_job(${job.id}, ${workerId}, ${jsonb(outcome.result)},
-        ${outcome.usage ? jsonb(outcome.usage) : null})`
+    const [done] = await retryingTransient(() =>
+      sql<{ status: string }[]>`select j.status from billing.complete_job(${job.id}, ${workerId}, ${
+        jsonb(outcome.result)
+      },
+        ${outcome.usage ? jsonb(outcome.usage) : null}) j`
     );
-    log.info('job completed', fields);
+    log.info(done.status === 'cancelled' ? 'job cancelled while it ran: its work charged' : 'job completed', fields);
   } catch (err) {
     const code = err instanceof Stop ? err.message : fromDbError(err).code;
     if (stopCodes.has(code)) {
       log.info('job stopped', { ...fields, reason: code });
+      // Cancelled while this worker ran it: its hold waited for this report (nothing to charge).
+      if (code === 'JOB_CANCELLED') {
+        await sql`select billing.fail_job(${job.id}, ${workerId}, null, false)`
+          .catch((e) => log.info('job hold left to its lease', { ...fields, ...errorSummary(e) }));
+      }
       return;
     }
     const retryable = err instanceof ProviderUnavailable || (err instanceof AppError && err.retryable) ||

@@ -56,8 +56,9 @@ async function openAiCompatible(
   }
   if (res.status >= 500 || res.status === 429) throw new ProviderUnavailable(`the AI provider answered ${res.status}`);
   if (!res.ok) throw new Error(`the AI provider refused the request (${res.status})`);
+  // No progress call after the answer: it is billed to us now, and a cancel seen there would drop
+  // what the job must charge (billing.complete_job charges a job cancelled while it ran).
   const body = await res.json();
-  await req.onProgress(1);
   return {
     text: String(body.choices?.[0]?.message?.content ?? ''),
     usage: disjointUsage(body.usage),
