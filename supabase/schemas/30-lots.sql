@@ -120,6 +120,31 @@ grant select on table billing.credit_expiry_policy to service_role;
 
 -- ============================================================ functions
 
+-- A lot and every lot its credits were moved into since (a plan's rollovers, period after period;
+-- an allowance's moves), for a refund or dispute of what granted it to reach them all.
+create or replace function billing.lot_lineage(p_lot_id bigint) returns bigint[]
+language sql stable
+set search_path = ''
+as $$
+  with recursive x as (
+    select l.id from billing.lots l where l.id = p_lot_id
+    union all
+    select l.id from billing.lots l join x on l.moved_from = x.id
+  )
+  select coalesce(array_agg(x.id order by x.id), '{}') from x
+$$;
+comment on function billing.lot_lineage(p_lot_id bigint) is 'Internal: a lot and every lot its credits were moved into since (rollovers, moves), in id order.';
+revoke execute on function billing.lot_lineage(p_lot_id bigint) from public;
+
+create or replace function billing.lots_expired(p_lots bigint[]) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(sum(a.amount), 0) from billing.lot_allocations a where a.lot_id = any(p_lots) and a.kind = 'expiry'
+$$;
+comment on function billing.lots_expired(p_lots bigint[]) is 'Internal: how many credits of these lots expired (net of what came back).';
+revoke execute on function billing.lots_expired(p_lots bigint[]) from public;
+
 create or replace function billing.expire_lots(p_limit integer default 500)
 returns integer
 language plpgsql

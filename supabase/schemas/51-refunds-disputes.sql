@@ -239,7 +239,7 @@ $$;
 comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to; of the rest, what expired is forgiven (recorded on the purchase), what was spent comes from the buyer''s other credits for any model (never credits for some models only) or is debt.';
 revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
 
-create or replace function billing.refreeze_disputes(p_account_id bigint)
+create or replace function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text default null)
 returns void
 language plpgsql
 set search_path = ''
@@ -250,36 +250,59 @@ declare
   v_room numeric(38, 18);
   v_grow numeric(38, 18);
   v_short numeric(38, 18);
-  v_key text;
   v_hold uuid;
 begin
-  -- The caller holds the account lock (after another dispute closed here). A buyer's dispute
-  -- hold covers what is left of its purchase, spent credits included, so it may have held the
-  -- lots of a purchase disputed after it, which then held less than its own. Every dispute
-  -- still open here gets what it would hold if it opened now: as the buyer, what is left of the
-  -- purchase beyond its lots elsewhere and what expired of it; elsewhere, its lots here. Older
-  -- purchases first, as far as the balance not already frozen goes.
+  -- The caller holds the account lock (after another dispute closed here, or as a plan's dispute
+  -- opens: p_dispute_id, that one only). A buyer's dispute hold covers what is left of its
+  -- purchase, spent credits included, so it may have held the lots of a purchase disputed after
+  -- it, which then held less than its own. Every dispute still open here gets what it would hold
+  -- if it opened now: as the buyer, what is left of the purchase beyond its lots elsewhere and
+  -- what expired of it; elsewhere, its lots here. A plan invoice's dispute (its subscriber's own
+  -- account; plans sit above this file, so its grant is read here as rows) holds in two parts:
+  -- what is left in the grant's lots (covered by their lists), then what the grant spent (only
+  -- credits for anything may pay it: billing.take_back_plan_credits). Older payments first, as
+  -- far as the balance not already frozen goes.
   select * into v_account from billing.accounts a where a.id = p_account_id;
   for d in
-    select p.id, p.dispute_id, x.buyer,
-      case when x.buyer
-        then (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
-             - coalesce((select sum(l.remaining) from billing.lots l
-                         where l.purchase_id = p.id and l.open and l.account_id <> p_account_id), 0)
-             - billing.purchase_expiry_unforgiven(p.id, null)
-        else coalesce((select sum(l.remaining) from billing.lots l
-                       where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
-      end - coalesce((select sum(h.amount) from billing.holds h
-                      where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute'
-                        and h.correlation_id = p.dispute_id), 0) as missing
-    from billing.purchases p
-    cross join lateral (select coalesce((p.org_id is null and p.user_id = v_account.user_id)
-                                        or (p.org_id = v_account.org_id and v_account.member_id is null), false) as buyer) x
-    where p.dispute_status = 'open'
-      and (p.id in (select l.purchase_id from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
-           or (p.org_id is null and p.user_id = v_account.user_id)
-           or (p.org_id = v_account.org_id and v_account.member_id is null))
-    order by p.paid_at, p.id
+    select x.dispute_id, x.purchase_id, x.key, x.covers,
+      x.target - coalesce((select sum(h.amount) from billing.holds h
+                           where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute'
+                             and h.correlation_id = x.dispute_id
+                             and (x.spent is null or (right(h.idempotency_key, 6) = ':spent') = x.spent)), 0) as missing
+    from (
+      select p.dispute_id, case when b.buyer then p.id end as purchase_id, null::boolean as spent,
+        'dispute:' || p.dispute_id || case when b.buyer then '' else ':' || p_account_id end as key,
+        billing.purchase_lots(p.id, null) as covers, p.paid_at as since, p.id::text as tie,
+        case when b.buyer
+          then (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
+               - coalesce((select sum(l.remaining) from billing.lots l
+                           where l.purchase_id = p.id and l.open and l.account_id <> p_account_id), 0)
+               - billing.purchase_expiry_unforgiven(p.id, null)
+          else coalesce((select sum(l.remaining) from billing.lots l
+                         where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
+        end as target
+      from billing.purchases p
+      cross join lateral (select coalesce((p.org_id is null and p.user_id = v_account.user_id)
+                                          or (p.org_id = v_account.org_id and v_account.member_id is null), false) as buyer) b
+      where p.dispute_status = 'open' and (p_dispute_id is null or p.dispute_id = p_dispute_id)
+        and (p.id in (select l.purchase_id from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
+             or (p.org_id is null and p.user_id = v_account.user_id)
+             or (p.org_id = v_account.org_id and v_account.member_id is null))
+      union all
+      select g.dispute_id, null, k.spent, 'dispute:' || g.dispute_id || case when k.spent then ':spent' else '' end,
+        case when not k.spent then ll.lots end, g.granted_at, g.invoice_id,
+        case when k.spent then g.credits - g.credits_reversed - (billing.lots_expired(ll.lots) - g.expiry_forgiven) - ll.left
+             else ll.left end
+      from billing.plan_grants g
+      join billing.subscriptions s on s.id = g.subscription_id
+      cross join lateral (select y.lots, coalesce((select sum(l.remaining) from billing.lots l
+                                                   where l.id = any(y.lots) and l.open), 0) as left
+                          from (select billing.lot_lineage(g.lot_id) as lots) y) ll
+      cross join (values (false), (true)) k(spent)
+      where g.dispute_status = 'open' and (p_dispute_id is null or g.dispute_id = p_dispute_id)
+        and s.user_id = v_account.user_id and v_account.org_id is null
+    ) x
+    order by x.since, x.tie, x.spent nulls first
   loop
     continue when d.missing <= 0;
     select * into v_account from billing.accounts a where a.id = p_account_id;
@@ -292,24 +315,20 @@ begin
     if v_short > 0 then
       perform billing.shrink_holds(p_account_id, v_short, array['user'], jsonb_build_object('given_to_dispute', d.dispute_id));
     end if;
-    -- Keyed as sync_purchase keys a dispute's holds: the buyer's, or one per account elsewhere.
-    v_key := 'dispute:' || d.dispute_id || case when d.buyer then '' else ':' || p_account_id end;
-    select h.id into v_hold from billing.holds h where h.idempotency_key = v_key and h.status = 'active';
+    select h.id into v_hold from billing.holds h where h.idempotency_key = d.key and h.status = 'active';
     if found then
       perform billing.post_transfers('{}', array[('resize', v_hold, v_grow, null, null, null, null, null, null, null, null,
         null, null)::billing.hold_step]);
     else
-      v_hold := (billing.place_hold(p_account_id, v_grow, v_key, 'infinity', 'dispute', d.dispute_id)).id;
-      perform billing.cover_dispute_hold(v_hold, billing.purchase_lots(d.id, null));
-      if d.buyer then
-        update billing.purchases x set dispute_hold_id = v_hold where x.id = d.id and x.dispute_hold_id is null;
-      end if;
+      v_hold := (billing.place_hold(p_account_id, v_grow, d.key, 'infinity', 'dispute', d.dispute_id)).id;
+      perform billing.cover_dispute_hold(v_hold, d.covers) where d.covers is not null;
+      update billing.purchases x set dispute_hold_id = v_hold where x.id = d.purchase_id and x.dispute_hold_id is null;
     end if;
   end loop;
 end;
 $$;
-comment on function billing.refreeze_disputes(p_account_id bigint) is 'Internal: after a dispute closed in an account, tops up the holds of the disputes still open there to what each would hold if it opened now (older purchases first; the student''s own holds give way).';
-revoke execute on function billing.refreeze_disputes(p_account_id bigint) from public;
+comment on function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text) is 'Internal: tops up the holds of the disputes open in an account (or only p_dispute_id''s) to what each would hold if it opened now: a purchase''s, or a plan invoice''s in two parts (its lots, then what it spent); older payments first; the student''s own holds give way.';
+revoke execute on function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text) from public;
 
 create or replace function billing.stop_off_session_charges(p_user uuid, p_dispute_id text)
 returns void

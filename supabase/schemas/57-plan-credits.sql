@@ -144,7 +144,7 @@ begin
     -- dispute (it took the rest); a refund or a won dispute before the sweep leaves the rest to roll.
     if v_left > 0 and not l.open and l.expired > 0 and not exists (select 1 from billing.plan_grants g
         where g.subscription_id = p_sub.id and (g.expiry_forgiven > 0 or g.dispute_status = 'lost')
-          and l.id = any(billing.plan_grant_lots(g))) then
+          and l.id = any(billing.lot_lineage(g.lot_id))) then
       -- The sweep was first: the share that rolls comes back from breakage into the lot it
       -- expired from (a negative expiry allocation, as a void gives back: breakage revenue and
       -- deferred revenue stay exact), then moves on like the rest.
@@ -367,31 +367,6 @@ $$;
 comment on function billing.grant_plan_invoice(p_sub billing.subscriptions, p_invoice jsonb) is 'Internal: grants a paid plan invoice''s credits once (the plan''s allowance for its period, less what the period already got), rolling the previous period over at a renewal.';
 revoke execute on function billing.grant_plan_invoice(p_sub billing.subscriptions, p_invoice jsonb) from public;
 
-create or replace function billing.plan_grant_lots(p_grant billing.plan_grants) returns bigint[]
-language sql stable
-set search_path = ''
-as $$
-  -- The grant's lot and every lot its credits rolled into, period after period.
-  with recursive x as (
-    select l.id from billing.lots l where l.id = p_grant.lot_id
-    union all
-    select l.id from billing.lots l join x on l.moved_from = x.id
-  )
-  select coalesce(array_agg(x.id order by x.id), '{}') from x
-$$;
-comment on function billing.plan_grant_lots(p_grant billing.plan_grants) is 'Internal: the lots holding a plan grant''s credits (its own and its rollovers), for a refund or dispute to reach.';
-revoke execute on function billing.plan_grant_lots(p_grant billing.plan_grants) from public;
-
-create or replace function billing.plan_grant_expiry_unforgiven(p_grant billing.plan_grants, p_lots bigint[]) returns numeric
-language sql stable
-set search_path = ''
-as $$
-  select coalesce((select sum(a.amount) from billing.lot_allocations a where a.lot_id = any(p_lots) and a.kind = 'expiry'), 0)
-    - p_grant.expiry_forgiven
-$$;
-comment on function billing.plan_grant_expiry_unforgiven(p_grant billing.plan_grants, p_lots bigint[]) is 'Internal: how many of a plan grant''s credits (in p_lots, its lots) expired and were not yet forgiven by a refund or a lost dispute.';
-revoke execute on function billing.plan_grant_expiry_unforgiven(p_grant billing.plan_grants, p_lots bigint[]) from public;
-
 create or replace function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric,
   p_kind billing.transfer_kind, p_key text) returns void
 language plpgsql
@@ -409,13 +384,13 @@ begin
   end if;
   select a.balance into v_before from billing.accounts a where a.id = v_account for update;
   -- The lots after the lock: a renewal that held it may have rolled the grant into a new one.
-  v_lots := billing.plan_grant_lots(p_grant);
+  v_lots := billing.lot_lineage(p_grant.lot_id);
   -- As for a package (take_back_purchase): the grant's own lots first, rollovers included; of
   -- what they lack, what expired is forgiven (it left as breakage already), what was spent is
   -- owed (other credits, then debt).
   v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
   if v_beyond > 0 then
-    v_forgive := least(v_beyond, billing.plan_grant_expiry_unforgiven(p_grant, v_lots));
+    v_forgive := least(v_beyond, billing.lots_expired(v_lots) - p_grant.expiry_forgiven);
     if v_forgive > 0 then
       update billing.plan_grants g set expiry_forgiven = g.expiry_forgiven + v_forgive where g.invoice_id = p_grant.invoice_id;
       p_amount := p_amount - v_forgive;
@@ -448,8 +423,6 @@ declare
     when p_state ->> 'dispute_id' is not null then 'open' end;
   v_target numeric(38, 18);
   v_lots bigint[];
-  v_left numeric(38, 18);
-  v_spent numeric(38, 18);
   v_total integer;
   v_tax_back integer;
 begin
@@ -485,30 +458,20 @@ begin
     update billing.plan_grants x set amount_refunded_cents = v_refunded, credits_reversed = greatest(v_target, x.credits_reversed)
     where x.invoice_id = g.invoice_id returning * into g;
   end if;
-  -- Disputes: open → the grant is frozen by dispute holds as a package's purchase is
-  -- (sync_purchase_dispute: what was not reversed or expired, spent credits included, as far as
-  -- the balance goes; parking it in a hold of one's own first frees nothing: those give way);
-  -- won → released; lost → released and the rest of the grant taken back.
+  -- Disputes: open → the grant is frozen by dispute holds as a package's purchase is (what was
+  -- not reversed or expired, spent credits included, as far as the balance goes:
+  -- billing.refreeze_disputes; parking it in a hold of one's own first frees nothing: those give
+  -- way); won → released; lost → released and the rest of the grant taken back. Either close
+  -- may free balance another dispute open here was short of (it then holds it).
   if v_dispute is not null and coalesce(g.dispute_status, 'open') = 'open' then
     -- The lots after the lock: read before it, a renewal holding it would roll the credits into
     -- a lot the dispute neither freezes nor holds.
     perform 1 from billing.accounts a where a.id = v_account for update;
-    v_lots := billing.plan_grant_lots(g);
+    v_lots := billing.lot_lineage(g.lot_id);
     if v_dispute = 'open' then
+      -- The disputed card is charged off-session no more, before the holds lower what is available.
+      perform billing.stop_off_session_charges(v_user, p_state ->> 'dispute_id');
       perform billing.settle_account(v_account);
-      v_left := coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
-      if v_left > 0 then
-        -- Covered by the grant's lots (a plan for some models), then by credits for anything only.
-        perform billing.cover_dispute_hold(billing.place_dispute_hold(v_account, v_left, p_state ->> 'dispute_id',
-          'dispute:' || (p_state ->> 'dispute_id')), v_lots);
-      end if;
-      -- What the grant spent, held apart: a loss takes it from credits for anything only
-      -- (take_back_plan_credits), so the grant's list must not cover it.
-      v_spent := g.credits - g.credits_reversed - v_left - billing.plan_grant_expiry_unforgiven(g, v_lots);
-      if v_spent > 0 then
-        perform billing.place_dispute_hold(v_account, v_spent, p_state ->> 'dispute_id',
-          'dispute:' || (p_state ->> 'dispute_id') || ':spent');
-      end if;
     else
       perform billing.release_hold(null, h.id) from billing.holds h
       where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active';
@@ -527,6 +490,7 @@ begin
     end if;
     update billing.plan_grants x set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute
     where x.invoice_id = g.invoice_id;
+    perform billing.refreeze_disputes(v_account, case when v_dispute = 'open' then p_state ->> 'dispute_id' end);
   end if;
   return 'plan_charge_synced';
 end;
