@@ -369,7 +369,7 @@ function wireJobs(billing: BillingClient) {
   const cancel = $<HTMLButtonElement>('cancel-job');
   const bar = $<HTMLProgressElement>('job-progress');
   const status = $('job-status');
-  let running: { id: string; abort: AbortController } | null = null;
+  let running: { id: string; abort: AbortController; held: string } | null = null;
   const render = (j: Job) => {
     bar.value = j.progress;
     status.textContent = j.status === 'processing' ? `${jobWords[j.status]} · ${j.progress}%` : jobWords[j.status];
@@ -387,10 +387,10 @@ function wireJobs(billing: BillingClient) {
     status.textContent = 'Starting…';
     try {
       const accepted = await got(pending.done);
-      running = { id: accepted.job_id, abort: new AbortController() };
+      running = { id: accepted.job_id, abort: new AbortController(), held: '' };
       cancel.hidden = false;
       status.textContent = jobWords.queued;
-      await refreshBalance(billing); // the job's price is now held
+      running.held = (await refreshBalance(billing)).held; // the job's price is now held
       const done = await got(billing.watchJob(accepted.job_id, { signal: running.abort.signal, onProgress: render }));
       render(done);
       if (done.status === 'completed') {
@@ -416,10 +416,16 @@ function wireJobs(billing: BillingClient) {
     if (!running) return;
     cancel.disabled = true;
     try {
+      const { held } = running;
       const cancelled = await got(billing.cancelJob(running.id));
       running.abort.abort();
       render(cancelled);
-      await Promise.all([refreshBalance(billing), refreshLedger(billing)]);
+      // A running job's hold waits for its worker's report (what the provider already answered
+      // is charged): the balance is read again until the hold is freed (at most 30 s).
+      for (let i = 0; i < 30 && (await refreshBalance(billing)).held === held; i++) {
+        await new Promise((r) => setTimeout(r, 1_000));
+      }
+      await refreshLedger(billing);
     } catch (err) {
       fail(err, undefined, cancel);
     } finally {

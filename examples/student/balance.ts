@@ -76,4 +76,5 @@ export async function refreshBalance(billing: BillingClient) {
     ...lines.map((l) => Object.assign(document.createElement('li'), { textContent: l.text })),
   );
   $('expiries-part').hidden = lines.length === 0;
+  return b;
 }

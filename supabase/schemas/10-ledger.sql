@@ -45,7 +45,7 @@ create type billing.transfer_kind as enum (
   'code_return',       -- a revoked or expired sponsor code's credits return to the wallet
   'plan_grant',        -- a plan's included credits for a period (57-plan-credits.sql)
   'plan_rollover',     -- plan credits carried into the next period (out of the old lot, into a new one)
-  'void'               -- a charge given back by an admin: usage_revenue → the account that paid (45-corrections.sql)
+  'void'               -- a charge given back by an admin: usage_revenue → the account that paid (53-corrections.sql)
 );
 comment on type billing.transfer_kind is 'Why money moved. Every transfer has exactly one.';
 

@@ -9,7 +9,7 @@
 -- keys it writes over the caller's metadata), so a job's capture's caller-supplied metadata
 -- never reaches them.
 --
--- A void (45-corrections.sql) nets against its charge: the same model, the charge's day, its
+-- A void (53-corrections.sql) nets against its charge: the same model, the charge's day, its
 -- credits, tokens and request negative. It is read by when it was made (a void of an old charge
 -- made today is live today; rolled up with the day it was made, into its charge's day's row).
 --

@@ -239,7 +239,8 @@ $$;
 comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to; of the rest, what expired is forgiven (recorded on the purchase), what was spent comes from the buyer''s other credits for any model (never credits for some models only) or is debt.';
 revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
 
-create or replace function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text default null)
+create or replace function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text default null,
+  p_exact boolean default false)
 returns void
 language plpgsql
 set search_path = ''
@@ -261,10 +262,14 @@ begin
   -- account; plans sit above this file, so its grant is read here as rows) holds in two parts:
   -- what is left in the grant's lots (covered by their lists), then what the grant spent (only
   -- credits for anything may pay it: billing.take_back_plan_credits). Older payments first, as
-  -- far as the balance not already frozen goes.
+  -- far as the balance not already frozen goes. p_exact (after a void gave credits back to
+  -- frozen lots: billing.freeze_voided_credits) also shrinks a part's own hold to what it would
+  -- hold now, first: the credits a plan's grant got back are no longer spent, and a hold the
+  -- balance cut short holds its purchase, not more.
   select * into v_account from billing.accounts a where a.id = p_account_id;
   for d in
-    select x.dispute_id, x.purchase_id, x.key, x.covers,
+    select * from (
+    select x.dispute_id, x.purchase_id, x.key, x.covers, x.since, x.tie, x.spent,
       x.target - coalesce((select sum(h.amount) from billing.holds h
                            where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute'
                              and h.correlation_id = x.dispute_id
@@ -301,9 +306,17 @@ begin
       cross join (values (false), (true)) k(spent)
       where g.dispute_status = 'open' and (p_dispute_id is null or g.dispute_id = p_dispute_id)
         and s.user_id = v_account.user_id and v_account.org_id is null
-    ) x
-    order by x.since, x.tie, x.spent nulls first
+    ) x) y
+    -- What shrinks first, so that what it frees may be held by what grows.
+    order by p_exact and y.missing < 0 desc, y.since, y.tie, y.spent nulls first
   loop
+    if p_exact and d.missing < 0 then
+      select h.id into v_hold from billing.holds h where h.idempotency_key = d.key and h.status = 'active';
+      if found then
+        perform billing.post_transfers('{}', array[('resize', v_hold, greatest(d.missing, -(select h.amount
+          from billing.holds h where h.id = v_hold)), null, null, null, null, null, null, null, null, null, null)::billing.hold_step]);
+      end if;
+    end if;
     continue when d.missing <= 0;
     select * into v_account from billing.accounts a where a.id = p_account_id;
     select greatest(v_account.balance - coalesce(sum(h.amount), 0), 0) into v_room from billing.holds h
@@ -327,8 +340,8 @@ begin
   end loop;
 end;
 $$;
-comment on function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text) is 'Internal: tops up the holds of the disputes open in an account (or only p_dispute_id''s) to what each would hold if it opened now: a purchase''s, or a plan invoice''s in two parts (its lots, then what it spent); older payments first; the student''s own holds give way.';
-revoke execute on function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text) from public;
+comment on function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text, p_exact boolean) is 'Internal: tops up the holds of the disputes open in an account (or only p_dispute_id''s) to what each would hold if it opened now (p_exact: shrinks a part''s own hold to it too): a purchase''s, or a plan invoice''s in two parts (its lots, then what it spent); older payments first; the student''s own holds give way.';
+revoke execute on function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text, p_exact boolean) from public;
 
 create or replace function billing.stop_off_session_charges(p_user uuid, p_dispute_id text)
 returns void

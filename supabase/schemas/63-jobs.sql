@@ -407,7 +407,8 @@ begin
   -- billed to the platform, so the worker's report charges it and frees the rest
   -- (billing.complete_job); a worker that never reports frees it when its lease ends
   -- (billing.expire_jobs). Otherwise the hold is released now.
-  if not (v_job.status = 'processing' and v_job.hold_id is not null and v_job.locked_until > now()) then
+  if not (v_job.status = 'processing' and v_job.hold_id is not null and v_job.locked_by is not null
+          and coalesce(v_job.locked_until > now(), false)) then
     perform billing.release_job_hold(v_job);
     v_job.locked_by := null;
   end if;

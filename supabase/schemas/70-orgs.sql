@@ -350,7 +350,7 @@ begin
       'period_start', billing.json_time(r.starts), 'credits', trim_scale(r.credits)::text, 'charges', r.charges)
       order by r.starts, r.member_id, r.model)
     from (
-      -- A void (45-corrections.sql) nets against its charge's model and period.
+      -- A void (53-corrections.sql) nets against its charge's model and period.
       select t.member_id, coalesce(t.metadata ->> 'model', h.metadata ->> 'model') as model,
         date_trunc(p_period, case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else e.created_at end,
           'UTC') as starts,

@@ -107,7 +107,7 @@ begin
     ),
     spending as (
       -- Members' spending of the organisation's credits (from its wallet or their allowances).
-      -- A void (45-corrections.sql) gives a charge back: netted here, by when it was made.
+      -- A void (53-corrections.sql) gives a charge back: netted here, by when it was made.
       select a.org_id, count(distinct t.member_id) filter (where t.kind <> 'void') as active_members,
         sum(case when t.kind = 'void' then -t.amount else t.amount end) as credits
       from billing.transfers t
@@ -221,7 +221,7 @@ begin
     from parts p cross join lateral jsonb_to_recordset(p.lots) x(currency text, category text, kind text, credits numeric, cents numeric)
     group by 1, 2, 3
   ),
-  -- A void's allocations are negative (45-corrections.sql): it un-recognises what its charge did,
+  -- A void's allocations are negative (53-corrections.sql): it un-recognises what its charge did,
   -- in the period the void is made. Moved credits that paid a debt on arrival are spent then, and
   -- credits given back (a void, a rollover's return from breakage) that paid a debt when they came back.
   lot_lines as (

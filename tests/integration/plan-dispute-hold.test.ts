@@ -5,11 +5,11 @@
 // some models lends its list to the lots it freezes, never to that part.
 import assert from 'node:assert/strict';
 import { adminToken, api, key, spend, student, testDb, until } from '../support/helpers.ts';
-import { balanceOf, buy, emulator, stripeApi } from '../support/purchases.ts';
-import { chargeOfInvoice, subscribeTo } from '../support/plans.ts';
+import { balanceOf, buy } from '../support/purchases.ts';
+import { subscribeTo } from '../support/plans.ts';
 import { creditPerToken } from '../support/ai.ts';
 import { grantLot } from '../support/lots.ts';
-import { chargeTokens, coreInvariants, figures } from '../support/disputed.ts';
+import { chargeTokens, coreInvariants, disputePlan, figures, planCharge } from '../support/disputed.ts';
 
 /** The dispute's holds on the student's account: amount and the lists that may cover each. */
 const disputeHolds = async (userId: string) =>
@@ -17,13 +17,6 @@ const disputeHolds = async (userId: string) =>
     from billing.holds h join billing.accounts a on a.id = h.account_id
     where a.user_id = ${userId} and h.purpose = 'dispute' and h.status = 'active' order by h.amount desc`)
     .map((h) => ({ ...h }));
-
-/** The charge that paid the plan's first invoice. */
-const planCharge = async (sub: string) =>
-  await chargeOfInvoice(String((await stripeApi(`/v1/subscriptions/${sub}`)).latest_invoice));
-
-const disputePlan = (charge: string, outcome: 'open' | 'lost' | 'won') =>
-  emulator(`/_emulator/charges/${charge}/dispute`, { outcome });
 
 Deno.test('a plan disputed after its credits were spent holds the spent part too: lost, the student owes what a package would', async () => {
   const s = await student();

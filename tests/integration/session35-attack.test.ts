@@ -4,10 +4,20 @@
 // dispute must freeze, and a lost one take back, exactly what a package's would in its place.
 import assert from 'node:assert/strict';
 import { api, key, spend, student, testDb, until } from '../support/helpers.ts';
-import { balanceOf, buy, deliver, emulator, stripeApi } from '../support/purchases.ts';
-import { chargeOfInvoice, subscribeTo } from '../support/plans.ts';
+import { balanceOf, buy, deliver, emulator } from '../support/purchases.ts';
+import { subscribeTo } from '../support/plans.ts';
 import { voidCharge } from '../support/money.ts';
-import { activeDisputes, coreInvariants, dispute, figures } from '../support/disputed.ts';
+import {
+  activeDisputes,
+  coreInvariants,
+  dispute,
+  disputePlan,
+  figures,
+  planCharge,
+  planDisputeStatus,
+  purchaseDisputeStatus,
+  spendTry,
+} from '../support/disputed.ts';
 
 /** The dispute holds on the student's own account: key suffix, amount, covers. */
 const disputeHolds = async (userId: string) =>
@@ -15,31 +25,6 @@ const disputeHolds = async (userId: string) =>
     from billing.holds h join billing.accounts a on a.id = h.account_id
     where a.user_id = ${userId} and h.purpose = 'dispute' and h.status = 'active' order by h.created_at, h.amount desc`)
     .map((h) => ({ ...h }));
-
-/** The charge that paid the plan's first invoice. */
-const planCharge = async (sub: string) =>
-  await chargeOfInvoice(String((await stripeApi(`/v1/subscriptions/${sub}`)).latest_invoice));
-
-const disputePlan = (charge: string, outcome: 'open' | 'lost' | 'won') =>
-  emulator(`/_emulator/charges/${charge}/dispute`, { outcome });
-
-const planDisputeStatus = async (charge: string) =>
-  (await testDb`select g.dispute_status from billing.plan_grants g where g.stripe_charge_id = ${charge}`)[0]
-    ?.dispute_status as string | null;
-
-const purchaseDisputeStatus = async (session: string) =>
-  (await testDb`select p.dispute_status from billing.purchases p where p.stripe_session_id = ${session}`)[0]
-    ?.dispute_status as string | null;
-
-/** Spends `credits` (any model); whether it went through. */
-async function spendTry(token: string, credits: number) {
-  try {
-    await spend(token, credits);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. A package's won dispute next to an open plan dispute: refreeze_disputes tops up only

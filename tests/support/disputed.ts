@@ -1,10 +1,11 @@
 // What the attacks on disputes beside credits for some models share (session34-attack*.test.ts):
 // a student's figures, usage and gateway calls as they send them, and the core's invariants.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, newUser, reportUsage, testDb, until, userToken } from './helpers.ts';
+import { api, assertLedgerInvariants, key, newUser, reportUsage, spend, testDb, until, userToken } from './helpers.ts';
 import { creditPerToken } from './ai.ts';
 import { grantLot } from './lots.ts';
-import { buy, chargeOf, emulator } from './purchases.ts';
+import { chargeOfInvoice } from './plans.ts';
+import { buy, chargeOf, emulator, stripeApi } from './purchases.ts';
 
 /** POST /credits/usage of `credits` of a 1-credit-a-token model (creditPerToken), as the product's server reports it. */
 export const chargeTokens = (token: string, model: string, credits: number) =>
@@ -116,4 +117,30 @@ export async function loseBothDisputes(userId: string, p1: string, p2: string) {
     const f = await figures(userId);
     return f.held === '0' && f;
   });
+}
+
+/** The charge that paid a subscription's latest invoice (its first, before any renewal). */
+export const planCharge = async (sub: string) =>
+  await chargeOfInvoice(String((await stripeApi(`/v1/subscriptions/${sub}`)).latest_invoice));
+
+/** A plan invoice's charge disputed (or its dispute closed), as Stripe reports it. */
+export const disputePlan = (charge: string, outcome: 'open' | 'lost' | 'won') =>
+  emulator(`/_emulator/charges/${charge}/dispute`, { outcome });
+
+export const planDisputeStatus = async (charge: string) =>
+  (await testDb`select g.dispute_status from billing.plan_grants g where g.stripe_charge_id = ${charge}`)[0]
+    ?.dispute_status as string | null;
+
+export const purchaseDisputeStatus = async (session: string) =>
+  (await testDb`select p.dispute_status from billing.purchases p where p.stripe_session_id = ${session}`)[0]
+    ?.dispute_status as string | null;
+
+/** Spends `credits` (any model); whether it went through. */
+export async function spendTry(token: string, credits: number) {
+  try {
+    await spend(token, credits);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -135,7 +135,7 @@ app.get('/ai/calls/:id', requireAdmin, oneCall);
 app.get('/ai/stats', requireAdmin, aiStats);
 app.get('/ai/summary', requireAdmin, aiSummary);
 
-// Corrections (docs/pricing.md § Corrections): the money moves in SQL (45-corrections.sql), which
+// Corrections (docs/pricing.md § Corrections): the money moves in SQL (53-corrections.sql), which
 // checks the admin's standing again in the same statement.
 const chargeId = (raw: string): string => {
   if (!/^[1-9][0-9]{0,17}$/.test(raw)) throw new AppError('not_found', 'CHARGE_NOT_FOUND', 'No such charge.');

@@ -153,62 +153,40 @@ $$;
 comment on function billing.expire_voided_lots(p_account billing.accounts, p_void_id bigint) is 'Internal: what a void returned to lots that expired since expires again (breakage), keyed by the void; the account''s next expiry recomputed.';
 revoke execute on function billing.expire_voided_lots(p_account billing.accounts, p_void_id bigint) from public, anon, authenticated;
 
--- Credits a void returned to a lot a dispute froze stay frozen: that dispute's hold on the account
--- grows by them (as far as the balance not already frozen goes), so none of a purchase (or a plan
--- invoice's grant) under dispute becomes spendable and a lost dispute takes them, instead of
--- leaving them spent as debt. A plan's grant is read here as rows (plans sit above this file): its
--- lots are its lot and every lot it rolled into; the hold that grows is the one its lots cover.
+-- Credits a void returned to a lot a dispute froze stay frozen: the disputes whose frozen lots got
+-- credits back hold again what they would if they opened now (billing.refreeze_disputes, exact:
+-- a hold the balance cut short grows to its purchase's or grant's, and a plan's hold for what its
+-- grant spent shrinks by what came back to its lots), so none of what is under dispute becomes
+-- spendable and a lost dispute takes it back, instead of leaving it spent as debt.
 create or replace function billing.freeze_voided_credits(p_account_id bigint, p_void_id bigint) returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_account billing.accounts;
-  v_lot record;
-  v_grow numeric(38, 18);
-  v_hold uuid;
+  v_dispute text;
 begin
-  for v_lot in
-    select x.dispute_id, sum(x.back) as back, array_agg(x.lot_id) as lots
-    from (select p.dispute_id, -la.amount as back, l.id as lot_id, p.paid_at as since, p.id::text as tie
-          from billing.lot_allocations la
-          join billing.lots l on l.id = la.lot_id
-          join billing.purchases p on p.id = l.purchase_id
-          where la.transfer_id = p_void_id and l.frozen and p.dispute_status = 'open'
-          union all
-          select g.dispute_id, -la.amount, l.id, g.granted_at, g.invoice_id
-          from billing.lot_allocations la
-          join billing.lots l on l.id = la.lot_id
-          join billing.plan_lots pl on pl.lot_id = l.id
-          join billing.plan_grants g on g.subscription_id = pl.subscription_id and g.dispute_status = 'open'
-                                    and l.id = any(billing.lot_lineage(g.lot_id))
-          where la.transfer_id = p_void_id and l.frozen) x
-    group by x.dispute_id, x.since, x.tie
+  for v_dispute in
+    select x.dispute_id from (
+      select p.dispute_id, p.paid_at as since, p.id::text as tie
+      from billing.lot_allocations la
+      join billing.lots l on l.id = la.lot_id
+      join billing.purchases p on p.id = l.purchase_id
+      where la.transfer_id = p_void_id and l.frozen and p.dispute_status = 'open'
+      union
+      select g.dispute_id, g.granted_at, g.invoice_id
+      from billing.lot_allocations la
+      join billing.lots l on l.id = la.lot_id
+      join billing.plan_lots pl on pl.lot_id = l.id
+      join billing.plan_grants g on g.subscription_id = pl.subscription_id and g.dispute_status = 'open'
+                                and l.id = any(billing.lot_lineage(g.lot_id))
+      where la.transfer_id = p_void_id and l.frozen) x
     order by x.since, x.tie
   loop
-    select * into v_account from billing.accounts a where a.id = p_account_id;
-    select least(v_lot.back, greatest(v_account.balance - coalesce(sum(h.amount), 0), 0)) into v_grow
-    from billing.holds h where h.account_id = v_account.id and h.status = 'active' and h.purpose = 'dispute';
-    continue when v_grow <= 0;
-    if v_grow > greatest(v_account.balance - v_account.held, 0) then
-      perform billing.shrink_holds(v_account.id, v_grow - greatest(v_account.balance - v_account.held, 0), array['user'],
-        jsonb_build_object('given_to_dispute', v_lot.dispute_id));
-    end if;
-    -- Not a plan's hold for what its grant spent: the credits are back in the lots.
-    select x.id into v_hold from billing.holds x where x.account_id = v_account.id and x.status = 'active'
-      and x.purpose = 'dispute' and x.correlation_id = v_lot.dispute_id and right(x.idempotency_key, 6) <> ':spent'
-    order by x.created_at limit 1;
-    if found then
-      perform billing.post_transfers('{}', array[('resize', v_hold, v_grow, null, null, null, null, null, null, null, null,
-        null, null)::billing.hold_step]);
-    else
-      perform billing.cover_dispute_hold((billing.place_hold(v_account.id, v_grow,
-        'dispute:' || v_lot.dispute_id || ':void:' || p_void_id, 'infinity', 'dispute', v_lot.dispute_id)).id, v_lot.lots);
-    end if;
+    perform billing.refreeze_disputes(p_account_id, v_dispute, true);
   end loop;
 end;
 $$;
-comment on function billing.freeze_voided_credits(p_account_id bigint, p_void_id bigint) is 'Internal: what a void returned to lots frozen by an open dispute is added to that dispute''s hold on the account (the user''s own holds give way).';
+comment on function billing.freeze_voided_credits(p_account_id bigint, p_void_id bigint) is 'Internal: the disputes whose frozen lots a void gave credits back to hold, on the account, what they would if they opened now (the user''s own holds give way).';
 revoke execute on function billing.freeze_voided_credits(p_account_id bigint, p_void_id bigint) from public, anon, authenticated;
 
 create or replace function billing.void_charge_internal(p_charge_id bigint, p_actor uuid, p_reason text, p_run_id uuid)
