@@ -262,10 +262,10 @@ begin
   -- account; plans sit above this file, so its grant is read here as rows) holds in two parts:
   -- what is left in the grant's lots (covered by their lists), then what the grant spent (only
   -- credits for anything may pay it: billing.take_back_plan_credits). Older payments first, as
-  -- far as the balance not already frozen goes. p_exact (after a void gave credits back to
-  -- frozen lots: billing.freeze_voided_credits) also shrinks a part's own hold to what it would
-  -- hold now, first: the credits a plan's grant got back are no longer spent, and a hold the
-  -- balance cut short holds its purchase, not more.
+  -- far as the balance not already frozen goes. p_exact (after a transfer drew from or gave back
+  -- to frozen lots: billing.refit_disputes_drawn) also shrinks a part's own hold to what it would
+  -- hold now, first: credits a plan's grant got back are no longer spent, a hold the balance cut
+  -- short holds its purchase, not more, and a lot elsewhere holds what is left in it.
   select * into v_account from billing.accounts a where a.id = p_account_id;
   for d in
     select * from (
@@ -342,6 +342,67 @@ end;
 $$;
 comment on function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text, p_exact boolean) is 'Internal: tops up the holds of the disputes open in an account (or only p_dispute_id''s) to what each would hold if it opened now (p_exact: shrinks a part''s own hold to it too): a purchase''s, or a plan invoice''s in two parts (its lots, then what it spent); older payments first; the student''s own holds give way.';
 revoke execute on function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text, p_exact boolean) from public;
+
+-- A transfer that drew from lots a dispute froze (a capture of work under way) or gave back to
+-- them (a void) moves what the dispute claims between the accounts it reaches: drawn in a
+-- redeemer's or member's account, what is spent there is the buyer's to hold; given back, the
+-- lot there holds it again. Every such dispute's holds, in every account it reaches (its
+-- buyer's, those holding its lots or its holds), become what they would be if it opened now
+-- (billing.refreeze_disputes, exact). Locks: those accounts in id order; the caller holds the
+-- transfer's (taking a lower one after it can deadlock, which Postgres breaks by failing one
+-- side: a retry's business, nothing half done).
+create or replace function billing.refit_disputes_drawn(p_transfer_id bigint) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  d record;
+  v_accounts bigint[];
+  v_account bigint;
+begin
+  -- Nearly every transfer drew no frozen lot: one lookup on the allocations' key.
+  if not exists (select 1 from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
+                 where la.transfer_id = p_transfer_id and l.frozen) then
+    return;
+  end if;
+  for d in
+    select x.dispute_id, x.purchase_id, x.account_id from (
+      select p.dispute_id, p.id as purchase_id, null::bigint as account_id, p.paid_at as since, p.id::text as tie
+      from billing.lot_allocations la
+      join billing.lots l on l.id = la.lot_id
+      join billing.purchases p on p.id = l.purchase_id
+      where la.transfer_id = p_transfer_id and l.frozen and p.dispute_status = 'open'
+      union
+      -- A plan's grant is read here as rows (plans sit above this file); its lots stay in its account.
+      select g.dispute_id, null, l.account_id, g.granted_at, g.invoice_id
+      from billing.lot_allocations la
+      join billing.lots l on l.id = la.lot_id
+      join billing.plan_lots pl on pl.lot_id = l.id
+      join billing.plan_grants g on g.subscription_id = pl.subscription_id and g.dispute_status = 'open'
+                                and l.id = any(billing.lot_lineage(g.lot_id))
+      where la.transfer_id = p_transfer_id and l.frozen) x
+    order by x.since, x.tie
+  loop
+    select array_agg(distinct r.id order by r.id) into v_accounts from (
+      select d.account_id as id where d.account_id is not null
+      union all
+      select l.account_id from billing.lots l where l.purchase_id = d.purchase_id and l.open
+      union all
+      select h.account_id from billing.holds h
+      where h.purpose = 'dispute' and h.status = 'active' and h.correlation_id = d.dispute_id
+      union all
+      select a.id from billing.purchases p join billing.accounts a
+        on (p.org_id is null and a.user_id = p.user_id and a.org_id is null) or (a.org_id = p.org_id and a.member_id is null)
+      where p.id = d.purchase_id) r;
+    perform 1 from billing.accounts a where a.id = any(v_accounts) order by a.id for update;
+    foreach v_account in array v_accounts loop
+      perform billing.refreeze_disputes(v_account, d.dispute_id, true);
+    end loop;
+  end loop;
+end;
+$$;
+comment on function billing.refit_disputes_drawn(p_transfer_id bigint) is 'Internal: after a transfer drew from (or gave back to) lots an open dispute froze, that dispute holds, in every account it reaches, what it would if it opened now (the student''s own holds give way).';
+revoke execute on function billing.refit_disputes_drawn(p_transfer_id bigint) from public;
 
 create or replace function billing.stop_off_session_charges(p_user uuid, p_dispute_id text)
 returns void

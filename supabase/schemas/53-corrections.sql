@@ -153,42 +153,6 @@ $$;
 comment on function billing.expire_voided_lots(p_account billing.accounts, p_void_id bigint) is 'Internal: what a void returned to lots that expired since expires again (breakage), keyed by the void; the account''s next expiry recomputed.';
 revoke execute on function billing.expire_voided_lots(p_account billing.accounts, p_void_id bigint) from public, anon, authenticated;
 
--- Credits a void returned to a lot a dispute froze stay frozen: the disputes whose frozen lots got
--- credits back hold again what they would if they opened now (billing.refreeze_disputes, exact:
--- a hold the balance cut short grows to its purchase's or grant's, and a plan's hold for what its
--- grant spent shrinks by what came back to its lots), so none of what is under dispute becomes
--- spendable and a lost dispute takes it back, instead of leaving it spent as debt.
-create or replace function billing.freeze_voided_credits(p_account_id bigint, p_void_id bigint) returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_dispute text;
-begin
-  for v_dispute in
-    select x.dispute_id from (
-      select p.dispute_id, p.paid_at as since, p.id::text as tie
-      from billing.lot_allocations la
-      join billing.lots l on l.id = la.lot_id
-      join billing.purchases p on p.id = l.purchase_id
-      where la.transfer_id = p_void_id and l.frozen and p.dispute_status = 'open'
-      union
-      select g.dispute_id, g.granted_at, g.invoice_id
-      from billing.lot_allocations la
-      join billing.lots l on l.id = la.lot_id
-      join billing.plan_lots pl on pl.lot_id = l.id
-      join billing.plan_grants g on g.subscription_id = pl.subscription_id and g.dispute_status = 'open'
-                                and l.id = any(billing.lot_lineage(g.lot_id))
-      where la.transfer_id = p_void_id and l.frozen) x
-    order by x.since, x.tie
-  loop
-    perform billing.refreeze_disputes(p_account_id, v_dispute, true);
-  end loop;
-end;
-$$;
-comment on function billing.freeze_voided_credits(p_account_id bigint, p_void_id bigint) is 'Internal: the disputes whose frozen lots a void gave credits back to hold, on the account, what they would if they opened now (the user''s own holds give way).';
-revoke execute on function billing.freeze_voided_credits(p_account_id bigint, p_void_id bigint) from public, anon, authenticated;
-
 create or replace function billing.void_charge_internal(p_charge_id bigint, p_actor uuid, p_reason text, p_run_id uuid)
 returns jsonb
 language plpgsql
@@ -249,7 +213,8 @@ begin
   select * into v_account from billing.accounts a where a.id = v_account.id;
 
   perform billing.expire_voided_lots(v_account, v_void.id);
-  perform billing.freeze_voided_credits(v_account.id, v_void.id);
+  -- Credits given back to lots a dispute froze stay frozen (billing.refit_disputes_drawn).
+  perform billing.refit_disputes_drawn(v_void.id);
   select * into v_account from billing.accounts a where a.id = v_account.id;
 
   if v_account.caps > 0 then

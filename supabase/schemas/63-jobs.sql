@@ -329,6 +329,8 @@ begin
     -- available, never into debt.
     v_charged := billing.charge_hold_at(v_job.hold_id, v_job.user_id, v_amount, v_card, 'job-overage:' || p_job,
       'job:' || p_job, null, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model'));
+    -- Work under way may have reached lots a dispute froze: what it claims moves with them.
+    perform billing.refit_disputes_drawn(v_charged.transfer_id) where v_charged.transfer_id is not null;
     -- What could not be charged (its hold gave way to credits that expired or were taken back,
     -- and the balance could not cover it) is recorded on the job, and someone is told: an excess
     -- transfer records it only when something of the excess was charged. The student owes it, as
