@@ -72,6 +72,29 @@ $$;
 comment on function billing.sync_purchase_refunds(p billing.purchases, p_state jsonb) is 'Internal: a paid purchase''s credits taken back in proportion to what Stripe reports refunded so far; returns the purchase as it now is.';
 revoke execute on function billing.sync_purchase_refunds(p billing.purchases, p_state jsonb) from public, anon, authenticated;
 
+-- A job's or a gateway call's hold in an account the purchase's credits were moved to (a
+-- redeemer's, a member's allowance), placed before the dispute froze them, may still capture from
+-- those frozen lots (work under way): what it draws there becomes spent, the buyer's to hold. So
+-- the buyer holds, beside what was spent, what such holds may draw there: per account, the least
+-- of the purchase's lots there and what its work holds exceed its other credits not frozen. (In the
+-- buyer's own account such a hold already sits beside the dispute's, which holds the whole.)
+create or replace function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(sum(least(x.lots, greatest(x.work - x.free, 0))), 0) from (
+    select sum(l.remaining) as lots,
+      (select coalesce(sum(h.amount), 0) from billing.holds h
+       where h.account_id = l.account_id and h.status = 'active' and h.purpose in ('job', 'ai')) as work,
+      (select coalesce(sum(f.remaining), 0) from billing.lots f where f.account_id = l.account_id and f.open and not f.frozen
+         and f.purchase_id is distinct from p_purchase_id) as free
+    from billing.lots l
+    where l.purchase_id = p_purchase_id and l.open and l.account_id <> p_buyer
+    group by l.account_id) x
+$$;
+comment on function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint) is 'Internal: what work under way (job and gateway holds) in the accounts a disputed purchase''s credits were moved to may still draw of them, frozen: the buyer''s dispute hold holds it too.';
+revoke execute on function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint) from public;
+
 -- Disputes: open → hold what is left of the purchase, in every account its credits are in;
 -- won → release; lost → reverse it from wherever it is.
 create or replace function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb, p_wallet bigint)
@@ -120,7 +143,8 @@ begin
         v_moved := v_moved + v_elsewhere.remaining;
       end loop;
       -- What expired of the purchase is not held: a loss would not take it back (take_back_purchase).
-      v_freeze := v_remaining - v_moved - billing.purchase_expiry_unforgiven(p.id, null);
+      v_freeze := v_remaining - v_moved - billing.purchase_expiry_unforgiven(p.id, null)
+        + billing.dispute_work_elsewhere(p.id, v_buyer);
       if p.dispute_hold_id is null and v_freeze > 0 then
         p.dispute_hold_id := billing.place_dispute_hold(v_buyer, v_freeze, p_state ->> 'dispute_id',
           'dispute:' || (p_state ->> 'dispute_id'));
@@ -282,7 +306,7 @@ begin
           then (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
                - coalesce((select sum(l.remaining) from billing.lots l
                            where l.purchase_id = p.id and l.open and l.account_id <> p_account_id), 0)
-               - billing.purchase_expiry_unforgiven(p.id, null)
+               - billing.purchase_expiry_unforgiven(p.id, null) + billing.dispute_work_elsewhere(p.id, p_account_id)
           else coalesce((select sum(l.remaining) from billing.lots l
                          where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
         end as target
