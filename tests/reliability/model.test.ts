@@ -580,26 +580,28 @@ class VoidCharge implements Cmd {
     const c = m.charges[i];
     let debt = max(-m.balance, 0n);
     m.balance += c.amount;
-    const frozenBack = new Map<number, bigint>(); // purchase → what came back into its frozen lots
+    const frozenBack = new Set<number>(); // the purchases whose frozen lots got credits back
     for (const d of [...c.draws].sort((a, b) => a.lot - b.lot)) {
       const l = m.lots[d.lot];
       const paid = min(d.take, debt);
       debt -= paid;
       l.remaining += d.take - paid;
-      if (isFrozen(m, l)) frozenBack.set(l.purchase!, (frozenBack.get(l.purchase!) ?? 0n) + d.take - paid);
+      if (isFrozen(m, l) && d.take > paid) frozenBack.add(l.purchase!);
       if (l.due && !isFrozen(m, l) && l.remaining > 0n) {
         if (l.purchase !== undefined && l.part) m.purchases[l.purchase].expired[l.part] += l.remaining;
         m.balance -= l.remaining;
         l.remaining = 0n;
       }
     }
-    // Credits back in a lot a dispute froze stay frozen: its dispute's hold grows by them (older purchases first).
-    for (const [pi, back] of [...frozenBack].sort((a, b) => a[0] - b[0])) {
-      const grow = min(back, max(m.balance - frozen(m), 0n));
+    // Credits back in a lot a dispute froze stay frozen: its dispute holds what it would if it opened
+    // now (older purchases first), never more than a loss would take back.
+    for (const pi of [...frozenBack].sort((a, b) => a - b)) {
+      const p = m.purchases[pi];
+      const grow = min(toFreeze(p) - p.disputeHold, max(m.balance - frozen(m), 0n));
       if (grow <= 0n) continue;
       giveWay(m, grow - max(m.balance - m.held, 0n));
       m.held += grow;
-      m.purchases[pi].disputeHold += grow;
+      p.disputeHold += grow;
     }
     capsOf(m).filter((x) => c.counted.includes(x.gen)).forEach((x) => x.spent = max(x.spent - c.amount, 0n));
     c.voided = true;
