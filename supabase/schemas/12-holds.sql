@@ -430,41 +430,6 @@ $$;
 comment on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) is 'Internal: places a hold of a purpose on an account the caller has locked (the account''s held amount grows by it).';
 revoke execute on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) from public;
 
-create or replace function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text)
-returns uuid
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_account billing.accounts := billing.settle_account(p_account_id);
-  v_freeze numeric(38, 18);
-  v_short numeric(38, 18);
-  v_existing uuid;
-begin
-  if v_account.id is null then
-    return null;
-  end if;
-  select h.id into v_existing from billing.holds h where h.idempotency_key = p_key;
-  if found then
-    return v_existing;
-  end if;
-  -- What is left of the balance once earlier disputes have frozen theirs.
-  select least(p_amount, greatest(v_account.balance - coalesce(sum(h.amount), 0), 0)) into v_freeze
-  from billing.holds h where h.account_id = v_account.id and h.status = 'active' and h.purpose = 'dispute';
-  if v_freeze <= 0 then
-    return null;
-  end if;
-  -- A student's own holds give way; a job's is work under way.
-  v_short := v_freeze - greatest(v_account.balance - v_account.held, 0);
-  if v_short > 0 then
-    perform billing.shrink_holds(v_account.id, v_short, array['user'], jsonb_build_object('given_to_dispute', p_dispute_id));
-  end if;
-  return (billing.place_hold(v_account.id, v_freeze, p_key, 'infinity', 'dispute', p_dispute_id)).id;
-end;
-$$;
-comment on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) is 'Internal: freezes up to p_amount of the account for a dispute (the student''s own holds give way); idempotent by p_key.';
-revoke execute on function billing.place_dispute_hold(p_account_id bigint, p_amount numeric, p_dispute_id text, p_key text) from public;
-
 -- The most `p_account_id` may still spend now on `p_model` (for `p_member` on an organisation's
 -- wallet) before a cap refuses: the least room of the caps that apply; null when none does.
 create or replace function billing.cap_room(p_account_id bigint, p_model text, p_member uuid default null) returns numeric

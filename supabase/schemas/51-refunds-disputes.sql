@@ -74,26 +74,26 @@ revoke execute on function billing.sync_purchase_refunds(p billing.purchases, p_
 
 -- A job's or a gateway call's hold in an account the purchase's credits were moved to (a
 -- redeemer's, a member's allowance), placed before the dispute froze them, may still capture from
--- those frozen lots (work under way): what it draws there becomes spent, the buyer's to hold. So
--- the buyer holds, beside what was spent, what such holds may draw there: per account, the least
--- of the purchase's lots there and what its work holds exceed its other credits not frozen. (In the
--- buyer's own account such a hold already sits beside the dispute's, which holds the whole.)
-create or replace function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint) returns numeric
+-- those frozen lots (work under way): what it draws there becomes spent, the buyer's to owe. So
+-- the buyer holds it, not that account: the least of the purchase's lots there and what its work
+-- holds exceed its other credits that surely pay for it (for any model, not expiring, not frozen:
+-- credits for some models or that expire under the work are no cover). (In the buyer's own
+-- account such a hold already sits beside the dispute's, which holds the whole.)
+create or replace function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) returns numeric
 language sql stable
 set search_path = ''
 as $$
-  select coalesce(sum(least(x.lots, greatest(x.work - x.free, 0))), 0) from (
-    select sum(l.remaining) as lots,
-      (select coalesce(sum(h.amount), 0) from billing.holds h
-       where h.account_id = l.account_id and h.status = 'active' and h.purpose in ('job', 'ai')) as work,
-      (select coalesce(sum(f.remaining), 0) from billing.lots f where f.account_id = l.account_id and f.open and not f.frozen
-         and f.purchase_id is distinct from p_purchase_id) as free
-    from billing.lots l
-    where l.purchase_id = p_purchase_id and l.open and l.account_id <> p_buyer
-    group by l.account_id) x
+  select least(
+    (select coalesce(sum(l.remaining), 0) from billing.lots l
+     where l.purchase_id = p_purchase_id and l.open and l.account_id = p_account_id),
+    greatest((select coalesce(sum(h.amount), 0) from billing.holds h
+              where h.account_id = p_account_id and h.status = 'active' and h.purpose in ('job', 'ai'))
+             - (select coalesce(sum(f.remaining), 0) from billing.lots f
+                where f.account_id = p_account_id and f.open and not f.frozen and f.applies_to is null
+                  and f.expires_at is null and f.purchase_id is distinct from p_purchase_id), 0))
 $$;
-comment on function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint) is 'Internal: what work under way (job and gateway holds) in the accounts a disputed purchase''s credits were moved to may still draw of them, frozen: the buyer''s dispute hold holds it too.';
-revoke execute on function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint) from public;
+comment on function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) is 'Internal: what work under way (job and gateway holds) in an account a disputed purchase''s credits were moved to may still draw of them, frozen: the buyer''s dispute hold holds it, that account''s the rest of the lots.';
+revoke execute on function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) from public;
 
 -- Disputes: open → hold what is left of the purchase, in every account its credits are in;
 -- won → release; lost → reverse it from wherever it is.
@@ -108,12 +108,10 @@ declare
     when p_state ->> 'dispute_status' = 'lost' then 'lost'
     when p_state ->> 'dispute_id' is not null then 'open' end;
   v_remaining numeric(38, 18);
-  v_freeze numeric(38, 18);
   v_buyer bigint;
-  v_moved numeric(38, 18);
-  v_elsewhere record;  -- an account the purchase's credits were moved to
-  v_reached bigint[];  -- every account a closing dispute reached
+  v_reached bigint[];  -- every account the dispute reaches
   v_account bigint;
+  v_keep numeric(38, 18);
 begin
   if v_dispute is not null and coalesce(p.dispute_status, 'open') = 'open' then
     v_remaining := (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed);
@@ -121,44 +119,29 @@ begin
       -- The disputed card is charged off-session no more: before the holds below lower what is
       -- available (which would queue a recharge), auto-recharge goes off and the card is forgotten.
       perform billing.stop_off_session_charges(p.user_id, p_state ->> 'dispute_id');
-      v_buyer := coalesce(p_wallet, (select a.id from billing.accounts a where a.user_id = p.user_id));
-      v_moved := 0;
-      perform 1 from billing.accounts a
-      where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open)
-      order by a.id for update;
-      -- Due lots expire before anything is frozen (the lots are frozen below, and frozen lots wait).
-      perform billing.settle_account(a.id) from billing.accounts a
-      where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open)
-      order by a.id;
-      -- In id order, as every lock is taken; the buyer's account holds the rest of the purchase.
-      for v_elsewhere in
-        select l.account_id, sum(l.remaining) as remaining from billing.lots l
-        where l.purchase_id = p.id and l.open and l.account_id <> v_buyer group by l.account_id order by l.account_id
-      loop
-        -- Covered by the purchase's lots there (a sponsor code may have narrowed them), then by
-        -- credits for anything only.
-        perform billing.cover_dispute_hold(billing.place_dispute_hold(v_elsewhere.account_id, v_elsewhere.remaining,
-          p_state ->> 'dispute_id', 'dispute:' || (p_state ->> 'dispute_id') || ':' || v_elsewhere.account_id),
-          billing.purchase_lots(p.id, null));
-        v_moved := v_moved + v_elsewhere.remaining;
-      end loop;
-      -- What expired of the purchase is not held: a loss would not take it back (take_back_purchase).
-      v_freeze := v_remaining - v_moved - billing.purchase_expiry_unforgiven(p.id, null)
-        + billing.dispute_work_elsewhere(p.id, v_buyer);
-      if p.dispute_hold_id is null and v_freeze > 0 then
-        p.dispute_hold_id := billing.place_dispute_hold(v_buyer, v_freeze, p_state ->> 'dispute_id',
-          'dispute:' || (p_state ->> 'dispute_id'));
-        perform billing.cover_dispute_hold(p.dispute_hold_id, billing.purchase_lots(p.id, null));
-      end if;
+    end if;
+    -- Every account the dispute reaches (the buyer, those holding the purchase's lots or its
+    -- holds), locked in id order before anything moves.
+    v_buyer := coalesce(p_wallet, (select a.id from billing.accounts a where a.user_id = p.user_id));
+    select array_agg(a.id order by a.id) into v_reached from billing.accounts a
+    where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open)
+       or a.id in (select h.account_id from billing.holds h
+                   where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id');
+    perform 1 from billing.accounts a where a.id = any(v_reached) order by a.id for update;
+    if v_dispute = 'open' then
+      -- Due lots expire before anything is frozen (frozen lots wait).
+      perform billing.settle_account(x) from unnest(v_reached) x;
     else
-      -- Every account the dispute reached (its holds, the purchase's lots, the buyer), locked in
-      -- id order before anything moves.
-      v_buyer := coalesce(p_wallet, (select a.id from billing.accounts a where a.user_id = p.user_id));
-      select array_agg(a.id order by a.id) into v_reached from billing.accounts a
-      where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id)
-         or a.id in (select h.account_id from billing.holds h
-                     where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id');
-      perform 1 from billing.accounts a where a.id = any(v_reached) order by a.id for update;
+      -- What the buyer held for work under way elsewhere, beyond what a loss takes from it: that
+      -- work is paid from the lots there, which the loss leaves it (billing.take_back_purchase).
+      select least(coalesce((select sum(billing.dispute_work_in(p.id, w.account_id)) from (select distinct l.account_id
+               from billing.lots l where l.purchase_id = p.id and l.open and l.account_id <> v_buyer) w), 0),
+             greatest(coalesce(sum(h.amount), 0) - (v_remaining - billing.purchase_expiry_unforgiven(p.id, null)
+               - coalesce((select sum(l.remaining) from billing.lots l
+                           where l.purchase_id = p.id and l.open and l.account_id <> v_buyer), 0)), 0))
+      into v_keep from billing.holds h
+      where h.account_id = v_buyer and h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id'
+        and h.status = 'active';
       perform billing.release_hold(null, h.id) from billing.holds h
       where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active'
       order by h.account_id;
@@ -167,14 +150,16 @@ begin
     update billing.lots l set frozen = (v_dispute = 'open') where l.purchase_id = p.id and l.frozen <> (v_dispute = 'open');
     if v_dispute = 'lost' then
       perform billing.take_back_purchase(p, v_remaining, null, 'dispute_reversal', 'dispute:' || (p_state ->> 'dispute_id'),
-        p_state ->> 'charge_id');
+        p_state ->> 'charge_id', v_keep);
     end if;
     update billing.purchases x
-    set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute, dispute_hold_id = p.dispute_hold_id, updated_at = now()
+    set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute, updated_at = now()
     where x.id = p.id returning * into p;
-    -- What this dispute held may have stood in for other disputes still open there.
-    foreach v_account in array coalesce(v_reached, '{}') loop
-      perform billing.refreeze_disputes(v_account);
+    -- Open: the dispute holds, wherever the purchase's credits are, what a loss would take back
+    -- (billing.refreeze_disputes: the lots there; the buyer, the rest). Closed: what it held may
+    -- have stood in for other disputes still open there.
+    foreach v_account in array v_reached loop
+      perform billing.refreeze_disputes(v_account, case when v_dispute = 'open' then p.dispute_id end);
     end loop;
   end if;
   return p;
@@ -183,7 +168,7 @@ $$;
 comment on function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb, p_wallet bigint) is 'Internal: a paid purchase''s dispute as Stripe reports it: open → what is left of it held wherever its credits are; won → released; lost → taken back. Returns the purchase as it now is.';
 revoke execute on function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb, p_wallet bigint) from public, anon, authenticated;
 
-create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) returns void
+create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_keep numeric default 0) returns void
 language plpgsql
 set search_path = ''
 as $$
@@ -193,6 +178,7 @@ declare
   v_lots bigint[] := billing.purchase_lots(p_purchase.id, p_category);
   v_beyond numeric(38, 18);
   v_take numeric(38, 18);
+  v_kept numeric(38, 18);
   v_forgive numeric(38, 18);
   v_paid numeric(38, 18);
   v_accounts bigint[];                            -- every account involved, and its balance before
@@ -214,8 +200,10 @@ begin
     v_lots := billing.purchase_lots(p_purchase.id, p_category);
   end loop;
   -- The buyer's own lots of the purchase come first; what is beyond them comes from the lots its
-  -- credits were moved into; the rest from the buyer: other credits for any model (the writer's
-  -- reversal draws no credits someone gave for some models only), then debt.
+  -- credits were moved into, but for p_keep (a lost dispute: what the buyer held for work under
+  -- way there, billing.dispute_work_in), left there for that work to draw; the rest from the
+  -- buyer: other credits for any model (the writer's reversal draws no credits someone gave for
+  -- some models only), then debt.
   v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l
                                    where l.id = any(v_lots) and l.account_id = v_buyer), 0);
   for r in
@@ -225,10 +213,13 @@ begin
     group by l.account_id, a.user_id, a.member_id order by l.account_id
   loop
     exit when v_beyond <= 0;
-    v_take := least(v_beyond, r.remaining);
+    v_kept := least(p_keep, v_beyond, r.remaining, billing.dispute_work_in(p_purchase.id, r.account_id));
+    p_keep := p_keep - v_kept;
+    v_take := least(v_beyond, r.remaining) - v_kept;
     perform billing.reverse_credits(r.owner, v_take, p_kind, p_key || ':' || r.account_id, p_reference, null,
-      billing.purchase_metadata(p_purchase), v_lots, r.account_id);
-    v_beyond := v_beyond - v_take;
+      billing.purchase_metadata(p_purchase), v_lots, r.account_id) where v_take > 0;
+    -- What is kept there is the buyer's to pay, as spent (never forgiven as expired).
+    v_beyond := v_beyond - v_take - v_kept;
     p_amount := p_amount - v_take;
   end loop;
   -- What the purchase's lots lack (v_beyond) left them by expiry or by spending. Expired credits
@@ -260,8 +251,8 @@ begin
   order by a.id;
 end;
 $$;
-comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to; of the rest, what expired is forgiven (recorded on the purchase), what was spent comes from the buyer''s other credits for any model (never credits for some models only) or is debt.';
-revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
+comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_keep numeric) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to (but for p_keep, left to work under way there and owed by the buyer); of the rest, what expired is forgiven (recorded on the purchase), what was spent comes from the buyer''s other credits for any model (never credits for some models only) or is debt.';
+revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_keep numeric) from public;
 
 create or replace function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text default null,
   p_exact boolean default false)
@@ -282,7 +273,8 @@ begin
   -- purchase, spent credits included, so it may have held the lots of a purchase disputed after
   -- it, which then held less than its own. Every dispute still open here gets what it would hold
   -- if it opened now: as the buyer, what is left of the purchase beyond its lots elsewhere and
-  -- what expired of it; elsewhere, its lots here. A plan invoice's dispute (its subscriber's own
+  -- what expired of it, and what work elsewhere may draw of those (billing.dispute_work_in);
+  -- elsewhere, its lots here less that. A plan invoice's dispute (its subscriber's own
   -- account; plans sit above this file, so its grant is read here as rows) holds in two parts:
   -- what is left in the grant's lots (covered by their lists), then what the grant spent (only
   -- credits for anything may pay it: billing.take_back_plan_credits). Older payments first, as
@@ -293,22 +285,25 @@ begin
   select * into v_account from billing.accounts a where a.id = p_account_id;
   for d in
     select * from (
-    select x.dispute_id, x.purchase_id, x.key, x.covers, x.since, x.tie, x.spent,
+    select x.dispute_id, x.key, x.covers, x.since, x.tie, x.spent,
       x.target - coalesce((select sum(h.amount) from billing.holds h
                            where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute'
                              and h.correlation_id = x.dispute_id
                              and (x.spent is null or (right(h.idempotency_key, 6) = ':spent') = x.spent)), 0) as missing
     from (
-      select p.dispute_id, case when b.buyer then p.id end as purchase_id, null::boolean as spent,
+      select p.dispute_id, null::boolean as spent,
         'dispute:' || p.dispute_id || case when b.buyer then '' else ':' || p_account_id end as key,
         billing.purchase_lots(p.id, null) as covers, p.paid_at as since, p.id::text as tie,
         case when b.buyer
           then (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
                - coalesce((select sum(l.remaining) from billing.lots l
                            where l.purchase_id = p.id and l.open and l.account_id <> p_account_id), 0)
-               - billing.purchase_expiry_unforgiven(p.id, null) + billing.dispute_work_elsewhere(p.id, p_account_id)
+               - billing.purchase_expiry_unforgiven(p.id, null)
+               + coalesce((select sum(billing.dispute_work_in(p.id, w.account_id)) from (select distinct l.account_id
+                           from billing.lots l where l.purchase_id = p.id and l.open and l.account_id <> p_account_id) w), 0)
           else coalesce((select sum(l.remaining) from billing.lots l
                          where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
+               - billing.dispute_work_in(p.id, p_account_id)
         end as target
       from billing.purchases p
       cross join lateral (select coalesce((p.org_id is null and p.user_id = v_account.user_id)
@@ -318,7 +313,7 @@ begin
              or (p.org_id is null and p.user_id = v_account.user_id)
              or (p.org_id = v_account.org_id and v_account.member_id is null))
       union all
-      select g.dispute_id, null, k.spent, 'dispute:' || g.dispute_id || case when k.spent then ':spent' else '' end,
+      select g.dispute_id, k.spent, 'dispute:' || g.dispute_id || case when k.spent then ':spent' else '' end,
         case when not k.spent then ll.lots end, g.granted_at, g.invoice_id,
         case when k.spent then g.credits - g.credits_reversed - (billing.lots_expired(ll.lots) - g.expiry_forgiven) - ll.left
              else ll.left end
@@ -359,7 +354,6 @@ begin
     else
       v_hold := (billing.place_hold(p_account_id, v_grow, d.key, 'infinity', 'dispute', d.dispute_id)).id;
       perform billing.cover_dispute_hold(v_hold, d.covers) where d.covers is not null;
-      update billing.purchases x set dispute_hold_id = v_hold where x.id = d.purchase_id and x.dispute_hold_id is null;
     end if;
   end loop;
 end;
@@ -370,12 +364,15 @@ revoke execute on function billing.refreeze_disputes(p_account_id bigint, p_disp
 -- A transfer that drew from lots a dispute froze (a capture of work under way) or gave back to
 -- them (a void) moves what the dispute claims between the accounts it reaches: drawn in a
 -- redeemer's or member's account, what is spent there is the buyer's to hold; given back, the
--- lot there holds it again. Every such dispute's holds, in every account it reaches (its
+-- lot there holds it again. Work that ends in such an account (p_account_id: a job's or a call's
+-- hold captured or released) no longer needs the buyer to hold what it might have drawn
+-- (billing.dispute_work_in). Every such dispute's holds, in every account it reaches (its
 -- buyer's, those holding its lots or its holds), become what they would be if it opened now
 -- (billing.refreeze_disputes, exact). Locks: those accounts in id order; the caller holds the
 -- transfer's (taking a lower one after it can deadlock, which Postgres breaks by failing one
 -- side: a retry's business, nothing half done).
-create or replace function billing.refit_disputes_drawn(p_transfer_id bigint) returns void
+create or replace function billing.refit_disputes_drawn(p_transfer_id bigint, p_account_id bigint default null)
+returns void
 language plpgsql
 set search_path = ''
 as $$
@@ -384,18 +381,21 @@ declare
   v_accounts bigint[];
   v_account bigint;
 begin
-  -- Nearly every transfer drew no frozen lot: one lookup on the allocations' key.
+  -- Nearly every transfer drew no frozen lot, nearly every account holds none: a lookup on each key.
   if not exists (select 1 from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
-                 where la.transfer_id = p_transfer_id and l.frozen) then
+                 where la.transfer_id = p_transfer_id and l.frozen)
+     and not exists (select 1 from billing.lots l where l.account_id = p_account_id and l.open and l.frozen) then
     return;
   end if;
   for d in
     select x.dispute_id, x.purchase_id, x.account_id from (
       select p.dispute_id, p.id as purchase_id, null::bigint as account_id, p.paid_at as since, p.id::text as tie
-      from billing.lot_allocations la
-      join billing.lots l on l.id = la.lot_id
-      join billing.purchases p on p.id = l.purchase_id
-      where la.transfer_id = p_transfer_id and l.frozen and p.dispute_status = 'open'
+      from billing.purchases p
+      where p.dispute_status = 'open' and p.id in (
+        select l.purchase_id from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
+        where la.transfer_id = p_transfer_id and l.frozen
+        union all
+        select l.purchase_id from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
       union
       -- A plan's grant is read here as rows (plans sit above this file); its lots stay in its account.
       select g.dispute_id, null, l.account_id, g.granted_at, g.invoice_id
@@ -425,8 +425,8 @@ begin
   end loop;
 end;
 $$;
-comment on function billing.refit_disputes_drawn(p_transfer_id bigint) is 'Internal: after a transfer drew from (or gave back to) lots an open dispute froze, that dispute holds, in every account it reaches, what it would if it opened now (the student''s own holds give way).';
-revoke execute on function billing.refit_disputes_drawn(p_transfer_id bigint) from public;
+comment on function billing.refit_disputes_drawn(p_transfer_id bigint, p_account_id bigint) is 'Internal: after a transfer drew from (or gave back to) lots an open dispute froze, or work under way in an account holding such lots ended (p_account_id), that dispute holds, in every account it reaches, what it would if it opened now (the student''s own holds give way).';
+revoke execute on function billing.refit_disputes_drawn(p_transfer_id bigint, p_account_id bigint) from public;
 
 create or replace function billing.stop_off_session_charges(p_user uuid, p_dispute_id text)
 returns void

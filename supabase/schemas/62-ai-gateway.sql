@@ -609,8 +609,9 @@ begin
   v_charged := billing.charge_hold_at(v_hold.id, v_call.user_id, v_price.amount, v_price.rate_card_id,
     'ai-overage:' || v_call.id, 'ai:' || v_call.id,
     v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version), v_facts);
-  -- Work under way may have reached lots a dispute froze: what it claims moves with them.
-  perform billing.refit_disputes_drawn(v_charged.transfer_id) where v_charged.transfer_id is not null;
+  -- Work under way may have reached lots a dispute froze: what it claims moves with them, and
+  -- what the dispute's buyer held for this work elsewhere goes.
+  perform billing.refit_disputes_drawn(v_charged.transfer_id, v_hold.account_id);
   -- The provider billed more than the hold and the balance could cover: the gateway's count of
   -- the prompt fell short of the provider's. Someone should look (the difference is recorded).
   -- What could not be charged is owed by the caller: their next call pays it first, or is

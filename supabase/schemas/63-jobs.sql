@@ -146,10 +146,12 @@ as $$
 begin
   if p_job.hold_id is not null then
     perform billing.release_hold(null, p_job.hold_id);
+    -- Work that ends drawing nothing: what a dispute's buyer held for it elsewhere goes.
+    perform billing.refit_disputes_drawn(null, h.account_id) from billing.holds h where h.id = p_job.hold_id;
   end if;
 end;
 $$;
-comment on function billing.release_job_hold(p_job billing.jobs) is 'Internal: releases a job''s hold, when it has one.';
+comment on function billing.release_job_hold(p_job billing.jobs) is 'Internal: releases a job''s hold, when it has one (and refits the disputes whose frozen lots its account holds).';
 revoke execute on function billing.release_job_hold(p_job billing.jobs) from public;
 
 create or replace function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[])
@@ -329,8 +331,10 @@ begin
     -- available, never into debt.
     v_charged := billing.charge_hold_at(v_job.hold_id, v_job.user_id, v_amount, v_card, 'job-overage:' || p_job,
       'job:' || p_job, null, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model'));
-    -- Work under way may have reached lots a dispute froze: what it claims moves with them.
-    perform billing.refit_disputes_drawn(v_charged.transfer_id) where v_charged.transfer_id is not null;
+    -- Work under way may have reached lots a dispute froze: what it claims moves with them, and
+    -- what the dispute's buyer held for this work elsewhere goes.
+    perform billing.refit_disputes_drawn(v_charged.transfer_id, h.account_id) from billing.holds h
+    where h.id = v_job.hold_id;
     -- What could not be charged (its hold gave way to credits that expired or were taken back,
     -- and the balance could not cover it) is recorded on the job, and someone is told: an excess
     -- transfer records it only when something of the excess was charged. The student owes it, as

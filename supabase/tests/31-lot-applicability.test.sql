@@ -132,15 +132,16 @@ insert into auth.users (id) values ('a8a8a8a8-0000-4000-8000-000000000001'), ('a
 
 -- A sponsored student's account: 10 credits of their own (for anything), and 10 credits of a school's
 -- purchase narrowed to gpt-4o-mini (a sponsor code for that model). The purchase is disputed: its lot
--- is frozen and a dispute hold of 10 reserves it, covered by that lot (billing.place_dispute_hold,
--- billing.cover_dispute_hold, as billing.sync_purchase_dispute places it).
+-- is frozen and a dispute hold of 10 reserves it, covered by that lot (as billing.refreeze_disputes
+-- places it).
 select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000001', 10, 'adjustment', 'atk-own');
 select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000001', 10, 'promo_grant', 'atk-disputed', null, null, null,
   '{"applies_to": ["gpt-4o-mini"]}');
 update billing.lots l set frozen = true from billing.transfers t
 where t.id = l.grant_transfer_id and t.idempotency_key = 'atk-disputed';
-select billing.cover_dispute_hold(billing.place_dispute_hold(
-    (select a.id from billing.accounts a where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000001'), 10, 'dp_atk', 'dispute:dp_atk:1'),
+select billing.cover_dispute_hold((billing.place_hold(
+    (select a.id from billing.accounts a where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000001'), 10, 'dispute:dp_atk:1',
+    'infinity', 'dispute', 'dp_atk')).id,
   array(select l.id from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'atk-disputed'));
 -- 6 credits of gpt-4o-mini: the student has 10 available.
 select billing.charge_usage('a8a8a8a8-0000-4000-8000-000000000001', 'gpt-4o-mini', 10000, 0, 'atk-u1');

@@ -7,6 +7,7 @@ import { balanceOf, buy, emulator } from '../support/purchases.ts';
 import { chargeOfInvoice, renew, subscribeTo } from '../support/plans.ts';
 import { voidCharge } from '../support/money.ts';
 import {
+  claimedJob,
   coreInvariants,
   dispute,
   figures,
@@ -107,17 +108,6 @@ Deno.test('probe: a metered job cancelled while queued frees its hold at once', 
   await coreInvariants([s.id]);
 });
 
-/** A metered job of `userId` holding `reserve`, claimed by worker `w` (as claim_jobs leaves it). */
-async function claimedJob(userId: string, w: string, reserve: number, leaseSeconds = 30) {
-  return await testDb.begin(async (sql) => {
-    const [j] = await sql`select id from billing.enqueue_job(${userId}, 'ai_completion',
-      ${JSON.stringify({ model: 'gpt-4o', prompt: 'one two', max_tokens: 100 })}::text::jsonb, ${crypto.randomUUID()},
-      null, ${reserve})`;
-    await sql`update billing.jobs set status = 'processing', locked_by = ${w}, attempts = 1, started_at = now(),
-      locked_until = now() + make_interval(secs => ${leaseSeconds}), run_after = now() + interval '1 hour' where id = ${j.id}`;
-    return j.id as string;
-  });
-}
 const usage = JSON.stringify({ model: 'gpt-4o', input_tokens: 50, output_tokens: 0 });
 
 // A3 (probe). Cancelled while its worker runs it: the report charges once (a retried report is

@@ -8,7 +8,15 @@ import { spend, student, testDb, until } from '../support/helpers.ts';
 import { balanceOf, buy } from '../support/purchases.ts';
 import { buyGift, redeem } from '../support/codes.ts';
 import { voidCharge } from '../support/money.ts';
-import { coreInvariants, dispute, purchaseDisputeStatus, spendTry } from '../support/disputed.ts';
+import {
+  claimedJob,
+  coreInvariants,
+  dispute,
+  giftRedeemed,
+  jobUsage,
+  purchaseDisputeStatus,
+  spendTry,
+} from '../support/disputed.ts';
 
 const transferOf = (r: { body: { data?: unknown } }) => String((r.body.data as { transfer_id: string }).transfer_id);
 
@@ -57,19 +65,6 @@ Deno.test("a void into a gift lot in the redeemer's account: the gift's dispute 
   });
   void q;
 });
-
-/** A metered job of `userId` holding `reserve`, claimed by worker `w` (as claim_jobs leaves it). */
-async function claimedJob(userId: string, w: string, reserve: number, leaseSeconds = 60) {
-  return await testDb.begin(async (sql) => {
-    const [j] = await sql`select id from billing.enqueue_job(${userId}, 'ai_completion',
-      ${JSON.stringify({ model: 'gpt-4o', prompt: 'one two', max_tokens: 100 })}::text::jsonb, ${crypto.randomUUID()},
-      null, ${reserve})`;
-    await sql`update billing.jobs set status = 'processing', locked_by = ${w}, attempts = 1, started_at = now(),
-      locked_until = now() + make_interval(secs => ${leaseSeconds}), run_after = now() + interval '1 hour' where id = ${j.id}`;
-    return j.id as string;
-  });
-}
-const jobUsage = (credits: number) => JSON.stringify({ model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 });
 
 // C2. Work under way in the redeemer's account spends the frozen gift lot: T (the gift's
 //     redeemer, S's second account) spent 500 (charge C) and runs a job holding 1,000 when the
@@ -125,11 +120,7 @@ Deno.test("a job capture from a frozen gift lot, then a void: the gift's dispute
 //     of 3,500: 4,000 effectively held for a 5,000 claim. S spends 4,500; the loss leaves S at
 //     -1,000 where a package's dispute (which holds spent credits too) would leave 0.
 Deno.test('a job capture from a frozen gift lot: the buyer covers what it spent; a loss leaves S at 0, not in debt', async () => {
-  const s = await student();
-  const t = await student();
-  const g = await buyGift(s.token, 'mini');
-  assert.equal((await redeem(t.token, g.code)).status, 200);
-  await until('T has the gift', async () => (await balanceOf(t.token)).balance === '5000');
+  const { s, t, g } = await giftRedeemed();
   await spend(t.token, 500);
   const w = 'w-' + crypto.randomUUID().slice(0, 8);
   const job = await claimedJob(t.id, w, 1000);

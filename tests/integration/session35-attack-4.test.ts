@@ -7,32 +7,16 @@
 import assert from 'node:assert/strict';
 import { spend, student, testDb, until } from '../support/helpers.ts';
 import { balanceOf, buy } from '../support/purchases.ts';
-import { buyGift, redeem } from '../support/codes.ts';
-import { coreInvariants, dispute, purchaseDisputeStatus, spendTry } from '../support/disputed.ts';
-
-/** A metered job of `userId` holding `reserve`, claimed by worker `w` (as claim_jobs leaves it). */
-async function claimedJob(userId: string, w: string, reserve: number, leaseSeconds = 60) {
-  return await testDb.begin(async (sql) => {
-    const [j] = await sql`select id from billing.enqueue_job(${userId}, 'ai_completion',
-      ${JSON.stringify({ model: 'gpt-4o', prompt: 'one two', max_tokens: 100 })}::text::jsonb, ${crypto.randomUUID()},
-      null, ${reserve})`;
-    await sql`update billing.jobs set status = 'processing', locked_by = ${w}, attempts = 1, started_at = now(),
-      locked_until = now() + make_interval(secs => ${leaseSeconds}), run_after = now() + interval '1 hour' where id = ${j.id}`;
-    return j.id as string;
-  });
-}
-const jobUsage = (credits: number) => JSON.stringify({ model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 });
-const completeJob = (job: string, w: string, credits: number) =>
-  testDb`select status from billing.complete_job(${job}, ${w}, '{"text":"x"}'::jsonb, ${
-    jobUsage(credits)
-  }::text::jsonb)`;
-
-/** Spends everything `token` may, in one charge; what it spent. */
-async function spendAll(token: string) {
-  const a = Math.floor(Number((await balanceOf(token)).available));
-  if (a > 0) await spend(token, a);
-  return a;
-}
+import {
+  claimedJob,
+  completeJob,
+  coreInvariants,
+  dispute,
+  giftRedeemed,
+  purchaseDisputeStatus,
+  spendAll,
+  spendTry,
+} from '../support/disputed.ts';
 
 // D0 (yardstick probe). One account: P (5,000) bought, 500 spent, a job holding 1,000 under way,
 // Q (5,000) bought, P disputed. What S may spend before the job ends, and what the loss leaves.
@@ -66,11 +50,7 @@ Deno.test('probe (yardstick): one account, a job under way when P is disputed: S
 // -1,000 where the one-account yardstick (D0) leaves 0: S spent 1,000 of what the dispute claimed
 // (T's job hold was work under way on the disputed credits, invisible to S's available).
 Deno.test("a job under way in the redeemer's account on a disputed gift: the buyer may not spend what it will draw; the loss leaves 0", async () => {
-  const s = await student();
-  const t = await student();
-  const g = await buyGift(s.token, 'mini');
-  assert.equal((await redeem(t.token, g.code)).status, 200);
-  await until('T has the gift', async () => (await balanceOf(t.token)).balance === '5000');
+  const { s, t, g } = await giftRedeemed();
   await spend(t.token, 500);
   const w = 'w-' + crypto.randomUUID().slice(0, 8);
   const job = await claimedJob(t.id, w, 1000);
@@ -154,11 +134,7 @@ Deno.test("a member's job under way on a school's disputed purchase: the wallet 
 // frozen gift lot; S's dispute lost while the three captures land at once. No 500, nothing
 // created or lost, held equal to the live holds.
 Deno.test("probe: three captures from a frozen gift lot in the redeemer's account racing the dispute lost", async () => {
-  const s = await student();
-  const t = await student();
-  const g = await buyGift(s.token, 'mini');
-  assert.equal((await redeem(t.token, g.code)).status, 200);
-  await until('T has the gift', async () => (await balanceOf(t.token)).balance === '5000');
+  const { s, t, g } = await giftRedeemed();
   const w = 'w-' + crypto.randomUUID().slice(0, 8);
   const jobs = [await claimedJob(t.id, w, 1000), await claimedJob(t.id, w, 1000), await claimedJob(t.id, w, 1000)];
   await buy(s.token, 'mini');

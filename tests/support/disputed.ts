@@ -1,11 +1,23 @@
 // What the attacks on disputes beside credits for some models share (session34-attack*.test.ts):
 // a student's figures, usage and gateway calls as they send them, and the core's invariants.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, newUser, reportUsage, spend, testDb, until, userToken } from './helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  key,
+  newUser,
+  reportUsage,
+  spend,
+  student,
+  testDb,
+  until,
+  userToken,
+} from './helpers.ts';
+import { buyGift, redeem } from './codes.ts';
 import { creditPerToken } from './ai.ts';
 import { grantLot } from './lots.ts';
 import { chargeOfInvoice } from './plans.ts';
-import { buy, chargeOf, emulator, stripeApi } from './purchases.ts';
+import { balanceOf, buy, chargeOf, emulator, stripeApi } from './purchases.ts';
 
 /** POST /credits/usage of `credits` of a 1-credit-a-token model (creditPerToken), as the product's server reports it. */
 export const chargeTokens = (token: string, model: string, credits: number) =>
@@ -143,4 +155,41 @@ export async function spendTry(token: string, credits: number) {
   } catch {
     return false;
   }
+}
+
+/** A metered job of `userId` holding `reserve`, claimed by worker `w` (as claim_jobs leaves it). */
+export async function claimedJob(userId: string, w: string, reserve: number, leaseSeconds = 60) {
+  return await testDb.begin(async (sql) => {
+    const [j] = await sql`select id from billing.enqueue_job(${userId}, 'ai_completion',
+      ${JSON.stringify({ model: 'gpt-4o', prompt: 'one two', max_tokens: 100 })}::text::jsonb, ${crypto.randomUUID()},
+      null, ${reserve})`;
+    await sql`update billing.jobs set status = 'processing', locked_by = ${w}, attempts = 1, started_at = now(),
+      locked_until = now() + make_interval(secs => ${leaseSeconds}), run_after = now() + interval '1 hour' where id = ${j.id}`;
+    return j.id as string;
+  });
+}
+/** A job's usage report of `credits` of gpt-4o. */
+export const jobUsage = (credits: number) =>
+  JSON.stringify({ model: 'gpt-4o', input_tokens: credits * 50, output_tokens: 0 });
+/** Worker `w` reports job `job` done, `credits` of work. */
+export const completeJob = (job: string, w: string, credits: number) =>
+  testDb`select status from billing.complete_job(${job}, ${w}, '{"text":"x"}'::jsonb, ${
+    jobUsage(credits)
+  }::text::jsonb)`;
+
+/** Spends everything `token` may, in one charge; what it spent. */
+export async function spendAll(token: string) {
+  const a = Math.floor(Number((await balanceOf(token)).available));
+  if (a > 0) await spend(token, a);
+  return a;
+}
+
+/** Two students: S buys a gift of 5,000 (G) that T (S's second account) redeems. */
+export async function giftRedeemed() {
+  const s = await student();
+  const t = await student();
+  const g = await buyGift(s.token, 'mini');
+  assert.equal((await redeem(t.token, g.code)).status, 200);
+  await until('T has the gift', async () => (await balanceOf(t.token)).balance === '5000');
+  return { s, t, g };
 }
