@@ -49,6 +49,7 @@ create table billing.purchases (
   bonus_refund_reversed numeric(38,18) default 0 not null,
   dispute_id text,
   dispute_status text,
+  disputed_at timestamp with time zone,
   created_at timestamp with time zone default now() not null,
   paid_at timestamp with time zone,
   updated_at timestamp with time zone default now() not null,
@@ -75,6 +76,7 @@ create table billing.purchases (
   constraint purchases_user_id_fkey foreign key (user_id) references auth.users(id) on delete restrict
 );
 comment on table billing.purchases is 'A credit package bought through a hosted Stripe Checkout Session. Stripe ids only: no card data.';
+comment on column billing.purchases.disputed_at is 'When its charge''s dispute opened: work placed before it is work under way (billing.dispute_work_in).';
 comment on column billing.purchases.tax_cents is 'Stripe Tax collected on top of the price (the session''s total_details.amount_tax): charged, owed to tax authorities, never revenue; the credits and their cost basis are the price''s.';
 comment on column billing.purchases.gift is 'Bought as a gift: paid, its credits go to its code''s escrow (billing.codes), not the buyer''s account.';
 comment on column billing.purchases.package_version is 'The package version sold (its price, credits and Stripe Price): price_cents, credits and bonus_credits are its, whatever the package says now.';

@@ -34,6 +34,18 @@ $$;
 comment on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) is 'Internal: how many of a purchase''s credits (of one category; both when null) expired and were not yet forgiven by a refund or a lost dispute.';
 revoke execute on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) from public;
 
+-- Whose purchase it is: the buyer's own account, or the school's wallet.
+create or replace function billing.purchase_buyer(p_purchase_id uuid) returns bigint
+language sql stable
+set search_path = ''
+as $$
+  select a.id from billing.purchases p join billing.accounts a
+    on (p.org_id is null and a.user_id = p.user_id and a.org_id is null) or (a.org_id = p.org_id and a.member_id is null)
+  where p.id = p_purchase_id
+$$;
+comment on function billing.purchase_buyer(p_purchase_id uuid) is 'Internal: the account that bought a purchase: the student''s own, or the school''s wallet.';
+revoke execute on function billing.purchase_buyer(p_purchase_id uuid) from public;
+
 -- Refunds: Stripe reports the cumulative amount, so the reversal converges on
 -- floor(credits × refunded / paid), for purchased and bonus credits alike. Paid is what the
 -- charge took, tax included: a refund returns tax and price in proportion, so refunding the
@@ -76,9 +88,10 @@ revoke execute on function billing.sync_purchase_refunds(p billing.purchases, p_
 -- redeemer's, a member's allowance), placed before the dispute froze them, may still capture from
 -- those frozen lots (work under way): what it draws there becomes spent, the buyer's to owe. So
 -- the buyer holds it, not that account: the least of the purchase's lots there and what its work
--- holds exceed its other credits that surely pay for it (for any model, not expiring, not frozen:
--- credits for some models or that expire under the work are no cover). (In the buyer's own
--- account such a hold already sits beside the dispute's, which holds the whole.)
+-- holds placed before the dispute opened exceed its other credits that surely pay for it (for any
+-- model, not expiring, not frozen: credits for some models or that expire under the work are no
+-- cover; a hold placed after is held beside the dispute and never reaches the frozen lots). (In
+-- the buyer's own account such a hold already sits beside the dispute's, which holds the whole.)
 create or replace function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) returns numeric
 language sql stable
 set search_path = ''
@@ -87,13 +100,49 @@ as $$
     (select coalesce(sum(l.remaining), 0) from billing.lots l
      where l.purchase_id = p_purchase_id and l.open and l.account_id = p_account_id),
     greatest((select coalesce(sum(h.amount), 0) from billing.holds h
-              where h.account_id = p_account_id and h.status = 'active' and h.purpose in ('job', 'ai'))
+              where h.account_id = p_account_id and h.status = 'active' and h.purpose in ('job', 'ai')
+                and h.created_at < (select p.disputed_at from billing.purchases p where p.id = p_purchase_id))
              - (select coalesce(sum(f.remaining), 0) from billing.lots f
                 where f.account_id = p_account_id and f.open and not f.frozen and f.applies_to is null
                   and f.expires_at is null and f.purchase_id is distinct from p_purchase_id), 0))
 $$;
 comment on function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) is 'Internal: what work under way (job and gateway holds) in an account a disputed purchase''s credits were moved to may still draw of them, frozen: the buyer''s dispute hold holds it, that account''s the rest of the lots.';
 revoke execute on function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) from public;
+
+-- What a loss would take from the buyer itself: what is left of the purchase beyond its lots in
+-- other accounts and what expired of it (spent credits included: they are owed).
+create or replace function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigint) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
+    - coalesce((select sum(l.remaining) from billing.lots l
+                where l.purchase_id = p.id and l.open and l.account_id <> p_buyer), 0)
+    - billing.purchase_expiry_unforgiven(p.id, null)
+  from billing.purchases p where p.id = p_purchase_id
+$$;
+comment on function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigint) is 'Internal: what a lost dispute would take from the buyer''s own account: what is left of the purchase beyond its lots elsewhere and what expired of it.';
+revoke execute on function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigint) from public;
+
+-- What of the work in p_account_id (billing.dispute_work_in) the buyer's dispute hold does hold:
+-- what it holds beyond its own claim, given to the accounts in id order. Only that much may that
+-- account's own dispute hold leave to the work (a buyer whose balance cut its hold short holds
+-- less, and the lots there stay held), and only that much may a loss leave there.
+create or replace function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint,
+  p_account_id bigint) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select greatest(least(billing.dispute_work_in(p_purchase_id, p_account_id),
+    (select coalesce(sum(h.amount), 0) from billing.holds h
+     where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute' and h.correlation_id = p_dispute_id)
+    - billing.dispute_buyer_claim(p_purchase_id, p_buyer)
+    - coalesce((select sum(billing.dispute_work_in(p_purchase_id, a.account_id)) from (select distinct l.account_id
+                from billing.lots l where l.purchase_id = p_purchase_id and l.open and l.account_id <> p_buyer
+                  and l.account_id < p_account_id) a), 0)), 0)
+$$;
+comment on function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint, p_account_id bigint) is 'Internal: what of the work under way in an account holding a disputed purchase''s lots the buyer''s dispute hold holds (beyond its own claim, accounts in id order).';
+revoke execute on function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint, p_account_id bigint) from public;
 
 -- Disputes: open → hold what is left of the purchase, in every account its credits are in;
 -- won → release; lost → reverse it from wherever it is.
@@ -132,16 +181,11 @@ begin
       -- Due lots expire before anything is frozen (frozen lots wait).
       perform billing.settle_account(x) from unnest(v_reached) x;
     else
-      -- What the buyer held for work under way elsewhere, beyond what a loss takes from it: that
-      -- work is paid from the lots there, which the loss leaves it (billing.take_back_purchase).
-      select least(coalesce((select sum(billing.dispute_work_in(p.id, w.account_id)) from (select distinct l.account_id
-               from billing.lots l where l.purchase_id = p.id and l.open and l.account_id <> v_buyer) w), 0),
-             greatest(coalesce(sum(h.amount), 0) - (v_remaining - billing.purchase_expiry_unforgiven(p.id, null)
-               - coalesce((select sum(l.remaining) from billing.lots l
-                           where l.purchase_id = p.id and l.open and l.account_id <> v_buyer), 0)), 0))
-      into v_keep from billing.holds h
-      where h.account_id = v_buyer and h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id'
-        and h.status = 'active';
+      -- What the buyer held for work under way elsewhere: that work is paid from the lots there,
+      -- which the loss leaves it (billing.take_back_purchase).
+      select coalesce(sum(billing.dispute_work_held(p.id, p_state ->> 'dispute_id', v_buyer, a.account_id)), 0) into v_keep
+      from (select distinct l.account_id from billing.lots l
+            where l.purchase_id = p.id and l.open and l.account_id <> v_buyer) a;
       perform billing.release_hold(null, h.id) from billing.holds h
       where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active'
       order by h.account_id;
@@ -153,12 +197,15 @@ begin
         p_state ->> 'charge_id', v_keep);
     end if;
     update billing.purchases x
-    set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute, updated_at = now()
+    set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute, updated_at = now(),
+        disputed_at = coalesce(x.disputed_at, now())
     where x.id = p.id returning * into p;
     -- Open: the dispute holds, wherever the purchase's credits are, what a loss would take back
     -- (billing.refreeze_disputes: the lots there; the buyer, the rest). Closed: what it held may
     -- have stood in for other disputes still open there.
-    foreach v_account in array v_reached loop
+    -- The buyer first: what the others leave to work there is what it holds (dispute_work_held).
+    foreach v_account in array case when v_buyer is null then v_reached
+                                    else v_buyer || array_remove(v_reached, v_buyer) end loop
       perform billing.refreeze_disputes(v_account, case when v_dispute = 'open' then p.dispute_id end);
     end loop;
   end if;
@@ -295,15 +342,12 @@ begin
         'dispute:' || p.dispute_id || case when b.buyer then '' else ':' || p_account_id end as key,
         billing.purchase_lots(p.id, null) as covers, p.paid_at as since, p.id::text as tie,
         case when b.buyer
-          then (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
-               - coalesce((select sum(l.remaining) from billing.lots l
-                           where l.purchase_id = p.id and l.open and l.account_id <> p_account_id), 0)
-               - billing.purchase_expiry_unforgiven(p.id, null)
+          then billing.dispute_buyer_claim(p.id, p_account_id)
                + coalesce((select sum(billing.dispute_work_in(p.id, w.account_id)) from (select distinct l.account_id
                            from billing.lots l where l.purchase_id = p.id and l.open and l.account_id <> p_account_id) w), 0)
           else coalesce((select sum(l.remaining) from billing.lots l
                          where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
-               - billing.dispute_work_in(p.id, p_account_id)
+               - billing.dispute_work_held(p.id, p.dispute_id, billing.purchase_buyer(p.id), p_account_id)
         end as target
       from billing.purchases p
       cross join lateral (select coalesce((p.org_id is null and p.user_id = v_account.user_id)
@@ -380,6 +424,7 @@ declare
   d record;
   v_accounts bigint[];
   v_account bigint;
+  v_buyer bigint;
 begin
   -- Nearly every transfer drew no frozen lot, nearly every account holds none: a lookup on each key.
   if not exists (select 1 from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
@@ -415,11 +460,12 @@ begin
       select h.account_id from billing.holds h
       where h.purpose = 'dispute' and h.status = 'active' and h.correlation_id = d.dispute_id
       union all
-      select a.id from billing.purchases p join billing.accounts a
-        on (p.org_id is null and a.user_id = p.user_id and a.org_id is null) or (a.org_id = p.org_id and a.member_id is null)
-      where p.id = d.purchase_id) r;
+      select billing.purchase_buyer(d.purchase_id) where d.purchase_id is not null) r;
     perform 1 from billing.accounts a where a.id = any(v_accounts) order by a.id for update;
-    foreach v_account in array v_accounts loop
+    -- The buyer first: what the others leave to work there is what it holds (dispute_work_held).
+    v_buyer := billing.purchase_buyer(d.purchase_id);
+    foreach v_account in array case when v_buyer is null then v_accounts
+                                    else v_buyer || array_remove(v_accounts, v_buyer) end loop
       perform billing.refreeze_disputes(v_account, d.dispute_id, true);
     end loop;
   end loop;

@@ -658,6 +658,8 @@ begin
     if exists (select 1 from billing.holds h where h.id = v_call.hold_id and h.status = 'active') then
       perform billing.release_hold(null, v_call.hold_id);
     end if;
+    -- Work that ends drawing nothing: what a dispute's buyer held for it elsewhere goes.
+    perform billing.refit_disputes_drawn(null, h.account_id) from billing.holds h where h.id = v_call.hold_id;
     update billing.ai_calls c set status = 'failed', failure = p_failure, finished_at = now(),
       upstream_status = (p_report ->> 'upstream_status')::integer, first_token_ms = (p_report ->> 'first_token_ms')::integer,
       duration_ms = (p_report ->> 'duration_ms')::integer, client_left = coalesce((p_report ->> 'client_left')::boolean, false)
@@ -1031,16 +1033,22 @@ set search_path = ''
 as $$
 declare
   v_count integer;
+  v_holds uuid[];
 begin
   -- `status = 'held'` again on the row itself: a finish that committed while this waited on its
   -- row charged the call, which then stays charged (its key taken, so a retry is a replay).
-  update billing.ai_calls c set status = 'failed', failure = 'GATEWAY_LOST', finished_at = now()
-  where c.status = 'held' and c.id = any (array(
-    select x.id from billing.ai_calls x left join billing.holds h on h.id = x.hold_id
-    where x.status = 'held' and x.created_at < now() - interval '1 minute'
-      and (h.id is null or (h.status <> 'active' and h.expires_at <= now()))
-    order by x.created_at limit p_limit));
-  get diagnostics v_count = row_count;
+  with lost as (
+    update billing.ai_calls c set status = 'failed', failure = 'GATEWAY_LOST', finished_at = now()
+    where c.status = 'held' and c.id = any (array(
+      select x.id from billing.ai_calls x left join billing.holds h on h.id = x.hold_id
+      where x.status = 'held' and x.created_at < now() - interval '1 minute'
+        and (h.id is null or (h.status <> 'active' and h.expires_at <= now()))
+      order by x.created_at limit p_limit))
+    returning c.hold_id)
+  select count(*), array_agg(lost.hold_id) into v_count, v_holds from lost;
+  -- Work that ended drawing nothing: what a dispute's buyer held for it elsewhere goes.
+  perform billing.refit_disputes_drawn(null, a.account_id)
+  from (select distinct h.account_id from billing.holds h where h.id = any(v_holds) order by h.account_id) a;
   update billing.ai_calls c set answer = null
   where c.id = any (array(select x.id from billing.ai_calls x where x.answer is not null and x.expires_at <= now()
                           limit p_limit));

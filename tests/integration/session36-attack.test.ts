@@ -16,12 +16,13 @@
 // the work and takes it from the buyer (billing.take_back_purchase's p_keep); work that ends in
 // such an account refits the dispute (billing.refit_disputes_drawn's p_account_id).
 import assert from 'node:assert/strict';
-import { api, backdateLot, functionsUrl, key, student, testDb, until } from '../support/helpers.ts';
+import { api, backdateLot, key, student, testDb, until } from '../support/helpers.ts';
 import { balanceOf, buy, emulator } from '../support/purchases.ts';
 import { buyGift, redeem } from '../support/codes.ts';
 import { creditPerToken } from '../support/ai.ts';
 import { accountOf, person, school } from '../support/orgs.ts';
 import {
+  aiHolds,
   claimedJob,
   completeJob,
   coreInvariants,
@@ -31,6 +32,7 @@ import {
   purchaseDisputeStatus,
   spendAll,
   spendTry,
+  streamCall,
 } from '../support/disputed.ts';
 import { grantLot } from '../support/lots.ts';
 import { subscribeTo } from '../support/plans.ts';
@@ -93,29 +95,6 @@ Deno.test("credits for another model in a member's allowance are not cover for i
     wallet: '0',
   });
 });
-
-/** A streamed gateway call of `token` for `model`, read to its end in the background. */
-function streamCall(token: string, model: string, directives: string, max_tokens: number) {
-  return (async () => {
-    const res = await fetch(`${functionsUrl}/ai/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...key() },
-      body: JSON.stringify({
-        model,
-        messages: [{ role: 'user', content: `#standin ${directives}` }],
-        max_tokens,
-        stream: true,
-        stream_options: { include_usage: true },
-      }),
-    });
-    const text = await res.text();
-    return { status: res.status, text };
-  })();
-}
-const aiHolds = async (userId: string) =>
-  (await testDb`select trim_scale(coalesce(sum(h.amount), 0))::text as n from billing.holds h
-    join billing.accounts a on a.id = h.account_id
-    where a.user_id = ${userId} and h.purpose = 'ai' and h.status = 'active'`)[0].n as string;
 
 // E2. E1 through the gateway, in the student's own accounts: S owns a school with T (S's second
 // account) as a member; the school buys R and S issues T a sponsor code of 1,000 for gpt-4o-mini
@@ -465,4 +444,49 @@ Deno.test('probe: a job under way in the redeemer account on two disputed gifts:
   const sHeld = (await balanceOf(s.token)).held;
   await coreInvariants([s.id, t.id]);
   assert.equal(sHeld, '1000');
+});
+
+// E3 through the gateway: work in T that ends drawing nothing (a call the provider fails, a call
+// whose gateway died and the sweep marks failed) no longer has S hold what it might have drawn:
+// S holds what G spent (nothing), T's dispute hold G's whole lot again.
+Deno.test('a gateway call on a frozen gift lot that the provider fails: the buyer no longer holds what it might have drawn', async () => {
+  const m = await creditPerToken();
+  const { s, t, g } = await giftRedeemed();
+  await buy(s.token, 'mini');
+  await until('Q paid', async () => (await balanceOf(s.token)).balance === '5000');
+  const call = streamCall(t.token, m, 'first_byte_delay=6000 fail=500', 1000);
+  const held = await until('the call held', async () => (await aiHolds(t.id)) !== '0' && await aiHolds(t.id), 10_000);
+  await dispute(g.session_id, 'open');
+  await until('gift disputed', async () => (await purchaseDisputeStatus(g.session_id)) === 'open');
+  const atOpen = (await balanceOf(s.token)).held;
+  await call;
+  await until(
+    'the call failed',
+    async () => (await testDb`select status from billing.ai_calls where user_id = ${t.id}`)[0]?.status === 'failed',
+  );
+  const after = { s: (await balanceOf(s.token)).held, t: (await balanceOf(t.token)).held };
+  await coreInvariants([s.id, t.id]);
+  assert.deepEqual({ atOpen: atOpen === held, after }, { atOpen: true, after: { s: '0', t: '5000' } });
+});
+
+Deno.test('a gateway call on a frozen gift lot whose gateway died: the sweep that fails it refits the dispute', async () => {
+  const m = await creditPerToken();
+  const { s, t, g } = await giftRedeemed();
+  await buy(s.token, 'mini');
+  await until('Q paid', async () => (await balanceOf(s.token)).balance === '5000');
+  const call = streamCall(t.token, m, 'first_byte_delay=4000 no_usage', 1000);
+  await until('the call held', async () => (await aiHolds(t.id)) !== '0', 10_000);
+  await dispute(g.session_id, 'open');
+  await until('gift disputed', async () => (await purchaseDisputeStatus(g.session_id)) === 'open');
+  const atOpen = (await balanceOf(s.token)).held;
+  // The gateway is gone (as far as the database knows): its hold's TTL and the minute pass.
+  await testDb`update billing.holds h set expires_at = now() - interval '1 second' from billing.ai_calls c
+    where c.user_id = ${t.id} and h.id = c.hold_id`;
+  await testDb`update billing.ai_calls set created_at = created_at - interval '2 minutes' where user_id = ${t.id}`;
+  await testDb`select billing.release_expired_holds()`;
+  await testDb`select billing.sweep_ai_calls()`;
+  const after = { s: (await balanceOf(s.token)).held, t: (await balanceOf(t.token)).held };
+  await call;
+  await coreInvariants([s.id, t.id]);
+  assert.deepEqual({ atOpen: Number(atOpen) > 0, after }, { atOpen: true, after: { s: '0', t: '5000' } });
 });

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import {
   api,
   assertLedgerInvariants,
+  functionsUrl,
   key,
   newUser,
   reportUsage,
@@ -192,4 +193,31 @@ export async function giftRedeemed() {
   assert.equal((await redeem(t.token, g.code)).status, 200);
   await until('T has the gift', async () => (await balanceOf(t.token)).balance === '5000');
   return { s, t, g };
+}
+
+/** What `userId`'s own holds of `purpose` hold now. */
+export const heldFor = async (userId: string, purpose: 'ai' | 'dispute' | 'job') =>
+  (await testDb`select trim_scale(coalesce(sum(h.amount), 0))::text as n from billing.holds h
+    join billing.accounts a on a.id = h.account_id
+    where a.user_id = ${userId} and h.purpose = ${purpose} and h.status = 'active'`)[0].n as string;
+/** What `userId`'s gateway calls hold now. */
+export const aiHolds = (userId: string) => heldFor(userId, 'ai');
+
+/** A streamed gateway call of `token` for `model`, read to its end in the background. */
+export function streamCall(token: string, model: string, directives: string, max_tokens: number) {
+  return (async () => {
+    const res = await fetch(`${functionsUrl}/ai/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...key() },
+      body: JSON.stringify({
+        model,
+        messages: [{ role: 'user', content: `#standin ${directives}` }],
+        max_tokens,
+        stream: true,
+        stream_options: { include_usage: true },
+      }),
+    });
+    const text = await res.text();
+    return { status: res.status, text };
+  })();
 }
