@@ -125,17 +125,23 @@ comment on function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigi
 revoke execute on function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigint) from public;
 
 -- What of the work in p_account_id (billing.dispute_work_in) the buyer's dispute hold does hold:
--- what it holds beyond its own claim, given to the accounts in id order. Only that much may that
--- account's own dispute hold leave to the work (a buyer whose balance cut its hold short holds
--- less, and the lots there stay held), and only that much may a loss leave there.
+-- what its balance backs of it (after the other disputes' holds there) beyond its own claim,
+-- given to the accounts in id order. Only that much may that account's own dispute hold leave to
+-- the work (a buyer whose balance cut its hold short, or later fell under it, holds less, and the
+-- lots there stay held), and only that much may a loss leave there.
 create or replace function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint,
   p_account_id bigint) returns numeric
 language sql stable
 set search_path = ''
 as $$
   select greatest(least(billing.dispute_work_in(p_purchase_id, p_account_id),
-    (select coalesce(sum(h.amount), 0) from billing.holds h
-     where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute' and h.correlation_id = p_dispute_id)
+    least((select coalesce(sum(h.amount), 0) from billing.holds h
+           where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
+             and h.correlation_id = p_dispute_id),
+          greatest((select a.balance from billing.accounts a where a.id = p_buyer)
+                   - (select coalesce(sum(h.amount), 0) from billing.holds h
+                      where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
+                        and h.correlation_id <> p_dispute_id), 0))
     - billing.dispute_buyer_claim(p_purchase_id, p_buyer)
     - coalesce((select sum(billing.dispute_work_in(p_purchase_id, a.account_id)) from (select distinct l.account_id
                 from billing.lots l where l.purchase_id = p_purchase_id and l.open and l.account_id <> p_buyer
@@ -425,6 +431,7 @@ declare
   v_accounts bigint[];
   v_account bigint;
   v_buyer bigint;
+  v_reached bigint[] := '{}'::bigint[];  -- every account a refit reached
 begin
   -- Nearly every transfer drew no frozen lot, nearly every account holds none: a lookup on each key.
   if not exists (select 1 from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
@@ -468,6 +475,12 @@ begin
                                     else v_buyer || array_remove(v_accounts, v_buyer) end loop
       perform billing.refreeze_disputes(v_account, d.dispute_id, true);
     end loop;
+    v_reached := v_reached || v_accounts;
+  end loop;
+  -- What a refit freed (a hold shrunk to what it now claims) may be held by the other disputes
+  -- open there that the balance cut short, as when a dispute closes.
+  foreach v_account in array coalesce(array(select distinct x from unnest(v_reached) x order by x), '{}') loop
+    perform billing.refreeze_disputes(v_account);
   end loop;
 end;
 $$;

@@ -30,6 +30,8 @@ import {
   figures,
   giftRedeemed,
   heldFor,
+  pgErrors,
+  pgLogSize,
   purchaseDisputeStatus,
   spendAll,
   spendTry,
@@ -146,13 +148,6 @@ Deno.test("F2: a job's hold in the redeemer's account that passes its TTL: the f
     JSON.stringify({ atOpen, unbilled }),
   );
 });
-
-/** Lines of the local Postgres log with ERROR or deadlock, written since `from` (a byte offset). */
-async function pgErrors(from: number) {
-  const log = await Deno.readFile('.local/pg/data/server.log');
-  return new TextDecoder().decode(log.subarray(from)).split('\n').filter((l) => /ERROR|deadlock/.test(l));
-}
-const pgLogSize = async () => (await Deno.stat('.local/pg/data/server.log')).size;
 
 // R1 (probe). The dispute opens while eight streamed calls in the redeemer's account finish and
 // the buyer spends: every call answered 200, every spend 201 or 402 (never 5xx), no ERROR in the

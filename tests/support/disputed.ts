@@ -221,3 +221,16 @@ export function streamCall(token: string, model: string, directives: string, max
     return { status: res.status, text };
   })();
 }
+
+const pgLog = '.local/pg/data/server.log';
+/** The local Postgres log's size now: where a probe starts reading it. */
+export const pgLogSize = async () => (await Deno.stat(pgLog)).size;
+/**
+ * What the local Postgres log says went wrong since `from` (a byte offset): a deadlock, or an
+ * error that is not one of the project's own refusals (those are a bare code: INSUFFICIENT_CREDITS).
+ */
+export async function pgErrors(from: number) {
+  const log = await Deno.readFile(pgLog);
+  return new TextDecoder().decode(log.subarray(from)).split('\n')
+    .filter((l) => /deadlock/.test(l) || (/ERROR:/.test(l) && !/ERROR:\s+[A-Z][A-Z_]+\s*$/.test(l)));
+}
