@@ -90,7 +90,8 @@ revoke execute on function billing.sync_purchase_refunds(p billing.purchases, p_
 -- the buyer holds it, not that account: the least of the purchase's lots there and what its work
 -- holds placed before the dispute opened exceed its other credits that surely pay for it (for any
 -- model, not expiring, not frozen: credits for some models or that expire under the work are no
--- cover; a hold placed after is held beside the dispute and never reaches the frozen lots). (In
+-- cover; a hold placed after is held beside the dispute and never reaches the frozen lots; work
+-- that may draw several disputed purchases' lots here is counted once, older purchases first). (In
 -- the buyer's own account such a hold already sits beside the dispute's, which holds the whole.)
 create or replace function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) returns numeric
 language sql stable
@@ -104,7 +105,13 @@ as $$
                 and h.created_at < (select p.disputed_at from billing.purchases p where p.id = p_purchase_id))
              - (select coalesce(sum(f.remaining), 0) from billing.lots f
                 where f.account_id = p_account_id and f.open and not f.frozen and f.applies_to is null
-                  and f.expires_at is null and f.purchase_id is distinct from p_purchase_id), 0))
+                  and f.expires_at is null and f.purchase_id is distinct from p_purchase_id)
+             -- One work, several disputed purchases here: the older ones' lots take it first.
+             - (select coalesce(sum(f.remaining), 0) from billing.lots f
+                join billing.purchases o on o.id = f.purchase_id
+                join billing.purchases p on p.id = p_purchase_id
+                where f.account_id = p_account_id and f.open and f.frozen and o.dispute_status = 'open'
+                  and (o.paid_at, o.id) < (p.paid_at, p.id)), 0))
 $$;
 comment on function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) is 'Internal: what work under way (job and gateway holds) in an account a disputed purchase''s credits were moved to may still draw of them, frozen: the buyer''s dispute hold holds it, that account''s the rest of the lots.';
 revoke execute on function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) from public;
@@ -125,8 +132,9 @@ comment on function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigi
 revoke execute on function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigint) from public;
 
 -- What of the work in p_account_id (billing.dispute_work_in) the buyer's dispute hold does hold:
--- what its balance backs of it (after the other disputes' holds there) beyond its own claim,
--- given to the accounts in id order. Only that much may that account's own dispute hold leave to
+-- what its balance backs of it beyond its own claim, after every other dispute there has what it
+-- holds or, for the buyer's other purchases, what a loss would take (however the holds were
+-- placed, work elsewhere comes after the buyer's own claims), given to the accounts in id order. Only that much may that account's own dispute hold leave to
 -- the work (a buyer whose balance cut its hold short, or later fell under it, holds less, and the
 -- lots there stay held), and only that much may a loss leave there.
 create or replace function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint,
@@ -139,9 +147,18 @@ as $$
            where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
              and h.correlation_id = p_dispute_id),
           greatest((select a.balance from billing.accounts a where a.id = p_buyer)
-                   - (select coalesce(sum(h.amount), 0) from billing.holds h
-                      where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
-                        and h.correlation_id <> p_dispute_id), 0))
+                   - coalesce((select sum(greatest(
+                       (select coalesce(sum(h.amount), 0) from billing.holds h
+                        where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
+                          and h.correlation_id = o.dispute_id),
+                       coalesce((select billing.dispute_buyer_claim(p.id, p_buyer) from billing.purchases p
+                                 where p.dispute_id = o.dispute_id and p.dispute_status = 'open'), 0)))
+                     from (select h.correlation_id as dispute_id from billing.holds h
+                           where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
+                           union
+                           select p.dispute_id from billing.purchases p
+                           where p.dispute_status = 'open' and billing.purchase_buyer(p.id) = p_buyer) o
+                     where o.dispute_id <> p_dispute_id), 0), 0))
     - billing.dispute_buyer_claim(p_purchase_id, p_buyer)
     - coalesce((select sum(billing.dispute_work_in(p_purchase_id, a.account_id)) from (select distinct l.account_id
                 from billing.lots l where l.purchase_id = p_purchase_id and l.open and l.account_id <> p_buyer
@@ -213,6 +230,11 @@ begin
     foreach v_account in array case when v_buyer is null then v_reached
                                     else v_buyer || array_remove(v_reached, v_buyer) end loop
       perform billing.refreeze_disputes(v_account, case when v_dispute = 'open' then p.dispute_id end);
+    end loop;
+    -- The buyer's balance and holds moved: what it holds for work elsewhere of its other disputes
+    -- (billing.dispute_work_held) is refit wherever they reach.
+    foreach v_account in array v_reached loop
+      perform billing.refit_disputes_drawn(null, v_account);
     end loop;
   end if;
   return p;
@@ -436,7 +458,9 @@ begin
   -- Nearly every transfer drew no frozen lot, nearly every account holds none: a lookup on each key.
   if not exists (select 1 from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
                  where la.transfer_id = p_transfer_id and l.frozen)
-     and not exists (select 1 from billing.lots l where l.account_id = p_account_id and l.open and l.frozen) then
+     and not exists (select 1 from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
+     and not exists (select 1 from billing.holds h where h.account_id = p_account_id and h.status = 'active'
+                     and h.purpose = 'dispute') then
     return;
   end if;
   for d in
@@ -447,7 +471,11 @@ begin
         select l.purchase_id from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
         where la.transfer_id = p_transfer_id and l.frozen
         union all
-        select l.purchase_id from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
+        select l.purchase_id from billing.lots l where l.account_id = p_account_id and l.open and l.frozen
+        union all
+        select x.id from billing.purchases x where x.dispute_id in (
+          select h.correlation_id from billing.holds h
+          where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute'))
       union
       -- A plan's grant is read here as rows (plans sit above this file); its lots stay in its account.
       select g.dispute_id, null, l.account_id, g.granted_at, g.invoice_id

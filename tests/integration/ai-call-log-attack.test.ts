@@ -4,7 +4,18 @@
 // tables and logs. A test that fails on today's code is a hole; the rest are regressions.
 import assert from 'node:assert/strict';
 import { ask, student } from '../support/ai.ts';
-import { adminToken, api, assertLedgerInvariants, env, functionsUrl, key, testDb, until } from '../support/helpers.ts';
+import {
+  adminToken,
+  api,
+  assertLedgerInvariants,
+  env,
+  functionsUrl,
+  key,
+  pgLogFrom,
+  pgLogSince,
+  testDb,
+  until,
+} from '../support/helpers.ts';
 import { person, school } from '../support/orgs.ts';
 import { orgGrant } from '../support/lots.ts';
 
@@ -38,18 +49,7 @@ async function streamWith(token: string, prompt: string, during: () => Promise<v
   for (;;) if ((await reader.read()).done) break;
 }
 
-/** The Postgres server log's size now, to read what a test added to it. */
 const cursor = (position: string) => btoa(position).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
-
-async function pgLogFrom(): Promise<{ file: string; at: number }> {
-  // Where the local cluster writes its server log (scripts/lib.sh, pg_start).
-  const file = `${(await testDb`show data_directory`)[0].data_directory}/server.log`;
-  return { file, at: (await Deno.stat(file)).size };
-}
-async function pgLogSince(mark: { file: string; at: number }): Promise<string> {
-  const bytes = await Deno.readFile(mark.file);
-  return new TextDecoder().decode(bytes.subarray(mark.at));
-}
 
 // ============================================================ 2. content without consent
 

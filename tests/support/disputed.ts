@@ -7,6 +7,8 @@ import {
   functionsUrl,
   key,
   newUser,
+  pgLogFrom,
+  pgLogSince,
   reportUsage,
   spend,
   student,
@@ -222,15 +224,13 @@ export function streamCall(token: string, model: string, directives: string, max
   })();
 }
 
-const pgLog = '.local/pg/data/server.log';
-/** The local Postgres log's size now: where a probe starts reading it. */
-export const pgLogSize = async () => (await Deno.stat(pgLog)).size;
+/** Where a probe starts reading the Postgres log. */
+export const pgLogSize = pgLogFrom;
 /**
- * What the local Postgres log says went wrong since `from` (a byte offset): a deadlock, or an
- * error that is not one of the project's own refusals (those are a bare code: INSUFFICIENT_CREDITS).
+ * What the Postgres log says went wrong since `from`: a deadlock, or an error that is not one of
+ * the project's own refusals (those are a bare code: INSUFFICIENT_CREDITS).
  */
-export async function pgErrors(from: number) {
-  const log = await Deno.readFile(pgLog);
-  return new TextDecoder().decode(log.subarray(from)).split('\n')
+export async function pgErrors(from: { file: string; at: number }) {
+  return (await pgLogSince(from)).split('\n')
     .filter((l) => /deadlock/.test(l) || (/ERROR:/.test(l) && !/ERROR:\s+[A-Z][A-Z_]+\s*$/.test(l)));
 }

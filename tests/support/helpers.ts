@@ -413,3 +413,15 @@ export async function must<R extends { data: unknown; error: Error | null }>(
   if (error) throw error;
   return data;
 }
+
+/** The Postgres server log and its size now, to read what a test added to it. */
+export async function pgLogFrom(): Promise<{ file: string; at: number }> {
+  // Where the local cluster writes its server log (scripts/lib.sh, pg_start).
+  const file = `${(await testDb`show data_directory`)[0].data_directory}/server.log`;
+  return { file, at: (await Deno.stat(file)).size };
+}
+/** What the Postgres server log gained since `mark`. */
+export async function pgLogSince(mark: { file: string; at: number }): Promise<string> {
+  const bytes = await Deno.readFile(mark.file);
+  return new TextDecoder().decode(bytes.subarray(mark.at));
+}
