@@ -139,14 +139,24 @@ revoke execute on function billing.dispute_buyer_claim(p_purchase_id uuid, p_buy
 -- lots there stay held), and only that much may a loss leave there.
 create or replace function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint,
   p_account_id bigint) returns numeric
-language sql stable
+language plpgsql stable
 set search_path = ''
 as $$
-  select greatest(least(billing.dispute_work_in(p_purchase_id, p_account_id),
+begin
+  -- PL/pgSQL: it reads plan grants as rows, defined above this file.
+  return greatest(least(billing.dispute_work_in(p_purchase_id, p_account_id),
     least((select coalesce(sum(h.amount), 0) from billing.holds h
            where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
              and h.correlation_id = p_dispute_id),
+          -- Only credits that surely stay back it: not expiring, for any model (a loss's
+          -- reversal draws no others), and none while a plan invoice of the buyer is disputed
+          -- (its claim is not a purchase's: its hold may stand short of it).
+          case when exists (select 1 from billing.plan_grants g join billing.subscriptions x on x.id = g.subscription_id
+                            join billing.accounts a on a.user_id = x.user_id and a.org_id is null
+                            where a.id = p_buyer and g.dispute_status = 'open') then 0 else
           greatest((select a.balance from billing.accounts a where a.id = p_buyer)
+                   - (select coalesce(sum(l.remaining), 0) from billing.lots l
+                      where l.account_id = p_buyer and l.open and (l.expires_at is not null or l.applies_to is not null))
                    - coalesce((select sum(greatest(
                        (select coalesce(sum(h.amount), 0) from billing.holds h
                         where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
@@ -158,11 +168,12 @@ as $$
                            union
                            select p.dispute_id from billing.purchases p
                            where p.dispute_status = 'open' and billing.purchase_buyer(p.id) = p_buyer) o
-                     where o.dispute_id <> p_dispute_id), 0), 0))
+                     where o.dispute_id <> p_dispute_id), 0), 0) end)
     - billing.dispute_buyer_claim(p_purchase_id, p_buyer)
     - coalesce((select sum(billing.dispute_work_in(p_purchase_id, a.account_id)) from (select distinct l.account_id
                 from billing.lots l where l.purchase_id = p_purchase_id and l.open and l.account_id <> p_buyer
-                  and l.account_id < p_account_id) a), 0)), 0)
+                  and l.account_id < p_account_id) a), 0)), 0);
+end;
 $$;
 comment on function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint, p_account_id bigint) is 'Internal: what of the work under way in an account holding a disputed purchase''s lots the buyer''s dispute hold holds (beyond its own claim, accounts in id order).';
 revoke execute on function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint, p_account_id bigint) from public;

@@ -491,6 +491,9 @@ begin
     update billing.plan_grants x set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute
     where x.invoice_id = g.invoice_id;
     perform billing.refreeze_disputes(v_account, case when v_dispute = 'open' then p_state ->> 'dispute_id' end);
+    -- The subscriber's balance and holds moved: what it holds for work elsewhere of its other
+    -- disputes (billing.dispute_work_held) is refit wherever they reach.
+    perform billing.refit_disputes_drawn(null, v_account);
   end if;
   return 'plan_charge_synced';
 end;

@@ -18,7 +18,7 @@
 import { createHash } from 'node:crypto';
 import type { AppContext } from '../app-env.ts';
 import { currentUser } from './identify.ts';
-import { jsonb, sql } from '../adapters/db.ts';
+import { jsonb, retryingTransient, sql } from '../adapters/db.ts';
 import { fromDbError, type RefusalFields, refusalOf } from '../adapters/sql-errors.ts';
 import { AppError, internalError } from '../errors.ts';
 
@@ -190,12 +190,16 @@ async function inOneStatement(
 ): Promise<StoredAnswer> {
   const { userId, action, key, hash } = id;
   const body = jsonb({ ...args, ...work.context });
+  // A deadlock (the writer locks accounts as a dispute reaches them) rolls the whole statement
+  // back, key claim included: it is tried again, as a retrying client would.
   const [answer] = await c.get('steps').time(
     'sql',
     () =>
-      sql.oneTrip<StoredAnswer[]>`select * from billing.run_money_request(${userId}, ${action}, ${key}, ${hash}, ${
-        c.get('requestId')
-      }, ${body}, ${work.successStatus}, ${work.admin ?? false}, ${c.get('serverKeyHash') ?? null})`,
+      retryingTransient(() =>
+        sql.oneTrip<StoredAnswer[]>`select * from billing.run_money_request(${userId}, ${action}, ${key}, ${hash}, ${
+          c.get('requestId')
+        }, ${body}, ${work.successStatus}, ${work.admin ?? false}, ${c.get('serverKeyHash') ?? null})`
+      ),
   );
   return answer;
 }
