@@ -527,6 +527,21 @@ $$;
 comment on function billing.code_escrow_id(p_code uuid) is 'Internal: the account holding a gift or sponsor code''s credits until it is redeemed.';
 revoke execute on function billing.code_escrow_id(p_code uuid) from public;
 
+-- Work under way (a job's or a gateway call's hold) in an account where a dispute holds credits
+-- does not lapse by its TTL alone: the dispute's hold there may stand lowered for it (its buyer
+-- holds that part, billing.dispute_work_held), so what it held would come free to any spend.
+-- billing.release_disputed_work_holds ends it with a refit instead; until then it still counts.
+create or replace function billing.work_waits_for_dispute(p_account_id bigint) returns boolean
+language sql stable
+set search_path = ''
+as $$
+  select exists (select 1 from billing.holds d
+                 where d.account_id = p_account_id and d.status = 'active' and d.purpose = 'dispute')
+$$;
+comment on function billing.work_waits_for_dispute(p_account_id bigint) is 'Internal: whether job and gateway holds past their TTL in this account wait for the dispute sweep (a dispute holds credits here) instead of lapsing.';
+revoke execute on function billing.work_waits_for_dispute(p_account_id bigint) from public;
+grant execute on function billing.work_waits_for_dispute(p_account_id bigint) to service_role;
+
 create or replace function billing.balance_of(p_account_id bigint)
 returns billing.balance
 language plpgsql
@@ -550,7 +565,8 @@ begin
   -- non-zero: nearly every account has nothing held or due, and is answered from its row.
   if a.held > 0 then
     v_overdue := coalesce((select sum(h.amount) from billing.holds h
-                           where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()), 0);
+                           where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()
+                             and not (h.purpose in ('job', 'ai') and billing.work_waits_for_dispute(a.id))), 0);
   end if;
   if a.next_expiry <= now() then
     v_due := coalesce((select sum(l.remaining) from billing.lots l

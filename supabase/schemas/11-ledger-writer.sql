@@ -1267,7 +1267,8 @@ $$;
 comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (held credits too; holds give way), then makes next_expiry exact.';
 revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
 
-create or replace function billing.expire_overdue_holds(p_account_id bigint) returns integer
+create or replace function billing.expire_overdue_holds(p_account_id bigint, p_disputed_work boolean default false)
+returns integer
 language plpgsql
 set search_path = ''
 as $$
@@ -1284,7 +1285,8 @@ begin
                                       'member', h.member_id))
            filter (where h.purpose <> 'dispute')
     into v_count, v_steps, v_expired
-  from billing.holds h where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now();
+  from billing.holds h where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now()
+    and (p_disputed_work or not (h.purpose in ('job', 'ai') and billing.work_waits_for_dispute(p_account_id)));
   if v_count > 0 then
     perform billing.post_transfers('{}', v_steps);
     perform billing.on_available_change(a) from billing.accounts a
@@ -1299,8 +1301,8 @@ begin
   return v_count;
 end;
 $$;
-comment on function billing.expire_overdue_holds(p_account_id bigint) is 'Releases one account''s holds whose TTL has passed. Used by the spend path and the pg_cron sweep.';
-revoke execute on function billing.expire_overdue_holds(p_account_id bigint) from public;
+comment on function billing.expire_overdue_holds(p_account_id bigint, p_disputed_work boolean) is 'Releases one account''s holds whose TTL has passed (job and gateway holds where a dispute holds credits only with p_disputed_work: billing.work_waits_for_dispute). Used by the spend path and the pg_cron sweeps.';
+revoke execute on function billing.expire_overdue_holds(p_account_id bigint, p_disputed_work boolean) from public;
 
 -- A live hold gives p_amount way (the writer resizes it; the cap room it held comes back).
 create or replace function billing.give_way(p_hold billing.holds, p_amount numeric, p_note jsonb) returns void

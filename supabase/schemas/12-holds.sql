@@ -382,6 +382,7 @@ begin
   for v_account_id in
     select distinct h.account_id from billing.holds h
     where h.status = 'active' and h.expires_at <= now()
+      and not (h.purpose in ('job', 'ai') and billing.work_waits_for_dispute(h.account_id))
     order by h.account_id limit p_limit
   loop
     v_total := v_total + billing.expire_overdue_holds(v_account_id);

@@ -220,7 +220,12 @@ declare
     left join lateral (select x.amount_before from billing.hold_resizes x
                        where x.hold_id = h.id and x.resized_at > p_at order by x.resized_at, x.id limit 1) r on true
     where h.account_id = p_account_id and h.created_at <= p_at and (h.finished_at is null or h.finished_at > p_at)
-      and h.expires_at > p_at
+      -- Work past its TTL where a dispute held credits still counted (billing.work_waits_for_dispute).
+      and (h.expires_at > p_at
+           or (h.purpose in ('job', 'ai')
+               and exists (select 1 from billing.holds d
+                           where d.account_id = p_account_id and d.purpose = 'dispute' and d.created_at <= p_at
+                             and (d.finished_at is null or d.finished_at > p_at))))
       and (h.created_at > p_at - interval '1 day'
            or (h.expires_at at time zone 'UTC') > (h.created_at at time zone 'UTC') + interval '1 day')), 0);
   v_next record;

@@ -116,6 +116,22 @@ $$;
 comment on function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) is 'Internal: what work under way (job and gateway holds) in an account a disputed purchase''s credits were moved to may still draw of them, frozen: the buyer''s dispute hold holds it, that account''s the rest of the lots.';
 revoke execute on function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) from public;
 
+-- What work elsewhere may draw of a disputed purchase's frozen lots: billing.dispute_work_in summed
+-- over every account but the buyer's holding its lots (only those below p_below when given: the
+-- accounts before it, id order).
+create or replace function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint, p_below bigint default null)
+returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(sum(billing.dispute_work_in(p_purchase_id, a.account_id)), 0)
+  from (select distinct l.account_id from billing.lots l
+        where l.purchase_id = p_purchase_id and l.open and l.account_id <> p_buyer
+          and (p_below is null or l.account_id < p_below)) a
+$$;
+comment on function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint, p_below bigint) is 'Internal: what work under way in the accounts a disputed purchase''s credits were moved to (all but the buyer''s; below p_below when given) may still draw of them (billing.dispute_work_in, summed).';
+revoke execute on function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint, p_below bigint) from public;
+
 -- What a loss would take from the buyer itself: what is left of the purchase beyond its lots in
 -- other accounts and what expired of it (spent credits included: they are owed).
 create or replace function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigint) returns numeric
@@ -170,9 +186,7 @@ begin
                            where p.dispute_status = 'open' and billing.purchase_buyer(p.id) = p_buyer) o
                      where o.dispute_id <> p_dispute_id), 0), 0) end)
     - billing.dispute_buyer_claim(p_purchase_id, p_buyer)
-    - coalesce((select sum(billing.dispute_work_in(p_purchase_id, a.account_id)) from (select distinct l.account_id
-                from billing.lots l where l.purchase_id = p_purchase_id and l.open and l.account_id <> p_buyer
-                  and l.account_id < p_account_id) a), 0)), 0);
+    - billing.dispute_work_elsewhere(p_purchase_id, p_buyer, p_account_id)), 0);
 end;
 $$;
 comment on function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint, p_account_id bigint) is 'Internal: what of the work under way in an account holding a disputed purchase''s lots the buyer''s dispute hold holds (beyond its own claim, accounts in id order).';
@@ -180,7 +194,7 @@ revoke execute on function billing.dispute_work_held(p_purchase_id uuid, p_dispu
 
 -- Disputes: open → hold what is left of the purchase, in every account its credits are in;
 -- won → release; lost → reverse it from wherever it is.
-create or replace function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb, p_wallet bigint)
+create or replace function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb)
 returns billing.purchases
 language plpgsql
 set search_path = ''
@@ -205,7 +219,7 @@ begin
     end if;
     -- Every account the dispute reaches (the buyer, those holding the purchase's lots or its
     -- holds), locked in id order before anything moves.
-    v_buyer := coalesce(p_wallet, (select a.id from billing.accounts a where a.user_id = p.user_id));
+    v_buyer := billing.purchase_buyer(p.id);
     select array_agg(a.id order by a.id) into v_reached from billing.accounts a
     where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open)
        or a.id in (select h.account_id from billing.holds h
@@ -251,16 +265,16 @@ begin
   return p;
 end;
 $$;
-comment on function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb, p_wallet bigint) is 'Internal: a paid purchase''s dispute as Stripe reports it: open → what is left of it held wherever its credits are; won → released; lost → taken back. Returns the purchase as it now is.';
-revoke execute on function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb, p_wallet bigint) from public, anon, authenticated;
+comment on function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb) is 'Internal: a paid purchase''s dispute as Stripe reports it: open → what is left of it held wherever its credits are; won → released; lost → taken back. Returns the purchase as it now is.';
+revoke execute on function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb) from public, anon, authenticated;
 
 create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_keep numeric default 0) returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_wallet bigint := case when p_purchase.org_id is not null then billing.org_wallet_id(p_purchase.org_id) end;
-  v_buyer bigint := coalesce(v_wallet, (select a.id from billing.accounts a where a.user_id = p_purchase.user_id));
+  v_buyer bigint := billing.purchase_buyer(p_purchase.id);
+  v_wallet bigint := case when p_purchase.org_id is not null then v_buyer end;
   v_lots bigint[] := billing.purchase_lots(p_purchase.id, p_category);
   v_beyond numeric(38, 18);
   v_take numeric(38, 18);
@@ -382,8 +396,7 @@ begin
         billing.purchase_lots(p.id, null) as covers, p.paid_at as since, p.id::text as tie,
         case when b.buyer
           then billing.dispute_buyer_claim(p.id, p_account_id)
-               + coalesce((select sum(billing.dispute_work_in(p.id, w.account_id)) from (select distinct l.account_id
-                           from billing.lots l where l.purchase_id = p.id and l.open and l.account_id <> p_account_id) w), 0)
+               + billing.dispute_work_elsewhere(p.id, p_account_id)
           else coalesce((select sum(l.remaining) from billing.lots l
                          where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
                - billing.dispute_work_held(p.id, p.dispute_id, billing.purchase_buyer(p.id), p_account_id)
@@ -526,6 +539,79 @@ $$;
 comment on function billing.refit_disputes_drawn(p_transfer_id bigint, p_account_id bigint) is 'Internal: after a transfer drew from (or gave back to) lots an open dispute froze, or work under way in an account holding such lots ended (p_account_id), that dispute holds, in every account it reaches, what it would if it opened now (the student''s own holds give way).';
 revoke execute on function billing.refit_disputes_drawn(p_transfer_id bigint, p_account_id bigint) from public;
 
+-- Work that ends in an account (a job's hold released or captured) refits the disputes whose
+-- frozen lots or holds are there (billing.refit_disputes_drawn), which locks every account they
+-- reach: the buyer's may come before this one in id order. Taken first, in id order, with this
+-- account, two students' accounts ending work at once cannot deadlock (a dispute opening at the
+-- same moment still may: a statement's retry). Nearly every account holds no frozen lot and no
+-- dispute hold: two index lookups, then its own lock.
+create or replace function billing.lock_dispute_reach(p_account_id bigint) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if not exists (select 1 from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
+     and not exists (select 1 from billing.holds h
+                     where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute') then
+    perform 1 from billing.accounts a where a.id = p_account_id for update;
+    return;
+  end if;
+  perform 1 from billing.accounts a
+  where a.id = any(array(
+    with d as (select p.id, p.dispute_id from billing.purchases p
+               where p.dispute_status = 'open'
+                 and (p.id in (select l.purchase_id from billing.lots l
+                               where l.account_id = p_account_id and l.open and l.frozen)
+                      or p.dispute_id in (select h.correlation_id from billing.holds h
+                                          where h.account_id = p_account_id and h.status = 'active'
+                                            and h.purpose = 'dispute')))
+    select p_account_id
+    union all
+    select billing.purchase_buyer(d.id) from d
+    union all
+    select l.account_id from billing.lots l join d on l.purchase_id = d.id where l.open
+    union all
+    select h.account_id from billing.holds h join d on h.correlation_id = d.dispute_id
+    where h.purpose = 'dispute' and h.status = 'active'))
+  order by a.id for update;
+end;
+$$;
+comment on function billing.lock_dispute_reach(p_account_id bigint) is 'Internal: locks an account and, before it in id order, every account the open disputes with frozen lots or holds there reach (what billing.refit_disputes_drawn will lock).';
+revoke execute on function billing.lock_dispute_reach(p_account_id bigint) from public;
+
+-- pg_cron, every minute: work under way past its TTL where a dispute holds credits
+-- (billing.work_waits_for_dispute) ends here, and the disputes there are refit at once: what the
+-- dispute's hold stood lowered for is held again before anything else may spend it. One account
+-- at a time; one that meets a lock conflict waits for the next run.
+create or replace function billing.release_disputed_work_holds(p_limit integer default 500) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_account_id bigint;
+  v_total integer := 0;
+begin
+  for v_account_id in
+    select distinct h.account_id from billing.holds h
+    where h.status = 'active' and h.expires_at <= now() and h.purpose in ('job', 'ai')
+      and billing.work_waits_for_dispute(h.account_id)
+    order by h.account_id limit p_limit
+  loop
+    begin
+      v_total := v_total + billing.expire_overdue_holds(v_account_id, true);
+      perform billing.refit_disputes_drawn(null, v_account_id);
+    exception when deadlock_detected or lock_not_available then
+      null;
+    end;
+  end loop;
+  return v_total;
+end;
+$$;
+comment on function billing.release_disputed_work_holds(p_limit integer) is 'pg_cron: ends job and gateway holds past their TTL in accounts where a dispute holds credits, refitting those disputes; returns how many holds ended.';
+revoke execute on function billing.release_disputed_work_holds(p_limit integer) from public;
+grant execute on function billing.release_disputed_work_holds(p_limit integer) to service_role;
+
 create or replace function billing.stop_off_session_charges(p_user uuid, p_dispute_id text)
 returns void
 language plpgsql
@@ -581,7 +667,7 @@ begin
     return p.status;
   end if;
   p := billing.sync_purchase_refunds(p, p_state);
-  p := billing.sync_purchase_dispute(p, p_state, v_wallet);
+  p := billing.sync_purchase_dispute(p, p_state);
   return p.status;
 end;
 $$;

@@ -145,6 +145,7 @@ set search_path = ''
 as $$
 begin
   if p_job.hold_id is not null then
+    perform billing.lock_dispute_reach(h.account_id) from billing.holds h where h.id = p_job.hold_id;
     perform billing.release_hold(null, p_job.hold_id);
     -- Work that ends drawing nothing: what a dispute's buyer held for it elsewhere goes.
     perform billing.refit_disputes_drawn(null, h.account_id) from billing.holds h where h.id = p_job.hold_id;
@@ -319,6 +320,7 @@ declare
 begin
   if v_job.hold_id is not null then
     -- Settled first: a hold that gave way to expired credits captures only what it still holds.
+    perform billing.lock_dispute_reach(h.account_id) from billing.holds h where h.id = v_job.hold_id;
     perform billing.settle_account(h.account_id) from billing.holds h where h.id = v_job.hold_id;
     if p_usage is not null then
       select * into v_price from billing.price_usage(p_usage ->> 'model', (p_usage ->> 'input_tokens')::bigint,

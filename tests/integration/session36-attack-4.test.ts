@@ -39,15 +39,16 @@ import {
   coreInvariants,
   dispute,
   figures,
-  heldFor,
+  jobHoldPassesTtl,
+  loseDispute,
+  openDispute,
   pgErrors,
   pgLogSize,
   purchaseDisputeStatus,
+  snapBoth,
   spendAll,
   streamCall,
 } from '../support/disputed.ts';
-
-const disputeHolds = (userId: string) => heldFor(userId, 'dispute');
 
 /** S buys a gift G (5,000) that T (S's second account) redeems, then Q (5,000) for itself. */
 async function giftAndOwn() {
@@ -60,29 +61,6 @@ async function giftAndOwn() {
   await until('Q paid', async () => (await balanceOf(s.token)).balance === '5000');
   return { s, t, g: g.session_id, q: q.session_id };
 }
-
-async function openDispute(session: string) {
-  await dispute(session, 'open');
-  await until('disputed', async () => (await purchaseDisputeStatus(session)) === 'open');
-}
-async function loseDispute(session: string) {
-  await dispute(session, 'lost');
-  await until('lost', async () => (await purchaseDisputeStatus(session)) === 'lost');
-}
-
-/** The job's hold passes its TTL (an hour: the clock moved on), and the pg_cron sweep releases it. */
-async function jobHoldPassesTtl(job: string) {
-  await testDb`update billing.holds set expires_at = now() - interval '1 second'
-    where id = (select hold_id from billing.jobs where id = ${job})`;
-  await testDb`select billing.release_expired_holds()`;
-}
-
-const snap = async (s: { id: string }, t: { id: string }) => ({
-  s: await figures(s.id),
-  t: await figures(t.id),
-  sDispute: await disputeHolds(s.id),
-  tDispute: await disputeHolds(t.id),
-});
 
 // H1. S buys a gift G (5,000) that T redeems, then Q (5,000). T's job holds 1,000 (claimed before
 // the disputes). G disputed: S's G hold 1,000 (of Q, for T's job), T's 4,000. Q disputed: Q's hold
@@ -98,9 +76,9 @@ Deno.test("H1: after the buyer's own purchase is lost, the redeemer's job hold p
   const job = await claimedJob(t.id, w, 1000);
   await openDispute(g);
   await openDispute(q);
-  const atOpen = await snap(s, t);
+  const atOpen = await snapBoth(s, t);
   await loseDispute(q);
-  const afterQ = await snap(s, t);
+  const afterQ = await snapBoth(s, t);
   await jobHoldPassesTtl(job);
   const tSpent = await spendAll(t.token);
   await loseDispute(g);
@@ -125,7 +103,7 @@ Deno.test("H2: both disputes open, the redeemer's job hold passes its TTL: the b
   const job = await claimedJob(t.id, w, 1000);
   await openDispute(g);
   await openDispute(q);
-  const atOpen = await snap(s, t);
+  const atOpen = await snapBoth(s, t);
   await jobHoldPassesTtl(job);
   const tSpent = await spendAll(t.token);
   const sSpent = await spendAll(s.token);
@@ -152,10 +130,10 @@ Deno.test('H3: the redeemer buys credits that now cover its job: no refit, it sp
   const job = await claimedJob(t.id, w, 1000);
   await openDispute(g);
   await openDispute(q);
-  const atOpen = await snap(s, t);
+  const atOpen = await snapBoth(s, t);
   await buy(t.token, 'mini');
   await until('R paid', async () => (await balanceOf(t.token)).balance === '10000');
-  const afterR = await snap(s, t);
+  const afterR = await snapBoth(s, t);
   const tSpent = await spendAll(t.token);
   const [done] = await completeJob(job, w, 1000);
   assert.equal(done.status, 'completed');

@@ -45,32 +45,17 @@ import {
   disputePlan,
   figures,
   giftRedeemed,
-  heldFor,
+  jobHoldPassesTtl,
+  loseDispute,
+  openDispute,
   pgErrors,
   pgLogSize,
   planCharge,
   planDisputeStatus,
   purchaseDisputeStatus,
+  snapBoth,
   spendAll,
 } from '../support/disputed.ts';
-
-const disputeHolds = (userId: string) => heldFor(userId, 'dispute');
-
-async function openDispute(session: string) {
-  await dispute(session, 'open');
-  await until('disputed', async () => (await purchaseDisputeStatus(session)) === 'open');
-}
-async function loseDispute(session: string) {
-  await dispute(session, 'lost');
-  await until('lost', async () => (await purchaseDisputeStatus(session)) === 'lost');
-}
-
-/** The job's hold passes its TTL (an hour: the clock moved on), and the pg_cron sweep releases it. */
-async function jobHoldPassesTtl(job: string) {
-  await testDb`update billing.holds set expires_at = now() - interval '1 second'
-    where id = (select hold_id from billing.jobs where id = ${job})`;
-  await testDb`select billing.release_expired_holds()`;
-}
 
 /** The month ends (the student does not renew): `userId`'s plan lot falls due and is swept. */
 async function planLapses(userId: string) {
@@ -80,13 +65,6 @@ async function planLapses(userId: string) {
   for (const l of lots) await backdateLot(l.id);
   await testDb`select billing.settle_account(a.id) from billing.accounts a where a.user_id = ${userId}`;
 }
-
-const snap = async (s: { id: string }, t: { id: string }) => ({
-  s: await figures(s.id),
-  t: await figures(t.id),
-  sDispute: await disputeHolds(s.id),
-  tDispute: await disputeHolds(t.id),
-});
 
 // I1. S buys gift G (5,000) that T (S's second account) redeems; S subscribes to a plan (10,000
 // for any model, expiring at the month's end) and spends none of it. T's job holds 1,000 (claimed
@@ -105,9 +83,9 @@ Deno.test("I1: the buyer's plan credits backing the redeemer's job expire: its T
   const w = 'w' + crypto.randomUUID().slice(0, 8);
   const job = await claimedJob(t.id, w, 1000);
   await openDispute(g.session_id);
-  const atOpen = await snap(s, t);
+  const atOpen = await snapBoth(s, t);
   await planLapses(s.id);
-  const afterExpiry = await snap(s, t);
+  const afterExpiry = await snapBoth(s, t);
   await jobHoldPassesTtl(job);
   const tSpent = await spendAll(t.token);
   await loseDispute(g.session_id);
@@ -144,16 +122,16 @@ for (const planLostFirst of [true, false]) {
       const w = 'w' + crypto.randomUUID().slice(0, 8);
       const job = await claimedJob(t.id, w, 1000);
       await openDispute(g.session_id);
-      const atOpen = await snap(s, t);
+      const atOpen = await snapBoth(s, t);
       const charge = await planCharge(plan.stripe_subscription);
       await disputePlan(charge, 'open');
       await until('plan disputed', async () => (await planDisputeStatus(charge)) === 'open');
-      const planOpen = await snap(s, t);
+      const planOpen = await snapBoth(s, t);
       if (planLostFirst) {
         await disputePlan(charge, 'lost');
         await until('plan lost', async () => (await planDisputeStatus(charge)) === 'lost');
       }
-      const beforeTtl = await snap(s, t);
+      const beforeTtl = await snapBoth(s, t);
       await jobHoldPassesTtl(job);
       const tSpent = Math.max(await spendAll(t.token), 0);
       const sSpent = Math.max(await spendAll(s.token), 0);
@@ -175,9 +153,11 @@ for (const planLostFirst of [true, false]) {
 }
 
 // P1 (probe). As I1, but S's backing is a purchase Q (5,000, never expires, not disputed). S may
-// spend 4,000 (1,000 held for T's job). The TTL passes: T spends 1,000 of G's frozen lot (the
-// buyer's to owe, held). G lost: 4,000 from T, 1,000 from S's Q. One account (Q and G, the job
-// beside the dispute): 4,000 to spend, the TTL frees 1,000 more: 5,000 spent, nothing owed.
+// spend 4,000 (1,000 held for T's job). The TTL passes: since session 37 the sweep ends the job's
+// hold with a refit (billing.release_disputed_work_holds): T's dispute holds G's whole lot again
+// and S's 1,000 comes free, which S spends (T spends nothing). G lost: 5,000 from T. One account
+// (Q and G, the job beside the dispute): 4,000 to spend, the TTL frees 1,000 more: 5,000 spent,
+// nothing owed.
 Deno.test("P1 (probe): the buyer's share backed by credits that do not expire: the TTL's 1,000 is paid by the buyer", async () => {
   const { s, t, g } = await giftRedeemed();
   await buy(s.token, 'mini');
@@ -185,18 +165,19 @@ Deno.test("P1 (probe): the buyer's share backed by credits that do not expire: t
   const w = 'w' + crypto.randomUUID().slice(0, 8);
   const job = await claimedJob(t.id, w, 1000);
   await openDispute(g.session_id);
-  const atOpen = await snap(s, t);
+  const atOpen = await snapBoth(s, t);
   const sSpent = Math.max(await spendAll(s.token), 0);
   await jobHoldPassesTtl(job);
   const tSpent = Math.max(await spendAll(t.token), 0);
+  const sSpentAfterTtl = Math.max(await spendAll(s.token), 0);
   await loseDispute(g.session_id);
   const sAfter = await figures(s.id);
   const tAfter = await figures(t.id);
   await coreInvariants([s.id, t.id]);
   assert.deepEqual(
-    { spent: sSpent + tSpent, s: sAfter.balance, t: tAfter.balance },
-    { spent: 5000, s: '0', t: '0' },
-    JSON.stringify({ atOpen, sSpent, tSpent, sAfter, tAfter }),
+    { spent: sSpent + tSpent + sSpentAfterTtl, tSpent, s: sAfter.balance, t: tAfter.balance },
+    { spent: 5000, tSpent: 0, s: '0', t: '0' },
+    JSON.stringify({ atOpen, sSpent, sSpentAfterTtl, sAfter, tAfter }),
   );
 });
 

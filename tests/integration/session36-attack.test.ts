@@ -16,7 +16,7 @@
 // the work and takes it from the buyer (billing.take_back_purchase's p_keep); work that ends in
 // such an account refits the dispute (billing.refit_disputes_drawn's p_account_id).
 import assert from 'node:assert/strict';
-import { api, backdateLot, key, student, testDb, until } from '../support/helpers.ts';
+import { api, backdateLot, key, student, sweepExpiredHolds, testDb, until } from '../support/helpers.ts';
 import { balanceOf, buy, emulator } from '../support/purchases.ts';
 import { buyGift, redeem } from '../support/codes.ts';
 import { creditPerToken } from '../support/ai.ts';
@@ -483,7 +483,7 @@ Deno.test('a gateway call on a frozen gift lot whose gateway died: the sweep tha
   await testDb`update billing.holds h set expires_at = now() - interval '1 second' from billing.ai_calls c
     where c.user_id = ${t.id} and h.id = c.hold_id`;
   await testDb`update billing.ai_calls set created_at = created_at - interval '2 minutes' where user_id = ${t.id}`;
-  await testDb`select billing.release_expired_holds()`;
+  await sweepExpiredHolds();
   await testDb`select billing.sweep_ai_calls()`;
   const after = { s: (await balanceOf(s.token)).held, t: (await balanceOf(t.token)).held };
   await call;

@@ -12,6 +12,7 @@ import {
   reportUsage,
   spend,
   student,
+  sweepExpiredHolds,
   testDb,
   until,
   userToken,
@@ -234,3 +235,30 @@ export async function pgErrors(from: { file: string; at: number }) {
   return (await pgLogSince(from)).split('\n')
     .filter((l) => /deadlock/.test(l) || (/ERROR:/.test(l) && !/ERROR:\s+[A-Z][A-Z_]+\s*$/.test(l)));
 }
+
+/** A purchase's dispute opened at the bank, once the product has seen it. */
+export async function openDispute(session: string) {
+  await dispute(session, 'open');
+  await until('disputed', async () => (await purchaseDisputeStatus(session)) === 'open');
+}
+
+/** A purchase's dispute lost, once the product has taken the credits back. */
+export async function loseDispute(session: string) {
+  await dispute(session, 'lost');
+  await until('lost', async () => (await purchaseDisputeStatus(session)) === 'lost');
+}
+
+/** The job's hold passes its TTL (an hour: the clock moved on), and pg_cron's sweeps end it. */
+export async function jobHoldPassesTtl(job: string) {
+  await testDb`update billing.holds set expires_at = now() - interval '1 second'
+    where id = (select hold_id from billing.jobs where id = ${job})`;
+  await sweepExpiredHolds();
+}
+
+/** A buyer's and a redeemer's figures and dispute holds, side by side. */
+export const snapBoth = async (s: { id: string }, t: { id: string }) => ({
+  s: await figures(s.id),
+  t: await figures(t.id),
+  sDispute: await heldFor(s.id, 'dispute'),
+  tDispute: await heldFor(t.id, 'dispute'),
+});

@@ -425,3 +425,12 @@ export async function pgLogSince(mark: { file: string; at: number }): Promise<st
   const bytes = await Deno.readFile(mark.file);
   return new TextDecoder().decode(bytes.subarray(mark.at));
 }
+
+/**
+ * The holds past their TTL ended as pg_cron ends them each minute: billing.release_expired_holds,
+ * then billing.release_disputed_work_holds (work where a dispute holds credits, with a refit).
+ */
+export async function sweepExpiredHolds() {
+  await testDb`select billing.release_expired_holds(500)`;
+  await testDb`select billing.release_disputed_work_holds(500)`;
+}

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { baseEnv, parseEnv } from '../env.ts';
 import { AppError } from '../errors.ts';
 import { errorSummary, log } from '../log.ts';
-import { connectionFailed, fromDbError } from './sql-errors.ts';
+import { connectionFailed, fromDbError, rolledBackConflict } from './sql-errors.ts';
 import { inline, type InlineValue, JsonbValue, oneTrip } from './sql-literal.ts';
 
 export { jsonb } from './sql-literal.ts';
@@ -104,15 +104,29 @@ class SqlName {
 }
 export const sqlName = (name: string) => new SqlName(name);
 
-/** Runs `send` on the pool; a failure is mapped (fromDbError) and a failed connection retires the pool. */
+/** Waits before sending a statement again that a deadlock rolled back (with jitter, so the two sides part). */
+const conflictRetryMs = [10, 40, 160, 640];
+
+/**
+ * Runs `send` on the pool; a failure is mapped (fromDbError) and a failed connection retires the
+ * pool. A statement Postgres rolled back to break a deadlock did nothing (each runs alone, never
+ * inside a caller's transaction) and is sent again: the money functions lock a second account
+ * after the first (a dispute's refit reaches the buyer's), so two students' requests can meet.
+ */
 async function run<T>(send: (pool: postgres.Sql) => Promise<T>): Promise<T> {
   let given: postgres.Sql | undefined;
-  try {
-    given = db();
-    return await send(given);
-  } catch (err) {
-    if (given && connectionFailed(err)) retirePool(given);
-    throw fromDbError(err);
+  for (let attempt = 0;; attempt++) {
+    try {
+      given = db();
+      return await send(given);
+    } catch (err) {
+      if (rolledBackConflict(err) && attempt < conflictRetryMs.length) {
+        await new Promise((r) => setTimeout(r, conflictRetryMs[attempt] * (0.5 + Math.random())));
+        continue;
+      }
+      if (given && connectionFailed(err)) retirePool(given);
+      throw fromDbError(err);
+    }
   }
 }
 

@@ -251,6 +251,17 @@ export function connectionFailed(err: unknown): boolean {
   return typeof code === 'string' && (/^(08|57P0)/.test(code) || clientCodes.includes(code));
 }
 
+/**
+ * Whether Postgres rolled the statement back to break a lock or serialization conflict (a
+ * deadlock, a serialization failure): a single statement so refused did nothing, so it may
+ * simply be sent again.
+ * @example rolledBackConflict({ code: '40P01' }) // true
+ */
+export function rolledBackConflict(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === '40P01' || code === '40001';
+}
+
 /** Turns a database failure into an AppError: known tokens keep their code, the rest are 5xx. */
 export function fromDbError(err: unknown): AppError {
   if (err instanceof AppError) return err;
