@@ -582,7 +582,8 @@ revoke execute on function billing.lock_dispute_reach(p_account_id bigint) from 
 -- pg_cron, every minute: work under way past its TTL where a dispute holds credits
 -- (billing.work_waits_for_dispute) ends here, and the disputes there are refit at once: what the
 -- dispute's hold stood lowered for is held again before anything else may spend it. One account
--- at a time; one that meets a lock conflict waits for the next run.
+-- at a time: one that meets a lock conflict waits for the next run; one that fails never stops
+-- the others (their work would wait with it), is tried again each run, and is said.
 create or replace function billing.release_disputed_work_holds(p_limit integer default 500) returns integer
 language plpgsql
 security definer
@@ -601,8 +602,13 @@ begin
     begin
       v_total := v_total + billing.expire_overdue_holds(v_account_id, true);
       perform billing.refit_disputes_drawn(null, v_account_id);
-    exception when deadlock_detected or lock_not_available then
-      null;
+    exception
+      when deadlock_detected or lock_not_available then
+        null;
+      when others then
+        perform billing.set_alert('disputed_work_sweep_failed', true,
+          'Work past its TTL in an account a dispute reaches could not be ended',
+          jsonb_build_object('account_id', v_account_id, 'error', sqlerrm));
     end;
   end loop;
   return v_total;
