@@ -22,7 +22,8 @@ create type billing.checkout as (
   session_id text,
   session_url text,
   session_expires_at timestamptz,
-  client_temp_id text
+  client_temp_id text,
+  created_at timestamptz
 );
 
 -- ============================================================ tables
@@ -135,7 +136,7 @@ language sql stable
 set search_path = ''
 as $$
   select p.id, p.status, p_reused, p.package_id, k.name, p.price_cents, p.currency, p.credits, p.bonus_credits,
-         p.stripe_session_id, p.session_url, p.session_expires_at, p.client_temp_id
+         p.stripe_session_id, p.session_url, p.session_expires_at, p.client_temp_id, p.created_at
   from billing.credit_package_versions k where k.package_id = p.package_id and k.version = p.package_version
 $$;
 comment on function billing.checkout_of(p billing.purchases, p_reused boolean) is 'Internal: a purchase as POST /checkout answers it, with its package version''s name.';

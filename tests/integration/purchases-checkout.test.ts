@@ -1,6 +1,6 @@
 // Buying credits through Stripe Checkout, end to end on the local stack.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, env, newUser, testDb, userToken } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, env, newUser, spawnGateway, testDb, userToken } from '../support/helpers.ts';
 import { balanceOf, buy, emulator, startCheckout, stripeApi } from '../support/purchases.ts';
 
 async function student() {
@@ -207,4 +207,48 @@ Deno.test("an emulator pay call asked for ?summary answers each event's id and t
   assert.ok(events.some((e) => e.type === 'checkout.session.completed'));
   assert.ok(text.length < 400, `a short answer to paste (${text.length} bytes)`);
   assert.equal((await balanceOf(s.token)).balance, '5000', 'the events were delivered');
+});
+
+// A Checkout whose process died after Stripe made the session, before the purchase recorded it,
+// tried again a few seconds later under the same key: Stripe's idempotency key is the purchase's,
+// and Stripe refuses a key sent again with other parameters. Its expires_at is read from the
+// purchase's creation (sessionExpiresAt), not the clock, so the retry sends the same ones and gets
+// the same session (it was 502 STRIPE_ERROR when the second had moved on: a double click that
+// straddled a second).
+Deno.test('a Checkout retried after its process died past Stripe gets the session Stripe made', async () => {
+  const user = await newUser();
+  const token = await userToken(user);
+  const key = crypto.randomUUID();
+  const gw = spawnGateway({ FAILPOINTS: 'checkout.after_session' });
+  try {
+    await gw.ready();
+    const died = await fetch(`${gw.url}/checkout/sessions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}`, 'idempotency-key': key },
+      body: JSON.stringify({ package_id: 'mini' }),
+    }).then((r) => r.status, () => 0);
+    assert.equal(died, 0, 'no answer: the process died');
+  } finally {
+    await gw.kill();
+  }
+  const [pending] = await testDb`select p.id::text, p.stripe_session_id from billing.purchases p
+    where p.user_id = ${user}`;
+  assert.equal(pending.stripe_session_id, null, 'Stripe made a session the purchase does not know yet');
+  // The retry comes once the dead attempt's key may be taken over (60 s silent: its lock is set
+  // back), on a clock past the first try's second.
+  await testDb`update billing.idempotency_keys set locked_at = locked_at - interval '61 seconds'
+    where user_id = ${user} and key = ${key}`;
+  await new Promise((r) => setTimeout(r, 1100));
+  const retry = await api('/checkout/sessions', {
+    token,
+    headers: { 'idempotency-key': key },
+    body: { package_id: 'mini' },
+  });
+  assert.equal(retry.status, 201, retry.text);
+  const { session_id } = retry.body.data as { session_id: string };
+  const session = await stripeApi(`/v1/checkout/sessions/${session_id}`);
+  const [row] = await testDb`select extract(epoch from created_at)::int as created from billing.purchases
+    where id = ${pending.id}::uuid`;
+  assert.equal(session.client_reference_id, pending.id);
+  assert.ok(Math.abs(Number(session.expires_at) - (row.created + 35 * 60)) <= 1, `expires_at ${session.expires_at}`);
 });

@@ -5,7 +5,7 @@ import { sql } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import { type Effect, scopedKey } from '../_shared/http/idempotency.ts';
 import { formatCredits } from '../_shared/values/money.ts';
-import { automaticTax, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
+import { automaticTax, sessionExpiresAt, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import type { CheckoutEnv, Subscribe } from './schemas.ts';
 import { redirectUrl } from './sessions.ts';
 
@@ -58,6 +58,7 @@ type SubscriptionRow = {
   stripe_session_id: string | null;
   session_url: string | null;
   session_expires_at: Date | null;
+  created_at: Date;
 };
 
 const subscriptionJson = (s: SubscriptionRow) => ({
@@ -119,7 +120,7 @@ export async function subscribe(
       ...automaticTax(),
       success_url: `${successUrl}${successUrl.includes('?') ? '&' : '?'}session_id={CHECKOUT_SESSION_ID}`,
       cancel_url: cancelUrl,
-      expires_at: Math.floor(Date.now() / 1000) + 30 * 60,
+      expires_at: sessionExpiresAt(sub.created_at, 35 * 60), // as a credit Checkout's (sessions.ts)
     }, { idempotencyKey: `subscription-session:${sub.id}` })
   );
   if (!session.url) throw new AppError('server', 'STRIPE_ERROR', 'Stripe returned a session without a URL.');

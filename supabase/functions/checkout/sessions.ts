@@ -4,7 +4,8 @@ import { sql } from '../_shared/adapters/db.ts';
 import { AppError } from '../_shared/errors.ts';
 import type { Effect } from '../_shared/http/idempotency.ts';
 import { formatCredits } from '../_shared/values/money.ts';
-import { automaticTax, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
+import { automaticTax, sessionExpiresAt, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
+import { failpoint } from '../_shared/failpoint.ts';
 import { checkVelocity } from '../_shared/domain/velocity.ts';
 import { newGiftCode } from '../_shared/domain/code-secrets.ts';
 import type { CreateSession } from '../_shared/contract/checkout.ts';
@@ -24,6 +25,7 @@ type CheckoutRow = {
   session_url: string | null;
   session_expires_at: Date | null;
   client_temp_id: string | null;
+  created_at: Date;
 };
 
 export const checkoutJson = (r: CheckoutRow): CheckoutSession => ({
@@ -51,8 +53,12 @@ export function redirectUrl(given: string | undefined, fallback: string, env: Ch
   return given;
 }
 
-/** Session lifetime: Stripe's minimum, so an abandoned session soon stops blocking a new one. */
-const sessionTtlSeconds = 30 * 60;
+/**
+ * Session lifetime from the purchase's creation: near Stripe's 30-minute minimum, so an abandoned
+ * session soon stops blocking a new one, with five minutes for the requests of its first minutes
+ * to agree on it (sessionExpiresAt).
+ */
+const sessionTtlSeconds = 35 * 60;
 
 export async function createCheckout(
   userId: string,
@@ -109,9 +115,10 @@ export async function createCheckout(
       ...automaticTax(),
       success_url: `${successUrl}${separator}session_id={CHECKOUT_SESSION_ID}`,
       cancel_url: cancelUrl,
-      expires_at: Math.floor(Date.now() / 1000) + sessionTtlSeconds,
+      expires_at: sessionExpiresAt(co.created_at, sessionTtlSeconds),
     }, { idempotencyKey: `checkout-session:${co.purchase_id}` })
   );
+  failpoint('checkout.after_session');
   if (!session.url) {
     throw new AppError('server', 'STRIPE_ERROR', 'Stripe returned a session without a URL.', { status: 502 });
   }

@@ -2,7 +2,7 @@
 // Session as a destination charge, the platform's fee as its application fee.
 import { sql } from '../_shared/adapters/db.ts';
 import type { Effect } from '../_shared/http/idempotency.ts';
-import { stripe, stripeCall } from '../_shared/adapters/stripe.ts';
+import { sessionExpiresAt, stripe, stripeCall } from '../_shared/adapters/stripe.ts';
 import type { CreatePayment, ProvidersEnv } from './schemas.ts';
 
 export type ProviderRow = {
@@ -81,7 +81,9 @@ export const paymentJson = (p: PaymentRow) => ({
   paid_at: p.paid_at?.toISOString() ?? null,
 });
 
-const sessionTtlSeconds = 24 * 3600;
+// A day from the payment's creation, less what keeps its first minutes' requests inside Stripe's
+// 24 hours from now (sessionExpiresAt).
+const sessionTtlSeconds = 24 * 3600 - 10 * 60;
 
 export async function createPayment(
   provider: ProviderRow,
@@ -121,7 +123,7 @@ export async function createPayment(
         },
         success_url: env.CHECKOUT_SUCCESS_URL,
         cancel_url: env.CHECKOUT_CANCEL_URL,
-        expires_at: Math.floor(Date.now() / 1000) + sessionTtlSeconds,
+        expires_at: sessionExpiresAt(p.created_at, sessionTtlSeconds),
       }, { idempotencyKey: `provider-payment:${p.id}` })
     );
     [pay] = await sql<

@@ -84,6 +84,26 @@ export function automaticTax(customer?: string): TaxParams {
   };
 }
 
+/** What Stripe allows a Checkout Session to live: 30 minutes to 24 hours from its creation. */
+const stripeSessionSeconds = { min: 30 * 60, max: 24 * 3600 };
+
+/**
+ * `expires_at` for the Checkout Session of a row made at `createdAt`: `ttlSeconds` after the row,
+ * not the clock, so every request that sends the row's idempotency key (a double click, a retry)
+ * sends the same parameters: Stripe refuses a key sent again with others (400
+ * idempotency_error). Kept a minute inside Stripe's window from now: a request so late that the
+ * row's time falls outside it sends its own.
+ * @example sessionExpiresAt(row.created_at, 35 * 60) // row.created_at + 35 min, in Unix seconds
+ */
+export function sessionExpiresAt(createdAt: Date, ttlSeconds: number, now = Date.now()): number {
+  const nowSeconds = Math.ceil(now / 1000);
+  const fromRow = Math.floor(createdAt.getTime() / 1000) + ttlSeconds;
+  return Math.min(
+    Math.max(fromRow, nowSeconds + stripeSessionSeconds.min + 60),
+    nowSeconds + stripeSessionSeconds.max - 60,
+  );
+}
+
 /** The id of a Stripe reference, whether Stripe sent the id or (expanded) the object. */
 export const idOf = (v: string | { id: string } | null | undefined): string | null =>
   typeof v === 'string' ? v : v?.id ?? null;
