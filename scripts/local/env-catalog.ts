@@ -104,7 +104,7 @@ export const functions: Record<string, FunctionEnv> = {
   },
   checkout: {
     required: [...redis, ...stripe, 'CHECKOUT_SUCCESS_URL', 'CHECKOUT_CANCEL_URL', 'CODE_SECRET'],
-    optional: ['FEATURE_B2C_CREDITS', 'CHECKOUT_REDIRECT_ORIGINS', ...stripeTuning, ...velocity],
+    optional: ['FEATURE_B2C_CREDITS', 'CHECKOUT_REDIRECT_ORIGINS', ...stripeTuning, ...velocity, 'FAILPOINTS'],
   },
   credits: { required: [...redis, 'CODE_SECRET'], optional: ['CODE_GUESSES_PER_ADDRESS_PER_HOUR'] },
   health: {
