@@ -37,7 +37,7 @@ create table billing.ai_calls (
   finish_reason text,                  -- the provider's reason the answer ended (stop, length, tool_calls, …)
   client_left boolean not null default false, -- the caller hung up before the answer's end (it was read on and charged)
   keep_content boolean not null default false, -- the student (or the school paying) consented: prompt and answer kept redacted in ai_logs
-  answer jsonb,                        -- kept for a replay of the same Idempotency-Key until expires_at
+  answer jsonb,                        -- a replay copy of the answer (its JSON text, a jsonb string) for the same Idempotency-Key until expires_at
   unbilled numeric(38, 18),            -- what the provider billed beyond what the hold, the balance and the caps allowed
   owed_transfer_id bigint,             -- the charge that later paid `unbilled`
   created_at timestamptz not null default now(),

@@ -27,6 +27,7 @@ import {
   failCall,
   finishCall,
   refuseCall,
+  storedAnswer,
   type Usage,
 } from './metering.ts';
 import { promptTokens, type Protocol, type Sse, sseEvents, usageWithCost } from './protocol.ts';
@@ -277,7 +278,7 @@ const sseHeaders = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-
 
 /** The same Idempotency-Key again: the first answer, charged once, never a second provider call. */
 function replay<R>(p: Protocol<R>, record: CallRecord, req: R): Response {
-  const answer = record.answer;
+  const answer = storedAnswer(record);
   const headers = { 'Idempotent-Replayed': 'true', ...callHeaders(record) };
   const usage = record.usage!;
   if (answer && 'json' in answer) {
