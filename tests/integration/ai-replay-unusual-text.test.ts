@@ -27,7 +27,7 @@ function request(api: Api, prompt: string, stream: boolean): Record<string, unkn
 
 /** The card's price of the usage the stand-in reported (no cached or reasoning tokens asked for). */
 async function reportedPrice(api: Api, tag: string): Promise<string> {
-  const u = (await standinCall(tag)).usage as Record<string, number>;
+  const u = (await standinCall(tag)).usage as unknown as Record<string, number>;
   const input = api === 'chat' ? u.prompt_tokens : u.input_tokens;
   const output = api === 'chat' ? u.completion_tokens : u.output_tokens;
   const [r] = await testDb`
