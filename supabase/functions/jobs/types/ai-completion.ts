@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { complete } from '../../_shared/adapters/ai.ts';
 import { utf8Bytes } from '../../_shared/domain/token-bounds.ts';
 import { sql } from '../../_shared/adapters/db.ts';
-import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
+import { pgInt, pgStorable, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema } from '../../_shared/values/text.ts';
 import { redact } from '../../_shared/redact.ts';
 import type { JobType } from './types.ts';
@@ -18,8 +18,8 @@ const Input = z.strictObject({
   max_tokens: pgInt(1, 4096),
 });
 
-/** Kept content: redacted, in text Postgres accepts. */
-const kept = (text: string) => redact(text).toWellFormed().replaceAll('\0', '');
+/** Kept content: redacted, in text Postgres stores. */
+const kept = (text: string) => pgStorable(redact(text));
 
 const chatFramingTokens = 16;
 
@@ -52,7 +52,13 @@ export const aiCompletion: JobType<typeof Input> = {
     });
     const durationMs = Math.round(performance.now() - started);
     return {
-      result: { text: completion.text, usage: completion.usage, model: input.model, duration_ms: durationMs },
+      // A NUL or lone surrogate the model wrote would fail the capture the result is stored with.
+      result: {
+        text: pgStorable(completion.text),
+        usage: completion.usage,
+        model: input.model,
+        duration_ms: durationMs,
+      },
       usage: { model: input.model, ...completion.usage },
       log: {
         duration_ms: durationMs,
