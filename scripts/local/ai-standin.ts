@@ -32,6 +32,7 @@
 //   error_event           Responses / Messages: an error event after the text, before any usage
 //   deltas=<n>            Messages: n message_delta events, cumulative output_tokens rising to the total
 //   extra_prompt=<n>      bills n more prompt tokens than the gateway can count (as another tokenizer may)
+//   unusual               the answer ends with a NUL and a lone surrogate (" nul\u0000 lone\ud800")
 //   tag=<id>              records the call at GET /_standin/calls/<id>
 import { calls } from './ai-standin/common.ts';
 import { chat } from './ai-standin/chat.ts';

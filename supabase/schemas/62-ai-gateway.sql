@@ -37,7 +37,7 @@ create table billing.ai_calls (
   finish_reason text,                  -- the provider's reason the answer ended (stop, length, tool_calls, …)
   client_left boolean not null default false, -- the caller hung up before the answer's end (it was read on and charged)
   keep_content boolean not null default false, -- the student (or the school paying) consented: prompt and answer kept redacted in ai_logs
-  answer jsonb,                        -- kept for a replay of the same Idempotency-Key until expires_at
+  answer jsonb,                        -- a replay copy of the answer (its JSON text, a jsonb string) for the same Idempotency-Key until expires_at
   unbilled numeric(38, 18),            -- what the provider billed beyond what the hold, the balance and the caps allowed
   owed_transfer_id bigint,             -- the charge that later paid `unbilled`
   created_at timestamptz not null default now(),
@@ -781,40 +781,61 @@ revoke execute on function billing.list_ai_calls(p_user uuid, p_org uuid, p_mode
 grant execute on function billing.list_ai_calls(p_user uuid, p_org uuid, p_model text, p_outcome text, p_from timestamptz, p_to timestamptz, p_before bigint, p_limit integer) to service_role;
 
 -- One call with its kept content (null when none was kept): p_user the owner, or null for an
--- operator. Content exists only with consent, so an operator sees it only then. Null: no such call.
+-- operator. Content exists only with consent, so an operator sees it only then. An AI job's id
+-- answers its job's call as ai_logs has it (endpoint `job`), for its 30 days. Null: no such call.
 create or replace function billing.get_ai_call(p_user uuid, p_id uuid) returns jsonb
 language sql stable
 security definer
 set search_path = ''
 as $$
-  select billing.ai_call_log_json(c) || jsonb_build_object('content',
-    (select jsonb_build_object('prompt', l.prompt_redacted, 'answer', l.response_redacted,
-                               'expires_at', billing.json_time(l.expires_at))
-     from billing.ai_logs l where l.call_id = c.id))
-  from billing.ai_calls c where c.id = p_id and (p_user is null or c.user_id = p_user)
+  select coalesce(
+    (select billing.ai_call_log_json(c) || jsonb_build_object('content',
+       (select jsonb_build_object('prompt', l.prompt_redacted, 'answer', l.response_redacted,
+                                  'expires_at', billing.json_time(l.expires_at))
+        from billing.ai_logs l where l.call_id = c.id))
+     from billing.ai_calls c where c.id = p_id and (p_user is null or c.user_id = p_user)),
+    (select jsonb_build_object('id', l.job_id, 'job_id', l.job_id, 'created_at', billing.json_time(l.created_at),
+       'user_id', l.user_id, 'org_id', l.org_id, 'model', l.model, 'endpoint', 'job', 'duration_ms', l.duration_ms,
+       'usage', jsonb_build_object('input_tokens', l.input_tokens, 'output_tokens', l.output_tokens),
+       'content_kept', l.prompt_redacted is not null,
+       'content', case when l.prompt_redacted is not null then jsonb_build_object('prompt', l.prompt_redacted,
+                    'answer', l.response_redacted, 'expires_at', billing.json_time(l.expires_at)) end)
+     from billing.ai_logs l where l.job_id = p_id and (p_user is null or l.user_id = p_user)
+     order by l.id desc limit 1))
 $$;
-comment on function billing.get_ai_call(p_user uuid, p_id uuid) is 'One call of the log with its kept content (only ever kept with consent); p_user: only if it is theirs.';
+comment on function billing.get_ai_call(p_user uuid, p_id uuid) is 'One call of the log (or an AI job''s call) with its kept content (only ever kept with consent); p_user: only if it is theirs.';
 revoke execute on function billing.get_ai_call(p_user uuid, p_id uuid) from public, anon, authenticated;
 grant execute on function billing.get_ai_call(p_user uuid, p_id uuid) to service_role;
 
--- DELETE /ai/v1/calls/{id}/content: the owner deletes what was kept of a call; false when the
--- call is not theirs (404). Deleting twice is fine.
+-- DELETE /ai/v1/calls/{id}/content: the owner deletes what was kept of a call (its content and
+-- its replay copy) or of an AI job (its content, and a finished job's input and result); false
+-- when neither is theirs (404). Deleting twice is fine.
 create or replace function billing.delete_ai_call_content(p_user uuid, p_id uuid) returns boolean
 language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_job boolean;
 begin
-  -- A call still running keeps nothing when it settles (its row is locked until it has).
-  update billing.ai_calls c set keep_content = false where c.id = p_id and c.user_id = p_user;
-  if not found then
-    return false;
+  -- A call or job still running keeps nothing when it settles (its row is locked until it has).
+  update billing.ai_calls c set keep_content = false, answer = null where c.id = p_id and c.user_id = p_user;
+  if found then
+    delete from billing.ai_logs l where l.call_id = p_id;
+    return true;
   end if;
-  delete from billing.ai_logs l where l.call_id = p_id;
-  return true;
+  -- A job still running needs its input to run and deliver its result (both go with the job).
+  update billing.jobs j set keep_content = false,
+    input = case when j.status in ('queued', 'processing') then j.input else '{}'::jsonb end,
+    result = case when j.status in ('queued', 'processing') then j.result end
+  where j.id = p_id and j.user_id = p_user and j.type = 'ai_completion';
+  v_job := found;
+  update billing.ai_logs l set consent_level = 'none', prompt_redacted = null, response_redacted = null
+  where l.job_id = p_id and l.user_id = p_user;
+  return v_job or found;
 end;
 $$;
-comment on function billing.delete_ai_call_content(p_user uuid, p_id uuid) is 'A student deletes the kept content of one of their calls; false when the call is not theirs.';
+comment on function billing.delete_ai_call_content(p_user uuid, p_id uuid) is 'A student deletes the kept content of one of their calls or AI jobs (a finished job''s input and result too); false when it is not theirs.';
 revoke execute on function billing.delete_ai_call_content(p_user uuid, p_id uuid) from public, anon, authenticated;
 grant execute on function billing.delete_ai_call_content(p_user uuid, p_id uuid) to service_role;
 
@@ -829,12 +850,19 @@ begin
   update billing.ai_calls c set keep_content = false
   where (c.user_id = p_user or c.org_id = p_org) and c.status = 'held' and c.keep_content
     and not billing.content_consented(c.user_id, c.org_id);
+  update billing.jobs j set keep_content = false
+  where (j.user_id = p_user or j.org_id = p_org) and j.status in ('queued', 'processing') and j.keep_content
+    and not billing.content_consented(j.user_id, j.org_id);
   delete from billing.ai_logs l using billing.ai_calls c
   where l.call_id = c.id and (c.user_id = p_user or c.org_id = p_org)
     and not billing.content_consented(c.user_id, c.org_id);
+  -- A job's log names its student and paying school itself (it outlives the job); its counts stay.
+  update billing.ai_logs l set consent_level = 'none', prompt_redacted = null, response_redacted = null
+  where l.job_id is not null and l.prompt_redacted is not null and (l.user_id = p_user or l.org_id = p_org)
+    and not billing.content_consented(l.user_id, l.org_id);
 end;
 $$;
-comment on function billing.forget_unconsented_content(p_user uuid, p_org uuid) is 'Internal: deletes kept AI content of a student''s (or a school''s) calls that no consent covers now.';
+comment on function billing.forget_unconsented_content(p_user uuid, p_org uuid) is 'Internal: deletes kept AI content of a student''s (or a school''s) calls and AI jobs that no consent covers now.';
 revoke execute on function billing.forget_unconsented_content(p_user uuid, p_org uuid) from public;
 
 -- GET /ai/v1/content-consent.

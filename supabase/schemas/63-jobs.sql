@@ -16,7 +16,7 @@ create table billing.jobs (
   user_id uuid not null references auth.users (id) on delete restrict,
   type text not null,
   status text not null default 'queued',
-  input jsonb not null,
+  input jsonb not null,                           -- what the job runs on (an ai_completion's prompt): kept until expires_at, owed or not
   request_key text not null,                      -- the Idempotency-Key that created it
   client_temp_id text,
   progress integer not null default 0,
@@ -25,6 +25,8 @@ create table billing.jobs (
   result jsonb,
   error jsonb,                                    -- user-safe {code, message}
   hold_id uuid references billing.holds (id),
+  org_id uuid,                                    -- the school whose wallet or allowance the hold drew on; null: the student's own credits
+  keep_content boolean not null default false,    -- an AI job whose student (or paying school) consented when it was queued (docs/ai-gateway.md)
   attempts integer not null default 0,
   max_attempts integer not null default 3,
   locked_by text,
@@ -119,6 +121,8 @@ begin
   end if;
   -- A job that calls a model may call only what the gateway would let this student call, and
   -- only once what their gateway calls and jobs owe is paid (billing.pay_ai_owed), as their next call would.
+  -- It keeps its content by the gateway's one rule (billing.content_consented), read now and
+  -- again when it completes (billing.keep_job_log).
   if p_input ? 'model' then
     if not billing.model_allowed(p_user, p_input ->> 'model') then
       perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
@@ -130,7 +134,13 @@ begin
     -- job's model, so per-model caps count it (and get back what the capture does not use).
     v_hold := billing.reserve_hold(p_user, p_reserve, 'job:' || v_job.id, p_hold_ttl_seconds, 'job', 'job:' || v_job.id,
       jsonb_strip_nulls(jsonb_build_object('model', p_input ->> 'model')));
-    update billing.jobs j set hold_id = v_hold.hold_id where j.id = v_job.id returning * into v_job;
+    update billing.jobs j set hold_id = v_hold.hold_id,
+      org_id = (select a.org_id from billing.holds h join billing.accounts a on a.id = h.account_id where h.id = v_hold.hold_id)
+    where j.id = v_job.id returning * into v_job;
+  end if;
+  if p_input ? 'model' then
+    update billing.jobs j set keep_content = billing.content_consented(p_user, v_job.org_id)
+    where j.id = v_job.id returning * into v_job;
   end if;
   return v_job;
 end;
@@ -304,7 +314,39 @@ comment on function billing.yield_job(p_job uuid, p_worker text) is 'Ends a slic
 revoke execute on function billing.yield_job(p_job uuid, p_worker text) from public;
 grant execute on function billing.yield_job(p_job uuid, p_worker text) to service_role;
 
-create or replace function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb default null::jsonb)
+-- What an AI job's call leaves in ai_logs (30 days, as a gateway call's content): its model,
+-- tokens and duration, and its redacted prompt and answer (`p_log`: {duration_ms, content:
+-- {prompt, answer}}) only when the job was queued under a consent and one still covers it now
+-- (billing.content_consented, the gateway's one rule; a withdrawal meanwhile waited on this
+-- job's row and deletes what this keeps). Runs in the statement that completes the job.
+create or replace function billing.keep_job_log(j billing.jobs, p_usage jsonb, p_log jsonb) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_keep boolean;
+begin
+  if p_usage is null or p_log is null then
+    return;
+  end if;
+  v_keep := j.keep_content and jsonb_typeof(p_log -> 'content') = 'object'
+            and billing.content_consented(j.user_id, j.org_id);
+  insert into billing.ai_logs (user_id, job_id, org_id, model, input_tokens, output_tokens, duration_ms, consent_level,
+                               prompt_redacted, response_redacted)
+  values (j.user_id, j.id, j.org_id, p_usage ->> 'model',
+    least(coalesce((p_usage ->> 'input_tokens')::bigint, 0) + coalesce((p_usage ->> 'cached_input_tokens')::bigint, 0),
+          2147483647),
+    least(coalesce((p_usage ->> 'output_tokens')::bigint, 0) + coalesce((p_usage ->> 'reasoning_tokens')::bigint, 0),
+          2147483647),
+    greatest(coalesce((p_log ->> 'duration_ms')::integer, 0), 0), case when v_keep then 'content' else 'none' end,
+    case when v_keep then p_log #>> '{content,prompt}' end, case when v_keep then p_log #>> '{content,answer}' end);
+end;
+$$;
+comment on function billing.keep_job_log(j billing.jobs, p_usage jsonb, p_log jsonb) is 'Internal: logs an AI job''s call in ai_logs (model, tokens, duration), with its redacted prompt and answer only under the gateway''s consent rule.';
+revoke execute on function billing.keep_job_log(j billing.jobs, p_usage jsonb, p_log jsonb) from public;
+
+create or replace function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb default null::jsonb,
+  p_log jsonb default null::jsonb)
 returns billing.jobs
 language plpgsql
 security definer
@@ -348,21 +390,23 @@ begin
     end if;
   end if;
   if v_job.status = 'cancelled' then
-    -- Cancelled while it ran: the work it reports is charged, its result is not kept.
+    -- Cancelled while it ran: the work it reports is charged, its result (and content) not kept.
     update billing.jobs j set locked_by = null, locked_until = null, unbilled = v_unbilled
     where j.id = p_job returning * into v_job;
+    perform billing.keep_job_log(v_job, p_usage, p_log - 'content');
     return v_job;
   end if;
   update billing.jobs j
   set status = 'completed', progress = 100, result = p_result, completed_at = now(), locked_by = null, locked_until = null,
       error = null, unbilled = v_unbilled
   where j.id = p_job returning * into v_job;
+  perform billing.keep_job_log(v_job, p_usage, p_log);
   return v_job;
 end;
 $$;
-comment on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) is 'Completes a job (or ends one cancelled while this worker ran it, its result dropped); a metered one captures its priced usage from the hold (any excess from the available balance, never into debt) and releases the rest, in the same transaction.';
-revoke execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) from public;
-grant execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb) to service_role;
+comment on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb, p_log jsonb) is 'Completes a job (or ends one cancelled while this worker ran it, its result dropped); a metered one captures its priced usage from the hold (any excess from the available balance, never into debt) and releases the rest, and an AI one logs its call (billing.keep_job_log), in the same transaction.';
+revoke execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb, p_log jsonb) from public;
+grant execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb, p_log jsonb) to service_role;
 
 create or replace function billing.fail_job(p_job uuid, p_worker text, p_error jsonb, p_retryable boolean) returns billing.jobs
 language plpgsql
@@ -458,10 +502,19 @@ begin
     delete from billing.jobs j where j.id = v_job.id;
     v_count := v_count + 1;
   end loop;
+  -- A job whose rest is owed stays for its money alone: what it ran on and delivered (a
+  -- student's prompt and answer) goes when it would have.
+  update billing.jobs j set input = '{}'::jsonb, result = null, resume_state = null
+  where j.id = any (array(select x.id from billing.jobs x where x.expires_at <= now() and x.unbilled is not null
+                            and x.owed_transfer_id is null and (x.input <> '{}'::jsonb or x.result is not null
+                                                                or x.resume_state is not null)
+                          limit p_limit));
+  delete from billing.job_result_chunks c using billing.jobs j
+  where c.job_id = j.id and j.expires_at <= now();
   return v_count;
 end;
 $$;
-comment on function billing.expire_jobs(p_limit integer) is 'pg_cron: frees the holds of jobs cancelled while they ran whose worker never reported, and deletes jobs past expires_at (with their results), releasing any hold still open.';
+comment on function billing.expire_jobs(p_limit integer) is 'pg_cron: frees the holds of jobs cancelled while they ran whose worker never reported, and deletes jobs past expires_at (with their results), releasing any hold still open; one still owed keeps its row without its input or result.';
 revoke execute on function billing.expire_jobs(p_limit integer) from public;
 grant execute on function billing.expire_jobs(p_limit integer) to service_role;
 

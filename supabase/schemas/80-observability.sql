@@ -7,7 +7,8 @@
 create table billing.ai_logs (
   id bigint generated always as identity primary key,
   user_id uuid,
-  job_id uuid,
+  job_id uuid,                                    -- an AI job's call (billing.keep_job_log); no foreign key: kept past the job's 24 hours
+  org_id uuid,                                    -- a job's paying school, whose consent may cover its content
   call_id uuid references billing.ai_calls (id) on delete cascade, -- a gateway call's kept content (ai_calls.keep_content)
   model text not null,
   input_tokens integer not null,
@@ -22,12 +23,13 @@ create table billing.ai_logs (
   constraint ai_logs_consent check (consent_level in ('none', 'metadata', 'content')),
   constraint ai_logs_content_needs_consent check (consent_level = 'content' or (prompt_redacted is null and response_redacted is null))
 );
-comment on table billing.ai_logs is 'A job''s AI call (model, tokens, duration), and the content a gateway call kept with consent (call_id); redacted text only with consent. Kept 30 days.';
+comment on table billing.ai_logs is 'An AI job''s call (job_id: model, tokens, duration) and the content a gateway call kept (call_id); redacted prompt and answer only under the one consent rule (billing.content_consented). Kept 30 days.';
 alter table billing.ai_logs enable row level security;
 grant select on table billing.ai_logs to service_role;
 
 create index ai_logs_expiry on billing.ai_logs (expires_at);
 create unique index ai_logs_call on billing.ai_logs (call_id) where call_id is not null;
+create index ai_logs_job on billing.ai_logs (job_id) where job_id is not null;
 
 create table billing.health_checks (
   id bigint generated always as identity primary key,
@@ -67,24 +69,6 @@ grant select on table billing.alert_settings to service_role;
 insert into billing.alert_settings default values;
 
 -- ============================================================ functions
-
-create or replace function billing.record_ai_log(
-  p_user uuid, p_job uuid, p_model text, p_input_tokens integer, p_output_tokens integer, p_duration_ms integer,
-  p_consent_level text, p_prompt_redacted text default null, p_response_redacted text default null
-) returns void
-language sql
-security definer
-set search_path = ''
-as $$
-  insert into billing.ai_logs (user_id, job_id, model, input_tokens, output_tokens, duration_ms, consent_level,
-                               prompt_redacted, response_redacted)
-  values (p_user, p_job, p_model, p_input_tokens, p_output_tokens, p_duration_ms, p_consent_level,
-          case when p_consent_level = 'content' then p_prompt_redacted end,
-          case when p_consent_level = 'content' then p_response_redacted end)
-$$;
-comment on function billing.record_ai_log(p_user uuid, p_job uuid, p_model text, p_input_tokens integer, p_output_tokens integer, p_duration_ms integer, p_consent_level text, p_prompt_redacted text, p_response_redacted text) is 'Logs an AI call; text is kept only with consent_level = content (and must arrive redacted).';
-revoke execute on function billing.record_ai_log(p_user uuid, p_job uuid, p_model text, p_input_tokens integer, p_output_tokens integer, p_duration_ms integer, p_consent_level text, p_prompt_redacted text, p_response_redacted text) from public;
-grant execute on function billing.record_ai_log(p_user uuid, p_job uuid, p_model text, p_input_tokens integer, p_output_tokens integer, p_duration_ms integer, p_consent_level text, p_prompt_redacted text, p_response_redacted text) to service_role;
 
 create or replace function billing.delete_expired_ai_logs(p_limit integer default 5000) returns integer
 language plpgsql

@@ -354,7 +354,7 @@ const routes: Route[] = [
     key: true,
     body: {
       type: 'ai_completion',
-      input: { model: 'gpt-4o-mini', prompt: 'hi', max_tokens: 5, consent_level: 'none' },
+      input: { model: 'gpt-4o-mini', prompt: 'hi', max_tokens: 5 },
       client_temp_id: 't',
     },
   },

@@ -40,6 +40,8 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export function answer(d: Directives, limit: number) {
   const reasoning = Math.min(Number(d.reasoning ?? 0), limit);
   const words = Array.from({ length: Number(d.words ?? 12) }, (_, i) => ` word${i + 1}`);
+  // What Postgres refuses in text and jsonb, as a model can be asked to write it.
+  if (d.unusual) words.push(' nul\u0000', ' lone\ud800');
   const parts: string[] = [];
   let outputTokens = 0;
   for (const w of words) {

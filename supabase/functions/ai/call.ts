@@ -27,6 +27,7 @@ import {
   failCall,
   finishCall,
   refuseCall,
+  storedAnswer,
   type Usage,
 } from './metering.ts';
 import { promptTokens, type Protocol, type Sse, sseEvents, usageWithCost } from './protocol.ts';
@@ -275,18 +276,26 @@ async function answerWhole<R>(call: Call<R>, res: Response): Promise<Response> {
 const encoder = new TextEncoder();
 const sseHeaders = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' };
 
-/** The same Idempotency-Key again: the first answer, charged once, never a second provider call. */
+/**
+ * The same Idempotency-Key again: the first answer, charged once, never a second provider call.
+ * Its copy gone (past its 24 hours, or deleted with the call's content), the key answers 409.
+ */
 function replay<R>(p: Protocol<R>, record: CallRecord, req: R): Response {
-  const answer = record.answer;
+  const answer = storedAnswer(record);
+  if (!answer) {
+    throw new AppError(
+      'conflict',
+      'IDEMPOTENCY_ANSWER_GONE',
+      "This key's answer is no longer kept (24 hours, or its content was deleted); send the request under a new key.",
+    );
+  }
   const headers = { 'Idempotent-Replayed': 'true', ...callHeaders(record) };
   const usage = record.usage!;
-  if (answer && 'json' in answer) {
+  if ('json' in answer) {
     return Response.json(withCost(p, jsonFromCopy(answer.json, req), usage, record.charged), { headers });
   }
-  const text = answer && 'events' in answer
-    ? eventsFromCopy(answer.events, req).join('') +
-      p.closing(req, answer.held === null ? null : dataFromCopy(answer.held, req), usage, record.charged)
-    : p.closing(req, null, usage, record.charged);
+  const text = eventsFromCopy(answer.events, req).join('') +
+    p.closing(req, answer.held === null ? null : dataFromCopy(answer.held, req), usage, record.charged);
   return new Response(text, { headers: { ...sseHeaders, ...headers } });
 }
 

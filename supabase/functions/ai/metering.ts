@@ -30,11 +30,20 @@ export interface CallRecord {
   usage_source: 'provider' | 'tokenizer' | null;
   transfer_id: string | null;
   failure: string | null;
-  answer: StoredAnswer | null;
+  /** The replay copy as JSON text (storedAnswer). */
+  answer: string | null;
 }
 
 /** What a replay of the same Idempotency-Key sends again: the JSON body, or the SSE events sent and the one kept back. */
 export type StoredAnswer = { json: unknown } | { events: string[]; held: string | null };
+
+/**
+ * The stored answer goes to SQL as its JSON text, a jsonb string: what a model may write that
+ * Postgres refuses as a character (NUL, a lone surrogate) is in it as an escape, so storing the
+ * copy can never fail the capture it is written with, and the replay reads back the same JSON.
+ * @example const answer = storedAnswer(record)
+ */
+export const storedAnswer = (r: CallRecord): StoredAnswer | null => r.answer === null ? null : JSON.parse(r.answer);
 
 export type Begun =
   | { state: 'held'; call_id: string; hold_id: string; held: string; upstream: string; keep_content: boolean }
@@ -97,7 +106,7 @@ export async function finishCall(
       ? sql.oneTrip`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source}, null, ${failed},
       ${jsonb(report)}) as r`
       : sql`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source},
-      ${answer === null ? null : jsonb(answer)}, ${failed}, ${jsonb(report)}) as r`
+      ${answer === null ? null : jsonb(JSON.stringify(answer))}, ${failed}, ${jsonb(report)}) as r`
   );
   return r as CallRecord;
 }

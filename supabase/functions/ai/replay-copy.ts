@@ -1,7 +1,8 @@
 // The copy of an answer kept for a replay of the same Idempotency-Key (24 h). It holds no prompt
 // text: a provider that echoes the request in its answer (the Responses API returns
-// `instructions`, `tools`, `text` …) has those fields left out of the copy, their names kept, and
-// put back from the replayed request, which is the same request (its hash is checked first).
+// `instructions`, `tools`, `text` …) has those fields emptied in the copy, in their places, their
+// names kept, and put back from the replayed request, which is the same request (its hash is
+// checked first), so a replay answers the first answer's bytes.
 import type { StoredAnswer } from './metering.ts';
 import { parsed, type Sse, sseEvent, sseEvents } from './protocol.ts';
 
@@ -19,8 +20,8 @@ function withoutEcho(o: Json, req: unknown): Json {
     k !== 'model' && r[k] !== undefined && JSON.stringify(site[k]) === JSON.stringify(r[k])
   );
   if (echoed.length === 0) return o;
-  const rest = Object.fromEntries(Object.entries(site).filter(([k]) => !echoed.includes(k)));
-  return placed(o, { ...rest, [echoedKey]: echoed });
+  const emptied = Object.fromEntries(Object.entries(site).map(([k, v]) => [k, echoed.includes(k) ? null : v]));
+  return placed(o, { ...emptied, [echoedKey]: echoed });
 }
 
 function withEcho(o: Json, req: unknown): Json {
@@ -28,7 +29,7 @@ function withEcho(o: Json, req: unknown): Json {
   const echoed = site[echoedKey];
   if (!Array.isArray(echoed)) return o;
   const { [echoedKey]: _names, ...rest } = site;
-  return placed(o, { ...rest, ...Object.fromEntries(echoed.map((k: string) => [k, r[k]])) });
+  return placed(o, Object.fromEntries(Object.entries(rest).map(([k, v]) => [k, echoed.includes(k) ? r[k] : v])));
 }
 
 /** A whole answer's copy. */

@@ -62,7 +62,7 @@ async function runSlice(job: JobRow, workerId: string, leaseSeconds: number): Pr
       sql<{ status: string }[]>`select j.status from billing.complete_job(${job.id}, ${workerId}, ${
         jsonb(outcome.result)
       },
-        ${outcome.usage ? jsonb(outcome.usage) : null}) j`
+        ${outcome.usage ? jsonb(outcome.usage) : null}, ${outcome.log ? jsonb(outcome.log) : null}) j`
     );
     log.info(done.status === 'cancelled' ? 'job cancelled while it ran: its work charged' : 'job completed', fields);
   } catch (err) {

@@ -18,6 +18,14 @@ export const maxBigint = 9_223_372_036_854_775_807n;
  */
 export const isPgText = (s: string): boolean => !s.includes('\0') && s.isWellFormed();
 
+/**
+ * `s` as text Postgres stores: each NUL and unpaired surrogate becomes U+FFFD (as a UTF-8
+ * decoder shows what it cannot read). Only for text a provider wrote, which must be stored for
+ * its charge to be kept; a caller's text is refused instead (pgText).
+ * @example pgStorable('a\u0000b') // 'a\uFFFDb'
+ */
+export const pgStorable = (s: string): string => s.toWellFormed().replaceAll('\0', '\uFFFD');
+
 const notPgText = 'must not contain NUL (U+0000) or an unpaired surrogate';
 
 /** The 400 for a value that is not text Postgres stores exactly, wherever it was found. */

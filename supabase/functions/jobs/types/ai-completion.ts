@@ -1,12 +1,13 @@
 // ai_completion: a metered job. It reserves the worst case (every input byte a token, plus
 // max_tokens) at the model's rate card, calls the provider, then the worker captures the
 // actual usage and releases the rest.
-// Only token counts, model and duration are kept; never the prompt or the answer in logs.
+// Its call is logged with token counts, model and duration; the redacted prompt and answer only
+// under the gateway's consent rule (billing.keep_job_log), never in log lines.
 import { z } from 'zod';
 import { complete } from '../../_shared/adapters/ai.ts';
 import { utf8Bytes } from '../../_shared/domain/token-bounds.ts';
 import { sql } from '../../_shared/adapters/db.ts';
-import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
+import { pgInt, pgStorable, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema } from '../../_shared/values/text.ts';
 import { redact } from '../../_shared/redact.ts';
 import type { JobType } from './types.ts';
@@ -15,9 +16,10 @@ const Input = z.strictObject({
   model: ModelSchema,
   prompt: pgText(20_000).min(1),
   max_tokens: pgInt(1, 4096),
-  /** What ai_logs may keep: nothing but counts (none, metadata), or the redacted text (content). */
-  consent_level: z.enum(['none', 'metadata', 'content']).default('none'),
 });
+
+/** Kept content: redacted, in text Postgres stores. */
+const kept = (text: string) => pgStorable(redact(text));
 
 const chatFramingTokens = 16;
 
@@ -49,15 +51,19 @@ export const aiCompletion: JobType<typeof Input> = {
       onProgress: (f) => checkpoint({ progress: 5 + Math.floor(f * 90), state: null }),
     });
     const durationMs = Math.round(performance.now() - started);
-    await sql`select billing.record_ai_log(${job.user_id}, ${job.id}, ${input.model}, ${
-      completion.usage.input_tokens + (completion.usage.cached_input_tokens ?? 0)
-    }, ${
-      completion.usage.output_tokens + (completion.usage.reasoning_tokens ?? 0)
-    }, ${durationMs}, ${input.consent_level}, ${redact(input.prompt)},
-        ${redact(completion.text)})`;
     return {
-      result: { text: completion.text, usage: completion.usage, model: input.model, duration_ms: durationMs },
+      // A NUL or lone surrogate the model wrote would fail the capture the result is stored with.
+      result: {
+        text: pgStorable(completion.text),
+        usage: completion.usage,
+        model: input.model,
+        duration_ms: durationMs,
+      },
       usage: { model: input.model, ...completion.usage },
+      log: {
+        duration_ms: durationMs,
+        ...(job.keep_content ? { content: { prompt: kept(input.prompt), answer: kept(completion.text) } } : {}),
+      },
     };
   },
 };

@@ -9,6 +9,8 @@ export interface JobRow {
   input: unknown;
   resume_state: unknown;
   attempts: number;
+  /** An AI job queued under a consent to keep its content (re-read when it completes). */
+  keep_content: boolean;
 }
 
 export interface Checkpoint {
@@ -43,6 +45,8 @@ export interface Usage {
 export interface Done {
   result: unknown;
   usage?: Usage;
+  /** An AI job's call for ai_logs: content (redacted) only when the job may keep it (billing.keep_job_log). */
+  log?: { duration_ms: number; content?: { prompt: string; answer: string } };
 }
 
 /**
