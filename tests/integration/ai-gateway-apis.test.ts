@@ -14,6 +14,7 @@ import {
   balanceIsGrantsLessCharges,
   balanceOf,
   callsOf,
+  cardPrice,
   gatewayUrl,
   settled,
   standinCall,
@@ -25,20 +26,6 @@ const tag = () => `t${crypto.randomUUID().replaceAll('-', '')}`;
 const claude = 'claude-3-5-haiku';
 const anthropicOf = (token: string) =>
   new Anthropic({ baseURL: gatewayUrl.replace(/\/v1$/, ''), apiKey: token, maxRetries: 0 });
-
-type Kinds = { input: number; cached?: number; write?: number; output: number; reasoning?: number };
-/** The card's price of usage by kind, worked out from its per-token prices (not through the gateway's pricing). */
-async function cardPrice(model: string, k: Kinds): Promise<string> {
-  const [r] = await testDb`
-    select trim_scale(round(${k.input}::numeric * c.credits_per_input_token
-      + ${k.cached ?? 0}::numeric * c.credits_per_cached_input_token
-      + ${k.write ?? 0}::numeric * c.credits_per_cache_write_token
-      + ${k.output}::numeric * c.credits_per_output_token
-      + ${k.reasoning ?? 0}::numeric * c.credits_per_reasoning_token, 18))::text as price
-    from billing.rate_cards c where c.model = ${model} and c.effective_from <= now()
-    order by c.effective_from desc, c.version desc limit 1`;
-  return r.price;
-}
 
 /** The price of a Responses usage object (input includes cached and writes, output includes reasoning). */
 const responsesPrice = (model: string, u: OpenAI.Responses.ResponseUsage) => {
