@@ -19,6 +19,8 @@
 //                         cuts it (finish_reason length, status incomplete, stop_reason max_tokens)
 //   cached=<n>            prompt tokens reported as read from cache (Messages: cache_read_input_tokens)
 //   cache_write=<n>       Messages: cache_creation_input_tokens; Responses: cache_write_tokens
+//   cache_write_1h=<n>    Messages: hour-long writes (in cache_creation_input_tokens, and apart in
+//                         cache_creation.ephemeral_1h_input_tokens; cache_write= are the 5-minute ones)
 //   reasoning=<n>         reasoning / thinking tokens, counted in the output tokens
 //   delay=<ms>            between streamed events; first_byte_delay=<ms> before the answer
 //   fail=<status>         an error answer in the protocol's own error shape

@@ -25,7 +25,7 @@ export const textTokens = (t: string) => /\S{2000}/.test(t) ? utf8Bytes(t) : enc
 /** The directives of a text: `#standin words=40 cached=8 tag=abc` → { words: '40', cached: '8', tag: 'abc' }. */
 export function directivesIn(t: string): Directives {
   const found: Directives = {};
-  for (const m of t.matchAll(/#standin((?:\s+[a-z_]+(?:=[A-Za-z0-9_-]+)?)*)/g)) {
+  for (const m of t.matchAll(/#standin((?:\s+[a-z][a-z0-9_]*(?:=[A-Za-z0-9_-]+)?)*)/g)) {
     for (const d of m[1].trim().split(/\s+/)) {
       const [k, v] = d.split('=');
       found[k] = v ?? 'true';

@@ -134,16 +134,21 @@ export async function messages(req: Request, key: string): Promise<Response> {
   const prompt = messagesPromptTokens(body) + Number(d.extra_prompt ?? 0);
   const cacheRead = Math.min(Number(d.cached ?? 0), prompt);
   const cacheWrite = Math.min(Number(d.cache_write ?? 0), prompt - cacheRead);
+  const hourWrite = Math.min(Number(d.cache_write_1h ?? 0), prompt - cacheRead - cacheWrite);
   const input = {
-    input_tokens: prompt - cacheRead - cacheWrite,
-    cache_creation_input_tokens: cacheWrite,
+    input_tokens: prompt - cacheRead - cacheWrite - hourWrite,
+    cache_creation_input_tokens: cacheWrite + hourWrite,
     cache_read_input_tokens: cacheRead,
   };
   const outputTokens = a.outputTokens + a.reasoning;
   const thinking = a.reasoning ? { thinking_tokens: a.reasoning } : null;
   const usageWith = (output: number, kinds: typeof input): Anthropic.Messages.Usage => ({
     ...kinds,
-    cache_creation: { ephemeral_5m_input_tokens: kinds.cache_creation_input_tokens, ephemeral_1h_input_tokens: 0 },
+    // The writes by lifetime (zeros when the kinds are).
+    cache_creation: {
+      ephemeral_5m_input_tokens: kinds.cache_creation_input_tokens ? cacheWrite : 0,
+      ephemeral_1h_input_tokens: kinds.cache_creation_input_tokens ? hourWrite : 0,
+    },
     output_tokens: output,
     output_tokens_details: output === outputTokens ? thinking : null,
     server_tool_use: null,
