@@ -65,7 +65,7 @@ const stepPrice = (model: string, u: LanguageModelUsage) =>
     reasoning: u.outputTokenDetails.reasoningTokens ?? 0,
   });
 
-/** The user's last `usages.length` calls, oldest first, are each charged the card price of its step's usage. */
+/** The user's last `usages.length` calls, oldest first, are each charged the card price of its step's usage, in the ledger. */
 async function assertChargedPerStep(userId: string, model: string, usages: LanguageModelUsage[]) {
   await settled(userId);
   const calls = (await callsOf(userId)).slice(0, usages.length).reverse();
@@ -74,6 +74,8 @@ async function assertChargedPerStep(userId: string, model: string, usages: Langu
     assert.equal(calls[i].status, 'charged', `step ${i + 1}`);
     assert.notEqual(calls[i].charged, '0');
     assert.equal(calls[i].charged, await stepPrice(model, u), `step ${i + 1} of ${model}`);
+    // The ledger's transfer moved exactly that (its numeric(38, 18) text, trailing zeros trimmed).
+    assert.equal(calls[i].transfer_amount.replace(/\.?0+$/, ''), calls[i].charged, `step ${i + 1}: the ledger`);
   }
 }
 
