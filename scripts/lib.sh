@@ -287,8 +287,26 @@ pg_as_owner() { "${PG_OWNER[@]}" "$@"; }
 
 pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$DB_PORT"; }
 
+# Run as root, initdb and the server run as the postgres OS user, which must be able to enter
+# every folder above PG_HOME (a 0700 folder from mktemp -d is not one): say which folder stops it
+# and how to fix it, rather than initdb's "pwfile: Permission denied".
+pg_home_check() {
+  [ ${#PG_OWNER[@]} -gt 0 ] || return 0
+  local path=$PG_HOME dir="" part parts
+  [[ $path = /* ]] || path="$PWD/$path"
+  IFS=/ read -ra parts <<<"${path#/}"
+  for part in "${parts[@]}"; do
+    [ -n "$part" ] || continue
+    dir="$dir/$part"
+    [ -d "$dir" ] || return 0
+    pg_as_owner test -x "$dir" ||
+      die "PG_HOME ($PG_HOME) is under $dir, which the postgres OS user cannot enter (the scripts run as root, so Postgres runs as postgres). Fix: unset PG_HOME (the default is a folder postgres can reach), or set it to one such as /var/lib/postgresql/<name>, or let postgres through: chmod o+x $dir"
+  done
+}
+
 pg_init() {
   [ -f "$PGDATA/PG_VERSION" ] && return 0
+  pg_home_check
   say "creating the local Postgres cluster in $PG_HOME"
   mkdir -p "$PGDATA"
   [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PG_HOME"

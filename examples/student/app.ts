@@ -30,15 +30,20 @@ import { showAiCalls } from './ai-calls.ts';
 import { buyGift, giftText, wireRedeem } from './codes.ts';
 import { followPlan, showPlans } from './plans.ts';
 import { wireAsOf } from './as-of.ts';
+import { apiBase } from './api-base.ts';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const store = globalThis.sessionStorage;
 const params = new URLSearchParams(location.search);
 
-// Locally the page is told where the API is (?api=, and ?key= for a project's publishable
-// key); both are kept for the tab, so they survive the round trip through Checkout.
+// The page is told where the API is by the server that serves it (api-base.ts), or by ?api= (and
+// ?key= for a project's publishable key); both are kept for the tab, so they survive the round
+// trip through Checkout.
 for (const name of ['api', 'key']) if (params.get(name)) store.setItem(name, params.get(name) as string);
-const api = store.getItem('api') ?? 'http://127.0.0.1:54321';
+const api = apiBase(
+  store.getItem('api'),
+  document.querySelector<HTMLMetaElement>('meta[name="scholarlink-api"]')?.content,
+);
 const apiKey = store.getItem('key') ?? 'local-anon-key';
 const isLocalStack = /^http:\/\/(127\.0\.0\.1|localhost)[:/]/.test(api);
 
@@ -138,7 +143,7 @@ function fail(err: unknown, retry?: () => void, near?: HTMLElement) {
   if (!errorHome.parentNode) box.before(errorHome);
   if (near) (near.closest('.row, form') ?? near).after(box);
   else errorHome.after(box);
-  const message = studentMessage(err);
+  const message = studentMessage(err, { api, origin: location.origin });
   show('error', message.text);
   $('error-action').hidden = !message.action;
   if (message.action) {

@@ -34,8 +34,14 @@ export function shortfall(a: string, b: string): string {
 
 const buyCredits = { label: 'Buy credits', href: '#buy' };
 
-/** What went wrong, for a student. */
-export function studentMessage(err: unknown): StudentMessage {
+/** Where the page asked: the API's base URL and the page's own origin (which the API must allow). */
+export interface Asked {
+  api: string;
+  origin: string;
+}
+
+/** What went wrong, for a student; `asked` names the address a request that got no answer went to. */
+export function studentMessage(err: unknown, asked?: Asked): StudentMessage {
   if (!(err instanceof Error) || !('code' in err)) {
     return { text: 'Something went wrong. Please try again.', details: String(err) };
   }
@@ -69,7 +75,15 @@ export function studentMessage(err: unknown): StudentMessage {
     case 'UNAUTHORIZED':
       return { text: 'You have been signed out. Sign in again to continue.', details };
     case 'NETWORK_ERROR':
-      return { text: "We couldn't reach ScholarLink. Check your connection and try again.", details };
+      // No answer at all: nothing listening there, or the browser refused it (an origin the API does not allow).
+      return asked
+        ? {
+          text: `We couldn't reach ScholarLink at ${asked.api}. Check your connection and that ` +
+            'ScholarLink is running at that address, then try again.',
+          details: `${details} · ${asked.api} must answer and allow this page's origin ${asked.origin} ` +
+            '(CORS_ALLOWED_ORIGINS); locally, ./scripts/dev prints the addresses',
+        }
+        : { text: "We couldn't reach ScholarLink. Check your connection and try again.", details };
     case 'RATE_LIMITED':
       return { text: 'That was a lot of requests at once. Wait a few seconds and try again.', details };
     case 'NO_SAVED_CARD':

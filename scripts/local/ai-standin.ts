@@ -1,7 +1,8 @@
 // A local stand-in for an AI provider on :54332, so the AI gateway runs and is tested offline.
 // It speaks four wire formats, faithfully enough that the official SDKs parse them, and counts
 // tokens with the tokenizer the gateway uses (o200k). It is NOT a model: it answers with
-// numbered words (" word1 word2 …").
+// numbered words (" word1 word2 …"), or plays structured output and tools (ai-standin/structured.ts):
+// a JSON value valid for a request's JSON schema, a tool call as the tool choice allows.
 //   POST /v1/chat/completions   OpenAI Chat Completions (Authorization: Bearer AI_API_KEY): JSON,
 //                               or SSE with a final usage chunk when stream_options.include_usage
 //   POST /v1/responses          OpenAI Responses (Bearer): a Response, or typed SSE events ending
@@ -18,6 +19,8 @@
 //                         cuts it (finish_reason length, status incomplete, stop_reason max_tokens)
 //   cached=<n>            prompt tokens reported as read from cache (Messages: cache_read_input_tokens)
 //   cache_write=<n>       Messages: cache_creation_input_tokens; Responses: cache_write_tokens
+//   cache_write_1h=<n>    Messages: hour-long writes (in cache_creation_input_tokens, and apart in
+//                         cache_creation.ephemeral_1h_input_tokens; cache_write= are the 5-minute ones)
 //   reasoning=<n>         reasoning / thinking tokens, counted in the output tokens
 //   delay=<ms>            between streamed events; first_byte_delay=<ms> before the answer
 //   fail=<status>         an error answer in the protocol's own error shape

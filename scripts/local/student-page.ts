@@ -1,5 +1,7 @@
-// Serves the example student page (examples/student/) on :54330: index.html, and app.js,
-// bundled for the browser from app.ts (with the client and supabase-js) when this starts.
+// Serves the example student page (examples/student/) on STUDENT_PAGE_PORT (:54330): index.html,
+// naming the stack's own API (SUPABASE_URL) as the page's (api-base.ts), and app.js, bundled for
+// the browser from app.ts (with the client and supabase-js) when this starts.
+import { withApiBase } from '../../examples/student/api-base.ts';
 const port = Number(Deno.env.get('STUDENT_PAGE_PORT') ?? 54330);
 const root = new URL('../../', import.meta.url);
 const page = new URL('examples/student/', root);
@@ -23,7 +25,15 @@ const bundle = await new Deno.Command(Deno.execPath(), {
 }).output();
 if (!bundle.success) throw new Error('bundling examples/student/app.ts failed');
 const files: Record<string, { body: Uint8Array<ArrayBuffer>; type: string }> = {
-  '/': { body: await Deno.readFile(new URL('index.html', page)), type: 'text/html; charset=utf-8' },
+  '/': {
+    body: new TextEncoder().encode(
+      withApiBase(
+        await Deno.readTextFile(new URL('index.html', page)),
+        Deno.env.get('SUPABASE_URL') ?? 'http://127.0.0.1:54321',
+      ),
+    ),
+    type: 'text/html; charset=utf-8',
+  },
   '/app.js': { body: await Deno.readFile(bundled), type: 'text/javascript; charset=utf-8' },
 };
 

@@ -32,15 +32,17 @@ comment on type billing.usage_price is 'A usage event''s price: the rate card (i
 -- (input excludes cached input, output excludes reasoning); each count times the card's credits
 -- per unit of its kind (exact, worked out once per card: billing.rate_cards), summed, rounded once
 -- to 18 places. A kind the card leaves null: cached input at the input price, reasoning at the
--- output price, cache writes at the input price (the card's generated columns; a request that asks
--- for them is refused before the call instead, docs/ai-gateway.md), images and audio unpriced: null when used, which
+-- output price, cache writes (5-minute or hour-long, each its own kind) at the input price (the
+-- card's generated columns; a request that asks for them is refused before the call instead,
+-- docs/ai-gateway.md), images and audio unpriced: null when used, which
 -- the callers refuse as UNPRICED_USAGE. Null counts of the optional kinds count as 0. Counts are
 -- numeric so the dry run can price its summed counts.
 create or replace function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric,
   p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric,
   p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric,
   p_per_image numeric, p_per_audio_second numeric, p_cache_write_tokens numeric default 0,
-  p_per_cache_write numeric default null)
+  p_per_cache_write numeric default null, p_cache_write_1h_tokens numeric default 0,
+  p_per_cache_write_1h numeric default null)
 returns numeric
 language plpgsql immutable
 set search_path = ''
@@ -49,19 +51,20 @@ begin
   return round(p_input_tokens * p_per_input + coalesce(p_cached_input_tokens, 0) * p_per_cached_input
     + p_output_tokens * p_per_output + coalesce(p_reasoning_tokens, 0) * p_per_reasoning
     + case when coalesce(p_cache_write_tokens, 0) = 0 then 0 else p_cache_write_tokens * p_per_cache_write end
+    + case when coalesce(p_cache_write_1h_tokens, 0) = 0 then 0 else p_cache_write_1h_tokens * p_per_cache_write_1h end
     + case when coalesce(p_images, 0) = 0 then 0 else p_images * p_per_image end
     + case when coalesce(p_audio_seconds, 0) = 0 then 0 else p_audio_seconds * p_per_audio_second end, 18);
 end
 $$;
-comment on function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric, p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric, p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric, p_per_image numeric, p_per_audio_second numeric, p_cache_write_tokens numeric, p_per_cache_write numeric) is 'The price formula: usage counts by kind times a card''s credits per unit, rounded once to 18 places; null when a used kind is unpriced.';
-revoke execute on function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric, p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric, p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric, p_per_image numeric, p_per_audio_second numeric, p_cache_write_tokens numeric, p_per_cache_write numeric) from public;
+comment on function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric, p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric, p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric, p_per_image numeric, p_per_audio_second numeric, p_cache_write_tokens numeric, p_per_cache_write numeric, p_cache_write_1h_tokens numeric, p_per_cache_write_1h numeric) is 'The price formula: usage counts by kind times a card''s credits per unit, rounded once to 18 places; null when a used kind is unpriced.';
+revoke execute on function billing.usage_amount(p_input_tokens numeric, p_cached_input_tokens numeric, p_output_tokens numeric, p_reasoning_tokens numeric, p_images numeric, p_audio_seconds numeric, p_per_input numeric, p_per_cached_input numeric, p_per_output numeric, p_per_reasoning numeric, p_per_image numeric, p_per_audio_second numeric, p_cache_write_tokens numeric, p_per_cache_write numeric, p_cache_write_1h_tokens numeric, p_per_cache_write_1h numeric) from public;
 
 -- The bounds every usage count must keep, one place for the single charge, the batch and the
 -- dry run: input and output given, every count from 0 to 10^12 (an amount far past that would
 -- overflow). Null optional counts count as 0.
 create or replace function billing.usage_counts_valid(p_input_tokens bigint, p_output_tokens bigint,
   p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint,
-  p_cache_write_tokens bigint default 0)
+  p_cache_write_tokens bigint default 0, p_cache_write_1h_tokens bigint default 0)
 returns boolean
 language plpgsql immutable
 set search_path = ''
@@ -69,19 +72,19 @@ as $$
 begin
   return p_input_tokens is not null and p_output_tokens is not null
     and least(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds,
-      p_cache_write_tokens) >= 0
+      p_cache_write_tokens, p_cache_write_1h_tokens) >= 0
     and greatest(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images, p_audio_seconds,
-      p_cache_write_tokens) <= 1000000000000;
+      p_cache_write_tokens, p_cache_write_1h_tokens) <= 1000000000000;
 end
 $$;
-comment on function billing.usage_counts_valid(p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint) is 'Internal: whether usage counts are within bounds (input and output given, each from 0 to 10^12).';
-revoke execute on function billing.usage_counts_valid(p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint) from public;
+comment on function billing.usage_counts_valid(p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint, p_cache_write_1h_tokens bigint) is 'Internal: whether usage counts are within bounds (input and output given, each from 0 to 10^12).';
+revoke execute on function billing.usage_counts_valid(p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint, p_cache_write_1h_tokens bigint) from public;
 
 -- One row, not a set: a caller assigns it (v := billing.quote_usage(…)) without a table
 -- function's tuplestore. Every kind but input and output is optional (null counts as 0).
 create or replace function billing.quote_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint,
   p_cached_input_tokens bigint default 0, p_reasoning_tokens bigint default 0, p_images bigint default 0,
-  p_audio_seconds bigint default 0, p_cache_write_tokens bigint default 0)
+  p_audio_seconds bigint default 0, p_cache_write_tokens bigint default 0, p_cache_write_1h_tokens bigint default 0)
 returns billing.usage_price
 language plpgsql stable
 set search_path = ''
@@ -94,33 +97,33 @@ begin
   where c.model = p_model and c.effective_from <= now()
   order by c.effective_from desc, c.version desc limit 1;
   if not billing.usage_counts_valid(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images,
-    p_audio_seconds, p_cache_write_tokens) then
+    p_audio_seconds, p_cache_write_tokens, p_cache_write_1h_tokens) then
     return (r.id, r.version, null::numeric);
   end if;
   return (r.id, r.version, billing.usage_amount(p_input_tokens, p_cached_input_tokens, p_output_tokens, p_reasoning_tokens,
     p_images, p_audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token, r.credits_per_output_token,
     r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second, p_cache_write_tokens,
-    r.credits_per_cache_write_token));
+    r.credits_per_cache_write_token, p_cache_write_1h_tokens, r.credits_per_cache_write_1h_token));
 end;
 $$;
-comment on function billing.quote_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint) is 'Internal: usage by kind priced with the model''s current rate card, in credits; the amount is null when it cannot be priced (billing.price_usage says why).';
-revoke execute on function billing.quote_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint) from public;
+comment on function billing.quote_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint, p_cache_write_1h_tokens bigint) is 'Internal: usage by kind priced with the model''s current rate card, in credits; the amount is null when it cannot be priced (billing.price_usage says why).';
+revoke execute on function billing.quote_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint, p_cache_write_1h_tokens bigint) from public;
 
 -- billing.quote_usage, or the refusal that says why it has no price.
 create or replace function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint,
   p_cached_input_tokens bigint default 0, p_reasoning_tokens bigint default 0, p_images bigint default 0,
-  p_audio_seconds bigint default 0, p_cache_write_tokens bigint default 0)
+  p_audio_seconds bigint default 0, p_cache_write_tokens bigint default 0, p_cache_write_1h_tokens bigint default 0)
 returns billing.usage_price
 language plpgsql stable
 set search_path = ''
 as $$
 declare
   v billing.usage_price := billing.quote_usage(p_model, p_input_tokens, p_output_tokens, p_cached_input_tokens,
-    p_reasoning_tokens, p_images, p_audio_seconds, p_cache_write_tokens);
+    p_reasoning_tokens, p_images, p_audio_seconds, p_cache_write_tokens, p_cache_write_1h_tokens);
 begin
   if v.amount is null then
     if not billing.usage_counts_valid(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images,
-      p_audio_seconds, p_cache_write_tokens) then
+      p_audio_seconds, p_cache_write_tokens, p_cache_write_1h_tokens) then
       perform billing.raise_error('INVALID_TOKENS', jsonb_build_object('rule', 'integers from 0 to 10^12'));
     elsif v.rate_card_id is null then
       perform billing.raise_error('UNKNOWN_MODEL', '{}'); -- never the caller's text: DETAILs reach the Postgres log
@@ -132,9 +135,9 @@ begin
   return v;
 end;
 $$;
-comment on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint) is 'Prices usage by kind (tokens, images, audio seconds) with the model''s current rate card, in credits.';
-revoke execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint) from public;
-grant execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint) to service_role;
+comment on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint, p_cache_write_1h_tokens bigint) is 'Prices usage by kind (tokens, images, audio seconds) with the model''s current rate card, in credits.';
+revoke execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint, p_cache_write_1h_tokens bigint) from public;
+grant execute on function billing.price_usage(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint, p_cache_write_tokens bigint, p_cache_write_1h_tokens bigint) to service_role;
 
 -- Metadata keys only the ledger writes: a correction or a report filters on them, so a caller's
 -- metadata never carries them (the API refuses them; charge_usage drops them as well).

@@ -32,6 +32,9 @@ create table billing.rate_cards (
     usd_per_million_input) * markup * 0.001)) stored,
   credits_per_image numeric generated always as (trim_scale(usd_per_image * markup * 1000)) stored, -- null: refused
   credits_per_audio_second numeric generated always as (trim_scale(usd_per_audio_second * markup * 1000)) stored, -- null: refused
+  usd_per_million_cache_write_1h numeric(38, 18), -- hour-long cache writes; null: a request that asks for one is refused; one reported anyway costs the input price
+  credits_per_cache_write_1h_token numeric generated always as (trim_scale(coalesce(usd_per_million_cache_write_1h,
+    usd_per_million_input) * markup * 0.001)) stored,
   constraint rate_cards_prices_in_range check (
     usd_per_million_input >= 0 and usd_per_million_input <= 1000000
     and usd_per_million_output >= 0 and usd_per_million_output <= 1000000
@@ -39,7 +42,8 @@ create table billing.rate_cards (
     and coalesce(usd_per_million_reasoning, 0) between 0 and 1000000
     and coalesce(usd_per_million_cache_write, 0) between 0 and 1000000
     and coalesce(usd_per_image, 0) between 0 and 1000000
-    and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
+    and coalesce(usd_per_audio_second, 0) between 0 and 1000000
+    and coalesce(usd_per_million_cache_write_1h, 0) between 0 and 1000000),
   constraint rate_cards_markup_positive check (markup > 0),
   constraint rate_cards_upstream check (upstream ~ '^[a-z][a-z0-9-]{0,31}$'),
   constraint rate_cards_model_version unique (model, version),
@@ -79,6 +83,9 @@ create table billing.rate_card_drafts (
     usd_per_million_input) * markup * 0.001)) stored,
   credits_per_image numeric generated always as (trim_scale(usd_per_image * markup * 1000)) stored,
   credits_per_audio_second numeric generated always as (trim_scale(usd_per_audio_second * markup * 1000)) stored,
+  usd_per_million_cache_write_1h numeric(38, 18), -- null: as on rate_cards (hour-long writes refused)
+  credits_per_cache_write_1h_token numeric generated always as (trim_scale(coalesce(usd_per_million_cache_write_1h,
+    usd_per_million_input) * markup * 0.001)) stored,
   constraint rate_card_drafts_status check (status in ('draft', 'published', 'discarded')),
   constraint rate_card_drafts_published check ((status = 'published') = (rate_card_id is not null)),
   constraint rate_card_drafts_model check (model ~ '^[A-Za-z0-9._:-]{1,64}$'),
@@ -90,7 +97,8 @@ create table billing.rate_card_drafts (
     and coalesce(usd_per_million_reasoning, 0) between 0 and 1000000
     and coalesce(usd_per_million_cache_write, 0) between 0 and 1000000
     and coalesce(usd_per_image, 0) between 0 and 1000000
-    and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
+    and coalesce(usd_per_audio_second, 0) between 0 and 1000000
+    and coalesce(usd_per_million_cache_write_1h, 0) between 0 and 1000000),
   constraint rate_card_drafts_markup check (markup > 0)
 );
 comment on table billing.rate_card_drafts is 'Rate cards an admin is preparing: priced by the dry run, never by usage, until published as a new rate_cards version.';
@@ -183,6 +191,8 @@ create table billing.provider_prices (
     and coalesce(usd_per_audio_second, 0) between 0 and 1000000),
   source_url text,                                -- where the price was read (the provider's public price list)
   source_checked_on date,                         -- the day it was read there
+  usd_per_million_cache_write_1h numeric(38, 18), -- null: hour-long cache writes cost the input price
+  constraint provider_prices_cache_write_1h_in_range check (coalesce(usd_per_million_cache_write_1h, 0) between 0 and 1000000),
   constraint provider_prices_model check (model ~ '^[A-Za-z0-9._:-]{1,64}$'),
   constraint provider_prices_model_version unique (model, version)
 );
@@ -196,7 +206,8 @@ create index provider_prices_current on billing.provider_prices (model, effectiv
 
 -- A card (or draft) as the admin API shows it: prices as exact strings, nulls kept.
 create or replace function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric,
-  p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric, p_cache_write numeric, p_upstream text)
+  p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric, p_cache_write numeric, p_upstream text,
+  p_cache_write_1h numeric)
 returns jsonb
 language sql immutable
 set search_path = ''
@@ -205,10 +216,11 @@ as $$
     'usd_per_million_cached_input', trim_scale(p_cached_input)::text, 'usd_per_million_output', trim_scale(p_output)::text,
     'usd_per_million_reasoning', trim_scale(p_reasoning)::text, 'usd_per_image', trim_scale(p_image)::text,
     'usd_per_audio_second', trim_scale(p_audio_second)::text, 'markup', trim_scale(p_markup)::text,
-    'usd_per_million_cache_write', trim_scale(p_cache_write)::text, 'upstream', p_upstream)
+    'usd_per_million_cache_write', trim_scale(p_cache_write)::text, 'upstream', p_upstream,
+    'usd_per_million_cache_write_1h', trim_scale(p_cache_write_1h)::text)
 $$;
-comment on function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric, p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric, p_cache_write numeric, p_upstream text) is 'Internal: a rate card''s prices as JSON (exact strings; null: the kind''s default, docs/pricing.md).';
-revoke execute on function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric, p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric, p_cache_write numeric, p_upstream text) from public;
+comment on function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric, p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric, p_cache_write numeric, p_upstream text, p_cache_write_1h numeric) is 'Internal: a rate card''s prices as JSON (exact strings; null: the kind''s default, docs/pricing.md).';
+revoke execute on function billing.rate_card_json(p_model text, p_input numeric, p_cached_input numeric, p_output numeric, p_reasoning numeric, p_image numeric, p_audio_second numeric, p_markup numeric, p_cache_write numeric, p_upstream text, p_cache_write_1h numeric) from public;
 
 create or replace function billing.rate_card_row_json(r billing.rate_cards) returns jsonb
 language sql stable
@@ -217,7 +229,7 @@ as $$
   select jsonb_build_object('id', r.id::text, 'version', r.version, 'effective_from', billing.json_time(r.effective_from))
     || billing.rate_card_json(r.model, r.usd_per_million_input, r.usd_per_million_cached_input, r.usd_per_million_output,
       r.usd_per_million_reasoning, r.usd_per_image, r.usd_per_audio_second, r.markup, r.usd_per_million_cache_write,
-      r.upstream)
+      r.upstream, r.usd_per_million_cache_write_1h)
 $$;
 comment on function billing.rate_card_row_json(r billing.rate_cards) is 'Internal: a published rate card as the admin API returns it.';
 revoke execute on function billing.rate_card_row_json(r billing.rate_cards) from public;
@@ -243,7 +255,7 @@ as $$
       'created_at', billing.json_time(d.created_at), 'rate_card_id', d.rate_card_id::text)
     || billing.rate_card_json(d.model, d.usd_per_million_input, d.usd_per_million_cached_input, d.usd_per_million_output,
       d.usd_per_million_reasoning, d.usd_per_image, d.usd_per_audio_second, d.markup, d.usd_per_million_cache_write,
-      d.upstream)
+      d.upstream, d.usd_per_million_cache_write_1h)
 $$;
 comment on function billing.rate_card_draft_json(d billing.rate_card_drafts) is 'Internal: a draft as the admin API returns it.';
 revoke execute on function billing.rate_card_draft_json(d billing.rate_card_drafts) from public;
@@ -264,12 +276,13 @@ begin
   begin
     insert into billing.rate_card_drafts (model, usd_per_million_input, usd_per_million_cached_input, usd_per_million_output,
       usd_per_million_reasoning, usd_per_image, usd_per_audio_second, markup, created_by, usd_per_million_cache_write,
-      upstream)
+      upstream, usd_per_million_cache_write_1h)
     values (p_card ->> 'model', (p_card ->> 'usd_per_million_input')::numeric,
       (p_card ->> 'usd_per_million_cached_input')::numeric, (p_card ->> 'usd_per_million_output')::numeric,
       (p_card ->> 'usd_per_million_reasoning')::numeric, (p_card ->> 'usd_per_image')::numeric,
       (p_card ->> 'usd_per_audio_second')::numeric, (p_card ->> 'markup')::numeric, p_admin,
-      (p_card ->> 'usd_per_million_cache_write')::numeric, coalesce(p_card ->> 'upstream', 'openai'))
+      (p_card ->> 'usd_per_million_cache_write')::numeric, coalesce(p_card ->> 'upstream', 'openai'),
+      (p_card ->> 'usd_per_million_cache_write_1h')::numeric)
     returning * into v_draft;
   exception when check_violation or not_null_violation or numeric_value_out_of_range or invalid_text_representation then
     perform billing.raise_error('INVALID_RATE_CARD', jsonb_build_object('rule',
@@ -335,10 +348,11 @@ begin
   perform pg_advisory_xact_lock(hashtextextended('billing.rate_cards:' || v_draft.model, 0));
   insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_cached_input, usd_per_million_output,
     usd_per_million_reasoning, usd_per_image, usd_per_audio_second, markup, effective_from, draft_id,
-    usd_per_million_cache_write, upstream)
+    usd_per_million_cache_write, upstream, usd_per_million_cache_write_1h)
   select v_draft.model, coalesce(max(r.version), 0) + 1, v_draft.usd_per_million_input, v_draft.usd_per_million_cached_input,
     v_draft.usd_per_million_output, v_draft.usd_per_million_reasoning, v_draft.usd_per_image, v_draft.usd_per_audio_second,
-    v_draft.markup, v_at, v_draft.id, v_draft.usd_per_million_cache_write, v_draft.upstream
+    v_draft.markup, v_at, v_draft.id, v_draft.usd_per_million_cache_write, v_draft.upstream,
+    v_draft.usd_per_million_cache_write_1h
   from billing.rate_cards r where r.model = v_draft.model
   returning * into v_card;
   update billing.rate_card_drafts d set status = 'published', rate_card_id = v_card.id where d.id = p_draft;
@@ -421,7 +435,8 @@ begin
       coalesce(sum(g.reasoning_tokens) filter (where not g.unpriced), 0) as reasoning_tokens,
       coalesce(sum(g.images) filter (where not g.unpriced), 0) as images,
       coalesce(sum(g.audio_seconds) filter (where not g.unpriced), 0) as audio_seconds,
-      coalesce(sum(g.cache_write_tokens) filter (where not g.unpriced), 0) as cache_write_tokens
+      coalesce(sum(g.cache_write_tokens) filter (where not g.unpriced), 0) as cache_write_tokens,
+      coalesce(sum(g.cache_write_1h_tokens) filter (where not g.unpriced), 0) as cache_write_1h_tokens
     from (
       -- Whether the draft can price a charge is a grouping key, not a FILTER on every sum: the
       -- per-row work is each JSON key read once (images and audio twice, when the draft leaves
@@ -436,7 +451,8 @@ begin
         sum((t.metadata ->> 'reasoning_tokens')::bigint) as reasoning_tokens,
         sum((t.metadata ->> 'images')::bigint) as images,
         sum((t.metadata ->> 'audio_seconds')::bigint) as audio_seconds,
-        sum((t.metadata ->> 'cache_write_tokens')::bigint) as cache_write_tokens
+        sum((t.metadata ->> 'cache_write_tokens')::bigint) as cache_write_tokens,
+        sum((t.metadata ->> 'cache_write_1h_tokens')::bigint) as cache_write_1h_tokens
       from billing.transfers t
       where t.created_at >= p_from and t.created_at < p_to and t.kind = 'usage' and t.rate_card_id = any(v_cards)
         and t.metadata ? 'input_tokens'
@@ -449,7 +465,7 @@ begin
         billing.usage_amount(k.input_tokens, k.cached_input_tokens, k.output_tokens, k.reasoning_tokens, k.images,
           k.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token, r.credits_per_output_token,
           r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second, k.cache_write_tokens,
-          r.credits_per_cache_write_token) as after
+          r.credits_per_cache_write_token, k.cache_write_1h_tokens, r.credits_per_cache_write_1h_token) as after
       from cells k
     )
     select p.student, p.org_id, p.rate_card_id, p.charges, p.unpriced, p.unpriced_before, p.before, p.after from priced p;
@@ -598,6 +614,16 @@ insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_m
   -- An embedding model: input only (its answer is vectors, billed as nothing).
   ('text-embedding-3-small', 1, 0.02, 0, 4, '2026-01-01', null, 'openai');
 
+-- Caching in the providers' proportions of the input price (each a new version: rows are never
+-- edited), so a cache read always costs the student less than the input it replaces: OpenAI's
+-- cached input at half the input price for these models; Anthropic's cache read at 0.1×, its
+-- 5-minute write at 1.25× and its hour-long write at 2×.
+insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup, effective_from,
+  usd_per_million_cached_input, usd_per_million_cache_write, usd_per_million_cache_write_1h, upstream) values
+  ('gpt-4o', 2, 5, 15, 4, '2026-01-01', 2.50, null, null, 'openai'),
+  ('gpt-4o-mini', 2, 0.15, 0.60, 4, '2026-01-01', 0.075, null, null, 'openai'),
+  ('claude-3-5-haiku', 3, 0.80, 4, 4, '2026-01-01', 0.08, 1.00, 1.60, 'anthropic');
+
 -- What the default rate card's models cost at their providers: each provider's public list price
 -- per million tokens (standard tier; cached input is the provider's cached or cache-hit rate), from
 -- the page named beside it, as read on the day beside it. They cost from the rate cards' first day,
@@ -612,6 +638,12 @@ insert into billing.provider_prices (model, version, usd_per_million_input, usd_
   ('claude-3-5-haiku', 2, 0.80, 0.08, 4.00, 1.00, '2026-01-01', 'https://docs.anthropic.com/en/docs/about-claude/pricing',
    '2026-11-24'),
   ('text-embedding-3-small', 1, 0.02, null, 0, null, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24');
+-- Anthropic's hour-long cache writes (2× input) as a version of their own.
+insert into billing.provider_prices (model, version, usd_per_million_input, usd_per_million_cached_input,
+  usd_per_million_output, usd_per_million_cache_write, usd_per_million_cache_write_1h, effective_from, source_url,
+  source_checked_on) values
+  ('claude-3-5-haiku', 3, 0.80, 0.08, 4.00, 1.00, 1.60, '2026-01-01', 'https://docs.anthropic.com/en/docs/about-claude/pricing',
+   '2026-11-26');
 
 insert into billing.credit_packages (id, name, price_cents, credits, bonus_credits, sort_order) values
   ('mini', 'Mini', 500, 5000, 0, 1),

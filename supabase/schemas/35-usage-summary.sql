@@ -77,7 +77,9 @@ begin
         + coalesce((p_metadata ->> 'reasoning_tokens')::numeric, 0)
           * coalesce(p.usd_per_million_reasoning, p.usd_per_million_output)
         + coalesce((p_metadata ->> 'cache_write_tokens')::numeric, 0)
-          * coalesce(p.usd_per_million_cache_write, p.usd_per_million_input)) / 1000000
+          * coalesce(p.usd_per_million_cache_write, p.usd_per_million_input)
+        + coalesce((p_metadata ->> 'cache_write_1h_tokens')::numeric, 0)
+          * coalesce(p.usd_per_million_cache_write_1h, p.usd_per_million_input)) / 1000000
       + coalesce((p_metadata ->> 'images')::numeric, 0) * coalesce(p.usd_per_image, 0)
       + coalesce((p_metadata ->> 'audio_seconds')::numeric, 0) * coalesce(p.usd_per_audio_second, 0), 18)
     from billing.provider_prices p

@@ -218,7 +218,9 @@ begin
         'output_token', trim_scale(c.credits_per_output_token)::text,
         'reasoning_token', trim_scale(c.credits_per_reasoning_token)::text,
         'cache_write_token', case when c.usd_per_million_cache_write is not null
-                                  then trim_scale(c.credits_per_cache_write_token)::text end))) order by c.model)
+                                  then trim_scale(c.credits_per_cache_write_token)::text end,
+        'cache_write_1h_token', case when c.usd_per_million_cache_write_1h is not null
+                                  then trim_scale(c.credits_per_cache_write_1h_token)::text end))) order by c.model)
     from billing.allowed_models(p_user) a
     cross join lateral (select * from billing.rate_cards r where r.model = a.model and r.effective_from <= now()
                         order by r.effective_from desc, r.version desc limit 1) c), '[]'::jsonb);
@@ -278,24 +280,26 @@ grant execute on function billing.get_model_access() to service_role;
 -- The most `p_input` prompt tokens and `p_output` answer tokens can cost under card `c`: the
 -- provider may bill input as cached and output as reasoning, each priced on its own, so the
 -- dearest of the four; with `p_writes_cache` (a request that asks the provider to write its
--- cache) input may be billed as cache writes too. The kinds are priced independently, so the
--- dearest way is the dearer input price times the input plus the dearer output price times the output.
+-- cache) input may be billed as cache writes too, and with `p_writes_cache_1h` as hour-long ones.
+-- The kinds are priced independently, so the dearest way is the dearer input price times the
+-- input plus the dearer output price times the output.
 create or replace function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint,
-  p_writes_cache boolean) returns numeric
+  p_writes_cache boolean, p_writes_cache_1h boolean default false) returns numeric
 language plpgsql immutable
 set search_path = ''
 as $$
 begin
   -- PL/pgSQL: a SQL function with its own search_path is planned afresh on every call.
   return round(greatest(c.credits_per_input_token, c.credits_per_cached_input_token,
-      case when p_writes_cache then c.credits_per_cache_write_token end) * p_input
+      case when p_writes_cache then c.credits_per_cache_write_token end,
+      case when p_writes_cache_1h then c.credits_per_cache_write_1h_token end) * p_input
     + greatest(c.credits_per_output_token, c.credits_per_reasoning_token) * p_output, 18);
 end;
 $$;
-comment on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean) is 'Internal: the dearest price a prompt and answer can be billed at under a card (billing.ai_hold_amount).';
-revoke execute on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean) from public;
+comment on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean, p_writes_cache_1h boolean) is 'Internal: the dearest price a prompt and answer can be billed at under a card (billing.ai_hold_amount).';
+revoke execute on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean, p_writes_cache_1h boolean) from public;
 -- billing.ai_hold_amount (which the service role calls) runs as its caller.
-grant execute on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean) to service_role;
+grant execute on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean, p_writes_cache_1h boolean) to service_role;
 
 -- billing.card_hold_amount under the model's current card; UNKNOWN_MODEL without one. Shared by
 -- a job's reserve (jobs/types/ai-completion.ts); the gateway's begin reads the card itself.
@@ -441,7 +445,7 @@ revoke execute on function billing.pay_ai_owed(p_user uuid) from public;
 create or replace function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint,
   p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text default 'chat',
   p_upstreams text[] default array['openai'], p_writes_cache boolean default false, p_stream boolean default false,
-  p_elapsed_ms integer default 0)
+  p_elapsed_ms integer default 0, p_writes_cache_1h boolean default false)
 returns jsonb
 language plpgsql
 security definer
@@ -469,6 +473,8 @@ begin
           'rule', 'each model is served on the endpoints its upstream speaks (GET /ai/v1/models: endpoints)'))
       when p_writes_cache and v_card.usd_per_million_cache_write is null then jsonb_build_object(
         'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_tokens'))
+      when p_writes_cache_1h and v_card.usd_per_million_cache_write_1h is null then jsonb_build_object(
+        'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_1h_tokens'))
     end;
   end if;
   if v_refusal is null then
@@ -477,7 +483,8 @@ begin
       if not exists (select 1 from billing.ai_calls c
                      where c.user_id = p_user and c.idempotency_key = p_key and c.status <> 'failed') then
         v_id := gen_random_uuid();
-        v_amount := billing.card_hold_amount(v_card, p_prompt_tokens, p_max_output_tokens, p_writes_cache);
+        v_amount := billing.card_hold_amount(v_card, p_prompt_tokens, p_max_output_tokens, p_writes_cache,
+          p_writes_cache_1h);
         -- Caps (per model too), school wallets, allowances and pools apply as to any hold. Only
         -- amounts and the model reach a refusal's detail, never the caller's text.
         v_hold := billing.reserve_hold(p_user, v_amount, 'ai:' || v_id, p_ttl_seconds, 'ai', 'ai:' || v_id,
@@ -538,9 +545,9 @@ begin
     'held', trim_scale(v_amount)::text, 'upstream', v_card.upstream, 'keep_content', v_call.keep_content);
 end;
 $$;
-comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer) is 'Gateway: checks the model is allowed and served on the endpoint, claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
-revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer) from public, anon, authenticated;
-grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer) to service_role;
+comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean) is 'Gateway: checks the model is allowed and served on the endpoint, claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
+revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean) from public, anon, authenticated;
+grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean) to service_role;
 
 -- A call, locked: finishing and failing it are one at a time (the second answers the first).
 create or replace function billing.lock_ai_call(p_call uuid) returns billing.ai_calls
@@ -561,7 +568,7 @@ comment on function billing.lock_ai_call(p_call uuid) is 'Internal: a gateway ca
 revoke execute on function billing.lock_ai_call(p_call uuid) from public;
 
 -- After the provider answered. `p_usage` in disjoint kinds ({input_tokens, cached_input_tokens,
--- output_tokens, reasoning_tokens, cache_write_tokens}), from `p_source` (provider or tokenizer). Ends the hold at
+-- output_tokens, reasoning_tokens, cache_write_tokens, cache_write_1h_tokens}), from `p_source` (provider or tokenizer). Ends the hold at
 -- the rate card's price of it, as a job's is ended (billing.charge_hold_at: the excess of a
 -- provider that billed more comes from what is available, never into debt). `p_failed`: the provider reported usage, then the call
 -- failed; charged (the provider bills it) and marked so an operator's failed_only correction
@@ -586,7 +593,8 @@ begin
   end if;
   v_price := billing.price_usage(v_call.model, (p_usage ->> 'input_tokens')::bigint,
     (p_usage ->> 'output_tokens')::bigint, (p_usage ->> 'cached_input_tokens')::bigint,
-    (p_usage ->> 'reasoning_tokens')::bigint, 0, 0, coalesce((p_usage ->> 'cache_write_tokens')::bigint, 0));
+    (p_usage ->> 'reasoning_tokens')::bigint, 0, 0, coalesce((p_usage ->> 'cache_write_tokens')::bigint, 0),
+    coalesce((p_usage ->> 'cache_write_1h_tokens')::bigint, 0));
   -- The account's lock first (as capture_hold takes it), so no dispute shrinks the hold between
   -- reading it and capturing from it.
   perform 1 from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = v_call.hold_id)
@@ -605,6 +613,9 @@ begin
     'reasoning_tokens', coalesce((p_usage ->> 'reasoning_tokens')::bigint, 0))
     || case when (p_usage ->> 'cache_write_tokens')::bigint > 0
          then jsonb_build_object('cache_write_tokens', (p_usage ->> 'cache_write_tokens')::bigint) else '{}'::jsonb end
+    || case when (p_usage ->> 'cache_write_1h_tokens')::bigint > 0
+         then jsonb_build_object('cache_write_1h_tokens', (p_usage ->> 'cache_write_1h_tokens')::bigint)
+         else '{}'::jsonb end
     || case when p_failed then jsonb_build_object('failed', true, 'failed_by', 'gateway') else '{}'::jsonb end;
   v_charged := billing.charge_hold_at(v_hold.id, v_call.user_id, v_price.amount, v_price.rate_card_id,
     'ai-overage:' || v_call.id, 'ai:' || v_call.id,
@@ -707,7 +718,8 @@ begin
                                prompt_redacted, response_redacted)
   values (c.user_id, c.id, c.model,
     least(coalesce((c.usage ->> 'input_tokens')::bigint + (c.usage ->> 'cached_input_tokens')::bigint
-                   + coalesce((c.usage ->> 'cache_write_tokens')::bigint, 0), c.prompt_tokens), 2147483647),
+                   + coalesce((c.usage ->> 'cache_write_tokens')::bigint, 0)
+                   + coalesce((c.usage ->> 'cache_write_1h_tokens')::bigint, 0), c.prompt_tokens), 2147483647),
     least(coalesce((c.usage ->> 'output_tokens')::bigint + (c.usage ->> 'reasoning_tokens')::bigint, 0), 2147483647),
     coalesce(c.duration_ms, 0), 'content', p_content ->> 'prompt', p_content ->> 'answer');
 end;
@@ -926,7 +938,9 @@ as $$
       percentile_disc(0.95) within group (order by w.duration_ms) as duration_p95,
       coalesce(sum((w.usage ->> 'input_tokens')::bigint), 0) as input_tokens,
       coalesce(sum((w.usage ->> 'cached_input_tokens')::bigint), 0) as cached_input_tokens,
-      coalesce(sum((w.usage ->> 'cache_write_tokens')::bigint), 0) as cache_write_tokens,
+      -- Writes of either lifetime.
+      coalesce(sum((w.usage ->> 'cache_write_tokens')::bigint), 0)
+        + coalesce(sum((w.usage ->> 'cache_write_1h_tokens')::bigint), 0) as cache_write_tokens,
       coalesce(sum((w.usage ->> 'output_tokens')::bigint), 0) as output_tokens,
       coalesce(sum((w.usage ->> 'reasoning_tokens')::bigint), 0) as reasoning_tokens,
       coalesce(sum(w.charged), 0) as credits,

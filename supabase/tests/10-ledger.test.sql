@@ -43,7 +43,9 @@ select is((billing.grant_credits('aaaaaaaa-0000-4000-8000-000000000001', 0.00000
 select is((billing.charge_usage('aaaaaaaa-0000-4000-8000-000000000001', 'gpt-4o', 1000, 500, 'u-1')).charged, 50.0::numeric,
   'charge_usage debits the priced amount');
 select is((select r.version from billing.transfers t join billing.rate_cards r on r.id = t.rate_card_id
-           where t.idempotency_key = 'u-1'), 1, 'a usage transfer records the rate-card version it used');
+           where t.idempotency_key = 'u-1'),
+  (select c.version from billing.rate_cards c where c.model = 'gpt-4o' order by c.effective_from desc, c.version desc limit 1),
+  'a usage transfer records the rate-card version it used');
 select is((pg_temp.spend('aaaaaaaa-0000-4000-8000-000000000001', 10, 'd-1')).balance, 40.000000000000000001::numeric,
   'a usage charge spends exactly its priced amount');
 select is(pg_temp.err($$select pg_temp.spend('aaaaaaaa-0000-4000-8000-000000000001', 41, 'd-2')$$),

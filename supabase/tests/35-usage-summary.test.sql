@@ -72,7 +72,7 @@ select is(
      || coalesce(d.org_id::text, 'own') order by d.day, d.model, d.org_id)
    from billing.usage_daily d, t0 where d.user_id = t0.u and d.day >= t0.today - 3),
   (select array_agg(x order by n) from t0, lateral (values
-     (1, 'gpt-4o:50:1:1000:own'), (2, 'gpt-4o:2.5:1:0:own'), (3, 'gpt-4o-mini:5.4:1:2000:own')) v(n, x)),
+     (1, 'gpt-4o:50:1:1000:own'), (2, 'gpt-4o:2.5:1:0:own'), (3, 'gpt-4o-mini:5.1:1:2000:own')) v(n, x)), -- its 1,000 cached tokens at half the input price
   'the rolled rows: per day and model, the capture''s planted tokens not counted');
 select is(
   (select d.cached_input_tokens || ':' || d.reasoning_tokens || ':' || d.images || ':' || d.audio_seconds

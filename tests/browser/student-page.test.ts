@@ -114,7 +114,15 @@ browserTest('an API that cannot be reached says so in every part and offers Try 
   // Nothing listens on port 9: every request fails before an answer.
   await signIn(page, 'http://127.0.0.1:9', await userToken(await newUser()));
   await page.locator('#retry').waitFor({ state: 'visible' });
-  assert.equal(await text(page, '#error-text'), "We couldn't reach ScholarLink. Check your connection and try again.");
+  assert.equal(
+    await text(page, '#error-text'),
+    "We couldn't reach ScholarLink at http://127.0.0.1:9. Check your connection and that ScholarLink is running at " +
+      'that address, then try again.',
+  );
+  assert.match(
+    (await text(page, '#error-details-text')) ?? '',
+    new RegExp(`allow this page's origin ${new URL(pageUrl).origin} \\(CORS_ALLOWED_ORIGINS\\)`),
+  );
   assert.equal(await text(page, '#balance'), '—', 'no "…" forever');
   assert.equal(await text(page, '#packages'), 'Packages could not be loaded.');
   assert.equal(await text(page, '#ledger'), 'Activity could not be loaded.');
@@ -123,6 +131,22 @@ browserTest('an API that cannot be reached says so in every part and offers Try 
   await page.locator('#retry').waitFor({ state: 'visible' });
   await page.locator('#sign-out').click();
   await page.locator('#token').waitFor({ state: 'visible' });
+});
+
+browserTest("the page the stack serves calls the stack's own API, whatever its ports (no ?api=)", async (browser) => {
+  const user = await newUser();
+  await fund(user, '7');
+  const page = await browser.newPage();
+  const called: string[] = [];
+  page.on('request', (r) => called.push(new URL(r.url()).origin));
+  await page.goto(pageUrl);
+  await page.locator('#token').fill(await userToken(user));
+  await page.locator('#use-token').click();
+  await page.waitForSelector('body[data-ready="true"]');
+  await page.locator('#balance', { hasText: '7' }).waitFor();
+  const origins = new Set(called);
+  origins.delete(new URL(pageUrl).origin);
+  assert.deepEqual([...origins], [new URL(env('SUPABASE_URL')).origin]);
 });
 
 browserTest('a student signs in with a password, and signing out forgets the session', async (browser) => {

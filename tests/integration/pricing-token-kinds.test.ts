@@ -128,9 +128,13 @@ Deno.test('POST /credits/usage/batch takes the optional kinds per event', async 
 
 Deno.test('a kind the card leaves null costs what the kind it belongs to costs (cached = input, reasoning = output)', async () => {
   const s = await student('100000');
-  const plain = await usage(s.token, { model: 'gpt-4o', input_tokens: 1000, output_tokens: 1000 });
+  // A card with input and output prices only.
+  const model = `plain-${crypto.randomUUID().slice(0, 8)}`;
+  await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup,
+    effective_from) values (${model}, 1, 5, 15, 4, now() - interval '1 minute')`;
+  const plain = await usage(s.token, { model, input_tokens: 1000, output_tokens: 1000 });
   const kinds = await usage(s.token, {
-    model: 'gpt-4o',
+    model,
     input_tokens: 0,
     output_tokens: 0,
     cached_input_tokens: 1000,
@@ -147,7 +151,7 @@ Deno.test('an idempotency key re-sent with other kinds never makes a second or c
   const k = crypto.randomUUID();
   const first = await usage(s.token, { model: 'gpt-4o', input_tokens: 1000, output_tokens: 1000 }, k);
   assert.equal(first.status, 201, first.text);
-  // Same total on gpt-4o (cached priced as input, reasoning as output), other kinds.
+  // Other kinds on gpt-4o, cheaper (cached input at half the input price).
   const other = await usage(s.token, {
     model: 'gpt-4o',
     input_tokens: 0,
@@ -226,7 +230,7 @@ Deno.test('counts a student should not send are 400, never a 5xx, and charge not
   await assertLedgerInvariants();
 });
 
-Deno.test('one token of any kind is charged exactly (gpt-4o-mini: 0.0006 credits an input token); 0 and 0 charge nothing', async () => {
+Deno.test('one token of any kind is charged exactly (gpt-4o-mini: 0.0006 credits an input token, 0.0003 cached); 0 and 0 charge nothing', async () => {
   const s = await student('1000');
   const one = await usage(s.token, { model: 'gpt-4o-mini', input_tokens: 1, output_tokens: 0 });
   assert.equal(one.status, 201, one.text);
@@ -238,10 +242,14 @@ Deno.test('one token of any kind is charged exactly (gpt-4o-mini: 0.0006 credits
     cached_input_tokens: 1,
     reasoning_tokens: 1,
   });
-  assert.equal((each.body.data as Json).charged, '0.006', 'cached at the input price, reasoning at the output price');
+  assert.equal(
+    (each.body.data as Json).charged,
+    '0.0057',
+    'cached at half the input price, reasoning at the output price',
+  );
   const none = await usage(s.token, { model: 'gpt-4o-mini', input_tokens: 0, output_tokens: 0 });
   assert.ok(none.status < 300, none.text);
-  assert.deepEqual(await charged(s.id), { n: 2, total: '0.0066' });
+  assert.deepEqual(await charged(s.id), { n: 2, total: '0.0063' });
   await assertLedgerInvariants();
 });
 

@@ -41,6 +41,28 @@ export async function priceOf(model: string, u: ReportedUsage): Promise<string> 
   return r.price;
 }
 
+export type Kinds = {
+  input: number;
+  cached?: number;
+  write?: number;
+  write1h?: number;
+  output: number;
+  reasoning?: number;
+};
+/** The card's price of usage by kind, worked out from its per-token prices (not through the gateway's pricing). */
+export async function cardPrice(model: string, k: Kinds): Promise<string> {
+  const [r] = await testDb`
+    select trim_scale(round(${k.input}::numeric * c.credits_per_input_token
+      + ${k.cached ?? 0}::numeric * c.credits_per_cached_input_token
+      + ${k.write ?? 0}::numeric * c.credits_per_cache_write_token
+      + ${k.write1h ?? 0}::numeric * c.credits_per_cache_write_1h_token
+      + ${k.output}::numeric * c.credits_per_output_token
+      + ${k.reasoning ?? 0}::numeric * c.credits_per_reasoning_token, 18))::text as price
+    from billing.rate_cards c where c.model = ${model} and c.effective_from <= now()
+    order by c.effective_from desc, c.version desc limit 1`;
+  return r.price;
+}
+
 /** The calls the gateway refused before the provider (their records: no hold, a stable code), newest first. */
 export async function refusalsOf(userId: string) {
   return await testDb<{ failure: string; model: string | null; endpoint: string }[]>`

@@ -1,6 +1,9 @@
 // POST /v1/chat/completions: OpenAI's Chat Completions, JSON or SSE (`data:` chunks, a final
-// usage chunk when `stream_options.include_usage`, then `data: [DONE]`).
+// usage chunk when `stream_options.include_usage`, then `data: [DONE]`). A request with tools
+// gets a tool call as its tool choice allows (structured.ts), one with a `response_format` JSON
+// schema a JSON answer valid for it.
 import {
+  type Answer,
   answer,
   calls,
   directivesIn,
@@ -10,10 +13,35 @@ import {
   sleep,
   sse,
   text,
+  textAnswer,
   textTokens,
 } from './common.ts';
+import { argumentsFor, type Tool, type ToolChoice, toolToCall, valueFor } from './structured.ts';
 
 type Message = { role: string; content?: unknown; name?: string; tool_calls?: unknown };
+type Call = { function?: { name?: string } };
+type Body = {
+  tools?: { function?: { name?: string; parameters?: unknown } }[];
+  tool_choice?: unknown;
+  response_format?: { type?: string; json_schema?: { schema?: unknown } };
+};
+
+/** The tool this request calls (structured.ts says which), if any. */
+function toolOf(body: Body, messages: Message[]): Tool | null {
+  const tools = (body.tools ?? []).map((t) => ({ name: String(t.function?.name), schema: t.function?.parameters }));
+  const c = body.tool_choice as { function?: { name?: string } } | string | undefined;
+  const choice: ToolChoice = typeof c === 'object' ? { name: String(c.function?.name) } : (c as ToolChoice) ?? 'auto';
+  const called = messages.flatMap((m) => Array.isArray(m.tool_calls) ? m.tool_calls as Call[] : [])
+    .map((t) => String(t.function?.name));
+  return toolToCall(tools, choice, called, messages.at(-1)?.role === 'tool');
+}
+
+/** The answer's JSON when the request asks for one (a json_schema, or any JSON object). */
+function jsonOf(body: Body): string | null {
+  const f = body.response_format;
+  if (f?.type === 'json_schema') return JSON.stringify(valueFor(f.json_schema?.schema));
+  return f?.type === 'json_object' ? '{}' : null;
+}
 
 /** A count of chat input like OpenAI's: each message's text and name, 4 framing tokens each, 3 to prime the answer, tools and a response format's schema. */
 function promptTokens(messages: Message[], extras: unknown[]): number {
@@ -36,8 +64,17 @@ export async function chat(req: Request, key: string): Promise<Response> {
   if (d.first_byte_delay) await sleep(Number(d.first_byte_delay));
   if (d.fail) return Response.json(openaiError(Number(d.fail)), { status: Number(d.fail) });
 
-  const a = answer(d, Number(body.max_completion_tokens ?? body.max_tokens ?? 4096));
-  const finish = a.cut ? 'length' : 'stop';
+  const limit = Number(body.max_completion_tokens ?? body.max_tokens ?? 4096);
+  const tool = toolOf(body, messages);
+  const json = tool ? argumentsFor(tool) : jsonOf(body);
+  const a: Answer = json === null ? answer(d, limit) : textAnswer(json, d, limit);
+  const finish = a.cut ? 'length' : tool ? 'tool_calls' : 'stop';
+  const callId = `call_${crypto.randomUUID().replaceAll('-', '').slice(0, 24)}`;
+  const toolCall = (args: string) => ({
+    id: callId,
+    type: 'function',
+    function: { name: tool?.name, arguments: args },
+  });
   const prompt = promptTokens(messages, [body.tools, body.tool_choice, body.response_format]) +
     Number(d.extra_prompt ?? 0);
   const usage = {
@@ -58,7 +95,13 @@ export async function chat(req: Request, key: string): Promise<Response> {
       object: 'chat.completion',
       created,
       model,
-      choices: [{ index: 0, message: { role: 'assistant', content: a.parts.join('') }, finish_reason: finish }],
+      choices: [{
+        index: 0,
+        message: tool
+          ? { role: 'assistant', content: null, tool_calls: [toolCall(a.parts.join(''))] }
+          : { role: 'assistant', content: a.parts.join('') },
+        finish_reason: finish,
+      }],
       ...(d.no_usage ? {} : { usage }),
     });
   }
@@ -71,8 +114,12 @@ export async function chat(req: Request, key: string): Promise<Response> {
     choices: [{ index: 0, delta, finish_reason: finishReason }],
   });
   const events: unknown[] = [
-    chunk({ role: 'assistant', content: '' }, null),
-    ...a.parts.map((w) => chunk({ content: w }, null)),
+    ...(tool
+      ? [
+        chunk({ role: 'assistant', content: null, tool_calls: [{ index: 0, ...toolCall('') }] }, null),
+        ...a.parts.map((p) => chunk({ tool_calls: [{ index: 0, function: { arguments: p } }] }, null)),
+      ]
+      : [chunk({ role: 'assistant', content: '' }, null), ...a.parts.map((w) => chunk({ content: w }, null))]),
     chunk({}, finish),
   ];
   if (body.stream_options?.include_usage && !d.no_usage) {

@@ -1,6 +1,6 @@
 // What every protocol of the stand-in shares: the token count, the `#standin` directives, the
 // numbered-word answer, the record of tagged calls and the SSE writer.
-import { encode } from 'gpt-tokenizer';
+import { decode, encode } from 'gpt-tokenizer';
 import { asText, utf8Bytes } from '../../../supabase/functions/_shared/domain/token-bounds.ts';
 
 export type Protocol = 'chat' | 'responses' | 'messages' | 'embeddings';
@@ -25,7 +25,7 @@ export const textTokens = (t: string) => /\S{2000}/.test(t) ? utf8Bytes(t) : enc
 /** The directives of a text: `#standin words=40 cached=8 tag=abc` → { words: '40', cached: '8', tag: 'abc' }. */
 export function directivesIn(t: string): Directives {
   const found: Directives = {};
-  for (const m of t.matchAll(/#standin((?:\s+[a-z_]+(?:=[A-Za-z0-9_-]+)?)*)/g)) {
+  for (const m of t.matchAll(/#standin((?:\s+[a-z][a-z0-9_]*(?:=[A-Za-z0-9_-]+)?)*)/g)) {
     for (const d of m[1].trim().split(/\s+/)) {
       const [k, v] = d.split('=');
       found[k] = v ?? 'true';
@@ -51,6 +51,19 @@ export function answer(d: Directives, limit: number) {
     outputTokens += t;
   }
   return { parts, outputTokens, reasoning, cut: parts.length < words.length };
+}
+export type Answer = ReturnType<typeof answer>;
+
+/**
+ * An answer of a given text (JSON: a structured answer or a tool call's arguments), counted whole;
+ * a limit cuts it at the last token that fits. Streamed in pieces of 16 characters.
+ */
+export function textAnswer(t: string, d: Directives, limit: number): Answer {
+  const reasoning = Math.min(Number(d.reasoning ?? 0), limit);
+  const tokens = encode(t, asText);
+  const kept = tokens.length + reasoning > limit ? decode(tokens.slice(0, limit - reasoning)) : t;
+  const parts = kept.match(/[\s\S]{1,16}/g) ?? [];
+  return { parts, outputTokens: Math.min(tokens.length, limit - reasoning), reasoning, cut: kept !== t };
 }
 
 const enc = new TextEncoder();

@@ -1,8 +1,11 @@
 // POST /v1/messages: Anthropic's Messages API, a Message or SSE events (message_start, a text
 // block, ping, message_delta with cumulative usage, message_stop). Usage as Anthropic reports it:
-// input_tokens, cache_read_input_tokens and cache_creation_input_tokens are exclusive kinds.
+// input_tokens, cache_read_input_tokens and cache_creation_input_tokens are exclusive kinds. A
+// request with tools gets a tool_use block as its tool choice allows (structured.ts): with a tool
+// forced, as the AI SDK asks for JSON, its input is valid for the tool's schema.
 import type Anthropic from '@anthropic-ai/sdk';
 import {
+  type Answer,
   answer,
   calls,
   type Directives,
@@ -14,8 +17,10 @@ import {
   sleep,
   sse,
   text,
+  textAnswer,
   textTokens,
 } from './common.ts';
+import { argumentsFor, type Tool, type ToolChoice, toolToCall } from './structured.ts';
 
 type ErrorType = Anthropic.ErrorType | 'request_too_large';
 type WireError = { type: 'error'; error: { type: ErrorType; message: string } };
@@ -71,8 +76,39 @@ export function messagesPromptTokens(body: Json): number {
   return n;
 }
 
+const blocksOf = (m: Json | undefined): Json[] => Array.isArray(m?.content) ? m.content.filter(isObject) : [];
+
+/** The tool this request calls (structured.ts says which), if any. */
+function toolOf(body: Json): Tool | null {
+  const tools = (Array.isArray(body.tools) ? body.tools.filter(isObject) : [])
+    .map((t) => ({ name: String(t.name), schema: t.input_schema }));
+  const c = isObject(body.tool_choice) ? body.tool_choice : { type: 'auto' };
+  const choice: ToolChoice = c.type === 'tool'
+    ? { name: String(c.name) }
+    : c.type === 'any'
+    ? 'required'
+    : c.type === 'none'
+    ? 'none'
+    : 'auto';
+  const all = messagesOf(body);
+  const called = all.filter((m) => m.role === 'assistant').flatMap(blocksOf).filter((b) => b.type === 'tool_use')
+    .map((b) => String(b.name));
+  const last = all.at(-1);
+  return toolToCall(
+    tools,
+    choice,
+    called,
+    last?.role === 'user' && blocksOf(last).some((b) => b.type === 'tool_result'),
+  );
+}
+
+/** What the student wrote in a message: its string, or its text blocks (not tool results). */
+const typed = (m: Json) =>
+  typeof m.content === 'string' ? m.content : blocksOf(m).filter((b) => b.type === 'text').map(blockText).join('');
+
+/** The directives of the last user message with text of its own (one carrying only tool results has none). */
 const directives = (body: Json): Directives =>
-  directivesIn(contentText([...messagesOf(body)].reverse().find((m) => m.role === 'user')?.content));
+  directivesIn([...messagesOf(body)].reverse().map((m) => m.role === 'user' ? typed(m) : '').find(Boolean) ?? '');
 
 export async function messages(req: Request, key: string): Promise<Response> {
   // The key as `x-api-key` or, as @anthropic-ai/sdk 1.x sends it, `Authorization: Bearer`.
@@ -93,20 +129,26 @@ export async function messages(req: Request, key: string): Promise<Response> {
     return anthropicError(status, errorTypeOf(status), `stand-in failure ${status}`);
   }
 
-  const a = answer(d, body.max_tokens);
+  const tool = toolOf(body);
+  const a: Answer = tool ? textAnswer(argumentsFor(tool), d, body.max_tokens) : answer(d, body.max_tokens);
   const prompt = messagesPromptTokens(body) + Number(d.extra_prompt ?? 0);
   const cacheRead = Math.min(Number(d.cached ?? 0), prompt);
   const cacheWrite = Math.min(Number(d.cache_write ?? 0), prompt - cacheRead);
+  const hourWrite = Math.min(Number(d.cache_write_1h ?? 0), prompt - cacheRead - cacheWrite);
   const input = {
-    input_tokens: prompt - cacheRead - cacheWrite,
-    cache_creation_input_tokens: cacheWrite,
+    input_tokens: prompt - cacheRead - cacheWrite - hourWrite,
+    cache_creation_input_tokens: cacheWrite + hourWrite,
     cache_read_input_tokens: cacheRead,
   };
   const outputTokens = a.outputTokens + a.reasoning;
   const thinking = a.reasoning ? { thinking_tokens: a.reasoning } : null;
   const usageWith = (output: number, kinds: typeof input): Anthropic.Messages.Usage => ({
     ...kinds,
-    cache_creation: { ephemeral_5m_input_tokens: kinds.cache_creation_input_tokens, ephemeral_1h_input_tokens: 0 },
+    // The writes by lifetime (zeros when the kinds are).
+    cache_creation: {
+      ephemeral_5m_input_tokens: kinds.cache_creation_input_tokens ? cacheWrite : 0,
+      ephemeral_1h_input_tokens: kinds.cache_creation_input_tokens ? hourWrite : 0,
+    },
     output_tokens: output,
     output_tokens_details: output === outputTokens ? thinking : null,
     server_tool_use: null,
@@ -115,9 +157,26 @@ export async function messages(req: Request, key: string): Promise<Response> {
     speed: null,
   });
   const usage = usageWith(outputTokens, input);
-  const stopReason: Anthropic.Messages.StopReason = a.cut ? 'max_tokens' : 'end_turn';
-  const block: Anthropic.Messages.TextBlock = { type: 'text', text: a.parts.join(''), citations: null };
-  const message = (content: Anthropic.Messages.TextBlock[], stop: Anthropic.Messages.StopReason | null) => ({
+  const stopReason: Anthropic.Messages.StopReason = a.cut ? 'max_tokens' : tool ? 'tool_use' : 'end_turn';
+  const answerText = a.parts.join('');
+  const toolUse = (input: unknown): Anthropic.Messages.ToolUseBlock => ({
+    type: 'tool_use',
+    id: `toolu_${crypto.randomUUID().replaceAll('-', '').slice(0, 24)}`,
+    name: tool?.name ?? '',
+    input,
+    caller: { type: 'direct' },
+  });
+  const cutInput = () => {
+    try {
+      return JSON.parse(answerText);
+    } catch {
+      return {};
+    }
+  };
+  const block: Anthropic.Messages.ContentBlock = tool
+    ? toolUse(cutInput())
+    : { type: 'text', text: answerText, citations: null };
+  const message = (content: Anthropic.Messages.ContentBlock[], stop: Anthropic.Messages.StopReason | null) => ({
     id: `msg_${crypto.randomUUID().replaceAll('-', '')}`,
     type: 'message' as const,
     role: 'assistant' as const,
@@ -149,10 +208,17 @@ export async function messages(req: Request, key: string): Promise<Response> {
       message: { ...message([], null), usage: d.no_usage ? usageWith(0, zeros) : usageWith(1, input) },
     } satisfies Anthropic.Messages.RawMessageStartEvent,
   );
-  events.push({ type: 'content_block_start', index: 0, content_block: { ...block, text: '' } });
+  events.push({
+    type: 'content_block_start',
+    index: 0,
+    content_block: block.type === 'tool_use' ? { ...block, input: {} } : { type: 'text', text: '', citations: null },
+  });
   events.push({ type: 'ping' });
   for (const w of a.parts) {
-    events.push({ type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: w } });
+    const delta: Anthropic.Messages.RawContentBlockDelta = tool
+      ? { type: 'input_json_delta', partial_json: w }
+      : { type: 'text_delta', text: w };
+    events.push({ type: 'content_block_delta', index: 0, delta });
   }
   events.push({ type: 'content_block_stop', index: 0 });
   const failure = (message: string): WireError => ({ type: 'error', error: { type: 'api_error', message } });

@@ -1,8 +1,10 @@
 // POST /v1/responses: OpenAI's Responses API, a Response object or typed SSE events (each with
 // its `sequence_number`, no [DONE]) ending in response.completed / response.incomplete /
-// response.failed, or in an `error` event.
+// response.failed, or in an `error` event. A request with tools gets a function_call item as its
+// tool choice allows (structured.ts), one with a `text.format` JSON schema a JSON answer valid for it.
 import type OpenAI from 'openai';
 import {
+  type Answer,
   answer,
   calls,
   type Directives,
@@ -16,8 +18,10 @@ import {
   sleep,
   sse,
   text,
+  textAnswer,
   textTokens,
 } from './common.ts';
+import { argumentsFor, type Tool, type ToolChoice, toolToCall, valueFor } from './structured.ts';
 
 type Res = OpenAI.Responses.Response;
 // `output_text` is the SDK's own convenience, computed on the client; the API never sends it.
@@ -52,6 +56,24 @@ export function responsesPromptTokens(body: Json): number {
   return n;
 }
 
+/** The tool this request calls (structured.ts says which), if any. */
+function toolOf(body: Json): Tool | null {
+  const tools = (Array.isArray(body.tools) ? body.tools.filter(isObject) : [])
+    .map((t) => ({ name: String(t.name), schema: t.parameters }));
+  const c = body.tool_choice;
+  const choice: ToolChoice = isObject(c) ? { name: String(c.name) } : (c as ToolChoice | undefined) ?? 'auto';
+  const items = itemsOf(body.input);
+  const called = items.filter((i) => i.type === 'function_call').map((i) => String(i.name));
+  return toolToCall(tools, choice, called, items.at(-1)?.type === 'function_call_output');
+}
+
+/** The answer's JSON when `text.format` asks for one (a json_schema, or any JSON object). */
+function jsonOf(body: Json): string | null {
+  const format = isObject(body.text) && isObject(body.text.format) ? body.text.format : {};
+  if (format.type === 'json_schema') return JSON.stringify(valueFor(format.schema));
+  return format.type === 'json_object' ? '{}' : null;
+}
+
 const directives = (body: Json): Directives =>
   directivesIn(itemText([...itemsOf(body.input)].reverse().find((i) => i.role === 'user') ?? {}));
 
@@ -65,7 +87,9 @@ export async function responses(req: Request, key: string): Promise<Response> {
   if (d.fail) return Response.json(openaiError(Number(d.fail)), { status: Number(d.fail) });
 
   const maxOutput = typeof body.max_output_tokens === 'number' ? body.max_output_tokens : null;
-  const a = answer(d, maxOutput ?? Infinity);
+  const tool = toolOf(body);
+  const json = tool ? argumentsFor(tool) : jsonOf(body);
+  const a: Answer = json === null ? answer(d, maxOutput ?? Infinity) : textAnswer(json, d, maxOutput ?? Infinity);
   const prompt = responsesPromptTokens(body) + Number(d.extra_prompt ?? 0);
   const cached = Math.min(Number(d.cached ?? 0), prompt);
   const usage: OpenAI.Responses.ResponseUsage = {
@@ -79,7 +103,7 @@ export async function responses(req: Request, key: string): Promise<Response> {
     total_tokens: prompt + a.outputTokens + a.reasoning,
   };
   const id = `resp_${crypto.randomUUID().replaceAll('-', '')}`;
-  const itemId = `msg_${crypto.randomUUID().replaceAll('-', '')}`;
+  const itemId = `${tool ? 'fc' : 'msg'}_${crypto.randomUUID().replaceAll('-', '')}`;
   const created = Math.floor(Date.now() / 1000);
   const answerText = a.parts.join('');
   const part: OpenAI.Responses.ResponseOutputText = {
@@ -95,6 +119,15 @@ export async function responses(req: Request, key: string): Promise<Response> {
     status: a.cut ? 'incomplete' : 'completed',
     content: [part],
   };
+  const call: OpenAI.Responses.ResponseFunctionToolCall = {
+    id: itemId,
+    type: 'function_call',
+    call_id: `call_${crypto.randomUUID().replaceAll('-', '').slice(0, 24)}`,
+    name: tool?.name ?? '',
+    arguments: answerText,
+    status: a.cut ? 'incomplete' : 'completed',
+  };
+  const item = tool ? call : message;
   const response = (status: 'in_progress' | 'completed' | 'incomplete' | 'failed'): WireResponse => ({
     id,
     object: 'response',
@@ -108,7 +141,7 @@ export async function responses(req: Request, key: string): Promise<Response> {
     max_output_tokens: maxOutput,
     metadata: isObject(body.metadata) ? body.metadata as Record<string, string> : {},
     model: String(body.model),
-    output: status === 'in_progress' ? [] : [message],
+    output: status === 'in_progress' ? [] : [item],
     parallel_tool_calls: body.parallel_tool_calls !== false,
     previous_response_id: null,
     reasoning: isObject(body.reasoning) ? body.reasoning as OpenAI.Reasoning : null,
@@ -137,11 +170,23 @@ export async function responses(req: Request, key: string): Promise<Response> {
     type: 'response.output_item.added',
     sequence_number: seq(),
     output_index: 0,
-    item: { ...message, status: 'in_progress', content: [] },
+    item: tool ? { ...call, status: 'in_progress', arguments: '' } : { ...message, status: 'in_progress', content: [] },
   });
-  events.push({ type: 'response.content_part.added', sequence_number: seq(), ...at, part: { ...part, text: '' } });
-  for (const w of a.parts) {
-    events.push({ type: 'response.output_text.delta', sequence_number: seq(), ...at, delta: w, logprobs: [] });
+  if (tool) {
+    for (const p of a.parts) {
+      events.push({
+        type: 'response.function_call_arguments.delta',
+        sequence_number: seq(),
+        item_id: itemId,
+        output_index: 0,
+        delta: p,
+      });
+    }
+  } else {
+    events.push({ type: 'response.content_part.added', sequence_number: seq(), ...at, part: { ...part, text: '' } });
+    for (const w of a.parts) {
+      events.push({ type: 'response.output_text.delta', sequence_number: seq(), ...at, delta: w, logprobs: [] });
+    }
   }
   let reported: unknown = d.no_usage ? undefined : usage;
   if (d.error_event) {
@@ -154,15 +199,25 @@ export async function responses(req: Request, key: string): Promise<Response> {
     });
     reported = undefined;
   } else {
-    events.push({
-      type: 'response.output_text.done',
-      sequence_number: seq(),
-      ...at,
-      text: answerText,
-      logprobs: [],
-    });
-    events.push({ type: 'response.content_part.done', sequence_number: seq(), ...at, part });
-    events.push({ type: 'response.output_item.done', sequence_number: seq(), output_index: 0, item: message });
+    if (tool) {
+      events.push({
+        type: 'response.function_call_arguments.done',
+        sequence_number: seq(),
+        item_id: itemId,
+        output_index: 0,
+        arguments: answerText,
+      });
+    } else {
+      events.push({
+        type: 'response.output_text.done',
+        sequence_number: seq(),
+        ...at,
+        text: answerText,
+        logprobs: [],
+      });
+      events.push({ type: 'response.content_part.done', sequence_number: seq(), ...at, part });
+    }
+    events.push({ type: 'response.output_item.done', sequence_number: seq(), output_index: 0, item });
     if (d.error_after_usage) {
       events.push({ type: 'response.failed', sequence_number: seq(), response: response('failed') });
     } else if (a.cut) {

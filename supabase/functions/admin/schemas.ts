@@ -121,6 +121,7 @@ export const RateCardDraftSchema = z.strictObject({
   usd_per_million_cached_input: usd.nullable().optional(),
   usd_per_million_reasoning: usd.nullable().optional(),
   usd_per_million_cache_write: usd.nullable().optional(),
+  usd_per_million_cache_write_1h: usd.nullable().optional(),
   usd_per_image: usd.nullable().optional(),
   usd_per_audio_second: usd.nullable().optional(),
   /** Where the gateway sends the model's calls: an upstream the ai function is configured with (docs/ai-gateway.md § Upstreams). */

@@ -225,6 +225,7 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
     endpoint: p.endpoint,
     upstreams: upstreamsSpeaking(p.endpoint),
     writesCache: p.writesCache(req),
+    writesCache1h: p.writesCache1h?.(req) ?? false,
     stream: p.streamed(req),
   };
   const begun = await c.get('steps').time('begin', () => beginCall(args, since(started)));

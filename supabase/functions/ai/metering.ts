@@ -17,6 +17,8 @@ export interface Usage {
   input_tokens: number;
   cached_input_tokens: number;
   cache_write_tokens?: number;
+  /** Hour-long cache writes (Anthropic's ttl 1h), apart from the 5-minute ones in cache_write_tokens. */
+  cache_write_1h_tokens?: number;
   output_tokens: number;
   reasoning_tokens: number;
 }
@@ -61,6 +63,7 @@ export interface CallPlan {
   /** The upstreams configured here that speak `endpoint`. */
   upstreams: string[];
   writesCache: boolean;
+  writesCache1h: boolean;
   stream: boolean;
 }
 
@@ -83,7 +86,8 @@ export interface CallReport {
 export async function beginCall(p: CallPlan, elapsedMs: number): Promise<Begun> {
   const [{ r }] = await sql.oneTrip`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens},
     ${p.maxOutputTokens}, ${p.key}, ${p.requestHash}, ${p.ttlSeconds}, ${p.endpoint},
-    array(select jsonb_array_elements_text(${jsonb(p.upstreams)})), ${p.writesCache}, ${p.stream}, ${elapsedMs}) as r`;
+    array(select jsonb_array_elements_text(${jsonb(p.upstreams)})), ${p.writesCache}, ${p.stream}, ${elapsedMs},
+    ${p.writesCache1h}) as r`;
   if (r.state === 'held' || r.state === 'replay') return r as Begun;
   throw sqlRefusal(r.token, r.detail === undefined ? null : JSON.stringify(r.detail)) ?? internalError();
 }

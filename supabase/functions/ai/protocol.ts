@@ -44,6 +44,8 @@ export interface Protocol<R> {
   framing(req: R, bound: TokenBound): number;
   /** Whether the request asks the provider to write its prompt cache (billed above the input price). */
   writesCache(req: R): boolean;
+  /** Whether it asks for an hour-long cache write (billed at its own price); absent: never. */
+  writesCache1h?(req: R): boolean;
   /** The request the provider gets. */
   providerBody(req: R, maxOutput: number): Record<string, unknown>;
   /** The provider's usage object as the rate card's disjoint kinds. */

@@ -514,6 +514,8 @@ export interface RateCardPrices {
   usd_per_million_reasoning: string | null;
   /** Null: a request that asks to write the provider's cache is refused (a write reported anyway costs the input price). */
   usd_per_million_cache_write: string | null;
+  /** Hour-long cache writes; null: a request that asks for one is refused (one reported anyway costs the input price). */
+  usd_per_million_cache_write_1h: string | null;
   usd_per_image: string | null;
   usd_per_audio_second: string | null;
   markup: string;

@@ -76,6 +76,7 @@ const csvColumns = [
   'input_tokens',
   'cached_input_tokens',
   'cache_write_tokens',
+  'cache_write_1h_tokens',
   'output_tokens',
   'reasoning_tokens',
   'usage_source',

@@ -1,10 +1,11 @@
 // Anthropic's Messages API (POST /ai/v1/messages): what a request may ask, how its prompt and
 // usage are read. Text, tool use and thinking only; refused with a 400: images and documents
-// (billed by what the gateway cannot count), server tools (web search, code execution: billed
-// per use), and hour-long cache writes (billed at a price the rate card does not have). A request
-// with cache_control asks the provider to write its cache, which the hold then covers at the
-// card's cache-write price (a card without one refuses it). The provider is sent the standard
-// tier only and the gateway's own anthropic-version.
+// (billed by what the gateway cannot count) and server tools (web search, code execution: billed
+// per use). A request with cache_control asks the provider to write its cache, which the hold then
+// covers at the card's cache-write price, its hour-long one for `ttl: "1h"` (a card without that
+// price refuses it, UNPRICED_USAGE); the provider's usage splits the writes by lifetime and each
+// is priced at its own. The provider is sent the standard tier only and the gateway's own
+// anthropic-version.
 import { z } from 'zod';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
@@ -23,7 +24,7 @@ import {
 
 const CacheControlSchema = z.object({
   type: z.literal('ephemeral'),
-  ttl: z.literal('5m', 'only 5-minute cache writes are served (the rate card prices one kind)').optional(),
+  ttl: z.enum(['5m', '1h'], 'a cache write lasts 5m or 1h').optional(),
 }).nullish();
 const TextBlockSchema = z.object({
   type: z.literal('text'),
@@ -101,16 +102,33 @@ function blockText(b: Block): string {
 }
 const systemText = (s: MessagesRequest['system']) => typeof s === 'string' ? s : (s ?? []).map((t) => t.text).join('');
 
-/** Anthropic's usage: every input kind apart (input excludes cache reads and writes); output includes thinking. */
+/** Anthropic's usage: every input kind apart (input excludes cache reads and writes); output includes thinking. Cache writes split by lifetime as `cache_creation` reports them (all 5-minute without it). */
 const fromUsage = (raw: unknown): Usage => {
   const u = (raw ?? {}) as Record<string, unknown>;
+  const written = count(u.cache_creation_input_tokens);
+  const hour = Math.min(
+    written,
+    count((u.cache_creation as Record<string, unknown> | null)?.ephemeral_1h_input_tokens),
+  );
   return {
     input_tokens: count(u.input_tokens),
     cached_input_tokens: count(u.cache_read_input_tokens),
-    cache_write_tokens: count(u.cache_creation_input_tokens),
+    cache_write_tokens: written - hour,
+    cache_write_1h_tokens: hour,
     output_tokens: count(u.output_tokens),
     reasoning_tokens: 0,
   };
+};
+
+/** Whether any cache_control of the request asks for an hour. */
+const asksHour = (req: MessagesRequest): boolean => {
+  const blocks = [
+    ...(typeof req.system === 'string' ? [] : req.system ?? []),
+    ...req.messages.flatMap((m) => typeof m.content === 'string' ? [] : m.content)
+      .flatMap((b) => b.type === 'tool_result' && Array.isArray(b.content) ? [b, ...b.content] : [b]),
+    ...(req.tools ?? []),
+  ];
+  return blocks.some((b) => 'cache_control' in b && b.cache_control?.ttl === '1h');
 };
 
 /** POST /ai/v1/messages: Anthropic's Messages API. */
@@ -131,12 +149,17 @@ export const messages: Protocol<MessagesRequest> = {
   // The system prompt is one message.
   framing: (req, bound) => messageFraming(req.messages.length + (req.system ? 1 : 0), Boolean(req.tools), bound),
   writesCache: (req) => JSON.stringify([req.system, req.messages, req.tools]).includes('"cache_control":{'),
+  writesCache1h: asksHour,
   providerBody: (req, maxOutput) => ({ ...req, max_tokens: maxOutput, service_tier: 'standard_only' }),
   fromUsage,
   toUsage: (u) => ({
     input_tokens: u.input_tokens,
     cache_read_input_tokens: u.cached_input_tokens,
-    cache_creation_input_tokens: u.cache_write_tokens ?? 0,
+    cache_creation_input_tokens: (u.cache_write_tokens ?? 0) + (u.cache_write_1h_tokens ?? 0),
+    cache_creation: {
+      ephemeral_5m_input_tokens: u.cache_write_tokens ?? 0,
+      ephemeral_1h_input_tokens: u.cache_write_1h_tokens ?? 0,
+    },
     output_tokens: u.output_tokens + u.reasoning_tokens,
   }),
   finishReason: (body) => reasonWord(body.stop_reason),
