@@ -4,7 +4,7 @@
 // keeps the answers (ai/references.ts). A reference that cannot be opened (another student's,
 // altered, expired) is a 400 that says why and names the way to send the text, on the record.
 import assert from 'node:assert/strict';
-import { generateText, type ModelMessage, streamText } from 'ai';
+import { convertToModelMessages, generateText, type ModelMessage, readUIMessageStream, streamText, type UIMessage } from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { activeHolds, callsOf, gatewayUrl, priceOf, refusalsOf, settled, standinCall, student } from '../support/ai.ts';
 import { api, assertLedgerInvariants } from '../support/helpers.ts';
@@ -190,4 +190,28 @@ Deno.test('previous_response_id is a 400 that says why, and a refused part says 
     (image.body.error as { message: string }).message,
     'input.0.content.0.type only text parts are served (input_text, output_text).',
   );
+});
+
+Deno.test('a chat kept as UI messages (useChat) and sent through convertToModelMessages answers every turn', async () => {
+  const s = await student();
+  const gw = gatewayFor(s.token);
+  const ui: UIMessage[] = [];
+  for (let n = 1; n <= 4; n++) {
+    const t = tag();
+    ui.push({ id: `u${n}`, role: 'user', parts: [{ type: 'text', text: `Turn ${n} #standin words=5 tag=${t}` }] });
+    // The chatbot guide's route handler, and what useChat makes of its stream.
+    const result = streamText({
+      model: gw.openai(model),
+      system: 'You are a helpful assistant.',
+      messages: await convertToModelMessages(ui),
+      maxOutputTokens: 60,
+    });
+    let answer: UIMessage | undefined;
+    for await (const m of readUIMessageStream({ stream: result.toUIMessageStream() })) answer = m;
+    assert.ok(answer);
+    ui.push(answer);
+    await assertChargedExactly(s.id, t);
+  }
+  const references = gw.sent.map((b) => (b.match(/"type":"item_reference"/g) ?? []).length);
+  assert.deepEqual(references, [0, 1, 2, 3]);
 });
