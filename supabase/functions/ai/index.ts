@@ -4,8 +4,9 @@
 // the provider, never from the caller (docs/ai-gateway.md).
 import { sql } from '../_shared/adapters/db.ts';
 import { aiUpstreams } from '../_shared/adapters/ai-upstreams.ts';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { AppContext } from '../_shared/app-env.ts';
-import { createApp } from '../_shared/http/app.ts';
+import { appErrorOf, createApp, errorResponse } from '../_shared/http/app.ts';
 import { currentUser } from '../_shared/http/identify.ts';
 import { requireUser } from '../_shared/http/require-user.ts';
 import { readJson } from '../_shared/http/validate.ts';
@@ -14,12 +15,18 @@ import { deleteMyContent, getConsent, myCall, myCalls, setConsent } from './log.
 import type { Protocol } from './protocol.ts';
 import { chat } from './protocols/chat.ts';
 import { embeddings } from './protocols/embeddings.ts';
-import { messages } from './protocols/messages.ts';
+import { anthropicError, messages } from './protocols/messages.ts';
 import { responses } from './protocols/responses.ts';
 
 // Anthropic's SDKs send the key as x-api-key: it is the caller's token when no bearer header is.
 const app = createApp('ai', {
   sessionToken: (c) => c.req.header('authorization') ? undefined : c.req.header('x-api-key'),
+});
+// Anthropic's SDKs read errors in Anthropic's shape: every error /v1/messages answers is in it.
+app.onError((err, c) => {
+  if (!c.req.path.endsWith('/v1/messages')) return errorResponse(c, err);
+  const error = appErrorOf(c, err);
+  return c.json(anthropicError(error, c.get('requestId')), error.status as ContentfulStatusCode, error.options.headers);
 });
 
 // What the caller may call, what each kind costs and which APIs serve it; answered whatever the balance.
