@@ -4,10 +4,17 @@
 // keeps the answers (ai/references.ts). A reference that cannot be opened (another student's,
 // altered, expired) is a 400 that says why and names the way to send the text, on the record.
 import assert from 'node:assert/strict';
-import { convertToModelMessages, generateText, type ModelMessage, readUIMessageStream, streamText, type UIMessage } from 'ai';
+import {
+  convertToModelMessages,
+  generateText,
+  type ModelMessage,
+  readUIMessageStream,
+  streamText,
+  type UIMessage,
+} from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { activeHolds, callsOf, gatewayUrl, priceOf, refusalsOf, settled, standinCall, student } from '../support/ai.ts';
-import { api, assertLedgerInvariants } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, withGateway } from '../support/helpers.ts';
 import { sealItem } from '../../supabase/functions/ai/references.ts';
 
 const model = 'gpt-4o-mini';
@@ -214,4 +221,26 @@ Deno.test('a chat kept as UI messages (useChat) and sent through convertToModelM
   }
   const references = gw.sent.map((b) => (b.match(/"type":"item_reference"/g) ?? []).length);
   assert.deepEqual(references, [0, 1, 2, 3]);
+});
+
+Deno.test("a streamed answer's reference while Redis is unreachable is a 503 to retry, never a charge", async () => {
+  const s = await student();
+  const id = await firstAnswer(s.token, true);
+  await withGateway({ UPSTASH_REDIS_REST_URL: 'http://127.0.0.1:9' }, async (url) => {
+    const t = tag();
+    const res = await fetch(`${url}/ai/v1/responses`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${s.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model,
+        input: [{ type: 'item_reference', id }, { role: 'user', content: `#standin tag=${t}` }],
+      }),
+    });
+    assert.equal(res.status, 503);
+    const { error } = await res.json();
+    assert.equal(error.code, 'ITEM_REFERENCE_UNAVAILABLE');
+    assert.equal(error.retryable, true);
+    assert.equal((await standinCall(t)).status, 'unknown');
+  });
+  assert.equal((await callsOf(s.id)).length, 1);
 });
