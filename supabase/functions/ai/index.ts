@@ -5,12 +5,16 @@
 import { sql } from '../_shared/adapters/db.ts';
 import { aiUpstreams } from '../_shared/adapters/ai-upstreams.ts';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { z } from 'zod';
 import type { AppContext } from '../_shared/app-env.ts';
 import { appErrorOf, createApp, errorResponse } from '../_shared/http/app.ts';
 import { currentUser } from '../_shared/http/identify.ts';
 import { requireUser } from '../_shared/http/require-user.ts';
 import { readJson } from '../_shared/http/validate.ts';
+import { errorSummary, log } from '../_shared/log.ts';
+import { invalid } from '../_shared/values/invalid.ts';
 import { meteredCall } from './call.ts';
+import { refuseCall } from './metering.ts';
 import { deleteMyContent, getConsent, myCall, myCalls, setConsent } from './log.ts';
 import type { Protocol } from './protocol.ts';
 import { chat } from './protocols/chat.ts';
@@ -42,8 +46,27 @@ app.get('/v1/models', requireUser, async (c) => {
   });
 });
 
-const route = <R>(p: Protocol<R>) => async (c: AppContext) =>
-  meteredCall(c, p, await c.get('steps').time('body', () => readJson(c, p.schema, 4 * 1024 * 1024)));
+/**
+ * A body refused by its API's schema goes on the call log with its code (one insert, the model
+ * named only if priced); one that is not JSON, or too large, stays off it, as a 429 does.
+ */
+const route = <R>(p: Protocol<R>) => async (c: AppContext) => {
+  const started = performance.now();
+  const body = await c.get('steps').time('body', () => readJson(c, z.unknown(), 4 * 1024 * 1024));
+  const req = p.schema.safeParse(body);
+  if (req.success) return meteredCall(c, p, req.data);
+  const error = invalid(req.error);
+  const { model, stream } = (body && typeof body === 'object' ? body : {}) as { model?: unknown; stream?: unknown };
+  await refuseCall(
+    currentUser(c).id,
+    typeof model === 'string' ? model.slice(0, 128) : '',
+    p.endpoint,
+    stream === true,
+    error.code,
+    Math.round(performance.now() - started),
+  ).catch((e) => log.error('ai refusal could not be recorded', errorSummary(e)));
+  throw error;
+};
 
 app.post('/v1/chat/completions', requireUser, route(chat));
 app.post('/v1/responses', requireUser, route(responses));
