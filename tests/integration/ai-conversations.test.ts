@@ -116,7 +116,7 @@ async function firstAnswer(token: string, stream: boolean) {
   const [answer] = result.response.messages;
   const part = (answer.content as { providerOptions?: { openai?: { itemId?: string } } }[])[0];
   const id = part.providerOptions?.openai?.itemId;
-  assert.ok(id?.startsWith('ref_'), String(id));
+  if (typeof id !== 'string' || !id.startsWith('ref_')) throw new Error(`not a reference: ${id}`);
   return id;
 }
 

@@ -26,7 +26,7 @@ async function anthropicErrorOf(run: () => Promise<unknown>) {
     await run();
   } catch (err) {
     assert.ok(err instanceof Anthropic.APIError, String(err));
-    return err as Anthropic.APIError & {
+    return err as InstanceType<typeof Anthropic.APIError> & {
       error: {
         error: { type: string; code: string; message: string; details?: Record<string, unknown>; field?: string };
       };
