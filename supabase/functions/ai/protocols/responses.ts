@@ -152,17 +152,13 @@ function asInput(item: Record<string, unknown>): Item | null {
 /** The input with every reference opened, and ids the gateway gave left out (the provider never saw them). */
 async function expand(req: ResponsesRequest, userId: string): Promise<ResponsesRequest> {
   if (typeof req.input === 'string') return req;
-  const input: Item[] = [];
-  for (const [i, item] of (req.input as Item[]).entries()) {
-    if (item.type === 'item_reference') {
-      const opened = asInput(await openReference(userId, item.id, `input.${i}.id`));
-      if (opened) input.push(opened);
-    } else if ('id' in item && item.id?.startsWith(referencePrefix)) {
-      const { id: _ours, ...rest } = item;
-      input.push(rest as Item);
-    } else input.push(item);
-  }
-  return { ...req, input };
+  const input = await Promise.all((req.input as Item[]).map(async (item, i): Promise<Item | null> => {
+    if (item.type === 'item_reference') return asInput(await openReference(userId, item.id, `input.${i}.id`));
+    if (!('id' in item) || !item.id?.startsWith(referencePrefix)) return item;
+    const { id: _ours, ...rest } = item;
+    return rest as Item;
+  }));
+  return { ...req, input: input.filter((item): item is Item => item !== null) };
 }
 
 /** The items of an answer the gateway gives a reference for: what the AI SDK sends back by id. */
