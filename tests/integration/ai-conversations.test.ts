@@ -14,7 +14,7 @@ import {
 } from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { activeHolds, callsOf, gatewayUrl, priceOf, refusalsOf, settled, standinCall, student } from '../support/ai.ts';
-import { api, assertLedgerInvariants, withGateway } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, testDb, withGateway } from '../support/helpers.ts';
 import { sealItem } from '../../supabase/functions/ai/references.ts';
 
 const model = 'gpt-4o-mini';
@@ -54,6 +54,11 @@ async function assertChargedExactly(userId: string, t: string) {
   assert.equal(call.status, 'charged');
   assert.equal(call.usage_source, 'provider');
   assert.equal(call.charged, price);
+  // The prompt counted and held (references opened) covers what the provider billed.
+  const [held] = await testDb`select c.prompt_tokens::int as prompt, h.amount >= c.charged as covered
+    from billing.ai_calls c join billing.holds h on h.id = c.hold_id where c.id = ${call.id}`;
+  assert.ok(held.prompt >= u.input_tokens, `counted ${held.prompt}, billed ${u.input_tokens}`);
+  assert.equal(held.covered, true);
   return u;
 }
 
