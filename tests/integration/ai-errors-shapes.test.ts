@@ -58,7 +58,7 @@ Deno.test('a 402 on /messages reads as Anthropic error: the sentence as err.mess
   assert.equal((await standinCall(t)).status, 'unknown');
 });
 
-Deno.test('every error /messages answers is in Anthropic shape: 400, 401, 429, 5xx', async () => {
+Deno.test('every error /messages answers is in Anthropic shape: 400, 401, 429, 5xx, 405', async () => {
   const s = await student();
   const bad = await anthropicErrorOf(() => anthropicOf('not-a-token').messages.create(ask('hi')));
   assert.equal(bad.status, 401);
@@ -92,6 +92,11 @@ Deno.test('every error /messages answers is in Anthropic shape: 400, 401, 429, 5
   assert.equal(last.body.type, 'error');
   assert.equal((last.body.error as { type: string }).type, 'rate_limit_error');
   assert.equal(typeof last.body.message, 'string');
+
+  const get = await api('/ai/v1/messages', { token: s.token });
+  assert.equal(get.status, 405);
+  assert.equal(get.body.type, 'error');
+  assert.equal((get.body.error as { code: string }).code, 'METHOD_NOT_ALLOWED');
 });
 
 Deno.test("the OpenAI routes keep OpenAI's error shape", async () => {

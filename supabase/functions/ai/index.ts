@@ -7,7 +7,7 @@ import { aiUpstreams } from '../_shared/adapters/ai-upstreams.ts';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { z } from 'zod';
 import type { AppContext } from '../_shared/app-env.ts';
-import { appErrorOf, createApp, errorResponse } from '../_shared/http/app.ts';
+import { appErrorOf, createApp, errorResponse, noRouteError } from '../_shared/http/app.ts';
 import { currentUser } from '../_shared/http/identify.ts';
 import { requireUser } from '../_shared/http/require-user.ts';
 import { readJson } from '../_shared/http/validate.ts';
@@ -27,11 +27,13 @@ const app = createApp('ai', {
   sessionToken: (c) => c.req.header('authorization') ? undefined : c.req.header('x-api-key'),
 });
 // Anthropic's SDKs read errors in Anthropic's shape: every error /v1/messages answers is in it.
-app.onError((err, c) => {
+const answerError = (err: unknown, c: AppContext): Response => {
   if (!c.req.path.endsWith('/v1/messages')) return errorResponse(c, err);
   const error = appErrorOf(c, err);
   return c.json(anthropicError(error, c.get('requestId')), error.status as ContentfulStatusCode, error.options.headers);
-});
+};
+app.onError(answerError);
+app.notFound((c) => answerError(noRouteError(app, c), c));
 
 // What the caller may call, what each kind costs and which APIs serve it; answered whatever the balance.
 app.get('/v1/models', requireUser, async (c) => {

@@ -125,7 +125,7 @@ export function createApp(
  * Why nothing answered: 405 with `Allow` when the path is a route of other methods (read from
  * the routes, as CORS's methods are), else 404.
  */
-function noRouteError(app: Hono<AppEnv>, c: AppContext): AppError {
+export function noRouteError(app: Hono<AppEnv>, c: AppContext): AppError {
   const allow = methodsAt(app, c.req.path);
   if (allow.length === 0) return new AppError('not_found', 'NOT_FOUND', 'No such route.');
   const listed = [...allow, 'OPTIONS'].join(', ');
