@@ -211,6 +211,7 @@ AI_UPSTREAM_COMPAT_BASE=http://127.0.0.1:$AI_STANDIN_PORT/v1
 AI_UPSTREAM_COMPAT_KEY=$(local_secret ai-api-key sk-local-)
 AI_UPSTREAM_COMPAT_SPEAKS=chat,embeddings
 AI_STANDIN_URL=http://127.0.0.1:$AI_STANDIN_PORT
+AI_REFERENCE_SECRET=$(local_secret ai-reference-secret)
 POSTMARK_SERVER_TOKEN=$(local_secret postmark-token)
 POSTMARK_API_BASE=http://127.0.0.1:$MAIL_PORT
 STUDENT_PAGE_PORT=$STUDENT_PORT

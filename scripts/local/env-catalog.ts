@@ -93,9 +93,10 @@ export const functions: Record<string, FunctionEnv> = {
   admin: { required: [...redis], optional: ['SLO_AVAILABILITY', 'SLO_P95_MS', ...stripe, ...stripeTuning] },
   // The AI gateway calls each model's upstream: OpenAI at AI_API_BASE with AI_API_KEY, Anthropic
   // with AI_ANTHROPIC_KEY, and each OpenAI-compatible host named in AI_UPSTREAMS by its own
-  // AI_UPSTREAM_<NAME>_BASE, _KEY and _SPEAKS (docs/ai-gateway.md § Upstreams).
+  // AI_UPSTREAM_<NAME>_BASE, _KEY and _SPEAKS (docs/ai-gateway.md § Upstreams); AI_REFERENCE_SECRET
+  // seals the Responses API's answer item references (ai/references.ts).
   ai: {
-    required: [...redis, 'AI_API_BASE', 'AI_API_KEY'],
+    required: [...redis, 'AI_API_BASE', 'AI_API_KEY', 'AI_REFERENCE_SECRET'],
     optional: [
       ...ai.filter((v) => v !== 'AI_API_BASE' && v !== 'AI_API_KEY'),
       ...gateway,

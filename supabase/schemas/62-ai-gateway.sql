@@ -971,12 +971,14 @@ as $$
         'credits', trim_scale(t.credits)::text) order by t.credits desc, t.user_id)
       from (select w.user_id, count(*) as n, sum(w.charged) as credits from w where w.charged > 0
             group by w.user_id order by 3 desc, 1 limit 10) t), '[]'),
+    'refusals', coalesce((select jsonb_agg(jsonb_build_object('code', r.failure, 'calls', r.n) order by r.n desc, r.failure)
+      from (select w.failure, count(*) as n from w where w.status = 'refused' group by w.failure) r), '[]'),
     'latest_failures', coalesce((select jsonb_agg(jsonb_build_object('id', f.id, 'created_at', billing.json_time(f.created_at),
         'model', f.model, 'endpoint', f.endpoint, 'outcome', f.status, 'code', f.failure,
         'upstream_status', f.upstream_status) order by f.seq desc)
       from (select * from w where w.error order by w.seq desc limit 10) f), '[]'))
 $$;
-comment on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) is 'The AI panel''s and Prometheus'' figures since a time: per model (calls by outcome, errors, time to first token, duration, tokens, credits), top spenders, latest failures.';
+comment on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) is 'The AI panel''s and Prometheus'' figures since a time: per model (calls by outcome, errors, time to first token, duration, tokens, credits), top spenders, refusals by code, latest failures.';
 revoke execute on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) from public, anon, authenticated;
 grant execute on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) to service_role;
 

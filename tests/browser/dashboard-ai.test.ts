@@ -99,7 +99,14 @@ browserTest(
 
 browserTest('the AI panel says when there were no calls, and shows what the API sends as text', async (browser) => {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  const none = { since: '2026-01-01T00:00:00Z', models: [], by_outcome: [], top_spenders: [], latest_failures: [] };
+  const none = {
+    since: '2026-01-01T00:00:00Z',
+    models: [],
+    by_outcome: [],
+    top_spenders: [],
+    refusals: [],
+    latest_failures: [],
+  };
   const marked = '<img src=x onerror="document.body.dataset.pwned=1">';
   let answer: unknown = { hour: none, day: none };
   await page.route('**/admin/ai/stats', (route) => route.fulfill({ json: { data: answer } }));
@@ -131,7 +138,8 @@ browserTest('the AI panel says when there were no calls, and shows what the API 
     code: marked,
     upstream_status: null,
   };
-  answer = { hour: none, day: { ...none, models: [figures], latest_failures: [failure] } };
+  const refusals = [{ code: 'VALIDATION_FAILED', calls: 3 }, { code: marked, calls: 1 }];
+  answer = { hour: none, day: { ...none, models: [figures], refusals, latest_failures: [failure] } };
   await page.locator('#ai-hour').click();
   await page.locator('#ai-day').click();
   await page.locator('#ai table[data-testid="ai-failures"]').waitFor();
@@ -142,4 +150,9 @@ browserTest('the AI panel says when there were no calls, and shows what the API 
     /<img src=x.*100%.*– \/ –.*1\.50 s \/ 1\.50 s/s,
   );
   assert.match(await textOf(page, '#ai'), /No call was charged\./);
+  assert.equal(
+    await textOf(page, '#ai table[data-testid="ai-refusals"]'),
+    `CodeCallsVALIDATION_FAILED3${marked}1`,
+    'refusals split by code, most first, the code shown as text',
+  );
 });

@@ -321,7 +321,7 @@ Deno.test('metric labels and alert conditions come only from the rate card: a ho
     token: s.token,
     body: { model: hostile, messages: ask('hi'), max_tokens: 5 },
   });
-  assert.equal(r.status, 400, r.text); // refused by the schema: no record at all
+  assert.equal(r.status, 400, r.text); // refused by the schema: recorded, its name never (not on the rate card)
   const made = `evil.${crypto.randomUUID().slice(0, 8)}`; // a valid name on no rate card: recorded, model null
   const r2 = await api('/ai/v1/chat/completions', {
     token: s.token,
@@ -333,8 +333,12 @@ Deno.test('metric labels and alert conditions come only from the rate card: a ho
     token: s.token,
     body: { model: 'gpt-4o', messages: ask('#standin fail=500'), max_tokens: 5 },
   });
-  const calls = await settledCalls(s.id, 2);
-  assert.deepEqual(calls.map((c) => [c.status, c.model]), [['failed', 'gpt-4o'], ['refused', null]]);
+  const calls = await settledCalls(s.id, 3);
+  assert.deepEqual(calls.map((c) => [c.status, c.model, c.failure]), [
+    ['failed', 'gpt-4o', 'PROVIDER_ERROR_500'],
+    ['refused', null, 'UNKNOWN_MODEL'],
+    ['refused', null, 'VALIDATION_FAILED'],
+  ]);
   const res = await fetch(`${functionsUrl}/health/metrics`, {
     headers: { authorization: `Bearer ${env('METRICS_TOKEN')}` },
   });

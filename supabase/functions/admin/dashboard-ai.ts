@@ -2,7 +2,7 @@
 // one <style>/<script> (so they carry its CSP nonce), run with dashboard-script.ts's helpers.
 // GET ./ai/stats answers the last hour and the last day at once; a toggle picks which is drawn:
 // per model the calls, error rate, p50/p95 time to first token and duration; the top spenders;
-// the latest failures with their codes. Every value from the API is escaped; credits are the
+// refusals by code; the latest failures with their codes. Every value from the API is escaped; credits are the
 // API's exact strings, rounded for reading by the kit's `credits` (no float).
 /// <reference lib="dom" />
 import type { DashboardKit } from './dashboard-script.ts';
@@ -49,7 +49,14 @@ type Failure = {
   code: string | null;
   upstream_status: number | null;
 };
-type Window = { since: string; models: ModelStats[]; top_spenders: Spender[]; latest_failures: Failure[] };
+type Refusals = { code: string | null; calls: number };
+type Window = {
+  since: string;
+  models: ModelStats[];
+  top_spenders: Spender[];
+  refusals: Refusals[];
+  latest_failures: Failure[];
+};
 type AiStats = { hour: Window; day: Window };
 
 /** Fills the AI calls section (served as text: everything it uses is inside). */
@@ -99,6 +106,14 @@ export function aiScript({ $, get, esc, credits, fmtInt }: DashboardKit): void {
             '</td><td class="nowrap">' + esc(credits(s.credits)) + '</td></tr>'
           ).join('') + '</table></div>'
         : '<p class="muted">No call was charged.</p>') +
+      '<h3>Refusals by code</h3>' +
+      (w.refusals.length
+        ? '<div class="cards"><table data-testid="ai-refusals"><tr><th>Code</th><th>Calls</th></tr>' +
+          w.refusals.map((r) =>
+            '<tr data-code="' + esc(r.code ?? '') + '"><td>' + esc(r.code ?? '–') + '</td><td>' +
+            fmtInt.format(r.calls) + '</td></tr>'
+          ).join('') + '</table></div>'
+        : '<p class="ok">No refusals.</p>') +
       '<h3>Latest failures</h3>' +
       (w.latest_failures.length
         ? '<div class="cards"><table data-testid="ai-failures"><tr><th>When (UTC)</th><th>Model</th><th>Code</th></tr>' +

@@ -68,6 +68,7 @@ function providerFailure(status: number | 'timeout' | 'unreachable'): { code: st
 
 type Call<R> = {
   id: string;
+  userId: string;
   held: string;
   prompt: number;
   /** The caller sent an Idempotency-Key: the answer is kept 24 h for a replay. */
@@ -124,12 +125,14 @@ const countedUsage = async <R>(call: Call<R>, answer: string): Promise<Usage> =>
 export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Promise<Response> {
   const started = performance.now();
   const env = aiGatewayEnv();
-  const { begun, prompt, maxOutput, callerKey } = await begin(c, p, req, env, started);
-  if (begun.state === 'replay') return replay(p, begun.call, req);
+  const { begun, prompt, maxOutput, callerKey, expanded } = await begin(c, p, req, env, started);
+  if (begun.state === 'replay') return replay(p, begun.call, expanded);
+  req = expanded;
 
   failpoint('ai.after_hold'); // the reliability tests die here, and before the capture: nothing is charged
   const call: Call<R> = {
     id: begun.call_id,
+    userId: currentUser(c).id,
     held: begun.held,
     prompt,
     keep: callerKey !== null,
@@ -185,6 +188,9 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
   let maxOutput: number;
   let callerKey: string | null;
   try {
+    // References opened first: the prompt counted and held is what the provider bills.
+    const expand = p.expand;
+    if (expand) req = await c.get('steps').time('expand', () => expand(req, currentUser(c).id));
     const limit = p.outputLimit(req);
     if (limit?.asked && limit.asked > env.AI_MAX_OUTPUT_TOKENS) {
       throw new AppError(
@@ -229,7 +235,7 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
     stream: p.streamed(req),
   };
   const begun = await c.get('steps').time('begin', () => beginCall(args, since(started)));
-  return { begun, prompt, maxOutput, callerKey };
+  return { begun, prompt, maxOutput, callerKey, expanded: req };
 }
 
 /** Fails the call (nothing charged) and gives the caller's error. */
@@ -262,16 +268,17 @@ async function answerWhole<R>(call: Call<R>, res: Response): Promise<Response> {
   call.firstTokenMs = since(call.started);
   const reported = body.usage ? call.p.fromUsage(body.usage) : null;
   const usage = reported ?? await countedUsage(call, call.p.answerText(body));
+  const answer = call.p.sealAnswer ? await call.p.sealAnswer(body, call.userId) : body;
   const record = await call.steps.time('finish', () =>
     finishCall(
       call.id,
       usage,
       reported ? 'provider' : 'tokenizer',
-      call.keep ? { json: jsonCopy(body, call.req) } : null,
+      call.keep ? { json: jsonCopy(answer, call.req) } : null,
       false,
       report(call, { finishReason: call.p.finishReason(body), answer: () => call.p.answerText(body) }),
     ));
-  return Response.json(withCost(call.p, body, usage, record.charged), { headers: callHeaders(record) });
+  return Response.json(withCost(call.p, answer, usage, record.charged), { headers: callHeaders(record) });
 }
 
 const encoder = new TextEncoder();
@@ -335,7 +342,7 @@ function relay<R>(
   };
 
   async function pump(): Promise<void> {
-    const events = p.reader(call.req);
+    const events = p.reader(call.req, call.userId);
     const buffer = { text: '' };
     const sent: Sse[] = [];
     /** The answer's text as streamed so far (what the tokenizer counts, and what consent keeps). */
@@ -355,7 +362,8 @@ function relay<R>(
         call.firstTokenMs ??= since(call.started);
         buffer.text += decoder.decode(next.value, { stream: true }).replaceAll('\r\n', '\n');
         let relayed = ''; // what this read passes on, sent at once
-        for (const event of sseEvents(buffer)) {
+        for (const provided of sseEvents(buffer)) {
+          const event = events.rewrite ? await events.rewrite(provided) : provided;
           const action = events.see(event);
           if (action === 'send') {
             sent.push(event);
@@ -401,6 +409,7 @@ function relay<R>(
           errorAfterUsage,
           report(call, { finishReason: events.finishReason(), clientLeft: clientGone, answer: answerRead }),
         );
+        await events.keepItems?.().catch((e) => log.error('ai answer items could not be kept', errorSummary(e)));
         closing = p.closing(call.req, held, usage, record.charged);
       }
     } catch (err) {

@@ -4,23 +4,36 @@
 // the provider, never from the caller (docs/ai-gateway.md).
 import { sql } from '../_shared/adapters/db.ts';
 import { aiUpstreams } from '../_shared/adapters/ai-upstreams.ts';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { z } from 'zod';
 import type { AppContext } from '../_shared/app-env.ts';
-import { createApp } from '../_shared/http/app.ts';
+import { appErrorOf, createApp, errorResponse, noRouteError } from '../_shared/http/app.ts';
 import { currentUser } from '../_shared/http/identify.ts';
 import { requireUser } from '../_shared/http/require-user.ts';
 import { readJson } from '../_shared/http/validate.ts';
+import { errorSummary, log } from '../_shared/log.ts';
+import { invalid } from '../_shared/values/invalid.ts';
 import { meteredCall } from './call.ts';
+import { refuseCall } from './metering.ts';
 import { deleteMyContent, getConsent, myCall, myCalls, setConsent } from './log.ts';
 import type { Protocol } from './protocol.ts';
 import { chat } from './protocols/chat.ts';
 import { embeddings } from './protocols/embeddings.ts';
-import { messages } from './protocols/messages.ts';
+import { anthropicError, messages } from './protocols/messages.ts';
 import { responses } from './protocols/responses.ts';
 
 // Anthropic's SDKs send the key as x-api-key: it is the caller's token when no bearer header is.
 const app = createApp('ai', {
   sessionToken: (c) => c.req.header('authorization') ? undefined : c.req.header('x-api-key'),
 });
+// Anthropic's SDKs read errors in Anthropic's shape: every error /v1/messages answers is in it.
+const answerError = (err: unknown, c: AppContext): Response => {
+  if (!c.req.path.endsWith('/v1/messages')) return errorResponse(c, err);
+  const error = appErrorOf(c, err);
+  return c.json(anthropicError(error, c.get('requestId')), error.status as ContentfulStatusCode, error.options.headers);
+};
+app.onError(answerError);
+app.notFound((c) => answerError(noRouteError(app, c), c));
 
 // What the caller may call, what each kind costs and which APIs serve it; answered whatever the balance.
 app.get('/v1/models', requireUser, async (c) => {
@@ -35,8 +48,27 @@ app.get('/v1/models', requireUser, async (c) => {
   });
 });
 
-const route = <R>(p: Protocol<R>) => async (c: AppContext) =>
-  meteredCall(c, p, await c.get('steps').time('body', () => readJson(c, p.schema, 4 * 1024 * 1024)));
+/**
+ * A body refused by its API's schema goes on the call log with its code (one insert, the model
+ * named only if priced); one that is not JSON, or too large, stays off it, as a 429 does.
+ */
+const route = <R>(p: Protocol<R>) => async (c: AppContext) => {
+  const started = performance.now();
+  const body = await c.get('steps').time('body', () => readJson(c, z.unknown(), 4 * 1024 * 1024));
+  const req = p.schema.safeParse(body);
+  if (req.success) return meteredCall(c, p, req.data);
+  const error = invalid(req.error);
+  const { model, stream } = (body && typeof body === 'object' ? body : {}) as { model?: unknown; stream?: unknown };
+  await refuseCall(
+    currentUser(c).id,
+    typeof model === 'string' ? model.slice(0, 128) : '',
+    p.endpoint,
+    stream === true,
+    error.code,
+    Math.round(performance.now() - started),
+  ).catch((e) => log.error('ai refusal could not be recorded', errorSummary(e)));
+  throw error;
+};
 
 app.post('/v1/chat/completions', requireUser, route(chat));
 app.post('/v1/responses', requireUser, route(responses));

@@ -29,6 +29,10 @@ export interface StreamReader {
   held(): string | null;
   /** Why the provider ended the answer (its own word: stop, length, end_turn …), once it said. */
   finishReason(): string | null;
+  /** An event as the caller gets it, before it is seen (the Responses API: its items' ids sealed). */
+  rewrite?(event: Sse): Promise<Sse>;
+  /** Keeps what the rewritten events refer to, once the answer is charged (the Responses API's items). */
+  keepItems?(): Promise<void>;
 }
 
 export interface Protocol<R> {
@@ -46,6 +50,8 @@ export interface Protocol<R> {
   writesCache(req: R): boolean;
   /** Whether it asks for an hour-long cache write (billed at its own price); absent: never. */
   writesCache1h?(req: R): boolean;
+  /** Opens what the request refers to (the Responses API's item references) before its prompt is counted. */
+  expand?(req: R, userId: string): Promise<R>;
   /** The request the provider gets. */
   providerBody(req: R, maxOutput: number): Record<string, unknown>;
   /** The provider's usage object as the rate card's disjoint kinds. */
@@ -57,7 +63,9 @@ export interface Protocol<R> {
   /** The answer text of a whole answer, or of one streamed event: what the tokenizer counts. */
   answerText(body: Record<string, unknown>): string;
   eventText(data: string): string;
-  reader(req: R): StreamReader;
+  /** A whole answer as the caller gets it (the Responses API: its items' ids sealed). */
+  sealAnswer?(body: Record<string, unknown>, userId: string): Promise<Record<string, unknown>>;
+  reader(req: R, userId: string): StreamReader;
   /** What is sent after the stream once the call is charged: the kept event with its cost, and the end. */
   closing(req: R, held: string | null, usage: Usage, charged: string): string;
   /** An error event in this API's stream format. */

@@ -30,18 +30,21 @@ export function ok<T>(c: AppContext, data: T, status: ContentfulStatusCode = 200
 /** The failure envelope of an AppError as text. */
 const errorBody = (c: AppContext, err: AppError) => JSON.stringify({ error: err.toJSON(), metadata: metadata(c) });
 
-/** The failure envelope for any error; a 5xx never shows internals. */
-export function errorResponse(c: AppContext, err: unknown): Response {
-  let appError: AppError;
-  if (err instanceof AppError) appError = err;
-  else if (err instanceof ConfigError) appError = err.appError();
-  else if (err instanceof HTTPException && err.status < 500) {
+/** Any error as the AppError the caller sees; a 5xx never shows internals (those are logged). */
+export function appErrorOf(c: AppContext, err: unknown): AppError {
+  if (err instanceof AppError) return err;
+  if (err instanceof ConfigError) return err.appError();
+  if (err instanceof HTTPException && err.status < 500) {
     const code = err.status === 413 ? 'PAYLOAD_TOO_LARGE' : 'BAD_REQUEST';
-    appError = new AppError('validation', code, err.message || 'The request is not valid.', { status: err.status });
-  } else {
-    log.error('unhandled error', { requestId: c.get('requestId'), ...errorSummary(err) });
-    appError = internalError();
+    return new AppError('validation', code, err.message || 'The request is not valid.', { status: err.status });
   }
+  log.error('unhandled error', { requestId: c.get('requestId'), ...errorSummary(err) });
+  return internalError();
+}
+
+/** The failure envelope for any error. */
+export function errorResponse(c: AppContext, err: unknown): Response {
+  const appError = appErrorOf(c, err);
   return c.body(errorBody(c, appError), appError.status as ContentfulStatusCode, {
     'content-type': 'application/json',
     ...appError.options.headers,
@@ -122,7 +125,7 @@ export function createApp(
  * Why nothing answered: 405 with `Allow` when the path is a route of other methods (read from
  * the routes, as CORS's methods are), else 404.
  */
-function noRouteError(app: Hono<AppEnv>, c: AppContext): AppError {
+export function noRouteError(app: Hono<AppEnv>, c: AppContext): AppError {
   const allow = methodsAt(app, c.req.path);
   if (allow.length === 0) return new AppError('not_found', 'NOT_FOUND', 'No such route.');
   const listed = [...allow, 'OPTIONS'].join(', ');

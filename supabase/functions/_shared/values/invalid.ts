@@ -26,7 +26,7 @@ const fieldCodes = new Map([
  * @example invalid(LotsQuerySchema.safeParse({ limit: '0' }).error) // "limit must be a whole number from 1 to 200."
  */
 export function invalid(error: z.ZodError): AppError {
-  const first = error.issues[0];
+  const first = error.issues[0] && meant(error.issues[0]);
   // An unknown key (strict schemas) is named by the issue's `keys`, not its path.
   const unknownKey = first?.code === 'unrecognized_keys' ? first.keys[0] : undefined;
   const field = [...(first?.path ?? []), ...(unknownKey ? [unknownKey] : [])].join('.') || undefined;
@@ -36,6 +36,19 @@ export function invalid(error: z.ZodError): AppError {
     field,
     details: { issues: error.issues.slice(0, 10).map((i) => ({ path: i.path.join('.'), message: phrase(i) })) },
   });
+}
+
+/**
+ * Inside a union, the issue of the branch the value was meant for (the first whose type it has),
+ * so its own reason is said: `input.0.type …` rather than "input is not in an accepted form".
+ */
+function meant(issue: z.core.$ZodIssue): z.core.$ZodIssue {
+  while (issue.code === 'invalid_union') {
+    const branch = issue.errors.find(([i]) => i && !(i.code === 'invalid_type' && i.path.length === 0));
+    if (!branch) break;
+    issue = { ...branch[0], path: [...issue.path, ...branch[0].path] };
+  }
+  return issue;
 }
 
 // zod's own messages ("Invalid input", "Too big: expected number to be <=10000000") start so;

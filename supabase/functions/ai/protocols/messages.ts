@@ -11,6 +11,7 @@ import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import type { Usage } from '../metering.ts';
 import { count } from '../../_shared/adapters/ai.ts';
+import type { AppError } from '../../_shared/errors.ts';
 import {
   answerCut,
   JsonBlockSchema,
@@ -204,5 +205,33 @@ export const messages: Protocol<MessagesRequest> = {
     return sseEvent('message_delta', { ...event, usage: usageWithCost(messages, event.usage, usage, charged) }) +
       sseEvent('message_stop', { type: 'message_stop' });
   },
-  failure: (error) => sseEvent('error', { type: 'error', error: { type: 'api_error', message: error.message } }),
+  failure: (error) => sseEvent('error', anthropicError(error)),
 };
+
+/** Anthropic's error type for each status its SDKs tell apart. */
+const anthropicTypes: Record<number, string> = {
+  400: 'invalid_request_error',
+  401: 'authentication_error',
+  402: 'billing_error',
+  403: 'permission_error',
+  404: 'not_found_error',
+  413: 'request_too_large',
+  429: 'rate_limit_error',
+  504: 'timeout_error',
+};
+
+/**
+ * An error in Anthropic's shape (`{type: "error", error: {type, message}}`), so code written for
+ * Anthropic's errors reads it: this project's `code`, `details` (and `field`, `retryable`) inside
+ * `error`, and the sentence at the top too, which the Anthropic SDK makes its `err.message`.
+ */
+export function anthropicError(error: AppError, requestId?: string) {
+  const type = anthropicTypes[error.status] ?? (error.status >= 500 ? 'api_error' : 'invalid_request_error');
+  const { type: _ours, ...rest } = error.toJSON();
+  return {
+    type: 'error',
+    error: { type, ...rest },
+    message: error.message,
+    ...(requestId ? { request_id: requestId } : {}),
+  };
+}

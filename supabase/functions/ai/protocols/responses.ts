@@ -2,12 +2,15 @@
 // and usage are read. Refused with a 400 (never silently dropped): what bills outside the rate
 // card (built-in tools: web and file search, code interpreter, computer use, image generation)
 // and what keeps state at the provider for the student (stored responses, previous_response_id,
-// conversations, background runs, item references). The provider is always sent store: false.
+// conversations, background runs). The provider is always sent store: false; the model's earlier
+// answers come back as item references the gateway sealed (references.ts), opened here before
+// the prompt is counted.
 import { z } from 'zod';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import type { Usage } from '../metering.ts';
 import { count } from '../../_shared/adapters/ai.ts';
+import { openReference, pendingItem, ReferenceIdSchema, referencePrefix, sealItem } from '../references.ts';
 import {
   answerCut,
   JsonBlockSchema,
@@ -21,8 +24,10 @@ import {
 
 /** A field the gateway refuses, with why (null and absent are the same). */
 const refused = (why: string) => z.null({ error: why }).optional();
-const stateless = 'the gateway keeps nothing at the provider: send the whole conversation as input ' +
-  '(the AI SDK: providerOptions.openai.store = false)';
+const stateless = 'is not served: the gateway keeps no earlier prompts, at the provider or here; ' +
+  'send the conversation as input (the AI SDK does so by default)';
+/** An item's id: the provider's, or a reference the gateway gave (never sent on to the provider). */
+const ItemIdSchema = z.union([tokenText(128), ReferenceIdSchema]);
 
 const TextPartSchema = z.object({
   type: z.enum(['input_text', 'output_text'], 'only text parts are served (input_text, output_text)'),
@@ -34,7 +39,7 @@ const ItemSchema = z.discriminatedUnion('type', [
     type: z.literal('message'),
     role: z.enum(['user', 'assistant', 'system', 'developer']),
     content: ContentSchema,
-    id: tokenText(128).optional(),
+    id: ItemIdSchema.optional(),
     status: z.string().max(32).optional(),
   }),
   z.object({
@@ -53,11 +58,13 @@ const ItemSchema = z.discriminatedUnion('type', [
   // A reasoning model's earlier reasoning, passed back encrypted (include: reasoning.encrypted_content).
   z.object({
     type: z.literal('reasoning'),
-    id: tokenText(128).optional(),
+    id: ItemIdSchema.optional(),
     summary: z.array(z.object({ type: z.literal('summary_text'), text: pgText(100_000) })).max(100),
     encrypted_content: pgText(1_000_000).nullish(),
   }),
-], { error: 'input items may be message, function_call, function_call_output or reasoning (no item_reference)' });
+  // One of the model's earlier answer items, by the id the gateway gave it.
+  z.object({ type: z.literal('item_reference'), id: z.string().max(4_000_000) }),
+], { error: 'input items may be message, function_call, function_call_output, reasoning or item_reference' });
 // A message item may leave out its type (the AI SDK and the openai SDK both send { role, content }).
 const InputItemSchema = z.preprocess(
   (x) => (x && typeof x === 'object' && !('type' in x) && 'role' in x ? { ...x, type: 'message' } : x),
@@ -101,7 +108,7 @@ export const ResponsesRequestSchema = z.object({
   user: tokenText(256).nullish(),
   safety_identifier: tokenText(256).nullish(),
   prompt_cache_key: tokenText(256).nullish(),
-  store: z.literal(false, stateless).nullish(),
+  store: z.literal(false, 'must be false or left out: the gateway has the provider store nothing').nullish(),
   previous_response_id: refused(stateless),
   conversation: refused(stateless),
   background: z.literal(false, 'background responses are not served: the gateway bills while it waits').nullish(),
@@ -121,8 +128,43 @@ function itemText(item: Item): string {
     case 'reasoning':
       // Encrypted reasoning is billed as the tokens it holds, which its ciphertext's bytes exceed.
       return item.summary.map((s) => s.text).join('') + (item.encrypted_content ?? '');
+    case 'item_reference':
+      return item.id; // never reaches the provider: expand() opens every one first
   }
 }
+
+/**
+ * An earlier answer item as input: a message's text, or reasoning whose encrypted content carries
+ * it (the provider keeps none, so reasoning without it is left out); null to leave it out.
+ */
+function asInput(item: Record<string, unknown>): Item | null {
+  if (item.type === 'message' && Array.isArray(item.content)) {
+    const text = (item.content as Record<string, unknown>[]).map((p) => String(p.text ?? p.refusal ?? ''));
+    return { type: 'message', role: 'assistant', content: text.map((t) => ({ type: 'output_text', text: t })) };
+  }
+  if (item.type === 'reasoning' && typeof item.encrypted_content === 'string' && typeof item.id === 'string') {
+    const summary = Array.isArray(item.summary) ? item.summary as { type: 'summary_text'; text: string }[] : [];
+    return { type: 'reasoning', id: item.id, summary, encrypted_content: item.encrypted_content };
+  }
+  return null;
+}
+
+/** The input with every reference opened, and ids the gateway gave left out (the provider never saw them). */
+async function expand(req: ResponsesRequest, userId: string): Promise<ResponsesRequest> {
+  if (typeof req.input === 'string') return req;
+  const input = await Promise.all((req.input as Item[]).map(async (item, i): Promise<Item | null> => {
+    if (item.type === 'item_reference') return asInput(await openReference(userId, item.id, `input.${i}.id`));
+    if (!('id' in item) || !item.id?.startsWith(referencePrefix)) return item;
+    const { id: _ours, ...rest } = item;
+    return rest as Item;
+  }));
+  return { ...req, input: input.filter((item): item is Item => item !== null) };
+}
+
+/** The items of an answer the gateway gives a reference for: what the AI SDK sends back by id. */
+const referable = (item: unknown): item is { id: string; type: string } =>
+  !!item && typeof item === 'object' && 'id' in item && typeof item.id === 'string' &&
+  ['message', 'reasoning'].includes(String((item as { type?: unknown }).type));
 const items = (req: ResponsesRequest): Item[] =>
   typeof req.input === 'string' ? [{ type: 'message', role: 'user', content: req.input }] : req.input as Item[];
 
@@ -165,7 +207,16 @@ export const responses: Protocol<ResponsesRequest> = {
   // The instructions are one item.
   framing: (req, bound) => messageFraming(items(req).length + (req.instructions ? 1 : 0), Boolean(req.tools), bound),
   writesCache: () => false,
+  expand,
   providerBody: (req, maxOutput) => ({ ...req, max_output_tokens: maxOutput, store: false }),
+  // Each message and reasoning item gets a reference that carries it (the provider's id stays inside).
+  async sealAnswer(body, userId) {
+    if (!Array.isArray(body.output)) return body;
+    const output = await Promise.all(
+      body.output.map(async (item) => referable(item) ? { ...item, id: await sealItem(userId, item) } : item),
+    );
+    return { ...body, output };
+  },
   fromUsage,
   toUsage(u) {
     const input = u.input_tokens + u.cached_input_tokens + (u.cache_write_tokens ?? 0);
@@ -188,10 +239,32 @@ export const responses: Protocol<ResponsesRequest> = {
       ? event.delta
       : '';
   },
-  reader() {
+  reader(_req, userId) {
     let last: Record<string, unknown> | null = null;
     let usage: Usage | null = null;
+    // A stream names an item (output_item.added) before writing it: its reference is made then,
+    // every event's mention of the provider's id becomes it, and the item is kept once done.
+    const refs = new Map<string, Awaited<ReturnType<typeof pendingItem>>>();
+    const done: Record<string, unknown>[] = [];
     return {
+      async rewrite(e) {
+        if (e.data.includes('"response.output_item.')) {
+          const event = parsed(e.data);
+          const item = event.item;
+          if (event.type === 'response.output_item.added' && referable(item)) {
+            refs.set(item.id, await pendingItem(userId));
+          }
+          if (event.type === 'response.output_item.done' && referable(item) && refs.has(item.id)) done.push(item);
+        }
+        let { data, raw } = e;
+        for (const [id, ref] of refs) {
+          if (!data.includes(id)) continue;
+          data = data.replaceAll(`"${id}"`, `"${ref.id}"`);
+          raw = raw.replaceAll(`"${id}"`, `"${ref.id}"`);
+        }
+        return { name: e.name, data, raw };
+      },
+      keepItems: () => Promise.all(done.map((item) => refs.get(item.id as string)?.keep(item))).then(() => {}),
       see({ name, data }) {
         if (name === 'response.output_text.delta') return 'send';
         const event = parsed(data);
