@@ -67,10 +67,12 @@ Deno.test('every error /messages answers is in Anthropic shape: 400, 401, 429, 5
 
   // A refusal says its own reason: a cache lifetime Anthropic does not have, not "system is not in an accepted form".
   const ttl = await anthropicErrorOf(() =>
-    anthropicOf(s.token).messages.create({
-      ...ask('hi'),
-      system: [{ type: 'text', text: 'Be brief.', cache_control: { type: 'ephemeral', ttl: '2h' } }],
-    } as unknown as Parameters<Anthropic['messages']['create']>[0])
+    anthropicOf(s.token).messages.create(
+      {
+        ...ask('hi'),
+        system: [{ type: 'text', text: 'Be brief.', cache_control: { type: 'ephemeral', ttl: '2h' } }],
+      } as unknown as Parameters<Anthropic['messages']['create']>[0],
+    )
   );
   assert.equal(ttl.status, 400);
   assert.equal(ttl.error.error.type, 'invalid_request_error');
