@@ -5,7 +5,7 @@
 // normalised, redacted text is what is kept. Log lines keep redact.ts's cheaper rules: they
 // never carry request text.
 import { type CountryCode, findPhoneNumbersInText } from 'libphonenumber-js/max';
-import { luhn, sharedRules } from './redact.ts';
+import { sharedRules } from './redact.ts';
 
 interface Span {
   start: number;

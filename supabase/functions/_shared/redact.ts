@@ -2,8 +2,7 @@
 // strings are escaped so one entry stays one line. Content kept with consent (ai_logs) is
 // redacted by redact-content.ts, which reads the text as a provider does.
 
-/** Whether a string of digits passes the Luhn check (card numbers do). */
-export const luhn = (digits: string): boolean => {
+const luhn = (digits: string): boolean => {
   let sum = 0;
   for (let i = 0; i < digits.length; i++) {
     let d = Number(digits[digits.length - 1 - i]);
