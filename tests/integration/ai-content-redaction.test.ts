@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import Anthropic from '@anthropic-ai/sdk';
 import { gatewayUrl, student } from '../support/ai.ts';
-import { api, until } from '../support/helpers.ts';
+import { api, finishedJob, key, tick, until } from '../support/helpers.ts';
 
 /** A consenting student's kept prompt of their newest call (waits until it is settled). */
 async function keptPrompt(token: string): Promise<string> {
@@ -94,4 +94,27 @@ Deno.test('Responses and Messages: a card split over content parts is redacted i
   });
   const messages = await keptPrompt(s.token);
   assert.ok(messages.includes('[CARD]') && !messages.includes('4111'), messages);
+});
+
+Deno.test("an ai_completion job's kept prompt is redacted the same way", async () => {
+  const s = await consentingStudent();
+  const r = await api('/jobs', {
+    token: s.token,
+    headers: key(),
+    body: {
+      type: 'ai_completion',
+      input: {
+        model: 'gpt-4o',
+        prompt: 'mail carol＠example.org, card 4111.1111.1111.1111, tel 020 7946 0958',
+        max_tokens: 20,
+      },
+    },
+  });
+  assert.equal(r.status, 202, r.text);
+  const id = (r.body.data as { job_id: string }).job_id;
+  await tick();
+  assert.equal((await finishedJob(id)).status, 'completed');
+  const seen = await api(`/ai/v1/calls/${id}`, { token: s.token });
+  const prompt = (seen.body.data as { content: { prompt: string } }).content.prompt;
+  assert.equal(prompt, 'mail [EMAIL], card [CARD], tel [PHONE]');
 });

@@ -106,3 +106,7 @@ Deno.test('the budget bounds what is read: text past it is cut, and what the cut
   assert.equal(kept.b[0], 'caro'); // keys count: 1 + 10 + 1 + 4
   assert.equal((redactContent('y'.repeat(100_000), 100) as string).length, 100);
 });
+
+Deno.test('digits inside a word (a hex id, a marker) are not a phone number', () => {
+  for (const text of ['kept19a84726193dd286', 'id_01512345678x', 'v415555267100a']) assert.equal(one(text), text);
+});

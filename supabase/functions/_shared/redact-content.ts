@@ -25,6 +25,7 @@ const digitGroup = /\d+/g;
 // libphonenumber is asked about; it finds numbers only in these.
 const phoneRun = /\+?\(?\d[\d \t().\/\-]{6,22}\d/g;
 const isoDate = /^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{4}$/;
+const wordChar = /[\p{L}\p{N}_]/u;
 /** Countries whose national numbers are written with a leading 0. */
 const zeroCountries = ['GB', 'FR', 'DE', 'IN'];
 /** Look-ups of phone numbers for one kept text: at most ~25 ms of libphonenumber on the worst runs (~0.05 ms on a phone number). */
@@ -91,7 +92,9 @@ function phones(text: string, cards: Span[], lookups: Lookups): Span[] {
     const end = run.index + run[0].length;
     while (card < cards.length && cards[card].end <= run.index) card++;
     const inCard = card < cards.length && cards[card].start <= run.index && end <= cards[card].end;
-    if (digits.length < 8 || inCard || isoDate.test(run[0])) continue;
+    // Digits inside a word (a hex id, a marker) are no phone number.
+    const inWord = wordChar.test(text[run.index - 1] ?? '') || wordChar.test(text[end] ?? '');
+    if (digits.length < 8 || inCard || inWord || isoDate.test(run[0])) continue;
     if (lookups.left <= 0) {
       found.push({ start: run.index, end, placeholder: '[NUMBER]' });
       continue;
