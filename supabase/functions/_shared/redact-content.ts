@@ -112,7 +112,6 @@ function phones(text: string, cards: Span[], lookups: Lookups): Span[] {
   return found;
 }
 
-/** What a rule replaces: its whole match, by the match's own replacement (`Bearer [TOKEN]`). */
 // Each rule's pattern once more without `g`, to write one match's placeholder.
 const rules = sharedRules.map(([pattern, replacement]) => ({
   pattern,
@@ -120,6 +119,7 @@ const rules = sharedRules.map(([pattern, replacement]) => ({
   replacement,
 }));
 
+/** What a rule replaces: its whole match, by the match's own replacement (`Bearer [TOKEN]`); and emails. */
 function ruleSpans(text: string): Span[] {
   const found: Span[] = [];
   for (const { pattern, one, replacement } of rules) {
@@ -136,9 +136,9 @@ function emails(text: string): Span[] {
   for (let at = text.indexOf('@'); at >= 0; at = text.indexOf('@', at + 1)) {
     let start = at;
     while (start > 0 && localChar.test(text[start - 1])) start--;
+    if (start === at) continue;
     domain.lastIndex = at + 1;
-    const d = domain.exec(text);
-    if (start < at && d) found.push({ start, end: domain.lastIndex, placeholder: '[EMAIL]' });
+    if (domain.exec(text)) found.push({ start, end: domain.lastIndex, placeholder: '[EMAIL]' });
   }
   return found;
 }
@@ -213,7 +213,8 @@ export function redactContent(value: unknown, budget = Infinity): unknown {
   const left = { n: budget };
   const lookups = { left: phoneLookups };
   // Normalised, then cut where the budget ends: whatever the cut splits lies past it. NFKC
-  // shrinks a text at most 4:1, so no more than 5 characters are read for each one kept.
+  // shrinks a text at most 4:1, so 5 characters read are enough for each one kept (a text of
+  // invisible characters keeps less, never more).
   const take = (s: string) => {
     const t = normalised(s.slice(0, left.n * 5 + 5)).slice(0, left.n);
     left.n -= t.length;
