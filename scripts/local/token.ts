@@ -23,6 +23,9 @@ const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 if (values.user !== undefined && !uuid.test(values.user)) usageError(`--user must be a UUID, not '${values.user}'`);
 const ttl = Number(values.ttl);
 if (!Number.isInteger(ttl) || ttl <= 0) usageError('--ttl must be a positive number of seconds');
+// The functions refuse a token living longer than this (_shared/http/auth.ts).
+const maxTtl = Number(Deno.env.get('AUTH_TOKEN_MAX_LIFETIME_SECONDS') || 604_800);
+if (ttl > maxTtl) usageError(`--ttl may be at most ${maxTtl} (AUTH_TOKEN_MAX_LIFETIME_SECONDS)`);
 
 const env = (name: string) => {
   const v = Deno.env.get(name);

@@ -68,6 +68,14 @@ const badTokens: Array<[string, () => Promise<string | undefined>]> = [
     const { exp: _exp, ...claims } = standardClaims();
     return signWithLocalKey(claims);
   }],
+  ['no iat', () => {
+    const { iat: _iat, ...claims } = standardClaims();
+    return signWithLocalKey(claims);
+  }],
+  ['an iat a day in the future', () => signWithLocalKey({ ...standardClaims(), iat: now() + 86_400 })],
+  ['an iat a minute in the future', () => signWithLocalKey({ ...standardClaims(), iat: now() + 60 })],
+  ['an exp ten years out', () => signWithLocalKey({ ...standardClaims(), exp: now() + 10 * 365 * 86_400 })],
+  ['a lifetime of a week and a second', () => signWithLocalKey({ ...standardClaims(), exp: now() + 604_801 })],
   ['a wrong iss', () => signWithLocalKey({ ...standardClaims(), iss: 'https://evil.example/auth/v1' })],
   ['a wrong aud', () => signWithLocalKey({ ...standardClaims(), aud: 'anon' })],
   ['no sub', () => {
@@ -91,6 +99,11 @@ for (const [name, make] of badTokens) {
     assert.ok(body.metadata.requestId);
   });
 }
+
+Deno.test("a token living a week (Supabase Auth's longest), issued a few seconds ahead of this clock, passes", async () => {
+  const token = await signWithLocalKey({ ...standardClaims(), iat: now() + 10, exp: now() + 10 + 604_800 });
+  assert.equal((await call('/me', token)).status, 200);
+});
 
 Deno.test('an admin claim for a user the database does not know is 401 (deleted since the token was issued)', async () => {
   const { status, body } = await call('/admin', await userToken(userId, { admin: true }));

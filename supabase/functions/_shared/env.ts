@@ -12,6 +12,8 @@ export const BaseEnvSchema = z.object({
   SUPABASE_DB_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL'),
   CORS_ALLOWED_ORIGINS: CommaListSchema.refine((l) => !l.includes('*'), 'must list origins, not *').default([]),
   DB_POOL_MAX: z.coerce.number().int().positive().default(10),
+  // The longest a user token may live (exp - iat): Supabase Auth's own JWT expiry limit, a week.
+  AUTH_TOKEN_MAX_LIFETIME_SECONDS: z.coerce.number().int().positive().default(604_800),
 });
 export type BaseEnv = z.infer<typeof BaseEnvSchema>;
 

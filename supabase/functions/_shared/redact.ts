@@ -1,5 +1,6 @@
-// One redaction for every log line and for ai_logs: personal data and secrets become
-// placeholders, and newlines in user strings are escaped so one entry stays one line.
+// Redaction of log lines: personal data and secrets become placeholders, and newlines in user
+// strings are escaped so one entry stays one line. Content kept with consent (ai_logs) is
+// redacted by redact-content.ts, which reads the text as a provider does.
 
 const luhn = (digits: string): boolean => {
   let sum = 0;
@@ -14,8 +15,9 @@ const luhn = (digits: string): boolean => {
   return sum % 10 === 0;
 };
 
-// Order matters: secrets and tokens before the looser number patterns.
-const rules: Array<[RegExp, string | ((m: string) => string)]> = [
+type Rule = [RegExp, string | ((m: string) => string)];
+
+const secretRules: Rule[] = [
   [/\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*/g, '[JWT]'],
   [/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/gi, '$1 [TOKEN]'],
   [/\b(sk|rk|pk)_(test|live)_[A-Za-z0-9]{8,}/g, '[STRIPE_KEY]'],
@@ -25,11 +27,21 @@ const rules: Array<[RegExp, string | ((m: string) => string)]> = [
     /\b(postmark[-_ ]?(server|account)?[-_ ]?token|x-postmark-(server|account)-token)(["'\s:=]+)[0-9a-f-]{36}/gi,
     '$1$4[POSTMARK_TOKEN]',
   ],
+];
+const ssn: Rule = [/\b\d{3}-\d{2}-\d{4}\b/g, '[SSN]'];
+const passport: Rule = [/\b(passport(?:\s*(?:no\.?|number|#))?\s*[:#]?\s*)[A-Z0-9]{6,9}\b/gi, '$1[PASSPORT]'];
+/** What kept content's redaction (redact-content.ts) takes from log lines': secrets, tokens, SSNs, passport numbers. */
+export const sharedRules: Rule[] = [...secretRules, ssn, passport];
+
+// Order matters: secrets and tokens before the looser number patterns. Log lines never carry
+// request text, so these are cheap ASCII patterns; kept content has its own (redact-content.ts).
+const rules: Rule[] = [
+  ...secretRules,
   [/[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}/g, '[EMAIL]'],
   // Card numbers: 13–19 digits, optionally grouped by spaces or dashes, Luhn-valid.
   [/\b\d(?:[ -]?\d){12,18}\b/g, (m) => (luhn(m.replace(/[ -]/g, '')) ? '[CARD]' : m)],
-  [/\b\d{3}-\d{2}-\d{4}\b/g, '[SSN]'],
-  [/\b(passport(?:\s*(?:no\.?|number|#))?\s*[:#]?\s*)[A-Z0-9]{6,9}\b/gi, '$1[PASSPORT]'],
+  ssn,
+  passport,
   // Phone numbers: +country or (area) or 3-3-4 groupings; not ISO dates, not bare amounts.
   [/(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\b\d{3})[ .-]\d{3}[ .-]\d{4}\b/g, '[PHONE]'],
 ];

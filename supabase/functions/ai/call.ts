@@ -17,7 +17,7 @@ import { failpoint } from '../_shared/failpoint.ts';
 import { currentUser } from '../_shared/http/identify.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
 import { errorSummary, log } from '../_shared/log.ts';
-import { redact } from '../_shared/redact.ts';
+import { redactContent } from '../_shared/redact-content.ts';
 import type { Steps } from '../_shared/server-timing.ts';
 import type { GatewayEnv } from '../_shared/adapters/ai-upstreams.ts';
 import {
@@ -87,15 +87,20 @@ type Call<R> = {
 
 const since = (t: number) => Math.round(performance.now() - t);
 
-/** Content kept with consent: redacted, at most 64 KiB (UTF-8) of each text, in text Postgres accepts. */
+/**
+ * Content kept with consent: the request (as JSON) or the answer text, normalised and redacted
+ * as the provider reads it (redact-content.ts), at most 64 KiB (UTF-8) of each.
+ */
 const keptBytes = 65_536;
 const utf8 = new TextEncoder();
-function kept(text: string): string {
+function kept(content: unknown): string {
+  const whole = typeof content === 'string' ? content : JSON.stringify(content);
   // No more characters than bytes are kept, so the redaction reads at most what could be kept
-  // and 512 more: whatever the slice cuts in two (an email, a card number) lies past the cut below.
-  const clean = redact(text.slice(0, keptBytes + 512)).toWellFormed().replaceAll('\0', '');
+  // and 512 more: whatever its budget cuts in two (an email, a card number) lies past the cut below.
+  const redacted = redactContent(content, keptBytes + 512);
+  const clean = typeof redacted === 'string' ? redacted : JSON.stringify(redacted);
   const bytes = utf8.encode(clean);
-  if (bytes.length <= keptBytes && text.length <= keptBytes) return clean;
+  if (bytes.length <= keptBytes && whole.length <= keptBytes) return clean;
   // A character cut in two decodes as U+FFFD; the mark says the text goes on.
   return `${new TextDecoder().decode(bytes.subarray(0, keptBytes - 16))} …[cut]`;
 }
@@ -109,7 +114,7 @@ function report<R>(call: Call<R>, end: { finishReason?: string | null; clientLef
     finish_reason: end.finishReason ?? null,
     client_left: end.clientLeft ?? false,
   };
-  if (call.keepContent) r.content = { prompt: kept(JSON.stringify(call.req)), answer: kept(end.answer?.() ?? '') };
+  if (call.keepContent) r.content = { prompt: kept(call.req), answer: kept(end.answer?.() ?? '') };
   return r;
 }
 

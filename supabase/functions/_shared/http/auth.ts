@@ -146,7 +146,7 @@ async function verifyUncached(token: string): Promise<VerifiedToken> {
   verifyOptions ??= {
     issuer: `${baseEnv().SUPABASE_URL}/auth/v1`,
     audience: 'authenticated',
-    requiredClaims: ['exp', 'sub'],
+    requiredClaims: ['exp', 'sub', 'iat'],
     algorithms: ['ES256', 'RS256'],
   };
   let payload: JWTPayload;
@@ -156,6 +156,7 @@ async function verifyUncached(token: string): Promise<VerifiedToken> {
     const expired = (err as { code?: string }).code === 'ERR_JWT_EXPIRED';
     throw unauthorized(expired ? 'The access token has expired.' : 'The access token is not valid.');
   }
+  refuseLifetime(payload.iat as number, payload.exp as number); // both required, numbers (jwtVerify)
   if (typeof payload.sub !== 'string' || !isUuid(payload.sub) || payload.role !== 'authenticated') {
     throw unauthorized('The access token does not name a signed-in user.');
   }
@@ -166,6 +167,21 @@ async function verifyUncached(token: string): Promise<VerifiedToken> {
     isAdmin: appMetadata?.role === 'admin',
   });
   return { user, expiresAt: (payload.exp as number) * 1000 }; // required and checked by jwtVerify
+}
+
+/** How far ahead of this clock a token's `iat` may be: the issuer's clock may run a little ahead. */
+const clockSkewSeconds = 30;
+
+/**
+ * Refuses a token issued in the future or living longer than Supabase Auth issues them
+ * (AUTH_TOKEN_MAX_LIFETIME_SECONDS): such a token was not made by the project's Auth, and a
+ * leaked one would otherwise stay usable for as long as its signer chose.
+ */
+function refuseLifetime(iat: number, exp: number): void {
+  if (iat > Date.now() / 1000 + clockSkewSeconds) throw unauthorized('The access token is issued in the future.');
+  if (exp - iat > baseEnv().AUTH_TOKEN_MAX_LIFETIME_SECONDS) {
+    throw unauthorized('The access token lives longer than this project allows.');
+  }
 }
 
 /** The bearer token of a request, or a 401. */

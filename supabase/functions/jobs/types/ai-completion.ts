@@ -9,7 +9,7 @@ import { utf8Bytes } from '../../_shared/domain/token-bounds.ts';
 import { sql } from '../../_shared/adapters/db.ts';
 import { pgInt, pgStorable, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema } from '../../_shared/values/text.ts';
-import { redact } from '../../_shared/redact.ts';
+import { redactContent } from '../../_shared/redact-content.ts';
 import type { JobType } from './types.ts';
 
 const Input = z.strictObject({
@@ -18,8 +18,8 @@ const Input = z.strictObject({
   max_tokens: pgInt(1, 4096),
 });
 
-/** Kept content: redacted, in text Postgres stores. */
-const kept = (text: string) => pgStorable(redact(text));
+/** Kept content: normalised and redacted as a gateway call's is, in text Postgres stores. */
+const kept = (text: string) => pgStorable(redactContent(text) as string);
 
 const chatFramingTokens = 16;
 
