@@ -3,9 +3,10 @@
 // actual usage and releases the rest.
 // Only token counts, model and duration are kept; never the prompt or the answer in logs.
 import { z } from 'zod';
-import { complete } from '../../_shared/adapters/ai.ts';
+import { complete, completionUpstreams } from '../../_shared/adapters/ai.ts';
 import { utf8Bytes } from '../../_shared/domain/token-bounds.ts';
 import { sql } from '../../_shared/adapters/db.ts';
+import { fromDbError } from '../../_shared/adapters/sql-errors.ts';
 import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema } from '../../_shared/values/text.ts';
 import { redact } from '../../_shared/redact.ts';
@@ -28,11 +29,28 @@ const chatFramingTokens = 16;
  */
 const worstCaseInputTokens = (prompt: string) => utf8Bytes(prompt) + chatFramingTokens;
 
+/**
+ * Where the job's model is called: its card's upstream, as the gateway routes it. A model of
+ * another kind (an embedding model's card prices no answer) or an upstream that cannot answer a
+ * prompt is refused: 400 when the job is created, a failed job charged nothing when it runs.
+ */
+async function upstreamOf(model: string): Promise<string> {
+  try {
+    const [r] =
+      await sql`select billing.ai_model_upstream(${model}, 'chat', ${completionUpstreams()}::text[]) as upstream`;
+    return r.upstream;
+  } catch (err) {
+    throw fromDbError(err);
+  }
+}
+
 export const aiCompletion: JobType<typeof Input> = {
   schema: Input,
   async estimate(input) {
     // The dearest way the provider can bill the tokens (input as cached or not, output as
     // reasoning or not): the same SQL the AI gateway holds with (62-ai-gateway.sql).
+    // Only a chat model, on an upstream that can answer it (as the gateway's APIs refuse others).
+    await upstreamOf(input.model);
     const [price] = await sql`select billing.ai_hold_amount(${input.model}, ${
       worstCaseInputTokens(input.prompt)
     }, ${input.max_tokens})::text
@@ -44,6 +62,7 @@ export const aiCompletion: JobType<typeof Input> = {
     await checkpoint({ progress: 5, state: null, label: 'calling the model' });
     const completion = await complete({
       model: input.model,
+      upstream: await upstreamOf(input.model),
       prompt: input.prompt,
       maxTokens: input.max_tokens,
       onProgress: (f) => checkpoint({ progress: 5 + Math.floor(f * 90), state: null }),
