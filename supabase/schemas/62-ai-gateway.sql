@@ -365,10 +365,13 @@ revoke execute on function billing.ai_hold_amount(p_model text, p_input bigint, 
 grant execute on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint, p_writes_cache boolean) to service_role;
 
 -- Where a job's call of `p_model` on `p_endpoint` goes: its current card's upstream, once the
--- card may serve it (billing.ai_card_refusal, raised; `p_upstreams` null: no upstream is called,
--- the kind alone is checked); UNKNOWN_MODEL without a card. Asked when a job is created (a
--- refusal is a 400 and no job) and again when it runs (the card may have changed since).
-create or replace function billing.ai_model_upstream(p_model text, p_endpoint text, p_upstreams text[]) returns text
+-- gateway's rules let it, in the gateway's order: the student's allowlist (`p_user`; null when
+-- the job runs: it was asked when the job was queued), then the card (billing.ai_card_refusal;
+-- `p_upstreams` null: no upstream is called, the kind alone is checked), raised as the gateway
+-- answers them. Asked when a job is created (a refusal: no job) and when it runs (the card may
+-- have changed since).
+create or replace function billing.ai_model_upstream(p_user uuid, p_model text, p_endpoint text, p_upstreams text[])
+returns text
 language plpgsql stable
 security definer
 set search_path = ''
@@ -381,6 +384,8 @@ begin
   order by r.effective_from desc, r.version desc limit 1;
   if v_card.id is null then
     perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
+  elsif p_user is not null and not billing.model_allowed(p_user, p_model) then
+    perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
   end if;
   v_refusal := billing.ai_card_refusal(v_card, p_endpoint, coalesce(p_upstreams, array[v_card.upstream]));
   if v_refusal is not null then
@@ -389,9 +394,9 @@ begin
   return v_card.upstream;
 end;
 $$;
-comment on function billing.ai_model_upstream(p_model text, p_endpoint text, p_upstreams text[]) is 'Jobs: the upstream a model''s call on an API goes to; UNKNOWN_MODEL, MODEL_KIND_NOT_SUPPORTED (a model of another kind) or ENDPOINT_NOT_SUPPORTED (no configured upstream of its speaks it).';
-revoke execute on function billing.ai_model_upstream(p_model text, p_endpoint text, p_upstreams text[]) from public, anon, authenticated;
-grant execute on function billing.ai_model_upstream(p_model text, p_endpoint text, p_upstreams text[]) to service_role;
+comment on function billing.ai_model_upstream(p_user uuid, p_model text, p_endpoint text, p_upstreams text[]) is 'Jobs: the upstream a model''s call on an API goes to; UNKNOWN_MODEL, MODEL_NOT_ALLOWED (the user''s allowlist, when named), MODEL_KIND_NOT_SUPPORTED (a model of another kind) or ENDPOINT_NOT_SUPPORTED (no configured upstream of its speaks it).';
+revoke execute on function billing.ai_model_upstream(p_user uuid, p_model text, p_endpoint text, p_upstreams text[]) from public, anon, authenticated;
+grant execute on function billing.ai_model_upstream(p_user uuid, p_model text, p_endpoint text, p_upstreams text[]) to service_role;
 
 create or replace function billing.ai_call_json(c billing.ai_calls) returns jsonb
 language plpgsql immutable

@@ -40,11 +40,12 @@ select is((select count(*)::int from billing.ai_calls where user_id = 'c1c1c1c1-
 select is((select count(*)::int from billing.holds h join billing.accounts a on a.id = h.account_id
            where a.user_id = 'c1c1c1c1-0000-4000-8000-000000000001'), 1, 'no refused call held anything');
 
-select is(pg_temp.err($$select billing.ai_model_upstream('text-embedding-3-small', 'chat', null)$$),
+select is(pg_temp.err($$select billing.ai_model_upstream(null, 'text-embedding-3-small', 'chat', null)$$),
   'MODEL_KIND_NOT_SUPPORTED', 'a job (asking as chat) refuses an embedding model, whatever its upstream');
-select is(billing.ai_model_upstream('claude-3-5-haiku', 'chat', array['openai', 'anthropic']), 'anthropic',
+select is(billing.ai_model_upstream('c1c1c1c1-0000-4000-8000-000000000001', 'claude-3-5-haiku', 'chat',
+    array['openai', 'anthropic']), 'anthropic',
   'a job goes to the model''s own upstream');
-select is(pg_temp.err($$select billing.ai_model_upstream('claude-3-5-haiku', 'chat', array['openai'])$$),
+select is(pg_temp.err($$select billing.ai_model_upstream(null, 'claude-3-5-haiku', 'chat', array['openai'])$$),
   'ENDPOINT_NOT_SUPPORTED', 'a job whose model''s upstream is not configured is refused');
 
 -- ============================================================ publishing a card

@@ -30,14 +30,15 @@ const chatFramingTokens = 16;
 const worstCaseInputTokens = (prompt: string) => utf8Bytes(prompt) + chatFramingTokens;
 
 /**
- * Where the job's model is called: its card's upstream, as the gateway routes it. A model of
- * another kind (an embedding model's card prices no answer) or an upstream that cannot answer a
- * prompt is refused: 400 when the job is created, a failed job charged nothing when it runs.
+ * Where the job's model is called: its card's upstream, as the gateway routes it. A model the
+ * student may not call (`userId`: asked when the job is created), of another kind (an embedding
+ * model's card prices no answer) or on an upstream that cannot answer a prompt is refused: 4xx
+ * when the job is created, a failed job charged nothing when it runs.
  */
-async function upstreamOf(model: string): Promise<string> {
+async function upstreamOf(model: string, userId: string | null): Promise<string> {
   try {
-    const [r] =
-      await sql`select billing.ai_model_upstream(${model}, 'chat', ${completionUpstreams()}::text[]) as upstream`;
+    const [r] = await sql`select billing.ai_model_upstream(${userId}::uuid, ${model}, 'chat',
+      ${completionUpstreams()}::text[]) as upstream`;
     return r.upstream;
   } catch (err) {
     throw fromDbError(err);
@@ -46,11 +47,11 @@ async function upstreamOf(model: string): Promise<string> {
 
 export const aiCompletion: JobType<typeof Input> = {
   schema: Input,
-  async estimate(input) {
+  async estimate(input, userId) {
     // The dearest way the provider can bill the tokens (input as cached or not, output as
     // reasoning or not): the same SQL the AI gateway holds with (62-ai-gateway.sql).
     // Only a chat model, on an upstream that can answer it (as the gateway's APIs refuse others).
-    await upstreamOf(input.model);
+    await upstreamOf(input.model, userId);
     const [price] = await sql`select billing.ai_hold_amount(${input.model}, ${
       worstCaseInputTokens(input.prompt)
     }, ${input.max_tokens})::text
@@ -62,7 +63,7 @@ export const aiCompletion: JobType<typeof Input> = {
     await checkpoint({ progress: 5, state: null, label: 'calling the model' });
     const completion = await complete({
       model: input.model,
-      upstream: await upstreamOf(input.model),
+      upstream: await upstreamOf(input.model, null),
       prompt: input.prompt,
       maxTokens: input.max_tokens,
       onProgress: (f) => checkpoint({ progress: 5 + Math.floor(f * 90), state: null }),

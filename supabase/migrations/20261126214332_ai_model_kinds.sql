@@ -34,7 +34,7 @@ end;
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION billing.ai_model_upstream(p_model text, p_endpoint text, p_upstreams text[])
+CREATE OR REPLACE FUNCTION billing.ai_model_upstream(p_user uuid, p_model text, p_endpoint text, p_upstreams text[])
  RETURNS text
  LANGUAGE plpgsql
  STABLE SECURITY DEFINER
@@ -48,6 +48,8 @@ begin
   order by r.effective_from desc, r.version desc limit 1;
   if v_card.id is null then
     perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
+  elsif p_user is not null and not billing.model_allowed(p_user, p_model) then
+    perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
   end if;
   v_refusal := billing.ai_card_refusal(v_card, p_endpoint, coalesce(p_upstreams, array[v_card.upstream]));
   if v_refusal is not null then
@@ -308,10 +310,10 @@ $function$
 comment on function billing.publish_rate_card(uuid,uuid,timestamp with time zone,text) is 'Publishes a draft as the model''s next rate-card version from a time not in the past (audited); idempotent per draft. A chat card with an output or reasoning price of 0 is refused (OUTPUT_PRICE_REQUIRED).';
 comment on function billing.list_ai_models(uuid) is 'GET /ai/v1/models: the models a user may call, each with its kind, the APIs its kind is served by and its rate card''s price per kind of token.';
 comment on function billing.begin_ai_call(uuid,text,bigint,bigint,text,text,integer,text,text[],boolean,boolean,integer) is 'Gateway: checks the model is allowed and served on the endpoint (its kind and its upstream), claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
-revoke execute on function billing.ai_model_upstream(text,text,text[]) from public;
+revoke execute on function billing.ai_model_upstream(uuid,text,text,text[]) from public;
 revoke execute on function billing.model_kind_endpoints(text) from public;
 revoke execute on function billing.ai_card_refusal(billing.rate_cards,text,text[]) from public;
 comment on function billing.model_kind_endpoints(text) is 'Internal: the gateway APIs that serve a model of a kind (chat: chat, responses, messages; embedding: embeddings).';
 comment on function billing.ai_card_refusal(billing.rate_cards,text,text[]) is 'Internal: why a card may not serve a call on an API (a model of another kind, an upstream that does not speak it), or null.';
-comment on function billing.ai_model_upstream(text,text,text[]) is 'Jobs: the upstream a model''s call on an API goes to; UNKNOWN_MODEL, MODEL_KIND_NOT_SUPPORTED (a model of another kind) or ENDPOINT_NOT_SUPPORTED (no configured upstream of its speaks it).';
-grant execute on function billing.ai_model_upstream(text,text,text[]) to service_role;
+comment on function billing.ai_model_upstream(uuid,text,text,text[]) is 'Jobs: the upstream a model''s call on an API goes to; UNKNOWN_MODEL, MODEL_NOT_ALLOWED (the user''s allowlist, when named), MODEL_KIND_NOT_SUPPORTED (a model of another kind) or ENDPOINT_NOT_SUPPORTED (no configured upstream of its speaks it).';
+grant execute on function billing.ai_model_upstream(uuid,text,text,text[]) to service_role;
