@@ -1,6 +1,6 @@
 // ai_completion: a metered job. It reserves the worst case (every input byte a token, plus
-// max_tokens) at the model's rate card, calls the provider, then the worker captures the
-// actual usage and releases the rest.
+// max_tokens) at the model's rate card, calls the model's own upstream (a chat model only, as the
+// gateway routes it), then the worker captures the actual usage and releases the rest.
 // Only token counts, model and duration are kept; never the prompt or the answer in logs.
 import { z } from 'zod';
 import { complete, completionUpstreams } from '../../_shared/adapters/ai.ts';
@@ -48,10 +48,9 @@ async function upstreamOf(model: string, userId: string | null): Promise<string>
 export const aiCompletion: JobType<typeof Input> = {
   schema: Input,
   async estimate(input, userId) {
+    await upstreamOf(input.model, userId);
     // The dearest way the provider can bill the tokens (input as cached or not, output as
     // reasoning or not): the same SQL the AI gateway holds with (62-ai-gateway.sql).
-    // Only a chat model, on an upstream that can answer it (as the gateway's APIs refuse others).
-    await upstreamOf(input.model, userId);
     const [price] = await sql`select billing.ai_hold_amount(${input.model}, ${
       worstCaseInputTokens(input.prompt)
     }, ${input.max_tokens})::text
@@ -60,10 +59,11 @@ export const aiCompletion: JobType<typeof Input> = {
   },
   async run({ job, input, checkpoint }) {
     const started = performance.now();
+    const upstream = await upstreamOf(input.model, null);
     await checkpoint({ progress: 5, state: null, label: 'calling the model' });
     const completion = await complete({
       model: input.model,
-      upstream: await upstreamOf(input.model, null),
+      upstream,
       prompt: input.prompt,
       maxTokens: input.max_tokens,
       onProgress: (f) => checkpoint({ progress: 5 + Math.floor(f * 90), state: null }),
