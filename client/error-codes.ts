@@ -78,6 +78,7 @@ export const documentedCodes = [
   'MEMBER_NOT_FOUND',
   'METHOD_NOT_ALLOWED',
   'METRICS_UNAVAILABLE',
+  'MODEL_KIND_NOT_SUPPORTED',
   'MODEL_NOT_ALLOWED',
   'MONEY_UNBALANCED',
   'NOT_FOUND',
@@ -88,6 +89,7 @@ export const documentedCodes = [
   'ORG_FUNDING_MODE',
   'ORG_INVOICING_NOT_ALLOWED',
   'ORG_NOT_FOUND',
+  'OUTPUT_PRICE_REQUIRED',
   'PACKAGE_NOT_FOUND',
   'PASSWORD_SIGN_IN_UNAVAILABLE',
   'PAYLOAD_TOO_LARGE',
@@ -180,6 +182,8 @@ export interface DetailsByCode {
   INVALID_LOT: { field: string };
   UNPRICED_USAGE: { model: string; kind: 'images' | 'audio_seconds' };
   RATE_CARD_DRAFT_CLOSED: { status: 'published' | 'discarded' };
+  MODEL_KIND_NOT_SUPPORTED: { model: string; kind: 'chat' | 'embedding'; endpoint: string; endpoints: string[] };
+  OUTPUT_PRICE_REQUIRED: { model: string; kind: 'chat'; rule: string };
   INVALID_RANGE: { field: string; rule: string };
   INVITATION_CLOSED: { status: 'accepted' | 'declined' | 'expired' | 'revoked' };
   INVITATION_LIMIT: { scope: 'inviter' | 'organisation'; limit: number; retry_at: string };

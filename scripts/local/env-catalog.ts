@@ -134,10 +134,12 @@ export const functions: Record<string, FunctionEnv> = {
   },
   jobs: {
     // The tick charges saved cards off-session (auto-recharge): Stripe is required here too.
+    // ai_completion jobs call each model's upstream as the gateway does (AI_PROVIDER=openai).
     required: [...redis, ...stripe, 'CRON_SECRET'],
     optional: [
       ...stripeTuning,
       ...ai,
+      ...gateway,
       'JOBS_LEASE_SECONDS',
       'JOBS_TICK_BUDGET_MS',
       'JOBS_EXPORT_PAGE_DELAY_MS',

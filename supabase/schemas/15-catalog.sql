@@ -18,6 +18,7 @@ create table billing.rate_cards (
   usd_per_audio_second numeric(38, 18),           -- null: audio is refused (UNPRICED_USAGE)
   draft_id uuid,                                  -- the draft it was published from (null: a reference row)
   upstream text not null default 'openai',        -- the provider the gateway sends its calls to (docs/ai-gateway.md § Upstreams)
+  kind text not null default 'chat',              -- what the model is: chat (answers text) or embedding (answers vectors); which APIs serve it (billing.model_kind_endpoints)
   -- Credits per unit of each kind, exact (the USD price × markup, / 1,000 per token, × 1,000 per
   -- image or second), the null defaults applied: what a charge multiplies its counts by, worked
   -- out once per card rather than on every charge (billing.price_usage). Trailing zeros are
@@ -46,6 +47,7 @@ create table billing.rate_cards (
     and coalesce(usd_per_million_cache_write_1h, 0) between 0 and 1000000),
   constraint rate_cards_markup_positive check (markup > 0),
   constraint rate_cards_upstream check (upstream ~ '^[a-z][a-z0-9-]{0,31}$'),
+  constraint rate_cards_kind check (kind in ('chat', 'embedding')),
   constraint rate_cards_model_version unique (model, version),
   constraint rate_cards_draft unique (draft_id)
 );
@@ -72,6 +74,7 @@ create table billing.rate_card_drafts (
   created_at timestamptz not null default now(),
   rate_card_id bigint references billing.rate_cards (id), -- the version it became, once published
   upstream text not null default 'openai',        -- as on rate_cards
+  kind text not null default 'chat',              -- as on rate_cards
   -- Credits per unit of each kind, as on rate_cards (what the dry run multiplies by).
   credits_per_input_token numeric generated always as (trim_scale(usd_per_million_input * markup * 0.001)) stored,
   credits_per_cached_input_token numeric generated always as
@@ -90,6 +93,7 @@ create table billing.rate_card_drafts (
   constraint rate_card_drafts_published check ((status = 'published') = (rate_card_id is not null)),
   constraint rate_card_drafts_model check (model ~ '^[A-Za-z0-9._:-]{1,64}$'),
   constraint rate_card_drafts_upstream check (upstream ~ '^[a-z][a-z0-9-]{0,31}$'),
+  constraint rate_card_drafts_kind check (kind in ('chat', 'embedding')),
   constraint rate_card_drafts_prices_in_range check (
     usd_per_million_input >= 0 and usd_per_million_input <= 1000000
     and usd_per_million_output >= 0 and usd_per_million_output <= 1000000
@@ -229,7 +233,7 @@ as $$
   select jsonb_build_object('id', r.id::text, 'version', r.version, 'effective_from', billing.json_time(r.effective_from))
     || billing.rate_card_json(r.model, r.usd_per_million_input, r.usd_per_million_cached_input, r.usd_per_million_output,
       r.usd_per_million_reasoning, r.usd_per_image, r.usd_per_audio_second, r.markup, r.usd_per_million_cache_write,
-      r.upstream, r.usd_per_million_cache_write_1h)
+      r.upstream, r.usd_per_million_cache_write_1h) || jsonb_build_object('kind', r.kind)
 $$;
 comment on function billing.rate_card_row_json(r billing.rate_cards) is 'Internal: a published rate card as the admin API returns it.';
 revoke execute on function billing.rate_card_row_json(r billing.rate_cards) from public;
@@ -255,7 +259,7 @@ as $$
       'created_at', billing.json_time(d.created_at), 'rate_card_id', d.rate_card_id::text)
     || billing.rate_card_json(d.model, d.usd_per_million_input, d.usd_per_million_cached_input, d.usd_per_million_output,
       d.usd_per_million_reasoning, d.usd_per_image, d.usd_per_audio_second, d.markup, d.usd_per_million_cache_write,
-      d.upstream, d.usd_per_million_cache_write_1h)
+      d.upstream, d.usd_per_million_cache_write_1h) || jsonb_build_object('kind', d.kind)
 $$;
 comment on function billing.rate_card_draft_json(d billing.rate_card_drafts) is 'Internal: a draft as the admin API returns it.';
 revoke execute on function billing.rate_card_draft_json(d billing.rate_card_drafts) from public;
@@ -276,17 +280,17 @@ begin
   begin
     insert into billing.rate_card_drafts (model, usd_per_million_input, usd_per_million_cached_input, usd_per_million_output,
       usd_per_million_reasoning, usd_per_image, usd_per_audio_second, markup, created_by, usd_per_million_cache_write,
-      upstream, usd_per_million_cache_write_1h)
+      upstream, usd_per_million_cache_write_1h, kind)
     values (p_card ->> 'model', (p_card ->> 'usd_per_million_input')::numeric,
       (p_card ->> 'usd_per_million_cached_input')::numeric, (p_card ->> 'usd_per_million_output')::numeric,
       (p_card ->> 'usd_per_million_reasoning')::numeric, (p_card ->> 'usd_per_image')::numeric,
       (p_card ->> 'usd_per_audio_second')::numeric, (p_card ->> 'markup')::numeric, p_admin,
       (p_card ->> 'usd_per_million_cache_write')::numeric, coalesce(p_card ->> 'upstream', 'openai'),
-      (p_card ->> 'usd_per_million_cache_write_1h')::numeric)
+      (p_card ->> 'usd_per_million_cache_write_1h')::numeric, coalesce(p_card ->> 'kind', 'chat'))
     returning * into v_draft;
   exception when check_violation or not_null_violation or numeric_value_out_of_range or invalid_text_representation then
     perform billing.raise_error('INVALID_RATE_CARD', jsonb_build_object('rule',
-      'a model name, prices from 0 to 1,000,000 USD, a positive markup, an upstream name (a-z, 0-9, -)'));
+      'a model name, prices from 0 to 1,000,000 USD, a positive markup, an upstream name (a-z, 0-9, -), a kind (chat, embedding)'));
   end;
   insert into billing.rate_card_changes (draft_id, action, admin_id, reason, before, after)
   values (v_draft.id, 'drafted', p_admin, p_reason, billing.rate_card_at(v_draft.model, now()),
@@ -318,7 +322,9 @@ revoke execute on function billing.lock_rate_card_draft(p_draft uuid) from publi
 -- POST /admin/rate-cards/drafts/:id/publish: the draft becomes the model's next version, in
 -- effect from `p_effective_from` (now when null), never earlier than now: a price never
 -- reaches back to usage already charged. Publishing a published draft answers the version it
--- made (replayed), whatever time is sent; a discarded draft cannot be published.
+-- made (replayed), whatever time is sent; a discarded draft cannot be published. A chat model's
+-- card prices its answer: an output or reasoning price of 0 would give answers away (an
+-- embedding model's card prices input only, and only the embeddings API serves it).
 create or replace function billing.publish_rate_card(p_admin uuid, p_draft uuid, p_effective_from timestamptz, p_reason text)
 returns jsonb
 language plpgsql
@@ -340,6 +346,10 @@ begin
   if p_reason is null or length(p_reason) not between 1 and 500 then
     perform billing.raise_error('INVALID_RATE_CARD', jsonb_build_object('field', 'reason', 'rule', '1 to 500 characters'));
   end if;
+  if v_draft.kind = 'chat' and (v_draft.usd_per_million_output = 0 or v_draft.usd_per_million_reasoning = 0) then
+    perform billing.raise_error('OUTPUT_PRICE_REQUIRED', jsonb_build_object('model', v_draft.model, 'kind', v_draft.kind,
+      'rule', 'a chat model''s card prices output and reasoning above 0 (an embedding model''s card may price input only)'));
+  end if;
   if v_at < now() or v_at > now() + interval '366 days' then
     perform billing.raise_error('INVALID_EFFECTIVE_FROM', jsonb_build_object('effective_from', v_at,
       'rule', 'from now to 366 days ahead: never in the past'));
@@ -348,11 +358,11 @@ begin
   perform pg_advisory_xact_lock(hashtextextended('billing.rate_cards:' || v_draft.model, 0));
   insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_cached_input, usd_per_million_output,
     usd_per_million_reasoning, usd_per_image, usd_per_audio_second, markup, effective_from, draft_id,
-    usd_per_million_cache_write, upstream, usd_per_million_cache_write_1h)
+    usd_per_million_cache_write, upstream, usd_per_million_cache_write_1h, kind)
   select v_draft.model, coalesce(max(r.version), 0) + 1, v_draft.usd_per_million_input, v_draft.usd_per_million_cached_input,
     v_draft.usd_per_million_output, v_draft.usd_per_million_reasoning, v_draft.usd_per_image, v_draft.usd_per_audio_second,
     v_draft.markup, v_at, v_draft.id, v_draft.usd_per_million_cache_write, v_draft.upstream,
-    v_draft.usd_per_million_cache_write_1h
+    v_draft.usd_per_million_cache_write_1h, v_draft.kind
   from billing.rate_cards r where r.model = v_draft.model
   returning * into v_card;
   update billing.rate_card_drafts d set status = 'published', rate_card_id = v_card.id where d.id = p_draft;
@@ -362,7 +372,7 @@ begin
   return jsonb_build_object('rate_card', billing.rate_card_row_json(v_card), 'draft_id', p_draft, 'replayed', false);
 end;
 $$;
-comment on function billing.publish_rate_card(p_admin uuid, p_draft uuid, p_effective_from timestamp with time zone, p_reason text) is 'Publishes a draft as the model''s next rate-card version from a time not in the past (audited); idempotent per draft.';
+comment on function billing.publish_rate_card(p_admin uuid, p_draft uuid, p_effective_from timestamp with time zone, p_reason text) is 'Publishes a draft as the model''s next rate-card version from a time not in the past (audited); idempotent per draft. A chat card with an output or reasoning price of 0 is refused (OUTPUT_PRICE_REQUIRED).';
 revoke execute on function billing.publish_rate_card(p_admin uuid, p_draft uuid, p_effective_from timestamp with time zone, p_reason text) from public;
 grant execute on function billing.publish_rate_card(p_admin uuid, p_draft uuid, p_effective_from timestamp with time zone, p_reason text) to service_role;
 
@@ -605,14 +615,14 @@ create policy "Signed-in users can read active packages" on billing.credit_packa
 -- ============================================================ reference rows
 
 insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup, effective_from,
-  usd_per_million_cache_write, upstream) values
-  ('gpt-4o', 1, 5, 15, 4, '2026-01-01', null, 'openai'),
-  ('gpt-4o-mini', 1, 0.15, 0.60, 4, '2026-01-01', null, 'openai'),
-  ('claude-3-5-haiku', 1, 0.80, 4, 4, '2026-01-01', null, 'openai'),
+  usd_per_million_cache_write, upstream, kind) values
+  ('gpt-4o', 1, 5, 15, 4, '2026-01-01', null, 'openai', 'chat'),
+  ('gpt-4o-mini', 1, 0.15, 0.60, 4, '2026-01-01', null, 'openai', 'chat'),
+  ('claude-3-5-haiku', 1, 0.80, 4, 4, '2026-01-01', null, 'openai', 'chat'),
   -- Version 2 (rows are never edited): served by Anthropic, which bills cache writes.
-  ('claude-3-5-haiku', 2, 0.80, 4, 4, '2026-01-01', 1.00, 'anthropic'),
-  -- An embedding model: input only (its answer is vectors, billed as nothing).
-  ('text-embedding-3-small', 1, 0.02, 0, 4, '2026-01-01', null, 'openai');
+  ('claude-3-5-haiku', 2, 0.80, 4, 4, '2026-01-01', 1.00, 'anthropic', 'chat'),
+  -- An embedding model: input only (its answer is vectors, billed as nothing), served by the embeddings API only.
+  ('text-embedding-3-small', 1, 0.02, 0, 4, '2026-01-01', null, 'openai', 'embedding');
 
 -- Caching in the providers' proportions of the input price (each a new version: rows are never
 -- edited), so a cache read always costs the student less than the input it replaces: OpenAI's

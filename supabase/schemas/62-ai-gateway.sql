@@ -201,8 +201,9 @@ $$;
 comment on function billing.model_allowed(p_user uuid, p_model text) is 'Internal: whether a user may call a model (the rule of model_list_of).';
 revoke execute on function billing.model_allowed(p_user uuid, p_model text) from public;
 
--- GET /ai/v1/models: each model the caller may call, with its current price per unit of each
--- kind (credits, exact). Works whatever the balance: a student over budget still sees the list.
+-- GET /ai/v1/models: each model the caller may call, with its kind, the APIs its kind is served
+-- by (the gateway keeps those its upstream speaks) and its current price per unit of each kind
+-- of token (credits, exact). Works whatever the balance: a student over budget still sees the list.
 create or replace function billing.list_ai_models(p_user uuid) returns jsonb
 language plpgsql stable
 security definer
@@ -211,7 +212,8 @@ as $$
 begin
   return coalesce((
     select jsonb_agg(jsonb_build_object('id', c.model, 'object', 'model', 'created', extract(epoch from c.effective_from)::bigint,
-      'owned_by', 'scholarlink', 'upstream', c.upstream, 'plan_id', a.plan_id, 'rate_card_version', c.version,
+      'owned_by', 'scholarlink', 'upstream', c.upstream, 'kind', c.kind,
+      'endpoints', to_jsonb(billing.model_kind_endpoints(c.kind)), 'plan_id', a.plan_id, 'rate_card_version', c.version,
       'pricing', jsonb_strip_nulls(jsonb_build_object(
         'input_token', trim_scale(c.credits_per_input_token)::text,
         'cached_input_token', trim_scale(c.credits_per_cached_input_token)::text,
@@ -226,7 +228,7 @@ begin
                         order by r.effective_from desc, r.version desc limit 1) c), '[]'::jsonb);
 end;
 $$;
-comment on function billing.list_ai_models(p_user uuid) is 'GET /ai/v1/models: the models a user may call, each with its rate card''s price per kind.';
+comment on function billing.list_ai_models(p_user uuid) is 'GET /ai/v1/models: the models a user may call, each with its kind, the APIs its kind is served by and its rate card''s price per kind of token.';
 revoke execute on function billing.list_ai_models(p_user uuid) from public, anon, authenticated;
 grant execute on function billing.list_ai_models(p_user uuid) to service_role;
 
@@ -277,6 +279,47 @@ grant execute on function billing.get_model_access() to service_role;
 
 -- ============================================================ metering a call
 
+-- Which of the gateway's APIs serve a model of each kind (its rate card's): a chat model answers
+-- text (Chat Completions, Responses, Messages, and ai_completion jobs, which ask as `chat`); an
+-- embedding model answers vectors (embeddings) and its card prices input only, so no API that
+-- writes an answer may call it.
+create or replace function billing.model_kind_endpoints(p_kind text) returns text[]
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  return case p_kind when 'chat' then array['chat', 'responses', 'messages']
+                     when 'embedding' then array['embeddings'] else array[]::text[] end;
+end;
+$$;
+comment on function billing.model_kind_endpoints(p_kind text) is 'Internal: the gateway APIs that serve a model of a kind (chat: chat, responses, messages; embedding: embeddings).';
+revoke execute on function billing.model_kind_endpoints(p_kind text) from public;
+
+-- Why card `c` may not serve a call on `p_endpoint` (null: it may): a model of another kind
+-- (MODEL_KIND_NOT_SUPPORTED), or an upstream that does not speak the API (ENDPOINT_NOT_SUPPORTED;
+-- `p_upstreams`: the upstreams configured that speak it). One rule for the gateway's calls
+-- (billing.begin_ai_call) and jobs (billing.ai_model_upstream).
+create or replace function billing.ai_card_refusal(c billing.rate_cards, p_endpoint text, p_upstreams text[])
+returns jsonb
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  if p_endpoint <> all (billing.model_kind_endpoints(c.kind)) then
+    return jsonb_build_object('token', 'MODEL_KIND_NOT_SUPPORTED', 'detail', jsonb_build_object('model', c.model,
+      'kind', c.kind, 'endpoint', p_endpoint, 'endpoints', to_jsonb(billing.model_kind_endpoints(c.kind)),
+      'rule', 'a chat model is served on chat, responses and messages, an embedding model on embeddings only (GET /ai/v1/models: kind, endpoints)'));
+  elsif c.upstream <> all (p_upstreams) then
+    return jsonb_build_object('token', 'ENDPOINT_NOT_SUPPORTED', 'detail', jsonb_build_object('model', c.model,
+      'upstream', c.upstream, 'endpoint', p_endpoint,
+      'rule', 'each model is served on the endpoints its upstream speaks (GET /ai/v1/models: endpoints)'));
+  end if;
+  return null;
+end;
+$$;
+comment on function billing.ai_card_refusal(c billing.rate_cards, p_endpoint text, p_upstreams text[]) is 'Internal: why a card may not serve a call on an API (a model of another kind, an upstream that does not speak it), or null.';
+revoke execute on function billing.ai_card_refusal(c billing.rate_cards, p_endpoint text, p_upstreams text[]) from public;
+
 -- The most `p_input` prompt tokens and `p_output` answer tokens can cost under card `c`: the
 -- provider may bill input as cached and output as reasoning, each priced on its own, so the
 -- dearest of the four; with `p_writes_cache` (a request that asks the provider to write its
@@ -301,8 +344,8 @@ revoke execute on function billing.card_hold_amount(c billing.rate_cards, p_inpu
 -- billing.ai_hold_amount (which the service role calls) runs as its caller.
 grant execute on function billing.card_hold_amount(c billing.rate_cards, p_input bigint, p_output bigint, p_writes_cache boolean, p_writes_cache_1h boolean) to service_role;
 
--- billing.card_hold_amount under the model's current card; UNKNOWN_MODEL without one. Shared by
--- a job's reserve (jobs/types/ai-completion.ts); the gateway's begin reads the card itself.
+-- billing.card_hold_amount under the model's current card; UNKNOWN_MODEL without one. A job's
+-- reserve (jobs/types/ai-completion.ts); the gateway's begin reads the card itself.
 create or replace function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint,
   p_writes_cache boolean default false) returns numeric
 language plpgsql stable
@@ -324,6 +367,40 @@ $$;
 comment on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint, p_writes_cache boolean) is 'The dearest price p_input prompt and p_output answer tokens can be billed at (input as cached, uncached or, with p_writes_cache, cache writes; output as reasoning or not).';
 revoke execute on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint, p_writes_cache boolean) from public;
 grant execute on function billing.ai_hold_amount(p_model text, p_input bigint, p_output bigint, p_writes_cache boolean) to service_role;
+
+-- Where a job's call of `p_model` on `p_endpoint` goes: its current card's upstream, once the
+-- gateway's rules let it, in the gateway's order: the student's allowlist (`p_user`; null when
+-- the job runs: it was asked when the job was queued), then the card (billing.ai_card_refusal;
+-- `p_upstreams` null: no upstream is called, the kind alone is checked), raised as the gateway
+-- answers them. Asked when a job is created (a refusal: no job) and when it runs (the card may
+-- have changed since).
+create or replace function billing.ai_model_upstream(p_user uuid, p_model text, p_endpoint text, p_upstreams text[])
+returns text
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_card billing.rate_cards;
+  v_refusal jsonb;
+begin
+  select * into v_card from billing.rate_cards r where r.model = p_model and r.effective_from <= now()
+  order by r.effective_from desc, r.version desc limit 1;
+  if v_card.id is null then
+    perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
+  elsif p_user is not null and not billing.model_allowed(p_user, p_model) then
+    perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
+  end if;
+  v_refusal := billing.ai_card_refusal(v_card, p_endpoint, coalesce(p_upstreams, array[v_card.upstream]));
+  if v_refusal is not null then
+    perform billing.raise_error(v_refusal ->> 'token', v_refusal -> 'detail');
+  end if;
+  return v_card.upstream;
+end;
+$$;
+comment on function billing.ai_model_upstream(p_user uuid, p_model text, p_endpoint text, p_upstreams text[]) is 'Jobs: the upstream a model''s call on an API goes to; UNKNOWN_MODEL, MODEL_NOT_ALLOWED (the user''s allowlist, when named), MODEL_KIND_NOT_SUPPORTED (a model of another kind) or ENDPOINT_NOT_SUPPORTED (no configured upstream of its speaks it).';
+revoke execute on function billing.ai_model_upstream(p_user uuid, p_model text, p_endpoint text, p_upstreams text[]) from public, anon, authenticated;
+grant execute on function billing.ai_model_upstream(p_user uuid, p_model text, p_endpoint text, p_upstreams text[]) to service_role;
 
 create or replace function billing.ai_call_json(c billing.ai_calls) returns jsonb
 language plpgsql immutable
@@ -436,8 +513,9 @@ revoke execute on function billing.pay_ai_owed(p_user uuid) from public;
 -- Before the provider is called: {state: 'held', call_id, hold_id, held, upstream} to go ahead,
 -- {state: 'replay', call} for a key already answered, or a refusal, {state: 'refused', token,
 -- detail}, already recorded (billing.refuse_ai_call; `p_elapsed_ms`: the call's time before this
--- statement): the caller's standing, the model, an endpoint its upstream does not speak
--- (`p_upstreams`: the upstreams the gateway has that speak `p_endpoint`), a cache write the card
+-- statement): the caller's standing, the model, a model whose kind the endpoint does not serve
+-- or whose upstream does not speak it (`p_upstreams`: the upstreams the gateway has that speak
+-- `p_endpoint`; billing.ai_card_refusal), a cache write the card
 -- does not price, a reused key or one whose first call still runs (IDEMPOTENCY_KEY_IN_USE), a
 -- hold the balance or a cap refuses (402; what the call owes from before included), keeping
 -- nothing. Every refusal a person can meet is a row, so the gateway sends this statement in one
@@ -468,13 +546,11 @@ begin
       when v_card.id is null or not billing.model_allowed(p_user, p_model) then jsonb_build_object(
         'token', case when v_card.id is not null then 'MODEL_NOT_ALLOWED' else 'UNKNOWN_MODEL' end,
         'detail', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'))
-      when v_card.upstream <> all (p_upstreams) then jsonb_build_object('token', 'ENDPOINT_NOT_SUPPORTED',
-        'detail', jsonb_build_object('model', p_model, 'upstream', v_card.upstream, 'endpoint', p_endpoint,
-          'rule', 'each model is served on the endpoints its upstream speaks (GET /ai/v1/models: endpoints)'))
-      when p_writes_cache and v_card.usd_per_million_cache_write is null then jsonb_build_object(
-        'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_tokens'))
-      when p_writes_cache_1h and v_card.usd_per_million_cache_write_1h is null then jsonb_build_object(
-        'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_1h_tokens'))
+      else coalesce(billing.ai_card_refusal(v_card, p_endpoint, p_upstreams),
+        case when p_writes_cache and v_card.usd_per_million_cache_write is null then jsonb_build_object(
+          'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_tokens'))
+        when p_writes_cache_1h and v_card.usd_per_million_cache_write_1h is null then jsonb_build_object(
+          'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_1h_tokens')) end)
     end;
   end if;
   if v_refusal is null then
@@ -545,7 +621,7 @@ begin
     'held', trim_scale(v_amount)::text, 'upstream', v_card.upstream, 'keep_content', v_call.keep_content);
 end;
 $$;
-comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean) is 'Gateway: checks the model is allowed and served on the endpoint, claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
+comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean) is 'Gateway: checks the model is allowed and served on the endpoint (its kind and its upstream), claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
 revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean) from public, anon, authenticated;
 grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean) to service_role;
 

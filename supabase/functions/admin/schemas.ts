@@ -126,6 +126,8 @@ export const RateCardDraftSchema = z.strictObject({
   usd_per_audio_second: usd.nullable().optional(),
   /** Where the gateway sends the model's calls: an upstream the ai function is configured with (docs/ai-gateway.md § Upstreams). */
   upstream: pgText(32).regex(/^[a-z][a-z0-9-]{0,31}$/, 'must be an upstream name (a-z, 0-9, -)').default('openai'),
+  /** What the model answers: text (chat) or vectors (embedding); which APIs serve it (docs/ai-gateway.md § Model kinds). */
+  kind: z.enum(['chat', 'embedding']).default('chat'),
   reason,
 });
 export type RateCardDraft = z.infer<typeof RateCardDraftSchema>;

@@ -3,7 +3,7 @@
 // access token is the API key (a bearer token, or Anthropic's x-api-key), and usage comes from
 // the provider, never from the caller (docs/ai-gateway.md).
 import { sql } from '../_shared/adapters/db.ts';
-import { aiUpstreams } from '../_shared/adapters/ai-upstreams.ts';
+import { aiUpstreams, type Endpoint } from '../_shared/adapters/ai-upstreams.ts';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { z } from 'zod';
 import type { AppContext } from '../_shared/app-env.ts';
@@ -35,15 +35,16 @@ const answerError = (err: unknown, c: AppContext): Response => {
 app.onError(answerError);
 app.notFound((c) => answerError(noRouteError(app, c), c));
 
-// What the caller may call, what each kind costs and which APIs serve it; answered whatever the balance.
+// What the caller may call, what each kind costs and which APIs serve it: those its kind is
+// served by (SQL says) that its upstream speaks. Answered whatever the balance.
 app.get('/v1/models', requireUser, async (c) => {
   const [{ models }] = await sql`select billing.list_ai_models(${currentUser(c).id}) as models`;
   const upstreams = aiUpstreams();
   return c.json({
     object: 'list',
-    data: (models as { upstream: string }[]).map((m) => ({
+    data: (models as { upstream: string; endpoints: Endpoint[] }[]).map((m) => ({
       ...m,
-      endpoints: [...(upstreams.get(m.upstream)?.speaks ?? [])],
+      endpoints: m.endpoints.filter((e) => upstreams.get(m.upstream)?.speaks.has(e) ?? false),
     })),
   });
 });

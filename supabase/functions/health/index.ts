@@ -202,7 +202,13 @@ app.post('/deep', requireAdminUnless(hasCronSecret), async (c) => {
       // Spend guardrail: at most AI_HEALTH_DAILY_CALLS real calls a day; past that, skipped.
       const used = await redis().opsClient.incr(`deep-health:ai:${day}`);
       if (used > env.AI_HEALTH_DAILY_CALLS) return;
-      await complete({ model: 'gpt-4o-mini', prompt: 'ping', maxTokens: 1, onProgress: () => Promise.resolve() });
+      await complete({
+        model: 'gpt-4o-mini',
+        upstream: 'openai',
+        prompt: 'ping',
+        maxTokens: 1,
+        onProgress: () => Promise.resolve(),
+      });
     },
     // The gateway's upstreams: each one's model list answers with the gateway's key (costs nothing).
     ai_gateway_provider: async () => {

@@ -104,8 +104,8 @@ app.post('/', requireUser, async (c) => {
     const field = ['input', ...issue.path].join('.');
     throw new AppError('validation', 'VALIDATION_FAILED', `${field}: ${issue.message}`, { field });
   }
-  const estimate = type.estimate ? await type.estimate(parsed.data) : null;
   const user = currentUser(c);
+  const estimate = type.estimate ? await type.estimate(parsed.data, user.id) : null;
   const res = await idempotent(c, 'jobs.create', body, async (key) => {
     const [j] = await sql<JobRow[]>`
       select * from billing.enqueue_job(${user.id}, ${body.type}, ${jsonb(parsed.data)}, ${key},

@@ -5,7 +5,6 @@
 // named in AI_UPSTREAMS and set by AI_UPSTREAM_<NAME>_BASE, _KEY and _SPEAKS. Nothing is
 // translated between APIs: a model is served only where its upstream speaks the caller's API.
 import { z } from 'zod';
-import { AiEnvSchema } from './ai.ts';
 import { CommaListSchema, ConfigError, parseEnv } from '../env.ts';
 
 export type Endpoint = 'chat' | 'responses' | 'messages' | 'embeddings';
@@ -23,7 +22,9 @@ const paths: Record<Endpoint, string> = {
  * what a call that sets none gets), the largest prompt, and how long a call may run (its hold
  * lives a minute longer).
  */
-export const GatewayEnvSchema = AiEnvSchema.pick({ AI_TIMEOUT_MS: true }).extend({
+export const GatewayEnvSchema = z.object({
+  /** How long the provider may stay silent: before a stream's first bytes, and between its events. */
+  AI_TIMEOUT_MS: z.coerce.number().int().positive().default(20_000),
   AI_API_BASE: z.url(),
   AI_API_KEY: z.string().min(1),
   AI_ANTHROPIC_BASE: z.url().default('https://api.anthropic.com/v1'),

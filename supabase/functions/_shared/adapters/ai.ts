@@ -1,8 +1,11 @@
-// The AI provider adapter: OpenAI-compatible chat completions over HTTP (AI_API_BASE,
-// AI_API_KEY), or, with AI_PROVIDER=local, a deterministic stand-in so tests and the demo run
-// offline. The stand-in is NOT a model: it echoes the prompt's words in reverse order.
+// The AI provider adapter for jobs and deep health: one completion of a prompt, asked of the
+// model's own upstream (its rate card names it) through the gateway's routing (ai-upstreams.ts):
+// in Chat Completions where the upstream speaks it, else in Anthropic's Messages. With
+// AI_PROVIDER=local, a deterministic stand-in so tests and the demo run offline; it is NOT a
+// model: it echoes the prompt's words in reverse order.
 import { z } from 'zod';
 import { parseEnv } from '../env.ts';
+import { postUpstream, upstreamsSpeaking } from './ai-upstreams.ts';
 
 export const AiEnvSchema = z.object({
   AI_PROVIDER: z.enum(['openai', 'local']).default('local'),
@@ -20,6 +23,8 @@ export interface Completion {
 }
 export interface CompletionRequest {
   model: string;
+  /** The model's upstream, from its rate card (billing.ai_model_upstream). */
+  upstream: string;
   prompt: string;
   maxTokens: number;
   /** Called as output arrives (0–1), so the job can checkpoint; may throw to stop. */
@@ -29,24 +34,36 @@ export interface CompletionRequest {
 /** A retryable provider failure (timeouts, 5xx, 429); anything else is not retried. */
 export class ProviderUnavailable extends Error {}
 
-/** One POST of a Chat Completions request to an OpenAI-compatible API, never retried. */
-const postChat = (base: string, key: string, body: Record<string, unknown>, signal: AbortSignal) =>
-  fetch(`${base.replace(/\/$/, '')}/chat/completions`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-    signal,
-  });
+/** An answer's text and usage, read from the API it was asked in. */
+function answerOf(endpoint: 'chat' | 'messages', body: Record<string, unknown>): Completion {
+  if (endpoint === 'chat') {
+    const choices = body.choices as { message?: { content?: unknown } }[] | undefined;
+    return {
+      text: String(choices?.[0]?.message?.content ?? ''),
+      usage: disjointUsage(body.usage as Parameters<typeof disjointUsage>[0]),
+    };
+  }
+  const u = (body.usage ?? {}) as Record<string, unknown>;
+  const parts = Array.isArray(body.content) ? body.content as { type?: unknown; text?: unknown }[] : [];
+  return {
+    text: parts.filter((p) => p.type === 'text').map((p) => String(p.text ?? '')).join(''),
+    // No cache_control is sent, so nothing is written to the cache; a write reported anyway is
+    // charged as input (the job's hold prices input at its dearest besides cache writes).
+    usage: {
+      input_tokens: count(u.input_tokens) + count(u.cache_creation_input_tokens),
+      cached_input_tokens: count(u.cache_read_input_tokens),
+      output_tokens: count(u.output_tokens),
+      reasoning_tokens: 0,
+    },
+  };
+}
 
-async function openAiCompatible(
-  req: CompletionRequest,
-  base: string,
-  key: string,
-  timeoutMs: number,
-): Promise<Completion> {
+/** One request to the model's upstream, never retried (a retried call could be billed twice). */
+async function upstreamCompletion(req: CompletionRequest, timeoutMs: number): Promise<Completion> {
+  const endpoint = upstreamsSpeaking('chat').includes(req.upstream) ? 'chat' : 'messages';
   let res: Response;
   try {
-    res = await postChat(base, key, {
+    res = await postUpstream(req.upstream, endpoint, {
       model: req.model,
       max_tokens: req.maxTokens,
       messages: [{ role: 'user', content: req.prompt }],
@@ -58,11 +75,7 @@ async function openAiCompatible(
   if (!res.ok) throw new Error(`the AI provider refused the request (${res.status})`);
   // No progress call after the answer: it is billed to us now, and a cancel seen there would drop
   // what the job must charge (billing.complete_job charges a job cancelled while it ran).
-  const body = await res.json();
-  return {
-    text: String(body.choices?.[0]?.message?.content ?? ''),
-    usage: disjointUsage(body.usage),
-  };
+  return answerOf(endpoint, await res.json());
 }
 
 /** A count the provider reported, as a whole number from 0 to 2^53 − 1 (anything else counts as 0; a count past that is priced at it, never a 500). */
@@ -107,11 +120,19 @@ async function localDeterministic(req: CompletionRequest, chunkDelayMs: number):
 
 let env: z.infer<typeof AiEnvSchema> | undefined;
 
+/**
+ * The upstreams a job's completion may be sent to (those speaking Chat Completions or Messages),
+ * or null with AI_PROVIDER=local, where no upstream is called.
+ */
+export function completionUpstreams(): string[] | null {
+  env ??= parseEnv(AiEnvSchema);
+  return env.AI_PROVIDER === 'local'
+    ? null
+    : [...new Set([...upstreamsSpeaking('chat'), ...upstreamsSpeaking('messages')])];
+}
+
 export function complete(req: CompletionRequest): Promise<Completion> {
   env ??= parseEnv(AiEnvSchema);
   if (env.AI_PROVIDER === 'local') return localDeterministic(req, env.AI_LOCAL_CHUNK_DELAY_MS);
-  if (!env.AI_API_BASE || !env.AI_API_KEY) {
-    throw new Error('AI_API_BASE and AI_API_KEY are required with AI_PROVIDER=openai');
-  }
-  return openAiCompatible(req, env.AI_API_BASE, env.AI_API_KEY, env.AI_TIMEOUT_MS);
+  return upstreamCompletion(req, env.AI_TIMEOUT_MS);
 }

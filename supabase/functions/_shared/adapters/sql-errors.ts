@@ -58,6 +58,15 @@ const sqlErrors: Record<
     type: 'validation',
     message: "The model's upstream does not speak this API: see details.upstream and GET /ai/v1/models (endpoints).",
   },
+  MODEL_KIND_NOT_SUPPORTED: {
+    type: 'validation',
+    message:
+      "This API does not serve the model's kind: see details.kind and details.endpoints (GET /ai/v1/models lists each model's).",
+  },
+  OUTPUT_PRICE_REQUIRED: {
+    type: 'validation',
+    message: "A chat model's rate card must price output and reasoning above 0: see details.rule.",
+  },
   HOLD_NOT_FOUND: { type: 'not_found', message: 'No such hold.' },
   MODEL_NOT_ALLOWED: {
     type: 'forbidden',

@@ -521,6 +521,8 @@ export interface RateCardPrices {
   markup: string;
   /** The upstream the gateway sends the model's calls to (docs/ai-gateway.md § Upstreams). */
   upstream: string;
+  /** What the model answers: text (chat: chat, responses, messages, jobs) or vectors (embedding: embeddings only). */
+  kind: 'chat' | 'embedding';
 }
 
 /** A published rate card: a model's version, in effect from `effective_from`. */

@@ -1,12 +1,13 @@
 // ai_completion: a metered job. It reserves the worst case (every input byte a token, plus
-// max_tokens) at the model's rate card, calls the provider, then the worker captures the
-// actual usage and releases the rest.
+// max_tokens) at the model's rate card, calls the model's own upstream (a chat model only, as the
+// gateway routes it), then the worker captures the actual usage and releases the rest.
 // Its call is logged with token counts, model and duration; the redacted prompt and answer only
 // under the gateway's consent rule (billing.keep_job_log), never in log lines.
 import { z } from 'zod';
-import { complete } from '../../_shared/adapters/ai.ts';
+import { complete, completionUpstreams } from '../../_shared/adapters/ai.ts';
 import { utf8Bytes } from '../../_shared/domain/token-bounds.ts';
 import { sql } from '../../_shared/adapters/db.ts';
+import { fromDbError } from '../../_shared/adapters/sql-errors.ts';
 import { pgInt, pgStorable, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema } from '../../_shared/values/text.ts';
 import { redactContent } from '../../_shared/redact-content.ts';
@@ -30,9 +31,26 @@ const chatFramingTokens = 16;
  */
 const worstCaseInputTokens = (prompt: string) => utf8Bytes(prompt) + chatFramingTokens;
 
+/**
+ * Where the job's model is called: its card's upstream, as the gateway routes it. A model the
+ * student may not call (`userId`: asked when the job is created), of another kind (an embedding
+ * model's card prices no answer) or on an upstream that cannot answer a prompt is refused: 4xx
+ * when the job is created, a failed job charged nothing when it runs.
+ */
+async function upstreamOf(model: string, userId: string | null): Promise<string> {
+  try {
+    const [r] = await sql`select billing.ai_model_upstream(${userId}::uuid, ${model}, 'chat',
+      ${completionUpstreams()}::text[]) as upstream`;
+    return r.upstream;
+  } catch (err) {
+    throw fromDbError(err);
+  }
+}
+
 export const aiCompletion: JobType<typeof Input> = {
   schema: Input,
-  async estimate(input) {
+  async estimate(input, userId) {
+    await upstreamOf(input.model, userId);
     // The dearest way the provider can bill the tokens (input as cached or not, output as
     // reasoning or not): the same SQL the AI gateway holds with (62-ai-gateway.sql).
     const [price] = await sql`select billing.ai_hold_amount(${input.model}, ${
@@ -43,9 +61,11 @@ export const aiCompletion: JobType<typeof Input> = {
   },
   async run({ job, input, checkpoint }) {
     const started = performance.now();
+    const upstream = await upstreamOf(input.model, null);
     await checkpoint({ progress: 5, state: null, label: 'calling the model' });
     const completion = await complete({
       model: input.model,
+      upstream,
       prompt: input.prompt,
       maxTokens: input.max_tokens,
       onProgress: (f) => checkpoint({ progress: 5 + Math.floor(f * 90), state: null }),

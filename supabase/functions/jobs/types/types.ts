@@ -59,8 +59,8 @@ export interface More {
 
 export interface JobType<S extends z.ZodType = z.ZodType> {
   schema: S;
-  /** Credits to reserve when the job is created; short → 402 and no job. */
-  estimate?(input: z.infer<S>): Promise<string | null>;
+  /** Credits to reserve when `userId` creates the job; short → 402 and no job (a refusal thrown: no job either). */
+  estimate?(input: z.infer<S>, userId: string): Promise<string | null>;
   /** Runs the job, or one slice of it (then `resumeState` holds what the last slice saved). */
   run(ctx: JobContext<z.infer<S>>): Promise<Done | More>;
 }
