@@ -85,6 +85,25 @@ comment on table billing.daily_revenue is 'Each UTC day''s metrics, replaced whe
 alter table billing.daily_revenue enable row level security;
 grant select on table billing.daily_revenue to service_role;
 
+-- The lots granted (the events half's lots part, billing.event_parts), summed per second of
+-- granted_at and writing backend as they are inserted (billing.keep_grants_tail), so the part of
+-- today after the events half reads a few rows, not every lot of an onboarding burst. Keyed by the
+-- backend as billing.ledger_tail is: a backend runs one transaction at a time, so no two writers
+-- ever wait on one row. Complete from billing.ledger_tail_kept.since; refresh_revenue_rollup
+-- deletes what its events half has passed.
+create table billing.grants_tail (
+  at timestamptz not null,                        -- the lots' granted_at, to the second
+  backend integer not null,                       -- pg_backend_pid() of the writer
+  currency text not null,
+  category text not null,
+  kind text not null,                             -- 'granted' or 'debt_settled_by_move', as event_parts
+  credits numeric(38, 18) not null,
+  cents numeric not null,
+  constraint grants_tail_key unique (at, backend, currency, category, kind)
+) with (fillfactor = 70);
+comment on table billing.grants_tail is 'Internal: lots granted, summed per second, backend, currency, category and kind as they are inserted, for the part of today the events half has not reached.';
+alter table billing.grants_tail enable row level security;
+
 -- ============================================================ functions
 
 -- Σ of user entries in [p_from, p_to): how much the unspent liability moved.
@@ -198,7 +217,11 @@ revoke execute on function billing.ledger_parts(p_from timestamp with time zone,
 
 -- The events' parts of [p_from, p_to), from the raw rows: money postings by when they happened at
 -- Stripe, lots granted (net of the debt they settled on arrival, fixed then), purchases, webhooks.
-create or replace function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone)
+-- With p_tail (the caller's parts hold today's events half up to p_from), today's lots granted
+-- are read from billing.grants_tail when billing.ledger_tail_readable (a lot's fields event_parts
+-- sums are never changed once written, so the tail stays what the rows say).
+create or replace function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone,
+  p_tail boolean default false)
 returns table(money jsonb, lots jsonb, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
 language plpgsql
 stable rows 1
@@ -207,6 +230,8 @@ set plan_cache_mode to 'force_custom_plan'
 set jit to 'off'
 set max_parallel_workers_per_gather to '0'
 as $$
+declare
+  v_kept boolean := p_tail and billing.ledger_tail_readable(p_from, p_to);
 begin
   return query
   select
@@ -220,14 +245,19 @@ begin
     -- Credits and their cost by lot category granted, net of debt settled on arrival (a move is
     -- not a grant: kind 'granted' only for lots with no moved_from); and of moved lots, the part
     -- that paid a debt on arrival (kind 'debt_settled_by_move'): credits already held, spent on
-    -- what the debt was for.
+    -- what the debt was for. Today's tail from billing.grants_tail (kept as these rows are summed).
     (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
         'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
-     from (select l.currency, l.category, case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end as kind,
-                  sum(case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end) as credits,
-                  sum(l.cost_cents * case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end / l.amount)
-                    as cents
-           from billing.lots l where l.granted_at >= p_from and l.granted_at < p_to and (l.moved_from is null or l.debt_settled > 0)
+     from (select g.currency, g.category, g.kind, sum(g.credits) as credits, sum(g.cents) as cents
+           from (select l.currency, l.category, case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end as kind,
+                        case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end as credits,
+                        l.cost_cents * case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end / l.amount
+                          as cents
+                 from billing.lots l
+                 where not v_kept and l.granted_at >= p_from and l.granted_at < p_to and (l.moved_from is null or l.debt_settled > 0)
+                 union all
+                 select k.currency, k.category, k.kind, k.credits, k.cents from billing.grants_tail k
+                 where v_kept and k.at >= p_from and k.at < p_to) g
            group by 1, 2, 3) x),
     array(select distinct a.id from billing.purchases p join billing.accounts a on a.user_id = p.user_id
           where p.paid_at >= p_from and p.paid_at < p_to),
@@ -243,8 +273,35 @@ begin
      from billing.stripe_events e where e.received_at >= p_from and e.received_at < p_to) w;
 end;
 $$;
-comment on function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the events'' combinable parts of every metric over [from, to) (money, lots granted, purchases, webhooks), from the raw rows.';
-revoke execute on function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+comment on function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_tail boolean) is 'Internal: the events'' combinable parts of every metric over [from, to) (money, lots granted, purchases, webhooks), from the raw rows (today''s lots granted, when asked, from billing.grants_tail).';
+revoke execute on function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_tail boolean) from public;
+
+-- Keeps billing.grants_tail: each statement's new lots summed as event_parts sums them, added to
+-- this backend's row of their second (a statement-level trigger: one upsert per grant, whatever
+-- the number of lots a move brings; none on a charge, which inserts no lot).
+create or replace function billing.keep_grants_tail() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  insert into billing.grants_tail as x (at, backend, currency, category, kind, credits, cents)
+  select date_trunc('second', l.granted_at), pg_backend_pid(), l.currency, l.category,
+    case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end,
+    sum(case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end),
+    sum(l.cost_cents * case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end / l.amount)
+  from new_lots l where l.moved_from is null or l.debt_settled > 0
+  group by 1, 3, 4, 5
+  on conflict (at, backend, currency, category, kind) do update
+  set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
+  return null;
+end;
+$$;
+comment on function billing.keep_grants_tail() is 'Internal (trigger): adds a statement''s new lots to billing.grants_tail, as billing.event_parts sums them.';
+revoke execute on function billing.keep_grants_tail() from public;
+
+create trigger lots_grants_tail after insert on billing.lots referencing new table as new_lots
+  for each statement execute function billing.keep_grants_tail();
 
 -- Two credit parts as one: amounts and events summed per kind and model.
 create or replace function billing.sum_credits(p_a jsonb, p_b jsonb) returns jsonb
@@ -499,7 +556,8 @@ as $$
 declare
   v_from timestamptz := p_day::timestamp at time zone 'UTC';
   v_end timestamptz := (p_day + 1)::timestamp at time zone 'UTC';
-  v_until timestamptz := least(v_end, now() - interval '5 minutes');
+  -- On a whole second: what is granted after it is summed per second (billing.grants_tail).
+  v_until timestamptz := least(v_end, date_trunc('second', now() - interval '5 minutes'));
   -- least() skips nulls: a horizon that cannot be known is the day's start.
   v_ledger_until timestamptz := greatest(v_from, least(v_end, coalesce(billing.ledger_horizon(), v_from)));
   v_ledger boolean;
@@ -529,6 +587,8 @@ begin
     lots = case when v_ledger then excluded.lots else d.lots end,
     active_accounts = case when v_ledger then excluded.active_accounts else d.active_accounts end,
     outstanding_credits = case when v_ledger then excluded.outstanding_credits else d.outstanding_credits end;
+  -- What the grants tail kept before here is in the events half.
+  delete from billing.grants_tail x where x.at < v_until;
 end;
 $$;
 comment on function billing.refresh_revenue_rollup(p_day date) is 'Computes (or recomputes) a day''s revenue_rollup row: its events half, and its credit ledger half once the day is past the horizon (or up to it, for a new row).';

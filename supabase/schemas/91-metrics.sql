@@ -195,8 +195,10 @@ begin
       select row(g.lo, g.hi, false, p.money, '[]'::jsonb, p.lots, null, null, null, p.paying_accounts,
           p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
           null, null)::billing.metric_part
-      from (select greatest(d.lo, coalesce(e.covered_until, d.lo)) as lo, d.hi from days d left join events e on e.day = d.day) g
-      cross join lateral billing.event_parts(g.lo, g.hi) p
+      -- tail: the stored half ends where this piece starts (today's lots granted from billing.grants_tail).
+      from (select greatest(d.lo, coalesce(e.covered_until, d.lo)) as lo, d.hi, e.covered_until >= d.lo as tail
+            from days d left join events e on e.day = d.day) g
+      cross join lateral billing.event_parts(g.lo, g.hi, p_use_rollup and coalesce(g.tail, false)) p
       where g.lo < g.hi
     ) u
     order by (u.part).lo
