@@ -31,7 +31,7 @@ create type billing.metric_part as (
   money jsonb,
   credits jsonb,
   lots jsonb,
-  active_bitmap bit varying,        -- stored: accounts with a credit ledger entry
+  active_bitmap bit varying,        -- stored: accounts with a credit ledger entry; today's tail: first active in it
   paying_bitmap bit varying,        -- stored: accounts whose user had a purchase paid
   active_accounts bigint[],         -- live: the same, as ids
   paying_accounts bigint[],
@@ -85,6 +85,22 @@ comment on table billing.daily_revenue is 'Each UTC day''s metrics, replaced whe
 alter table billing.daily_revenue enable row level security;
 grant select on table billing.daily_revenue to service_role;
 
+-- The accounts first active today (accounts.active_from set by the writer), as bitmaps of 8,192
+-- account ids per second of active_from, writing backend and block of ids (bit n of block b is
+-- account b × 8,192 + n), kept by billing.keep_active_tail: the part of today the roll-up has not
+-- reached reads a few rows, not every account a burst of new students made active. Keyed by the
+-- backend as billing.ledger_tail is. Complete from billing.ledger_tail_kept.since; roll_up_ledger
+-- deletes what it has passed.
+create table billing.active_tail (
+  at timestamptz not null,                        -- accounts.active_from, to the second
+  backend integer not null,                       -- pg_backend_pid() of the writer
+  block bigint not null,                          -- account id / 8,192
+  accounts bit(8192) not null,                    -- bit n set: account block × 8,192 + n
+  constraint active_tail_key unique (at, backend, block)
+) with (fillfactor = 70);
+comment on table billing.active_tail is 'Internal: accounts first active today, as bitmaps per second, backend and block of 8,192 ids, for the part of today not rolled up yet.';
+alter table billing.active_tail enable row level security;
+
 -- The lots granted (the events half's lots part, billing.event_parts), summed per second of
 -- granted_at and writing backend as they are inserted (billing.keep_grants_tail), so the part of
 -- today after the events half reads a few rows, not every lot of an onboarding burst. Keyed by the
@@ -117,6 +133,42 @@ $$;
 comment on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: Σ of user entries in [from, to).';
 revoke execute on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
+-- Keeps billing.active_tail: an account's first write of its UTC day (the writer moves
+-- active_from then, and only then) sets its bit in this backend's row of that second.
+create or replace function billing.keep_active_tail() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  insert into billing.active_tail as x (at, backend, block, accounts)
+  values (date_trunc('second', new.active_from), pg_backend_pid(), new.id / 8192,
+    set_bit(repeat('0', 8192)::bit(8192), (new.id % 8192)::integer, 1))
+  on conflict (at, backend, block) do update set accounts = x.accounts | excluded.accounts;
+  return null;
+end;
+$$;
+comment on function billing.keep_active_tail() is 'Internal (trigger): marks an account first active today in billing.active_tail.';
+revoke execute on function billing.keep_active_tail() from public;
+
+create trigger accounts_active_tail after update of active_from on billing.accounts
+  for each row when (new.active_from is distinct from old.active_from and new.active_from is not null)
+  execute function billing.keep_active_tail();
+
+-- The accounts first active in [p_from, p_to) as one bitmap (bit n: account n), from
+-- billing.active_tail: its cost grows with the blocks of ids, not with the accounts.
+create or replace function billing.active_tail_bitmap(p_from timestamptz, p_to timestamptz) returns bit varying
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(string_agg(coalesce(b.accounts::text, repeat('0', 8192)), '' order by g.block)::bit varying, B'')
+  from generate_series(0::bigint, (select max(x.block) from billing.active_tail x where x.at >= p_from and x.at < p_to)) g(block)
+  left join (select x.block, bit_or(x.accounts) as accounts from billing.active_tail x where x.at >= p_from and x.at < p_to
+             group by x.block) b on b.block = g.block
+$$;
+comment on function billing.active_tail_bitmap(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the accounts first active in [from, to), as a bitmap, from billing.active_tail.';
+revoke execute on function billing.active_tail_bitmap(p_from timestamp with time zone, p_to timestamp with time zone) from public;
+
 -- Whether the rest of today from p_from on may be read from what the writer kept
 -- (billing.ledger_tail, accounts.active_from) instead of the transfers and entries: only today's
 -- whole tail, as only that is exact. p_to is today's end (which no transaction this statement
@@ -140,10 +192,11 @@ revoke execute on function billing.ledger_tail_readable(p_from timestamp with ti
 -- The credit ledger's parts of [p_from, p_to), from the raw rows: credit transfers by kind and
 -- model, what each kind of transfer drew from lots, and the user entries. With p_tail (the
 -- caller's parts hold today's rolled-up half up to p_from), today's tail reads the transfers'
--- sums and the active accounts from what the writer kept, when billing.ledger_tail_readable.
+-- sums from what the writer kept and the active accounts from billing.active_tail (as a bitmap,
+-- active_accounts then empty), when billing.ledger_tail_readable.
 create or replace function billing.ledger_parts(p_from timestamp with time zone, p_to timestamp with time zone,
   p_tail boolean default false)
-returns table(credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric)
+returns table(credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric, active_bitmap bit varying)
 language plpgsql
 stable rows 1
 set search_path = ''
@@ -201,10 +254,10 @@ begin
            union all
            select k.currency, k.category, k.kind, k.origin, sum(k.credits), sum(k.cents) from billing.lots_tail k
            where v_kept and k.at >= p_from and k.at < p_to group by 1, 2, 3, 4) x),
-    case when v_kept then array(select a.id from billing.accounts a where a.active_from >= p_from and a.active_from < p_to)
-         else u.accounts end,
+    case when v_kept then '{}' else u.accounts end,
     case when v_kept then (select coalesce(sum(x.credit_change), 0) from billing.ledger_tail x where x.at >= p_from and x.at < p_to)
-         else u.credit_change end
+         else u.credit_change end,
+    case when v_kept then billing.active_tail_bitmap(p_from, p_to) end
   from
     -- One pass over the user entries: who was active, and (as user_credit_change) what moved.
     (select coalesce(array_agg(distinct e.account_id), '{}') as accounts, coalesce(sum(e.amount), 0) as credit_change
@@ -536,6 +589,7 @@ begin
   -- What the writer kept before here is rolled up.
   delete from billing.ledger_tail x where x.at < v_to;
   delete from billing.lots_tail x where x.at < v_to;
+  delete from billing.active_tail x where x.at < v_to;
   return v_to;
 end;
 $$;

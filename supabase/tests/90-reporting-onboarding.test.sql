@@ -7,7 +7,7 @@ begin;
 set transaction isolation level repeatable read;
 select pg_advisory_xact_lock(hashtext('billing.roll_up_ledger'));
 lock table billing.revenue_rollup in exclusive mode;
-select plan(11);
+select plan(12);
 \ir helpers.psql
 
 create temp table t0 as select (now() at time zone 'UTC')::date as today, date_trunc('second', now()) as lo,
@@ -68,9 +68,12 @@ select is((select pg_temp.norm(p.lots) from t0, billing.event_parts(t0.lo, t0.da
   'lots granted read from the grants tail equal the raw rows');
 select is((select count(*) from t0, billing.event_parts(t0.lo, t0.day_end, true) p, jsonb_array_elements(p.lots) x
            where x ->> 'kind' = 'granted'), 2::bigint, 'promotional and paid lots granted, each its own line');
-select is((select array(select x from unnest(p.active_accounts) x order by x) from t0, billing.ledger_parts(t0.lo, t0.day_end, true) p),
+select is((select array(select g::bigint from generate_series(0, length(p.active_bitmap) - 1) g where get_bit(p.active_bitmap, g) = 1)
+           from t0, billing.ledger_parts(t0.lo, t0.day_end, true) p),
   (select array(select x from unnest(p.active_accounts) x order by x) from t0, billing.ledger_parts(t0.lo, t0.day_end, false) p),
-  'the accounts first active today since the roll-up (students, wallet, allowances) read from the writer''s marks equal the raw rows');
+  'the accounts first active today since the roll-up (students, wallet, allowances) read from the active tail equal the raw rows');
+select is((select cardinality(p.active_accounts) from t0, billing.ledger_parts(t0.lo, t0.day_end, false) p), 101,
+  '50 students, their 50 allowances and the school''s wallet: 101 first active today');
 
 create temp table right_after as select pg_temp.report() as report;
 select is((select report from right_after),
