@@ -131,7 +131,8 @@ async function timeGets(base: string, token: string, today: string): Promise<num
  */
 async function rolledUp(sql: postgres.Sql, today: string): Promise<string> {
   for (;;) {
-    const [{ w, h }] = await sql`select billing.roll_up_ledger() as w, billing.ledger_horizon() - interval '5 seconds' as h`;
+    const [{ w, h }] =
+      await sql`select billing.roll_up_ledger() as w, billing.ledger_horizon() - interval '5 seconds' as h`;
     if (w !== null && w >= h) break; // null: the cron job's run holds the roll-up, try again
   }
   await sql`select billing.refresh_revenue_rollup((now() at time zone 'UTC')::date)`;

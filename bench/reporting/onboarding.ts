@@ -20,7 +20,8 @@ export async function onboarding(sql: postgres.Sql, tag: string, students: numbe
       join auth.users u on u.email = ${tag} || '-' || (1 + g % ${students}) || '@bench.invalid'`;
   }
   const allowance = 100;
-  const [{ admin }] = await sql`insert into auth.users (id, email) values (gen_random_uuid(), ${tag} || '.admin@bench.invalid')
+  const [{ admin }] =
+    await sql`insert into auth.users (id, email) values (gen_random_uuid(), ${tag} || '.admin@bench.invalid')
     returning id::text as admin`;
   const [{ org }] = await sql`select (billing.create_org(${admin}, ${tag}, 'allowance', true) ->> 'id') as org`;
   await sql`insert into billing.org_members (org_id, user_id, role)
