@@ -10,13 +10,13 @@ const perTransaction = 200;
 
 export async function onboarding(sql: postgres.Sql, tag: string, students: number, grants: number) {
   await sql`insert into auth.users (id, email) select gen_random_uuid(), ${tag} || '-' || g || '@bench.invalid'
-    from generate_series(1, ${students}) g`;
+    from generate_series(1, ${students}::int) g`;
   const total = students * grants;
   for (let start = 0; start < total; start += perTransaction) {
     await sql`select count(billing.grant_credits(u.id, 10 + g % 7, case when g % 2 = 0 then 'promo_grant' else 'purchase' end::billing.transfer_kind,
         ${tag} || ':grant:' || g, null, null, null,
         case when g % 2 = 1 then '{"category": "paid", "cost_cents": 99}' end::jsonb))
-      from generate_series(${start}, ${Math.min(total, start + perTransaction) - 1}) g
+      from generate_series(${start}::int, ${Math.min(total, start + perTransaction) - 1}::int) g
       join auth.users u on u.email = ${tag} || '-' || (1 + g % ${students}) || '@bench.invalid'`;
   }
   const allowance = 100;
@@ -33,7 +33,7 @@ export async function onboarding(sql: postgres.Sql, tag: string, students: numbe
     billing.sync_purchase(jsonb_build_object('session_id', 'cs_' || ${tag} || g, 'session_status', 'complete',
       'payment_status', 'paid', 'amount_total', 9999, 'currency', 'usd', 'payment_intent', 'pi_' || ${tag} || g,
       'payment_intent_status', 'succeeded', 'charge_id', 'ch_' || ${tag} || g, 'amount_refunded', 0))
-    from generate_series(1, ${packages}) g,
+    from generate_series(1, ${packages}::int) g,
       lateral billing.begin_checkout(${admin}::uuid, 'max', ${tag} || '-buy-' || g, null, false, ${org}::uuid) c`;
   await sql`select billing.fund_allowances(${admin}::uuid, ${org}::uuid, null, ${allowance}, ${tag} || '-allowances')`;
 }
