@@ -640,7 +640,10 @@ begin
     credits = case when v_ledger then excluded.credits else d.credits end,
     lots = case when v_ledger then excluded.lots else d.lots end,
     active_accounts = case when v_ledger then excluded.active_accounts else d.active_accounts end,
-    outstanding_credits = case when v_ledger then excluded.outstanding_credits else d.outstanding_credits end;
+    outstanding_credits = case when v_ledger then excluded.outstanding_credits else d.outstanding_credits end
+  -- Never back: a refresh that started earlier and commits after another must not leave the row
+  -- short of what that other deleted of the grants tail below.
+  where d.covered_until <= excluded.covered_until;
   -- What the grants tail kept before here is in the events half.
   delete from billing.grants_tail x where x.at < v_until;
 end;
