@@ -20,7 +20,8 @@
 // the new way, BENCH_SECONDS (5) per throughput cell.
 //
 // The steps, one file each in bench/reporting/: dataset.ts (generate, roll up), reads.ts (the
-// request three ways), writes.ts (the write path), report.ts; settings.ts holds the variables.
+// request three ways), writes.ts (the write path), report.ts; settings.ts holds the variables;
+// hour.ts is the local-stack cell, onboarding.ts its school's onboarding burst.
 import postgres from 'postgres';
 import { privateCluster } from './private-cluster.ts';
 import { fmtMs, median } from './lib.ts';
