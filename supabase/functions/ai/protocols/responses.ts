@@ -152,8 +152,15 @@ function asInput(item: Record<string, unknown>): Item | null {
 /** The input with every reference opened, and ids the gateway gave left out (the provider never saw them). */
 async function expand(req: ResponsesRequest, userId: string): Promise<ResponsesRequest> {
   if (typeof req.input === 'string') return req;
+  // Each distinct reference opened once: the same id sent many times is never many Redis reads.
+  const opened = new Map<string, Promise<Item | null>>();
+  const open = (id: string, field: string) => {
+    let item = opened.get(id);
+    if (!item) opened.set(id, item = openReference(userId, id, field).then(asInput));
+    return item;
+  };
   const input = await Promise.all((req.input as Item[]).map(async (item, i): Promise<Item | null> => {
-    if (item.type === 'item_reference') return asInput(await openReference(userId, item.id, `input.${i}.id`));
+    if (item.type === 'item_reference') return await open(item.id, `input.${i}.id`);
     if (!('id' in item) || !item.id?.startsWith(referencePrefix)) return item;
     const { id: _ours, ...rest } = item;
     return rest as Item;
