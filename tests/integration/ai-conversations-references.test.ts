@@ -97,3 +97,31 @@ Deno.test('an answer sent back by reference many times is counted and held in fu
     assert.equal(held.covered, true);
   }
 });
+
+Deno.test('a reference written another way (padding, a stray character, other spare bits) is refused as altered', async () => {
+  const s = await student('100000');
+  for (const stream of [false, true]) {
+    const id = await firstAnswer(s.token, stream, 5);
+    const own = await turnWith(s.token, id, 1, tag());
+    assert.equal(own.status, 200, own.text);
+    const body = id.slice('ref_'.length);
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    // The last character of unpadded base64 carries spare bits: another value of them decodes alike.
+    const last = alphabet.indexOf(body.at(-1)!);
+    const spare = body.length % 4 === 2 ? 15 : body.length % 4 === 3 ? 3 : 0;
+    const variants = [
+      `ref_${body}==`,
+      `ref_${body.slice(0, 9)}.${body.slice(9)}`,
+      `ref_${body.slice(0, 9)} ${body.slice(9)}`,
+    ];
+    if (spare) variants.push(`ref_${body.slice(0, -1)}${alphabet[last ^ 1]}`);
+    for (const variant of variants) {
+      const t = tag();
+      const res = await turnWith(s.token, variant, 1, t);
+      assert.equal(res.status, 400, `${variant}: ${res.text}`);
+      assert.equal((res.body.error as { code: string }).code, 'ITEM_REFERENCE_UNRESOLVABLE');
+      assert.match((res.body.error as { message: string }).message, /altered/);
+      assert.equal((await standinCall(t)).status, 'unknown', 'never reaches the provider');
+    }
+  }
+});
