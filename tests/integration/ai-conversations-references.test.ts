@@ -125,3 +125,18 @@ Deno.test('a reference written another way (padding, a stray character, other sp
     }
   }
 });
+
+Deno.test('of references none of which opens, the 400 names the first, however long each takes to try', async () => {
+  const s = await student();
+  // The first takes longest to try (a megabyte to authenticate), the others none.
+  const input = [
+    { type: 'item_reference', id: `ref_${'A'.repeat(1_000_000)}` },
+    ...Array.from({ length: 20 }, () => ({ type: 'item_reference', id: 'ref_AAAA' })),
+    { role: 'user', content: 'x' },
+  ];
+  const res = await api('/ai/v1/responses', { token: s.token, body: { model, input } });
+  assert.equal(res.status, 400, res.text);
+  const error = res.body.error as { code: string; field: string };
+  assert.equal(error.code, 'ITEM_REFERENCE_UNRESOLVABLE');
+  assert.equal(error.field, 'input.0.id');
+});
