@@ -1,6 +1,7 @@
 // What a student can and cannot make of the gateway's sealed item references (ai/references.ts)
 // on POST /ai/v1/responses: the same reference sent many times is opened once (a few hundred
-// bytes of request never make hundreds of Redis reads), and however many times an answer is
+// bytes of request never make hundreds of Redis reads), a reference opens only as the gateway
+// spelled it, a 400 names the first reference that fails, and however many times an answer is
 // sent back by reference, the prompt counted and held covers what the provider billed.
 import assert from 'node:assert/strict';
 import { generateText, type ModelMessage, streamText } from 'ai';
