@@ -63,10 +63,12 @@ async function encrypt(key: CryptoKey, value: unknown): Promise<string> {
   return b64url(out);
 }
 
-/** The value, or null when the key is not the one it was sealed with or a byte changed. */
+/** The value, or null when the key is not the one it was sealed with or a character changed. */
 async function decrypt(key: CryptoKey, text: string): Promise<unknown> {
   try {
     const bytes = fromB64url(text);
+    // Only the spelling the gateway wrote: the decoder skips stray characters and spare bits.
+    if (b64url(bytes) !== text) return null;
     const plain = await crypto.subtle.decrypt({ name: 'AES-GCM', iv: bytes.subarray(0, 12) }, key, bytes.subarray(12));
     return JSON.parse(new TextDecoder().decode(plain));
   } catch {

@@ -152,13 +152,26 @@ function asInput(item: Record<string, unknown>): Item | null {
 /** The input with every reference opened, and ids the gateway gave left out (the provider never saw them). */
 async function expand(req: ResponsesRequest, userId: string): Promise<ResponsesRequest> {
   if (typeof req.input === 'string') return req;
-  const input = await Promise.all((req.input as Item[]).map(async (item, i): Promise<Item | null> => {
-    if (item.type === 'item_reference') return asInput(await openReference(userId, item.id, `input.${i}.id`));
+  // Each distinct reference opened once: the same id sent many times is never many Redis reads.
+  const opened = new Map<string, Promise<Item | null>>();
+  const open = (id: string, field: string) => {
+    let item = opened.get(id);
+    if (!item) opened.set(id, item = openReference(userId, id, field).then(asInput));
+    return item;
+  };
+  const input = await Promise.allSettled((req.input as Item[]).map(async (item, i): Promise<Item | null> => {
+    if (item.type === 'item_reference') return await open(item.id, `input.${i}.id`);
     if (!('id' in item) || !item.id?.startsWith(referencePrefix)) return item;
     const { id: _ours, ...rest } = item;
     return rest as Item;
   }));
-  return { ...req, input: input.filter((item): item is Item => item !== null) };
+  // The first item that cannot be opened is the one named, whichever was tried fastest.
+  const refused = input.find((r) => r.status === 'rejected');
+  if (refused) throw refused.reason;
+  return {
+    ...req,
+    input: input.map((r) => r.status === 'fulfilled' ? r.value : null).filter((item): item is Item => item !== null),
+  };
 }
 
 /** The items of an answer the gateway gives a reference for: what the AI SDK sends back by id. */
