@@ -226,6 +226,12 @@ export function redactContent(value: unknown, budget = Infinity): unknown {
   const text = (s: string) => redactParts([take(s)], lookups)[0];
   const walk = (v: unknown): unknown => {
     if (typeof v === 'string') return text(v);
+    // The provider reads numbers too (a tool schema's const, enum, default): one that redacts as
+    // text (a card, a phone number) is kept as its placeholder.
+    if (typeof v === 'number' && Number.isInteger(v) && Math.abs(v) >= 1e6) {
+      const t = text(String(v));
+      return t === String(v) ? v : t;
+    }
     if (Array.isArray(v)) {
       const parts = v.filter(isPart);
       if (parts.length < 2) return v.map(walk);
