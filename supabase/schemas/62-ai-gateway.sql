@@ -38,6 +38,7 @@ create table billing.ai_calls (
   client_left boolean not null default false, -- the caller hung up before the answer's end (it was read on and charged)
   keep_content boolean not null default false, -- the student (or the school paying) consented: prompt and answer kept redacted in ai_logs
   answer jsonb,                        -- a replay copy of the answer (its JSON text, a jsonb string) for the same Idempotency-Key until expires_at
+  content_deleted boolean not null default false, -- its owner deleted its content: no replay copy is stored, even when it settles later
   unbilled numeric(38, 18),            -- what the provider billed beyond what the hold, the balance and the caps allowed
   owed_transfer_id bigint,             -- the charge that later paid `unbilled`
   created_at timestamptz not null default now(),
@@ -717,7 +718,7 @@ begin
   end if;
   update billing.ai_calls c set status = 'charged', usage = v_facts - 'model' - 'ai_call_id' - 'usage_source',
     usage_source = p_source, charged = v_charged.captured + v_charged.overage, transfer_id = v_charged.transfer_id,
-    answer = p_answer, unbilled = v_unbilled,
+    answer = case when not c.content_deleted then p_answer end, unbilled = v_unbilled,
     finished_at = now(), failure = case when p_failed then 'PROVIDER_FAILED_AFTER_USAGE' end,
     upstream_status = (p_report ->> 'upstream_status')::integer, first_token_ms = (p_report ->> 'first_token_ms')::integer,
     duration_ms = (p_report ->> 'duration_ms')::integer, finish_reason = left(p_report ->> 'finish_reason', 64),
@@ -907,7 +908,8 @@ declare
   v_job boolean;
 begin
   -- A call or job still running keeps nothing when it settles (its row is locked until it has).
-  update billing.ai_calls c set keep_content = false, answer = null where c.id = p_id and c.user_id = p_user;
+  update billing.ai_calls c set keep_content = false, answer = null, content_deleted = true
+  where c.id = p_id and c.user_id = p_user;
   if found then
     delete from billing.ai_logs l where l.call_id = p_id;
     return true;

@@ -35,6 +35,20 @@ Deno.test('emails with a fullwidth ＠, non-ASCII letters or invisible joiners a
   assert.equal(one('用户@例子.中国 hi'), '[EMAIL] hi');
 });
 
+Deno.test('invisible format characters (direction marks, bidi isolates, tags) hide no email or card', () => {
+  for (
+    const text of [
+      'carol.white\u200E@example.org',
+      'carol.white@\u2061example.org',
+      'carol.wh\u{E0020}ite@example.org',
+      '4111\u200F1111\u200F1111\u200F1111',
+      '4242\u20664242\u20694242\u20664242',
+    ]
+  ) {
+    assert.match(one(`mine: ${text}.`), /^mine: \[(EMAIL|CARD)\]\.$/, text);
+  }
+});
+
 Deno.test('card numbers are found by Luhn whatever separates the digits', () => {
   for (
     const card of [

@@ -41,6 +41,18 @@ function itemText(item: Item): string {
   return text(item.content);
 }
 
+/** A tool as OpenAI echoes it: a function's fields in its own order, `strict` true unless sent false. */
+const echoedTool = (t: unknown) =>
+  isObject(t) && t.type === 'function'
+    ? {
+      type: 'function',
+      description: t.description ?? null,
+      name: t.name,
+      parameters: t.parameters ?? null,
+      strict: t.strict ?? true,
+    }
+    : t;
+
 /**
  * The prompt as the gateway frames it: 3, then 4 + the tokens of each message (the instructions
  * as one, then every input item), then the tools' and the text format's JSON when present.
@@ -148,7 +160,7 @@ export async function responses(req: Request, key: string): Promise<Response> {
     temperature: typeof body.temperature === 'number' ? body.temperature : 1,
     text: isObject(body.text) ? body.text as OpenAI.Responses.ResponseTextConfig : { format: { type: 'text' } },
     tool_choice: 'auto',
-    tools: Array.isArray(body.tools) ? body.tools as OpenAI.Responses.Tool[] : [],
+    tools: Array.isArray(body.tools) ? body.tools.map(echoedTool) as OpenAI.Responses.Tool[] : [],
     top_p: typeof body.top_p === 'number' ? body.top_p : 1,
     truncation: 'disabled',
     ...(status !== 'in_progress' ? { completed_at: status === 'completed' ? created : null } : {}),

@@ -1,6 +1,6 @@
 // Redaction of the content kept with consent (billing.ai_logs; docs/ai-gateway.md, "The call
 // log"). It reads the text as a provider does: normalised (NFKC, so a fullwidth ＠ or digit is
-// the ASCII one; invisible joiners and NULs dropped), and the text parts of one message joined
+// the ASCII one; invisible format characters and NULs dropped), and the text parts of one message joined
 // in order as well as each alone, so an email split over two parts is still one email. The
 // normalised, redacted text is what is kept. Log lines keep redact.ts's cheaper rules: they
 // never carry request text.
@@ -30,7 +30,10 @@ const wordChar = /[\p{L}\p{N}_]/u;
 const zeroCountries = ['GB', 'FR', 'DE', 'IN'];
 /** Look-ups of phone numbers for one kept text: at most ~25 ms of libphonenumber on the worst runs (~0.05 ms on a phone number). */
 const phoneLookups = 64;
-const invisible = /[\u00AD\u200B-\u200D\u2060\uFEFF\0]/g;
+// Every format character (Unicode Cf: soft hyphen, zero-width joiners, direction marks, bidi
+// embeddings and isolates, invisible operators, tag characters …): a provider reads past them,
+// so one inside an email or a card number must not hide it.
+const invisible = /[\p{Cf}\0]/gu;
 
 const matches = (pattern: RegExp, text: string) => [...text.matchAll(pattern)];
 
@@ -223,6 +226,12 @@ export function redactContent(value: unknown, budget = Infinity): unknown {
   const text = (s: string) => redactParts([take(s)], lookups)[0];
   const walk = (v: unknown): unknown => {
     if (typeof v === 'string') return text(v);
+    // The provider reads numbers too (a tool schema's const, enum, default): one that redacts as
+    // text (a card, a phone number) is kept as its placeholder.
+    if (typeof v === 'number' && Number.isInteger(v) && Math.abs(v) >= 1e6) {
+      const t = text(String(v));
+      return t === String(v) ? v : t;
+    }
     if (Array.isArray(v)) {
       const parts = v.filter(isPart);
       if (parts.length < 2) return v.map(walk);

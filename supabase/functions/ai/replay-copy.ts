@@ -2,11 +2,15 @@
 // text: a provider that echoes the request in its answer (the Responses API returns
 // `instructions`, `tools`, `text` …) has those fields emptied in the copy, in their places, their
 // names kept, and put back from the replayed request, which is the same request (its hash is
-// checked first), so a replay answers the first answer's bytes.
+// checked first), so a replay answers the first answer's bytes. A field that carries prompt text
+// (`promptFields`) is emptied even when the provider echoes it in its own form (OpenAI fills in
+// a tool's `strict` and orders its keys): a replay then answers it as the request sent it.
 import type { StoredAnswer } from './metering.ts';
 import { parsed, type Sse, sseEvent, sseEvents } from './protocol.ts';
 
 const echoedKey = '_echoed_from_request';
+/** Echoed fields that hold a student's text: never kept, whatever form the provider echoes them in. */
+const promptFields = new Set(['instructions', 'tools', 'text', 'prompt', 'metadata']);
 type Json = Record<string, unknown>;
 
 /** The object an answer's echo sits in: a streamed event's `response`, or the answer itself. */
@@ -17,7 +21,8 @@ const placed = (o: Json, site: Json): Json => (echoSite(o) === o ? site : { ...o
 function withoutEcho(o: Json, req: unknown): Json {
   const site = echoSite(o), r = req as Json;
   const echoed = Object.keys(site).filter((k) =>
-    k !== 'model' && r[k] !== undefined && JSON.stringify(site[k]) === JSON.stringify(r[k])
+    k !== 'model' && r[k] !== undefined &&
+    (promptFields.has(k) || JSON.stringify(site[k]) === JSON.stringify(r[k]))
   );
   if (echoed.length === 0) return o;
   const emptied = Object.fromEntries(Object.entries(site).map(([k, v]) => [k, echoed.includes(k) ? null : v]));
