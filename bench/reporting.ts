@@ -20,8 +20,7 @@
 // the new way, BENCH_SECONDS (5) per throughput cell.
 //
 // The steps, one file each in bench/reporting/: dataset.ts (generate, roll up), reads.ts (the
-// request three ways), writes.ts (the write path), report.ts; settings.ts holds the variables;
-// hour.ts is the local-stack cell, onboarding.ts its school's onboarding burst.
+// request three ways), writes.ts (the write path), report.ts; settings.ts holds the variables.
 import postgres from 'postgres';
 import { privateCluster } from './private-cluster.ts';
 import { fmtMs, median } from './lib.ts';

@@ -9,20 +9,13 @@
 // BENCH_REPORTING_BURST (default 100,000) more events, not rolled up (the roll-up held from the
 // minute's writes to the last timing). The report is also timed after the roll-up's first run from the
 // start of the day (a fresh start). Baseline: the same request before the hour was
-// written. Each burst is then rolled up (billing.roll_up_ledger to the horizon, today's events
-// half) and the report timed again: right after each burst against rolled up, in the same run.
-// The second burst is a school's onboarding (bench/reporting/onboarding.ts): BENCH_REPORTING_ONBOARD
-// (default 2,000; 0 skips it) new students, each given credits BENCH_REPORTING_ONBOARD_GRANTS
-// (default 10) times through billing.grant_credits, and a school buying paid credits and funding
-// an allowance for each of them. The SQL answer must equal the raw rows (one snapshot), or the
-// run fails.
+// written. The SQL answer must equal the raw rows (one snapshot), or the run fails.
 // The rows stay in the local database (their users' balances are not kept: reset the stack's
 // database after, ./scripts/dev --help).
 import postgres from 'postgres';
 import { importJWK, SignJWT } from 'jose';
 import { env, fmt, fmtMs, median, timed } from '../lib.ts';
-import { burst, hour, note, onboard, onboardGrants, say } from './settings.ts';
-import { onboarding } from './onboarding.ts';
+import { burst, hour, note, say } from './settings.ts';
 
 const runs = 15;
 const users = 2_000;
@@ -125,20 +118,6 @@ async function timeGets(base: string, token: string, today: string): Promise<num
   return ms;
 }
 
-/**
- * Rolls up what was written (the minute job's roll-up, run after run to the horizon, then today's
- * events half, which reaches five minutes ago) and returns `today` for the timings after it.
- */
-async function rolledUp(sql: postgres.Sql, today: string): Promise<string> {
-  for (;;) {
-    const [{ w, h }] =
-      await sql`select billing.roll_up_ledger() as w, billing.ledger_horizon() - interval '5 seconds' as h`;
-    if (w !== null && w >= h) break; // null: the cron job's run holds the roll-up, try again
-  }
-  await sql`select billing.refresh_revenue_rollup((now() at time zone 'UTC')::date)`;
-  return today;
-}
-
 export async function busyHour() {
   const base = env('SUPABASE_URL');
   const sql = postgres(env('SUPABASE_DB_URL'), { max: 1, onnotice: () => {}, prepare: false });
@@ -195,19 +174,6 @@ export async function busyHour() {
     const [burstWriteMs] = await timed(() => charge(sql, tag, `${tag}-burst`, burst));
     const burstMs = burst > 0 ? await timeGets(base, token, today) : [];
     await hold.end();
-    const burstRolledMs = burst > 0 ? await timeGets(base, token, await rolledUp(sql, today)) : [];
-    // The onboarding burst, the roll-up held again until it is timed.
-    let onboardMs: number[] = [];
-    let onboardRolledMs: number[] = [];
-    let onboardWriteMs = 0;
-    if (onboard > 0) {
-      const hold2 = postgres(env('SUPABASE_DB_URL'), { max: 1, onnotice: () => {}, prepare: false });
-      await hold2`select pg_advisory_lock(hashtext('billing.roll_up_ledger'))`;
-      [onboardWriteMs] = await timed(() => onboarding(sql, `${tag}-onboard`, onboard, onboardGrants));
-      onboardMs = await timeGets(base, token, today);
-      await hold2.end();
-      onboardRolledMs = await timeGets(base, token, await rolledUp(sql, today));
-    }
     const [{ equal }] = await sql.begin(
       'isolation level repeatable read',
       (tx) =>
@@ -251,34 +217,6 @@ export async function busyHour() {
       }× |`,
     );
     say('');
-    const ratio = (a: number[], b: number[]) => median(a) / median(b);
-    const bursts: [string, number[], number[]][] = [];
-    if (burst > 0) bursts.push([`usage: ${fmt(burst)} events through the writer`, burstMs, burstRolledMs]);
-    if (onboard > 0) {
-      bursts.push([
-        `onboarding: ${fmt(onboard)} new students × ${onboardGrants} grants, a school's purchases and ${
-          fmt(onboard)
-        } allowances`,
-        onboardMs,
-        onboardRolledMs,
-      ]);
-    }
-    if (bursts.length > 0) {
-      say(`Right after each burst (not rolled up) against the same burst rolled up (medians of ${runs}):`);
-      say('');
-      say('| burst | right after | rolled up | ratio | target ≤ 1.5× and ≤ 100 ms |');
-      say('| --- | --- | --- | --- | --- |');
-      for (const [what, after, rolled] of bursts) {
-        const ok = ratio(after, rolled) <= 1.5 && median(after) <= 100;
-        say(
-          `| ${what} | ${fmtMs(median(after))} | ${fmtMs(median(rolled))} | ${ratio(after, rolled).toFixed(2)}× | ${
-            ok ? 'met' : 'MISSED'
-          } |`,
-        );
-      }
-      say('');
-    }
-    if (onboard > 0) say(`The onboarding written in ${fmtMs(onboardWriteMs)}.`);
     say(
       `Written in ${
         fmtMs(loadMs)

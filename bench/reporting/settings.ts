@@ -11,9 +11,6 @@ export const quick = Deno.env.get('BENCH_REPORTING_QUICK') === '1';
 export const hour = Number(Deno.env.get('BENCH_REPORTING_HOUR') ?? 1_000_000);
 // Transfers written after the watermark, not rolled up, before the last timing of that cell; 0 skips it.
 export const burst = Number(Deno.env.get('BENCH_REPORTING_BURST') ?? 100_000);
-// New students in the onboarding burst of that cell, and how many grants each; 0 skips it.
-export const onboard = Number(Deno.env.get('BENCH_REPORTING_ONBOARD') ?? 2_000);
-export const onboardGrants = Number(Deno.env.get('BENCH_REPORTING_ONBOARD_GRANTS') ?? 10);
 export const hourOnly = Deno.env.get('BENCH_REPORTING_HOUR_ONLY') === '1';
 export const seconds = Number(Deno.env.get('BENCH_SECONDS') ?? 5);
 export const closedDays = 180;

@@ -183,7 +183,7 @@ begin
           e.webhooks_received, e.webhooks_ok, null, null)::billing.metric_part
       from events e
       union all
-      select row(g.lo, g.hi, false, '[]'::jsonb, p.credits, p.lots, p.active_bitmap, null, p.active_accounts, null, 0, 0, 0, 0, 0,
+      select row(g.lo, g.hi, false, '[]'::jsonb, p.credits, p.lots, null, null, p.active_accounts, null, 0, 0, 0, 0, 0,
           p.user_credit_change, null)::billing.metric_part
       -- whole_day: with the stored half before it, the parts hold the day from its start.
       from (select greatest(d.lo, coalesce(l.ledger_until, d.lo)) as lo, d.hi,
@@ -195,10 +195,8 @@ begin
       select row(g.lo, g.hi, false, p.money, '[]'::jsonb, p.lots, null, null, null, p.paying_accounts,
           p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
           null, null)::billing.metric_part
-      -- tail: the stored half ends where this piece starts (today's lots granted from billing.grants_tail).
-      from (select greatest(d.lo, coalesce(e.covered_until, d.lo)) as lo, d.hi, e.covered_until >= d.lo as tail
-            from days d left join events e on e.day = d.day) g
-      cross join lateral billing.event_parts(g.lo, g.hi, p_use_rollup and coalesce(g.tail, false)) p
+      from (select greatest(d.lo, coalesce(e.covered_until, d.lo)) as lo, d.hi from days d left join events e on e.day = d.day) g
+      cross join lateral billing.event_parts(g.lo, g.hi) p
       where g.lo < g.hi
     ) u
     order by (u.part).lo
@@ -379,10 +377,10 @@ begin
   with parts as (select p.* from unnest(p_parts) p),
   stored as (select p.* from parts p where p.stored),
   live as (select p.* from parts p where not p.stored),
-  -- Distinct users: the union of the bitmaps (stored days, today's tail) and the live pieces' ids.
+  -- Distinct users: the union of the stored days' bitmaps and the live pieces' ids.
   users as (
     select
-      billing.count_accounts(array(select s.active_bitmap from parts s where s.active_bitmap is not null),
+      billing.count_accounts(array(select s.active_bitmap from stored s where s.active_bitmap is not null),
         array(select x from live l cross join lateral unnest(l.active_accounts) x)) as active,
       billing.count_accounts(array(select s.paying_bitmap from stored s where s.paying_bitmap is not null),
         array(select x from live l cross join lateral unnest(l.paying_accounts) x)) as paying,

@@ -23,7 +23,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * In one snapshot: GET /admin/metrics's SQL (yesterday to tomorrow, by day) against the raw rows,
  * and today's tail from the watermark read from what the writer kept against the same read from
  * the rows (credits by kind and model, the liability's change, and today's active accounts once
- * united with the rolled-up bitmap: the tail's, kept as a bitmap, or the rows' ids).
+ * united with the rolled-up bitmap).
  */
 async function tailIsRaw(sql: postgres.Sql) {
   const [row] = await sql.begin('isolation level repeatable read', (tx) =>
@@ -33,7 +33,6 @@ async function tailIsRaw(sql: postgres.Sql) {
             coalesce(r.ledger_until, d.today::timestamp at time zone 'UTC') as w
           from d left join billing.revenue_rollup r on r.day = d.today and r.ledger_until > d.today::timestamp at time zone 'UTC'),
     k as (select w.*, p.credits as kept_credits, p.user_credit_change as kept_change, p.active_accounts as kept_active,
-            p.active_bitmap as kept_bitmap,
             q.credits as raw_credits, q.user_credit_change as raw_change, q.active_accounts as raw_active
           from w, billing.ledger_parts(w.w, w.day_end, true) p, billing.ledger_parts(w.w, w.day_end, false) q),
     norm as (select (select coalesce(jsonb_agg(x order by x::text), '[]') from jsonb_array_elements(k.kept_credits) x) as kept,
@@ -44,7 +43,7 @@ async function tailIsRaw(sql: postgres.Sql) {
              (x + 1)::timestamp at time zone 'UTC') order by x) from generate_series(-1, 1) n, lateral (select k.today + n as x) y)
              as series_equal,
            norm.kept = norm.raw as credits_equal, k.kept_change = k.raw_change as change_equal,
-           billing.count_accounts(array[coalesce(k.bitmap, B''), coalesce(k.kept_bitmap, B'')], k.kept_active)
+           billing.count_accounts(array[coalesce(k.bitmap, B'')], k.kept_active)
              = billing.count_accounts(array[coalesce(k.bitmap, B'')], k.raw_active) as active_equal,
            billing.ledger_tail_readable(k.w, k.day_end) as kept, k.w as watermark,
            norm.kept::text as kept_credits, norm.raw::text as raw_credits,
