@@ -479,13 +479,13 @@ create table billing.lots_tail (
 comment on table billing.lots_tail is 'Internal: what credit transfers drew from lots, summed per second, backend, currency, category, kind and origin by the writer, for the part of today not rolled up yet.';
 alter table billing.lots_tail enable row level security;
 
--- Since when billing.ledger_tail, lots_tail, grants_tail, active_tail and accounts.active_from are kept
+-- Since when billing.ledger_tail, billing.lots_tail and accounts.active_from are kept
 -- (one row, moved by a migration that adds another tail): a part of the day that starts earlier
 -- is read from the rows.
 create table billing.ledger_tail_kept (
   since timestamptz primary key
 );
-comment on table billing.ledger_tail_kept is 'Internal: the instant from which billing.ledger_tail, lots_tail, grants_tail, active_tail and accounts.active_from are complete.';
+comment on table billing.ledger_tail_kept is 'Internal: the instant from which billing.ledger_tail, lots_tail and accounts.active_from are complete.';
 alter table billing.ledger_tail_kept enable row level security;
 -- A database built from the baseline keeps every tail from its first instant.
 insert into billing.ledger_tail_kept (since) values (clock_timestamp());
@@ -15836,7 +15836,7 @@ create type billing.metric_part as (
   money jsonb,
   credits jsonb,
   lots jsonb,
-  active_bitmap bit varying,        -- stored: accounts with a credit ledger entry; today's tail: first active in it
+  active_bitmap bit varying,        -- stored: accounts with a credit ledger entry
   paying_bitmap bit varying,        -- stored: accounts whose user had a purchase paid
   active_accounts bigint[],         -- live: the same, as ids
   paying_accounts bigint[],
@@ -15890,41 +15890,6 @@ comment on table billing.daily_revenue is 'Each UTC day''s metrics, replaced whe
 alter table billing.daily_revenue enable row level security;
 grant select on table billing.daily_revenue to service_role;
 
--- The accounts first active today (accounts.active_from set by the writer), as bitmaps of 8,192
--- account ids per second of active_from, writing backend and block of ids (bit n of block b is
--- account b × 8,192 + n), kept by billing.keep_active_tail: the part of today the roll-up has not
--- reached reads a few rows, not every account a burst of new students made active. Keyed by the
--- backend as billing.ledger_tail is. Complete from billing.ledger_tail_kept.since; roll_up_ledger
--- deletes what it has passed.
-create table billing.active_tail (
-  at timestamptz not null,                        -- accounts.active_from, to the second
-  backend integer not null,                       -- pg_backend_pid() of the writer
-  block bigint not null,                          -- account id / 8,192
-  accounts bit(8192) not null,                    -- bit n set: account block × 8,192 + n
-  constraint active_tail_key unique (at, backend, block)
-) with (fillfactor = 70);
-comment on table billing.active_tail is 'Internal: accounts first active today, as bitmaps per second, backend and block of 8,192 ids, for the part of today not rolled up yet.';
-alter table billing.active_tail enable row level security;
-
--- The lots granted (the events half's lots part, billing.event_parts), summed per second of
--- granted_at and writing backend as they are inserted (billing.keep_grants_tail), so the part of
--- today after the events half reads a few rows, not every lot of an onboarding burst. Keyed by the
--- backend as billing.ledger_tail is: a backend runs one transaction at a time, so no two writers
--- ever wait on one row. Complete from billing.ledger_tail_kept.since; refresh_revenue_rollup
--- deletes what its events half has passed.
-create table billing.grants_tail (
-  at timestamptz not null,                        -- the lots' granted_at, to the second
-  backend integer not null,                       -- pg_backend_pid() of the writer
-  currency text not null,
-  category text not null,
-  kind text not null,                             -- 'granted' or 'debt_settled_by_move', as event_parts
-  credits numeric(38, 18) not null,
-  cents numeric not null,
-  constraint grants_tail_key unique (at, backend, currency, category, kind)
-) with (fillfactor = 70);
-comment on table billing.grants_tail is 'Internal: lots granted, summed per second, backend, currency, category and kind as they are inserted, for the part of today the events half has not reached.';
-alter table billing.grants_tail enable row level security;
-
 -- ============================================================ functions
 
 -- Σ of user entries in [p_from, p_to): how much the unspent liability moved.
@@ -15937,42 +15902,6 @@ as $$
 $$;
 comment on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: Σ of user entries in [from, to).';
 revoke execute on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) from public;
-
--- Keeps billing.active_tail: an account's first write of its UTC day (the writer moves
--- active_from then, and only then) sets its bit in this backend's row of that second.
-create or replace function billing.keep_active_tail() returns trigger
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  insert into billing.active_tail as x (at, backend, block, accounts)
-  values (date_trunc('second', new.active_from), pg_backend_pid(), new.id / 8192,
-    set_bit(repeat('0', 8192)::bit(8192), (new.id % 8192)::integer, 1))
-  on conflict (at, backend, block) do update set accounts = x.accounts | excluded.accounts;
-  return null;
-end;
-$$;
-comment on function billing.keep_active_tail() is 'Internal (trigger): marks an account first active today in billing.active_tail.';
-revoke execute on function billing.keep_active_tail() from public;
-
-create trigger accounts_active_tail after update of active_from on billing.accounts
-  for each row when (new.active_from is distinct from old.active_from and new.active_from is not null)
-  execute function billing.keep_active_tail();
-
--- The accounts first active in [p_from, p_to) as one bitmap (bit n: account n), from
--- billing.active_tail: its cost grows with the blocks of ids, not with the accounts.
-create or replace function billing.active_tail_bitmap(p_from timestamptz, p_to timestamptz) returns bit varying
-language sql stable
-set search_path = ''
-as $$
-  select coalesce(string_agg(coalesce(b.accounts::text, repeat('0', 8192)), '' order by g.block)::bit varying, B'')
-  from generate_series(0::bigint, (select max(x.block) from billing.active_tail x where x.at >= p_from and x.at < p_to)) g(block)
-  left join (select x.block, bit_or(x.accounts) as accounts from billing.active_tail x where x.at >= p_from and x.at < p_to
-             group by x.block) b on b.block = g.block
-$$;
-comment on function billing.active_tail_bitmap(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the accounts first active in [from, to), as a bitmap, from billing.active_tail.';
-revoke execute on function billing.active_tail_bitmap(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
 -- Whether the rest of today from p_from on may be read from what the writer kept
 -- (billing.ledger_tail, accounts.active_from) instead of the transfers and entries: only today's
@@ -15997,11 +15926,10 @@ revoke execute on function billing.ledger_tail_readable(p_from timestamp with ti
 -- The credit ledger's parts of [p_from, p_to), from the raw rows: credit transfers by kind and
 -- model, what each kind of transfer drew from lots, and the user entries. With p_tail (the
 -- caller's parts hold today's rolled-up half up to p_from), today's tail reads the transfers'
--- sums from what the writer kept and the active accounts from billing.active_tail (as a bitmap,
--- active_accounts then empty), when billing.ledger_tail_readable.
+-- sums and the active accounts from what the writer kept, when billing.ledger_tail_readable.
 create or replace function billing.ledger_parts(p_from timestamp with time zone, p_to timestamp with time zone,
   p_tail boolean default false)
-returns table(credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric, active_bitmap bit varying)
+returns table(credits jsonb, lots jsonb, active_accounts bigint[], user_credit_change numeric)
 language plpgsql
 stable rows 1
 set search_path = ''
@@ -16059,10 +15987,10 @@ begin
            union all
            select k.currency, k.category, k.kind, k.origin, sum(k.credits), sum(k.cents) from billing.lots_tail k
            where v_kept and k.at >= p_from and k.at < p_to group by 1, 2, 3, 4) x),
-    case when v_kept then '{}' else u.accounts end,
+    case when v_kept then array(select a.id from billing.accounts a where a.active_from >= p_from and a.active_from < p_to)
+         else u.accounts end,
     case when v_kept then (select coalesce(sum(x.credit_change), 0) from billing.ledger_tail x where x.at >= p_from and x.at < p_to)
-         else u.credit_change end,
-    case when v_kept then billing.active_tail_bitmap(p_from, p_to) end
+         else u.credit_change end
   from
     -- One pass over the user entries: who was active, and (as user_credit_change) what moved.
     (select coalesce(array_agg(distinct e.account_id), '{}') as accounts, coalesce(sum(e.amount), 0) as credit_change
@@ -16075,11 +16003,7 @@ revoke execute on function billing.ledger_parts(p_from timestamp with time zone,
 
 -- The events' parts of [p_from, p_to), from the raw rows: money postings by when they happened at
 -- Stripe, lots granted (net of the debt they settled on arrival, fixed then), purchases, webhooks.
--- With p_tail (the caller's parts hold today's events half up to p_from), today's lots granted
--- are read from billing.grants_tail when billing.ledger_tail_readable (a lot's fields event_parts
--- sums are never changed once written, so the tail stays what the rows say).
-create or replace function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone,
-  p_tail boolean default false)
+create or replace function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone)
 returns table(money jsonb, lots jsonb, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
 language plpgsql
 stable rows 1
@@ -16088,8 +16012,6 @@ set plan_cache_mode to 'force_custom_plan'
 set jit to 'off'
 set max_parallel_workers_per_gather to '0'
 as $$
-declare
-  v_kept boolean := p_tail and billing.ledger_tail_readable(p_from, p_to);
 begin
   return query
   select
@@ -16103,19 +16025,14 @@ begin
     -- Credits and their cost by lot category granted, net of debt settled on arrival (a move is
     -- not a grant: kind 'granted' only for lots with no moved_from); and of moved lots, the part
     -- that paid a debt on arrival (kind 'debt_settled_by_move'): credits already held, spent on
-    -- what the debt was for. Today's tail from billing.grants_tail (kept as these rows are summed).
+    -- what the debt was for.
     (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
         'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
-     from (select g.currency, g.category, g.kind, sum(g.credits) as credits, sum(g.cents) as cents
-           from (select l.currency, l.category, case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end as kind,
-                        case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end as credits,
-                        l.cost_cents * case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end / l.amount
-                          as cents
-                 from billing.lots l
-                 where not v_kept and l.granted_at >= p_from and l.granted_at < p_to and (l.moved_from is null or l.debt_settled > 0)
-                 union all
-                 select k.currency, k.category, k.kind, k.credits, k.cents from billing.grants_tail k
-                 where v_kept and k.at >= p_from and k.at < p_to) g
+     from (select l.currency, l.category, case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end as kind,
+                  sum(case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end) as credits,
+                  sum(l.cost_cents * case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end / l.amount)
+                    as cents
+           from billing.lots l where l.granted_at >= p_from and l.granted_at < p_to and (l.moved_from is null or l.debt_settled > 0)
            group by 1, 2, 3) x),
     array(select distinct a.id from billing.purchases p join billing.accounts a on a.user_id = p.user_id
           where p.paid_at >= p_from and p.paid_at < p_to),
@@ -16131,35 +16048,8 @@ begin
      from billing.stripe_events e where e.received_at >= p_from and e.received_at < p_to) w;
 end;
 $$;
-comment on function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_tail boolean) is 'Internal: the events'' combinable parts of every metric over [from, to) (money, lots granted, purchases, webhooks), from the raw rows (today''s lots granted, when asked, from billing.grants_tail).';
-revoke execute on function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_tail boolean) from public;
-
--- Keeps billing.grants_tail: each statement's new lots summed as event_parts sums them, added to
--- this backend's row of their second (a statement-level trigger: one upsert per grant, whatever
--- the number of lots a move brings; none on a charge, which inserts no lot).
-create or replace function billing.keep_grants_tail() returns trigger
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  insert into billing.grants_tail as x (at, backend, currency, category, kind, credits, cents)
-  select date_trunc('second', l.granted_at), pg_backend_pid(), l.currency, l.category,
-    case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end,
-    sum(case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end),
-    sum(l.cost_cents * case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end / l.amount)
-  from new_lots l where l.moved_from is null or l.debt_settled > 0
-  group by 1, 3, 4, 5
-  on conflict (at, backend, currency, category, kind) do update
-  set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
-  return null;
-end;
-$$;
-comment on function billing.keep_grants_tail() is 'Internal (trigger): adds a statement''s new lots to billing.grants_tail, as billing.event_parts sums them.';
-revoke execute on function billing.keep_grants_tail() from public;
-
-create trigger lots_grants_tail after insert on billing.lots referencing new table as new_lots
-  for each statement execute function billing.keep_grants_tail();
+comment on function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the events'' combinable parts of every metric over [from, to) (money, lots granted, purchases, webhooks), from the raw rows.';
+revoke execute on function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
 -- Two credit parts as one: amounts and events summed per kind and model.
 create or replace function billing.sum_credits(p_a jsonb, p_b jsonb) returns jsonb
@@ -16394,7 +16284,6 @@ begin
   -- What the writer kept before here is rolled up.
   delete from billing.ledger_tail x where x.at < v_to;
   delete from billing.lots_tail x where x.at < v_to;
-  delete from billing.active_tail x where x.at < v_to;
   return v_to;
 end;
 $$;
@@ -16415,8 +16304,7 @@ as $$
 declare
   v_from timestamptz := p_day::timestamp at time zone 'UTC';
   v_end timestamptz := (p_day + 1)::timestamp at time zone 'UTC';
-  -- On a whole second: what is granted after it is summed per second (billing.grants_tail).
-  v_until timestamptz := least(v_end, date_trunc('second', now() - interval '5 minutes'));
+  v_until timestamptz := least(v_end, now() - interval '5 minutes');
   -- least() skips nulls: a horizon that cannot be known is the day's start.
   v_ledger_until timestamptz := greatest(v_from, least(v_end, coalesce(billing.ledger_horizon(), v_from)));
   v_ledger boolean;
@@ -16445,12 +16333,7 @@ begin
     credits = case when v_ledger then excluded.credits else d.credits end,
     lots = case when v_ledger then excluded.lots else d.lots end,
     active_accounts = case when v_ledger then excluded.active_accounts else d.active_accounts end,
-    outstanding_credits = case when v_ledger then excluded.outstanding_credits else d.outstanding_credits end
-  -- Never back: a refresh that started earlier and commits after another must not leave the row
-  -- short of what that other deleted of the grants tail below.
-  where d.covered_until <= excluded.covered_until;
-  -- What the grants tail kept before here is in the events half.
-  delete from billing.grants_tail x where x.at < v_until;
+    outstanding_credits = case when v_ledger then excluded.outstanding_credits else d.outstanding_credits end;
 end;
 $$;
 comment on function billing.refresh_revenue_rollup(p_day date) is 'Computes (or recomputes) a day''s revenue_rollup row: its events half, and its credit ledger half once the day is past the horizon (or up to it, for a new row).';
@@ -16666,7 +16549,7 @@ begin
           e.webhooks_received, e.webhooks_ok, null, null)::billing.metric_part
       from events e
       union all
-      select row(g.lo, g.hi, false, '[]'::jsonb, p.credits, p.lots, p.active_bitmap, null, p.active_accounts, null, 0, 0, 0, 0, 0,
+      select row(g.lo, g.hi, false, '[]'::jsonb, p.credits, p.lots, null, null, p.active_accounts, null, 0, 0, 0, 0, 0,
           p.user_credit_change, null)::billing.metric_part
       -- whole_day: with the stored half before it, the parts hold the day from its start.
       from (select greatest(d.lo, coalesce(l.ledger_until, d.lo)) as lo, d.hi,
@@ -16678,10 +16561,8 @@ begin
       select row(g.lo, g.hi, false, p.money, '[]'::jsonb, p.lots, null, null, null, p.paying_accounts,
           p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
           null, null)::billing.metric_part
-      -- tail: the stored half ends where this piece starts (today's lots granted from billing.grants_tail).
-      from (select greatest(d.lo, coalesce(e.covered_until, d.lo)) as lo, d.hi, e.covered_until >= d.lo as tail
-            from days d left join events e on e.day = d.day) g
-      cross join lateral billing.event_parts(g.lo, g.hi, p_use_rollup and coalesce(g.tail, false)) p
+      from (select greatest(d.lo, coalesce(e.covered_until, d.lo)) as lo, d.hi from days d left join events e on e.day = d.day) g
+      cross join lateral billing.event_parts(g.lo, g.hi) p
       where g.lo < g.hi
     ) u
     order by (u.part).lo
@@ -16862,10 +16743,10 @@ begin
   with parts as (select p.* from unnest(p_parts) p),
   stored as (select p.* from parts p where p.stored),
   live as (select p.* from parts p where not p.stored),
-  -- Distinct users: the union of the bitmaps (stored days, today's tail) and the live pieces' ids.
+  -- Distinct users: the union of the stored days' bitmaps and the live pieces' ids.
   users as (
     select
-      billing.count_accounts(array(select s.active_bitmap from parts s where s.active_bitmap is not null),
+      billing.count_accounts(array(select s.active_bitmap from stored s where s.active_bitmap is not null),
         array(select x from live l cross join lateral unnest(l.active_accounts) x)) as active,
       billing.count_accounts(array(select s.paying_bitmap from stored s where s.paying_bitmap is not null),
         array(select x from live l cross join lateral unnest(l.paying_accounts) x)) as paying,

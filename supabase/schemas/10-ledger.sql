@@ -216,13 +216,13 @@ create table billing.lots_tail (
 comment on table billing.lots_tail is 'Internal: what credit transfers drew from lots, summed per second, backend, currency, category, kind and origin by the writer, for the part of today not rolled up yet.';
 alter table billing.lots_tail enable row level security;
 
--- Since when billing.ledger_tail, lots_tail, grants_tail, active_tail and accounts.active_from are kept
+-- Since when billing.ledger_tail, billing.lots_tail and accounts.active_from are kept
 -- (one row, moved by a migration that adds another tail): a part of the day that starts earlier
 -- is read from the rows.
 create table billing.ledger_tail_kept (
   since timestamptz primary key
 );
-comment on table billing.ledger_tail_kept is 'Internal: the instant from which billing.ledger_tail, lots_tail, grants_tail, active_tail and accounts.active_from are complete.';
+comment on table billing.ledger_tail_kept is 'Internal: the instant from which billing.ledger_tail, lots_tail and accounts.active_from are complete.';
 alter table billing.ledger_tail_kept enable row level security;
 -- A database built from the baseline keeps every tail from its first instant.
 insert into billing.ledger_tail_kept (since) values (clock_timestamp());
