@@ -277,7 +277,8 @@ Deno.test('an AI error-rate alert opens when a model fails a run of calls and re
 Deno.test('content is kept only with consent, redacted, shown to its owner and the operator, deletable, and gone after 30 days', async () => {
   const s = await student();
   const admin = await adminToken();
-  const marker = `kept-${crypto.randomUUID()}`;
+  // One word: a UUID's dashed digit groups can read as a phone number and be redacted.
+  const marker = `kept${crypto.randomUUID().replaceAll('-', '')}`;
   const prompt = `#standin words=3 ${marker} mail me at ada.lovelace@example.com`;
   await s.openai.chat.completions.create({ model: 'gpt-4o-mini', messages: ask(prompt) });
   const consent = await api('/ai/v1/content-consent', { method: 'PUT', token: s.token, body: { keep_content: true } });
