@@ -121,7 +121,7 @@ report.versus_pgledger = { ...cells, ratio: versus };
 
 // Credits for some models (docs/credit-lots.md): a usage charge on accounts without restricted lots
 // (the path every account takes unless it has some) against accounts that also hold credits for
-// another model, whose charges are planned (billing.plan_lot_draw).
+// another model, whose charges draw only the free credits that may pay for theirs.
 const restricted: string[] = (await admin`
   with ins as (insert into auth.users (id) select gen_random_uuid() from generate_series(1, ${accountCount}) returning id)
   select id from ins`).map((r) => r.id);
@@ -140,7 +140,7 @@ await admin`select billing.reserve_credits(u, 0.000001, 'bench-dust:' || g || ':
   from unnest(${crowded}::uuid[]) u, generate_series(1, 100) g`;
 // Many lists: 30 more accounts' worth of lists (every list a set of the catalogue's names and
 // families) and a gateway call's hold for each of four models, on 100 of the one-list accounts:
-// every charge's plan finds its lots' slack by maximum flow (billing.hold_deficit) over 31 groups.
+// every charge draws around what those holds reserved.
 const many = oneList.slice(0, 100);
 const restOfOneList = oneList.slice(many.length);
 await admin`select billing.grant_credits(u, 1, 'promo_grant', 'bench-many:' || n || ':' || u, null, null, null,

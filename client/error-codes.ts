@@ -3,6 +3,7 @@
 import type { Credits } from './contract.ts';
 
 export const documentedCodes = [
+  'ACCOUNT_DISPUTED',
   'AI_CALL_NOT_FOUND',
   'ANSWER_CUT',
   'AUTH_UNAVAILABLE',

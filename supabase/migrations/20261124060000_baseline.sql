@@ -350,9 +350,14 @@ create table billing.accounts (
   next_expiry timestamp with time zone,
   code_id uuid,
   restricted_lots boolean default false not null,
-  -- Reporting (90-reporting.sql, billing.ledger_parts): set by the writer to the start of the
-  -- first transaction of its UTC day that wrote one of the account's entries; kept while that
-  -- day lasts, so the write that sets it is the account's only one a day to change an index.
+  -- Set while one of its lots is frozen (a disputed purchase's: billing.set_lots_frozen): what it
+  -- may spend is then read from its lots' free credits, not balance − held.
+  frozen_lots boolean default false not null,
+  -- What it may spend is read from its lots (some pay for some models only, or are frozen), not
+  -- from balance − held.
+  reads_lots boolean generated always as ((restricted_lots or frozen_lots)) stored,
+  -- Reporting (billing.active_tail): set by the writer to the start of the first transaction
+  -- of its UTC day that wrote one of the account's entries; kept while that day lasts.
   active_from timestamp with time zone,
   constraint accounts_held_not_negative check ((held >= (0)::numeric)),
   constraint accounts_low_balance_positive check (((low_balance_threshold is null) or (low_balance_threshold > (0)::numeric))),
@@ -367,7 +372,7 @@ create table billing.accounts (
 comment on table billing.accounts is 'One credit account per user (created on first use) plus platform accounts, the counterparties of every movement.';
 comment on column billing.accounts.org_id is 'An organisation''s wallet (member_id null) or a member''s allowance account (member_id set).';
 comment on column billing.accounts.code_id is 'A gift or sponsor code''s escrow: the credits it will give, tracked like a wallet until redeemed (billing.codes).';
-comment on column billing.accounts.restricted_lots is 'Set by the writer once a lot that pays only for some models arrives (never unset): the account then has sub-accounts (billing.sub_accounts), and its charges, holds and moves draw through billing.plan_lot_draw.';
+comment on column billing.accounts.restricted_lots is 'Set by the writer once a lot that pays only for some models arrives (never unset): the account then has sub-accounts (billing.sub_accounts), and its charges and holds draw only lots that may pay for their model (billing.free_credits reads what they may spend).';
 comment on column billing.accounts.next_expiry is 'No later than the earliest expires_at of the account''s open lots (a lower bound, exact after each expiry run): spending expires due lots first when it has passed.';
 alter table billing.accounts enable row level security;
 grant select on table billing.accounts to authenticated;
@@ -381,9 +386,6 @@ create unique index accounts_code_key on billing.accounts (code) where code is n
 create unique index accounts_org_member on billing.accounts (org_id, member_id) nulls not distinct where org_id is not null;
 
 create index accounts_allowances on billing.accounts (id) where member_id is not null;
-
--- Today's active accounts since an instant (billing.ledger_parts).
-create index accounts_active_from on billing.accounts (active_from) where active_from is not null;
 
 -- Credits for some models, as accounts (docs/credit-lots.md): an account's credits under one list
 -- of models (lots.applies_to) are its sub-account for that list, the part of its balance only
@@ -441,7 +443,13 @@ grant select on table billing.transfers to service_role;
 create index transfers_created_brin on billing.transfers using brin (created_at)
   with (pages_per_range = 32, autosummarize = on);
 
-create index transfers_org_member on billing.transfers (member_id, created_at) where member_id is not null;
+-- Members' spending of a school's credits: by member (their ledger and usage), and by time
+-- (billing.org_revenue, once per period of a report). Only spending kinds: a school's onboarding
+-- funds an allowance per member, and a report's every period scanned those moves too.
+create index transfers_org_member on billing.transfers (member_id, created_at)
+  where member_id is not null and kind in ('usage', 'hold_capture', 'void');
+create index transfers_org_spending on billing.transfers (created_at)
+  where member_id is not null and kind in ('usage', 'hold_capture', 'void');
 
 -- What the credit transfers moved, per second, summed as the writer writes them: read for the
 -- part of today the roll-up has not reached (billing.ledger_parts), so a report right after a
@@ -461,31 +469,44 @@ create table billing.ledger_tail (
 comment on table billing.ledger_tail is 'Internal: credit transfers summed per second, backend, kind and rate card by the writer, for the part of today not rolled up yet.';
 alter table billing.ledger_tail enable row level security;
 
--- What the credit transfers drew from lots (and gave back to them), summed as ledger_tail is: the
--- lots part of the same reports (billing.ledger_parts), by the lots' currency, category and origin
--- and the transfer's kind; of credits given back, the part that paid a debt is its own kind
--- ('debt_settled_by_return'). Cost bases (cents) as the allocations keep them.
+-- What the credit transfers drew from lots (and gave back to them), and the lots they granted,
+-- summed as ledger_tail is: the lots part of the same reports (billing.ledger_parts), by the lots'
+-- currency, category and origin and the transfer's kind; of credits given back, the part that paid
+-- a debt is its own kind ('debt_settled_by_return'); lots granted are 'granted' (net of the debt
+-- they settled on arrival) and moved lots that paid a debt on arrival 'debt_settled_by_move'.
+-- Cost bases (cents) as the allocations and lots keep them.
 create table billing.lots_tail (
   at timestamptz not null,
   backend integer not null,
   currency text not null,
   category text not null,
-  kind text not null,                             -- a transfer kind, or 'debt_settled_by_return'
+  kind text not null,                             -- a transfer kind, 'debt_settled_by_return', 'granted' or 'debt_settled_by_move'
   origin text,                                    -- the lots' (billing.lots.origin)
   credits numeric(38, 18) not null,
   cents numeric not null,
   constraint lots_tail_key unique nulls not distinct (at, backend, currency, category, kind, origin)
 ) with (fillfactor = 70);
-comment on table billing.lots_tail is 'Internal: what credit transfers drew from lots, summed per second, backend, currency, category, kind and origin by the writer, for the part of today not rolled up yet.';
+comment on table billing.lots_tail is 'Internal: what credit transfers drew from lots and the lots they granted, summed per second, backend, currency, category, kind and origin by the writer, for the part of today not rolled up yet.';
 alter table billing.lots_tail enable row level security;
 
--- Since when billing.ledger_tail, billing.lots_tail and accounts.active_from are kept
+-- The accounts whose first entry of their UTC day was written in a second, as the writer writes
+-- them (when accounts.active_from moves to the day): today's active accounts not rolled up yet
+-- (billing.ledger_parts), read in the order they were written, not from the accounts.
+create table billing.active_tail (
+  at timestamptz not null,                        -- the second the writing transaction started
+  account_id bigint not null,
+  primary key (at, account_id)
+);
+comment on table billing.active_tail is 'Internal: accounts first active in their UTC day, per second, kept by the writer for the part of today not rolled up yet.';
+alter table billing.active_tail enable row level security;
+
+-- Since when billing.ledger_tail, billing.lots_tail and billing.active_tail are kept
 -- (one row, moved by a migration that adds another tail): a part of the day that starts earlier
 -- is read from the rows.
 create table billing.ledger_tail_kept (
   since timestamptz primary key
 );
-comment on table billing.ledger_tail_kept is 'Internal: the instant from which billing.ledger_tail, lots_tail and accounts.active_from are complete.';
+comment on table billing.ledger_tail_kept is 'Internal: the instant from which billing.ledger_tail, lots_tail and active_tail are complete.';
 alter table billing.ledger_tail_kept enable row level security;
 -- A database built from the baseline keeps every tail from its first instant.
 insert into billing.ledger_tail_kept (since) values (clock_timestamp());
@@ -545,7 +566,7 @@ create table billing.holds (
   constraint holds_amount_positive check ((amount > (0)::numeric)),
   constraint holds_captured_within check (((captured_amount is null) or ((captured_amount > (0)::numeric) and (captured_amount <= amount)))),
   constraint holds_finished check (((status = 'active'::text) = (finished_at is null))),
-  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text, 'dispute'::text]))),
+  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text]))),
   constraint holds_status check ((status = any (array['active'::text, 'captured'::text, 'released'::text, 'expired'::text]))),
   constraint holds_idempotency_key_key unique (idempotency_key),
   constraint holds_pkey primary key (id)
@@ -557,6 +578,22 @@ comment on table billing.holds is 'Two-phase spending: reserve → capture (all 
 alter table billing.holds enable row level security;
 grant select on table billing.holds to authenticated;
 grant select on table billing.holds to service_role;
+
+-- What each active hold reserved of which lot (issue #77: a hold reserves free credits of the lots
+-- that may pay for its model, in spending order; billing.pick_lots, 11-ledger-writer.sql). Per
+-- lot, Σ amount over active holds = lots.reserved (billing.check_lots). No foreign keys, as
+-- holds and lot_allocations have none: only the writer writes it, under the account lock.
+create table billing.hold_lots (
+  hold_id uuid not null,
+  lot_id bigint not null,
+  amount numeric(38,18) not null,
+  constraint hold_lots_amount_positive check ((amount > (0)::numeric)),
+  constraint hold_lots_pkey primary key (hold_id, lot_id)
+);
+comment on table billing.hold_lots is 'What each hold reserved of each lot; per lot, Σ over active holds = lots.reserved. Written only by the ledger''s writer.';
+alter table billing.hold_lots enable row level security;
+
+create index hold_lots_lot on billing.hold_lots (lot_id);
 
 create index holds_active_expiry on billing.holds (expires_at) where status = 'active';
 
@@ -622,13 +659,24 @@ begin
     return jsonb_build_object('token', 'USER_NOT_ACTIVE',
       'detail', jsonb_build_object('rule', 'the user must exist and not be deleted or banned'));
   end if;
+  -- A buyer whose own payment (a purchase of theirs, a gift code's included, or a plan invoice)
+  -- is disputed is suspended until the dispute closes (issue #77). An organisation's purchase
+  -- suspends no one; a redeemer or member of what the buyer paid for is never named here.
+  -- The tables are 50-purchases.sql's and 56-plans.sql's; 60-dispute-suspension.sql indexes them.
+  if exists (select 1 from billing.purchases p
+             where p.user_id = p_user and p.org_id is null and p.dispute_status = 'open')
+     or exists (select 1 from billing.subscriptions s join billing.plan_grants g on g.subscription_id = s.id
+                where s.user_id = p_user and g.dispute_status = 'open') then
+    return jsonb_build_object('token', 'ACCOUNT_DISPUTED',
+      'detail', jsonb_build_object('rule', 'a payment of yours is disputed: credits cannot be used or moved until the dispute closes'));
+  end if;
   if p_admin and v_role <> 'admin' then
     return jsonb_build_object('token', 'ADMIN_REQUIRED', 'detail', jsonb_build_object('rule', 'app_metadata.role must be admin now'));
   end if;
   return null;
 end;
 $$;
-comment on function billing.standing_refusal(p_user uuid, p_admin boolean) is 'Internal: USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ADMIN_REQUIRED unless (when asked) they are an admin now; else null.';
+comment on function billing.standing_refusal(p_user uuid, p_admin boolean) is 'Internal: USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ACCOUNT_DISPUTED while a purchase or plan invoice the user paid (not an organisation''s) has an open dispute; ADMIN_REQUIRED unless (when asked) they are an admin now; else null.';
 revoke execute on function billing.standing_refusal(p_user uuid, p_admin boolean) from public;
 
 create or replace function billing.assert_user_standing(p_user uuid, p_admin boolean default false) returns void
@@ -792,21 +840,6 @@ $$;
 comment on function billing.code_escrow_id(p_code uuid) is 'Internal: the account holding a gift or sponsor code''s credits until it is redeemed.';
 revoke execute on function billing.code_escrow_id(p_code uuid) from public;
 
--- Work under way (a job's or a gateway call's hold) in an account where a dispute holds credits
--- does not lapse by its TTL alone: the dispute's hold there may stand lowered for it (its buyer
--- holds that part, billing.dispute_work_held), so what it held would come free to any spend.
--- billing.release_disputed_work_holds ends it with a refit instead; until then it still counts.
-create or replace function billing.work_waits_for_dispute(p_account_id bigint) returns boolean
-language sql stable
-set search_path = ''
-as $$
-  select exists (select 1 from billing.holds d
-                 where d.account_id = p_account_id and d.status = 'active' and d.purpose = 'dispute')
-$$;
-comment on function billing.work_waits_for_dispute(p_account_id bigint) is 'Internal: whether job and gateway holds past their TTL in this account wait for the dispute sweep (a dispute holds credits here) instead of lapsing.';
-revoke execute on function billing.work_waits_for_dispute(p_account_id bigint) from public;
-grant execute on function billing.work_waits_for_dispute(p_account_id bigint) to service_role;
-
 create or replace function billing.balance_of(p_account_id bigint)
 returns billing.balance
 language plpgsql
@@ -817,33 +850,39 @@ declare
   a billing.accounts;
   v_overdue numeric := 0;
   v_due numeric := 0;
-  v_yielding numeric := 0;
   v_given numeric := 0;
+  v_frozen numeric := 0;
 begin
   select * into a from billing.accounts x where x.id = p_account_id;
   if not found then
     return null;
   end if;
   -- As settle_account would leave it: overdue holds ended; once next_expiry has passed, due lots
-  -- expired and the user's and jobs' holds given way until what is held fits in what is left (a
-  -- dispute's hold stays whole, as fit_holds leaves it). Each sum is read only when it can be
-  -- non-zero: nearly every account has nothing held or due, and is answered from its row.
+  -- expired (reserved or frozen, whole) and the live holds that reserved them shrunk by their
+  -- part. Each sum is read only when it can be non-zero: nearly every account has nothing held or
+  -- due, and is answered from its row.
   if a.held > 0 then
     v_overdue := coalesce((select sum(h.amount) from billing.holds h
-                           where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()
-                             and not (h.purpose in ('job', 'ai') and billing.work_waits_for_dispute(a.id))), 0);
+                           where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()), 0);
   end if;
   if a.next_expiry <= now() then
     v_due := coalesce((select sum(l.remaining) from billing.lots l
-                       where l.account_id = a.id and l.open and not l.frozen and l.expires_at <= now()), 0);
+                       where l.account_id = a.id and l.open and l.expires_at <= now()), 0);
     if a.held > 0 then
-      v_yielding := coalesce((select sum(h.amount) from billing.holds h
-                              where h.account_id = a.id and h.status = 'active' and h.expires_at > now()
-                                and h.purpose in ('user', 'job', 'ai')), 0);
-      v_given := least(v_yielding, greatest(a.held - v_overdue - greatest(a.balance - v_due, 0), 0));
+      v_given := coalesce((select sum(hl.amount) from billing.hold_lots hl
+                           join billing.holds h on h.id = hl.hold_id and h.status = 'active' and h.expires_at > now()
+                           join billing.lots l on l.id = hl.lot_id and l.open and l.expires_at <= now()
+                           where h.account_id = a.id), 0);
     end if;
   end if;
-  return (a.balance - v_due, a.held - v_overdue - v_given, a.balance - v_due - a.held + v_overdue + v_given)::billing.balance;
+  -- A frozen lot's free credits are in the balance but cannot be spent until its dispute ends.
+  if a.frozen_lots then
+    v_frozen := coalesce((select sum(l.remaining - l.reserved) from billing.lots l
+                          where l.account_id = a.id and l.open and l.frozen
+                            and not coalesce(a.next_expiry <= now() and l.expires_at <= now(), false)), 0);
+  end if;
+  return (a.balance - v_due, a.held - v_overdue - v_given,
+    a.balance - v_due - a.held + v_overdue + v_given - v_frozen)::billing.balance;
 end
 $$;
 comment on function billing.balance_of(p_account_id bigint) is 'Balance, live held amount (holds past their TTL no longer count) and available.';
@@ -874,6 +913,80 @@ $$;
 comment on function billing.get_balance(p_user uuid) is 'A user''s balance, held and available, and the next expiry (amount, time); zeros when the user has no account yet.';
 revoke execute on function billing.get_balance(p_user uuid) from public;
 grant execute on function billing.get_balance(p_user uuid) to service_role;
+
+-- ============================================================ views
+
+-- For operators: platform accounts' balances, derived from the transfers (they keep no balance
+-- and get no entries). Each transfer is −amount on its from side and +amount on its to side.
+create or replace view billing.platform_balances with (security_invoker = true) as
+  select a.code, coalesce(s.balance, 0)::numeric(38, 18) as balance, coalesce(s.transfers, 0) as transfers
+  from billing.accounts a
+  left join (select x.account_id, sum(x.amount) as balance, count(*) as transfers
+             from billing.transfers t
+             cross join lateral (values (t.from_account_id, -t.amount), (t.to_account_id, t.amount)) x(account_id, amount)
+             where x.account_id in (select p.id from billing.accounts p where p.code is not null)
+             group by x.account_id) s on s.account_id = a.id
+  where a.code is not null;
+comment on view billing.platform_balances is 'Each platform account''s balance: Σ of the transfers to it minus Σ of those from it.';
+grant select on table billing.platform_balances to service_role;
+
+-- ============================================================ triggers
+
+create trigger transfers_immutable before update or delete on billing.transfers
+  for each row execute function billing.refuse_ledger_change();
+
+create trigger transfers_no_truncate before truncate on billing.transfers
+  for each statement execute function billing.refuse_ledger_change();
+
+-- Transfers and entries name accounts without foreign keys (see transfers): an account, once
+-- made, stays.
+create trigger accounts_never_deleted before delete on billing.accounts
+  for each row execute function billing.refuse_ledger_change();
+
+create trigger accounts_no_truncate before truncate on billing.accounts
+  for each statement execute function billing.refuse_ledger_change();
+
+create trigger entries_immutable before update or delete on billing.entries
+  for each row execute function billing.refuse_ledger_change();
+
+create trigger entries_no_truncate before truncate on billing.entries
+  for each statement execute function billing.refuse_ledger_change();
+
+-- ============================================================ policies
+
+create policy "Users can read their own account" on billing.accounts
+  for select to authenticated using (user_id = (select auth.uid()));
+
+create policy "Users can read entries of their own account" on billing.entries
+  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
+
+create policy "Users can read transfers touching their own account" on billing.transfers
+  for select to authenticated using (
+    from_account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid()))
+    or to_account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid()))
+  );
+
+create policy "Users can read their own holds" on billing.holds
+  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
+
+create policy "Users can read their own caps" on billing.spend_caps
+  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
+
+-- ============================================================ reference rows
+
+
+
+
+
+insert into billing.accounts (code) values
+  ('purchases'), ('promotions'), ('adjustments'), ('usage_revenue'), ('refunds'), ('disputes'), ('expired');
+
+-- ============================================================================
+-- schemas/10-statements.sql
+-- ============================================================================
+-- An account as its readers see it: the ledger page by page (get_ledger), usage charges over a
+-- period (usage_charges, per member and organisation), and how long the credits last (runway).
+-- Reads only; the ledger's tables are in 10-ledger.sql.
 
 create or replace function billing.get_ledger(
   p_user uuid, p_before_id bigint default null, p_limit integer default 50,
@@ -952,51 +1065,41 @@ begin
   -- inlined, and two such calls a row were half of a summary's time.
   -- A void's metadata is the ledger's own (charged_at, model, tokens): see the header.
   return query
-    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else e.created_at end,
+    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else x.at end,
       coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
-      -e.amount,
+      x.credits,
       case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
-        then (t.metadata ->> 'input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+        then (t.metadata ->> 'input_tokens')::bigint * x.sign end,
       case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
-        then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      false,
-      case when t.kind = 'void' then -1 else 1 end,
+        then (t.metadata ->> 'output_tokens')::bigint * x.sign end,
+      x.school,
+      x.sign,
       case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
-        then (t.metadata ->> 'cached_input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+        then (t.metadata ->> 'cached_input_tokens')::bigint * x.sign end,
       case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
-        then (t.metadata ->> 'reasoning_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+        then (t.metadata ->> 'reasoning_tokens')::bigint * x.sign end,
       case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
-        then (t.metadata ->> 'images')::bigint * case when t.kind = 'void' then -1 else 1 end end,
+        then (t.metadata ->> 'images')::bigint * x.sign end,
       case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
-        then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
-    from billing.entries e
-    join billing.transfers t on t.id = e.transfer_id
-    where p_account is not null and e.account_id = p_account and e.balance_after is not null and e.id > v_floor
-      and e.created_at >= p_from and e.created_at < p_to
-      and ((e.amount < 0 and t.kind in ('usage', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
-    union all
-    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else t.created_at end,
-      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
-      case when t.kind = 'void' then -t.amount else t.amount end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
-        then (t.metadata ->> 'input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
-        then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      true,
-      case when t.kind = 'void' then -1 else 1 end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
-        then (t.metadata ->> 'cached_input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
-        then (t.metadata ->> 'reasoning_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
-        then (t.metadata ->> 'images')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
-        then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
-    from billing.transfers t
-    where p_member is not null and t.member_id = p_member and t.created_at >= p_from and t.created_at < p_to
-      and t.kind in ('usage', 'hold_capture', 'void')
-      and (p_org is null or case when t.kind = 'void' then t.to_account_id else t.from_account_id end
-                             in (select a.id from billing.accounts a where a.org_id = p_org));
+        then (t.metadata ->> 'audio_seconds')::bigint * x.sign end
+    from (
+      select e.transfer_id, e.created_at as at, -e.amount as credits, false as school,
+        case when t.kind = 'void' then -1 else 1 end as sign
+      from billing.entries e
+      join billing.transfers t on t.id = e.transfer_id
+      where p_account is not null and e.account_id = p_account and e.balance_after is not null and e.id > v_floor
+        and e.created_at >= p_from and e.created_at < p_to
+        and ((e.amount < 0 and t.kind in ('usage', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
+      union all
+      select t.id, t.created_at, case when t.kind = 'void' then -t.amount else t.amount end, true,
+        case when t.kind = 'void' then -1 else 1 end
+      from billing.transfers t
+      where p_member is not null and t.member_id = p_member and t.created_at >= p_from and t.created_at < p_to
+        and t.kind in ('usage', 'hold_capture', 'void')
+        and (p_org is null or case when t.kind = 'void' then t.to_account_id else t.from_account_id end
+                               in (select a.id from billing.accounts a where a.org_id = p_org))
+    ) x
+    join billing.transfers t on t.id = x.transfer_id;
 end;
 $$;
 comment on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the charges of an account (and those paid for a member by a school) in [from, to), and the voids made then (negative, dated by their charge).';
@@ -1034,1946 +1137,13 @@ $$;
 comment on function billing.runway(p_account bigint) is 'Internal: days the account''s available credits last at its last 7 days'' pace (null without a pace).';
 revoke execute on function billing.runway(p_account bigint) from public;
 
--- ============================================================ views
-
--- For operators: platform accounts' balances, derived from the transfers (they keep no balance
--- and get no entries). Each transfer is −amount on its from side and +amount on its to side.
-create or replace view billing.platform_balances with (security_invoker = true) as
-  select a.code, coalesce(s.balance, 0)::numeric(38, 18) as balance, coalesce(s.transfers, 0) as transfers
-  from billing.accounts a
-  left join (select x.account_id, sum(x.amount) as balance, count(*) as transfers
-             from billing.transfers t
-             cross join lateral (values (t.from_account_id, -t.amount), (t.to_account_id, t.amount)) x(account_id, amount)
-             where x.account_id in (select p.id from billing.accounts p where p.code is not null)
-             group by x.account_id) s on s.account_id = a.id
-  where a.code is not null;
-comment on view billing.platform_balances is 'Each platform account''s balance: Σ of the transfers to it minus Σ of those from it.';
-grant select on table billing.platform_balances to service_role;
-
--- ============================================================ triggers
-
-create trigger transfers_immutable before update or delete on billing.transfers
-  for each row execute function billing.refuse_ledger_change();
-
-create trigger transfers_no_truncate before truncate on billing.transfers
-  for each statement execute function billing.refuse_ledger_change();
-
--- Transfers and entries name accounts without foreign keys (see transfers): an account, once
--- made, stays.
-create trigger accounts_never_deleted before delete on billing.accounts
-  for each row execute function billing.refuse_ledger_change();
-
-create trigger accounts_no_truncate before truncate on billing.accounts
-  for each statement execute function billing.refuse_ledger_change();
-
-create trigger entries_immutable before update or delete on billing.entries
-  for each row execute function billing.refuse_ledger_change();
-
-create trigger entries_no_truncate before truncate on billing.entries
-  for each statement execute function billing.refuse_ledger_change();
-
--- ============================================================ policies
-
-create policy "Users can read their own account" on billing.accounts
-  for select to authenticated using (user_id = (select auth.uid()));
-
-create policy "Users can read entries of their own account" on billing.entries
-  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
-
-create policy "Users can read transfers touching their own account" on billing.transfers
-  for select to authenticated using (
-    from_account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid()))
-    or to_account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid()))
-  );
-
-create policy "Users can read their own holds" on billing.holds
-  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
-
-create policy "Users can read their own caps" on billing.spend_caps
-  for select to authenticated using (account_id in (select a.id from billing.accounts a where a.user_id = (select auth.uid())));
-
--- ============================================================ reference rows
-
-
-
-
-
-insert into billing.accounts (code) values
-  ('purchases'), ('promotions'), ('adjustments'), ('usage_revenue'), ('refunds'), ('disputes'), ('expired');
-
 -- ============================================================================
--- schemas/11-ledger-writer.sql
+-- schemas/11-ledger-caps.sql
 -- ============================================================================
--- The ledger's writer: billing.post_transfers alone inserts transfers, entries, lots and
--- allocations and changes balances, held amounts and versions
--- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Every feature
--- decides what moves and calls it; the functions here are the common road to it: one user's
--- movement against a platform account (post_user_transfer, and its faces grant_credits and
--- reverse_credits), a move between two tracked accounts (move_credits), and the
--- account that pays a member's charge (lock_spending_source).
---
--- Concurrency: a user account row is locked (FOR UPDATE) before its balance is read, so
--- parallel debits serialise per account and can never overdraw. When a function needs an
--- account and one of its holds, it locks the account first, then the hold; no function locks
--- two user accounts, and if one ever must, it locks them in ascending id order. Idempotency
--- keys are checked again after the lock, so N parallel identical calls make one transfer.
---
--- Over 600 lines on purpose: post_transfers is one function (about 290 lines), and the road to it
--- is read beside it. So is what every posting checks and sets off under the account lock, in
--- sections of their own below: lots and holds falling due, which restricted lots may pay, the
--- spend caps' room, the low-balance alert and auto-recharge. They are the core's (calls point
--- down: nothing here calls a feature); the features that own them (30-lots, 31-lot-applicability,
--- 40-caps-alerts, 55-auto-recharge) keep their tables and the rest.
-
--- ============================================================ types
-
--- One movement for billing.post_transfers, the ledger's one writer. `lots` says how the tracked
--- sides' lots move; null for the usual: a debit draws from its lots in spending order, a credit
--- from a platform account opens a new lot, a credit from a tracked account (a move) arrives as
--- the lots its debit drew, each with its provenance (`applies_to` given: narrowed to it). Otherwise, any of:
---   first       lot ids drawn before the spending order (a reversal takes its purchase's lots first)
---   take        [{lot_id, amount}]: the debit draws exactly these, of exactly the amount (an account
---               with restricted lots, billing.plan_lot_draw)
---   for         a model: the debit (a movement alone) draws in spending order only from lots that
---               may pay for it (an account with restricted lots and no live hold to keep payable);
---               they must cover it
---   return_to   [{lot_id, amount}]: the credit goes back into these lots (a void, a rollover's
---               credits brought back from breakage): negative allocations, no new lot; what of
---               it pays a debt is the allocation's debt_settled, not the lot's
---   moved_from  the credit opens a lot with this lot's provenance and its share of the cost (a plan rollover)
---   category, priority, cost_cents, currency, purchase_id, expires_at, applies_to, origin: the new
---               lot's, over the defaults (billing.credit_expiry_policy; an adjustment never expires
---               unless told; applies_to null: pays for any model; origin: what reports break it down
---               by, 'plan' or 'promo_code')
-create type billing.transfer_spec as (
-  kind billing.transfer_kind,
-  from_account_id bigint,
-  to_account_id bigint,
-  amount numeric,
-  idempotency_key text,
-  correlation_id text,
-  reference text,
-  metadata jsonb,
-  rate_card_id bigint,
-  hold_id uuid,
-  member_id uuid,
-  lots jsonb
-);
-comment on type billing.transfer_spec is 'A movement billing.post_transfers is asked to make (see the comment above it for lots).';
-
--- A pending transfer's step for billing.post_transfers (TigerBeetle's pending, post and void). A
--- hold is a pending transfer: it reserves credits of an account (the account's `held`) and moves
--- nothing until it is posted. Whatever ends a hold, its whole amount stops counting.
---   place   a new hold: hold_id (the caller's choice, so it knows the row), account_id, amount and
---           the hold's fields; held grows by the amount
---   resize  an active hold grows (amount > 0) or gives way (amount < 0, `note` joining its
---           metadata); given way whole, it ends released, its amount kept as the record of it
---   post    an active hold is captured for `amount` by the batch's one movement naming it
---           (its hold_id), in that movement's own account write; or, `transfer_id` given, by a
---           movement written before (a replay that finds the capture written)
---   void    an active hold ends unspent: `status` released or expired
-create type billing.hold_step as (
-  op text,
-  hold_id uuid,
-  amount numeric,
-  status text,
-  transfer_id bigint,
-  note jsonb,
-  account_id bigint,
-  idempotency_key text,
-  correlation_id text,
-  metadata jsonb,
-  expires_at timestamptz,
-  purpose text,
-  member_id uuid
-);
-comment on type billing.hold_step is 'A pending transfer (hold) placed, resized, posted or voided by billing.post_transfers (see the comment above it).';
-
-create type billing.posted_transfer as (
-  transfer_id bigint,                             -- null when refused
-  replayed boolean,                               -- a transfer with this key and kind was already written
-  from_balance numeric(38, 18),                   -- the tracked sides' balances after it; null for a platform side, a replay or a refusal
-  to_balance numeric(38, 18),
-  result text,                                    -- applied, exists (a replay), insufficient or capped (nothing written)
-  refusal jsonb                                   -- insufficient: {required, available}; capped: the cap's figures (take_cap_room)
-);
-comment on type billing.posted_transfer is 'What billing.post_transfers answers for each movement, in order.';
-
--- ============================================================ functions
-
--- What spends an account's credits (a usage charge, a capture, a move to another account): the
--- writer lets such a debit take only what the account has for it (post_transfers). The rest may
--- take more: a reversal goes into debt; an expiry, a rollover or a void moves credits named by lot.
-create or replace function billing.spending_kinds() returns billing.transfer_kind[]
-language sql immutable
-set search_path = ''
-as $$
-  select array['usage', 'hold_capture', 'allowance', 'allowance_sweep', 'code_escrow', 'code_redemption',
-    'code_return']::billing.transfer_kind[]
-$$;
-comment on function billing.spending_kinds() is 'Internal: the transfer kinds whose debit must fit what the account has (balance − held; a capture: the balance).';
-revoke execute on function billing.spending_kinds() from public;
-
--- Whether a spending movement or a hold fits (the writer's one answer for both): what the account
--- has for it (p_room; null: a platform account, never refused), then, when p_caps, what its spend
--- caps leave, counting it against them. Null when it fits; else the refusal the writer returns.
-create or replace function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean,
-  p_model text, p_member uuid) returns billing.posted_transfer
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_cap jsonb;
-begin
-  if p_room < p_amount then
-    return (null, false, null, null, 'insufficient', jsonb_build_object('required', trim_scale(p_amount)::text,
-      'available', trim_scale(greatest(p_room, 0))::text))::billing.posted_transfer;
-  elsif p_caps then
-    v_cap := billing.take_cap_room(p_account_id, p_amount, p_model, p_member);
-    if v_cap is not null then
-      return (null, false, null, null, 'capped', v_cap)::billing.posted_transfer;
-    end if;
-  end if;
-  return null;
-end;
-$$;
-comment on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid) is 'Internal: null when a spending movement or a hold fits what its account has and (p_caps) what its caps leave, counted against them; else the writer''s refusal (insufficient, capped).';
-revoke execute on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid) from public;
-
--- Credits for some models (31-lot-applicability.sql): whether a lot may pay for a model, here
--- because the writer draws by it. The writer's draws for a model and lock_spending_source's
--- cover test write this test out in their queries instead of calling it: a function with its
--- own search_path is never inlined, and called once per lot it took half a restricted charge's
--- extra cost (568 against 403 µs a charge; 435 written out). Keep the copies the same.
-create or replace function billing.lot_pays_for(p_applies_to text[], p_model text) returns boolean
-language sql immutable
-set search_path = ''
-as $$
-  select p_applies_to is null or (p_model is not null and exists (
-    select 1 from unnest(p_applies_to) p
-    where p = p_model or (right(p, 1) = '*' and starts_with(p_model, left(p, -1)))))
-$$;
-comment on function billing.lot_pays_for(p_applies_to text[], p_model text) is 'Whether a lot with this applies_to may pay for a charge of this model (null model: only a lot for anything).';
-revoke execute on function billing.lot_pays_for(p_applies_to text[], p_model text) from public;
-
--- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
--- per movement out, in order, and the changes of what holds reserve. Only this function inserts
--- transfers, entries, lots and lot allocations and changes balances, held amounts and versions
--- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Features decide what moves:
--- callers lock the tracked accounts first (ascending id order when there are several) and settle
--- them (billing.settle_account). The writer answers what the account has: a debit of a spending
--- kind (billing.spending_kinds) takes at most the account's balance − held (a capture, posting
--- its hold: the balance), and a usage charge not under a hold at most what its spend caps leave
--- (counted against them here); a movement that does not fit writes nothing and is answered
--- `insufficient` {required, available} or `capped` (the cap's figures), and the rest of a batch
--- goes on. Callers make the refusals only they can know (standing, which wallet, credits for
--- some models, a dispute's freeze) before calling it. It checks what must hold
--- for every movement and raises LEDGER_INVARIANT, a server error, when a caller got it wrong:
--- amounts positive, below 1e20, at most 18 places, between two accounts; no tracked balance
--- below zero except through a refund or dispute reversal (debt), or an expiry or rollover of
--- credits for some models kept beside a debt; a return to lots of exactly the amount; a lot's
--- remaining never below zero (lots_remaining_within).
---
--- Each tracked side gets an entry with its balance and version after the movement, in batch
--- order. Debits draw from lots (spending order, `first` before it; a reversal only `first` and
--- lots for any model) before credits open or refill lots; a credit for any model that pays a debt
--- the account is in records that part as settled, not remaining (credits for some models never
--- pay a debt: it is owed in money paid for anything). Debt = Σ remaining − balance (≥ 0).
--- A movement whose (idempotency_key, kind) is already written is a replay: nothing is written
--- for it; another movement under the same key and kind is refused (IDEMPOTENCY_KEY_REUSED).
-create or replace function billing.post_transfers(p_transfers billing.transfer_spec[],
-  p_holds billing.hold_step[] default '{}'::billing.hold_step[])
-returns billing.posted_transfer[]
-language plpgsql
-set search_path = ''
-set plan_cache_mode = 'force_generic_plan'
-as $$
-declare
-  v_one billing.transfer_spec;
-  v_id bigint;
-  v_written billing.transfers;
-  v_balance numeric;
-  v_version bigint;
-  v_versions bigint[];
-  v_ids bigint[];
-  v_new bigint[];
-  v_existing bigint[];
-  v_reused text;
-  v_ord integer[];
-  v_account bigint[];
-  v_delta numeric[];
-  v_after numeric[];
-  v_first bigint[];
-  v_reversal boolean;
-  v_drawn integer;
-  c record;
-  v_lot jsonb;
-  v_settled numeric;
-  v_category text;
-  v_policy billing.credit_expiry_policy;
-  v_list text[];                                  -- a credit's list of models, when its lot options give one
-  v_post billing.hold_step;                       -- a hold the one movement posts: its held change goes with its balance
-  v_held_account bigint;
-  v_held_delta numeric;
-  v_hold_accounts bigint[];
-  v_hold_deltas numeric[];
-  v_for text;                                     -- the model a movement alone draws for (lots 'for')
-  v_day timestamptz := date_trunc('day', now(), 'UTC');  -- accounts.active_from: today's first write
-  v_room numeric;                                 -- what a spending movement's account has for it
-  v_spender bigint;
-  v_refusal billing.posted_transfer;              -- billing.spend_refusal's answer
-  v_capped boolean := false;                      -- this movement's amount was counted against caps
-  v_refused integer[];                            -- a batch's refused movements, by place, and their answers
-  v_refusals billing.posted_transfer[];
-  v_kept integer[];                               -- a batch's movements written, by place (null: all)
-  v_restricted boolean := false;                  -- a tracked side holds credits for some models: its sub-accounts follow
-  v_kinds billing.transfer_kind[];                -- the draw's: each movement's kind, by place
-  v_takes boolean[];                              -- and whether it names the lots it takes
-  v_flag boolean;
-  v_out billing.posted_transfer[];
-begin
-  -- Pending transfers (holds). A hold posted by the batch's one movement is ended with it below,
-  -- its release in that movement's account write: one account write, not two. Every other step
-  -- here: the hold rows, then each account's held, one row written for one step.
-  if cardinality(p_holds) = 1 and (p_holds[1]).op = 'post' and (p_holds[1]).transfer_id is null then
-    v_post := p_holds[1];
-    if cardinality(p_transfers) <> 1 or (p_transfers[1]).hold_id is distinct from v_post.hold_id
-       or (p_transfers[1]).amount is distinct from v_post.amount then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted by the one movement naming it, for its amount"}');
-    end if;
-  elsif cardinality(p_holds) = 1 and (p_holds[1]).op = 'place' then
-    if cardinality(p_transfers) > 0 then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is placed alone"}');
-    end if;
-    -- What may be held: what the account has, and what its caps leave (counted against them); a
-    -- dispute's freeze holds what is there, whatever else is held.
-    if (p_holds[1]).purpose <> 'dispute' then
-      v_refusal := (select billing.spend_refusal(a.id, (p_holds[1]).amount, a.balance - a.held, a.caps > 0,
-                      (p_holds[1]).metadata ->> 'model', (p_holds[1]).member_id)
-                    from billing.accounts a where a.id = (p_holds[1]).account_id and a.code is null);
-      if v_refusal.result is not null then
-        return array[v_refusal];
-      end if;
-    end if;
-    insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
-    select s.hold_id, s.account_id, s.amount, s.idempotency_key, s.correlation_id, s.metadata, s.expires_at, s.purpose, s.member_id
-    from unnest(p_holds) s;
-    update billing.accounts a set held = a.held + (p_holds[1]).amount where a.id = (p_holds[1]).account_id and a.code is null;
-  elsif cardinality(p_holds) > 0 then
-    if exists (select 1 from unnest(p_holds) s where s.op = 'place') then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is placed alone"}');
-    end if;
-    -- What ends a hold keeps its amount (the record of what it held); a resize changes it.
-    with stepped as (
-      update billing.holds h
-      set amount = case when s.op = 'resize' and h.amount + s.amount > 0 then h.amount + s.amount else h.amount end,
-          status = case when s.op = 'post' then 'captured' when s.op = 'void' then s.status
-                        when h.amount + s.amount > 0 then 'active' else 'released' end,
-          captured_amount = case when s.op = 'post' then s.amount end,
-          capture_transfer_id = case when s.op = 'post' then s.transfer_id end,
-          finished_at = case when s.op = 'resize' and h.amount + s.amount > 0 then null else now() end,
-          metadata = case when s.note is null then h.metadata else coalesce(h.metadata, '{}'::jsonb) || s.note end
-      from unnest(p_holds) s
-      where h.id = s.hold_id and h.status = 'active'
-        and (s.op <> 'post' or s.transfer_id is not null) and (s.op <> 'void' or s.status in ('released', 'expired'))
-      returning h.account_id, case when h.status = 'active' then s.amount else -h.amount end as delta
-    )
-    select array_agg(x.account_id), array_agg(x.delta) into v_hold_accounts, v_hold_deltas from stepped x;
-    if coalesce(cardinality(v_hold_accounts), 0) <> cardinality(p_holds) then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is resized, posted or voided only while active"}');
-    end if;
-    update billing.accounts a set held = a.held + d.delta
-    from (select x.account_id, sum(x.delta) as delta from unnest(v_hold_accounts, v_hold_deltas) x(account_id, delta)
-          group by x.account_id) d
-    where a.id = d.account_id and a.code is null;
-  end if;
-  if cardinality(p_transfers) = 0 then
-    return '{}'::billing.posted_transfer[];
-  end if;
-
-  -- A movement alone (nearly every call): its statements written for one row.
-  if cardinality(p_transfers) = 1 then
-    v_one := p_transfers[1];
-    if (v_one.amount > 0 and scale(v_one.amount) <= 18 and v_one.amount < 1e20 and v_one.from_account_id <> v_one.to_account_id) is not true then
-      perform billing.raise_error('LEDGER_INVARIANT',
-        '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
-    end if;
-    -- Spending: what the account has for it (null: a platform account, never refused).
-    if v_one.kind = any(billing.spending_kinds()) then
-      select a.balance - case when v_post.hold_id is null then a.held else 0 end,
-        a.caps > 0 and v_one.kind = 'usage' and v_post.hold_id is null
-      into v_room, v_capped
-      from billing.accounts a where a.id = v_one.from_account_id and a.code is null;
-      v_refusal := billing.spend_refusal(v_one.from_account_id, v_one.amount, v_room, v_capped, v_one.metadata ->> 'model',
-        v_one.member_id);
-      v_capped := v_capped and v_refusal.result is null;   -- counted against the caps: a replay gives it back
-      -- A replay is answered as one below, whatever the account has now. (Conditions that hold a
-      -- query are nested under the plain ones here and below: PL/pgSQL runs any expression with a
-      -- subquery through the executor, whatever its other operands say.)
-      if v_refusal.result is not null then
-        if not exists (select 1 from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind) then
-          return array[v_refusal];
-        end if;
-      end if;
-    end if;
-    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
-                                   reference, metadata, rate_card_id, hold_id, member_id)
-    values (v_one.kind, v_one.from_account_id, v_one.to_account_id, v_one.amount, v_one.idempotency_key, v_one.correlation_id, v_one.reference,
-            v_one.metadata, v_one.rate_card_id, v_one.hold_id, v_one.member_id)
-    on conflict (idempotency_key, kind) do nothing
-    returning id into v_id;
-    if v_id is null then
-      select * into v_written from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind;
-      if v_written.amount <> v_one.amount or v_written.from_account_id <> v_one.from_account_id
-         or v_written.to_account_id <> v_one.to_account_id then
-        perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_one.kind));
-      end if;
-      if v_post.hold_id is not null then            -- the capture was written: its hold ends now
-        v_post.transfer_id := v_written.id;
-        perform billing.post_transfers('{}', array[v_post]);
-      end if;
-      if v_capped then                              -- a replay spends nothing: its room goes back
-        perform billing.return_cap_room(v_one.from_account_id, v_one.amount, v_one.metadata ->> 'model', now(), v_one.member_id);
-      end if;
-      return array[(v_written.id, true, null, null, 'exists', null)::billing.posted_transfer];
-    end if;
-    v_ids := array[v_id];
-    v_new := v_ids;
-    if v_post.hold_id is not null then
-      update billing.holds h set status = 'captured', captured_amount = v_one.amount, capture_transfer_id = v_id,
-        finished_at = now()
-      where h.id = v_post.hold_id and h.status = 'active'
-      returning h.account_id, -h.amount into v_held_account, v_held_delta;
-      if not found then
-        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is resized, posted or voided only while active"}');
-      end if;
-    end if;
-    -- Each tracked side (a platform account is never updated: the filter finds no row).
-    update billing.accounts a set balance = a.balance - v_one.amount, version = a.version + 1,
-      held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
-      active_from = case when a.active_from >= v_day then a.active_from else now() end
-    where a.id = v_one.from_account_id and a.code is null
-    returning a.balance, a.version, a.restricted_lots into v_balance, v_version, v_flag;
-    if found then
-      v_restricted := v_flag;
-      v_ord := array[1]; v_account := array[v_one.from_account_id]; v_delta := array[-v_one.amount]; v_after := array[v_balance];
-      v_versions := array[v_version];
-    else
-      v_ord := '{}'::integer[]; v_account := '{}'::bigint[]; v_delta := '{}'::numeric[]; v_after := '{}'::numeric[];
-      v_versions := '{}'::bigint[];
-    end if;
-    update billing.accounts a set balance = a.balance + v_one.amount, version = a.version + 1,
-      held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
-      active_from = case when a.active_from >= v_day then a.active_from else now() end
-    where a.id = v_one.to_account_id and a.code is null
-    returning a.balance, a.version, a.restricted_lots into v_balance, v_version, v_flag;
-    if found then
-      v_restricted := v_restricted or v_flag;
-      v_ord := v_ord || 1; v_account := v_account || v_one.to_account_id; v_delta := v_delta || v_one.amount;
-      v_after := v_after || v_balance; v_versions := v_versions || v_version;
-    end if;
-    insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
-    select v_id, e.account_id, e.delta, e.after, e.version
-    from unnest(v_account, v_delta, v_after, v_versions) with ordinality e(account_id, delta, after, version, n)
-    order by e.n;
-    insert into billing.ledger_tail as x (at, backend, kind, rate_card_id, amount, events, credit_change)
-    values (date_trunc('second', now()), pg_backend_pid(), v_one.kind, v_one.rate_card_id, v_one.amount, 1,
-      coalesce((select sum(d) from unnest(v_delta) d), 0))
-    on conflict (at, backend, kind, rate_card_id) do update
-    set amount = x.amount + excluded.amount, events = x.events + 1, credit_change = x.credit_change + excluded.credit_change;
-  else
-    if exists (select 1 from unnest(p_transfers) t
-               where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
-                 or t.from_account_id is not distinct from t.to_account_id) then
-      perform billing.raise_error('LEDGER_INVARIANT',
-        '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
-    end if;
-    -- Spending, account by account in batch order: each debit fits what its account has left after
-    -- the ones before it (what the batch credits the account is not counted), then its caps; one
-    -- that does not is refused and the rest go on. A replay (its key written) spends nothing: it
-    -- is answered below. The written are the batch from here on. One by one only when one might
-    -- not fit or has caps to count: the common batch fits whole, told in one statement.
-    if exists (select 1 from (
-                 select t.kind, a.caps, a.balance - a.held
-                   - sum(t.amount) over (partition by t.from_account_id order by t.ord) as left_after
-                 from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
-                 join billing.accounts a on a.id = t.from_account_id and a.code is null
-                 where t.kind = any(billing.spending_kinds())) x
-               where x.left_after < 0 or (x.caps > 0 and x.kind = 'usage')) then
-      for c in
-        select t.ord::integer as ord, t.from_account_id, t.amount, t.kind, t.member_id,
-          t.metadata ->> 'model' as model, a.balance - a.held as room, a.caps
-        from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
-        join billing.accounts a on a.id = t.from_account_id and a.code is null
-        where t.kind = any(billing.spending_kinds())
-          and not exists (select 1 from billing.transfers x where x.idempotency_key = t.idempotency_key and x.kind = t.kind)
-        order by t.from_account_id, t.ord
-      loop
-        if v_spender is distinct from c.from_account_id then
-          v_spender := c.from_account_id;
-          v_room := c.room;
-        end if;
-        v_refusal := billing.spend_refusal(c.from_account_id, c.amount, v_room, c.caps > 0 and c.kind = 'usage', c.model,
-          c.member_id);
-        if v_refusal.result is null then
-          v_room := v_room - c.amount;
-        else
-          v_refused := v_refused || c.ord;
-          v_refusals := v_refusals || v_refusal;
-        end if;
-      end loop;
-      if v_refused is not null then
-        v_kept := array(select o from generate_subscripts(p_transfers, 1) o where o <> all(v_refused) order by o);
-        p_transfers := array(select p_transfers[o] from unnest(v_kept) o);
-        if cardinality(p_transfers) = 0 then
-          return array(select v_refusals[r.i] from unnest(v_refused) with ordinality r(n, i) order by r.n);
-        end if;
-      end if;
-    end if;
-    -- Ids in batch order, so transfer ids order the batch.
-    v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
-    with ins as (
-      insert into billing.transfers (id, kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
-                                     reference, metadata, rate_card_id, hold_id, member_id)
-      overriding system value
-      select v_ids[t.ord], t.kind, t.from_account_id, t.to_account_id, t.amount, t.idempotency_key, t.correlation_id,
-        t.reference, t.metadata, t.rate_card_id, t.hold_id, t.member_id
-      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
-      order by t.ord
-      on conflict (idempotency_key, kind) do nothing
-      returning id
-    )
-    select array_agg(ins.id) into v_new from ins;
-
-    if cardinality(v_new) is distinct from cardinality(p_transfers) then
-      select array_agg(case when v_ids[t.ord] = any(coalesce(v_new, '{}')) then null else x.id end order by t.ord),
-        min(t.kind::text) filter (where v_ids[t.ord] <> all(coalesce(v_new, '{}'))
-          and (x.amount <> t.amount or x.from_account_id <> t.from_account_id or x.to_account_id <> t.to_account_id))
-      into v_existing, v_reused
-      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
-      join billing.transfers x on x.idempotency_key = t.idempotency_key and x.kind = t.kind;
-      if v_reused is not null then
-        perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_reused));
-      end if;
-    end if;
-
-    if v_new is not null then
-      -- Balances and versions, then one entry per tracked side numbered back from them.
-      with t as (
-        select * from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord) where v_ids[t.ord] = any(v_new)
-      ), legs as (
-        select t.ord, t.from_account_id as account_id, -t.amount as delta from t
-        union all
-        select t.ord, t.to_account_id, t.amount from t
-      ), u as (
-        update billing.accounts a set balance = a.balance + d.delta, version = a.version + d.n,
-          active_from = case when a.active_from >= v_day then a.active_from else now() end
-        from (select l.account_id, sum(l.delta) as delta, count(*) as n from legs l group by l.account_id) d
-        where a.id = d.account_id and a.code is null
-        returning a.id, a.balance, a.version, a.restricted_lots
-      ), e as (
-        insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
-        select v_ids[l.ord], l.account_id, l.delta,
-          u.balance - (sum(l.delta) over later - l.delta), u.version - (row_number() over later - 1)
-        from legs l join u on u.id = l.account_id
-        window later as (partition by l.account_id order by l.ord desc)
-        order by l.ord, l.delta                     -- entry ids in batch order, as readers page them
-        returning transfer_id, account_id, balance_after
-      )
-      select array_agg(l.ord order by l.ord, l.delta), array_agg(l.account_id order by l.ord, l.delta),
-        array_agg(l.delta order by l.ord, l.delta), array_agg(e.balance_after order by l.ord, l.delta),
-        (select coalesce(bool_or(u.restricted_lots), false) from u)
-      into v_ord, v_account, v_delta, v_after, v_restricted
-      from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
-      insert into billing.ledger_tail as x (at, backend, kind, rate_card_id, amount, events, credit_change)
-      select date_trunc('second', now()), pg_backend_pid(), t.kind, t.rate_card_id, sum(t.amount), count(*),
-        coalesce(sum(m.change), 0)
-      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
-      left join (select d.ord, sum(d.delta) as change from unnest(v_ord, v_delta) d(ord, delta) group by d.ord) m on m.ord = t.ord
-      where v_ids[t.ord] = any(v_new)
-      group by t.kind, t.rate_card_id
-      on conflict (at, backend, kind, rate_card_id) do update
-      set amount = x.amount + excluded.amount, events = x.events + excluded.events,
-        credit_change = x.credit_change + excluded.credit_change;
-    end if;
-  end if;
-
-  if v_new is not null then
-    -- Looked at one by one only when some balance went below zero (a batch of a thousand rarely does).
-    for i in 1 .. case when 0 > any(v_after) then cardinality(v_ord) else 0 end loop
-      -- A debt beside credits for some models (a reversal takes none of them) is in the balance
-      -- already: what leaves those lots by name (their expiry, a plan's rollover out) may then
-      -- take the balance below zero too.
-      if v_delta[i] < 0 and v_after[i] < 0 and (p_transfers[v_ord[i]]).kind not in ('refund_reversal', 'dispute_reversal')
-         and not ((p_transfers[v_ord[i]]).kind in ('expiry', 'plan_rollover')
-                  and exists (select 1 from billing.accounts a where a.id = v_account[i] and a.restricted_lots)) then
-        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
-      end if;
-    end loop;
-
-    -- Debits draw from lots. The common one, alone and with nothing to draw first, in one
-    -- statement: the first lot in spending order covers it.
-    v_for := case when cardinality(p_transfers) = 1 then (p_transfers[1]).lots ->> 'for' end;
-    -- A movement alone is read directly; only a batch is scanned (no query on the hot path).
-    if v_for is null and cardinality(p_transfers) = 1 and coalesce((p_transfers[1]).lots ? 'for', false) then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is a movement alone"}');
-    elsif cardinality(p_transfers) > 1 then
-      if exists (select 1 from unnest(p_transfers) t where t.lots ? 'for') then
-        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is a movement alone"}');
-      end if;
-    end if;
-    if cardinality(v_ord) = 1 and v_delta[1] < 0
-       and ((p_transfers[v_ord[1]]).lots is null or (p_transfers[v_ord[1]]).lots - 'for' = '{}'::jsonb) then
-      with drawn as (
-        update billing.lots l set remaining = l.remaining + v_delta[1]
-        where l.id = (select x.id from billing.lots x where x.account_id = v_account[1] and x.open
-                        and (v_for is null or x.applies_to is null or exists (select 1 from unnest(x.applies_to) p
-                               where p = v_for or (right(p, 1) = '*' and starts_with(v_for, left(p, -1)))))
-                        -- A reversal takes no credits for some models (below), whoever asks.
-                        and (x.applies_to is null
-                             or (p_transfers[v_ord[1]]).kind not in ('refund_reversal', 'dispute_reversal'))
-                      order by x.frozen, x.priority, x.expires_at nulls last, x.granted_at, x.id
-                      limit 1)
-          and l.remaining >= -v_delta[1]
-        returning l.id, l.cost_cents * (-v_delta[1])::numeric(38, 18) / l.amount as cents, l.currency, l.category, l.origin
-      ), allocated as (
-        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
-        select v_ids[v_ord[1]], drawn.id, (p_transfers[v_ord[1]]).kind, -v_delta[1], drawn.cents from drawn
-      )
-      -- The report's tail (lots_tail, below), from the lot in hand.
-      insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
-      select date_trunc('second', now()), pg_backend_pid(), drawn.currency, drawn.category, (p_transfers[v_ord[1]]).kind,
-        drawn.origin, -v_delta[1], drawn.cents
-      from drawn
-      on conflict (at, backend, currency, category, kind, origin) do update
-      set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
-      get diagnostics v_drawn = row_count;
-    end if;
-    -- Every other draw: what the one-lot statement above did not cover.
-    if v_drawn is distinct from 1 then
-      -- Debits told what to draw (`take`): exactly those lots of the debited account, exactly the amount.
-      if exists (select 1 from unnest(p_transfers) t where t.lots ? 'take') then
-        if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta)
-                   left join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r on true
-                   where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
-                   group by d.ord having sum((r ->> 'amount')::numeric) is distinct from -min(d.delta)
-                     or bool_or(((r ->> 'amount')::numeric > 0) is not true)) then
-          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes positive parts of lots, of exactly its amount"}');
-        end if;
-        with x as (
-          select d.ord, d.account_id, (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as part
-          from unnest(v_ord, v_account, v_delta) d(ord, account_id, delta)
-          cross join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r
-          where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
-        ), ins as (
-          insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
-          select v_ids[x.ord], x.lot_id, (p_transfers[x.ord]).kind, x.part, l.cost_cents * x.part::numeric(38, 18) / l.amount
-          from x join billing.lots l on l.id = x.lot_id
-        ), upd as (
-          update billing.lots l set remaining = l.remaining - s.total
-          from (select x.lot_id, x.account_id, sum(x.part) as total from x group by x.lot_id, x.account_id) s
-          where l.id = s.lot_id and l.account_id = s.account_id
-          returning l.id
-        )
-        select (select count(*) from upd) - (select count(distinct (x.lot_id, x.account_id)) from x) into v_drawn;
-        if v_drawn <> 0 then
-          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes only its own account''s lots"}');
-        end if;
-        v_drawn := null;
-      end if;
-      -- Each movement's kind and whether it was told what to take, by place: an element of an
-      -- array of composites is found by walking the array, so p_transfers[ord] per row made a
-      -- batch's draw quadratic.
-      v_kinds := array(select t.kind from unnest(p_transfers) t);
-      v_takes := array(select coalesce(t.lots ? 'take', false) from unnest(p_transfers) t);
-      if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta) where d.delta < 0 and not v_takes[d.ord]) then
-        v_first := array(select jsonb_array_elements_text(t.lots -> 'first')::bigint
-                         from unnest(p_transfers) t where t.lots ? 'first');
-        -- A reversal (refund, lost dispute) takes back money paid for anything: the lots it names
-        -- (its purchase's or plan's, whatever they pay for), then only credits for any model; what
-        -- they lack is debt, never credits someone gave for some models only.
-        v_reversal := exists (select 1 from unnest(p_transfers) t where t.kind in ('refund_reversal', 'dispute_reversal'));
-        with d as (
-          select x.ord, x.account_id, -x.delta as amount,
-            sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
-          from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
-          where x.delta < 0 and not v_takes[x.ord]
-        ), l as (
-          select l.id, l.account_id, l.remaining, l.cost_cents, l.amount as lot_amount, l.currency, l.category, l.origin,
-            sum(l.remaining) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
-              l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
-          from billing.lots l
-          where l.account_id in (select d.account_id from d) and l.open
-            and (not v_reversal or l.applies_to is null or l.id = any(v_first))
-            and (v_for is null or l.applies_to is null or exists (select 1 from unnest(l.applies_to) p
-                   where p = v_for or (right(p, 1) = '*' and starts_with(v_for, left(p, -1)))))
-        ), p as (
-          select d.ord, l.id as lot_id, l.cost_cents, l.lot_amount, l.currency, l.category, l.origin,
-            least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
-          from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
-        ), a as (
-          select p.*, p.cost_cents * p.amount::numeric(38, 18) / p.lot_amount as cents from p
-        ), ins as (
-          insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
-          select v_ids[a.ord], a.lot_id, v_kinds[a.ord], a.amount, a.cents from a
-          returning lot_id, amount
-        ), tail as (
-          -- The report's tail (lots_tail, below), from the lots in hand.
-          insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
-          select date_trunc('second', now()), pg_backend_pid(), a.currency, a.category, v_kinds[a.ord], a.origin,
-            sum(a.amount), sum(a.cents)
-          from a group by a.currency, a.category, v_kinds[a.ord], a.origin
-          on conflict (at, backend, currency, category, kind, origin) do update
-          set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents
-        )
-        update billing.lots x set remaining = x.remaining - s.total
-        from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
-        where x.id = s.lot_id;
-        -- Lots that may pay for the model must cover it whole (the caller summed them).
-        if v_for is not null and (select coalesce(sum(a.amount), 0) from billing.lot_allocations a
-                                  where a.transfer_id = v_ids[1]) <> -v_delta[1] then
-          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is covered by lots that may pay for it"}');
-        end if;
-      end if;
-    end if;
-
-    -- Credits: into lots.
-    if 0 < any(v_delta) then
-      for c in
-        select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t, y.ord is not null as moved
-        from unnest(v_ord, v_account, v_delta, v_after) x(ord, account_id, delta, after)
-        left join unnest(v_ord, v_delta) y(ord, delta) on y.ord = x.ord and y.delta < 0
-        where x.delta > 0
-        order by x.ord
-      loop
-        -- What of this credit may pay a debt the account is in: the debt, at most the credit. In
-        -- the balance alone, unless the account holds credits for some models: a reversal left
-        -- those whole, so the debt is what its lots hold beyond its balance (debits later in this
-        -- batch are drawn already, not yet in the balance). Only credits for any model pay it
-        -- (below): a debt is owed in money paid for anything.
-        v_settled := least(c.amount, greatest(c.amount - c.after, 0));
-        if exists (select 1 from billing.accounts a where a.id = c.account_id and a.restricted_lots) then
-          v_settled := least(c.amount, greatest(
-            coalesce((select sum(l.remaining) from billing.lots l where l.account_id = c.account_id and l.open), 0)
-            + coalesce((select sum(-d.delta) from unnest(v_ord, v_account, v_delta) d(ord, account_id, delta)
-                        where d.account_id = c.account_id and d.ord > c.ord and d.delta < 0), 0)
-            - (c.after - c.amount), 0));
-        end if;
-        v_lot := coalesce((c.t).lots, '{}');
-        v_list := billing.applies_to_of(v_lot);
-        if c.moved then
-          -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
-          -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
-          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                    amount, debt_settled, remaining, frozen, expires_at, moved_from, applies_to)
-          select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
-            l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id, p.applies_to
-          from (select x.lot_id, x.amount, x.applies_to,
-                  -- The first parts for any model settle a debt; parts for some models never do.
-                  case when x.applies_to is null then least(x.amount, greatest(v_settled - coalesce(sum(x.amount)
-                    filter (where x.applies_to is null) over (order by x.lot_id
-                    rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
-                from (select y.lot_id, y.amount,
-                        -- Credits given back to the account they came from (an allowance swept, a code
-                        -- returned) are for what they paid for there; others keep their list, narrowed
-                        -- to the one given.
-                        case when (c.t).kind in ('allowance_sweep', 'code_return') and s.account_id = c.account_id
-                             then s.applies_to else billing.narrow_applies_to(l.applies_to, v_list) end as applies_to
-                      from billing.lot_allocations y
-                      join billing.lots l on l.id = y.lot_id
-                      left join billing.lots s on s.id = l.moved_from
-                      where y.transfer_id = v_ids[c.ord]) x) p
-          join billing.lots l on l.id = p.lot_id
-          order by p.lot_id;
-          if v_list is not null and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
-            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
-              'rule', 'some of these credits may pay for none of the models named'));
-          end if;
-        elsif v_lot ? 'return_to' then
-          -- Back into the lots it came from: negative allocations, as a void gives back.
-          if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
-            perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
-          end if;
-          with r as (
-            select (x ->> 'lot_id')::bigint as lot_id, (x ->> 'amount')::numeric as amount, l.applies_to is null as any_model,
-              l.cost_cents, l.amount as lot_amount
-            from jsonb_array_elements(v_lot -> 'return_to') x left join billing.lots l on l.id = (x ->> 'lot_id')::bigint
-          ), p as (
-            -- As a move's parts: what returns to a lot for any model settles a debt first.
-            select r.lot_id, r.amount, r.cost_cents * (-r.amount)::numeric(38, 18) / r.lot_amount as cents,
-              case when r.any_model then least(r.amount, greatest(v_settled - coalesce(sum(r.amount) filter (where r.any_model)
-                over (order by r.lot_id rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
-            from r
-          ), ins as (
-            -- The part that paid a debt is the allocation's, dated by it: the lot's grant stays as it was.
-            insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, debt_settled, cents)
-            select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount, p.settled, p.cents from p
-          )
-          update billing.lots l set remaining = l.remaining + p.amount - p.settled
-          from p where l.id = p.lot_id and l.account_id = c.account_id;
-          continue;
-        elsif v_lot ? 'moved_from' then
-          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                    amount, debt_settled, remaining, expires_at, moved_from, applies_to, origin)
-          select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
-            l.currency, c.amount, x.settled, c.amount - x.settled, (v_lot ->> 'expires_at')::timestamptz, l.id, l.applies_to,
-            l.origin
-          from billing.lots l
-          cross join lateral (select case when l.applies_to is null then v_settled else 0 end as settled) x
-          where l.id = (v_lot ->> 'moved_from')::bigint;
-        else
-          v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
-          select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
-          if not found then
-            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
-          elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
-            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
-          elsif (v_lot ->> 'cost_cents')::numeric < 0 then
-            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
-          elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
-            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
-          elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
-            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
-          elsif v_lot ->> 'origin' not in ('plan', 'promo_code') then
-            perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'origin', 'rule', 'plan or promo_code'));
-          end if;
-          if v_list is not null then
-            v_settled := 0;
-          end if;
-          insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                    amount, debt_settled, remaining, applies_to, origin, expires_at)
-          values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
-            coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
-            coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, v_list, v_lot ->> 'origin',
-            -- A support adjustment does not expire unless the admin says so: a correction that
-            -- quietly vanishes would need correcting again.
-            case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
-                 when (c.t).kind <> 'adjustment' then now() + v_policy.expires_after end);
-        end if;
-        update billing.accounts a
-        set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
-        where a.id = c.account_id
-          and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
-        if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
-          update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
-          v_restricted := true;
-        end if;
-      end loop;
-    end if;
-
-    -- Sub-accounts (credits for some models) follow the lots this call moved: a new lot brings
-    -- what it opened with, an allocation takes what it drew (a give-back returns what did not pay
-    -- a debt). Only a tracked side holding such credits has any; a list's first lot opens its
-    -- sub-account (not an upsert: it would test the row it proposes, a draw's negative change,
-    -- against the balance's check).
-    if v_restricted then
-      with d as (
-        select l.account_id, l.applies_to, sum(m.change) as change
-        from (select n.id, n.amount - n.debt_settled as change
-              from unnest(v_new) t(id) join billing.lots n on n.grant_transfer_id = t.id
-              union all
-              select x.lot_id, -(x.amount + x.debt_settled)
-              from unnest(v_new) t(id) join billing.lot_allocations x on x.transfer_id = t.id) m
-        join billing.lots l on l.id = m.id
-        where l.applies_to is not null
-        group by l.account_id, l.applies_to
-      ), kept as (
-        update billing.sub_accounts s set balance = s.balance + d.change
-        from d where s.account_id = d.account_id and s.applies_to = d.applies_to
-        returning s.account_id, s.applies_to
-      )
-      insert into billing.sub_accounts (account_id, applies_to, balance)
-      select d.account_id, d.applies_to, d.change from d
-      where not exists (select 1 from kept k where k.account_id = d.account_id and k.applies_to = d.applies_to);
-    end if;
-
-    -- What this posting drew from lots and gave back to them, summed for the report's tail as
-    -- ledger_tail is (billing.ledger_parts): each allocation's cost basis as it keeps it; of a
-    -- give-back, the part that paid a debt, at the lot's cost basis, is its own kind. The draws in
-    -- spending order (one lot or many) kept their own above; here the lots a movement named (its
-    -- `take`, or a give-back's `return_to`).
-    if cardinality(p_transfers) > 1 or coalesce((p_transfers[1]).lots ?| array['take', 'return_to'], false) then
-      if exists (select 1 from unnest(p_transfers) t where t.lots ? 'take' or t.lots ? 'return_to') then
-        insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
-        select date_trunc('second', now()), pg_backend_pid(), l.currency, l.category, p.kind, l.origin, sum(p.credits), sum(p.cents)
-        -- One index probe per such movement (`transfer_id = any(…)` is planned for hundreds of rows:
-        -- a hash join over every lot).
-        from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
-        join billing.lot_allocations a on a.transfer_id = v_ids[t.ord]
-        join billing.lots l on l.id = a.lot_id
-        cross join lateral (select a.kind::text, a.amount, coalesce(a.cents, l.cost_cents * a.amount / l.amount)
-                            union all
-                            select 'debt_settled_by_return', a.debt_settled, l.cost_cents * a.debt_settled / l.amount
-                            where a.debt_settled > 0) p(kind, credits, cents)
-        where (t.lots ? 'take' or t.lots ? 'return_to') and v_ids[t.ord] = any(v_new)
-        group by l.currency, l.category, p.kind, l.origin
-        on conflict (at, backend, currency, category, kind, origin) do update
-        set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
-      end if;
-    end if;
-  end if;
-
-  if cardinality(p_transfers) = 1 and v_kept is null then
-    return array[(coalesce(v_existing[1], v_ids[1]), v_existing[1] is not null,
-      case when v_delta[1] < 0 then v_after[1] when v_delta[2] < 0 then v_after[2] end,
-      case when v_delta[1] > 0 then v_after[1] when v_delta[2] > 0 then v_after[2] end,
-      case when v_existing[1] is null then 'applied' else 'exists' end, null)::billing.posted_transfer];
-  end if;
-  -- Joined, not looked up per movement: a batch of a thousand would scan its legs a million times.
-  v_out := array(
-    select row(coalesce(v_existing[o.n], v_ids[o.n]), v_existing[o.n] is not null, f.after, t.after,
-      case when v_existing[o.n] is null then 'applied' else 'exists' end, null)::billing.posted_transfer
-    from generate_subscripts(p_transfers, 1) o(n)
-    left join unnest(v_ord, v_delta, v_after) f(ord, delta, after) on f.ord = o.n and f.delta < 0
-    left join unnest(v_ord, v_delta, v_after) t(ord, delta, after) on t.ord = o.n and t.delta > 0
-    order by o.n);
-  if v_kept is null then
-    return v_out;
-  end if;
-  -- Refusals back in their places among the written.
-  return array(
-    select x.p from (select k.n, v_out[k.i] as p from unnest(v_kept) with ordinality k(n, i)
-                     union all select r.n, v_refusals[r.i] from unnest(v_refused) with ordinality r(n, i)) x
-    order by x.n);
-end;
-$$;
-comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and pending transfers (holds placed, resized, posted, voided, and the held amounts) under the caller''s account locks; one result per movement, replays answered.';
-revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) from public;
-
--- Whether an account is in debt, the rule every refusal's `debt` states: its balance is below
--- what its open lots hold (debt = Σ remaining − balance, billing.post_transfers). Credits for some
--- models stay beside a debt (it is owed in money paid for anything), so only an account holding
--- them can owe with a balance of zero or more; any other is in debt exactly when its balance is
--- below zero, and is answered without reading its lots.
-create or replace function billing.in_debt(p_account billing.accounts) returns boolean
-language plpgsql stable
-set search_path = ''
-as $$
-begin
-  if not p_account.restricted_lots or p_account.balance < 0 then
-    return p_account.balance < 0;
-  end if;
-  -- Below its open lots' sum exactly when below its credits for some models (the lots for any
-  -- model hold what is beyond them): its sub-accounts.
-  return p_account.balance < (select coalesce(sum(s.balance), 0) from billing.sub_accounts s where s.account_id = p_account.id);
-end;
-$$;
-comment on function billing.in_debt(p_account billing.accounts) is 'Internal: whether an account owes: its balance is below what its open lots hold (credits for some models stay beside a debt).';
-revoke execute on function billing.in_debt(p_account billing.accounts) from public;
-
-create or replace function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind,
-                                                p_key text, p_member uuid, p_metadata jsonb default null,
-                                                p_applies_to text[] default null)
-returns billing.transfers
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_from billing.accounts;
-  v_transfer billing.transfers;
-  v_posted billing.posted_transfer[];
-begin
-  perform billing.check_amount(p_amount);
-  perform 1 from billing.accounts a where a.id in (p_from, p_to) order by a.id for update;
-  select * into v_transfer from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
-  if found then
-    if v_transfer.amount <> p_amount or v_transfer.from_account_id <> p_from or v_transfer.to_account_id <> p_to
-       or v_transfer.metadata -> 'applies_to' is distinct from to_jsonb(p_applies_to) then
-      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
-    end if;
-    return v_transfer;
-  end if;
-  select * into v_from from billing.accounts a where a.id = p_from;
-  v_from := billing.settled(v_from);
-
-  -- The lots drawn arrive on the receiving side as they were (billing.post_transfers), restricted
-  -- ones still restricted; what stays behind must still pay the source's live holds.
-  v_posted := billing.post_transfers(array[(p_kind, p_from, p_to, p_amount, p_key, null, null,
-    case when p_applies_to is null then p_metadata
-         else coalesce(p_metadata, '{}') || jsonb_build_object('applies_to', p_applies_to) end, null, null, p_member, nullif(coalesce(case when v_from.restricted_lots then billing.restricted_draw(v_from, null, p_amount, true) end, '{}')
-      || jsonb_strip_nulls(jsonb_build_object('applies_to', p_applies_to)), '{}'))::billing.transfer_spec]);
-  if (v_posted[1]).result = 'insufficient' then
-    perform billing.raise_error('INSUFFICIENT_CREDITS', (v_posted[1]).refusal
-      || jsonb_build_object('debt', billing.in_debt(v_from), 'wallet', 'organisation'));
-  end if;
-  select * into v_transfer from billing.transfers t where t.id = (v_posted[1]).transfer_id;
-  return v_transfer;
-end;
-$$;
-comment on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb, p_applies_to text[]) is 'Internal: a transfer between two tracked accounts (wallet ↔ allowance), the lots drawn mirrored on the receiving side (narrowed to p_applies_to when given).';
-revoke execute on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb, p_applies_to text[]) from public;
-
--- The accounts that may pay a member's charge, in the order they are asked: organisations that
--- pay first (0), the member's own account (1), those that pay after (2); by when the member joined.
--- A member without an allowance account yet has nothing there.
-create or replace function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[])
-language plpgsql stable
-set search_path = ''
-as $$
-begin
-  select array_agg(s.account_id order by s.rank, s.joined_at), array_agg(s.org_id order by s.rank, s.joined_at)
-  into accounts, orgs
-  from (
-    select o.id as org_id, case when o.org_pays_first then 0 else 2 end as rank, m.joined_at,
-      case when o.funding = 'allowance'
-        then (select a.id from billing.accounts a where a.org_id = o.id and a.member_id = p_user)
-        else (select a.id from billing.accounts a where a.org_id = o.id and a.member_id is null)
-      end as account_id
-    from billing.org_members m join billing.orgs o on o.id = m.org_id
-    where m.user_id = p_user and m.active and m.role = 'member'
-    union all
-    select null, 1, null, p_own
-  ) s where s.account_id is not null;
-end;
-$$;
-comment on function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[]) is 'Internal: the accounts that may pay a member''s charge, in the order they are asked (organisations that pay first, the member''s own, those that pay after), and their organisations.';
-revoke execute on function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[]) from public;
-
-create or replace function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
-returns billing.accounts
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_existing billing.transfers;
-  v_sources record;
-  v_account billing.accounts;
-  v_available numeric(38, 18);
-  v_cap jsonb;
-  v_wallets jsonb := '[]'::jsonb;
-  v_best numeric(38, 18) := 0;
-  v_pool boolean;
-begin
-  if p_kind is not null then
-    select * into v_existing from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
-    if found and v_existing.member_id = p_user then
-      select * into v_account from billing.accounts a where a.id = v_existing.from_account_id for update;
-      return v_account;
-    elsif found then
-      return p_own;
-    end if;
-  end if;
-
-  -- Where the charge may come from, locked (in id order). A change that committed while we waited
-  -- (a switch to pool funding that swept the allowance, a member removed) may have moved it: look
-  -- again under the locks, until it stands still, so a charge never stops at an allowance swept
-  -- into the wallet that now pays.
-  loop
-    select * into v_sources from billing.spending_sources(p_user, p_own.id);
-    perform 1 from billing.accounts a where a.id = any(v_sources.accounts) and a.id <> p_own.id order by a.id for update;
-    exit when (billing.spending_sources(p_user, p_own.id)).accounts = v_sources.accounts;
-  end loop;
-
-  for i in 1 .. array_length(v_sources.accounts, 1) loop
-    select * into v_account from billing.accounts a where a.id = v_sources.accounts[i];
-    v_account := billing.settled(v_account);
-    if v_account.id = p_own.id then
-      p_own := v_account;                             -- settled: the refusal's debt is read from it
-    end if;
-    v_available := greatest(v_account.balance - v_account.held, 0);
-    if v_account.restricted_lots then
-      v_available := least(v_available, (billing.plan_lot_draw(v_account.id, p_model, p_amount) ->> 'found')::numeric);
-    end if;
-    if v_available >= p_amount then
-      if v_account.org_id is null then
-        return v_account;                                 -- the member's own caps: the writer's, as for anyone
-      end if;
-      -- Asked, not counted: what spends counts it (the writer, or reserve_hold for a hold).
-      v_cap := case when v_account.caps > 0 then billing.take_cap_room(v_account.id, p_amount, p_model, p_user, false) end;
-      if v_cap is null then
-        return v_account;
-      end if;
-    end if;
-    -- A member sees what they may spend: their own account, their allowance, their cap's room;
-    -- never the balance of a pool the whole organisation shares.
-    v_pool := v_account.org_id is not null and v_account.member_id is null;
-    v_best := greatest(v_best, case when v_cap is null and not v_pool then v_available else 0 end);
-    v_wallets := v_wallets || jsonb_strip_nulls(jsonb_build_object(
-      'wallet', case when v_account.org_id is null then 'personal' else 'organisation' end,
-      'org_id', v_sources.orgs[i],
-      'available', case when not v_pool then trim_scale(v_available)::text end,
-      'short_by', case when not v_pool then trim_scale(greatest(p_amount - v_available, 0))::text end,
-      'reason', case when v_cap is not null then 'cap' else 'insufficient' end, 'cap', v_cap));
-    v_cap := null;
-  end loop;
-  perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
-    'available', trim_scale(v_best)::text, 'debt', billing.in_debt(p_own), 'wallets', v_wallets));
-  return null;                                      -- not reached: raise_error raised
-end;
-$$;
-comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';
-revoke execute on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) from public;
-
-create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
-returns billing.transfer_result
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_account billing.accounts;
-  v_account_id bigint;
-  v_platform_id bigint := billing.platform_account_id(p_platform_code);
-  v_existing billing.transfers;
-  v_transfer_id bigint;
-  v_bal billing.balance;
-  v_posted billing.posted_transfer;
-  v_member uuid;
-  v_model text;
-begin
-  perform billing.check_amount(p_amount);
-  if p_idempotency_key is null or length(p_idempotency_key) not between 1 and 300 then
-    perform billing.raise_error('IDEMPOTENCY_KEY_REQUIRED', jsonb_build_object('rule', '1 to 300 characters'));
-  end if;
-
-  -- Find and lock the account in one statement; create it first only when it must exist.
-  if p_account_id is not null then
-    select * into v_account from billing.accounts a where a.id = p_account_id for update;
-  else
-    select * into v_account from billing.accounts a where a.user_id = p_user for update;
-  end if;
-  if not found then
-    if p_direction < 0 and p_mode <> 'reverse' then
-      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0',
-        'debt', false));
-    end if;
-    perform billing.ensure_user_account(p_user);
-    select * into v_account from billing.accounts a where a.user_id = p_user for update;
-  end if;
-  -- A member of organisations that fund them: the wallet that pays (orgs = 0 skips it all).
-  if v_account.orgs > 0 and p_mode = 'spend' and p_account_id is null then
-    v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, p_kind);
-  end if;
-  v_account_id := v_account.id;
-  v_member := case when v_account.org_id is not null then p_user end;
-
-  -- A replay finds the transfer written before: a concurrent call with the same key has
-  -- committed by now (its account lock was ours to wait for).
-  select * into v_existing from billing.transfers t where t.idempotency_key = p_idempotency_key and t.kind = p_kind;
-  if found then
-    if v_existing.amount <> p_amount
-      or (p_direction > 0 and v_existing.to_account_id <> v_account_id)
-      or (p_direction < 0 and v_existing.from_account_id <> v_account_id) then
-      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
-    end if;
-    v_bal := billing.balance_of(v_account_id);
-    return (v_existing.id, v_existing.amount, v_bal.balance, v_bal.held, v_bal.available, true)::billing.transfer_result;
-  end if;
-
-  if p_mode = 'spend' then
-    v_account := billing.settled(v_account);
-  end if;
-  -- Credits for some models only: the charge draws what may pay for its model (the rate card's,
-  -- or the gateway's facts on a capture), leaving every other live hold payable.
-  if v_account.restricted_lots and p_mode in ('spend', 'capture') then
-    v_model := coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), p_metadata ->> 'model');
-    -- No live hold to keep payable (settled above), and lots that may pay for the model cover
-    -- it: the writer draws them in spending order. Otherwise the plan, or the refusal that says why.
-    if p_mode = 'spend' and v_account.held = 0 and v_model is not null
-       and (select coalesce(sum(l.remaining) filter (where l.applies_to is null or exists (select 1 from unnest(l.applies_to) p
-                     where p = v_model or (right(p, 1) = '*' and starts_with(v_model, left(p, -1))))), 0) >= p_amount
-            from billing.lots l where l.account_id = v_account_id and l.open) then
-      p_lot := jsonb_build_object('for', v_model);
-    else
-      p_lot := billing.restricted_draw(v_account, v_model, p_amount);
-    end if;
-  end if;
-
-  v_posted := (billing.post_transfers(array[(p_kind,
-    case when p_direction > 0 then v_platform_id else v_account_id end,
-    case when p_direction > 0 then v_account_id else v_platform_id end,
-    p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, null, v_member,
-    p_lot)::billing.transfer_spec]))[1];
-  -- What the account has, and its caps (a member's on a school's account among them): the writer's.
-  if v_posted.result = 'insufficient' then
-    -- A pooled wallet's figures are never told (a member may be the one refused: restricted_draw).
-    perform billing.raise_error('INSUFFICIENT_CREDITS', case when v_account.org_id is not null and v_account.member_id is null
-      then v_posted.refusal - 'available' else v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)) end);
-  elsif v_posted.result = 'capped' then
-    perform billing.raise_error('SPEND_CAP_REACHED', v_posted.refusal);
-  end if;
-  v_account.balance := coalesce(v_posted.from_balance, v_posted.to_balance);
-  v_account.version := v_account.version + 1;
-  v_transfer_id := v_posted.transfer_id;
-
-  -- Auto-recharge follows spending: a refund, dispute or expiry never charges the card by itself
-  -- (a student refunded would be charged again at once); the low-balance alert still tells them.
-  if p_mode = 'reverse' then
-    if v_account.low_balance_threshold is not null then
-      perform billing.check_low_balance(v_account);
-    end if;
-  elsif v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
-    perform billing.on_available_change(v_account);
-  end if;
-
-  -- Overdue holds and due lots were settled above when spending; otherwise held is as locked.
-  if v_account.held > 0 then
-    v_bal := billing.balance_of(v_account_id);
-    return (v_transfer_id, p_amount, v_bal.balance, v_bal.held, v_bal.available, false)::billing.transfer_result;
-  end if;
-  return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
-end;
-$$;
-comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_lot jsonb, p_account_id bigint) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock.';
-revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_lot jsonb, p_account_id bigint) from public;
-
-create or replace function billing.grant_credits(
-  p_user uuid,
-  p_amount numeric,
-  p_kind billing.transfer_kind,
-  p_idempotency_key text,
-  p_reference text default null,
-  p_correlation_id text default null,
-  p_metadata jsonb default null,
-  p_lot jsonb default null,
-  p_account_id bigint default null                -- an organisation's wallet instead of p_user's account
-) returns billing.transfer_result
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  if p_kind not in ('purchase', 'promo_grant', 'adjustment') then
-    perform billing.raise_error('INVALID_KIND', jsonb_build_object('kind', p_kind, 'allowed', 'purchase, promo_grant, adjustment'));
-  end if;
-  return billing.post_user_transfer(p_user, 1, 'credit', p_amount, p_kind,
-    case p_kind when 'purchase' then 'purchases' when 'promo_grant' then 'promotions' else 'adjustments' end,
-    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, p_lot, p_account_id);
-end;
-$$;
-comment on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) is 'Adds credits to a user (or the account p_account_id) as a new lot (p_lot: the lot''s options, see billing.transfer_spec): a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
-revoke execute on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) from public;
-grant execute on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) to service_role;
-
-create or replace function billing.reverse_credits(
-  p_user uuid,
-  p_amount numeric,
-  p_kind billing.transfer_kind,
-  p_idempotency_key text,
-  p_reference text default null,
-  p_correlation_id text default null,
-  p_metadata jsonb default null,
-  p_first_lots bigint[] default null,
-  p_account_id bigint default null                -- an organisation's wallet instead of p_user's account
-) returns billing.transfer_result
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  if p_kind not in ('refund_reversal', 'dispute_reversal', 'expiry') then
-    perform billing.raise_error('INVALID_KIND', jsonb_build_object('kind', p_kind, 'allowed', 'refund_reversal, dispute_reversal, expiry'));
-  end if;
-  return billing.post_user_transfer(p_user, -1, 'reverse', p_amount, p_kind,
-    case p_kind when 'refund_reversal' then 'refunds' when 'dispute_reversal' then 'disputes' else 'expired' end,
-    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null,
-    jsonb_build_object('first', to_jsonb(coalesce(p_first_lots, '{}'))), p_account_id);
-end;
-$$;
-comment on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) is 'Takes credits back after a refund, a lost dispute or an expiry, from p_first_lots first. The only path that may make a balance negative (debt).';
-revoke execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) from public;
-grant execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) to service_role;
-
-create or replace function billing.settle_account(p_account_id bigint)
-returns billing.accounts
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_account billing.accounts;
-begin
-  select * into v_account from billing.accounts a where a.id = p_account_id for update;
-  if v_account.held > 0 then
-    perform billing.expire_overdue_holds(p_account_id);
-  end if;
-  if v_account.next_expiry <= now() then
-    perform billing.expire_due_lots(p_account_id);
-  end if;
-  select * into v_account from billing.accounts a where a.id = p_account_id;
-  return v_account;
-end;
-$$;
-comment on function billing.settle_account(p_account_id bigint) is 'Internal: locks the account, ends its overdue holds and expires its due lots; returns it as it now is. billing.settled calls it when something fell due.';
-revoke execute on function billing.settle_account(p_account_id bigint) from public;
-
--- The account as it is once what fell due is ended (billing.settle_account), or as it is when
--- nothing did: the one place that says when an account must be settled before anything reads what
--- it has. Every path that spends, holds or moves credits calls it on the row it locked.
-create or replace function billing.settled(p_account billing.accounts) returns billing.accounts
-language plpgsql
-set search_path = ''
-as $$
-begin
-  if p_account.held > 0 or p_account.next_expiry <= now() then
-    return billing.settle_account(p_account.id);
-  end if;
-  return p_account;
-end;
-$$;
-comment on function billing.settled(p_account billing.accounts) is 'Internal: a locked account settled when something fell due (a hold past its TTL, a lot past its expiry), else as it is.';
-revoke execute on function billing.settled(p_account billing.accounts) from public;
-
--- ============================================================ what falls due: lots past their expiry, holds past their TTL
-
--- An expiry's key: the lot and what it held when it expired, so a rerun finds the transfer; after
--- the lot's first expiry, also how many it has had, so credits that came back into it since (a
--- void, a rollover brought back from breakage) expire under a key of their own, never replaying
--- the first expiry and staying spendable.
-create or replace function billing.expiry_key(p_lot_id bigint, p_amount numeric) returns text
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  v_before integer := (select count(*) from billing.lot_allocations a
-                       where a.lot_id = p_lot_id and a.kind = 'expiry' and a.amount > 0);
-begin
-  return 'expiry:' || p_lot_id || ':' || trim_scale(p_amount) || case when v_before > 0 then ':' || v_before else '' end;
-end
-$$;
-comment on function billing.expiry_key(p_lot_id bigint, p_amount numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
-revoke execute on function billing.expiry_key(p_lot_id bigint, p_amount numeric) from public;
-
-create or replace function billing.expire_due_lots(p_account_id bigint) returns integer
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_account billing.accounts;
-  v_lot record;
-  v_count integer := 0;
-  v_expired numeric := 0;
-begin
-  select * into v_account from billing.accounts a where a.id = p_account_id for update;
-  -- Holds past their TTL end first: only live holds give way to what expires (fit_holds would
-  -- count an overdue one and release a live one in its place).
-  if v_account.held > 0 then
-    perform billing.expire_overdue_holds(p_account_id);
-  end if;
-  -- A disputed purchase's lots wait for the dispute: won, they expire; lost, they are reversed.
-  for v_lot in
-    select l.id, l.remaining, l.category from billing.lots l
-    where l.account_id = p_account_id and l.open and not l.frozen and l.expires_at <= now()
-    order by l.expires_at, l.id
-  loop
-    -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
-    perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
-      'expiry', 'expired', billing.expiry_key(v_lot.id, v_lot.remaining), null, null,
-      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null,
-      jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
-    v_count := v_count + 1;
-    v_expired := v_expired + v_lot.remaining;
-  end loop;
-  update billing.accounts a
-  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
-  where a.id = p_account_id returning * into v_account;
-  -- Held credits expire too: holds that reserve more than is left give way, newest first.
-  perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true), v_expired);
-  return v_count;
-end;
-$$;
-comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (held credits too; holds give way), then makes next_expiry exact.';
-revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
-
-create or replace function billing.expire_overdue_holds(p_account_id bigint, p_disputed_work boolean default false)
-returns integer
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_count integer;
-  v_steps billing.hold_step[];
-  v_caps integer;
-  v_expired jsonb;
-begin
-  -- The account is locked first, as everywhere else; the writer voids its overdue holds.
-  select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
-  select count(*), array_agg(('void', h.id, null, 'expired', null, null, null, null, null, null, null, null, null)::billing.hold_step),
-         jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
-                                      'member', h.member_id))
-           filter (where h.purpose <> 'dispute')
-    into v_count, v_steps, v_expired
-  from billing.holds h where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now()
-    and (p_disputed_work or not (h.purpose in ('job', 'ai') and billing.work_waits_for_dispute(p_account_id)));
-  if v_count > 0 then
-    perform billing.post_transfers('{}', v_steps);
-    perform billing.on_available_change(a) from billing.accounts a
-    where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
-    if v_caps > 0 then
-      -- A member's hold on a school's wallet counted against the member's own cap too.
-      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz,
-        (x ->> 'member')::uuid)
-      from jsonb_array_elements(coalesce(v_expired, '[]')) x;
-    end if;
-  end if;
-  return v_count;
-end;
-$$;
-comment on function billing.expire_overdue_holds(p_account_id bigint, p_disputed_work boolean) is 'Releases one account''s holds whose TTL has passed (job and gateway holds where a dispute holds credits only with p_disputed_work: billing.work_waits_for_dispute). Used by the spend path and the pg_cron sweeps.';
-revoke execute on function billing.expire_overdue_holds(p_account_id bigint, p_disputed_work boolean) from public;
-
--- A live hold gives p_amount way (the writer resizes it; the cap room it held comes back).
-create or replace function billing.give_way(p_hold billing.holds, p_amount numeric, p_note jsonb) returns void
-language plpgsql
-set search_path = ''
-as $$
-begin
-  perform billing.post_transfers('{}', array[('resize', p_hold.id, -p_amount, null, null,
-    p_note || jsonb_build_object('given_amount', trim_scale(p_amount)::text), null, null, null, null, null, null,
-    null)::billing.hold_step]);
-  perform billing.return_hold_cap_room(p_hold, p_amount);
-end;
-$$;
-comment on function billing.give_way(p_hold billing.holds, p_amount numeric, p_note jsonb) is 'Internal: shrinks a live hold by p_amount (p_note says why), giving back the cap room it held.';
-revoke execute on function billing.give_way(p_hold billing.holds, p_amount numeric, p_note jsonb) from public;
-
-create or replace function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb)
-returns numeric
-language plpgsql
-set search_path = ''
-as $$
-declare
-  h billing.holds;
-  v_take numeric(38, 18);
-  v_left numeric(38, 18) := p_short;
-  v_held numeric(38, 18);
-begin
-  -- The caller holds the account lock. Holds past their TTL end first (as the sweep would end
-  -- them): they reserve nothing, so what they held counts as room made, and a live hold never
-  -- gives way in their place. Then the newest holds give way first.
-  if exists (select 1 from billing.holds x
-             where x.account_id = p_account_id and x.status = 'active' and x.expires_at <= now()) then
-    select a.held into v_held from billing.accounts a where a.id = p_account_id;
-    perform billing.expire_overdue_holds(p_account_id);
-    v_left := v_left - (v_held - (select a.held from billing.accounts a where a.id = p_account_id));
-  end if;
-  for h in
-    select * from billing.holds x
-    where x.account_id = p_account_id and x.status = 'active' and x.purpose = any(p_purposes)
-    order by x.created_at desc, x.id
-    for update
-  loop
-    exit when v_left <= 0;
-    v_take := least(h.amount, v_left);
-    perform billing.give_way(h, v_take, p_note);
-    v_left := v_left - v_take;
-  end loop;
-  return p_short - v_left;
-end;
-$$;
-comment on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) is 'Internal: takes p_short from the account''s active holds of the given purposes, newest first (cap room given back); returns what it took.';
-revoke execute on function billing.shrink_holds(p_account_id bigint, p_short numeric, p_purposes text[], p_note jsonb) from public;
-
--- What no lot left may pay of an account's user, job and gateway holds gives way (the newest
--- holds carrying it first, each by what its removal would spare: billing.hold_deficit), by at
--- most p_max; returns what gave way. Disputes' holds never give way, and each hold is weighed
--- beside the disputes it ranks below: every dispute for a student's own hold (it gave way to
--- the dispute when it came), only the older ones for a job's or a gateway call's (work under way
--- when a dispute came keeps its hold, billing.hold_classes). Only accounts with credits for some
--- models need it: elsewhere any lot pays any hold.
-create or replace function billing.give_way_unpayable(p_account_id bigint, p_note jsonb, p_max numeric)
-returns numeric
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_keys text[];
-  v_credits numeric[];
-  v_classes jsonb[] := '{}'::jsonb[];             -- each class's model (null: a student's own hold)
-  v_reserved numeric[] := '{}'::numeric[];
-  v_payable boolean[] := '{}'::boolean[];
-  v_disputes numeric[];                           -- the disputes the hold in hand ranks below, as classes
-  v_dispute_payable boolean[];
-  v_class record;
-  v_lack numeric;
-  v_give numeric;
-  v_left numeric := p_max;
-  j integer;
-  h billing.holds;
-begin
-  select array_agg(g.key order by g.key), array_agg(g.credits order by g.key) into v_keys, v_credits
-  from (select coalesce(array_to_string(l.applies_to, ','), '') as key, sum(l.remaining) as credits from billing.lots l
-        where l.account_id = p_account_id and l.open group by 1) g;
-  v_keys := coalesce(v_keys, '{}'::text[]);
-  v_credits := coalesce(v_credits, '{}'::numeric[]);
-  for v_class in select * from billing.hold_classes(p_account_id, v_keys) c where c.covers is null loop
-    v_classes := v_classes || to_jsonb(v_class.model);
-    v_reserved := v_reserved || v_class.amount;
-    v_payable := v_payable || v_class.payable;
-  end loop;
-  for h in
-    select * from billing.holds x
-    where x.account_id = p_account_id and x.status = 'active' and x.purpose in ('user', 'job', 'ai')
-    order by x.created_at desc, x.id
-  loop
-    exit when v_left <= 0;
-    v_disputes := '{}';
-    v_dispute_payable := '{}';
-    for v_class in
-      select * from billing.hold_classes(p_account_id, v_keys, case when h.purpose <> 'user' then h.id end) c
-      where c.covers is not null
-    loop
-      v_disputes := v_disputes || v_class.amount;
-      v_dispute_payable := v_dispute_payable || v_class.payable;
-    end loop;
-    v_lack := billing.hold_deficit(v_credits, v_reserved || v_disputes, v_payable || v_dispute_payable);
-    continue when v_lack <= 0;
-    j := array_position(v_classes, to_jsonb(case when h.purpose in ('ai', 'job') then h.metadata ->> 'model' end));
-    v_reserved[j] := v_reserved[j] - h.amount;
-    v_give := least(h.amount, v_lack - billing.hold_deficit(v_credits, v_reserved || v_disputes, v_payable || v_dispute_payable),
-      v_left);
-    v_reserved[j] := v_reserved[j] + h.amount - v_give;
-    if v_give > 0 then
-      perform billing.give_way(h, v_give, p_note);
-      v_left := v_left - v_give;
-    end if;
-  end loop;
-  return p_max - v_left;
-end;
-$$;
-comment on function billing.give_way_unpayable(p_account_id bigint, p_note jsonb, p_max numeric) is 'Internal: an account''s user, job and gateway holds give way, newest first, by what no lot left may pay of them (disputes'' holds not counted), at most p_max; returns what gave way.';
-revoke execute on function billing.give_way_unpayable(p_account_id bigint, p_note jsonb, p_max numeric) from public;
-
--- p_taken: what the balance just lost (credits expired or taken back). Holds give way by at most
--- that much, never by all that is above the balance: a job's or an AI call's hold that a dispute left above the
--- balance (work under way, place_dispute_hold) is not given away by an unrelated expiry. On an
--- account with credits for some models, what no lot left may pay of the holds gives way first
--- (billing.give_way_unpayable), so a hold that can never be paid (a student's own hold over
--- credits for one model) does not keep them while a hold they could pay gives way in its place.
-create or replace function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric)
-returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_account billing.accounts;
-  v_short numeric;
-  v_left numeric;
-begin
-  -- The caller holds the account lock. A dispute's own hold stays: it is what gives way last.
-  select * into v_account from billing.accounts a where a.id = p_account_id;
-  v_left := p_taken;
-  if v_account.restricted_lots and v_account.held > 0 and v_left > 0 then
-    v_left := v_left - billing.give_way_unpayable(p_account_id, p_note, v_left);
-    select * into v_account from billing.accounts a where a.id = p_account_id;
-  end if;
-  v_short := least(v_account.held - greatest(v_account.balance, 0), v_left);
-  if v_short > 0 then
-    perform billing.shrink_holds(p_account_id, v_short, array['user', 'job', 'ai'], p_note);
-  end if;
-end;
-$$;
-comment on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) is 'Internal: when an account''s holds reserve more than its balance, or (credits for some models) more than the lots that may pay them (credits expired or taken back), its user, job and gateway holds give way, newest first, until they fit, by at most p_taken (what the balance just lost).';
-revoke execute on function billing.fit_holds(p_account_id bigint, p_note jsonb, p_taken numeric) from public;
-
--- ============================================================ restricted lots: which of an account's lots may pay for a charge
-
--- A lot option's applies_to as stored: null, or 1 to 20 distinct names, sorted.
-create or replace function billing.applies_to_of(p_lot jsonb) returns text[]
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  v_list text[];
-begin
-  if p_lot is null or p_lot -> 'applies_to' is null or jsonb_typeof(p_lot -> 'applies_to') = 'null' then
-    return null;
-  end if;
-  if jsonb_typeof(p_lot -> 'applies_to') <> 'array'
-     or jsonb_array_length(p_lot -> 'applies_to') not between 1 and 20
-     or exists (select 1 from jsonb_array_elements(p_lot -> 'applies_to') x
-                where jsonb_typeof(x) <> 'string' or x #>> '{}' !~ '^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}[*]?$') then
-    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
-      'rule', '1 to 20 model names or families (a family ends in *), letters, digits and ._:/-'));
-  end if;
-  select array_agg(distinct x order by x) into v_list from jsonb_array_elements_text(p_lot -> 'applies_to') x;
-  -- A typo would make credits that pay for nothing: each name must be a model on the rate card.
-  if exists (select 1 from unnest(v_list) x
-             where not exists (select 1 from billing.rate_cards r where billing.lot_pays_for(array[x], r.model))) then
-    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
-      'rule', 'each name a model on the rate card, or a family of at least one'));
-  end if;
-  return v_list;
-end;
-$$;
-comment on function billing.applies_to_of(p_lot jsonb) is 'Internal: the applies_to of a new lot''s options, validated (INVALID_LOT); null for a lot that pays for anything.';
-revoke execute on function billing.applies_to_of(p_lot jsonb) from public;
-
--- Credits moved with a list of their own (an allowance or a sponsor code for some models): what
--- both lists allow. A family covers the names and narrower families it starts; null allows all.
-create or replace function billing.narrow_applies_to(p_have text[], p_given text[]) returns text[]
-language sql immutable
-set search_path = ''
-as $$
-  select case when p_given is null then p_have when p_have is null then p_given else coalesce((
-    select array_agg(distinct n order by n) from (
-      select case when h = g or (right(h, 1) = '*' and starts_with(g, left(h, -1))) then g
-                  when right(g, 1) = '*' and starts_with(h, left(g, -1)) then h end as n
-      from unnest(p_have) h cross join unnest(p_given) g) x
-    where n is not null), '{}') end
-$$;
-comment on function billing.narrow_applies_to(p_have text[], p_given text[]) is 'Internal: the models both lists allow (null: any); empty when none.';
-revoke execute on function billing.narrow_applies_to(p_have text[], p_given text[]) from public;
-
--- What groups of credits cannot pay of the holds on them: the reserves less the most of them the
--- groups can pay together (a maximum flow from the holds' classes to the groups). Groups 1..k
--- have p_credits; hold class j reserves p_reserved[j] and may be paid by group i when
--- p_payable[(j - 1) * k + i]. Work of the order of classes × groups per path found.
-create or replace function billing.hold_deficit(p_credits numeric[], p_reserved numeric[], p_payable boolean[])
-returns numeric
-language plpgsql immutable
-set search_path = ''
-as $$
-declare
-  k integer := cardinality(p_credits);
-  d integer := coalesce(cardinality(p_reserved), 0);
-  v_room numeric[] := p_credits;                  -- what each group has left to pay with
-  v_due numeric[] := p_reserved;                  -- what each class still needs
-  v_flow numeric[] := array_fill(0::numeric, array[greatest(d * k, 1)]);   -- class j paid by group i, at (j - 1) * k + i
-  v_paid numeric := 0;
-  v_class_from integer[];                         -- a class reached: the group whose payment it may move (0: it is due)
-  v_group_from integer[];                         -- a group reached: the class that may pay with it
-  v_queue integer[];
-  v_head integer;
-  v_end integer;
-  v_push numeric;
-  i integer;
-  j integer;
-begin
-  -- Each class paid by the first groups that may, then paths that move payments to make room.
-  for c in 1 .. d loop
-    for g in 1 .. k loop
-      exit when v_due[c] = 0;
-      if p_payable[(c - 1) * k + g] and v_room[g] > 0 then
-        v_push := least(v_due[c], v_room[g]);
-        v_flow[(c - 1) * k + g] := v_flow[(c - 1) * k + g] + v_push;
-        v_room[g] := v_room[g] - v_push;
-        v_due[c] := v_due[c] - v_push;
-        v_paid := v_paid + v_push;
-      end if;
-    end loop;
-  end loop;
-  loop
-    v_class_from := array_fill(-1, array[greatest(d, 1)]);
-    v_group_from := array_fill(-1, array[k]);
-    v_queue := '{}';
-    for c in 1 .. d loop
-      if v_due[c] > 0 then
-        v_class_from[c] := 0;
-        v_queue := v_queue || c;
-      end if;
-    end loop;
-    v_head := 1;
-    v_end := 0;
-    while v_head <= cardinality(v_queue) and v_end = 0 loop
-      j := v_queue[v_head];
-      v_head := v_head + 1;
-      for g in 1 .. k loop
-        if p_payable[(j - 1) * k + g] and v_group_from[g] = -1 then
-          v_group_from[g] := j;
-          if v_room[g] > 0 then
-            v_end := g;
-            exit;
-          end if;
-          for c in 1 .. d loop
-            if v_class_from[c] = -1 and v_flow[(c - 1) * k + g] > 0 then
-              v_class_from[c] := g;
-              v_queue := v_queue || c;
-            end if;
-          end loop;
-        end if;
-      end loop;
-    end loop;
-    exit when v_end = 0;
-    -- The path back from the group with room: each class it passes pays with the next group,
-    -- less with the one before; as much as the room, the payments moved and the first class's due allow.
-    v_push := v_room[v_end];
-    i := v_end;
-    loop
-      j := v_group_from[i];
-      exit when v_class_from[j] = 0;
-      i := v_class_from[j];
-      v_push := least(v_push, v_flow[(j - 1) * k + i]);
-    end loop;
-    v_push := least(v_push, v_due[j]);
-    v_room[v_end] := v_room[v_end] - v_push;
-    i := v_end;
-    loop
-      j := v_group_from[i];
-      v_flow[(j - 1) * k + i] := v_flow[(j - 1) * k + i] + v_push;
-      exit when v_class_from[j] = 0;
-      i := v_class_from[j];
-      v_flow[(j - 1) * k + i] := v_flow[(j - 1) * k + i] - v_push;
-    end loop;
-    v_due[j] := v_due[j] - v_push;
-    v_paid := v_paid + v_push;
-  end loop;
-  return (select coalesce(sum(x), 0) from unnest(p_reserved) x) - v_paid;
-end;
-$$;
-comment on function billing.hold_deficit(p_credits numeric[], p_reserved numeric[], p_payable boolean[]) is 'Internal: what groups of credits cannot pay together of the holds'' classes that may draw on them (the reserves less one bipartite maximum flow); 0 when the holds fit.';
-revoke execute on function billing.hold_deficit(p_credits numeric[], p_reserved numeric[], p_payable boolean[]) from public;
-
--- The live holds on an account, by what may pay them (a gateway call's or a job's: the groups for
--- its model; a dispute's: those for anything and the lists of the lots it freezes; any other:
--- those for anything), one row per model or dispute freeze: its reserve and, for each of the
--- account's groups p_keys (one per list, '' for anything), whether it may pay. p_except_hold is
--- left out (the hold being captured); a job's or a gateway call's capture is work already done
--- when a dispute came after its hold, so, as on any account (a capture checks the balance, not
--- what disputes hold), no such dispute stops it (unless p_all_disputes: the plan asks first what
--- it can take leaving every dispute whole). A dispute older than the call or job counts: the
--- call was held beside it, so its capture draws what the dispute leaves, never its cover.
-create or replace function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid default null,
-  p_all_disputes boolean default false)
-returns table (covers jsonb, model text, amount numeric, payable boolean[])
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  v_except billing.holds;
-begin
-  select * into v_except from billing.holds h where h.id = p_except_hold;
-  return query
-  -- billing.lot_pays_for written out: called here for every group and hold class, its SET clause
-  -- (a function that cannot be inlined) cost more than the test.
-  select h.covers, h.model, h.amount,
-    array(select g.list is null
-                 or (h.model is not null and exists (select 1 from unnest(g.list) p where p = h.model
-                       or (right(p, 1) = '*' and starts_with(h.model, left(p, -1)))))
-                 or (h.covers is not null and g.list is not null
-                     and exists (select 1 from jsonb_array_elements(h.covers) x where x = to_jsonb(g.list)))
-          from (select i, case when p_keys[i] = '' then null else string_to_array(p_keys[i], ',') end as list
-                from generate_subscripts(p_keys, 1) i) g
-          order by g.i)
-  from (select case when y.purpose = 'dispute' then coalesce(y.metadata -> 'covers', '[]') end as covers,
-          case when y.purpose in ('ai', 'job') then y.metadata ->> 'model' end as model, sum(y.amount) as amount
-        from billing.holds y
-        where y.account_id = p_account_id and y.status = 'active' and y.id is distinct from p_except_hold
-          and (y.purpose <> 'dispute' or p_all_disputes or coalesce(v_except.purpose, '') not in ('job', 'ai')
-               or y.created_at < v_except.created_at)
-        group by 1, 2) h;
-end;
-$$;
-comment on function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid, p_all_disputes boolean) is 'Internal: an account''s live holds summed by model or dispute freeze, each with the groups of lists (p_keys) that may pay it.';
-revoke execute on function billing.hold_classes(p_account_id bigint, p_keys text[], p_except_hold uuid, p_all_disputes boolean) from public;
-
--- What a new commitment for p_model (p_any: for any lot, a move) can draw from an account with
--- restricted lots without leaving a live hold unpayable, in spending order: `take` ([{lot_id,
--- amount}], at most p_amount in all, for the writer), `found` (its total) and `unusable` (the
--- credits that may not pay for p_model). The caller holds the account lock.
---
--- The account's open lots fall into groups, one per list (null: for anything), as many as it
--- holds. Each live hold can be paid by some groups: a gateway call's or a job's by those for its
--- model, a dispute's by those for anything and those whose lists it freezes (metadata.covers:
--- its reversal takes its own lots whatever they pay for, then only lots for anything), any other
--- by those for anything. The holds fit while, for every set T of groups, slack(T) = T's credits −
--- what the holds that only T can pay reserve ≥ 0 (Hall). Each lot, in spending order, gives the
--- most that keeps them all ≥ 0: the least slack over the sets holding its group, a minimum cut,
--- so its group's credits less what the other groups cannot pay of the holds
--- (billing.hold_deficit, a maximum flow). Taken in any order, this reaches the largest total that
--- fits (the sets form a polymatroid), so `found` < p_amount means no draw could pay it. When the
--- holds already do not fit (credits expired or taken back under them), a lot gives what leaves
--- what they lack as it was: never worse, and lists no short hold may use stay spendable. Groups
--- that share no hold (the lists of different models' holds) do not limit each other: each flow is
--- over the lot's part of the account only. A job's or a gateway call's capture that a dispute
--- came after may reach that dispute's cover (work under way), but only for what the lots that
--- leave every dispute whole cannot pay: the plan runs first with every dispute counted, then, for
--- the rest, without the later ones, taking first the lots no later dispute may be paid from, and
--- of those first the lists the fewest other holds may use (other work under way can leave the
--- first pass short, and then it takes nothing).
-create or replace function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric,
-  p_any boolean default false, p_except_hold uuid default null)
-returns jsonb
-language plpgsql
-set search_path = ''
--- The planner prices unnest and generate_subscripts at 100 to 1,000 rows, so the live holds'
--- sums looked like hundreds of thousands of cost units and were compiled by JIT on every charge:
--- 29 ms of a 0.1 ms query on an account with live holds (bench ledger's crowded cell).
-set jit to 'off'
-as $$
-declare
-  v_keys text[];
-  v_credits numeric[];
-  v_pays boolean[];
-  v_reserved numeric[] := '{}'::numeric[];
-  v_payable boolean[] := '{}'::boolean[];
-  v_class record;
-  v_reserves numeric;                             -- what the live holds reserve in all
-  v_part integer[];                               -- per group: its part (the groups linked to it by holds), or 1 for all
-  v_spare numeric[] := '{}'::numeric[];           -- per group: what it may give when last found
-  v_mark numeric[] := '{}'::numeric[];            -- per group: v_taken of its part then
-  v_taken numeric[] := '{}'::numeric[];           -- per part: what this plan has taken from it so far
-  v_in integer[];                                 -- a part's groups
-  v_of integer[];                                 -- a part's classes
-  v_sub_reserved numeric[];                       -- their reserves
-  v_sub_payable boolean[];                        -- which of the part's groups may pay each
-  v_lack numeric[] := '{}'::numeric[];            -- per part: what its groups cannot pay of its holds
-  v_lots bigint[] := '{}'::bigint[];
-  v_amounts numeric[] := '{}'::numeric[];
-  v_need numeric := p_amount;
-  v_take jsonb;
-  v_t numeric;
-  v_lot record;
-  v_tier integer := 0;                            -- 1: every dispute counted; 2: those after the captured hold not
-  v_cover boolean[];                              -- per group: a dispute the second pass leaves out may be paid from it
-  v_users integer[];                              -- per group: how many classes of other holds it may pay
-begin
-  -- No live hold to keep payable (nearly every charge): the draw is the spending order of the
-  -- lots that may pay, in one statement; the same answer the plan below gives with no holds.
-  if not exists (select 1 from billing.holds x where x.account_id = p_account_id and x.status = 'active'
-                 and x.id is distinct from p_except_hold) then
-    return (
-      select jsonb_build_object(
-        'take', coalesce(jsonb_agg(jsonb_build_object('lot_id', d.id, 'amount', least(d.remaining, p_amount - d.before))
-                                   order by d.n) filter (where d.pays and d.before < p_amount), '[]'::jsonb),
-        'found', trim_scale(least(p_amount, coalesce(sum(d.remaining) filter (where d.pays), 0)))::text,
-        'unusable', trim_scale(coalesce(sum(d.remaining) filter (where not d.pays), 0))::text)
-      from (select y.*, coalesce(sum(y.remaining) filter (where y.pays)
-                                   over (order by y.n rows between unbounded preceding and 1 preceding), 0) as before
-            from (select l.id, l.remaining, p_any or billing.lot_pays_for(l.applies_to, p_model) as pays,
-                    row_number() over (order by l.frozen, l.priority, l.expires_at nulls last, l.granted_at, l.id) as n
-                  from billing.lots l where l.account_id = p_account_id and l.open) y) d);
-  end if;
-  -- The groups, by list ('' for anything: the writer keeps lists sorted, so equal lists have one
-  -- key), their credits, and whether they may pay for this commitment: per group, not per lot.
-  select array_agg(g.key order by g.key), array_agg(g.credits order by g.key),
-    array_agg(p_any or billing.lot_pays_for(case when g.key = '' then null else string_to_array(g.key, ',') end, p_model)
-      order by g.key)
-  into v_keys, v_credits, v_pays
-  from (select coalesce(array_to_string(l.applies_to, ','), '') as key, sum(l.remaining) as credits from billing.lots l
-        where l.account_id = p_account_id and l.open group by 1) g;
-
-  <<tiers>>
-  loop
-    v_tier := v_tier + 1;
-    if v_tier = 2 then
-      v_cover := array(
-        select exists (select 1 from billing.holds e join billing.holds y on y.account_id = e.account_id
-                       where e.id = p_except_hold and e.purpose in ('job', 'ai') and y.status = 'active'
-                         and y.purpose = 'dispute' and y.created_at >= e.created_at
-                         and (g.key = '' or exists (select 1 from jsonb_array_elements(y.metadata -> 'covers') x
-                                                    where x = to_jsonb(string_to_array(g.key, ',')))))
-        from unnest(v_keys) with ordinality g(key, i) order by g.i);
-    end if;
-    exit tiers when v_tier > 2 or v_need <= 0 or (v_tier = 2 and true <> all(v_cover));
-    v_reserved := '{}'; v_payable := '{}'; v_spare := '{}'; v_mark := '{}'; v_taken := '{}'; v_lack := '{}';
-    -- What the live holds reserve, one class per set of groups that may pay them, however many
-    -- holds; a hold no group can pay any more (credits expired or taken back under it) constrains nothing.
-    for v_class in
-      select c.payable, sum(c.amount) as amount from billing.hold_classes(p_account_id, v_keys, p_except_hold, v_tier = 1) c
-      where true = any(c.payable)
-      group by 1
-    loop
-      v_reserved := v_reserved || v_class.amount;
-      v_payable := v_payable || v_class.payable;      -- class j's row of k flags, one after another
-    end loop;
-    v_reserves := (select coalesce(sum(x), 0) from unnest(v_reserved) x);
-    if v_tier = 2 then  -- only the second tier orders by it
-      v_users := array(select (select count(*) from generate_subscripts(v_reserved, 1) c
-                               where v_payable[(c - 1) * cardinality(v_keys) + i])
-                       from generate_subscripts(v_keys, 1) i order by i);
-    end if;
-    -- The parts: groups linked by a class both may pay (each group first its own part, then each
-    -- class's groups joined under the lowest). What the holds lack is the sum of what each part's
-    -- lack, so a take from one part changes nothing in another.
-    v_part := array(select i from generate_subscripts(v_keys, 1) i order by i);
-    for c in 1 .. cardinality(v_reserved) loop
-      v_in := array(select distinct v_part[i] from generate_subscripts(v_keys, 1) i
-                    where v_payable[(c - 1) * cardinality(v_keys) + i]);
-      if cardinality(v_in) > 1 then
-        v_part := array(select case when v_part[i] = any(v_in) then (select min(x) from unnest(v_in) x) else v_part[i] end
-                        from generate_subscripts(v_keys, 1) i order by i);
-      end if;
-    end loop;
-
-    for v_lot in
-      select x.id, case when v_tier = 1 then x.remaining   -- the second tier: what the first left of each lot
-                        else x.remaining - coalesce((select sum(t.amount) from unnest(v_lots, v_amounts) t(lot_id, amount)
-                                                     where t.lot_id = x.id), 0) end as remaining, x.grp from (
-        select l.id, l.remaining, l.frozen, l.priority, l.expires_at, l.granted_at,
-          array_position(v_keys, coalesce(array_to_string(l.applies_to, ','), '')) as grp
-        from billing.lots l where l.account_id = p_account_id and l.open) x
-      where v_pays[x.grp]
-      order by v_tier = 2 and v_cover[x.grp], case when v_tier = 2 then v_users[x.grp] end, x.frozen, x.priority,
-        x.expires_at nulls last, x.granted_at, x.id
-    loop
-      exit when v_need <= 0;
-      v_t := least(v_lot.remaining, v_need);
-      -- What the lot's group may give is at least its credits less every reserve, and at least what
-      -- it was found to be less all taken from its part since (a take lowers no set's slack by more
-      -- than itself): the flow runs only when the lot asks for more than both, so a run of small
-      -- lots costs a flow per list, not per lot. It is over the lot's part: its groups (the lot's
-      -- counted as empty) and the classes they may pay.
-      if cardinality(v_reserved) > 0
-         and v_t > greatest(v_credits[v_lot.grp] - v_reserves,
-                            coalesce(v_spare[v_lot.grp] - (coalesce(v_taken[v_part[v_lot.grp]], 0) - v_mark[v_lot.grp]), 0)) then
-        v_in := array(select i from generate_subscripts(v_keys, 1) i where v_part[i] = v_part[v_lot.grp] order by i);
-        v_of := array(select c from generate_subscripts(v_reserved, 1) c
-                      where exists (select 1 from unnest(v_in) i where v_payable[(c - 1) * cardinality(v_keys) + i]) order by c);
-        v_sub_reserved := array(select v_reserved[c] from unnest(v_of) with ordinality x(c, n) order by n);
-        v_sub_payable := array(select v_payable[(c - 1) * cardinality(v_keys) + i]
-                               from unnest(v_of) with ordinality x(c, n), unnest(v_in) with ordinality y(i, m) order by n, m);
-        -- What the part lacks stays as it is through the plan: no take makes it larger.
-        if v_lack[v_part[v_lot.grp]] is null then
-          v_lack[v_part[v_lot.grp]] := billing.hold_deficit(
-            array(select v_credits[i] from unnest(v_in) with ordinality x(i, n) order by n), v_sub_reserved, v_sub_payable);
-        end if;
-        v_spare[v_lot.grp] := v_credits[v_lot.grp] - (billing.hold_deficit(
-            array(select case when i = v_lot.grp then 0 else v_credits[i] end from unnest(v_in) with ordinality x(i, n) order by n),
-            v_sub_reserved, v_sub_payable) - v_lack[v_part[v_lot.grp]]);
-        v_mark[v_lot.grp] := coalesce(v_taken[v_part[v_lot.grp]], 0);
-        v_t := least(v_t, v_spare[v_lot.grp]);
-      end if;
-      if v_t > 0 then
-        v_lots := v_lots || v_lot.id;
-        v_amounts := v_amounts || v_t;
-        v_need := v_need - v_t;
-        v_taken[v_part[v_lot.grp]] := coalesce(v_taken[v_part[v_lot.grp]], 0) + v_t;
-        v_credits[v_lot.grp] := v_credits[v_lot.grp] - v_t;
-      end if;
-    end loop;
-  end loop tiers;
-  -- A lot both tiers took from is one take.
-  v_take := coalesce((select jsonb_agg(jsonb_build_object('lot_id', x.lot_id, 'amount', x.amount) order by x.n)
-                      from (select t.lot_id, sum(t.amount) as amount, min(t.n) as n
-                            from unnest(v_lots, v_amounts) with ordinality t(lot_id, amount, n) group by t.lot_id) x),
-                     '[]'::jsonb);
-  return jsonb_build_object('take', v_take, 'found', trim_scale(p_amount - v_need)::text,
-    'unusable', trim_scale(coalesce((select sum(v_credits[i]) from generate_subscripts(v_keys, 1) i where not v_pays[i]), 0))::text);
-end;
-$$;
-comment on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) is 'Internal: for an account with restricted lots, what a charge for p_model (or a move, p_any) may draw, in spending order, keeping every live hold payable: {take, found, unusable}.';
-revoke execute on function billing.plan_lot_draw(p_account_id bigint, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) from public;
-
--- A charge, hold or move on an account with restricted lots: the lots it draws ({take} for the
--- writer), or INSUFFICIENT_CREDITS naming what could not be used and why. A pooled wallet's
--- figures are never in the refusal (a member may be the one refused).
-create or replace function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric,
-  p_any boolean default false, p_except_hold uuid default null)
-returns jsonb
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_plan jsonb := billing.plan_lot_draw(p_account.id, p_model, p_amount, p_any, p_except_hold);
-  v_pool boolean := p_account.org_id is not null and p_account.member_id is null;
-begin
-  if (v_plan ->> 'found')::numeric < p_amount then
-    perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
-      'required', trim_scale(p_amount)::text,
-      'available', case when not v_pool then
-        trim_scale(least((v_plan ->> 'found')::numeric, greatest(p_account.balance - p_account.held, 0)))::text end,
-      'debt', case when not v_pool then billing.in_debt(p_account) end,
-      'model', p_model,
-      -- Credits that exist but may not pay for this model.
-      'restricted', case when not v_pool then v_plan ->> 'unusable' end,
-      'reason', case when v_pool then null
-                     when (v_plan ->> 'unusable')::numeric > 0 then 'some credits may only pay for other models'
-                     else 'credits are held for other models' end)));
-  end if;
-  return jsonb_build_object('take', v_plan -> 'take');
-end;
-$$;
-comment on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) is 'Internal: the lots a movement on an account with restricted lots draws, or INSUFFICIENT_CREDITS (402) with the credits that could not pay for the model (restricted) and why.';
-revoke execute on function billing.restricted_draw(p_account billing.accounts, p_model text, p_amount numeric, p_any boolean, p_except_hold uuid) from public;
+-- What every posting checks and sets off under the account lock: the spend caps' room a charge
+-- or hold takes and gives back, the low-balance alert and auto-recharge. The core's (the writer
+-- counts caps); the features that own them (40-caps-alerts, 55-auto-recharge) keep their tables
+-- and the rest.
 
 -- ============================================================ spend caps: the room a posting takes and gives back
 
@@ -3111,7 +1281,7 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  if p_hold.purpose <> 'dispute' and p_unspent > 0
+  if p_unspent > 0
      and (select a.caps from billing.accounts a where a.id = p_hold.account_id) > 0 then
     perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model', p_hold.created_at,
       p_hold.member_id);
@@ -3215,16 +1385,1963 @@ comment on function billing.on_available_change(a billing.accounts) is 'Internal
 revoke execute on function billing.on_available_change(a billing.accounts) from public;
 
 -- ============================================================================
+-- schemas/11-ledger-due.sql
+-- ============================================================================
+-- What falls due under the account lock, on the writer's road (11-ledger-road.sql settles an
+-- account with these): lots past their expiry (expired whole; the holds that reserved them
+-- shrink) and holds past their TTL.
+
+-- ============================================================ what falls due: lots past their expiry, holds past their TTL
+
+-- An expiry's key: the lot and what it held when it expired, so a rerun finds the transfer; after
+-- the lot's first expiry, also how many it has had, so credits that came back into it since (a
+-- void, a rollover brought back from breakage) expire under a key of their own, never replaying
+-- the first expiry and staying spendable.
+create or replace function billing.expiry_key(p_lot_id bigint, p_amount numeric) returns text
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_before integer := (select count(*) from billing.lot_allocations a
+                       where a.lot_id = p_lot_id and a.kind = 'expiry' and a.amount > 0);
+begin
+  return 'expiry:' || p_lot_id || ':' || trim_scale(p_amount) || case when v_before > 0 then ':' || v_before else '' end;
+end
+$$;
+comment on function billing.expiry_key(p_lot_id bigint, p_amount numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
+revoke execute on function billing.expiry_key(p_lot_id bigint, p_amount numeric) from public;
+
+-- Holds the writer shrank by what expired under them (an expiry, a renewal's rollover): the
+-- cap room of what they gave comes back, and one that ended is told (hold_ended: a refund's
+-- take-back pending on it). p_parts: [{hold_id, given}].
+create or replace function billing.holds_gave_way(p_parts jsonb) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  r record;
+begin
+  for r in
+    select h, x.given from jsonb_to_recordset(p_parts) x(hold_id uuid, given numeric)
+    join billing.holds h on h.id = x.hold_id order by x.hold_id
+  loop
+    perform billing.return_hold_cap_room(r.h, r.given);
+    if (r.h).status <> 'active' then
+      perform billing.hold_ended((r.h).id);
+    end if;
+  end loop;
+end;
+$$;
+comment on function billing.holds_gave_way(p_parts jsonb) is 'Internal: after holds shrank by what expired under them, returns their cap room and tells hold_ended of those that ended.';
+revoke execute on function billing.holds_gave_way(p_parts jsonb) from public;
+
+-- A lot expires whole when due, reserved or not, frozen or not (docs/credit-lots.md § Spending
+-- order 7): the writer's expiry of it shrinks the holds that reserved it by their part (released
+-- when nothing is left); then billing.holds_gave_way.
+create or replace function billing.expire_due_lots(p_account_id bigint) returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_lot record;
+  v_count integer := 0;
+  v_parts jsonb;
+begin
+  select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  -- Holds past their TTL end first: an expired lot shrinks live holds only.
+  if v_account.held > 0 then
+    perform billing.expire_overdue_holds(p_account_id);
+  end if;
+  for v_lot in
+    select l.id, l.remaining, l.category from billing.lots l
+    where l.account_id = p_account_id and l.open and l.expires_at <= now()
+    order by l.expires_at, l.id
+  loop
+    -- The holds that reserved it, and their parts: the writer shrinks them with the expiry.
+    v_parts := (select coalesce(jsonb_agg(jsonb_build_object('hold_id', hl.hold_id, 'given', hl.amount)), '[]')
+                from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id
+                where hl.lot_id = v_lot.id and h.status = 'active');
+    -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
+    perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
+      'expiry', 'expired', billing.expiry_key(v_lot.id, v_lot.remaining), null, null,
+      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null,
+      jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
+    v_count := v_count + 1;
+    perform billing.holds_gave_way(v_parts);
+  end loop;
+  update billing.accounts a
+  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
+  where a.id = p_account_id returning * into v_account;
+  return v_count;
+end;
+$$;
+comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (reserved credits too: the holds shrink), then makes next_expiry exact.';
+revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
+
+create or replace function billing.expire_overdue_holds(p_account_id bigint)
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_count integer;
+  v_steps billing.hold_step[];
+  v_caps integer;
+  v_expired jsonb;
+  v_ids uuid[];
+begin
+  -- The account is locked first, as everywhere else; the writer voids its overdue holds.
+  select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
+  select count(*), array_agg(('void', h.id, null, 'expired', null, null, null, null, null, null, null, null, null)::billing.hold_step),
+         jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
+                                      'member', h.member_id)), array_agg(h.id)
+    into v_count, v_steps, v_expired, v_ids
+  from billing.holds h where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now();
+  if v_count > 0 then
+    perform billing.post_transfers('{}', v_steps);
+    perform billing.hold_ended(x) from unnest(v_ids) x;
+    perform billing.on_available_change(a) from billing.accounts a
+    where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+    if v_caps > 0 then
+      -- A member's hold on a school's wallet counted against the member's own cap too.
+      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz,
+        (x ->> 'member')::uuid)
+      from jsonb_array_elements(coalesce(v_expired, '[]')) x;
+    end if;
+  end if;
+  return v_count;
+end;
+$$;
+comment on function billing.expire_overdue_holds(p_account_id bigint) is 'Releases one account''s holds whose TTL has passed (each told to billing.hold_ended). Used by the spend path and the pg_cron sweeps.';
+revoke execute on function billing.expire_overdue_holds(p_account_id bigint) from public;
+
+
+-- ============================================================================
+-- schemas/11-ledger-lists.sql
+-- ============================================================================
+-- Credits for some models (31-lot-applicability.sql says the rule): a lot option's list as the
+-- writer stores it, narrowing a list on a move, and what a refusal says of the credits that may
+-- not pay for a model. Read by the writer on every posting, so in the core's layer.
+
+-- ============================================================ restricted lots: which of an account's lots may pay for a charge
+
+-- A lot option's applies_to as stored: null, or 1 to 20 distinct names, sorted.
+create or replace function billing.applies_to_of(p_lot jsonb) returns text[]
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_list text[];
+begin
+  if p_lot is null or p_lot -> 'applies_to' is null or jsonb_typeof(p_lot -> 'applies_to') = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(p_lot -> 'applies_to') <> 'array'
+     or jsonb_array_length(p_lot -> 'applies_to') not between 1 and 20
+     or exists (select 1 from jsonb_array_elements(p_lot -> 'applies_to') x
+                where jsonb_typeof(x) <> 'string' or x #>> '{}' !~ '^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}[*]?$') then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+      'rule', '1 to 20 model names or families (a family ends in *), letters, digits and ._:/-'));
+  end if;
+  select array_agg(distinct x order by x) into v_list from jsonb_array_elements_text(p_lot -> 'applies_to') x;
+  -- A typo would make credits that pay for nothing: each name must be a model on the rate card.
+  if exists (select 1 from unnest(v_list) x
+             where not exists (select 1 from billing.rate_cards r where billing.lot_pays_for(array[x], r.model))) then
+    perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+      'rule', 'each name a model on the rate card, or a family of at least one'));
+  end if;
+  return v_list;
+end;
+$$;
+comment on function billing.applies_to_of(p_lot jsonb) is 'Internal: the applies_to of a new lot''s options, validated (INVALID_LOT); null for a lot that pays for anything.';
+revoke execute on function billing.applies_to_of(p_lot jsonb) from public;
+
+-- Credits moved with a list of their own (an allowance or a sponsor code for some models): what
+-- both lists allow. A family covers the names and narrower families it starts; null allows all.
+create or replace function billing.narrow_applies_to(p_have text[], p_given text[]) returns text[]
+language sql immutable
+set search_path = ''
+as $$
+  select case when p_given is null then p_have when p_have is null then p_given else coalesce((
+    select array_agg(distinct n order by n) from (
+      select case when h = g or (right(h, 1) = '*' and starts_with(g, left(h, -1))) then g
+                  when right(g, 1) = '*' and starts_with(h, left(g, -1)) then h end as n
+      from unnest(p_have) h cross join unnest(p_given) g) x
+    where n is not null), '{}') end
+$$;
+comment on function billing.narrow_applies_to(p_have text[], p_given text[]) is 'Internal: the models both lists allow (null: any); empty when none.';
+revoke execute on function billing.narrow_applies_to(p_have text[], p_given text[]) from public;
+
+
+-- What a refusal on an account with credits for some models adds (a charge or hold for p_model the
+-- free credits that may pay for it did not cover): the credits that may not pay for it and why.
+create or replace function billing.model_refusal(p_account billing.accounts, p_model text) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_strip_nulls(jsonb_build_object('model', p_model, 'restricted', trim_scale(x.unusable)::text,
+    'reason', case when x.unusable > 0 then 'some credits may only pay for other models'
+                   else 'credits are held for other models' end))
+  from (select coalesce(sum(l.remaining) filter (where not billing.lot_pays_for(l.applies_to, p_model)), 0) as unusable
+        from billing.lots l where l.account_id = p_account.id and l.open) x
+$$;
+comment on function billing.model_refusal(p_account billing.accounts, p_model text) is 'Internal: the details a refusal for p_model adds on an account with credits for some models: model, restricted (credits that may not pay for it), reason.';
+revoke execute on function billing.model_refusal(p_account billing.accounts, p_model text) from public;
+
+-- ============================================================================
+-- schemas/11-ledger-road.sql
+-- ============================================================================
+-- The road to the ledger's writer (11-ledger-writer.sql): one user's movement against a platform
+-- account (post_user_transfer, and its faces grant_credits and reverse_credits), a move between
+-- two tracked accounts (move_credits), the account that pays a member's charge
+-- (lock_spending_source), whether an account owes (in_debt), and settling an account before
+-- anything reads what it has (settle_account, settled). Every feature that moves credits comes
+-- this way; the writer decides how.
+
+
+-- Whether an account is in debt, the rule every refusal's `debt` states: its balance is below
+-- what its open lots hold (debt = Σ remaining − balance, billing.post_transfers). Credits for some
+-- models stay beside a debt (it is owed in money paid for anything), so only an account holding
+-- them can owe with a balance of zero or more; any other is in debt exactly when its balance is
+-- below zero, and is answered without reading its lots.
+create or replace function billing.in_debt(p_account billing.accounts) returns boolean
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  if not p_account.restricted_lots or p_account.balance < 0 then
+    return p_account.balance < 0;
+  end if;
+  -- Below its open lots' sum exactly when below its credits for some models (the lots for any
+  -- model hold what is beyond them): its sub-accounts.
+  return p_account.balance < (select coalesce(sum(s.balance), 0) from billing.sub_accounts s where s.account_id = p_account.id);
+end;
+$$;
+comment on function billing.in_debt(p_account billing.accounts) is 'Internal: whether an account owes: its balance is below what its open lots hold (credits for some models stay beside a debt).';
+revoke execute on function billing.in_debt(p_account billing.accounts) from public;
+
+create or replace function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind,
+                                                p_key text, p_member uuid, p_metadata jsonb default null,
+                                                p_applies_to text[] default null)
+returns billing.transfers
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_from billing.accounts;
+  v_transfer billing.transfers;
+  v_posted billing.posted_transfer[];
+begin
+  perform billing.check_amount(p_amount);
+  perform 1 from billing.accounts a where a.id in (p_from, p_to) order by a.id for update;
+  select * into v_transfer from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
+  if found then
+    if v_transfer.amount <> p_amount or v_transfer.from_account_id <> p_from or v_transfer.to_account_id <> p_to
+       or v_transfer.metadata -> 'applies_to' is distinct from to_jsonb(p_applies_to) then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
+    end if;
+    return v_transfer;
+  end if;
+  select * into v_from from billing.accounts a where a.id = p_from;
+  v_from := billing.settled(v_from);
+
+  -- The free credits drawn arrive on the receiving side as they were (billing.post_transfers),
+  -- restricted ones still restricted; what holds reserved stays theirs.
+  v_posted := billing.post_transfers(array[(p_kind, p_from, p_to, p_amount, p_key, null, null,
+    case when p_applies_to is null then p_metadata
+         else coalesce(p_metadata, '{}') || jsonb_build_object('applies_to', p_applies_to) end, null, null, p_member,
+    nullif(jsonb_strip_nulls(jsonb_build_object('applies_to', p_applies_to)), '{}'))::billing.transfer_spec]);
+  if (v_posted[1]).result = 'insufficient' then
+    perform billing.raise_error('INSUFFICIENT_CREDITS', (v_posted[1]).refusal
+      || jsonb_build_object('debt', billing.in_debt(v_from), 'wallet', 'organisation'));
+  end if;
+  select * into v_transfer from billing.transfers t where t.id = (v_posted[1]).transfer_id;
+  return v_transfer;
+end;
+$$;
+comment on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb, p_applies_to text[]) is 'Internal: a transfer between two tracked accounts (wallet ↔ allowance), the lots drawn mirrored on the receiving side (narrowed to p_applies_to when given).';
+revoke execute on function billing.move_credits(p_from bigint, p_to bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_member uuid, p_metadata jsonb, p_applies_to text[]) from public;
+
+-- The accounts that may pay a member's charge, in the order they are asked: organisations that
+-- pay first (0), the member's own account (1), those that pay after (2); by when the member joined.
+-- A member without an allowance account yet has nothing there.
+create or replace function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[])
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  select array_agg(s.account_id order by s.rank, s.joined_at), array_agg(s.org_id order by s.rank, s.joined_at)
+  into accounts, orgs
+  from (
+    select o.id as org_id, case when o.org_pays_first then 0 else 2 end as rank, m.joined_at,
+      case when o.funding = 'allowance'
+        then (select a.id from billing.accounts a where a.org_id = o.id and a.member_id = p_user)
+        else (select a.id from billing.accounts a where a.org_id = o.id and a.member_id is null)
+      end as account_id
+    from billing.org_members m join billing.orgs o on o.id = m.org_id
+    where m.user_id = p_user and m.active and m.role = 'member'
+    union all
+    select null, 1, null, p_own
+  ) s where s.account_id is not null;
+end;
+$$;
+comment on function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[]) is 'Internal: the accounts that may pay a member''s charge, in the order they are asked (organisations that pay first, the member''s own, those that pay after), and their organisations.';
+revoke execute on function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[]) from public;
+
+create or replace function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
+returns billing.accounts
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_existing billing.transfers;
+  v_sources record;
+  v_account billing.accounts;
+  v_available numeric(38, 18);
+  v_cap jsonb;
+  v_wallets jsonb := '[]'::jsonb;
+  v_best numeric(38, 18) := 0;
+  v_pool boolean;
+begin
+  if p_kind is not null then
+    select * into v_existing from billing.transfers t where t.idempotency_key = p_key and t.kind = p_kind;
+    if found and v_existing.member_id = p_user then
+      select * into v_account from billing.accounts a where a.id = v_existing.from_account_id for update;
+      return v_account;
+    elsif found then
+      return p_own;
+    end if;
+  end if;
+
+  -- Where the charge may come from, locked (in id order). A change that committed while we waited
+  -- (a switch to pool funding that swept the allowance, a member removed) may have moved it: look
+  -- again under the locks, until it stands still, so a charge never stops at an allowance swept
+  -- into the wallet that now pays.
+  loop
+    select * into v_sources from billing.spending_sources(p_user, p_own.id);
+    perform 1 from billing.accounts a where a.id = any(v_sources.accounts) and a.id <> p_own.id order by a.id for update;
+    exit when (billing.spending_sources(p_user, p_own.id)).accounts = v_sources.accounts;
+  end loop;
+
+  for i in 1 .. array_length(v_sources.accounts, 1) loop
+    select * into v_account from billing.accounts a where a.id = v_sources.accounts[i];
+    v_account := billing.settled(v_account);
+    if v_account.id = p_own.id then
+      p_own := v_account;                             -- settled: the refusal's debt is read from it
+    end if;
+    v_available := greatest(v_account.balance - v_account.held, 0);
+    if v_account.reads_lots then
+      v_available := least(v_available, billing.free_credits(v_account.id, p_model, false));
+    end if;
+    if v_available >= p_amount then
+      if v_account.org_id is null then
+        return v_account;                                 -- the member's own caps: the writer's, as for anyone
+      end if;
+      -- Asked, not counted: what spends counts it (the writer, or reserve_hold for a hold).
+      v_cap := case when v_account.caps > 0 then billing.take_cap_room(v_account.id, p_amount, p_model, p_user, false) end;
+      if v_cap is null then
+        return v_account;
+      end if;
+    end if;
+    -- A member sees what they may spend: their own account, their allowance, their cap's room;
+    -- never the balance of a pool the whole organisation shares.
+    v_pool := v_account.org_id is not null and v_account.member_id is null;
+    v_best := greatest(v_best, case when v_cap is null and not v_pool then v_available else 0 end);
+    v_wallets := v_wallets || jsonb_strip_nulls(jsonb_build_object(
+      'wallet', case when v_account.org_id is null then 'personal' else 'organisation' end,
+      'org_id', v_sources.orgs[i],
+      'available', case when not v_pool then trim_scale(v_available)::text end,
+      'short_by', case when not v_pool then trim_scale(greatest(p_amount - v_available, 0))::text end,
+      'reason', case when v_cap is not null then 'cap' else 'insufficient' end, 'cap', v_cap));
+    v_cap := null;
+  end loop;
+  perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text,
+    'available', trim_scale(v_best)::text, 'debt', billing.in_debt(p_own), 'wallets', v_wallets));
+  return null;                                      -- not reached: raise_error raised
+end;
+$$;
+comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';
+revoke execute on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) from public;
+
+create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
+returns billing.transfer_result
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_account_id bigint;
+  v_platform_id bigint := billing.platform_account_id(p_platform_code);
+  v_existing billing.transfers;
+  v_transfer_id bigint;
+  v_bal billing.balance;
+  v_posted billing.posted_transfer;
+  v_member uuid;
+  v_model text;
+begin
+  perform billing.check_amount(p_amount);
+  if p_idempotency_key is null or length(p_idempotency_key) not between 1 and 300 then
+    perform billing.raise_error('IDEMPOTENCY_KEY_REQUIRED', jsonb_build_object('rule', '1 to 300 characters'));
+  end if;
+
+  -- Find and lock the account in one statement; create it first only when it must exist.
+  if p_account_id is not null then
+    select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  else
+    select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  end if;
+  if not found then
+    if p_direction < 0 and p_mode <> 'reverse' then
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_amount)::text, 'available', '0',
+        'debt', false));
+    end if;
+    perform billing.ensure_user_account(p_user);
+    select * into v_account from billing.accounts a where a.user_id = p_user for update;
+  end if;
+  -- A member of organisations that fund them: the wallet that pays (orgs = 0 skips it all).
+  if v_account.orgs > 0 and p_mode = 'spend' and p_account_id is null then
+    v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, p_kind);
+  end if;
+  v_account_id := v_account.id;
+  v_member := case when v_account.org_id is not null then p_user end;
+
+  -- A replay finds the transfer written before: a concurrent call with the same key has
+  -- committed by now (its account lock was ours to wait for).
+  select * into v_existing from billing.transfers t where t.idempotency_key = p_idempotency_key and t.kind = p_kind;
+  if found then
+    if v_existing.amount <> p_amount
+      or (p_direction > 0 and v_existing.to_account_id <> v_account_id)
+      or (p_direction < 0 and v_existing.from_account_id <> v_account_id) then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_kind));
+    end if;
+    v_bal := billing.balance_of(v_account_id);
+    return (v_existing.id, v_existing.amount, v_bal.balance, v_bal.held, v_bal.available, true)::billing.transfer_result;
+  end if;
+
+  if p_mode = 'spend' then
+    v_account := billing.settled(v_account);
+  end if;
+  -- Credits for some models only: the charge draws free credits of the lots that may pay for its
+  -- model (the rate card's, or the gateway's facts on a capture's excess); none named: lots for any model.
+  if v_account.restricted_lots and p_mode in ('spend', 'capture') then
+    v_model := coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), p_metadata ->> 'model');
+    p_lot := jsonb_build_object('for', v_model);
+  end if;
+
+  v_posted := (billing.post_transfers(array[(p_kind,
+    case when p_direction > 0 then v_platform_id else v_account_id end,
+    case when p_direction > 0 then v_account_id else v_platform_id end,
+    p_amount, p_idempotency_key, p_correlation_id, p_reference, p_metadata, p_rate_card_id, null, v_member,
+    p_lot)::billing.transfer_spec]))[1];
+  -- What the account has, and its caps (a member's on a school's account among them): the writer's.
+  if v_posted.result = 'insufficient' then
+    -- A pooled wallet's figures are never told (a member may be the one refused).
+    perform billing.raise_error('INSUFFICIENT_CREDITS', case when v_account.org_id is not null and v_account.member_id is null
+      then v_posted.refusal - 'available' else v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account))
+        || case when v_account.restricted_lots and p_mode in ('spend', 'capture') then billing.model_refusal(v_account, v_model)
+                else '{}'::jsonb end end);
+  elsif v_posted.result = 'capped' then
+    perform billing.raise_error('SPEND_CAP_REACHED', v_posted.refusal);
+  end if;
+  v_account.balance := coalesce(v_posted.from_balance, v_posted.to_balance);
+  v_account.version := v_account.version + 1;
+  v_transfer_id := v_posted.transfer_id;
+
+  -- Auto-recharge follows spending: a refund, dispute or expiry never charges the card by itself
+  -- (a student refunded would be charged again at once); the low-balance alert still tells them.
+  if p_mode = 'reverse' then
+    if v_account.low_balance_threshold is not null then
+      perform billing.check_low_balance(v_account);
+    end if;
+  elsif v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
+    perform billing.on_available_change(v_account);
+  end if;
+
+  -- Overdue holds and due lots were settled above when spending; otherwise held is as locked.
+  if v_account.held > 0 then
+    v_bal := billing.balance_of(v_account_id);
+    return (v_transfer_id, p_amount, v_bal.balance, v_bal.held, v_bal.available, false)::billing.transfer_result;
+  end if;
+  return (v_transfer_id, p_amount, v_account.balance, 0, v_account.balance, false)::billing.transfer_result;
+end;
+$$;
+comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_lot jsonb, p_account_id bigint) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock.';
+revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_lot jsonb, p_account_id bigint) from public;
+
+create or replace function billing.grant_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_kind billing.transfer_kind,
+  p_idempotency_key text,
+  p_reference text default null,
+  p_correlation_id text default null,
+  p_metadata jsonb default null,
+  p_lot jsonb default null,
+  p_account_id bigint default null                -- an organisation's wallet instead of p_user's account
+) returns billing.transfer_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_kind not in ('purchase', 'promo_grant', 'adjustment') then
+    perform billing.raise_error('INVALID_KIND', jsonb_build_object('kind', p_kind, 'allowed', 'purchase, promo_grant, adjustment'));
+  end if;
+  return billing.post_user_transfer(p_user, 1, 'credit', p_amount, p_kind,
+    case p_kind when 'purchase' then 'purchases' when 'promo_grant' then 'promotions' else 'adjustments' end,
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null, p_lot, p_account_id);
+end;
+$$;
+comment on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) is 'Adds credits to a user (or the account p_account_id) as a new lot (p_lot: the lot''s options, see billing.transfer_spec): a purchase, a promotion, or a support adjustment. Idempotent by (key, kind).';
+revoke execute on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) from public;
+grant execute on function billing.grant_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_lot jsonb, p_account_id bigint) to service_role;
+
+create or replace function billing.reverse_credits(
+  p_user uuid,
+  p_amount numeric,
+  p_kind billing.transfer_kind,
+  p_idempotency_key text,
+  p_reference text default null,
+  p_correlation_id text default null,
+  p_metadata jsonb default null,
+  p_first_lots bigint[] default null,
+  p_account_id bigint default null                -- an organisation's wallet instead of p_user's account
+) returns billing.transfer_result
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_kind not in ('refund_reversal', 'dispute_reversal', 'expiry') then
+    perform billing.raise_error('INVALID_KIND', jsonb_build_object('kind', p_kind, 'allowed', 'refund_reversal, dispute_reversal, expiry'));
+  end if;
+  return billing.post_user_transfer(p_user, -1, 'reverse', p_amount, p_kind,
+    case p_kind when 'refund_reversal' then 'refunds' when 'dispute_reversal' then 'disputes' else 'expired' end,
+    p_idempotency_key, p_correlation_id, p_reference, p_metadata, null,
+    jsonb_build_object('first', to_jsonb(coalesce(p_first_lots, '{}'))), p_account_id);
+end;
+$$;
+comment on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) is 'Takes credits back after a refund, a lost dispute or an expiry, from p_first_lots first. The only path that may make a balance negative (debt).';
+revoke execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) from public;
+grant execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) to service_role;
+
+create or replace function billing.settle_account(p_account_id bigint)
+returns billing.accounts
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+begin
+  select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  if v_account.held > 0 then
+    perform billing.expire_overdue_holds(p_account_id);
+  end if;
+  if v_account.next_expiry <= now() then
+    perform billing.expire_due_lots(p_account_id);
+  end if;
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  return v_account;
+end;
+$$;
+comment on function billing.settle_account(p_account_id bigint) is 'Internal: locks the account, ends its overdue holds and expires its due lots; returns it as it now is. billing.settled calls it when something fell due.';
+revoke execute on function billing.settle_account(p_account_id bigint) from public;
+
+-- The account as it is once what fell due is ended (billing.settle_account), or as it is when
+-- nothing did: the one place that says when an account must be settled before anything reads what
+-- it has. Every path that spends, holds or moves credits calls it on the row it locked.
+create or replace function billing.settled(p_account billing.accounts) returns billing.accounts
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_account.held > 0 or p_account.next_expiry <= now() then
+    return billing.settle_account(p_account.id);
+  end if;
+  return p_account;
+end;
+$$;
+comment on function billing.settled(p_account billing.accounts) is 'Internal: a locked account settled when something fell due (a hold past its TTL, a lot past its expiry), else as it is.';
+revoke execute on function billing.settled(p_account billing.accounts) from public;
+
+-- ============================================================================
+-- schemas/11-ledger-writer.sql
+-- ============================================================================
+-- The ledger's writer: billing.post_transfers alone inserts transfers, entries, lots and
+-- allocations and changes balances, held amounts and versions
+-- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Here: the types it takes and
+-- answers, what it checks a movement against (spending kinds, what fits, which lots may pay, the
+-- one picker of what a hold reserves), and the writer itself. The road to it is in
+-- 11-ledger-road.sql, what falls due in 11-ledger-due.sql, lists of models in
+-- 11-ledger-lists.sql, spend caps and what a posting sets off in 11-ledger-caps.sql (one layer:
+-- the core's; calls point down, nothing here calls a feature).
+--
+-- Concurrency: a user account row is locked (FOR UPDATE) before its balance is read, so
+-- parallel debits serialise per account and can never overdraw. When a function needs an
+-- account and one of its holds, it locks the account first, then the hold; no function locks
+-- two user accounts, and if one ever must, it locks them in ascending id order. Idempotency
+-- keys are checked again after the lock, so N parallel identical calls make one transfer.
+
+-- ============================================================ types
+
+-- One movement for billing.post_transfers, the ledger's one writer. `lots` says how the tracked
+-- sides' lots move; null for the usual: a debit draws from its lots in spending order, a credit
+-- from a platform account opens a new lot, a credit from a tracked account (a move) arrives as
+-- the lots its debit drew, each with its provenance (`applies_to` given: narrowed to it). Otherwise, any of:
+--   first       lot ids drawn before the spending order (a reversal takes its purchase's lots first)
+--   take        [{lot_id, amount}]: the debit draws exactly these, of exactly the amount (a capture:
+--               what its hold reserved, billing.capture_take)
+--   for         a model (null: none): a usage charge alone draws in spending order only the free
+--               credits of lots that may pay for it (any usage charge alone does; without `for`,
+--               only lots for any model); they must cover it
+--   return_to   [{lot_id, amount}]: the credit goes back into these lots (a void, a rollover's
+--               credits brought back from breakage): negative allocations, no new lot; what of
+--               it pays a debt is the allocation's debt_settled, not the lot's
+--   moved_from  the credit opens a lot with this lot's provenance and its share of the cost (a plan rollover)
+--   category, priority, cost_cents, currency, purchase_id, expires_at, applies_to, origin: the new
+--               lot's, over the defaults (billing.credit_expiry_policy; an adjustment never expires
+--               unless told; applies_to null: pays for any model; origin: what reports break it down
+--               by, 'plan' or 'promo_code')
+create type billing.transfer_spec as (
+  kind billing.transfer_kind,
+  from_account_id bigint,
+  to_account_id bigint,
+  amount numeric,
+  idempotency_key text,
+  correlation_id text,
+  reference text,
+  metadata jsonb,
+  rate_card_id bigint,
+  hold_id uuid,
+  member_id uuid,
+  lots jsonb
+);
+comment on type billing.transfer_spec is 'A movement billing.post_transfers is asked to make (see the comment above it for lots).';
+
+-- A pending transfer's step for billing.post_transfers (TigerBeetle's pending, post and void). A
+-- hold is a pending transfer: it reserves free credits of specific lots (billing.hold_lots,
+-- lots.reserved; the account's `held` is their sum) and moves nothing until it is posted.
+-- Whatever ends a hold, its reservation returns to its lots and its whole amount stops counting.
+--   place   a new hold: hold_id (the caller's choice, so it knows the row), account_id, amount and
+--           the hold's fields; it reserves what billing.pick_lots picks for its model, or is
+--           answered `insufficient`; held grows by the amount
+--   resize  an active hold grows (amount > 0: reserves more, or INSUFFICIENT_CREDITS) or shrinks
+--           (amount < 0: returns reservation from its latest lots; `note` joins its metadata);
+--           shrunk whole, it ends released, its amount kept as the record of it
+--   post    an active hold is captured for `amount` by the batch's one movement naming it
+--           (its hold_id), in that movement's own account write, drawing what it reserved; or,
+--           `transfer_id` given, by a movement written before (a replay that finds the capture written)
+--   void    an active hold ends unspent: `status` released or expired
+-- An expiry of a lot (kind 'expiry', the lot `first`) shrinks the holds that reserved it by their part.
+create type billing.hold_step as (
+  op text,
+  hold_id uuid,
+  amount numeric,
+  status text,
+  transfer_id bigint,
+  note jsonb,
+  account_id bigint,
+  idempotency_key text,
+  correlation_id text,
+  metadata jsonb,
+  expires_at timestamptz,
+  purpose text,
+  member_id uuid
+);
+comment on type billing.hold_step is 'A pending transfer (hold) placed, resized, posted or voided by billing.post_transfers (see the comment above it).';
+
+create type billing.posted_transfer as (
+  transfer_id bigint,                             -- null when refused
+  replayed boolean,                               -- a transfer with this key and kind was already written
+  from_balance numeric(38, 18),                   -- the tracked sides' balances after it; null for a platform side, a replay or a refusal
+  to_balance numeric(38, 18),
+  result text,                                    -- applied, exists (a replay), insufficient or capped (nothing written)
+  refusal jsonb                                   -- insufficient: {required, available}; capped: the cap's figures (take_cap_room)
+);
+comment on type billing.posted_transfer is 'What billing.post_transfers answers for each movement, in order.';
+
+-- ============================================================ functions
+
+-- What spends an account's credits (a usage charge, a capture, a move to another account): the
+-- writer lets such a debit take only what the account has for it (post_transfers). The rest may
+-- take more: a reversal goes into debt; an expiry, a rollover or a void moves credits named by lot.
+create or replace function billing.spending_kinds() returns billing.transfer_kind[]
+language sql immutable
+set search_path = ''
+as $$
+  select array['usage', 'hold_capture', 'allowance', 'allowance_sweep', 'code_escrow', 'code_redemption',
+    'code_return']::billing.transfer_kind[]
+$$;
+comment on function billing.spending_kinds() is 'Internal: the transfer kinds whose debit must fit what the account has (balance − held; a capture: the balance).';
+revoke execute on function billing.spending_kinds() from public;
+
+-- Whether a spending movement or a hold fits (the writer's one answer for both): what the account
+-- has for it (p_room; null: a platform account, never refused), then, when p_caps, what its spend
+-- caps leave, counting it against them. Null when it fits; else the refusal the writer returns.
+create or replace function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean,
+  p_model text, p_member uuid) returns billing.posted_transfer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_cap jsonb;
+begin
+  if p_room < p_amount then
+    return (null, false, null, null, 'insufficient', jsonb_build_object('required', trim_scale(p_amount)::text,
+      'available', trim_scale(greatest(p_room, 0))::text))::billing.posted_transfer;
+  elsif p_caps then
+    v_cap := billing.take_cap_room(p_account_id, p_amount, p_model, p_member);
+    if v_cap is not null then
+      return (null, false, null, null, 'capped', v_cap)::billing.posted_transfer;
+    end if;
+  end if;
+  return null;
+end;
+$$;
+comment on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid) is 'Internal: null when a spending movement or a hold fits what its account has and (p_caps) what its caps leave, counted against them; else the writer''s refusal (insufficient, capped).';
+revoke execute on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid) from public;
+
+-- Credits for some models (31-lot-applicability.sql): whether a lot may pay for a model, here
+-- because the writer draws by it. The writer's draws for a model and lock_spending_source's
+-- cover test write this test out in their queries instead of calling it: a function with its
+-- own search_path is never inlined, and called once per lot it took half a restricted charge's
+-- extra cost (568 against 403 µs a charge; 435 written out). Keep the copies the same.
+create or replace function billing.lot_pays_for(p_applies_to text[], p_model text) returns boolean
+language sql immutable
+set search_path = ''
+as $$
+  select p_applies_to is null or (p_model is not null and exists (
+    select 1 from unnest(p_applies_to) p
+    where p = p_model or (right(p, 1) = '*' and starts_with(p_model, left(p, -1)))))
+$$;
+comment on function billing.lot_pays_for(p_applies_to text[], p_model text) is 'Whether a lot with this applies_to may pay for a charge of this model (null model: only a lot for anything).';
+revoke execute on function billing.lot_pays_for(p_applies_to text[], p_model text) from public;
+
+-- Reservations (issue #77, rules § spending 3–4): a lot's free credits are remaining − reserved,
+-- or none while it is frozen; a hold for a model reserves free credits of the lots that may pay
+-- for it, in spending order (priority, soonest expiry, oldest grant, id), until its amount. This
+-- is the one picker: the parts to reserve, each lot's up to what it has free; fewer than the
+-- amount when the free credits do not reach it (the caller refuses the hold then). A null model
+-- picks lots for any model only (billing.lot_pays_for). Read under the account lock.
+create or replace function billing.pick_lots(p_account_id bigint, p_model text, p_amount numeric)
+returns table (lot_id bigint, amount numeric)
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  return query
+  with free as (
+    select l.id, l.free,
+      sum(l.free) over (order by l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+    from billing.lots l
+    where l.account_id = p_account_id and l.open and l.free > 0
+      and (l.applies_to is null or (p_model is not null and exists (select 1 from unnest(l.applies_to) p
+             where p = p_model or (right(p, 1) = '*' and starts_with(p_model, left(p, -1))))))
+  )
+  select f.id, least(f.free, p_amount - (f.hi - f.free))
+  from free f
+  where f.hi - f.free < p_amount
+  order by f.hi;
+end;
+$$;
+comment on function billing.pick_lots(p_account_id bigint, p_model text, p_amount numeric) is 'Internal: the free credits of lots that may pay for p_model a hold of p_amount reserves, in spending order; Σ < p_amount when they do not reach it.';
+revoke execute on function billing.pick_lots(p_account_id bigint, p_model text, p_amount numeric) from public;
+
+-- What an account may spend from its lots (their free credits, billing.lots.free): for a model
+-- (p_model; null: lots for any model only), or for a move (p_any: any lot, its list travels
+-- with it). Read only for an account that reads its lots (billing.accounts.reads_lots);
+-- elsewhere its free credits are balance − held.
+create or replace function billing.free_credits(p_account_id bigint, p_model text, p_any boolean)
+returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(sum(l.free), 0) from billing.lots l
+  where l.account_id = p_account_id and l.open and l.free > 0
+    and (p_any or l.applies_to is null or (p_model is not null and exists (select 1 from unnest(l.applies_to) p
+           where p = p_model or (right(p, 1) = '*' and starts_with(p_model, left(p, -1))))))
+$$;
+comment on function billing.free_credits(p_account_id bigint, p_model text, p_any boolean) is 'Internal: an account''s free credits that may pay for p_model (null: lots for any model), or any of them (p_any, a move).';
+revoke execute on function billing.free_credits(p_account_id bigint, p_model text, p_any boolean) from public;
+
+-- Whether a spending movement alone fits (billing.post_transfers): what its account has for it
+-- (null: a platform account, never refused), then what its caps leave, counted against them.
+-- A capture (p_posts: its hold) spends what its hold reserved, never refused here.
+create or replace function billing.spending_refusal(v_one billing.transfer_spec, p_posts uuid, out v_refusal billing.posted_transfer, out v_capped boolean)
+returns record
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_room numeric;
+  v_slow boolean;
+  v_post billing.hold_step;
+begin
+  v_post.hold_id := p_posts;
+  select case when v_post.hold_id is null then a.balance - a.held else v_one.amount end,
+    a.caps > 0 and v_one.kind = 'usage' and v_post.hold_id is null, a.reads_lots
+  into v_room, v_capped, v_slow
+  from billing.accounts a where a.id = v_one.from_account_id and a.code is null;
+  -- Only free credits are spent: an account with credits for some models or frozen lots
+  -- counts them (a charge: those that may pay for its model; a move: any); elsewhere they
+  -- are balance − held. A capture spends what its hold reserved (below).
+  if v_slow and v_post.hold_id is null then
+    v_room := least(v_room, billing.free_credits(v_one.from_account_id,
+      case when v_one.kind = 'usage' then v_one.lots ->> 'for' end, v_one.kind <> 'usage'));
+  end if;
+  v_refusal := billing.spend_refusal(v_one.from_account_id, v_one.amount, v_room, v_capped, v_one.metadata ->> 'model',
+    v_one.member_id);
+  v_capped := v_capped and v_refusal.result is null;   -- counted against the caps: a replay gives it back
+end;
+$$;
+comment on function billing.spending_refusal(v_one billing.transfer_spec, p_posts uuid, out v_refusal billing.posted_transfer, out v_capped boolean) is 'Internal (the writer''s): a spending movement alone''s refusal (insufficient, capped) or null, and whether caps counted it.';
+revoke execute on function billing.spending_refusal(v_one billing.transfer_spec, p_posts uuid, out v_refusal billing.posted_transfer, out v_capped boolean) from public;
+
+-- A movement alone written (billing.post_transfers): each tracked side's balance and version (a
+-- platform account is never updated: the filter finds no row; a capture's hold leaves held in the
+-- same write), one entry per side, and the report's tail.
+create or replace function billing.write_one(v_one billing.transfer_spec, v_id bigint, v_held_account bigint, v_held_delta numeric, out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[])
+returns record
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_balance numeric;
+  v_version bigint;
+  v_versions bigint[];
+  v_flag boolean;
+  v_today bigint;
+  v_day timestamptz := date_trunc('day', now(), 'UTC');
+begin
+  v_restricted := false;
+  update billing.accounts a set balance = a.balance - v_one.amount, version = a.version + 1,
+    held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
+    active_from = case when a.active_from >= v_day then a.active_from else now() end
+  where a.id = v_one.from_account_id and a.code is null
+  returning a.balance, a.version, a.restricted_lots, case when a.active_from = now() then a.id end
+  into v_balance, v_version, v_flag, v_today;
+  if found then
+    v_restricted := v_flag;
+    v_fresh := array_remove(array[v_today], null);
+    v_ord := array[1]; v_account := array[v_one.from_account_id]; v_delta := array[-v_one.amount]; v_after := array[v_balance];
+    v_versions := array[v_version];
+  else
+    v_ord := '{}'::integer[]; v_account := '{}'::bigint[]; v_delta := '{}'::numeric[]; v_after := '{}'::numeric[];
+    v_versions := '{}'::bigint[];
+  end if;
+  update billing.accounts a set balance = a.balance + v_one.amount, version = a.version + 1,
+    held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
+    active_from = case when a.active_from >= v_day then a.active_from else now() end
+  where a.id = v_one.to_account_id and a.code is null
+  returning a.balance, a.version, a.restricted_lots, case when a.active_from = now() then a.id end
+  into v_balance, v_version, v_flag, v_today;
+  if found then
+    v_restricted := v_restricted or v_flag;
+    v_fresh := array_remove(coalesce(v_fresh, '{}') || v_today, null);
+    v_ord := v_ord || 1; v_account := v_account || v_one.to_account_id; v_delta := v_delta || v_one.amount;
+    v_after := v_after || v_balance; v_versions := v_versions || v_version;
+  end if;
+  insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+  select v_id, e.account_id, e.delta, e.after, e.version
+  from unnest(v_account, v_delta, v_after, v_versions) with ordinality e(account_id, delta, after, version, n)
+  order by e.n;
+  insert into billing.ledger_tail as x (at, backend, kind, rate_card_id, amount, events, credit_change)
+  values (date_trunc('second', now()), pg_backend_pid(), v_one.kind, v_one.rate_card_id, v_one.amount, 1,
+    coalesce((select sum(d) from unnest(v_delta) d), 0))
+  on conflict (at, backend, kind, rate_card_id) do update
+  set amount = x.amount + excluded.amount, events = x.events + 1, credit_change = x.credit_change + excluded.credit_change;
+end;
+$$;
+comment on function billing.write_one(v_one billing.transfer_spec, v_id bigint, v_held_account bigint, v_held_delta numeric, out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[]) is 'Internal (the writer''s): a movement alone''s balances, versions, entries and tail; what it wrote.';
+revoke execute on function billing.write_one(v_one billing.transfer_spec, v_id bigint, v_held_account bigint, v_held_delta numeric, out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[]) from public;
+
+-- The writer's answers (billing.post_transfers): one per movement, in order: written, a replay,
+-- or refused, with the tracked sides' balances after it.
+create or replace function billing.posted_answers(p_transfers billing.transfer_spec[], v_ids bigint[], v_existing bigint[], v_ord integer[], v_delta numeric[], v_after numeric[], v_kept integer[], v_refused integer[], v_refusals billing.posted_transfer[])
+returns billing.posted_transfer[]
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_out billing.posted_transfer[];
+begin
+  if cardinality(p_transfers) = 1 and v_kept is null then
+    return array[(coalesce(v_existing[1], v_ids[1]), v_existing[1] is not null,
+      case when v_delta[1] < 0 then v_after[1] when v_delta[2] < 0 then v_after[2] end,
+      case when v_delta[1] > 0 then v_after[1] when v_delta[2] > 0 then v_after[2] end,
+      case when v_existing[1] is null then 'applied' else 'exists' end, null)::billing.posted_transfer];
+  end if;
+  -- Joined, not looked up per movement: a batch of a thousand would scan its legs a million times.
+  v_out := array(
+    select row(coalesce(v_existing[o.n], v_ids[o.n]), v_existing[o.n] is not null, f.after, t.after,
+      case when v_existing[o.n] is null then 'applied' else 'exists' end, null)::billing.posted_transfer
+    from generate_subscripts(p_transfers, 1) o(n)
+    left join unnest(v_ord, v_delta, v_after) f(ord, delta, after) on f.ord = o.n and f.delta < 0
+    left join unnest(v_ord, v_delta, v_after) t(ord, delta, after) on t.ord = o.n and t.delta > 0
+    order by o.n);
+  if v_kept is null then
+    return v_out;
+  end if;
+  -- Refusals back in their places among the written.
+  return array(
+    select x.p from (select k.n, v_out[k.i] as p from unnest(v_kept) with ordinality k(n, i)
+                     union all select r.n, v_refusals[r.i] from unnest(v_refused) with ordinality r(n, i)) x
+    order by x.n);
+end;
+$$;
+comment on function billing.posted_answers(p_transfers billing.transfer_spec[], v_ids bigint[], v_existing bigint[], v_ord integer[], v_delta numeric[], v_after numeric[], v_kept integer[], v_refused integer[], v_refusals billing.posted_transfer[]) is 'Internal (the writer''s): one answer per movement, refusals back in their places.';
+revoke execute on function billing.posted_answers(p_transfers billing.transfer_spec[], v_ids bigint[], v_existing bigint[], v_ord integer[], v_delta numeric[], v_after numeric[], v_kept integer[], v_refused integer[], v_refusals billing.posted_transfer[]) from public;
+
+-- What every posting checks and records once its balances are written (billing.post_transfers):
+-- the day's first entries for the report, and no balance below zero but where a debt may be.
+create or replace function billing.after_balances(p_transfers billing.transfer_spec[], v_ord integer[], v_delta numeric[], v_after numeric[], v_fresh bigint[])
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  -- Accounts whose first entry of their UTC day this transaction wrote: the report's active
+  -- accounts not rolled up yet (billing.active_tail), once each.
+  if cardinality(v_fresh) > 0 then
+    insert into billing.active_tail (at, account_id)
+    select date_trunc('second', now()), x.id from unnest(v_fresh) x(id)
+    on conflict do nothing;
+  end if;
+  -- Looked at one by one only when some balance went below zero (a batch of a thousand rarely does).
+  for i in 1 .. case when 0 > any(v_after) then cardinality(v_ord) else 0 end loop
+    -- A debt beside credits a reversal does not take (credits for some models, what live holds
+    -- reserved) is in the balance already: what leaves those lots by name (their expiry, a
+    -- plan's rollover out, a capture of what its hold reserved) may then take it below zero too.
+    if v_delta[i] < 0 and v_after[i] < 0 and (p_transfers[v_ord[i]]).kind not in ('refund_reversal', 'dispute_reversal',
+         'hold_capture', 'expiry', 'plan_rollover') then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
+    end if;
+  end loop;
+end;
+$$;
+comment on function billing.after_balances(p_transfers billing.transfer_spec[], v_ord integer[], v_delta numeric[], v_after numeric[], v_fresh bigint[]) is 'Internal (the writer''s): the active accounts'' tail, and LEDGER_INVARIANT for a balance below zero no debt explains.';
+revoke execute on function billing.after_balances(p_transfers billing.transfer_spec[], v_ord integer[], v_delta numeric[], v_after numeric[], v_fresh bigint[]) from public;
+
+-- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
+-- per movement out, in order, and the changes of what holds reserve. Only this function inserts
+-- transfers, entries, lots and lot allocations and changes balances, held amounts and versions
+-- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Features decide what moves:
+-- callers lock the tracked accounts first (ascending id order when there are several) and settle
+-- them (billing.settle_account). The writer answers what the account has: a debit of a spending
+-- kind (billing.spending_kinds) takes only free credits (remaining − reserved, none of a frozen
+-- lot): at most balance − held, and on an account with credits for some models or frozen lots
+-- at most the free credits that may pay for it (billing.free_credits); a capture takes what its
+-- hold reserved. A usage charge not under a hold takes at most what its spend caps leave
+-- (counted against them here); a movement that does not fit writes nothing and is answered
+-- `insufficient` {required, available} or `capped` (the cap's figures), and the rest of a batch
+-- goes on. Callers make the refusals only they can know (standing, which wallet) before calling
+-- it. It checks what must hold
+-- for every movement and raises LEDGER_INVARIANT, a server error, when a caller got it wrong:
+-- amounts positive, below 1e20, at most 18 places, between two accounts; no tracked balance
+-- below zero except through a refund or dispute reversal (debt), or what leaves lots a debt
+-- stood beside (an expiry, a rollover, a capture of what its hold reserved); a return to lots of
+-- exactly the amount; a lot's remaining never below zero nor below what holds reserved of it.
+--
+-- Each tracked side gets an entry with its balance and version after the movement, in batch
+-- order. Debits draw from lots (spending order, `first` before it; a reversal only `first` and
+-- lots for any model) before credits open or refill lots; a credit for any model that pays a debt
+-- the account is in records that part as settled, not remaining (credits for some models never
+-- pay a debt: it is owed in money paid for anything). Debt = Σ remaining − balance (≥ 0).
+-- A movement whose (idempotency_key, kind) is already written is a replay: nothing is written
+-- for it; another movement under the same key and kind is refused (IDEMPOTENCY_KEY_REUSED).
+create or replace function billing.post_transfers(p_transfers billing.transfer_spec[],
+  p_holds billing.hold_step[] default '{}'::billing.hold_step[])
+returns billing.posted_transfer[]
+language plpgsql
+set search_path = ''
+set plan_cache_mode = 'force_generic_plan'
+as $$
+declare
+  v_one billing.transfer_spec;                    -- a movement alone
+  v_id bigint;
+  v_written billing.transfers;
+  v_ids bigint[];                                 -- what was written: transfers, replays, and the tracked sides' legs
+  v_new bigint[]; v_existing bigint[];
+  v_ord integer[]; v_account bigint[]; v_delta numeric[]; v_after numeric[];
+  v_post billing.hold_step;                       -- a hold the one movement posts: its held change goes with its balance
+  v_held_account bigint;
+  v_held_delta numeric;
+  v_refusal billing.posted_transfer;              -- a refusal: of a hold placed, or of spending
+  v_capped boolean := false;                      -- this movement's amount was counted against caps
+  v_checked record;                               -- billing.spending_refusal's answer
+  v_refused integer[];                            -- a batch's refused movements, by place, and their answers
+  v_refusals billing.posted_transfer[];
+  v_kept integer[];                               -- a batch's movements written, by place (null: all)
+  v_carry jsonb := '[]';                          -- what holds keep of rolled-over lots (billing.carry_reservations)
+  v_restricted boolean := false;                  -- a tracked side holds credits for some models: its sub-accounts follow
+  v_fresh bigint[];                               -- accounts whose first entry of the day this transaction wrote
+begin
+  -- Pending transfers (holds). A hold posted by the batch's one movement is ended with it below,
+  -- its release in that movement's account write: one account write, not two. Every other step
+  -- here: the hold rows, then each account's held, one row written for one step.
+  if cardinality(p_holds) = 1 and (p_holds[1]).op = 'post' and (p_holds[1]).transfer_id is null then
+    v_post := p_holds[1];
+    if cardinality(p_transfers) <> 1 or (p_transfers[1]).hold_id is distinct from v_post.hold_id
+       or (p_transfers[1]).amount is distinct from v_post.amount then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted by the one movement naming it, for its amount"}');
+    end if;
+  elsif cardinality(p_holds) > 0 then
+    v_refusal := billing.post_holds(p_transfers, p_holds);
+    if v_refusal.result is not null then
+      return array[v_refusal];
+    end if;
+  end if;
+  if cardinality(p_transfers) = 0 then
+    return '{}'::billing.posted_transfer[];
+  end if;
+
+  -- A movement alone (nearly every call): its statements written for one row.
+  if cardinality(p_transfers) = 1 then
+    v_one := p_transfers[1];
+    if (v_one.amount > 0 and scale(v_one.amount) <= 18 and v_one.amount < 1e20 and v_one.from_account_id <> v_one.to_account_id) is not true then
+      perform billing.raise_error('LEDGER_INVARIANT',
+        '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+    end if;
+    -- Spending: what the account has for it, and its caps (billing.spending_refusal).
+    if v_one.kind = any(billing.spending_kinds()) then
+      select * into v_checked from billing.spending_refusal(v_one, v_post.hold_id);
+      v_refusal := v_checked.v_refusal;
+      v_capped := v_checked.v_capped;
+      -- A replay is answered as one below, whatever the account has now. (Conditions that hold a
+      -- query are nested under the plain ones: PL/pgSQL runs any expression with a subquery
+      -- through the executor, whatever its other operands say.)
+      if v_refusal.result is not null then
+        if not exists (select 1 from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind) then
+          return array[v_refusal];
+        end if;
+      end if;
+    end if;
+    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                   reference, metadata, rate_card_id, hold_id, member_id)
+    values (v_one.kind, v_one.from_account_id, v_one.to_account_id, v_one.amount, v_one.idempotency_key, v_one.correlation_id, v_one.reference,
+            v_one.metadata, v_one.rate_card_id, v_one.hold_id, v_one.member_id)
+    on conflict (idempotency_key, kind) do nothing
+    returning id into v_id;
+    if v_id is null then
+      select * into v_written from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind;
+      if v_written.amount <> v_one.amount or v_written.from_account_id <> v_one.from_account_id
+         or v_written.to_account_id <> v_one.to_account_id then
+        perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_one.kind));
+      end if;
+      if v_post.hold_id is not null then            -- the capture was written: its hold ends now
+        v_post.transfer_id := v_written.id;
+        perform billing.post_transfers('{}', array[v_post]);
+      end if;
+      -- A replay spends nothing: its room goes back.
+      perform billing.return_cap_room(v_one.from_account_id, v_one.amount, v_one.metadata ->> 'model', now(), v_one.member_id)
+      where v_capped;
+      return array[(v_written.id, true, null, null, 'exists', null)::billing.posted_transfer];
+    end if;
+    v_ids := array[v_id];
+    v_new := v_ids;
+    if v_post.hold_id is not null then
+      -- A capture draws what its hold reserved, in the spending order of those lots, and returns
+      -- the rest (the hold's reservation ends with it).
+      v_one.lots := jsonb_build_object('take', billing.capture_take(v_post.hold_id, v_one.amount));
+      p_transfers[1] := v_one;
+      update billing.holds h set status = 'captured', captured_amount = v_one.amount, capture_transfer_id = v_id,
+        finished_at = now()
+      where h.id = v_post.hold_id and h.status = 'active'
+      returning h.account_id, -h.amount into v_held_account, v_held_delta;
+      if not found then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is resized, posted or voided only while active"}');
+      end if;
+    elsif v_one.kind = 'expiry' then
+      perform billing.shed_reservations(p_transfers);
+    end if;
+    -- Each tracked side: balance, version, an entry, the report's tail (billing.write_one).
+    select * into v_ord, v_account, v_delta, v_after, v_restricted, v_fresh
+    from billing.write_one(v_one, v_id, v_held_account, v_held_delta);
+  else
+    if exists (select 1 from unnest(p_transfers) t
+               where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
+                 or t.from_account_id is not distinct from t.to_account_id) then
+      perform billing.raise_error('LEDGER_INVARIANT',
+        '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
+    end if;
+    -- Spending, account by account in batch order: each debit fits what its account has left after
+    -- the ones before it, then its caps; one that does not is refused and the rest go on
+    -- (billing.batch_refusals). The written are the batch from here on.
+    select * into v_refused, v_refusals from billing.batch_refusals(p_transfers);
+    if v_refused is not null then
+      v_kept := array(select o from generate_subscripts(p_transfers, 1) o where o <> all(v_refused) order by o);
+      p_transfers := array(select p_transfers[o] from unnest(v_kept) o);
+      if cardinality(p_transfers) = 0 then
+        return array(select v_refusals[r.i] from unnest(v_refused) with ordinality r(n, i) order by r.n);
+      end if;
+    end if;
+    select * into v_ids, v_new, v_existing, v_ord, v_account, v_delta, v_after, v_restricted, v_fresh
+    from billing.write_batch(p_transfers);
+    -- An expiry or a rollover out sheds (or lifts, to carry) what holds reserved of the lot it
+    -- names before the lot is drawn.
+    if exists (select 1 from unnest(p_transfers) t where t.kind in ('expiry', 'plan_rollover')) then
+      v_carry := billing.shed_reservations(array(select p_transfers[o] from generate_subscripts(p_transfers, 1) o
+                                                 where v_ids[o] = any(v_new)));
+    end if;
+  end if;
+
+  if v_new is not null then
+    perform billing.after_balances(p_transfers, v_ord, v_delta, v_after, v_fresh);
+    perform billing.draw_lots(p_transfers, v_ids, v_ord, v_account, v_delta);
+    if 0 < any(v_delta) then
+      v_restricted := billing.credit_lots(p_transfers, v_ids, v_new, v_ord, v_account, v_delta, v_after) or v_restricted;
+    end if;
+    perform billing.carry_reservations(p_transfers, v_ids, v_carry) where v_carry <> '[]';
+    perform billing.lot_tails(p_transfers, v_ids, v_new, v_restricted);
+  end if;
+
+  return billing.posted_answers(p_transfers, v_ids, v_existing, v_ord, v_delta, v_after, v_kept, v_refused, v_refusals);
+end;
+$$;
+comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and pending transfers (holds placed, resized, posted, voided, and the held amounts) under the caller''s account locks; one result per movement, replays answered.';
+revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) from public;
+
+-- ============================================================================
+-- schemas/11-ledger-writes-holds.sql
+-- ============================================================================
+-- The writer's steps for holds and what they reserve (billing.post_transfers, 11-ledger-writer.sql):
+-- holds placed, resized, posted or voided with their reservations (post_holds, capture_take,
+-- resize_reservation), and what holds reserved of a lot that expires or rolls over, shed or
+-- carried. Only billing.post_transfers calls them (scripts/local/sql-shape.ts counts them as the
+-- one writer).
+
+-- A capture's draw (billing.post_transfers): the hold's reservation returns to its lots, and the
+-- capture takes p_amount of what it reserved, in the spending order of those lots. A capture is
+-- never more than its hold (capture_hold refuses it; an excess is a charge of its own).
+create or replace function billing.capture_take(p_hold_id uuid, p_amount numeric) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_take jsonb;
+begin
+  with back as (
+    update billing.lots l set reserved = l.reserved - hl.amount
+    from billing.hold_lots hl where hl.hold_id = p_hold_id and l.id = hl.lot_id
+    returning l.id, hl.amount, l.priority, l.expires_at, l.granted_at
+  ), ordered as (
+    select b.id, b.amount, coalesce(sum(b.amount) over (order by b.priority, b.expires_at nulls last, b.granted_at, b.id
+                                      rows between unbounded preceding and 1 preceding), 0) as before
+    from back b
+  )
+  select jsonb_agg(jsonb_build_object('lot_id', o.id, 'amount', least(o.amount, p_amount - o.before))
+                   order by o.before)
+  into v_take from ordered o where o.before < p_amount;
+  if (select coalesce(sum((x ->> 'amount')::numeric), 0) from jsonb_array_elements(v_take) x) <> p_amount then
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a capture posts at most what its hold reserved"}');
+  end if;
+  return v_take;
+end;
+$$;
+comment on function billing.capture_take(p_hold_id uuid, p_amount numeric) is 'Internal (the writer''s): returns a hold''s reservation to its lots and answers the lots its capture of p_amount takes, in spending order.';
+revoke execute on function billing.capture_take(p_hold_id uuid, p_amount numeric) from public;
+
+-- A live hold resized (billing.post_transfers): grown, it reserves p_by more as a hold is placed
+-- (INSUFFICIENT_CREDITS when the free credits do not reach it); shrunk, it returns reservation
+-- from its latest lots in spending order.
+create or replace function billing.resize_reservation(p_hold_id uuid, p_by numeric) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds;
+  v_found numeric;
+begin
+  select * into v_hold from billing.holds h where h.id = p_hold_id;
+  if p_by > 0 then
+    with picked as (
+      select p.lot_id, p.amount
+      from billing.pick_lots(v_hold.account_id, case when v_hold.purpose in ('ai', 'job') then v_hold.metadata ->> 'model' end,
+        p_by) p
+    ), held as (
+      insert into billing.hold_lots as x (hold_id, lot_id, amount)
+      select p_hold_id, picked.lot_id, picked.amount from picked
+      on conflict (hold_id, lot_id) do update set amount = x.amount + excluded.amount
+    ), reserved as (
+      update billing.lots l set reserved = l.reserved + picked.amount from picked where l.id = picked.lot_id
+    )
+    select coalesce(sum(picked.amount), 0) into v_found from picked;
+    if v_found < p_by then
+      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_by)::text,
+        'available', trim_scale(v_found)::text));
+    end if;
+  elsif p_by < 0 then
+    with parts as (
+      select hl.lot_id, hl.amount, coalesce(sum(hl.amount) over (order by l.priority desc, l.expires_at desc nulls first,
+               l.granted_at desc, l.id desc rows between unbounded preceding and 1 preceding), 0) as after
+      from billing.hold_lots hl join billing.lots l on l.id = hl.lot_id where hl.hold_id = p_hold_id
+    ), given as (
+      select parts.lot_id, least(parts.amount, -p_by - parts.after) as amount, parts.amount as had
+      from parts where parts.after < -p_by
+    ), kept as (
+      update billing.hold_lots hl set amount = hl.amount - given.amount
+      from given where hl.hold_id = p_hold_id and hl.lot_id = given.lot_id and given.amount < given.had
+    ), gone as (
+      delete from billing.hold_lots hl using given
+      where hl.hold_id = p_hold_id and hl.lot_id = given.lot_id and given.amount >= given.had
+    )
+    update billing.lots l set reserved = l.reserved - given.amount from given where l.id = given.lot_id;
+  end if;
+end;
+$$;
+comment on function billing.resize_reservation(p_hold_id uuid, p_by numeric) is 'Internal (the writer''s): a live hold''s reservation grown by p_by (> 0: picked in spending order, or INSUFFICIENT_CREDITS) or shrunk (< 0: its latest lots first).';
+revoke execute on function billing.resize_reservation(p_hold_id uuid, p_by numeric) from public;
+
+-- The writer's pending transfers (billing.post_transfers), every step but a capture posted by its
+-- movement: a hold placed (its reservation picked, or the refusal answered), resized, posted by a
+-- movement written before, or voided (its reservation returned). Null, or the refusal of a place.
+create or replace function billing.post_holds(p_transfers billing.transfer_spec[], p_holds billing.hold_step[])
+returns billing.posted_transfer
+language plpgsql
+set search_path = ''
+set plan_cache_mode = 'force_generic_plan'
+as $$
+declare
+  v_refusal billing.posted_transfer;
+  v_step billing.hold_step;
+  v_acct billing.accounts;
+  v_pick_lots bigint[];
+  v_pick_parts numeric[];
+  v_hold_accounts bigint[];
+  v_hold_deltas numeric[];
+  v_ended uuid[];
+  v_resized uuid[];
+  v_resize_by numeric[];
+begin
+  if cardinality(p_holds) = 1 and (p_holds[1]).op = 'place' then
+    if cardinality(p_transfers) > 0 then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is placed alone"}');
+    end if;
+    -- A hold reserves free credits of the lots that may pay for its model (a student's own hold:
+    -- lots for any model), in spending order (billing.pick_lots); what may be held is what they
+    -- give, at most balance − held (a debt waits in front of credits for some models), and what
+    -- its caps leave (counted against them). A platform account reserves nothing.
+    v_step := p_holds[1];
+    select * into v_acct from billing.accounts a where a.id = v_step.account_id and a.code is null;
+    if found then
+      select coalesce(array_agg(p.lot_id), '{}'), coalesce(array_agg(p.amount), '{}') into v_pick_lots, v_pick_parts
+      from billing.pick_lots(v_acct.id, case when v_step.purpose in ('ai', 'job') then v_step.metadata ->> 'model' end,
+        v_step.amount) p;
+      v_refusal := billing.spend_refusal(v_acct.id, v_step.amount,
+        least(v_acct.balance - v_acct.held, coalesce((select sum(x) from unnest(v_pick_parts) x), 0)), v_acct.caps > 0,
+        v_step.metadata ->> 'model', v_step.member_id);
+      if v_refusal.result is not null then
+        return v_refusal;
+      end if;
+    end if;
+    insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
+    values (v_step.hold_id, v_step.account_id, v_step.amount, v_step.idempotency_key, v_step.correlation_id, v_step.metadata,
+      v_step.expires_at, v_step.purpose, v_step.member_id);
+    if cardinality(v_pick_lots) > 0 then
+      insert into billing.hold_lots (hold_id, lot_id, amount)
+      select v_step.hold_id, x.lot_id, x.amount from unnest(v_pick_lots, v_pick_parts) x(lot_id, amount);
+      update billing.lots l set reserved = l.reserved + x.amount
+      from unnest(v_pick_lots, v_pick_parts) x(lot_id, amount) where l.id = x.lot_id;
+      update billing.accounts a set held = a.held + v_step.amount where a.id = v_step.account_id;
+    end if;
+  elsif cardinality(p_holds) > 0 then
+    if exists (select 1 from unnest(p_holds) s where s.op = 'place') then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is placed alone"}');
+    end if;
+    -- What ends a hold keeps its amount (the record of what it held); a resize changes it.
+    with stepped as (
+      update billing.holds h
+      set amount = case when s.op = 'resize' and h.amount + s.amount > 0 then h.amount + s.amount else h.amount end,
+          status = case when s.op = 'post' then 'captured' when s.op = 'void' then s.status
+                        when h.amount + s.amount > 0 then 'active' else 'released' end,
+          captured_amount = case when s.op = 'post' then s.amount end,
+          capture_transfer_id = case when s.op = 'post' then s.transfer_id end,
+          finished_at = case when s.op = 'resize' and h.amount + s.amount > 0 then null else now() end,
+          metadata = case when s.note is null then h.metadata else coalesce(h.metadata, '{}'::jsonb) || s.note end
+      from unnest(p_holds) s
+      where h.id = s.hold_id and h.status = 'active'
+        and (s.op <> 'post' or s.transfer_id is not null) and (s.op <> 'void' or s.status in ('released', 'expired'))
+      returning h.id, h.account_id, h.status, s.amount as step,
+        case when h.status = 'active' then s.amount else -h.amount end as delta
+    )
+    select array_agg(x.account_id), array_agg(x.delta), array_agg(x.id) filter (where x.status <> 'active'),
+      array_agg(x.id) filter (where x.status = 'active'), array_agg(x.step) filter (where x.status = 'active')
+    into v_hold_accounts, v_hold_deltas, v_ended, v_resized, v_resize_by from stepped x;
+    if coalesce(cardinality(v_hold_accounts), 0) <> cardinality(p_holds) then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is resized, posted or voided only while active"}');
+    end if;
+    -- Ended holds return their reservation (their hold_lots stay: the record of what each lot
+    -- gave them, read by billing.hold_ended).
+    if v_ended is not null then
+      update billing.lots l set reserved = l.reserved - r.amount
+      from (select hl.lot_id, sum(hl.amount) as amount from billing.hold_lots hl where hl.hold_id = any(v_ended)
+            group by hl.lot_id) r
+      where l.id = r.lot_id;
+    end if;
+    -- A hold that grows reserves more as a hold is placed (refused when the free credits do not
+    -- reach it); one that gives way returns reservation from its latest lots in spending order.
+    for i in 1 .. coalesce(cardinality(v_resized), 0) loop
+      perform billing.resize_reservation(v_resized[i], v_resize_by[i]);
+    end loop;
+    update billing.accounts a set held = a.held + d.delta
+    from (select x.account_id, sum(x.delta) as delta from unnest(v_hold_accounts, v_hold_deltas) x(account_id, delta)
+          group by x.account_id) d
+    where a.id = d.account_id and a.code is null;
+  end if;
+  return null;
+end;
+$$;
+comment on function billing.post_holds(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal (the writer''s): places, resizes, posts (written before) or voids holds and their reservations; a place''s refusal, else null.';
+revoke execute on function billing.post_holds(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) from public;
+
+-- A lot leaves by name with what holds reserved of it (billing.post_transfers: its expiry, a
+-- plan's rollover out, `first`). What rolls over stays reserved: it is carried into the new lot
+-- (billing.carry_reservations); by the rest the holds shrink, the newest first (given_to_expiry;
+-- one left with nothing ends released, its amount kept as the record), and held drops with them.
+-- Returns the parts carried: [{hold_id, lot_id, amount}].
+create or replace function billing.shed_reservations(p_transfers billing.transfer_spec[])
+returns jsonb
+language plpgsql
+set search_path = ''
+set plan_cache_mode = 'force_generic_plan'
+as $$
+declare
+  v_kept jsonb;
+begin
+  with lot as (
+    select (t.lots -> 'first' ->> 0)::bigint as id,
+      coalesce(sum(t.amount) filter (where t.kind = 'plan_rollover'), 0) as roll
+    from unnest(p_transfers) t
+    where t.kind in ('expiry', 'plan_rollover') and t.lots ? 'first'
+    group by 1
+  ), part as (
+    select hl.hold_id, hl.lot_id, hl.amount, lot.roll, l.reserved,
+      sum(hl.amount) over (partition by hl.lot_id order by h.created_at desc, h.id desc) as upto
+    from lot join billing.lots l on l.id = lot.id and l.reserved > 0
+    join billing.hold_lots hl on hl.lot_id = l.id join billing.holds h on h.id = hl.hold_id and h.status = 'active'
+  ), split as (
+    select part.hold_id, part.lot_id, part.amount,
+      least(part.amount, greatest(part.reserved - least(part.reserved, part.roll) - (part.upto - part.amount), 0)) as shed
+    from part
+  ), lifted as (
+    delete from billing.hold_lots hl using split where hl.hold_id = split.hold_id and hl.lot_id = split.lot_id
+    returning split.hold_id, split.lot_id, split.amount, split.shed
+  ), lots_back as (
+    update billing.lots l set reserved = l.reserved - x.amount
+    from (select lifted.lot_id, sum(lifted.amount) as amount from lifted group by lifted.lot_id) x where l.id = x.lot_id
+  ), shrunk as (
+    update billing.holds h
+    set amount = case when h.amount > x.amount then h.amount - x.amount else h.amount end,
+      status = case when h.amount > x.amount then 'active' else 'released' end,
+      finished_at = case when h.amount > x.amount then null else now() end,
+      metadata = coalesce(h.metadata, '{}'::jsonb) || jsonb_build_object('given_to_expiry', true,
+        'given_amount', trim_scale(x.amount + coalesce((h.metadata ->> 'given_amount')::numeric, 0))::text)
+    from (select lifted.hold_id, sum(lifted.shed) as amount from lifted where lifted.shed > 0 group by lifted.hold_id) x
+    where h.id = x.hold_id
+    returning h.account_id, x.amount
+  ), held as (
+    update billing.accounts a set held = a.held - x.amount
+    from (select shrunk.account_id, sum(shrunk.amount) as amount from shrunk group by shrunk.account_id) x
+    where a.id = x.account_id
+  )
+  select coalesce(jsonb_agg(jsonb_build_object('hold_id', lifted.hold_id, 'lot_id', lifted.lot_id,
+      'amount', lifted.amount - lifted.shed)) filter (where lifted.amount > lifted.shed), '[]'::jsonb)
+  into v_kept from lifted;
+  return v_kept;
+end;
+$$;
+comment on function billing.shed_reservations(p_transfers billing.transfer_spec[]) is 'Internal (the writer''s): the holds that reserved the lots an expiry or a rollover out names keep what rolls over and shrink, newest first, by the rest (released at nothing); returns the parts to carry into the new lots.';
+revoke execute on function billing.shed_reservations(p_transfers billing.transfer_spec[]) from public;
+
+-- What rolled over stays reserved: each part shed_reservations lifted goes onto the lot its
+-- rollover in (moved_from the old lot) opened.
+create or replace function billing.carry_reservations(p_transfers billing.transfer_spec[], p_ids bigint[], p_kept jsonb)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  with k as (
+    select (x ->> 'hold_id')::uuid as hold_id, nl.id as lot_id, (x ->> 'amount')::numeric as amount
+    from jsonb_array_elements(p_kept) x
+    join generate_subscripts(p_transfers, 1) o on (p_transfers[o]).kind = 'plan_rollover'
+      and ((p_transfers[o]).lots ->> 'moved_from')::bigint = (x ->> 'lot_id')::bigint
+    join billing.lots nl on nl.grant_transfer_id = p_ids[o]
+  ), placed as (
+    insert into billing.hold_lots (hold_id, lot_id, amount) select k.hold_id, k.lot_id, k.amount from k
+    returning lot_id, amount
+  )
+  update billing.lots l set reserved = l.reserved + x.amount
+  from (select placed.lot_id, sum(placed.amount) as amount from placed group by placed.lot_id) x where l.id = x.lot_id;
+  if (select coalesce(sum((x ->> 'amount')::numeric), 0) from jsonb_array_elements(p_kept) x)
+     <> (select coalesce(sum(hl.amount), 0) from billing.hold_lots hl join billing.lots l on l.id = hl.lot_id
+         join generate_subscripts(p_transfers, 1) o on l.grant_transfer_id = p_ids[o]
+         where (p_transfers[o]).kind = 'plan_rollover' and (p_transfers[o]).lots ? 'moved_from') then
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "what rolls over carries what holds reserved of it"}');
+  end if;
+end;
+$$;
+comment on function billing.carry_reservations(p_transfers billing.transfer_spec[], p_ids bigint[], p_kept jsonb) is 'Internal (the writer''s): puts what holds kept of a rolled-over lot onto the lot its rollover opened.';
+revoke execute on function billing.carry_reservations(p_transfers billing.transfer_spec[], p_ids bigint[], p_kept jsonb) from public;
+
+-- ============================================================================
+-- schemas/11-ledger-writes.sql
+-- ============================================================================
+-- The ledger's writer, step by step: billing.post_transfers (11-ledger-writer.sql) is a run of
+-- checks and these steps, each a function of its own (TigerBeetle's create_transfer reads as a
+-- run of early returns, then one apply): a batch's refusals and its writes, the draws from lots,
+-- the credits into lots, and the tails (the holds' steps: 11-ledger-writes-holds.sql). They are
+-- the writer's own: only billing.post_transfers calls them (scripts/local/sql-shape.ts counts
+-- them as the one writer).
+
+-- A batch's spending (billing.post_transfers), account by account in batch order: the places of
+-- the movements that do not fit what their account has left (or their caps), and the answers.
+create or replace function billing.batch_refusals(p_transfers billing.transfer_spec[], out v_refused integer[], out v_refusals billing.posted_transfer[])
+returns record
+language plpgsql
+set search_path = ''
+set plan_cache_mode = 'force_generic_plan'
+as $$
+declare
+  c record;
+  v_spender bigint;
+  v_room numeric;
+  v_refusal billing.posted_transfer;
+begin
+  -- Spending, account by account in batch order: each debit fits what its account has left after
+  -- the ones before it (what the batch credits the account is not counted), then its caps; one
+  -- that does not is refused and the rest go on. A replay (its key written) spends nothing: it
+  -- is answered below. The written are the batch from here on. One by one only when one might
+  -- not fit or has caps to count: the common batch fits whole, told in one statement.
+  if exists (select 1 from (
+               select t.kind, a.caps, case when a.reads_lots
+                   then least(a.balance - a.held, billing.free_credits(a.id, null, true)) else a.balance - a.held end
+                 - sum(t.amount) over (partition by t.from_account_id order by t.ord) as left_after
+               from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+               join billing.accounts a on a.id = t.from_account_id and a.code is null
+               where t.kind = any(billing.spending_kinds())) x
+             where x.left_after < 0 or (x.caps > 0 and x.kind = 'usage')) then
+    for c in
+      select t.ord::integer as ord, t.from_account_id, t.amount, t.kind, t.member_id,
+        t.metadata ->> 'model' as model, a.caps, case when a.reads_lots
+          then least(a.balance - a.held, billing.free_credits(a.id, null, true)) else a.balance - a.held end as room
+      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+      join billing.accounts a on a.id = t.from_account_id and a.code is null
+      where t.kind = any(billing.spending_kinds())
+        and not exists (select 1 from billing.transfers x where x.idempotency_key = t.idempotency_key and x.kind = t.kind)
+      order by t.from_account_id, t.ord
+    loop
+      if v_spender is distinct from c.from_account_id then
+        v_spender := c.from_account_id;
+        v_room := c.room;
+      end if;
+      v_refusal := billing.spend_refusal(c.from_account_id, c.amount, v_room, c.caps > 0 and c.kind = 'usage', c.model,
+        c.member_id);
+      if v_refusal.result is null then
+        v_room := v_room - c.amount;
+      else
+        v_refused := v_refused || c.ord;
+        v_refusals := v_refusals || v_refusal;
+      end if;
+    end loop;
+  end if;
+end;
+$$;
+comment on function billing.batch_refusals(p_transfers billing.transfer_spec[], out v_refused integer[], out v_refusals billing.posted_transfer[]) is 'Internal (the writer''s): which of a batch''s spending movements do not fit (by place) and the refusals.';
+revoke execute on function billing.batch_refusals(p_transfers billing.transfer_spec[], out v_refused integer[], out v_refusals billing.posted_transfer[]) from public;
+
+-- A batch's movements written (billing.post_transfers): transfers with ids in batch order, the
+-- replays found, balances and versions, one entry per tracked side numbered back from them, and
+-- the report's tail.
+create or replace function billing.write_batch(p_transfers billing.transfer_spec[], out v_ids bigint[], out v_new bigint[], out v_existing bigint[], out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[])
+returns record
+language plpgsql
+set search_path = ''
+set plan_cache_mode = 'force_generic_plan'
+as $$
+declare
+  v_reused text;
+  v_day timestamptz := date_trunc('day', now(), 'UTC');
+begin
+  v_restricted := false;
+  -- Ids in batch order, so transfer ids order the batch.
+  v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
+  with ins as (
+    insert into billing.transfers (id, kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                   reference, metadata, rate_card_id, hold_id, member_id)
+    overriding system value
+    select v_ids[t.ord], t.kind, t.from_account_id, t.to_account_id, t.amount, t.idempotency_key, t.correlation_id,
+      t.reference, t.metadata, t.rate_card_id, t.hold_id, t.member_id
+    from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+    order by t.ord
+    on conflict (idempotency_key, kind) do nothing
+    returning id
+  )
+  select array_agg(ins.id) into v_new from ins;
+
+  if cardinality(v_new) is distinct from cardinality(p_transfers) then
+    select array_agg(case when v_ids[t.ord] = any(coalesce(v_new, '{}')) then null else x.id end order by t.ord),
+      min(t.kind::text) filter (where v_ids[t.ord] <> all(coalesce(v_new, '{}'))
+        and (x.amount <> t.amount or x.from_account_id <> t.from_account_id or x.to_account_id <> t.to_account_id))
+    into v_existing, v_reused
+    from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+    join billing.transfers x on x.idempotency_key = t.idempotency_key and x.kind = t.kind;
+    if v_reused is not null then
+      perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_reused));
+    end if;
+  end if;
+
+  if v_new is not null then
+    -- Balances and versions, then one entry per tracked side numbered back from them.
+    with t as (
+      select * from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord) where v_ids[t.ord] = any(v_new)
+    ), legs as (
+      select t.ord, t.from_account_id as account_id, -t.amount as delta from t
+      union all
+      select t.ord, t.to_account_id, t.amount from t
+    ), u as (
+      update billing.accounts a set balance = a.balance + d.delta, version = a.version + d.n,
+        active_from = case when a.active_from >= v_day then a.active_from else now() end
+      from (select l.account_id, sum(l.delta) as delta, count(*) as n from legs l group by l.account_id) d
+      where a.id = d.account_id and a.code is null
+      returning a.id, a.balance, a.version, a.restricted_lots, a.active_from = now() as fresh
+    ), e as (
+      insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
+      select v_ids[l.ord], l.account_id, l.delta,
+        u.balance - (sum(l.delta) over later - l.delta), u.version - (row_number() over later - 1)
+      from legs l join u on u.id = l.account_id
+      window later as (partition by l.account_id order by l.ord desc)
+      order by l.ord, l.delta                     -- entry ids in batch order, as readers page them
+      returning transfer_id, account_id, balance_after
+    )
+    select array_agg(l.ord order by l.ord, l.delta), array_agg(l.account_id order by l.ord, l.delta),
+      array_agg(l.delta order by l.ord, l.delta), array_agg(e.balance_after order by l.ord, l.delta),
+      (select coalesce(bool_or(u.restricted_lots), false) from u),
+      (select array_agg(u.id) from u where u.fresh)
+    into v_ord, v_account, v_delta, v_after, v_restricted, v_fresh
+    from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
+    insert into billing.ledger_tail as x (at, backend, kind, rate_card_id, amount, events, credit_change)
+    select date_trunc('second', now()), pg_backend_pid(), t.kind, t.rate_card_id, sum(t.amount), count(*),
+      coalesce(sum(m.change), 0)
+    from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+    left join (select d.ord, sum(d.delta) as change from unnest(v_ord, v_delta) d(ord, delta) group by d.ord) m on m.ord = t.ord
+    where v_ids[t.ord] = any(v_new)
+    group by t.kind, t.rate_card_id
+    on conflict (at, backend, kind, rate_card_id) do update
+    set amount = x.amount + excluded.amount, events = x.events + excluded.events,
+      credit_change = x.credit_change + excluded.credit_change;
+  end if;
+end;
+$$;
+comment on function billing.write_batch(p_transfers billing.transfer_spec[], out v_ids bigint[], out v_new bigint[], out v_existing bigint[], out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[]) is 'Internal (the writer''s): writes a batch''s transfers, balances and entries; answers what it wrote.';
+revoke execute on function billing.write_batch(p_transfers billing.transfer_spec[], out v_ids bigint[], out v_new bigint[], out v_existing bigint[], out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[]) from public;
+
+-- Debits draw from lots (billing.post_transfers): free credits only, in spending order (`first`
+-- before it; a charge for its model; a reversal only `first` and lots for any model), or the
+-- lots a movement names (`take`).
+create or replace function billing.draw_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_ord integer[], v_account bigint[], v_delta numeric[])
+returns void
+language plpgsql
+set search_path = ''
+set plan_cache_mode = 'force_generic_plan'
+as $$
+declare
+  v_for text;
+  v_by_model boolean;
+  v_drawn integer;
+  v_first bigint[];
+  v_reversal boolean;
+  v_kinds billing.transfer_kind[];
+  v_takes boolean[];
+begin
+  -- Debits draw from lots. The common one, alone and with nothing to draw first, in one
+  -- statement: the first lot in spending order covers it.
+  v_for := case when cardinality(p_transfers) = 1 then (p_transfers[1]).lots ->> 'for' end;
+  -- A charge alone draws only lots that may pay for its model ('for'; none named: lots for any
+  -- model). A movement alone is read directly; only a batch is scanned (no query on the hot path).
+  v_by_model := cardinality(p_transfers) = 1 and (p_transfers[1]).kind = 'usage';
+  if cardinality(p_transfers) > 1 then
+    if exists (select 1 from unnest(p_transfers) t where t.lots ? 'for') then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is a movement alone"}');
+    end if;
+  end if;
+  if cardinality(v_ord) = 1 and v_delta[1] < 0
+     and ((p_transfers[v_ord[1]]).lots is null or (p_transfers[v_ord[1]]).lots - 'for' = '{}'::jsonb) then
+    with drawn as (
+      update billing.lots l set remaining = l.remaining + v_delta[1]
+      where l.id = (select x.id from billing.lots x where x.account_id = v_account[1] and x.open
+                      and x.free > 0
+                      and (not v_by_model or x.applies_to is null or (v_for is not null and exists (
+                             select 1 from unnest(x.applies_to) p
+                             where p = v_for or (right(p, 1) = '*' and starts_with(v_for, left(p, -1))))))
+                      -- A reversal takes no credits for some models (below), whoever asks.
+                      and (x.applies_to is null
+                           or (p_transfers[v_ord[1]]).kind not in ('refund_reversal', 'dispute_reversal'))
+                    order by x.priority, x.expires_at nulls last, x.granted_at, x.id
+                    limit 1)
+        and l.remaining - l.reserved >= -v_delta[1]
+      returning l.id, l.cost_cents * (-v_delta[1])::numeric(38, 18) / l.amount as cents, l.currency, l.category, l.origin
+    ), allocated as (
+      insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
+      select v_ids[v_ord[1]], drawn.id, (p_transfers[v_ord[1]]).kind, -v_delta[1], drawn.cents from drawn
+    )
+    -- The report's tail (lots_tail, below), from the lot in hand.
+    insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
+    select date_trunc('second', now()), pg_backend_pid(), drawn.currency, drawn.category, (p_transfers[v_ord[1]]).kind,
+      drawn.origin, -v_delta[1], drawn.cents
+    from drawn
+    on conflict (at, backend, currency, category, kind, origin) do update
+    set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
+    get diagnostics v_drawn = row_count;
+  end if;
+  -- Every other draw: what the one-lot statement above did not cover.
+  if v_drawn is distinct from 1 then
+    -- Debits told what to draw (`take`): exactly those lots of the debited account, exactly the amount.
+    if exists (select 1 from unnest(p_transfers) t where t.lots ? 'take') then
+      if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta)
+                 left join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r on true
+                 where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
+                 group by d.ord having sum((r ->> 'amount')::numeric) is distinct from -min(d.delta)
+                   or bool_or(((r ->> 'amount')::numeric > 0) is not true)) then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes positive parts of lots, of exactly its amount"}');
+      end if;
+      with x as (
+        select d.ord, d.account_id, (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as part
+        from unnest(v_ord, v_account, v_delta) d(ord, account_id, delta)
+        cross join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r
+        where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
+      ), ins as (
+        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
+        select v_ids[x.ord], x.lot_id, (p_transfers[x.ord]).kind, x.part, l.cost_cents * x.part::numeric(38, 18) / l.amount
+        from x join billing.lots l on l.id = x.lot_id
+      ), upd as (
+        update billing.lots l set remaining = l.remaining - s.total
+        from (select x.lot_id, x.account_id, sum(x.part) as total from x group by x.lot_id, x.account_id) s
+        where l.id = s.lot_id and l.account_id = s.account_id
+        returning l.id
+      )
+      select (select count(*) from upd) - (select count(distinct (x.lot_id, x.account_id)) from x) into v_drawn;
+      if v_drawn <> 0 then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes only its own account''s lots"}');
+      end if;
+      v_drawn := null;
+    end if;
+    -- Each movement's kind and whether it was told what to take, by place: an element of an
+    -- array of composites is found by walking the array, so p_transfers[ord] per row made a
+    -- batch's draw quadratic.
+    v_kinds := array(select t.kind from unnest(p_transfers) t);
+    v_takes := array(select coalesce(t.lots ? 'take', false) from unnest(p_transfers) t);
+    if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta) where d.delta < 0 and not v_takes[d.ord]) then
+      v_first := array(select jsonb_array_elements_text(t.lots -> 'first')::bigint
+                       from unnest(p_transfers) t where t.lots ? 'first');
+      -- A reversal (refund, lost dispute) takes back money paid for anything: the lots it names
+      -- (its purchase's or plan's, whatever they pay for), then only credits for any model; what
+      -- they lack is debt, never credits someone gave for some models only.
+      v_reversal := exists (select 1 from unnest(p_transfers) t where t.kind in ('refund_reversal', 'dispute_reversal'));
+      with d as (
+        select x.ord, x.account_id, -x.delta as amount,
+          sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
+        from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
+        where x.delta < 0 and not v_takes[x.ord]
+      ), l as (
+        -- Free credits only; a lot named first (a reversal of its own purchase, its expiry) gives
+        -- what no hold reserved even when it has none free.
+        select l.id, l.account_id, l.remaining - l.reserved as remaining, l.cost_cents, l.amount as lot_amount, l.currency,
+          l.category, l.origin,
+          sum(l.remaining - l.reserved) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
+            l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+        from billing.lots l
+        where l.account_id in (select d.account_id from d) and l.open and l.remaining > l.reserved
+          and (l.free > 0 or l.id = any(v_first))
+          and (not v_reversal or l.applies_to is null or l.id = any(v_first))
+          and (not v_by_model or l.applies_to is null or (v_for is not null and exists (select 1 from unnest(l.applies_to) p
+                 where p = v_for or (right(p, 1) = '*' and starts_with(v_for, left(p, -1))))))
+      ), p as (
+        select d.ord, l.id as lot_id, l.cost_cents, l.lot_amount, l.currency, l.category, l.origin,
+          least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount
+        from d join l on l.account_id = d.account_id and l.hi - l.remaining < d.hi and d.hi - d.amount < l.hi
+      ), a as (
+        select p.*, p.cost_cents * p.amount::numeric(38, 18) / p.lot_amount as cents from p
+      ), ins as (
+        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
+        select v_ids[a.ord], a.lot_id, v_kinds[a.ord], a.amount, a.cents from a
+        returning lot_id, amount
+      ), tail as (
+        -- The report's tail (lots_tail, below), from the lots in hand.
+        insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
+        select date_trunc('second', now()), pg_backend_pid(), a.currency, a.category, v_kinds[a.ord], a.origin,
+          sum(a.amount), sum(a.cents)
+        from a group by a.currency, a.category, v_kinds[a.ord], a.origin
+        on conflict (at, backend, currency, category, kind, origin) do update
+        set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents
+      )
+      update billing.lots x set remaining = x.remaining - s.total
+      from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
+      where x.id = s.lot_id;
+      -- A charge is covered whole by lots that may pay for its model (the room said so).
+      if v_by_model and (select coalesce(sum(a.amount), 0) from billing.lot_allocations a
+                                where a.transfer_id = v_ids[1]) <> -v_delta[1] then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is covered by lots that may pay for it"}');
+      end if;
+    end if;
+  end if;
+end;
+$$;
+comment on function billing.draw_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_ord integer[], v_account bigint[], v_delta numeric[]) is 'Internal (the writer''s): what the debits written draw from lots, with their allocations and the report''s tail.';
+revoke execute on function billing.draw_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_ord integer[], v_account bigint[], v_delta numeric[]) from public;
+
+-- The lots a posting opened, for the report's tail (billing.credit_lots).
+create or replace function billing.opened_lots_tail(v_new bigint[])
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  -- The lots this posting opened, for the report's tail (as billing.ledger_parts reads them
+  -- from the rows): a grant net of the debt it settled on arrival; a move only that debt.
+  insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
+  select date_trunc('second', now()), pg_backend_pid(), l.currency, l.category, g.kind, l.origin, sum(g.credits),
+    sum(l.cost_cents * g.credits / l.amount)
+  from unnest(v_new) t(id)
+  join billing.lots l on l.grant_transfer_id = t.id
+  cross join lateral (select case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end as kind,
+                        case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end as credits) g
+  where l.moved_from is null or l.debt_settled > 0
+  group by l.currency, l.category, g.kind, l.origin
+  on conflict (at, backend, currency, category, kind, origin) do update
+  set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
+end;
+$$;
+comment on function billing.opened_lots_tail(v_new bigint[]) is 'Internal (the writer''s): the lots a posting opened, summed into the report''s tail.';
+revoke execute on function billing.opened_lots_tail(v_new bigint[]) from public;
+
+-- Credits into lots (billing.post_transfers): a move arrives as the lots its debit drew, a return
+-- goes back into its lots, a grant opens a lot; the first part for any model settles a debt.
+-- True when a lot for some models arrived (its sub-account follows).
+create or replace function billing.credit_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_ord integer[], v_account bigint[], v_delta numeric[], v_after numeric[], out v_restricted boolean)
+returns boolean
+language plpgsql
+set search_path = ''
+set plan_cache_mode = 'force_generic_plan'
+as $$
+declare
+  c record;
+  v_lot jsonb;
+  v_settled numeric;
+  v_category text;
+  v_policy billing.credit_expiry_policy;
+  v_list text[];
+begin
+  v_restricted := false;
+  -- Credits: into lots.
+  if 0 < any(v_delta) then
+    for c in
+      select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t, y.ord is not null as moved
+      from unnest(v_ord, v_account, v_delta, v_after) x(ord, account_id, delta, after)
+      left join unnest(v_ord, v_delta) y(ord, delta) on y.ord = x.ord and y.delta < 0
+      where x.delta > 0
+      order by x.ord
+    loop
+      -- What of this credit may pay a debt the account is in: the debt, at most the credit. In
+      -- the balance alone, unless the account holds credits for some models: a reversal left
+      -- those whole, so the debt is what its lots hold beyond its balance (debits later in this
+      -- batch are drawn already, not yet in the balance). Only credits for any model pay it
+      -- (below): a debt is owed in money paid for anything.
+      v_settled := least(c.amount, greatest(c.amount - c.after, 0));
+      -- (What live holds reserved stays beside a debt too: such an account is read the same way.)
+      if exists (select 1 from billing.accounts a where a.id = c.account_id and (a.restricted_lots or a.held > 0)) then
+        v_settled := least(c.amount, greatest(
+          coalesce((select sum(l.remaining) from billing.lots l where l.account_id = c.account_id and l.open), 0)
+          + coalesce((select sum(-d.delta) from unnest(v_ord, v_account, v_delta) d(ord, account_id, delta)
+                      where d.account_id = c.account_id and d.ord > c.ord and d.delta < 0), 0)
+          - (c.after - c.amount), 0));
+      end if;
+      v_lot := coalesce((c.t).lots, '{}');
+      v_list := billing.applies_to_of(v_lot);
+      if c.moved then
+        -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
+        -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
+        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                  amount, debt_settled, remaining, frozen, expires_at, moved_from, applies_to)
+        select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
+          l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id, p.applies_to
+        from (select x.lot_id, x.amount, x.applies_to,
+                -- The first parts for any model settle a debt; parts for some models never do.
+                case when x.applies_to is null then least(x.amount, greatest(v_settled - coalesce(sum(x.amount)
+                  filter (where x.applies_to is null) over (order by x.lot_id
+                  rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
+              from (select y.lot_id, y.amount,
+                      -- Credits given back to the account they came from (an allowance swept, a code
+                      -- returned) are for what they paid for there; others keep their list, narrowed
+                      -- to the one given.
+                      case when (c.t).kind in ('allowance_sweep', 'code_return') and s.account_id = c.account_id
+                           then s.applies_to else billing.narrow_applies_to(l.applies_to, v_list) end as applies_to
+                    from billing.lot_allocations y
+                    join billing.lots l on l.id = y.lot_id
+                    left join billing.lots s on s.id = l.moved_from
+                    where y.transfer_id = v_ids[c.ord]) x) p
+        join billing.lots l on l.id = p.lot_id
+        order by p.lot_id;
+        if v_list is not null and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+            'rule', 'some of these credits may pay for none of the models named'));
+        end if;
+      elsif v_lot ? 'return_to' then
+        -- Back into the lots it came from: negative allocations, as a void gives back.
+        if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
+          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
+        end if;
+        with r as (
+          select (x ->> 'lot_id')::bigint as lot_id, (x ->> 'amount')::numeric as amount, l.applies_to is null as any_model,
+            l.cost_cents, l.amount as lot_amount
+          from jsonb_array_elements(v_lot -> 'return_to') x left join billing.lots l on l.id = (x ->> 'lot_id')::bigint
+        ), p as (
+          -- As a move's parts: what returns to a lot for any model settles a debt first.
+          select r.lot_id, r.amount, r.cost_cents * (-r.amount)::numeric(38, 18) / r.lot_amount as cents,
+            case when r.any_model then least(r.amount, greatest(v_settled - coalesce(sum(r.amount) filter (where r.any_model)
+              over (order by r.lot_id rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
+          from r
+        ), ins as (
+          -- The part that paid a debt is the allocation's, dated by it: the lot's grant stays as it was.
+          insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, debt_settled, cents)
+          select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount, p.settled, p.cents from p
+        )
+        update billing.lots l set remaining = l.remaining + p.amount - p.settled
+        from p where l.id = p.lot_id and l.account_id = c.account_id;
+        continue;
+      elsif v_lot ? 'moved_from' then
+        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                  amount, debt_settled, remaining, expires_at, moved_from, applies_to, origin)
+        select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
+          l.currency, c.amount, x.settled, c.amount - x.settled, (v_lot ->> 'expires_at')::timestamptz, l.id, l.applies_to,
+          l.origin
+        from billing.lots l
+        cross join lateral (select case when l.applies_to is null then v_settled else 0 end as settled) x
+        where l.id = (v_lot ->> 'moved_from')::bigint;
+      else
+        v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
+        select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
+        if not found then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
+        elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
+        elsif (v_lot ->> 'cost_cents')::numeric < 0 then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
+        elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
+        elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
+        elsif v_lot ->> 'origin' not in ('plan', 'promo_code') then
+          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'origin', 'rule', 'plan or promo_code'));
+        end if;
+        if v_list is not null then
+          v_settled := 0;
+        end if;
+        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                  amount, debt_settled, remaining, applies_to, origin, expires_at)
+        values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
+          coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
+          coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, v_list, v_lot ->> 'origin',
+          -- A support adjustment does not expire unless the admin says so: a correction that
+          -- quietly vanishes would need correcting again.
+          case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
+               when (c.t).kind <> 'adjustment' then now() + v_policy.expires_after end);
+      end if;
+      update billing.accounts a
+      set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
+      where a.id = c.account_id
+        and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
+      if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
+        update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
+        v_restricted := true;
+      end if;
+    end loop;
+    perform billing.opened_lots_tail(v_new);
+  end if;
+end;
+$$;
+comment on function billing.credit_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_ord integer[], v_account bigint[], v_delta numeric[], v_after numeric[], out v_restricted boolean) is 'Internal (the writer''s): the credits written into lots; whether a lot for some models arrived.';
+revoke execute on function billing.credit_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_ord integer[], v_account bigint[], v_delta numeric[], v_after numeric[], out v_restricted boolean) from public;
+
+-- After the lots moved (billing.post_transfers): sub-accounts follow them, and what the named
+-- lots gave and took is summed for the report's tail.
+create or replace function billing.lot_tails(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_restricted boolean)
+returns void
+language plpgsql
+set search_path = ''
+set plan_cache_mode = 'force_generic_plan'
+as $$
+begin
+  -- Sub-accounts (credits for some models) follow the lots this call moved: a new lot brings
+  -- what it opened with, an allocation takes what it drew (a give-back returns what did not pay
+  -- a debt). Only a tracked side holding such credits has any; a list's first lot opens its
+  -- sub-account (not an upsert: it would test the row it proposes, a draw's negative change,
+  -- against the balance's check).
+  if v_restricted then
+    with d as (
+      select l.account_id, l.applies_to, sum(m.change) as change
+      from (select n.id, n.amount - n.debt_settled as change
+            from unnest(v_new) t(id) join billing.lots n on n.grant_transfer_id = t.id
+            union all
+            select x.lot_id, -(x.amount + x.debt_settled)
+            from unnest(v_new) t(id) join billing.lot_allocations x on x.transfer_id = t.id) m
+      join billing.lots l on l.id = m.id
+      where l.applies_to is not null
+      group by l.account_id, l.applies_to
+    ), kept as (
+      update billing.sub_accounts s set balance = s.balance + d.change
+      from d where s.account_id = d.account_id and s.applies_to = d.applies_to
+      returning s.account_id, s.applies_to
+    )
+    insert into billing.sub_accounts (account_id, applies_to, balance)
+    select d.account_id, d.applies_to, d.change from d
+    where not exists (select 1 from kept k where k.account_id = d.account_id and k.applies_to = d.applies_to);
+  end if;
+
+  -- What this posting drew from lots and gave back to them, summed for the report's tail as
+  -- ledger_tail is (billing.ledger_parts): each allocation's cost basis as it keeps it; of a
+  -- give-back, the part that paid a debt, at the lot's cost basis, is its own kind. The draws in
+  -- spending order (one lot or many) kept their own above; here the lots a movement named (its
+  -- `take`, or a give-back's `return_to`).
+  if cardinality(p_transfers) > 1 or coalesce((p_transfers[1]).lots ?| array['take', 'return_to'], false) then
+    if exists (select 1 from unnest(p_transfers) t where t.lots ? 'take' or t.lots ? 'return_to') then
+      insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
+      select date_trunc('second', now()), pg_backend_pid(), l.currency, l.category, p.kind, l.origin, sum(p.credits), sum(p.cents)
+      -- One index probe per such movement (`transfer_id = any(…)` is planned for hundreds of rows:
+      -- a hash join over every lot).
+      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+      join billing.lot_allocations a on a.transfer_id = v_ids[t.ord]
+      join billing.lots l on l.id = a.lot_id
+      cross join lateral (select a.kind::text, a.amount, coalesce(a.cents, l.cost_cents * a.amount / l.amount)
+                          union all
+                          select 'debt_settled_by_return', a.debt_settled, l.cost_cents * a.debt_settled / l.amount
+                          where a.debt_settled > 0) p(kind, credits, cents)
+      where (t.lots ? 'take' or t.lots ? 'return_to') and v_ids[t.ord] = any(v_new)
+      group by l.currency, l.category, p.kind, l.origin
+      on conflict (at, backend, currency, category, kind, origin) do update
+      set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
+    end if;
+  end if;
+end;
+$$;
+comment on function billing.lot_tails(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_restricted boolean) is 'Internal (the writer''s): sub-accounts follow the lots a posting moved; the named lots'' parts go to the report''s tail.';
+revoke execute on function billing.lot_tails(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_restricted boolean) from public;
+
+-- ============================================================================
 -- schemas/12-holds.sql
 -- ============================================================================
--- Holds: two-phase spending. A hold reserves part of an account's balance (reserve → capture all
--- or part, or release; past its TTL it expires), so available = balance − active holds. Purposes:
--- a user's own hold, a job's estimate, an AI call's worst case, a dispute's freeze. A hold is a
--- pending transfer: billing.post_transfers alone places, resizes, posts (a capture, with its
--- movement) and voids (released, expired) one, and keeps the account's held with it (hold_step);
--- the functions here decide what may be held and when, under the account lock, account first,
--- then the hold. The table is in 10-ledger.sql, and holds past their TTL or above a shrunken
--- balance give way on the writer's road (expire_overdue_holds, fit_holds: 11-ledger-writer.sql).
+-- Holds: two-phase spending. A hold reserves free credits of specific lots (billing.hold_lots,
+-- lots.reserved: the lots that may pay for its model, in spending order) until it is captured
+-- (all or part, from what it reserved; the rest returns), released, or expires at its TTL, so
+-- available = balance − active holds. Purposes: a user's own hold (lots for any model), a job's
+-- estimate, an AI call's worst case. A hold is a pending transfer: billing.post_transfers alone
+-- places, resizes, posts (a capture, with its movement) and voids (released, expired) one, and
+-- keeps the reservation and the account's held with it (hold_step); the functions here decide
+-- what may be held and when, under the account lock, account first, then the hold, and tell
+-- billing.hold_ended when one ends. The table is in 10-ledger.sql; holds past their TTL end on
+-- the writer's road (expire_overdue_holds, 11-ledger-writer.sql).
 
 -- ============================================================ types
 
@@ -3297,17 +3414,12 @@ begin
     v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, null);
   end if;
   v_account := billing.settled(v_account);
-  -- On an account with restricted lots, the hold must be payable beside every other live one
-  -- (asked only when the account has the amount at all: if not, the writer's refusal says so).
-  if v_account.restricted_lots and v_account.balance - v_account.held >= p_amount then
-    perform billing.restricted_draw(v_account, case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end, p_amount);
-  end if;
   v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
     p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end);
   -- The account was settled above (or had nothing held or due): its row is what balance_of would
-  -- answer, with this hold added.
-  return billing.hold_result_of(v_hold, false, (v_account.balance, v_account.held + p_amount,
-    v_account.balance - v_account.held - p_amount)::billing.balance);
+  -- answer, with this hold added (read there when frozen credits are beside it).
+  return billing.hold_result_of(v_hold, false, case when not v_account.frozen_lots then (v_account.balance,
+    v_account.held + p_amount, v_account.balance - v_account.held - p_amount)::billing.balance end);
 end;
 $$;
 comment on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) is 'Internal: reserves available credits as a hold of the given purpose (user or job), under the account lock.';
@@ -3357,7 +3469,7 @@ begin
   return v_hold;
 end;
 $$;
-comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to); HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s, AI call''s or dispute''s hold.';
+comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to); HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s or AI call''s hold.';
 revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
 
 -- A capture as the writer makes it, straight to it: the hold posted by its transfer, the hold's
@@ -3381,20 +3493,18 @@ begin
   if v_account.held > p_hold.amount and billing.expire_overdue_holds(v_account.id) > 0 then
     select * into v_account from billing.accounts a where a.id = p_hold.account_id;
   end if;
-  -- The hold stops counting first, so the capture spends what it reserved; a dispute's reversal
-  -- may have taken the balance below it.
+  -- The hold stops counting first, so the capture spends what it reserved.
   v_account.held := v_account.held - p_hold.amount;
   v_posted := (billing.post_transfers(array[('hold_capture', v_account.id, billing.platform_account_id('usage_revenue'),
       p_capture, 'hold:' || p_hold.id::text, coalesce(p_correlation_id, p_hold.correlation_id), null, p_metadata, null,
       p_hold.id, case when v_account.org_id is not null then p_hold.member_id end,
-      -- Credits for some models only: what may pay for the call's model, every other live hold kept payable.
-      case when v_account.restricted_lots
-           then billing.restricted_draw(v_account, p_metadata ->> 'model', p_capture, false, p_hold.id) end
+      null   -- what the hold reserved (the writer takes it)
     )::billing.transfer_spec],
     array[('post', p_hold.id, p_capture, null, null, null, null, null, null, null, null, null, null)::billing.hold_step]))[1];
   if v_posted.result = 'insufficient' then
     perform billing.raise_error('INSUFFICIENT_CREDITS', v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)));
   end if;
+  perform billing.hold_ended(p_hold.id);
   v_account.balance := coalesce(v_posted.from_balance, (select a.balance from billing.accounts a where a.id = v_account.id));
   v_account.version := v_account.version + 1;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
@@ -3407,7 +3517,7 @@ begin
     perform billing.return_hold_cap_room(v_hold, v_hold.amount - p_capture);
   end if;
   -- Nothing else held: the row is exact; otherwise read as any read is (balance_of).
-  return billing.hold_result_of(v_hold, false, case when v_account.held = 0
+  return billing.hold_result_of(v_hold, false, case when v_account.held = 0 and not v_account.frozen_lots
     then (v_account.balance, 0, v_account.balance)::billing.balance end);
 end;
 $$;
@@ -3423,10 +3533,8 @@ as $$
 declare
   v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
   v_capture numeric(38, 18);
-  v_unfrozen numeric(38, 18);
-  v_pool boolean;
 begin
-  -- Credits that expired under the hold are gone before it is captured (the hold gave way).
+  -- Credits that expired under the hold are gone before it is captured (the hold shrank by them).
   if (select a.next_expiry <= now() from billing.accounts a where a.id = v_hold.account_id) then
     perform billing.expire_due_lots(v_hold.account_id);
     select * into v_hold from billing.holds h where h.id = p_hold_id;
@@ -3447,21 +3555,6 @@ begin
   if v_capture > v_hold.amount then
     perform billing.raise_error('CAPTURE_EXCEEDS_HOLD', jsonb_build_object('held', trim_scale(v_hold.amount)::text,
       'requested', trim_scale(v_capture)::text));
-  end if;
-
-  -- A user's own capture never spends credits a dispute has frozen (a reversal of another
-  -- purchase can take the balance below what is held). A job's capture is work already done.
-  if p_user is not null then
-    select a.balance - coalesce(sum(h.amount), 0), a.org_id is not null and a.member_id is null into v_unfrozen, v_pool
-    from billing.accounts a
-    left join billing.holds h on h.account_id = a.id and h.status = 'active' and h.purpose = 'dispute'
-    where a.id = v_hold.account_id group by a.id;
-    if v_unfrozen < v_capture then
-      -- A member never reads a pool's balance, refused or not.
-      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
-        'required', trim_scale(v_capture)::text,
-        'available', case when not v_pool then trim_scale(greatest(v_unfrozen, 0))::text end, 'frozen_by_dispute', true)));
-    end if;
   end if;
 
   return billing.post_capture(v_hold, v_capture, p_correlation_id, p_metadata);
@@ -3493,7 +3586,7 @@ declare
   v_excess billing.transfer_result;
 begin
   select * into v_account from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = p_hold_id);
-  -- Credits past their expiry go first (the hold gives way), so what it can capture is known
+  -- Credits past their expiry go first (the hold shrinks by its part), so what it can capture is known
   -- before it is asked to (capture_hold would expire them itself, and refuse the larger amount).
   if v_account.next_expiry <= now() then
     perform billing.expire_due_lots(v_account.id);
@@ -3503,11 +3596,8 @@ begin
   captured := 0;
   overage := 0;
   if p_amount > 0 and v_hold.status = 'active' then
+    -- What the hold reserved pays (for the model it was placed for: its lots may pay for it).
     captured := least(p_amount, v_hold.amount);
-    -- Credits for some models only: the hold pays what may pay for the model priced.
-    if v_account.restricted_lots then
-      captured := least(captured, (billing.plan_lot_draw(v_account.id, v_model, captured, false, p_hold_id) ->> 'found')::numeric);
-    end if;
   end if;
   if captured > 0 then
     -- Under the caller's lock, checked here: no second lock (capture_hold is the user's door).
@@ -3526,8 +3616,8 @@ begin
       v_available := (billing.balance_of(v_hold.account_id)).available;
     end if;
     overage := least(p_amount - captured, greatest(v_available, 0));
-    if overage > 0 and v_account.restricted_lots then
-      overage := least(overage, (billing.plan_lot_draw(v_account.id, v_model, overage) ->> 'found')::numeric);
+    if overage > 0 and v_account.reads_lots then
+      overage := least(overage, billing.free_credits(v_account.id, v_model, false));
     end if;
     -- The excess is spending like any other: it fits in what every cap (the account's, a
     -- member's on a school wallet, per model) has left, and the writer counts it against them.
@@ -3574,6 +3664,7 @@ begin
   end if;
   perform billing.post_transfers('{}', array[('void', p_hold_id, null, 'released', null, null, null, null, null, null, null,
     null, null)::billing.hold_step]);
+  perform billing.hold_ended(p_hold_id);
   select * into v_hold from billing.holds h where h.id = p_hold_id;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount);
   -- Other holds past their TTL end with it (expire_overdue_holds then tells the alert and
@@ -3601,7 +3692,6 @@ begin
   for v_account_id in
     select distinct h.account_id from billing.holds h
     where h.status = 'active' and h.expires_at <= now()
-      and not (h.purpose in ('job', 'ai') and billing.work_waits_for_dispute(h.account_id))
     order by h.account_id limit p_limit
   loop
     v_total := v_total + billing.expire_overdue_holds(v_account_id);
@@ -3636,8 +3726,12 @@ begin
   v_placed := (billing.post_transfers('{}', array[('place', v_id, p_amount, null, null, null, p_account_id, p_idempotency_key,
     p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)::billing.hold_step]))[1];
   if v_placed.result = 'insufficient' then
-    perform billing.raise_error('INSUFFICIENT_CREDITS', v_placed.refusal
-      || jsonb_build_object('debt', (select billing.in_debt(a) from billing.accounts a where a.id = p_account_id)));
+    -- Credits for some models: which may not pay for the hold's model, and why (a pool's never told).
+    perform billing.raise_error('INSUFFICIENT_CREDITS', (select v_placed.refusal || jsonb_build_object('debt', billing.in_debt(a))
+        || case when a.restricted_lots and not (a.org_id is not null and a.member_id is null)
+                then billing.model_refusal(a, case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end)
+                else '{}'::jsonb end
+      from billing.accounts a where a.id = p_account_id));
   elsif v_placed.result = 'capped' then
     perform billing.raise_error('SPEND_CAP_REACHED', v_placed.refusal);
   end if;
@@ -3966,7 +4060,7 @@ comment on function billing.usage_event_key(p_user uuid, p_event_id text) is 'In
 revoke execute on function billing.usage_event_key(p_user uuid, p_event_id text) from public;
 
 -- A batch event that cannot join the batch's one write: a member's (the spending order picks the
--- wallet) or one on an account with restricted lots (billing.plan_lot_draw picks the lots).
+-- wallet) or one on an account with restricted lots (its charge draws for its model).
 create or replace function billing.charge_event_alone(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint,
   p_event_id text, p_correlation_id text, p_occurred_at timestamptz, p_cached_input_tokens bigint default 0,
   p_reasoning_tokens bigint default 0, p_images bigint default 0, p_audio_seconds bigint default 0) returns jsonb
@@ -4004,6 +4098,56 @@ end;
 $$;
 comment on function billing.charge_event_alone(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Internal: one batch event charged alone, through billing.charge_usage (a member''s spending order, an account with restricted lots); a refusal is its outcome.';
 revoke execute on function billing.charge_event_alone(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
+
+-- A batch's events priced, checked and described before any account is locked (none of it reads
+-- a balance, so billing.charge_usage_batch holds its locks only for what needs them): by place,
+-- whose, the event id and model, why it is refused (null: it is not), its rate card and price, its
+-- ledger key, correlation and what its transfer records. Each event is priced from its model's
+-- current rate card (null: a kind the card leaves unpriced), within the same bounds as
+-- price_usage (an event out of them is refused alone). Event ids are the caller's, one namespace
+-- per user (billing.usage_event_key).
+create or replace function billing.priced_usage_events(p_events jsonb, out b_user uuid[], out b_event text[],
+  out b_model text[], out b_error text[], out b_card bigint[], out b_amount numeric[], out b_key text[],
+  out b_correlation text[], out b_facts jsonb[])
+returns record
+language sql stable
+set search_path = ''
+as $$
+  with ev as (
+    select x.ord::integer as ord, x.ev ->> 'event_id' as event_id, (x.ev ->> 'user_id')::uuid as user_id,
+      x.ev ->> 'model' as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
+      (x.ev ->> 'output_tokens')::bigint as output_tokens, (x.ev ->> 'occurred_at')::timestamptz as occurred_at,
+      x.ev ->> 'correlation_id' as correlation_id,
+      coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
+      coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
+      coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
+    from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
+  ), checked as (
+    select ev.*, not billing.usage_counts_valid(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens,
+      ev.reasoning_tokens, ev.images, ev.audio_seconds) as invalid
+    from ev
+  ), cards as (
+    select distinct on (rc.model) rc.* from billing.rate_cards rc
+    where rc.model = any(array(select distinct ev.model from ev)) and rc.effective_from <= now()
+    order by rc.model, rc.effective_from desc, rc.version desc
+  ), priced as materialized (            -- each event priced once, however many aggregates below read it
+    select b.*, r.id as rate_card_id,
+      case when not b.invalid then billing.usage_amount(b.input_tokens, b.cached_input_tokens, b.output_tokens,
+        b.reasoning_tokens, b.images, b.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token,
+        r.credits_per_output_token, r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) end as amount
+    from checked b left join cards r on r.model = b.model
+  )
+  select array_agg(p.user_id order by p.ord), array_agg(p.event_id order by p.ord), array_agg(p.model order by p.ord),
+    array_agg(case when p.invalid then 'INVALID_TOKENS' when p.rate_card_id is null then 'UNKNOWN_MODEL'
+                   when p.amount is null then 'UNPRICED_USAGE' end order by p.ord),
+    array_agg(p.rate_card_id order by p.ord), array_agg(p.amount order by p.ord),
+    array_agg(billing.usage_event_key(p.user_id, p.event_id) order by p.ord), array_agg(p.correlation_id order by p.ord),
+    array_agg(billing.usage_facts(p.model, p.input_tokens, p.output_tokens, p.cached_input_tokens, p.reasoning_tokens,
+      p.images, p.audio_seconds) || jsonb_build_object('occurred_at', p.occurred_at, 'event_id', p.event_id) order by p.ord)
+  from priced p
+$$;
+comment on function billing.priced_usage_events(p_events jsonb) is 'Internal: a usage batch''s events priced and checked, by place, before any lock (billing.charge_usage_batch).';
+revoke execute on function billing.priced_usage_events(p_events jsonb) from public;
 
 create or replace function billing.charge_usage_batch(p_events jsonb)
 returns jsonb
@@ -4044,45 +4188,9 @@ begin
     perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
   end if;
 
-  -- Priced, checked and described before any account is locked: none of it reads a balance, so
-  -- the locks are held only for what needs them (balances, replays, the writer), and concurrent
-  -- batches over the same students wait on each other that much less. Each event is priced from
-  -- its model's current rate card (null: a kind the card leaves unpriced), within the same bounds
-  -- as price_usage (an event out of them is refused alone). Event ids are the caller's, one
-  -- namespace per user (billing.usage_event_key).
-  with ev as (
-    select x.ord::integer as ord, x.ev ->> 'event_id' as event_id, (x.ev ->> 'user_id')::uuid as user_id,
-      x.ev ->> 'model' as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
-      (x.ev ->> 'output_tokens')::bigint as output_tokens, (x.ev ->> 'occurred_at')::timestamptz as occurred_at,
-      x.ev ->> 'correlation_id' as correlation_id,
-      coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
-      coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
-      coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
-    from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
-  ), checked as (
-    select ev.*, not billing.usage_counts_valid(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens,
-      ev.reasoning_tokens, ev.images, ev.audio_seconds) as invalid
-    from ev
-  ), cards as (
-    select distinct on (rc.model) rc.* from billing.rate_cards rc
-    where rc.model = any(array(select distinct ev.model from ev)) and rc.effective_from <= now()
-    order by rc.model, rc.effective_from desc, rc.version desc
-  ), priced as materialized (            -- each event priced once, however many aggregates below read it
-    select b.*, r.id as rate_card_id,
-      case when not b.invalid then billing.usage_amount(b.input_tokens, b.cached_input_tokens, b.output_tokens,
-        b.reasoning_tokens, b.images, b.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token,
-        r.credits_per_output_token, r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) end as amount
-    from checked b left join cards r on r.model = b.model
-  )
-  select array_agg(p.user_id order by p.ord), array_agg(p.event_id order by p.ord), array_agg(p.model order by p.ord),
-    array_agg(case when p.invalid then 'INVALID_TOKENS' when p.rate_card_id is null then 'UNKNOWN_MODEL'
-                   when p.amount is null then 'UNPRICED_USAGE' end order by p.ord),
-    array_agg(p.rate_card_id order by p.ord), array_agg(p.amount order by p.ord),
-    array_agg(billing.usage_event_key(p.user_id, p.event_id) order by p.ord), array_agg(p.correlation_id order by p.ord),
-    array_agg(billing.usage_facts(p.model, p.input_tokens, p.output_tokens, p.cached_input_tokens, p.reasoning_tokens,
-      p.images, p.audio_seconds) || jsonb_build_object('occurred_at', p.occurred_at, 'event_id', p.event_id) order by p.ord)
-  into b_user, b_event, b_model, b_error, b_card, b_amount, b_key, b_correlation, b_facts
-  from priced p;
+  -- Priced, checked and described before any account is locked (billing.priced_usage_events).
+  select * into b_user, b_event, b_model, b_error, b_card, b_amount, b_key, b_correlation, b_facts
+  from billing.priced_usage_events(p_events);
 
   select * into v_locked from billing.lock_usage_batch(b_user);
 
@@ -5364,6 +5472,10 @@ create table billing.lots (
   remaining numeric(38,18) not null,
   open boolean generated always as ((remaining > (0)::numeric)) stored,
   frozen boolean default false not null,
+  -- Of remaining, what active holds reserved (billing.hold_lots).
+  reserved numeric(38,18) default 0 not null,
+  -- What may be drawn, reserved or moved: the one place a frozen lot's credits are none.
+  free numeric(38,18) generated always as ((case when frozen then (0)::numeric else (remaining - reserved) end)) stored,
   granted_at timestamp with time zone default now() not null,
   expires_at timestamp with time zone,
   warned_days integer[] default '{}'::integer[] not null,
@@ -5380,6 +5492,7 @@ create table billing.lots (
   constraint lots_debt_settled_within check ((debt_settled >= (0)::numeric)),
   constraint lots_promotional_free check (((category = 'paid'::text) or (cost_cents = (0)::numeric))),
   constraint lots_remaining_within check (((remaining >= (0)::numeric) and ((remaining + debt_settled) <= amount))),
+  constraint lots_reserved_within check (((reserved >= (0)::numeric) and (reserved <= remaining))),
   constraint lots_one_per_grant unique nulls not distinct (grant_transfer_id, moved_from),
   constraint lots_pkey primary key (id),
   constraint lots_account_id_fkey foreign key (account_id) references billing.accounts(id),
@@ -5388,6 +5501,8 @@ create table billing.lots (
 ) with (fillfactor = 50);
 comment on table billing.lots is 'Where each credit came from: one lot per grant, drawn down in spending order. remaining is maintained under the account lock.';
 comment on column billing.lots.debt_settled is 'Of the credits this lot brought, the part that paid a debt on arrival; fixed at the grant (what credits given back to it later pay is their allocation''s debt_settled).';
+comment on column billing.lots.reserved is 'Of remaining, what active holds reserved (billing.hold_lots): not drawable, reservable or movable by anything else (see free).';
+comment on column billing.lots.free is 'What may be drawn, reserved or moved: remaining − reserved, none while frozen (docs/credit-lots.md § Spending order 3).';
 comment on column billing.lots.moved_from is 'The lot these credits were moved out of (allowance, sweep): its provenance is this lot''s; null for a grant.';
 comment on column billing.lots.applies_to is 'The models (names, or families ending in *) these credits may pay for; null: any (31-lot-applicability.sql). Kept through moves.';
 alter table billing.lots enable row level security;
@@ -5475,6 +5590,48 @@ $$;
 comment on function billing.lot_lineage(p_lot_id bigint) is 'Internal: a lot and every lot its credits were moved into since (rollovers, moves), in id order.';
 revoke execute on function billing.lot_lineage(p_lot_id bigint) from public;
 
+-- A dispute opened (p_frozen) or closed: these lots, and every lot their credits were moved into
+-- since (any depth), freeze or thaw wherever they are (docs/credit-lots.md § Refunds, disputes and
+-- debt 3). What holds reserved of them stays theirs; what is free cannot be spent, reserved or
+-- moved while frozen. An account holding a frozen lot is flagged (accounts.frozen_lots) so that
+-- what it may spend is read from its lots; the flag goes when none of its lots is frozen. Called
+-- by 51-refunds-disputes.sql (a plan invoice's lots: its grant's); the caller locks the accounts.
+create or replace function billing.set_lots_frozen(p_lots bigint[], p_frozen boolean) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_accounts bigint[];
+begin
+  with recursive reach as (
+    select l.id from billing.lots l where l.id = any(p_lots)
+    union
+    select l.id from billing.lots l join reach r on l.moved_from = r.id
+  ), changed as (
+    update billing.lots l set frozen = p_frozen
+    from reach where l.id = reach.id and l.frozen <> p_frozen
+    returning l.account_id
+  )
+  select array_agg(distinct changed.account_id) into v_accounts from changed;
+  update billing.accounts a
+  set frozen_lots = exists (select 1 from billing.lots l where l.account_id = a.id and l.frozen)
+  where a.id = any(v_accounts);
+end;
+$$;
+comment on function billing.set_lots_frozen(p_lots bigint[], p_frozen boolean) is 'Internal: freezes (a dispute opened) or thaws these lots and every lot moved from them, wherever they are, and keeps accounts.frozen_lots right.';
+revoke execute on function billing.set_lots_frozen(p_lots bigint[], p_frozen boolean) from public;
+
+-- A purchase's lots (as granted; set_lots_frozen above follows their moves).
+create or replace function billing.set_lots_frozen(p_purchase_id uuid, p_frozen boolean) returns void
+language sql
+set search_path = ''
+as $$
+  select billing.set_lots_frozen(array(select l.id from billing.lots l
+                                       where l.purchase_id = p_purchase_id and l.moved_from is null), p_frozen)
+$$;
+comment on function billing.set_lots_frozen(p_purchase_id uuid, p_frozen boolean) is 'Internal: freezes (a dispute opened) or thaws a purchase''s lots and every lot moved from them, wherever they are, and keeps accounts.frozen_lots right.';
+revoke execute on function billing.set_lots_frozen(p_purchase_id uuid, p_frozen boolean) from public;
+
 create or replace function billing.lots_expired(p_lots bigint[]) returns numeric
 language sql stable
 set search_path = ''
@@ -5497,7 +5654,7 @@ begin
   -- Accounts nobody spends from still see their credits expire on time.
   for v_account_id in
     select l.account_id from billing.lots l
-    where l.open and l.expires_at <= now() and not l.frozen
+    where l.open and l.expires_at <= now()
     group by l.account_id order by min(l.expires_at) limit p_limit
   loop
     perform 1 from billing.accounts a where a.id = v_account_id for update;
@@ -5579,13 +5736,21 @@ as $$
   ), bad_lots as (
     select l.id from billing.lots l left join drawn d on d.lot_id = l.id
     where l.remaining + l.debt_settled + coalesce(d.total, 0) <> l.amount
+    union
+    -- A lot's reserved is what active holds reserved of it (billing.hold_lots).
+    select l.id from billing.lots l
+    left join (select hl.lot_id, sum(hl.amount) as total from billing.hold_lots hl
+               join billing.holds h on h.id = hl.hold_id and h.status = 'active' group by hl.lot_id) r on r.lot_id = l.id
+    where l.reserved <> coalesce(r.total, 0)
   ), bad_accounts as (
-    -- Credits for some models stay beside a debt (it is owed in money for anything): the lots for
-    -- any model hold what the balance has beyond them, 0 in debt.
+    -- Credits for some models stay beside a debt (it is owed in money for anything), and so do
+    -- what live holds reserved (theirs until they end): the free credits of the lots for any
+    -- model are what the balance has beyond both, 0 in debt.
     select a.id from billing.accounts a left join billing.lots l on l.account_id = a.id
     where a.code is null group by a.id, a.balance
-    having coalesce(sum(l.remaining) filter (where l.applies_to is null), 0)
-      <> greatest(a.balance - coalesce(sum(l.remaining) filter (where l.applies_to is not null), 0), 0)
+    having coalesce(sum(l.remaining - l.reserved) filter (where l.applies_to is null), 0)
+      <> greatest(a.balance - coalesce(sum(l.remaining) filter (where l.applies_to is not null), 0)
+                  - coalesce(sum(l.reserved) filter (where l.applies_to is null), 0), 0)
   ), bad_sub_accounts as (
     -- A sub-account holds what its account's lots under its list hold, and a list held has one.
     select coalesce(s.account_id, l.account_id) as id
@@ -5627,7 +5792,7 @@ as $$
     'deferred_revenue_cents', coalesce((select jsonb_object_agg(currency, jsonb_build_object(
       'from_lots', from_lots, 'from_flows', from_flows)) from deferred), '{}'))
 $$;
-comment on function billing.check_lots() is 'Proves lots, allocations and balances agree (the lots for any model hold what the balance has beyond the credits for some models, 0 in debt; each sub-account what its list''s lots hold), and deferred revenue two ways. Empty lists when all is well.';
+comment on function billing.check_lots() is 'Proves lots, allocations and balances agree (each lot''s reserved is what active holds reserved of it; the lots for any model hold what the balance has beyond the credits for some models, 0 in debt; each sub-account what its list''s lots hold), and deferred revenue two ways. Empty lists when all is well.';
 revoke execute on function billing.check_lots() from public;
 grant execute on function billing.check_lots() to service_role;
 
@@ -5679,43 +5844,18 @@ insert into billing.credit_expiry_policy (category, expires_after, priority) val
 -- ============================================================================
 -- Credits for a purpose (docs/credit-lots.md § Credits for some models): a lot may name the
 -- models it can pay for (`applies_to`: model names and families, `gpt-4o*` being every model whose
--- name starts with gpt-4o; null: any). A charge for a model draws, in spending order, only from
--- lots that may pay for it; a movement with no model (a user's own hold) only from
--- lots that pay for anything. Refunds, disputes and expiry take the lots they name whatever they
--- may pay for, then (refunds, disputes) only lots for anything: what those lack is a debt, which
--- credits for some models never pay (11-ledger-writer.sql); moves (allowances, codes) carry each
--- lot's list with its provenance.
+-- name starts with gpt-4o; null: any). A charge for a model draws, in spending order, only the free
+-- credits of lots that may pay for it; a movement with no model (a user's own hold) only lots
+-- that pay for anything. A hold reserves specific lots' free credits when it is placed
+-- (billing.pick_lots), so no draw needs to plan around live holds: what a hold reserved is its
+-- own until it ends. Refunds, disputes and expiry take the lots they name whatever they may pay
+-- for, then (refunds, disputes) only lots for anything: what those lack is a debt, which credits
+-- for some models never pay (11-ledger-writer.sql); moves (allowances, codes) carry each lot's list
+-- with its provenance.
 --
--- Holds stay account-wide (accounts.held), so an account with restricted lots
--- (accounts.restricted_lots) must also keep every live hold payable: a hold for a model (a gateway
--- call's, a job's) can be paid only by lots for that model, a dispute's only by lots for anything
--- and the lots it freezes (their lists: metadata.covers), any other hold only by lots for anything. For such accounts, billing.plan_lot_draw chooses what a debit
--- draws so that the holds still fit (Hall's condition over the sets of the account's lists, by maximum flow: billing.hold_deficit), and
--- the writer draws exactly that (`take`). Accounts without restricted lots never come here: their
--- path is unchanged.
---
--- The writer's road reads a lot's list and plans the draw on every posting, so applies_to_of,
--- narrow_applies_to, plan_lot_draw and restricted_draw sit with it, in 11-ledger-writer.sql
--- (calls point down); this file keeps what a dispute's hold records of the lists it freezes.
-
--- ============================================================ functions
-
--- A dispute's hold is paid, should the dispute be lost, by the lots it freezes (whatever they pay
--- for) and then by credits for anything, never by other credits for some models: the lists of the
--- lots it freezes are its cover (metadata.covers, read by billing.plan_lot_draw).
-create or replace function billing.cover_dispute_hold(p_hold_id uuid, p_lots bigint[]) returns void
-language sql
-set search_path = ''
-as $$
-  update billing.holds h
-  set metadata = coalesce(h.metadata, '{}') || jsonb_build_object('covers', c.lists)
-  from (select x.id, (select jsonb_agg(distinct to_jsonb(l.applies_to)) from billing.lots l
-                      where l.id = any(p_lots) and l.account_id = x.account_id and l.applies_to is not null) as lists
-        from billing.holds x where x.id = p_hold_id) c
-  where h.id = c.id and c.lists is not null and h.metadata -> 'covers' is distinct from c.lists
-$$;
-comment on function billing.cover_dispute_hold(p_hold_id uuid, p_lots bigint[]) is 'Internal: records on a dispute''s hold the lists of the lots (of p_lots, in its account) it freezes: besides credits for any model, only those may cover it.';
-revoke execute on function billing.cover_dispute_hold(p_hold_id uuid, p_lots bigint[]) from public;
+-- The writer's road reads a lot's list on every posting, so lot_pays_for, pick_lots,
+-- free_credits, applies_to_of, narrow_applies_to and model_refusal sit with it, in
+-- 11-ledger-writer.sql (calls point down).
 
 -- ============================================================================
 -- schemas/35-usage-summary.sql
@@ -6172,16 +6312,18 @@ create table billing.lot_changes (
   lot_id bigint not null references billing.lots (id),
   changed_at timestamptz not null default now(),
   frozen_before boolean not null,
-  expires_at_before timestamptz                   -- null: it never expired
+  expires_at_before timestamptz,                  -- null: it never expired
+  reserved_before numeric(38, 18) not null        -- what holds reserved of it (a frozen lot's free credits)
 );
-comment on table billing.lot_changes is 'Immutable. Each change of a lot''s frozen flag or expiry, with the values before it, for lots as of an instant.';
+comment on table billing.lot_changes is 'Immutable. Each change of a lot''s frozen flag or expiry, and of what holds reserved of it while frozen, with the values before it, for lots as of an instant.';
 alter table billing.lot_changes enable row level security;
 grant select on table billing.lot_changes to service_role;
 
 create index lot_changes_lot on billing.lot_changes (lot_id, changed_at);
 
--- Holds that live longer than a day (a dispute's: until it ends), for held as of an instant:
--- any other hold reserving at an instant was placed in the day before it (holds_account).
+-- Holds that live longer than a day (placed by place_hold directly; reserve_hold's live at most a
+-- day), for held as of an instant: any other hold reserving at an instant was placed in the day
+-- before it (holds_account).
 create index holds_long_lived on billing.holds (account_id, created_at)
   where (expires_at at time zone 'UTC') > (created_at at time zone 'UTC') + interval '1 day';
 
@@ -6204,11 +6346,12 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  insert into billing.lot_changes (lot_id, frozen_before, expires_at_before) values (new.id, old.frozen, old.expires_at);
+  insert into billing.lot_changes (lot_id, frozen_before, expires_at_before, reserved_before)
+  values (new.id, old.frozen, old.expires_at, old.reserved);
   return null;
 end;
 $$;
-comment on function billing.record_lot_change() is 'Trigger: records a lot''s frozen flag and expiry before a change of either.';
+comment on function billing.record_lot_change() is 'Trigger: records a lot''s frozen flag, expiry and reserved credits before a change of the flag or expiry, or of what holds reserved of it while frozen.';
 revoke execute on function billing.record_lot_change() from public;
 
 -- What each of some lots of an account had left at p_at, from the rows after p_at or those
@@ -6339,8 +6482,8 @@ revoke execute on function billing.balance_at(p_account_id bigint, p_at timestam
 
 -- As billing.get_balance answers, at p_at: balance, held, available, and the next expiry of the
 -- lots open then. Zeros before the account existed (and for no account). Held: the holds placed
--- in the day before p_at (reserve_hold's longest life) by holds_account, and the longer-lived
--- ones (a dispute's: until it ends) by holds_long_lived. The next expiry: only lots that have
+-- in the day before p_at (reserve_hold's longest life) by holds_account, and any longer-lived
+-- ones by holds_long_lived. The next expiry: only lots that have
 -- or had an expiry (lot_changes) are read.
 create or replace function billing.balance_as_of(p_account_id bigint, p_at timestamptz) returns jsonb
 language plpgsql stable
@@ -6353,16 +6496,23 @@ declare
     left join lateral (select x.amount_before from billing.hold_resizes x
                        where x.hold_id = h.id and x.resized_at > p_at order by x.resized_at, x.id limit 1) r on true
     where h.account_id = p_account_id and h.created_at <= p_at and (h.finished_at is null or h.finished_at > p_at)
-      -- Work past its TTL where a dispute held credits still counted (billing.work_waits_for_dispute).
-      and (h.expires_at > p_at
-           or (h.purpose in ('job', 'ai')
-               and exists (select 1 from billing.holds d
-                           where d.account_id = p_account_id and d.purpose = 'dispute' and d.created_at <= p_at
-                             and (d.finished_at is null or d.finished_at > p_at))))
+      and h.expires_at > p_at
       and (h.created_at > p_at - interval '1 day'
            or (h.expires_at at time zone 'UTC') > (h.created_at at time zone 'UTC') + interval '1 day')), 0);
   v_next record;
+  v_frozen numeric;
 begin
+  -- A frozen lot's free credits (remaining less what holds reserved of it) cannot be spent: as
+  -- balance_of, what lots frozen at p_at had free then (lot_changes keeps both while frozen).
+  select coalesce(sum(greatest(r.remaining - coalesce(c.reserved_before, l.reserved), 0)), 0) into v_frozen
+  from billing.lots_remaining_as_of(p_account_id, p_at, array(
+      select l.id from billing.lots l where l.account_id = p_account_id and l.granted_at <= p_at
+        and (l.frozen or exists (select 1 from billing.lot_changes x where x.lot_id = l.id and x.frozen_before)))) r
+  join billing.lots l on l.id = r.lot_id
+  left join lateral (select x.frozen_before, x.reserved_before, x.expires_at_before from billing.lot_changes x
+                     where x.lot_id = l.id and x.changed_at > p_at order by x.changed_at, x.id limit 1) c on true
+  where coalesce(c.frozen_before, l.frozen)
+    and not coalesce(case when c.frozen_before is null then l.expires_at else c.expires_at_before end <= p_at, false);
   select l.expires_at, sum(l.remaining) as amount into v_next
   from (
     select case when c.id is null then l.expires_at else c.expires_at_before end as expires_at, r.remaining
@@ -6376,7 +6526,7 @@ begin
   where l.remaining > 0 and l.expires_at is not null
   group by l.expires_at order by l.expires_at limit 1;
   return jsonb_build_object('as_of', billing.json_time(p_at), 'balance', trim_scale(v_balance)::text,
-    'held', trim_scale(v_held)::text, 'available', trim_scale(v_balance - v_held)::text,
+    'held', trim_scale(v_held)::text, 'available', trim_scale(v_balance - v_held - v_frozen)::text,
     'expiring', case when v_next.expires_at is not null then jsonb_build_object('amount', trim_scale(v_next.amount)::text,
       'at', billing.json_time(v_next.expires_at)) end);
 end;
@@ -6425,8 +6575,9 @@ grant execute on function billing.user_lots_as_of(p_user uuid, p_at timestamp wi
 create trigger holds_record_resize after update of amount on billing.holds
   for each row when (old.amount is distinct from new.amount) execute function billing.record_hold_resize();
 
-create trigger lots_record_change after update of frozen, expires_at on billing.lots
-  for each row when (old.frozen is distinct from new.frozen or old.expires_at is distinct from new.expires_at)
+create trigger lots_record_change after update of frozen, expires_at, reserved on billing.lots
+  for each row when (old.frozen is distinct from new.frozen or old.expires_at is distinct from new.expires_at
+                     or (old.frozen and new.frozen and old.reserved is distinct from new.reserved))
   execute function billing.record_lot_change();
 
 create trigger hold_resizes_immutable before update or delete on billing.hold_resizes
@@ -6704,7 +6855,7 @@ create table billing.purchases (
   constraint purchases_user_id_fkey foreign key (user_id) references auth.users(id) on delete restrict
 );
 comment on table billing.purchases is 'A credit package bought through a hosted Stripe Checkout Session. Stripe ids only: no card data.';
-comment on column billing.purchases.disputed_at is 'When its charge''s dispute opened: work placed before it is work under way (billing.dispute_work_in).';
+comment on column billing.purchases.disputed_at is 'When its charge''s dispute opened.';
 comment on column billing.purchases.tax_cents is 'Stripe Tax collected on top of the price (the session''s total_details.amount_tax): charged, owed to tax authorities, never revenue; the credits and their cost basis are the price''s.';
 comment on column billing.purchases.gift is 'Bought as a gift: paid, its credits go to its code''s escrow (billing.codes), not the buyer''s account.';
 comment on column billing.purchases.package_version is 'The package version sold (its price, credits and Stripe Price): price_cents, credits and bonus_credits are its, whatever the package says now.';
@@ -6736,6 +6887,9 @@ create index purchases_paid_late on billing.purchases (created_at, paid_at)
 create index purchases_sessionless on billing.purchases (created_at) where stripe_session_id is null;
 
 create index purchases_org on billing.purchases (org_id, created_at) where org_id is not null;
+
+-- A lost dispute's money posting finds its purchase by the dispute (billing.org_revenue).
+create index purchases_dispute on billing.purchases (dispute_id) where dispute_id is not null;
 
 create table billing.counters (
   name text primary key,
@@ -7108,19 +7262,8 @@ grant execute on function billing.get_checkout_velocity(p_user uuid) to service_
 create policy "Users can read their own purchases" on billing.purchases
   for select to authenticated using (user_id = (select auth.uid()));
 
--- ============================================================================
--- schemas/51-refunds-disputes.sql
--- ============================================================================
--- Refunds and disputes of a credit purchase: what billing.sync_purchase (at the end of this
--- file, above the payment in 50-purchases.sql and the refunds and dispute here) does once the
--- purchase is paid. A refund takes back credits in proportion to what was refunded; a
--- dispute holds what is left of the purchase wherever its credits are (the buyer's account, the
--- organisation's wallet, a gift's escrow or redeemer), releases it when won, and takes it back
--- when lost. Taking back follows the purchase's lots; what expired is forgiven, what was spent
--- is debt.
-
--- ============================================================ functions
-
+-- A purchase's lots, what of them expired unforgiven and its buyer: what a refund or a dispute of
+-- it (51-refunds-disputes.sql) reads.
 create or replace function billing.purchase_lots(p_purchase_id uuid, p_category text) returns bigint[]
 language sql stable
 set search_path = ''
@@ -7135,11 +7278,7 @@ create or replace function billing.purchase_expiry_unforgiven(p_purchase_id uuid
 language sql stable
 set search_path = ''
 as $$
-  -- Through the purchase's lots (wherever its credits were moved) to their expiry allocations
-  -- (lot_allocations_expiry): a refund reads a handful of rows, never the allocations table.
-  select coalesce((select sum(la.amount) from billing.lots l
-                   join billing.lot_allocations la on la.lot_id = l.id and la.kind = 'expiry'
-                   where l.purchase_id = p_purchase_id and (p_category is null or l.category = p_category)), 0)
+  select billing.lots_expired(billing.purchase_lots(p_purchase_id, p_category))
     - (select case p_category when 'paid' then p.credits_expiry_forgiven when 'promotional' then p.bonus_expiry_forgiven
               else p.credits_expiry_forgiven + p.bonus_expiry_forgiven end
        from billing.purchases p where p.id = p_purchase_id)
@@ -7147,7 +7286,6 @@ $$;
 comment on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) is 'Internal: how many of a purchase''s credits (of one category; both when null) expired and were not yet forgiven by a refund or a lost dispute.';
 revoke execute on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) from public;
 
--- Whose purchase it is: the buyer's own account, or the school's wallet.
 create or replace function billing.purchase_buyer(p_purchase_id uuid) returns bigint
 language sql stable
 set search_path = ''
@@ -7159,596 +7297,229 @@ $$;
 comment on function billing.purchase_buyer(p_purchase_id uuid) is 'Internal: the account that bought a purchase: the student''s own, or the school''s wallet.';
 revoke execute on function billing.purchase_buyer(p_purchase_id uuid) from public;
 
--- Refunds: Stripe reports the cumulative amount, so the reversal converges on
--- floor(credits × refunded / paid), for purchased and bonus credits alike. Paid is what the
--- charge took, tax included: a refund returns tax and price in proportion, so refunding the
--- whole charge takes back every credit, and half of it half of them.
-create or replace function billing.sync_purchase_refunds(p billing.purchases, p_state jsonb) returns billing.purchases
+-- ============================================================================
+-- schemas/51-refunds-disputes.sql
+-- ============================================================================
+-- Refunds and disputes (docs/credit-lots.md § Refunds, disputes and debt), for sync_purchase and plan
+-- invoices (57-plan-credits.sql): a refund takes the lots' free credits at once, wherever they moved,
+-- what a live hold reserved when it ends (lot_take_backs); the spent part is owed by the buyer, the
+-- expired forgiven. Disputes freeze the lots; won, they thaw; lost, a refund.
+
+create table billing.lot_take_backs (
+  hold_id uuid not null,
+  lot_id bigint not null references billing.lots (id),
+  take_key text not null,                         -- the refund's or dispute's key; each transfer's key starts with it
+  amount numeric(38, 18) not null,                -- of what the hold reserved of the lot
+  kind billing.transfer_kind not null,            -- refund_reversal or dispute_reversal
+  buyer_id bigint not null references billing.accounts (id),  -- who owes what the hold drew of it
+  purchase_id uuid references billing.purchases (id),
+  invoice_id text,                                -- a plan invoice's (billing.plan_grants), instead of a purchase
+  reference text, correlation_id text, metadata jsonb,  -- the reversals', as the refund's or dispute's own
+  constraint lot_take_backs_pkey primary key (hold_id, lot_id, take_key),
+  constraint lot_take_backs_valid check (amount > 0 and kind in ('refund_reversal', 'dispute_reversal')),
+  constraint lot_take_backs_source check ((purchase_id is null) <> (invoice_id is null))
+);
+comment on table billing.lot_take_backs is 'What a refund or lost dispute still takes back of a lot a live hold reserved: taken when that hold ends (billing.hold_ended): what the hold returned of the lot from the lot, what it drew owed by the buyer.';
+alter table billing.lot_take_backs enable row level security;
+revoke all on table billing.lot_take_backs from public, anon, authenticated;
+
+-- What the lots lack: what expired left as breakage already and is forgiven, once; the rest was spent,
+-- owed by the buyer (credits for any model, then debt), never by a redeemer or a member.
+create or replace function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text,
+  p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb)
+returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_refunded integer := coalesce((p_state ->> 'amount_refunded')::integer, 0);
-  v_target_c numeric(38, 18);
-  v_target_b numeric(38, 18);
+  v_forgive numeric(38, 18) := 0;
+  v_paid numeric(38, 18);
+  v_left numeric(38, 18);
+  v_take numeric(38, 18);
+  r record;
 begin
-  if v_refunded > p.amount_refunded_cents then
-    -- The whole charge back is every credit, a fractional bonus's fraction included (floor
-    -- would leave it with the buyer).
-    v_target_c := case when v_refunded >= p.price_cents + p.tax_cents then p.credits
-                       else floor(p.credits * v_refunded / (p.price_cents + p.tax_cents)) end;
-    v_target_b := case when v_refunded >= p.price_cents + p.tax_cents then p.bonus_credits
-                       else floor(p.bonus_credits * v_refunded / (p.price_cents + p.tax_cents)) end;
-    -- Each reversal takes back its own lot first; what that lot no longer has expired (forgiven:
-    -- it is breakage already) or was spent, and is owed like any debt (settled from whatever the
-    -- account holds, or carried as debt).
-    perform billing.take_back_purchase(p, v_target_c - p.credits_refund_reversed, 'paid', 'refund_reversal',
-      'refund:' || p.id || ':' || v_refunded, p_state ->> 'charge_id');
-    perform billing.take_back_purchase(p, v_target_b - p.bonus_refund_reversed, 'promotional', 'refund_reversal',
-      'refund-bonus:' || p.id || ':' || v_refunded, p_state ->> 'charge_id');
+  if p_amount > 0 and p_invoice_id is not null then
+    -- A plan's grant, read as rows (plans sit above this file): its lots and rollovers.
+    select least(p_amount, billing.lots_expired(billing.lot_lineage(g.lot_id)) - g.expiry_forgiven) into v_forgive
+    from billing.plan_grants g where g.invoice_id = p_invoice_id;
+    update billing.plan_grants g set expiry_forgiven = g.expiry_forgiven + v_forgive
+    where g.invoice_id = p_invoice_id and v_forgive > 0;
+  elsif p_amount > 0 then
+    v_forgive := least(p_amount, billing.purchase_expiry_unforgiven(p_purchase_id, p_category));
+    v_paid := case p_category when 'paid' then v_forgive when 'promotional' then 0
+                else least(v_forgive, billing.purchase_expiry_unforgiven(p_purchase_id, 'paid')) end;
     update billing.purchases x
-    set amount_refunded_cents = v_refunded, credits_refund_reversed = greatest(v_target_c, x.credits_refund_reversed),
-        bonus_refund_reversed = greatest(v_target_b, x.bonus_refund_reversed), updated_at = now()
-    where x.id = p.id returning * into p;
+    set credits_expiry_forgiven = x.credits_expiry_forgiven + v_paid,
+        bonus_expiry_forgiven = x.bonus_expiry_forgiven + (v_forgive - v_paid)
+    where x.id = p_purchase_id and v_forgive > 0;
   end if;
-  return p;
+  p_amount := p_amount - greatest(coalesce(v_forgive, 0), 0);
+  -- The buyer's credits for any model pay it, frozen ones first (no debt beside credits a won
+  -- dispute thaws); then what their own live holds reserved of such credits is claimed (taken
+  -- when each hold ends, billing.hold_ended: none beside credits a hold returns); the rest is debt.
+  v_left := p_amount - coalesce((select sum(l.remaining - l.reserved) from billing.lots l where l.account_id = p_buyer
+    and l.open and l.applies_to is null and l.remaining > l.reserved), 0);
+  for r in
+    select x.hold_id, x.lot_id, x.amount - coalesce((select sum(t.amount) from billing.lot_take_backs t
+                                                     where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0) as unclaimed
+    from billing.hold_lots x join billing.holds h on h.id = x.hold_id and h.status = 'active'
+    join billing.lots l on l.id = x.lot_id and l.applies_to is null
+    where h.account_id = p_buyer order by l.priority, l.expires_at nulls last, l.granted_at, l.id, h.created_at, h.id
+  loop
+    exit when v_left <= 0;
+    v_take := least(v_left, greatest(r.unclaimed, 0));
+    insert into billing.lot_take_backs (hold_id, lot_id, take_key, amount, kind, buyer_id, purchase_id, invoice_id,
+      reference, correlation_id, metadata)
+    select r.hold_id, r.lot_id, p_key, v_take, p_kind, p_buyer, p_purchase_id, p_invoice_id, p_reference,
+      p_correlation_id, p_metadata where v_take > 0;
+    v_left := v_left - v_take;
+    p_amount := p_amount - v_take;
+  end loop;
+  perform billing.reverse_credits(case when a.org_id is null then a.user_id end, p_amount, p_kind, p_key, p_reference,
+    p_correlation_id, p_metadata, array(select l.id from billing.lots l where l.account_id = p_buyer and l.open
+      and l.frozen and l.applies_to is null and l.remaining > l.reserved order by l.id), a.id)
+  from billing.accounts a where a.id = p_buyer and p_amount > 0;
 end;
 $$;
-comment on function billing.sync_purchase_refunds(p billing.purchases, p_state jsonb) is 'Internal: a paid purchase''s credits taken back in proportion to what Stripe reports refunded so far; returns the purchase as it now is.';
-revoke execute on function billing.sync_purchase_refunds(p billing.purchases, p_state jsonb) from public, anon, authenticated;
+comment on function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb) is 'Internal: what a purchase''s (or plan invoice''s) lots lack at a refund or lost dispute: the part that expired forgiven (recorded), the rest reversed from the buyer (credits for any model, then debt).';
+revoke execute on function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb) from public;
 
--- A job's or a gateway call's hold in an account the purchase's credits were moved to (a
--- redeemer's, a member's allowance), placed before the dispute froze them, may still capture from
--- those frozen lots (work under way): what it draws there becomes spent, the buyer's to owe. So
--- the buyer holds it, not that account: the least of the purchase's lots there and what its work
--- holds placed before the dispute opened exceed its other credits that surely pay for it (for any
--- model, not expiring, not frozen: credits for some models or that expire under the work are no
--- cover; a hold placed after is held beside the dispute and never reaches the frozen lots; work
--- that may draw several disputed purchases' lots here is counted once, older purchases first). (In
--- the buyer's own account such a hold already sits beside the dispute's, which holds the whole.)
-create or replace function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) returns numeric
-language sql stable
-set search_path = ''
-as $$
-  select least(
-    (select coalesce(sum(l.remaining), 0) from billing.lots l
-     where l.purchase_id = p_purchase_id and l.open and l.account_id = p_account_id),
-    greatest((select coalesce(sum(h.amount), 0) from billing.holds h
-              where h.account_id = p_account_id and h.status = 'active' and h.purpose in ('job', 'ai')
-                and h.created_at < (select p.disputed_at from billing.purchases p where p.id = p_purchase_id))
-             - (select coalesce(sum(f.remaining), 0) from billing.lots f
-                where f.account_id = p_account_id and f.open and not f.frozen and f.applies_to is null
-                  and f.expires_at is null and f.purchase_id is distinct from p_purchase_id)
-             -- One work, several disputed purchases here: the older ones' lots take it first.
-             - (select coalesce(sum(f.remaining), 0) from billing.lots f
-                join billing.purchases o on o.id = f.purchase_id
-                join billing.purchases p on p.id = p_purchase_id
-                where f.account_id = p_account_id and f.open and f.frozen and o.dispute_status = 'open'
-                  and (o.paid_at, o.id) < (p.paid_at, p.id)), 0))
-$$;
-comment on function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) is 'Internal: what work under way (job and gateway holds) in an account a disputed purchase''s credits were moved to may still draw of them, frozen: the buyer''s dispute hold holds it, that account''s the rest of the lots.';
-revoke execute on function billing.dispute_work_in(p_purchase_id uuid, p_account_id bigint) from public;
-
--- What work elsewhere may draw of a disputed purchase's frozen lots: billing.dispute_work_in summed
--- over every account but the buyer's holding its lots (only those below p_below when given: the
--- accounts before it, id order).
-create or replace function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint, p_below bigint default null)
-returns numeric
-language sql stable
-set search_path = ''
-as $$
-  select coalesce(sum(billing.dispute_work_in(p_purchase_id, a.account_id)), 0)
-  from (select distinct l.account_id from billing.lots l
-        where l.purchase_id = p_purchase_id and l.open and l.account_id <> p_buyer
-          and (p_below is null or l.account_id < p_below)) a
-$$;
-comment on function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint, p_below bigint) is 'Internal: what work under way in the accounts a disputed purchase''s credits were moved to (all but the buyer''s; below p_below when given) may still draw of them (billing.dispute_work_in, summed).';
-revoke execute on function billing.dispute_work_elsewhere(p_purchase_id uuid, p_buyer bigint, p_below bigint) from public;
-
--- What a loss would take from the buyer itself: what is left of the purchase beyond its lots in
--- other accounts and what expired of it (spent credits included: they are owed).
-create or replace function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigint) returns numeric
-language sql stable
-set search_path = ''
-as $$
-  select (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed)
-    - coalesce((select sum(l.remaining) from billing.lots l
-                where l.purchase_id = p.id and l.open and l.account_id <> p_buyer), 0)
-    - billing.purchase_expiry_unforgiven(p.id, null)
-  from billing.purchases p where p.id = p_purchase_id
-$$;
-comment on function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigint) is 'Internal: what a lost dispute would take from the buyer''s own account: what is left of the purchase beyond its lots elsewhere and what expired of it.';
-revoke execute on function billing.dispute_buyer_claim(p_purchase_id uuid, p_buyer bigint) from public;
-
--- What of the work in p_account_id (billing.dispute_work_in) the buyer's dispute hold does hold:
--- what its balance backs of it beyond its own claim, after every other dispute there has what it
--- holds or, for the buyer's other purchases, what a loss would take (however the holds were
--- placed, work elsewhere comes after the buyer's own claims), given to the accounts in id order. Only that much may that account's own dispute hold leave to
--- the work (a buyer whose balance cut its hold short, or later fell under it, holds less, and the
--- lots there stay held), and only that much may a loss leave there.
-create or replace function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint,
-  p_account_id bigint) returns numeric
-language plpgsql stable
-set search_path = ''
-as $$
-begin
-  -- PL/pgSQL: it reads plan grants as rows, defined above this file.
-  return greatest(least(billing.dispute_work_in(p_purchase_id, p_account_id),
-    least((select coalesce(sum(h.amount), 0) from billing.holds h
-           where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
-             and h.correlation_id = p_dispute_id),
-          -- Only credits that surely stay back it: not expiring, for any model (a loss's
-          -- reversal draws no others), and none while a plan invoice of the buyer is disputed
-          -- (its claim is not a purchase's: its hold may stand short of it).
-          case when exists (select 1 from billing.plan_grants g join billing.subscriptions x on x.id = g.subscription_id
-                            join billing.accounts a on a.user_id = x.user_id and a.org_id is null
-                            where a.id = p_buyer and g.dispute_status = 'open') then 0 else
-          greatest((select a.balance from billing.accounts a where a.id = p_buyer)
-                   - (select coalesce(sum(l.remaining), 0) from billing.lots l
-                      where l.account_id = p_buyer and l.open and (l.expires_at is not null or l.applies_to is not null))
-                   - coalesce((select sum(greatest(
-                       (select coalesce(sum(h.amount), 0) from billing.holds h
-                        where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
-                          and h.correlation_id = o.dispute_id),
-                       coalesce((select billing.dispute_buyer_claim(p.id, p_buyer) from billing.purchases p
-                                 where p.dispute_id = o.dispute_id and p.dispute_status = 'open'), 0)))
-                     from (select h.correlation_id as dispute_id from billing.holds h
-                           where h.account_id = p_buyer and h.status = 'active' and h.purpose = 'dispute'
-                           union
-                           select p.dispute_id from billing.purchases p
-                           where p.dispute_status = 'open' and billing.purchase_buyer(p.id) = p_buyer) o
-                     where o.dispute_id <> p_dispute_id), 0), 0) end)
-    - billing.dispute_buyer_claim(p_purchase_id, p_buyer)
-    - billing.dispute_work_elsewhere(p_purchase_id, p_buyer, p_account_id)), 0);
-end;
-$$;
-comment on function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint, p_account_id bigint) is 'Internal: what of the work under way in an account holding a disputed purchase''s lots the buyer''s dispute hold holds (beyond its own claim, accounts in id order).';
-revoke execute on function billing.dispute_work_held(p_purchase_id uuid, p_dispute_id text, p_buyer bigint, p_account_id bigint) from public;
-
--- Disputes: open → hold what is left of the purchase, in every account its credits are in;
--- won → release; lost → reverse it from wherever it is.
-create or replace function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb)
-returns billing.purchases
+-- The accounts the lots are in, locked in id order and settled (a hold past its TTL lapses, a
+-- due lot expires); then, the buyer's first, the lots' free credits at once (a reversal in the
+-- lot's own account, naming them), then what live holds reserved, pending.
+create or replace function billing.take_back_lots(p_lots bigint[], p_buyer bigint, p_amount numeric,
+  p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb,
+  p_purchase_id uuid, p_invoice_id text) returns numeric
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_dispute text := case
-    when p_state ->> 'dispute_status' in ('won', 'warning_closed', 'prevented') then 'won'
-    when p_state ->> 'dispute_status' = 'lost' then 'lost'
-    when p_state ->> 'dispute_id' is not null then 'open' end;
-  v_remaining numeric(38, 18);
-  v_buyer bigint;
-  v_reached bigint[];  -- every account the dispute reaches
-  v_account bigint;
-  v_keep numeric(38, 18);
+  r record;
+  v_take numeric(38, 18);
 begin
-  if v_dispute is not null and coalesce(p.dispute_status, 'open') = 'open' then
-    v_remaining := (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed);
-    if v_dispute = 'open' then
-      -- The disputed card is charged off-session no more: before the holds below lower what is
-      -- available (which would queue a recharge), auto-recharge goes off and the card is forgotten.
-      perform billing.stop_off_session_charges(p.user_id, p_state ->> 'dispute_id');
-    end if;
-    -- Every account the dispute reaches (the buyer, those holding the purchase's lots or its
-    -- holds), locked in id order before anything moves.
-    v_buyer := billing.purchase_buyer(p.id);
-    select array_agg(a.id order by a.id) into v_reached from billing.accounts a
-    where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open)
-       or a.id in (select h.account_id from billing.holds h
-                   where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id');
-    perform 1 from billing.accounts a where a.id = any(v_reached) order by a.id for update;
-    if v_dispute = 'open' then
-      -- Due lots expire before anything is frozen (frozen lots wait).
-      perform billing.settle_account(x) from unnest(v_reached) x;
-    else
-      -- What the buyer held for work under way elsewhere: that work is paid from the lots there,
-      -- which the loss leaves it (billing.take_back_purchase).
-      select coalesce(sum(billing.dispute_work_held(p.id, p_state ->> 'dispute_id', v_buyer, a.account_id)), 0) into v_keep
-      from (select distinct l.account_id from billing.lots l
-            where l.purchase_id = p.id and l.open and l.account_id <> v_buyer) a;
-      perform billing.release_hold(null, h.id) from billing.holds h
-      where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active'
-      order by h.account_id;
-    end if;
-    -- While disputed, the purchase's own lots are spent last (only a job's hold can reach them).
-    update billing.lots l set frozen = (v_dispute = 'open') where l.purchase_id = p.id and l.frozen <> (v_dispute = 'open');
-    if v_dispute = 'lost' then
-      perform billing.take_back_purchase(p, v_remaining, null, 'dispute_reversal', 'dispute:' || (p_state ->> 'dispute_id'),
-        p_state ->> 'charge_id', v_keep);
-    end if;
-    update billing.purchases x
-    set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute, updated_at = now(),
-        disputed_at = coalesce(x.disputed_at, now())
-    where x.id = p.id returning * into p;
-    -- Open: the dispute holds, wherever the purchase's credits are, what a loss would take back
-    -- (billing.refreeze_disputes: the lots there; the buyer, the rest). Closed: what it held may
-    -- have stood in for other disputes still open there.
-    -- The buyer first: what the others leave to work there is what it holds (dispute_work_held).
-    foreach v_account in array case when v_buyer is null then v_reached
-                                    else v_buyer || array_remove(v_reached, v_buyer) end loop
-      perform billing.refreeze_disputes(v_account, case when v_dispute = 'open' then p.dispute_id end);
-    end loop;
-    -- The buyer's balance and holds moved: what it holds for work elsewhere of its other disputes
-    -- (billing.dispute_work_held) is refit wherever they reach.
-    foreach v_account in array v_reached loop
-      perform billing.refit_disputes_drawn(null, v_account);
-    end loop;
-  end if;
-  return p;
+  for r in select distinct l.account_id from billing.lots l where l.id = any(p_lots) order by 1 loop
+    perform billing.settle_account(r.account_id);
+  end loop;
+  for r in
+    select l.account_id, coalesce(a.user_id, a.member_id) as owner, sum(l.remaining - l.reserved) as free,
+      array_agg(l.id order by l.id) as lots
+    from billing.lots l join billing.accounts a on a.id = l.account_id
+    where l.id = any(p_lots) and l.open and l.remaining > l.reserved
+    group by l.account_id, a.user_id, a.member_id order by l.account_id <> p_buyer, l.account_id
+  loop
+    exit when p_amount <= 0;
+    v_take := least(p_amount, r.free);
+    -- Another's account (a redeemer, a member) reads a refund of the credits it was given, never
+    -- the buyer's dispute or charge.
+    perform billing.reverse_credits(r.owner, v_take, case when r.account_id = p_buyer then p_kind else 'refund_reversal' end,
+      p_key || case when r.account_id = p_buyer then '' else ':' || r.account_id end,
+      case when r.account_id = p_buyer then p_reference end, p_correlation_id,
+      case when r.account_id = p_buyer then p_metadata end, r.lots, r.account_id);
+    p_amount := p_amount - v_take;
+  end loop;
+  -- What live holds reserved of the lots (and no earlier take-back claims), the hold's share.
+  for r in
+    select x.hold_id, x.lot_id, x.amount - coalesce((select sum(t.amount) from billing.lot_take_backs t
+                                                     where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0) as unclaimed
+    from billing.hold_lots x join billing.holds h on h.id = x.hold_id and h.status = 'active'
+    join billing.lots l on l.id = x.lot_id
+    where x.lot_id = any(p_lots) order by l.account_id <> p_buyer, l.account_id, l.id, h.created_at, h.id
+  loop
+    exit when p_amount <= 0;
+    v_take := least(p_amount, r.unclaimed);
+    insert into billing.lot_take_backs (hold_id, lot_id, take_key, amount, kind, buyer_id, purchase_id, invoice_id,
+      reference, correlation_id, metadata)
+    select r.hold_id, r.lot_id, p_key, v_take, p_kind, p_buyer, p_purchase_id, p_invoice_id, p_reference,
+      p_correlation_id, p_metadata where v_take > 0;
+    p_amount := p_amount - greatest(v_take, 0);
+  end loop;
+  return greatest(p_amount, 0);
 end;
 $$;
-comment on function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb) is 'Internal: a paid purchase''s dispute as Stripe reports it: open → what is left of it held wherever its credits are; won → released; lost → taken back. Returns the purchase as it now is.';
-revoke execute on function billing.sync_purchase_dispute(p billing.purchases, p_state jsonb) from public, anon, authenticated;
+comment on function billing.take_back_lots(p_lots bigint[], p_buyer bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_purchase_id uuid, p_invoice_id text) is 'Internal: takes back up to p_amount of the free credits of p_lots (the buyer''s first, then by account) and records what live holds reserved of them as pending (billing.lot_take_backs); returns what the lots lack.';
+revoke execute on function billing.take_back_lots(p_lots bigint[], p_buyer bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_purchase_id uuid, p_invoice_id text) from public;
 
-create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_keep numeric default 0) returns void
+-- Told by what ended a hold (12-holds, 11-ledger-due: captured, released, timed out, shrunk to
+-- nothing), under its account lock: the take-backs refunds left pending on it. Of what it reserved
+-- of a lot (hold_lots; else what was claimed), what it returned is taken back, what its capture
+-- drew is owed by the buyer (forgiven if expired); the buyer's lock is taken after.
+create or replace function billing.hold_ended(p_hold_id uuid) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  t billing.lot_take_backs;
+  l billing.lots;
+  v_returned numeric(38, 18);                     -- of the lot, what the hold returned and no claim took yet
+  v_give numeric(38, 18);
+begin
+  for t in select * from billing.lot_take_backs x where x.hold_id = p_hold_id order by x.lot_id, x.take_key loop
+    if l.id is distinct from t.lot_id then
+      select * into l from billing.lots x where x.id = t.lot_id;
+      v_returned := coalesce((select x.amount from billing.hold_lots x where x.hold_id = p_hold_id and x.lot_id = l.id),
+          (select sum(y.amount) from billing.lot_take_backs y where y.hold_id = p_hold_id and y.lot_id = l.id))
+        - coalesce((select sum(la.amount) from billing.lot_allocations la join billing.holds h
+                    on h.capture_transfer_id = la.transfer_id where h.id = p_hold_id and la.lot_id = l.id), 0);
+    end if;
+    v_give := greatest(least(t.amount, v_returned, l.remaining - l.reserved), 0);
+    v_returned := v_returned - v_give;
+    l.remaining := l.remaining - v_give;
+    perform billing.reverse_credits(coalesce(a.user_id, a.member_id), v_give,
+      case when a.id = t.buyer_id then t.kind else 'refund_reversal' end, t.take_key || ':held:' || p_hold_id || ':' || l.id,
+      case when a.id = t.buyer_id then t.reference end, t.correlation_id, case when a.id = t.buyer_id then t.metadata end,
+      array[l.id], a.id)
+    from billing.accounts a where a.id = l.account_id and v_give > 0;
+    perform billing.owe_lack(t.buyer_id, t.amount - v_give, t.purchase_id, t.invoice_id, l.category, t.kind,
+      t.take_key || ':held:' || p_hold_id || ':' || l.id || ':owed', t.reference, t.correlation_id, t.metadata);
+  end loop;
+  delete from billing.lot_take_backs x where x.hold_id = p_hold_id;
+end;
+$$;
+comment on function billing.hold_ended(p_hold_id uuid) is 'Internal: called when a hold ends, under its account lock: the take-backs pending on it (billing.lot_take_backs): what it returned of each lot taken back from the lot, what it drew owed by the buyer (forgiven if expired).';
+revoke execute on function billing.hold_ended(p_hold_id uuid) from public;
+
+create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text,
+  p_kind billing.transfer_kind, p_key text, p_reference text) returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
   v_buyer bigint := billing.purchase_buyer(p_purchase.id);
-  v_wallet bigint := case when p_purchase.org_id is not null then v_buyer end;
   v_lots bigint[] := billing.purchase_lots(p_purchase.id, p_category);
-  v_beyond numeric(38, 18);
-  v_take numeric(38, 18);
-  v_kept numeric(38, 18);
-  v_forgive numeric(38, 18);
-  v_paid numeric(38, 18);
-  v_accounts bigint[];                            -- every account involved, and its balance before
-  v_before numeric[];
-  r record;
 begin
   if p_amount <= 0 then
     return;
   end if;
-  -- Every account involved, in id order (as everywhere), before anything moves. A move of the
-  -- purchase's credits that committed while we waited (a gift redeemed, an allowance funded)
-  -- made lots we had not seen: lock their accounts too, until the list stands still.
+  -- Every account involved, in id order, until the list stands still (a move committed meanwhile).
   loop
-    select array_agg(x.id), array_agg(x.balance) into v_accounts, v_before
-    from (select a.id, a.balance from billing.accounts a
-          where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
-          order by a.id for update) x;
+    perform 1 from billing.accounts a
+    where a.id = v_buyer or a.id in (select l.account_id from billing.lots l where l.id = any(v_lots) and l.open)
+    order by a.id for update;
     exit when v_lots = billing.purchase_lots(p_purchase.id, p_category);
     v_lots := billing.purchase_lots(p_purchase.id, p_category);
   end loop;
-  -- The buyer's own lots of the purchase come first; what is beyond them comes from the lots its
-  -- credits were moved into, but for p_keep (a lost dispute: what the buyer held for work under
-  -- way there, billing.dispute_work_in), left there for that work to draw; the rest from the
-  -- buyer: other credits for any model (the writer's reversal draws no credits someone gave for
-  -- some models only), then debt.
-  v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l
-                                   where l.id = any(v_lots) and l.account_id = v_buyer), 0);
-  for r in
-    select l.account_id, coalesce(a.user_id, a.member_id) as owner, sum(l.remaining) as remaining
-    from billing.lots l join billing.accounts a on a.id = l.account_id
-    where l.id = any(v_lots) and l.open and l.account_id <> v_buyer
-    group by l.account_id, a.user_id, a.member_id order by l.account_id
-  loop
-    exit when v_beyond <= 0;
-    v_kept := least(p_keep, v_beyond, r.remaining, billing.dispute_work_in(p_purchase.id, r.account_id));
-    p_keep := p_keep - v_kept;
-    v_take := least(v_beyond, r.remaining) - v_kept;
-    perform billing.reverse_credits(r.owner, v_take, p_kind, p_key || ':' || r.account_id, p_reference, null,
-      billing.purchase_metadata(p_purchase), v_lots, r.account_id) where v_take > 0;
-    -- What is kept there is the buyer's to pay, as spent (never forgiven as expired).
-    v_beyond := v_beyond - v_take - v_kept;
-    p_amount := p_amount - v_take;
-  end loop;
-  -- What the purchase's lots lack (v_beyond) left them by expiry or by spending. Expired credits
-  -- already left the account as breakage: they are forgiven, not taken a second time from other
-  -- credits or as debt; only what was spent is owed. Expired before spent, so a refund ends the
-  -- same whether the expiry ran before it or after (a due lot not yet swept is taken back).
-  if v_beyond > 0 then
-    v_forgive := least(v_beyond, billing.purchase_expiry_unforgiven(p_purchase.id, p_category));
-    if v_forgive > 0 then
-      v_paid := case p_category when 'paid' then v_forgive when 'promotional' then 0
-                  else least(v_forgive, billing.purchase_expiry_unforgiven(p_purchase.id, 'paid')) end;
-      update billing.purchases x
-      set credits_expiry_forgiven = x.credits_expiry_forgiven + v_paid,
-          bonus_expiry_forgiven = x.bonus_expiry_forgiven + (v_forgive - v_paid)
-      where x.id = p_purchase.id;
-      p_amount := p_amount - v_forgive;
-    end if;
-  end if;
-  if p_amount > 0 then
-    perform billing.reverse_credits(case when v_wallet is null then p_purchase.user_id end, p_amount, p_kind, p_key,
-      p_reference, null, billing.purchase_metadata(p_purchase), v_lots, v_wallet);
-  end if;
-  -- Credits taken back from under a hold: the hold gives way, as it does to expiry, so it never
-  -- reserves more than the account has (a job's capture would fail and run again unbilled), by
-  -- at most what this took from the account: a job's or a call's hold that an open dispute left
-  -- above the balance keeps the rest (a refund of 10 gives away 10 of it, never all of it).
-  perform billing.fit_holds(a.id, jsonb_build_object('given_to', p_kind), greatest(b.before - a.balance, 0))
-  from billing.accounts a join unnest(v_accounts, v_before) b(id, before) on b.id = a.id
-  order by a.id;
+  perform billing.owe_lack(v_buyer, billing.take_back_lots(v_lots, v_buyer, p_amount, p_kind, p_key, p_reference, null,
+      billing.purchase_metadata(p_purchase), p_purchase.id, null),
+    p_purchase.id, null, p_category, p_kind, p_key || ':owed', p_reference, null, billing.purchase_metadata(p_purchase));
 end;
 $$;
-comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_keep numeric) is 'Internal: reverses p_amount of a purchase''s credits: its lots in the buyer''s account, then in every account they were moved to (but for p_keep, left to work under way there and owed by the buyer); of the rest, what expired is forgiven (recorded on the purchase), what was spent comes from the buyer''s other credits for any model (never credits for some models only) or is debt.';
-revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_keep numeric) from public;
+comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: the free credits of its lots wherever they are at once, what live holds reserved of them when each hold ends; of what they lack, what expired is forgiven (recorded on the purchase), what was spent is owed by the buyer (credits for any model, then debt).';
+revoke execute on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) from public;
 
-create or replace function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text default null,
-  p_exact boolean default false)
-returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_account billing.accounts;
-  d record;
-  v_room numeric(38, 18);
-  v_grow numeric(38, 18);
-  v_short numeric(38, 18);
-  v_hold uuid;
-begin
-  -- The caller holds the account lock (after another dispute closed here, or as a plan's dispute
-  -- opens: p_dispute_id, that one only). A buyer's dispute hold covers what is left of its
-  -- purchase, spent credits included, so it may have held the lots of a purchase disputed after
-  -- it, which then held less than its own. Every dispute still open here gets what it would hold
-  -- if it opened now: as the buyer, what is left of the purchase beyond its lots elsewhere and
-  -- what expired of it, and what work elsewhere may draw of those (billing.dispute_work_in);
-  -- elsewhere, its lots here less that. A plan invoice's dispute (its subscriber's own
-  -- account; plans sit above this file, so its grant is read here as rows) holds in two parts:
-  -- what is left in the grant's lots (covered by their lists), then what the grant spent (only
-  -- credits for anything may pay it: billing.take_back_plan_credits). Older payments first, as
-  -- far as the balance not already frozen goes. p_exact (after a transfer drew from or gave back
-  -- to frozen lots: billing.refit_disputes_drawn) also shrinks a part's own hold to what it would
-  -- hold now, first: credits a plan's grant got back are no longer spent, a hold the balance cut
-  -- short holds its purchase, not more, and a lot elsewhere holds what is left in it.
-  select * into v_account from billing.accounts a where a.id = p_account_id;
-  for d in
-    select * from (
-    select x.dispute_id, x.key, x.covers, x.since, x.tie, x.spent,
-      x.target - coalesce((select sum(h.amount) from billing.holds h
-                           where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute'
-                             and h.correlation_id = x.dispute_id
-                             and (x.spent is null or (right(h.idempotency_key, 6) = ':spent') = x.spent)), 0) as missing
-    from (
-      select p.dispute_id, null::boolean as spent,
-        'dispute:' || p.dispute_id || case when b.buyer then '' else ':' || p_account_id end as key,
-        billing.purchase_lots(p.id, null) as covers, p.paid_at as since, p.id::text as tie,
-        case when b.buyer
-          then billing.dispute_buyer_claim(p.id, p_account_id)
-               + billing.dispute_work_elsewhere(p.id, p_account_id)
-          else coalesce((select sum(l.remaining) from billing.lots l
-                         where l.purchase_id = p.id and l.open and l.account_id = p_account_id), 0)
-               - billing.dispute_work_held(p.id, p.dispute_id, billing.purchase_buyer(p.id), p_account_id)
-        end as target
-      from billing.purchases p
-      cross join lateral (select coalesce((p.org_id is null and p.user_id = v_account.user_id)
-                                          or (p.org_id = v_account.org_id and v_account.member_id is null), false) as buyer) b
-      where p.dispute_status = 'open' and (p_dispute_id is null or p.dispute_id = p_dispute_id)
-        and (p.id in (select l.purchase_id from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
-             or (p.org_id is null and p.user_id = v_account.user_id)
-             or (p.org_id = v_account.org_id and v_account.member_id is null))
-      union all
-      select g.dispute_id, k.spent, 'dispute:' || g.dispute_id || case when k.spent then ':spent' else '' end,
-        case when not k.spent then ll.lots end, g.granted_at, g.invoice_id,
-        case when k.spent then g.credits - g.credits_reversed - (billing.lots_expired(ll.lots) - g.expiry_forgiven) - ll.left
-             else ll.left end
-      from billing.plan_grants g
-      join billing.subscriptions s on s.id = g.subscription_id
-      cross join lateral (select y.lots, coalesce((select sum(l.remaining) from billing.lots l
-                                                   where l.id = any(y.lots) and l.open), 0) as left
-                          from (select billing.lot_lineage(g.lot_id) as lots) y) ll
-      cross join (values (false), (true)) k(spent)
-      where g.dispute_status = 'open' and (p_dispute_id is null or g.dispute_id = p_dispute_id)
-        and s.user_id = v_account.user_id and v_account.org_id is null
-    ) x) y
-    -- What shrinks first, so that what it frees may be held by what grows.
-    order by p_exact and y.missing < 0 desc, y.since, y.tie, y.spent nulls first
-  loop
-    if p_exact and d.missing < 0 then
-      select h.id into v_hold from billing.holds h where h.idempotency_key = d.key and h.status = 'active';
-      if found then
-        perform billing.post_transfers('{}', array[('resize', v_hold, greatest(d.missing, -(select h.amount
-          from billing.holds h where h.id = v_hold)), null, null, null, null, null, null, null, null, null, null)::billing.hold_step]);
-      end if;
-    end if;
-    continue when d.missing <= 0;
-    select * into v_account from billing.accounts a where a.id = p_account_id;
-    select greatest(v_account.balance - coalesce(sum(h.amount), 0), 0) into v_room from billing.holds h
-    where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute';
-    v_grow := least(d.missing, v_room);
-    continue when v_grow <= 0;
-    -- A student's own holds give way, as when a dispute opens; a job's is work under way.
-    v_short := v_grow - greatest(v_account.balance - v_account.held, 0);
-    if v_short > 0 then
-      perform billing.shrink_holds(p_account_id, v_short, array['user'], jsonb_build_object('given_to_dispute', d.dispute_id));
-    end if;
-    select h.id into v_hold from billing.holds h where h.idempotency_key = d.key and h.status = 'active';
-    if found then
-      perform billing.post_transfers('{}', array[('resize', v_hold, v_grow, null, null, null, null, null, null, null, null,
-        null, null)::billing.hold_step]);
-    else
-      v_hold := (billing.place_hold(p_account_id, v_grow, d.key, 'infinity', 'dispute', d.dispute_id)).id;
-      perform billing.cover_dispute_hold(v_hold, d.covers) where d.covers is not null;
-    end if;
-  end loop;
-end;
-$$;
-comment on function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text, p_exact boolean) is 'Internal: tops up the holds of the disputes open in an account (or only p_dispute_id''s) to what each would hold if it opened now (p_exact: shrinks a part''s own hold to it too): a purchase''s, or a plan invoice''s in two parts (its lots, then what it spent); older payments first; the student''s own holds give way.';
-revoke execute on function billing.refreeze_disputes(p_account_id bigint, p_dispute_id text, p_exact boolean) from public;
-
--- A transfer that drew from lots a dispute froze (a capture of work under way) or gave back to
--- them (a void) moves what the dispute claims between the accounts it reaches: drawn in a
--- redeemer's or member's account, what is spent there is the buyer's to hold; given back, the
--- lot there holds it again. Work that ends in such an account (p_account_id: a job's or a call's
--- hold captured or released) no longer needs the buyer to hold what it might have drawn
--- (billing.dispute_work_in). Every such dispute's holds, in every account it reaches (its
--- buyer's, those holding its lots or its holds), become what they would be if it opened now
--- (billing.refreeze_disputes, exact). Locks: those accounts in id order; the caller holds the
--- transfer's (taking a lower one after it can deadlock, which Postgres breaks by failing one
--- side: a retry's business, nothing half done).
-create or replace function billing.refit_disputes_drawn(p_transfer_id bigint, p_account_id bigint default null)
-returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  d record;
-  v_accounts bigint[];
-  v_account bigint;
-  v_buyer bigint;
-  v_reached bigint[] := '{}'::bigint[];  -- every account a refit reached
-begin
-  -- Nearly every transfer drew no frozen lot, nearly every account holds none: a lookup on each key.
-  if not exists (select 1 from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
-                 where la.transfer_id = p_transfer_id and l.frozen)
-     and not exists (select 1 from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
-     and not exists (select 1 from billing.holds h where h.account_id = p_account_id and h.status = 'active'
-                     and h.purpose = 'dispute') then
-    return;
-  end if;
-  for d in
-    select x.dispute_id, x.purchase_id, x.account_id from (
-      select p.dispute_id, p.id as purchase_id, null::bigint as account_id, p.paid_at as since, p.id::text as tie
-      from billing.purchases p
-      where p.dispute_status = 'open' and p.id in (
-        select l.purchase_id from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
-        where la.transfer_id = p_transfer_id and l.frozen
-        union all
-        select l.purchase_id from billing.lots l where l.account_id = p_account_id and l.open and l.frozen
-        union all
-        select x.id from billing.purchases x where x.dispute_id in (
-          select h.correlation_id from billing.holds h
-          where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute'))
-      union
-      -- A plan's grant is read here as rows (plans sit above this file); its lots stay in its account.
-      select g.dispute_id, null, l.account_id, g.granted_at, g.invoice_id
-      from billing.lot_allocations la
-      join billing.lots l on l.id = la.lot_id
-      join billing.plan_lots pl on pl.lot_id = l.id
-      join billing.plan_grants g on g.subscription_id = pl.subscription_id and g.dispute_status = 'open'
-                                and l.id = any(billing.lot_lineage(g.lot_id))
-      where la.transfer_id = p_transfer_id and l.frozen) x
-    order by x.since, x.tie
-  loop
-    select array_agg(distinct r.id order by r.id) into v_accounts from (
-      select d.account_id as id where d.account_id is not null
-      union all
-      select l.account_id from billing.lots l where l.purchase_id = d.purchase_id and l.open
-      union all
-      select h.account_id from billing.holds h
-      where h.purpose = 'dispute' and h.status = 'active' and h.correlation_id = d.dispute_id
-      union all
-      select billing.purchase_buyer(d.purchase_id) where d.purchase_id is not null) r;
-    perform 1 from billing.accounts a where a.id = any(v_accounts) order by a.id for update;
-    -- The buyer first: what the others leave to work there is what it holds (dispute_work_held).
-    v_buyer := billing.purchase_buyer(d.purchase_id);
-    foreach v_account in array case when v_buyer is null then v_accounts
-                                    else v_buyer || array_remove(v_accounts, v_buyer) end loop
-      perform billing.refreeze_disputes(v_account, d.dispute_id, true);
-    end loop;
-    v_reached := v_reached || v_accounts;
-  end loop;
-  -- What a refit freed (a hold shrunk to what it now claims) may be held by the other disputes
-  -- open there that the balance cut short, as when a dispute closes.
-  foreach v_account in array coalesce(array(select distinct x from unnest(v_reached) x order by x), '{}') loop
-    perform billing.refreeze_disputes(v_account);
-  end loop;
-end;
-$$;
-comment on function billing.refit_disputes_drawn(p_transfer_id bigint, p_account_id bigint) is 'Internal: after a transfer drew from (or gave back to) lots an open dispute froze, or work under way in an account holding such lots ended (p_account_id), that dispute holds, in every account it reaches, what it would if it opened now (the student''s own holds give way).';
-revoke execute on function billing.refit_disputes_drawn(p_transfer_id bigint, p_account_id bigint) from public;
-
--- Work that ends in an account (a job's hold released or captured) refits the disputes whose
--- frozen lots or holds are there (billing.refit_disputes_drawn), which locks every account they
--- reach: the buyer's may come before this one in id order. Taken first, in id order, with this
--- account, two students' accounts ending work at once cannot deadlock (a dispute opening at the
--- same moment still may: a statement's retry). Nearly every account holds no frozen lot and no
--- dispute hold: two index lookups, then its own lock.
-create or replace function billing.lock_dispute_reach(p_account_id bigint) returns void
-language plpgsql
-set search_path = ''
-as $$
-begin
-  if not exists (select 1 from billing.lots l where l.account_id = p_account_id and l.open and l.frozen)
-     and not exists (select 1 from billing.holds h
-                     where h.account_id = p_account_id and h.status = 'active' and h.purpose = 'dispute') then
-    perform 1 from billing.accounts a where a.id = p_account_id for update;
-    return;
-  end if;
-  perform 1 from billing.accounts a
-  where a.id = any(array(
-    with d as (select p.id, p.dispute_id from billing.purchases p
-               where p.dispute_status = 'open'
-                 and (p.id in (select l.purchase_id from billing.lots l
-                               where l.account_id = p_account_id and l.open and l.frozen)
-                      or p.dispute_id in (select h.correlation_id from billing.holds h
-                                          where h.account_id = p_account_id and h.status = 'active'
-                                            and h.purpose = 'dispute')))
-    select p_account_id
-    union all
-    select billing.purchase_buyer(d.id) from d
-    union all
-    select l.account_id from billing.lots l join d on l.purchase_id = d.id where l.open
-    union all
-    select h.account_id from billing.holds h join d on h.correlation_id = d.dispute_id
-    where h.purpose = 'dispute' and h.status = 'active'))
-  order by a.id for update;
-end;
-$$;
-comment on function billing.lock_dispute_reach(p_account_id bigint) is 'Internal: locks an account and, before it in id order, every account the open disputes with frozen lots or holds there reach (what billing.refit_disputes_drawn will lock).';
-revoke execute on function billing.lock_dispute_reach(p_account_id bigint) from public;
-
--- pg_cron, every minute: work under way past its TTL where a dispute holds credits
--- (billing.work_waits_for_dispute) ends here, and the disputes there are refit at once: what the
--- dispute's hold stood lowered for is held again before anything else may spend it. One account
--- at a time: one that meets a lock conflict waits for the next run; one that fails never stops
--- the others (their work would wait with it), is tried again each run, and is said.
-create or replace function billing.release_disputed_work_holds(p_limit integer default 500) returns integer
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_account_id bigint;
-  v_total integer := 0;
-begin
-  for v_account_id in
-    select distinct h.account_id from billing.holds h
-    where h.status = 'active' and h.expires_at <= now() and h.purpose in ('job', 'ai')
-      and billing.work_waits_for_dispute(h.account_id)
-    order by h.account_id limit p_limit
-  loop
-    begin
-      v_total := v_total + billing.expire_overdue_holds(v_account_id, true);
-      perform billing.refit_disputes_drawn(null, v_account_id);
-    exception
-      when deadlock_detected or lock_not_available then
-        null;
-      when others then
-        perform billing.set_alert('disputed_work_sweep_failed', true,
-          'Work past its TTL in an account a dispute reaches could not be ended',
-          jsonb_build_object('account_id', v_account_id, 'error', sqlerrm));
-    end;
-  end loop;
-  return v_total;
-end;
-$$;
-comment on function billing.release_disputed_work_holds(p_limit integer) is 'pg_cron: ends job and gateway holds past their TTL in accounts where a dispute holds credits, refitting those disputes; returns how many holds ended.';
-revoke execute on function billing.release_disputed_work_holds(p_limit integer) from public;
-grant execute on function billing.release_disputed_work_holds(p_limit integer) to service_role;
-
-create or replace function billing.stop_off_session_charges(p_user uuid, p_dispute_id text)
-returns void
+create or replace function billing.stop_off_session_charges(p_user uuid, p_dispute_id text) returns void
 language plpgsql
 set search_path = ''
 as $$
 begin
   perform billing.turn_off_auto_recharge(p_user, 'dispute', jsonb_build_object('dispute_id', p_dispute_id));
-  -- Forgotten, so auto-recharge cannot be turned on again (NO_SAVED_CARD) until the student pays
-  -- on-session and saves a card again; a queued recharge fails when claimed (claim_recharges).
-  delete from billing.saved_cards c where c.user_id = p_user;
+  delete from billing.saved_cards c where c.user_id = p_user;  -- auto-recharge off until a card is saved again
 end;
 $$;
 comment on function billing.stop_off_session_charges(p_user uuid, p_dispute_id text) is 'Internal: a dispute on one of p_user''s payments: auto-recharge off (reason dispute) and the saved card forgotten.';
 revoke execute on function billing.stop_off_session_charges(p_user uuid, p_dispute_id text) from public;
 
--- fulfillCheckout, for every path that learns a purchase's state (webhooks, the success-page
--- poll, the recharge worker, an organisation's paid invoice): finds the purchase, then brings
--- its payment, refunds and dispute in line with the state re-fetched from Stripe, in that order.
+-- fulfillCheckout, for every path that learns a purchase's state (webhooks, the success-page poll, the
+-- recharge worker, an organisation's invoice): payment, refunds, dispute, as Stripe has them now.
 create or replace function billing.sync_purchase(p_state jsonb) returns text
 language plpgsql
 security definer
@@ -7756,11 +7527,16 @@ set search_path = ''
 as $$
 declare
   p billing.purchases;
-  v_user uuid;        -- whose account the credits are in: the buyer's,
-  v_wallet bigint;    -- or, for an organisation's purchase, its wallet
+  v_refunded integer := coalesce((p_state ->> 'amount_refunded')::integer, 0);
+  v_paid integer;
+  v_target_c numeric(38, 18);
+  v_target_b numeric(38, 18);
+  v_dispute text := case
+    when p_state ->> 'dispute_status' in ('won', 'warning_closed', 'prevented') then 'won'
+    when p_state ->> 'dispute_status' = 'lost' then 'lost'
+    when p_state ->> 'dispute_id' is not null then 'open' end;
 begin
-  -- A Checkout purchase by its session; an off-session recharge or a paid organisation invoice
-  -- (no session) by its purchase id.
+  -- By its Checkout session; an off-session recharge or an organisation's invoice by its id.
   if p_state ->> 'session_id' is not null then
     select * into p from billing.purchases x where x.stripe_session_id = p_state ->> 'session_id' for update;
   else
@@ -7770,13 +7546,8 @@ begin
   if not found then
     return 'unknown_purchase';
   end if;
-  if p.org_id is not null then
-    v_wallet := billing.org_wallet_id(p.org_id);
-  else
-    v_user := p.user_id;
-  end if;
-
-  p := billing.sync_purchase_payment(p, p_state, v_user, v_wallet);
+  p := billing.sync_purchase_payment(p, p_state, case when p.org_id is null then p.user_id end,  -- the buyer's,
+    case when p.org_id is not null then billing.org_wallet_id(p.org_id) end);                     -- or the wallet
   update billing.purchases x
   set stripe_payment_intent_id = coalesce(x.stripe_payment_intent_id, p_state ->> 'payment_intent'),
       stripe_charge_id = coalesce(x.stripe_charge_id, p_state ->> 'charge_id'),
@@ -7785,12 +7556,48 @@ begin
   if p.status <> 'paid' then
     return p.status;
   end if;
-  p := billing.sync_purchase_refunds(p, p_state);
-  p := billing.sync_purchase_dispute(p, p_state);
+
+  -- Refunds: Stripe reports the cumulative amount: the reversal converges on floor(credits × refunded /
+  -- paid), paid being what the charge took, tax included; each category apart (its own expiry).
+  v_paid := p.price_cents + p.tax_cents;
+  if v_refunded > p.amount_refunded_cents then
+    -- (After a lost dispute, which took back the rest, nothing more.)
+    v_target_c := case when p.dispute_status = 'lost' then p.credits_refund_reversed when v_refunded >= v_paid then p.credits
+      else floor(p.credits * v_refunded / v_paid) end;
+    v_target_b := case when p.dispute_status = 'lost' then p.bonus_refund_reversed when v_refunded >= v_paid
+      then p.bonus_credits else floor(p.bonus_credits * v_refunded / v_paid) end;
+    perform billing.take_back_purchase(p, v_target_c - p.credits_refund_reversed, 'paid', 'refund_reversal',
+      'refund:' || p.id || ':' || v_refunded, p_state ->> 'charge_id');
+    perform billing.take_back_purchase(p, v_target_b - p.bonus_refund_reversed, 'promotional', 'refund_reversal',
+      'refund-bonus:' || p.id || ':' || v_refunded, p_state ->> 'charge_id');
+    update billing.purchases x
+    set amount_refunded_cents = v_refunded, credits_refund_reversed = greatest(v_target_c, x.credits_refund_reversed),
+        bonus_refund_reversed = greatest(v_target_b, x.bonus_refund_reversed), updated_at = now()
+    where x.id = p.id returning * into p;
+  end if;
+
+  -- Disputes: open → the lots freeze wherever they are (due lots expire first); won → thaw; lost → the
+  -- rest taken back as a refund (a later refund takes nothing again, above).
+  if v_dispute is not null and coalesce(p.dispute_status, 'open') = 'open' then
+    if v_dispute = 'open' then
+      -- The buyer's own card stops; a school's purchase stops no one's (its admin's card is theirs).
+      perform billing.stop_off_session_charges(p.user_id, p_state ->> 'dispute_id') where p.org_id is null;
+      perform billing.settle_account(a.id) from (select a.id from billing.accounts a where a.id in
+        (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open) order by a.id for update) a;
+    elsif v_dispute = 'lost' then
+      perform billing.take_back_purchase(p, (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed),
+        null, 'dispute_reversal', 'dispute:' || (p_state ->> 'dispute_id'), p_state ->> 'charge_id');
+    end if;
+    perform billing.set_lots_frozen(p.id, v_dispute = 'open');
+    update billing.purchases x
+    set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute, updated_at = now(),
+        disputed_at = coalesce(x.disputed_at, now())
+    where x.id = p.id returning * into p;
+  end if;
   return p.status;
 end;
 $$;
-comment on function billing.sync_purchase(p_state jsonb) is 'fulfillCheckout: converges a purchase on Stripe''s current state (credits in the buyer''s account, or the organisation''s wallet). Safe to run any number of times, concurrently, in any order.';
+comment on function billing.sync_purchase(p_state jsonb) is 'fulfillCheckout: converges a purchase on Stripe''s current state: paid → credits in the buyer''s account (or the organisation''s wallet); refunds → taken back in proportion; dispute open → its lots frozen wherever they are, won → thawed, lost → taken back as a refund. Safe to run any number of times, concurrently, in any order.';
 revoke execute on function billing.sync_purchase(p_state jsonb) from public;
 grant execute on function billing.sync_purchase(p_state jsonb) to service_role;
 
@@ -8112,8 +7919,8 @@ comment on function billing.void_json(p_void billing.charge_voids, p_replayed bo
 revoke execute on function billing.void_json(p_void billing.charge_voids, p_replayed boolean) from public;
 
 -- A lot that expired since its charge: the void's share of it expires again at once (breakage),
--- keyed by the void so it never meets the lot's first expiry's key. A disputed (frozen) lot waits
--- for its dispute. Then the account's next expiry is the earliest of its open lots'.
+-- keyed by the void so it never meets the lot's first expiry's key (a frozen lot too: it expires
+-- when due like any other). Then the account's next expiry is the earliest of its open lots'.
 create or replace function billing.expire_voided_lots(p_account billing.accounts, p_void_id bigint) returns void
 language plpgsql
 set search_path = ''
@@ -8124,7 +7931,7 @@ begin
   for v_lot in
     select l.id, l.remaining, l.category from billing.lots l
     join billing.lot_allocations la on la.lot_id = l.id and la.transfer_id = p_void_id
-    where l.open and not l.frozen and l.expires_at <= now()
+    where l.open and l.expires_at <= now()
     order by l.id
   loop
     perform billing.post_user_transfer(coalesce(p_account.user_id, p_account.member_id), -1, 'reverse', v_lot.remaining,
@@ -8167,7 +7974,7 @@ begin
   if found then
     return billing.void_json(v_row, true);
   end if;
-  -- Settled first, as every path that moves credits: what is due expires in full (holds give way)
+  -- Settled first, as every path that moves credits: what is due expires in full (holds shrink by their part)
   -- before anything comes back, so below only the returned share of an expired lot expires again.
   v_account := billing.settled(v_account);
   select coalesce(sum(la.amount), 0) into v_drawn from billing.lot_allocations la where la.transfer_id = p_charge_id;
@@ -8199,9 +8006,8 @@ begin
   select * into v_void from billing.transfers t where t.id = (v_posted[1]).transfer_id;
   select * into v_account from billing.accounts a where a.id = v_account.id;
 
+  -- Credits given back to a lot a dispute froze are frozen with it (the flag is the lot's).
   perform billing.expire_voided_lots(v_account, v_void.id);
-  -- Credits given back to lots a dispute froze stay frozen (billing.refit_disputes_drawn).
-  perform billing.refit_disputes_drawn(v_void.id);
   select * into v_account from billing.accounts a where a.id = v_account.id;
 
   if v_account.caps > 0 then
@@ -9117,6 +8923,7 @@ set plan_cache_mode to 'force_generic_plan'
 as $$
 declare
   v_posted billing.posted_transfer[];
+  v_parts jsonb;
 begin
   -- Generic plans (plan_cache_mode, here and in the renewal's other functions): these statements
   -- cost more to plan than to run, and custom plans are made for a connection's first five calls.
@@ -9126,6 +8933,11 @@ begin
   if not exists (select 1 from billing.lots l where l.id = p_lot_id and l.remaining >= p_roll + p_expire) then
     perform billing.raise_error('INTERNAL_ERROR', jsonb_build_object('plan_lot', p_lot_id::text));
   end if;
+  -- What live holds reserved of the lot: the writer carries what rolls over into the new lot and
+  -- shrinks them by the rest (billing.shed_reservations); then billing.holds_gave_way.
+  v_parts := (select coalesce(jsonb_agg(jsonb_build_object('hold_id', hl.hold_id, 'amount', hl.amount)), '[]')
+              from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id and h.status = 'active'
+              where hl.lot_id = p_lot_id);
   v_posted := billing.post_transfers(array(
     select (m.kind, m.from_id, m.to_id, m.amount, m.key, m.correlation, null, m.metadata, null, null, null, m.lots)::billing.transfer_spec
     from (values
@@ -9148,13 +8960,20 @@ begin
     insert into billing.plan_lots (lot_id, subscription_id, period_end)
     select l.id, p_sub_id, p_new_end from billing.lots l where l.grant_transfer_id = (v_posted[2]).transfer_id;
   end if;
+  if v_parts <> '[]' then
+    perform billing.holds_gave_way((
+      select jsonb_agg(jsonb_build_object('hold_id', x.hold_id, 'given', x.amount - coalesce((
+        select sum(hl.amount) from billing.hold_lots hl join billing.lots nl on nl.id = hl.lot_id and nl.moved_from = p_lot_id
+        where hl.hold_id = x.hold_id), 0)))
+      from jsonb_to_recordset(v_parts) x(hold_id uuid, amount numeric)));
+  end if;
 end;
 $$;
 comment on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric, p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) is 'Internal: at a renewal, moves p_roll of a plan lot into a new lot of the next period (plan_rollover out and in; moved_from keeps its provenance) and expires p_expire of it now, under the caller''s account lock.';
 revoke execute on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric, p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) from public;
 
 create or replace function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz,
-  p_expired boolean, p_balance_before numeric) returns void
+  p_expired boolean) returns void
 language plpgsql
 set search_path = ''
 set plan_cache_mode to 'force_generic_plan'
@@ -9165,14 +8984,14 @@ declare
   l record;
 begin
   -- What the rollover pass left of a plan's lots of the ending period (and of any older one
-  -- still open) ends now: a disputed (frozen) lot only gets its expiry, and waits for its dispute.
+  -- still open) ends now, a frozen (disputed) lot too: it expires when due like any lot, and a
+  -- lost dispute forgives what expired.
   for l in
     update billing.lots x set expires_at = least(x.expires_at, now())
     from billing.plan_lots pl
     where pl.lot_id = x.id and pl.subscription_id = p_sub_id and pl.period_end <= p_period_end and x.open
-    returning x.id, x.remaining, x.category, x.frozen
+    returning x.id, x.remaining, x.category
   loop
-    continue when l.frozen;
     perform billing.end_plan_lot(p_account_id, l.id, l.category, 0, l.remaining, p_sub_id, null, null);
     v_any := true;
   end loop;
@@ -9183,20 +9002,15 @@ begin
   if v_any then
     perform billing.check_low_balance(v_account);
   end if;
-  -- Held credits expire too: holds give way, by at most what the renewal took from the balance
-  -- (p_balance_before: as it was when the renewal locked the account), as expire_due_lots bounds
-  -- its own. Then other lots of the account past their expiry (the sweep had not reached them).
-  if v_any and v_account.held > 0 then
-    perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true),
-      greatest(p_balance_before - v_account.balance, 0));
-  end if;
+  -- Reserved credits expired too (the holds that reserved them shrank with the expiry: the
+  -- writer's). Then other lots of the account past their expiry (the sweep had not reached them).
   if v_account.next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
   end if;
 end;
 $$;
-comment on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean, p_balance_before numeric) is 'Internal: at a renewal, after the rollover pass, expires what is left of a plan''s lots of the ending period (and older) now and makes next_expiry exact; p_expired: the pass expired some already; holds give way by at most what the balance lost since p_balance_before.';
-revoke execute on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean, p_balance_before numeric) from public;
+comment on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean) is 'Internal: at a renewal, after the rollover pass, expires what is left of a plan''s lots of the ending period (and older) now and makes next_expiry exact; p_expired: the pass expired some already.';
+revoke execute on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean) from public;
 
 create or replace function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans,
   p_period_end timestamptz, p_new_end timestamptz, p_key text) returns numeric
@@ -9214,14 +9028,13 @@ declare
   v_back billing.posted_transfer[];
   l record;
   v_expired boolean := false;
-  v_before numeric;                               -- the balance before the renewal: what its expiry takes bounds the holds' give-way
 begin
-  select a.balance into v_before from billing.accounts a where a.id = p_account_id for update;
+  perform 1 from billing.accounts a where a.id = p_account_id for update;
   -- The ending period's plan lots (its grant and what rolled into it), soonest-spent first. What
   -- rolls is what each had left at its end, whenever the renewal is paid within the grace window
   -- after it (Stripe charges a renewal about an hour after the period ends; a failed one is retried
   -- for days): still open when the sweep has not reached it (nothing can be spent from a lot past
-  -- its expiry), or what the sweep expired. Never a frozen (disputed) lot: it waits for its dispute.
+  -- its expiry), or what the sweep expired. Never a frozen (disputed) lot: its credits cannot move.
   for l in
     select x.*, coalesce((select sum(a.amount) from billing.lot_allocations a
                           where a.lot_id = x.id and a.kind = 'expiry'), 0) as expired
@@ -9263,7 +9076,7 @@ begin
     v_left := v_left - v_take;
     v_total := v_total + v_take;
   end loop;
-  perform billing.expire_plan_lots(p_sub.id, p_account_id, p_period_end, v_expired, v_before);
+  perform billing.expire_plan_lots(p_sub.id, p_account_id, p_period_end, v_expired);
   return v_total;
 end;
 $$;
@@ -9463,38 +9276,23 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  v_lots bigint[];
   v_account bigint := billing.ensure_user_account(p_user);
-  v_beyond numeric(38, 18);
-  v_forgive numeric(38, 18);
-  v_before numeric;                               -- the balance before: holds give way by what this takes
+  v_meta jsonb := jsonb_build_object('plan_id', p_grant.plan_id, 'invoice_id', p_grant.invoice_id);
 begin
   if p_amount <= 0 then
     return;
   end if;
-  select a.balance into v_before from billing.accounts a where a.id = v_account for update;
   -- The lots after the lock: a renewal that held it may have rolled the grant into a new one.
-  v_lots := billing.lot_lineage(p_grant.lot_id);
-  -- As for a package (take_back_purchase): the grant's own lots first, rollovers included; of
-  -- what they lack, what expired is forgiven (it left as breakage already), what was spent is
-  -- owed (other credits, then debt).
-  v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
-  if v_beyond > 0 then
-    v_forgive := least(v_beyond, billing.lots_expired(v_lots) - p_grant.expiry_forgiven);
-    if v_forgive > 0 then
-      update billing.plan_grants g set expiry_forgiven = g.expiry_forgiven + v_forgive where g.invoice_id = p_grant.invoice_id;
-      p_amount := p_amount - v_forgive;
-    end if;
-  end if;
-  if p_amount > 0 then
-    perform billing.reverse_credits(p_user, p_amount, p_kind, p_key, p_grant.stripe_charge_id, p_grant.subscription_id::text,
-      jsonb_build_object('plan_id', p_grant.plan_id, 'invoice_id', p_grant.invoice_id), v_lots, v_account);
-  end if;
-  perform billing.fit_holds(v_account, jsonb_build_object('given_to', p_kind),
-    greatest(v_before - (select a.balance from billing.accounts a where a.id = v_account), 0));
+  -- They stay in the subscriber's account, the buyer: as for a package (take_back_purchase),
+  -- their free credits at once, what holds reserved when each ends; of what they lack, what
+  -- expired is forgiven, what was spent is owed (other credits for any model, then debt).
+  perform 1 from billing.accounts a where a.id = v_account for update;
+  perform billing.owe_lack(v_account, billing.take_back_lots(billing.lot_lineage(p_grant.lot_id), v_account, p_amount,
+      p_kind, p_key, p_grant.stripe_charge_id, p_grant.subscription_id::text, v_meta, null, p_grant.invoice_id),
+    null, p_grant.invoice_id, null, p_kind, p_key || ':owed', p_grant.stripe_charge_id, p_grant.subscription_id::text, v_meta);
 end;
 $$;
-comment on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) is 'Internal: reverses p_amount of a plan grant''s credits, from its lots (rollovers included) first; what expired is forgiven, what was spent is owed.';
+comment on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) is 'Internal: reverses p_amount of a plan grant''s credits: its lots'' (rollovers included) free credits at once, what holds reserved of them when each ends; of what they lack, what expired is forgiven, what was spent is owed.';
 revoke execute on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) from public;
 
 create or replace function billing.sync_plan_charge(p_state jsonb) returns text
@@ -9548,26 +9346,17 @@ begin
     update billing.plan_grants x set amount_refunded_cents = v_refunded, credits_reversed = greatest(v_target, x.credits_reversed)
     where x.invoice_id = g.invoice_id returning * into g;
   end if;
-  -- Disputes: open → the grant is frozen by dispute holds as a package's purchase is (what was
-  -- not reversed or expired, spent credits included, as far as the balance goes:
-  -- billing.refreeze_disputes; parking it in a hold of one's own first frees nothing: those give
-  -- way); won → released; lost → released and the rest of the grant taken back. Either close
-  -- may free balance another dispute open here was short of (it then holds it).
+  -- Disputes: open → the grant's lots (rollovers included) freeze; won → they thaw; lost → what
+  -- is left of the grant is taken back as a refund is (dispute_reversal).
   if v_dispute is not null and coalesce(g.dispute_status, 'open') = 'open' then
     -- The lots after the lock: read before it, a renewal holding it would roll the credits into
-    -- a lot the dispute neither freezes nor holds.
+    -- a lot the dispute does not freeze.
     perform 1 from billing.accounts a where a.id = v_account for update;
     v_lots := billing.lot_lineage(g.lot_id);
     if v_dispute = 'open' then
-      -- The disputed card is charged off-session no more, before the holds lower what is available.
       perform billing.stop_off_session_charges(v_user, p_state ->> 'dispute_id');
-      perform billing.settle_account(v_account);
-    else
-      perform billing.release_hold(null, h.id) from billing.holds h
-      where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active';
-    end if;
-    update billing.lots l set frozen = (v_dispute = 'open') where l.id = any(v_lots) and l.frozen <> (v_dispute = 'open');
-    if v_dispute = 'lost' then
+      perform billing.settle_account(v_account);  -- due lots expire before they freeze
+    elsif v_dispute = 'lost' then
       perform billing.take_back_plan_credits(g, v_user, g.credits - g.credits_reversed, 'dispute_reversal',
         'plan-dispute:' || (p_state ->> 'dispute_id'));
       v_tax_back := g.tax_cents - billing.tax_refunded_cents(g.tax_cents, v_total, g.amount_refunded_cents);
@@ -9578,17 +9367,14 @@ begin
       where v_total > g.amount_refunded_cents;
       update billing.plan_grants x set credits_reversed = x.credits where x.invoice_id = g.invoice_id;
     end if;
+    perform billing.set_lots_frozen(v_lots, v_dispute = 'open');
     update billing.plan_grants x set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute
     where x.invoice_id = g.invoice_id;
-    perform billing.refreeze_disputes(v_account, case when v_dispute = 'open' then p_state ->> 'dispute_id' end);
-    -- The subscriber's balance and holds moved: what it holds for work elsewhere of its other
-    -- disputes (billing.dispute_work_held) is refit wherever they reach.
-    perform billing.refit_disputes_drawn(null, v_account);
   end if;
   return 'plan_charge_synced';
 end;
 $$;
-comment on function billing.sync_plan_charge(p_state jsonb) is 'Converges a plan invoice''s charge on Stripe: refunds take back floor(credits × refunded / paid), a dispute freezes the grant not yet reversed or expired (what is left of it, then what it spent, as far as the balance goes) and a lost one takes the rest back, wherever the credits rolled.';
+comment on function billing.sync_plan_charge(p_state jsonb) is 'Converges a plan invoice''s charge on Stripe: refunds take back floor(credits × refunded / paid); a dispute freezes the grant''s lots (rollovers included), won thaws them, lost takes the rest back as a refund.';
 revoke execute on function billing.sync_plan_charge(p_state jsonb) from public;
 grant execute on function billing.sync_plan_charge(p_state jsonb) to service_role;
 
@@ -10160,6 +9946,26 @@ $$;
 comment on function billing.get_expiry_schedule(p_user uuid) is 'A user''s upcoming expiries of their own credits, by date and source (plan, paid, promotional), each with what the live plan''s rollover rule carries into the next period if it renews and what expires; read-only.';
 revoke execute on function billing.get_expiry_schedule(p_user uuid) from public, anon, authenticated;
 grant execute on function billing.get_expiry_schedule(p_user uuid) to service_role;
+
+-- ============================================================================
+-- schemas/60-dispute-suspension.sql
+-- ============================================================================
+-- A disputed buyer is suspended (issue #77, docs/credit-lots.md): while a purchase a student paid
+-- for themselves (a gift code's purchase included) or one of their plan invoices has an open
+-- dispute, billing.standing_refusal (10-ledger.sql) answers ACCOUNT_DISPUTED (403) on every
+-- money path and organisation action that checks standing. It reads the dispute status the
+-- dispute handlers keep (51-refunds-disputes.sql, 57-plan-credits.sql), so nothing is copied
+-- and won or lost lifts the suspension in the same transaction. An organisation's purchase
+-- (org_id set) suspends no one: only its lots freeze. These indexes keep that read to two
+-- lookups of open disputes, on every money request.
+
+-- ============================================================ indexes
+
+create index purchases_open_dispute_buyer on billing.purchases (user_id)
+  where dispute_status = 'open' and org_id is null;
+
+create index plan_grants_open_dispute on billing.plan_grants (subscription_id)
+  where dispute_status = 'open';
 
 -- ============================================================================
 -- schemas/62-ai-gateway.sql
@@ -10838,7 +10644,7 @@ begin
     (p_usage ->> 'output_tokens')::bigint, (p_usage ->> 'cached_input_tokens')::bigint,
     (p_usage ->> 'reasoning_tokens')::bigint, 0, 0, coalesce((p_usage ->> 'cache_write_tokens')::bigint, 0),
     coalesce((p_usage ->> 'cache_write_1h_tokens')::bigint, 0));
-  -- The account's lock first (as capture_hold takes it), so no dispute shrinks the hold between
+  -- The account's lock first (as capture_hold takes it), so no expiry shrinks the hold between
   -- reading it and capturing from it.
   perform 1 from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = v_call.hold_id)
   for update;
@@ -10863,9 +10669,6 @@ begin
   v_charged := billing.charge_hold_at(v_hold.id, v_call.user_id, v_price.amount, v_price.rate_card_id,
     'ai-overage:' || v_call.id, 'ai:' || v_call.id,
     v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version), v_facts);
-  -- Work under way may have reached lots a dispute froze: what it claims moves with them, and
-  -- what the dispute's buyer held for this work elsewhere goes.
-  perform billing.refit_disputes_drawn(v_charged.transfer_id, v_hold.account_id);
   -- The provider billed more than the hold and the balance could cover: the gateway's count of
   -- the prompt fell short of the provider's. Someone should look (the difference is recorded).
   -- What could not be charged is owed by the caller: their next call pays it first, or is
@@ -10912,8 +10715,6 @@ begin
     if exists (select 1 from billing.holds h where h.id = v_call.hold_id and h.status = 'active') then
       perform billing.release_hold(null, v_call.hold_id);
     end if;
-    -- Work that ends drawing nothing: what a dispute's buyer held for it elsewhere goes.
-    perform billing.refit_disputes_drawn(null, h.account_id) from billing.holds h where h.id = v_call.hold_id;
     update billing.ai_calls c set status = 'failed', failure = p_failure, finished_at = now(),
       upstream_status = (p_report ->> 'upstream_status')::integer, first_token_ms = (p_report ->> 'first_token_ms')::integer,
       duration_ms = (p_report ->> 'duration_ms')::integer, client_left = coalesce((p_report ->> 'client_left')::boolean, false)
@@ -10926,6 +10727,13 @@ $$;
 comment on function billing.fail_ai_call(p_call uuid, p_failure text, p_report jsonb) is 'Gateway: the provider failed before reporting usage; releases the hold, charges nothing, records the failure code.';
 revoke execute on function billing.fail_ai_call(p_call uuid, p_failure text, p_report jsonb) from public, anon, authenticated;
 grant execute on function billing.fail_ai_call(p_call uuid, p_failure text, p_report jsonb) to service_role;
+
+-- ============================================================================
+-- schemas/62-ai-records.sql
+-- ============================================================================
+-- What the gateway keeps of its calls (62-ai-gateway.sql meters them): the call log a student and
+-- an admin read, content kept under the one consent rule and its deletion, the daily roll-ups and
+-- sweeps, and the server keys that call the gateway for a product.
 
 -- ============================================================ the call log (docs/ai-gateway.md, "The call log")
 
@@ -11311,9 +11119,9 @@ grant execute on function billing.ai_calls_summary(p_from date, p_to date) to se
 
 -- pg_cron: a call whose gateway died holds nothing once its hold expired (release_expired_holds);
 -- it is marked failed so its key is free again, and kept answers are forgotten after 24 hours.
--- Lost means past the hold's TTL (the gateway's deadline and a minute): a hold that gave way
--- whole to a refund or an expiry ends early while the provider still answers, and that call's
--- finish charges it (or records it owed).
+-- Lost means past the hold's TTL (the gateway's deadline and a minute): a hold that shrank to
+-- nothing by an expiry ends early while the provider still answers, and that call's finish
+-- charges it (or records it owed).
 create or replace function billing.sweep_ai_calls(p_limit integer default 500) returns integer
 language plpgsql
 security definer
@@ -11334,9 +11142,6 @@ begin
       order by x.created_at limit p_limit))
     returning c.hold_id)
   select count(*), array_agg(lost.hold_id) into v_count, v_holds from lost;
-  -- Work that ended drawing nothing: what a dispute's buyer held for it elsewhere goes.
-  perform billing.refit_disputes_drawn(null, a.account_id)
-  from (select distinct h.account_id from billing.holds h where h.id = any(v_holds) order by h.account_id) a;
   update billing.ai_calls c set answer = null
   where c.id = any (array(select x.id from billing.ai_calls x where x.answer is not null and x.expires_at <= now()
                           limit p_limit));
@@ -11602,14 +11407,11 @@ set search_path = ''
 as $$
 begin
   if p_job.hold_id is not null then
-    perform billing.lock_dispute_reach(h.account_id) from billing.holds h where h.id = p_job.hold_id;
     perform billing.release_hold(null, p_job.hold_id);
-    -- Work that ends drawing nothing: what a dispute's buyer held for it elsewhere goes.
-    perform billing.refit_disputes_drawn(null, h.account_id) from billing.holds h where h.id = p_job.hold_id;
   end if;
 end;
 $$;
-comment on function billing.release_job_hold(p_job billing.jobs) is 'Internal: releases a job''s hold, when it has one (and refits the disputes whose frozen lots its account holds).';
+comment on function billing.release_job_hold(p_job billing.jobs) is 'Internal: releases a job''s hold, when it has one.';
 revoke execute on function billing.release_job_hold(p_job billing.jobs) from public;
 
 create or replace function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[])
@@ -11808,8 +11610,7 @@ declare
   v_unbilled numeric(38, 18);
 begin
   if v_job.hold_id is not null then
-    -- Settled first: a hold that gave way to expired credits captures only what it still holds.
-    perform billing.lock_dispute_reach(h.account_id) from billing.holds h where h.id = v_job.hold_id;
+    -- Settled first: a hold that shrank by expired credits captures only what it still holds.
     perform billing.settle_account(h.account_id) from billing.holds h where h.id = v_job.hold_id;
     if p_usage is not null then
       select * into v_price from billing.price_usage(p_usage ->> 'model', (p_usage ->> 'input_tokens')::bigint,
@@ -11822,11 +11623,7 @@ begin
     -- available, never into debt.
     v_charged := billing.charge_hold_at(v_job.hold_id, v_job.user_id, v_amount, v_card, 'job-overage:' || p_job,
       'job:' || p_job, null, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model'));
-    -- Work under way may have reached lots a dispute froze: what it claims moves with them, and
-    -- what the dispute's buyer held for this work elsewhere goes.
-    perform billing.refit_disputes_drawn(v_charged.transfer_id, h.account_id) from billing.holds h
-    where h.id = v_job.hold_id;
-    -- What could not be charged (its hold gave way to credits that expired or were taken back,
+    -- What could not be charged (its hold shrank by credits that expired,
     -- and the balance could not cover it) is recorded on the job, and someone is told: an excess
     -- transfer records it only when something of the excess was charged. The student owes it, as
     -- for a gateway call: their next call or job pays it first (billing.pay_ai_owed).
@@ -13076,7 +12873,6 @@ declare
   v_wallet bigint := billing.org_wallet_id(p_org);
   v_account billing.accounts;
   v_take numeric(38, 18);
-  v_plan jsonb;
 begin
   select * into v_account from billing.accounts a where a.org_id = p_org and a.member_id = p_member;
   if not found then
@@ -13091,10 +12887,9 @@ begin
   end if;
   v_account := billing.settle_account(v_account.id);
   v_take := v_account.balance - v_account.held;
-  -- Credits for some models: only what leaves every live hold payable (billing.plan_lot_draw).
-  if v_take > 0 and v_account.restricted_lots then
-    v_plan := billing.plan_lot_draw(v_account.id, null, v_take, true);
-    v_take := (v_plan ->> 'found')::numeric;
+  -- Only free credits move (what holds reserved stays theirs, a frozen lot stays where it is).
+  if v_take > 0 and v_account.reads_lots then
+    v_take := least(v_take, billing.free_credits(v_account.id, null, true));
   end if;
   if v_take <= 0 then
     return 0;
@@ -14181,10 +13976,10 @@ begin
         'applies_to', to_jsonb(v_code.applies_to), 'origin', 'promo_code')))).transfer_id;
   else
     -- A gift or sponsor code gives what its escrow has: less after a refund; nothing while a
-    -- dispute holds it (the dispute decides).
+    -- dispute froze its credits (the dispute decides).
     perform 1 from billing.accounts a where a.id in (v_own, billing.code_escrow_id(v_code.id)) order by a.id for update;
     v_escrow := billing.settle_account(billing.code_escrow_id(v_code.id));
-    if v_escrow.held > 0 then
+    if v_escrow.held > 0 or v_escrow.frozen_lots then
       -- Not 'disputed': whoever redeems a gift need not learn that its buyer disputed the charge.
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'on hold'));
     elsif v_escrow.balance <= 0 then
@@ -14486,12 +14281,18 @@ declare
   v_escrow billing.accounts;
   v_wallet bigint := billing.org_wallet_id(p_code.org_id);
   v_code billing.codes;
+  v_free numeric;
 begin
   perform 1 from billing.accounts a where a.id in (v_wallet, billing.code_escrow_id(p_code.id)) order by a.id for update;
   v_escrow := billing.settle_account(billing.code_escrow_id(p_code.id));
-  -- What a dispute holds stays for the dispute (its loss takes it from here).
-  if v_escrow.balance - v_escrow.held > 0 then
-    perform billing.move_credits(v_escrow.id, v_wallet, v_escrow.balance - v_escrow.held, 'code_return',
+  -- Only free credits go back: a disputed purchase's frozen lots stay here until it closes (its
+  -- loss takes them from here; won, they thaw and go back on the next run).
+  v_free := v_escrow.balance - v_escrow.held;
+  if v_escrow.frozen_lots then
+    v_free := least(v_free, billing.free_credits(v_escrow.id, null, true));
+  end if;
+  if v_free > 0 then
+    perform billing.move_credits(v_escrow.id, v_wallet, v_free, 'code_return',
       'code-return:' || p_code.id || ':' || v_escrow.version, null,
       jsonb_build_object('org_id', p_code.org_id, 'code_id', p_code.id, 'reason', p_status));
   end if;
@@ -14501,7 +14302,7 @@ begin
   return v_code;
 end;
 $$;
-comment on function billing.return_sponsor_escrow(p_code billing.codes, p_status text) is 'Internal: moves what a sponsor code''s escrow holds (and no dispute holds) back to the wallet; the code gets p_status.';
+comment on function billing.return_sponsor_escrow(p_code billing.codes, p_status text) is 'Internal: moves the free credits of a sponsor code''s escrow (none of a frozen lot''s) back to the wallet; the code gets p_status.';
 revoke execute on function billing.return_sponsor_escrow(p_code billing.codes, p_status text) from public;
 
 create or replace function billing.revoke_sponsor_code(p_user uuid, p_org uuid, p_id uuid) returns jsonb
@@ -14551,12 +14352,12 @@ begin
     perform billing.return_sponsor_escrow(v_code, 'void');
     v_count := v_count + 1;
   end loop;
-  -- A code closed while a dispute held part of its escrow returned only the rest: once the
-  -- dispute is won (released, nothing taken), what it freed goes back too. Nobody can redeem or
+  -- A code closed while a dispute froze part of its escrow returned only the rest: once the
+  -- dispute is won (its lots thawed), they go back too. Nobody can redeem or
   -- revoke a closed code, and sync_purchase may not take a code's row after accounts (see top).
   for v_code in
     select c.* from billing.codes c join billing.accounts a on a.code_id = c.id
-    where c.kind = 'sponsor' and c.status in ('revoked', 'void') and a.balance > a.held
+    where c.kind = 'sponsor' and c.status in ('revoked', 'void') and a.balance > a.held and not a.frozen_lots
     order by c.id limit p_limit for update of c skip locked
   loop
     perform billing.return_sponsor_escrow(v_code, v_code.status);
@@ -15860,7 +15661,6 @@ create table billing.revenue_rollup (
   -- The events' half (billing.event_parts), recomputed when stale:
   covered_until timestamptz not null,             -- the day's end, or (today) computed_at − 5 minutes
   money jsonb not null,                           -- [{kind, account, currency, cents}]: Σ money entries
-  lots_granted jsonb not null,                    -- [{currency, category, kind, credits, cents}]: lots granted; moved lots' debt paid
   paying_accounts bit varying not null,           -- bit n set: account n's user had a purchase paid
   first_time_purchasers bigint not null,
   checkouts_created bigint not null,
@@ -15872,7 +15672,7 @@ create table billing.revenue_rollup (
   -- The credit ledger's half (billing.ledger_parts), only ever added to:
   ledger_until timestamptz not null,              -- the day's end, or (today) the ledger's horizon at the last roll-up
   credits jsonb not null,                         -- [{kind, model, amount, events}]: Σ credit transfers
-  lots jsonb not null,                            -- [{currency, category, kind, source, credits, cents}]: lots drawn
+  lots jsonb not null,                            -- [{currency, category, kind, source, credits, cents}]: lots drawn and granted
   active_accounts bit varying not null,           -- bit n set: account n had a credit ledger entry
   outstanding_credits numeric(38, 18) not null    -- Σ user entries before ledger_until: the liability then
 );
@@ -15904,7 +15704,7 @@ comment on function billing.user_credit_change(p_from timestamp with time zone, 
 revoke execute on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
 -- Whether the rest of today from p_from on may be read from what the writer kept
--- (billing.ledger_tail, accounts.active_from) instead of the transfers and entries: only today's
+-- (billing.ledger_tail, lots_tail, active_tail) instead of the rows: only today's
 -- whole tail, as only that is exact. p_to is today's end (which no transaction this statement
 -- sees started at: clock_timestamp() is before it), p_from a whole second of today (the writer
 -- sums per second), no earlier than the writer has kept them (billing.ledger_tail_kept). The
@@ -15963,8 +15763,8 @@ begin
     -- its lot's cost basis; of credits given back to a lot, the part that paid a debt then (kind
     -- 'debt_settled_by_return'): spent on what the debt was for, on the day they came back. By
     -- source too (the lot's origin: 'plan', 'promo_code'), so the plan and code reports read what
-    -- their lots drew from here (as plan_metrics and codes_report read the rows). Today's tail
-    -- from what the writer kept (billing.lots_tail), summed as below.
+    -- their lots drew from here (as plan_metrics and codes_report read the rows). Then the lots
+    -- granted. Today's tail from what the writer kept (billing.lots_tail), summed as below.
     (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
         'source', x.source, 'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
      -- Summed per lot in one pass, then each lot read once: a row's cost basis is kept on it
@@ -15985,9 +15785,18 @@ begin
              having count(*) > 0) p(kind, credits, cents)
            group by 1, 2, 3, 4
            union all
+           -- Lots granted, net of the debt they settled on arrival (a move is not a grant); of moved
+           -- lots, the part that paid a debt on arrival (credits already held, spent on the debt).
+           select l.currency, l.category, g.kind, l.origin, sum(g.credits), sum(l.cost_cents * g.credits / l.amount)
+           from billing.lots l
+           cross join lateral (select case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end as kind,
+                                 case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end as credits) g
+           where not v_kept and l.granted_at >= p_from and l.granted_at < p_to and (l.moved_from is null or l.debt_settled > 0)
+           group by 1, 2, 3, 4
+           union all
            select k.currency, k.category, k.kind, k.origin, sum(k.credits), sum(k.cents) from billing.lots_tail k
            where v_kept and k.at >= p_from and k.at < p_to group by 1, 2, 3, 4) x),
-    case when v_kept then array(select a.id from billing.accounts a where a.active_from >= p_from and a.active_from < p_to)
+    case when v_kept then array(select x.account_id from billing.active_tail x where x.at >= p_from and x.at < p_to)
          else u.accounts end,
     case when v_kept then (select coalesce(sum(x.credit_change), 0) from billing.ledger_tail x where x.at >= p_from and x.at < p_to)
          else u.credit_change end
@@ -16002,9 +15811,9 @@ comment on function billing.ledger_parts(p_from timestamp with time zone, p_to t
 revoke execute on function billing.ledger_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_tail boolean) from public;
 
 -- The events' parts of [p_from, p_to), from the raw rows: money postings by when they happened at
--- Stripe, lots granted (net of the debt they settled on arrival, fixed then), purchases, webhooks.
+-- Stripe, purchases, webhooks (the lots granted are the credit ledger's: billing.ledger_parts).
 create or replace function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone)
-returns table(money jsonb, lots jsonb, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
+returns table(money jsonb, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
 language plpgsql
 stable rows 1
 set search_path = ''
@@ -16022,18 +15831,6 @@ begin
            from billing.money_transfers t join billing.money_entries e on e.transfer_id = t.id
            where t.occurred_at >= p_from and t.occurred_at < p_to
            group by 1, 2, 3) m),
-    -- Credits and their cost by lot category granted, net of debt settled on arrival (a move is
-    -- not a grant: kind 'granted' only for lots with no moved_from); and of moved lots, the part
-    -- that paid a debt on arrival (kind 'debt_settled_by_move'): credits already held, spent on
-    -- what the debt was for.
-    (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
-        'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
-     from (select l.currency, l.category, case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end as kind,
-                  sum(case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end) as credits,
-                  sum(l.cost_cents * case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end / l.amount)
-                    as cents
-           from billing.lots l where l.granted_at >= p_from and l.granted_at < p_to and (l.moved_from is null or l.debt_settled > 0)
-           group by 1, 2, 3) x),
     array(select distinct a.id from billing.purchases p join billing.accounts a on a.user_id = p.user_id
           where p.paid_at >= p_from and p.paid_at < p_to),
     -- A user's first paid purchase is in the period when one is and none came before it.
@@ -16209,11 +16006,11 @@ as $$
 declare
   v_from timestamptz := p_day::timestamp at time zone 'UTC';
 begin
-  insert into billing.revenue_rollup as r (day, covered_until, money, lots_granted, paying_accounts, first_time_purchasers,
+  insert into billing.revenue_rollup as r (day, covered_until, money, paying_accounts, first_time_purchasers,
     checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, sessionless_purchases,
     ledger_until, credits, lots, active_accounts, outstanding_credits)
   -- A new row's events half is empty (covered_until = the day's start): read live until computed.
-  select p_day, v_from, '[]', '[]', B'', 0, 0, 0, 0, 0, 0,
+  select p_day, v_from, '[]', B'', 0, 0, 0, 0, 0, 0,
     p_hi, p.credits, p.lots, billing.account_bitmap(p.active_accounts),
     billing.outstanding_before(p_lo) + p.user_credit_change
   from billing.ledger_parts(p_lo, p_hi) p
@@ -16284,6 +16081,7 @@ begin
   -- What the writer kept before here is rolled up.
   delete from billing.ledger_tail x where x.at < v_to;
   delete from billing.lots_tail x where x.at < v_to;
+  delete from billing.active_tail x where x.at < v_to;
   return v_to;
 end;
 $$;
@@ -16313,10 +16111,10 @@ begin
     return;  -- nothing of the day can be rolled up yet
   end if;
   v_ledger := v_ledger_until = v_end or not exists (select 1 from billing.revenue_rollup r where r.day = p_day);
-  insert into billing.revenue_rollup as d (day, covered_until, money, lots_granted, paying_accounts, first_time_purchasers,
+  insert into billing.revenue_rollup as d (day, covered_until, money, paying_accounts, first_time_purchasers,
     checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, sessionless_purchases, computed_at,
     ledger_until, credits, lots, active_accounts, outstanding_credits)
-  select p_day, v_until, e.money, e.lots, billing.account_bitmap(e.paying_accounts), e.first_time_purchasers,
+  select p_day, v_until, e.money, billing.account_bitmap(e.paying_accounts), e.first_time_purchasers,
     e.checkouts_created, e.checkouts_paid, e.webhooks_received, e.webhooks_ok,
     (select count(*) from billing.purchases x where x.stripe_session_id is null and x.created_at >= v_from and x.created_at < v_until),
     now(),
@@ -16325,7 +16123,7 @@ begin
     lateral (select case when v_ledger then v_ledger_until else v_from end as until) u,
     lateral (select u.until, p.* from billing.ledger_parts(v_from, u.until) p) l
   on conflict (day) do update set covered_until = excluded.covered_until, money = excluded.money,
-    lots_granted = excluded.lots_granted, paying_accounts = excluded.paying_accounts,
+    paying_accounts = excluded.paying_accounts,
     first_time_purchasers = excluded.first_time_purchasers, checkouts_created = excluded.checkouts_created,
     checkouts_paid = excluded.checkouts_paid, webhooks_received = excluded.webhooks_received,
     webhooks_ok = excluded.webhooks_ok, sessionless_purchases = excluded.sessionless_purchases, computed_at = excluded.computed_at,
@@ -16444,18 +16242,25 @@ comment on function billing.ops_overview() is 'Reconciliation status per provide
 revoke execute on function billing.ops_overview() from public;
 grant execute on function billing.ops_overview() to service_role;
 
+-- Called once per period of a report (31 times for 30 days by day), so its plan is generic and
+-- kept for the session: planned while billing.transfers' statistics were stale (right after a
+-- bulk write, before autovacuum analyzes it), it read every transfer of the table per call (4 ms
+-- each after a school's onboarding, 190 ms of the report). The members' spending index
+-- (transfers_org_spending) is always the way in: sequential scans are off for it.
 create or replace function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone)
 returns jsonb
 language plpgsql
 stable
 set search_path = ''
 set plan_cache_mode to 'force_generic_plan'
+set enable_seqscan to 'off'
 as $$
 begin
   return (
     with money as (
-      -- Each organisation purchase's postings in the period: the payment by its key (posted before
-      -- the charge id is known), refunds and fees by the charge, a lost dispute by the dispute.
+      -- The period's credit postings first, each one's purchase looked up from it (never every
+      -- organisation purchase ever walked per period): the payment by its key (posted before the
+      -- charge id is known), refunds and fees by the charge, a lost dispute by the dispute.
       select p.org_id, t.currency,
         coalesce(sum(e.amount_cents) filter (where t.kind = 'credit_purchase'), 0) as gmv,
         coalesce(sum(e.amount_cents) filter (where t.kind = 'credit_purchase' and p.origin = 'invoice'), 0) as invoiced,
@@ -16463,23 +16268,31 @@ begin
         coalesce(-sum(e.amount_cents) filter (where t.kind = 'credit_dispute_lost'), 0) as disputes_lost,
         coalesce(-sum(e.amount_cents) filter (where t.kind = 'stripe_fee'), 0) as stripe_fees,
         coalesce(sum(e.amount_cents), 0) as net
-      from billing.purchases p
-      join billing.money_transfers t
-        on (t.idempotency_key = 'credit-purchase:' || p.id or t.stripe_id in (p.stripe_charge_id, p.dispute_id))
-        and t.kind in ('credit_purchase', 'credit_refund', 'credit_dispute_lost', 'stripe_fee')
+      from billing.money_transfers t
       join billing.money_entries e on e.transfer_id = t.id and e.account = 'b2c_revenue'
-      where p.org_id is not null and t.occurred_at >= p_from and t.occurred_at < p_to
+      join lateral (
+        select x.org_id, x.origin from billing.purchases x
+        where x.id = case when t.idempotency_key ~ '^credit-purchase:[0-9a-f-]{36}$'
+                          then substr(t.idempotency_key, 17)::uuid end
+           or x.stripe_charge_id = t.stripe_id or x.dispute_id = t.stripe_id
+      ) p on p.org_id is not null
+      where t.occurred_at >= p_from and t.occurred_at < p_to
+        and t.kind in ('credit_purchase', 'credit_refund', 'credit_dispute_lost', 'stripe_fee')
       group by 1, 2
     ),
+    -- Members' spending of the organisation's credits (from its wallet or their allowances): the
+    -- transfers first, each one's account looked up from it (never an organisation's every
+    -- account walked per period). A void (53-corrections.sql) gives a charge back: netted here,
+    -- by when it was made.
     spending as (
-      -- Members' spending of the organisation's credits (from its wallet or their allowances).
-      -- A void (53-corrections.sql) gives a charge back: netted here, by when it was made.
-      select a.org_id, count(distinct t.member_id) filter (where t.kind <> 'void') as active_members,
-        sum(case when t.kind = 'void' then -t.amount else t.amount end) as credits
-      from billing.transfers t
-      join billing.accounts a on a.id = case when t.kind = 'void' then t.to_account_id else t.from_account_id end
-      where t.member_id is not null and t.created_at >= p_from and t.created_at < p_to
-        and a.org_id is not null and t.kind in ('usage', 'hold_capture', 'void')
+      select s.org_id, count(distinct s.member_id) filter (where s.kind <> 'void') as active_members,
+        sum(case when s.kind = 'void' then -s.amount else s.amount end) as credits
+      from (select t.member_id, t.kind, t.amount, (select a.org_id from billing.accounts a
+              where a.id = case when t.kind = 'void' then t.to_account_id else t.from_account_id end) as org_id
+            from billing.transfers t
+            where t.member_id is not null and t.created_at >= p_from and t.created_at < p_to
+              and t.kind in ('usage', 'hold_capture', 'void')) s
+      where s.org_id is not null
       group by 1
     )
     select coalesce(jsonb_agg(jsonb_build_object('org_id', o.id, 'name', o.name, 'funding', o.funding,
@@ -16538,7 +16351,7 @@ begin
           l.active_accounts, null, null, null, 0, 0, 0, 0, 0, null, l.outstanding_credits)::billing.metric_part as part
       from ledger l
       union all
-      select row(e.day::timestamp at time zone 'UTC', e.covered_until, true, e.money, '[]'::jsonb, e.lots_granted,
+      select row(e.day::timestamp at time zone 'UTC', e.covered_until, true, e.money, '[]'::jsonb, '[]'::jsonb,
           null, e.paying_accounts, null, null, e.first_time_purchasers, e.checkouts_created,
           -- Today's row: its checkouts paid counted now (they are paid minutes after they open).
           case when e.covered_until < (e.day + 1)::timestamp at time zone 'UTC'
@@ -16558,7 +16371,7 @@ begin
       cross join lateral billing.ledger_parts(g.lo, g.hi, p_use_rollup and g.whole_day) p
       where g.lo < g.hi
       union all
-      select row(g.lo, g.hi, false, p.money, '[]'::jsonb, p.lots, null, null, null, p.paying_accounts,
+      select row(g.lo, g.hi, false, p.money, '[]'::jsonb, '[]'::jsonb, null, null, null, p.paying_accounts,
           p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
           null, null)::billing.metric_part
       from (select greatest(d.lo, coalesce(e.covered_until, d.lo)) as lo, d.hi from days d left join events e on e.day = d.day) g
@@ -17325,9 +17138,6 @@ revoke execute on function billing.call_function(p_path text, p_timeout_millisec
 -- ============================================================ schedules
 
 select cron.schedule('billing-release-expired-holds', '* * * * *', $$select billing.release_expired_holds(500)$$);
-
--- Work past its TTL where a dispute holds credits ends with a refit (billing.work_waits_for_dispute).
-select cron.schedule('billing-release-disputed-work-holds', '* * * * *', $$select billing.release_disputed_work_holds(500)$$);
 
 select cron.schedule('billing-delete-expired-idempotency-keys', '*/5 * * * *',
   $$select billing.delete_expired_idempotency_keys(5000)$$);

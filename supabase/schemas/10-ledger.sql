@@ -87,9 +87,14 @@ create table billing.accounts (
   next_expiry timestamp with time zone,
   code_id uuid,
   restricted_lots boolean default false not null,
-  -- Reporting (90-reporting.sql, billing.ledger_parts): set by the writer to the start of the
-  -- first transaction of its UTC day that wrote one of the account's entries; kept while that
-  -- day lasts, so the write that sets it is the account's only one a day to change an index.
+  -- Set while one of its lots is frozen (a disputed purchase's: billing.set_lots_frozen): what it
+  -- may spend is then read from its lots' free credits, not balance − held.
+  frozen_lots boolean default false not null,
+  -- What it may spend is read from its lots (some pay for some models only, or are frozen), not
+  -- from balance − held.
+  reads_lots boolean generated always as ((restricted_lots or frozen_lots)) stored,
+  -- Reporting (billing.active_tail): set by the writer to the start of the first transaction
+  -- of its UTC day that wrote one of the account's entries; kept while that day lasts.
   active_from timestamp with time zone,
   constraint accounts_held_not_negative check ((held >= (0)::numeric)),
   constraint accounts_low_balance_positive check (((low_balance_threshold is null) or (low_balance_threshold > (0)::numeric))),
@@ -104,7 +109,7 @@ create table billing.accounts (
 comment on table billing.accounts is 'One credit account per user (created on first use) plus platform accounts, the counterparties of every movement.';
 comment on column billing.accounts.org_id is 'An organisation''s wallet (member_id null) or a member''s allowance account (member_id set).';
 comment on column billing.accounts.code_id is 'A gift or sponsor code''s escrow: the credits it will give, tracked like a wallet until redeemed (billing.codes).';
-comment on column billing.accounts.restricted_lots is 'Set by the writer once a lot that pays only for some models arrives (never unset): the account then has sub-accounts (billing.sub_accounts), and its charges, holds and moves draw through billing.plan_lot_draw.';
+comment on column billing.accounts.restricted_lots is 'Set by the writer once a lot that pays only for some models arrives (never unset): the account then has sub-accounts (billing.sub_accounts), and its charges and holds draw only lots that may pay for their model (billing.free_credits reads what they may spend).';
 comment on column billing.accounts.next_expiry is 'No later than the earliest expires_at of the account''s open lots (a lower bound, exact after each expiry run): spending expires due lots first when it has passed.';
 alter table billing.accounts enable row level security;
 grant select on table billing.accounts to authenticated;
@@ -118,9 +123,6 @@ create unique index accounts_code_key on billing.accounts (code) where code is n
 create unique index accounts_org_member on billing.accounts (org_id, member_id) nulls not distinct where org_id is not null;
 
 create index accounts_allowances on billing.accounts (id) where member_id is not null;
-
--- Today's active accounts since an instant (billing.ledger_parts).
-create index accounts_active_from on billing.accounts (active_from) where active_from is not null;
 
 -- Credits for some models, as accounts (docs/credit-lots.md): an account's credits under one list
 -- of models (lots.applies_to) are its sub-account for that list, the part of its balance only
@@ -178,7 +180,13 @@ grant select on table billing.transfers to service_role;
 create index transfers_created_brin on billing.transfers using brin (created_at)
   with (pages_per_range = 32, autosummarize = on);
 
-create index transfers_org_member on billing.transfers (member_id, created_at) where member_id is not null;
+-- Members' spending of a school's credits: by member (their ledger and usage), and by time
+-- (billing.org_revenue, once per period of a report). Only spending kinds: a school's onboarding
+-- funds an allowance per member, and a report's every period scanned those moves too.
+create index transfers_org_member on billing.transfers (member_id, created_at)
+  where member_id is not null and kind in ('usage', 'hold_capture', 'void');
+create index transfers_org_spending on billing.transfers (created_at)
+  where member_id is not null and kind in ('usage', 'hold_capture', 'void');
 
 -- What the credit transfers moved, per second, summed as the writer writes them: read for the
 -- part of today the roll-up has not reached (billing.ledger_parts), so a report right after a
@@ -198,31 +206,44 @@ create table billing.ledger_tail (
 comment on table billing.ledger_tail is 'Internal: credit transfers summed per second, backend, kind and rate card by the writer, for the part of today not rolled up yet.';
 alter table billing.ledger_tail enable row level security;
 
--- What the credit transfers drew from lots (and gave back to them), summed as ledger_tail is: the
--- lots part of the same reports (billing.ledger_parts), by the lots' currency, category and origin
--- and the transfer's kind; of credits given back, the part that paid a debt is its own kind
--- ('debt_settled_by_return'). Cost bases (cents) as the allocations keep them.
+-- What the credit transfers drew from lots (and gave back to them), and the lots they granted,
+-- summed as ledger_tail is: the lots part of the same reports (billing.ledger_parts), by the lots'
+-- currency, category and origin and the transfer's kind; of credits given back, the part that paid
+-- a debt is its own kind ('debt_settled_by_return'); lots granted are 'granted' (net of the debt
+-- they settled on arrival) and moved lots that paid a debt on arrival 'debt_settled_by_move'.
+-- Cost bases (cents) as the allocations and lots keep them.
 create table billing.lots_tail (
   at timestamptz not null,
   backend integer not null,
   currency text not null,
   category text not null,
-  kind text not null,                             -- a transfer kind, or 'debt_settled_by_return'
+  kind text not null,                             -- a transfer kind, 'debt_settled_by_return', 'granted' or 'debt_settled_by_move'
   origin text,                                    -- the lots' (billing.lots.origin)
   credits numeric(38, 18) not null,
   cents numeric not null,
   constraint lots_tail_key unique nulls not distinct (at, backend, currency, category, kind, origin)
 ) with (fillfactor = 70);
-comment on table billing.lots_tail is 'Internal: what credit transfers drew from lots, summed per second, backend, currency, category, kind and origin by the writer, for the part of today not rolled up yet.';
+comment on table billing.lots_tail is 'Internal: what credit transfers drew from lots and the lots they granted, summed per second, backend, currency, category, kind and origin by the writer, for the part of today not rolled up yet.';
 alter table billing.lots_tail enable row level security;
 
--- Since when billing.ledger_tail, billing.lots_tail and accounts.active_from are kept
+-- The accounts whose first entry of their UTC day was written in a second, as the writer writes
+-- them (when accounts.active_from moves to the day): today's active accounts not rolled up yet
+-- (billing.ledger_parts), read in the order they were written, not from the accounts.
+create table billing.active_tail (
+  at timestamptz not null,                        -- the second the writing transaction started
+  account_id bigint not null,
+  primary key (at, account_id)
+);
+comment on table billing.active_tail is 'Internal: accounts first active in their UTC day, per second, kept by the writer for the part of today not rolled up yet.';
+alter table billing.active_tail enable row level security;
+
+-- Since when billing.ledger_tail, billing.lots_tail and billing.active_tail are kept
 -- (one row, moved by a migration that adds another tail): a part of the day that starts earlier
 -- is read from the rows.
 create table billing.ledger_tail_kept (
   since timestamptz primary key
 );
-comment on table billing.ledger_tail_kept is 'Internal: the instant from which billing.ledger_tail, lots_tail and accounts.active_from are complete.';
+comment on table billing.ledger_tail_kept is 'Internal: the instant from which billing.ledger_tail, lots_tail and active_tail are complete.';
 alter table billing.ledger_tail_kept enable row level security;
 -- A database built from the baseline keeps every tail from its first instant.
 insert into billing.ledger_tail_kept (since) values (clock_timestamp());
@@ -282,7 +303,7 @@ create table billing.holds (
   constraint holds_amount_positive check ((amount > (0)::numeric)),
   constraint holds_captured_within check (((captured_amount is null) or ((captured_amount > (0)::numeric) and (captured_amount <= amount)))),
   constraint holds_finished check (((status = 'active'::text) = (finished_at is null))),
-  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text, 'dispute'::text]))),
+  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text]))),
   constraint holds_status check ((status = any (array['active'::text, 'captured'::text, 'released'::text, 'expired'::text]))),
   constraint holds_idempotency_key_key unique (idempotency_key),
   constraint holds_pkey primary key (id)
@@ -294,6 +315,22 @@ comment on table billing.holds is 'Two-phase spending: reserve → capture (all 
 alter table billing.holds enable row level security;
 grant select on table billing.holds to authenticated;
 grant select on table billing.holds to service_role;
+
+-- What each active hold reserved of which lot (issue #77: a hold reserves free credits of the lots
+-- that may pay for its model, in spending order; billing.pick_lots, 11-ledger-writer.sql). Per
+-- lot, Σ amount over active holds = lots.reserved (billing.check_lots). No foreign keys, as
+-- holds and lot_allocations have none: only the writer writes it, under the account lock.
+create table billing.hold_lots (
+  hold_id uuid not null,
+  lot_id bigint not null,
+  amount numeric(38,18) not null,
+  constraint hold_lots_amount_positive check ((amount > (0)::numeric)),
+  constraint hold_lots_pkey primary key (hold_id, lot_id)
+);
+comment on table billing.hold_lots is 'What each hold reserved of each lot; per lot, Σ over active holds = lots.reserved. Written only by the ledger''s writer.';
+alter table billing.hold_lots enable row level security;
+
+create index hold_lots_lot on billing.hold_lots (lot_id);
 
 create index holds_active_expiry on billing.holds (expires_at) where status = 'active';
 
@@ -359,13 +396,24 @@ begin
     return jsonb_build_object('token', 'USER_NOT_ACTIVE',
       'detail', jsonb_build_object('rule', 'the user must exist and not be deleted or banned'));
   end if;
+  -- A buyer whose own payment (a purchase of theirs, a gift code's included, or a plan invoice)
+  -- is disputed is suspended until the dispute closes (issue #77). An organisation's purchase
+  -- suspends no one; a redeemer or member of what the buyer paid for is never named here.
+  -- The tables are 50-purchases.sql's and 56-plans.sql's; 60-dispute-suspension.sql indexes them.
+  if exists (select 1 from billing.purchases p
+             where p.user_id = p_user and p.org_id is null and p.dispute_status = 'open')
+     or exists (select 1 from billing.subscriptions s join billing.plan_grants g on g.subscription_id = s.id
+                where s.user_id = p_user and g.dispute_status = 'open') then
+    return jsonb_build_object('token', 'ACCOUNT_DISPUTED',
+      'detail', jsonb_build_object('rule', 'a payment of yours is disputed: credits cannot be used or moved until the dispute closes'));
+  end if;
   if p_admin and v_role <> 'admin' then
     return jsonb_build_object('token', 'ADMIN_REQUIRED', 'detail', jsonb_build_object('rule', 'app_metadata.role must be admin now'));
   end if;
   return null;
 end;
 $$;
-comment on function billing.standing_refusal(p_user uuid, p_admin boolean) is 'Internal: USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ADMIN_REQUIRED unless (when asked) they are an admin now; else null.';
+comment on function billing.standing_refusal(p_user uuid, p_admin boolean) is 'Internal: USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ACCOUNT_DISPUTED while a purchase or plan invoice the user paid (not an organisation''s) has an open dispute; ADMIN_REQUIRED unless (when asked) they are an admin now; else null.';
 revoke execute on function billing.standing_refusal(p_user uuid, p_admin boolean) from public;
 
 create or replace function billing.assert_user_standing(p_user uuid, p_admin boolean default false) returns void
@@ -529,21 +577,6 @@ $$;
 comment on function billing.code_escrow_id(p_code uuid) is 'Internal: the account holding a gift or sponsor code''s credits until it is redeemed.';
 revoke execute on function billing.code_escrow_id(p_code uuid) from public;
 
--- Work under way (a job's or a gateway call's hold) in an account where a dispute holds credits
--- does not lapse by its TTL alone: the dispute's hold there may stand lowered for it (its buyer
--- holds that part, billing.dispute_work_held), so what it held would come free to any spend.
--- billing.release_disputed_work_holds ends it with a refit instead; until then it still counts.
-create or replace function billing.work_waits_for_dispute(p_account_id bigint) returns boolean
-language sql stable
-set search_path = ''
-as $$
-  select exists (select 1 from billing.holds d
-                 where d.account_id = p_account_id and d.status = 'active' and d.purpose = 'dispute')
-$$;
-comment on function billing.work_waits_for_dispute(p_account_id bigint) is 'Internal: whether job and gateway holds past their TTL in this account wait for the dispute sweep (a dispute holds credits here) instead of lapsing.';
-revoke execute on function billing.work_waits_for_dispute(p_account_id bigint) from public;
-grant execute on function billing.work_waits_for_dispute(p_account_id bigint) to service_role;
-
 create or replace function billing.balance_of(p_account_id bigint)
 returns billing.balance
 language plpgsql
@@ -554,33 +587,39 @@ declare
   a billing.accounts;
   v_overdue numeric := 0;
   v_due numeric := 0;
-  v_yielding numeric := 0;
   v_given numeric := 0;
+  v_frozen numeric := 0;
 begin
   select * into a from billing.accounts x where x.id = p_account_id;
   if not found then
     return null;
   end if;
   -- As settle_account would leave it: overdue holds ended; once next_expiry has passed, due lots
-  -- expired and the user's and jobs' holds given way until what is held fits in what is left (a
-  -- dispute's hold stays whole, as fit_holds leaves it). Each sum is read only when it can be
-  -- non-zero: nearly every account has nothing held or due, and is answered from its row.
+  -- expired (reserved or frozen, whole) and the live holds that reserved them shrunk by their
+  -- part. Each sum is read only when it can be non-zero: nearly every account has nothing held or
+  -- due, and is answered from its row.
   if a.held > 0 then
     v_overdue := coalesce((select sum(h.amount) from billing.holds h
-                           where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()
-                             and not (h.purpose in ('job', 'ai') and billing.work_waits_for_dispute(a.id))), 0);
+                           where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()), 0);
   end if;
   if a.next_expiry <= now() then
     v_due := coalesce((select sum(l.remaining) from billing.lots l
-                       where l.account_id = a.id and l.open and not l.frozen and l.expires_at <= now()), 0);
+                       where l.account_id = a.id and l.open and l.expires_at <= now()), 0);
     if a.held > 0 then
-      v_yielding := coalesce((select sum(h.amount) from billing.holds h
-                              where h.account_id = a.id and h.status = 'active' and h.expires_at > now()
-                                and h.purpose in ('user', 'job', 'ai')), 0);
-      v_given := least(v_yielding, greatest(a.held - v_overdue - greatest(a.balance - v_due, 0), 0));
+      v_given := coalesce((select sum(hl.amount) from billing.hold_lots hl
+                           join billing.holds h on h.id = hl.hold_id and h.status = 'active' and h.expires_at > now()
+                           join billing.lots l on l.id = hl.lot_id and l.open and l.expires_at <= now()
+                           where h.account_id = a.id), 0);
     end if;
   end if;
-  return (a.balance - v_due, a.held - v_overdue - v_given, a.balance - v_due - a.held + v_overdue + v_given)::billing.balance;
+  -- A frozen lot's free credits are in the balance but cannot be spent until its dispute ends.
+  if a.frozen_lots then
+    v_frozen := coalesce((select sum(l.remaining - l.reserved) from billing.lots l
+                          where l.account_id = a.id and l.open and l.frozen
+                            and not coalesce(a.next_expiry <= now() and l.expires_at <= now(), false)), 0);
+  end if;
+  return (a.balance - v_due, a.held - v_overdue - v_given,
+    a.balance - v_due - a.held + v_overdue + v_given - v_frozen)::billing.balance;
 end
 $$;
 comment on function billing.balance_of(p_account_id bigint) is 'Balance, live held amount (holds past their TTL no longer count) and available.';
@@ -611,165 +650,6 @@ $$;
 comment on function billing.get_balance(p_user uuid) is 'A user''s balance, held and available, and the next expiry (amount, time); zeros when the user has no account yet.';
 revoke execute on function billing.get_balance(p_user uuid) from public;
 grant execute on function billing.get_balance(p_user uuid) to service_role;
-
-create or replace function billing.get_ledger(
-  p_user uuid, p_before_id bigint default null, p_limit integer default 50,
-  p_from timestamptz default null, p_to timestamptz default null
-) returns table (id bigint, created_at timestamptz, kind billing.transfer_kind, amount numeric,
-                 balance_after numeric, correlation_id text, reference text, lots jsonb, paid_by_org uuid, model text)
-language sql
-stable
-security definer
-set search_path = ''
-as $$
-  select x.id, x.created_at, x.kind, x.amount, x.balance_after, x.correlation_id, x.reference, x.lots, x.paid_by_org,
-    x.model
-  from (
-    select e.id, e.created_at, t.kind, e.amount, e.balance_after, t.correlation_id, t.reference,
-      -- The lot a grant created, or the lots a debit drew from.
-      coalesce(g.lots, x.lots, '[]') as lots, null::uuid as paid_by_org,
-      -- What a charge paid for: the model the ledger recorded (usage, a gateway call, a job's hold).
-      case when t.kind in ('usage', 'hold_capture') then coalesce(t.metadata ->> 'model',
-        (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)) end as model
-    from billing.accounts a
-    join billing.entries e on e.account_id = a.id
-    join billing.transfers t on t.id = e.transfer_id
-    left join lateral (select jsonb_build_array(jsonb_build_object('lot_id', l.id::text, 'amount', trim_scale(l.amount)::text)) as lots
-                       from billing.lots l where l.grant_transfer_id = t.id) g on e.amount > 0
-    left join lateral (select jsonb_agg(jsonb_build_object('lot_id', la.lot_id::text, 'amount', trim_scale(la.amount)::text)
-                                        order by la.lot_id) as lots
-                       from billing.lot_allocations la where la.transfer_id = t.id) x on e.amount < 0
-    where a.user_id = p_user
-      and e.balance_after is not null -- always true for user entries; lets the partial index serve
-      and (p_before_id is null or e.id < p_before_id)
-      and (p_from is null or e.created_at >= p_from)
-      and (p_to is null or e.created_at < p_to)
-    union all
-    -- Spending an organisation paid for the member (transfers_org_member serves member_id).
-    select e.id, e.created_at, t.kind, e.amount, null, t.correlation_id, t.reference, '[]'::jsonb, a.org_id,
-      case when t.kind in ('usage', 'hold_capture') then coalesce(t.metadata ->> 'model',
-        (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)) end
-    from billing.transfers t
-    join billing.entries e on e.transfer_id = t.id and e.amount < 0
-    join billing.accounts a on a.id = e.account_id and a.org_id is not null
-    where t.member_id = p_user and t.kind in ('usage', 'hold_capture')
-      and (p_before_id is null or e.id < p_before_id)
-      and (p_from is null or e.created_at >= p_from)
-      and (p_to is null or e.created_at < p_to)
-  ) x
-  order by x.id desc
-  limit least(greatest(p_limit, 1), 1000)
-$$;
-comment on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz)
-  is 'A user''s entries in [p_from, p_to), newest first, keyset-paginated by entry id, each with the lots it created or drew from and, for a charge, the model it paid for; charges an organisation paid for the user are included with paid_by_org and no balance_after.';
-revoke execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) from public, anon, authenticated;
-grant execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) to service_role;
-
--- An account's charges in [from, to), and those a school paid for a member (transfers naming
--- them as member; of one organisation when p_org is given), as rows. The account's entries are
--- read through entries_user_account from an entry written an hour before `from` (ids and
--- times agree to within the longest transaction), found newest first: only the range and what
--- came after it, which for the days after the roll-up is today and yesterday.
-create or replace function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamptz, p_to timestamptz)
-returns table (created_at timestamptz, model text, credits numeric, input_tokens bigint, output_tokens bigint, school boolean,
-  requests integer, cached_input_tokens bigint, reasoning_tokens bigint, images bigint, audio_seconds bigint)
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  v_floor bigint := 0;
-begin
-  if p_account is not null then
-    v_floor := coalesce((
-      select e.id from billing.entries e
-      where e.account_id = p_account and e.balance_after is not null and e.created_at < p_from - interval '1 hour'
-      order by e.id desc limit 1), 0);
-  end if;
-  -- Token counts inline, not through a helper: a SQL function with a SET clause is never
-  -- inlined, and two such calls a row were half of a summary's time.
-  -- A void's metadata is the ledger's own (charged_at, model, tokens): see the header.
-  return query
-    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else e.created_at end,
-      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
-      -e.amount,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
-        then (t.metadata ->> 'input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
-        then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      false,
-      case when t.kind = 'void' then -1 else 1 end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
-        then (t.metadata ->> 'cached_input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
-        then (t.metadata ->> 'reasoning_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
-        then (t.metadata ->> 'images')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
-        then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
-    from billing.entries e
-    join billing.transfers t on t.id = e.transfer_id
-    where p_account is not null and e.account_id = p_account and e.balance_after is not null and e.id > v_floor
-      and e.created_at >= p_from and e.created_at < p_to
-      and ((e.amount < 0 and t.kind in ('usage', 'hold_capture')) or (e.amount > 0 and t.kind = 'void'))
-    union all
-    select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else t.created_at end,
-      coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
-      case when t.kind = 'void' then -t.amount else t.amount end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
-        then (t.metadata ->> 'input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
-        then (t.metadata ->> 'output_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      true,
-      case when t.kind = 'void' then -1 else 1 end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
-        then (t.metadata ->> 'cached_input_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
-        then (t.metadata ->> 'reasoning_tokens')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
-        then (t.metadata ->> 'images')::bigint * case when t.kind = 'void' then -1 else 1 end end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
-        then (t.metadata ->> 'audio_seconds')::bigint * case when t.kind = 'void' then -1 else 1 end end
-    from billing.transfers t
-    where p_member is not null and t.member_id = p_member and t.created_at >= p_from and t.created_at < p_to
-      and t.kind in ('usage', 'hold_capture', 'void')
-      and (p_org is null or case when t.kind = 'void' then t.to_account_id else t.from_account_id end
-                             in (select a.id from billing.accounts a where a.org_id = p_org));
-end;
-$$;
-comment on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the charges of an account (and those paid for a member by a school) in [from, to), and the voids made then (negative, dated by their charge).';
-revoke execute on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) from public;
-
--- How long `p_account`'s available credits last at the pace of its charges over the last 7
--- days (7 × 24 hours, live): null when it charged nothing then (no pace), 0 days when nothing
--- is available.
-create or replace function billing.runway(p_account bigint) returns jsonb
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  v_spent numeric;
-  v_available numeric;
-  v_pace numeric;
-begin
-  if p_account is null then
-    return null;
-  end if;
-  select coalesce(sum(c.credits), 0) into v_spent
-  from billing.usage_charges(p_account, null, null, now() - interval '7 days', now() + interval '1 hour') c;
-  if v_spent = 0 then
-    return null;
-  end if;
-  v_available := greatest((billing.balance_of(p_account)).available, 0);
-  v_pace := round(v_spent::numeric(38, 18) / 7, 18); -- scale 18 in, so 18 digits out
-  return jsonb_build_object(
-    'days', floor(v_available / v_pace)::bigint,
-    'pace_per_day', trim_scale(v_pace)::text,
-    'available', trim_scale(v_available)::text,
-    'basis_days', 7);
-end;
-$$;
-comment on function billing.runway(p_account bigint) is 'Internal: days the account''s available credits last at its last 7 days'' pace (null without a pace).';
-revoke execute on function billing.runway(p_account bigint) from public;
 
 -- ============================================================ views
 

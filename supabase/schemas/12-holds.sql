@@ -1,11 +1,13 @@
--- Holds: two-phase spending. A hold reserves part of an account's balance (reserve → capture all
--- or part, or release; past its TTL it expires), so available = balance − active holds. Purposes:
--- a user's own hold, a job's estimate, an AI call's worst case, a dispute's freeze. A hold is a
--- pending transfer: billing.post_transfers alone places, resizes, posts (a capture, with its
--- movement) and voids (released, expired) one, and keeps the account's held with it (hold_step);
--- the functions here decide what may be held and when, under the account lock, account first,
--- then the hold. The table is in 10-ledger.sql, and holds past their TTL or above a shrunken
--- balance give way on the writer's road (expire_overdue_holds, fit_holds: 11-ledger-writer.sql).
+-- Holds: two-phase spending. A hold reserves free credits of specific lots (billing.hold_lots,
+-- lots.reserved: the lots that may pay for its model, in spending order) until it is captured
+-- (all or part, from what it reserved; the rest returns), released, or expires at its TTL, so
+-- available = balance − active holds. Purposes: a user's own hold (lots for any model), a job's
+-- estimate, an AI call's worst case. A hold is a pending transfer: billing.post_transfers alone
+-- places, resizes, posts (a capture, with its movement) and voids (released, expired) one, and
+-- keeps the reservation and the account's held with it (hold_step); the functions here decide
+-- what may be held and when, under the account lock, account first, then the hold, and tell
+-- billing.hold_ended when one ends. The table is in 10-ledger.sql; holds past their TTL end on
+-- the writer's road (expire_overdue_holds, 11-ledger-writer.sql).
 
 -- ============================================================ types
 
@@ -78,17 +80,12 @@ begin
     v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, null);
   end if;
   v_account := billing.settled(v_account);
-  -- On an account with restricted lots, the hold must be payable beside every other live one
-  -- (asked only when the account has the amount at all: if not, the writer's refusal says so).
-  if v_account.restricted_lots and v_account.balance - v_account.held >= p_amount then
-    perform billing.restricted_draw(v_account, case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end, p_amount);
-  end if;
   v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
     p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end);
   -- The account was settled above (or had nothing held or due): its row is what balance_of would
-  -- answer, with this hold added.
-  return billing.hold_result_of(v_hold, false, (v_account.balance, v_account.held + p_amount,
-    v_account.balance - v_account.held - p_amount)::billing.balance);
+  -- answer, with this hold added (read there when frozen credits are beside it).
+  return billing.hold_result_of(v_hold, false, case when not v_account.frozen_lots then (v_account.balance,
+    v_account.held + p_amount, v_account.balance - v_account.held - p_amount)::billing.balance end);
 end;
 $$;
 comment on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) is 'Internal: reserves available credits as a hold of the given purpose (user or job), under the account lock.';
@@ -138,7 +135,7 @@ begin
   return v_hold;
 end;
 $$;
-comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to); HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s, AI call''s or dispute''s hold.';
+comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to); HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s or AI call''s hold.';
 revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
 
 -- A capture as the writer makes it, straight to it: the hold posted by its transfer, the hold's
@@ -162,20 +159,18 @@ begin
   if v_account.held > p_hold.amount and billing.expire_overdue_holds(v_account.id) > 0 then
     select * into v_account from billing.accounts a where a.id = p_hold.account_id;
   end if;
-  -- The hold stops counting first, so the capture spends what it reserved; a dispute's reversal
-  -- may have taken the balance below it.
+  -- The hold stops counting first, so the capture spends what it reserved.
   v_account.held := v_account.held - p_hold.amount;
   v_posted := (billing.post_transfers(array[('hold_capture', v_account.id, billing.platform_account_id('usage_revenue'),
       p_capture, 'hold:' || p_hold.id::text, coalesce(p_correlation_id, p_hold.correlation_id), null, p_metadata, null,
       p_hold.id, case when v_account.org_id is not null then p_hold.member_id end,
-      -- Credits for some models only: what may pay for the call's model, every other live hold kept payable.
-      case when v_account.restricted_lots
-           then billing.restricted_draw(v_account, p_metadata ->> 'model', p_capture, false, p_hold.id) end
+      null   -- what the hold reserved (the writer takes it)
     )::billing.transfer_spec],
     array[('post', p_hold.id, p_capture, null, null, null, null, null, null, null, null, null, null)::billing.hold_step]))[1];
   if v_posted.result = 'insufficient' then
     perform billing.raise_error('INSUFFICIENT_CREDITS', v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)));
   end if;
+  perform billing.hold_ended(p_hold.id);
   v_account.balance := coalesce(v_posted.from_balance, (select a.balance from billing.accounts a where a.id = v_account.id));
   v_account.version := v_account.version + 1;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
@@ -188,7 +183,7 @@ begin
     perform billing.return_hold_cap_room(v_hold, v_hold.amount - p_capture);
   end if;
   -- Nothing else held: the row is exact; otherwise read as any read is (balance_of).
-  return billing.hold_result_of(v_hold, false, case when v_account.held = 0
+  return billing.hold_result_of(v_hold, false, case when v_account.held = 0 and not v_account.frozen_lots
     then (v_account.balance, 0, v_account.balance)::billing.balance end);
 end;
 $$;
@@ -204,10 +199,8 @@ as $$
 declare
   v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
   v_capture numeric(38, 18);
-  v_unfrozen numeric(38, 18);
-  v_pool boolean;
 begin
-  -- Credits that expired under the hold are gone before it is captured (the hold gave way).
+  -- Credits that expired under the hold are gone before it is captured (the hold shrank by them).
   if (select a.next_expiry <= now() from billing.accounts a where a.id = v_hold.account_id) then
     perform billing.expire_due_lots(v_hold.account_id);
     select * into v_hold from billing.holds h where h.id = p_hold_id;
@@ -228,21 +221,6 @@ begin
   if v_capture > v_hold.amount then
     perform billing.raise_error('CAPTURE_EXCEEDS_HOLD', jsonb_build_object('held', trim_scale(v_hold.amount)::text,
       'requested', trim_scale(v_capture)::text));
-  end if;
-
-  -- A user's own capture never spends credits a dispute has frozen (a reversal of another
-  -- purchase can take the balance below what is held). A job's capture is work already done.
-  if p_user is not null then
-    select a.balance - coalesce(sum(h.amount), 0), a.org_id is not null and a.member_id is null into v_unfrozen, v_pool
-    from billing.accounts a
-    left join billing.holds h on h.account_id = a.id and h.status = 'active' and h.purpose = 'dispute'
-    where a.id = v_hold.account_id group by a.id;
-    if v_unfrozen < v_capture then
-      -- A member never reads a pool's balance, refused or not.
-      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_strip_nulls(jsonb_build_object(
-        'required', trim_scale(v_capture)::text,
-        'available', case when not v_pool then trim_scale(greatest(v_unfrozen, 0))::text end, 'frozen_by_dispute', true)));
-    end if;
   end if;
 
   return billing.post_capture(v_hold, v_capture, p_correlation_id, p_metadata);
@@ -274,7 +252,7 @@ declare
   v_excess billing.transfer_result;
 begin
   select * into v_account from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = p_hold_id);
-  -- Credits past their expiry go first (the hold gives way), so what it can capture is known
+  -- Credits past their expiry go first (the hold shrinks by its part), so what it can capture is known
   -- before it is asked to (capture_hold would expire them itself, and refuse the larger amount).
   if v_account.next_expiry <= now() then
     perform billing.expire_due_lots(v_account.id);
@@ -284,11 +262,8 @@ begin
   captured := 0;
   overage := 0;
   if p_amount > 0 and v_hold.status = 'active' then
+    -- What the hold reserved pays (for the model it was placed for: its lots may pay for it).
     captured := least(p_amount, v_hold.amount);
-    -- Credits for some models only: the hold pays what may pay for the model priced.
-    if v_account.restricted_lots then
-      captured := least(captured, (billing.plan_lot_draw(v_account.id, v_model, captured, false, p_hold_id) ->> 'found')::numeric);
-    end if;
   end if;
   if captured > 0 then
     -- Under the caller's lock, checked here: no second lock (capture_hold is the user's door).
@@ -307,8 +282,8 @@ begin
       v_available := (billing.balance_of(v_hold.account_id)).available;
     end if;
     overage := least(p_amount - captured, greatest(v_available, 0));
-    if overage > 0 and v_account.restricted_lots then
-      overage := least(overage, (billing.plan_lot_draw(v_account.id, v_model, overage) ->> 'found')::numeric);
+    if overage > 0 and v_account.reads_lots then
+      overage := least(overage, billing.free_credits(v_account.id, v_model, false));
     end if;
     -- The excess is spending like any other: it fits in what every cap (the account's, a
     -- member's on a school wallet, per model) has left, and the writer counts it against them.
@@ -355,6 +330,7 @@ begin
   end if;
   perform billing.post_transfers('{}', array[('void', p_hold_id, null, 'released', null, null, null, null, null, null, null,
     null, null)::billing.hold_step]);
+  perform billing.hold_ended(p_hold_id);
   select * into v_hold from billing.holds h where h.id = p_hold_id;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount);
   -- Other holds past their TTL end with it (expire_overdue_holds then tells the alert and
@@ -382,7 +358,6 @@ begin
   for v_account_id in
     select distinct h.account_id from billing.holds h
     where h.status = 'active' and h.expires_at <= now()
-      and not (h.purpose in ('job', 'ai') and billing.work_waits_for_dispute(h.account_id))
     order by h.account_id limit p_limit
   loop
     v_total := v_total + billing.expire_overdue_holds(v_account_id);
@@ -417,8 +392,12 @@ begin
   v_placed := (billing.post_transfers('{}', array[('place', v_id, p_amount, null, null, null, p_account_id, p_idempotency_key,
     p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)::billing.hold_step]))[1];
   if v_placed.result = 'insufficient' then
-    perform billing.raise_error('INSUFFICIENT_CREDITS', v_placed.refusal
-      || jsonb_build_object('debt', (select billing.in_debt(a) from billing.accounts a where a.id = p_account_id)));
+    -- Credits for some models: which may not pay for the hold's model, and why (a pool's never told).
+    perform billing.raise_error('INSUFFICIENT_CREDITS', (select v_placed.refusal || jsonb_build_object('debt', billing.in_debt(a))
+        || case when a.restricted_lots and not (a.org_id is not null and a.member_id is null)
+                then billing.model_refusal(a, case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end)
+                else '{}'::jsonb end
+      from billing.accounts a where a.id = p_account_id));
   elsif v_placed.result = 'capped' then
     perform billing.raise_error('SPEND_CAP_REACHED', v_placed.refusal);
   end if;

@@ -76,7 +76,7 @@ comment on function billing.usage_event_key(p_user uuid, p_event_id text) is 'In
 revoke execute on function billing.usage_event_key(p_user uuid, p_event_id text) from public;
 
 -- A batch event that cannot join the batch's one write: a member's (the spending order picks the
--- wallet) or one on an account with restricted lots (billing.plan_lot_draw picks the lots).
+-- wallet) or one on an account with restricted lots (its charge draws for its model).
 create or replace function billing.charge_event_alone(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint,
   p_event_id text, p_correlation_id text, p_occurred_at timestamptz, p_cached_input_tokens bigint default 0,
   p_reasoning_tokens bigint default 0, p_images bigint default 0, p_audio_seconds bigint default 0) returns jsonb
@@ -114,6 +114,56 @@ end;
 $$;
 comment on function billing.charge_event_alone(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Internal: one batch event charged alone, through billing.charge_usage (a member''s spending order, an account with restricted lots); a refusal is its outcome.';
 revoke execute on function billing.charge_event_alone(p_user uuid, p_model text, p_input_tokens bigint, p_output_tokens bigint, p_event_id text, p_correlation_id text, p_occurred_at timestamp with time zone, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
+
+-- A batch's events priced, checked and described before any account is locked (none of it reads
+-- a balance, so billing.charge_usage_batch holds its locks only for what needs them): by place,
+-- whose, the event id and model, why it is refused (null: it is not), its rate card and price, its
+-- ledger key, correlation and what its transfer records. Each event is priced from its model's
+-- current rate card (null: a kind the card leaves unpriced), within the same bounds as
+-- price_usage (an event out of them is refused alone). Event ids are the caller's, one namespace
+-- per user (billing.usage_event_key).
+create or replace function billing.priced_usage_events(p_events jsonb, out b_user uuid[], out b_event text[],
+  out b_model text[], out b_error text[], out b_card bigint[], out b_amount numeric[], out b_key text[],
+  out b_correlation text[], out b_facts jsonb[])
+returns record
+language sql stable
+set search_path = ''
+as $$
+  with ev as (
+    select x.ord::integer as ord, x.ev ->> 'event_id' as event_id, (x.ev ->> 'user_id')::uuid as user_id,
+      x.ev ->> 'model' as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
+      (x.ev ->> 'output_tokens')::bigint as output_tokens, (x.ev ->> 'occurred_at')::timestamptz as occurred_at,
+      x.ev ->> 'correlation_id' as correlation_id,
+      coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
+      coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
+      coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
+    from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
+  ), checked as (
+    select ev.*, not billing.usage_counts_valid(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens,
+      ev.reasoning_tokens, ev.images, ev.audio_seconds) as invalid
+    from ev
+  ), cards as (
+    select distinct on (rc.model) rc.* from billing.rate_cards rc
+    where rc.model = any(array(select distinct ev.model from ev)) and rc.effective_from <= now()
+    order by rc.model, rc.effective_from desc, rc.version desc
+  ), priced as materialized (            -- each event priced once, however many aggregates below read it
+    select b.*, r.id as rate_card_id,
+      case when not b.invalid then billing.usage_amount(b.input_tokens, b.cached_input_tokens, b.output_tokens,
+        b.reasoning_tokens, b.images, b.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token,
+        r.credits_per_output_token, r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) end as amount
+    from checked b left join cards r on r.model = b.model
+  )
+  select array_agg(p.user_id order by p.ord), array_agg(p.event_id order by p.ord), array_agg(p.model order by p.ord),
+    array_agg(case when p.invalid then 'INVALID_TOKENS' when p.rate_card_id is null then 'UNKNOWN_MODEL'
+                   when p.amount is null then 'UNPRICED_USAGE' end order by p.ord),
+    array_agg(p.rate_card_id order by p.ord), array_agg(p.amount order by p.ord),
+    array_agg(billing.usage_event_key(p.user_id, p.event_id) order by p.ord), array_agg(p.correlation_id order by p.ord),
+    array_agg(billing.usage_facts(p.model, p.input_tokens, p.output_tokens, p.cached_input_tokens, p.reasoning_tokens,
+      p.images, p.audio_seconds) || jsonb_build_object('occurred_at', p.occurred_at, 'event_id', p.event_id) order by p.ord)
+  from priced p
+$$;
+comment on function billing.priced_usage_events(p_events jsonb) is 'Internal: a usage batch''s events priced and checked, by place, before any lock (billing.charge_usage_batch).';
+revoke execute on function billing.priced_usage_events(p_events jsonb) from public;
 
 create or replace function billing.charge_usage_batch(p_events jsonb)
 returns jsonb
@@ -154,45 +204,9 @@ begin
     perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
   end if;
 
-  -- Priced, checked and described before any account is locked: none of it reads a balance, so
-  -- the locks are held only for what needs them (balances, replays, the writer), and concurrent
-  -- batches over the same students wait on each other that much less. Each event is priced from
-  -- its model's current rate card (null: a kind the card leaves unpriced), within the same bounds
-  -- as price_usage (an event out of them is refused alone). Event ids are the caller's, one
-  -- namespace per user (billing.usage_event_key).
-  with ev as (
-    select x.ord::integer as ord, x.ev ->> 'event_id' as event_id, (x.ev ->> 'user_id')::uuid as user_id,
-      x.ev ->> 'model' as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
-      (x.ev ->> 'output_tokens')::bigint as output_tokens, (x.ev ->> 'occurred_at')::timestamptz as occurred_at,
-      x.ev ->> 'correlation_id' as correlation_id,
-      coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,
-      coalesce((x.ev ->> 'reasoning_tokens')::bigint, 0) as reasoning_tokens,
-      coalesce((x.ev ->> 'images')::bigint, 0) as images, coalesce((x.ev ->> 'audio_seconds')::bigint, 0) as audio_seconds
-    from jsonb_array_elements(p_events) with ordinality as x(ev, ord)
-  ), checked as (
-    select ev.*, not billing.usage_counts_valid(ev.input_tokens, ev.output_tokens, ev.cached_input_tokens,
-      ev.reasoning_tokens, ev.images, ev.audio_seconds) as invalid
-    from ev
-  ), cards as (
-    select distinct on (rc.model) rc.* from billing.rate_cards rc
-    where rc.model = any(array(select distinct ev.model from ev)) and rc.effective_from <= now()
-    order by rc.model, rc.effective_from desc, rc.version desc
-  ), priced as materialized (            -- each event priced once, however many aggregates below read it
-    select b.*, r.id as rate_card_id,
-      case when not b.invalid then billing.usage_amount(b.input_tokens, b.cached_input_tokens, b.output_tokens,
-        b.reasoning_tokens, b.images, b.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token,
-        r.credits_per_output_token, r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second) end as amount
-    from checked b left join cards r on r.model = b.model
-  )
-  select array_agg(p.user_id order by p.ord), array_agg(p.event_id order by p.ord), array_agg(p.model order by p.ord),
-    array_agg(case when p.invalid then 'INVALID_TOKENS' when p.rate_card_id is null then 'UNKNOWN_MODEL'
-                   when p.amount is null then 'UNPRICED_USAGE' end order by p.ord),
-    array_agg(p.rate_card_id order by p.ord), array_agg(p.amount order by p.ord),
-    array_agg(billing.usage_event_key(p.user_id, p.event_id) order by p.ord), array_agg(p.correlation_id order by p.ord),
-    array_agg(billing.usage_facts(p.model, p.input_tokens, p.output_tokens, p.cached_input_tokens, p.reasoning_tokens,
-      p.images, p.audio_seconds) || jsonb_build_object('occurred_at', p.occurred_at, 'event_id', p.event_id) order by p.ord)
-  into b_user, b_event, b_model, b_error, b_card, b_amount, b_key, b_correlation, b_facts
-  from priced p;
+  -- Priced, checked and described before any account is locked (billing.priced_usage_events).
+  select * into b_user, b_event, b_model, b_error, b_card, b_amount, b_key, b_correlation, b_facts
+  from billing.priced_usage_events(p_events);
 
   select * into v_locked from billing.lock_usage_batch(b_user);
 

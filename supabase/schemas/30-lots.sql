@@ -25,6 +25,10 @@ create table billing.lots (
   remaining numeric(38,18) not null,
   open boolean generated always as ((remaining > (0)::numeric)) stored,
   frozen boolean default false not null,
+  -- Of remaining, what active holds reserved (billing.hold_lots).
+  reserved numeric(38,18) default 0 not null,
+  -- What may be drawn, reserved or moved: the one place a frozen lot's credits are none.
+  free numeric(38,18) generated always as ((case when frozen then (0)::numeric else (remaining - reserved) end)) stored,
   granted_at timestamp with time zone default now() not null,
   expires_at timestamp with time zone,
   warned_days integer[] default '{}'::integer[] not null,
@@ -41,6 +45,7 @@ create table billing.lots (
   constraint lots_debt_settled_within check ((debt_settled >= (0)::numeric)),
   constraint lots_promotional_free check (((category = 'paid'::text) or (cost_cents = (0)::numeric))),
   constraint lots_remaining_within check (((remaining >= (0)::numeric) and ((remaining + debt_settled) <= amount))),
+  constraint lots_reserved_within check (((reserved >= (0)::numeric) and (reserved <= remaining))),
   constraint lots_one_per_grant unique nulls not distinct (grant_transfer_id, moved_from),
   constraint lots_pkey primary key (id),
   constraint lots_account_id_fkey foreign key (account_id) references billing.accounts(id),
@@ -49,6 +54,8 @@ create table billing.lots (
 ) with (fillfactor = 50);
 comment on table billing.lots is 'Where each credit came from: one lot per grant, drawn down in spending order. remaining is maintained under the account lock.';
 comment on column billing.lots.debt_settled is 'Of the credits this lot brought, the part that paid a debt on arrival; fixed at the grant (what credits given back to it later pay is their allocation''s debt_settled).';
+comment on column billing.lots.reserved is 'Of remaining, what active holds reserved (billing.hold_lots): not drawable, reservable or movable by anything else (see free).';
+comment on column billing.lots.free is 'What may be drawn, reserved or moved: remaining − reserved, none while frozen (docs/credit-lots.md § Spending order 3).';
 comment on column billing.lots.moved_from is 'The lot these credits were moved out of (allowance, sweep): its provenance is this lot''s; null for a grant.';
 comment on column billing.lots.applies_to is 'The models (names, or families ending in *) these credits may pay for; null: any (31-lot-applicability.sql). Kept through moves.';
 alter table billing.lots enable row level security;
@@ -136,6 +143,48 @@ $$;
 comment on function billing.lot_lineage(p_lot_id bigint) is 'Internal: a lot and every lot its credits were moved into since (rollovers, moves), in id order.';
 revoke execute on function billing.lot_lineage(p_lot_id bigint) from public;
 
+-- A dispute opened (p_frozen) or closed: these lots, and every lot their credits were moved into
+-- since (any depth), freeze or thaw wherever they are (docs/credit-lots.md § Refunds, disputes and
+-- debt 3). What holds reserved of them stays theirs; what is free cannot be spent, reserved or
+-- moved while frozen. An account holding a frozen lot is flagged (accounts.frozen_lots) so that
+-- what it may spend is read from its lots; the flag goes when none of its lots is frozen. Called
+-- by 51-refunds-disputes.sql (a plan invoice's lots: its grant's); the caller locks the accounts.
+create or replace function billing.set_lots_frozen(p_lots bigint[], p_frozen boolean) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_accounts bigint[];
+begin
+  with recursive reach as (
+    select l.id from billing.lots l where l.id = any(p_lots)
+    union
+    select l.id from billing.lots l join reach r on l.moved_from = r.id
+  ), changed as (
+    update billing.lots l set frozen = p_frozen
+    from reach where l.id = reach.id and l.frozen <> p_frozen
+    returning l.account_id
+  )
+  select array_agg(distinct changed.account_id) into v_accounts from changed;
+  update billing.accounts a
+  set frozen_lots = exists (select 1 from billing.lots l where l.account_id = a.id and l.frozen)
+  where a.id = any(v_accounts);
+end;
+$$;
+comment on function billing.set_lots_frozen(p_lots bigint[], p_frozen boolean) is 'Internal: freezes (a dispute opened) or thaws these lots and every lot moved from them, wherever they are, and keeps accounts.frozen_lots right.';
+revoke execute on function billing.set_lots_frozen(p_lots bigint[], p_frozen boolean) from public;
+
+-- A purchase's lots (as granted; set_lots_frozen above follows their moves).
+create or replace function billing.set_lots_frozen(p_purchase_id uuid, p_frozen boolean) returns void
+language sql
+set search_path = ''
+as $$
+  select billing.set_lots_frozen(array(select l.id from billing.lots l
+                                       where l.purchase_id = p_purchase_id and l.moved_from is null), p_frozen)
+$$;
+comment on function billing.set_lots_frozen(p_purchase_id uuid, p_frozen boolean) is 'Internal: freezes (a dispute opened) or thaws a purchase''s lots and every lot moved from them, wherever they are, and keeps accounts.frozen_lots right.';
+revoke execute on function billing.set_lots_frozen(p_purchase_id uuid, p_frozen boolean) from public;
+
 create or replace function billing.lots_expired(p_lots bigint[]) returns numeric
 language sql stable
 set search_path = ''
@@ -158,7 +207,7 @@ begin
   -- Accounts nobody spends from still see their credits expire on time.
   for v_account_id in
     select l.account_id from billing.lots l
-    where l.open and l.expires_at <= now() and not l.frozen
+    where l.open and l.expires_at <= now()
     group by l.account_id order by min(l.expires_at) limit p_limit
   loop
     perform 1 from billing.accounts a where a.id = v_account_id for update;
@@ -240,13 +289,21 @@ as $$
   ), bad_lots as (
     select l.id from billing.lots l left join drawn d on d.lot_id = l.id
     where l.remaining + l.debt_settled + coalesce(d.total, 0) <> l.amount
+    union
+    -- A lot's reserved is what active holds reserved of it (billing.hold_lots).
+    select l.id from billing.lots l
+    left join (select hl.lot_id, sum(hl.amount) as total from billing.hold_lots hl
+               join billing.holds h on h.id = hl.hold_id and h.status = 'active' group by hl.lot_id) r on r.lot_id = l.id
+    where l.reserved <> coalesce(r.total, 0)
   ), bad_accounts as (
-    -- Credits for some models stay beside a debt (it is owed in money for anything): the lots for
-    -- any model hold what the balance has beyond them, 0 in debt.
+    -- Credits for some models stay beside a debt (it is owed in money for anything), and so do
+    -- what live holds reserved (theirs until they end): the free credits of the lots for any
+    -- model are what the balance has beyond both, 0 in debt.
     select a.id from billing.accounts a left join billing.lots l on l.account_id = a.id
     where a.code is null group by a.id, a.balance
-    having coalesce(sum(l.remaining) filter (where l.applies_to is null), 0)
-      <> greatest(a.balance - coalesce(sum(l.remaining) filter (where l.applies_to is not null), 0), 0)
+    having coalesce(sum(l.remaining - l.reserved) filter (where l.applies_to is null), 0)
+      <> greatest(a.balance - coalesce(sum(l.remaining) filter (where l.applies_to is not null), 0)
+                  - coalesce(sum(l.reserved) filter (where l.applies_to is null), 0), 0)
   ), bad_sub_accounts as (
     -- A sub-account holds what its account's lots under its list hold, and a list held has one.
     select coalesce(s.account_id, l.account_id) as id
@@ -288,7 +345,7 @@ as $$
     'deferred_revenue_cents', coalesce((select jsonb_object_agg(currency, jsonb_build_object(
       'from_lots', from_lots, 'from_flows', from_flows)) from deferred), '{}'))
 $$;
-comment on function billing.check_lots() is 'Proves lots, allocations and balances agree (the lots for any model hold what the balance has beyond the credits for some models, 0 in debt; each sub-account what its list''s lots hold), and deferred revenue two ways. Empty lists when all is well.';
+comment on function billing.check_lots() is 'Proves lots, allocations and balances agree (each lot''s reserved is what active holds reserved of it; the lots for any model hold what the balance has beyond the credits for some models, 0 in debt; each sub-account what its list''s lots hold), and deferred revenue two ways. Empty lists when all is well.';
 revoke execute on function billing.check_lots() from public;
 grant execute on function billing.check_lots() to service_role;
 

@@ -39,16 +39,18 @@ create table billing.lot_changes (
   lot_id bigint not null references billing.lots (id),
   changed_at timestamptz not null default now(),
   frozen_before boolean not null,
-  expires_at_before timestamptz                   -- null: it never expired
+  expires_at_before timestamptz,                  -- null: it never expired
+  reserved_before numeric(38, 18) not null        -- what holds reserved of it (a frozen lot's free credits)
 );
-comment on table billing.lot_changes is 'Immutable. Each change of a lot''s frozen flag or expiry, with the values before it, for lots as of an instant.';
+comment on table billing.lot_changes is 'Immutable. Each change of a lot''s frozen flag or expiry, and of what holds reserved of it while frozen, with the values before it, for lots as of an instant.';
 alter table billing.lot_changes enable row level security;
 grant select on table billing.lot_changes to service_role;
 
 create index lot_changes_lot on billing.lot_changes (lot_id, changed_at);
 
--- Holds that live longer than a day (a dispute's: until it ends), for held as of an instant:
--- any other hold reserving at an instant was placed in the day before it (holds_account).
+-- Holds that live longer than a day (placed by place_hold directly; reserve_hold's live at most a
+-- day), for held as of an instant: any other hold reserving at an instant was placed in the day
+-- before it (holds_account).
 create index holds_long_lived on billing.holds (account_id, created_at)
   where (expires_at at time zone 'UTC') > (created_at at time zone 'UTC') + interval '1 day';
 
@@ -71,11 +73,12 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  insert into billing.lot_changes (lot_id, frozen_before, expires_at_before) values (new.id, old.frozen, old.expires_at);
+  insert into billing.lot_changes (lot_id, frozen_before, expires_at_before, reserved_before)
+  values (new.id, old.frozen, old.expires_at, old.reserved);
   return null;
 end;
 $$;
-comment on function billing.record_lot_change() is 'Trigger: records a lot''s frozen flag and expiry before a change of either.';
+comment on function billing.record_lot_change() is 'Trigger: records a lot''s frozen flag, expiry and reserved credits before a change of the flag or expiry, or of what holds reserved of it while frozen.';
 revoke execute on function billing.record_lot_change() from public;
 
 -- What each of some lots of an account had left at p_at, from the rows after p_at or those
@@ -206,8 +209,8 @@ revoke execute on function billing.balance_at(p_account_id bigint, p_at timestam
 
 -- As billing.get_balance answers, at p_at: balance, held, available, and the next expiry of the
 -- lots open then. Zeros before the account existed (and for no account). Held: the holds placed
--- in the day before p_at (reserve_hold's longest life) by holds_account, and the longer-lived
--- ones (a dispute's: until it ends) by holds_long_lived. The next expiry: only lots that have
+-- in the day before p_at (reserve_hold's longest life) by holds_account, and any longer-lived
+-- ones by holds_long_lived. The next expiry: only lots that have
 -- or had an expiry (lot_changes) are read.
 create or replace function billing.balance_as_of(p_account_id bigint, p_at timestamptz) returns jsonb
 language plpgsql stable
@@ -220,16 +223,23 @@ declare
     left join lateral (select x.amount_before from billing.hold_resizes x
                        where x.hold_id = h.id and x.resized_at > p_at order by x.resized_at, x.id limit 1) r on true
     where h.account_id = p_account_id and h.created_at <= p_at and (h.finished_at is null or h.finished_at > p_at)
-      -- Work past its TTL where a dispute held credits still counted (billing.work_waits_for_dispute).
-      and (h.expires_at > p_at
-           or (h.purpose in ('job', 'ai')
-               and exists (select 1 from billing.holds d
-                           where d.account_id = p_account_id and d.purpose = 'dispute' and d.created_at <= p_at
-                             and (d.finished_at is null or d.finished_at > p_at))))
+      and h.expires_at > p_at
       and (h.created_at > p_at - interval '1 day'
            or (h.expires_at at time zone 'UTC') > (h.created_at at time zone 'UTC') + interval '1 day')), 0);
   v_next record;
+  v_frozen numeric;
 begin
+  -- A frozen lot's free credits (remaining less what holds reserved of it) cannot be spent: as
+  -- balance_of, what lots frozen at p_at had free then (lot_changes keeps both while frozen).
+  select coalesce(sum(greatest(r.remaining - coalesce(c.reserved_before, l.reserved), 0)), 0) into v_frozen
+  from billing.lots_remaining_as_of(p_account_id, p_at, array(
+      select l.id from billing.lots l where l.account_id = p_account_id and l.granted_at <= p_at
+        and (l.frozen or exists (select 1 from billing.lot_changes x where x.lot_id = l.id and x.frozen_before)))) r
+  join billing.lots l on l.id = r.lot_id
+  left join lateral (select x.frozen_before, x.reserved_before, x.expires_at_before from billing.lot_changes x
+                     where x.lot_id = l.id and x.changed_at > p_at order by x.changed_at, x.id limit 1) c on true
+  where coalesce(c.frozen_before, l.frozen)
+    and not coalesce(case when c.frozen_before is null then l.expires_at else c.expires_at_before end <= p_at, false);
   select l.expires_at, sum(l.remaining) as amount into v_next
   from (
     select case when c.id is null then l.expires_at else c.expires_at_before end as expires_at, r.remaining
@@ -243,7 +253,7 @@ begin
   where l.remaining > 0 and l.expires_at is not null
   group by l.expires_at order by l.expires_at limit 1;
   return jsonb_build_object('as_of', billing.json_time(p_at), 'balance', trim_scale(v_balance)::text,
-    'held', trim_scale(v_held)::text, 'available', trim_scale(v_balance - v_held)::text,
+    'held', trim_scale(v_held)::text, 'available', trim_scale(v_balance - v_held - v_frozen)::text,
     'expiring', case when v_next.expires_at is not null then jsonb_build_object('amount', trim_scale(v_next.amount)::text,
       'at', billing.json_time(v_next.expires_at)) end);
 end;
@@ -292,8 +302,9 @@ grant execute on function billing.user_lots_as_of(p_user uuid, p_at timestamp wi
 create trigger holds_record_resize after update of amount on billing.holds
   for each row when (old.amount is distinct from new.amount) execute function billing.record_hold_resize();
 
-create trigger lots_record_change after update of frozen, expires_at on billing.lots
-  for each row when (old.frozen is distinct from new.frozen or old.expires_at is distinct from new.expires_at)
+create trigger lots_record_change after update of frozen, expires_at, reserved on billing.lots
+  for each row when (old.frozen is distinct from new.frozen or old.expires_at is distinct from new.expires_at
+                     or (old.frozen and new.frozen and old.reserved is distinct from new.reserved))
   execute function billing.record_lot_change();
 
 create trigger hold_resizes_immutable before update or delete on billing.hold_resizes

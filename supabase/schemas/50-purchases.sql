@@ -77,7 +77,7 @@ create table billing.purchases (
   constraint purchases_user_id_fkey foreign key (user_id) references auth.users(id) on delete restrict
 );
 comment on table billing.purchases is 'A credit package bought through a hosted Stripe Checkout Session. Stripe ids only: no card data.';
-comment on column billing.purchases.disputed_at is 'When its charge''s dispute opened: work placed before it is work under way (billing.dispute_work_in).';
+comment on column billing.purchases.disputed_at is 'When its charge''s dispute opened.';
 comment on column billing.purchases.tax_cents is 'Stripe Tax collected on top of the price (the session''s total_details.amount_tax): charged, owed to tax authorities, never revenue; the credits and their cost basis are the price''s.';
 comment on column billing.purchases.gift is 'Bought as a gift: paid, its credits go to its code''s escrow (billing.codes), not the buyer''s account.';
 comment on column billing.purchases.package_version is 'The package version sold (its price, credits and Stripe Price): price_cents, credits and bonus_credits are its, whatever the package says now.';
@@ -109,6 +109,9 @@ create index purchases_paid_late on billing.purchases (created_at, paid_at)
 create index purchases_sessionless on billing.purchases (created_at) where stripe_session_id is null;
 
 create index purchases_org on billing.purchases (org_id, created_at) where org_id is not null;
+
+-- A lost dispute's money posting finds its purchase by the dispute (billing.org_revenue).
+create index purchases_dispute on billing.purchases (dispute_id) where dispute_id is not null;
 
 create table billing.counters (
   name text primary key,
@@ -480,3 +483,38 @@ grant execute on function billing.get_checkout_velocity(p_user uuid) to service_
 
 create policy "Users can read their own purchases" on billing.purchases
   for select to authenticated using (user_id = (select auth.uid()));
+
+-- A purchase's lots, what of them expired unforgiven and its buyer: what a refund or a dispute of
+-- it (51-refunds-disputes.sql) reads.
+create or replace function billing.purchase_lots(p_purchase_id uuid, p_category text) returns bigint[]
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(array_agg(l.id order by l.category, l.id), '{}') from billing.lots l
+  where l.purchase_id = p_purchase_id and (p_category is null or l.category = p_category)
+$$;
+comment on function billing.purchase_lots(p_purchase_id uuid, p_category text) is 'Internal: the lots a purchase granted (paid before promotional), for its reversals to take back first.';
+revoke execute on function billing.purchase_lots(p_purchase_id uuid, p_category text) from public;
+
+create or replace function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) returns numeric
+language sql stable
+set search_path = ''
+as $$
+  select billing.lots_expired(billing.purchase_lots(p_purchase_id, p_category))
+    - (select case p_category when 'paid' then p.credits_expiry_forgiven when 'promotional' then p.bonus_expiry_forgiven
+              else p.credits_expiry_forgiven + p.bonus_expiry_forgiven end
+       from billing.purchases p where p.id = p_purchase_id)
+$$;
+comment on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) is 'Internal: how many of a purchase''s credits (of one category; both when null) expired and were not yet forgiven by a refund or a lost dispute.';
+revoke execute on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) from public;
+
+create or replace function billing.purchase_buyer(p_purchase_id uuid) returns bigint
+language sql stable
+set search_path = ''
+as $$
+  select a.id from billing.purchases p join billing.accounts a
+    on (p.org_id is null and a.user_id = p.user_id and a.org_id is null) or (a.org_id = p.org_id and a.member_id is null)
+  where p.id = p_purchase_id
+$$;
+comment on function billing.purchase_buyer(p_purchase_id uuid) is 'Internal: the account that bought a purchase: the student''s own, or the school''s wallet.';
+revoke execute on function billing.purchase_buyer(p_purchase_id uuid) from public;

@@ -125,8 +125,8 @@ comment on function billing.void_json(p_void billing.charge_voids, p_replayed bo
 revoke execute on function billing.void_json(p_void billing.charge_voids, p_replayed boolean) from public;
 
 -- A lot that expired since its charge: the void's share of it expires again at once (breakage),
--- keyed by the void so it never meets the lot's first expiry's key. A disputed (frozen) lot waits
--- for its dispute. Then the account's next expiry is the earliest of its open lots'.
+-- keyed by the void so it never meets the lot's first expiry's key (a frozen lot too: it expires
+-- when due like any other). Then the account's next expiry is the earliest of its open lots'.
 create or replace function billing.expire_voided_lots(p_account billing.accounts, p_void_id bigint) returns void
 language plpgsql
 set search_path = ''
@@ -137,7 +137,7 @@ begin
   for v_lot in
     select l.id, l.remaining, l.category from billing.lots l
     join billing.lot_allocations la on la.lot_id = l.id and la.transfer_id = p_void_id
-    where l.open and not l.frozen and l.expires_at <= now()
+    where l.open and l.expires_at <= now()
     order by l.id
   loop
     perform billing.post_user_transfer(coalesce(p_account.user_id, p_account.member_id), -1, 'reverse', v_lot.remaining,
@@ -180,7 +180,7 @@ begin
   if found then
     return billing.void_json(v_row, true);
   end if;
-  -- Settled first, as every path that moves credits: what is due expires in full (holds give way)
+  -- Settled first, as every path that moves credits: what is due expires in full (holds shrink by their part)
   -- before anything comes back, so below only the returned share of an expired lot expires again.
   v_account := billing.settled(v_account);
   select coalesce(sum(la.amount), 0) into v_drawn from billing.lot_allocations la where la.transfer_id = p_charge_id;
@@ -212,9 +212,8 @@ begin
   select * into v_void from billing.transfers t where t.id = (v_posted[1]).transfer_id;
   select * into v_account from billing.accounts a where a.id = v_account.id;
 
+  -- Credits given back to a lot a dispute froze are frozen with it (the flag is the lot's).
   perform billing.expire_voided_lots(v_account, v_void.id);
-  -- Credits given back to lots a dispute froze stay frozen (billing.refit_disputes_drawn).
-  perform billing.refit_disputes_drawn(v_void.id);
   select * into v_account from billing.accounts a where a.id = v_account.id;
 
   if v_account.caps > 0 then

@@ -27,6 +27,7 @@ set plan_cache_mode to 'force_generic_plan'
 as $$
 declare
   v_posted billing.posted_transfer[];
+  v_parts jsonb;
 begin
   -- Generic plans (plan_cache_mode, here and in the renewal's other functions): these statements
   -- cost more to plan than to run, and custom plans are made for a connection's first five calls.
@@ -36,6 +37,11 @@ begin
   if not exists (select 1 from billing.lots l where l.id = p_lot_id and l.remaining >= p_roll + p_expire) then
     perform billing.raise_error('INTERNAL_ERROR', jsonb_build_object('plan_lot', p_lot_id::text));
   end if;
+  -- What live holds reserved of the lot: the writer carries what rolls over into the new lot and
+  -- shrinks them by the rest (billing.shed_reservations); then billing.holds_gave_way.
+  v_parts := (select coalesce(jsonb_agg(jsonb_build_object('hold_id', hl.hold_id, 'amount', hl.amount)), '[]')
+              from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id and h.status = 'active'
+              where hl.lot_id = p_lot_id);
   v_posted := billing.post_transfers(array(
     select (m.kind, m.from_id, m.to_id, m.amount, m.key, m.correlation, null, m.metadata, null, null, null, m.lots)::billing.transfer_spec
     from (values
@@ -58,13 +64,20 @@ begin
     insert into billing.plan_lots (lot_id, subscription_id, period_end)
     select l.id, p_sub_id, p_new_end from billing.lots l where l.grant_transfer_id = (v_posted[2]).transfer_id;
   end if;
+  if v_parts <> '[]' then
+    perform billing.holds_gave_way((
+      select jsonb_agg(jsonb_build_object('hold_id', x.hold_id, 'given', x.amount - coalesce((
+        select sum(hl.amount) from billing.hold_lots hl join billing.lots nl on nl.id = hl.lot_id and nl.moved_from = p_lot_id
+        where hl.hold_id = x.hold_id), 0)))
+      from jsonb_to_recordset(v_parts) x(hold_id uuid, amount numeric)));
+  end if;
 end;
 $$;
 comment on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric, p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) is 'Internal: at a renewal, moves p_roll of a plan lot into a new lot of the next period (plan_rollover out and in; moved_from keeps its provenance) and expires p_expire of it now, under the caller''s account lock.';
 revoke execute on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric, p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) from public;
 
 create or replace function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz,
-  p_expired boolean, p_balance_before numeric) returns void
+  p_expired boolean) returns void
 language plpgsql
 set search_path = ''
 set plan_cache_mode to 'force_generic_plan'
@@ -75,14 +88,14 @@ declare
   l record;
 begin
   -- What the rollover pass left of a plan's lots of the ending period (and of any older one
-  -- still open) ends now: a disputed (frozen) lot only gets its expiry, and waits for its dispute.
+  -- still open) ends now, a frozen (disputed) lot too: it expires when due like any lot, and a
+  -- lost dispute forgives what expired.
   for l in
     update billing.lots x set expires_at = least(x.expires_at, now())
     from billing.plan_lots pl
     where pl.lot_id = x.id and pl.subscription_id = p_sub_id and pl.period_end <= p_period_end and x.open
-    returning x.id, x.remaining, x.category, x.frozen
+    returning x.id, x.remaining, x.category
   loop
-    continue when l.frozen;
     perform billing.end_plan_lot(p_account_id, l.id, l.category, 0, l.remaining, p_sub_id, null, null);
     v_any := true;
   end loop;
@@ -93,20 +106,15 @@ begin
   if v_any then
     perform billing.check_low_balance(v_account);
   end if;
-  -- Held credits expire too: holds give way, by at most what the renewal took from the balance
-  -- (p_balance_before: as it was when the renewal locked the account), as expire_due_lots bounds
-  -- its own. Then other lots of the account past their expiry (the sweep had not reached them).
-  if v_any and v_account.held > 0 then
-    perform billing.fit_holds(p_account_id, jsonb_build_object('given_to_expiry', true),
-      greatest(p_balance_before - v_account.balance, 0));
-  end if;
+  -- Reserved credits expired too (the holds that reserved them shrank with the expiry: the
+  -- writer's). Then other lots of the account past their expiry (the sweep had not reached them).
   if v_account.next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
   end if;
 end;
 $$;
-comment on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean, p_balance_before numeric) is 'Internal: at a renewal, after the rollover pass, expires what is left of a plan''s lots of the ending period (and older) now and makes next_expiry exact; p_expired: the pass expired some already; holds give way by at most what the balance lost since p_balance_before.';
-revoke execute on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean, p_balance_before numeric) from public;
+comment on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean) is 'Internal: at a renewal, after the rollover pass, expires what is left of a plan''s lots of the ending period (and older) now and makes next_expiry exact; p_expired: the pass expired some already.';
+revoke execute on function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz, p_expired boolean) from public;
 
 create or replace function billing.roll_over_plan_credits(p_sub billing.subscriptions, p_account_id bigint, p_plan billing.plans,
   p_period_end timestamptz, p_new_end timestamptz, p_key text) returns numeric
@@ -124,14 +132,13 @@ declare
   v_back billing.posted_transfer[];
   l record;
   v_expired boolean := false;
-  v_before numeric;                               -- the balance before the renewal: what its expiry takes bounds the holds' give-way
 begin
-  select a.balance into v_before from billing.accounts a where a.id = p_account_id for update;
+  perform 1 from billing.accounts a where a.id = p_account_id for update;
   -- The ending period's plan lots (its grant and what rolled into it), soonest-spent first. What
   -- rolls is what each had left at its end, whenever the renewal is paid within the grace window
   -- after it (Stripe charges a renewal about an hour after the period ends; a failed one is retried
   -- for days): still open when the sweep has not reached it (nothing can be spent from a lot past
-  -- its expiry), or what the sweep expired. Never a frozen (disputed) lot: it waits for its dispute.
+  -- its expiry), or what the sweep expired. Never a frozen (disputed) lot: its credits cannot move.
   for l in
     select x.*, coalesce((select sum(a.amount) from billing.lot_allocations a
                           where a.lot_id = x.id and a.kind = 'expiry'), 0) as expired
@@ -173,7 +180,7 @@ begin
     v_left := v_left - v_take;
     v_total := v_total + v_take;
   end loop;
-  perform billing.expire_plan_lots(p_sub.id, p_account_id, p_period_end, v_expired, v_before);
+  perform billing.expire_plan_lots(p_sub.id, p_account_id, p_period_end, v_expired);
   return v_total;
 end;
 $$;
@@ -373,38 +380,23 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  v_lots bigint[];
   v_account bigint := billing.ensure_user_account(p_user);
-  v_beyond numeric(38, 18);
-  v_forgive numeric(38, 18);
-  v_before numeric;                               -- the balance before: holds give way by what this takes
+  v_meta jsonb := jsonb_build_object('plan_id', p_grant.plan_id, 'invoice_id', p_grant.invoice_id);
 begin
   if p_amount <= 0 then
     return;
   end if;
-  select a.balance into v_before from billing.accounts a where a.id = v_account for update;
   -- The lots after the lock: a renewal that held it may have rolled the grant into a new one.
-  v_lots := billing.lot_lineage(p_grant.lot_id);
-  -- As for a package (take_back_purchase): the grant's own lots first, rollovers included; of
-  -- what they lack, what expired is forgiven (it left as breakage already), what was spent is
-  -- owed (other credits, then debt).
-  v_beyond := p_amount - coalesce((select sum(l.remaining) from billing.lots l where l.id = any(v_lots) and l.open), 0);
-  if v_beyond > 0 then
-    v_forgive := least(v_beyond, billing.lots_expired(v_lots) - p_grant.expiry_forgiven);
-    if v_forgive > 0 then
-      update billing.plan_grants g set expiry_forgiven = g.expiry_forgiven + v_forgive where g.invoice_id = p_grant.invoice_id;
-      p_amount := p_amount - v_forgive;
-    end if;
-  end if;
-  if p_amount > 0 then
-    perform billing.reverse_credits(p_user, p_amount, p_kind, p_key, p_grant.stripe_charge_id, p_grant.subscription_id::text,
-      jsonb_build_object('plan_id', p_grant.plan_id, 'invoice_id', p_grant.invoice_id), v_lots, v_account);
-  end if;
-  perform billing.fit_holds(v_account, jsonb_build_object('given_to', p_kind),
-    greatest(v_before - (select a.balance from billing.accounts a where a.id = v_account), 0));
+  -- They stay in the subscriber's account, the buyer: as for a package (take_back_purchase),
+  -- their free credits at once, what holds reserved when each ends; of what they lack, what
+  -- expired is forgiven, what was spent is owed (other credits for any model, then debt).
+  perform 1 from billing.accounts a where a.id = v_account for update;
+  perform billing.owe_lack(v_account, billing.take_back_lots(billing.lot_lineage(p_grant.lot_id), v_account, p_amount,
+      p_kind, p_key, p_grant.stripe_charge_id, p_grant.subscription_id::text, v_meta, null, p_grant.invoice_id),
+    null, p_grant.invoice_id, null, p_kind, p_key || ':owed', p_grant.stripe_charge_id, p_grant.subscription_id::text, v_meta);
 end;
 $$;
-comment on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) is 'Internal: reverses p_amount of a plan grant''s credits, from its lots (rollovers included) first; what expired is forgiven, what was spent is owed.';
+comment on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) is 'Internal: reverses p_amount of a plan grant''s credits: its lots'' (rollovers included) free credits at once, what holds reserved of them when each ends; of what they lack, what expired is forgiven, what was spent is owed.';
 revoke execute on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) from public;
 
 create or replace function billing.sync_plan_charge(p_state jsonb) returns text
@@ -458,26 +450,17 @@ begin
     update billing.plan_grants x set amount_refunded_cents = v_refunded, credits_reversed = greatest(v_target, x.credits_reversed)
     where x.invoice_id = g.invoice_id returning * into g;
   end if;
-  -- Disputes: open → the grant is frozen by dispute holds as a package's purchase is (what was
-  -- not reversed or expired, spent credits included, as far as the balance goes:
-  -- billing.refreeze_disputes; parking it in a hold of one's own first frees nothing: those give
-  -- way); won → released; lost → released and the rest of the grant taken back. Either close
-  -- may free balance another dispute open here was short of (it then holds it).
+  -- Disputes: open → the grant's lots (rollovers included) freeze; won → they thaw; lost → what
+  -- is left of the grant is taken back as a refund is (dispute_reversal).
   if v_dispute is not null and coalesce(g.dispute_status, 'open') = 'open' then
     -- The lots after the lock: read before it, a renewal holding it would roll the credits into
-    -- a lot the dispute neither freezes nor holds.
+    -- a lot the dispute does not freeze.
     perform 1 from billing.accounts a where a.id = v_account for update;
     v_lots := billing.lot_lineage(g.lot_id);
     if v_dispute = 'open' then
-      -- The disputed card is charged off-session no more, before the holds lower what is available.
       perform billing.stop_off_session_charges(v_user, p_state ->> 'dispute_id');
-      perform billing.settle_account(v_account);
-    else
-      perform billing.release_hold(null, h.id) from billing.holds h
-      where h.purpose = 'dispute' and h.correlation_id = p_state ->> 'dispute_id' and h.status = 'active';
-    end if;
-    update billing.lots l set frozen = (v_dispute = 'open') where l.id = any(v_lots) and l.frozen <> (v_dispute = 'open');
-    if v_dispute = 'lost' then
+      perform billing.settle_account(v_account);  -- due lots expire before they freeze
+    elsif v_dispute = 'lost' then
       perform billing.take_back_plan_credits(g, v_user, g.credits - g.credits_reversed, 'dispute_reversal',
         'plan-dispute:' || (p_state ->> 'dispute_id'));
       v_tax_back := g.tax_cents - billing.tax_refunded_cents(g.tax_cents, v_total, g.amount_refunded_cents);
@@ -488,17 +471,14 @@ begin
       where v_total > g.amount_refunded_cents;
       update billing.plan_grants x set credits_reversed = x.credits where x.invoice_id = g.invoice_id;
     end if;
+    perform billing.set_lots_frozen(v_lots, v_dispute = 'open');
     update billing.plan_grants x set dispute_id = p_state ->> 'dispute_id', dispute_status = v_dispute
     where x.invoice_id = g.invoice_id;
-    perform billing.refreeze_disputes(v_account, case when v_dispute = 'open' then p_state ->> 'dispute_id' end);
-    -- The subscriber's balance and holds moved: what it holds for work elsewhere of its other
-    -- disputes (billing.dispute_work_held) is refit wherever they reach.
-    perform billing.refit_disputes_drawn(null, v_account);
   end if;
   return 'plan_charge_synced';
 end;
 $$;
-comment on function billing.sync_plan_charge(p_state jsonb) is 'Converges a plan invoice''s charge on Stripe: refunds take back floor(credits × refunded / paid), a dispute freezes the grant not yet reversed or expired (what is left of it, then what it spent, as far as the balance goes) and a lost one takes the rest back, wherever the credits rolled.';
+comment on function billing.sync_plan_charge(p_state jsonb) is 'Converges a plan invoice''s charge on Stripe: refunds take back floor(credits × refunded / paid); a dispute freezes the grant''s lots (rollovers included), won thaws them, lost takes the rest back as a refund.';
 revoke execute on function billing.sync_plan_charge(p_state jsonb) from public;
 grant execute on function billing.sync_plan_charge(p_state jsonb) to service_role;
 

@@ -155,14 +155,11 @@ set search_path = ''
 as $$
 begin
   if p_job.hold_id is not null then
-    perform billing.lock_dispute_reach(h.account_id) from billing.holds h where h.id = p_job.hold_id;
     perform billing.release_hold(null, p_job.hold_id);
-    -- Work that ends drawing nothing: what a dispute's buyer held for it elsewhere goes.
-    perform billing.refit_disputes_drawn(null, h.account_id) from billing.holds h where h.id = p_job.hold_id;
   end if;
 end;
 $$;
-comment on function billing.release_job_hold(p_job billing.jobs) is 'Internal: releases a job''s hold, when it has one (and refits the disputes whose frozen lots its account holds).';
+comment on function billing.release_job_hold(p_job billing.jobs) is 'Internal: releases a job''s hold, when it has one.';
 revoke execute on function billing.release_job_hold(p_job billing.jobs) from public;
 
 create or replace function billing.claim_jobs(p_worker text, p_limit integer, p_lease_seconds integer, p_skip uuid[])
@@ -361,8 +358,7 @@ declare
   v_unbilled numeric(38, 18);
 begin
   if v_job.hold_id is not null then
-    -- Settled first: a hold that gave way to expired credits captures only what it still holds.
-    perform billing.lock_dispute_reach(h.account_id) from billing.holds h where h.id = v_job.hold_id;
+    -- Settled first: a hold that shrank by expired credits captures only what it still holds.
     perform billing.settle_account(h.account_id) from billing.holds h where h.id = v_job.hold_id;
     if p_usage is not null then
       select * into v_price from billing.price_usage(p_usage ->> 'model', (p_usage ->> 'input_tokens')::bigint,
@@ -375,11 +371,7 @@ begin
     -- available, never into debt.
     v_charged := billing.charge_hold_at(v_job.hold_id, v_job.user_id, v_amount, v_card, 'job-overage:' || p_job,
       'job:' || p_job, null, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model'));
-    -- Work under way may have reached lots a dispute froze: what it claims moves with them, and
-    -- what the dispute's buyer held for this work elsewhere goes.
-    perform billing.refit_disputes_drawn(v_charged.transfer_id, h.account_id) from billing.holds h
-    where h.id = v_job.hold_id;
-    -- What could not be charged (its hold gave way to credits that expired or were taken back,
+    -- What could not be charged (its hold shrank by credits that expired,
     -- and the balance could not cover it) is recorded on the job, and someone is told: an excess
     -- transfer records it only when something of the excess was charged. The student owes it, as
     -- for a gateway call: their next call or job pays it first (billing.pay_ai_owed).

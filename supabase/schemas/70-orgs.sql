@@ -247,7 +247,6 @@ declare
   v_wallet bigint := billing.org_wallet_id(p_org);
   v_account billing.accounts;
   v_take numeric(38, 18);
-  v_plan jsonb;
 begin
   select * into v_account from billing.accounts a where a.org_id = p_org and a.member_id = p_member;
   if not found then
@@ -262,10 +261,9 @@ begin
   end if;
   v_account := billing.settle_account(v_account.id);
   v_take := v_account.balance - v_account.held;
-  -- Credits for some models: only what leaves every live hold payable (billing.plan_lot_draw).
-  if v_take > 0 and v_account.restricted_lots then
-    v_plan := billing.plan_lot_draw(v_account.id, null, v_take, true);
-    v_take := (v_plan ->> 'found')::numeric;
+  -- Only free credits move (what holds reserved stays theirs, a frozen lot stays where it is).
+  if v_take > 0 and v_account.reads_lots then
+    v_take := least(v_take, billing.free_credits(v_account.id, null, true));
   end if;
   if v_take <= 0 then
     return 0;

@@ -399,10 +399,10 @@ begin
         'applies_to', to_jsonb(v_code.applies_to), 'origin', 'promo_code')))).transfer_id;
   else
     -- A gift or sponsor code gives what its escrow has: less after a refund; nothing while a
-    -- dispute holds it (the dispute decides).
+    -- dispute froze its credits (the dispute decides).
     perform 1 from billing.accounts a where a.id in (v_own, billing.code_escrow_id(v_code.id)) order by a.id for update;
     v_escrow := billing.settle_account(billing.code_escrow_id(v_code.id));
-    if v_escrow.held > 0 then
+    if v_escrow.held > 0 or v_escrow.frozen_lots then
       -- Not 'disputed': whoever redeems a gift need not learn that its buyer disputed the charge.
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'on hold'));
     elsif v_escrow.balance <= 0 then

@@ -113,12 +113,18 @@ declare
   v_escrow billing.accounts;
   v_wallet bigint := billing.org_wallet_id(p_code.org_id);
   v_code billing.codes;
+  v_free numeric;
 begin
   perform 1 from billing.accounts a where a.id in (v_wallet, billing.code_escrow_id(p_code.id)) order by a.id for update;
   v_escrow := billing.settle_account(billing.code_escrow_id(p_code.id));
-  -- What a dispute holds stays for the dispute (its loss takes it from here).
-  if v_escrow.balance - v_escrow.held > 0 then
-    perform billing.move_credits(v_escrow.id, v_wallet, v_escrow.balance - v_escrow.held, 'code_return',
+  -- Only free credits go back: a disputed purchase's frozen lots stay here until it closes (its
+  -- loss takes them from here; won, they thaw and go back on the next run).
+  v_free := v_escrow.balance - v_escrow.held;
+  if v_escrow.frozen_lots then
+    v_free := least(v_free, billing.free_credits(v_escrow.id, null, true));
+  end if;
+  if v_free > 0 then
+    perform billing.move_credits(v_escrow.id, v_wallet, v_free, 'code_return',
       'code-return:' || p_code.id || ':' || v_escrow.version, null,
       jsonb_build_object('org_id', p_code.org_id, 'code_id', p_code.id, 'reason', p_status));
   end if;
@@ -128,7 +134,7 @@ begin
   return v_code;
 end;
 $$;
-comment on function billing.return_sponsor_escrow(p_code billing.codes, p_status text) is 'Internal: moves what a sponsor code''s escrow holds (and no dispute holds) back to the wallet; the code gets p_status.';
+comment on function billing.return_sponsor_escrow(p_code billing.codes, p_status text) is 'Internal: moves the free credits of a sponsor code''s escrow (none of a frozen lot''s) back to the wallet; the code gets p_status.';
 revoke execute on function billing.return_sponsor_escrow(p_code billing.codes, p_status text) from public;
 
 create or replace function billing.revoke_sponsor_code(p_user uuid, p_org uuid, p_id uuid) returns jsonb
@@ -178,12 +184,12 @@ begin
     perform billing.return_sponsor_escrow(v_code, 'void');
     v_count := v_count + 1;
   end loop;
-  -- A code closed while a dispute held part of its escrow returned only the rest: once the
-  -- dispute is won (released, nothing taken), what it freed goes back too. Nobody can redeem or
+  -- A code closed while a dispute froze part of its escrow returned only the rest: once the
+  -- dispute is won (its lots thawed), they go back too. Nobody can redeem or
   -- revoke a closed code, and sync_purchase may not take a code's row after accounts (see top).
   for v_code in
     select c.* from billing.codes c join billing.accounts a on a.code_id = c.id
-    where c.kind = 'sponsor' and c.status in ('revoked', 'void') and a.balance > a.held
+    where c.kind = 'sponsor' and c.status in ('revoked', 'void') and a.balance > a.held and not a.frozen_lots
     order by c.id limit p_limit for update of c skip locked
   loop
     perform billing.return_sponsor_escrow(v_code, v_code.status);

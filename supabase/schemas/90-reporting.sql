@@ -55,7 +55,6 @@ create table billing.revenue_rollup (
   -- The events' half (billing.event_parts), recomputed when stale:
   covered_until timestamptz not null,             -- the day's end, or (today) computed_at − 5 minutes
   money jsonb not null,                           -- [{kind, account, currency, cents}]: Σ money entries
-  lots_granted jsonb not null,                    -- [{currency, category, kind, credits, cents}]: lots granted; moved lots' debt paid
   paying_accounts bit varying not null,           -- bit n set: account n's user had a purchase paid
   first_time_purchasers bigint not null,
   checkouts_created bigint not null,
@@ -67,7 +66,7 @@ create table billing.revenue_rollup (
   -- The credit ledger's half (billing.ledger_parts), only ever added to:
   ledger_until timestamptz not null,              -- the day's end, or (today) the ledger's horizon at the last roll-up
   credits jsonb not null,                         -- [{kind, model, amount, events}]: Σ credit transfers
-  lots jsonb not null,                            -- [{currency, category, kind, source, credits, cents}]: lots drawn
+  lots jsonb not null,                            -- [{currency, category, kind, source, credits, cents}]: lots drawn and granted
   active_accounts bit varying not null,           -- bit n set: account n had a credit ledger entry
   outstanding_credits numeric(38, 18) not null    -- Σ user entries before ledger_until: the liability then
 );
@@ -99,7 +98,7 @@ comment on function billing.user_credit_change(p_from timestamp with time zone, 
 revoke execute on function billing.user_credit_change(p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
 -- Whether the rest of today from p_from on may be read from what the writer kept
--- (billing.ledger_tail, accounts.active_from) instead of the transfers and entries: only today's
+-- (billing.ledger_tail, lots_tail, active_tail) instead of the rows: only today's
 -- whole tail, as only that is exact. p_to is today's end (which no transaction this statement
 -- sees started at: clock_timestamp() is before it), p_from a whole second of today (the writer
 -- sums per second), no earlier than the writer has kept them (billing.ledger_tail_kept). The
@@ -158,8 +157,8 @@ begin
     -- its lot's cost basis; of credits given back to a lot, the part that paid a debt then (kind
     -- 'debt_settled_by_return'): spent on what the debt was for, on the day they came back. By
     -- source too (the lot's origin: 'plan', 'promo_code'), so the plan and code reports read what
-    -- their lots drew from here (as plan_metrics and codes_report read the rows). Today's tail
-    -- from what the writer kept (billing.lots_tail), summed as below.
+    -- their lots drew from here (as plan_metrics and codes_report read the rows). Then the lots
+    -- granted. Today's tail from what the writer kept (billing.lots_tail), summed as below.
     (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
         'source', x.source, 'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
      -- Summed per lot in one pass, then each lot read once: a row's cost basis is kept on it
@@ -180,9 +179,18 @@ begin
              having count(*) > 0) p(kind, credits, cents)
            group by 1, 2, 3, 4
            union all
+           -- Lots granted, net of the debt they settled on arrival (a move is not a grant); of moved
+           -- lots, the part that paid a debt on arrival (credits already held, spent on the debt).
+           select l.currency, l.category, g.kind, l.origin, sum(g.credits), sum(l.cost_cents * g.credits / l.amount)
+           from billing.lots l
+           cross join lateral (select case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end as kind,
+                                 case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end as credits) g
+           where not v_kept and l.granted_at >= p_from and l.granted_at < p_to and (l.moved_from is null or l.debt_settled > 0)
+           group by 1, 2, 3, 4
+           union all
            select k.currency, k.category, k.kind, k.origin, sum(k.credits), sum(k.cents) from billing.lots_tail k
            where v_kept and k.at >= p_from and k.at < p_to group by 1, 2, 3, 4) x),
-    case when v_kept then array(select a.id from billing.accounts a where a.active_from >= p_from and a.active_from < p_to)
+    case when v_kept then array(select x.account_id from billing.active_tail x where x.at >= p_from and x.at < p_to)
          else u.accounts end,
     case when v_kept then (select coalesce(sum(x.credit_change), 0) from billing.ledger_tail x where x.at >= p_from and x.at < p_to)
          else u.credit_change end
@@ -197,9 +205,9 @@ comment on function billing.ledger_parts(p_from timestamp with time zone, p_to t
 revoke execute on function billing.ledger_parts(p_from timestamp with time zone, p_to timestamp with time zone, p_tail boolean) from public;
 
 -- The events' parts of [p_from, p_to), from the raw rows: money postings by when they happened at
--- Stripe, lots granted (net of the debt they settled on arrival, fixed then), purchases, webhooks.
+-- Stripe, purchases, webhooks (the lots granted are the credit ledger's: billing.ledger_parts).
 create or replace function billing.event_parts(p_from timestamp with time zone, p_to timestamp with time zone)
-returns table(money jsonb, lots jsonb, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
+returns table(money jsonb, paying_accounts bigint[], first_time_purchasers bigint, checkouts_created bigint, checkouts_paid bigint, webhooks_received bigint, webhooks_ok bigint)
 language plpgsql
 stable rows 1
 set search_path = ''
@@ -217,18 +225,6 @@ begin
            from billing.money_transfers t join billing.money_entries e on e.transfer_id = t.id
            where t.occurred_at >= p_from and t.occurred_at < p_to
            group by 1, 2, 3) m),
-    -- Credits and their cost by lot category granted, net of debt settled on arrival (a move is
-    -- not a grant: kind 'granted' only for lots with no moved_from); and of moved lots, the part
-    -- that paid a debt on arrival (kind 'debt_settled_by_move'): credits already held, spent on
-    -- what the debt was for.
-    (select coalesce(jsonb_agg(jsonb_build_object('currency', x.currency, 'category', x.category, 'kind', x.kind,
-        'credits', x.credits, 'cents', x.cents)), '[]'::jsonb)
-     from (select l.currency, l.category, case when l.moved_from is null then 'granted' else 'debt_settled_by_move' end as kind,
-                  sum(case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end) as credits,
-                  sum(l.cost_cents * case when l.moved_from is null then l.amount - l.debt_settled else l.debt_settled end / l.amount)
-                    as cents
-           from billing.lots l where l.granted_at >= p_from and l.granted_at < p_to and (l.moved_from is null or l.debt_settled > 0)
-           group by 1, 2, 3) x),
     array(select distinct a.id from billing.purchases p join billing.accounts a on a.user_id = p.user_id
           where p.paid_at >= p_from and p.paid_at < p_to),
     -- A user's first paid purchase is in the period when one is and none came before it.
@@ -404,11 +400,11 @@ as $$
 declare
   v_from timestamptz := p_day::timestamp at time zone 'UTC';
 begin
-  insert into billing.revenue_rollup as r (day, covered_until, money, lots_granted, paying_accounts, first_time_purchasers,
+  insert into billing.revenue_rollup as r (day, covered_until, money, paying_accounts, first_time_purchasers,
     checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, sessionless_purchases,
     ledger_until, credits, lots, active_accounts, outstanding_credits)
   -- A new row's events half is empty (covered_until = the day's start): read live until computed.
-  select p_day, v_from, '[]', '[]', B'', 0, 0, 0, 0, 0, 0,
+  select p_day, v_from, '[]', B'', 0, 0, 0, 0, 0, 0,
     p_hi, p.credits, p.lots, billing.account_bitmap(p.active_accounts),
     billing.outstanding_before(p_lo) + p.user_credit_change
   from billing.ledger_parts(p_lo, p_hi) p
@@ -479,6 +475,7 @@ begin
   -- What the writer kept before here is rolled up.
   delete from billing.ledger_tail x where x.at < v_to;
   delete from billing.lots_tail x where x.at < v_to;
+  delete from billing.active_tail x where x.at < v_to;
   return v_to;
 end;
 $$;
@@ -508,10 +505,10 @@ begin
     return;  -- nothing of the day can be rolled up yet
   end if;
   v_ledger := v_ledger_until = v_end or not exists (select 1 from billing.revenue_rollup r where r.day = p_day);
-  insert into billing.revenue_rollup as d (day, covered_until, money, lots_granted, paying_accounts, first_time_purchasers,
+  insert into billing.revenue_rollup as d (day, covered_until, money, paying_accounts, first_time_purchasers,
     checkouts_created, checkouts_paid, webhooks_received, webhooks_ok, sessionless_purchases, computed_at,
     ledger_until, credits, lots, active_accounts, outstanding_credits)
-  select p_day, v_until, e.money, e.lots, billing.account_bitmap(e.paying_accounts), e.first_time_purchasers,
+  select p_day, v_until, e.money, billing.account_bitmap(e.paying_accounts), e.first_time_purchasers,
     e.checkouts_created, e.checkouts_paid, e.webhooks_received, e.webhooks_ok,
     (select count(*) from billing.purchases x where x.stripe_session_id is null and x.created_at >= v_from and x.created_at < v_until),
     now(),
@@ -520,7 +517,7 @@ begin
     lateral (select case when v_ledger then v_ledger_until else v_from end as until) u,
     lateral (select u.until, p.* from billing.ledger_parts(v_from, u.until) p) l
   on conflict (day) do update set covered_until = excluded.covered_until, money = excluded.money,
-    lots_granted = excluded.lots_granted, paying_accounts = excluded.paying_accounts,
+    paying_accounts = excluded.paying_accounts,
     first_time_purchasers = excluded.first_time_purchasers, checkouts_created = excluded.checkouts_created,
     checkouts_paid = excluded.checkouts_paid, webhooks_received = excluded.webhooks_received,
     webhooks_ok = excluded.webhooks_ok, sessionless_purchases = excluded.sessionless_purchases, computed_at = excluded.computed_at,

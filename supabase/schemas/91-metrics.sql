@@ -78,18 +78,25 @@ comment on function billing.ops_overview() is 'Reconciliation status per provide
 revoke execute on function billing.ops_overview() from public;
 grant execute on function billing.ops_overview() to service_role;
 
+-- Called once per period of a report (31 times for 30 days by day), so its plan is generic and
+-- kept for the session: planned while billing.transfers' statistics were stale (right after a
+-- bulk write, before autovacuum analyzes it), it read every transfer of the table per call (4 ms
+-- each after a school's onboarding, 190 ms of the report). The members' spending index
+-- (transfers_org_spending) is always the way in: sequential scans are off for it.
 create or replace function billing.org_revenue(p_from timestamp with time zone, p_to timestamp with time zone)
 returns jsonb
 language plpgsql
 stable
 set search_path = ''
 set plan_cache_mode to 'force_generic_plan'
+set enable_seqscan to 'off'
 as $$
 begin
   return (
     with money as (
-      -- Each organisation purchase's postings in the period: the payment by its key (posted before
-      -- the charge id is known), refunds and fees by the charge, a lost dispute by the dispute.
+      -- The period's credit postings first, each one's purchase looked up from it (never every
+      -- organisation purchase ever walked per period): the payment by its key (posted before the
+      -- charge id is known), refunds and fees by the charge, a lost dispute by the dispute.
       select p.org_id, t.currency,
         coalesce(sum(e.amount_cents) filter (where t.kind = 'credit_purchase'), 0) as gmv,
         coalesce(sum(e.amount_cents) filter (where t.kind = 'credit_purchase' and p.origin = 'invoice'), 0) as invoiced,
@@ -97,23 +104,31 @@ begin
         coalesce(-sum(e.amount_cents) filter (where t.kind = 'credit_dispute_lost'), 0) as disputes_lost,
         coalesce(-sum(e.amount_cents) filter (where t.kind = 'stripe_fee'), 0) as stripe_fees,
         coalesce(sum(e.amount_cents), 0) as net
-      from billing.purchases p
-      join billing.money_transfers t
-        on (t.idempotency_key = 'credit-purchase:' || p.id or t.stripe_id in (p.stripe_charge_id, p.dispute_id))
-        and t.kind in ('credit_purchase', 'credit_refund', 'credit_dispute_lost', 'stripe_fee')
+      from billing.money_transfers t
       join billing.money_entries e on e.transfer_id = t.id and e.account = 'b2c_revenue'
-      where p.org_id is not null and t.occurred_at >= p_from and t.occurred_at < p_to
+      join lateral (
+        select x.org_id, x.origin from billing.purchases x
+        where x.id = case when t.idempotency_key ~ '^credit-purchase:[0-9a-f-]{36}$'
+                          then substr(t.idempotency_key, 17)::uuid end
+           or x.stripe_charge_id = t.stripe_id or x.dispute_id = t.stripe_id
+      ) p on p.org_id is not null
+      where t.occurred_at >= p_from and t.occurred_at < p_to
+        and t.kind in ('credit_purchase', 'credit_refund', 'credit_dispute_lost', 'stripe_fee')
       group by 1, 2
     ),
+    -- Members' spending of the organisation's credits (from its wallet or their allowances): the
+    -- transfers first, each one's account looked up from it (never an organisation's every
+    -- account walked per period). A void (53-corrections.sql) gives a charge back: netted here,
+    -- by when it was made.
     spending as (
-      -- Members' spending of the organisation's credits (from its wallet or their allowances).
-      -- A void (53-corrections.sql) gives a charge back: netted here, by when it was made.
-      select a.org_id, count(distinct t.member_id) filter (where t.kind <> 'void') as active_members,
-        sum(case when t.kind = 'void' then -t.amount else t.amount end) as credits
-      from billing.transfers t
-      join billing.accounts a on a.id = case when t.kind = 'void' then t.to_account_id else t.from_account_id end
-      where t.member_id is not null and t.created_at >= p_from and t.created_at < p_to
-        and a.org_id is not null and t.kind in ('usage', 'hold_capture', 'void')
+      select s.org_id, count(distinct s.member_id) filter (where s.kind <> 'void') as active_members,
+        sum(case when s.kind = 'void' then -s.amount else s.amount end) as credits
+      from (select t.member_id, t.kind, t.amount, (select a.org_id from billing.accounts a
+              where a.id = case when t.kind = 'void' then t.to_account_id else t.from_account_id end) as org_id
+            from billing.transfers t
+            where t.member_id is not null and t.created_at >= p_from and t.created_at < p_to
+              and t.kind in ('usage', 'hold_capture', 'void')) s
+      where s.org_id is not null
       group by 1
     )
     select coalesce(jsonb_agg(jsonb_build_object('org_id', o.id, 'name', o.name, 'funding', o.funding,
@@ -172,7 +187,7 @@ begin
           l.active_accounts, null, null, null, 0, 0, 0, 0, 0, null, l.outstanding_credits)::billing.metric_part as part
       from ledger l
       union all
-      select row(e.day::timestamp at time zone 'UTC', e.covered_until, true, e.money, '[]'::jsonb, e.lots_granted,
+      select row(e.day::timestamp at time zone 'UTC', e.covered_until, true, e.money, '[]'::jsonb, '[]'::jsonb,
           null, e.paying_accounts, null, null, e.first_time_purchasers, e.checkouts_created,
           -- Today's row: its checkouts paid counted now (they are paid minutes after they open).
           case when e.covered_until < (e.day + 1)::timestamp at time zone 'UTC'
@@ -192,7 +207,7 @@ begin
       cross join lateral billing.ledger_parts(g.lo, g.hi, p_use_rollup and g.whole_day) p
       where g.lo < g.hi
       union all
-      select row(g.lo, g.hi, false, p.money, '[]'::jsonb, p.lots, null, null, null, p.paying_accounts,
+      select row(g.lo, g.hi, false, p.money, '[]'::jsonb, '[]'::jsonb, null, null, null, p.paying_accounts,
           p.first_time_purchasers, p.checkouts_created, p.checkouts_paid, p.webhooks_received, p.webhooks_ok,
           null, null)::billing.metric_part
       from (select greatest(d.lo, coalesce(e.covered_until, d.lo)) as lo, d.hi from days d left join events e on e.day = d.day) g

@@ -45,9 +45,6 @@ revoke execute on function billing.call_function(p_path text, p_timeout_millisec
 
 select cron.schedule('billing-release-expired-holds', '* * * * *', $$select billing.release_expired_holds(500)$$);
 
--- Work past its TTL where a dispute holds credits ends with a refit (billing.work_waits_for_dispute).
-select cron.schedule('billing-release-disputed-work-holds', '* * * * *', $$select billing.release_disputed_work_holds(500)$$);
-
 select cron.schedule('billing-delete-expired-idempotency-keys', '*/5 * * * *',
   $$select billing.delete_expired_idempotency_keys(5000)$$);
 

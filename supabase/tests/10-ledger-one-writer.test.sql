@@ -82,11 +82,14 @@ select is((select array_agg(p.result order by o) from unnest(billing.post_transf
   array['exists', 'applied'], 'in a batch, a replay takes no room from the debits after it');
 select is((select balance from billing.accounts where id = (select short from rp)), 0::numeric(38, 18),
   'and the account paid each charge once');
-select pg_temp.place(4, 'dispute', 'w-hold-freeze');
-select is((select a.held from billing.accounts a where a.id = (select id from acct)), 4::numeric(38, 18),
-  'a dispute''s freeze holds what is there, whatever else is held');
+select pg_temp.place(2, 'user', 'w-hold-reserve');
+select is((select array[a.held, (select sum(l.reserved) from billing.lots l where l.account_id = a.id),
+                  (select sum(hl.amount) from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id
+                   where h.idempotency_key = 'w-hold-reserve')]
+           from billing.accounts a where a.id = (select id from acct)), array[2, 2, 2]::numeric[],
+  'a hold reserves its amount of specific lots (held, lots.reserved, hold_lots)');
 select is((billing.post_transfers(array[pg_temp.spec('refund_reversal', (select id from acct), billing.platform_account_id('refunds'), 5, 'w-4')]))[1].from_balance,
-  -2::numeric, 'a refund reversal may leave debt');
+  -2::numeric, 'a refund reversal may leave debt (it takes only the free credit; what the hold reserved stays)');
 select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), 0.0000000000000000001, 'w-5')])$$),
   'LEDGER_INVARIANT', 'an amount finer than 18 places is refused');
 select is(pg_temp.err($$select billing.post_transfers(array[pg_temp.spec('usage', (select id from acct), billing.platform_account_id('usage_revenue'), null, 'w-7')])$$),

@@ -132,17 +132,13 @@ insert into auth.users (id) values ('a8a8a8a8-0000-4000-8000-000000000001'), ('a
 
 -- A sponsored student's account: 10 credits of their own (for anything), and 10 credits of a school's
 -- purchase narrowed to gpt-4o-mini (a sponsor code for that model). The purchase is disputed: its lot
--- is frozen and a dispute hold of 10 reserves it, covered by that lot (as billing.refreeze_disputes
--- places it).
+-- is frozen where it is (as billing.set_lots_frozen marks it), and no hold is placed for it.
 select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000001', 10, 'adjustment', 'atk-own');
 select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000001', 10, 'promo_grant', 'atk-disputed', null, null, null,
   '{"applies_to": ["gpt-4o-mini"]}');
 update billing.lots l set frozen = true from billing.transfers t
 where t.id = l.grant_transfer_id and t.idempotency_key = 'atk-disputed';
-select billing.cover_dispute_hold((billing.place_hold(
-    (select a.id from billing.accounts a where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000001'), 10, 'dispute:dp_atk:1',
-    'infinity', 'dispute', 'dp_atk')).id,
-  array(select l.id from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'atk-disputed'));
+update billing.accounts a set frozen_lots = true where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000001';
 -- 6 credits of gpt-4o-mini: the student has 10 available.
 select billing.charge_usage('a8a8a8a8-0000-4000-8000-000000000001', 'gpt-4o-mini', 10000, 0, 'atk-u1');
 select is(pg_temp.remaining('atk-disputed'), 10::numeric,

@@ -11,11 +11,12 @@ insert into auth.users (id) values ('36363636-0000-4000-8000-000000000001'), ('3
 select billing.grant_credits('36363636-0000-4000-8000-000000000001', 100, 'promo_grant', 'asof-grant');
 select billing.reserve_credits('36363636-0000-4000-8000-000000000001', 60, 'asof-hold-1');
 select billing.reserve_hold('36363636-0000-4000-8000-000000000001', 10, 'asof-hold-2', 900, 'job');
--- The job's hold gives way whole, then the student's in part (one purpose at a time: the order is theirs).
-select billing.shrink_holds((select id from billing.accounts where user_id = '36363636-0000-4000-8000-000000000001'), 10,
-  array['job'], '{}');
-select billing.shrink_holds((select id from billing.accounts where user_id = '36363636-0000-4000-8000-000000000001'), 15,
-  array['user'], '{}');
+-- The job's hold shrinks whole (it ends), then the student's in part, through the writer's resize
+-- (as a hold shrinks by what expired of the lots it reserved).
+select billing.post_transfers('{}', array[('resize', (select id from billing.holds where idempotency_key = 'asof-hold-2'),
+  -10, null, null, null, null, null, null, null, null, null, null)::billing.hold_step]);
+select billing.post_transfers('{}', array[('resize', (select id from billing.holds where idempotency_key = 'asof-hold-1'),
+  -15, null, null, null, null, null, null, null, null, null, null)::billing.hold_step]);
 select results_eq(
   $$select trim_scale(r.amount_before), trim_scale(r.amount_after) from billing.hold_resizes r
     join billing.holds h on h.id = r.hold_id where h.idempotency_key like 'asof-hold-%' order by r.id$$,
@@ -40,8 +41,8 @@ select is(pg_temp.err($$update billing.hold_resizes set amount_after = 1$$), 'LE
 
 -- Everything above is dated now() (one transaction); the instant before it saw nothing.
 select is(billing.user_balance_as_of('36363636-0000-4000-8000-000000000001', now()) - 'as_of' - 'expiring',
-  '{"balance": "95", "held": "0", "available": "95"}'::jsonb,
-  'as of now: the grant less the capture, nothing held (the hold captured, the other released)');
+  '{"balance": "95", "held": "0", "available": "0"}'::jsonb,
+  'as of now: the grant less the capture, nothing held (the hold captured, the other released), none available (the lot froze)');
 select is(billing.user_balance_as_of('36363636-0000-4000-8000-000000000001', now() - interval '1 microsecond'),
   jsonb_build_object('as_of', billing.json_time(now() - interval '1 microsecond'), 'balance', '0', 'held', '0', 'available', '0',
     'expiring', null),
@@ -74,8 +75,8 @@ select results_eq(
   'a hold counts until its TTL, not until the sweep');
 
 -- A lot's frozen flag and expiry as they were: the first change after the instant holds them.
-insert into billing.lot_changes (lot_id, changed_at, frozen_before, expires_at_before)
-select l.id, now() + interval '1 second', false, null from billing.lots l
+insert into billing.lot_changes (lot_id, changed_at, frozen_before, expires_at_before, reserved_before)
+select l.id, now() + interval '1 second', false, null, 0 from billing.lots l
 join billing.transfers t on t.id = l.grant_transfer_id where t.idempotency_key = 'asof-grant';
 select results_eq(
   $$select x ->> 'remaining', (x ->> 'frozen')::boolean, x ->> 'expires_at'

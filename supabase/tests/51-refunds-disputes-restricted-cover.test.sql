@@ -1,7 +1,7 @@
 -- Credits for some models only are no cover for money owed in any: a refund or a lost dispute of a
 -- student's own purchase takes back the purchase's lots, then only credits for any model, and
--- what they lack is debt, never a school's credits for one model; while a dispute is open its hold
--- is covered by credits for any model only; credits for some models arriving on an account in
+-- what they lack is debt, never a school's credits for one model; while a dispute is open its lots
+-- are frozen and nothing else pays for their model; credits for some models arriving on an account in
 -- debt keep their list and do not pay the debt (docs/credit-lots.md § Refunds, disputes and debt).
 begin;
 select plan(20);
@@ -58,8 +58,8 @@ select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(1), 'gpt-4o', 50, 
 
 -- ============================================================ a dispute: open, then lost
 
--- u2: the same, but the charge is disputed. While it is open, the dispute's hold (9,990: what a loss
--- takes back) is covered by credits for any model only: the school's credits for haiku are no cover.
+-- u2: the same, but the charge is disputed. While it is open, the purchase's lot is frozen: nothing
+-- else pays for gpt-4o (the school's credits for haiku are no cover).
 select pg_temp.school_credits(2, 5000);
 select pg_temp.buy(2);
 select billing.charge_usage(pg_temp.u(2), 'gpt-4o', 61500, 0, 'rc-spend-2');
@@ -68,8 +68,8 @@ select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(2), 'gpt-4o', 2000
   'u2: while the dispute is open, the disputed purchase''s credits cannot be spent on gpt-4o');
 select is(pg_temp.err($$select pg_temp.spend(pg_temp.u(2), 1, 'rc-any-2')$$), 'INSUFFICIENT_CREDITS',
   'u2: nor on anything');
-select is((select count(*)::int from billing.holds h join billing.accounts a on a.id = h.account_id
-           where a.user_id = pg_temp.u(2) and h.purpose = 'dispute' and h.status = 'active'), 1, 'u2: the dispute holds');
+select is((select bool_and(l.frozen) from billing.lots l join billing.accounts a on a.id = l.account_id
+           where a.user_id = pg_temp.u(2) and l.purchase_id is not null and l.open), true, 'u2: the dispute freezes the purchase''s lot');
 -- The school's credits still pay for haiku (100,000 tokens are 320 credits).
 select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(2), 'claude-3-5-haiku', 100000, 0, 'rc-haiku-2')$$), 'no error',
   'u2: the school''s credits still pay for haiku during the dispute');

@@ -6,7 +6,7 @@
 begin;
 set transaction isolation level repeatable read;
 lock table billing.revenue_rollup, billing.daily_revenue in exclusive mode;
-select plan(35);
+select plan(37);
 \ir helpers.psql
 
 insert into auth.users (id) select ('b0b0b0b0-0000-4000-8000-00000000000' || n)::uuid from generate_series(1, 8) n;
@@ -99,7 +99,7 @@ select pg_temp.other_paid_credits(4);
 select pg_temp.expire((select id from p where n = 4), 'promotional');
 select billing.sync_purchase(pg_temp.state(4, 4999, 0, 'needs_response'));
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(4))$$,
-  $$values (50990::numeric, 49990::numeric, 1000::numeric)$$, 'u4: the open dispute holds what a loss would take back');
+  $$values (50990::numeric, 0::numeric, 1000::numeric)$$, 'u4: the open dispute freezes the paid credits (nothing held): the other credits are available');
 select billing.sync_purchase(pg_temp.state(4, 4999, 0, 'lost'));
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(4))$$,
   $$values (1000::numeric, 0::numeric, 1000::numeric)$$, 'u4: lost: the purchase''s paid credits go, the other credits stay, no debt');
@@ -112,7 +112,7 @@ update billing.lots set expires_at = now() - interval '1 second' where purchase_
 update billing.accounts set next_expiry = now() - interval '1 second' where user_id = pg_temp.u(5);
 select billing.sync_purchase(pg_temp.state(5, 4999, 0, 'needs_response'));
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(5))$$,
-  $$values (50990::numeric, 49990::numeric, 1000::numeric)$$, 'u5: a due bonus expires before the dispute freezes');
+  $$values (50990::numeric, 0::numeric, 1000::numeric)$$, 'u5: a due bonus expires before the dispute freezes');
 select billing.sync_purchase(pg_temp.state(5, 4999, 0, 'lost'));
 select is(pg_temp.bal(5), 1000::numeric, 'u5: lost: no debt');
 
@@ -125,7 +125,9 @@ select pg_temp.expire((select id from p where n = 6), 'promotional');
 select billing.sync_purchase(pg_temp.state(6, 4999, 1000));
 select is(pg_temp.bal(6), 39990::numeric, 'u6: the partial refund took only paid credits');
 select billing.sync_purchase(pg_temp.state(6, 4999, 1000, 'needs_response'));
-select is((select held from billing.get_balance(pg_temp.u(6))), 39990::numeric, 'u6: the dispute holds the paid credits left');
+select results_eq($$select sum(l.remaining), bool_and(l.frozen), (select held from billing.get_balance(pg_temp.u(6)))
+                     from billing.lots l where l.purchase_id = (select id from p where n = 6) and l.open$$,
+  $$values (39990::numeric, true, 0::numeric)$$, 'u6: the dispute freezes the paid credits left, and holds nothing');
 select billing.sync_purchase(pg_temp.state(6, 4999, 1000, 'lost'));
 select is(pg_temp.bal(6), 0::numeric, 'u6: lost: no debt');
 select is((select bonus_expiry_forgiven from billing.purchases where id = (select id from p where n = 6)), 4999::numeric,
@@ -133,16 +135,22 @@ select is((select bonus_expiry_forgiven from billing.purchases where id = (selec
 
 -- ============================================================ a student's hold over the expiring bonus
 
--- u7: pro and other paid credits; the student holds 54,000 of 55,989. The bonus expires under the hold (the
--- hold gives way to 50,990); the refund then leaves the other credits, and the hold shrinks to them.
+-- u7: pro and other paid credits; the student holds 54,000 of 55,989: it reserves the bonus (4,999)
+-- and 49,001 of the paid lot. The bonus expires under the hold (it shrinks to 49,001); the refund
+-- takes the paid lot's free 989 at once, the 49,001 the hold reserved when it ends; the bonus is forgiven.
 insert into p values (7, pg_temp.buy(7, 'pro'));
 select pg_temp.other_paid_credits(7);
 select billing.reserve_credits(pg_temp.u(7), 54000, 'bonus-hold-7');
 select pg_temp.expire((select id from p where n = 7), 'promotional');
-select is((select held from billing.get_balance(pg_temp.u(7))), 50990::numeric, 'u7: the hold gave way to the expiry');
+select is((select held from billing.get_balance(pg_temp.u(7))), 49001::numeric, 'u7: the hold shrank by what expired of its lots');
 select billing.sync_purchase(pg_temp.state(7, 4999, 4999));
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(7))$$,
-  $$values (1000::numeric, 1000::numeric, 0::numeric)$$, 'u7: refunded: the other credits are left, all of them still held, no debt');
+  $$values (50001::numeric, 49001::numeric, 1000::numeric)$$, 'u7: refunded: the paid lot''s free credits go at once, the hold keeps what it reserved');
+select billing.release_hold(pg_temp.u(7), (select h.id from billing.holds h where h.idempotency_key = 'bonus-hold-7'));
+select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(7))$$,
+  $$values (1000::numeric, 0::numeric, 1000::numeric)$$, 'u7: the hold released: what it returned of the paid lot is taken back; the other credits stay, no debt');
+select is((select sum(l.reserved) + count(*) filter (where l.remaining > 0) from billing.lots l
+           where l.purchase_id = (select id from p where n = 7)), 0::numeric, 'u7: nothing of the purchase is left');
 
 -- ============================================================ paid credits that expired
 

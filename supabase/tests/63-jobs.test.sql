@@ -52,15 +52,20 @@ select is((billing.fail_job((select id from k), 'w1', '{"code": "X"}', true)).st
   'a failure after the last attempt fails the job');
 select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 0.0::numeric, 'a failed job releases its hold');
 
--- A job whose hold gave way whole (its credits taken back under it) and nothing left to charge:
--- no transfer is written, so the job and the alert are the only record of what it cost.
-create temp table m as select * from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion', '{}', 'jobs-test-3', null, 5);
+-- A job whose hold shrank to nothing (the lot it reserved expired under it) and nothing left to
+-- charge: no transfer is written, so the job and the alert are the only record of what it cost.
 select billing.reverse_credits('cccccccc-0000-4000-8000-000000000003', 10, 'refund_reversal', 'jobs-test-take-back');
-select billing.fit_holds((select account_id from billing.holds where id = (select hold_id from m)), '{"given_to": "refund_reversal"}', 10);
+select billing.grant_credits('cccccccc-0000-4000-8000-000000000003', 5, 'promo_grant', 'jobs-test-grant-3', null, null, null,
+  jsonb_build_object('expires_at', now() + interval '1 hour'));
+create temp table m as select * from billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion', '{}', 'jobs-test-3', null, 5);
+update billing.lots l set expires_at = now() - interval '1 second'
+where l.grant_transfer_id = (select t.id from billing.transfers t where t.idempotency_key = 'jobs-test-grant-3');
+update billing.accounts a set next_expiry = now() - interval '1 second' where a.user_id = 'cccccccc-0000-4000-8000-000000000003';
+select billing.expire_lots(500);
 update billing.jobs set status = 'processing', locked_by = 'w1', locked_until = now() + interval '30 seconds', attempts = 1
   where id = (select id from m);
 select is((select h.status from billing.holds h where h.id = (select hold_id from m)), 'released',
-  'the job''s hold gave way to the credits taken back');
+  'the job''s hold shrank to nothing when the lot it reserved expired, and ended released');
 select is((billing.complete_job((select id from m), 'w1', '{"ok": true}',
   '{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}')).unbilled, 50::numeric,
   'completed with nothing to charge, it records all it cost (50) as unbilled');

@@ -49,7 +49,24 @@ async function step(
   const usable = Math.floor(available);
   const choice = rand(10);
   const purchase = state.purchases.length > 0 ? state.purchases[rand(state.purchases.length)] : undefined;
-  if (choice === 0 || usable < 10) {
+  const disputed = state.purchases.find((p) => p.dispute === 'open');
+  if (disputed) {
+    // The buyer is suspended while a dispute of theirs is open (403 ACCOUNT_DISPUTED on every
+    // money path): an admin grants credits, or the dispute closes, won or lost.
+    if (rand(2) === 0) {
+      const r = await api('/credits/grants', {
+        token: s.admin,
+        headers: key(),
+        body: { user_id: s.id, amount: String(1 + rand(900)), reason: 'as-of sequence', kind: 'promo_grant' },
+      });
+      assert.equal(r.status, 201, r.text);
+    } else {
+      await emulator(`/_emulator/charges/${await chargeOf(disputed.session)}/dispute`, {
+        outcome: rand(2) === 0 ? 'won' : 'lost',
+      });
+      disputed.dispute = 'closed';
+    }
+  } else if (choice === 0 || usable < 10) {
     state.purchases.push({ session: (await buy(s.token, 'mini')).session_id, refunded: 0 }); // 5,000 credits for 500¢
   } else if (choice === 1) {
     const paid = rand(2) === 0;
@@ -82,18 +99,16 @@ async function step(
       headers: key(),
       body: capture ? { amount: '1' } : {},
     });
-    // A hold that gave way to a dispute is released; credits a dispute froze are not captured.
+    // A hold that lapsed is gone (409); a capture of credits it no longer has is refused (402).
     assert.ok([200, 402, 409].includes(r.status), r.text);
   } else if (choice === 6 && purchase && !purchase.dispute && purchase.refunded < 400) {
     const cents = 1 + rand(100);
     await emulator(`/_emulator/charges/${await chargeOf(purchase.session)}/refund`, { amount: cents });
     purchase.refunded += cents;
-  } else if (choice === 7 && purchase && purchase.refunded === 0 && purchase.dispute !== 'closed') {
-    // A dispute opens (its hold freezes the purchase's credits; the student's holds give way in
-    // part or whole), and the next time it is chosen it closes, won or lost.
-    const outcome = purchase.dispute === 'open' ? (rand(2) === 0 ? 'won' : 'lost') : 'open';
-    await emulator(`/_emulator/charges/${await chargeOf(purchase.session)}/dispute`, { outcome });
-    purchase.dispute = outcome === 'open' ? 'open' : 'closed';
+  } else if (choice === 7 && purchase && purchase.refunded === 0 && !purchase.dispute) {
+    // A dispute opens: the purchase's lots freeze (holds keep what they reserved of them).
+    await emulator(`/_emulator/charges/${await chargeOf(purchase.session)}/dispute`, { outcome: 'open' });
+    purchase.dispute = 'open';
   } else if (choice === 8 && state.charges.length > 0) {
     const id = state.charges.splice(rand(state.charges.length), 1)[0];
     const r = await api(`/admin/charges/${id}/void`, { token: s.admin, body: { reason: 'as-of sequence' } });
@@ -177,7 +192,7 @@ const charge = async (token: string, credits: number) => {
   return String(dataOf(r).transfer_id);
 };
 
-Deno.test("as of each instant around a dispute: the student's hold giving way in part, the frozen lots, the loss", async () => {
+Deno.test("as of each instant around a dispute: the frozen lots, the loss taking their free credits, the hold's part when it ends", async () => {
   const id = await newUser();
   const s = { id, token: await userToken(id) };
   let first = '';
@@ -187,23 +202,27 @@ Deno.test("as of each instant around a dispute: the student's hold giving way in
     () => buy(s.token, 'mini'),
     () => charge(s.token, 1000),
     async () => {
+      // Reserves the first purchase's 4,000 left and 4,000 of the second's.
       const r = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '8000' } });
       hold = String(dataOf(r).hold_id);
     },
-    // Freezes the first purchase's 5,000: the hold gives way to 4,000 (recorded as a resize).
+    // Freezes the first purchase's lot: the hold keeps what it reserved, nothing gives way.
     async () => emulator(`/_emulator/charges/${await chargeOf(first)}/dispute`, { outcome: 'open' }),
+    // Lost: the lot's free credits go at once (none: the hold reserved them), the 1,000 spent is owed.
+    async () => emulator(`/_emulator/charges/${await chargeOf(first)}/dispute`, { outcome: 'lost' }),
+    // The hold ends: what it returns of the first lot is taken back then.
     () => api(`/credits/holds/${hold}/release`, { token: s.token, headers: key(), body: {} }),
     () => charge(s.token, 2000),
-    async () => emulator(`/_emulator/charges/${await chargeOf(first)}/dispute`, { outcome: 'lost' }),
   ]);
-  const [resized] =
-    await testDb`select trim_scale(r.amount_before)::text as before, trim_scale(r.amount_after)::text as after
-    from billing.hold_resizes r where r.hold_id = ${hold}`;
+  const changes = await testDb`select x.frozen_before from billing.lot_changes x join billing.lots l on l.id = x.lot_id
+    join billing.purchases p on p.id = l.purchase_id where p.stripe_session_id = ${first} order by x.changed_at, x.id`;
   assert.deepEqual(
-    { ...resized },
-    { before: '8000', after: '4000' },
-    'the hold gave way in part: the case is exercised',
+    changes.map((c) => c.frozen_before),
+    [false, true],
+    'the lot froze, then thawed: the case is exercised',
   );
+  const [{ n }] = await testDb`select count(*)::int as n from billing.hold_resizes r where r.hold_id = ${hold}`;
+  assert.equal(n, 0, 'a dispute resizes no hold');
 });
 
 Deno.test('as of each instant around a debt: a refund of spent credits, a void into the debt, the purchase that pays it', async () => {

@@ -3,8 +3,9 @@
 // A refund or a lost dispute of the gift reaches its credits wherever they are: in the code's
 // escrow before redemption (the code then gives only what is left, or nothing), in the
 // redeemer's account after it (what was spent is owed by the buyer, as for any moved credits),
-// in a hold the redeemer parked them in, or in a redemption racing it. A gift goes to one
-// redeemer, and its Idempotency-Key is never an ordinary checkout's.
+// in a hold the redeemer parked them in (it finishes; what it spent the buyer owes), or in a
+// redemption racing it. A gift goes to one redeemer, and its Idempotency-Key is never an
+// ordinary checkout's.
 import assert from 'node:assert/strict';
 import type { LotPage } from '../../supabase/functions/_shared/contract/index.ts';
 import {
@@ -13,6 +14,7 @@ import {
   drainOutbox,
   env,
   functionsUrl,
+  reportUsage,
   spend,
   student,
   testDb,
@@ -78,21 +80,27 @@ Deno.test("a lost dispute of a redeemed gift reaches the redeemer's credits (hel
   await assertLedgerInvariants();
 });
 
-Deno.test("a disputed gift's spent credits freeze the buyer's own balance until the dispute closes", async () => {
-  // Lost, the buyer owes what the redeemer spent: what the buyer has is held for it meanwhile.
+Deno.test('a disputed gift suspends its buyer and freezes what the redeemer has left, holding nothing; won, both are free', async () => {
   const buyer = await student('50');
   const friend = await student();
   const g = await buyGift(buyer.token, 'starter');
   await redeem(friend.token, g.code);
   await spend(friend.token, 30);
   await dispute(g.session_id, 'open');
-  assert.deepEqual(
-    [(await balanceOf(buyer.token)).held, (await balanceOf(friend.token)).held],
-    ['30', '9960'],
-    'the buyer holds the 30 spent, the friend what is left',
-  );
+  const [b, f] = [await balanceOf(buyer.token), await balanceOf(friend.token)];
+  assert.deepEqual([b.held, f.held, f.available], ['0', '0', '0'], "no hold: the friend's 9,960 are frozen");
+  const refused = await reportUsage('/credits/usage', {
+    token: buyer.token,
+    headers: { 'idempotency-key': crypto.randomUUID() },
+    body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },
+  });
+  assert.equal(codeOf(refused), 'ACCOUNT_DISPUTED', 'the buyer is suspended while the dispute is open');
   await dispute(g.session_id, 'won');
-  assert.deepEqual([(await balanceOf(buyer.token)).held, (await balanceOf(friend.token)).held], ['0', '0']);
+  assert.deepEqual([(await balanceOf(buyer.token)).available, (await balanceOf(friend.token)).available], [
+    '50',
+    '9960',
+  ]);
+  await spend(buyer.token, 1);
   await assertLedgerInvariants();
 });
 
@@ -215,7 +223,7 @@ Deno.test("a full refund or a lost dispute racing a redemption of the gift leave
   await assertLedgerInvariants();
 });
 
-Deno.test("a gift parked in its redeemer's hold is still reached by a lost dispute: the hold captures nothing", async () => {
+Deno.test("a gift parked in its redeemer's hold finishes normally after a lost dispute: what it spent is the buyer's debt", async () => {
   const buyer = await student();
   const alt = await student(); // the buyer's second account
   const g = await buyGift(buyer.token, 'mini'); // 5,000 credits
@@ -235,9 +243,9 @@ Deno.test("a gift parked in its redeemer's hold is still reached by a lost dispu
     headers: { 'idempotency-key': crypto.randomUUID() },
     body: { amount: '5000' },
   });
-  assert.notEqual(c.status, 200, `the hold captured the disputed gift: ${c.text}`);
+  assert.equal(c.status, 200, 'a hold that reserved the credits before the dispute finishes normally');
   assert.equal((await balanceOf(alt.token)).balance, '0');
-  assert.equal((await balanceOf(buyer.token)).balance, '0', 'nothing was spent, so nothing is owed');
+  assert.equal((await balanceOf(buyer.token)).balance, '-5000', 'the buyer owes what the hold spent');
   await assertLedgerInvariants();
 });
 

@@ -15,7 +15,17 @@ import {
   student,
   testDb,
 } from '../support/helpers.ts';
-import { checkLots, dataOf, expiredOf, lotsOf, report, spendWith, sweep, voidCharge } from '../support/money.ts';
+import {
+  checkLots,
+  codeOf,
+  dataOf,
+  expiredOf,
+  lotsOf,
+  report,
+  spendWith,
+  sweep,
+  voidCharge,
+} from '../support/money.ts';
 import { balanceOf, buy, chargeOf, emulator, startCheckout } from '../support/purchases.ts';
 Deno.test('credits a void returns into an expired lot of a disputed purchase expire once the dispute is won', async () => {
   // plus: 24,990 paid (never expire) and a 1,249.5 bonus (promotional, spent first, expires).
@@ -211,12 +221,12 @@ Deno.test('a lost dispute after a void into the expired bonus (before or during 
 const dispute = async (session: string, outcome: 'open' | 'won' | 'lost') =>
   await emulator(`/_emulator/charges/${await chargeOf(session)}/dispute`, { outcome });
 
-Deno.test('a void into a purchase under dispute makes none of it spendable (its hold grows), and a lost dispute takes it all', async () => {
+Deno.test('a void into a purchase under dispute gives back frozen credits, and a lost dispute takes it all', async () => {
   const { token } = await student();
   const bought = await buy(token, 'mini');
   const charged = await spendWith(token, crypto.randomUUID(), 3000);
   assert.equal(charged.status, 201, charged.text);
-  await dispute(bought.session_id, 'open'); // freezes the purchase: the 2,000 left are held
+  await dispute(bought.session_id, 'open'); // freezes the purchase's 2,000 left; the buyer is suspended
   assert.equal((await balanceOf(token)).available, '0');
 
   const v = await voidCharge(dataOf(charged).transfer_id as string);
@@ -234,7 +244,8 @@ Deno.test('a void into a purchase under dispute makes none of it spendable (its 
     '0',
     `the 3,000 given back to a frozen purchase are not spendable: ${JSON.stringify(during)}`,
   );
-  assert.equal(tried.status, 402, `spending the voided credits of a disputed purchase: ${tried.text}`);
+  assert.equal(tried.status, 403, `spending the voided credits of a disputed purchase: ${tried.text}`);
+  assert.equal(codeOf(tried), 'ACCOUNT_DISPUTED');
   assert.equal(after.balance, '0', `a lost dispute takes every credit of the purchase: ${JSON.stringify(after)}`);
 });
 

@@ -138,18 +138,25 @@ Deno.test("a refund of spent credits is debt: other lots settle it, and the next
   await assertLedgerInvariants();
 });
 
-Deno.test('while a purchase is disputed its lots are spent last; a lost dispute takes exactly them', async () => {
+Deno.test('while a purchase is disputed its lots freeze and its buyer spends nothing; a lost dispute takes exactly them', async () => {
   const s = await student();
   const co = await buy(s.token, 'mini'); // 5,000 paid
   const gift = await grant(s.id, '300', { category: 'paid', priority: 50, cost_cents: '0' }); // spent after the purchase normally
   await emulator(`/_emulator/charges/${await chargeOf(co.session_id)}/dispute`, { outcome: 'open' });
   const frozen = (await lots(s.token)).find((l) => l.source === 'purchase');
   assert.equal(frozen?.frozen, true);
-  await spend(s.token, 100); // only the gift is spendable
-  assert.equal(remaining(await lots(s.token))[gift], '200');
+  // The buyer is suspended while the dispute is open (docs/credit-lots.md § Refunds, disputes and debt 4).
+  const refused = await reportUsage('/credits/usage', {
+    token: s.token,
+    headers: key(),
+    body: { model: 'gpt-4o', input_tokens: 5000, output_tokens: 0 },
+  });
+  assert.equal(refused.status, 403, refused.text);
+  assert.equal(remaining(await lots(s.token))[gift], '300');
   await emulator(`/_emulator/charges/${await chargeOf(co.session_id)}/dispute`, { outcome: 'lost' });
   const after = await lots(s.token);
-  assert.equal(remaining(after)[gift], '200', 'the dispute took its own lot, not the gift');
+  assert.equal(remaining(after)[gift], '300', 'the dispute took its own lot, not the gift');
+  await spend(s.token, 100); // closed: the gift is spendable
   assert.deepEqual(await balanceOf(s.token), { balance: '200', held: '0', available: '200' });
   await assertLedgerInvariants();
 });

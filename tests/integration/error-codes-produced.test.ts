@@ -174,13 +174,21 @@ Deno.test('jobs: an unknown job, and a result asked for before it is ready', asy
   const token = await userToken(user);
   await fund(user, '10');
   assertCode(await api(`/jobs/${crypto.randomUUID()}`, { token }), 'JOB_NOT_FOUND');
-  const job = await api('/jobs', {
-    token,
-    headers: key(),
-    body: { type: 'ai_completion', input: { model: 'gpt-4o', prompt: 'one two three', max_tokens: 10 } },
-  });
-  assert.equal(job.status, 202, job.text);
-  assertCode(await api(`/jobs/${(job.body.data as { job_id: string }).job_id}/result`, { token }), 'JOB_NOT_COMPLETED');
+  // The minute's worker tick (pg_cron) may finish a job between its creation and the next
+  // request: a job found completed is answered 200, and another is asked for.
+  let early = 0;
+  for (;;) {
+    const job = await api('/jobs', {
+      token,
+      headers: key(),
+      body: { type: 'ai_completion', input: { model: 'gpt-4o', prompt: 'one two three', max_tokens: 10 } },
+    });
+    assert.equal(job.status, 202, job.text);
+    const result = await api(`/jobs/${(job.body.data as { job_id: string }).job_id}/result`, { token });
+    if (result.status === 200 && ++early < 3) continue;
+    assertCode(result, 'JOB_NOT_COMPLETED');
+    break;
+  }
 });
 
 Deno.test('providers: unknown and unrefundable payments, a day never reconciled', async () => {

@@ -224,14 +224,18 @@ Deno.test('a request that dies after Stripe sent the invoice loses nothing: the 
   assert.equal((await walletOf(owner.token, org)).balance, '5000');
 });
 
-Deno.test("a dispute of a paid invoice's payment holds its credits, and a lost one takes them back", async () => {
+Deno.test("a dispute of a paid invoice's payment freezes its credits, and a lost one takes them back", async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', null);
   const inv = await openInvoice(owner.token, org);
   const charge = chargeIn((await pay(inv, 'card')).events);
   assert.deepEqual(await walletOf(owner.token, org), { balance: '5000', held: '0', available: '5000' });
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
-  assert.deepEqual(await walletOf(owner.token, org), { balance: '5000', held: '5000', available: '0' });
+  assert.deepEqual(
+    await walletOf(owner.token, org),
+    { balance: '5000', held: '0', available: '0' },
+    'frozen, not held',
+  );
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
   assert.deepEqual(await walletOf(owner.token, org), { balance: '0', held: '0', available: '0' });
   const [p] = await testDb`select dispute_status from billing.purchases where id = ${inv.id}`;

@@ -41,15 +41,15 @@ async function queuedBehindRenewal(userId: string, renewal: SignedEvent[], then:
   for (const e of [...renewal, ...then]) assert.equal((await deliver(e)).status, 200);
 }
 
-/** The user's active dispute holds, in credits. */
-async function disputeHeld(userId: string): Promise<string> {
-  const [{ held }] = await testDb`select trim_scale(coalesce(sum(h.amount), 0))::text as held from billing.holds h
-    join billing.accounts a on a.id = h.account_id where a.user_id = ${userId} and h.purpose = 'dispute' and h.status = 'active'`;
-  return held;
+/** What is frozen in the user's open lots, in credits. */
+async function frozenLeft(userId: string): Promise<string> {
+  const [{ left }] = await testDb`select trim_scale(coalesce(sum(l.remaining), 0))::text as left from billing.lots l
+    join billing.accounts a on a.id = l.account_id where a.user_id = ${userId} and l.open and l.frozen`;
+  return left;
 }
 
 // A dispute waits for the account before it reads the grant's lots, so the lot the renewal rolled
-// the credits into is frozen and under the dispute hold too: nothing of it can be spent meanwhile.
+// the credits into is frozen too: nothing of it can be spent meanwhile.
 Deno.test('a dispute opened while the renewal holds the account freezes what rolled over', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly'); // 10,000; basic rolls up to 2,000
@@ -62,10 +62,11 @@ Deno.test('a dispute opened while the renewal holds the account freezes what rol
   });
   await queuedBehindRenewal(s.id, late.events, dispute.events);
   await assertLedgerInvariants();
-  // As when the dispute comes after the renewal: the 2,000 rolled over are frozen under its hold,
-  // and the 6,000 the grant spent are held as a package's would be (2,000 expired are not).
+  // As when the dispute comes after the renewal: the 2,000 rolled over are frozen (nothing is
+  // held: what the grant spent is owed only if the dispute is lost).
   assert.equal((await balanceOf(s.token)).balance, '12000', JSON.stringify(await planLots(s.id)));
-  assert.equal(await disputeHeld(s.id), '8000', JSON.stringify(await planLots(s.id)));
+  assert.equal(await frozenLeft(s.id), '2000', JSON.stringify(await planLots(s.id)));
+  assert.equal((await balanceOf(s.token)).held, '0');
   const [{ frozen }] = await testDb`select bool_and(l.frozen) as frozen from billing.lots l
     join billing.accounts a on a.id = l.account_id where a.user_id = ${s.id} and l.moved_from is not null`;
   assert.equal(frozen, true, 'the rolled-over lot is frozen with its grant');
@@ -178,7 +179,7 @@ Deno.test('a renewal that rolls every credit left tells the low-balance alert no
   assert.equal(alerts, 0, 'moving 2,000 out and in is no crossing of 1,000');
 });
 
-Deno.test('a dispute after the renewal freezes what rolled over too; parked in a hold, it still gives way', async () => {
+Deno.test('a dispute after the renewal freezes what rolled over too; parked in a hold first, it is taken back when the hold ends', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly');
   const invoice = String((await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`)).latest_invoice);
@@ -192,11 +193,25 @@ Deno.test('a dispute after the renewal freezes what rolled over too; parked in a
   assert.equal(parked.status, 201, parked.text);
   const charge = await chargeOfInvoice(invoice);
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
-  const [{ held }] = await testDb`select trim_scale(coalesce(sum(h.amount), 0))::text as held from billing.holds h
-    join billing.accounts a on a.id = h.account_id where a.user_id = ${s.id} and h.purpose = 'dispute' and h.status = 'active'`;
-  assert.equal(held, '8000', 'the rolled-over 2,000 and the 6,000 spent are under the dispute hold');
+  // The hold reserved the rolled-over 2,000 (they expire first) and 10,000 of period 2: the
+  // rolled-over lot freezes under it, the hold keeps it.
+  assert.deepEqual(await balanceOf(s.token), { balance: '12000', held: '12000', available: '0' });
+  assert.equal(await frozenLeft(s.id), '2000');
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
-  // 10,000 taken back: the 2,000 rolled over, 2,000 expired (forgiven), 6,000 spent (owed).
-  assert.equal((await balanceOf(s.token)).balance, '4000');
+  // 10,000 to take back: the rolled-over 2,000 are reserved (taken back when the hold ends), 2,000
+  // expired (forgiven), 6,000 spent owed: her own credits pay it, and the hold reserved them all,
+  // so they are claimed from what it returns (never a debt beside credits it gives back).
+  assert.deepEqual(await balanceOf(s.token), { balance: '12000', held: '12000', available: '0' });
+  const r = await api(`/credits/holds/${(parked.body.data as { hold_id: string }).hold_id}/release`, {
+    token: s.token,
+    headers: key(),
+    body: {},
+  });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(
+    (await balanceOf(s.token)).balance,
+    '4000',
+    'the 2,000 it returned of the rolled-over lot are taken back',
+  );
   await assertLedgerInvariants();
 });

@@ -159,7 +159,7 @@ Deno.test('reports count a rollover as no new money: not granted, and what comes
   await assertLedgerInvariants();
 });
 
-Deno.test('a period disputed across its renewal rolls nothing: won, its credits expire; lost, they are taken back', async () => {
+Deno.test('a period disputed across its renewal rolls nothing: its frozen credits expire at its end; lost, what was spent is owed', async () => {
   for (const outcome of ['won', 'lost'] as const) {
     const s = await student();
     const plan = await subscribeTo(s.token, 'basic_monthly');
@@ -168,13 +168,13 @@ Deno.test('a period disputed across its renewal rolls nothing: won, its credits 
     const late = await renew(plan.stripe_subscription, 'paid', false);
     const charge = await chargeOfInvoice(invoice);
     await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' }); // 4,000 frozen
-    await periodEndsAndSweeps(s.id); // the sweep leaves a frozen lot for its dispute
+    await periodEndsAndSweeps(s.id); // a frozen lot expires when due like any lot
     for (const e of late.events) assert.equal((await deliver(e)).status, 200);
-    assert.equal((await balanceOf(s.token)).balance, '14000', 'the frozen 4,000 did not roll');
+    assert.equal((await balanceOf(s.token)).balance, '10000', 'the frozen 4,000 did not roll: they expired');
     await emulator(`/_emulator/charges/${charge}/dispute`, { outcome });
     await testDb`select billing.expire_lots(500)`;
     await assertLedgerInvariants();
-    // Won: the 4,000 are past their period and expire. Lost: 4,000 taken back, 6,000 spent owed.
+    // Won: nothing more. Lost: the 4,000 that expired are forgiven, the 6,000 spent are owed.
     assert.equal((await balanceOf(s.token)).balance, outcome === 'won' ? '10000' : '4000', outcome);
   }
 });

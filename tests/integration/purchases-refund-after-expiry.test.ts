@@ -91,9 +91,9 @@ Deno.test('partial refunds and a lost dispute end the same whether the bonus exp
   assert.deepEqual(await balanceOf(early.token), await balanceOf(late.token));
   assert.equal((await balanceOf(early.token)).balance, '24489');
 
-  // The rest is disputed: what a loss would take back is frozen, then taken; both owe the 3,000 spent.
+  // The rest is disputed: the lots freeze (nothing held), then are taken; both owe the 3,000 spent.
   for (const co of bought) await dispute(co.session_id, 'open');
-  assert.deepEqual(await balanceOf(early.token), { balance: '24489', held: '24489', available: '0' });
+  assert.deepEqual(await balanceOf(early.token), { balance: '24489', held: '0', available: '0' });
   assert.deepEqual(await balanceOf(late.token), await balanceOf(early.token));
   for (const co of bought) await dispute(co.session_id, 'lost');
   await expireBonus(bought[1].purchase_id);
@@ -128,11 +128,11 @@ Deno.test("an organisation's lost dispute forgives the bonus that expired in a m
                   where org_id = ${org} and member_id = ${ada.id}`)[0];
   assert.deepEqual(await allowance(), { balance: '1001', held: '0' });
 
-  // Open: the allowance freezes its 1,001; the wallet what a loss would take from it (its 48,989
-  // and the 3 spent, as far as it goes), not the expired bonus.
+  // Open: the purchase's lots freeze where they are, the allowance's 1,001 and the wallet's 48,989
+  // (nothing is held).
   await dispute(session_id, 'open');
-  assert.deepEqual(await allowance(), { balance: '1001', held: '1001' });
-  assert.deepEqual(await walletOf(owner.token, org), { balance: '48989', held: '48989', available: '0' });
+  assert.deepEqual(await allowance(), { balance: '1001', held: '0' });
+  assert.deepEqual(await walletOf(owner.token, org), { balance: '48989', held: '0', available: '0' });
   await dispute(session_id, 'lost');
   assert.deepEqual(await allowance(), { balance: '0', held: '0' });
   assert.deepEqual(await walletOf(owner.token, org), { balance: '-3', held: '0', available: '-3' }, 'only the 3 spent');
@@ -170,27 +170,23 @@ Deno.test('a student cannot move an expiry: lots are read-only to them and grant
   assert.equal(n, 2, 'both lots keep their expiry');
 });
 
-Deno.test('a hold over the expiring bonus gives way to the expiry; the refund after it leaves no debt and nothing more to capture', async () => {
+Deno.test('a hold over the expiring bonus shrinks by what expired; a full refund after it takes what it reserved when it ends, nothing owed', async () => {
   const s = await student();
   const co = await buy(s.token, 'pro');
-  await gift(s.id); // 55,989 in all
+  await gift(s.id); // 55,989 in all: the bonus 4,999, the purchase's 49,990, the gift's 1,000 (newest)
+  // Reserves the bonus (promotional first) and 49,001 of the purchase's paid credits.
   const hold = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '54000' } });
   assert.equal(hold.status, 201, hold.text);
   const holdId = (hold.body.data as { hold_id: string }).hold_id;
   await expireBonus(co.purchase_id);
-  assert.deepEqual(await balanceOf(s.token), { balance: '50990', held: '50990', available: '0' });
+  assert.deepEqual(await balanceOf(s.token), { balance: '50990', held: '49001', available: '1989' });
 
+  // The purchase's 989 free go at once; the 49,001 the hold reserved when it ends; the bonus is forgiven.
   await refund(co.session_id, 4999);
-  assert.deepEqual(await balanceOf(s.token), { balance: '1000', held: '1000', available: '0' }, 'no debt');
-  const over = await api(`/credits/holds/${holdId}/capture`, {
-    token: s.token,
-    headers: key(),
-    body: { amount: '2000' },
-  });
-  assert.equal(over.status, 400, over.text);
-  const captured = await api(`/credits/holds/${holdId}/capture`, { token: s.token, headers: key(), body: {} });
-  assert.equal(captured.status, 200, captured.text);
-  assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' });
+  assert.deepEqual(await balanceOf(s.token), { balance: '50001', held: '49001', available: '1000' });
+  const released = await api(`/credits/holds/${holdId}/release`, { token: s.token, headers: key(), body: {} });
+  assert.equal(released.status, 200, released.text);
+  assert.deepEqual(await balanceOf(s.token), { balance: '1000', held: '0', available: '1000' }, 'no debt');
   await assertLedgerInvariants();
 });
 
@@ -206,7 +202,8 @@ Deno.test('a refund while a hold covers a due, unswept bonus ends as if the expi
   }
   await testDb`select billing.expire_lots(100000)`;
   for (const s of [swept, unswept]) {
-    assert.deepEqual(await balanceOf(s.token), { balance: '1000', held: '1000', available: '0' });
+    // The hold shrank by the bonus; of the purchase, 989 free went at once, its 49,001 when it ends.
+    assert.deepEqual(await balanceOf(s.token), { balance: '50001', held: '49001', available: '1000' });
   }
   await assertLedgerInvariants();
 });

@@ -143,12 +143,12 @@ Deno.test('a dispute lost after everything was spent creates debt; debits are re
   await assertLedgerInvariants();
 });
 
-Deno.test("an open dispute holds the purchase's remaining credits; a won dispute releases them", async () => {
+Deno.test("an open dispute freezes the purchase's remaining credits (nothing held); a won dispute thaws them", async () => {
   const s = await student();
   const co = await buy(s.token, 'starter');
   const charge = await chargeOf(co.session_id);
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });
-  assert.deepEqual(await balanceOf(s.token), { balance: '9990', held: '9990', available: '0' });
+  assert.deepEqual(await balanceOf(s.token), { balance: '9990', held: '0', available: '0' });
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'won' });
   assert.deepEqual(await balanceOf(s.token), { balance: '9990', held: '0', available: '9990' });
 });

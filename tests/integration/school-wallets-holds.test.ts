@@ -36,24 +36,25 @@ Deno.test("a member's answers from a pooled wallet never show its balance: usage
   assert.equal((await walletOf(admin.token, org)).balance, '12340.678', 'the pool paid');
 });
 
-Deno.test("a refund under a member's pool hold: the hold gives way and is captured, and the answer shows the member's own", async () => {
+Deno.test("a refund under a member's pool hold: the hold finishes, the school owes what it spent, and the answer shows the member's own", async () => {
   const [admin, member] = await Promise.all(['admin', 'member'].map(person));
   const org = await school(admin, [member], 'pool', null);
   const session = await pays(admin.token, { package_id: 'mini', org_id: org });
   const h = await hold(member.token, '4000');
   assert.equal(h.status, 201, h.text);
-  // A refund takes 3,000 back from under the hold: the pool has 2,000, not for the member to read.
+  // A refund of 3,000: the 1,000 free at once, 2,000 of the hold's reservation when it ends. The
+  // hold spends all it reserved, so the school owes those 2,000; the member reads none of it.
   await emulator(`/_emulator/charges/${await chargeOf(session)}/refund`, { amount: 300 });
   const c = await holdAction(member.token, dataOf(h).hold_id, 'capture');
   assert.equal(c.status, 200, c.text);
   const { captured, balance, available, org_id } = dataOf(c);
   assert.deepEqual({ captured, balance, available, org_id }, {
-    captured: '2000',
+    captured: '4000',
     balance: '0',
     available: '0',
     org_id: org,
   });
-  assert.deepEqual(await accountOf(org, null), { balance: '0', held: '0' });
+  assert.deepEqual(await accountOf(org, null), { balance: '-2000', held: '0' });
   await assertLedgerInvariants();
 });
 

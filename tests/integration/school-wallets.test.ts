@@ -332,7 +332,7 @@ Deno.test('a dispute reaches credits moved into an allowance: frozen at once, ta
   assert.equal(hold.status, 402, 'nor can it be held');
   const [allowance] = await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held
     from billing.accounts a where a.org_id = ${org} and a.member_id = ${alt.id}`;
-  assert.deepEqual(allowance, { balance: '4900', held: '4900' });
+  assert.deepEqual(allowance, { balance: '4900', held: '0' }, 'frozen, not held');
 
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
   const [gone] = await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held

@@ -1,4 +1,4 @@
-// What the attacks on disputes beside credits for some models share (session34-attack*.test.ts):
+// What the dispute tests share (disputes-*.test.ts, refunds-holds.test.ts):
 // a student's figures, usage and gateway calls as they send them, and the core's invariants.
 import assert from 'node:assert/strict';
 import {
@@ -6,22 +6,16 @@ import {
   assertLedgerInvariants,
   functionsUrl,
   key,
-  newUser,
-  pgLogFrom,
-  pgLogSince,
   reportUsage,
   spend,
   student,
   sweepExpiredHolds,
   testDb,
   until,
-  userToken,
 } from './helpers.ts';
 import { buyGift, redeem } from './codes.ts';
-import { creditPerToken } from './ai.ts';
-import { grantLot } from './lots.ts';
 import { chargeOfInvoice } from './plans.ts';
-import { balanceOf, buy, chargeOf, emulator, stripeApi } from './purchases.ts';
+import { balanceOf, chargeOf, emulator, stripeApi } from './purchases.ts';
 
 /** POST /credits/usage of `credits` of a 1-credit-a-token model (creditPerToken), as the product's server reports it. */
 export const chargeTokens = (token: string, model: string, credits: number) =>
@@ -85,37 +79,8 @@ export async function coreInvariants(users: string[]) {
   assert.deepEqual({ ...r }, { restricted_paid_other_model: 0, reversal_took_restricted: 0, held_mismatch: 0 });
 }
 
-export const activeDisputes = async (userId: string) => {
-  const [r] = await testDb`select count(*)::int as n from billing.holds h join billing.accounts a on a.id = h.account_id
-    where a.user_id = ${userId} and h.purpose = 'dispute' and h.status = 'active'`;
-  return r.n as number;
-};
-
 export const dispute = async (session: string, outcome: 'open' | 'lost' | 'won') =>
   await emulator(`/_emulator/charges/${await chargeOf(session)}/dispute`, { outcome });
-
-/**
- * A student who bought two packages (P1, P2: 5,000 each, paid), spent 9,990 of them, then got
- * 10,000 for any model (a promotion, priority 30) and `forM` for m only (priority 40). P1's
- * dispute is open (5,000 frozen in credits for any model): the older dispute.
- */
-export async function twoPurchases(forM: string) {
-  const m = await creditPerToken();
-  const other = await creditPerToken();
-  const id = await newUser();
-  const token = await userToken(id);
-  const p1 = await buy(token, 'mini');
-  await until('P1 paid', async () => (await figures(id))?.balance === '5000');
-  const p2 = await buy(token, 'mini');
-  await until('P2 paid', async () => (await figures(id))?.balance === '10000');
-  assert.equal((await chargeTokens(token, other, 9990)).status, 201);
-  assert.equal((await grantLot(id, '10000', 'promo_grant', { priority: 30 })).status, 201);
-  const lot = await grantLot(id, forM, 'promo_grant', { priority: 40, applies_to: [m] });
-  assert.equal(lot.status, 201, lot.text);
-  await dispute(p1.session_id, 'open');
-  await until('the older dispute held', async () => (await figures(id)).held === '5000');
-  return { m, id, token, p1: p1.session_id, p2: p2.session_id, lotForM: (lot.body.data as { lot_id: string }).lot_id };
-}
 
 /** What the calls' captures drew, by kind of lot. */
 export const drawnBy = async (transfers: string[]) =>
@@ -123,17 +88,6 @@ export const drawnBy = async (transfers: string[]) =>
         else 'promo' end as from, trim_scale(sum(x.amount))::text as amount
       from billing.lot_allocations x join billing.lots l on l.id = x.lot_id where x.transfer_id = any(${transfers}::bigint[])
       group by 1 order by 1`).map((d) => ({ ...d }));
-
-/** The older dispute (on `p1`) lost, then the newer (on `p2`): the student's figures once both reversals landed. */
-export async function loseBothDisputes(userId: string, p1: string, p2: string) {
-  await dispute(p1, 'lost');
-  await until('the older dispute lost', async () => (await activeDisputes(userId)) === 1);
-  await dispute(p2, 'lost');
-  return await until('the newer dispute lost', async () => {
-    const f = await figures(userId);
-    return f.held === '0' && f;
-  });
-}
 
 /** The charge that paid a subscription's latest invoice (its first, before any renewal). */
 export const planCharge = async (sub: string) =>
@@ -199,7 +153,7 @@ export async function giftRedeemed() {
 }
 
 /** What `userId`'s own holds of `purpose` hold now. */
-export const heldFor = async (userId: string, purpose: 'ai' | 'dispute' | 'job') =>
+export const heldFor = async (userId: string, purpose: 'ai' | 'job' | 'user') =>
   (await testDb`select trim_scale(coalesce(sum(h.amount), 0))::text as n from billing.holds h
     join billing.accounts a on a.id = h.account_id
     where a.user_id = ${userId} and h.purpose = ${purpose} and h.status = 'active'`)[0].n as string;
@@ -225,17 +179,6 @@ export function streamCall(token: string, model: string, directives: string, max
   })();
 }
 
-/** Where a probe starts reading the Postgres log. */
-export const pgLogSize = pgLogFrom;
-/**
- * What the Postgres log says went wrong since `from`: a deadlock, or an error that is not one of
- * the project's own refusals (those are a bare code: INSUFFICIENT_CREDITS).
- */
-export async function pgErrors(from: { file: string; at: number }) {
-  return (await pgLogSince(from)).split('\n')
-    .filter((l) => /deadlock/.test(l) || (/ERROR:/.test(l) && !/ERROR:\s+[A-Z][A-Z_]+\s*$/.test(l)));
-}
-
 /** A purchase's dispute opened at the bank, once the product has seen it. */
 export async function openDispute(session: string) {
   await dispute(session, 'open');
@@ -254,11 +197,3 @@ export async function jobHoldPassesTtl(job: string) {
     where id = (select hold_id from billing.jobs where id = ${job})`;
   await sweepExpiredHolds();
 }
-
-/** A buyer's and a redeemer's figures and dispute holds, side by side. */
-export const snapBoth = async (s: { id: string }, t: { id: string }) => ({
-  s: await figures(s.id),
-  t: await figures(t.id),
-  sDispute: await heldFor(s.id, 'dispute'),
-  tDispute: await heldFor(t.id, 'dispute'),
-});

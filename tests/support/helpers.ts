@@ -260,10 +260,19 @@ export const finishedJob = (id: string) =>
     return ['completed', 'failed', 'cancelled'].includes(j.status) && j;
   });
 
-/** Time passes for one lot: it is due (the ledger is immutable, lots and accounts are not). */
+/**
+ * Time passes for one lot: it is due, and so is every lot moved from the same grant with the
+ * same expiry (a moved copy keeps its source's). The ledger is immutable, lots and accounts are not.
+ */
 export async function backdateLot(lot: string): Promise<void> {
-  await testDb`with l as (update billing.lots set expires_at = now() - interval '1 second' where id = ${lot}
-                          returning account_id, expires_at)
+  await testDb`with recursive up as (select id, moved_from from billing.lots where id = ${lot}
+                 union all select s.id, s.moved_from from billing.lots s join up on s.id = up.moved_from),
+               family as (select id from up where moved_from is null
+                 union all select c.id from billing.lots c join family f on c.moved_from = f.id),
+               l as (update billing.lots set expires_at = now() - interval '1 second'
+                     where id in (select id from family)
+                       and expires_at is not distinct from (select x.expires_at from billing.lots x where x.id = ${lot})
+                     returning account_id, expires_at)
                update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id`;
 }
 
@@ -426,11 +435,7 @@ export async function pgLogSince(mark: { file: string; at: number }): Promise<st
   return new TextDecoder().decode(bytes.subarray(mark.at));
 }
 
-/**
- * The holds past their TTL ended as pg_cron ends them each minute: billing.release_expired_holds,
- * then billing.release_disputed_work_holds (work where a dispute holds credits, with a refit).
- */
+/** The holds past their TTL ended as pg_cron ends them each minute (billing.release_expired_holds). */
 export async function sweepExpiredHolds() {
   await testDb`select billing.release_expired_holds(500)`;
-  await testDb`select billing.release_disputed_work_holds(500)`;
 }

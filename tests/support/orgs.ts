@@ -1,7 +1,8 @@
 // Helpers for organisation tests: people with email addresses, and a school whose members
 // accepted their emailed invitations, over the real API.
 import assert from 'node:assert/strict';
-import { adminToken, api, key, reportUsage, testDb, userToken } from './helpers.ts';
+import { adminToken, api, key, reportUsage, testDb, until, userToken } from './helpers.ts';
+import { buy } from './purchases.ts';
 
 export { key } from './helpers.ts';
 
@@ -74,3 +75,23 @@ export async function walletOf(token: string, org: string) {
 export const accountOf = async (org: string, member: string | null) =>
   (await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held
     from billing.accounts a where a.org_id = ${org} and a.member_id is not distinct from ${member}`)[0];
+
+/**
+ * A school funding by allowance whose owner bought the mini package (5,000 credits in the
+ * wallet) and moved `amount` of it into the allowance of its one member.
+ */
+export async function schoolAllowanceFunded(amount = '2000') {
+  const owner = await person('owner');
+  const member = await person('member');
+  const org = await school(owner, [], 'allowance', null);
+  await join(owner.token, org, member);
+  const purchase = await buy(owner.token, 'mini', org);
+  await until('the wallet paid', async () => (await accountOf(org, null))?.balance === '5000');
+  const moved = await api(`/orgs/${org}/allowances`, {
+    token: owner.token,
+    headers: key(),
+    body: { amount, user_id: member.id },
+  });
+  assert.equal(moved.status, 201, moved.text);
+  return { owner, member, org, purchase };
+}

@@ -2,7 +2,8 @@
 // its layer) and the ledger's one writer the only function that writes it: each rule proven to
 // fail when broken, on the small trees in tests/fixtures/sql-shape/, then the real schemas clean.
 import assert from 'node:assert/strict';
-import { layerProblems, lexSql, writerProblems } from '../../scripts/local/sql-shape.ts';
+import { layerProblems, lexSql, readSchemas, writerProblems } from '../../scripts/local/sql-shape.ts';
+import { reach } from '../../scripts/local/sql-reach.ts';
 
 const fixture = (name: string) => new URL(`../fixtures/sql-shape/${name}`, import.meta.url).pathname;
 
@@ -44,4 +45,14 @@ Deno.test('supabase/schemas: no call up beyond the known ones, and only the writ
   const schemas = new URL('../../supabase/schemas', import.meta.url).pathname;
   assert.deepEqual(layerProblems(schemas), []);
   assert.deepEqual(writerProblems(schemas), []);
+});
+
+Deno.test('reach: the functions a call can reach, once each; of them, those whose code names disputes or frozen lots', () => {
+  const schema = readSchemas(fixture('reach'));
+  assert.deepEqual(reach(schema, 'billing.charge'), {
+    functions: ['billing.charge', 'billing.draw'],
+    disputes: ['billing.draw'],
+  });
+  assert.deepEqual(reach(schema, 'billing.unused_dispute_rule').disputes, ['billing.unused_dispute_rule']);
+  assert.deepEqual(schema.spans.get('billing.draw'), { file: '10-core.sql', from: 2, to: 6 });
 });

@@ -170,6 +170,11 @@ const sqlErrors: Record<
     message: 'The signed-in user no longer exists or is suspended. Sign in again.',
   },
   ADMIN_REQUIRED: { type: 'forbidden', code: 'FORBIDDEN', message: 'This route is for administrators.' },
+  // A buyer whose own payment is disputed (billing.standing_refusal): suspended until it closes.
+  ACCOUNT_DISPUTED: {
+    type: 'forbidden',
+    message: 'A payment of yours is disputed: your account is suspended until the dispute closes.',
+  },
   // A usage report's server key, checked by the statement that records the usage (usage-reporter.ts).
   SERVER_KEY_UNKNOWN: { type: 'auth', code: 'UNAUTHORIZED', message: serverKeyRefused },
   PROVIDER_NOT_FOUND: { type: 'not_found', message: 'No such provider.' },

@@ -1,0 +1,243 @@
+-- What every posting checks and sets off under the account lock: the spend caps' room a charge
+-- or hold takes and gives back, the low-balance alert and auto-recharge. The core's (the writer
+-- counts caps); the features that own them (40-caps-alerts, 55-auto-recharge) keep their tables
+-- and the rest.
+
+-- ============================================================ spend caps: the room a posting takes and gives back
+
+create or replace function billing.cap_period(p_period text, p_time_zone text, p_at timestamptz, out starts timestamptz, out resets timestamptz)
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  -- A term has no calendar: its start is on the cap row, its end on the organisation.
+  if p_period <> 'term' then
+    starts := date_trunc(p_period, p_at at time zone p_time_zone) at time zone p_time_zone;
+    resets := (date_trunc(p_period, p_at at time zone p_time_zone) + ('1 ' || p_period)::interval) at time zone p_time_zone;
+  end if;
+end
+$$;
+comment on function billing.cap_period(p_period text, p_time_zone text, p_at timestamp with time zone, out starts timestamp with time zone, out resets timestamp with time zone) is 'Internal: the cap period containing p_at (local midnight, ISO week from Monday, month), and when the next starts.';
+revoke execute on function billing.cap_period(p_period text, p_time_zone text, p_at timestamp with time zone, out starts timestamp with time zone, out resets timestamp with time zone) from public;
+
+-- A cap's percent alerts, after its period's spending moved (p_cap is the row as updated): each
+-- percent fires once per period when reached, and re-arms when spending falls back below it
+-- (a hold released) or a new period starts. No statement runs unless something changes.
+create or replace function billing.cap_alerts_after(p_cap billing.spend_caps) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_starts timestamptz := date_trunc(p_cap.period, now() at time zone p_cap.time_zone) at time zone p_cap.time_zone;
+  v_spent numeric(38, 18) := case when p_cap.period_start = v_starts then p_cap.spent else 0 end;
+  v_fired integer[] := case when p_cap.alerts_period = v_starts then p_cap.alerts_fired else '{}' end;
+  v_reached integer[] := '{}'::integer[];
+  v_pct integer;
+  v_user uuid;
+begin
+  -- Plain expressions, no query: this runs on every capped debit of an account with cap alerts.
+  foreach v_pct in array p_cap.alert_percents loop
+    if v_spent * 100 >= p_cap.amount * v_pct then
+      v_reached := v_reached || v_pct;
+    end if;
+  end loop;
+  if v_reached = v_fired and p_cap.alerts_period = v_starts then
+    return;
+  end if;
+  update billing.spend_caps x set alerts_fired = v_reached, alerts_period = v_starts where x.id = p_cap.id;
+  if exists (select 1 from unnest(v_reached) pct where not pct = any (v_fired)) then
+    select a.user_id into v_user from billing.accounts a where a.id = p_cap.account_id;
+    -- Keyed by the transaction's time too: a percent re-armed and reached again fires again.
+    perform billing.queue_user_alert(v_user, 'cap:' || p_cap.id || ':' || pct || ':' || billing.alert_time(),
+      jsonb_build_object('kind', 'cap_used', 'percent', pct, 'period', p_cap.period, 'model', p_cap.model,
+        'cap', trim_scale(p_cap.amount)::text, 'spent', trim_scale(v_spent)::text))
+    from unnest(v_reached) pct where not pct = any (v_fired);
+  end if;
+end;
+$$;
+comment on function billing.cap_alerts_after(p_cap billing.spend_caps) is 'Internal: fires (once per period and crossing) or re-arms the percent alerts of a cap whose spending moved.';
+revoke execute on function billing.cap_alerts_after(p_cap billing.spend_caps) from public;
+
+create or replace function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null,
+  p_count boolean default true)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  c billing.spend_caps;
+  v_counted boolean := false;
+begin
+  for c in
+    with x as (
+      select x.id, x.amount,
+        case when x.period = 'term' or x.period_start = date_trunc(x.period, now() at time zone x.time_zone) at time zone x.time_zone
+             then x.spent else 0 end + p_amount as spent_now,
+        case when x.period = 'term' then x.period_start
+             else date_trunc(x.period, now() at time zone x.time_zone) at time zone x.time_zone end as starts
+      from billing.spend_caps x
+      where x.account_id = p_account_id and (x.model is null or x.model = p_model)
+        and (x.member_id is null or x.member_id = p_member)
+    ), fits as (
+      select x.*, bool_and(x.spent_now <= x.amount) over () as all_fit from x
+    )
+    update billing.spend_caps s set period_start = f.starts, spent = f.spent_now
+    from fits f where s.id = f.id and f.all_fit and p_count
+    returning s.*
+  loop
+    v_counted := true;
+    if c.alert_percents <> '{}' then
+      perform billing.cap_alerts_after(c);
+    end if;
+  end loop;
+  if v_counted then
+    return null;
+  end if;
+  return (select jsonb_build_object('cap_id', x.id::text, 'period', x.period, 'time_zone', x.time_zone, 'model', x.model,
+      'cap', trim_scale(x.amount)::text, 'spent', trim_scale(case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end)::text,
+      'required', trim_scale(p_amount)::text, 'resets_at', billing.json_time(coalesce(p.resets,
+        (select o.term_ends_at from billing.accounts a join billing.orgs o on o.id = a.org_id where a.id = x.account_id))))
+    from billing.spend_caps x cross join lateral billing.cap_period(x.period, x.time_zone, now()) p
+    where x.account_id = p_account_id and (x.model is null or x.model = p_model)
+      and (x.member_id is null or x.member_id = p_member)
+      and case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end + p_amount > x.amount
+    order by x.amount - case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end, x.id
+    limit 1);
+end;
+$$;
+comment on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean) is 'Internal: counts an amount against the applicable caps (the account''s, and the member''s on a pooled wallet) if all have room (p_count false: only asks); else returns the cap it would exceed.';
+revoke execute on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean) from public;
+
+create or replace function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamptz,
+  p_member uuid default null)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  c billing.spend_caps;
+begin
+  for c in
+    update billing.spend_caps x set spent = greatest(x.spent - p_amount, 0)
+    where p_amount > 0 and x.account_id = p_account_id and (x.model is null or x.model = p_model)
+      and (x.member_id is null or x.member_id = p_member) and x.created_at <= p_placed_at
+      and case when x.period = 'term' then x.period_start <= p_placed_at
+               else x.period_start = date_trunc(x.period, p_placed_at at time zone x.time_zone) at time zone x.time_zone end
+    returning x.*
+  loop
+    if c.alert_percents <> '{}' then
+      perform billing.cap_alerts_after(c);
+    end if;
+  end loop;
+end;
+$$;
+comment on function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamp with time zone, p_member uuid) is 'Internal: gives back what a hold counted against caps and did not spend, in the period it was placed.';
+revoke execute on function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamp with time zone, p_member uuid) from public;
+
+create or replace function billing.return_hold_cap_room(p_hold billing.holds, p_unspent numeric) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_unspent > 0
+     and (select a.caps from billing.accounts a where a.id = p_hold.account_id) > 0 then
+    perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model', p_hold.created_at,
+      p_hold.member_id);
+  end if;
+end;
+$$;
+comment on function billing.return_hold_cap_room(p_hold billing.holds, p_unspent numeric) is 'Internal: returns a finished hold''s unspent amount to its caps.';
+revoke execute on function billing.return_hold_cap_room(p_hold billing.holds, p_unspent numeric) from public;
+
+-- ============================================================ what a posting sets off: the low-balance alert and auto-recharge
+
+-- The low-balance alert of a locked account, after its balance or held amount moved: fires on
+-- the way down through the threshold, re-arms on the way back up.
+create or replace function billing.check_low_balance(a billing.accounts) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_available numeric(38, 18) := a.balance - a.held;
+begin
+  if a.low_balance_threshold is null then
+    return;
+  end if;
+  if v_available < a.low_balance_threshold and not a.low_balance_fired then
+    update billing.accounts x set low_balance_fired = true where x.id = a.id;
+    -- The runway (days left at the last 7 days' pace) is read only when the alert fires.
+    perform billing.queue_user_alert(a.user_id, 'low-balance:' || a.id || ':' || billing.alert_time(),
+      jsonb_build_object('kind', 'balance_below', 'threshold', trim_scale(a.low_balance_threshold)::text,
+        'available', trim_scale(v_available)::text, 'runway_days', (billing.runway(a.id) ->> 'days')::bigint));
+  elsif v_available >= a.low_balance_threshold and a.low_balance_fired then
+    update billing.accounts x set low_balance_fired = false where x.id = a.id;
+  end if;
+end;
+$$;
+comment on function billing.check_low_balance(a billing.accounts) is 'Internal: fires (once per crossing) or re-arms the low-balance alert of a locked account.';
+revoke execute on function billing.check_low_balance(a billing.accounts) from public;
+
+-- After a locked account's available amount moved: below the threshold and armed → one
+-- recharge (disarmed until available is back at or above it); the monthly limits apply.
+create or replace function billing.check_auto_recharge(a billing.accounts) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  s billing.auto_recharge;
+  v_month timestamptz := date_trunc('month', now());
+  v_count integer;
+  v_cents bigint;
+  v_price integer;
+begin
+  if a.auto_recharge_below is null then
+    return;
+  elsif a.balance - a.held >= a.auto_recharge_below then
+    if not a.auto_recharge_armed then
+      update billing.accounts x set auto_recharge_armed = true where x.id = a.id;
+    end if;
+    return;
+  elsif not a.auto_recharge_armed then
+    return; -- this crossing has its recharge already
+  end if;
+  update billing.accounts x set auto_recharge_armed = false where x.id = a.id;
+  select * into s from billing.auto_recharge r where r.user_id = a.user_id;
+  select k.price_cents into v_price from billing.credit_packages k where k.id = s.package_id and k.active;
+  if not found then
+    -- A retired package sells to no one, this student's recharges included.
+    insert into billing.auto_recharge_audit (user_id, actor, change)
+    values (a.user_id, null, jsonb_build_object('skipped', 'package_retired', 'package_id', s.package_id));
+    return;
+  end if;
+  select count(*), coalesce(sum(r.price_cents), 0) into v_count, v_cents from billing.recharges r
+  where r.user_id = a.user_id and r.created_at >= v_month and r.status <> 'failed';
+  if v_count + 1 > s.monthly_max_count or v_cents + v_price > s.monthly_max_cents then
+    insert into billing.auto_recharge_audit (user_id, actor, change)
+    values (a.user_id, null, jsonb_build_object('skipped', 'monthly_limit', 'count', v_count, 'cents', v_cents));
+    insert into billing.notification_outbox (template, user_id, dedupe_key, payload)
+    values ('auto_recharge', a.user_id, 'recharge-limit:' || a.user_id || ':' || billing.json_time(v_month),
+      jsonb_build_object('event', 'monthly_limit', 'count', v_count, 'cents', v_cents))
+    on conflict (dedupe_key) do nothing;
+    return;
+  end if;
+  insert into billing.recharges (user_id, package_id, package_version, price_cents, currency)
+  select a.user_id, k.id, k.version, k.price_cents, k.currency from billing.credit_packages k where k.id = s.package_id
+  on conflict do nothing; -- one in flight already
+end;
+$$;
+comment on function billing.check_auto_recharge(a billing.accounts) is 'Internal: queues one recharge when a locked account''s available amount crosses below its threshold.';
+revoke execute on function billing.check_auto_recharge(a billing.accounts) from public;
+
+-- Everything that watches a locked account's available amount, after it moved.
+-- (a is the locked row as it is now: no need to read it again.)
+create or replace function billing.on_available_change(a billing.accounts) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform billing.check_low_balance(a);
+  perform billing.check_auto_recharge(a);
+end;
+$$;
+comment on function billing.on_available_change(a billing.accounts) is 'Internal: the low-balance alert and auto-recharge of a locked account whose available amount moved.';
+revoke execute on function billing.on_available_change(a billing.accounts) from public;

@@ -1,0 +1,129 @@
+-- What falls due under the account lock, on the writer's road (11-ledger-road.sql settles an
+-- account with these): lots past their expiry (expired whole; the holds that reserved them
+-- shrink) and holds past their TTL.
+
+-- ============================================================ what falls due: lots past their expiry, holds past their TTL
+
+-- An expiry's key: the lot and what it held when it expired, so a rerun finds the transfer; after
+-- the lot's first expiry, also how many it has had, so credits that came back into it since (a
+-- void, a rollover brought back from breakage) expire under a key of their own, never replaying
+-- the first expiry and staying spendable.
+create or replace function billing.expiry_key(p_lot_id bigint, p_amount numeric) returns text
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_before integer := (select count(*) from billing.lot_allocations a
+                       where a.lot_id = p_lot_id and a.kind = 'expiry' and a.amount > 0);
+begin
+  return 'expiry:' || p_lot_id || ':' || trim_scale(p_amount) || case when v_before > 0 then ':' || v_before else '' end;
+end
+$$;
+comment on function billing.expiry_key(p_lot_id bigint, p_amount numeric) is 'Internal: the idempotency key of a lot''s expiry of p_amount (the count of its earlier expiries after the first).';
+revoke execute on function billing.expiry_key(p_lot_id bigint, p_amount numeric) from public;
+
+-- Holds the writer shrank by what expired under them (an expiry, a renewal's rollover): the
+-- cap room of what they gave comes back, and one that ended is told (hold_ended: a refund's
+-- take-back pending on it). p_parts: [{hold_id, given}].
+create or replace function billing.holds_gave_way(p_parts jsonb) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  r record;
+begin
+  for r in
+    select h, x.given from jsonb_to_recordset(p_parts) x(hold_id uuid, given numeric)
+    join billing.holds h on h.id = x.hold_id order by x.hold_id
+  loop
+    perform billing.return_hold_cap_room(r.h, r.given);
+    if (r.h).status <> 'active' then
+      perform billing.hold_ended((r.h).id);
+    end if;
+  end loop;
+end;
+$$;
+comment on function billing.holds_gave_way(p_parts jsonb) is 'Internal: after holds shrank by what expired under them, returns their cap room and tells hold_ended of those that ended.';
+revoke execute on function billing.holds_gave_way(p_parts jsonb) from public;
+
+-- A lot expires whole when due, reserved or not, frozen or not (docs/credit-lots.md § Spending
+-- order 7): the writer's expiry of it shrinks the holds that reserved it by their part (released
+-- when nothing is left); then billing.holds_gave_way.
+create or replace function billing.expire_due_lots(p_account_id bigint) returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+  v_lot record;
+  v_count integer := 0;
+  v_parts jsonb;
+begin
+  select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  -- Holds past their TTL end first: an expired lot shrinks live holds only.
+  if v_account.held > 0 then
+    perform billing.expire_overdue_holds(p_account_id);
+  end if;
+  for v_lot in
+    select l.id, l.remaining, l.category from billing.lots l
+    where l.account_id = p_account_id and l.open and l.expires_at <= now()
+    order by l.expires_at, l.id
+  loop
+    -- The holds that reserved it, and their parts: the writer shrinks them with the expiry.
+    v_parts := (select coalesce(jsonb_agg(jsonb_build_object('hold_id', hl.hold_id, 'given', hl.amount)), '[]')
+                from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id
+                where hl.lot_id = v_lot.id and h.status = 'active');
+    -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
+    perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
+      'expiry', 'expired', billing.expiry_key(v_lot.id, v_lot.remaining), null, null,
+      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null,
+      jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
+    v_count := v_count + 1;
+    perform billing.holds_gave_way(v_parts);
+  end loop;
+  update billing.accounts a
+  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
+  where a.id = p_account_id returning * into v_account;
+  return v_count;
+end;
+$$;
+comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (reserved credits too: the holds shrink), then makes next_expiry exact.';
+revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
+
+create or replace function billing.expire_overdue_holds(p_account_id bigint)
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_count integer;
+  v_steps billing.hold_step[];
+  v_caps integer;
+  v_expired jsonb;
+  v_ids uuid[];
+begin
+  -- The account is locked first, as everywhere else; the writer voids its overdue holds.
+  select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
+  select count(*), array_agg(('void', h.id, null, 'expired', null, null, null, null, null, null, null, null, null)::billing.hold_step),
+         jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
+                                      'member', h.member_id)), array_agg(h.id)
+    into v_count, v_steps, v_expired, v_ids
+  from billing.holds h where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now();
+  if v_count > 0 then
+    perform billing.post_transfers('{}', v_steps);
+    perform billing.hold_ended(x) from unnest(v_ids) x;
+    perform billing.on_available_change(a) from billing.accounts a
+    where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+    if v_caps > 0 then
+      -- A member's hold on a school's wallet counted against the member's own cap too.
+      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz,
+        (x ->> 'member')::uuid)
+      from jsonb_array_elements(coalesce(v_expired, '[]')) x;
+    end if;
+  end if;
+  return v_count;
+end;
+$$;
+comment on function billing.expire_overdue_holds(p_account_id bigint) is 'Releases one account''s holds whose TTL has passed (each told to billing.hold_ended). Used by the spend path and the pg_cron sweeps.';
+revoke execute on function billing.expire_overdue_holds(p_account_id bigint) from public;
+

@@ -1,0 +1,69 @@
+// Held (coverage from the #77 attack round): frozen credits in an allowance whose member is
+// removed while the dispute is open stay there (a sweep moves free credits only); won, the
+// closed-allowance sweep brings them back to the wallet; lost, they are taken back and the member
+// is never billed. A job whose hold reserved a gift's lot before its dispute captures what it
+// reserved; its excess draws only free credits (the frozen rest is not drawn), and the redeemer
+// owes none of the buyer's dispute.
+import assert from 'node:assert/strict';
+import { api, fund, key, spend, student, testDb, until } from '../support/helpers.ts';
+import { buyGift, redeem } from '../support/codes.ts';
+import {
+  claimedJob,
+  completeJob,
+  dispute,
+  loseDispute,
+  openDispute,
+  purchaseDisputeStatus,
+} from '../support/disputed.ts';
+import { accountOf, schoolAllowanceFunded } from '../support/orgs.ts';
+import { lotsOfPurchase, ownAccount, reservationInvariants } from '../support/reserved.ts';
+
+for (const outcome of ['won', 'lost'] as const) {
+  Deno.test(`a member removed while the allowance is frozen: the frozen credits stay; ${outcome}, the wallet ends whole and the member owes nothing`, async () => {
+    const { owner, member, org, purchase: p } = await schoolAllowanceFunded();
+    await openDispute(p.session_id);
+    const removed = await api(`/orgs/${org}/members/${member.id}`, {
+      token: owner.token,
+      headers: key(),
+      method: 'DELETE',
+    });
+    assert.equal(removed.status, 200, removed.text);
+    assert.deepEqual({ ...await accountOf(org, member.id) }, { balance: '2000', held: '0' }, 'frozen: not swept');
+    await dispute(p.session_id, outcome);
+    await until(outcome, async () => (await purchaseDisputeStatus(p.session_id)) === outcome);
+    await testDb`select billing.sweep_ended_terms(100)`;
+    assert.deepEqual({ ...await accountOf(org, member.id) }, { balance: '0', held: '0' });
+    assert.deepEqual({ ...await accountOf(org, null) }, { balance: outcome === 'won' ? '5000' : '0', held: '0' });
+    await reservationInvariants([owner.id, member.id]);
+  });
+}
+
+Deno.test("a job's hold on a gift's lot, the gift disputed: it captures what it reserved, its excess draws no frozen credit; lost, the buyer owes what was spent", async () => {
+  const s = await student();
+  const t = await student();
+  const g = await buyGift(s.token, 'mini');
+  assert.equal((await redeem(t.token, g.code)).status, 200);
+  await until('T has the gift', async () => (await ownAccount(t.id))?.balance === '5000');
+  await spend(t.token, 3800); // 1,200 of the gift left
+  await fund(t.id, '300'); // promotional: reserved first
+  const w = crypto.randomUUID();
+  const job = await claimedJob(t.id, w, 1000); // 300 promotional + 700 of the gift
+  await openDispute(g.session_id);
+  await completeJob(job, w, 1500);
+  const [lot] = await lotsOfPurchase(g.session_id);
+  assert.deepEqual(
+    [lot.remaining, lot.reserved, lot.frozen],
+    ['500', '0', true],
+    'the excess took none of the frozen 500',
+  );
+  const [j] = await testDb`select status, trim_scale(unbilled)::text as unbilled from billing.jobs where id = ${job}`;
+  assert.deepEqual({ ...j }, { status: 'completed', unbilled: '500' });
+  await loseDispute(g.session_id);
+  assert.deepEqual(await ownAccount(t.id), { balance: '0', held: '0' }, 'the redeemer is not billed for the dispute');
+  assert.deepEqual(
+    await ownAccount(s.id),
+    { balance: '-4500', held: '0' },
+    'the buyer owes what was spent of the gift',
+  );
+  await reservationInvariants([s.id, t.id]);
+});

@@ -1,0 +1,284 @@
+// A reference model of the rules of issue #77 (docs/credit-lots.md § Spending order 1–7 and
+// § Refunds, disputes and debt 1–6), in micro-credits, for the model tests: accounts hold lots;
+// a hold reserves specific lots' free credits when placed; captures post from the reservation;
+// lots expire whole and shrink the holds that reserved them; a refund takes free credits at once
+// and what a live hold reserved when that hold returns it; what was spent is owed by the buyer
+// (their free credits, then debt); a dispute freezes a purchase's lots wherever they are. Only
+// credits for any model are modelled (the model tests grant no lists).
+
+export const M = 1_000_000n;
+export const min = (a: bigint, b: bigint) => (a < b ? a : b);
+export const max = (a: bigint, b: bigint) => (a > b ? a : b);
+
+export interface RefLot {
+  n: number; // grant order (granted_at, then id)
+  account: string;
+  purchase: string | null;
+  priority: number;
+  expiresAt: number | null;
+  remaining: bigint;
+  reserved: bigint;
+  frozen: boolean;
+  /** Of `reserved`, what a refund or lost dispute takes back when the holds return it. */
+  pending: bigint;
+  /** Of `reserved`, what the account's own debt claims when the holds return it. */
+  claimed: bigint;
+}
+export interface RefHold {
+  n: number;
+  account: string;
+  amount: bigint;
+  /** What it reserved of each lot (by n). */
+  lots: Map<number, bigint>;
+  open: boolean;
+}
+export interface RefPurchase {
+  buyer: string;
+  /** What a refund or lost dispute found expired of its lots and so did not take back. */
+  forgiven: bigint;
+  /** What expired of its lots (each expiry of one of them adds what was left). */
+  expired: bigint;
+}
+
+export class RefLedger {
+  lots: RefLot[] = [];
+  holds: RefHold[] = [];
+  debt = new Map<string, bigint>();
+  purchases = new Map<string, RefPurchase>();
+
+  balance = (a: string) => this.lotsOf(a).reduce((s, l) => s + l.remaining, 0n) - (this.debt.get(a) ?? 0n);
+  held = (a: string) => this.holds.filter((h) => h.open && h.account === a).reduce((s, h) => s + h.amount, 0n);
+  free = (l: RefLot) => (l.frozen ? 0n : l.remaining - l.reserved);
+  /**
+   * What `a` can spend or reserve now: Σ free credits, less a debt that sits beside what holds
+   * reserved (balance − held below zero); nothing while the balance is below zero.
+   */
+  available = (a: string) =>
+    this.balance(a) < 0n
+      ? 0n
+      : min(this.lotsOf(a).reduce((s, l) => s + this.free(l), 0n), this.balance(a) - this.held(a));
+  lotsOf = (a: string) => this.lots.filter((l) => l.account === a);
+  lotsOfPurchase = (p: string) => this.lots.filter((l) => l.purchase === p && l.remaining > 0n);
+  /** Spending order: priority, the earliest expiry (never last), the oldest. */
+  order = (ls: RefLot[]) =>
+    [...ls].sort((x, y) =>
+      x.priority - y.priority || (x.expiresAt ?? Infinity) - (y.expiresAt ?? Infinity) || x.n - y.n
+    );
+
+  /** A grant of `amount` into `a`: a debt is paid first, the rest is a new lot. */
+  grant(a: string, amount: bigint, lot: Partial<Pick<RefLot, 'purchase' | 'priority' | 'expiresAt' | 'frozen'>> = {}) {
+    const settled = min(amount, this.debt.get(a) ?? 0n);
+    if (settled > 0n) this.debt.set(a, (this.debt.get(a) ?? 0n) - settled);
+    const l: RefLot = {
+      n: this.lots.length,
+      account: a,
+      purchase: lot.purchase ?? null,
+      priority: lot.priority ?? 20,
+      expiresAt: lot.expiresAt ?? null,
+      remaining: amount - settled,
+      reserved: 0n,
+      frozen: lot.frozen ?? false,
+      pending: 0n,
+      claimed: 0n,
+    };
+    this.lots.push(l);
+    return l;
+  }
+  buy(purchase: string, buyer: string) {
+    this.purchases.set(purchase, { buyer, forgiven: 0n, expired: 0n });
+  }
+
+  /** Draws `amount` of free credits from `a` in spending order (all or nothing): a charge without a hold. */
+  charge(a: string, amount: bigint) {
+    if (this.available(a) < amount) return false;
+    let left = amount;
+    for (const l of this.order(this.lotsOf(a))) {
+      const take = min(left, this.free(l));
+      l.remaining -= take;
+      left -= take;
+    }
+    return true;
+  }
+
+  /** A hold of `amount`: reserves free credits in spending order, or null (402) when they do not reach it. */
+  reserve(a: string, amount: bigint): RefHold | null {
+    if (this.available(a) < amount) return null;
+    const h: RefHold = { n: this.holds.length, account: a, amount, lots: new Map(), open: true };
+    let left = amount;
+    for (const l of this.order(this.lotsOf(a))) {
+      const take = min(left, this.free(l));
+      if (take <= 0n) continue;
+      l.reserved += take;
+      h.lots.set(l.n, take);
+      left -= take;
+    }
+    this.holds.push(h);
+    return h;
+  }
+
+  /**
+   * Captures `amount` of an open hold: posts from its reservation (spending order) and returns the
+   * rest; above the hold, takes all of it and draws the excess as a charge does. False (and
+   * nothing changes) when the excess cannot be drawn.
+   */
+  capture(h: RefHold, amount: bigint) {
+    const excess = amount - h.amount;
+    if (excess > 0n && this.available(h.account) < excess) return false;
+    const posted = new Map<number, bigint>();
+    let left = min(amount, h.amount);
+    for (const l of this.order([...h.lots.keys()].map((n) => this.lots[n]))) {
+      const take = min(left, h.lots.get(l.n) as bigint);
+      posted.set(l.n, take);
+      left -= take;
+    }
+    this.end(h, posted);
+    if (excess > 0n) this.charge(h.account, excess);
+    return true;
+  }
+  /** A release or a TTL timeout: the whole reservation returns. */
+  release(h: RefHold) {
+    this.end(h, new Map());
+  }
+  /**
+   * A hold ends: each lot loses what was posted of it and gets back the rest of its reservation,
+   * of which a pending take-back takes its part; what a pending take-back can no longer get
+   * (the hold spent it) the buyer owes now.
+   */
+  private end(h: RefHold, posted: Map<number, bigint>) {
+    for (const [n, r] of h.lots) {
+      const l = this.lots[n];
+      const spent = posted.get(n) ?? 0n;
+      l.reserved -= r;
+      l.remaining -= spent;
+      const back = min(r - spent, l.pending);
+      l.remaining -= back;
+      l.pending -= back;
+      // Then what the account's own debt claimed of it (billing.owe_lack's claims).
+      const claim = min(r - spent - back, l.claimed);
+      l.remaining -= claim;
+      l.claimed -= claim;
+      // What comes back to an account in debt pays it first (as a void's return does).
+      const debt = this.debt.get(l.account) ?? 0n;
+      const settled = min(debt, r - spent - back - claim);
+      l.remaining -= settled;
+      if (settled > 0n) this.debt.set(l.account, debt - settled);
+      const unpaid = max(l.pending - l.reserved, 0n);
+      l.pending -= unpaid;
+      const unclaimed = max(l.claimed - (l.reserved - l.pending), 0n);
+      l.claimed -= unclaimed;
+      if (unpaid > 0n) this.owe(l.purchase as string, unpaid);
+      if (unclaimed > 0n) this.oweBy(l.account, unclaimed);
+    }
+    h.lots.clear();
+    h.open = false;
+  }
+
+  /** A lot expires whole, reserved or not; each hold that reserved it shrinks by that (ends at 0). */
+  expire(l: RefLot) {
+    for (const h of this.holds) {
+      const r = h.lots.get(l.n);
+      if (!h.open || r === undefined) continue;
+      h.lots.delete(l.n);
+      h.amount -= r;
+      if (h.amount === 0n) h.open = false;
+    }
+    if (l.purchase !== null) (this.purchases.get(l.purchase) as RefPurchase).expired += l.remaining;
+    if (l.purchase !== null) (this.purchases.get(l.purchase) as RefPurchase).forgiven += l.pending;
+    const claimed = l.claimed;
+    l.remaining = 0n;
+    l.reserved = 0n;
+    l.pending = 0n;
+    l.claimed = 0n;
+    this.oweBy(l.account, claimed); // what the account's debt claimed of it is owed again
+  }
+
+  /**
+   * Takes `amount` of a purchase back (a refund, or a lost dispute: what is left of it): each of
+   * its lots (in `lots` order, default grant order) gives what no hold reserved at once, then
+   * what holds reserved waits for them (pending); of what the lots lack, what expired is
+   * forgiven, the rest (spent) the buyer owes.
+   */
+  takeBack(purchase: string, amount: bigint, lots = this.lotsOfPurchase(purchase)) {
+    let need = amount;
+    for (const l of lots) {
+      const now = min(need, l.remaining - l.reserved);
+      l.remaining -= now;
+      need -= now;
+      const later = min(need, l.reserved - l.pending - l.claimed);
+      l.pending += later;
+      need -= later;
+    }
+    const p = this.purchases.get(purchase) as RefPurchase;
+    const forgive = min(need, p.expired - p.forgiven);
+    p.forgiven += forgive;
+    if (need - forgive > 0n) this.owe(purchase, need - forgive);
+  }
+  /**
+   * What was spent of a purchase: the buyer's credits pay it, frozen ones first (oldest first, as
+   * the reversal names them), then free ones in spending order; the rest is debt.
+   */
+  owe(purchase: string, amount: bigint) {
+    this.oweBy((this.purchases.get(purchase) as RefPurchase).buyer, amount);
+  }
+  /** What `buyer` owes: frozen credits, free credits, then claims on what their live holds reserved, then debt. */
+  oweBy(buyer: string, amount: bigint) {
+    let left = amount;
+    const lots = this.lotsOf(buyer);
+    for (const l of [...lots.filter((x) => x.frozen), ...this.order(lots.filter((x) => !x.frozen))]) {
+      const take = min(left, l.remaining - l.reserved);
+      l.remaining -= take;
+      left -= take;
+    }
+    for (const l of this.order(lots.filter((x) => x.reserved > x.pending + x.claimed))) {
+      const take = min(left, l.reserved - l.pending - l.claimed);
+      l.claimed += take;
+      left -= take;
+    }
+    if (left > 0n) this.debt.set(buyer, (this.debt.get(buyer) ?? 0n) + left);
+  }
+
+  /** A dispute opened (true) or won (false): the purchase's lots, wherever they are, freeze or thaw. */
+  freeze(purchase: string, frozen: boolean) {
+    for (const l of this.lots) if (l.purchase === purchase) l.frozen = frozen;
+  }
+
+  /**
+   * Moves `amount` of `from`'s free credits, in spending order, to `to` (all or nothing: false
+   * when they do not reach it): each source lot's part a lot of its own there, same provenance
+   * (an allowance funded, swept back, a code's escrow). Arriving in debt, they pay it first.
+   */
+  moveCredits(from: string, to: string, amount: bigint) {
+    if (this.available(from) < amount) return false;
+    let left = amount;
+    for (const l of this.order(this.lotsOf(from))) {
+      const take = min(left, this.free(l));
+      if (take <= 0n) continue;
+      l.remaining -= take;
+      left -= take;
+      this.grant(to, take, l);
+    }
+    return true;
+  }
+
+  /** Moves a lot's free credits whole to `to` (a gift redeemed): a lot of its own there, same provenance. */
+  move(l: RefLot, to: string) {
+    const amount = this.free(l);
+    l.remaining -= amount;
+    return this.grant(to, amount, l);
+  }
+}
+
+/** Micro-credits from an exact decimal string. */
+export function micro(s: string | null | undefined): bigint {
+  if (s == null) return 0n;
+  const [w, f = ''] = s.split('.');
+  const sign = w.startsWith('-') ? -1n : 1n;
+  return BigInt(w) * M + sign * BigInt((f + '000000').slice(0, 6));
+}
+/** Micro-credits as the API's decimal string. */
+export function credits(x: bigint) {
+  const sign = x < 0n ? '-' : '';
+  const a = x < 0n ? -x : x;
+  const f = (a % M).toString().padStart(6, '0').replace(/0+$/, '');
+  return `${sign}${a / M}${f ? `.${f}` : ''}`;
+}
