@@ -2168,12 +2168,20 @@ revoke execute on function billing.free_credits(p_account_id bigint, p_model tex
 -- Whether a spending movement alone fits (billing.post_transfers): what its account has for it
 -- (null: a platform account, never refused), then what its caps leave, counted against them.
 -- A capture (p_posts: its hold) spends what its hold reserved, never refused here.
-create or replace function billing.spending_refusal(v_one billing.transfer_spec, p_posts uuid, out v_refusal billing.posted_transfer, out v_capped boolean)
-returns record
+create type billing.spending_check as (
+  refusal billing.posted_transfer,                -- its result null when the movement fits
+  capped boolean                                  -- its amount was counted against the caps
+);
+comment on type billing.spending_check is 'What billing.spending_refusal answers.';
+
+create or replace function billing.spending_refusal(v_one billing.transfer_spec, p_posts uuid)
+returns billing.spending_check
 language plpgsql
 set search_path = ''
 as $$
 declare
+  v_refusal billing.posted_transfer;
+  v_capped boolean;
   v_room numeric;
   v_slow boolean;
   v_post billing.hold_step;
@@ -2192,11 +2200,12 @@ begin
   end if;
   v_refusal := billing.spend_refusal(v_one.from_account_id, v_one.amount, v_room, v_capped, v_one.metadata ->> 'model',
     v_one.member_id);
-  v_capped := v_capped and v_refusal.result is null;   -- counted against the caps: a replay gives it back
+  -- Counted against the caps: a replay gives it back.
+  return (v_refusal, v_capped and v_refusal.result is null)::billing.spending_check;
 end;
 $$;
-comment on function billing.spending_refusal(v_one billing.transfer_spec, p_posts uuid, out v_refusal billing.posted_transfer, out v_capped boolean) is 'Internal (the writer''s): a spending movement alone''s refusal (insufficient, capped) or null, and whether caps counted it.';
-revoke execute on function billing.spending_refusal(v_one billing.transfer_spec, p_posts uuid, out v_refusal billing.posted_transfer, out v_capped boolean) from public;
+comment on function billing.spending_refusal(v_one billing.transfer_spec, p_posts uuid) is 'Internal (the writer''s): a spending movement alone''s refusal (insufficient, capped) or null, and whether caps counted it.';
+revoke execute on function billing.spending_refusal(v_one billing.transfer_spec, p_posts uuid) from public;
 
 -- A movement alone written (billing.post_transfers): each tracked side's balance and version (a
 -- platform account is never updated: the filter finds no row; a capture's hold leaves held in the
@@ -2370,11 +2379,11 @@ declare
   v_held_delta numeric;
   v_refusal billing.posted_transfer;              -- a refusal: of a hold placed, or of spending
   v_capped boolean := false;                      -- this movement's amount was counted against caps
-  v_checked record;                               -- billing.spending_refusal's answer
+  v_checked billing.spending_check;
   v_refused integer[];                            -- a batch's refused movements, by place, and their answers
   v_refusals billing.posted_transfer[];
   v_kept integer[];                               -- a batch's movements written, by place (null: all)
-  v_carry jsonb := '[]';                          -- what holds keep of rolled-over lots (billing.carry_reservations)
+  v_carry jsonb := '[]'::jsonb;                          -- what holds keep of rolled-over lots (billing.carry_reservations)
   v_restricted boolean := false;                  -- a tracked side holds credits for some models: its sub-accounts follow
   v_fresh bigint[];                               -- accounts whose first entry of the day this transaction wrote
 begin
@@ -2406,9 +2415,9 @@ begin
     end if;
     -- Spending: what the account has for it, and its caps (billing.spending_refusal).
     if v_one.kind = any(billing.spending_kinds()) then
-      select * into v_checked from billing.spending_refusal(v_one, v_post.hold_id);
-      v_refusal := v_checked.v_refusal;
-      v_capped := v_checked.v_capped;
+      v_checked := billing.spending_refusal(v_one, v_post.hold_id);
+      v_refusal := (v_checked).refusal;
+      v_capped := (v_checked).capped;
       -- A replay is answered as one below, whatever the account has now. (Conditions that hold a
       -- query are nested under the plain ones: PL/pgSQL runs any expression with a subquery
       -- through the executor, whatever its other operands say.)
@@ -11129,7 +11138,6 @@ set search_path = ''
 as $$
 declare
   v_count integer;
-  v_holds uuid[];
 begin
   -- `status = 'held'` again on the row itself: a finish that committed while this waited on its
   -- row charged the call, which then stays charged (its key taken, so a retry is a replay).
@@ -11140,8 +11148,8 @@ begin
       where x.status = 'held' and x.created_at < now() - interval '1 minute'
         and (h.id is null or (h.status <> 'active' and h.expires_at <= now()))
       order by x.created_at limit p_limit))
-    returning c.hold_id)
-  select count(*), array_agg(lost.hold_id) into v_count, v_holds from lost;
+    returning c.id)
+  select count(*) into v_count from lost;
   update billing.ai_calls c set answer = null
   where c.id = any (array(select x.id from billing.ai_calls x where x.answer is not null and x.expires_at <= now()
                           limit p_limit));

@@ -396,7 +396,6 @@ set search_path = ''
 as $$
 declare
   v_count integer;
-  v_holds uuid[];
 begin
   -- `status = 'held'` again on the row itself: a finish that committed while this waited on its
   -- row charged the call, which then stays charged (its key taken, so a retry is a replay).
@@ -407,8 +406,8 @@ begin
       where x.status = 'held' and x.created_at < now() - interval '1 minute'
         and (h.id is null or (h.status <> 'active' and h.expires_at <= now()))
       order by x.created_at limit p_limit))
-    returning c.hold_id)
-  select count(*), array_agg(lost.hold_id) into v_count, v_holds from lost;
+    returning c.id)
+  select count(*) into v_count from lost;
   update billing.ai_calls c set answer = null
   where c.id = any (array(select x.id from billing.ai_calls x where x.answer is not null and x.expires_at <= now()
                           limit p_limit));
