@@ -106,9 +106,11 @@ declare
   t text;
   v_cols text;
 begin
-  insert into bench_floor.accounts overriding system value
-  select * from billing.accounts a where a.user_id = any (p_users) or a.code = 'usage_revenue';
-  -- Generated columns (a lot's `open`) are computed again, not copied.
+  -- Generated columns (an account's `reads_lots`, a lot's `open` and `free`) are computed again, not copied.
+  select string_agg(quote_ident(x.attname), ', ' order by x.attnum) into v_cols from pg_attribute x
+  where x.attrelid = 'billing.accounts'::regclass and x.attnum > 0 and not x.attisdropped and x.attgenerated = '';
+  execute format('insert into bench_floor.accounts (%1$s) overriding system value select %1$s from billing.accounts a
+                  where a.user_id = any ($1) or a.code = %2$L', v_cols, 'usage_revenue') using p_users;
   select string_agg(quote_ident(x.attname), ', ' order by x.attnum) into v_cols from pg_attribute x
   where x.attrelid = 'billing.lots'::regclass and x.attnum > 0 and not x.attisdropped and x.attgenerated = '';
   execute format('insert into bench_floor.lots (%1$s) overriding system value select %1$s from billing.lots l

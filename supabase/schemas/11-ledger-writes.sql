@@ -222,13 +222,15 @@ begin
         cross join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r
         where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
       ), ins as (
+        -- Each lot read by its key: the planner guesses 100 parts (a join scanned every lot).
         insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
         select v_ids[x.ord], x.lot_id, (p_transfers[x.ord]).kind, x.part, l.cost_cents * x.part::numeric(38, 18) / l.amount
-        from x join billing.lots l on l.id = x.lot_id
+        from x cross join lateral (select y.cost_cents, y.amount from billing.lots y where y.id = x.lot_id limit 1) l
       ), upd as (
-        update billing.lots l set remaining = l.remaining - s.total
-        from (select x.lot_id, x.account_id, sum(x.part) as total from x group by x.lot_id, x.account_id) s
-        where l.id = s.lot_id and l.account_id = s.account_id
+        update billing.lots l
+        set remaining = l.remaining - (select sum(x.part) from x where x.lot_id = l.id and x.account_id = l.account_id)
+        where l.id = any (array(select x.lot_id from x))
+          and exists (select 1 from x where x.lot_id = l.id and x.account_id = l.account_id)
         returning l.id
       )
       select (select count(*) from upd) - (select count(distinct (x.lot_id, x.account_id)) from x) into v_drawn;
