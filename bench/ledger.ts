@@ -134,7 +134,7 @@ const crowded = restricted.slice(0, 100);
 const oneList = restricted.slice(crowded.length);
 await admin`select billing.grant_credits(u, 1, 'promo_grant', 'bench-list:' || m || ':' || u, null, null, null,
   jsonb_build_object('applies_to', jsonb_build_array(m)))
-  from unnest(${crowded}::uuid[]) u, unnest(array['gpt-4o', 'gpt-4o-mini', 'claude-3-5-haiku', 'gpt-4o*', 'gpt-4o-mini*',
+  from unnest(${crowded}::uuid[]) u, unnest(array['gpt-4o', 'gpt-4o-mini', 'claude-haiku-4-5', 'gpt-4o*', 'gpt-4o-mini*',
     'claude*']) m`;
 await admin`select billing.reserve_credits(u, 0.000001, 'bench-dust:' || g || ':' || u, 86400)
   from unnest(${crowded}::uuid[]) u, generate_series(1, 100) g`;
@@ -145,12 +145,12 @@ const many = oneList.slice(0, 100);
 const restOfOneList = oneList.slice(many.length);
 await admin`select billing.grant_credits(u, 1, 'promo_grant', 'bench-many:' || n || ':' || u, null, null, null,
   jsonb_build_object('applies_to', array(
-    select m from unnest(array['claude-3-5-haiku', 'gpt-4o', 'gpt-4o-mini', 'text-embedding-3-small', 'claude*', 'gpt-4o*',
+    select m from unnest(array['claude-haiku-4-5', 'gpt-4o', 'gpt-4o-mini', 'text-embedding-3-small', 'claude*', 'gpt-4o*',
       'gpt-4o-mini*', 'text-embedding*']) with ordinality x(m, i) where n & (1 << (i::int - 1)) <> 0)))
   from unnest(${many}::uuid[]) u, generate_series(1, 30) n`;
 await admin`select billing.reserve_hold(u, 0.5, 'bench-many-hold:' || m || ':' || u, 86400, 'ai', null,
   jsonb_build_object('model', m))
-  from unnest(${many}::uuid[]) u, unnest(array['claude-3-5-haiku', 'gpt-4o', 'gpt-4o-mini', 'text-embedding-3-small']) m`;
+  from unnest(${many}::uuid[]) u, unnest(array['claude-haiku-4-5', 'gpt-4o', 'gpt-4o-mini', 'text-embedding-3-small']) m`;
 const usage = { plain: [] as number[], restricted: [] as number[], crowded: [] as number[], many: [] as number[] };
 for (let round = 0; round < 3; round++) {
   for (

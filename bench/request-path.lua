@@ -23,7 +23,7 @@ local ai_bodies = {
   ["chat-stream"] = '{"model":"gpt-4o-mini","max_tokens":60,"stream":true,"stream_options":{"include_usage":true},' ..
     '"messages":[{"role":"user","content":' .. prompt .. '}]}',
   responses = '{"model":"gpt-4o-mini","max_output_tokens":60,"input":' .. prompt .. '}',
-  messages = '{"model":"claude-3-5-haiku","max_tokens":60,"messages":[{"role":"user","content":' .. prompt .. '}]}',
+  messages = '{"model":"claude-haiku-4-5","max_tokens":60,"messages":[{"role":"user","content":' .. prompt .. '}]}',
 }
 local batch_size = 10
 local occurred_at = os.date("!%Y-%m-%dT%H:%M:%SZ")

@@ -34,7 +34,7 @@ try {
   for (let d = days; d >= 0; d--) {
     await sql.begin(async (tx) => {
       await tx`select billing.charge_usage(case when n % 4 = 0 then ${user}::uuid else (${others}::uuid[])[1 + n % 100] end,
-          (array['gpt-4o', 'gpt-4o-mini', 'claude-3-5-haiku'])[1 + n % 3], 1000 + n, 200 + n,
+          (array['gpt-4o', 'gpt-4o-mini', 'claude-haiku-4-5'])[1 + n % 3], 1000 + n, 200 + n,
           'bench-summary:' || ${d} || ':' || n)
         from generate_series(1, ${perDay * 4}) n`;
       if (d === 0) return; // today's charges stay as written

@@ -368,8 +368,17 @@ pg_start() {
   # it would leave every commit waiting, and the setting survives a restart: never start so.
   [ -f "$PGDATA/postgresql.auto.conf" ] && pg_as_owner sed -i '/^synchronous_standby_names/d' "$PGDATA/postgresql.auto.conf"
   say "starting Postgres on 127.0.0.1:$DB_PORT"
-  without_inherited_fds "${PG_OWNER[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start >"$LOGS/pg_ctl.log" 2>&1 </dev/null ||
-    die "Postgres did not start (see $PGDATA/server.log)"
+  local try
+  for try in 1 2 3 4 5; do
+    without_inherited_fds "${PG_OWNER[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start \
+      >"$LOGS/pg_ctl.log" 2>&1 </dev/null && return 0
+    # The port is in the machine's ephemeral range (32768-60999): another process's outgoing
+    # connection may hold it for a moment. Only that is tried again.
+    tail -n 5 "$PGDATA/server.log" 2>/dev/null | grep -q 'could not bind' || break
+    say "port $DB_PORT is busy for now (try $try of 5): starting Postgres again in 3 s"
+    sleep 3
+  done
+  die "Postgres did not start (see $PGDATA/server.log)"
 }
 
 pg_stop() {

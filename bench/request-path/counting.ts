@@ -155,7 +155,7 @@ function routes(functions: string, users: string[], tokens: string[], service: s
       }, false),
     'POST /ai/v1/messages': (i: number) =>
       post('/ai/v1/messages', tokens[i % tokens.length], {
-        model: 'claude-3-5-haiku',
+        model: 'claude-haiku-4-5',
         max_tokens: 60,
         messages: [{ role: 'user', content: prompt }],
       }, false),

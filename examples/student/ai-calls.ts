@@ -1,6 +1,7 @@
 // "Your AI calls": the student's latest calls through the metered AI gateway, from
 // GET /ai/v1/calls with their own token (the gateway answers only the caller's calls): when,
-// the model, tokens in and out, the cost in credits, and how each call ended with its code.
+// the model, tokens by kind (in, read from and written to the prompt cache, out, reasoning), the
+// cost in credits, and how each call ended with its code.
 // Plain fetch, as the ask box (ask.ts); every value is set as text, never as HTML.
 /// <reference lib="dom" />
 import { asBillingError, toBillingError } from '../../client/errors.ts';
@@ -15,7 +16,15 @@ export interface AiCall {
   endpoint: string;
   outcome: 'held' | 'charged' | 'failed' | 'refused';
   code: string | null;
-  usage: { input_tokens?: number; output_tokens?: number } | null;
+  /** Disjoint kinds, as the ledger billed them. */
+  usage: {
+    input_tokens?: number;
+    cached_input_tokens?: number;
+    cache_write_tokens?: number;
+    cache_write_1h_tokens?: number;
+    output_tokens?: number;
+    reasoning_tokens?: number;
+  } | null;
   charged: string;
   duration_ms: number | null;
 }
@@ -34,10 +43,22 @@ export function outcomeText(call: AiCall): string {
   return call.code ? `${words} (${call.code})` : words;
 }
 
-/** "120 in / 35 out", or a dash when the provider reported no usage. */
+/**
+ * "120 in / 35 out", with each other kind the call was billed for ("…, 300 read from cache, 5,000
+ * written to cache / 35 out, 8 reasoning"): a cache write costs more than input, reasoning as
+ * output, so without them such a call looks overpriced. A dash when the provider reported no usage.
+ */
 export function tokensText(call: AiCall): string {
-  if (!call.usage) return '—';
-  return `${call.usage.input_tokens ?? 0} in / ${call.usage.output_tokens ?? 0} out`;
+  const u = call.usage;
+  if (!u) return '—';
+  const n = (x: number | undefined) => (x ?? 0).toLocaleString('en-US');
+  const written = (u.cache_write_tokens ?? 0) + (u.cache_write_1h_tokens ?? 0);
+  const input = [`${n(u.input_tokens)} in`];
+  if (u.cached_input_tokens) input.push(`${n(u.cached_input_tokens)} read from cache`);
+  if (written) input.push(`${n(written)} written to cache`);
+  const output = [`${n(u.output_tokens)} out`];
+  if (u.reasoning_tokens) output.push(`${n(u.reasoning_tokens)} reasoning`);
+  return `${input.join(', ')} / ${output.join(', ')}`;
 }
 
 /** The calls as a table (a row per call, `data-call` its id), or the empty state. */

@@ -8,7 +8,8 @@
 //   POST /v1/responses          OpenAI Responses (Bearer): a Response, or typed SSE events ending
 //                               in response.completed / response.incomplete / response.failed
 //   POST /v1/messages           Anthropic Messages (x-api-key or Bearer AI_API_KEY, anthropic-version):
-//                               a Message, or SSE message_start … message_delta … message_stop
+//                               a Message, or SSE message_start … message_delta … message_stop;
+//                               a 400 for thinking.budget_tokens under 1,024 or not below max_tokens
 //   POST /v1/embeddings         OpenAI Embeddings (Bearer): deterministic vectors, float or base64
 //   GET  /v1/models             one model, for deep health checks
 //   GET  /_standin/calls/:tag   how a tagged call ended (running, done, aborted), its protocol
@@ -37,6 +38,10 @@
 //   extra_prompt=<n>      bills n more prompt tokens than the gateway can count (as another tokenizer may)
 //   unusual               the answer ends with a NUL and a lone surrogate (" nul\u0000 lone\ud800")
 //   tag=<id>              records the call at GET /_standin/calls/<id>
+// A base URL can fail every call made under it, whatever the prompt (an upstream that is down,
+// for the gateway's fallbacks): http://…/_standin/fail/<how>/v1, where <how> is an HTTP status
+// (an error answer with it), `timeout` (never answers) or `broken` (200 and an event stream
+// whose connection breaks before its first byte).
 import { calls } from './ai-standin/common.ts';
 import { chat } from './ai-standin/chat.ts';
 import { responses } from './ai-standin/responses.ts';
@@ -53,8 +58,30 @@ const routes: Record<string, (req: Request, key: string) => Promise<Response>> =
   '/v1/embeddings': embeddings,
 };
 
+/** An upstream that is down, as a base URL under /_standin/fail/<how> says. */
+async function down(how: string, req: Request): Promise<Response> {
+  await req.body?.cancel();
+  if (how === 'timeout') {
+    // Silent until the caller gives up.
+    await new Promise((resolve) => req.signal.addEventListener('abort', resolve, { once: true }));
+    return new Response(null, { status: 504 });
+  }
+  if (how === 'broken') {
+    const body = new ReadableStream<Uint8Array>({
+      pull: (c) => new Promise((resolve) => setTimeout(() => resolve(c.error(new Error('broken'))), 20)),
+    });
+    return new Response(body, { headers: { 'content-type': 'text/event-stream' } });
+  }
+  const status = Number(how);
+  return Response.json({ error: { message: `the stand-in is down (${status})`, type: 'server_error' } }, {
+    status: status >= 400 && status <= 599 ? status : 500,
+  });
+}
+
 Deno.serve({ hostname: '127.0.0.1', port, onListen: () => console.log(`AI stand-in on :${port}`) }, (req) => {
   const url = new URL(req.url);
+  const failing = url.pathname.match(/^\/_standin\/fail\/([a-z0-9]+)\/v1\//);
+  if (failing && req.method === 'POST') return down(failing[1], req);
   const route = routes[url.pathname];
   if (route && req.method === 'POST') return route(req, key);
   if (url.pathname === '/v1/models' && req.method === 'GET') {

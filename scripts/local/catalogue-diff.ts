@@ -22,6 +22,10 @@ acl as (
       from pg_namespace n join ns on ns.oid = n.oid
     union all select 'type', t.oid::regtype::text, t.typacl, t.typowner
       from pg_type t join ns on ns.oid = t.typnamespace where t.typacl is not null
+    -- A column's own grants (a table readable but for some columns): 'table (column)'.
+    union all select 'column', c.oid::regclass::text || ' (' || quote_ident(att.attname) || ')', att.attacl, c.relowner
+      from pg_attribute att join pg_class c on c.oid = att.attrelid join ns on ns.oid = c.relnamespace
+      where att.attacl is not null and not att.attisdropped and att.attnum > 0
   ) x, aclexplode(x.acl) a
   where a.grantee <> x.owner
 ),
@@ -99,6 +103,11 @@ function statement(from: Row | undefined, to: Row | undefined): string {
       const [what, grantee] = row.name.split(' :: ')[0].split(' to ');
       const grantable = grantee.endsWith(' with grant option');
       const role = grantee.replace(' with grant option', '');
+      const column = /^column (.+) \((.+)\)$/.exec(what);
+      if (column) {
+        const on = `${row.value} (${column[2]}) on table ${column[1]}`;
+        return to ? `grant ${on} to ${role};` : `revoke ${on} from ${role};`;
+      }
       return to
         ? `grant ${row.value} on ${what} to ${role}${grantable ? ' with grant option' : ''};`
         : `revoke ${row.value} on ${what} from ${role};`;

@@ -45,6 +45,7 @@ const ai = [
 /** The gateway's own: its limits and its upstreams beside OpenAI (_shared/adapters/ai-upstreams.ts). */
 const gateway = [
   'AI_MAX_OUTPUT_TOKENS',
+  'AI_MIN_OUTPUT_TOKENS',
   'AI_MAX_PROMPT_TOKENS',
   'AI_CALL_MAX_SECONDS',
   'AI_ANTHROPIC_BASE',
@@ -94,13 +95,15 @@ export const functions: Record<string, FunctionEnv> = {
   admin: { required: [...redis], optional: ['SLO_AVAILABILITY', 'SLO_P95_MS', ...stripe, ...stripeTuning] },
   // The AI gateway calls each model's upstream: OpenAI at AI_API_BASE with AI_API_KEY, Anthropic
   // with AI_ANTHROPIC_KEY, and each OpenAI-compatible host named in AI_UPSTREAMS by its own
-  // AI_UPSTREAM_<NAME>_BASE, _KEY and _SPEAKS (docs/ai-gateway.md § Upstreams); AI_REFERENCE_SECRET
-  // seals the Responses API's answer item references (ai/references.ts).
+  // AI_UPSTREAM_<NAME>_BASE, _KEY, _SPEAKS and _FALLBACK_FOR (docs/ai-gateway.md § Upstreams); AI_REFERENCE_SECRET
+  // seals the Responses API's answer item references (ai/references.ts), which open for
+  // AI_REFERENCE_RETENTION_DAYS.
   ai: {
     required: [...redis, 'AI_API_BASE', 'AI_API_KEY', 'AI_REFERENCE_SECRET'],
     optional: [
       ...ai.filter((v) => v !== 'AI_API_BASE' && v !== 'AI_API_KEY'),
       ...gateway,
+      'AI_REFERENCE_RETENTION_DAYS',
       'FAILPOINTS',
     ],
   },
@@ -134,12 +137,14 @@ export const functions: Record<string, FunctionEnv> = {
   },
   jobs: {
     // The tick charges saved cards off-session (auto-recharge): Stripe is required here too.
-    // ai_completion jobs call each model's upstream as the gateway does (AI_PROVIDER=openai).
+    // ai_completion jobs call each model's upstream as the gateway does (AI_PROVIDER=openai). The
+    // tick deletes the AI references' kept items past AI_REFERENCE_RETENTION_DAYS.
     required: [...redis, ...stripe, 'CRON_SECRET'],
     optional: [
       ...stripeTuning,
       ...ai,
       ...gateway,
+      'AI_REFERENCE_RETENTION_DAYS',
       'JOBS_LEASE_SECONDS',
       'JOBS_TICK_BUDGET_MS',
       'JOBS_EXPORT_PAGE_DELAY_MS',

@@ -90,7 +90,6 @@ export const theWriter = 'billing.post_transfers';
 export const writerSteps = new Set([
   'billing.post_holds',
   'billing.capture_take',
-  'billing.resize_reservation',
   'billing.shed_reservations',
   'billing.carry_reservations',
   'billing.batch_refusals',

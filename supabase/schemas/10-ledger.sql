@@ -396,12 +396,13 @@ begin
     return jsonb_build_object('token', 'USER_NOT_ACTIVE',
       'detail', jsonb_build_object('rule', 'the user must exist and not be deleted or banned'));
   end if;
-  -- A buyer whose own payment (a purchase of theirs, a gift code's included, or a plan invoice)
-  -- is disputed is suspended until the dispute closes (issue #77). An organisation's purchase
-  -- suspends no one; a redeemer or member of what the buyer paid for is never named here.
-  -- The tables are 50-purchases.sql's and 56-plans.sql's; 60-dispute-suspension.sql indexes them.
+  -- A buyer whose payment (a purchase they paid, a gift code's or an organisation's included,
+  -- unless its verified organisation answers for it, or a plan invoice) is disputed is suspended
+  -- until the dispute closes (docs/credit-lots.md § Refunds, disputes and debt). A redeemer or
+  -- member of what the buyer paid for is never named here. The tables are 50-purchases.sql's and
+  -- 56-plans.sql's; 60-dispute-suspension.sql indexes them.
   if exists (select 1 from billing.purchases p
-             where p.user_id = p_user and p.org_id is null and p.dispute_status = 'open')
+             where p.user_id = p_user and p.dispute_status = 'open' and not p.wallet_answers)
      or exists (select 1 from billing.subscriptions s join billing.plan_grants g on g.subscription_id = s.id
                 where s.user_id = p_user and g.dispute_status = 'open') then
     return jsonb_build_object('token', 'ACCOUNT_DISPUTED',
@@ -413,7 +414,7 @@ begin
   return null;
 end;
 $$;
-comment on function billing.standing_refusal(p_user uuid, p_admin boolean) is 'Internal: USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ACCOUNT_DISPUTED while a purchase or plan invoice the user paid (not an organisation''s) has an open dispute; ADMIN_REQUIRED unless (when asked) they are an admin now; else null.';
+comment on function billing.standing_refusal(p_user uuid, p_admin boolean) is 'Internal: USER_NOT_ACTIVE unless the user exists, is not deleted and not banned; ACCOUNT_DISPUTED while a purchase or plan invoice the user paid has an open dispute (not one a verified organisation''s wallet answers for: purchases.wallet_answers); ADMIN_REQUIRED unless (when asked) they are an admin now; else null.';
 revoke execute on function billing.standing_refusal(p_user uuid, p_admin boolean) from public;
 
 create or replace function billing.assert_user_standing(p_user uuid, p_admin boolean default false) returns void
@@ -588,6 +589,7 @@ declare
   v_overdue numeric := 0;
   v_due numeric := 0;
   v_given numeric := 0;
+  v_claims numeric;
   v_frozen numeric := 0;
 begin
   select * into a from billing.accounts x where x.id = p_account_id;
@@ -606,6 +608,29 @@ begin
     v_due := coalesce((select sum(l.remaining) from billing.lots l
                        where l.account_id = a.id and l.open and l.expires_at <= now()), 0);
     if a.held > 0 then
+      -- A claim a refund left on a due lot's reservation is owed again when it expires, unless
+      -- its hold's TTL passed first (then it returned the credits live, and the claim took them).
+      v_claims := coalesce((select sum(t.amount) from billing.lot_take_backs t
+                            join billing.lots l on l.id = t.lot_id and l.open and l.expires_at <= now()
+                            join billing.holds h on h.id = t.hold_id
+                            where t.buyer_id = a.id and t.claim
+                              and not (h.status = 'active' and h.expires_at <= l.expires_at)), 0);
+      if v_claims > 0 then
+        -- Owed again as billing.owe_lack owes: the buyer's free credits for any model pay it (the
+        -- balance falls), then what their other live holds reserved of such credits is claimed
+        -- (it does not, until that hold ends), then debt (it falls). Due lots are gone by then.
+        v_due := v_due + v_claims - least(greatest(v_claims - coalesce((
+            select sum(l.remaining - l.reserved) from billing.lots l
+            where l.account_id = a.id and l.open and l.applies_to is null and l.remaining > l.reserved
+              and not coalesce(l.expires_at <= now(), false)), 0), 0),
+          coalesce((select sum(x.amount - coalesce((select sum(t.amount) from billing.lot_take_backs t
+                                                    where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0))
+                    from billing.hold_lots x
+                    join billing.holds h on h.id = x.hold_id and h.status = 'active' and h.expires_at > now()
+                    join billing.lots l on l.id = x.lot_id and l.applies_to is null
+                      and not coalesce(l.expires_at <= now(), false)
+                    where h.account_id = a.id), 0));
+      end if;
       v_given := coalesce((select sum(hl.amount) from billing.hold_lots hl
                            join billing.holds h on h.id = hl.hold_id and h.status = 'active' and h.expires_at > now()
                            join billing.lots l on l.id = hl.lot_id and l.open and l.expires_at <= now()

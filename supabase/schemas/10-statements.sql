@@ -55,6 +55,30 @@ comment on function billing.get_ledger(uuid, bigint, integer, timestamptz, times
 revoke execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) from public, anon, authenticated;
 grant execute on function billing.get_ledger(uuid, bigint, integer, timestamptz, timestamptz) to service_role;
 
+-- Whether a charge's token counts are the ledger's own, the ones summaries add up: a usage
+-- charge's (the ledger writes them over the caller's metadata), a gateway call's capture's
+-- (finish_ai_call writes them) and a void's (copied from its charge only when that charge's
+-- count). Not the excess a call charged beyond its hold when the hold captured part of the price:
+-- it carries the same counts as that capture. Any other capture's metadata is its caller's.
+create or replace function billing.charge_counts_tokens(p_kind billing.transfer_kind, p_amount numeric, p_metadata jsonb)
+returns boolean
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  -- PL/pgSQL, not SQL: a SQL function with a SET clause is planned again on every call, and the
+  -- summaries and the roll-up ask once per charge.
+  return case p_kind
+    when 'usage' then not (p_metadata ? 'reserved'
+      and (p_metadata ->> 'priced')::numeric - p_amount - coalesce((p_metadata ->> 'unbilled')::numeric, 0) > 0)
+    when 'hold_capture' then p_metadata ? 'ai_call_id'
+    when 'void' then true
+    else false end;
+end
+$$;
+comment on function billing.charge_counts_tokens(p_kind billing.transfer_kind, p_amount numeric, p_metadata jsonb) is 'Internal: whether a charge''s token counts are the ledger''s own (usage, a gateway call''s capture, a void of either; not an excess beyond a hold that captured part of the price).';
+revoke execute on function billing.charge_counts_tokens(p_kind billing.transfer_kind, p_amount numeric, p_metadata jsonb) from public;
+
 -- An account's charges in [from, to), and those a school paid for a member (transfers naming
 -- them as member; of one organisation when p_org is given), as rows. The account's entries are
 -- read through entries_user_account from an entry written an hour before `from` (ids and
@@ -75,26 +99,26 @@ begin
       where e.account_id = p_account and e.balance_after is not null and e.created_at < p_from - interval '1 hour'
       order by e.id desc limit 1), 0);
   end if;
-  -- Token counts inline, not through a helper: a SQL function with a SET clause is never
-  -- inlined, and two such calls a row were half of a summary's time.
-  -- A void's metadata is the ledger's own (charged_at, model, tokens): see the header.
+  -- Token counts read inline, not through a helper per kind: a SQL function with a SET clause is
+  -- never inlined, and two such calls a row were half of a summary's time. Whose counts count is
+  -- one call a row (billing.charge_counts_tokens, PL/pgSQL).
   return query
     select case when t.kind = 'void' then (t.metadata ->> 'charged_at')::timestamptz else x.at end,
       coalesce(t.metadata ->> 'model', (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id)),
       x.credits,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
+      case when n.counted and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
         then (t.metadata ->> 'input_tokens')::bigint * x.sign end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
+      case when n.counted and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
         then (t.metadata ->> 'output_tokens')::bigint * x.sign end,
       x.school,
       x.sign,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
+      case when n.counted and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
         then (t.metadata ->> 'cached_input_tokens')::bigint * x.sign end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
+      case when n.counted and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
         then (t.metadata ->> 'reasoning_tokens')::bigint * x.sign end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'images') = 'number'
+      case when n.counted and jsonb_typeof(t.metadata -> 'images') = 'number'
         then (t.metadata ->> 'images')::bigint * x.sign end,
-      case when t.kind in ('usage', 'void') and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
+      case when n.counted and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
         then (t.metadata ->> 'audio_seconds')::bigint * x.sign end
     from (
       select e.transfer_id, e.created_at as at, -e.amount as credits, false as school,
@@ -113,7 +137,8 @@ begin
         and (p_org is null or case when t.kind = 'void' then t.to_account_id else t.from_account_id end
                                in (select a.id from billing.accounts a where a.org_id = p_org))
     ) x
-    join billing.transfers t on t.id = x.transfer_id;
+    join billing.transfers t on t.id = x.transfer_id
+    cross join lateral (select billing.charge_counts_tokens(t.kind, t.amount, t.metadata) as counted) n;
 end;
 $$;
 comment on function billing.usage_charges(p_account bigint, p_member uuid, p_org uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the charges of an account (and those paid for a member by a school) in [from, to), and the voids made then (negative, dated by their charge).';

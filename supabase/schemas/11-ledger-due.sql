@@ -23,8 +23,8 @@ comment on function billing.expiry_key(p_lot_id bigint, p_amount numeric) is 'In
 revoke execute on function billing.expiry_key(p_lot_id bigint, p_amount numeric) from public;
 
 -- Holds the writer shrank by what expired under them (an expiry, a renewal's rollover): the
--- cap room of what they gave comes back, and one that ended is told (hold_ended: a refund's
--- take-back pending on it). p_parts: [{hold_id, given}].
+-- cap room of what they gave comes back, and each is told (hold_ended: a refund's take-back
+-- pending on what it gave, or on all of it once it ended). p_parts: [{hold_id, given}].
 create or replace function billing.holds_gave_way(p_parts jsonb) returns void
 language plpgsql
 set search_path = ''
@@ -37,13 +37,11 @@ begin
     join billing.holds h on h.id = x.hold_id order by x.hold_id
   loop
     perform billing.return_hold_cap_room(r.h, r.given);
-    if (r.h).status <> 'active' then
-      perform billing.hold_ended((r.h).id);
-    end if;
+    perform billing.hold_ended((r.h).id);
   end loop;
 end;
 $$;
-comment on function billing.holds_gave_way(p_parts jsonb) is 'Internal: after holds shrank by what expired under them, returns their cap room and tells hold_ended of those that ended.';
+comment on function billing.holds_gave_way(p_parts jsonb) is 'Internal: after holds shrank by what expired under them, returns their cap room and tells hold_ended.';
 revoke execute on function billing.holds_gave_way(p_parts jsonb) from public;
 
 -- A lot expires whole when due, reserved or not, frozen or not (docs/credit-lots.md § Spending
@@ -55,20 +53,26 @@ set search_path = ''
 as $$
 declare
   v_account billing.accounts;
+  v_due record;
   v_lot record;
   v_count integer := 0;
   v_parts jsonb;
 begin
   select * into v_account from billing.accounts a where a.id = p_account_id for update;
-  -- Holds past their TTL end first: an expired lot shrinks live holds only.
-  if v_account.held > 0 then
-    perform billing.expire_overdue_holds(p_account_id);
-  end if;
-  for v_lot in
-    select l.id, l.remaining, l.category from billing.lots l
+  for v_due in
+    select l.id, l.expires_at from billing.lots l
     where l.account_id = p_account_id and l.open and l.expires_at <= now()
     order by l.expires_at, l.id
   loop
+    -- In the order things fell due: a hold whose TTL passed before the lot expired ends first
+    -- (an expired lot shrinks live holds only); one still live then gives its part of the lot up,
+    -- never returns it (a refund's claim on it would be paid with expired credits). What the
+    -- ended holds gave back may have been taken back from the lot: it is read again.
+    if v_account.held > 0 then
+      perform billing.expire_overdue_holds(p_account_id, v_due.expires_at);
+    end if;
+    select l.id, l.remaining, l.category into v_lot from billing.lots l where l.id = v_due.id;
+    continue when v_lot.remaining <= 0;
     -- The holds that reserved it, and their parts: the writer shrinks them with the expiry.
     v_parts := (select coalesce(jsonb_agg(jsonb_build_object('hold_id', hl.hold_id, 'given', hl.amount)), '[]')
                 from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id
@@ -81,6 +85,9 @@ begin
     v_count := v_count + 1;
     perform billing.holds_gave_way(v_parts);
   end loop;
+  if v_account.held > 0 then
+    perform billing.expire_overdue_holds(p_account_id, now());
+  end if;
   update billing.accounts a
   set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
   where a.id = p_account_id returning * into v_account;
@@ -90,7 +97,9 @@ $$;
 comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (reserved credits too: the holds shrink), then makes next_expiry exact.';
 revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
 
-create or replace function billing.expire_overdue_holds(p_account_id bigint)
+-- p_due_by: the holds whose TTL passed by then (billing.expire_due_lots, lot by lot); null: by
+-- now, after the lots that expired before them (expire_due_lots ends those holds in order).
+create or replace function billing.expire_overdue_holds(p_account_id bigint, p_due_by timestamptz default null)
 returns integer
 language plpgsql
 set search_path = ''
@@ -99,16 +108,21 @@ declare
   v_count integer;
   v_steps billing.hold_step[];
   v_caps integer;
+  v_next_expiry timestamptz;
   v_expired jsonb;
   v_ids uuid[];
 begin
   -- The account is locked first, as everywhere else; the writer voids its overdue holds.
-  select a.caps into v_caps from billing.accounts a where a.id = p_account_id for update;
+  select a.caps, a.next_expiry into v_caps, v_next_expiry from billing.accounts a where a.id = p_account_id for update;
+  if p_due_by is null and v_next_expiry <= now() then
+    perform billing.expire_due_lots(p_account_id);
+  end if;
   select count(*), array_agg(('void', h.id, null, 'expired', null, null, null, null, null, null, null, null, null)::billing.hold_step),
          jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
                                       'member', h.member_id)), array_agg(h.id)
     into v_count, v_steps, v_expired, v_ids
-  from billing.holds h where h.account_id = p_account_id and h.status = 'active' and h.expires_at <= now();
+  from billing.holds h where h.account_id = p_account_id and h.status = 'active'
+    and h.expires_at <= coalesce(p_due_by, now());
   if v_count > 0 then
     perform billing.post_transfers('{}', v_steps);
     perform billing.hold_ended(x) from unnest(v_ids) x;
@@ -124,6 +138,6 @@ begin
   return v_count;
 end;
 $$;
-comment on function billing.expire_overdue_holds(p_account_id bigint) is 'Releases one account''s holds whose TTL has passed (each told to billing.hold_ended). Used by the spend path and the pg_cron sweeps.';
-revoke execute on function billing.expire_overdue_holds(p_account_id bigint) from public;
+comment on function billing.expire_overdue_holds(p_account_id bigint, p_due_by timestamptz) is 'Ends one account''s holds whose TTL passed by p_due_by (by now: after the lots that expired before them), each told to billing.hold_ended. Used by the spend path and the pg_cron sweeps.';
+revoke execute on function billing.expire_overdue_holds(p_account_id bigint, p_due_by timestamptz) from public;
 

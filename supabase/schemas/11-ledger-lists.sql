@@ -2,9 +2,31 @@
 -- writer stores it, narrowing a list on a move, and what a refusal says of the credits that may
 -- not pay for a model. Read by the writer on every posting, so in the core's layer.
 
+-- ============================================================ model names
+
+-- The model whose card a name calls: the card's model an alias names (billing.model_aliases,
+-- 15-catalog.sql), else the name itself. An alias wins over earlier cards of its own name, which
+-- stay as the record of what they charged. The one place a name becomes a card's model: a new
+-- lot's list (here, in the core's layer, for that), the gateway's begin and refusals, a job's
+-- route and hold, model lists, caps and every usage price read it.
+create or replace function billing.card_model(p_model text) returns text
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  -- PL/pgSQL, not SQL: a SQL function with a SET clause is planned again on every call.
+  return coalesce((select a.model from billing.model_aliases a where a.alias = p_model), p_model);
+end;
+$$;
+comment on function billing.card_model(p_model text) is 'Internal: the card''s model a name calls (an alias''s card''s, else the name itself).';
+revoke execute on function billing.card_model(p_model text) from public;
+-- billing.price_usage and billing.ai_hold_amount (which the service role calls) run as their caller.
+grant execute on function billing.card_model(p_model text) to service_role;
+
 -- ============================================================ restricted lots: which of an account's lots may pay for a charge
 
--- A lot option's applies_to as stored: null, or 1 to 20 distinct names, sorted.
+-- A lot option's applies_to as stored: null, or 1 to 20 distinct names, sorted; an alias is
+-- stored as its card's model (billing.card_model), the name its charges are recorded under.
 create or replace function billing.applies_to_of(p_lot jsonb) returns text[]
 language plpgsql stable
 set search_path = ''
@@ -22,10 +44,13 @@ begin
     perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
       'rule', '1 to 20 model names or families (a family ends in *), letters, digits and ._:/-'));
   end if;
-  select array_agg(distinct x order by x) into v_list from jsonb_array_elements_text(p_lot -> 'applies_to') x;
-  -- A typo would make credits that pay for nothing: each name must be a model on the rate card.
+  select array_agg(distinct billing.card_model(x) order by billing.card_model(x)) into v_list
+  from jsonb_array_elements_text(p_lot -> 'applies_to') x;
+  -- A typo would make credits that pay for nothing: each name must be a model on the rate card
+  -- (an alias's own earlier cards are history: no call is priced by them).
   if exists (select 1 from unnest(v_list) x
-             where not exists (select 1 from billing.rate_cards r where billing.lot_pays_for(array[x], r.model))) then
+             where not exists (select 1 from billing.rate_cards r where billing.lot_pays_for(array[x], r.model)
+                               and not exists (select 1 from billing.model_aliases m where m.alias = r.model))) then
     perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
       'rule', 'each name a model on the rate card, or a family of at least one'));
   end if;

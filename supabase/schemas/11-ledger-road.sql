@@ -341,11 +341,11 @@ declare
   v_account billing.accounts;
 begin
   select * into v_account from billing.accounts a where a.id = p_account_id for update;
-  if v_account.held > 0 then
-    perform billing.expire_overdue_holds(p_account_id);
-  end if;
+  -- Due lots expire and overdue holds end in the order they fell due (expire_due_lots).
   if v_account.next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
+  elsif v_account.held > 0 then
+    perform billing.expire_overdue_holds(p_account_id);
   end if;
   select * into v_account from billing.accounts a where a.id = p_account_id;
   return v_account;

@@ -56,9 +56,6 @@ comment on type billing.transfer_spec is 'A movement billing.post_transfers is a
 --   place   a new hold: hold_id (the caller's choice, so it knows the row), account_id, amount and
 --           the hold's fields; it reserves what billing.pick_lots picks for its model, or is
 --           answered `insufficient`; held grows by the amount
---   resize  an active hold grows (amount > 0: reserves more, or INSUFFICIENT_CREDITS) or shrinks
---           (amount < 0: returns reservation from its latest lots; `note` joins its metadata);
---           shrunk whole, it ends released, its amount kept as the record of it
 --   post    an active hold is captured for `amount` by the batch's one movement naming it
 --           (its hold_id), in that movement's own account write, drawing what it reserved; or,
 --           `transfer_id` given, by a movement written before (a replay that finds the capture written)
@@ -79,7 +76,7 @@ create type billing.hold_step as (
   purpose text,
   member_id uuid
 );
-comment on type billing.hold_step is 'A pending transfer (hold) placed, resized, posted or voided by billing.post_transfers (see the comment above it).';
+comment on type billing.hold_step is 'A pending transfer (hold) placed, posted or voided by billing.post_transfers (see the comment above it).';
 
 create type billing.posted_transfer as (
   transfer_id bigint,                             -- null when refused
@@ -133,10 +130,9 @@ comment on function billing.spend_refusal(p_account_id bigint, p_amount numeric,
 revoke execute on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid) from public;
 
 -- Credits for some models (31-lot-applicability.sql): whether a lot may pay for a model, here
--- because the writer draws by it. The writer's draws for a model and lock_spending_source's
--- cover test write this test out in their queries instead of calling it: a function with its
--- own search_path is never inlined, and called once per lot it took half a restricted charge's
--- extra cost (568 against 403 µs a charge; 435 written out). Keep the copies the same.
+-- because the writer draws by it; the one statement of that test. A function with its own
+-- search_path is never inlined, so callers test `applies_to is null` first: a lot for any model
+-- (nearly every lot) costs no call.
 create or replace function billing.lot_pays_for(p_applies_to text[], p_model text) returns boolean
 language sql immutable
 set search_path = ''
@@ -163,11 +159,10 @@ begin
   return query
   with free as (
     select l.id, l.free,
-      sum(l.free) over (order by l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+      sum(l.free) over (order by l.spending_order) as hi
     from billing.lots l
     where l.account_id = p_account_id and l.open and l.free > 0
-      and (l.applies_to is null or (p_model is not null and exists (select 1 from unnest(l.applies_to) p
-             where p = p_model or (right(p, 1) = '*' and starts_with(p_model, left(p, -1))))))
+      and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))
   )
   select f.id, least(f.free, p_amount - (f.hi - f.free))
   from free f
@@ -189,8 +184,7 @@ set search_path = ''
 as $$
   select coalesce(sum(l.free), 0) from billing.lots l
   where l.account_id = p_account_id and l.open and l.free > 0
-    and (p_any or l.applies_to is null or (p_model is not null and exists (select 1 from unnest(l.applies_to) p
-           where p = p_model or (right(p, 1) = '*' and starts_with(p_model, left(p, -1))))))
+    and (p_any or l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))
 $$;
 comment on function billing.free_credits(p_account_id bigint, p_model text, p_any boolean) is 'Internal: an account''s free credits that may pay for p_model (null: lots for any model), or any of them (p_any, a move).';
 revoke execute on function billing.free_credits(p_account_id bigint, p_model text, p_any boolean) from public;
@@ -490,7 +484,7 @@ begin
       where h.id = v_post.hold_id and h.status = 'active'
       returning h.account_id, -h.amount into v_held_account, v_held_delta;
       if not found then
-        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is resized, posted or voided only while active"}');
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted or voided only while active"}');
       end if;
     elsif v_one.kind = 'expiry' then
       perform billing.shed_reservations(p_transfers);
@@ -539,5 +533,5 @@ begin
   return billing.posted_answers(p_transfers, v_ids, v_existing, v_ord, v_delta, v_after, v_kept, v_refused, v_refusals);
 end;
 $$;
-comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and pending transfers (holds placed, resized, posted, voided, and the held amounts) under the caller''s account locks; one result per movement, replays answered.';
+comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and pending transfers (holds placed, posted, voided, and the held amounts) under the caller''s account locks; one result per movement, replays answered.';
 revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) from public;

@@ -1,7 +1,6 @@
 -- The writer's steps for holds and what they reserve (billing.post_transfers, 11-ledger-writer.sql):
--- holds placed, resized, posted or voided with their reservations (post_holds, capture_take,
--- resize_reservation), and what holds reserved of a lot that expires or rolls over, shed or
--- carried. Only billing.post_transfers calls them (scripts/local/sql-shape.ts counts them as the
+-- holds placed, posted or voided with their reservations (post_holds, capture_take), and what
+-- holds reserved of a lot that expires or rolls over, shed or carried. Only billing.post_transfers calls them (scripts/local/sql-shape.ts counts them as the
 -- one writer).
 
 -- A capture's draw (billing.post_transfers): the hold's reservation returns to its lots, and the
@@ -17,9 +16,9 @@ begin
   with back as (
     update billing.lots l set reserved = l.reserved - hl.amount
     from billing.hold_lots hl where hl.hold_id = p_hold_id and l.id = hl.lot_id
-    returning l.id, hl.amount, l.priority, l.expires_at, l.granted_at
+    returning l.id, hl.amount, l.spending_order
   ), ordered as (
-    select b.id, b.amount, coalesce(sum(b.amount) over (order by b.priority, b.expires_at nulls last, b.granted_at, b.id
+    select b.id, b.amount, coalesce(sum(b.amount) over (order by b.spending_order
                                       rows between unbounded preceding and 1 preceding), 0) as before
     from back b
   )
@@ -35,59 +34,8 @@ $$;
 comment on function billing.capture_take(p_hold_id uuid, p_amount numeric) is 'Internal (the writer''s): returns a hold''s reservation to its lots and answers the lots its capture of p_amount takes, in spending order.';
 revoke execute on function billing.capture_take(p_hold_id uuid, p_amount numeric) from public;
 
--- A live hold resized (billing.post_transfers): grown, it reserves p_by more as a hold is placed
--- (INSUFFICIENT_CREDITS when the free credits do not reach it); shrunk, it returns reservation
--- from its latest lots in spending order.
-create or replace function billing.resize_reservation(p_hold_id uuid, p_by numeric) returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_hold billing.holds;
-  v_found numeric;
-begin
-  select * into v_hold from billing.holds h where h.id = p_hold_id;
-  if p_by > 0 then
-    with picked as (
-      select p.lot_id, p.amount
-      from billing.pick_lots(v_hold.account_id, case when v_hold.purpose in ('ai', 'job') then v_hold.metadata ->> 'model' end,
-        p_by) p
-    ), held as (
-      insert into billing.hold_lots as x (hold_id, lot_id, amount)
-      select p_hold_id, picked.lot_id, picked.amount from picked
-      on conflict (hold_id, lot_id) do update set amount = x.amount + excluded.amount
-    ), reserved as (
-      update billing.lots l set reserved = l.reserved + picked.amount from picked where l.id = picked.lot_id
-    )
-    select coalesce(sum(picked.amount), 0) into v_found from picked;
-    if v_found < p_by then
-      perform billing.raise_error('INSUFFICIENT_CREDITS', jsonb_build_object('required', trim_scale(p_by)::text,
-        'available', trim_scale(v_found)::text));
-    end if;
-  elsif p_by < 0 then
-    with parts as (
-      select hl.lot_id, hl.amount, coalesce(sum(hl.amount) over (order by l.priority desc, l.expires_at desc nulls first,
-               l.granted_at desc, l.id desc rows between unbounded preceding and 1 preceding), 0) as after
-      from billing.hold_lots hl join billing.lots l on l.id = hl.lot_id where hl.hold_id = p_hold_id
-    ), given as (
-      select parts.lot_id, least(parts.amount, -p_by - parts.after) as amount, parts.amount as had
-      from parts where parts.after < -p_by
-    ), kept as (
-      update billing.hold_lots hl set amount = hl.amount - given.amount
-      from given where hl.hold_id = p_hold_id and hl.lot_id = given.lot_id and given.amount < given.had
-    ), gone as (
-      delete from billing.hold_lots hl using given
-      where hl.hold_id = p_hold_id and hl.lot_id = given.lot_id and given.amount >= given.had
-    )
-    update billing.lots l set reserved = l.reserved - given.amount from given where l.id = given.lot_id;
-  end if;
-end;
-$$;
-comment on function billing.resize_reservation(p_hold_id uuid, p_by numeric) is 'Internal (the writer''s): a live hold''s reservation grown by p_by (> 0: picked in spending order, or INSUFFICIENT_CREDITS) or shrunk (< 0: its latest lots first).';
-revoke execute on function billing.resize_reservation(p_hold_id uuid, p_by numeric) from public;
-
 -- The writer's pending transfers (billing.post_transfers), every step but a capture posted by its
--- movement: a hold placed (its reservation picked, or the refusal answered), resized, posted by a
+-- movement: a hold placed (its reservation picked, or the refusal answered), posted by a
 -- movement written before, or voided (its reservation returned). Null, or the refusal of a place.
 create or replace function billing.post_holds(p_transfers billing.transfer_spec[], p_holds billing.hold_step[])
 returns billing.posted_transfer
@@ -104,8 +52,6 @@ declare
   v_hold_accounts bigint[];
   v_hold_deltas numeric[];
   v_ended uuid[];
-  v_resized uuid[];
-  v_resize_by numeric[];
 begin
   if cardinality(p_holds) = 1 and (p_holds[1]).op = 'place' then
     if cardinality(p_transfers) > 0 then
@@ -142,41 +88,30 @@ begin
     if exists (select 1 from unnest(p_holds) s where s.op = 'place') then
       perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is placed alone"}');
     end if;
-    -- What ends a hold keeps its amount (the record of what it held); a resize changes it.
+    -- What ends a hold keeps its amount (the record of what it held).
     with stepped as (
       update billing.holds h
-      set amount = case when s.op = 'resize' and h.amount + s.amount > 0 then h.amount + s.amount else h.amount end,
-          status = case when s.op = 'post' then 'captured' when s.op = 'void' then s.status
-                        when h.amount + s.amount > 0 then 'active' else 'released' end,
+      set status = case when s.op = 'post' then 'captured' else s.status end,
           captured_amount = case when s.op = 'post' then s.amount end,
           capture_transfer_id = case when s.op = 'post' then s.transfer_id end,
-          finished_at = case when s.op = 'resize' and h.amount + s.amount > 0 then null else now() end,
+          finished_at = now(),
           metadata = case when s.note is null then h.metadata else coalesce(h.metadata, '{}'::jsonb) || s.note end
       from unnest(p_holds) s
       where h.id = s.hold_id and h.status = 'active'
-        and (s.op <> 'post' or s.transfer_id is not null) and (s.op <> 'void' or s.status in ('released', 'expired'))
-      returning h.id, h.account_id, h.status, s.amount as step,
-        case when h.status = 'active' then s.amount else -h.amount end as delta
+        and ((s.op = 'post' and s.transfer_id is not null) or (s.op = 'void' and s.status in ('released', 'expired')))
+      returning h.id, h.account_id, h.amount
     )
-    select array_agg(x.account_id), array_agg(x.delta), array_agg(x.id) filter (where x.status <> 'active'),
-      array_agg(x.id) filter (where x.status = 'active'), array_agg(x.step) filter (where x.status = 'active')
-    into v_hold_accounts, v_hold_deltas, v_ended, v_resized, v_resize_by from stepped x;
+    select array_agg(x.account_id), array_agg(-x.amount), array_agg(x.id) into v_hold_accounts, v_hold_deltas, v_ended
+    from stepped x;
     if coalesce(cardinality(v_hold_accounts), 0) <> cardinality(p_holds) then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is resized, posted or voided only while active"}');
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted or voided only while active"}');
     end if;
     -- Ended holds return their reservation (their hold_lots stay: the record of what each lot
     -- gave them, read by billing.hold_ended).
-    if v_ended is not null then
-      update billing.lots l set reserved = l.reserved - r.amount
-      from (select hl.lot_id, sum(hl.amount) as amount from billing.hold_lots hl where hl.hold_id = any(v_ended)
-            group by hl.lot_id) r
-      where l.id = r.lot_id;
-    end if;
-    -- A hold that grows reserves more as a hold is placed (refused when the free credits do not
-    -- reach it); one that gives way returns reservation from its latest lots in spending order.
-    for i in 1 .. coalesce(cardinality(v_resized), 0) loop
-      perform billing.resize_reservation(v_resized[i], v_resize_by[i]);
-    end loop;
+    update billing.lots l set reserved = l.reserved - r.amount
+    from (select hl.lot_id, sum(hl.amount) as amount from billing.hold_lots hl where hl.hold_id = any(v_ended)
+          group by hl.lot_id) r
+    where l.id = r.lot_id;
     update billing.accounts a set held = a.held + d.delta
     from (select x.account_id, sum(x.delta) as delta from unnest(v_hold_accounts, v_hold_deltas) x(account_id, delta)
           group by x.account_id) d
@@ -185,7 +120,7 @@ begin
   return null;
 end;
 $$;
-comment on function billing.post_holds(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal (the writer''s): places, resizes, posts (written before) or voids holds and their reservations; a place''s refusal, else null.';
+comment on function billing.post_holds(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal (the writer''s): places, posts (written before) or voids holds and their reservations; a place''s refusal, else null.';
 revoke execute on function billing.post_holds(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) from public;
 
 -- A lot leaves by name with what holds reserved of it (billing.post_transfers: its expiry, a

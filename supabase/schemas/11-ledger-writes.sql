@@ -182,13 +182,11 @@ begin
       update billing.lots l set remaining = l.remaining + v_delta[1]
       where l.id = (select x.id from billing.lots x where x.account_id = v_account[1] and x.open
                       and x.free > 0
-                      and (not v_by_model or x.applies_to is null or (v_for is not null and exists (
-                             select 1 from unnest(x.applies_to) p
-                             where p = v_for or (right(p, 1) = '*' and starts_with(v_for, left(p, -1))))))
+                      and (not v_by_model or x.applies_to is null or billing.lot_pays_for(x.applies_to, v_for))
                       -- A reversal takes no credits for some models (below), whoever asks.
                       and (x.applies_to is null
                            or (p_transfers[v_ord[1]]).kind not in ('refund_reversal', 'dispute_reversal'))
-                    order by x.priority, x.expires_at nulls last, x.granted_at, x.id
+                    order by x.spending_order
                     limit 1)
         and l.remaining - l.reserved >= -v_delta[1]
       returning l.id, l.cost_cents * (-v_delta[1])::numeric(38, 18) / l.amount as cents, l.currency, l.category, l.origin
@@ -262,13 +260,12 @@ begin
         select l.id, l.account_id, l.remaining - l.reserved as remaining, l.cost_cents, l.amount as lot_amount, l.currency,
           l.category, l.origin,
           sum(l.remaining - l.reserved) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
-            l.priority, l.expires_at nulls last, l.granted_at, l.id) as hi
+            l.spending_order) as hi
         from billing.lots l
         where l.account_id in (select d.account_id from d) and l.open and l.remaining > l.reserved
           and (l.free > 0 or l.id = any(v_first))
           and (not v_reversal or l.applies_to is null or l.id = any(v_first))
-          and (not v_by_model or l.applies_to is null or (v_for is not null and exists (select 1 from unnest(l.applies_to) p
-                 where p = v_for or (right(p, 1) = '*' and starts_with(v_for, left(p, -1))))))
+          and (not v_by_model or l.applies_to is null or billing.lot_pays_for(l.applies_to, v_for))
       ), p as (
         select d.ord, l.id as lot_id, l.cost_cents, l.lot_amount, l.currency, l.category, l.origin,
           least(d.hi, l.hi) - greatest(d.hi - d.amount, l.hi - l.remaining) as amount

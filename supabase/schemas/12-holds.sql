@@ -3,7 +3,7 @@
 -- (all or part, from what it reserved; the rest returns), released, or expires at its TTL, so
 -- available = balance − active holds. Purposes: a user's own hold (lots for any model), a job's
 -- estimate, an AI call's worst case. A hold is a pending transfer: billing.post_transfers alone
--- places, resizes, posts (a capture, with its movement) and voids (released, expired) one, and
+-- places, posts (a capture, with its movement) and voids (released, expired) one, and
 -- keeps the reservation and the account's held with it (hold_step); the functions here decide
 -- what may be held and when, under the account lock, account first, then the hold, and tell
 -- billing.hold_ended when one ends. The table is in 10-ledger.sql; holds past their TTL end on
@@ -45,7 +45,8 @@ $$;
 comment on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean, p_balance billing.balance) is 'Internal: a hold as the hold functions answer it, with its account''s balance, held and available now (p_balance when the caller has them).';
 revoke execute on function billing.hold_result_of(p_hold billing.holds, p_replayed boolean, p_balance billing.balance) from public;
 
-create or replace function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text default null::text, p_metadata jsonb default null::jsonb)
+create or replace function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text default null::text, p_metadata jsonb default null::jsonb,
+  p_min_amount numeric default null, p_step numeric default null)
 returns billing.hold_result
 language plpgsql
 set search_path = ''
@@ -69,27 +70,29 @@ begin
 
   select * into v_hold from billing.holds h where h.idempotency_key = p_idempotency_key;
   if found then
-    if (v_hold.account_id <> v_account.id and v_hold.member_id is distinct from p_user) or v_hold.amount <> p_amount
-       or v_hold.purpose <> p_purpose then
+    if (v_hold.account_id <> v_account.id and v_hold.member_id is distinct from p_user)
+       or v_hold.amount not between coalesce(p_min_amount, p_amount) and p_amount or v_hold.purpose <> p_purpose then
       perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', 'hold'));
     end if;
     return billing.hold_result_of(v_hold, true);
   end if;
 
   if v_account.orgs > 0 then
-    v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, null);
+    -- A member's hold is paid by the first account that can pay at least its minimum.
+    v_account := billing.lock_spending_source(v_account, p_user, coalesce(p_min_amount, p_amount), p_metadata ->> 'model',
+      p_idempotency_key, null);
   end if;
   v_account := billing.settled(v_account);
   v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
-    p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end);
+    p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end, p_min_amount, p_step);
   -- The account was settled above (or had nothing held or due): its row is what balance_of would
   -- answer, with this hold added (read there when frozen credits are beside it).
   return billing.hold_result_of(v_hold, false, case when not v_account.frozen_lots then (v_account.balance,
-    v_account.held + p_amount, v_account.balance - v_account.held - p_amount)::billing.balance end);
+    v_account.held + v_hold.amount, v_account.balance - v_account.held - v_hold.amount)::billing.balance end);
 end;
 $$;
-comment on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) is 'Internal: reserves available credits as a hold of the given purpose (user or job), under the account lock.';
-revoke execute on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb) from public;
+comment on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb, p_min_amount numeric, p_step numeric) is 'Internal: reserves available credits as a hold of the given purpose (user, job or ai), under the account lock; given p_min_amount, the most that fits between it and p_amount (in whole p_steps above it, given one).';
+revoke execute on function billing.reserve_hold(p_user uuid, p_amount numeric, p_idempotency_key text, p_ttl_seconds integer, p_purpose text, p_correlation_id text, p_metadata jsonb, p_min_amount numeric, p_step numeric) from public;
 
 create or replace function billing.reserve_credits(
   p_user uuid,
@@ -132,10 +135,16 @@ begin
   if p_user is not null and v_hold.purpose <> 'user' then
     perform billing.raise_error('HOLD_NOT_USER_MANAGED', jsonb_build_object('hold_id', p_hold_id, 'purpose', v_hold.purpose));
   end if;
+  -- Credits that expired under the hold are gone before it is captured or released (it shrank
+  -- by them): a capture never spends them, a release never returns them to a refund's claim.
+  if (select a.next_expiry <= now() from billing.accounts a where a.id = v_account_id) then
+    perform billing.expire_due_lots(v_account_id);
+    select * into v_hold from billing.holds h where h.id = p_hold_id;
+  end if;
   return v_hold;
 end;
 $$;
-comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to); HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s or AI call''s hold.';
+comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to), and expires the account''s due lots; HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s or AI call''s hold.';
 revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
 
 -- A capture as the writer makes it, straight to it: the hold posted by its transfer, the hold's
@@ -200,11 +209,6 @@ declare
   v_hold billing.holds := billing.lock_hold(p_user, p_hold_id);
   v_capture numeric(38, 18);
 begin
-  -- Credits that expired under the hold are gone before it is captured (the hold shrank by them).
-  if (select a.next_expiry <= now() from billing.accounts a where a.id = v_hold.account_id) then
-    perform billing.expire_due_lots(v_hold.account_id);
-    select * into v_hold from billing.holds h where h.id = p_hold_id;
-  end if;
   v_capture := coalesce(p_amount, v_hold.amount);
   if v_hold.status = 'captured' then
     if p_amount is not null and p_amount <> v_hold.captured_amount then
@@ -377,7 +381,9 @@ create or replace function billing.place_hold(
   p_purpose text,
   p_correlation_id text default null,
   p_metadata jsonb default null,
-  p_member uuid default null
+  p_member uuid default null,
+  p_min_amount numeric default null,             -- given, the most that fits between it and p_amount
+  p_step numeric default null                    -- given, that most in whole steps above p_min_amount
 ) returns billing.holds
 language plpgsql
 set search_path = ''
@@ -386,20 +392,38 @@ declare
   v_id uuid := gen_random_uuid();
   v_hold billing.holds;
   v_placed billing.posted_transfer;
+  v_fits numeric;
 begin
   -- The caller holds the account lock and has made the refusals only it can know; what the
-  -- account has and its caps leave are the writer's answer.
-  v_placed := (billing.post_transfers('{}', array[('place', v_id, p_amount, null, null, null, p_account_id, p_idempotency_key,
-    p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)::billing.hold_step]))[1];
+  -- account has and its caps leave are the writer's answer. Given a minimum, a refusal's figure
+  -- (what the account has for the model, or what its tightest cap leaves) is tried next, so the
+  -- hold is the most that fits: at most one try for the credits and one for a cap. Given a step
+  -- (the price of one more token of answer), the figure is rounded down to whole steps above the
+  -- minimum (and to the 18 decimals a hold keeps): the hold is then the price of what it grants,
+  -- never a figure of the account's own, which a school member may not learn of the pool that pays.
+  loop
+    v_placed := (billing.post_transfers('{}', array[('place', v_id, p_amount, null, null, null, p_account_id,
+      p_idempotency_key, p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)::billing.hold_step]))[1];
+    v_fits := case v_placed.result when 'insufficient' then (v_placed.refusal ->> 'available')::numeric
+      when 'capped' then (v_placed.refusal ->> 'cap')::numeric - (v_placed.refusal ->> 'spent')::numeric end;
+    exit when p_min_amount is null or v_fits is null or v_fits < p_min_amount or v_fits >= p_amount;
+    p_amount := case when p_step > 0 then trunc(p_min_amount + floor((v_fits - p_min_amount) / p_step) * p_step, 18)
+      else v_fits end;
+  end loop;
   if v_placed.result = 'insufficient' then
     -- Credits for some models: which may not pay for the hold's model, and why (a pool's never told).
+    -- What was needed: the least the hold may be, when it names one.
     perform billing.raise_error('INSUFFICIENT_CREDITS', (select v_placed.refusal || jsonb_build_object('debt', billing.in_debt(a))
+        || case when p_min_amount is not null then jsonb_build_object('required', trim_scale(p_min_amount)::text)
+                else '{}'::jsonb end
         || case when a.restricted_lots and not (a.org_id is not null and a.member_id is null)
                 then billing.model_refusal(a, case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end)
                 else '{}'::jsonb end
       from billing.accounts a where a.id = p_account_id));
   elsif v_placed.result = 'capped' then
-    perform billing.raise_error('SPEND_CAP_REACHED', v_placed.refusal);
+    perform billing.raise_error('SPEND_CAP_REACHED', v_placed.refusal
+      || case when p_min_amount is not null then jsonb_build_object('required', trim_scale(p_min_amount)::text)
+              else '{}'::jsonb end);
   end if;
   select * into v_hold from billing.holds h where h.id = v_id;
   perform billing.on_available_change(a) from billing.accounts a
@@ -407,8 +431,8 @@ begin
   return v_hold;
 end;
 $$;
-comment on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) is 'Internal: places a hold of a purpose on an account the caller has locked (the account''s held amount grows by it).';
-revoke execute on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid) from public;
+comment on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid, p_min_amount numeric, p_step numeric) is 'Internal: places a hold of a purpose on an account the caller has locked (the account''s held amount grows by it); given p_min_amount, the most that fits between it and p_amount (in whole p_steps above it, given one).';
+revoke execute on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid, p_min_amount numeric, p_step numeric) from public;
 
 -- The most `p_account_id` may still spend now on `p_model` (for `p_member` on an organisation's
 -- wallet) before a cap refuses: the least room of the caps that apply; null when none does.

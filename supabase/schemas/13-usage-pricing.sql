@@ -94,7 +94,7 @@ declare
 begin
   select * into r
   from billing.rate_cards c
-  where c.model = p_model and c.effective_from <= now()
+  where c.model = billing.card_model(p_model) and c.effective_from <= now()
   order by c.effective_from desc, c.version desc limit 1;
   if not billing.usage_counts_valid(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images,
     p_audio_seconds, p_cache_write_tokens, p_cache_write_1h_tokens) then
@@ -155,22 +155,23 @@ $$;
 comment on function billing.ledger_owned_keys() is 'The usage metadata keys only the ledger writes (_shared/contract/credits.ts refuses the same list).';
 revoke execute on function billing.ledger_owned_keys() from public;
 
--- What a usage charge records of what it paid for: the model and every kind (a dry run re-prices a
--- charge from them, a void and the summaries read them). One place for a single charge, the
--- usage path's common road and the batch.
+-- What a usage charge records of what it paid for: the model (its card's, for an alias: the model
+-- it was priced as) and every kind (a dry run re-prices a charge from them, a void and the
+-- summaries read them). One place for a single charge, the usage path's common road and the batch.
 create or replace function billing.usage_facts(p_model text, p_input_tokens bigint, p_output_tokens bigint,
   p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint)
 returns jsonb
-language plpgsql immutable
+language plpgsql stable
 set search_path = ''
 as $$
 begin
-  return jsonb_build_object('model', p_model, 'input_tokens', p_input_tokens, 'output_tokens', p_output_tokens,
+  return jsonb_build_object('model', billing.card_model(p_model), 'input_tokens', p_input_tokens,
+    'output_tokens', p_output_tokens,
     'cached_input_tokens', coalesce(p_cached_input_tokens, 0), 'reasoning_tokens', coalesce(p_reasoning_tokens, 0),
     'images', coalesce(p_images, 0), 'audio_seconds', coalesce(p_audio_seconds, 0));
 end
 $$;
-comment on function billing.usage_facts(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Internal: the model and usage counts by kind a usage charge records (null optional counts as 0).';
+comment on function billing.usage_facts(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) is 'Internal: the model (an alias''s card''s) and usage counts by kind a usage charge records (null optional counts as 0).';
 revoke execute on function billing.usage_facts(p_model text, p_input_tokens bigint, p_output_tokens bigint, p_cached_input_tokens bigint, p_reasoning_tokens bigint, p_images bigint, p_audio_seconds bigint) from public;
 
 create or replace function billing.charge_usage(

@@ -119,7 +119,8 @@ revoke execute on function billing.charge_event_alone(p_user uuid, p_model text,
 -- a balance, so billing.charge_usage_batch holds its locks only for what needs them): by place,
 -- whose, the event id and model, why it is refused (null: it is not), its rate card and price, its
 -- ledger key, correlation and what its transfer records. Each event is priced from its model's
--- current rate card (null: a kind the card leaves unpriced), within the same bounds as
+-- current rate card (an alias's: its card's, billing.card_model; null: a kind the card leaves
+-- unpriced), within the same bounds as
 -- price_usage (an event out of them is refused alone). Event ids are the caller's, one namespace
 -- per user (billing.usage_event_key).
 create or replace function billing.priced_usage_events(p_events jsonb, out b_user uuid[], out b_event text[],
@@ -131,7 +132,7 @@ set search_path = ''
 as $$
   with ev as (
     select x.ord::integer as ord, x.ev ->> 'event_id' as event_id, (x.ev ->> 'user_id')::uuid as user_id,
-      x.ev ->> 'model' as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
+      billing.card_model(x.ev ->> 'model') as model, (x.ev ->> 'input_tokens')::bigint as input_tokens,
       (x.ev ->> 'output_tokens')::bigint as output_tokens, (x.ev ->> 'occurred_at')::timestamptz as occurred_at,
       x.ev ->> 'correlation_id' as correlation_id,
       coalesce((x.ev ->> 'cached_input_tokens')::bigint, 0) as cached_input_tokens,

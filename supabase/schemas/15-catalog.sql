@@ -58,6 +58,27 @@ grant select on table billing.rate_cards to service_role;
 
 create index rate_cards_current on billing.rate_cards (model, effective_from desc);
 
+-- Other names a card answers to: an id a provider no longer serves, kept for the apps that
+-- already call it. A call naming an alias is priced, recorded and sent to the provider as the
+-- card's own model (billing.card_model, the one place a name becomes a card). An alias wins
+-- over earlier cards of its own name: those stay as the record of what they charged, and no list
+-- shows them. Written by migrations; nothing on the request path writes it.
+create table billing.model_aliases (
+  alias text primary key,
+  model text not null,                  -- the card's model (a rate_cards.model that is no alias itself: billing.check_model_alias)
+  created_at timestamptz not null default now(),
+  constraint model_aliases_alias check (alias ~ '^[A-Za-z0-9._:-]{1,64}$'),
+  constraint model_aliases_not_itself check (alias <> model)
+);
+comment on table billing.model_aliases is 'Other names of a rate card''s model: a call naming one is priced, recorded and sent upstream as the card''s model (billing.card_model); the alias''s own earlier cards are history, listed nowhere.';
+alter table billing.model_aliases enable row level security;
+revoke all on table billing.model_aliases from public, anon, authenticated;
+-- Signed-in users read it through billing_api.rate_cards (security_invoker), which leaves aliases out.
+grant select on table billing.model_aliases to authenticated;
+grant select on table billing.model_aliases to service_role;
+
+create index model_aliases_model on billing.model_aliases (model);
+
 create table billing.rate_card_drafts (
   id uuid primary key default gen_random_uuid(),
   model text not null,
@@ -169,9 +190,11 @@ comment on table billing.credit_package_versions is 'Every version of every cred
 alter table billing.credit_package_versions enable row level security;
 grant select on table billing.credit_package_versions to service_role;
 
--- What each model costs the platform, versioned like rate_cards (the same kinds, in USD, no
--- markup). Nothing on the money path reads it: a charge's provider cost is derived from its
--- token counts and the price in effect when it was made (billing.provider_cost, 35-usage-summary.sql).
+-- What each model costs the platform at each upstream, versioned like rate_cards (the same
+-- kinds, in USD, no markup). Nothing on the money path reads it: a charge's provider cost is
+-- derived from its token counts and the price, at the upstream of its model's card, in effect
+-- when it was made (billing.provider_cost, 35-usage-summary.sql). ./scripts/prices compares
+-- these rows with the pinned catalogue (@pydantic/genai-prices) and writes new versions.
 create table billing.provider_prices (
   id bigint generated always as identity primary key,
   model text not null,
@@ -198,13 +221,15 @@ create table billing.provider_prices (
   usd_per_million_cache_write_1h numeric(38, 18), -- null: hour-long cache writes cost the input price
   constraint provider_prices_cache_write_1h_in_range check (coalesce(usd_per_million_cache_write_1h, 0) between 0 and 1000000),
   constraint provider_prices_model check (model ~ '^[A-Za-z0-9._:-]{1,64}$'),
-  constraint provider_prices_model_version unique (model, version)
+  upstream text not null default 'openai',        -- who is paid for the call, as rate_cards.upstream names it
+  constraint provider_prices_upstream check (upstream ~ '^[a-z][a-z0-9-]{0,31}$'),
+  constraint provider_prices_model_upstream_version unique (model, upstream, version)
 );
-comment on table billing.provider_prices is 'Versioned provider prices per model (what a charge costs the platform). A new price is a new version with a later effective_from; rows are never edited.';
+comment on table billing.provider_prices is 'Versioned provider prices per model and upstream (what a charge costs the platform). A new price is a new version with a later effective_from; rows are never edited.';
 alter table billing.provider_prices enable row level security;
 grant select on table billing.provider_prices to service_role;
 
-create index provider_prices_current on billing.provider_prices (model, effective_from desc);
+create index provider_prices_current on billing.provider_prices (model, upstream, effective_from desc);
 
 -- ============================================================ functions
 
@@ -276,6 +301,10 @@ declare
 begin
   if p_reason is null or length(p_reason) not between 1 and 500 then
     perform billing.raise_error('INVALID_RATE_CARD', jsonb_build_object('field', 'reason', 'rule', '1 to 500 characters'));
+  end if;
+  if exists (select 1 from billing.model_aliases a where a.alias = p_card ->> 'model') then
+    perform billing.raise_error('INVALID_RATE_CARD', jsonb_build_object('field', 'model',
+      'rule', 'an alias is priced by its card: draft the card''s model (GET /ai/v1/models: aliases)'));
   end if;
   begin
     insert into billing.rate_card_drafts (model, usd_per_million_input, usd_per_million_cached_input, usd_per_million_output,
@@ -408,7 +437,8 @@ grant execute on function billing.discard_rate_card_draft(p_admin uuid, p_draft 
 -- usage charge of its model in [from, to), re-priced from the token counts the ledger recorded
 -- (price_usage's formula, under the draft's prices), against what was charged. One read-only
 -- statement, grouped: totals, per card version replaced, per organisation (null: students'
--- own accounts), the distribution of the change per student, and the ten most affected.
+-- own accounts), the distribution of the change per student, the ten most affected, and the
+-- margins before and after at the draft's upstream's provider price in effect now.
 -- Moves no money. The formula is linear in the counts, so it runs once per (student,
 -- organisation, card version) on their summed counts rather than once per charge: the same sum
 -- exactly while prices have at most 14 fractional digits (no charge then needs rounding), and
@@ -421,7 +451,7 @@ grant execute on function billing.discard_rate_card_draft(p_admin uuid, p_draft 
 -- hash a year of cells, and no JIT (its compile time exceeds its gain here).
 create or replace function billing.reprice_usage(p_draft uuid, p_from timestamptz, p_to timestamptz)
 returns table (student uuid, org_id uuid, rate_card_id bigint, charges bigint, unpriced bigint, unpriced_before numeric,
-  before numeric, after numeric)
+  before numeric, after numeric, cost_usd numeric)
 language plpgsql stable
 set search_path = ''
 set work_mem = '64MB'
@@ -430,9 +460,11 @@ as $$
 declare
   r billing.rate_card_drafts;
   v_cards bigint[];
+  p billing.provider_prices;
 begin
   select * into r from billing.rate_card_drafts d where d.id = p_draft;
   v_cards := array(select c.id from billing.rate_cards c where c.model = r.model);
+  p := billing.provider_price_at(r.model, r.upstream, now());
   return query
     with cells as materialized ( -- per paying account, member and card version replaced; then who they are
     select coalesce(g.member_id, a.user_id) as student, a.org_id, g.rate_card_id, sum(g.charges)::bigint as charges,
@@ -475,13 +507,24 @@ begin
         billing.usage_amount(k.input_tokens, k.cached_input_tokens, k.output_tokens, k.reasoning_tokens, k.images,
           k.audio_seconds, r.credits_per_input_token, r.credits_per_cached_input_token, r.credits_per_output_token,
           r.credits_per_reasoning_token, r.credits_per_image, r.credits_per_audio_second, k.cache_write_tokens,
-          r.credits_per_cache_write_token, k.cache_write_1h_tokens, r.credits_per_cache_write_1h_token) as after
+          r.credits_per_cache_write_token, k.cache_write_1h_tokens, r.credits_per_cache_write_1h_token) as after,
+        -- What the same counts cost at the draft's upstream's provider price in effect now (null:
+        -- none): billing.provider_cost's formula (35-usage-summary.sql), on the cell's summed counts.
+        case when p.id is not null then round((k.input_tokens * p.usd_per_million_input
+            + k.cached_input_tokens * coalesce(p.usd_per_million_cached_input, p.usd_per_million_input)
+            + k.output_tokens * p.usd_per_million_output
+            + k.reasoning_tokens * coalesce(p.usd_per_million_reasoning, p.usd_per_million_output)
+            + k.cache_write_tokens * coalesce(p.usd_per_million_cache_write, p.usd_per_million_input)
+            + k.cache_write_1h_tokens * coalesce(p.usd_per_million_cache_write_1h, p.usd_per_million_input)) / 1000000
+          + k.images * coalesce(p.usd_per_image, 0) + k.audio_seconds * coalesce(p.usd_per_audio_second, 0), 18)
+        end as cost_usd
       from cells k
     )
-    select p.student, p.org_id, p.rate_card_id, p.charges, p.unpriced, p.unpriced_before, p.before, p.after from priced p;
+    select x.student, x.org_id, x.rate_card_id, x.charges, x.unpriced, x.unpriced_before, x.before, x.after, x.cost_usd
+    from priced x;
 end;
 $$;
-comment on function billing.reprice_usage(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the dry run''s usage charges of a draft''s model in [from, to), per student, organisation and card version, before and under the draft.';
+comment on function billing.reprice_usage(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'Internal: the dry run''s usage charges of a draft''s model in [from, to), per student, organisation and card version, before and under the draft, with their provider cost at the draft''s upstream now (null: no provider price).';
 revoke execute on function billing.reprice_usage(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) from public;
 
 create or replace function billing.simulate_rate_card(p_draft uuid, p_from timestamptz, p_to timestamptz) returns jsonb
@@ -492,11 +535,13 @@ as $$
 declare
   r billing.rate_card_drafts;
   v_answer jsonb;
+  v_price billing.provider_prices;
 begin
   select * into r from billing.rate_card_drafts d where d.id = p_draft;
   if not found then
     perform billing.raise_error('RATE_CARD_DRAFT_NOT_FOUND', jsonb_build_object('draft_id', p_draft));
   end if;
+  v_price := billing.provider_price_at(r.model, r.upstream, now());
   if p_from is null or p_to is null or p_from >= p_to or p_to - p_from > interval '366 days' then
     perform billing.raise_error('INVALID_RANGE', jsonb_build_object('field', 'from', 'rule', 'before to, at most 366 days'));
   end if;
@@ -546,13 +591,28 @@ begin
       'most_affected', coalesce((select jsonb_agg(jsonb_build_object('user_id', m.student, 'charges', m.charges,
           'before', trim_scale(m.before)::text, 'after', trim_scale(m.after)::text, 'change', trim_scale(m.change)::text,
           'change_percent', trim_scale(round(m.ratio * 100, 2))::text) order by abs(m.change) desc, m.student)
-        from (select * from students s order by abs(s.change) desc, s.student limit 10) m), '[]'))
+        from (select * from students s order by abs(s.change) desc, s.student limit 10) m), '[]'),
+      -- Margins before and after, both against what the same counts cost at the draft's upstream's
+      -- provider price in effect now: cost, margin and percentage null (unknown) without one.
+      'margins', (select jsonb_build_object(
+          'provider_price', case when v_price.id is not null then billing.provider_price_json(v_price) end,
+          'cost_usd', case when v_price.id is not null then trim_scale(m.cost)::text end,
+          'before', jsonb_build_object('revenue_usd', trim_scale(m.before * 0.001)::text,
+            'margin_usd', case when v_price.id is not null then trim_scale(m.before * 0.001 - m.cost)::text end,
+            'margin_percent', case when v_price.id is not null and m.before <> 0
+              then trim_scale(round((m.before * 0.001 - m.cost) * 100 / (m.before * 0.001), 2))::text end),
+          'after', jsonb_build_object('revenue_usd', trim_scale(m.after * 0.001)::text,
+            'margin_usd', case when v_price.id is not null then trim_scale(m.after * 0.001 - m.cost)::text end,
+            'margin_percent', case when v_price.id is not null and m.after <> 0
+              then trim_scale(round((m.after * 0.001 - m.cost) * 100 / (m.after * 0.001), 2))::text end))
+        from (select coalesce(sum(c.before), 0) as before, coalesce(sum(c.after), 0) as after,
+                coalesce(sum(c.cost_usd), 0) as cost from priced c) m))
   into v_answer;
   return jsonb_build_object('draft', billing.rate_card_draft_json(r), 'from', billing.json_time(p_from),
     'to', billing.json_time(p_to)) || v_answer;
 end;
 $$;
-comment on function billing.simulate_rate_card(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'The dry run: re-prices every usage charge of the draft''s model in [from, to) under the draft and reports the change (totals, per card version, organisation and student). Moves no money.';
+comment on function billing.simulate_rate_card(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) is 'The dry run: re-prices every usage charge of the draft''s model in [from, to) under the draft and reports the change (totals, per card version, organisation and student) and the margins before and after at the provider price in effect now. Moves no money.';
 revoke execute on function billing.simulate_rate_card(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) from public;
 grant execute on function billing.simulate_rate_card(p_draft uuid, p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
 
@@ -566,6 +626,7 @@ as $$
   select jsonb_build_object(
     'current', coalesce((select jsonb_agg(billing.rate_card_row_json(r) order by r.model) from (
         select distinct on (c.model) c.* from billing.rate_cards c where c.effective_from <= now()
+          and not exists (select 1 from billing.model_aliases a where a.alias = c.model)
         order by c.model, c.effective_from desc, c.version desc) r), '[]'),
     'scheduled', coalesce((select jsonb_agg(billing.rate_card_row_json(r) order by r.effective_from, r.model)
         from billing.rate_cards r where r.effective_from > now()), '[]'),
@@ -579,6 +640,124 @@ $$;
 comment on function billing.rate_cards_overview(p_changes integer) is 'The rate cards in effect and scheduled, the open drafts and the latest audited changes.';
 revoke execute on function billing.rate_cards_overview(p_changes integer) from public;
 grant execute on function billing.rate_cards_overview(p_changes integer) to service_role;
+
+-- A provider price as the catalogue command shows it: prices as exact strings, nulls kept.
+create or replace function billing.provider_price_json(p billing.provider_prices) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('id', p.id::text, 'model', p.model, 'upstream', p.upstream, 'version', p.version,
+    'effective_from', billing.json_time(p.effective_from),
+    'usd_per_million_input', trim_scale(p.usd_per_million_input)::text,
+    'usd_per_million_cached_input', trim_scale(p.usd_per_million_cached_input)::text,
+    'usd_per_million_output', trim_scale(p.usd_per_million_output)::text,
+    'usd_per_million_reasoning', trim_scale(p.usd_per_million_reasoning)::text,
+    'usd_per_million_cache_write', trim_scale(p.usd_per_million_cache_write)::text,
+    'usd_per_million_cache_write_1h', trim_scale(p.usd_per_million_cache_write_1h)::text,
+    'usd_per_image', trim_scale(p.usd_per_image)::text, 'usd_per_audio_second', trim_scale(p.usd_per_audio_second)::text,
+    'source_url', p.source_url, 'source_checked_on', p.source_checked_on)
+$$;
+comment on function billing.provider_price_json(p billing.provider_prices) is 'Internal: a provider price as JSON (exact strings; null: the kind''s default, docs/pricing.md).';
+revoke execute on function billing.provider_price_json(p billing.provider_prices) from public;
+
+-- The provider price of `p_model` at `p_upstream` in effect at `p_at`; null when none.
+create or replace function billing.provider_price_at(p_model text, p_upstream text, p_at timestamptz)
+returns billing.provider_prices
+language sql stable
+set search_path = ''
+as $$
+  select p from billing.provider_prices p
+  where p.model = p_model and p.upstream = p_upstream and p.effective_from <= p_at
+  order by p.effective_from desc, p.version desc limit 1
+$$;
+comment on function billing.provider_price_at(p_model text, p_upstream text, p_at timestamp with time zone) is 'Internal: the provider price of a model at an upstream in effect at a time; null when none.';
+revoke execute on function billing.provider_price_at(p_model text, p_upstream text, p_at timestamp with time zone) from public;
+
+-- ./scripts/prices: every routed model (its card in effect now: model, upstream, kind, prices
+-- and markup) with the provider price at that upstream in effect now (null: none, so its cost
+-- and margin are unknown), in model order.
+create or replace function billing.provider_price_routes() returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(jsonb_build_object('model', r.model, 'upstream', r.upstream, 'kind', r.kind,
+      'rate_card', billing.rate_card_row_json(r),
+      'provider_price', (select billing.provider_price_json(p) from billing.provider_prices p
+        where p.model = r.model and p.upstream = r.upstream and p.effective_from <= now()
+        order by p.effective_from desc, p.version desc limit 1)) order by r.model), '[]')
+  from (select distinct on (c.model) c.* from billing.rate_cards c where c.effective_from <= now()
+          and not exists (select 1 from billing.model_aliases a where a.alias = c.model)
+        order by c.model, c.effective_from desc, c.version desc) r
+$$;
+comment on function billing.provider_price_routes() is 'Every routed model (its card in effect) with its provider price at the card''s upstream in effect now (null: none).';
+revoke execute on function billing.provider_price_routes() from public, anon, authenticated;
+grant execute on function billing.provider_price_routes() to service_role;
+
+-- ./scripts/prices --write: each price given ({model, upstream, usd_per_million_input, …,
+-- source_url, source_checked_on}) becomes the next version of its model at its upstream, in
+-- effect from now, unless the version in effect now has the same prices (then nothing is
+-- written: running it again writes nothing). Versions are numbered per model and upstream
+-- under a lock, as rate cards are. Answers one row a price: {model, upstream, version, written}.
+create or replace function billing.record_provider_prices(p_prices jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_price jsonb;
+  v_new billing.provider_prices;
+  v_now billing.provider_prices;
+  v_out jsonb := '[]'::jsonb;
+begin
+  if jsonb_typeof(p_prices) is distinct from 'array' then
+    perform billing.raise_error('INVALID_PROVIDER_PRICE', jsonb_build_object('rule', 'an array of prices'));
+  end if;
+  for v_price in select * from jsonb_array_elements(p_prices) loop
+    begin
+      v_new := jsonb_populate_record(null::billing.provider_prices, v_price - 'id' - 'version' - 'effective_from'
+        - 'created_at');
+    exception when invalid_text_representation or numeric_value_out_of_range or datetime_field_overflow
+      or invalid_datetime_format then
+      perform billing.raise_error('INVALID_PROVIDER_PRICE', jsonb_build_object('price', v_price,
+        'rule', 'prices from 0 to 1,000,000 USD as numbers or strings'));
+    end;
+    perform pg_advisory_xact_lock(hashtextextended('billing.provider_prices:' || coalesce(v_new.model, '') || ':'
+      || coalesce(v_new.upstream, ''), 0));
+    v_now := billing.provider_price_at(v_new.model, v_new.upstream, now());
+    if v_now.id is not null and (v_now.usd_per_million_input, v_now.usd_per_million_cached_input,
+        v_now.usd_per_million_output, v_now.usd_per_million_reasoning, v_now.usd_per_million_cache_write,
+        v_now.usd_per_million_cache_write_1h, v_now.usd_per_image, v_now.usd_per_audio_second)
+      is not distinct from (v_new.usd_per_million_input, v_new.usd_per_million_cached_input,
+        v_new.usd_per_million_output, v_new.usd_per_million_reasoning, v_new.usd_per_million_cache_write,
+        v_new.usd_per_million_cache_write_1h, v_new.usd_per_image, v_new.usd_per_audio_second) then
+      v_out := v_out || jsonb_build_object('model', v_now.model, 'upstream', v_now.upstream, 'version', v_now.version,
+        'written', false);
+      continue;
+    end if;
+    begin
+      insert into billing.provider_prices (model, upstream, version, usd_per_million_input, usd_per_million_cached_input,
+        usd_per_million_output, usd_per_million_reasoning, usd_per_million_cache_write, usd_per_million_cache_write_1h,
+        usd_per_image, usd_per_audio_second, effective_from, source_url, source_checked_on)
+      select v_new.model, v_new.upstream, coalesce(max(p.version), 0) + 1, v_new.usd_per_million_input,
+        v_new.usd_per_million_cached_input, v_new.usd_per_million_output, v_new.usd_per_million_reasoning,
+        v_new.usd_per_million_cache_write, v_new.usd_per_million_cache_write_1h, v_new.usd_per_image,
+        v_new.usd_per_audio_second, now(), v_new.source_url, coalesce(v_new.source_checked_on, current_date)
+      from billing.provider_prices p where p.model = v_new.model and p.upstream = v_new.upstream
+      returning * into v_new;
+    exception when check_violation or not_null_violation then
+      perform billing.raise_error('INVALID_PROVIDER_PRICE', jsonb_build_object('price', v_price,
+        'rule', 'a model name, an upstream name (a-z, 0-9, -), input and output prices from 0 to 1,000,000 USD'));
+    end;
+    v_out := v_out || jsonb_build_object('model', v_new.model, 'upstream', v_new.upstream, 'version', v_new.version,
+      'written', true);
+  end loop;
+  return v_out;
+end;
+$$;
+comment on function billing.record_provider_prices(p_prices jsonb) is 'Writes each given provider price as the next version of its model at its upstream, from now, unless the one in effect has the same prices; answers {model, upstream, version, written} per price.';
+revoke execute on function billing.record_provider_prices(p_prices jsonb) from public, anon, authenticated;
+grant execute on function billing.record_provider_prices(p_prices jsonb) to service_role;
 
 -- The packages on sale.
 create or replace function billing.list_credit_packages() returns table (id text, name text, price_cents integer, currency text, credits numeric, bonus_credits numeric)
@@ -595,6 +774,27 @@ grant execute on function billing.list_credit_packages() to service_role;
 
 -- ============================================================ triggers
 
+-- An alias names a card's model (rate_cards.model is not unique, so no foreign key), never
+-- another alias, and is no name another alias names: one step from any name to its card.
+create or replace function billing.check_model_alias() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if not exists (select 1 from billing.rate_cards r where r.model = new.model)
+     or exists (select 1 from billing.model_aliases a where a.alias = new.model or a.model = new.alias) then
+    perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('rule',
+      'an alias names a rate card''s model, not another alias, and no alias names it'));
+  end if;
+  return new;
+end;
+$$;
+comment on function billing.check_model_alias() is 'Trigger: an alias names a rate card''s model, never another alias.';
+revoke execute on function billing.check_model_alias() from public;
+
+create trigger model_aliases_name_a_card before insert or update on billing.model_aliases
+  for each row execute function billing.check_model_alias();
+
 create trigger rate_cards_immutable before update or delete on billing.rate_cards
   for each row execute function billing.refuse_ledger_change();
 
@@ -602,6 +802,9 @@ create trigger rate_card_changes_immutable before update or delete on billing.ra
   for each row execute function billing.refuse_ledger_change();
 
 create trigger credit_package_versions_immutable before update or delete on billing.credit_package_versions
+  for each row execute function billing.refuse_ledger_change();
+
+create trigger provider_prices_immutable before update or delete on billing.provider_prices
   for each row execute function billing.refuse_ledger_change();
 
 -- ============================================================ policies
@@ -612,48 +815,50 @@ create policy "Signed-in users can read rate cards" on billing.rate_cards
 create policy "Signed-in users can read active packages" on billing.credit_packages
   for select to authenticated using (active);
 
+create policy "Signed-in users can read model aliases" on billing.model_aliases
+  for select to authenticated using (true);
+
 -- ============================================================ reference rows
 
 insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup, effective_from,
   usd_per_million_cache_write, upstream, kind) values
   ('gpt-4o', 1, 5, 15, 4, '2026-01-01', null, 'openai', 'chat'),
   ('gpt-4o-mini', 1, 0.15, 0.60, 4, '2026-01-01', null, 'openai', 'chat'),
-  ('claude-3-5-haiku', 1, 0.80, 4, 4, '2026-01-01', null, 'openai', 'chat'),
-  -- Version 2 (rows are never edited): served by Anthropic, which bills cache writes.
-  ('claude-3-5-haiku', 2, 0.80, 4, 4, '2026-01-01', 1.00, 'anthropic', 'chat'),
   -- An embedding model: input only (its answer is vectors, billed as nothing), served by the embeddings API only.
   ('text-embedding-3-small', 1, 0.02, 0, 4, '2026-01-01', null, 'openai', 'embedding');
 
 -- Caching in the providers' proportions of the input price (each a new version: rows are never
 -- edited), so a cache read always costs the student less than the input it replaces: OpenAI's
 -- cached input at half the input price for these models; Anthropic's cache read at 0.1×, its
--- 5-minute write at 1.25× and its hour-long write at 2×.
+-- 5-minute write at 1.25× and its hour-long write at 2×. Each reference card's model is an id
+-- its provider's pinned SDK lists (openai's ChatModel and EmbeddingModel, Anthropic's Model).
 insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup, effective_from,
   usd_per_million_cached_input, usd_per_million_cache_write, usd_per_million_cache_write_1h, upstream) values
   ('gpt-4o', 2, 5, 15, 4, '2026-01-01', 2.50, null, null, 'openai'),
   ('gpt-4o-mini', 2, 0.15, 0.60, 4, '2026-01-01', 0.075, null, null, 'openai'),
-  ('claude-3-5-haiku', 3, 0.80, 4, 4, '2026-01-01', 0.08, 1.00, 1.60, 'anthropic');
+  ('claude-haiku-4-5', 1, 1, 5, 4, '2026-01-01', 0.10, 1.25, 2.00, 'anthropic');
+
+-- claude-3-5-haiku, an id Anthropic no longer serves, is Claude Haiku 4.5's card for the apps
+-- that already call it.
+insert into billing.model_aliases (alias, model) values ('claude-3-5-haiku', 'claude-haiku-4-5');
 
 -- What the default rate card's models cost at their providers: each provider's public list price
 -- per million tokens (standard tier; cached input is the provider's cached or cache-hit rate), from
 -- the page named beside it, as read on the day beside it. They cost from the rate cards' first day,
 -- so every charge of these models has a cost. docs/deploy.md § Provider prices says how to keep
 -- them current: a new version with its own effective_from, never an edit.
-insert into billing.provider_prices (model, version, usd_per_million_input, usd_per_million_cached_input,
+insert into billing.provider_prices (model, upstream, version, usd_per_million_input, usd_per_million_cached_input,
   usd_per_million_output, usd_per_million_cache_write, effective_from, source_url, source_checked_on) values
-  ('gpt-4o', 1, 2.50, 1.25, 10.00, null, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24'),
-  ('gpt-4o-mini', 1, 0.15, 0.075, 0.60, null, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24'),
-  ('claude-3-5-haiku', 1, 0.80, 0.08, 4.00, null, '2026-01-01', 'https://docs.anthropic.com/en/docs/about-claude/pricing',
-   '2026-11-24'),
-  ('claude-3-5-haiku', 2, 0.80, 0.08, 4.00, 1.00, '2026-01-01', 'https://docs.anthropic.com/en/docs/about-claude/pricing',
-   '2026-11-24'),
-  ('text-embedding-3-small', 1, 0.02, null, 0, null, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24');
--- Anthropic's hour-long cache writes (2× input) as a version of their own.
-insert into billing.provider_prices (model, version, usd_per_million_input, usd_per_million_cached_input,
+  ('gpt-4o', 'openai', 1, 2.50, 1.25, 10.00, null, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24'),
+  ('gpt-4o-mini', 'openai', 1, 0.15, 0.075, 0.60, null, '2026-01-01', 'https://platform.openai.com/docs/pricing', '2026-11-24'),
+  ('text-embedding-3-small', 'openai', 1, 0.02, null, 0, null, '2026-01-01', 'https://platform.openai.com/docs/pricing',
+   '2026-11-24');
+-- Anthropic's cache reads (0.1× input), 5-minute writes (1.25×) and hour-long writes (2×).
+insert into billing.provider_prices (model, upstream, version, usd_per_million_input, usd_per_million_cached_input,
   usd_per_million_output, usd_per_million_cache_write, usd_per_million_cache_write_1h, effective_from, source_url,
   source_checked_on) values
-  ('claude-3-5-haiku', 3, 0.80, 0.08, 4.00, 1.00, 1.60, '2026-01-01', 'https://docs.anthropic.com/en/docs/about-claude/pricing',
-   '2026-11-26');
+  ('claude-haiku-4-5', 'anthropic', 1, 1.00, 0.10, 5.00, 1.25, 2.00, '2026-01-01',
+   'https://docs.anthropic.com/en/docs/about-claude/pricing', '2026-11-27');
 
 insert into billing.credit_packages (id, name, price_cents, credits, bonus_credits, sort_order) values
   ('mini', 'Mini', 500, 5000, 0, 1),

@@ -21,6 +21,8 @@ create table billing.orgs (
   invoicing_approved_at timestamptz,                 -- an operator let it ask for invoices before a card purchase
   invoicing_approved_by uuid references auth.users (id),
   ai_content_consent boolean not null default false, -- keep the redacted content of the AI calls it pays for (30 days)
+  verified_at timestamptz,                           -- an operator verified it: its wallet answers for its purchases
+  verified_by uuid references auth.users (id),
   constraint orgs_name_length check (length(name) between 1 and 200),
   constraint orgs_funding check (funding in ('allowance', 'pool')),
   constraint orgs_term_order check (term_ends_at is null or term_ends_at > term_started_at)

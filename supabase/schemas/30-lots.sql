@@ -11,6 +11,12 @@
 
 -- ============================================================ tables
 
+-- The spending order (docs/credit-lots.md § Spending order 1): priority, the soonest expiry (a
+-- lot that never expires last), the oldest grant, the id. Compared as a record, a null expiry
+-- sorts after every date. Every drawer, reserver and owe step orders lots by it.
+create type billing.spending_key as (priority integer, expires_at timestamptz, granted_at timestamptz, id bigint);
+comment on type billing.spending_key is 'A lot''s place in the spending order (billing.lots.spending_order).';
+
 create table billing.lots (
   id bigint generated always as identity not null,
   account_id bigint not null,
@@ -38,6 +44,8 @@ create table billing.lots (
   -- into the next; 'promo_code', a promo code redeemed; set by the writer from the granting
   -- call's lot options, a rollover's from the lot it left.
   origin text,
+  -- The one statement of the spending order.
+  spending_order billing.spending_key generated always as (row(priority, expires_at, granted_at, id)::billing.spending_key) stored,
   constraint lots_origin check ((origin = any (array['plan'::text, 'promo_code'::text]))),
   constraint lots_amount_positive check ((amount > (0)::numeric)),
   constraint lots_category check ((category = any (array['paid'::text, 'promotional'::text]))),
@@ -57,6 +65,7 @@ comment on column billing.lots.debt_settled is 'Of the credits this lot brought,
 comment on column billing.lots.reserved is 'Of remaining, what active holds reserved (billing.hold_lots): not drawable, reservable or movable by anything else (see free).';
 comment on column billing.lots.free is 'What may be drawn, reserved or moved: remaining − reserved, none while frozen (docs/credit-lots.md § Spending order 3).';
 comment on column billing.lots.moved_from is 'The lot these credits were moved out of (allowance, sweep): its provenance is this lot''s; null for a grant.';
+comment on column billing.lots.spending_order is 'Where the lot comes in the spending order: (priority, expires_at, granted_at, id), a null expiry last.';
 comment on column billing.lots.applies_to is 'The models (names, or families ending in *) these credits may pay for; null: any (31-lot-applicability.sql). Kept through moves.';
 alter table billing.lots enable row level security;
 grant select on table billing.lots to authenticated;
@@ -210,9 +219,7 @@ begin
     where l.open and l.expires_at <= now()
     group by l.account_id order by min(l.expires_at) limit p_limit
   loop
-    perform 1 from billing.accounts a where a.id = v_account_id for update;
-    perform billing.expire_overdue_holds(v_account_id);
-    v_count := v_count + billing.expire_due_lots(v_account_id);
+    v_count := v_count + billing.expire_due_lots(v_account_id); -- overdue holds end too, in order
   end loop;
   return v_count;
 end;

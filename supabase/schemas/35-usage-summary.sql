@@ -5,9 +5,9 @@
 -- A charge is a debiting transfer of kind usage or hold_capture, from the user's own
 -- account or, for a member, from a school's wallet or allowance (the transfer names the member).
 -- Its model is the transfer's (usage) or its hold's (a job's capture); `other` when neither
--- names one. Tokens count only the charges the ledger priced itself (kind usage, whose token
--- keys it writes over the caller's metadata), so a job's capture's caller-supplied metadata
--- never reaches them.
+-- names one. Tokens count only the counts the ledger wrote itself (billing.charge_counts_tokens:
+-- usage, whose token keys it writes over the caller's metadata, and a gateway call's capture),
+-- so a job's capture's caller-supplied metadata never reaches them.
 --
 -- A void (53-corrections.sql) nets against its charge: the same model, the charge's day, its
 -- credits, tokens and request negative. It is read by when it was made (a void of an old charge
@@ -60,8 +60,10 @@ alter table billing.usage_rollup enable row level security;
 
 -- What a charge cost the platform, in USD: its counts (the ledger's own metadata keys, as
 -- charge_usage and a void write them) times the provider price of `p_model` in effect at
--- `p_at`, rounded to 18 places per charge like its credits; 0 without counts; null (unknown)
--- without a provider price then (docs/pricing.md § Provider cost and margins).
+-- `p_at` at the upstream that served it (a fallback's, named in the metadata as `upstream`;
+-- else the upstream of the model's card in effect then), rounded to 18 places per charge like
+-- its credits; 0 without counts; null (unknown) without a provider price then
+-- (docs/pricing.md § Provider cost and margins).
 create or replace function billing.provider_cost(p_model text, p_at timestamptz, p_metadata jsonb) returns numeric
 language plpgsql stable
 set search_path = ''
@@ -82,12 +84,16 @@ begin
           * coalesce(p.usd_per_million_cache_write_1h, p.usd_per_million_input)) / 1000000
       + coalesce((p_metadata ->> 'images')::numeric, 0) * coalesce(p.usd_per_image, 0)
       + coalesce((p_metadata ->> 'audio_seconds')::numeric, 0) * coalesce(p.usd_per_audio_second, 0), 18)
-    from billing.provider_prices p
-    where p.model = p_model and p.effective_from <= p_at
-    order by p.effective_from desc, p.version desc limit 1);
+    -- The card first, then its upstream's price: each one index probe (a correlated filter on
+    -- the upstream cost half again as much per charge).
+    from (select r.upstream from billing.rate_cards r where r.model = p_model and r.effective_from <= p_at
+          order by r.effective_from desc, r.version desc limit 1) r
+    cross join lateral (select p.* from billing.provider_prices p
+      where p.model = p_model and p.upstream = coalesce(p_metadata ->> 'upstream', r.upstream) and p.effective_from <= p_at
+      order by p.effective_from desc, p.version desc limit 1) p);
 end
 $$;
-comment on function billing.provider_cost(p_model text, p_at timestamp with time zone, p_metadata jsonb) is 'Internal: the provider cost in USD of a charge''s counts at the provider price in effect at p_at (null without one: unknown).';
+comment on function billing.provider_cost(p_model text, p_at timestamp with time zone, p_metadata jsonb) is 'Internal: the provider cost in USD of a charge''s counts at the provider price in effect at p_at, at the upstream that served it (a fallback''s, or the model''s card''s then; null without one: unknown).';
 revoke execute on function billing.provider_cost(p_model text, p_at timestamp with time zone, p_metadata jsonb) from public;
 
 -- A charge's provider cost (null: unknown, its model had no provider price then). Usage and an
@@ -102,11 +108,8 @@ set search_path = ''
 as $$
 begin
   -- PL/pgSQL for the same reason as provider_cost: called once per charge.
-  return billing.provider_cost(p_model, p_at, case
-    when p_kind = 'usage' and p_metadata ? 'reserved'
-      and (p_metadata ->> 'priced')::numeric - p_amount - coalesce((p_metadata ->> 'unbilled')::numeric, 0) > 0 then '{}'
-    when p_kind = 'usage' or (p_kind = 'hold_capture' and p_metadata ? 'ai_call_id') then p_metadata
-    else '{}' end);
+  return billing.provider_cost(p_model, p_at,
+    case when p_kind <> 'void' and billing.charge_counts_tokens(p_kind, p_amount, p_metadata) then p_metadata else '{}' end);
 end
 $$;
 comment on function billing.charge_cost(p_kind billing.transfer_kind, p_model text, p_at timestamp with time zone, p_amount numeric, p_metadata jsonb) is 'Internal: a charge''s provider cost in USD from the ledger''s own counts (null: its model had no provider price then).';
@@ -135,17 +138,17 @@ begin
       cached_input_tokens, reasoning_tokens, images, audio_seconds, cost_usd, uncosted_credits)
     select coalesce(t.member_id, a.user_id), case when t.member_id is not null then a.org_id end, v_day, m.model,
       sum(t.amount), count(*),
-      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
+      coalesce(sum(case when n.counted and jsonb_typeof(t.metadata -> 'input_tokens') = 'number'
         then (t.metadata ->> 'input_tokens')::bigint end), 0),
-      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
+      coalesce(sum(case when n.counted and jsonb_typeof(t.metadata -> 'output_tokens') = 'number'
         then (t.metadata ->> 'output_tokens')::bigint end), 0),
-      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
+      coalesce(sum(case when n.counted and jsonb_typeof(t.metadata -> 'cached_input_tokens') = 'number'
         then (t.metadata ->> 'cached_input_tokens')::bigint end), 0),
-      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
+      coalesce(sum(case when n.counted and jsonb_typeof(t.metadata -> 'reasoning_tokens') = 'number'
         then (t.metadata ->> 'reasoning_tokens')::bigint end), 0),
-      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'images') = 'number'
+      coalesce(sum(case when n.counted and jsonb_typeof(t.metadata -> 'images') = 'number'
         then (t.metadata ->> 'images')::bigint end), 0),
-      coalesce(sum(case when t.kind = 'usage' and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
+      coalesce(sum(case when n.counted and jsonb_typeof(t.metadata -> 'audio_seconds') = 'number'
         then (t.metadata ->> 'audio_seconds')::bigint end), 0),
       coalesce(sum(c.cost), 0), coalesce(sum(t.amount) filter (where c.cost is null), 0)
     from billing.transfers t
@@ -153,6 +156,7 @@ begin
     cross join lateral (select coalesce(t.metadata ->> 'model',
       (select h.metadata ->> 'model' from billing.holds h where h.id = t.hold_id), 'other') as model) m
     cross join lateral (select billing.charge_cost(t.kind, m.model, t.created_at, t.amount, t.metadata) as cost) c
+    cross join lateral (select billing.charge_counts_tokens(t.kind, t.amount, t.metadata) as counted) n
     where t.created_at >= v_day::timestamp at time zone 'UTC' and t.created_at < (v_day + 1)::timestamp at time zone 'UTC'
       and t.kind in ('usage', 'hold_capture') and (t.member_id is not null or a.user_id is not null)
     group by 1, 2, 4;

@@ -69,12 +69,13 @@ set search_path = ''
 as $$
 declare
   v_account_id bigint := billing.ensure_user_account(p_user);
+  v_model text := billing.card_model(p_model);  -- a cap on an alias is its card's
 begin
   perform 1 from billing.accounts a where a.id = v_account_id for update;
   begin
     update billing.spend_caps c set alert_percents = coalesce(array(select distinct x from unnest(p_percents) x order by x), '{}'),
       alerts_fired = '{}', alerts_period = null
-    where c.account_id = v_account_id and c.period = p_period and c.model is not distinct from p_model;
+    where c.account_id = v_account_id and c.period = p_period and c.model is not distinct from v_model;
   exception when check_violation then
     perform billing.raise_error('INVALID_ALERT', jsonb_build_object('field', 'percents',
       'rule', '1, 2, 3, 4, 5, 10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90, 95 or 100'));
@@ -83,7 +84,7 @@ begin
     perform billing.raise_error('CAP_NOT_FOUND', jsonb_build_object('period', p_period)); -- not the model: the caller's text
   end if;
   perform billing.cap_alerts_after(c) from billing.spend_caps c
-  where c.account_id = v_account_id and c.period = p_period and c.model is not distinct from p_model;
+  where c.account_id = v_account_id and c.period = p_period and c.model is not distinct from v_model;
   return billing.get_alerts(p_user);
 end;
 $$;
@@ -134,6 +135,7 @@ as $$
 declare
   v_account_id bigint;
   v_refusal jsonb;
+  v_model text := billing.card_model(p_model);  -- a cap on an alias is its card's
 begin
   if p_owner is null or p_owner not in ('self', 'admin') then
     perform billing.raise_error('INVALID_CAP', jsonb_build_object('field', 'owner', 'rule', 'self or admin'));
@@ -161,12 +163,12 @@ begin
   if p_amount is null then
     delete from billing.spend_caps c
     where c.account_id = v_account_id and c.member_id is null and c.period = p_period
-      and c.model is not distinct from p_model and c.owner = p_owner;
+      and c.model is not distinct from v_model and c.owner = p_owner;
   else
     -- What was spent this period stays spent: under a new time zone it counts in the period
     -- that zone is in now, so a change can make a cap stricter, never looser.
     insert into billing.spend_caps as c (account_id, period, time_zone, model, amount, set_by, owner, period_start)
-    values (v_account_id, p_period, p_time_zone, p_model, p_amount, p_actor, p_owner,
+    values (v_account_id, p_period, p_time_zone, v_model, p_amount, p_actor, p_owner,
             (billing.cap_period(p_period, p_time_zone, now())).starts)
     on conflict (account_id, member_id, period, model, owner) do update
       set amount = excluded.amount, time_zone = excluded.time_zone, set_by = excluded.set_by, updated_at = now(),

@@ -62,6 +62,9 @@ create table billing.purchases (
   gift boolean default false not null,
   tax_cents integer default 0 not null,
   package_version integer not null,
+  -- Paid after an operator verified its organisation: the wallet answers for it, not who paid.
+  wallet_answers boolean default false not null,
+  constraint purchases_wallet_answers check (not wallet_answers or org_id is not null),
   constraint purchases_dispute_status check (((dispute_status is null) or (dispute_status = any (array['open'::text, 'won'::text, 'lost'::text])))),
   constraint purchases_origin check ((origin = any (array['checkout'::text, 'auto_recharge'::text, 'invoice'::text]))),
   constraint purchases_refund_within check (((amount_refunded_cents >= 0) and (amount_refunded_cents <= (price_cents + tax_cents)))),
@@ -253,7 +256,9 @@ begin
         null, billing.purchase_metadata(p), jsonb_build_object('category', 'promotional', 'currency', p.currency,
           'purchase_id', p.id), v_credited);
     end if;
-    update billing.purchases x set status = 'paid', paid_at = now(), tax_cents = v_tax, updated_at = now()
+    -- Who answers for it is settled as it is paid: verifying the school later moves no old payment.
+    update billing.purchases x set status = 'paid', paid_at = now(), tax_cents = v_tax, updated_at = now(),
+      wallet_answers = exists (select 1 from billing.orgs o where o.id = p.org_id and o.verified_at is not null)
     where x.id = p.id returning * into p;
     update billing.recharges r set status = 'succeeded', payment_intent_id = p_state ->> 'payment_intent', updated_at = now()
     where r.purchase_id = p.id;
@@ -509,12 +514,18 @@ comment on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_cat
 revoke execute on function billing.purchase_expiry_unforgiven(p_purchase_id uuid, p_category text) from public;
 
 create or replace function billing.purchase_buyer(p_purchase_id uuid) returns bigint
-language sql stable
+language plpgsql
 set search_path = ''
 as $$
-  select a.id from billing.purchases p join billing.accounts a
-    on (p.org_id is null and a.user_id = p.user_id and a.org_id is null) or (a.org_id = p.org_id and a.member_id is null)
-  where p.id = p_purchase_id
+declare
+  p billing.purchases;
+begin
+  select * into p from billing.purchases x where x.id = p_purchase_id;
+  if p.wallet_answers then
+    return billing.org_wallet_id(p.org_id);
+  end if;
+  return billing.ensure_user_account(p.user_id);
+end;
 $$;
-comment on function billing.purchase_buyer(p_purchase_id uuid) is 'Internal: the account that bought a purchase: the student''s own, or the school''s wallet.';
+comment on function billing.purchase_buyer(p_purchase_id uuid) is 'Internal: the account that answers for a purchase at a refund or dispute: the paying user''s own (created if need be), or the wallet of an organisation verified before it was paid (purchases.wallet_answers).';
 revoke execute on function billing.purchase_buyer(p_purchase_id uuid) from public;

@@ -13,6 +13,8 @@ create table billing.lot_take_backs (
   purchase_id uuid references billing.purchases (id),
   invoice_id text,                                -- a plan invoice's (billing.plan_grants), instead of a purchase
   reference text, correlation_id text, metadata jsonb,  -- the reversals', as the refund's or dispute's own
+  -- A claim (billing.owe_lack's) is what the buyer owes already; else what the refund takes of the lot.
+  claim boolean not null default false,
   constraint lot_take_backs_pkey primary key (hold_id, lot_id, take_key),
   constraint lot_take_backs_valid check (amount > 0 and kind in ('refund_reversal', 'dispute_reversal')),
   constraint lot_take_backs_source check ((purchase_id is null) <> (invoice_id is null))
@@ -22,9 +24,11 @@ alter table billing.lot_take_backs enable row level security;
 revoke all on table billing.lot_take_backs from public, anon, authenticated;
 
 -- What the lots lack: what expired left as breakage already and is forgiven, once; the rest was spent,
--- owed by the buyer (credits for any model, then debt), never by a redeemer or a member.
+-- owed by the buyer (credits for any model, then debt), never by a redeemer or a member. What a
+-- claim could not take (p_forgive false) was owed already: nothing of it is forgiven.
 create or replace function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text,
-  p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb)
+  p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb,
+  p_forgive boolean default true)
 returns void
 language plpgsql
 set search_path = ''
@@ -36,13 +40,13 @@ declare
   v_take numeric(38, 18);
   r record;
 begin
-  if p_amount > 0 and p_invoice_id is not null then
+  if p_forgive and p_amount > 0 and p_invoice_id is not null then
     -- A plan's grant, read as rows (plans sit above this file): its lots and rollovers.
     select least(p_amount, billing.lots_expired(billing.lot_lineage(g.lot_id)) - g.expiry_forgiven) into v_forgive
     from billing.plan_grants g where g.invoice_id = p_invoice_id;
     update billing.plan_grants g set expiry_forgiven = g.expiry_forgiven + v_forgive
     where g.invoice_id = p_invoice_id and v_forgive > 0;
-  elsif p_amount > 0 then
+  elsif p_forgive and p_amount > 0 then
     v_forgive := least(p_amount, billing.purchase_expiry_unforgiven(p_purchase_id, p_category));
     v_paid := case p_category when 'paid' then v_forgive when 'promotional' then 0
                 else least(v_forgive, billing.purchase_expiry_unforgiven(p_purchase_id, 'paid')) end;
@@ -62,14 +66,14 @@ begin
                                                      where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0) as unclaimed
     from billing.hold_lots x join billing.holds h on h.id = x.hold_id and h.status = 'active'
     join billing.lots l on l.id = x.lot_id and l.applies_to is null
-    where h.account_id = p_buyer order by l.priority, l.expires_at nulls last, l.granted_at, l.id, h.created_at, h.id
+    where h.account_id = p_buyer order by l.spending_order, h.created_at, h.id
   loop
     exit when v_left <= 0;
     v_take := least(v_left, greatest(r.unclaimed, 0));
     insert into billing.lot_take_backs (hold_id, lot_id, take_key, amount, kind, buyer_id, purchase_id, invoice_id,
-      reference, correlation_id, metadata)
+      reference, correlation_id, metadata, claim)
     select r.hold_id, r.lot_id, p_key, v_take, p_kind, p_buyer, p_purchase_id, p_invoice_id, p_reference,
-      p_correlation_id, p_metadata where v_take > 0;
+      p_correlation_id, p_metadata, true where v_take > 0;
     v_left := v_left - v_take;
     p_amount := p_amount - v_take;
   end loop;
@@ -79,8 +83,8 @@ begin
   from billing.accounts a where a.id = p_buyer and p_amount > 0;
 end;
 $$;
-comment on function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb) is 'Internal: what a purchase''s (or plan invoice''s) lots lack at a refund or lost dispute: the part that expired forgiven (recorded), the rest reversed from the buyer (credits for any model, then debt).';
-revoke execute on function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb) from public;
+comment on function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_forgive boolean) is 'Internal: what a purchase''s (or plan invoice''s) lots lack at a refund or lost dispute: the part that expired forgiven (recorded; nothing when p_forgive is false, a claim owed already), the rest reversed from the buyer (credits for any model, then debt).';
+revoke execute on function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_forgive boolean) from public;
 
 -- The accounts the lots are in, locked in id order and settled (a hold past its TTL lapses, a
 -- due lot expires); then, the buyer's first, the lots' free credits at once (a reversal in the
@@ -138,9 +142,11 @@ comment on function billing.take_back_lots(p_lots bigint[], p_buyer bigint, p_am
 revoke execute on function billing.take_back_lots(p_lots bigint[], p_buyer bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_purchase_id uuid, p_invoice_id text) from public;
 
 -- Told by what ended a hold (12-holds, 11-ledger-due: captured, released, timed out, shrunk to
--- nothing), under its account lock: the take-backs refunds left pending on it. Of what it reserved
--- of a lot (hold_lots; else what was claimed), what it returned is taken back, what its capture
--- drew is owed by the buyer (forgiven if expired); the buyer's lock is taken after.
+-- nothing) or shrank it (a lot it reserved expired or rolled over), under its account lock: the
+-- take-backs refunds left pending on it (on a live hold, those of the lots it gave up). Of what it
+-- reserved of a lot (hold_lots; else what was claimed), what it returned is taken back, what its
+-- capture drew or the lot's expiry took is owed by the buyer (forgiven if expired, but for a
+-- claim, owed already); the buyer's lock is taken after.
 create or replace function billing.hold_ended(p_hold_id uuid) returns void
 language plpgsql
 set search_path = ''
@@ -151,9 +157,21 @@ declare
   v_returned numeric(38, 18);                     -- of the lot, what the hold returned and no claim took yet
   v_give numeric(38, 18);
 begin
-  for t in select * from billing.lot_take_backs x where x.hold_id = p_hold_id order by x.lot_id, x.take_key loop
+  -- Of each lot, what the refunds take first, then the claims of what the buyer owed (as their keys came).
+  for t in
+    select x.* from billing.lot_take_backs x join billing.holds h on h.id = x.hold_id
+    join billing.lots g on g.id = x.lot_id
+    where x.hold_id = p_hold_id and (h.status <> 'active' or not g.open)
+    order by x.lot_id, x.claim, x.take_key
+  loop
     if l.id is distinct from t.lot_id then
       select * into l from billing.lots x where x.id = t.lot_id;
+      -- A lot due before the hold ended is expired first (expire_due_lots orders the two): what
+      -- the hold returns of it is expired, never free to pay a take-back.
+      if l.open and l.expires_at <= now() and (select h.status <> 'expired' or l.expires_at < h.expires_at
+                                                from billing.holds h where h.id = p_hold_id) then
+        raise exception 'hold % ended before its due lot % expired', p_hold_id, l.id;
+      end if;
       v_returned := coalesce((select x.amount from billing.hold_lots x where x.hold_id = p_hold_id and x.lot_id = l.id),
           (select sum(y.amount) from billing.lot_take_backs y where y.hold_id = p_hold_id and y.lot_id = l.id))
         - coalesce((select sum(la.amount) from billing.lot_allocations la join billing.holds h
@@ -168,12 +186,13 @@ begin
       array[l.id], a.id)
     from billing.accounts a where a.id = l.account_id and v_give > 0;
     perform billing.owe_lack(t.buyer_id, t.amount - v_give, t.purchase_id, t.invoice_id, l.category, t.kind,
-      t.take_key || ':held:' || p_hold_id || ':' || l.id || ':owed', t.reference, t.correlation_id, t.metadata);
+      t.take_key || ':held:' || p_hold_id || ':' || l.id || ':owed', t.reference, t.correlation_id, t.metadata, not t.claim);
   end loop;
-  delete from billing.lot_take_backs x where x.hold_id = p_hold_id;
+  delete from billing.lot_take_backs x using billing.holds h, billing.lots g
+  where x.hold_id = p_hold_id and h.id = x.hold_id and g.id = x.lot_id and (h.status <> 'active' or not g.open);
 end;
 $$;
-comment on function billing.hold_ended(p_hold_id uuid) is 'Internal: called when a hold ends, under its account lock: the take-backs pending on it (billing.lot_take_backs): what it returned of each lot taken back from the lot, what it drew owed by the buyer (forgiven if expired).';
+comment on function billing.hold_ended(p_hold_id uuid) is 'Internal: called when a hold ends or gives way, under its account lock: the take-backs pending on it (billing.lot_take_backs; a live hold''s, on the lots it gave up): what it returned of each lot taken back from the lot, what it drew owed by the buyer (forgiven if expired, but a claim).';
 revoke execute on function billing.hold_ended(p_hold_id uuid) from public;
 
 create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text,
@@ -278,8 +297,8 @@ begin
   -- rest taken back as a refund (a later refund takes nothing again, above).
   if v_dispute is not null and coalesce(p.dispute_status, 'open') = 'open' then
     if v_dispute = 'open' then
-      -- The buyer's own card stops; a school's purchase stops no one's (its admin's card is theirs).
-      perform billing.stop_off_session_charges(p.user_id, p_state ->> 'dispute_id') where p.org_id is null;
+      -- The payer's off-session charges stop, unless a verified school answers for its purchase.
+      perform billing.stop_off_session_charges(p.user_id, p_state ->> 'dispute_id') where not p.wallet_answers;
       perform billing.settle_account(a.id) from (select a.id from billing.accounts a where a.id in
         (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open) order by a.id for update) a;
     elsif v_dispute = 'lost' then

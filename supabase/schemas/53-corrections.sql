@@ -201,7 +201,7 @@ begin
     -- What the summaries net the void against: the charge's model, day and tokens.
     jsonb_strip_nulls(jsonb_build_object('charge_id', p_charge_id::text, 'charge_kind', v_charge.kind,
       'charged_at', v_charge.created_at, 'model', v_model, 'reason', p_reason, 'run_id', p_run_id))
-      || case when v_charge.kind = 'usage' then (
+      || case when billing.charge_counts_tokens(v_charge.kind, v_charge.amount, v_charge.metadata) then (
         select coalesce(jsonb_object_agg(k, v_charge.metadata -> k), '{}') from unnest(array['input_tokens',
           'output_tokens', 'cached_input_tokens', 'reasoning_tokens', 'images', 'audio_seconds']) k
         where jsonb_typeof(v_charge.metadata -> k) = 'number') else '{}' end,

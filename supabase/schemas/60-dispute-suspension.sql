@@ -4,13 +4,14 @@
 -- money path and organisation action that checks standing. It reads the dispute status the
 -- dispute handlers keep (51-refunds-disputes.sql, 57-plan-credits.sql), so nothing is copied
 -- and won or lost lifts the suspension in the same transaction. An organisation's purchase
--- (org_id set) suspends no one: only its lots freeze. These indexes keep that read to two
--- lookups of open disputes, on every money request.
+-- suspends the admin who paid it, unless an operator verified the organisation before it was
+-- paid (purchases.wallet_answers). These indexes keep that read to two lookups of open disputes, on
+-- every money request.
 
 -- ============================================================ indexes
 
 create index purchases_open_dispute_buyer on billing.purchases (user_id)
-  where dispute_status = 'open' and org_id is null;
+  where dispute_status = 'open';
 
 create index plan_grants_open_dispute on billing.plan_grants (subscription_id)
   where dispute_status = 'open';

@@ -19,7 +19,7 @@ create table billing.ai_calls (
   request_hash text,                   -- SHA-256 of the request: one key, one request; null: refused
   model text,                          -- the rate card's model, the one the provider is asked for; null: a refused name not on it
   endpoint text not null default 'chat', -- the API the caller spoke: chat, responses, messages, embeddings
-  upstream text,                       -- the rate card's upstream the call was sent to
+  upstream text,                       -- the upstream that answered (the card's, or a fallback after it failed); failed: the last tried
   stream boolean not null default false, -- the caller asked for a streamed answer
   org_id uuid,                         -- the school whose wallet or allowance the hold drew on; null: the student's own credits
   prompt_tokens bigint not null,       -- counted by the gateway before the call
@@ -44,6 +44,8 @@ create table billing.ai_calls (
   created_at timestamptz not null default now(),
   finished_at timestamptz,
   expires_at timestamptz not null default now() + interval '24 hours',
+  attempts jsonb,                      -- upstreams that failed before the first byte, in order: [{upstream, failure, status, ms}]; null: none (what any billed is the operator's cost)
+  tail_ms integer,                     -- from the provider's last answer byte to the settling statement (the gateway's own time after the provider)
   constraint ai_calls_status check (status in ('held', 'charged', 'failed', 'refused')),
   constraint ai_calls_usage_source check (usage_source in ('provider', 'tokenizer')),
   constraint ai_calls_finished check ((status = 'held') = (finished_at is null)),
@@ -54,7 +56,7 @@ create table billing.ai_calls (
                                                              and model is not null)),
   constraint ai_calls_refused check (status <> 'refused' or (failure is not null and hold_id is null)),
   constraint ai_calls_codes check (length(failure) <= 64 and length(finish_reason) <= 64),
-  constraint ai_calls_times check (first_token_ms >= 0 and duration_ms >= 0)
+  constraint ai_calls_times check (first_token_ms >= 0 and duration_ms >= 0 and tail_ms >= 0)
 );
 comment on table billing.ai_calls is 'Every gateway call, one record each (docs/ai-gateway.md, "The call log"): refused, failed or charged, its timings, usage, charge and ledger transfer. A failed or refused call charged nothing. Kept 180 days, then rolled up into ai_call_days.';
 alter table billing.ai_calls enable row level security;
@@ -177,14 +179,17 @@ begin
   if v.has_list then
     return query select m.model, v.user_plan from billing.model_access m where m.plan_id is not distinct from v.list_plan;
   else
-    return query select distinct r.model, v.user_plan from billing.rate_cards r where r.effective_from <= now();
+    -- An alias is its card's other name, not a model of its own (billing.model_aliases).
+    return query select distinct r.model, v.user_plan from billing.rate_cards r where r.effective_from <= now()
+      and not exists (select 1 from billing.model_aliases x where x.alias = r.model);
   end if;
 end;
 $$;
 comment on function billing.allowed_models(p_user uuid) is 'Internal: the models a user may call (their plan''s list, else the default list, else every priced model).';
 revoke execute on function billing.allowed_models(p_user uuid) from public;
 
--- Whether `p_user` may call `p_model`: the same rule, by index lookups (the gateway's hot path).
+-- Whether `p_user` may call `p_model` (a card's model: callers resolve an alias first,
+-- billing.card_model): the same rule, by index lookups (the gateway's hot path).
 create or replace function billing.model_allowed(p_user uuid, p_model text) returns boolean
 language plpgsql stable
 set search_path = ''
@@ -202,9 +207,10 @@ $$;
 comment on function billing.model_allowed(p_user uuid, p_model text) is 'Internal: whether a user may call a model (the rule of model_list_of).';
 revoke execute on function billing.model_allowed(p_user uuid, p_model text) from public;
 
--- GET /ai/v1/models: each model the caller may call, with its kind, the APIs its kind is served
--- by (the gateway keeps those its upstream speaks) and its current price per unit of each kind
--- of token (credits, exact). Works whatever the balance: a student over budget still sees the list.
+-- GET /ai/v1/models: each model the caller may call, once, with the other names it answers to
+-- (billing.model_aliases), its kind, the APIs its kind is served by (the gateway keeps those its
+-- upstream speaks) and its current price per unit of each kind of token (credits, exact). Works
+-- whatever the balance: a student over budget still sees the list.
 create or replace function billing.list_ai_models(p_user uuid) returns jsonb
 language plpgsql stable
 security definer
@@ -214,6 +220,8 @@ begin
   return coalesce((
     select jsonb_agg(jsonb_build_object('id', c.model, 'object', 'model', 'created', extract(epoch from c.effective_from)::bigint,
       'owned_by', 'scholarlink', 'upstream', c.upstream, 'kind', c.kind,
+      'aliases', coalesce((select jsonb_agg(x.alias order by x.alias) from billing.model_aliases x where x.model = c.model),
+        '[]'::jsonb),
       'endpoints', to_jsonb(billing.model_kind_endpoints(c.kind)), 'plan_id', a.plan_id, 'rate_card_version', c.version,
       'pricing', jsonb_strip_nulls(jsonb_build_object(
         'input_token', trim_scale(c.credits_per_input_token)::text,
@@ -229,12 +237,13 @@ begin
                         order by r.effective_from desc, r.version desc limit 1) c), '[]'::jsonb);
 end;
 $$;
-comment on function billing.list_ai_models(p_user uuid) is 'GET /ai/v1/models: the models a user may call, each with its kind, the APIs its kind is served by and its rate card''s price per kind of token.';
+comment on function billing.list_ai_models(p_user uuid) is 'GET /ai/v1/models: the models a user may call, each once with its aliases, its kind, the APIs its kind is served by and its rate card''s price per kind of token.';
 revoke execute on function billing.list_ai_models(p_user uuid) from public, anon, authenticated;
 grant execute on function billing.list_ai_models(p_user uuid) to service_role;
 
 -- PUT /admin/model-access: replaces one list (a plan's, or the default with p_plan null); an
--- empty list removes it (the plan falls back to the default, the default to every model).
+-- empty list removes it (the plan falls back to the default, the default to every model). An
+-- alias given is kept as its card's model, so the list allows both names.
 create or replace function billing.set_model_access(p_admin uuid, p_plan text, p_models text[]) returns jsonb
 language plpgsql
 security definer
@@ -254,7 +263,7 @@ begin
   end if;
   delete from billing.model_access m where m.plan_id is not distinct from p_plan;
   insert into billing.model_access (plan_id, model, set_by)
-  select p_plan, m, p_admin from (select distinct unnest(p_models) as m) x;
+  select p_plan, m, p_admin from (select distinct billing.card_model(n) as m from unnest(p_models) n) x;
   return jsonb_build_object('plan_id', p_plan,
     'models', coalesce((select jsonb_agg(m.model order by m.model) from billing.model_access m
                         where m.plan_id is not distinct from p_plan), '[]'::jsonb));
@@ -357,7 +366,7 @@ declare
 begin
   select billing.card_hold_amount(r, p_input, p_output, p_writes_cache) into v_amount
   from billing.rate_cards r
-  where r.model = p_model and r.effective_from <= now()
+  where r.model = billing.card_model(p_model) and r.effective_from <= now()
   order by r.effective_from desc, r.version desc limit 1;
   if v_amount is null then
     perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
@@ -385,11 +394,11 @@ declare
   v_card billing.rate_cards;
   v_refusal jsonb;
 begin
-  select * into v_card from billing.rate_cards r where r.model = p_model and r.effective_from <= now()
+  select * into v_card from billing.rate_cards r where r.model = billing.card_model(p_model) and r.effective_from <= now()
   order by r.effective_from desc, r.version desc limit 1;
   if v_card.id is null then
     perform billing.raise_error('UNKNOWN_MODEL', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
-  elsif p_user is not null and not billing.model_allowed(p_user, p_model) then
+  elsif p_user is not null and not billing.model_allowed(p_user, v_card.model) then
     perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
   end if;
   v_refusal := billing.ai_card_refusal(v_card, p_endpoint, coalesce(p_upstreams, array[v_card.upstream]));
@@ -409,9 +418,9 @@ set search_path = ''
 as $$
 begin
   return jsonb_build_object('call_id', c.id, 'status', c.status, 'model', c.model,
-    'endpoint', c.endpoint, 'upstream', c.upstream,
+    'endpoint', c.endpoint, 'upstream', c.upstream, 'attempts', c.attempts, 'max_output_tokens', c.max_output_tokens,
     'charged', trim_scale(coalesce(c.charged, 0))::text, 'usage', c.usage, 'usage_source', c.usage_source,
-    'transfer_id', c.transfer_id::text, 'failure', c.failure, 'answer', c.answer);
+    'transfer_id', c.transfer_id::text, 'failure', c.failure, 'tail_ms', c.tail_ms, 'answer', c.answer);
 end;
 $$;
 comment on function billing.ai_call_json(c billing.ai_calls) is 'Internal: a call as the gateway reads it back.';
@@ -511,7 +520,8 @@ $$;
 comment on function billing.pay_ai_owed(p_user uuid) is 'Internal: charges what a user''s earlier AI calls and metered jobs cost beyond what could be charged then; refuses (402, reason unbilled_usage) when it cannot.';
 revoke execute on function billing.pay_ai_owed(p_user uuid) from public;
 
--- Before the provider is called: {state: 'held', call_id, hold_id, held, upstream} to go ahead,
+-- Before the provider is called: {state: 'held', call_id, hold_id, held, model, upstream} to go
+-- ahead (model: the card's own, what the provider is asked for, though `p_model` named an alias),
 -- {state: 'replay', call} for a key already answered, or a refusal, {state: 'refused', token,
 -- detail}, already recorded (billing.refuse_ai_call; `p_elapsed_ms`: the call's time before this
 -- statement): the caller's standing, the model, a model whose kind the endpoint does not serve
@@ -524,7 +534,7 @@ revoke execute on function billing.pay_ai_owed(p_user uuid) from public;
 create or replace function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint,
   p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text default 'chat',
   p_upstreams text[] default array['openai'], p_writes_cache boolean default false, p_stream boolean default false,
-  p_elapsed_ms integer default 0, p_writes_cache_1h boolean default false)
+  p_elapsed_ms integer default 0, p_writes_cache_1h boolean default false, p_min_output_tokens bigint default null)
 returns jsonb
 language plpgsql
 security definer
@@ -536,22 +546,25 @@ declare
   v_card billing.rate_cards;
   v_amount numeric;
   v_hold billing.hold_result;
+  v_granted bigint := p_max_output_tokens;        -- the answer's maximum the hold pays for
   v_org uuid;
   v_detail text;
   v_id uuid;
 begin
   if v_refusal is null then
-    select * into v_card from billing.rate_cards r where r.model = p_model and r.effective_from <= now()
+    -- From here the call is its card's: an alias (billing.model_aliases) is priced, recorded
+    -- and sent to the provider as the card's own model.
+    select * into v_card from billing.rate_cards r where r.model = billing.card_model(p_model) and r.effective_from <= now()
     order by r.effective_from desc, r.version desc limit 1;
     v_refusal := case
-      when v_card.id is null or not billing.model_allowed(p_user, p_model) then jsonb_build_object(
+      when v_card.id is null or not billing.model_allowed(p_user, v_card.model) then jsonb_build_object(
         'token', case when v_card.id is not null then 'MODEL_NOT_ALLOWED' else 'UNKNOWN_MODEL' end,
         'detail', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'))
       else coalesce(billing.ai_card_refusal(v_card, p_endpoint, p_upstreams),
         case when p_writes_cache and v_card.usd_per_million_cache_write is null then jsonb_build_object(
-          'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_tokens'))
+          'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', v_card.model, 'kind', 'cache_write_tokens'))
         when p_writes_cache_1h and v_card.usd_per_million_cache_write_1h is null then jsonb_build_object(
-          'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', p_model, 'kind', 'cache_write_1h_tokens')) end)
+          'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', v_card.model, 'kind', 'cache_write_1h_tokens')) end)
     end;
   end if;
   if v_refusal is null then
@@ -563,9 +576,19 @@ begin
         v_amount := billing.card_hold_amount(v_card, p_prompt_tokens, p_max_output_tokens, p_writes_cache,
           p_writes_cache_1h);
         -- Caps (per model too), school wallets, allowances and pools apply as to any hold. Only
-        -- amounts and the model reach a refusal's detail, never the caller's text.
+        -- amounts and the model reach a refusal's detail, never the caller's text. Given a
+        -- minimum answer, the hold is the most that fits (docs/ai-gateway.md § The last credits)
+        -- in whole tokens of answer, and the answer's maximum is what it pays for: the hold is the
+        -- price of the prompt and that answer, never the paying account's figure.
         v_hold := billing.reserve_hold(p_user, v_amount, 'ai:' || v_id, p_ttl_seconds, 'ai', 'ai:' || v_id,
-          jsonb_build_object('model', p_model, 'ai_call_id', v_id));
+          jsonb_build_object('model', v_card.model, 'ai_call_id', v_id),
+          billing.card_hold_amount(v_card, p_prompt_tokens, least(p_min_output_tokens, p_max_output_tokens),
+            p_writes_cache, p_writes_cache_1h), greatest(v_card.credits_per_output_token, v_card.credits_per_reasoning_token));
+        if v_hold.amount < v_amount then
+          v_granted := greatest(least(p_min_output_tokens, p_max_output_tokens),
+            floor((v_hold.amount - billing.card_hold_amount(v_card, p_prompt_tokens, 0, p_writes_cache, p_writes_cache_1h))
+              / greatest(v_card.credits_per_output_token, v_card.credits_per_reasoning_token)));
+        end if;
         -- Who pays (a school's wallet or allowance, or the student) and whether the content may
         -- be kept (docs/ai-gateway.md, "Content, only with consent"): the call's record is
         -- written once, with them. A duplicate that claimed the key meanwhile committed first
@@ -574,7 +597,7 @@ begin
         where h.id = v_hold.hold_id;
         insert into billing.ai_calls (id, user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens,
           endpoint, upstream, stream, hold_id, org_id, keep_content)
-        values (v_id, p_user, p_key, p_request_hash, p_model, p_prompt_tokens, p_max_output_tokens, p_endpoint,
+        values (v_id, p_user, p_key, p_request_hash, v_card.model, p_prompt_tokens, v_granted, p_endpoint,
           v_card.upstream, p_stream, v_hold.hold_id, v_org, billing.content_consented(p_user, v_org))
         on conflict (user_id, idempotency_key) where status <> 'failed' do nothing
         returning * into v_call;
@@ -619,12 +642,13 @@ begin
     return v_refusal || jsonb_build_object('state', 'refused');
   end if;
   return jsonb_build_object('state', 'held', 'call_id', v_call.id, 'hold_id', v_hold.hold_id,
-    'held', trim_scale(v_amount)::text, 'upstream', v_card.upstream, 'keep_content', v_call.keep_content);
+    'held', trim_scale(v_hold.amount)::text, 'max_output_tokens', v_granted, 'model', v_card.model,
+    'upstream', v_card.upstream, 'keep_content', v_call.keep_content);
 end;
 $$;
-comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean) is 'Gateway: checks the model is allowed and served on the endpoint (its kind and its upstream), claims the call''s key and holds the dearest price of the prompt plus the largest answer; answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
-revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean) from public, anon, authenticated;
-grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean) to service_role;
+comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint) is 'Gateway: checks the model is allowed and served on the endpoint (its kind and its upstream), claims the call''s key and holds the dearest price of the prompt plus the largest answer (given p_min_output_tokens, the largest answer that fits, at least that: max_output_tokens in the answer); answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
+revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint) from public, anon, authenticated;
+grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint) to service_role;
 
 -- A call, locked: finishing and failing it are one at a time (the second answers the first).
 create or replace function billing.lock_ai_call(p_call uuid) returns billing.ai_calls
@@ -693,7 +717,10 @@ begin
     || case when (p_usage ->> 'cache_write_1h_tokens')::bigint > 0
          then jsonb_build_object('cache_write_1h_tokens', (p_usage ->> 'cache_write_1h_tokens')::bigint)
          else '{}'::jsonb end
-    || case when p_failed then jsonb_build_object('failed', true, 'failed_by', 'gateway') else '{}'::jsonb end;
+    || case when p_failed then jsonb_build_object('failed', true, 'failed_by', 'gateway') else '{}'::jsonb end
+    -- A fallback upstream answered: its provider price is what the call cost (billing.provider_cost).
+    || case when p_report ->> 'upstream' <> v_call.upstream
+         then jsonb_build_object('upstream', p_report ->> 'upstream') else '{}'::jsonb end;
   v_charged := billing.charge_hold_at(v_hold.id, v_call.user_id, v_price.amount, v_price.rate_card_id,
     'ai-overage:' || v_call.id, 'ai:' || v_call.id,
     v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version), v_facts);
@@ -713,12 +740,14 @@ begin
     perform billing.set_alert('ai_call_cost_nothing', true, 'An AI call succeeded and cost nothing',
       jsonb_build_object('model', v_call.model, 'call_id', v_call.id, 'usage_source', p_source));
   end if;
-  update billing.ai_calls c set status = 'charged', usage = v_facts - 'model' - 'ai_call_id' - 'usage_source',
+  update billing.ai_calls c set status = 'charged', usage = v_facts - 'model' - 'ai_call_id' - 'usage_source' - 'upstream',
     usage_source = p_source, charged = v_charged.captured + v_charged.overage, transfer_id = v_charged.transfer_id,
     answer = case when not c.content_deleted then p_answer end, unbilled = v_unbilled,
     finished_at = now(), failure = case when p_failed then 'PROVIDER_FAILED_AFTER_USAGE' end,
+    upstream = coalesce(p_report ->> 'upstream', c.upstream), attempts = nullif(p_report -> 'attempts', '[]'),
     upstream_status = (p_report ->> 'upstream_status')::integer, first_token_ms = (p_report ->> 'first_token_ms')::integer,
-    duration_ms = (p_report ->> 'duration_ms')::integer, finish_reason = left(p_report ->> 'finish_reason', 64),
+    duration_ms = (p_report ->> 'duration_ms')::integer, tail_ms = (p_report ->> 'tail_ms')::integer,
+    finish_reason = left(p_report ->> 'finish_reason', 64),
     client_left = coalesce((p_report ->> 'client_left')::boolean, false)
   where c.id = p_call returning * into v_call;
   perform billing.keep_ai_content(v_call, p_report -> 'content');
@@ -744,8 +773,10 @@ begin
       perform billing.release_hold(null, v_call.hold_id);
     end if;
     update billing.ai_calls c set status = 'failed', failure = p_failure, finished_at = now(),
+      upstream = coalesce(p_report ->> 'upstream', c.upstream), attempts = nullif(p_report -> 'attempts', '[]'),
       upstream_status = (p_report ->> 'upstream_status')::integer, first_token_ms = (p_report ->> 'first_token_ms')::integer,
-      duration_ms = (p_report ->> 'duration_ms')::integer, client_left = coalesce((p_report ->> 'client_left')::boolean, false)
+      duration_ms = (p_report ->> 'duration_ms')::integer, tail_ms = (p_report ->> 'tail_ms')::integer,
+      client_left = coalesce((p_report ->> 'client_left')::boolean, false)
     where c.id = p_call returning * into v_call;
     perform billing.keep_ai_content(v_call, p_report -> 'content');
   end if;

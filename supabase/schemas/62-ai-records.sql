@@ -56,10 +56,11 @@ set search_path = ''
 as $$
   insert into billing.ai_calls (user_id, model, endpoint, stream, prompt_tokens, max_output_tokens, status, failure,
                                 duration_ms, finished_at)
-  values (p_user, (select r.model from billing.rate_cards r where r.model = p_model limit 1), p_endpoint, p_stream, 0, 0,
+  values (p_user, (select r.model from billing.rate_cards r where r.model = billing.card_model(p_model) limit 1),
+          p_endpoint, p_stream, 0, 0,
           'refused', left(p_code, 64), greatest(p_duration_ms, 0), now())
 $$;
-comment on function billing.refuse_ai_call(p_user uuid, p_model text, p_endpoint text, p_stream boolean, p_code text, p_duration_ms integer) is 'Gateway: records a call refused before the provider (its stable code; the model only if priced).';
+comment on function billing.refuse_ai_call(p_user uuid, p_model text, p_endpoint text, p_stream boolean, p_code text, p_duration_ms integer) is 'Gateway: records a call refused before the provider (its stable code; the model only if priced: an alias''s card''s).';
 revoke execute on function billing.refuse_ai_call(p_user uuid, p_model text, p_endpoint text, p_stream boolean, p_code text, p_duration_ms integer) from public, anon, authenticated;
 grant execute on function billing.refuse_ai_call(p_user uuid, p_model text, p_endpoint text, p_stream boolean, p_code text, p_duration_ms integer) to service_role;
 
@@ -81,8 +82,9 @@ set search_path = ''
 as $$
   select jsonb_build_object('id', c.id, 'created_at', billing.json_time(c.created_at), 'user_id', c.user_id,
     'org_id', c.org_id, 'model', c.model, 'upstream', c.upstream, 'endpoint', c.endpoint, 'stream', c.stream,
-    'outcome', c.status, 'code', c.failure, 'upstream_status', c.upstream_status, 'first_token_ms', c.first_token_ms,
-    'duration_ms', c.duration_ms, 'usage', c.usage - 'failed' - 'failed_by', 'usage_source', c.usage_source,
+    'outcome', c.status, 'code', c.failure, 'upstream_status', c.upstream_status, 'attempts', c.attempts,
+    'first_token_ms', c.first_token_ms,
+    'duration_ms', c.duration_ms, 'tail_ms', c.tail_ms, 'usage', c.usage - 'failed' - 'failed_by', 'usage_source', c.usage_source,
     'charged', trim_scale(coalesce(c.charged, 0))::text, 'unbilled', trim_scale(c.unbilled)::text,
     'finish_reason', c.finish_reason, 'client_left', c.client_left, 'transfer_id', c.transfer_id::text,
     'content_kept', exists (select 1 from billing.ai_logs l where l.call_id = c.id))
@@ -137,9 +139,10 @@ comment on function billing.get_ai_call(p_user uuid, p_id uuid) is 'One call of 
 revoke execute on function billing.get_ai_call(p_user uuid, p_id uuid) from public, anon, authenticated;
 grant execute on function billing.get_ai_call(p_user uuid, p_id uuid) to service_role;
 
--- DELETE /ai/v1/calls/{id}/content: the owner deletes what was kept of a call (its content and
--- its replay copy) or of an AI job (its content, and a finished job's input and result); false
--- when neither is theirs (404). Deleting twice is fine.
+-- DELETE /ai/v1/calls/{id}/content: the owner deletes what was kept of a call (its content, its
+-- replay copy and a streamed answer's items kept for its references) or of an AI job (its
+-- content, and a finished job's input and result); false when neither is theirs (404). Deleting
+-- twice is fine.
 create or replace function billing.delete_ai_call_content(p_user uuid, p_id uuid) returns boolean
 language plpgsql
 security definer
@@ -153,6 +156,7 @@ begin
   where c.id = p_id and c.user_id = p_user;
   if found then
     delete from billing.ai_logs l where l.call_id = p_id;
+    delete from billing.ai_reference_items i where i.call_id = p_id;
     return true;
   end if;
   -- A job still running needs its input to run and deliver its result (both go with the job).
@@ -166,7 +170,7 @@ begin
   return v_job or found;
 end;
 $$;
-comment on function billing.delete_ai_call_content(p_user uuid, p_id uuid) is 'A student deletes the kept content of one of their calls or AI jobs (a finished job''s input and result too); false when it is not theirs.';
+comment on function billing.delete_ai_call_content(p_user uuid, p_id uuid) is 'A student deletes the kept content of one of their calls (a streamed answer''s items kept for its references too) or AI jobs (a finished job''s input and result too); false when it is not theirs.';
 revoke execute on function billing.delete_ai_call_content(p_user uuid, p_id uuid) from public, anon, authenticated;
 grant execute on function billing.delete_ai_call_content(p_user uuid, p_id uuid) to service_role;
 
@@ -236,8 +240,8 @@ grant execute on function billing.set_ai_content_consent(p_user uuid, p_keep boo
 -- The AI panel, the Prometheus series and the alerts read this: per model since `p_since`,
 -- calls by outcome, errors, time to first token and duration (p50, p95, and histogram buckets
 -- over `p_bounds`, ms: bucket i counts values ≤ p_bounds[i], past the last one in the last + 1),
--- tokens by kind and credits; per model, endpoint and outcome; the top spenders and the latest
--- failures (by id: no personal data).
+-- tokens by kind and credits; per model, endpoint and outcome; the top spenders, the latest
+-- failures and the latest calls that moved on to a fallback upstream (by id: no personal data).
 create or replace function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) returns jsonb
 language sql stable
 security definer
@@ -294,10 +298,14 @@ as $$
       from (select w.failure, count(*) as n from w where w.status = 'refused' group by w.failure) r), '[]'),
     'latest_failures', coalesce((select jsonb_agg(jsonb_build_object('id', f.id, 'created_at', billing.json_time(f.created_at),
         'model', f.model, 'endpoint', f.endpoint, 'outcome', f.status, 'code', f.failure,
-        'upstream_status', f.upstream_status) order by f.seq desc)
-      from (select * from w where w.error order by w.seq desc limit 10) f), '[]'))
+        'upstream_status', f.upstream_status, 'upstream', f.upstream, 'attempts', f.attempts) order by f.seq desc)
+      from (select * from w where w.error order by w.seq desc limit 10) f), '[]'),
+    'latest_fallbacks', coalesce((select jsonb_agg(jsonb_build_object('id', f.id,
+        'created_at', billing.json_time(f.created_at), 'model', f.model, 'endpoint', f.endpoint, 'outcome', f.status,
+        'upstream', f.upstream, 'attempts', f.attempts) order by f.seq desc)
+      from (select * from w where w.attempts is not null order by w.seq desc limit 10) f), '[]'))
 $$;
-comment on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) is 'The AI panel''s and Prometheus'' figures since a time: per model (calls by outcome, errors, time to first token, duration, tokens, credits), top spenders, refusals by code, latest failures.';
+comment on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) is 'The AI panel''s and Prometheus'' figures since a time: per model (calls by outcome, errors, time to first token, duration, tokens, credits), top spenders, refusals by code, latest failures, latest fallbacks.';
 revoke execute on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) from public, anon, authenticated;
 grant execute on function billing.ai_call_stats(p_since timestamptz, p_bounds integer[]) to service_role;
 
@@ -327,7 +335,9 @@ begin
     select (g.created_at at time zone 'UTC')::date, coalesce(g.model, ''), g.endpoint, g.status, count(*),
       count(*) filter (where billing.ai_call_error(g.status, g.failure)),
       coalesce(sum((g.usage ->> 'input_tokens')::bigint), 0), coalesce(sum((g.usage ->> 'cached_input_tokens')::bigint), 0),
-      coalesce(sum((g.usage ->> 'cache_write_tokens')::bigint), 0), coalesce(sum((g.usage ->> 'output_tokens')::bigint), 0),
+      -- Writes of either lifetime, as the stats count them.
+      coalesce(sum((g.usage ->> 'cache_write_tokens')::bigint), 0)
+        + coalesce(sum((g.usage ->> 'cache_write_1h_tokens')::bigint), 0), coalesce(sum((g.usage ->> 'output_tokens')::bigint), 0),
       coalesce(sum((g.usage ->> 'reasoning_tokens')::bigint), 0), coalesce(sum(g.charged), 0)
     from gone g group by 1, 2, 3, 4
     on conflict (day, model, endpoint, outcome) do update set calls = d.calls + excluded.calls,
@@ -372,7 +382,8 @@ as $$
       union all
       select (c.created_at at time zone 'UTC')::date, coalesce(c.model, ''), c.status, 1,
         billing.ai_call_error(c.status, c.failure)::integer, coalesce((c.usage ->> 'input_tokens')::bigint, 0),
-        coalesce((c.usage ->> 'cached_input_tokens')::bigint, 0), coalesce((c.usage ->> 'cache_write_tokens')::bigint, 0),
+        coalesce((c.usage ->> 'cached_input_tokens')::bigint, 0),
+        coalesce((c.usage ->> 'cache_write_tokens')::bigint, 0) + coalesce((c.usage ->> 'cache_write_1h_tokens')::bigint, 0),
         coalesce((c.usage ->> 'output_tokens')::bigint, 0), coalesce((c.usage ->> 'reasoning_tokens')::bigint, 0),
         coalesce(c.charged, 0)
       from billing.ai_calls c

@@ -124,16 +124,17 @@ begin
   -- It keeps its content by the gateway's one rule (billing.content_consented), read now and
   -- again when it completes (billing.keep_job_log).
   if p_input ? 'model' then
-    if not billing.model_allowed(p_user, p_input ->> 'model') then
+    if not billing.model_allowed(p_user, billing.card_model(p_input ->> 'model')) then
       perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
     end if;
     perform billing.pay_ai_owed(p_user);
   end if;
   if p_reserve is not null and p_reserve > 0 then
     -- Short → INSUFFICIENT_CREDITS, and the job above rolls back with it. The hold names the
-    -- job's model, so per-model caps count it (and get back what the capture does not use).
+    -- job's model (an alias's card, billing.card_model), so per-model caps count it and only lots
+    -- that may pay for it are reserved (and the caps get back what the capture does not use).
     v_hold := billing.reserve_hold(p_user, p_reserve, 'job:' || v_job.id, p_hold_ttl_seconds, 'job', 'job:' || v_job.id,
-      jsonb_strip_nulls(jsonb_build_object('model', p_input ->> 'model')));
+      jsonb_strip_nulls(jsonb_build_object('model', billing.card_model(p_input ->> 'model'))));
     update billing.jobs j set hold_id = v_hold.hold_id,
       org_id = (select a.org_id from billing.holds h join billing.accounts a on a.id = h.account_id where h.id = v_hold.hold_id)
     where j.id = v_job.id returning * into v_job;

@@ -57,7 +57,10 @@ create table billing.org_invoices (
 );
 comment on table billing.org_invoices is 'An organisation''s request for a package on a Stripe invoice (net terms, PO number); its credits come when Stripe says it is paid.';
 alter table billing.org_invoices enable row level security;
-grant select on table billing.org_invoices to authenticated;
+-- Every column but the payment page and PDF, which only billing.org_invoice_json shows (to its asker).
+grant select (id, org_id, package_id, package_version, quantity, credits, bonus_credits, amount_cents, currency,
+  po_number, days_until_due, status, request_key, stripe_invoice_id, tax_cents, total_cents, due_at, purchase_id,
+  created_by, created_at, updated_at, paid_at) on table billing.org_invoices to authenticated;
 grant select on table billing.org_invoices to service_role;
 
 -- The admins' list pages by organisation, newest first.
@@ -66,7 +69,10 @@ create index org_invoices_org_created on billing.org_invoices (org_id, created_a
 -- ============================================================ functions
 
 -- An invoice as the API shows it.
-create or replace function billing.org_invoice_json(p billing.org_invoices) returns jsonb
+-- Its payment page and PDF (which carries the page's link) only for the admin who asked for it:
+-- that admin answers for its payment (docs/credit-lots.md § Refunds, disputes and debt), so no
+-- other admin may pay it with a card of theirs and leave the dispute to them.
+create or replace function billing.org_invoice_json(p billing.org_invoices, p_reader uuid) returns jsonb
 language sql stable
 set search_path = ''
 as $$
@@ -74,12 +80,14 @@ as $$
     'credits', trim_scale(p.credits)::text, 'bonus_credits', trim_scale(p.bonus_credits)::text,
     'amount_cents', p.amount_cents, 'tax_cents', p.tax_cents, 'total_cents', p.total_cents, 'currency', p.currency,
     'po_number', p.po_number, 'days_until_due', p.days_until_due, 'due_at', billing.json_time(p.due_at),
-    'status', p.status, 'hosted_invoice_url', p.hosted_invoice_url, 'invoice_pdf', p.invoice_pdf,
+    'status', p.status,
+    'hosted_invoice_url', case when p.created_by = p_reader then p.hosted_invoice_url end,
+    'invoice_pdf', case when p.created_by = p_reader then p.invoice_pdf end,
     'stripe_invoice_id', p.stripe_invoice_id, 'created_by', p.created_by, 'created_at', billing.json_time(p.created_at),
     'paid_at', billing.json_time(p.paid_at))
 $$;
-comment on function billing.org_invoice_json(p billing.org_invoices) is 'Internal: an organisation invoice as the API shows it.';
-revoke execute on function billing.org_invoice_json(p billing.org_invoices) from public;
+comment on function billing.org_invoice_json(p billing.org_invoices, p_reader uuid) is 'Internal: an organisation invoice as the API shows it to p_reader (its payment page and PDF only to the admin who asked for it).';
+revoke execute on function billing.org_invoice_json(p billing.org_invoices, p_reader uuid) from public;
 
 -- Who may be billed, and how often (the platform must not relay invoices to whoever a requester
 -- names, with text of their choosing):
@@ -171,7 +179,7 @@ begin
     perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('action', 'org_invoice'));
   end if;
   select * into v_org from billing.orgs o where o.id = v.org_id;
-  return billing.org_invoice_json(v) || jsonb_build_object('org_name', v_org.name, 'billing_email', v_email,
+  return billing.org_invoice_json(v, p_user) || jsonb_build_object('org_name', v_org.name, 'billing_email', v_email,
     'stripe_customer_id', v_org.stripe_customer_id,
     'package_name', (select k.name from billing.credit_packages k where k.id = v.package_id));
 end;
@@ -202,6 +210,32 @@ $$;
 comment on function billing.approve_org_invoicing(p_org uuid, p_approved boolean, p_admin uuid) is 'A platform admin lets an organisation ask for invoices before its first card purchase (p_approved), or withdraws that.';
 revoke execute on function billing.approve_org_invoicing(p_org uuid, p_approved boolean, p_admin uuid) from public, anon, authenticated;
 grant execute on function billing.approve_org_invoicing(p_org uuid, p_approved boolean, p_admin uuid) to service_role;
+
+-- A platform admin who checked who a school is marks it verified: its wallet then answers for its
+-- purchases paid from then on at a dispute or refund, and the admin who paid is not suspended
+-- for them (purchases.wallet_answers). Before, the admin who paid answers, as for their own.
+create or replace function billing.verify_org(p_org uuid, p_verified boolean, p_admin uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_org billing.orgs;
+begin
+  update billing.orgs o
+  set verified_at = case when p_verified then coalesce(o.verified_at, now()) end,
+      verified_by = case when p_verified then coalesce(o.verified_by, p_admin) end
+  where o.id = p_org returning * into v_org;
+  if not found then
+    perform billing.raise_error('ORG_NOT_FOUND', '{}');
+  end if;
+  return jsonb_build_object('org_id', v_org.id, 'verified', v_org.verified_at is not null,
+    'verified_at', billing.json_time(v_org.verified_at), 'verified_by', v_org.verified_by);
+end;
+$$;
+comment on function billing.verify_org(p_org uuid, p_verified boolean, p_admin uuid) is 'A platform admin marks an organisation verified (its wallet answers for its own purchases at a dispute or refund) or withdraws that.';
+revoke execute on function billing.verify_org(p_org uuid, p_verified boolean, p_admin uuid) from public, anon, authenticated;
+grant execute on function billing.verify_org(p_org uuid, p_verified boolean, p_admin uuid) to service_role;
 
 create or replace function billing.attach_org_customer(p_org uuid, p_customer text) returns text
 language sql
@@ -362,7 +396,7 @@ set search_path = ''
 as $$
 begin
   perform billing.require_org_role(p_org, p_user, true);
-  return (select coalesce(jsonb_agg(billing.org_invoice_json(x) order by x.created_at desc, x.id desc), '[]')
+  return (select coalesce(jsonb_agg(billing.org_invoice_json(x, p_user) order by x.created_at desc, x.id desc), '[]')
     from (select i.* from billing.org_invoices i
           where i.org_id = p_org
             and (p_after is null or (i.created_at, i.id) < (select c.created_at, c.id from billing.org_invoices c
@@ -382,7 +416,7 @@ set search_path = ''
 as $$
 begin
   perform billing.require_org_role(p_org, p_user, true);
-  return (select billing.org_invoice_json(i) from billing.org_invoices i where i.id = p_id and i.org_id = p_org);
+  return (select billing.org_invoice_json(i, p_user) from billing.org_invoices i where i.id = p_id and i.org_id = p_org);
 end;
 $$;
 comment on function billing.get_org_invoice(p_user uuid, p_org uuid, p_id uuid) is 'An owner or admin reads one of the organisation''s invoices (null: no such invoice there).';

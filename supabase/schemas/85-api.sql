@@ -40,8 +40,9 @@ create or replace view billing_api.rate_cards with (security_invoker = true) as
   select distinct on (r.model) r.model, r.version, r.usd_per_million_input, r.usd_per_million_output, r.markup, r.effective_from,
     r.usd_per_million_cached_input, r.usd_per_million_reasoning, r.usd_per_image, r.usd_per_audio_second
   from billing.rate_cards r where r.effective_from <= now()
+    and not exists (select 1 from billing.model_aliases a where a.alias = r.model)
   order by r.model, r.effective_from desc, r.version desc;
-comment on view billing_api.rate_cards is 'The current rate card of each model (null kind prices: see docs/pricing.md).';
+comment on view billing_api.rate_cards is 'The current rate card of each model, once (an alias''s earlier cards are history; null kind prices: see docs/pricing.md).';
 grant select on table billing_api.rate_cards to authenticated;
 grant select on table billing_api.rate_cards to service_role;
 

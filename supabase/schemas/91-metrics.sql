@@ -245,7 +245,10 @@ begin
       round(coalesce(sum(f.cents) filter (where f.category = 'paid'
         and f.kind in ('usage', 'hold_capture', 'void', 'debt_settled_by_move', 'debt_settled_by_return')), 0)) as recognised,
       round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'expiry'), 0)) as breakage,
-      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind in ('refund_reversal', 'dispute_reversal')), 0)) as reversed,
+      -- Refunds and lost disputes each rounded, as the journal books them (credits_refunded and
+      -- credits_disputed apart), so the two agree to the cent.
+      round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'refund_reversal'), 0))
+        + round(coalesce(sum(f.cents) filter (where f.category = 'paid' and f.kind = 'dispute_reversal'), 0)) as reversed,
       coalesce(sum(f.credits) filter (where f.category = 'promotional' and f.kind = 'granted'), 0) as promo_granted,
       coalesce(sum(f.credits) filter (where f.category = 'promotional'
         and f.kind in ('usage', 'hold_capture', 'void', 'debt_settled_by_move', 'debt_settled_by_return')), 0) as promo_spent,

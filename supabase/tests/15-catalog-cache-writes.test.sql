@@ -14,9 +14,9 @@ insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_m
   usd_per_million_cached_input, usd_per_million_cache_write, usd_per_million_cache_write_1h, upstream) values
   ('cw-hour', 1, 1, 5, 1, now() - interval '1 minute', 0.1, 1.25, 2, 'anthropic'),
   ('cw-five', 1, 1, 5, 1, now() - interval '1 minute', 0.1, 1.25, null, 'anthropic');
-insert into billing.provider_prices (model, version, usd_per_million_input, usd_per_million_output,
+insert into billing.provider_prices (model, upstream, version, usd_per_million_input, usd_per_million_output,
   usd_per_million_cache_write, usd_per_million_cache_write_1h, effective_from) values
-  ('cw-hour', 1, 0.5, 2.5, 0.625, 1, now() - interval '1 minute');
+  ('cw-hour', 'anthropic', 1, 0.5, 2.5, 0.625, 1, now() - interval '1 minute');
 
 -- ============================================================ pricing
 

@@ -103,9 +103,9 @@ select is(pg_temp.err(format($$select billing.move_credits(%s, %s, 12, 'code_esc
   :escrow_id, billing.ensure_user_account('a7a7a7a7-0000-4000-8000-000000000004'))), 'INVALID_LOT',
   'a move narrowed to a model its claude credits cannot pay for is refused');
 select billing.move_credits(:escrow_id, billing.ensure_user_account('a7a7a7a7-0000-4000-8000-000000000003'), 12, 'code_redemption',
-  'ap-m3', null, null, '{claude-3-5-haiku,gpt-4o}');
+  'ap-m3', null, null, '{claude-haiku-4-5,gpt-4o}');
 select results_eq($$select l.amount, l.applies_to from billing.lots l where l.account_id = pg_temp.account('a7a7a7a7-0000-4000-8000-000000000003') order by l.amount desc$$,
-  $$values (10::numeric, '{claude-3-5-haiku}'::text[]), (2::numeric, '{claude-3-5-haiku,gpt-4o}'::text[])$$,
+  $$values (10::numeric, '{claude-haiku-4-5}'::text[]), (2::numeric, '{claude-haiku-4-5,gpt-4o}'::text[])$$,
   'a move narrowed to a list: each lot keeps what both lists allow');
 
 -- ============================================================ the writer's take

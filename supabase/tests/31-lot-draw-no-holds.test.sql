@@ -22,7 +22,7 @@ select is((select jsonb_agg(jsonb_build_array(t.idempotency_key, trim_scale(hl.a
   '[["fast-2", 2], ["fast-4", 0.5]]'::jsonb,
   'the gpt-4o hold reserves by priority: the gpt-4o list first, then the gpt-4o or claude* list; claude* and gpt-4o-mini may not pay');
 select is(billing.free_credits((select a.id from billing.accounts a where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000001'),
-    'claude-3-5-haiku', false), 4::numeric, 'claude may spend its own list (3) and what the hold left of the shared one (1)');
+    'claude-haiku-4-5', false), 4::numeric, 'claude may spend its own list (3) and what the hold left of the shared one (1)');
 select is(pg_temp.err($$select billing.charge_usage('a8a8a8a8-0000-4000-8000-000000000001', 'gpt-4o', 5000, 0, 'fast-gpt')$$),
   'INSUFFICIENT_CREDITS', 'a charge for gpt-4o finds only the free credits: the hold''s are its own');
 
@@ -41,7 +41,7 @@ declare
   v_charge billing.usage_result;
   c record;
 begin
-  for c in select * from (values (1, 'gpt-4o', 75), (2, 'gpt-4o-mini', 1000), (3, 'claude-3-5-haiku', 1000),
+  for c in select * from (values (1, 'gpt-4o', 75), (2, 'gpt-4o-mini', 1000), (3, 'claude-haiku-4-5', 1000),
                                  (4, 'gpt-4o', 300), (5, 'gpt-4o-mini', 5000)) x(n, model, tokens) loop
     insert into drawn (n, model, planned)
     select c.n, c.model, (select jsonb_agg(jsonb_build_object('lot_id', p.lot_id, 'amount', p.amount) order by p.lot_id)
@@ -61,7 +61,7 @@ select is((select count(*)::int from drawn where planned is distinct from alloca
 insert into auth.users (id) values ('a8a8a8a8-0000-4000-8000-000000000003');
 select billing.grant_credits('a8a8a8a8-0000-4000-8000-000000000003', 1, 'purchase', 'fast3-' || n, null, null, null,
   jsonb_build_object('applies_to', to_jsonb(array['gpt-4o-mini'] || array(
-    select m from unnest(array['gpt-4o', 'claude-3-5-haiku', 'claude*', 'gpt-4o*']) with ordinality x(m, i)
+    select m from unnest(array['gpt-4o', 'claude-haiku-4-5', 'claude*', 'gpt-4o*']) with ordinality x(m, i)
     where n & (1 << (i::int - 1)) <> 0))))
 from generate_series(1, 11) n;
 create temp table fast3 as

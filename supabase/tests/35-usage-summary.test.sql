@@ -30,7 +30,7 @@ select billing.capture_hold((select u from t0), (billing.reserve_credits((select
 create temp table d_hold as select h.id from billing.holds h where h.idempotency_key = 'usage-test:d';
 select billing.charge_usage((select m from t0), 'gpt-4o', 2000, 0, 'usage-test:g');
 select billing.charge_usage((select u from t0), 'gpt-4o', 400, 0, 'usage-test:c');
-select billing.charge_usage((select u from t0), 'claude-3-5-haiku', 100, 100, 'usage-test:e');
+select billing.charge_usage((select u from t0), 'claude-haiku-4-5', 100, 100, 'usage-test:e');
 
 -- Backdate them (the test owns the tables; the ledger is dated by insertion): a and f three
 -- days ago, b, d and g two days ago; c and e stay today.

@@ -28,10 +28,10 @@ begin
   return v_id;
 end;
 $$;
--- A school's credits for claude-3-5-haiku only (as a sponsor code for that model gives them).
+-- A school's credits for claude-haiku-4-5 only (as a sponsor code for that model gives them).
 create function pg_temp.school_credits(n int, amount numeric) returns void language sql as $$
   select billing.grant_credits(pg_temp.u(n), amount, 'promo_grant', 'rc-school-' || n, null, null, null,
-    '{"applies_to": ["claude-3-5-haiku"]}')
+    '{"applies_to": ["claude-haiku-4-5"]}')
 $$;
 create function pg_temp.school_left(n int) returns numeric language sql as $$
   select l.remaining from billing.lots l join billing.transfers t on t.id = l.grant_transfer_id
@@ -70,14 +70,14 @@ select is(pg_temp.err($$select pg_temp.spend(pg_temp.u(2), 1, 'rc-any-2')$$), 'I
   'u2: nor on anything');
 select is((select bool_and(l.frozen) from billing.lots l join billing.accounts a on a.id = l.account_id
            where a.user_id = pg_temp.u(2) and l.purchase_id is not null and l.open), true, 'u2: the dispute freezes the purchase''s lot');
--- The school's credits still pay for haiku (100,000 tokens are 320 credits).
-select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(2), 'claude-3-5-haiku', 100000, 0, 'rc-haiku-2')$$), 'no error',
+-- The school's credits still pay for haiku (100,000 tokens are 400 credits).
+select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(2), 'claude-haiku-4-5', 100000, 0, 'rc-haiku-2')$$), 'no error',
   'u2: the school''s credits still pay for haiku during the dispute');
 select billing.sync_purchase(pg_temp.state(2, 999, 0, 'lost'));
-select is(pg_temp.school_left(2), 4680::numeric,
-  'u2: the lost dispute takes none of the school''s credits for haiku (only the 320 spent on haiku left them)');
-select is(pg_temp.bal(2), 3450::numeric, 'u2: the 1,230 spent on gpt-4o is owed: the balance nets it');
-select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(2), 'claude-3-5-haiku', 100000, 0, 'rc-haiku-2b')$$), 'no error',
+select is(pg_temp.school_left(2), 4600::numeric,
+  'u2: the lost dispute takes none of the school''s credits for haiku (only the 400 spent on haiku left them)');
+select is(pg_temp.bal(2), 3370::numeric, 'u2: the 1,230 spent on gpt-4o is owed: the balance nets it');
+select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(2), 'claude-haiku-4-5', 100000, 0, 'rc-haiku-2b')$$), 'no error',
   'u2: and the school''s credits still pay for haiku');
 
 -- ============================================================ credits for some models arriving in debt
@@ -100,7 +100,7 @@ select results_eq($$select l.remaining, l.debt_settled from billing.lots l join 
   'u3: credits for any model pay the debt in full');
 select is(pg_temp.err($$select pg_temp.spend(pg_temp.u(3), 1, 'rc-any-3')$$), 'INSUFFICIENT_CREDITS',
   'u3: no credit for any model came out of the school''s');
-select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(3), 'claude-3-5-haiku', 100000, 0, 'rc-haiku-3')$$), 'no error',
+select is(pg_temp.err($$select billing.charge_usage(pg_temp.u(3), 'claude-haiku-4-5', 100000, 0, 'rc-haiku-3')$$), 'no error',
   'u3: the school''s 3,000 pay for haiku once the debt is paid');
 
 -- ============================================================ work under way when a dispute opens

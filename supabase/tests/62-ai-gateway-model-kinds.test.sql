@@ -42,10 +42,10 @@ select is((select count(*)::int from billing.holds h join billing.accounts a on 
 
 select is(pg_temp.err($$select billing.ai_model_upstream(null, 'text-embedding-3-small', 'chat', null)$$),
   'MODEL_KIND_NOT_SUPPORTED', 'a job (asking as chat) refuses an embedding model, whatever its upstream');
-select is(billing.ai_model_upstream('c1c1c1c1-0000-4000-8000-000000000001', 'claude-3-5-haiku', 'chat',
+select is(billing.ai_model_upstream('c1c1c1c1-0000-4000-8000-000000000001', 'claude-haiku-4-5', 'chat',
     array['openai', 'anthropic']), 'anthropic',
   'a job goes to the model''s own upstream');
-select is(pg_temp.err($$select billing.ai_model_upstream(null, 'claude-3-5-haiku', 'chat', array['openai'])$$),
+select is(pg_temp.err($$select billing.ai_model_upstream(null, 'claude-haiku-4-5', 'chat', array['openai'])$$),
   'ENDPOINT_NOT_SUPPORTED', 'a job whose model''s upstream is not configured is refused');
 
 -- ============================================================ publishing a card

@@ -4,41 +4,16 @@
 // NETWORK_ERROR, status 0, and fails here; so does a method added to the client for a route
 // whose method the preflight does not allow.
 import assert from 'node:assert/strict';
-import { browserTest } from '../support/browser.ts';
+import { browserTest, bundleForBrowser, servePage } from '../support/browser.ts';
 import { newUser, userToken, withGateway } from '../support/helpers.ts';
 
-async function bundle(): Promise<string> {
-  const out = await Deno.makeTempFile({ suffix: '.js' });
-  const made = await new Deno.Command(Deno.execPath(), {
-    args: [
-      'bundle',
-      '--quiet',
-      '--platform',
-      'browser',
-      new URL('client-cors-page.ts', import.meta.url).pathname,
-      '-o',
-      out,
-    ],
-    stdout: 'inherit',
-    stderr: 'inherit',
-  }).output();
-  assert.ok(made.success, 'bundling the client for the browser failed');
-  const js = await Deno.readTextFile(out);
-  await Deno.remove(out);
-  return js;
-}
-
 browserTest('every typed-client method reaches the service from an allowed origin in Chromium', async (browser) => {
-  const [js, token] = await Promise.all([bundle(), newUser().then((id) => userToken(id))]);
+  const [js, token] = await Promise.all([
+    bundleForBrowser(new URL('client-cors-page.ts', import.meta.url)),
+    newUser().then((id) => userToken(id)),
+  ]);
   // The page, served on loopback as a frontend would be; a gateway whose CORS_ALLOWED_ORIGINS lists only it.
-  const server = Deno.serve(
-    { hostname: '127.0.0.1', port: 0, onListen: () => {} },
-    (req) =>
-      new URL(req.url).pathname === '/page.js'
-        ? new Response(js, { headers: { 'content-type': 'text/javascript' } })
-        : new Response('<!doctype html><script src="/page.js"></script>', { headers: { 'content-type': 'text/html' } }),
-  );
-  const origin = `http://127.0.0.1:${server.addr.port}`;
+  const { origin, close } = servePage(js);
   try {
     await withGateway({ CORS_ALLOWED_ORIGINS: origin }, async (functionsUrl) => {
       const page = await browser.newPage();
@@ -57,6 +32,6 @@ browserTest('every typed-client method reaches the service from an allowed origi
       assert.deepEqual(refused, [], `refused by the browser (no answer reached the page):\n${refused.join('\n')}`);
     });
   } finally {
-    await server.shutdown();
+    await close();
   }
 });

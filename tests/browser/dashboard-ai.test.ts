@@ -38,10 +38,11 @@ type Stats = {
 browserTest(
   'the AI panel shows a model’s calls, error rate, top spender and its failure with the code',
   async (browser) => {
-    // A dear model of this test's own (a credit a token), so its row and its spender are this test's alone.
+    // A dear model of this test's own (100 credits a token), so its row is this test's alone and
+    // its spender is among the hour's top spenders, whatever else the suite spent.
     const model = `gpt-dash-${crypto.randomUUID().slice(0, 8)}`;
     await testDb`insert into billing.rate_cards (model, version, usd_per_million_input, usd_per_million_output, markup, effective_from)
-    values (${model}, 1, 100, 100, 10, now() - interval '1 minute')`;
+    values (${model}, 1, 100000, 100000, 10, now() - interval '1 minute')`;
     const s = await student('100000');
     await s.openai.chat.completions.create({ model, messages: ask('hello #standin words=5'), max_tokens: 20 });
     const stream = await s.openai.chat.completions.create({
@@ -85,7 +86,7 @@ browserTest(
       'the top spender: user id, charged calls, credits',
     );
     const failure = `#ai tr[data-call="${failed!.id}"]`;
-    assert.match(await textOf(page, failure), new RegExp(`${model}\\s*chat\\s*PROVIDER_ERROR_500\\s*upstream 500$`));
+    assert.match(await textOf(page, failure), new RegExp(`${model}\\s*chat\\s*PROVIDER_ERROR_500\\s*openai 500$`));
 
     await page.locator('#ai-day').click();
     await page.waitForFunction(() => document.getElementById('ai-day')?.getAttribute('aria-pressed') === 'true');
@@ -106,6 +107,7 @@ browserTest('the AI panel says when there were no calls, and shows what the API 
     top_spenders: [],
     refusals: [],
     latest_failures: [],
+    latest_fallbacks: [],
   };
   const marked = '<img src=x onerror="document.body.dataset.pwned=1">';
   let answer: unknown = { hour: none, day: none };
@@ -137,9 +139,28 @@ browserTest('the AI panel says when there were no calls, and shows what the API 
     outcome: 'failed',
     code: marked,
     upstream_status: null,
+    upstream: null,
+    attempts: null,
+  };
+  const fallback = {
+    id: 'f1',
+    created_at: '2026-01-01T00:01:00Z',
+    model: 'gpt-4o-mini',
+    endpoint: 'chat',
+    outcome: 'charged',
+    upstream: 'backup',
+    attempts: [{ upstream: 'openai', failure: 'PROVIDER_ERROR_500', status: 500, ms: 12 }, {
+      upstream: marked,
+      failure: 'PROVIDER_TIMEOUT',
+      status: null,
+      ms: 1000,
+    }],
   };
   const refusals = [{ code: 'VALIDATION_FAILED', calls: 3 }, { code: marked, calls: 1 }];
-  answer = { hour: none, day: { ...none, models: [figures], refusals, latest_failures: [failure] } };
+  answer = {
+    hour: none,
+    day: { ...none, models: [figures], refusals, latest_failures: [failure], latest_fallbacks: [fallback] },
+  };
   await page.locator('#ai-hour').click();
   await page.locator('#ai-day').click();
   await page.locator('#ai table[data-testid="ai-failures"]').waitFor();
@@ -154,5 +175,10 @@ browserTest('the AI panel says when there were no calls, and shows what the API 
     await textOf(page, '#ai table[data-testid="ai-refusals"]'),
     `CodeCallsVALIDATION_FAILED3${marked}1`,
     'refusals split by code, most first, the code shown as text',
+  );
+  assert.equal(
+    await textOf(page, '#ai table[data-testid="ai-fallbacks"]'),
+    `When (UTC)ModelAnswered byFailed before2026-01-01 00:01gpt-4o-minichatbackupchargedopenai PROVIDER_ERROR_500${marked} PROVIDER_TIMEOUT`,
+    'a call that moved on says who answered and what failed before it, as text',
   );
 });

@@ -269,14 +269,14 @@ browserTest(
         amount: '10',
         reason: 'a course',
         kind: 'promo_grant',
-        lot: { applies_to: ['claude-3-5-haiku', 'gpt-4o-mini*'] },
+        lot: { applies_to: ['claude-haiku-4-5', 'gpt-4o-mini*'] },
       },
     });
     assert.equal(granted.status, 201, granted.text);
     await lookUp(new Date().toISOString());
     assert.equal(
       (await page.locator('#as-of tr[data-lot] td.notes').first().textContent())?.trim(),
-      'only for: claude-3-5-haiku, gpt-4o-mini*',
+      'only for: claude-haiku-4-5, gpt-4o-mini*',
     );
     await assertLegible(page, '#as-of', 'dashboard-as-of');
   },

@@ -1,5 +1,5 @@
 // The example student page's "Your AI calls", in Chromium against the local stack: a student's
-// own latest calls through the gateway (model, tokens in and out, cost, outcome and code), never
+// own latest calls through the gateway (model, tokens by kind, cost, outcome and code), never
 // another student's; a call asked from the page joins the list once it is settled; a student
 // without calls sees the empty state. Readable at desktop and phone width (a screenshot of the
 // phone's goes to artifacts/).
@@ -47,7 +47,7 @@ browserTest('a student sees their own latest AI calls, and never another student
   assert.match(
     await rowText(page, charged.id),
     new RegExp(
-      `gpt-4o-mini${charged.usage.input_tokens} in / ${charged.usage.output_tokens} out` +
+      `gpt-4o-mini${charged.usage.input_tokens} in / ${charged.usage.output_tokens} out, 2 reasoning` +
         `${roundedCredits(charged.charged).replace('.', '\\.')} creditsAnswered$`,
     ),
   );

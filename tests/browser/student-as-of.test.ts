@@ -83,14 +83,14 @@ browserTest(
         amount: '10',
         reason: 'a course',
         kind: 'promo_grant',
-        lot: { applies_to: ['claude-3-5-haiku', 'gpt-4o-mini*'] },
+        lot: { applies_to: ['claude-haiku-4-5', 'gpt-4o-mini*'] },
       },
     });
     assert.equal(granted.status, 201, granted.text);
     await show(page, '');
     assert.equal(
       (await page.locator('#as-of-lots tr[data-lot]').first().locator('td').last().textContent())?.trim(),
-      'only for: claude-3-5-haiku, gpt-4o-mini*',
+      'only for: claude-haiku-4-5, gpt-4o-mini*',
     );
 
     // A time to come is not in the ledger: said beside the form, nothing asked.

@@ -86,6 +86,54 @@ Deno.test('a CORS preflight from a listed origin allows the Idempotency-Key head
   assert.match(res.headers.get('access-control-allow-headers') ?? '', /idempotency-key/);
 });
 
+Deno.test('a CORS preflight from a listed origin allows what the AI SDKs send, and nothing else it asks for', async () => {
+  const preflight = async (origin: string) => {
+    const res = await app.request('/probe/ok', {
+      method: 'OPTIONS',
+      headers: {
+        origin,
+        'access-control-request-method': 'POST',
+        'access-control-request-headers':
+          'authorization,content-type,x-stainless-os,X-Stainless-Retry-Count,anthropic-version,anthropic-dangerous-direct-browser-access,x-api-key,x-evil,cookie',
+      },
+    });
+    await res.body?.cancel();
+    return res.headers.get('access-control-allow-headers')?.split(',') ?? [];
+  };
+  assert.deepEqual(await preflight(allowedOrigin), [
+    'authorization',
+    'x-client-info',
+    'apikey',
+    'content-type',
+    'idempotency-key',
+    'x-request-id',
+    'x-ai-clamp',
+    'x-stainless-os',
+    'x-stainless-retry-count',
+    'anthropic-version',
+    'anthropic-dangerous-direct-browser-access',
+    'x-api-key',
+  ]);
+  assert.ok(!(await preflight('https://evil.example')).includes('x-stainless-os'), 'reflected for an unlisted origin');
+});
+
+Deno.test("a browser may read the gateway's own headers, the output cap among them", async () => {
+  const res = await app.request('/probe/ok', { headers: { origin: allowedOrigin } });
+  await res.body?.cancel();
+  const exposed = (res.headers.get('access-control-expose-headers') ?? '').toLowerCase().split(',');
+  for (
+    const h of [
+      'x-credits-held',
+      'x-credits-charged',
+      'x-ai-call-id',
+      'x-ai-max-output-tokens',
+      'x-gateway-overhead-ms',
+    ]
+  ) {
+    assert.ok(exposed.includes(h), `${h} is not exposed`);
+  }
+});
+
 Deno.test('a CORS preflight allows exactly the methods the routes answer', async () => {
   const preflight = async (routes: Array<'get' | 'delete' | 'patch' | 'put'>) => {
     const probe = createApp('probe');

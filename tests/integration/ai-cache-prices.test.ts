@@ -7,7 +7,7 @@ import Anthropic from '@anthropic-ai/sdk';
 import { activeHolds, callsOf, cardPrice, gatewayUrl, settled, student } from '../support/ai.ts';
 import { api, assertLedgerInvariants, testDb } from '../support/helpers.ts';
 
-const claude = 'claude-3-5-haiku';
+const claude = 'claude-haiku-4-5';
 const anthropicOf = (token: string) =>
   new Anthropic({ baseURL: gatewayUrl.replace(/\/v1$/, ''), apiKey: token, maxRetries: 0 });
 
@@ -32,7 +32,7 @@ Deno.test("the reference cards price caching in the providers' proportions: read
     write1h: '0.0006',
   });
   // Anthropic: read 0.1×, 5-minute write 1.25×, hour-long write 2×.
-  assert.deepEqual(await perToken(claude), { input: '0.0032', cached: '0.00032', write: '0.004', write1h: '0.0064' });
+  assert.deepEqual(await perToken(claude), { input: '0.004', cached: '0.0004', write: '0.005', write1h: '0.008' });
   // So a prompt read from the cache costs the student less than the same prompt sent afresh.
   for (const model of ['gpt-4o', 'gpt-4o-mini', claude]) {
     const [r] = await testDb`select (billing.price_usage(${model}, 0, 0, 1000)).amount
@@ -75,8 +75,8 @@ Deno.test('Messages: an hour-long cache write is charged at the hour-long price,
   });
   assert.equal(c.charged, expected);
   // Worked out by hand: each kind at its own price per token.
-  const [byHand] = await testDb`select trim_scale(${u.input_tokens}::numeric * 0.0032 + 3 * 0.00032 + 2 * 0.004
-    + 5 * 0.0064 + ${u.output_tokens}::numeric * 0.016)::text as price`;
+  const [byHand] = await testDb`select trim_scale(${u.input_tokens}::numeric * 0.004 + 3 * 0.0004 + 2 * 0.005
+    + 5 * 0.008 + ${u.output_tokens}::numeric * 0.02)::text as price`;
   assert.equal(c.charged, byHand.price);
   assert.equal(c.transfer_metadata.cache_write_tokens, 2);
   assert.equal(c.transfer_metadata.cache_write_1h_tokens, 5);
@@ -133,5 +133,5 @@ Deno.test('the hold covers a prompt written to the cache for an hour at the hour
       trim_scale(billing.card_hold_amount(c, 1000, 0, true, false))::text as five
     from billing.rate_cards c where c.model = ${claude} and c.effective_from <= now()
     order by c.effective_from desc, c.version desc limit 1`;
-  assert.deepEqual(r, { hour: '6.4', five: '4' });
+  assert.deepEqual(r, { hour: '8', five: '5' });
 });

@@ -60,7 +60,7 @@ Deno.test('each AI route leaves one record: model, endpoint, stream, usage, char
   await s.openai.embeddings.create({ model: 'text-embedding-3-small', input: 'hello' });
   const anthropic = new Anthropic({ baseURL: gatewayUrl.replace(/\/v1$/, ''), apiKey: s.token, maxRetries: 0 });
   await anthropic.messages.create({
-    model: 'claude-3-5-haiku',
+    model: 'claude-haiku-4-5',
     max_tokens: 20,
     messages: [{ role: 'user', content: '#standin words=3' }],
   });
@@ -388,4 +388,36 @@ Deno.test('records past their retention roll up into days: the daily summary is 
   assert.ok(swept >= 3);
   assert.deepEqual(await myLog(s.token), [], 'the records are gone');
   assert.deepEqual(await summary(), before, 'the summary reads the same from the roll-up');
+});
+
+Deno.test('cache writes of both lifetimes count in the daily summary and its roll-up, as in the stats', async () => {
+  const s = await student();
+  const anthropic = new Anthropic({ baseURL: gatewayUrl.replace(/\/v1$/, ''), apiKey: s.token, maxRetries: 0 });
+  await anthropic.messages.create({
+    model: 'claude-haiku-4-5',
+    max_tokens: 50,
+    system: [{ type: 'text', text: 'a shared preamble', cache_control: { type: 'ephemeral', ttl: '1h' } }],
+    messages: [{ role: 'user', content: 'hi #standin words=2 cache_write=5 cache_write_1h=2' }],
+  });
+  const [logged] = await myLog(s.token);
+  assert.deepEqual([logged.usage?.cache_write_tokens, logged.usage?.cache_write_1h_tokens], [5, 2]);
+  const admin = await adminToken();
+  const stats = data(await api('/admin/ai/stats', { token: admin })).hour;
+  assert.ok(
+    stats.models.find((m: { model: string }) => m.model === 'claude-haiku-4-5').tokens.cache_write >= 7,
+    'the stats count both',
+  );
+  // Moved to a day of its own, past the 180 days kept.
+  const back = 400 + Math.floor(Math.random() * 2000);
+  const [{ day }] = await testDb`update billing.ai_calls set created_at = created_at - make_interval(days => ${back})
+    where user_id = ${s.id} returning (created_at at time zone 'UTC')::date::text as day`;
+  const written = async () => {
+    const r = await api(`/admin/ai/summary?from=${day}&to=${day}`, { token: admin });
+    assert.equal(r.status, 200, r.text);
+    return data(r).days.find((d: { model: string }) => d.model === 'claude-haiku-4-5')?.tokens.cache_write;
+  };
+  assert.equal(await written(), 7, 'the summary from the records');
+  await testDb`select billing.sweep_ai_call_records('180 days', 5000)`;
+  assert.deepEqual(await myLog(s.token), [], 'the record is gone');
+  assert.equal(await written(), 7, 'the summary from the roll-up');
 });

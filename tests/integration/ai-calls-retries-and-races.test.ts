@@ -114,7 +114,7 @@ Deno.test('the same Idempotency-Key sent 6 times at once on every endpoint, stre
     }],
     ['messages streamed', (k) =>
       anthropic.messages.stream({
-        model: 'claude-3-5-haiku',
+        model: 'claude-haiku-4-5',
         max_tokens: 60,
         messages: [{ role: 'user', content: '#standin words=20 delay=20' }],
       }, { headers: { 'idempotency-key': k } }).finalMessage()],

@@ -544,8 +544,10 @@ Deno.test('kept content never reaches the Postgres log or the local logs', async
       body: { model: 'gpt-4o-mini', messages: ask(`#standin ${d} ${marker}`), max_tokens: 10 },
     });
   }
+  // Refused before the provider: past AI_MAX_OUTPUT_TOKENS, not to be cut.
   await api('/ai/v1/chat/completions', {
     token: s.token,
+    headers: { 'x-ai-clamp': 'off' },
     body: { model: 'gpt-4o-mini', messages: ask(marker), max_tokens: 99999 },
   });
   await settledCalls(s.id, 3);

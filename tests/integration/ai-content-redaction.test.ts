@@ -85,7 +85,7 @@ Deno.test('Responses and Messages: a card split over content parts is redacted i
   assert.ok(responses.includes('[CARD]') && !responses.includes('4111'), responses);
   const anthropic = new Anthropic({ baseURL: gatewayUrl.replace(/\/v1$/, ''), apiKey: s.token, maxRetries: 0 });
   await anthropic.messages.create({
-    model: 'claude-3-5-haiku',
+    model: 'claude-haiku-4-5',
     max_tokens: 20,
     messages: [{
       role: 'user',

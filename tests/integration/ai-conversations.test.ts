@@ -147,11 +147,12 @@ Deno.test("another student's, an altered and an expired reference are a 400 that
     const own = await secondTurn(owner.token, id, tag());
     assert.equal(own.status, 200, own.text);
     const flipped = id.slice(0, 20) + (id[20] === 'A' ? 'B' : 'A') + id.slice(21);
+    // Sealed 31 days ago: past the retention (AI_REFERENCE_RETENTION_DAYS, 30).
     const expired = await sealItem(owner.id, {
       type: 'message',
       role: 'assistant',
       content: [{ type: 'output_text', text: 'old' }],
-    }, -60);
+    }, Date.now() - 31 * 86_400_000);
     const cases: [string, string, RegExp][] = [
       [other.token, id, /not a reference the gateway gave this account/],
       [owner.token, flipped, /not a reference the gateway gave this account, or it was altered/],
@@ -228,24 +229,39 @@ Deno.test('a chat kept as UI messages (useChat) and sent through convertToModelM
   assert.deepEqual(references, [0, 1, 2, 3]);
 });
 
-Deno.test("a streamed answer's reference while Redis is unreachable is a 503 to retry, never a charge", async () => {
+/** A turn sending `id` back to a throw-away gateway at `url`; `t` tags the stand-in's call. */
+const turnAt = (url: string, token: string, id: string, t: string) =>
+  fetch(`${url}/ai/v1/responses`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model,
+      input: [{ type: 'item_reference', id }, { role: 'user', content: `#standin tag=${t}` }],
+    }),
+  });
+
+Deno.test("a streamed answer's reference opens while Redis is unreachable: nothing of it is kept there", async () => {
   const s = await student();
   const id = await firstAnswer(s.token, true);
   await withGateway({ UPSTASH_REDIS_REST_URL: 'http://127.0.0.1:9' }, async (url) => {
     const t = tag();
-    const res = await fetch(`${url}/ai/v1/responses`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${s.token}`, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model,
-        input: [{ type: 'item_reference', id }, { role: 'user', content: `#standin tag=${t}` }],
-      }),
-    });
-    assert.equal(res.status, 503);
+    const res = await turnAt(url, s.token, id, t);
+    assert.equal(res.status, 200, await res.text());
+    assert.equal((await standinCall(t)).status, 'done');
+  });
+  assert.equal((await callsOf(s.id)).length, 2);
+});
+
+Deno.test("a streamed answer's reference while the database is unreachable is a 503 to retry, never a call", async () => {
+  const s = await student();
+  const id = await firstAnswer(s.token, true);
+  await withGateway({ DB_POOLER_URL: 'postgresql://postgres:postgres@127.0.0.1:9/postgres' }, async (url) => {
+    const t = tag();
+    const res = await turnAt(url, s.token, id, t);
     const { error } = await res.json();
+    assert.equal(res.status, 503);
     assert.equal(error.code, 'ITEM_REFERENCE_UNAVAILABLE');
     assert.equal(error.retryable, true);
     assert.equal((await standinCall(t)).status, 'unknown');
   });
-  assert.equal((await callsOf(s.id)).length, 1);
 });

@@ -16,6 +16,7 @@ import {
   callsOf,
   cardPrice,
   gatewayUrl,
+  messagesPrice,
   settled,
   standinCall,
   student,
@@ -23,7 +24,7 @@ import {
 import { api, assertLedgerInvariants, testDb, withGateway } from '../support/helpers.ts';
 
 const tag = () => `t${crypto.randomUUID().replaceAll('-', '')}`;
-const claude = 'claude-3-5-haiku';
+const claude = 'claude-haiku-4-5';
 const anthropicOf = (token: string) =>
   new Anthropic({ baseURL: gatewayUrl.replace(/\/v1$/, ''), apiKey: token, maxRetries: 0 });
 
@@ -40,15 +41,6 @@ const responsesPrice = (model: string, u: OpenAI.Responses.ResponseUsage) => {
     reasoning,
   });
 };
-
-/** The price of an Anthropic usage object (every input kind apart). */
-const messagesPrice = (u: Anthropic.Messages.Usage) =>
-  cardPrice(claude, {
-    input: u.input_tokens,
-    cached: u.cache_read_input_tokens ?? 0,
-    write: u.cache_creation_input_tokens ?? 0,
-    output: u.output_tokens,
-  });
 
 Deno.test('Responses: a whole call is charged the card price of the provider usage, and says its cost', async () => {
   const s = await student();
@@ -201,7 +193,7 @@ Deno.test('Messages: every input kind Anthropic reports is priced, cache writes 
   assert.equal(m.usage.cache_creation_input_tokens, 5);
   const [c] = await callsOf(s.id);
   assert.equal(c.status, 'charged');
-  assert.equal(c.charged, await messagesPrice(m.usage));
+  assert.equal(c.charged, await messagesPrice(claude, m.usage));
   assert.equal((m.usage as unknown as { cost: string }).cost, c.charged);
   assert.equal(c.transfer_metadata.cache_write_tokens, 5);
   assert.equal(c.transfer_metadata.cached_input_tokens, 3);
@@ -223,9 +215,42 @@ Deno.test('Messages: a stream of cumulative counts is charged the last, never a 
   await settled(s.id);
   const [streamed, unstreamed] = await callsOf(s.id);
   assert.equal(streamed.charged, unstreamed.charged);
-  assert.equal(streamed.charged, await messagesPrice(whole.usage));
+  assert.equal(streamed.charged, await messagesPrice(claude, whole.usage));
   assert.equal(streamed.usage.output_tokens, whole.usage.output_tokens);
   assert.equal(await activeHolds(s.id), 0);
+});
+
+Deno.test("Messages: the Anthropic SDK's finalMessage() of a stream carries the cost, as create() does", async () => {
+  // The SDK builds the final message from message_start and copies from message_delta's usage
+  // only the fields it knows (output_tokens_details whole): usage.cost on the event is dropped.
+  const s = await student();
+  const anthropic = anthropicOf(s.token);
+  const body = {
+    model: claude,
+    max_tokens: 200,
+    messages: [{ role: 'user' as const, content: 'cost me #standin words=7 deltas=2' }],
+  };
+  type Costed = { cost?: string; output_tokens_details?: { cost?: string } | null };
+  const whole = await anthropic.messages.create(body);
+  const stream = anthropic.messages.stream(body);
+  let deltaCost: string | undefined;
+  stream.on('streamEvent', (e) => {
+    if (e.type === 'message_delta') deltaCost = (e.usage as unknown as Costed).cost ?? deltaCost;
+  });
+  const final = await stream.finalMessage();
+  await settled(s.id);
+  const [streamed, unstreamed] = await callsOf(s.id);
+  assert.equal((final.usage as unknown as Costed).output_tokens_details?.cost, streamed.charged);
+  assert.equal(deltaCost, streamed.charged, "the last message_delta's usage.cost");
+  assert.equal((whole.usage as unknown as Costed).output_tokens_details?.cost, unstreamed.charged);
+  assert.equal((whole.usage as unknown as Costed).cost, unstreamed.charged);
+  // @ai-sdk/anthropic keeps the raw usage: providerMetadata.anthropic.usage.cost.
+  const gw = createAnthropic({ baseURL: gatewayUrl, apiKey: s.token });
+  const r = streamText({ model: gw(claude), prompt: 'hi #standin words=3', maxOutputTokens: 40 });
+  await r.consumeStream();
+  const meta = (await r.providerMetadata)?.anthropic as { usage?: Costed } | undefined;
+  await settled(s.id);
+  assert.equal(meta?.usage?.cost, (await callsOf(s.id))[0].charged);
 });
 
 Deno.test('Messages: x-api-key or a bearer token; @ai-sdk/anthropic works streamed and not', async () => {
@@ -442,7 +467,7 @@ Deno.test('a client that hangs up mid-stream is charged what the provider report
   const c2 = await settled(s.id);
   const up2 = await standinCall(t2);
   assert.equal(up2.status, 'done');
-  assert.equal(c2.charged, await messagesPrice(up2.usage as unknown as Anthropic.Messages.Usage));
+  assert.equal(c2.charged, await messagesPrice(claude, up2.usage as unknown as Anthropic.Messages.Usage));
   assert.equal(await activeHolds(s.id), 0);
   await assertLedgerInvariants();
 });

@@ -311,10 +311,11 @@ Deno.test('the same Idempotency-Key sent 8 times at once with a balance for one 
 
 Deno.test('a per-model cap stops a call before the provider is called', async () => {
   const s = await student();
+  // Less than the least answer (AI_MIN_OUTPUT_TOKENS of gpt-4o): a shorter answer does not fit either.
   const capped = await api('/credits/caps', {
     method: 'PUT',
     token: s.token,
-    body: { period: 'day', model: 'gpt-4o', amount: '5' },
+    body: { period: 'day', model: 'gpt-4o', amount: '0.5' },
   });
   assert.equal(capped.status, 200);
   await assert.rejects(
@@ -391,6 +392,41 @@ Deno.test('the Vercel AI SDK works unchanged, streamed and not', async () => {
   assert.equal(calls.length, 2);
   assert.equal(calls[0].charged, calls[1].charged);
   assert.equal(await activeHolds(s.id), 0);
+});
+
+Deno.test("the AI SDK's chat model reads the cost from the answer's body and header, the raw usage chunk, or the call log", async () => {
+  // @ai-sdk/openai's chat model parses usage with a schema of OpenAI's own fields, so usage.cost
+  // reaches neither usage.raw nor providerMetadata; the wire shape stays OpenAI's, and the cost is
+  // read where docs/ai-gateway.md § What a call cost says.
+  const s = await student();
+  const provider = createOpenAI({ baseURL: gatewayUrl, apiKey: s.token });
+  const whole = await generateText({
+    model: provider.chat('gpt-4o-mini'),
+    prompt: 'hi #standin words=4',
+    maxOutputTokens: 40,
+    include: { responseBody: true }, // the SDK keeps no body unless asked
+  });
+  const [w] = await callsOf(s.id);
+  assert.equal(whole.response.headers?.['x-credits-charged'], w.charged);
+  assert.equal((whole.response.body as { usage: { cost: string } }).usage.cost, w.charged);
+
+  const streamed = streamText({
+    model: provider.chat('gpt-4o-mini'),
+    prompt: 'hi #standin words=4',
+    maxOutputTokens: 40,
+    includeRawChunks: true,
+  });
+  let cost: string | undefined;
+  for await (const part of streamed.fullStream) {
+    if (part.type === 'raw') cost = (part.rawValue as { usage?: { cost?: string } }).usage?.cost ?? cost;
+  }
+  const callId = (await streamed.response).headers?.['x-ai-call-id'];
+  await settled(s.id);
+  const [st] = await callsOf(s.id);
+  assert.equal(cost, st.charged, "the raw usage chunk's usage.cost");
+  assert.equal(callId, st.id);
+  const logged = await fetch(`${gatewayUrl}/calls/${callId}`, { headers: { authorization: `Bearer ${s.token}` } });
+  assert.equal((await logged.json()).data.charged, st.charged, 'GET /ai/v1/calls/{x-ai-call-id}');
 });
 
 Deno.test('POST /credits/usage refuses a student token; a server key works until it is revoked', async () => {

@@ -5,18 +5,8 @@
 // model's own upstream, as the gateway does; GET /ai/v1/models lists each model's own APIs; a chat
 // card pricing its answer at 0 is never published.
 import assert from 'node:assert/strict';
-import { activeHolds, balanceOf, refusalsOf, standinCall, student } from '../support/ai.ts';
-import {
-  api,
-  assertLedgerInvariants,
-  key,
-  newAdmin,
-  spawnGateway,
-  testDb,
-  tick,
-  until,
-  userToken,
-} from '../support/helpers.ts';
+import { activeHolds, balanceOf, refusalsOf, runAiJob, standinCall, student } from '../support/ai.ts';
+import { api, assertLedgerInvariants, key, newAdmin, testDb, tick, until, userToken } from '../support/helpers.ts';
 
 type Json = Record<string, unknown>;
 const error = (r: { body: Json }) => r.body.error as Json;
@@ -121,37 +111,21 @@ Deno.test('a job whose model became an embedding model after it was queued fails
 Deno.test("an ai_completion job reaches its model's own upstream in that upstream's API, charged what it reported", async () => {
   const s = await student('10');
   const t = tag();
-  const gw = spawnGateway({ AI_PROVIDER: 'openai' }); // jobs call upstreams, not the built-in stand-in
-  try {
-    await gw.ready();
-    const res = await fetch(`${gw.url}/jobs`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${s.token}`, 'content-type': 'application/json', ...key() },
-      body: JSON.stringify({
-        type: 'ai_completion',
-        input: { model: 'claude-3-5-haiku', prompt: `#standin words=7 tag=${t}`, max_tokens: 50 },
-      }),
-    });
-    assert.equal(res.status, 202, await res.clone().text());
-    const id = (await res.json()).data.job_id as string;
-    const job = await until('the job to finish', async () => {
-      await tick(gw.url);
-      const [j] = await testDb`select status, result, error from billing.jobs where id = ${id}`;
-      return ['completed', 'failed'].includes(j.status) && j;
-    }, 30_000);
-    assert.equal(job.status, 'completed', JSON.stringify(job.error));
-    const call = await standinCall(t) as { status: string; protocol?: string; usage?: Record<string, number> };
-    assert.equal(call.protocol, 'messages', "claude-3-5-haiku's card names Anthropic: the job spoke Messages");
-    const u = call.usage!;
-    assert.match((job.result as { text: string }).text, /word7/);
-    const [expected] = await testDb`select trim_scale(10 - (billing.price_usage('claude-3-5-haiku',
-      ${u.input_tokens + (u.cache_creation_input_tokens ?? 0)}, ${u.output_tokens}, ${u.cache_read_input_tokens ?? 0},
-      0)).amount)::text as balance`;
-    await until('the capture', async () => (await balanceOf(s.id)) === expected.balance);
-    assert.equal(await activeHolds(s.id), 0);
-  } finally {
-    await gw.kill();
-  }
+  const job = await runAiJob(s.token, {
+    model: 'claude-haiku-4-5',
+    prompt: `#standin words=7 tag=${t}`,
+    max_tokens: 50,
+  });
+  assert.equal(job.status, 'completed', JSON.stringify(job.error));
+  const call = await standinCall(t) as { status: string; protocol?: string; usage?: Record<string, number> };
+  assert.equal(call.protocol, 'messages', "claude-haiku-4-5's card names Anthropic: the job spoke Messages");
+  const u = call.usage!;
+  assert.match((job.result as { text: string }).text, /word7/);
+  const [expected] = await testDb`select trim_scale(10 - (billing.price_usage('claude-haiku-4-5',
+    ${u.input_tokens + (u.cache_creation_input_tokens ?? 0)}, ${u.output_tokens}, ${u.cache_read_input_tokens ?? 0},
+    0)).amount)::text as balance`;
+  await until('the capture', async () => (await balanceOf(s.id)) === expected.balance);
+  assert.equal(await activeHolds(s.id), 0);
   await assertLedgerInvariants();
 });
 
@@ -165,7 +139,7 @@ Deno.test('GET /ai/v1/models lists each model its own kind and APIs: those its k
   assert.equal(of(embedding)?.kind, 'embedding');
   assert.deepEqual(of('gpt-4o')?.endpoints, ['chat', 'responses']);
   assert.equal(of('gpt-4o')?.kind, 'chat');
-  assert.deepEqual(of('claude-3-5-haiku')?.endpoints, ['messages']);
+  assert.deepEqual(of('claude-haiku-4-5')?.endpoints, ['messages']);
 });
 
 Deno.test('publishing a chat card with an output or reasoning price of 0 is 400 OUTPUT_PRICE_REQUIRED; an embedding card may price input only', async () => {

@@ -30,7 +30,7 @@ Deno.test('a refused field, an unopenable reference and too few credits are each
   assert.equal(reference.status, 400);
   const broke = await api('/ai/v1/messages', {
     token: poor.token,
-    body: { model: 'claude-3-5-haiku', max_tokens: 50, messages: [{ role: 'user', content: 'hi' }] },
+    body: { model: 'claude-haiku-4-5', max_tokens: 50, messages: [{ role: 'user', content: 'hi' }] },
   });
   assert.equal(broke.status, 402);
   // Not JSON: off the record.

@@ -8,7 +8,7 @@ import { assertLedgerInvariants, testDb } from '../support/helpers.ts';
 
 type Api = 'chat' | 'responses' | 'messages';
 const paths: Record<Api, string> = { chat: 'chat/completions', responses: 'responses', messages: 'messages' };
-const models: Record<Api, string> = { chat: 'gpt-4o-mini', responses: 'gpt-4o-mini', messages: 'claude-3-5-haiku' };
+const models: Record<Api, string> = { chat: 'gpt-4o-mini', responses: 'gpt-4o-mini', messages: 'claude-haiku-4-5' };
 
 function request(api: Api, prompt: string, stream: boolean): Record<string, unknown> {
   const model = models[api];

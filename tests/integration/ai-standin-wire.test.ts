@@ -272,7 +272,7 @@ Deno.test("embeddings.create decodes the default base64, matches float, and bill
   const b64 = await openai.embeddings.create({ model: 'text-embedding-3-small', input });
   const float = await openai.embeddings.create({ model: 'text-embedding-3-small', input, encoding_format: 'float' });
   assert.equal(b64.data.length, 2);
-  assert.equal(b64.data[0].embedding.length, 8);
+  assert.equal(b64.data[0].embedding.length, 1536);
   assert.deepEqual(Array.from(b64.data[1].embedding), float.data[1].embedding);
   assert.notDeepEqual(float.data[0].embedding, float.data[1].embedding);
   const prompt = tokens(input[0]) + tokens(input[1]) + 2;
@@ -287,6 +287,21 @@ Deno.test("embeddings.create decodes the default base64, matches float, and bill
   assert.equal(again.data[0].embedding.length, 16);
   const ids = await openai.embeddings.create({ model: 'm', input: [[1, 2, 3], [4, 5]], encoding_format: 'float' });
   assert.deepEqual(ids.usage, { prompt_tokens: 5, total_tokens: 5 });
+});
+
+Deno.test("embeddings have the real model's dimension, or the dimensions asked for (a vector(1536) column takes them)", async () => {
+  const dims = async (model: string, dimensions?: number) =>
+    (await openai.embeddings.create({ model, input: 'a note', encoding_format: 'float', dimensions })).data[0].embedding
+      .length;
+  assert.equal(await dims('text-embedding-3-small'), 1536);
+  assert.equal(await dims('text-embedding-3-large'), 3072);
+  assert.equal(await dims('text-embedding-ada-002'), 1536);
+  assert.equal(await dims('text-embedding-3-large', 256), 256);
+  const v = (await openai.embeddings.create({ model: 'text-embedding-3-small', input: 'a note' })).data[0].embedding;
+  assert.ok(Math.abs(Math.hypot(...v) - 1) < 1e-5, 'unit length, as OpenAI returns');
+  // As OpenAI: no more dimensions than the model has, and none asked of ada-002.
+  await assert.rejects(dims('text-embedding-3-small', 2000), (e) => e instanceof OpenAI.APIError && e.status === 400);
+  await assert.rejects(dims('text-embedding-ada-002', 256), (e) => e instanceof OpenAI.APIError && e.status === 400);
 });
 
 // ---------------------------------------------------------------- Anthropic Messages

@@ -22,7 +22,7 @@ import {
   student,
 } from '../support/ai.ts';
 
-const claude = 'claude-3-5-haiku';
+const claude = 'claude-haiku-4-5';
 const gpt = 'gpt-4o-mini';
 
 // Every schema feature an app's object is likely to use.
@@ -51,7 +51,7 @@ function models(token: string): { name: string; model: LanguageModel; model_id: 
     { name: 'Chat Completions', model: openai.chat(gpt), model_id: gpt },
     // The AI SDK's default: the Responses API, at its default options.
     { name: 'Responses', model: openai(gpt), model_id: gpt },
-    { name: 'Messages', model: anthropic(claude), model_id: claude },
+    { name: 'Messages', model: anthropic(claude), model_id: claude }, // charged as its card
   ];
 }
 

@@ -51,7 +51,7 @@ Deno.test('Messages: a stream whose message_delta carries no usage is charged by
   const s = await student();
   const t = tag();
   const r = await streamed('/messages', s.token, {
-    model: 'claude-3-5-haiku',
+    model: 'claude-haiku-4-5',
     max_tokens: 1000,
     messages: [{ role: 'user', content: `a long answer please #standin words=200 no_usage tag=${t}` }],
   });
@@ -93,7 +93,7 @@ Deno.test("the new AI routes count against the gateway's per-student AI rate lim
       const statuses: number[] = [];
       const calls: [string, Record<string, unknown>][] = [
         ['responses', { model: 'gpt-4o-mini', input: 'hi #standin words=2', max_output_tokens: 16 }],
-        ['messages', { model: 'claude-3-5-haiku', max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] }],
+        ['messages', { model: 'claude-haiku-4-5', max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] }],
         ['embeddings', { model: 'text-embedding-3-small', input: 'hi' }],
         ['responses', { model: 'gpt-4o-mini', input: 'hi again #standin words=2', max_output_tokens: 16 }],
       ];

@@ -109,6 +109,7 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
     '/admin/metrics': { kind: 'object', path: '/admin/metrics', token: f.admin },
     '/admin/model-access': { kind: 'whole', path: '/admin/model-access', token: f.admin },
     '/admin/ops': { kind: 'object', path: '/admin/ops', token: f.admin },
+    '/admin/provider-prices': { kind: 'object', path: '/admin/provider-prices', token: f.admin },
     '/admin/reports/daily': { kind: 'object', path: `/admin/reports/daily?date=${today}`, token: f.admin },
     '/admin/server-keys': { kind: 'whole', path: '/admin/server-keys', token: f.admin },
     // OpenAI's own list shape ({ object: 'list', data: [...] }), for its SDKs: not our envelope.

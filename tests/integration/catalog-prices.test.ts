@@ -171,11 +171,11 @@ Deno.test('a plan version may name the models its credits pay for; a later versi
     price_cents: 900,
     interval: 'month',
     credits: '1000',
-    applies_to: ['claude-3-5-haiku', 'gpt-4o-mini*'],
+    applies_to: ['claude-haiku-4-5', 'gpt-4o-mini*'],
   });
-  assert.deepEqual(v1.applies_to, ['claude-3-5-haiku', 'gpt-4o-mini*']);
+  assert.deepEqual(v1.applies_to, ['claude-haiku-4-5', 'gpt-4o-mini*']);
   const v2 = await change('plans', id, { price_cents: 1000 });
-  assert.deepEqual(v2.applies_to, ['claude-3-5-haiku', 'gpt-4o-mini*'], 'a change keeps the list unless it names one');
+  assert.deepEqual(v2.applies_to, ['claude-haiku-4-5', 'gpt-4o-mini*'], 'a change keeps the list unless it names one');
   const v3 = await change('plans', id, { applies_to: null });
   assert.equal(v3.applies_to, null);
   const bad = await adminPost(`/plans/${id}/versions`, { applies_to: ['no spaces allowed'], reason: 'bad' });

@@ -413,7 +413,7 @@ Deno.test('every charge for a model draws, in spending order, only lots that may
     ['45', 'adjustment', { applies_to: ['gpt-4o'], priority: 5 }], // the name only: not gpt-4o-mini
     ['36', 'promo_grant', { applies_to: ['gpt-4o-mini*'], priority: 5, expires_at: inDays(10) }], // not gpt-4o
     ['75', 'promo_grant', { applies_to: ['gpt-4o*'], priority: 5, expires_at: soon }], // both
-    ['36', 'adjustment', { applies_to: ['claude-3-5-haiku', 'gpt-4o-mini'], priority: 5 }],
+    ['36', 'adjustment', { applies_to: ['claude-haiku-4-5', 'gpt-4o-mini'], priority: 5 }],
     ['90', 'promo_grant', {}], // for any model
     ['60', 'adjustment', {}],
     ['24', 'adjustment', { applies_to: ['gpt-4o'], priority: 1 }], // before every other list for gpt-4o
@@ -426,7 +426,7 @@ Deno.test('every charge for a model draws, in spending order, only lots that may
   }
   const books = new Books(await accountOf(id));
   await books.sync();
-  const models = ['gpt-4o', 'gpt-4o-mini', 'claude-3-5-haiku', 'text-embedding-3-small'];
+  const models = ['gpt-4o', 'gpt-4o-mini', 'claude-haiku-4-5', 'text-embedding-3-small'];
   const next = random(20261125);
   const pick = async () => {
     const m = models[Math.floor(next() * models.length)];
@@ -605,7 +605,7 @@ Deno.test("a school member's charges on a pool with credits for some models draw
   const [wallet] = await testDb`select id::text from billing.accounts where org_id = ${org} and member_id is null`;
   const books = new Books(BigInt(wallet.id));
   await books.sync();
-  const models = ['gpt-4o', 'gpt-4o-mini', 'claude-3-5-haiku'];
+  const models = ['gpt-4o', 'gpt-4o-mini', 'claude-haiku-4-5'];
   const next = random(42);
   for (let i = 0; i < 24; i++) {
     const m = models[Math.floor(next() * models.length)];
@@ -641,7 +641,7 @@ Deno.test('gateway calls for gpt-4o and gpt-4o-mini racing usage reports never d
     reportUsage('/credits/usage', {
       token,
       headers: key(),
-      body: { model: ['gpt-4o', 'gpt-4o-mini', 'claude-3-5-haiku'][i % 3], input_tokens: 20_000, output_tokens: 0 },
+      body: { model: ['gpt-4o', 'gpt-4o-mini', 'claude-haiku-4-5'][i % 3], input_tokens: 20_000, output_tokens: 0 },
     }));
   for (const r of await Promise.all([...calls, ...reports])) {
     assert.ok(r.status < 500, `no answer is a server error: ${r.status} ${r.text}`);

@@ -145,7 +145,7 @@ Deno.test("next term's allowance for one model only pays for that model, though 
   const second = await api(`/orgs/${org}/allowances`, {
     token: owner.token,
     headers: key(),
-    body: { user_id: mallory.id, amount: '50', applies_to: ['claude-3-5-haiku'] },
+    body: { user_id: mallory.id, amount: '50', applies_to: ['claude-haiku-4-5'] },
   });
   assert.equal(second.status, 201, second.text);
   const lots = await testDb`select l.applies_to from billing.lots l join billing.accounts a on a.id = l.account_id
@@ -153,8 +153,8 @@ Deno.test("next term's allowance for one model only pays for that model, though 
   const r = await chat(mallory.token, 'gpt-4o');
   assert.deepEqual(
     lots.map((l) => l.applies_to),
-    [['claude-3-5-haiku']],
-    `the allowance given for claude-3-5-haiku only holds lots for ${JSON.stringify(lots.map((l) => l.applies_to))}; ` +
+    [['claude-haiku-4-5']],
+    `the allowance given for claude-haiku-4-5 only holds lots for ${JSON.stringify(lots.map((l) => l.applies_to))}; ` +
       `Mallory's gpt-4o call answered ${r.status}`,
   );
   assert.equal(r.status, 402, r.text);

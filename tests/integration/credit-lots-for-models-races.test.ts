@@ -25,8 +25,8 @@ import { buy, chargeOf, emulator } from '../support/purchases.ts';
 type Json = Record<string, unknown>;
 const detailsOf = (r: { body: Json }) => (r.body.error as { details: Record<string, string> }).details;
 
-/** gpt-4o-mini input: 5,000 tokens = 3 credits; gpt-4o input: 50 tokens = 1 credit; haiku input: 1,250 tokens = 4 credits. */
-const tokensFor = { 'gpt-4o-mini': 5000 / 3, 'gpt-4o': 50, 'claude-3-5-haiku': 1250 / 4 } as Record<string, number>;
+/** gpt-4o-mini input: 5,000 tokens = 3 credits; gpt-4o input: 50 tokens = 1 credit; haiku input: 1,000 tokens = 4 credits. */
+const tokensFor = { 'gpt-4o-mini': 5000 / 3, 'gpt-4o': 50, 'claude-haiku-4-5': 1000 / 4 } as Record<string, number>;
 const charge = (token: string, model: string, credits: number) =>
   reportUsage('/credits/usage', {
     token,
@@ -123,7 +123,7 @@ Deno.test('credits for a family, a model and another family: each charge drawn o
   assert.equal(shortMini.status, 402, shortMini.text);
   assert.equal(detailsOf(shortMini).restricted, '4');
   assert.equal((await charge(s.token, 'gpt-4o-mini', 3)).status, 201);
-  assert.equal((await charge(s.token, 'claude-3-5-haiku', 4)).status, 201);
+  assert.equal((await charge(s.token, 'claude-haiku-4-5', 4)).status, 201);
   assert.deepEqual(await remainingOf(s.id), ['0', '2', '0']);
   const [{ balance }] =
     await testDb`select trim_scale(balance)::text as balance from billing.accounts where user_id = ${s.id}`;

@@ -242,7 +242,7 @@ Deno.test('a sponsor code revoked (or past its window) gives the wallet back its
   const org = await school(owner, [ada], 'allowance', '1000'); // credits for anything
   await join(owner.token, org, eve, 'admin'); // a delegated admin
   // Eve sets the whole wallet aside for a member, for one model only, and takes it back.
-  const r = await issue(eve.token, org, { credits: '1000', user_id: ada.id, applies_to: ['claude-3-5-haiku'] });
+  const r = await issue(eve.token, org, { credits: '1000', user_id: ada.id, applies_to: ['claude-haiku-4-5'] });
   assert.equal(r.status, 201, r.text);
   const revoked = await api(`/orgs/${org}/sponsor-codes/${data(r).id}`, { token: eve.token, method: 'DELETE' });
   assert.equal(revoked.status, 200, revoked.text);
@@ -302,13 +302,13 @@ Deno.test('a member with nine models in flight on a restricted allowance can sti
 // ============================================================ restricted credits as cover
 
 /**
- * Ada, a member of a school that sponsors her with 5,000 credits for claude-3-5-haiku only (a
+ * Ada, a member of a school that sponsors her with 5,000 credits for claude-haiku-4-5 only (a
  * sponsor code she redeemed), then buys starter (9,990 credits for 999¢) with her own card.
  */
 async function sponsoredBuyer() {
   const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
   const org = await school(owner, [ada], 'allowance', '5000');
-  const issued = await issue(owner.token, org, { credits: '5000', user_id: ada.id, applies_to: ['claude-3-5-haiku'] });
+  const issued = await issue(owner.token, org, { credits: '5000', user_id: ada.id, applies_to: ['claude-haiku-4-5'] });
   assert.equal(issued.status, 201, issued.text);
   const redeemed = await redeem(ada.token, data<{ code: string }>(issued).code);
   assert.equal(redeemed.status, 200, redeemed.text);
@@ -325,7 +325,7 @@ const haiku = (token: string) =>
   reportUsage('/credits/usage', {
     token,
     headers: key(),
-    body: { model: 'claude-3-5-haiku', input_tokens: 100_000, output_tokens: 0 }, // 320 credits
+    body: { model: 'claude-haiku-4-5', input_tokens: 100_000, output_tokens: 0 }, // 400 credits
   });
 
 Deno.test("an operator's refund or a lost chargeback of a student's purchase never takes the school's credits for one model: what was spent is debt", async () => {

@@ -20,7 +20,7 @@ import { lotsOfPurchase, ownAccount, reservationInvariants } from '../support/re
 
 for (const outcome of ['won', 'lost'] as const) {
   Deno.test(`a member removed while the allowance is frozen: the frozen credits stay; ${outcome}, the wallet ends whole and the member owes nothing`, async () => {
-    const { owner, member, org, purchase: p } = await schoolAllowanceFunded();
+    const { owner, member, org, purchase: p } = await schoolAllowanceFunded('2000', true);
     await openDispute(p.session_id);
     const removed = await api(`/orgs/${org}/members/${member.id}`, {
       token: owner.token,

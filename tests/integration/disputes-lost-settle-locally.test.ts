@@ -112,7 +112,7 @@ Deno.test('the buyer pays what was spent of their purchase from their other cred
 });
 
 Deno.test("an organisation's lost dispute: the allowance's free credits go back, the member is never billed; the wallet owes what was spent", async () => {
-  const { owner, member, org, purchase: p } = await schoolAllowanceFunded();
+  const { owner, member, org, purchase: p } = await schoolAllowanceFunded('2000', true);
   const used = await usage(member.token, 100_000);
   assert.equal(used.status, 201, used.text);
   const charged = Number((used.body.data as { charged: string }).charged);

@@ -16,7 +16,7 @@ import {
   testDb,
   userToken,
 } from '../support/helpers.ts';
-import { key, person, school, walletOf } from '../support/orgs.ts';
+import { key, person, school, verifyOrg, walletOf } from '../support/orgs.ts';
 import { balanceOf, buy, chargeOf, deliver, emulator } from '../support/purchases.ts';
 
 /** gpt-4o input: 50 tokens = 1 credit. */
@@ -76,6 +76,7 @@ Deno.test('a dispute still open keeps its purchase frozen when another dispute o
 Deno.test("an organisation's second disputed purchase stays frozen in its wallet when the first is won; the organisation is not suspended", async () => {
   const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
   const org = await school(owner, [ada], 'allowance', null);
+  await verifyOrg(org); // its wallet answers for its purchases
   const orgBuys = async () => {
     const co = await api('/checkout/sessions', {
       token: owner.token,

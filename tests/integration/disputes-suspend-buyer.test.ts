@@ -1,13 +1,13 @@
 // A buyer whose own payment is disputed is suspended until the dispute closes (issue #77,
 // disputes rule 2): every money path that checks standing answers 403 ACCOUNT_DISPUTED, as a
 // ban does. A gift code's redeemer and an organisation's members are not suspended, and what
-// they are refused never names the buyer's dispute. An organisation's purchase suspends no one.
+// they are refused never names the buyer's dispute. A verified organisation's purchase suspends no one (disputes-org-payer.test.ts: an unverified one's payer).
 // Won or lost, the suspension lifts.
 import assert from 'node:assert/strict';
 import { api, fund, key, reportUsage, student, testDb, until } from '../support/helpers.ts';
 import { buy } from '../support/purchases.ts';
 import { promo, redeem } from '../support/codes.ts';
-import { join, person, school } from '../support/orgs.ts';
+import { join, person, school, verifyOrg } from '../support/orgs.ts';
 import { subscribeTo } from '../support/plans.ts';
 import {
   chat,
@@ -134,10 +134,11 @@ Deno.test("a gift's buyer is suspended; its redeemer is not, and what the redeem
   await coreInvariants([s.id, t.id]);
 });
 
-Deno.test("an organisation's disputed purchase suspends neither the admin who bought it nor its members", async () => {
+Deno.test("a verified organisation's disputed purchase suspends neither the admin who bought it nor its members", async () => {
   const owner = await person('owner');
   const member = await person('member');
   const org = await school(owner, [], 'pool', '100');
+  await verifyOrg(org); // its wallet answers for its purchases
   await join(owner.token, org, member);
   const p = await buy(owner.token, 'mini', org);
   await until(

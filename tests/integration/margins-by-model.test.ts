@@ -88,8 +88,8 @@ Deno.test('a model sold without a provider price has an unknown cost and margin,
 
 Deno.test("the default rate card's models have provider prices, each with its source and date", async () => {
   const rows = await testDb`select distinct on (r.model) r.model, p.source_url, p.source_checked_on
-    from billing.rate_cards r left join billing.provider_prices p on p.model = r.model
-    where r.model in ('gpt-4o', 'gpt-4o-mini', 'claude-3-5-haiku') order by r.model, p.version desc`;
+    from billing.rate_cards r left join billing.provider_prices p on p.model = r.model and p.upstream = r.upstream
+    where r.model in ('gpt-4o', 'gpt-4o-mini', 'claude-haiku-4-5') order by r.model, p.version desc`;
   assert.equal(rows.length, 3);
   for (const r of rows) {
     assert.match(String(r.source_url), /^https:\/\/(platform\.openai\.com|docs\.anthropic\.com)\//, r.model);

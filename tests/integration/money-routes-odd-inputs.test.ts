@@ -18,7 +18,7 @@ import {
   until,
 } from '../support/helpers.ts';
 import { batch, checkLots, codeOf, dataOf, microCard, outcomesOf } from '../support/money.ts';
-import { accountOf as orgAccountOf, person, school } from '../support/orgs.ts';
+import { accountOf as orgAccountOf, person, school, verifyOrg } from '../support/orgs.ts';
 import { grantLot } from '../support/lots.ts';
 import { issue, redeem } from '../support/codes.ts';
 import { buy, chargeOf, emulator } from '../support/purchases.ts';
@@ -392,6 +392,7 @@ for (const funding of ['allowance', 'pool'] as const) {
 Deno.test("a school's purchase moved to an allowance and a sponsor code, spent in parallel while its dispute opens and is lost: the wallet owes exactly what was spent", async () => {
   const [owner, ada, bo] = await Promise.all(['owner', 'ada', 'bo'].map(person));
   const org = await school(owner, [ada, bo], 'allowance', null);
+  await verifyOrg(org); // its wallet answers for its purchases
   const co = await buy(owner.token, 'starter', org); // 9,990 credits for the wallet
   const charge = await chargeOf(co.session_id);
   const f = await api(`/orgs/${org}/allowances`, {
@@ -514,6 +515,7 @@ Deno.test('a batch of millionths: event ids that read as hashes, repeats and two
 Deno.test("a school's purchase moved to an allowance and a sponsor code, spent in parallel while it is refunded in full: the wallet owes exactly what was spent", async () => {
   const [owner, ada, bo] = await Promise.all(['owner', 'ada', 'bo'].map(person));
   const org = await school(owner, [ada, bo], 'allowance', null);
+  await verifyOrg(org); // its wallet answers for its purchases
   const co = await buy(owner.token, 'starter', org); // 9,990 credits for 999¢
   const charge = await chargeOf(co.session_id);
   const f = await api(`/orgs/${org}/allowances`, {

@@ -308,7 +308,7 @@ Deno.test('under the default list, every AI route and jobs refuse a model outsid
   try {
     await setList(null, ['gpt-4o-mini']);
     assert.deepEqual(await modelsOf(s.token), ['gpt-4o-mini@null']);
-    for (const model of ['gpt-4o', 'claude-3-5-haiku', 'text-embedding-3-small']) {
+    for (const model of ['gpt-4o', 'claude-haiku-4-5', 'text-embedding-3-small']) {
       for (const { path, r } of await everyRoute(s.token, model)) {
         assert.equal(r.status, 403, `${model} on ${path}: ${r.status} ${r.text}`);
         assert.equal(codeOf(r), 'MODEL_NOT_ALLOWED', `${model} on ${path}`);

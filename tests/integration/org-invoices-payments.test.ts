@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import type { OrgInvoice } from '../../supabase/functions/_shared/contract/index.ts';
 import { api, assertLedgerInvariants, env, key, testDb, withGateway } from '../support/helpers.ts';
-import { person, school, usage, walletOf } from '../support/orgs.ts';
+import { person, school, usage, verifyOrg, walletOf } from '../support/orgs.ts';
 import { deliver, emulator, sign } from '../support/purchases.ts';
 import { approveInvoicing, billing, chargeIn, openInvoice, pay, stripePost } from '../support/invoices.ts';
 import { post, taxOn } from '../support/tax.ts';
@@ -39,6 +39,7 @@ Deno.test("a signed invoice.paid rewritten to name another organisation's invoic
 Deno.test('a refund of a paid invoice after the wallet funded allowances and a sponsor code reaches them', async () => {
   const [owner, ada, bo] = await Promise.all(['owner', 'ada', 'bo'].map(person));
   const org = await school(owner, [ada, bo], 'allowance', null);
+  await verifyOrg(org); // its wallet answers for its purchases
   const inv = await openInvoice(owner.token, org);
   const charge = chargeIn((await pay(inv, 'card')).events);
   assert.equal((await walletOf(owner.token, org)).balance, '5000');

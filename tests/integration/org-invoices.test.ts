@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import type { OrgInvoice } from '../../supabase/functions/_shared/contract/index.ts';
 import { api, assertLedgerInvariants, env, key, spawnGateway, testDb, withGateway } from '../support/helpers.ts';
 import { codeOf, type Json } from '../support/money.ts';
-import { join, person, school, walletOf } from '../support/orgs.ts';
+import { join, person, school, verifyOrg, walletOf } from '../support/orgs.ts';
 import { deliver, emulator, sign, stripeApi } from '../support/purchases.ts';
 import {
   approveInvoicing,
@@ -227,6 +227,7 @@ Deno.test('a request that dies after Stripe sent the invoice loses nothing: the 
 Deno.test("a dispute of a paid invoice's payment freezes its credits, and a lost one takes them back", async () => {
   const owner = await person('owner');
   const org = await school(owner, [], 'allowance', null);
+  await verifyOrg(org); // its wallet answers for its purchases
   const inv = await openInvoice(owner.token, org);
   const charge = chargeIn((await pay(inv, 'card')).events);
   assert.deepEqual(await walletOf(owner.token, org), { balance: '5000', held: '0', available: '5000' });

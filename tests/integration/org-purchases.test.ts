@@ -3,7 +3,7 @@
 // moved (the wallet, members' allowances), into debt only for what was already spent.
 import assert from 'node:assert/strict';
 import { api, assertLedgerInvariants, testDb } from '../support/helpers.ts';
-import { key, person, school, usage, walletOf } from '../support/orgs.ts';
+import { key, person, school, usage, verifyOrg, walletOf } from '../support/orgs.ts';
 import { chargeOf, emulator } from '../support/purchases.ts';
 
 const checkout = (token: string, body: Record<string, unknown>) =>
@@ -60,6 +60,7 @@ Deno.test("an organisation's admin buys credits for its wallet; members and outs
 Deno.test("a refund and a lost dispute take an organisation's credits back from its wallet, into debt", async () => {
   const [owner, ada, bo] = await Promise.all(['owner', 'ada', 'bo'].map(person));
   const org = await school(owner, [ada, bo], 'allowance', null);
+  await verifyOrg(org); // its wallet answers for its purchases
   const co = await checkout(owner.token, { package_id: 'mini', org_id: org });
   const { session_id } = co.body.data as { session_id: string };
   await emulator(`/_emulator/checkout/sessions/${session_id}/pay`, { outcome: 'succeeded' });

@@ -19,7 +19,7 @@ import {
   userToken,
 } from '../support/helpers.ts';
 import { codeOf, spendWith } from '../support/money.ts';
-import { person, school, usage, walletOf } from '../support/orgs.ts';
+import { person, school, usage, verifyOrg, walletOf } from '../support/orgs.ts';
 import { balanceOf, buy, chargeOf, emulator } from '../support/purchases.ts';
 
 /** 1,000 paid credits (100¢) spent after everything else: the credits a double take-back would reach. */
@@ -108,6 +108,7 @@ Deno.test('partial refunds and a lost dispute end the same whether the bonus exp
 Deno.test("an organisation's lost dispute forgives the bonus that expired in a member's allowance, not what she spent", async () => {
   const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
   const org = await school(owner, [ada], 'allowance', null);
+  await verifyOrg(org); // its wallet answers for its purchases
   const co = await api('/checkout/sessions', {
     token: owner.token,
     body: { package_id: 'pro', org_id: org },

@@ -18,7 +18,7 @@ import {
   testDb,
 } from '../support/helpers.ts';
 import { codeOf, dataOf, ledgerOf, spendWith, transfersUnder } from '../support/money.ts';
-import { person, school, usage, walletOf } from '../support/orgs.ts';
+import { person, school, usage, verifyOrg, walletOf } from '../support/orgs.ts';
 import { balanceOf, buy, chargeOf, emulator, pays } from '../support/purchases.ts';
 
 const payer = async (transferId: string) =>
@@ -311,6 +311,7 @@ Deno.test('a dispute reaches credits moved into an allowance: frozen at once, ta
   // A student's own organisation and second account.
   const [me, alt] = await Promise.all(['me', 'alt'].map(person));
   const org = await school(me, [alt], 'allowance', null);
+  await verifyOrg(org); // its wallet answers for its purchases
   const session_id = await pays(me.token, { package_id: 'mini', org_id: org });
   const funded = await api(`/orgs/${org}/allowances`, { token: me.token, body: { amount: '5000' }, headers: key() });
   assert.equal(funded.status, 201, funded.text);

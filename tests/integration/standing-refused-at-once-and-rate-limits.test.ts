@@ -105,9 +105,10 @@ async function sampleRequests(base: string, s: { id: string; token: string }) {
     ['/credits/holds', { method: 'POST', headers: { ...json, 'idempotency-key': k }, body: '{"amount":"2"}' }],
     ['/credits/holds', { method: 'POST', headers: { ...json, ...key() }, body: '{"amount":"999999"}' }],
     ['/credits/holds', { method: 'POST', headers: { ...json, ...key() }, body: '{"amount":"-1"}' }],
+    // Past AI_MAX_OUTPUT_TOKENS and not to be cut: refused (400).
     ['/ai/v1/chat/completions', {
       method: 'POST',
-      headers: json,
+      headers: { ...json, 'x-ai-clamp': 'off' },
       body: JSON.stringify({ model: 'gpt-4o', messages: ask('hi'), max_tokens: 4096 * 100 }),
     }],
     ['/ai/v1/chat/completions', {

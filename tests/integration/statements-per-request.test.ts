@@ -154,16 +154,21 @@ Deno.test('each money route runs exactly one SQL statement per request, in one r
     // An AI call as the SDKs send it (no Idempotency-Key, so no answer is kept): the hold and the
     // capture, each one statement in one round trip; a call the balance cannot cover is refused,
     // and recorded, by the hold's one statement.
-    const chat = async (model: string, max_tokens: number) => {
+    const chat = async (model: string, max_tokens: number, headers: Record<string, string> = {}) => {
       const r = await fetch(`${url}/ai/v1/chat/completions`, {
         method: 'POST',
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...headers },
         body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], max_tokens }),
       });
       return { status: r.status, body: await r.json() };
     };
     assert.equal((await counted('an AI call', () => chat('gpt-4o-mini', 5), 2)).status, 200);
-    const refused = await counted('an AI call refused (402)', () => chat('gpt-4o', 4000), 1);
+    // Asked not to be cut to what fits (x-ai-clamp: off), the call is refused.
+    const refused = await counted(
+      'an AI call refused (402)',
+      () => chat('gpt-4o', 4000, { 'x-ai-clamp': 'off' }),
+      1,
+    );
     assert.equal(refused.status, 402, JSON.stringify(refused.body));
   }).finally(proxy.close);
   // 97.98 less what the AI call was charged (the refused one, nothing), summed in SQL: exact.

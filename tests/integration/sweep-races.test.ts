@@ -7,16 +7,8 @@
 //   the session's expiry): marked expired instead, a paid purchase whose credits were granted.
 import assert from 'node:assert/strict';
 import postgres from 'postgres';
-import { api, assertLedgerInvariants, env, fund, key, newUser, testDb } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, awayFromCron, env, fund, key, newUser, testDb } from '../support/helpers.ts';
 import { accountOf, person, school, walletOf } from '../support/orgs.ts';
-
-/** Waits, when needed, until pg_cron's minute boundary (where the same sweeps run on their own) is
- * at least 5 s behind and 20 s ahead: a scenario set up for one sweep is then met by that one only. */
-async function awayFromCron(): Promise<void> {
-  const into = Date.now() % 60_000;
-  const wait = into < 5_000 ? 5_000 - into : into > 40_000 ? 65_000 - into : 0;
-  if (wait) await new Promise((r) => setTimeout(r, wait));
-}
 
 /** A race scenario, started away from pg_cron's minute boundary (its setup included). */
 const raceTest = (name: string, fn: () => Promise<void>) =>

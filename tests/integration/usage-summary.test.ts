@@ -3,7 +3,18 @@
 // charges it priced, the runway follows the last 7 days' pace, and nobody reads another's (a
 // school member no other member's, an outsider none).
 import assert from 'node:assert/strict';
-import { api, fund, key, newUser, reportUsage, testDb, userToken } from '../support/helpers.ts';
+import OpenAI from 'openai';
+import {
+  adminToken,
+  api,
+  functionsUrl,
+  fund,
+  key,
+  newUser,
+  reportUsage,
+  testDb,
+  userToken,
+} from '../support/helpers.ts';
 import { dataOf } from '../support/money.ts';
 import { person, school, usage } from '../support/orgs.ts';
 import type { UsageSummary } from '../../supabase/functions/_shared/contract/index.ts';
@@ -106,6 +117,48 @@ Deno.test('a student sees each model, day and token kind their charges add up to
   // Another student's summary holds none of this.
   const other = await summaryOf(await userToken(await newUser()));
   assert.equal(other.totals.requests, 0);
+});
+
+Deno.test("a gateway call's tokens count in the student's summary, once even when it cost more than its hold", async () => {
+  const user = await newUser();
+  const token = await userToken(user);
+  await fund(user, '1000');
+  const openai = new OpenAI({ baseURL: `${functionsUrl}/ai/v1`, apiKey: token, maxRetries: 0 });
+  const ask = (content: string) => [{ role: 'user' as const, content }];
+  const a = await openai.chat.completions.create({
+    model: 'gpt-4o-mini',
+    messages: ask('#standin words=6 cached=4 reasoning=3'),
+    max_tokens: 40,
+  });
+  // Billed more than its hold (extra_prompt: a tokenizer the gateway does not know): the hold's
+  // capture and the excess carry the same counts, which count once.
+  const b = await openai.chat.completions.create({
+    model: 'gpt-4o',
+    messages: ask('#standin words=2 extra_prompt=1000'),
+    max_tokens: 10,
+  });
+  const [{ excess }] = await testDb`select count(*)::int as excess from billing.ai_calls c
+    join billing.transfers t on t.correlation_id = 'ai:' || c.id and t.kind = 'usage' where c.user_id = ${user}`;
+  assert.equal(excess, 1, 'the second call charged an excess beyond its hold');
+  const u = [a.usage!, b.usage!];
+  const s = await summaryOf(token);
+  assert.deepEqual(s.totals.tokens, {
+    input: u.reduce((n, x) => n + x.prompt_tokens - (x.prompt_tokens_details?.cached_tokens ?? 0), 0),
+    output: u.reduce((n, x) => n + x.completion_tokens - (x.completion_tokens_details?.reasoning_tokens ?? 0), 0),
+    cached_input: 4,
+    reasoning: 3,
+    images: 0,
+    audio_seconds: 0,
+  });
+  assert.equal(s.totals.requests, 3, 'two calls: a capture each, and the excess');
+  // A void of the first call's capture takes its tokens back out, as it does its credits.
+  const [{ capture }] = await testDb`select c.transfer_id::text as capture from billing.ai_calls c
+    where c.user_id = ${user} and c.model = 'gpt-4o-mini'`;
+  const voided = await api(`/admin/charges/${capture}/void`, { token: await adminToken(), body: { reason: 'test' } });
+  assert.equal(voided.status, 200, voided.text);
+  const after = await summaryOf(token);
+  assert.deepEqual([after.totals.tokens.cached_input, after.totals.tokens.reasoning], [0, 0]);
+  assert.equal(after.totals.tokens.input, s.totals.tokens.input - (a.usage!.prompt_tokens - 4));
 });
 
 Deno.test('bad ranges are 400 and name the field', async () => {

@@ -602,8 +602,17 @@ class Hold implements Cmd {
 }
 
 /**
- * Releases a hold and holds the same amount again. Released, nothing settles; the new hold
- * settles first, so credits that expired under the old hold are not held again.
+ * A release expires what is due first (the hold shrinks by it; shrunk to nothing, it has ended
+ * and the release changes nothing more), so it never returns expired credits.
+ */
+function releaseHold(m: Model, i: number) {
+  Object.assign(m, settled(m));
+  if (m.holds[i].open) endHold(m, m.holds[i], 0n);
+}
+
+/**
+ * Releases a hold and holds the same amount again. The new hold settles first too, so credits
+ * that expired under the old hold are not held again.
  */
 class Rehold implements Cmd {
   constructor(readonly pick: number) {}
@@ -621,7 +630,7 @@ class Rehold implements Cmd {
       return await compare(m, r);
     }
     assert.equal(res.status, 200, res.text);
-    endHold(m, hold, 0n);
+    releaseHold(m, i);
     if (await placeHold(m, r, hold.amount) !== null) {
       const [{ due }] =
         await testDb`select count(*)::int as due from billing.lots l join billing.accounts a on a.id = l.account_id
@@ -648,8 +657,8 @@ class Settle implements Cmd {
     });
     if (suspended(m)) assertSuspended(res); // the hold lapses at its TTL
     else if (this.how === 'release') {
-      assert.equal(res.status, 200, res.text); // releasing settles nothing
-      endHold(m, hold, 0n);
+      assert.equal(res.status, 200, res.text);
+      releaseHold(m, i);
     } else {
       // A capture expires what is due first: the hold may have shrunk (then it captures less,
       // or, shrunk to nothing, is refused and the expiry rolls back with it). It posts from its

@@ -7,8 +7,10 @@
 // every account's balance and held, where each purchase's credits are (Σ remaining of its lots
 // in each account), and the database's invariants (tests/support/model-invariants.ts). The
 // organisation funds by allowance or from a pool, paying before or after the members' own
-// credits, as drawn per run. A dispute of its purchase freezes the lots wherever they are and
-// suspends no one; what was spent the wallet owes, never a member. ORG_MODEL_RUNS sets the
+// credits, as drawn per run. Its purchases are paid by an admin of their own (the payer). A dispute
+// of one freezes the lots wherever they are; what was spent is owed by whoever answers for it, never
+// a member: the wallet, when an operator verified the school (drawn per run), else the payer, who
+// is suspended while the dispute is open. ORG_MODEL_RUNS sets the
 // number of runs; MODEL_SEED replays one (the seed is printed); MODEL_OPS=old runs only what the
 // SQL before #77 follows.
 import assert from 'node:assert/strict';
@@ -22,7 +24,7 @@ import {
   reportUsage,
   testDb,
 } from '../support/helpers.ts';
-import { key, person, school } from '../support/orgs.ts';
+import { join, key, person, school, verifyOrg } from '../support/orgs.ts';
 import { chargeOf, emulator } from '../support/purchases.ts';
 import { capture, holdIdOf, holdPassesTtl, placeHold, release } from '../support/reserved.ts';
 import { type FrozenWatch, frozenWatch, modelSeed, newRules, stepInvariants } from '../support/model-invariants.ts';
@@ -41,6 +43,7 @@ const price = (input: number, output: number) => BigInt(input) * 600n + BigInt(o
 const WALLET = 'wallet';
 const allowanceOf = (i: number) => `allowance:${i}`;
 const ownOf = (i: number) => `own:${i}`;
+const PAYER = 'payer'; // the admin who pays the school's purchases: their own account
 
 interface Member {
   active: boolean;
@@ -68,6 +71,7 @@ interface Work {
 }
 interface Model {
   ref: RefLedger;
+  verified: boolean; // the wallet answers for the school's purchases, not the payer
   funding: 'allowance' | 'pool';
   paysFirst: boolean;
   members: Member[];
@@ -81,6 +85,7 @@ interface Person {
 interface Real {
   org: string;
   owner: Person;
+  payer: Person;
   admin: string;
   members: Person[];
   purchases: { id: string; charge: string }[];
@@ -145,7 +150,9 @@ async function compare(m: Model, r: Real) {
     );
   }
   assert.deepEqual(await movedLotsOffProvenance(r.org), [], 'moved lots keep their provenance');
-  await stepInvariants({ users: [r.owner.id, ...r.members.map((x) => x.id)], orgs: [r.org] }, r.watch);
+  const payer = (await api('/credits/balance', { token: r.payer.token })).body.data as { balance: string };
+  assert.equal(micro(payer.balance), m.ref.balance(PAYER), "the payer's own balance");
+  await stepInvariants({ users: [r.owner.id, r.payer.id, ...r.members.map((x) => x.id)], orgs: [r.org] }, r.watch);
 }
 
 /** Which account pays a member's charge or hold: the first in their order that can pay all of it. */
@@ -188,11 +195,15 @@ class OrgGrant implements Cmd {
   toString = () => `OrgGrant(${this.amount}, ${this.kind})`;
 }
 
+/** Whether the payer is suspended now: one of the purchases they answer for is disputed. */
+const payerSuspended = (m: Readonly<Model>) => !m.verified && m.purchases.some((p) => p.dispute === 'open');
+
 class OrgBuy implements Cmd {
-  check = (m: Readonly<Model>) => m.purchases.length < 2; // the checkout velocity rule: 5 per 10 minutes
+  // The checkout velocity rule: 5 per 10 minutes; a suspended payer buys nothing.
+  check = (m: Readonly<Model>) => m.purchases.length < 2 && !payerSuspended(m);
   async run(m: Model, r: Real) {
     const co = await api('/checkout/sessions', {
-      token: r.owner.token,
+      token: r.payer.token,
       body: { package_id: 'mini', org_id: r.org },
       headers: key(),
     });
@@ -200,7 +211,7 @@ class OrgBuy implements Cmd {
     const { session_id, purchase_id } = co.body.data as { session_id: string; purchase_id: string };
     await emulator(`/_emulator/checkout/sessions/${session_id}/pay`);
     const name = `purchase:${m.purchases.length}`;
-    m.ref.buy(name, WALLET);
+    m.ref.buy(name, m.verified ? WALLET : PAYER);
     m.ref.grant(WALLET, 5000n * M, { purchase: name, priority: 20 });
     m.purchases.push({ name, refunded: 0n, reversed: 0n, dispute: 'none' });
     r.purchases.push({ id: purchase_id, charge: await chargeOf(session_id) });
@@ -483,7 +494,7 @@ const takeBackOrder = (m: Model, p: Purchase) =>
 /**
  * A partial or full refund: floor(credits × refunded ÷ paid) whole credits, taken from the
  * purchase's lots wherever they are (what they have free at once, what holds reserved when the
- * holds return it); what was spent of them the wallet owes (its free credits, then debt).
+ * holds return it); what was spent of them who answers for it owes (their free credits, then debt).
  */
 class Refund implements Cmd {
   constructor(readonly pick: number, readonly fraction: number) {}
@@ -503,7 +514,18 @@ class Refund implements Cmd {
   toString = () => `Refund(#${this.pick}, ${this.fraction >= 1 ? 'all' : this.fraction.toFixed(2)})`;
 }
 
-/** A dispute opens: the purchase's lots freeze wherever they are; nobody is suspended, nothing is held. */
+/** Whether the payer's usage is refused for the dispute (403 ACCOUNT_DISPUTED) exactly while the model says so. */
+async function assertPayerStanding(m: Model, r: Real) {
+  const res = await reportUsage('/credits/usage', {
+    token: r.payer.token,
+    headers: key(),
+    body: { model: 'gpt-4o-mini', input_tokens: 1, output_tokens: 0 },
+  });
+  if (payerSuspended(m)) assert.equal(res.status, 403, `the payer is suspended: ${res.text}`);
+  else assert.equal(res.status, 402, `the payer is not suspended (and has no credits): ${res.text}`);
+}
+
+/** A dispute opens: the purchase's lots freeze wherever they are; the payer of an unverified school is suspended. */
 class DisputeOpen implements Cmd {
   constructor(readonly pick: number) {}
   check = (m: Readonly<Model>) => newRules && m.purchases.some(refundable);
@@ -513,9 +535,10 @@ class DisputeOpen implements Cmd {
     await emulator(`/_emulator/charges/${r.purchases[i].charge}/dispute`, { outcome: 'open' });
     p.dispute = 'open';
     m.ref.freeze(p.name, true);
-    // The owner who bought is not suspended: they may still fund allowances and set caps.
+    // The owner did not pay: they may still fund allowances and set caps.
     const org = await api(`/orgs/${r.org}`, { token: r.owner.token });
     assert.equal(org.status, 200, org.text);
+    await assertPayerStanding(m, r);
     await compare(m, r);
   }
   toString = () => `DisputeOpen(#${this.pick})`;
@@ -532,6 +555,7 @@ class DisputeClose implements Cmd {
     p.dispute = 'closed';
     m.ref.freeze(p.name, false);
     if (this.outcome === 'lost') m.ref.takeBack(p.name, CREDITS - p.reversed, takeBackOrder(m, p));
+    await assertPayerStanding(m, r);
     await compare(m, r);
   }
   toString = () => `DisputeClose(#${this.pick}, ${this.outcome})`;
@@ -593,13 +617,16 @@ Deno.test({
         // funded and spent), and often with a purchase of its own.
         fc.constantFrom(null, '300', '2000'),
         fc.boolean(),
+        fc.boolean(),
         fc.commands([...commands, commands[1], ...commands.slice(3, 7), ...commands.slice(8)], {
           maxCommands: steps,
           size: 'max',
         }),
-        async (funding, paysFirst, grant, bought, cmds) => {
-          const [owner, ...members] = await Promise.all(['owner', 'ada', 'bo'].map(person));
+        async (funding, paysFirst, grant, bought, verified, cmds) => {
+          const [owner, payer, ...members] = await Promise.all(['owner', 'payer', 'ada', 'bo'].map(person));
           const org = await school(owner, members, funding, grant);
+          await join(owner.token, org, payer, 'admin');
+          if (verified) await verifyOrg(org);
           if (!paysFirst) {
             const set = await api(`/orgs/${org}`, {
               method: 'PATCH',
@@ -611,6 +638,7 @@ Deno.test({
           }
           const model: Model = {
             ref: new RefLedger(),
+            verified,
             funding,
             paysFirst,
             members: members.map(() => ({ active: true, cap: null, capSpent: 0n })),
@@ -622,6 +650,7 @@ Deno.test({
           const real: Real = {
             org,
             owner,
+            payer,
             admin: await adminToken(),
             members,
             purchases: [],
@@ -630,7 +659,7 @@ Deno.test({
           };
           if (bought) await new OrgBuy().run(model, real);
           await fc.asyncModelRun(() => ({ model, real }), cmds);
-          if (Deno.env.get('ORG_MODEL_LOG')) console.log(funding, paysFirst, grant, bought, String(cmds));
+          if (Deno.env.get('ORG_MODEL_LOG')) console.log(funding, paysFirst, grant, bought, verified, String(cmds));
         },
       ),
       { numRuns: runs, ...modelSeed('org-model') },

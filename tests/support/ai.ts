@@ -1,7 +1,7 @@
 // Shared by the AI gateway's tests: a funded student with an OpenAI client pointed at the local
 // gateway, what the ledger charged for a call, and what the rate card says it should cost.
 import OpenAI from 'openai';
-import { env, functionsUrl, fund, newUser, testDb, userToken } from './helpers.ts';
+import { env, functionsUrl, fund, key, newUser, spawnGateway, testDb, tick, until, userToken } from './helpers.ts';
 
 export const gatewayUrl = `${functionsUrl}/ai/v1`;
 
@@ -61,6 +61,49 @@ export async function cardPrice(model: string, k: Kinds): Promise<string> {
     from billing.rate_cards c where c.model = ${model} and c.effective_from <= now()
     order by c.effective_from desc, c.version desc limit 1`;
   return r.price;
+}
+
+/** Anthropic's usage object, as the provider reported it (every input kind apart). */
+export type MessagesUsage = {
+  input_tokens: number;
+  output_tokens: number;
+  cache_read_input_tokens?: number | null;
+  cache_creation_input_tokens?: number | null;
+};
+
+/** The card's price of an Anthropic usage object: `await messagesPrice('claude-haiku-4-5', message.usage)`. */
+export const messagesPrice = (model: string, u: MessagesUsage) =>
+  cardPrice(model, {
+    input: u.input_tokens,
+    cached: u.cache_read_input_tokens ?? 0,
+    write: u.cache_creation_input_tokens ?? 0,
+    output: u.output_tokens,
+  });
+
+/**
+ * Runs an ai_completion job to its end through a gateway of its own (jobs call upstreams, not the
+ * built-in stand-in): its id and row. `await runAiJob(s.token, { model, prompt, max_tokens: 50 })`
+ */
+export async function runAiJob(token: string, input: Record<string, unknown>) {
+  const gw = spawnGateway({ AI_PROVIDER: 'openai' });
+  try {
+    await gw.ready();
+    const res = await fetch(`${gw.url}/jobs`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...key() },
+      body: JSON.stringify({ type: 'ai_completion', input }),
+    });
+    if (res.status !== 202) throw new Error(`the job was not queued: ${res.status} ${await res.text()}`);
+    const id = (await res.json()).data.job_id as string;
+    const job = await until('the job to finish', async () => {
+      await tick(gw.url);
+      const [j] = await testDb`select status, result, error from billing.jobs where id = ${id}`;
+      return ['completed', 'failed'].includes(j.status) && j;
+    }, 30_000);
+    return { id, status: job.status as string, result: job.result as Record<string, unknown>, error: job.error };
+  } finally {
+    await gw.kill();
+  }
 }
 
 /** The calls the gateway refused before the provider (their records: no hold, a stable code), newest first. */

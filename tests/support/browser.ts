@@ -102,3 +102,40 @@ export async function assertReadable(page: Page, name: string) {
     assert.deepEqual(seen.spilled, [], `${name}, ${label}: text cut off`);
   }
 }
+
+/**
+ * A module bundled for the browser by the pinned Deno (`deno bundle`, esbuild inside), npm
+ * packages included, as the page's script; `flags` for `deno bundle` (e.g. `--import-map=…`).
+ * @example const js = await bundleForBrowser(new URL('ai-sdks-page.ts', import.meta.url))
+ */
+export async function bundleForBrowser(entry: URL, flags: string[] = []): Promise<string> {
+  const out = await Deno.makeTempFile({ suffix: '.js' });
+  const made = await new Deno.Command(Deno.execPath(), {
+    args: ['bundle', '--quiet', '--platform', 'browser', ...flags, entry.pathname, '-o', out],
+    stdout: 'inherit',
+    stderr: 'inherit',
+  }).output();
+  assert.ok(made.success, `bundling ${entry.pathname} for the browser failed`);
+  const js = await Deno.readTextFile(out);
+  await Deno.remove(out);
+  return js;
+}
+
+/**
+ * A page served on loopback as a frontend would be: `/` loads `js` as its script. Its origin is
+ * `http://127.0.0.1:<port>`.
+ * @example const page = servePage(js); … await page.close()
+ */
+export function servePage(js: string) {
+  const server = Deno.serve({ hostname: '127.0.0.1', port: 0, onListen: () => {} }, (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === '/page.js') return new Response(js, { headers: { 'content-type': 'text/javascript' } });
+    if (path === '/') {
+      return new Response('<!doctype html><div id="root"></div><script type="module" src="/page.js"></script>', {
+        headers: { 'content-type': 'text/html' },
+      });
+    }
+    return new Response('not found', { status: 404 });
+  });
+  return { origin: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}

@@ -399,6 +399,15 @@ export async function untilJobRunning(base: string, id: string, timeoutMs = 60_0
   }, timeoutMs);
 }
 
+/** Waits, when needed, until pg_cron's minute boundary (where the sweeps and the jobs tick run on
+ * their own) is at least 5 s behind and `aheadMs` ahead: what a test set up for one run is then
+ * met by that one only. */
+export async function awayFromCron(aheadMs = 20_000): Promise<void> {
+  const into = Date.now() % 60_000;
+  const wait = into < 5_000 ? 5_000 - into : into > 60_000 - aheadMs ? 65_000 - into : 0;
+  if (wait) await new Promise((r) => setTimeout(r, wait));
+}
+
 /** Polls `fn` every 100 ms until it returns something truthy, or fails after `timeoutMs`. */
 export async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

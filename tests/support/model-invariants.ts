@@ -89,14 +89,14 @@ export async function stepInvariants(scope: Scope, watch: FrozenWatch) {
       (select coalesce(array_agg(a.id::text), '{}') from acc a where a.balance < 0
         and not exists (select 1 from billing.purchases p
           where (p.amount_refunded_cents > 0 or p.dispute_status = 'lost')
-            and ((p.org_id is null and a.user_id = p.user_id)
-                 or (p.org_id is not null and a.org_id = p.org_id and a.member_id is null))))
+            and ((not p.wallet_answers and a.user_id = p.user_id and a.org_id is null)
+                 or (p.wallet_answers and a.org_id = p.org_id and a.member_id is null))))
         as debt_not_buyer,
       (select coalesce(array_agg(t.id::text), '{}') from billing.transfers t join acc a on a.id = t.from_account_id
         join billing.purchases p on p.stripe_charge_id = t.reference
         where t.kind in ('refund_reversal', 'dispute_reversal')
-          and not ((p.org_id is null and a.user_id = p.user_id and a.org_id is null)
-                   or (p.org_id is not null and a.org_id = p.org_id and a.member_id is null))
+          and not ((not p.wallet_answers and a.user_id = p.user_id and a.org_id is null)
+                   or (p.wallet_answers and a.org_id = p.org_id and a.member_id is null))
           and (t.amount <> coalesce((select sum(x.amount) from billing.lot_allocations x where x.transfer_id = t.id), 0)
                or exists (select 1 from billing.lot_allocations x join billing.lots l on l.id = x.lot_id
                           where x.transfer_id = t.id and l.purchase_id is distinct from p.id))) as non_buyer_billed,

@@ -77,13 +77,14 @@ export const accountOf = async (org: string, member: string | null) =>
     from billing.accounts a where a.org_id = ${org} and a.member_id is not distinct from ${member}`)[0];
 
 /**
- * A school funding by allowance whose owner bought the mini package (5,000 credits in the
+ * A school funding by allowance (verified first when asked) whose owner bought the mini package (5,000 credits in the
  * wallet) and moved `amount` of it into the allowance of its one member.
  */
-export async function schoolAllowanceFunded(amount = '2000') {
+export async function schoolAllowanceFunded(amount = '2000', verified = false) {
   const owner = await person('owner');
   const member = await person('member');
   const org = await school(owner, [], 'allowance', null);
+  if (verified) await verifyOrg(org);
   await join(owner.token, org, member);
   const purchase = await buy(owner.token, 'mini', org);
   await until('the wallet paid', async () => (await accountOf(org, null))?.balance === '5000');
@@ -94,4 +95,17 @@ export async function schoolAllowanceFunded(amount = '2000') {
   });
   assert.equal(moved.status, 201, moved.text);
   return { owner, member, org, purchase };
+}
+
+/**
+ * An operator marks `org` verified (PUT /orgs/:id/verification): its wallet, not the admin who
+ * paid, answers for its own purchases at a dispute or refund.
+ */
+export async function verifyOrg(org: string) {
+  const r = await api(`/orgs/${org}/verification`, {
+    method: 'PUT',
+    token: await adminToken(),
+    body: { verified: true },
+  });
+  assert.equal(r.status, 200, r.text);
 }

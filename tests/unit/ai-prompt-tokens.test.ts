@@ -83,7 +83,7 @@ Deno.test('counting yields to the event loop, so a large prompt never holds othe
 
 Deno.test('a model of another family is held for its prompt bytes and a larger framing', async () => {
   const messages = [{ role: 'user' as const, content: 'héllo wörld' }];
-  assert.equal(await chatPromptTokens({ messages }, 'claude-3-5-haiku', 128_000), 16 + 16 + utf8Bytes('héllo wörld'));
+  assert.equal(await chatPromptTokens({ messages }, 'claude-haiku-4-5', 128_000), 16 + 16 + utf8Bytes('héllo wörld'));
   assert.equal(await chatPromptTokens({ messages }, 'gpt-4o', 128_000), 3 + 4 + encode('héllo wörld').length);
   assert.equal(
     await chatPromptTokens({ messages: [{ role: 'user', content: 'a'.repeat(1_000_000) }] }, 'gpt-4o', 128_000),

@@ -10,6 +10,7 @@ const scripts = [
   'dev',
   'env-check',
   'load',
+  'prices',
   'smoke-test',
   'soak',
   'stripe-webhook-endpoint',
@@ -58,6 +59,12 @@ const malformed: [string, string[], RegExp][] = [
   ['bench', ['no-such-bench'], /^no benchmark named 'no-such-bench'\n/],
   ['demo-purchase', ['starter'], /^unexpected argument: starter\n/],
   ['env-check', ['--function'], /^--function needs a value\n/],
+  ['prices', ['--write=yes'], /^--write takes no value\n/],
+  [
+    'prices',
+    ['--drafts', '--markup', '0', '--admin', '00000000-0000-4000-8000-000000000001'],
+    /^--drafts needs --markup/,
+  ],
   ['stripe-webhook-endpoint', [], /^--url is required\n/],
   ['smoke-test', ['--functions-url'], /^--functions-url needs a value\n/],
 ];
@@ -87,7 +94,7 @@ for (const [tool, version] of [['deno', /^deno 2\./], ['supabase', /^3\./]] as c
   });
 }
 
-Deno.test('./scripts/env-check says which Node an app using the client needs, from supabase-js itself', async () => {
+Deno.test("./scripts/env-check says which Node an app's SDKs need, from their own engines fields", async () => {
   const pkg = JSON.parse(await Deno.readTextFile(`${root}node_modules/@supabase/supabase-js/package.json`));
   const want = /(\d+)/.exec(pkg.engines.node)?.[1];
   const r = await run('env-check', '--function', 'health');
@@ -99,4 +106,14 @@ Deno.test('./scripts/env-check says which Node an app using the client needs, fr
   );
   const major = Number(have.split('.')[0]);
   assert.match(r.stderr, major >= Number(want) ? /: ok$/m : /needs ws as its WebSocket/);
+  const ai = JSON.parse(await Deno.readTextFile(`${root}node_modules/ai/package.json`));
+  const aiWants = Number(/(\d+)/.exec(ai.engines.node)?.[1]);
+  assert.match(
+    r.stderr,
+    new RegExp(`^node [^:]+: ai ${ai.version}, .*\\(an app calling the AI gateway\\) want Node >= ${aiWants}: `, 'm'),
+  );
+  // npm says nothing when it picks an older major for an older Node: the check says it instead.
+  if (major < Math.max(aiWants, Number(want))) {
+    assert.match(r.stderr, /npm installs an older major of each without a word/);
+  }
 });

@@ -1,5 +1,8 @@
 // POST /v1/embeddings: OpenAI's Embeddings API. Vectors are deterministic (a hash of each
-// input seeds them), unit length and exact in Float32, so `float` and `base64` agree.
+// input seeds them), unit length and exact in Float32, so `float` and `base64` agree. They have
+// the model's own dimension (text-embedding-3-large 3,072; -3-small, ada-002 and any other model
+// 1,536), or the `dimensions` asked for, refused as OpenAI refuses it: above the model's own, or
+// asked of ada-002.
 import type OpenAI from 'openai';
 import {
   calls,
@@ -18,6 +21,13 @@ type WireEmbedding = Omit<OpenAI.Embeddings.Embedding, 'embedding'> & { embeddin
 type WireResponse = Omit<OpenAI.Embeddings.CreateEmbeddingResponse, 'data' | 'usage'> & {
   data: WireEmbedding[];
   usage?: Usage;
+};
+
+/** Each OpenAI model's own dimension; any other model's is the commonest one (1,536). */
+const nativeDims: Record<string, number> = {
+  'text-embedding-3-large': 3072,
+  'text-embedding-3-small': 1536,
+  'text-embedding-ada-002': 1536,
 };
 
 const isTokens = (x: unknown): x is number[] => Array.isArray(x) && x.every((t) => Number.isInteger(t));
@@ -71,8 +81,14 @@ export async function embeddings(req: Request, key: string): Promise<Response> {
   const body = await jsonBody(req);
   const inputs = inputsOf(body.input);
   if (!inputs) return invalid("'input' must be a string, strings, token ids or arrays of token ids", 'input');
-  const dims = body.dimensions === undefined ? 8 : Number(body.dimensions);
-  if (!Number.isInteger(dims) || dims < 1) return invalid("'dimensions' must be a positive integer", 'dimensions');
+  const native = nativeDims[String(body.model)] ?? 1536;
+  const dims = body.dimensions === undefined || body.dimensions === null ? native : Number(body.dimensions);
+  if (!Number.isInteger(dims) || dims < 1 || dims > native) {
+    return invalid(`'dimensions' must be a whole number from 1 to ${native} for this model`, 'dimensions');
+  }
+  if (body.model === 'text-embedding-ada-002' && dims !== native) {
+    return invalid('This model does not support specifying dimensions.', 'dimensions');
+  }
   const format = body.encoding_format ?? 'float';
   if (format !== 'float' && format !== 'base64') {
     return invalid("'encoding_format' must be float or base64", 'encoding_format');

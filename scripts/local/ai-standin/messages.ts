@@ -2,7 +2,8 @@
 // block, ping, message_delta with cumulative usage, message_stop). Usage as Anthropic reports it:
 // input_tokens, cache_read_input_tokens and cache_creation_input_tokens are exclusive kinds. A
 // request with tools gets a tool_use block as its tool choice allows (structured.ts): with a tool
-// forced, as the AI SDK asks for JSON, its input is valid for the tool's schema.
+// forced, as the AI SDK asks for JSON, its input is valid for the tool's schema; one with a
+// structured output's format (output_config.format) a text block of JSON valid for its schema.
 import type Anthropic from '@anthropic-ai/sdk';
 import {
   type Answer,
@@ -20,7 +21,7 @@ import {
   textAnswer,
   textTokens,
 } from './common.ts';
-import { argumentsFor, type Tool, type ToolChoice, toolToCall } from './structured.ts';
+import { argumentsFor, type Tool, type ToolChoice, toolToCall, valueFor } from './structured.ts';
 
 type ErrorType = Anthropic.ErrorType | 'request_too_large';
 type WireError = { type: 'error'; error: { type: ErrorType; message: string } };
@@ -73,8 +74,16 @@ export function messagesPromptTokens(body: Json): number {
   let n = 8;
   for (const t of texts) n += 4 + textTokens(t);
   if (body.tools != null) n += textTokens(JSON.stringify(body.tools));
+  const format = formatOf(body);
+  if (format) n += textTokens(JSON.stringify(format));
   return n;
 }
+
+/** A structured output's format (output_config.format, a JSON schema), if the request asks for one. */
+const formatOf = (body: Json): Json | null => {
+  const format = isObject(body.output_config) ? body.output_config.format : null;
+  return isObject(format) && format.type === 'json_schema' ? format : null;
+};
 
 const blocksOf = (m: Json | undefined): Json[] => Array.isArray(m?.content) ? m.content.filter(isObject) : [];
 
@@ -110,6 +119,13 @@ const typed = (m: Json) =>
 const directives = (body: Json): Directives =>
   directivesIn([...messagesOf(body)].reverse().map((m) => m.role === 'user' ? typed(m) : '').find(Boolean) ?? '');
 
+/**
+ * A text block as Anthropic sends it: `citations` only when the answer cites a document (its SDK's
+ * type reads the absent field as null; @ai-sdk/anthropic 3, what npm installs on Node 20, refuses
+ * a null there).
+ */
+const textBlock = (text: string) => ({ type: 'text', text }) as Anthropic.Messages.TextBlock;
+
 export async function messages(req: Request, key: string): Promise<Response> {
   // The key as `x-api-key` or, as @anthropic-ai/sdk 1.x sends it, `Authorization: Bearer`.
   const given = req.headers.get('x-api-key') ?? req.headers.get('authorization')?.replace(/^Bearer /, '');
@@ -121,6 +137,18 @@ export async function messages(req: Request, key: string): Promise<Response> {
   if (typeof body.max_tokens !== 'number') {
     return anthropicError(400, 'invalid_request_error', 'max_tokens: Field required');
   }
+  // Extended thinking's budget, as Anthropic checks it: at least 1,024 and less than max_tokens.
+  const asked = isObject(body.thinking) ? body.thinking : {};
+  if (asked.type === 'enabled') {
+    const budget = Number(asked.budget_tokens);
+    if (!(budget >= 1024 && budget < body.max_tokens)) {
+      return anthropicError(
+        400,
+        'invalid_request_error',
+        '`max_tokens` must be greater than `thinking.budget_tokens`, which must be ≥ 1024',
+      );
+    }
+  }
   const d = directives(body);
   const tag = d.tag ?? crypto.randomUUID();
   if (d.first_byte_delay) await sleep(Number(d.first_byte_delay));
@@ -130,7 +158,9 @@ export async function messages(req: Request, key: string): Promise<Response> {
   }
 
   const tool = toolOf(body);
-  const a: Answer = tool ? textAnswer(argumentsFor(tool), d, body.max_tokens) : answer(d, body.max_tokens);
+  const format = formatOf(body);
+  const json = tool ? argumentsFor(tool) : format ? JSON.stringify(valueFor(format.schema)) : null;
+  const a: Answer = json === null ? answer(d, body.max_tokens) : textAnswer(json, d, body.max_tokens);
   const prompt = messagesPromptTokens(body) + Number(d.extra_prompt ?? 0);
   const cacheRead = Math.min(Number(d.cached ?? 0), prompt);
   const cacheWrite = Math.min(Number(d.cache_write ?? 0), prompt - cacheRead);
@@ -173,9 +203,7 @@ export async function messages(req: Request, key: string): Promise<Response> {
       return {};
     }
   };
-  const block: Anthropic.Messages.ContentBlock = tool
-    ? toolUse(cutInput())
-    : { type: 'text', text: answerText, citations: null };
+  const block: Anthropic.Messages.ContentBlock = tool ? toolUse(cutInput()) : textBlock(answerText);
   const message = (content: Anthropic.Messages.ContentBlock[], stop: Anthropic.Messages.StopReason | null) => ({
     id: `msg_${crypto.randomUUID().replaceAll('-', '')}`,
     type: 'message' as const,
@@ -211,7 +239,7 @@ export async function messages(req: Request, key: string): Promise<Response> {
   events.push({
     type: 'content_block_start',
     index: 0,
-    content_block: block.type === 'tool_use' ? { ...block, input: {} } : { type: 'text', text: '', citations: null },
+    content_block: block.type === 'tool_use' ? { ...block, input: {} } : textBlock(''),
   });
   events.push({ type: 'ping' });
   for (const w of a.parts) {

@@ -28,13 +28,35 @@ function within(s: Schema, preferred: number, integer: boolean): number {
   return integer ? Math.ceil(v) : v;
 }
 
+/** Keywords a schema states in its description, as a model reads them (the AI SDK writes "minimum: 3; min items: 2." there for Anthropic's structured outputs, which refuse those keywords). */
+const describedKeys: Record<string, string> = {
+  'minimum': 'minimum',
+  'maximum': 'maximum',
+  'exclusive minimum': 'exclusiveMinimum',
+  'exclusive maximum': 'exclusiveMaximum',
+  'min items': 'minItems',
+  'max items': 'maxItems',
+  'min length': 'minLength',
+  'max length': 'maxLength',
+};
+function described(schema: Schema): Schema {
+  if (typeof schema.description !== 'string') return schema;
+  const found: Schema = {};
+  for (const [, name, value] of schema.description.matchAll(/([a-z ]+): (-?[0-9.]+)/g)) {
+    const key = describedKeys[name.trim()];
+    if (key && !(key in schema)) found[key] = Number(value);
+  }
+  return { ...found, ...schema };
+}
+
 /**
  * A value valid for `schema`: every property of an object (so every required one), the first of
  * an enum or of anyOf/oneOf (a non-null one when there is), `minItems` items of an array (one by
  * default, none below 8 levels), strings of numbered words as long as `minLength` asks.
  */
-export function valueFor(schema: unknown, root: Schema = isSchema(schema) ? schema : {}, depth = 0): unknown {
-  if (!isSchema(schema) || depth > 32) return null;
+export function valueFor(given: unknown, root: Schema = isSchema(given) ? given : {}, depth = 0): unknown {
+  if (!isSchema(given) || depth > 32) return null;
+  const schema = described(given);
   if (typeof schema.$ref === 'string') return valueFor(resolve(schema.$ref, root), root, depth + 1);
   if ('const' in schema) return schema.const;
   if (Array.isArray(schema.enum) && schema.enum.length) return schema.enum[0];

@@ -18,6 +18,8 @@ const timingOn = () => (enabled ??= parseEnv(ServerTimingEnvSchema).SERVER_TIMIN
  */
 export class Steps {
   readonly #kept: string[] | undefined = timingOn() ? [] : undefined;
+  /** performance.now() when the request arrived (its first middleware made this recorder). */
+  readonly arrived = performance.now();
 
   /**
    * Runs `work` as step `name` (its time kept whether it resolves or throws).

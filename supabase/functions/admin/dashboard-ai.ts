@@ -48,6 +48,19 @@ type Failure = {
   outcome: string;
   code: string | null;
   upstream_status: number | null;
+  upstream: string | null;
+  attempts: Attempt[] | null;
+};
+/** An upstream that failed before the first byte, so the call moved on (ai_calls.attempts). */
+type Attempt = { upstream: string; failure: string; status: number | null; ms: number };
+type Fallback = {
+  id: string;
+  created_at: string;
+  model: string | null;
+  endpoint: string;
+  outcome: string;
+  upstream: string | null;
+  attempts: Attempt[];
 };
 type Refusals = { code: string | null; calls: number };
 type Window = {
@@ -56,6 +69,7 @@ type Window = {
   top_spenders: Spender[];
   refusals: Refusals[];
   latest_failures: Failure[];
+  latest_fallbacks: Fallback[];
 };
 type AiStats = { hour: Window; day: Window };
 
@@ -71,6 +85,9 @@ export function aiScript({ $, get, esc, credits, fmtInt }: DashboardKit): void {
   // A share of the calls that reached the provider (null: none did), not money: a float is fine.
   const rate = (r: string | null) => r === null ? '–' : (Number(r) * 100).toFixed(1).replace(/\.0$/, '') + '%';
   const minute = (at: string) => esc(at.slice(0, 16).replace('T', ' '));
+  /** What failed before the upstream that answered: `openai PROVIDER_ERROR_500, …`. */
+  const tried = (attempts: Attempt[] | null) =>
+    (attempts ?? []).map((a) => esc(a.upstream) + ' ' + esc(a.failure)).join('<br>');
 
   function modelRow(m: ModelStats) {
     const parts = [[m.charged, 'charged'], [m.failed, 'failed'], [m.refused, 'refused']]
@@ -124,10 +141,24 @@ export function aiScript({ $, get, esc, credits, fmtInt }: DashboardKit): void {
             esc(f.code ?? f.outcome) +
             (typeof f.upstream_status !== 'number'
               ? ''
-              : '<br><span class="muted">upstream ' + esc(f.upstream_status) + '</span>') +
+              : '<br><span class="muted">' + esc(f.upstream ?? 'upstream') + ' ' + esc(f.upstream_status) +
+                '</span>') +
+            (f.attempts ? '<br><span class="muted">after ' + tried(f.attempts) + '</span>' : '') +
             '</td></tr>'
           ).join('') + '</table></div>'
-        : '<p class="ok">No failures.</p>');
+        : '<p class="ok">No failures.</p>') +
+      '<h3>Fallbacks</h3>' +
+      (w.latest_fallbacks.length
+        ? '<div class="cards"><table data-testid="ai-fallbacks"><tr><th>When (UTC)</th><th>Model</th>' +
+          '<th>Answered by</th><th>Failed before</th></tr>' +
+          w.latest_fallbacks.map((f) =>
+            '<tr data-call="' + esc(f.id) + '"><td class="nowrap">' + minute(f.created_at) + '</td><td>' +
+            esc(f.model ?? '(unpriced)') + '<br><span class="muted">' + esc(f.endpoint) + '</span></td><td' +
+            (f.outcome === 'charged' ? '>' : ' class="bad">') + esc(f.upstream ?? '–') +
+            '<br><span class="muted">' + esc(f.outcome) + '</span></td><td class="muted">' + tried(f.attempts) +
+            '</td></tr>'
+          ).join('') + '</table></div>'
+        : '<p class="ok">No call needed a fallback upstream.</p>');
   }
 
   async function load() {

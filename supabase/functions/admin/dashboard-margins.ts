@@ -3,7 +3,8 @@
 // of dashboard-script.ts's kind: it runs after the page's own, with its helpers.
 //   Margins: per model over the range, GET ./margins (revenue, provider cost, margin %), the
 //     models under the margin_low alert's threshold marked; "unknown" where some revenue had no
-//     provider price (never a made-up 100%).
+//     provider price (never a made-up 100%), with the pinned catalogue's price for the model at
+//     its upstream beside it (GET ./provider-prices; "not in the catalogue" when it has none).
 //   Corrections: the latest bulk correction runs, GET ./corrections, a page at a time.
 /// <reference lib="dom" />
 import type { DashboardKit } from './dashboard-script.ts';
@@ -21,6 +22,7 @@ export const marginsStyle = `
 }
 .more { margin-top: .5rem; }
 #corrections td, #margins td { overflow-wrap: anywhere; }
+.catalogue { display: block; font-size: .8rem; }
 `;
 
 export const marginsSections = `
@@ -30,6 +32,11 @@ export const marginsSections = `
 
 type Margin = { key: string; revenue_usd: string; cost_usd: string | null; margin_percent: string | null };
 type MarginReport = { alert_below_percent: string | null; groups: Margin[]; totals: Margin };
+type CatalogueRow = {
+  model: string;
+  upstream: string;
+  catalogue: { usd_per_million_input: string; usd_per_million_output: string } | null;
+};
 type CorrectionRun = {
   id: string;
   model: string;
@@ -55,15 +62,28 @@ export function marginsScript({ $, get, esc, credits, fmtInt, empty }: Dashboard
     row.margin_percent !== null && limit !== null && Number(row.margin_percent) < Number(limit);
   const range = () => 'from=' + $<HTMLInputElement>('from').value + '&to=' + $<HTMLInputElement>('to').value;
 
-  function renderMargins(report: MarginReport) {
+  // Beside an unknown margin: what the catalogue says the model costs at its upstream.
+  const catalogueNote = (model: string, catalogue: Map<string, CatalogueRow> | null) => {
+    const row = catalogue?.get(model);
+    if (!row) return '';
+    return ' <span class="muted catalogue" data-catalogue="' + esc(model) + '">' +
+      (row.catalogue
+        ? 'catalogue: $' + esc(row.catalogue.usd_per_million_input) + ' in, $' +
+          esc(row.catalogue.usd_per_million_output) + ' out per M tokens at ' + esc(row.upstream)
+        : 'not in the catalogue') +
+      '</span>';
+  };
+
+  function renderMargins(report: MarginReport, catalogue: Map<string, CatalogueRow> | null) {
     if (report.groups.length === 0) {
       $('margins').innerHTML = empty;
       return;
     }
     const unknown = '<span class="muted" title="no provider price for some of this revenue">unknown</span>';
     const cell = (row: Margin, low: boolean) =>
-      '<td class="nowrap">' + usd(row.revenue_usd) + '</td><td class="nowrap">' +
-      (row.cost_usd === null ? unknown : usd(row.cost_usd)) + '</td><td' + (low ? ' class="bad low"' : '') +
+      '<td class="nowrap">' + usd(row.revenue_usd) + '</td><td>' +
+      (row.cost_usd === null ? unknown + catalogueNote(row.key, catalogue) : usd(row.cost_usd)) + '</td><td' +
+      (low ? ' class="bad low"' : '') +
       '><span class="nowrap">' +
       (row.cost_usd === null ? unknown : row.margin_percent === null ? '–' : esc(row.margin_percent) + '%') +
       '</span>' +
@@ -80,7 +100,12 @@ export function marginsScript({ $, get, esc, credits, fmtInt, empty }: Dashboard
 
   async function loadMargins() {
     try {
-      renderMargins((await get<{ data: MarginReport }>('./margins?by=model&' + range())).data);
+      const [report, prices] = await Promise.all([
+        get<{ data: MarginReport }>('./margins?by=model&' + range()),
+        // The catalogue is a help, not the report: the margins show without it.
+        get<{ data: { models: CatalogueRow[] } }>('./provider-prices').catch(() => null),
+      ]);
+      renderMargins(report.data, prices && new Map(prices.data.models.map((m) => [m.model, m])));
     } catch (e) {
       $('margins').innerHTML = '<p class="bad">' + esc((e as Error).message || e) + '</p>';
     }

@@ -48,6 +48,16 @@ export function rateCardsScript({ $, get, send, esc, credits, fmtInt, showError 
         esc(c.admin_id) + '</td></tr>'
       ).join('') + '</table></div>';
   }
+  // Margins before → after at today's provider price, or why they are unknown.
+  const margins = (s: RateCardSimulation) => {
+    const m = s.margins, pct = (p: string | null) => (p === null ? '–' : esc(p) + '%');
+    if (!m.provider_price) {
+      return 'Margin unknown: no provider price for ' + esc(s.draft.model) + ' at ' + esc(s.draft.upstream) +
+        ' (./scripts/prices --write)';
+    }
+    return "Margin at today's provider price (v" + m.provider_price.version + '): ' + pct(m.before.margin_percent) +
+      ' → ' + pct(m.after.margin_percent) + ' (cost $' + esc(m.cost_usd ?? '–') + ')';
+  };
   function renderSimulation(s: RateCardSimulation) {
     const t = s.totals;
     const change = t.change_percent === null
@@ -58,7 +68,7 @@ export function rateCardsScript({ $, get, send, esc, credits, fmtInt, showError 
       ' → ' +
       credits(t.after) + ' credits (' + change + ')' +
       (t.unpriced_charges ? '; ' + fmtInt.format(t.unpriced_charges) + ' charges it cannot price' : '') +
-      '</p><div class="cards"><table>' +
+      '</p><p id="simulation-margins">' + margins(s) + '</p><div class="cards"><table>' +
       s.distribution.buckets.map((b) =>
         '<tr><td>' + esc(b.bucket) + '</td><td>' + fmtInt.format(b.students) + '</td></tr>'
       )

@@ -32,6 +32,7 @@ import {
   VoidRequestSchema,
 } from './schemas.ts';
 import { rateCardRoutes } from './rate-cards.ts';
+import { catalogueSource, compareRoutes, type Route } from './provider-catalogue.ts';
 import { catalogRoutes } from './catalog.ts';
 import { bookRoutes } from './books.ts';
 import {
@@ -109,6 +110,13 @@ app.get('/margins', requireAdmin, async (c) => {
     { report: Record<string, unknown> }[]
   >`select billing.margins_report(${q.from}::date, ${q.to}::date, ${q.by}) as report`;
   return ok(c, report);
+});
+
+// Every routed model's provider price beside the pinned catalogue's (docs/pricing.md § Provider
+// prices from the catalogue): the margins section shows the catalogue's figure where a margin is unknown.
+app.get('/provider-prices', requireAdmin, async (c) => {
+  const [{ routes }] = await sql<{ routes: Route[] }[]>`select billing.provider_price_routes() as routes`;
+  return ok(c, { source: catalogueSource, models: compareRoutes(routes) });
 });
 
 app.get('/ops', requireAdmin, async (c) => {

@@ -1,4 +1,5 @@
-// One metered AI call, whatever the API (protocol.ts): hold, call the model's upstream once,
+// One metered AI call, whatever the API (protocol.ts): hold, call the model's upstreams in order
+// until one answers (a failure before the answer's first byte moves on to the next; none after),
 // capture what it reported. The flow and its failure rules are docs/ai-gateway.md's; in short:
 // nothing reaches the provider without a hold; a provider failure before it reported usage
 // charges nothing; a client that leaves does not stop the provider's answer: it is read to its
@@ -9,10 +10,10 @@
 // owner consented, its content, redacted (docs/ai-gateway.md, "The call log").
 import { createHash } from 'node:crypto';
 import type { AppContext } from '../_shared/app-env.ts';
-import { aiGatewayEnv, postUpstream, upstreamsSpeaking } from '../_shared/adapters/ai-upstreams.ts';
+import { aiGatewayEnv, upstreamsFor, upstreamsSpeaking } from '../_shared/adapters/ai-upstreams.ts';
 import { outliveResponse } from '../_shared/background.ts';
 import { countTokens, tokenBoundOf } from '../_shared/domain/token-bounds.ts';
-import { AppError } from '../_shared/errors.ts';
+import { AppError, internalError } from '../_shared/errors.ts';
 import { failpoint } from '../_shared/failpoint.ts';
 import { currentUser } from '../_shared/http/identify.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
@@ -21,6 +22,7 @@ import { redactContent } from '../_shared/redact-content.ts';
 import type { Steps } from '../_shared/server-timing.ts';
 import type { GatewayEnv } from '../_shared/adapters/ai-upstreams.ts';
 import {
+  type Attempt,
   beginCall,
   type CallRecord,
   type CallReport,
@@ -30,46 +32,22 @@ import {
   storedAnswer,
   type Usage,
 } from './metering.ts';
-import { promptTokens, type Protocol, type Sse, sseEvents, usageWithCost } from './protocol.ts';
+import { type AnswerCost, promptTokens, type Protocol, type Sse, sseEvents, usageWithCost } from './protocol.ts';
+import { attempt, type Failure, isAnswer, type Json, providerFailure, worthAnother } from './upstream-try.ts';
 import { dataFromCopy, eventsCopy, eventsFromCopy, jsonCopy, jsonFromCopy } from './replay-copy.ts';
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 
-/** Why the provider's answer is not one: a stable code for the ledger and an error for the caller. */
-function providerFailure(status: number | 'timeout' | 'unreachable'): { code: string; error: AppError } {
-  if (status === 'timeout') {
-    return {
-      code: 'PROVIDER_TIMEOUT',
-      error: new AppError('unavailable', 'PROVIDER_TIMEOUT', 'The model did not answer in time; nothing was charged.', {
-        status: 504,
-      }),
-    };
-  }
-  if (
-    typeof status === 'number' && status >= 400 && status < 500 && status !== 401 && status !== 403 && status !== 429
-  ) {
-    return {
-      code: `PROVIDER_REFUSED_${status}`,
-      error: new AppError(
-        'validation',
-        'PROVIDER_REFUSED',
-        `The model refused the request (${status}); nothing was charged.`,
-      ),
-    };
-  }
-  return {
-    code: status === 'unreachable' ? 'PROVIDER_UNREACHABLE' : `PROVIDER_ERROR_${status}`,
-    error: new AppError('unavailable', 'PROVIDER_ERROR', 'The model is unavailable right now; nothing was charged.', {
-      status: 502,
-      retryable: true,
-    }),
-  };
-}
-
-type Call<R> = {
+export type Call<R> = {
   id: string;
   userId: string;
+  /** The card's model, what every upstream is asked for (an alias named in the request is its card's). */
+  model: string;
   held: string;
+  /** The answer's maximum the hold pays for: what the provider is asked for (x-ai-max-output-tokens). */
+  maxOutput: number;
+  /** From the request's arrival to the provider call, ms (x-gateway-overhead-ms), once called. */
+  overheadMs: number;
   prompt: number;
   /** The caller sent an Idempotency-Key: the answer is kept 24 h for a replay. */
   keep: boolean;
@@ -83,6 +61,12 @@ type Call<R> = {
   steps: Steps;
   upstreamStatus: number | null;
   firstTokenMs: number | null;
+  /** performance.now() when the provider's answer was read to its end (the gateway's tail counts from it). */
+  lastByteAt: number | null;
+  /** The upstream that answers (or was tried last). */
+  upstream: string;
+  /** The upstreams that failed before it, in order (the call record's attempts). */
+  attempts: Attempt[];
 };
 
 const since = (t: number) => Math.round(performance.now() - t);
@@ -111,8 +95,11 @@ function report<R>(call: Call<R>, end: { finishReason?: string | null; clientLef
     upstream_status: call.upstreamStatus,
     first_token_ms: call.firstTokenMs,
     duration_ms: since(call.started),
+    tail_ms: call.lastByteAt === null ? null : since(call.lastByteAt),
     finish_reason: end.finishReason ?? null,
     client_left: end.clientLeft ?? false,
+    upstream: call.upstream,
+    attempts: call.attempts,
   };
   if (call.keepContent) r.content = { prompt: kept(call.req), answer: kept(end.answer?.() ?? '') };
   return r;
@@ -126,11 +113,11 @@ const countedUsage = async <R>(call: Call<R>, answer: string): Promise<Usage> =>
   reasoning_tokens: 0,
 });
 
-/** Holds, calls the model's upstream once in the protocol's API, and charges what it reported. */
+/** Holds, calls the model's upstreams in the protocol's API until one answers, and charges what it reported. */
 export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Promise<Response> {
   const started = performance.now();
   const env = aiGatewayEnv();
-  const { begun, prompt, maxOutput, callerKey, expanded } = await begin(c, p, req, env, started);
+  const { begun, prompt, callerKey, expanded } = await begin(c, p, req, env, started);
   if (begun.state === 'replay') return replay(p, begun.call, expanded);
   req = expanded;
 
@@ -138,7 +125,10 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
   const call: Call<R> = {
     id: begun.call_id,
     userId: currentUser(c).id,
+    model: begun.model,
     held: begun.held,
+    maxOutput: begun.max_output_tokens,
+    overheadMs: 0,
     prompt,
     keep: callerKey !== null,
     keepContent: begun.keep_content,
@@ -148,39 +138,50 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
     steps: c.get('steps'),
     upstreamStatus: null,
     firstTokenMs: null,
+    lastByteAt: null,
+    upstream: begun.upstream,
+    attempts: [],
   };
-  const upstream = new AbortController();
-  const deadline = setTimeout(() => upstream.abort('deadline'), env.AI_CALL_MAX_SECONDS * 1000);
-  // A provider sends a whole (non-streamed) answer's headers only once it is written: that wait is
-  // bounded by the call's deadline, not by the first-byte timeout a stream gets.
+  // One deadline for the whole call, whichever upstream it is with (`current`).
+  let current = new AbortController();
+  const deadline = setTimeout(() => current.abort('deadline'), env.AI_CALL_MAX_SECONDS * 1000);
   const streamed = p.streamed(req);
-  const firstByte = streamed ? setTimeout(() => upstream.abort('timeout'), env.AI_TIMEOUT_MS) : undefined;
-  let res: Response;
-  try {
-    res = await call.steps.time(
-      'upstream',
-      () => postUpstream(begun.upstream, p.endpoint, p.providerBody(req, maxOutput), upstream.signal),
-    );
-  } catch {
-    clearTimeout(deadline);
-    throw await failed(call, upstream.signal.aborted ? 'timeout' : 'unreachable');
-  } finally {
-    clearTimeout(firstByte);
-  }
-  call.upstreamStatus = res.status;
-  if (!res.ok) {
-    clearTimeout(deadline);
-    await res.body?.cancel().catch(() => {});
-    throw await failed(call, res.status);
-  }
-  if (!streamed) {
-    try {
-      return await answerWhole(call, res);
-    } finally {
-      clearTimeout(deadline);
+  const candidates = upstreamsFor(begun.model, begun.upstream, p.endpoint);
+  call.overheadMs = performance.now() - call.steps.arrived;
+  for (const [i, name] of candidates.entries()) {
+    current = new AbortController();
+    call.upstream = name;
+    const tried = performance.now();
+    // A stream with another upstream behind it is answered only once its first bytes came.
+    const got = await attempt(call, name, current, streamed, i < candidates.length - 1, env.AI_TIMEOUT_MS);
+    if ('res' in got) {
+      if (!streamed) {
+        try {
+          return await answerWhole(call, got.res, current, got.body);
+        } finally {
+          clearTimeout(deadline);
+        }
+      }
+      const reader = got.reader ?? (got.res.body as ReadableStream<Uint8Array>).getReader();
+      return relay(call, reader, got.first, current, deadline, env.AI_TIMEOUT_MS, c.req.raw.signal);
     }
+    // A student who left is not sent on: the next upstream's answer would be billed for nobody.
+    const gone = c.req.raw.signal.aborted;
+    const last = i === candidates.length - 1 || !worthAnother(got.failure) || current.signal.reason === 'deadline' ||
+      gone;
+    if (last) {
+      clearTimeout(deadline);
+      throw await failed(call, got.failure, gone);
+    }
+    call.attempts.push({
+      upstream: name,
+      failure: providerFailure(got.failure).code,
+      status: typeof got.failure === 'number' ? got.failure : null,
+      ms: since(tried),
+    });
+    log.warn('ai upstream failed; trying the next', { callId: call.id, upstream: name, failure: String(got.failure) });
   }
-  return relay(call, res, upstream, deadline, env.AI_TIMEOUT_MS, c.req.raw.signal);
+  throw internalError(); // never: the last candidate answers or throws above
 }
 
 /**
@@ -191,13 +192,24 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
 async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, started: number) {
   let prompt: number | null;
   let maxOutput: number;
+  let minOutput: number | null;
   let callerKey: string | null;
   try {
     // References opened first: the prompt counted and held is what the provider bills.
     const expand = p.expand;
     if (expand) req = await c.get('steps').time('expand', () => expand(req, currentUser(c).id));
     const limit = p.outputLimit(req);
-    if (limit?.asked && limit.asked > env.AI_MAX_OUTPUT_TOKENS) {
+    // The last credits buy a shorter answer (docs/ai-gateway.md § The last credits), unless a cut
+    // answer would be useless or the caller asks for the whole one.
+    const whole = c.req.header('x-ai-clamp') === 'off';
+    const cuttable = !!limit && !p.wholeAnswerOnly(req) && !whole;
+    // The least answer worth holding for: beyond what the request sets aside for thinking (a
+    // maximum within it, the provider refuses).
+    const least = env.AI_MIN_OUTPUT_TOKENS + (p.thinkingBudget?.(req) ?? 0);
+    // A maximum past the operator's is the operator's (an SDK's default for a model, such as
+    // 64,000 for Claude, is not the app's choice); refused only when the caller asked for the
+    // whole answer, or what it sets aside for thinking leaves no answer within it.
+    if (limit?.asked && limit.asked > env.AI_MAX_OUTPUT_TOKENS && (whole || least > env.AI_MAX_OUTPUT_TOKENS)) {
       throw new AppError(
         'validation',
         'VALIDATION_FAILED',
@@ -207,7 +219,8 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
         },
       );
     }
-    maxOutput = limit ? limit.asked ?? env.AI_MAX_OUTPUT_TOKENS : 0;
+    maxOutput = limit ? Math.min(limit.asked ?? env.AI_MAX_OUTPUT_TOKENS, env.AI_MAX_OUTPUT_TOKENS) : 0;
+    minOutput = cuttable ? Math.min(least, maxOutput) : null;
     prompt = await c.get('steps').time('count', () => promptTokens(p, req, env.AI_MAX_PROMPT_TOKENS));
     if (prompt === null) {
       throw new AppError(
@@ -230,6 +243,7 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
     model: p.model(req),
     promptTokens: prompt,
     maxOutputTokens: maxOutput,
+    minOutputTokens: minOutput,
     key: callerKey ?? `auto:${crypto.randomUUID()}`,
     requestHash: sha256(`${p.endpoint} ${JSON.stringify(req)}`),
     ttlSeconds: env.AI_CALL_MAX_SECONDS + 60,
@@ -240,37 +254,54 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
     stream: p.streamed(req),
   };
   const begun = await c.get('steps').time('begin', () => beginCall(args, since(started)));
-  return { begun, prompt, maxOutput, callerKey, expanded: req };
+  return { begun, prompt, callerKey, expanded: req };
 }
 
 /** Fails the call (nothing charged) and gives the caller's error. */
-async function failed<R>(call: Call<R>, status: number | 'timeout' | 'unreachable'): Promise<AppError> {
-  const { code, error } = providerFailure(status);
-  await failCall(call.id, code, report(call, {}));
+async function failed<R>(call: Call<R>, failure: Failure, clientLeft = false): Promise<AppError> {
+  const { code, error } = providerFailure(failure);
+  await failCall(call.id, code, report(call, { clientLeft }));
   return error;
 }
 
-const callHeaders = (record: CallRecord) => ({ 'x-credits-charged': record.charged, 'x-ai-call-id': record.call_id });
+/** What a stream's final usage event carries of its record: the cost, the gateway's tail (a replay's too). */
+const costOf = (record: CallRecord): AnswerCost => ({ charged: record.charged, tailMs: record.tail_ms });
+
+/** Who answered: `<upstream>/<model>` (an upstream's name has no slash; a model's may). */
+const answeredBy = (upstream: string, model: string) => ({ 'x-ai-answered-by': `${upstream}/${model}` });
+
+const callHeaders = (record: CallRecord, maxOutput: number) => ({
+  'x-credits-charged': record.charged,
+  'x-ai-call-id': record.call_id,
+  'x-ai-max-output-tokens': String(maxOutput),
+  ...answeredBy(record.upstream, record.model),
+});
+/** The gateway's own time before the provider was called (as LiteLLM's overhead header): always sent. */
+const overheadHeader = (ms: number) => ({ 'x-gateway-overhead-ms': ms.toFixed(1) });
 
 /** A whole answer with its usage carrying the cost in credits (usage.cost). */
-const withCost = <R>(p: Protocol<R>, body: Record<string, unknown>, usage: Usage, charged: string) => ({
+const withCost = <R>(p: Protocol<R>, body: Record<string, unknown>, usage: Usage, cost: AnswerCost) => ({
   ...body,
-  usage: usageWithCost(p, body.usage, usage, charged),
+  usage: usageWithCost(p, body.usage, usage, cost),
 });
 
 /**
- * A non-streamed answer: read whole, charged, returned with its cost. A body that stalls is ended
- * by the call's deadline (meteredCall aborts the upstream request, which fails the read), so no
- * timer of its own: one per call, never cleared, would live for the deadline's 300 s.
+ * A non-streamed answer: read whole (unless `read` already, by a try with another upstream behind
+ * it), charged, returned with its cost. A body that stalls is ended by the call's deadline
+ * (meteredCall aborts the upstream request, which fails the read), so no timer of its own: one per
+ * call, never cleared, would live for the deadline's 300 s. One that breaks is the provider's error.
  */
-async function answerWhole<R>(call: Call<R>, res: Response): Promise<Response> {
-  let body: Record<string, unknown>;
+async function answerWhole<R>(call: Call<R>, res: Response, ctl: AbortController, read?: Json): Promise<Response> {
+  let body: unknown;
   try {
-    body = await call.steps.time('upstream_body', () => res.json());
+    body = read !== undefined ? read : await call.steps.time('upstream_body', () => res.json());
   } catch {
-    throw await failed(call, 'timeout');
+    throw await failed(call, ctl.signal.aborted ? 'timeout' : 'broken');
   }
+  // JSON that is no answer (null, the provider's error without usage) is its failure: nothing charged.
+  if (!isAnswer(body)) throw await failed(call, 'broken');
   call.firstTokenMs = since(call.started);
+  call.lastByteAt = performance.now();
   const reported = body.usage ? call.p.fromUsage(body.usage) : null;
   const usage = reported ?? await countedUsage(call, call.p.answerText(body));
   const answer = call.p.sealAnswer ? await call.p.sealAnswer(body, call.userId) : body;
@@ -283,7 +314,9 @@ async function answerWhole<R>(call: Call<R>, res: Response): Promise<Response> {
       false,
       report(call, { finishReason: call.p.finishReason(body), answer: () => call.p.answerText(body) }),
     ));
-  return Response.json(withCost(call.p, answer, usage, record.charged), { headers: callHeaders(record) });
+  return Response.json(withCost(call.p, answer, usage, { charged: record.charged, tailMs: null }), {
+    headers: { ...callHeaders(record, call.maxOutput), ...overheadHeader(call.overheadMs) },
+  });
 }
 
 const encoder = new TextEncoder();
@@ -302,13 +335,18 @@ function replay<R>(p: Protocol<R>, record: CallRecord, req: R): Response {
       "This key's answer is no longer kept (24 hours, or its content was deleted); send the request under a new key.",
     );
   }
-  const headers = { 'Idempotent-Replayed': 'true', ...callHeaders(record) };
+  const headers = { 'Idempotent-Replayed': 'true', ...callHeaders(record, record.max_output_tokens) };
   const usage = record.usage!;
   if ('json' in answer) {
-    return Response.json(withCost(p, jsonFromCopy(answer.json, req), usage, record.charged), { headers });
+    return Response.json(
+      withCost(p, jsonFromCopy(answer.json, req), usage, { charged: record.charged, tailMs: null }),
+      {
+        headers,
+      },
+    );
   }
   const text = eventsFromCopy(answer.events, req).join('') +
-    p.closing(req, answer.held === null ? null : dataFromCopy(answer.held, req), usage, record.charged);
+    p.closing(req, answer.held === null ? null : dataFromCopy(answer.held, req), usage, costOf(record));
   return new Response(text, { headers: { ...sseHeaders, ...headers } });
 }
 
@@ -321,14 +359,14 @@ function replay<R>(p: Protocol<R>, record: CallRecord, req: R): Response {
  */
 function relay<R>(
   call: Call<R>,
-  res: Response,
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  first: Uint8Array | undefined,
   upstream: AbortController,
   deadline: ReturnType<typeof setTimeout>,
   idleMs: number,
   clientSignal: AbortSignal,
 ): Response {
   const p = call.p;
-  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
   const decoder = new TextDecoder();
   let out: ReadableStreamDefaultController<Uint8Array> | undefined;
   let clientGone = false;
@@ -361,7 +399,9 @@ function relay<R>(
     }, Math.min(idleMs, 1000));
     try {
       read: for (;;) {
-        const next = await reader.read();
+        // The first bytes, when read already (meteredCall's peek), come first.
+        const next = first ? { done: false as const, value: first } : await reader.read();
+        first = undefined;
         lastRead = Date.now();
         if (next.done) break;
         call.firstTokenMs ??= since(call.started);
@@ -390,6 +430,7 @@ function relay<R>(
       // The deadline passed, the provider went silent or broke off.
       broken = upstream.signal.reason !== 'deadline' && events.usage() === null;
     } finally {
+      call.lastByteAt = performance.now();
       clearTimeout(deadline);
       clearInterval(watchdog);
       reader.cancel().catch(() => {});
@@ -414,8 +455,8 @@ function relay<R>(
           errorAfterUsage,
           report(call, { finishReason: events.finishReason(), clientLeft: clientGone, answer: answerRead }),
         );
-        await events.keepItems?.().catch((e) => log.error('ai answer items could not be kept', errorSummary(e)));
-        closing = p.closing(call.req, held, usage, record.charged);
+        await events.keepItems?.(call.id).catch((e) => log.error('ai answer items could not be kept', errorSummary(e)));
+        closing = p.closing(call.req, held, usage, costOf(record));
       }
     } catch (err) {
       // The hold expires and the sweep fails the call: nothing is charged twice or lost.
@@ -434,7 +475,18 @@ function relay<R>(
     },
     cancel: leave,
   });
-  // The client's connection closing is the other sign it left (a write into it may not fail at once).
-  clientSignal.addEventListener('abort', leave, { once: true });
-  return new Response(body, { headers: { ...sseHeaders, 'x-ai-call-id': call.id, 'x-credits-held': call.held } });
+  // The client's connection closing is the other sign it left (a write into it may not fail at
+  // once); it may have closed already, while the first bytes were awaited.
+  if (clientSignal.aborted) leave();
+  else clientSignal.addEventListener('abort', leave, { once: true });
+  return new Response(body, {
+    headers: {
+      ...sseHeaders,
+      'x-ai-call-id': call.id,
+      'x-credits-held': call.held,
+      'x-ai-max-output-tokens': String(call.maxOutput),
+      ...answeredBy(call.upstream, call.model),
+      ...overheadHeader(call.overheadMs),
+    },
+  });
 }

@@ -27,11 +27,18 @@ export interface Usage {
 export interface CallRecord {
   call_id: string;
   status: 'held' | 'charged' | 'failed';
+  model: string;
+  /** The upstream that answered (or, failed, was tried last). */
+  upstream: string;
   charged: string;
+  /** The answer's maximum its hold paid for. */
+  max_output_tokens: number;
   usage: Usage | null;
   usage_source: 'provider' | 'tokenizer' | null;
   transfer_id: string | null;
   failure: string | null;
+  /** From the provider's last byte to the settling (a stream's final usage event says it, and its replay). */
+  tail_ms: number | null;
   /** The replay copy as JSON text (storedAnswer). */
   answer: string | null;
 }
@@ -48,7 +55,18 @@ export type StoredAnswer = { json: unknown } | { events: string[]; held: string 
 export const storedAnswer = (r: CallRecord): StoredAnswer | null => r.answer === null ? null : JSON.parse(r.answer);
 
 export type Begun =
-  | { state: 'held'; call_id: string; hold_id: string; held: string; upstream: string; keep_content: boolean }
+  | {
+    state: 'held';
+    call_id: string;
+    hold_id: string;
+    held: string;
+    /** The answer's maximum the hold pays for: the request's, or less when only that fitted. */
+    max_output_tokens: number;
+    /** The card's own model: what the provider is asked for, though the request named an alias of it. */
+    model: string;
+    upstream: string;
+    keep_content: boolean;
+  }
   | { state: 'replay'; call: CallRecord };
 
 export interface CallPlan {
@@ -56,6 +74,8 @@ export interface CallPlan {
   model: string;
   promptTokens: number;
   maxOutputTokens: number;
+  /** The least answer worth holding for when not all of maxOutputTokens fits; null: all of it or a refusal. */
+  minOutputTokens: number | null;
   key: string;
   requestHash: string;
   ttlSeconds: number;
@@ -67,14 +87,29 @@ export interface CallPlan {
   stream: boolean;
 }
 
+/** An upstream that failed before the answer's first byte, so the call moved on to the next. */
+export interface Attempt {
+  upstream: string;
+  /** A stable code, as a failed call's (PROVIDER_ERROR_500, PROVIDER_TIMEOUT, PROVIDER_UNREACHABLE …). */
+  failure: string;
+  /** Its HTTP status; null: no answer. */
+  status: number | null;
+  ms: number;
+}
+
 /** What the call log keeps of a call beside its money (the settling statement writes it). */
 export interface CallReport {
   upstream_status: number | null;
   /** From the call's arrival to the provider's first answer bytes (streamed) or its whole answer. */
   first_token_ms: number | null;
   duration_ms: number;
+  /** From the provider's last answer byte (or where it broke off) to this report; null: no answer was read. */
+  tail_ms: number | null;
   finish_reason?: string | null;
   client_left?: boolean;
+  /** The upstream that answered (or, failed, was tried last), and those that failed before it. */
+  upstream?: string;
+  attempts?: Attempt[];
   /** Redacted, only when the call's owner consented (begin's keep_content); SQL keeps it only then. */
   content?: { prompt: string; answer: string };
 }
@@ -87,7 +122,7 @@ export async function beginCall(p: CallPlan, elapsedMs: number): Promise<Begun> 
   const [{ r }] = await sql.oneTrip`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens},
     ${p.maxOutputTokens}, ${p.key}, ${p.requestHash}, ${p.ttlSeconds}, ${p.endpoint},
     array(select jsonb_array_elements_text(${jsonb(p.upstreams)})), ${p.writesCache}, ${p.stream}, ${elapsedMs},
-    ${p.writesCache1h}) as r`;
+    ${p.writesCache1h}, ${p.minOutputTokens}) as r`;
   if (r.state === 'held' || r.state === 'replay') return r as Begun;
   throw sqlRefusal(r.token, r.detail === undefined ? null : JSON.stringify(r.detail)) ?? internalError();
 }

@@ -31,8 +31,8 @@ export interface StreamReader {
   finishReason(): string | null;
   /** An event as the caller gets it, before it is seen (the Responses API: its items' ids sealed). */
   rewrite?(event: Sse): Promise<Sse>;
-  /** Keeps what the rewritten events refer to, once the answer is charged (the Responses API's items). */
-  keepItems?(): Promise<void>;
+  /** Keeps what the rewritten events refer to, once call `callId` is charged (the Responses API's items). */
+  keepItems?(callId: string): Promise<void>;
 }
 
 export interface Protocol<R> {
@@ -52,6 +52,10 @@ export interface Protocol<R> {
   writesCache1h?(req: R): boolean;
   /** Opens what the request refers to (the Responses API's item references) before its prompt is counted. */
   expand?(req: R, userId: string): Promise<R>;
+  /** Whether an answer cut short would be useless (a forced tool call, a JSON schema): never held for less. */
+  wholeAnswerOnly(req: R): boolean;
+  /** The tokens of the answer's maximum set aside for thinking (Anthropic's budget_tokens, which must stay below it). */
+  thinkingBudget?(req: R): number;
   /** The request the provider gets. */
   providerBody(req: R, maxOutput: number): Record<string, unknown>;
   /** The provider's usage object as the rate card's disjoint kinds. */
@@ -66,17 +70,30 @@ export interface Protocol<R> {
   /** A whole answer as the caller gets it (the Responses API: its items' ids sealed). */
   sealAnswer?(body: Record<string, unknown>, userId: string): Promise<Record<string, unknown>>;
   reader(req: R, userId: string): StreamReader;
+  /** The usage object with its cost where this API's own clients keep it too (besides `cost`), if anywhere else. */
+  costKeptBy?(usage: Record<string, unknown>, charged: string): Record<string, unknown>;
   /** What is sent after the stream once the call is charged: the kept event with its cost, and the end. */
-  closing(req: R, held: string | null, usage: Usage, charged: string): string;
+  closing(req: R, held: string | null, usage: Usage, cost: AnswerCost): string;
   /** An error event in this API's stream format. */
   failure(error: AppError): string;
 }
 
+/**
+ * What an answer's usage carries beside the provider's counts: its cost in credits and, on a
+ * stream's final usage event, the gateway's time from the provider's last byte to the settling
+ * (the call record's tail_ms; a replay sends the same).
+ */
+export type AnswerCost = { charged: string; tailMs: number | null };
+
 /** The usage object an answer carries: the provider's own (or the API's shape of the counted one), with its cost in credits. */
-export const usageWithCost = <R>(p: Protocol<R>, reported: unknown, usage: Usage, charged: string) => ({
-  ...((reported as Record<string, unknown> | undefined) ?? p.toUsage(usage)),
-  cost: charged,
-});
+export const usageWithCost = <R>(p: Protocol<R>, reported: unknown, usage: Usage, { charged, tailMs }: AnswerCost) => {
+  const costed = {
+    ...((reported as Record<string, unknown> | undefined) ?? p.toUsage(usage)),
+    cost: charged,
+    ...(tailMs === null ? {} : { gateway_tail_ms: tailMs }),
+  };
+  return p.costKeptBy ? p.costKeptBy(costed, charged) : costed;
+};
 
 /** A provider's word for why an answer ended, as the call log keeps it (a short token, or null). */
 export const reasonWord = (v: unknown): string | null =>
@@ -146,4 +163,15 @@ export function* sseEvents(buffer: { text: string }): Generator<Sse> {
     }
     if (data) yield { name, data, raw };
   }
+}
+
+/**
+ * Whether a request forces a tool call (`required`, a named function or tool, Anthropic's `any`)
+ * or JSON (a schema, or JSON mode): an answer cut at a shorter maximum could not be parsed.
+ * @example wholeAnswerOnly: (req) => forcesWholeAnswer(req.tool_choice, req.response_format)
+ */
+export function forcesWholeAnswer(toolChoice: unknown, format: unknown): boolean {
+  const type = (x: unknown) => typeof x === 'object' && x !== null ? (x as { type?: unknown }).type : undefined;
+  return toolChoice === 'required' || ['function', 'tool', 'any'].includes(String(type(toolChoice))) ||
+    ['json_schema', 'json_object'].includes(String(type(format)));
 }

@@ -19,6 +19,7 @@ import { ListJobsSchema, WorkerEnvSchema } from './schemas.ts';
 import { jobTypes } from './types/index.ts';
 import { runRecharges } from './recharges.ts';
 import { runWorker } from './worker.ts';
+import { deleteExpiredReferenceItems } from '../_shared/domain/ai-reference-items.ts';
 
 const env = parseEnv(WorkerEnvSchema);
 reportAtStart(stripe); // the tick charges saved cards (auto-recharge): a missing or wrong-mode key is logged at start
@@ -176,13 +177,21 @@ app.get('/:id/result', requireUser, async (c) => {
 
 app.post('/worker/tick', async (c) => {
   requireCronSecret(c);
-  const recharges = await runRecharges();
+  // The AI references' retention is the functions' setting (AI_REFERENCE_RETENTION_DAYS): the
+  // tick deletes what it no longer covers, beside the recharges, before the worker's budget starts.
+  const [recharges, referenceItems] = await Promise.all([
+    runRecharges(),
+    deleteExpiredReferenceItems().catch((err) => {
+      log.error('expired AI reference items could not be deleted', errorSummary(err));
+      return null;
+    }),
+  ]);
   const ran = await runWorker({
     workerId: `tick-${crypto.randomUUID()}`,
     budgetMs: env.JOBS_TICK_BUDGET_MS,
     leaseSeconds: env.JOBS_LEASE_SECONDS,
   });
-  return ok(c, { ran, recharges });
+  return ok(c, { ran, recharges, reference_items_deleted: referenceItems });
 });
 
 export default { fetch: app.fetch };

@@ -38,6 +38,7 @@ import {
   OrgGrantSchema,
   OrgInvoicesQuerySchema,
   OrgLotsAsOfSchema,
+  OrgVerificationSchema,
   OwnerSchema,
 } from './schemas.ts';
 import { requestInvoice } from './invoices.ts';
@@ -240,6 +241,14 @@ app.get('/:id/invoices', requireUser, async (c) => {
 app.put('/:id/invoicing', requireAdmin, async (c) => {
   const b = await readJson(c, InvoicingApprovalSchema);
   const [{ org }] = await sql`select billing.approve_org_invoicing(${pathId(c, 'id')}, ${b.approved},
+    ${currentUser(c).id}) as org`;
+  return ok(c, org);
+});
+
+// A platform admin marks an organisation verified: its wallet, not the admin who paid, answers for its purchases.
+app.put('/:id/verification', requireAdmin, async (c) => {
+  const b = await readJson(c, OrgVerificationSchema);
+  const [{ org }] = await sql`select billing.verify_org(${pathId(c, 'id')}, ${b.verified},
     ${currentUser(c).id}) as org`;
   return ok(c, org);
 });

@@ -31,6 +31,9 @@ export const OrgGrantSchema = z.strictObject({
 // PUT /orgs/:id/invoicing (platform admins): whether the organisation may ask for invoices before a card purchase.
 export const InvoicingApprovalSchema = z.strictObject({ approved: z.boolean() });
 
+// PUT /orgs/:id/verification (platform admins): a verified organisation's wallet answers for its own purchases.
+export const OrgVerificationSchema = z.strictObject({ verified: z.boolean() });
+
 // GET /orgs/:id/balance and /orgs/:id/lots: as they stood at `at` (required: GET /orgs/:id shows them now).
 export const OrgBalanceAsOfSchema = z.strictObject({ at: AsOfSchema });
 export const OrgLotsAsOfSchema = z.strictObject({

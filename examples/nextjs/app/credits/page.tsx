@@ -109,7 +109,8 @@ export default function CreditsPage() {
     <main>
       <h1>Your credits: {balance?.available ?? '…'}</h1>
       <p>
-        Signed in as {session.user.email} <button onClick={() => supabase.auth.signOut()}>Sign out</button>
+        Signed in as {session.user.email} <button onClick={() => supabase.auth.signOut()}>Sign out</button>{' '}
+        <a href='/chat'>Chat with the AI</a>
       </p>
       {notice && <p role='status'>{notice}</p>}
       {packages.map((p) => (

@@ -4,6 +4,8 @@
 // speaks Messages; any OpenAI-compatible host (OpenRouter, Groq, Together, a school's vLLM) is
 // named in AI_UPSTREAMS and set by AI_UPSTREAM_<NAME>_BASE, _KEY and _SPEAKS. Nothing is
 // translated between APIs: a model is served only where its upstream speaks the caller's API.
+// A host's _FALLBACK_FOR names the models it serves when their card's upstream fails before its
+// first byte (upstreamsFor: the order a call tries).
 import { z } from 'zod';
 import { CommaListSchema, ConfigError, parseEnv } from '../env.ts';
 
@@ -31,6 +33,7 @@ export const GatewayEnvSchema = z.object({
   AI_ANTHROPIC_KEY: z.string().min(1).optional(),
   AI_UPSTREAMS: CommaListSchema.pipe(z.array(z.string().regex(/^[a-z][a-z0-9-]{0,31}$/))).default([]),
   AI_MAX_OUTPUT_TOKENS: z.coerce.number().int().positive().default(4096),
+  AI_MIN_OUTPUT_TOKENS: z.coerce.number().int().positive().default(64),
   AI_MAX_PROMPT_TOKENS: z.coerce.number().int().positive().default(128_000),
   AI_CALL_MAX_SECONDS: z.coerce.number().int().min(10).max(3600).default(300),
 });
@@ -42,6 +45,8 @@ export interface Upstream {
   /** The request headers that carry the key (a bearer token, or Anthropic's x-api-key). */
   auth: Record<string, string>;
   speaks: ReadonlySet<Endpoint>;
+  /** The models this host answers when their card's upstream fails ('*': every model); empty: none. */
+  fallbackFor: ReadonlySet<string>;
 }
 
 /** An OpenAI-compatible host named in AI_UPSTREAMS, from its own three variables (CONFIG_MISSING names a bad one). */
@@ -51,12 +56,20 @@ function compatibleHost(name: string): Upstream {
     [`${prefix}BASE`]: z.url(),
     [`${prefix}KEY`]: z.string().min(1),
     [`${prefix}SPEAKS`]: CommaListSchema.pipe(z.array(z.enum(endpoints))).default(['chat']),
+    [`${prefix}FALLBACK_FOR`]: CommaListSchema.default([]),
   }));
+  const key = host[`${prefix}KEY`] as string;
+  const speaks = new Set(host[`${prefix}SPEAKS`] as Endpoint[]);
   return {
     name,
     base: host[`${prefix}BASE`] as string,
-    auth: { authorization: `Bearer ${host[`${prefix}KEY`]}` },
-    speaks: new Set(host[`${prefix}SPEAKS`] as Endpoint[]),
+    // A host speaking Anthropic's Messages (a second Anthropic account, a proxy of it) gets the
+    // key as Anthropic reads it, and the API version it requires, beside the bearer.
+    auth: speaks.has('messages')
+      ? { authorization: `Bearer ${key}`, 'x-api-key': key, 'anthropic-version': '2023-06-01' }
+      : { authorization: `Bearer ${key}` },
+    speaks,
+    fallbackFor: new Set(host[`${prefix}FALLBACK_FOR`] as string[]),
   };
 }
 
@@ -69,6 +82,7 @@ function load() {
     base: env.AI_API_BASE,
     auth: { authorization: `Bearer ${env.AI_API_KEY}` },
     speaks: new Set<Endpoint>(['chat', 'responses', 'embeddings']),
+    fallbackFor: new Set<string>(),
   }]]);
   if (env.AI_ANTHROPIC_KEY) {
     upstreams.set('anthropic', {
@@ -76,6 +90,7 @@ function load() {
       base: env.AI_ANTHROPIC_BASE,
       auth: { 'x-api-key': env.AI_ANTHROPIC_KEY, 'anthropic-version': '2023-06-01' },
       speaks: new Set<Endpoint>(['messages']),
+      fallbackFor: new Set<string>(),
     });
   }
   for (const name of env.AI_UPSTREAMS) upstreams.set(name, compatibleHost(name));
@@ -93,8 +108,21 @@ export const upstreamsSpeaking = (endpoint: Endpoint): string[] =>
   [...aiUpstreams().values()].filter((u) => u.speaks.has(endpoint)).map((u) => u.name);
 
 /**
- * POSTs one request to an upstream's API, once: no retries (a retried call could be billed twice
- * by the provider), aborted by `signal`.
+ * The upstreams a call of `model` on `endpoint` tries, in order: its card's (`primary`), then
+ * each host of AI_UPSTREAMS, in that list's order, whose _FALLBACK_FOR names the model (or is
+ * `*`) and that speaks the endpoint. A host the card names is never tried twice.
+ * @example upstreamsFor('gpt-4o-mini', 'openai', 'chat') // ['openai', 'openrouter']
+ */
+export function upstreamsFor(model: string, primary: string, endpoint: Endpoint): string[] {
+  const backups = [...aiUpstreams().values()].filter((u) =>
+    u.name !== primary && u.speaks.has(endpoint) && (u.fallbackFor.has(model) || u.fallbackFor.has('*'))
+  );
+  return [primary, ...backups.map((u) => u.name)];
+}
+
+/**
+ * POSTs one request to an upstream's API, once: no retries here (the gateway's call moves on to
+ * the next of upstreamsFor only on a failure before the answer's first byte), aborted by `signal`.
  * @example const res = await postUpstream('openai', 'responses', { model, input }, controller.signal)
  */
 export function postUpstream(

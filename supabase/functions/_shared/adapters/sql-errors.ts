@@ -15,12 +15,37 @@ export const serverKeyRefused = 'This server key is unknown or was revoked.';
  */
 const sqlErrors: Record<
   string,
-  { type: ErrorType; message: string; code?: string; status?: number; retryable?: boolean; field?: string }
+  {
+    type: ErrorType;
+    message: string;
+    /** The message with the refusal's figures, when its details have them. */
+    say?: (details: Record<string, unknown>) => string | undefined;
+    code?: string;
+    status?: number;
+    retryable?: boolean;
+    field?: string;
+  }
 > = {
-  INSUFFICIENT_CREDITS: { type: 'payment_required', message: 'Not enough credits for this request.' },
+  INSUFFICIENT_CREDITS: {
+    type: 'payment_required',
+    message: 'Not enough credits for this request.',
+    // The figures and the way out in the text: an SDK shows err.message and drops details.
+    say: (d) =>
+      d.required !== undefined && d.available !== undefined
+        ? `Not enough credits for this request: it needs ${d.required} credits and ${d.available} are available. ` +
+          'Buy credits, or ask for a shorter answer.'
+        : undefined,
+  },
   SPEND_CAP_REACHED: {
     type: 'payment_required',
     message: 'This would go over a spending cap: see details (cap, spent, resets_at).',
+    say: (d) =>
+      d.required !== undefined && d.cap !== undefined && d.spent !== undefined
+        ? `This would go over a spending cap: it needs ${d.required} credits and the cap of ${d.cap} has ` +
+          `${d.spent} spent (it resets ${
+            d.resets_at ?? 'when the school says'
+          }). Ask for a shorter answer, or raise the cap.`
+        : undefined,
   },
   INVALID_CAP: { type: 'validation', message: 'The cap is not valid: see details.field and details.rule.' },
   INVALID_ALERT: { type: 'validation', message: 'The alert is not valid: see details.field and details.rule.' },
@@ -222,7 +247,8 @@ export type RefusalFields = Partial<ErrorBody> & { status?: number };
 export function refusalOf(token: string, fields: RefusalFields): AppError | undefined {
   const e = { ...sqlErrors[token], ...fields };
   if (!e.type || e.message === undefined) return undefined;
-  return new AppError(e.type as ErrorType, e.code ?? token, e.message, {
+  const message = (fields.message === undefined && e.details && sqlErrors[token]?.say?.(e.details)) || e.message;
+  return new AppError(e.type as ErrorType, e.code ?? token, message, {
     details: e.details,
     status: e.status,
     retryable: e.retryable,

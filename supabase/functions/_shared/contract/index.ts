@@ -594,6 +594,23 @@ export interface RateCardSimulation {
     change_percentiles: { p10: Credits | null; p50: Credits | null; p90: Credits | null; p99: Credits | null };
   };
   most_affected: (RepricedTotals & { user_id: string; change_percent: string | null })[];
+  /**
+   * Margins before and after, against what the same counts cost at the provider price of the
+   * draft's model at its upstream in effect now; cost and margins null (unknown) without one.
+   */
+  margins: {
+    provider_price: { version: number; upstream: string; effective_from: string } | null;
+    cost_usd: string | null;
+    before: RepricedMargin;
+    after: RepricedMargin;
+  };
+}
+
+/** Revenue (USD, exact) of re-priced charges and its margin over their provider cost; null: unknown. */
+export interface RepricedMargin {
+  revenue_usd: string;
+  margin_usd: string | null;
+  margin_percent: string | null;
 }
 
 /** POST /admin/rate-cards/drafts/:id/publish. */

@@ -71,8 +71,10 @@ const csvColumns = [
   'outcome',
   'code',
   'upstream_status',
+  'attempts',
   'first_token_ms',
   'duration_ms',
+  'tail_ms',
   'input_tokens',
   'cached_input_tokens',
   'cache_write_tokens',
@@ -87,9 +89,16 @@ const csvColumns = [
   'transfer_id',
 ] as const;
 
+/** The upstreams a call failed at before the one that answered, as one field: `openai:PROVIDER_ERROR_500 …`. */
+function attemptsText(attempts: unknown): string | null {
+  if (!Array.isArray(attempts)) return null;
+  return attempts.map((a: { upstream?: unknown; failure?: unknown }) => `${a.upstream}:${a.failure}`).join(' ');
+}
+
 function csvLine(call: Record<string, unknown>): string {
   const usage = (call.usage ?? {}) as Record<string, unknown>;
   return csvColumns.map((k) => {
+    if (k === 'attempts') return csvField(attemptsText(call.attempts));
     const v = k in call ? call[k] : usage[k];
     return csvField(v === null || v === undefined ? null : String(v));
   }).join(',') + '\r\n';

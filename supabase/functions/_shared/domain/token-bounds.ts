@@ -9,7 +9,7 @@ export type TokenBound = 'o200k' | 'utf8';
 /**
  * OpenAI's chat models count with o200k; any other family (Claude's own tokenizer, an
  * open model's) is bounded by bytes, which over-holds (about 3–4× for English) but never under.
- * @example tokenBoundOf('gpt-4o-mini') // 'o200k'; tokenBoundOf('claude-3-5-haiku') // 'utf8'
+ * @example tokenBoundOf('gpt-4o-mini') // 'o200k'; tokenBoundOf('claude-haiku-4-5') // 'utf8'
  */
 export const tokenBoundOf = (model: string): TokenBound => /^(gpt-|chatgpt-|o\d)/.test(model) ? 'o200k' : 'utf8';
 

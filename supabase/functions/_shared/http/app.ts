@@ -51,6 +51,34 @@ export function errorResponse(c: AppContext, err: unknown): Response {
   });
 }
 
+/** What every route accepts from a browser. */
+const allowHeaders = [
+  'authorization',
+  'x-client-info',
+  'apikey',
+  'content-type',
+  'idempotency-key',
+  'x-request-id',
+  'x-ai-clamp',
+];
+
+/**
+ * What the AI SDKs send from a browser besides: the openai and Anthropic SDKs' `x-stainless-*`
+ * telemetry, Anthropic's `anthropic-*` and its key in `x-api-key`. The gateway reads none of it
+ * but the key; a preflight that does not allow each is a failed call.
+ */
+const sdkHeader = /^(x-stainless-[a-z0-9-]+|anthropic-[a-z0-9-]+|x-api-key)$/;
+
+/**
+ * The headers a preflight from an allowed origin may send: every route's, plus those the
+ * preflight asks for that an AI SDK sends, reflected.
+ * @example preflightHeaders('content-type, x-stainless-os') // ['authorization', …, 'x-request-id', 'x-stainless-os']
+ */
+export function preflightHeaders(requested: string | undefined): string[] {
+  const asked = (requested ?? '').split(',').map((h) => h.trim().toLowerCase()).filter((h) => sdkHeader.test(h));
+  return [...new Set([...allowHeaders, ...asked])];
+}
+
 /**
  * Creates a function's app. Routes are declared on the result, relative to `/<name>`.
  * Every request is rate limited unless `rateLimited: false` (health checks, Stripe webhooks).
@@ -89,9 +117,9 @@ export function createApp(
     recordLatency(`${c.req.method} ${c.req.routePath}`, c.res.status, durationMs);
   });
   let methods: string[] | undefined; // routes are fixed once the first request is routed
-  const corsHeaders = cors({
+  const corsOptions: Parameters<typeof cors>[0] = {
     origin: (origin) => (allowed.has(origin) ? origin : null),
-    allowHeaders: ['authorization', 'x-client-info', 'apikey', 'content-type', 'idempotency-key', 'x-request-id'],
+    allowHeaders,
     // Every method a route answers, read from the routes themselves when a browser asks, so a
     // route's method can never be missing from the list.
     allowMethods: () => (methods ??= routeMethods(app)),
@@ -99,18 +127,30 @@ export function createApp(
       'X-Request-ID',
       'Idempotent-Replayed',
       'Retry-After',
+      // A 429's exact wait and whether to retry it, as the openai and Anthropic SDKs read them (ratelimit.ts).
+      'retry-after-ms',
+      'x-should-retry',
       'Location',
       'X-Credits-Held',
       'X-Credits-Charged',
       'X-AI-Call-Id',
+      'X-AI-Max-Output-Tokens',
+      'X-AI-Answered-By',
+      'X-Gateway-Overhead-Ms',
     ],
     maxAge: 600,
-  });
+  };
+  const corsHeaders = cors(corsOptions);
   // CORS headers are for browsers, which send Origin on every cross-origin request. For the
   // rest (servers, the product's backend) Hono's cors would only copy the Response twice:
   // ~40 µs a request (bench/README.md, request-path). Vary: Origin stays on every answer.
   app.use('*', function corsForBrowsers(c, next) {
-    if (c.req.method === 'OPTIONS' || c.req.header('origin')) return corsHeaders(c, next);
+    if (c.req.method === 'OPTIONS') {
+      // What an AI SDK asks for is reflected to listed origins only; Hono's cors takes a fixed list.
+      const asked = allowed.has(c.req.header('origin') ?? '') ? c.req.header('access-control-request-headers') : '';
+      return cors({ ...corsOptions, allowHeaders: preflightHeaders(asked) })(c, next);
+    }
+    if (c.req.header('origin')) return corsHeaders(c, next);
     return next().then(() => setResponseHeader(c, 'Vary', 'Origin', true));
   });
   app.use('*', identify);

@@ -11,7 +11,7 @@
 // classes marked failSoft, which fall back to a per-instance limiter so abuse stays bounded.
 // Unauthenticated routes outside `rateLimit` (Stripe webhooks, signed notifications) use
 // `limitByAddress`. Headers: X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset
-// (seconds) of the tightest layer; Retry-After on 429.
+// (seconds) of the tightest layer; on 429 also the wait (`retryHeaders`).
 import { createHash } from 'node:crypto';
 import type { Redis } from '@upstash/redis';
 import type { MiddlewareHandler, Next } from 'hono';
@@ -87,15 +87,38 @@ function reporterSubject(authorization: string | undefined): string | undefined 
   return `server:${apiKeyId(bearer)}`;
 }
 
+/**
+ * The longest wait an SDK is told to retry after: the openai SDK's own backoff reaches 8 s. A
+ * fixed window can mean waiting most of a minute, which an SDK would sit through silently (the
+ * openai and Anthropic SDKs honour a Retry-After up to 60 s): past this they fail at once instead.
+ */
+export const sdkRetryWaitMs = 8_000;
+
+/**
+ * A 429's wait, as the SDKs read it: `Retry-After` (whole seconds, rounded up), `retry-after-ms`
+ * (exact; the openai, Anthropic and AI SDKs prefer it) and `x-should-retry` (the openai and
+ * Anthropic SDKs retry only when it is true; the AI SDK does not read it).
+ * @example retryHeaders(2_500) // { 'Retry-After': '3', 'retry-after-ms': '2500', 'x-should-retry': 'true' }
+ */
+export function retryHeaders(waitMs: number): Record<string, string> {
+  const ms = Math.max(0, Math.ceil(waitMs));
+  return {
+    'Retry-After': String(Math.max(1, Math.ceil(ms / 1000))),
+    'retry-after-ms': String(ms),
+    'x-should-retry': String(ms <= sdkRetryWaitMs),
+  };
+}
+
 function tooMany(outcome: Outcome, headers: Record<string, string>): AppError {
-  const retryAfter = Math.max(1, Math.ceil((outcome.reset - Date.now()) / 1000));
+  const wait = retryHeaders(outcome.reset - Date.now());
+  const retryAfter = Number(wait['Retry-After']);
   return new AppError(
     'rate_limit',
     'RATE_LIMITED',
-    `Too many requests (${outcome.layer.name} limit). Retry in ${retryAfter} s.`,
+    `Too many requests (${outcome.layer.name} limit: ${outcome.layer.limit} a minute). Retry in ${retryAfter} s.`,
     {
       details: { layer: outcome.layer.name, limit: outcome.layer.limit, retry_after_seconds: retryAfter },
-      headers: { ...headers, 'Retry-After': String(retryAfter) },
+      headers: { ...headers, ...wait },
     },
   );
 }

@@ -8,6 +8,7 @@ import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import type { Usage } from '../metering.ts';
 import {
+  forcesWholeAnswer,
   JsonBlockSchema,
   messageFraming,
   parsed,
@@ -106,6 +107,7 @@ export const chat: Protocol<ChatRequest> = {
   },
   framing: (req, bound) => messageFraming(req.messages.length, Boolean(req.tools), bound),
   writesCache: () => false,
+  wholeAnswerOnly: (req) => forcesWholeAnswer(req.tool_choice, req.response_format),
   // The known fields, the answer's limit as max_completion_tokens, and, for a stream, usage always
   // asked for (the gateway bills from it; the caller sees it only if they asked).
   providerBody(req, maxOutput) {
@@ -143,10 +145,10 @@ export const chat: Protocol<ChatRequest> = {
     };
   },
   // The usage chunk with its cost, if the caller asked for usage; then the end.
-  closing(req, held, usage, charged) {
+  closing(req, held, usage, cost) {
     if (!req.stream_options?.include_usage) return sseEvent(null, '[DONE]');
     const chunk = held ? JSON.parse(held) : { object: 'chat.completion.chunk', choices: [] };
-    return sseEvent(null, { ...chunk, usage: usageWithCost(chat, chunk.usage, usage, charged) }) +
+    return sseEvent(null, { ...chunk, usage: usageWithCost(chat, chunk.usage, usage, cost) }) +
       sseEvent(null, '[DONE]');
   },
   failure: (error) => sseEvent(null, { error: error.toJSON() }),

@@ -47,6 +47,7 @@ export const embeddings: Protocol<EmbeddingsRequest> = {
   // No framing; a token array is exactly its length.
   framing: (req) => inputs(req).reduce((n, x) => n + (typeof x === 'string' ? 0 : x.length), 0),
   writesCache: () => false,
+  wholeAnswerOnly: () => false,
   providerBody: (req) => ({ ...req }),
   fromUsage: (raw) => ({
     input_tokens: count((raw as Record<string, unknown> | undefined)?.prompt_tokens),

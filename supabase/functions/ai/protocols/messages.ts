@@ -14,6 +14,7 @@ import { count } from '../../_shared/adapters/ai.ts';
 import type { AppError } from '../../_shared/errors.ts';
 import {
   answerCut,
+  forcesWholeAnswer,
   JsonBlockSchema,
   messageFraming,
   parsed,
@@ -73,6 +74,12 @@ export const MessagesRequestSchema = z.object({
     type: z.enum(['auto', 'any', 'tool', 'none']),
     name: pgText(128).regex(/^[A-Za-z0-9_.:-]+$/, 'must be a tool name').optional(),
     disable_parallel_tool_use: z.boolean().optional(),
+  }).nullish(),
+  // Structured outputs (the AI SDK's Output.object for models that have them): a JSON schema
+  // answer, never cut; the effort the model spends thinking.
+  output_config: z.object({
+    effort: z.enum(['low', 'medium', 'high', 'xhigh', 'max']).nullish(),
+    format: z.object({ type: z.literal('json_schema'), schema: JsonBlockSchema }).nullish(),
   }).nullish(),
   thinking: z.union([
     z.object({ type: z.literal('enabled'), budget_tokens: pgInt(1, 1_000_000) }),
@@ -145,12 +152,14 @@ export const messages: Protocol<MessagesRequest> = {
       if (typeof m.content === 'string') yield m.content;
       else for (const b of m.content) yield blockText(b);
     }
-    for (const extra of [req.tools, req.tool_choice]) if (extra) yield JSON.stringify(extra);
+    for (const extra of [req.tools, req.tool_choice, req.output_config?.format]) if (extra) yield JSON.stringify(extra);
   },
   // The system prompt is one message.
   framing: (req, bound) => messageFraming(req.messages.length + (req.system ? 1 : 0), Boolean(req.tools), bound),
   writesCache: (req) => JSON.stringify([req.system, req.messages, req.tools]).includes('"cache_control":{'),
   writesCache1h: asksHour,
+  wholeAnswerOnly: (req) => forcesWholeAnswer(req.tool_choice, req.output_config?.format),
+  thinkingBudget: (req) => req.thinking?.type === 'enabled' ? req.thinking.budget_tokens : 0,
   providerBody: (req, maxOutput) => ({ ...req, max_tokens: maxOutput, service_tier: 'standard_only' }),
   fromUsage,
   toUsage: (u) => ({
@@ -162,6 +171,13 @@ export const messages: Protocol<MessagesRequest> = {
       ephemeral_1h_input_tokens: u.cache_write_1h_tokens ?? 0,
     },
     output_tokens: u.output_tokens + u.reasoning_tokens,
+  }),
+  // The Anthropic SDK's MessageStream builds finalMessage() from message_start and copies from
+  // message_delta's usage only the fields it knows, output_tokens_details whole: the cost rides
+  // there too (streamed and whole alike), or a streamed final message would carry none.
+  costKeptBy: (usage, charged) => ({
+    ...usage,
+    output_tokens_details: { ...(usage.output_tokens_details as Record<string, unknown> | null ?? {}), cost: charged },
   }),
   finishReason: (body) => reasonWord(body.stop_reason),
   answerText: (body) => Array.isArray(body.content) ? JSON.stringify(body.content) : '',
@@ -199,10 +215,10 @@ export const messages: Protocol<MessagesRequest> = {
       finishReason: () => reasonWord((delta?.delta as Record<string, unknown> | undefined)?.stop_reason),
     };
   },
-  closing(_req, held, usage, charged) {
+  closing(_req, held, usage, cost) {
     if (!held) return messages.failure(answerCut());
     const event = JSON.parse(held);
-    return sseEvent('message_delta', { ...event, usage: usageWithCost(messages, event.usage, usage, charged) }) +
+    return sseEvent('message_delta', { ...event, usage: usageWithCost(messages, event.usage, usage, cost) }) +
       sseEvent('message_stop', { type: 'message_stop' });
   },
   failure: (error) => sseEvent('error', anthropicError(error)),

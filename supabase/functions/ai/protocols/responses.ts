@@ -10,9 +10,10 @@ import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import type { Usage } from '../metering.ts';
 import { count } from '../../_shared/adapters/ai.ts';
-import { openReference, pendingItem, ReferenceIdSchema, referencePrefix, sealItem } from '../references.ts';
+import { keepItems, openReferences, pendingItem, ReferenceIdSchema, referencePrefix, sealItem } from '../references.ts';
 import {
   answerCut,
+  forcesWholeAnswer,
   JsonBlockSchema,
   messageFraming,
   parsed,
@@ -152,25 +153,20 @@ function asInput(item: Record<string, unknown>): Item | null {
 /** The input with every reference opened, and ids the gateway gave left out (the provider never saw them). */
 async function expand(req: ResponsesRequest, userId: string): Promise<ResponsesRequest> {
   if (typeof req.input === 'string') return req;
-  // Each distinct reference opened once: the same id sent many times is never many Redis reads.
-  const opened = new Map<string, Promise<Item | null>>();
-  const open = (id: string, field: string) => {
-    let item = opened.get(id);
-    if (!item) opened.set(id, item = openReference(userId, id, field).then(asInput));
-    return item;
-  };
-  const input = await Promise.allSettled((req.input as Item[]).map(async (item, i): Promise<Item | null> => {
-    if (item.type === 'item_reference') return await open(item.id, `input.${i}.id`);
-    if (!('id' in item) || !item.id?.startsWith(referencePrefix)) return item;
-    const { id: _ours, ...rest } = item;
-    return rest as Item;
-  }));
-  // The first item that cannot be opened is the one named, whichever was tried fastest.
-  const refused = input.find((r) => r.status === 'rejected');
-  if (refused) throw refused.reason;
+  const input = req.input as Item[];
+  // Each distinct reference opened once, and every kept item read in one statement.
+  const opened = await openReferences(
+    userId,
+    input.flatMap((item, i) => item.type === 'item_reference' ? [{ id: item.id, field: `input.${i}.id` }] : []),
+  );
   return {
     ...req,
-    input: input.map((r) => r.status === 'fulfilled' ? r.value : null).filter((item): item is Item => item !== null),
+    input: input.map((item): Item | null => {
+      if (item.type === 'item_reference') return asInput(opened.get(item.id)!);
+      if (!('id' in item) || !item.id?.startsWith(referencePrefix)) return item;
+      const { id: _ours, ...rest } = item;
+      return rest as Item;
+    }).filter((item): item is Item => item !== null),
   };
 }
 
@@ -221,6 +217,7 @@ export const responses: Protocol<ResponsesRequest> = {
   framing: (req, bound) => messageFraming(items(req).length + (req.instructions ? 1 : 0), Boolean(req.tools), bound),
   writesCache: () => false,
   expand,
+  wholeAnswerOnly: (req) => forcesWholeAnswer(req.tool_choice, req.text?.format),
   providerBody: (req, maxOutput) => ({ ...req, max_output_tokens: maxOutput, store: false }),
   // Each message and reasoning item gets a reference that carries it (the provider's id stays inside).
   async sealAnswer(body, userId) {
@@ -258,7 +255,7 @@ export const responses: Protocol<ResponsesRequest> = {
     // A stream names an item (output_item.added) before writing it: its reference is made then,
     // every event's mention of the provider's id becomes it, and the item is kept once done.
     const refs = new Map<string, Awaited<ReturnType<typeof pendingItem>>>();
-    const done: Record<string, unknown>[] = [];
+    const done: { ref: Awaited<ReturnType<typeof pendingItem>>; item: Record<string, unknown> }[] = [];
     return {
       async rewrite(e) {
         if (e.data.includes('"response.output_item.')) {
@@ -267,7 +264,10 @@ export const responses: Protocol<ResponsesRequest> = {
           if (event.type === 'response.output_item.added' && referable(item)) {
             refs.set(item.id, await pendingItem(userId));
           }
-          if (event.type === 'response.output_item.done' && referable(item) && refs.has(item.id)) done.push(item);
+          const ref = referable(item) ? refs.get(item.id) : undefined;
+          if (event.type === 'response.output_item.done' && ref) {
+            done.push({ ref, item: item as Record<string, unknown> });
+          }
         }
         let { data, raw } = e;
         for (const [id, ref] of refs) {
@@ -277,7 +277,8 @@ export const responses: Protocol<ResponsesRequest> = {
         }
         return { name: e.name, data, raw };
       },
-      keepItems: () => Promise.all(done.map((item) => refs.get(item.id as string)?.keep(item))).then(() => {}),
+      keepItems: async (callId) =>
+        keepItems(userId, callId, await Promise.all(done.map(({ ref, item }) => ref.seal(item)))),
       see({ name, data }) {
         if (name === 'response.output_text.delta') return 'send';
         const event = parsed(data);
@@ -296,13 +297,13 @@ export const responses: Protocol<ResponsesRequest> = {
       finishReason: () => responseEnd(last?.response as Record<string, unknown> | undefined),
     };
   },
-  closing(_req, held, usage, charged) {
+  closing(_req, held, usage, cost) {
     if (!held) return responses.failure(answerCut());
     const event = JSON.parse(held);
     const response = event.response ?? {};
     return sseEvent(event.type, {
       ...event,
-      response: { ...response, usage: usageWithCost(responses, response.usage, usage, charged) },
+      response: { ...response, usage: usageWithCost(responses, response.usage, usage, cost) },
     });
   },
   failure: (error) =>

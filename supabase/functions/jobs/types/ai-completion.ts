@@ -32,16 +32,17 @@ const chatFramingTokens = 16;
 const worstCaseInputTokens = (prompt: string) => utf8Bytes(prompt) + chatFramingTokens;
 
 /**
- * Where the job's model is called: its card's upstream, as the gateway routes it. A model the
- * student may not call (`userId`: asked when the job is created), of another kind (an embedding
- * model's card prices no answer) or on an upstream that cannot answer a prompt is refused: 4xx
- * when the job is created, a failed job charged nothing when it runs.
+ * Where the job's model is called: its card's upstream and model (an alias named is its card's,
+ * billing.card_model), as the gateway routes it. A model the student may not call (`userId`:
+ * asked when the job is created), of another kind (an embedding model's card prices no answer) or
+ * on an upstream that cannot answer a prompt is refused: 4xx when the job is created, a failed
+ * job charged nothing when it runs.
  */
-async function upstreamOf(model: string, userId: string | null): Promise<string> {
+async function routeOf(model: string, userId: string | null): Promise<{ upstream: string; model: string }> {
   try {
     const [r] = await sql`select billing.ai_model_upstream(${userId}::uuid, ${model}, 'chat',
-      ${completionUpstreams()}::text[]) as upstream`;
-    return r.upstream;
+      ${completionUpstreams()}::text[]) as upstream, billing.card_model(${model}) as model`;
+    return { upstream: r.upstream, model: r.model };
   } catch (err) {
     throw fromDbError(err);
   }
@@ -50,7 +51,7 @@ async function upstreamOf(model: string, userId: string | null): Promise<string>
 export const aiCompletion: JobType<typeof Input> = {
   schema: Input,
   async estimate(input, userId) {
-    await upstreamOf(input.model, userId);
+    await routeOf(input.model, userId);
     // The dearest way the provider can bill the tokens (input as cached or not, output as
     // reasoning or not): the same SQL the AI gateway holds with (62-ai-gateway.sql).
     const [price] = await sql`select billing.ai_hold_amount(${input.model}, ${
@@ -61,10 +62,10 @@ export const aiCompletion: JobType<typeof Input> = {
   },
   async run({ job, input, checkpoint }) {
     const started = performance.now();
-    const upstream = await upstreamOf(input.model, null);
+    const { upstream, model } = await routeOf(input.model, null);
     await checkpoint({ progress: 5, state: null, label: 'calling the model' });
     const completion = await complete({
-      model: input.model,
+      model,
       upstream,
       prompt: input.prompt,
       maxTokens: input.max_tokens,
@@ -76,10 +77,10 @@ export const aiCompletion: JobType<typeof Input> = {
       result: {
         text: pgStorable(completion.text),
         usage: completion.usage,
-        model: input.model,
+        model,
         duration_ms: durationMs,
       },
-      usage: { model: input.model, ...completion.usage },
+      usage: { model, ...completion.usage },
       log: {
         duration_ms: durationMs,
         ...(job.keep_content ? { content: { prompt: kept(input.prompt), answer: kept(completion.text) } } : {}),
