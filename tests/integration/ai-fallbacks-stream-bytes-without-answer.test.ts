@@ -1,7 +1,7 @@
-// A stream's first bytes, for the fallbacks, are the answer's: bytes that carry none of it and
-// that the gateway never passes on (an SSE keep-alive comment such as OpenRouter's
-// ": OPENROUTER PROCESSING", or an error event in place of the answer) leave nothing with the
-// student, so an upstream that sends them and then breaks off (or errs) has failed before the
+// A stream's first bytes, for the fallbacks, are the answer's: bytes that carry none of it (an
+// SSE keep-alive comment such as OpenRouter's ": OPENROUTER PROCESSING" or Anthropic's ping, an
+// error event in place of the answer, or an end that reported no usage) leave nothing the student
+// can use, so an upstream that sends them and then breaks off (or errs) has failed before the
 // answer's first byte reached the student (docs/ai-gateway.md § Upstreams, "When the next is
 // tried": "… all before the answer's first byte reaches the student"). The next upstream
 // configured for the model answers, at the model's card.
@@ -33,6 +33,8 @@ function sendsThenBreaks(chunks: string[]) {
 const cases: [name: string, chunks: string[]][] = [
   ['a keep-alive comment', [': OPENROUTER PROCESSING\n\n']],
   ['an error event', ['data: {"error":{"message":"upstream overloaded","code":502}}\n\n']],
+  ["Anthropic's ping", ['event: ping\ndata: {"type": "ping"}\n\n']],
+  ['an end that reported no usage', ['data: [DONE]\n\n']],
 ];
 
 for (const [name, chunks] of cases) {

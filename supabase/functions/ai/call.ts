@@ -32,7 +32,16 @@ import {
   storedAnswer,
   type Usage,
 } from './metering.ts';
-import { type AnswerCost, promptTokens, type Protocol, type Sse, sseEvents, usageWithCost } from './protocol.ts';
+import {
+  addRead,
+  type AnswerCost,
+  promptTokens,
+  type Protocol,
+  type Sse,
+  type SseBuffer,
+  sseEvents,
+  usageWithCost,
+} from './protocol.ts';
 import { attempt, type Failure, isAnswer, type Json, providerFailure, worthAnother } from './upstream-try.ts';
 import { dataFromCopy, eventsCopy, eventsFromCopy, jsonCopy, jsonFromCopy } from './replay-copy.ts';
 
@@ -386,7 +395,7 @@ function relay<R>(
 
   async function pump(): Promise<void> {
     const events = p.reader(call.req, call.userId);
-    const buffer = { text: '' };
+    const buffer: SseBuffer = { text: '' };
     const sent: Sse[] = [];
     /** The answer's text as streamed so far (what the tokenizer counts, and what consent keeps). */
     const answerRead = () => sent.map((e) => p.eventText(e.data)).join('');
@@ -405,7 +414,7 @@ function relay<R>(
         lastRead = Date.now();
         if (next.done) break;
         call.firstTokenMs ??= since(call.started);
-        buffer.text += decoder.decode(next.value, { stream: true }).replaceAll('\r\n', '\n');
+        addRead(buffer, decoder, next.value);
         let relayed = ''; // what this read passes on, sent at once
         for (const provided of sseEvents(buffer)) {
           const event = events.rewrite ? await events.rewrite(provided) : provided;

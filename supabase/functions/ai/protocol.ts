@@ -148,11 +148,35 @@ export async function promptTokens<R>(p: Protocol<R>, req: R, limit: number): Pr
   return text === null ? null : base + text;
 }
 
-/** Splits SSE text into whole events (the rest waits for more); `\r\n` is read as `\n`. */
-export function* sseEvents(buffer: { text: string }): Generator<Sse> {
-  for (let i = buffer.text.indexOf('\n\n'); i >= 0; i = buffer.text.indexOf('\n\n')) {
+/**
+ * SSE text read so far: `scanned` chars of it hold no event's end (an event sent in many reads is
+ * scanned once, not again at each read); `cr`, a read ended between a `\r` and its `\n`.
+ */
+export interface SseBuffer {
+  text: string;
+  scanned?: number;
+  cr?: boolean;
+}
+
+/** Adds a read's bytes to `buffer` as text, `\r\n` read as `\n` even when a read ends between the two. */
+export function addRead(buffer: SseBuffer, decoder: TextDecoder, bytes: Uint8Array) {
+  let text = (buffer.cr ? '\r' : '') + decoder.decode(bytes, { stream: true });
+  buffer.cr = text.endsWith('\r');
+  if (buffer.cr) text = text.slice(0, -1);
+  buffer.text += text.replaceAll('\r\n', '\n');
+}
+
+/** Splits SSE text into whole events (the rest waits for more). */
+export function* sseEvents(buffer: SseBuffer): Generator<Sse> {
+  for (;;) {
+    const i = buffer.text.indexOf('\n\n', buffer.scanned ?? 0);
+    if (i < 0) {
+      buffer.scanned = Math.max(buffer.text.length - 1, 0); // its last char may start an end
+      return;
+    }
     const raw = buffer.text.slice(0, i + 2);
     buffer.text = buffer.text.slice(i + 2);
+    buffer.scanned = 0;
     let name: string | null = null, data = '';
     if (raw.startsWith('data: ') && raw.indexOf('\n') === raw.length - 2) data = raw.slice(6, -2);
     else {

@@ -3,7 +3,7 @@
 import { postUpstream } from '../_shared/adapters/ai-upstreams.ts';
 import { AppError } from '../_shared/errors.ts';
 import type { Steps } from '../_shared/server-timing.ts';
-import { type Protocol, sseEvents } from './protocol.ts';
+import { addRead, type Protocol, type SseBuffer, sseEvents } from './protocol.ts';
 
 export type Json = Record<string, unknown>;
 
@@ -77,7 +77,8 @@ const joined = (parts: Uint8Array[]) => {
 /**
  * One upstream's try: its answer's headers, or how it failed. With `peek` (another upstream
  * behind it), also a whole answer's body, or a stream's bytes up to its first event that is an
- * answer's (a keep-alive comment is not, nor an error event): a try that breaks before then is
+ * answer's (a keep-alive comment or ping is not, nor an error event, nor an end that reported no
+ * usage): a try that breaks before then is
  * the next upstream's to answer, since nothing reached the caller. A stream waits at most
  * `idleMs` between reads; a whole answer's headers come only once it is written, so only the
  * call's deadline bounds it.
@@ -126,16 +127,21 @@ export async function attempt<R>(
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     const probe = call.p.reader(call.req, call.userId);
     const decoder = new TextDecoder();
-    const buffer = { text: '' };
+    const buffer: SseBuffer = { text: '' };
     const read: Uint8Array[] = []; // handed to the relay as they came: a character cut in two stays whole
     for (;;) {
       const next = await reader.read();
       if (next.done) return { failure: 'broken' };
       waitForBytes();
       read.push(next.value);
-      buffer.text += decoder.decode(next.value, { stream: true }).replaceAll('\r\n', '\n');
+      addRead(buffer, decoder, next.value);
       for (const event of sseEvents(buffer)) {
-        if (probe.see(event) !== 'error') return { res, reader, first: joined(read) };
+        if (event.name === 'ping') continue; // Anthropic's keep-alive
+        const seen = probe.see(event);
+        // An answer's first event; an end is one only when it reported usage (the provider bills it).
+        if (seen === 'send' || seen === 'keep' || (seen === 'end' && probe.usage() !== null)) {
+          return { res, reader, first: joined(read) };
+        }
         reader.cancel().catch(() => {});
         return { failure: 'broken' };
       }
