@@ -357,6 +357,9 @@ declare
   v_card bigint;
   v_charged record;
   v_unbilled numeric(38, 18);
+  -- A fallback upstream answered (the worker names it): its provider price is what the job cost
+  -- (billing.provider_cost), as for a gateway call.
+  v_answered jsonb := jsonb_strip_nulls(jsonb_build_object('upstream', p_usage ->> 'upstream'));
 begin
   if v_job.hold_id is not null then
     -- Settled first: a hold that shrank by expired credits captures only what it still holds.
@@ -371,7 +374,7 @@ begin
     -- Work already done: counted against caps when its hold was placed; any excess from what is
     -- available, never into debt.
     v_charged := billing.charge_hold_at(v_job.hold_id, v_job.user_id, v_amount, v_card, 'job-overage:' || p_job,
-      'job:' || p_job, null, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model'));
+      'job:' || p_job, v_answered, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model') || v_answered);
     -- What could not be charged (its hold shrank by credits that expired,
     -- and the balance could not cover it) is recorded on the job, and someone is told: an excess
     -- transfer records it only when something of the excess was charged. The student owes it, as

@@ -8,21 +8,11 @@
 // new, billed answer nobody will read, on the gateway's own initiative, and charges the student
 // for it.
 import assert from 'node:assert/strict';
-import { activeHolds, ask, balanceOf, settled, student } from '../support/ai.ts';
+import { activeHolds, ask, balanceOf, countingBackup, settled, student } from '../support/ai.ts';
 import { assertLedgerInvariants, env, testDb, withGateway } from '../support/helpers.ts';
 
 const standin = env('AI_STANDIN_URL');
 const model = 'gpt-4o-mini';
-
-/** A provider that counts the requests it gets and answers as the stand-in does. */
-function countingBackup() {
-  let hits = 0;
-  const server = Deno.serve({ hostname: '127.0.0.1', port: 0, onListen: () => {} }, (req) => {
-    hits++;
-    return fetch(`${standin}/v1/chat/completions`, { method: 'POST', headers: req.headers, body: req.body });
-  });
-  return { base: `http://127.0.0.1:${server.addr.port}/v1`, hits: () => hits, close: () => server.shutdown() };
-}
 
 /** An upstream that answers 503 only after `ms` (a whole answer's failure comes once it is written). */
 function slowlyDown(ms: number) {

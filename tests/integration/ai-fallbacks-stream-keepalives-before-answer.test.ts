@@ -8,7 +8,7 @@
 // - a student who left during the keep-alives of an upstream that then answers is charged that
 //   answer once (the provider was already writing it): client_left, no other upstream asked.
 import assert from 'node:assert/strict';
-import { activeHolds, ask, balanceOf, cardPrice, settled, student } from '../support/ai.ts';
+import { activeHolds, ask, balanceOf, cardPrice, countingBackup, settled, student } from '../support/ai.ts';
 import { assertLedgerInvariants, env, testDb, withGateway } from '../support/helpers.ts';
 
 const standin = env('AI_STANDIN_URL');
@@ -58,17 +58,6 @@ function keepAlivesThen(keepAlives: number, everyMs: number) {
     providerText,
     close: () => server.shutdown(),
   };
-}
-
-/** A backup that counts the requests it gets and answers as the stand-in does. */
-function countingBackup() {
-  let hits = 0;
-  const server = Deno.serve({ hostname: '127.0.0.1', port: 0, onListen: () => {} }, (req) => {
-    hits++;
-    const path = new URL(req.url).pathname.replace(/^.*\/v1\//, '/v1/');
-    return fetch(`${standin}${path}`, { method: 'POST', headers: req.headers, body: req.body });
-  });
-  return { base: `http://127.0.0.1:${server.addr.port}/v1`, hits: () => hits, close: () => server.shutdown() };
 }
 
 const fallbacks = (primary: string, backup: string, extra: Record<string, string> = {}) => ({

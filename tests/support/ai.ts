@@ -164,3 +164,14 @@ export async function settled(userId: string, timeoutMs = 10_000) {
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** An upstream that counts the requests it gets and answers each as the stand-in does (a fallback host). */
+export function countingBackup() {
+  let hits = 0;
+  const server = Deno.serve({ hostname: '127.0.0.1', port: 0, onListen: () => {} }, (req) => {
+    hits++;
+    const path = new URL(req.url).pathname.replace(/^.*\/v1\//, '/v1/');
+    return fetch(`${env('AI_STANDIN_URL')}${path}`, { method: 'POST', headers: req.headers, body: req.body });
+  });
+  return { base: `http://127.0.0.1:${server.addr.port}/v1`, hits: () => hits, close: () => server.shutdown() };
+}

@@ -10,7 +10,14 @@
 // owner consented, its content, redacted (docs/ai-gateway.md, "The call log").
 import { createHash } from 'node:crypto';
 import type { AppContext } from '../_shared/app-env.ts';
-import { aiGatewayEnv, upstreamsFor, upstreamsSpeaking } from '../_shared/adapters/ai-upstreams.ts';
+import {
+  aiGatewayEnv,
+  type Failure,
+  isAnswer,
+  upstreamsFor,
+  upstreamsSpeaking,
+  worthAnother,
+} from '../_shared/adapters/ai-upstreams.ts';
 import { outliveResponse } from '../_shared/background.ts';
 import { countTokens, tokenBoundOf } from '../_shared/domain/token-bounds.ts';
 import { AppError, internalError } from '../_shared/errors.ts';
@@ -42,8 +49,10 @@ import {
   sseEvents,
   usageWithCost,
 } from './protocol.ts';
-import { attempt, type Failure, isAnswer, type Json, providerFailure, worthAnother } from './upstream-try.ts';
+import { attempt, providerFailure } from './upstream-try.ts';
 import { dataFromCopy, eventsCopy, eventsFromCopy, jsonCopy, jsonFromCopy } from './replay-copy.ts';
+
+type Json = Record<string, unknown>;
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 

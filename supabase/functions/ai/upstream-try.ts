@@ -1,11 +1,11 @@
 // One try of one upstream, for ai/call.ts: what it answered, or how it failed, and whether the
 // next upstream may answer instead (docs/ai-gateway.md § Upstreams, "When the next is tried").
-import { postUpstream } from '../_shared/adapters/ai-upstreams.ts';
+import { type Failure, isAnswer, postUpstream } from '../_shared/adapters/ai-upstreams.ts';
 import { AppError } from '../_shared/errors.ts';
 import type { Steps } from '../_shared/server-timing.ts';
 import { addRead, type Protocol, type SseBuffer, sseEvents } from './protocol.ts';
 
-export type Json = Record<string, unknown>;
+type Json = Record<string, unknown>;
 
 /** What a try reads of its call (ai/call.ts), and the provider's status it writes back. */
 export interface Tried<R> {
@@ -17,12 +17,6 @@ export interface Tried<R> {
   steps: Steps;
   upstreamStatus: number | null;
 }
-
-/** How an upstream failed: its HTTP status, silence, no connection, or a stream that broke before its first byte. */
-export type Failure = number | 'timeout' | 'unreachable' | 'broken';
-
-/** Failures another upstream may answer for: nothing reached the caller, and the request was not refused as such. */
-export const worthAnother = (f: Failure) => typeof f !== 'number' || f === 429 || f >= 500;
 
 /** Why the provider's answer is not one: a stable code for the ledger and an error for the caller. */
 export function providerFailure(failure: Failure): { code: string; error: AppError } {
@@ -55,14 +49,6 @@ export function providerFailure(failure: Failure): { code: string; error: AppErr
     }),
   };
 }
-
-/**
- * Whether a whole answer's body is an answer: a JSON object, not the provider's error (as
- * OpenRouter sends one after a 200's headers) unless it reported usage with it (then it bills it).
- */
-export const isAnswer = (body: unknown): body is Json =>
-  typeof body === 'object' && body !== null && !Array.isArray(body) &&
-  ((body as Json).error == null || (body as Json).usage != null);
 
 const joined = (parts: Uint8Array[]) => {
   const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));

@@ -141,3 +141,17 @@ export function postUpstream(
     signal,
   });
 }
+
+/** How an upstream failed: its HTTP status, silence, no connection, or an answer that broke before it began. */
+export type Failure = number | 'timeout' | 'unreachable' | 'broken';
+
+/** Failures another upstream may answer for: nothing reached the caller, and the request was not refused as such. */
+export const worthAnother = (f: Failure) => typeof f !== 'number' || f === 429 || f >= 500;
+
+/**
+ * Whether a whole answer's body is an answer: a JSON object, not the provider's error (as
+ * OpenRouter sends one after a 200's headers) unless it reported usage with it (then it bills it).
+ */
+export const isAnswer = (body: unknown): body is Record<string, unknown> =>
+  typeof body === 'object' && body !== null && !Array.isArray(body) &&
+  ((body as Record<string, unknown>).error == null || (body as Record<string, unknown>).usage != null);

@@ -1,11 +1,13 @@
 // The AI provider adapter for jobs and deep health: one completion of a prompt, asked of the
-// model's own upstream (its rate card names it) through the gateway's routing (ai-upstreams.ts):
-// in Chat Completions where the upstream speaks it, else in Anthropic's Messages. With
+// model's own upstream (its rate card names it), then of its fallbacks, through the gateway's
+// routing (ai-upstreams.ts): in Chat Completions where the upstream speaks it, else in
+// Anthropic's Messages. With
 // AI_PROVIDER=local, a deterministic stand-in so tests and the demo run offline; it is NOT a
 // model: it echoes the prompt's words in reverse order.
 import { z } from 'zod';
 import { parseEnv } from '../env.ts';
-import { postUpstream, upstreamsSpeaking } from './ai-upstreams.ts';
+import { AppError } from '../errors.ts';
+import { type Failure, isAnswer, postUpstream, upstreamsFor, upstreamsSpeaking, worthAnother } from './ai-upstreams.ts';
 
 export const AiEnvSchema = z.object({
   AI_PROVIDER: z.enum(['openai', 'local']).default('local'),
@@ -18,6 +20,8 @@ export const AiEnvSchema = z.object({
 
 export interface Completion {
   text: string;
+  /** The upstream that answered: the model's own, or a fallback after it failed (none locally). */
+  upstream?: string;
   /** Disjoint kinds: input excludes cached input, output excludes reasoning (docs/pricing.md). */
   usage: { input_tokens: number; output_tokens: number; cached_input_tokens?: number; reasoning_tokens?: number };
 }
@@ -58,24 +62,58 @@ function answerOf(endpoint: 'chat' | 'messages', body: Record<string, unknown>):
   };
 }
 
-/** One request to the model's upstream, never retried (a retried call could be billed twice). */
+/**
+ * The model's upstream, then its fallbacks (upstreamsFor), each asked once: a try that could not
+ * connect, stayed silent past `timeoutMs`, answered 429 or 5xx, or sent a body that is no answer
+ * is the next one's to answer; a refusal (another 4xx) fails the job at once. Never the same
+ * upstream twice: a retried call could be billed twice (a failed try's bill is the operator's).
+ */
 async function upstreamCompletion(req: CompletionRequest, timeoutMs: number): Promise<Completion> {
   const endpoint = upstreamsSpeaking('chat').includes(req.upstream) ? 'chat' : 'messages';
+  const tried: string[] = [];
+  for (const upstream of upstreamsFor(req.model, req.upstream, endpoint)) {
+    const failure = await tryUpstream(req, upstream, endpoint, timeoutMs);
+    if (!('failure' in failure)) return failure;
+    if (!worthAnother(failure.failure)) {
+      // The request itself was refused: asked again, it would be again (the job fails at once).
+      throw new AppError(
+        'validation',
+        'PROVIDER_REFUSED',
+        `The model refused the request (${failure.failure}); nothing was charged.`,
+      );
+    }
+    tried.push(`${upstream}: ${failure.failure}`);
+  }
+  throw new ProviderUnavailable(`the AI provider did not answer (${tried.join(', ')})`);
+}
+
+/** One upstream's whole answer, or how it failed. */
+async function tryUpstream(
+  req: CompletionRequest,
+  upstream: string,
+  endpoint: 'chat' | 'messages',
+  timeoutMs: number,
+): Promise<Completion | { failure: Failure }> {
+  const signal = AbortSignal.timeout(timeoutMs);
   let res: Response;
   try {
-    res = await postUpstream(req.upstream, endpoint, {
+    res = await postUpstream(upstream, endpoint, {
       model: req.model,
       max_tokens: req.maxTokens,
       messages: [{ role: 'user', content: req.prompt }],
-    }, AbortSignal.timeout(timeoutMs));
+    }, signal);
   } catch {
-    throw new ProviderUnavailable('the AI provider did not answer');
+    return { failure: signal.aborted ? 'timeout' : 'unreachable' };
   }
-  if (res.status >= 500 || res.status === 429) throw new ProviderUnavailable(`the AI provider answered ${res.status}`);
-  if (!res.ok) throw new Error(`the AI provider refused the request (${res.status})`);
+  if (!res.ok) {
+    await res.body?.cancel().catch(() => {});
+    return { failure: res.status };
+  }
   // No progress call after the answer: it is billed to us now, and a cancel seen there would drop
   // what the job must charge (billing.complete_job charges a job cancelled while it ran).
-  return answerOf(endpoint, await res.json());
+  const body: unknown = await res.json().catch(() => null);
+  if (!isAnswer(body)) return { failure: signal.aborted ? 'timeout' : 'broken' };
+  return { ...answerOf(endpoint, body), upstream };
 }
 
 /** A count the provider reported, as a whole number from 0 to 2^53 − 1 (anything else counts as 0; a count past that is priced at it, never a 500). */

@@ -1,6 +1,7 @@
 // ai_completion: a metered job. It reserves the worst case (every input byte a token, plus
 // max_tokens) at the model's rate card, calls the model's own upstream (a chat model only, as the
-// gateway routes it), then the worker captures the actual usage and releases the rest.
+// gateway routes it; its fallbacks when it fails before answering), then the worker captures the
+// actual usage at the model's card and releases the rest.
 // Its call is logged with token counts, model and duration; the redacted prompt and answer only
 // under the gateway's consent rule (billing.keep_job_log), never in log lines.
 import { z } from 'zod';
@@ -80,7 +81,12 @@ export const aiCompletion: JobType<typeof Input> = {
         model,
         duration_ms: durationMs,
       },
-      usage: { model, ...completion.usage },
+      // A fallback's answer costs the operator that upstream's price (billing.provider_cost).
+      usage: {
+        model,
+        ...completion.usage,
+        ...(completion.upstream && completion.upstream !== upstream ? { upstream: completion.upstream } : {}),
+      },
       log: {
         duration_ms: durationMs,
         ...(job.keep_content ? { content: { prompt: kept(input.prompt), answer: kept(completion.text) } } : {}),
