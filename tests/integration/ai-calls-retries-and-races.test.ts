@@ -30,7 +30,7 @@ async function outliveTtl(callId: string) {
   await testDb`update billing.holds set expires_at = now() - interval '1 second'
     where id = (select hold_id from billing.ai_calls where id = ${callId})`;
   await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${callId}`;
-  await testDb`select billing.release_expired_holds(500)`;
+  await testDb`select billing.release_expired_holds(100000)`;
   await testDb`select billing.sweep_ai_calls(500)`;
 }
 
@@ -289,7 +289,7 @@ Deno.test('a refund of the purchase under a live call’s hold, then the sweep: 
       const [c] = await callsOf(s.id);
       assert.equal(c.hold_status, 'active', 'the hold keeps its reservation');
       await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${c.id}`;
-      await testDb`select billing.release_expired_holds(500)`;
+      await testDb`select billing.release_expired_holds(100000)`;
       await testDb`select billing.sweep_ai_calls(500)`;
       assert.equal((await callsOf(s.id))[0].status, 'held', 'a call still answering is not lost');
     }

@@ -610,7 +610,7 @@ for (
     await testDb`update billing.holds set expires_at = now() - interval '1 second' where id =
       (select hold_id from billing.ai_calls where id = ${c.id})`;
     await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${c.id}`;
-    await testDb`select billing.release_expired_holds(500)`;
+    await testDb`select billing.release_expired_holds(100000)`;
     await testDb`select billing.sweep_ai_calls(500)`;
     const [after] = await callsOf(s.id);
     assert.equal(after.status, 'failed');

@@ -236,7 +236,7 @@ Deno.test("an AI call's hold past its TTL while the provider answers, the sweep 
   let sweeping = true;
   const sweeps = (async () => {
     let n = 0;
-    while (sweeping) n += (await testDb`select billing.release_expired_holds() as n`)[0].n;
+    while (sweeping) n += (await testDb`select billing.release_expired_holds(100000) as n`)[0].n;
     return n;
   })();
   const r = await call;

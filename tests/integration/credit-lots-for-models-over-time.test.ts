@@ -102,7 +102,7 @@ Deno.test('a streamed call over a promotion that expires before it ends is charg
     await testDb`update billing.holds set expires_at = now() - interval '1 second' where id =
       (select hold_id from billing.ai_calls where id = ${c.id})`;
     await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${c.id}`;
-    await testDb`select billing.release_expired_holds(500)`;
+    await testDb`select billing.release_expired_holds(100000)`;
     await testDb`select billing.sweep_ai_calls(500)`;
   }
   await testDb`select billing.expire_lots(100000)`;

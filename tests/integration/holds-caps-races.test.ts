@@ -65,7 +65,7 @@ Deno.test("an AI call whose hold ended under it, finishing while another hold is
         // The call outlives its hold (time passes on it) and the minute sweep ends it.
         await testDb`update billing.holds h set expires_at = now() - interval '1 second'
           from billing.accounts a where a.id = h.account_id and a.user_id = ${s.id} and h.purpose = 'ai'`;
-        await testDb`select billing.release_expired_holds(500)`;
+        await testDb`select billing.release_expired_holds(100000)`;
         // The student holds nearly all of it for one second, then lets the hold lapse (no sweep yet).
         const h = await hold(s.token, '99.99', 1);
         assert.equal(h.status, 201, h.text);

@@ -116,7 +116,7 @@ Deno.test('a hold past its TTL: not counted before the sweep, never captured, ca
   assert.deepEqual([b.balance, b.held, b.available], ['100', '30', '70'], 'the overdue hold no longer counts');
   const [c1, , c2] = await Promise.all([
     act(s.token, id, 'capture', { amount: '60' }),
-    testDb`select billing.release_expired_holds()`,
+    testDb`select billing.release_expired_holds(100000)`,
     act(s.token, id, 'capture'),
   ]);
   for (const c of [c1, c2]) assert.deepEqual([c.status, codeOf(c)], [409, 'HOLD_EXPIRED'], c.text);

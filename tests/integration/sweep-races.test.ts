@@ -55,7 +55,7 @@ raceTest('a call charged while the sweep waits on it stays charged, and its key 
   // release_expired_holds ended it, as pg_cron does.
   await testDb`update billing.holds set expires_at = now() - interval '1 second' where id = ${r.hold_id}`;
   await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${r.call_id}`;
-  await testDb`select billing.release_expired_holds(500)`;
+  await testDb`select billing.release_expired_holds(100000)`;
 
   // The finish holds the call's row; the sweep, started meanwhile, saw the call held.
   await sweepWaitingOn(

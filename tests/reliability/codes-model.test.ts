@@ -335,7 +335,7 @@ class EndWork implements Cmd {
         await testDb`update billing.holds set expires_at = now() - interval '1 second'
           where id = (select hold_id from billing.jobs where id = ${id}
                       union all select hold_id from billing.ai_calls where id = ${id})`;
-        await testDb`select billing.release_expired_holds(500)`;
+        await testDb`select billing.release_expired_holds(100000)`;
       }
       m.ref.release(h);
     } else if (w.kind === 'ai') {

@@ -740,7 +740,7 @@ class HoldExpires implements Cmd {
     const i = await placeHold(m, r, BigInt(this.amount) * M, 1);
     if (i !== null) {
       await new Promise((ok) => setTimeout(ok, 1100));
-      await testDb`select billing.release_expired_holds()`;
+      await testDb`select billing.release_expired_holds(100000)`;
       endHold(m, m.holds[i], 0n);
     }
     await compare(m, r); // expired: back to where it was

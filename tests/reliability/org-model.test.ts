@@ -407,7 +407,7 @@ class EndHold implements Cmd {
       if (how === 'ttl') {
         await testDb`update billing.holds set expires_at = now() - interval '1 second'
           where id = (select hold_id from billing.ai_calls where id = ${r.work[i]})`;
-        await testDb`select billing.release_expired_holds(500)`;
+        await testDb`select billing.release_expired_holds(100000)`;
       } else {
         // The provider's usage, input tokens a credit each; none: the call failed.
         const used = captured / M;

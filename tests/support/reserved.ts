@@ -39,7 +39,7 @@ export const release = (token: string, hold: string) =>
 /** A hold passes its TTL, and the sweep ends it (pg_cron's job, run now). */
 export async function holdPassesTtl(hold: string) {
   await testDb`update billing.holds set expires_at = now() - interval '1 second' where id = ${hold}`;
-  await testDb`select billing.release_expired_holds(500)`;
+  await testDb`select billing.release_expired_holds(100000)`;
 }
 
 /**
