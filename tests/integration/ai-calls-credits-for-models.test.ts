@@ -9,7 +9,16 @@
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { ask, gatewayUrl, priceOf, type ReportedUsage, standinCall } from '../support/ai.ts';
-import { api, assertLedgerInvariants, key, newUser, spawnGateway, testDb, userToken } from '../support/helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  backdateLot,
+  key,
+  newUser,
+  spawnGateway,
+  testDb,
+  userToken,
+} from '../support/helpers.ts';
 import { grantLot, models, orgGrant } from '../support/lots.ts';
 import { person, school } from '../support/orgs.ts';
 import { promo, redeem } from '../support/codes.ts';
@@ -188,10 +197,8 @@ async function buyerWithGpt4oCredits() {
 
 /** The gpt-4o-only lot falls due and pg_cron's expiry job runs. */
 async function expire(lot: string) {
-  await testDb`with l as (update billing.lots set expires_at = now() - interval '1 second' where id = ${lot}
-                          returning account_id, expires_at)
-               update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id`;
-  await testDb`select billing.expire_lots(500)`;
+  await backdateLot(lot);
+  await testDb`select billing.expire_lots(100000)`;
 }
 
 Deno.test('calls for gpt-4o and gpt-4o-mini held at once while the purchase is refunded, the gpt-4o-only lot expires and more calls race: each is charged its price from what may pay', async () => {

@@ -265,15 +265,21 @@ export const finishedJob = (id: string) =>
  * same expiry (a moved copy keeps its source's). The ledger is immutable, lots and accounts are not.
  */
 export async function backdateLot(lot: string): Promise<void> {
-  await testDb`with recursive up as (select id, moved_from from billing.lots where id = ${lot}
-                 union all select s.id, s.moved_from from billing.lots s join up on s.id = up.moved_from),
-               family as (select id from up where moved_from is null
-                 union all select c.id from billing.lots c join family f on c.moved_from = f.id),
-               l as (update billing.lots set expires_at = now() - interval '1 second'
-                     where id in (select id from family)
+  await testDb.begin(async (tx) => {
+    const family = (await tx`with recursive up as (select id, moved_from from billing.lots where id = ${lot}
+                   union all select s.id, s.moved_from from billing.lots s join up on s.id = up.moved_from),
+                 family as (select id from up where moved_from is null
+                   union all select c.id from billing.lots c join family f on c.moved_from = f.id)
+               select id::text from family`).map((r) => r.id as string);
+    // The accounts first, as the ledger locks them: a lot locked first deadlocks with a call.
+    await tx`select 1 from billing.accounts a where a.id in (select l.account_id from billing.lots l
+               where l.id = any(${family}::bigint[])) order by a.id for update`;
+    await tx`with l as (update billing.lots set expires_at = now() - interval '1 second'
+                     where id = any(${family}::bigint[])
                        and expires_at is not distinct from (select x.expires_at from billing.lots x where x.id = ${lot})
                      returning account_id, expires_at)
                update billing.accounts a set next_expiry = l.expires_at from l where a.id = l.account_id`;
+  });
 }
 
 /**
