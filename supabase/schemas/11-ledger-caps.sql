@@ -1,7 +1,7 @@
--- What every posting checks and sets off under the account lock: the spend caps' room a charge
--- or hold takes and gives back, the low-balance alert and auto-recharge. The core's (the writer
--- counts caps); the features that own them (40-caps-alerts, 55-auto-recharge) keep their tables
--- and the rest.
+-- What every posting checks under the account lock, and what it sets off after: the spend caps'
+-- room a charge or hold takes and gives back; the watch queue the tick drains for the low-balance
+-- alert, auto-recharge and cap alerts. The core's (the writer counts caps); the features that own
+-- them (40-caps-alerts, 55-auto-recharge) keep their tables and the rest.
 
 -- ============================================================ spend caps: the room a posting takes and gives back
 
@@ -87,7 +87,7 @@ begin
   loop
     v_counted := true;
     if c.alert_percents <> '{}' then
-      perform billing.cap_alerts_after(c);
+      perform billing.watch_account(c.account_id, false, null);
     end if;
   end loop;
   if v_counted then
@@ -126,7 +126,7 @@ begin
     returning x.*
   loop
     if c.alert_percents <> '{}' then
-      perform billing.cap_alerts_after(c);
+      perform billing.watch_account(c.account_id, false, null);
     end if;
   end loop;
 end;
@@ -228,16 +228,72 @@ $$;
 comment on function billing.check_auto_recharge(a billing.accounts) is 'Internal: queues one recharge when a locked account''s available amount crosses below its threshold.';
 revoke execute on function billing.check_auto_recharge(a billing.accounts) from public;
 
--- Everything that watches a locked account's available amount, after it moved.
--- (a is the locked row as it is now: no need to read it again.)
-create or replace function billing.on_available_change(a billing.accounts) returns void
-language plpgsql
+-- ============================================================ the watch queue: what a posting sets off, after it
+
+-- Alerts and auto-recharge decide nothing about whether or from where credits move, so they
+-- run after the posting's transaction: a posting queues its account (one row per account, its
+-- lock already held), and the tick (billing.run_account_watch) checks it against the account
+-- as it is then. The armed/fired flags keep each alert and recharge once per crossing.
+create table billing.account_watch (
+  account_id bigint primary key references billing.accounts (id) on delete cascade,
+  may_recharge boolean not null,           -- a spend or grant moved it: auto-recharge may follow (a refund never charges the card)
+  peak numeric(38, 18),                    -- the most available any posting left since the tick looked: a crossing back up re-arms
+  queued_at timestamptz default now() not null
+);
+comment on table billing.account_watch is 'Accounts whose available amount or capped spending moved since the tick last looked: the low-balance alert, auto-recharge and cap alerts run from here (billing.run_account_watch).';
+alter table billing.account_watch enable row level security;
+
+create or replace function billing.watch_account(p_account_id bigint, p_may_recharge boolean, p_available numeric)
+returns void
+language sql
 set search_path = ''
 as $$
+  insert into billing.account_watch as w (account_id, may_recharge, peak) values (p_account_id, p_may_recharge, p_available)
+  on conflict (account_id) do update set may_recharge = w.may_recharge or excluded.may_recharge,
+    peak = greatest(w.peak, excluded.peak)
+  where (excluded.may_recharge and not w.may_recharge) or excluded.peak > w.peak or (w.peak is null and excluded.peak is not null)
+$$;
+comment on function billing.watch_account(p_account_id bigint, p_may_recharge boolean, p_available numeric) is 'Internal: queues a locked account, with what its posting left available, for the tick''s alerts and auto-recharge (billing.run_account_watch).';
+revoke execute on function billing.watch_account(p_account_id bigint, p_may_recharge boolean, p_available numeric) from public;
+
+create or replace function billing.run_account_watch(p_limit integer default 500) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  a billing.accounts;
+  v_id bigint;
+  v_may_recharge boolean;
+  v_peak numeric(38, 18);
+  v_done integer := 0;
 begin
-  perform billing.check_low_balance(a);
-  perform billing.check_auto_recharge(a);
+  for v_id in select w.account_id from billing.account_watch w order by w.queued_at limit p_limit loop
+    -- The account's lock first, as a posting takes it before it queues: an account busy now
+    -- is left for the next tick (its posting queues it again anyway).
+    select * into a from billing.accounts x where x.id = v_id for update skip locked;
+    continue when not found;
+    delete from billing.account_watch w where w.account_id = v_id returning w.may_recharge, w.peak
+    into v_may_recharge, v_peak;
+    continue when not found;                 -- another tick took it
+    -- A posting left it at or above a threshold since the last look: that crossing re-arms, as
+    -- if the tick had looked then, and the account as it is now may fire again.
+    if v_peak >= a.low_balance_threshold and a.low_balance_fired then
+      update billing.accounts x set low_balance_fired = false where x.id = v_id returning * into a;
+    end if;
+    if v_peak >= a.auto_recharge_below and not a.auto_recharge_armed then
+      update billing.accounts x set auto_recharge_armed = true where x.id = v_id returning * into a;
+    end if;
+    perform billing.check_low_balance(a);
+    if v_may_recharge then
+      perform billing.check_auto_recharge(a);
+    end if;
+    perform billing.cap_alerts_after(c) from billing.spend_caps c where c.account_id = v_id and c.alert_percents <> '{}';
+    v_done := v_done + 1;
+  end loop;
+  return v_done;
 end;
 $$;
-comment on function billing.on_available_change(a billing.accounts) is 'Internal: the low-balance alert and auto-recharge of a locked account whose available amount moved.';
-revoke execute on function billing.on_available_change(a billing.accounts) from public;
+comment on function billing.run_account_watch(p_limit integer) is 'Tick: the low-balance alert, auto-recharge and cap alerts of up to p_limit queued accounts, each under its lock (SKIP LOCKED); returns how many it looked at.';
+revoke execute on function billing.run_account_watch(p_limit integer) from public;
+grant execute on function billing.run_account_watch(p_limit integer) to service_role;

@@ -256,12 +256,8 @@ begin
 
   -- Auto-recharge follows spending: a refund, dispute or expiry never charges the card by itself
   -- (a student refunded would be charged again at once); the low-balance alert still tells them.
-  if p_mode = 'reverse' then
-    if v_account.low_balance_threshold is not null then
-      perform billing.check_low_balance(v_account);
-    end if;
-  elsif v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
-    perform billing.on_available_change(v_account);
+  if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
+    perform billing.watch_account(v_account.id, p_mode <> 'reverse', v_account.balance - v_account.held);
   end if;
 
   -- Overdue holds and due lots were settled above when spending; otherwise held is as locked.

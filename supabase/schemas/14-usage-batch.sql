@@ -278,10 +278,11 @@ begin
         else jsonb_build_object('status', 'applied', 'charged', trim_scale(a_amount[i])::text,
           'transfer_id', (a_posted[i]).transfer_id::text, 'balance', trim_scale((a_posted[i]).from_balance)::text) end;
     end loop;
-    -- What a single charge sets off, once per account, under the batch's locks: the low-balance
-    -- alert and auto-recharge see the account as the batch left it.
+    -- What a single charge sets off, once per account: the tick's alerts and auto-recharge see
+    -- the account as the batch left it.
     if cardinality(w_account) > 0 then
-      perform billing.on_available_change(a) from billing.accounts a where a.id = any(w_account) order by a.id;
+      perform billing.watch_account(a.id, true, a.balance - a.held) from billing.accounts a
+      where a.id = any(w_account) order by a.id;
     end if;
     -- A repeat names what its first occurrence wrote.
     for i in 1 .. coalesce(cardinality(d_ord), 0) loop

@@ -102,9 +102,9 @@ begin
   update billing.accounts a
   set next_expiry = (select min(x.expires_at) from billing.lots x where x.account_id = a.id and x.open)
   where a.id = p_account_id returning * into v_account;
-  -- As an expiry through post_user_transfer: the low-balance alert is told.
-  if v_any then
-    perform billing.check_low_balance(v_account);
+  -- As an expiry through post_user_transfer: the tick's low-balance alert is told.
+  if v_any and v_account.low_balance_threshold is not null then
+    perform billing.watch_account(v_account.id, false, v_account.balance - v_account.held);
   end if;
   -- Reserved credits expired too (the holds that reserved them shrank with the expiry: the
   -- writer's). Then other lots of the account past their expiry (the sweep had not reached them).

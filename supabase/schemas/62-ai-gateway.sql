@@ -725,21 +725,10 @@ begin
     'ai-overage:' || v_call.id, 'ai:' || v_call.id,
     v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version), v_facts);
   -- The provider billed more than the hold and the balance could cover: the gateway's count of
-  -- the prompt fell short of the provider's. Someone should look (the difference is recorded).
-  -- What could not be charged is owed by the caller: their next call pays it first, or is
-  -- refused (billing.pay_ai_owed).
+  -- the prompt fell short of the provider's. What could not be charged is owed by the caller:
+  -- their next call pays it first, or is refused (billing.pay_ai_owed); the minute's alerts
+  -- (billing.evaluate_ai_alerts) tell an operator, as they do of a success that cost nothing.
   v_unbilled := nullif(v_price.amount - v_charged.captured - v_charged.overage, 0);
-  if v_unbilled is not null then
-    perform billing.set_alert('ai_call_unbilled', true, 'AI calls cost more than their holds, the balance and the caps allowed',
-      jsonb_build_object('model', v_call.model, 'call_id', v_call.id, 'unbilled', trim_scale(v_unbilled)::text,
-        'owed', (select trim_scale(sum(o.unbilled))::text from billing.ai_calls o
-                 where o.unbilled is not null and o.owed_transfer_id is null)));
-  end if;
-  -- A successful call that cost nothing is a price or usage problem worth a look.
-  if v_price.amount = 0 and not p_failed then
-    perform billing.set_alert('ai_call_cost_nothing', true, 'An AI call succeeded and cost nothing',
-      jsonb_build_object('model', v_call.model, 'call_id', v_call.id, 'usage_source', p_source));
-  end if;
   update billing.ai_calls c set status = 'charged', usage = v_facts - 'model' - 'ai_call_id' - 'usage_source' - 'upstream',
     usage_source = p_source, charged = v_charged.captured + v_charged.overage, transfer_id = v_charged.transfer_id,
     answer = case when not c.content_deleted then p_answer end, unbilled = v_unbilled,

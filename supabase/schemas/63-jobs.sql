@@ -375,15 +375,12 @@ begin
     -- available, never into debt.
     v_charged := billing.charge_hold_at(v_job.hold_id, v_job.user_id, v_amount, v_card, 'job-overage:' || p_job,
       'job:' || p_job, v_answered, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model') || v_answered);
-    -- What could not be charged (its hold shrank by credits that expired,
-    -- and the balance could not cover it) is recorded on the job, and someone is told: an excess
-    -- transfer records it only when something of the excess was charged. The student owes it, as
-    -- for a gateway call: their next call or job pays it first (billing.pay_ai_owed).
+    -- What could not be charged (its hold shrank by credits that expired, and the balance could
+    -- not cover it) is recorded on the job, and the minute's job_unbilled alert tells someone
+    -- (billing.evaluate_ai_alerts): an excess transfer records it only when something of the
+    -- excess was charged. The student owes it, as for a gateway call: their next call or job pays
+    -- it first (billing.pay_ai_owed).
     v_unbilled := nullif(v_amount - v_charged.captured - v_charged.overage, 0);
-    if v_unbilled is not null then
-      perform billing.set_alert('job_unbilled', true, 'Jobs cost more than their holds and the balance allowed',
-        jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model', 'unbilled', trim_scale(v_unbilled)::text));
-    end if;
   end if;
   if v_job.status = 'cancelled' then
     -- Cancelled while it ran: the work it reports is charged, its result (and content) not kept.

@@ -4,7 +4,7 @@
 -- alerts fire once per percent reached, the low-balance alert once per crossing, each as an
 -- email and a product webhook.
 begin;
-select plan(17);
+select plan(18);
 \ir helpers.psql
 
 insert into auth.users (id) values ('40404040-0000-4000-8000-000000000001'), ('40404040-0000-4000-8000-000000000002');
@@ -51,8 +51,11 @@ select is((select count(*)::int from billing.notification_outbox o where o.user_
 select is(billing.set_low_balance_alert((select u from k), 95) -> 'low_balance', '{"threshold": "95", "fired": true}'::jsonb,
   'a low-balance threshold above what is available fires at once');
 select billing.grant_credits((select u from k), 10, 'promo_grant', 'caps-topup');
+select is((select low_balance_fired from billing.accounts where user_id = (select u from k)), true,
+  'a posting decides no alert itself');
+select billing.run_account_watch();
 select is((select low_balance_fired from billing.accounts where user_id = (select u from k)), false,
-  'a top-up back above the threshold re-arms it');
+  'the tick sees a top-up back above the threshold and re-arms it');
 
 select * from finish();
 rollback;

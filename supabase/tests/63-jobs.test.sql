@@ -1,6 +1,6 @@
 -- Jobs: the status machine, leases, metered holds across complete/fail/cancel.
 begin;
-select plan(26);
+select plan(28);
 \ir helpers.psql
 
 insert into auth.users (id) values ('cccccccc-0000-4000-8000-000000000003');
@@ -39,8 +39,11 @@ select is((select t.metadata ->> 'unbilled' from billing.transfers t where t.ide
 select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 0.0::numeric, 'and leaves no hold behind');
 select is((select x.unbilled from billing.jobs x where x.id = (select id from j)), 40::numeric,
   'and on the job itself');
+select is((select count(*)::int from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open'), 0,
+  'the completion itself raises no alert');
+select count(*) from billing.evaluate_alerts();
 select is((select al.details ->> 'job_id' from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open'),
-  (select id::text from j), 'and someone is told (job_unbilled)');
+  (select id::text from j), 'the minute''s alerts tell someone (job_unbilled)');
 select is(pg_temp.err($$update billing.jobs set status = 'processing' where id = (select id from j)$$),
   'INVALID_JOB_TRANSITION', 'a finished job never runs again');
 
@@ -69,8 +72,11 @@ select is((select h.status from billing.holds h where h.id = (select hold_id fro
 select is((billing.complete_job((select id from m), 'w1', '{"ok": true}',
   '{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}')).unbilled, 50::numeric,
   'completed with nothing to charge, it records all it cost (50) as unbilled');
-select is((select al.details ->> 'job_id' from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open'),
-  (select id::text from m), 'and the alert names it, though no transfer was written');
+select count(*) from billing.evaluate_alerts();
+select ok((select al.details ->> 'job_id' from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open')
+  in ((select id::text from j), (select id::text from m)), 'and the alert names one (in one transaction, both are the latest)');
+select is((select al.details ->> 'owed' from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open'),
+  '90', 'with what both jobs still owe');
 
 -- Cancelled while a worker runs it: the hold waits for the worker's report; a worker that never
 -- reports frees it when its lease has ended (the five-minute sweep).

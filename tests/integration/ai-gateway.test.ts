@@ -35,6 +35,7 @@ import {
   spawnGateway,
   testDb,
   userToken,
+  watchTick,
   withGateway,
 } from '../support/helpers.ts';
 import { emulator } from '../support/purchases.ts';
@@ -662,9 +663,10 @@ Deno.test('what a provider bills beyond the hold and the balance is owed: the ne
   const [c] = await callsOf(s.id);
   assert.equal(c.charged, '3', 'everything available was charged, never into debt');
   assert.equal(Number(c.charged) + Number(c.unbilled), Number(price), 'the rest is recorded on the call');
+  await testDb`select count(*) from billing.evaluate_alerts()`;
   const [alert] =
     await testDb`select details from billing.alerts where condition = 'ai_call_unbilled' and status = 'open'`;
-  assert.ok(alert, 'the unbilled rest raised an alert');
+  assert.ok(alert, "the minute's alerts tell of the unbilled rest");
   assert.equal(await balanceOf(s.id), '0');
   await assert.rejects(
     s.openai.chat.completions.create({ model: 'gpt-4o-mini', messages: ask('#standin words=2'), max_tokens: 5 }),
@@ -809,6 +811,7 @@ Deno.test('a gateway call that takes the balance below the threshold queues an a
   assert.equal(on.status, 200, on.text);
   const ai = new OpenAI({ baseURL: gatewayUrl, apiKey: t, maxRetries: 0 });
   await ai.chat.completions.create({ model: 'gpt-4o', messages: ask('#standin words=5'), max_tokens: 20 });
+  await watchTick();
   const queued = await testDb`select status from billing.recharges where user_id = ${user}`;
   assert.deepEqual(queued.map((x) => x.status), ['queued']);
 });

@@ -4,7 +4,17 @@
 // every change audited.
 import assert from 'node:assert/strict';
 import type { AutoRecharge } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, assertLedgerInvariants, key, newUser, spend, testDb, tick, userToken } from '../support/helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  key,
+  newUser,
+  spend,
+  testDb,
+  tick,
+  userToken,
+  watchTick,
+} from '../support/helpers.ts';
 import { dataOf } from '../support/money.ts';
 import { person } from '../support/orgs.ts';
 import { balanceOf, chargeOf, emulator, pays } from '../support/purchases.ts';
@@ -52,7 +62,9 @@ Deno.test('a crossing queues one recharge; the tick charges the saved card; the 
   const settings = await setAutoRecharge(s.token, { enabled: true, package_id: 'mini', threshold: '1000' });
   assert.deepEqual([settings.enabled, settings.card_saved, settings.recent.length], [true, true, 0]);
   await spend(s.token, 9000); // 990 left: below 1,000
+  await watchTick();
   await spend(s.token, 10); // still below: the same crossing, no second recharge
+  await watchTick();
   assert.deepEqual((await recharges(s.id)).map((r) => r.status), ['queued']);
   await tick();
   const [done] = await recharges(s.id);
@@ -67,6 +79,7 @@ Deno.test('a crossing queues one recharge; the tick charges the saved card; the 
 
   // Back above the threshold re-arms it: the next crossing recharges again.
   await spend(s.token, 5000);
+  await watchTick();
   assert.deepEqual((await recharges(s.id)).map((r) => r.status), ['succeeded', 'queued']);
   // A refund of the recharge converges like any purchase's (found by its charge's intent).
   await tick();
@@ -79,10 +92,14 @@ Deno.test('a crossing queues one recharge; the tick charges the saved card; the 
   await assertLedgerInvariants();
 });
 
-Deno.test('parallel debits through the threshold queue exactly one recharge', async () => {
+Deno.test('parallel debits through the threshold, with ticks among them, queue exactly one recharge', async () => {
   const s = await buyer();
   await setAutoRecharge(s.token, { enabled: true, package_id: 'mini', threshold: '9000' });
-  await Promise.all(Array.from({ length: 20 }, () => spend(s.token, 100)));
+  await Promise.all([
+    ...Array.from({ length: 20 }, () => spend(s.token, 100)),
+    ...Array.from({ length: 5 }, () => watchTick()),
+  ]);
+  await watchTick();
   assert.equal((await recharges(s.id)).length, 1);
 });
 
@@ -109,6 +126,7 @@ for (const outcome of ['card_declined', 'authentication_required'] as const) {
       and template = 'auto_recharge'`;
     assert.deepEqual([mail.payload.event, mail.payload.reason], ['disabled', outcome]);
     await spend(s.token, 100);
+    await watchTick();
     assert.equal((await recharges(s.id)).length, 1, 'off: no further recharge');
     const audit =
       await testDb`select actor, change from billing.auto_recharge_audit where user_id = ${s.id} order by id`;
@@ -127,8 +145,9 @@ Deno.test('the monthly limit stops recharges, with one email; the audit log says
   await setAutoRecharge(s.token, { enabled: true, package_id: 'mini', threshold: '9000', monthly_max_count: 1 });
   await spend(s.token, 1000); // 8,990: below, the first recharge
   await tick(); // 13,990: above again, re-armed
-  await spend(s.token, 5000); // 8,990: below again, but one recharge a month is the limit
+  await spend(s.token, 5000); // 8,990: below again (the tick sees it rose above: re-armed), but one a month is the limit
   await spend(s.token, 100);
+  await watchTick();
   const all = await recharges(s.id);
   assert.deepEqual(all.map((r) => r.status), ['succeeded']);
   const [limit] =
@@ -155,6 +174,7 @@ Deno.test('a refund never starts an auto-recharge: the card refunded is not char
     await testDb`select stripe_charge_id from billing.purchases where user_id = ${s.id} and status = 'paid'`;
   await emulator(`/_emulator/charges/${purchase.stripe_charge_id}/refund`, {});
   assert.equal((await balanceOf(s.token)).balance, '0', 'the refund took the credits back');
+  await watchTick();
   assert.equal((await recharges(s.id)).length, 0, 'and queued no recharge');
   await assertLedgerInvariants();
 });
@@ -171,6 +191,7 @@ Deno.test('a dispute turns auto-recharge off and forgets the card: the disputed 
 
   // The dispute's hold takes what is available to 0: before, that crossing queued a recharge.
   await emulator(`/_emulator/charges/${await chargeOf(session)}/dispute`, { outcome: 'open' });
+  await watchTick();
   const [{ n }] = await testDb`select count(*)::int as n from billing.recharges where user_id = ${s.id}`;
   assert.equal(n, 0, 'no recharge queued');
   const settings = dataOf(await api('/credits/auto-recharge', { token: s.token })) as unknown as AutoRecharge;
@@ -191,6 +212,7 @@ Deno.test("a student's Checkout under an Idempotency-Key shaped like their queue
   const victim = await buyer();
   await setAutoRecharge(victim.token, { enabled: true, package_id: 'mini', threshold: '1000' });
   await spend(victim.token, 9000);
+  await watchTick();
   const mine = await api('/credits/auto-recharge', { token: mallory.token });
   const [queued] = (dataOf(mine) as unknown as AutoRecharge).recent;
   assert.equal(queued.status, 'queued');

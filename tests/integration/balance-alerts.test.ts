@@ -1,9 +1,20 @@
-// Balance and cap alerts: once per crossing, re-armed when cleared, decided in the posting
-// transaction, delivered by email and as a signed webhook to the product's backend.
+// Balance and cap alerts: once per crossing the tick sees, re-armed when cleared, decided after
+// the posting (billing.run_account_watch), delivered by email and as a signed webhook to the
+// product's backend.
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import type { Alerts } from '../../supabase/functions/_shared/contract/index.ts';
-import { api, drainOutbox, fund, newUser, reportUsage, spawnGateway, testDb, userToken } from '../support/helpers.ts';
+import {
+  api,
+  drainOutbox,
+  fund,
+  newUser,
+  reportUsage,
+  spawnGateway,
+  testDb,
+  userToken,
+  watchTick,
+} from '../support/helpers.ts';
 import { render } from '../../supabase/functions/notify/notifications.ts';
 
 const key = () => ({ 'idempotency-key': crypto.randomUUID() });
@@ -38,7 +49,9 @@ Deno.test('a low-balance alert fires once per crossing and re-arms when the bala
     fired: false,
   });
   await spend(s.token, 60);
+  await watchTick();
   await spend(s.token, 5);
+  await watchTick();
   let rows = await alertsOf(s.id);
   assert.deepEqual(rows.map((r) => r.template), ['balance_alert', 'product_webhook'], 'once, by email and webhook');
   assert.deepEqual([rows[0].payload.kind, rows[0].payload.available], ['balance_below', '40']);
@@ -46,8 +59,10 @@ Deno.test('a low-balance alert fires once per crossing and re-arms when the bala
   assert.equal(rows[0].payload.runway_days, 4);
   assert.match(render('balance_alert', rows[0].payload).text, /At your last 7 days' pace they last about 4 days\.$/);
   await fund(s.id, '100'); // 135: cleared, re-armed
+  await watchTick();
   assert.equal(((await api('/credits/alerts', { token: s.token })).body.data as Alerts).low_balance?.fired, false);
   await spend(s.token, 100);
+  await watchTick();
   rows = await alertsOf(s.id);
   assert.equal(rows.filter((r) => r.template === 'balance_alert').length, 2, 'the second crossing fires again');
 });
@@ -57,6 +72,7 @@ Deno.test('a hold that takes available below the threshold fires it; turning it 
   await put(s.token, '/credits/alerts/low-balance', { threshold: '30' });
   const hold = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '80' } });
   assert.equal(hold.status, 201);
+  await watchTick();
   assert.equal((await alertsOf(s.id)).length, 2);
 
   const t = await student('10');
@@ -76,6 +92,7 @@ Deno.test('cap alerts fire at 50, 80 and 100% once each in a period; a released 
   await spend(s.token, 50);
   await spend(s.token, 10);
   await spend(s.token, 20);
+  await watchTick();
   let sent = (await alertsOf(s.id)).filter((r) => r.template === 'balance_alert').map((r) => r.payload.percent);
   assert.deepEqual(sent, [50, 80]);
   const alerts = (await api('/credits/alerts', { token: s.token })).body.data as Alerts;
@@ -84,8 +101,11 @@ Deno.test('cap alerts fire at 50, 80 and 100% once each in a period; a released 
   // A hold of 20 reaches 100%; releasing it clears 100% (re-armed); holding again fires again.
   const hold = await api('/credits/holds', { token: s.token, headers: key(), body: { amount: '20' } });
   const id = (hold.body.data as { hold_id: string }).hold_id;
+  await watchTick();
   await api(`/credits/holds/${id}/release`, { token: s.token, headers: key(), body: {} });
+  await watchTick();
   await spend(s.token, 20);
+  await watchTick();
   sent = (await alertsOf(s.id)).filter((r) => r.template === 'balance_alert').map((r) => r.payload.percent);
   assert.deepEqual(sent, [50, 80, 100, 100]);
   const missing = await api('/credits/alerts/caps', {

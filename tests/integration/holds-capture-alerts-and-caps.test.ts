@@ -10,7 +10,17 @@
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { ask, gatewayUrl } from '../support/ai.ts';
-import { api, assertLedgerInvariants, fund, key, newUser, testDb, tick, userToken } from '../support/helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  fund,
+  key,
+  newUser,
+  testDb,
+  tick,
+  userToken,
+  watchTick,
+} from '../support/helpers.ts';
 import { grantLot } from '../support/lots.ts';
 import { codeOf, dataOf, type Json, spendWith } from '../support/money.ts';
 import { accountOf, person, school } from '../support/orgs.ts';
@@ -149,6 +159,7 @@ Deno.test('a capture below the threshold with a live hold beside it queues one r
   for (const r of answers) assert.equal(r.status, 200, r.text);
   assert.equal(new Set(answers.map((r) => dataOf(r).transfer_id)).size, 1, 'one capture, replayed');
   assert.deepEqual(await capturesOf(b), ['3000']);
+  await watchTick();
   assert.deepEqual(await recharges(s.id), ['queued'], 'one recharge for the crossing');
   await tick();
   assert.deepEqual(await recharges(s.id), ['succeeded']);
@@ -156,6 +167,7 @@ Deno.test('a capture below the threshold with a live hold beside it queues one r
   assert.deepEqual(await seen(s.token), { balance: '10490', held: '5000', available: '5490' });
   assert.equal((await act(s.token, a, 'capture', { amount: '4999.5' })).status, 200);
   assert.deepEqual(await seen(s.token), { balance: '5490.5', held: '0', available: '5490.5' });
+  await watchTick();
   assert.deepEqual(await recharges(s.id), ['succeeded'], 'back above the threshold: nothing more');
   await invariants();
 });
@@ -170,14 +182,18 @@ Deno.test('the low-balance alert re-arms when a partial capture gives back more 
   const sent = async () =>
     (await testDb`select count(*)::int as n from billing.notification_outbox
       where user_id = ${s.id} and template = 'balance_alert' and payload ->> 'kind' = 'balance_below'`)[0].n as number;
+  await watchTick();
   assert.deepEqual([await fired(), await sent()], [true, 1], '20 available: below 30');
   const c = await act(s.token, h, 'capture', { amount: '10' });
   assert.equal(c.status, 200, c.text);
   assert.deepEqual([dataOf(c).balance, dataOf(c).available], ['90', '90']);
+  await watchTick();
   assert.deepEqual([await fired(), await sent()], [false, 1], 'back above: re-armed, nothing sent');
   const h2 = holdIdOf(await hold(s.token, '70'));
+  await watchTick();
   assert.deepEqual([await fired(), await sent()], [true, 2], '20 available again: the second crossing');
   assert.equal((await act(s.token, h2, 'capture', { amount: '70' })).status, 200);
+  await watchTick();
   assert.deepEqual([await fired(), await sent()], [true, 2], 'still below: no third alert');
   assert.deepEqual(await seen(s.token), { balance: '20', held: '0', available: '20' });
   await invariants();

@@ -16,6 +16,7 @@ import {
   testDb,
   until,
   userToken,
+  watchTick,
 } from '../support/helpers.ts';
 import { checkLots, type Json } from '../support/money.ts';
 import { grantLot } from '../support/lots.ts';
@@ -707,6 +708,7 @@ Deno.test("a batch that takes a student's available below their threshold fires 
   assert.equal(set.status, 200, set.text);
   const o = outcomesOf(await send([credits(s, 30), credits(s, 30), credits(s, 5)]));
   assert.deepEqual(o.map((x) => x.balance), ['70', '40', '35']);
+  await watchTick();
   const alerts = await testDb`select payload from billing.notification_outbox where user_id = ${s}
     and template = 'balance_alert' order by id`;
   assert.deepEqual(alerts.map((a) => [a.payload.kind, a.payload.available]), [['balance_below', '35']]);
@@ -714,6 +716,7 @@ Deno.test("a batch that takes a student's available below their threshold fires 
   assert.equal(fired, true);
   // The same crossing: nothing more.
   outcomesOf(await send([credits(s, 1)]));
+  await watchTick();
   assert.equal(
     (await testDb`select count(*)::int as n from billing.notification_outbox where user_id = ${s} and template = 'balance_alert'`)[
       0
@@ -743,6 +746,7 @@ Deno.test('a batch that takes a student below their auto-recharge threshold queu
   assert.equal(on.status, 200, on.text);
   const o = outcomesOf(await send([credits(s, 8000), credits(s, 1000), credits(s, 10)]));
   assert.deepEqual(o.map((x) => x.balance), ['1990', '990', '980']);
+  await watchTick();
   const recharges = await testDb`select status from billing.recharges where user_id = ${s}`;
   assert.deepEqual(recharges.map((r) => r.status), ['queued'], 'one recharge for the crossing');
   await invariants();

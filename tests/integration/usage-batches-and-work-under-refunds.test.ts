@@ -19,6 +19,7 @@ import {
   until,
   untilJobRunning,
   userToken,
+  watchTick,
 } from '../support/helpers.ts';
 import { creditPerToken } from '../support/ai.ts';
 import { checkLots } from '../support/money.ts';
@@ -306,6 +307,7 @@ Deno.test('three identical batches at once mixing a plain student, a pool member
   const wallet =
     await testDb`select trim_scale(balance)::text as b from billing.accounts where org_id = ${org} and member_id is null`;
   assert.equal(wallet[0].b, '90');
+  await watchTick();
   const alerts =
     await testDb`select payload from billing.notification_outbox where user_id = ${d} and payload ->> 'kind' = 'balance_below'`;
   assert.deepEqual(alerts.map((x) => x.payload.available), ['40']);

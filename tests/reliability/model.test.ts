@@ -279,11 +279,11 @@ function endHold(m: Model, h: ModelHold, spent: bigint) {
   }
   h.pending.clear();
   h.claimed.clear();
+  h.open = false; // ended first: what it owes is never claimed on itself
+  h.lots.clear();
   owe(m, owed);
   returnCap(m, h, h.amount - spent);
   m.held -= h.amount;
-  h.open = false;
-  h.lots.clear();
 }
 /**
  * What the buyer owes (spent credits of a refunded or lost purchase): their frozen credits pay it
@@ -505,6 +505,24 @@ class BatchUsage implements Cmd {
     await compare(m, r);
   }
   toString = () => `BatchUsage(${this.events.map((e) => `${e.input}/${e.output}`).join(', ')})`;
+}
+
+/**
+ * The tick drains the watch queue (billing.run_account_watch) at a random moment, beside a usage
+ * charge: it moves no credit, and, the account at rest, its low-balance alert says exactly whether
+ * what is available is below the threshold every run sets.
+ */
+class Watch implements Cmd {
+  check = () => true;
+  async run(m: Model, r: Real) {
+    await Promise.all([testDb`select billing.run_account_watch(100000)`, new Usage(1, 0, false).run(m, r)]);
+    await testDb`select billing.run_account_watch(100000)`;
+    const [a] = await testDb`select low_balance_fired as fired, balance - held < low_balance_threshold as below
+      from billing.accounts where user_id = ${r.user} and org_id is null`;
+    assert.equal(a.fired, a.below, 'the low-balance alert as the account is');
+    await compare(m, r);
+  }
+  toString = () => 'Watch';
 }
 
 class Grant implements Cmd {
@@ -998,8 +1016,10 @@ const bonusExpires = fc.tuple(
   fc.constantFrom<BonusExpiresThen['then']>('refund', 'open', 'won', 'lost'),
   fc.oneof(fc.constant(1), fc.double({ min: 0.05, max: 0.95, noNaN: true })),
 ).map(([t, f]) => new BonusExpiresThen(t, f));
+const watch = fc.constant(new Watch());
 const commands = [
   buy,
+  watch,
   usage,
   batch,
   grant,
@@ -1069,6 +1089,12 @@ Deno.test({
             gens: 0,
             expiryDue: false,
           };
+          const alert = await api('/credits/alerts/low-balance', {
+            method: 'PUT',
+            token: real.token,
+            body: { threshold: '2000' },
+          });
+          assert.equal(alert.status, 200, alert.text);
           if (adminCap !== null) await new SetCap('admin', adminCap, 'UTC').run(model, real);
           for (const c of [...start, startHold ?? []].flat()) await c.run(model, real);
           await fc.asyncModelRun(() => ({ model, real }), cmds);
@@ -1082,16 +1108,25 @@ Deno.test({
           assert.equal(t.untraced, 0, 'credits without a paid session');
         },
       ),
-      // MODEL_SEED and MODEL_PATH replay a failure's printed seed and path. The example: a refund's
-      // take-back waits on the older of two holds on a lot, which then spends all it reserved.
+      // MODEL_SEED and MODEL_PATH replay a failure's printed seed and path. The examples: a
+      // refund's take-back waits on the older of two holds on a lot, which then spends all it
+      // reserved; a refund of all takes back both holds' credits, and the one that spends its own
+      // owes it (no claim on itself, none on the other's, already taken back: debt).
       {
         numRuns: runs,
         ...modelSeed('model'),
-        examples: [[null, [new Buy('plus', 'in_order')], new Hold(1), [
-          new Hold(1036),
-          new Refund(0, 0.1705, false),
-          new Settle(0, 'capture_all'),
-        ]]],
+        examples: [
+          [null, [new Buy('plus', 'in_order')], new Hold(1), [
+            new Hold(1036),
+            new Refund(0, 0.1705, false),
+            new Settle(0, 'capture_all'),
+          ]],
+          [null, [new Buy('mini', 'in_order')], new Hold(1), [
+            new Hold(1),
+            new Refund(0, 1, false),
+            new Settle(0, 'capture_all'),
+          ]],
+        ],
       },
     );
     await assertLedgerInvariants();

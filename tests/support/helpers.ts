@@ -377,6 +377,11 @@ export async function drainOutbox(base = functionsUrl): Promise<void> {
   }
 }
 
+/** The tick's alerts and auto-recharge for every account postings queued (billing.run_account_watch). */
+export async function watchTick(): Promise<void> {
+  await testDb`select billing.run_account_watch(100000)`;
+}
+
 /** Runs the jobs worker tick as pg_cron would (the test run has no ticker). */
 export async function tick(base = functionsUrl): Promise<void> {
   const res = await fetch(`${base}/jobs/worker/tick`, {

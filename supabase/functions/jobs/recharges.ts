@@ -18,6 +18,8 @@ type DueRecharge = {
 
 /** Charges up to `limit` due recharges; returns how many were tried. */
 export async function runRecharges(limit = 10): Promise<number> {
+  // Postings queue their accounts; the alerts and recharges they set off are decided here first.
+  await sql`select billing.run_account_watch(500)`;
   const due = await sql<DueRecharge[]>`select * from billing.claim_recharges(${limit})`;
   for (const r of due) {
     let paymentIntent: string | null = null;

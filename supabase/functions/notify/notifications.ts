@@ -287,6 +287,8 @@ async function deliver(row: OutboxRow, env: z.infer<typeof NotifyEnvSchema>): Pr
 /** Sends up to `limit` due notifications; returns how many were sent and failed for good. */
 export async function dispatchOutbox(limit = 50): Promise<{ sent: number; failed: number; retrying: number }> {
   const env = parseEnv(NotifyEnvSchema);
+  // The alerts postings set off are queued first (billing.run_account_watch), so they go out in this run.
+  await sql`select billing.run_account_watch(500)`;
   const rows = await sql<OutboxRow[]>`select * from billing.claim_outbox(${limit})`;
   const outcome = { sent: 0, failed: 0, retrying: 0 };
   for (const row of rows) {
