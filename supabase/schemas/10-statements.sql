@@ -166,8 +166,11 @@ begin
   end if;
   v_available := greatest((billing.balance_of(p_account)).available, 0);
   v_pace := round(v_spent::numeric(38, 18) / 7, 18); -- scale 18 in, so 18 digits out
+  if v_pace = 0 then
+    return null; -- under 1e-18 a day: no pace
+  end if;
   return jsonb_build_object(
-    'days', floor(v_available / v_pace)::bigint,
+    'days', least(floor(v_available / v_pace), 36500)::bigint, -- a century at most: a pace of dust lasts forever
     'pace_per_day', trim_scale(v_pace)::text,
     'available', trim_scale(v_available)::text,
     'basis_days', 7);

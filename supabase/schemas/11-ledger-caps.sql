@@ -20,15 +20,19 @@ $$;
 comment on function billing.cap_period(p_period text, p_time_zone text, p_at timestamp with time zone, out starts timestamp with time zone, out resets timestamp with time zone) is 'Internal: the cap period containing p_at (local midnight, ISO week from Monday, month), and when the next starts.';
 revoke execute on function billing.cap_period(p_period text, p_time_zone text, p_at timestamp with time zone, out starts timestamp with time zone, out resets timestamp with time zone) from public;
 
--- A cap's percent alerts, after its period's spending moved (p_cap is the row as updated): each
+-- A cap's percent alerts, after its period's spending moved (p_cap is the row as it is): each
 -- percent fires once per period when reached, and re-arms when spending falls back below it
--- (a hold released) or a new period starts. No statement runs unless something changes.
-create or replace function billing.cap_alerts_after(p_cap billing.spend_caps) returns void
+-- (a hold released) or a new period starts. Read in p_period (the tick names the period the
+-- spending was counted in, so a percent reached just before that period ended still fires when
+-- it looks after; null: the current one). No statement runs unless something changes.
+create or replace function billing.cap_alerts_after(p_cap billing.spend_caps, p_period timestamptz default null)
+returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_starts timestamptz := date_trunc(p_cap.period, now() at time zone p_cap.time_zone) at time zone p_cap.time_zone;
+  v_starts timestamptz := case when p_cap.period = 'term' then p_cap.period_start
+    else coalesce(p_period, date_trunc(p_cap.period, now() at time zone p_cap.time_zone) at time zone p_cap.time_zone) end;
   v_spent numeric(38, 18) := case when p_cap.period_start = v_starts then p_cap.spent else 0 end;
   v_fired integer[] := case when p_cap.alerts_period = v_starts then p_cap.alerts_fired else '{}' end;
   v_reached integer[] := '{}'::integer[];
@@ -55,8 +59,8 @@ begin
   end if;
 end;
 $$;
-comment on function billing.cap_alerts_after(p_cap billing.spend_caps) is 'Internal: fires (once per period and crossing) or re-arms the percent alerts of a cap whose spending moved.';
-revoke execute on function billing.cap_alerts_after(p_cap billing.spend_caps) from public;
+comment on function billing.cap_alerts_after(p_cap billing.spend_caps, p_period timestamp with time zone) is 'Internal: fires (once per period and crossing) or re-arms the percent alerts of a cap whose spending moved.';
+revoke execute on function billing.cap_alerts_after(p_cap billing.spend_caps, p_period timestamp with time zone) from public;
 
 create or replace function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null,
   p_count boolean default true)
@@ -87,7 +91,7 @@ begin
   loop
     v_counted := true;
     if c.alert_percents <> '{}' then
-      perform billing.watch_account(c.account_id, false, null);
+      perform billing.watch_account(c.account_id, null, null);
     end if;
   end loop;
   if v_counted then
@@ -126,7 +130,7 @@ begin
     returning x.*
   loop
     if c.alert_percents <> '{}' then
-      perform billing.watch_account(c.account_id, false, null);
+      perform billing.watch_account(c.account_id, null, null);
     end if;
   end loop;
 end;
@@ -236,25 +240,29 @@ revoke execute on function billing.check_auto_recharge(a billing.accounts) from 
 -- as it is then. The armed/fired flags keep each alert and recharge once per crossing.
 create table billing.account_watch (
   account_id bigint primary key references billing.accounts (id) on delete cascade,
-  may_recharge boolean not null,           -- a spend or grant moved it: auto-recharge may follow (a refund never charges the card)
+  may_recharge boolean not null,           -- a posting other than a refund left it below the recharge threshold
   peak numeric(38, 18),                    -- the most available any posting left since the tick looked: a crossing back up re-arms
   queued_at timestamptz default now() not null
 );
 comment on table billing.account_watch is 'Accounts whose available amount or capped spending moved since the tick last looked: the low-balance alert, auto-recharge and cap alerts run from here (billing.run_account_watch).';
 alter table billing.account_watch enable row level security;
 
-create or replace function billing.watch_account(p_account_id bigint, p_may_recharge boolean, p_available numeric)
+-- p_available: what the posting left available (null: a cap's spending moved); p_recharge_below:
+-- the auto-recharge threshold, for a posting that may set it off (null for a refund or a lost
+-- dispute: they never charge the card by themselves).
+create or replace function billing.watch_account(p_account_id bigint, p_available numeric, p_recharge_below numeric)
 returns void
 language sql
 set search_path = ''
 as $$
-  insert into billing.account_watch as w (account_id, may_recharge, peak) values (p_account_id, p_may_recharge, p_available)
+  insert into billing.account_watch as w (account_id, may_recharge, peak)
+  values (p_account_id, coalesce(p_available < p_recharge_below, false), p_available)
   on conflict (account_id) do update set may_recharge = w.may_recharge or excluded.may_recharge,
     peak = greatest(w.peak, excluded.peak)
   where (excluded.may_recharge and not w.may_recharge) or excluded.peak > w.peak or (w.peak is null and excluded.peak is not null)
 $$;
-comment on function billing.watch_account(p_account_id bigint, p_may_recharge boolean, p_available numeric) is 'Internal: queues a locked account, with what its posting left available, for the tick''s alerts and auto-recharge (billing.run_account_watch).';
-revoke execute on function billing.watch_account(p_account_id bigint, p_may_recharge boolean, p_available numeric) from public;
+comment on function billing.watch_account(p_account_id bigint, p_available numeric, p_recharge_below numeric) is 'Internal: queues a locked account, with what its posting left available, for the tick''s alerts and auto-recharge (billing.run_account_watch).';
+revoke execute on function billing.watch_account(p_account_id bigint, p_available numeric, p_recharge_below numeric) from public;
 
 create or replace function billing.run_account_watch(p_limit integer default 500) returns integer
 language plpgsql
@@ -266,6 +274,7 @@ declare
   v_id bigint;
   v_may_recharge boolean;
   v_peak numeric(38, 18);
+  v_state text;
   v_done integer := 0;
 begin
   for v_id in select w.account_id from billing.account_watch w order by w.queued_at limit p_limit loop
@@ -276,19 +285,27 @@ begin
     delete from billing.account_watch w where w.account_id = v_id returning w.may_recharge, w.peak
     into v_may_recharge, v_peak;
     continue when not found;                 -- another tick took it
-    -- A posting left it at or above a threshold since the last look: that crossing re-arms, as
-    -- if the tick had looked then, and the account as it is now may fire again.
-    if v_peak >= a.low_balance_threshold and a.low_balance_fired then
-      update billing.accounts x set low_balance_fired = false where x.id = v_id returning * into a;
-    end if;
-    if v_peak >= a.auto_recharge_below and not a.auto_recharge_armed then
-      update billing.accounts x set auto_recharge_armed = true where x.id = v_id returning * into a;
-    end if;
-    perform billing.check_low_balance(a);
-    if v_may_recharge then
-      perform billing.check_auto_recharge(a);
-    end if;
-    perform billing.cap_alerts_after(c) from billing.spend_caps c where c.account_id = v_id and c.alert_percents <> '{}';
+    begin
+      -- A posting left it at or above a threshold since the last look: that crossing re-arms,
+      -- as if the tick had looked then, and the account as it is now may fire again.
+      if v_peak >= a.low_balance_threshold and a.low_balance_fired then
+        update billing.accounts x set low_balance_fired = false where x.id = v_id returning * into a;
+      end if;
+      if v_peak >= a.auto_recharge_below and not a.auto_recharge_armed then
+        update billing.accounts x set auto_recharge_armed = true where x.id = v_id returning * into a;
+      end if;
+      perform billing.check_low_balance(a);
+      if v_may_recharge then
+        perform billing.check_auto_recharge(a);
+      end if;
+      perform billing.cap_alerts_after(c, c.period_start) from billing.spend_caps c
+      where c.account_id = v_id and c.alert_percents <> '{}';
+    exception when others then
+      -- One account's failure is that account's: the others go on, and someone is told.
+      get stacked diagnostics v_state = returned_sqlstate;
+      perform billing.set_alert('account_watch_failed', true, 'An account''s alerts or auto-recharge failed at the tick',
+        jsonb_build_object('account_id', v_id, 'sqlstate', v_state));
+    end;
     v_done := v_done + 1;
   end loop;
   return v_done;

@@ -183,7 +183,7 @@ begin
   v_account.balance := coalesce(v_posted.from_balance, (select a.balance from billing.accounts a where a.id = v_account.id));
   v_account.version := v_account.version + 1;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
-    perform billing.watch_account(v_account.id, true, v_account.balance - v_account.held);
+    perform billing.watch_account(v_account.id, v_account.balance - v_account.held, v_account.auto_recharge_below);
   end if;
   v_hold.status := 'captured';
   v_hold.captured_amount := p_capture;
@@ -340,7 +340,7 @@ begin
   -- Other holds past their TTL end with it (expire_overdue_holds then queues the account
   -- itself): what the alert sees, and what an AI call's excess may draw, is live holds only.
   if billing.expire_overdue_holds(v_hold.account_id) = 0 then
-    perform billing.watch_account(a.id, true, a.balance - a.held) from billing.accounts a
+    perform billing.watch_account(a.id, a.balance - a.held, a.auto_recharge_below) from billing.accounts a
     where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
   end if;
   return billing.hold_result_of(v_hold, false);
@@ -426,7 +426,7 @@ begin
               else '{}'::jsonb end);
   end if;
   select * into v_hold from billing.holds h where h.id = v_id;
-  perform billing.watch_account(a.id, true, a.balance - a.held) from billing.accounts a
+  perform billing.watch_account(a.id, a.balance - a.held, a.auto_recharge_below) from billing.accounts a
   where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
   return v_hold;
 end;

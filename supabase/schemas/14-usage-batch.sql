@@ -281,7 +281,7 @@ begin
     -- What a single charge sets off, once per account: the tick's alerts and auto-recharge see
     -- the account as the batch left it.
     if cardinality(w_account) > 0 then
-      perform billing.watch_account(a.id, true, a.balance - a.held) from billing.accounts a
+      perform billing.watch_account(a.id, a.balance - a.held, a.auto_recharge_below) from billing.accounts a
       where a.id = any(w_account) order by a.id;
     end if;
     -- A repeat names what its first occurrence wrote.

@@ -252,7 +252,7 @@ begin
   v_account.balance := v_posted.from_balance;
   v_account.version := v_account.version + 1;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
-    perform billing.watch_account(v_account.id, true, v_account.balance - v_account.held);
+    perform billing.watch_account(v_account.id, v_account.balance - v_account.held, v_account.auto_recharge_below);
   end if;
   return (p_success_status, billing.usage_answer(v_posted.transfer_id, v_price.amount, v_account.balance, v_account.held,
       v_price.rate_card_version),

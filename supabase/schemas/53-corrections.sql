@@ -222,7 +222,7 @@ begin
       coalesce(v_hold.created_at, v_charge.created_at), v_charge.member_id);
   end if;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
-    perform billing.watch_account(v_account.id, true, v_account.balance - v_account.held);
+    perform billing.watch_account(v_account.id, v_account.balance - v_account.held, v_account.auto_recharge_below);
   end if;
 
   insert into billing.charge_voids (charge_id, void_transfer_id, account_id, member_id, amount, reason, voided_by, run_id)

@@ -104,7 +104,7 @@ begin
   where a.id = p_account_id returning * into v_account;
   -- As an expiry through post_user_transfer: the tick's low-balance alert is told.
   if v_any and v_account.low_balance_threshold is not null then
-    perform billing.watch_account(v_account.id, false, v_account.balance - v_account.held);
+    perform billing.watch_account(v_account.id, v_account.balance - v_account.held, null);
   end if;
   -- Reserved credits expired too (the holds that reserved them shrank with the expiry: the
   -- writer's). Then other lots of the account past their expiry (the sweep had not reached them).

@@ -129,6 +129,7 @@ Deno.test('a capture beside a hold past its TTL: auto-recharge sees only live ho
   const c = await act(s.token, live, 'capture');
   assert.equal(c.status, 200, c.text);
   assert.deepEqual([dataOf(c).captured, dataOf(c).balance, dataOf(c).available], ['3000', '5490', '5490']);
+  await watchTick();
   assert.deepEqual(await recharges(s.id), [], 'no recharge: 5,490 is available, far above 1,000');
   assert.deepEqual(await seen(s.token), { balance: '5490', held: '0', available: '5490' });
   await invariants();
@@ -145,6 +146,7 @@ Deno.test('a release beside a hold past its TTL: auto-recharge sees only live ho
   const r = await act(s.token, live, 'release');
   assert.equal(r.status, 200, r.text);
   assert.deepEqual([dataOf(r).balance, dataOf(r).available], ['8790', '8790']);
+  await watchTick();
   assert.deepEqual(await recharges(s.id), [], 'no recharge: 8,790 is available');
   await invariants();
 });

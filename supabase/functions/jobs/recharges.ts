@@ -3,6 +3,7 @@
 // payment's webhook (billing.sync_purchase), never from here.
 import Stripe from 'stripe';
 import { sql } from '../_shared/adapters/db.ts';
+import { runAccountWatch } from '../_shared/domain/account-watch.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { stripe } from '../_shared/adapters/stripe.ts';
 
@@ -19,7 +20,7 @@ type DueRecharge = {
 /** Charges up to `limit` due recharges; returns how many were tried. */
 export async function runRecharges(limit = 10): Promise<number> {
   // Postings queue their accounts; the alerts and recharges they set off are decided here first.
-  await sql`select billing.run_account_watch(500)`;
+  await runAccountWatch();
   const due = await sql<DueRecharge[]>`select * from billing.claim_recharges(${limit})`;
   for (const r of due) {
     let paymentIntent: string | null = null;

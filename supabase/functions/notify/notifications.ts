@@ -4,6 +4,7 @@
 import { createHmac } from 'node:crypto';
 import { z } from 'zod';
 import { sql } from '../_shared/adapters/db.ts';
+import { runAccountWatch } from '../_shared/domain/account-watch.ts';
 import { parseEnv } from '../_shared/env.ts';
 import { invitationEmail } from '../_shared/domain/invitations.ts';
 import { giftCode } from '../_shared/domain/code-secrets.ts';
@@ -288,7 +289,7 @@ async function deliver(row: OutboxRow, env: z.infer<typeof NotifyEnvSchema>): Pr
 export async function dispatchOutbox(limit = 50): Promise<{ sent: number; failed: number; retrying: number }> {
   const env = parseEnv(NotifyEnvSchema);
   // The alerts postings set off are queued first (billing.run_account_watch), so they go out in this run.
-  await sql`select billing.run_account_watch(500)`;
+  await runAccountWatch();
   const rows = await sql<OutboxRow[]>`select * from billing.claim_outbox(${limit})`;
   const outcome = { sent: 0, failed: 0, retrying: 0 };
   for (const row of rows) {

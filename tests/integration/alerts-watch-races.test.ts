@@ -1,0 +1,336 @@
+// The watch queue (billing.account_watch, drained by billing.run_account_watch) attacked with
+// students' tokens on the real stack: refunds and spends between two ticks, ticks racing postings
+// and each other, the tick stopped while available goes down, up and down, a cap's alert reached
+// just before its period ends, and one student's account that the tick cannot look at. The rules
+// (docs/spend-controls.md § Alerts, § Auto-recharge): a refund never starts a recharge by itself,
+// a spend after it may; one recharge and one alert per crossing; the watch moves no money; what
+// a student can spend never depends on when the tick runs; one account never stops the others.
+import assert from 'node:assert/strict';
+import postgres from 'postgres';
+import {
+  api,
+  assertLedgerInvariants,
+  env,
+  functionsUrl,
+  fund,
+  key,
+  newUser,
+  spend,
+  testDb,
+  tick,
+  userToken,
+  watchTick,
+} from '../support/helpers.ts';
+import { batch, dataOf, usageEvent } from '../support/money.ts';
+import { chargeOf, emulator } from '../support/purchases.ts';
+
+type Res = Awaited<ReturnType<typeof api>>;
+
+/** A student who bought the starter package (9,990 credits) keeping the card, auto-recharge below `threshold`. */
+async function rechargingBuyer(threshold: string, monthlyMaxCount?: number) {
+  const id = await newUser();
+  const token = await userToken(id);
+  const co = await api('/checkout/sessions', {
+    token,
+    headers: key(),
+    body: { package_id: 'starter', save_card: true },
+  });
+  assert.equal(co.status, 201, co.text);
+  const session = (co.body.data as { session_id: string }).session_id;
+  await emulator(`/_emulator/checkout/sessions/${session}/pay`, { outcome: 'succeeded' });
+  const on = await api('/credits/auto-recharge', {
+    method: 'PUT',
+    token,
+    body: { enabled: true, package_id: 'mini', threshold, monthly_max_count: monthlyMaxCount },
+  });
+  assert.equal(on.status, 200, on.text);
+  return { id, token, session };
+}
+
+/** A student granted `credits`. */
+async function funded(credits: string) {
+  const id = await newUser();
+  await fund(id, credits);
+  return { id, token: await userToken(id) };
+}
+
+const recharges = async (user: string) =>
+  (await testDb`select status from billing.recharges where user_id = ${user} order by created_at`).map((r) => r.status);
+const lowAlerts = async (user: string) =>
+  (await testDb`select count(*)::int as n from billing.notification_outbox
+    where user_id = ${user} and template = 'balance_alert' and payload ->> 'kind' = 'balance_below'`)[0].n as number;
+const capAlerts = async (user: string) =>
+  (await testDb`select (payload ->> 'percent')::int as pct from billing.notification_outbox
+    where user_id = ${user} and template = 'balance_alert' and payload ->> 'kind' = 'cap_used' order by id`)
+    .map((r) => r.pct as number);
+const transfersOf = async (user: string) =>
+  (await testDb`select count(*)::int as n from billing.transfers t join billing.accounts a
+    on a.id in (t.from_account_id, t.to_account_id) where a.user_id = ${user}`)[0].n as number;
+const refund = async (session: string, cents: number) =>
+  emulator(`/_emulator/charges/${await chargeOf(session)}/refund`, { amount: cents });
+
+const hold = (token: string, amount: string, ttl = 600) =>
+  api('/credits/holds', { token, headers: key(), body: { amount, ttl_seconds: ttl } });
+const act = (token: string, id: unknown, action: 'capture' | 'release', body: Record<string, unknown> = {}) =>
+  api(`/credits/holds/${id}/${action}`, { token, headers: key(), body });
+const holdIdOf = (r: Res) => {
+  assert.equal(r.status, 201, r.text);
+  return dataOf(r).hold_id as string;
+};
+/** Time passes for a hold: its TTL is over. */
+const overdue = (id: string) =>
+  testDb`update billing.holds set expires_at = now() - interval '1 second' where id = ${id}`;
+
+// ============================================================ a refund never starts a recharge by itself
+
+// Hole: watch_account ORs may_recharge over every posting since the last look, whatever its
+// order or direction. A spend that left 9,980 (no crossing) then a refund that takes available to
+// 980 reach the tick as one row (may_recharge true), and the tick charges the card for the
+// refund's crossing. Before the queue, the spend checked at 9,980 (nothing) and the refund told
+// only the alert: no recharge until the student spent again.
+Deno.test('a refund after a spend that stayed above the threshold charges no card until the student spends again', async () => {
+  const s = await rechargingBuyer('1000');
+  await watchTick();
+  await spend(s.token, 10); // 9,980: above 1,000, no crossing
+  await refund(s.session, 900); // 9,000 credits back: 980 available, the refund's crossing
+  await watchTick();
+  assert.deepEqual(await recharges(s.id), [], 'the refund crossed: no recharge by itself');
+  assert.equal(await lowAlerts(s.id), 0, 'no low-balance alert was asked for');
+  await spend(s.token, 1); // a spend after it may
+  await watchTick();
+  assert.deepEqual(await recharges(s.id), ['queued']);
+  await assertLedgerInvariants();
+});
+
+// Hole: a refund settles the buyer's account first (take_back_lots → settle_account →
+// expire_overdue_holds), and a hold past its TTL ended there queues the account with
+// may_recharge true (11-ledger-due.sql) in the refund's own transaction. The refund then takes
+// available below the threshold and the tick charges the card: the refund alone did it.
+Deno.test('a refund that ends a hold past its TTL charges no card by itself', async () => {
+  const s = await rechargingBuyer('1000');
+  const h = holdIdOf(await hold(s.token, '500'));
+  await watchTick(); // 9,490: above, nothing
+  await overdue(h);
+  await refund(s.session, 900); // the hold ends (9,990), then 9,000 back: 990 available
+  await watchTick();
+  assert.deepEqual(await recharges(s.id), [], 'nothing but the refund moved: no recharge');
+  await assertLedgerInvariants();
+});
+
+Deno.test('a refund through the threshold, then a spend: one recharge, from the spend', async () => {
+  const s = await rechargingBuyer('1000');
+  await watchTick();
+  await refund(s.session, 900); // 990 available
+  await watchTick();
+  assert.deepEqual(await recharges(s.id), [], 'the refund alone: none');
+  await spend(s.token, 1);
+  await spend(s.token, 1);
+  await watchTick();
+  await watchTick();
+  assert.deepEqual(await recharges(s.id), ['queued'], 'the spend after it: one');
+  await assertLedgerInvariants();
+});
+
+// ============================================================ ticks racing postings and each other
+
+Deno.test('spends, holds and captures through the threshold while eight ticks run at once: one recharge, one alert', async () => {
+  const s = await rechargingBuyer('6000');
+  const lb = await api('/credits/alerts/low-balance', { method: 'PUT', token: s.token, body: { threshold: '6000' } });
+  assert.equal(lb.status, 200, lb.text);
+  await watchTick();
+  const db = postgres(env('SUPABASE_DB_URL'), { max: 8, onnotice: () => {}, prepare: false });
+  let posting = true;
+  const ticker = async () => {
+    let n = 0;
+    while (posting) {
+      await db`select billing.run_account_watch(100000)`;
+      n++;
+    }
+    return n;
+  };
+  try {
+    const ticks = Array.from({ length: 8 }, ticker);
+    // Available only falls (a capture of all of a hold leaves it as it was): one crossing.
+    const holds = await Promise.all(Array.from({ length: 6 }, () => hold(s.token, '300')));
+    const posts = await Promise.all([
+      ...Array.from({ length: 20 }, () => spend(s.token, 150)),
+      ...holds.map((h) => act(s.token, holdIdOf(h), 'capture')),
+    ]);
+    posting = false;
+    assert.ok((await Promise.all(ticks)).every((n) => n > 0));
+    for (const p of posts) assert.ok(p.status === 200 || p.status === 201, p.text);
+    await watchTick();
+    assert.deepEqual(await recharges(s.id), ['queued'], 'one recharge for the one crossing');
+    assert.equal(await lowAlerts(s.id), 1, 'one alert for the one crossing');
+    const [a] = await testDb`select trim_scale(balance)::text as balance, trim_scale(held)::text as held
+      from billing.accounts where user_id = ${s.id}`;
+    assert.deepEqual({ ...a }, { balance: '5190', held: '0' }, '9,990 − 20 × 150 − 6 × 300');
+  } finally {
+    posting = false;
+    await db.end();
+  }
+  await assertLedgerInvariants();
+});
+
+Deno.test('usage batches over six students, locked in id order, beside six ticks: no deadlock, one alert each', async () => {
+  const students = await Promise.all(Array.from({ length: 6 }, () => funded('100')));
+  for (const st of students) {
+    const r = await api('/credits/alerts/low-balance', { method: 'PUT', token: st.token, body: { threshold: '50' } });
+    assert.equal(r.status, 200, r.text);
+  }
+  const db = postgres(env('SUPABASE_DB_URL'), { max: 6, onnotice: () => {}, prepare: false });
+  let posting = true;
+  const ticker = async () => {
+    while (posting) await db`select billing.run_account_watch(100000)`;
+  };
+  try {
+    const ticks = Array.from({ length: 6 }, ticker);
+    // Each batch names the students in another order; 4 batches × 3 events × 5 credits = 60 each.
+    const batches = Array.from({ length: 4 }, (_, b) =>
+      batch(
+        students.flatMap((st) => Array.from({ length: 3 }, () => usageEvent(st.id, crypto.randomUUID(), 5)))
+          .sort(() => (b % 2 ? 1 : -1) * (Math.random() - 0.3)),
+      ));
+    const answers = await Promise.all(batches);
+    posting = false;
+    await Promise.all(ticks);
+    for (const r of answers) assert.equal(r.status, 200, r.text);
+  } finally {
+    posting = false;
+    await db.end();
+  }
+  await watchTick();
+  for (const st of students) {
+    const [a] =
+      await testDb`select trim_scale(balance)::text as balance from billing.accounts where user_id = ${st.id}`;
+    assert.equal(a.balance, '40');
+    assert.equal(await lowAlerts(st.id), 1, 'one crossing, one alert');
+  }
+  await assertLedgerInvariants();
+});
+
+// ============================================================ the tick stopped a while
+
+Deno.test('the tick stopped while available went down, up and down: one recharge per look, within the monthly limit, no money moved by the watch', async () => {
+  const s = await rechargingBuyer('9000', 2);
+  const lb = await api('/credits/alerts/low-balance', { method: 'PUT', token: s.token, body: { threshold: '9000' } });
+  assert.equal(lb.status, 200, lb.text);
+  await watchTick();
+  const cycles = async () => {
+    for (let i = 0; i < 3; i++) {
+      await spend(s.token, 2000); // below 9,000
+      await fund(s.id, '2000'); // back above
+    }
+    await spend(s.token, 2000); // below again
+  };
+  await cycles();
+  let before = await transfersOf(s.id);
+  await watchTick();
+  await watchTick();
+  assert.equal(await transfersOf(s.id), before, 'the watch itself moves no credits');
+  assert.deepEqual(await recharges(s.id), ['queued'], 'one look, one recharge');
+  assert.equal(await lowAlerts(s.id), 1);
+  await tick(); // charged, credited by the webhook: 7,990 + 5,000
+  assert.deepEqual(await recharges(s.id), ['succeeded']);
+  await spend(s.token, 5000); // 7,990: below again, a new crossing
+  await cycles();
+  before = await transfersOf(s.id);
+  await watchTick();
+  assert.equal(await transfersOf(s.id), before);
+  assert.deepEqual(await recharges(s.id), ['succeeded', 'queued']);
+  await tick();
+  await spend(s.token, 5000);
+  await cycles();
+  await watchTick();
+  assert.deepEqual(await recharges(s.id), ['succeeded', 'succeeded'], 'two a month is the limit');
+  assert.equal(await lowAlerts(s.id), 3, 'one alert per look that found a new crossing');
+  await assertLedgerInvariants();
+});
+
+// ============================================================ caps: exact without the tick, alerts once
+
+Deno.test('a cap refuses at its limit before any tick, and its percent alerts fire once each when the tick looks', async () => {
+  const s = await funded('1000');
+  const cap = await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', amount: '100' } });
+  assert.equal(cap.status, 200, cap.text);
+  const al = await api('/credits/alerts/caps', {
+    method: 'PUT',
+    token: s.token,
+    body: { period: 'day', model: null, percents: [50, 100] },
+  });
+  assert.equal(al.status, 200, al.text);
+  await Promise.all([...Array.from({ length: 10 }, () => spend(s.token, 10)), watchTick(), watchTick()]);
+  const over = await api('/credits/usage', {
+    token: env('SUPABASE_SERVICE_ROLE_KEY'),
+    headers: key(),
+    body: { user_id: s.id, model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },
+  });
+  assert.equal(over.status, 402, over.text);
+  await Promise.all([watchTick(), watchTick(), watchTick()]);
+  assert.deepEqual((await capAlerts(s.id)).sort((a, b) => a - b), [50, 100]);
+  await assertLedgerInvariants();
+});
+
+// Hole: cap_alerts_after reads the period from the tick's now(), not the posting's. Spending that
+// reached 100% of a day cap in its last seconds is, when the tick looks after midnight, the old
+// period's: v_spent is 0 and the crossing's alert is never sent. (The cap's period_start is moved
+// back one day: the state the ledger is in when the tick runs after the day ended.)
+Deno.test('a cap percent reached just before the period ends still fires when the tick looks after it', async () => {
+  const s = await funded('1000');
+  const cap = await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', amount: '100' } });
+  assert.equal(cap.status, 200, cap.text);
+  const al = await api('/credits/alerts/caps', {
+    method: 'PUT',
+    token: s.token,
+    body: { period: 'day', model: null, percents: [100] },
+  });
+  assert.equal(al.status, 200, al.text);
+  await watchTick();
+  await spend(s.token, 100); // 100% of the day, at 23:59:59
+  // Midnight passes before the tick looks.
+  await testDb`update billing.spend_caps c set period_start = c.period_start - interval '1 day'
+    from billing.accounts a where a.id = c.account_id and a.user_id = ${s.id}`;
+  await watchTick();
+  assert.deepEqual(await capAlerts(s.id), [100], 'the crossing happened: its alert is sent');
+});
+
+// ============================================================ one account never stops the others
+
+// Hole: the tick looks at every queued account in one transaction, so an error in any one rolls
+// back all of them, and the dispatcher (notify/notifications.ts dispatchOutbox) and the jobs tick
+// (jobs/recharges.ts runRecharges) run it first and fail with it. A student makes their own
+// account raise there: a capture of 0.000000000000000001 credits is the last 7 days' spending,
+// so billing.runway's pace rounds to 0 and the alert's runway divides by zero. Setting the alert
+// above available checks nothing; a hold then takes available below it and only queues the
+// account. Before the queue the error was the student's own request's; now nobody's alerts,
+// recharges or notifications go out while that row waits at the head of the queue.
+Deno.test("one student's account the alert cannot be computed for never stops the tick for everyone", async () => {
+  const s = await funded('100');
+  const other = await funded('100');
+  const lb = await api('/credits/alerts/low-balance', { method: 'PUT', token: other.token, body: { threshold: '50' } });
+  assert.equal(lb.status, 200, lb.text);
+  await spend(other.token, 60); // another student's crossing, queued
+  const tiny = holdIdOf(await hold(s.token, '0.000000000000000001'));
+  const c = await act(s.token, tiny, 'capture');
+  assert.equal(c.status, 200, c.text);
+  const put = await api('/credits/alerts/low-balance', { method: 'PUT', token: s.token, body: { threshold: '50' } });
+  assert.equal(put.status, 200, put.text);
+  try {
+    holdIdOf(await hold(s.token, '60')); // 40 available: below 50, queued for the tick
+    let error: unknown = null;
+    await watchTick().catch((e) => error = e);
+    const dispatch = await fetch(`${functionsUrl}/notify/dispatch`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${env('CRON_SECRET')}` },
+    });
+    await dispatch.body?.cancel();
+    assert.equal(dispatch.status, 200, `the dispatcher runs for everyone (the tick: ${error})`);
+    assert.equal(error, null, `the tick failed: ${error}`);
+    assert.equal(await lowAlerts(other.id), 1, "the other student's alert is sent");
+  } finally {
+    // Leave the shared stack's tick working for everyone else.
+    await testDb`delete from billing.account_watch w using billing.accounts a
+      where a.id = w.account_id and a.user_id = ${s.id}`;
+    await testDb`update billing.accounts set low_balance_threshold = null where user_id = ${s.id}`;
+  }
+});
