@@ -24,6 +24,7 @@ import {
   reportUsage,
   testDb,
   userToken,
+  watchTick,
 } from '../support/helpers.ts';
 import { codeOf, dataOf } from '../support/money.ts';
 import { chargeOf, emulator } from '../support/purchases.ts';
@@ -242,6 +243,17 @@ class Spend implements Cmd {
     await compare(m, r);
   }
   toString = () => `Spend(${this.who}, ${this.credits})`;
+}
+
+/** The tick drains the watch queue (alerts, auto-recharge) at a random moment, beside a spend: it moves no credit. */
+class Watch implements Cmd {
+  constructor(readonly beside: Spend) {}
+  check = () => true;
+  async run(m: Model, r: Real) {
+    await Promise.all([watchTick(), this.beside.run(m, r)]);
+    await compare(m, r);
+  }
+  toString = () => `Watch(${this.beside})`;
 }
 
 /** An admin grants the buyer credits of their own (promotional, 365 days): what they owe comes from these. */
@@ -487,6 +499,7 @@ const commands = [
   fc.tuple(fc.nat(), share).map(([i, s]) => new Refund(i, s)),
   fc.tuple(fc.nat(), fc.constantFrom<Dispute['outcome']>('open', 'won', 'lost')).map(([i, o]) => new Dispute(i, o)),
   fc.tuple(fc.nat(), fc.constantFrom<Dispute['outcome']>('open', 'lost')).map(([i, o]) => new Dispute(i, o)),
+  fc.tuple(who, fc.integer({ min: 1, max: 6000 })).map(([w, n]) => new Watch(new Spend(w, n))),
 ];
 
 Deno.test({

@@ -23,6 +23,7 @@ import {
   movedLotsOffProvenance,
   reportUsage,
   testDb,
+  watchTick,
 } from '../support/helpers.ts';
 import { join, key, person, school, verifyOrg } from '../support/orgs.ts';
 import { chargeOf, emulator } from '../support/purchases.ts';
@@ -315,6 +316,17 @@ class Use implements Cmd {
   toString = () => `Use(#${this.member}, ${this.input}/${this.output})`;
 }
 
+/** The tick drains the watch queue (alerts, auto-recharge) at a random moment, beside a charge: it moves no credit. */
+class Watch implements Cmd {
+  constructor(readonly beside: Use) {}
+  check = () => true;
+  async run(m: Model, r: Real) {
+    await Promise.all([watchTick(), this.beside.run(m, r)]);
+    await compare(m, r);
+  }
+  toString = () => `Watch(${this.beside})`;
+}
+
 class Batch implements Cmd {
   constructor(readonly events: { member: number; input: number; output: number }[]) {}
   check = () => true;
@@ -602,6 +614,7 @@ const commands = [
     new EndHold(i, h)
   ),
   fc.constant(new ExpirePromotions()),
+  fc.tuple(member, input, output).map(([i, n, o]) => new Watch(new Use(i, n, o))),
 ];
 
 Deno.test({
