@@ -22,30 +22,9 @@ import {
   watchTick,
 } from '../support/helpers.ts';
 import { batch, dataOf, usageEvent } from '../support/money.ts';
-import { chargeOf, emulator } from '../support/purchases.ts';
+import { chargeOf, emulator, rechargingBuyer } from '../support/purchases.ts';
 
 type Res = Awaited<ReturnType<typeof api>>;
-
-/** A student who bought the starter package (9,990 credits) keeping the card, auto-recharge below `threshold`. */
-async function rechargingBuyer(threshold: string, monthlyMaxCount?: number) {
-  const id = await newUser();
-  const token = await userToken(id);
-  const co = await api('/checkout/sessions', {
-    token,
-    headers: key(),
-    body: { package_id: 'starter', save_card: true },
-  });
-  assert.equal(co.status, 201, co.text);
-  const session = (co.body.data as { session_id: string }).session_id;
-  await emulator(`/_emulator/checkout/sessions/${session}/pay`, { outcome: 'succeeded' });
-  const on = await api('/credits/auto-recharge', {
-    method: 'PUT',
-    token,
-    body: { enabled: true, package_id: 'mini', threshold, monthly_max_count: monthlyMaxCount },
-  });
-  assert.equal(on.status, 200, on.text);
-  return { id, token, session };
-}
 
 /** A student granted `credits`. */
 async function funded(credits: string) {

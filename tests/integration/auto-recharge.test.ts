@@ -4,36 +4,10 @@
 // every change audited.
 import assert from 'node:assert/strict';
 import type { AutoRecharge } from '../../supabase/functions/_shared/contract/index.ts';
-import {
-  api,
-  assertLedgerInvariants,
-  key,
-  newUser,
-  spend,
-  testDb,
-  tick,
-  userToken,
-  watchTick,
-} from '../support/helpers.ts';
+import { api, assertLedgerInvariants, spend, testDb, tick, watchTick } from '../support/helpers.ts';
 import { dataOf } from '../support/money.ts';
 import { person } from '../support/orgs.ts';
-import { balanceOf, chargeOf, emulator, pays } from '../support/purchases.ts';
-
-/** A student who bought the starter package (9,990 credits), keeping the card when asked. */
-async function buyer(saveCard = true) {
-  const id = await newUser();
-  const token = await userToken(id);
-  const r = await api('/checkout/sessions', {
-    token,
-    headers: key(),
-    body: { package_id: 'starter', save_card: saveCard },
-  });
-  assert.equal(r.status, 201, r.text);
-  await emulator(`/_emulator/checkout/sessions/${(r.body.data as { session_id: string }).session_id}/pay`, {
-    outcome: 'succeeded',
-  });
-  return { id, token };
-}
+import { balanceOf, chargeOf, emulator, pays, starterBuyer } from '../support/purchases.ts';
 
 async function setAutoRecharge(token: string, body: Record<string, unknown>) {
   const r = await api('/credits/auto-recharge', { method: 'PUT', token, body });
@@ -47,7 +21,7 @@ const savedCard = async (user: string) =>
   (await testDb`select payment_method_id from billing.saved_cards where user_id = ${user}`)[0].payment_method_id;
 
 Deno.test('turning auto-recharge on needs a card saved at Checkout', async () => {
-  const s = await buyer(false);
+  const s = await starterBuyer(false);
   const r = await api('/credits/auto-recharge', {
     method: 'PUT',
     token: s.token,
@@ -58,7 +32,7 @@ Deno.test('turning auto-recharge on needs a card saved at Checkout', async () =>
 });
 
 Deno.test('a crossing queues one recharge; the tick charges the saved card; the webhook grants the credits', async () => {
-  const s = await buyer();
+  const s = await starterBuyer();
   const settings = await setAutoRecharge(s.token, { enabled: true, package_id: 'mini', threshold: '1000' });
   assert.deepEqual([settings.enabled, settings.card_saved, settings.recent.length], [true, true, 0]);
   await spend(s.token, 9000); // 990 left: below 1,000
@@ -93,7 +67,7 @@ Deno.test('a crossing queues one recharge; the tick charges the saved card; the 
 });
 
 Deno.test('parallel debits through the threshold, with ticks among them, queue exactly one recharge', async () => {
-  const s = await buyer();
+  const s = await starterBuyer();
   await setAutoRecharge(s.token, { enabled: true, package_id: 'mini', threshold: '9000' });
   await Promise.all([
     ...Array.from({ length: 20 }, () => spend(s.token, 100)),
@@ -104,7 +78,7 @@ Deno.test('parallel debits through the threshold, with ticks among them, queue e
 });
 
 Deno.test('already below when turned on: a recharge is queued at once', async () => {
-  const s = await buyer();
+  const s = await starterBuyer();
   await spend(s.token, 9900);
   await setAutoRecharge(s.token, { enabled: true, package_id: 'mini', threshold: '500' });
   assert.deepEqual((await recharges(s.id)).map((r) => r.status), ['queued']);
@@ -112,7 +86,7 @@ Deno.test('already below when turned on: a recharge is queued at once', async ()
 
 for (const outcome of ['card_declined', 'authentication_required'] as const) {
   Deno.test(`${outcome}: the recharge fails, auto-recharge turns itself off with an email, until the student turns it on`, async () => {
-    const s = await buyer();
+    const s = await starterBuyer();
     await emulator(`/_emulator/payment_methods/${await savedCard(s.id)}/outcome`, { outcome });
     await setAutoRecharge(s.token, { enabled: true, package_id: 'mini', threshold: '1000' });
     await spend(s.token, 9500);
@@ -141,7 +115,7 @@ for (const outcome of ['card_declined', 'authentication_required'] as const) {
 }
 
 Deno.test('the monthly limit stops recharges, with one email; the audit log says why', async () => {
-  const s = await buyer();
+  const s = await starterBuyer();
   await setAutoRecharge(s.token, { enabled: true, package_id: 'mini', threshold: '9000', monthly_max_count: 1 });
   await spend(s.token, 1000); // 8,990: below, the first recharge
   await tick(); // 13,990: above again, re-armed
@@ -159,16 +133,16 @@ Deno.test('the monthly limit stops recharges, with one email; the audit log says
 });
 
 Deno.test('Checkout with save_card keeps the Stripe customer and card (ids only); without it, nothing is kept', async () => {
-  const s = await buyer();
+  const s = await starterBuyer();
   const [card] = await testDb`select customer_id, payment_method_id from billing.saved_cards where user_id = ${s.id}`;
   assert.match(card.customer_id, /^cus_/);
   assert.match(card.payment_method_id, /^pm_/);
-  const t = await buyer(false);
+  const t = await starterBuyer(false);
   assert.equal((await testDb`select 1 from billing.saved_cards where user_id = ${t.id}`).length, 0);
 });
 
 Deno.test('a refund never starts an auto-recharge: the card refunded is not charged again at once', async () => {
-  const s = await buyer();
+  const s = await starterBuyer();
   await setAutoRecharge(s.token, { enabled: true, package_id: 'mini', threshold: '1000' });
   const [purchase] =
     await testDb`select stripe_charge_id from billing.purchases where user_id = ${s.id} and status = 'paid'`;
@@ -206,10 +180,10 @@ Deno.test('a dispute turns auto-recharge off and forgets the card: the disputed 
 });
 
 Deno.test("a student's Checkout under an Idempotency-Key shaped like their queued recharge's purchase key blocks neither that recharge nor anyone else's", async () => {
-  const mallory = await buyer();
+  const mallory = await starterBuyer();
   await setAutoRecharge(mallory.token, { enabled: true, package_id: 'mini', threshold: '1000' });
   await spend(mallory.token, 9000);
-  const victim = await buyer();
+  const victim = await starterBuyer();
   await setAutoRecharge(victim.token, { enabled: true, package_id: 'mini', threshold: '1000' });
   await spend(victim.token, 9000);
   await watchTick();

@@ -24,7 +24,7 @@ import {
 import { grantLot } from '../support/lots.ts';
 import { codeOf, dataOf, type Json, spendWith } from '../support/money.ts';
 import { accountOf, person, school } from '../support/orgs.ts';
-import { chargeOf, emulator } from '../support/purchases.ts';
+import { chargeOf, emulator, rechargingBuyer } from '../support/purchases.ts';
 
 type Res = Awaited<ReturnType<typeof api>>;
 
@@ -88,25 +88,6 @@ async function invariants() {
 
 // ============================================================ auto-recharge and the alert at a capture
 
-/** A student who bought the starter package (9,990 credits) keeping the card, auto-recharge below `threshold`. */
-async function rechargingBuyer(threshold: string) {
-  const s = await funded(null);
-  const co = await api('/checkout/sessions', {
-    token: s.token,
-    headers: key(),
-    body: { package_id: 'starter', save_card: true },
-  });
-  assert.equal(co.status, 201, co.text);
-  const session = (co.body.data as { session_id: string }).session_id;
-  await emulator(`/_emulator/checkout/sessions/${session}/pay`, { outcome: 'succeeded' });
-  const on = await api('/credits/auto-recharge', {
-    method: 'PUT',
-    token: s.token,
-    body: { enabled: true, package_id: 'mini', threshold },
-  });
-  assert.equal(on.status, 200, on.text);
-  return { ...s, session };
-}
 const recharges = async (user: string) =>
   (await testDb`select status from billing.recharges where user_id = ${user} order by created_at`).map((r) => r.status);
 

@@ -2,7 +2,7 @@
 // test controls, and deliver signed events to the webhook exactly as Stripe would.
 import type { Balance } from '../../supabase/functions/_shared/contract/index.ts';
 import assert from 'node:assert/strict';
-import { api, env, functionsUrl } from './helpers.ts';
+import { api, env, functionsUrl, newUser, userToken } from './helpers.ts';
 
 export const emulatorUrl = env('STRIPE_API_BASE');
 
@@ -99,4 +99,24 @@ export async function pays(token: string, body: Record<string, unknown>) {
   const { session_id } = co.body.data as { session_id: string };
   await emulator(`/_emulator/checkout/sessions/${session_id}/pay`, { outcome: 'succeeded' });
   return session_id;
+}
+
+/** A new student who bought the starter package (9,990 credits) at Checkout, keeping the card when asked. */
+export async function starterBuyer(saveCard = true) {
+  const id = await newUser();
+  const token = await userToken(id);
+  const session = await pays(token, { package_id: 'starter', save_card: saveCard });
+  return { id, token, session };
+}
+
+/** A starter buyer with auto-recharge of the mini package below `threshold`. */
+export async function rechargingBuyer(threshold: string, monthlyMaxCount?: number) {
+  const s = await starterBuyer();
+  const on = await api('/credits/auto-recharge', {
+    method: 'PUT',
+    token: s.token,
+    body: { enabled: true, package_id: 'mini', threshold, monthly_max_count: monthlyMaxCount },
+  });
+  assert.equal(on.status, 200, on.text);
+  return s;
 }
