@@ -1,5 +1,5 @@
-// The watch queue (billing.account_watch, drained by billing.run_account_watch) attacked with
-// students' tokens on the real stack: refunds and spends between two ticks, ticks racing postings
+// The watch queue (billing.account_watch, drained by billing.run_account_watch) under students'
+// tokens on the real stack: refunds and spends between two ticks, ticks racing postings
 // and each other, the tick stopped while available goes down, up and down, a cap's alert reached
 // just before its period ends, and one student's account that the tick cannot look at. The rules
 // (docs/spend-controls.md § Alerts, § Auto-recharge): a refund never starts a recharge by itself,
@@ -62,11 +62,9 @@ const overdue = (id: string) =>
 
 // ============================================================ a refund never starts a recharge by itself
 
-// Hole: watch_account ORs may_recharge over every posting since the last look, whatever its
-// order or direction. A spend that left 9,980 (no crossing) then a refund that takes available to
-// 980 reach the tick as one row (may_recharge true), and the tick charges the card for the
-// refund's crossing. Before the queue, the spend checked at 9,980 (nothing) and the refund told
-// only the alert: no recharge until the student spent again.
+// Only a posting that is not a refund and leaves available below the threshold may set off a
+// recharge: a spend that left 9,980 (no crossing) and a refund to 980 reach the tick as one
+// queued row, and the refund's crossing charges no card until the student spends again.
 Deno.test('a refund after a spend that stayed above the threshold charges no card until the student spends again', async () => {
   const s = await rechargingBuyer('1000');
   await watchTick();
@@ -81,10 +79,9 @@ Deno.test('a refund after a spend that stayed above the threshold charges no car
   await assertLedgerInvariants();
 });
 
-// Hole: a refund settles the buyer's account first (take_back_lots → settle_account →
-// expire_overdue_holds), and a hold past its TTL ended there queues the account with
-// may_recharge true (11-ledger-due.sql) in the refund's own transaction. The refund then takes
-// available below the threshold and the tick charges the card: the refund alone did it.
+// A refund settles the buyer's account first (take_back_lots → settle_account →
+// expire_overdue_holds): the hold past its TTL that ends there leaves available above the
+// threshold, so it sets off nothing, and the refund's own crossing charges no card.
 Deno.test('a refund that ends a hold past its TTL charges no card by itself', async () => {
   const s = await rechargingBuyer('1000');
   const h = holdIdOf(await hold(s.token, '500'));
@@ -228,16 +225,22 @@ Deno.test('the tick stopped while available went down, up and down: one recharge
 
 // ============================================================ caps: exact without the tick, alerts once
 
-Deno.test('a cap refuses at its limit before any tick, and its percent alerts fire once each when the tick looks', async () => {
-  const s = await funded('1000');
+/** A student granted `credits`, with a day cap of 100 and alerts at `percents` of it. */
+async function cappedAt100(credits: number, percents: number[]) {
+  const s = await funded(String(credits));
   const cap = await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', amount: '100' } });
   assert.equal(cap.status, 200, cap.text);
   const al = await api('/credits/alerts/caps', {
     method: 'PUT',
     token: s.token,
-    body: { period: 'day', model: null, percents: [50, 100] },
+    body: { period: 'day', model: null, percents },
   });
   assert.equal(al.status, 200, al.text);
+  return s;
+}
+
+Deno.test('a cap refuses at its limit before any tick, and its percent alerts fire once each when the tick looks', async () => {
+  const s = await cappedAt100(1000, [50, 100]);
   await Promise.all([...Array.from({ length: 10 }, () => spend(s.token, 10)), watchTick(), watchTick()]);
   const over = await api('/credits/usage', {
     token: env('SUPABASE_SERVICE_ROLE_KEY'),
@@ -250,20 +253,11 @@ Deno.test('a cap refuses at its limit before any tick, and its percent alerts fi
   await assertLedgerInvariants();
 });
 
-// Hole: cap_alerts_after reads the period from the tick's now(), not the posting's. Spending that
-// reached 100% of a day cap in its last seconds is, when the tick looks after midnight, the old
-// period's: v_spent is 0 and the crossing's alert is never sent. (The cap's period_start is moved
-// back one day: the state the ledger is in when the tick runs after the day ended.)
+// The tick reads a cap's alerts in the period its spending was counted in: 100% of a day cap
+// reached in its last seconds still fires when the tick looks after midnight. (The cap's
+// period_start is moved back one day: the state the ledger is in when the tick runs then.)
 Deno.test('a cap percent reached just before the period ends still fires when the tick looks after it', async () => {
-  const s = await funded('1000');
-  const cap = await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', amount: '100' } });
-  assert.equal(cap.status, 200, cap.text);
-  const al = await api('/credits/alerts/caps', {
-    method: 'PUT',
-    token: s.token,
-    body: { period: 'day', model: null, percents: [100] },
-  });
-  assert.equal(al.status, 200, al.text);
+  const s = await cappedAt100(1000, [100]);
   await watchTick();
   await spend(s.token, 100); // 100% of the day, at 23:59:59
   // Midnight passes before the tick looks.
@@ -275,15 +269,10 @@ Deno.test('a cap percent reached just before the period ends still fires when th
 
 // ============================================================ one account never stops the others
 
-// Hole: the tick looks at every queued account in one transaction, so an error in any one rolls
-// back all of them, and the dispatcher (notify/notifications.ts dispatchOutbox) and the jobs tick
-// (jobs/recharges.ts runRecharges) run it first and fail with it. A student makes their own
-// account raise there: a capture of 0.000000000000000001 credits is the last 7 days' spending,
-// so billing.runway's pace rounds to 0 and the alert's runway divides by zero. Setting the alert
-// above available checks nothing; a hold then takes available below it and only queues the
-// account. Before the queue the error was the student's own request's; now nobody's alerts,
-// recharges or notifications go out while that row waits at the head of the queue.
-Deno.test("one student's account the alert cannot be computed for never stops the tick for everyone", async () => {
+// One account never stops the tick for the others (the dispatcher and the jobs tick run it
+// first). A student whose last 7 days' spending is a capture of 0.000000000000000001 credits has
+// a pace that rounds to 0: the low-balance alert then has no runway, and fires like any other.
+Deno.test('a student whose pace rounds to nothing gets their alert, and the tick goes on for everyone', async () => {
   const s = await funded('100');
   const other = await funded('100');
   const lb = await api('/credits/alerts/low-balance', { method: 'PUT', token: other.token, body: { threshold: '50' } });
@@ -306,6 +295,7 @@ Deno.test("one student's account the alert cannot be computed for never stops th
     assert.equal(dispatch.status, 200, `the dispatcher runs for everyone (the tick: ${error})`);
     assert.equal(error, null, `the tick failed: ${error}`);
     assert.equal(await lowAlerts(other.id), 1, "the other student's alert is sent");
+    assert.equal(await lowAlerts(s.id), 1, 'and theirs, without a runway');
   } finally {
     // Leave the shared stack's tick working for everyone else.
     await testDb`delete from billing.account_watch w using billing.accounts a
