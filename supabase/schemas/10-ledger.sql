@@ -616,7 +616,7 @@ begin
                             where t.buyer_id = a.id and t.claim
                               and not (h.status = 'active' and h.expires_at <= l.expires_at)), 0);
       if v_claims > 0 then
-        -- Owed again as billing.owe_lack owes: the buyer's free credits for any model pay it (the
+        -- Owed again as billing.owe owes: the buyer's free credits for any model pay it (the
         -- balance falls), then what their other live holds reserved of such credits is claimed
         -- (it does not, until that hold ends), then debt (it falls). Due lots are gone by then.
         v_due := v_due + v_claims - least(greatest(v_claims - coalesce((

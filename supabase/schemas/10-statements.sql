@@ -68,6 +68,7 @@ as $$
 begin
   -- PL/pgSQL, not SQL: a SQL function with a SET clause is planned again on every call, and the
   -- summaries and the roll-up ask once per charge.
+  -- An excess written before the one debt records what it left `unbilled`; one since, none.
   return case p_kind
     when 'usage' then not (p_metadata ? 'reserved'
       and (p_metadata ->> 'priced')::numeric - p_amount - coalesce((p_metadata ->> 'unbilled')::numeric, 0) > 0)

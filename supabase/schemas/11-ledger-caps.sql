@@ -63,7 +63,7 @@ comment on function billing.cap_alerts_after(p_cap billing.spend_caps, p_period 
 revoke execute on function billing.cap_alerts_after(p_cap billing.spend_caps, p_period timestamp with time zone) from public;
 
 create or replace function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null,
-  p_count boolean default true)
+  p_count boolean default true, p_past boolean default false)
 returns jsonb
 language plpgsql
 set search_path = ''
@@ -86,7 +86,7 @@ begin
       select x.*, bool_and(x.spent_now <= x.amount) over () as all_fit from x
     )
     update billing.spend_caps s set period_start = f.starts, spent = f.spent_now
-    from fits f where s.id = f.id and f.all_fit and p_count
+    from fits f where s.id = f.id and (f.all_fit or p_past) and p_count
     returning s.*
   loop
     v_counted := true;
@@ -109,8 +109,8 @@ begin
     limit 1);
 end;
 $$;
-comment on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean) is 'Internal: counts an amount against the applicable caps (the account''s, and the member''s on a pooled wallet) if all have room (p_count false: only asks); else returns the cap it would exceed.';
-revoke execute on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean) from public;
+comment on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean, p_past boolean) is 'Internal: counts an amount against the applicable caps (the account''s, and the member''s on a pooled wallet) if all have room (p_count false: only asks; p_past: counted past them, a debt''s); else returns the cap it would exceed.';
+revoke execute on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean, p_past boolean) from public;
 
 create or replace function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamptz,
   p_member uuid default null)

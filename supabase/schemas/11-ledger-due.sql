@@ -56,7 +56,7 @@ declare
   v_due record;
   v_lot record;
   v_count integer := 0;
-  v_parts jsonb;
+  v_parts jsonb := '[]'::jsonb;
 begin
   select * into v_account from billing.accounts a where a.id = p_account_id for update;
   for v_due in
@@ -74,17 +74,18 @@ begin
     select l.id, l.remaining, l.category into v_lot from billing.lots l where l.id = v_due.id;
     continue when v_lot.remaining <= 0;
     -- The holds that reserved it, and their parts: the writer shrinks them with the expiry.
-    v_parts := (select coalesce(jsonb_agg(jsonb_build_object('hold_id', hl.hold_id, 'given', hl.amount)), '[]')
-                from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id
-                where hl.lot_id = v_lot.id and h.status = 'active');
+    v_parts := v_parts || (select coalesce(jsonb_agg(jsonb_build_object('hold_id', hl.hold_id, 'given', hl.amount)), '[]')
+                           from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id
+                           where hl.lot_id = v_lot.id and h.status = 'active');
     -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
     perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
       'expiry', 'expired', billing.expiry_key(v_lot.id, v_lot.remaining), null, null,
       jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null,
       jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
     v_count := v_count + 1;
-    perform billing.holds_gave_way(v_parts);
   end loop;
+  -- Told once every due lot expired: a claim owed again is never paid with a lot due with it.
+  perform billing.holds_gave_way(v_parts);
   if v_account.held > 0 then
     perform billing.expire_overdue_holds(p_account_id, now());
   end if;

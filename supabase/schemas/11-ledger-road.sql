@@ -232,7 +232,7 @@ begin
   -- model (the rate card's, or the gateway's facts on a capture's excess); none named: lots for any model.
   if v_account.restricted_lots and p_mode in ('spend', 'capture') then
     v_model := coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), p_metadata ->> 'model');
-    p_lot := jsonb_build_object('for', v_model);
+    p_lot := coalesce(p_lot, '{}'::jsonb) || jsonb_build_object('for', v_model);
   end if;
 
   v_posted := (billing.post_transfers(array[(p_kind,

@@ -28,6 +28,9 @@
 --   return_to   [{lot_id, amount}]: the credit goes back into these lots (a void, a rollover's
 --               credits brought back from breakage): negative allocations, no new lot; what of
 --               it pays a debt is the allocation's debt_settled, not the lot's
+--   owe         a usage charge of what a provider billed past a hold (billing.owe): it takes
+--               `first`, then the free credits that may pay for its model, and the rest is debt;
+--               its caps count it past them, never refuse it
 --   moved_from  the credit opens a lot with this lot's provenance and its share of the cost (a plan rollover)
 --   category, priority, cost_cents, currency, purchase_id, expires_at, applies_to, origin: the new
 --               lot's, over the defaults (billing.credit_expiry_policy; an adjustment never expires
@@ -218,6 +221,13 @@ begin
   -- Only free credits are spent: an account with credits for some models or frozen lots
   -- counts them (a charge: those that may pay for its model; a move: any); elsewhere they
   -- are balance − held. A capture spends what its hold reserved (below).
+  if v_one.lots ? 'owe' then
+    -- What a provider billed past a hold (billing.charge_hold_at): owed whatever the account has,
+    -- counted against its caps past them.
+    perform billing.take_cap_room(v_one.from_account_id, v_one.amount, v_one.metadata ->> 'model', v_one.member_id,
+      p_past => true) where v_capped;
+    return (null, v_capped)::billing.spending_check;
+  end if;
   if v_slow and v_post.hold_id is null then
     v_room := least(v_room, billing.free_credits(v_one.from_account_id,
       case when v_one.kind = 'usage' then v_one.lots ->> 'for' end, v_one.kind <> 'usage'));
@@ -348,8 +358,8 @@ begin
     -- reserved) is in the balance already: what leaves those lots by name (their expiry, a
     -- plan's rollover out, a capture of what its hold reserved) may then take it below zero too.
     if v_delta[i] < 0 and v_after[i] < 0 and (p_transfers[v_ord[i]]).kind not in ('refund_reversal', 'dispute_reversal',
-         'hold_capture', 'expiry', 'plan_rollover') then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a refund or dispute reversal may leave a balance below zero"}');
+         'hold_capture', 'expiry', 'plan_rollover') and not coalesce((p_transfers[v_ord[i]]).lots ? 'owe', false) then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a reversal or what a provider billed past a hold may leave a balance below zero"}');
     end if;
   end loop;
 end;

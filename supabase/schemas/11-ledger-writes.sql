@@ -162,6 +162,7 @@ declare
   v_drawn integer;
   v_first bigint[];
   v_reversal boolean;
+  v_owe boolean;
   v_kinds billing.transfer_kind[];
   v_takes boolean[];
 begin
@@ -181,7 +182,7 @@ begin
     with drawn as (
       update billing.lots l set remaining = l.remaining + v_delta[1]
       where l.id = (select x.id from billing.lots x where x.account_id = v_account[1] and x.open
-                      and x.free > 0
+                      and x.free > 0 and not coalesce(x.expires_at <= now(), false)
                       and (not v_by_model or x.applies_to is null or billing.lot_pays_for(x.applies_to, v_for))
                       -- A reversal takes no credits for some models (below), whoever asks.
                       and (x.applies_to is null
@@ -249,6 +250,9 @@ begin
       -- (its purchase's or plan's, whatever they pay for), then only credits for any model; what
       -- they lack is debt, never credits someone gave for some models only.
       v_reversal := exists (select 1 from unnest(p_transfers) t where t.kind in ('refund_reversal', 'dispute_reversal'));
+      -- What a provider billed past a hold (`owe`, a movement alone) takes frozen credits after
+      -- the free ones (billing.owe), before any debt.
+      v_owe := coalesce((p_transfers[1]).lots ? 'owe', false);
       with d as (
         select x.ord, x.account_id, -x.delta as amount,
           sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
@@ -260,10 +264,12 @@ begin
         select l.id, l.account_id, l.remaining - l.reserved as remaining, l.cost_cents, l.amount as lot_amount, l.currency,
           l.category, l.origin,
           sum(l.remaining - l.reserved) over (partition by l.account_id order by array_position(v_first, l.id) nulls last,
-            l.spending_order) as hi
+            l.free = 0, l.spending_order) as hi
         from billing.lots l
         where l.account_id in (select d.account_id from d) and l.open and l.remaining > l.reserved
-          and (l.free > 0 or l.id = any(v_first))
+          and (l.free > 0 or l.id = any(v_first) or v_owe)
+          -- A lot past its expiry is the expiry's: drawn only by name (its expiry, a take-back).
+          and (l.id = any(v_first) or not coalesce(l.expires_at <= now(), false))
           and (not v_reversal or l.applies_to is null or l.id = any(v_first))
           and (not v_by_model or l.applies_to is null or billing.lot_pays_for(l.applies_to, v_for))
       ), p as (
@@ -288,8 +294,9 @@ begin
       update billing.lots x set remaining = x.remaining - s.total
       from (select ins.lot_id, sum(ins.amount) as total from ins group by ins.lot_id) s
       where x.id = s.lot_id;
-      -- A charge is covered whole by lots that may pay for its model (the room said so).
-      if v_by_model and (select coalesce(sum(a.amount), 0) from billing.lot_allocations a
+      -- A charge is covered whole by lots that may pay for its model (the room said so); what a
+      -- provider billed past a hold (`owe`) takes what they have, the rest is debt.
+      if v_by_model and not coalesce((p_transfers[1]).lots ? 'owe', false) and (select coalesce(sum(a.amount), 0) from billing.lot_allocations a
                                 where a.transfer_id = v_ids[1]) <> -v_delta[1] then
         perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is covered by lots that may pay for it"}');
       end if;

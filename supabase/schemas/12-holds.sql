@@ -179,8 +179,12 @@ begin
   if v_posted.result = 'insufficient' then
     perform billing.raise_error('INSUFFICIENT_CREDITS', v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)));
   end if;
-  perform billing.hold_ended(p_hold.id);
-  v_account.balance := coalesce(v_posted.from_balance, (select a.balance from billing.accounts a where a.id = v_account.id));
+  -- A take-back or claim pending on the hold moved the balance again: read it then.
+  if billing.hold_ended(p_hold.id) or v_posted.from_balance is null then
+    v_account.balance := (select a.balance from billing.accounts a where a.id = v_account.id);
+  else
+    v_account.balance := v_posted.from_balance;
+  end if;
   v_account.version := v_account.version + 1;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
     perform billing.watch_account(v_account.id, v_account.balance - v_account.held, v_account.auto_recharge_below);
@@ -233,89 +237,6 @@ $$;
 comment on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) is 'Spends all or part of an active hold and releases the rest; p_metadata (the gateway''s facts of a call, never a caller''s) goes on the capture. Capturing a captured hold again replays the result.';
 revoke execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) from public;
 grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) to service_role;
-
--- Ends a server's hold at a price worked out after the work (a job's usage, an AI call's): the
--- hold pays what it can and the rest of it is released; should the price pass the hold, the
--- excess is charged from what is available and what the caps leave, counted against them, never
--- into debt, and what cannot be charged is recorded (`unbilled`) on that transfer (the caller
--- records who owes it). The caller holds the account lock and has settled the
--- hold (an ended hold captures nothing). `p_capture_facts` go on the capture, `p_overage_facts`
--- on the excess; `p_key` is the excess's idempotency key, `p_correlation` both transfers'.
-create or replace function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint,
-  p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb,
-  out captured numeric, out overage numeric, out transfer_id bigint)
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_hold billing.holds;
-  v_account billing.accounts;
-  v_model text;
-  v_available numeric;
-  v_after billing.hold_result;
-  v_excess billing.transfer_result;
-begin
-  select * into v_account from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = p_hold_id);
-  -- Credits past their expiry go first (the hold shrinks by its part), so what it can capture is known
-  -- before it is asked to (capture_hold would expire them itself, and refuse the larger amount).
-  if v_account.next_expiry <= now() then
-    perform billing.expire_due_lots(v_account.id);
-  end if;
-  select * into v_hold from billing.holds h where h.id = p_hold_id;
-  v_model := (select r.model from billing.rate_cards r where r.id = p_rate_card_id);
-  captured := 0;
-  overage := 0;
-  if p_amount > 0 and v_hold.status = 'active' then
-    -- What the hold reserved pays (for the model it was placed for: its lots may pay for it).
-    captured := least(p_amount, v_hold.amount);
-  end if;
-  if captured > 0 then
-    -- Under the caller's lock, checked here: no second lock (capture_hold is the user's door).
-    v_after := billing.post_capture(v_hold, captured, p_correlation,
-      coalesce(p_capture_facts, '{}'::jsonb) || jsonb_build_object('model', v_model));
-    transfer_id := v_after.transfer_id;
-    v_available := v_after.available;
-  elsif v_hold.status = 'active' then
-    perform billing.release_hold(null, p_hold_id);
-  end if;
-  if p_amount > captured then
-    -- The writer takes the excess from balance − held: holds past their TTL end first (as a
-    -- capture or a release ends them), so what is available here is what it will find.
-    if v_available is null then
-      perform billing.expire_overdue_holds(v_hold.account_id);
-      v_available := (billing.balance_of(v_hold.account_id)).available;
-    end if;
-    overage := least(p_amount - captured, greatest(v_available, 0));
-    if overage > 0 and v_account.reads_lots then
-      overage := least(overage, billing.free_credits(v_account.id, v_model, false));
-    end if;
-    -- The excess is spending like any other: it fits in what every cap (the account's, a
-    -- member's on a school wallet, per model) has left, and the writer counts it against them.
-    if overage > 0 and v_account.caps > 0 then
-      overage := least(overage, coalesce(billing.cap_room(v_account.id, v_model, v_hold.member_id), overage));
-    end if;
-    if overage > 0 then
-      -- The work is done and its answer given: should the writer still refuse the excess (what
-      -- is available read differently from what it finds), it is owed, never an error.
-      begin
-        v_excess := billing.post_user_transfer(p_user, -1, 'capture', overage, 'usage', 'usage_revenue', p_key,
-          p_correlation, null,
-          p_overage_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text,
-            'priced', trim_scale(p_amount)::text, 'unbilled', trim_scale(p_amount - captured - overage)::text),
-          p_rate_card_id, p_account_id => v_hold.account_id);
-        transfer_id := coalesce(transfer_id, v_excess.transfer_id);
-      exception when sqlstate 'P0001' then
-        if sqlerrm not in ('INSUFFICIENT_CREDITS', 'SPEND_CAP_REACHED') then
-          raise;
-        end if;
-        overage := 0;
-      end;
-    end if;
-  end if;
-end;
-$$;
-comment on function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) is 'Internal: ends a job''s or an AI call''s hold at a price worked out after the work: captured from the hold, any excess from what is available and the caps leave (counted against them, never into debt), the rest released.';
-revoke execute on function billing.charge_hold_at(p_hold_id uuid, p_user uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) from public;
 
 create or replace function billing.release_hold(p_user uuid, p_hold_id uuid) returns billing.hold_result
 language plpgsql
@@ -434,16 +355,3 @@ $$;
 comment on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid, p_min_amount numeric, p_step numeric) is 'Internal: places a hold of a purpose on an account the caller has locked (the account''s held amount grows by it); given p_min_amount, the most that fits between it and p_amount (in whole p_steps above it, given one).';
 revoke execute on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid, p_min_amount numeric, p_step numeric) from public;
 
--- The most `p_account_id` may still spend now on `p_model` (for `p_member` on an organisation's
--- wallet) before a cap refuses: the least room of the caps that apply; null when none does.
-create or replace function billing.cap_room(p_account_id bigint, p_model text, p_member uuid default null) returns numeric
-language sql stable
-set search_path = ''
-as $$
-  select greatest(min(x.amount - case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end), 0)
-  from billing.spend_caps x cross join lateral billing.cap_period(x.period, x.time_zone, now()) p
-  where x.account_id = p_account_id and (x.model is null or x.model = p_model)
-    and (x.member_id is null or x.member_id = p_member)
-$$;
-comment on function billing.cap_room(p_account_id bigint, p_model text, p_member uuid) is 'Internal: the least room left under the caps that apply to a charge (null: no cap applies).';
-revoke execute on function billing.cap_room(p_account_id bigint, p_model text, p_member uuid) from public;

@@ -8,28 +8,40 @@ create table billing.lot_take_backs (
   lot_id bigint not null references billing.lots (id),
   take_key text not null,                         -- the refund's or dispute's key; each transfer's key starts with it
   amount numeric(38, 18) not null,                -- of what the hold reserved of the lot
-  kind billing.transfer_kind not null,            -- refund_reversal or dispute_reversal
+  kind billing.transfer_kind not null,            -- refund_reversal, dispute_reversal, or usage (a provider's bill past a hold)
   buyer_id bigint not null references billing.accounts (id),  -- who owes what the hold drew of it
   purchase_id uuid references billing.purchases (id),
   invoice_id text,                                -- a plan invoice's (billing.plan_grants), instead of a purchase
   reference text, correlation_id text, metadata jsonb,  -- the reversals', as the refund's or dispute's own
-  -- A claim (billing.owe_lack's) is what the buyer owes already; else what the refund takes of the lot.
+  member_id uuid,                                 -- a usage claim on a school's account: the member whose call it was (their cap)
+  -- A claim (billing.owe's) is what the buyer owes already; else what the refund takes of the lot.
   claim boolean not null default false,
   constraint lot_take_backs_pkey primary key (hold_id, lot_id, take_key),
-  constraint lot_take_backs_valid check (amount > 0 and kind in ('refund_reversal', 'dispute_reversal')),
-  constraint lot_take_backs_source check ((purchase_id is null) <> (invoice_id is null))
+  constraint lot_take_backs_valid check (amount > 0 and kind in ('refund_reversal', 'dispute_reversal', 'usage')),
+  constraint lot_take_backs_source check (case when kind = 'usage' then purchase_id is null and invoice_id is null and claim
+                                               else (purchase_id is null) <> (invoice_id is null) end)
 );
 comment on table billing.lot_take_backs is 'What a refund or lost dispute still takes back of a lot a live hold reserved: taken when that hold ends (billing.hold_ended): what the hold returned of the lot from the lot, what it drew owed by the buyer.';
 alter table billing.lot_take_backs enable row level security;
 revoke all on table billing.lot_take_backs from public, anon, authenticated;
 
--- What the lots lack: what expired left as breakage already and is forgiven, once; the rest was spent,
--- owed by the buyer (credits for any model, then debt), never by a redeemer or a member. What a
--- claim could not take (p_forgive false) was owed already: nothing of it is forgiven.
-create or replace function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text,
-  p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb,
-  p_forgive boolean default true)
-returns void
+-- The one debt (docs/credit-lots.md § Refunds, disputes and debt, rules 2 and 7): what an account
+-- owes, a buyer what a refunded or lost purchase's (or plan invoice's) lots lack, or an account
+-- what a provider billed past its hold (billing.charge_hold_at). Of a shortfall, what expired
+-- left as breakage already is forgiven, once (`p_forgive`; a claim that could not take was owed
+-- already). The rest is paid from the account's credits that may pay for `p_model` (null: credits
+-- for any model): a reversal's frozen ones first (the disputed money itself, oldest first), then
+-- free ones, an excess's frozen ones after them (no debt beside credits a won dispute thaws), then
+-- what its live holds reserved of them is claimed (taken when each hold ends, billing.hold_ended:
+-- no debt beside credits a hold returns); the rest is debt. One posting: a reversal, or a usage
+-- charge past the caps (the writer's `owe`; `p_member`: a member's call on a school's account,
+-- whose cap counts it). `p_lot`: a claim being paid, the lot its hold returned credits to (drawn
+-- first). Under the account lock; the posting's transfer id (null: all claimed).
+create or replace function billing.owe(p_account_id bigint, p_member uuid, p_amount numeric, p_model text,
+  p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation text, p_metadata jsonb, p_purchase_id uuid,
+  p_invoice_id text, p_lot bigint default null, p_rate_card_id bigint default null, p_category text default null,
+  p_forgive boolean default false)
+returns bigint
 language plpgsql
 set search_path = ''
 as $$
@@ -38,6 +50,7 @@ declare
   v_paid numeric(38, 18);
   v_left numeric(38, 18);
   v_take numeric(38, 18);
+  v_first bigint[];
   r record;
 begin
   if p_forgive and p_amount > 0 and p_invoice_id is not null then
@@ -56,35 +69,50 @@ begin
     where x.id = p_purchase_id and v_forgive > 0;
   end if;
   p_amount := p_amount - greatest(coalesce(v_forgive, 0), 0);
-  -- The buyer's credits for any model pay it, frozen ones first (no debt beside credits a won
-  -- dispute thaws); then what their own live holds reserved of such credits is claimed (taken
-  -- when each hold ends, billing.hold_ended: none beside credits a hold returns); the rest is debt.
-  v_left := p_amount - coalesce((select sum(l.remaining - l.reserved) from billing.lots l where l.account_id = p_buyer
-    and l.open and l.applies_to is null and l.remaining > l.reserved), 0);
+  -- Never a lot past its expiry (it is the expiry's, whatever runs first: the writer skips it too).
+  v_left := p_amount - coalesce((select sum(l.remaining - l.reserved) from billing.lots l
+    where l.account_id = p_account_id and l.open and l.remaining > l.reserved and not coalesce(l.expires_at <= now(), false)
+      and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))), 0);
   for r in
     select x.hold_id, x.lot_id, x.amount - coalesce((select sum(t.amount) from billing.lot_take_backs t
                                                      where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0) as unclaimed
     from billing.hold_lots x join billing.holds h on h.id = x.hold_id and h.status = 'active'
-    join billing.lots l on l.id = x.lot_id and l.applies_to is null
-    where h.account_id = p_buyer order by l.spending_order, h.created_at, h.id
+    join billing.lots l on l.id = x.lot_id and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))
+      and not coalesce(l.expires_at <= now(), false)
+    where h.account_id = p_account_id and v_left > 0 order by l.spending_order, h.created_at, h.id
   loop
     exit when v_left <= 0;
     v_take := least(v_left, greatest(r.unclaimed, 0));
     insert into billing.lot_take_backs (hold_id, lot_id, take_key, amount, kind, buyer_id, purchase_id, invoice_id,
-      reference, correlation_id, metadata, claim)
-    select r.hold_id, r.lot_id, p_key, v_take, p_kind, p_buyer, p_purchase_id, p_invoice_id, p_reference,
-      p_correlation_id, p_metadata, true where v_take > 0;
+      reference, correlation_id, metadata, claim, member_id)
+    select r.hold_id, r.lot_id, p_key, v_take, p_kind, p_account_id, p_purchase_id, p_invoice_id, p_reference,
+      p_correlation, case when p_kind = 'usage' then coalesce(p_metadata, '{}'::jsonb) || jsonb_build_object('model', p_model)
+                          else p_metadata end, true, p_member
+    where v_take > 0;
     v_left := v_left - v_take;
     p_amount := p_amount - v_take;
   end loop;
-  perform billing.reverse_credits(case when a.org_id is null then a.user_id end, p_amount, p_kind, p_key, p_reference,
-    p_correlation_id, p_metadata, array(select l.id from billing.lots l where l.account_id = p_buyer and l.open
-      and l.frozen and l.applies_to is null and l.remaining > l.reserved order by l.id), a.id)
-  from billing.accounts a where a.id = p_buyer and p_amount > 0;
+  if p_amount <= 0 then
+    return null;
+  end if;
+  -- A reversal's shortfall takes the buyer's frozen credits first (the disputed money itself); an
+  -- excess takes free credits first (frozen ones are not spent while they can be), then frozen.
+  v_first := array_remove(array[p_lot], null) || array(select l.id from billing.lots l where l.account_id = p_account_id
+    and p_kind <> 'usage' and l.open and l.frozen and l.remaining > l.reserved and l.applies_to is null
+    and not coalesce(l.expires_at <= now(), false) order by l.id);
+  if p_kind = 'usage' then
+    return (billing.post_user_transfer(coalesce(p_member, a.user_id, a.member_id), -1, 'capture', p_amount, 'usage',
+      'usage_revenue', p_key, p_correlation, null, p_metadata, p_rate_card_id,
+      jsonb_build_object('owe', true, 'first', to_jsonb(v_first)), a.id)).transfer_id
+    from billing.accounts a where a.id = p_account_id;
+  end if;
+  return (billing.reverse_credits(case when a.org_id is null then a.user_id end, p_amount, p_kind, p_key, p_reference,
+    p_correlation, p_metadata, v_first, a.id)).transfer_id
+  from billing.accounts a where a.id = p_account_id;
 end;
 $$;
-comment on function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_forgive boolean) is 'Internal: what a purchase''s (or plan invoice''s) lots lack at a refund or lost dispute: the part that expired forgiven (recorded; nothing when p_forgive is false, a claim owed already), the rest reversed from the buyer (credits for any model, then debt).';
-revoke execute on function billing.owe_lack(p_buyer bigint, p_amount numeric, p_purchase_id uuid, p_invoice_id text, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_forgive boolean) from public;
+comment on function billing.owe(p_account_id bigint, p_member uuid, p_amount numeric, p_model text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation text, p_metadata jsonb, p_purchase_id uuid, p_invoice_id text, p_lot bigint, p_rate_card_id bigint, p_category text, p_forgive boolean) is 'Internal: what an account owes (a reversal''s shortfall, its expired part forgiven with p_forgive; or what a provider billed past a hold): its credits that may pay for p_model (a reversal frozen first, an excess free first), claims on its live holds'' reservations, then debt; the posting''s transfer id.';
+revoke execute on function billing.owe(p_account_id bigint, p_member uuid, p_amount numeric, p_model text, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation text, p_metadata jsonb, p_purchase_id uuid, p_invoice_id text, p_lot bigint, p_rate_card_id bigint, p_category text, p_forgive boolean) from public;
 
 -- The accounts the lots are in, locked in id order and settled (a hold past its TTL lapses, a
 -- due lot expires); then, the buyer's first, the lots' free credits at once (a reversal in the
@@ -147,7 +175,7 @@ revoke execute on function billing.take_back_lots(p_lots bigint[], p_buyer bigin
 -- reserved of a lot (hold_lots; else what was claimed), what it returned is taken back, what its
 -- capture drew or the lot's expiry took is owed by the buyer (forgiven if expired, but for a
 -- claim, owed already); the buyer's lock is taken after.
-create or replace function billing.hold_ended(p_hold_id uuid) returns void
+create or replace function billing.hold_ended(p_hold_id uuid) returns boolean
 language plpgsql
 set search_path = ''
 as $$
@@ -156,13 +184,16 @@ declare
   l billing.lots;
   v_returned numeric(38, 18);                     -- of the lot, what the hold returned and no claim took yet
   v_give numeric(38, 18);
+  v_key text;
+  v_posted boolean := false;
 begin
-  -- Of each lot, what the refunds take first, then the claims of what the buyer owed (as their keys came).
+  -- What the refunds take first, lot by lot, then the claims of what the account owed (as their
+  -- keys came): a claim never takes what a refund's take-back waits on.
   for t in
     select x.* from billing.lot_take_backs x join billing.holds h on h.id = x.hold_id
     join billing.lots g on g.id = x.lot_id
     where x.hold_id = p_hold_id and (h.status <> 'active' or not g.open)
-    order by x.lot_id, x.claim, x.take_key
+    order by x.claim, x.lot_id, x.take_key
   loop
     if l.id is distinct from t.lot_id then
       select * into l from billing.lots x where x.id = t.lot_id;
@@ -180,19 +211,31 @@ begin
     v_give := greatest(least(t.amount, v_returned, l.remaining - l.reserved), 0);
     v_returned := v_returned - v_give;
     l.remaining := l.remaining - v_give;
+    v_posted := true;
+    -- The postings' key: the refund's (or the excess's) own, then this step's, hashed: a claim
+    -- owed again hops from hold to hold without its key growing past what the writer takes.
+    v_key := split_part(t.take_key, ':held:', 1) || ':held:' || md5(t.take_key || ':' || p_hold_id || ':' || l.id);
+    if t.kind = 'usage' then
+      -- What a provider billed past another hold claimed here (billing.owe): charged now,
+      -- from what this hold returned first; what it spent is owed again.
+      perform billing.owe(t.buyer_id, t.member_id, t.amount, t.metadata ->> 'model', 'usage', v_key, null, t.correlation_id,
+        t.metadata, null, null, case when v_give > 0 then l.id end);
+      continue;
+    end if;
     perform billing.reverse_credits(coalesce(a.user_id, a.member_id), v_give,
-      case when a.id = t.buyer_id then t.kind else 'refund_reversal' end, t.take_key || ':held:' || p_hold_id || ':' || l.id,
+      case when a.id = t.buyer_id then t.kind else 'refund_reversal' end, v_key,
       case when a.id = t.buyer_id then t.reference end, t.correlation_id, case when a.id = t.buyer_id then t.metadata end,
       array[l.id], a.id)
     from billing.accounts a where a.id = l.account_id and v_give > 0;
-    perform billing.owe_lack(t.buyer_id, t.amount - v_give, t.purchase_id, t.invoice_id, l.category, t.kind,
-      t.take_key || ':held:' || p_hold_id || ':' || l.id || ':owed', t.reference, t.correlation_id, t.metadata, not t.claim);
+    perform billing.owe(t.buyer_id, null, t.amount - v_give, null, t.kind, v_key || ':owed', t.reference, t.correlation_id,
+      t.metadata, t.purchase_id, t.invoice_id, p_category => l.category, p_forgive => not t.claim);
   end loop;
   delete from billing.lot_take_backs x using billing.holds h, billing.lots g
   where x.hold_id = p_hold_id and h.id = x.hold_id and g.id = x.lot_id and (h.status <> 'active' or not g.open);
+  return v_posted;
 end;
 $$;
-comment on function billing.hold_ended(p_hold_id uuid) is 'Internal: called when a hold ends or gives way, under its account lock: the take-backs pending on it (billing.lot_take_backs; a live hold''s, on the lots it gave up): what it returned of each lot taken back from the lot, what it drew owed by the buyer (forgiven if expired, but a claim).';
+comment on function billing.hold_ended(p_hold_id uuid) is 'Internal: called when a hold ends or gives way, under its account lock: the take-backs pending on it (billing.lot_take_backs; a live hold''s, on the lots it gave up): what it returned of each lot taken back from the lot, what it drew owed by the buyer (forgiven if expired, but a claim). True when it took or owed anything (balances moved).';
 revoke execute on function billing.hold_ended(p_hold_id uuid) from public;
 
 create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text,
@@ -215,9 +258,9 @@ begin
     exit when v_lots = billing.purchase_lots(p_purchase.id, p_category);
     v_lots := billing.purchase_lots(p_purchase.id, p_category);
   end loop;
-  perform billing.owe_lack(v_buyer, billing.take_back_lots(v_lots, v_buyer, p_amount, p_kind, p_key, p_reference, null,
-      billing.purchase_metadata(p_purchase), p_purchase.id, null),
-    p_purchase.id, null, p_category, p_kind, p_key || ':owed', p_reference, null, billing.purchase_metadata(p_purchase));
+  perform billing.owe(v_buyer, null, billing.take_back_lots(v_lots, v_buyer, p_amount, p_kind, p_key, p_reference, null,
+      billing.purchase_metadata(p_purchase), p_purchase.id, null), null, p_kind, p_key || ':owed', p_reference, null,
+    billing.purchase_metadata(p_purchase), p_purchase.id, null, p_category => p_category, p_forgive => true);
 end;
 $$;
 comment on function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text, p_kind billing.transfer_kind, p_key text, p_reference text) is 'Internal: reverses p_amount of a purchase''s credits: the free credits of its lots wherever they are at once, what live holds reserved of them when each hold ends; of what they lack, what expired is forgiven (recorded on the purchase), what was spent is owed by the buyer (credits for any model, then debt).';

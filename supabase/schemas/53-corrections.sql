@@ -267,10 +267,13 @@ begin
       and t.to_account_id = v_revenue
       and coalesce(t.metadata ->> 'model', h.metadata ->> 'model') = p_model
       and (not p_failed_only or t.metadata @> '{"failed_by": "gateway"}')
-      and not exists (select 1 from billing.charge_voids v where v.charge_id = t.id);
+      and not exists (select 1 from billing.charge_voids v where v.charge_id = t.id)
+      -- Only what can go back into its lots (void_charge_internal): a charge part of which is
+      -- debt (an excess that found no credits) is given back by an adjustment, never stalls a run.
+      and t.amount = (select coalesce(sum(la.amount), 0) from billing.lot_allocations la where la.transfer_id = t.id);
 end;
 $$;
-comment on function billing.correction_charges(p_model text, p_from timestamp with time zone, p_to timestamp with time zone, p_failed_only boolean) is 'Internal: the charges a bulk correction''s filter matches that have no void yet.';
+comment on function billing.correction_charges(p_model text, p_from timestamp with time zone, p_to timestamp with time zone, p_failed_only boolean) is 'Internal: the charges a bulk correction''s filter matches that have no void yet and drew their whole amount from lots.';
 revoke execute on function billing.correction_charges(p_model text, p_from timestamp with time zone, p_to timestamp with time zone, p_failed_only boolean) from public;
 
 create or replace function billing.check_correction_filter(p_model text, p_from timestamptz, p_to timestamptz) returns void

@@ -96,6 +96,9 @@ begin
     where pl.lot_id = x.id and pl.subscription_id = p_sub_id and pl.period_end <= p_period_end and x.open
     returning x.id, x.remaining, x.category
   loop
+    -- Read again: a claim owed again as an earlier lot ended may have drawn this one.
+    select x.remaining into l.remaining from billing.lots x where x.id = l.id;
+    continue when l.remaining <= 0;
     perform billing.end_plan_lot(p_account_id, l.id, l.category, 0, l.remaining, p_sub_id, null, null);
     v_any := true;
   end loop;
@@ -172,7 +175,9 @@ begin
       v_total := v_total + v_settled;
     end if;
     -- In the same pass, what does not roll over ends with its period (now, at the latest: the
-    -- renewal says the period is over).
+    -- renewal says the period is over). Read again: a claim owed again as an earlier lot ended
+    -- (billing.hold_ended) may have drawn this one.
+    select x.remaining into l.remaining from billing.lots x where x.id = l.id;
     v_take := least(l.remaining, greatest(v_left, 0));
     continue when l.remaining <= 0;
     perform billing.end_plan_lot(p_account_id, l.id, l.category, v_take, l.remaining - v_take, p_sub.id, p_new_end, p_key);
@@ -391,9 +396,10 @@ begin
   -- their free credits at once, what holds reserved when each ends; of what they lack, what
   -- expired is forgiven, what was spent is owed (other credits for any model, then debt).
   perform 1 from billing.accounts a where a.id = v_account for update;
-  perform billing.owe_lack(v_account, billing.take_back_lots(billing.lot_lineage(p_grant.lot_id), v_account, p_amount,
-      p_kind, p_key, p_grant.stripe_charge_id, p_grant.subscription_id::text, v_meta, null, p_grant.invoice_id),
-    null, p_grant.invoice_id, null, p_kind, p_key || ':owed', p_grant.stripe_charge_id, p_grant.subscription_id::text, v_meta);
+  perform billing.owe(v_account, null, billing.take_back_lots(billing.lot_lineage(p_grant.lot_id), v_account, p_amount,
+      p_kind, p_key, p_grant.stripe_charge_id, p_grant.subscription_id::text, v_meta, null, p_grant.invoice_id), null,
+    p_kind, p_key || ':owed', p_grant.stripe_charge_id, p_grant.subscription_id::text, v_meta, null, p_grant.invoice_id,
+    p_forgive => true);
 end;
 $$;
 comment on function billing.take_back_plan_credits(p_grant billing.plan_grants, p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_key text) is 'Internal: reverses p_amount of a plan grant''s credits: its lots'' (rollovers included) free credits at once, what holds reserved of them when each ends; of what they lack, what expired is forgiven, what was spent is owed.';

@@ -39,8 +39,6 @@ create table billing.ai_calls (
   keep_content boolean not null default false, -- the student (or the school paying) consented: prompt and answer kept redacted in ai_logs
   answer jsonb,                        -- a replay copy of the answer (its JSON text, a jsonb string) for the same Idempotency-Key until expires_at
   content_deleted boolean not null default false, -- its owner deleted its content: no replay copy is stored, even when it settles later
-  unbilled numeric(38, 18),            -- what the provider billed beyond what the hold, the balance and the caps allowed
-  owed_transfer_id bigint,             -- the charge that later paid `unbilled`
   created_at timestamptz not null default now(),
   finished_at timestamptz,
   expires_at timestamptz not null default now() + interval '24 hours',
@@ -51,7 +49,6 @@ create table billing.ai_calls (
   constraint ai_calls_finished check ((status = 'held') = (finished_at is null)),
   constraint ai_calls_counts check (prompt_tokens >= 0 and max_output_tokens >= 0),
   constraint ai_calls_endpoint check (endpoint in ('chat', 'responses', 'messages', 'embeddings')),
-  constraint ai_calls_unbilled check (unbilled > 0),
   constraint ai_calls_claimed check (status = 'refused' or (idempotency_key is not null and request_hash is not null
                                                              and model is not null)),
   constraint ai_calls_refused check (status <> 'refused' or (failure is not null and hold_id is null)),
@@ -70,7 +67,6 @@ create index ai_calls_held on billing.ai_calls (created_at) where status = 'held
 create unique index ai_calls_seq on billing.ai_calls (seq);
 create index ai_calls_user_seq on billing.ai_calls (user_id, seq);
 create index ai_calls_created on billing.ai_calls (created_at);
-create index ai_calls_owed on billing.ai_calls (user_id) where unbilled is not null and owed_transfer_id is null;
 
 create table billing.ai_content_consent (
   user_id uuid primary key references auth.users (id),
@@ -426,100 +422,6 @@ $$;
 comment on function billing.ai_call_json(c billing.ai_calls) is 'Internal: a call as the gateway reads it back.';
 revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
 
--- One owed call's rest, charged from the account that held the call (billing.pay_ai_owed); the
--- writer counts it against the caps (a member's on a school's account among them).
-create or replace function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric,
-  p_account bigint, p_job boolean default false) returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_paid billing.transfer_result;
-begin
-  v_paid := billing.post_user_transfer(p_user, -1, 'spend', p_unbilled, 'usage', 'usage_revenue',
-    case when p_job then 'job-owed:' else 'ai-owed:' end || p_call, case when p_job then 'job:' else 'ai:' end || p_call,
-    null, jsonb_build_object('model', p_model, case when p_job then 'job_id' else 'ai_call_id' end, p_call, 'owed', true),
-    p_account_id => p_account);
-  if p_job then
-    update billing.jobs j set owed_transfer_id = v_paid.transfer_id where j.id = p_call;
-  else
-    update billing.ai_calls c set owed_transfer_id = v_paid.transfer_id where c.id = p_call;
-  end if;
-end;
-$$;
-comment on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint, p_job boolean) is 'Internal: charges one owed call''s (or job''s) rest from the account that held it (billing.pay_ai_owed).';
-revoke execute on function billing.pay_owed_call(p_user uuid, p_call uuid, p_model text, p_unbilled numeric, p_account bigint, p_job boolean) from public;
-
--- What a user's earlier calls and metered jobs cost beyond what could be charged then
--- (ai_calls.unbilled, jobs.unbilled) is charged before their next call or job, as spending for
--- that work's model, from the account that held it: the student's own credits for their own
--- work, the school's wallet or allowance for the work it paid (never the other way round: joining
--- a school does not make it pay what was owed before, and leaving one does not move its calls'
--- rest onto the student). Caps (a member's on the school's account too) and credits for some
--- models apply as to any charge. If it cannot be charged, the new call is refused with the
--- writer's refusal, its details saying why (`reason: "unbilled_usage"`, `owed`): a student cannot
--- run up a debt the gateway never collects. Locks: the student's own account first (which
--- serialises every payer of their debts), then each paying account in id order (as every writer
--- locks a member's accounts).
-create or replace function billing.pay_ai_owed(p_user uuid) returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  w record;
-  v_owed numeric;                                 -- what the user owes in all
-  v_token text;
-  v_detail text;
-begin
-  -- Almost no one owes: the common case returns on the two partial indexes (ai_calls_owed,
-  -- jobs_owed), before the lock and the block below, whose exception handler would open a
-  -- subtransaction on every call.
-  if not exists (select 1 from billing.ai_calls c where c.user_id = p_user and c.unbilled is not null
-                 and c.owed_transfer_id is null)
-     and not exists (select 1 from billing.jobs j where j.user_id = p_user and j.unbilled is not null
-                     and j.owed_transfer_id is null) then
-    return;
-  end if;
-  begin
-    perform 1 from billing.accounts a where a.user_id = p_user for update;
-    -- What is owed, read once under the lock: each row carries the whole, for the refusal.
-    for w in
-      select o.id, coalesce(o.model, h.metadata ->> 'model') as model, o.unbilled, h.account_id, a.org_id, o.job,
-        sum(o.unbilled) over () as owed
-      from (select c.id, c.model, c.unbilled, c.hold_id, c.created_at, false as job from billing.ai_calls c
-            where c.user_id = p_user and c.unbilled is not null and c.owed_transfer_id is null
-            union all
-            select j.id, null, j.unbilled, j.hold_id, j.created_at, true from billing.jobs j
-            where j.user_id = p_user and j.unbilled is not null and j.owed_transfer_id is null) o
-      join billing.holds h on h.id = o.hold_id join billing.accounts a on a.id = h.account_id
-      order by h.account_id, o.created_at
-    loop
-      v_owed := w.owed;
-      if w.org_id is not null and not exists (select 1 from billing.org_members m
-          where m.org_id = w.org_id and m.user_id = p_user and m.active) then
-        -- A school the student has left: what its account owes is its own, tried, never hers
-        -- to be refused for (the alert stays open for an operator).
-        begin
-          perform billing.pay_owed_call(p_user, w.id, w.model, w.unbilled, w.account_id, w.job);
-        exception when sqlstate 'P0001' then
-          null;
-        end;
-      else
-        perform billing.pay_owed_call(p_user, w.id, w.model, w.unbilled, w.account_id, w.job);
-      end if;
-    end loop;
-  exception when sqlstate 'P0001' then
-    -- What the paying account has available is not told (it may be a school's).
-    get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;
-    raise exception using errcode = 'P0001', message = v_token,
-      detail = (coalesce(nullif(v_detail, '')::jsonb, '{}'::jsonb) - 'available' || jsonb_build_object('reason', 'unbilled_usage',
-        'owed', trim_scale(v_owed)::text))::text;
-  end;
-end;
-$$;
-comment on function billing.pay_ai_owed(p_user uuid) is 'Internal: charges what a user''s earlier AI calls and metered jobs cost beyond what could be charged then; refuses (402, reason unbilled_usage) when it cannot.';
-revoke execute on function billing.pay_ai_owed(p_user uuid) from public;
-
 -- Before the provider is called: {state: 'held', call_id, hold_id, held, model, upstream} to go
 -- ahead (model: the card's own, what the provider is asked for, though `p_model` named an alias),
 -- {state: 'replay', call} for a key already answered, or a refusal, {state: 'refused', token,
@@ -569,7 +471,6 @@ begin
   end if;
   if v_refusal is null then
     begin
-      perform billing.pay_ai_owed(p_user);
       if not exists (select 1 from billing.ai_calls c
                      where c.user_id = p_user and c.idempotency_key = p_key and c.status <> 'failed') then
         v_id := gen_random_uuid();
@@ -607,7 +508,7 @@ begin
       end if;
     exception when sqlstate 'P0001' then
       -- Tokens that mean our fault are 5xx (_shared/adapters/sql-errors.ts) and raise. A refusal
-      -- rolls back the hold and anything paid of what was owed: nothing is held or kept.
+      -- rolls back the hold: nothing is held or kept.
       if sqlerrm in ('LEDGER_IMMUTABLE', 'PAYMENT_AMOUNT_MISMATCH', 'MONEY_UNBALANCED', 'LEDGER_INVARIANT',
                      'INTERNAL_ERROR') then
         raise;
@@ -650,6 +551,53 @@ comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_to
 revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint) from public, anon, authenticated;
 grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint) to service_role;
 
+-- Ends a server's hold at a price worked out after the work (a job's usage, an AI call's): the
+-- hold pays what it can and the rest of it is released. Should the provider have billed past the
+-- hold, the excess is the one debt (billing.owe): charged to the account the hold drew on,
+-- into debt if it must, so the next call is refused while it is owed. The caller holds the account lock and has settled the hold (an ended hold captures
+-- nothing). `p_capture_facts` go on the capture, `p_overage_facts` on the excess; `p_key` is the
+-- excess's idempotency key, `p_correlation` both transfers'.
+create or replace function billing.charge_hold_at(p_hold_id uuid, p_amount numeric, p_rate_card_id bigint,
+  p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb,
+  out captured numeric, out overage numeric, out transfer_id bigint)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds;
+  v_account billing.accounts;
+  v_model text;
+  v_owed bigint;
+begin
+  select * into v_account from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = p_hold_id);
+  -- Credits past their expiry go first (the hold shrinks by its part), so what it can capture is known
+  -- before it is asked to (capture_hold would expire them itself, and refuse the larger amount).
+  if v_account.next_expiry <= now() then
+    perform billing.expire_due_lots(v_account.id);
+  end if;
+  select * into v_hold from billing.holds h where h.id = p_hold_id;
+  v_model := (select r.model from billing.rate_cards r where r.id = p_rate_card_id);
+  captured := case when p_amount > 0 and v_hold.status = 'active' then least(p_amount, v_hold.amount) else 0 end;
+  overage := greatest(p_amount, 0) - captured;
+  if captured > 0 then
+    -- Under the caller's lock, checked here: no second lock (capture_hold is the user's door).
+    transfer_id := (billing.post_capture(v_hold, captured, p_correlation,
+      coalesce(p_capture_facts, '{}'::jsonb) || jsonb_build_object('model', v_model))).transfer_id;
+  elsif v_hold.status = 'active' then
+    perform billing.release_hold(null, p_hold_id);
+  end if;
+  if overage > 0 then
+    -- Charged first, then named (coalesce would skip the charge when the capture is there).
+    v_owed := billing.owe(v_hold.account_id, v_hold.member_id, overage, coalesce(v_model, v_hold.metadata ->> 'model'),
+      'usage', p_key, null, p_correlation, p_overage_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text,
+        'priced', trim_scale(p_amount)::text), null, null, p_rate_card_id => p_rate_card_id);
+    transfer_id := coalesce(transfer_id, v_owed);
+  end if;
+end;
+$$;
+comment on function billing.charge_hold_at(p_hold_id uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) is 'Internal: ends a job''s or an AI call''s hold at a price worked out after the work: captured from the hold, any excess charged to the hold''s account from its free credits, then as debt (counted against its caps past them); the rest released.';
+revoke execute on function billing.charge_hold_at(p_hold_id uuid, p_amount numeric, p_rate_card_id bigint, p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb, out captured numeric, out overage numeric, out transfer_id bigint) from public;
+
 -- A call, locked: finishing and failing it are one at a time (the second answers the first).
 create or replace function billing.lock_ai_call(p_call uuid) returns billing.ai_calls
 language plpgsql
@@ -671,7 +619,7 @@ revoke execute on function billing.lock_ai_call(p_call uuid) from public;
 -- After the provider answered. `p_usage` in disjoint kinds ({input_tokens, cached_input_tokens,
 -- output_tokens, reasoning_tokens, cache_write_tokens, cache_write_1h_tokens}), from `p_source` (provider or tokenizer). Ends the hold at
 -- the rate card's price of it, as a job's is ended (billing.charge_hold_at: the excess of a
--- provider that billed more comes from what is available, never into debt). `p_failed`: the provider reported usage, then the call
+-- provider that billed more is charged to the hold's account, into debt if it must). `p_failed`: the provider reported usage, then the call
 -- failed; charged (the provider bills it) and marked so an operator's failed_only correction
 -- can give it back. Finishing a finished call answers it again.
 create or replace function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb,
@@ -687,7 +635,6 @@ declare
   v_price billing.usage_price;
   v_charged record;
   v_facts jsonb;
-  v_unbilled numeric;
 begin
   if v_call.status <> 'held' then
     return billing.ai_call_json(v_call);
@@ -721,17 +668,12 @@ begin
     -- A fallback upstream answered: its provider price is what the call cost (billing.provider_cost).
     || case when p_report ->> 'upstream' <> v_call.upstream
          then jsonb_build_object('upstream', p_report ->> 'upstream') else '{}'::jsonb end;
-  v_charged := billing.charge_hold_at(v_hold.id, v_call.user_id, v_price.amount, v_price.rate_card_id,
+  v_charged := billing.charge_hold_at(v_hold.id, v_price.amount, v_price.rate_card_id,
     'ai-overage:' || v_call.id, 'ai:' || v_call.id,
     v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version), v_facts);
-  -- The provider billed more than the hold and the balance could cover: the gateway's count of
-  -- the prompt fell short of the provider's. What could not be charged is owed by the caller:
-  -- their next call pays it first, or is refused (billing.pay_ai_owed); the minute's alerts
-  -- (billing.evaluate_ai_alerts) tell an operator, as they do of a success that cost nothing.
-  v_unbilled := nullif(v_price.amount - v_charged.captured - v_charged.overage, 0);
   update billing.ai_calls c set status = 'charged', usage = v_facts - 'model' - 'ai_call_id' - 'usage_source' - 'upstream',
     usage_source = p_source, charged = v_charged.captured + v_charged.overage, transfer_id = v_charged.transfer_id,
-    answer = case when not c.content_deleted then p_answer end, unbilled = v_unbilled,
+    answer = case when not c.content_deleted then p_answer end,
     finished_at = now(), failure = case when p_failed then 'PROVIDER_FAILED_AFTER_USAGE' end,
     upstream = coalesce(p_report ->> 'upstream', c.upstream), attempts = nullif(p_report -> 'attempts', '[]'),
     upstream_status = (p_report ->> 'upstream_status')::integer, first_token_ms = (p_report ->> 'first_token_ms')::integer,
@@ -743,7 +685,7 @@ begin
   return billing.ai_call_json(v_call);
 end;
 $$;
-comment on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean, p_report jsonb) is 'Gateway: captures the rate card''s price of what the provider reported (overage from available, never into debt), releases the rest; idempotent.';
+comment on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean, p_report jsonb) is 'Gateway: captures the rate card''s price of what the provider reported (an excess charged to the hold''s account, into debt if it must), releases the rest; idempotent.';
 revoke execute on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean, p_report jsonb) from public, anon, authenticated;
 grant execute on function billing.finish_ai_call(p_call uuid, p_usage jsonb, p_source text, p_answer jsonb, p_failed boolean, p_report jsonb) to service_role;
 

@@ -85,7 +85,7 @@ as $$
     'outcome', c.status, 'code', c.failure, 'upstream_status', c.upstream_status, 'attempts', c.attempts,
     'first_token_ms', c.first_token_ms,
     'duration_ms', c.duration_ms, 'tail_ms', c.tail_ms, 'usage', c.usage - 'failed' - 'failed_by', 'usage_source', c.usage_source,
-    'charged', trim_scale(coalesce(c.charged, 0))::text, 'unbilled', trim_scale(c.unbilled)::text,
+    'charged', trim_scale(coalesce(c.charged, 0))::text,
     'finish_reason', c.finish_reason, 'client_left', c.client_left, 'transfer_id', c.transfer_id::text,
     'content_kept', exists (select 1 from billing.ai_logs l where l.call_id = c.id))
 $$;
@@ -312,7 +312,7 @@ grant execute on function billing.ai_call_stats(p_since timestamptz, p_bounds in
 -- pg_cron (daily): call records older than `p_keep` (180 days: past the 120 days a card payment
 -- can be disputed in, so a dispute's evidence is still there) are rolled up into ai_call_days
 -- and deleted, in one statement, so the daily summary reads the same before and after. Calls
--- still owing an unbilled excess, and calls still held, stay.
+-- still held stay.
 create or replace function billing.sweep_ai_call_records(p_keep interval default '180 days', p_limit integer default 5000)
 returns integer
 language plpgsql
@@ -325,7 +325,7 @@ begin
   with gone as (
     delete from billing.ai_calls c where c.id = any (array(
       select x.id from billing.ai_calls x
-      where x.created_at < now() - p_keep and x.status <> 'held' and (x.unbilled is null or x.owed_transfer_id is not null)
+      where x.created_at < now() - p_keep and x.status <> 'held'
       order by x.created_at limit p_limit))
     returning c.*
   ),

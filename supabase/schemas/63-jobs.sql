@@ -7,7 +7,7 @@
 -- A long job runs in slices within the edge's limits: a slice checkpoints, then yield_job hands
 -- the job back for the next tick (see supabase/functions/jobs/worker.ts).
 -- A job that calls a model obeys the AI gateway's rules, so it sits above it (62-ai-gateway.sql):
--- enqueue_job asks whether the student may call the model, and pays what their gateway calls owe.
+-- enqueue_job asks whether the student may call the model.
 
 -- ============================================================ tables
 
@@ -16,7 +16,7 @@ create table billing.jobs (
   user_id uuid not null references auth.users (id) on delete restrict,
   type text not null,
   status text not null default 'queued',
-  input jsonb not null,                           -- what the job runs on (an ai_completion's prompt): kept until expires_at, owed or not
+  input jsonb not null,                           -- what the job runs on (an ai_completion's prompt): kept until expires_at
   request_key text not null,                      -- the Idempotency-Key that created it
   client_temp_id text,
   progress integer not null default 0,
@@ -36,8 +36,6 @@ create table billing.jobs (
   started_at timestamptz,
   completed_at timestamptz,
   expires_at timestamptz not null default now() + interval '24 hours',
-  unbilled numeric(38, 18),                       -- what its usage cost beyond its hold and the balance (nothing charged for it)
-  owed_transfer_id bigint,                        -- the charge that later paid `unbilled` (billing.pay_ai_owed)
   constraint jobs_status check (status in ('queued', 'processing', 'completed', 'failed', 'cancelled')),
   constraint jobs_progress check (progress between 0 and 100),
   constraint jobs_request unique (user_id, request_key),
@@ -53,8 +51,6 @@ create index jobs_due on billing.jobs (run_after) where status in ('queued', 'pr
 create index jobs_user on billing.jobs (user_id, created_at desc, id);
 
 create index jobs_expiry on billing.jobs (expires_at);
-
-create index jobs_owed on billing.jobs (user_id) where unbilled is not null and owed_transfer_id is null;
 
 -- Jobs cancelled while a worker ran them, waiting for its report (billing.expire_jobs).
 create index jobs_cancelled_running on billing.jobs (locked_until) where status = 'cancelled' and locked_until is not null;
@@ -119,15 +115,13 @@ begin
     select * into v_job from billing.jobs j where j.user_id = p_user and j.client_temp_id = p_client_temp_id;
     return v_job;
   end if;
-  -- A job that calls a model may call only what the gateway would let this student call, and
-  -- only once what their gateway calls and jobs owe is paid (billing.pay_ai_owed), as their next call would.
+  -- A job that calls a model may call only what the gateway would let this student call.
   -- It keeps its content by the gateway's one rule (billing.content_consented), read now and
   -- again when it completes (billing.keep_job_log).
   if p_input ? 'model' then
     if not billing.model_allowed(p_user, billing.card_model(p_input ->> 'model')) then
       perform billing.raise_error('MODEL_NOT_ALLOWED', jsonb_build_object('rule', 'GET /ai/v1/models lists the models you may call'));
     end if;
-    perform billing.pay_ai_owed(p_user);
   end if;
   if p_reserve is not null and p_reserve > 0 then
     -- Short → INSUFFICIENT_CREDITS, and the job above rolls back with it. The hold names the
@@ -146,7 +140,7 @@ begin
   return v_job;
 end;
 $$;
-comment on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) is 'Creates a job (idempotent by request key, IDEMPOTENCY_KEY_REUSED for another job under it, and by client_temp_id), refusing a model the student may not call (MODEL_NOT_ALLOWED) and paying first what their gateway calls owe, reserving its cost estimate as a hold in the same transaction.';
+comment on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) is 'Creates a job (idempotent by request key, IDEMPOTENCY_KEY_REUSED for another job under it, and by client_temp_id), refusing a model the student may not call (MODEL_NOT_ALLOWED), reserving its cost estimate as a hold in the same transaction.';
 revoke execute on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) from public;
 grant execute on function billing.enqueue_job(p_user uuid, p_type text, p_input jsonb, p_request_key text, p_client_temp_id text, p_reserve numeric, p_hold_ttl_seconds integer) to service_role;
 
@@ -355,8 +349,6 @@ declare
   v_price record;
   v_amount numeric(38, 18) := 0;
   v_card bigint;
-  v_charged record;
-  v_unbilled numeric(38, 18);
   -- A fallback upstream answered (the worker names it): its provider price is what the job cost
   -- (billing.provider_cost), as for a gateway call.
   v_answered jsonb := jsonb_strip_nulls(jsonb_build_object('upstream', p_usage ->> 'upstream'));
@@ -371,33 +363,27 @@ begin
       v_amount := v_price.amount;
       v_card := v_price.rate_card_id;
     end if;
-    -- Work already done: counted against caps when its hold was placed; any excess from what is
-    -- available, never into debt.
-    v_charged := billing.charge_hold_at(v_job.hold_id, v_job.user_id, v_amount, v_card, 'job-overage:' || p_job,
+    -- Work already done: counted against caps when its hold was placed; any excess charged to the
+    -- hold's account, into debt if it must (billing.charge_hold_at).
+    perform billing.charge_hold_at(v_job.hold_id, v_amount, v_card, 'job-overage:' || p_job,
       'job:' || p_job, v_answered, jsonb_build_object('job_id', p_job, 'model', p_usage ->> 'model') || v_answered);
-    -- What could not be charged (its hold shrank by credits that expired, and the balance could
-    -- not cover it) is recorded on the job, and the minute's job_unbilled alert tells someone
-    -- (billing.evaluate_ai_alerts): an excess transfer records it only when something of the
-    -- excess was charged. The student owes it, as for a gateway call: their next call or job pays
-    -- it first (billing.pay_ai_owed).
-    v_unbilled := nullif(v_amount - v_charged.captured - v_charged.overage, 0);
   end if;
   if v_job.status = 'cancelled' then
     -- Cancelled while it ran: the work it reports is charged, its result (and content) not kept.
-    update billing.jobs j set locked_by = null, locked_until = null, unbilled = v_unbilled
+    update billing.jobs j set locked_by = null, locked_until = null
     where j.id = p_job returning * into v_job;
     perform billing.keep_job_log(v_job, p_usage, p_log - 'content');
     return v_job;
   end if;
   update billing.jobs j
   set status = 'completed', progress = 100, result = p_result, completed_at = now(), locked_by = null, locked_until = null,
-      error = null, unbilled = v_unbilled
+      error = null
   where j.id = p_job returning * into v_job;
   perform billing.keep_job_log(v_job, p_usage, p_log);
   return v_job;
 end;
 $$;
-comment on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb, p_log jsonb) is 'Completes a job (or ends one cancelled while this worker ran it, its result dropped); a metered one captures its priced usage from the hold (any excess from the available balance, never into debt) and releases the rest, and an AI one logs its call (billing.keep_job_log), in the same transaction.';
+comment on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb, p_log jsonb) is 'Completes a job (or ends one cancelled while this worker ran it, its result dropped); a metered one captures its priced usage from the hold (any excess charged to the hold''s account, into debt if it must) and releases the rest, and an AI one logs its call (billing.keep_job_log), in the same transaction.';
 revoke execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb, p_log jsonb) from public;
 grant execute on function billing.complete_job(p_job uuid, p_worker text, p_result jsonb, p_usage jsonb, p_log jsonb) to service_role;
 
@@ -485,8 +471,7 @@ begin
     update billing.jobs j set locked_by = null, locked_until = null where j.id = v_job.id;
   end loop;
   for v_job in
-    -- A job whose rest is still owed stays until it is paid (billing.pay_ai_owed reads it).
-    select * from billing.jobs j where j.expires_at <= now() and (j.unbilled is null or j.owed_transfer_id is not null)
+    select * from billing.jobs j where j.expires_at <= now()
     order by j.expires_at limit p_limit for update skip locked
   loop
     if v_job.status not in ('completed', 'failed', 'cancelled') then
@@ -495,19 +480,12 @@ begin
     delete from billing.jobs j where j.id = v_job.id;
     v_count := v_count + 1;
   end loop;
-  -- A job whose rest is owed stays for its money alone: what it ran on and delivered (a
-  -- student's prompt and answer) goes when it would have.
-  update billing.jobs j set input = '{}'::jsonb, result = null, resume_state = null
-  where j.id = any (array(select x.id from billing.jobs x where x.expires_at <= now() and x.unbilled is not null
-                            and x.owed_transfer_id is null and (x.input <> '{}'::jsonb or x.result is not null
-                                                                or x.resume_state is not null)
-                          limit p_limit));
   delete from billing.job_result_chunks c using billing.jobs j
   where c.job_id = j.id and j.expires_at <= now();
   return v_count;
 end;
 $$;
-comment on function billing.expire_jobs(p_limit integer) is 'pg_cron: frees the holds of jobs cancelled while they ran whose worker never reported, and deletes jobs past expires_at (with their results), releasing any hold still open; one still owed keeps its row without its input or result.';
+comment on function billing.expire_jobs(p_limit integer) is 'pg_cron: frees the holds of jobs cancelled while they ran whose worker never reported, and deletes jobs past expires_at (with their results), releasing any hold still open.';
 revoke execute on function billing.expire_jobs(p_limit integer) from public;
 grant execute on function billing.expire_jobs(p_limit integer) to service_role;
 

@@ -317,9 +317,8 @@ declare
   s billing.alert_settings;
   v_errors jsonb;
   v_slow jsonb;
-  v_call record;
-  v_job record;
   v_free record;
+  v_over record;
 begin
   select * into s from billing.alert_settings;
   with recent as (
@@ -350,20 +349,16 @@ begin
   perform billing.set_alerts('ai_error_rate:', v_errors);
   perform billing.set_alerts('ai_latency:', v_slow);
 
-  -- What calls and jobs cost past their holds and is still owed (open until paid), and calls that
-  -- succeeded at no cost in the window: read here, not in the transaction that found them.
-  select c.model, c.id, c.unbilled, sum(c.unbilled) over () as owed into v_call
-  from billing.ai_calls c where c.unbilled is not null and c.owed_transfer_id is null
-  order by c.finished_at desc limit 1;
-  perform billing.set_alert('ai_call_unbilled', v_call.id is not null,
-    'AI calls cost more than their holds, the balance and the caps allowed',
-    jsonb_build_object('model', v_call.model, 'call_id', v_call.id, 'unbilled', trim_scale(v_call.unbilled)::text,
-      'owed', trim_scale(v_call.owed)::text));
-  select j.id, j.unbilled, sum(j.unbilled) over () as owed into v_job
-  from billing.jobs j where j.unbilled is not null and j.owed_transfer_id is null
-  order by j.completed_at desc limit 1;
-  perform billing.set_alert('job_unbilled', v_job.id is not null, 'Jobs cost more than their holds and the balance allowed',
-    jsonb_build_object('job_id', v_job.id, 'unbilled', trim_scale(v_job.unbilled)::text, 'owed', trim_scale(v_job.owed)::text));
+  -- Calls that cost more than their holds (the excess charged as the one debt: a provider
+  -- counted more than the bound) and calls that succeeded at no cost, in the window: read here,
+  -- not in the transaction that found them.
+  select c.model, c.id, c.charged - h.amount as excess into v_over
+  from billing.ai_calls c join billing.holds h on h.id = c.hold_id
+  where c.created_at >= now() - make_interval(mins => s.ai_window_minutes) and c.status = 'charged'
+    and c.charged > h.amount and not coalesce((h.metadata ->> 'given_to_expiry')::boolean, false)
+  order by c.created_at desc limit 1;
+  perform billing.set_alert('ai_call_overran', v_over.id is not null, 'An AI call cost more than its hold',
+    jsonb_build_object('model', v_over.model, 'call_id', v_over.id, 'excess', trim_scale(v_over.excess)::text));
   select c.model, c.id, c.usage_source into v_free
   from billing.ai_calls c
   where c.created_at >= now() - make_interval(mins => s.ai_window_minutes) and c.status = 'charged' and c.charged = 0
@@ -373,7 +368,7 @@ begin
     jsonb_build_object('model', v_free.model, 'call_id', v_free.id, 'usage_source', v_free.usage_source));
 end;
 $$;
-comment on function billing.evaluate_ai_alerts() is 'Internal (evaluate_alerts): ai_error_rate and ai_latency per model over its recent calls, with the thresholds of alert_settings; ai_call_unbilled and job_unbilled while an excess is owed; ai_call_cost_nothing for a free success in the window.';
+comment on function billing.evaluate_ai_alerts() is 'Internal (evaluate_alerts): ai_error_rate and ai_latency per model over its recent calls, with the thresholds of alert_settings; ai_call_overran and ai_call_cost_nothing for a call in the window that cost more than its hold, or nothing.';
 revoke execute on function billing.evaluate_ai_alerts() from public;
 
 create or replace function billing.evaluate_alerts() returns setof billing.alerts

@@ -159,7 +159,7 @@ select billing.reserve_hold('a8a8a8a8-0000-4000-8000-000000000002', 10, 'atk-h1b
 select billing.reserve_hold('a8a8a8a8-0000-4000-8000-000000000002', 10, 'atk-h' || i, 600, 'ai', null,
   jsonb_build_object('model', 'atk-m' || i)) from generate_series(2, 8) i;
 select is((select trim_scale(c.captured + c.overage) from billing.charge_hold_at(
-    (select h.id from billing.holds h where h.idempotency_key = 'atk-h1a'), 'a8a8a8a8-0000-4000-8000-000000000002', 5,
+    (select h.id from billing.holds h where h.idempotency_key = 'atk-h1a'), 5,
     (select r.id from billing.rate_cards r where r.model = 'atk-m1'), 'atk-ov', 'atk-c', '{}', '{}') c),
   5::numeric, 'a call priced 5 on an account with 1,000 credits for anything is charged 5');
 select is(pg_temp.err($$select billing.move_credits((select a.id from billing.accounts a where a.user_id = 'a8a8a8a8-0000-4000-8000-000000000002'),

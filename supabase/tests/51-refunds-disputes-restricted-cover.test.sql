@@ -114,7 +114,7 @@ select billing.charge_usage(pg_temp.u(4), 'gpt-4o', 61500, 0, 'rc-spend-4');
 select billing.reserve_hold(pg_temp.u(4), 400, 'rc-call-4', 600, 'ai', null, '{"model": "gpt-4o"}');
 select billing.sync_purchase(pg_temp.state(4, 999, 0, 'needs_response'));
 select is((select trim_scale(c.captured + c.overage) from billing.charge_hold_at(
-    (select h.id from billing.holds h where h.idempotency_key = 'rc-call-4'), pg_temp.u(4), 400,
+    (select h.id from billing.holds h where h.idempotency_key = 'rc-call-4'), 400,
     (select r.id from billing.rate_cards r where r.model = 'gpt-4o' order by r.version desc limit 1), 'rc-call-4-ov', 'rc-c4',
     '{}', '{}') c), 400::numeric, 'u4: a gateway call under way when the dispute opened is charged in full');
 select billing.sync_purchase(pg_temp.state(4, 999, 0, 'lost'));

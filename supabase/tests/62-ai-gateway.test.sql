@@ -79,22 +79,23 @@ select is((select balance - held from billing.accounts where user_id = 'a1a1a1a1
 select is(billing.begin_ai_call('a1a1a1a1-0000-4000-8000-000000000001', 'gpt-4o', 10, 10, 'call-3', 'h3', 600) ->> 'state',
   'held', 'a failed call''s key is free for a retry (one hold per attempt)');
 
--- What a provider bills beyond the hold and the balance is owed, and the next call pays it first or is refused.
+-- What a provider bills beyond the hold is the one debt: charged whole, the rest of the balance
+-- then debt, and the next call is refused (debt: true) until a credit pays it.
 insert into auth.users (id) values ('c3c3c3c3-0000-4000-8000-000000000003');
 select billing.grant_credits('c3c3c3c3-0000-4000-8000-000000000003', 1, 'promo_grant', 'ai-fund-3');
 select billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o', 10, 10, 'owe-1', 'h', 600);
 select is((billing.finish_ai_call((select id from billing.ai_calls where idempotency_key = 'owe-1'),
   '{"input_tokens": 100000, "output_tokens": 0, "cached_input_tokens": 0, "reasoning_tokens": 0}', 'provider', null)) ->> 'charged',
-  '1', 'an excess beyond the hold is charged from what is available, never into debt');
-select is((select c.unbilled = (billing.price_usage('gpt-4o', 100000, 0, 0, 0)).amount - 1 from billing.ai_calls c
-  where c.idempotency_key = 'owe-1'), true, 'the rest is recorded on the call, exactly');
+  trim_scale((billing.price_usage('gpt-4o', 100000, 0, 0, 0)).amount)::text, 'an excess beyond the hold is charged whole');
+select is((select balance from billing.accounts where user_id = 'c3c3c3c3-0000-4000-8000-000000000003'),
+  1 - (billing.price_usage('gpt-4o', 100000, 0, 0, 0)).amount, 'what the balance lacked is debt on it');
 select is(billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o-mini', 1, 1, 'owe-2', 'h', 600)
-    #>> '{detail,reason}', 'unbilled_usage', 'the next call is refused while the rest cannot be paid');
+    #>> '{detail,debt}', 'true', 'the next call is refused while the debt stands');
 select billing.grant_credits('c3c3c3c3-0000-4000-8000-000000000003', 3000, 'promo_grant', 'ai-fund-4');
 select is(billing.begin_ai_call('c3c3c3c3-0000-4000-8000-000000000003', 'gpt-4o-mini', 1, 1, 'owe-2', 'h', 600) ->> 'state',
-  'held', 'once funded, the next call is held');
-select is((select t.amount = c.unbilled from billing.ai_calls c join billing.transfers t on t.id = c.owed_transfer_id
-  where c.idempotency_key = 'owe-1'), true, 'it paid the rest first, exactly');
+  'held', 'once a credit paid it, the next call is held');
+select is((select balance from billing.accounts where user_id = 'c3c3c3c3-0000-4000-8000-000000000003'),
+  3001 - (billing.price_usage('gpt-4o', 100000, 0, 0, 0)).amount, 'the grant paid the debt first, exactly');
 
 -- The allowlist: the default list decides for a user on no plan.
 select billing.set_model_access('adadadad-0000-4000-8000-00000000000a', null, array['gpt-4o-mini']);

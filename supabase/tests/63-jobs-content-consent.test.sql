@@ -2,7 +2,7 @@
 -- it is queued and again when it completes (billing.keep_job_log); withdrawal and per-call
 -- deletion reach its kept content; an owed job past its 24 hours keeps its row, not its text.
 begin;
-select plan(12);
+select plan(11);
 \ir helpers.psql
 
 insert into auth.users (id) values ('cccccccc-0000-4000-8000-0000000000c1'), ('cccccccc-0000-4000-8000-0000000000c2');
@@ -68,12 +68,6 @@ select is(billing.delete_ai_call_content('cccccccc-0000-4000-8000-0000000000c1',
 select is((select j.input::text || coalesce(j.result::text, '-') || coalesce(l.prompt_redacted, '-')
            from billing.jobs j join billing.ai_logs l on l.job_id = j.id where j.id = (select id from kept_job)), '{}--',
   'no text of the job is left');
-
--- An owed job past its 24 hours: the row stays for what it owes, its text goes.
-update billing.jobs set unbilled = 1, expires_at = now() - interval '1 second' where id = (select id from withdrawn);
-select billing.expire_jobs(500);
-select is((select j.input::text || coalesce(j.result::text, '-') from billing.jobs j where j.id = (select id from withdrawn)),
-  '{}-', 'an owed job keeps its row without its input or result');
 
 select * from finish();
 rollback;

@@ -1,6 +1,6 @@
 -- Jobs: the status machine, leases, metered holds across complete/fail/cancel.
 begin;
-select plan(28);
+select plan(26);
 \ir helpers.psql
 
 insert into auth.users (id) values ('cccccccc-0000-4000-8000-000000000003');
@@ -32,18 +32,16 @@ select is(pg_temp.err($$select billing.checkpoint_job((select id from j), 'w2', 
 select is((billing.checkpoint_job((select id from j), 'w1', 50, '{"cursor": 1}', 'half')).progress, 50, 'the lease holder checkpoints');
 select is((billing.complete_job((select id from j), 'w1', '{"ok": true}',
   '{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}')).status, 'completed', 'complete_job finishes the job');
-select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).balance, 0.0::numeric,
-  'completion captures the hold and charges the excess from what is available, never into debt (50 priced, 4 held, 6 more)');
-select is((select t.metadata ->> 'unbilled' from billing.transfers t where t.idempotency_key = 'job-overage:' || (select id from j)),
-  '40', 'what could not be charged is recorded on the overage transfer');
+select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).balance, -40.0::numeric,
+  'completion captures the hold and charges the excess (50 priced, 4 held): 6 free, 40 as debt');
+select is((select t.amount from billing.transfers t where t.idempotency_key = 'job-overage:' || (select id from j)),
+  46::numeric, 'one usage charge for all the hold did not pay');
 select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 0.0::numeric, 'and leaves no hold behind');
-select is((select x.unbilled from billing.jobs x where x.id = (select id from j)), 40::numeric,
-  'and on the job itself');
-select is((select count(*)::int from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open'), 0,
-  'the completion itself raises no alert');
-select count(*) from billing.evaluate_alerts();
-select is((select al.details ->> 'job_id' from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open'),
-  (select id::text from j), 'the minute''s alerts tell someone (job_unbilled)');
+select is(pg_temp.err($$select billing.enqueue_job('cccccccc-0000-4000-8000-000000000003', 'ai_completion',
+  '{"model": "gpt-4o", "prompt": "x", "max_tokens": 10}', 'jobs-test-owing', null, 1)$$), 'INSUFFICIENT_CREDITS',
+  'the next metered job is refused while the debt stands');
+select billing.grant_credits('cccccccc-0000-4000-8000-000000000003', 40, 'promo_grant', 'jobs-test-debt-paid');
+select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).balance, 0.0::numeric, 'a grant pays the debt');
 select is(pg_temp.err($$update billing.jobs set status = 'processing' where id = (select id from j)$$),
   'INVALID_JOB_TRANSITION', 'a finished job never runs again');
 
@@ -55,8 +53,7 @@ select is((billing.fail_job((select id from k), 'w1', '{"code": "X"}', true)).st
   'a failure after the last attempt fails the job');
 select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).held, 0.0::numeric, 'a failed job releases its hold');
 
--- A job whose hold shrank to nothing (the lot it reserved expired under it) and nothing left to
--- charge: no transfer is written, so the job and the alert are the only record of what it cost.
+-- A job whose hold shrank to nothing (the lot it reserved expired under it): all it cost is debt.
 select billing.reverse_credits('cccccccc-0000-4000-8000-000000000003', 10, 'refund_reversal', 'jobs-test-take-back');
 select billing.grant_credits('cccccccc-0000-4000-8000-000000000003', 5, 'promo_grant', 'jobs-test-grant-3', null, null, null,
   jsonb_build_object('expires_at', now() + interval '1 hour'));
@@ -69,14 +66,12 @@ update billing.jobs set status = 'processing', locked_by = 'w1', locked_until = 
   where id = (select id from m);
 select is((select h.status from billing.holds h where h.id = (select hold_id from m)), 'released',
   'the job''s hold shrank to nothing when the lot it reserved expired, and ended released');
-select is((billing.complete_job((select id from m), 'w1', '{"ok": true}',
-  '{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}')).unbilled, 50::numeric,
-  'completed with nothing to charge, it records all it cost (50) as unbilled');
-select count(*) from billing.evaluate_alerts();
-select ok((select al.details ->> 'job_id' from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open')
-  in ((select id::text from j), (select id::text from m)), 'and the alert names one (in one transaction, both are the latest)');
-select is((select al.details ->> 'owed' from billing.alerts al where al.condition = 'job_unbilled' and al.status = 'open'),
-  '90', 'with what both jobs still owe');
+select billing.complete_job((select id from m), 'w1', '{"ok": true}', '{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}');
+select is((billing.get_balance('cccccccc-0000-4000-8000-000000000003')).balance, -50.0::numeric,
+  'completed with nothing held or free, all it cost (50) is owed on the balance');
+select is((select t.amount from billing.transfers t where t.idempotency_key = 'job-overage:' || (select id from m)),
+  50::numeric, 'as one usage charge');
+select billing.grant_credits('cccccccc-0000-4000-8000-000000000003', 50, 'promo_grant', 'jobs-test-debt-paid-2');
 
 -- Cancelled while a worker runs it: the hold waits for the worker's report; a worker that never
 -- reports frees it when its lease has ended (the five-minute sweep).

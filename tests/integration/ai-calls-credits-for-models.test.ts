@@ -3,9 +3,10 @@
 // their tokens, the public routes and the official SDKs. The database only plays the clock and
 // pg_cron (backdated expiries, the hold and call sweeps), Stripe and the operator (a refund, a
 // dispute, an admin's grant), and is read for the assertions. Each attack checks that no credit
-// paid for a model its lot may not pay for, every call was charged the rate card's price of what
-// the provider reported (or owes the exact rest), every refusal says the right thing, and the
-// ledger's invariants.
+// paid for a model its lot may not pay for, every call was charged the rate card's whole price of
+// what the provider reported (what it cost past its hold charged at once, from free credits for its
+// model, then frozen ones, the rest as debt), every refusal says the right thing, and the ledger's
+// invariants.
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { ask, gatewayUrl, priceOf, type ReportedUsage, standinCall } from '../support/ai.ts';
@@ -80,11 +81,27 @@ async function paidByWrongLots(accountIds: (string | bigint)[]) {
   ];
 }
 
-/** The user's begun gateway calls (held, charged or failed), oldest first, with what each charged and owes. */
+/**
+ * The user's begun gateway calls (held, charged or failed), oldest first: what each charged, what
+ * its hold captured of it, and what it cost past its hold (its `ai-overage:<call>` charge), with
+ * how much of that no lot paid (debt).
+ */
 async function callsWithUsage(userId: string) {
   return await testDb`select c.id, c.model, c.status, c.failure, trim_scale(coalesce(c.charged, 0))::text as charged,
-      trim_scale(coalesce(c.unbilled, 0))::text as unbilled, c.usage, c.owed_transfer_id
-    from billing.ai_calls c where c.user_id = ${userId} and c.status <> 'refused' order by c.seq`;
+      trim_scale(coalesce(h.captured_amount, 0))::text as captured, trim_scale(coalesce(o.amount, 0))::text as overage,
+      trim_scale(coalesce(o.amount - (select sum(x.amount) from billing.lot_allocations x where x.transfer_id = o.id),
+        o.amount, 0))::text as overage_debt, c.usage
+    from billing.ai_calls c left join billing.holds h on h.id = c.hold_id
+    left join billing.transfers o on o.idempotency_key = 'ai-overage:' || c.id
+    where c.user_id = ${userId} and c.status <> 'refused' order by c.seq`;
+}
+
+/** What an account owes: Σ its open lots' remaining − its balance (docs/credit-lots.md), 0 when it owes nothing. */
+async function debtOf(accountId: string | bigint) {
+  const [r] = await testDb`select trim_scale(coalesce((select sum(l.remaining) from billing.lots l
+      where l.account_id = a.id and l.open), 0) - a.balance)::text as debt
+    from billing.accounts a where a.id = ${String(accountId)}`;
+  return r.debt as string;
 }
 
 /** Σ exact decimals, in SQL. */
@@ -94,9 +111,10 @@ async function sum(values: string[]): Promise<string> {
 }
 
 /**
- * Every settled call was charged the rate card's price of what the provider reported, or owes the
- * exact rest. A call is found by its model, prompt count and the cost its caller was told: calls
- * alike in all three have the same price, so whichever is found answers for each.
+ * Every settled call was charged the rate card's whole price of what the provider reported: its
+ * hold's capture and, past it, its excess charge. A call is found by its model, prompt count and
+ * the cost its caller was told: calls alike in all three have the same price, so whichever is found
+ * answers for each.
  */
 async function assertEachCallPaysItsUsage(outcomes: Outcome[], userId: string) {
   const calls = await callsWithUsage(userId);
@@ -112,7 +130,12 @@ async function assertEachCallPaysItsUsage(outcomes: Outcome[], userId: string) {
       (o as { cost: string }).cost === c.charged
     );
     assert.ok(c, `${o.model} ${o.tag}: a charged call for what the provider reported`);
-    assert.equal(await sum([c.charged, c.unbilled]), price, `${o.model}: charged + owed = the price of its usage`);
+    assert.equal(c.charged, price, `${o.model}: charged the whole price of its usage`);
+    assert.equal(
+      await sum([c.captured, c.overage]),
+      c.charged,
+      `${o.model}: the capture and the excess make the charge`,
+    );
   }
 }
 
@@ -141,7 +164,7 @@ Deno.test('credits for gpt-4o only beside a little for any model: racing calls f
   for (const r of refused) {
     assert.equal(r.status, 402, JSON.stringify(r));
     assert.equal(r.code, 'INSUFFICIENT_CREDITS', JSON.stringify(r));
-    if (r.details.reason === 'unbilled_usage') continue; // an earlier call's rest is owed first
+    if (r.details.debt === true) continue; // an earlier call's excess put the account in debt
     assert.equal(r.model, 'gpt-4o-mini', `gpt-4o had 200 credits of its own: ${JSON.stringify(r)}`);
     assert.equal(r.details.model, 'gpt-4o-mini', JSON.stringify(r));
     assert.equal(r.details.reason, 'some credits may only pay for other models', JSON.stringify(r));
@@ -150,18 +173,20 @@ Deno.test('credits for gpt-4o only beside a little for any model: racing calls f
   assert.ok(outcomes.filter((o) => o.ok && o.model === 'gpt-4o').length >= 1, JSON.stringify(outcomes));
   await assertEachCallPaysItsUsage(outcomes, id);
   assert.deepEqual(await paidByWrongLots([acct.id]), [], 'no credit paid for a model its lot may not pay for');
-  // gpt-4o's own credits never ran short: none of its calls owes anything.
+  // gpt-4o's own credits never ran short: what its calls cost past their holds they paid whole. A
+  // gpt-4o-mini call's excess takes what the credit for any model has free, the rest is debt.
   const calls = await callsWithUsage(id);
-  for (const c of calls.filter((c) => c.model === 'gpt-4o')) assert.equal(c.unbilled, '0', JSON.stringify(c));
-  const owedPaid = await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as s from billing.transfers t
-    where t.from_account_id = ${acct.id} and t.idempotency_key like 'ai-owed:%'`;
+  for (const c of calls.filter((c) => c.model === 'gpt-4o')) assert.equal(c.overage_debt, '0', JSON.stringify(c));
   const a = await accountOf(id);
-  assert.equal(
-    a.balance,
-    await sum(['201', ...calls.map((c) => '-' + c.charged), '-' + owedPaid[0].s]),
-    'balance = grants − charges',
-  );
+  assert.equal(a.balance, await sum(['201', ...calls.map((c) => '-' + c.charged)]), 'balance = grants − charges');
   assert.equal(a.held, '0');
+  const debt = await debtOf(acct.id);
+  assert.equal(
+    debt,
+    await sum(calls.map((c) => c.overage_debt)),
+    'the debt is what the excess charges found no credits for',
+  );
+  if (refused.some((r) => r.details.debt === true)) assert.ok(Number(debt) > 0, 'a refusal for debt means a debt');
   await assertLedgerInvariants();
 });
 
@@ -221,9 +246,10 @@ Deno.test('calls for gpt-4o and gpt-4o-mini held at once while the purchase is r
   const outcomes = [...await Promise.all(live), ...more];
   assert.ok(outcomes.every((o) => o.ok), JSON.stringify(outcomes.filter((o) => !o.ok)));
   await assertEachCallPaysItsUsage(outcomes, s.id);
-  // 90 credits for any model stay after the refund: every call is paid in full, none owes.
+  // 90 credits for any model stay after the refund: every call is paid in full from credits, what a
+  // hold lost to the expiry included; nothing is debt.
   const calls = await callsWithUsage(s.id);
-  for (const c of calls) assert.deepEqual([c.status, c.unbilled], ['charged', '0'], JSON.stringify(c));
+  for (const c of calls) assert.deepEqual([c.status, c.overage_debt], ['charged', '0'], JSON.stringify(c));
   assert.deepEqual(await paidByWrongLots([acct.id]), [], 'no credit paid for a model its lot may not pay for');
   const [moved] = await testDb`select
       trim_scale(coalesce(sum(t.amount) filter (where t.kind = 'refund_reversal'), 0))::text as refunded,
@@ -239,10 +265,11 @@ Deno.test('calls for gpt-4o and gpt-4o-mini held at once while the purchase is r
   const a = await accountOf(s.id);
   assert.equal(a.balance, await sum(['90', '100', '-' + moved.expired, ...calls.map((c) => '-' + c.charged)]));
   assert.equal(a.held, '0');
+  assert.equal(await debtOf(acct.id), '0', 'no debt');
   await assertLedgerInvariants();
 });
 
-Deno.test('calls for both models held when a dispute opens, then the gpt-4o-only lot expires under them: every call is charged or owes exactly its price, the buyer is refused while suspended, and a won dispute lets the rest be paid', async () => {
+Deno.test('calls for both models held when a dispute opens, then the gpt-4o-only lot expires under them: every call is charged exactly its price, what a shrunk hold lacks from the frozen purchase (no debt), the buyer is refused while suspended and calls again once the dispute is won', async () => {
   const s = await buyerWithGpt4oCredits();
   const acct = await accountOf(s.id);
   const slow = { stream: true, words: 40, delay: 60, maxTokens: 100 };
@@ -273,26 +300,30 @@ Deno.test('calls for both models held when a dispute opens, then the gpt-4o-only
   const outcomes = [...await Promise.all(live), onGpt4o, onMini, late];
   await assertEachCallPaysItsUsage(outcomes, s.id);
   assert.deepEqual(await paidByWrongLots([acct.id]), [], 'no credit paid for a model its lot may not pay for');
+  // A gpt-4o call's hold lost what it reserved of the expired lot: what it cost past what was left
+  // was charged at once, from the frozen purchase (no free credits may pay for gpt-4o): no debt.
+  const calls = await callsWithUsage(s.id);
+  for (const c of calls) assert.deepEqual([c.status, c.overage_debt], ['charged', '0'], JSON.stringify(c));
+  assert.ok(
+    calls.filter((c) => c.model === 'gpt-4o').every((c) => Number(c.overage) > 0),
+    `the gpt-4o holds shrank by the expiry: ${JSON.stringify(calls)}`,
+  );
+  const [excess] = await testDb`select trim_scale(coalesce(sum(x.amount), 0))::text as from_purchase
+    from billing.lot_allocations x join billing.lots l on l.id = x.lot_id join billing.transfers t on t.id = x.transfer_id
+    where l.account_id = ${acct.id} and l.purchase_id is not null and t.idempotency_key like 'ai-overage:%'`;
+  assert.equal(excess.from_purchase, await sum(calls.map((c) => c.overage)), 'the excess drew the frozen purchase');
+  assert.equal(await debtOf(acct.id), '0', 'no debt');
   await assertLedgerInvariants();
-  // Won: the frozen credits are free again; the next call pays every rest first, exactly once.
+  // Won: the frozen credits are free again and the buyer calls again.
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'won' });
   const next = await fire(s.openai, 'gpt-4o-mini', { words: 5 });
   assert.ok(next.ok, JSON.stringify(next));
-  const calls = await callsWithUsage(s.id);
-  // A live call whose hold shrank by the expiry owes what its hold no longer had (frozen credits
-  // pay no excess); the won dispute's next call paid it.
-  for (const c of calls) {
-    if (c.unbilled !== '0') assert.ok(c.owed_transfer_id, `the rest of ${c.id} is paid`);
-  }
-  const [paid] = await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as s, count(*)::int as n
-    from billing.transfers t where t.from_account_id = ${acct.id} and t.idempotency_key like 'ai-owed:%'`;
-  assert.equal(paid.s, await sum(calls.map((c) => c.unbilled)), 'what was owed is paid, once');
   const [{ expired }] = await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as expired
     from billing.transfers t where t.from_account_id = ${acct.id} and t.kind = 'expiry'`;
   const a = await accountOf(s.id);
   assert.equal(
     a.balance,
-    await sum(['9990', '100', '-' + expired, ...calls.map((c) => '-' + c.charged), '-' + paid.s]),
+    await sum(['9990', '100', '-' + expired, ...(await callsWithUsage(s.id)).map((c) => '-' + c.charged)]),
   );
   assert.equal(a.held, '0');
   await assertLedgerInvariants();
@@ -300,7 +331,7 @@ Deno.test('calls for both models held when a dispute opens, then the gpt-4o-only
 
 // ============================================================ a school's credits for some models
 
-Deno.test('members of a pool with credits for gpt-4o only race calls for both models while the owner removes one: the pool pays only what its lots may, and nothing after the removal', async () => {
+Deno.test('members of a pool with credits for gpt-4o only race calls for both models while the owner removes one: the pool pays only what its lots may, their excess included, and nothing after the removal', async () => {
   const [owner, ada, bea] = await Promise.all(['owner', 'ada', 'bea'].map(person));
   const org = await school(owner, [ada, bea], 'pool', null);
   // The credits for gpt-4o come first in spending order (a promotion, older): every draw for
@@ -309,10 +340,11 @@ Deno.test('members of a pool with credits for gpt-4o only race calls for both mo
   await orgGrant(org, '2', 'adjustment');
   const [wallet] = await testDb`select id from billing.accounts where org_id = ${org} and member_id is null`;
   const slow = { stream: true, words: 20, delay: 30, maxTokens: 100 };
+  // The first gpt-4o and gpt-4o-mini call of each burst are billed 400 prompt tokens past their holds.
   const burst = (who: { token: string }) =>
     Array.from(
       { length: 6 },
-      (_, i) => fire(client(who.token), i % 2 ? 'gpt-4o-mini' : 'gpt-4o', { ...slow, extra: i % 3 === 0 ? 100 : 0 }),
+      (_, i) => fire(client(who.token), i % 2 ? 'gpt-4o-mini' : 'gpt-4o', { ...slow, extra: i % 3 === 0 ? 400 : 0 }),
     );
   const adaCalls = Promise.all(burst(ada));
   const beaCalls = Promise.all(burst(bea));
@@ -326,8 +358,9 @@ Deno.test('members of a pool with credits for gpt-4o only race calls for both mo
   for (const o of [...outcomesAda, ...outcomesBea] as Outcome[]) {
     if (o.ok) continue;
     assert.equal(o.status, 402, JSON.stringify(o));
-    // A member never reads the pool's figures (restricted credits included).
+    // A member never reads the pool's figures (restricted credits included), in debt or not.
     assert.ok(!JSON.stringify(o.details).includes('300'), JSON.stringify(o));
+    if (o.details.debt === true) assert.ok(!('available' in o.details), JSON.stringify(o));
   }
   await assertEachCallPaysItsUsage(outcomesAda, ada.id);
   await assertEachCallPaysItsUsage(outcomesBea, bea.id);
@@ -341,12 +374,20 @@ Deno.test('members of a pool with credits for gpt-4o only race calls for both mo
     from billing.accounts where id = ${wallet.id}`;
   const charged = await testDb`select trim_scale(coalesce(c.charged, 0))::text as charged from billing.ai_calls c
     where c.org_id = ${org} and c.status = 'charged'`;
-  const owed = await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as s from billing.transfers t
-    where t.from_account_id = ${wallet.id} and t.idempotency_key like 'ai-owed:%'`;
-  assert.deepEqual(
-    [w.balance, w.held],
-    [await sum(['302', ...charged.map((c) => '-' + c.charged), '-' + owed[0].s]), '0'],
-  );
+  assert.deepEqual([w.balance, w.held], [await sum(['302', ...charged.map((c) => '-' + c.charged)]), '0']);
+  // What a member's call cost past its hold is the pool's to pay (into debt if it must), never the
+  // member's own account: they have none, and no transfer left one.
+  const calls = [...await callsWithUsage(ada.id), ...await callsWithUsage(bea.id)];
+  const [excess] =
+    await testDb`select count(*)::int as n, count(*) filter (where t.from_account_id <> ${wallet.id})::int as off
+    from billing.transfers t where t.idempotency_key = any(${calls.map((c) => 'ai-overage:' + c.id)}::text[])`;
+  assert.deepEqual([excess.n, excess.off], [calls.filter((c) => c.overage !== '0').length, 0], JSON.stringify(calls));
+  assert.ok(excess.n > 0, `the calls billed past their holds charged their excess: ${JSON.stringify(calls)}`);
+  const [own] =
+    await testDb`select count(*)::int as n from billing.transfers t join billing.accounts a on a.id = t.from_account_id
+    where a.user_id = any(${[ada.id, bea.id]}::uuid[])`;
+  assert.equal(own.n, 0, "nothing charged to a member's own account");
+  assert.equal(await debtOf(wallet.id), await sum(calls.map((c) => c.overage_debt)), 'the pool owes what no lot paid');
   await assertLedgerInvariants();
 });
 
@@ -428,7 +469,7 @@ Deno.test('the gateway timing the provider out as its answer arrives: each call 
     const first = await Promise.all(keys.map((_, i) => attempt(i)));
     const rows = async (k: string) =>
       await testDb`select c.status, c.failure, trim_scale(coalesce(c.charged, 0))::text as charged, c.usage_source,
-          h.status as hold, trim_scale(coalesce(c.unbilled, 0))::text as unbilled, c.transfer_id
+          h.status as hold, c.transfer_id
         from billing.ai_calls c left join billing.holds h on h.id = c.hold_id
         where c.user_id = ${s.id} and c.idempotency_key = ${k} order by c.seq`;
     for (const [i, k] of keys.entries()) {
@@ -443,11 +484,7 @@ Deno.test('the gateway timing the provider out as its answer arrives: each call 
         if (first[i] !== undefined && !first[i]!.startsWith('status')) assert.equal(first[i], c.charged);
         const seen = await standinCall(keys[i].replaceAll('-', ''));
         if (c.usage_source === 'provider') {
-          assert.equal(
-            await sum([c.charged, c.unbilled]),
-            await priceOf(bodies[i].model, seen.usage as ReportedUsage),
-            JSON.stringify(c),
-          );
+          assert.equal(c.charged, await priceOf(bodies[i].model, seen.usage as ReportedUsage), JSON.stringify(c));
         }
       }
     }
@@ -472,7 +509,7 @@ Deno.test('the gateway timing the provider out as its answer arrives: each call 
   await assertLedgerInvariants();
 });
 
-Deno.test('a student who hangs up on a stream for gpt-4o-mini on gpt-4o-only credits plus a little for any, and retries at once under the same key: one call, charged once, from the credits that may pay', async () => {
+Deno.test('a student who hangs up on a stream for gpt-4o-mini on gpt-4o-only credits plus a little for any, and retries at once under the same key: one call, charged its whole price once, from the credit that may pay then as debt; gpt-4o-mini refused for the debt until a grant pays it', async () => {
   const id = await newUser();
   assert.equal((await grantLot(id, '1', 'promo_grant')).status, 201);
   assert.equal((await grantLot(id, '100', 'promo_grant', { applies_to: ['gpt-4o'] })).status, 201);
@@ -505,18 +542,43 @@ Deno.test('a student who hangs up on a stream for gpt-4o-mini on gpt-4o-only cre
   });
   const [c] = await callsWithUsage(id);
   const price = await priceOf('gpt-4o-mini', (await standinCall(tag)).usage as ReportedUsage);
-  // The provider billed 2,000 more prompt tokens than the hold (1.2 credits more): what the credit
-  // for any model has is charged, the rest owed; the gpt-4o credits pay none of it.
-  assert.equal(c.charged, '1');
-  assert.equal(await sum([c.charged, c.unbilled]), price);
+  // The provider billed 2,000 more prompt tokens than the hold (1.2 credits more): the call is
+  // charged its whole price, the credit for any model all it can pay, the rest debt; the gpt-4o
+  // credits pay none of it.
+  assert.equal(c.charged, price);
+  assert.equal(await sum([c.captured, c.overage]), price, 'the capture and the excess make the price');
+  const debt = await sum([price, '-1']);
+  assert.ok(Number(debt) > 0, `more than the credit for any model: ${price}`);
+  assert.equal(c.overage_debt, debt, JSON.stringify(c));
+  const acct = await accountOf(id);
+  assert.deepEqual([acct.balance, acct.held], [await sum(['101', '-' + price]), '0']);
+  assert.equal(await debtOf(acct.id), debt, 'the gpt-4o credits stay beside the debt');
   const replay = await openai.chat.completions.create(body, { headers: { 'idempotency-key': k } });
   let cost = '';
   for await (const chunk of replay) if (chunk.usage) cost = (chunk.usage as unknown as { cost: string }).cost;
-  assert.equal(cost, '1', 'the replay tells what was charged');
+  assert.equal(cost, price, 'the replay tells what was charged');
   assert.equal((await callsWithUsage(id)).length, 1);
-  assert.deepEqual(await paidByWrongLots([(await accountOf(id)).id]), []);
-  const next = await fire(openai, 'gpt-4o', { words: 3 });
-  assert.ok(!next.ok && next.status === 402 && next.details.reason === 'unbilled_usage', JSON.stringify(next));
+  assert.deepEqual(await paidByWrongLots([acct.id]), []);
+  // In debt, gpt-4o-mini is refused saying so; the gpt-4o credits beside the debt still pay for
+  // gpt-4o as far as the balance goes (docs/credit-lots.md § Credits for some models), never the debt.
+  const next = await fire(openai, 'gpt-4o-mini', { words: 3 });
+  assert.ok(!next.ok && next.status === 402 && next.code === 'INSUFFICIENT_CREDITS', JSON.stringify(next));
+  assert.equal(next.details.debt, true, JSON.stringify(next));
+  const onGpt4o = await fire(openai, 'gpt-4o', { words: 3 });
+  assert.ok(onGpt4o.ok, JSON.stringify(onGpt4o));
+  assert.equal(await debtOf(acct.id), debt, 'the gpt-4o credits paid none of the debt');
+  // The next credit for any model pays the debt first.
+  assert.equal((await grantLot(id, '5', 'promo_grant')).status, 201);
+  const [paid] =
+    await testDb`select trim_scale(l.debt_settled)::text as settled, trim_scale(l.remaining)::text as remaining
+    from billing.lots l where l.account_id = ${acct.id} and l.applies_to is null order by l.id desc limit 1`;
+  assert.deepEqual(
+    [paid.settled, paid.remaining],
+    [debt, await sum(['5', '-' + debt])],
+    'the grant paid the debt first',
+  );
+  assert.equal(await debtOf(acct.id), '0');
+  assert.ok((await fire(openai, 'gpt-4o-mini', { words: 3 })).ok, 'out of debt, gpt-4o-mini is paid again');
   await assertLedgerInvariants();
 });
 

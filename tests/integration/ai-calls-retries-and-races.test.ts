@@ -3,12 +3,12 @@
 // pg_cron (a hold's TTL passing, the sweeps, the expiry job), the operator's side (a refund
 // through the Stripe emulator, an admin's grant) and is read for the assertions. Each attack
 // checks exact amounts and the ledger's invariants: nothing charged twice, served work never
-// free, held = Σ active holds, no balance below zero without a reversal, no charged call's key
-// freed.
+// free, held = Σ active holds, no balance below zero without a reversal or a call's excess, no
+// charged call's key freed.
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
-import { ask, balanceOf, callsOf, gatewayUrl, priceOf, student } from '../support/ai.ts';
+import { ask, balanceOf, callsOf, gatewayUrl, priceOf, refusalsOf, student } from '../support/ai.ts';
 import {
   adminToken,
   api,
@@ -186,40 +186,58 @@ Deno.test('a client that hangs up on a whole answer and retries at once is answe
   await assertLedgerInvariants();
 });
 
-Deno.test('an owed rest is paid once by 6 next calls racing to pay it', async () => {
+/** Whether a gateway call was refused 402 for the debt its account owes. */
+const refusedForDebt = (err: unknown) =>
+  err instanceof OpenAI.APIError && err.status === 402 &&
+  (err.error as { code: string; details: { debt?: boolean } }).code === 'INSUFFICIENT_CREDITS' &&
+  (err.error as { details: { debt?: boolean } }).details.debt === true;
+
+Deno.test('a grant racing 6 calls on a balance in debt: each call is refused for the debt or runs after the grant paid it; the excess charged once', async () => {
   const s = await student('3');
-  await s.openai.chat.completions.create({
+  const r = await s.openai.chat.completions.create({
     model: 'gpt-4o',
     messages: ask('#standin words=2 extra_prompt=1000'),
     max_tokens: 10,
   });
+  const price = await priceOf('gpt-4o', r.usage!);
   const [owing] = await callsOf(s.id);
-  assert.equal(owing.charged, '3');
-  assert.ok(Number(owing.unbilled) > 0);
-  await fund(s.id, '100');
-  const results = await Promise.allSettled(
-    Array.from({ length: 6 }, () =>
-      s.openai.chat.completions.create({
-        model: 'gpt-4o-mini',
-        messages: ask('#standin words=3 delay=10'),
-        max_tokens: 10,
-      })),
-  );
-  assert.ok(results.every((r) => r.status === 'fulfilled'), JSON.stringify(results.map((r) => r.status)));
-  const [paid] =
-    await testDb`select count(*)::int as n, trim_scale(sum(t.amount))::text as amount from billing.transfers t
-    where t.idempotency_key = ${'ai-owed:' + owing.id}`;
-  assert.deepEqual([paid.n, paid.amount], [1, owing.unbilled], 'the rest is paid once, exactly');
-  const [{ charged }] = await testDb`select trim_scale(sum(c.charged))::text as charged from billing.ai_calls c
-    where c.user_id = ${s.id} and c.id <> ${owing.id}`;
-  const [{ expected }] = await testDb`select trim_scale(100 - ${owing.unbilled}::numeric - ${charged}::numeric)::text
-    as expected`;
+  assert.equal(owing.charged, price, 'the call is charged its whole price');
+  const [{ debt }] = await testDb`select trim_scale(3 - ${price}::numeric)::text as debt`;
+  assert.ok(Number(debt) < 0);
+  assert.equal(await balanceOf(s.id), debt, 'what the 3 credits could not pay is debt');
+  const [results] = await Promise.all([
+    Promise.allSettled(
+      Array.from({ length: 6 }, () =>
+        s.openai.chat.completions.create({
+          model: 'gpt-4o-mini',
+          messages: ask('#standin words=3 delay=10'),
+          max_tokens: 10,
+        })),
+    ),
+    fund(s.id, '100'),
+  ]);
+  for (const x of results) if (x.status === 'rejected') assert.ok(refusedForDebt(x.reason), String(x.reason));
+  const served = results.filter((x) => x.status === 'fulfilled').length;
+  const refusals = await refusalsOf(s.id);
+  assert.deepEqual(refusals.map((x) => x.failure), Array(6 - served).fill('INSUFFICIENT_CREDITS'));
+  const [excess] = await testDb`select count(*)::int as n, trim_scale(sum(t.amount))::text as amount,
+      (select trim_scale(${price}::numeric - h.amount)::text from billing.holds h
+        join billing.ai_calls c on c.hold_id = h.id where c.id = ${owing.id}) as expected
+    from billing.transfers t where t.idempotency_key = ${'ai-overage:' + owing.id}`;
+  assert.deepEqual([excess.n, excess.amount], [1, excess.expected], 'the excess is charged once, exactly');
+  const [{ charged, n }] = await testDb`select trim_scale(coalesce(sum(c.charged), 0))::text as charged,
+    count(*)::int as n from billing.ai_calls c where c.user_id = ${s.id} and c.id <> ${owing.id} and c.status = 'charged'`;
+  assert.equal(n, served, 'every call served is charged, none refused is');
+  const [{ expected }] =
+    await testDb`select trim_scale(100 + ${debt}::numeric - ${charged}::numeric)::text as expected`;
   const l = await ledgerOfAccount(s.id);
   assert.deepEqual([l.balance, l.net, l.held, l.active_holds], [expected, expected, '0', 0]);
+  // Once the grant is in, the debt is paid: the next call runs.
+  await s.openai.chat.completions.create({ model: 'gpt-4o-mini', messages: ask('#standin words=3'), max_tokens: 10 });
   await assertLedgerInvariants();
 });
 
-Deno.test('credits that expire under a live call: the hold shrinks by what it reserved of them, the call is charged what is left and owes the rest', async () => {
+Deno.test('credits that expire under a live call: the hold shrinks by what it reserved of them, the call is charged its whole price, what is left paying and the rest debt', async () => {
   const s = await student('0');
   const granted = await api('/credits/grants', {
     token: await adminToken(),
@@ -259,12 +277,18 @@ Deno.test('credits that expire under a live call: the hold shrinks by what it re
   }
   const price = await priceOf('gpt-4o', usage!);
   const [c] = await callsOf(s.id);
-  assert.equal(c.charged, '1', 'what was left is charged');
-  const [{ rest }] = await testDb`select trim_scale(${price}::numeric - 1)::text as rest`;
-  assert.equal(c.unbilled, rest, 'the rest is owed, never a debt on the balance');
-  assert.equal((usage as unknown as { cost: string }).cost, '1');
+  assert.equal(c.charged, price, 'the whole price is charged');
+  assert.equal((usage as unknown as { cost: string }).cost, price);
+  // Nothing was left to capture: the price is one charge, the 1 credit left paying first, the rest debt.
+  const [excess] = await testDb`select trim_scale(t.amount)::text as amount, t.metadata ->> 'priced' as priced
+    from billing.transfers t where t.idempotency_key = ${'ai-overage:' + c.id}`;
+  assert.deepEqual({ ...excess }, { amount: price, priced: price });
+  const [{ debt }] = await testDb`select trim_scale(1 - ${price}::numeric)::text as debt`;
   const l = await ledgerOfAccount(s.id);
-  assert.deepEqual([l.balance, l.net, l.held, l.active_holds], ['0', '0', '0', 0]);
+  assert.deepEqual([l.balance, l.net, l.held, l.active_holds], [debt, debt, '0', 0]);
+  // A hold that shrank by expiry is no overrun: the minute's alerts never name the call.
+  const [alert] = await testDb`select details from billing.evaluate_alerts() where condition = 'ai_call_overran'`;
+  assert.notEqual(alert?.details.call_id, c.id, 'a hold shrunk by expiry is not an overrun');
   await assertLedgerInvariants();
 });
 
@@ -297,18 +321,14 @@ Deno.test('a refund of the purchase under a live call’s hold, then the sweep: 
   }
   const price = await priceOf('gpt-4o', usage!);
   const [c] = await callsOf(s.id);
-  assert.deepEqual(
-    [c.status, c.charged, c.unbilled],
-    ['charged', price, null],
-    'charged its price from its reservation',
-  );
+  assert.deepEqual([c.status, c.charged], ['charged', price], 'charged its price from its reservation');
   // The hold ended: the refund took back what it returned; what it spent is the buyer's debt.
   const l = await ledgerOfAccount(s.id);
   assert.deepEqual([l.balance, l.net, l.held, l.active_holds], ['-' + price, '-' + price, '0', 0]);
   // The next call is refused until the debt is paid.
   await assert.rejects(
     s.openai.chat.completions.create({ model: 'gpt-4o-mini', messages: ask('hi'), max_tokens: 5 }),
-    (err: unknown) => err instanceof OpenAI.APIError && err.status === 402,
+    refusedForDebt,
   );
   await assertLedgerInvariants();
 });

@@ -30,10 +30,16 @@ const allSettled = (users: string[]) =>
         .n === 0,
   );
 
-/** The granted answers' holds of the users' calls, and what they charged, in all. */
+/**
+ * The granted answers' holds of the users' calls, what they charged and their holds captured, in
+ * all, and how many cost more than their holds (an `ai-overage:<call>` charge).
+ */
 const heldAndCharged = async (users: string[]) =>
   (await testDb`select coalesce(sum(h.amount), 0)::numeric::text as held, coalesce(sum(c.charged), 0)::text as charged,
-    count(*)::int as calls, count(*) filter (where c.unbilled is not null)::int as owed
+    trim_scale(coalesce(sum(c.charged), 0) - coalesce(sum(h.captured_amount), 0))::text as past_holds,
+    count(*)::int as calls,
+    count(*) filter (where exists (select 1 from billing.transfers t where t.idempotency_key = 'ai-overage:' || c.id))::int
+      as overran
     from billing.ai_calls c join billing.holds h on h.id = c.hold_id where c.user_id = any(${users})`)[0];
 
 Deno.test("eight parallel calls on a student's last 30 credits are held on 30 credits at most", async () => {
@@ -47,7 +53,11 @@ Deno.test("eight parallel calls on a student's last 30 credits are held on 30 cr
   await allSettled([id]);
   const r = await heldAndCharged([id]);
   assert.ok(Number(r.held) <= 30, `the calls that ran together held ${r.held} of 30`);
-  assert.ok(Number(r.charged) <= 30 && r.owed === 0, JSON.stringify(r));
+  // Each clamped hold covered its call's whole price: nothing charged past a hold, no debt.
+  assert.ok(Number(r.charged) <= 30 && r.overran === 0 && r.past_holds === '0', JSON.stringify(r));
+  const [a] = await testDb`select trim_scale(balance)::text as balance from billing.accounts where user_id = ${id}`;
+  const [left] = await testDb`select trim_scale(30 - ${r.charged}::numeric)::text as b`;
+  assert.equal(a.balance, left.b, 'the balance is 30 less what the calls charged');
   assert.equal(await activeHolds(id), 0);
   await assertLedgerInvariants();
 });
@@ -62,8 +72,9 @@ Deno.test("two members racing on a pool's last 30 credits are held on 30 credits
   await allSettled([ada.id, bo.id]);
   const r = await heldAndCharged([ada.id, bo.id]);
   assert.ok(Number(r.held) <= 30, `the calls that ran together held ${r.held} of 30`);
-  assert.ok(Number(r.charged) <= 30 && r.owed === 0, JSON.stringify(r));
+  assert.ok(Number(r.charged) <= 30 && r.overran === 0 && r.past_holds === '0', JSON.stringify(r));
   const wallet = await walletOf(owner.token, org);
-  assert.ok(Number(wallet.balance) >= 0 && wallet.held === '0', JSON.stringify(wallet));
+  const [left] = await testDb`select trim_scale(30 - ${r.charged}::numeric)::text as b`;
+  assert.deepEqual([wallet.balance, wallet.held], [left.b, '0'], 'the pool is 30 less what the calls charged');
   await assertLedgerInvariants();
 });

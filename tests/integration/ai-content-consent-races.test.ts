@@ -384,12 +384,20 @@ Deno.test('20 parallel calls on a balance for a few: refusals charge nothing, ev
   await assertLedgerInvariants();
 });
 
+/** The balance of an organisation's pooled wallet, in exact text. */
+const poolBalance = async (org: string) =>
+  (await testDb`select trim_scale(balance)::text as b from billing.accounts where org_id = ${org} and member_id is null`)[
+    0
+  ]
+    .b as string;
+
 /**
- * A pool school (its owner the attacker's other self) whose wallet could not pay all of Ada's call
- * (the provider billed 200,000 prompt tokens more than the gateway counted): the rest is owed by
- * the pool. The platform then tops the pool up with an odd amount, less than what is owed.
+ * A pool school (its owner the attacker's other self) whose wallet of 1 credit could not pay Ada's
+ * call (the provider billed 200,000 prompt tokens more than the gateway counted): the pool was
+ * charged it whole and is in debt. The platform then tops the pool up with an odd amount, less
+ * than the debt (paying it first), and Ada holds `own` credits of her own.
  */
-async function owingPool() {
+async function poolInDebt(own: string | null) {
   const owner = await person('owner');
   const ada = await person('ada');
   const org = await school(owner, [ada], 'pool', '1');
@@ -399,21 +407,25 @@ async function owingPool() {
   });
   assert.equal(r.status, 200, r.text);
   const [call] = await settledCalls(ada.id);
-  const [{ unbilled }] = await testDb`select trim_scale(unbilled)::text as unbilled from billing.ai_calls
-    where id = ${call.id}`;
-  assert.ok(Number(unbilled) > 50, `the pool owes ${unbilled}`);
+  const [{ debt }] = await testDb`select trim_scale(1 - ${call.charged}::numeric)::text as debt`;
+  assert.ok(Number(debt) < -50, `the pool owes ${debt}`);
+  assert.equal(await poolBalance(org), debt, "the pool was charged Ada's call whole");
   await orgGrant(org, '37.4242', 'adjustment');
-  const own = await api('/credits/grants', {
-    token: await adminToken(),
-    headers: key(),
-    body: { user_id: ada.id, amount: '100', reason: 'own', kind: 'promo_grant' },
-  });
-  assert.equal(own.status, 201, own.text);
-  return { owner, ada, org };
+  const [{ left }] = await testDb`select trim_scale(37.4242 + ${debt}::numeric)::text as left`;
+  assert.equal(await poolBalance(org), left, 'the top-up paid what it could of the debt');
+  if (own) {
+    const granted = await api('/credits/grants', {
+      token: await adminToken(),
+      headers: key(),
+      body: { user_id: ada.id, amount: own, reason: 'own', kind: 'promo_grant' },
+    });
+    assert.equal(granted.status, 201, granted.text);
+  }
+  return { owner, ada, org, poolBalance: left };
 }
 
-Deno.test("the 402 for a school's unpaid rest never tells a member (or a removed one) the school's balance", async () => {
-  const { owner, ada, org } = await owingPool();
+Deno.test("the 402 for a school's pool in debt never tells a member (or a removed one) the school's balance", async () => {
+  const { owner, ada, org, poolBalance } = await poolInDebt(null);
   const call = () =>
     api('/ai/v1/chat/completions', {
       token: ada.token,
@@ -425,12 +437,15 @@ Deno.test("the 402 for a school's unpaid rest never tells a member (or a removed
   const asFormer = await call();
   console.log('402s:', asMember.status, asMember.text.slice(0, 260), '|', asFormer.status);
   for (const r of [asMember, asFormer]) {
-    assert.ok(!r.text.includes('37.4242'), `the school's wallet balance (37.4242) is in the answer: ${r.text}`);
+    assert.equal(r.status, 402, r.text);
+    for (const figure of ['37.4242', poolBalance, poolBalance.replace(/^-/, '')]) {
+      assert.ok(!r.text.includes(figure), `the school's wallet (${figure}) is in the answer: ${r.text}`);
+    }
   }
 });
 
-Deno.test("a removed member's own credits still pay her own calls: the rest the school's pool owes is the school's", async () => {
-  const { owner, ada, org } = await owingPool();
+Deno.test("a removed member's own credits still pay her own calls: the debt of the school's pool stays the school's", async () => {
+  const { owner, ada, org, poolBalance: debt } = await poolInDebt('100');
   const removed = await api(`/orgs/${org}/members/${ada.id}`, { method: 'DELETE', token: owner.token });
   assert.equal(removed.status, 200, removed.text);
   const r = await api('/ai/v1/chat/completions', {
@@ -438,7 +453,12 @@ Deno.test("a removed member's own credits still pay her own calls: the rest the 
     body: { model: 'gpt-4o-mini', messages: ask('#standin words=3'), max_tokens: 10 },
   });
   console.log('former member, 100 own credits:', r.status, r.text.slice(0, 200));
-  assert.equal(r.status, 200, "a school she left (and that can't pay its own rest) blocks her own credits");
+  assert.equal(r.status, 200, "a school she left (and that can't pay its own debt) blocks her own credits");
+  const cost = (r.body.usage as { cost: string }).cost;
+  const [{ own }] = await testDb`select trim_scale(100 - ${cost}::numeric)::text as own`;
+  const [mine] = await testDb`select trim_scale(balance)::text as b from billing.accounts where user_id = ${ada.id}`;
+  assert.equal(mine.b, own, 'her own credits paid her call');
+  assert.equal(await poolBalance(org), debt, "the pool's debt is untouched by her");
   await assertLedgerInvariants();
 });
 

@@ -1,6 +1,7 @@
 // The AI gateway for members of schools: a pool pays for a member's call (held from the pool,
-// captured from it, never shown to the member), and a member removed mid-stream is charged for
-// the answer under way from the school's hold, while their next call has nothing to draw on.
+// captured from it, never shown to the member) and for what it cost past its hold, and a member
+// removed mid-stream is charged for the answer under way from the school's hold, while their
+// next call has nothing to draw on.
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { ask, gatewayUrl } from '../support/ai.ts';
@@ -57,7 +58,7 @@ Deno.test('a member removed mid-stream is charged for the answer under way from 
   await assertLedgerInvariants();
 });
 
-Deno.test("what a member's call costs beyond its hold fits the member's cap: the pool pays no more than the cap allows", async () => {
+Deno.test("what a member's call costs beyond its hold is charged whole to the pool, counted past the member's cap, never to her own account", async () => {
   const owner = await person('owner');
   const ada = await person('ada');
   const org = await school(owner, [ada], 'pool', '1000');
@@ -67,21 +68,46 @@ Deno.test("what a member's call costs beyond its hold fits the member's cap: the
     body: { period: 'day', amount: '1' },
   });
   assert.equal(capped.status, 200, capped.text);
-  // The provider bills 30,000 prompt tokens the hold did not cover (60-odd credits).
-  await client(ada.token).chat.completions.create({
+  // The provider bills 30,000 prompt tokens the hold (within the cap of 1) did not cover.
+  const r = await client(ada.token).chat.completions.create({
     model: 'gpt-4o',
     messages: ask('#standin words=2 extra_prompt=30000'),
     max_tokens: 10,
   });
-  const [c] = await testDb`select trim_scale(c.charged)::text as charged, c.unbilled > 0 as owed,
+  const [c] = await testDb`select c.id, trim_scale(c.charged)::text as charged,
+    trim_scale((billing.price_usage('gpt-4o', (c.usage ->> 'input_tokens')::bigint, (c.usage ->> 'output_tokens')::bigint,
+      0, 0)).amount)::text as price,
     (select trim_scale(s.spent)::text from billing.spend_caps s where s.member_id = ${ada.id}) as cap_spent
     from billing.ai_calls c where c.user_id = ${ada.id}`;
-  assert.deepEqual([c.charged, c.cap_spent, c.owed], ['1', '1', true]);
-  assert.equal((await walletOf(owner.token, org)).balance, '999');
+  assert.equal((r.usage as unknown as { cost: string }).cost, c.price);
+  assert.ok(Number(c.price) > 1, 'the provider billed past the cap');
+  assert.deepEqual([c.charged, c.cap_spent], [c.price, c.price], 'charged whole, and all of it counted past her cap');
+  // The excess is the pool's, on its wallet, naming the member whose call it was.
+  const [excess] = await testDb`select a.org_id, a.member_id as allowance_of, t.member_id from billing.transfers t
+    join billing.accounts a on a.id = t.from_account_id where t.idempotency_key = ${'ai-overage:' + c.id}`;
+  assert.deepEqual({ ...excess }, { org_id: org, allowance_of: null, member_id: ada.id });
+  const [own] = await testDb`select count(*)::int as n from billing.transfers t
+    join billing.accounts a on a.id in (t.from_account_id, t.to_account_id) where a.user_id = ${ada.id}`;
+  assert.equal(own.n, 0, "nothing moved on the member's own account");
+  const [{ left }] = await testDb`select trim_scale(1000 - ${c.price}::numeric)::text as left`;
+  assert.equal((await walletOf(owner.token, org)).balance, left);
   await assert.rejects(
     client(ada.token).chat.completions.create({ model: 'gpt-4o', messages: ask('hi'), max_tokens: 5 }),
-    (err: unknown) => err instanceof OpenAI.APIError && err.status === 402,
+    (err: unknown) => {
+      // Her cap, counted past, refuses the pool; she has nothing of her own to fall back on.
+      assert.ok(err instanceof OpenAI.APIError && err.status === 402, String(err));
+      const e = err.error as {
+        code: string;
+        details: { wallets: { wallet: string; reason: string; cap?: { spent: string } }[] };
+      };
+      assert.equal(e.code, 'INSUFFICIENT_CREDITS');
+      assert.deepEqual(e.details.wallets.map((w) => [w.wallet, w.reason, w.cap?.spent]), [
+        ['organisation', 'cap', c.price],
+        ['personal', 'insufficient', undefined],
+      ]);
+      return true;
+    },
   );
-  assert.equal((await walletOf(owner.token, org)).balance, '999', 'the refused call took nothing');
+  assert.equal((await walletOf(owner.token, org)).balance, left, 'the refused call took nothing');
   await assertLedgerInvariants();
 });

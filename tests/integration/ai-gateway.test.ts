@@ -652,7 +652,20 @@ Deno.test('a response format, tool choice and tools count toward the hold: a lon
   assert.equal((await callsOf(s.id)).length, 0);
 });
 
-Deno.test('what a provider bills beyond the hold and the balance is owed: the next call pays it first, or is refused', async () => {
+/** The transfers that moved the user's own credits, oldest first, in exact text. */
+async function transfersOf(userId: string) {
+  return await testDb`select t.kind, trim_scale(t.amount)::text as amount, t.idempotency_key as key, t.metadata
+    from billing.transfers t join billing.accounts a on a.id in (t.from_account_id, t.to_account_id)
+    where a.user_id = ${userId} order by t.id`;
+}
+
+/** The 402 a refused gateway call answered, as the SDK saw it: its code and details. */
+function refusal(err: unknown) {
+  assert.ok(err instanceof OpenAI.APIError && err.status === 402, String(err));
+  return err.error as { code: string; details: { debt?: boolean; required?: string; available?: string } };
+}
+
+Deno.test('what a provider bills beyond the hold and the balance is charged whole, as debt: the next call is refused until a grant pays the debt first', async () => {
   const s = await student('3');
   const r = await s.openai.chat.completions.create({
     model: 'gpt-4o',
@@ -661,39 +674,54 @@ Deno.test('what a provider bills beyond the hold and the balance is owed: the ne
   });
   const price = await priceOf('gpt-4o', r.usage!);
   const [c] = await callsOf(s.id);
-  assert.equal(c.charged, '3', 'everything available was charged, never into debt');
-  assert.equal(Number(c.charged) + Number(c.unbilled), Number(price), 'the rest is recorded on the call');
-  await testDb`select count(*) from billing.evaluate_alerts()`;
-  const [alert] =
-    await testDb`select details from billing.alerts where condition = 'ai_call_unbilled' and status = 'open'`;
-  assert.ok(alert, "the minute's alerts tell of the unbilled rest");
-  assert.equal(await balanceOf(s.id), '0');
+  assert.equal(c.charged, price, 'the whole price is charged, past the hold and the balance');
+  assert.equal((r.usage as unknown as { cost: string }).cost, price);
+  // The hold is captured; the excess is one usage charge keyed by the call, the rest of it debt.
+  const [grant, capture, excess, ...more] = await transfersOf(s.id);
+  assert.deepEqual(more, []);
+  assert.equal(grant.kind, 'promo_grant');
+  assert.equal(capture.kind, 'hold_capture');
+  const [{ rest, debt }] = await testDb`select trim_scale(${price}::numeric - ${capture.amount}::numeric)::text as rest,
+    trim_scale(3 - ${price}::numeric)::text as debt`;
+  assert.deepEqual(
+    [excess.kind, excess.key, excess.amount, excess.metadata.reserved, excess.metadata.priced, excess.metadata.model],
+    ['usage', `ai-overage:${c.id}`, rest, capture.amount, price, 'gpt-4o'],
+  );
+  assert.ok(!('unbilled' in excess.metadata));
+  assert.ok(Number(debt) < 0);
+  assert.equal(await balanceOf(s.id), debt, 'the excess beyond the 3 credits is debt on the balance');
+  const [alert] = await testDb`select details from billing.evaluate_alerts() where condition = 'ai_call_overran'`;
+  assert.deepEqual(
+    alert?.details,
+    { model: 'gpt-4o', call_id: c.id, excess: rest },
+    "the minute's alerts tell of the overrun",
+  );
   await assert.rejects(
     s.openai.chat.completions.create({ model: 'gpt-4o-mini', messages: ask('#standin words=2'), max_tokens: 5 }),
     (err: unknown) => {
-      assert.ok(err instanceof OpenAI.APIError && err.status === 402);
-      const details = (err.error as { details: { reason: string; owed: string } }).details;
-      assert.deepEqual([details.reason, details.owed], ['unbilled_usage', c.unbilled]);
+      const e = refusal(err);
+      assert.deepEqual([e.code, e.details.debt], ['INSUFFICIENT_CREDITS', true]);
       return true;
     },
   );
+  assert.equal((await callsOf(s.id)).length, 1, 'the refused call reached no provider');
   await fund(s.id, '100');
+  const [{ after }] = await testDb`select trim_scale(100 + ${debt}::numeric)::text as after`;
+  assert.equal(await balanceOf(s.id), after, 'the grant paid the debt first');
   const next = await s.openai.chat.completions.create({
     model: 'gpt-4o-mini',
     messages: ask('#standin words=2'),
     max_tokens: 5,
   });
-  const [paid, first] = await callsOf(s.id);
-  assert.ok(first.owed_transfer_id, 'the owed rest was paid by the next call');
+  const [paid] = await callsOf(s.id);
   assert.equal(paid.status, 'charged');
   const cost = (next.usage as unknown as { cost: string }).cost;
-  const [{ expected }] =
-    await testDb`select trim_scale(100 - ${c.unbilled}::numeric - ${cost}::numeric)::text as expected`;
+  const [{ expected }] = await testDb`select trim_scale(${after}::numeric - ${cost}::numeric)::text as expected`;
   assert.equal(await balanceOf(s.id), expected);
   await assertLedgerInvariants();
 });
 
-Deno.test('parallel calls on a drained balance: every unbilled rest is recorded, and no further call runs until it is paid', async () => {
+Deno.test('parallel calls on a drained balance: each call running charges its own excess whole, once, and no further call runs while the debt is owed', async () => {
   const s = await student('0');
   const messages = ask('#standin words=2 extra_prompt=1000');
   const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${await chatPromptTokens(
@@ -701,33 +729,45 @@ Deno.test('parallel calls on a drained balance: every unbilled rest is recorded,
     'gpt-4o',
     128_000,
   )}, 10)::text as hold`;
-  await fund(s.id, String(Number(hold) * 6));
-  // A call that begins after another left a rest owed pays it first, or (here) is refused.
+  const [{ funded }] = await testDb`select trim_scale(${hold}::numeric * 6)::text as funded`;
+  await fund(s.id, funded);
+  // Calls held before the first excess became debt finish and charge theirs; a call that begins
+  // after it is refused.
   const results = await Promise.allSettled(
     Array.from({ length: 6 }, () => s.openai.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 10 })),
   );
   const answers = results.flatMap((r) => r.status === 'fulfilled' ? [r.value] : []);
   for (const r of results) {
-    if (r.status === 'rejected') assert.ok(r.reason instanceof OpenAI.APIError && r.reason.status === 402);
+    if (r.status === 'rejected') assert.equal(refusal(r.reason).code, 'INSUFFICIENT_CREDITS');
   }
   assert.ok(answers.length >= 1);
   const prices = await Promise.all(answers.map((a) => priceOf('gpt-4o', a.usage!)));
   const calls = await callsOf(s.id);
   assert.equal(calls.length, answers.length, 'a refused call reached no provider and left no call');
-  assert.ok(calls.every((c) => c.unbilled !== null), 'each call records what it could not charge');
   const [sums] = await testDb`select trim_scale(sum(p))::text as priced,
-    (select trim_scale(sum(c.charged + c.unbilled))::text from billing.ai_calls c where c.user_id = ${s.id}) as recorded
+    trim_scale(${funded}::numeric - sum(p))::text as balance,
+    (select trim_scale(sum(c.charged))::text from billing.ai_calls c where c.user_id = ${s.id}) as charged
     from unnest(${prices}::numeric[]) p`;
-  assert.equal(sums.recorded, sums.priced, 'charged plus unbilled is exactly what the provider billed');
+  assert.equal(sums.charged, sums.priced, 'the calls charged exactly what the provider billed');
+  assert.ok(Number(sums.balance) < 0);
+  assert.equal(await balanceOf(s.id), sums.balance, 'the grant less every whole price: the excesses are debt');
+  // Each excess is charged once, keyed by its call: at once, or (what other live holds had
+  // reserved) as each of those holds ended.
+  const excesses = await testDb`select trim_scale(c.charged - h.amount)::text as excess,
+      (select trim_scale(sum(t.amount))::text from billing.transfers t where t.kind = 'usage'
+        and (t.idempotency_key = 'ai-overage:' || c.id or t.idempotency_key like 'ai-overage:' || c.id || ':%')) as charged
+    from billing.ai_calls c join billing.holds h on h.id = c.hold_id where c.user_id = ${s.id}`;
+  for (const x of excesses) assert.equal(x.charged, x.excess, 'the excess is charged once, whole');
   await assert.rejects(
     s.openai.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 10 }),
-    (err: unknown) => err instanceof OpenAI.APIError && err.status === 402,
+    (err: unknown) => refusal(err).details.debt === true,
   );
   assert.equal((await callsOf(s.id)).length, answers.length);
+  assert.equal(await activeHolds(s.id), 0);
   await assertLedgerInvariants();
 });
 
-Deno.test('what a call costs beyond its hold fits the per-model cap and counts against it', async () => {
+Deno.test('what a call costs beyond its hold is charged whole past the per-model cap, and counts against it', async () => {
   const s = await student();
   const capped = await api('/credits/caps', {
     method: 'PUT',
@@ -740,18 +780,20 @@ Deno.test('what a call costs beyond its hold fits the per-model cap and counts a
     messages: ask('#standin words=2 extra_prompt=30000'),
     max_tokens: 10,
   });
-  const price = Number(await priceOf('gpt-4o', r.usage!));
+  const price = await priceOf('gpt-4o', r.usage!);
+  assert.ok(Number(price) > 1, 'the provider billed past the cap');
   const [c] = await callsOf(s.id);
-  assert.equal(c.charged, '1', 'charged up to the cap, not the 60-odd credits the provider billed');
-  assert.equal(Number(c.unbilled), Number((price - 1).toFixed(18)));
+  assert.equal(c.charged, price, 'the whole price is charged, past the cap of 1');
   const [cap] = await testDb`select trim_scale(spent)::text as spent from billing.spend_caps c
     join billing.accounts a on a.id = c.account_id where a.user_id = ${s.id}`;
-  assert.equal(cap.spent, '1');
+  assert.equal(cap.spent, price, 'the cap counts it all');
+  const [{ left }] = await testDb`select trim_scale(1000 - ${price}::numeric)::text as left`;
+  assert.equal(await balanceOf(s.id), left, 'drawn from free credits: no debt');
   await assert.rejects(
     s.openai.chat.completions.create({ model: 'gpt-4o', messages: ask('hi'), max_tokens: 5 }),
-    (err: unknown) => err instanceof OpenAI.APIError && err.status === 402,
+    (err: unknown) => refusal(err).code === 'SPEND_CAP_REACHED',
   );
-  assert.equal(await balanceOf(s.id), '999');
+  assert.equal(await balanceOf(s.id), left, 'the refused call took nothing');
   await assertLedgerInvariants();
 });
 
@@ -861,27 +903,31 @@ Deno.test('a prompt containing the text of a special token is counted as text, n
   assert.equal(await activeHolds(s.id), 0);
 });
 
-// Jobs call the same models as the gateway: what a student owes is paid before one is accepted.
-Deno.test('an owed rest is paid before an ai_completion job is accepted, or the job is refused', async () => {
+// Jobs call the same models as the gateway: an account in debt starts none until a credit pays it.
+Deno.test('a debt a call left refuses an ai_completion job; once a grant paid it, the job is accepted', async () => {
   const s = await student('3');
-  await s.openai.chat.completions.create({
+  const r = await s.openai.chat.completions.create({
     model: 'gpt-4o',
     messages: ask('#standin words=2 extra_prompt=1000'),
     max_tokens: 10,
   });
-  const [owed] = await callsOf(s.id);
-  assert.ok(owed.unbilled !== null && Number(owed.unbilled) > 0, 'the call left a rest owed');
+  const [{ debt }] = await testDb`select trim_scale(3 - ${await priceOf('gpt-4o', r.usage!)}::numeric)::text as debt`;
+  assert.ok(Number(debt) < 0);
+  assert.equal(await balanceOf(s.id), debt, 'the call left a debt');
+  const job = () =>
+    api('/jobs', {
+      token: s.token,
+      body: { type: 'ai_completion', input: { model: 'gpt-4o', prompt: 'one two three', max_tokens: 50 } },
+      headers: { 'idempotency-key': crypto.randomUUID() },
+    });
+  const refused = await job();
+  assert.equal(refused.status, 402, refused.text);
+  const error = refused.body.error as { code: string; details: { debt: boolean } };
+  assert.deepEqual([error.code, error.details.debt], ['INSUFFICIENT_CREDITS', true]);
   await fund(s.id, '100'); // as a purchase would
-  const job = await api('/jobs', {
-    token: s.token,
-    body: { type: 'ai_completion', input: { model: 'gpt-4o', prompt: 'one two three', max_tokens: 50 } },
-    headers: { 'idempotency-key': crypto.randomUUID() },
-  });
-  const [after] = await callsOf(s.id);
-  if (job.status === 402) {
-    assert.equal((job.body.error as { details: { reason: string } }).details.reason, 'unbilled_usage');
-  } else {
-    assert.ok(after.owed_transfer_id, `job ${job.status} accepted while ${owed.unbilled} credits are still owed`);
-  }
+  const [{ after }] = await testDb`select trim_scale(100 + ${debt}::numeric)::text as after`;
+  assert.equal(await balanceOf(s.id), after, 'the grant paid the debt first');
+  const accepted = await job();
+  assert.equal(accepted.status, 202, accepted.text);
   await assertLedgerInvariants();
 });

@@ -1,8 +1,9 @@
 // Holds are pending transfers (billing.post_transfers places, resizes, posts and voids them) and
 // an AI call's begin answers every refusal as a row, in one round trip with its values written
 // into the statement (sql.oneTrip). Attacked as students: one Idempotency-Key sent many times at
-// once over a balance for one call or for none, hostile keys against the inlined literal, an owed
-// rest paid by calls racing each other, and a call's hold past its TTL racing the expiry sweep and
+// once over a balance for one call or for none, hostile keys against the inlined literal, a debt a
+// call's excess left, calls overrunning their holds racing each other, and a call's hold past its
+// TTL racing the expiry sweep and
 // the call's own end. Each asserts exact amounts and records, the ledger's invariants, and that a
 // hold is posted only by a capture transfer of its captured amount.
 import assert from 'node:assert/strict';
@@ -187,31 +188,55 @@ Deno.test('hostile Idempotency-Keys (quotes, backslashes, comments, dollar quote
   await invariants();
 });
 
-Deno.test('an owed rest paid by ten calls racing each other: paid once, each call charged once, the balance exact', async () => {
+/** A user's charged calls: each one's price of its usage, what it cost past its hold, and Σ its excess charges. */
+async function excessesOf(user: string) {
+  return await testDb`select
+      trim_scale(c.charged)::text as charged,
+      trim_scale((billing.price_usage('gpt-4o-mini', (c.usage ->> 'input_tokens')::bigint,
+        (c.usage ->> 'output_tokens')::bigint, 0, 0)).amount)::text as price,
+      trim_scale(greatest(c.charged - h.amount, 0))::text as excess,
+      (select trim_scale(coalesce(sum(t.amount), 0))::text from billing.transfers t where t.kind = 'usage'
+        and (t.idempotency_key = 'ai-overage:' || c.id or t.idempotency_key like 'ai-overage:' || c.id || ':%'))
+        as excess_charged
+    from billing.ai_calls c join billing.holds h on h.id = c.hold_id where c.user_id = ${user} and c.status = 'charged'`;
+}
+
+Deno.test('a debt a call left refuses the next call until a grant pays it first; then ten calls overrunning their holds race each other, each excess charged once, the balance exact', async () => {
   const s = await funded('1');
   // The provider bills 200,000 prompt tokens more than the gateway counted: more than the balance holds.
   const first = await chat(s.token, 'words=5 extra_prompt=200000', {}, 10);
   assert.equal(first.status, 200, first.text);
-  const [{ owed }] = await testDb`select trim_scale(sum(unbilled))::text as owed from billing.ai_calls
-    where user_id = ${s.id} and owed_transfer_id is null`;
-  assert.ok(Number(owed) > 0, `owes ${owed}`);
-  // Refused while unfunded: one refusal, the rest still owed, nothing held.
+  let st = await stateOf(s.id);
+  const [{ debt }] = await testDb`select trim_scale(1 - ${st.spent}::numeric)::text as debt`;
+  assert.ok(Number(debt) < 0, `the call cost ${st.spent}`);
+  assert.equal(st.balance, debt, 'charged whole: what the 1 credit could not pay is debt');
+  // Refused while in debt: one refusal, nothing held.
   const refused = await chat(s.token, 'words=5', {}, 10);
   assert.equal(refused.status, 402, refused.text);
-  assert.equal((refused.body.error as { details: { reason?: string } }).details.reason, 'unbilled_usage');
-  let st = await stateOf(s.id);
-  assert.deepEqual({ refused: st.refused, holds: st.active_holds, held: st.held }, { refused: 1, holds: 0, held: '0' });
-  await fund(s.id, '1000');
-  const rs = await Promise.all(Array.from({ length: 10 }, () => chat(s.token, 'words=5', {}, 10)));
-  assert.deepEqual(rs.map((r) => r.status), Array(10).fill(200), rs.map((r) => r.text).join('\n'));
-  const [paid] = await testDb`select count(*)::int as n, trim_scale(sum(t.amount))::text as amount
-    from billing.transfers t join billing.accounts a on a.id = t.from_account_id
-    where a.user_id = ${s.id} and t.idempotency_key like 'ai-owed:%'`;
-  assert.deepEqual({ ...paid }, { n: 1, amount: owed }, 'the rest paid once, exactly');
+  assert.equal(codeOf(refused), 'INSUFFICIENT_CREDITS');
+  assert.equal((refused.body.error as { details: { debt?: boolean } }).details.debt, true);
   st = await stateOf(s.id);
-  const [{ expected }] =
-    await testDb`select trim_scale(1001 - ${st.spent}::numeric - ${owed}::numeric)::text as expected`;
-  assert.equal(st.balance, expected, 'grants less what the calls charged less the rest');
+  assert.deepEqual({ refused: st.refused, holds: st.active_holds, held: st.held, balance: st.balance }, {
+    refused: 1,
+    holds: 0,
+    held: '0',
+    balance: debt,
+  });
+  await fund(s.id, '1000');
+  const [{ paid }] = await testDb`select trim_scale(1000 + ${debt}::numeric)::text as paid`;
+  assert.equal((await stateOf(s.id)).balance, paid, 'the grant paid the debt first');
+  const rs = await Promise.all(Array.from({ length: 10 }, () => chat(s.token, 'words=5 extra_prompt=20000', {}, 10)));
+  assert.deepEqual(rs.map((r) => r.status), Array(10).fill(200), rs.map((r) => r.text).join('\n'));
+  const calls = await excessesOf(s.id);
+  assert.equal(calls.length, 11);
+  for (const c of calls) {
+    assert.equal(c.charged, c.price, 'each call is charged the whole price of its usage');
+    assert.ok(Number(c.excess) > 0, 'each call cost more than its hold');
+    assert.equal(c.excess_charged, c.excess, 'and its excess is charged once, exactly');
+  }
+  st = await stateOf(s.id);
+  const [{ expected }] = await testDb`select trim_scale(1001 - ${st.spent}::numeric)::text as expected`;
+  assert.equal(st.balance, expected, 'grants less what the calls charged');
   assert.deepEqual({ charged: st.charged, refused: st.refused, holds: st.active_holds, held: st.held }, {
     charged: 11,
     refused: 1,
@@ -291,14 +316,13 @@ Deno.test('a call whose credits a refund reached is not swept as lost while the 
   const r = await call;
   assert.equal(r.status, 200, r.text);
   const u = r.body.usage as { prompt_tokens: number; completion_tokens: number };
-  const [c] = await testDb`select c.status, c.failure,
-    trim_scale(coalesce(c.charged, 0) + coalesce(c.unbilled, 0))::text as cost,
+  const [c] = await testDb`select c.status, c.failure, trim_scale(c.charged)::text as cost,
     trim_scale((billing.price_usage('gpt-4o-mini', ${u.prompt_tokens}, ${u.completion_tokens}, 0, 0)).amount)::text as price
     from billing.ai_calls c where c.user_id = ${id} and c.status <> 'refused'`;
   assert.deepEqual({ status: c.status, failure: c.failure, cost: c.cost }, {
     status: 'charged',
     failure: null,
     cost: c.price,
-  }, 'a served call is charged, or what it cost is owed; never marked lost');
+  }, 'a served call is charged its whole price, never marked lost');
   await invariants();
 });

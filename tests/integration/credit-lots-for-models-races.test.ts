@@ -51,7 +51,8 @@ const remainingOf = async (user: string) =>
 
 /**
  * The core's invariants over the accounts of `users` (their own, and those of the schools `orgs`),
- * beside the whole ledger's: each debit drew lots of exactly its amount, no lot for some models
+ * beside the whole ledger's: each debit drew lots of exactly its amount (what work cost past its
+ * hold, the one debt, at most: the rest is debt), no lot for some models
  * paid a charge of a model its list does not cover, a captured hold has one capture of its
  * captured amount, and an active hold belongs to a call or job still running.
  */
@@ -61,8 +62,10 @@ async function coreInvariants(users: string[], orgs: string[] = []) {
     with acc as (select a.id from billing.accounts a where a.user_id = any(${users}::uuid[]) or a.org_id = any(${orgs}::uuid[]))
     select
       (select count(*)::int from billing.transfers t
+        cross join lateral (select coalesce(sum(x.amount), 0) as drawn from billing.lot_allocations x
+                            where x.transfer_id = t.id) x
         where t.from_account_id in (select id from acc) and t.kind in ('usage', 'hold_capture')
-          and t.amount <> coalesce((select sum(x.amount) from billing.lot_allocations x where x.transfer_id = t.id), 0))
+          and (x.drawn > t.amount or (x.drawn < t.amount and not (t.kind = 'usage' and t.metadata ? 'reserved'))))
         as debit_off_allocations,
       (select count(*)::int from billing.lot_allocations x join billing.lots l on l.id = x.lot_id
         join billing.transfers t on t.id = x.transfer_id
@@ -224,7 +227,7 @@ Deno.test('a lot for the model past its expiry but not yet swept never pays: the
 
 // ============================================================ holds racing charges on restricted credits
 
-Deno.test('gateway calls for gpt-4o racing usage charges for gpt-4o-mini on credits for mini and for anything: every call paid whole, mini never paid by gpt-4o holds, nothing unbilled', async () => {
+Deno.test('gateway calls for gpt-4o racing usage charges for gpt-4o-mini on credits for mini and for anything: every call paid its whole price by its hold, mini never paid by gpt-4o holds, no debt', async () => {
   const s = await studentWith(['30', ['gpt-4o-mini']], ['40', null]);
   const ai = (i: number) =>
     api('/ai/v1/chat/completions', {
@@ -241,9 +244,20 @@ Deno.test('gateway calls for gpt-4o racing usage charges for gpt-4o-mini on cred
   ]);
   const calls = rs.slice(0, 4);
   assert.ok(calls.every((r) => r.status === 200 || r.status === 402), calls.map((r) => r.text).join('\n'));
-  const rows =
-    await testDb`select c.status, c.unbilled from billing.ai_calls c where c.user_id = ${s.id} and c.status <> 'refused'`;
-  assert.ok(rows.every((r) => r.status === 'charged' && r.unbilled === null), JSON.stringify(rows));
+  // Each call is charged the card's price of its usage, all of it captured from its hold.
+  const rows = await testDb`select c.status, trim_scale(c.charged)::text as charged,
+      trim_scale((billing.price_usage('gpt-4o', (c.usage ->> 'input_tokens')::bigint,
+        (c.usage ->> 'output_tokens')::bigint, 0, 0)).amount)::text as price, trim_scale(h.captured_amount)::text as captured
+    from billing.ai_calls c join billing.holds h on h.id = c.hold_id where c.user_id = ${s.id} and c.status <> 'refused'`;
+  assert.ok(rows.length > 0, calls.map((r) => r.text).join('\n'));
+  assert.ok(
+    rows.every((r) => r.status === 'charged' && r.charged === r.price && r.captured === r.charged),
+    JSON.stringify(rows),
+  );
+  const [{ debt }] =
+    await testDb`select trim_scale(coalesce(sum(l.remaining) filter (where l.open), 0) - a.balance)::text as debt
+    from billing.accounts a left join billing.lots l on l.account_id = a.id where a.user_id = ${s.id} group by a.balance`;
+  assert.equal(debt, '0', 'no debt');
   const [{ mini_from_general }] = await testDb`select trim_scale(coalesce(sum(x.amount), 0))::text as mini_from_general
     from billing.lot_allocations x join billing.lots l on l.id = x.lot_id join billing.transfers t on t.id = x.transfer_id
     join billing.accounts a on a.id = l.account_id
@@ -348,7 +362,7 @@ Deno.test("a duplicate's begin racing its first call's failure never answers a g
 
 // ============================================================ a finish racing what shrinks its hold
 
-Deno.test("an AI call's hold shrunk by a chargeback opened while the provider answers: the capture never exceeds what is held, the rest is charged or owed", async () => {
+Deno.test('an AI call held when a chargeback opens while the provider answers: the capture never exceeds what is held, and the call is charged its whole price', async () => {
   const id = await newUser();
   const token = await userToken(id);
   const co = await buy(token, 'starter');
@@ -372,19 +386,27 @@ Deno.test("an AI call's hold shrunk by a chargeback opened while the provider an
   await emulator(`/_emulator/charges/${await chargeOf(co.session_id)}/dispute`, { outcome: 'open' });
   const r = await call;
   assert.equal(r.status, 200, r.text);
-  const [c] =
-    await testDb`select c.status, trim_scale(c.charged)::text as charged, trim_scale(c.unbilled)::text as unbilled,
-    h.status as hold_status, trim_scale(h.amount)::text as held, trim_scale(h.captured_amount)::text as captured,
+  const [c] = await testDb`select c.status, trim_scale(c.charged)::text as charged,
+    h.status as hold_status, trim_scale(h.amount)::text as held, trim_scale(coalesce(h.captured_amount, 0))::text as captured,
+    trim_scale(coalesce(o.amount, 0))::text as overage, o.metadata as overage_facts,
     trim_scale((billing.price_usage('gpt-4o', (c.usage ->> 'input_tokens')::bigint, (c.usage ->> 'output_tokens')::bigint,
-      0, 0)).amount)::text as price
-    from billing.ai_calls c join billing.holds h on h.id = c.hold_id where c.user_id = ${id} and c.status <> 'refused'`;
+      0, 0)).amount)::text as price, trim_scale(a.balance)::text as balance, trim_scale(90 - c.charged)::text as left
+    from billing.ai_calls c join billing.holds h on h.id = c.hold_id join billing.accounts a on a.id = h.account_id
+    left join billing.transfers o on o.idempotency_key = 'ai-overage:' || c.id
+    where c.user_id = ${id} and c.status <> 'refused'`;
   assert.equal(c.status, 'charged');
-  assert.ok(c.captured === null || Number(c.captured) <= Number(c.held), JSON.stringify(c));
-  assert.equal(Number(c.charged ?? 0) + Number(c.unbilled ?? 0), Number(c.price), JSON.stringify(c));
+  assert.ok(Number(c.captured) <= Number(c.held), JSON.stringify(c));
+  // The whole price is charged: what the hold held captured, any rest past it at once (from the
+  // frozen purchase, or as debt), never left off the ledger.
+  assert.equal(c.charged, c.price, JSON.stringify(c));
+  const [whole] = await testDb`select trim_scale(${c.captured}::numeric + ${c.overage}::numeric)::text as s`;
+  assert.equal(whole.s, c.price, JSON.stringify(c));
+  if (c.overage !== '0') assert.equal(c.overage_facts.priced, c.price, JSON.stringify(c));
+  assert.equal(c.balance, c.left, 'the 90 credits left less the price');
   await coreInvariants([id]);
 });
 
-Deno.test("a job's hold keeps its reservation through a refund of the purchase under it: its completion captures it, and what it spent of the refunded credits is owed", async () => {
+Deno.test("a job's hold keeps its reservation through a refund of the purchase under it: its completion captures it, what it spent of the refunded credits is owed, and what it cost past its hold is charged whole as debt", async () => {
   const id = await newUser();
   const token = await userToken(id);
   const co = await buy(token, 'starter');
@@ -414,9 +436,15 @@ Deno.test("a job's hold keeps its reservation through a refund of the purchase u
     where j.id = ${job}`;
   // The refund took the 10 free credits at once and left the hold its 80 (docs/credit-lots.md §
   // Refunds, disputes and debt 1); the job captured them; the refunded credits it spent are owed
-  // by the buyer (debt), as what was spent before it.
+  // by the buyer (debt), as what was spent before it; the 60 it cost past its hold are charged at
+  // once, no credits left to pay them: debt too (rule 7, one debt).
   assert.deepEqual([before.status, before.amount], ['active', '80'], JSON.stringify(before));
   assert.equal(after.captured, '80', JSON.stringify(after));
-  assert.equal(Number(after.balance), Number(before.balance) - 80 - 80, JSON.stringify({ before, after }));
+  assert.equal(Number(after.balance), Number(before.balance) - 80 - 80 - 60, JSON.stringify({ before, after }));
+  const [excess] = await testDb`select trim_scale(t.amount)::text as amount, t.metadata ->> 'reserved' as reserved,
+      t.metadata ->> 'priced' as priced, t.metadata ? 'unbilled' as unbilled,
+      (select count(*)::int from billing.lot_allocations x where x.transfer_id = t.id) as drawn_lots
+    from billing.transfers t where t.idempotency_key = ${'job-overage:' + job}`;
+  assert.deepEqual({ ...excess }, { amount: '60', reserved: '80', priced: '140', unbilled: false, drawn_lots: 0 });
   await coreInvariants([id]);
 });

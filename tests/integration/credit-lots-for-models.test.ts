@@ -96,7 +96,7 @@ Deno.test('a promo code for some models grants each redeemer a lot for those mod
   assert.equal(debit.status, 402, "a student's own hold is for no model: it cannot reserve credits for claude only");
 });
 
-Deno.test('parallel gateway calls for two models on general and restricted credits never leave a hold unpaid', async () => {
+Deno.test('parallel gateway calls for two models on general and restricted credits are each charged their whole price, no hold left active', async () => {
   const s = await studentWithMiniCredits();
   const fund = await grantLot(s.id, '20', 'promo_grant');
   assert.equal(fund.status, 201, fund.text);
@@ -107,10 +107,26 @@ Deno.test('parallel gateway calls for two models on general and restricted credi
       max_tokens: 200,
     })));
   assert.ok(calls.some((c) => c.status === 'fulfilled'), 'some calls went through');
-  const rows = await testDb`select c.status, t.metadata ->> 'unbilled' as unbilled from billing.ai_calls c
-    left join billing.transfers t on t.id = c.transfer_id where c.user_id = ${s.id}`;
-  for (const r of rows) assert.ok(r.status !== 'held', 'every call settled');
-  assert.ok(rows.every((r) => !r.unbilled || r.unbilled === '0'), 'no call was left partly unbilled');
+  const rows = await testDb`select c.status, h.status as hold, trim_scale(c.charged)::text as charged,
+      trim_scale((billing.price_usage(c.model, (c.usage ->> 'input_tokens')::bigint,
+        (c.usage ->> 'output_tokens')::bigint, 0, 0)).amount)::text as price,
+      trim_scale(coalesce(h.captured_amount, 0) + coalesce(o.amount, 0))::text as posted
+    from billing.ai_calls c left join billing.holds h on h.id = c.hold_id
+    left join billing.transfers o on o.idempotency_key = 'ai-overage:' || c.id
+    where c.user_id = ${s.id} and c.status <> 'refused'`;
+  for (const r of rows) {
+    assert.ok(r.status !== 'held' && r.hold !== 'active', `every call settled: ${JSON.stringify(r)}`);
+  }
+  // Each answer is charged the card's whole price of its usage, as the ledger posted it.
+  for (const r of rows.filter((r) => r.status === 'charged')) {
+    assert.deepEqual([r.charged, r.posted], [r.price, r.price], JSON.stringify(r));
+  }
+  const [a] = await testDb`select trim_scale(a.balance)::text as balance, trim_scale(a.held)::text as held,
+      trim_scale(70 - (select coalesce(sum(c.charged), 0) from billing.ai_calls c where c.user_id = ${s.id}))::text as left,
+      trim_scale(coalesce((select sum(l.remaining) from billing.lots l where l.account_id = a.id and l.open), 0)
+        - a.balance)::text as debt
+    from billing.accounts a where a.user_id = ${s.id}`;
+  assert.deepEqual([a.balance, a.held, a.debt], [a.left, '0', '0'], 'the 70 credits less the charges, no debt');
   const [wrong] = await testDb`
     select count(*)::int as n from billing.lot_allocations x
     join billing.lots l on l.id = x.lot_id join billing.transfers t on t.id = x.transfer_id

@@ -273,7 +273,7 @@ Deno.test("a school's purchase moved into an allowance, a redeemed sponsor code,
 
 // ============================================================ 4. a member removed mid-call, excess over the hold
 
-Deno.test('a pool member capped at 1 a day, removed while 10 calls billed beyond their holds are in flight: the pool pays at most the cap, nothing after', async () => {
+Deno.test('a pool member capped at 1 a day, removed while 10 calls billed beyond their holds are in flight: the pool pays each call whole, past the cap, never her own account; nothing after', async () => {
   const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
   const org = await school(owner, [ada], 'pool', null);
   await orgGrant(org, '100', 'adjustment');
@@ -301,17 +301,39 @@ Deno.test('a pool member capped at 1 a day, removed while 10 calls billed beyond
   const [paid] =
     await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as n, count(*)::int as c from billing.transfers t
     where t.from_account_id = ${pool.id} and t.member_id = ${ada.id} and t.kind in ('usage', 'hold_capture')`;
-  const [owed] =
-    await testDb`select trim_scale(coalesce(sum(unbilled), 0))::text as n, count(*) filter (where unbilled is not null)::int as c
-    from billing.ai_calls where user_id = ${ada.id}`;
+  const [x] =
+    await testDb`select trim_scale(a.balance)::text as pool, trim_scale(1100 - ${paid.n}::numeric)::text as rest,
+      (select trim_scale(coalesce(sum(c.charged), 0))::text from billing.ai_calls c where c.user_id = ${ada.id}) as priced,
+      (select trim_scale(coalesce(sum(t.amount), 0))::text from billing.transfers t
+        where t.from_account_id = a.id and t.kind = 'hold_capture') as captured,
+      (select trim_scale(s.spent)::text from billing.spend_caps s where s.account_id = a.id and s.member_id = ${ada.id}) as cap,
+      (select trim_scale(coalesce(sum(o.balance), 0))::text from billing.accounts o where o.user_id = ${ada.id}) as own,
+      (select count(*)::int from billing.transfers t join billing.accounts o on o.id = t.from_account_id
+        where o.user_id = ${ada.id}) as own_charges,
+      (select count(*)::int from billing.ai_calls c join billing.holds h on h.id = c.hold_id
+        where c.user_id = ${ada.id} and c.status = 'charged' and (c.charged <= h.amount
+          or c.charged - h.captured_amount is distinct from (select sum(t.amount) from billing.transfers t
+            where t.kind = 'usage' and t.idempotency_key like 'ai-overage:' || c.id || '%'))) as not_once
+    from billing.accounts a where a.id = ${pool.id}`;
   console.log('member removed mid-call:', {
     removed: removed.status,
     calls: answers.map((a) => a.status),
     pool_paid: paid,
-    unbilled: owed,
+    x,
   });
   assert.equal(removed.status, 200, removed.text);
-  assert.ok(Number(paid.n) <= 1, `the pool paid ${paid.n} for a member capped at 1 a day`);
+  // Calls already running when she was removed finish, each charging its whole price, the
+  // excess past its hold (~120 each) included, to the pool their holds drew on: past her cap
+  // (what the holds reserved fit it), into debt if the pool's 1,100 fall short.
+  assert.ok(Number(paid.n) > 5 * 100, `the running calls were charged whole: ${JSON.stringify(paid)}`);
+  assert.deepEqual(
+    [x.priced, x.cap, x.pool, x.own, x.own_charges, x.not_once],
+    [paid.n, paid.n, x.rest, '0', 0, 0],
+    `the pool paid each call's price (its excess once), counted against her cap; her own account nothing: ${
+      JSON.stringify(x)
+    }`,
+  );
+  assert.ok(Number(x.captured) <= 1, `the holds fit the cap: ${JSON.stringify(x)}`);
   // After the removal (and the calls under way settled): nothing more from the school's pool.
   const poolCount = async () =>
     (await testDb`select count(*)::int as n from billing.transfers t where t.from_account_id = ${pool.id}`)[0]
@@ -488,19 +510,31 @@ Deno.test('gpt-4o calls held on a purchase when it is refunded or its dispute lo
       for (const e of events) assert.ok((await deliverWithRetries(e)).status < 300);
     }
     const answers = await Promise.all(calls);
-    const rows =
-      await testDb`select model, status, trim_scale(charged)::text as charged, trim_scale(unbilled)::text as unbilled
+    const rows = await testDb`select model, status, trim_scale(charged)::text as charged
       from billing.ai_calls where user_id = ${s.ada.id} order by created_at`;
     console.log(
       how,
       answers.map((a) => a.status).join(','),
-      rows.map((r) => `${r.model}:${r.charged}/${r.unbilled}`).join(' '),
+      rows.map((r) => `${r.model}:${r.charged}`).join(' '),
       await accountState(s.ada.id),
     );
+    // Each call charged from its hold, nothing past it: the gpt-4o calls spent the purchase, which
+    // is now owed; the gpt-4o-mini calls spent the credits for gpt-4o-mini.
+    const st = await accountState(s.ada.id);
+    const [x] = await testDb`select
+      trim_scale(${st.restricted}::numeric - ${st.balance}::numeric)::text as debt,
+      trim_scale(coalesce(sum(charged) filter (where model = 'gpt-4o'), 0))::text as big,
+      trim_scale(5000 - coalesce(sum(charged) filter (where model = 'gpt-4o-mini'), 0))::text as mini_left,
+      (select count(*)::int from billing.transfers t where t.idempotency_key like 'ai-overage:%'
+        and t.from_account_id = (select a.id from billing.accounts a where a.user_id = ${s.ada.id} and a.org_id is null))
+        as excesses
+      from billing.ai_calls where user_id = ${s.ada.id}`;
+    assert.deepEqual([x.debt, st.restricted, st.general, x.excesses], [x.big, x.mini_left, '0', 0], JSON.stringify(x));
     await invariants();
-    // In debt, whatever was left unbilled: the next gpt-4o call is refused.
+    // In debt for what the gpt-4o calls spent of the purchase: the next gpt-4o call is refused.
     const next = await chat(s.ada.token, 'gpt-4o', 'words=3');
     assert.equal(next.status, 402, next.text);
+    assert.equal((next.body.error as { details: Json }).details.debt, true, next.text);
   }
 });
 
@@ -532,12 +566,12 @@ Deno.test('the same Idempotency-Key 20 times at once on a gateway call, a hold a
   await invariants();
 });
 
-// ============================================================ 10. who pays an unbilled excess
+// ============================================================ 10. who pays an overrun
 
-// What a student's own calls cost beyond their holds (ai_calls.unbilled) is owed by the student.
-// Joining a school's pool afterwards must not hand that bill to the school: the calls were made
-// on her own account, before she was a member.
-Deno.test("a student's own unbilled excess, run up before she joined a school, is never paid by the school's pool", async () => {
+// What a student's own calls cost beyond their holds is charged to her own account at once, into
+// debt. Joining a school's pool afterwards must not hand that bill to the school: the calls were
+// made on her own account, before she was a member; her next credit pays it.
+Deno.test("a student's own overruns, run up before she joined a school, stay her own debt: the school's pool never pays them, her next grant does", async () => {
   const ada = await person('ada');
   const own = await api('/credits/grants', {
     token: await adminToken(),
@@ -549,19 +583,54 @@ Deno.test("a student's own unbilled excess, run up before she joined a school, i
   const rs = await Promise.all(
     Array.from({ length: 5 }, () => chat(ada.token, 'gpt-4o-mini', 'words=5 extra_prompt=200000', 10)),
   );
-  // (Calls that start after one of them recorded its rest are refused: unbilled_usage.)
-  assert.ok(rs.some((r) => r.status === 200), rs.map((r) => r.text).join('\n'));
-  const [{ owed }] = await testDb`select trim_scale(coalesce(sum(unbilled), 0))::text as owed from billing.ai_calls
-    where user_id = ${ada.id} and owed_transfer_id is null`;
-  assert.ok(Number(owed) >= 100, `she owes ${owed}`);
+  const ok = rs.filter((r) => r.status === 200);
+  assert.ok(ok.length > 0, rs.map((r) => r.text).join('\n'));
+  // Calls that start once one of them charged its excess are refused: she is in debt.
+  for (const r of rs.filter((r) => r.status !== 200)) {
+    assert.deepEqual([r.status, codeOf(r)], [402, 'INSUFFICIENT_CREDITS'], r.text);
+    assert.equal((r.body.error as { details: Json }).details.debt, true, r.text);
+  }
+  const mine = async () =>
+    (await testDb`select trim_scale(a.balance)::text as balance,
+      (select trim_scale(coalesce(sum(c.charged), 0))::text from billing.ai_calls c where c.user_id = ${ada.id}) as charged,
+      (select count(*)::int from billing.ai_calls c where c.user_id = ${ada.id} and c.status = 'charged') as calls
+      from billing.accounts a where a.user_id = ${ada.id} and a.org_id is null`)[0];
+  const before = await mine();
+  const [{ debt }] = await testDb`select trim_scale(${before.charged}::numeric - 1)::text as debt`;
+  assert.equal(before.calls, ok.length);
+  assert.ok(Number(debt) >= 100 * ok.length, `each call charged whole: ${JSON.stringify(before)}`);
+  assert.equal(before.balance, `-${debt}`, 'the 1 credit paid, the rest is her debt');
+  const refused = await chat(ada.token, 'gpt-4o-mini', 'words=3', 10);
+  assert.deepEqual([refused.status, codeOf(refused)], [402, 'INSUFFICIENT_CREDITS'], refused.text);
+  assert.equal((refused.body.error as { details: Json }).details.debt, true, refused.text);
   // A school (someone else's, funded by the platform) invites her to its pool; she makes one call.
   const owner = await person('owner');
   const org = await school(owner, [ada], 'pool', '1000');
   const next = await chat(ada.token, 'gpt-4o-mini', 'words=3', 10);
-  const [paid] = await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as n from billing.transfers t
-    join billing.accounts a on a.id = t.from_account_id where a.org_id = ${org} and t.idempotency_key like 'ai-owed:%'`;
-  console.log('owed before joining:', { owed, next: next.status, school_paid: paid.n });
-  assert.equal(paid.n, '0', `the school's pool paid ${paid.n} credits of what her own calls cost before she joined`);
+  const [pool] = await testDb`select trim_scale(a.balance)::text as balance,
+      (select trim_scale(coalesce(sum(t.amount), 0))::text from billing.transfers t where t.from_account_id = a.id
+        and t.kind in ('usage', 'hold_capture')) as paid
+    from billing.accounts a where a.org_id = ${org} and a.member_id is null`;
+  const after = await mine();
+  console.log('owed before joining:', { debt, next: next.status, school_paid: pool.paid });
+  // The pool paid that call's price, if it ran, and nothing of her debt.
+  const [{ call }] =
+    await testDb`select trim_scale(${after.charged}::numeric - ${before.charged}::numeric)::text as call`;
+  assert.equal(pool.paid, call, `the school's pool paid only her call as a member: ${JSON.stringify(pool)}`);
+  assert.equal(after.balance, before.balance, 'her debt is still hers');
+  // Her next credit pays the debt first (a grant above it, however many calls ran).
+  const amount = String(Math.ceil(Number(debt)) + 500);
+  const grant = await api('/credits/grants', {
+    token: await adminToken(),
+    headers: key(),
+    body: { user_id: ada.id, amount, reason: 'test funding', kind: 'promo_grant' },
+  });
+  assert.equal(grant.status, 201, grant.text);
+  const [paid] =
+    await testDb`select trim_scale(a.balance)::text as balance, trim_scale(${amount}::numeric - ${debt}::numeric)::text as rest,
+      (select trim_scale(sum(l.remaining))::text from billing.lots l where l.account_id = a.id and l.open) as lots
+    from billing.accounts a where a.user_id = ${ada.id} and a.org_id is null`;
+  assert.deepEqual([paid.balance, paid.lots], [paid.rest, paid.rest], 'the grant paid the debt first');
   await invariants();
 });
 
@@ -587,13 +656,21 @@ Deno.test('a refund while eight gateway calls run on the refunded credits: they 
   assert.equal(r.status, 202, r.text);
   const answers = await Promise.all(calls);
   assert.deepEqual(answers.map((a) => a.status), Array(8).fill(200));
-  const [c] =
-    await testDb`select count(*) filter (where unbilled is not null)::int as n, trim_scale(sum(charged))::text as charged
+  const [c] = await testDb`select trim_scale(sum(charged))::text as charged,
+      (select trim_scale(sum(h.captured_amount))::text from billing.holds h where h.id in
+        (select hold_id from billing.ai_calls where user_id = ${id})) as captured,
+      (select count(*)::int from billing.transfers t where t.idempotency_key like 'ai-overage:%'
+        and t.from_account_id = (select a.id from billing.accounts a where a.user_id = ${id} and a.org_id is null)) as excesses
     from billing.ai_calls where user_id = ${id}`;
-  assert.equal(c.n, 0, 'every call was billed from what its hold reserved');
+  assert.deepEqual(
+    [c.captured, c.excesses],
+    [c.charged, 0],
+    `every call was billed from what its hold reserved: ${JSON.stringify(c)}`,
+  );
   assert.ok(Number(c.charged) > 0, JSON.stringify(c));
   assert.equal((await balanceOf(token)).balance, `-${c.charged}`, 'the buyer owes what the calls spent');
   const next = await chat(token, 'gpt-4o-mini', 'words=3', 10);
-  assert.equal(next.status, 402, next.text);
+  assert.deepEqual([next.status, codeOf(next)], [402, 'INSUFFICIENT_CREDITS'], next.text);
+  assert.equal((next.body.error as { details: Json }).details.debt, true, next.text);
   await invariants();
 });

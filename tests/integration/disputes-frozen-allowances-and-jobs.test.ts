@@ -2,8 +2,8 @@
 // removed while the dispute is open stay there (a sweep moves free credits only); won, the
 // closed-allowance sweep brings them back to the wallet; lost, they are taken back and the member
 // is never billed. A job whose hold reserved a gift's lot before its dispute captures what it
-// reserved; its excess draws only free credits (the frozen rest is not drawn), and the redeemer
-// owes none of the buyer's dispute.
+// reserved; what it cost past its hold is charged whole, from the frozen rest of the gift when
+// no free credit may pay for it (then as debt), and the redeemer owes none of the buyer's dispute.
 import assert from 'node:assert/strict';
 import { api, fund, key, spend, student, testDb, until } from '../support/helpers.ts';
 import { buyGift, redeem } from '../support/codes.ts';
@@ -16,7 +16,7 @@ import {
   purchaseDisputeStatus,
 } from '../support/disputed.ts';
 import { accountOf, schoolAllowanceFunded } from '../support/orgs.ts';
-import { lotsOfPurchase, ownAccount, reservationInvariants } from '../support/reserved.ts';
+import { ownAccount, reservationInvariants } from '../support/reserved.ts';
 
 for (const outcome of ['won', 'lost'] as const) {
   Deno.test(`a member removed while the allowance is frozen: the frozen credits stay; ${outcome}, the wallet ends whole and the member owes nothing`, async () => {
@@ -38,7 +38,7 @@ for (const outcome of ['won', 'lost'] as const) {
   });
 }
 
-Deno.test("a job's hold on a gift's lot, the gift disputed: it captures what it reserved, its excess draws no frozen credit; lost, the buyer owes what was spent", async () => {
+Deno.test("a job's hold on a gift's lot, the gift disputed: it captures what it reserved, its excess draws the frozen rest of the gift; lost, the buyer owes all of the gift that was spent", async () => {
   const s = await student();
   const t = await student();
   const g = await buyGift(s.token, 'mini');
@@ -50,20 +50,32 @@ Deno.test("a job's hold on a gift's lot, the gift disputed: it captures what it 
   const job = await claimedJob(t.id, w, 1000); // 300 promotional + 700 of the gift
   await openDispute(g.session_id);
   await completeJob(job, w, 1500);
-  const [lot] = await lotsOfPurchase(g.session_id);
+  // No free credit is left: the 500 past the hold take the frozen 500 of the gift, no debt.
+  const [lot] =
+    await testDb`select trim_scale(l.remaining)::text as remaining, trim_scale(l.reserved)::text as reserved,
+      l.frozen from billing.lots l join billing.purchases p on p.id = l.purchase_id
+    where p.stripe_session_id = ${g.session_id}`;
+  assert.deepEqual({ ...lot }, { remaining: '0', reserved: '0', frozen: true }, 'the excess took the frozen 500');
+  const [excess] = await testDb`select trim_scale(t.amount)::text as amount, t.metadata ->> 'reserved' as reserved,
+      t.metadata ->> 'priced' as priced, t.metadata ? 'unbilled' as unbilled,
+      (select trim_scale(sum(x.amount))::text from billing.lot_allocations x join billing.lots l on l.id = x.lot_id
+        join billing.purchases p on p.id = l.purchase_id
+        where x.transfer_id = t.id and p.stripe_session_id = ${g.session_id}) as from_gift
+    from billing.transfers t where t.idempotency_key = ${`job-overage:${job}`} and t.kind = 'usage'`;
   assert.deepEqual(
-    [lot.remaining, lot.reserved, lot.frozen],
-    ['500', '0', true],
-    'the excess took none of the frozen 500',
+    { ...excess },
+    { amount: '500', reserved: '1000', priced: '1500', unbilled: false, from_gift: '500' },
+    'one usage charge of the whole excess',
   );
-  const [j] = await testDb`select status, trim_scale(unbilled)::text as unbilled from billing.jobs where id = ${job}`;
-  assert.deepEqual({ ...j }, { status: 'completed', unbilled: '500' });
+  const [j] = await testDb`select status from billing.jobs where id = ${job}`;
+  assert.equal(j.status, 'completed');
+  assert.deepEqual(await ownAccount(t.id), { balance: '0', held: '0' }, 'the job was paid whole, nothing owed');
   await loseDispute(g.session_id);
   assert.deepEqual(await ownAccount(t.id), { balance: '0', held: '0' }, 'the redeemer is not billed for the dispute');
   assert.deepEqual(
     await ownAccount(s.id),
-    { balance: '-4500', held: '0' },
-    'the buyer owes what was spent of the gift',
+    { balance: '-5000', held: '0' },
+    'the buyer owes what was spent of the gift: all of it',
   );
   await reservationInvariants([s.id, t.id]);
 });

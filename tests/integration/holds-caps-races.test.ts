@@ -49,7 +49,7 @@ async function capsAgree(accountWhere: { user?: string; org?: string }, member: 
   return rows;
 }
 
-Deno.test("an AI call whose hold ended under it, finishing while another hold is past its TTL, is charged: the writer's refusal is not an error", async () => {
+Deno.test('an AI call whose hold ended under it, finishing while another hold is past its TTL, is charged its whole price from the credits that hold no longer reserves', async () => {
   const s = await student('100');
   const stream = await client(s.token).chat.completions.create({
     model: 'gpt-4o',
@@ -76,14 +76,22 @@ Deno.test("an AI call whose hold ended under it, finishing while another hold is
   } catch (err) {
     failed = err;
   }
-  const [c] = await testDb`select status, trim_scale(coalesce(charged, 0))::text as charged,
-    trim_scale(coalesce(unbilled, 0))::text as unbilled from billing.ai_calls where user_id = ${s.id} and status <> 'refused'`;
+  const [c] = await testDb`select id, status, trim_scale(coalesce(charged, 0))::text as charged
+    from billing.ai_calls where user_id = ${s.id} and status <> 'refused'`;
   assert.equal(failed, null, `the answer ended cleanly: ${failed}`);
   assert.equal(c.status, 'charged', `the call was settled, not left held and uncharged: ${JSON.stringify(c)}`);
   assert.ok(Number(cost) > 0 && cost === c.charged, `the answer's cost is what was charged (${cost}, ${c.charged})`);
   const a = await accountOf(s.id);
-  assert.equal(a.balance, String(100 - Number(c.charged)));
   assert.ok(Number(a.room) >= 0, `never overdrawn: ${JSON.stringify(a)}`);
+  // The sweep ends the lapsed hold. Its hold had ended, so the whole price was the excess: charged
+  // (as usage keyed by the call) from the 100 credits, all of which the lapsed hold gave back; no debt.
+  await testDb`select billing.release_expired_holds(100000)`;
+  const [x] = await testDb`select trim_scale(sum(t.amount))::text as amount,
+      trim_scale(sum((select sum(al.amount) from billing.lot_allocations al where al.transfer_id = t.id)))::text as drawn
+    from billing.transfers t where t.idempotency_key like ${`ai-overage:${c.id}%`} and t.kind = 'usage'`;
+  assert.deepEqual({ ...x }, { amount: c.charged, drawn: c.charged }, 'the excess is drawn whole from the lot');
+  const balance = String(100 - Number(c.charged));
+  assert.deepEqual({ ...await accountOf(s.id) }, { balance, held: '0', room: balance });
   await assertLedgerInvariants();
 });
 
@@ -158,7 +166,7 @@ Deno.test('a batch takes each refusal from the writer: a short event and a cappe
   await assertLedgerInvariants();
 });
 
-Deno.test("parallel AI calls of a member under their cap on a pool: the cap's count equals what the pool was charged, never more than the cap", async () => {
+Deno.test('parallel AI calls of a member under their cap on a pool, each billed past its hold: the cap counts what the pool was charged; holds fit the cap, only the excess passes it', async () => {
   const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
   const org = await school(owner, [ada], 'pool', '1000');
   await setCap(owner.token, { period: 'day', amount: '40' }, `/orgs/${org}/members/${ada.id}/cap`);
@@ -181,13 +189,35 @@ Deno.test("parallel AI calls of a member under their cap on a pool: the cap's co
       assert.ok(d.wallets.every((w) => w.wallet !== 'organisation' || w.available === undefined), JSON.stringify(d));
     }
   }
+  // The provider bills 200 prompt tokens (4 credits) past each hold: that excess is charged whole
+  // to the pool, counted against her cap past it if it must; what the holds reserved fits the cap.
   const [r] = await testDb`select trim_scale(s.spent)::text as spent,
     trim_scale((select sum(t.amount) from billing.transfers t where t.member_id = ${ada.id}
       and t.kind in ('usage', 'hold_capture')))::text as charged,
+    trim_scale((select sum(t.amount) from billing.transfers t where t.member_id = ${ada.id}
+      and t.kind = 'hold_capture'))::text as captured,
+    (select count(*)::int from billing.ai_calls c join billing.holds h on h.id = c.hold_id
+      where c.user_id = ${ada.id} and c.status = 'charged' and (c.charged <= h.amount
+        or c.charged - h.captured_amount is distinct from (select sum(t.amount) from billing.transfers t
+          where t.kind = 'usage' and t.idempotency_key like 'ai-overage:' || c.id || '%'))) as not_once,
+    trim_scale((select sum(c.charged) from billing.ai_calls c where c.user_id = ${ada.id}))::text as priced,
+    (select trim_scale(a.balance)::text from billing.accounts a where a.org_id = ${org} and a.member_id is null) as pool,
+    trim_scale(1000 - (select sum(t.amount) from billing.transfers t where t.member_id = ${ada.id}
+      and t.kind in ('usage', 'hold_capture')))::text as rest,
     (select count(*)::int from billing.holds h where h.member_id = ${ada.id} and h.status = 'active') as live
     from billing.spend_caps s where s.member_id = ${ada.id}`;
   assert.equal(r.live, 0);
   assert.equal(r.spent, r.charged, JSON.stringify(r));
-  assert.ok(Number(r.spent) <= 40, JSON.stringify(r));
+  assert.equal(r.priced, r.charged, `each call charged its whole price: ${JSON.stringify(r)}`);
+  assert.equal(
+    r.not_once,
+    0,
+    `every call cost more than its hold, its excess charged exactly once: ${JSON.stringify(r)}`,
+  );
+  assert.ok(Number(r.captured) <= 40, JSON.stringify(r));
+  // A call was refused once the cap had less than a hold (3.94) left, and every call then running
+  // still charged its excess (2.80): the count ends past the cap (at least six calls, 40.44).
+  assert.ok(Number(r.spent) > 40, `the excess is counted past the cap: ${JSON.stringify(r)}`);
+  assert.equal(r.pool, r.rest, 'the pool paid it all');
   await assertLedgerInvariants();
 });

@@ -483,9 +483,9 @@ Deno.test('a dispute opened while an AI call runs: the call is charged from its 
 // ============================================================ credits for some models
 
 // Why: an overdue user hold once still counted against the 5 credits for any model when the
-// call's excess was drawn, so 2.0234 of the price was recorded unbilled (owed, an operator alert)
-// while the student had the credits to pay it: overdue holds end before the excess is drawn.
-Deno.test("an AI call billed beyond its hold beside the student's hold past its TTL: credits for any model pay the rest, nothing unbilled", async () => {
+// call's excess was drawn, so part of the price went unpaid while the student had the credits to
+// pay it: overdue holds end before the excess is drawn, and it takes free credits before any debt.
+Deno.test("an AI call billed beyond its hold beside the student's hold past its TTL: the freed credits for any model pay the excess, no debt", async () => {
   const id = await newUser();
   const token = await userToken(id);
   assert.equal((await grantLot(id, '10', 'promo_grant', { applies_to: ['gpt-4o-mini*'] })).status, 201);
@@ -498,15 +498,25 @@ Deno.test("an AI call billed beyond its hold beside the student's hold past its 
   await overdue(mine);
   const r = await call;
   assert.equal(r.status, 200, r.text);
-  const [c] = await testDb`select trim_scale(c.charged)::text as charged, trim_scale(c.unbilled)::text as unbilled,
+  const [c] = await testDb`select c.id, trim_scale(c.charged)::text as charged,
     trim_scale((billing.price_usage('gpt-4o-mini', (c.usage ->> 'input_tokens')::bigint,
       (c.usage ->> 'output_tokens')::bigint, 0, 0)).amount)::text as price,
     trim_scale(h.captured_amount)::text as captured
     from billing.ai_calls c join billing.holds h on h.id = c.hold_id where c.user_id = ${id}`;
   assert.ok(Number(c.price) > 10 && Number(c.price) < 15, `priced ${c.price}`);
   assert.equal((await holdRow(aiHold)).status, 'captured');
-  // The hold past its TTL reserves nothing: the 15 pay the whole price.
-  assert.deepEqual([c.charged, c.unbilled], [c.price, null], JSON.stringify(c));
+  assert.equal(c.charged, c.price, 'the call is charged its whole price');
+  // The excess is one usage charge, drawn whole from lots: the hold past its TTL reserves nothing.
+  const [x] = await testDb`select trim_scale(t.amount)::text as amount,
+      trim_scale(${c.price}::numeric - ${c.captured}::numeric)::text as expected,
+      t.metadata ->> 'priced' as priced, t.metadata ->> 'reserved' as reserved,
+      trim_scale((select sum(al.amount) from billing.lot_allocations al where al.transfer_id = t.id))::text as drawn
+    from billing.transfers t where t.idempotency_key = ${`ai-overage:${c.id}`} and t.kind = 'usage'`;
+  assert.deepEqual(
+    [x.amount, x.drawn, x.priced, x.reserved],
+    [x.expected, x.expected, c.price, c.captured],
+    JSON.stringify(x),
+  );
   const [{ left }] = await testDb`select trim_scale(15 - ${c.price}::numeric)::text as left`;
   assert.equal((await own(id)).balance, left);
   assert.deepEqual(await seen(token), { balance: left, held: '0', available: left });

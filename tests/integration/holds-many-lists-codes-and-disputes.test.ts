@@ -36,6 +36,7 @@ const callHolds = async (
   ...await testDb`select c.model, trim_scale(h.amount)::text as held, h.status::text from billing.ai_calls c
     join billing.holds h on h.id = c.hold_id where c.user_id = ${userId} and c.status <> 'refused' order by c.created_at`,
 ];
+/** Gateway calls of `userId` settled: what each was charged, and what of it went past its hold. */
 async function settledCalls(userId: string) {
   await until(
     'calls settled',
@@ -45,7 +46,8 @@ async function settledCalls(userId: string) {
   );
   return [
     ...await testDb`select c.model, c.status, trim_scale(c.charged)::text as charged,
-      trim_scale(coalesce(c.unbilled, 0))::text as unbilled
+      trim_scale(coalesce((select t.amount from billing.transfers t
+        where t.idempotency_key = 'ai-overage:' || c.id::text), 0))::text as overage
     from billing.ai_calls c where c.user_id = ${userId} and c.status <> 'refused' order by c.created_at`,
   ];
 }
@@ -71,7 +73,7 @@ async function openDispute(sessionId: string) {
 
 // ============================================================ 2. an unrelated expiry under an open dispute
 
-Deno.test('a dispute open over the credits for any model: an expiry of credits for another model (50 of 1,050, the balance still above every hold) leaves a gateway call in flight its whole hold and it captures its cost, unbilled 0', async () => {
+Deno.test('a dispute open over the credits for any model: an expiry of credits for another model (50 of 1,050, the balance still above every hold) leaves a gateway call in flight its whole hold and it captures its cost from it, nothing past it', async () => {
   const [m, z] = await models(2);
   const id = await newUser();
   const token = await userToken(id);
@@ -92,9 +94,23 @@ Deno.test('a dispute open over the credits for any model: an expiry of credits f
   const s = await state(acct);
   assert.equal((await call).status, 200);
   const [c] = await settledCalls(id);
+  // The hold kept whole pays the whole price: no excess charged past it (the frozen credits it
+  // reserved are its own until it ends).
   assert.deepEqual(
-    { hold: `${after?.status} ${after?.held}`, balance: s.balance, held: s.held, unbilled: c.unbilled },
-    { hold: `active ${before.held}`, balance: '6000', held: disputed.held, unbilled: '0' },
+    {
+      hold: `${after?.status} ${after?.held}`,
+      balance: s.balance,
+      held: s.held,
+      overage: c.overage,
+      end: (await state(acct)).balance,
+    },
+    {
+      hold: `active ${before.held}`,
+      balance: '6000',
+      held: disputed.held,
+      overage: '0',
+      end: String(Number((6000 - Number(c.charged)).toFixed(9))),
+    },
     JSON.stringify({ before, disputed, after, s, c }),
   );
   await invariants();
@@ -125,9 +141,10 @@ Deno.test("an expiry of 40 credits for any model under a student's own hold: a g
   // The student's hold of 45 reserved the 40 due soonest and 5 of the 10 (spending order); the 40
   // expire whole and it shrinks by them to 5 (docs/credit-lots.md § Spending order 7). The call's
   // reservation (the rest of the 10, then its own list) is untouched.
+  // The call's price fits in its untouched hold: nothing past it.
   assert.deepEqual(
-    { call: after?.held, own: own_held, balance: s.balance, unbilled: c.unbilled },
-    { call: before.held, own: '5', balance: '30', unbilled: '0' },
+    { call: after?.held, own: own_held, balance: s.balance, overage: c.overage },
+    { call: before.held, own: '5', balance: '30', overage: '0' },
     JSON.stringify({ before, after, s, c }),
   );
   await invariants();
@@ -158,8 +175,8 @@ Deno.test("a dispute freezes the credits for any model while a call runs on a sh
   const st = await state(acct);
   assert.ok(Number(before.held) > 0, JSON.stringify(before));
   assert.deepEqual(
-    { unbilled: c.unbilled, balance: st.balance },
-    { unbilled: '0', balance: String(Number((5005 - Number(c.charged)).toFixed(9))) },
+    { overage: c.overage, balance: st.balance },
+    { overage: '0', balance: String(Number((5005 - Number(c.charged)).toFixed(9))) },
     JSON.stringify({ before, c, st }),
   );
   await invariants();
@@ -201,10 +218,10 @@ Deno.test("twelve sponsor codes for the model 12 lists share, issued and revoked
     where n.account_id = ${wallet} and n.applies_to is distinct from w.applies_to`;
   const s = await state(wallet);
   assert.deepEqual(
-    { codes: ids.length, unbilled: rows.map((c) => c.unbilled), off: [...off], held: s.held, balance: s.balance },
+    { codes: ids.length, overage: rows.map((c) => c.overage), off: [...off], held: s.held, balance: s.balance },
     {
       codes: Math.floor((120 - heldByCalls) / 9), // the codes take what the four holds leave, across lists
-      unbilled: ['0', '0', '0', '0'],
+      overage: ['0', '0', '0', '0'], // each call's price within its hold
       off: [],
       held: '0',
       balance: String(Number((120 - spent).toFixed(9))),

@@ -2,7 +2,8 @@
 // gateway's one consent rule: the student's, or the paying school's, read when the job is queued
 // and again when it completes. Nothing in the job's input can ask for more; withdrawal and
 // per-call deletion reach a job's kept content; the student reads it in the call log. What a job
-// runs on and delivers (jobs.input, jobs.result) goes with its 24 hours, owed or not.
+// runs on and delivers (jobs.input, jobs.result) goes with its 24 hours, whatever it cost: what
+// it cost is on the ledger.
 import assert from 'node:assert/strict';
 import { api, finishedJob, fund, key, newUser, testDb, tick, userToken } from '../support/helpers.ts';
 import { person, school } from '../support/orgs.ts';
@@ -139,16 +140,30 @@ Deno.test("a school's consent keeps the content of the jobs it pays for, and its
   assert.deepEqual(await logsHolding(m), []);
 });
 
-Deno.test('an owed job loses its input and result when its 24 hours end, and stays only for what it owes', async () => {
-  const s = await funded();
+Deno.test('a job that cost more than its hold (the excess charged at once, into debt) goes whole with its input and result when its 24 hours end, and its debt stays on the balance', async () => {
+  const id = await newUser();
+  await fund(id, '0.01');
   const m = marker();
-  const id = await runJob(s.token, ask(`owed ${m}`));
-  await testDb`update billing.jobs set unbilled = 0.5, expires_at = now() - interval '1 second' where id = ${id}`;
+  // A hold of 0.01 under a job that costs more: the provider's bill past it is charged when the
+  // job completes, past the balance as debt, so nothing about the job's money waits on its row.
+  const [{ id: jobId }] = await testDb`select id from billing.enqueue_job(${id}, 'ai_completion',
+    ${JSON.stringify(ask(`overran ${m}`))}::text::jsonb, ${crypto.randomUUID()}, null, 0.01)`;
+  await tick();
+  assert.equal((await finishedJob(jobId)).status, 'completed');
+  const money = async () =>
+    (await testDb`select trim_scale(a.balance)::text as balance, trim_scale(h.captured_amount)::text as captured,
+        (select trim_scale(t.amount)::text from billing.transfers t where t.idempotency_key = 'job-overage:' || ${jobId}::text)
+          as overage
+      from billing.accounts a join billing.holds h on h.account_id = a.id
+      where a.user_id = ${id} and h.purpose = 'job'`)[0];
+  const done = await money();
+  assert.equal(done.captured, '0.01', JSON.stringify(done));
+  assert.ok(Number(done.overage) > 0, JSON.stringify(done));
+  assert.equal(done.balance, String(-Number(done.overage)), 'the excess past the 0.01 is debt');
+  await testDb`update billing.jobs set expires_at = now() - interval '1 second' where id = ${jobId}`;
   await testDb`select billing.expire_jobs(500)`;
-  const [job] = await testDb`select input, result, resume_state, unbilled::text from billing.jobs where id = ${id}`;
-  assert.ok(job, 'the owed job stays');
-  assert.deepEqual([job.input, job.result, job.resume_state, job.unbilled], [{}, null, null, '0.500000000000000000']);
-  const [{ n }] = await testDb`select count(*)::int as n from billing.jobs j where j.input::text like ${'%' + m + '%'}
-    or j.result::text like ${'%' + m + '%'}`;
-  assert.equal(n, 0);
+  const [{ n }] = await testDb`select count(*)::int as n from billing.jobs j where j.id = ${jobId}
+    or j.input::text like ${'%' + m + '%'} or j.result::text like ${'%' + m + '%'}`;
+  assert.equal(n, 0, 'the job, its input and its result are gone');
+  assert.deepEqual(await money(), done, 'the ledger keeps what the job cost, the debt with it');
 });

@@ -53,14 +53,13 @@ const cancelJob = async (base: string, token: string, id: string) => {
   return { status: res.status, body: await res.json() as Json };
 };
 
-/** A job's hold now, and what its capture and excess charged (the excess's unbilled too). */
+/** A job's hold now, and what its capture and its excess past the hold charged. */
 async function jobMoney(id: string) {
   const [r] = await testDb`select j.status, h.status as hold_status,
       trim_scale(case when h.status in ('active', 'captured') then h.amount else 0 end)::text as held,
       coalesce(h.metadata ->> 'given_amount', '0') as given, h.metadata ->> 'given_to' as given_to,
       trim_scale(coalesce(h.captured_amount, 0))::text as captured,
       trim_scale(coalesce((select t.amount from billing.transfers t where t.idempotency_key = 'job-overage:' || j.id::text), 0))::text as overage,
-      coalesce((select t.metadata ->> 'unbilled' from billing.transfers t where t.idempotency_key = 'job-overage:' || j.id::text), '0') as unbilled,
       j.result -> 'usage' as usage
     from billing.jobs j left join billing.holds h on h.id = j.hold_id where j.id = ${id}`;
   return r as JobMoney;
@@ -73,7 +72,6 @@ interface JobMoney {
   given_to: string | null;
   captured: string;
   overage: string;
-  unbilled: string;
   usage: unknown;
 }
 const charged = (m: { captured: string; overage: string }) =>
@@ -153,15 +151,23 @@ Deno.test({
     const end = await done(jobId);
     const figures = JSON.stringify({ before, disputed, after, end });
     // The refund took 10 free credits from the balance; the job's hold keeps all it reserved
-    // (docs/credit-lots.md § Refunds, disputes and debt 1), and its price, 40, is captured from it.
+    // (docs/credit-lots.md § Refunds, disputes and debt 1), and its price, 40, is captured from it,
+    // nothing past it.
     assert.deepEqual(
       {
         status: end.status,
         held_after_refund: after.held,
-        charged: charged(end),
-        unbilled: priceOf(words) - charged(end),
+        captured: end.captured,
+        overage: end.overage,
+        end: await state(acct),
       },
-      { status: 'completed', held_after_refund: String(reserveOf(words)), charged: priceOf(words), unbilled: 0 },
+      {
+        status: 'completed',
+        held_after_refund: String(reserveOf(words)),
+        captured: String(priceOf(words)),
+        overage: '0',
+        end: { balance: String(Number(disputed.balance) - 10 - priceOf(words)), held: '0' },
+      },
       figures,
     );
   } finally {
@@ -185,7 +191,7 @@ const chargeTokens = (token: string, model: string, credits: number) =>
     },
   });
 
-Deno.test('six jobs on 12 lists (each list for its own model and a shared one) racing 90 charges for the shared model and two cancels, then an expiry under one job: every job is charged exactly its price from its own list, the shared model gets every credit no job needs', async () => {
+Deno.test('six jobs on 12 lists (each list for its own model and a shared one) racing 90 charges for the shared model and two cancels, then an expiry under one job: every job is charged exactly its price, from its own list or, the list expired, as debt that a grant pays first; the shared model gets every credit no job needs', async () => {
   const ms = await Promise.all(Array.from({ length: 12 }, () => creditPerToken()));
   const [shared] = await models(1);
   const id = await newUser();
@@ -234,12 +240,35 @@ Deno.test('six jobs on 12 lists (each list for its own model and a shared one) r
     assert.equal((await chargeTokens(token, ms[1], 1)).status, 402);
     const ends = [];
     for (const j of jobs) ends.push(await done(j));
+    // Job 0's hold gave way whole: its price is charged past it, and no lot left may pay for its
+    // model, so all 10 is debt. The three others capture theirs from their holds.
     assert.deepEqual(
-      ends.map((e) => `${e.status} ${charged(e)}`),
-      ['completed 0', 'completed 10', 'completed 10', 'completed 10', 'cancelled 0', 'cancelled 0'],
+      ends.map((e) => `${e.status} ${e.captured} + ${e.overage}`),
+      [
+        'completed 0 + 10',
+        'completed 10 + 0',
+        'completed 10 + 0',
+        'completed 10 + 0',
+        'cancelled 0 + 0',
+        'cancelled 0 + 0',
+      ],
       JSON.stringify(ends),
     );
+    // 90 − 30 captured − 10 owed; the three lists keep their 20 each beside the debt of 10.
+    assert.deepEqual({ ...await state(acct) }, { balance: '50', held: '0' });
+    const [{ lists }] = await testDb`select trim_scale(sum(remaining))::text as lists from billing.lots
+      where account_id = ${acct} and open`;
+    assert.equal(lists, '60');
+    // The lists stay spendable for their models beside the debt; job 0's model, which only credits
+    // for any model could pay now, is refused for it, until a grant pays the debt first.
+    const owing = await chargeTokens(token, ms[0], 1);
+    assert.equal(owing.status, 402, owing.text);
+    assert.equal((owing.body.error as { details: Json }).details.debt, true, owing.text);
+    assert.equal((await grantLot(id, '10', 'promo_grant')).status, 201);
     assert.deepEqual({ ...await state(acct) }, { balance: '60', held: '0' });
+    const paid = await chargeTokens(token, ms[0], 1);
+    assert.equal(paid.status, 402, paid.text);
+    assert.equal((paid.body.error as { details: Json }).details.debt, false, 'the grant went to the debt');
   } finally {
     await gw.kill();
   }

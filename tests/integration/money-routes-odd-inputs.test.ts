@@ -196,7 +196,8 @@ Deno.test('odd correlation ids, metadata and models on holds and usage are 400 a
     { metadata: { note: '\ud800' } },
     { metadata: { note: 'x'.repeat(501) } },
     { metadata: { model: 'gpt-4o-mini' } },
-    { metadata: { unbilled: '1' } },
+    { metadata: { reserved: '1' } },
+    { metadata: { priced: '1' } },
     { metadata: { ['k'.repeat(65)]: 1 } },
     { metadata: { deep: { er: 1 } } },
     { input_tokens: '1e3' },
@@ -608,7 +609,7 @@ Deno.test('a sponsor code redeemed 10 times at once while its member is removed 
   await assertLedgerInvariants();
 });
 
-Deno.test("an allowance member removed while 8 gateway calls billed beyond their holds are in flight: the calls' holds pay, the excess is never the school's, the allowance ends empty", async () => {
+Deno.test("an allowance member removed while 8 gateway calls billed beyond their holds are in flight: the allowance pays each call whole, the excess its debt, never the wallet or the member's own account", async () => {
   const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
   const org = await school(owner, [ada], 'allowance', '1000');
   const f = await api(`/orgs/${org}/allowances`, {
@@ -634,29 +635,45 @@ Deno.test("an allowance member removed while 8 gateway calls billed beyond their
   const answers = await Promise.all(calls);
   const spent = await spentFromOrg(org, ada.id);
   // Every call held on the school's accounts was held before the removal (none could be after).
-  const [{ held }] = await testDb`select trim_scale(coalesce(sum(h.amount), 0))::text as held from billing.holds h
-    join billing.accounts a on a.id = h.account_id where a.org_id = ${org} and h.purpose = 'ai'`;
-  const [owed] = await testDb`select trim_scale(coalesce(sum(unbilled), 0))::text as n from billing.ai_calls
-    where user_id = ${ada.id}`;
-  console.log('allowance member removed mid-call:', {
-    calls: answers.map((a) => a.status),
-    held,
-    spent,
-    unbilled: owed.n,
-  });
-  assert.ok(Number(held) > 0, 'calls were held on the allowance');
-  assert.equal(spent.n, held, 'the school paid exactly what its calls held (each cost more), never their excess');
+  const [x] = await testDb`select
+      (select trim_scale(coalesce(sum(h.amount), 0))::text from billing.holds h join billing.accounts a on a.id = h.account_id
+        where a.org_id = ${org} and h.purpose = 'ai') as held,
+      (select trim_scale(coalesce(sum(t.amount), 0))::text from billing.transfers t join billing.accounts a
+        on a.id = t.from_account_id where a.org_id = ${org} and t.kind = 'hold_capture') as captured,
+      (select trim_scale(coalesce(sum(c.charged), 0))::text from billing.ai_calls c where c.user_id = ${ada.id}) as priced,
+      (select trim_scale(coalesce(sum(t.amount), 0))::text from billing.transfers t where t.kind = 'allowance_sweep'
+        and t.from_account_id = (select a.id from billing.accounts a where a.org_id = ${org} and a.member_id = ${ada.id}))
+        as swept`;
+  console.log('allowance member removed mid-call:', { calls: answers.map((a) => a.status), spent, ...x });
+  assert.ok(Number(x.held) > 0, 'calls were held on the allowance');
+  assert.equal(x.captured, x.held, 'each call cost more than its hold: the holds were captured whole');
+  assert.equal(spent.n, x.priced, "the allowance paid each call's whole price, the excess past its hold included");
+  assert.ok(Number(spent.n) - Number(x.held) > 500, 'six calls or more, each ~120 past its hold');
+  const [{ off }] =
+    await testDb`select count(*)::int as off from billing.ai_calls c join billing.holds h on h.id = c.hold_id
+    where c.user_id = ${ada.id} and c.charged - h.captured_amount is distinct from
+      (select sum(t.amount) from billing.transfers t where t.kind = 'usage' and t.idempotency_key like 'ai-overage:' || c.id || '%')`;
+  assert.equal(off, 0, "each call's excess charged exactly once");
   const total = await orgTotal(org);
-  const [{ sum }] = await testDb`select trim_scale(${total.balance}::numeric + ${spent.n}::numeric)::text as sum`;
+  const [{ sum, allowance, wallet }] = await testDb`select
+    trim_scale(${total.balance}::numeric + ${spent.n}::numeric)::text as sum,
+    trim_scale(500 - ${x.swept}::numeric - ${spent.n}::numeric)::text as allowance,
+    trim_scale(500 + ${x.swept}::numeric)::text as wallet`;
   assert.equal(sum, '1000', `not a credit lost or made: ${JSON.stringify({ total, spent })}`);
-  assert.deepEqual(await orgAccountOf(org, ada.id), { balance: '0', held: '0' }, 'the allowance ends empty');
+  // The removal swept the allowance's free credits to the wallet; what the calls cost past them is
+  // the allowance's debt, never the wallet's.
+  assert.ok(Number(allowance) < 0, allowance);
+  assert.deepEqual(await orgAccountOf(org, ada.id), { balance: allowance, held: '0' }, 'the allowance owes the rest');
+  assert.deepEqual(await orgAccountOf(org, null), { balance: wallet, held: '0' }, 'the wallet pays none of it');
   assert.equal(total.held, '0');
   assert.deepEqual(await own(ada.id) ?? { balance: '0', held: '0' }, { balance: '0', held: '0' });
-  // Only the captures of calls held before the removal moved anything from the school since.
+  // Only what calls held before the removal cost (their captures and excesses) moved anything
+  // from the school since.
   const [{ n }] = await testDb`select count(*)::int as n from billing.transfers t join billing.accounts a
     on a.id = t.from_account_id where a.org_id = ${org} and t.kind not in ('hold_capture', 'allowance_sweep')
+    and not (t.kind = 'usage' and t.idempotency_key like 'ai-overage:%')
     and t.id > (select max(x.id) from billing.transfers x join billing.accounts y on y.id = x.from_account_id
                 where y.org_id = ${org} and x.kind = 'allowance_sweep')`;
-  assert.equal(n, 0, `nothing but captures left the school after the removal (${swept} transfers then)`);
+  assert.equal(n, 0, `nothing but what the calls cost left the school after the removal (${swept} transfers then)`);
   await assertLedgerInvariants();
 });

@@ -1,7 +1,7 @@
 // A refund racing a redeemer's captures of holds an earlier refund left take-backs pending on.
 // The refund locks the buyer's and the holders' accounts in id order (take_back_purchase); a
 // capture locks the redeemer's, then the buyer's to bill what the hold spent (billing.hold_ended →
-// owe_lack). When the buyer's id is the lower the two can deadlock: Postgres rolls one back and
+// owe). When the buyer's id is the lower the two can deadlock: Postgres rolls one back and
 // the request sends its statement again (adapters/db.ts retries 40P01), so every answer succeeds
 // and the money converges: what the redeemer's holds spent of the refunded credits the buyer owes.
 import assert from 'node:assert/strict';

@@ -98,9 +98,17 @@ async function onPlan(spent: number) {
   return { m, s, plan };
 }
 
-/** The user's gateway calls (newest first): status, charged, owed. */
+/** The user's gateway calls (newest first): status and what each was charged. */
 const callByHold = async (userId: string) =>
-  (await callsOf(userId)).map((c) => ({ status: c.status, charged: c.charged, unbilled: c.unbilled }));
+  (await callsOf(userId)).map((c) => ({ status: c.status, charged: c.charged }));
+
+/** What gateway call `id` was charged past its hold (`ai-overage:<id>`), and how much of that frozen lots paid. */
+const overageOf = async (id: string) =>
+  (await testDb`select trim_scale(t.amount)::text as amount,
+      trim_scale(coalesce(sum(a.amount) filter (where l.frozen), 0))::text as from_frozen
+    from billing.transfers t left join billing.lot_allocations a on a.transfer_id = t.id
+    left join billing.lots l on l.id = a.lot_id
+    where t.idempotency_key = ${'ai-overage:' + id} group by t.id`)[0] ?? { amount: '0', from_frozen: '0' };
 
 // ============================================================ 1. a renewal with rollover under live holds
 
@@ -133,7 +141,8 @@ Deno.test({
       mid_balance: mid.account.balance,
       mid_held: mid.account.held,
       mid_user: mid.holds.find((h) => h.id === hUser)?.status,
-      call: [c.status, c.charged, c.unbilled],
+      call: [c.status, c.charged],
+      overage: (await overageOf(c.id)).amount,
       cost,
       ai_hold: [hs.find((h) => h.purpose === 'ai')?.status, hs.find((h) => h.purpose === 'ai')?.captured],
       end,
@@ -143,7 +152,8 @@ Deno.test({
       mid_balance: '12000',
       mid_held: '2000',
       mid_user: 'released',
-      call: ['charged', price, null],
+      call: ['charged', price],
+      overage: String(Number(price) - 2000), // past the 2,000 its hold kept: from the new period's lot
       cost: price,
       ai_hold: ['captured', '2000'],
       end: { balance: String(12000 - Number(price)), held: '0' },
@@ -196,7 +206,8 @@ Deno.test({
       swept: swept.account,
       holds: swept.holds.map((h) => [h.purpose, h.status]),
       mid: mid.account,
-      call: [c.status, c.charged, c.unbilled],
+      call: [c.status, c.charged],
+      overage: (await overageOf(c.id)).amount,
       end,
       breakage: await breakage(s.id),
     },
@@ -204,7 +215,8 @@ Deno.test({
       swept: { balance: '0', held: '0' },
       holds: [['ai', 'released'], ['user', 'released']],
       mid: { balance: '12000', held: '0' },
-      call: ['charged', price, null],
+      call: ['charged', price],
+      overage: price, // its hold gave way whole: the whole price is charged past it
       end: { balance: String(12000 - Number(price)), held: '0' },
       breakage: '2000',
     },
@@ -218,7 +230,7 @@ Deno.test({
 
 Deno.test({
   name:
-    'a full refund of the plan invoice (delivered three times at once) racing the captures of two user holds, a streaming AI call in flight: 10,000 taken back once, each capture all or nothing, the call charged or owed in full',
+    'a full refund of the plan invoice (delivered three times at once) racing the captures of two user holds, a streaming AI call in flight: 10,000 taken back once, each capture all or nothing, the call charged its whole price, all that was spent owed as debt that refuses the next call',
   sanitizeOps: false,
   sanitizeResources: false,
 }, async () => {
@@ -268,7 +280,7 @@ Deno.test({
       cents: g.cents,
       reversals: n,
       pending,
-      call: [c.status, (Number(c.charged) + Number(c.unbilled ?? 0)).toString()],
+      call: [c.status, c.charged],
       end,
     },
     {
@@ -281,16 +293,14 @@ Deno.test({
     },
     figures,
   );
-  // The next call pays what is owed first, or is refused for it.
+  // The debt is on the balance: the next call is refused for it.
   const next = await api('/ai/v1/chat/completions', {
     token: s.token,
     headers: key(),
     body: { model: m, messages: ask('#standin words=2'), max_tokens: 5 },
   });
   assert.equal(next.status, 402, next.text);
-  if (c.unbilled) {
-    assert.deepEqual((next.body.error as { details: Json }).details.reason, 'unbilled_usage', next.text);
-  }
+  assert.equal((next.body.error as { details: Json }).details.debt, true, next.text);
 });
 
 // ============================================================ 3. AI calls in flight under a refund and a lost dispute
@@ -343,7 +353,7 @@ Deno.test({
   assert.deepEqual(
     {
       mid: { account: mid.account, holds: mid.holds.map((h) => h.status), calls: mid.calls.map((c) => c.status) },
-      calls: calls.map((c) => [c.status, c.charged, c.unbilled]).sort(),
+      calls: calls.map((c) => [c.status, c.charged]).sort(),
       end,
     },
     {
@@ -352,7 +362,7 @@ Deno.test({
         holds: ['active', 'active', 'active'],
         calls: ['held', 'held', 'held'],
       },
-      calls: prices.map((p) => ['charged', p, null]).sort(),
+      calls: prices.map((p) => ['charged', p]).sort(),
       end: { balance: String(-owed), held: '0' },
     },
     figures,
@@ -384,7 +394,7 @@ Deno.test({
 
 Deno.test({
   name:
-    'a dispute of the plan invoice opened while a streaming AI call runs, the provider billing 500 tokens past the hold, then lost: the hold keeps its work, the excess is never paid from frozen credits (owed instead), and the loss takes back the rest once',
+    'a dispute of the plan invoice opened while a streaming AI call runs, the provider billing 500 tokens past the hold, then lost: the hold keeps its work, the excess is paid from the frozen plan credits (the model has no free ones), and the loss takes back the rest once, the whole call owed as debt',
   sanitizeOps: false,
   sanitizeResources: false,
 }, async () => {
@@ -414,27 +424,32 @@ Deno.test({
   const price = await priceOf(m, usage!);
   const [c] = await callsOf(s.id);
   const afterCall = await account(s.id);
+  const overage = await overageOf(c.id);
   const lost = await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost', deliver: false });
   await Promise.all([...lost.events, ...lost.events].map((e) => deliverWithRetries(e)));
   for (const e of lost.events) await deliverWithRetries(e);
   const end = await account(s.id);
-  const figures = JSON.stringify({ ai, frozen, c, afterCall, end, price });
+  const figures = JSON.stringify({ ai, frozen, c, overage, afterCall, end, price });
   // Opened: the plan lot freezes; the call's hold keeps what it reserved of it (work under way),
-  // nothing else is held. The call captures its hold from its reservation; the 500 past it would
-  // come from frozen credits: owed. Lost: the lot's free rest taken back at once; the 1,000 spent
-  // and the hold's capture are spent of the grant, owed by the subscriber as debt.
+  // nothing else is held. The call captures its hold from its reservation; the 500 past it find no
+  // free credits for the model and are drawn from the frozen plan lot (a debt takes frozen credits
+  // before the balance goes below zero). Lost: the lot's rest taken back at once; the 1,000 spent
+  // and the whole call are spent of the grant, owed by the subscriber as debt.
+  const excess = String(Number(price) - Number(ai.amount));
   assert.deepEqual(
     {
       frozen: frozen.account,
-      call: [c.status, c.charged, c.unbilled],
+      call: [c.status, c.charged],
+      overage,
       afterCall,
       end,
     },
     {
       frozen: { balance: '9000', held: ai.amount },
-      call: ['charged', ai.amount, String(Number(price) - Number(ai.amount))],
-      afterCall: { balance: String(9000 - Number(ai.amount)), held: '0' },
-      end: { balance: String(-(1000 + Number(ai.amount))), held: '0' },
+      call: ['charged', price],
+      overage: { amount: excess, from_frozen: excess },
+      afterCall: { balance: String(9000 - Number(price)), held: '0' },
+      end: { balance: String(-(1000 + Number(price))), held: '0' },
     },
     figures,
   );

@@ -269,7 +269,7 @@ function endHold(m: Model, h: ModelHold, spent: bigint) {
     const back = min(r - p, pending);
     l.remaining -= back;
     m.balance -= back;
-    // What the student owes claimed of it is taken next (billing.owe_lack's claims).
+    // What the student owes claimed of it is taken next (billing.owe's claims).
     const claimed = h.claimed.get(n) ?? 0n;
     const claim = min(r - p - back, claimed);
     l.remaining -= claim;
@@ -329,8 +329,11 @@ const nextToExpire = (m: Model) =>
     .sort((a, b) => (a.expiresAt ?? 0) - (b.expiresAt ?? 0))[0];
 
 // ---------------------------------------------------------------- settling
-/** A lot expires whole, reserved or not: each hold that reserved it shrinks by that (it ends at 0). */
-function expireLot(m: Model, l: ModelLot) {
+/**
+ * A lot expires whole, reserved or not: each hold that reserved it shrinks by that (it ends at 0).
+ * Answers what the student's debt claimed of it, owed again once every due lot expired.
+ */
+function expireLot(m: Model, l: ModelLot): bigint {
   const n = m.lots.indexOf(l);
   let pending = 0n;
   let claimed = 0n;
@@ -353,7 +356,7 @@ function expireLot(m: Model, l: ModelLot) {
   m.balance -= l.remaining;
   l.remaining = 0n;
   l.reserved = 0n;
-  owe(m, claimed); // what the student's debt claimed of it is owed again
+  return claimed;
 }
 
 /**
@@ -363,7 +366,9 @@ function expireLot(m: Model, l: ModelLot) {
  */
 function settle(m: Model) {
   if (!m.expiryDue) return;
-  for (const l of m.lots) if (l.due && l.remaining > 0n) expireLot(m, l);
+  let claimed = 0n;
+  for (const l of m.lots) if (l.due && l.remaining > 0n) claimed += expireLot(m, l);
+  owe(m, claimed); // what the student's debt claimed of them is owed again: never from a lot due with them
   m.expiryDue = false;
 }
 /** The model as settling leaves it. A refused request rolls its settling back: commit it only on success. */
@@ -742,7 +747,7 @@ class VoidCharge implements Cmd {
       const paid = min(d.take, debt);
       debt -= paid;
       l.remaining += d.take - paid; // a frozen lot's stay frozen
-      if (l.due && l.remaining > 0n) expireLot(m, l);
+      if (l.due && l.remaining > 0n) owe(m, expireLot(m, l));
     }
     capsOf(m).filter((x) => c.counted.includes(x.gen)).forEach((x) => x.spent = max(x.spent - c.amount, 0n));
     c.voided = true;

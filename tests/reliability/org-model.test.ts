@@ -402,19 +402,24 @@ let aiModelName: string | null = null;
 /** The model the gateway calls here are for: priced a credit a token, in and out. */
 const aiModel = async () => aiModelName ??= await creditPerToken();
 
-/** A member's hold ends: captured in part or whole, released, or left to pass its TTL. */
+/**
+ * A member's hold ends: captured in part or whole, released, or left to pass its TTL; a gateway
+ * call may cost more than its hold ('above'): the excess is owed by the account the hold drew on
+ * (the pool or the allowance: billing.owe), past the member's cap, which counts it.
+ */
 class EndHold implements Cmd {
-  constructor(readonly pick: number, readonly how: 'part' | 'whole' | 'release' | 'ttl') {}
+  constructor(readonly pick: number, readonly how: 'part' | 'whole' | 'release' | 'ttl' | 'above') {}
   check = (m: Readonly<Model>) => m.work.some((w) => w.hold.open);
   async run(m: Model, r: Real) {
     const open = m.work.map((w, i) => [w, i] as const).filter(([w]) => w.hold.open);
     const [w, i] = open[this.pick % open.length];
     const token = r.members[w.member].token;
     const part = w.hold.amount / 2n / M; // whole credits; 0: the capture takes it all
-    const how = this.how === 'part' && part === 0n ? 'whole' : this.how;
+    const how = (this.how === 'part' && part === 0n) || (this.how === 'above' && w.kind !== 'ai') ? 'whole' : this.how;
     // A gateway call's usage is whole tokens (a credit each); a user's whole capture takes the hold.
     const whole = w.kind === 'ai' ? w.hold.amount / M * M : w.hold.amount;
-    const captured = how === 'whole' ? whole : how === 'part' ? part * M : 0n;
+    const captured = how === 'whole' ? whole : how === 'part' ? part * M : how === 'above' ? whole : 0n;
+    const excess = how === 'above' ? (BigInt(this.pick % 40) + 1n) * M : 0n;
     if (w.kind === 'ai') {
       if (how === 'ttl') {
         await testDb`update billing.holds set expires_at = now() - interval '1 second'
@@ -422,7 +427,7 @@ class EndHold implements Cmd {
         await testDb`select billing.release_expired_holds(100000)`;
       } else {
         // The provider's usage, input tokens a credit each; none: the call failed.
-        const used = captured / M;
+        const used = (captured + excess) / M;
         const [f] = await testDb`select billing.finish_ai_call(${r.work[i]},
           ${JSON.stringify({ input_tokens: Number(used), output_tokens: 0 })}::text::jsonb, 'provider', '{}'::jsonb,
           ${used === 0n}) as r`;
@@ -435,10 +440,11 @@ class EndHold implements Cmd {
         : await capture(token, r.work[i], how === 'part' ? String(part) : undefined);
       assert.equal(res.status, 200, res.text);
     }
-    if (captured > 0n) m.ref.capture(w.hold, captured);
+    if (excess > 0n) m.ref.chargeWork(w.hold, captured + excess);
+    else if (captured > 0n) m.ref.capture(w.hold, captured);
     else m.ref.release(w.hold);
-    // What the hold did not spend goes back to the cap it counted against.
-    m.members[w.member].capSpent -= w.capped > 0n ? w.capped - captured : 0n;
+    // What the hold did not spend goes back to the cap it counted against; an excess counts past it.
+    m.members[w.member].capSpent += w.capped > 0n ? captured + excess - w.capped : 0n;
     await compare(m, r);
   }
   toString = () => `EndHold(#${this.pick}, ${this.how})`;
@@ -610,7 +616,7 @@ const commands = [
   fc.constantFrom<DisputeClose['outcome']>('won', 'lost').map((o) => new OverlappingDisputes(o)),
   fc.tuple(member, fc.constantFrom<Work['kind']>('user', 'ai'), fc.integer({ min: 2, max: 1500 }))
     .map(([i, k, a]) => new MemberHold(i, k, a)),
-  fc.tuple(fc.nat(), fc.constantFrom<EndHold['how']>('part', 'whole', 'release', 'ttl')).map(([i, h]) =>
+  fc.tuple(fc.nat(), fc.constantFrom<EndHold['how']>('part', 'whole', 'release', 'ttl', 'above')).map(([i, h]) =>
     new EndHold(i, h)
   ),
   fc.constant(new ExpirePromotions()),

@@ -93,12 +93,20 @@ Deno.test('reference: a lot expires whole under a hold, which shrinks by what it
   assert.deepEqual([h.open, g.open], [false, false], 'a hold whose lots all expired ends');
 });
 
-Deno.test('reference: a capture above its hold takes all of it and draws the excess from free credits, or is refused', () => {
+Deno.test('reference: a capture above its hold is refused; work billed past its hold owes the excess from free credits, frozen ones, claims, then debt', () => {
   const l = new RefLedger();
   l.grant('T', 100n * M);
   const h = l.reserve('T', 60n * M);
   assert.ok(h);
-  assert.equal(l.capture(h, 101n * M), false, 'the excess is not there');
-  assert.ok(l.capture(h, 90n * M));
-  assert.deepEqual([l.balance('T'), l.held('T')], [10n * M, 0n]);
+  assert.equal(l.capture(h, 61n * M), false, 'a capture never passes its hold');
+  const other = l.reserve('T', 30n * M);
+  assert.ok(other);
+  l.chargeWork(h, 75n * M); // 60 held, 10 free, 5 claimed of the other hold's reservation
+  assert.deepEqual([l.balance('T'), l.held('T'), l.available('T')], [30n * M, 30n * M, 0n]);
+  l.release(other); // the claim takes 5 of what it returns
+  assert.deepEqual([l.balance('T'), l.held('T'), l.available('T')], [25n * M, 0n, 25n * M]);
+  const last = l.reserve('T', 25n * M);
+  assert.ok(last);
+  l.chargeWork(last, 40n * M); // nothing left beside it: 15 of debt
+  assert.deepEqual([l.balance('T'), l.debt.get('T')], [-15n * M, 15n * M]);
 });

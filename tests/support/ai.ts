@@ -117,7 +117,7 @@ export async function refusalsOf(userId: string) {
 export async function callsOf(userId: string) {
   return await testDb`
     select c.id, c.status, c.failure, c.usage_source, trim_scale(coalesce(c.charged, 0))::text as charged,
-      trim_scale(c.unbilled)::text as unbilled, c.owed_transfer_id, c.usage, t.amount::text as transfer_amount, t.metadata as transfer_metadata, h.status as hold_status
+      c.usage, t.amount::text as transfer_amount, t.metadata as transfer_metadata, h.status as hold_status
     from billing.ai_calls c
     left join billing.transfers t on t.id = c.transfer_id
     left join billing.holds h on h.id = c.hold_id

@@ -117,23 +117,31 @@ export class RefLedger {
   }
 
   /**
-   * Captures `amount` of an open hold: posts from its reservation (spending order) and returns the
-   * rest; above the hold, takes all of it and draws the excess as a charge does. False (and
-   * nothing changes) when the excess cannot be drawn.
+   * Captures `amount` (at most the hold) of an open hold: posts from its reservation (spending
+   * order) and returns the rest. False (and nothing changes) above the hold.
    */
   capture(h: RefHold, amount: bigint) {
-    const excess = amount - h.amount;
-    if (excess > 0n && this.available(h.account) < excess) return false;
+    if (amount > h.amount) return false;
     const posted = new Map<number, bigint>();
-    let left = min(amount, h.amount);
+    let left = amount;
     for (const l of this.order([...h.lots.keys()].map((n) => this.lots[n]))) {
       const take = min(left, h.lots.get(l.n) as bigint);
       posted.set(l.n, take);
       left -= take;
     }
     this.end(h, posted);
-    if (excess > 0n) this.charge(h.account, excess);
     return true;
+  }
+  /**
+   * Work priced after it ran (a gateway call, a job) ends its hold: what the hold holds is
+   * captured, and what the provider billed past it is the one debt, owed by the hold's account
+   * (billing.owe, docs/credit-lots.md rule 7): free credits, then frozen ones, claims, debt.
+   */
+  chargeWork(h: RefHold, amount: bigint) {
+    const held = h.amount;
+    if (amount > 0n) this.capture(h, min(amount, held));
+    else this.release(h);
+    if (amount > held) this.oweBy(h.account, amount - held, true);
   }
   /** A release or a TTL timeout: the whole reservation returns. */
   release(h: RefHold) {
@@ -153,7 +161,7 @@ export class RefLedger {
       const back = min(r - spent, l.pending);
       l.remaining -= back;
       l.pending -= back;
-      // Then what the account's own debt claimed of it (billing.owe_lack's claims).
+      // Then what the account's own debt claimed of it (billing.owe's claims).
       const claim = min(r - spent - back, l.claimed);
       l.remaining -= claim;
       l.claimed -= claim;
@@ -220,11 +228,16 @@ export class RefLedger {
   owe(purchase: string, amount: bigint) {
     this.oweBy((this.purchases.get(purchase) as RefPurchase).buyer, amount);
   }
-  /** What `buyer` owes: frozen credits, free credits, then claims on what their live holds reserved, then debt. */
-  oweBy(buyer: string, amount: bigint) {
+  /**
+   * What `buyer` owes: frozen credits, free credits, then claims on what their live holds
+   * reserved, then debt; an excess (`frozenLast`) takes its free credits before frozen ones.
+   */
+  oweBy(buyer: string, amount: bigint, frozenLast = false) {
     let left = amount;
     const lots = this.lotsOf(buyer);
-    for (const l of [...lots.filter((x) => x.frozen), ...this.order(lots.filter((x) => !x.frozen))]) {
+    const frozen = lots.filter((x) => x.frozen);
+    const free = this.order(lots.filter((x) => !x.frozen));
+    for (const l of frozenLast ? [...free, ...this.order(frozen)] : [...frozen, ...free]) {
       const take = min(left, l.remaining - l.reserved);
       l.remaining -= take;
       left -= take;

@@ -61,7 +61,8 @@ export async function reservationInvariants(users: string[] = []) {
         where a.user_id = any(${users}::uuid[]) and h.purpose not in ('user', 'job', 'ai')) as other_hold_purposes,
       (select count(*)::int from billing.accounts a where a.balance < 0 and a.code is null
         and not exists (select 1 from billing.transfers t where t.from_account_id = a.id
-                        and t.kind in ('refund_reversal', 'dispute_reversal'))) as negative_without_reversal`;
+                        and (t.kind in ('refund_reversal', 'dispute_reversal')
+                             or (t.kind = 'usage' and t.metadata ? 'reserved')))) as negative_without_reversal`;
   assert.deepEqual({ ...r }, {
     reserved_mismatch: 0,
     reserved_out_of_range: 0,

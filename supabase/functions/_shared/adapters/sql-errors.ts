@@ -33,7 +33,9 @@ const sqlErrors: Record<
     say: (d) =>
       d.required !== undefined && d.available !== undefined
         ? `Not enough credits for this request: it needs ${d.required} credits and ${d.available} are available. ` +
-          'Buy credits, or ask for a shorter answer.'
+          (d.debt === true
+            ? 'The account is in debt: credits bought pay the debt first. Buy credits.'
+            : 'Buy credits, or ask for a shorter answer.')
         : undefined,
   },
   SPEND_CAP_REACHED: {

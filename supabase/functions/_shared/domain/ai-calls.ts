@@ -83,7 +83,6 @@ const csvColumns = [
   'reasoning_tokens',
   'usage_source',
   'charged',
-  'unbilled',
   'finish_reason',
   'client_left',
   'transfer_id',
