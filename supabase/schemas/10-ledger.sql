@@ -96,6 +96,7 @@ create table billing.accounts (
   -- Reporting (billing.active_tail): set by the writer to the start of the first transaction
   -- of its UTC day that wrote one of the account's entries; kept while that day lasts.
   active_from timestamp with time zone,
+  next_hold_expiry timestamp with time zone,
   constraint accounts_held_not_negative check ((held >= (0)::numeric)),
   constraint accounts_low_balance_positive check (((low_balance_threshold is null) or (low_balance_threshold > (0)::numeric))),
   constraint accounts_member_of_org check (((member_id is null) or (org_id is not null))),
@@ -111,6 +112,7 @@ comment on column billing.accounts.org_id is 'An organisation''s wallet (member_
 comment on column billing.accounts.code_id is 'A gift or sponsor code''s escrow: the credits it will give, tracked like a wallet until redeemed (billing.codes).';
 comment on column billing.accounts.restricted_lots is 'Set by the writer once a lot that pays only for some models arrives (never unset): the account then has sub-accounts (billing.sub_accounts), and its charges and holds draw only lots that may pay for their model (billing.free_credits reads what they may spend).';
 comment on column billing.accounts.next_expiry is 'No later than the earliest expires_at of the account''s open lots (a lower bound, exact after each expiry run): spending expires due lots first when it has passed.';
+comment on column billing.accounts.next_hold_expiry is 'No later than the earliest expires_at of the account''s active holds (a lower bound, set when a hold is placed, exact after each run that ends overdue holds): spending ends overdue holds first only when it has passed.';
 alter table billing.accounts enable row level security;
 grant select on table billing.accounts to authenticated;
 grant select on table billing.accounts to service_role;
@@ -600,7 +602,7 @@ begin
   -- expired (reserved or frozen, whole) and the live holds that reserved them shrunk by their
   -- part. Each sum is read only when it can be non-zero: nearly every account has nothing held or
   -- due, and is answered from its row.
-  if a.held > 0 then
+  if a.next_hold_expiry <= now() then
     v_overdue := coalesce((select sum(h.amount) from billing.holds h
                            where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()), 0);
   end if;

@@ -136,6 +136,10 @@ begin
       from jsonb_array_elements(coalesce(v_expired, '[]')) x;
     end if;
   end if;
+  -- Exact again once it has passed (holds ended meanwhile left it early: a lower bound).
+  update billing.accounts a
+  set next_hold_expiry = (select min(h.expires_at) from billing.holds h where h.account_id = a.id and h.status = 'active')
+  where a.id = p_account_id and a.next_hold_expiry <= now();
   return v_count;
 end;
 $$;

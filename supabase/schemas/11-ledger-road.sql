@@ -341,7 +341,7 @@ begin
   -- Due lots expire and overdue holds end in the order they fell due (expire_due_lots).
   if v_account.next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
-  elsif v_account.held > 0 then
+  elsif v_account.next_hold_expiry <= now() then
     perform billing.expire_overdue_holds(p_account_id);
   end if;
   select * into v_account from billing.accounts a where a.id = p_account_id;
@@ -359,7 +359,7 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  if p_account.held > 0 or p_account.next_expiry <= now() then
+  if p_account.next_hold_expiry <= now() or p_account.next_expiry <= now() then
     return billing.settle_account(p_account.id);
   end if;
   return p_account;

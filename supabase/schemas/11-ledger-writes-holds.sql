@@ -82,7 +82,9 @@ begin
       select v_step.hold_id, x.lot_id, x.amount from unnest(v_pick_lots, v_pick_parts) x(lot_id, amount);
       update billing.lots l set reserved = l.reserved + x.amount
       from unnest(v_pick_lots, v_pick_parts) x(lot_id, amount) where l.id = x.lot_id;
-      update billing.accounts a set held = a.held + v_step.amount where a.id = v_step.account_id;
+      update billing.accounts a set held = a.held + v_step.amount,
+        next_hold_expiry = least(a.next_hold_expiry, v_step.expires_at)
+      where a.id = v_step.account_id;
     end if;
   elsif cardinality(p_holds) > 0 then
     if exists (select 1 from unnest(p_holds) s where s.op = 'place') then

@@ -30,7 +30,10 @@ create function pg_temp.hold(k text) returns billing.holds language sql as $$ se
 select pg_temp.buy(1, 'mini');
 select billing.reserve_credits(pg_temp.u(1), 3000, 'due-old', 600);
 select billing.reserve_credits(pg_temp.u(1), 1500, 'due-live', 600);
-update billing.holds set expires_at = now() - interval '1 second' where idempotency_key = 'due-old';
+-- The TTL passes (and the account's next_hold_expiry with it, as placing it so would set it).
+with h as (update billing.holds set expires_at = now() - interval '1 second' where idempotency_key = 'due-old'
+           returning account_id, expires_at)
+update billing.accounts a set next_hold_expiry = least(a.next_hold_expiry, h.expires_at) from h where a.id = h.account_id;
 select billing.sync_purchase(pg_temp.state(1, 500, 100));
 select is((select balance from billing.get_balance(pg_temp.u(1))), 4000::numeric, 'the refund took 1,000 of 5,000');
 select is(((pg_temp.hold('due-live')).status, (pg_temp.hold('due-live')).amount), ('active'::text, 1500::numeric),
@@ -43,7 +46,10 @@ select is((select held from billing.accounts where user_id = pg_temp.u(1)), 1500
 -- 5,000 credits, a hold of 4,500 past its TTL: 5,000 available. An alert below 1,000 does not fire.
 select pg_temp.buy(2, 'mini');
 select billing.reserve_credits(pg_temp.u(2), 4500, 'due-alert', 600);
-update billing.holds set expires_at = now() - interval '1 second' where idempotency_key = 'due-alert';
+-- The TTL passes (and the account's next_hold_expiry with it, as placing it so would set it).
+with h as (update billing.holds set expires_at = now() - interval '1 second' where idempotency_key = 'due-alert'
+           returning account_id, expires_at)
+update billing.accounts a set next_hold_expiry = least(a.next_hold_expiry, h.expires_at) from h where a.id = h.account_id;
 select billing.set_low_balance_alert(pg_temp.u(2), 1000);
 select is((select low_balance_fired from billing.accounts where user_id = pg_temp.u(2)), false,
   'setting the alert does not fire it on credits only an overdue hold reserved');
@@ -56,7 +62,10 @@ select is((select count(*) from billing.notification_outbox where user_id = pg_t
 -- charges no card.
 select pg_temp.buy(3, 'mini');
 select billing.reserve_credits(pg_temp.u(3), 4800, 'due-recharge', 600);
-update billing.holds set expires_at = now() - interval '1 second' where idempotency_key = 'due-recharge';
+-- The TTL passes (and the account's next_hold_expiry with it, as placing it so would set it).
+with h as (update billing.holds set expires_at = now() - interval '1 second' where idempotency_key = 'due-recharge'
+           returning account_id, expires_at)
+update billing.accounts a set next_hold_expiry = least(a.next_hold_expiry, h.expires_at) from h where a.id = h.account_id;
 insert into billing.saved_cards (user_id, customer_id, payment_method_id) values (pg_temp.u(3), 'cus_due_3', 'pm_due_3');
 select billing.set_auto_recharge(pg_temp.u(3), true, 'mini', 1000, null, null);
 select is((select count(*) from billing.recharges where user_id = pg_temp.u(3)), 0::bigint,

@@ -124,7 +124,10 @@ select billing.grant_credits('c1a10000-0000-4000-8000-000000000006', 50, 'promo_
   jsonb_build_object('expires_at', now() + interval '2 days'));
 update billing.lots set expires_at = now() - interval '3 seconds'
 where account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000006') and amount = 100;
-update billing.holds set expires_at = now() - interval '2 seconds' where idempotency_key = 'oc-h-ttl';
+-- The TTL passes (and the account's next_hold_expiry with it, as placing it so would set it).
+with h as (update billing.holds set expires_at = now() - interval '2 seconds' where idempotency_key = 'oc-h-ttl'
+           returning account_id, expires_at)
+update billing.accounts a set next_hold_expiry = least(a.next_hold_expiry, h.expires_at) from h where a.id = h.account_id;
 update billing.lots set expires_at = now() - interval '1 second'
 where account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000006') and amount = 50;
 update billing.accounts set next_expiry = now() - interval '3 seconds' where id = pg_temp.acct('c1a10000-0000-4000-8000-000000000006');

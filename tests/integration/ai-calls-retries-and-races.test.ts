@@ -15,6 +15,7 @@ import {
   assertLedgerInvariants,
   backdateLot,
   fund,
+  holdsLapse,
   key,
   spawnGateway,
   testDb,
@@ -27,8 +28,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** What pg_cron does once a call's hold has outlived its TTL: the hold expires, the sweep frees the call. */
 async function outliveTtl(callId: string) {
-  await testDb`update billing.holds set expires_at = now() - interval '1 second'
-    where id = (select hold_id from billing.ai_calls where id = ${callId})`;
+  await holdsLapse(testDb`h.id = (select hold_id from billing.ai_calls where id = ${callId})`);
   await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${callId}`;
   await testDb`select billing.release_expired_holds(100000)`;
   await testDb`select billing.sweep_ai_calls(500)`;

@@ -30,6 +30,7 @@ import {
   assertLedgerInvariants,
   env,
   fund,
+  holdsLapse,
   newUser,
   reportUsage,
   spawnGateway,
@@ -608,8 +609,7 @@ for (
     const [c] = await callsOf(s.id);
     assert.equal(c.status, 'held');
     // What pg_cron does once the hold's TTL has passed: the sweeps run.
-    await testDb`update billing.holds set expires_at = now() - interval '1 second' where id =
-      (select hold_id from billing.ai_calls where id = ${c.id})`;
+    await holdsLapse(testDb`h.id = (select hold_id from billing.ai_calls where id = ${c.id})`);
     await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${c.id}`;
     await testDb`select billing.release_expired_holds(100000)`;
     await testDb`select billing.sweep_ai_calls(500)`;

@@ -12,6 +12,7 @@ import {
   api,
   assertLedgerInvariants,
   fund,
+  holdsLapse,
   key,
   newUser,
   testDb,
@@ -257,7 +258,7 @@ Deno.test("an AI call's hold past its TTL while the provider answers, the sweep 
   }
   assert.ok(hold, 'the call was held');
   // The call outlives its hold; the sweep runs over and over while the provider answers.
-  await testDb`update billing.holds set expires_at = now() - interval '1 second' where id = ${hold}`;
+  await holdsLapse(testDb`h.id = ${hold}`);
   let sweeping = true;
   const sweeps = (async () => {
     let n = 0;

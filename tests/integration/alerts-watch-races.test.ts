@@ -13,6 +13,7 @@ import {
   env,
   functionsUrl,
   fund,
+  holdsLapse,
   key,
   newUser,
   spend,
@@ -57,8 +58,7 @@ const holdIdOf = (r: Res) => {
   return dataOf(r).hold_id as string;
 };
 /** Time passes for a hold: its TTL is over. */
-const overdue = (id: string) =>
-  testDb`update billing.holds set expires_at = now() - interval '1 second' where id = ${id}`;
+const overdue = (id: string) => holdsLapse(testDb`h.id = ${id}`);
 
 // ============================================================ a refund never starts a recharge by itself
 

@@ -3,7 +3,7 @@
 // make a school's plan slow, a streamed call over credits that expire mid-stream is still charged,
 // next term's narrowed allowance stays narrowed, and one school's failing sweep stops no other's.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, backdateLot, key, testDb } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, backdateLot, holdsLapse, key, testDb } from '../support/helpers.ts';
 import { callsOf, gatewayUrl } from '../support/ai.ts';
 import { person, school } from '../support/orgs.ts';
 import { grantLot, models, orgGrant } from '../support/lots.ts';
@@ -99,8 +99,7 @@ Deno.test('a streamed call over a promotion that expires before it ends is charg
   // What pg_cron does later: the call's hold reaches its TTL and the sweeps run.
   const [c] = await callsOf(s.id);
   if (c.status === 'held') {
-    await testDb`update billing.holds set expires_at = now() - interval '1 second' where id =
-      (select hold_id from billing.ai_calls where id = ${c.id})`;
+    await holdsLapse(testDb`h.id = (select hold_id from billing.ai_calls where id = ${c.id})`);
     await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${c.id}`;
     await testDb`select billing.release_expired_holds(100000)`;
     await testDb`select billing.sweep_ai_calls(500)`;

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { ask, gatewayUrl } from '../support/ai.ts';
-import { api, assertLedgerInvariants, key, student, testDb } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, holdsLapse, key, student, testDb } from '../support/helpers.ts';
 import { batch, codeOf, dataOf, type Json, outcomesOf, usageEvent } from '../support/money.ts';
 import { person, school } from '../support/orgs.ts';
 
@@ -63,8 +63,9 @@ Deno.test('an AI call whose hold ended under it, finishing while another hold is
     for await (const chunk of stream) {
       if (++chunks === 2) {
         // The call outlives its hold (time passes on it) and the minute sweep ends it.
-        await testDb`update billing.holds h set expires_at = now() - interval '1 second'
-          from billing.accounts a where a.id = h.account_id and a.user_id = ${s.id} and h.purpose = 'ai'`;
+        await holdsLapse(
+          testDb`h.account_id = (select a.id from billing.accounts a where a.user_id = ${s.id}) and h.purpose = 'ai'`,
+        );
         await testDb`select billing.release_expired_holds(100000)`;
         // The student holds nearly all of it for one second, then lets the hold lapse (no sweep yet).
         const h = await hold(s.token, '99.99', 1);

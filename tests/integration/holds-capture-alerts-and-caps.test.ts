@@ -14,6 +14,7 @@ import {
   api,
   assertLedgerInvariants,
   fund,
+  holdsLapse,
   key,
   newUser,
   testDb,
@@ -68,8 +69,7 @@ const capturesOf = async (id: string) =>
   (await testDb`select trim_scale(amount)::text as amount from billing.transfers
     where kind = 'hold_capture' and hold_id = ${id}`).map((r) => r.amount as string);
 /** Time passes for a hold: its TTL is over (the ledger is immutable; holds are not). */
-const overdue = (id: string) =>
-  testDb`update billing.holds set expires_at = now() - interval '1 second' where id = ${id}`;
+const overdue = (id: string) => holdsLapse(testDb`h.id = ${id}`);
 
 /** The ledger's invariants, and a hold's post is exactly its one capture transfer. */
 async function invariants() {

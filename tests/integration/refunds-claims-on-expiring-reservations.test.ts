@@ -10,6 +10,7 @@ import {
   assertLedgerInvariants,
   backdateLot,
   fund,
+  holdsLapse,
   key,
   newUser,
   reportUsage,
@@ -106,8 +107,10 @@ async function claimOnBonus() {
 }
 /** The hold's TTL set `seconds` after the bonus's expiry (before it when negative), both past. */
 const holdLapses = (hold: string, bonus: string, seconds: number) =>
-  testDb`update billing.holds set expires_at = (select l.expires_at from billing.lots l where l.id = ${bonus})
-    + make_interval(secs => ${seconds}) where id = ${hold}`;
+  holdsLapse(
+    testDb`h.id = ${hold}`,
+    testDb`(select l.expires_at from billing.lots l where l.id = ${bonus}) + make_interval(secs => ${seconds})`,
+  );
 
 Deno.test('a hold released after its lot fell due, before the sweep, pays no claim with the expired credits', async () => {
   const s = await claimOnBonus();

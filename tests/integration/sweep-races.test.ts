@@ -7,7 +7,17 @@
 //   the session's expiry): marked expired instead, a paid purchase whose credits were granted.
 import assert from 'node:assert/strict';
 import postgres from 'postgres';
-import { api, assertLedgerInvariants, awayFromCron, env, fund, key, newUser, testDb } from '../support/helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  awayFromCron,
+  env,
+  fund,
+  holdsLapse,
+  key,
+  newUser,
+  testDb,
+} from '../support/helpers.ts';
 import { accountOf, person, school, walletOf } from '../support/orgs.ts';
 
 /** A race scenario, started away from pg_cron's minute boundary (its setup included). */
@@ -53,7 +63,7 @@ raceTest('a call charged while the sweep waits on it stays charged, and its key 
   assert.equal(r.state, 'held');
   // The call outlived its TTL (the gateway's deadline and a minute): the hold expired and
   // release_expired_holds ended it, as pg_cron does.
-  await testDb`update billing.holds set expires_at = now() - interval '1 second' where id = ${r.hold_id}`;
+  await holdsLapse(testDb`h.id = ${r.hold_id}`);
   await testDb`update billing.ai_calls set created_at = now() - interval '2 minutes' where id = ${r.call_id}`;
   await testDb`select billing.release_expired_holds(100000)`;
 

@@ -19,6 +19,7 @@ import {
   api,
   assertLedgerInvariants,
   backdateLot,
+  holdsLapse,
   key,
   newUser,
   reportUsage,
@@ -345,9 +346,8 @@ class EndWork implements Cmd {
     if (this.how === 'ttl') {
       if (w.kind === 'user') await holdPassesTtl(id);
       else {
-        await testDb`update billing.holds set expires_at = now() - interval '1 second'
-          where id = (select hold_id from billing.jobs where id = ${id}
-                      union all select hold_id from billing.ai_calls where id = ${id})`;
+        await holdsLapse(testDb`h.id = (select hold_id from billing.jobs where id = ${id}
+                                        union all select hold_id from billing.ai_calls where id = ${id})`);
         await testDb`select billing.release_expired_holds(100000)`;
       }
       m.ref.release(h);

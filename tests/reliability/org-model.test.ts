@@ -20,6 +20,7 @@ import {
   api,
   assertLedgerInvariants,
   env,
+  holdsLapse,
   movedLotsOffProvenance,
   reportUsage,
   testDb,
@@ -422,8 +423,7 @@ class EndHold implements Cmd {
     const excess = how === 'above' ? (BigInt(this.pick % 40) + 1n) * M : 0n;
     if (w.kind === 'ai') {
       if (how === 'ttl') {
-        await testDb`update billing.holds set expires_at = now() - interval '1 second'
-          where id = (select hold_id from billing.ai_calls where id = ${r.work[i]})`;
+        await holdsLapse(testDb`h.id = (select hold_id from billing.ai_calls where id = ${r.work[i]})`);
         await testDb`select billing.release_expired_holds(100000)`;
       } else {
         // The provider's usage, input tokens a credit each; none: the call failed.

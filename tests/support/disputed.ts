@@ -5,6 +5,7 @@ import {
   api,
   assertLedgerInvariants,
   functionsUrl,
+  holdsLapse,
   key,
   reportUsage,
   spend,
@@ -193,7 +194,6 @@ export async function loseDispute(session: string) {
 
 /** The job's hold passes its TTL (an hour: the clock moved on), and pg_cron's sweeps end it. */
 export async function jobHoldPassesTtl(job: string) {
-  await testDb`update billing.holds set expires_at = now() - interval '1 second'
-    where id = (select hold_id from billing.jobs where id = ${job})`;
+  await holdsLapse(testDb`h.id = (select hold_id from billing.jobs where id = ${job})`);
   await sweepExpiredHolds();
 }

@@ -454,6 +454,18 @@ export async function pgLogSince(mark: { file: string; at: number }): Promise<st
 }
 
 /**
+ * Time passes for holds (a test's clock; the ledger is immutable, holds are not): the holds `where`
+ * picks reach their TTL at `at` (a second ago by default), and their accounts' next_hold_expiry
+ * says so, as placing them at that TTL would have.
+ */
+export function holdsLapse(where: postgres.PendingQuery<postgres.Row[]>, at = testDb`now() - interval '1 second'`) {
+  return testDb`
+    with h as (update billing.holds h set expires_at = ${at} where ${where} returning h.account_id, h.expires_at)
+    update billing.accounts a set next_hold_expiry = least(a.next_hold_expiry, x.at)
+    from (select h.account_id, min(h.expires_at) as at from h group by h.account_id) x where a.id = x.account_id`;
+}
+
+/**
  * The holds past their TTL ended as pg_cron ends them each minute (billing.release_expired_holds),
  * every account's at once: the job's 500 a minute would leave this test's for the next minute
  * behind a backlog other tests left (as after the stack was stopped a while).

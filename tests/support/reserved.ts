@@ -3,7 +3,7 @@
 // purchase's lots wherever they are, and only free credits (remaining − reserved, 0 while frozen)
 // may be drawn, reserved or moved.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, testDb } from './helpers.ts';
+import { api, assertLedgerInvariants, holdsLapse, key, testDb } from './helpers.ts';
 
 /** The lots a purchase granted, wherever they are now: owner, remaining, reserved, frozen. */
 export const lotsOfPurchase = async (session: string) =>
@@ -38,7 +38,7 @@ export const release = (token: string, hold: string) =>
 
 /** A hold passes its TTL, and the sweep ends it (pg_cron's job, run now). */
 export async function holdPassesTtl(hold: string) {
-  await testDb`update billing.holds set expires_at = now() - interval '1 second' where id = ${hold}`;
+  await holdsLapse(testDb`h.id = ${hold}`);
   await testDb`select billing.release_expired_holds(100000)`;
 }
 
