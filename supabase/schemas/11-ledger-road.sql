@@ -8,20 +8,20 @@
 
 -- Whether an account is in debt, the rule every refusal's `debt` states: its balance is below
 -- what its open lots hold (debt = Σ remaining − balance, billing.post_transfers). Credits for some
--- models stay beside a debt (it is owed in money paid for anything), so only an account holding
--- them can owe with a balance of zero or more; any other is in debt exactly when its balance is
--- below zero, and is answered without reading its lots.
+-- models stay beside a debt (it is owed in money paid for anything), and so do credits live holds
+-- reserved (a debt beside them is owed when each hold ends, billing.owe), so only an account
+-- holding either can owe with a balance of zero or more; any other is in debt exactly when its
+-- balance is below zero, and is answered without reading its lots.
 create or replace function billing.in_debt(p_account billing.accounts) returns boolean
 language plpgsql stable
 set search_path = ''
 as $$
 begin
-  if not p_account.restricted_lots or p_account.balance < 0 then
+  if not (p_account.restricted_lots or p_account.held > 0) or p_account.balance < 0 then
     return p_account.balance < 0;
   end if;
-  -- Below its open lots' sum exactly when below its credits for some models (the lots for any
-  -- model hold what is beyond them): its sub-accounts.
-  return p_account.balance < (select coalesce(sum(s.balance), 0) from billing.sub_accounts s where s.account_id = p_account.id);
+  return p_account.balance < (select coalesce(sum(l.remaining), 0) from billing.lots l
+                              where l.account_id = p_account.id and l.open);
 end;
 $$;
 comment on function billing.in_debt(p_account billing.accounts) is 'Internal: whether an account owes: its balance is below what its open lots hold (credits for some models stay beside a debt).';

@@ -222,11 +222,9 @@ begin
   -- counts them (a charge: those that may pay for its model; a move: any); elsewhere they
   -- are balance − held. A capture spends what its hold reserved (below).
   if v_one.lots ? 'owe' then
-    -- What a provider billed past a hold (billing.charge_hold_at): owed whatever the account has,
-    -- counted against its caps past them.
-    perform billing.take_cap_room(v_one.from_account_id, v_one.amount, v_one.metadata ->> 'model', v_one.member_id,
-      p_past => true) where v_capped;
-    return (null, v_capped)::billing.spending_check;
+    -- What a provider billed past a hold (billing.owe): owed whatever the account has; its caps
+    -- counted all of it when it was billed (billing.charge_hold_at).
+    return (null, false)::billing.spending_check;
   end if;
   if v_slow and v_post.hold_id is null then
     v_room := least(v_room, billing.free_credits(v_one.from_account_id,

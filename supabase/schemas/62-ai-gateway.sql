@@ -587,6 +587,10 @@ begin
     perform billing.release_hold(null, p_hold_id);
   end if;
   if overage > 0 then
+    -- Counted against its caps now, past them, all of it (whatever part is owed later, as a claim
+    -- on a live hold's reservation, billing.owe): the next call is refused.
+    perform billing.take_cap_room(v_account.id, overage, coalesce(v_model, v_hold.metadata ->> 'model'), v_hold.member_id,
+      p_past => true) where v_account.caps > 0;
     -- Charged first, then named (coalesce would skip the charge when the capture is there).
     v_owed := billing.owe(v_hold.account_id, v_hold.member_id, overage, coalesce(v_model, v_hold.metadata ->> 'model'),
       'usage', p_key, null, p_correlation, p_overage_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text,
