@@ -130,28 +130,25 @@ begin
   if v_account_id is null then
     perform billing.raise_error('HOLD_NOT_FOUND', jsonb_build_object('hold_id', p_hold_id));
   end if;
-  perform 1 from billing.accounts a where a.id = v_account_id for update;
+  -- What fell due ends first (billing.settled): credits that expired under the hold are gone (it
+  -- shrank by them), so a capture never spends them and a release never returns them to a
+  -- refund's claim; a hold past its TTL is expired, whatever asks; other overdue holds end, so
+  -- what an alert or an AI call's excess sees is live holds only.
+  perform billing.settled(a) from billing.accounts a where a.id = v_account_id for update;
   select * into v_hold from billing.holds h where h.id = p_hold_id for update;
   if p_user is not null and v_hold.purpose <> 'user' then
     perform billing.raise_error('HOLD_NOT_USER_MANAGED', jsonb_build_object('hold_id', p_hold_id, 'purpose', v_hold.purpose));
   end if;
-  -- Credits that expired under the hold are gone before it is captured or released (it shrank
-  -- by them): a capture never spends them, a release never returns them to a refund's claim.
-  if (select a.next_expiry <= now() from billing.accounts a where a.id = v_account_id) then
-    perform billing.expire_due_lots(v_account_id);
-    select * into v_hold from billing.holds h where h.id = p_hold_id;
-  end if;
   return v_hold;
 end;
 $$;
-comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to), and expires the account''s due lots; HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s or AI call''s hold.';
+comment on function billing.lock_hold(p_user uuid, p_hold_id uuid) is 'Internal: locks a hold''s account, then the hold (the user''s own, or a member''s of an organisation they belong to), and settles the account (billing.settled); HOLD_NOT_FOUND otherwise, HOLD_NOT_USER_MANAGED for a user''s call on a job''s or AI call''s hold.';
 revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from public;
 
 -- A capture as the writer makes it, straight to it: the hold posted by its transfer, the hold's
 -- release in the capture's own account write, the cap room the rest held given back. The caller
--- holds the account lock, has expired the lots that fell due and checked the capture (an active
+-- holds the account lock, has settled it (billing.settled) and checked the capture (an active
 -- hold, 0 < amount <= held): the account is read here, never locked again (one lock a phase).
--- Other holds past their TTL end here first, as the sweep would have ended them.
 create or replace function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text,
   p_metadata jsonb) returns billing.hold_result
 language plpgsql
@@ -163,11 +160,6 @@ declare
   v_hold billing.holds := p_hold;
 begin
   select * into v_account from billing.accounts a where a.id = p_hold.account_id;
-  -- Holds past their TTL reserve nothing: ended before the capture, the restricted draw (and an
-  -- AI call's excess after it), the low-balance alert and auto-recharge see live holds only.
-  if v_account.held > p_hold.amount and billing.expire_overdue_holds(v_account.id) > 0 then
-    select * into v_account from billing.accounts a where a.id = p_hold.account_id;
-  end if;
   -- The hold stops counting first, so the capture spends what it reserved.
   v_account.held := v_account.held - p_hold.amount;
   v_posted := (billing.post_transfers(array[('hold_capture', v_account.id, billing.platform_account_id('usage_revenue'),
@@ -258,12 +250,8 @@ begin
   perform billing.hold_ended(p_hold_id);
   select * into v_hold from billing.holds h where h.id = p_hold_id;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount);
-  -- Other holds past their TTL end with it (expire_overdue_holds then queues the account
-  -- itself): what the alert sees, and what an AI call's excess may draw, is live holds only.
-  if billing.expire_overdue_holds(v_hold.account_id) = 0 then
-    perform billing.watch_account(a.id, a.balance - a.held, a.auto_recharge_below) from billing.accounts a
-    where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
-  end if;
+  perform billing.watch_account(a.id, a.balance - a.held, a.auto_recharge_below) from billing.accounts a
+  where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
   return billing.hold_result_of(v_hold, false);
 end;
 $$;

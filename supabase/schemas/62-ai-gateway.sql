@@ -569,12 +569,9 @@ declare
   v_model text;
   v_owed bigint;
 begin
+  -- The caller locked and settled the account (billing.settled): a hold that shrank by expired
+  -- credits captures only what it still holds.
   select * into v_account from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = p_hold_id);
-  -- Credits past their expiry go first (the hold shrinks by its part), so what it can capture is known
-  -- before it is asked to (capture_hold would expire them itself, and refuse the larger amount).
-  if v_account.next_expiry <= now() then
-    perform billing.expire_due_lots(v_account.id);
-  end if;
   select * into v_hold from billing.holds h where h.id = p_hold_id;
   v_model := (select r.model from billing.rate_cards r where r.id = p_rate_card_id);
   captured := case when p_amount > 0 and v_hold.status = 'active' then least(p_amount, v_hold.amount) else 0 end;
@@ -648,16 +645,11 @@ begin
     (p_usage ->> 'reasoning_tokens')::bigint, 0, 0, coalesce((p_usage ->> 'cache_write_tokens')::bigint, 0),
     coalesce((p_usage ->> 'cache_write_1h_tokens')::bigint, 0));
   -- The account's lock first (as capture_hold takes it), so no expiry shrinks the hold between
-  -- reading it and capturing from it.
-  perform 1 from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = v_call.hold_id)
-  for update;
+  -- reading it and capturing from it, and settled (billing.settled): a hold past its TTL (a call
+  -- that outlived it) is expired, one that shrank by expired credits captures only what it holds.
+  perform billing.settled(a) from billing.accounts a
+  where a.id = (select h.account_id from billing.holds h where h.id = v_call.hold_id) for update;
   select * into v_hold from billing.holds h where h.id = v_call.hold_id;
-  -- A hold past its TTL (a call that outlived it) is ended first, so what is available is exact;
-  -- credits that expired under a live hold are settled by capture_hold itself.
-  if v_hold.status = 'active' and v_hold.expires_at <= now() then
-    perform billing.settle_account(v_hold.account_id);
-    select * into v_hold from billing.holds h where h.id = v_call.hold_id;
-  end if;
   -- What the ledger records of the call: the model, every kind, where the counts came from.
   v_facts := jsonb_build_object('model', v_call.model, 'ai_call_id', v_call.id, 'usage_source', p_source,
     'input_tokens', (p_usage ->> 'input_tokens')::bigint, 'output_tokens', (p_usage ->> 'output_tokens')::bigint,
