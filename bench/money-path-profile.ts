@@ -112,9 +112,10 @@ say(`| all | ${fmt((totalMs * 1000) / done)} | 100 % |`);
 
 // ------------------------------------------------------------ (b) inside one request, 1 client
 const one = postgres(superUrl, { max: 1, onnotice: () => {} });
-const [{ schema }] = await one`
+const [{ schema, had }] = await one`
   select coalesce((select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace
-                   where e.extname = 'plpgsql_check'), 'extensions') as schema`;
+                   where e.extname = 'plpgsql_check'), 'extensions') as schema,
+    exists (select 1 from pg_extension e where e.extname = 'plpgsql_check') as had`;
 await one`create extension if not exists plpgsql_check with schema extensions`;
 const userAt = (i: number) => users[i % users.length];
 /** A usage request's answer (billing.request_answer, as text) must be a charge: a refusal measures another path.
@@ -320,6 +321,8 @@ say(
     }×).\n`,
 );
 await one`drop schema bench_floor cascade`;
+// Left as found: `supabase db lint` (./scripts/test) installs plpgsql_check where it calls it from.
+if (!had) await one`drop extension plpgsql_check`;
 await one.end();
 
 const [{ invariants }] = await admin`select billing.check_lots() as invariants`;

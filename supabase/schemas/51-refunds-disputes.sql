@@ -13,9 +13,9 @@ create table billing.lot_take_backs (
   purchase_id uuid references billing.purchases (id),
   invoice_id text,                                -- a plan invoice's (billing.plan_grants), instead of a purchase
   reference text, correlation_id text, metadata jsonb,  -- the reversals', as the refund's or dispute's own
-  member_id uuid,                                 -- a usage claim on a school's account: the member whose call it was (their cap)
   -- A claim (billing.owe's) is what the buyer owes already; else what the refund takes of the lot.
   claim boolean not null default false,
+  member_id uuid,                                 -- a usage claim on a school's account: the member whose call it was (their cap)
   constraint lot_take_backs_pkey primary key (hold_id, lot_id, take_key),
   constraint lot_take_backs_valid check (amount > 0 and kind in ('refund_reversal', 'dispute_reversal', 'usage')),
   constraint lot_take_backs_source check (case when kind = 'usage' then purchase_id is null and invoice_id is null and claim
@@ -24,6 +24,34 @@ create table billing.lot_take_backs (
 comment on table billing.lot_take_backs is 'What a refund or lost dispute still takes back of a lot a live hold reserved: taken when that hold ends (billing.hold_ended): what the hold returned of the lot from the lot, what it drew owed by the buyer.';
 alter table billing.lot_take_backs enable row level security;
 revoke all on table billing.lot_take_backs from public, anon, authenticated;
+
+-- What live holds reserved, claimed for a refund's take-back or a debt (taken when each hold ends,
+-- billing.hold_ended): up to p_amount of p_reserved (their hold_lots, in the caller's order), each
+-- less what earlier take-backs claim of it, recorded as p_take says (its hold, lot and amount
+-- filled in). Returns what was left unclaimed.
+create or replace function billing.claim_reserved(p_reserved billing.hold_lots[], p_amount numeric,
+  p_take billing.lot_take_backs) returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  x billing.hold_lots;
+begin
+  foreach x in array p_reserved loop
+    exit when p_amount <= 0;
+    p_take.hold_id := x.hold_id;
+    p_take.lot_id := x.lot_id;
+    p_take.amount := least(p_amount, x.amount - coalesce((select sum(t.amount) from billing.lot_take_backs t
+                                                          where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0));
+    continue when p_take.amount <= 0;
+    insert into billing.lot_take_backs select p_take.*;
+    p_amount := p_amount - p_take.amount;
+  end loop;
+  return greatest(p_amount, 0);
+end;
+$$;
+comment on function billing.claim_reserved(p_reserved billing.hold_lots[], p_amount numeric, p_take billing.lot_take_backs) is 'Internal: claims up to p_amount of what live holds reserved (p_reserved, in order; less earlier claims) as take-backs shaped like p_take; returns what is left.';
+revoke execute on function billing.claim_reserved(p_reserved billing.hold_lots[], p_amount numeric, p_take billing.lot_take_backs) from public;
 
 -- The one debt (docs/credit-lots.md § Refunds, disputes and debt, rules 2 and 7): what an account
 -- owes, a buyer what a refunded or lost purchase's (or plan invoice's) lots lack, or an account
@@ -51,7 +79,6 @@ declare
   v_left numeric(38, 18);
   v_take numeric(38, 18);
   v_first bigint[];
-  r record;
 begin
   if p_forgive and p_amount > 0 and p_invoice_id is not null then
     -- A plan's grant, read as rows (plans sit above this file): its lots and rollovers.
@@ -73,25 +100,19 @@ begin
   v_left := p_amount - coalesce((select sum(l.remaining - l.reserved) from billing.lots l
     where l.account_id = p_account_id and l.open and l.remaining > l.reserved and not coalesce(l.expires_at <= now(), false)
       and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))), 0);
-  for r in
-    select x.hold_id, x.lot_id, x.amount - coalesce((select sum(t.amount) from billing.lot_take_backs t
-                                                     where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0) as unclaimed
-    from billing.hold_lots x join billing.holds h on h.id = x.hold_id and h.status = 'active'
-    join billing.lots l on l.id = x.lot_id and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))
-      and not coalesce(l.expires_at <= now(), false)
-    where h.account_id = p_account_id and v_left > 0 order by l.spending_order, h.created_at, h.id
-  loop
-    exit when v_left <= 0;
-    v_take := least(v_left, greatest(r.unclaimed, 0));
-    insert into billing.lot_take_backs (hold_id, lot_id, take_key, amount, kind, buyer_id, purchase_id, invoice_id,
-      reference, correlation_id, metadata, claim, member_id)
-    select r.hold_id, r.lot_id, p_key, v_take, p_kind, p_account_id, p_purchase_id, p_invoice_id, p_reference,
-      p_correlation, case when p_kind = 'usage' then coalesce(p_metadata, '{}'::jsonb) || jsonb_build_object('model', p_model)
-                          else p_metadata end, true, p_member
-    where v_take > 0;
-    v_left := v_left - v_take;
+  if v_left > 0 then
+    v_take := v_left - billing.claim_reserved(array(
+        select x from billing.hold_lots x join billing.holds h on h.id = x.hold_id and h.status = 'active'
+        join billing.lots l on l.id = x.lot_id and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))
+          and not coalesce(l.expires_at <= now(), false)
+        where h.account_id = p_account_id order by l.spending_order, h.created_at, h.id),
+      v_left, jsonb_populate_record(null::billing.lot_take_backs, jsonb_build_object('take_key', p_key, 'kind', p_kind,
+        'buyer_id', p_account_id, 'purchase_id', p_purchase_id, 'invoice_id', p_invoice_id, 'reference', p_reference,
+        'correlation_id', p_correlation, 'member_id', p_member, 'claim', true,
+        'metadata', case when p_kind = 'usage' then coalesce(p_metadata, '{}'::jsonb) || jsonb_build_object('model', p_model)
+                         else p_metadata end)));
     p_amount := p_amount - v_take;
-  end loop;
+  end if;
   if p_amount <= 0 then
     return null;
   end if;
@@ -148,22 +169,13 @@ begin
     p_amount := p_amount - v_take;
   end loop;
   -- What live holds reserved of the lots (and no earlier take-back claims), the hold's share.
-  for r in
-    select x.hold_id, x.lot_id, x.amount - coalesce((select sum(t.amount) from billing.lot_take_backs t
-                                                     where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0) as unclaimed
-    from billing.hold_lots x join billing.holds h on h.id = x.hold_id and h.status = 'active'
-    join billing.lots l on l.id = x.lot_id
-    where x.lot_id = any(p_lots) order by l.account_id <> p_buyer, l.account_id, l.id, h.created_at, h.id
-  loop
-    exit when p_amount <= 0;
-    v_take := least(p_amount, r.unclaimed);
-    insert into billing.lot_take_backs (hold_id, lot_id, take_key, amount, kind, buyer_id, purchase_id, invoice_id,
-      reference, correlation_id, metadata)
-    select r.hold_id, r.lot_id, p_key, v_take, p_kind, p_buyer, p_purchase_id, p_invoice_id, p_reference,
-      p_correlation_id, p_metadata where v_take > 0;
-    p_amount := p_amount - greatest(v_take, 0);
-  end loop;
-  return greatest(p_amount, 0);
+  return billing.claim_reserved(array(
+      select x from billing.hold_lots x join billing.holds h on h.id = x.hold_id and h.status = 'active'
+      join billing.lots l on l.id = x.lot_id
+      where x.lot_id = any(p_lots) order by l.account_id <> p_buyer, l.account_id, l.id, h.created_at, h.id),
+    greatest(p_amount, 0), jsonb_populate_record(null::billing.lot_take_backs, jsonb_build_object('take_key', p_key,
+      'kind', p_kind, 'buyer_id', p_buyer, 'purchase_id', p_purchase_id, 'invoice_id', p_invoice_id, 'reference', p_reference,
+      'correlation_id', p_correlation_id, 'metadata', p_metadata, 'claim', false)));
 end;
 $$;
 comment on function billing.take_back_lots(p_lots bigint[], p_buyer bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_purchase_id uuid, p_invoice_id text) is 'Internal: takes back up to p_amount of the free credits of p_lots (the buyer''s first, then by account) and records what live holds reserved of them as pending (billing.lot_take_backs); returns what the lots lack.';
@@ -183,6 +195,7 @@ declare
   t billing.lot_take_backs;
   l billing.lots;
   v_returned numeric(38, 18);                     -- of the lot, what the hold returned and no claim took yet
+  v_given jsonb := '{}'::jsonb;                   -- per lot, what earlier take-backs here took of it
   v_give numeric(38, 18);
   v_key text;
   v_posted boolean := false;
@@ -206,10 +219,12 @@ begin
       v_returned := coalesce((select x.amount from billing.hold_lots x where x.hold_id = p_hold_id and x.lot_id = l.id),
           (select sum(y.amount) from billing.lot_take_backs y where y.hold_id = p_hold_id and y.lot_id = l.id))
         - coalesce((select sum(la.amount) from billing.lot_allocations la join billing.holds h
-                    on h.capture_transfer_id = la.transfer_id where h.id = p_hold_id and la.lot_id = l.id), 0);
+                    on h.capture_transfer_id = la.transfer_id where h.id = p_hold_id and la.lot_id = l.id), 0)
+        - coalesce((v_given ->> l.id::text)::numeric, 0);    -- a lot met again (its claims after the refunds)
     end if;
     v_give := greatest(least(t.amount, v_returned, l.remaining - l.reserved), 0);
     v_returned := v_returned - v_give;
+    v_given := jsonb_set(v_given, array[l.id::text], to_jsonb(coalesce((v_given ->> l.id::text)::numeric, 0) + v_give));
     l.remaining := l.remaining - v_give;
     v_posted := true;
     -- The postings' key: the refund's (or the excess's) own, then this step's, hashed: a claim
