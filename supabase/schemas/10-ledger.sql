@@ -598,7 +598,7 @@ begin
   if not found then
     return null;
   end if;
-  -- As settle_account would leave it: overdue holds ended; once next_expiry has passed, due lots
+  -- As billing.settled would leave it: overdue holds ended; once next_expiry has passed, due lots
   -- expired (reserved or frozen, whole) and the live holds that reserved them shrunk by their
   -- part. Each sum is read only when it can be non-zero: nearly every account has nothing held or
   -- due, and is answered from its row.

@@ -2,7 +2,7 @@
 -- account (post_user_transfer, and its faces grant_credits and reverse_credits), a move between
 -- two tracked accounts (move_credits), the account that pays a member's charge
 -- (lock_spending_source), whether an account owes (in_debt), and settling an account before
--- anything reads what it has (settle_account, settled). Every feature that moves credits comes
+-- anything reads what it has (settled). Every feature that moves credits comes
 -- this way; the writer decides how.
 
 
@@ -329,41 +329,25 @@ comment on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kin
 revoke execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) from public;
 grant execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) to service_role;
 
-create or replace function billing.settle_account(p_account_id bigint)
-returns billing.accounts
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_account billing.accounts;
-begin
-  select * into v_account from billing.accounts a where a.id = p_account_id for update;
-  -- Due lots expire and overdue holds end in the order they fell due (expire_due_lots).
-  if v_account.next_expiry <= now() then
-    perform billing.expire_due_lots(p_account_id);
-  elsif v_account.next_hold_expiry <= now() then
-    perform billing.expire_overdue_holds(p_account_id);
-  end if;
-  select * into v_account from billing.accounts a where a.id = p_account_id;
-  return v_account;
-end;
-$$;
-comment on function billing.settle_account(p_account_id bigint) is 'Internal: locks the account, ends its overdue holds and expires its due lots; returns it as it now is. billing.settled calls it when something fell due.';
-revoke execute on function billing.settle_account(p_account_id bigint) from public;
-
--- The account as it is once what fell due is ended (billing.settle_account), or as it is when
--- nothing did: the one place that says when an account must be settled before anything reads what
--- it has. Every path that spends, holds or moves credits calls it on the row it locked.
+-- The one settle step: the account as it is once what fell due is ended, or as it is when nothing
+-- did; the one place that says when an account must be settled before anything reads what it has.
+-- Every path that spends, holds or moves credits calls it on the row it locked.
 create or replace function billing.settled(p_account billing.accounts) returns billing.accounts
 language plpgsql
 set search_path = ''
 as $$
 begin
-  if p_account.next_hold_expiry <= now() or p_account.next_expiry <= now() then
-    return billing.settle_account(p_account.id);
+  -- Due lots expire and overdue holds end in the order they fell due (expire_due_lots).
+  if p_account.next_expiry <= now() then
+    perform billing.expire_due_lots(p_account.id);
+  elsif p_account.next_hold_expiry <= now() then
+    perform billing.expire_overdue_holds(p_account.id);
+  else
+    return p_account;
   end if;
+  select * into p_account from billing.accounts a where a.id = p_account.id;
   return p_account;
 end;
 $$;
-comment on function billing.settled(p_account billing.accounts) is 'Internal: a locked account settled when something fell due (a hold past its TTL, a lot past its expiry), else as it is.';
+comment on function billing.settled(p_account billing.accounts) is 'Internal: a locked account settled when something fell due (a hold past its TTL: it ends; a lot past its expiry: it expires), else as it is.';
 revoke execute on function billing.settled(p_account billing.accounts) from public;

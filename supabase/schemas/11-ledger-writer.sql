@@ -370,7 +370,7 @@ revoke execute on function billing.after_balances(p_transfers billing.transfer_s
 -- transfers, entries, lots and lot allocations and changes balances, held amounts and versions
 -- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Features decide what moves:
 -- callers lock the tracked accounts first (ascending id order when there are several) and settle
--- them (billing.settle_account). The writer answers what the account has: a debit of a spending
+-- them (billing.settled). The writer answers what the account has: a debit of a spending
 -- kind (billing.spending_kinds) takes only free credits (remaining − reserved, none of a frozen
 -- lot): at most balance − held, and on an account with credits for some models or frozen lots
 -- at most the free credits that may pay for it (billing.free_credits); a capture takes what its

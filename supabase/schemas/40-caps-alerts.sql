@@ -52,7 +52,7 @@ begin
     perform billing.check_amount(p_threshold);
   end if;
   -- Settled (locked, holds past their TTL ended): the alert fires on what is available now.
-  perform billing.settle_account(v_account_id);
+  perform billing.settled(a) from billing.accounts a where a.id = v_account_id for update;
   update billing.accounts a set low_balance_threshold = p_threshold, low_balance_fired = false where a.id = v_account_id;
   -- What postings left available since the tick looked was for the old threshold: no re-arming on it.
   update billing.account_watch w set peak = null where w.account_id = v_account_id;

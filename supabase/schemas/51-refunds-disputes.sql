@@ -149,7 +149,7 @@ declare
   v_take numeric(38, 18);
 begin
   for r in select distinct l.account_id from billing.lots l where l.id = any(p_lots) order by 1 loop
-    perform billing.settle_account(r.account_id);
+    perform billing.settled(a) from billing.accounts a where a.id = r.account_id for update;
   end loop;
   for r in
     select l.account_id, coalesce(a.user_id, a.member_id) as owner, sum(l.remaining - l.reserved) as free,
@@ -357,8 +357,10 @@ begin
     if v_dispute = 'open' then
       -- The payer's off-session charges stop, unless a verified school answers for its purchase.
       perform billing.stop_off_session_charges(p.user_id, p_state ->> 'dispute_id') where not p.wallet_answers;
-      perform billing.settle_account(a.id) from (select a.id from billing.accounts a where a.id in
-        (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open) order by a.id for update) a;
+      perform 1 from billing.accounts a where a.id in
+        (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open) order by a.id for update;
+      perform billing.settled(a) from billing.accounts a where a.id in
+        (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open) order by a.id;
     elsif v_dispute = 'lost' then
       perform billing.take_back_purchase(p, (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed),
         null, 'dispute_reversal', 'dispute:' || (p_state ->> 'dispute_id'), p_state ->> 'charge_id');

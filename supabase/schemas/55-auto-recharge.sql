@@ -108,7 +108,7 @@ declare
   v_before jsonb := billing.auto_recharge_json(p_user);
 begin
   -- Settled (locked, holds past their TTL ended): a card is charged only for what is available now.
-  perform billing.settle_account(v_account_id);
+  perform billing.settled(a) from billing.accounts a where a.id = v_account_id for update;
   if p_enabled then
     if not exists (select 1 from billing.saved_cards c where c.user_id = p_user) then
       perform billing.raise_error('NO_SAVED_CARD', jsonb_build_object('rule', 'buy a package with save_card: true first'));

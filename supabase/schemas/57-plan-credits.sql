@@ -465,7 +465,7 @@ begin
     v_lots := billing.lot_lineage(g.lot_id);
     if v_dispute = 'open' then
       perform billing.stop_off_session_charges(v_user, p_state ->> 'dispute_id');
-      perform billing.settle_account(v_account);  -- due lots expire before they freeze
+      perform billing.settled(a) from billing.accounts a where a.id = v_account;  -- due lots expire before they freeze
     elsif v_dispute = 'lost' then
       perform billing.take_back_plan_credits(g, v_user, g.credits - g.credits_reversed, 'dispute_reversal',
         'plan-dispute:' || (p_state ->> 'dispute_id'));

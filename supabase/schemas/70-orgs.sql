@@ -259,7 +259,8 @@ begin
   if p_reason = 'closed' and billing.allowance_spendable(p_org, p_member) then
     return 0;
   end if;
-  v_account := billing.settle_account(v_account.id);
+  select * into v_account from billing.accounts a where a.id = v_account.id;
+  v_account := billing.settled(v_account);
   v_take := v_account.balance - v_account.held;
   -- Only free credits move (what holds reserved stays theirs, a frozen lot stays where it is).
   if v_take > 0 and v_account.reads_lots then

@@ -401,12 +401,13 @@ begin
     -- A gift or sponsor code gives what its escrow has: less after a refund; nothing while a
     -- dispute froze its credits (the dispute decides).
     perform 1 from billing.accounts a where a.id in (v_own, billing.code_escrow_id(v_code.id)) order by a.id for update;
-    v_escrow := billing.settle_account(billing.code_escrow_id(v_code.id));
+    select * into v_escrow from billing.accounts a where a.id = billing.code_escrow_id(v_code.id);
+    v_escrow := billing.settled(v_escrow);
     if v_escrow.held > 0 or v_escrow.frozen_lots then
       -- Not 'disputed': whoever redeems a gift need not learn that its buyer disputed the charge.
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason', 'on hold'));
     elsif v_escrow.balance <= 0 then
-      -- Emptied by its credits' expiry (settle_account just ran it), or else by a refund.
+      -- Emptied by its credits' expiry (billing.settled just ran it), or else by a refund.
       perform billing.raise_error('CODE_NOT_REDEEMABLE', jsonb_build_object('reason',
         case when exists (select 1 from billing.lots l where l.account_id = v_escrow.id and l.expires_at <= now())
              then 'expired' else 'refunded' end));

@@ -116,7 +116,8 @@ declare
   v_free numeric;
 begin
   perform 1 from billing.accounts a where a.id in (v_wallet, billing.code_escrow_id(p_code.id)) order by a.id for update;
-  v_escrow := billing.settle_account(billing.code_escrow_id(p_code.id));
+  select * into v_escrow from billing.accounts a where a.id = billing.code_escrow_id(p_code.id);
+  v_escrow := billing.settled(v_escrow);
   -- Only free credits go back: a disputed purchase's frozen lots stay here until it closes (its
   -- loss takes them from here; won, they thaw and go back on the next run).
   v_free := v_escrow.balance - v_escrow.held;

@@ -79,7 +79,7 @@ Deno.test('a refund after a spend that stayed above the threshold charges no car
   await assertLedgerInvariants();
 });
 
-// A refund settles the buyer's account first (take_back_lots → settle_account →
+// A refund settles the buyer's account first (take_back_lots → settled →
 // expire_overdue_holds): the hold past its TTL that ends there leaves available above the
 // threshold, so it sets off nothing, and the refund's own crossing charges no card.
 Deno.test('a refund that ends a hold past its TTL charges no card by itself', async () => {

@@ -436,7 +436,7 @@ Deno.test('AI calls for a model beside user holds on credits for some models: ea
   await assertLedgerInvariants();
 });
 
-// Why: balance_of answers as settle_account would leave the account (due lots expired and the
+// Why: balance_of answers as billing.settled would leave the account (due lots expired and the
 // holds that reserved them shrunk by their part, in the order they fell due: the lot was
 // backdated to before the overdue hold's TTL, so its expiry takes that hold's 60 whole, and the
 // live 60 reserved 40 of it, so it shrinks to 20), and a capture finds the same; it once counted

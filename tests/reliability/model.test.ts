@@ -360,7 +360,7 @@ function expireLot(m: Model, l: ModelLot): bigint {
 }
 
 /**
- * What settle_account does before anything is spent, held, moved or captured once next_expiry
+ * What billing.settled does before anything is spent, held, moved or captured once next_expiry
  * has passed: every due lot expires in full, held or not, frozen or not (the holds that reserved
  * it shrink).
  */
