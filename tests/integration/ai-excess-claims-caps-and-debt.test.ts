@@ -101,3 +101,26 @@ Deno.test('an account left owing beside a live hold is refused with debt: true',
   assert.equal((next.body.error as { details: { debt: boolean } }).details.debt, true);
   await assertLedgerInvariants();
 });
+
+Deno.test("a member refused while the pool is in debt is told nothing of the school's debt", async () => {
+  const model = await creditPerToken();
+  const owner = await person('owner');
+  const ada = await person('ada');
+  const org = await school(owner, [ada], 'pool', '100');
+  // Ada's call is billed far past its hold: the pool pays what its member's call overran, as debt.
+  assert.equal((await call(ada.token, model, 500)).status, 200);
+  const [pool] = await testDb`select billing.in_debt(a) as in_debt from billing.accounts a
+    where a.org_id = ${org} and a.member_id is null`;
+  assert.equal(pool.in_debt, true);
+  const next = await call(ada.token, model, 0, 5);
+  assert.equal(next.status, 402, next.text);
+  const details = (next.body.error as {
+    details: { debt: boolean; wallets: { wallet: string; available?: string }[] };
+  }).details;
+  // `debt` is the member's own account's; the pool's figures are its admins'.
+  assert.equal(details.debt, false);
+  const pools = details.wallets.filter((w) => w.wallet === 'organisation');
+  assert.equal(pools.length, 1);
+  assert.equal(pools[0].available, undefined);
+  await assertLedgerInvariants();
+});
