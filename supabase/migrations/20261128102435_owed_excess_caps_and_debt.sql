@@ -96,3 +96,11 @@ begin
 end;
 $function$
 ;
+
+-- Hand-written: an excess claimed on a live hold before this change was to be counted against the
+-- caps when posted; the writer's owed posting no longer counts it, so it is counted now, past the
+-- caps, as billing.charge_hold_at counts an excess when it is billed.
+select billing.take_cap_room(t.buyer_id, t.amount, t.metadata ->> 'model', t.member_id, p_past => true)
+from billing.lot_take_backs t join billing.holds h on h.id = t.hold_id and h.status = 'active'
+join billing.accounts a on a.id = t.buyer_id and a.caps > 0
+where t.kind = 'usage' order by t.buyer_id, t.hold_id, t.lot_id;
