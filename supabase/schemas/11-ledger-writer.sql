@@ -30,7 +30,7 @@
 --               it pays a debt is the allocation's debt_settled, not the lot's
 --   owe         a usage charge of what a provider billed past a hold (billing.owe): it takes
 --               `first`, then the free credits that may pay for its model, and the rest is debt;
---               its caps count it past them, never refuse it
+--               never refused by a cap (billing.charge_hold_at counted it against them when billed)
 --   moved_from  the credit opens a lot with this lot's provenance and its share of the cost (a plan rollover)
 --   category, priority, cost_cents, currency, purchase_id, expires_at, applies_to, origin: the new
 --               lot's, over the defaults (billing.credit_expiry_policy; an adjustment never expires

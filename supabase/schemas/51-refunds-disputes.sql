@@ -15,7 +15,7 @@ create table billing.lot_take_backs (
   reference text, correlation_id text, metadata jsonb,  -- the reversals', as the refund's or dispute's own
   -- A claim (billing.owe's) is what the buyer owes already; else what the refund takes of the lot.
   claim boolean not null default false,
-  member_id uuid,                                 -- a usage claim on a school's account: the member whose call it was (their cap)
+  member_id uuid,                                 -- a usage claim on a school's account: the member whose call it was (the charge's user)
   constraint lot_take_backs_pkey primary key (hold_id, lot_id, take_key),
   constraint lot_take_backs_valid check (amount > 0 and kind in ('refund_reversal', 'dispute_reversal', 'usage')),
   constraint lot_take_backs_source check (case when kind = 'usage' then purchase_id is null and invoice_id is null and claim
@@ -62,8 +62,8 @@ revoke execute on function billing.claim_reserved(p_reserved billing.hold_lots[]
 -- free ones, an excess's frozen ones after them (no debt beside credits a won dispute thaws), then
 -- what its live holds reserved of them is claimed (taken when each hold ends, billing.hold_ended:
 -- no debt beside credits a hold returns); the rest is debt. One posting: a reversal, or a usage
--- charge past the caps (the writer's `owe`; `p_member`: a member's call on a school's account,
--- whose cap counts it). `p_lot`: a claim being paid, the lot its hold returned credits to (drawn
+-- charge no cap refuses (the writer's `owe`; its caps counted it when it was billed; `p_member`:
+-- a member's call on a school's account, the charge's user). `p_lot`: a claim being paid, the lot its hold returned credits to (drawn
 -- first). Under the account lock; the posting's transfer id (null: all claimed).
 create or replace function billing.owe(p_account_id bigint, p_member uuid, p_amount numeric, p_model text,
   p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation text, p_metadata jsonb, p_purchase_id uuid,
@@ -357,10 +357,8 @@ begin
     if v_dispute = 'open' then
       -- The payer's off-session charges stop, unless a verified school answers for its purchase.
       perform billing.stop_off_session_charges(p.user_id, p_state ->> 'dispute_id') where not p.wallet_answers;
-      perform 1 from billing.accounts a where a.id in
-        (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open) order by a.id for update;
-      perform billing.settled(a) from billing.accounts a where a.id in
-        (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open) order by a.id;
+      perform billing.settled(x.a) from (select a from billing.accounts a where a.id in
+        (select l.account_id from billing.lots l where l.purchase_id = p.id and l.open) order by a.id for update) x;
     elsif v_dispute = 'lost' then
       perform billing.take_back_purchase(p, (p.credits - p.credits_refund_reversed) + (p.bonus_credits - p.bonus_refund_reversed),
         null, 'dispute_reversal', 'dispute:' || (p_state ->> 'dispute_id'), p_state ->> 'charge_id');

@@ -554,8 +554,8 @@ grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_pro
 -- Ends a server's hold at a price worked out after the work (a job's usage, an AI call's): the
 -- hold pays what it can and the rest of it is released. Should the provider have billed past the
 -- hold, the excess is the one debt (billing.owe): charged to the account the hold drew on,
--- into debt if it must, so the next call is refused while it is owed. The caller holds the account lock and has settled the hold (an ended hold captures
--- nothing). `p_capture_facts` go on the capture, `p_overage_facts` on the excess; `p_key` is the
+-- into debt if it must, so the next call is refused while it is owed. The caller holds the
+-- account lock and has settled it (an ended hold captures nothing). `p_capture_facts` go on the capture, `p_overage_facts` on the excess; `p_key` is the
 -- excess's idempotency key, `p_correlation` both transfers'.
 create or replace function billing.charge_hold_at(p_hold_id uuid, p_amount numeric, p_rate_card_id bigint,
   p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb,
@@ -573,7 +573,7 @@ begin
   -- credits captures only what it still holds.
   select * into v_account from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = p_hold_id);
   select * into v_hold from billing.holds h where h.id = p_hold_id;
-  v_model := (select r.model from billing.rate_cards r where r.id = p_rate_card_id);
+  v_model := coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), v_hold.metadata ->> 'model');
   captured := case when p_amount > 0 and v_hold.status = 'active' then least(p_amount, v_hold.amount) else 0 end;
   overage := greatest(p_amount, 0) - captured;
   if captured > 0 then
@@ -586,10 +586,9 @@ begin
   if overage > 0 then
     -- Counted against its caps now, past them, all of it (whatever part is owed later, as a claim
     -- on a live hold's reservation, billing.owe): the next call is refused.
-    perform billing.take_cap_room(v_account.id, overage, coalesce(v_model, v_hold.metadata ->> 'model'), v_hold.member_id,
-      p_past => true) where v_account.caps > 0;
+    perform billing.take_cap_room(v_account.id, overage, v_model, v_hold.member_id, p_past => true) where v_account.caps > 0;
     -- Charged first, then named (coalesce would skip the charge when the capture is there).
-    v_owed := billing.owe(v_hold.account_id, v_hold.member_id, overage, coalesce(v_model, v_hold.metadata ->> 'model'),
+    v_owed := billing.owe(v_hold.account_id, v_hold.member_id, overage, v_model,
       'usage', p_key, null, p_correlation, p_overage_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text,
         'priced', trim_scale(p_amount)::text), null, null, p_rate_card_id => p_rate_card_id);
     transfer_id := coalesce(transfer_id, v_owed);

@@ -4,7 +4,7 @@
 // charged once (docs/ai-gateway.md § Upstreams, "Who answered", and the idempotency rules).
 import assert from 'node:assert/strict';
 import { activeHolds, ask, balanceOf, student } from '../support/ai.ts';
-import { assertLedgerInvariants, env, testDb, withGateway } from '../support/helpers.ts';
+import { assertLedgerInvariants, env, testDb, until, withGateway } from '../support/helpers.ts';
 
 const standin = env('AI_STANDIN_URL');
 const model = 'gpt-4o-mini';
@@ -17,7 +17,7 @@ Deno.test('the same key while the card upstream stalls is refused in use; the fa
     AI_UPSTREAM_BACKUP_BASE: `${standin}/v1`,
     AI_UPSTREAM_BACKUP_KEY: env('AI_API_KEY'),
     AI_UPSTREAM_BACKUP_FALLBACK_FOR: model,
-    AI_TIMEOUT_MS: '1000',
+    AI_TIMEOUT_MS: '4000', // long enough that the second send lands while the first still waits
   }, async (url) => {
     const key = `fb-${crypto.randomUUID()}`;
     const send = () =>
@@ -27,7 +27,14 @@ Deno.test('the same key while the card upstream stalls is refused in use; the fa
         body: JSON.stringify({ model, messages: ask('#standin words=6'), max_tokens: 30, stream: true }),
       });
     const first = send();
-    await new Promise((r) => setTimeout(r, 300)); // the first call is waiting on the silent card upstream
+    // The first call has claimed the key and is waiting on the silent card upstream (a fixed sleep
+    // can lose this race on a slow machine: the second send would then claim the key itself).
+    await until(
+      'the first call holding its key',
+      async () =>
+        (await testDb`select 1 from billing.ai_calls where user_id = ${s.id} and idempotency_key = ${key}
+        and status = 'held'`).length > 0,
+    );
     const during = await send();
     assert.equal(during.status, 409);
     assert.equal((await during.json()).error.code, 'IDEMPOTENCY_KEY_IN_USE');
