@@ -256,7 +256,7 @@ Deno.test('credits that expire under a live call: the hold shrinks by what it re
     where a.user_id = ${s.id} and l.amount = 10`;
   const stream = await s.openai.chat.completions.create({
     model: 'gpt-4o',
-    messages: ask('#standin words=30 delay=30'),
+    messages: ask('#standin words=30 delay=200'), // ~6 s: the work at chunk 3 lands while it streams
     max_tokens: 100,
     stream: true,
     stream_options: { include_usage: true },
@@ -297,7 +297,7 @@ Deno.test('a refund of the purchase under a live call’s hold, then the sweep: 
   const co = await buy(s.token, 'starter'); // 9,990 credits
   const stream = await s.openai.chat.completions.create({
     model: 'gpt-4o',
-    messages: ask('#standin words=30 delay=30'),
+    messages: ask('#standin words=30 delay=200'), // ~6 s: the work at chunk 3 lands while it streams
     max_tokens: 100,
     stream: true,
     stream_options: { include_usage: true },

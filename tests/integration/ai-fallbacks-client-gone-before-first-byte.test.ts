@@ -9,7 +9,7 @@
 // for it.
 import assert from 'node:assert/strict';
 import { activeHolds, ask, balanceOf, countingBackup, settled, student } from '../support/ai.ts';
-import { assertLedgerInvariants, env, testDb, withGateway } from '../support/helpers.ts';
+import { assertLedgerInvariants, env, testDb, until, withGateway } from '../support/helpers.ts';
 
 const standin = env('AI_STANDIN_URL');
 const model = 'gpt-4o-mini';
@@ -30,16 +30,16 @@ for (const [name, stream] of cases) {
   Deno.test(`a student who left before the first byte is not sent to the next upstream (${name}): nothing charged`, async () => {
     const s = await student('50');
     const backup = countingBackup();
-    const primary = slowlyDown(1000);
+    const primary = slowlyDown(2000);
     try {
       await withGateway({
-        // Streamed: the card's upstream stays silent past AI_TIMEOUT_MS; whole: it answers 503 after 1 s.
+        // Streamed: the card's upstream stays silent past AI_TIMEOUT_MS; whole: it answers 503 after 2 s.
         AI_API_BASE: stream ? `${standin}/_standin/fail/timeout/v1` : primary.base,
         AI_UPSTREAMS: 'compat,backup',
         AI_UPSTREAM_BACKUP_BASE: backup.base,
         AI_UPSTREAM_BACKUP_KEY: env('AI_API_KEY'),
         AI_UPSTREAM_BACKUP_FALLBACK_FOR: model,
-        AI_TIMEOUT_MS: '1000',
+        AI_TIMEOUT_MS: '3000',
       }, async (url) => {
         const hangUp = new AbortController();
         const sent = fetch(`${url}/ai/v1/chat/completions`, {
@@ -48,11 +48,16 @@ for (const [name, stream] of cases) {
           headers: { authorization: `Bearer ${s.token}`, 'content-type': 'application/json' },
           body: JSON.stringify({ model, messages: ask('#standin words=40'), max_tokens: 100, stream }),
         }).then((r) => r.body?.cancel(), () => {});
-        await new Promise((r) => setTimeout(r, 300)); // nothing has reached the student yet
+        // The call is held and waiting on the card's upstream: nothing has reached the student yet.
+        await until(
+          'the call held',
+          async () =>
+            (await testDb`select 1 from billing.ai_calls where user_id = ${s.id} and status = 'held'`).length > 0,
+        );
         hangUp.abort();
         await sent;
-        // The card upstream fails at ~1 s; whatever the gateway does next is settled well within 4 s.
-        await new Promise((r) => setTimeout(r, 3000));
+        // The card upstream fails within 3 s; the gateway settles the call before it is stopped.
+        await settled(s.id, 30_000);
       });
     } finally {
       await backup.close();

@@ -9,7 +9,7 @@
 //   answer once (the provider was already writing it): client_left, no other upstream asked.
 import assert from 'node:assert/strict';
 import { activeHolds, ask, balanceOf, cardPrice, countingBackup, settled, student } from '../support/ai.ts';
-import { assertLedgerInvariants, env, testDb, withGateway } from '../support/helpers.ts';
+import { assertLedgerInvariants, env, testDb, until, withGateway } from '../support/helpers.ts';
 
 const standin = env('AI_STANDIN_URL');
 const model = 'gpt-4o-mini';
@@ -177,7 +177,7 @@ for (const [endpoint, m, body] of apis) {
 
 Deno.test('a student who left during the keep-alives of an upstream that then answers is charged it once', async () => {
   const s = await student('50');
-  const primary = keepAlivesThen(5, 200);
+  const primary = keepAlivesThen(10, 300); // ~3 s of keep-alives, then the answer
   const backup = countingBackup();
   try {
     await withGateway(fallbacks(primary.base, backup.base), async (url) => {
@@ -188,10 +188,10 @@ Deno.test('a student who left during the keep-alives of an upstream that then an
         headers: { authorization: `Bearer ${s.token}`, 'content-type': 'application/json' },
         body: JSON.stringify({ model, messages: ask('#standin words=40'), max_tokens: 100, stream: true }),
       }).then((r) => r.body?.cancel(), () => {});
-      await sleep(400);
+      await until('the upstream asked', () => Promise.resolve(primary.hits() > 0));
       hangUp.abort();
       await sent;
-      await sleep(3000);
+      await settled(s.id, 30_000); // before the gateway is stopped
     });
   } finally {
     await primary.close();
@@ -222,7 +222,7 @@ Deno.test('a student who left while the next upstream was streaming its answer i
       const reader = res.body!.getReader();
       await reader.read(); // the answer began
       await reader.cancel();
-      await sleep(4000);
+      await settled(s.id, 30_000); // before the gateway is stopped
     });
   } finally {
     await backup.close();

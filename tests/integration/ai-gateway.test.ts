@@ -229,7 +229,7 @@ Deno.test('an Idempotency-Key makes a retried call answer once and charge once',
 Deno.test('parallel streams whose holds exceed the balance: as many run as the balance covers, the rest 402', async () => {
   // Each call holds the dearest price of its prompt plus 100 answer tokens of gpt-4o.
   const s = await student('0');
-  const messages = ask('#standin words=3 delay=50');
+  const messages = ask('#standin words=3 first_byte_delay=2000'); // the 8 overlap however slowly they arrive
   const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${await chatPromptTokens(
     { messages },
     'gpt-4o',
@@ -269,7 +269,7 @@ Deno.test('the same Idempotency-Key sent 8 times at once with a balance for one 
   // one's hold is answered by the first one's claim (in use, or its replay), not refused for
   // the credits the first one holds.
   const s = await student('0');
-  const messages = ask('#standin words=3 delay=50');
+  const messages = ask('#standin words=3 first_byte_delay=2000'); // the 8 overlap however slowly they arrive
   const [{ hold }] = await testDb`select billing.ai_hold_amount('gpt-4o', ${await chatPromptTokens(
     { messages },
     'gpt-4o',

@@ -53,7 +53,7 @@ Deno.test('an AI call whose hold ended under it, finishing while another hold is
   const s = await student('100');
   const stream = await client(s.token).chat.completions.create({
     model: 'gpt-4o',
-    messages: ask('#standin words=30 delay=60'),
+    messages: ask('#standin words=30 delay=200'), // ~6 s: the work at chunk 2 lands while it streams
     max_tokens: 100,
     stream: true,
     stream_options: { include_usage: true },
@@ -67,10 +67,10 @@ Deno.test('an AI call whose hold ended under it, finishing while another hold is
           testDb`h.account_id = (select a.id from billing.accounts a where a.user_id = ${s.id}) and h.purpose = 'ai'`,
         );
         await testDb`select billing.release_expired_holds(100000)`;
-        // The student holds nearly all of it for one second, then lets the hold lapse (no sweep yet).
-        const h = await hold(s.token, '99.99', 1);
+        // The student holds nearly all of it, then lets the hold lapse (no sweep yet).
+        const h = await hold(s.token, '99.99');
         assert.equal(h.status, 201, h.text);
-        await new Promise((r) => setTimeout(r, 1_200));
+        await holdsLapse(testDb`h.id = ${dataOf(h).hold_id as string}`);
       }
       if (chunk.usage) cost = (chunk.usage as unknown as { cost: string }).cost;
     }

@@ -212,7 +212,8 @@ Deno.test('cancelling a running job stops it at its next checkpoint; nothing is 
       headers: { authorization: `Bearer ${s.token}` },
     });
     assert.equal((await r.json()).data.status, 'cancelled');
-    await new Promise((res) => setTimeout(res, 1500)); // the handler's next checkpoints come and go
+    // The handler's next checkpoint sees the cancel and releases the hold.
+    await until('the hold released', async () => (await balanceOf(s.token)).held === '0');
     const final = data(await getJob(s.token, job.job_id, gw.url));
     assert.equal(final.status, 'cancelled');
     assert.equal(final.result, undefined);

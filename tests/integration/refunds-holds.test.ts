@@ -120,7 +120,7 @@ Deno.test({
 }, async () => {
   const { m, s, plan } = await onPlan(6000); // 4,000 left: 2,000 roll, 2,000 expire
   const tag = `r1${crypto.randomUUID().slice(0, 8)}`;
-  const finish = await slowCall(s.openai, m, { words: 10, reasoning: 2850, delay: 700, max: 2900, tag });
+  const finish = await slowCall(s.openai, m, { words: 10, reasoning: 2850, delay: 1500, max: 2900, tag });
   const [aiHold0] = (await holdsOf(s.id)).filter((h) => h.purpose === 'ai');
   const hUser = await userHold(s.token, '1000'); // newest
   const late = await renew(plan.stripe_subscription, 'paid', false);
@@ -186,7 +186,7 @@ Deno.test({
 }, async () => {
   const { m, s, plan } = await onPlan(6000); // 4,000 left
   const tag = `r5${crypto.randomUUID().slice(0, 8)}`;
-  const finish = await slowCall(s.openai, m, { words: 10, reasoning: 2850, delay: 700, max: 2900, tag });
+  const finish = await slowCall(s.openai, m, { words: 10, reasoning: 2850, delay: 1500, max: 2900, tag });
   const hUser = await userHold(s.token, '1000');
   const late = await renew(plan.stripe_subscription, 'paid', false);
   await periodEnds(s.id);
@@ -237,7 +237,7 @@ Deno.test({
   const { m, s, plan } = await onPlan(2000); // 8,000 left
   const invoice = String((await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`)).latest_invoice);
   const tag = `r2${crypto.randomUUID().slice(0, 8)}`;
-  const finish = await slowCall(s.openai, m, { words: 10, reasoning: 1900, delay: 600, max: 2000, tag });
+  const finish = await slowCall(s.openai, m, { words: 10, reasoning: 1900, delay: 1500, max: 2000, tag });
   const h1 = await userHold(s.token, '3000');
   const h2 = await userHold(s.token, '2000');
   const refund = await emulator(`/_emulator/charges/${await chargeOfInvoice(invoice)}/refund`, { deliver: false });
@@ -319,7 +319,7 @@ Deno.test({
   const tags = [1, 2, 3].map((i) => `r3${i}${crypto.randomUUID().slice(0, 8)}`);
   const finishes = [];
   for (const tag of tags) {
-    finishes.push(await slowCall(s.openai, m, { words: 8, reasoning: 1900, delay: 700, max: 2000, tag }));
+    finishes.push(await slowCall(s.openai, m, { words: 8, reasoning: 1900, delay: 1500, max: 2000, tag }));
   }
   const before = { account: await account(s.id), holds: await holdsOf(s.id) };
   const refund = await emulator(`/_emulator/charges/${await chargeOf(starter.session_id)}/refund`, { deliver: false });
