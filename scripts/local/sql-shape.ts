@@ -12,6 +12,9 @@
 //      transfer) or sets its amount or state, sets an account's balance, held amount or
 //      version, or sets what is left of a lot: the SET clause is parsed, so
 //      `update billing.accounts a set balance = …` counts as `…, version = …` does.
+//   3. State in one record. No function takes more than two array parameters (out parameters
+//      aside): a step handed six parallel arrays is one record split up (the writer passes
+//      billing.posting, a leg per tracked side).
 //   deno run --allow-read scripts/local/sql-shape.ts [schemas dir]   (default supabase/schemas)
 
 /** A token: a lower-cased word or punctuation mark, a string literal's text, or a quoted name. */
@@ -135,6 +138,7 @@ export function readSchemas(dir: string) {
   const writes: Write[] = [];
   const mentions = new Map<string, Set<string>>(); // schema.name → the words of its body naming disputes or frozen lots
   const spans = new Map<string, { file: string; from: number; to: number }>(); // schema.name → its lines
+  const arrayParams = new Map<string, { file: string; line: number; count: number }>(); // schema.name → its array parameters
   for (const file of files) {
     const toks = lexSql(Deno.readTextFileSync(`${dir}/${file}`));
     let current = '(file)';
@@ -162,6 +166,7 @@ export function readSchemas(dir: string) {
         if (toks[k - 1]?.text === 'replace' || toks[k - 1]?.text === 'create') {
           defined.set(current = name(k + 1), file);
           spans.set(current, { file, from: toks[k].line, to: toks[k].line });
+          arrayParams.set(current, { file, line: toks[k].line, count: arrayParamCount(toks, k + 4) });
           if (/disput|frozen/.test(current)) mentions.set(current, new Set([current]));
         }
         k += 3;
@@ -190,7 +195,23 @@ export function readSchemas(dir: string) {
       }
     }
   }
-  return { files, defined, calls, writes, mentions, spans };
+  return { files, defined, calls, writes, mentions, spans, arrayParams };
+}
+
+/** The array parameters (not `out`) of the parameter list whose `(` is toks[k]. */
+function arrayParamCount(toks: Token[], k: number): number {
+  let depth = 0, count = 0, isOut = false, isArray = false;
+  for (let i = k; i < toks.length; i++) {
+    const t = toks[i];
+    if (t.text === '(') depth++;
+    else if (t.text === ')' && --depth === 0) return count + (isArray && !isOut ? 1 : 0);
+    else if (depth === 1 && t.text === ',') {
+      if (isArray && !isOut) count++;
+      isOut = isArray = false;
+    } else if (depth === 1 && t.kind === 'word' && t.text === 'out' && toks[i - 1].text !== 'in') isOut = true;
+    else if (depth === 1 && t.text === '[' && toks[i + 1]?.text === ']') isArray = true;
+  }
+  return count;
 }
 
 const layerOf = (file: string) => Number(/^(\d+)-/.exec(file)![1]);
@@ -228,6 +249,14 @@ export function layerProblems(dir: string, known: string[] = upwardCallsKnown): 
   return problems;
 }
 
+/** Functions taking more than two array parameters: state split into parallel arrays. */
+export function arrayParamProblems(dir: string): string[] {
+  return [...readSchemas(dir).arrayParams].filter(([, a]) => a.count > 2)
+    .map(([fn, a]) =>
+      `${a.file}:${a.line} ${fn} takes ${a.count} array parameters: pass one record (at most two arrays)`
+    );
+}
+
 /** Ledger writes outside the one writer. */
 export function writerProblems(dir: string): string[] {
   return readSchemas(dir).writes.filter((w) => w.fn !== theWriter && !writerSteps.has(w.fn))
@@ -236,7 +265,7 @@ export function writerProblems(dir: string): string[] {
 
 if (import.meta.main) {
   const dir = Deno.args[0] ?? 'supabase/schemas';
-  const problems = [...layerProblems(dir), ...writerProblems(dir)];
+  const problems = [...layerProblems(dir), ...writerProblems(dir), ...arrayParamProblems(dir)];
   for (const p of problems) console.error(p);
   const { calls, defined } = readSchemas(dir);
   console.log(`${defined.size} functions, ${calls.length} calls: ${problems.length} problem(s)`);

@@ -91,6 +91,28 @@ create type billing.posted_transfer as (
 );
 comment on type billing.posted_transfer is 'What billing.post_transfers answers for each movement, in order.';
 
+-- What the writer wrote, passed from step to step (billing.post_transfers): one record, not
+-- parallel arrays. A leg is a tracked side of a movement written: its place in the batch, the
+-- account, its change and the balance after it.
+create type billing.leg as (
+  ord integer,
+  account_id bigint,
+  delta numeric,
+  after numeric
+);
+comment on type billing.leg is 'A tracked side of a movement billing.post_transfers wrote: place, account, change, balance after.';
+
+create type billing.posting as (
+  transfers billing.transfer_spec[],              -- the movements written or replayed, in order (a batch's refused taken out)
+  ids bigint[],                                   -- by place, the id each is written under (a replay's goes unused)
+  written bigint[],                               -- the ids written now (a replay's not); null: none
+  existing bigint[],                              -- by place, a replay's transfer id (null: written now); null: none replayed
+  legs billing.leg[],                             -- the tracked sides' changes, in batch order
+  restricted boolean,                             -- a tracked side holds credits for some models: its sub-accounts follow
+  fresh bigint[]                                  -- accounts whose first entry of the day this posting wrote
+);
+comment on type billing.posting is 'What billing.post_transfers wrote, handed to its steps.';
+
 -- ============================================================ functions
 
 -- What spends an account's credits (a usage charge, a capture, a move to another account): the
@@ -242,20 +264,20 @@ revoke execute on function billing.spending_refusal(v_one billing.transfer_spec,
 -- A movement alone written (billing.post_transfers): each tracked side's balance and version (a
 -- platform account is never updated: the filter finds no row; a capture's hold leaves held in the
 -- same write), one entry per side, and the report's tail.
-create or replace function billing.write_one(v_one billing.transfer_spec, v_id bigint, v_held_account bigint, v_held_delta numeric, out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[])
-returns record
+create or replace function billing.write_one(v_one billing.transfer_spec, v_id bigint, v_held_account bigint, v_held_delta numeric)
+returns billing.posting
 language plpgsql
 set search_path = ''
 as $$
 declare
+  v_p billing.posting := (array[v_one], array[v_id], array[v_id], null, '{}', false, '{}')::billing.posting;
   v_balance numeric;
   v_version bigint;
-  v_versions bigint[];
+  v_versions bigint[] := '{}';
   v_flag boolean;
   v_today bigint;
   v_day timestamptz := date_trunc('day', now(), 'UTC');
 begin
-  v_restricted := false;
   update billing.accounts a set balance = a.balance - v_one.amount, version = a.version + 1,
     held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
     active_from = case when a.active_from >= v_day then a.active_from else now() end
@@ -263,13 +285,10 @@ begin
   returning a.balance, a.version, a.restricted_lots, case when a.active_from = now() then a.id end
   into v_balance, v_version, v_flag, v_today;
   if found then
-    v_restricted := v_flag;
-    v_fresh := array_remove(array[v_today], null);
-    v_ord := array[1]; v_account := array[v_one.from_account_id]; v_delta := array[-v_one.amount]; v_after := array[v_balance];
+    v_p.restricted := v_flag;
+    v_p.fresh := array_remove(array[v_today], null);
+    v_p.legs := array[(1, v_one.from_account_id, -v_one.amount, v_balance)::billing.leg];
     v_versions := array[v_version];
-  else
-    v_ord := '{}'::integer[]; v_account := '{}'::bigint[]; v_delta := '{}'::numeric[]; v_after := '{}'::numeric[];
-    v_versions := '{}'::bigint[];
   end if;
   update billing.accounts a set balance = a.balance + v_one.amount, version = a.version + 1,
     held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
@@ -278,28 +297,30 @@ begin
   returning a.balance, a.version, a.restricted_lots, case when a.active_from = now() then a.id end
   into v_balance, v_version, v_flag, v_today;
   if found then
-    v_restricted := v_restricted or v_flag;
-    v_fresh := array_remove(coalesce(v_fresh, '{}') || v_today, null);
-    v_ord := v_ord || 1; v_account := v_account || v_one.to_account_id; v_delta := v_delta || v_one.amount;
-    v_after := v_after || v_balance; v_versions := v_versions || v_version;
+    v_p.restricted := v_p.restricted or v_flag;
+    v_p.fresh := array_remove(v_p.fresh || v_today, null);
+    v_p.legs := v_p.legs || (1, v_one.to_account_id, v_one.amount, v_balance)::billing.leg;
+    v_versions := v_versions || v_version;
   end if;
   insert into billing.entries (transfer_id, account_id, amount, balance_after, account_version)
-  select v_id, e.account_id, e.delta, e.after, e.version
-  from unnest(v_account, v_delta, v_after, v_versions) with ordinality e(account_id, delta, after, version, n)
+  select v_id, e.account_id, e.delta, e.after, v.version
+  from unnest(v_p.legs) with ordinality e(ord, account_id, delta, after, n)
+  join unnest(v_versions) with ordinality v(version, n) on v.n = e.n
   order by e.n;
   insert into billing.ledger_tail as x (at, backend, kind, rate_card_id, amount, events, credit_change)
   values (date_trunc('second', now()), pg_backend_pid(), v_one.kind, v_one.rate_card_id, v_one.amount, 1,
-    coalesce((select sum(d) from unnest(v_delta) d), 0))
+    coalesce((select sum(l.delta) from unnest(v_p.legs) l), 0))
   on conflict (at, backend, kind, rate_card_id) do update
   set amount = x.amount + excluded.amount, events = x.events + 1, credit_change = x.credit_change + excluded.credit_change;
+  return v_p;
 end;
 $$;
-comment on function billing.write_one(v_one billing.transfer_spec, v_id bigint, v_held_account bigint, v_held_delta numeric, out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[]) is 'Internal (the writer''s): a movement alone''s balances, versions, entries and tail; what it wrote.';
-revoke execute on function billing.write_one(v_one billing.transfer_spec, v_id bigint, v_held_account bigint, v_held_delta numeric, out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[]) from public;
+comment on function billing.write_one(v_one billing.transfer_spec, v_id bigint, v_held_account bigint, v_held_delta numeric) is 'Internal (the writer''s): a movement alone''s balances, versions, entries and tail; what it wrote.';
+revoke execute on function billing.write_one(v_one billing.transfer_spec, v_id bigint, v_held_account bigint, v_held_delta numeric) from public;
 
 -- The writer's answers (billing.post_transfers): one per movement, in order: written, a replay,
 -- or refused, with the tracked sides' balances after it.
-create or replace function billing.posted_answers(p_transfers billing.transfer_spec[], v_ids bigint[], v_existing bigint[], v_ord integer[], v_delta numeric[], v_after numeric[], v_kept integer[], v_refused integer[], v_refusals billing.posted_transfer[])
+create or replace function billing.posted_answers(p_posting billing.posting, p_refused integer[], p_refusals billing.posted_transfer[])
 returns billing.posted_transfer[]
 language plpgsql
 stable
@@ -307,63 +328,73 @@ set search_path = ''
 as $$
 declare
   v_out billing.posted_transfer[];
+  v_a billing.leg;                                -- a movement alone's legs
+  v_b billing.leg;
 begin
-  if cardinality(p_transfers) = 1 and v_kept is null then
-    return array[(coalesce(v_existing[1], v_ids[1]), v_existing[1] is not null,
-      case when v_delta[1] < 0 then v_after[1] when v_delta[2] < 0 then v_after[2] end,
-      case when v_delta[1] > 0 then v_after[1] when v_delta[2] > 0 then v_after[2] end,
-      case when v_existing[1] is null then 'applied' else 'exists' end, null)::billing.posted_transfer];
+  if cardinality(p_posting.transfers) = 1 and p_refused is null then
+    v_a := p_posting.legs[1];
+    v_b := p_posting.legs[2];
+    return array[(coalesce(p_posting.existing[1], p_posting.ids[1]), p_posting.existing[1] is not null,
+      case when v_a.delta < 0 then v_a.after when v_b.delta < 0 then v_b.after end,
+      case when v_a.delta > 0 then v_a.after when v_b.delta > 0 then v_b.after end,
+      case when p_posting.existing[1] is null then 'applied' else 'exists' end, null)::billing.posted_transfer];
   end if;
   -- Joined, not looked up per movement: a batch of a thousand would scan its legs a million times.
   v_out := array(
-    select row(coalesce(v_existing[o.n], v_ids[o.n]), v_existing[o.n] is not null, f.after, t.after,
-      case when v_existing[o.n] is null then 'applied' else 'exists' end, null)::billing.posted_transfer
-    from generate_subscripts(p_transfers, 1) o(n)
-    left join unnest(v_ord, v_delta, v_after) f(ord, delta, after) on f.ord = o.n and f.delta < 0
-    left join unnest(v_ord, v_delta, v_after) t(ord, delta, after) on t.ord = o.n and t.delta > 0
+    select row(coalesce(p_posting.existing[o.n], p_posting.ids[o.n]), p_posting.existing[o.n] is not null, f.after, t.after,
+      case when p_posting.existing[o.n] is null then 'applied' else 'exists' end, null)::billing.posted_transfer
+    from generate_subscripts(p_posting.transfers, 1) o(n)
+    left join unnest(p_posting.legs) f on f.ord = o.n and f.delta < 0
+    left join unnest(p_posting.legs) t on t.ord = o.n and t.delta > 0
     order by o.n);
-  if v_kept is null then
+  if p_refused is null then
     return v_out;
   end if;
-  -- Refusals back in their places among the written.
+  -- Refusals back in their places among the written (those not refused, in order).
   return array(
-    select x.p from (select k.n, v_out[k.i] as p from unnest(v_kept) with ordinality k(n, i)
-                     union all select r.n, v_refusals[r.i] from unnest(v_refused) with ordinality r(n, i)) x
+    select x.p from (select k.n, v_out[k.i] as p
+                     from (select o.n, row_number() over (order by o.n) as i
+                           from generate_series(1, cardinality(v_out) + cardinality(p_refused)) o(n)
+                           where o.n <> all(p_refused)) k
+                     union all select r.n, p_refusals[r.i] from unnest(p_refused) with ordinality r(n, i)) x
     order by x.n);
 end;
 $$;
-comment on function billing.posted_answers(p_transfers billing.transfer_spec[], v_ids bigint[], v_existing bigint[], v_ord integer[], v_delta numeric[], v_after numeric[], v_kept integer[], v_refused integer[], v_refusals billing.posted_transfer[]) is 'Internal (the writer''s): one answer per movement, refusals back in their places.';
-revoke execute on function billing.posted_answers(p_transfers billing.transfer_spec[], v_ids bigint[], v_existing bigint[], v_ord integer[], v_delta numeric[], v_after numeric[], v_kept integer[], v_refused integer[], v_refusals billing.posted_transfer[]) from public;
+comment on function billing.posted_answers(p_posting billing.posting, p_refused integer[], p_refusals billing.posted_transfer[]) is 'Internal (the writer''s): one answer per movement, refusals (by place) back in their places.';
+revoke execute on function billing.posted_answers(p_posting billing.posting, p_refused integer[], p_refusals billing.posted_transfer[]) from public;
 
 -- What every posting checks and records once its balances are written (billing.post_transfers):
 -- the day's first entries for the report, and no balance below zero but where a debt may be.
-create or replace function billing.after_balances(p_transfers billing.transfer_spec[], v_ord integer[], v_delta numeric[], v_after numeric[], v_fresh bigint[])
+create or replace function billing.after_balances(p_posting billing.posting)
 returns void
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_leg billing.leg;
 begin
   -- Accounts whose first entry of their UTC day this transaction wrote: the report's active
   -- accounts not rolled up yet (billing.active_tail), once each.
-  if cardinality(v_fresh) > 0 then
+  if cardinality(p_posting.fresh) > 0 then
     insert into billing.active_tail (at, account_id)
-    select date_trunc('second', now()), x.id from unnest(v_fresh) x(id)
+    select date_trunc('second', now()), x.id from unnest(p_posting.fresh) x(id)
     on conflict do nothing;
   end if;
-  -- Looked at one by one only when some balance went below zero (a batch of a thousand rarely does).
-  for i in 1 .. case when 0 > any(v_after) then cardinality(v_ord) else 0 end loop
+  foreach v_leg in array p_posting.legs loop
     -- A debt beside credits a reversal does not take (credits for some models, what live holds
     -- reserved) is in the balance already: what leaves those lots by name (their expiry, a
     -- plan's rollover out, a capture of what its hold reserved) may then take it below zero too.
-    if v_delta[i] < 0 and v_after[i] < 0 and (p_transfers[v_ord[i]]).kind not in ('refund_reversal', 'dispute_reversal',
-         'hold_capture', 'expiry', 'plan_rollover') and not coalesce((p_transfers[v_ord[i]]).lots ? 'owe', false) then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a reversal or what a provider billed past a hold may leave a balance below zero"}');
+    if v_leg.after < 0 and v_leg.delta < 0 then
+      if (p_posting.transfers[v_leg.ord]).kind not in ('refund_reversal', 'dispute_reversal', 'hold_capture', 'expiry',
+            'plan_rollover') and not coalesce((p_posting.transfers[v_leg.ord]).lots ? 'owe', false) then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a reversal or what a provider billed past a hold may leave a balance below zero"}');
+      end if;
     end if;
   end loop;
 end;
 $$;
-comment on function billing.after_balances(p_transfers billing.transfer_spec[], v_ord integer[], v_delta numeric[], v_after numeric[], v_fresh bigint[]) is 'Internal (the writer''s): the active accounts'' tail, and LEDGER_INVARIANT for a balance below zero no debt explains.';
-revoke execute on function billing.after_balances(p_transfers billing.transfer_spec[], v_ord integer[], v_delta numeric[], v_after numeric[], v_fresh bigint[]) from public;
+comment on function billing.after_balances(p_posting billing.posting) is 'Internal (the writer''s): the active accounts'' tail, and LEDGER_INVARIANT for a balance below zero no debt explains.';
+revoke execute on function billing.after_balances(p_posting billing.posting) from public;
 
 -- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
 -- per movement out, in order, and the changes of what holds reserve. Only this function inserts
@@ -403,21 +434,16 @@ declare
   v_one billing.transfer_spec;                    -- a movement alone
   v_id bigint;
   v_written billing.transfers;
-  v_ids bigint[];                                 -- what was written: transfers, replays, and the tracked sides' legs
-  v_new bigint[]; v_existing bigint[];
-  v_ord integer[]; v_account bigint[]; v_delta numeric[]; v_after numeric[];
+  v_p billing.posting;                            -- what was written: transfers, replays, and the tracked sides' legs
   v_post billing.hold_step;                       -- a hold the one movement posts: its held change goes with its balance
   v_held_account bigint;
   v_held_delta numeric;
   v_refusal billing.posted_transfer;              -- a refusal: of a hold placed, or of spending
   v_capped boolean := false;                      -- this movement's amount was counted against caps
   v_checked billing.spending_check;
-  v_refused integer[];                            -- a batch's refused movements, by place, and their answers
+  v_refused integer[];                            -- a batch's refused movements, by place (null: none), and their answers
   v_refusals billing.posted_transfer[];
-  v_kept integer[];                               -- a batch's movements written, by place (null: all)
-  v_carry jsonb := '[]'::jsonb;                          -- what holds keep of rolled-over lots (billing.carry_reservations)
-  v_restricted boolean := false;                  -- a tracked side holds credits for some models: its sub-accounts follow
-  v_fresh bigint[];                               -- accounts whose first entry of the day this transaction wrote
+  v_carry jsonb := '[]'::jsonb;                   -- what holds keep of rolled-over lots (billing.carry_reservations)
 begin
   -- Pending transfers (holds). A hold posted by the batch's one movement is ended with it below,
   -- its release in that movement's account write: one account write, not two. Every other step
@@ -480,8 +506,6 @@ begin
       where v_capped;
       return array[(v_written.id, true, null, null, 'exists', null)::billing.posted_transfer];
     end if;
-    v_ids := array[v_id];
-    v_new := v_ids;
     if v_post.hold_id is not null then
       -- A capture draws what its hold reserved, in the spending order of those lots, and returns
       -- the rest (the hold's reservation ends with it).
@@ -498,8 +522,7 @@ begin
       perform billing.shed_reservations(p_transfers);
     end if;
     -- Each tracked side: balance, version, an entry, the report's tail (billing.write_one).
-    select * into v_ord, v_account, v_delta, v_after, v_restricted, v_fresh
-    from billing.write_one(v_one, v_id, v_held_account, v_held_delta);
+    v_p := billing.write_one(v_one, v_id, v_held_account, v_held_delta);
   else
     if exists (select 1 from unnest(p_transfers) t
                where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
@@ -512,33 +535,36 @@ begin
     -- (billing.batch_refusals). The written are the batch from here on.
     select * into v_refused, v_refusals from billing.batch_refusals(p_transfers);
     if v_refused is not null then
-      v_kept := array(select o from generate_subscripts(p_transfers, 1) o where o <> all(v_refused) order by o);
-      p_transfers := array(select p_transfers[o] from unnest(v_kept) o);
+      p_transfers := array(select p_transfers[o] from generate_subscripts(p_transfers, 1) o where o <> all(v_refused) order by o);
       if cardinality(p_transfers) = 0 then
         return array(select v_refusals[r.i] from unnest(v_refused) with ordinality r(n, i) order by r.n);
       end if;
     end if;
-    select * into v_ids, v_new, v_existing, v_ord, v_account, v_delta, v_after, v_restricted, v_fresh
-    from billing.write_batch(p_transfers);
+    v_p := billing.write_batch(p_transfers);
     -- An expiry or a rollover out sheds (or lifts, to carry) what holds reserved of the lot it
     -- names before the lot is drawn.
     if exists (select 1 from unnest(p_transfers) t where t.kind in ('expiry', 'plan_rollover')) then
       v_carry := billing.shed_reservations(array(select p_transfers[o] from generate_subscripts(p_transfers, 1) o
-                                                 where v_ids[o] = any(v_new)));
+                                                 where v_p.ids[o] = any(v_p.written)));
     end if;
   end if;
 
-  if v_new is not null then
-    perform billing.after_balances(p_transfers, v_ord, v_delta, v_after, v_fresh);
-    perform billing.draw_lots(p_transfers, v_ids, v_ord, v_account, v_delta);
-    if 0 < any(v_delta) then
-      v_restricted := billing.credit_lots(p_transfers, v_ids, v_new, v_ord, v_account, v_delta, v_after) or v_restricted;
+  if v_p.written is not null then
+    perform billing.after_balances(v_p);
+    perform billing.draw_lots(v_p);
+    -- A tracked side credited (alone: its last leg, the to side's) opens or refills lots.
+    if cardinality(v_p.transfers) = 1 then
+      if (v_p.legs[cardinality(v_p.legs)]).delta > 0 then
+        v_p.restricted := billing.credit_lots(v_p) or v_p.restricted;
+      end if;
+    elsif exists (select 1 from unnest(v_p.legs) l where l.delta > 0) then
+      v_p.restricted := billing.credit_lots(v_p) or v_p.restricted;
     end if;
-    perform billing.carry_reservations(p_transfers, v_ids, v_carry) where v_carry <> '[]';
-    perform billing.lot_tails(p_transfers, v_ids, v_new, v_restricted);
+    perform billing.carry_reservations(v_p, v_carry) where v_carry <> '[]';
+    perform billing.lot_tails(v_p);
   end if;
 
-  return billing.posted_answers(p_transfers, v_ids, v_existing, v_ord, v_delta, v_after, v_kept, v_refused, v_refusals);
+  return billing.posted_answers(v_p, v_refused, v_refusals);
 end;
 $$;
 comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and pending transfers (holds placed, posted, voided, and the held amounts) under the caller''s account locks; one result per movement, replays answered.';

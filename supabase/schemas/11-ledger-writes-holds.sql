@@ -186,18 +186,21 @@ revoke execute on function billing.shed_reservations(p_transfers billing.transfe
 
 -- What rolled over stays reserved: each part shed_reservations lifted goes onto the lot its
 -- rollover in (moved_from the old lot) opened.
-create or replace function billing.carry_reservations(p_transfers billing.transfer_spec[], p_ids bigint[], p_kept jsonb)
+create or replace function billing.carry_reservations(p_posting billing.posting, p_kept jsonb)
 returns void
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_transfers billing.transfer_spec[] := p_posting.transfers;
+  v_ids bigint[] := p_posting.ids;
 begin
   with k as (
     select (x ->> 'hold_id')::uuid as hold_id, nl.id as lot_id, (x ->> 'amount')::numeric as amount
     from jsonb_array_elements(p_kept) x
-    join generate_subscripts(p_transfers, 1) o on (p_transfers[o]).kind = 'plan_rollover'
-      and ((p_transfers[o]).lots ->> 'moved_from')::bigint = (x ->> 'lot_id')::bigint
-    join billing.lots nl on nl.grant_transfer_id = p_ids[o]
+    join generate_subscripts(v_transfers, 1) o on (v_transfers[o]).kind = 'plan_rollover'
+      and ((v_transfers[o]).lots ->> 'moved_from')::bigint = (x ->> 'lot_id')::bigint
+    join billing.lots nl on nl.grant_transfer_id = v_ids[o]
   ), placed as (
     insert into billing.hold_lots (hold_id, lot_id, amount) select k.hold_id, k.lot_id, k.amount from k
     returning lot_id, amount
@@ -206,11 +209,11 @@ begin
   from (select placed.lot_id, sum(placed.amount) as amount from placed group by placed.lot_id) x where l.id = x.lot_id;
   if (select coalesce(sum((x ->> 'amount')::numeric), 0) from jsonb_array_elements(p_kept) x)
      <> (select coalesce(sum(hl.amount), 0) from billing.hold_lots hl join billing.lots l on l.id = hl.lot_id
-         join generate_subscripts(p_transfers, 1) o on l.grant_transfer_id = p_ids[o]
-         where (p_transfers[o]).kind = 'plan_rollover' and (p_transfers[o]).lots ? 'moved_from') then
+         join generate_subscripts(v_transfers, 1) o on l.grant_transfer_id = v_ids[o]
+         where (v_transfers[o]).kind = 'plan_rollover' and (v_transfers[o]).lots ? 'moved_from') then
     perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "what rolls over carries what holds reserved of it"}');
   end if;
 end;
 $$;
-comment on function billing.carry_reservations(p_transfers billing.transfer_spec[], p_ids bigint[], p_kept jsonb) is 'Internal (the writer''s): puts what holds kept of a rolled-over lot onto the lot its rollover opened.';
-revoke execute on function billing.carry_reservations(p_transfers billing.transfer_spec[], p_ids bigint[], p_kept jsonb) from public;
+comment on function billing.carry_reservations(p_posting billing.posting, p_kept jsonb) is 'Internal (the writer''s): puts what holds kept of a rolled-over lot onto the lot its rollover opened.';
+revoke execute on function billing.carry_reservations(p_posting billing.posting, p_kept jsonb) from public;

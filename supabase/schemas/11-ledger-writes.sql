@@ -64,17 +64,22 @@ revoke execute on function billing.batch_refusals(p_transfers billing.transfer_s
 -- A batch's movements written (billing.post_transfers): transfers with ids in batch order, the
 -- replays found, balances and versions, one entry per tracked side numbered back from them, and
 -- the report's tail.
-create or replace function billing.write_batch(p_transfers billing.transfer_spec[], out v_ids bigint[], out v_new bigint[], out v_existing bigint[], out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[])
-returns record
+create or replace function billing.write_batch(p_transfers billing.transfer_spec[])
+returns billing.posting
 language plpgsql
 set search_path = ''
 set plan_cache_mode = 'force_generic_plan'
 as $$
 declare
+  v_ids bigint[];
+  v_new bigint[];
+  v_existing bigint[];
+  v_legs billing.leg[];
+  v_restricted boolean := false;
+  v_fresh bigint[];
   v_reused text;
   v_day timestamptz := date_trunc('day', now(), 'UTC');
 begin
-  v_restricted := false;
   -- Ids in batch order, so transfer ids order the batch.
   v_ids := array(select nextval('billing.transfers_id_seq') from generate_subscripts(p_transfers, 1));
   with ins as (
@@ -125,38 +130,42 @@ begin
       order by l.ord, l.delta                     -- entry ids in batch order, as readers page them
       returning transfer_id, account_id, balance_after
     )
-    select array_agg(l.ord order by l.ord, l.delta), array_agg(l.account_id order by l.ord, l.delta),
-      array_agg(l.delta order by l.ord, l.delta), array_agg(e.balance_after order by l.ord, l.delta),
+    select array_agg((l.ord, l.account_id, l.delta, e.balance_after)::billing.leg order by l.ord, l.delta),
       (select coalesce(bool_or(u.restricted_lots), false) from u),
       (select array_agg(u.id) from u where u.fresh)
-    into v_ord, v_account, v_delta, v_after, v_restricted, v_fresh
+    into v_legs, v_restricted, v_fresh
     from e join legs l on v_ids[l.ord] = e.transfer_id and l.account_id = e.account_id;
     insert into billing.ledger_tail as x (at, backend, kind, rate_card_id, amount, events, credit_change)
     select date_trunc('second', now()), pg_backend_pid(), t.kind, t.rate_card_id, sum(t.amount), count(*),
       coalesce(sum(m.change), 0)
     from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
-    left join (select d.ord, sum(d.delta) as change from unnest(v_ord, v_delta) d(ord, delta) group by d.ord) m on m.ord = t.ord
+    left join (select d.ord, sum(d.delta) as change from unnest(v_legs) d group by d.ord) m on m.ord = t.ord
     where v_ids[t.ord] = any(v_new)
     group by t.kind, t.rate_card_id
     on conflict (at, backend, kind, rate_card_id) do update
     set amount = x.amount + excluded.amount, events = x.events + excluded.events,
       credit_change = x.credit_change + excluded.credit_change;
   end if;
+  return (p_transfers, v_ids, v_new, v_existing, v_legs, v_restricted, v_fresh)::billing.posting;
 end;
 $$;
-comment on function billing.write_batch(p_transfers billing.transfer_spec[], out v_ids bigint[], out v_new bigint[], out v_existing bigint[], out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[]) is 'Internal (the writer''s): writes a batch''s transfers, balances and entries; answers what it wrote.';
-revoke execute on function billing.write_batch(p_transfers billing.transfer_spec[], out v_ids bigint[], out v_new bigint[], out v_existing bigint[], out v_ord integer[], out v_account bigint[], out v_delta numeric[], out v_after numeric[], out v_restricted boolean, out v_fresh bigint[]) from public;
+comment on function billing.write_batch(p_transfers billing.transfer_spec[]) is 'Internal (the writer''s): writes a batch''s transfers, balances and entries; answers what it wrote.';
+revoke execute on function billing.write_batch(p_transfers billing.transfer_spec[]) from public;
 
 -- Debits draw from lots (billing.post_transfers): free credits only, in spending order (`first`
 -- before it; a charge for its model; a reversal only `first` and lots for any model), or the
 -- lots a movement names (`take`).
-create or replace function billing.draw_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_ord integer[], v_account bigint[], v_delta numeric[])
+create or replace function billing.draw_lots(p_posting billing.posting)
 returns void
 language plpgsql
 set search_path = ''
 set plan_cache_mode = 'force_generic_plan'
 as $$
 declare
+  v_transfers billing.transfer_spec[] := p_posting.transfers;
+  v_ids bigint[] := p_posting.ids;
+  v_legs billing.leg[] := p_posting.legs;
+  v_one billing.leg := p_posting.legs[1];               -- a debit alone's leg
   v_for text;
   v_by_model boolean;
   v_drawn integer;
@@ -168,37 +177,37 @@ declare
 begin
   -- Debits draw from lots. The common one, alone and with nothing to draw first, in one
   -- statement: the first lot in spending order covers it.
-  v_for := case when cardinality(p_transfers) = 1 then (p_transfers[1]).lots ->> 'for' end;
+  v_for := case when cardinality(v_transfers) = 1 then (v_transfers[1]).lots ->> 'for' end;
   -- A charge alone draws only lots that may pay for its model ('for'; none named: lots for any
   -- model). A movement alone is read directly; only a batch is scanned (no query on the hot path).
-  v_by_model := cardinality(p_transfers) = 1 and (p_transfers[1]).kind = 'usage';
-  if cardinality(p_transfers) > 1 then
-    if exists (select 1 from unnest(p_transfers) t where t.lots ? 'for') then
+  v_by_model := cardinality(v_transfers) = 1 and (v_transfers[1]).kind = 'usage';
+  if cardinality(v_transfers) > 1 then
+    if exists (select 1 from unnest(v_transfers) t where t.lots ? 'for') then
       perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is a movement alone"}');
     end if;
   end if;
-  if cardinality(v_ord) = 1 and v_delta[1] < 0
-     and ((p_transfers[v_ord[1]]).lots is null or (p_transfers[v_ord[1]]).lots - 'for' = '{}'::jsonb) then
+  if cardinality(v_legs) = 1 and v_one.delta < 0
+     and ((v_transfers[v_one.ord]).lots is null or (v_transfers[v_one.ord]).lots - 'for' = '{}'::jsonb) then
     with drawn as (
-      update billing.lots l set remaining = l.remaining + v_delta[1]
-      where l.id = (select x.id from billing.lots x where x.account_id = v_account[1] and x.open
+      update billing.lots l set remaining = l.remaining + v_one.delta
+      where l.id = (select x.id from billing.lots x where x.account_id = v_one.account_id and x.open
                       and x.free > 0 and not coalesce(x.expires_at <= now(), false)
                       and (not v_by_model or x.applies_to is null or billing.lot_pays_for(x.applies_to, v_for))
                       -- A reversal takes no credits for some models (below), whoever asks.
                       and (x.applies_to is null
-                           or (p_transfers[v_ord[1]]).kind not in ('refund_reversal', 'dispute_reversal'))
+                           or (v_transfers[v_one.ord]).kind not in ('refund_reversal', 'dispute_reversal'))
                     order by x.spending_order
                     limit 1)
-        and l.remaining - l.reserved >= -v_delta[1]
-      returning l.id, l.cost_cents * (-v_delta[1])::numeric(38, 18) / l.amount as cents, l.currency, l.category, l.origin
+        and l.remaining - l.reserved >= -v_one.delta
+      returning l.id, l.cost_cents * (-v_one.delta)::numeric(38, 18) / l.amount as cents, l.currency, l.category, l.origin
     ), allocated as (
       insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
-      select v_ids[v_ord[1]], drawn.id, (p_transfers[v_ord[1]]).kind, -v_delta[1], drawn.cents from drawn
+      select v_ids[v_one.ord], drawn.id, (v_transfers[v_one.ord]).kind, -v_one.delta, drawn.cents from drawn
     )
     -- The report's tail (lots_tail, below), from the lot in hand.
     insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
-    select date_trunc('second', now()), pg_backend_pid(), drawn.currency, drawn.category, (p_transfers[v_ord[1]]).kind,
-      drawn.origin, -v_delta[1], drawn.cents
+    select date_trunc('second', now()), pg_backend_pid(), drawn.currency, drawn.category, (v_transfers[v_one.ord]).kind,
+      drawn.origin, -v_one.delta, drawn.cents
     from drawn
     on conflict (at, backend, currency, category, kind, origin) do update
     set credits = x.credits + excluded.credits, cents = x.cents + excluded.cents;
@@ -207,23 +216,23 @@ begin
   -- Every other draw: what the one-lot statement above did not cover.
   if v_drawn is distinct from 1 then
     -- Debits told what to draw (`take`): exactly those lots of the debited account, exactly the amount.
-    if exists (select 1 from unnest(p_transfers) t where t.lots ? 'take') then
-      if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta)
-                 left join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r on true
-                 where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
+    if exists (select 1 from unnest(v_transfers) t where t.lots ? 'take') then
+      if exists (select 1 from unnest(v_legs) d
+                 left join lateral jsonb_array_elements((v_transfers[d.ord]).lots -> 'take') r on true
+                 where d.delta < 0 and (v_transfers[d.ord]).lots ? 'take'
                  group by d.ord having sum((r ->> 'amount')::numeric) is distinct from -min(d.delta)
                    or bool_or(((r ->> 'amount')::numeric > 0) is not true)) then
         perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes positive parts of lots, of exactly its amount"}');
       end if;
       with x as (
         select d.ord, d.account_id, (r ->> 'lot_id')::bigint as lot_id, (r ->> 'amount')::numeric as part
-        from unnest(v_ord, v_account, v_delta) d(ord, account_id, delta)
-        cross join lateral jsonb_array_elements((p_transfers[d.ord]).lots -> 'take') r
-        where d.delta < 0 and (p_transfers[d.ord]).lots ? 'take'
+        from unnest(v_legs) d
+        cross join lateral jsonb_array_elements((v_transfers[d.ord]).lots -> 'take') r
+        where d.delta < 0 and (v_transfers[d.ord]).lots ? 'take'
       ), ins as (
         -- Each lot read by its key: the planner guesses 100 parts (a join scanned every lot).
         insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, cents)
-        select v_ids[x.ord], x.lot_id, (p_transfers[x.ord]).kind, x.part, l.cost_cents * x.part::numeric(38, 18) / l.amount
+        select v_ids[x.ord], x.lot_id, (v_transfers[x.ord]).kind, x.part, l.cost_cents * x.part::numeric(38, 18) / l.amount
         from x cross join lateral (select y.cost_cents, y.amount from billing.lots y where y.id = x.lot_id limit 1) l
       ), upd as (
         update billing.lots l
@@ -239,24 +248,24 @@ begin
       v_drawn := null;
     end if;
     -- Each movement's kind and whether it was told what to take, by place: an element of an
-    -- array of composites is found by walking the array, so p_transfers[ord] per row made a
+    -- array of composites is found by walking the array, so v_transfers[ord] per row made a
     -- batch's draw quadratic.
-    v_kinds := array(select t.kind from unnest(p_transfers) t);
-    v_takes := array(select coalesce(t.lots ? 'take', false) from unnest(p_transfers) t);
-    if exists (select 1 from unnest(v_ord, v_delta) d(ord, delta) where d.delta < 0 and not v_takes[d.ord]) then
+    v_kinds := array(select t.kind from unnest(v_transfers) t);
+    v_takes := array(select coalesce(t.lots ? 'take', false) from unnest(v_transfers) t);
+    if exists (select 1 from unnest(v_legs) d where d.delta < 0 and not v_takes[d.ord]) then
       v_first := array(select jsonb_array_elements_text(t.lots -> 'first')::bigint
-                       from unnest(p_transfers) t where t.lots ? 'first');
+                       from unnest(v_transfers) t where t.lots ? 'first');
       -- A reversal (refund, lost dispute) takes back money paid for anything: the lots it names
       -- (its purchase's or plan's, whatever they pay for), then only credits for any model; what
       -- they lack is debt, never credits someone gave for some models only.
-      v_reversal := exists (select 1 from unnest(p_transfers) t where t.kind in ('refund_reversal', 'dispute_reversal'));
+      v_reversal := exists (select 1 from unnest(v_transfers) t where t.kind in ('refund_reversal', 'dispute_reversal'));
       -- What a provider billed past a hold (`owe`, a movement alone) takes frozen credits after
       -- the free ones (billing.owe), before any debt.
-      v_owe := coalesce((p_transfers[1]).lots ? 'owe', false);
+      v_owe := coalesce((v_transfers[1]).lots ? 'owe', false);
       with d as (
         select x.ord, x.account_id, -x.delta as amount,
           sum(-x.delta) over (partition by x.account_id order by x.ord) as hi
-        from unnest(v_ord, v_account, v_delta) x(ord, account_id, delta)
+        from unnest(v_legs) x
         where x.delta < 0 and not v_takes[x.ord]
       ), l as (
         -- Free credits only; a lot named first (a reversal of its own purchase, its expiry) gives
@@ -296,16 +305,16 @@ begin
       where x.id = s.lot_id;
       -- A charge is covered whole by lots that may pay for its model (the room said so); what a
       -- provider billed past a hold (`owe`) takes what they have, the rest is debt.
-      if v_by_model and not coalesce((p_transfers[1]).lots ? 'owe', false) and (select coalesce(sum(a.amount), 0) from billing.lot_allocations a
-                                where a.transfer_id = v_ids[1]) <> -v_delta[1] then
+      if v_by_model and not coalesce((v_transfers[1]).lots ? 'owe', false) and (select coalesce(sum(a.amount), 0) from billing.lot_allocations a
+                                where a.transfer_id = v_ids[1]) <> -v_one.delta then
         perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a draw for a model is covered by lots that may pay for it"}');
       end if;
     end if;
   end if;
 end;
 $$;
-comment on function billing.draw_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_ord integer[], v_account bigint[], v_delta numeric[]) is 'Internal (the writer''s): what the debits written draw from lots, with their allocations and the report''s tail.';
-revoke execute on function billing.draw_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_ord integer[], v_account bigint[], v_delta numeric[]) from public;
+comment on function billing.draw_lots(p_posting billing.posting) is 'Internal (the writer''s): what the debits written draw from lots, with their allocations and the report''s tail.';
+revoke execute on function billing.draw_lots(p_posting billing.posting) from public;
 
 -- The lots a posting opened, for the report's tail (billing.credit_lots).
 create or replace function billing.opened_lots_tail(v_new bigint[])
@@ -335,13 +344,16 @@ revoke execute on function billing.opened_lots_tail(v_new bigint[]) from public;
 -- Credits into lots (billing.post_transfers): a move arrives as the lots its debit drew, a return
 -- goes back into its lots, a grant opens a lot; the first part for any model settles a debt.
 -- True when a lot for some models arrived (its sub-account follows).
-create or replace function billing.credit_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_ord integer[], v_account bigint[], v_delta numeric[], v_after numeric[], out v_restricted boolean)
+create or replace function billing.credit_lots(p_posting billing.posting, out v_restricted boolean)
 returns boolean
 language plpgsql
 set search_path = ''
 set plan_cache_mode = 'force_generic_plan'
 as $$
 declare
+  v_transfers billing.transfer_spec[] := p_posting.transfers;
+  v_ids bigint[] := p_posting.ids;
+  v_legs billing.leg[] := p_posting.legs;
   c record;
   v_lot jsonb;
   v_settled numeric;
@@ -351,11 +363,11 @@ declare
 begin
   v_restricted := false;
   -- Credits: into lots.
-  if 0 < any(v_delta) then
+  if exists (select 1 from unnest(v_legs) x where x.delta > 0) then
     for c in
-      select x.ord, x.account_id, x.delta as amount, x.after, p_transfers[x.ord] as t, y.ord is not null as moved
-      from unnest(v_ord, v_account, v_delta, v_after) x(ord, account_id, delta, after)
-      left join unnest(v_ord, v_delta) y(ord, delta) on y.ord = x.ord and y.delta < 0
+      select x.ord, x.account_id, x.delta as amount, x.after, v_transfers[x.ord] as t, y.ord is not null as moved
+      from unnest(v_legs) x
+      left join unnest(v_legs) y on y.ord = x.ord and y.delta < 0
       where x.delta > 0
       order by x.ord
     loop
@@ -369,7 +381,7 @@ begin
       if exists (select 1 from billing.accounts a where a.id = c.account_id and (a.restricted_lots or a.held > 0)) then
         v_settled := least(c.amount, greatest(
           coalesce((select sum(l.remaining) from billing.lots l where l.account_id = c.account_id and l.open), 0)
-          + coalesce((select sum(-d.delta) from unnest(v_ord, v_account, v_delta) d(ord, account_id, delta)
+          + coalesce((select sum(-d.delta) from unnest(v_legs) d
                       where d.account_id = c.account_id and d.ord > c.ord and d.delta < 0), 0)
           - (c.after - c.amount), 0));
       end if;
@@ -473,28 +485,32 @@ begin
         v_restricted := true;
       end if;
     end loop;
-    perform billing.opened_lots_tail(v_new);
+    perform billing.opened_lots_tail(p_posting.written);
   end if;
 end;
 $$;
-comment on function billing.credit_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_ord integer[], v_account bigint[], v_delta numeric[], v_after numeric[], out v_restricted boolean) is 'Internal (the writer''s): the credits written into lots; whether a lot for some models arrived.';
-revoke execute on function billing.credit_lots(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_ord integer[], v_account bigint[], v_delta numeric[], v_after numeric[], out v_restricted boolean) from public;
+comment on function billing.credit_lots(p_posting billing.posting, out v_restricted boolean) is 'Internal (the writer''s): the credits written into lots; whether a lot for some models arrived.';
+revoke execute on function billing.credit_lots(p_posting billing.posting, out v_restricted boolean) from public;
 
 -- After the lots moved (billing.post_transfers): sub-accounts follow them, and what the named
 -- lots gave and took is summed for the report's tail.
-create or replace function billing.lot_tails(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_restricted boolean)
+create or replace function billing.lot_tails(p_posting billing.posting)
 returns void
 language plpgsql
 set search_path = ''
 set plan_cache_mode = 'force_generic_plan'
 as $$
+declare
+  v_transfers billing.transfer_spec[] := p_posting.transfers;
+  v_ids bigint[] := p_posting.ids;
+  v_new bigint[] := p_posting.written;
 begin
   -- Sub-accounts (credits for some models) follow the lots this call moved: a new lot brings
   -- what it opened with, an allocation takes what it drew (a give-back returns what did not pay
   -- a debt). Only a tracked side holding such credits has any; a list's first lot opens its
   -- sub-account (not an upsert: it would test the row it proposes, a draw's negative change,
   -- against the balance's check).
-  if v_restricted then
+  if p_posting.restricted then
     with d as (
       select l.account_id, l.applies_to, sum(m.change) as change
       from (select n.id, n.amount - n.debt_settled as change
@@ -520,13 +536,13 @@ begin
   -- give-back, the part that paid a debt, at the lot's cost basis, is its own kind. The draws in
   -- spending order (one lot or many) kept their own above; here the lots a movement named (its
   -- `take`, or a give-back's `return_to`).
-  if cardinality(p_transfers) > 1 or coalesce((p_transfers[1]).lots ?| array['take', 'return_to'], false) then
-    if exists (select 1 from unnest(p_transfers) t where t.lots ? 'take' or t.lots ? 'return_to') then
+  if cardinality(v_transfers) > 1 or coalesce((v_transfers[1]).lots ?| array['take', 'return_to'], false) then
+    if exists (select 1 from unnest(v_transfers) t where t.lots ? 'take' or t.lots ? 'return_to') then
       insert into billing.lots_tail as x (at, backend, currency, category, kind, origin, credits, cents)
       select date_trunc('second', now()), pg_backend_pid(), l.currency, l.category, p.kind, l.origin, sum(p.credits), sum(p.cents)
       -- One index probe per such movement (`transfer_id = any(…)` is planned for hundreds of rows:
       -- a hash join over every lot).
-      from unnest(p_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+      from unnest(v_transfers) with ordinality t(kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
       join billing.lot_allocations a on a.transfer_id = v_ids[t.ord]
       join billing.lots l on l.id = a.lot_id
       cross join lateral (select a.kind::text, a.amount, coalesce(a.cents, l.cost_cents * a.amount / l.amount)
@@ -541,5 +557,5 @@ begin
   end if;
 end;
 $$;
-comment on function billing.lot_tails(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_restricted boolean) is 'Internal (the writer''s): sub-accounts follow the lots a posting moved; the named lots'' parts go to the report''s tail.';
-revoke execute on function billing.lot_tails(p_transfers billing.transfer_spec[], v_ids bigint[], v_new bigint[], v_restricted boolean) from public;
+comment on function billing.lot_tails(p_posting billing.posting) is 'Internal (the writer''s): sub-accounts follow the lots a posting moved; the named lots'' parts go to the report''s tail.';
+revoke execute on function billing.lot_tails(p_posting billing.posting) from public;

@@ -38,30 +38,6 @@ $$;
 comment on function billing.lock_usage_batch(p_users uuid[], out users uuid[], out accounts bigint[], out alone boolean[], out watched boolean[]) is 'Internal: locks every account a usage batch may charge, in id order, and settles the users'' own; answers the users'' accounts as locked (whose, which, charged alone, watching their available amount).';
 revoke execute on function billing.lock_usage_batch(p_users uuid[], out users uuid[], out accounts bigint[], out alone boolean[], out watched boolean[]) from public, anon, authenticated;
 
--- The accepted events of a batch as one call to the writer, in event order (p_ord: each one's
--- place in the batch; p_keys, p_correlation and p_facts are the whole batch's, by place), so each
--- account's events draw from its lots in that order.
-create or replace function billing.post_usage_batch(p_ord integer[], p_account bigint[], p_amount numeric[],
-  p_card bigint[], p_keys text[], p_correlation text[], p_facts jsonb[]) returns billing.posted_transfer[]
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_platform bigint := billing.platform_account_id('usage_revenue');
-begin
-  -- Joined by place, not subscripted: an element of an array of texts or jsonb is found by
-  -- walking the array from its start, so p_keys[x.ord] per event made a batch quadratic.
-  return billing.post_transfers(array(
-    select ('usage', x.account_id, v_platform, x.amount, b.key, b.correlation_id, null, b.facts,
-      x.rate_card_id, null, null, null)::billing.transfer_spec
-    from unnest(p_ord, p_account, p_amount, p_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
-    join unnest(p_keys, p_correlation, p_facts) with ordinality b(key, correlation_id, facts, ord) on b.ord = x.ord
-    order by x.n));
-end;
-$$;
-comment on function billing.post_usage_batch(p_ord integer[], p_account bigint[], p_amount numeric[], p_card bigint[], p_keys text[], p_correlation text[], p_facts jsonb[]) is 'Internal: writes a usage batch''s accepted events (their places, accounts, amounts and rate cards; the batch''s keys, correlation ids and facts by place) as usage transfers, in event order.';
-revoke execute on function billing.post_usage_batch(p_ord integer[], p_account bigint[], p_amount numeric[], p_card bigint[], p_keys text[], p_correlation text[], p_facts jsonb[]) from public, anon, authenticated;
-
 -- A batch event's ledger key: the caller's event id within its user's namespace (at most 300
 -- characters: a long id is hashed, as billing.scoped_key does).
 create or replace function billing.usage_event_key(p_user uuid, p_event_id text) returns text
@@ -194,6 +170,7 @@ declare
   a_amount numeric[] := '{}'::numeric[];
   a_card bigint[] := '{}'::bigint[];
   a_posted billing.posted_transfer[];
+  v_platform bigint;
   v_locked record;                                -- the users' accounts, as billing.lock_usage_batch locked them
   -- accounts charged here that watch their available amount (a low-balance alert, auto-recharge)
   w_account bigint[] := '{}'::bigint[];
@@ -270,7 +247,16 @@ begin
   -- The rest go to the writer in event order: each account's draw from its lots in that order,
   -- each one applied if it still fits what the account has and its caps leave, refused if not.
   if cardinality(a_ord) > 0 then
-    a_posted := billing.post_usage_batch(a_ord, a_account, a_amount, a_card, b_key, b_correlation, b_facts);
+    -- One call to the writer, in event order, so each account's events draw from its lots in that
+    -- order. Joined by place, not subscripted: an element of an array of texts or jsonb is found
+    -- by walking the array from its start, so b_key[x.ord] per event made a batch quadratic.
+    v_platform := billing.platform_account_id('usage_revenue');
+    a_posted := billing.post_transfers(array(
+      select ('usage', x.account_id, v_platform, x.amount, b.key, b.correlation_id,
+        null, b.facts, x.rate_card_id, null, null, null)::billing.transfer_spec
+      from unnest(a_ord, a_account, a_amount, a_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
+      join unnest(b_key, b_correlation, b_facts) with ordinality b(key, correlation_id, facts, ord) on b.ord = x.ord
+      order by x.n));
     for i in 1 .. cardinality(a_ord) loop
       v_outcomes[a_ord[i]] := jsonb_build_object('event_id', b_event[a_ord[i]]) || case (a_posted[i]).result
         when 'insufficient' then jsonb_build_object('status', 'insufficient') || (a_posted[i]).refusal

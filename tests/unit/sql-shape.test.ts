@@ -1,8 +1,15 @@
 // scripts/local/sql-shape.ts keeps supabase/schemas layered (calls point down, a file's number
-// its layer) and the ledger's one writer the only function that writes it: each rule proven to
-// fail when broken, on the small trees in tests/fixtures/sql-shape/, then the real schemas clean.
+// its layer), the ledger's one writer the only function that writes it, and no function handed
+// more than two arrays: each rule proven to fail when broken, on the small trees in
+// tests/fixtures/sql-shape/, then the real schemas clean.
 import assert from 'node:assert/strict';
-import { layerProblems, lexSql, readSchemas, writerProblems } from '../../scripts/local/sql-shape.ts';
+import {
+  arrayParamProblems,
+  layerProblems,
+  lexSql,
+  readSchemas,
+  writerProblems,
+} from '../../scripts/local/sql-shape.ts';
 import { reach } from '../../scripts/local/sql-reach.ts';
 
 const fixture = (name: string) => new URL(`../fixtures/sql-shape/${name}`, import.meta.url).pathname;
@@ -36,6 +43,12 @@ Deno.test("the SET clause is parsed: an alias, a first assignment, a CTE, quoted
   ]);
 });
 
+Deno.test('a function taking more than two array parameters fails; out arrays and a record of arrays do not count', () => {
+  assert.deepEqual(arrayParamProblems(fixture('arrays')), [
+    '10-core.sql:8 billing.parallel takes 3 array parameters: pass one record (at most two arrays)',
+  ]);
+});
+
 Deno.test('the lexer keeps strings, quoted names and dollar-quoted bodies apart from code', () => {
   const words = lexSql(`select 'it''s -- no', "Billing".x($$ a $$) -- gone\n/* gone */ from t`).map((t) => t.text);
   assert.deepEqual(words, ['select', "it's -- no", ',', 'billing', '.', 'x', '(', '$$', 'a', '$$', ')', 'from', 't']);
@@ -45,6 +58,7 @@ Deno.test('supabase/schemas: no call up beyond the known ones, and only the writ
   const schemas = new URL('../../supabase/schemas', import.meta.url).pathname;
   assert.deepEqual(layerProblems(schemas), []);
   assert.deepEqual(writerProblems(schemas), []);
+  assert.deepEqual(arrayParamProblems(schemas), []);
 });
 
 Deno.test('reach: the functions a call can reach, once each; of them, those whose code names disputes or frozen lots', () => {
