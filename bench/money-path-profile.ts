@@ -11,8 +11,9 @@
 //       writes each phase makes, and each nested statement's executor time at one session.
 //   (d) the same call against its own row writes alone, as bare statements on copies of the
 //       ledger's tables (bench/ai-call-floor.sql): the floor of today's data model.
+//   (e) a usage request against its own row writes alone, the same way.
 //   BENCH_SECONDS (5) for (a), BENCH_PROFILE_REQUESTS (3000) for (b), BENCH_AI_CALLS (2000) for (c),
-//   BENCH_FLOOR_CALLS (1000) for (d)
+//   BENCH_FLOOR_CALLS (1000) for (d) and (e)
 import postgres from 'postgres';
 import { fixtures } from './fixtures.ts';
 import { clusterCpu, fmt, pgbench, printer } from './lib.ts';
@@ -319,6 +320,30 @@ say(
     `writes (begin ${(us('begin') / us('floor begin')).toFixed(2)}×, finish ${
       (us('finish') / us('floor finish')).toFixed(2)
     }×).\n`,
+);
+
+// ------------------------------------------------------------ (e) a usage request against its own row writes alone
+log(`(e) ${floorCalls} usage requests and as many of their row writes alone, alternating on one session`);
+for (let i = 0; i < 50; i++) await one`select bench_floor.usage_charge(${userAt(i)}, 0.000021)`;
+await one`select extensions.pg_stat_statements_reset()`;
+for (let i = 0; i < floorCalls; i++) {
+  await usageRequest(one, userAt(i));
+  await one`select bench_floor.usage_charge(${userAt(i)}, 0.000021)`;
+}
+const usagePhases = await one<{ phase: string; us: number }[]>`
+  select case when query like '%run_money_request%' then 'request' else 'floor' end as phase,
+    sum(total_exec_time) * 1000 / ${floorCalls} as us
+  from extensions.pg_stat_statements
+  where dbid = (select oid from pg_database where datname = current_database()) and toplevel
+    and query ~ '(run_money_request|bench_floor\.usage_charge)'
+  group by 1`;
+const usageUs = (p: string) => usagePhases.find((x) => x.phase === p)?.us ?? NaN;
+say(`\n### (e) A usage request against its own row writes alone\n`);
+say(
+  `Executor time a request, one session, ${floorCalls} each, alternating: \`POST /credits/usage\`'s SQL ` +
+    `(run_money_request) ${fmt(usageUs('request'))} µs; the same rows written as bare statements ` +
+    `(bench/ai-call-floor.sql) ${fmt(usageUs('floor'))} µs: the request is ` +
+    `${(usageUs('request') / usageUs('floor')).toFixed(2)}× its row writes.\n`,
 );
 await one`drop schema bench_floor cascade`;
 // Left as found: `supabase db lint` (./scripts/test) installs plpgsql_check where it calls it from.
