@@ -32,6 +32,7 @@ CREATE OR REPLACE FUNCTION billing.after_balances(p_posting billing.posting)
 AS $function$
 declare
   v_leg billing.leg;
+  v_below boolean := false;
 begin
   -- Accounts whose first entry of their UTC day this transaction wrote: the report's active
   -- accounts not rolled up yet (billing.active_tail), once each.
@@ -40,17 +41,31 @@ begin
     select date_trunc('second', now()), x.id from unnest(p_posting.fresh) x(id)
     on conflict do nothing;
   end if;
-  foreach v_leg in array p_posting.legs loop
-    -- A debt beside credits a reversal does not take (credits for some models, what live holds
-    -- reserved) is in the balance already: what leaves those lots by name (their expiry, a
-    -- plan's rollover out, a capture of what its hold reserved) may then take it below zero too.
-    if v_leg.after < 0 and v_leg.delta < 0 then
-      if (p_posting.transfers[v_leg.ord]).kind not in ('refund_reversal', 'dispute_reversal', 'hold_capture', 'expiry',
-            'plan_rollover') and not coalesce((p_posting.transfers[v_leg.ord]).lots ? 'owe', false) then
-        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a reversal or what a provider billed past a hold may leave a balance below zero"}');
+  -- A debt beside credits a reversal does not take (credits for some models, what live holds
+  -- reserved) is in the balance already: what leaves those lots by name (their expiry, a plan's
+  -- rollover out, a capture of what its hold reserved) may then take it below zero too. A
+  -- movement alone is read directly; a batch (no tracked side: no legs) joined by place.
+  if cardinality(p_posting.transfers) = 1 then
+    foreach v_leg in array coalesce(p_posting.legs, '{}'::billing.leg[]) loop
+      if v_leg.after < 0 and v_leg.delta < 0 then
+        if (p_posting.transfers[1]).kind not in ('refund_reversal', 'dispute_reversal', 'hold_capture', 'expiry',
+              'plan_rollover') and not coalesce((p_posting.transfers[1]).lots ? 'owe', false) then
+          v_below := true;
+        end if;
       end if;
-    end if;
-  end loop;
+    end loop;
+  else
+    v_below := exists (select 1 from unnest(p_posting.legs) l
+                       join unnest(p_posting.transfers) with ordinality t(kind, from_account_id, to_account_id, amount,
+                         idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+                         on t.ord = l.ord
+                       where l.after < 0 and l.delta < 0
+                         and t.kind not in ('refund_reversal', 'dispute_reversal', 'hold_capture', 'expiry', 'plan_rollover')
+                         and not coalesce(t.lots ? 'owe', false));
+  end if;
+  if v_below then
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a reversal or what a provider billed past a hold may leave a balance below zero"}');
+  end if;
 end;
 $function$
 ;
@@ -104,131 +119,129 @@ declare
   v_list text[];
 begin
   v_restricted := false;
-  -- Credits: into lots.
-  if exists (select 1 from unnest(v_legs) x where x.delta > 0) then
-    for c in
-      select x.ord, x.account_id, x.delta as amount, x.after, v_transfers[x.ord] as t, y.ord is not null as moved
-      from unnest(v_legs) x
-      left join unnest(v_legs) y on y.ord = x.ord and y.delta < 0
-      where x.delta > 0
-      order by x.ord
-    loop
-      -- What of this credit may pay a debt the account is in: the debt, at most the credit. In
-      -- the balance alone, unless the account holds credits for some models: a reversal left
-      -- those whole, so the debt is what its lots hold beyond its balance (debits later in this
-      -- batch are drawn already, not yet in the balance). Only credits for any model pay it
-      -- (below): a debt is owed in money paid for anything.
-      v_settled := least(c.amount, greatest(c.amount - c.after, 0));
-      -- (What live holds reserved stays beside a debt too: such an account is read the same way.)
-      if exists (select 1 from billing.accounts a where a.id = c.account_id and (a.restricted_lots or a.held > 0)) then
-        v_settled := least(c.amount, greatest(
-          coalesce((select sum(l.remaining) from billing.lots l where l.account_id = c.account_id and l.open), 0)
-          + coalesce((select sum(-d.delta) from unnest(v_legs) d
-                      where d.account_id = c.account_id and d.ord > c.ord and d.delta < 0), 0)
-          - (c.after - c.amount), 0));
+  -- Credits into lots (the writer calls this only when a tracked side was credited).
+  for c in
+    select x.ord, x.account_id, x.delta as amount, x.after, v_transfers[x.ord] as t, y.ord is not null as moved
+    from unnest(v_legs) x
+    left join unnest(v_legs) y on y.ord = x.ord and y.delta < 0
+    where x.delta > 0
+    order by x.ord
+  loop
+    -- What of this credit may pay a debt the account is in: the debt, at most the credit. In
+    -- the balance alone, unless the account holds credits for some models: a reversal left
+    -- those whole, so the debt is what its lots hold beyond its balance (debits later in this
+    -- batch are drawn already, not yet in the balance). Only credits for any model pay it
+    -- (below): a debt is owed in money paid for anything.
+    v_settled := least(c.amount, greatest(c.amount - c.after, 0));
+    -- (What live holds reserved stays beside a debt too: such an account is read the same way.)
+    if exists (select 1 from billing.accounts a where a.id = c.account_id and (a.restricted_lots or a.held > 0)) then
+      v_settled := least(c.amount, greatest(
+        coalesce((select sum(l.remaining) from billing.lots l where l.account_id = c.account_id and l.open), 0)
+        + coalesce((select sum(-d.delta) from unnest(v_legs) d
+                    where d.account_id = c.account_id and d.ord > c.ord and d.delta < 0), 0)
+        - (c.after - c.amount), 0));
+    end if;
+    v_lot := coalesce((c.t).lots, '{}');
+    v_list := billing.applies_to_of(v_lot);
+    if c.moved then
+      -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
+      -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
+      insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                amount, debt_settled, remaining, frozen, expires_at, moved_from, applies_to)
+      select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
+        l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id, p.applies_to
+      from (select x.lot_id, x.amount, x.applies_to,
+              -- The first parts for any model settle a debt; parts for some models never do.
+              case when x.applies_to is null then least(x.amount, greatest(v_settled - coalesce(sum(x.amount)
+                filter (where x.applies_to is null) over (order by x.lot_id
+                rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
+            from (select y.lot_id, y.amount,
+                    -- Credits given back to the account they came from (an allowance swept, a code
+                    -- returned) are for what they paid for there; others keep their list, narrowed
+                    -- to the one given.
+                    case when (c.t).kind in ('allowance_sweep', 'code_return') and s.account_id = c.account_id
+                         then s.applies_to else billing.narrow_applies_to(l.applies_to, v_list) end as applies_to
+                  from billing.lot_allocations y
+                  join billing.lots l on l.id = y.lot_id
+                  left join billing.lots s on s.id = l.moved_from
+                  where y.transfer_id = v_ids[c.ord]) x) p
+      join billing.lots l on l.id = p.lot_id
+      order by p.lot_id;
+      if v_list is not null and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
+        perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
+          'rule', 'some of these credits may pay for none of the models named'));
       end if;
-      v_lot := coalesce((c.t).lots, '{}');
-      v_list := billing.applies_to_of(v_lot);
-      if c.moved then
-        -- Each source lot's part arrives as its own lot, as it was: purchase, category, priority,
-        -- expiry, frozen, and its share of the cost basis; the first parts settle a debt.
-        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                  amount, debt_settled, remaining, frozen, expires_at, moved_from, applies_to)
-        select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * p.amount / l.amount,
-          l.currency, p.amount, p.settled, p.amount - p.settled, l.frozen, l.expires_at, l.id, p.applies_to
-        from (select x.lot_id, x.amount, x.applies_to,
-                -- The first parts for any model settle a debt; parts for some models never do.
-                case when x.applies_to is null then least(x.amount, greatest(v_settled - coalesce(sum(x.amount)
-                  filter (where x.applies_to is null) over (order by x.lot_id
-                  rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
-              from (select y.lot_id, y.amount,
-                      -- Credits given back to the account they came from (an allowance swept, a code
-                      -- returned) are for what they paid for there; others keep their list, narrowed
-                      -- to the one given.
-                      case when (c.t).kind in ('allowance_sweep', 'code_return') and s.account_id = c.account_id
-                           then s.applies_to else billing.narrow_applies_to(l.applies_to, v_list) end as applies_to
-                    from billing.lot_allocations y
-                    join billing.lots l on l.id = y.lot_id
-                    left join billing.lots s on s.id = l.moved_from
-                    where y.transfer_id = v_ids[c.ord]) x) p
-        join billing.lots l on l.id = p.lot_id
-        order by p.lot_id;
-        if v_list is not null and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to = '{}') then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'applies_to',
-            'rule', 'some of these credits may pay for none of the models named'));
-        end if;
-      elsif v_lot ? 'return_to' then
-        -- Back into the lots it came from: negative allocations, as a void gives back.
-        if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
-          perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
-        end if;
-        with r as (
-          select (x ->> 'lot_id')::bigint as lot_id, (x ->> 'amount')::numeric as amount, l.applies_to is null as any_model,
-            l.cost_cents, l.amount as lot_amount
-          from jsonb_array_elements(v_lot -> 'return_to') x left join billing.lots l on l.id = (x ->> 'lot_id')::bigint
-        ), p as (
-          -- As a move's parts: what returns to a lot for any model settles a debt first.
-          select r.lot_id, r.amount, r.cost_cents * (-r.amount)::numeric(38, 18) / r.lot_amount as cents,
-            case when r.any_model then least(r.amount, greatest(v_settled - coalesce(sum(r.amount) filter (where r.any_model)
-              over (order by r.lot_id rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
-          from r
-        ), ins as (
-          -- The part that paid a debt is the allocation's, dated by it: the lot's grant stays as it was.
-          insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, debt_settled, cents)
-          select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount, p.settled, p.cents from p
-        )
-        update billing.lots l set remaining = l.remaining + p.amount - p.settled
-        from p where l.id = p.lot_id and l.account_id = c.account_id;
-        continue;
-      elsif v_lot ? 'moved_from' then
-        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                  amount, debt_settled, remaining, expires_at, moved_from, applies_to, origin)
-        select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
-          l.currency, c.amount, x.settled, c.amount - x.settled, (v_lot ->> 'expires_at')::timestamptz, l.id, l.applies_to,
-          l.origin
-        from billing.lots l
-        cross join lateral (select case when l.applies_to is null then v_settled else 0 end as settled) x
-        where l.id = (v_lot ->> 'moved_from')::bigint;
-      else
-        v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
-        select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
-        if not found then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
-        elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
-        elsif (v_lot ->> 'cost_cents')::numeric < 0 then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
-        elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
-        elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
-        elsif v_lot ->> 'origin' not in ('plan', 'promo_code') then
-          perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'origin', 'rule', 'plan or promo_code'));
-        end if;
-        if v_list is not null then
-          v_settled := 0;
-        end if;
-        insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
-                                  amount, debt_settled, remaining, applies_to, origin, expires_at)
-        values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
-          coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
-          coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, v_list, v_lot ->> 'origin',
-          -- A support adjustment does not expire unless the admin says so: a correction that
-          -- quietly vanishes would need correcting again.
-          case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
-               when (c.t).kind <> 'adjustment' then now() + v_policy.expires_after end);
+    elsif v_lot ? 'return_to' then
+      -- Back into the lots it came from: negative allocations, as a void gives back.
+      if (select sum((r ->> 'amount')::numeric) from jsonb_array_elements(v_lot -> 'return_to') r) <> c.amount then
+        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a return to lots is of exactly the amount"}');
       end if;
-      update billing.accounts a
-      set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
-      where a.id = c.account_id
-        and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
-      if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
-        update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
-        v_restricted := true;
+      with r as (
+        select (x ->> 'lot_id')::bigint as lot_id, (x ->> 'amount')::numeric as amount, l.applies_to is null as any_model,
+          l.cost_cents, l.amount as lot_amount
+        from jsonb_array_elements(v_lot -> 'return_to') x left join billing.lots l on l.id = (x ->> 'lot_id')::bigint
+      ), p as (
+        -- As a move's parts: what returns to a lot for any model settles a debt first.
+        select r.lot_id, r.amount, r.cost_cents * (-r.amount)::numeric(38, 18) / r.lot_amount as cents,
+          case when r.any_model then least(r.amount, greatest(v_settled - coalesce(sum(r.amount) filter (where r.any_model)
+            over (order by r.lot_id rows between unbounded preceding and 1 preceding), 0), 0)) else 0 end as settled
+        from r
+      ), ins as (
+        -- The part that paid a debt is the allocation's, dated by it: the lot's grant stays as it was.
+        insert into billing.lot_allocations (transfer_id, lot_id, kind, amount, debt_settled, cents)
+        select v_ids[c.ord], p.lot_id, (c.t).kind, -p.amount, p.settled, p.cents from p
+      )
+      update billing.lots l set remaining = l.remaining + p.amount - p.settled
+      from p where l.id = p.lot_id and l.account_id = c.account_id;
+      continue;
+    elsif v_lot ? 'moved_from' then
+      insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                amount, debt_settled, remaining, expires_at, moved_from, applies_to, origin)
+      select c.account_id, v_ids[c.ord], l.purchase_id, l.category, l.priority, l.cost_cents * c.amount / l.amount,
+        l.currency, c.amount, x.settled, c.amount - x.settled, (v_lot ->> 'expires_at')::timestamptz, l.id, l.applies_to,
+        l.origin
+      from billing.lots l
+      cross join lateral (select case when l.applies_to is null then v_settled else 0 end as settled) x
+      where l.id = (v_lot ->> 'moved_from')::bigint;
+    else
+      v_category := coalesce(v_lot ->> 'category', case (c.t).kind when 'purchase' then 'paid' else 'promotional' end);
+      select * into v_policy from billing.credit_expiry_policy p where p.category = v_category;
+      if not found then
+        perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'category', 'rule', 'paid or promotional'));
+      elsif v_category = 'promotional' and coalesce((v_lot ->> 'cost_cents')::numeric, 0) <> 0 then
+        perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'promotional credits cost nothing'));
+      elsif (v_lot ->> 'cost_cents')::numeric < 0 then
+        perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'cost_cents', 'rule', 'not negative'));
+      elsif (v_lot ->> 'expires_at')::timestamptz <= now() then
+        perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'expires_at', 'rule', 'in the future'));
+      elsif (v_lot ->> 'priority')::integer not between 0 and 1000 then
+        perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'priority', 'rule', '0 to 1000'));
+      elsif v_lot ->> 'origin' not in ('plan', 'promo_code') then
+        perform billing.raise_error('INVALID_LOT', jsonb_build_object('field', 'origin', 'rule', 'plan or promo_code'));
       end if;
-    end loop;
-    perform billing.opened_lots_tail(p_posting.written);
-  end if;
+      if v_list is not null then
+        v_settled := 0;
+      end if;
+      insert into billing.lots (account_id, grant_transfer_id, purchase_id, category, priority, cost_cents, currency,
+                                amount, debt_settled, remaining, applies_to, origin, expires_at)
+      values (c.account_id, v_ids[c.ord], (v_lot ->> 'purchase_id')::uuid, v_category,
+        coalesce((v_lot ->> 'priority')::integer, v_policy.priority), coalesce((v_lot ->> 'cost_cents')::numeric, 0),
+        coalesce(v_lot ->> 'currency', 'usd'), c.amount, v_settled, c.amount - v_settled, v_list, v_lot ->> 'origin',
+        -- A support adjustment does not expire unless the admin says so: a correction that
+        -- quietly vanishes would need correcting again.
+        case when v_lot ? 'expires_at' then (v_lot ->> 'expires_at')::timestamptz
+             when (c.t).kind <> 'adjustment' then now() + v_policy.expires_after end);
+    end if;
+    update billing.accounts a
+    set next_expiry = least(a.next_expiry, (select min(l.expires_at) from billing.lots l where l.grant_transfer_id = v_ids[c.ord]))
+    where a.id = c.account_id
+      and exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.expires_at is not null);
+    if exists (select 1 from billing.lots l where l.grant_transfer_id = v_ids[c.ord] and l.applies_to is not null) then
+      update billing.accounts a set restricted_lots = true where a.id = c.account_id and not a.restricted_lots;
+      v_restricted := true;
+    end if;
+  end loop;
+  perform billing.opened_lots_tail(p_posting.written);
 end;
 $function$
 ;
@@ -469,19 +482,20 @@ declare
   v_out billing.posted_transfer[];
   v_a billing.leg;                                -- a movement alone's legs
   v_b billing.leg;
+  v_existing bigint[] := p_posting.existing;      -- a local array is read by place in constant time
 begin
   if cardinality(p_posting.transfers) = 1 and p_refused is null then
     v_a := p_posting.legs[1];
     v_b := p_posting.legs[2];
-    return array[(coalesce(p_posting.existing[1], p_posting.ids[1]), p_posting.existing[1] is not null,
+    return array[(coalesce(v_existing[1], p_posting.ids[1]), v_existing[1] is not null,
       case when v_a.delta < 0 then v_a.after when v_b.delta < 0 then v_b.after end,
       case when v_a.delta > 0 then v_a.after when v_b.delta > 0 then v_b.after end,
-      case when p_posting.existing[1] is null then 'applied' else 'exists' end, null)::billing.posted_transfer];
+      case when v_existing[1] is null then 'applied' else 'exists' end, null)::billing.posted_transfer];
   end if;
   -- Joined, not looked up per movement: a batch of a thousand would scan its legs a million times.
   v_out := array(
-    select row(coalesce(p_posting.existing[o.n], p_posting.ids[o.n]), p_posting.existing[o.n] is not null, f.after, t.after,
-      case when p_posting.existing[o.n] is null then 'applied' else 'exists' end, null)::billing.posted_transfer
+    select row(coalesce(v_existing[o.n], p_posting.ids[o.n]), v_existing[o.n] is not null, f.after, t.after,
+      case when v_existing[o.n] is null then 'applied' else 'exists' end, null)::billing.posted_transfer
     from generate_subscripts(p_posting.transfers, 1) o(n)
     left join unnest(p_posting.legs) f on f.ord = o.n and f.delta < 0
     left join unnest(p_posting.legs) t on t.ord = o.n and t.delta > 0
@@ -595,10 +609,10 @@ CREATE OR REPLACE FUNCTION billing.write_one(v_one billing.transfer_spec, v_id b
  SET search_path TO ''
 AS $function$
 declare
-  v_p billing.posting := (array[v_one], array[v_id], array[v_id], null, '{}', false, '{}')::billing.posting;
+  v_p billing.posting := (array[v_one], array[v_id], array[v_id], null, '{}'::billing.leg[], false, '{}'::bigint[])::billing.posting;
   v_balance numeric;
   v_version bigint;
-  v_versions bigint[] := '{}';
+  v_versions bigint[] := '{}'::bigint[];
   v_flag boolean;
   v_today bigint;
   v_day timestamptz := date_trunc('day', now(), 'UTC');

@@ -270,10 +270,10 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  v_p billing.posting := (array[v_one], array[v_id], array[v_id], null, '{}', false, '{}')::billing.posting;
+  v_p billing.posting := (array[v_one], array[v_id], array[v_id], null, '{}'::billing.leg[], false, '{}'::bigint[])::billing.posting;
   v_balance numeric;
   v_version bigint;
-  v_versions bigint[] := '{}';
+  v_versions bigint[] := '{}'::bigint[];
   v_flag boolean;
   v_today bigint;
   v_day timestamptz := date_trunc('day', now(), 'UTC');
@@ -330,19 +330,20 @@ declare
   v_out billing.posted_transfer[];
   v_a billing.leg;                                -- a movement alone's legs
   v_b billing.leg;
+  v_existing bigint[] := p_posting.existing;      -- a local array is read by place in constant time
 begin
   if cardinality(p_posting.transfers) = 1 and p_refused is null then
     v_a := p_posting.legs[1];
     v_b := p_posting.legs[2];
-    return array[(coalesce(p_posting.existing[1], p_posting.ids[1]), p_posting.existing[1] is not null,
+    return array[(coalesce(v_existing[1], p_posting.ids[1]), v_existing[1] is not null,
       case when v_a.delta < 0 then v_a.after when v_b.delta < 0 then v_b.after end,
       case when v_a.delta > 0 then v_a.after when v_b.delta > 0 then v_b.after end,
-      case when p_posting.existing[1] is null then 'applied' else 'exists' end, null)::billing.posted_transfer];
+      case when v_existing[1] is null then 'applied' else 'exists' end, null)::billing.posted_transfer];
   end if;
   -- Joined, not looked up per movement: a batch of a thousand would scan its legs a million times.
   v_out := array(
-    select row(coalesce(p_posting.existing[o.n], p_posting.ids[o.n]), p_posting.existing[o.n] is not null, f.after, t.after,
-      case when p_posting.existing[o.n] is null then 'applied' else 'exists' end, null)::billing.posted_transfer
+    select row(coalesce(v_existing[o.n], p_posting.ids[o.n]), v_existing[o.n] is not null, f.after, t.after,
+      case when v_existing[o.n] is null then 'applied' else 'exists' end, null)::billing.posted_transfer
     from generate_subscripts(p_posting.transfers, 1) o(n)
     left join unnest(p_posting.legs) f on f.ord = o.n and f.delta < 0
     left join unnest(p_posting.legs) t on t.ord = o.n and t.delta > 0
@@ -372,6 +373,7 @@ set search_path = ''
 as $$
 declare
   v_leg billing.leg;
+  v_below boolean := false;
 begin
   -- Accounts whose first entry of their UTC day this transaction wrote: the report's active
   -- accounts not rolled up yet (billing.active_tail), once each.
@@ -380,17 +382,31 @@ begin
     select date_trunc('second', now()), x.id from unnest(p_posting.fresh) x(id)
     on conflict do nothing;
   end if;
-  foreach v_leg in array p_posting.legs loop
-    -- A debt beside credits a reversal does not take (credits for some models, what live holds
-    -- reserved) is in the balance already: what leaves those lots by name (their expiry, a
-    -- plan's rollover out, a capture of what its hold reserved) may then take it below zero too.
-    if v_leg.after < 0 and v_leg.delta < 0 then
-      if (p_posting.transfers[v_leg.ord]).kind not in ('refund_reversal', 'dispute_reversal', 'hold_capture', 'expiry',
-            'plan_rollover') and not coalesce((p_posting.transfers[v_leg.ord]).lots ? 'owe', false) then
-        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a reversal or what a provider billed past a hold may leave a balance below zero"}');
+  -- A debt beside credits a reversal does not take (credits for some models, what live holds
+  -- reserved) is in the balance already: what leaves those lots by name (their expiry, a plan's
+  -- rollover out, a capture of what its hold reserved) may then take it below zero too. A
+  -- movement alone is read directly; a batch (no tracked side: no legs) joined by place.
+  if cardinality(p_posting.transfers) = 1 then
+    foreach v_leg in array coalesce(p_posting.legs, '{}'::billing.leg[]) loop
+      if v_leg.after < 0 and v_leg.delta < 0 then
+        if (p_posting.transfers[1]).kind not in ('refund_reversal', 'dispute_reversal', 'hold_capture', 'expiry',
+              'plan_rollover') and not coalesce((p_posting.transfers[1]).lots ? 'owe', false) then
+          v_below := true;
+        end if;
       end if;
-    end if;
-  end loop;
+    end loop;
+  else
+    v_below := exists (select 1 from unnest(p_posting.legs) l
+                       join unnest(p_posting.transfers) with ordinality t(kind, from_account_id, to_account_id, amount,
+                         idempotency_key, correlation_id, reference, metadata, rate_card_id, hold_id, member_id, lots, ord)
+                         on t.ord = l.ord
+                       where l.after < 0 and l.delta < 0
+                         and t.kind not in ('refund_reversal', 'dispute_reversal', 'hold_capture', 'expiry', 'plan_rollover')
+                         and not coalesce(t.lots ? 'owe', false));
+  end if;
+  if v_below then
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "only a reversal or what a provider billed past a hold may leave a balance below zero"}');
+  end if;
 end;
 $$;
 comment on function billing.after_balances(p_posting billing.posting) is 'Internal (the writer''s): the active accounts'' tail, and LEDGER_INVARIANT for a balance below zero no debt explains.';

@@ -6,7 +6,7 @@
 -- same in a batch write the same thing (entries, versions, lot draws, `first`, `return_to` with
 -- debt, moves, replays, reused keys).
 begin;
-select plan(33);
+select plan(34);
 \ir helpers.psql
 
 -- ============================================================ what it checks
@@ -43,6 +43,12 @@ select is((select row(p.transfer_id, p.result, p.refusal)::text from unnest(bill
   'a charge past the balance is answered insufficient, with what it needed and what there was');
 select is((select count(*) from billing.transfers where idempotency_key in ('w-3', 'w-4')), 0::bigint,
   'and writes no transfer');
+-- A batch whose movements touch no tracked account (platform to platform) has no legs: written all the same.
+select is((select array_agg(p.result order by o) from unnest(billing.post_transfers(array[
+    pg_temp.spec('adjustment', billing.platform_account_id('adjustments'), billing.platform_account_id('usage_revenue'), 1, 'w-p1'),
+    pg_temp.spec('adjustment', billing.platform_account_id('adjustments'), billing.platform_account_id('usage_revenue'), 2, 'w-p2')]))
+    with ordinality p(transfer_id, replayed, from_balance, to_balance, result, refusal, o)),
+  array['applied', 'applied'], 'a batch between platform accounts is written');
 -- A hold is a pending transfer: placing one past what the account has is answered the same way.
 create function pg_temp.place(p_amount numeric, p_purpose text, p_key text) returns billing.posted_transfer[] language sql as $$
   select billing.post_transfers('{}', array[('place', gen_random_uuid(), p_amount, null, null, null, (select id from acct),

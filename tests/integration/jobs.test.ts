@@ -384,8 +384,16 @@ Deno.test('a failing provider is retried with backoff, then the job fails and it
   try {
     await gw.ready();
     const job = (await createJob(s.token, aiJob, gw.url)).body.data as { job_id: string };
-    for (const wait of [0, 2200, 4200]) {
-      await new Promise((r) => setTimeout(r, wait));
+    // Each tick once the job is due again (its backoff passed), until it fails: however slowly
+    // each attempt runs, the job is tried exactly max_attempts times.
+    for (let i = 0; i < 6; i++) {
+      const state = await until('the job due or failed', async () => {
+        // A retryable failure leaves the job unlocked with its next run_after.
+        const [j] = await testDb`select status, locked_by is null and run_after <= now() as due
+          from billing.jobs where id = ${job.job_id}`;
+        return j.status === 'failed' || j.due ? j.status as string : undefined;
+      }, 30_000);
+      if (state === 'failed') break;
       await tick(gw.url);
     }
     const final = data(await getJob(s.token, job.job_id, gw.url));
