@@ -105,7 +105,7 @@ for (const at of ['waiting', 'committed'] as const) {
     const s = await aiStudent();
     const answer = s.openai.chat.completions.create({
       model: 'gpt-4o',
-      messages: ask('hello #standin words=6 first_byte_delay=800'),
+      messages: ask('hello #standin words=6 first_byte_delay=3000'),
       max_tokens: 32,
     });
     const [r] = await Promise.all([
@@ -157,7 +157,7 @@ Deno.test({
   const read = (async () => {
     const stream = await s.openai.chat.completions.create({
       model: 'gpt-4o',
-      messages: ask('hello #standin words=6 delay=150'),
+      messages: ask('hello #standin words=6 delay=500'),
       max_tokens: 32,
       stream: true,
       stream_options: { include_usage: true },
@@ -186,7 +186,7 @@ Deno.test({
 }, async () => {
   const s = await aiStudent('10');
   const k = crypto.randomUUID();
-  const body = { model: 'gpt-4o', messages: ask('hello #standin fail=500 first_byte_delay=800'), max_tokens: 32 };
+  const body = { model: 'gpt-4o', messages: ask('hello #standin fail=500 first_byte_delay=3000'), max_tokens: 32 };
   const send = () =>
     fetch(`${functionsUrl}/ai/v1/chat/completions`, {
       method: 'POST',
@@ -219,7 +219,7 @@ Deno.test({
 }, async () => {
   const s = await aiStudent();
   const k = crypto.randomUUID();
-  const body = { model: 'gpt-4o', messages: ask('hello #standin words=6 first_byte_delay=800'), max_tokens: 32 };
+  const body = { model: 'gpt-4o', messages: ask('hello #standin words=6 first_byte_delay=3000'), max_tokens: 32 };
   const send = () =>
     fetch(`${functionsUrl}/ai/v1/chat/completions`, {
       method: 'POST',
@@ -321,7 +321,7 @@ Deno.test({
     headers: { authorization: `Bearer ${s.token}`, 'content-type': 'application/json' },
     body: JSON.stringify({
       model: 'gpt-4o',
-      messages: ask('hello #standin words=6 delay=150'),
+      messages: ask('hello #standin words=6 delay=500'),
       max_tokens: 32,
       stream: true,
       stream_options: { include_usage: true },

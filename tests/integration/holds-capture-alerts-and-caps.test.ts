@@ -418,7 +418,7 @@ Deno.test("an AI call whose hold outlived its TTL beside the student's live hold
   const s = await funded('100');
   const capped = await api('/credits/caps', { method: 'PUT', token: s.token, body: { period: 'day', amount: '60' } });
   assert.equal(capped.status, 200, capped.text);
-  const call = chat(s.token, 'words=20 first_byte_delay=800', 100);
+  const call = chat(s.token, 'words=20 first_byte_delay=3000', 100);
   const [aiHold] = await heldCalls(s.id);
   const mine = holdIdOf(await hold(s.token, '40'));
   await overdue(aiHold);
@@ -447,7 +447,7 @@ Deno.test('a dispute opened while an AI call runs: the call is charged from its 
   const session = (co.body.data as { session_id: string }).session_id;
   await emulator(`/_emulator/checkout/sessions/${session}/pay`, { outcome: 'succeeded' });
   const mine = holdIdOf(await hold(s.token, '1000'));
-  const call = chat(s.token, 'words=20 first_byte_delay=1000', 100, 'gpt-4o');
+  const call = chat(s.token, 'words=20 first_byte_delay=3000', 100, 'gpt-4o');
   const [aiHold] = await heldCalls(s.id);
   const charge = await chargeOf(session);
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'open' });

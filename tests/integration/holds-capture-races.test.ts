@@ -11,6 +11,7 @@ import {
   api,
   assertLedgerInvariants,
   backdateLot,
+  holdsLapse,
   key,
   newUser,
   student,
@@ -449,10 +450,11 @@ Deno.test('the balance read before any sweep, with an overdue hold and a due lot
   assert.equal((await grantLot(id, '50', 'promo_grant')).status, 201);
   const [{ lot }] = await testDb`select min(l.id)::text as lot from billing.lots l
     join billing.accounts a on a.id = l.account_id where a.user_id = ${id}`;
-  const overdue = holdIdOf(await hold(token, '60', 1));
+  const overdue = holdIdOf(await hold(token, '60'));
   const live = holdIdOf(await hold(token, '60'));
-  await new Promise((r) => setTimeout(r, 1100));
+  // The lot fell due (a second ago) before the overdue hold's TTL passed (half a second ago).
   await backdateLot(lot);
+  await holdsLapse(testDb`h.id = ${overdue}`, testDb`now() - interval '0.5 second'`);
   // 50 left; the overdue 60 no longer counts; the live 60 reserved 40 of the due lot and 20 of
   // the other: it shrinks to 20.
   const b = dataOf(await api('/credits/balance', { token }));
