@@ -91,10 +91,11 @@ set search_path = ''
 as $$
 declare
   r billing.rate_cards;                           -- all nulls when the model has no card
+  v_model text := billing.card_model(p_model);    -- once: in the query it ran for every card read
 begin
   select * into r
   from billing.rate_cards c
-  where c.model = billing.card_model(p_model) and c.effective_from <= now()
+  where c.model = v_model and c.effective_from <= now()
   order by c.effective_from desc, c.version desc limit 1;
   if not billing.usage_counts_valid(p_input_tokens, p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_images,
     p_audio_seconds, p_cache_write_tokens, p_cache_write_1h_tokens) then

@@ -452,11 +452,13 @@ declare
   v_org uuid;
   v_detail text;
   v_id uuid;
+  v_model text;
 begin
   if v_refusal is null then
     -- From here the call is its card's: an alias (billing.model_aliases) is priced, recorded
     -- and sent to the provider as the card's own model.
-    select * into v_card from billing.rate_cards r where r.model = billing.card_model(p_model) and r.effective_from <= now()
+    v_model := billing.card_model(p_model);       -- once: in the query it ran for every card read
+    select * into v_card from billing.rate_cards r where r.model = v_model and r.effective_from <= now()
     order by r.effective_from desc, r.version desc limit 1;
     v_refusal := case
       when v_card.id is null or not billing.model_allowed(p_user, v_card.model) then jsonb_build_object(
