@@ -8,8 +8,8 @@
 // new, billed answer nobody will read, on the gateway's own initiative, and charges the student
 // for it.
 import assert from 'node:assert/strict';
-import { activeHolds, ask, balanceOf, countingBackup, settled, student } from '../support/ai.ts';
-import { assertLedgerInvariants, env, testDb, until, withGateway } from '../support/helpers.ts';
+import { activeHolds, ask, balanceOf, countingBackup, heldCall, settled, student } from '../support/ai.ts';
+import { assertLedgerInvariants, env, testDb, withGateway } from '../support/helpers.ts';
 
 const standin = env('AI_STANDIN_URL');
 const model = 'gpt-4o-mini';
@@ -49,11 +49,7 @@ for (const [name, stream] of cases) {
           body: JSON.stringify({ model, messages: ask('#standin words=40'), max_tokens: 100, stream }),
         }).then((r) => r.body?.cancel(), () => {});
         // The call is held and waiting on the card's upstream: nothing has reached the student yet.
-        await until(
-          'the call held',
-          async () =>
-            (await testDb`select 1 from billing.ai_calls where user_id = ${s.id} and status = 'held'`).length > 0,
-        );
+        await heldCall(s.id);
         hangUp.abort();
         await sent;
         // The card upstream fails within 3 s; the gateway settles the call before it is stopped.

@@ -3,8 +3,8 @@
 // the fallback's answer (streamed, byte for byte), says who answered it, and the student is
 // charged once (docs/ai-gateway.md § Upstreams, "Who answered", and the idempotency rules).
 import assert from 'node:assert/strict';
-import { activeHolds, ask, balanceOf, student } from '../support/ai.ts';
-import { assertLedgerInvariants, env, testDb, until, withGateway } from '../support/helpers.ts';
+import { activeHolds, ask, balanceOf, heldCall, student } from '../support/ai.ts';
+import { assertLedgerInvariants, env, testDb, withGateway } from '../support/helpers.ts';
 
 const standin = env('AI_STANDIN_URL');
 const model = 'gpt-4o-mini';
@@ -29,12 +29,7 @@ Deno.test('the same key while the card upstream stalls is refused in use; the fa
     const first = send();
     // The first call has claimed the key and is waiting on the silent card upstream (a fixed sleep
     // can lose this race on a slow machine: the second send would then claim the key itself).
-    await until(
-      'the first call holding its key',
-      async () =>
-        (await testDb`select 1 from billing.ai_calls where user_id = ${s.id} and idempotency_key = ${key}
-        and status = 'held'`).length > 0,
-    );
+    await heldCall(s.id); // its only call: the first, holding the key
     const during = await send();
     assert.equal(during.status, 409);
     assert.equal((await during.json()).error.code, 'IDEMPOTENCY_KEY_IN_USE');

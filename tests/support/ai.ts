@@ -155,6 +155,15 @@ export async function standinCall(tag: string): Promise<{ status: string; usage?
 }
 
 /** Waits until the gateway settled the user's newest call (streams settle after the last byte). */
+/** Waits until the user has a call held (in flight with its hold), and answers its id. */
+export async function heldCall(userId: string): Promise<string> {
+  return await until(
+    'a call held',
+    async () =>
+      (await testDb`select id::text from billing.ai_calls where user_id = ${userId} and status = 'held'`)[0]?.id,
+  );
+}
+
 export async function settled(userId: string, timeoutMs = 10_000) {
   const until = Date.now() + timeoutMs;
   for (;;) {
