@@ -12,6 +12,7 @@
 //   (d) the same call against its own row writes alone, as bare statements on copies of the
 //       ledger's tables (bench/ai-call-floor.sql): the floor of today's data model.
 //   (e) a usage request against its own row writes alone, the same way.
+//   (f) what a PL/pgSQL statement, a call and a one-row read cost a transaction, against (b)'s counts.
 //   BENCH_SECONDS (5) for (a), BENCH_PROFILE_REQUESTS (3000) for (b), BENCH_AI_CALLS (2000) for (c),
 //   BENCH_FLOOR_CALLS (1000) for (d) and (e)
 import postgres from 'postgres';
@@ -344,6 +345,62 @@ say(
     `(run_money_request) ${fmt(usageUs('request'))} µs; the same rows written as bare statements ` +
     `(bench/ai-call-floor.sql) ${fmt(usageUs('floor'))} µs: the request is ` +
     `${(usageUs('request') / usageUs('floor')).toFixed(2)}× its row writes.\n`,
+);
+
+// ------------------------------------------------------------ (f) what a statement costs a request
+// Each request is its own transaction, and PL/pgSQL sets up each statement it runs once a
+// transaction (an expression's state, a query's executor): a path costs by how many statements
+// and calls it runs, not only by what they write. Measured with pgbench, one client, a transaction
+// each, against an empty function: 100 distinct assignments (plain, and reading a field of an
+// array of movements, as the writer does), 20 calls handing on the writer's record, 20 one-row
+// reads by key. The counts are (b)'s.
+log(`(f) pgbench, 1 client, ${seconds} s each: what a statement, a call and a read cost a transaction`);
+const repeated = (n: number, line: (i: number) => string) => Array.from({ length: n }, (_, i) => line(i)).join('\n');
+await one.unsafe(`
+  create function bench_floor.calib_empty(p billing.transfer_spec[], p_account bigint) returns numeric
+  language plpgsql as $f$ begin return 0; end $f$;
+  create function bench_floor.calib_plain(p billing.transfer_spec[], p_account bigint) returns numeric
+  language plpgsql as $f$ declare x numeric := 0; begin ${repeated(100, (i) => `x := x + ${i + 1};`)} return x; end $f$;
+  create function bench_floor.calib_fields(p billing.transfer_spec[], p_account bigint) returns numeric
+  language plpgsql as $f$ declare x numeric := 0;
+  begin ${repeated(100, (i) => `x := x + (p[1]).amount * ${i + 1};`)} return x; end $f$;
+  create function bench_floor.calib_callee(q billing.posting) returns numeric
+  language plpgsql set search_path = '' as $f$ begin return 1; end $f$;
+  create function bench_floor.calib_calls(p billing.transfer_spec[], p_account bigint) returns numeric
+  language plpgsql as $f$ declare x numeric := 0; q billing.posting := row(p, null, null, null, null, false, null);
+  begin ${repeated(20, (i) => `x := x + bench_floor.calib_callee(q) * ${i + 1};`)} return x; end $f$;
+  create function bench_floor.calib_reads(p billing.transfer_spec[], p_account bigint) returns numeric
+  language plpgsql as $f$ declare x numeric := 0;
+  begin ${
+  repeated(20, (i) => `select a.balance + ${i} into x from billing.accounts a where a.id = p_account;`)
+} return x; end $f$;`);
+const [{ account }] = await one`select a.id as account from billing.accounts a where a.user_id = ${users[0]}`;
+const movement = `array[('usage', ${account}, ${account}, 0.5, 'k', 'c', null, '${
+  JSON.stringify({ ...usageArgs, request_hash: '0'.repeat(64) })
+}'::jsonb, null, null, null, null)::billing.transfer_spec]`;
+const latencyUs = async (name: string) => {
+  await Deno.writeTextFile(`${dir}/calib-${name}.sql`, `select bench_floor.calib_${name}(${movement}, ${account});\n`);
+  const out = await pgbench(superUrl, `${dir}/calib-${name}.sql`, 1, seconds);
+  return Number(out.match(/latency average = ([\d.]+) ms/)?.[1]) * 1000;
+};
+const emptyUs = await latencyUs('empty');
+const plainUs = ((await latencyUs('plain')) - emptyUs) / 100;
+const fieldUs = ((await latencyUs('fields')) - emptyUs) / 100;
+const callUs = ((await latencyUs('calls')) - emptyUs) / 20;
+const readUs = ((await latencyUs('reads')) - emptyUs) / 20;
+const calls = rows.filter((l) => /^begin\b/i.test(l.source)).reduce((a, l) => a + l.runs, 0);
+const plpgsqlRuns = rows.reduce((a, l) => a + l.runs, 0) - calls;
+const sqlRuns = nested.reduce((a, s) => a + s.calls, 0) / requests;
+const low = calls * callUs + plpgsqlRuns * plainUs + sqlRuns * readUs;
+const high = calls * callUs + plpgsqlRuns * fieldUs + sqlRuns * readUs;
+say(`\n### (f) What a statement costs a request\n`);
+say(
+  `One a transaction, against an empty function: a PL/pgSQL assignment ${plainUs.toFixed(2)} µs, one reading a ` +
+    `field of an array of movements ${fieldUs.toFixed(2)} µs, a call handing on the writer's record ` +
+    `${callUs.toFixed(1)} µs, a one-row read by key ${readUs.toFixed(1)} µs. A usage request makes ` +
+    `${calls.toFixed(0)} PL/pgSQL calls, runs ${plpgsqlRuns.toFixed(0)} other PL/pgSQL statements and ` +
+    `${sqlRuns.toFixed(0)} nested SQL statements ((b)): at those costs ${fmt(low)}–${fmt(high)} µs, of the ` +
+    `${fmt(usageUs('request') - usageUs('floor'))} µs the request spends past its row writes ((e)).\n`,
 );
 await one`drop schema bench_floor cascade`;
 // Left as found: `supabase db lint` (./scripts/test) installs plpgsql_check where it calls it from.

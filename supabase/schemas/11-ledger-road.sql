@@ -329,6 +329,18 @@ comment on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kin
 revoke execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) from public;
 grant execute on function billing.reverse_credits(p_user uuid, p_amount numeric, p_kind billing.transfer_kind, p_idempotency_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_first_lots bigint[], p_account_id bigint) to service_role;
 
+-- Whether something fell due on an account (a lot past its expiry, a hold past its TTL): what
+-- billing.settled ends before anything reads what the account has. A path that does not settle
+-- (a usage request's fast path) asks this and leaves such an account to one that does.
+create or replace function billing.falls_due(p_account billing.accounts) returns boolean
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(p_account.next_expiry <= now(), false) or coalesce(p_account.next_hold_expiry <= now(), false)
+$$;
+comment on function billing.falls_due(p_account billing.accounts) is 'Internal: whether a lot of the account is past its expiry or a hold past its TTL (billing.settled ends them).';
+revoke execute on function billing.falls_due(p_account billing.accounts) from public;
+
 -- The one settle step: the account as it is once what fell due is ended, or as it is when nothing
 -- did; the one place that says when an account must be settled before anything reads what it has.
 -- Every path that spends, holds or moves credits calls it on the row it locked.

@@ -1,5 +1,5 @@
--- The ledger's writer: billing.post_transfers alone inserts transfers, entries, lots and
--- allocations and changes balances, held amounts and versions
+-- The ledger's writer: billing.post_transfers (and its charge, billing.post_charge) alone inserts
+-- transfers, entries, lots and allocations and changes balances, held amounts and versions
 -- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Here: the types it takes and
 -- answers, what it checks a movement against (spending kinds, what fits, which lots may pay, the
 -- one picker of what a hold reserves), and the writer itself. The road to it is in
@@ -412,6 +412,91 @@ $$;
 comment on function billing.after_balances(p_posting billing.posting) is 'Internal (the writer''s): the active accounts'' tail, and LEDGER_INVARIANT for a balance below zero no debt explains.';
 revoke execute on function billing.after_balances(p_posting billing.posting) from public;
 
+-- A movement alone's transfer row (the writer's, billing.post_transfers and billing.post_charge):
+-- inserted, answered with its id (`replayed` false); or, its (idempotency_key, kind) written before, a replay: the same
+-- movement is answered `exists` (the cap room it took goes back: a replay spends nothing), another
+-- under that key is IDEMPOTENCY_KEY_REUSED.
+create or replace function billing.insert_transfer(p_transfer billing.transfer_spec, p_capped boolean)
+returns billing.posted_transfer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+  v_written billing.transfers;
+begin
+  insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                 reference, metadata, rate_card_id, hold_id, member_id)
+  values (p_transfer.kind, p_transfer.from_account_id, p_transfer.to_account_id, p_transfer.amount,
+          p_transfer.idempotency_key, p_transfer.correlation_id, p_transfer.reference, p_transfer.metadata,
+          p_transfer.rate_card_id, p_transfer.hold_id, p_transfer.member_id)
+  on conflict (idempotency_key, kind) do nothing
+  returning id into v_id;
+  if v_id is not null then
+    return (v_id, false, null, null, 'applied', null)::billing.posted_transfer;
+  end if;
+  select * into v_written from billing.transfers x
+  where x.idempotency_key = p_transfer.idempotency_key and x.kind = p_transfer.kind;
+  if v_written.amount <> p_transfer.amount or v_written.from_account_id <> p_transfer.from_account_id
+     or v_written.to_account_id <> p_transfer.to_account_id then
+    perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_transfer.kind));
+  end if;
+  perform billing.return_cap_room(p_transfer.from_account_id, p_transfer.amount, p_transfer.metadata ->> 'model',
+    now(), p_transfer.member_id)
+  where p_capped;
+  return (v_written.id, true, null, null, 'exists', null)::billing.posted_transfer;
+end;
+$$;
+comment on function billing.insert_transfer(p_transfer billing.transfer_spec, p_capped boolean) is 'Internal (the writer''s): a movement alone''s transfer row inserted (answered with its id, not replayed), or its replay''s answer (IDEMPOTENCY_KEY_REUSED for another movement under the key).';
+revoke execute on function billing.insert_transfer(p_transfer billing.transfer_spec, p_capped boolean) from public;
+
+-- The writer's charge (TigerBeetle's one transfer, without pending ones): a spending debit alone,
+-- not under a hold, to a platform account (a usage request's fast path,
+-- billing.run_usage_request). The same checks and steps billing.post_transfers makes for such a
+-- movement, and only them: nothing here grants, moves, holds or batches, so a reader of a charge
+-- holds none of that. The caller locks the account and finds nothing due on it
+-- (billing.falls_due; billing.settled otherwise). Answers as post_transfers does for one movement.
+create or replace function billing.post_charge(p_transfer billing.transfer_spec)
+returns billing.posted_transfer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_checked billing.spending_check;
+  v_written billing.posted_transfer;
+  v_p billing.posting;
+begin
+  if (p_transfer.amount > 0 and scale(p_transfer.amount) <= 18 and p_transfer.amount < 1e20
+      and p_transfer.from_account_id <> p_transfer.to_account_id and p_transfer.hold_id is null
+      and p_transfer.lots is null and p_transfer.kind = any(billing.spending_kinds())) is not true then
+    perform billing.raise_error('LEDGER_INVARIANT',
+      '{"rule": "a charge is a spending debit alone, not under a hold, of a positive amount below 1e20 with at most 18 places"}');
+  end if;
+  v_checked := billing.spending_refusal(p_transfer, null);
+  -- A replay is answered as one below, whatever the account has now.
+  if (v_checked.refusal).result is not null then
+    if not exists (select 1 from billing.transfers x
+                   where x.idempotency_key = p_transfer.idempotency_key and x.kind = p_transfer.kind) then
+      return v_checked.refusal;
+    end if;
+  end if;
+  v_written := billing.insert_transfer(p_transfer, v_checked.capped);
+  if v_written.replayed then
+    return v_written;
+  end if;
+  v_p := billing.write_one(p_transfer, v_written.transfer_id, null, null);
+  if cardinality(v_p.legs) <> 1 or (v_p.legs[1]).delta > 0 then
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a charge debits a tracked account to a platform account"}');
+  end if;
+  perform billing.after_balances(v_p);
+  perform billing.draw_lots(v_p);
+  perform billing.lot_tails(v_p);
+  return (billing.posted_answers(v_p, null, null))[1];
+end;
+$$;
+comment on function billing.post_charge(p_transfer billing.transfer_spec) is 'Internal: the writer''s charge: a spending debit alone, not under a hold, to a platform account, under the caller''s account lock; answered as billing.post_transfers answers one movement.';
+revoke execute on function billing.post_charge(p_transfer billing.transfer_spec) from public;
+
 -- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
 -- per movement out, in order, and the changes of what holds reserve. Only this function inserts
 -- transfers, entries, lots and lot allocations and changes balances, held amounts and versions
@@ -449,7 +534,7 @@ as $$
 declare
   v_one billing.transfer_spec;                    -- a movement alone
   v_id bigint;
-  v_written billing.transfers;
+  v_written billing.posted_transfer;              -- a movement alone's row: written now, or a replay's answer
   v_p billing.posting;                            -- what was written: transfers, replays, and the tracked sides' legs
   v_post billing.hold_step;                       -- a hold the one movement posts: its held change goes with its balance
   v_held_account bigint;
@@ -501,27 +586,15 @@ begin
         end if;
       end if;
     end if;
-    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
-                                   reference, metadata, rate_card_id, hold_id, member_id)
-    values (v_one.kind, v_one.from_account_id, v_one.to_account_id, v_one.amount, v_one.idempotency_key, v_one.correlation_id, v_one.reference,
-            v_one.metadata, v_one.rate_card_id, v_one.hold_id, v_one.member_id)
-    on conflict (idempotency_key, kind) do nothing
-    returning id into v_id;
-    if v_id is null then
-      select * into v_written from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind;
-      if v_written.amount <> v_one.amount or v_written.from_account_id <> v_one.from_account_id
-         or v_written.to_account_id <> v_one.to_account_id then
-        perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', v_one.kind));
-      end if;
+    v_written := billing.insert_transfer(v_one, v_capped);
+    if v_written.replayed then
       if v_post.hold_id is not null then            -- the capture was written: its hold ends now
-        v_post.transfer_id := v_written.id;
+        v_post.transfer_id := v_written.transfer_id;
         perform billing.post_transfers('{}', array[v_post]);
       end if;
-      -- A replay spends nothing: its room goes back.
-      perform billing.return_cap_room(v_one.from_account_id, v_one.amount, v_one.metadata ->> 'model', now(), v_one.member_id)
-      where v_capped;
-      return array[(v_written.id, true, null, null, 'exists', null)::billing.posted_transfer];
+      return array[v_written];
     end if;
+    v_id := v_written.transfer_id;
     if v_post.hold_id is not null then
       -- A capture draws what its hold reserved, in the spending order of those lots, and returns
       -- the rest (the hold's reservation ends with it).

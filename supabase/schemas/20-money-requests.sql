@@ -232,12 +232,14 @@ begin
         (select c.version from billing.rate_cards c where c.id = v_t.rate_card_id)),
       null, null, v_t.metadata ->> 'request_id', v_t.created_at, true)::billing.request_answer;
   end if;
-  if v_price.amount is null or v_price.amount <= 0 or v_account.orgs > 0 or v_account.restricted_lots then
+  -- Anything else goes the general way: a refusal, a school's account, credits for some models,
+  -- or something fallen due, which the general path settles first (billing.settled).
+  if v_price.amount is null or v_price.amount <= 0 or v_account.orgs > 0 or v_account.restricted_lots
+     or billing.falls_due(v_account) then
     return null;
   end if;
 
-  v_account := billing.settled(v_account);
-  v_posted := (billing.post_transfers(array[('usage', v_account.id, billing.platform_account_id('usage_revenue'),
+  v_posted := billing.post_charge(('usage', v_account.id, billing.platform_account_id('usage_revenue'),
     v_price.amount, v_key, p_args ->> 'correlation_id', null,
     (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys())
     || billing.usage_facts(p_args ->> 'model', (p_args ->> 'input_tokens')::bigint, (p_args ->> 'output_tokens')::bigint,
@@ -245,7 +247,7 @@ begin
       (p_args ->> 'audio_seconds')::bigint)
     || jsonb_strip_nulls(jsonb_build_object('request_hash', p_request_hash, 'request_id', p_request_id,
       'held_after', case when v_account.held > 0 then trim_scale(v_account.held)::text end)),
-    v_price.rate_card_id, null, null, null)::billing.transfer_spec]))[1];
+    v_price.rate_card_id, null, null, null)::billing.transfer_spec);
   if v_posted.result <> 'applied' then
     return null;                                    -- nothing written: the general path refuses it
   end if;
