@@ -244,11 +244,12 @@ begin
     end if;
   end loop;
 
-  -- The rest go to the writer in event order: each account's draw from its lots in that order,
-  -- each one applied if it still fits what the account has and its caps leave, refused if not.
+  -- The rest go to the writer user by user, each user's in event order: each account's draw from
+  -- its lots in that order, each one applied if it still fits what the account has and its caps
+  -- leave, refused if not.
   if cardinality(a_ord) > 0 then
-    -- One call to the writer, in event order, so each account's events draw from its lots in that
-    -- order. Joined by place, not subscripted: an element of an array of texts or jsonb is found
+    -- One call to the writer, in that order, so each account's events draw from its lots in event
+    -- order (transfer ids follow it, not the batch's). Joined by place, not subscripted: an element of an array of texts or jsonb is found
     -- by walking the array from its start, so b_key[x.ord] per event made a batch quadratic.
     v_platform := billing.platform_account_id('usage_revenue');
     a_posted := billing.post_transfers(array(

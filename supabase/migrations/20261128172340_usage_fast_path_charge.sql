@@ -84,6 +84,147 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.charge_usage_batch(p_events jsonb)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_count integer := jsonb_array_length(p_events);
+  e record;
+  v_ev jsonb;
+  v_outcomes jsonb[] := array_fill(null::jsonb, array[v_count]);
+  -- every event by its place, as priced before any lock: whose, its id and model, why it is
+  -- refused (null: it is not), its rate card and price, its ledger key, what its transfer records
+  b_user uuid[];
+  b_event text[];
+  b_model text[];
+  b_error text[];
+  b_card bigint[];
+  b_amount numeric[];
+  b_key text[];
+  b_correlation text[];
+  b_facts jsonb[];
+  -- accepted events, in order: where their outcome goes, what they move, what was written
+  a_ord integer[] := '{}'::integer[];
+  a_account bigint[] := '{}'::bigint[];
+  a_amount numeric[] := '{}'::numeric[];
+  a_card bigint[] := '{}'::bigint[];
+  a_posted billing.posted_transfer[];
+  v_platform bigint;
+  v_locked record;                                -- the users' accounts, as billing.lock_usage_batch locked them
+  -- accounts charged here that watch their available amount (a low-balance alert, auto-recharge)
+  w_account bigint[] := '{}'::bigint[];
+  -- repeats within the batch, and their first occurrences
+  d_ord integer[] := '{}'::integer[];
+  d_first integer[] := '{}'::integer[];
+begin
+  if v_count > 1000 then
+    perform billing.raise_error('BATCH_TOO_LARGE', jsonb_build_object('max', 1000, 'given', v_count));
+  end if;
+
+  -- Priced, checked and described before any account is locked (billing.priced_usage_events).
+  select * into b_user, b_event, b_model, b_error, b_card, b_amount, b_key, b_correlation, b_facts
+  from billing.priced_usage_events(p_events);
+
+  select * into v_locked from billing.lock_usage_batch(b_user);
+
+  -- Greedy per user in event order: each event is applied if it still fits. Replays are found
+  -- under the locks, so a concurrent batch with the same events has committed: an earlier batch
+  -- already applied this event id for this user. Another user's event with the same id is another
+  -- event, charged, and never told of the first. Within the batch, only the first occurrence of a
+  -- user's id counts.
+  for e in
+    select x.ord::integer as ord, x.user_id, x.event_id, x.model, x.error, x.amount, x.rate_card_id,
+      a.id as account_id, coalesce(a.alone, false) as alone, coalesce(a.watched, false) as watched,
+      t.id as existing_transfer, t.amount as existing_amount,
+      min(x.ord) over (partition by x.user_id, x.event_id)::integer as first_ord
+    from unnest(b_user, b_event, b_model, b_error, b_amount, b_card, b_key) with ordinality
+      x(user_id, event_id, model, error, amount, rate_card_id, key, ord)
+    left join unnest(v_locked.users, v_locked.accounts, v_locked.alone, v_locked.watched) a(user_id, id, alone, watched)
+      on a.user_id = x.user_id
+    -- Lateral: one index probe per event, never a join over the whole ledger.
+    left join lateral (select y.id, y.amount from billing.transfers y
+                       where y.idempotency_key = x.key and y.kind = 'usage') t on true
+    order by x.user_id, x.ord
+  loop
+    if e.error is not null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'invalid', 'error', e.error);
+    elsif e.existing_transfer is not null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'duplicate',
+        'transfer_id', e.existing_transfer::text, 'charged', trim_scale(e.existing_amount)::text);
+    elsif e.ord <> e.first_ord then
+      -- A repeat within the batch reports what its first occurrence did (sorted by user, then
+      -- order, the first was handled already when both name the same user).
+      v_outcomes[e.ord] := coalesce(v_outcomes[e.first_ord], '{}'::jsonb)
+        || jsonb_build_object('event_id', e.event_id, 'status', 'duplicate');
+      d_ord := d_ord || e.ord;
+      d_first := d_first || e.first_ord;
+    elsif e.amount = 0 then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'applied', 'charged', '0', 'transfer_id', null);
+    elsif e.alone then
+      -- A member of funding organisations, or credits for some models only: charged alone, the
+      -- same path as /credits/usage, under the locks billing.lock_usage_batch took.
+      v_ev := p_events -> (e.ord - 1);
+      v_outcomes[e.ord] := billing.charge_event_alone(e.user_id, e.model, (v_ev ->> 'input_tokens')::bigint,
+        (v_ev ->> 'output_tokens')::bigint, e.event_id, v_ev ->> 'correlation_id', (v_ev ->> 'occurred_at')::timestamptz,
+        coalesce((v_ev ->> 'cached_input_tokens')::bigint, 0), coalesce((v_ev ->> 'reasoning_tokens')::bigint, 0),
+        coalesce((v_ev ->> 'images')::bigint, 0), coalesce((v_ev ->> 'audio_seconds')::bigint, 0));
+    elsif e.account_id is null then
+      v_outcomes[e.ord] := jsonb_build_object('event_id', e.event_id, 'status', 'insufficient',
+        'required', trim_scale(e.amount)::text, 'available', '0');
+    else
+      -- Scalars only: appending to an array copies it, so a batch's movements are built once, below.
+      a_ord := a_ord || e.ord;
+      a_account := a_account || e.account_id;
+      a_amount := a_amount || e.amount;
+      a_card := a_card || e.rate_card_id;
+      if e.watched and not e.account_id = any(w_account) then
+        w_account := w_account || e.account_id;
+      end if;
+    end if;
+  end loop;
+
+  -- The rest go to the writer user by user, each user's in event order: each account's draw from
+  -- its lots in that order, each one applied if it still fits what the account has and its caps
+  -- leave, refused if not.
+  if cardinality(a_ord) > 0 then
+    -- One call to the writer, in that order, so each account's events draw from its lots in event
+    -- order (transfer ids follow it, not the batch's). Joined by place, not subscripted: an element of an array of texts or jsonb is found
+    -- by walking the array from its start, so b_key[x.ord] per event made a batch quadratic.
+    v_platform := billing.platform_account_id('usage_revenue');
+    a_posted := billing.post_transfers(array(
+      select ('usage', x.account_id, v_platform, x.amount, b.key, b.correlation_id,
+        null, b.facts, x.rate_card_id, null, null, null)::billing.transfer_spec
+      from unnest(a_ord, a_account, a_amount, a_card) with ordinality x(ord, account_id, amount, rate_card_id, n)
+      join unnest(b_key, b_correlation, b_facts) with ordinality b(key, correlation_id, facts, ord) on b.ord = x.ord
+      order by x.n));
+    for i in 1 .. cardinality(a_ord) loop
+      v_outcomes[a_ord[i]] := jsonb_build_object('event_id', b_event[a_ord[i]]) || case (a_posted[i]).result
+        when 'insufficient' then jsonb_build_object('status', 'insufficient') || (a_posted[i]).refusal
+        when 'capped' then jsonb_build_object('status', 'cap_reached', 'cap', (a_posted[i]).refusal)
+        else jsonb_build_object('status', 'applied', 'charged', trim_scale(a_amount[i])::text,
+          'transfer_id', (a_posted[i]).transfer_id::text, 'balance', trim_scale((a_posted[i]).from_balance)::text) end;
+    end loop;
+    -- What a single charge sets off, once per account: the tick's alerts and auto-recharge see
+    -- the account as the batch left it.
+    if cardinality(w_account) > 0 then
+      perform billing.watch_account(a.id, a.balance - a.held, a.auto_recharge_below) from billing.accounts a
+      where a.id = any(w_account) order by a.id;
+    end if;
+    -- A repeat names what its first occurrence wrote.
+    for i in 1 .. coalesce(cardinality(d_ord), 0) loop
+      v_outcomes[d_ord[i]] := v_outcomes[d_first[i]] || jsonb_build_object('event_id', v_outcomes[d_ord[i]] ->> 'event_id',
+        'status', 'duplicate');
+    end loop;
+  end if;
+
+  return to_jsonb(v_outcomes);
+end;
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[] DEFAULT '{}'::billing.hold_step[])
  RETURNS billing.posted_transfer[]
  LANGUAGE plpgsql
