@@ -90,8 +90,8 @@ const writerColumns: Record<string, Set<string> | 'any'> = {
   sub_accounts: 'any',
 };
 export const theWriter = 'billing.post_transfers';
-/** The writer's other operations and its steps (11-ledger-writer.sql, 11-ledger-writes.sql,
- * 11-ledger-writes-holds.sql): functions only the writer's operations call, counted as the writer. */
+/** The writer's other operations (its charge, billing.post_charge) and its steps (11-ledger-writer.sql,
+ * 11-ledger-writes.sql, 11-ledger-writes-holds.sql): counted as the writer. */
 export const writerSteps = new Set([
   'billing.post_charge',
   'billing.insert_transfer',

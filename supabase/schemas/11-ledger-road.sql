@@ -341,21 +341,22 @@ $$;
 comment on function billing.falls_due(p_account billing.accounts) is 'Internal: whether a lot of the account is past its expiry or a hold past its TTL (billing.settled ends them).';
 revoke execute on function billing.falls_due(p_account billing.accounts) from public;
 
--- The one settle step: the account as it is once what fell due is ended, or as it is when nothing
--- did; the one place that says when an account must be settled before anything reads what it has.
--- Every path that spends, holds or moves credits calls it on the row it locked.
+-- The one settle step: the account as it is once what fell due (billing.falls_due) is ended, or as
+-- it is when nothing did. Every path that spends, holds or moves credits calls it on the row it
+-- locked, but the usage fast path, which hands such an account to one that does.
 create or replace function billing.settled(p_account billing.accounts) returns billing.accounts
 language plpgsql
 set search_path = ''
 as $$
 begin
+  if not billing.falls_due(p_account) then
+    return p_account;
+  end if;
   -- Due lots expire and overdue holds end in the order they fell due (expire_due_lots).
   if p_account.next_expiry <= now() then
     perform billing.expire_due_lots(p_account.id);
-  elsif p_account.next_hold_expiry <= now() then
-    perform billing.expire_overdue_holds(p_account.id);
   else
-    return p_account;
+    perform billing.expire_overdue_holds(p_account.id);
   end if;
   select * into p_account from billing.accounts a where a.id = p_account.id;
   return p_account;

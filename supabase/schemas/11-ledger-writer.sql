@@ -498,8 +498,9 @@ comment on function billing.post_charge(p_transfer billing.transfer_spec) is 'In
 revoke execute on function billing.post_charge(p_transfer billing.transfer_spec) from public;
 
 -- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
--- per movement out, in order, and the changes of what holds reserve. Only this function inserts
--- transfers, entries, lots and lot allocations and changes balances, held amounts and versions
+-- per movement out, in order, and the changes of what holds reserve. Only it, its charge
+-- (billing.post_charge) and the steps they share insert transfers, entries, lots and lot
+-- allocations and change balances, held amounts and versions
 -- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Features decide what moves:
 -- callers lock the tracked accounts first (ascending id order when there are several) and settle
 -- them (billing.settled). The writer answers what the account has: a debit of a spending

@@ -191,8 +191,9 @@ revoke execute on function billing.hold_json(h billing.hold_result) from public;
 -- key is refused; nothing else is stored, and no subtransaction is opened. The writer answers
 -- what the account has and what its caps leave (counting the charge against them). Null hands
 -- the request to the general path (run_money_request), which answers and stores everything
--- else: a refusal, an organisation member, credits for some models, an unknown model, a
--- zero-priced event, an answer that path stored already. The account lock serialises this path
+-- else: a refusal, an organisation member, credits for some models, an account with something
+-- fallen due (that path settles it), an unknown model, a zero-priced event, an answer that path
+-- stored already. The account lock serialises this path
 -- with that one: a request under the same key there finds this transfer, and the other way round.
 create or replace function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text,
   p_args jsonb, p_success_status integer)

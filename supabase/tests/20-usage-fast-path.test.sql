@@ -1,10 +1,10 @@
 -- POST /credits/usage's fast path (billing.run_usage_request) charges through the writer's charge
 -- (billing.post_charge) and never settles: an account with something fallen due (a lot past its
--- expiry, a hold past its TTL) goes the general way, which ends it first, so the request is
--- answered as if the sweep had run. The charge refuses what it is not: a movement under a hold,
+-- expiry, a hold past its TTL) goes the general way (its answer stored under the key, where the
+-- fast path stores none), which ends it first, so the request is answered as if the sweep had run. The charge refuses what it is not: a movement under a hold,
 -- one that credits a tracked account.
 begin;
-select plan(9);
+select plan(11);
 \ir helpers.psql
 
 insert into auth.users (id) select ('f5f5f5f5-0000-4000-8000-00000000000' || n)::uuid from generate_series(1, 3) n;
@@ -22,20 +22,21 @@ create function pg_temp.price(p_tokens integer) returns numeric language sql as 
 $$;
 
 -- ============================================================ a hold past its TTL
--- 10 credits, 8 of them held by a hold whose TTL passed: the charge (5 credits) needs what the
--- hold reserved. Unsettled, 2 are free and it would be refused; settled first, the hold ends and
--- it fits.
+-- 10 credits, 3 of them held by a hold whose TTL passed; the charge is 5 credits, which fits
+-- beside the hold: the fast path would charge it and leave the hold active. It goes the general
+-- way instead (its answer stored under the key), which ends the hold first.
 select billing.grant_credits(pg_temp.u(1), 10, 'adjustment', 'fast-1');
-select billing.reserve_credits(pg_temp.u(1), 8, 'fast-hold-1', 600);
+select billing.reserve_credits(pg_temp.u(1), 3, 'fast-hold-1', 600);
 with h as (update billing.holds set expires_at = now() - interval '1 second' where idempotency_key = 'fast-hold-1'
            returning account_id, expires_at)
 update billing.accounts a set next_hold_expiry = h.expires_at from h where a.id = h.account_id;
 select ok(billing.falls_due(pg_temp.acct(1)), 'an account with a hold past its TTL has something fallen due');
-select is((select status from pg_temp.usage(1, 'fast-k1', 250)), 201,
-  'a usage request beyond its free credits but within what the overdue hold held is charged');
+select is((select status from pg_temp.usage(1, 'fast-k1', 250)), 201, 'a usage request beside an overdue hold is charged');
 select is((select (h.status, a.held, a.balance)::text from billing.holds h, billing.accounts a
            where h.idempotency_key = 'fast-hold-1' and a.id = h.account_id),
   ('expired', 0::numeric(38, 18), 10 - pg_temp.price(250))::text, 'the hold ended first, then the charge was written');
+select ok(exists (select 1 from billing.idempotency_keys k where k.user_id = pg_temp.u(1) and k.key = 'fast-k1'),
+  'by the general path: its answer is stored under the key');
 
 -- ============================================================ a lot past its expiry
 -- Two lots of 5: a promotion's, spent first, that expired a second ago, and an adjustment's. The
@@ -51,6 +52,8 @@ select is((select status from pg_temp.usage(2, 'fast-k2', 150)), 201, 'a usage r
 select is((select string_agg(trim_scale(l.remaining)::text, ', ' order by l.id) from billing.lots l
            where l.account_id = (pg_temp.acct(2)).id),
   '0, ' || trim_scale(5 - pg_temp.price(150)), 'the expired lot expired whole; the other lot paid');
+select ok(exists (select 1 from billing.idempotency_keys k where k.user_id = pg_temp.u(2) and k.key = 'fast-k2'),
+  'by the general path: its answer is stored under the key');
 select is((pg_temp.acct(2)).balance, (select sum(e.amount) from billing.entries e where e.account_id = (pg_temp.acct(2)).id),
   'the balance is the sum of its entries');
 

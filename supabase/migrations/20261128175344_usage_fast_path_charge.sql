@@ -426,6 +426,27 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.settled(p_account billing.accounts)
+ RETURNS billing.accounts
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+begin
+  if not billing.falls_due(p_account) then
+    return p_account;
+  end if;
+  -- Due lots expire and overdue holds end in the order they fell due (expire_due_lots).
+  if p_account.next_expiry <= now() then
+    perform billing.expire_due_lots(p_account.id);
+  else
+    perform billing.expire_overdue_holds(p_account.id);
+  end if;
+  select * into p_account from billing.accounts a where a.id = p_account.id;
+  return p_account;
+end;
+$function$
+;
+
 
 
 revoke execute on function billing.falls_due(billing.accounts) from public;
