@@ -412,11 +412,12 @@ $$;
 comment on function billing.after_balances(p_posting billing.posting) is 'Internal (the writer''s): the active accounts'' tail, and LEDGER_INVARIANT for a balance below zero no debt explains.';
 revoke execute on function billing.after_balances(p_posting billing.posting) from public;
 
--- A movement alone's transfer row (the writer's, billing.post_transfers and billing.post_charge):
--- inserted, answered with its id (`replayed` false); or, its (idempotency_key, kind) written before, a replay: the same
+-- A movement alone's transfer row (the writer's, billing.post_transfers and billing.post_charge),
+-- given its spending check (null: not spending): inserted, answered `applied` with its id; or,
+-- its (idempotency_key, kind) written before, a replay, whatever the account has now: the same
 -- movement is answered `exists` (the cap room it took goes back: a replay spends nothing), another
--- under that key is IDEMPOTENCY_KEY_REUSED.
-create or replace function billing.insert_transfer(p_transfer billing.transfer_spec, p_capped boolean)
+-- under that key is IDEMPOTENCY_KEY_REUSED; else the check's refusal, nothing written.
+create or replace function billing.insert_transfer(p_transfer billing.transfer_spec, p_check billing.spending_check)
 returns billing.posted_transfer
 language plpgsql
 set search_path = ''
@@ -425,30 +426,35 @@ declare
   v_id bigint;
   v_written billing.transfers;
 begin
-  insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
-                                 reference, metadata, rate_card_id, hold_id, member_id)
-  values (p_transfer.kind, p_transfer.from_account_id, p_transfer.to_account_id, p_transfer.amount,
-          p_transfer.idempotency_key, p_transfer.correlation_id, p_transfer.reference, p_transfer.metadata,
-          p_transfer.rate_card_id, p_transfer.hold_id, p_transfer.member_id)
-  on conflict (idempotency_key, kind) do nothing
-  returning id into v_id;
-  if v_id is not null then
-    return (v_id, false, null, null, 'applied', null)::billing.posted_transfer;
+  if (p_check.refusal).result is null then
+    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                   reference, metadata, rate_card_id, hold_id, member_id)
+    values (p_transfer.kind, p_transfer.from_account_id, p_transfer.to_account_id, p_transfer.amount,
+            p_transfer.idempotency_key, p_transfer.correlation_id, p_transfer.reference, p_transfer.metadata,
+            p_transfer.rate_card_id, p_transfer.hold_id, p_transfer.member_id)
+    on conflict (idempotency_key, kind) do nothing
+    returning id into v_id;
+    if v_id is not null then
+      return (v_id, false, null, null, 'applied', null)::billing.posted_transfer;
+    end if;
   end if;
   select * into v_written from billing.transfers x
   where x.idempotency_key = p_transfer.idempotency_key and x.kind = p_transfer.kind;
+  if not found then
+    return p_check.refusal;
+  end if;
   if v_written.amount <> p_transfer.amount or v_written.from_account_id <> p_transfer.from_account_id
      or v_written.to_account_id <> p_transfer.to_account_id then
     perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_transfer.kind));
   end if;
   perform billing.return_cap_room(p_transfer.from_account_id, p_transfer.amount, p_transfer.metadata ->> 'model',
     now(), p_transfer.member_id)
-  where p_capped;
+  where p_check.capped;
   return (v_written.id, true, null, null, 'exists', null)::billing.posted_transfer;
 end;
 $$;
-comment on function billing.insert_transfer(p_transfer billing.transfer_spec, p_capped boolean) is 'Internal (the writer''s): a movement alone''s transfer row inserted (answered with its id, not replayed), or its replay''s answer (IDEMPOTENCY_KEY_REUSED for another movement under the key).';
-revoke execute on function billing.insert_transfer(p_transfer billing.transfer_spec, p_capped boolean) from public;
+comment on function billing.insert_transfer(p_transfer billing.transfer_spec, p_check billing.spending_check) is 'Internal (the writer''s): a movement alone''s transfer row inserted (applied, its id), its replay''s answer (IDEMPOTENCY_KEY_REUSED for another movement under the key), or its spending check''s refusal.';
+revoke execute on function billing.insert_transfer(p_transfer billing.transfer_spec, p_check billing.spending_check) from public;
 
 -- The writer's charge (TigerBeetle's one transfer, without pending ones): a spending debit alone,
 -- not under a hold, to a platform account (a usage request's fast path,
@@ -462,7 +468,6 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  v_checked billing.spending_check;
   v_written billing.posted_transfer;
   v_p billing.posting;
 begin
@@ -472,16 +477,8 @@ begin
     perform billing.raise_error('LEDGER_INVARIANT',
       '{"rule": "a charge is a spending debit alone, not under a hold, of a positive amount below 1e20 with at most 18 places"}');
   end if;
-  v_checked := billing.spending_refusal(p_transfer, null);
-  -- A replay is answered as one below, whatever the account has now.
-  if (v_checked.refusal).result is not null then
-    if not exists (select 1 from billing.transfers x
-                   where x.idempotency_key = p_transfer.idempotency_key and x.kind = p_transfer.kind) then
-      return v_checked.refusal;
-    end if;
-  end if;
-  v_written := billing.insert_transfer(p_transfer, v_checked.capped);
-  if v_written.replayed then
+  v_written := billing.insert_transfer(p_transfer, billing.spending_refusal(p_transfer, null));
+  if v_written.result <> 'applied' then
     return v_written;
   end if;
   v_p := billing.write_one(p_transfer, v_written.transfer_id, null, null);
@@ -540,8 +537,7 @@ declare
   v_post billing.hold_step;                       -- a hold the one movement posts: its held change goes with its balance
   v_held_account bigint;
   v_held_delta numeric;
-  v_refusal billing.posted_transfer;              -- a refusal: of a hold placed, or of spending
-  v_capped boolean := false;                      -- this movement's amount was counted against caps
+  v_refusal billing.posted_transfer;              -- a hold placed refused
   v_checked billing.spending_check;
   v_refused integer[];                            -- a batch's refused movements, by place (null: none), and their answers
   v_refusals billing.posted_transfer[];
@@ -573,23 +569,14 @@ begin
       perform billing.raise_error('LEDGER_INVARIANT',
         '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
     end if;
-    -- Spending: what the account has for it, and its caps (billing.spending_refusal).
+    -- Spending: what the account has for it, and its caps (billing.spending_refusal); a refusal
+    -- or a replay is answered without writing (billing.insert_transfer).
     if v_one.kind = any(billing.spending_kinds()) then
       v_checked := billing.spending_refusal(v_one, v_post.hold_id);
-      v_refusal := (v_checked).refusal;
-      v_capped := (v_checked).capped;
-      -- A replay is answered as one below, whatever the account has now. (Conditions that hold a
-      -- query are nested under the plain ones: PL/pgSQL runs any expression with a subquery
-      -- through the executor, whatever its other operands say.)
-      if v_refusal.result is not null then
-        if not exists (select 1 from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind) then
-          return array[v_refusal];
-        end if;
-      end if;
     end if;
-    v_written := billing.insert_transfer(v_one, v_capped);
-    if v_written.replayed then
-      if v_post.hold_id is not null then            -- the capture was written: its hold ends now
+    v_written := billing.insert_transfer(v_one, v_checked);
+    if v_written.result <> 'applied' then
+      if v_written.replayed and v_post.hold_id is not null then  -- the capture was written: its hold ends now
         v_post.transfer_id := v_written.transfer_id;
         perform billing.post_transfers('{}', array[v_post]);
       end if;

@@ -249,8 +249,9 @@ begin
   -- leave, refused if not.
   if cardinality(a_ord) > 0 then
     -- One call to the writer, in that order, so each account's events draw from its lots in event
-    -- order (transfer ids follow it, not the batch's). Joined by place, not subscripted: an element of an array of texts or jsonb is found
-    -- by walking the array from its start, so b_key[x.ord] per event made a batch quadratic.
+    -- order (transfer ids follow it, not the batch's). Joined by place, not subscripted: an
+    -- element of an array of texts or jsonb is found by walking the array from its start, so
+    -- b_key[x.ord] per event made a batch quadratic.
     v_platform := billing.platform_account_id('usage_revenue');
     a_posted := billing.post_transfers(array(
       select ('usage', x.account_id, v_platform, x.amount, b.key, b.correlation_id,

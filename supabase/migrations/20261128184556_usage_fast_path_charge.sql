@@ -11,7 +11,7 @@ AS $function$
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION billing.insert_transfer(p_transfer billing.transfer_spec, p_capped boolean)
+CREATE OR REPLACE FUNCTION billing.insert_transfer(p_transfer billing.transfer_spec, p_check billing.spending_check)
  RETURNS billing.posted_transfer
  LANGUAGE plpgsql
  SET search_path TO ''
@@ -20,25 +20,30 @@ declare
   v_id bigint;
   v_written billing.transfers;
 begin
-  insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
-                                 reference, metadata, rate_card_id, hold_id, member_id)
-  values (p_transfer.kind, p_transfer.from_account_id, p_transfer.to_account_id, p_transfer.amount,
-          p_transfer.idempotency_key, p_transfer.correlation_id, p_transfer.reference, p_transfer.metadata,
-          p_transfer.rate_card_id, p_transfer.hold_id, p_transfer.member_id)
-  on conflict (idempotency_key, kind) do nothing
-  returning id into v_id;
-  if v_id is not null then
-    return (v_id, false, null, null, 'applied', null)::billing.posted_transfer;
+  if (p_check.refusal).result is null then
+    insert into billing.transfers (kind, from_account_id, to_account_id, amount, idempotency_key, correlation_id,
+                                   reference, metadata, rate_card_id, hold_id, member_id)
+    values (p_transfer.kind, p_transfer.from_account_id, p_transfer.to_account_id, p_transfer.amount,
+            p_transfer.idempotency_key, p_transfer.correlation_id, p_transfer.reference, p_transfer.metadata,
+            p_transfer.rate_card_id, p_transfer.hold_id, p_transfer.member_id)
+    on conflict (idempotency_key, kind) do nothing
+    returning id into v_id;
+    if v_id is not null then
+      return (v_id, false, null, null, 'applied', null)::billing.posted_transfer;
+    end if;
   end if;
   select * into v_written from billing.transfers x
   where x.idempotency_key = p_transfer.idempotency_key and x.kind = p_transfer.kind;
+  if not found then
+    return p_check.refusal;
+  end if;
   if v_written.amount <> p_transfer.amount or v_written.from_account_id <> p_transfer.from_account_id
      or v_written.to_account_id <> p_transfer.to_account_id then
     perform billing.raise_error('IDEMPOTENCY_KEY_REUSED', jsonb_build_object('kind', p_transfer.kind));
   end if;
   perform billing.return_cap_room(p_transfer.from_account_id, p_transfer.amount, p_transfer.metadata ->> 'model',
     now(), p_transfer.member_id)
-  where p_capped;
+  where p_check.capped;
   return (v_written.id, true, null, null, 'exists', null)::billing.posted_transfer;
 end;
 $function$
@@ -50,7 +55,6 @@ CREATE OR REPLACE FUNCTION billing.post_charge(p_transfer billing.transfer_spec)
  SET search_path TO ''
 AS $function$
 declare
-  v_checked billing.spending_check;
   v_written billing.posted_transfer;
   v_p billing.posting;
 begin
@@ -60,16 +64,8 @@ begin
     perform billing.raise_error('LEDGER_INVARIANT',
       '{"rule": "a charge is a spending debit alone, not under a hold, of a positive amount below 1e20 with at most 18 places"}');
   end if;
-  v_checked := billing.spending_refusal(p_transfer, null);
-  -- A replay is answered as one below, whatever the account has now.
-  if (v_checked.refusal).result is not null then
-    if not exists (select 1 from billing.transfers x
-                   where x.idempotency_key = p_transfer.idempotency_key and x.kind = p_transfer.kind) then
-      return v_checked.refusal;
-    end if;
-  end if;
-  v_written := billing.insert_transfer(p_transfer, v_checked.capped);
-  if v_written.replayed then
+  v_written := billing.insert_transfer(p_transfer, billing.spending_refusal(p_transfer, null));
+  if v_written.result <> 'applied' then
     return v_written;
   end if;
   v_p := billing.write_one(p_transfer, v_written.transfer_id, null, null);
@@ -191,8 +187,9 @@ begin
   -- leave, refused if not.
   if cardinality(a_ord) > 0 then
     -- One call to the writer, in that order, so each account's events draw from its lots in event
-    -- order (transfer ids follow it, not the batch's). Joined by place, not subscripted: an element of an array of texts or jsonb is found
-    -- by walking the array from its start, so b_key[x.ord] per event made a batch quadratic.
+    -- order (transfer ids follow it, not the batch's). Joined by place, not subscripted: an
+    -- element of an array of texts or jsonb is found by walking the array from its start, so
+    -- b_key[x.ord] per event made a batch quadratic.
     v_platform := billing.platform_account_id('usage_revenue');
     a_posted := billing.post_transfers(array(
       select ('usage', x.account_id, v_platform, x.amount, b.key, b.correlation_id,
@@ -239,8 +236,7 @@ declare
   v_post billing.hold_step;                       -- a hold the one movement posts: its held change goes with its balance
   v_held_account bigint;
   v_held_delta numeric;
-  v_refusal billing.posted_transfer;              -- a refusal: of a hold placed, or of spending
-  v_capped boolean := false;                      -- this movement's amount was counted against caps
+  v_refusal billing.posted_transfer;              -- a hold placed refused
   v_checked billing.spending_check;
   v_refused integer[];                            -- a batch's refused movements, by place (null: none), and their answers
   v_refusals billing.posted_transfer[];
@@ -272,23 +268,14 @@ begin
       perform billing.raise_error('LEDGER_INVARIANT',
         '{"rule": "a positive amount below 1e20 with at most 18 places, between two accounts"}');
     end if;
-    -- Spending: what the account has for it, and its caps (billing.spending_refusal).
+    -- Spending: what the account has for it, and its caps (billing.spending_refusal); a refusal
+    -- or a replay is answered without writing (billing.insert_transfer).
     if v_one.kind = any(billing.spending_kinds()) then
       v_checked := billing.spending_refusal(v_one, v_post.hold_id);
-      v_refusal := (v_checked).refusal;
-      v_capped := (v_checked).capped;
-      -- A replay is answered as one below, whatever the account has now. (Conditions that hold a
-      -- query are nested under the plain ones: PL/pgSQL runs any expression with a subquery
-      -- through the executor, whatever its other operands say.)
-      if v_refusal.result is not null then
-        if not exists (select 1 from billing.transfers x where x.idempotency_key = v_one.idempotency_key and x.kind = v_one.kind) then
-          return array[v_refusal];
-        end if;
-      end if;
     end if;
-    v_written := billing.insert_transfer(v_one, v_capped);
-    if v_written.replayed then
-      if v_post.hold_id is not null then            -- the capture was written: its hold ends now
+    v_written := billing.insert_transfer(v_one, v_checked);
+    if v_written.result <> 'applied' then
+      if v_written.replayed and v_post.hold_id is not null then  -- the capture was written: its hold ends now
         v_post.transfer_id := v_written.transfer_id;
         perform billing.post_transfers('{}', array[v_post]);
       end if;
@@ -450,8 +437,8 @@ $function$
 
 
 revoke execute on function billing.falls_due(billing.accounts) from public;
-revoke execute on function billing.insert_transfer(billing.transfer_spec,boolean) from public;
+revoke execute on function billing.insert_transfer(billing.transfer_spec,billing.spending_check) from public;
 revoke execute on function billing.post_charge(billing.transfer_spec) from public;
 comment on function billing.falls_due(billing.accounts) is 'Internal: whether a lot of the account is past its expiry or a hold past its TTL (billing.settled ends them).';
-comment on function billing.insert_transfer(billing.transfer_spec,boolean) is 'Internal (the writer''s): a movement alone''s transfer row inserted (answered with its id, not replayed), or its replay''s answer (IDEMPOTENCY_KEY_REUSED for another movement under the key).';
+comment on function billing.insert_transfer(billing.transfer_spec,billing.spending_check) is 'Internal (the writer''s): a movement alone''s transfer row inserted (applied, its id), its replay''s answer (IDEMPOTENCY_KEY_REUSED for another movement under the key), or its spending check''s refusal.';
 comment on function billing.post_charge(billing.transfer_spec) is 'Internal: the writer''s charge: a spending debit alone, not under a hold, to a platform account, under the caller''s account lock; answered as billing.post_transfers answers one movement.';
