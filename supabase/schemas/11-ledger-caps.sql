@@ -63,7 +63,7 @@ comment on function billing.cap_alerts_after(p_cap billing.spend_caps, p_period 
 revoke execute on function billing.cap_alerts_after(p_cap billing.spend_caps, p_period timestamp with time zone) from public;
 
 create or replace function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid default null,
-  p_count boolean default true, p_past boolean default false)
+  p_count boolean default true, p_past boolean default false, p_also text[] default null)
 returns jsonb
 language plpgsql
 set search_path = ''
@@ -80,7 +80,7 @@ begin
         case when x.period = 'term' then x.period_start
              else date_trunc(x.period, now() at time zone x.time_zone) at time zone x.time_zone end as starts
       from billing.spend_caps x
-      where x.account_id = p_account_id and (x.model is null or x.model = p_model)
+      where x.account_id = p_account_id and (x.model is null or x.model = p_model or x.model = any (p_also))
         and (x.member_id is null or x.member_id = p_member)
     ), fits as (
       select x.*, bool_and(x.spent_now <= x.amount) over () as all_fit from x
@@ -102,18 +102,18 @@ begin
       'required', trim_scale(p_amount)::text, 'resets_at', billing.json_time(coalesce(p.resets,
         (select o.term_ends_at from billing.accounts a join billing.orgs o on o.id = a.org_id where a.id = x.account_id))))
     from billing.spend_caps x cross join lateral billing.cap_period(x.period, x.time_zone, now()) p
-    where x.account_id = p_account_id and (x.model is null or x.model = p_model)
+    where x.account_id = p_account_id and (x.model is null or x.model = p_model or x.model = any (p_also))
       and (x.member_id is null or x.member_id = p_member)
       and case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end + p_amount > x.amount
     order by x.amount - case when x.period = 'term' or x.period_start = p.starts then x.spent else 0 end, x.id
     limit 1);
 end;
 $$;
-comment on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean, p_past boolean) is 'Internal: counts an amount against the applicable caps (the account''s, and the member''s on a pooled wallet) if all have room (p_count false: only asks; p_past: counted past them, a debt''s); else returns the cap it would exceed.';
-revoke execute on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean, p_past boolean) from public;
+comment on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean, p_past boolean, p_also text[]) is 'Internal: counts an amount against the applicable caps (the account''s, and the member''s on a pooled wallet; p_model''s, and p_also''s: a hold''s fallback models) if all have room (p_count false: only asks; p_past: counted past them, a debt''s); else returns the cap it would exceed.';
+revoke execute on function billing.take_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_member uuid, p_count boolean, p_past boolean, p_also text[]) from public;
 
 create or replace function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamptz,
-  p_member uuid default null)
+  p_member uuid default null, p_also text[] default null)
 returns void
 language plpgsql
 set search_path = ''
@@ -123,7 +123,7 @@ declare
 begin
   for c in
     update billing.spend_caps x set spent = greatest(x.spent - p_amount, 0)
-    where p_amount > 0 and x.account_id = p_account_id and (x.model is null or x.model = p_model)
+    where p_amount > 0 and x.account_id = p_account_id and (x.model is null or x.model = p_model or x.model = any (p_also))
       and (x.member_id is null or x.member_id = p_member) and x.created_at <= p_placed_at
       and case when x.period = 'term' then x.period_start <= p_placed_at
                else x.period_start = date_trunc(x.period, p_placed_at at time zone x.time_zone) at time zone x.time_zone end
@@ -135,8 +135,8 @@ begin
   end loop;
 end;
 $$;
-comment on function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamp with time zone, p_member uuid) is 'Internal: gives back what a hold counted against caps and did not spend, in the period it was placed.';
-revoke execute on function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamp with time zone, p_member uuid) from public;
+comment on function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamp with time zone, p_member uuid, p_also text[]) is 'Internal: gives back what a hold counted against caps and did not spend, in the period it was placed.';
+revoke execute on function billing.return_cap_room(p_account_id bigint, p_amount numeric, p_model text, p_placed_at timestamp with time zone, p_member uuid, p_also text[]) from public;
 
 create or replace function billing.return_hold_cap_room(p_hold billing.holds, p_unspent numeric) returns void
 language plpgsql
@@ -146,7 +146,7 @@ begin
   if p_unspent > 0
      and (select a.caps from billing.accounts a where a.id = p_hold.account_id) > 0 then
     perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model', p_hold.created_at,
-      p_hold.member_id);
+      p_hold.member_id, case when p_hold.purpose = 'ai' then array(select jsonb_array_elements_text(p_hold.metadata -> 'fallbacks')) end);
   end if;
 end;
 $$;

@@ -120,7 +120,8 @@ begin
   end if;
   select count(*), array_agg(('void', h.id, null, 'expired', null, null, null, null, null, null, null, null, null)::billing.hold_step),
          jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
-                                      'member', h.member_id)), array_agg(h.id)
+                                      'member', h.member_id,
+                                      'also', case when h.purpose = 'ai' then h.metadata -> 'fallbacks' end)), array_agg(h.id)
     into v_count, v_steps, v_expired, v_ids
   from billing.holds h where h.account_id = p_account_id and h.status = 'active'
     and h.expires_at <= coalesce(p_due_by, now());
@@ -132,7 +133,7 @@ begin
     if v_caps > 0 then
       -- A member's hold on a school's wallet counted against the member's own cap too.
       perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz,
-        (x ->> 'member')::uuid)
+        (x ->> 'member')::uuid, array(select jsonb_array_elements_text(nullif(x -> 'also', 'null'))))
       from jsonb_array_elements(coalesce(v_expired, '[]')) x;
     end if;
   end if;

@@ -132,7 +132,7 @@ revoke execute on function billing.spending_kinds() from public;
 -- has for it (p_room; null: a platform account, never refused), then, when p_caps, what its spend
 -- caps leave, counting it against them. Null when it fits; else the refusal the writer returns.
 create or replace function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean,
-  p_model text, p_member uuid) returns billing.posted_transfer
+  p_model text, p_member uuid, p_also text[] default null) returns billing.posted_transfer
 language plpgsql
 set search_path = ''
 as $$
@@ -143,7 +143,7 @@ begin
     return (null, false, null, null, 'insufficient', jsonb_build_object('required', trim_scale(p_amount)::text,
       'available', trim_scale(greatest(p_room, 0))::text))::billing.posted_transfer;
   elsif p_caps then
-    v_cap := billing.take_cap_room(p_account_id, p_amount, p_model, p_member);
+    v_cap := billing.take_cap_room(p_account_id, p_amount, p_model, p_member, p_also => p_also);
     if v_cap is not null then
       return (null, false, null, null, 'capped', v_cap)::billing.posted_transfer;
     end if;
@@ -151,8 +151,8 @@ begin
   return null;
 end;
 $$;
-comment on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid) is 'Internal: null when a spending movement or a hold fits what its account has and (p_caps) what its caps leave, counted against them; else the writer''s refusal (insufficient, capped).';
-revoke execute on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid) from public;
+comment on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid, p_also text[]) is 'Internal: null when a spending movement or a hold fits what its account has and (p_caps) what its caps leave, counted against them; else the writer''s refusal (insufficient, capped).';
+revoke execute on function billing.spend_refusal(p_account_id bigint, p_amount numeric, p_room numeric, p_caps boolean, p_model text, p_member uuid, p_also text[]) from public;
 
 -- Credits for some models (31-lot-applicability.sql): whether a lot may pay for a model, here
 -- because the writer draws by it; the one statement of that test. A function with its own
@@ -174,8 +174,9 @@ revoke execute on function billing.lot_pays_for(p_applies_to text[], p_model tex
 -- for it, in spending order (priority, soonest expiry, oldest grant, id), until its amount. This
 -- is the one picker: the parts to reserve, each lot's up to what it has free; fewer than the
 -- amount when the free credits do not reach it (the caller refuses the hold then). A null model
--- picks lots for any model only (billing.lot_pays_for). Read under the account lock.
-create or replace function billing.pick_lots(p_account_id bigint, p_model text, p_amount numeric)
+-- picks lots for any model only (billing.lot_pays_for); `p_also`, a call's fallback models: only
+-- lots that may pay for each of them too. Read under the account lock.
+create or replace function billing.pick_lots(p_account_id bigint, p_model text, p_amount numeric, p_also text[] default null)
 returns table (lot_id bigint, amount numeric)
 language plpgsql stable
 set search_path = ''
@@ -187,7 +188,8 @@ begin
       sum(l.free) over (order by l.spending_order) as hi
     from billing.lots l
     where l.account_id = p_account_id and l.open and l.free > 0
-      and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))
+      and (l.applies_to is null or (billing.lot_pays_for(l.applies_to, p_model)
+        and not exists (select 1 from unnest(p_also) m where not billing.lot_pays_for(l.applies_to, m))))
   )
   select f.id, least(f.free, p_amount - (f.hi - f.free))
   from free f
@@ -195,8 +197,8 @@ begin
   order by f.hi;
 end;
 $$;
-comment on function billing.pick_lots(p_account_id bigint, p_model text, p_amount numeric) is 'Internal: the free credits of lots that may pay for p_model a hold of p_amount reserves, in spending order; Σ < p_amount when they do not reach it.';
-revoke execute on function billing.pick_lots(p_account_id bigint, p_model text, p_amount numeric) from public;
+comment on function billing.pick_lots(p_account_id bigint, p_model text, p_amount numeric, p_also text[]) is 'Internal: the free credits of lots that may pay for p_model (and each of p_also) a hold of p_amount reserves, in spending order; Σ < p_amount when they do not reach it.';
+revoke execute on function billing.pick_lots(p_account_id bigint, p_model text, p_amount numeric, p_also text[]) from public;
 
 -- What an account may spend from its lots (their free credits, billing.lots.free): for a model
 -- (p_model; null: lots for any model only), or for a move (p_any: any lot, its list travels

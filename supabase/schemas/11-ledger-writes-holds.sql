@@ -52,6 +52,7 @@ declare
   v_hold_accounts bigint[];
   v_hold_deltas numeric[];
   v_ended uuid[];
+  v_fallbacks text[];
 begin
   if cardinality(p_holds) = 1 and (p_holds[1]).op = 'place' then
     if cardinality(p_transfers) > 0 then
@@ -62,14 +63,17 @@ begin
     -- give, at most balance − held (a debt waits in front of credits for some models), and what
     -- its caps leave (counted against them). A platform account reserves nothing.
     v_step := p_holds[1];
+    -- A call naming fallback models (docs/ai-gateway.md § Fallbacks) reserves lots that may pay
+    -- for each of them, and counts against each one's caps.
+    v_fallbacks := case when v_step.purpose = 'ai' then array(select jsonb_array_elements_text(v_step.metadata -> 'fallbacks')) end;
     select * into v_acct from billing.accounts a where a.id = v_step.account_id and a.code is null;
     if found then
       select coalesce(array_agg(p.lot_id), '{}'), coalesce(array_agg(p.amount), '{}') into v_pick_lots, v_pick_parts
       from billing.pick_lots(v_acct.id, case when v_step.purpose in ('ai', 'job') then v_step.metadata ->> 'model' end,
-        v_step.amount) p;
+        v_step.amount, v_fallbacks) p;
       v_refusal := billing.spend_refusal(v_acct.id, v_step.amount,
         least(v_acct.balance - v_acct.held, coalesce((select sum(x) from unnest(v_pick_parts) x), 0)), v_acct.caps > 0,
-        v_step.metadata ->> 'model', v_step.member_id);
+        v_step.metadata ->> 'model', v_step.member_id, v_fallbacks);
       if v_refusal.result is not null then
         return v_refusal;
       end if;

@@ -17,7 +17,7 @@ create table billing.ai_calls (
   user_id uuid not null,
   idempotency_key text,                -- the caller's Idempotency-Key, or a random one per call; null: refused
   request_hash text,                   -- SHA-256 of the request: one key, one request; null: refused
-  model text,                          -- the rate card's model, the one the provider is asked for; null: a refused name not on it
+  model text,                          -- the rate card's model the provider is asked for first, once charged the one that answered (a fallback's); null: a refused name not on it
   endpoint text not null default 'chat', -- the API the caller spoke: chat, responses, messages, embeddings
   upstream text,                       -- the upstream that answered (the card's, or a fallback after it failed); failed: the last tried
   stream boolean not null default false, -- the caller asked for a streamed answer
@@ -42,7 +42,8 @@ create table billing.ai_calls (
   created_at timestamptz not null default now(),
   finished_at timestamptz,
   expires_at timestamptz not null default now() + interval '24 hours',
-  attempts jsonb,                      -- upstreams that failed before the first byte, in order: [{upstream, failure, status, ms}]; null: none (what any billed is the operator's cost)
+  attempts jsonb,                      -- upstreams that failed before the first byte, in order: [{upstream, model, failure, status, ms}]; null: none (what any billed is the operator's cost)
+  fallbacks text[],                    -- the fallback models the request named (cards' own), tried in order after `model`'s upstreams; null: none
   tail_ms integer,                     -- from the provider's last answer byte to the settling statement (the gateway's own time after the provider)
   constraint ai_calls_status check (status in ('held', 'charged', 'failed', 'refused')),
   constraint ai_calls_usage_source check (usage_source in ('provider', 'tokenizer')),
@@ -436,7 +437,8 @@ revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
 create or replace function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint,
   p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text default 'chat',
   p_upstreams text[] default array['openai'], p_writes_cache boolean default false, p_stream boolean default false,
-  p_elapsed_ms integer default 0, p_writes_cache_1h boolean default false, p_min_output_tokens bigint default null)
+  p_elapsed_ms integer default 0, p_writes_cache_1h boolean default false, p_min_output_tokens bigint default null,
+  p_fallback_models text[] default '{}')
 returns jsonb
 language plpgsql
 security definer
@@ -446,6 +448,8 @@ declare
   v_call billing.ai_calls;
   v_refusal jsonb := billing.standing_refusal(p_user);
   v_card billing.rate_cards;
+  v_cards billing.rate_cards[] := '{}';           -- the model's card, then each fallback's, in order
+  v_name text;
   v_amount numeric;
   v_hold billing.hold_result;
   v_granted bigint := p_max_output_tokens;        -- the answer's maximum the hold pays for
@@ -454,10 +458,17 @@ declare
   v_id uuid;
   v_model text;
 begin
-  if v_refusal is null then
+  if cardinality(p_fallback_models) > 3 then     -- the gateway refuses more (VALIDATION_FAILED)
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "at most 3 fallback models"}');
+  end if;
+  -- The model, then each fallback model (docs/ai-gateway.md § Fallbacks), each checked as the
+  -- model is; a name met again (itself or an alias of a card before it) is tried once.
+  foreach v_name in array p_model || coalesce(p_fallback_models, '{}') loop
+    exit when v_refusal is not null;
     -- From here the call is its card's: an alias (billing.model_aliases) is priced, recorded
     -- and sent to the provider as the card's own model.
-    v_model := billing.card_model(p_model);       -- once: in the query it ran for every card read
+    v_model := billing.card_model(v_name);        -- once: in the query it ran for every card read
+    continue when v_model = any (select c.model from unnest(v_cards) c);
     select * into v_card from billing.rate_cards r where r.model = v_model and r.effective_from <= now()
     order by r.effective_from desc, r.version desc limit 1;
     v_refusal := case
@@ -470,27 +481,36 @@ begin
         when p_writes_cache_1h and v_card.usd_per_million_cache_write_1h is null then jsonb_build_object(
           'token', 'UNPRICED_USAGE', 'detail', jsonb_build_object('model', v_card.model, 'kind', 'cache_write_1h_tokens')) end)
     end;
-  end if;
+    -- A fallback's refusal says it is one (its name is the caller's: never in the detail).
+    v_refusal := case when cardinality(v_cards) > 0 then jsonb_set(v_refusal, '{detail,field}', '"models"')
+                      else v_refusal end;
+    v_cards := v_cards || v_card;
+  end loop;
+  v_card := v_cards[1];
   if v_refusal is null then
     begin
       if not exists (select 1 from billing.ai_calls c
                      where c.user_id = p_user and c.idempotency_key = p_key and c.status <> 'failed') then
         v_id := gen_random_uuid();
-        v_amount := billing.card_hold_amount(v_card, p_prompt_tokens, p_max_output_tokens, p_writes_cache,
-          p_writes_cache_1h);
-        -- Caps (per model too), school wallets, allowances and pools apply as to any hold. Only
-        -- amounts and the model reach a refusal's detail, never the caller's text. Given a
-        -- minimum answer, the hold is the most that fits (docs/ai-gateway.md § The last credits)
-        -- in whole tokens of answer, and the answer's maximum is what it pays for: the hold is the
-        -- price of the prompt and that answer, never the paying account's figure.
+        -- The dearest candidate's price: whichever model answers, the hold pays for it.
+        v_amount := (select max(billing.card_hold_amount(c, p_prompt_tokens, p_max_output_tokens, p_writes_cache,
+          p_writes_cache_1h)) from unnest(v_cards) c);
+        -- Caps (per model too: each candidate's), school wallets, allowances and pools apply as to
+        -- any hold; it reserves only lots that may pay for every candidate. Only amounts and the
+        -- model reach a refusal's detail, never the caller's text. Given a minimum answer, the
+        -- hold is the most that fits (docs/ai-gateway.md § The last credits) in whole tokens of
+        -- answer, and the answer's maximum is what it pays for under every candidate's card: the
+        -- hold is a price of the prompt and that answer, never the paying account's figure.
         v_hold := billing.reserve_hold(p_user, v_amount, 'ai:' || v_id, p_ttl_seconds, 'ai', 'ai:' || v_id,
-          jsonb_build_object('model', v_card.model, 'ai_call_id', v_id),
-          billing.card_hold_amount(v_card, p_prompt_tokens, least(p_min_output_tokens, p_max_output_tokens),
-            p_writes_cache, p_writes_cache_1h), greatest(v_card.credits_per_output_token, v_card.credits_per_reasoning_token));
+          jsonb_build_object('model', v_card.model, 'ai_call_id', v_id) || case when cardinality(v_cards) > 1
+            then jsonb_build_object('fallbacks', to_jsonb(array(select c.model from unnest(v_cards[2:]) c))) else '{}' end,
+          (select max(billing.card_hold_amount(c, p_prompt_tokens, least(p_min_output_tokens, p_max_output_tokens),
+            p_writes_cache, p_writes_cache_1h)) from unnest(v_cards) c),
+          (select max(greatest(c.credits_per_output_token, c.credits_per_reasoning_token)) from unnest(v_cards) c));
         if v_hold.amount < v_amount then
           v_granted := greatest(least(p_min_output_tokens, p_max_output_tokens),
-            floor((v_hold.amount - billing.card_hold_amount(v_card, p_prompt_tokens, 0, p_writes_cache, p_writes_cache_1h))
-              / greatest(v_card.credits_per_output_token, v_card.credits_per_reasoning_token)));
+            (select min(floor((v_hold.amount - billing.card_hold_amount(c, p_prompt_tokens, 0, p_writes_cache,
+              p_writes_cache_1h)) / greatest(c.credits_per_output_token, c.credits_per_reasoning_token))) from unnest(v_cards) c));
         end if;
         -- Who pays (a school's wallet or allowance, or the student) and whether the content may
         -- be kept (docs/ai-gateway.md, "Content, only with consent"): the call's record is
@@ -499,9 +519,10 @@ begin
         select a.org_id into v_org from billing.holds h join billing.accounts a on a.id = h.account_id
         where h.id = v_hold.hold_id;
         insert into billing.ai_calls (id, user_id, idempotency_key, request_hash, model, prompt_tokens, max_output_tokens,
-          endpoint, upstream, stream, hold_id, org_id, keep_content)
+          endpoint, upstream, stream, hold_id, org_id, keep_content, fallbacks)
         values (v_id, p_user, p_key, p_request_hash, v_card.model, p_prompt_tokens, v_granted, p_endpoint,
-          v_card.upstream, p_stream, v_hold.hold_id, v_org, billing.content_consented(p_user, v_org))
+          v_card.upstream, p_stream, v_hold.hold_id, v_org, billing.content_consented(p_user, v_org),
+          nullif(array(select c.model from unnest(v_cards[2:]) c), '{}'))
         on conflict (user_id, idempotency_key) where status <> 'failed' do nothing
         returning * into v_call;
         if not found then
@@ -546,12 +567,14 @@ begin
   end if;
   return jsonb_build_object('state', 'held', 'call_id', v_call.id, 'hold_id', v_hold.hold_id,
     'held', trim_scale(v_hold.amount)::text, 'max_output_tokens', v_granted, 'model', v_card.model,
-    'upstream', v_card.upstream, 'keep_content', v_call.keep_content);
+    'upstream', v_card.upstream, 'keep_content', v_call.keep_content,
+    'fallbacks', (select coalesce(jsonb_agg(jsonb_build_object('model', c.model, 'upstream', c.upstream)), '[]')
+                  from unnest(v_cards[2:]) c));
 end;
 $$;
-comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint) is 'Gateway: checks the model is allowed and served on the endpoint (its kind and its upstream), claims the call''s key and holds the dearest price of the prompt plus the largest answer (given p_min_output_tokens, the largest answer that fits, at least that: max_output_tokens in the answer); answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
-revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint) from public, anon, authenticated;
-grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint) to service_role;
+comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint, p_fallback_models text[]) is 'Gateway: checks the model is allowed and served on the endpoint (its kind and its upstream), claims the call''s key and holds the dearest price of the prompt plus the largest answer (given p_min_output_tokens, the largest answer that fits, at least that: max_output_tokens in the answer); answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
+revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint, p_fallback_models text[]) from public, anon, authenticated;
+grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint, p_fallback_models text[]) to service_role;
 
 -- Ends a server's hold at a price worked out after the work (a job's usage, an AI call's): the
 -- hold pays what it can and the rest of it is released. Should the provider have billed past the
@@ -641,6 +664,13 @@ begin
   if v_call.status <> 'held' then
     return billing.ai_call_json(v_call);
   end if;
+  -- Charged at the card of the model that answered: the one asked for, or a fallback it named.
+  if p_report ? 'model' and p_report ->> 'model' <> v_call.model then
+    if not p_report ->> 'model' = any (v_call.fallbacks) then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a call is charged for its model or a fallback it named"}');
+    end if;
+    v_call.model := p_report ->> 'model';
+  end if;
   v_price := billing.price_usage(v_call.model, (p_usage ->> 'input_tokens')::bigint,
     (p_usage ->> 'output_tokens')::bigint, (p_usage ->> 'cached_input_tokens')::bigint,
     (p_usage ->> 'reasoning_tokens')::bigint, 0, 0, coalesce((p_usage ->> 'cache_write_tokens')::bigint, 0),
@@ -663,12 +693,13 @@ begin
          else '{}'::jsonb end
     || case when p_failed then jsonb_build_object('failed', true, 'failed_by', 'gateway') else '{}'::jsonb end
     -- A fallback upstream answered: its provider price is what the call cost (billing.provider_cost).
-    || case when p_report ->> 'upstream' <> v_call.upstream
+    || case when p_report ->> 'upstream' <> v_call.upstream or v_call.fallbacks is not null
          then jsonb_build_object('upstream', p_report ->> 'upstream') else '{}'::jsonb end;
   v_charged := billing.charge_hold_at(v_hold.id, v_price.amount, v_price.rate_card_id,
     'ai-overage:' || v_call.id, 'ai:' || v_call.id,
     v_facts || jsonb_build_object('rate_card_version', v_price.rate_card_version), v_facts);
-  update billing.ai_calls c set status = 'charged', usage = v_facts - 'model' - 'ai_call_id' - 'usage_source' - 'upstream',
+  update billing.ai_calls c set status = 'charged', model = v_call.model,
+    usage = v_facts - 'model' - 'ai_call_id' - 'usage_source' - 'upstream',
     usage_source = p_source, charged = v_charged.captured + v_charged.overage, transfer_id = v_charged.transfer_id,
     answer = case when not c.content_deleted then p_answer end,
     finished_at = now(), failure = case when p_failed then 'PROVIDER_FAILED_AFTER_USAGE' end,

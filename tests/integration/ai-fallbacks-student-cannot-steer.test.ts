@@ -1,9 +1,9 @@
 // Which upstream answers and what it is asked is the operator's (AI_UPSTREAMS, _FALLBACK_FOR)
-// and the card's, never the student's (docs/ai-gateway.md § Upstreams: "every try is the model
-// the request names", "Not yet: a request naming fallback models"). A student's OpenRouter-style
-// routing fields (`models`, `route`, `provider`, `transforms`, `plugins`), a pricier tier and
-// headers naming an upstream reach no fallback host: it gets the card's model, the schema's
-// fields and the operator's key only, and the call is charged at the card.
+// and the card's, never the student's (docs/ai-gateway.md § Upstreams); the one choice a student
+// has is fallback models, each checked as the model is (ai-fallback-models.test.ts). A student's
+// other OpenRouter-style routing fields (`route`, `provider`, `transforms`, `plugins`), a pricier
+// tier and headers naming an upstream reach no fallback host: it gets the card's model, the
+// schema's fields and the operator's key only, and the call is charged at the card.
 import assert from 'node:assert/strict';
 import { activeHolds, ask, priceOf, student } from '../support/ai.ts';
 import { assertLedgerInvariants, env, testDb, withGateway } from '../support/helpers.ts';
@@ -51,7 +51,6 @@ Deno.test("a student's routing fields and headers never reach a fallback host; t
           model,
           messages: ask('#standin words=3'),
           max_tokens: 20,
-          models: ['openai/o1-pro', 'anthropic/claude-opus-4'],
           route: 'fallback',
           provider: { order: ['openai'], allow_fallbacks: true },
           transforms: ['middle-out'],

@@ -52,7 +52,7 @@ type Failure = {
   attempts: Attempt[] | null;
 };
 /** An upstream that failed before the first byte, so the call moved on (ai_calls.attempts). */
-type Attempt = { upstream: string; failure: string; status: number | null; ms: number };
+type Attempt = { upstream: string; model?: string; failure: string; status: number | null; ms: number };
 type Fallback = {
   id: string;
   created_at: string;
@@ -87,7 +87,8 @@ export function aiScript({ $, get, esc, credits, fmtInt }: DashboardKit): void {
   const minute = (at: string) => esc(at.slice(0, 16).replace('T', ' '));
   /** What failed before the upstream that answered: `openai PROVIDER_ERROR_500, …`. */
   const tried = (attempts: Attempt[] | null) =>
-    (attempts ?? []).map((a) => esc(a.upstream) + ' ' + esc(a.failure)).join('<br>');
+    (attempts ?? []).map((a) => esc(a.upstream) + (a.model ? '/' + esc(a.model) : '') + ' ' + esc(a.failure))
+      .join('<br>');
 
   function modelRow(m: ModelStats) {
     const parts = [[m.charged, 'charged'], [m.failed, 'failed'], [m.refused, 'refused']]

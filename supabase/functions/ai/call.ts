@@ -42,6 +42,7 @@ import {
 import {
   addRead,
   type AnswerCost,
+  fallbackModels,
   promptTokens,
   type Protocol,
   type Sse,
@@ -117,6 +118,7 @@ function report<R>(call: Call<R>, end: { finishReason?: string | null; clientLef
     finish_reason: end.finishReason ?? null,
     client_left: end.clientLeft ?? false,
     upstream: call.upstream,
+    model: call.model,
     attempts: call.attempts,
   };
   if (call.keepContent) r.content = { prompt: kept(call.req), answer: kept(end.answer?.() ?? '') };
@@ -127,7 +129,7 @@ function report<R>(call: Call<R>, end: { finishReason?: string | null; clientLef
 const countedUsage = async <R>(call: Call<R>, answer: string): Promise<Usage> => ({
   input_tokens: call.prompt,
   cached_input_tokens: 0,
-  output_tokens: (await countTokens([answer], tokenBoundOf(call.p.model(call.req)), Infinity)) ?? 0,
+  output_tokens: (await countTokens([answer], tokenBoundOf(call.model), Infinity)) ?? 0,
   reasoning_tokens: 0,
 });
 
@@ -164,10 +166,13 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
   let current = new AbortController();
   const deadline = setTimeout(() => current.abort('deadline'), env.AI_CALL_MAX_SECONDS * 1000);
   const streamed = p.streamed(req);
-  const candidates = upstreamsFor(begun.model, begun.upstream, p.endpoint);
+  // The model's upstreams, then each fallback model's (docs/ai-gateway.md § Fallback models).
+  const candidates = [{ model: begun.model, upstream: begun.upstream }, ...begun.fallbacks]
+    .flatMap((m) => upstreamsFor(m.model, m.upstream, p.endpoint).map((name) => ({ model: m.model, name })));
   call.overheadMs = performance.now() - call.steps.arrived;
-  for (const [i, name] of candidates.entries()) {
+  for (const [i, { model, name }] of candidates.entries()) {
     current = new AbortController();
+    call.model = model;
     call.upstream = name;
     const tried = performance.now();
     // A stream with another upstream behind it is answered only once its first bytes came.
@@ -193,6 +198,7 @@ export async function meteredCall<R>(c: AppContext, p: Protocol<R>, req: R): Pro
     }
     call.attempts.push({
       upstream: name,
+      model,
       failure: providerFailure(got.failure).code,
       status: typeof got.failure === 'number' ? got.failure : null,
       ms: since(tried),
@@ -212,7 +218,9 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
   let maxOutput: number;
   let minOutput: number | null;
   let callerKey: string | null;
+  let fallbacks: string[];
   try {
+    ({ req, fallbacks } = fallbackModels(p, req));
     // References opened first: the prompt counted and held is what the provider bills.
     const expand = p.expand;
     if (expand) req = await c.get('steps').time('expand', () => expand(req, currentUser(c).id));
@@ -239,7 +247,15 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
     }
     maxOutput = limit ? Math.min(limit.asked ?? env.AI_MAX_OUTPUT_TOKENS, env.AI_MAX_OUTPUT_TOKENS) : 0;
     minOutput = cuttable ? Math.min(least, maxOutput) : null;
-    prompt = await c.get('steps').time('count', () => promptTokens(p, req, env.AI_MAX_PROMPT_TOKENS));
+    // Counted as each model the call may go to reads it (another family's tokens are its own).
+    prompt = await c.get('steps').time('count', async () => {
+      let most: number | null = 0;
+      for (const model of [p.model(req), ...fallbacks]) {
+        const n = await promptTokens(p, model === p.model(req) ? req : { ...req, model }, env.AI_MAX_PROMPT_TOKENS);
+        most = n === null || most === null ? null : Math.max(most, n);
+      }
+      return most;
+    });
     if (prompt === null) {
       throw new AppError(
         'validation',
@@ -263,10 +279,11 @@ async function begin<R>(c: AppContext, p: Protocol<R>, req: R, env: GatewayEnv, 
     maxOutputTokens: maxOutput,
     minOutputTokens: minOutput,
     key: callerKey ?? `auto:${crypto.randomUUID()}`,
-    requestHash: sha256(`${p.endpoint} ${JSON.stringify(req)}`),
+    requestHash: sha256(`${p.endpoint} ${JSON.stringify(req)}${fallbacks.length ? ` ${fallbacks.join(',')}` : ''}`),
     ttlSeconds: env.AI_CALL_MAX_SECONDS + 60,
     endpoint: p.endpoint,
     upstreams: upstreamsSpeaking(p.endpoint),
+    fallbackModels: fallbacks,
     writesCache: p.writesCache(req),
     writesCache1h: p.writesCache1h?.(req) ?? false,
     stream: p.streamed(req),

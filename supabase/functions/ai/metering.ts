@@ -66,6 +66,8 @@ export type Begun =
     model: string;
     upstream: string;
     keep_content: boolean;
+    /** The fallback models the request named (cards' own), in order, each with its card's upstream. */
+    fallbacks: { model: string; upstream: string }[];
   }
   | { state: 'replay'; call: CallRecord };
 
@@ -82,6 +84,8 @@ export interface CallPlan {
   endpoint: Endpoint;
   /** The upstreams configured here that speak `endpoint`. */
   upstreams: string[];
+  /** The request's fallback models (its `models` other than `model`), in order. */
+  fallbackModels: string[];
   writesCache: boolean;
   writesCache1h: boolean;
   stream: boolean;
@@ -90,6 +94,8 @@ export interface CallPlan {
 /** An upstream that failed before the answer's first byte, so the call moved on to the next. */
 export interface Attempt {
   upstream: string;
+  /** The model it was asked for (a fallback model's try names that model). */
+  model: string;
   /** A stable code, as a failed call's (PROVIDER_ERROR_500, PROVIDER_TIMEOUT, PROVIDER_UNREACHABLE …). */
   failure: string;
   /** Its HTTP status; null: no answer. */
@@ -107,8 +113,9 @@ export interface CallReport {
   tail_ms: number | null;
   finish_reason?: string | null;
   client_left?: boolean;
-  /** The upstream that answered (or, failed, was tried last), and those that failed before it. */
+  /** The upstream and model that answered (or, failed, were tried last), and those that failed before. */
   upstream?: string;
+  model?: string;
   attempts?: Attempt[];
   /** Redacted, only when the call's owner consented (begin's keep_content); SQL keeps it only then. */
   content?: { prompt: string; answer: string };
@@ -122,7 +129,9 @@ export async function beginCall(p: CallPlan, elapsedMs: number): Promise<Begun> 
   const [{ r }] = await sql.oneTrip`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens},
     ${p.maxOutputTokens}, ${p.key}, ${p.requestHash}, ${p.ttlSeconds}, ${p.endpoint},
     array(select jsonb_array_elements_text(${jsonb(p.upstreams)})), ${p.writesCache}, ${p.stream}, ${elapsedMs},
-    ${p.writesCache1h}, ${p.minOutputTokens}) as r`;
+    ${p.writesCache1h}, ${p.minOutputTokens}, array(select jsonb_array_elements_text(${
+    jsonb(p.fallbackModels)
+  }))) as r`;
   if (r.state === 'held' || r.state === 'replay') return r as Begun;
   throw sqlRefusal(r.token, r.detail === undefined ? null : JSON.stringify(r.detail)) ?? internalError();
 }

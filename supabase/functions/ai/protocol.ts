@@ -2,8 +2,9 @@
 // is read (for the hold), what the provider is sent, how a response's usage is read, and how an
 // answer carries its cost. Everything else (the hold, the provider call, the abort and failure
 // rules, the capture, replays) is the same for every API.
-import type { z } from 'zod';
+import { z } from 'zod';
 import { jsonObject } from '../_shared/values/pg-values.ts';
+import { ModelSchema } from '../_shared/values/text.ts';
 import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
 import { AppError } from '../_shared/errors.ts';
 import { countTokens, type TokenBound, tokenBoundOf } from '../_shared/domain/token-bounds.ts';
@@ -120,6 +121,27 @@ export function parsed(data: string): Record<string, unknown> {
   } catch {
     return {};
   }
+}
+
+/**
+ * OpenRouter's `models`: the models to try in order when the one asked for fails before its
+ * answer began (docs/ai-gateway.md § Fallback models). Those other than `model` are its fallbacks.
+ */
+export const FallbackModelsSchema = z.array(ModelSchema).min(1).max(4);
+
+/**
+ * The request without `models` (the provider never sees it) and its fallback models: the names
+ * other than `model`, in order, each once; more than 3 is VALIDATION_FAILED.
+ */
+export function fallbackModels<R>(p: Protocol<R>, req: R): { req: R; fallbacks: string[] } {
+  const { models, ...rest } = req as R & { models?: string[] };
+  const fallbacks = [...new Set(models ?? [])].filter((m) => m !== p.model(req));
+  if (fallbacks.length > 3) {
+    throw new AppError('validation', 'VALIDATION_FAILED', 'models may name at most 3 models besides model.', {
+      field: 'models',
+    });
+  }
+  return { req: rest as R, fallbacks };
 }
 
 /** A tool's definition, a tool call or a response format: JSON walked without recursion, bounded. */

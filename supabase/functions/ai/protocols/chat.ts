@@ -8,6 +8,7 @@ import { pgInt, pgText } from '../../_shared/values/pg-values.ts';
 import { ModelSchema, tokenText } from '../../_shared/values/text.ts';
 import type { Usage } from '../metering.ts';
 import {
+  FallbackModelsSchema,
   forcesWholeAnswer,
   JsonBlockSchema,
   messageFraming,
@@ -30,6 +31,7 @@ const MessageSchema = z.object({
 
 export const ChatRequestSchema = z.object({
   model: ModelSchema,
+  models: FallbackModelsSchema.optional(),
   messages: z.array(MessageSchema).min(1).max(1000),
   stream: z.boolean().default(false),
   stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),

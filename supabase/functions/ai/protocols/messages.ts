@@ -14,6 +14,7 @@ import { count } from '../../_shared/adapters/ai.ts';
 import type { AppError } from '../../_shared/errors.ts';
 import {
   answerCut,
+  FallbackModelsSchema,
   forcesWholeAnswer,
   JsonBlockSchema,
   messageFraming,
@@ -56,6 +57,7 @@ type Block = z.infer<typeof BlockSchema>;
 
 export const MessagesRequestSchema = z.object({
   model: ModelSchema,
+  models: FallbackModelsSchema.optional(),
   max_tokens: pgInt(1, 1_000_000).nullish(),
   messages: z.array(z.object({
     role: z.enum(['user', 'assistant']),

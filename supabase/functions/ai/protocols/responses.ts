@@ -13,6 +13,7 @@ import { count } from '../../_shared/adapters/ai.ts';
 import { keepItems, openReferences, pendingItem, ReferenceIdSchema, referencePrefix, sealItem } from '../references.ts';
 import {
   answerCut,
+  FallbackModelsSchema,
   forcesWholeAnswer,
   JsonBlockSchema,
   messageFraming,
@@ -74,6 +75,7 @@ const InputItemSchema = z.preprocess(
 
 export const ResponsesRequestSchema = z.object({
   model: ModelSchema,
+  models: FallbackModelsSchema.optional(),
   input: z.union([pgText(1_000_000), z.array(InputItemSchema).min(1).max(1000)]),
   instructions: pgText(1_000_000).nullish(),
   max_output_tokens: pgInt(1, 1_000_000).nullish(),
