@@ -95,7 +95,8 @@ $$;
 comment on function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[]) is 'Internal: the accounts that may pay a member''s charge, in the order they are asked (organisations that pay first, the member''s own, those that pay after), and their organisations.';
 revoke execute on function billing.spending_sources(p_user uuid, p_own bigint, out accounts bigint[], out orgs uuid[]) from public;
 
-create or replace function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind)
+create or replace function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind,
+  p_also text[] default null)
 returns billing.accounts
 language plpgsql
 set search_path = ''
@@ -138,14 +139,14 @@ begin
     end if;
     v_available := greatest(v_account.balance - v_account.held, 0);
     if v_account.reads_lots then
-      v_available := least(v_available, billing.free_credits(v_account.id, p_model, false));
+      v_available := least(v_available, billing.free_credits(v_account.id, p_model, false, p_also));
     end if;
     if v_available >= p_amount then
       if v_account.org_id is null then
         return v_account;                                 -- the member's own caps: the writer's, as for anyone
       end if;
       -- Asked, not counted: what spends counts it (the writer, or reserve_hold for a hold).
-      v_cap := case when v_account.caps > 0 then billing.take_cap_room(v_account.id, p_amount, p_model, p_user, false) end;
+      v_cap := case when v_account.caps > 0 then billing.take_cap_room(v_account.id, p_amount, p_model, p_user, false, p_also => p_also) end;
       if v_cap is null then
         return v_account;
       end if;
@@ -167,8 +168,8 @@ begin
   return null;                                      -- not reached: raise_error raised
 end;
 $$;
-comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';
-revoke execute on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind) from public;
+comment on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind, p_also text[]) is 'Internal: the account (own, allowance or pooled wallet) that pays a member''s charge, locked; caps on a pooled wallet counted.';
+revoke execute on function billing.lock_spending_source(p_own billing.accounts, p_user uuid, p_amount numeric, p_model text, p_key text, p_kind billing.transfer_kind, p_also text[]) from public;
 
 create or replace function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text default null::text, p_reference text default null::text, p_metadata jsonb default null::jsonb, p_rate_card_id bigint default null::bigint, p_lot jsonb default null::jsonb, p_account_id bigint default null::bigint)
 returns billing.transfer_result

@@ -158,16 +158,18 @@ revoke execute on function billing.spend_refusal(p_account_id bigint, p_amount n
 -- because the writer draws by it; the one statement of that test. A function with its own
 -- search_path is never inlined, so callers test `applies_to is null` first: a lot for any model
 -- (nearly every lot) costs no call.
-create or replace function billing.lot_pays_for(p_applies_to text[], p_model text) returns boolean
+create or replace function billing.lot_pays_for(p_applies_to text[], p_model text, p_also text[] default null)
+returns boolean
 language sql immutable
 set search_path = ''
 as $$
-  select p_applies_to is null or (p_model is not null and exists (
-    select 1 from unnest(p_applies_to) p
-    where p = p_model or (right(p, 1) = '*' and starts_with(p_model, left(p, -1)))))
+  select p_applies_to is null or (p_model is not null and not exists (
+    select 1 from unnest(p_model || coalesce(p_also, '{}')) m
+    where not exists (select 1 from unnest(p_applies_to) p
+                      where p = m or (right(p, 1) = '*' and starts_with(m, left(p, -1))))))
 $$;
-comment on function billing.lot_pays_for(p_applies_to text[], p_model text) is 'Whether a lot with this applies_to may pay for a charge of this model (null model: only a lot for anything).';
-revoke execute on function billing.lot_pays_for(p_applies_to text[], p_model text) from public;
+comment on function billing.lot_pays_for(p_applies_to text[], p_model text, p_also text[]) is 'Whether a lot with this applies_to may pay for a charge of this model (null model: only a lot for anything), and of each of p_also (a call''s fallback models).';
+revoke execute on function billing.lot_pays_for(p_applies_to text[], p_model text, p_also text[]) from public;
 
 -- Reservations (issue #77, rules § spending 3–4): a lot's free credits are remaining − reserved,
 -- or none while it is frozen; a hold for a model reserves free credits of the lots that may pay
@@ -188,8 +190,7 @@ begin
       sum(l.free) over (order by l.spending_order) as hi
     from billing.lots l
     where l.account_id = p_account_id and l.open and l.free > 0
-      and (l.applies_to is null or (billing.lot_pays_for(l.applies_to, p_model)
-        and not exists (select 1 from unnest(p_also) m where not billing.lot_pays_for(l.applies_to, m))))
+      and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model, p_also))
   )
   select f.id, least(f.free, p_amount - (f.hi - f.free))
   from free f
@@ -204,17 +205,18 @@ revoke execute on function billing.pick_lots(p_account_id bigint, p_model text, 
 -- (p_model; null: lots for any model only), or for a move (p_any: any lot, its list travels
 -- with it). Read only for an account that reads its lots (billing.accounts.reads_lots);
 -- elsewhere its free credits are balance − held.
-create or replace function billing.free_credits(p_account_id bigint, p_model text, p_any boolean)
+create or replace function billing.free_credits(p_account_id bigint, p_model text, p_any boolean,
+  p_also text[] default null)
 returns numeric
 language sql stable
 set search_path = ''
 as $$
   select coalesce(sum(l.free), 0) from billing.lots l
   where l.account_id = p_account_id and l.open and l.free > 0
-    and (p_any or l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))
+    and (p_any or l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model, p_also))
 $$;
-comment on function billing.free_credits(p_account_id bigint, p_model text, p_any boolean) is 'Internal: an account''s free credits that may pay for p_model (null: lots for any model), or any of them (p_any, a move).';
-revoke execute on function billing.free_credits(p_account_id bigint, p_model text, p_any boolean) from public;
+comment on function billing.free_credits(p_account_id bigint, p_model text, p_any boolean, p_also text[]) is 'Internal: an account''s free credits that may pay for p_model (null: lots for any model; and each of p_also), or any of them (p_any, a move).';
+revoke execute on function billing.free_credits(p_account_id bigint, p_model text, p_any boolean, p_also text[]) from public;
 
 -- Whether a spending movement alone fits (billing.post_transfers): what its account has for it
 -- (null: a platform account, never refused), then what its caps leave, counted against them.

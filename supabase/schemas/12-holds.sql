@@ -80,7 +80,7 @@ begin
   if v_account.orgs > 0 then
     -- A member's hold is paid by the first account that can pay at least its minimum.
     v_account := billing.lock_spending_source(v_account, p_user, coalesce(p_min_amount, p_amount), p_metadata ->> 'model',
-      p_idempotency_key, null);
+      p_idempotency_key, null, case when p_purpose = 'ai' then array(select jsonb_array_elements_text(p_metadata -> 'fallbacks')) end);
   end if;
   v_account := billing.settled(v_account);
   v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),

@@ -219,7 +219,8 @@ begin
   if v_account.caps > 0 then
     -- A capture counted its hold when the hold was placed (and a job's overage not at all).
     perform billing.return_cap_room(v_account.id, least(v_charge.amount, coalesce(v_hold.amount, v_charge.amount)), v_model,
-      coalesce(v_hold.created_at, v_charge.created_at), v_charge.member_id);
+      coalesce(v_hold.created_at, v_charge.created_at), v_charge.member_id,
+      case when v_hold.purpose = 'ai' then array(select jsonb_array_elements_text(v_hold.metadata -> 'fallbacks')) end);
   end if;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
     perform billing.watch_account(v_account.id, v_account.balance - v_account.held, v_account.auto_recharge_below);

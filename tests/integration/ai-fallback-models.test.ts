@@ -11,12 +11,15 @@ import {
   api,
   assertLedgerInvariants,
   env,
+  fund,
   key,
   newUser,
   testDb,
   userToken,
   withGateway,
 } from '../support/helpers.ts';
+import { person, school } from '../support/orgs.ts';
+import { orgGrant } from '../support/lots.ts';
 
 const standin = env('AI_STANDIN_URL');
 
@@ -151,6 +154,35 @@ Deno.test('credits for one model never hold for a fallback they cannot pay for: 
     assert.equal(alone.status, 200);
   });
   assert.equal(await activeHolds(id), 0);
+  await assertLedgerInvariants();
+});
+
+Deno.test("a member's allowance that cannot pay for a fallback is passed over for credits that can", async () => {
+  const [owner, ada] = await Promise.all(['owner', 'ada'].map(person));
+  const org = await school(owner, [ada], 'allowance', null);
+  await orgGrant(org, '50', 'promo_grant');
+  const allowance = await api(`/orgs/${org}/allowances`, {
+    token: owner.token,
+    headers: key(),
+    body: { user_id: ada.id, amount: '30', applies_to: ['gpt-4o-mini'] },
+  });
+  assert.equal(allowance.status, 201, allowance.text);
+  await fund(ada.id, '100');
+  await withGateway(env4o('ok', `${standin}/v1`), async (url) => {
+    const alone = await chat(url, ada.token, {});
+    assert.equal(alone.status, 200);
+    const withFallback = await chat(url, ada.token, { models: ['gpt-4o'] });
+    assert.equal(withFallback.status, 200, await withFallback.clone().text());
+    await withFallback.body?.cancel();
+    const paidBy = await testDb`select org_id from billing.ai_calls where id in
+      (${alone.headers.get('x-ai-call-id')}, ${withFallback.headers.get('x-ai-call-id')}) order by seq`;
+    assert.deepEqual(
+      paidBy.map((r) => r.org_id),
+      [org, null],
+      'the allowance pays for mini alone, her own credits with gpt-4o',
+    );
+  });
+  assert.equal(await activeHolds(ada.id), 0);
   await assertLedgerInvariants();
 });
 
