@@ -264,6 +264,33 @@ $$;
 comment on function billing.watch_account(p_account_id bigint, p_available numeric, p_recharge_below numeric) is 'Internal: queues a locked account, with what its posting left available, for the tick''s alerts and auto-recharge (billing.run_account_watch).';
 revoke execute on function billing.watch_account(p_account_id bigint, p_available numeric, p_recharge_below numeric) from public;
 
+-- What postings left available since the tick last looked, against the thresholds as they are
+-- now: a posting that left the account at or above one re-arms it (the low-balance alert fires
+-- again, auto-recharge may charge again), as if the tick had looked then; the peak is then used.
+-- The tick runs it, and so does a change of either setting before it applies, so the other
+-- feature's crossing is never lost with it. Under the account lock; the account as re-armed.
+create or replace function billing.rearm_watched(a billing.accounts) returns billing.accounts
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_peak numeric(38, 18);
+begin
+  update billing.account_watch w set peak = null from billing.account_watch old
+  where w.account_id = a.id and old.account_id = w.account_id and old.peak is not null
+  returning old.peak into v_peak;
+  if v_peak >= a.low_balance_threshold and a.low_balance_fired then
+    update billing.accounts x set low_balance_fired = false where x.id = a.id returning * into a;
+  end if;
+  if v_peak >= a.auto_recharge_below and not a.auto_recharge_armed then
+    update billing.accounts x set auto_recharge_armed = true where x.id = a.id returning * into a;
+  end if;
+  return a;
+end;
+$$;
+comment on function billing.rearm_watched(a billing.accounts) is 'Internal: re-arms a locked account''s low-balance alert and auto-recharge from what postings left available since the tick looked (account_watch.peak), then clears it.';
+revoke execute on function billing.rearm_watched(a billing.accounts) from public;
+
 create or replace function billing.run_account_watch(p_limit integer default 500) returns integer
 language plpgsql
 security definer
@@ -273,7 +300,6 @@ declare
   a billing.accounts;
   v_id bigint;
   v_may_recharge boolean;
-  v_peak numeric(38, 18);
   v_state text;
   v_done integer := 0;
 begin
@@ -282,18 +308,12 @@ begin
     -- is left for the next tick (its posting queues it again anyway).
     select * into a from billing.accounts x where x.id = v_id for update skip locked;
     continue when not found;
-    delete from billing.account_watch w where w.account_id = v_id returning w.may_recharge, w.peak
-    into v_may_recharge, v_peak;
+    -- A posting left it at or above a threshold since the last look: that crossing re-arms, and
+    -- the account as it is now may fire again.
+    a := billing.rearm_watched(a);
+    delete from billing.account_watch w where w.account_id = v_id returning w.may_recharge into v_may_recharge;
     continue when not found;                 -- another tick took it
     begin
-      -- A posting left it at or above a threshold since the last look: that crossing re-arms,
-      -- as if the tick had looked then, and the account as it is now may fire again.
-      if v_peak >= a.low_balance_threshold and a.low_balance_fired then
-        update billing.accounts x set low_balance_fired = false where x.id = v_id returning * into a;
-      end if;
-      if v_peak >= a.auto_recharge_below and not a.auto_recharge_armed then
-        update billing.accounts x set auto_recharge_armed = true where x.id = v_id returning * into a;
-      end if;
       perform billing.check_low_balance(a);
       if v_may_recharge then
         perform billing.check_auto_recharge(a);

@@ -128,7 +128,8 @@ begin
   if v_count > 0 then
     perform billing.post_transfers('{}', v_steps);
     perform billing.hold_ended(x) from unnest(v_ids) x;
-    perform billing.watch_account(a.id, a.balance - a.held, a.auto_recharge_below) from billing.accounts a
+    -- Credits given back never charge the card by themselves (docs/spend-controls.md): no recharge.
+    perform billing.watch_account(a.id, a.balance - a.held, null) from billing.accounts a
     where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
     if v_caps > 0 then
       -- A member's hold on a school's wallet counted against the member's own cap too.

@@ -255,11 +255,12 @@ begin
   v_account.version := v_account.version + 1;
   v_transfer_id := v_posted.transfer_id;
 
-  -- Auto-recharge follows spending: a refund, dispute or expiry never charges the card by itself
-  -- (a student refunded would be charged again at once); the low-balance alert still tells them.
+  -- Auto-recharge follows spending: a refund, dispute or expiry, or credits that come in, never
+  -- charge the card by themselves (a student refunded would be charged again at once); the
+  -- low-balance alert still tells them.
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
     perform billing.watch_account(v_account.id, v_account.balance - v_account.held,
-      case when p_mode <> 'reverse' then v_account.auto_recharge_below end);
+      case when p_direction < 0 and p_mode <> 'reverse' then v_account.auto_recharge_below end);
   end if;
 
   -- Overdue holds and due lots were settled above when spending; otherwise held is as locked.

@@ -250,7 +250,8 @@ begin
   perform billing.hold_ended(p_hold_id);
   select * into v_hold from billing.holds h where h.id = p_hold_id;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount);
-  perform billing.watch_account(a.id, a.balance - a.held, a.auto_recharge_below) from billing.accounts a
+  -- Credits given back never charge the card by themselves (docs/spend-controls.md): no recharge.
+  perform billing.watch_account(a.id, a.balance - a.held, null) from billing.accounts a
   where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
   return billing.hold_result_of(v_hold, false);
 end;

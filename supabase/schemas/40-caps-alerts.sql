@@ -51,11 +51,11 @@ begin
   if p_threshold is not null then
     perform billing.check_amount(p_threshold);
   end if;
-  -- Settled (locked, holds past their TTL ended): the alert fires on what is available now.
-  perform billing.settled(a) from billing.accounts a where a.id = v_account_id for update;
+  -- Settled (locked, holds past their TTL ended): the alert fires on what is available now. What
+  -- postings left available since the tick looked re-arms first, on the old threshold (and
+  -- auto-recharge's: its crossing is not lost with this change).
+  perform billing.rearm_watched(billing.settled(a)) from billing.accounts a where a.id = v_account_id for update;
   update billing.accounts a set low_balance_threshold = p_threshold, low_balance_fired = false where a.id = v_account_id;
-  -- What postings left available since the tick looked was for the old threshold: no re-arming on it.
-  update billing.account_watch w set peak = null where w.account_id = v_account_id;
   perform billing.check_low_balance(a) from billing.accounts a where a.id = v_account_id;
   return billing.get_alerts(p_user);
 end;

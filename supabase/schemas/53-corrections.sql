@@ -223,7 +223,8 @@ begin
       case when v_hold.purpose = 'ai' then array(select jsonb_array_elements_text(v_hold.metadata -> 'fallbacks')) end);
   end if;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
-    perform billing.watch_account(v_account.id, v_account.balance - v_account.held, v_account.auto_recharge_below);
+    -- A voided charge gives credits back: never a recharge by itself (docs/spend-controls.md).
+    perform billing.watch_account(v_account.id, v_account.balance - v_account.held, null);
   end if;
 
   insert into billing.charge_voids (charge_id, void_transfer_id, account_id, member_id, amount, reason, voided_by, run_id)

@@ -134,11 +134,12 @@ begin
     perform billing.raise_error('INVALID_AUTO_RECHARGE', jsonb_build_object(
       'rule', 'monthly_max_count 1–31, monthly_max_cents > 0; a package and a threshold to turn it on'));
   end;
+  -- What postings left available since the tick looked re-arms first, on the old thresholds (the
+  -- low-balance alert's crossing is not lost with this change); then armed and checked here.
+  perform billing.rearm_watched(a) from billing.accounts a where a.id = v_account_id;
   update billing.accounts a
   set auto_recharge_below = case when p_enabled then p_threshold end, auto_recharge_armed = true
   where a.id = v_account_id;
-  -- Armed and checked here: what postings left available since the tick looked re-arms nothing.
-  update billing.account_watch w set peak = null where w.account_id = v_account_id;
   insert into billing.auto_recharge_audit (user_id, actor, change)
   values (p_user, p_user, jsonb_build_object('before', v_before - 'recent', 'after', billing.auto_recharge_json(p_user) - 'recent'));
   perform billing.check_auto_recharge(a) from billing.accounts a where a.id = v_account_id;
