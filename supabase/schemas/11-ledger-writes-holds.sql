@@ -63,9 +63,12 @@ begin
     -- give, at most balance − held (a debt waits in front of credits for some models), and what
     -- its caps leave (counted against them). A platform account reserves nothing.
     v_step := p_holds[1];
-    -- A call naming fallback models (docs/ai-gateway.md § Fallbacks) reserves lots that may pay
-    -- for each of them, and counts against each one's caps.
-    v_fallbacks := case when v_step.purpose = 'ai' then array(select jsonb_array_elements_text(v_step.metadata -> 'fallbacks')) end;
+    -- A call naming fallback models (docs/ai-gateway.md § Fallback models) reserves lots that may
+    -- pay for each of them, and counts against each one's caps (the test first: most calls name
+    -- none, and a plain condition costs no query).
+    if v_step.purpose = 'ai' and v_step.metadata ? 'fallbacks' then
+      v_fallbacks := array(select jsonb_array_elements_text(v_step.metadata -> 'fallbacks'));
+    end if;
     select * into v_acct from billing.accounts a where a.id = v_step.account_id and a.code is null;
     if found then
       select coalesce(array_agg(p.lot_id), '{}'), coalesce(array_agg(p.amount), '{}') into v_pick_lots, v_pick_parts

@@ -449,8 +449,12 @@ declare
   v_refusal jsonb := billing.standing_refusal(p_user);
   v_card billing.rate_cards;
   v_cards billing.rate_cards[] := '{}';           -- the model's card, then each fallback's, in order
+  v_models text[] := '{}';                        -- their models
+  v_fallbacks jsonb := '[]';                      -- the fallbacks' models and upstreams, as the gateway tries them
   v_name text;
-  v_amount numeric;
+  v_amount numeric := 0;                          -- the dearest candidate's price of the prompt and largest answer
+  v_least numeric := 0;                           -- of the prompt and the least answer worth holding for
+  v_per_token numeric := 0;                       -- the dearest answer token
   v_hold billing.hold_result;
   v_granted bigint := p_max_output_tokens;        -- the answer's maximum the hold pays for
   v_org uuid;
@@ -461,14 +465,15 @@ begin
   if cardinality(p_fallback_models) > 3 then     -- the gateway refuses more (VALIDATION_FAILED)
     perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "at most 3 fallback models"}');
   end if;
-  -- The model, then each fallback model (docs/ai-gateway.md § Fallbacks), each checked as the
-  -- model is; a name met again (itself or an alias of a card before it) is tried once.
+  -- The model, then each fallback model (docs/ai-gateway.md § Fallback models), each checked as
+  -- the model is; a name met again (itself or an alias of a card before it) is tried once. Plain
+  -- expressions, no query, past the card's read: most calls name one model.
   foreach v_name in array p_model || coalesce(p_fallback_models, '{}') loop
     exit when v_refusal is not null;
     -- From here the call is its card's: an alias (billing.model_aliases) is priced, recorded
     -- and sent to the provider as the card's own model.
     v_model := billing.card_model(v_name);        -- once: in the query it ran for every card read
-    continue when v_model = any (select c.model from unnest(v_cards) c);
+    continue when v_model = any (v_models);
     select * into v_card from billing.rate_cards r where r.model = v_model and r.effective_from <= now()
     order by r.effective_from desc, r.version desc limit 1;
     v_refusal := case
@@ -485,6 +490,16 @@ begin
     v_refusal := case when cardinality(v_cards) > 0 then jsonb_set(v_refusal, '{detail,field}', '"models"')
                       else v_refusal end;
     v_cards := v_cards || v_card;
+    v_models := v_models || v_card.model;
+    if cardinality(v_models) > 1 then
+      v_fallbacks := v_fallbacks || jsonb_build_object('model', v_card.model, 'upstream', v_card.upstream);
+    end if;
+    -- Whichever model answers, the hold pays for it: the dearest candidate's figures.
+    v_amount := greatest(v_amount, billing.card_hold_amount(v_card, p_prompt_tokens, p_max_output_tokens, p_writes_cache,
+      p_writes_cache_1h));
+    v_least := greatest(v_least, billing.card_hold_amount(v_card, p_prompt_tokens,
+      least(p_min_output_tokens, p_max_output_tokens), p_writes_cache, p_writes_cache_1h));
+    v_per_token := greatest(v_per_token, v_card.credits_per_output_token, v_card.credits_per_reasoning_token);
   end loop;
   v_card := v_cards[1];
   if v_refusal is null then
@@ -492,9 +507,6 @@ begin
       if not exists (select 1 from billing.ai_calls c
                      where c.user_id = p_user and c.idempotency_key = p_key and c.status <> 'failed') then
         v_id := gen_random_uuid();
-        -- The dearest candidate's price: whichever model answers, the hold pays for it.
-        v_amount := (select max(billing.card_hold_amount(c, p_prompt_tokens, p_max_output_tokens, p_writes_cache,
-          p_writes_cache_1h)) from unnest(v_cards) c);
         -- Caps (per model too: each candidate's), school wallets, allowances and pools apply as to
         -- any hold; it reserves only lots that may pay for every candidate. Only amounts and the
         -- model reach a refusal's detail, never the caller's text. Given a minimum answer, the
@@ -502,11 +514,8 @@ begin
         -- answer, and the answer's maximum is what it pays for under every candidate's card: the
         -- hold is a price of the prompt and that answer, never the paying account's figure.
         v_hold := billing.reserve_hold(p_user, v_amount, 'ai:' || v_id, p_ttl_seconds, 'ai', 'ai:' || v_id,
-          jsonb_build_object('model', v_card.model, 'ai_call_id', v_id) || case when cardinality(v_cards) > 1
-            then jsonb_build_object('fallbacks', to_jsonb(array(select c.model from unnest(v_cards[2:]) c))) else '{}' end,
-          (select max(billing.card_hold_amount(c, p_prompt_tokens, least(p_min_output_tokens, p_max_output_tokens),
-            p_writes_cache, p_writes_cache_1h)) from unnest(v_cards) c),
-          (select max(greatest(c.credits_per_output_token, c.credits_per_reasoning_token)) from unnest(v_cards) c));
+          jsonb_build_object('model', v_card.model, 'ai_call_id', v_id) || case when cardinality(v_models) > 1
+            then jsonb_build_object('fallbacks', to_jsonb(v_models[2:])) else '{}' end, v_least, v_per_token);
         if v_hold.amount < v_amount then
           v_granted := greatest(least(p_min_output_tokens, p_max_output_tokens),
             (select min(floor((v_hold.amount - billing.card_hold_amount(c, p_prompt_tokens, 0, p_writes_cache,
@@ -522,7 +531,7 @@ begin
           endpoint, upstream, stream, hold_id, org_id, keep_content, fallbacks)
         values (v_id, p_user, p_key, p_request_hash, v_card.model, p_prompt_tokens, v_granted, p_endpoint,
           v_card.upstream, p_stream, v_hold.hold_id, v_org, billing.content_consented(p_user, v_org),
-          nullif(array(select c.model from unnest(v_cards[2:]) c), '{}'))
+          nullif(v_models[2:], '{}'))
         on conflict (user_id, idempotency_key) where status <> 'failed' do nothing
         returning * into v_call;
         if not found then
@@ -568,8 +577,7 @@ begin
   return jsonb_build_object('state', 'held', 'call_id', v_call.id, 'hold_id', v_hold.hold_id,
     'held', trim_scale(v_hold.amount)::text, 'max_output_tokens', v_granted, 'model', v_card.model,
     'upstream', v_card.upstream, 'keep_content', v_call.keep_content,
-    'fallbacks', (select coalesce(jsonb_agg(jsonb_build_object('model', c.model, 'upstream', c.upstream)), '[]')
-                  from unnest(v_cards[2:]) c));
+    'fallbacks', v_fallbacks);
 end;
 $$;
 comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint, p_fallback_models text[]) is 'Gateway: checks the model is allowed and served on the endpoint (its kind and its upstream), claims the call''s key and holds the dearest price of the prompt plus the largest answer (given p_min_output_tokens, the largest answer that fits, at least that: max_output_tokens in the answer); answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
