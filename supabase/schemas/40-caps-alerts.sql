@@ -55,7 +55,11 @@ begin
   -- postings left available since the tick looked re-arms first, on the old threshold (and
   -- auto-recharge's: its crossing is not lost with this change).
   perform billing.rearm_watched(billing.settled(a)) from billing.accounts a where a.id = v_account_id for update;
-  update billing.accounts a set low_balance_threshold = p_threshold, low_balance_fired = false where a.id = v_account_id;
+  -- A new threshold is a new alert (below it already: it fires now); the same one saved again
+  -- keeps its crossing's state, so it never fires twice for one crossing.
+  update billing.accounts a set low_balance_threshold = p_threshold,
+    low_balance_fired = a.low_balance_fired and a.low_balance_threshold is not distinct from p_threshold
+  where a.id = v_account_id;
   perform billing.check_low_balance(a) from billing.accounts a where a.id = v_account_id;
   return billing.get_alerts(p_user);
 end;

@@ -1,8 +1,9 @@
-// Alerts and auto-recharge run from the tick, after the posting (docs/spend-controls.md): whether
-// an alert fires or the card is charged never depends on when the tick runs. Each scenario runs
-// twice, with and without a tick at the moment that matters, and must end the same: a change of
-// one setting keeps the other's crossing (billing.rearm_watched), and credits given back (a hold
-// released or timed out after a refund) never charge the card by themselves.
+// Alerts and auto-recharge run from the tick, after the posting, on the account as the tick finds
+// it (docs/spend-controls.md). Changing a setting never loses or repeats a crossing, whenever the
+// tick runs: each scenario runs with and without a tick at the moment that matters and must end
+// the same. A change of one setting keeps the other's crossing (billing.rearm_watched), the same
+// threshold saved again keeps its own, and credits given back (a hold released or timed out after
+// a refund) never charge the card by themselves.
 import assert from 'node:assert/strict';
 import {
   api,
@@ -52,6 +53,21 @@ for (const tickBetween of [false, true]) {
     await spend(token, 100); // 30: below again
     await watchTick();
     assert.equal(await lowAlerts(id), 2);
+    await assertLedgerInvariants();
+  });
+
+  Deno.test(`the same low-balance threshold saved again while below alerts once for the crossing (${when})`, async () => {
+    const id = await newUser();
+    await fund(id, '100');
+    const token = await userToken(id);
+    const set = () => api('/credits/alerts/low-balance', { method: 'PUT', token, body: { threshold: '50' } });
+    assert.equal((await set()).status, 200);
+    await watchTick();
+    await spend(token, 70); // 30: below 50
+    if (tickBetween) await watchTick();
+    assert.equal((await set()).status, 200);
+    await watchTick();
+    assert.equal(await lowAlerts(id), 1);
     await assertLedgerInvariants();
   });
 
