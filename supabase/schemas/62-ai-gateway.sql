@@ -448,9 +448,9 @@ declare
   v_call billing.ai_calls;
   v_refusal jsonb := billing.standing_refusal(p_user);
   v_card billing.rate_cards;
-  v_cards billing.rate_cards[] := '{}';           -- the model's card, then each fallback's, in order
-  v_models text[] := '{}';                        -- their models
-  v_fallbacks jsonb := '[]';                      -- the fallbacks' models and upstreams, as the gateway tries them
+  v_cards billing.rate_cards[] := '{}'::billing.rate_cards[]; -- the model's card, then each fallback's, in order
+  v_models text[] := '{}'::text[];                -- their models
+  v_fallbacks jsonb := '[]'::jsonb;               -- the fallbacks' models and upstreams, as the gateway tries them
   v_name text;
   v_amount numeric := 0;                          -- the dearest candidate's price of the prompt and largest answer
   v_least numeric := 0;                           -- of the prompt and the least answer worth holding for
