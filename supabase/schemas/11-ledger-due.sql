@@ -78,10 +78,9 @@ begin
                            from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id
                            where hl.lot_id = v_lot.id and h.status = 'active');
     -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
-    perform billing.post_user_transfer(coalesce(v_account.user_id, v_account.member_id), -1, 'reverse', v_lot.remaining,
-      'expiry', 'expired', billing.expiry_key(v_lot.id, v_lot.remaining), null, null,
-      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null,
-      jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account_id);
+    perform billing.take_credits(p_account_id, 'expiry', v_lot.remaining, billing.expiry_key(v_lot.id, v_lot.remaining),
+      null, null, jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null, v_account.member_id,
+      jsonb_build_object('first', jsonb_build_array(v_lot.id)));
     v_count := v_count + 1;
   end loop;
   -- Told once every due lot expired: a claim owed again is never paid with a lot due with it.

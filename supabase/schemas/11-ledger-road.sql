@@ -274,6 +274,41 @@ $$;
 comment on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_lot jsonb, p_account_id bigint) is 'Internal: moves credits between a user''s account (or, for a member, the organisation wallet that pays; or p_account_id) and a platform account, under the account lock.';
 revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_lot jsonb, p_account_id bigint) from public;
 
+-- What the ledger takes from an account whose lock the caller holds: a refund's or a lost
+-- dispute's reversal, an expiry, or what it owes of a provider's bill (billing.owe). None of them
+-- is refused (a reversal and an owed charge may go into debt), so none needs what a user's
+-- movement does first (billing.post_user_transfer: which account pays, settling, the refusals):
+-- the writer's movement, then the tick's watch. `p_member`: a school's account's member the
+-- movement names. Auto-recharge follows spending only: what is owed is spending, a reversal or
+-- an expiry is not. Returns the transfer id (a replay's: the one written before).
+create or replace function billing.take_credits(p_account_id bigint, p_kind billing.transfer_kind, p_amount numeric,
+  p_key text, p_correlation text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_member uuid, p_lots jsonb)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_posted billing.posted_transfer;
+  v_account billing.accounts;
+begin
+  v_posted := (billing.post_transfers(array[(p_kind, p_account_id, billing.platform_account_id(case p_kind
+      when 'refund_reversal' then 'refunds' when 'dispute_reversal' then 'disputes' when 'expiry' then 'expired'
+      else 'usage_revenue' end), p_amount, p_key, p_correlation, p_reference, p_metadata, p_rate_card_id, null, p_member,
+    p_lots)::billing.transfer_spec]))[1];
+  if v_posted.result not in ('applied', 'exists') then
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a reversal, an expiry or what is owed is never refused"}');
+  end if;
+  select * into v_account from billing.accounts a where a.id = p_account_id;
+  if v_posted.result = 'applied' and (v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null) then
+    perform billing.watch_account(v_account.id, v_account.balance - v_account.held,
+      case when p_kind = 'usage' then v_account.auto_recharge_below end);
+  end if;
+  return v_posted.transfer_id;
+end;
+$$;
+comment on function billing.take_credits(p_account_id bigint, p_kind billing.transfer_kind, p_amount numeric, p_key text, p_correlation text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_member uuid, p_lots jsonb) is 'Internal: a reversal, an expiry or an owed charge from an account the caller locked, never refused (into debt if it must); the transfer id.';
+revoke execute on function billing.take_credits(p_account_id bigint, p_kind billing.transfer_kind, p_amount numeric, p_key text, p_correlation text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_member uuid, p_lots jsonb) from public;
+
 create or replace function billing.grant_credits(
   p_user uuid,
   p_amount numeric,

@@ -121,14 +121,12 @@ begin
   v_first := array_remove(array[p_lot], null) || array(select l.id from billing.lots l where l.account_id = p_account_id
     and p_kind <> 'usage' and l.open and l.frozen and l.remaining > l.reserved and l.applies_to is null
     and not coalesce(l.expires_at <= now(), false) order by l.id);
-  if p_kind = 'usage' then
-    return (billing.post_user_transfer(coalesce(p_member, a.user_id, a.member_id), -1, 'capture', p_amount, 'usage',
-      'usage_revenue', p_key, p_correlation, null, p_metadata, p_rate_card_id,
-      jsonb_build_object('owe', true, 'first', to_jsonb(v_first)), a.id)).transfer_id
-    from billing.accounts a where a.id = p_account_id;
-  end if;
-  return (billing.reverse_credits(case when a.org_id is null then a.user_id end, p_amount, p_kind, p_key, p_reference,
-    p_correlation, p_metadata, v_first, a.id)).transfer_id
+  -- Credits for some models: what is owed for a model is drawn from the lots that may pay for it.
+  return billing.take_credits(a.id, p_kind, p_amount, p_key, p_correlation, case when p_kind <> 'usage' then p_reference end,
+    p_metadata, case when p_kind = 'usage' then p_rate_card_id end,
+    case when p_kind = 'usage' and a.org_id is not null then coalesce(p_member, a.member_id) end,
+    jsonb_build_object('first', to_jsonb(v_first)) || case when p_kind = 'usage' then jsonb_build_object('owe', true)
+      || case when a.restricted_lots then jsonb_build_object('for', p_model) else '{}' end else '{}' end)
   from billing.accounts a where a.id = p_account_id;
 end;
 $$;
@@ -152,20 +150,20 @@ begin
     perform billing.settled(a) from billing.accounts a where a.id = r.account_id for update;
   end loop;
   for r in
-    select l.account_id, coalesce(a.user_id, a.member_id) as owner, sum(l.remaining - l.reserved) as free,
+    select l.account_id, a.member_id as member, sum(l.remaining - l.reserved) as free,
       array_agg(l.id order by l.id) as lots
     from billing.lots l join billing.accounts a on a.id = l.account_id
     where l.id = any(p_lots) and l.open and l.remaining > l.reserved
-    group by l.account_id, a.user_id, a.member_id order by l.account_id <> p_buyer, l.account_id
+    group by l.account_id, a.member_id order by l.account_id <> p_buyer, l.account_id
   loop
     exit when p_amount <= 0;
     v_take := least(p_amount, r.free);
     -- Another's account (a redeemer, a member) reads a refund of the credits it was given, never
     -- the buyer's dispute or charge.
-    perform billing.reverse_credits(r.owner, v_take, case when r.account_id = p_buyer then p_kind else 'refund_reversal' end,
-      p_key || case when r.account_id = p_buyer then '' else ':' || r.account_id end,
-      case when r.account_id = p_buyer then p_reference end, p_correlation_id,
-      case when r.account_id = p_buyer then p_metadata end, r.lots, r.account_id);
+    perform billing.take_credits(r.account_id, case when r.account_id = p_buyer then p_kind else 'refund_reversal' end,
+      v_take, p_key || case when r.account_id = p_buyer then '' else ':' || r.account_id end, p_correlation_id,
+      case when r.account_id = p_buyer then p_reference end, case when r.account_id = p_buyer then p_metadata end, null,
+      r.member, jsonb_build_object('first', to_jsonb(r.lots)));
     p_amount := p_amount - v_take;
   end loop;
   -- What live holds reserved of the lots (and no earlier take-back claims), the hold's share.
@@ -237,10 +235,9 @@ begin
         t.metadata, null, null, case when v_give > 0 then l.id end);
       continue;
     end if;
-    perform billing.reverse_credits(coalesce(a.user_id, a.member_id), v_give,
-      case when a.id = t.buyer_id then t.kind else 'refund_reversal' end, v_key,
-      case when a.id = t.buyer_id then t.reference end, t.correlation_id, case when a.id = t.buyer_id then t.metadata end,
-      array[l.id], a.id)
+    perform billing.take_credits(a.id, case when a.id = t.buyer_id then t.kind else 'refund_reversal' end, v_give, v_key,
+      t.correlation_id, case when a.id = t.buyer_id then t.reference end, case when a.id = t.buyer_id then t.metadata end,
+      null, a.member_id, jsonb_build_object('first', jsonb_build_array(l.id)))
     from billing.accounts a where a.id = l.account_id and v_give > 0;
     perform billing.owe(t.buyer_id, null, t.amount - v_give, null, t.kind, v_key || ':owed', t.reference, t.correlation_id,
       t.metadata, t.purchase_id, t.invoice_id, p_category => l.category, p_forgive => not t.claim);

@@ -140,10 +140,10 @@ begin
     where l.open and l.expires_at <= now()
     order by l.id
   loop
-    perform billing.post_user_transfer(coalesce(p_account.user_id, p_account.member_id), -1, 'reverse', v_lot.remaining,
-      'expiry', 'expired', 'expiry:' || v_lot.id || ':void:' || p_void_id, null, null,
-      jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category, 'void_transfer_id', p_void_id::text),
-      null, jsonb_build_object('first', jsonb_build_array(v_lot.id)), p_account.id);
+    perform billing.take_credits(p_account.id, 'expiry', v_lot.remaining, 'expiry:' || v_lot.id || ':void:' || p_void_id,
+      null, null, jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category,
+        'void_transfer_id', p_void_id::text), null, p_account.member_id,
+      jsonb_build_object('first', jsonb_build_array(v_lot.id)));
   end loop;
   update billing.accounts a
   set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
