@@ -4,6 +4,11 @@ import type { Credits } from './contract.ts';
 
 export const documentedCodes = [
   'ACCOUNT_DISPUTED',
+  'AI_FILE_NOT_FOUND',
+  'AI_FILE_USED',
+  'AI_BATCH_NOT_FOUND',
+  'AI_BATCH_NOT_ENDED',
+  'AI_BATCH_LIMIT',
   'AI_CALL_NOT_FOUND',
   'ANSWER_CUT',
   'AUTH_UNAVAILABLE',

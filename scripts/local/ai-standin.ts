@@ -14,6 +14,32 @@
 //   GET  /v1/models             one model, for deep health checks
 //   GET  /_standin/calls/:tag   how a tagged call ended (running, done, aborted), its protocol
 //                               and the usage it reported, in that protocol's own shape
+// Both batch APIs (ai-standin/batches*.ts), in memory, on a virtual clock: each line runs through
+// its interactive route above (unstreamed, once, when first read after it is due) and its answer,
+// status and body, is the line's result, so every directive below works per line.
+//   POST /v1/files              OpenAI (Bearer): multipart purpose=batch, file=JSONL of
+//                               {custom_id, method: POST, url, body} → a file object
+//   GET  /v1/files/:id[/content] the file object; its bytes (uploaded, output and error files)
+//   POST /v1/batches            {input_file_id, endpoint, completion_window: 24h, metadata?}: 400 for an
+//                               unknown file, another endpoint than chat/completions, responses or
+//                               embeddings, a line's url not the endpoint, a repeated custom_id, or two models
+//   GET  /v1/batches/:id        in_progress → completed | expired, or cancelling → cancelled; once
+//   POST /v1/batches/:id/cancel ended, output_file_id (2xx lines) and error_file_id (other answers,
+//                               then batch_expired / batch_cancelled lines), null for an empty file
+//   POST /v1/messages/batches   Anthropic (as /v1/messages): {requests: [{custom_id, params}]}; 400 for
+//                               none or a repeated custom_id; models may differ
+//   GET  /v1/messages/batches/:id          in_progress → ended, or canceling → ended; results_url
+//   POST /v1/messages/batches/:id/cancel   (on the caller's own origin) once ended
+//   GET  /v1/messages/batches/:id/results  JSONL (application/binary) of succeeded / errored /
+//                               canceled / expired results; 404 not_found_error before the end
+//   GET  /_standin/clock        {now}: the batch clock, unix seconds, starting at real time;
+//   POST /_standin/clock        {advance_seconds: n} moves it forward (never back), answers {now}
+//   GET  /_standin/batches/:id  {fetches, lines: {custom_id: processing | succeeded | errored |
+//                               canceled | expired}}: how often its results or output/error files
+//                               were fetched, as of its last read (this does not move it)
+// A line is due batch_at seconds after its batch was created; at created + 86,400 the lines not
+// done expire. A batch moves only when read (GET, cancel, results): a cancel leaves it cancelling
+// (canceling) and its next read ends it, the lines not done by the cancel canceled.
 // A test steers a call with directives in the last user message (embeddings: in any input
 // string), e.g. `#standin words=40 cached=8 reasoning=12 delay=20 tag=abc`:
 //   words=<n>             answer length (12 by default); a max_tokens / max_output_tokens limit
@@ -38,6 +64,7 @@
 //   extra_prompt=<n>      bills n more prompt tokens than the gateway can count (as another tokenizer may)
 //   unusual               the answer ends with a NUL and a lone surrogate (" nul\u0000 lone\ud800")
 //   tag=<id>              records the call at GET /_standin/calls/<id>
+//   batch_at=<s>          in a batch: the line completes s virtual seconds after the batch was created (60)
 // A base URL can fail every call made under it, whatever the prompt (an upstream that is down,
 // for the gateway's fallbacks): http://…/_standin/fail/<how>/v1, where <how> is an HTTP status
 // (an error answer with it), `timeout` (never answers) or `broken` (200 and an event stream
@@ -47,6 +74,9 @@ import { chat } from './ai-standin/chat.ts';
 import { responses } from './ai-standin/responses.ts';
 import { messages } from './ai-standin/messages.ts';
 import { embeddings } from './ai-standin/embeddings.ts';
+import { batchHook, clock } from './ai-standin/batches.ts';
+import { openaiBatches as openai } from './ai-standin/batches-openai.ts';
+import { anthropicBatches as anthropic } from './ai-standin/batches-anthropic.ts';
 
 const port = Number(Deno.env.get('AI_STANDIN_PORT') ?? 54332);
 const key = Deno.env.get('AI_API_KEY') ?? '';
@@ -57,6 +87,23 @@ const routes: Record<string, (req: Request, key: string) => Promise<Response>> =
   '/v1/messages': messages,
   '/v1/embeddings': embeddings,
 };
+
+/** The batch routes: method, path (its one group the id) and handler. */
+const batchRoutes: [string, RegExp, (req: Request, key: string, id: string) => Promise<Response> | Response][] = [
+  ['POST', /^\/v1\/files$/, openai.uploadFile],
+  ['GET', /^\/v1\/files\/([\w-]+)$/, openai.getFile],
+  ['GET', /^\/v1\/files\/([\w-]+)\/content$/, openai.fileContent],
+  ['POST', /^\/v1\/batches$/, openai.createBatch],
+  ['GET', /^\/v1\/batches\/(\w+)$/, openai.getBatch],
+  ['POST', /^\/v1\/batches\/(\w+)\/cancel$/, openai.cancelBatch],
+  ['POST', /^\/v1\/messages\/batches$/, anthropic.createBatch],
+  ['GET', /^\/v1\/messages\/batches\/(\w+)$/, anthropic.getBatch],
+  ['POST', /^\/v1\/messages\/batches\/(\w+)\/cancel$/, anthropic.cancelBatch],
+  ['GET', /^\/v1\/messages\/batches\/(\w+)\/results$/, anthropic.results],
+  ['GET', /^\/_standin\/clock$/, clock],
+  ['POST', /^\/_standin\/clock$/, clock],
+  ['GET', /^\/_standin\/batches\/(\w+)$/, (_req, _key, id) => batchHook(id)],
+];
 
 /** An upstream that is down, as a base URL under /_standin/fail/<how> says. */
 async function down(how: string, req: Request): Promise<Response> {
@@ -84,6 +131,10 @@ Deno.serve({ hostname: '127.0.0.1', port, onListen: () => console.log(`AI stand-
   if (failing && req.method === 'POST') return down(failing[1], req);
   const route = routes[url.pathname];
   if (route && req.method === 'POST') return route(req, key);
+  for (const [method, path, handle] of batchRoutes) {
+    const m = req.method === method && url.pathname.match(path);
+    if (m) return handle(req, key, m[1] ?? '');
+  }
   if (url.pathname === '/v1/models' && req.method === 'GET') {
     return Response.json({ object: 'list', data: [{ id: 'standin', object: 'model', created: 0, owned_by: 'local' }] });
   }

@@ -56,7 +56,8 @@ declare
   v_hold billing.holds;
 begin
   perform billing.check_amount(p_amount);
-  if p_ttl_seconds is null or p_ttl_seconds not between 1 and 86400 then
+  -- An AI hold may outlive a day: a batch's is held through its 24-hour window and after.
+  if p_ttl_seconds is null or p_ttl_seconds not between 1 and (case when p_purpose = 'ai' then 93600 else 86400 end) then
     perform billing.raise_error('INVALID_TTL', jsonb_build_object('rule', '1 to 86400 seconds'));
   end if;
   if p_idempotency_key is null or length(p_idempotency_key) not between 1 and 300 then

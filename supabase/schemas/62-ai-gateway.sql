@@ -438,7 +438,7 @@ create or replace function billing.begin_ai_call(p_user uuid, p_model text, p_pr
   p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text default 'chat',
   p_upstreams text[] default array['openai'], p_writes_cache boolean default false, p_stream boolean default false,
   p_elapsed_ms integer default 0, p_writes_cache_1h boolean default false, p_min_output_tokens bigint default null,
-  p_fallback_models text[] default '{}')
+  p_fallback_models text[] default '{}', p_price_share numeric default 1)
 returns jsonb
 language plpgsql
 security definer
@@ -502,6 +502,11 @@ begin
     v_per_token := greatest(v_per_token, v_card.credits_per_output_token, v_card.credits_per_reasoning_token);
   end loop;
   v_card := v_cards[1];
+  -- A batch (billing.begin_ai_batch) is held at its share of the card's price, rounded up to the
+  -- ledger's 18 places: never less than its lines can cost.
+  v_amount := round(ceil(v_amount * p_price_share * 1e18) / 1e18, 18);
+  v_least := round(ceil(v_least * p_price_share * 1e18) / 1e18, 18);
+  v_per_token := round(ceil(v_per_token * p_price_share * 1e18) / 1e18, 18);
   if v_refusal is null then
     begin
       if not exists (select 1 from billing.ai_calls c
@@ -580,9 +585,9 @@ begin
     'fallbacks', v_fallbacks);
 end;
 $$;
-comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint, p_fallback_models text[]) is 'Gateway: checks the model is allowed and served on the endpoint (its kind and its upstream), claims the call''s key and holds the dearest price of the prompt plus the largest answer (given p_min_output_tokens, the largest answer that fits, at least that: max_output_tokens in the answer); answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
-revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint, p_fallback_models text[]) from public, anon, authenticated;
-grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint, p_fallback_models text[]) to service_role;
+comment on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint, p_fallback_models text[], p_price_share numeric) is 'Gateway: checks the model is allowed and served on the endpoint (its kind and its upstream), claims the call''s key and holds the dearest price of the prompt plus the largest answer (given p_min_output_tokens, the largest answer that fits, at least that: max_output_tokens in the answer); answers a row (held, replay or refused, a refusal recorded), raising only on a broken invariant.';
+revoke execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint, p_fallback_models text[], p_price_share numeric) from public, anon, authenticated;
+grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_prompt_tokens bigint, p_max_output_tokens bigint, p_key text, p_request_hash text, p_ttl_seconds integer, p_endpoint text, p_upstreams text[], p_writes_cache boolean, p_stream boolean, p_elapsed_ms integer, p_writes_cache_1h boolean, p_min_output_tokens bigint, p_fallback_models text[], p_price_share numeric) to service_role;
 
 -- Ends a server's hold at a price worked out after the work (a job's usage, an AI call's): the
 -- hold pays what it can and the rest of it is released. Should the provider have billed past the

@@ -125,6 +125,9 @@ as $$
        (select jsonb_build_object('prompt', l.prompt_redacted, 'answer', l.response_redacted,
                                   'expires_at', billing.json_time(l.expires_at))
         from billing.ai_logs l where l.call_id = c.id))
+       -- A batch's record: the batch and each of its lines.
+       || coalesce((select jsonb_build_object('batch', b) from billing.ai_batch_lines_json(c.id) b where b is not null),
+            '{}'::jsonb)
      from billing.ai_calls c where c.id = p_id and (p_user is null or c.user_id = p_user)),
     (select jsonb_build_object('id', l.job_id, 'job_id', l.job_id, 'created_at', billing.json_time(l.created_at),
        'user_id', l.user_id, 'org_id', l.org_id, 'model', l.model, 'endpoint', 'job', 'duration_ms', l.duration_ms,

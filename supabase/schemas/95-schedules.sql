@@ -66,6 +66,10 @@ select cron.schedule('billing-sweep-ai-call-records', '23 * * * *', $$select bil
 -- minutes); the deep check bounds each dependency at 5 s, in parallel.
 select cron.schedule('billing-jobs-tick', '* * * * *', $$select billing.call_function('/jobs/worker/tick', 10000)$$);
 
+-- AI batches the provider ended are settled within a minute, read or not (the sync answers
+-- within 20 s: batches one at a time).
+select cron.schedule('billing-ai-batches-sync', '* * * * *', $$select billing.call_function('/ai/v1/batches/sync', 30000)$$);
+
 select cron.schedule('billing-notify-dispatch', '* * * * *', $$select billing.call_function('/notify/dispatch', 30000)$$);
 
 select cron.schedule('billing-deep-health', '7 * * * *', $$select billing.call_function('/health/deep', 15000)$$);

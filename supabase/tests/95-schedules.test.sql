@@ -22,6 +22,7 @@ $$;
 
 create temp table expected (jobname text, schedule text, path text, timeout_ms integer);
 insert into expected values
+  ('billing-ai-batches-sync', '* * * * *', '/ai/v1/batches/sync', 30000),
   ('billing-jobs-tick', '* * * * *', '/jobs/worker/tick', 10000),
   ('billing-notify-dispatch', '* * * * *', '/notify/dispatch', 30000),
   ('billing-deep-health', '7 * * * *', '/health/deep', 15000),
@@ -31,7 +32,7 @@ insert into expected values
 select results_eq(
   $$select jobname::text collate "default", schedule from cron.job where command like '%billing.call_function(%' order by 1$$,
   $$select jobname, schedule from expected order by jobname$$,
-  'the jobs tick and the outbox every minute, deep health hourly, the reconciliation daily and its resumption every minute: the only HTTP schedules');
+  'the jobs tick, the AI batches'' sync and the outbox every minute, deep health hourly, the reconciliation daily and its resumption every minute: the only HTTP schedules');
 
 select is(
   (select string_agg(jobname, ', ') from cron.job
@@ -47,7 +48,7 @@ create temp table secret as
   select (select rtrim(decrypted_secret, '/') from vault.decrypted_secrets where name = 'functions_url') as functions_url,
          (select decrypted_secret from vault.decrypted_secrets where name = 'cron_secret') as cron_secret;
 
-select is((select count(*)::int from sent s join net.http_request_queue q on q.id = s.request_id), 5,
+select is((select count(*)::int from sent s join net.http_request_queue q on q.id = s.request_id), 6,
   'each HTTP schedule queues one request with pg_net');
 select results_eq(
   $$select s.jobname, q.url from sent s join net.http_request_queue q on q.id = s.request_id order by s.jobname$$,
@@ -57,7 +58,7 @@ select is(
   (select count(*)::int from sent s join net.http_request_queue q on q.id = s.request_id, secret x
    where q.method = 'POST' and q.headers ->> 'Authorization' = 'Bearer ' || x.cron_secret
      and q.headers ->> 'Content-Type' = 'application/json' and convert_from(q.body, 'UTF8')::jsonb = '{}'::jsonb),
-  5, 'each request is a JSON POST carrying Vault''s cron secret as a bearer token');
+  6, 'each request is a JSON POST carrying Vault''s cron secret as a bearer token');
 select results_eq(
   $$select s.jobname, q.timeout_milliseconds from sent s join net.http_request_queue q on q.id = s.request_id order by s.jobname$$,
   $$select jobname, timeout_ms from expected order by jobname$$,

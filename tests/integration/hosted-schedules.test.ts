@@ -15,6 +15,7 @@ Deno.test('each hosted schedule posts to its function with the cron secret, and 
   const jobs = await testDb<{ jobname: string; command: string }[]>`
     select jobname::text, command from cron.job where command like '%billing.call_function(%' order by jobname`;
   assert.deepEqual(jobs.map((j) => j.jobname), [
+    'billing-ai-batches-sync',
     'billing-deep-health',
     'billing-jobs-tick',
     'billing-notify-dispatch',

@@ -6,8 +6,10 @@ import {
   type Answer,
   answer,
   calls,
+  type Directives,
   directivesIn,
   frame,
+  type Json,
   openaiError,
   openaiUnauthorized,
   sleep,
@@ -54,12 +56,18 @@ function promptTokens(messages: Message[], extras: unknown[]): number {
   return n;
 }
 
+/** The directives of the last user message. */
+export const directives = (body: Json): Directives => {
+  const messages: Message[] = Array.isArray(body.messages) ? body.messages : [];
+  return directivesIn(text([...messages].reverse().find((m) => m.role === 'user')?.content));
+};
+
 export async function chat(req: Request, key: string): Promise<Response> {
   const unauthorized = openaiUnauthorized(req, key);
   if (unauthorized) return unauthorized;
   const body = await req.json();
   const messages: Message[] = Array.isArray(body.messages) ? body.messages : [];
-  const d = directivesIn(text([...messages].reverse().find((m) => m.role === 'user')?.content));
+  const d = directives(body);
   const tag = d.tag ?? crypto.randomUUID();
   if (d.first_byte_delay) await sleep(Number(d.first_byte_delay));
   if (d.fail) return Response.json(openaiError(Number(d.fail)), { status: Number(d.fail) });

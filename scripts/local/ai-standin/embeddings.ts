@@ -8,6 +8,7 @@ import {
   calls,
   type Directives,
   directivesIn,
+  type Json,
   jsonBody,
   openaiError,
   openaiUnauthorized,
@@ -75,6 +76,15 @@ function base64Of(v: number[]): string {
 const invalid = (message: string, param: string) =>
   Response.json({ error: { message, type: 'invalid_request_error', param, code: null } }, { status: 400 });
 
+/** The directives of every input string, later ones winning. */
+export function directives(body: Json): Directives {
+  const d: Directives = {};
+  for (const i of inputsOf(body.input) ?? []) {
+    if ('text' in i && i.text.includes('#standin')) Object.assign(d, directivesIn(i.text));
+  }
+  return d;
+}
+
 export async function embeddings(req: Request, key: string): Promise<Response> {
   const unauthorized = openaiUnauthorized(req, key);
   if (unauthorized) return unauthorized;
@@ -94,8 +104,7 @@ export async function embeddings(req: Request, key: string): Promise<Response> {
     return invalid("'encoding_format' must be float or base64", 'encoding_format');
   }
 
-  const d: Directives = {};
-  for (const i of inputs) if ('text' in i && i.text.includes('#standin')) Object.assign(d, directivesIn(i.text));
+  const d = directives(body);
   const tag = d.tag ?? crypto.randomUUID();
   if (d.first_byte_delay) await sleep(Number(d.first_byte_delay));
   if (d.fail) return Response.json(openaiError(Number(d.fail)), { status: Number(d.fail) });

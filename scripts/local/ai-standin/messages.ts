@@ -32,7 +32,7 @@ type WireEvent =
   | WireError;
 
 /** Anthropic's error body, as a response with `status`. */
-function anthropicError(status: number, type: ErrorType, message: string): Response {
+export function anthropicError(status: number, type: ErrorType, message: string): Response {
   const body: WireError & { request_id: string | null } = { type: 'error', error: { type, message }, request_id: null };
   return Response.json(body, { status });
 }
@@ -116,7 +116,7 @@ const typed = (m: Json) =>
   typeof m.content === 'string' ? m.content : blocksOf(m).filter((b) => b.type === 'text').map(blockText).join('');
 
 /** The directives of the last user message with text of its own (one carrying only tool results has none). */
-const directives = (body: Json): Directives =>
+export const directives = (body: Json): Directives =>
   directivesIn([...messagesOf(body)].reverse().map((m) => m.role === 'user' ? typed(m) : '').find(Boolean) ?? '');
 
 /**
@@ -126,13 +126,20 @@ const directives = (body: Json): Directives =>
  */
 const textBlock = (text: string) => ({ type: 'text', text }) as Anthropic.Messages.TextBlock;
 
-export async function messages(req: Request, key: string): Promise<Response> {
+/** Anthropic's answer to a wrong key or a missing anthropic-version header; null when both are right. */
+export function anthropicRefusal(req: Request, key: string): Response | null {
   // The key as `x-api-key` or, as @anthropic-ai/sdk 1.x sends it, `Authorization: Bearer`.
   const given = req.headers.get('x-api-key') ?? req.headers.get('authorization')?.replace(/^Bearer /, '');
   if (given !== key) return anthropicError(401, 'authentication_error', 'invalid x-api-key');
   if (!req.headers.get('anthropic-version')) {
     return anthropicError(400, 'invalid_request_error', 'anthropic-version: header is required');
   }
+  return null;
+}
+
+export async function messages(req: Request, key: string): Promise<Response> {
+  const refused = anthropicRefusal(req, key);
+  if (refused) return refused;
   const body = await jsonBody(req);
   if (typeof body.max_tokens !== 'number') {
     return anthropicError(400, 'invalid_request_error', 'max_tokens: Field required');

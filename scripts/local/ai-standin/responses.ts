@@ -86,7 +86,8 @@ function jsonOf(body: Json): string | null {
   return format.type === 'json_object' ? '{}' : null;
 }
 
-const directives = (body: Json): Directives =>
+/** The directives of the last user item. */
+export const directives = (body: Json): Directives =>
   directivesIn(itemText([...itemsOf(body.input)].reverse().find((i) => i.role === 'user') ?? {}));
 
 export async function responses(req: Request, key: string): Promise<Response> {

@@ -14,6 +14,17 @@ import { readJson } from '../_shared/http/validate.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { invalid } from '../_shared/values/invalid.ts';
 import { meteredCall } from './call.ts';
+import {
+  createBatch,
+  createMessageBatch,
+  fileContent,
+  getFile,
+  messageBatchResults,
+  readBatch,
+  uploadFile,
+} from './batch-routes.ts';
+import { syncOpenBatches } from './batches.ts';
+import { requireCronSecret } from '../_shared/http/secrets.ts';
 import { refuseCall } from './metering.ts';
 import { deleteMyContent, getConsent, myCall, myCalls, setConsent } from './log.ts';
 import type { Protocol } from './protocol.ts';
@@ -28,7 +39,7 @@ const app = createApp('ai', {
 });
 // Anthropic's SDKs read errors in Anthropic's shape: every error /v1/messages answers is in it.
 const answerError = (err: unknown, c: AppContext): Response => {
-  if (!c.req.path.endsWith('/v1/messages')) return errorResponse(c, err);
+  if (!/\/v1\/messages(\/|$)/.test(c.req.path)) return errorResponse(c, err);
   const error = appErrorOf(c, err);
   return c.json(anthropicError(error, c.get('requestId')), error.status as ContentfulStatusCode, error.options.headers);
 };
@@ -75,6 +86,23 @@ app.post('/v1/chat/completions', requireUser, route(chat));
 app.post('/v1/responses', requireUser, route(responses));
 app.post('/v1/messages', requireUser, route(messages));
 app.post('/v1/embeddings', requireUser, route(embeddings));
+
+// Batches at the batch price (batch-routes.ts), and the minute tick that settles them once the
+// provider ended them, whether or not anyone polls.
+app.post('/v1/files', requireUser, uploadFile);
+app.get('/v1/files/:id', requireUser, getFile);
+app.get('/v1/files/:id/content', requireUser, fileContent);
+app.post('/v1/batches/sync', async (c) => {
+  requireCronSecret(c);
+  return c.json({ settled: await syncOpenBatches(20_000) });
+});
+app.post('/v1/batches', requireUser, createBatch);
+app.get('/v1/batches/:id', requireUser, readBatch('openai', false));
+app.post('/v1/batches/:id/cancel', requireUser, readBatch('openai', true));
+app.post('/v1/messages/batches', requireUser, createMessageBatch);
+app.get('/v1/messages/batches/:id', requireUser, readBatch('anthropic', false));
+app.post('/v1/messages/batches/:id/cancel', requireUser, readBatch('anthropic', true));
+app.get('/v1/messages/batches/:id/results', requireUser, messageBatchResults);
 
 // The caller's own call log, and the content kept of their calls with their consent (log.ts).
 app.get('/v1/calls', requireUser, myCalls);

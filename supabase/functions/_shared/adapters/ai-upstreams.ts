@@ -142,6 +142,26 @@ export function postUpstream(
   });
 }
 
+/**
+ * Any other request to an upstream's API (a batch's files and batches), with its key, within
+ * AI_TIMEOUT_MS.
+ * @example const res = await fetchUpstream('openai', '/batches/batch_abc', { method: 'GET' })
+ */
+export function fetchUpstream(name: string, path: string, init: RequestInit = {}): Promise<Response> {
+  const upstream = aiUpstreams().get(name);
+  if (!upstream) throw new ConfigError(['AI_UPSTREAMS'], [`the upstream ${name} is not configured`]);
+  const url = /^https?:\/\//.test(path) ? path : `${upstream.base.replace(/\/$/, '')}${path}`;
+  // A URL the provider gave (Anthropic's results_url) gets its key only on its own host.
+  if (new URL(url).origin !== new URL(upstream.base).origin) {
+    throw new ConfigError(['AI_UPSTREAMS'], [`${name} named a URL on another host`]);
+  }
+  return fetch(url, {
+    ...init,
+    headers: { ...init.headers as Record<string, string>, ...upstream.auth },
+    signal: AbortSignal.timeout(aiGatewayEnv().AI_TIMEOUT_MS),
+  });
+}
+
 /** How an upstream failed: its HTTP status, silence, no connection, or an answer that broke before it began. */
 export type Failure = number | 'timeout' | 'unreachable' | 'broken';
 

@@ -149,6 +149,15 @@ const sqlErrors: Record<
     type: 'conflict',
     message: 'This Idempotency-Key was already used for a different request.',
   },
+  AI_FILE_NOT_FOUND: { type: 'not_found', message: 'There is no such file of yours.' },
+  AI_FILE_USED: { type: 'conflict', message: 'This file already has its batch: upload the lines again for another.' },
+  AI_BATCH_NOT_FOUND: { type: 'not_found', message: 'There is no such batch of yours.' },
+  AI_BATCH_LIMIT: {
+    type: 'rate_limit',
+    message: 'Too many of your batches are running: wait for one to end (see details.limit).',
+    say: (d) =>
+      d.limit !== undefined ? `At most ${d.limit} of your batches run at once: wait for one to end.` : undefined,
+  },
   IDEMPOTENCY_KEY_IN_USE: {
     type: 'conflict',
     message: 'A request with this Idempotency-Key is still in progress.',
