@@ -73,10 +73,14 @@ Deno.test('an OpenAI batch of 100 lines is held whole, polled by two clients, an
     file: chatFile(100, (i) => i % 10 === 9 ? 'fail=500' : `words=${3 + i % 7}`),
     purpose: 'batch',
   });
-  const created = await s.openai.batches.create({
-    input_file_id: file.id,
-    endpoint: '/v1/chat/completions',
-    completion_window: '24h',
+  // Created through a gateway that then stops: another one (and the sync) carry on.
+  let created!: OpenAI.Batches.Batch;
+  await withGateway({}, async (url) => {
+    created = await new OpenAI({ baseURL: `${url}/ai/v1`, apiKey: s.token, maxRetries: 0 }).batches.create({
+      input_file_id: file.id,
+      endpoint: '/v1/chat/completions',
+      completion_window: '24h',
+    });
   });
   assert.equal(created.status, 'in_progress');
   const held = await money(created.id);
@@ -146,16 +150,18 @@ Deno.test('an OpenAI batch of 100 lines is held whole, polled by two clients, an
 
 Deno.test('an Anthropic message batch of 100 requests is charged once at the batch price, its results read twice', async () => {
   const s = await student('100');
+  const requests = Array.from({ length: 100 }, (_, i) => ({
+    custom_id: `r${i}`,
+    params: {
+      model: 'claude-haiku-4-5',
+      max_tokens: 40,
+      messages: [{ role: 'user' as const, content: `essay ${i} #standin ${i % 25 === 0 ? 'fail=500' : 'words=4'}` }],
+    },
+  }));
   const anthropic = anthropicOf(s.token);
-  const batch = await anthropic.messages.batches.create({
-    requests: Array.from({ length: 100 }, (_, i) => ({
-      custom_id: `r${i}`,
-      params: {
-        model: 'claude-haiku-4-5',
-        max_tokens: 40,
-        messages: [{ role: 'user' as const, content: `essay ${i} #standin ${i % 25 === 0 ? 'fail=500' : 'words=4'}` }],
-      },
-    })),
+  let batch!: Anthropic.Messages.MessageBatch;
+  await withGateway({}, async (url) => {
+    batch = await anthropicOf(s.token, `${url}/ai/v1`).messages.batches.create({ requests });
   });
   assert.equal(batch.processing_status, 'in_progress');
   const held = await money(batch.id);
