@@ -581,7 +581,7 @@ begin
   end if;
   return jsonb_build_object('state', 'held', 'call_id', v_call.id, 'hold_id', v_hold.hold_id,
     'held', trim_scale(v_hold.amount)::text, 'max_output_tokens', v_granted, 'model', v_card.model,
-    'upstream', v_card.upstream, 'keep_content', v_call.keep_content,
+    'upstream', v_card.upstream, 'rate_card_id', v_card.id, 'keep_content', v_call.keep_content,
     'fallbacks', v_fallbacks);
 end;
 $$;

@@ -34,6 +34,7 @@ create table billing.ai_batches (
   user_id uuid not null,
   kind text not null,                  -- openai (/batches) or anthropic (/messages/batches)
   call_id uuid not null unique,        -- the call record that carries the batch's hold and charge
+  rate_card_id bigint not null,        -- the card it was held under: its lines are priced by it
   file_id uuid unique,                 -- openai: its input file (one batch each)
   provider_batch_id text unique,       -- null until the provider accepted it
   status text not null default 'submitting',
@@ -43,6 +44,7 @@ create table billing.ai_batches (
   results jsonb,                       -- where the provider keeps the results (openai: output and error file ids)
   metadata jsonb,                      -- the caller's, as OpenAI keeps it (at most 16 short pairs)
   created_at timestamptz not null default now(),
+  synced_at timestamptz,               -- the minute sync's last look (it looks at the longest unseen first)
   ended_at timestamptz,
   constraint ai_batches_kind check (kind in ('openai', 'anthropic')),
   constraint ai_batches_status check (status in ('submitting', 'in_progress', 'ended', 'failed')),
@@ -51,7 +53,7 @@ create table billing.ai_batches (
 comment on table billing.ai_batches is 'Students'' AI batches: submitting (held, not yet accepted by the provider), in_progress, ended (every line settled once) or failed (nothing charged).';
 alter table billing.ai_batches enable row level security;
 grant select on table billing.ai_batches to service_role;
-create index ai_batches_open on billing.ai_batches (created_at) where status in ('submitting', 'in_progress');
+create index ai_batches_open on billing.ai_batches (synced_at nulls first, created_at) where status in ('submitting', 'in_progress');
 create index ai_batches_user on billing.ai_batches (user_id, created_at);
 
 create table billing.ai_batch_lines (
@@ -80,9 +82,30 @@ as $$ select 0.5::numeric $$;
 comment on function billing.ai_batch_share() is 'The batch price as a share of the rate card''s (both providers price batches at half).';
 revoke execute on function billing.ai_batch_share() from public;
 
--- POST /ai/v1/files: the counts of a validated file whose lines the provider has.
+-- Why a student may not upload a batch file now (null: they may): their standing (banned,
+-- deleted, a disputed payment), or `p_max_unused` files of theirs in no batch yet (each is
+-- stored at the provider). Asked before a file is counted or sent, and again when it is recorded.
+create or replace function billing.ai_batch_file_refusal(p_user uuid, p_max_unused integer) returns jsonb
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(billing.standing_refusal(p_user),
+    case when (select count(*) from billing.ai_batch_files f
+               where f.user_id = p_user and not exists (select 1 from billing.ai_batches b where b.file_id = f.id))
+              >= p_max_unused
+      then jsonb_build_object('token', 'AI_BATCH_LIMIT', 'detail', jsonb_build_object('limit', p_max_unused,
+        'rule', 'at most this many of your files wait for a batch: create their batches first')) end)
+$$;
+comment on function billing.ai_batch_file_refusal(p_user uuid, p_max_unused integer) is 'Gateway: why a student may not upload a batch file (their standing, or too many files in no batch yet), or null.';
+revoke execute on function billing.ai_batch_file_refusal(p_user uuid, p_max_unused integer) from public, anon, authenticated;
+grant execute on function billing.ai_batch_file_refusal(p_user uuid, p_max_unused integer) to service_role;
+
+-- POST /ai/v1/files: the counts of a validated file whose lines the provider has (refused as
+-- billing.ai_batch_file_refusal says, one upload at a time per student so its limit is exact).
 create or replace function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text,
-  p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer)
+  p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer,
+  p_max_unused integer)
 returns jsonb
 language plpgsql
 security definer
@@ -90,17 +113,23 @@ set search_path = ''
 as $$
 declare
   v_file billing.ai_batch_files;
+  v_refusal jsonb;
 begin
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('ai-batch:' || p_user::text, 0));
+  v_refusal := billing.ai_batch_file_refusal(p_user, p_max_unused);
+  if v_refusal is not null then
+    return v_refusal || jsonb_build_object('state', 'refused');
+  end if;
   insert into billing.ai_batch_files (user_id, provider_file_id, upstream, endpoint, model, lines, writes_cache,
     filename, bytes)
   values (p_user, p_provider_file_id, p_upstream, p_endpoint, p_model, p_lines, p_writes_cache, p_filename, p_bytes)
   returning * into v_file;
-  return billing.ai_batch_file_json(v_file);
+  return jsonb_build_object('state', 'recorded', 'file', billing.ai_batch_file_json(v_file));
 end;
 $$;
-comment on function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer) is 'Gateway: records an uploaded batch file''s line counts (its content is at the provider).';
-revoke execute on function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer) from public, anon, authenticated;
-grant execute on function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer) to service_role;
+comment on function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer, p_max_unused integer) is 'Gateway: records an uploaded batch file''s line counts (its content is at the provider).';
+revoke execute on function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer, p_max_unused integer) from public, anon, authenticated;
+grant execute on function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer, p_max_unused integer) to service_role;
 
 create or replace function billing.ai_batch_file_json(f billing.ai_batch_files) returns jsonb
 language sql stable
@@ -198,8 +227,9 @@ begin
   if v_begun ->> 'state' <> 'held' then
     return v_begun;
   end if;
-  insert into billing.ai_batches (user_id, kind, call_id, file_id, line_count, metadata)
-  values (p_user, p_kind, (v_begun ->> 'call_id')::uuid, p_file, jsonb_array_length(p_lines), p_metadata)
+  insert into billing.ai_batches (user_id, kind, call_id, rate_card_id, file_id, line_count, metadata)
+  values (p_user, p_kind, (v_begun ->> 'call_id')::uuid, (v_begun ->> 'rate_card_id')::bigint, p_file,
+    jsonb_array_length(p_lines), p_metadata)
   returning * into v_batch;
   insert into billing.ai_batch_lines (batch_id, custom_id, prompt_tokens, max_output_tokens)
   select v_batch.id, l.custom_id, l.prompt_tokens, l.max_output_tokens
@@ -269,7 +299,7 @@ as $$
 declare
   v_batch billing.ai_batches := billing.lock_ai_batch(p_batch);
   v_call billing.ai_calls;
-  v_card bigint;
+  v_card billing.rate_cards;
   v_charged record;
   v_usage jsonb;
   v_facts jsonb;
@@ -292,13 +322,19 @@ begin
       '[]'::jsonb)
     from jsonb_array_elements(p_lines) x join billing.ai_batch_lines l on l.batch_id = p_batch
       and l.custom_id = x ->> 'custom_id');
+  -- Priced by the card the batch was held under (a card published while it ran prices later
+  -- batches); a kind that card leaves unpriced, at the line's worst case under it.
+  select * into v_card from billing.rate_cards r where r.id = v_batch.rate_card_id;
   update billing.ai_batch_lines l set outcome = x.outcome,
     usage = case when x.outcome = 'succeeded' then x.usage end,
-    charged = case when x.outcome = 'succeeded' then billing.ai_batch_share() * (billing.price_usage(v_call.model,
-      (x.usage ->> 'input_tokens')::bigint, (x.usage ->> 'output_tokens')::bigint,
-      coalesce((x.usage ->> 'cached_input_tokens')::bigint, 0), coalesce((x.usage ->> 'reasoning_tokens')::bigint, 0),
-      0, 0, coalesce((x.usage ->> 'cache_write_tokens')::bigint, 0),
-      coalesce((x.usage ->> 'cache_write_1h_tokens')::bigint, 0))).amount else 0 end
+    charged = case when x.outcome = 'succeeded' then billing.ai_batch_share() * coalesce(billing.usage_amount(
+      (x.usage ->> 'input_tokens')::bigint, coalesce((x.usage ->> 'cached_input_tokens')::bigint, 0),
+      (x.usage ->> 'output_tokens')::bigint, coalesce((x.usage ->> 'reasoning_tokens')::bigint, 0), 0, 0,
+      v_card.credits_per_input_token, v_card.credits_per_cached_input_token, v_card.credits_per_output_token,
+      v_card.credits_per_reasoning_token, null, null, coalesce((x.usage ->> 'cache_write_tokens')::bigint, 0),
+      v_card.credits_per_cache_write_token, coalesce((x.usage ->> 'cache_write_1h_tokens')::bigint, 0),
+      v_card.credits_per_cache_write_1h_token), billing.card_hold_amount(v_card, l.prompt_tokens, l.max_output_tokens,
+      true, true)) else 0 end
   from jsonb_to_recordset(p_lines) as x(custom_id text, outcome text, usage jsonb)
   where l.batch_id = p_batch and l.custom_id = x.custom_id;
   update billing.ai_batch_lines l set outcome = case when p_status in ('cancelled', 'canceled') then 'cancelled'
@@ -308,17 +344,19 @@ begin
       'input_tokens', coalesce(sum((l.usage ->> 'input_tokens')::bigint), 0),
       'cached_input_tokens', coalesce(sum((l.usage ->> 'cached_input_tokens')::bigint), 0),
       'output_tokens', coalesce(sum((l.usage ->> 'output_tokens')::bigint), 0),
-      'reasoning_tokens', coalesce(sum((l.usage ->> 'reasoning_tokens')::bigint), 0)),
+      'reasoning_tokens', coalesce(sum((l.usage ->> 'reasoning_tokens')::bigint), 0),
+      'cache_write_tokens', coalesce(sum((l.usage ->> 'cache_write_tokens')::bigint), 0),
+      'cache_write_1h_tokens', coalesce(sum((l.usage ->> 'cache_write_1h_tokens')::bigint), 0)),
     sum(l.charged)
   into v_usage, v_call.charged
   from billing.ai_batch_lines l where l.batch_id = p_batch;
-  v_card := (billing.price_usage(v_call.model, 0, 0)).rate_card_id;
   v_facts := jsonb_build_object('model', v_call.model, 'ai_call_id', v_call.id, 'ai_batch_id', v_batch.id,
-    'usage_source', 'provider', 'batch_price_share', billing.ai_batch_share()::text) || v_usage;
+    'usage_source', 'provider', 'batch_price_share', billing.ai_batch_share()::text,
+    'rate_card_version', v_card.version) || v_usage;
   -- The account's lock first and settled, as finish_ai_call takes them.
   perform billing.settled(a) from billing.accounts a
   where a.id = (select h.account_id from billing.holds h where h.id = v_call.hold_id) for update;
-  v_charged := billing.charge_hold_at(v_call.hold_id, v_call.charged, v_card, 'ai-overage:' || v_call.id,
+  v_charged := billing.charge_hold_at(v_call.hold_id, v_call.charged, v_card.id, 'ai-overage:' || v_call.id,
     'ai:' || v_call.id, v_facts, v_facts);
   update billing.ai_calls c set status = 'charged', usage = v_usage - 'lines', usage_source = 'provider',
     charged = v_charged.captured + v_charged.overage, transfer_id = v_charged.transfer_id, finished_at = now(),
@@ -368,8 +406,13 @@ begin
               where b.status = 'submitting' and b.created_at < now() - interval '10 minutes' limit p_limit loop
     perform billing.submitted_ai_batch(v_id, null);
   end loop;
-  return query select billing.ai_batch_json(b) from billing.ai_batches b
-    where b.status = 'in_progress' order by b.created_at limit p_limit;
+  -- The longest unseen first, so a batch the provider cannot answer for never keeps others waiting.
+  return query with seen as (
+    update billing.ai_batches b set synced_at = now()
+    where b.id = any (array(select x.id from billing.ai_batches x where x.status = 'in_progress'
+                            order by x.synced_at nulls first, x.created_at limit p_limit))
+    returning b.*)
+  select billing.ai_batch_json(s) from seen s;
 end;
 $$;
 comment on function billing.open_ai_batches(p_limit integer) is 'The jobs tick: the batches the provider runs (to poll and settle); fails those never accepted after 10 minutes.';

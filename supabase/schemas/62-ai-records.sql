@@ -419,6 +419,8 @@ begin
       select x.id from billing.ai_calls x left join billing.holds h on h.id = x.hold_id
       where x.status = 'held' and x.created_at < now() - interval '1 minute'
         and (h.id is null or (h.status <> 'active' and h.expires_at <= now()))
+        -- A batch's call is ended by its batch (billing.finish_ai_batch), whenever that comes.
+        and not exists (select 1 from billing.ai_batches b where b.call_id = x.id and b.status = 'in_progress')
       order by x.created_at limit p_limit))
     returning c.id)
   select count(*) into v_count from lost;

@@ -3,7 +3,7 @@
 -- usage; a line the batch does not have, or one reported twice, is never charged; a batch the
 -- provider did not take charges nothing; at most p_max_open run at once.
 begin;
-select plan(16);
+select plan(18);
 \ir helpers.psql
 
 insert into auth.users (id) values ('b0b0b0b0-0000-4000-8000-000000000001'), ('b0b0b0b0-0000-4000-8000-000000000002');
@@ -39,7 +39,8 @@ select is(billing.begin_ai_batch('b0b0b0b0-0000-4000-8000-000000000002', 'anthro
     '[{"custom_id": "a", "prompt_tokens": 1000, "max_output_tokens": 1000}]', false, null, 'k3', 'h3',
     array['anthropic'], 5, null) ->> 'token', 'INSUFFICIENT_CREDITS', 'a batch that does not fit is refused whole');
 create temp table f1 as select billing.record_ai_batch_file('b0b0b0b0-0000-4000-8000-000000000001', 'file-x', 'openai',
-  'chat', 'gpt-4o-mini', '[{"custom_id": "a", "prompt_tokens": 1, "max_output_tokens": 1}]', false, 'f.jsonl', 10) as r;
+  'chat', 'gpt-4o-mini', '[{"custom_id": "a", "prompt_tokens": 1, "max_output_tokens": 1}]', false, 'f.jsonl', 10, 10)
+  -> 'file' as r;
 select is(billing.begin_ai_batch('b0b0b0b0-0000-4000-8000-000000000002', 'openai', 'chat', null, null, false,
     (select (r ->> 'id')::uuid from f1), 'k4', 'h4', array['openai'], 5, null) ->> 'token', 'AI_FILE_NOT_FOUND',
   'another student''s file is not found');
@@ -57,10 +58,12 @@ create temp table ended as select billing.finish_ai_batch((select id from batch1
   '[{"custom_id": "a", "outcome": "succeeded", "usage": {"input_tokens": 90, "output_tokens": 40, "cached_input_tokens": 5}},
     {"custom_id": "b", "outcome": "errored", "usage": null},
     {"custom_id": "c", "outcome": "succeeded"}]', 'ended', '{"results_url": "x"}') as r;
+reset role;
 select is((select r ->> 'charged' from ended)::numeric,
   0.5 * ((billing.price_usage('claude-haiku-4-5', 90, 40, 5)).amount
                               + (billing.price_usage('claude-haiku-4-5', 10, 10)).amount),
   'charged the sum of the lines that succeeded at the batch price (one without usage at its worst case)');
+set local role service_role;
 select is((select count(*)::int from billing.transfers t where t.correlation_id = 'ai:' || (select call_id from batch1)
            and t.kind = 'hold_capture'), 1, 'in one capture');
 select is((select h.status from billing.holds h join billing.ai_calls c on c.hold_id = h.id
@@ -77,6 +80,16 @@ select is((select billing.submitted_ai_batch((r -> 'batch' ->> 'id')::uuid, null
   'a batch the provider did not take fails');
 select is((select h.status from billing.holds h join billing.ai_calls c on c.hold_id = h.id
            where c.id = (select (r -> 'batch' ->> 'call_id')::uuid from b2)), 'released', 'and its hold is released');
+
+-- Files in no batch yet are limited per student; a banned student uploads none.
+select is(billing.record_ai_batch_file('b0b0b0b0-0000-4000-8000-000000000001', 'file-y', 'openai', 'chat', 'gpt-4o-mini',
+    '[{"custom_id": "a", "prompt_tokens": 1, "max_output_tokens": 1}]', false, 'f.jsonl', 10, 1) ->> 'token',
+  'AI_BATCH_LIMIT', 'past the files a student may have waiting for a batch: refused');
+reset role;
+update auth.users set banned_until = now() + interval '1 day' where id = 'b0b0b0b0-0000-4000-8000-000000000002';
+set local role service_role;
+select is(billing.ai_batch_file_refusal('b0b0b0b0-0000-4000-8000-000000000002', 10) ->> 'token', 'USER_NOT_ACTIVE',
+  'a banned student may not upload a batch file');
 
 select * from finish();
 rollback;

@@ -7,24 +7,12 @@
 import assert from 'node:assert/strict';
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
-import { activeHolds, gatewayUrl, student } from '../support/ai.ts';
-import { api, assertLedgerInvariants, env, functionsUrl, testDb, withGateway } from '../support/helpers.ts';
+import { activeHolds, advanceBatchClock, gatewayUrl, student, syncBatches } from '../support/ai.ts';
+import { api, assertLedgerInvariants, env, testDb, withGateway } from '../support/helpers.ts';
 
 const standin = env('AI_STANDIN_URL');
 const anthropicOf = (token: string, base = gatewayUrl) =>
   new Anthropic({ baseURL: base.replace(/\/v1$/, ''), apiKey: token, maxRetries: 0 });
-
-/** Moves the stand-in's batch clock (every batch's lines complete `batch_at` seconds after creation). */
-const advance = (seconds: number) =>
-  fetch(`${standin}/_standin/clock`, { method: 'POST', body: JSON.stringify({ advance_seconds: seconds }) })
-    .then((r) => r.json());
-
-/** The minute sync, as pg_cron calls it. */
-const sync = () =>
-  fetch(`${functionsUrl}/ai/v1/batches/sync`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${env('CRON_SECRET')}` },
-  }).then((r) => r.json());
 
 /** A JSONL batch file of chat lines: line i says `directive(i)`, and sets max_tokens unless `noMax(i)`. */
 function chatFile(n: number, directive: (i: number) => string, noMax = (_: number) => false) {
@@ -94,11 +82,11 @@ Deno.test('an OpenAI batch of 100 lines is held whole, polled by two clients, an
   });
   assert.equal(again.id, created.id);
 
-  await advance(120);
+  await advanceBatchClock(120);
   const polls = await Promise.all([
     s.openai.batches.retrieve(created.id),
     other.batches.retrieve(created.id),
-    sync(),
+    syncBatches(),
     other.batches.retrieve(created.id),
   ]);
   const done = await s.openai.batches.retrieve(created.id);
@@ -135,7 +123,7 @@ Deno.test('an OpenAI batch of 100 lines is held whole, polled by two clients, an
   assert.equal(errors.trim().split('\n').length, 10);
 
   // Read again, synced again: nothing more moves.
-  await Promise.all([s.openai.batches.retrieve(created.id), sync()]);
+  await Promise.all([s.openai.batches.retrieve(created.id), syncBatches()]);
   assert.deepEqual(await money(created.id), m);
   // The call log shows the batch and its lines.
   const logged = (await api(`/ai/v1/calls/${m.call_id}`, { token: s.token })).body.data as {
@@ -166,11 +154,11 @@ Deno.test('an Anthropic message batch of 100 requests is charged once at the bat
   assert.equal(batch.processing_status, 'in_progress');
   const held = await money(batch.id);
   assert.equal(held.held, held.worst);
-  await advance(120);
+  await advanceBatchClock(120);
   await Promise.all([
     anthropic.messages.batches.retrieve(batch.id),
     anthropicOf(s.token).messages.batches.retrieve(batch.id),
-    sync(),
+    syncBatches(),
   ]);
   const ended = await anthropic.messages.batches.retrieve(batch.id);
   assert.equal(ended.processing_status, 'ended');
@@ -214,14 +202,14 @@ Deno.test('a cancelled batch and an expired one charge only the lines done and r
     endpoint: '/v1/chat/completions',
     completion_window: '24h',
   });
-  await advance(120);
+  await advanceBatchClock(120);
   const cancelling = await s.openai.batches.cancel(b1.id);
   assert.ok(['cancelling', 'cancelled'].includes(cancelling.status), cancelling.status);
   const cancelled = await s.openai.batches.retrieve(b1.id);
   assert.equal(cancelled.status, 'cancelled');
   assert.deepEqual(cancelled.request_counts, { total: 10, completed: 3, failed: 7 });
-  await advance(86_400);
-  await sync();
+  await advanceBatchClock(86_400);
+  await syncBatches();
   const expired = await s.openai.batches.retrieve(b2.id);
   assert.equal(expired.status, 'expired');
   assert.deepEqual(expired.request_counts, { total: 10, completed: 2, failed: 8 });
@@ -246,8 +234,8 @@ Deno.test('a batch nobody reads is settled by the minute sync, and a restarted g
       (await client.batches.create({ input_file_id: f.id, endpoint: '/v1/chat/completions', completion_window: '24h' }))
         .id;
   });
-  await advance(120);
-  await sync();
+  await advanceBatchClock(120);
+  await syncBatches();
   const m = await money(id);
   assert.equal(m.captures, 1);
   assert.equal(m.moved, m.priced);

@@ -184,3 +184,17 @@ export function countingBackup() {
   });
   return { base: `http://127.0.0.1:${server.addr.port}/v1`, hits: () => hits, close: () => server.shutdown() };
 }
+
+/** Moves the stand-in's batch clock (a batch's lines complete `batch_at` seconds after it was created); shared: only ever forward. */
+export const advanceBatchClock = (seconds: number) =>
+  fetch(`${env('AI_STANDIN_URL')}/_standin/clock`, {
+    method: 'POST',
+    body: JSON.stringify({ advance_seconds: seconds }),
+  }).then((r) => r.json());
+
+/** The minute sync of AI batches, as pg_cron calls it. */
+export const syncBatches = () =>
+  fetch(`${functionsUrl}/ai/v1/batches/sync`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${env('CRON_SECRET')}` },
+  }).then((r) => r.json());

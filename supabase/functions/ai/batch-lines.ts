@@ -7,11 +7,11 @@ import type { GatewayEnv } from '../_shared/adapters/ai-upstreams.ts';
 import { AppError } from '../_shared/errors.ts';
 import { promptTokens, type Protocol } from './protocol.ts';
 
-/** What a batch may hold: lines, bytes of an uploaded file, and batches running at once per student. */
-export const batchLimits = { lines: 1000, bytes: 4 * 1024 * 1024, open: 5 } as const;
+/** What a batch may hold: lines, bytes of an uploaded file; per student, batches running at once and files in no batch yet. */
+export const batchLimits = { lines: 1000, bytes: 4 * 1024 * 1024, open: 5, waitingFiles: 10 } as const;
 
 /** A line's id, as the caller names it (the provider's results carry it back). */
-export const CustomIdSchema = z.string().regex(/^[A-Za-z0-9_.:-]{1,64}$/, 'must be 1 to 64 letters, digits or _.:-');
+export const CustomIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1 to 64 letters, digits, _ or -');
 
 /** A counted line: what SQL holds for it, and the body the provider is sent. */
 export interface BatchLine {

@@ -8,10 +8,12 @@ import { aiGatewayEnv, fetchUpstream, upstreamsSpeaking } from '../_shared/adapt
 import { jsonb, sql } from '../_shared/adapters/db.ts';
 import type { AppContext } from '../_shared/app-env.ts';
 import { baseEnv } from '../_shared/env.ts';
-import { AppError } from '../_shared/errors.ts';
+import { AppError, internalError } from '../_shared/errors.ts';
 import { currentUser } from '../_shared/http/identify.ts';
 import { idempotencyKey } from '../_shared/http/idempotency.ts';
 import { readBody, readJson } from '../_shared/http/validate.ts';
+import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
+import { isUuid } from '../_shared/values/query.ts';
 import { batchLimits, batchLines } from './batch-lines.ts';
 import { type Batch, beginBatch, myBatch, notFound, submitBatch, syncBatch } from './batches.ts';
 import { chat } from './protocols/chat.ts';
@@ -44,6 +46,11 @@ const fileObject = (f: BatchFile) => ({
 
 /** POST /ai/v1/files: a batch file, every line checked and counted; the provider gets the checked copy. */
 export async function uploadFile(c: AppContext): Promise<Response> {
+  const userId = currentUser(c).id;
+  // Before any work: a student who may not (banned, disputed, too many files waiting) costs nothing.
+  const [{ refusal }] =
+    await sql`select billing.ai_batch_file_refusal(${userId}, ${batchLimits.waitingFiles}) as refusal`;
+  if (refusal) throw sqlRefusal(refusal.token, JSON.stringify(refusal.detail ?? {})) ?? internalError();
   const raw = await readBody(c, batchLimits.bytes + 64 * 1024);
   const form = await new Response(raw, { headers: { 'content-type': c.req.header('content-type') ?? '' } }).formData()
     .catch(() => null);
@@ -68,7 +75,6 @@ export async function uploadFile(c: AppContext): Promise<Response> {
     return { custom_id: line.custom_id, body: line.body };
   });
   const { lines, model, writesCache } = await batchLines(chat, rows, env);
-  const userId = currentUser(c).id;
   // The allowlist and the card's upstream now (begin checks them again, with the money).
   const [{ upstream, card }] = await sql`select billing.ai_model_upstream(${userId}, ${model}, 'chat',
     array(select jsonb_array_elements_text(${jsonb(upstreamsSpeaking('chat'))}))) as upstream,
@@ -92,13 +98,14 @@ export async function uploadFile(c: AppContext): Promise<Response> {
   }
   const [{ r }] = await sql`select billing.record_ai_batch_file(${userId}, ${sent.id}, ${upstream}, 'chat', ${card},
     ${jsonb(lines.map(({ body: _, ...counted }) => counted))}, ${writesCache},
-    ${file.name.slice(0, 255) || 'batch.jsonl'}, ${file.size}) as r`;
-  return c.json(fileObject(r));
+    ${file.name.slice(0, 255) || 'batch.jsonl'}, ${file.size}, ${batchLimits.waitingFiles}) as r`;
+  if (r.state !== 'recorded') throw sqlRefusal(r.token, JSON.stringify(r.detail ?? {})) ?? internalError();
+  return c.json(fileObject(r.file));
 }
 
 async function myFile(c: AppContext): Promise<BatchFile> {
   const id = c.req.param('id') ?? '';
-  if (!/^[0-9a-f-]{36}$/.test(id)) throw fileNotFound();
+  if (!isUuid(id)) throw fileNotFound();
   const [{ r }] = await sql`select billing.get_ai_batch_file(${currentUser(c).id}, ${id}) as r`;
   if (!r) throw fileNotFound();
   return r;
@@ -108,7 +115,7 @@ export const getFile = async (c: AppContext) => c.json(fileObject(await myFile(c
 
 /** A batch's output or error file, once the batch is settled; an input file, as the provider has it. */
 export async function fileContent(c: AppContext): Promise<Response> {
-  const out = (c.req.param('id') ?? '').match(/^batch_(output|errors)_([0-9a-f-]{36})$/);
+  const out = (c.req.param('id') ?? '').match(/^batch_(output|errors)_(.{36})$/);
   let upstream: string, provider: unknown;
   if (out) {
     const b = await myBatch(currentUser(c).id, out[2]);
@@ -139,6 +146,8 @@ function openaiBatch(b: Batch) {
     ? (b.cancel_requested ? 'cancelling' : 'in_progress')
     : ['completed', 'expired', 'cancelled', 'failed'].includes(said)
     ? said
+    : said === 'lost'
+    ? 'failed'
     : 'completed';
   const at = (s: string) => status === s ? b.ended_at : null;
   return {
@@ -184,7 +193,7 @@ const CreateBatchSchema = z.object({
 /** POST /ai/v1/batches: the file's batch held whole at the batch price, then sent (one batch per file). */
 export async function createBatch(c: AppContext): Promise<Response> {
   const body = await readJson(c, CreateBatchSchema);
-  if (!/^[0-9a-f-]{36}$/.test(body.input_file_id)) throw fileNotFound();
+  if (!isUuid(body.input_file_id)) throw fileNotFound();
   const begun = await beginBatch({
     userId: currentUser(c).id,
     kind: 'openai',

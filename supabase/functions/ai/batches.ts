@@ -8,6 +8,7 @@ import { jsonb, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
 import { AppError, internalError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
+import { isUuid } from '../_shared/values/query.ts';
 import type { BatchLine } from './batch-lines.ts';
 import type { Usage } from './metering.ts';
 import { chat } from './protocols/chat.ts';
@@ -86,7 +87,7 @@ export async function submitBatch(batch: Batch, send: () => Promise<Response>): 
 
 /** A student's own batch (null: none); `cancel` marks it to be cancelled. */
 export async function myBatch(userId: string, id: string, cancel = false): Promise<Batch | null> {
-  if (!/^[0-9a-f-]{36}$/.test(id)) return null;
+  if (!isUuid(id)) return null;
   const [{ r }] = await sql`select billing.get_ai_batch(${userId}, ${id}, ${cancel}) as r`;
   return r;
 }
@@ -165,7 +166,14 @@ export async function syncBatch(b: Batch): Promise<Batch> {
     if (b.cancel_requested) {
       await fetchUpstream(b.upstream, `${providerPath(b)}/cancel`, { method: 'POST' }).then((r) => r.body?.cancel());
     }
-    const remote = await json(await fetchUpstream(b.upstream, providerPath(b))) as Record<string, unknown>;
+    const res = await fetchUpstream(b.upstream, providerPath(b));
+    if (res.status === 404) {
+      // The provider has no such batch (it lost it): nothing ran that it bills, nothing is charged.
+      await res.body?.cancel();
+      const [{ r }] = await sql`select billing.finish_ai_batch(${b.id}, '[]'::jsonb, 'lost', '{}'::jsonb) as r`;
+      return r;
+    }
+    const remote = await json(res) as Record<string, unknown>;
     if (!ended(b, remote)) return b;
     const lines = b.kind === 'openai' ? await openaiEnded(b, remote) : await anthropicEnded(b, remote);
     const results = b.kind === 'openai'
