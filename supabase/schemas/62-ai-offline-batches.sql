@@ -12,7 +12,7 @@
 create table billing.ai_batch_files (
   id uuid primary key default gen_random_uuid(),
   user_id uuid not null,
-  provider_file_id text not null,      -- the upstream's id of the validated copy
+  provider_file_id text,               -- the upstream's id of the validated copy; null while it is sent
   upstream text not null,
   endpoint text not null,              -- the API every line calls
   model text not null,                 -- the model every line names (one per batch, as OpenAI requires)
@@ -92,7 +92,8 @@ set search_path = ''
 as $$
   select coalesce(billing.standing_refusal(p_user),
     case when (select count(*) from billing.ai_batch_files f
-               where f.user_id = p_user and not exists (select 1 from billing.ai_batches b where b.file_id = f.id))
+               where f.user_id = p_user and not exists (select 1 from billing.ai_batches b where b.file_id = f.id)
+                 and (f.provider_file_id is not null or f.created_at > now() - interval '10 minutes'))
               >= p_max_unused
       then jsonb_build_object('token', 'AI_BATCH_LIMIT', 'detail', jsonb_build_object('limit', p_max_unused,
         'rule', 'at most this many of your files wait for a batch: create their batches first')) end)
@@ -101,9 +102,11 @@ comment on function billing.ai_batch_file_refusal(p_user uuid, p_max_unused inte
 revoke execute on function billing.ai_batch_file_refusal(p_user uuid, p_max_unused integer) from public, anon, authenticated;
 grant execute on function billing.ai_batch_file_refusal(p_user uuid, p_max_unused integer) to service_role;
 
--- POST /ai/v1/files: the counts of a validated file whose lines the provider has (refused as
--- billing.ai_batch_file_refusal says, one upload at a time per student so its limit is exact).
-create or replace function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text,
+-- POST /ai/v1/files: a checked file's counts, recorded before its lines are sent to the provider
+-- (so the limit holds for what the provider stores), refused as billing.ai_batch_file_refusal
+-- says, one upload at a time per student; billing.sent_ai_batch_file then names the provider's
+-- copy. A claim never sent stops counting after 10 minutes.
+create or replace function billing.record_ai_batch_file(p_user uuid, p_upstream text,
   p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer,
   p_max_unused integer)
 returns jsonb
@@ -120,16 +123,37 @@ begin
   if v_refusal is not null then
     return v_refusal || jsonb_build_object('state', 'refused');
   end if;
-  insert into billing.ai_batch_files (user_id, provider_file_id, upstream, endpoint, model, lines, writes_cache,
-    filename, bytes)
-  values (p_user, p_provider_file_id, p_upstream, p_endpoint, p_model, p_lines, p_writes_cache, p_filename, p_bytes)
+  insert into billing.ai_batch_files (user_id, upstream, endpoint, model, lines, writes_cache, filename, bytes)
+  values (p_user, p_upstream, p_endpoint, p_model, p_lines, p_writes_cache, p_filename, p_bytes)
   returning * into v_file;
   return jsonb_build_object('state', 'recorded', 'file', billing.ai_batch_file_json(v_file));
 end;
 $$;
-comment on function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer, p_max_unused integer) is 'Gateway: records an uploaded batch file''s line counts (its content is at the provider).';
-revoke execute on function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer, p_max_unused integer) from public, anon, authenticated;
-grant execute on function billing.record_ai_batch_file(p_user uuid, p_provider_file_id text, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer, p_max_unused integer) to service_role;
+comment on function billing.record_ai_batch_file(p_user uuid, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer, p_max_unused integer) is 'Gateway: records a checked batch file''s line counts before it is sent, within the student''s limit.';
+revoke execute on function billing.record_ai_batch_file(p_user uuid, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer, p_max_unused integer) from public, anon, authenticated;
+grant execute on function billing.record_ai_batch_file(p_user uuid, p_upstream text, p_endpoint text, p_model text, p_lines jsonb, p_writes_cache boolean, p_filename text, p_bytes integer, p_max_unused integer) to service_role;
+
+-- The provider took the file (`p_provider_file_id`), or did not (null: the claim goes).
+create or replace function billing.sent_ai_batch_file(p_file uuid, p_provider_file_id text) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_file billing.ai_batch_files;
+begin
+  if p_provider_file_id is null then
+    delete from billing.ai_batch_files f where f.id = p_file and f.provider_file_id is null;
+    return null;
+  end if;
+  update billing.ai_batch_files f set provider_file_id = p_provider_file_id
+  where f.id = p_file and f.provider_file_id is null returning * into v_file;
+  return billing.ai_batch_file_json(v_file);
+end;
+$$;
+comment on function billing.sent_ai_batch_file(p_file uuid, p_provider_file_id text) is 'Gateway: names the provider''s copy of a recorded batch file, or (null) drops the record of one the provider did not take.';
+revoke execute on function billing.sent_ai_batch_file(p_file uuid, p_provider_file_id text) from public, anon, authenticated;
+grant execute on function billing.sent_ai_batch_file(p_file uuid, p_provider_file_id text) to service_role;
 
 create or replace function billing.ai_batch_file_json(f billing.ai_batch_files) returns jsonb
 language sql stable
@@ -149,7 +173,8 @@ language sql stable
 security definer
 set search_path = ''
 as $$
-  select billing.ai_batch_file_json(f) from billing.ai_batch_files f where f.id = p_id and f.user_id = p_user
+  select billing.ai_batch_file_json(f) from billing.ai_batch_files f
+  where f.id = p_id and f.user_id = p_user and f.provider_file_id is not null
 $$;
 comment on function billing.get_ai_batch_file(p_user uuid, p_id uuid) is 'Gateway: a student''s own batch file, or null.';
 revoke execute on function billing.get_ai_batch_file(p_user uuid, p_id uuid) from public, anon, authenticated;
@@ -195,7 +220,8 @@ declare
 begin
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('ai-batch:' || p_user::text, 0));
   if p_file is not null then
-    select * into v_file from billing.ai_batch_files f where f.id = p_file and f.user_id = p_user;
+    select * into v_file from billing.ai_batch_files f
+    where f.id = p_file and f.user_id = p_user and f.provider_file_id is not null;
     if not found then
       return jsonb_build_object('state', 'refused', 'token', 'AI_FILE_NOT_FOUND', 'detail', '{}'::jsonb);
     end if;
@@ -406,11 +432,12 @@ begin
               where b.status = 'submitting' and b.created_at < now() - interval '10 minutes' limit p_limit loop
     perform billing.submitted_ai_batch(v_id, null);
   end loop;
-  -- The longest unseen first, so a batch the provider cannot answer for never keeps others waiting.
+  -- Those to cancel first (a removed member's), then the longest unseen, so a batch the provider
+  -- cannot answer for never keeps others waiting.
   return query with seen as (
     update billing.ai_batches b set synced_at = now()
     where b.id = any (array(select x.id from billing.ai_batches x where x.status = 'in_progress'
-                            order by x.synced_at nulls first, x.created_at limit p_limit))
+                            order by x.cancel_requested desc, x.synced_at nulls first, x.created_at limit p_limit))
     returning b.*)
   select billing.ai_batch_json(s) from seen s;
 end;

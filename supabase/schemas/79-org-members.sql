@@ -187,6 +187,11 @@ begin
       'message', 'The organisation paying for this job removed you before it started.')
     where x.id = j.id;
   end loop;
+  -- Their batches it pays for are cancelled at the provider by the next minute's sync (it takes
+  -- them first): lines done by then are work under way, the rest returns.
+  update billing.ai_batches b set cancel_requested = true
+  from billing.ai_calls c
+  where c.id = b.call_id and b.user_id = p_member and c.org_id = p_org and b.status in ('submitting', 'in_progress');
   perform billing.sweep_allowance(p_org, p_member, 'removed');
   -- Sponsor codes they issued (an admin's) or that name them, unredeemed, give their escrow back:
   -- nothing the organisation set aside leaves for or by someone no longer in it.
@@ -194,7 +199,7 @@ begin
   return jsonb_build_object('org_id', p_org, 'user_id', p_member, 'active', false);
 end;
 $$;
-comment on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) is 'An owner or admin removes a member (never the owner): their org holds released and org-funded jobs not yet started cancelled, allowance swept back, the unredeemed sponsor codes they issued or are named in voided (escrow back to the wallet), and the pending invitations they sent or were sent revoked.';
+comment on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) is 'An owner or admin removes a member (never the owner): their org holds released, org-funded jobs not yet started cancelled and org-funded AI batches marked to be cancelled, allowance swept back, the unredeemed sponsor codes they issued or are named in voided (escrow back to the wallet), and the pending invitations they sent or were sent revoked.';
 revoke execute on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) from public;
 grant execute on function billing.remove_member(p_user uuid, p_org uuid, p_member uuid) to service_role;
 

@@ -38,9 +38,10 @@ select is(billing.begin_ai_batch('b0b0b0b0-0000-4000-8000-000000000001', 'anthro
 select is(billing.begin_ai_batch('b0b0b0b0-0000-4000-8000-000000000002', 'anthropic', 'messages', 'claude-haiku-4-5',
     '[{"custom_id": "a", "prompt_tokens": 1000, "max_output_tokens": 1000}]', false, null, 'k3', 'h3',
     array['anthropic'], 5, null) ->> 'token', 'INSUFFICIENT_CREDITS', 'a batch that does not fit is refused whole');
-create temp table f1 as select billing.record_ai_batch_file('b0b0b0b0-0000-4000-8000-000000000001', 'file-x', 'openai',
+create temp table f1 as select billing.record_ai_batch_file('b0b0b0b0-0000-4000-8000-000000000001', 'openai',
   'chat', 'gpt-4o-mini', '[{"custom_id": "a", "prompt_tokens": 1, "max_output_tokens": 1}]', false, 'f.jsonl', 10, 10)
   -> 'file' as r;
+select billing.sent_ai_batch_file((select (r ->> 'id')::uuid from f1), 'file-x');
 select is(billing.begin_ai_batch('b0b0b0b0-0000-4000-8000-000000000002', 'openai', 'chat', null, null, false,
     (select (r ->> 'id')::uuid from f1), 'k4', 'h4', array['openai'], 5, null) ->> 'token', 'AI_FILE_NOT_FOUND',
   'another student''s file is not found');
@@ -82,7 +83,7 @@ select is((select h.status from billing.holds h join billing.ai_calls c on c.hol
            where c.id = (select (r -> 'batch' ->> 'call_id')::uuid from b2)), 'released', 'and its hold is released');
 
 -- Files in no batch yet are limited per student; a banned student uploads none.
-select is(billing.record_ai_batch_file('b0b0b0b0-0000-4000-8000-000000000001', 'file-y', 'openai', 'chat', 'gpt-4o-mini',
+select is(billing.record_ai_batch_file('b0b0b0b0-0000-4000-8000-000000000001', 'openai', 'chat', 'gpt-4o-mini',
     '[{"custom_id": "a", "prompt_tokens": 1, "max_output_tokens": 1}]', false, 'f.jsonl', 10, 1) ->> 'token',
   'AI_BATCH_LIMIT', 'past the files a student may have waiting for a batch: refused');
 reset role;

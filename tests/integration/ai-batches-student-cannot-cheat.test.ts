@@ -3,89 +3,18 @@
 // loses, creates or double-counts money, reaches another student's data, lets a banned student
 // use the provider, parks unbounded files there, or answers a 5xx.
 import assert from 'node:assert/strict';
-import { activeHolds, advanceBatchClock, creditPerToken, gatewayUrl, student, syncBatches } from '../support/ai.ts';
+import { activeHolds, advanceBatchClock, creditPerToken, student, syncBatches } from '../support/ai.ts';
 import { assertLedgerInvariants, holdsLapse, sweepExpiredHolds, testDb } from '../support/helpers.ts';
-
-// deno-lint-ignore no-explicit-any
-type Json = Record<string, any>;
-async function call(token: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
-  const res = await fetch(`${gatewayUrl}${path}`, {
-    method,
-    headers: {
-      authorization: `Bearer ${token}`,
-      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-      ...headers,
-    },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  let json: Json = {};
-  try {
-    json = JSON.parse(text);
-  } catch { /* not JSON */ }
-  return { status: res.status, json, text };
-}
-
-const chatLine = (id: string, text: string, model = 'gpt-4o-mini') => ({
-  custom_id: id,
-  method: 'POST',
-  url: '/v1/chat/completions',
-  body: { model, messages: [{ role: 'user', content: text }], max_tokens: 20 },
-});
-async function upload(token: string, lines: unknown[]) {
-  const form = new FormData();
-  form.set('purpose', 'batch');
-  form.set('file', new File([lines.map((l) => JSON.stringify(l)).join('\n')], 'f.jsonl'));
-  const res = await fetch(`${gatewayUrl}/files`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}` },
-    body: form,
-  });
-  return { status: res.status, json: await res.json() as Json };
-}
-const createBatch = (token: string, fileId: string, extra: Record<string, unknown> = {}) =>
-  call(token, 'POST', '/batches', {
-    input_file_id: fileId,
-    endpoint: '/v1/chat/completions',
-    completion_window: '24h',
-    ...extra,
-  });
-const messageRequest = (id: string, text: string, params: Record<string, unknown> = {}) => ({
-  custom_id: id,
-  params: { model: 'claude-haiku-4-5', max_tokens: 20, messages: [{ role: 'user', content: text }], ...params },
-});
-
-/** The batch's money: its hold, what moved for it, the sum of its lines, the call's charge. */
-async function money(batchId: string) {
-  const [r] = await testDb`
-    select b.call_id, b.status, c.status as call_status, trim_scale(h.amount)::text as held, h.status as hold_status,
-      (select count(*)::int from billing.transfers t where t.correlation_id = 'ai:' || c.id and t.kind = 'hold_capture')
-        as captures,
-      (select trim_scale(coalesce(sum(t.amount), 0))::text from billing.transfers t where t.correlation_id = 'ai:' || c.id)
-        as moved,
-      (select trim_scale(coalesce(sum(l.charged), 0))::text from billing.ai_batch_lines l where l.batch_id = b.id) as lines,
-      trim_scale(coalesce(c.charged, 0))::text as charged
-    from billing.ai_batches b join billing.ai_calls c on c.id = b.call_id join billing.holds h on h.id = c.hold_id
-    where b.id = ${batchId}`;
-  return r;
-}
-/** Charged once, exactly the sum of its lines, its hold no longer active. */
-function settledOnce(m: Json) {
-  assert.equal(m.status, 'ended');
-  assert.ok(m.captures <= 1, 'at most one capture');
-  assert.equal(m.moved, m.lines, 'the ledger moved the sum of its lines');
-  assert.equal(m.charged, m.lines, 'the call charged the sum of its lines');
-  assert.notEqual(m.hold_status, 'active');
-}
-const closeAll = async (s: { id: string; token: string }) => {
-  const open = await testDb`select id, kind from billing.ai_batches where user_id = ${s.id}
-    and status in ('submitting', 'in_progress')`;
-  const path = (b: Json) => b.kind === 'openai' ? `/batches/${b.id}` : `/messages/batches/${b.id}`;
-  for (const b of open) await call(s.token, 'POST', `${path(b)}/cancel`);
-  for (const b of open) await call(s.token, 'GET', path(b));
-};
-
-// ---------------------------------------------------------------- holes
+import {
+  call,
+  chatLine,
+  closeAll,
+  createBatch,
+  messageRequest,
+  money,
+  settledOnce,
+  upload,
+} from '../support/batches.ts';
 
 Deno.test('malformed file and batch ids (36 dashes) answer 404, never a 5xx', async () => {
   const s = await student('10');
@@ -163,7 +92,7 @@ Deno.test('a message batch keeps its Idempotency-Key while it runs, and is settl
     assert.equal(status, 'ended', 'the provider ended it: it is settled');
     settledOnce(await money(first.json.id));
   } finally {
-    await closeAll(s);
+    await closeAll(s.id, s.token);
     // Not left stuck in the shared stack's sync queue: its hold lapsed and its call failed already.
     await testDb`update billing.ai_batches set status = 'failed', ended_at = now()
       where id = ${first.json.id} and status = 'in_progress'`;
@@ -208,8 +137,8 @@ Deno.test('ten batches created at once: five run; one file raced ten times is on
   const raced = await Promise.all(Array.from({ length: 10 }, () => createBatch(t.token, same.json.id)));
   assert.equal(new Set(raced.map((r) => r.json.id)).size, 1);
   assert.equal(await activeHolds(t.id), 1);
-  await closeAll(s);
-  await closeAll(t);
+  await closeAll(s.id, s.token);
+  await closeAll(t.id, t.token);
   assert.equal(await activeHolds(s.id), 0);
   assert.equal(await activeHolds(t.id), 0);
   await assertLedgerInvariants();
@@ -321,5 +250,5 @@ Deno.test("metadata Postgres refuses is a 400, and another student's batch call 
   const theirs = await call(b.token, 'GET', `/calls/${call_id}`);
   assert.equal(theirs.status, 404);
   assert.doesNotMatch(theirs.text, /custom_id/);
-  await closeAll(a);
+  await closeAll(a.id, a.token);
 });

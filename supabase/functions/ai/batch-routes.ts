@@ -87,20 +87,23 @@ export async function uploadFile(c: AppContext): Promise<Response> {
       body: { ...l.body, model: card },
     })
   ).join('\n') + '\n';
-  const upload = new FormData();
-  upload.set('purpose', 'batch');
-  upload.set('file', new Blob([copy], { type: 'application/jsonl' }), 'batch.jsonl');
-  const res = await fetchUpstream(upstream, '/files', { method: 'POST', body: upload });
-  const sent = res.ok ? await res.json() as { id?: unknown } : null;
-  if (typeof sent?.id !== 'string') {
-    await res.body?.cancel();
-    throw new AppError('unavailable', 'PROVIDER_ERROR', 'The provider did not take the file.', { status: 502 });
-  }
-  const [{ r }] = await sql`select billing.record_ai_batch_file(${userId}, ${sent.id}, ${upstream}, 'chat', ${card},
+  // Recorded first (its place within the student's limit claimed), then sent: the provider stores
+  // nothing past the limit; a copy it did not take drops the record.
+  const [{ r }] = await sql`select billing.record_ai_batch_file(${userId}, ${upstream}, 'chat', ${card},
     ${jsonb(lines.map(({ body: _, ...counted }) => counted))}, ${writesCache},
     ${file.name.slice(0, 255) || 'batch.jsonl'}, ${file.size}, ${batchLimits.waitingFiles}) as r`;
   if (r.state !== 'recorded') throw sqlRefusal(r.token, JSON.stringify(r.detail ?? {})) ?? internalError();
-  return c.json(fileObject(r.file));
+  const upload = new FormData();
+  upload.set('purpose', 'batch');
+  upload.set('file', new Blob([copy], { type: 'application/jsonl' }), 'batch.jsonl');
+  const sent = await fetchUpstream(upstream, '/files', { method: 'POST', body: upload })
+    .then(async (res) => res.ok ? (await res.json() as { id?: unknown }).id : res.body?.cancel())
+    .catch(() => null);
+  const [{ f }] = await sql`select billing.sent_ai_batch_file(${r.file.id}, ${
+    typeof sent === 'string' ? sent : null
+  }) as f`;
+  if (!f) throw new AppError('unavailable', 'PROVIDER_ERROR', 'The provider did not take the file.', { status: 502 });
+  return c.json(fileObject(f));
 }
 
 async function myFile(c: AppContext): Promise<BatchFile> {
