@@ -114,6 +114,21 @@ Deno.test('every GET route answers one shape: lists are {items, next_cursor}, no
     '/admin/server-keys': { kind: 'whole', path: '/admin/server-keys', token: f.admin },
     // OpenAI's own list shape ({ object: 'list', data: [...] }), for its SDKs: not our envelope.
     '/ai/v1/models': { kind: 'text', path: '/ai/v1/models', token: f.token },
+    // OpenAI's and Anthropic's batch and file objects, files and results, for their SDKs (their
+    // shapes, docs/ai-gateway.md § Batches): none of the caller's here, so each is a 404.
+    '/ai/v1/batches/:id': { kind: 'text', path: `/ai/v1/batches/${crypto.randomUUID()}`, token: f.token },
+    '/ai/v1/files/:id': { kind: 'text', path: `/ai/v1/files/${crypto.randomUUID()}`, token: f.token },
+    '/ai/v1/files/:id/content': { kind: 'text', path: `/ai/v1/files/${crypto.randomUUID()}/content`, token: f.token },
+    '/ai/v1/messages/batches/:id': {
+      kind: 'text',
+      path: `/ai/v1/messages/batches/${crypto.randomUUID()}`,
+      token: f.token,
+    },
+    '/ai/v1/messages/batches/:id/results': {
+      kind: 'text',
+      path: `/ai/v1/messages/batches/${crypto.randomUUID()}/results`,
+      token: f.token,
+    },
     '/ai/v1/calls': { kind: 'paged', path: '/ai/v1/calls?limit=1', token: f.token },
     '/ai/v1/calls/:id': { kind: 'object', path: `/ai/v1/calls/${callId}`, token: f.token },
     '/ai/v1/content-consent': { kind: 'object', path: '/ai/v1/content-consent', token: f.token },
