@@ -78,7 +78,7 @@ export async function submitBatch(batch: Batch, send: () => Promise<Response>): 
   } catch (err) {
     log.warn('ai batch could not be sent', { batchId: batch.id, ...errorSummary(err) });
   }
-  const id = res?.ok ? ((await res.json()) as { id?: unknown }).id : null;
+  const id = res?.ok ? ((await res.json().catch(() => ({}))) as { id?: unknown }).id : null;
   if (res && !res.ok) await res.body?.cancel();
   const [{ r }] = await sql`select billing.submitted_ai_batch(${batch.id}, ${typeof id === 'string' ? id : null}) as r`;
   if (typeof id !== 'string') throw providerError(res?.status ?? 0);
