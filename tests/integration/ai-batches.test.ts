@@ -399,3 +399,28 @@ Deno.test('a batch the provider does not take charges nothing, and its file answ
   );
   await anthropicOf(s.token).messages.batches.cancel(mb.id);
 });
+
+Deno.test('a batch its provider does not know is left running within its window, then ends with nothing charged', async () => {
+  const s = await student('100');
+  const f = await s.openai.files.create({ file: chatFile(2, () => 'words=3'), purpose: 'batch' });
+  const b = await s.openai.batches.create({
+    input_file_id: f.id,
+    endpoint: '/v1/chat/completions',
+    completion_window: '24h',
+  });
+  // The provider answers 404 for it (as one whose key belongs to another account would).
+  await testDb`update billing.ai_batches set provider_batch_id = ${`batch_unknown_${b.id}`} where id = ${b.id}`;
+  assert.equal(
+    (await s.openai.batches.retrieve(b.id)).status,
+    'in_progress',
+    'within its window: left for the operator',
+  );
+  assert.equal(await activeHolds(s.id), 1);
+  await testDb`update billing.ai_batches set created_at = created_at - interval '25 hours 1 minute' where id = ${b.id}`;
+  const lost = await s.openai.batches.retrieve(b.id);
+  assert.equal(lost.status, 'failed');
+  const m = await money(b.id);
+  assert.deepEqual([m.captures, m.moved, m.charged], [0, '0', '0'], 'nothing charged');
+  assert.equal(await activeHolds(s.id), 0, 'the hold returned');
+  assert.equal(await balance(s.id), '100');
+});

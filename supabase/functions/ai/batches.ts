@@ -148,6 +148,9 @@ async function anthropicEnded(b: Batch, remote: Record<string, unknown>): Promis
   }));
 }
 
+/** A batch its provider does not know is taken as lost only past the provider's 24-hour window and an hour. */
+const lostAfterSeconds = 25 * 3600;
+
 const providerPath = (b: Batch) =>
   b.kind === 'openai' ? `/batches/${b.provider_batch_id}` : `/messages/batches/${b.provider_batch_id}`;
 const ended = (b: Batch, remote: Record<string, unknown>) =>
@@ -168,8 +171,14 @@ export async function syncBatch(b: Batch): Promise<Batch> {
     }
     const res = await fetchUpstream(b.upstream, providerPath(b));
     if (res.status === 404) {
-      // The provider has no such batch (it lost it): nothing ran that it bills, nothing is charged.
       await res.body?.cancel();
+      // The provider has no such batch. Within its window that is the operator's to look at (a
+      // key of another account?): left as it is. Past it, the provider lost it: nothing ran that
+      // it bills, nothing is charged.
+      if (Date.now() / 1000 - b.created_at < lostAfterSeconds) {
+        log.error('ai batch not found at its provider', { batchId: b.id, upstream: b.upstream });
+        return b;
+      }
       const [{ r }] = await sql`select billing.finish_ai_batch(${b.id}, '[]'::jsonb, 'lost', '{}'::jsonb) as r`;
       return r;
     }
