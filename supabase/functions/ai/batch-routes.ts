@@ -2,7 +2,6 @@
 // Batches): OpenAI's /files (purpose batch) and /batches, Anthropic's /messages/batches. Every
 // line is checked and counted at the gateway (batch-lines.ts), the provider gets only the checked
 // copy, and the money is one SQL call each way (batches.ts).
-import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { aiGatewayEnv, fetchUpstream, upstreamsSpeaking } from '../_shared/adapters/ai-upstreams.ts';
 import { jsonb, sql } from '../_shared/adapters/db.ts';
@@ -15,13 +14,21 @@ import { readBody, readJson } from '../_shared/http/validate.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
 import { isUuid } from '../_shared/values/query.ts';
 import { batchLimits, batchLines } from './batch-lines.ts';
-import { type Batch, beginBatch, myBatch, notFound, submitBatch, syncBatch } from './batches.ts';
+import {
+  type Batch,
+  batchNotFound,
+  beginBatch,
+  fileNotFound,
+  myBatch,
+  providerError,
+  submitBatch,
+  syncBatch,
+} from './batches.ts';
+import { sha256 } from './call.ts';
 import { chat } from './protocols/chat.ts';
 import { messages } from './protocols/messages.ts';
 
-const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 const iso = (n: number | null) => n === null ? null : new Date(n * 1000).toISOString();
-const fileNotFound = () => new AppError('not_found', 'AI_FILE_NOT_FOUND', 'There is no such file of yours.');
 const invalid = (message: string, field: string) => new AppError('validation', 'VALIDATION_FAILED', message, { field });
 
 // ---------------------------------------------------------------- OpenAI: /files and /batches
@@ -102,7 +109,7 @@ export async function uploadFile(c: AppContext): Promise<Response> {
   const [{ f }] = await sql`select billing.sent_ai_batch_file(${r.file.id}, ${
     typeof sent === 'string' ? sent : null
   }) as f`;
-  if (!f) throw new AppError('unavailable', 'PROVIDER_ERROR', 'The provider did not take the file.', { status: 502 });
+  if (!f) throw providerError('take the file');
   return c.json(fileObject(f));
 }
 
@@ -133,7 +140,7 @@ export async function fileContent(c: AppContext): Promise<Response> {
   const res = await fetchUpstream(upstream, `/files/${encodeURIComponent(provider)}/content`);
   if (!res.ok) {
     await res.body?.cancel();
-    throw new AppError('unavailable', 'PROVIDER_ERROR', 'The provider did not answer with the file.', { status: 502 });
+    throw providerError('answer with the file', res.status);
   }
   return new Response(res.body, { headers: { 'content-type': 'application/octet-stream' } });
 }
@@ -226,7 +233,7 @@ export async function createBatch(c: AppContext): Promise<Response> {
 /** GET /ai/v1/batches/:id and POST …/cancel (`cancel`): the batch, synced with its provider. */
 export const readBatch = (kind: Batch['kind'], cancel: boolean) => async (c: AppContext) => {
   const b = await myBatch(currentUser(c).id, c.req.param('id') ?? '', cancel);
-  if (!b || b.kind !== kind) throw notFound();
+  if (!b || b.kind !== kind) throw batchNotFound();
   const synced = await syncBatch(b);
   return c.json(kind === 'openai' ? openaiBatch(synced) : anthropicBatch(synced));
 };
@@ -299,16 +306,14 @@ export async function createMessageBatch(c: AppContext): Promise<Response> {
 /** GET /ai/v1/messages/batches/:id/results: the provider's results, once the batch is settled. */
 export async function messageBatchResults(c: AppContext): Promise<Response> {
   const b = await myBatch(currentUser(c).id, c.req.param('id') ?? '');
-  if (!b || b.kind !== 'anthropic') throw notFound();
+  if (!b || b.kind !== 'anthropic') throw batchNotFound();
   if (b.status !== 'ended' || typeof b.results?.results_url !== 'string') {
     throw new AppError('conflict', 'AI_BATCH_NOT_ENDED', 'The batch has not ended: its results are not ready.');
   }
   const res = await fetchUpstream(b.upstream, b.results.results_url);
   if (!res.ok) {
     await res.body?.cancel();
-    throw new AppError('unavailable', 'PROVIDER_ERROR', 'The provider did not answer with the results.', {
-      status: 502,
-    });
+    throw providerError('answer with the results', res.status);
   }
   return new Response(res.body, { headers: { 'content-type': 'application/binary' } });
 }

@@ -5,7 +5,7 @@
 // the first settling, so pollers racing, a repeated poll or a restart never charge twice.
 import { fetchUpstream } from '../_shared/adapters/ai-upstreams.ts';
 import { jsonb, sql } from '../_shared/adapters/db.ts';
-import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
+import { refusalOf, sqlRefusal } from '../_shared/adapters/sql-errors.ts';
 import { AppError, internalError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { isUuid } from '../_shared/values/query.ts';
@@ -39,11 +39,14 @@ export interface Batch {
 /** A line as the provider ended it, for billing.finish_ai_batch. */
 type Ended = { custom_id: string; outcome: 'succeeded' | 'errored' | 'expired' | 'cancelled'; usage: Usage | null };
 
-export const notFound = () => new AppError('not_found', 'AI_BATCH_NOT_FOUND', 'There is no such batch of yours.');
-const providerError = (status: number) =>
-  new AppError('unavailable', 'PROVIDER_ERROR', 'The provider did not take the batch; nothing was charged.', {
+// The refusals SQL raises for the same cases (sql-errors.ts): one message each, wherever found.
+export const batchNotFound = () => refusalOf('AI_BATCH_NOT_FOUND', {}) ?? internalError();
+export const fileNotFound = () => refusalOf('AI_FILE_NOT_FOUND', {}) ?? internalError();
+/** The provider did not take or give what was asked (`what`); nothing was charged for it. */
+export const providerError = (what: string, status = 0) =>
+  new AppError('unavailable', 'PROVIDER_ERROR', `The provider did not ${what}; nothing was charged.`, {
     status: 502,
-    details: { upstream_status: status },
+    ...(status ? { details: { upstream_status: status } } : {}),
   });
 
 /** Holds a batch and records its lines (a refusal thrown: 402 with the figures when it does not fit). */
@@ -81,7 +84,7 @@ export async function submitBatch(batch: Batch, send: () => Promise<Response>): 
   const id = res?.ok ? ((await res.json().catch(() => ({}))) as { id?: unknown }).id : null;
   if (res && !res.ok) await res.body?.cancel();
   const [{ r }] = await sql`select billing.submitted_ai_batch(${batch.id}, ${typeof id === 'string' ? id : null}) as r`;
-  if (typeof id !== 'string') throw providerError(res?.status ?? 0);
+  if (typeof id !== 'string') throw providerError('take the batch', res?.status ?? 0);
   return r;
 }
 

@@ -55,7 +55,8 @@ import { dataFromCopy, eventsCopy, eventsFromCopy, jsonCopy, jsonFromCopy } from
 
 type Json = Record<string, unknown>;
 
-const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+/** A request's hash (the key's claim compares them), hex. */
+export const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 
 export type Call<R> = {
   id: string;
