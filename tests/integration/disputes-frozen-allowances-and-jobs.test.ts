@@ -31,6 +31,10 @@ for (const outcome of ['won', 'lost'] as const) {
     assert.deepEqual({ ...await accountOf(org, member.id) }, { balance: '2000', held: '0' }, 'frozen: not swept');
     await dispute(p.session_id, outcome);
     await until(outcome, async () => (await purchaseDisputeStatus(p.session_id)) === outcome);
+    if (outcome === 'won') {
+      // docs/api.md § orgs: a won dispute thaws them where they are; the minute sweep moves them.
+      assert.deepEqual({ ...await accountOf(org, member.id) }, { balance: '2000', held: '0' }, 'won: still there');
+    }
     await testDb`select billing.sweep_ended_terms(100)`;
     assert.deepEqual({ ...await accountOf(org, member.id) }, { balance: '0', held: '0' });
     assert.deepEqual({ ...await accountOf(org, null) }, { balance: outcome === 'won' ? '5000' : '0', held: '0' });

@@ -289,3 +289,25 @@ Deno.test('a school verified after a purchase does not answer for it: who paid b
   await loseDispute(purchase.session_id);
   await assertPayerOwes(s, org, '4000');
 });
+
+Deno.test("a payer with credits of their own pays what was spent of their school's disputed purchase from them first", async () => {
+  const { s, h, org, purchase } = await handedToSecondAddress('pool');
+  await join(h.token, org, s);
+  await buy(s.token, 'mini'); // S's own 5,000
+  await until("S's own credits", async () => (await figures(s.id)).balance === '5000');
+  await spend(s.token, 4000); // the pool pays first (org_pays_first)
+  assert.equal((await figures(s.id)).balance, '5000', 'the pool paid, not S');
+  await openDispute(purchase.session_id);
+  await assertSuspended(s.token);
+  await loseDispute(purchase.session_id);
+  const f = await figures(s.id);
+  assert.deepEqual(
+    { balance: f.balance, in_debt: f.in_debt },
+    { balance: '1000', in_debt: false },
+    'owed from own credits',
+  );
+  assert.equal((await accountOf(org, null)).balance, '0', "the pool's 1,000 left is taken back");
+  assert.equal((await usageBy(s.token)).status, 201, 'closed and paid: S spends again');
+  await coreInvariants([s.id]);
+  await assertLedgerInvariants();
+});
