@@ -256,9 +256,13 @@ begin
         null, billing.purchase_metadata(p), jsonb_build_object('category', 'promotional', 'currency', p.currency,
           'purchase_id', p.id), v_credited);
     end if;
-    -- Who answers for it is settled as it is paid: verifying the school later moves no old payment.
+    -- Who answers for it is settled by when it was paid (Stripe's charge time, in whole seconds:
+    -- a charge in the verification's second counts as after it), not when we learn of it (a late
+    -- webhook after a verification moves no payment made before it); verifying the school later
+    -- moves no old payment.
     update billing.purchases x set status = 'paid', paid_at = now(), tax_cents = v_tax, updated_at = now(),
-      wallet_answers = exists (select 1 from billing.orgs o where o.id = p.org_id and o.verified_at is not null)
+      wallet_answers = exists (select 1 from billing.orgs o where o.id = p.org_id
+        and date_trunc('second', o.verified_at) <= coalesce(to_timestamp((p_state ->> 'charge_created')::bigint), now()))
     where x.id = p.id returning * into p;
     update billing.recharges r set status = 'succeeded', payment_intent_id = p_state ->> 'payment_intent', updated_at = now()
     where r.purchase_id = p.id;
