@@ -107,7 +107,7 @@ browserTest(
 browserTest(
   'the Anthropic SDK in a page carries a three-turn chat through the gateway, each turn charged its usage exactly',
   (browser) =>
-    withSdkPages(browser, async ({ id, token, page, allowed, functionsUrl }) => {
+    withSdkPages(browser, async ({ id, token, page, allowed, unlisted, functionsUrl }) => {
       const chat = await chatIn(page, allowed, 'chatWithAnthropic', functionsUrl, token);
       await assertChargedExactly(id, chat, (u) =>
         cardPrice('claude-haiku-4-5', {
@@ -116,5 +116,9 @@ browserTest(
           write: u.cache_creation_input_tokens ?? 0,
           output: u.output_tokens,
         }));
+      // From an origin the gateway does not list, the browser stops the call at its preflight.
+      const refused = await chatIn(page, unlisted, 'chatWithAnthropic', functionsUrl, token);
+      assert.match(refused.error ?? '', /Connection error/);
+      assert.equal((await callsOf(id)).length, 3);
     }),
 );

@@ -1,45 +1,22 @@
 // Bundled for Chromium by ai-sdks-in-browser.test.ts: the official openai and Anthropic SDKs in
-// the page, as docs/ai-gateway.md § Integrate writes them, each carrying a chat through the
-// gateway with the student's token, streamed, turn after turn. Each answers what it got back (or
-// the error it threw, as text) for the test to check against the ledger.
+// the page, as docs/ai-gateway.md § Integrate writes them (its openai chat is
+// ai-sdks-page-openai.ts, whole), each carrying a chat through the gateway with the student's
+// token, streamed, turn after turn. Each answers what it got back (or the error it threw, as
+// text) for the test to check against the ledger.
 /// <reference lib="dom" />
-import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
+import { chatWithOpenAI as chatWithOpenAIAsDocumented } from './ai-sdks-page-openai.ts';
 
 /** One turn as the page saw it: the answer's text and the usage the SDK reported. */
-type Turn = { answer: string; usage: unknown };
+type Turn = { answer: string; usage?: unknown };
 type Chat = { turns: Turn[]; error?: string };
 
+/** The chat docs/ai-gateway.md § Integrate shows (ai-sdks-page-openai.ts), its error as text. */
 async function chatWithOpenAI(functionsUrl: string, token: string, prompts: string[]): Promise<Chat> {
-  const ai = new OpenAI({
-    baseURL: `${functionsUrl}/ai/v1`,
-    apiKey: token,
-    dangerouslyAllowBrowser: true,
-    maxRetries: 0,
-  });
-  const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [];
-  const turns: Turn[] = [];
   try {
-    for (const content of prompts) {
-      messages.push({ role: 'user', content });
-      const stream = await ai.chat.completions.create({
-        model: 'gpt-4o-mini',
-        messages,
-        max_tokens: 60,
-        stream: true,
-        stream_options: { include_usage: true },
-      });
-      const turn: Turn = { answer: '', usage: null };
-      for await (const chunk of stream) {
-        turn.answer += chunk.choices[0]?.delta?.content ?? '';
-        if (chunk.usage) turn.usage = chunk.usage;
-      }
-      messages.push({ role: 'assistant', content: turn.answer });
-      turns.push(turn);
-    }
-    return { turns };
+    return { turns: await chatWithOpenAIAsDocumented(functionsUrl.replace(/\/functions\/v1$/, ''), token, prompts) };
   } catch (err) {
-    return { turns, error: String(err) };
+    return { turns: [], error: String(err) };
   }
 }
 

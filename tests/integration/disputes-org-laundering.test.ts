@@ -46,7 +46,7 @@ async function schoolBoughtBy(s: Person, verified = false) {
 }
 
 /** `r` is the suspension's refusal. */
-function assertDisputed(r: { status: number; text: string; body: Record<string, unknown> }, what: string) {
+function assertDisputed(r: Awaited<ReturnType<typeof api>>, what: string) {
   assert.equal(r.status, 403, `${what}: ${r.text}`);
   assert.equal(codeOf(r), 'ACCOUNT_DISPUTED', `${what}: ${r.text}`);
 }

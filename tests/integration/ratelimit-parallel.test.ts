@@ -29,7 +29,7 @@ async function aiCall(base: string, token: string): Promise<Answer> {
   return { status: res.status, headers: res.headers, body: await res.json() };
 }
 
-/** A 429 in the standard envelope, naming the student's AI layer, with Retry-After within the window. */
+/** A 429 in the standard envelope, naming the student's AI layer and its wait within the window. */
 function assertRateLimited(r: Answer) {
   assert.equal(r.status, 429);
   const error = r.body.error as Record<string, unknown>;
@@ -39,9 +39,9 @@ function assertRateLimited(r: Answer) {
   assert.equal(typeof error.message, 'string');
   const { retry_after_seconds: seconds, ...layer } = error.details as Record<string, unknown>;
   assert.deepEqual(layer, { layer: 'route_ai_chat', limit });
-  const retryAfter = Number(r.headers.get('retry-after'));
-  assert.ok(retryAfter >= 1 && retryAfter <= 60, `Retry-After ${r.headers.get('retry-after')}`);
-  assert.equal(seconds, retryAfter);
+  assert.ok(typeof seconds === 'number' && seconds >= 1 && seconds <= 60, `retry_after_seconds ${seconds}`);
+  // Retry-After only for a wait the SDKs would sit through (8 s or less).
+  assert.equal(r.headers.get('retry-after'), seconds <= 8 ? String(seconds) : null);
   assert.equal(r.headers.get('x-ratelimit-limit'), String(limit));
   assert.equal(r.headers.get('x-ratelimit-remaining'), '0');
   const metadata = r.body.metadata as Record<string, unknown>;

@@ -88,37 +88,43 @@ function reporterSubject(authorization: string | undefined): string | undefined 
 }
 
 /**
- * The longest wait an SDK is told to retry after: the openai SDK's own backoff reaches 8 s. A
- * fixed window can mean waiting most of a minute, which an SDK would sit through silently (the
- * openai and Anthropic SDKs honour a Retry-After up to 60 s): past this they fail at once instead.
+ * The longest wait a 429 asks the SDKs to sit through: the openai SDK's own backoff reaches 8 s.
+ * A fixed window can mean waiting most of a minute, which an SDK would sit through silently (the
+ * openai, Anthropic and AI SDKs honour a Retry-After up to 60 s): past this they fail instead.
  */
 export const sdkRetryWaitMs = 8_000;
 
 /**
- * A 429's wait, as the SDKs read it: `Retry-After` (whole seconds, rounded up), `retry-after-ms`
- * (exact; the openai, Anthropic and AI SDKs prefer it) and `x-should-retry` (the openai and
- * Anthropic SDKs retry only when it is true; the AI SDK does not read it).
+ * A 429's wait, as the SDKs read it. Up to `sdkRetryWaitMs`: `Retry-After` (whole seconds,
+ * rounded up), `retry-after-ms` (exact; the openai, Anthropic and AI SDKs prefer it) and
+ * `x-should-retry: true`. Longer: only `x-should-retry: false`, so the openai and Anthropic SDKs
+ * fail at once and the AI SDK, which reads no x-should-retry but waits any Retry-After under 60 s,
+ * falls back to its own short backoff (2 s, 4 s) and then fails. The wait itself is still in the
+ * message, `details.retry_after_seconds` and X-RateLimit-Reset.
  * @example retryHeaders(2_500) // { 'Retry-After': '3', 'retry-after-ms': '2500', 'x-should-retry': 'true' }
+ * @example retryHeaders(48_000) // { 'x-should-retry': 'false' }
  */
 export function retryHeaders(waitMs: number): Record<string, string> {
   const ms = Math.max(0, Math.ceil(waitMs));
+  if (ms > sdkRetryWaitMs) return { 'x-should-retry': 'false' };
   return {
     'Retry-After': String(Math.max(1, Math.ceil(ms / 1000))),
     'retry-after-ms': String(ms),
-    'x-should-retry': String(ms <= sdkRetryWaitMs),
+    'x-should-retry': 'true',
   };
 }
 
 function tooMany(outcome: Outcome, headers: Record<string, string>): AppError {
-  const wait = retryHeaders(outcome.reset - Date.now());
-  const retryAfter = Number(wait['Retry-After']);
+  const waitMs = outcome.reset - Date.now();
+  const retryAfter = Math.max(1, Math.ceil(waitMs / 1000)); // the wait the message names, in whole seconds
   return new AppError(
     'rate_limit',
     'RATE_LIMITED',
     `Too many requests (${outcome.layer.name} limit: ${outcome.layer.limit} a minute). Retry in ${retryAfter} s.`,
     {
       details: { layer: outcome.layer.name, limit: outcome.layer.limit, retry_after_seconds: retryAfter },
-      headers: { ...headers, ...wait },
+      // X-RateLimit-Reset even from the local fallback, which has no other limit headers.
+      headers: { 'X-RateLimit-Reset': String(retryAfter), ...headers, ...retryHeaders(waitMs) },
     },
   );
 }
