@@ -8,10 +8,19 @@
 // while it is open, a member's hold in flight, a refund during it, a second school, and the
 // moment a school's verification is read.
 import assert from 'node:assert/strict';
-import { adminToken, api, key, reportUsage, spend, testDb, until } from '../support/helpers.ts';
+import { adminToken, api, key, spend, testDb, until } from '../support/helpers.ts';
 import { codeOf, dataOf } from '../support/money.ts';
-import { accountOf, join, person, verifyOrg } from '../support/orgs.ts';
-import { buy, chargeOf, emulator, startCheckout } from '../support/purchases.ts';
+import {
+  accountOf,
+  assertDisputed,
+  join,
+  person,
+  school,
+  schoolBoughtBy,
+  usageBy,
+  verifyOrg,
+} from '../support/orgs.ts';
+import { chargeOf, emulator, startCheckout } from '../support/purchases.ts';
 import { issue, redeem } from '../support/codes.ts';
 import { billing } from '../support/invoices.ts';
 import { figures, loseDispute, openDispute } from '../support/disputed.ts';
@@ -19,37 +28,8 @@ import { capture, holdIdOf, placeHold, reservationInvariants } from '../support/
 
 type Person = Awaited<ReturnType<typeof person>>;
 
-/** One credit of usage, reported by the product's server for the user `token` names. */
-const usageBy = (token: string) =>
-  reportUsage('/credits/usage', {
-    token,
-    headers: key(),
-    body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },
-  });
-
 const fundAllowance = (token: string, org: string, user: string, amount: string) =>
   api(`/orgs/${org}/allowances`, { token, headers: key(), body: { amount, user_id: user } });
-
-async function newSchool(s: Person, funding: 'allowance' | 'pool' = 'allowance') {
-  const created = await api('/orgs', { token: s.token, body: { name: 'Own School', funding } });
-  assert.equal(created.status, 201, created.text);
-  return (created.body.data as { id: string }).id;
-}
-
-/** S creates a school (verified first when asked) and buys the mini package (5,000) for its wallet. */
-async function schoolBoughtBy(s: Person, verified = false) {
-  const org = await newSchool(s);
-  if (verified) await verifyOrg(org);
-  const purchase = await buy(s.token, 'mini', org);
-  await until('the wallet paid', async () => (await accountOf(org, null))?.balance === '5000');
-  return { org, purchase };
-}
-
-/** `r` is the suspension's refusal. */
-function assertDisputed(r: Awaited<ReturnType<typeof api>>, what: string) {
-  assert.equal(r.status, 403, `${what}: ${r.text}`);
-  assert.equal(codeOf(r), 'ACCOUNT_DISPUTED', `${what}: ${r.text}`);
-}
 
 /** S owes exactly `spent` on their own account; nobody else's account is negative. */
 async function assertOnlyPayerOwes(s: Person, org: string, spent: string, others: Person[]) {
@@ -73,7 +53,7 @@ async function assertOnlyPayerOwes(s: Person, org: string, spent: string, others
 Deno.test('a card payment made before the school was verified is answered for by its payer, however late the server learns of it', async () => {
   const s = await person('payer');
   const h = await person('second');
-  const org = await newSchool(s);
+  const org = await school(s, [], 'allowance', null);
   const co = await startCheckout(s.token, 'mini', undefined, org);
   // S pays at Stripe; its events are not delivered yet.
   await emulator(`/_emulator/checkout/sessions/${co.session_id}/pay`, { outcome: 'succeeded', deliver: false });
@@ -241,7 +221,7 @@ Deno.test('while the payer is suspended, another admin handing them ownership or
 Deno.test("withdrawing a school's verification after a purchase does not move who answers for it: its wallet still does", async () => {
   const s = await person('payer');
   const m = await person('member');
-  const { org, purchase } = await schoolBoughtBy(s, true);
+  const { org, purchase } = await schoolBoughtBy(s, 'allowance', true);
   await join(s.token, org, m);
   assert.equal((await fundAllowance(s.token, org, m.id, '5000')).status, 201);
   await spend(m.token, 4000);

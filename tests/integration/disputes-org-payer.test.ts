@@ -6,9 +6,9 @@
 // answers for its own purchases from its wallet instead; its admins are not suspended for them
 // and its other members are never billed.
 import assert from 'node:assert/strict';
-import { adminToken, api, assertLedgerInvariants, key, reportUsage, spend, testDb, until } from '../support/helpers.ts';
+import { adminToken, api, assertLedgerInvariants, key, spend, testDb, until } from '../support/helpers.ts';
 import { codeOf, dataOf } from '../support/money.ts';
-import { accountOf, join, person, verifyOrg } from '../support/orgs.ts';
+import { accountOf, assertDisputed, join, person, schoolBoughtBy, usageBy, verifyOrg } from '../support/orgs.ts';
 import { balanceOf, buy } from '../support/purchases.ts';
 import { issue, redeem } from '../support/codes.ts';
 import { coreInvariants, figures, loseDispute, openDispute } from '../support/disputed.ts';
@@ -16,20 +16,6 @@ import { billing, chargeIn, pay } from '../support/invoices.ts';
 import { emulator } from '../support/purchases.ts';
 
 type Person = Awaited<ReturnType<typeof person>>;
-
-/**
- * S creates a school (allowance or pool; an operator verifies it first when asked) and buys the
- * mini package (5,000) for its wallet with S's card.
- */
-async function schoolBoughtBy(s: Person, funding: 'allowance' | 'pool', verified = false) {
-  const created = await api('/orgs', { token: s.token, body: { name: 'Own School', funding } });
-  assert.equal(created.status, 201, created.text);
-  const org = (created.body.data as { id: string }).id;
-  if (verified) await verifyOrg(org);
-  const purchase = await buy(s.token, 'mini', org);
-  await until('the wallet paid', async () => (await accountOf(org, null))?.balance === '5000');
-  return { org, purchase };
-}
 
 /**
  * The nine calls: S buys for a school of their own, invites H (S's second address) as an admin,
@@ -47,20 +33,8 @@ async function handedToSecondAddress(funding: 'allowance' | 'pool') {
   return { s, h, org, purchase };
 }
 
-/** One credit of usage, reported by the product's server for the user `token` names. */
-const usageBy = (token: string) =>
-  reportUsage('/credits/usage', {
-    token,
-    headers: key(),
-    body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },
-  });
-
 /** S is suspended: usage answers 403 ACCOUNT_DISPUTED. */
-async function assertSuspended(token: string) {
-  const r = await usageBy(token);
-  assert.equal(r.status, 403, r.text);
-  assert.equal(codeOf(r), 'ACCOUNT_DISPUTED', r.text);
-}
+const assertSuspended = async (token: string) => assertDisputed(await usageBy(token), 'suspended');
 
 /** After the loss S's own account owes what S spent of the school's purchase; the wallet owes nothing. */
 async function assertPayerOwes(s: Person, org: string, spent: string) {

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { adminToken, api, key, reportUsage, testDb, until, userToken } from './helpers.ts';
 import { buy } from './purchases.ts';
+import { codeOf } from './money.ts';
 
 export { key } from './helpers.ts';
 
@@ -108,4 +109,34 @@ export async function verifyOrg(org: string) {
     body: { verified: true },
   });
   assert.equal(r.status, 200, r.text);
+}
+
+/** One credit of usage (50 input tokens of gpt-4o), reported by the product's server for `token`'s user. */
+export const usageBy = (token: string) =>
+  reportUsage('/credits/usage', {
+    token,
+    headers: key(),
+    body: { model: 'gpt-4o', input_tokens: 50, output_tokens: 0 },
+  });
+
+/**
+ * `payer` creates a school (an operator verifies it first when asked) and buys the mini package
+ * (5,000) for its wallet with their card.
+ */
+export async function schoolBoughtBy(
+  payer: { token: string },
+  funding: 'allowance' | 'pool' = 'allowance',
+  verified = false,
+) {
+  const org = await school(payer, [], funding, null);
+  if (verified) await verifyOrg(org);
+  const purchase = await buy(payer.token, 'mini', org);
+  await until('the wallet paid', async () => (await accountOf(org, null))?.balance === '5000');
+  return { org, purchase };
+}
+
+/** `r` is the suspension's refusal: 403 ACCOUNT_DISPUTED. */
+export function assertDisputed(r: Awaited<ReturnType<typeof api>>, what: string) {
+  assert.equal(r.status, 403, `${what}: ${r.text}`);
+  assert.equal(codeOf(r), 'ACCOUNT_DISPUTED', `${what}: ${r.text}`);
 }

@@ -94,6 +94,9 @@ function reporterSubject(authorization: string | undefined): string | undefined 
  */
 export const sdkRetryWaitMs = 8_000;
 
+/** A wait in whole seconds, rounded up, at least one (Retry-After's and the message's). */
+const waitSeconds = (waitMs: number) => Math.max(1, Math.ceil(waitMs / 1000));
+
 /**
  * A 429's wait, as the SDKs read it. Up to `sdkRetryWaitMs`: `Retry-After` (whole seconds,
  * rounded up), `retry-after-ms` (exact; the openai, Anthropic and AI SDKs prefer it) and
@@ -108,7 +111,7 @@ export function retryHeaders(waitMs: number): Record<string, string> {
   const ms = Math.max(0, Math.ceil(waitMs));
   if (ms > sdkRetryWaitMs) return { 'x-should-retry': 'false' };
   return {
-    'Retry-After': String(Math.max(1, Math.ceil(ms / 1000))),
+    'Retry-After': String(waitSeconds(ms)),
     'retry-after-ms': String(ms),
     'x-should-retry': 'true',
   };
@@ -116,7 +119,7 @@ export function retryHeaders(waitMs: number): Record<string, string> {
 
 function tooMany(outcome: Outcome, headers: Record<string, string>): AppError {
   const waitMs = outcome.reset - Date.now();
-  const retryAfter = Math.max(1, Math.ceil(waitMs / 1000)); // the wait the message names, in whole seconds
+  const retryAfter = waitSeconds(waitMs);
   return new AppError(
     'rate_limit',
     'RATE_LIMITED',
