@@ -7,8 +7,9 @@
 //      features build what moves and call down. The calls still pointing up are listed in
 //      `upwardCallsKnown` below, each to be moved down: the check fails on any other, and on a
 //      listed one that is gone (so the list only shrinks).
-//   2. One writer. Only billing.post_transfers (and its charge, billing.post_charge, and the
-//      steps they share: `writerSteps`) inserts into (or updates, or deletes from) the
+//   2. One writer. Only billing.post_transfers and the writer's other operations (its debit,
+//      billing.post_debit; a hold, billing.place_hold; a void, billing.end_holds) and the
+//      steps they share (`writerSteps`) insert into (or updates, or deletes from) the
 //      ledger's tables (transfers, entries, lots, lot_allocations, sub_accounts), places a hold (a pending
 //      transfer) or sets its amount or state, sets an account's balance, held amount or
 //      version, or sets what is left of a lot: the SET clause is parsed, so
@@ -90,12 +91,13 @@ const writerColumns: Record<string, Set<string> | 'any'> = {
   sub_accounts: 'any',
 };
 export const theWriter = 'billing.post_transfers';
-/** The writer's other operations (its charge, billing.post_charge) and its steps (11-ledger-writer.sql,
+/** The writer's other operations (post_debit, place_hold, end_holds) and its steps (11-ledger-writer.sql,
  * 11-ledger-writes.sql, 11-ledger-writes-holds.sql): counted as the writer. */
 export const writerSteps = new Set([
-  'billing.post_charge',
+  'billing.post_debit',
+  'billing.place_hold',
+  'billing.end_holds',
   'billing.insert_transfer',
-  'billing.post_holds',
   'billing.capture_take',
   'billing.shed_reservations',
   'billing.carry_reservations',

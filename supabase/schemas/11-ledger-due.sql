@@ -106,7 +106,6 @@ set search_path = ''
 as $$
 declare
   v_count integer;
-  v_steps billing.hold_step[];
   v_caps integer;
   v_next_expiry timestamptz;
   v_expired jsonb;
@@ -117,15 +116,14 @@ begin
   if p_due_by is null and v_next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
   end if;
-  select count(*), array_agg(('void', h.id, null, 'expired', null, null, null, null, null, null, null, null, null)::billing.hold_step),
-         jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
+  select count(*), jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
                                       'member', h.member_id,
                                       'also', case when h.purpose = 'ai' then h.metadata -> 'fallbacks' end)), array_agg(h.id)
-    into v_count, v_steps, v_expired, v_ids
+    into v_count, v_expired, v_ids
   from billing.holds h where h.account_id = p_account_id and h.status = 'active'
     and h.expires_at <= coalesce(p_due_by, now());
   if v_count > 0 then
-    perform billing.post_transfers('{}', v_steps);
+    perform billing.end_holds(v_ids, 'expired');
     perform billing.hold_ended(x) from unnest(v_ids) x;
     -- Credits given back never charge the card by themselves (docs/spend-controls.md): no recharge.
     perform billing.watch_account(a.id, a.balance - a.held, null) from billing.accounts a

@@ -291,10 +291,10 @@ declare
   v_posted billing.posted_transfer;
   v_account billing.accounts;
 begin
-  v_posted := (billing.post_transfers(array[(p_kind, p_account_id, billing.platform_account_id(case p_kind
+  v_posted := billing.post_debit((p_kind, p_account_id, billing.platform_account_id(case p_kind
       when 'refund_reversal' then 'refunds' when 'dispute_reversal' then 'disputes' when 'expiry' then 'expired'
       else 'usage_revenue' end), p_amount, p_key, p_correlation, p_reference, p_metadata, p_rate_card_id, null, p_member,
-    p_lots)::billing.transfer_spec]))[1];
+    p_lots)::billing.transfer_spec);
   if v_posted.result not in ('applied', 'exists') then
     perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a reversal, an expiry or what is owed is never refused"}');
   end if;

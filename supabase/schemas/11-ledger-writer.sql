@@ -1,8 +1,10 @@
--- The ledger's writer: billing.post_transfers (and its charge, billing.post_charge) alone inserts
--- transfers, entries, lots and allocations and changes balances, held amounts and versions
--- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Here: the types it takes and
--- answers, what it checks a movement against (spending kinds, what fits, which lots may pay, the
--- one picker of what a hold reserves), and the writer itself. The road to it is in
+-- The ledger's writer, one operation each: a debit (billing.post_debit: a charge, a capture, a
+-- reversal, an expiry), grants, moves and batches (billing.post_transfers), a hold placed
+-- (billing.place_hold) and holds ended (billing.end_holds). They alone insert transfers, entries,
+-- lots and allocations and change balances, held amounts and versions (scripts/local/sql-shape.ts
+-- parses supabase/schemas to prove it). Here: the types they take and answer, what they check a
+-- movement against (spending kinds, what fits, which lots may pay, the one picker of what a hold
+-- reserves), the debit and post_transfers (the hold steps: 11-ledger-writes-holds.sql). The road to it is in
 -- 11-ledger-road.sql, what falls due in 11-ledger-due.sql, lists of models in
 -- 11-ledger-lists.sql, spend caps and what a posting sets off in 11-ledger-caps.sql (one layer:
 -- the core's; calls point down, nothing here calls a feature).
@@ -51,35 +53,6 @@ create type billing.transfer_spec as (
   lots jsonb
 );
 comment on type billing.transfer_spec is 'A movement billing.post_transfers is asked to make (see the comment above it for lots).';
-
--- A pending transfer's step for billing.post_transfers (TigerBeetle's pending, post and void). A
--- hold is a pending transfer: it reserves free credits of specific lots (billing.hold_lots,
--- lots.reserved; the account's `held` is their sum) and moves nothing until it is posted.
--- Whatever ends a hold, its reservation returns to its lots and its whole amount stops counting.
---   place   a new hold: hold_id (the caller's choice, so it knows the row), account_id, amount and
---           the hold's fields; it reserves what billing.pick_lots picks for its model, or is
---           answered `insufficient`; held grows by the amount
---   post    an active hold is captured for `amount` by the batch's one movement naming it
---           (its hold_id), in that movement's own account write, drawing what it reserved; or,
---           `transfer_id` given, by a movement written before (a replay that finds the capture written)
---   void    an active hold ends unspent: `status` released or expired
--- An expiry of a lot (kind 'expiry', the lot `first`) shrinks the holds that reserved it by their part.
-create type billing.hold_step as (
-  op text,
-  hold_id uuid,
-  amount numeric,
-  status text,
-  transfer_id bigint,
-  note jsonb,
-  account_id bigint,
-  idempotency_key text,
-  correlation_id text,
-  metadata jsonb,
-  expires_at timestamptz,
-  purpose text,
-  member_id uuid
-);
-comment on type billing.hold_step is 'A pending transfer (hold) placed, posted or voided by billing.post_transfers (see the comment above it).';
 
 create type billing.posted_transfer as (
   transfer_id bigint,                             -- null when refused
@@ -237,11 +210,9 @@ declare
   v_capped boolean;
   v_room numeric;
   v_slow boolean;
-  v_post billing.hold_step;
 begin
-  v_post.hold_id := p_posts;
-  select case when v_post.hold_id is null then a.balance - a.held else v_one.amount end,
-    a.caps > 0 and v_one.kind = 'usage' and v_post.hold_id is null, a.reads_lots
+  select case when p_posts is null then a.balance - a.held else v_one.amount end,
+    a.caps > 0 and v_one.kind = 'usage' and p_posts is null, a.reads_lots
   into v_room, v_capped, v_slow
   from billing.accounts a where a.id = v_one.from_account_id and a.code is null;
   -- Only free credits are spent: an account with credits for some models or frozen lots
@@ -252,7 +223,7 @@ begin
     -- counted all of it when it was billed (billing.charge_hold_at).
     return (null, false)::billing.spending_check;
   end if;
-  if v_slow and v_post.hold_id is null then
+  if v_slow and p_posts is null then
     v_room := least(v_room, billing.free_credits(v_one.from_account_id,
       case when v_one.kind = 'usage' then v_one.lots ->> 'for' end, v_one.kind <> 'usage'));
   end if;
@@ -460,13 +431,15 @@ $$;
 comment on function billing.insert_transfer(p_transfer billing.transfer_spec, p_check billing.spending_check) is 'Internal (the writer''s): a movement alone''s transfer row inserted (applied, its id), its replay''s answer (IDEMPOTENCY_KEY_REUSED for another movement under the key), or its spending check''s refusal.';
 revoke execute on function billing.insert_transfer(p_transfer billing.transfer_spec, p_check billing.spending_check) from public;
 
--- The writer's charge (TigerBeetle's one transfer, without pending ones): a spending debit alone,
--- not under a hold, to a platform account (a usage request's fast path,
--- billing.run_usage_request). The same checks and steps billing.post_transfers makes for such a
--- movement, and only them: nothing here grants, moves, holds or batches, so a reader of a charge
--- holds none of that. The caller locks the account and finds nothing due on it
--- (billing.falls_due; billing.settled otherwise). Answers as post_transfers does for one movement.
-create or replace function billing.post_charge(p_transfer billing.transfer_spec)
+-- The writer's debit (TigerBeetle's one transfer): a movement alone from a tracked account to a
+-- platform account. A usage charge (a usage request's fast path, billing.run_usage_request), a
+-- hold's capture (p_hold: the hold it posts, TigerBeetle's post_pending_transfer), a reversal, an
+-- expiry, what is owed (billing.take_credits). The same checks and steps billing.post_transfers
+-- makes for a movement, and only them: nothing here grants, moves, places holds or batches, so a
+-- reader of a charge or a capture holds none of that. The caller locks the account and finds
+-- nothing due on it (billing.falls_due; billing.settled otherwise). Answered as post_transfers
+-- answers one movement.
+create or replace function billing.post_debit(p_transfer billing.transfer_spec, p_hold uuid default null)
 returns billing.posted_transfer
 language plpgsql
 set search_path = ''
@@ -474,20 +447,43 @@ as $$
 declare
   v_written billing.posted_transfer;
   v_p billing.posting;
+  v_held_account bigint;
+  v_held_delta numeric;
 begin
   if (p_transfer.amount > 0 and scale(p_transfer.amount) <= 18 and p_transfer.amount < 1e20
-      and p_transfer.from_account_id <> p_transfer.to_account_id and p_transfer.hold_id is null
-      and p_transfer.lots is null and p_transfer.kind = any(billing.spending_kinds())) is not true then
-    perform billing.raise_error('LEDGER_INVARIANT',
-      '{"rule": "a charge is a spending debit alone, not under a hold, of a positive amount below 1e20 with at most 18 places"}');
+      and p_transfer.from_account_id <> p_transfer.to_account_id
+      and p_transfer.hold_id is not distinct from p_hold
+      and (p_hold is null or (p_transfer.kind = 'hold_capture' and p_transfer.lots is null))) is not true then
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit of a positive amount below 1e20 with at most 18 places; a capture names its hold"}');
   end if;
-  v_written := billing.insert_transfer(p_transfer, billing.spending_refusal(p_transfer, null));
+  -- Spending: what the account has for it, and its caps (billing.spending_refusal); a refusal or
+  -- a replay is answered without writing (billing.insert_transfer).
+  v_written := billing.insert_transfer(p_transfer, case when p_transfer.kind = any(billing.spending_kinds())
+    then billing.spending_refusal(p_transfer, p_hold) end);
   if v_written.result <> 'applied' then
+    if v_written.replayed and p_hold is not null then
+      -- A capture is written with its hold's end, under the lock its caller found the hold active in.
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "an active hold has no capture written"}');
+    end if;
     return v_written;
   end if;
-  v_p := billing.write_one(p_transfer, v_written.transfer_id, null, null);
+  if p_hold is not null then
+    -- A capture draws what its hold reserved, in the spending order of those lots, and returns
+    -- the rest (the hold's reservation ends with it, its release in the capture's account write).
+    p_transfer.lots := jsonb_build_object('take', billing.capture_take(p_hold, p_transfer.amount));
+    update billing.holds h set status = 'captured', captured_amount = p_transfer.amount,
+      capture_transfer_id = v_written.transfer_id, finished_at = now()
+    where h.id = p_hold and h.status = 'active' and h.amount >= p_transfer.amount
+    returning h.account_id, -h.amount into v_held_account, v_held_delta;
+    if not found then
+      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted only while active, for at most its amount"}');
+    end if;
+  elsif p_transfer.kind = 'expiry' then
+    perform billing.shed_reservations(array[p_transfer]);
+  end if;
+  v_p := billing.write_one(p_transfer, v_written.transfer_id, v_held_account, v_held_delta);
   if cardinality(v_p.legs) <> 1 or (v_p.legs[1]).delta > 0 then
-    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a charge debits a tracked account to a platform account"}');
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a debit takes from a tracked account to a platform account"}');
   end if;
   perform billing.after_balances(v_p);
   perform billing.draw_lots(v_p);
@@ -495,20 +491,20 @@ begin
   return (billing.posted_answers(v_p, null, null))[1];
 end;
 $$;
-comment on function billing.post_charge(p_transfer billing.transfer_spec) is 'Internal: the writer''s charge: a spending debit alone, not under a hold, to a platform account, under the caller''s account lock; answered as billing.post_transfers answers one movement.';
-revoke execute on function billing.post_charge(p_transfer billing.transfer_spec) from public;
+comment on function billing.post_debit(p_transfer billing.transfer_spec, p_hold uuid) is 'Internal: the writer''s debit: a movement alone from a tracked account to a platform account (a charge, a hold''s capture, a reversal, an expiry, what is owed), under the caller''s account lock; answered as billing.post_transfers answers one movement.';
+revoke execute on function billing.post_debit(p_transfer billing.transfer_spec, p_hold uuid) from public;
 
--- The ledger's one writer (TigerBeetle's create_transfers): a batch of movements in, one result
--- per movement out, in order, and the changes of what holds reserve. Only it, its charge
--- (billing.post_charge) and the steps they share insert transfers, entries, lots and lot
--- allocations and change balances, held amounts and versions
--- (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Features decide what moves:
+-- The ledger's writer of grants, moves and batches (TigerBeetle's create_transfers): a batch of
+-- movements in, one result per movement out, in order. It is one of the writer's operations,
+-- beside the debit (billing.post_debit: a charge, a capture, a reversal, an expiry), the hold
+-- (billing.place_hold) and the void (billing.end_holds); only they and the steps they share
+-- insert transfers, entries, lots and lot allocations and change balances, held amounts and
+-- versions (scripts/local/sql-shape.ts parses supabase/schemas to prove it). Features decide what moves:
 -- callers lock the tracked accounts first (ascending id order when there are several) and settle
 -- them (billing.settled). The writer answers what the account has: a debit of a spending
 -- kind (billing.spending_kinds) takes only free credits (remaining − reserved, none of a frozen
 -- lot): at most balance − held, and on an account with credits for some models or frozen lots
--- at most the free credits that may pay for it (billing.free_credits); a capture takes what its
--- hold reserved. A usage charge not under a hold takes at most what its spend caps leave
+-- at most the free credits that may pay for it (billing.free_credits). A usage charge not under a hold takes at most what its spend caps leave
 -- (counted against them here); a movement that does not fit writes nothing and is answered
 -- `insufficient` {required, available} or `capped` (the cap's figures), and the rest of a batch
 -- goes on. Callers make the refusals only they can know (standing, which wallet) before calling
@@ -526,8 +522,7 @@ revoke execute on function billing.post_charge(p_transfer billing.transfer_spec)
 -- pay a debt: it is owed in money paid for anything). Debt = Σ remaining − balance (≥ 0).
 -- A movement whose (idempotency_key, kind) is already written is a replay: nothing is written
 -- for it; another movement under the same key and kind is refused (IDEMPOTENCY_KEY_REUSED).
-create or replace function billing.post_transfers(p_transfers billing.transfer_spec[],
-  p_holds billing.hold_step[] default '{}'::billing.hold_step[])
+create or replace function billing.post_transfers(p_transfers billing.transfer_spec[])
 returns billing.posted_transfer[]
 language plpgsql
 set search_path = ''
@@ -538,29 +533,14 @@ declare
   v_id bigint;
   v_written billing.posted_transfer;              -- a movement alone's row: written now, or a replay's answer
   v_p billing.posting;                            -- what was written: transfers, replays, and the tracked sides' legs
-  v_post billing.hold_step;                       -- a hold the one movement posts: its held change goes with its balance
-  v_held_account bigint;
-  v_held_delta numeric;
-  v_refusal billing.posted_transfer;              -- a hold placed refused
   v_checked billing.spending_check;
   v_refused integer[];                            -- a batch's refused movements, by place (null: none), and their answers
   v_refusals billing.posted_transfer[];
   v_carry jsonb := '[]'::jsonb;                   -- what holds keep of rolled-over lots (billing.carry_reservations)
 begin
-  -- Pending transfers (holds). A hold posted by the batch's one movement is ended with it below,
-  -- its release in that movement's account write: one account write, not two. Every other step
-  -- here: the hold rows, then each account's held, one row written for one step.
-  if cardinality(p_holds) = 1 and (p_holds[1]).op = 'post' and (p_holds[1]).transfer_id is null then
-    v_post := p_holds[1];
-    if cardinality(p_transfers) <> 1 or (p_transfers[1]).hold_id is distinct from v_post.hold_id
-       or (p_transfers[1]).amount is distinct from v_post.amount then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted by the one movement naming it, for its amount"}');
-    end if;
-  elsif cardinality(p_holds) > 0 then
-    v_refusal := billing.post_holds(p_transfers, p_holds);
-    if v_refusal.result is not null then
-      return array[v_refusal];
-    end if;
+  -- A capture is the debit's (billing.post_debit): a batch never posts a hold.
+  if exists (select 1 from unnest(p_transfers) t where t.hold_id is not null) then
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted by billing.post_debit"}');
   end if;
   if cardinality(p_transfers) = 0 then
     return '{}'::billing.posted_transfer[];
@@ -576,34 +556,18 @@ begin
     -- Spending: what the account has for it, and its caps (billing.spending_refusal); a refusal
     -- or a replay is answered without writing (billing.insert_transfer).
     if v_one.kind = any(billing.spending_kinds()) then
-      v_checked := billing.spending_refusal(v_one, v_post.hold_id);
+      v_checked := billing.spending_refusal(v_one, null);
     end if;
     v_written := billing.insert_transfer(v_one, v_checked);
     if v_written.result <> 'applied' then
-      if v_written.replayed and v_post.hold_id is not null then  -- the capture was written: its hold ends now
-        v_post.transfer_id := v_written.transfer_id;
-        perform billing.post_transfers('{}', array[v_post]);
-      end if;
       return array[v_written];
     end if;
     v_id := v_written.transfer_id;
-    if v_post.hold_id is not null then
-      -- A capture draws what its hold reserved, in the spending order of those lots, and returns
-      -- the rest (the hold's reservation ends with it).
-      v_one.lots := jsonb_build_object('take', billing.capture_take(v_post.hold_id, v_one.amount));
-      p_transfers[1] := v_one;
-      update billing.holds h set status = 'captured', captured_amount = v_one.amount, capture_transfer_id = v_id,
-        finished_at = now()
-      where h.id = v_post.hold_id and h.status = 'active'
-      returning h.account_id, -h.amount into v_held_account, v_held_delta;
-      if not found then
-        perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted or voided only while active"}');
-      end if;
-    elsif v_one.kind = 'expiry' then
+    if v_one.kind = 'expiry' then
       perform billing.shed_reservations(p_transfers);
     end if;
     -- Each tracked side: balance, version, an entry, the report's tail (billing.write_one).
-    v_p := billing.write_one(v_one, v_id, v_held_account, v_held_delta);
+    v_p := billing.write_one(v_one, v_id, null, null);
   else
     if exists (select 1 from unnest(p_transfers) t
                where t.amount is null or t.amount <= 0 or scale(t.amount) > 18 or t.amount >= 1e20
@@ -648,5 +612,5 @@ begin
   return billing.posted_answers(v_p, v_refused, v_refusals);
 end;
 $$;
-comment on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal: the ledger''s one writer. Writes a batch of movements (transfers, entries, balances, versions, lots, allocations) and pending transfers (holds placed, posted, voided, and the held amounts) under the caller''s account locks; one result per movement, replays answered.';
-revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) from public;
+comment on function billing.post_transfers(p_transfers billing.transfer_spec[]) is 'Internal: the ledger''s writer of grants, moves and batches: writes movements (transfers, entries, balances, versions, lots, allocations) under the caller''s account locks; one result per movement, replays answered.';
+revoke execute on function billing.post_transfers(p_transfers billing.transfer_spec[]) from public;

@@ -1,9 +1,9 @@
--- The writer's steps for holds and what they reserve (billing.post_transfers, 11-ledger-writer.sql):
--- holds placed, posted or voided with their reservations (post_holds, capture_take), and what
--- holds reserved of a lot that expires or rolls over, shed or carried. Only billing.post_transfers calls them (scripts/local/sql-shape.ts counts them as the
--- one writer).
+-- The writer's operations and steps for holds and what they reserve (11-ledger-writer.sql): a hold
+-- placed (place_hold), holds ended (end_holds), a capture's draw (capture_take, for
+-- billing.post_debit), and what holds reserved of a lot that expires or rolls over, shed or
+-- carried. scripts/local/sql-shape.ts counts them as the one writer.
 
--- A capture's draw (billing.post_transfers): the hold's reservation returns to its lots, and the
+-- A capture's draw (billing.post_debit): the hold's reservation returns to its lots, and the
 -- capture takes p_amount of what it reserved, in the spending order of those lots. A capture is
 -- never more than its hold (capture_hold refuses it; an excess is a charge of its own).
 create or replace function billing.capture_take(p_hold_id uuid, p_amount numeric) returns jsonb
@@ -34,103 +34,135 @@ $$;
 comment on function billing.capture_take(p_hold_id uuid, p_amount numeric) is 'Internal (the writer''s): returns a hold''s reservation to its lots and answers the lots its capture of p_amount takes, in spending order.';
 revoke execute on function billing.capture_take(p_hold_id uuid, p_amount numeric) from public;
 
--- The writer's pending transfers (billing.post_transfers), every step but a capture posted by its
--- movement: a hold placed (its reservation picked, or the refusal answered), posted by a
--- movement written before, or voided (its reservation returned). Null, or the refusal of a place.
-create or replace function billing.post_holds(p_transfers billing.transfer_spec[], p_holds billing.hold_step[])
-returns billing.posted_transfer
+-- The writer's hold (TigerBeetle's pending transfer), on an account the caller locked, having
+-- made the refusals only it can know: it reserves free credits of the lots that may pay for its
+-- model (a student's own hold: lots for any model; a call's fallback models: lots that may pay
+-- for each of them too), in spending order (billing.pick_lots). What may be held is what they
+-- give, at most balance − held (a debt waits in front of credits for some models), and what its
+-- caps leave (counted against them; a call's fallback models each count). Given a minimum, the
+-- most that fits between it and p_amount: a refusal's figure (what the account has for the model,
+-- or what its tightest cap leaves) is tried next, at most one try for the credits and one for a
+-- cap. Given a step (the price of one more token of answer), that figure is rounded down to whole
+-- steps above the minimum (and to the 18 decimals a hold keeps): the hold is then the price of
+-- what it grants, never a figure of the account's own, which a school member may not learn of the
+-- pool that pays. A platform account reserves nothing. Refused: INSUFFICIENT_CREDITS or
+-- SPEND_CAP_REACHED, nothing written.
+create or replace function billing.place_hold(
+  p_account_id bigint,
+  p_amount numeric,
+  p_idempotency_key text,
+  p_expires_at timestamptz,
+  p_purpose text,
+  p_correlation_id text default null,
+  p_metadata jsonb default null,
+  p_member uuid default null,
+  p_min_amount numeric default null,             -- given, the most that fits between it and p_amount
+  p_step numeric default null                    -- given, that most in whole steps above p_min_amount
+) returns billing.holds
 language plpgsql
 set search_path = ''
 set plan_cache_mode = 'force_generic_plan'
 as $$
 declare
-  v_refusal billing.posted_transfer;
-  v_step billing.hold_step;
+  v_id uuid := gen_random_uuid();
   v_acct billing.accounts;
-  v_pick_lots bigint[];
-  v_pick_parts numeric[];
-  v_hold_accounts bigint[];
-  v_hold_deltas numeric[];
-  v_ended uuid[];
+  v_hold billing.holds;
+  v_refusal billing.posted_transfer;
+  v_model text := case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end;
   v_fallbacks text[];
+  v_pick_lots bigint[] := '{}';
+  v_pick_parts numeric[] := '{}';
+  v_fits numeric;
 begin
-  if cardinality(p_holds) = 1 and (p_holds[1]).op = 'place' then
-    if cardinality(p_transfers) > 0 then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is placed alone"}');
-    end if;
-    -- A hold reserves free credits of the lots that may pay for its model (a student's own hold:
-    -- lots for any model), in spending order (billing.pick_lots); what may be held is what they
-    -- give, at most balance − held (a debt waits in front of credits for some models), and what
-    -- its caps leave (counted against them). A platform account reserves nothing.
-    v_step := p_holds[1];
-    -- A call naming fallback models (docs/ai-gateway.md § Fallback models) reserves lots that may
-    -- pay for each of them, and counts against each one's caps (the test first: most calls name
-    -- none, and a plain condition costs no query).
-    if v_step.purpose = 'ai' and v_step.metadata ? 'fallbacks' then
-      v_fallbacks := array(select jsonb_array_elements_text(v_step.metadata -> 'fallbacks'));
-    end if;
-    select * into v_acct from billing.accounts a where a.id = v_step.account_id and a.code is null;
-    if found then
-      select coalesce(array_agg(p.lot_id), '{}'), coalesce(array_agg(p.amount), '{}') into v_pick_lots, v_pick_parts
-      from billing.pick_lots(v_acct.id, case when v_step.purpose in ('ai', 'job') then v_step.metadata ->> 'model' end,
-        v_step.amount, v_fallbacks) p;
-      v_refusal := billing.spend_refusal(v_acct.id, v_step.amount,
-        least(v_acct.balance - v_acct.held, coalesce((select sum(x) from unnest(v_pick_parts) x), 0)), v_acct.caps > 0,
-        v_step.metadata ->> 'model', v_step.member_id, v_fallbacks);
-      if v_refusal.result is not null then
-        return v_refusal;
-      end if;
-    end if;
-    insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
-    values (v_step.hold_id, v_step.account_id, v_step.amount, v_step.idempotency_key, v_step.correlation_id, v_step.metadata,
-      v_step.expires_at, v_step.purpose, v_step.member_id);
-    if cardinality(v_pick_lots) > 0 then
-      insert into billing.hold_lots (hold_id, lot_id, amount)
-      select v_step.hold_id, x.lot_id, x.amount from unnest(v_pick_lots, v_pick_parts) x(lot_id, amount);
-      update billing.lots l set reserved = l.reserved + x.amount
-      from unnest(v_pick_lots, v_pick_parts) x(lot_id, amount) where l.id = x.lot_id;
-      update billing.accounts a set held = a.held + v_step.amount,
-        next_hold_expiry = least(a.next_hold_expiry, v_step.expires_at)
-      where a.id = v_step.account_id;
-    end if;
-  elsif cardinality(p_holds) > 0 then
-    if exists (select 1 from unnest(p_holds) s where s.op = 'place') then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is placed alone"}');
-    end if;
-    -- What ends a hold keeps its amount (the record of what it held).
-    with stepped as (
-      update billing.holds h
-      set status = case when s.op = 'post' then 'captured' else s.status end,
-          captured_amount = case when s.op = 'post' then s.amount end,
-          capture_transfer_id = case when s.op = 'post' then s.transfer_id end,
-          finished_at = now(),
-          metadata = case when s.note is null then h.metadata else coalesce(h.metadata, '{}'::jsonb) || s.note end
-      from unnest(p_holds) s
-      where h.id = s.hold_id and h.status = 'active'
-        and ((s.op = 'post' and s.transfer_id is not null) or (s.op = 'void' and s.status in ('released', 'expired')))
-      returning h.id, h.account_id, h.amount
-    )
-    select array_agg(x.account_id), array_agg(-x.amount), array_agg(x.id) into v_hold_accounts, v_hold_deltas, v_ended
-    from stepped x;
-    if coalesce(cardinality(v_hold_accounts), 0) <> cardinality(p_holds) then
-      perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is posted or voided only while active"}');
-    end if;
-    -- Ended holds return their reservation (their hold_lots stay: the record of what each lot
-    -- gave them, read by billing.hold_ended).
-    update billing.lots l set reserved = l.reserved - r.amount
-    from (select hl.lot_id, sum(hl.amount) as amount from billing.hold_lots hl where hl.hold_id = any(v_ended)
-          group by hl.lot_id) r
-    where l.id = r.lot_id;
-    update billing.accounts a set held = a.held + d.delta
-    from (select x.account_id, sum(x.delta) as delta from unnest(v_hold_accounts, v_hold_deltas) x(account_id, delta)
-          group by x.account_id) d
-    where a.id = d.account_id and a.code is null;
+  -- Fallback models (docs/ai-gateway.md § Fallback models): the test first, most calls name none.
+  if p_purpose = 'ai' and p_metadata ? 'fallbacks' then
+    v_fallbacks := array(select jsonb_array_elements_text(p_metadata -> 'fallbacks'));
   end if;
-  return null;
+  select * into v_acct from billing.accounts a where a.id = p_account_id and a.code is null;
+  loop
+    exit when v_acct.id is null;
+    select coalesce(array_agg(p.lot_id), '{}'), coalesce(array_agg(p.amount), '{}') into v_pick_lots, v_pick_parts
+    from billing.pick_lots(v_acct.id, v_model, p_amount, v_fallbacks) p;
+    v_refusal := billing.spend_refusal(v_acct.id, p_amount,
+      least(v_acct.balance - v_acct.held, coalesce((select sum(x) from unnest(v_pick_parts) x), 0)), v_acct.caps > 0,
+      p_metadata ->> 'model', p_member, v_fallbacks);
+    v_fits := case v_refusal.result when 'insufficient' then (v_refusal.refusal ->> 'available')::numeric
+      when 'capped' then (v_refusal.refusal ->> 'cap')::numeric - (v_refusal.refusal ->> 'spent')::numeric end;
+    exit when p_min_amount is null or v_fits is null or v_fits < p_min_amount or v_fits >= p_amount;
+    p_amount := case when p_step > 0 then trunc(p_min_amount + floor((v_fits - p_min_amount) / p_step) * p_step, 18)
+      else v_fits end;
+  end loop;
+  if v_refusal.result = 'insufficient' then
+    -- Credits for some models: which may not pay for the hold's model, and why (a pool's never told).
+    -- What was needed: the least the hold may be, when it names one.
+    perform billing.raise_error('INSUFFICIENT_CREDITS', v_refusal.refusal || jsonb_build_object('debt', billing.in_debt(v_acct))
+      || case when p_min_amount is not null then jsonb_build_object('required', trim_scale(p_min_amount)::text)
+              else '{}'::jsonb end
+      || case when v_acct.restricted_lots and not (v_acct.org_id is not null and v_acct.member_id is null)
+              then billing.model_refusal(v_acct, v_model) else '{}'::jsonb end);
+  elsif v_refusal.result = 'capped' then
+    perform billing.raise_error('SPEND_CAP_REACHED', v_refusal.refusal
+      || case when p_min_amount is not null then jsonb_build_object('required', trim_scale(p_min_amount)::text)
+              else '{}'::jsonb end);
+  end if;
+  insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose, member_id)
+  values (v_id, p_account_id, p_amount, p_idempotency_key, p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)
+  returning * into v_hold;
+  if cardinality(v_pick_lots) > 0 then
+    insert into billing.hold_lots (hold_id, lot_id, amount)
+    select v_id, x.lot_id, x.amount from unnest(v_pick_lots, v_pick_parts) x(lot_id, amount);
+    update billing.lots l set reserved = l.reserved + x.amount
+    from unnest(v_pick_lots, v_pick_parts) x(lot_id, amount) where l.id = x.lot_id;
+    update billing.accounts a set held = a.held + p_amount, next_hold_expiry = least(a.next_hold_expiry, p_expires_at)
+    where a.id = p_account_id
+    returning * into v_acct;
+    if v_acct.low_balance_threshold is not null or v_acct.auto_recharge_below is not null then
+      perform billing.watch_account(v_acct.id, v_acct.balance - v_acct.held, v_acct.auto_recharge_below);
+    end if;
+  end if;
+  return v_hold;
 end;
 $$;
-comment on function billing.post_holds(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) is 'Internal (the writer''s): places, posts (written before) or voids holds and their reservations; a place''s refusal, else null.';
-revoke execute on function billing.post_holds(p_transfers billing.transfer_spec[], p_holds billing.hold_step[]) from public;
+comment on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid, p_min_amount numeric, p_step numeric) is 'Internal: the writer''s hold: places a hold of a purpose on an account the caller has locked (the account''s held amount grows by it); given p_min_amount, the most that fits between it and p_amount (in whole p_steps above it, given one).';
+revoke execute on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid, p_min_amount numeric, p_step numeric) from public;
+
+-- The writer's void (TigerBeetle's void_pending_transfer): active holds end unspent, `released`
+-- or `expired`. Each keeps its amount (the record of what it held) and its hold_lots (what each
+-- lot gave it, read by billing.hold_ended); their reservation returns to the lots and held drops
+-- by them. Under the caller's account lock.
+create or replace function billing.end_holds(p_holds uuid[], p_status text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_ended integer;
+begin
+  if p_status not in ('released', 'expired') then
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold ends released or expired"}');
+  end if;
+  with ended as (
+    update billing.holds h set status = p_status, finished_at = now()
+    where h.id = any(p_holds) and h.status = 'active'
+    returning h.id, h.account_id, h.amount
+  ), lots_back as (
+    update billing.lots l set reserved = l.reserved - r.amount
+    from (select hl.lot_id, sum(hl.amount) as amount from billing.hold_lots hl join ended x on x.id = hl.hold_id
+          group by hl.lot_id) r
+    where l.id = r.lot_id
+  ), held as (
+    update billing.accounts a set held = a.held - d.amount
+    from (select x.account_id, sum(x.amount) as amount from ended x group by x.account_id) d
+    where a.id = d.account_id and a.code is null
+  )
+  select count(*) into v_ended from ended;
+  if v_ended <> cardinality(p_holds) then
+    perform billing.raise_error('LEDGER_INVARIANT', '{"rule": "a hold is voided only while active"}');
+  end if;
+end;
+$$;
+comment on function billing.end_holds(p_holds uuid[], p_status text) is 'Internal: the writer''s void: ends active holds unspent (released or expired), their reservations returned, under the caller''s account lock.';
+revoke execute on function billing.end_holds(p_holds uuid[], p_status text) from public;
 
 -- A lot leaves by name with what holds reserved of it (billing.post_transfers: its expiry, a
 -- plan's rollover out, `first`). What rolls over stays reserved: it is carried into the new lot

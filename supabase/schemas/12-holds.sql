@@ -163,12 +163,11 @@ begin
   select * into v_account from billing.accounts a where a.id = p_hold.account_id;
   -- The hold stops counting first, so the capture spends what it reserved.
   v_account.held := v_account.held - p_hold.amount;
-  v_posted := (billing.post_transfers(array[('hold_capture', v_account.id, billing.platform_account_id('usage_revenue'),
+  v_posted := billing.post_debit(('hold_capture', v_account.id, billing.platform_account_id('usage_revenue'),
       p_capture, 'hold:' || p_hold.id::text, coalesce(p_correlation_id, p_hold.correlation_id), null, p_metadata, null,
       p_hold.id, case when v_account.org_id is not null then p_hold.member_id end,
       null   -- what the hold reserved (the writer takes it)
-    )::billing.transfer_spec],
-    array[('post', p_hold.id, p_capture, null, null, null, null, null, null, null, null, null, null)::billing.hold_step]))[1];
+    )::billing.transfer_spec, p_hold.id);
   if v_posted.result = 'insufficient' then
     perform billing.raise_error('INSUFFICIENT_CREDITS', v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)));
   end if;
@@ -246,8 +245,7 @@ begin
   if v_hold.status <> 'active' then
     return billing.hold_result_of(v_hold, true); -- released or expired: nothing left to release
   end if;
-  perform billing.post_transfers('{}', array[('void', p_hold_id, null, 'released', null, null, null, null, null, null, null,
-    null, null)::billing.hold_step]);
+  perform billing.end_holds(array[p_hold_id], 'released');
   perform billing.hold_ended(p_hold_id);
   select * into v_hold from billing.holds h where h.id = p_hold_id;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount);
@@ -284,64 +282,4 @@ comment on function billing.release_expired_holds(p_limit integer) is 'pg_cron: 
 revoke execute on function billing.release_expired_holds(p_limit integer) from public;
 grant execute on function billing.release_expired_holds(p_limit integer) to service_role;
 
-create or replace function billing.place_hold(
-  p_account_id bigint,
-  p_amount numeric,
-  p_idempotency_key text,
-  p_expires_at timestamptz,
-  p_purpose text,
-  p_correlation_id text default null,
-  p_metadata jsonb default null,
-  p_member uuid default null,
-  p_min_amount numeric default null,             -- given, the most that fits between it and p_amount
-  p_step numeric default null                    -- given, that most in whole steps above p_min_amount
-) returns billing.holds
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_id uuid := gen_random_uuid();
-  v_hold billing.holds;
-  v_placed billing.posted_transfer;
-  v_fits numeric;
-begin
-  -- The caller holds the account lock and has made the refusals only it can know; what the
-  -- account has and its caps leave are the writer's answer. Given a minimum, a refusal's figure
-  -- (what the account has for the model, or what its tightest cap leaves) is tried next, so the
-  -- hold is the most that fits: at most one try for the credits and one for a cap. Given a step
-  -- (the price of one more token of answer), the figure is rounded down to whole steps above the
-  -- minimum (and to the 18 decimals a hold keeps): the hold is then the price of what it grants,
-  -- never a figure of the account's own, which a school member may not learn of the pool that pays.
-  loop
-    v_placed := (billing.post_transfers('{}', array[('place', v_id, p_amount, null, null, null, p_account_id,
-      p_idempotency_key, p_correlation_id, p_metadata, p_expires_at, p_purpose, p_member)::billing.hold_step]))[1];
-    v_fits := case v_placed.result when 'insufficient' then (v_placed.refusal ->> 'available')::numeric
-      when 'capped' then (v_placed.refusal ->> 'cap')::numeric - (v_placed.refusal ->> 'spent')::numeric end;
-    exit when p_min_amount is null or v_fits is null or v_fits < p_min_amount or v_fits >= p_amount;
-    p_amount := case when p_step > 0 then trunc(p_min_amount + floor((v_fits - p_min_amount) / p_step) * p_step, 18)
-      else v_fits end;
-  end loop;
-  if v_placed.result = 'insufficient' then
-    -- Credits for some models: which may not pay for the hold's model, and why (a pool's never told).
-    -- What was needed: the least the hold may be, when it names one.
-    perform billing.raise_error('INSUFFICIENT_CREDITS', (select v_placed.refusal || jsonb_build_object('debt', billing.in_debt(a))
-        || case when p_min_amount is not null then jsonb_build_object('required', trim_scale(p_min_amount)::text)
-                else '{}'::jsonb end
-        || case when a.restricted_lots and not (a.org_id is not null and a.member_id is null)
-                then billing.model_refusal(a, case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end)
-                else '{}'::jsonb end
-      from billing.accounts a where a.id = p_account_id));
-  elsif v_placed.result = 'capped' then
-    perform billing.raise_error('SPEND_CAP_REACHED', v_placed.refusal
-      || case when p_min_amount is not null then jsonb_build_object('required', trim_scale(p_min_amount)::text)
-              else '{}'::jsonb end);
-  end if;
-  select * into v_hold from billing.holds h where h.id = v_id;
-  perform billing.watch_account(a.id, a.balance - a.held, a.auto_recharge_below) from billing.accounts a
-  where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
-  return v_hold;
-end;
-$$;
-comment on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid, p_min_amount numeric, p_step numeric) is 'Internal: places a hold of a purpose on an account the caller has locked (the account''s held amount grows by it); given p_min_amount, the most that fits between it and p_amount (in whole p_steps above it, given one).';
-revoke execute on function billing.place_hold(p_account_id bigint, p_amount numeric, p_idempotency_key text, p_expires_at timestamp with time zone, p_purpose text, p_correlation_id text, p_metadata jsonb, p_member uuid, p_min_amount numeric, p_step numeric) from public;
 

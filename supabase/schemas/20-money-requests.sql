@@ -240,7 +240,7 @@ begin
     return null;
   end if;
 
-  v_posted := billing.post_charge(('usage', v_account.id, billing.platform_account_id('usage_revenue'),
+  v_posted := billing.post_debit(('usage', v_account.id, billing.platform_account_id('usage_revenue'),
     v_price.amount, v_key, p_args ->> 'correlation_id', null,
     (coalesce(p_args -> 'metadata', '{}'::jsonb) - billing.ledger_owned_keys())
     || billing.usage_facts(p_args ->> 'model', (p_args ->> 'input_tokens')::bigint, (p_args ->> 'output_tokens')::bigint,

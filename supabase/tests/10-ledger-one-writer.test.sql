@@ -1,4 +1,4 @@
--- The ledger's one writer, billing.post_transfers (that no other function writes the ledger is
+-- The ledger's writer, billing.post_transfers and its other operations (that no other function writes the ledger is
 -- proven by parsing supabase/schemas: scripts/local/sql-shape.ts, tests/unit/sql-shape.test.ts),
 -- and what it checks
 -- for every movement: replays, a reused key, debt only through a reversal, amounts, a return to
@@ -6,7 +6,7 @@
 -- same in a batch write the same thing (entries, versions, lot draws, `first`, `return_to` with
 -- debt, moves, replays, reused keys).
 begin;
-select plan(34);
+select plan(36);
 \ir helpers.psql
 
 -- ============================================================ what it checks
@@ -49,17 +49,22 @@ select is((select array_agg(p.result order by o) from unnest(billing.post_transf
     pg_temp.spec('adjustment', billing.platform_account_id('adjustments'), billing.platform_account_id('usage_revenue'), 2, 'w-p2')]))
     with ordinality p(transfer_id, replayed, from_balance, to_balance, result, refusal, o)),
   array['applied', 'applied'], 'a batch between platform accounts is written');
--- A hold is a pending transfer: placing one past what the account has is answered the same way.
-create function pg_temp.place(p_amount numeric, p_purpose text, p_key text) returns billing.posted_transfer[] language sql as $$
-  select billing.post_transfers('{}', array[('place', gen_random_uuid(), p_amount, null, null, null, (select id from acct),
-    p_key, null, null, now() + interval '1 hour', p_purpose, null)::billing.hold_step])
-$$;
-select is((select row(p.result, p.refusal)::text from unnest(pg_temp.place(4, 'user', 'w-hold-over')) p),
+-- A hold is a pending transfer (billing.place_hold, the writer's hold): placing one past what the
+-- account has is refused with the same figures, and places nothing.
+select is(pg_temp.err(format($$select billing.place_hold(%s, 4, 'w-hold-over', now() + interval '1 hour', 'user')$$,
+    (select id from acct))),
+  'INSUFFICIENT_CREDITS', 'a hold past what the account has is refused');
+select is((select row(p.result, p.refusal)::text from unnest(billing.post_transfers(array[pg_temp.spec('usage',
+    (select id from acct), billing.platform_account_id('usage_revenue'), 4, 'w-charge-over')])) p),
   row('insufficient', '{"required": "4", "available": "3"}'::jsonb)::text,
-  'a hold past what the account has is answered insufficient');
+  'as a debit past it is answered insufficient');
 select is(array[(select count(*) from billing.holds h where h.idempotency_key = 'w-hold-over'),
                 (select a.held from billing.accounts a where a.id = (select id from acct))],
   array[0, 0]::numeric[], 'and places nothing');
+select is(pg_temp.err($$select billing.post_transfers(array[('hold_capture', (select id from acct),
+    billing.platform_account_id('usage_revenue'), 1, 'w-cap', null, null, null, null, gen_random_uuid(), null,
+    null)::billing.transfer_spec])$$),
+  'LEDGER_INVARIANT', 'a capture is the debit''s (billing.post_debit), never a batch''s');
 -- A replay spends nothing: answered as one whatever the account has now, alone or in a batch,
 -- it takes no room from the batch's other debits and no cap room.
 insert into auth.users (id) values ('eeeeeeee-0000-4000-8000-000000000002'), ('eeeeeeee-0000-4000-8000-000000000003');
@@ -88,7 +93,7 @@ select is((select array_agg(p.result order by o) from unnest(billing.post_transf
   array['exists', 'applied'], 'in a batch, a replay takes no room from the debits after it');
 select is((select balance from billing.accounts where id = (select short from rp)), 0::numeric(38, 18),
   'and the account paid each charge once');
-select pg_temp.place(2, 'user', 'w-hold-reserve');
+select billing.place_hold((select id from acct), 2, 'w-hold-reserve', now() + interval '1 hour', 'user');
 select is((select array[a.held, (select sum(l.reserved) from billing.lots l where l.account_id = a.id),
                   (select sum(hl.amount) from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id
                    where h.idempotency_key = 'w-hold-reserve')]

@@ -1,8 +1,8 @@
--- POST /credits/usage's fast path (billing.run_usage_request) charges through the writer's charge
--- (billing.post_charge) and never settles: an account with something fallen due (a lot past its
+-- POST /credits/usage's fast path (billing.run_usage_request) charges through the writer's debit
+-- (billing.post_debit) and never settles: an account with something fallen due (a lot past its
 -- expiry, a hold past its TTL) goes the general way (its answer stored under the key, where the
--- fast path stores none), which ends it first, so the request is answered as if the sweep had run. The charge refuses what it is not: a movement under a hold,
--- one that credits a tracked account.
+-- fast path stores none), which ends it first, so the request is answered as if the sweep had run. The debit refuses what it is not: a movement under a hold
+-- it does not post, one that credits a tracked account.
 begin;
 select plan(11);
 \ir helpers.psql
@@ -60,10 +60,10 @@ select is((pg_temp.acct(2)).balance, (select sum(e.amount) from billing.entries 
 -- ============================================================ the charge is only a charge
 select billing.grant_credits(pg_temp.u(3), 10, 'adjustment', 'fast-3');
 select ok(not billing.falls_due(pg_temp.acct(3)), 'nothing has fallen due on an account with a fresh lot and no hold');
-select is(pg_temp.err(format($$select billing.post_charge(('usage', %s, billing.platform_account_id('usage_revenue'), 1,
+select is(pg_temp.err(format($$select billing.post_debit(('usage', %s, billing.platform_account_id('usage_revenue'), 1,
     'fast-under-hold', null, null, null, null, gen_random_uuid(), null, null)::billing.transfer_spec)$$, (pg_temp.acct(3)).id)),
-  'LEDGER_INVARIANT', 'a movement under a hold is not a charge');
-select is(pg_temp.err(format($$select billing.post_charge(('usage', %s, %s, 1, 'fast-to-tracked', null, null, null, null,
+  'LEDGER_INVARIANT', 'a movement under a hold it does not post is not a debit');
+select is(pg_temp.err(format($$select billing.post_debit(('usage', %s, %s, 1, 'fast-to-tracked', null, null, null, null,
     null, null, null)::billing.transfer_spec)$$, (pg_temp.acct(3)).id, (pg_temp.acct(1)).id)),
   'LEDGER_INVARIANT', 'nor one that credits a tracked account');
 
