@@ -592,7 +592,9 @@ declare
   v_due numeric := 0;
   v_given numeric := 0;
   v_claims numeric;
+  v_paid numeric := 0;                            -- what claims owed again took of free credits
   v_frozen numeric := 0;
+  v_debt numeric;
 begin
   select * into a from billing.accounts x where x.id = p_account_id;
   if not found then
@@ -621,10 +623,11 @@ begin
         -- Owed again as billing.owe owes: the buyer's free credits for any model pay it (the
         -- balance falls), then what their other live holds reserved of such credits is claimed
         -- (it does not, until that hold ends), then debt (it falls). Due lots are gone by then.
-        v_due := v_due + v_claims - least(greatest(v_claims - coalesce((
+        v_paid := least(v_claims, coalesce((
             select sum(l.remaining - l.reserved) from billing.lots l
             where l.account_id = a.id and l.open and l.applies_to is null and l.remaining > l.reserved
-              and not coalesce(l.expires_at <= now(), false)), 0), 0),
+              and not coalesce(l.expires_at <= now(), false)), 0));
+        v_due := v_due + v_claims - least(v_claims - v_paid,
           coalesce((select sum(x.amount - coalesce((select sum(t.amount) from billing.lot_take_backs t
                                                     where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0))
                     from billing.hold_lots x
@@ -640,10 +643,17 @@ begin
     end if;
   end if;
   -- A frozen lot's free credits are in the balance but cannot be spent until its dispute ends.
+  -- Claims owed again took them first (billing.owe: a reversal takes the disputed money first). A
+  -- debt beside them (the balance below what open lots hold) waits in front of them, not of the
+  -- free credits: what may be spent is Σ free, at most balance − held, as the writer answers.
   if a.frozen_lots then
-    v_frozen := coalesce((select sum(l.remaining - l.reserved) from billing.lots l
-                          where l.account_id = a.id and l.open and l.frozen
-                            and not coalesce(a.next_expiry <= now() and l.expires_at <= now(), false)), 0);
+    select coalesce(sum(l.remaining - l.reserved) filter (where l.frozen), 0),
+      coalesce(sum(l.remaining), 0) - v_paid - (a.balance - v_due)
+    into v_frozen, v_debt
+    from billing.lots l
+    where l.account_id = a.id and l.open and not coalesce(a.next_expiry <= now() and l.expires_at <= now(), false);
+    v_frozen := v_frozen - least(v_paid, v_frozen);
+    v_frozen := v_frozen - least(greatest(v_debt, 0), v_frozen);
   end if;
   return (a.balance - v_due, a.held - v_overdue - v_given,
     a.balance - v_due - a.held + v_overdue + v_given - v_frozen)::billing.balance;

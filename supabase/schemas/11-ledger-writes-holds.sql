@@ -70,8 +70,8 @@ declare
   v_refusal billing.posted_transfer;
   v_model text := case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end;
   v_fallbacks text[];
-  v_pick_lots bigint[] := '{}';
-  v_pick_parts numeric[] := '{}';
+  v_pick_lots bigint[] := '{}'::bigint[];
+  v_pick_parts numeric[] := '{}'::numeric[];
   v_fits numeric;
 begin
   -- Fallback models (docs/ai-gateway.md § Fallback models): the test first, most calls name none.
@@ -81,8 +81,8 @@ begin
   select * into v_acct from billing.accounts a where a.id = p_account_id and a.code is null;
   loop
     exit when v_acct.id is null;
-    select coalesce(array_agg(p.lot_id), '{}'), coalesce(array_agg(p.amount), '{}') into v_pick_lots, v_pick_parts
-    from billing.pick_lots(v_acct.id, v_model, p_amount, v_fallbacks) p;
+    select coalesce(array_agg(p.lot_id), '{}'::bigint[]), coalesce(array_agg(p.amount), '{}'::numeric[])
+    into v_pick_lots, v_pick_parts from billing.pick_lots(v_acct.id, v_model, p_amount, v_fallbacks) p;
     v_refusal := billing.spend_refusal(v_acct.id, p_amount,
       least(v_acct.balance - v_acct.held, coalesce((select sum(x) from unnest(v_pick_parts) x), 0)), v_acct.caps > 0,
       p_metadata ->> 'model', p_member, v_fallbacks);

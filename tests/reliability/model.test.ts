@@ -1116,7 +1116,9 @@ Deno.test({
       // MODEL_SEED and MODEL_PATH replay a failure's printed seed and path. The examples: a
       // refund's take-back waits on the older of two holds on a lot, which then spends all it
       // reserved; a refund of all takes back both holds' credits, and the one that spends its own
-      // owes it (no claim on itself, none on the other's, already taken back: debt).
+      // owes it (no claim on itself, none on the other's, already taken back: debt); a claim on a
+      // reserved grant is owed again from a disputed purchase's frozen credits as the grant
+      // expires, and nothing is left to spend (not less than nothing).
       {
         numRuns: runs,
         ...modelSeed('model'),
@@ -1130,6 +1132,12 @@ Deno.test({
             new Hold(1),
             new Refund(0, 1, false),
             new Settle(0, 'capture_all'),
+          ]],
+          [null, [new Grant(1, 30), new Buy('mini', 'in_order')], new Hold(1), [
+            new BatchUsage([{ input: 1, output: 0 }]),
+            new Refund(0, 1, false),
+            new BonusExpiresThen('open', 0),
+            new HoldAcrossExpiry(1, 'rehold'),
           ]],
         ],
       },

@@ -189,6 +189,87 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.balance_of(p_account_id bigint)
+ RETURNS billing.balance
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO ''
+AS $function$
+declare
+  a billing.accounts;
+  v_overdue numeric := 0;
+  v_due numeric := 0;
+  v_given numeric := 0;
+  v_claims numeric;
+  v_paid numeric := 0;                            -- what claims owed again took of free credits
+  v_frozen numeric := 0;
+  v_debt numeric;
+begin
+  select * into a from billing.accounts x where x.id = p_account_id;
+  if not found then
+    return null;
+  end if;
+  -- As billing.settled would leave it: overdue holds ended; once next_expiry has passed, due lots
+  -- expired (reserved or frozen, whole) and the live holds that reserved them shrunk by their
+  -- part. Each sum is read only when it can be non-zero: nearly every account has nothing held or
+  -- due, and is answered from its row.
+  if a.next_hold_expiry <= now() then
+    v_overdue := coalesce((select sum(h.amount) from billing.holds h
+                           where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()), 0);
+  end if;
+  if a.next_expiry <= now() then
+    v_due := coalesce((select sum(l.remaining) from billing.lots l
+                       where l.account_id = a.id and l.open and l.expires_at <= now()), 0);
+    if a.held > 0 then
+      -- A claim a refund left on a due lot's reservation is owed again when it expires, unless
+      -- its hold's TTL passed first (then it returned the credits live, and the claim took them).
+      v_claims := coalesce((select sum(t.amount) from billing.lot_take_backs t
+                            join billing.lots l on l.id = t.lot_id and l.open and l.expires_at <= now()
+                            join billing.holds h on h.id = t.hold_id
+                            where t.buyer_id = a.id and t.claim
+                              and not (h.status = 'active' and h.expires_at <= l.expires_at)), 0);
+      if v_claims > 0 then
+        -- Owed again as billing.owe owes: the buyer's free credits for any model pay it (the
+        -- balance falls), then what their other live holds reserved of such credits is claimed
+        -- (it does not, until that hold ends), then debt (it falls). Due lots are gone by then.
+        v_paid := least(v_claims, coalesce((
+            select sum(l.remaining - l.reserved) from billing.lots l
+            where l.account_id = a.id and l.open and l.applies_to is null and l.remaining > l.reserved
+              and not coalesce(l.expires_at <= now(), false)), 0));
+        v_due := v_due + v_claims - least(v_claims - v_paid,
+          coalesce((select sum(x.amount - coalesce((select sum(t.amount) from billing.lot_take_backs t
+                                                    where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0))
+                    from billing.hold_lots x
+                    join billing.holds h on h.id = x.hold_id and h.status = 'active' and h.expires_at > now()
+                    join billing.lots l on l.id = x.lot_id and l.applies_to is null
+                      and not coalesce(l.expires_at <= now(), false)
+                    where h.account_id = a.id), 0));
+      end if;
+      v_given := coalesce((select sum(hl.amount) from billing.hold_lots hl
+                           join billing.holds h on h.id = hl.hold_id and h.status = 'active' and h.expires_at > now()
+                           join billing.lots l on l.id = hl.lot_id and l.open and l.expires_at <= now()
+                           where h.account_id = a.id), 0);
+    end if;
+  end if;
+  -- A frozen lot's free credits are in the balance but cannot be spent until its dispute ends.
+  -- Claims owed again took them first (billing.owe: a reversal takes the disputed money first). A
+  -- debt beside them (the balance below what open lots hold) waits in front of them, not of the
+  -- free credits: what may be spent is Σ free, at most balance − held, as the writer answers.
+  if a.frozen_lots then
+    select coalesce(sum(l.remaining - l.reserved) filter (where l.frozen), 0),
+      coalesce(sum(l.remaining), 0) - v_paid - (a.balance - v_due)
+    into v_frozen, v_debt
+    from billing.lots l
+    where l.account_id = a.id and l.open and not coalesce(a.next_expiry <= now() and l.expires_at <= now(), false);
+    v_frozen := v_frozen - least(v_paid, v_frozen);
+    v_frozen := v_frozen - least(greatest(v_debt, 0), v_frozen);
+  end if;
+  return (a.balance - v_due, a.held - v_overdue - v_given,
+    a.balance - v_due - a.held + v_overdue + v_given - v_frozen)::billing.balance;
+end
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.expire_overdue_holds(p_account_id bigint, p_due_by timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS integer
  LANGUAGE plpgsql
@@ -247,8 +328,8 @@ declare
   v_refusal billing.posted_transfer;
   v_model text := case when p_purpose in ('ai', 'job') then p_metadata ->> 'model' end;
   v_fallbacks text[];
-  v_pick_lots bigint[] := '{}';
-  v_pick_parts numeric[] := '{}';
+  v_pick_lots bigint[] := '{}'::bigint[];
+  v_pick_parts numeric[] := '{}'::numeric[];
   v_fits numeric;
 begin
   -- Fallback models (docs/ai-gateway.md § Fallback models): the test first, most calls name none.
@@ -258,8 +339,8 @@ begin
   select * into v_acct from billing.accounts a where a.id = p_account_id and a.code is null;
   loop
     exit when v_acct.id is null;
-    select coalesce(array_agg(p.lot_id), '{}'), coalesce(array_agg(p.amount), '{}') into v_pick_lots, v_pick_parts
-    from billing.pick_lots(v_acct.id, v_model, p_amount, v_fallbacks) p;
+    select coalesce(array_agg(p.lot_id), '{}'::bigint[]), coalesce(array_agg(p.amount), '{}'::numeric[])
+    into v_pick_lots, v_pick_parts from billing.pick_lots(v_acct.id, v_model, p_amount, v_fallbacks) p;
     v_refusal := billing.spend_refusal(v_acct.id, p_amount,
       least(v_acct.balance - v_acct.held, coalesce((select sum(x) from unnest(v_pick_parts) x), 0)), v_acct.caps > 0,
       p_metadata ->> 'model', p_member, v_fallbacks);
