@@ -4,6 +4,7 @@ import type { Credits } from './contract.ts';
 
 export const documentedCodes = [
   'ACCOUNT_DISPUTED',
+  'ACCOUNT_FELL_DUE',
   'AI_FILE_NOT_FOUND',
   'AI_FILE_USED',
   'AI_BATCH_NOT_FOUND',

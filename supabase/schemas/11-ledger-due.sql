@@ -85,9 +85,9 @@ begin
   end loop;
   -- Told once every due lot expired: a claim owed again is never paid with a lot due with it.
   perform billing.holds_gave_way(v_parts);
-  if v_account.held > 0 then
-    perform billing.expire_overdue_holds(p_account_id, now());
-  end if;
+  -- Overdue holds end, and next_hold_expiry is made exact, nothing held or not: settled, an
+  -- account no longer falls due (billing.falls_due; a hold's road refuses one that does).
+  perform billing.expire_overdue_holds(p_account_id, now());
   update billing.accounts a
   set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
   where a.id = p_account_id returning * into v_account;

@@ -133,9 +133,11 @@ begin
 
   for i in 1 .. array_length(v_sources.accounts, 1) loop
     select * into v_account from billing.accounts a where a.id = v_sources.accounts[i];
-    v_account := billing.settled(v_account);
+    if billing.falls_due(v_account) then           -- the caller settles first (billing.settle_spender)
+      perform billing.raise_error('ACCOUNT_FELL_DUE', jsonb_build_object('account', 'paying'));
+    end if;
     if v_account.id = p_own.id then
-      p_own := v_account;                             -- settled: the refusal's debt is read from it
+      p_own := v_account;                             -- the refusal's debt is read from it
     end if;
     v_available := greatest(v_account.balance - v_account.held, 0);
     if v_account.reads_lots then
@@ -208,6 +210,7 @@ begin
   end if;
   -- A member of organisations that fund them: the wallet that pays (orgs = 0 skips it all).
   if v_account.orgs > 0 and p_mode = 'spend' and p_account_id is null then
+    v_account := billing.settle_spender(p_user);
     v_account := billing.lock_spending_source(v_account, p_user, p_amount, p_metadata ->> 'model', p_idempotency_key, p_kind);
   end if;
   v_account_id := v_account.id;
@@ -401,3 +404,31 @@ end;
 $$;
 comment on function billing.settled(p_account billing.accounts) is 'Internal: a locked account settled when something fell due (a hold past its TTL: it ends; a lot past its expiry: it expires), else as it is.';
 revoke execute on function billing.settled(p_account billing.accounts) from public;
+
+-- The one settle step for a spender: their account and, for a member of organisations that fund
+-- them, every account that may pay (billing.spending_sources), locked in the order
+-- lock_spending_source locks them. The hold's road (reserve_hold, lock_spending_source: the AI
+-- call's) never settles: an account there that fell due refuses with ACCOUNT_FELL_DUE, and its
+-- caller settles the spender first, inline or (the gateway) in a statement of its own.
+create or replace function billing.settle_spender(p_user uuid) returns billing.accounts
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_own billing.accounts;
+  v_sources bigint[];
+begin
+  select * into v_own from billing.accounts a where a.user_id = p_user for update;
+  v_own := billing.settled(v_own);
+  if v_own.orgs > 0 then
+    v_sources := array(select x from unnest((billing.spending_sources(p_user, v_own.id)).accounts) x where x <> v_own.id);
+    perform 1 from billing.accounts a where a.id = any(v_sources) order by a.id for update;
+    perform billing.settled(a) from billing.accounts a where a.id = any(v_sources) order by a.id;
+  end if;
+  return v_own;
+end;
+$$;
+comment on function billing.settle_spender(p_user uuid) is 'Gateway: settles the user''s account and every account that may pay for them (billing.settled), locked; answers the user''s account (null: none).';
+revoke execute on function billing.settle_spender(p_user uuid) from public, anon, authenticated;
+grant execute on function billing.settle_spender(p_user uuid) to service_role;

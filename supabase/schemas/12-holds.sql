@@ -83,7 +83,9 @@ begin
     v_account := billing.lock_spending_source(v_account, p_user, coalesce(p_min_amount, p_amount), p_metadata ->> 'model',
       p_idempotency_key, null, case when p_purpose = 'ai' then array(select jsonb_array_elements_text(p_metadata -> 'fallbacks')) end);
   end if;
-  v_account := billing.settled(v_account);
+  if billing.falls_due(v_account) then              -- the caller settles first (billing.settle_spender)
+    perform billing.raise_error('ACCOUNT_FELL_DUE', jsonb_build_object('account', 'own'));
+  end if;
   v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
     p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end, p_min_amount, p_step);
   -- The account was settled above (or had nothing held or due): its row is what balance_of would
@@ -108,6 +110,7 @@ security definer
 set search_path = ''
 as $$
 begin
+  perform billing.settle_spender(p_user);
   return billing.reserve_hold(p_user, p_amount, p_idempotency_key, p_ttl_seconds, 'user', p_correlation_id, p_metadata);
 end
 $$;

@@ -425,7 +425,9 @@ revoke execute on function billing.ai_call_json(c billing.ai_calls) from public;
 
 -- Before the provider is called: {state: 'held', call_id, hold_id, held, model, upstream} to go
 -- ahead (model: the card's own, what the provider is asked for, though `p_model` named an alias),
--- {state: 'replay', call} for a key already answered, or a refusal, {state: 'refused', token,
+-- {state: 'replay', call} for a key already answered, {state: 'settle'} when something of the
+-- paying accounts fell due (nothing is written: the gateway settles them, billing.settle_spender,
+-- and asks again; the call's road never carries expiry), or a refusal, {state: 'refused', token,
 -- detail}, already recorded (billing.refuse_ai_call; `p_elapsed_ms`: the call's time before this
 -- statement): the caller's standing, the model, a model whose kind the endpoint does not serve
 -- or whose upstream does not speak it (`p_upstreams`: the upstreams the gateway has that speak
@@ -549,6 +551,8 @@ begin
       if sqlerrm in ('LEDGER_IMMUTABLE', 'PAYMENT_AMOUNT_MISMATCH', 'MONEY_UNBALANCED', 'LEDGER_INVARIANT',
                      'INTERNAL_ERROR') then
         raise;
+      elsif sqlerrm = 'ACCOUNT_FELL_DUE' then
+        return jsonb_build_object('state', 'settle');  -- the gateway settles (billing.settle_spender), asks again
       end if;
       get stacked diagnostics v_detail = pg_exception_detail;
       v_refusal := jsonb_build_object('token', sqlerrm, 'detail', coalesce(nullif(v_detail, '')::jsonb, '{}'::jsonb));

@@ -127,6 +127,7 @@ begin
     -- Short → INSUFFICIENT_CREDITS, and the job above rolls back with it. The hold names the
     -- job's model (an alias's card, billing.card_model), so per-model caps count it and only lots
     -- that may pay for it are reserved (and the caps get back what the capture does not use).
+    perform billing.settle_spender(p_user);
     v_hold := billing.reserve_hold(p_user, p_reserve, 'job:' || v_job.id, p_hold_ttl_seconds, 'job', 'job:' || v_job.id,
       jsonb_strip_nulls(jsonb_build_object('model', billing.card_model(p_input ->> 'model'))));
     update billing.jobs j set hold_id = v_hold.hold_id,

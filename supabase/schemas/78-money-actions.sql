@@ -105,7 +105,7 @@ begin
       billing.scoped_key('http:' || p_user::text || ':' || p_action || ':', p_key));
   exception when sqlstate 'P0001' then
     -- Tokens that mean our fault are 5xx (_shared/adapters/sql-errors.ts): not stored, so a retry runs again.
-    if sqlerrm in ('LEDGER_IMMUTABLE', 'PAYMENT_AMOUNT_MISMATCH', 'MONEY_UNBALANCED', 'LEDGER_INVARIANT') then
+    if sqlerrm in ('LEDGER_IMMUTABLE', 'PAYMENT_AMOUNT_MISMATCH', 'MONEY_UNBALANCED', 'LEDGER_INVARIANT', 'ACCOUNT_FELL_DUE') then
       raise;
     end if;
     get stacked diagnostics v_token = message_text, v_detail = pg_exception_detail;

@@ -10,7 +10,7 @@ import { AppError, internalError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
 import { isUuid } from '../_shared/values/query.ts';
 import type { BatchLine } from './batch-lines.ts';
-import type { Usage } from './metering.ts';
+import { settlingFirst, type Usage } from './metering.ts';
 import { chat } from './protocols/chat.ts';
 import { messages } from './protocols/messages.ts';
 
@@ -65,10 +65,14 @@ export async function beginBatch(args: {
   metadata: Record<string, string> | null;
 }): Promise<{ state: 'held' | 'replay'; batch: Batch }> {
   const counts = args.lines?.map(({ body: _, ...counted }) => counted) ?? null;
-  const [{ r }] = await sql`select billing.begin_ai_batch(${args.userId}, ${args.kind}, ${args.endpoint}, ${args.model},
+  const r = await settlingFirst(
+    args.userId,
+    async () =>
+      (await sql`select billing.begin_ai_batch(${args.userId}, ${args.kind}, ${args.endpoint}, ${args.model},
     ${counts === null ? null : jsonb(counts)}, ${args.writesCache}, ${args.fileId}, ${args.key}, ${args.requestHash},
     array(select jsonb_array_elements_text(${jsonb(args.upstreams)})), ${args.maxOpen},
-    ${args.metadata === null ? null : jsonb(args.metadata)}) as r`;
+    ${args.metadata === null ? null : jsonb(args.metadata)}) as r`)[0].r,
+  );
   if (r.state === 'held' || r.state === 'replay') return r;
   throw sqlRefusal(r.token, JSON.stringify(r.detail ?? {})) ?? internalError();
 }

@@ -122,16 +122,36 @@ export interface CallReport {
 }
 
 /**
- * Claims the key and holds the call's worst case, in one round trip: every refusal (402, 403,
+ * Runs a begin (an AI call's, a batch's) until it does not answer {state: 'settle'}: something of
+ * the paying accounts fell due, which the call's own statement never ends (its road stays short),
+ * so the spender is settled in a statement of its own (billing.settle_spender) and it asks again.
+ * Twice at most: a third due in between is ACCOUNT_FELL_DUE (503, retryable).
+ */
+export async function settlingFirst<T extends { state: string }>(userId: string, begin: () => Promise<T>): Promise<T> {
+  for (let settled = 0;; settled++) {
+    const r = await begin();
+    if (r.state !== 'settle') return r;
+    if (settled === 2) throw sqlRefusal('ACCOUNT_FELL_DUE', null) ?? internalError();
+    await sql`select billing.settle_spender(${userId})`;
+  }
+}
+
+/**
+ * Claims the key and holds the call's worst case, in one round trip (two more when something of
+ * the paying accounts fell due, settlingFirst): every refusal (402, 403,
  * 409 …) is a row SQL has already recorded (billing.refuse_ai_call), thrown here.
  */
 export async function beginCall(p: CallPlan, elapsedMs: number): Promise<Begun> {
-  const [{ r }] = await sql.oneTrip`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens},
+  const r = await settlingFirst(
+    p.userId,
+    async () =>
+      (await sql.oneTrip`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens},
     ${p.maxOutputTokens}, ${p.key}, ${p.requestHash}, ${p.ttlSeconds}, ${p.endpoint},
     array(select jsonb_array_elements_text(${jsonb(p.upstreams)})), ${p.writesCache}, ${p.stream}, ${elapsedMs},
     ${p.writesCache1h}, ${p.minOutputTokens}, array(select jsonb_array_elements_text(${
-    jsonb(p.fallbackModels)
-  }))) as r`;
+        jsonb(p.fallbackModels)
+      }))) as r`)[0].r,
+  );
   if (r.state === 'held' || r.state === 'replay') return r as Begun;
   throw sqlRefusal(r.token, r.detail === undefined ? null : JSON.stringify(r.detail)) ?? internalError();
 }

@@ -164,6 +164,12 @@ const sqlErrors: Record<
     retryable: true,
   },
   IDEMPOTENCY_KEY_REQUIRED: { type: 'validation', message: 'An idempotency key is required.' },
+  // A hold's road never settles (billing.settle_spender does, first): only when something of a
+  // paying account fell due after that step (a wallet that joined meanwhile, the gateway's third try).
+  ACCOUNT_FELL_DUE: {
+    type: 'unavailable',
+    message: 'Credits or holds of the account fell due just now. Please retry.',
+  },
   LEDGER_IMMUTABLE: { type: 'server', message: 'Ledger rows cannot be changed.', status: 500 },
   PACKAGE_NOT_FOUND: { type: 'not_found', message: 'No such credit package on sale.' },
   INVALID_CATALOG_ITEM: { type: 'validation', message: 'The package or plan is not valid: see details.rule.' },
