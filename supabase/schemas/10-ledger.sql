@@ -112,7 +112,7 @@ comment on column billing.accounts.org_id is 'An organisation''s wallet (member_
 comment on column billing.accounts.code_id is 'A gift or sponsor code''s escrow: the credits it will give, tracked like a wallet until redeemed (billing.codes).';
 comment on column billing.accounts.restricted_lots is 'Set by the writer once a lot that pays only for some models arrives (never unset): the account then has sub-accounts (billing.sub_accounts), and its charges and holds draw only lots that may pay for their model (billing.free_credits reads what they may spend).';
 comment on column billing.accounts.next_expiry is 'No later than the earliest expires_at of the account''s open lots (a lower bound, exact after each expiry run): spending expires due lots first when it has passed.';
-comment on column billing.accounts.next_hold_expiry is 'No later than the earliest expires_at of the account''s active holds (a lower bound, set when a hold is placed, exact after each run that ends overdue holds): spending ends overdue holds first only when it has passed.';
+comment on column billing.accounts.next_hold_expiry is 'No later than the earliest expires_at of the account''s active holds (a lower bound, set when a hold is placed, exact after each run that ends overdue holds, null once nothing is held): spending ends overdue holds first only when it has passed.';
 alter table billing.accounts enable row level security;
 grant select on table billing.accounts to authenticated;
 grant select on table billing.accounts to service_role;

@@ -238,7 +238,8 @@ revoke execute on function billing.spending_refusal(v_one billing.transfer_spec,
 
 -- A movement alone written (billing.post_transfers): each tracked side's balance and version (a
 -- platform account is never updated: the filter finds no row; a capture's hold leaves held in the
--- same write), one entry per side, and the report's tail.
+-- same write, and with nothing left held no hold can fall due: next_hold_expiry is exact, so the
+-- next AI call's begin is not sent to settle), one entry per side, and the report's tail.
 create or replace function billing.write_one(v_one billing.transfer_spec, v_id bigint, v_held_account bigint, v_held_delta numeric)
 returns billing.posting
 language plpgsql
@@ -255,6 +256,7 @@ declare
 begin
   update billing.accounts a set balance = a.balance - v_one.amount, version = a.version + 1,
     held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
+    next_hold_expiry = case when a.id = v_held_account and a.held + v_held_delta = 0 then null else a.next_hold_expiry end,
     active_from = case when a.active_from >= v_day then a.active_from else now() end
   where a.id = v_one.from_account_id and a.code is null
   returning a.balance, a.version, a.restricted_lots, case when a.active_from = now() then a.id end
@@ -267,6 +269,7 @@ begin
   end if;
   update billing.accounts a set balance = a.balance + v_one.amount, version = a.version + 1,
     held = a.held + case when a.id = v_held_account then v_held_delta else 0 end,
+    next_hold_expiry = case when a.id = v_held_account and a.held + v_held_delta = 0 then null else a.next_hold_expiry end,
     active_from = case when a.active_from >= v_day then a.active_from else now() end
   where a.id = v_one.to_account_id and a.code is null
   returning a.balance, a.version, a.restricted_lots, case when a.active_from = now() then a.id end

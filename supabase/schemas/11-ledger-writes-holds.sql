@@ -151,7 +151,8 @@ begin
           group by hl.lot_id) r
     where l.id = r.lot_id
   ), held as (
-    update billing.accounts a set held = a.held - d.amount
+    update billing.accounts a set held = a.held - d.amount,
+      next_hold_expiry = case when a.held = d.amount then null else a.next_hold_expiry end  -- none left to fall due
     from (select x.account_id, sum(x.amount) as amount from ended x group by x.account_id) d
     where a.id = d.account_id and a.code is null
   )

@@ -4,7 +4,7 @@
 -- in every wallet that may pay, and the begin asked again holds. Paths that hold outside the
 -- gateway (a user's hold, a job) settle inline.
 begin;
-select plan(16);
+select plan(19);
 \ir helpers.psql
 
 insert into auth.users (id, email) values
@@ -80,6 +80,23 @@ select is(pg_temp.begin((select u from t), 'settle-first:e'), '{"state": "settle
 select billing.settle_spender((select u from t));
 select is(pg_temp.begin((select u from t), 'settle-first:e') ->> 'state', 'held', 'one settle is enough');
 reset role;
+
+-- With nothing left held no hold can fall due: the last hold's capture or release makes
+-- next_hold_expiry exact (null), so the next begin is not sent to settle for a hold long gone.
+create function pg_temp.next_hold_expiry() returns timestamptz language sql as $$
+  select a.next_hold_expiry from billing.accounts a where a.user_id = (select u from t)
+$$;
+select billing.release_hold(null, h.id) from billing.holds h
+join billing.accounts a on a.id = h.account_id where a.user_id = (select u from t) and h.status = 'active';
+select billing.reserve_credits((select u from t), 1, 'settle-first:h1');
+select billing.reserve_credits((select u from t), 1, 'settle-first:h2');
+select billing.capture_hold(null, (select h.id from billing.holds h where h.idempotency_key = 'settle-first:h1'), 1);
+select isnt(pg_temp.next_hold_expiry(), null, 'one hold captured, one live: its TTL still bounds the account');
+select billing.release_hold(null, (select h.id from billing.holds h where h.idempotency_key = 'settle-first:h2'));
+select is(pg_temp.next_hold_expiry(), null, 'the last released: nothing can fall due');
+select billing.reserve_credits((select u from t), 1, 'settle-first:h3');
+select billing.capture_hold(null, (select h.id from billing.holds h where h.idempotency_key = 'settle-first:h3'), 1);
+select is(pg_temp.next_hold_expiry(), null, 'the last captured: likewise');
 
 -- A member paid by the school's pool: the pool's overdue hold is the one that fell due.
 select billing.grant_org_credits((select org from t), 50, 'adjustment', 'settle-first:org', 'pilot', null);

@@ -134,7 +134,8 @@ async function checkFrozen(watch: FrozenWatch, ids: string[], last: string) {
     // A lot thawed in this step (a dispute won) may be drawn after it thawed.
     const now = await testDb`select l.id::text as id, l.frozen, trim_scale(l.remaining)::text as remaining,
         trim_scale(l.reserved)::text as reserved,
-        coalesce((select array_agg(distinct x.kind::text) from billing.lot_allocations x
+        coalesce((select array_agg(distinct case when x.kind = 'usage' and t.metadata ? 'priced' then 'excess'
+                                                 else x.kind::text end) from billing.lot_allocations x
                   join billing.transfers t on t.id = x.transfer_id
                   where x.lot_id = l.id and x.transfer_id > ${watch.lastTransfer}::bigint
                     and (l.frozen or t.created_at <= (select max(c.changed_at) from billing.lot_changes c
@@ -145,9 +146,11 @@ async function checkFrozen(watch: FrozenWatch, ids: string[], last: string) {
     for (const l of now) {
       const was = watch.lots.get(l.id) as FrozenLot;
       const moved = (l.kinds as string[]).filter((k) =>
-        !['expiry', 'refund_reversal', 'dispute_reversal', 'hold_capture', 'void'].includes(k)
+        !['expiry', 'refund_reversal', 'dispute_reversal', 'hold_capture', 'void', 'excess'].includes(k)
       );
-      assert.deepEqual(moved, [], `frozen lot ${l.id}: nothing but expiry, take-back or captures drew it`);
+      // 'excess': what a provider billed past an AI call's or job's hold (billing.charge_hold_at:
+      // a usage transfer with `priced`) takes frozen credits after free ones (docs/credit-lots.md rule 7).
+      assert.deepEqual(moved, [], `frozen lot ${l.id}: nothing but expiry, take-back, captures or an excess drew it`);
       assert.ok(
         Number(l.captured) <= Number(was.reserved),
         `frozen lot ${l.id}: captures took ${l.captured}, only ${was.reserved} was reserved before`,
