@@ -78,13 +78,13 @@ begin
     return billing.hold_result_of(v_hold, true);
   end if;
 
+  -- The caller settled the spender (billing.settle_spender): an account that fell due since refuses.
   if v_account.orgs > 0 then
-    -- A member's hold is paid by the first account that can pay at least its minimum.
+    -- A member's hold is paid by the first account that can pay at least its minimum (each asked refuses so).
     v_account := billing.lock_spending_source(v_account, p_user, coalesce(p_min_amount, p_amount), p_metadata ->> 'model',
       p_idempotency_key, null, case when p_purpose = 'ai' then array(select jsonb_array_elements_text(p_metadata -> 'fallbacks')) end);
-  end if;
-  if billing.falls_due(v_account) then              -- the caller settles first (billing.settle_spender)
-    perform billing.raise_error('ACCOUNT_FELL_DUE', jsonb_build_object('account', 'own'));
+  elsif billing.falls_due(v_account) then
+    perform billing.raise_error('ACCOUNT_FELL_DUE', jsonb_build_object('account', 'paying'));
   end if;
   v_hold := billing.place_hold(v_account.id, p_amount, p_idempotency_key, now() + make_interval(secs => p_ttl_seconds),
     p_purpose, p_correlation_id, p_metadata, case when v_account.org_id is not null then p_user end, p_min_amount, p_step);
