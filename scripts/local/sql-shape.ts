@@ -232,7 +232,7 @@ export const upwardCallsKnown: string[] = [
   'billing.expire_overdue_holds -> billing.hold_ended',
   'billing.holds_gave_way -> billing.hold_ended',
   'billing.post_capture -> billing.hold_ended',
-  'billing.release_hold -> billing.hold_ended',
+  'billing.void_hold -> billing.hold_ended',
 ];
 
 /** What breaks the layers: calls up not listed, and listed ones that are gone. */

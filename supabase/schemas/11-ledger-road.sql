@@ -409,9 +409,12 @@ revoke execute on function billing.settled(p_account billing.accounts) from publ
 -- them, every account that may pay (billing.spending_sources), locked in the order
 -- lock_spending_source locks them. The hold's road (reserve_hold, lock_spending_source: the AI
 -- call's) never settles: an account there that fell due refuses with ACCOUNT_FELL_DUE, and its
--- caller settles the spender first, inline or (the gateway) in a statement of its own.
+-- caller settles the spender first, inline or (the gateway) in front of the begin asked again,
+-- in its statement (`from billing.settle_spender(…)`; strict: a null user settles nothing): at
+-- that statement's one now(), with the accounts locked, nothing falls due between the two.
 create or replace function billing.settle_spender(p_user uuid) returns billing.accounts
 language plpgsql
+strict
 security definer
 set search_path = ''
 as $$
@@ -432,3 +435,41 @@ $$;
 comment on function billing.settle_spender(p_user uuid) is 'Gateway: settles the user''s account and every account that may pay for them (billing.settled), locked; answers the user''s account (null: none).';
 revoke execute on function billing.settle_spender(p_user uuid) from public, anon, authenticated;
 grant execute on function billing.settle_spender(p_user uuid) to service_role;
+
+-- The account a hold drew on, locked for the work priced after it ran (an AI call's, a batch's
+-- or a job's finish). That road never settles either: an account that fell due refuses with
+-- ACCOUNT_FELL_DUE naming the hold, and the caller finishes again with the settle in front, in
+-- the same statement (`from billing.settle_holder(…)`, as settle_spender is put in front of a
+-- begin). Found not due, the hold is exactly as it reads.
+create or replace function billing.lock_holder(p_hold uuid) returns billing.accounts
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account billing.accounts;
+begin
+  select * into v_account from billing.accounts a
+  where a.id = (select h.account_id from billing.holds h where h.id = p_hold) for update;
+  if billing.falls_due(v_account) then
+    perform billing.raise_error('ACCOUNT_FELL_DUE', jsonb_build_object('hold_id', p_hold));
+  end if;
+  return v_account;
+end;
+$$;
+comment on function billing.lock_holder(p_hold uuid) is 'Internal: the account a hold drew on, locked; ACCOUNT_FELL_DUE (naming the hold) when something of it fell due (billing.settle_holder ends it).';
+revoke execute on function billing.lock_holder(p_hold uuid) from public;
+
+create or replace function billing.settle_holder(p_hold uuid) returns void
+language plpgsql
+strict
+security definer
+set search_path = ''
+as $$
+begin
+  perform billing.settled(a) from billing.accounts a
+  where a.id = (select h.account_id from billing.holds h where h.id = p_hold) for update;
+end;
+$$;
+comment on function billing.settle_holder(p_hold uuid) is 'Gateway and job worker: settles the account a hold drew on (billing.settled), for a finish that answered ACCOUNT_FELL_DUE.';
+revoke execute on function billing.settle_holder(p_hold uuid) from public, anon, authenticated;
+grant execute on function billing.settle_holder(p_hold uuid) to service_role;

@@ -233,6 +233,29 @@ comment on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount n
 revoke execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) from public;
 grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) to service_role;
 
+-- A release as the writer makes it (a void), under the caller's account lock, the account not
+-- due (billing.lock_hold settles it; billing.lock_holder finds it so): the take-backs pending on
+-- the hold run, its cap room is given back and the account watched.
+create or replace function billing.void_hold(p_hold_id uuid) returns billing.holds
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_hold billing.holds;
+begin
+  perform billing.end_holds(array[p_hold_id], 'released');
+  perform billing.hold_ended(p_hold_id);
+  select * into v_hold from billing.holds h where h.id = p_hold_id;
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount);
+  -- Credits given back never charge the card by themselves (docs/spend-controls.md): no recharge.
+  perform billing.watch_account(a.id, a.balance - a.held, null) from billing.accounts a
+  where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+  return v_hold;
+end;
+$$;
+comment on function billing.void_hold(p_hold_id uuid) is 'Internal: releases an active hold under the caller''s account lock (its take-backs run, its cap room given back).';
+revoke execute on function billing.void_hold(p_hold_id uuid) from public;
+
 create or replace function billing.release_hold(p_user uuid, p_hold_id uuid) returns billing.hold_result
 language plpgsql
 security definer
@@ -248,13 +271,8 @@ begin
   if v_hold.status <> 'active' then
     return billing.hold_result_of(v_hold, true); -- released or expired: nothing left to release
   end if;
-  perform billing.end_holds(array[p_hold_id], 'released');
-  perform billing.hold_ended(p_hold_id);
-  select * into v_hold from billing.holds h where h.id = p_hold_id;
-  perform billing.return_hold_cap_room(v_hold, v_hold.amount);
-  -- Credits given back never charge the card by themselves (docs/spend-controls.md): no recharge.
-  perform billing.watch_account(a.id, a.balance - a.held, null) from billing.accounts a
-  where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
+  -- Two statements: the answer is read (a stable function, the caller's snapshot) after the void.
+  v_hold := billing.void_hold(p_hold_id);
   return billing.hold_result_of(v_hold, false);
 end;
 $$;

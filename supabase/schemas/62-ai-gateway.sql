@@ -611,8 +611,8 @@ declare
   v_model text;
   v_owed bigint;
 begin
-  -- The caller locked and settled the account (billing.settled): a hold that shrank by expired
-  -- credits captures only what it still holds.
+  -- The caller locked the account and found nothing due (billing.lock_holder): a hold that shrank
+  -- by expired credits was settled before, and captures only what it still holds.
   select * into v_account from billing.accounts a where a.id = (select h.account_id from billing.holds h where h.id = p_hold_id);
   select * into v_hold from billing.holds h where h.id = p_hold_id;
   v_model := coalesce((select r.model from billing.rate_cards r where r.id = p_rate_card_id), v_hold.metadata ->> 'model');
@@ -623,7 +623,7 @@ begin
     transfer_id := (billing.post_capture(v_hold, captured, p_correlation,
       coalesce(p_capture_facts, '{}'::jsonb) || jsonb_build_object('model', v_model))).transfer_id;
   elsif v_hold.status = 'active' then
-    perform billing.release_hold(null, p_hold_id);
+    perform billing.void_hold(p_hold_id);
   end if;
   if overage > 0 then
     -- Counted against its caps now, past them, all of it (whatever part is owed later, as a claim
@@ -693,10 +693,9 @@ begin
     (p_usage ->> 'reasoning_tokens')::bigint, 0, 0, coalesce((p_usage ->> 'cache_write_tokens')::bigint, 0),
     coalesce((p_usage ->> 'cache_write_1h_tokens')::bigint, 0));
   -- The account's lock first (as capture_hold takes it), so no expiry shrinks the hold between
-  -- reading it and capturing from it, and settled (billing.settled): a hold past its TTL (a call
-  -- that outlived it) is expired, one that shrank by expired credits captures only what it holds.
-  perform billing.settled(a) from billing.accounts a
-  where a.id = (select h.account_id from billing.holds h where h.id = v_call.hold_id) for update;
+  -- reading it and capturing from it; an account that fell due (a call that outlived its hold's
+  -- TTL, a lot past its expiry) is settled first by the gateway (billing.lock_holder).
+  perform billing.lock_holder(v_call.hold_id);
   select * into v_hold from billing.holds h where h.id = v_call.hold_id;
   -- What the ledger records of the call: the model, every kind, where the counts came from.
   v_facts := jsonb_build_object('model', v_call.model, 'ai_call_id', v_call.id, 'usage_source', p_source,

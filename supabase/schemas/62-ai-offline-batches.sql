@@ -379,9 +379,8 @@ begin
   v_facts := jsonb_build_object('model', v_call.model, 'ai_call_id', v_call.id, 'ai_batch_id', v_batch.id,
     'usage_source', 'provider', 'batch_price_share', billing.ai_batch_share()::text,
     'rate_card_version', v_card.version) || v_usage;
-  -- The account's lock first and settled, as finish_ai_call takes them.
-  perform billing.settled(a) from billing.accounts a
-  where a.id = (select h.account_id from billing.holds h where h.id = v_call.hold_id) for update;
+  -- The account's lock first, found not due, as finish_ai_call takes it (billing.lock_holder).
+  perform billing.lock_holder(v_call.hold_id);
   v_charged := billing.charge_hold_at(v_call.hold_id, v_call.charged, v_card.id, 'ai-overage:' || v_call.id,
     'ai:' || v_call.id, v_facts, v_facts);
   update billing.ai_calls c set status = 'charged', usage = v_usage - 'lines', usage_source = 'provider',

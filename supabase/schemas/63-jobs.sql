@@ -355,10 +355,9 @@ declare
   v_answered jsonb := jsonb_strip_nulls(jsonb_build_object('upstream', p_usage ->> 'upstream'));
 begin
   if v_job.hold_id is not null then
-    -- Locked and settled first (billing.settled): a hold that shrank by expired credits captures
-    -- only what it still holds.
-    perform billing.settled(a) from billing.accounts a
-    where a.id = (select h.account_id from billing.holds h where h.id = v_job.hold_id) for update;
+    -- Locked first, found not due (billing.lock_holder: the worker settles an account that fell
+    -- due and completes again): a hold that shrank by expired credits captures what it holds.
+    perform billing.lock_holder(v_job.hold_id);
     if p_usage is not null then
       select * into v_price from billing.price_usage(p_usage ->> 'model', (p_usage ->> 'input_tokens')::bigint,
         (p_usage ->> 'output_tokens')::bigint, (p_usage ->> 'cached_input_tokens')::bigint,

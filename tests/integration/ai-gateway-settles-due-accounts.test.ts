@@ -68,3 +68,34 @@ Deno.test('calls racing on an account that fell due end what fell due once, and 
   assert.equal(f.balance, f.grants_less_charges);
   await assertLedgerInvariants();
 });
+
+Deno.test('a call that outlives its hold finishes: the gateway settles the account, then charges it all as the excess', async () => {
+  const s = await student('100');
+  const pending = s.openai.chat.completions.create({
+    model: 'gpt-4o-mini',
+    messages: ask('hi #standin words=3 first_byte_delay=1500'),
+    max_tokens: 20,
+  });
+  let call: { hold_id: string } | undefined;
+  for (let i = 0; !call && i < 50; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    [call] =
+      await testDb`select c.hold_id::text from billing.ai_calls c where c.user_id = ${s.id} and c.status = 'held'`;
+  }
+  assert.ok(call, 'the call is under way');
+  // Its hold's TTL passes while the provider answers: the finish meets an account that fell due.
+  await holdsLapse(testDb`h.id = ${call.hold_id}`);
+  const r = await pending;
+  assert.match(r.choices[0].message.content ?? '', /word3/);
+  const [c] = await callsOf(s.id);
+  assert.equal(c.status, 'charged');
+  const [h] = await testDb`select h.status, (select trim_scale(t.amount)::text from billing.transfers t
+      where t.idempotency_key = 'ai-overage:' || ${c.id}) as excess
+    from billing.holds h where h.id = ${call.hold_id}`;
+  assert.equal(h.status, 'expired', 'the overdue hold ended before the finish');
+  assert.equal(h.excess, c.charged, 'the hold it outlived captured nothing: its price is the excess');
+  const f = await accountFacts(s.id);
+  assert.equal(f.held, '0');
+  assert.equal(f.balance, f.grants_less_charges);
+  await assertLedgerInvariants();
+});

@@ -180,8 +180,15 @@ Deno.test('a job under way when a dispute opens still pays for its work when a c
     await testDb`select l.id::text from billing.lots l join billing.accounts a on a.id = l.account_id
                                       where a.user_id = ${s.id} and l.expires_at is not null`;
   await backdateLot(promo); // time passes: the one promotional credit is due
-  const [done] = await testDb`select (billing.complete_job(${job}, 'w-dispute', '{"ok": true}'::jsonb,
-    '{"model": "gpt-4o", "input_tokens": 8, "output_tokens": 8}'::jsonb)).status`;
+  const complete = (settle: string | null) =>
+    testDb`select (billing.complete_job(${job}, 'w-dispute', '{"ok": true}'::jsonb,
+      '{"model": "gpt-4o", "input_tokens": 8, "output_tokens": 8}'::jsonb)).status
+      from billing.settle_holder(${settle}::uuid)`;
+  // As the worker sends it (finishing): the completion meets the due lot and changes nothing, and
+  // sent again behind the settle of its hold's account, completes.
+  await assert.rejects(complete(null), /ACCOUNT_FELL_DUE/);
+  const [{ hold_id }] = await testDb`select hold_id::text from billing.jobs where id = ${job}`;
+  const [done] = await complete(hold_id);
   assert.equal(done.status, 'completed');
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'won' });
   await assertLedgerInvariants();

@@ -4,7 +4,7 @@
 // ended it) by whoever reads it first: a student's poll or the minute tick. Settling twice answers
 // the first settling, so pollers racing, a repeated poll or a restart never charge twice.
 import { fetchUpstream } from '../_shared/adapters/ai-upstreams.ts';
-import { jsonb, sql } from '../_shared/adapters/db.ts';
+import { finishing, jsonb, sql } from '../_shared/adapters/db.ts';
 import { refusalOf, sqlRefusal } from '../_shared/adapters/sql-errors.ts';
 import { AppError, internalError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
@@ -67,11 +67,11 @@ export async function beginBatch(args: {
   const counts = args.lines?.map(({ body: _, ...counted }) => counted) ?? null;
   const r = await settlingFirst(
     args.userId,
-    async () =>
+    async (settle) =>
       (await sql`select billing.begin_ai_batch(${args.userId}, ${args.kind}, ${args.endpoint}, ${args.model},
     ${counts === null ? null : jsonb(counts)}, ${args.writesCache}, ${args.fileId}, ${args.key}, ${args.requestHash},
     array(select jsonb_array_elements_text(${jsonb(args.upstreams)})), ${args.maxOpen},
-    ${args.metadata === null ? null : jsonb(args.metadata)}) as r`)[0].r,
+    ${args.metadata === null ? null : jsonb(args.metadata)}) as r from billing.settle_spender(${settle})`)[0].r,
   );
   if (r.state === 'held' || r.state === 'replay') return r;
   throw sqlRefusal(r.token, JSON.stringify(r.detail ?? {})) ?? internalError();
@@ -186,7 +186,10 @@ export async function syncBatch(b: Batch): Promise<Batch> {
         log.error('ai batch not found at its provider', { batchId: b.id, upstream: b.upstream });
         return b;
       }
-      const [{ r }] = await sql`select billing.finish_ai_batch(${b.id}, '[]'::jsonb, 'lost', '{}'::jsonb) as r`;
+      const [{ r }] = await finishing((settle) =>
+        sql`select billing.finish_ai_batch(${b.id}, '[]'::jsonb, 'lost', '{}'::jsonb) as r
+        from billing.settle_holder(${settle})`
+      );
       return r;
     }
     const remote = await json(res) as Record<string, unknown>;
@@ -196,9 +199,10 @@ export async function syncBatch(b: Batch): Promise<Batch> {
       ? { output_file_id: remote.output_file_id ?? null, error_file_id: remote.error_file_id ?? null }
       : { results_url: remote.results_url ?? null };
     const status = String(b.kind === 'openai' ? remote.status : remote.processing_status);
-    const [{ r }] = await sql`select billing.finish_ai_batch(${b.id}, ${jsonb(lines)}, ${status}, ${
-      jsonb(results)
-    }) as r`;
+    const [{ r }] = await finishing((settle) =>
+      sql`select billing.finish_ai_batch(${b.id}, ${jsonb(lines)}, ${status}, ${jsonb(results)}) as r
+      from billing.settle_holder(${settle})`
+    );
     return r;
   } catch (err) {
     log.warn('ai batch could not be synced', { batchId: b.id, ...errorSummary(err) });

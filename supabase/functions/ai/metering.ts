@@ -8,7 +8,7 @@
 // key (as a money request's), so a statement Postgres logs holds no personal data. With content or
 // a kept answer, the values go as parameters, in two trips.
 import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
-import { jsonb, retryingTransient, sql } from '../_shared/adapters/db.ts';
+import { finishing, jsonb, retryingTransient, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
 import { internalError } from '../_shared/errors.ts';
 
@@ -123,16 +123,21 @@ export interface CallReport {
 
 /**
  * Runs a begin (an AI call's, a batch's) until it does not answer {state: 'settle'}: something of
- * the paying accounts fell due, which the call's own statement never ends (its road stays short),
- * so the spender is settled in a statement of its own (billing.settle_spender) and it asks again.
- * Twice at most: a third due in between is ACCOUNT_FELL_DUE (503, retryable).
+ * the paying accounts fell due, which the begin's own road never ends, so it is asked again with
+ * `settle`, the spender, which `begin` puts in front of it in the same statement (`… from
+ * billing.settle_spender(${settle})`: strict, nothing when null). Settled and locked at that
+ * statement's one now(), no account it locked can fall due again before the begin reads it,
+ * however many holds a member times to fall due. A third answer (a wallet that joined
+ * meanwhile) is ACCOUNT_FELL_DUE (503, retryable).
  */
-export async function settlingFirst<T extends { state: string }>(userId: string, begin: () => Promise<T>): Promise<T> {
-  for (let settled = 0;; settled++) {
-    const r = await begin();
+export async function settlingFirst<T extends { state: string }>(
+  userId: string,
+  begin: (settle: string | null) => Promise<T>,
+): Promise<T> {
+  for (let tries = 0;; tries++) {
+    const r = await begin(tries === 0 ? null : userId);
     if (r.state !== 'settle') return r;
-    if (settled === 2) throw sqlRefusal('ACCOUNT_FELL_DUE', null) ?? internalError();
-    await sql`select billing.settle_spender(${userId})`;
+    if (tries === 2) throw sqlRefusal('ACCOUNT_FELL_DUE', null) ?? internalError();
   }
 }
 
@@ -144,13 +149,13 @@ export async function settlingFirst<T extends { state: string }>(userId: string,
 export async function beginCall(p: CallPlan, elapsedMs: number): Promise<Begun> {
   const r = await settlingFirst(
     p.userId,
-    async () =>
+    async (settle) =>
       (await sql.oneTrip`select billing.begin_ai_call(${p.userId}, ${p.model}, ${p.promptTokens},
     ${p.maxOutputTokens}, ${p.key}, ${p.requestHash}, ${p.ttlSeconds}, ${p.endpoint},
     array(select jsonb_array_elements_text(${jsonb(p.upstreams)})), ${p.writesCache}, ${p.stream}, ${elapsedMs},
     ${p.writesCache1h}, ${p.minOutputTokens}, array(select jsonb_array_elements_text(${
         jsonb(p.fallbackModels)
-      }))) as r`)[0].r,
+      }))) as r from billing.settle_spender(${settle})`)[0].r,
   );
   if (r.state === 'held' || r.state === 'replay') return r as Begun;
   throw sqlRefusal(r.token, r.detail === undefined ? null : JSON.stringify(r.detail)) ?? internalError();
@@ -169,12 +174,13 @@ export async function finishCall(
   failed: boolean,
   report: CallReport,
 ): Promise<CallRecord> {
-  const [{ r }] = await retryingTransient(() =>
+  const [{ r }] = await finishing((settle) =>
     answer === null && !report.content
       ? sql.oneTrip`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source}, null, ${failed},
-      ${jsonb(report)}) as r`
+      ${jsonb(report)}) as r from billing.settle_holder(${settle})`
       : sql`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source},
-      ${answer === null ? null : jsonb(JSON.stringify(answer))}, ${failed}, ${jsonb(report)}) as r`
+      ${answer === null ? null : jsonb(JSON.stringify(answer))}, ${failed}, ${jsonb(report)}) as r
+      from billing.settle_holder(${settle})`
   );
   return r as CallRecord;
 }

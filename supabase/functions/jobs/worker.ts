@@ -5,7 +5,7 @@
 // gives each job at most one slice, and answers at most a second later, leaving a slice still
 // in flight to EdgeRuntime.waitUntil where the runtime has it.
 import { canOutliveResponse, outliveResponse, settleWithin } from '../_shared/background.ts';
-import { jsonb, retryingTransient, sql } from '../_shared/adapters/db.ts';
+import { finishing, jsonb, sql } from '../_shared/adapters/db.ts';
 import { fromDbError } from '../_shared/adapters/sql-errors.ts';
 import { AppError } from '../_shared/errors.ts';
 import { errorSummary, log } from '../_shared/log.ts';
@@ -58,11 +58,10 @@ async function runSlice(job: JobRow, workerId: string, leaseSeconds: number): Pr
     // The provider billed the work: a transient failure of the capture is tried again, not turned
     // into a retry of the whole job (the provider asked, and billed, twice). A try that committed
     // before its connection broke is answered LEASE_LOST by the next: stopped, charged once.
-    const [done] = await retryingTransient(() =>
-      sql<{ status: string }[]>`select j.status from billing.complete_job(${job.id}, ${workerId}, ${
-        jsonb(outcome.result)
-      },
-        ${outcome.usage ? jsonb(outcome.usage) : null}, ${outcome.log ? jsonb(outcome.log) : null}) j`
+    const [done] = await finishing((settle) =>
+      sql<{ status: string }[]>`select (billing.complete_job(${job.id}, ${workerId}, ${jsonb(outcome.result)},
+        ${outcome.usage ? jsonb(outcome.usage) : null}, ${outcome.log ? jsonb(outcome.log) : null})).status
+      from billing.settle_holder(${settle})`
     );
     log.info(done.status === 'cancelled' ? 'job cancelled while it ran: its work charged' : 'job completed', fields);
   } catch (err) {

@@ -156,8 +156,10 @@ export function sql<T extends Rows = postgres.Row[]>(
  * postgres.js sends a statement with parameters in two (Parse + Describe, then Bind + Execute);
  * here the values are written into the text as literals (sql-literal.ts) and the statement goes
  * in one flight. Postgres logs the text of a statement that fails, the values with it: only for
- * a statement that answers its refusals as rows (billing.run_money_request) or cannot refuse
- * (billing.get_balance of a signed-in user). Text Postgres would refuse is a 400 before sending.
+ * a statement that answers its refusals as rows (billing.run_money_request), cannot refuse
+ * (billing.get_balance of a signed-in user) or carries nothing secret or personal (an AI call's
+ * finish without its content: ids, token counts, timings; it refuses when it must be settled
+ * first, `finishing`). Text Postgres would refuse is a 400 before sending.
  * @example const [b] = await sql.oneTrip`select * from billing.get_balance(${userId})`
  */
 sql.oneTrip = function oneTripSql<T extends Rows = postgres.Row[]>(
@@ -188,5 +190,24 @@ export async function retryingTransient<T>(send: () => Promise<T>): Promise<T> {
       if (!transient || attempt >= transientRetryMs.length) throw err;
       await new Promise((r) => setTimeout(r, transientRetryMs[attempt]));
     }
+  }
+}
+
+/**
+ * Sends a finish (an AI call's, a batch's end, a job's completion) as retryingTransient does.
+ * Its statement never settles: when the hold's account fell due it refuses (ACCOUNT_FELL_DUE
+ * naming the hold) and is sent once more with `settle`, the hold, which `send` puts in front of
+ * it in the same statement (`… from billing.settle_holder(${settle})`: strict, nothing when
+ * null). Settled and locked at that statement's one now(), the account cannot fall due again
+ * before the finish reads it, however many holds a student times to fall due: never given up.
+ * @example await finishing((settle) => sql`select billing.finish_ai_call(…) from billing.settle_holder(${settle})`)
+ */
+export async function finishing<T>(send: (settle: string | null) => Promise<T>): Promise<T> {
+  try {
+    return await retryingTransient(() => send(null));
+  } catch (err) {
+    const hold = err instanceof AppError && err.code === 'ACCOUNT_FELL_DUE' && err.options.details?.hold_id;
+    if (typeof hold !== 'string') throw err;
+    return await retryingTransient(() => send(hold));
   }
 }

@@ -164,8 +164,9 @@ const sqlErrors: Record<
     retryable: true,
   },
   IDEMPOTENCY_KEY_REQUIRED: { type: 'validation', message: 'An idempotency key is required.' },
-  // A hold's road never settles (billing.settle_spender does, first): only when something of a
-  // paying account fell due after that step (a wallet that joined meanwhile, the gateway's third try).
+  // A hold's and a finish's road never settle (billing.settle_spender, billing.settle_holder do,
+  // first): only when something of a paying account fell due after that step (a wallet that
+  // joined meanwhile, the gateway's third try; a finish's fourth, which a job retries later).
   ACCOUNT_FELL_DUE: {
     type: 'unavailable',
     message: 'Credits or holds of the account fell due just now. Please retry.',
