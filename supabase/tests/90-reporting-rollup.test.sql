@@ -6,9 +6,12 @@
 -- One snapshot for the whole file, so other sessions' commits cannot land between the two sides
 -- of a comparison; the roll-up tables are held so the minute pg_cron job waits for this file
 -- (the roll-up's own lock first: a run of the job holding it would make this file's runs skip).
+-- The minute roll-up is held off by a session lock taken before the transaction: its snapshot,
+-- taken after, holds whatever a roll-up committed while this waited (a lock taken inside it, at
+-- its first statement, would wait on a snapshot older than that roll-up's row).
+select pg_advisory_lock(hashtext('billing.roll_up_ledger'));
 begin;
 set transaction isolation level repeatable read;
-select pg_advisory_xact_lock(hashtext('billing.roll_up_ledger'));
 lock table billing.revenue_rollup, billing.daily_revenue in exclusive mode;
 -- The rows planted here bypass the writer, which keeps today's tail for reports
 -- (billing.ledger_tail): read every live piece from the rows (90-reporting-tail tests the tail).
@@ -321,3 +324,4 @@ select ok(pg_temp.same(9, 0, -1, 0), 'and the range still equals the live comput
 
 select * from finish();
 rollback;
+select pg_advisory_unlock(hashtext('billing.roll_up_ledger'));

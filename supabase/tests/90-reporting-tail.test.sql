@@ -4,9 +4,12 @@
 -- rolled-up bitmap, the whole report), only today's whole tail from a whole second is read that
 -- way, and a row written past the writer is not in it (so the summary is what was read).
 -- One snapshot; the roll-up held, so the minute job cannot move today's row meanwhile.
+-- The minute roll-up is held off by a session lock taken before the transaction: its snapshot,
+-- taken after, holds whatever a roll-up committed while this waited (a lock taken inside it, at
+-- its first statement, would wait on a snapshot older than that roll-up's row).
+select pg_advisory_lock(hashtext('billing.roll_up_ledger'));
 begin;
 set transaction isolation level repeatable read;
-select pg_advisory_xact_lock(hashtext('billing.roll_up_ledger'));
 lock table billing.revenue_rollup in exclusive mode;
 select plan(16);
 \ir helpers.psql
@@ -114,3 +117,4 @@ select isnt((select lots from pg_temp.parts(true)), (select lots from pg_temp.pa
 
 select * from finish();
 rollback;
+select pg_advisory_unlock(hashtext('billing.roll_up_ledger'));
