@@ -465,9 +465,13 @@ strict
 security definer
 set search_path = ''
 as $$
+declare
+  v_account billing.accounts;
 begin
-  perform billing.settled(a) from billing.accounts a
+  -- Locked first, then settled (as settle_spender does).
+  select * into v_account from billing.accounts a
   where a.id = (select h.account_id from billing.holds h where h.id = p_hold) for update;
+  perform billing.settled(v_account);
 end;
 $$;
 comment on function billing.settle_holder(p_hold uuid) is 'Gateway and job worker: settles the account a hold drew on (billing.settled), for a finish that answered ACCOUNT_FELL_DUE.';

@@ -151,10 +151,12 @@ revoke execute on function billing.lock_hold(p_user uuid, p_hold_id uuid) from p
 
 -- A capture as the writer makes it, straight to it: the hold posted by its transfer, the hold's
 -- release in the capture's own account write, the cap room the rest held given back. The caller
--- holds the account lock, has settled it (billing.settled) and checked the capture (an active
--- hold, 0 < amount <= held): the account is read here, never locked again (one lock a phase).
+-- holds the account lock, found nothing due (billing.lock_hold settles, billing.lock_holder
+-- refuses) and checked the capture (an active hold, 0 < amount <= held): the account is read
+-- here, never locked again (one lock a phase). The hold as captured; what the user is answered
+-- (the balance read after it) is the user's door's to read (capture_hold), never a finish's.
 create or replace function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text,
-  p_metadata jsonb) returns billing.hold_result
+  p_metadata jsonb) returns billing.holds
 language plpgsql
 set search_path = ''
 as $$
@@ -180,7 +182,6 @@ begin
   else
     v_account.balance := v_posted.from_balance;
   end if;
-  v_account.version := v_account.version + 1;
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
     perform billing.watch_account(v_account.id, v_account.balance - v_account.held, v_account.auto_recharge_below);
   end if;
@@ -190,12 +191,10 @@ begin
   if v_account.caps > 0 then
     perform billing.return_hold_cap_room(v_hold, v_hold.amount - p_capture);
   end if;
-  -- Nothing else held: the row is exact; otherwise read as any read is (balance_of).
-  return billing.hold_result_of(v_hold, false, case when v_account.held = 0 and not v_account.frozen_lots
-    then (v_account.balance, 0, v_account.balance)::billing.balance end);
+  return v_hold;
 end;
 $$;
-comment on function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text, p_metadata jsonb) is 'Internal: posts an active hold for a checked amount under the caller''s account lock (the rest returned, its cap room given back).';
+comment on function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text, p_metadata jsonb) is 'Internal: posts an active hold for a checked amount under the caller''s account lock (the rest returned, its cap room given back); the hold as captured.';
 revoke execute on function billing.post_capture(p_hold billing.holds, p_capture numeric, p_correlation_id text, p_metadata jsonb) from public;
 
 create or replace function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric default null, p_correlation_id text default null,
@@ -226,7 +225,9 @@ begin
       'requested', trim_scale(v_capture)::text));
   end if;
 
-  return billing.post_capture(v_hold, v_capture, p_correlation_id, p_metadata);
+  -- Two statements: the answer is read (a stable function, the caller's snapshot) after the capture.
+  v_hold := billing.post_capture(v_hold, v_capture, p_correlation_id, p_metadata);
+  return billing.hold_result_of(v_hold, false);
 end;
 $$;
 comment on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) is 'Spends all or part of an active hold and releases the rest; p_metadata (the gateway''s facts of a call, never a caller''s) goes on the capture. Capturing a captured hold again replays the result.';

@@ -597,7 +597,7 @@ grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_pro
 -- hold pays what it can and the rest of it is released. Should the provider have billed past the
 -- hold, the excess is the one debt (billing.owe): charged to the account the hold drew on,
 -- into debt if it must, so the next call is refused while it is owed. The caller holds the
--- account lock and has settled it (an ended hold captures nothing). `p_capture_facts` go on the capture, `p_overage_facts` on the excess; `p_key` is the
+-- account lock and found nothing due (billing.lock_holder; an ended hold captures nothing). `p_capture_facts` go on the capture, `p_overage_facts` on the excess; `p_key` is the
 -- excess's idempotency key, `p_correlation` both transfers'.
 create or replace function billing.charge_hold_at(p_hold_id uuid, p_amount numeric, p_rate_card_id bigint,
   p_key text, p_correlation text, p_capture_facts jsonb, p_overage_facts jsonb,
@@ -621,7 +621,7 @@ begin
   if captured > 0 then
     -- Under the caller's lock, checked here: no second lock (capture_hold is the user's door).
     transfer_id := (billing.post_capture(v_hold, captured, p_correlation,
-      coalesce(p_capture_facts, '{}'::jsonb) || jsonb_build_object('model', v_model))).transfer_id;
+      coalesce(p_capture_facts, '{}'::jsonb) || jsonb_build_object('model', v_model))).capture_transfer_id;
   elsif v_hold.status = 'active' then
     perform billing.void_hold(p_hold_id);
   end if;

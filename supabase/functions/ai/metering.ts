@@ -127,8 +127,8 @@ export interface CallReport {
  * `settle`, the spender, which `begin` puts in front of it in the same statement (`… from
  * billing.settle_spender(${settle})`: strict, nothing when null). Settled and locked at that
  * statement's one now(), no account it locked can fall due again before the begin reads it,
- * however many holds a member times to fall due. A third answer (a wallet that joined
- * meanwhile) is ACCOUNT_FELL_DUE (503, retryable).
+ * however many holds a member times to fall due. A third answer (the accounts that may pay
+ * changed under both settles, a school wallet joining) is ACCOUNT_FELL_DUE (503, retryable).
  */
 export async function settlingFirst<T extends { state: string }>(
   userId: string,
@@ -142,7 +142,7 @@ export async function settlingFirst<T extends { state: string }>(
 }
 
 /**
- * Claims the key and holds the call's worst case, in one round trip (two more when something of
+ * Claims the key and holds the call's worst case, in one round trip (one more when something of
  * the paying accounts fell due, settlingFirst): every refusal (402, 403,
  * 409 …) is a row SQL has already recorded (billing.refuse_ai_call), thrown here.
  */
@@ -163,8 +163,9 @@ export async function beginCall(p: CallPlan, elapsedMs: number): Promise<Begun> 
 
 /**
  * Captures the price of `usage` from the call's hold and releases the rest. Tried again on a
- * transient database failure (retryingTransient; finish_ai_call answers a settled call as it
- * was): the provider billed the call, and a call left held is failed by the sweep, charged nothing.
+ * transient database failure, and behind the settle of the hold's account when it fell due
+ * (finishing; finish_ai_call answers a finished call as it was): the provider billed the call,
+ * and a call left held is failed by the sweep, charged nothing.
  */
 export async function finishCall(
   callId: string,

@@ -179,7 +179,7 @@ const transientRetryMs = [100, 400, 1600, 6400];
  * effect must not be dropped and that answers a second try as the first (a try whose commit
  * landed before its connection broke is answered, never done twice). Anything else, or the last
  * failure, is thrown.
- * @example await retryingTransient(() => sql`select billing.finish_ai_call(…)`)
+ * @example await retryingTransient(() => sql`select billing.fail_ai_call(…)`)
  */
 export async function retryingTransient<T>(send: () => Promise<T>): Promise<T> {
   for (let attempt = 0;; attempt++) {
@@ -199,7 +199,7 @@ export async function retryingTransient<T>(send: () => Promise<T>): Promise<T> {
  * naming the hold) and is sent once more with `settle`, the hold, which `send` puts in front of
  * it in the same statement (`… from billing.settle_holder(${settle})`: strict, nothing when
  * null). Settled and locked at that statement's one now(), the account cannot fall due again
- * before the finish reads it, however many holds a student times to fall due: never given up.
+ * before the finish reads it, however many holds a student times to fall due.
  * @example await finishing((settle) => sql`select billing.finish_ai_call(…) from billing.settle_holder(${settle})`)
  */
 export async function finishing<T>(send: (settle: string | null) => Promise<T>): Promise<T> {

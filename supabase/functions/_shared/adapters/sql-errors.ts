@@ -164,9 +164,9 @@ const sqlErrors: Record<
     retryable: true,
   },
   IDEMPOTENCY_KEY_REQUIRED: { type: 'validation', message: 'An idempotency key is required.' },
-  // A hold's and a finish's road never settle (billing.settle_spender, billing.settle_holder do,
-  // first): only when something of a paying account fell due after that step (a wallet that
-  // joined meanwhile, the gateway's third try; a finish's fourth, which a job retries later).
+  // A hold's and a finish's road never settle: the caller settles first (settle_spender inline)
+  // or asks again behind the settle in one statement (settlingFirst, finishing). A user sees it
+  // only when a paying account (a school's wallet) joined between the settle and the hold.
   ACCOUNT_FELL_DUE: {
     type: 'unavailable',
     message: 'Credits or holds of the account fell due just now. Please retry.',
