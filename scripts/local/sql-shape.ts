@@ -100,6 +100,7 @@ export const writerSteps = new Set([
   'billing.insert_transfer',
   'billing.capture_take',
   'billing.shed_reservations',
+  'billing.give_way_to_excess',
   'billing.carry_reservations',
   'billing.batch_refusals',
   'billing.write_batch',
@@ -224,15 +225,14 @@ const layerOf = (file: string) => Number(/^(\d+)-/.exec(file)![1]);
 
 /**
  * Calls still pointing up, each `caller -> callee`, to be moved down (the check fails on a call
- * not listed here, and on a listed one that no longer exists). The functions that end holds tell
- * billing.hold_ended, whose body refunds and lost disputes own (51-refunds-disputes.sql): a hook
- * the core calls, kept where its owners write it.
+ * not listed here, and on a listed one that no longer exists). Only the settle's hold ends (an
+ * expiry, holds that gave way to one, what other hold ends left waiting) tell billing.hold_ended,
+ * whose body refunds and lost disputes own (51-refunds-disputes.sql): a hook the core calls, kept
+ * where its owners write it.
  */
 export const upwardCallsKnown: string[] = [
   'billing.expire_overdue_holds -> billing.hold_ended',
   'billing.holds_gave_way -> billing.hold_ended',
-  'billing.post_capture -> billing.hold_ended',
-  'billing.void_hold -> billing.hold_ended',
 ];
 
 /** What breaks the layers: calls up not listed, and listed ones that are gone. */

@@ -59,6 +59,7 @@ declare
   v_parts jsonb := '[]'::jsonb;
 begin
   select * into v_account from billing.accounts a where a.id = p_account_id for update;
+  perform billing.expire_overdue_holds(p_account_id, '-infinity');  -- what ended holds left waiting, first
   for v_due in
     select l.id, l.expires_at from billing.lots l
     where l.account_id = p_account_id and l.open and l.expires_at <= now()
@@ -97,8 +98,9 @@ $$;
 comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (reserved credits too: the holds shrink), then makes next_expiry exact.';
 revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
 
--- p_due_by: the holds whose TTL passed by then (billing.expire_due_lots, lot by lot); null: by
--- now, after the lots that expired before them (expire_due_lots ends those holds in order).
+-- p_due_by: the holds whose TTL passed by then (billing.expire_due_lots, lot by lot; '-infinity':
+-- none, only what ended holds left waiting); null: by now, after the lots that expired before
+-- them (expire_due_lots ends those holds in order).
 create or replace function billing.expire_overdue_holds(p_account_id bigint, p_due_by timestamptz default null)
 returns integer
 language plpgsql
@@ -113,6 +115,16 @@ declare
 begin
   -- The account is locked first, as everywhere else; the writer voids its overdue holds.
   select a.caps, a.next_expiry into v_caps, v_next_expiry from billing.accounts a where a.id = p_account_id for update;
+  -- A hold's end never takes back what a refund claimed of it, so no capture, release or finish
+  -- reaches refunds: the account falls due at once instead (billing.end_holds and
+  -- billing.post_capture set next_hold_expiry to now), so whatever spends, holds or moves its
+  -- credits next settles it first, and so does the sweep within the minute. Here, before
+  -- anything else that fell due (the account was found not due when each of those holds ended):
+  -- the take-backs pending on its ended holds, in the order they ended.
+  perform billing.hold_ended(x.id)
+  from (select distinct h.id, h.finished_at from billing.lot_take_backs t join billing.holds h on h.id = t.hold_id
+        where h.account_id = p_account_id and h.status <> 'active') x
+  order by x.finished_at, x.id;
   if p_due_by is null and v_next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
   end if;

@@ -1,7 +1,8 @@
 -- The writer's operations and steps for holds and what they reserve (11-ledger-writer.sql): a hold
 -- placed (place_hold), holds ended (end_holds), a capture's draw (capture_take, for
--- billing.post_debit), and what holds reserved of a lot that expires or rolls over, shed or
--- carried. scripts/local/sql-shape.ts counts them as the one writer.
+-- billing.post_debit), what holds give way to an excess (give_way_to_excess), and what holds
+-- reserved of a lot that expires or rolls over, shed or carried. scripts/local/sql-shape.ts
+-- counts them as the one writer.
 
 -- A capture's draw (billing.post_debit): the hold's reservation returns to its lots, and the
 -- capture takes p_amount of what it reserved, in the spending order of those lots. A capture is
@@ -129,7 +130,8 @@ revoke execute on function billing.place_hold(p_account_id bigint, p_amount nume
 -- The writer's void (TigerBeetle's void_pending_transfer): active holds end unspent, `released`
 -- or `expired`. Each keeps its amount (the record of what it held) and its hold_lots (what each
 -- lot gave it, read by billing.hold_ended); their reservation returns to the lots and held drops
--- by them. Under the caller's account lock.
+-- by them; a refund's take-back pending on one is left to the account's next settle. Under the
+-- caller's account lock.
 create or replace function billing.end_holds(p_holds uuid[], p_status text)
 returns void
 language plpgsql
@@ -151,9 +153,13 @@ begin
           group by hl.lot_id) r
     where l.id = r.lot_id
   ), held as (
+    -- None left to fall due; but a refund's take-back pending on an ended hold waits for the
+    -- account's next settle, which falls due now (billing.expire_overdue_holds).
     update billing.accounts a set held = a.held - d.amount,
-      next_hold_expiry = case when a.held = d.amount then null else a.next_hold_expiry end  -- none left to fall due
-    from (select x.account_id, sum(x.amount) as amount from ended x group by x.account_id) d
+      next_hold_expiry = case when d.waiting then now() when a.held = d.amount then null else a.next_hold_expiry end
+    from (select x.account_id, sum(x.amount) as amount,
+            bool_or(exists (select 1 from billing.lot_take_backs t where t.hold_id = x.id)) as waiting
+          from ended x group by x.account_id) d
     where a.id = d.account_id and a.code is null
   )
   select count(*) into v_ended from ended;
@@ -164,6 +170,71 @@ end;
 $$;
 comment on function billing.end_holds(p_holds uuid[], p_status text) is 'Internal: the writer''s void: ends active holds unspent (released or expired), their reservations returned, under the caller''s account lock.';
 revoke execute on function billing.end_holds(p_holds uuid[], p_status text) from public;
+
+-- What a provider billed past a hold (billing.charge_hold_at) beyond the free credits that may pay
+-- for its model: the account's live holds give up what they reserved of such lots, the newest hold
+-- first and a reservation a refund claimed last, up to that much (a hold left with nothing ends
+-- released; given_to_excess says how much it gave), so the charge draws them and no debt stands
+-- beside credits a live hold reserved that could pay it. Under the caller's account lock. Returns
+-- the holds that gave, as [{hold, given}], for their cap room.
+create or replace function billing.give_way_to_excess(p_account_id bigint, p_model text, p_amount numeric)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_short numeric(38, 18);
+  v_gave jsonb := '[]'::jsonb;
+begin
+  v_short := p_amount - coalesce((select sum(l.remaining - l.reserved) from billing.lots l
+    where l.account_id = p_account_id and l.open and l.remaining > l.reserved and not coalesce(l.expires_at <= now(), false)
+      and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))), 0);
+  if v_short > 0 then
+    with part as (
+      select hl.hold_id, hl.lot_id, hl.amount,
+        sum(hl.amount) over (order by t.claimed, h.created_at desc, h.id desc, hl.lot_id) as upto
+      from billing.holds h join billing.hold_lots hl on hl.hold_id = h.id
+      join billing.lots l on l.id = hl.lot_id and not coalesce(l.expires_at <= now(), false)
+        and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))
+      cross join lateral (select exists (select 1 from billing.lot_take_backs x
+                                         where x.hold_id = hl.hold_id and x.lot_id = hl.lot_id) as claimed) t
+      where h.account_id = p_account_id and h.status = 'active'
+    ), given as (
+      select part.hold_id, part.lot_id, part.amount as had, least(part.amount, v_short - (part.upto - part.amount)) as amount
+      from part where part.upto - part.amount < v_short
+    ), gone as (
+      delete from billing.hold_lots hl using given g where hl.hold_id = g.hold_id and hl.lot_id = g.lot_id and g.amount = g.had
+    ), kept as (
+      update billing.hold_lots hl set amount = hl.amount - g.amount
+      from given g where hl.hold_id = g.hold_id and hl.lot_id = g.lot_id and g.amount < g.had
+    ), lots_back as (
+      update billing.lots l set reserved = l.reserved - x.amount
+      from (select g.lot_id, sum(g.amount) as amount from given g group by g.lot_id) x where l.id = x.lot_id
+    ), shrunk as (
+      update billing.holds h
+      set amount = case when h.amount > x.amount then h.amount - x.amount else h.amount end,
+        status = case when h.amount > x.amount then 'active' else 'released' end,
+        finished_at = case when h.amount > x.amount then null else now() end,
+        metadata = coalesce(h.metadata, '{}'::jsonb) || jsonb_build_object('given_to_excess',
+          trim_scale(x.amount + coalesce((h.metadata ->> 'given_to_excess')::numeric, 0))::text)
+      from (select g.hold_id, sum(g.amount) as amount from given g group by g.hold_id) x
+      where h.id = x.hold_id
+      returning h.*, x.amount as given
+    ), held as (
+      -- A hold that ended with a refund's take-back pending on it: the account falls due, so its
+      -- next settle takes it back (billing.expire_overdue_holds).
+      update billing.accounts a set held = a.held - x.amount,
+        next_hold_expiry = case when x.ended then now() else a.next_hold_expiry end
+      from (select sum(s.given) as amount, bool_or(s.status <> 'active') as ended from shrunk s) x
+      where a.id = p_account_id and x.amount is not null
+    )
+    select coalesce(jsonb_agg(jsonb_build_object('hold', to_jsonb(s) - 'given', 'given', s.given)), '[]') into v_gave from shrunk s;
+  end if;
+  return v_gave;
+end;
+$$;
+comment on function billing.give_way_to_excess(p_account_id bigint, p_model text, p_amount numeric) is 'Internal (the writer''s): for an excess of p_amount beyond the free credits that may pay for p_model, the account''s live holds give up their reservations of such lots, newest first (claimed last); the holds that gave, [{hold, given}].';
+revoke execute on function billing.give_way_to_excess(p_account_id bigint, p_model text, p_amount numeric) from public;
 
 -- A lot leaves by name with what holds reserved of it (billing.post_transfers: its expiry, a
 -- plan's rollover out, `first`). What rolls over stays reserved: it is carried into the new lot

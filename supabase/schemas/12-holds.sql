@@ -176,12 +176,11 @@ begin
   if v_posted.result = 'insufficient' then
     perform billing.raise_error('INSUFFICIENT_CREDITS', v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)));
   end if;
-  -- A take-back or claim pending on the hold moved the balance again: read it then.
-  if billing.hold_ended(p_hold.id) or v_posted.from_balance is null then
-    v_account.balance := (select a.balance from billing.accounts a where a.id = v_account.id);
-  else
-    v_account.balance := v_posted.from_balance;
-  end if;
+  -- A refund's take-back pending on the hold waits for the account's next settle, which falls
+  -- due now (billing.expire_overdue_holds).
+  update billing.accounts a set next_hold_expiry = now()
+  where a.id = v_account.id and exists (select 1 from billing.lot_take_backs t where t.hold_id = p_hold.id);
+  v_account.balance := coalesce(v_posted.from_balance, (select a.balance from billing.accounts a where a.id = v_account.id));
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
     perform billing.watch_account(v_account.id, v_account.balance - v_account.held, v_account.auto_recharge_below);
   end if;
@@ -227,6 +226,9 @@ begin
 
   -- Two statements: the answer is read (a stable function, the caller's snapshot) after the capture.
   v_hold := billing.post_capture(v_hold, v_capture, p_correlation_id, p_metadata);
+  -- A refund's take-back the hold's end left to the next settle is taken now (the account fell
+  -- due): the user is answered what is left. A server's finish leaves it to the next settle.
+  perform billing.settled(a) from billing.accounts a where a.id = v_hold.account_id;
   return billing.hold_result_of(v_hold, false);
 end;
 $$;
@@ -236,7 +238,8 @@ grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_am
 
 -- A release as the writer makes it (a void), under the caller's account lock, the account not
 -- due (billing.lock_hold settles it; billing.lock_holder finds it so): the take-backs pending on
--- the hold run, its cap room is given back and the account watched.
+-- the hold wait for the account's next settle (billing.end_holds), its cap room is given
+-- back and the account watched.
 create or replace function billing.void_hold(p_hold_id uuid) returns billing.holds
 language plpgsql
 set search_path = ''
@@ -245,7 +248,6 @@ declare
   v_hold billing.holds;
 begin
   perform billing.end_holds(array[p_hold_id], 'released');
-  perform billing.hold_ended(p_hold_id);
   select * into v_hold from billing.holds h where h.id = p_hold_id;
   perform billing.return_hold_cap_room(v_hold, v_hold.amount);
   -- Credits given back never charge the card by themselves (docs/spend-controls.md): no recharge.
@@ -254,7 +256,7 @@ begin
   return v_hold;
 end;
 $$;
-comment on function billing.void_hold(p_hold_id uuid) is 'Internal: releases an active hold under the caller''s account lock (its take-backs run, its cap room given back).';
+comment on function billing.void_hold(p_hold_id uuid) is 'Internal: releases an active hold under the caller''s account lock (its take-backs left to the next settle, its cap room given back).';
 revoke execute on function billing.void_hold(p_hold_id uuid) from public;
 
 create or replace function billing.release_hold(p_user uuid, p_hold_id uuid) returns billing.hold_result
@@ -274,6 +276,7 @@ begin
   end if;
   -- Two statements: the answer is read (a stable function, the caller's snapshot) after the void.
   v_hold := billing.void_hold(p_hold_id);
+  perform billing.settled(a) from billing.accounts a where a.id = v_hold.account_id;  -- as a capture does
   return billing.hold_result_of(v_hold, false);
 end;
 $$;
@@ -291,16 +294,18 @@ declare
   v_total integer := 0;
 begin
   for v_account_id in
-    select distinct h.account_id from billing.holds h
+    select h.account_id from billing.holds h
     where h.status = 'active' and h.expires_at <= now()
-    order by h.account_id limit p_limit
+    union  -- and those whose ended holds left take-backs waiting (billing.expire_overdue_holds)
+    select h.account_id from billing.lot_take_backs t join billing.holds h on h.id = t.hold_id and h.status <> 'active'
+    order by 1 limit p_limit
   loop
     v_total := v_total + billing.expire_overdue_holds(v_account_id);
   end loop;
   return v_total;
 end;
 $$;
-comment on function billing.release_expired_holds(p_limit integer) is 'pg_cron: releases holds past their TTL, for at most p_limit accounts per run. Idempotent.';
+comment on function billing.release_expired_holds(p_limit integer) is 'pg_cron: releases holds past their TTL and takes back what ended holds left waiting, for at most p_limit accounts per run. Idempotent.';
 revoke execute on function billing.release_expired_holds(p_limit integer) from public;
 grant execute on function billing.release_expired_holds(p_limit integer) to service_role;
 

@@ -209,8 +209,10 @@ begin
     if l.id is distinct from t.lot_id then
       select * into l from billing.lots x where x.id = t.lot_id;
       -- A lot due before the hold ended is expired first (expire_due_lots orders the two): what
-      -- the hold returns of it is expired, never free to pay a take-back.
-      if l.open and l.expires_at <= now() and (select h.status <> 'expired' or l.expires_at < h.expires_at
+      -- the hold returns of it is expired, never free to pay a take-back. (A hold that ended
+      -- before the lot fell due may be told after it: billing.expire_overdue_holds.)
+      if l.open and l.expires_at <= now() and (select case when h.status = 'expired' then l.expires_at < h.expires_at
+                                                             else l.expires_at <= coalesce(h.finished_at, now()) end
                                                 from billing.holds h where h.id = p_hold_id) then
         raise exception 'hold % ended before its due lot % expired', p_hold_id, l.id;
       end if;

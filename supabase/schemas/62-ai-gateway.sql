@@ -595,8 +595,9 @@ grant execute on function billing.begin_ai_call(p_user uuid, p_model text, p_pro
 
 -- Ends a server's hold at a price worked out after the work (a job's usage, an AI call's): the
 -- hold pays what it can and the rest of it is released. Should the provider have billed past the
--- hold, the excess is the one debt (billing.owe): charged to the account the hold drew on,
--- into debt if it must, so the next call is refused while it is owed. The caller holds the
+-- hold, the excess is the one debt (docs/credit-lots.md § Spending order, rule 7): charged at
+-- once to the account the hold drew on, into debt if it must, so the next call is refused while
+-- it is owed; never a claim that waits on another hold's end. The caller holds the
 -- account lock and found nothing due (billing.lock_holder; an ended hold captures nothing). `p_capture_facts` go on the capture, `p_overage_facts` on the excess; `p_key` is the
 -- excess's idempotency key, `p_correlation` both transfers'.
 create or replace function billing.charge_hold_at(p_hold_id uuid, p_amount numeric, p_rate_card_id bigint,
@@ -626,13 +627,20 @@ begin
     perform billing.void_hold(p_hold_id);
   end if;
   if overage > 0 then
-    -- Counted against its caps now, past them, all of it (whatever part is owed later, as a claim
-    -- on a live hold's reservation, billing.owe): the next call is refused.
+    -- Counted against its caps now, past them, all of it: the next call is refused.
     perform billing.take_cap_room(v_account.id, overage, v_model, v_hold.member_id, p_past => true) where v_account.caps > 0;
     -- Charged first, then named (coalesce would skip the charge when the capture is there).
-    v_owed := billing.owe(v_hold.account_id, v_hold.member_id, overage, v_model,
-      'usage', p_key, null, p_correlation, p_overage_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text,
-        'priced', trim_scale(p_amount)::text), null, null, p_rate_card_id => p_rate_card_id);
+    -- Free credits that may pay for the model first; short of them, the account's live holds give
+    -- up what they reserved of such lots (billing.give_way_to_excess), and their cap room of it
+    -- comes back (this charge counted it); then frozen credits; the rest is debt (the writer's `owe`).
+    perform billing.return_hold_cap_room(jsonb_populate_record(null::billing.holds, x -> 'hold'), (x ->> 'given')::numeric)
+    from jsonb_array_elements(billing.give_way_to_excess(v_hold.account_id, v_model, overage)) x;
+    v_owed := billing.take_credits(a.id, 'usage', overage, p_key, p_correlation, null,
+      p_overage_facts || jsonb_build_object('reserved', trim_scale(v_hold.amount)::text, 'priced', trim_scale(p_amount)::text),
+      p_rate_card_id, case when a.org_id is not null then coalesce(v_hold.member_id, a.member_id) end,
+      jsonb_build_object('first', '[]'::jsonb, 'owe', true)
+        || case when a.restricted_lots then jsonb_build_object('for', v_model) else '{}' end)
+    from billing.accounts a where a.id = v_hold.account_id;
     transfer_id := coalesce(transfer_id, v_owed);
   end if;
 end;
