@@ -11,9 +11,9 @@ import { readSchemas } from './sql-shape.ts';
  * change that lowers a figure lowers its ceiling here) and the target docs/scale.md names.
  */
 export const ceilings: Record<string, { ceiling: number; target: number }> = {
-  'billing.finish_ai_call': { ceiling: 41, target: 41 },
+  'billing.finish_ai_call': { ceiling: 40, target: 41 },
   'billing.begin_ai_call': { ceiling: 30, target: 41 },
-  'billing.complete_job': { ceiling: 40, target: 41 },
+  'billing.complete_job': { ceiling: 41, target: 41 },
   'billing.run_usage_request': { ceiling: 32, target: 36 },
   'billing.run_money_request': { ceiling: 99, target: 71 },
 };

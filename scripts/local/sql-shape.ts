@@ -101,6 +101,7 @@ export const writerSteps = new Set([
   'billing.capture_take',
   'billing.shed_reservations',
   'billing.give_way_to_excess',
+  'billing.keep_claims',
   'billing.carry_reservations',
   'billing.batch_refusals',
   'billing.write_batch',

@@ -305,7 +305,7 @@ create table billing.holds (
   constraint holds_amount_positive check ((amount > (0)::numeric)),
   constraint holds_captured_within check (((captured_amount is null) or ((captured_amount > (0)::numeric) and (captured_amount <= amount)))),
   constraint holds_finished check (((status = 'active'::text) = (finished_at is null))),
-  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text]))),
+  constraint holds_purpose check ((purpose = any (array['user'::text, 'job'::text, 'ai'::text, 'claims'::text]))),
   constraint holds_status check ((status = any (array['active'::text, 'captured'::text, 'released'::text, 'expired'::text]))),
   constraint holds_idempotency_key_key unique (idempotency_key),
   constraint holds_pkey primary key (id)
@@ -606,8 +606,9 @@ begin
   -- part. Each sum is read only when it can be non-zero: nearly every account has nothing held or
   -- due, and is answered from its row.
   if a.next_hold_expiry <= now() then
-    v_overdue := coalesce((select sum(h.amount) from billing.holds h
-                           where h.account_id = a.id and h.status = 'active' and h.expires_at <= now()), 0);
+    -- (A claims hold, due at once, keeps what it holds until a settle takes it back: still held.)
+    v_overdue := coalesce((select sum(h.amount) from billing.holds h where h.account_id = a.id and h.status = 'active'
+                           and h.expires_at <= now() and h.purpose <> 'claims'), 0);
   end if;
   if a.next_expiry <= now() then
     v_due := coalesce((select sum(l.remaining) from billing.lots l

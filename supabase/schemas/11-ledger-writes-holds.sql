@@ -130,8 +130,7 @@ revoke execute on function billing.place_hold(p_account_id bigint, p_amount nume
 -- The writer's void (TigerBeetle's void_pending_transfer): active holds end unspent, `released`
 -- or `expired`. Each keeps its amount (the record of what it held) and its hold_lots (what each
 -- lot gave it, read by billing.hold_ended); their reservation returns to the lots and held drops
--- by them; a refund's take-back pending on one is left to the account's next settle. Under the
--- caller's account lock.
+-- by them (what a refund claimed of it: billing.keep_claims). Under the caller's account lock.
 create or replace function billing.end_holds(p_holds uuid[], p_status text)
 returns void
 language plpgsql
@@ -153,13 +152,9 @@ begin
           group by hl.lot_id) r
     where l.id = r.lot_id
   ), held as (
-    -- None left to fall due; but a refund's take-back pending on an ended hold waits for the
-    -- account's next settle, which falls due now (billing.expire_overdue_holds).
     update billing.accounts a set held = a.held - d.amount,
-      next_hold_expiry = case when d.waiting then now() when a.held = d.amount then null else a.next_hold_expiry end
-    from (select x.account_id, sum(x.amount) as amount,
-            bool_or(exists (select 1 from billing.lot_take_backs t where t.hold_id = x.id)) as waiting
-          from ended x group by x.account_id) d
+      next_hold_expiry = case when a.held = d.amount then null else a.next_hold_expiry end  -- none left to fall due
+    from (select x.account_id, sum(x.amount) as amount from ended x group by x.account_id) d
     where a.id = d.account_id and a.code is null
   )
   select count(*) into v_ended from ended;
@@ -198,7 +193,7 @@ begin
         and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))
       cross join lateral (select exists (select 1 from billing.lot_take_backs x
                                          where x.hold_id = hl.hold_id and x.lot_id = hl.lot_id) as claimed) t
-      where h.account_id = p_account_id and h.status = 'active'
+      where h.account_id = p_account_id and h.status = 'active' and h.purpose <> 'claims'  -- a refund's already
     ), given as (
       select part.hold_id, part.lot_id, part.amount as had, least(part.amount, v_short - (part.upto - part.amount)) as amount
       from part where part.upto - part.amount < v_short
@@ -222,7 +217,7 @@ begin
       returning h.*, x.amount as given
     ), held as (
       -- A hold that ended with a refund's take-back pending on it: the account falls due, so its
-      -- next settle takes it back (billing.expire_overdue_holds).
+      -- next settle takes it back (billing.expire_overdue_holds), as billing.keep_claims leaves one.
       update billing.accounts a set held = a.held - x.amount,
         next_hold_expiry = case when x.ended then now() else a.next_hold_expiry end
       from (select sum(s.given) as amount, bool_or(s.status <> 'active') as ended from shrunk s) x
@@ -235,6 +230,59 @@ end;
 $$;
 comment on function billing.give_way_to_excess(p_account_id bigint, p_model text, p_amount numeric) is 'Internal (the writer''s): for an excess of p_amount beyond the free credits that may pay for p_model, the account''s live holds give up their reservations of such lots, newest first (claimed last); the holds that gave, [{hold, given}].';
 revoke execute on function billing.give_way_to_excess(p_account_id bigint, p_model text, p_amount numeric) from public;
+
+-- A hold's end (a capture's rest, a release) never takes back what a refund claimed of its
+-- reservation (billing.lot_take_backs): no capture, release or finish reaches refunds. What it
+-- returned of a claimed lot, up to the claims, stays reserved, never free, in a hold of its own
+-- (purpose 'claims'; the ended hold's account, member, model and start, so the cap room of it
+-- comes back as the ended hold's would have), and the claims move onto it. It is due at once:
+-- the account's next settle (whatever spends, holds or moves its credits; a user's own capture
+-- or release at once; the sweep within the minute) ends it and takes the claims back
+-- (billing.expire_overdue_holds, billing.hold_ended). With nothing returned to keep, the claims
+-- wait on the ended hold, taken by that same settle. The writer's step, under the caller's
+-- account lock; returns what it kept reserved.
+create or replace function billing.keep_claims(p_hold billing.holds, p_capture bigint)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id uuid := gen_random_uuid();
+  v_kept numeric(38, 18);
+begin
+  if not exists (select 1 from billing.lot_take_backs t where t.hold_id = p_hold.id) then
+    return 0;
+  end if;
+  with kept as (
+    -- Of each claimed lot still open: what the hold reserved, less what its capture took of it.
+    select c.lot_id, least(c.amount, hl.amount - coalesce(la.amount, 0)) as amount
+    from (select t.lot_id, sum(t.amount) as amount from billing.lot_take_backs t where t.hold_id = p_hold.id
+          group by t.lot_id) c
+    join billing.hold_lots hl on hl.hold_id = p_hold.id and hl.lot_id = c.lot_id
+    join billing.lots l on l.id = c.lot_id and l.open
+    left join billing.lot_allocations la on la.transfer_id = p_capture and la.lot_id = c.lot_id
+  ), placed as (
+    insert into billing.hold_lots (hold_id, lot_id, amount)
+    select v_id, k.lot_id, k.amount from kept k where k.amount > 0
+    returning lot_id, amount
+  ), lots_kept as (
+    update billing.lots l set reserved = l.reserved + p.amount from placed p where l.id = p.lot_id
+  )
+  select coalesce(sum(p.amount), 0) into v_kept from placed p;
+  if v_kept > 0 then
+    insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose,
+                               member_id, created_at)
+    values (v_id, p_hold.account_id, v_kept, 'claims:' || p_hold.id, p_hold.correlation_id,
+      coalesce(p_hold.metadata, '{}'::jsonb) || jsonb_build_object('claims_of', p_hold.id), now(),
+      'claims', p_hold.member_id, p_hold.created_at);
+    update billing.lot_take_backs t set hold_id = v_id where t.hold_id = p_hold.id;
+  end if;
+  update billing.accounts a set held = a.held + v_kept, next_hold_expiry = now() where a.id = p_hold.account_id;
+  return v_kept;
+end;
+$$;
+comment on function billing.keep_claims(p_hold billing.holds, p_capture bigint) is 'Internal (the writer''s): after a hold ended (captured by p_capture, or released), what it returned that refunds claimed stays reserved by a claims hold that takes them back when it ends; what it kept.';
+revoke execute on function billing.keep_claims(p_hold billing.holds, p_capture bigint) from public;
 
 -- A lot leaves by name with what holds reserved of it (billing.post_transfers: its expiry, a
 -- plan's rollover out, `first`). What rolls over stays reserved: it is carried into the new lot

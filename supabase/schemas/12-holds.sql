@@ -164,6 +164,7 @@ declare
   v_account billing.accounts;
   v_posted billing.posted_transfer;
   v_hold billing.holds := p_hold;
+  v_kept numeric(38, 18);
 begin
   select * into v_account from billing.accounts a where a.id = p_hold.account_id;
   -- The hold stops counting first, so the capture spends what it reserved.
@@ -176,10 +177,9 @@ begin
   if v_posted.result = 'insufficient' then
     perform billing.raise_error('INSUFFICIENT_CREDITS', v_posted.refusal || jsonb_build_object('debt', billing.in_debt(v_account)));
   end if;
-  -- A refund's take-back pending on the hold waits for the account's next settle, which falls
-  -- due now (billing.expire_overdue_holds).
-  update billing.accounts a set next_hold_expiry = now()
-  where a.id = v_account.id and exists (select 1 from billing.lot_take_backs t where t.hold_id = p_hold.id);
+  -- What a refund claimed of what it returned stays reserved (billing.keep_claims).
+  v_kept := billing.keep_claims(p_hold, v_posted.transfer_id);
+  v_account.held := v_account.held + v_kept;
   v_account.balance := coalesce(v_posted.from_balance, (select a.balance from billing.accounts a where a.id = v_account.id));
   if v_account.low_balance_threshold is not null or v_account.auto_recharge_below is not null then
     perform billing.watch_account(v_account.id, v_account.balance - v_account.held, v_account.auto_recharge_below);
@@ -188,7 +188,7 @@ begin
   v_hold.captured_amount := p_capture;
   v_hold.capture_transfer_id := v_posted.transfer_id;
   if v_account.caps > 0 then
-    perform billing.return_hold_cap_room(v_hold, v_hold.amount - p_capture);
+    perform billing.return_hold_cap_room(v_hold, v_hold.amount - p_capture - v_kept);  -- the claims hold's comes back with it
   end if;
   return v_hold;
 end;
@@ -237,9 +237,9 @@ revoke execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_a
 grant execute on function billing.capture_hold(p_user uuid, p_hold_id uuid, p_amount numeric, p_correlation_id text, p_metadata jsonb) to service_role;
 
 -- A release as the writer makes it (a void), under the caller's account lock, the account not
--- due (billing.lock_hold settles it; billing.lock_holder finds it so): the take-backs pending on
--- the hold wait for the account's next settle (billing.end_holds), its cap room is given
--- back and the account watched.
+-- due (billing.lock_hold settles it; billing.lock_holder finds it so): what refunds claimed of it
+-- stays reserved for their take-backs (billing.keep_claims), its cap room is given back and the
+-- account watched.
 create or replace function billing.void_hold(p_hold_id uuid) returns billing.holds
 language plpgsql
 set search_path = ''
@@ -249,14 +249,15 @@ declare
 begin
   perform billing.end_holds(array[p_hold_id], 'released');
   select * into v_hold from billing.holds h where h.id = p_hold_id;
-  perform billing.return_hold_cap_room(v_hold, v_hold.amount);
+  -- What a refund claimed of it stays reserved (billing.keep_claims): that cap room comes back with it.
+  perform billing.return_hold_cap_room(v_hold, v_hold.amount - billing.keep_claims(v_hold, null));
   -- Credits given back never charge the card by themselves (docs/spend-controls.md): no recharge.
   perform billing.watch_account(a.id, a.balance - a.held, null) from billing.accounts a
   where a.id = v_hold.account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
   return v_hold;
 end;
 $$;
-comment on function billing.void_hold(p_hold_id uuid) is 'Internal: releases an active hold under the caller''s account lock (its take-backs left to the next settle, its cap room given back).';
+comment on function billing.void_hold(p_hold_id uuid) is 'Internal: releases an active hold under the caller''s account lock (what refunds claimed of it kept for their take-backs, its cap room given back).';
 revoke execute on function billing.void_hold(p_hold_id uuid) from public;
 
 create or replace function billing.release_hold(p_user uuid, p_hold_id uuid) returns billing.hold_result

@@ -216,8 +216,8 @@ begin
                                                 from billing.holds h where h.id = p_hold_id) then
         raise exception 'hold % ended before its due lot % expired', p_hold_id, l.id;
       end if;
-      v_returned := coalesce((select x.amount from billing.hold_lots x where x.hold_id = p_hold_id and x.lot_id = l.id),
-          (select sum(y.amount) from billing.lot_take_backs y where y.hold_id = p_hold_id and y.lot_id = l.id))
+      -- (None reserved, none returned: a lot it gave up to an expiry or a claims hold never had.)
+      v_returned := coalesce((select x.amount from billing.hold_lots x where x.hold_id = p_hold_id and x.lot_id = l.id), 0)
         - coalesce((select sum(la.amount) from billing.lot_allocations la join billing.holds h
                     on h.capture_transfer_id = la.transfer_id where h.id = p_hold_id and la.lot_id = l.id), 0)
         - coalesce((v_given ->> l.id::text)::numeric, 0);    -- a lot met again (its claims after the refunds)

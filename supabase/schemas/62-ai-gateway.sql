@@ -733,7 +733,6 @@ begin
     finish_reason = left(p_report ->> 'finish_reason', 64),
     client_left = coalesce((p_report ->> 'client_left')::boolean, false)
   where c.id = p_call returning * into v_call;
-  perform billing.keep_ai_content(v_call, p_report -> 'content');
   return billing.ai_call_json(v_call);
 end;
 $$;
@@ -761,7 +760,6 @@ begin
       duration_ms = (p_report ->> 'duration_ms')::integer, tail_ms = (p_report ->> 'tail_ms')::integer,
       client_left = coalesce((p_report ->> 'client_left')::boolean, false)
     where c.id = p_call returning * into v_call;
-    perform billing.keep_ai_content(v_call, p_report -> 'content');
   end if;
   return billing.ai_call_json(v_call);
 end;

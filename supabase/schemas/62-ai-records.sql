@@ -20,16 +20,23 @@ $$;
 comment on function billing.content_consented(p_user uuid, p_org uuid) is 'Internal: whether the student, or the school paying for the call, consented to keeping AI content.';
 revoke execute on function billing.content_consented(p_user uuid, p_org uuid) from public;
 
--- The call's prompt and answer ({prompt, answer}, redacted by the gateway), kept 30 days when its
--- record says consent was given at its start and a consent still covers it now (one withdrawn
--- while the call ran keeps nothing); nothing otherwise. Runs in the statement that settles the call.
-create or replace function billing.keep_ai_content(c billing.ai_calls, p_content jsonb) returns void
+-- A finished call's prompt and answer ({prompt, answer}, redacted by the gateway), kept 30 days
+-- when its record says consent was given at its start and a consent still covers it now (one
+-- withdrawn while the call ran keeps nothing); nothing otherwise, and nothing twice. The gateway
+-- sends it in a statement of its own after the call's finish or failure: content is no money, so
+-- it never sits in the money's transaction, and losing it loses nothing owed.
+create or replace function billing.keep_ai_content(p_call uuid, p_content jsonb) returns void
 language plpgsql
+security definer
 set search_path = ''
 as $$
+declare
+  c billing.ai_calls;
 begin
-  if not c.keep_content or jsonb_typeof(p_content) is distinct from 'object'
-     or not billing.content_consented(c.user_id, c.org_id) then
+  select * into c from billing.ai_calls x where x.id = p_call and x.status in ('charged', 'failed') for update;
+  if not coalesce(c.keep_content, false) or jsonb_typeof(p_content) is distinct from 'object'
+     or not billing.content_consented(c.user_id, c.org_id)
+     or exists (select 1 from billing.ai_logs l where l.call_id = p_call) then
     return;
   end if;
   insert into billing.ai_logs (user_id, call_id, model, input_tokens, output_tokens, duration_ms, consent_level,
@@ -42,8 +49,9 @@ begin
     coalesce(c.duration_ms, 0), 'content', p_content ->> 'prompt', p_content ->> 'answer');
 end;
 $$;
-comment on function billing.keep_ai_content(c billing.ai_calls, p_content jsonb) is 'Internal: keeps a settled call''s redacted prompt and answer in ai_logs (30 days), only when its owner consented.';
-revoke execute on function billing.keep_ai_content(c billing.ai_calls, p_content jsonb) from public;
+comment on function billing.keep_ai_content(p_call uuid, p_content jsonb) is 'Gateway: keeps a finished call''s redacted prompt and answer in ai_logs (30 days), only when its owner consented, once.';
+revoke execute on function billing.keep_ai_content(p_call uuid, p_content jsonb) from public, anon, authenticated;
+grant execute on function billing.keep_ai_content(p_call uuid, p_content jsonb) to service_role;
 
 -- A call refused before the provider (402, 403, an unknown model, a prompt too long …): one row,
 -- no hold. The model is kept only when it is on the rate card, so a caller's made-up name is

@@ -258,14 +258,6 @@ comment on function billing.begin_gift_checkout(p_user uuid, p_package_id text, 
 revoke execute on function billing.begin_gift_checkout(p_user uuid, p_package_id text, p_request_key text, p_code_id uuid, p_code_hash text) from public, anon, authenticated;
 grant execute on function billing.begin_gift_checkout(p_user uuid, p_package_id text, p_request_key text, p_code_id uuid, p_code_hash text) to service_role;
 
--- The failed guesses allowed per rolling hour before every attempt is refused.
-create or replace function billing.code_guess_limits() returns jsonb
-language sql immutable
-set search_path = ''
-as $$ select '{"user": 10, "address": 30}'::jsonb $$;
-comment on function billing.code_guess_limits() is 'Internal: failed code guesses allowed per rolling hour, per user and per client address.';
-revoke execute on function billing.code_guess_limits() from public;
-
 -- The failed-guess count is read at the start of a redemption and a refusal is recorded after its
 -- work rolled back (run_money_request): without a lock, requests in flight together all read the
 -- same count. run_money_request takes these before the redemption, for the whole transaction, so
@@ -332,8 +324,8 @@ begin
     select count(*), min(x.created_at) into v_failed, v_oldest from billing.code_attempts x
     where x.outcome = 'CODE_NOT_FOUND' and x.created_at > now() - interval '1 hour'
       and case v_scope when 'user' then x.user_id = p_user else x.address_hash = p_address_hash end;
-    v_limit := coalesce(case v_scope when 'address' then p_address_limit end,
-                        (billing.code_guess_limits() ->> v_scope)::integer);
+    -- The failed guesses allowed per rolling hour before every attempt is refused.
+    v_limit := coalesce(case v_scope when 'address' then p_address_limit end, case v_scope when 'user' then 10 else 30 end);
     if v_failed >= v_limit then
       perform billing.raise_error('CODE_ATTEMPTS_LIMIT', jsonb_build_object('scope', v_scope, 'window', '1 hour',
         'retry_at', billing.json_time(v_oldest + interval '1 hour')));

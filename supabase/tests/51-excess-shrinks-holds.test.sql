@@ -4,7 +4,7 @@
 -- pending on a hold that a server's finish ends waits for the account's next settle
 -- (billing.take_back_ended): the account falls due, and nothing spends before it is taken.
 begin;
-select plan(11);
+select plan(12);
 \ir helpers.psql
 
 create function pg_temp.acct(p uuid) returns bigint language sql as $$
@@ -73,8 +73,11 @@ select billing.sync_purchase(pg_temp.state((select price_cents from billing.purc
 select pg_temp.fin((select id from c3), 100);
 select results_eq($$select a.balance, a.held, a.next_hold_expiry <= now() from billing.accounts a
     where a.user_id = 'c1a10000-0000-4000-8000-000000000003'$$,
-  $$select b.balance - 2, 0::numeric, true from bought b$$,
-  'the finish charged the call and took nothing back: the account falls due');
+  $$select b.balance - 2, b.balance - 2, true from bought b$$,
+  'the finish charged the call and took nothing back: what it returned stays reserved, and the account falls due');
+select results_eq($$select h.purpose, h.status, h.amount from billing.holds h
+    where h.account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000003') and h.purpose = 'claims'$$,
+  $$select 'claims'::text, 'active'::text, b.balance - 2 from bought b$$, 'in a claims hold, the take-back moved onto it');
 select is(pg_temp.err($$select billing.reserve_credits('c1a10000-0000-4000-8000-000000000003', 1, 'oc-after', 600)$$),
   'INSUFFICIENT_CREDITS', 'a hold after it settles first: the refund took back what the call returned');
 select billing.settle_spender('c1a10000-0000-4000-8000-000000000003');  -- as the gateway's next call would

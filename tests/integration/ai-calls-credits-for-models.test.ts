@@ -284,7 +284,7 @@ Deno.test('calls for both models held when a dispute opens, then the gpt-4o-only
   // reserved of it stays theirs (docs/credit-lots.md § Refunds, disputes and debt 3).
   const [frozen] = await testDb`select count(*)::int as holds,
     (select bool_and(l.frozen) from billing.lots l where l.account_id = ${acct.id} and l.purchase_id is not null) as frozen
-    from billing.holds h where h.account_id = ${acct.id} and h.purpose not in ('user', 'job', 'ai')`;
+    from billing.holds h where h.account_id = ${acct.id} and h.purpose not in ('user', 'job', 'ai', 'claims')`;
   assert.deepEqual([frozen.holds, frozen.frozen], [0, true], 'the purchase is frozen, no hold placed');
   assert.equal(await liveAiHolds(s.id), 6, 'work under way keeps its holds');
   // While disputed, the buyer is suspended: every new call is 403, whatever credits would pay.

@@ -70,7 +70,7 @@ export async function stepInvariants(scope: Scope, watch: FrozenWatch) {
         where a.held <> coalesce((select sum(h.amount) from billing.holds h where h.account_id = a.id
                                   and h.status = 'active'), 0)) as held_off,
       (select count(*)::int from billing.holds h where h.account_id in (select id from acc)
-        and h.purpose not in ('user', 'job', 'ai')) as other_purposes,
+        and h.purpose not in ('user', 'job', 'ai', 'claims')) as other_purposes,
       (select coalesce(array_agg(a.id::text), '{}') from acc a, lateral (select
           coalesce(sum(l.remaining) filter (where l.applies_to is null), 0) as any_left,
           coalesce(sum(l.remaining) filter (where l.applies_to is not null), 0) as some_left,

@@ -58,7 +58,7 @@ export async function reservationInvariants(users: string[] = []) {
                                       where x.lot_id = l.id and h.status = 'active'), 0)) as reserved_mismatch,
       (select count(*)::int from billing.lots l where l.reserved < 0 or l.reserved > l.remaining) as reserved_out_of_range,
       (select count(*)::int from billing.holds h join billing.accounts a on a.id = h.account_id
-        where a.user_id = any(${users}::uuid[]) and h.purpose not in ('user', 'job', 'ai')) as other_hold_purposes,
+        where a.user_id = any(${users}::uuid[]) and h.purpose not in ('user', 'job', 'ai', 'claims')) as other_hold_purposes,
       (select count(*)::int from billing.accounts a where a.balance < 0 and a.code is null
         and not exists (select 1 from billing.transfers t where t.from_account_id = a.id
                         and (t.kind in ('refund_reversal', 'dispute_reversal')

@@ -2,11 +2,12 @@
 // model and that its upstream speaks the endpoint, hold), finish (capture what the provider
 // reported), fail (release, charge nothing), refuse (record a call refused before the provider).
 // Each is one statement; SQL owns the money, and the call's record is written in the same
-// statements (docs/ai-gateway.md, "The call log"). Begin, and settling a call whose record keeps
-// no content and no answer, go in one round trip (sql.oneTrip): they answer every refusal as a row
-// and raise only on a broken invariant, and their values are ids, counts, timings and the caller's
-// key (as a money request's), so a statement Postgres logs holds no personal data. With content or
-// a kept answer, the values go as parameters, in two trips.
+// statements (docs/ai-gateway.md, "The call log"). Begin, and settling a call that keeps no
+// answer, go in one round trip (sql.oneTrip): they answer every refusal as a row and raise only
+// on a broken invariant, and their values are ids, counts, timings and the caller's key (as a
+// money request's), so a statement Postgres logs holds no personal data. A kept answer goes as a
+// parameter, in two trips; the call's content (consent permitting) goes after the money, in a
+// statement of its own (keepContent): content is no money, and never holds a charge up.
 import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
 import { finishing, jsonb, retryingTransient, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
@@ -175,24 +176,32 @@ export async function finishCall(
   failed: boolean,
   report: CallReport,
 ): Promise<CallRecord> {
+  const { content, ...facts } = report;
   const [{ r }] = await finishing((settle) =>
-    answer === null && !report.content
+    answer === null
       ? sql.oneTrip`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source}, null, ${failed},
-      ${jsonb(report)}) as r from billing.settle_holder(${settle})`
+      ${jsonb(facts)}) as r from billing.settle_holder(${settle})`
       : sql`select billing.finish_ai_call(${callId}, ${jsonb(usage)}, ${source},
-      ${answer === null ? null : jsonb(JSON.stringify(answer))}, ${failed}, ${jsonb(report)}) as r
+      ${jsonb(JSON.stringify(answer))}, ${failed}, ${jsonb(facts)}) as r
       from billing.settle_holder(${settle})`
   );
+  if (content) await keepContent(callId, content);
   return r as CallRecord;
 }
 
 /** Releases the call's hold and charges nothing; `failure` is a stable code. Tried again as a capture is. */
 export async function failCall(callId: string, failure: string, report: CallReport): Promise<void> {
-  await retryingTransient(() =>
-    report.content
-      ? sql`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`
-      : sql.oneTrip`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(report)})`
-  );
+  const { content, ...facts } = report;
+  await retryingTransient(() => sql.oneTrip`select billing.fail_ai_call(${callId}, ${failure}, ${jsonb(facts)})`);
+  if (content) await keepContent(callId, content);
+}
+
+/**
+ * The finished call's redacted prompt and answer, kept when its owner consented (SQL decides, and
+ * keeps them once): after the money committed, so a failure here loses content, never a charge.
+ */
+async function keepContent(callId: string, content: NonNullable<CallReport['content']>): Promise<void> {
+  await retryingTransient(() => sql`select billing.keep_ai_content(${callId}, ${jsonb(content)})`);
 }
 
 /** Records a call refused before the provider: its stable code, no hold (the model only if priced). */
