@@ -4,7 +4,7 @@
 -- pending on a hold that a server's finish ends waits for the account's next settle
 -- (billing.take_back_ended): the account falls due, and nothing spends before it is taken.
 begin;
-select plan(12);
+select plan(14);
 \ir helpers.psql
 
 create function pg_temp.acct(p uuid) returns bigint language sql as $$
@@ -87,6 +87,39 @@ select results_eq($$select a.balance, a.next_hold_expiry from billing.accounts a
 select is((select count(*) from billing.lot_take_backs t join billing.holds h on h.id = t.hold_id
            where h.account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000003')), 0::bigint, 'no take-back waits');
 
+-- ============================================================ two claims holds in one settle
+
+-- Three calls hold 120.2 each of a purchase (mini), refunded while they run: their reservations
+-- are claimed. Two finish (2 and 3 credits) without a settle between them (as two finishes whose
+-- transactions crossed: the second read the account before the first made it due), so one settle
+-- ends both claims holds: each takes back all its hold returned, and what each call spent is owed,
+-- never drawn from what the other returned.
+insert into auth.users (id) values ('c1a10000-0000-4000-8000-000000000008');
+create temp table buy8 as select (billing.begin_checkout('c1a10000-0000-4000-8000-000000000008', 'mini', 'oc-rk8', null,
+  false, null)).purchase_id as id;
+select billing.attach_checkout_session((select id from buy8), 'cs_oc8', 'https://checkout.example/cs_oc8', now() + interval '1 hour');
+create function pg_temp.state8(refunded int) returns jsonb language sql as $$
+  select jsonb_build_object('session_id', 'cs_oc8', 'session_status', 'complete', 'payment_status', 'paid',
+    'amount_total', p.price_cents, 'currency', 'usd', 'payment_intent', 'pi_cs_oc8', 'payment_intent_status', 'succeeded',
+    'charge_id', 'ch_cs_oc8', 'amount_refunded', refunded)
+  from billing.purchases p where p.id = (select id from buy8) $$;
+select billing.sync_purchase(pg_temp.state8(0));
+create temp table c8 as select n, (billing.begin_ai_call('c1a10000-0000-4000-8000-000000000008', 'gpt-4o', 10, 2000,
+  'oc-c8-' || n, 'h', 3600) ->> 'call_id')::uuid as id from generate_series(1, 3) n;
+select billing.sync_purchase(pg_temp.state8((select price_cents from billing.purchases where id = (select id from buy8))));
+select pg_temp.fin((select id from c8 where n = 1), 100);
+update billing.accounts set next_hold_expiry = null where user_id = 'c1a10000-0000-4000-8000-000000000008';
+select pg_temp.fin((select id from c8 where n = 2), 150);
+select is((select count(*) from billing.holds h where h.account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000008')
+           and h.purpose = 'claims' and h.status = 'active'), 2::bigint, 'two claims holds wait');
+select billing.settle_spender('c1a10000-0000-4000-8000-000000000008');
+select results_eq($$select trim_scale(sum(t.amount) filter (where t.idempotency_key like '%:held:%' and t.idempotency_key not like '%:owed')),
+      trim_scale(sum(t.amount) filter (where t.idempotency_key like '%:owed'))
+    from billing.transfers t where t.from_account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000008')
+      and t.kind = 'refund_reversal'$$,
+  $$values (235.4::numeric, 5::numeric)$$,
+  'one settle ends both: each takes back all its hold returned (118.2 + 117.2); only what the calls spent is owed');
+
 -- ============================================================ a correction run and a debt
 
 insert into auth.users (id) values ('c1a10000-0000-4000-8000-000000000005');
@@ -99,7 +132,8 @@ create temp table run as select billing.start_correction_run('c1a10000-0000-4000
 select is(pg_temp.err($$select billing.process_correction_run((select id::uuid from run))$$), 'no error',
   'a run over a failed call whose excess is partly debt goes on (the debt is given back by an adjustment)');
 select ok(pg_temp.lots_agree(array[pg_temp.acct('c1a10000-0000-4000-8000-000000000001'),
-    pg_temp.acct('c1a10000-0000-4000-8000-000000000002'), pg_temp.acct('c1a10000-0000-4000-8000-000000000005')]),
+    pg_temp.acct('c1a10000-0000-4000-8000-000000000002'), pg_temp.acct('c1a10000-0000-4000-8000-000000000005'),
+    pg_temp.acct('c1a10000-0000-4000-8000-000000000008')]),
   'lots, balances and allocations agree for every account above');
 
 select * from finish();

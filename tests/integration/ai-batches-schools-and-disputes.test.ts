@@ -6,7 +6,7 @@
 // lots.reserved equal to the live holds' hold_lots.
 import assert from 'node:assert/strict';
 import { activeHolds, advanceBatchClock, creditPerToken, student, syncBatches } from '../support/ai.ts';
-import { api, backdateLot, env, testDb, until, withGateway } from '../support/helpers.ts';
+import { api, backdateLot, env, sweepExpiredHolds, testDb, until, withGateway } from '../support/helpers.ts';
 import { accountOf, person, school } from '../support/orgs.ts';
 import { buy, chargeOf, emulator } from '../support/purchases.ts';
 import { loseDispute, openDispute } from '../support/disputed.ts';
@@ -167,6 +167,7 @@ Deno.test('a dispute lost while the batch runs: the reservation is taken back wh
   const m = await money(b.id);
   settledOnce(m);
   assert.ok(Number(m.charged) > 0);
+  await sweepExpiredHolds(); // the take-back is the next settle's (pg_cron's within the minute)
   assert.equal(await balance(s.id), await minus('0', m.charged));
   await reservationInvariants([s.id]);
 });
@@ -190,6 +191,7 @@ Deno.test('a refund while the batch runs, the batch cancelled: nothing created, 
   const m = await money(b.id);
   settledOnce(m);
   assert.equal(m.charged, '0');
+  await sweepExpiredHolds(); // the take-back is the next settle's (pg_cron's within the minute)
   assert.equal(await balance(s.id), '0', 'the refund took everything back once the hold returned it');
   await reservationInvariants([s.id]);
 });

@@ -322,7 +322,9 @@ Deno.test('a refund of the purchase under a live call’s hold, then the sweep: 
   const price = await priceOf('gpt-4o', usage!);
   const [c] = await callsOf(s.id);
   assert.deepEqual([c.status, c.charged], ['charged', price], 'charged its price from its reservation');
-  // The hold ended: the refund took back what it returned; what it spent is the buyer's debt.
+  // The hold ended: what it returned stays reserved for the refund, which the next settle (the
+  // minute's sweep) takes back; what it spent is the buyer's debt.
+  await testDb`select billing.release_expired_holds(100000)`;
   const l = await ledgerOfAccount(s.id);
   assert.deepEqual([l.balance, l.net, l.held, l.active_holds], ['-' + price, '-' + price, '0', 0]);
   // The next call is refused until the debt is paid.

@@ -13,6 +13,7 @@ import {
   reportUsage,
   startAiJob,
   student,
+  sweepExpiredHolds,
   testDb,
   tick,
   until,
@@ -216,7 +217,11 @@ Deno.test("credits a refund reaches under a hold stay the hold's until it ends: 
     const { status, attempts } = await finishedJob(job);
     assert.deepEqual({ status, attempts }, { status: 'completed', attempts: 1 }, 'the provider was called once');
   });
-  // The job ended: what its hold returned was taken back too; what it spent the school owes.
+  // The job ended: what its hold returned stays reserved for the refund, taken back at the
+  // account's next settle (the minute's sweep); what it spent the school owes.
+  const ended = await accountOf(org, member.id);
+  assert.equal(ended.balance, ended.held, 'what the hold returned is still reserved, never free');
+  await sweepExpiredHolds();
   assert.deepEqual(await accountOf(org, member.id), { balance: '0', held: '0' });
   await assertLedgerInvariants();
 });

@@ -646,12 +646,14 @@ Deno.test("an allowance member removed while 8 gateway calls billed beyond their
         as swept`;
   console.log('allowance member removed mid-call:', { calls: answers.map((a) => a.status), spent, ...x });
   assert.ok(Number(x.held) > 0, 'calls were held on the allowance');
-  assert.equal(x.captured, x.held, 'each call cost more than its hold: the holds were captured whole');
+  // Each call cost more than its hold: a hold still whole was captured whole; one that gave its
+  // reservation to another call's excess first captured what it kept (billing.give_way_to_excess).
+  assert.ok(Number(x.captured) > 0 && Number(x.captured) <= Number(x.held), JSON.stringify(x));
   assert.equal(spent.n, x.priced, "the allowance paid each call's whole price, the excess past its hold included");
   assert.ok(Number(spent.n) - Number(x.held) > 500, 'six calls or more, each ~120 past its hold');
   const [{ off }] =
     await testDb`select count(*)::int as off from billing.ai_calls c join billing.holds h on h.id = c.hold_id
-    where c.user_id = ${ada.id} and c.charged - h.captured_amount is distinct from
+    where c.user_id = ${ada.id} and c.charged - coalesce(h.captured_amount, 0) is distinct from
       (select sum(t.amount) from billing.transfers t where t.kind = 'usage' and t.idempotency_key like 'ai-overage:' || c.id || '%')`;
   assert.equal(off, 0, "each call's excess charged exactly once");
   const total = await orgTotal(org);

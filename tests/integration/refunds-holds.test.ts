@@ -14,6 +14,7 @@ import {
   key,
   newUser,
   spend,
+  sweepExpiredHolds,
   testDb,
   until,
   userToken,
@@ -198,6 +199,9 @@ Deno.test({
   assert.equal(mid.calls[0].status, 'held', `the call is still streaming: ${JSON.stringify(mid)}`);
   const { usage } = await finish();
   const price = await priceOf(m, usage);
+  // What the ended call returned stays reserved for the refund until the account's next settle
+  // (the minute's sweep) takes it back.
+  await sweepExpiredHolds();
   const [c] = await callsOf(s.id);
   const end = await account(s.id);
   const figures = JSON.stringify({ swept, mid, c, end, price });
@@ -260,6 +264,9 @@ Deno.test({
   assert.equal(mid.calls[0].status, 'held', `the call is still streaming: ${JSON.stringify(mid)}`);
   const { usage } = await finish();
   const price = await priceOf(m, usage);
+  // What the ended call returned stays reserved for the refund until the account's next settle
+  // (the minute's sweep) takes it back.
+  await sweepExpiredHolds();
   const [c] = await callsOf(s.id);
   const end = await account(s.id);
   const [g] = await testDb`select trim_scale(credits_reversed)::text as r, amount_refunded_cents as cents
@@ -341,13 +348,16 @@ Deno.test({
   assert.deepEqual(mid.calls.map((c) => c.status), ['held', 'held', 'held'], JSON.stringify({ before, mid }));
   const results = await Promise.all(finishes.map((f) => f()));
   const prices = await Promise.all(results.map((r) => priceOf(m, r.usage)));
+  // What the ended calls returned stays reserved for the refund until the account's next settle
+  // (the minute's sweep) takes it back.
+  await sweepExpiredHolds();
   const calls = await callsOf(s.id);
   const end = await account(s.id);
   const figures = JSON.stringify({ before, mid, calls, end, prices });
   // The calls' holds reserved 3 × their amount of the starter lot (the oldest paid credits): the
   // refund took its free rest and the mini purchase's lot at once, and left what the holds reserved.
-  // Each call then captures its price from its reservation; what it returns is taken back as it
-  // ends, and what it captured is owed by the buyer (the student): debt.
+  // Each call then captures its price from its reservation; what it returns is taken back at the
+  // account's next settle, and what it captured is owed by the buyer (the student): debt.
   const reserved = String(before.holds.reduce((t, h) => t + Number(h.amount), 0));
   const owed = prices.reduce((t, p) => t + Number(p), 0);
   assert.deepEqual(

@@ -15,6 +15,7 @@ import {
   newUser,
   reportUsage,
   spawnGateway,
+  sweepExpiredHolds,
   testDb,
   until,
   untilJobRunning,
@@ -150,6 +151,7 @@ Deno.test({
       },
       figures,
     );
+    await sweepExpiredHolds(); // what the job returned is the refund's at the account's next settle
     assert.deepEqual(await state(acct), { balance: '-50', held: '0' }, 'bought 4,990 net, spent 5,040');
   } finally {
     await gw.kill();

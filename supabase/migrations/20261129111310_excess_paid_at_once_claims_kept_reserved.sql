@@ -375,6 +375,7 @@ declare
   v_next_expiry timestamptz;
   v_expired jsonb;
   v_ids uuid[];
+  v_id uuid;
 begin
   -- The account is locked first, as everywhere else; the writer voids its overdue holds.
   select a.caps, a.next_expiry into v_caps, v_next_expiry from billing.accounts a where a.id = p_account_id for update;
@@ -393,13 +394,17 @@ begin
   end if;
   select count(*), jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
                                       'member', h.member_id,
-                                      'also', case when h.purpose = 'ai' then h.metadata -> 'fallbacks' end)), array_agg(h.id)
+                                      'also', case when h.purpose = 'ai' then h.metadata -> 'fallbacks' end)), array_agg(h.id order by h.expires_at, h.id)
     into v_count, v_expired, v_ids
   from billing.holds h where h.account_id = p_account_id and h.status = 'active'
     and h.expires_at <= coalesce(p_due_by, now());
   if v_count > 0 then
-    perform billing.end_holds(v_ids, 'expired');
-    perform billing.hold_ended(x) from unnest(v_ids) x;
+    -- One at a time, in the order they fell due: what a hold's take-backs owe is drawn from free
+    -- credits, never from what a later one returns that its own take-backs claimed.
+    foreach v_id in array v_ids loop
+      perform billing.end_holds(array[v_id], 'expired');
+      perform billing.hold_ended(v_id);
+    end loop;
     -- Credits given back never charge the card by themselves (docs/spend-controls.md): no recharge.
     perform billing.watch_account(a.id, a.balance - a.held, null) from billing.accounts a
     where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
