@@ -131,7 +131,7 @@ begin
   end if;
   select count(*), jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
                                       'member', h.member_id,
-                                      'also', case when h.purpose = 'ai' then h.metadata -> 'fallbacks' end)), array_agg(h.id order by h.expires_at, h.id)
+                                      'also', case when h.purpose in ('ai', 'claims') then h.metadata -> 'fallbacks' end)), array_agg(h.id order by h.expires_at, h.id)
     into v_count, v_expired, v_ids
   from billing.holds h where h.account_id = p_account_id and h.status = 'active'
     and h.expires_at <= coalesce(p_due_by, now());

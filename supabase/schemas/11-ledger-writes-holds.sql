@@ -182,7 +182,8 @@ declare
   v_gave jsonb := '[]'::jsonb;
 begin
   v_short := p_amount - coalesce((select sum(l.remaining - l.reserved) from billing.lots l
-    where l.account_id = p_account_id and l.open and l.remaining > l.reserved and not coalesce(l.expires_at <= now(), false)
+    where l.account_id = p_account_id and l.open and not l.frozen and l.remaining > l.reserved
+      and not coalesce(l.expires_at <= now(), false)
       and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))), 0);
   if v_short > 0 then
     with part as (

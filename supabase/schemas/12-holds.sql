@@ -227,7 +227,8 @@ begin
   -- Two statements: the answer is read (a stable function, the caller's snapshot) after the capture.
   v_hold := billing.post_capture(v_hold, v_capture, p_correlation_id, p_metadata);
   -- A refund's take-back the hold's end left to the next settle is taken now (the account fell
-  -- due): the user is answered what is left. A server's finish leaves it to the next settle.
+  -- due): the user is answered what is left. A server's finish through billing.charge_hold_at
+  -- leaves it to the next settle.
   perform billing.settled(a) from billing.accounts a where a.id = v_hold.account_id;
   return billing.hold_result_of(v_hold, false);
 end;

@@ -34,6 +34,10 @@ declare
   c billing.ai_calls;
 begin
   select * into c from billing.ai_calls x where x.id = p_call and x.status in ('charged', 'failed') for update;
+  -- Consent is read under a share lock on what gives it: a withdrawal (its row deleted or its flag
+  -- cleared, then billing.forget_unconsented_content) waits for this to commit, or this for it.
+  perform 1 from billing.ai_content_consent k where k.user_id = c.user_id for share;
+  perform 1 from billing.orgs o where o.id = c.org_id for share;
   if not coalesce(c.keep_content, false) or jsonb_typeof(p_content) is distinct from 'object'
      or not billing.content_consented(c.user_id, c.org_id)
      or exists (select 1 from billing.ai_logs l where l.call_id = p_call) then

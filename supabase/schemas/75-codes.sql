@@ -426,7 +426,7 @@ begin
   return v_answer;
 end;
 $$;
-comment on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption. p_address_limit: failed guesses an hour per address (default code_guess_limits()).';
+comment on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption. p_address_limit: failed guesses an hour per address (default 30; a user''s are 10).';
 revoke execute on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer) from public;
 
 -- A refused redemption rolls its work back; run_money_request records the attempt after that.

@@ -4,7 +4,7 @@
 -- pending on a hold that a server's finish ends waits for the account's next settle
 -- (billing.take_back_ended): the account falls due, and nothing spends before it is taken.
 begin;
-select plan(14);
+select plan(15);
 \ir helpers.psql
 
 create function pg_temp.acct(p uuid) returns bigint language sql as $$
@@ -50,6 +50,23 @@ select results_eq($$select a.balance, a.held, h.status from billing.accounts a j
   $$values (-10::numeric, 0::numeric, 'released'::text)$$,
   'a hold that gives all it reserved ends released; what nothing pays is debt');
 select ok(billing.in_debt(a), 'and the account owes') from billing.accounts a where a.user_id = 'c1a10000-0000-4000-8000-000000000002';
+
+-- Frozen credits come after the holds: 10.8 credits (a call holds 0.8, an own hold the 10 left)
+-- and 10 more frozen by a dispute; the call costs 10.8, so its excess of 10 takes the hold's 10,
+-- never the frozen ones.
+insert into auth.users (id) values ('c1a10000-0000-4000-8000-000000000009');
+select billing.grant_credits('c1a10000-0000-4000-8000-000000000009', 10.8, 'promo_grant', 'oc-g9');
+create temp table c9 as select pg_temp.call('c1a10000-0000-4000-8000-000000000009', 'oc-c9') as id;
+select billing.reserve_credits('c1a10000-0000-4000-8000-000000000009', 10, 'oc-f1', 600);
+select billing.grant_credits('c1a10000-0000-4000-8000-000000000009', 10, 'promo_grant', 'oc-g9f');
+update billing.lots l set frozen = true where l.account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000009')
+  and l.amount = 10;
+update billing.accounts a set frozen_lots = true where a.user_id = 'c1a10000-0000-4000-8000-000000000009';
+select pg_temp.fin((select id from c9), 540);
+select results_eq($$select h.status, h.metadata ->> 'given_to_excess',
+      (select l.remaining from billing.lots l where l.account_id = h.account_id and l.frozen)
+    from billing.holds h where h.idempotency_key = 'oc-f1'$$,
+  $$values ('released'::text, '10'::text, 10::numeric)$$, 'the live hold gives way before frozen credits pay');
 
 -- ============================================================ a refund's take-back waits for the settle
 
@@ -133,7 +150,7 @@ select is(pg_temp.err($$select billing.process_correction_run((select id::uuid f
   'a run over a failed call whose excess is partly debt goes on (the debt is given back by an adjustment)');
 select ok(pg_temp.lots_agree(array[pg_temp.acct('c1a10000-0000-4000-8000-000000000001'),
     pg_temp.acct('c1a10000-0000-4000-8000-000000000002'), pg_temp.acct('c1a10000-0000-4000-8000-000000000005'),
-    pg_temp.acct('c1a10000-0000-4000-8000-000000000008')]),
+    pg_temp.acct('c1a10000-0000-4000-8000-000000000008'), pg_temp.acct('c1a10000-0000-4000-8000-000000000009')]),
   'lots, balances and allocations agree for every account above');
 
 select * from finish();

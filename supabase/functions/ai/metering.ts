@@ -12,6 +12,7 @@ import type { Endpoint } from '../_shared/adapters/ai-upstreams.ts';
 import { finishing, jsonb, retryingTransient, sql } from '../_shared/adapters/db.ts';
 import { sqlRefusal } from '../_shared/adapters/sql-errors.ts';
 import { internalError } from '../_shared/errors.ts';
+import { errorSummary, log } from '../_shared/log.ts';
 
 /** Usage in the rate card's disjoint kinds (input excludes cached input and cache writes, output excludes reasoning). */
 export interface Usage {
@@ -198,10 +199,12 @@ export async function failCall(callId: string, failure: string, report: CallRepo
 
 /**
  * The finished call's redacted prompt and answer, kept when its owner consented (SQL decides, and
- * keeps them once): after the money committed, so a failure here loses content, never a charge.
+ * keeps them once): after the money committed, so a failure here loses content, never a charge,
+ * and never turns a charged answer into an error (logged without the content).
  */
 async function keepContent(callId: string, content: NonNullable<CallReport['content']>): Promise<void> {
-  await retryingTransient(() => sql`select billing.keep_ai_content(${callId}, ${jsonb(content)})`);
+  await retryingTransient(() => sql`select billing.keep_ai_content(${callId}, ${jsonb(content)})`)
+    .catch((e) => log.error('ai call content could not be kept', errorSummary(e)));
 }
 
 /** Records a call refused before the provider: its stable code, no hold (the model only if priced). */

@@ -21,7 +21,8 @@ declare
   v_gave jsonb := '[]'::jsonb;
 begin
   v_short := p_amount - coalesce((select sum(l.remaining - l.reserved) from billing.lots l
-    where l.account_id = p_account_id and l.open and l.remaining > l.reserved and not coalesce(l.expires_at <= now(), false)
+    where l.account_id = p_account_id and l.open and not l.frozen and l.remaining > l.reserved
+      and not coalesce(l.expires_at <= now(), false)
       and (l.applies_to is null or billing.lot_pays_for(l.applies_to, p_model))), 0);
   if v_short > 0 then
     with part as (
@@ -79,6 +80,10 @@ declare
   c billing.ai_calls;
 begin
   select * into c from billing.ai_calls x where x.id = p_call and x.status in ('charged', 'failed') for update;
+  -- Consent is read under a share lock on what gives it: a withdrawal (its row deleted or its flag
+  -- cleared, then billing.forget_unconsented_content) waits for this to commit, or this for it.
+  perform 1 from billing.ai_content_consent k where k.user_id = c.user_id for share;
+  perform 1 from billing.orgs o where o.id = c.org_id for share;
   if not coalesce(c.keep_content, false) or jsonb_typeof(p_content) is distinct from 'object'
      or not billing.content_consented(c.user_id, c.org_id)
      or exists (select 1 from billing.ai_logs l where l.call_id = p_call) then
@@ -260,7 +265,8 @@ begin
   -- Two statements: the answer is read (a stable function, the caller's snapshot) after the capture.
   v_hold := billing.post_capture(v_hold, v_capture, p_correlation_id, p_metadata);
   -- A refund's take-back the hold's end left to the next settle is taken now (the account fell
-  -- due): the user is answered what is left. A server's finish leaves it to the next settle.
+  -- due): the user is answered what is left. A server's finish through billing.charge_hold_at
+  -- leaves it to the next settle.
   perform billing.settled(a) from billing.accounts a where a.id = v_hold.account_id;
   return billing.hold_result_of(v_hold, false);
 end;
@@ -394,7 +400,7 @@ begin
   end if;
   select count(*), jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
                                       'member', h.member_id,
-                                      'also', case when h.purpose = 'ai' then h.metadata -> 'fallbacks' end)), array_agg(h.id order by h.expires_at, h.id)
+                                      'also', case when h.purpose in ('ai', 'claims') then h.metadata -> 'fallbacks' end)), array_agg(h.id order by h.expires_at, h.id)
     into v_count, v_expired, v_ids
   from billing.holds h where h.account_id = p_account_id and h.status = 'active'
     and h.expires_at <= coalesce(p_due_by, now());
@@ -803,6 +809,21 @@ end;
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION billing.return_hold_cap_room(p_hold billing.holds, p_unspent numeric)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+begin
+  if p_unspent > 0
+     and (select a.caps from billing.accounts a where a.id = p_hold.account_id) > 0 then
+    perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model', p_hold.created_at,
+      p_hold.member_id, case when p_hold.purpose in ('ai', 'claims') then array(select jsonb_array_elements_text(p_hold.metadata -> 'fallbacks')) end);
+  end if;
+end;
+$function$
+;
+
 CREATE OR REPLACE FUNCTION billing.void_hold(p_hold_id uuid)
  RETURNS billing.holds
  LANGUAGE plpgsql
@@ -826,6 +847,7 @@ $function$
 
 
 comment on function billing.release_expired_holds(integer) is 'pg_cron: releases holds past their TTL and takes back what ended holds left waiting, for at most p_limit accounts per run. Idempotent.';
+comment on function billing.redeem_code(uuid,text,text,integer) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption. p_address_limit: failed guesses an hour per address (default 30; a user''s are 10).';
 comment on function billing.void_hold(uuid) is 'Internal: releases an active hold under the caller''s account lock (what refunds claimed of it kept for their take-backs, its cap room given back).';
 revoke execute on function billing.keep_ai_content(uuid,jsonb) from public;
 revoke execute on function billing.give_way_to_excess(bigint,text,numeric) from public;
