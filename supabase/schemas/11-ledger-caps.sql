@@ -145,7 +145,8 @@ as $$
 begin
   if p_unspent > 0
      and (select a.caps from billing.accounts a where a.id = p_hold.account_id) > 0 then
-    perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model', p_hold.created_at,
+    perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model',
+      coalesce((p_hold.metadata ->> 'cap_counted_at')::timestamptz, p_hold.created_at),
       p_hold.member_id, case when p_hold.purpose in ('ai', 'claims') then array(select jsonb_array_elements_text(p_hold.metadata -> 'fallbacks')) end);
   end if;
 end;

@@ -129,7 +129,8 @@ begin
   if p_due_by is null and v_next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
   end if;
-  select count(*), jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
+  select count(*), jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model',
+                                      'at', coalesce((h.metadata ->> 'cap_counted_at')::timestamptz, h.created_at),
                                       'member', h.member_id,
                                       'also', case when h.purpose in ('ai', 'claims') then h.metadata -> 'fallbacks' end)), array_agg(h.id order by h.expires_at, h.id)
     into v_count, v_expired, v_ids

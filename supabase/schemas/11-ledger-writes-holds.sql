@@ -235,8 +235,9 @@ revoke execute on function billing.give_way_to_excess(p_account_id bigint, p_mod
 -- A hold's end (a capture's rest, a release) never takes back what a refund claimed of its
 -- reservation (billing.lot_take_backs): no capture, release or finish reaches refunds. What it
 -- returned of a claimed lot, up to the claims, stays reserved, never free, in a hold of its own
--- (purpose 'claims'; the ended hold's account, member, model and start, so the cap room of it
--- comes back as the ended hold's would have), and the claims move onto it. It is due at once:
+-- (purpose 'claims'; the ended hold's account, member and model, and the start its cap room was
+-- counted at, `cap_counted_at`, so that room comes back as the ended hold's would have; its own
+-- created_at is now, as every reading of the past sees it), and the claims move onto it. It is due at once:
 -- the account's next settle (whatever spends, holds or moves its credits; a user's own capture
 -- or release at once; the sweep within the minute) ends it and takes the claims back
 -- (billing.expire_overdue_holds, billing.hold_ended). With nothing returned to keep, the claims
@@ -272,10 +273,11 @@ begin
   select coalesce(sum(p.amount), 0) into v_kept from placed p;
   if v_kept > 0 then
     insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose,
-                               member_id, created_at)
+                               member_id)
     values (v_id, p_hold.account_id, v_kept, 'claims:' || p_hold.id, p_hold.correlation_id,
-      coalesce(p_hold.metadata, '{}'::jsonb) || jsonb_build_object('claims_of', p_hold.id), now(),
-      'claims', p_hold.member_id, p_hold.created_at);
+      coalesce(p_hold.metadata, '{}'::jsonb) || jsonb_build_object('claims_of', p_hold.id,
+        'cap_counted_at', coalesce(p_hold.metadata -> 'cap_counted_at', to_jsonb(p_hold.created_at))),
+      now(), 'claims', p_hold.member_id);
     update billing.lot_take_backs t set hold_id = v_id where t.hold_id = p_hold.id;
   end if;
   update billing.accounts a set held = a.held + v_kept, next_hold_expiry = now() where a.id = p_hold.account_id;

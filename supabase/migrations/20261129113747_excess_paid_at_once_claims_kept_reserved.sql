@@ -131,10 +131,11 @@ begin
   select coalesce(sum(p.amount), 0) into v_kept from placed p;
   if v_kept > 0 then
     insert into billing.holds (id, account_id, amount, idempotency_key, correlation_id, metadata, expires_at, purpose,
-                               member_id, created_at)
+                               member_id)
     values (v_id, p_hold.account_id, v_kept, 'claims:' || p_hold.id, p_hold.correlation_id,
-      coalesce(p_hold.metadata, '{}'::jsonb) || jsonb_build_object('claims_of', p_hold.id), now(),
-      'claims', p_hold.member_id, p_hold.created_at);
+      coalesce(p_hold.metadata, '{}'::jsonb) || jsonb_build_object('claims_of', p_hold.id,
+        'cap_counted_at', coalesce(p_hold.metadata -> 'cap_counted_at', to_jsonb(p_hold.created_at))),
+      now(), 'claims', p_hold.member_id);
     update billing.lot_take_backs t set hold_id = v_id where t.hold_id = p_hold.id;
   end if;
   update billing.accounts a set held = a.held + v_kept, next_hold_expiry = now() where a.id = p_hold.account_id;
@@ -398,7 +399,8 @@ begin
   if p_due_by is null and v_next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
   end if;
-  select count(*), jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model', 'at', h.created_at,
+  select count(*), jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model',
+                                      'at', coalesce((h.metadata ->> 'cap_counted_at')::timestamptz, h.created_at),
                                       'member', h.member_id,
                                       'also', case when h.purpose in ('ai', 'claims') then h.metadata -> 'fallbacks' end)), array_agg(h.id order by h.expires_at, h.id)
     into v_count, v_expired, v_ids
@@ -817,7 +819,8 @@ AS $function$
 begin
   if p_unspent > 0
      and (select a.caps from billing.accounts a where a.id = p_hold.account_id) > 0 then
-    perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model', p_hold.created_at,
+    perform billing.return_cap_room(p_hold.account_id, p_unspent, p_hold.metadata ->> 'model',
+      coalesce((p_hold.metadata ->> 'cap_counted_at')::timestamptz, p_hold.created_at),
       p_hold.member_id, case when p_hold.purpose in ('ai', 'claims') then array(select jsonb_array_elements_text(p_hold.metadata -> 'fallbacks')) end);
   end if;
 end;
