@@ -4,7 +4,7 @@
 // refused with `debt: true` (docs/credit-lots.md § Refunds, disputes and debt 7).
 import assert from 'node:assert/strict';
 import { creditPerToken } from '../support/ai.ts';
-import { adminToken, api, assertLedgerInvariants, fund, key, newUser, testDb, userToken } from '../support/helpers.ts';
+import { api, assertLedgerInvariants, fund, key, newUser, testDb, userToken } from '../support/helpers.ts';
 import { person, school } from '../support/orgs.ts';
 
 /** A call of the 1-credit-a-token model whose prompt the stand-in bills `extra` tokens past it. */
