@@ -11,7 +11,7 @@
 //       gateway ÷ direct. Target ≥ 0.95×.
 //   (c) Postgres CPU for a call's hold and capture (begin_ai_call + finish_ai_call, writing its
 //       record as the gateway does: docs/ai-gateway.md § The call log) against one
-//       usage request (run_money_request 'credits.usage'), per call, from /proc. Target ≤ 2×.
+//       usage request (run_usage_report 'credits.usage'), per call, from /proc. Target ≤ 2×.
 // Rounds alternate direct, Portkey and the gateway (BENCH_ROUNDS, default 3); medians across
 // rounds. The gateway is a private one with the per-student AI rate limit lifted.
 //   BENCH_STREAMS (calls per cell at 16 at once, 400), BENCH_CALLS_ONE (calls per cell one at a
@@ -210,7 +210,7 @@ async function cpuPerCall(kind: 'usage' | 'ai') {
       const user = students[next++ % clients].id;
       const key = crypto.randomUUID();
       if (kind === 'usage') {
-        await db`select billing.run_money_request(${user}, 'credits.usage', ${key}, ${'0'.repeat(64)}, ${`bench-${w}`},
+        await db`select billing.run_usage_report(${user}, 'credits.usage', ${key}, ${'0'.repeat(64)}, ${`bench-${w}`},
           ${db.json({ model: 'gpt-4o-mini', input_tokens: 40, output_tokens: 20 })}, 201)`;
       } else {
         const [{ r }] = await db`select billing.begin_ai_call(${user}, 'gpt-4o-mini', 40, 60, ${key}, ${'0'.repeat(64)},

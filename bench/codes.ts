@@ -1,11 +1,11 @@
 // What redeeming a code costs against a grant, measured in the same run on the local stack: each
-// is the one statement its money route runs (billing.run_money_request: the user's standing, the
-// Idempotency-Key claim, the work, the stored answer), so HTTP, JWT and rate limiting (the same
-// for both) are left out. A promo redemption also counts the caller's failed guesses, locks the
-// code's row and records the redemption and the attempt. Target: a redemption costs ≤ 1.5× a
-// grant (one client, so cost is latency). With several clients, redemptions of one code queue on
-// its row lock (that is how its budget holds exactly), so they are also measured against codes of
-// their own per client.
+// is the one statement its money route runs (billing.run_code_request; billing.run_money_request
+// for the grant: the user's standing, the Idempotency-Key claim, the work, the stored answer), so
+// HTTP, JWT and rate limiting (the same for both) are left out. A promo redemption also counts the
+// caller's failed guesses, locks the code's row and records the redemption and the attempt.
+// Target: a redemption costs ≤ 1.5× a grant (one client, so cost is latency). With several
+// clients, redemptions of one code queue on its row lock (that is how its budget holds exactly),
+// so they are also measured against codes of their own per client.
 //   BENCH_SECONDS (5) per cell, BENCH_ROUNDS (3, cells interleaved, medians), BENCH_CLIENTS (8)
 import { createHash } from 'node:crypto';
 import postgres from 'postgres';
@@ -53,9 +53,9 @@ async function opsPerSecond(cell: Cell, n: number): Promise<number> {
       const user = users.pop() as string;
       const key = crypto.randomUUID();
       const [r] = cell === 'grant'
-        ? await pool`select (billing.run_money_request(${admin}, 'credits.grants', ${key}, ${key}, ${key},
+        ? await pool`select (billing.run_grant_request(${admin}, 'credits.grants', ${key}, ${key}, ${key},
             ${pool.json({ user_id: user, amount: '5', kind: 'promo_grant', reason: 'bench' })}, 201, true)).*`
-        : await pool`select (billing.run_money_request(${user}, 'credits.codes.redeem', ${key}, ${key}, ${key},
+        : await pool`select (billing.run_code_request(${user}, 'credits.codes.redeem', ${key}, ${key}, ${key},
             ${pool.json({ code_hash: codes[c % codes.length], address_hash: null })}, 200)).*`;
       if (r.refusal_token) throw new Error(`${cell}: ${r.refusal_token} ${JSON.stringify(r.refusal_fields)}`);
       done++;
@@ -84,7 +84,7 @@ try {
     }
   }
   const rate = (cell: Cell, n: number) => median(results.get(`${cell}|${n}`) ?? [0]);
-  say(`\n### Codes: a promo redemption against a grant (run_money_request, medians of ${rounds} × ${seconds} s)\n`);
+  say(`\n### Codes: a promo redemption against a grant (one statement each, medians of ${rounds} × ${seconds} s)\n`);
   say('| clients | operation | ops/s | cost vs a grant (grant ÷ this) | target |');
   say('| --- | --- | --- | --- | --- |');
   for (const [cell, n] of cells) {

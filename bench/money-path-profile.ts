@@ -2,7 +2,7 @@
 //   (a) by process, at 16 clients under pgbench: the backends that run the requests against
 //       the WAL writer, checkpointer, background writer and the rest (CPU from /proc);
 //   (b) inside one request, one client, one session: the client's wall time per request, the
-//       time inside `billing.run_money_request` (pg_stat_statements, top level), each nested
+//       time inside `billing.run_usage_report` (pg_stat_statements, top level), each nested
 //       statement (`track = all`), and every PL/pgSQL line of the functions it runs
 //       (plpgsql_check's profiler), so what the statements leave is PL/pgSQL's own work.
 // The profiler costs time of its own: (b) takes the wall time from pgbench, nothing instrumented.
@@ -80,7 +80,7 @@ await admin`insert into bench.money_users select ${run}, n, u from unnest(${user
 await Deno.writeTextFile(
   `${dir}/usage.sql`,
   `\\set n random(1, 1000)
-select billing.run_money_request(u.id, 'credits.usage', gen_random_uuid()::text, repeat('0', 64), '${tag}',
+select billing.run_usage_report(u.id, 'credits.usage', gen_random_uuid()::text, repeat('0', 64), '${tag}',
   '${
     JSON.stringify(usageArgs).replaceAll(':', ': ')
   }'::jsonb, 200) from bench.money_users u where u.fixture = '${run}' and u.n = :n;
@@ -129,7 +129,7 @@ function charged(answer: string) {
 async function drive(n: number): Promise<number> {
   const t0 = performance.now();
   for (let i = 0; i < n; i++) {
-    const [{ r }] = await one`select billing.run_money_request(${userAt(i)}, 'credits.usage', ${crypto.randomUUID()},
+    const [{ r }] = await one`select billing.run_usage_report(${userAt(i)}, 'credits.usage', ${crypto.randomUUID()},
       ${'0'.repeat(64)}, ${tag}, ${one.json(usageArgs)}, 200) as r`;
     charged(r);
   }
@@ -151,15 +151,15 @@ const statements = await one<{ query: string; toplevel: boolean; calls: number; 
   from extensions.pg_stat_statements
   where dbid = (select oid from pg_database where datname = current_database()) and calls >= ${requests / 2}
   order by toplevel desc, total_exec_time desc`;
-const top = statements.find((s) => s.toplevel && /run_money_request/.test(s.query));
+const top = statements.find((s) => s.toplevel && /run_usage_report/.test(s.query));
 const nested = statements.filter((s) => !s.toplevel);
 const nestedUs = nested.reduce((a, s) => a + s.us, 0);
 say(`\n### (b) One usage request, one client (${fmt(requests)} requests, one session)\n`);
-if (!top) throw new Error('pg_stat_statements did not record run_money_request');
+if (!top) throw new Error('pg_stat_statements did not record run_usage_report');
 say(
   `A request's wall time at pgbench's client: ${wallOff.toFixed(0)} µs, nothing instrumented. In the ` +
     `profiled session (Deno's client, ${wallOn.toFixed(0)} µs a request at the client): the statement ` +
-    `\`select billing.run_money_request(…)\` ${top.us.toFixed(0)} µs in the executor, of which its nested ` +
+    `\`select billing.run_usage_report(…)\` ${top.us.toFixed(0)} µs in the executor, of which its nested ` +
     `statements ${nestedUs.toFixed(0)} µs and PL/pgSQL (assignments, conditions, building the ` +
     `arguments and the answer) ${(top.us - nestedUs).toFixed(0)} µs; the rest of pgbench's wall time ` +
     `(${
@@ -212,7 +212,7 @@ async function aiCall(sql: postgres.Sql, user: string) {
   })`;
 }
 async function usageRequest(sql: postgres.Sql, user: string) {
-  const [{ r }] = await sql`select billing.run_money_request(${user}, 'credits.usage', ${crypto.randomUUID()},
+  const [{ r }] = await sql`select billing.run_usage_report(${user}, 'credits.usage', ${crypto.randomUUID()},
     ${'0'.repeat(64)}, ${tag}, ${sql.json({ model: 'gpt-4o-mini', input_tokens: 40, output_tokens: 20 })}, 201) as r`;
   charged(r);
 }
@@ -332,17 +332,17 @@ for (let i = 0; i < floorCalls; i++) {
   await one`select bench_floor.usage_charge(${userAt(i)}, 0.000021)`;
 }
 const usagePhases = await one<{ phase: string; us: number }[]>`
-  select case when query like '%run_money_request%' then 'request' else 'floor' end as phase,
+  select case when query like '%run_usage_report%' then 'request' else 'floor' end as phase,
     sum(total_exec_time) * 1000 / ${floorCalls} as us
   from extensions.pg_stat_statements
   where dbid = (select oid from pg_database where datname = current_database()) and toplevel
-    and query ~ '(run_money_request|bench_floor\.usage_charge)'
+    and query ~ '(run_usage_report|bench_floor\.usage_charge)'
   group by 1`;
 const usageUs = (p: string) => usagePhases.find((x) => x.phase === p)?.us ?? NaN;
 say(`\n### (e) A usage request against its own row writes alone\n`);
 say(
   `Executor time a request, one session, ${floorCalls} each, alternating: \`POST /credits/usage\`'s SQL ` +
-    `(run_money_request) ${fmt(usageUs('request'))} µs; the same rows written as bare statements ` +
+    `(run_usage_report) ${fmt(usageUs('request'))} µs; the same rows written as bare statements ` +
     `(bench/ai-call-floor.sql) ${fmt(usageUs('floor'))} µs: the request is ` +
     `${(usageUs('request') / usageUs('floor')).toFixed(2)}× its row writes.\n`,
 );

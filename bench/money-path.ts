@@ -1,5 +1,5 @@
 // The whole money request against a bare guarded UPDATE, under pgbench (issues #34, #43):
-//   (a) billing.run_money_request('credits.usage'): what POST /credits/usage costs Postgres (the
+//   (a) billing.run_usage_report('credits.usage'): what POST /credits/usage costs Postgres (the
 //       standing check, pricing, the key's lookups, the transfer with the request's record, its
 //       entry, the lot), against `update … set balance = balance - 1 where id = $1 and balance >= 1`
 //       on a table of 1,000 rows, at 16 and 1 clients. Targets ≥ 0.25× and ≥ 0.35×.
@@ -61,7 +61,7 @@ function script(cell: string): string {
     return `\\set n random(1, 1000)\nselect * from bench.money_users u, billing.get_balance(u.id) where u.fixture = '${run}-plain' and u.n = :n;\n`;
   }
   return `\\set n random(1, 1000)
-select billing.run_money_request(u.id, 'credits.usage', gen_random_uuid()::text, repeat('0', 64), '${tag}-${cell}',
+select billing.run_usage_report(u.id, 'credits.usage', gen_random_uuid()::text, repeat('0', 64), '${tag}-${cell}',
   '${usageArgs}'::jsonb, 200) from bench.money_users u where u.fixture = '${run}-${cell}' and u.n = :n;
 `;
 }
@@ -121,7 +121,7 @@ const cpu = (k: string) => median(results[k].map((c) => c.cpuMs));
 const verdict = (ok: boolean) => (ok ? 'met' : 'MISSED');
 
 say(`\n### (a) The money request against a bare guarded UPDATE (per second, medians of ${rounds} × ${seconds} s)\n`);
-say('| clients | bare UPDATE | run_money_request (usage) | ratio | target |');
+say('| clients | bare UPDATE | run_usage_report (usage) | ratio | target |');
 say('| --- | --- | --- | --- | --- |');
 const ratios: Record<string, number> = {};
 for (const [clients, target] of [[16, 0.25], [1, 0.35]]) {

@@ -118,7 +118,7 @@ export function cellsFor(
       sql: (sql, i) => sql`select * from billing.get_balance(${spreadUsers[i % spreadAccounts]})`,
     },
     {
-      name: 'SQL alone: run_money_request (usage)',
+      name: 'SQL alone: run_usage_report (usage)',
       url: '',
       args: [],
       pid: Deno.pid,
@@ -126,7 +126,7 @@ export function cellsFor(
       sql: (sql, i) => moneyRequestSql(sql, spreadUsers[i % spreadAccounts], i),
     },
     {
-      name: 'SQL alone: run_money_request (one account)',
+      name: 'SQL alone: run_usage_report (one account)',
       url: '',
       args: [],
       pid: Deno.pid,
@@ -153,7 +153,7 @@ export function cellsFor(
 }
 /** What POST /credits/usage sends (idempotent with inSql, idempotency.ts), with a fresh key. */
 export const moneyRequestSql = (sql: postgres.Sql, user: string, i: number) =>
-  sql`select * from billing.run_money_request(${user}, 'credits.usage', ${`${runId}-sql-${i}`}, ${'0'.repeat(64)},
+  sql`select * from billing.run_usage_report(${user}, 'credits.usage', ${`${runId}-sql-${i}`}, ${'0'.repeat(64)},
     ${`${runId}-sql-${i}`}, ${usageArgs}::text::jsonb, 201, false)`;
 export const usageArgs = JSON.stringify({ model: 'gpt-4o-mini', input_tokens: 100, output_tokens: 10 });
 

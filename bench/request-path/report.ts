@@ -126,7 +126,7 @@ export function printReport(
         'bench process (the postgres.js client side alone).',
     );
     say(
-      `- One account against 256, the SQL alone: ${sqlHotRatio.toFixed(2)}×: run_money_request holds the account's ` +
+      `- One account against 256, the SQL alone: ${sqlHotRatio.toFixed(2)}×: run_usage_report holds the account's ` +
         'row lock for its whole run, so the 16 clients queue on it.',
     );
   }

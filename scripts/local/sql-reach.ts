@@ -15,7 +15,10 @@ export const ceilings: Record<string, { ceiling: number; target: number }> = {
   'billing.begin_ai_call': { ceiling: 30, target: 41 },
   'billing.complete_job': { ceiling: 41, target: 41 },
   'billing.run_usage_request': { ceiling: 32, target: 36 },
-  'billing.run_money_request': { ceiling: 99, target: 71 },
+  'billing.run_money_request': { ceiling: 61, target: 71 },
+  'billing.run_grant_request': { ceiling: 61, target: 71 },
+  'billing.run_code_request': { ceiling: 71, target: 71 },
+  'billing.run_usage_report': { ceiling: 70, target: 71 },
 };
 export const entryPoints = Object.keys(ceilings);
 

@@ -4,9 +4,9 @@
 //   1. Layers. A file's number is its layer (10-ledger.sql is layer 10): a function, view or
 //      default in a file calls only functions defined in its own layer or a lower one. The
 //      core (the ledger, its writer, holds, lots) sits lowest and calls nothing above it;
-//      features build what moves and call down. The calls still pointing up are listed in
+//      features build what moves and call down. Calls still pointing up would be listed in
 //      `upwardCallsKnown` below, each to be moved down: the check fails on any other, and on a
-//      listed one that is gone (so the list only shrinks).
+//      listed one that is gone (so the list only shrinks; it is empty).
 //   2. One writer. Only billing.post_transfers and the writer's other operations (its debit,
 //      billing.post_debit; a hold, billing.place_hold; a void, billing.end_holds) and the
 //      steps they share (`writerSteps`) insert into (or updates, or deletes from) the
@@ -226,15 +226,10 @@ const layerOf = (file: string) => Number(/^(\d+)-/.exec(file)![1]);
 
 /**
  * Calls still pointing up, each `caller -> callee`, to be moved down (the check fails on a call
- * not listed here, and on a listed one that no longer exists). Only the settle's hold ends (an
- * expiry, holds that gave way to one, what other hold ends left waiting) tell billing.hold_ended,
- * whose body refunds and lost disputes own (51-refunds-disputes.sql): a hook the core calls, kept
- * where its owners write it.
+ * not listed here, and on a listed one that no longer exists). None: the core calls nothing
+ * above it (a refund's take-backs are the tick's, billing.take_back_claims in 51-refunds-disputes.sql).
  */
-export const upwardCallsKnown: string[] = [
-  'billing.expire_overdue_holds -> billing.hold_ended',
-  'billing.holds_gave_way -> billing.hold_ended',
-];
+export const upwardCallsKnown: string[] = [];
 
 /** What breaks the layers: calls up not listed, and listed ones that are gone. */
 export function layerProblems(dir: string, known: string[] = upwardCallsKnown): string[] {

@@ -591,9 +591,6 @@ declare
   v_overdue numeric := 0;
   v_due numeric := 0;
   v_given numeric := 0;
-  v_claims numeric;
-  v_reversals numeric := 0;                       -- of them, a refund's or a dispute's (not a provider's excess)
-  v_paid numeric := 0;                            -- what claims owed again took of free credits
   v_frozen numeric := 0;
   v_debt numeric;
 begin
@@ -604,9 +601,9 @@ begin
   -- As billing.settled would leave it: overdue holds ended; once next_expiry has passed, due lots
   -- expired (reserved or frozen, whole) and the live holds that reserved them shrunk by their
   -- part. Each sum is read only when it can be non-zero: nearly every account has nothing held or
-  -- due, and is answered from its row.
+  -- due, and is answered from its row. (A claims hold is held until the tick takes its claims
+  -- back, billing.take_back_claims: no settle ends it.)
   if a.next_hold_expiry <= now() then
-    -- (A claims hold, due at once, keeps what it holds until a settle takes it back: still held.)
     v_overdue := coalesce((select sum(h.amount) from billing.holds h where h.account_id = a.id and h.status = 'active'
                            and h.expires_at <= now() and h.purpose <> 'claims'), 0);
   end if;
@@ -614,55 +611,29 @@ begin
     v_due := coalesce((select sum(l.remaining) from billing.lots l
                        where l.account_id = a.id and l.open and l.expires_at <= now()), 0);
     if a.held > 0 then
-      -- A claim a refund left on a due lot's reservation is owed again when it expires, unless
-      -- its hold's TTL passed first (then it returned the credits live, and the claim took them).
-      select coalesce(sum(t.amount), 0), coalesce(sum(t.amount) filter (where t.kind <> 'usage'), 0)
-      into v_claims, v_reversals
-      from billing.lot_take_backs t
-      join billing.lots l on l.id = t.lot_id and l.open and l.expires_at <= now()
-      join billing.holds h on h.id = t.hold_id
-      where t.buyer_id = a.id and t.claim and not (h.status = 'active' and h.expires_at <= l.expires_at);
-      if v_claims > 0 then
-        -- Owed again as billing.owe owes: the buyer's free credits for any model pay it (the
-        -- balance falls), then what their other live holds reserved of such credits is claimed
-        -- (it does not, until that hold ends), then debt (it falls). Due lots are gone by then.
-        v_paid := least(v_claims, coalesce((
-            select sum(l.remaining - l.reserved) from billing.lots l
-            where l.account_id = a.id and l.open and l.applies_to is null and l.remaining > l.reserved
-              and not coalesce(l.expires_at <= now(), false)), 0));
-        v_due := v_due + v_claims - least(v_claims - v_paid,
-          coalesce((select sum(x.amount - coalesce((select sum(t.amount) from billing.lot_take_backs t
-                                                    where t.hold_id = x.hold_id and t.lot_id = x.lot_id), 0))
-                    from billing.hold_lots x
-                    join billing.holds h on h.id = x.hold_id and h.status = 'active' and h.expires_at > now()
-                    join billing.lots l on l.id = x.lot_id and l.applies_to is null
-                      and not coalesce(l.expires_at <= now(), false)
-                    where h.account_id = a.id), 0));
-      end if;
       v_given := coalesce((select sum(hl.amount) from billing.hold_lots hl
-                           join billing.holds h on h.id = hl.hold_id and h.status = 'active' and h.expires_at > now()
+                           join billing.holds h on h.id = hl.hold_id and h.status = 'active'
+                             and (h.expires_at > now() or h.purpose = 'claims')
                            join billing.lots l on l.id = hl.lot_id and l.open and l.expires_at <= now()
                            where h.account_id = a.id), 0);
     end if;
   end if;
   -- A frozen lot's free credits are in the balance but cannot be spent until its dispute ends;
-  -- what overdue holds reserved of it is back in them. Claims owed again took them first
-  -- (billing.owe: a reversal takes the disputed money first; a provider's excess takes them last,
-  -- not counted here). A debt beside them (the balance below what open lots hold) waits in front
-  -- of them, not of the free credits: what may be spent is Σ free, at most balance − held, as the
-  -- writer answers.
+  -- what overdue holds reserved of it is back in them. A debt beside them (the balance below what
+  -- open lots hold) waits in front of them, not of the free credits: what may be spent is Σ free,
+  -- at most balance − held, as the writer answers.
   if a.frozen_lots then
     select coalesce(sum(l.remaining - l.reserved) filter (where l.frozen), 0)
         + case when v_overdue > 0 then coalesce((select sum(hl.amount) from billing.hold_lots hl
             join billing.holds h on h.id = hl.hold_id and h.status = 'active' and h.expires_at <= now()
+              and h.purpose <> 'claims'
             join billing.lots x on x.id = hl.lot_id and x.open and x.frozen
               and not coalesce(a.next_expiry <= now() and x.expires_at <= now(), false)
             where h.account_id = a.id), 0) else 0 end,
-      coalesce(sum(l.remaining), 0) - v_paid - (a.balance - v_due)
+      coalesce(sum(l.remaining), 0) - (a.balance - v_due)
     into v_frozen, v_debt
     from billing.lots l
     where l.account_id = a.id and l.open and not coalesce(a.next_expiry <= now() and l.expires_at <= now(), false);
-    v_frozen := v_frozen - least(v_paid, v_reversals, v_frozen);
     v_frozen := v_frozen - least(greatest(v_debt, 0), v_frozen);
   end if;
   return (a.balance - v_due, a.held - v_overdue - v_given,

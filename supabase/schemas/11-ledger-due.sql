@@ -23,25 +23,19 @@ comment on function billing.expiry_key(p_lot_id bigint, p_amount numeric) is 'In
 revoke execute on function billing.expiry_key(p_lot_id bigint, p_amount numeric) from public;
 
 -- Holds the writer shrank by what expired under them (an expiry, a renewal's rollover): the
--- cap room of what they gave comes back, and each is told (hold_ended: a refund's take-back
--- pending on what it gave, or on all of it once it ended). p_parts: [{hold_id, given}].
+-- cap room of what they gave comes back. (A refund's take-back pending on what a hold gave is
+-- the tick's: billing.take_back_claims.) p_parts: [{hold_id, given}].
 create or replace function billing.holds_gave_way(p_parts jsonb) returns void
 language plpgsql
 set search_path = ''
 as $$
-declare
-  r record;
 begin
-  for r in
-    select h, x.given from jsonb_to_recordset(p_parts) x(hold_id uuid, given numeric)
-    join billing.holds h on h.id = x.hold_id order by x.hold_id
-  loop
-    perform billing.return_hold_cap_room(r.h, r.given);
-    perform billing.hold_ended((r.h).id);
-  end loop;
+  perform billing.return_hold_cap_room(h, x.given)
+  from jsonb_to_recordset(p_parts) x(hold_id uuid, given numeric)
+  join billing.holds h on h.id = x.hold_id order by x.hold_id;
 end;
 $$;
-comment on function billing.holds_gave_way(p_parts jsonb) is 'Internal: after holds shrank by what expired under them, returns their cap room and tells hold_ended.';
+comment on function billing.holds_gave_way(p_parts jsonb) is 'Internal: after holds shrank by what expired under them, returns their cap room.';
 revoke execute on function billing.holds_gave_way(p_parts jsonb) from public;
 
 -- A lot expires whole when due, reserved or not, frozen or not (docs/credit-lots.md § Spending
@@ -59,7 +53,6 @@ declare
   v_parts jsonb := '[]'::jsonb;
 begin
   select * into v_account from billing.accounts a where a.id = p_account_id for update;
-  perform billing.expire_overdue_holds(p_account_id, '-infinity');  -- what ended holds left waiting, first
   for v_due in
     select l.id, l.expires_at from billing.lots l
     where l.account_id = p_account_id and l.open and l.expires_at <= now()
@@ -84,7 +77,7 @@ begin
       jsonb_build_object('first', jsonb_build_array(v_lot.id)));
     v_count := v_count + 1;
   end loop;
-  -- Told once every due lot expired: a claim owed again is never paid with a lot due with it.
+  -- Their cap room, once every due lot expired.
   perform billing.holds_gave_way(v_parts);
   -- Overdue holds end, and next_hold_expiry is made exact, nothing held or not: settled, an
   -- account no longer falls due (billing.falls_due; a hold's road refuses one that does).
@@ -98,68 +91,49 @@ $$;
 comment on function billing.expire_due_lots(p_account_id bigint) is 'Internal: expires every lot of the account whose expires_at has passed (reserved credits too: the holds shrink), then makes next_expiry exact.';
 revoke execute on function billing.expire_due_lots(p_account_id bigint) from public;
 
--- p_due_by: the holds whose TTL passed by then (billing.expire_due_lots, lot by lot; '-infinity':
--- none, only what ended holds left waiting); null: by now, after the lots that expired before
--- them (expire_due_lots ends those holds in order).
+-- p_due_by: the holds whose TTL passed by then (billing.expire_due_lots, lot by lot); null: by
+-- now, after the lots that expired before them (expire_due_lots ends those holds in order).
+-- A hold's end never takes back what a refund claimed of it, so no settle reaches refunds: what
+-- it returned of claimed lots stays reserved (billing.keep_claims) until the tick takes the claims
+-- back (billing.take_back_claims). A claims hold is the tick's alone: a settle never ends it.
 create or replace function billing.expire_overdue_holds(p_account_id bigint, p_due_by timestamptz default null)
 returns integer
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_count integer;
-  v_caps integer;
   v_next_expiry timestamptz;
-  v_expired jsonb;
-  v_ids uuid[];
-  v_id uuid;
+  h billing.holds;
+  v_count integer := 0;
 begin
   -- The account is locked first, as everywhere else; the writer voids its overdue holds.
-  select a.caps, a.next_expiry into v_caps, v_next_expiry from billing.accounts a where a.id = p_account_id for update;
-  -- A hold's end never takes back what a refund claimed of it, so no capture, release or finish
-  -- reaches refunds: the account falls due at once instead (billing.end_holds and
-  -- billing.post_capture set next_hold_expiry to now), so whatever spends, holds or moves its
-  -- credits next settles it first, and so does the sweep within the minute. Here, before
-  -- anything else that fell due (the account was found not due when each of those holds ended):
-  -- the take-backs pending on its ended holds, in the order they ended.
-  perform billing.hold_ended(x.id)
-  from (select distinct h.id, h.finished_at from billing.lot_take_backs t join billing.holds h on h.id = t.hold_id
-        where h.account_id = p_account_id and h.status <> 'active') x
-  order by x.finished_at, x.id;
+  select a.next_expiry into v_next_expiry from billing.accounts a where a.id = p_account_id for update;
   if p_due_by is null and v_next_expiry <= now() then
     perform billing.expire_due_lots(p_account_id);
   end if;
-  select count(*), jsonb_agg(jsonb_build_object('amount', h.amount, 'model', h.metadata ->> 'model',
-                                      'at', coalesce((h.metadata ->> 'cap_counted_at')::timestamptz, h.created_at),
-                                      'member', h.member_id,
-                                      'also', case when h.purpose in ('ai', 'claims') then h.metadata -> 'fallbacks' end)), array_agg(h.id order by h.expires_at, h.id)
-    into v_count, v_expired, v_ids
-  from billing.holds h where h.account_id = p_account_id and h.status = 'active'
-    and h.expires_at <= coalesce(p_due_by, now());
+  for h in
+    select x.* from billing.holds x where x.account_id = p_account_id and x.status = 'active'
+      and x.purpose <> 'claims' and x.expires_at <= coalesce(p_due_by, now())
+    order by x.expires_at, x.id
+  loop
+    perform billing.end_holds(array[h.id], 'expired');
+    -- A member's hold on a school's wallet counted against the member's own cap too.
+    perform billing.return_hold_cap_room(h, h.amount - billing.keep_claims(h, null));
+    v_count := v_count + 1;
+  end loop;
   if v_count > 0 then
-    -- One at a time, in the order they fell due: what a hold's take-backs owe is drawn from free
-    -- credits, never from what a later one returns that its own take-backs claimed.
-    foreach v_id in array v_ids loop
-      perform billing.end_holds(array[v_id], 'expired');
-      perform billing.hold_ended(v_id);
-    end loop;
     -- Credits given back never charge the card by themselves (docs/spend-controls.md): no recharge.
     perform billing.watch_account(a.id, a.balance - a.held, null) from billing.accounts a
     where a.id = p_account_id and (a.low_balance_threshold is not null or a.auto_recharge_below is not null);
-    if v_caps > 0 then
-      -- A member's hold on a school's wallet counted against the member's own cap too.
-      perform billing.return_cap_room(p_account_id, (x ->> 'amount')::numeric, x ->> 'model', (x ->> 'at')::timestamptz,
-        (x ->> 'member')::uuid, array(select jsonb_array_elements_text(nullif(x -> 'also', 'null'))))
-      from jsonb_array_elements(coalesce(v_expired, '[]')) x;
-    end if;
   end if;
   -- Exact again once it has passed (holds ended meanwhile left it early: a lower bound).
   update billing.accounts a
-  set next_hold_expiry = (select min(h.expires_at) from billing.holds h where h.account_id = a.id and h.status = 'active')
+  set next_hold_expiry = (select min(x.expires_at) from billing.holds x
+                          where x.account_id = a.id and x.status = 'active' and x.purpose <> 'claims')
   where a.id = p_account_id and a.next_hold_expiry <= now();
   return v_count;
 end;
 $$;
-comment on function billing.expire_overdue_holds(p_account_id bigint, p_due_by timestamptz) is 'Ends one account''s holds whose TTL passed by p_due_by (by now: after the lots that expired before them), each told to billing.hold_ended. Used by the spend path and the pg_cron sweeps.';
+comment on function billing.expire_overdue_holds(p_account_id bigint, p_due_by timestamptz) is 'Ends one account''s holds whose TTL passed by p_due_by (by now: after the lots that expired before them), one at a time, what refunds claimed of each kept reserved (billing.keep_claims). Used by the spend path and the pg_cron sweeps.';
 revoke execute on function billing.expire_overdue_holds(p_account_id bigint, p_due_by timestamptz) from public;
 

@@ -232,17 +232,15 @@ $$;
 comment on function billing.give_way_to_excess(p_account_id bigint, p_model text, p_amount numeric) is 'Internal (the writer''s): for an excess of p_amount beyond the free credits that may pay for p_model, the account''s live holds give up their reservations of such lots, newest first (claimed last); the holds that gave, [{hold, given}].';
 revoke execute on function billing.give_way_to_excess(p_account_id bigint, p_model text, p_amount numeric) from public;
 
--- A hold's end (a capture's rest, a release) never takes back what a refund claimed of its
--- reservation (billing.lot_take_backs): no capture, release or finish reaches refunds. What it
--- returned of a claimed lot, up to the claims, stays reserved, never free, in a hold of its own
--- (purpose 'claims'; the ended hold's account, member and model, and the start its cap room was
--- counted at, `cap_counted_at`, so that room comes back as the ended hold's would have; its own
--- created_at is now, as every reading of the past sees it), and the claims move onto it. It is due at once:
--- the account's next settle (whatever spends, holds or moves its credits; a user's own capture
--- or release at once; the sweep within the minute) ends it and takes the claims back
--- (billing.expire_overdue_holds, billing.hold_ended). With nothing returned to keep, the claims
--- wait on the ended hold, taken by that same settle. The writer's step, under the caller's
--- account lock; returns what it kept reserved.
+-- A hold's end (a capture's rest, a release, its TTL) never takes back what a refund claimed of
+-- its reservation (billing.lot_take_backs): no capture, release, finish or settle reaches refunds.
+-- What it returned of a claimed lot, up to the claims, stays reserved, never free, in a hold of
+-- its own (purpose 'claims'; the ended hold's account, member and model, and the start its cap
+-- room was counted at, `cap_counted_at`, so that room comes back as the ended hold's would have;
+-- its own created_at is now, as every reading of the past sees it), and the claims move onto it.
+-- No settle ends it: the worker's tick does, within the minute, and takes the claims back
+-- (billing.take_back_claims); it also takes what claims wait on an ended hold that returned none
+-- of them. The writer's step, under the caller's account lock; returns what it kept reserved.
 create or replace function billing.keep_claims(p_hold billing.holds, p_capture bigint)
 returns numeric
 language plpgsql
@@ -280,7 +278,7 @@ begin
       now(), 'claims', p_hold.member_id);
     update billing.lot_take_backs t set hold_id = v_id where t.hold_id = p_hold.id;
   end if;
-  update billing.accounts a set held = a.held + v_kept, next_hold_expiry = now() where a.id = p_hold.account_id;
+  update billing.accounts a set held = a.held + v_kept where a.id = p_hold.account_id and v_kept > 0;
   return v_kept;
 end;
 $$;

@@ -6,8 +6,8 @@
 -- places, posts (a capture, with its movement) and voids (released, expired) one, and
 -- keeps the reservation and the account's held with it (hold_step); the functions here decide
 -- what may be held and when, under the account lock, account first, then the hold, and tell
--- billing.hold_ended when one ends. The table is in 10-ledger.sql; holds past their TTL end on
--- the writer's road (expire_overdue_holds, 11-ledger-writer.sql).
+-- billing.keep_claims when one ends. The table is in 10-ledger.sql; holds past their TTL end on
+-- the writer's road (expire_overdue_holds, 11-ledger-due.sql).
 
 -- ============================================================ types
 
@@ -226,10 +226,6 @@ begin
 
   -- Two statements: the answer is read (a stable function, the caller's snapshot) after the capture.
   v_hold := billing.post_capture(v_hold, v_capture, p_correlation_id, p_metadata);
-  -- A refund's take-back the hold's end left to the next settle is taken now (the account fell
-  -- due): the user is answered what is left. A server's finish through billing.charge_hold_at
-  -- leaves it to the next settle.
-  perform billing.settled(a) from billing.accounts a where a.id = v_hold.account_id;
   return billing.hold_result_of(v_hold, false);
 end;
 $$;
@@ -278,7 +274,6 @@ begin
   end if;
   -- Two statements: the answer is read (a stable function, the caller's snapshot) after the void.
   v_hold := billing.void_hold(p_hold_id);
-  perform billing.settled(a) from billing.accounts a where a.id = v_hold.account_id;  -- as a capture does
   return billing.hold_result_of(v_hold, false);
 end;
 $$;
@@ -297,9 +292,7 @@ declare
 begin
   for v_account_id in
     select h.account_id from billing.holds h
-    where h.status = 'active' and h.expires_at <= now()
-    union  -- and those whose ended holds left take-backs waiting (billing.expire_overdue_holds)
-    select h.account_id from billing.lot_take_backs t join billing.holds h on h.id = t.hold_id and h.status <> 'active'
+    where h.status = 'active' and h.expires_at <= now() and h.purpose <> 'claims'
     order by 1 limit p_limit
   loop
     v_total := v_total + billing.expire_overdue_holds(v_account_id);
@@ -307,7 +300,7 @@ begin
   return v_total;
 end;
 $$;
-comment on function billing.release_expired_holds(p_limit integer) is 'pg_cron: releases holds past their TTL and takes back what ended holds left waiting, for at most p_limit accounts per run. Idempotent.';
+comment on function billing.release_expired_holds(p_limit integer) is 'pg_cron: releases holds past their TTL (what refunds claimed of them kept reserved), for at most p_limit accounts per run. Idempotent.';
 revoke execute on function billing.release_expired_holds(p_limit integer) from public;
 grant execute on function billing.release_expired_holds(p_limit integer) to service_role;
 

@@ -1,11 +1,11 @@
--- Money requests and HTTP idempotency. A money route runs one transaction: run_money_request
--- checks the caller's standing, claims the Idempotency-Key, performs the action
--- (perform_money_action) and stores the answer, so a retry gets the stored answer and a
--- concurrent duplicate waits. Any other idempotent route claims its key
--- (claim_idempotency_key), does its work (a Stripe call, outside any transaction) and stores the
--- answer (complete_idempotency_key). Both keep the answer in one format (idempotency_keys).
--- run_money_request and perform_money_action dispatch to the domains (a code's redemption among
--- them), so they sit above them, in 78-money-actions.sql; here, what they and others build on.
+-- Money requests and HTTP idempotency. A money route runs one transaction, its route group's
+-- door (run_usage_report, run_code_request, run_money_request): it checks the caller's
+-- standing, claims the Idempotency-Key, performs the action and stores the answer, so a retry
+-- gets the stored answer and a concurrent duplicate waits. Any other idempotent route claims its
+-- key (claim_idempotency_key), does its work (a Stripe call, outside any transaction) and stores
+-- the answer (complete_idempotency_key). Both keep the answer in one format (idempotency_keys).
+-- The doors call into the domains (a code's redemption among them), so they sit above them, in
+-- 78-money-actions.sql; here, what they and others build on.
 
 -- ============================================================ types
 
@@ -76,7 +76,7 @@ $$;
 comment on function billing.refusal_answer(p_token text, p_details jsonb, p_request_id text) is 'Internal: a refusal with its details, answered to this request and stored nowhere.';
 revoke execute on function billing.refusal_answer(p_token text, p_details jsonb, p_request_id text) from public;
 
--- The one upsert of a key (claim_idempotency_key and run_money_request): the row of another
+-- The one upsert of a key (claim_idempotency_key and claim_money_request): the row of another
 -- request under the key, answered or not, or null when this request now holds it. A concurrent
 -- claim of the same key blocks here until the first transaction ends.
 create or replace function billing.take_idempotency_key(p_user uuid, p_action text, p_key text, p_request_hash text,
@@ -190,7 +190,7 @@ revoke execute on function billing.hold_json(h billing.hold_result) from public;
 -- id, so a retry is answered from it (the balance from its entry) and another request under the
 -- key is refused; nothing else is stored, and no subtransaction is opened. The writer answers
 -- what the account has and what its caps leave (counting the charge against them). Null hands
--- the request to the general path (run_money_request), which answers and stores everything
+-- the request to the general path (run_usage_report), which answers and stores everything
 -- else: a refusal, an organisation member, credits for some models, an account with something
 -- fallen due (that path settles it), an unknown model, a zero-priced event, an answer that path
 -- stored already. The account lock serialises this path
@@ -262,7 +262,7 @@ begin
     null, null, p_request_id, now(), false)::billing.request_answer;
 end;
 $$;
-comment on function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer) is 'Internal: POST /credits/usage for a student paying from their own account, the transfer its only record; null hands the request to run_money_request''s general path.';
+comment on function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer) is 'Internal: POST /credits/usage for a student paying from their own account, the transfer its only record; null hands the request to run_usage_report''s general path.';
 revoke execute on function billing.run_usage_request(p_user uuid, p_key text, p_request_hash text, p_request_id text, p_args jsonb, p_success_status integer) from public;
 
 -- A usage charge as POST /credits/usage answers it when the student paid (UsageResult).

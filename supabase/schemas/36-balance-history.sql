@@ -223,7 +223,7 @@ declare
     left join lateral (select x.amount_before from billing.hold_resizes x
                        where x.hold_id = h.id and x.resized_at > p_at order by x.resized_at, x.id limit 1) r on true
     where h.account_id = p_account_id and h.created_at <= p_at and (h.finished_at is null or h.finished_at > p_at)
-      and h.expires_at > p_at
+      and (h.expires_at > p_at or h.purpose = 'claims')  -- a claims hold holds until the tick ends it
       and (h.created_at > p_at - interval '1 day'
            or (h.expires_at at time zone 'UTC') > (h.created_at at time zone 'UTC') + interval '1 day')), 0);
   v_next record;

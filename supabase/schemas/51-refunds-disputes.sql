@@ -252,6 +252,67 @@ $$;
 comment on function billing.hold_ended(p_hold_id uuid) is 'Internal: called when a hold ends or gives way, under its account lock: the take-backs pending on it (billing.lot_take_backs; a live hold''s, on the lots it gave up): what it returned of each lot taken back from the lot, what it drew owed by the buyer (forgiven if expired, but a claim). True when it took or owed anything (balances moved).';
 revoke execute on function billing.hold_ended(p_hold_id uuid) from public;
 
+-- The tick's, never a settle's: what refunds claimed of held credits is taken back once the hold
+-- that reserved them ended (its claims hold, billing.keep_claims; the ended hold itself when it
+-- returned none of them) or the lot expired under it. The account is locked and settled first (a
+-- due lot expires before a take-back reads it); then its holds are told one at a time, in the
+-- order they ended, a claims hold released just before (its cap room back), so what one hold owes
+-- never draws what another returned for its own claims. Until then the claimed credits are
+-- reserved or were spent by the hold: never free. Returns the holds told.
+create or replace function billing.take_back_claims(p_account_id bigint) returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  h billing.holds;
+  v_count integer := 0;
+begin
+  perform billing.settled(a) from billing.accounts a where a.id = p_account_id for update;
+  for h in
+    select x.* from billing.holds x
+    where x.account_id = p_account_id and exists (
+      select 1 from billing.lot_take_backs t join billing.lots l on l.id = t.lot_id
+      where t.hold_id = x.id and (x.status <> 'active' or x.purpose = 'claims' or not l.open))
+    order by coalesce(x.finished_at, x.created_at), x.id
+  loop
+    if h.purpose = 'claims' and h.status = 'active' then
+      perform billing.end_holds(array[h.id], 'released');
+      perform billing.return_hold_cap_room(h, h.amount);
+    end if;
+    perform billing.hold_ended(h.id);
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end;
+$$;
+comment on function billing.take_back_claims(p_account_id bigint) is 'Internal (the tick''s): takes back what refunds claimed of one account''s ended holds (a claims hold released first) and of lots that expired under live ones, hold by hold in the order they ended.';
+revoke execute on function billing.take_back_claims(p_account_id bigint) from public;
+
+-- pg_cron, each minute: the accounts with refunds' take-backs due (billing.take_back_claims).
+create or replace function billing.take_back_due_claims(p_limit integer default 500) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_account_id bigint;
+  v_total integer := 0;
+begin
+  for v_account_id in
+    select distinct h.account_id from billing.lot_take_backs t join billing.holds h on h.id = t.hold_id
+    join billing.lots l on l.id = t.lot_id
+    where h.status <> 'active' or h.purpose = 'claims' or not l.open
+    order by 1 limit p_limit
+  loop
+    v_total := v_total + billing.take_back_claims(v_account_id);
+  end loop;
+  return v_total;
+end;
+$$;
+comment on function billing.take_back_due_claims(p_limit integer) is 'pg_cron: takes back what refunds claimed of ended holds (billing.take_back_claims), for at most p_limit accounts per run. Idempotent.';
+revoke execute on function billing.take_back_due_claims(p_limit integer) from public, anon, authenticated;
+grant execute on function billing.take_back_due_claims(p_limit integer) to service_role;
+
 create or replace function billing.take_back_purchase(p_purchase billing.purchases, p_amount numeric, p_category text,
   p_kind billing.transfer_kind, p_key text, p_reference text) returns void
 language plpgsql

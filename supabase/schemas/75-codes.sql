@@ -259,8 +259,8 @@ revoke execute on function billing.begin_gift_checkout(p_user uuid, p_package_id
 grant execute on function billing.begin_gift_checkout(p_user uuid, p_package_id text, p_request_key text, p_code_id uuid, p_code_hash text) to service_role;
 
 -- The failed-guess count is read at the start of a redemption and a refusal is recorded after its
--- work rolled back (run_money_request): without a lock, requests in flight together all read the
--- same count. run_money_request takes these before the redemption, for the whole transaction, so
+-- work rolled back (run_code_request): without a lock, requests in flight together all read the
+-- same count. run_code_request takes these before the redemption, for the whole transaction, so
 -- a caller's (and an address's) redemptions count and record one after another. User first.
 create or replace function billing.lock_code_guesses(p_user uuid, p_address_hash text) returns void
 language plpgsql
@@ -315,7 +315,7 @@ declare
   v_answer jsonb;
 begin
   -- Guessing stops here, counted from the audit (no Redis needed), before any code is looked up,
-  -- under lock_code_guesses: run_money_request took it already, so that it also covers the refusal's
+  -- under lock_code_guesses: run_code_request took it already, so that it also covers the refusal's
   -- record; taking it again is a no-op there and guards any other caller.
   perform billing.lock_code_guesses(p_user, p_address_hash);
   -- Many people may share an address (a school's network): its limit is the deployment's choice.
@@ -426,10 +426,10 @@ begin
   return v_answer;
 end;
 $$;
-comment on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer) is 'Internal (POST /credits/codes/redeem through run_money_request): redeems a code for p_user under its row lock; the same user again answers the first redemption. p_address_limit: failed guesses an hour per address (default 30; a user''s are 10).';
+comment on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer) is 'Internal (POST /credits/codes/redeem through run_code_request): redeems a code for p_user under its row lock; the same user again answers the first redemption. p_address_limit: failed guesses an hour per address (default 30; a user''s are 10).';
 revoke execute on function billing.redeem_code(p_user uuid, p_code_hash text, p_address_hash text, p_address_limit integer) from public;
 
--- A refused redemption rolls its work back; run_money_request records the attempt after that.
+-- A refused redemption rolls its work back; run_code_request records the attempt after that.
 create or replace function billing.record_code_attempt(p_user uuid, p_args jsonb, p_outcome text) returns void
 language sql
 set search_path = ''

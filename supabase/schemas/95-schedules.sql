@@ -45,6 +45,8 @@ revoke execute on function billing.call_function(p_path text, p_timeout_millisec
 
 select cron.schedule('billing-release-expired-holds', '* * * * *', $$select billing.release_expired_holds(500)$$);
 
+select cron.schedule('billing-take-back-due-claims', '* * * * *', $$select billing.take_back_due_claims(500)$$);
+
 select cron.schedule('billing-delete-expired-idempotency-keys', '*/5 * * * *',
   $$select billing.delete_expired_idempotency_keys(5000)$$);
 

@@ -53,7 +53,7 @@ select is((billing.charge_usage('aaaaaaaa-0000-4000-8000-000000000001', 'kinds-f
 select is((select metadata - 'model' from billing.transfers where idempotency_key = 'kinds-usage-1'),
   '{"images": 3, "input_tokens": 1000, "audio_seconds": 10, "output_tokens": 500, "reasoning_tokens": 250, "cached_input_tokens": 4000}'::jsonb,
   'the usage transfer records every kind, over the caller''s metadata');
-select is((billing.run_money_request('aaaaaaaa-0000-4000-8000-000000000001', 'credits.usage', 'kinds-usage-2', 'h-kinds-2',
+select is((billing.run_usage_report('aaaaaaaa-0000-4000-8000-000000000001', 'credits.usage', 'kinds-usage-2', 'h-kinds-2',
   'r-kinds-2', '{"model": "kinds-full", "input_tokens": 0, "output_tokens": 0, "images": 1}', 201)).data ->> 'charged', '80',
   'the money request passes the optional kinds through');
 select is(

@@ -18,7 +18,7 @@ select isnt(billing.scoped_key(repeat('s', 64), repeat('k', 254) || 'a'), billin
 
 insert into auth.users (id) values ('dddddddd-0000-4000-8000-000000000066');
 select billing.grant_credits('dddddddd-0000-4000-8000-000000000066', 10, 'promo_grant', 'input-edges-grant');
-create temp table r as select * from billing.run_money_request('dddddddd-0000-4000-8000-000000000066', 'credits.usage',
+create temp table r as select * from billing.run_usage_report('dddddddd-0000-4000-8000-000000000066', 'credits.usage',
   repeat('~', 255), 'h', 'req-66', '{"model": "gpt-4o-mini", "input_tokens": 1, "output_tokens": 1}', 201);
 select is((select status from r), 201, 'a usage charge under a 255-character key is made, not refused');
 select is((select t.idempotency_key from billing.transfers t where t.id = ((select data from r) ->> 'transfer_id')::bigint),

@@ -1,15 +1,16 @@
--- billing.run_money_request, what every money route runs: it raises no refusal but answers each
+-- A money route's statement (here POST /credits/usage's, billing.run_usage_report; every money
+-- route's shares its frame, 78-money-actions.sql): it raises no refusal but answers each
 -- as a row (its statement carries the request's values, one round trip, _shared/adapters/sql-literal.ts inline, and
 -- Postgres logs the text of a statement that fails): a refusal before the key is claimed stores
 -- nothing; a reused key leaves the first answer as it was. A route that calls Stripe claims its
 -- key, then stores its answer in the same format (claim_idempotency_key, complete_idempotency_key).
 begin;
-select plan(20);
+select plan(22);
 \ir helpers.psql
 
 create function pg_temp.usage(p_user uuid, p_key text, p_tokens integer, p_admin boolean default false)
 returns billing.request_answer language sql as $$
-  select * from billing.run_money_request(p_user, 'credits.usage', p_key, 'hash-' || p_tokens, 'req-' || p_key,
+  select * from billing.run_usage_report(p_user, 'credits.usage', p_key, 'hash-' || p_tokens, 'req-' || p_key,
     jsonb_build_object('model', 'gpt-4o', 'input_tokens', p_tokens, 'output_tokens', 0), 201, p_admin)
 $$;
 
@@ -35,6 +36,14 @@ select is((select refusal_token || ' ' || replayed::text from pg_temp.usage('ddd
   'IDEMPOTENCY_KEY_REUSED false', 'it is answered IDEMPOTENCY_KEY_REUSED');
 select is((select status || ' ' || replayed::text from pg_temp.usage('dddddddd-0000-4000-8000-000000000066', 'k-1', 100)),
   '201 true', 'and the first answer is still the one replayed');
+
+-- Each route group has its own door, which runs only its own actions (a caller's mistake, not a refusal).
+select is(pg_temp.err($$select billing.run_money_request('dddddddd-0000-4000-8000-000000000066', 'credits.usage', 'k-door',
+  'h', 'req-door', '{"model": "gpt-4o", "input_tokens": 1, "output_tokens": 0}', 201)$$),
+  'billing.run_money_request does not run credits.usage', 'the holds door does not charge usage');
+select is(pg_temp.err($$select billing.run_usage_report('dddddddd-0000-4000-8000-000000000066', 'credits.holds', 'k-door',
+  'h', 'req-door', '{"amount": "1"}', 201)$$),
+  'billing.run_usage_report does not run credits.holds', 'nor the usage door place a hold');
 
 -- A route with an external call: claimed, in flight, answered, replayed.
 create function pg_temp.claim(p_hash text) returns billing.request_answer language sql as $$

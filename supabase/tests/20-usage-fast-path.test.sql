@@ -10,7 +10,7 @@ select plan(11);
 insert into auth.users (id) select ('f5f5f5f5-0000-4000-8000-00000000000' || n)::uuid from generate_series(1, 3) n;
 create function pg_temp.u(n int) returns uuid language sql as $$ select ('f5f5f5f5-0000-4000-8000-00000000000' || n)::uuid $$;
 create function pg_temp.usage(n int, p_key text, p_tokens integer) returns billing.request_answer language sql as $$
-  select * from billing.run_money_request(pg_temp.u(n), 'credits.usage', p_key, 'hash-' || p_key, 'req-' || p_key,
+  select * from billing.run_usage_report(pg_temp.u(n), 'credits.usage', p_key, 'hash-' || p_key, 'req-' || p_key,
     jsonb_build_object('model', 'gpt-4o', 'input_tokens', p_tokens, 'output_tokens', 0), 201)
 $$;
 create function pg_temp.acct(n int) returns billing.accounts language sql as $$

@@ -1,10 +1,10 @@
 -- What a provider billed past a hold (billing.charge_excess): from the account's free credits,
 -- then what its live holds reserved (the newest hold gives up its reservation first, one a refund
 -- claimed last), then debt, all at once; never a claim waiting on a hold. A refund's take-back
--- pending on a hold that a server's finish ends waits for the account's next settle
--- (billing.take_back_ended): the account falls due, and nothing spends before it is taken.
+-- pending on a hold that a server's finish ends waits for the minute's tick
+-- (billing.take_back_claims): what the hold returned of it stays reserved until then.
 begin;
-select plan(15);
+select plan(16);
 \ir helpers.psql
 
 create function pg_temp.acct(p uuid) returns bigint language sql as $$
@@ -68,11 +68,11 @@ select results_eq($$select h.status, h.metadata ->> 'given_to_excess',
     from billing.holds h where h.idempotency_key = 'oc-f1'$$,
   $$values ('released'::text, '10'::text, 10::numeric)$$, 'the live hold gives way before frozen credits pay');
 
--- ============================================================ a refund's take-back waits for the settle
+-- ============================================================ a refund's take-back waits for the tick
 
 -- A student's purchase (mini) is held in full by a call; refunded while it runs, the hold's
--- reservation is claimed. The call ends cheaper than its hold: what it returned is taken back at
--- the account's next settle, which falls due at once, and nothing can spend it before.
+-- reservation is claimed. The call ends cheaper than its hold: what it returned stays reserved
+-- in a claims hold, nothing can spend it, and the tick takes it back.
 insert into auth.users (id) values ('c1a10000-0000-4000-8000-000000000003');
 create temp table buy as select (billing.begin_checkout('c1a10000-0000-4000-8000-000000000003', 'mini', 'oc-rk', null, false,
   null)).purchase_id as id;
@@ -88,29 +88,31 @@ create temp table c3 as select (billing.begin_ai_call('c1a10000-0000-4000-8000-0
   'h', 3600, p_min_output_tokens => 1) ->> 'call_id')::uuid as id;
 select billing.sync_purchase(pg_temp.state((select price_cents from billing.purchases where id = (select id from buy))));
 select pg_temp.fin((select id from c3), 100);
-select results_eq($$select a.balance, a.held, a.next_hold_expiry <= now() from billing.accounts a
+select results_eq($$select a.balance, a.held, coalesce(a.next_hold_expiry <= now(), false) from billing.accounts a
     where a.user_id = 'c1a10000-0000-4000-8000-000000000003'$$,
-  $$select b.balance - 2, b.balance - 2, true from bought b$$,
-  'the finish charged the call and took nothing back: what it returned stays reserved, and the account falls due');
+  $$select b.balance - 2, b.balance - 2, false from bought b$$,
+  'the finish charged the call and took nothing back: what it returned stays reserved; nothing falls due');
 select results_eq($$select h.purpose, h.status, h.amount from billing.holds h
     where h.account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000003') and h.purpose = 'claims'$$,
   $$select 'claims'::text, 'active'::text, b.balance - 2 from bought b$$, 'in a claims hold, the take-back moved onto it');
 select is(pg_temp.err($$select billing.reserve_credits('c1a10000-0000-4000-8000-000000000003', 1, 'oc-after', 600)$$),
-  'INSUFFICIENT_CREDITS', 'a hold after it settles first: the refund took back what the call returned');
-select billing.settle_spender('c1a10000-0000-4000-8000-000000000003');  -- as the gateway's next call would
+  'INSUFFICIENT_CREDITS', 'a hold after it finds nothing free: what the call returned is still claimed');
+select billing.settle_spender('c1a10000-0000-4000-8000-000000000003');  -- a settle takes nothing back
+select is((select h.status from billing.holds h where h.account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000003')
+           and h.purpose = 'claims'), 'active', 'a settle leaves the claims hold to the tick');
+select billing.take_back_due_claims(100000);  -- the minute's tick
 select results_eq($$select a.balance, a.next_hold_expiry from billing.accounts a
     where a.user_id = 'c1a10000-0000-4000-8000-000000000003'$$,
-  $$values (-2::numeric, null::timestamptz)$$, 'the purchase is gone; the 2 the call spent of it is owed; nothing falls due');
+  $$values (-2::numeric, null::timestamptz)$$, 'the tick: the purchase is gone; the 2 the call spent of it is owed; nothing falls due');
 select is((select count(*) from billing.lot_take_backs t join billing.holds h on h.id = t.hold_id
            where h.account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000003')), 0::bigint, 'no take-back waits');
 
--- ============================================================ two claims holds in one settle
+-- ============================================================ two claims holds in one tick
 
 -- Three calls hold 120.2 each of a purchase (mini), refunded while they run: their reservations
--- are claimed. Two finish (2 and 3 credits) without a settle between them (as two finishes whose
--- transactions crossed: the second read the account before the first made it due), so one settle
--- ends both claims holds: each takes back all its hold returned, and what each call spent is owed,
--- never drawn from what the other returned.
+-- are claimed. Two finish (2 and 3 credits) within the minute, so one tick ends both claims
+-- holds: each takes back all its hold returned, and what each call spent is owed, never drawn
+-- from what the other returned.
 insert into auth.users (id) values ('c1a10000-0000-4000-8000-000000000008');
 create temp table buy8 as select (billing.begin_checkout('c1a10000-0000-4000-8000-000000000008', 'mini', 'oc-rk8', null,
   false, null)).purchase_id as id;
@@ -125,17 +127,16 @@ create temp table c8 as select n, (billing.begin_ai_call('c1a10000-0000-4000-800
   'oc-c8-' || n, 'h', 3600) ->> 'call_id')::uuid as id from generate_series(1, 3) n;
 select billing.sync_purchase(pg_temp.state8((select price_cents from billing.purchases where id = (select id from buy8))));
 select pg_temp.fin((select id from c8 where n = 1), 100);
-update billing.accounts set next_hold_expiry = null where user_id = 'c1a10000-0000-4000-8000-000000000008';
 select pg_temp.fin((select id from c8 where n = 2), 150);
 select is((select count(*) from billing.holds h where h.account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000008')
            and h.purpose = 'claims' and h.status = 'active'), 2::bigint, 'two claims holds wait');
-select billing.settle_spender('c1a10000-0000-4000-8000-000000000008');
+select billing.take_back_due_claims(100000);
 select results_eq($$select trim_scale(sum(t.amount) filter (where t.idempotency_key like '%:held:%' and t.idempotency_key not like '%:owed')),
       trim_scale(sum(t.amount) filter (where t.idempotency_key like '%:owed'))
     from billing.transfers t where t.from_account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000008')
       and t.kind = 'refund_reversal'$$,
   $$values (235.4::numeric, 5::numeric)$$,
-  'one settle ends both: each takes back all its hold returned (118.2 + 117.2); only what the calls spent is owed');
+  'one tick ends both: each takes back all its hold returned (118.2 + 117.2); only what the calls spent is owed');
 
 -- ============================================================ a correction run and a debt
 

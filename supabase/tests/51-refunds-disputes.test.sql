@@ -6,7 +6,7 @@
 begin;
 set transaction isolation level repeatable read;
 lock table billing.revenue_rollup, billing.daily_revenue in exclusive mode;
-select plan(37);
+select plan(38);
 \ir helpers.psql
 
 insert into auth.users (id) select ('b0b0b0b0-0000-4000-8000-00000000000' || n)::uuid from generate_series(1, 8) n;
@@ -137,7 +137,8 @@ select is((select bonus_expiry_forgiven from billing.purchases where id = (selec
 
 -- u7: pro and other paid credits; the student holds 54,000 of 55,989: it reserves the bonus (4,999)
 -- and 49,001 of the paid lot. The bonus expires under the hold (it shrinks to 49,001); the refund
--- takes the paid lot's free 989 at once, the 49,001 the hold reserved when it ends; the bonus is forgiven.
+-- takes the paid lot's free 989 at once, the 49,001 the hold reserved at the tick after it ends; the
+-- bonus is forgiven.
 insert into p values (7, pg_temp.buy(7, 'pro'));
 select pg_temp.other_paid_credits(7);
 select billing.reserve_credits(pg_temp.u(7), 54000, 'bonus-hold-7');
@@ -148,7 +149,10 @@ select results_eq($$select balance, held, available from billing.get_balance(pg_
   $$values (50001::numeric, 49001::numeric, 1000::numeric)$$, 'u7: refunded: the paid lot''s free credits go at once, the hold keeps what it reserved');
 select billing.release_hold(pg_temp.u(7), (select h.id from billing.holds h where h.idempotency_key = 'bonus-hold-7'));
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(7))$$,
-  $$values (1000::numeric, 0::numeric, 1000::numeric)$$, 'u7: the hold released: what it returned of the paid lot is taken back; the other credits stay, no debt');
+  $$values (50001::numeric, 49001::numeric, 1000::numeric)$$, 'u7: the hold released: what it returned of the paid lot stays reserved for the refund');
+select billing.take_back_due_claims(100000);  -- the minute's tick
+select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(7))$$,
+  $$values (1000::numeric, 0::numeric, 1000::numeric)$$, 'u7: the tick took it back; the other credits stay, no debt');
 select is((select sum(l.reserved) + count(*) filter (where l.remaining > 0) from billing.lots l
            where l.purchase_id = (select id from p where n = 7)), 0::numeric, 'u7: nothing of the purchase is left');
 

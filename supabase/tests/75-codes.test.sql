@@ -59,7 +59,7 @@ select is(pg_temp.err($$select pg_temp.redeem('cccccccc-0000-4000-8000-000000000
 
 -- ============================================================ failed guesses
 
--- Refusals roll back inside redeem_code; run_money_request records them (as here).
+-- Refusals roll back inside redeem_code; run_code_request records them (as here).
 insert into billing.code_attempts (user_id, hash_prefix, address_hash, outcome)
 select 'cccccccc-0000-4000-8000-000000000003', 'aaaaaaaaaaaa', 'addr-1', 'CODE_NOT_FOUND' from generate_series(1, 10);
 select is(pg_temp.detail($$select pg_temp.redeem('cccccccc-0000-4000-8000-000000000003', 'promo-a')$$) ->> 'scope', 'user',
@@ -71,7 +71,7 @@ select is(pg_temp.detail($$select pg_temp.redeem('cccccccc-0000-4000-8000-000000
 select is(pg_temp.redeem('cccccccc-0000-4000-8000-000000000002', 'promo-a', 'addr-3') ->> 'credits', '10',
   'another address is not limited');
 
-select is((billing.run_money_request('cccccccc-0000-4000-8000-000000000002', 'credits.codes.redeem', 'guess-1', 'h', 'r',
+select is((billing.run_code_request('cccccccc-0000-4000-8000-000000000002', 'credits.codes.redeem', 'guess-1', 'h', 'r',
   jsonb_build_object('code_hash', pg_temp.h('nope'), 'address_hash', 'addr-9'), 200)).refusal_token, 'CODE_NOT_FOUND',
   'a money request answers a refused redemption');
 select is((select outcome || ':' || hash_prefix from billing.code_attempts where address_hash = 'addr-9'),

@@ -1,7 +1,7 @@
 -- Error codes only SQL can reach: guards behind the HTTP layer's own checks (the request schema
 -- refuses a batch over 1,000 first), a worker's stop signal, and invariants a correct caller
 -- never breaks; and USER_NOT_FOUND, which an admin's request can also cause. Each is raised,
--- and nothing changes. (billing.run_money_request, which answers refusals as rows instead, is
+-- and nothing changes. (The money routes' statements, which answer refusals as rows instead, are
 -- tested in 20-money-requests.test.sql.)
 begin;
 select plan(7);

@@ -9,10 +9,10 @@ import { redeem } from '../support/codes.ts';
 const wrong = (i: number) => `ZZZZZ-ZZZZZ-ZZZZZ-ZZZ${String(i).padStart(2, '0')}`;
 
 // redeem_code counts the caller's failed guesses from code_attempts, and a refusal is recorded
-// only after its transaction rolled back (run_money_request). So that requests in flight together
+// only after its transaction rolled back (run_code_request). So that requests in flight together
 // do not all read the same count (10 wrong codes at once, which the route's Redis limit allows,
 // on top of 9 failures would make 19 an hour where 10 are meant; many accounts sending together
-// would pass the per-address limit of 30 the same way), run_money_request takes
+// would pass the per-address limit of 30 the same way), run_code_request takes
 // billing.lock_code_guesses (the user's, then the address's advisory lock) before the redemption
 // and holds it until the refusal's record commits.
 Deno.test('wrong codes sent at once never take a student past 10 failed guesses an hour', async () => {

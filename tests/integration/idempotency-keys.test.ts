@@ -236,14 +236,14 @@ Deno.test('planted request_hash, request_id and held_after in usage metadata are
     ...usageBody(10),
     metadata: { request_hash: 'x', request_id: 'forged', held_after: '-1000', note: 'n' },
   };
-  const [r1] = await testDb`select * from billing.run_money_request(${s.id}, 'credits.usage', ${k}, 'h1', 'req-1',
+  const [r1] = await testDb`select * from billing.run_usage_report(${s.id}, 'credits.usage', ${k}, 'h1', 'req-1',
                               ${testDb.json(args)}, 201)`;
   assert.equal(r1.status, 201, JSON.stringify(r1));
   const [t] = await testDb`select metadata from billing.transfers where id = ${r1.data.transfer_id}`;
   assert.equal(t.metadata.request_hash, 'h1');
   assert.equal(t.metadata.request_id, 'req-1');
   assert.equal(t.metadata.held_after, undefined);
-  const [r2] = await testDb`select * from billing.run_money_request(${s.id}, 'credits.usage', ${k}, 'h1', 'req-2',
+  const [r2] = await testDb`select * from billing.run_usage_report(${s.id}, 'credits.usage', ${k}, 'h1', 'req-2',
                               ${testDb.json(args)}, 201)`;
   assert.equal(r2.replayed, true);
   assert.equal(r2.data.available, '90', 'the replay answers what was available, not a planted figure');

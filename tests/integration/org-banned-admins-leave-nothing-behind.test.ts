@@ -33,7 +33,7 @@ Deno.test("a banned member's job queued on the school's pool does not start afte
   // A banned user acts in no organisation (require_org_role), and a member removed has their
   // queued school-paid jobs cancelled (remove_member): a ban must not leave the worker spending
   // the pool for them. Root cause: billing.claim_jobs (63-jobs.sql) and the worker never look at
-  // the job's user's standing; only the routes (run_money_request, the gateway) do.
+  // the job's user's standing; only the routes (the money routes' statements, the gateway) do.
   const job = await jobOf(id);
   const wallet = await accountOf(org, null);
   assert.equal(

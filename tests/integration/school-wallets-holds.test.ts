@@ -147,7 +147,7 @@ Deno.test("a member's charge that waited on her allowance while the school switc
     await until(
       'the charge waits on the switch',
       async () =>
-        (await testDb`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%run_money_request%'`)
+        (await testDb`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%run_usage_report%'`)
           .length > 0,
       10_000,
     );

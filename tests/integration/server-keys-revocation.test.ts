@@ -1,5 +1,5 @@
 // Attacks on two changes, each probe asserting the secure behaviour:
-// - a usage report's server key is checked by its own money statement (run_money_request takes
+// - a usage report's server key is checked by its own money statement (run_usage_report takes
 //   the key's hash): revoked, unknown and malformed keys, header variations, Idempotency-Key
 //   poisoning both ways, a revocation racing a report, what a bad key learns, rate limits;
 // - a lot allocation keeps its part of the lot's cost basis (lot_allocations.cents): every flow a
@@ -201,7 +201,7 @@ async function reportDuringRevocation(admin: string, k: { id: string }, userId: 
   for (let i = 0; i < 50; i++) {
     const [{ waiting }] = await testDb`select count(*)::int as waiting from pg_stat_activity
       where wait_event_type = 'Lock' and wait_event in ('transactionid', 'tuple') and state = 'active'
-        and (query like '%run_money_request%' or query like '%charge_usage_batch%')`;
+        and (query like '%run_usage_report%' or query like '%charge_usage_batch%')`;
     if (waiting > 0) break;
     await new Promise((r) => setTimeout(r, 100));
   }

@@ -466,10 +466,12 @@ export function holdsLapse(where: postgres.PendingQuery<postgres.Row[]>, at = te
 }
 
 /**
- * The holds past their TTL ended as pg_cron ends them each minute (billing.release_expired_holds),
- * every account's at once: the job's 500 a minute would leave this test's for the next minute
- * behind a backlog other tests left (as after the stack was stopped a while).
+ * What pg_cron does each minute, every account's at once: the holds past their TTL end
+ * (billing.release_expired_holds), then refunds take back what they claimed of ended holds
+ * (billing.take_back_due_claims). The jobs' 500 a minute would leave this test's for the next
+ * minute behind a backlog other tests left (as after the stack was stopped a while).
  */
 export async function sweepExpiredHolds() {
   await testDb`select billing.release_expired_holds(100000)`;
+  await testDb`select billing.take_back_due_claims(100000)`;
 }

@@ -3,7 +3,7 @@
 // purchase's lots wherever they are, and only free credits (remaining − reserved, 0 while frozen)
 // may be drawn, reserved or moved.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, holdsLapse, key, testDb } from './helpers.ts';
+import { api, assertLedgerInvariants, holdsLapse, key, sweepExpiredHolds, testDb } from './helpers.ts';
 
 /** The lots a purchase granted, wherever they are now: owner, remaining, reserved, frozen. */
 export const lotsOfPurchase = async (session: string) =>
@@ -36,10 +36,10 @@ export const capture = (token: string, hold: string, amount?: string) =>
 export const release = (token: string, hold: string) =>
   api(`/credits/holds/${hold}/release`, { token, headers: key(), body: {} });
 
-/** A hold passes its TTL, and the sweep ends it (pg_cron's job, run now). */
+/** A hold passes its TTL, and the minute's sweeps end it and take back its claims (pg_cron's jobs, run now). */
 export async function holdPassesTtl(hold: string) {
   await holdsLapse(testDb`h.id = ${hold}`);
-  await testDb`select billing.release_expired_holds(100000)`;
+  await sweepExpiredHolds();
 }
 
 /**

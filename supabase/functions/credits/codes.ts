@@ -1,6 +1,6 @@
 // POST /credits/codes/redeem: the code is normalised and hashed here (SQL never sees it, nor
 // does any log), then one money request redeems it (billing.redeem_code through
-// run_money_request: the row lock on the code, the audit, the failed-guess limits).
+// run_code_request: the row lock on the code, the audit, the failed-guess limits).
 import type { AppContext } from '../_shared/app-env.ts';
 import { knownClientAddress } from '../_shared/http/client-address.ts';
 import { addressHash } from '../_shared/domain/code-secrets.ts';

@@ -118,7 +118,7 @@ app.get('/ledger', requireUser, async (c) => {
 });
 
 // A trusted server reports usage for a user it names (the gateway meters its own calls). The SQL:
-// billing.run_money_request (supabase/schemas/78-money-actions.sql), nearly always through
+// billing.run_usage_report (supabase/schemas/78-money-actions.sql), nearly always through
 // billing.run_usage_request (20-money-requests.sql), priced by 13-usage-pricing.sql, written by the writer's debit
 // (billing.post_debit).
 app.post('/usage', requireUsageReporterInSql, async (c) => {

@@ -156,8 +156,8 @@ export function sql<T extends Rows = postgres.Row[]>(
  * postgres.js sends a statement with parameters in two (Parse + Describe, then Bind + Execute);
  * here the values are written into the text as literals (sql-literal.ts) and the statement goes
  * in one flight. Postgres logs the text of a statement that fails, the values with it: only for
- * a statement that answers its refusals as rows (billing.run_money_request), cannot refuse
- * (billing.get_balance of a signed-in user) or carries nothing secret or personal (an AI call's
+ * a statement that answers its refusals as rows (a money route's, 78-money-actions.sql), cannot
+ * refuse (billing.get_balance of a signed-in user) or carries nothing secret or personal (an AI call's
  * finish without its content: ids, token counts, timings; it refuses when it must be settled
  * first, `finishing`). Text Postgres would refuse is a 400 before sending.
  * @example const [b] = await sql.oneTrip`select * from billing.get_balance(${userId})`

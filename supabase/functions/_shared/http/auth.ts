@@ -70,7 +70,7 @@ const unauthorized = (message: string) => new AppError('auth', 'UNAUTHORIZED', m
  * changed key set reaches remembered tokens within `maxAgeMs`, the same order as the remote
  * key set's own 10-minute cache. Whether the user may still act is never cached here: a
  * deleted or banned user and a revoked admin are refused by SQL on every request
- * (billing.standing_refusal inside billing.run_money_request, and requireAdmin's query),
+ * (billing.standing_refusal inside every money route's statement, and requireAdmin's query),
  * exactly as before. A different token (a tampered one included) has a different hash, so it
  * is verified from scratch.
  * @example const cache = new VerifiedTokens(); const user = await cache.verify(token, verifyOnce)

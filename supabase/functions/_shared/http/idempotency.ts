@@ -8,9 +8,9 @@
 // is (a success's status and data, or a refusal's token and fields), and `respond` renders each
 // one, the first response included, so a replay is the same bytes. Where the work happens
 // decides who holds the key:
-// - a money route (`inSql`): one SQL statement, billing.run_money_request, claims the key,
-//   moves the money and stores the answer, so a concurrent duplicate waits for the first and
-//   then gets its answer, and the account's row lock never waits on a network round trip;
+// - a money route (`inSql`): one SQL statement, its route group's door (`moneyStatement`), claims
+//   the key, moves the money and stores the answer, so a concurrent duplicate waits for the first
+//   and then gets its answer, and the account's row lock never waits on a network round trip;
 // - any other route (a function): the claim commits first, then the work runs (it may call
 //   Stripe, which cannot sit inside a transaction) and its answer is stored; a concurrent
 //   duplicate meanwhile gets 409 IDEMPOTENCY_KEY_IN_USE (retryable). The work must itself be safe
@@ -69,7 +69,7 @@ export interface Effect {
   data: unknown;
 }
 
-/** The work of a money route: billing.run_money_request performs the action with the body as its arguments. */
+/** The work of a money route: its SQL door (`moneyStatement`) performs the action with the body as its arguments. */
 interface SqlWork {
   successStatus: number;
   /** The caller must be an admin in the database now (checked by the same statement). */
@@ -179,7 +179,7 @@ async function claimed(c: AppContext, id: Identity, work: (key: string) => Promi
 }
 
 /**
- * A money route in one statement (billing.run_money_request): the user's standing, the claim, the
+ * A money route in one statement (its door, `moneyStatement`): the user's standing, the claim, the
  * work and the stored answer. The statement answers its refusals as rows, so it goes in one round trip.
  */
 async function inOneStatement(
@@ -189,17 +189,53 @@ async function inOneStatement(
   work: SqlWork,
 ): Promise<StoredAnswer> {
   const { userId, action, key, hash } = id;
-  const body = jsonb({ ...args, ...work.context });
+  const call: MoneyCall = {
+    userId,
+    action,
+    key,
+    hash,
+    requestId: c.get('requestId'),
+    body: jsonb({ ...args, ...work.context }),
+    successStatus: work.successStatus,
+    admin: work.admin ?? false,
+    serverKeyHash: c.get('serverKeyHash') ?? null,
+  };
   // A deadlock (the writer locks accounts as a dispute reaches them) rolls the whole statement
   // back, key claim included: it is tried again, as a retrying client would.
-  const [answer] = await c.get('steps').time(
-    'sql',
-    () =>
-      retryingTransient(() =>
-        sql.oneTrip<StoredAnswer[]>`select * from billing.run_money_request(${userId}, ${action}, ${key}, ${hash}, ${
-          c.get('requestId')
-        }, ${body}, ${work.successStatus}, ${work.admin ?? false}, ${c.get('serverKeyHash') ?? null})`
-      ),
-  );
+  const [answer] = await c.get('steps').time('sql', () => retryingTransient(() => moneyStatement(call)));
   return answer;
+}
+
+/** What a money route's door takes: billing.run_money_request's arguments, which every door shares. */
+type MoneyCall = Identity & {
+  requestId: string;
+  body: ReturnType<typeof jsonb>;
+  successStatus: number;
+  admin: boolean;
+  serverKeyHash: string | null;
+};
+
+/**
+ * The door of a money route's action (supabase/schemas/78-money-actions.sql), each reaching only
+ * its own route's work: a usage report, a code's redemption, or a hold's or a grant's.
+ */
+function moneyStatement(m: MoneyCall): Promise<StoredAnswer[]> {
+  switch (m.action) {
+    case 'credits.usage':
+      return sql.oneTrip<StoredAnswer[]>`select * from billing.run_usage_report(${m.userId}, ${m.action}, ${m.key},
+        ${m.hash}, ${m.requestId}, ${m.body}, ${m.successStatus}, ${m.admin}, ${m.serverKeyHash})`;
+    case 'credits.codes.redeem':
+      return sql.oneTrip<StoredAnswer[]>`select * from billing.run_code_request(${m.userId}, ${m.action}, ${m.key},
+        ${m.hash}, ${m.requestId}, ${m.body}, ${m.successStatus}, ${m.admin}, ${m.serverKeyHash})`;
+    case 'credits.grants':
+      return sql.oneTrip<StoredAnswer[]>`select * from billing.run_grant_request(${m.userId}, ${m.action}, ${m.key},
+        ${m.hash}, ${m.requestId}, ${m.body}, ${m.successStatus}, ${m.admin}, ${m.serverKeyHash})`;
+    case 'credits.holds':
+    case 'credits.holds.capture':
+    case 'credits.holds.release':
+      return sql.oneTrip<StoredAnswer[]>`select * from billing.run_money_request(${m.userId}, ${m.action}, ${m.key},
+        ${m.hash}, ${m.requestId}, ${m.body}, ${m.successStatus}, ${m.admin}, ${m.serverKeyHash})`;
+    default:
+      throw new TypeError(`inSql: no money route runs ${m.action}`);
+  }
 }

@@ -31,7 +31,7 @@ export const requireUsageReporter: MiddlewareHandler<AppEnv> = (c, next) => usag
 
 /**
  * As requireUsageReporter, but a server key is checked by the route's money statement only
- * (billing.run_money_request takes its hash first, before anything else): one round trip fewer
+ * (billing.run_usage_report takes its hash first, before anything else): one round trip fewer
  * for every usage report a server key sends. Only for a route whose work is `idempotent(…,
  * inSql(…))`, the one path that passes the hash on.
  */
