@@ -14,6 +14,7 @@ import {
   key,
   newUser,
   reportUsage,
+  sweepExpiredHolds,
   testDb,
   userToken,
 } from '../support/helpers.ts';
@@ -430,8 +431,8 @@ Deno.test("a job's hold keeps its reservation through a refund of the purchase u
   const [done] = await testDb`select status from billing.complete_job(${job}, 'test-worker', '{"text": "ok"}'::jsonb,
     '{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 2000}'::jsonb)`;
   assert.equal(done.status, 'completed');
-  // What the refund owes for the spent reservation is the account's next settle's (the minute's sweep).
-  await testDb`select billing.release_expired_holds(100000)`;
+  // What the refund owes for the spent reservation is the minute's tick's.
+  await sweepExpiredHolds();
   const [after] = await testDb`select h.status, trim_scale(h.captured_amount)::text as captured,
     trim_scale(a.balance)::text as balance
     from billing.jobs j join billing.holds h on h.id = j.hold_id join billing.accounts a on a.id = h.account_id

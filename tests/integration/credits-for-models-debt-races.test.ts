@@ -264,8 +264,10 @@ Deno.test("a school's purchase moved into an allowance, a redeemed sponsor code,
     calls: answers.map((a) => a.status),
     parked_capture: [captured.status, codeOf(captured)],
   });
-  // A hold that reserved the credits before the loss finishes normally: what it spent the school owes.
+  // A hold that reserved the credits before the loss finishes normally: what it spent the school
+  // owes, recorded by the minute's tick.
   assert.equal(captured.status, 200, captured.text);
+  await sweepExpiredHolds();
   const [left] = await testDb`select trim_scale(coalesce(sum(l.remaining), 0))::text as r, count(*)::int as lots
     from billing.lots l where l.purchase_id = ${co.purchase_id} and l.remaining > 0`;
   assert.equal(left.r, '0', 'no credit of the lost purchase is left anywhere');

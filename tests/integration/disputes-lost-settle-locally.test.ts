@@ -5,7 +5,7 @@
 // credits first, then debt) — an organisation's wallet for its own purchases. A gift's redeemer
 // and an organisation's member are never billed for it.
 import assert from 'node:assert/strict';
-import { fund, key, reportUsage, spend, student, testDb, until } from '../support/helpers.ts';
+import { fund, key, reportUsage, spend, student, sweepExpiredHolds, testDb, until } from '../support/helpers.ts';
 import { buy } from '../support/purchases.ts';
 import { buyGift, redeem } from '../support/codes.ts';
 import {
@@ -57,7 +57,7 @@ const usage = (token: string, tokens: number) =>
     body: { model: 'gpt-4o-mini', input_tokens: tokens, output_tokens: 0 },
   });
 
-Deno.test("a gift's lost dispute: the redeemer's free credits go back at once, the reserved part when the hold ends; the buyer owes what was spent", async () => {
+Deno.test("a gift's lost dispute: the redeemer's free credits go back at once, the reserved part after the hold ends; the buyer owes what was spent", async () => {
   const { s, t, g } = await redeemedGift();
   const spent = await usage(t.token, 100_000);
   assert.equal(spent.status, 201, spent.text);
@@ -73,9 +73,11 @@ Deno.test("a gift's lost dispute: the redeemer's free credits go back at once, t
   assert.deepEqual([lots[0].user_id, lots[0].remaining, lots[0].reserved], [t.id, '500', '500']);
   assert.deepEqual(await ownAccount(t.id), { balance: '500', held: '500' });
 
-  // The hold's work captures 200: the 300 it returns is taken back as it ends.
+  // The hold's work captures 200: the 300 it returns stays reserved, and the minute's tick takes it back.
   const c = await capture(t.token, holdIdOf(h), '200');
   assert.equal(c.status, 200, c.text);
+  assert.deepEqual(await ownAccount(t.id), { balance: '300', held: '300' });
+  await sweepExpiredHolds();
   assert.deepEqual(await ownAccount(t.id), { balance: '0', held: '0' }, 'the redeemer is never billed');
   assert.equal(await reversedFrom(t.id), String(5000 - Number(charged) - 200));
 

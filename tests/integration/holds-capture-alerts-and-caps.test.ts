@@ -17,6 +17,7 @@ import {
   holdsLapse,
   key,
   newUser,
+  sweepExpiredHolds,
   testDb,
   tick,
   userToken,
@@ -473,9 +474,10 @@ Deno.test('a dispute opened while an AI call runs: the call is charged from its 
   assert.deepEqual([more.status, codeOf(more)], [403, 'ACCOUNT_DISPUTED'], more.text);
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
   // Lost: settled as a refund. The free credits go at once; what the student hold reserved goes
-  // when it ends; what the call spent is debt.
+  // at the minute's tick after it ends; what the call spent is debt.
   const rel = await act(s.token, mine, 'release');
   assert.equal(rel.status, 200, rel.text);
+  await sweepExpiredHolds();
   assert.deepEqual(await own(s.id), { balance: `-${charged}`, held: '0' }, 'what the call spent of it is debt');
   await invariants();
 });

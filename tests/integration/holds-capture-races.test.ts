@@ -15,6 +15,7 @@ import {
   key,
   newUser,
   student,
+  sweepExpiredHolds,
   testDb,
   userToken,
 } from '../support/helpers.ts';
@@ -321,6 +322,9 @@ Deno.test('a refund leaves a hold what it reserved, then captures of 1,500 race:
   const over = await act(s.token, id, 'capture', { amount: '2001' });
   assert.deepEqual([over.status, codeOf(over)], [409, 'HOLD_ALREADY_CAPTURED'], over.text);
   assert.deepEqual(await capturesOf(id), ['1500']);
+  // What the refund claimed of the 3,000 the hold returned stays reserved until the minute's tick.
+  assert.deepEqual(await own(s.id), { balance: '3000', held: '2500' });
+  await sweepExpiredHolds();
   // 4,500 − 1,500 captured − the 2,500 the refund still took from the 3,000 the hold returned.
   assert.deepEqual(await own(s.id), { balance: '500', held: '0' });
   await assertLedgerInvariants();

@@ -11,6 +11,7 @@ import {
   backdateLot,
   key,
   newUser,
+  sweepExpiredHolds,
   testDb,
   until,
   userToken,
@@ -173,7 +174,9 @@ Deno.test('a refund of the credits under a student hold on 20 lists: the hold ke
   assert.deepEqual([s.balance, s.held], [String(4100 - 2 * ok), '4000']);
   const rel = await release(token, data(h).hold_id as string);
   assert.equal(rel.status, 200, rel.text);
-  // Released: the refund takes back what it returned. Every credit left is for one model.
+  // Released: the refund takes back what it returned, at the minute's tick. Every credit left is
+  // for one model.
+  await sweepExpiredHolds();
   const after = await state(acct);
   assert.deepEqual({ balance: after.balance, held: after.held, general: after.general }, {
     balance: String(100 - 2 * ok),

@@ -72,9 +72,11 @@ Deno.test("credits parked in the student's own hold before a dispute stay reserv
   const capture = await post(s.token, `/credits/holds/${holdId}/capture`);
   assert.deepEqual([capture.status, (capture.body.error as Json).code], [403, 'ACCOUNT_DISPUTED'], capture.text);
   await dispute(co.session_id, 'lost');
-  // Lost: what the hold reserved is taken back when it ends.
+  // Lost: what the hold reserved stays reserved when it ends, and the minute's tick takes it back.
   const release = await post(s.token, `/credits/holds/${holdId}/release`);
   assert.equal(release.status, 200, release.text);
+  assert.deepEqual(await balanceOf(s.token), { balance: '5000', held: '5000', available: '0' });
+  await sweepExpiredHolds();
   assert.deepEqual(await balanceOf(s.token), { balance: '0', held: '0', available: '0' });
   await assertLedgerInvariants();
 });
@@ -158,6 +160,8 @@ Deno.test("a student's capture waits for their dispute, even after another purch
   await dispute(disputed.session_id, 'lost');
   const release = await post(s.token, `/credits/holds/${(parked.body.data as Json).hold_id}/release`);
   assert.equal(release.status, 200, release.text);
+  assert.equal((await balanceOf(s.token)).available, '0', 'what the hold returned stays claimed');
+  await sweepExpiredHolds();
   assert.equal((await balanceOf(s.token)).balance, '0', 'the lost dispute takes back what the hold returned: no debt');
   await assertLedgerInvariants();
 });

@@ -14,6 +14,7 @@ import {
   reportUsage,
   sha256hex,
   student,
+  sweepExpiredHolds,
   testDb,
   until,
 } from '../support/helpers.ts';
@@ -433,6 +434,7 @@ Deno.test("a school's purchase moved to an allowance and a sponsor code, spent i
     assert.equal(c.status, 200, c.text);
   }
   await emulator(`/_emulator/charges/${charge}/dispute`, { outcome: 'lost' });
+  await sweepExpiredHolds(); // the minute's tick: what waited on the ended holds
   const [s] = await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as n from billing.transfers t
     join billing.accounts a on a.id = t.from_account_id
     where (a.org_id = ${org} or a.user_id in (${ada.id}, ${bo.id})) and t.kind in ('usage', 'hold_capture')`;
@@ -538,7 +540,8 @@ Deno.test("a school's purchase moved to an allowance and a sponsor code, spent i
   for (const a of answers) assert.ok(a.status < 500, `${a.status} ${a.text}`);
   const after = await Promise.all([usage(ada.token, 1), usage(bo.token, 1), hold(ada.token, '1'), hold(bo.token, '1')]);
   for (const a of after) assert.equal(a.status, 402, a.text);
-  // The holds placed in the race keep what they reserved until they end: released, it is taken back.
+  // The holds placed in the race keep what they reserved until they end: released, it is taken back
+  // at the minute's tick.
   const live = await testDb`select h.id::text, coalesce(a.member_id, a.user_id) as who from billing.holds h
     join billing.accounts a on a.id = h.account_id where (a.org_id = ${org} or a.user_id = ${bo.id}) and h.status = 'active'`;
   for (const h of live) {
@@ -549,6 +552,7 @@ Deno.test("a school's purchase moved to an allowance and a sponsor code, spent i
     });
     assert.equal(r.status, 200, r.text);
   }
+  await sweepExpiredHolds(); // the minute's tick takes it back
   const [s] = await testDb`select trim_scale(coalesce(sum(t.amount), 0))::text as n from billing.transfers t
     join billing.accounts a on a.id = t.from_account_id
     where (a.org_id = ${org} or a.user_id in (${ada.id}, ${bo.id})) and t.kind in ('usage', 'hold_capture')`;

@@ -15,6 +15,7 @@ import {
   newUser,
   spend,
   student,
+  sweepExpiredHolds,
   testDb,
   userToken,
 } from '../support/helpers.ts';
@@ -182,11 +183,17 @@ Deno.test('a hold over the expiring bonus shrinks by what expired; a full refund
   await expireBonus(co.purchase_id);
   assert.deepEqual(await balanceOf(s.token), { balance: '50990', held: '49001', available: '1989' });
 
-  // The purchase's 989 free go at once; the 49,001 the hold reserved when it ends; the bonus is forgiven.
+  // The purchase's 989 free go at once; the 49,001 the hold reserved after it ends; the bonus is forgiven.
   await refund(co.session_id, 4999);
   assert.deepEqual(await balanceOf(s.token), { balance: '50001', held: '49001', available: '1000' });
   const released = await api(`/credits/holds/${holdId}/release`, { token: s.token, headers: key(), body: {} });
   assert.equal(released.status, 200, released.text);
+  assert.deepEqual(
+    await balanceOf(s.token),
+    { balance: '50001', held: '49001', available: '1000' },
+    'kept for the refund',
+  );
+  await sweepExpiredHolds(); // the minute's tick takes it back
   assert.deepEqual(await balanceOf(s.token), { balance: '1000', held: '0', available: '1000' }, 'no debt');
   await assertLedgerInvariants();
 });

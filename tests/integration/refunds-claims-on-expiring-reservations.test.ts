@@ -1,9 +1,10 @@
 // A refund whose spent part the buyer owes claims what their live hold reserved (docs/credit-lots.md
 // § Refunds, disputes and debt). When the reserved lot then expires, the claim cannot be taken:
-// it is owed again at once (then debt), never forgiven by the expiry, which forgives only the
-// refund's own take-back of that lot. The balance a student reads before the sweep posts the
-// expiry already shows it. Students' tokens over HTTP, the Stripe emulator's signed webhooks;
-// the database is read for figures and made to pass the lot's expiry.
+// it is owed again (then debt) at pg_cron's minute tick that takes the claims back, never forgiven
+// by the expiry, which forgives only the refund's own take-back of that lot. The balance a student
+// reads before the sweep posts the expiry already shows the expiry. Students' tokens over HTTP,
+// the Stripe emulator's signed webhooks; the database is read for figures and made to pass the
+// lot's expiry.
 import assert from 'node:assert/strict';
 import {
   api,
@@ -52,8 +53,10 @@ const owed = async (token: string) => {
   return { balance, held };
 };
 const sweep = () => testDb`select billing.expire_lots(100000)`;
+/** pg_cron's minute tick that takes back what refunds claimed of ended holds and expired lots. */
+const tick = () => testDb`select billing.take_back_due_claims(100000)`;
 
-Deno.test('a claim on a reservation whose lot expires is owed again, before and after the sweep', async () => {
+Deno.test('a claim on a reservation whose lot expires is owed again at the tick, the expiry read before and after the sweep', async () => {
   const s = await plusBuyer();
   await hold(s.token, '1'); // reserves 1 of the bonus
   await use(s.token, 313946, 441722); // 1,248.5004: the bonus's free 1,248.5, then 0.0004 of the paid credits
@@ -63,15 +66,18 @@ Deno.test('a claim on a reservation whose lot expires is owed again, before and 
   assert.deepEqual(await owed(s.token), { balance: '-1247.5004', held: '1' });
 
   await backdateLot(s.bonus);
-  // The bonus expires whole: the hold ends with nothing; its 0.9996 is forgiven, the claim is owed.
-  const expected = { balance: '-1248.5008', held: '0' };
+  // The bonus expires whole: the hold ends with nothing.
+  const expected = { balance: '-1248.5004', held: '0' };
   assert.deepEqual(await owed(s.token), expected, 'as the sweep will leave it');
   await sweep();
   assert.deepEqual(await owed(s.token), expected, 'after the sweep');
+  // The tick: the hold's 0.9996 take-back is forgiven, the 0.0004 claim is owed.
+  await tick();
+  assert.deepEqual(await owed(s.token), { balance: '-1248.5008', held: '0' }, 'after the tick');
   await assertLedgerInvariants();
 });
 
-Deno.test('a claim on an expiring lot is owed at the expiry even while its hold lives on', async () => {
+Deno.test('a claim on an expiring lot is owed at the tick after the expiry even while its hold lives on', async () => {
   const s = await plusBuyer();
   await use(s.token, 2_080_000, 0); // 1,248 of the bonus: 1.5 free
   const h = await hold(s.token, '2'); // the bonus's 1.5, then 0.5 of the paid credits
@@ -83,12 +89,16 @@ Deno.test('a claim on an expiring lot is owed at the expiry even while its hold 
 
   await backdateLot(s.bonus);
   await sweep();
-  // 1.5 expired under the hold, which keeps the paid 0.5; the claim is owed at once.
+  // 1.5 expired under the hold, which keeps the paid 0.5; the claim is owed at the tick.
+  assert.deepEqual(await owed(s.token), { balance: '-1247.5024', held: '0.5' });
+  await tick();
   assert.deepEqual(await owed(s.token), { balance: '-1247.5048', held: '0.5' });
 
   const r = await api(`/credits/holds/${h}/release`, { token: s.token, headers: key(), body: {} });
   assert.equal(r.status, 200, r.text);
-  // Released, the paid 0.5 goes to the refund; nothing else is owed.
+  // Released, the paid 0.5 stays reserved for the refund, which the tick takes; nothing else is owed.
+  assert.deepEqual(await owed(s.token), { balance: '-1247.5048', held: '0.5' });
+  await tick();
   assert.deepEqual(await owed(s.token), { balance: '-1248.0048', held: '0' });
   const [{ pending }] = await testDb`select count(*)::int as pending from billing.lot_take_backs t
     join billing.accounts a on a.id = t.buyer_id where a.user_id = ${s.user}`;
@@ -117,10 +127,12 @@ Deno.test('a hold released after its lot fell due, before the sweep, pays no cla
   await backdateLot(s.bonus);
   const r = await api(`/credits/holds/${s.hold}/release`, { token: s.token, headers: key(), body: {} });
   assert.equal(r.status, 200, r.text);
-  // The bonus expired first, taking the hold's 1 with it: the claim is owed, as the sweep leaves it.
-  assert.deepEqual(await owed(s.token), { balance: '-1248.5008', held: '0' });
+  // The bonus expired first, taking the hold's 1 with it, as the sweep leaves it.
+  assert.deepEqual(await owed(s.token), { balance: '-1248.5004', held: '0' });
   await sweep();
-  assert.deepEqual(await owed(s.token), { balance: '-1248.5008', held: '0' }, 'the sweep changes nothing');
+  assert.deepEqual(await owed(s.token), { balance: '-1248.5004', held: '0' }, 'the sweep changes nothing');
+  await tick(); // the claim is owed
+  assert.deepEqual(await owed(s.token), { balance: '-1248.5008', held: '0' }, 'the tick');
   await assertLedgerInvariants();
 });
 
@@ -129,28 +141,33 @@ Deno.test('a hold whose TTL passed after its lot expired ends after the expiry, 
     const s = await claimOnBonus();
     await backdateLot(s.bonus);
     await holdLapses(s.hold, s.bonus, 0.5);
-    assert.deepEqual(await owed(s.token), { balance: '-1248.5008', held: '0' }, 'read before either sweep');
+    assert.deepEqual(await owed(s.token), { balance: '-1248.5004', held: '0' }, 'read before either sweep');
     if (sweepFirst === 'holds') await testDb`select billing.release_expired_holds(100000)`;
     else await sweep();
-    assert.deepEqual(await owed(s.token), { balance: '-1248.5008', held: '0' }, `${sweepFirst} swept first`);
+    assert.deepEqual(await owed(s.token), { balance: '-1248.5004', held: '0' }, `${sweepFirst} swept first`);
+    await tick(); // the claim is owed
+    assert.deepEqual(await owed(s.token), { balance: '-1248.5008', held: '0' }, 'the tick');
   }
   await assertLedgerInvariants();
 });
 
-Deno.test('a hold whose TTL passed before its lot expired returned live credits: the claim is paid from them', async () => {
+Deno.test('a hold whose TTL passed before its lot expired kept its claims reserved: the lot expiring before the tick, the claim is owed', async () => {
   const s = await claimOnBonus();
   await backdateLot(s.bonus);
   await holdLapses(s.hold, s.bonus, -0.5);
   assert.deepEqual(await owed(s.token), { balance: '-1248.5004', held: '0' }, 'read before the sweep');
   await sweep();
-  // The hold's 1 came back while the bonus lived: 0.9996 to the refund, 0.0004 to the claim.
+  // The hold's 1 came back while the bonus lived, kept for the claims (0.9996 the refund's, 0.0004
+  // the claim's) until the tick; the bonus expired under it first, so the claim is owed.
   assert.deepEqual(await owed(s.token), { balance: '-1248.5004', held: '0' });
+  await tick();
+  assert.deepEqual(await owed(s.token), { balance: '-1248.5008', held: '0' });
   await assertLedgerInvariants();
 });
 
 // Owed again as rule 2 says: the buyer's free credits for any model, then what their other live
 // holds reserved (taken when that hold ends: the balance does not move yet), then debt.
-Deno.test("a claim owed again at its lot's expiry moves to another hold's reservation, read before the sweep as after", async () => {
+Deno.test("a claim owed again at its lot's expiry is paid from another hold's reservation after the tick, read before the sweep as after", async () => {
   const user = await newUser();
   const token = await userToken(user);
   const co = await buy(token, 'plus'); // 24,990 paid, a 1,249.5 bonus spent first
@@ -169,14 +186,15 @@ Deno.test("a claim owed again at its lot's expiry moves to another hold's reserv
   const read = await balanceOf(token);
   await testDb`select billing.expire_lots(100000)`;
   const swept = await balanceOf(token);
-  // The bonus expires under the first hold (its 0.9976 take-back forgiven); the 0.0024 claim is
-  // owed again: no free credits, so it claims 0.0024 more of the other hold's reservation.
+  // The bonus expires under the first hold; at the tick its 0.9976 take-back is forgiven and the
+  // 0.0024 claim owed again: no free credits, so it claims 0.0024 more of the other hold's reservation.
   assert.deepEqual(swept, { balance: '1999.9996', held: '1999.9996', available: '0' }, 'the sweep');
   assert.deepEqual(read, swept, 'read before the sweep, as the sweep leaves it');
 
-  // Released, the other hold pays both claims: 1,248.5048 of the 1,999.9996 it returns.
+  // Released, the other hold pays both claims: 1,248.5048 of the 1,999.9996 it returns, at the tick.
   const r = await api(`/credits/holds/${other}/release`, { token, headers: key(), body: {} });
   assert.equal(r.status, 200, r.text);
+  await tick();
   assert.deepEqual(await balanceOf(token), { balance: '751.4948', held: '0', available: '751.4948' });
   await assertLedgerInvariants();
 });

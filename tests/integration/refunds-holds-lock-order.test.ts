@@ -1,11 +1,10 @@
 // A refund racing a redeemer's captures of holds an earlier refund left take-backs pending on.
 // The refund locks the buyer's and the holders' accounts in id order (take_back_purchase); a
-// capture locks the redeemer's, then the buyer's to bill what the hold spent (billing.hold_ended →
-// owe). When the buyer's id is the lower the two can deadlock: Postgres rolls one back and
-// the request sends its statement again (adapters/db.ts retries 40P01), so every answer succeeds
-// and the money converges: what the redeemer's holds spent of the refunded credits the buyer owes.
+// capture locks only the redeemer's (what the hold spent of claimed credits is billed to the
+// buyer by the minute's tick, billing.take_back_claims), so every answer succeeds and the money
+// converges: what the redeemer's holds spent of the refunded credits the buyer owes.
 import assert from 'node:assert/strict';
-import { testDb, until } from '../support/helpers.ts';
+import { sweepExpiredHolds, testDb, until } from '../support/helpers.ts';
 import { chargeOf, deliver, deliverWithRetries, emulator } from '../support/purchases.ts';
 import { giftRedeemed } from '../support/disputed.ts';
 import { capture, holdIdOf, ownAccount, placeHold, reservationInvariants } from '../support/reserved.ts';
@@ -31,7 +30,9 @@ Deno.test("a second partial refund racing the redeemer's captures of holds the f
     const rs = await Promise.all([...second.map((e) => deliver(e)), ...holds.map((h) => capture(t.token, h))]);
     for (const r of rs) assert.ok(r.status < 300, JSON.stringify(r.body));
     for (const e of second) assert.equal((await deliverWithRetries(e)).status, 200);
-    // Everything the redeemer had of the gift was spent: the buyer owes the 2,000 refunded.
+    // Everything the redeemer had of the gift was spent: the buyer owes the 2,000 refunded, recorded
+    // at the minute's tick.
+    await sweepExpiredHolds();
     assert.deepEqual(await ownAccount(t.id), { balance: '0', held: '0' });
     assert.deepEqual(await ownAccount(s.id), { balance: '-2000', held: '0' });
     await reservationInvariants([s.id, t.id]);

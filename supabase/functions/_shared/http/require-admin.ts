@@ -7,7 +7,7 @@ import { currentUser } from './identify.ts';
 
 /**
  * Requires a user JWT whose `app_metadata.role` is `admin`, for a route whose one SQL call
- * checks the database role itself (billing.run_money_request with admin): no extra round trip.
+ * checks the database role itself (billing.run_grant_request with admin): no extra round trip.
  */
 export const requireAdminToken: MiddlewareHandler<AppEnv> = async function requireAdminToken(c, next) {
   if (!currentUser(c).isAdmin) throw new AppError('forbidden', 'FORBIDDEN', 'This route is for administrators.');
