@@ -591,6 +591,8 @@ declare
   v_overdue numeric := 0;
   v_due numeric := 0;
   v_given numeric := 0;
+  v_claimed numeric := 0;                         -- of overdue holds, what their claims hold will keep
+  v_kept numeric := 0;                            -- of due lots, what claims holds keep (never expires)
   v_frozen numeric := 0;
   v_debt numeric;
 begin
@@ -606,16 +608,33 @@ begin
   if a.next_hold_expiry <= now() then
     v_overdue := coalesce((select sum(h.amount) from billing.holds h where h.account_id = a.id and h.status = 'active'
                            and h.expires_at <= now() and h.purpose <> 'claims'), 0);
+    -- What refunds claimed of an overdue hold's lots stays held, in a claims hold, when it ends
+    -- (billing.keep_claims; before a lot due after it expires), and so never expires.
+    select coalesce(sum(least(c.amount, hl.amount)), 0),
+           coalesce(sum(least(c.amount, hl.amount)) filter (where l.expires_at <= now()), 0)
+      into v_claimed, v_kept
+    from (select t.hold_id, t.lot_id, sum(t.amount) as amount from billing.lot_take_backs t
+          join billing.holds h on h.id = t.hold_id and h.status = 'active' and h.purpose <> 'claims'
+            and h.expires_at <= now()
+          where h.account_id = a.id group by 1, 2) c
+    join billing.holds h on h.id = c.hold_id
+    join billing.hold_lots hl on hl.hold_id = c.hold_id and hl.lot_id = c.lot_id
+    join billing.lots l on l.id = c.lot_id and l.open and not coalesce(l.expires_at < h.expires_at, false);
+    v_overdue := v_overdue - v_claimed;
   end if;
   if a.next_expiry <= now() then
     v_due := coalesce((select sum(l.remaining) from billing.lots l
                        where l.account_id = a.id and l.open and l.expires_at <= now()), 0);
     if a.held > 0 then
-      v_given := coalesce((select sum(hl.amount) from billing.hold_lots hl
-                           join billing.holds h on h.id = hl.hold_id and h.status = 'active'
-                             and (h.expires_at > now() or h.purpose = 'claims')
-                           join billing.lots l on l.id = hl.lot_id and l.open and l.expires_at <= now()
-                           where h.account_id = a.id), 0);
+      -- What claims holds keep of due lots does not expire (billing.expire_due_lots): still held.
+      select coalesce(sum(hl.amount) filter (where h.purpose <> 'claims' and h.expires_at > now()), 0),
+             v_kept + coalesce(sum(hl.amount) filter (where h.purpose = 'claims'), 0)
+        into v_given, v_kept
+      from billing.hold_lots hl
+      join billing.holds h on h.id = hl.hold_id and h.status = 'active'
+      join billing.lots l on l.id = hl.lot_id and l.open and l.expires_at <= now()
+      where h.account_id = a.id;
+      v_due := v_due - v_kept;
     end if;
   end if;
   -- A frozen lot's free credits are in the balance but cannot be spent until its dispute ends;

@@ -65,12 +65,17 @@ begin
     if v_account.held > 0 then
       perform billing.expire_overdue_holds(p_account_id, v_due.expires_at);
     end if;
-    select l.id, l.remaining, l.category into v_lot from billing.lots l where l.id = v_due.id;
+    -- What a claims hold keeps of it is the refunds' since before it fell due (a hold that ended
+    -- first returned it live): it stays, reserved, for the tick to take back (billing.take_back_claims).
+    select l.id, l.remaining - coalesce((select sum(hl.amount) from billing.hold_lots hl join billing.holds h
+                                         on h.id = hl.hold_id and h.status = 'active' and h.purpose = 'claims'
+                                         where hl.lot_id = l.id), 0) as remaining, l.category
+      into v_lot from billing.lots l where l.id = v_due.id;
     continue when v_lot.remaining <= 0;
     -- The holds that reserved it, and their parts: the writer shrinks them with the expiry.
     v_parts := v_parts || (select coalesce(jsonb_agg(jsonb_build_object('hold_id', hl.hold_id, 'given', hl.amount)), '[]')
                            from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id
-                           where hl.lot_id = v_lot.id and h.status = 'active');
+                           where hl.lot_id = v_lot.id and h.status = 'active' and h.purpose <> 'claims');
     -- Keyed by what the lot held: a rerun finds the transfer, a later partial expiry gets its own.
     perform billing.take_credits(p_account_id, 'expiry', v_lot.remaining, billing.expiry_key(v_lot.id, v_lot.remaining),
       null, null, jsonb_build_object('lot_id', v_lot.id::text, 'category', v_lot.category), null, v_account.member_id,
@@ -82,8 +87,10 @@ begin
   -- Overdue holds end, and next_hold_expiry is made exact, nothing held or not: settled, an
   -- account no longer falls due (billing.falls_due; a hold's road refuses one that does).
   perform billing.expire_overdue_holds(p_account_id, now());
+  -- (A due lot left open holds only what claims holds keep: the tick's, not due again.)
   update billing.accounts a
-  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open)
+  set next_expiry = (select min(l.expires_at) from billing.lots l where l.account_id = a.id and l.open
+                       and (l.expires_at > now() or l.remaining > l.reserved))
   where a.id = p_account_id returning * into v_account;
   return v_count;
 end;

@@ -217,11 +217,10 @@ begin
       where h.id = x.hold_id
       returning h.*, x.amount as given
     ), held as (
-      -- A hold that ended with a refund's take-back pending on it: the account falls due, so its
-      -- next settle takes it back (billing.expire_overdue_holds), as billing.keep_claims leaves one.
-      update billing.accounts a set held = a.held - x.amount,
-        next_hold_expiry = case when x.ended then now() else a.next_hold_expiry end
-      from (select sum(s.given) as amount, bool_or(s.status <> 'active') as ended from shrunk s) x
+      -- (A hold that ended with a refund's take-back pending on it leaves it to the tick,
+      -- billing.take_back_claims.)
+      update billing.accounts a set held = a.held - x.amount
+      from (select sum(s.given) as amount from shrunk s) x
       where a.id = p_account_id and x.amount is not null
     )
     select coalesce(jsonb_agg(jsonb_build_object('hold', to_jsonb(s) - 'given', 'given', s.given)), '[]') into v_gave from shrunk s;
@@ -237,7 +236,8 @@ revoke execute on function billing.give_way_to_excess(p_account_id bigint, p_mod
 -- What it returned of a claimed lot, up to the claims, stays reserved, never free, in a hold of
 -- its own (purpose 'claims'; the ended hold's account, member and model, and the start its cap
 -- room was counted at, `cap_counted_at`, so that room comes back as the ended hold's would have;
--- its own created_at is now, as every reading of the past sees it), and the claims move onto it.
+-- its own created_at is now, as every reading of the past sees it; its expires_at when the hold
+-- ended, its TTL or now: what it keeps was returned then), and the claims move onto it.
 -- No settle ends it: the worker's tick does, within the minute, and takes the claims back
 -- (billing.take_back_claims); it also takes what claims wait on an ended hold that returned none
 -- of them. The writer's step, under the caller's account lock; returns what it kept reserved.
@@ -275,7 +275,7 @@ begin
     values (v_id, p_hold.account_id, v_kept, 'claims:' || p_hold.id, p_hold.correlation_id,
       coalesce(p_hold.metadata, '{}'::jsonb) || jsonb_build_object('claims_of', p_hold.id,
         'cap_counted_at', coalesce(p_hold.metadata -> 'cap_counted_at', to_jsonb(p_hold.created_at))),
-      now(), 'claims', p_hold.member_id);
+      least(p_hold.expires_at, now()), 'claims', p_hold.member_id);  -- when the hold ended: its TTL, or now
     update billing.lot_take_backs t set hold_id = v_id where t.hold_id = p_hold.id;
   end if;
   update billing.accounts a set held = a.held + v_kept where a.id = p_hold.account_id and v_kept > 0;
@@ -289,7 +289,8 @@ revoke execute on function billing.keep_claims(p_hold billing.holds, p_capture b
 -- plan's rollover out, `first`). What rolls over stays reserved: it is carried into the new lot
 -- (billing.carry_reservations); by the rest the holds shrink, the newest first (given_to_expiry;
 -- one left with nothing ends released, its amount kept as the record), and held drops with them.
--- Returns the parts carried: [{hold_id, lot_id, amount}].
+-- What a claims hold keeps stays, neither carried nor shed (the refunds' since before the lot fell
+-- due: an expiry or a rollover moves the rest). Returns the parts carried: [{hold_id, lot_id, amount}].
 create or replace function billing.shed_reservations(p_transfers billing.transfer_spec[])
 returns jsonb
 language plpgsql
@@ -306,10 +307,12 @@ begin
     where t.kind in ('expiry', 'plan_rollover') and t.lots ? 'first'
     group by 1
   ), part as (
-    select hl.hold_id, hl.lot_id, hl.amount, lot.roll, l.reserved,
+    select hl.hold_id, hl.lot_id, hl.amount, lot.roll,
+      sum(hl.amount) over (partition by hl.lot_id) as reserved,
       sum(hl.amount) over (partition by hl.lot_id order by h.created_at desc, h.id desc) as upto
     from lot join billing.lots l on l.id = lot.id and l.reserved > 0
     join billing.hold_lots hl on hl.lot_id = l.id join billing.holds h on h.id = hl.hold_id and h.status = 'active'
+      and h.purpose <> 'claims'
   ), split as (
     select part.hold_id, part.lot_id, part.amount,
       least(part.amount, greatest(part.reserved - least(part.reserved, part.roll) - (part.upto - part.amount), 0)) as shed

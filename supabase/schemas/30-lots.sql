@@ -332,9 +332,13 @@ as $$
     select la.transfer_id from billing.lot_allocations la join billing.lots l on l.id = la.lot_id
     where la.cents is not null and la.cents::text <> (l.cost_cents * la.amount / l.amount)::text
   ), bad_expiry as (
-    -- next_expiry is a lower bound of every open lot's expiry.
+    -- next_expiry is a lower bound of every open lot's expiry, but a lot past it that holds only
+    -- what claims holds keep (the tick's: billing.expire_due_lots leaves it).
     select a.id from billing.accounts a join billing.lots l on l.account_id = a.id
     where l.open and l.expires_at is not null and (a.next_expiry is null or l.expires_at < a.next_expiry)
+      and not (l.expires_at <= now() and l.remaining = l.reserved and not exists (
+        select 1 from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id and h.status = 'active'
+        where hl.lot_id = l.id and h.purpose <> 'claims'))
     group by a.id
   ), deferred as (
     select l.currency,

@@ -179,8 +179,9 @@ $$;
 comment on function billing.take_back_lots(p_lots bigint[], p_buyer bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_purchase_id uuid, p_invoice_id text) is 'Internal: takes back up to p_amount of the free credits of p_lots (the buyer''s first, then by account) and records what live holds reserved of them as pending (billing.lot_take_backs); returns what the lots lack.';
 revoke execute on function billing.take_back_lots(p_lots bigint[], p_buyer bigint, p_amount numeric, p_kind billing.transfer_kind, p_key text, p_reference text, p_correlation_id text, p_metadata jsonb, p_purchase_id uuid, p_invoice_id text) from public;
 
--- Told by what ended a hold (12-holds, 11-ledger-due: captured, released, timed out, shrunk to
--- nothing) or shrank it (a lot it reserved expired or rolled over), under its account lock: the
+-- Told by the tick (billing.take_back_claims) once a hold ended (captured, released, timed out,
+-- shrunk to nothing; its claims hold released) or shrank (a lot it reserved expired or rolled
+-- over), under its account lock: the
 -- take-backs refunds left pending on it (on a live hold, those of the lots it gave up). Of what it
 -- reserved of a lot (hold_lots; else what was claimed), what it returned is taken back, what its
 -- capture drew or the lot's expiry took is owed by the buyer (forgiven if expired, but for a
@@ -211,7 +212,8 @@ begin
       -- A lot due before the hold ended is expired first (expire_due_lots orders the two): what
       -- the hold returns of it is expired, never free to pay a take-back. (A hold that ended
       -- before the lot fell due may be told after it: billing.expire_overdue_holds.)
-      if l.open and l.expires_at <= now() and (select case when h.status = 'expired' then l.expires_at < h.expires_at
+      if l.open and l.expires_at <= now() and (select case when h.status = 'expired' or h.purpose = 'claims'
+                                                               then l.expires_at < h.expires_at
                                                              else l.expires_at <= coalesce(h.finished_at, now()) end
                                                 from billing.holds h where h.id = p_hold_id) then
         raise exception 'hold % ended before its due lot % expired', p_hold_id, l.id;
@@ -255,10 +257,11 @@ revoke execute on function billing.hold_ended(p_hold_id uuid) from public;
 -- The tick's, never a settle's: what refunds claimed of held credits is taken back once the hold
 -- that reserved them ended (its claims hold, billing.keep_claims; the ended hold itself when it
 -- returned none of them) or the lot expired under it. The account is locked and settled first (a
--- due lot expires before a take-back reads it); then its holds are told one at a time, in the
--- order they ended, a claims hold released just before (its cap room back), so what one hold owes
--- never draws what another returned for its own claims. Until then the claimed credits are
--- reserved or were spent by the hold: never free. Returns the holds told.
+-- due lot expires before a take-back reads it, but for what claims holds keep of it, the refunds'
+-- since before it fell due); then its holds are told one at a time, in the order they ended, a
+-- claims hold released just before (its cap room back), so what one hold owes never draws what
+-- another returned for its own claims. Until then the claimed credits are reserved or were spent
+-- by the hold: never free. Returns the holds told.
 create or replace function billing.take_back_claims(p_account_id bigint) returns integer
 language plpgsql
 set search_path = ''
@@ -282,6 +285,11 @@ begin
     perform billing.hold_ended(h.id);
     v_count := v_count + 1;
   end loop;
+  -- What a claims hold kept of a lot that fell due and no take-back took expires now.
+  update billing.accounts a set next_expiry = (select min(l.expires_at) from billing.lots l
+                                               where l.account_id = a.id and l.open)
+  where a.id = p_account_id and v_count > 0;
+  perform billing.settled(a) from billing.accounts a where a.id = p_account_id and v_count > 0;
   return v_count;
 end;
 $$;
@@ -304,7 +312,13 @@ begin
     where h.status <> 'active' or h.purpose = 'claims' or not l.open
     order by 1 limit p_limit
   loop
-    v_total := v_total + billing.take_back_claims(v_account_id);
+    -- One account's failure (a deadlock with a refund or a sweep) never holds the others back:
+    -- it runs again the next minute.
+    begin
+      v_total := v_total + billing.take_back_claims(v_account_id);
+    exception when others then
+      raise warning 'take_back_claims(%) failed: %', v_account_id, sqlstate;
+    end;
   end loop;
   return v_total;
 end;

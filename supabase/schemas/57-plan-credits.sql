@@ -28,6 +28,9 @@ as $$
 declare
   v_posted billing.posted_transfer[];
   v_parts jsonb;
+  v_kept numeric(38, 18) := coalesce((select sum(hl.amount) from billing.hold_lots hl join billing.holds h
+                                      on h.id = hl.hold_id and h.status = 'active' and h.purpose = 'claims'
+                                      where hl.lot_id = p_lot_id), 0);
 begin
   -- Generic plans (plan_cache_mode, here and in the renewal's other functions): these statements
   -- cost more to plan than to run, and custom plans are made for a connection's first five calls.
@@ -37,10 +40,15 @@ begin
   if not exists (select 1 from billing.lots l where l.id = p_lot_id and l.remaining >= p_roll + p_expire) then
     perform billing.raise_error('INTERNAL_ERROR', jsonb_build_object('plan_lot', p_lot_id::text));
   end if;
+  -- What a claims hold keeps of it stays for the tick (billing.take_back_claims): the refunds'
+  -- since before the period ended. It neither expires nor rolls.
+  p_roll := p_roll - greatest(v_kept - p_expire, 0);
+  p_expire := greatest(p_expire - v_kept, 0);
   -- What live holds reserved of the lot: the writer carries what rolls over into the new lot and
   -- shrinks them by the rest (billing.shed_reservations); then billing.holds_gave_way.
   v_parts := (select coalesce(jsonb_agg(jsonb_build_object('hold_id', hl.hold_id, 'amount', hl.amount)), '[]')
               from billing.hold_lots hl join billing.holds h on h.id = hl.hold_id and h.status = 'active'
+                and h.purpose <> 'claims'
               where hl.lot_id = p_lot_id);
   v_posted := billing.post_transfers(array(
     select (m.kind, m.from_id, m.to_id, m.amount, m.key, m.correlation, null, m.metadata, null, null, null, m.lots)::billing.transfer_spec
@@ -175,8 +183,7 @@ begin
       v_total := v_total + v_settled;
     end if;
     -- In the same pass, what does not roll over ends with its period (now, at the latest: the
-    -- renewal says the period is over). Read again: a claim owed again as an earlier lot ended
-    -- (billing.hold_ended) may have drawn this one.
+    -- renewal says the period is over). Read again: the unexpiry above may have paid a debt.
     select x.remaining into l.remaining from billing.lots x where x.id = l.id;
     v_take := least(l.remaining, greatest(v_left, 0));
     continue when l.remaining <= 0;

@@ -312,7 +312,7 @@ begin
     select x.org_id, x.member_id from billing.accounts x
     where x.member_id is not null and x.balance > 0
       and (x.balance > x.held or exists (select 1 from billing.holds h where h.account_id = x.id and h.status = 'active'
-                                         and h.expires_at <= now()))
+                                         and h.expires_at <= now() and h.purpose <> 'claims'))
       and not billing.allowance_spendable(x.org_id, x.member_id)
     order by x.id limit p_limit
   loop

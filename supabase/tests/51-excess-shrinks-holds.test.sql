@@ -100,7 +100,7 @@ select is(pg_temp.err($$select billing.reserve_credits('c1a10000-0000-4000-8000-
 select billing.settle_spender('c1a10000-0000-4000-8000-000000000003');  -- a settle takes nothing back
 select is((select h.status from billing.holds h where h.account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000003')
            and h.purpose = 'claims'), 'active', 'a settle leaves the claims hold to the tick');
-select billing.take_back_due_claims(100000);  -- the minute's tick
+select billing.take_back_claims(pg_temp.acct('c1a10000-0000-4000-8000-000000000003'));  -- the minute's tick, for this account
 select results_eq($$select a.balance, a.next_hold_expiry from billing.accounts a
     where a.user_id = 'c1a10000-0000-4000-8000-000000000003'$$,
   $$values (-2::numeric, null::timestamptz)$$, 'the tick: the purchase is gone; the 2 the call spent of it is owed; nothing falls due');
@@ -130,7 +130,7 @@ select pg_temp.fin((select id from c8 where n = 1), 100);
 select pg_temp.fin((select id from c8 where n = 2), 150);
 select is((select count(*) from billing.holds h where h.account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000008')
            and h.purpose = 'claims' and h.status = 'active'), 2::bigint, 'two claims holds wait');
-select billing.take_back_due_claims(100000);
+select billing.take_back_claims(pg_temp.acct('c1a10000-0000-4000-8000-000000000008'));  -- the minute's tick, for this account
 select results_eq($$select trim_scale(sum(t.amount) filter (where t.idempotency_key like '%:held:%' and t.idempotency_key not like '%:owed')),
       trim_scale(sum(t.amount) filter (where t.idempotency_key like '%:owed'))
     from billing.transfers t where t.from_account_id = pg_temp.acct('c1a10000-0000-4000-8000-000000000008')

@@ -150,7 +150,7 @@ select results_eq($$select balance, held, available from billing.get_balance(pg_
 select billing.release_hold(pg_temp.u(7), (select h.id from billing.holds h where h.idempotency_key = 'bonus-hold-7'));
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(7))$$,
   $$values (50001::numeric, 49001::numeric, 1000::numeric)$$, 'u7: the hold released: what it returned of the paid lot stays reserved for the refund');
-select billing.take_back_due_claims(100000);  -- the minute's tick
+select billing.take_back_claims(a.id) from billing.accounts a where a.user_id = pg_temp.u(7);  -- the minute's tick, for u7
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(7))$$,
   $$values (1000::numeric, 0::numeric, 1000::numeric)$$, 'u7: the tick took it back; the other credits stay, no debt');
 select is((select sum(l.reserved) + count(*) filter (where l.remaining > 0) from billing.lots l

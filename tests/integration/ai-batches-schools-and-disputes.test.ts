@@ -167,7 +167,7 @@ Deno.test('a dispute lost while the batch runs: the reservation is taken back wh
   const m = await money(b.id);
   settledOnce(m);
   assert.ok(Number(m.charged) > 0);
-  await sweepExpiredHolds(); // the take-back is the next settle's (pg_cron's within the minute)
+  await sweepExpiredHolds(); // the take-back is pg_cron's minute tick's
   assert.equal(await balance(s.id), await minus('0', m.charged));
   await reservationInvariants([s.id]);
 });
@@ -191,7 +191,7 @@ Deno.test('a refund while the batch runs, the batch cancelled: nothing created, 
   const m = await money(b.id);
   settledOnce(m);
   assert.equal(m.charged, '0');
-  await sweepExpiredHolds(); // the take-back is the next settle's (pg_cron's within the minute)
+  await sweepExpiredHolds(); // the take-back is pg_cron's minute tick's
   assert.equal(await balance(s.id), '0', 'the refund took everything back once the hold returned it');
   await reservationInvariants([s.id]);
 });

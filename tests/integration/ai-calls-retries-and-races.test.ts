@@ -18,6 +18,7 @@ import {
   holdsLapse,
   key,
   spawnGateway,
+  sweepExpiredHolds,
   testDb,
 } from '../support/helpers.ts';
 import { person, school, walletOf } from '../support/orgs.ts';
@@ -322,9 +323,9 @@ Deno.test('a refund of the purchase under a live call’s hold, then the sweep: 
   const price = await priceOf('gpt-4o', usage!);
   const [c] = await callsOf(s.id);
   assert.deepEqual([c.status, c.charged], ['charged', price], 'charged its price from its reservation');
-  // The hold ended: what it returned stays reserved for the refund, which the next settle (the
-  // minute's sweep) takes back; what it spent is the buyer's debt.
-  await testDb`select billing.release_expired_holds(100000)`;
+  // The hold ended: what it returned stays reserved for the refund, which pg_cron's minute tick
+  // takes back; what it spent is the buyer's debt.
+  await sweepExpiredHolds();
   const l = await ledgerOfAccount(s.id);
   assert.deepEqual([l.balance, l.net, l.held, l.active_holds], ['-' + price, '-' + price, '0', 0]);
   // The next call is refused until the debt is paid.

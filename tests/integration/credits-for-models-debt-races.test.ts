@@ -146,8 +146,8 @@ Deno.test('a lost dispute delivered three times racing 30 spends for two models 
   assert.equal(p.dispute_status, 'lost');
   const codes = results.map((r) => r.status);
   assert.ok(codes.some((c) => c === 201 || c === 200), `some spends went through: ${codes}`);
-  // What the finished calls returned stays reserved for the refund until the account's next settle
-  // (the minute's sweep) takes it back.
+  // What the finished calls returned stays reserved for the refund until pg_cron's minute
+  // tick (sweepExpiredHolds runs it) takes it back.
   await sweepExpiredHolds();
 
   // What gpt-4o cost could only come from her purchase; it is owed. The 5,000 for gpt-4o-mini paid
@@ -516,8 +516,8 @@ Deno.test('gpt-4o calls held on a purchase when it is refunded or its dispute lo
       for (const e of events) assert.ok((await deliverWithRetries(e)).status < 300);
     }
     const answers = await Promise.all(calls);
-    // What the finished calls returned stays reserved for the refund until the account's next settle
-    // (the minute's sweep) takes it back.
+    // What the finished calls returned stays reserved for the refund until pg_cron's minute
+    // tick (sweepExpiredHolds runs it) takes it back.
     await sweepExpiredHolds();
     const rows = await testDb`select model, status, trim_scale(charged)::text as charged
       from billing.ai_calls where user_id = ${s.ada.id} order by created_at`;
@@ -677,8 +677,8 @@ Deno.test('a refund while eight gateway calls run on the refunded credits: they 
     `every call was billed from what its hold reserved: ${JSON.stringify(c)}`,
   );
   assert.ok(Number(c.charged) > 0, JSON.stringify(c));
-  // What the finished calls returned stays reserved for the refund until the account's next settle
-  // (the minute's sweep) takes it back.
+  // What the finished calls returned stays reserved for the refund until pg_cron's minute
+  // tick (sweepExpiredHolds runs it) takes it back.
   await sweepExpiredHolds();
   assert.equal((await balanceOf(token)).balance, `-${c.charged}`, 'the buyer owes what the calls spent');
   const next = await chat(token, 'gpt-4o-mini', 'words=3', 10);

@@ -222,7 +222,7 @@ Deno.test("credits a refund reaches under a hold stay the hold's until it ends: 
     assert.deepEqual({ status, attempts }, { status: 'completed', attempts: 1 }, 'the provider was called once');
   });
   // The job ended: what its hold returned stays reserved for the refund, taken back at the
-  // account's next settle (the minute's sweep); what it spent the school owes.
+  // minute's tick (sweepExpiredHolds runs it); what it spent the school owes.
   const ended = await accountOf(org, member.id);
   assert.equal(ended.balance, ended.held, 'what the hold returned is still reserved, never free');
   await sweepExpiredHolds();

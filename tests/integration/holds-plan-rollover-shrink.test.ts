@@ -3,8 +3,8 @@
 // by the rest the holds shrink, newest first (issue #77, spending rule 7; shed_reservations). A
 // hold shrunk by an expiry gives back the spend-cap room of what it gave up (as the lot sweep,
 // billing.expire_due_lots, does), and a hold shrunk to nothing has ended: whatever a refund left
-// pending on it (billing.lot_take_backs) is settled then (billing.hold_ended), as for any
-// other ending.
+// pending on it (billing.lot_take_backs) is taken at pg_cron's minute tick (billing.take_back_claims),
+// as for any other ending.
 import assert from 'node:assert/strict';
 import { api, student, sweepExpiredHolds, testDb, until } from '../support/helpers.ts';
 import { emulator } from '../support/purchases.ts';

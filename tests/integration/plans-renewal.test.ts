@@ -3,7 +3,16 @@
 // refunds, holds, job reservations, spending, a package lot due at the same time). The emulator's
 // test controls stand in for Stripe and the card holder.
 import assert from 'node:assert/strict';
-import { api, assertLedgerInvariants, key, reportUsage, spend, student, testDb } from '../support/helpers.ts';
+import {
+  api,
+  assertLedgerInvariants,
+  key,
+  reportUsage,
+  spend,
+  student,
+  sweepExpiredHolds,
+  testDb,
+} from '../support/helpers.ts';
 import { balanceOf, buy, deliver, emulator, type SignedEvent, stripeApi } from '../support/purchases.ts';
 import { breakage, chargeOfInvoice, planLots, renew, subscribeTo } from '../support/plans.ts';
 
@@ -179,7 +188,7 @@ Deno.test('a renewal that rolls every credit left tells the low-balance alert no
   assert.equal(alerts, 0, 'moving 2,000 out and in is no crossing of 1,000');
 });
 
-Deno.test('a dispute after the renewal freezes what rolled over too; parked in a hold first, it is taken back when the hold ends', async () => {
+Deno.test('a dispute after the renewal freezes what rolled over too; parked in a hold first, it is taken back after the hold ends', async () => {
   const s = await student();
   const plan = await subscribeTo(s.token, 'basic_monthly');
   const invoice = String((await stripeApi(`/v1/subscriptions/${plan.stripe_subscription}`)).latest_invoice);
@@ -208,6 +217,8 @@ Deno.test('a dispute after the renewal freezes what rolled over too; parked in a
     body: {},
   });
   assert.equal(r.status, 200, r.text);
+  assert.deepEqual(await balanceOf(s.token), { balance: '12000', held: '8000', available: '4000' }, 'claimed: kept');
+  await sweepExpiredHolds(); // the minute's tick
   assert.equal(
     (await balanceOf(s.token)).balance,
     '4000',

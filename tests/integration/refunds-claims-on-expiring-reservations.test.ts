@@ -151,17 +151,22 @@ Deno.test('a hold whose TTL passed after its lot expired ends after the expiry, 
   await assertLedgerInvariants();
 });
 
-Deno.test('a hold whose TTL passed before its lot expired kept its claims reserved: the lot expiring before the tick, the claim is owed', async () => {
+Deno.test('a hold whose TTL passed before its lot expired returned live credits: kept for the claims, the expiry leaves them, and the tick pays the claim from them', async () => {
   const s = await claimOnBonus();
   await backdateLot(s.bonus);
   await holdLapses(s.hold, s.bonus, -0.5);
-  assert.deepEqual(await owed(s.token), { balance: '-1248.5004', held: '0' }, 'read before the sweep');
-  await sweep();
   // The hold's 1 came back while the bonus lived, kept for the claims (0.9996 the refund's, 0.0004
-  // the claim's) until the tick; the bonus expired under it first, so the claim is owed.
-  assert.deepEqual(await owed(s.token), { balance: '-1248.5004', held: '0' });
+  // the claim's) in a claims hold: the bonus's expiry leaves it.
+  const kept = { balance: '-1247.5004', held: '1' };
+  assert.deepEqual(await owed(s.token), kept, 'read before the sweep');
+  await sweep();
+  assert.deepEqual(await owed(s.token), kept, 'after the sweep');
   await tick();
-  assert.deepEqual(await owed(s.token), { balance: '-1248.5008', held: '0' });
+  assert.deepEqual(
+    await owed(s.token),
+    { balance: '-1248.5004', held: '0' },
+    'the tick: 0.9996 to the refund, 0.0004 to the claim',
+  );
   await assertLedgerInvariants();
 });
 

@@ -199,8 +199,8 @@ Deno.test({
   assert.equal(mid.calls[0].status, 'held', `the call is still streaming: ${JSON.stringify(mid)}`);
   const { usage } = await finish();
   const price = await priceOf(m, usage);
-  // What the ended call returned stays reserved for the refund until the account's next settle
-  // (the minute's sweep) takes it back.
+  // What the ended call returned stays reserved for the refund until pg_cron's minute
+  // tick (sweepExpiredHolds runs it) takes it back.
   await sweepExpiredHolds();
   const [c] = await callsOf(s.id);
   const end = await account(s.id);
@@ -264,8 +264,8 @@ Deno.test({
   assert.equal(mid.calls[0].status, 'held', `the call is still streaming: ${JSON.stringify(mid)}`);
   const { usage } = await finish();
   const price = await priceOf(m, usage);
-  // What the ended call returned stays reserved for the refund until the account's next settle
-  // (the minute's sweep) takes it back.
+  // What the ended call returned stays reserved for the refund until pg_cron's minute
+  // tick (sweepExpiredHolds runs it) takes it back.
   await sweepExpiredHolds();
   const [c] = await callsOf(s.id);
   const end = await account(s.id);
@@ -348,8 +348,8 @@ Deno.test({
   assert.deepEqual(mid.calls.map((c) => c.status), ['held', 'held', 'held'], JSON.stringify({ before, mid }));
   const results = await Promise.all(finishes.map((f) => f()));
   const prices = await Promise.all(results.map((r) => priceOf(m, r.usage)));
-  // What the ended calls returned stays reserved for the refund until the account's next settle
-  // (the minute's sweep) takes it back.
+  // What the ended calls returned stays reserved for the refund until pg_cron's minute
+  // tick (sweepExpiredHolds runs it) takes it back.
   await sweepExpiredHolds();
   const calls = await callsOf(s.id);
   const end = await account(s.id);
@@ -357,7 +357,7 @@ Deno.test({
   // The calls' holds reserved 3 × their amount of the starter lot (the oldest paid credits): the
   // refund took its free rest and the mini purchase's lot at once, and left what the holds reserved.
   // Each call then captures its price from its reservation; what it returns is taken back at the
-  // account's next settle, and what it captured is owed by the buyer (the student): debt.
+  // minute's tick, and what it captured is owed by the buyer (the student): debt.
   const reserved = String(before.holds.reduce((t, h) => t + Number(h.amount), 0));
   const owed = prices.reduce((t, p) => t + Number(p), 0);
   assert.deepEqual(

@@ -151,7 +151,7 @@ Deno.test({
       },
       figures,
     );
-    await sweepExpiredHolds(); // what the job returned is the refund's at the account's next settle
+    await sweepExpiredHolds(); // what the job returned is the refund's at the minute's tick
     assert.deepEqual(await state(acct), { balance: '-50', held: '0' }, 'bought 4,990 net, spent 5,040');
   } finally {
     await gw.kill();

@@ -33,7 +33,14 @@ import { buyGift, promo, redeem } from '../support/codes.ts';
 import { capture, holdIdOf, holdPassesTtl, placeHold, release } from '../support/reserved.ts';
 import { claimedJob, completeJob } from '../support/disputed.ts';
 import { creditPerToken } from '../support/ai.ts';
-import { type FrozenWatch, frozenWatch, modelSeed, newRules, stepInvariants } from '../support/model-invariants.ts';
+import {
+  compareBesideTick,
+  type FrozenWatch,
+  frozenWatch,
+  modelSeed,
+  newRules,
+  stepInvariants,
+} from '../support/model-invariants.ts';
 import { M, micro, min, type RefHold, RefLedger, type RefLot } from '../support/model-rules.ts';
 
 const runs = Number(Deno.env.get('CODES_MODEL_RUNS') ?? 15);
@@ -94,7 +101,16 @@ const assertSuspended = (res: Parameters<typeof codeOf>[0]) => {
 const silent = (w: Who, res: { text: string }) =>
   w !== 'buyer' && assert.doesNotMatch(res.text, /disput/i, `${w} is told of the buyer's dispute: ${res.text}`);
 
-async function compare(m: Model, r: Real) {
+/** The model against the database after a step, beside pg_cron's own minute tick (compareBesideTick). */
+const compare = (m: Model, r: Real) =>
+  compareBesideTick(
+    { users: people.map((w) => r.users[w].id) },
+    m.ref.claimsWaiting,
+    () => m.ref.takeBackClaims(),
+    () => compareOnce(m, r),
+  );
+
+async function compareOnce(m: Model, r: Real) {
   for (const w of people) {
     const b = (await api('/credits/balance', { token: r.users[w].token })).body.data as {
       balance: string;
@@ -244,6 +260,17 @@ class Spend implements Cmd {
     await compare(m, r);
   }
   toString = () => `Spend(${this.who}, ${this.credits})`;
+}
+
+/** pg_cron's minute tick, at a random moment: what refunds claimed of ended holds is taken back. */
+class Tick implements Cmd {
+  check = () => true;
+  async run(m: Model, r: Real) {
+    await testDb`select billing.take_back_due_claims(100000)`;
+    m.ref.takeBackClaims();
+    await compare(m, r);
+  }
+  toString = () => 'Tick';
 }
 
 /** The tick drains the watch queue (alerts, auto-recharge) at a random moment, beside a spend: it moves no credit. */
@@ -500,6 +527,7 @@ const commands = [
   fc.tuple(fc.nat(), fc.constantFrom<Dispute['outcome']>('open', 'won', 'lost')).map(([i, o]) => new Dispute(i, o)),
   fc.tuple(fc.nat(), fc.constantFrom<Dispute['outcome']>('open', 'lost')).map(([i, o]) => new Dispute(i, o)),
   fc.tuple(who, fc.integer({ min: 1, max: 6000 })).map(([w, n]) => new Watch(new Spend(w, n))),
+  fc.constant(new Tick()),
 ];
 
 Deno.test({

@@ -361,6 +361,8 @@ function takeBackClaims(m: Model) {
     }
     owe(m, owed);
   }
+  // What the take-backs left of a lot past its expiry expires now (the tick settles again).
+  for (const l of m.lots) if (l.due && l.remaining > l.reserved) expireLot(m, l);
 }
 /**
  * What the buyer owes (spent credits of a refunded or lost purchase): their frozen credits pay it
@@ -408,11 +410,13 @@ const nextToExpire = (m: Model) =>
 // ---------------------------------------------------------------- settling
 /**
  * A lot expires whole, reserved or not: each hold that reserved it shrinks by that (it ends at 0),
- * a claims hold too. The take-backs and claims waiting on it are the tick's (takeBackClaims).
+ * but what claims holds keep of it (the tick's). The take-backs and claims waiting on it are the tick's too.
  */
 function expireLot(m: Model, l: ModelLot) {
   const n = m.lots.indexOf(l);
-  for (const h of [...m.holds.filter((x) => x.open), ...m.waiting]) {
+  // What claims holds keep of it is the refunds' since before it fell due: the tick's, it stays.
+  const kept = m.waiting.reduce((sum, h) => sum + (h.lots.get(n) ?? 0n), 0n);
+  for (const h of m.holds.filter((x) => x.open)) {
     const r = h.lots.get(n);
     if (r === undefined) continue;
     h.lots.delete(n);
@@ -425,10 +429,10 @@ function expireLot(m: Model, l: ModelLot) {
       if (waits.pending.size + waits.claimed.size > 0) m.waiting.push(waits);
     }
   }
-  if (l.purchase !== undefined && l.part) m.purchases[l.purchase].expired[l.part] += l.remaining;
-  m.balance -= l.remaining;
-  l.remaining = 0n;
-  l.reserved = 0n;
+  if (l.purchase !== undefined && l.part) m.purchases[l.purchase].expired[l.part] += l.remaining - kept;
+  m.balance -= l.remaining - kept;
+  l.remaining = kept;
+  l.reserved = kept;
 }
 
 /**

@@ -29,7 +29,14 @@ import {
 import { join, key, person, school, verifyOrg } from '../support/orgs.ts';
 import { chargeOf, emulator } from '../support/purchases.ts';
 import { capture, holdIdOf, holdPassesTtl, placeHold, release } from '../support/reserved.ts';
-import { type FrozenWatch, frozenWatch, modelSeed, newRules, stepInvariants } from '../support/model-invariants.ts';
+import {
+  compareBesideTick,
+  type FrozenWatch,
+  frozenWatch,
+  modelSeed,
+  newRules,
+  stepInvariants,
+} from '../support/model-invariants.ts';
 import { M, micro, type RefHold, RefLedger, type RefLot } from '../support/model-rules.ts';
 import { creditPerToken } from '../support/ai.ts';
 
@@ -122,7 +129,16 @@ function sweepRemoved(m: Model) {
   }
 }
 
-async function compare(m: Model, r: Real) {
+/** The model against the database after a step, beside pg_cron's own minute tick (compareBesideTick). */
+const compare = (m: Model, r: Real) =>
+  compareBesideTick(
+    { users: [r.owner.id, r.payer.id, ...r.members.map((x) => x.id)], orgs: [r.org] },
+    m.ref.claimsWaiting,
+    () => m.ref.takeBackClaims(),
+    () => compareOnce(m, r),
+  );
+
+async function compareOnce(m: Model, r: Real) {
   await testDb`select billing.sweep_ended_terms(1000)`;
   sweepRemoved(m);
   const org = (await api(`/orgs/${r.org}`, { token: r.owner.token })).body.data as {
@@ -315,6 +331,17 @@ class Use implements Cmd {
     await compare(m, r);
   }
   toString = () => `Use(#${this.member}, ${this.input}/${this.output})`;
+}
+
+/** pg_cron's minute tick, at a random moment: what refunds claimed of ended holds is taken back. */
+class Tick implements Cmd {
+  check = () => true;
+  async run(m: Model, r: Real) {
+    await testDb`select billing.take_back_due_claims(100000)`;
+    m.ref.takeBackClaims();
+    await compare(m, r);
+  }
+  toString = () => 'Tick';
 }
 
 /** The tick drains the watch queue (alerts, auto-recharge) at a random moment, beside a charge: it moves no credit. */
@@ -621,6 +648,7 @@ const commands = [
   ),
   fc.constant(new ExpirePromotions()),
   fc.tuple(member, input, output).map(([i, n, o]) => new Watch(new Use(i, n, o))),
+  fc.constant(new Tick()),
 ];
 
 Deno.test({

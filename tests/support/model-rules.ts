@@ -23,6 +23,8 @@ export interface RefLot {
   pending: bigint;
   /** Of `reserved`, what the account's own debt claims when the holds return it. */
   claimed: bigint;
+  /** It expired: what still waits on it is the tick's (forgiven, or owed again). */
+  gone?: boolean;
 }
 export interface RefHold {
   n: number;
@@ -31,6 +33,8 @@ export interface RefHold {
   /** What it reserved of each lot (by n). */
   lots: Map<number, bigint>;
   open: boolean;
+  /** A claims hold: what an ended hold returned that refunds and the debt claimed, until the tick. */
+  claims?: boolean;
 }
 export interface RefPurchase {
   buyer: string;
@@ -149,27 +153,78 @@ export class RefLedger {
   }
   /**
    * A hold ends: each lot loses what was posted of it and gets back the rest of its reservation,
-   * of which a pending take-back takes its part; what a pending take-back can no longer get
-   * (the hold spent it) the buyer owes now.
+   * but what refunds and the account's debt claimed of it (beyond what other holds still reserve)
+   * stays reserved in a claims hold until pg_cron's tick (takeBackClaims); the rest comes back.
    */
   private end(h: RefHold, posted: Map<number, bigint>) {
+    const kept: RefHold = {
+      n: this.holds.length,
+      account: h.account,
+      amount: 0n,
+      lots: new Map(),
+      open: true,
+      claims: true,
+    };
     for (const [n, r] of h.lots) {
       const l = this.lots[n];
       const spent = posted.get(n) ?? 0n;
       l.reserved -= r;
       l.remaining -= spent;
-      const back = min(r - spent, l.pending);
-      l.remaining -= back;
-      l.pending -= back;
-      // Then what the account's own debt claimed of it (billing.owe's claims).
-      const claim = min(r - spent - back, l.claimed);
-      l.remaining -= claim;
-      l.claimed -= claim;
-      // What comes back to an account in debt pays it first (as a void's return does).
-      const debt = this.debt.get(l.account) ?? 0n;
-      const settled = min(debt, r - spent - back - claim);
-      l.remaining -= settled;
-      if (settled > 0n) this.debt.set(l.account, debt - settled);
+      const keep = min(r - spent, max(l.pending + l.claimed - l.reserved, 0n));
+      l.reserved += keep;
+      if (keep > 0n) kept.lots.set(n, keep);
+      kept.amount += keep;
+      this.payDebt(l, r - spent - keep);
+    }
+    h.lots.clear();
+    h.open = false;
+    if (kept.amount > 0n) this.holds.push(kept);
+  }
+  /** What comes back to an account in debt pays it first (as a void's return does). */
+  private payDebt(l: RefLot, back: bigint) {
+    const debt = this.debt.get(l.account) ?? 0n;
+    const settled = min(debt, back);
+    l.remaining -= settled;
+    if (settled > 0n) this.debt.set(l.account, debt - settled);
+  }
+  /** Whether pg_cron's tick has anything to take back (billing.take_back_due_claims). */
+  claimsWaiting = () =>
+    this.holds.some((h) => h.open && h.claims) ||
+    this.lots.some((l) => l.pending + l.claimed > (l.gone ? 0n : l.reserved));
+  /**
+   * pg_cron's tick (billing.take_back_claims): each claims hold ends, and what it kept goes to the
+   * refunds' take-backs, then to the debt's claims; then what they can no longer get is owed: a
+   * take-back or claim a hold spent, by the buyer or the account; on an expired lot a take-back is
+   * forgiven and a claim owed again.
+   */
+  takeBackClaims() {
+    for (const h of this.holds.filter((x) => x.open && x.claims)) {
+      for (const [n, r] of h.lots) {
+        const l = this.lots[n];
+        l.reserved -= r;
+        const back = min(r, l.pending);
+        l.remaining -= back;
+        l.pending -= back;
+        const claim = min(r - back, l.claimed);
+        l.remaining -= claim;
+        l.claimed -= claim;
+        if (!l.gone) this.payDebt(l, r - back - claim);
+      }
+      h.lots.clear();
+      h.open = false;
+    }
+    for (const l of this.lots) {
+      if (l.gone) {
+        // What the take-backs left of it expires now.
+        if (l.purchase !== null) (this.purchases.get(l.purchase) as RefPurchase).expired += l.remaining;
+        l.remaining = 0n;
+        if (l.purchase !== null) (this.purchases.get(l.purchase) as RefPurchase).forgiven += l.pending;
+        const claimed = l.claimed;
+        l.pending = 0n;
+        l.claimed = 0n;
+        this.oweBy(l.account, claimed); // what the account's debt claimed of it is owed again
+        continue;
+      }
       const unpaid = max(l.pending - l.reserved, 0n);
       l.pending -= unpaid;
       const unclaimed = max(l.claimed - (l.reserved - l.pending), 0n);
@@ -177,27 +232,29 @@ export class RefLedger {
       if (unpaid > 0n) this.owe(l.purchase as string, unpaid);
       if (unclaimed > 0n) this.oweBy(l.account, unclaimed);
     }
-    h.lots.clear();
-    h.open = false;
   }
 
-  /** A lot expires whole, reserved or not; each hold that reserved it shrinks by that (ends at 0). */
+  /**
+   * A lot expires whole, reserved or not (each hold that reserved it shrinks by that, ends at 0),
+   * but for what claims holds keep of it: the refunds' since before it fell due, the tick's.
+   */
   expire(l: RefLot) {
+    let kept = 0n;
     for (const h of this.holds) {
       const r = h.lots.get(l.n);
       if (!h.open || r === undefined) continue;
+      if (h.claims) {
+        kept += r;
+        continue;
+      }
       h.lots.delete(l.n);
       h.amount -= r;
       if (h.amount === 0n) h.open = false;
     }
-    if (l.purchase !== null) (this.purchases.get(l.purchase) as RefPurchase).expired += l.remaining;
-    if (l.purchase !== null) (this.purchases.get(l.purchase) as RefPurchase).forgiven += l.pending;
-    const claimed = l.claimed;
-    l.remaining = 0n;
-    l.reserved = 0n;
-    l.pending = 0n;
-    l.claimed = 0n;
-    this.oweBy(l.account, claimed); // what the account's debt claimed of it is owed again
+    if (l.purchase !== null) (this.purchases.get(l.purchase) as RefPurchase).expired += l.remaining - kept;
+    l.remaining = kept;
+    l.reserved = kept;
+    l.gone = true; // what waits on it is the tick's
   }
 
   /**
