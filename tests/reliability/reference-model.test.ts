@@ -42,7 +42,7 @@ Deno.test('reference: a frozen lot beside free credits: only the free ones are s
   assert.equal(l.available('T'), 300n * M);
 });
 
-Deno.test("reference: a gift's lost dispute takes the free credits at once, the reserved part when the hold ends; the buyer owes what was spent", () => {
+Deno.test("reference: a gift's lost dispute takes the free credits at once, the reserved part at the tick after the hold ends; the buyer owes what was spent", () => {
   const l = giftRedeemed();
   const charged = c(60); // 100,000 input tokens of gpt-4o-mini
   assert.ok(l.charge('T', charged));
@@ -53,6 +53,8 @@ Deno.test("reference: a gift's lost dispute takes the free credits at once, the 
   l.takeBack('G', 5000n * M);
   assert.deepEqual([l.balance('T'), l.held('T')], [500n * M, 500n * M]);
   assert.ok(l.capture(h, 200n * M));
+  assert.deepEqual([l.balance('T'), l.held('T')], [300n * M, 300n * M], 'what it returned stays reserved');
+  l.takeBackClaims(); // pg_cron's minute tick
   assert.deepEqual([l.balance('T'), l.held('T')], [0n, 0n], 'the redeemer is never billed');
   assert.equal(l.balance('S'), -(charged + 200n * M), 'the buyer owes what was spent: the usage and the capture');
 });
@@ -64,6 +66,8 @@ Deno.test('reference: a hold lapsing after a lost dispute returns its reservatio
   l.takeBack('G', 5000n * M);
   assert.deepEqual([l.balance('T'), l.held('T')], [1000n * M, 1000n * M]);
   l.release(h);
+  assert.deepEqual([l.balance('T'), l.held('T')], [1000n * M, 1000n * M], 'kept for the take-back');
+  l.takeBackClaims(); // pg_cron's minute tick
   assert.deepEqual([l.balance('T'), l.held('T'), l.balance('S')], [0n, 0n, 0n]);
 });
 
@@ -103,7 +107,9 @@ Deno.test('reference: a capture above its hold is refused; work billed past its 
   assert.ok(other);
   l.chargeWork(h, 75n * M); // 60 held, 10 free, 5 claimed of the other hold's reservation
   assert.deepEqual([l.balance('T'), l.held('T'), l.available('T')], [30n * M, 30n * M, 0n]);
-  l.release(other); // the claim takes 5 of what it returns
+  l.release(other); // the claim keeps 5 of what it returns, which the tick takes
+  assert.deepEqual([l.balance('T'), l.held('T'), l.available('T')], [30n * M, 5n * M, 25n * M]);
+  l.takeBackClaims();
   assert.deepEqual([l.balance('T'), l.held('T'), l.available('T')], [25n * M, 0n, 25n * M]);
   const last = l.reserve('T', 25n * M);
   assert.ok(last);
