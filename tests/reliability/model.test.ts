@@ -29,7 +29,14 @@ import {
   userToken,
 } from '../support/helpers.ts';
 import { chargeOf, deliver, emulator, startCheckout } from '../support/purchases.ts';
-import { type FrozenWatch, frozenWatch, modelSeed, newRules, stepInvariants } from '../support/model-invariants.ts';
+import {
+  compareBesideTick,
+  type FrozenWatch,
+  frozenWatch,
+  modelSeed,
+  newRules,
+  stepInvariants,
+} from '../support/model-invariants.ts';
 
 const runs = Number(Deno.env.get('MODEL_RUNS') ?? 200);
 const service = env('SUPABASE_SERVICE_ROLE_KEY');
@@ -135,7 +142,11 @@ interface Real {
 }
 
 // ---------------------------------------------------------------- checking a step
-async function compare(m: Model, r: Real) {
+/** The model against the database after a step, beside pg_cron's own minute tick (compareBesideTick). */
+const compare = (m: Model, r: Real) =>
+  compareBesideTick({ users: [r.user] }, () => claimsWaiting(m), () => takeBackClaims(m), () => compareOnce(m, r));
+
+async function compareOnce(m: Model, r: Real) {
   // The balance as settling would leave it, even before anything settled the account.
   const b = (await api('/credits/balance', { token: r.token })).body.data as {
     balance: string;
@@ -151,13 +162,6 @@ async function compare(m: Model, r: Real) {
       l.frozen from billing.lots l join billing.accounts a on a.id = l.account_id where a.user_id = ${r.user} order by l.id`)
       .map((l) => [micro(l.remaining), newRules ? micro(l.reserved) : 0n, newRules && l.frozen]);
   const caps = capsSeen(((await api('/credits/caps', { token: r.token })).body.data as { items: SpendCap[] }).items);
-  // pg_cron's tick takes what refunds claimed back each minute on its own: once the rows show it
-  // ran, the model takes them back too (the Tick command runs it at random moments).
-  if (takeBacksDue(m) && !agrees(m, b, lots, caps)) {
-    const after = structuredClone(m);
-    takeBackClaims(after);
-    if (agrees(after, b, lots, caps)) Object.assign(m, after);
-  }
   const view = settled(m);
   assert.equal(micro(b.balance), view.balance, 'balance');
   assert.equal(micro(b.held), view.held, 'held');
@@ -169,17 +173,6 @@ async function compare(m: Model, r: Real) {
 }
 const lotsModelled = (m: Model) =>
   m.lots.map((l) => [l.remaining, newRules ? l.reserved : 0n, newRules && isFrozen(m, l)]);
-/** Whether what was read is the model (settled): balance, held, lots and caps. */
-function agrees(m: Model, b: { balance: string; held: string }, lots: unknown[], caps: unknown[]) {
-  const v = settled(m);
-  try {
-    assert.deepEqual([micro(b.balance), micro(b.held), caps], [v.balance, v.held, capsModelled(v)]);
-    if (newRules || v.holds.length === 0) assert.deepEqual(lots, lotsModelled(v));
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** pg_cron's minute tick, at a random moment: what refunds claimed of ended holds is taken back. */
 class Tick implements Cmd {
@@ -317,7 +310,7 @@ function takeClaims(h: ModelHold): ModelHold {
 const dueOnLiveHold = (h: ModelHold) =>
   h.open && [...h.pending.keys(), ...h.claimed.keys()].some((n) => !h.lots.has(n));
 /** Whether pg_cron's tick has take-backs to take. */
-const takeBacksDue = (m: Readonly<Model>) => m.waiting.length > 0 || m.holds.some(dueOnLiveHold);
+const claimsWaiting = (m: Readonly<Model>) => m.waiting.length > 0 || m.holds.some(dueOnLiveHold);
 /**
  * pg_cron's tick (billing.take_back_claims): the account settled, then each ended hold's
  * take-backs in the order it ended (its claims hold released first), and a live hold's on lots
@@ -326,7 +319,7 @@ const takeBacksDue = (m: Readonly<Model>) => m.waiting.length > 0 || m.holds.som
  * forgiven.
  */
 function takeBackClaims(m: Model) {
-  if (!takeBacksDue(m)) return;
+  if (!claimsWaiting(m)) return;
   settle(m);
   const entries = [...m.waiting, ...m.holds.filter(dueOnLiveHold)];
   m.waiting = [];
