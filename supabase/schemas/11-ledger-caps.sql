@@ -315,6 +315,9 @@ begin
     delete from billing.account_watch w where w.account_id = v_id returning w.may_recharge into v_may_recharge;
     continue when not found;                 -- another tick took it
     begin
+      -- As the student reads it (billing.balance_of): a hold past its TTL reserves nothing and a
+      -- due lot is gone, though the sweep may not have ended or expired them yet.
+      a := billing.settled(a);
       perform billing.check_low_balance(a);
       if v_may_recharge then
         perform billing.check_auto_recharge(a);
