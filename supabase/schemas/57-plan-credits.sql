@@ -37,13 +37,14 @@ begin
   -- A rollover out of the lot and into a new one, then the expiry of the rest (expire_due_lots'
   -- key: a sweep that comes later finds the lot closed). A renewal is the only caller, under the
   -- account lock, once per invoice (plan_grants).
-  if not exists (select 1 from billing.lots l where l.id = p_lot_id and l.remaining >= p_roll + p_expire) then
+  -- What a claims hold keeps of it stays for the tick (billing.take_back_claims): the refunds'
+  -- since before the period ended. It neither expires nor rolls: the caller ends the lot's
+  -- remaining, the kept part among what it would expire, and that part stays.
+  if not exists (select 1 from billing.lots l where l.id = p_lot_id and l.remaining >= p_roll + p_expire)
+     or p_expire < v_kept then
     perform billing.raise_error('INTERNAL_ERROR', jsonb_build_object('plan_lot', p_lot_id::text));
   end if;
-  -- What a claims hold keeps of it stays for the tick (billing.take_back_claims): the refunds'
-  -- since before the period ended. It neither expires nor rolls.
-  p_roll := p_roll - greatest(v_kept - p_expire, 0);
-  p_expire := greatest(p_expire - v_kept, 0);
+  p_expire := p_expire - v_kept;
   -- What live holds reserved of the lot: the writer carries what rolls over into the new lot and
   -- shrinks them by the rest (billing.shed_reservations); then billing.holds_gave_way.
   v_parts := (select coalesce(jsonb_agg(jsonb_build_object('hold_id', hl.hold_id, 'amount', hl.amount)), '[]')
@@ -150,9 +151,14 @@ begin
   -- after it (Stripe charges a renewal about an hour after the period ends; a failed one is retried
   -- for days): still open when the sweep has not reached it (nothing can be spent from a lot past
   -- its expiry), or what the sweep expired. Never a frozen (disputed) lot: its credits cannot move.
+  -- Nor what a claims hold keeps of it (kept): a refund's since before the period ended, left in
+  -- the lot for the tick (billing.take_back_claims), which the sweep did not expire either.
   for l in
     select x.*, coalesce((select sum(a.amount) from billing.lot_allocations a
-                          where a.lot_id = x.id and a.kind = 'expiry'), 0) as expired
+                          where a.lot_id = x.id and a.kind = 'expiry'), 0) as expired,
+      coalesce((select sum(hl.amount) from billing.hold_lots hl join billing.holds h
+                on h.id = hl.hold_id and h.status = 'active' and h.purpose = 'claims'
+                where hl.lot_id = x.id), 0) as kept
     from billing.plan_lots pl join billing.lots x on x.id = pl.lot_id
     where pl.subscription_id = p_sub.id and pl.period_end = p_period_end and not x.frozen
       and x.account_id = p_account_id and x.expires_at > now() - billing.plan_rollover_grace()
@@ -160,7 +166,7 @@ begin
   loop
     -- Not what a refund or dispute of the grant already forgave as expired, nor after a lost
     -- dispute (it took the rest); a refund or a won dispute before the sweep leaves the rest to roll.
-    if v_left > 0 and not l.open and l.expired > 0 and not exists (select 1 from billing.plan_grants g
+    if v_left > 0 and l.remaining <= l.kept and l.expired > 0 and not exists (select 1 from billing.plan_grants g
         where g.subscription_id = p_sub.id and (g.expiry_forgiven > 0 or g.dispute_status = 'lost')
           and l.id = any(billing.lot_lineage(g.lot_id))) then
       -- The sweep was first: the share that rolls comes back from breakage into the lot it
@@ -185,10 +191,10 @@ begin
     -- In the same pass, what does not roll over ends with its period (now, at the latest: the
     -- renewal says the period is over). Read again: the unexpiry above may have paid a debt.
     select x.remaining into l.remaining from billing.lots x where x.id = l.id;
-    v_take := least(l.remaining, greatest(v_left, 0));
+    v_take := least(l.remaining - l.kept, greatest(v_left, 0));
     continue when l.remaining <= 0;
     perform billing.end_plan_lot(p_account_id, l.id, l.category, v_take, l.remaining - v_take, p_sub.id, p_new_end, p_key);
-    v_expired := v_expired or l.remaining > v_take;
+    v_expired := v_expired or l.remaining - l.kept > v_take;
     v_left := v_left - v_take;
     v_total := v_total + v_take;
   end loop;
