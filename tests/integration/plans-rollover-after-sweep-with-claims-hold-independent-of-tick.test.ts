@@ -10,19 +10,9 @@
 import assert from 'node:assert/strict';
 import { assertLedgerInvariants, awayFromCron, student, sweepExpiredHolds, testDb } from '../support/helpers.ts';
 import { balanceOf, deliver, emulator } from '../support/purchases.ts';
-import { breakage, planLots, renew, subscribeTo } from '../support/plans.ts';
+import { breakage, planLots, planPeriodEnded, renew, subscribeTo } from '../support/plans.ts';
 import { planCharge } from '../support/disputed.ts';
 import { holdIdOf, placeHold, release, reservationInvariants } from '../support/reserved.ts';
-
-/** Time passes: the period's open plan lots are just past their expiry (after the hold ended), then the minute sweep runs. */
-async function periodEndsAndSweeps(userId: string): Promise<void> {
-  await testDb`with l as (update billing.lots x set expires_at = now() - interval '1 second'
-                          from billing.plan_lots pl join billing.accounts a on true
-                          where pl.lot_id = x.id and a.id = x.account_id and a.user_id = ${userId} and x.open
-                          returning x.account_id, x.expires_at)
-               update billing.accounts a set next_expiry = (select min(expires_at) from l) from l where a.id = l.account_id`;
-  await testDb`select billing.expire_lots(500)`;
-}
 
 async function run(tickFirst: boolean) {
   await awayFromCron(40_000); // pg_cron's own tick would choose the order for us
@@ -40,7 +30,8 @@ async function run(tickFirst: boolean) {
   await new Promise((r) => setTimeout(r, 2000)); // the hold ended before the period did
   // The period ends; the renewal is charged later, its webhooks not yet delivered; the sweep runs.
   const late = await renew(plan.stripe_subscription, 'paid', false);
-  await periodEndsAndSweeps(s.id);
+  await planPeriodEnded(s.id, '1 second'); // just after the hold ended
+  await testDb`select billing.expire_lots(500)`; // the minute sweep
   assert.equal(await breakage(s.id), '4995');
   if (tickFirst) await sweepExpiredHolds(); // the minute's tick before the renewal
   for (const e of late.events) assert.equal((await deliver(e)).status, 200);

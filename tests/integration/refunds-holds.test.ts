@@ -21,7 +21,7 @@ import {
 } from '../support/helpers.ts';
 import { checkLots } from '../support/money.ts';
 import { buy, chargeOf, deliver, deliverWithRetries, emulator, stripeApi } from '../support/purchases.ts';
-import { breakage, chargeOfInvoice, renew, subscribeTo } from '../support/plans.ts';
+import { breakage, chargeOfInvoice, planPeriodEnded, renew, subscribeTo } from '../support/plans.ts';
 
 type Json = Record<string, unknown>;
 
@@ -170,15 +170,6 @@ Deno.test({
   assert.equal(n, 2);
 });
 
-/** Time passes: the user's open plan lots are an hour past their expiry (as the period ended). */
-async function periodEnds(userId: string): Promise<void> {
-  await testDb`with l as (update billing.lots x set expires_at = now() - interval '1 hour'
-                          from billing.plan_lots pl join billing.accounts a on true
-                          where pl.lot_id = x.id and a.id = x.account_id and a.user_id = ${userId} and x.open
-                          returning x.account_id, x.expires_at)
-               update billing.accounts a set next_expiry = (select min(expires_at) from l) from l where a.id = l.account_id`;
-}
-
 Deno.test({
   name:
     'the period ends and the sweep expires it under a user hold and a streaming AI call, then the renewal is paid (twice at once): both holds gave way whole, 2,000 come back from breakage, the call is charged its whole price from the new period',
@@ -190,7 +181,7 @@ Deno.test({
   const finish = await slowCall(s.openai, m, { words: 10, reasoning: 2850, delay: 1500, max: 2900, tag });
   const hUser = await userHold(s.token, '1000');
   const late = await renew(plan.stripe_subscription, 'paid', false);
-  await periodEnds(s.id);
+  await planPeriodEnded(s.id, '1 hour');
   await testDb`select billing.expire_lots(500)`;
   const swept = { account: await account(s.id), holds: await holdsOf(s.id) };
   await Promise.all([...late.events, ...late.events].map((e) => deliverWithRetries(e)));

@@ -60,3 +60,12 @@ export async function breakage(userId: string): Promise<string> {
     where x.user_id = ${userId} and a.kind = 'expiry'`;
   return r.n;
 }
+
+/** Time passes: the user's open plan lots are `ago` past their expiry (the period ended), not yet swept. */
+export async function planPeriodEnded(userId: string, ago: '1 second' | '1 hour'): Promise<void> {
+  await testDb`with l as (update billing.lots x set expires_at = now() - ${ago}::interval
+                          from billing.plan_lots pl join billing.accounts a on true
+                          where pl.lot_id = x.id and a.id = x.account_id and a.user_id = ${userId} and x.open
+                          returning x.account_id, x.expires_at)
+               update billing.accounts a set next_expiry = (select min(expires_at) from l) from l where a.id = l.account_id`;
+}
