@@ -309,24 +309,28 @@ begin
     -- is left for the next tick (its posting queues it again anyway).
     select * into a from billing.accounts x where x.id = v_id for update skip locked;
     continue when not found;
-    -- A posting left it at or above a threshold since the last look: that crossing re-arms, and
-    -- the account as it is now may fire again.
-    a := billing.rearm_watched(a);
-    delete from billing.account_watch w where w.account_id = v_id returning w.may_recharge into v_may_recharge;
-    continue when not found;                 -- another tick took it
     begin
       -- As the student reads it (billing.balance_of): a hold past its TTL reserves nothing and a
-      -- due lot is gone, though the sweep may not have ended or expired them yet.
+      -- due lot is gone, though the sweep may not have ended or expired them yet. What the settle
+      -- left available is queued like any posting's, before the re-arm reads it.
       a := billing.settled(a);
-      perform billing.check_low_balance(a);
-      if v_may_recharge then
-        perform billing.check_auto_recharge(a);
+      -- A posting left it at or above a threshold since the last look: that crossing re-arms, and
+      -- the account as it is now may fire again.
+      a := billing.rearm_watched(a);
+      delete from billing.account_watch w where w.account_id = v_id returning w.may_recharge into v_may_recharge;
+      if found then                          -- else another tick took it
+        perform billing.check_low_balance(a);
+        if v_may_recharge then
+          perform billing.check_auto_recharge(a);
+        end if;
+        perform billing.cap_alerts_after(c, c.period_start) from billing.spend_caps c
+        where c.account_id = v_id and c.alert_percents <> '{}';
       end if;
-      perform billing.cap_alerts_after(c, c.period_start) from billing.spend_caps c
-      where c.account_id = v_id and c.alert_percents <> '{}';
     exception when others then
-      -- One account's failure is that account's: the others go on, and someone is told.
+      -- One account's failure is that account's: it leaves the queue, the others go on, and
+      -- someone is told.
       get stacked diagnostics v_state = returned_sqlstate;
+      delete from billing.account_watch w where w.account_id = v_id;
       perform billing.set_alert('account_watch_failed', true, 'An account''s alerts or auto-recharge failed at the tick',
         jsonb_build_object('account_id', v_id, 'sqlstate', v_state));
     end;

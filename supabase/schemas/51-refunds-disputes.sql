@@ -305,6 +305,7 @@ as $$
 declare
   v_account_id bigint;
   v_total integer := 0;
+  v_state text;
 begin
   for v_account_id in
     select distinct h.account_id from billing.lot_take_backs t join billing.holds h on h.id = t.hold_id
@@ -312,12 +313,18 @@ begin
     where h.status <> 'active' or h.purpose = 'claims' or not l.open
     order by 1 limit p_limit
   loop
-    -- One account's failure (a deadlock with a refund or a sweep) never holds the others back:
-    -- it runs again the next minute.
+    -- One account's failure never holds the others back: it runs again the next minute, its
+    -- claimed credits held meanwhile. A deadlock with a refund or a sweep passes by itself;
+    -- anything else would fail every minute, so someone is told.
     begin
       v_total := v_total + billing.take_back_claims(v_account_id);
     exception when others then
-      raise warning 'take_back_claims(%) failed: %', v_account_id, sqlstate;
+      get stacked diagnostics v_state = returned_sqlstate;
+      raise warning 'take_back_claims(%) failed: %', v_account_id, v_state;
+      if v_state not in ('40P01', '40001', '55P03') then
+        perform billing.set_alert('take_back_failed', true, 'A refund''s take-back failed at the tick',
+          jsonb_build_object('account_id', v_account_id, 'sqlstate', v_state));
+      end if;
     end;
   end loop;
   return v_total;

@@ -1,7 +1,7 @@
 -- Auto-recharge: when a student's available balance falls below their threshold, a recharge
--- of a chosen package is queued (on_available_change, under the account lock) and charged
--- off-session to the card saved at Checkout, at most once per window. The check itself runs on
--- the writer's road (on_available_change, check_auto_recharge: 11-ledger-writer.sql); what a
+-- of a chosen package is queued (by the tick, from the account watch queue, under the account
+-- lock) and charged off-session to the card saved at Checkout, at most once per window. The
+-- check itself is the tick's (run_account_watch, check_auto_recharge: 11-ledger-caps.sql); what a
 -- recharge's payment or a dispute does to it (record_recharge, turn_off_auto_recharge,
 -- stop_off_session_charges) with the purchase's sync (50-purchases.sql, 51-refunds-disputes.sql).
 

@@ -35,7 +35,7 @@ begin
   -- Generic plans (plan_cache_mode, here and in the renewal's other functions): these statements
   -- cost more to plan than to run, and custom plans are made for a connection's first five calls.
   -- A rollover out of the lot and into a new one, then the expiry of the rest (expire_due_lots'
-  -- key: a sweep that comes later finds the lot closed). A renewal is the only caller, under the
+  -- key: a sweep that comes later finds nothing more to expire). A renewal is the only caller, under the
   -- account lock, once per invoice (plan_grants).
   -- What a claims hold keeps of it stays for the tick (billing.take_back_claims): the refunds'
   -- since before the period ended. It neither expires nor rolls: the caller ends the lot's
@@ -82,7 +82,7 @@ begin
   end if;
 end;
 $$;
-comment on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric, p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) is 'Internal: at a renewal, moves p_roll of a plan lot into a new lot of the next period (plan_rollover out and in; moved_from keeps its provenance) and expires p_expire of it now, under the caller''s account lock.';
+comment on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric, p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) is 'Internal: at a renewal, moves p_roll of a plan lot into a new lot of the next period (plan_rollover out and in; moved_from keeps its provenance) and expires p_expire of it now but what claims holds keep of it (left for the tick), under the caller''s account lock.';
 revoke execute on function billing.end_plan_lot(p_account_id bigint, p_lot_id bigint, p_category text, p_roll numeric, p_expire numeric, p_sub_id uuid, p_new_end timestamptz, p_key text) from public;
 
 create or replace function billing.expire_plan_lots(p_sub_id uuid, p_account_id bigint, p_period_end timestamptz,

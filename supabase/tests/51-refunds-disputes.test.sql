@@ -6,7 +6,7 @@
 begin;
 set transaction isolation level repeatable read;
 lock table billing.revenue_rollup, billing.daily_revenue in exclusive mode;
-select plan(38);
+select plan(40);
 \ir helpers.psql
 
 insert into auth.users (id) select ('b0b0b0b0-0000-4000-8000-00000000000' || n)::uuid from generate_series(1, 8) n;
@@ -150,6 +150,24 @@ select results_eq($$select balance, held, available from billing.get_balance(pg_
 select billing.release_hold(pg_temp.u(7), (select h.id from billing.holds h where h.idempotency_key = 'bonus-hold-7'));
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(7))$$,
   $$values (50001::numeric, 49001::numeric, 1000::numeric)$$, 'u7: the hold released: what it returned of the paid lot stays reserved for the refund');
+-- A take-back that fails (here a trigger refusing u7's claims hold; in life an invariant) moves
+-- nothing and tells an operator; the claimed credits stay held for the next minute.
+create function pg_temp.refuse() returns trigger language plpgsql as $$
+begin
+  if new.account_id = (select a.id from billing.accounts a where a.user_id = pg_temp.u(7)) then
+    raise exception 'no take-back for u7';
+  end if;
+  return new;
+end $$;
+create trigger take_back_refuse before update on billing.holds for each row
+  when (old.purpose = 'claims') execute function pg_temp.refuse();
+select billing.take_back_due_claims(100000);
+select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(7))$$,
+  $$values (50001::numeric, 49001::numeric, 1000::numeric)$$, 'u7: a failed take-back moved nothing: the claims stay held');
+select is((select al.details ->> 'account_id' from billing.alerts al where al.condition = 'take_back_failed'
+           and al.status = 'open'), (select a.id::text from billing.accounts a where a.user_id = pg_temp.u(7)),
+  'u7: and an operator alert names the account');
+drop trigger take_back_refuse on billing.holds;
 select billing.take_back_claims(a.id) from billing.accounts a where a.user_id = pg_temp.u(7);  -- the minute's tick, for u7
 select results_eq($$select balance, held, available from billing.get_balance(pg_temp.u(7))$$,
   $$values (1000::numeric, 0::numeric, 1000::numeric)$$, 'u7: the tick took it back; the other credits stay, no debt');

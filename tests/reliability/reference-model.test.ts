@@ -97,7 +97,7 @@ Deno.test('reference: a lot expires whole under a hold, which shrinks by what it
   assert.deepEqual([h.open, g.open], [false, false], 'a hold whose lots all expired ends');
 });
 
-Deno.test('reference: a capture above its hold is refused; work billed past its hold owes the excess from free credits, frozen ones, claims, then debt', () => {
+Deno.test('reference: a capture above its hold is refused; work billed past its hold owes the excess from free credits, what other holds give up, frozen ones, then debt', () => {
   const l = new RefLedger();
   l.grant('T', 100n * M);
   const h = l.reserve('T', 60n * M);
@@ -105,14 +105,28 @@ Deno.test('reference: a capture above its hold is refused; work billed past its 
   assert.equal(l.capture(h, 61n * M), false, 'a capture never passes its hold');
   const other = l.reserve('T', 30n * M);
   assert.ok(other);
-  l.chargeWork(h, 75n * M); // 60 held, 10 free, 5 claimed of the other hold's reservation
-  assert.deepEqual([l.balance('T'), l.held('T'), l.available('T')], [30n * M, 30n * M, 0n]);
-  l.release(other); // the claim keeps 5 of what it returns, which the tick takes
-  assert.deepEqual([l.balance('T'), l.held('T'), l.available('T')], [30n * M, 5n * M, 25n * M]);
-  l.takeBackClaims();
+  l.chargeWork(h, 75n * M); // 60 held, 10 free, 5 the other hold gives up at once
+  assert.deepEqual([l.balance('T'), l.held('T'), l.available('T')], [25n * M, 25n * M, 0n]);
+  assert.equal(other.amount, 25n * M, 'the other hold shrank by what it gave');
+  assert.equal(l.claimsWaiting(), false, 'nothing waits on the tick');
+  l.release(other);
   assert.deepEqual([l.balance('T'), l.held('T'), l.available('T')], [25n * M, 0n, 25n * M]);
   const last = l.reserve('T', 25n * M);
   assert.ok(last);
   l.chargeWork(last, 40n * M); // nothing left beside it: 15 of debt
   assert.deepEqual([l.balance('T'), l.debt.get('T')], [-15n * M, 15n * M]);
+});
+
+Deno.test("reference: an excess takes what other holds give up, frozen lots' reservations too, before frozen free credits", () => {
+  const l = new RefLedger();
+  l.buy('p', 'T');
+  l.grant('T', 10n * M, { purchase: 'p' }); // first in spending order
+  l.grant('T', 20n * M);
+  const h = l.reserve('T', 5n * M); // 5 of the purchase's lot
+  const other = l.reserve('T', 20n * M); // its other 5, then 15 of the grant
+  assert.ok(h && other);
+  l.freeze('p', true);
+  l.chargeWork(h, 12n * M); // 5 held; the excess of 7: 5 free, 2 the other hold gives up of the frozen lot
+  assert.equal(other.amount, 18n * M);
+  assert.deepEqual([l.balance('T'), l.held('T'), l.debt.get('T') ?? 0n], [18n * M, 18n * M, 0n]);
 });

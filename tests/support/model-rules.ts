@@ -138,14 +138,41 @@ export class RefLedger {
   }
   /**
    * Work priced after it ran (a gateway call, a job) ends its hold: what the hold holds is
-   * captured, and what the provider billed past it is the one debt, owed by the hold's account
-   * (billing.owe, docs/credit-lots.md rule 7): free credits, then frozen ones, claims, debt.
+   * captured, and what the provider billed past it is the one debt, owed by the hold's account at
+   * once (docs/credit-lots.md rule 7): its free credits, then what its other live holds give up,
+   * then frozen ones, then debt.
    */
   chargeWork(h: RefHold, amount: bigint) {
     const held = h.amount;
     if (amount > 0n) this.capture(h, min(amount, held));
     else this.release(h);
-    if (amount > held) this.oweBy(h.account, amount - held, true);
+    if (amount > held) {
+      this.giveWay(h.account, amount - held);
+      this.oweBy(h.account, amount - held, true);
+    }
+  }
+  /**
+   * What an excess lacks beyond the account's unfrozen free credits, its other live holds give up
+   * now (billing.give_way_to_excess), frozen lots' reservations too: a reservation a refund
+   * claimed last, the newest hold first, each hold's lots in grant order; a hold left with
+   * nothing ends (released). Claims holds never give way.
+   */
+  private giveWay(a: string, excess: bigint) {
+    let short = excess - this.lotsOf(a).reduce((s, l) => s + this.free(l), 0n);
+    const claimed = (n: number) => this.lots[n].pending + this.lots[n].claimed > 0n;
+    const parts = this.holds.filter((x) => x.open && !x.claims && x.account === a)
+      .flatMap((x) => [...x.lots].map(([n, r]) => ({ h: x, n, r })))
+      .sort((p, q) => Number(claimed(p.n)) - Number(claimed(q.n)) || q.h.n - p.h.n || p.n - q.n);
+    for (const { h, n, r } of parts) {
+      if (short <= 0n) break;
+      const give = min(short, r);
+      if (give === r) h.lots.delete(n);
+      else h.lots.set(n, r - give);
+      this.lots[n].reserved -= give;
+      h.amount -= give;
+      if (h.amount === 0n) h.open = false;
+      short -= give;
+    }
   }
   /** A release or a TTL timeout: the whole reservation returns. */
   release(h: RefHold) {
