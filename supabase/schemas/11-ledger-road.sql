@@ -9,7 +9,7 @@
 -- Whether an account is in debt, the rule every refusal's `debt` states: its balance is below
 -- what its open lots hold (debt = Σ remaining − balance, billing.post_transfers). Credits for some
 -- models stay beside a debt (it is owed in money paid for anything), and so do credits live holds
--- reserved (a debt beside them is owed when each hold ends, billing.owe), so only an account
+-- reserved (a refund's debt beside them is owed when each hold ends, billing.owe), so only an account
 -- holding either can owe with a balance of zero or more; any other is in debt exactly when its
 -- balance is below zero, and is answered without reading its lots.
 create or replace function billing.in_debt(p_account billing.accounts) returns boolean
@@ -278,7 +278,7 @@ comment on function billing.post_user_transfer(p_user uuid, p_direction integer,
 revoke execute on function billing.post_user_transfer(p_user uuid, p_direction integer, p_mode text, p_amount numeric, p_kind billing.transfer_kind, p_platform_code text, p_idempotency_key text, p_correlation_id text, p_reference text, p_metadata jsonb, p_rate_card_id bigint, p_lot jsonb, p_account_id bigint) from public;
 
 -- What the ledger takes from an account whose lock the caller holds: a refund's or a lost
--- dispute's reversal, an expiry, or what it owes of a provider's bill (billing.owe). None of them
+-- dispute's reversal, an expiry, or what it owes of a provider's bill (billing.charge_hold_at). None of them
 -- is refused (a reversal and an owed charge may go into debt), so none needs what a user's
 -- movement does first (billing.post_user_transfer: which account pays, settling, the refusals):
 -- the writer's movement, then the tick's watch. `p_member`: a school's account's member the

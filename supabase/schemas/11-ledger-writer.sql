@@ -30,7 +30,8 @@
 --   return_to   [{lot_id, amount}]: the credit goes back into these lots (a void, a rollover's
 --               credits brought back from breakage): negative allocations, no new lot; what of
 --               it pays a debt is the allocation's debt_settled, not the lot's
---   owe         a usage charge of what a provider billed past a hold (billing.owe): it takes
+--   owe         a usage charge of what a provider billed past a hold (billing.charge_hold_at; a
+--               usage take-back written before, billing.owe): it takes
 --               `first`, then the free credits that may pay for its model, and the rest is debt;
 --               never refused by a cap (billing.charge_hold_at counted it against them when billed)
 --   moved_from  the credit opens a lot with this lot's provenance and its share of the cost (a plan rollover)

@@ -54,8 +54,9 @@ comment on function billing.claim_reserved(p_reserved billing.hold_lots[], p_amo
 revoke execute on function billing.claim_reserved(p_reserved billing.hold_lots[], p_amount numeric, p_take billing.lot_take_backs) from public;
 
 -- The one debt (docs/credit-lots.md § Refunds, disputes and debt, rules 2 and 7): what an account
--- owes, a buyer what a refunded or lost purchase's (or plan invoice's) lots lack, or an account
--- what a provider billed past its hold (billing.charge_hold_at). Of a shortfall, what expired
+-- owes, a buyer what a refunded or lost purchase's (or plan invoice's) lots lack (a provider's bill
+-- past a hold is charged by billing.charge_hold_at; here only a usage take-back written before that
+-- rule still comes, from billing.hold_ended). Of a shortfall, what expired
 -- left as breakage already is forgiven, once (`p_forgive`; a claim that could not take was owed
 -- already). The rest is paid from the account's credits that may pay for `p_model` (null: credits
 -- for any model): a reversal's frozen ones first (the disputed money itself, oldest first), then

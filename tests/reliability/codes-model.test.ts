@@ -354,9 +354,9 @@ class PlaceWork implements Cmd {
 }
 
 /**
- * Work ends: captured in part, whole, or above its hold (the excess owed by the hold's account:
- * free credits, frozen ones, claims on its holds' reservations, then debt), released, or left to
- * pass its TTL. A suspended buyer's capture or
+ * Work ends: captured in part, whole, or above its hold (the excess owed by the hold's account at
+ * once: free credits, what its other live holds give up, frozen ones, then debt), released, or
+ * left to pass its TTL. A suspended buyer's capture or
  * release is refused (their hold lapses at its TTL).
  */
 class EndWork implements Cmd {
@@ -380,7 +380,7 @@ class EndWork implements Cmd {
       m.ref.release(h);
     } else if (w.kind === 'ai') {
       // The provider's usage (input tokens, a credit each): part, whole, or above the hold
-      // (past what the account has, too: the excess is owed, billing.owe); none: the call failed.
+      // (past what the account has, too: the excess is owed, rule 7); none: the call failed.
       const above = min(m.ref.available(w.who) / M + 20n, 50n);
       const used = this.how === 'part'
         ? part

@@ -130,3 +130,17 @@ Deno.test("reference: an excess takes what other holds give up, frozen lots' res
   assert.equal(other.amount, 18n * M);
   assert.deepEqual([l.balance('T'), l.held('T'), l.debt.get('T') ?? 0n], [18n * M, 18n * M, 0n]);
 });
+
+Deno.test('reference: an excess takes a reservation no take-back names before one a refund claimed, hold by hold', () => {
+  const l = new RefLedger();
+  l.buy('p', 'T');
+  l.grant('T', 10n * M, { priority: 10 }); // spent first
+  l.grant('T', 100n * M, { purchase: 'p' });
+  const z = l.reserve('T', 30n * M); // all 10 of the first lot, 20 of the purchase's
+  const x = l.reserve('T', 10n * M);
+  const w = l.reserve('T', 10n * M);
+  assert.ok(z && x && w);
+  l.takeBack('p', 65n * M); // 60 free at once; 5 pending, named on z (the oldest hold)
+  l.chargeWork(w, 15n * M); // 10 held; the excess of 5 finds nothing free
+  assert.deepEqual([z.amount, x.amount], [30n * M, 5n * M], 'x gives (newest, nothing named on it), not z');
+});

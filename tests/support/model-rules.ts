@@ -35,6 +35,8 @@ export interface RefHold {
   open: boolean;
   /** A claims hold: what an ended hold returned that refunds and the debt claimed, until the tick. */
   claims?: boolean;
+  /** Of what it reserved of each lot, what take-backs name on it (billing.lot_take_backs rows). */
+  taken?: Map<number, bigint>;
 }
 export interface RefPurchase {
   buyer: string;
@@ -159,10 +161,10 @@ export class RefLedger {
    */
   private giveWay(a: string, excess: bigint) {
     let short = excess - this.lotsOf(a).reduce((s, l) => s + this.free(l), 0n);
-    const claimed = (n: number) => this.lots[n].pending + this.lots[n].claimed > 0n;
+    const claimed = (h: RefHold, n: number) => (h.taken?.get(n) ?? 0n) > 0n;
     const parts = this.holds.filter((x) => x.open && !x.claims && x.account === a)
       .flatMap((x) => [...x.lots].map(([n, r]) => ({ h: x, n, r })))
-      .sort((p, q) => Number(claimed(p.n)) - Number(claimed(q.n)) || q.h.n - p.h.n || p.n - q.n);
+      .sort((p, q) => Number(claimed(p.h, p.n)) - Number(claimed(q.h, q.n)) || q.h.n - p.h.n || p.n - q.n);
     for (const { h, n, r } of parts) {
       if (short <= 0n) break;
       const give = min(short, r);
@@ -298,6 +300,7 @@ export class RefLedger {
       need -= now;
       const later = min(need, l.reserved - l.pending - l.claimed);
       l.pending += later;
+      this.nameTaken(l, later);
       need -= later;
     }
     const p = this.purchases.get(purchase) as RefPurchase;
@@ -314,7 +317,8 @@ export class RefLedger {
   }
   /**
    * What `buyer` owes: frozen credits, free credits, then claims on what their live holds
-   * reserved, then debt; an excess (`frozenLast`) takes its free credits before frozen ones.
+   * reserved, then debt. An excess (`frozenLast`, after giveWay) takes its free credits before
+   * frozen ones, and finds nothing reserved left to claim.
    */
   oweBy(buyer: string, amount: bigint, frozenLast = false) {
     let left = amount;
@@ -329,9 +333,26 @@ export class RefLedger {
     for (const l of this.order(lots.filter((x) => x.reserved > x.pending + x.claimed))) {
       const take = min(left, l.reserved - l.pending - l.claimed);
       l.claimed += take;
+      this.nameTaken(l, take);
       left -= take;
     }
     if (left > 0n) this.debt.set(buyer, (this.debt.get(buyer) ?? 0n) + left);
+  }
+  /**
+   * Which live holds a take-back of `amount` on lot `l` names (billing.claim_reserved): the
+   * oldest hold first, each up to what it reserved of the lot less what take-backs name already.
+   */
+  private nameTaken(l: RefLot, amount: bigint) {
+    let left = amount;
+    for (const h of this.holds) {
+      const r = h.lots.get(l.n);
+      if (left <= 0n || !h.open || h.claims || r === undefined) continue;
+      const taken = h.taken?.get(l.n) ?? 0n;
+      const take = min(left, r - taken);
+      if (take <= 0n) continue;
+      (h.taken ??= new Map()).set(l.n, taken + take);
+      left -= take;
+    }
   }
 
   /** A dispute opened (true) or won (false): the purchase's lots, wherever they are, freeze or thaw. */
